@@ -1,0 +1,105 @@
+"""Helpers shared by the CLI commands: reading inputs, passwords, CA directories, output."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from certctl.errors import InvalidRequest, NotFound
+
+if TYPE_CHECKING:
+    from certctl.pki import CertificateAuthority, Material
+
+__all__ = [
+    "load_ca_dir",
+    "read_file",
+    "read_material",
+    "read_password",
+    "utcnow",
+    "warn",
+]
+
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+CA_CHAIN = "ca-chain.crt"
+
+
+def utcnow() -> datetime:
+    """The current time, aware UTC."""
+    return datetime.now(UTC)
+
+
+def warn(message: str) -> None:
+    """Print a one-line warning on stderr."""
+    sys.stderr.write(f"certctl: warning: {message}\n")
+
+
+def read_file(path: Path, what: str = "file") -> bytes:
+    """Read ``path`` or raise a one-line error naming it."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise InvalidRequest(f"{path}: is a directory, expected a {what}") from None
+    except PermissionError:
+        raise InvalidRequest(f"{path}: permission denied") from None
+
+
+def read_password(
+    password_file: Path | None, password: str | None = None, *, env: str = "CERTCTL_PASSWORD"
+) -> bytes | None:
+    """Return a password from ``--password-file``, ``--password`` or the environment.
+
+    A trailing newline in the file is dropped (``echo secret > pw`` works).
+    """
+    if password_file is not None:
+        data = read_file(password_file, "password file").rstrip(b"\r\n")
+        if not data:
+            raise InvalidRequest(f"{password_file}: password file is empty")
+        return data
+    if password is not None:
+        if not password:
+            raise InvalidRequest("--password is empty")
+        return password.encode()
+    value = os.environ.get(env)
+    return value.encode() if value else None
+
+
+def read_material(path: Path, password: bytes | None = None, what: str = "file") -> Material:
+    """Load PEM/DER/PKCS#12 content from ``path``; errors name the file."""
+    from certctl.pki import load_material
+
+    data = read_file(path, what)
+    try:
+        return load_material(data, password)
+    except InvalidRequest as exc:
+        raise type(exc)(f"{path}: {exc.detail}") from exc
+
+
+def load_ca_dir(directory: Path, password: bytes | None = None) -> CertificateAuthority:
+    """Load a CA directory written by ``certctl ca create`` (``ca.crt``, ``ca.key``[, chain]).
+
+    The key is loaded once here and reused for every certificate the command signs.
+    """
+    from certctl.pki import CertificateAuthority
+
+    if not directory.is_dir():
+        raise NotFound(f"{directory}: CA directory not found (create one with 'certctl ca create')")
+    certs = read_material(directory / CA_CERT, what="CA certificate").certificates
+    if not certs:
+        raise InvalidRequest(f"{directory / CA_CERT}: holds no certificate")
+    key = read_material(directory / CA_KEY, password, what="CA key").private_key
+    if key is None:
+        raise InvalidRequest(f"{directory / CA_KEY}: holds no private key")
+    chain: list[object] = []
+    chain_path = directory / CA_CHAIN
+    if chain_path.exists():
+        chain = list(read_material(chain_path, what="CA chain").certificates[1:])
+    try:
+        return CertificateAuthority(certs[0], key, tuple(chain))  # type: ignore[arg-type]
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{directory}: {exc.detail}") from exc

@@ -1,0 +1,129 @@
+"""``certctl ca create|import``: root and intermediate CAs on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+from certctl.cli._common import CA_CERT, CA_CHAIN, CA_KEY, load_ca_dir, read_material, read_password, utcnow, warn
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Create or import certificate authorities.", no_args_is_help=True)
+
+KEY_TYPES = "ec-p256 (default), ec-p384, ed25519, rsa-2048, rsa-3072, rsa-4096"
+
+
+@app.command("create")
+def create(
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for ca.crt and ca.key."),
+    cn: str = typer.Option(None, "--cn", help="Common name [default: 'certctl Root CA']."),
+    subject: str = typer.Option(None, "--subject", help="Full RFC 4514 subject, e.g. 'CN=Ops CA,O=Example'."),
+    key_type: str = typer.Option("ec-p256", "--key-type", help=f"Key type: {KEY_TYPES}."),
+    validity: str = typer.Option(None, "--validity", help="Lifetime: 5Y, 365D, 8760h … [default: 5Y, for an intermediate at most the parent's remaining life]."),
+    parent: Path = typer.Option(None, "--parent", help="CA directory that signs this one (makes an intermediate)."),
+    path_length: int = typer.Option(None, "--path-length", help="Intermediates below this CA [default: unlimited for a root, 0 for an intermediate]."),
+    key_password_file: Path = typer.Option(None, "--key-password-file", help="Encrypt ca.key with the password in this file."),
+    parent_password_file: Path = typer.Option(None, "--parent-password-file", help="Password of the parent's ca.key."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+) -> None:
+    """Create a root CA, or an intermediate CA signed by --parent."""
+    from certctl.files import OutputSet
+    from certctl.pki import (
+        PROFILES,
+        KeyType,
+        certs_to_pem,
+        common_name_dn,
+        create_root_ca,
+        generate_private_key,
+        key_to_pem,
+        parse_dn,
+        parse_duration,
+    )
+
+    kt = KeyType.parse(key_type)
+    lifetime = parse_duration(validity or "5Y")
+    name = parse_dn(subject) if subject else common_name_dn(
+        cn or ("certctl Intermediate CA" if parent else "certctl Root CA")
+    )
+    key_password = read_password(key_password_file, env="CERTCTL_CA_PASSWORD") if key_password_file else None
+    outputs = OutputSet(force=force)
+    # Refuse an existing output before spending time on key generation.
+    outputs.add(out / CA_CERT, b"")
+    outputs.add(out / CA_KEY, b"", secret=True)
+    outputs.check()
+    now = utcnow()
+    key = generate_private_key(kt)
+    if parent is None:
+        issued = create_root_ca(key, name, validity=lifetime, now=now, path_length=path_length)
+        chain: tuple[x509.Certificate, ...] = ()
+    else:
+        parent_ca = load_ca_dir(parent, read_password(parent_password_file, env="CERTCTL_CA_PASSWORD"))
+        if validity is None:
+            # An intermediate cannot outlive its parent; default to what the parent has left.
+            lifetime = min(lifetime, parent_ca.certificate.not_valid_after_utc - now)
+        profile = PROFILES["intermediate"]
+        if path_length is not None:
+            profile = profile.with_path_length(path_length)
+        issued = parent_ca.issue(key.public_key(), name, profile=profile, validity=lifetime, now=now)
+        chain = (parent_ca.certificate, *parent_ca.chain)
+    for message in issued.warnings:
+        warn(message)
+    outputs.add(out / CA_CERT, certs_to_pem([issued.certificate]))
+    outputs.add(out / CA_KEY, key_to_pem(key, key_password), secret=True)
+    if chain:
+        outputs.add(out / CA_CHAIN, certs_to_pem([issued.certificate, *chain]))
+    outputs.commit()
+    kind = "intermediate CA" if parent else "root CA"
+    typer.echo(f"created {kind} {issued.certificate.subject.rfc4514_string()} in {out}/")
+    for path in outputs.paths:
+        typer.echo(f"  {path}")
+
+
+@app.command("import")
+def import_ca(
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for ca.crt and ca.key."),
+    cert: Path = typer.Option(None, "--cert", help="CA certificate (PEM or DER); extra certificates form the chain."),
+    key: Path = typer.Option(None, "--key", help="CA private key (PEM or DER)."),
+    p12: Path = typer.Option(None, "--p12", help="PKCS#12 file holding the CA key and certificate."),
+    password_file: Path = typer.Option(None, "--password-file", help="Password of the key or PKCS#12 file."),
+    password: str = typer.Option(None, "--password", help="Password on the command line (demos only)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+) -> None:
+    """Import an existing CA (PEM pair or PKCS#12) after checking key and certificate match."""
+    from certctl.errors import InvalidRequest
+    from certctl.files import OutputSet
+    from certctl.pki import CertificateAuthority, certs_to_pem, key_to_pem
+
+    if (p12 is None) == (cert is None):
+        raise typer.BadParameter("give either --cert with --key, or --p12")
+    if cert is not None and key is None:
+        raise typer.BadParameter("--cert needs --key")
+    secret = read_password(password_file, password)
+    if p12 is not None:
+        material = read_material(p12, secret, "PKCS#12 file")
+        certs, private_key = material.certificates, material.private_key
+    else:
+        certs = read_material(cert, what="CA certificate").certificates
+        private_key = read_material(key, secret, "CA key").private_key
+    if not certs:
+        raise InvalidRequest("no CA certificate found in the input")
+    if private_key is None:
+        raise InvalidRequest("no CA private key found in the input")
+    ca_cert = next((c for c in certs if c.public_key() == private_key.public_key()), None)
+    if ca_cert is None:
+        raise InvalidRequest("the private key does not match the CA certificate")
+    chain = tuple(c for c in certs if c is not ca_cert)
+    ca = CertificateAuthority(ca_cert, private_key, chain)
+    outputs = OutputSet(force=force)
+    outputs.add(out / CA_CERT, certs_to_pem([ca.certificate]))
+    outputs.add(out / CA_KEY, key_to_pem(private_key), secret=True)
+    if chain:
+        outputs.add(out / CA_CHAIN, certs_to_pem([ca.certificate, *chain]))
+    outputs.commit()
+    typer.echo(f"imported CA {ca.certificate.subject.rfc4514_string()} into {out}/")

@@ -1,0 +1,89 @@
+"""``certctl csr create|sign``: requests for an external CA, and signing others' requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from certctl.cli._common import load_ca_dir, read_file, read_password, utcnow, warn
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Create certificate signing requests or sign them.", no_args_is_help=True)
+
+
+@app.command("create")
+def create(
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for tls.csr and tls.key."),
+    cn: str = typer.Option(None, "--cn", help="Common name."),
+    subject: str = typer.Option(None, "--subject", help="Full RFC 4514 subject instead of --cn."),
+    dns: list[str] = typer.Option([], "--dns", help="DNS SAN (repeatable)."),
+    ip: list[str] = typer.Option([], "--ip", help="IP SAN (repeatable)."),
+    email: list[str] = typer.Option([], "--email", help="E-mail SAN (repeatable)."),
+    uri: list[str] = typer.Option([], "--uri", help="URI SAN (repeatable)."),
+    key_type: str = typer.Option("ec-p256", "--key-type", help="ec-p256, ec-p384, ed25519, rsa-2048|3072|4096."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+) -> None:
+    """Create a key and a CSR (tls.key, tls.csr) to send to a CA."""
+    from cryptography.hazmat.primitives import serialization
+
+    from certctl.files import OutputSet
+    from certctl.pki import KeyType, SubjectAltNames, common_name_dn, create_csr, generate_private_key, key_to_pem, parse_dn
+
+    if not (cn or subject):
+        raise typer.BadParameter("give --cn or --subject")
+    kt = KeyType.parse(key_type)
+    name = parse_dn(subject) if subject else common_name_dn(cn)
+    sans = SubjectAltNames.parse(dns=dns, ip=ip, email=email, uri=uri)
+    outputs = OutputSet(force=force)
+    outputs.add(out / "tls.csr", b"")
+    outputs.add(out / "tls.key", b"")
+    outputs.check()
+    key = generate_private_key(kt)
+    csr = create_csr(key, name, sans)
+    outputs.add(out / "tls.csr", csr.public_bytes(serialization.Encoding.PEM))
+    outputs.add(out / "tls.key", key_to_pem(key), secret=True)
+    outputs.commit()
+    typer.echo(f"created CSR for {name.rfc4514_string()}")
+    for path in outputs.paths:
+        typer.echo(f"  {path}")
+
+
+@app.command("sign")
+def sign(
+    ca_dir: Path = typer.Option(..., "--ca", help="CA directory."),
+    csr_path: Path = typer.Option(..., "--csr", help="CSR file (PEM or DER)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for tls.crt and ca.crt."),
+    profile: str = typer.Option("server", "--profile", help="server, client, server+client or intermediate."),
+    validity: str = typer.Option("90D", "--validity", help="Lifetime: 90D, 2160h, 1Y …"),
+    ca_password_file: Path = typer.Option(None, "--ca-password-file", help="Password of an encrypted ca.key."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+) -> None:
+    """Sign a CSR after verifying its signature; the profile decides every extension."""
+    from certctl.errors import InvalidRequest
+    from certctl.files import OutputSet
+    from certctl.pki import certs_to_pem, get_profile, load_csr, parse_duration, sign_csr
+
+    prof = get_profile(profile)
+    if prof.name == "ca":
+        raise typer.BadParameter("a root CA is self-signed; use 'certctl ca create'", param_hint="--profile")
+    lifetime = parse_duration(validity)
+    try:
+        csr = load_csr(read_file(csr_path, "CSR"))
+    except InvalidRequest as exc:
+        raise type(exc)(f"{csr_path}: {exc.detail}") from exc
+    outputs = OutputSet(force=force)
+    outputs.add(out / "tls.crt", b"")
+    outputs.check()
+    ca = load_ca_dir(ca_dir, read_password(ca_password_file, env="CERTCTL_CA_PASSWORD"))
+    issued = sign_csr(ca, csr, profile=prof, validity=lifetime, now=utcnow())
+    for message in issued.warnings:
+        warn(message)
+    outputs.add(out / "tls.crt", certs_to_pem([issued.certificate, *ca.chain_below_root]))
+    outputs.add(out / "ca.crt", certs_to_pem([ca.root]))
+    outputs.commit()
+    typer.echo(f"signed {prof.name} certificate serial {issued.certificate.serial_number:x} "
+               f"for {issued.certificate.subject.rfc4514_string()}")
+    for path in outputs.paths:
+        typer.echo(f"  {path}")

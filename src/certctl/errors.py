@@ -1,0 +1,87 @@
+"""Exception hierarchy shared by every layer of certctl.
+
+::
+
+    CertctlError          500  exit 1
+    ├── InvalidRequest    400  bad CSR, SAN, duration; profile rule broken
+    │   ├── WeakKey             key type or size below policy
+    │   └── BadSignature        CSR or certificate signature does not verify
+    ├── Unauthenticated   401
+    ├── PermissionDenied  403
+    ├── NotFound          404  also: missing input file
+    └── Conflict          409  already revoked, name taken, output exists
+
+Each class carries an HTTP ``status`` and a short ``title``; instances carry a
+human ``detail`` that never contains key material, passwords or tokens.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadSignature",
+    "CertctlError",
+    "Conflict",
+    "InvalidRequest",
+    "NotFound",
+    "PermissionDenied",
+    "Unauthenticated",
+    "WeakKey",
+]
+
+
+class CertctlError(Exception):
+    """Root of every error certctl raises on purpose."""
+
+    status: int = 500
+    title: str = "Internal error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidRequest(CertctlError):
+    """The input is malformed or breaks a rule (bad CSR, SAN, duration, profile)."""
+
+    status = 400
+    title = "Invalid request"
+
+
+class WeakKey(InvalidRequest):
+    """A key's algorithm or size is below policy (RSA < 2048, DSA, unknown curve)."""
+
+    title = "Weak or unsupported key"
+
+
+class BadSignature(InvalidRequest):
+    """A signature over a CSR or certificate does not verify."""
+
+    title = "Bad signature"
+
+
+class Unauthenticated(CertctlError):
+    """The caller could not be authenticated."""
+
+    status = 401
+    title = "Unauthenticated"
+
+
+class PermissionDenied(CertctlError):
+    """The caller is authenticated but lacks a permission."""
+
+    status = 403
+    title = "Forbidden"
+
+
+class NotFound(CertctlError):
+    """A named object (or input file) does not exist."""
+
+    status = 404
+    title = "Not found"
+
+
+class Conflict(CertctlError):
+    """The request conflicts with existing state (already revoked, file exists)."""
+
+    status = 409
+    title = "Conflict"

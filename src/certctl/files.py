@@ -1,0 +1,126 @@
+"""All-or-nothing file output: stage every file, then move them into place together.
+
+Private keys are created 0600 from the first byte (never chmod-ed after the fact), written
+to a temporary name in the destination directory, fsync-ed, then renamed, so a reader never
+sees a half-written key and a failed command leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from certctl.errors import CertctlError, Conflict
+
+__all__ = ["OutputSet", "SECRET_MODE", "write_atomic"]
+
+SECRET_MODE = 0o600
+PUBLIC_MODE = 0o644
+
+
+class OutputError(CertctlError):
+    """An output file could not be written (permissions, disk full, not a directory)."""
+
+    title = "Cannot write output"
+
+
+def write_atomic(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> None:
+    """Write ``data`` to ``path`` by temp file + fsync + rename, created with ``mode``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class OutputSet:
+    """Files to write together; nothing lands unless everything can.
+
+    Example::
+
+        out = OutputSet(force=False)
+        out.add(Path("certs/tls.crt"), pem)
+        out.add(Path("certs/tls.key"), key_pem, secret=True)
+        out.commit()
+    """
+
+    force: bool = False
+    _files: dict[Path, tuple[bytes, int]] = field(default_factory=dict)
+
+    def add(self, path: Path, data: bytes, *, secret: bool = False) -> None:
+        """Stage ``data`` for ``path``; ``secret`` files are created 0600."""
+        self._files[path] = (data, SECRET_MODE if secret else PUBLIC_MODE)
+
+    @property
+    def paths(self) -> list[Path]:
+        """The staged paths, in the order added."""
+        return list(self._files)
+
+    def check(self) -> None:
+        """Refuse, before anything is written, outputs that exist (unless ``force``).
+
+        Raises:
+            Conflict: a file exists and ``force`` is off.
+            OutputError: a path exists but is a directory.
+        """
+        for path in self._files:
+            if path.is_dir():
+                raise OutputError(f"{path} is a directory")
+            if path.exists() and not self.force:
+                raise Conflict(f"{path} already exists; use --force to overwrite")
+
+    def commit(self) -> list[Path]:
+        """Write every staged file, or none.
+
+        Raises:
+            Conflict: an output exists and ``force`` is off.
+            OutputError: the files cannot be written; nothing is left behind.
+        """
+        self.check()
+        created_dirs: list[Path] = []
+        staged: list[tuple[str, Path]] = []
+        try:
+            for path, (data, mode) in self._files.items():
+                created_dirs += _make_parents(path.parent)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+                staged.append((tmp, path))
+                os.fchmod(fd, mode)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            # All bytes are on disk; the renames are the commit point.
+            for tmp, path in staged:
+                os.replace(tmp, path)
+        except OSError as exc:
+            for tmp, _ in staged:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            for directory in reversed(created_dirs):
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+            where = exc.filename or "output"
+            raise OutputError(f"cannot write {where}: {exc.strerror or exc}") from exc
+        return list(self._files)
+
+
+def _make_parents(directory: Path) -> list[Path]:
+    missing: list[Path] = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        path.mkdir()
+    return list(reversed(missing))

@@ -1,0 +1,230 @@
+"""Reading and writing PEM, DER and PKCS#12, with format auto-detection."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    PrivateKeyTypes,
+)
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from certctl.errors import InvalidRequest
+
+__all__ = [
+    "Material",
+    "certs_to_pem",
+    "key_to_pem",
+    "load_material",
+    "load_private_key",
+    "to_pkcs12",
+]
+
+_PEM_BLOCK = re.compile(
+    rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.DOTALL
+)
+_SIGNING_KEY_TYPES = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+    dsa.DSAPrivateKey,
+)
+_KEY_LABELS = {b"PRIVATE KEY", b"ENCRYPTED PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY"}
+# PBKDF2 iterations for PKCS#12: Java's keytool default since JDK 12 (OpenSSL 3 uses 2048);
+# high enough to slow guessing, low enough to write thousands of keystores in a bundle.
+P12_KDF_ROUNDS = 10_000
+
+
+@dataclass
+class Material:
+    """Everything found in one file: certificates (in order), at most one key, CSRs."""
+
+    certificates: list[x509.Certificate] = field(default_factory=list)
+    private_key: CertificateIssuerPrivateKeyTypes | None = None
+    csrs: list[x509.CertificateSigningRequest] = field(default_factory=list)
+    crls: list[x509.CertificateRevocationList] = field(default_factory=list)
+    format: str = "pem"
+
+
+def _issuer_key(key: PrivateKeyTypes) -> CertificateIssuerPrivateKeyTypes:
+    # Name the signing types positively: touching dh.* raises a deprecation warning.
+    if isinstance(key, _SIGNING_KEY_TYPES):
+        return key
+    raise InvalidRequest("key-agreement keys cannot sign certificates")
+
+
+def _looks_like_pkcs12(data: bytes) -> bool:
+    # PFX ::= SEQUENCE { version INTEGER (3), ... }: after the outer SEQUENCE header comes 02 01 03.
+    if len(data) < 8 or data[0] != 0x30:
+        return False
+    length_octets = data[1] - 0x80 if data[1] & 0x80 else 0
+    start = 2 + length_octets
+    return data[start : start + 3] == b"\x02\x01\x03"
+
+
+def load_material(data: bytes, password: bytes | None = None) -> Material:
+    """Read PEM (any number of blocks), DER or PKCS#12 bytes, detecting the format.
+
+    Raises:
+        InvalidRequest: nothing readable was found, a key is encrypted and no or the
+            wrong password was given, or a PKCS#12 file cannot be opened.
+    """
+    if b"-----BEGIN" in data:
+        return _load_pem(data, password)
+    if _looks_like_pkcs12(data):
+        return _load_pkcs12(data, password)
+    for loader, kind in (
+        (x509.load_der_x509_certificate, "certificates"),
+        (x509.load_der_x509_csr, "csrs"),
+        (x509.load_der_x509_crl, "crls"),
+    ):
+        try:
+            obj = loader(data)
+        except ValueError:
+            continue
+        material = Material(format="der")
+        getattr(material, kind).append(obj)
+        return material
+    try:
+        key = serialization.load_der_private_key(data, password)
+    except TypeError as exc:
+        raise InvalidRequest(_password_message(password)) from exc
+    except (ValueError, serialization.UnsupportedAlgorithm) as exc:
+        raise InvalidRequest(
+            "not a recognised PEM, DER or PKCS#12 file (certificate, key, CSR or CRL)"
+        ) from exc
+    return Material(private_key=_issuer_key(key), format="der")
+
+
+def _password_message(password: bytes | None) -> str:
+    if password is None:
+        return "the private key is encrypted: give its password (--password-file)"
+    return "cannot decrypt the private key: wrong password"
+
+
+def _load_pem(data: bytes, password: bytes | None) -> Material:
+    material = Material(format="pem")
+    blocks = list(_PEM_BLOCK.finditer(data))
+    if not blocks:
+        raise InvalidRequest("malformed PEM: no complete BEGIN/END block")
+    for block in blocks:
+        label, raw = block.group(1), block.group(0)
+        try:
+            if label in (b"CERTIFICATE", b"TRUSTED CERTIFICATE", b"X509 CERTIFICATE"):
+                material.certificates.append(x509.load_pem_x509_certificate(raw))
+            elif label in (b"CERTIFICATE REQUEST", b"NEW CERTIFICATE REQUEST"):
+                material.csrs.append(x509.load_pem_x509_csr(raw))
+            elif label == b"X509 CRL":
+                material.crls.append(x509.load_pem_x509_crl(raw))
+            elif label in _KEY_LABELS:
+                if material.private_key is not None:
+                    raise InvalidRequest("more than one private key in one file")
+                material.private_key = _load_pem_key(raw, password)
+            # Other blocks (parameters, public keys) are ignored on purpose.
+        except ValueError as exc:
+            what = label.decode("ascii", "replace").lower()
+            raise InvalidRequest(f"malformed PEM {what} block") from exc
+    if not (material.certificates or material.private_key or material.csrs or material.crls):
+        raise InvalidRequest("PEM file holds no certificate, key, CSR or CRL")
+    return material
+
+
+def _load_pem_key(raw: bytes, password: bytes | None) -> CertificateIssuerPrivateKeyTypes:
+    try:
+        return _issuer_key(serialization.load_pem_private_key(raw, password))
+    except TypeError as exc:
+        if b"ENCRYPTED" in raw or b"Proc-Type: 4,ENCRYPTED" in raw:
+            raise InvalidRequest(_password_message(password)) from exc
+        raise InvalidRequest("the private key is not encrypted; drop the password") from exc
+    except serialization.UnsupportedAlgorithm as exc:
+        raise InvalidRequest("private key uses an unsupported algorithm") from exc
+    except ValueError as exc:
+        if password is not None and b"ENCRYPTED" in raw:
+            raise InvalidRequest(_password_message(password)) from exc
+        raise
+
+
+def _load_pkcs12(data: bytes, password: bytes | None) -> Material:
+    attempts = [password] if password is not None else [None, b""]
+    last: Exception | None = None
+    for attempt in attempts:
+        try:
+            key, cert, extra = pkcs12.load_key_and_certificates(data, attempt)
+        except ValueError as exc:
+            last = exc
+            continue
+        certs = ([cert] if cert else []) + list(extra)
+        return Material(
+            certificates=certs,
+            private_key=_issuer_key(key) if key is not None else None,
+            format="pkcs12",
+        )
+    if password is None:
+        raise InvalidRequest("PKCS#12 file is password-protected: give --password-file") from last
+    raise InvalidRequest("cannot open PKCS#12 file: wrong password or corrupted file") from last
+
+
+def load_private_key(data: bytes, password: bytes | None = None) -> CertificateIssuerPrivateKeyTypes:
+    """Load exactly one private key from PEM, DER or PKCS#12 bytes.
+
+    Raises:
+        InvalidRequest: no key found, or it cannot be decrypted.
+    """
+    material = load_material(data, password)
+    if material.private_key is None:
+        raise InvalidRequest("no private key found")
+    return material.private_key
+
+
+def certs_to_pem(certificates: Sequence[x509.Certificate]) -> bytes:
+    """Concatenate certificates as PEM, in the order given."""
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+
+
+def key_to_pem(key: CertificateIssuerPrivateKeyTypes, password: bytes | None = None) -> bytes:
+    """Serialise a private key as PKCS#8 PEM, encrypted (PBES2, AES-256) when given a password."""
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+def to_pkcs12(
+    name: str,
+    key: CertificateIssuerPrivateKeyTypes | None,
+    certificate: x509.Certificate | None,
+    cas: Sequence[x509.Certificate],
+    password: bytes,
+    *,
+    legacy: bool = False,
+) -> bytes:
+    """Serialise a keystore protected by ``password``.
+
+    The default is PBES2 with AES-256-CBC and an HMAC-SHA256 MAC, which OpenSSL 3 and
+    Java 11.0.12+/17 read. ``legacy=True`` uses 3DES and SHA-1 for old Java and Windows.
+    """
+    if not password:
+        raise InvalidRequest("a PKCS#12 file needs a non-empty password")
+    builder = serialization.PrivateFormat.PKCS12.encryption_builder()
+    if legacy:
+        builder = builder.key_cert_algorithm(
+            pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC
+        ).hmac_hash(hashes.SHA1())
+    else:
+        builder = (
+            builder.kdf_rounds(P12_KDF_ROUNDS)
+            .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+            .hmac_hash(hashes.SHA256())
+        )
+    return pkcs12.serialize_key_and_certificates(
+        name.encode(), key, certificate, list(cas) or None, builder.build(password)
+    )

@@ -1,0 +1,242 @@
+"""Certificate authorities and issuance: roots, intermediates and leaves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+)
+
+from certctl.errors import InvalidRequest
+from certctl.pki.keys import check_public_key, signature_hash_for
+from certctl.pki.names import SubjectAltNames, validate_dns_name
+from certctl.pki.profiles import PROFILES, Profile
+from certctl.pki.validity import format_duration
+
+__all__ = [
+    "BACKDATE",
+    "CertificateAuthority",
+    "IssuedCertificate",
+    "create_root_ca",
+    "keys_match",
+]
+
+# Clocks drift; a certificate valid "from now" fails on a peer a few seconds behind.
+BACKDATE = timedelta(minutes=5)
+LEAF_WARN_BELOW = timedelta(days=60)
+CA_WARN_BELOW = timedelta(days=90)
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A freshly signed certificate plus any warnings raised while issuing it."""
+
+    certificate: x509.Certificate
+    warnings: tuple[str, ...] = ()
+
+
+def keys_match(private_key: CertificateIssuerPrivateKeyTypes, certificate: x509.Certificate) -> bool:
+    """True when ``certificate`` holds the public half of ``private_key``."""
+    return private_key.public_key() == certificate.public_key()
+
+
+@dataclass
+class CertificateAuthority:
+    """An issuing CA: its certificate, its private key (loaded once) and the chain above it.
+
+    ``chain`` lists the certificates above this CA, nearest first, ending with the root;
+    it is empty for a root.
+    """
+
+    certificate: x509.Certificate
+    private_key: CertificateIssuerPrivateKeyTypes
+    chain: tuple[x509.Certificate, ...] = ()
+    authority_key_identifier: x509.AuthorityKeyIdentifier = field(init=False, repr=False)
+    signature_hash: hashes.SHA256 | hashes.SHA384 | None = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not keys_match(self.private_key, self.certificate):
+            raise InvalidRequest("CA private key does not match the CA certificate")
+        try:
+            constraints = self.certificate.extensions.get_extension_for_class(
+                x509.BasicConstraints
+            ).value
+        except x509.ExtensionNotFound:
+            raise InvalidRequest("CA certificate has no BasicConstraints extension") from None
+        if not constraints.ca:
+            raise InvalidRequest("certificate is not a CA (BasicConstraints CA:FALSE)")
+        try:
+            ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+            self.authority_key_identifier = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
+        except x509.ExtensionNotFound:
+            self.authority_key_identifier = x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                self.private_key.public_key()
+            )
+        self.signature_hash = signature_hash_for(self.private_key)
+
+    @property
+    def root(self) -> x509.Certificate:
+        """The trust anchor at the top of this CA's chain."""
+        return self.chain[-1] if self.chain else self.certificate
+
+    @property
+    def chain_below_root(self) -> tuple[x509.Certificate, ...]:
+        """This CA and every intermediate above it, excluding the root (what servers send)."""
+        if not self.chain:
+            return ()
+        return (self.certificate, *self.chain[:-1])
+
+    def issue(
+        self,
+        public_key: CertificatePublicKeyTypes,
+        subject: x509.Name,
+        *,
+        profile: Profile,
+        validity: timedelta,
+        now: datetime,
+        sans: SubjectAltNames | None = None,
+    ) -> IssuedCertificate:
+        """Sign a certificate for ``public_key``; the profile decides every extension.
+
+        Args:
+            public_key: the subject's key; refused if below policy.
+            subject: the subject DN (may be empty when SANs are present).
+            profile: ``server``, ``client``, ``server+client``, ``intermediate`` or ``ca``.
+            validity: requested lifetime; clipped to the issuer's notAfter with a warning.
+            now: the issuing time (aware UTC), passed in so callers control the clock.
+            sans: subject alternative names; ignored for CA profiles.
+
+        Raises:
+            WeakKey: the key is below policy.
+            InvalidRequest: the issuer is expired, or the certificate would name nothing.
+        """
+        check_public_key(public_key)
+        warnings: list[str] = []
+        issuer_end = self.certificate.not_valid_after_utc
+        if issuer_end <= now:
+            raise InvalidRequest(f"issuing CA expired on {issuer_end:%Y-%m-%d %H:%M}Z")
+        not_before = now - BACKDATE
+        not_after = now + validity
+        if not_after > issuer_end:
+            warnings.append(
+                f"validity {format_duration(validity)} clipped to the issuer's notAfter "
+                f"{issuer_end:%Y-%m-%dT%H:%M:%SZ}"
+            )
+            not_after = issuer_end
+        floor = CA_WARN_BELOW if profile.is_ca else LEAF_WARN_BELOW
+        if not_after - now < floor:
+            kind = "CA" if profile.is_ca else "certificate"
+            warnings.append(
+                f"{kind} lifetime {format_duration(not_after - now)} is under "
+                f"{floor.days} days; plan its renewal"
+            )
+        sans = sans if (sans and profile.allows_sans) else SubjectAltNames()
+        if profile.is_server and not sans:
+            sans = _sans_from_common_name(subject)
+        if not profile.is_ca and not subject and not sans:
+            raise InvalidRequest("certificate needs a subject or at least one SAN")
+        if profile.is_ca and not subject:
+            raise InvalidRequest("a CA certificate needs a subject")
+        if profile.is_ca and profile.path_length is not None:
+            parent_len = self._path_length()
+            if parent_len is not None and profile.path_length >= parent_len:
+                raise InvalidRequest(
+                    f"path length {profile.path_length} must be below the issuer's {parent_len}"
+                )
+        builder = _base_builder(public_key, subject, profile, not_before, not_after)
+        builder = builder.issuer_name(self.certificate.subject).add_extension(
+            self.authority_key_identifier, critical=False
+        )
+        if sans:
+            # RFC 5280 4.2.1.6: critical when the subject is empty.
+            builder = builder.add_extension(sans.to_extension(), critical=not subject)
+        certificate = builder.sign(self.private_key, self.signature_hash)
+        return IssuedCertificate(certificate, tuple(warnings))
+
+    def _path_length(self) -> int | None:
+        constraints = self.certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+        return constraints.value.path_length
+
+
+def _sans_from_common_name(subject: x509.Name) -> SubjectAltNames:
+    # Modern TLS clients ignore the CN; a server certificate with a host-like CN
+    # and no SANs gets that CN as its DNS SAN, as trustme and certutil do.
+    cns = subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if not cns or not isinstance(cns[0].value, str):
+        return SubjectAltNames()
+    try:
+        return SubjectAltNames(dns=(validate_dns_name(cns[0].value),))
+    except InvalidRequest:
+        return SubjectAltNames()
+
+
+def _base_builder(
+    public_key: CertificatePublicKeyTypes,
+    subject: x509.Name,
+    profile: Profile,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.CertificateBuilder:
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .public_key(public_key)
+        # RFC 5280 4.1.2.2: positive, at most 20 octets; 159 random bits.
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(
+            x509.BasicConstraints(ca=profile.is_ca, path_length=profile.path_length),
+            critical=True,
+        )
+        .add_extension(profile.key_usage(public_key), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+    if profile.extended_key_usage:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage(list(profile.extended_key_usage)), critical=False
+        )
+    return builder
+
+
+def create_root_ca(
+    private_key: CertificateIssuerPrivateKeyTypes,
+    subject: x509.Name,
+    *,
+    validity: timedelta,
+    now: datetime,
+    path_length: int | None = None,
+) -> IssuedCertificate:
+    """Create a self-signed root CA certificate for ``private_key``.
+
+    ``path_length`` limits how many intermediates may follow (None: unlimited).
+
+    Raises:
+        WeakKey: the key is below policy.
+        InvalidRequest: the subject is empty.
+    """
+    public_key = private_key.public_key()
+    check_public_key(public_key)
+    if not subject:
+        raise InvalidRequest("a CA certificate needs a subject")
+    profile = PROFILES["ca"]
+    if path_length is not None:
+        profile = profile.with_path_length(path_length)
+    warnings = []
+    if validity < CA_WARN_BELOW:
+        warnings.append(
+            f"CA lifetime {format_duration(validity)} is under {CA_WARN_BELOW.days} days; "
+            "plan its renewal"
+        )
+    builder = _base_builder(public_key, subject, profile, now - BACKDATE, now + validity)
+    ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
+    builder = builder.issuer_name(subject).add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+    )
+    certificate = builder.sign(private_key, signature_hash_for(private_key))
+    return IssuedCertificate(certificate, tuple(warnings))

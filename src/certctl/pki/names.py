@@ -1,0 +1,199 @@
+"""Distinguished names (RFC 4514 strings) and subject alternative names."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from certctl.errors import InvalidRequest
+
+__all__ = ["SubjectAltNames", "common_name_dn", "format_dn", "parse_dn", "validate_dns_name"]
+
+# RFC 5280 Appendix A upper bounds, enforced so that linters and strict clients accept our names.
+_UPPER_BOUNDS = {
+    NameOID.COMMON_NAME: 64,
+    NameOID.ORGANIZATION_NAME: 64,
+    NameOID.ORGANIZATIONAL_UNIT_NAME: 64,
+    NameOID.LOCALITY_NAME: 128,
+    NameOID.STATE_OR_PROVINCE_NAME: 128,
+    NameOID.EMAIL_ADDRESS: 255,
+}
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def parse_dn(text: str) -> x509.Name:
+    """Parse an RFC 4514 string (``CN=node-1,OU=ops,O=Example``), most specific RDN first.
+
+    Raises:
+        InvalidRequest: the string is empty, malformed, or a value breaks an RFC 5280 bound.
+    """
+    if not text.strip():
+        raise InvalidRequest("empty distinguished name (example: CN=node-1,O=Example)")
+    try:
+        name = x509.Name.from_rfc4514_string(text)
+    except ValueError as exc:
+        raise InvalidRequest(f"{text}: not a valid RFC 4514 distinguished name ({exc})") from exc
+    _check_name(name, text)
+    return name
+
+
+def _check_name(name: x509.Name, text: str) -> None:
+    for attr in name:
+        value = attr.value
+        if not isinstance(value, str):
+            raise InvalidRequest(f"{text}: binary attribute values are not supported")
+        if not value:
+            raise InvalidRequest(f"{text}: empty value for {attr.rfc4514_attribute_name}")
+        bound = _UPPER_BOUNDS.get(attr.oid)
+        if bound is not None and len(value) > bound:
+            raise InvalidRequest(
+                f"{text}: {attr.rfc4514_attribute_name} is longer than {bound} characters"
+            )
+
+
+def format_dn(name: x509.Name) -> str:
+    """Format a name as an RFC 4514 string; ``parse_dn(format_dn(n)) == n``."""
+    return name.rfc4514_string()
+
+
+def common_name_dn(common_name: str) -> x509.Name:
+    """Build ``CN=<common_name>`` without parsing (commas and plus signs are literal)."""
+    if not common_name:
+        raise InvalidRequest("empty common name")
+    if len(common_name) > _UPPER_BOUNDS[NameOID.COMMON_NAME]:
+        raise InvalidRequest(f"{common_name[:70]}: common name is longer than 64 characters")
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def validate_dns_name(value: str, *, allow_wildcard: bool = True) -> str:
+    """Return ``value`` as a lower-case A-label DNS name, or raise InvalidRequest.
+
+    A wildcard is allowed only as the whole left-most label of a name with at least
+    two more labels (``*.example.com``), as RFC 6125 6.4.3 clients expect.
+    """
+    raw = value.strip().rstrip(".")
+    if not raw:
+        raise InvalidRequest(f"{value!r}: empty DNS name")
+    try:
+        ascii_name = raw.encode("idna").decode("ascii").lower() if not raw.isascii() else raw
+    except UnicodeError as exc:
+        raise InvalidRequest(f"{value}: not a valid internationalised DNS name") from exc
+    ascii_name = ascii_name.lower()
+    if len(ascii_name) > 253:
+        raise InvalidRequest(f"{value[:60]}…: DNS name longer than 253 characters")
+    labels = ascii_name.split(".")
+    if labels[0] == "*":
+        if not allow_wildcard:
+            raise InvalidRequest(f"{value}: wildcards are not allowed here")
+        if len(labels) < 3:
+            raise InvalidRequest(f"{value}: a wildcard needs at least two labels after '*.'")
+        labels = labels[1:]
+    for label in labels:
+        if not _LABEL.match(label):
+            raise InvalidRequest(
+                f"{value}: invalid DNS name (labels are 1-63 letters, digits or '-', "
+                "not starting or ending with '-'; '*' only as the whole first label)"
+            )
+    if labels[-1].isdigit():
+        raise InvalidRequest(f"{value}: looks like an IP address; use an IP SAN")
+    return ascii_name
+
+
+def _validate_email(value: str) -> str:
+    local, sep, domain = value.strip().rpartition("@")
+    if not sep or not local or not domain or not local.isascii() or any(c in local for c in " <>"):
+        raise InvalidRequest(f"{value}: not a valid e-mail address")
+    return f"{local}@{validate_dns_name(domain, allow_wildcard=False)}"
+
+
+def _validate_uri(value: str) -> str:
+    text = value.strip()
+    if not text.isascii() or any(c.isspace() for c in text):
+        raise InvalidRequest(f"{value}: URIs must be ASCII without spaces")
+    parts = urlsplit(text)
+    if not parts.scheme or not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*$", parts.scheme):
+        raise InvalidRequest(f"{value}: URI needs a scheme (e.g. spiffe://, https://)")
+    if not (parts.netloc or parts.path):
+        raise InvalidRequest(f"{value}: URI has nothing after the scheme")
+    return text
+
+
+def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+@dataclass(frozen=True)
+class SubjectAltNames:
+    """Validated subject alternative names, in the order given, without duplicates."""
+
+    dns: tuple[str, ...] = ()
+    ip: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+    email: tuple[str, ...] = ()
+    uri: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def parse(
+        cls,
+        dns: Sequence[str] = (),
+        ip: Sequence[str] = (),
+        email: Sequence[str] = (),
+        uri: Sequence[str] = (),
+    ) -> SubjectAltNames:
+        """Validate and normalise SAN strings.
+
+        Raises:
+            InvalidRequest: one value is malformed; the message names it.
+        """
+        ips = []
+        for text in ip:
+            try:
+                ips.append(ipaddress.ip_address(text.strip()))
+            except ValueError:
+                raise InvalidRequest(f"{text}: not a valid IPv4 or IPv6 address") from None
+        return cls(
+            dns=_dedupe(validate_dns_name(d) for d in dns),
+            ip=tuple(dict.fromkeys(ips)),
+            email=_dedupe(_validate_email(e) for e in email),
+            uri=_dedupe(_validate_uri(u) for u in uri),
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.dns or self.ip or self.email or self.uri)
+
+    def to_general_names(self) -> list[x509.GeneralName]:
+        """Return the names as cryptography GeneralName objects."""
+        names: list[x509.GeneralName] = [x509.DNSName(d) for d in self.dns]
+        names += [x509.IPAddress(a) for a in self.ip]
+        names += [x509.RFC822Name(e) for e in self.email]
+        names += [x509.UniformResourceIdentifier(u) for u in self.uri]
+        return names
+
+    def to_extension(self) -> x509.SubjectAlternativeName:
+        """Return the SubjectAlternativeName extension value."""
+        return x509.SubjectAlternativeName(self.to_general_names())
+
+    @classmethod
+    def from_extension(cls, ext: x509.SubjectAlternativeName) -> SubjectAltNames:
+        """Read the names back from an extension (other name types are ignored)."""
+        ips = ext.get_values_for_type(x509.IPAddress)
+        return cls(
+            dns=tuple(ext.get_values_for_type(x509.DNSName)),
+            ip=tuple(a for a in ips if isinstance(a, ipaddress.IPv4Address | ipaddress.IPv6Address)),
+            email=tuple(ext.get_values_for_type(x509.RFC822Name)),
+            uri=tuple(ext.get_values_for_type(x509.UniformResourceIdentifier)),
+        )
+
+    def as_dict(self) -> dict[str, list[str]]:
+        """Return ``{"dns", "ip", "email", "uri"}`` lists of strings (for JSON output)."""
+        return {
+            "dns": list(self.dns),
+            "ip": [str(a) for a in self.ip],
+            "email": list(self.email),
+            "uri": list(self.uri),
+        }
