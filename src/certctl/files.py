@@ -15,7 +15,7 @@ from pathlib import Path
 
 from certctl.errors import CertctlError, Conflict
 
-__all__ = ["OutputSet", "SECRET_MODE", "write_atomic"]
+__all__ = ["SECRET_MODE", "OutputSet", "write_atomic"]
 
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644

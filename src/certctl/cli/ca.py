@@ -10,7 +10,16 @@ import typer
 if TYPE_CHECKING:
     from cryptography import x509
 
-from certctl.cli._common import CA_CERT, CA_CHAIN, CA_KEY, load_ca_dir, read_material, read_password, utcnow, warn
+from certctl.cli._common import (
+    CA_CERT,
+    CA_CHAIN,
+    CA_KEY,
+    load_ca_dir,
+    read_material,
+    read_password,
+    utcnow,
+    warn,
+)
 
 __all__ = ["app"]
 
@@ -23,13 +32,30 @@ KEY_TYPES = "ec-p256 (default), ec-p384, ed25519, rsa-2048, rsa-3072, rsa-4096"
 def create(
     out: Path = typer.Option(..., "--out", "-o", help="Directory for ca.crt and ca.key."),
     cn: str = typer.Option(None, "--cn", help="Common name [default: 'certctl Root CA']."),
-    subject: str = typer.Option(None, "--subject", help="Full RFC 4514 subject, e.g. 'CN=Ops CA,O=Example'."),
+    subject: str = typer.Option(
+        None, "--subject", help="Full RFC 4514 subject, e.g. 'CN=Ops CA,O=Example'."
+    ),
     key_type: str = typer.Option("ec-p256", "--key-type", help=f"Key type: {KEY_TYPES}."),
-    validity: str = typer.Option(None, "--validity", help="Lifetime: 5Y, 365D, 8760h … [default: 5Y, for an intermediate at most the parent's remaining life]."),
-    parent: Path = typer.Option(None, "--parent", help="CA directory that signs this one (makes an intermediate)."),
-    path_length: int = typer.Option(None, "--path-length", help="Intermediates below this CA [default: unlimited for a root, 0 for an intermediate]."),
-    key_password_file: Path = typer.Option(None, "--key-password-file", help="Encrypt ca.key with the password in this file."),
-    parent_password_file: Path = typer.Option(None, "--parent-password-file", help="Password of the parent's ca.key."),
+    validity: str = typer.Option(
+        None,
+        "--validity",
+        help="Lifetime: 5Y, 365D, 8760h … "
+        "[default: 5Y; an intermediate at most its parent's remaining life].",
+    ),
+    parent: Path = typer.Option(
+        None, "--parent", help="CA directory that signs this one (makes an intermediate)."
+    ),
+    path_length: int = typer.Option(
+        None,
+        "--path-length",
+        help="Intermediates below this CA [default: unlimited for a root, 0 for an intermediate].",
+    ),
+    key_password_file: Path = typer.Option(
+        None, "--key-password-file", help="Encrypt ca.key with the password in this file."
+    ),
+    parent_password_file: Path = typer.Option(
+        None, "--parent-password-file", help="Password of the parent's ca.key."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:
     """Create a root CA, or an intermediate CA signed by --parent."""
@@ -48,10 +74,14 @@ def create(
 
     kt = KeyType.parse(key_type)
     lifetime = parse_duration(validity or "5Y")
-    name = parse_dn(subject) if subject else common_name_dn(
-        cn or ("certctl Intermediate CA" if parent else "certctl Root CA")
+    name = (
+        parse_dn(subject)
+        if subject
+        else common_name_dn(cn or ("certctl Intermediate CA" if parent else "certctl Root CA"))
     )
-    key_password = read_password(key_password_file, env="CERTCTL_CA_PASSWORD") if key_password_file else None
+    key_password = (
+        read_password(key_password_file, env="CERTCTL_CA_PASSWORD") if key_password_file else None
+    )
     outputs = OutputSet(force=force)
     # Refuse an existing output before spending time on key generation.
     outputs.add(out / CA_CERT, b"")
@@ -63,14 +93,18 @@ def create(
         issued = create_root_ca(key, name, validity=lifetime, now=now, path_length=path_length)
         chain: tuple[x509.Certificate, ...] = ()
     else:
-        parent_ca = load_ca_dir(parent, read_password(parent_password_file, env="CERTCTL_CA_PASSWORD"))
+        parent_ca = load_ca_dir(
+            parent, read_password(parent_password_file, env="CERTCTL_CA_PASSWORD")
+        )
         if validity is None:
             # An intermediate cannot outlive its parent; default to what the parent has left.
             lifetime = min(lifetime, parent_ca.certificate.not_valid_after_utc - now)
         profile = PROFILES["intermediate"]
         if path_length is not None:
             profile = profile.with_path_length(path_length)
-        issued = parent_ca.issue(key.public_key(), name, profile=profile, validity=lifetime, now=now)
+        issued = parent_ca.issue(
+            key.public_key(), name, profile=profile, validity=lifetime, now=now
+        )
         chain = (parent_ca.certificate, *parent_ca.chain)
     for message in issued.warnings:
         warn(message)
@@ -88,11 +122,19 @@ def create(
 @app.command("import")
 def import_ca(
     out: Path = typer.Option(..., "--out", "-o", help="Directory for ca.crt and ca.key."),
-    cert: Path = typer.Option(None, "--cert", help="CA certificate (PEM or DER); extra certificates form the chain."),
+    cert: Path = typer.Option(
+        None, "--cert", help="CA certificate (PEM or DER); extra certificates form the chain."
+    ),
     key: Path = typer.Option(None, "--key", help="CA private key (PEM or DER)."),
-    p12: Path = typer.Option(None, "--p12", help="PKCS#12 file holding the CA key and certificate."),
-    password_file: Path = typer.Option(None, "--password-file", help="Password of the key or PKCS#12 file."),
-    password: str = typer.Option(None, "--password", help="Password on the command line (demos only)."),
+    p12: Path = typer.Option(
+        None, "--p12", help="PKCS#12 file holding the CA key and certificate."
+    ),
+    password_file: Path = typer.Option(
+        None, "--password-file", help="Password of the key or PKCS#12 file."
+    ),
+    password: str = typer.Option(
+        None, "--password", help="Password on the command line (demos only)."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:
     """Import an existing CA (PEM pair or PKCS#12) after checking key and certificate match."""

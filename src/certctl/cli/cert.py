@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import sys
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
-    from certctl.pki import CertificateAuthority
+    from certctl.pki import CertificateAuthority, KeyType, Profile
 
 __all__ = ["app", "leaf_files"]
 
@@ -39,8 +40,14 @@ def leaf_files(
     if p12_password is not None:
         yield (
             f"{name}.p12",
-            to_pkcs12(name, key, certificate, [*ca.chain_below_root, ca.root], p12_password,
-                      legacy=p12_legacy),
+            to_pkcs12(
+                name,
+                key,
+                certificate,
+                [*ca.chain_below_root, ca.root],
+                p12_password,
+                legacy=p12_legacy,
+            ),
             True,
         )
     else:
@@ -56,20 +63,36 @@ def issue(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory, or a .zip with --in."),
     cn: str = typer.Option(None, "--cn", help="Common name (host or user name)."),
     subject: str = typer.Option(None, "--subject", help="Full RFC 4514 subject instead of --cn."),
-    dns: list[str] = typer.Option([], "--dns", help="DNS SAN (repeatable; '*.example.com' allowed)."),
+    dns: list[str] = typer.Option(
+        [], "--dns", help="DNS SAN (repeatable; '*.example.com' allowed)."
+    ),
     ip: list[str] = typer.Option([], "--ip", help="IP SAN, IPv4 or IPv6 (repeatable)."),
     email: list[str] = typer.Option([], "--email", help="E-mail SAN (repeatable)."),
     uri: list[str] = typer.Option([], "--uri", help="URI SAN, e.g. spiffe://… (repeatable)."),
     profile: str = typer.Option("server", "--profile", help="server, client or server+client."),
     validity: str = typer.Option("90D", "--validity", help="Lifetime: 90D, 2160h, 1Y …"),
-    key_type: str = typer.Option("ec-p256", "--key-type", help="ec-p256, ec-p384, ed25519, rsa-2048|3072|4096."),
-    instances: Path = typer.Option(None, "--in", help="certutil instances.yml: issue one certificate per instance."),
+    key_type: str = typer.Option(
+        "ec-p256", "--key-type", help="ec-p256, ec-p384, ed25519, rsa-2048|3072|4096."
+    ),
+    instances: Path = typer.Option(
+        None, "--in", help="certutil instances.yml: issue one certificate per instance."
+    ),
     pem: bool = typer.Option(False, "--pem", help="With --in: write PEM files instead of PKCS#12."),
-    p12: bool = typer.Option(False, "--p12", help="Write a password-protected tls.p12 instead of PEM."),
-    p12_legacy: bool = typer.Option(False, "--p12-legacy", help="PKCS#12 with 3DES/SHA-1 for old Java and Windows."),
-    password_file: Path = typer.Option(None, "--password-file", help="PKCS#12 password file (or CERTCTL_PASSWORD)."),
-    password: str = typer.Option(None, "--password", help="PKCS#12 password on the command line (demos only)."),
-    ca_password_file: Path = typer.Option(None, "--ca-password-file", help="Password of an encrypted ca.key."),
+    p12: bool = typer.Option(
+        False, "--p12", help="Write a password-protected tls.p12 instead of PEM."
+    ),
+    p12_legacy: bool = typer.Option(
+        False, "--p12-legacy", help="PKCS#12 with 3DES/SHA-1 for old Java and Windows."
+    ),
+    password_file: Path = typer.Option(
+        None, "--password-file", help="PKCS#12 password file (or CERTCTL_PASSWORD)."
+    ),
+    password: str = typer.Option(
+        None, "--password", help="PKCS#12 password on the command line (demos only)."
+    ),
+    ca_password_file: Path = typer.Option(
+        None, "--ca-password-file", help="Password of an encrypted ca.key."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:
     """Issue a certificate and key (tls.crt, tls.key, ca.crt), or a batch with --in."""
@@ -86,19 +109,34 @@ def issue(
 
     prof = get_profile(profile)
     if prof.is_ca:
-        raise typer.BadParameter("use 'certctl ca create --parent' for CA certificates", param_hint="--profile")
+        raise typer.BadParameter(
+            "use 'certctl ca create --parent' for CA certificates", param_hint="--profile"
+        )
     kt = KeyType.parse(key_type)
     lifetime = parse_duration(validity)
     if instances is not None:
         if cn or subject or dns or ip or email or uri:
-            raise typer.BadParameter("--in takes names from the file; drop --cn/--subject/--dns/--ip")
+            raise typer.BadParameter(
+                "--in takes names from the file; drop --cn/--subject/--dns/--ip"
+            )
         p12_password = None if pem else read_password(password_file, password)
         if not pem and p12_password is None:
             raise typer.BadParameter(
-                "PKCS#12 output needs a password: --password-file or CERTCTL_PASSWORD (or use --pem)"
+                "PKCS#12 output needs a password: --password-file or CERTCTL_PASSWORD "
+                "(or use --pem)"
             )
-        _issue_batch(ca_dir, out, instances, prof, lifetime, kt, p12_password, p12_legacy, force,
-                     ca_password_file)
+        _issue_batch(
+            ca_dir,
+            out,
+            instances,
+            prof,
+            lifetime,
+            kt,
+            p12_password,
+            p12_legacy,
+            force,
+            ca_password_file,
+        )
         return
     if not (cn or subject):
         raise typer.BadParameter("give --cn or --subject (or --in for a batch)")
@@ -112,15 +150,20 @@ def issue(
     outputs.check()
     ca = load_ca_dir(ca_dir, read_password(ca_password_file, env="CERTCTL_CA_PASSWORD"))
     key = generate_private_key(kt)
-    issued = ca.issue(key.public_key(), name, profile=prof, validity=lifetime, now=utcnow(), sans=sans)
+    issued = ca.issue(
+        key.public_key(), name, profile=prof, validity=lifetime, now=utcnow(), sans=sans
+    )
     for message in issued.warnings:
         warn(message)
-    for filename, data, secret in leaf_files(ca, issued.certificate, key,
-                                             p12_password=p12_password, p12_legacy=p12_legacy):
+    for filename, data, secret in leaf_files(
+        ca, issued.certificate, key, p12_password=p12_password, p12_legacy=p12_legacy
+    ):
         outputs.add(out / filename, data, secret=secret)
     outputs.commit()
-    typer.echo(f"issued {prof.name} certificate serial {issued.certificate.serial_number:x} "
-               f"valid until {issued.certificate.not_valid_after_utc:%Y-%m-%d}")
+    typer.echo(
+        f"issued {prof.name} certificate serial {issued.certificate.serial_number:x} "
+        f"valid until {issued.certificate.not_valid_after_utc:%Y-%m-%d}"
+    )
     for path in outputs.paths:
         typer.echo(f"  {path}")
 
@@ -129,9 +172,9 @@ def _issue_batch(
     ca_dir: Path,
     out: Path,
     instances_path: Path,
-    prof: object,
-    lifetime: object,
-    kt: object,
+    prof: Profile,
+    lifetime: timedelta,
+    kt: KeyType,
     p12_password: bytes | None,
     p12_legacy: bool,
     force: bool,
@@ -151,20 +194,31 @@ def _issue_batch(
         outputs.add(out, b"")
     else:
         for inst in todo:
-            outputs.add(out / inst.filename / ("tls.crt" if p12_password is None else f"{inst.filename}.p12"), b"")
+            outputs.add(
+                out
+                / inst.filename
+                / ("tls.crt" if p12_password is None else f"{inst.filename}.p12"),
+                b"",
+            )
     outputs.check()
     outputs = OutputSet(force=force)
     ca = load_ca_dir(ca_dir, read_password(ca_password_file, env="CERTCTL_CA_PASSWORD"))
     now = utcnow()
     buffer = io.BytesIO()
-    archive = zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) if as_zip else None
+    archive = (
+        zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) if as_zip else None
+    )
     warned: set[str] = set()
     with _progress(len(todo)) as advance:
         for inst in todo:
-            key = generate_private_key(kt)  # type: ignore[arg-type]
+            key = generate_private_key(kt)
             issued = ca.issue(
-                key.public_key(), _cn_name(inst.common_name), profile=prof,  # type: ignore[arg-type]
-                validity=lifetime, now=now, sans=inst.sans,  # type: ignore[arg-type]
+                key.public_key(),
+                _cn_name(inst.common_name),
+                profile=prof,
+                validity=lifetime,
+                now=now,
+                sans=inst.sans,
             )
             for message in issued.warnings:
                 if message not in warned:
@@ -172,10 +226,17 @@ def _issue_batch(
                     warn(message)
             name = "tls" if p12_password is None else inst.filename
             for filename, data, secret in leaf_files(
-                ca, issued.certificate, key, p12_password=p12_password, p12_legacy=p12_legacy, name=name
+                ca,
+                issued.certificate,
+                key,
+                p12_password=p12_password,
+                p12_legacy=p12_legacy,
+                name=name,
             ):
                 if archive is not None:
-                    info = zipfile.ZipInfo(f"{inst.filename}/{filename}", date_time=now.timetuple()[:6])
+                    info = zipfile.ZipInfo(
+                        f"{inst.filename}/{filename}", date_time=now.timetuple()[:6]
+                    )
                     info.compress_type = zipfile.ZIP_DEFLATED
                     info.external_attr = (0o100600 if secret else 0o100644) << 16
                     archive.writestr(info, data)
@@ -204,15 +265,19 @@ class _progress:
         self.total = total
         self._bar: object | None = None
 
-    def __enter__(self) -> typer.Callable[[], None]:  # type: ignore[name-defined]
+    def __enter__(self) -> Callable[[], None]:
         if not sys.stderr.isatty():
             return lambda: None
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
         progress = Progress(
-            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-            TimeRemainingColumn(), console=Console(stderr=True), transient=True,
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
         )
         self._bar = progress
         progress.start()

@@ -17,11 +17,21 @@ app = typer.Typer(help="Certificate revocation lists.", no_args_is_help=True)
 def create(
     ca_dir: Path = typer.Option(..., "--ca", help="CA directory."),
     out: Path = typer.Option(..., "--out", "-o", help="CRL file to write."),
-    revoked: list[str] = typer.Option([], "--revoked", help="Revoked serial, hex (3f:a1… or 0x3fa1) or dec:NNN (repeatable)."),
-    reason: str = typer.Option(None, "--reason", help="Reason for all entries: keyCompromise, superseded, cessationOfOperation …"),
-    next_update: str = typer.Option("7D", "--next-update", help="When clients should fetch a new CRL."),
+    revoked: list[str] = typer.Option(
+        [], "--revoked", help="Revoked serial, hex (3f:a1… or 0x3fa1) or dec:NNN (repeatable)."
+    ),
+    reason: str = typer.Option(
+        None,
+        "--reason",
+        help="Reason for all entries: keyCompromise, superseded, cessationOfOperation …",
+    ),
+    next_update: str = typer.Option(
+        "7D", "--next-update", help="When clients should fetch a new CRL."
+    ),
     der: bool = typer.Option(False, "--der", help="Write DER instead of PEM."),
-    ca_password_file: Path = typer.Option(None, "--ca-password-file", help="Password of an encrypted ca.key."),
+    ca_password_file: Path = typer.Option(
+        None, "--ca-password-file", help="Password of an encrypted ca.key."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
     """Create and sign a CRL for the CA, listing the given serials."""
@@ -46,9 +56,13 @@ def create(
     outputs.check()
     ca = load_ca_dir(ca_dir, read_password(ca_password_file, env="CERTCTL_CA_PASSWORD"))
     now = utcnow()
-    crl = create_crl(ca, [RevokedEntry(s, now, flag) for s in serials], now=now, next_update=interval)
+    crl = create_crl(
+        ca, [RevokedEntry(s, now, flag) for s in serials], now=now, next_update=interval
+    )
     encoding = serialization.Encoding.DER if der else serialization.Encoding.PEM
     outputs.add(out, crl.public_bytes(encoding))
     outputs.commit()
-    typer.echo(f"wrote CRL with {len(serials)} revoked serial(s) to {out}, next update "
-               f"{now + interval:%Y-%m-%d %H:%M}Z")
+    typer.echo(
+        f"wrote CRL with {len(serials)} revoked serial(s) to {out}, next update "
+        f"{now + interval:%Y-%m-%d %H:%M}Z"
+    )

@@ -22,14 +22,24 @@ def create(
     ip: list[str] = typer.Option([], "--ip", help="IP SAN (repeatable)."),
     email: list[str] = typer.Option([], "--email", help="E-mail SAN (repeatable)."),
     uri: list[str] = typer.Option([], "--uri", help="URI SAN (repeatable)."),
-    key_type: str = typer.Option("ec-p256", "--key-type", help="ec-p256, ec-p384, ed25519, rsa-2048|3072|4096."),
+    key_type: str = typer.Option(
+        "ec-p256", "--key-type", help="ec-p256, ec-p384, ed25519, rsa-2048|3072|4096."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:
     """Create a key and a CSR (tls.key, tls.csr) to send to a CA."""
     from cryptography.hazmat.primitives import serialization
 
     from certctl.files import OutputSet
-    from certctl.pki import KeyType, SubjectAltNames, common_name_dn, create_csr, generate_private_key, key_to_pem, parse_dn
+    from certctl.pki import (
+        KeyType,
+        SubjectAltNames,
+        common_name_dn,
+        create_csr,
+        generate_private_key,
+        key_to_pem,
+        parse_dn,
+    )
 
     if not (cn or subject):
         raise typer.BadParameter("give --cn or --subject")
@@ -55,9 +65,13 @@ def sign(
     ca_dir: Path = typer.Option(..., "--ca", help="CA directory."),
     csr_path: Path = typer.Option(..., "--csr", help="CSR file (PEM or DER)."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for tls.crt and ca.crt."),
-    profile: str = typer.Option("server", "--profile", help="server, client, server+client or intermediate."),
+    profile: str = typer.Option(
+        "server", "--profile", help="server, client, server+client or intermediate."
+    ),
     validity: str = typer.Option("90D", "--validity", help="Lifetime: 90D, 2160h, 1Y …"),
-    ca_password_file: Path = typer.Option(None, "--ca-password-file", help="Password of an encrypted ca.key."),
+    ca_password_file: Path = typer.Option(
+        None, "--ca-password-file", help="Password of an encrypted ca.key."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:
     """Sign a CSR after verifying its signature; the profile decides every extension."""
@@ -67,7 +81,9 @@ def sign(
 
     prof = get_profile(profile)
     if prof.name == "ca":
-        raise typer.BadParameter("a root CA is self-signed; use 'certctl ca create'", param_hint="--profile")
+        raise typer.BadParameter(
+            "a root CA is self-signed; use 'certctl ca create'", param_hint="--profile"
+        )
     lifetime = parse_duration(validity)
     try:
         csr = load_csr(read_file(csr_path, "CSR"))
@@ -83,7 +99,9 @@ def sign(
     outputs.add(out / "tls.crt", certs_to_pem([issued.certificate, *ca.chain_below_root]))
     outputs.add(out / "ca.crt", certs_to_pem([ca.root]))
     outputs.commit()
-    typer.echo(f"signed {prof.name} certificate serial {issued.certificate.serial_number:x} "
-               f"for {issued.certificate.subject.rfc4514_string()}")
+    typer.echo(
+        f"signed {prof.name} certificate serial {issued.certificate.serial_number:x} "
+        f"for {issued.certificate.subject.rfc4514_string()}"
+    )
     for path in outputs.paths:
         typer.echo(f"  {path}")

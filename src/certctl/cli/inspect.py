@@ -25,7 +25,9 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
 
     ext = cert.extensions
     try:
-        sans = SubjectAltNames.from_extension(ext.get_extension_for_class(_x509.SubjectAlternativeName).value)
+        sans = SubjectAltNames.from_extension(
+            ext.get_extension_for_class(_x509.SubjectAlternativeName).value
+        )
     except _x509.ExtensionNotFound:
         sans = SubjectAltNames()
     try:
@@ -36,8 +38,15 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
     usages: list[str] = []
     try:
         ku = ext.get_extension_for_class(_x509.KeyUsage).value
-        for attr in ("digital_signature", "content_commitment", "key_encipherment",
-                     "data_encipherment", "key_agreement", "key_cert_sign", "crl_sign"):
+        for attr in (
+            "digital_signature",
+            "content_commitment",
+            "key_encipherment",
+            "data_encipherment",
+            "key_agreement",
+            "key_cert_sign",
+            "crl_sign",
+        ):
             if getattr(ku, attr):
                 usages.append(attr)
     except _x509.ExtensionNotFound:
@@ -66,8 +75,12 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
 
 def inspect_command(
     file: Path = typer.Argument(..., help="PEM, DER or PKCS#12 file."),
-    password_file: Path = typer.Option(None, "--password-file", help="Password for PKCS#12 or an encrypted key."),
-    password: str = typer.Option(None, "--password", help="Password on the command line (demos only)."),
+    password_file: Path = typer.Option(
+        None, "--password-file", help="Password for PKCS#12 or an encrypted key."
+    ),
+    password: str = typer.Option(
+        None, "--password", help="Password on the command line (demos only)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per certificate."),
 ) -> None:
     """Show the certificates (and keys, CSRs, CRLs) in a file."""
@@ -83,20 +96,27 @@ def inspect_command(
 
     console = Console()
     for index, summary in enumerate(summaries, start=1):
-        table = Table(title=f"certificate {index} of {len(summaries)} ({material.format})",
-                      show_header=False, title_justify="left")
+        table = Table(
+            title=f"certificate {index} of {len(summaries)} ({material.format})",
+            show_header=False,
+            title_justify="left",
+        )
         table.add_column(style="bold")
         table.add_column()
         sans = summary["sans"]
         san_text = ", ".join(
-            [f"DNS:{v}" for v in sans["dns"]] + [f"IP:{v}" for v in sans["ip"]]
-            + [f"email:{v}" for v in sans["email"]] + [f"URI:{v}" for v in sans["uri"]]
+            [f"DNS:{v}" for v in sans["dns"]]
+            + [f"IP:{v}" for v in sans["ip"]]
+            + [f"email:{v}" for v in sans["email"]]
+            + [f"URI:{v}" for v in sans["uri"]]
         )
         rows = [
-            ("subject", summary["subject"]), ("issuer", summary["issuer"]),
+            ("subject", summary["subject"]),
+            ("issuer", summary["issuer"]),
             ("serial", summary["serial"]),
             ("valid", f"{summary['not_before']} → {summary['not_after']}"),
-            ("SANs", san_text or "-"), ("key", summary["key_type"]),
+            ("SANs", san_text or "-"),
+            ("key", summary["key_type"]),
             ("CA", "yes" if summary["is_ca"] else "no"),
             ("key usage", ", ".join(summary["key_usage"]) or "-"),
             ("ext. key usage", ", ".join(summary["extended_key_usage"]) or "-"),
@@ -109,9 +129,13 @@ def inspect_command(
         console.print(f"private key: {key_type_of(material.private_key)}")
     for csr in material.csrs:
         sans_text = ", ".join(v for vs in csr_sans(csr).as_dict().values() for v in vs)
-        console.print(f"CSR: subject {csr.subject.rfc4514_string()}, key {key_type_of(csr.public_key())}, "
-                      f"SANs {sans_text or '-'}, signature {'valid' if csr.is_signature_valid else 'INVALID'}")
+        console.print(
+            f"CSR: subject {csr.subject.rfc4514_string()}, key {key_type_of(csr.public_key())}, "
+            f"SANs {sans_text or '-'}, signature {'valid' if csr.is_signature_valid else 'INVALID'}"
+        )
     for crl in material.crls:
-        console.print(f"CRL: issuer {crl.issuer.rfc4514_string()}, {len(crl)} revoked, "
-                      f"next update {crl.next_update_utc}")
+        console.print(
+            f"CRL: issuer {crl.issuer.rfc4514_string()}, {len(crl)} revoked, "
+            f"next update {crl.next_update_utc}"
+        )
     _ = SubjectAltNames

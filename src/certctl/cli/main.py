@@ -77,7 +77,9 @@ def run(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("CERTCTL_DEBUG"):
             raise
-        return _fail(f"internal error ({type(exc).__name__}: {exc}); set CERTCTL_DEBUG=1 for details", 1)
+        return _fail(
+            f"internal error ({type(exc).__name__}: {exc}); set CERTCTL_DEBUG=1 for details", 1
+        )
     return result if isinstance(result, int) else 0
 
 

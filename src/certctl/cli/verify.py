@@ -12,10 +12,14 @@ __all__ = ["verify_command"]
 
 
 def verify_command(
-    cert: Path = typer.Argument(..., help="Certificate to verify (PEM/DER; extra certificates count as intermediates)."),
+    cert: Path = typer.Argument(
+        ..., help="Certificate to verify (PEM/DER; extra certificates count as intermediates)."
+    ),
     ca: Path = typer.Option(..., "--ca", help="Trust bundle: root CA certificate(s)."),
     untrusted: Path = typer.Option(None, "--untrusted", help="Intermediate certificates."),
-    hostname: str = typer.Option(None, "--hostname", help="DNS name or IP address the certificate must match."),
+    hostname: str = typer.Option(
+        None, "--hostname", help="DNS name or IP address the certificate must match."
+    ),
     purpose: str = typer.Option("server", "--purpose", help="server or client."),
 ) -> None:
     """Verify a certificate the way a TLS client or server would."""
@@ -34,8 +38,12 @@ def verify_command(
         raise InvalidRequest(f"{ca}: holds no certificate")
     extra = read_material(untrusted, what="intermediates").certificates if untrusted else []
     result = verify_certificate(
-        leaf_certs[0], trust=trust, untrusted=[*leaf_certs[1:], *extra],
-        hostname=hostname, purpose=purpose, now=utcnow(),
+        leaf_certs[0],
+        trust=trust,
+        untrusted=[*leaf_certs[1:], *extra],
+        hostname=hostname,
+        purpose=purpose,
+        now=utcnow(),
     )
     path = " <- ".join(c.subject.rfc4514_string() for c in result.chain)
     checked = f" for {result.name}" if hostname else ""

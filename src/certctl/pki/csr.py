@@ -101,7 +101,7 @@ def sign_csr(
         if ext.oid != ExtensionOID.SUBJECT_ALTERNATIVE_NAME or not profile.allows_sans
     )
     issued = ca.issue(
-        csr.public_key(),  # type: ignore[arg-type]  # check_public_key narrowed it in load_csr
+        csr.public_key(),
         subject,
         profile=profile,
         validity=validity,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
@@ -26,9 +27,7 @@ __all__ = [
     "to_pkcs12",
 ]
 
-_PEM_BLOCK = re.compile(
-    rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.DOTALL
-)
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.DOTALL)
 _SIGNING_KEY_TYPES = (
     rsa.RSAPrivateKey,
     ec.EllipticCurvePrivateKey,
@@ -57,7 +56,7 @@ def _issuer_key(key: PrivateKeyTypes) -> CertificateIssuerPrivateKeyTypes:
     # Name the signing types positively: touching dh.* raises a deprecation warning.
     if isinstance(key, _SIGNING_KEY_TYPES):
         return key
-    raise InvalidRequest("key-agreement keys cannot sign certificates")
+    raise InvalidRequest(f"{type(key).__name__}: unsupported private key type")
 
 
 def _looks_like_pkcs12(data: bytes) -> bool:
@@ -96,7 +95,7 @@ def load_material(data: bytes, password: bytes | None = None) -> Material:
         key = serialization.load_der_private_key(data, password)
     except TypeError as exc:
         raise InvalidRequest(_password_message(password)) from exc
-    except (ValueError, serialization.UnsupportedAlgorithm) as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise InvalidRequest(
             "not a recognised PEM, DER or PKCS#12 file (certificate, key, CSR or CRL)"
         ) from exc
@@ -143,7 +142,7 @@ def _load_pem_key(raw: bytes, password: bytes | None) -> CertificateIssuerPrivat
         if b"ENCRYPTED" in raw or b"Proc-Type: 4,ENCRYPTED" in raw:
             raise InvalidRequest(_password_message(password)) from exc
         raise InvalidRequest("the private key is not encrypted; drop the password") from exc
-    except serialization.UnsupportedAlgorithm as exc:
+    except UnsupportedAlgorithm as exc:
         raise InvalidRequest("private key uses an unsupported algorithm") from exc
     except ValueError as exc:
         if password is not None and b"ENCRYPTED" in raw:
@@ -171,7 +170,9 @@ def _load_pkcs12(data: bytes, password: bytes | None) -> Material:
     raise InvalidRequest("cannot open PKCS#12 file: wrong password or corrupted file") from last
 
 
-def load_private_key(data: bytes, password: bytes | None = None) -> CertificateIssuerPrivateKeyTypes:
+def load_private_key(
+    data: bytes, password: bytes | None = None
+) -> CertificateIssuerPrivateKeyTypes:
     """Load exactly one private key from PEM, DER or PKCS#12 bytes.
 
     Raises:
@@ -195,7 +196,9 @@ def key_to_pem(key: CertificateIssuerPrivateKeyTypes, password: bytes | None = N
         if password
         else serialization.NoEncryption()
     )
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
 
 
 def to_pkcs12(
@@ -214,11 +217,13 @@ def to_pkcs12(
     """
     if not password:
         raise InvalidRequest("a PKCS#12 file needs a non-empty password")
+    if key is not None and not isinstance(key, _SIGNING_KEY_TYPES):
+        raise InvalidRequest(f"{type(key).__name__}: key type cannot be stored in PKCS#12")
     builder = serialization.PrivateFormat.PKCS12.encryption_builder()
     if legacy:
-        builder = builder.key_cert_algorithm(
-            pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC
-        ).hmac_hash(hashes.SHA1())
+        builder = builder.key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC).hmac_hash(
+            hashes.SHA1()
+        )
     else:
         builder = (
             builder.kdf_rounds(P12_KDF_ROUNDS)

@@ -62,7 +62,9 @@ def parse_instances(text: str) -> list[Instance]:
             raise InvalidRequest(f"{where}: must be a mapping with at least 'name'")
         unknown = set(entry) - {"name", "dns", "ip", "cn", "filename"}
         if unknown:
-            raise InvalidRequest(f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+            raise InvalidRequest(
+                f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}"
+            )
         name = entry.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidRequest(f"{where}: 'name' is required")

@@ -40,7 +40,9 @@ class IssuedCertificate:
     warnings: tuple[str, ...] = ()
 
 
-def keys_match(private_key: CertificateIssuerPrivateKeyTypes, certificate: x509.Certificate) -> bool:
+def keys_match(
+    private_key: CertificateIssuerPrivateKeyTypes, certificate: x509.Certificate
+) -> bool:
     """True when ``certificate`` holds the public half of ``private_key``."""
     return private_key.public_key() == certificate.public_key()
 
@@ -72,7 +74,9 @@ class CertificateAuthority:
             raise InvalidRequest("certificate is not a CA (BasicConstraints CA:FALSE)")
         try:
             ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-            self.authority_key_identifier = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
+            self.authority_key_identifier = (
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
+            )
         except x509.ExtensionNotFound:
             self.authority_key_identifier = x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 self.private_key.public_key()

@@ -25,7 +25,7 @@ MIN_RSA_BITS = 2048
 _ALLOWED_CURVES = {"secp256r1": "ec-p256", "secp384r1": "ec-p384"}
 
 
-class KeyType(str, enum.Enum):
+class KeyType(enum.StrEnum):
     """Key algorithms certctl issues with; values are the CLI/API spelling."""
 
     EC_P256 = "ec-p256"

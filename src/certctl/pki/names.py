@@ -184,7 +184,9 @@ class SubjectAltNames:
         ips = ext.get_values_for_type(x509.IPAddress)
         return cls(
             dns=tuple(ext.get_values_for_type(x509.DNSName)),
-            ip=tuple(a for a in ips if isinstance(a, ipaddress.IPv4Address | ipaddress.IPv6Address)),
+            ip=tuple(
+                a for a in ips if isinstance(a, ipaddress.IPv4Address | ipaddress.IPv6Address)
+            ),
             email=tuple(ext.get_values_for_type(x509.RFC822Name)),
             uri=tuple(ext.get_values_for_type(x509.UniformResourceIdentifier)),
         )

@@ -1,4 +1,4 @@
-"""Validity grammar: Go durations (``8760h``, ``90m``) and certutil/Java periods (``90D``, ``1Y6M``).
+"""Validity grammar: Go durations (``8760h``) and certutil/Java periods (``90D``, ``1Y6M``).
 
 Units, case-sensitive where it matters:
 

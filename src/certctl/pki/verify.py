@@ -94,7 +94,9 @@ def _verify_rfc5280(
     if purpose == "server":
         name = hostname or _first_san(leaf)
         if not _name_matches(leaf, _subject_for(name)):
-            raise VerificationFailed(f"verification failed: {name} is not in the certificate's SANs")
+            raise VerificationFailed(
+                f"verification failed: {name} is not in the certificate's SANs"
+            )
     try:
         ekus = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         if _EKU_FOR[purpose] not in ekus:
