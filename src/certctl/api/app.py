@@ -1,0 +1,668 @@
+"""The ASGI application: a route table with permissions, problem+json errors, access log.
+
+Each route is declared once in ``ROUTES`` with its permission; the router, the OpenAPI
+document and the authorization tests are all generated from that table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from certctl.api import schemas
+from certctl.api.problems import problem, problem_for_status, problem_from_error
+from certctl.auth.permissions import PERMISSIONS
+from certctl.errors import CertctlError, InvalidRequest, PermissionDenied, Unauthenticated
+from certctl.metrics.registry import AUTH_FAILURES, HTTP_DURATION, HTTP_REQUESTS, REGISTRY
+from certctl.pki import parse_duration
+from certctl.services import audit, issuance, rbac
+from certctl.services.context import Principal, Services
+from certctl.store.models import Actor, ApiKey, Role
+
+__all__ = ["ROUTES", "ApiRoute", "ClientCertMapping", "create_app"]
+
+log = logging.getLogger("certctl.access")
+MAX_BODY_BYTES = 1024 * 1024
+PUBLIC = "public"
+AUTHENTICATED = "authenticated"
+
+Handler = Callable[[Request, Principal | None], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    """One route: method, path template, permission, handler and OpenAPI facts."""
+
+    method: str
+    path: str
+    permission: str
+    handler: Handler
+    summary: str
+    body: type[BaseModel] | None = None
+    success: int = 200
+
+
+@dataclass(frozen=True)
+class ClientCertMapping:
+    """``auth.client-cert-mappings`` entry: a DN pattern (``*`` wildcards per RDN) → roles."""
+
+    subject: str
+    roles: tuple[str, ...]
+
+    def matches(self, subject: str) -> bool:
+        """True when the RFC 4514 ``subject`` matches the pattern RDN by RDN."""
+        want = [p.strip() for p in self.subject.split(",")]
+        have = [p.strip() for p in subject.split(",")]
+        if len(want) != len(have):
+            return False
+        for pattern, value in zip(want, have, strict=True):
+            p_attr, _, p_val = pattern.partition("=")
+            v_attr, _, v_val = value.partition("=")
+            if p_attr.upper() != v_attr.upper():
+                return False
+            if p_val != "*" and p_val != v_val:
+                return False
+        return True
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return JSONResponse(data, status_code=status)
+
+
+async def _body(request: Request, model: type[BaseModel]) -> Any:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise _MediaType("request body must be application/json")
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("request body is not valid JSON") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidRequest(f"{where}: {first['msg']}") from None
+
+
+class _MediaType(CertctlError):
+    status = 415
+    title = "Unsupported media type"
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _limit(request: Request) -> int:
+    raw = request.query_params.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 500:
+        raise InvalidRequest(f"limit={raw[:20]}: must be an integer from 1 to 500")
+    return int(raw)
+
+
+def _caller(principal: Principal | None) -> Principal:
+    assert principal is not None  # the router authenticates every non-public route
+    return principal
+
+
+# --- handlers: auth ----------------------------------------------------------------------
+
+
+async def whoami(request: Request, principal: Principal | None) -> Response:
+    p = _caller(principal)
+    return _json({"actor_id": p.actor_id, "roles": list(p.roles),
+                  "permissions": sorted(p.permissions), "auth_method": p.auth_method})
+
+
+async def list_permissions(request: Request, principal: Principal | None) -> Response:
+    return _json({"items": list(PERMISSIONS)})
+
+
+def _role_json(role: Role) -> dict[str, Any]:
+    return {"id": role.id, "name": role.name, "permissions": role.permissions,
+            "builtin": role.builtin}
+
+
+async def list_roles(request: Request, principal: Principal | None) -> Response:
+    with _services(request).sessions() as session:
+        roles = session.query(Role).order_by(Role.id).all()
+    return _json({"items": [_role_json(r) for r in roles], "next_cursor": None})
+
+
+async def get_role(request: Request, principal: Principal | None) -> Response:
+    with _services(request).sessions() as session:
+        role = session.get(Role, request.path_params["id"])
+    if role is None:
+        raise _not_found("role", request.path_params["id"])
+    return _json(_role_json(role))
+
+
+def _not_found(what: str, ident: str) -> CertctlError:
+    from certctl.errors import NotFound
+
+    return NotFound(f"{what} {ident} not found")
+
+
+async def create_role(request: Request, principal: Principal | None) -> Response:
+    body = await _body(request, schemas.RoleCreate)
+    role = rbac.create_role(_services(request), _caller(principal), body.id, body.name,
+                            body.permissions)
+    return _json(_role_json(role), 201)
+
+
+async def update_role(request: Request, principal: Principal | None) -> Response:
+    body = await _body(request, schemas.RoleUpdate)
+    role = rbac.update_role(_services(request), _caller(principal), request.path_params["id"],
+                            body.name, body.permissions)
+    return _json(_role_json(role))
+
+
+async def delete_role(request: Request, principal: Principal | None) -> Response:
+    rbac.delete_role(_services(request), _caller(principal), request.path_params["id"])
+    return Response(status_code=204)
+
+
+def _actor_json(actor: Actor) -> dict[str, Any]:
+    return {"id": actor.id, "name": actor.name, "roles": actor.roles,
+            "created_at": actor.created_at.isoformat()}
+
+
+async def list_actors(request: Request, principal: Principal | None) -> Response:
+    with _services(request).sessions() as session:
+        actors = session.query(Actor).order_by(Actor.id).all()
+    return _json({"items": [_actor_json(a) for a in actors], "next_cursor": None})
+
+
+async def get_actor(request: Request, principal: Principal | None) -> Response:
+    with _services(request).sessions() as session:
+        actor = session.get(Actor, request.path_params["id"])
+    if actor is None:
+        raise _not_found("actor", request.path_params["id"])
+    return _json(_actor_json(actor))
+
+
+async def create_actor(request: Request, principal: Principal | None) -> Response:
+    body = await _body(request, schemas.ActorCreate)
+    actor = rbac.create_actor(_services(request), _caller(principal), body.id, body.name,
+                              body.roles)
+    return _json(_actor_json(actor), 201)
+
+
+async def patch_actor(request: Request, principal: Principal | None) -> Response:
+    body = await _body(request, schemas.ActorPatch)
+    actor = rbac.update_actor(_services(request), _caller(principal), request.path_params["id"],
+                              body.name, body.roles)
+    return _json(_actor_json(actor))
+
+
+async def delete_actor(request: Request, principal: Principal | None) -> Response:
+    rbac.delete_actor(_services(request), _caller(principal), request.path_params["id"])
+    return Response(status_code=204)
+
+
+async def list_apikeys(request: Request, principal: Principal | None) -> Response:
+    query = ApiKey.__table__.select().order_by(ApiKey.created_at)
+    actor = request.query_params.get("actor_id")
+    with _services(request).sessions() as session:
+        q = session.query(ApiKey).order_by(ApiKey.created_at)
+        if actor:
+            q = q.filter(ApiKey.actor_id == actor)
+        rows = q.all()
+    del query
+    return _json({"items": [schemas.apikey_json(r) for r in rows], "next_cursor": None})
+
+
+async def get_apikey(request: Request, principal: Principal | None) -> Response:
+    with _services(request).sessions() as session:
+        row = session.get(ApiKey, request.path_params["id"])
+    if row is None:
+        raise _not_found("API key", request.path_params["id"])
+    return _json(schemas.apikey_json(row))
+
+
+async def create_apikey(request: Request, principal: Principal | None) -> Response:
+    body = await _body(request, schemas.ApiKeyCreate)
+    expires = body.expires_at
+    if expires is not None and expires.tzinfo is None:
+        raise InvalidRequest("expires_at: needs a time zone (e.g. 2027-01-01T00:00:00Z)")
+    result = rbac.mint_api_key(_services(request), _caller(principal), body.actor_id, body.name,
+                               expires)
+    data = schemas.apikey_json(result.row)
+    data["key_value"] = result.minted.value  # shown once, here only
+    data.pop("last_used_at")
+    data.pop("revoked_at")
+    return _json(data, 201)
+
+
+async def revoke_apikey(request: Request, principal: Principal | None) -> Response:
+    row = rbac.revoke_api_key(_services(request), _caller(principal), request.path_params["id"])
+    return _json(schemas.apikey_json(row))
+
+
+# --- handlers: issuers and certificates --------------------------------------------------
+
+
+async def list_issuers(request: Request, principal: Principal | None) -> Response:
+    from certctl.store.models import Issuer
+
+    with _services(request).sessions() as session:
+        rows = session.query(Issuer).order_by(Issuer.id).all()
+    return _json({"items": [schemas.issuer_json(r) for r in rows], "next_cursor": None})
+
+
+async def get_issuer(request: Request, principal: Principal | None) -> Response:
+    from certctl.store.models import Issuer
+
+    with _services(request).sessions() as session:
+        row = session.get(Issuer, request.path_params["id"])
+    if row is None:
+        raise _not_found("issuer", request.path_params["id"])
+    return _json(schemas.issuer_json(row))
+
+
+async def create_issuer(request: Request, principal: Principal | None) -> Response:
+    body = await _body(request, schemas.IssuerCreate)
+    services, caller = _services(request), _caller(principal)
+    if body.certificate_pem or body.private_key_pem:
+        if not (body.certificate_pem and body.private_key_pem):
+            raise InvalidRequest("import needs both certificate_pem and private_key_pem")
+        row = issuance.import_issuer(services, caller, issuer_id=body.id, name=body.name,
+                                     certificate_pem=body.certificate_pem,
+                                     private_key_pem=body.private_key_pem)
+    else:
+        validity = parse_duration(body.validity)
+        row = await anyio.to_thread.run_sync(lambda: issuance.create_issuer(
+            services, caller, issuer_id=body.id, name=body.name, subject=body.subject,
+            common_name=body.common_name, key_type=body.key_type, validity=validity,
+            parent=body.parent, path_length=body.path_length))
+    return _json(schemas.issuer_json(row), 201)
+
+
+async def issuer_ca_pem(request: Request, principal: Principal | None) -> Response:
+    ca = issuance.load_issuer(_services(request), request.path_params["id"])
+    from certctl.pki import certs_to_pem
+
+    return Response(certs_to_pem([ca.certificate]), media_type="application/x-pem-file")
+
+
+async def issuer_crl(request: Request, principal: Principal | None) -> Response:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    crl = issuance.crl_for(_services(request), request.path_params["id"])
+    if request.query_params.get("format") == "pem":
+        return Response(crl.public_bytes(Encoding.PEM), media_type="application/x-pem-file")
+    return Response(crl.public_bytes(Encoding.DER), media_type="application/pkix-crl")
+
+
+def _issue_json(result: issuance.IssueResult, now: Any) -> dict[str, Any]:
+    data = {
+        "id": result.record.id,
+        "serial": result.record.serial,
+        "status": issuance.effective_status(result.record, now),
+        "not_before": result.record.not_before.isoformat(),
+        "not_after": result.record.not_after.isoformat(),
+        "certificate_pem": result.record.certificate_pem,
+        "chain_pem": result.chain_pem,
+        "warnings": list(result.warnings),
+    }
+    if result.private_key_pem is not None:
+        data["private_key_pem"] = result.private_key_pem  # only in this response
+    return data
+
+
+async def issue_certificate(request: Request, principal: Principal | None) -> Response:
+    body = await _body(request, schemas.CertificateIssue)
+    services, caller = _services(request), _caller(principal)
+    validity = parse_duration(body.validity)
+    if body.csr:
+        result = issuance.issue_from_csr(services, caller, issuer_id=body.issuer, csr_pem=body.csr,
+                                         profile=body.profile, validity=validity)
+    else:
+        if not (body.common_name or body.dns_names or body.ip_addresses):
+            raise InvalidRequest("give csr, or common_name/dns_names/ip_addresses")
+
+        def work() -> issuance.IssueResult:
+            return issuance.issue_with_key(
+                services, caller, issuer_id=body.issuer, common_name=body.common_name,
+                dns_names=body.dns_names, ip_addresses=body.ip_addresses, profile=body.profile,
+                validity=validity, key_type=body.key_type)
+
+        # RSA key generation takes 50 ms to seconds: never on the event loop.
+        result = await anyio.to_thread.run_sync(work) if body.key_type.startswith("rsa") else work()
+    return _json(_issue_json(result, services.clock()), 201)
+
+
+async def list_certificates(request: Request, principal: Principal | None) -> Response:
+    params = request.query_params
+    unknown = set(params) - {"status", "issuer", "expiring_within", "q", "limit", "cursor"}
+    if unknown:
+        raise InvalidRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    cursor = params.get("cursor")
+    if cursor is not None and (len(cursor) != 24 or any(c not in "0123456789abcdef" for c in cursor)):
+        raise InvalidRequest("cursor: not a cursor returned by this API")
+    within = params.get("expiring_within")
+    services = _services(request)
+    rows, next_cursor = issuance.list_certificates(
+        services, _caller(principal), status=params.get("status"), issuer=params.get("issuer"),
+        expiring_within=parse_duration(within) if within else None, q=params.get("q"),
+        limit=_limit(request), cursor=cursor)
+    now = services.clock()
+    items = [schemas.certificate_json(r, issuance.effective_status(r, now)) for r in rows]
+    return _json({"items": items, "next_cursor": next_cursor})
+
+
+async def get_certificate(request: Request, principal: Principal | None) -> Response:
+    services = _services(request)
+    row = issuance.get_certificate(services, _caller(principal), request.path_params["id"])
+    accept = request.headers.get("accept", "")
+    if "application/x-pem-file" in accept or request.query_params.get("format") == "pem":
+        ca = issuance.load_issuer(services, row.issuer_id)
+        from certctl.pki import certs_to_pem
+
+        pem = row.certificate_pem.encode() + certs_to_pem(ca.chain_below_root)
+        return Response(pem, media_type="application/x-pem-file")
+    return _json(schemas.certificate_json(row, issuance.effective_status(row, services.clock())))
+
+
+async def revoke_certificate(request: Request, principal: Principal | None) -> Response:
+    body = await _body(request, schemas.CertificateRevoke) if await request.body() else (
+        schemas.CertificateRevoke())
+    services = _services(request)
+    row = issuance.revoke_certificate(services, _caller(principal), request.path_params["id"],
+                                      body.reason)
+    return _json(schemas.certificate_json(row, "revoked"))
+
+
+async def renew_certificate(request: Request, principal: Principal | None) -> Response:
+    body = await _body(request, schemas.CertificateRenew) if await request.body() else (
+        schemas.CertificateRenew())
+    services = _services(request)
+    validity = parse_duration(body.validity) if body.validity else None
+    result = await anyio.to_thread.run_sync(lambda: issuance.renew_certificate(
+        services, _caller(principal), request.path_params["id"], validity))
+    return _json(_issue_json(result, services.clock()), 201)
+
+
+async def list_audit(request: Request, principal: Principal | None) -> Response:
+    cursor = request.query_params.get("cursor")
+    if cursor is not None and not cursor.isdigit():
+        raise InvalidRequest("cursor: not a cursor returned by this API")
+    limit = _limit(request)
+    with _services(request).sessions() as session:
+        rows = audit.list_audit(session, limit=limit + 1, after=int(cursor) if cursor else None)
+    next_cursor = str(rows[limit - 1].id) if len(rows) > limit else None
+    return _json({"items": [schemas.audit_json(r) for r in rows[:limit]],
+                  "next_cursor": next_cursor})
+
+
+# --- handlers: metrics and health --------------------------------------------------------
+
+
+async def metrics_prometheus(request: Request, principal: Principal | None) -> Response:
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+async def metrics_json(request: Request, principal: Principal | None) -> Response:
+    from certctl.metrics.registry import certificate_gauges
+
+    snapshot: dict[str, dict[str, int]] = {}
+    for metric in certificate_gauges.collect():
+        if metric.name == "certctl_certificates":
+            for sample in metric.samples:
+                issuer, status = sample.labels["issuer"], sample.labels["status"]
+                snapshot.setdefault(issuer, {})[status] = int(sample.value)
+    return _json({"certificates": snapshot})
+
+
+async def healthz(request: Request, principal: Principal | None) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def readyz(request: Request, principal: Principal | None) -> Response:
+    if not getattr(request.app.state, "ready", False):
+        return problem_for_status(503, "not ready")
+    return PlainTextResponse("ready")
+
+
+async def openapi(request: Request, principal: Principal | None) -> Response:
+    from certctl.api.openapi import build_openapi
+
+    return _json(build_openapi(ROUTES))
+
+
+ROUTES: tuple[ApiRoute, ...] = (
+    ApiRoute("GET", "/healthz", PUBLIC, healthz, "Liveness"),
+    ApiRoute("GET", "/readyz", PUBLIC, readyz, "Readiness"),
+    ApiRoute("GET", "/api/v1/openapi.json", PUBLIC, openapi, "OpenAPI document"),
+    ApiRoute("GET", "/api/v1/auth/whoami", AUTHENTICATED, whoami, "Who am I"),
+    ApiRoute("GET", "/api/v1/auth/permissions", "auth.role.read", list_permissions,
+             "Permission catalogue"),
+    ApiRoute("GET", "/api/v1/auth/roles", "auth.role.read", list_roles, "List roles"),
+    ApiRoute("POST", "/api/v1/auth/roles", "auth.role.create", create_role, "Create a role",
+             schemas.RoleCreate, 201),
+    ApiRoute("GET", "/api/v1/auth/roles/{id}", "auth.role.read", get_role, "Get a role"),
+    ApiRoute("PUT", "/api/v1/auth/roles/{id}", "auth.role.edit", update_role, "Update a role",
+             schemas.RoleUpdate),
+    ApiRoute("DELETE", "/api/v1/auth/roles/{id}", "auth.role.delete", delete_role,
+             "Delete a role", None, 204),
+    ApiRoute("GET", "/api/v1/auth/actors", "auth.actor.read", list_actors, "List actors"),
+    ApiRoute("POST", "/api/v1/auth/actors", "auth.actor.create", create_actor,
+             "Create an actor", schemas.ActorCreate, 201),
+    ApiRoute("GET", "/api/v1/auth/actors/{id}", "auth.actor.read", get_actor, "Get an actor"),
+    ApiRoute("PATCH", "/api/v1/auth/actors/{id}", "auth.actor.edit", patch_actor,
+             "Update an actor", schemas.ActorPatch),
+    ApiRoute("DELETE", "/api/v1/auth/actors/{id}", "auth.actor.delete", delete_actor,
+             "Delete an actor", None, 204),
+    ApiRoute("GET", "/api/v1/auth/apikeys", "auth.apikey.read", list_apikeys, "List API keys"),
+    ApiRoute("POST", "/api/v1/auth/apikeys", "auth.apikey.create", create_apikey,
+             "Mint an API key (key_value shown once)", schemas.ApiKeyCreate, 201),
+    ApiRoute("GET", "/api/v1/auth/apikeys/{id}", "auth.apikey.read", get_apikey,
+             "Get an API key"),
+    ApiRoute("DELETE", "/api/v1/auth/apikeys/{id}", "auth.apikey.revoke", revoke_apikey,
+             "Revoke an API key"),
+    ApiRoute("GET", "/api/v1/issuers", "issuer.read", list_issuers, "List issuers"),
+    ApiRoute("POST", "/api/v1/issuers", "issuer.create", create_issuer,
+             "Create or import an issuer", schemas.IssuerCreate, 201),
+    ApiRoute("GET", "/api/v1/issuers/{id}", "issuer.read", get_issuer, "Get an issuer"),
+    ApiRoute("GET", "/api/v1/issuers/{id}/ca.pem", PUBLIC, issuer_ca_pem,
+             "Issuer CA certificate (PEM)"),
+    ApiRoute("GET", "/api/v1/issuers/{id}/crl", PUBLIC, issuer_crl, "Issuer CRL (DER; ?format=pem)"),
+    ApiRoute("GET", "/api/v1/certificates", "cert.read", list_certificates,
+             "List certificates"),
+    ApiRoute("POST", "/api/v1/certificates", "cert.issue", issue_certificate,
+             "Issue a certificate", schemas.CertificateIssue, 201),
+    ApiRoute("GET", "/api/v1/certificates/{id}", "cert.read", get_certificate,
+             "Get a certificate (JSON, or PEM with Accept: application/x-pem-file)"),
+    ApiRoute("POST", "/api/v1/certificates/{id}/revoke", "cert.revoke", revoke_certificate,
+             "Revoke a certificate", schemas.CertificateRevoke),
+    ApiRoute("POST", "/api/v1/certificates/{id}/renew", "cert.issue", renew_certificate,
+             "Renew a certificate", schemas.CertificateRenew, 201),
+    ApiRoute("GET", "/api/v1/audit", "audit.read", list_audit, "Audit log"),
+    ApiRoute("GET", "/api/v1/metrics", "metrics.read", metrics_json, "Metrics summary (JSON)"),
+    ApiRoute("GET", "/api/v1/metrics/prometheus", "metrics.read", metrics_prometheus,
+             "Prometheus metrics"),
+)
+
+
+# --- authentication ----------------------------------------------------------------------
+
+
+def _source(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def _client_cert_subject(request: Request) -> str | None:
+    tls = request.scope.get("extensions", {}).get("tls")
+    if not tls:
+        return None
+    subject: str | None = tls.get("client_cert_name")
+    return subject
+
+
+def _record_failure(services: Services, request: Request, reason: str, detail: str) -> None:
+    AUTH_FAILURES.labels(reason).inc()
+    with services.sessions.begin() as session:
+        audit.record(session, at=services.clock(), actor="anonymous", action="auth.failure",
+                     target=f"{request.method} {request.url.path}"[:200], outcome=reason,
+                     source=_source(request), detail=detail)
+
+
+def authenticate(request: Request) -> Principal:
+    """Bearer API key, else a mapped mTLS client certificate; else 401."""
+    services = _services(request)
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            _record_failure(services, request, "invalid", "malformed Authorization header")
+            raise Unauthenticated("malformed Authorization header (expected 'Bearer <key>')")
+        try:
+            return rbac.authenticate_api_key(services, token, _source(request))
+        except rbac.AuthFailure as exc:
+            _record_failure(services, request, exc.reason, exc.detail)
+            raise Unauthenticated(exc.detail) from None
+    subject = _client_cert_subject(request)
+    if subject is not None:
+        mappings: tuple[ClientCertMapping, ...] = request.app.state.client_cert_mappings
+        roles = sorted({r for m in mappings if m.matches(subject) for r in m.roles})
+        if not roles:
+            _record_failure(services, request, "invalid", f"unmapped client certificate {subject}")
+            raise Unauthenticated("client certificate subject is not mapped to any role")
+        return Principal(f"cert:{subject}", tuple(roles), rbac.permissions_of(services, roles),
+                         "client_certificate", _source(request))
+    _record_failure(services, request, "missing", "no credentials")
+    raise Unauthenticated("authentication required: send 'Authorization: Bearer <api key>'")
+
+
+def _endpoint(route: ApiRoute) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        request.scope["certctl.route"] = route.path
+        principal: Principal | None = None
+        if route.permission != PUBLIC:
+            principal = authenticate(request)
+            request.scope["certctl.actor"] = principal.actor_id
+            if route.permission != AUTHENTICATED and route.permission not in principal.permissions:
+                AUTH_FAILURES.labels("forbidden").inc()
+                raise PermissionDenied(f"missing permission {route.permission}")
+        return await route.handler(request, principal)
+
+    endpoint.__name__ = route.handler.__name__
+    return endpoint
+
+
+# --- middleware --------------------------------------------------------------------------
+
+
+class AccessLogAndLimits:
+    """Body-size limit, metrics and one access-log line per request (never headers)."""
+
+    def __init__(self, app: ASGIApp, json_logs: bool = False) -> None:
+        self.app = app
+        self.json_logs = json_logs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_holder = [500]
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY_BYTES):
+                await problem_for_status(413, f"request body over {MAX_BODY_BYTES} bytes")(
+                    scope, receive, send)
+                self._log(scope, 413, started)
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    raise _TooLarge
+            return message
+
+        async def capture_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, capture_send)
+        except _TooLarge:
+            status_holder[0] = 413
+            await problem_for_status(413, f"request body over {MAX_BODY_BYTES} bytes")(
+                scope, receive, send)
+        self._log(scope, status_holder[0], started)
+
+    def _log(self, scope: Scope, status: int, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        route = scope.get("certctl.route", "unmatched")
+        method = scope.get("method", "")
+        HTTP_REQUESTS.labels(method, route, str(status)).inc()
+        HTTP_DURATION.labels(route).observe(elapsed)
+        actor = scope.get("certctl.actor", "-")
+        client = scope.get("client") or ("-", 0)
+        if self.json_logs:
+            log.info(json.dumps({"method": method, "path": scope.get("path"), "status": status,
+                                 "actor": actor, "duration_ms": round(elapsed * 1000, 2),
+                                 "client": client[0]}))
+        else:
+            log.info('%s %s %s %s actor=%s %.1fms', client[0], method, scope.get("path"), status,
+                     actor, elapsed * 1000)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _certctl_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CertctlError)
+    return problem_from_error(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return problem_for_status(exc.status_code, exc.detail or "error")
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    logging.getLogger("certctl.api").exception("unhandled error on %s %s", request.method,
+                                               request.url.path)
+    return problem(500, "Internal error", "internal error; see the server log")
+
+
+def create_app(services: Services, *, client_cert_mappings: tuple[ClientCertMapping, ...] = (),
+               json_logs: bool = False) -> ASGIApp:
+    """Build the ASGI app around ``services``."""
+    routes = [Route(r.path, _endpoint(r), methods=[r.method]) for r in ROUTES]
+    app = Starlette(routes=routes, exception_handlers={
+        CertctlError: _certctl_error, HTTPException: _http_error, Exception: _unexpected,
+    })
+    app.state.services = services
+    app.state.client_cert_mappings = client_cert_mappings
+    app.state.ready = True
+    return AccessLogAndLimits(app, json_logs=json_logs)

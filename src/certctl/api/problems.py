@@ -1,0 +1,43 @@
+"""RFC 9457 ``application/problem+json`` responses, mapped once from CertctlError."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.responses import Response
+
+from certctl.errors import CertctlError
+
+__all__ = ["problem", "problem_from_error"]
+
+_SLUGS = {400: "invalid-request", 401: "unauthenticated", 403: "forbidden", 404: "not-found",
+          405: "method-not-allowed", 409: "conflict", 413: "payload-too-large",
+          415: "unsupported-media-type", 429: "too-many-requests", 500: "internal-error",
+          503: "unavailable"}
+_TITLES = {404: "Not found", 405: "Method not allowed", 413: "Payload too large", 415: "Unsupported media type",
+           429: "Too many requests", 503: "Service unavailable"}
+
+
+def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+    """Build a problem+json response."""
+    body = {
+        "type": f"urn:certctl:problem:{_SLUGS.get(status, 'error')}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    all_headers = dict(headers or {})
+    if status == 401:
+        all_headers.setdefault("WWW-Authenticate", 'Bearer realm="certctl"')
+    return Response(json.dumps(body), status_code=status, headers=all_headers,
+                    media_type="application/problem+json")
+
+
+def problem_from_error(exc: CertctlError) -> Response:
+    """Map a CertctlError to its problem response."""
+    return problem(exc.status, exc.title, exc.detail)
+
+
+def problem_for_status(status: int, detail: str) -> Response:
+    """A problem for a bare HTTP status (404 route, 405, 413 …)."""
+    return problem(status, _TITLES.get(status, _SLUGS.get(status, "error")), detail)

@@ -1,0 +1,175 @@
+"""Request bodies (validated with Pydantic; unknown fields refused) and response shaping."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from certctl.store.models import ApiKey, AuditEvent, CertificateRecord, Issuer
+
+__all__ = [
+    "ActorCreate",
+    "ActorPatch",
+    "ApiKeyCreate",
+    "CertificateIssue",
+    "CertificateRenew",
+    "CertificateRevoke",
+    "IssuerCreate",
+    "RoleCreate",
+    "RoleUpdate",
+    "apikey_json",
+    "audit_json",
+    "certificate_json",
+    "issuer_json",
+]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class RoleCreate(_Body):
+    """``POST /api/v1/auth/roles``."""
+
+    id: str = Field(min_length=1, max_length=64)
+    name: str = Field(default="", max_length=200)
+    permissions: list[str] = Field(default_factory=list, max_length=100)
+
+
+class RoleUpdate(_Body):
+    """``PUT /api/v1/auth/roles/{id}``."""
+
+    name: str | None = Field(default=None, max_length=200)
+    permissions: list[str] | None = Field(default=None, max_length=100)
+
+
+class ActorCreate(_Body):
+    """``POST /api/v1/auth/actors``."""
+
+    id: str = Field(min_length=1, max_length=64)
+    name: str = Field(default="", max_length=200)
+    roles: list[str] = Field(default_factory=list, max_length=50)
+
+
+class ActorPatch(_Body):
+    """``PATCH /api/v1/auth/actors/{id}``."""
+
+    name: str | None = Field(default=None, max_length=200)
+    roles: list[str] | None = Field(default=None, max_length=50)
+
+
+class ApiKeyCreate(_Body):
+    """``POST /api/v1/auth/apikeys``."""
+
+    actor_id: str = Field(min_length=1, max_length=64)
+    name: str = Field(default="", max_length=200)
+    expires_at: datetime | None = None
+
+
+class IssuerCreate(_Body):
+    """``POST /api/v1/issuers``: a new root or intermediate CA, or an import (PEM)."""
+
+    id: str = Field(min_length=1, max_length=64)
+    name: str = Field(default="", max_length=200)
+    common_name: str | None = Field(default=None, max_length=64)
+    subject: str | None = Field(default=None, max_length=1000)
+    key_type: str = "ec-p256"
+    validity: str = "5Y"
+    parent: str | None = None
+    path_length: int | None = Field(default=None, ge=0, le=10)
+    certificate_pem: str | None = Field(default=None, max_length=200_000)
+    private_key_pem: str | None = Field(default=None, max_length=100_000)
+
+
+class CertificateIssue(_Body):
+    """``POST /api/v1/certificates``: from a CSR, or with server-side key generation."""
+
+    issuer: str = "default"
+    csr: str | None = Field(default=None, max_length=100_000)
+    common_name: str = Field(default="", max_length=64)
+    dns_names: list[str] = Field(default_factory=list, max_length=100)
+    ip_addresses: list[str] = Field(default_factory=list, max_length=100)
+    profile: Literal["server", "client", "server+client"] = "server"
+    validity: str = "90D"
+    key_type: str = "ec-p256"
+
+
+class CertificateRevoke(_Body):
+    """``POST /api/v1/certificates/{id}/revoke``."""
+
+    reason: str | None = None
+
+
+class CertificateRenew(_Body):
+    """``POST /api/v1/certificates/{id}/renew``."""
+
+    validity: str | None = None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def certificate_json(row: CertificateRecord, status: str) -> dict[str, Any]:
+    """The public view of a certificate record (never its key)."""
+    return {
+        "id": row.id,
+        "issuer": row.issuer_id,
+        "serial": row.serial,
+        "status": status,
+        "common_name": row.common_name,
+        "subject": row.subject,
+        "sans": row.sans,
+        "profile": row.profile,
+        "not_before": _iso(row.not_before),
+        "not_after": _iso(row.not_after),
+        "created_at": _iso(row.created_at),
+        "created_by": row.created_by,
+        "revoked_at": _iso(row.revoked_at),
+        "revocation_reason": row.revocation_reason,
+        "renewed_from": row.renewed_from,
+        "certificate_pem": row.certificate_pem,
+    }
+
+
+def issuer_json(row: Issuer) -> dict[str, Any]:
+    """The public view of an issuer (never its key)."""
+    return {
+        "id": row.id,
+        "name": row.name,
+        "subject": row.subject,
+        "key_type": row.key_type,
+        "not_after": _iso(row.not_after),
+        "created_at": _iso(row.created_at),
+        "certificate_pem": row.certificate_pem,
+        "chain_pem": row.chain_pem,
+    }
+
+
+def apikey_json(row: ApiKey) -> dict[str, Any]:
+    """A listed API key: everything but the secret."""
+    return {
+        "id": row.id,
+        "actor_id": row.actor_id,
+        "name": row.name,
+        "created_at": _iso(row.created_at),
+        "expires_at": _iso(row.expires_at),
+        "last_used_at": _iso(row.last_used_at),
+        "revoked_at": _iso(row.revoked_at),
+    }
+
+
+def audit_json(row: AuditEvent) -> dict[str, Any]:
+    """An audit event."""
+    return {
+        "id": row.id,
+        "at": _iso(row.at),
+        "actor": row.actor,
+        "action": row.action,
+        "target": row.target,
+        "outcome": row.outcome,
+        "source": row.source,
+        "detail": row.detail,
+    }

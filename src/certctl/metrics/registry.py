@@ -1,0 +1,132 @@
+"""Prometheus metrics (DESIGN §5) on certctl's own registry.
+
+Cardinality is bounded by issuers, statuses, routes and results — never by certificates.
+Certificate counts come from a snapshot refreshed in the background (see
+``CertificateGauges``), so a scrape never touches the certificate table.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from datetime import datetime
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from certctl import __version__
+
+__all__ = [
+    "API_KEYS",
+    "AUTH_FAILURES",
+    "CertificateGauges",
+    "HTTP_DURATION",
+    "HTTP_REQUESTS",
+    "ISSUANCE",
+    "ISSUANCE_DURATION",
+    "REGISTRY",
+    "RENEWALS",
+    "REVOCATIONS",
+    "TLS_NOT_AFTER",
+    "TLS_RELOADS",
+    "certificate_gauges",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+ISSUANCE = Counter(
+    "certctl_issuance", "Certificates issued", ["issuer", "result"], registry=REGISTRY
+)
+ISSUANCE_DURATION = Histogram(
+    "certctl_issuance_duration_seconds",
+    "Time to issue and persist one certificate",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
+REVOCATIONS = Counter("certctl_revocations", "Certificates revoked", ["issuer"], registry=REGISTRY)
+RENEWALS = Counter("certctl_renewals", "Certificate renewals", ["result"], registry=REGISTRY)
+HTTP_REQUESTS = Counter(
+    "certctl_http_requests", "HTTP requests", ["method", "route", "status"], registry=REGISTRY
+)
+HTTP_DURATION = Histogram(
+    "certctl_http_request_duration_seconds",
+    "HTTP request duration",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=REGISTRY,
+)
+AUTH_FAILURES = Counter(
+    "certctl_auth_failures", "Authentication and authorization failures", ["reason"],
+    registry=REGISTRY,
+)
+API_KEYS = Gauge("certctl_api_keys", "API keys by state", ["state"], registry=REGISTRY)
+TLS_NOT_AFTER = Gauge(
+    "certctl_tls_certificate_not_after_timestamp_seconds",
+    "NotAfter of the certificate each listener serves",
+    ["listener"],
+    registry=REGISTRY,
+)
+TLS_RELOADS = Counter(
+    "certctl_tls_reloads", "TLS certificate reloads", ["result"], registry=REGISTRY
+)
+Gauge("certctl_build_info", "certctl build", ["version"], registry=REGISTRY).labels(
+    __version__
+).set(1)
+
+for _reason in ("missing", "invalid", "expired", "revoked", "forbidden"):
+    AUTH_FAILURES.labels(_reason)
+for _result in ("success", "error"):
+    TLS_RELOADS.labels(_result)
+    RENEWALS.labels(_result)
+
+
+class CertificateGauges(Collector):
+    """Serves the latest snapshot of certificate counts; refreshed off the scrape path."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+        self._next_expiry: dict[str, float] = {}
+
+    def update(self, counts: dict[tuple[str, str], int], next_expiry: dict[str, datetime]) -> None:
+        """Replace the snapshot (issuer, status) → count and issuer → next notAfter."""
+        with self._lock:
+            self._counts = dict(counts)
+            self._next_expiry = {k: v.timestamp() for k, v in next_expiry.items()}
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield the gauges from the snapshot."""
+        with self._lock:
+            counts, expiry = self._counts, self._next_expiry
+        family = GaugeMetricFamily(
+            "certctl_certificates", "Certificates by issuer and status", labels=["issuer", "status"]
+        )
+        for (issuer, status), value in sorted(counts.items()):
+            family.add_metric([issuer, status], value)
+        yield family
+        nxt = GaugeMetricFamily(
+            "certctl_certificate_next_expiry_timestamp_seconds",
+            "Earliest notAfter among active certificates per issuer",
+            labels=["issuer"],
+        )
+        for issuer, ts in sorted(expiry.items()):
+            nxt.add_metric([issuer], ts)
+        yield nxt
+
+    def describe(self) -> Iterable[Metric]:
+        """Describe without collecting (keeps registration cheap)."""
+        return []
+
+
+certificate_gauges = CertificateGauges()
+REGISTRY.register(certificate_gauges)

@@ -1,0 +1,40 @@
+"""The audit log: every mutation and every authentication failure, never a secret."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from certctl.store.models import AuditEvent
+
+__all__ = ["list_audit", "record"]
+
+
+def record(
+    session: Session,
+    *,
+    at: datetime,
+    actor: str,
+    action: str,
+    target: str = "",
+    outcome: str = "success",
+    source: str = "",
+    detail: str = "",
+) -> None:
+    """Add an audit event to ``session`` (committed with the caller's transaction)."""
+    session.add(
+        AuditEvent(
+            at=at, actor=actor or "anonymous", action=action, target=target[:200],
+            outcome=outcome, source=source[:64], detail=detail,
+        )
+    )
+
+
+def list_audit(session: Session, *, limit: int, after: int | None) -> list[AuditEvent]:
+    """Audit events newest first, keyset-paginated by id."""
+    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+    if after is not None:
+        query = query.where(AuditEvent.id < after)
+    return list(session.scalars(query))

@@ -1,0 +1,59 @@
+"""What every use case receives: the store handles and the caller (principal)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from certctl.errors import PermissionDenied
+from certctl.pki import CertificateAuthority
+from certctl.store.keywrap import KeyWrapper
+
+__all__ = ["Principal", "Services", "utcnow"]
+
+
+def utcnow() -> datetime:
+    """The current time, aware UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller."""
+
+    actor_id: str
+    roles: tuple[str, ...]
+    permissions: frozenset[str]
+    auth_method: str
+    source: str = ""
+
+    def require(self, permission: str) -> None:
+        """Raise PermissionDenied unless the caller holds ``permission``."""
+        if permission not in self.permissions:
+            raise PermissionDenied(f"missing permission {permission}")
+
+
+@dataclass
+class Services:
+    """Store handles shared by the use cases; issuer keys are loaded once and cached."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+    wrapper: KeyWrapper
+    clock: Callable[[], datetime] = utcnow
+    _issuers: dict[str, CertificateAuthority] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def cached_issuer(self, issuer_id: str) -> CertificateAuthority | None:
+        """The loaded CA for ``issuer_id`` if already cached."""
+        return self._issuers.get(issuer_id)
+
+    def cache_issuer(self, issuer_id: str, ca: CertificateAuthority) -> None:
+        """Remember a loaded CA (its key is unwrapped once per process)."""
+        with self._lock:
+            self._issuers[issuer_id] = ca

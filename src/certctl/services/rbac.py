@@ -1,0 +1,306 @@
+"""Roles, actors and API keys, with the no-escalation rule, plus API-key authentication."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+
+from certctl.auth.apikeys import MintedKey, mint_key, parse_key, secret_matches
+from certctl.auth.permissions import BUILTIN_ROLES, PERMISSIONS
+from certctl.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, Unauthenticated
+from certctl.services.audit import record
+from certctl.services.context import Principal, Services
+from certctl.store.models import Actor, ApiKey, Role
+
+__all__ = [
+    "AuthFailure",
+    "authenticate_api_key",
+    "create_actor",
+    "create_role",
+    "delete_actor",
+    "delete_role",
+    "ensure_builtin_roles",
+    "mint_api_key",
+    "permissions_of",
+    "revoke_api_key",
+    "update_actor",
+    "update_role",
+]
+
+_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+BOOTSTRAP_ADMIN = "admin"
+
+
+class AuthFailure(Unauthenticated):
+    """Authentication failed; ``reason`` is one of missing, invalid, expired, revoked."""
+
+    def __init__(self, detail: str, reason: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _check_id(value: str, what: str) -> str:
+    if not _ID.match(value):
+        raise InvalidRequest(
+            f"{value!r}: {what} id must be 1-64 lower-case letters, digits, '.', '_' or '-'"
+        )
+    return value
+
+
+def _check_permissions(permissions: list[str]) -> list[str]:
+    unknown = sorted(set(permissions) - set(PERMISSIONS))
+    if unknown:
+        raise InvalidRequest(f"unknown permission(s): {', '.join(unknown)}")
+    return sorted(set(permissions))
+
+
+def ensure_builtin_roles(services: Services) -> None:
+    """Create or correct the built-in roles (idempotent, on every start)."""
+    now = services.clock()
+    with services.sessions.begin() as session:
+        for role_id, (name, perms) in BUILTIN_ROLES.items():
+            role = session.get(Role, role_id)
+            if role is None:
+                session.add(Role(id=role_id, name=name, permissions=sorted(perms), builtin=True,
+                                 created_at=now))
+            elif sorted(role.permissions) != sorted(perms) or not role.builtin:
+                role.permissions, role.builtin = sorted(perms), True
+
+
+def permissions_of(services: Services, role_ids: list[str]) -> frozenset[str]:
+    """The union of the roles' permissions (unknown roles contribute nothing)."""
+    if not role_ids:
+        return frozenset()
+    with services.sessions() as session:
+        roles = session.scalars(select(Role).where(Role.id.in_(role_ids)))
+        return frozenset(p for role in roles for p in role.permissions)
+
+
+def _role_permissions(services: Services, role_ids: list[str]) -> frozenset[str]:
+    with services.sessions() as session:
+        found = {r.id: r for r in session.scalars(select(Role).where(Role.id.in_(role_ids)))}
+    missing = sorted(set(role_ids) - set(found))
+    if missing:
+        raise InvalidRequest(f"unknown role(s): {', '.join(missing)}")
+    return frozenset(p for r in found.values() for p in r.permissions)
+
+
+def _no_escalation(caller: Principal, permissions: frozenset[str] | set[str], what: str) -> None:
+    excess = sorted(set(permissions) - caller.permissions)
+    if excess:
+        raise PermissionDenied(f"cannot {what}: it needs permission(s) you lack: {', '.join(excess)}")
+
+
+# --- roles -------------------------------------------------------------------------------
+
+
+def create_role(services: Services, caller: Principal, role_id: str, name: str,
+                permissions: list[str]) -> Role:
+    """Create a custom role holding only permissions the caller holds."""
+    caller.require("auth.role.create")
+    _check_id(role_id, "role")
+    perms = _check_permissions(permissions)
+    _no_escalation(caller, set(perms), "create this role")
+    now = services.clock()
+    with services.sessions.begin() as session:
+        if session.get(Role, role_id) is not None:
+            raise Conflict(f"role {role_id} already exists")
+        role = Role(id=role_id, name=name or role_id, permissions=perms, builtin=False,
+                    created_at=now)
+        session.add(role)
+        record(session, at=now, actor=caller.actor_id, action="role.create", target=role_id,
+               source=caller.source)
+    return role
+
+
+def update_role(services: Services, caller: Principal, role_id: str, name: str | None,
+                permissions: list[str] | None) -> Role:
+    """Change a custom role; built-in roles are immutable."""
+    caller.require("auth.role.edit")
+    now = services.clock()
+    with services.sessions.begin() as session:
+        role = session.get(Role, role_id)
+        if role is None:
+            raise NotFound(f"role {role_id} not found")
+        if role.builtin:
+            raise Conflict(f"role {role_id} is built in and cannot be changed")
+        if permissions is not None:
+            perms = _check_permissions(permissions)
+            _no_escalation(caller, set(perms) | set(role.permissions), "edit this role")
+            role.permissions = perms
+        if name is not None:
+            role.name = name
+        record(session, at=now, actor=caller.actor_id, action="role.edit", target=role_id,
+               source=caller.source)
+    return role
+
+
+def delete_role(services: Services, caller: Principal, role_id: str) -> None:
+    """Delete a custom role no actor holds."""
+    caller.require("auth.role.delete")
+    now = services.clock()
+    with services.sessions.begin() as session:
+        role = session.get(Role, role_id)
+        if role is None:
+            raise NotFound(f"role {role_id} not found")
+        if role.builtin:
+            raise Conflict(f"role {role_id} is built in and cannot be deleted")
+        _no_escalation(caller, set(role.permissions), "delete this role")
+        holders = [a.id for a in session.scalars(select(Actor)) if role_id in a.roles]
+        if holders:
+            raise Conflict(f"role {role_id} is held by {', '.join(holders[:5])}")
+        session.delete(role)
+        record(session, at=now, actor=caller.actor_id, action="role.delete", target=role_id,
+               source=caller.source)
+
+
+# --- actors ------------------------------------------------------------------------------
+
+
+def create_actor(services: Services, caller: Principal, actor_id: str, name: str,
+                 roles: list[str]) -> Actor:
+    """Create an actor; giving it roles also needs ``auth.role.assign`` and no escalation."""
+    caller.require("auth.actor.create")
+    _check_id(actor_id, "actor")
+    roles = sorted(set(roles))
+    if roles:
+        caller.require("auth.role.assign")
+        _no_escalation(caller, _role_permissions(services, roles), "assign these roles")
+    now = services.clock()
+    with services.sessions.begin() as session:
+        if session.get(Actor, actor_id) is not None:
+            raise Conflict(f"actor {actor_id} already exists")
+        actor = Actor(id=actor_id, name=name or actor_id, roles=roles, created_at=now)
+        session.add(actor)
+        record(session, at=now, actor=caller.actor_id, action="actor.create", target=actor_id,
+               source=caller.source)
+    return actor
+
+
+def update_actor(services: Services, caller: Principal, actor_id: str, name: str | None,
+                 roles: list[str] | None) -> Actor:
+    """Rename an actor or change its roles (role changes need ``auth.role.assign``)."""
+    caller.require("auth.actor.edit")
+    now = services.clock()
+    new_perms: frozenset[str] | None = None
+    if roles is not None:
+        caller.require("auth.role.assign")
+        roles = sorted(set(roles))
+        new_perms = _role_permissions(services, roles)
+    with services.sessions.begin() as session:
+        actor = session.get(Actor, actor_id)
+        if actor is None:
+            raise NotFound(f"actor {actor_id} not found")
+        if roles is not None and new_perms is not None:
+            old = permissions_of(services, actor.roles)
+            _no_escalation(caller, set(new_perms) | set(old), "change this actor's roles")
+            actor.roles = roles
+        if name is not None:
+            actor.name = name
+        record(session, at=now, actor=caller.actor_id, action="actor.edit", target=actor_id,
+               source=caller.source)
+    return actor
+
+
+def delete_actor(services: Services, caller: Principal, actor_id: str) -> None:
+    """Delete an actor and revoke its keys."""
+    caller.require("auth.actor.delete")
+    if actor_id == caller.actor_id:
+        raise Conflict("you cannot delete yourself")
+    now = services.clock()
+    with services.sessions.begin() as session:
+        actor = session.get(Actor, actor_id)
+        if actor is None:
+            raise NotFound(f"actor {actor_id} not found")
+        _no_escalation(caller, permissions_of(services, actor.roles), "delete this actor")
+        for key in session.scalars(select(ApiKey).where(ApiKey.actor_id == actor_id)):
+            session.delete(key)
+        session.delete(actor)
+        record(session, at=now, actor=caller.actor_id, action="actor.delete", target=actor_id,
+               source=caller.source)
+
+
+# --- API keys ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MintResult:
+    """A minted key: the stored row and the value to show once."""
+
+    row: ApiKey
+    minted: MintedKey
+
+
+def mint_api_key(services: Services, caller: Principal | None, actor_id: str, name: str,
+                 expires_at: datetime | None) -> MintResult:
+    """Mint a key for ``actor_id``; ``caller=None`` only for the bootstrap admin key."""
+    now = services.clock()
+    if caller is not None:
+        caller.require("auth.apikey.create")
+    if expires_at is not None and expires_at <= now:
+        raise InvalidRequest("expires_at must be in the future")
+    minted = mint_key()
+    with services.sessions.begin() as session:
+        actor = session.get(Actor, actor_id)
+        if actor is None:
+            raise NotFound(f"actor {actor_id} not found")
+        if caller is not None:
+            _no_escalation(caller, permissions_of(services, actor.roles), "mint a key for this actor")
+        row = ApiKey(id=minted.key_id, actor_id=actor_id, name=name or "key",
+                     secret_sha256=minted.secret_sha256, created_at=now, expires_at=expires_at)
+        session.add(row)
+        record(session, at=now, actor=caller.actor_id if caller else "system",
+               action="apikey.create", target=f"{minted.key_id} ({actor_id})",
+               source=caller.source if caller else "")
+    return MintResult(row, minted)
+
+
+def revoke_api_key(services: Services, caller: Principal, key_id: str) -> ApiKey:
+    """Revoke a key; it fails with 401 on its very next use."""
+    caller.require("auth.apikey.revoke")
+    now = services.clock()
+    with services.sessions.begin() as session:
+        row = session.get(ApiKey, key_id)
+        if row is None:
+            raise NotFound(f"API key {key_id} not found")
+        actor = session.get(Actor, row.actor_id)
+        if actor is not None:
+            _no_escalation(caller, permissions_of(services, actor.roles), "revoke this key")
+        if row.revoked_at is None:
+            row.revoked_at = now
+        record(session, at=now, actor=caller.actor_id, action="apikey.revoke", target=key_id,
+               source=caller.source)
+    return row
+
+
+def authenticate_api_key(services: Services, presented: str, source: str) -> Principal:
+    """Resolve a presented bearer key to a principal.
+
+    Raises:
+        AuthFailure: malformed/unknown (``invalid``), ``expired`` or ``revoked``.
+    """
+    parsed = parse_key(presented)
+    if parsed is None:
+        raise AuthFailure("malformed API key", "invalid")
+    key_id, secret = parsed
+    now = services.clock()
+    with services.sessions() as session:
+        row = session.get(ApiKey, key_id)
+        if row is None or not secret_matches(secret, row.secret_sha256):
+            raise AuthFailure("unknown API key", "invalid")
+        if row.revoked_at is not None:
+            raise AuthFailure("API key revoked", "revoked")
+        if row.expires_at is not None and row.expires_at <= now:
+            raise AuthFailure("API key expired", "expired")
+        actor = session.get(Actor, row.actor_id)
+        if actor is None:
+            raise AuthFailure("API key's actor no longer exists", "invalid")
+        roles = tuple(actor.roles)
+        if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+            row.last_used_at = now
+            session.commit()
+    return Principal(actor.id, roles, permissions_of(services, list(roles)), "api_key", source)

@@ -1,0 +1,75 @@
+"""Private keys at rest: AES-256-GCM under a key-encryption key (KEK).
+
+The KEK comes from ``CERTCTL_MASTER_KEY`` (base64 of 32 bytes) or ``<data-dir>/kek`` (0600),
+created on first start. Each wrapped blob is ``b"v1" + nonce(12) + ciphertext+tag`` and binds
+its purpose and owner id as associated data, so a blob moved to another row fails to unwrap.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from certctl.errors import CertctlError, InvalidRequest
+from certctl.files import SECRET_MODE, write_atomic
+
+__all__ = ["KeyWrapper", "load_or_create_kek"]
+
+_VERSION = b"v1"
+MASTER_KEY_ENV = "CERTCTL_MASTER_KEY"
+
+
+class KeyWrapper:
+    """Wraps and unwraps secrets with one KEK."""
+
+    def __init__(self, kek: bytes) -> None:
+        if len(kek) != 32:
+            raise InvalidRequest("the key-encryption key must be 32 bytes")
+        self._aead = AESGCM(kek)
+
+    def wrap(self, plaintext: bytes, *, context: str) -> bytes:
+        """Encrypt ``plaintext``, binding ``context`` (e.g. ``issuer:default``)."""
+        nonce = os.urandom(12)
+        return _VERSION + nonce + self._aead.encrypt(nonce, plaintext, context.encode())
+
+    def unwrap(self, blob: bytes, *, context: str) -> bytes:
+        """Decrypt a blob made by :meth:`wrap` with the same ``context``.
+
+        Raises:
+            CertctlError: wrong KEK, tampered blob or wrong context (message names none of them).
+        """
+        if blob[:2] != _VERSION:
+            raise CertctlError(f"{context}: unknown wrapped-key format")
+        try:
+            return self._aead.decrypt(blob[2:14], blob[14:], context.encode())
+        except InvalidTag:
+            raise CertctlError(
+                f"{context}: cannot unwrap the stored key (wrong master key or corrupted data)"
+            ) from None
+
+
+def load_or_create_kek(data_dir: Path) -> bytes:
+    """Return the KEK from the environment, or ``<data-dir>/kek``, creating it (0600) if absent."""
+    env = os.environ.get(MASTER_KEY_ENV)
+    if env:
+        try:
+            kek = base64.b64decode(env, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidRequest(f"{MASTER_KEY_ENV} is not valid base64") from None
+        if len(kek) != 32:
+            raise InvalidRequest(f"{MASTER_KEY_ENV} must decode to 32 bytes")
+        return kek
+    path = data_dir / "kek"
+    if path.exists():
+        kek = base64.b64decode(path.read_bytes().strip())
+        if len(kek) != 32:
+            raise InvalidRequest(f"{path}: key-encryption key must be 32 bytes (base64)")
+        return kek
+    kek = os.urandom(32)
+    write_atomic(path, base64.b64encode(kek) + b"\n", SECRET_MODE)
+    return kek
