@@ -9,7 +9,7 @@ import typer
 from typer import _click
 
 from certctl import __version__
-from certctl.cli import ca, cert, crl, csr, http, inspect, verify
+from certctl.cli import ca, cert, crl, csr, http, inspect, serve, verify
 
 __all__ = ["app", "main"]
 
@@ -30,6 +30,7 @@ app.add_typer(crl.app, name="crl")
 app.command("http")(http.http_command)
 app.command("inspect")(inspect.inspect_command)
 app.command("verify")(verify.verify_command)
+app.command("serve")(serve.serve_command)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,62 @@
+"""First start and every start: data dir, KEK, migrations, built-in roles, CA, admin key."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from certctl.files import SECRET_MODE, write_atomic
+from certctl.pki import parse_duration
+from certctl.server.config import ServerConfig
+from certctl.services import issuance, rbac
+from certctl.services.context import Services
+from certctl.store.db import create_store_engine, migrate, session_factory
+from certctl.store.keywrap import KeyWrapper, load_or_create_kek
+from certctl.store.models import Actor, Issuer
+
+__all__ = ["Bootstrapped", "bootstrap"]
+
+log = logging.getLogger("certctl.server")
+
+
+@dataclass(frozen=True)
+class Bootstrapped:
+    """What start-up produced; ``admin_key`` is set only on the very first start."""
+
+    services: Services
+    admin_key: str | None
+    admin_key_file: Path
+
+
+def bootstrap(config: ServerConfig) -> Bootstrapped:
+    """Prepare the store and the internal CA; idempotent across restarts and replicas."""
+    data_dir = config.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    engine = create_store_engine(config.effective_database_url)
+    migrate(engine)
+    services = Services(engine, session_factory(engine), KeyWrapper(load_or_create_kek(data_dir)))
+    rbac.ensure_builtin_roles(services)
+    with services.sessions() as session:
+        has_default = session.get(Issuer, issuance.DEFAULT_ISSUER) is not None
+        has_admin = session.scalar(select(Actor).where(Actor.id == rbac.BOOTSTRAP_ADMIN)) is not None
+    if not has_default:
+        issuance.create_issuer(
+            services, None, issuer_id=issuance.DEFAULT_ISSUER, name="certctl internal CA",
+            subject=None, common_name="certctl internal CA", key_type="ec-p256",
+            validity=parse_duration(config.ca_cert_validity),
+        )
+        log.info("created the internal CA (issuer 'default')")
+    key_file = data_dir / "admin-api-key"
+    admin_key = None
+    if not has_admin:
+        with services.sessions.begin() as session:
+            session.add(Actor(id=rbac.BOOTSTRAP_ADMIN, name="Bootstrap administrator",
+                              roles=["r-admin"], created_at=services.clock()))
+        minted = rbac.mint_api_key(services, None, rbac.BOOTSTRAP_ADMIN, "bootstrap", None)
+        admin_key = minted.minted.value
+        write_atomic(key_file, (admin_key + "\n").encode(), SECRET_MODE)
+    return Bootstrapped(services, admin_key, key_file)

@@ -1,0 +1,154 @@
+"""Server configuration: flags > ``CERTCTL_*`` environment > YAML file > defaults (DESIGN §3)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from certctl.errors import InvalidRequest
+from certctl.pki import parse_duration
+
+__all__ = ["ServerConfig", "load_config"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TLSConfig(_Section):
+    """``tls.*`` keys."""
+
+    mode: Literal["self-signed", "custom", "disabled"] = "self-signed"
+    cert_dir: Path | None = Field(default=None, alias="cert-dir")
+    subject_alt_names: list[str] = Field(default_factory=list, alias="subject-alt-names")
+    min_version: Literal["1.2", "1.3"] = Field(default="1.2", alias="min-version")
+    client_auth: Literal["none", "optional", "required"] = Field(default="none", alias="client-auth")
+    client_ca: Path | None = Field(default=None, alias="client-ca")
+    reload_interval: str = Field(default="5s", alias="reload-interval")
+
+
+class MetricsConfig(_Section):
+    """``metrics.*`` keys."""
+
+    listen: str | None = None
+    secure: bool = True
+
+
+class ClientCertMappingConfig(_Section):
+    """One ``auth.client-cert-mappings`` entry."""
+
+    subject: str
+    roles: list[str]
+
+
+class KubernetesAuthConfig(_Section):
+    """``auth.kubernetes.*`` keys."""
+
+    enabled: bool = False
+
+
+class AuthConfig(_Section):
+    """``auth.*`` keys."""
+
+    client_cert_mappings: list[ClientCertMappingConfig] = Field(
+        default_factory=list, alias="client-cert-mappings"
+    )
+    kubernetes: KubernetesAuthConfig = Field(default_factory=KubernetesAuthConfig)
+
+
+class ServerConfig(_Section):
+    """Everything ``certctl serve`` reads."""
+
+    data_dir: Path = Field(default=Path("certctl-data"), alias="data-dir")
+    database_url: str | None = Field(default=None, alias="database-url")
+    listen: str = "127.0.0.1:8443"
+    allow_insecure: bool = Field(default=False, alias="allow-insecure")
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+    ca_cert_validity: str = Field(default="8760h", alias="ca-cert-validity")
+    ca_cert_rotate_before: str = Field(default="24h", alias="ca-cert-rotate-before")
+    cert_validity: str = Field(default="8760h", alias="cert-validity")
+    cert_rotate_before: str = Field(default="24h", alias="cert-rotate-before")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    log_format: Literal["text", "json"] = Field(default="text", alias="log-format")
+
+    @field_validator("ca_cert_validity", "ca_cert_rotate_before", "cert_validity",
+                     "cert_rotate_before")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def effective_database_url(self) -> str:
+        """``database-url``, or SQLite in the data directory."""
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'certctl.db'}"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """``listen`` split into host and port (IPv6 in brackets allowed)."""
+        return split_host_port(self.listen, "listen")
+
+
+def split_host_port(value: str, key: str) -> tuple[str, int]:
+    """Split ``host:port`` / ``[v6]:port``."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InvalidRequest(f"{key}={value}: expected HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+_ENV_KEYS = {
+    "CERTCTL_DATA_DIR": ("data-dir",),
+    "CERTCTL_DATABASE_URL": ("database-url",),
+    "CERTCTL_LISTEN": ("listen",),
+    "CERTCTL_TLS_MODE": ("tls", "mode"),
+    "CERTCTL_TLS_CERT_DIR": ("tls", "cert-dir"),
+    "CERTCTL_TLS_MIN_VERSION": ("tls", "min-version"),
+    "CERTCTL_TLS_CLIENT_AUTH": ("tls", "client-auth"),
+    "CERTCTL_TLS_CLIENT_CA": ("tls", "client-ca"),
+    "CERTCTL_METRICS_LISTEN": ("metrics", "listen"),
+    "CERTCTL_LOG_FORMAT": ("log-format",),
+}
+
+
+def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        doc = doc.setdefault(part, {})
+    doc[path[-1]] = value
+
+
+def load_config(file: Path | None, overrides: dict[str, Any]) -> ServerConfig:
+    """Merge YAML file, environment and flag overrides (dotted keys) into a config.
+
+    Raises:
+        InvalidRequest: unreadable YAML or an invalid key/value; the message names the key.
+    """
+    import yaml
+
+    doc: dict[str, Any] = {}
+    if file is not None:
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except OSError as exc:
+            raise InvalidRequest(f"{file}: cannot read config ({exc.strerror})") from None
+        except yaml.YAMLError:
+            raise InvalidRequest(f"{file}: not valid YAML") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise InvalidRequest(f"{file}: the config must be a mapping")
+        doc = loaded or {}
+    for env, path in _ENV_KEYS.items():
+        if os.environ.get(env):
+            _set(doc, path, os.environ[env])
+    for dotted, value in overrides.items():
+        if value is not None:
+            _set(doc, tuple(dotted.split(".")), value)
+    try:
+        return ServerConfig.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidRequest(f"config {where}: {first['msg']}") from None

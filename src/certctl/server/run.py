@@ -1,0 +1,163 @@
+"""``certctl serve``: bootstrap, TLS, background tasks and the uvicorn listener."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import func, select
+
+from certctl.api.app import ClientCertMapping, create_app
+from certctl.errors import InvalidRequest
+from certctl.metrics.registry import API_KEYS, certificate_gauges
+from certctl.pki import parse_duration
+from certctl.server.bootstrap import Bootstrapped, bootstrap
+from certctl.server.config import ServerConfig
+from certctl.server.tls import ServerTLS, ensure_self_signed
+from certctl.services import issuance
+from certctl.services.context import Services
+from certctl.store.models import ApiKey
+
+__all__ = ["serve"]
+
+log = logging.getLogger("certctl.server")
+METRICS_REFRESH_S = 10.0
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def refresh_metrics(services: Services) -> None:
+    """Recompute the certificate and API-key gauges (off the scrape path)."""
+    counts, nxt = issuance.certificate_counts(services)
+    certificate_gauges.update(counts, nxt)
+    now = services.clock()
+    with services.sessions() as session:
+        revoked = session.scalar(select(func.count()).where(ApiKey.revoked_at.is_not(None))) or 0
+        expired = session.scalar(select(func.count()).where(
+            ApiKey.revoked_at.is_(None), ApiKey.expires_at.is_not(None),
+            ApiKey.expires_at <= now)) or 0
+        total = session.scalar(select(func.count()).select_from(ApiKey)) or 0
+    API_KEYS.labels("active").set(total - revoked - expired)
+    API_KEYS.labels("expired").set(expired)
+    API_KEYS.labels("revoked").set(revoked)
+
+
+async def _periodic(interval_s: float, work: Callable[[], Any], what: str) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(work)
+        except Exception:
+            log.exception("%s failed; will retry", what)
+
+
+def _announce(boot: Bootstrapped, config: ServerConfig, scheme: str, ca_path: str | None) -> None:
+    host, port = config.host_port
+    url_host = f"[{host}]" if ":" in host else host
+    url = f"{scheme}://{url_host}:{port}"
+    out = sys.stdout
+    if boot.admin_key is not None:
+        out.write("\n".join([
+            "",
+            "certctl is ready. Admin API key (shown once; also saved 0600 in "
+            f"{boot.admin_key_file}):",
+            f"  {boot.admin_key}",
+            "",
+        ]) + "\n")
+    else:
+        out.write(f"certctl is ready. Admin API key: see {boot.admin_key_file}\n")
+    if ca_path:
+        out.write(f"CA certificate: {ca_path}\n")
+    cacert = f"--cacert {ca_path} " if ca_path else ""
+    out.write(f'Try: curl {cacert}-H "Authorization: Bearer $(cat {boot.admin_key_file})" '
+              f"{url}/api/v1/auth/whoami\n")
+    out.flush()
+
+
+def serve(config: ServerConfig) -> None:
+    """Run the server until interrupted."""
+    import uvicorn
+
+    from certctl.server.tls import TLSScopeProtocol
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    host, port = config.host_port
+    mode = config.tls.mode
+    if mode == "disabled" and host not in _LOOPBACK and not config.allow_insecure:
+        raise InvalidRequest(f"tls.mode=disabled on {host}: plain HTTP beyond loopback needs "
+                             "--allow-insecure")
+    boot = bootstrap(config)
+    services = boot.services
+    tls: ServerTLS | None = None
+    ca_path: str | None = None
+    rotate_before = parse_duration(config.cert_rotate_before)
+    validity = parse_duration(config.cert_validity)
+    tls_dir = config.data_dir / "tls"
+
+    def renew_self_signed() -> None:
+        ca = issuance.load_issuer(services, issuance.DEFAULT_ISSUER)
+        if ensure_self_signed(tls_dir, ca, extra_sans=config.tls.subject_alt_names,
+                              validity=validity, rotate_before=rotate_before,
+                              now=services.clock()) and tls is not None:
+            tls.load(services.clock())
+
+    if mode == "self-signed":
+        renew_self_signed()
+        tls = ServerTLS(tls_dir, config.tls.min_version, config.tls.client_auth,
+                        config.tls.client_ca)
+        ca_path = str((tls_dir / "ca.crt").resolve())
+    elif mode == "custom":
+        if config.tls.cert_dir is None:
+            raise InvalidRequest("tls.mode=custom needs tls.cert-dir")
+        tls = ServerTLS(config.tls.cert_dir, config.tls.min_version, config.tls.client_auth,
+                        config.tls.client_ca)
+        ca_file = config.tls.cert_dir / "ca.crt"
+        ca_path = str(ca_file.resolve()) if ca_file.exists() else None
+    if tls is not None:
+        tls.load(services.clock())
+    refresh_metrics(services)
+
+    mappings = tuple(ClientCertMapping(m.subject, tuple(m.roles))
+                     for m in config.auth.client_cert_mappings)
+    app = create_app(services, client_cert_mappings=mappings, json_logs=config.log_format == "json")
+    uv_config = uvicorn.Config(
+        app, host=host, port=port, http=TLSScopeProtocol, lifespan="off", access_log=False,
+        log_config=None, server_header=False, timeout_keep_alive=30,
+        ssl_context_factory=(lambda _cfg, _default: tls.context) if tls is not None else None,
+        ssl_certfile=None,
+    )
+    server = uvicorn.Server(uv_config)
+    reload_s = parse_duration(config.tls.reload_interval).total_seconds()
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(_periodic(METRICS_REFRESH_S,
+                                               lambda: refresh_metrics(services), "metrics"))]
+        if tls is not None and mode == "custom":
+            tasks.append(asyncio.create_task(tls.watch(reload_s, services.clock)))
+        if mode == "self-signed":
+            check = min(3600.0, max(1.0, rotate_before.total_seconds() / 10))
+            tasks.append(asyncio.create_task(_periodic(check, renew_self_signed, "TLS renewal")))
+        announce = asyncio.create_task(_announce_when_started(server, boot, config,
+                                                              "https" if tls else "http", ca_path))
+        try:
+            await server.serve()
+        finally:
+            for task in (*tasks, announce):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    asyncio.run(main())
+
+
+async def _announce_when_started(server: Any, boot: Bootstrapped, config: ServerConfig,
+                                 scheme: str, ca_path: str | None) -> None:
+    while not server.started:
+        await asyncio.sleep(0.02)
+    _announce(boot, config, scheme, ca_path)
+
+

@@ -1,0 +1,243 @@
+"""The server's TLS: self-signed bootstrap certificate, SSL context, hot reload, TLS scope.
+
+Reload works by calling ``load_cert_chain`` on the live ``SSLContext``: new handshakes get the
+new certificate, connections already open keep theirs, nothing is dropped. Files are compared
+by content hash on a short poll, which also catches Kubernetes Secret volumes swapping their
+``..data`` symlink (inode events alone miss that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import logging
+import socket
+import ssl
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from certctl.errors import CertctlError, InvalidRequest
+from certctl.files import OutputSet
+from certctl.metrics.registry import TLS_NOT_AFTER, TLS_RELOADS
+from certctl.pki import (
+    PROFILES,
+    CertificateAuthority,
+    SubjectAltNames,
+    certs_to_pem,
+    common_name_dn,
+    generate_private_key,
+    key_to_pem,
+    keys_match,
+    load_material,
+)
+
+__all__ = [
+    "SERVER_CN",
+    "ServerTLS",
+    "TLSScopeProtocol",
+    "ensure_self_signed",
+    "server_sans",
+]
+
+log = logging.getLogger("certctl.tls")
+SERVER_CN = "certctl-server"
+# Mozilla "intermediate": forward-secret AEAD suites only for TLS 1.2 (1.3 suites are fixed).
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+def server_sans(extra: list[str]) -> SubjectAltNames:
+    """``certctl-server``, ``localhost``, ``127.0.0.1``, ``::1``, the host name and extras."""
+    dns = [SERVER_CN, "localhost"]
+    hostname = socket.gethostname()
+    if hostname and hostname not in dns:
+        dns.append(hostname)
+    ips = ["127.0.0.1", "::1"]
+    for item in extra:
+        try:
+            ipaddress.ip_address(item)
+            ips.append(item)
+        except ValueError:
+            dns.append(item)
+    return SubjectAltNames.parse(dns=dns, ip=ips)
+
+
+def ensure_self_signed(tls_dir: Path, ca: CertificateAuthority, *, extra_sans: list[str],
+                       validity: timedelta, rotate_before: timedelta, now: datetime) -> bool:
+    """Write ``ca.crt``, ``tls.crt``, ``tls.key`` if absent, stale or for other names.
+
+    Returns:
+        True when a new certificate was written.
+    """
+    cert_path = tls_dir / "tls.crt"
+    wanted = server_sans(extra_sans)
+    ca_pem = certs_to_pem([ca.root])
+    if cert_path.exists() and (tls_dir / "tls.key").exists():
+        try:
+            current = load_material(cert_path.read_bytes()).certificates[0]
+            sans = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            fresh = now < current.not_valid_after_utc - rotate_before
+            same_names = SubjectAltNames.from_extension(sans) == wanted
+            same_issuer = current.issuer == ca.certificate.subject
+            if fresh and same_names and same_issuer and (tls_dir / "ca.crt").read_bytes() == ca_pem:
+                return False
+        except (CertctlError, ValueError, IndexError, x509.ExtensionNotFound, OSError):
+            log.warning("server certificate in %s unreadable; issuing a new one", tls_dir)
+    key = generate_private_key()
+    issued = ca.issue(key.public_key(), common_name_dn(SERVER_CN), profile=PROFILES["server"],
+                      validity=validity, now=now, sans=wanted)
+    out = OutputSet(force=True)
+    out.add(tls_dir / "ca.crt", ca_pem)
+    out.add(tls_dir / "tls.crt", certs_to_pem([issued.certificate, *ca.chain_below_root]))
+    out.add(tls_dir / "tls.key", key_to_pem(key), secret=True)
+    out.commit()
+    log.info("issued server certificate CN=%s valid until %s", SERVER_CN,
+             issued.certificate.not_valid_after_utc.isoformat())
+    return True
+
+
+def _validate_pair(cert_pem: bytes, key_pem: bytes, now: datetime) -> x509.Certificate:
+    certs = load_material(cert_pem).certificates
+    key = load_material(key_pem).private_key
+    if not certs:
+        raise InvalidRequest("tls.crt holds no certificate")
+    if key is None:
+        raise InvalidRequest("tls.key holds no private key")
+    if not keys_match(key, certs[0]):
+        raise InvalidRequest("tls.key does not match tls.crt")
+    if not certs[0].not_valid_before_utc <= now <= certs[0].not_valid_after_utc:
+        raise InvalidRequest("tls.crt is expired or not yet valid")
+    return certs[0]
+
+
+@dataclass
+class ServerTLS:
+    """One listener's SSL context and the files it serves."""
+
+    cert_dir: Path
+    min_version: str = "1.2"
+    client_auth: str = "none"
+    client_ca: Path | None = None
+    listener: str = "api"
+
+    def __post_init__(self) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = (
+            ssl.TLSVersion.TLSv1_3 if self.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+        )
+        self.context.set_ciphers(TLS12_CIPHERS)
+        self.context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+        self.context.set_alpn_protocols(["http/1.1"])
+        if self.client_auth != "none":
+            if self.client_ca is None:
+                raise InvalidRequest("tls.client-auth needs tls.client-ca")
+            self.context.load_verify_locations(cafile=str(self.client_ca))
+            self.context.verify_mode = (
+                ssl.CERT_REQUIRED if self.client_auth == "required" else ssl.CERT_OPTIONAL
+            )
+        self._digest = b""
+
+    def _files(self) -> tuple[bytes, bytes]:
+        return (self.cert_dir / "tls.crt").read_bytes(), (self.cert_dir / "tls.key").read_bytes()
+
+    def load(self, now: datetime) -> bool:
+        """(Re)load the certificate if the files changed; keep the old one if they are bad.
+
+        Returns:
+            True when a new certificate now serves.
+        """
+        try:
+            cert_pem, key_pem = self._files()
+        except OSError as exc:
+            if not self._digest:
+                raise InvalidRequest(f"{self.cert_dir}: cannot read tls.crt/tls.key") from exc
+            log.error("TLS reload failed: cannot read %s: %s", self.cert_dir, exc.strerror)
+            TLS_RELOADS.labels("error").inc()
+            return False
+        digest = hashlib.sha256(cert_pem + b"\0" + key_pem).digest()
+        if digest == self._digest:
+            return False
+        try:
+            leaf = _validate_pair(cert_pem, key_pem, now)
+            # load_cert_chain wants paths; a private temp dir keeps the key off shared storage.
+            with tempfile.TemporaryDirectory(prefix="certctl-tls-") as tmp:
+                cert_file, key_file = Path(tmp) / "c.pem", Path(tmp) / "k.pem"
+                cert_file.write_bytes(cert_pem)
+                key_file.touch(mode=0o600)
+                key_file.write_bytes(key_pem)
+                self.context.load_cert_chain(str(cert_file), str(key_file))
+        except (CertctlError, ssl.SSLError, ValueError) as exc:
+            detail = exc.detail if isinstance(exc, CertctlError) else str(exc)
+            if not self._digest:
+                raise InvalidRequest(f"{self.cert_dir}: {detail}") from exc
+            log.error("TLS reload refused, still serving the previous certificate: %s", detail)
+            TLS_RELOADS.labels("error").inc()
+            self._digest = digest  # do not log the same bad files every poll
+            return False
+        first = not self._digest
+        self._digest = digest
+        TLS_NOT_AFTER.labels(self.listener).set(leaf.not_valid_after_utc.timestamp())
+        if not first:
+            TLS_RELOADS.labels("success").inc()
+            log.info("TLS certificate reloaded: serial %x valid until %s", leaf.serial_number,
+                     leaf.not_valid_after_utc.isoformat())
+        return True
+
+    async def watch(self, interval_s: float, clock: Any) -> None:
+        """Poll the files forever, reloading on change."""
+        while True:
+            await asyncio.sleep(interval_s)
+            self.load(clock())
+
+
+# --- ASGI TLS extension for uvicorn's h11 protocol -----------------------------------------
+
+def _tls_info(ssl_object: ssl.SSLObject) -> dict[str, Any] | None:
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    cert = x509.load_der_x509_certificate(der)
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return {
+        "client_cert_chain": [cert.public_bytes(Encoding.PEM).decode()],
+        "client_cert_name": cert.subject.rfc4514_string(),
+        "client_cert_error": None,
+        "tls_version": None,
+        "cipher_suite": None,
+        "server_cert": None,
+    }
+
+
+def _make_protocol() -> type:
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TLSScopeProtocol(H11Protocol):
+        """uvicorn's h11 protocol plus the ASGI ``tls`` scope extension (client certificate)."""
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            ssl_object = transport.get_extra_info("ssl_object")
+            info = _tls_info(ssl_object) if ssl_object is not None else None
+            if info is not None:
+                inner = self.app
+
+                async def with_tls(scope: Any, receive: Any, send: Any) -> None:
+                    scope.setdefault("extensions", {})["tls"] = info
+                    await inner(scope, receive, send)
+
+                self.app = with_tls
+
+    return TLSScopeProtocol
+
+
+def __getattr__(name: str) -> Any:
+    # Built lazily so that importing this module does not import uvicorn.
+    if name == "TLSScopeProtocol":
+        return _make_protocol()
+    raise AttributeError(name)
