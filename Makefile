@@ -12,7 +12,8 @@ SYSTEM_COMMANDS := openssl curl nginx keytool jq unzip
 .PHONY: help run demo test test-fast lint bench system-deps clean
 
 help:
-	@echo "make run    - set up .venv and create a demo CA + HTTP bundle in ./certctl-demo"
+	@echo "make run    - set up .venv and start certctl serve (HTTPS, SQLite in ./certctl-data)"
+	@echo "make demo   - offline PKI demo: a CA, certificates and an HTTP bundle in ./certctl-demo"
 	@echo "make test   - lint + the whole test suite (installs the system tools it drives)"
 	@echo "make lint   - ruff + mypy (strict on src/)"
 	@echo "make bench  - benchmarks with ratios against references measured in the same run"
@@ -34,7 +35,11 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	fi
 
+# The server in the foreground: HTTPS on 127.0.0.1:8443, data in ./certctl-data (SQLite).
 run: $(VENV)/.synced
+	$(BIN)/certctl serve --data-dir certctl-data
+
+demo: $(VENV)/.synced
 	@bash scripts/demo.sh
 
 lint: $(VENV)/.synced

@@ -9,7 +9,7 @@ import typer
 from typer import _click
 
 from certctl import __version__
-from certctl.cli import ca, cert, crl, csr, http, inspect, serve, verify
+from certctl.cli import ca, cert, client, crl, csr, http, inspect, serve, verify
 
 __all__ = ["app", "main"]
 
@@ -31,6 +31,8 @@ app.command("http")(http.http_command)
 app.command("inspect")(inspect.inspect_command)
 app.command("verify")(verify.verify_command)
 app.command("serve")(serve.serve_command)
+app.add_typer(client.auth_app, name="auth")
+app.add_typer(client.certs_app, name="certs")
 
 
 def _version(value: bool) -> None:
