@@ -153,9 +153,13 @@ class SubjectAltNames:
         ips = []
         for text in ip:
             try:
-                ips.append(ipaddress.ip_address(text.strip()))
+                address = ipaddress.ip_address(text.strip())
             except ValueError:
                 raise InvalidRequest(f"{text}: not a valid IPv4 or IPv6 address") from None
+            if getattr(address, "scope_id", None):
+                # RFC 5280 4.2.1.6: an iPAddress is 4 or 16 octets; a zone would be dropped.
+                raise InvalidRequest(f"{text}: IPv6 zone IDs cannot go in a certificate")
+            ips.append(address)
         return cls(
             dns=_dedupe(validate_dns_name(d) for d in dns),
             ip=tuple(dict.fromkeys(ips)),
