@@ -129,8 +129,14 @@ def _caller(principal: Principal | None) -> Principal:
 
 async def whoami(request: Request, principal: Principal | None) -> Response:
     p = _caller(principal)
-    return _json({"actor_id": p.actor_id, "roles": list(p.roles),
-                  "permissions": sorted(p.permissions), "auth_method": p.auth_method})
+    return _json(
+        {
+            "actor_id": p.actor_id,
+            "roles": list(p.roles),
+            "permissions": sorted(p.permissions),
+            "auth_method": p.auth_method,
+        }
+    )
 
 
 async def list_permissions(request: Request, principal: Principal | None) -> Response:
@@ -138,8 +144,12 @@ async def list_permissions(request: Request, principal: Principal | None) -> Res
 
 
 def _role_json(role: Role) -> dict[str, Any]:
-    return {"id": role.id, "name": role.name, "permissions": role.permissions,
-            "builtin": role.builtin}
+    return {
+        "id": role.id,
+        "name": role.name,
+        "permissions": role.permissions,
+        "builtin": role.builtin,
+    }
 
 
 async def list_roles(request: Request, principal: Principal | None) -> Response:
@@ -164,15 +174,21 @@ def _not_found(what: str, ident: str) -> CertctlError:
 
 async def create_role(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.RoleCreate)
-    role = rbac.create_role(_services(request), _caller(principal), body.id, body.name,
-                            body.permissions)
+    role = rbac.create_role(
+        _services(request), _caller(principal), body.id, body.name, body.permissions
+    )
     return _json(_role_json(role), 201)
 
 
 async def update_role(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.RoleUpdate)
-    role = rbac.update_role(_services(request), _caller(principal), request.path_params["id"],
-                            body.name, body.permissions)
+    role = rbac.update_role(
+        _services(request),
+        _caller(principal),
+        request.path_params["id"],
+        body.name,
+        body.permissions,
+    )
     return _json(_role_json(role))
 
 
@@ -182,8 +198,12 @@ async def delete_role(request: Request, principal: Principal | None) -> Response
 
 
 def _actor_json(actor: Actor) -> dict[str, Any]:
-    return {"id": actor.id, "name": actor.name, "roles": actor.roles,
-            "created_at": actor.created_at.isoformat()}
+    return {
+        "id": actor.id,
+        "name": actor.name,
+        "roles": actor.roles,
+        "created_at": actor.created_at.isoformat(),
+    }
 
 
 async def list_actors(request: Request, principal: Principal | None) -> Response:
@@ -202,15 +222,17 @@ async def get_actor(request: Request, principal: Principal | None) -> Response:
 
 async def create_actor(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.ActorCreate)
-    actor = rbac.create_actor(_services(request), _caller(principal), body.id, body.name,
-                              body.roles)
+    actor = rbac.create_actor(
+        _services(request), _caller(principal), body.id, body.name, body.roles
+    )
     return _json(_actor_json(actor), 201)
 
 
 async def patch_actor(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.ActorPatch)
-    actor = rbac.update_actor(_services(request), _caller(principal), request.path_params["id"],
-                              body.name, body.roles)
+    actor = rbac.update_actor(
+        _services(request), _caller(principal), request.path_params["id"], body.name, body.roles
+    )
     return _json(_actor_json(actor))
 
 
@@ -244,8 +266,9 @@ async def create_apikey(request: Request, principal: Principal | None) -> Respon
     expires = body.expires_at
     if expires is not None and expires.tzinfo is None:
         raise InvalidRequest("expires_at: needs a time zone (e.g. 2027-01-01T00:00:00Z)")
-    result = rbac.mint_api_key(_services(request), _caller(principal), body.actor_id, body.name,
-                               expires)
+    result = rbac.mint_api_key(
+        _services(request), _caller(principal), body.actor_id, body.name, expires
+    )
     data = schemas.apikey_json(result.row)
     data["key_value"] = result.minted.value  # shown once, here only
     data.pop("last_used_at")
@@ -285,15 +308,30 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
     if body.certificate_pem or body.private_key_pem:
         if not (body.certificate_pem and body.private_key_pem):
             raise InvalidRequest("import needs both certificate_pem and private_key_pem")
-        row = issuance.import_issuer(services, caller, issuer_id=body.id, name=body.name,
-                                     certificate_pem=body.certificate_pem,
-                                     private_key_pem=body.private_key_pem)
+        row = issuance.import_issuer(
+            services,
+            caller,
+            issuer_id=body.id,
+            name=body.name,
+            certificate_pem=body.certificate_pem,
+            private_key_pem=body.private_key_pem,
+        )
     else:
         validity = parse_duration(body.validity)
-        row = await anyio.to_thread.run_sync(lambda: issuance.create_issuer(
-            services, caller, issuer_id=body.id, name=body.name, subject=body.subject,
-            common_name=body.common_name, key_type=body.key_type, validity=validity,
-            parent=body.parent, path_length=body.path_length))
+        row = await anyio.to_thread.run_sync(
+            lambda: issuance.create_issuer(
+                services,
+                caller,
+                issuer_id=body.id,
+                name=body.name,
+                subject=body.subject,
+                common_name=body.common_name,
+                key_type=body.key_type,
+                validity=validity,
+                parent=body.parent,
+                path_length=body.path_length,
+            )
+        )
     return _json(schemas.issuer_json(row), 201)
 
 
@@ -334,17 +372,30 @@ async def issue_certificate(request: Request, principal: Principal | None) -> Re
     services, caller = _services(request), _caller(principal)
     validity = parse_duration(body.validity)
     if body.csr:
-        result = issuance.issue_from_csr(services, caller, issuer_id=body.issuer, csr_pem=body.csr,
-                                         profile=body.profile, validity=validity)
+        result = issuance.issue_from_csr(
+            services,
+            caller,
+            issuer_id=body.issuer,
+            csr_pem=body.csr,
+            profile=body.profile,
+            validity=validity,
+        )
     else:
         if not (body.common_name or body.dns_names or body.ip_addresses):
             raise InvalidRequest("give csr, or common_name/dns_names/ip_addresses")
 
         def work() -> issuance.IssueResult:
             return issuance.issue_with_key(
-                services, caller, issuer_id=body.issuer, common_name=body.common_name,
-                dns_names=body.dns_names, ip_addresses=body.ip_addresses, profile=body.profile,
-                validity=validity, key_type=body.key_type)
+                services,
+                caller,
+                issuer_id=body.issuer,
+                common_name=body.common_name,
+                dns_names=body.dns_names,
+                ip_addresses=body.ip_addresses,
+                profile=body.profile,
+                validity=validity,
+                key_type=body.key_type,
+            )
 
         # RSA key generation takes 50 ms to seconds: never on the event loop.
         result = await anyio.to_thread.run_sync(work) if body.key_type.startswith("rsa") else work()
@@ -357,14 +408,22 @@ async def list_certificates(request: Request, principal: Principal | None) -> Re
     if unknown:
         raise InvalidRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
     cursor = params.get("cursor")
-    if cursor is not None and (len(cursor) != 24 or any(c not in "0123456789abcdef" for c in cursor)):
+    if cursor is not None and (
+        len(cursor) != 24 or any(c not in "0123456789abcdef" for c in cursor)
+    ):
         raise InvalidRequest("cursor: not a cursor returned by this API")
     within = params.get("expiring_within")
     services = _services(request)
     rows, next_cursor = issuance.list_certificates(
-        services, _caller(principal), status=params.get("status"), issuer=params.get("issuer"),
-        expiring_within=parse_duration(within) if within else None, q=params.get("q"),
-        limit=_limit(request), cursor=cursor)
+        services,
+        _caller(principal),
+        status=params.get("status"),
+        issuer=params.get("issuer"),
+        expiring_within=parse_duration(within) if within else None,
+        q=params.get("q"),
+        limit=_limit(request),
+        cursor=cursor,
+    )
     now = services.clock()
     items = [schemas.certificate_json(r, issuance.effective_status(r, now)) for r in rows]
     return _json({"items": items, "next_cursor": next_cursor})
@@ -384,21 +443,31 @@ async def get_certificate(request: Request, principal: Principal | None) -> Resp
 
 
 async def revoke_certificate(request: Request, principal: Principal | None) -> Response:
-    body = await _body(request, schemas.CertificateRevoke) if await request.body() else (
-        schemas.CertificateRevoke())
+    body = (
+        await _body(request, schemas.CertificateRevoke)
+        if await request.body()
+        else (schemas.CertificateRevoke())
+    )
     services = _services(request)
-    row = issuance.revoke_certificate(services, _caller(principal), request.path_params["id"],
-                                      body.reason)
+    row = issuance.revoke_certificate(
+        services, _caller(principal), request.path_params["id"], body.reason
+    )
     return _json(schemas.certificate_json(row, "revoked"))
 
 
 async def renew_certificate(request: Request, principal: Principal | None) -> Response:
-    body = await _body(request, schemas.CertificateRenew) if await request.body() else (
-        schemas.CertificateRenew())
+    body = (
+        await _body(request, schemas.CertificateRenew)
+        if await request.body()
+        else (schemas.CertificateRenew())
+    )
     services = _services(request)
     validity = parse_duration(body.validity) if body.validity else None
-    result = await anyio.to_thread.run_sync(lambda: issuance.renew_certificate(
-        services, _caller(principal), request.path_params["id"], validity))
+    result = await anyio.to_thread.run_sync(
+        lambda: issuance.renew_certificate(
+            services, _caller(principal), request.path_params["id"], validity
+        )
+    )
     return _json(_issue_json(result, services.clock()), 201)
 
 
@@ -410,8 +479,9 @@ async def list_audit(request: Request, principal: Principal | None) -> Response:
     with _services(request).sessions() as session:
         rows = audit.list_audit(session, limit=limit + 1, after=int(cursor) if cursor else None)
     next_cursor = str(rows[limit - 1].id) if len(rows) > limit else None
-    return _json({"items": [schemas.audit_json(r) for r in rows[:limit]],
-                  "next_cursor": next_cursor})
+    return _json(
+        {"items": [schemas.audit_json(r) for r in rows[:limit]], "next_cursor": next_cursor}
+    )
 
 
 # --- handlers: metrics and health --------------------------------------------------------
@@ -456,52 +526,147 @@ ROUTES: tuple[ApiRoute, ...] = (
     ApiRoute("GET", "/readyz", PUBLIC, readyz, "Readiness"),
     ApiRoute("GET", "/api/v1/openapi.json", PUBLIC, openapi, "OpenAPI document"),
     ApiRoute("GET", "/api/v1/auth/whoami", AUTHENTICATED, whoami, "Who am I"),
-    ApiRoute("GET", "/api/v1/auth/permissions", "auth.role.read", list_permissions,
-             "Permission catalogue"),
+    ApiRoute(
+        "GET",
+        "/api/v1/auth/permissions",
+        "auth.role.read",
+        list_permissions,
+        "Permission catalogue",
+    ),
     ApiRoute("GET", "/api/v1/auth/roles", "auth.role.read", list_roles, "List roles"),
-    ApiRoute("POST", "/api/v1/auth/roles", "auth.role.create", create_role, "Create a role",
-             schemas.RoleCreate, 201),
+    ApiRoute(
+        "POST",
+        "/api/v1/auth/roles",
+        "auth.role.create",
+        create_role,
+        "Create a role",
+        schemas.RoleCreate,
+        201,
+    ),
     ApiRoute("GET", "/api/v1/auth/roles/{id}", "auth.role.read", get_role, "Get a role"),
-    ApiRoute("PUT", "/api/v1/auth/roles/{id}", "auth.role.edit", update_role, "Update a role",
-             schemas.RoleUpdate),
-    ApiRoute("DELETE", "/api/v1/auth/roles/{id}", "auth.role.delete", delete_role,
-             "Delete a role", None, 204),
+    ApiRoute(
+        "PUT",
+        "/api/v1/auth/roles/{id}",
+        "auth.role.edit",
+        update_role,
+        "Update a role",
+        schemas.RoleUpdate,
+    ),
+    ApiRoute(
+        "DELETE",
+        "/api/v1/auth/roles/{id}",
+        "auth.role.delete",
+        delete_role,
+        "Delete a role",
+        None,
+        204,
+    ),
     ApiRoute("GET", "/api/v1/auth/actors", "auth.actor.read", list_actors, "List actors"),
-    ApiRoute("POST", "/api/v1/auth/actors", "auth.actor.create", create_actor,
-             "Create an actor", schemas.ActorCreate, 201),
+    ApiRoute(
+        "POST",
+        "/api/v1/auth/actors",
+        "auth.actor.create",
+        create_actor,
+        "Create an actor",
+        schemas.ActorCreate,
+        201,
+    ),
     ApiRoute("GET", "/api/v1/auth/actors/{id}", "auth.actor.read", get_actor, "Get an actor"),
-    ApiRoute("PATCH", "/api/v1/auth/actors/{id}", "auth.actor.edit", patch_actor,
-             "Update an actor", schemas.ActorPatch),
-    ApiRoute("DELETE", "/api/v1/auth/actors/{id}", "auth.actor.delete", delete_actor,
-             "Delete an actor", None, 204),
+    ApiRoute(
+        "PATCH",
+        "/api/v1/auth/actors/{id}",
+        "auth.actor.edit",
+        patch_actor,
+        "Update an actor",
+        schemas.ActorPatch,
+    ),
+    ApiRoute(
+        "DELETE",
+        "/api/v1/auth/actors/{id}",
+        "auth.actor.delete",
+        delete_actor,
+        "Delete an actor",
+        None,
+        204,
+    ),
     ApiRoute("GET", "/api/v1/auth/apikeys", "auth.apikey.read", list_apikeys, "List API keys"),
-    ApiRoute("POST", "/api/v1/auth/apikeys", "auth.apikey.create", create_apikey,
-             "Mint an API key (key_value shown once)", schemas.ApiKeyCreate, 201),
-    ApiRoute("GET", "/api/v1/auth/apikeys/{id}", "auth.apikey.read", get_apikey,
-             "Get an API key"),
-    ApiRoute("DELETE", "/api/v1/auth/apikeys/{id}", "auth.apikey.revoke", revoke_apikey,
-             "Revoke an API key"),
+    ApiRoute(
+        "POST",
+        "/api/v1/auth/apikeys",
+        "auth.apikey.create",
+        create_apikey,
+        "Mint an API key (key_value shown once)",
+        schemas.ApiKeyCreate,
+        201,
+    ),
+    ApiRoute("GET", "/api/v1/auth/apikeys/{id}", "auth.apikey.read", get_apikey, "Get an API key"),
+    ApiRoute(
+        "DELETE",
+        "/api/v1/auth/apikeys/{id}",
+        "auth.apikey.revoke",
+        revoke_apikey,
+        "Revoke an API key",
+    ),
     ApiRoute("GET", "/api/v1/issuers", "issuer.read", list_issuers, "List issuers"),
-    ApiRoute("POST", "/api/v1/issuers", "issuer.create", create_issuer,
-             "Create or import an issuer", schemas.IssuerCreate, 201),
+    ApiRoute(
+        "POST",
+        "/api/v1/issuers",
+        "issuer.create",
+        create_issuer,
+        "Create or import an issuer",
+        schemas.IssuerCreate,
+        201,
+    ),
     ApiRoute("GET", "/api/v1/issuers/{id}", "issuer.read", get_issuer, "Get an issuer"),
-    ApiRoute("GET", "/api/v1/issuers/{id}/ca.pem", PUBLIC, issuer_ca_pem,
-             "Issuer CA certificate (PEM)"),
-    ApiRoute("GET", "/api/v1/issuers/{id}/crl", PUBLIC, issuer_crl, "Issuer CRL (DER; ?format=pem)"),
-    ApiRoute("GET", "/api/v1/certificates", "cert.read", list_certificates,
-             "List certificates"),
-    ApiRoute("POST", "/api/v1/certificates", "cert.issue", issue_certificate,
-             "Issue a certificate", schemas.CertificateIssue, 201),
-    ApiRoute("GET", "/api/v1/certificates/{id}", "cert.read", get_certificate,
-             "Get a certificate (JSON, or PEM with Accept: application/x-pem-file)"),
-    ApiRoute("POST", "/api/v1/certificates/{id}/revoke", "cert.revoke", revoke_certificate,
-             "Revoke a certificate", schemas.CertificateRevoke),
-    ApiRoute("POST", "/api/v1/certificates/{id}/renew", "cert.issue", renew_certificate,
-             "Renew a certificate", schemas.CertificateRenew, 201),
+    ApiRoute(
+        "GET", "/api/v1/issuers/{id}/ca.pem", PUBLIC, issuer_ca_pem, "Issuer CA certificate (PEM)"
+    ),
+    ApiRoute(
+        "GET", "/api/v1/issuers/{id}/crl", PUBLIC, issuer_crl, "Issuer CRL (DER; ?format=pem)"
+    ),
+    ApiRoute("GET", "/api/v1/certificates", "cert.read", list_certificates, "List certificates"),
+    ApiRoute(
+        "POST",
+        "/api/v1/certificates",
+        "cert.issue",
+        issue_certificate,
+        "Issue a certificate",
+        schemas.CertificateIssue,
+        201,
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/certificates/{id}",
+        "cert.read",
+        get_certificate,
+        "Get a certificate (JSON, or PEM with Accept: application/x-pem-file)",
+    ),
+    ApiRoute(
+        "POST",
+        "/api/v1/certificates/{id}/revoke",
+        "cert.revoke",
+        revoke_certificate,
+        "Revoke a certificate",
+        schemas.CertificateRevoke,
+    ),
+    ApiRoute(
+        "POST",
+        "/api/v1/certificates/{id}/renew",
+        "cert.issue",
+        renew_certificate,
+        "Renew a certificate",
+        schemas.CertificateRenew,
+        201,
+    ),
     ApiRoute("GET", "/api/v1/audit", "audit.read", list_audit, "Audit log"),
     ApiRoute("GET", "/api/v1/metrics", "metrics.read", metrics_json, "Metrics summary (JSON)"),
-    ApiRoute("GET", "/api/v1/metrics/prometheus", "metrics.read", metrics_prometheus,
-             "Prometheus metrics"),
+    ApiRoute(
+        "GET",
+        "/api/v1/metrics/prometheus",
+        "metrics.read",
+        metrics_prometheus,
+        "Prometheus metrics",
+    ),
 )
 
 
@@ -523,9 +688,16 @@ def _client_cert_subject(request: Request) -> str | None:
 def _record_failure(services: Services, request: Request, reason: str, detail: str) -> None:
     AUTH_FAILURES.labels(reason).inc()
     with services.sessions.begin() as session:
-        audit.record(session, at=services.clock(), actor="anonymous", action="auth.failure",
-                     target=f"{request.method} {request.url.path}"[:200], outcome=reason,
-                     source=_source(request), detail=detail)
+        audit.record(
+            session,
+            at=services.clock(),
+            actor="anonymous",
+            action="auth.failure",
+            target=f"{request.method} {request.url.path}"[:200],
+            outcome=reason,
+            source=_source(request),
+            detail=detail,
+        )
 
 
 def authenticate(request: Request) -> Principal:
@@ -550,8 +722,13 @@ def authenticate(request: Request) -> Principal:
         if not roles:
             _record_failure(services, request, "invalid", f"unmapped client certificate {subject}")
             raise Unauthenticated("client certificate subject is not mapped to any role")
-        return Principal(f"cert:{subject}", tuple(roles), rbac.permissions_of(services, roles),
-                         "client_certificate", _source(request))
+        return Principal(
+            f"cert:{subject}",
+            tuple(roles),
+            rbac.permissions_of(services, roles),
+            "client_certificate",
+            _source(request),
+        )
     _record_failure(services, request, "missing", "no credentials")
     raise Unauthenticated("authentication required: send 'Authorization: Bearer <api key>'")
 
@@ -591,7 +768,8 @@ class AccessLogAndLimits:
         for name, value in scope.get("headers", []):
             if name == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY_BYTES):
                 await problem_for_status(413, f"request body over {MAX_BODY_BYTES} bytes")(
-                    scope, receive, send)
+                    scope, receive, send
+                )
                 self._log(scope, 413, started)
                 return
         received = 0
@@ -615,7 +793,8 @@ class AccessLogAndLimits:
         except _TooLarge:
             status_holder[0] = 413
             await problem_for_status(413, f"request body over {MAX_BODY_BYTES} bytes")(
-                scope, receive, send)
+                scope, receive, send
+            )
         self._log(scope, status_holder[0], started)
 
     def _log(self, scope: Scope, status: int, started: float) -> None:
@@ -627,12 +806,28 @@ class AccessLogAndLimits:
         actor = scope.get("certctl.actor", "-")
         client = scope.get("client") or ("-", 0)
         if self.json_logs:
-            log.info(json.dumps({"method": method, "path": scope.get("path"), "status": status,
-                                 "actor": actor, "duration_ms": round(elapsed * 1000, 2),
-                                 "client": client[0]}))
+            log.info(
+                json.dumps(
+                    {
+                        "method": method,
+                        "path": scope.get("path"),
+                        "status": status,
+                        "actor": actor,
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "client": client[0],
+                    }
+                )
+            )
         else:
-            log.info('%s %s %s %s actor=%s %.1fms', client[0], method, scope.get("path"), status,
-                     actor, elapsed * 1000)
+            log.info(
+                "%s %s %s %s actor=%s %.1fms",
+                client[0],
+                method,
+                scope.get("path"),
+                status,
+                actor,
+                elapsed * 1000,
+            )
 
 
 class _TooLarge(Exception):
@@ -650,18 +845,28 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    logging.getLogger("certctl.api").exception("unhandled error on %s %s", request.method,
-                                               request.url.path)
+    logging.getLogger("certctl.api").exception(
+        "unhandled error on %s %s", request.method, request.url.path
+    )
     return problem(500, "Internal error", "internal error; see the server log")
 
 
-def create_app(services: Services, *, client_cert_mappings: tuple[ClientCertMapping, ...] = (),
-               json_logs: bool = False) -> ASGIApp:
+def create_app(
+    services: Services,
+    *,
+    client_cert_mappings: tuple[ClientCertMapping, ...] = (),
+    json_logs: bool = False,
+) -> ASGIApp:
     """Build the ASGI app around ``services``."""
     routes = [Route(r.path, _endpoint(r), methods=[r.method]) for r in ROUTES]
-    app = Starlette(routes=routes, exception_handlers={
-        CertctlError: _certctl_error, HTTPException: _http_error, Exception: _unexpected,
-    })
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            CertctlError: _certctl_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+    )
     app.state.services = services
     app.state.client_cert_mappings = client_cert_mappings
     app.state.ready = True

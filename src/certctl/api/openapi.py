@@ -49,11 +49,16 @@ def build_openapi(routes: Sequence[ApiRoute]) -> dict[str, Any]:
                 op["responses"][status] = _problem_ref(status)
         if route.body is not None:
             name = route.body.__name__
-            schemas[name] = route.body.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas[name] = route.body.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
             op["requestBody"] = {
-                "required": route.success == 201 and route.method == "POST"
+                "required": route.success == 201
+                and route.method == "POST"
                 and name not in ("CertificateRenew",),
-                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}
+                },
             }
             op["responses"]["400"] = _problem_ref("400")
         paths.setdefault(route.path, {})[route.method.lower()] = op
@@ -71,5 +76,7 @@ def build_openapi(routes: Sequence[ApiRoute]) -> dict[str, Any]:
 def _problem_ref(status: str) -> dict[str, Any]:
     return {
         "description": "problem",
-        "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+        },
     }

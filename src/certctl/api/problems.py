@@ -10,15 +10,32 @@ from certctl.errors import CertctlError
 
 __all__ = ["problem", "problem_from_error"]
 
-_SLUGS = {400: "invalid-request", 401: "unauthenticated", 403: "forbidden", 404: "not-found",
-          405: "method-not-allowed", 409: "conflict", 413: "payload-too-large",
-          415: "unsupported-media-type", 429: "too-many-requests", 500: "internal-error",
-          503: "unavailable"}
-_TITLES = {404: "Not found", 405: "Method not allowed", 413: "Payload too large", 415: "Unsupported media type",
-           429: "Too many requests", 503: "Service unavailable"}
+_SLUGS = {
+    400: "invalid-request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "payload-too-large",
+    415: "unsupported-media-type",
+    429: "too-many-requests",
+    500: "internal-error",
+    503: "unavailable",
+}
+_TITLES = {
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    429: "Too many requests",
+    503: "Service unavailable",
+}
 
 
-def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+def problem(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None
+) -> Response:
     """Build a problem+json response."""
     body = {
         "type": f"urn:certctl:problem:{_SLUGS.get(status, 'error')}",
@@ -29,8 +46,12 @@ def problem(status: int, title: str, detail: str, headers: dict[str, str] | None
     all_headers = dict(headers or {})
     if status == 401:
         all_headers.setdefault("WWW-Authenticate", 'Bearer realm="certctl"')
-    return Response(json.dumps(body), status_code=status, headers=all_headers,
-                    media_type="application/problem+json")
+    return Response(
+        json.dumps(body),
+        status_code=status,
+        headers=all_headers,
+        media_type="application/problem+json",
+    )
 
 
 def problem_from_error(exc: CertctlError) -> Response:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from certctl.errors import InvalidRequest, NotFound
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from certctl.pki import CertificateAuthority, Material
 
 __all__ = [
@@ -95,11 +97,11 @@ def load_ca_dir(directory: Path, password: bytes | None = None) -> CertificateAu
     key = read_material(directory / CA_KEY, password, what="CA key").private_key
     if key is None:
         raise InvalidRequest(f"{directory / CA_KEY}: holds no private key")
-    chain: list[object] = []
+    chain: list[x509.Certificate] = []
     chain_path = directory / CA_CHAIN
     if chain_path.exists():
         chain = list(read_material(chain_path, what="CA chain").certificates[1:])
     try:
-        return CertificateAuthority(certs[0], key, tuple(chain))  # type: ignore[arg-type]
+        return CertificateAuthority(certs[0], key, tuple(chain))
     except InvalidRequest as exc:
         raise InvalidRequest(f"{directory}: {exc.detail}") from exc

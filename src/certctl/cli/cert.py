@@ -17,6 +17,7 @@ from certctl.cli._common import load_ca_dir, read_file, read_password, utcnow, w
 if TYPE_CHECKING:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+    from rich.progress import Progress
 
     from certctl.pki import CertificateAuthority, KeyType, Profile
 
@@ -263,7 +264,7 @@ class _progress:
 
     def __init__(self, total: int) -> None:
         self.total = total
-        self._bar: object | None = None
+        self._bar: Progress | None = None
 
     def __enter__(self) -> Callable[[], None]:
         if not sys.stderr.isatty():
@@ -286,4 +287,4 @@ class _progress:
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
-            self._bar.stop()  # type: ignore[attr-defined]
+            self._bar.stop()

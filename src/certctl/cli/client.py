@@ -18,17 +18,20 @@ from certctl.errors import CertctlError, InvalidRequest
 
 __all__ = ["auth_app", "certs_app"]
 
-auth_app = typer.Typer(help="Manage roles, actors and API keys on a certctl server.",
-                       no_args_is_help=True)
+auth_app = typer.Typer(
+    help="Manage roles, actors and API keys on a certctl server.", no_args_is_help=True
+)
 roles_app = typer.Typer(help="Roles: named permission sets.", no_args_is_help=True)
 actors_app = typer.Typer(help="Actors: users and machines holding roles.", no_args_is_help=True)
-apikeys_app = typer.Typer(help="API keys (the value is shown once, at creation).",
-                          no_args_is_help=True)
+apikeys_app = typer.Typer(
+    help="API keys (the value is shown once, at creation).", no_args_is_help=True
+)
 auth_app.add_typer(roles_app, name="roles")
 auth_app.add_typer(actors_app, name="actors")
 auth_app.add_typer(apikeys_app, name="apikeys")
-certs_app = typer.Typer(help="Issue, list, get, revoke and renew certificates on a server.",
-                        no_args_is_help=True)
+certs_app = typer.Typer(
+    help="Issue, list, get, revoke and renew certificates on a server.", no_args_is_help=True
+)
 
 
 class RemoteError(CertctlError):
@@ -37,8 +40,13 @@ class RemoteError(CertctlError):
     title = "Server error"
 
 
-def _request(method: str, path: str, body: dict[str, Any] | None = None,
-             params: dict[str, Any] | None = None, accept: str | None = None) -> Any:
+def _request(
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+    accept: str | None = None,
+) -> Any:
     import httpx
 
     url = os.environ.get("CERTCTL_URL", "https://127.0.0.1:8443").rstrip("/")
@@ -56,9 +64,13 @@ def _request(method: str, path: str, body: dict[str, Any] | None = None,
         verify = ssl.create_default_context(cafile=ca)
     try:
         with httpx.Client(verify=verify, timeout=30) as client:
-            response = client.request(method, url + path, json=body,
-                                      params={k: v for k, v in (params or {}).items() if v is not None},
-                                      headers=headers)
+            response = client.request(
+                method,
+                url + path,
+                json=body,
+                params={k: v for k, v in (params or {}).items() if v is not None},
+                headers=headers,
+            )
     except httpx.HTTPError as exc:
         raise RemoteError(f"cannot reach {url}: {exc}") from None
     if response.status_code >= 400:
@@ -103,14 +115,19 @@ def roles_create(
     name: str = typer.Option("", "--name", help="Display name."),
 ) -> None:
     """Create a custom role."""
-    _print(_request("POST", "/api/v1/auth/roles",
-                    {"id": role_id, "name": name, "permissions": permission}))
+    _print(
+        _request(
+            "POST", "/api/v1/auth/roles", {"id": role_id, "name": name, "permissions": permission}
+        )
+    )
 
 
 @roles_app.command("update")
 def roles_update(
     role_id: str = typer.Argument(..., help="Role id."),
-    permission: list[str] = typer.Option(None, "--permission", "-p", help="New permission set (repeatable)."),
+    permission: list[str] = typer.Option(
+        None, "--permission", "-p", help="New permission set (repeatable)."
+    ),
     name: str = typer.Option(None, "--name", help="New display name."),
 ) -> None:
     """Change a custom role's name or permissions."""
@@ -180,7 +197,9 @@ def actors_delete(actor_id: str = typer.Argument(..., help="Actor id.")) -> None
 
 
 @apikeys_app.command("list")
-def apikeys_list(actor: str = typer.Option(None, "--actor", help="Only this actor's keys.")) -> None:
+def apikeys_list(
+    actor: str = typer.Option(None, "--actor", help="Only this actor's keys."),
+) -> None:
     """List API keys (never their values)."""
     _print(_request("GET", "/api/v1/auth/apikeys", params={"actor_id": actor}))
 
@@ -189,12 +208,19 @@ def apikeys_list(actor: str = typer.Option(None, "--actor", help="Only this acto
 def apikeys_create(
     actor_id: str = typer.Argument(..., help="Actor the key authenticates as."),
     name: str = typer.Option("", "--name", help="Key name, e.g. prometheus-v1."),
-    expires_at: str = typer.Option(None, "--expires-at", help="ISO 8601 expiry, e.g. 2027-01-01T00:00:00Z."),
-    out: Path = typer.Option(None, "--out", help="Write the key value to this file (0600) instead of stdout."),
+    expires_at: str = typer.Option(
+        None, "--expires-at", help="ISO 8601 expiry, e.g. 2027-01-01T00:00:00Z."
+    ),
+    out: Path = typer.Option(
+        None, "--out", help="Write the key value to this file (0600) instead of stdout."
+    ),
 ) -> None:
     """Mint an API key; its value is printed (or written) once."""
-    data = _request("POST", "/api/v1/auth/apikeys",
-                    {"actor_id": actor_id, "name": name, "expires_at": expires_at})
+    data = _request(
+        "POST",
+        "/api/v1/auth/apikeys",
+        {"actor_id": actor_id, "name": name, "expires_at": expires_at},
+    )
     if out is not None:
         from certctl.files import OutputSet
 
@@ -223,8 +249,12 @@ def certs_issue(
     issuer: str = typer.Option("default", "--issuer", help="Issuer id."),
     profile: str = typer.Option("server", "--profile", help="server, client or server+client."),
     validity: str = typer.Option("90D", "--validity", help="Lifetime, e.g. 90D."),
-    key_type: str = typer.Option("ec-p256", "--key-type", help="Key type for server-side generation."),
-    out: Path = typer.Option(None, "--out", help="Write tls.crt, tls.key, ca.crt into this directory."),
+    key_type: str = typer.Option(
+        "ec-p256", "--key-type", help="Key type for server-side generation."
+    ),
+    out: Path = typer.Option(
+        None, "--out", help="Write tls.crt, tls.key, ca.crt into this directory."
+    ),
 ) -> None:
     """Issue a certificate (server-side key generation, or from --csr)."""
     from certctl.cli._common import read_file
@@ -242,7 +272,9 @@ def certs_issue(
         outputs.add(out / "tls.crt", (data["certificate_pem"] + data["chain_pem"]).encode())
         if data.get("private_key_pem"):
             outputs.add(out / "tls.key", data.pop("private_key_pem").encode(), secret=True)
-        ca_pem = _request("GET", f"/api/v1/issuers/{issuer}/ca.pem", accept="application/x-pem-file")
+        ca_pem = _request(
+            "GET", f"/api/v1/issuers/{issuer}/ca.pem", accept="application/x-pem-file"
+        )
         outputs.add(out / "ca.crt", ca_pem.encode())
         outputs.commit()
         data = {k: v for k, v in data.items() if not k.endswith("_pem")} | {"out": str(out)}
@@ -259,9 +291,20 @@ def certs_list(
     cursor: str = typer.Option(None, "--cursor", help="next_cursor from a previous page."),
 ) -> None:
     """List certificates (one page; follow next_cursor for more)."""
-    _print(_request("GET", "/api/v1/certificates", params={
-        "status": status, "issuer": issuer, "expiring_within": expiring_within, "q": q,
-        "limit": limit, "cursor": cursor}))
+    _print(
+        _request(
+            "GET",
+            "/api/v1/certificates",
+            params={
+                "status": status,
+                "issuer": issuer,
+                "expiring_within": expiring_within,
+                "q": q,
+                "limit": limit,
+                "cursor": cursor,
+            },
+        )
+    )
 
 
 @certs_app.command("get")
@@ -279,7 +322,9 @@ def certs_get(
 @certs_app.command("revoke")
 def certs_revoke(
     cert_id: str = typer.Argument(..., help="Certificate id."),
-    reason: str = typer.Option(None, "--reason", help="keyCompromise, superseded, cessationOfOperation …"),
+    reason: str = typer.Option(
+        None, "--reason", help="keyCompromise, superseded, cessationOfOperation …"
+    ),
 ) -> None:
     """Revoke a certificate."""
     _print(_request("POST", f"/api/v1/certificates/{cert_id}/revoke", {"reason": reason}))

@@ -11,12 +11,20 @@ __all__ = ["serve_command"]
 
 def serve_command(
     config: Path = typer.Option(None, "--config", "-c", help="YAML config file (DESIGN §3 keys)."),
-    data_dir: Path = typer.Option(None, "--data-dir", help="Data directory [default: ./certctl-data]."),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="Data directory [default: ./certctl-data]."
+    ),
     listen: str = typer.Option(None, "--listen", help="HOST:PORT [default: 127.0.0.1:8443]."),
-    database_url: str = typer.Option(None, "--database-url", help="postgresql+psycopg://… for several replicas."),
+    database_url: str = typer.Option(
+        None, "--database-url", help="postgresql+psycopg://… for several replicas."
+    ),
     tls_mode: str = typer.Option(None, "--tls-mode", help="self-signed, custom or disabled."),
-    tls_cert_dir: Path = typer.Option(None, "--tls-cert-dir", help="Directory with tls.crt, tls.key (custom mode)."),
-    allow_insecure: bool = typer.Option(False, "--allow-insecure", help="Allow plain HTTP beyond loopback."),
+    tls_cert_dir: Path = typer.Option(
+        None, "--tls-cert-dir", help="Directory with tls.crt, tls.key (custom mode)."
+    ),
+    allow_insecure: bool = typer.Option(
+        False, "--allow-insecure", help="Allow plain HTTP beyond loopback."
+    ),
 ) -> None:
     """Run the control-plane server (HTTPS with a self-signed certificate by default)."""
     from certctl.server.config import load_config

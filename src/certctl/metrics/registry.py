@@ -27,7 +27,6 @@ from certctl import __version__
 __all__ = [
     "API_KEYS",
     "AUTH_FAILURES",
-    "CertificateGauges",
     "HTTP_DURATION",
     "HTTP_REQUESTS",
     "ISSUANCE",
@@ -37,6 +36,7 @@ __all__ = [
     "REVOCATIONS",
     "TLS_NOT_AFTER",
     "TLS_RELOADS",
+    "CertificateGauges",
     "certificate_gauges",
 ]
 
@@ -66,7 +66,9 @@ HTTP_DURATION = Histogram(
     registry=REGISTRY,
 )
 AUTH_FAILURES = Counter(
-    "certctl_auth_failures", "Authentication and authorization failures", ["reason"],
+    "certctl_auth_failures",
+    "Authentication and authorization failures",
+    ["reason"],
     registry=REGISTRY,
 )
 API_KEYS = Gauge("certctl_api_keys", "API keys by state", ["state"], registry=REGISTRY)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +41,18 @@ def bootstrap(config: ServerConfig) -> Bootstrapped:
     rbac.ensure_builtin_roles(services)
     with services.sessions() as session:
         has_default = session.get(Issuer, issuance.DEFAULT_ISSUER) is not None
-        has_admin = session.scalar(select(Actor).where(Actor.id == rbac.BOOTSTRAP_ADMIN)) is not None
+        has_admin = (
+            session.scalar(select(Actor).where(Actor.id == rbac.BOOTSTRAP_ADMIN)) is not None
+        )
     if not has_default:
         issuance.create_issuer(
-            services, None, issuer_id=issuance.DEFAULT_ISSUER, name="certctl internal CA",
-            subject=None, common_name="certctl internal CA", key_type="ec-p256",
+            services,
+            None,
+            issuer_id=issuance.DEFAULT_ISSUER,
+            name="certctl internal CA",
+            subject=None,
+            common_name="certctl internal CA",
+            key_type="ec-p256",
             validity=parse_duration(config.ca_cert_validity),
         )
         log.info("created the internal CA (issuer 'default')")
@@ -54,8 +60,14 @@ def bootstrap(config: ServerConfig) -> Bootstrapped:
     admin_key = None
     if not has_admin:
         with services.sessions.begin() as session:
-            session.add(Actor(id=rbac.BOOTSTRAP_ADMIN, name="Bootstrap administrator",
-                              roles=["r-admin"], created_at=services.clock()))
+            session.add(
+                Actor(
+                    id=rbac.BOOTSTRAP_ADMIN,
+                    name="Bootstrap administrator",
+                    roles=["r-admin"],
+                    created_at=services.clock(),
+                )
+            )
         minted = rbac.mint_api_key(services, None, rbac.BOOTSTRAP_ADMIN, "bootstrap", None)
         admin_key = minted.minted.value
         write_atomic(key_file, (admin_key + "\n").encode(), SECRET_MODE)

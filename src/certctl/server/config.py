@@ -25,7 +25,9 @@ class TLSConfig(_Section):
     cert_dir: Path | None = Field(default=None, alias="cert-dir")
     subject_alt_names: list[str] = Field(default_factory=list, alias="subject-alt-names")
     min_version: Literal["1.2", "1.3"] = Field(default="1.2", alias="min-version")
-    client_auth: Literal["none", "optional", "required"] = Field(default="none", alias="client-auth")
+    client_auth: Literal["none", "optional", "required"] = Field(
+        default="none", alias="client-auth"
+    )
     client_ca: Path | None = Field(default=None, alias="client-ca")
     reload_interval: str = Field(default="5s", alias="reload-interval")
 
@@ -75,8 +77,9 @@ class ServerConfig(_Section):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     log_format: Literal["text", "json"] = Field(default="text", alias="log-format")
 
-    @field_validator("ca_cert_validity", "ca_cert_rotate_before", "cert_validity",
-                     "cert_rotate_before")
+    @field_validator(
+        "ca_cert_validity", "ca_cert_rotate_before", "cert_validity", "cert_rotate_before"
+    )
     @classmethod
     def _duration(cls, value: str) -> str:
         parse_duration(value)

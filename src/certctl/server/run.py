@@ -36,9 +36,16 @@ def refresh_metrics(services: Services) -> None:
     now = services.clock()
     with services.sessions() as session:
         revoked = session.scalar(select(func.count()).where(ApiKey.revoked_at.is_not(None))) or 0
-        expired = session.scalar(select(func.count()).where(
-            ApiKey.revoked_at.is_(None), ApiKey.expires_at.is_not(None),
-            ApiKey.expires_at <= now)) or 0
+        expired = (
+            session.scalar(
+                select(func.count()).where(
+                    ApiKey.revoked_at.is_(None),
+                    ApiKey.expires_at.is_not(None),
+                    ApiKey.expires_at <= now,
+                )
+            )
+            or 0
+        )
         total = session.scalar(select(func.count()).select_from(ApiKey)) or 0
     API_KEYS.labels("active").set(total - revoked - expired)
     API_KEYS.labels("expired").set(expired)
@@ -60,20 +67,27 @@ def _announce(boot: Bootstrapped, config: ServerConfig, scheme: str, ca_path: st
     url = f"{scheme}://{url_host}:{port}"
     out = sys.stdout
     if boot.admin_key is not None:
-        out.write("\n".join([
-            "",
-            "certctl is ready. Admin API key (shown once; also saved 0600 in "
-            f"{boot.admin_key_file}):",
-            f"  {boot.admin_key}",
-            "",
-        ]) + "\n")
+        out.write(
+            "\n".join(
+                [
+                    "",
+                    "certctl is ready. Admin API key (shown once; also saved 0600 in "
+                    f"{boot.admin_key_file}):",
+                    f"  {boot.admin_key}",
+                    "",
+                ]
+            )
+            + "\n"
+        )
     else:
         out.write(f"certctl is ready. Admin API key: see {boot.admin_key_file}\n")
     if ca_path:
         out.write(f"CA certificate: {ca_path}\n")
     cacert = f"--cacert {ca_path} " if ca_path else ""
-    out.write(f'Try: curl {cacert}-H "Authorization: Bearer $(cat {boot.admin_key_file})" '
-              f"{url}/api/v1/auth/whoami\n")
+    out.write(
+        f'Try: curl {cacert}-H "Authorization: Bearer $(cat {boot.admin_key_file})" '
+        f"{url}/api/v1/auth/whoami\n"
+    )
     out.flush()
 
 
@@ -81,15 +95,19 @@ def serve(config: ServerConfig) -> None:
     """Run the server until interrupted."""
     import uvicorn
 
-    from certctl.server.tls import TLSScopeProtocol
+    from certctl.server.tls import tls_scope_protocol
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     host, port = config.host_port
     mode = config.tls.mode
     if mode == "disabled" and host not in _LOOPBACK and not config.allow_insecure:
-        raise InvalidRequest(f"tls.mode=disabled on {host}: plain HTTP beyond loopback needs "
-                             "--allow-insecure")
+        raise InvalidRequest(
+            f"tls.mode=disabled on {host}: plain HTTP beyond loopback needs --allow-insecure"
+        )
     boot = bootstrap(config)
     services = boot.services
     tls: ServerTLS | None = None
@@ -100,33 +118,54 @@ def serve(config: ServerConfig) -> None:
 
     def renew_self_signed() -> None:
         ca = issuance.load_issuer(services, issuance.DEFAULT_ISSUER)
-        if ensure_self_signed(tls_dir, ca, extra_sans=config.tls.subject_alt_names,
-                              validity=validity, rotate_before=rotate_before,
-                              now=services.clock()) and tls is not None:
+        if (
+            ensure_self_signed(
+                tls_dir,
+                ca,
+                extra_sans=config.tls.subject_alt_names,
+                validity=validity,
+                rotate_before=rotate_before,
+                now=services.clock(),
+            )
+            and tls is not None
+        ):
             tls.load(services.clock())
 
     if mode == "self-signed":
         renew_self_signed()
-        tls = ServerTLS(tls_dir, config.tls.min_version, config.tls.client_auth,
-                        config.tls.client_ca)
+        tls = ServerTLS(
+            tls_dir, config.tls.min_version, config.tls.client_auth, config.tls.client_ca
+        )
         ca_path = str((tls_dir / "ca.crt").resolve())
     elif mode == "custom":
         if config.tls.cert_dir is None:
             raise InvalidRequest("tls.mode=custom needs tls.cert-dir")
-        tls = ServerTLS(config.tls.cert_dir, config.tls.min_version, config.tls.client_auth,
-                        config.tls.client_ca)
+        tls = ServerTLS(
+            config.tls.cert_dir,
+            config.tls.min_version,
+            config.tls.client_auth,
+            config.tls.client_ca,
+        )
         ca_file = config.tls.cert_dir / "ca.crt"
         ca_path = str(ca_file.resolve()) if ca_file.exists() else None
     if tls is not None:
         tls.load(services.clock())
     refresh_metrics(services)
 
-    mappings = tuple(ClientCertMapping(m.subject, tuple(m.roles))
-                     for m in config.auth.client_cert_mappings)
+    mappings = tuple(
+        ClientCertMapping(m.subject, tuple(m.roles)) for m in config.auth.client_cert_mappings
+    )
     app = create_app(services, client_cert_mappings=mappings, json_logs=config.log_format == "json")
     uv_config = uvicorn.Config(
-        app, host=host, port=port, http=TLSScopeProtocol, lifespan="off", access_log=False,
-        log_config=None, server_header=False, timeout_keep_alive=30,
+        app,
+        host=host,
+        port=port,
+        http=tls_scope_protocol(),
+        lifespan="off",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        timeout_keep_alive=30,
         ssl_context_factory=(lambda _cfg, _default: tls.context) if tls is not None else None,
         ssl_certfile=None,
     )
@@ -134,15 +173,19 @@ def serve(config: ServerConfig) -> None:
     reload_s = parse_duration(config.tls.reload_interval).total_seconds()
 
     async def main() -> None:
-        tasks = [asyncio.create_task(_periodic(METRICS_REFRESH_S,
-                                               lambda: refresh_metrics(services), "metrics"))]
+        tasks = [
+            asyncio.create_task(
+                _periodic(METRICS_REFRESH_S, lambda: refresh_metrics(services), "metrics")
+            )
+        ]
         if tls is not None and mode == "custom":
             tasks.append(asyncio.create_task(tls.watch(reload_s, services.clock)))
         if mode == "self-signed":
             check = min(3600.0, max(1.0, rotate_before.total_seconds() / 10))
             tasks.append(asyncio.create_task(_periodic(check, renew_self_signed, "TLS renewal")))
-        announce = asyncio.create_task(_announce_when_started(server, boot, config,
-                                                              "https" if tls else "http", ca_path))
+        announce = asyncio.create_task(
+            _announce_when_started(server, boot, config, "https" if tls else "http", ca_path)
+        )
         try:
             await server.serve()
         finally:
@@ -154,10 +197,9 @@ def serve(config: ServerConfig) -> None:
     asyncio.run(main())
 
 
-async def _announce_when_started(server: Any, boot: Bootstrapped, config: ServerConfig,
-                                 scheme: str, ca_path: str | None) -> None:
+async def _announce_when_started(
+    server: Any, boot: Bootstrapped, config: ServerConfig, scheme: str, ca_path: str | None
+) -> None:
     while not server.started:
         await asyncio.sleep(0.02)
     _announce(boot, config, scheme, ca_path)
-
-

@@ -40,9 +40,9 @@ from certctl.pki import (
 __all__ = [
     "SERVER_CN",
     "ServerTLS",
-    "TLSScopeProtocol",
     "ensure_self_signed",
     "server_sans",
+    "tls_scope_protocol",
 ]
 
 log = logging.getLogger("certctl.tls")
@@ -67,8 +67,15 @@ def server_sans(extra: list[str]) -> SubjectAltNames:
     return SubjectAltNames.parse(dns=dns, ip=ips)
 
 
-def ensure_self_signed(tls_dir: Path, ca: CertificateAuthority, *, extra_sans: list[str],
-                       validity: timedelta, rotate_before: timedelta, now: datetime) -> bool:
+def ensure_self_signed(
+    tls_dir: Path,
+    ca: CertificateAuthority,
+    *,
+    extra_sans: list[str],
+    validity: timedelta,
+    rotate_before: timedelta,
+    now: datetime,
+) -> bool:
     """Write ``ca.crt``, ``tls.crt``, ``tls.key`` if absent, stale or for other names.
 
     Returns:
@@ -89,15 +96,24 @@ def ensure_self_signed(tls_dir: Path, ca: CertificateAuthority, *, extra_sans: l
         except (CertctlError, ValueError, IndexError, x509.ExtensionNotFound, OSError):
             log.warning("server certificate in %s unreadable; issuing a new one", tls_dir)
     key = generate_private_key()
-    issued = ca.issue(key.public_key(), common_name_dn(SERVER_CN), profile=PROFILES["server"],
-                      validity=validity, now=now, sans=wanted)
+    issued = ca.issue(
+        key.public_key(),
+        common_name_dn(SERVER_CN),
+        profile=PROFILES["server"],
+        validity=validity,
+        now=now,
+        sans=wanted,
+    )
     out = OutputSet(force=True)
     out.add(tls_dir / "ca.crt", ca_pem)
     out.add(tls_dir / "tls.crt", certs_to_pem([issued.certificate, *ca.chain_below_root]))
     out.add(tls_dir / "tls.key", key_to_pem(key), secret=True)
     out.commit()
-    log.info("issued server certificate CN=%s valid until %s", SERVER_CN,
-             issued.certificate.not_valid_after_utc.isoformat())
+    log.info(
+        "issued server certificate CN=%s valid until %s",
+        SERVER_CN,
+        issued.certificate.not_valid_after_utc.isoformat(),
+    )
     return True
 
 
@@ -184,8 +200,11 @@ class ServerTLS:
         TLS_NOT_AFTER.labels(self.listener).set(leaf.not_valid_after_utc.timestamp())
         if not first:
             TLS_RELOADS.labels("success").inc()
-            log.info("TLS certificate reloaded: serial %x valid until %s", leaf.serial_number,
-                     leaf.not_valid_after_utc.isoformat())
+            log.info(
+                "TLS certificate reloaded: serial %x valid until %s",
+                leaf.serial_number,
+                leaf.not_valid_after_utc.isoformat(),
+            )
         return True
 
     async def watch(self, interval_s: float, clock: Any) -> None:
@@ -196,6 +215,7 @@ class ServerTLS:
 
 
 # --- ASGI TLS extension for uvicorn's h11 protocol -----------------------------------------
+
 
 def _tls_info(ssl_object: ssl.SSLObject) -> dict[str, Any] | None:
     der = ssl_object.getpeercert(binary_form=True)
@@ -214,13 +234,14 @@ def _tls_info(ssl_object: ssl.SSLObject) -> dict[str, Any] | None:
     }
 
 
-def _make_protocol() -> type:
+def tls_scope_protocol() -> type:
+    """The uvicorn h11 protocol class, extended with the ASGI ``tls`` scope extension."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class TLSScopeProtocol(H11Protocol):
         """uvicorn's h11 protocol plus the ASGI ``tls`` scope extension (client certificate)."""
 
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             ssl_object = transport.get_extra_info("ssl_object")
             info = _tls_info(ssl_object) if ssl_object is not None else None
@@ -234,10 +255,3 @@ def _make_protocol() -> type:
                 self.app = with_tls
 
     return TLSScopeProtocol
-
-
-def __getattr__(name: str) -> Any:
-    # Built lazily so that importing this module does not import uvicorn.
-    if name == "TLSScopeProtocol":
-        return _make_protocol()
-    raise AttributeError(name)

@@ -26,8 +26,13 @@ def record(
     """Add an audit event to ``session`` (committed with the caller's transaction)."""
     session.add(
         AuditEvent(
-            at=at, actor=actor or "anonymous", action=action, target=target[:200],
-            outcome=outcome, source=source[:64], detail=detail,
+            at=at,
+            actor=actor or "anonymous",
+            action=action,
+            target=target[:200],
+            outcome=outcome,
+            source=source[:64],
+            detail=detail,
         )
     )
 

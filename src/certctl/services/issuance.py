@@ -65,42 +65,69 @@ def _issuer_context(issuer_id: str) -> str:
     return f"issuer:{issuer_id}"
 
 
-def _store_issuer(services: Services, issuer_id: str, name: str, ca: CertificateAuthority,
-                  caller: Principal | None, action: str) -> Issuer:
+def _store_issuer(
+    services: Services,
+    issuer_id: str,
+    name: str,
+    ca: CertificateAuthority,
+    caller: Principal | None,
+    action: str,
+) -> Issuer:
     now = services.clock()
     key_der = ca.private_key.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
     row = Issuer(
-        id=issuer_id, name=name or issuer_id, subject=ca.certificate.subject.rfc4514_string(),
+        id=issuer_id,
+        name=name or issuer_id,
+        subject=ca.certificate.subject.rfc4514_string(),
         certificate_pem=certs_to_pem([ca.certificate]).decode(),
         chain_pem=certs_to_pem(ca.chain).decode(),
         wrapped_key=services.wrapper.wrap(key_der, context=_issuer_context(issuer_id)),
-        key_type=key_type_of(ca.private_key), not_after=ca.certificate.not_valid_after_utc,
+        key_type=key_type_of(ca.private_key),
+        not_after=ca.certificate.not_valid_after_utc,
         created_at=now,
     )
     with services.sessions.begin() as session:
         if session.get(Issuer, issuer_id) is not None:
             raise Conflict(f"issuer {issuer_id} already exists")
         session.add(row)
-        record(session, at=now, actor=caller.actor_id if caller else "system", action=action,
-               target=issuer_id, source=caller.source if caller else "")
+        record(
+            session,
+            at=now,
+            actor=caller.actor_id if caller else "system",
+            action=action,
+            target=issuer_id,
+            source=caller.source if caller else "",
+        )
     services.cache_issuer(issuer_id, ca)
     return row
 
 
-def create_issuer(services: Services, caller: Principal | None, *, issuer_id: str, name: str,
-                  subject: str | None, common_name: str | None, key_type: str,
-                  validity: timedelta, parent: str | None = None,
-                  path_length: int | None = None) -> Issuer:
+def create_issuer(
+    services: Services,
+    caller: Principal | None,
+    *,
+    issuer_id: str,
+    name: str,
+    subject: str | None,
+    common_name: str | None,
+    key_type: str,
+    validity: timedelta,
+    parent: str | None = None,
+    path_length: int | None = None,
+) -> Issuer:
     """Create a root CA, or an intermediate signed by issuer ``parent``."""
     if caller is not None:
         caller.require("issuer.create")
     from certctl.services.rbac import _check_id
 
     _check_id(issuer_id, "issuer")
-    name_dn = parse_dn(subject) if subject else common_name_dn(common_name or f"certctl {issuer_id} CA")
+    name_dn = (
+        parse_dn(subject) if subject else common_name_dn(common_name or f"certctl {issuer_id} CA")
+    )
     key = generate_private_key(KeyType.parse(key_type))
     now = services.clock()
     if parent is None:
@@ -111,14 +138,24 @@ def create_issuer(services: Services, caller: Principal | None, *, issuer_id: st
         profile = PROFILES["intermediate"]
         if path_length is not None:
             profile = profile.with_path_length(path_length)
-        issued = parent_ca.issue(key.public_key(), name_dn, profile=profile, validity=validity,
-                                 now=now)
-        ca = CertificateAuthority(issued.certificate, key, (parent_ca.certificate, *parent_ca.chain))
+        issued = parent_ca.issue(
+            key.public_key(), name_dn, profile=profile, validity=validity, now=now
+        )
+        ca = CertificateAuthority(
+            issued.certificate, key, (parent_ca.certificate, *parent_ca.chain)
+        )
     return _store_issuer(services, issuer_id, name, ca, caller, "issuer.create")
 
 
-def import_issuer(services: Services, caller: Principal, *, issuer_id: str, name: str,
-                  certificate_pem: str, private_key_pem: str) -> Issuer:
+def import_issuer(
+    services: Services,
+    caller: Principal,
+    *,
+    issuer_id: str,
+    name: str,
+    certificate_pem: str,
+    private_key_pem: str,
+) -> Issuer:
     """Import an existing CA (PEM certificate [+ chain] and key)."""
     caller.require("issuer.create")
     from certctl.services.rbac import _check_id
@@ -144,7 +181,9 @@ def load_issuer(services: Services, issuer_id: str) -> CertificateAuthority:
         key_der = services.wrapper.unwrap(row.wrapped_key, context=_issuer_context(issuer_id))
         key = serialization.load_der_private_key(key_der, None)
         cert = x509.load_pem_x509_certificate(row.certificate_pem.encode())
-        chain = tuple(x509.load_pem_x509_certificates(row.chain_pem.encode())) if row.chain_pem else ()
+        chain = (
+            tuple(x509.load_pem_x509_certificates(row.chain_pem.encode())) if row.chain_pem else ()
+        )
     ca = CertificateAuthority(cert, key, chain)  # type: ignore[arg-type]  # issuer keys only
     services.cache_issuer(issuer_id, ca)
     return ca
@@ -160,9 +199,16 @@ class IssueResult:
     warnings: tuple[str, ...]
 
 
-def _persist(services: Services, caller: Principal, issuer_id: str, ca: CertificateAuthority,
-             certificate: x509.Certificate, profile: str, key_pem: bytes | None,
-             renewed_from: str | None = None) -> CertificateRecord:
+def _persist(
+    services: Services,
+    caller: Principal,
+    issuer_id: str,
+    ca: CertificateAuthority,
+    certificate: x509.Certificate,
+    profile: str,
+    key_pem: bytes | None,
+    renewed_from: str | None = None,
+) -> CertificateRecord:
     now = services.clock()
     sans: dict[str, list[str]]
     try:
@@ -173,25 +219,46 @@ def _persist(services: Services, caller: Principal, issuer_id: str, ca: Certific
     cns = certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     cert_id = new_id()
     row = CertificateRecord(
-        id=cert_id, issuer_id=issuer_id, serial=f"{certificate.serial_number:x}",
+        id=cert_id,
+        issuer_id=issuer_id,
+        serial=f"{certificate.serial_number:x}",
         common_name=str(cns[0].value) if cns else "",
-        subject=certificate.subject.rfc4514_string(), sans=sans, profile=profile,
-        status="active", not_before=certificate.not_valid_before_utc,
+        subject=certificate.subject.rfc4514_string(),
+        sans=sans,
+        profile=profile,
+        status="active",
+        not_before=certificate.not_valid_before_utc,
         not_after=certificate.not_valid_after_utc,
         certificate_pem=certs_to_pem([certificate]).decode(),
         wrapped_key=services.wrapper.wrap(key_pem, context=f"certificate:{cert_id}")
-        if key_pem else None,
-        created_at=now, created_by=caller.actor_id, renewed_from=renewed_from,
+        if key_pem
+        else None,
+        created_at=now,
+        created_by=caller.actor_id,
+        renewed_from=renewed_from,
     )
     with services.sessions.begin() as session:
         session.add(row)
-        record(session, at=now, actor=caller.actor_id, action="certificate.issue",
-               target=f"{cert_id} serial {row.serial}", source=caller.source)
+        record(
+            session,
+            at=now,
+            actor=caller.actor_id,
+            action="certificate.issue",
+            target=f"{cert_id} serial {row.serial}",
+            source=caller.source,
+        )
     return row
 
 
-def issue_from_csr(services: Services, caller: Principal, *, issuer_id: str, csr_pem: str,
-                   profile: str, validity: timedelta) -> IssueResult:
+def issue_from_csr(
+    services: Services,
+    caller: Principal,
+    *,
+    issuer_id: str,
+    csr_pem: str,
+    profile: str,
+    validity: timedelta,
+) -> IssueResult:
     """Issue from a CSR after verifying its signature; the profile decides extensions."""
     caller.require("cert.issue")
     started = time.perf_counter()
@@ -216,9 +283,18 @@ def _leaf_profile(name: str) -> Any:
     return prof
 
 
-def issue_with_key(services: Services, caller: Principal, *, issuer_id: str, common_name: str,
-                   dns_names: list[str], ip_addresses: list[str], profile: str,
-                   validity: timedelta, key_type: str) -> IssueResult:
+def issue_with_key(
+    services: Services,
+    caller: Principal,
+    *,
+    issuer_id: str,
+    common_name: str,
+    dns_names: list[str],
+    ip_addresses: list[str],
+    profile: str,
+    validity: timedelta,
+    key_type: str,
+) -> IssueResult:
     """Generate the key server-side and issue; the key is returned once and stored wrapped."""
     caller.require("cert.issue")
     started = time.perf_counter()
@@ -228,14 +304,16 @@ def issue_with_key(services: Services, caller: Principal, *, issuer_id: str, com
     subject = common_name_dn(common_name) if common_name else x509.Name([])
     ca = load_issuer(services, issuer_id)
     key = generate_private_key(kt)
-    issued = ca.issue(key.public_key(), subject, profile=prof, validity=validity,
-                      now=services.clock(), sans=sans)
+    issued = ca.issue(
+        key.public_key(), subject, profile=prof, validity=validity, now=services.clock(), sans=sans
+    )
     key_pem = key_to_pem(key)
     row = _persist(services, caller, issuer_id, ca, issued.certificate, prof.name, key_pem)
     ISSUANCE.labels(issuer_id, "success").inc()
     ISSUANCE_DURATION.observe(time.perf_counter() - started)
-    return IssueResult(row, certs_to_pem(ca.chain_below_root).decode(), key_pem.decode(),
-                       issued.warnings)
+    return IssueResult(
+        row, certs_to_pem(ca.chain_below_root).decode(), key_pem.decode(), issued.warnings
+    )
 
 
 def effective_status(row: CertificateRecord, now: datetime) -> str:
@@ -249,9 +327,17 @@ def effective_status(row: CertificateRecord, now: datetime) -> str:
     return "active"
 
 
-def list_certificates(services: Services, caller: Principal, *, status: str | None,
-                      issuer: str | None, expiring_within: timedelta | None, q: str | None,
-                      limit: int, cursor: str | None) -> tuple[list[CertificateRecord], str | None]:
+def list_certificates(
+    services: Services,
+    caller: Principal,
+    *,
+    status: str | None,
+    issuer: str | None,
+    expiring_within: timedelta | None,
+    q: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[CertificateRecord], str | None]:
     """Certificates newest first, keyset-paginated by id."""
     caller.require("cert.read")
     now = services.clock()
@@ -263,25 +349,42 @@ def list_certificates(services: Services, caller: Principal, *, status: str | No
     if status == "revoked":
         query = query.where(CertificateRecord.status == "revoked")
     elif status == "expired":
-        query = query.where(and_(CertificateRecord.status == "active",
-                                 CertificateRecord.not_after <= now))
+        query = query.where(
+            and_(CertificateRecord.status == "active", CertificateRecord.not_after <= now)
+        )
     elif status == "expiring":
-        query = query.where(and_(CertificateRecord.status == "active",
-                                 CertificateRecord.not_after > now,
-                                 CertificateRecord.not_after <= now + EXPIRING_WINDOW))
+        query = query.where(
+            and_(
+                CertificateRecord.status == "active",
+                CertificateRecord.not_after > now,
+                CertificateRecord.not_after <= now + EXPIRING_WINDOW,
+            )
+        )
     elif status == "active":
-        query = query.where(and_(CertificateRecord.status == "active",
-                                 CertificateRecord.not_after > now + EXPIRING_WINDOW))
+        query = query.where(
+            and_(
+                CertificateRecord.status == "active",
+                CertificateRecord.not_after > now + EXPIRING_WINDOW,
+            )
+        )
     elif status is not None:
         raise InvalidRequest(f"{status}: unknown status (active, expiring, expired, revoked)")
     if expiring_within is not None:
-        query = query.where(and_(CertificateRecord.status == "active",
-                                 CertificateRecord.not_after <= now + expiring_within))
+        query = query.where(
+            and_(
+                CertificateRecord.status == "active",
+                CertificateRecord.not_after <= now + expiring_within,
+            )
+        )
     if q:
         like = f"%{q.lower()}%"
-        query = query.where(or_(func.lower(CertificateRecord.common_name).like(like),
-                                func.lower(CertificateRecord.subject).like(like),
-                                CertificateRecord.serial == q.lower().replace(":", "")))
+        query = query.where(
+            or_(
+                func.lower(CertificateRecord.common_name).like(like),
+                func.lower(CertificateRecord.subject).like(like),
+                CertificateRecord.serial == q.lower().replace(":", ""),
+            )
+        )
     with services.sessions() as session:
         rows = list(session.scalars(query))
     next_cursor = rows[limit - 1].id if len(rows) > limit else None
@@ -298,8 +401,9 @@ def get_certificate(services: Services, caller: Principal, cert_id: str) -> Cert
     return row
 
 
-def revoke_certificate(services: Services, caller: Principal, cert_id: str,
-                       reason: str | None) -> CertificateRecord:
+def revoke_certificate(
+    services: Services, caller: Principal, cert_id: str, reason: str | None
+) -> CertificateRecord:
     """Revoke a certificate; it appears on its issuer's next CRL."""
     caller.require("cert.revoke")
     reason = reason or "unspecified"
@@ -314,14 +418,22 @@ def revoke_certificate(services: Services, caller: Principal, cert_id: str,
         if row.status == "revoked":
             raise Conflict(f"certificate {cert_id} is already revoked")
         row.status, row.revoked_at, row.revocation_reason = "revoked", now, reason
-        record(session, at=now, actor=caller.actor_id, action="certificate.revoke",
-               target=cert_id, detail=reason, source=caller.source)
+        record(
+            session,
+            at=now,
+            actor=caller.actor_id,
+            action="certificate.revoke",
+            target=cert_id,
+            detail=reason,
+            source=caller.source,
+        )
     REVOCATIONS.labels(row.issuer_id).inc()
     return row
 
 
-def renew_certificate(services: Services, caller: Principal, cert_id: str,
-                      validity: timedelta | None) -> IssueResult:
+def renew_certificate(
+    services: Services, caller: Principal, cert_id: str, validity: timedelta | None
+) -> IssueResult:
     """Issue a successor with the same subject, SANs and profile.
 
     A certificate whose key certctl generated gets a fresh key (returned once); one issued
@@ -332,8 +444,12 @@ def renew_certificate(services: Services, caller: Principal, cert_id: str,
     ca = load_issuer(services, old.issuer_id)
     old_cert = x509.load_pem_x509_certificate(old.certificate_pem.encode())
     lifetime = validity or (old.not_after - old.not_before)
-    sans = SubjectAltNames.parse(dns=old.sans.get("dns", []), ip=old.sans.get("ip", []),
-                                 email=old.sans.get("email", []), uri=old.sans.get("uri", []))
+    sans = SubjectAltNames.parse(
+        dns=old.sans.get("dns", []),
+        ip=old.sans.get("ip", []),
+        email=old.sans.get("email", []),
+        uri=old.sans.get("uri", []),
+    )
     key_pem: bytes | None = None
     if old.wrapped_key is not None:
         key = generate_private_key(KeyType(key_type_of(old_cert.public_key())))
@@ -342,16 +458,34 @@ def renew_certificate(services: Services, caller: Principal, cert_id: str,
     else:
         public_key = old_cert.public_key()  # type: ignore[assignment]
     try:
-        issued = ca.issue(public_key, old_cert.subject, profile=get_profile(old.profile),  # type: ignore[arg-type]
-                          validity=lifetime, now=services.clock(), sans=sans)
+        issued = ca.issue(
+            public_key,
+            old_cert.subject,
+            profile=get_profile(old.profile),
+            validity=lifetime,
+            now=services.clock(),
+            sans=sans,
+        )
     except InvalidRequest:
         RENEWALS.labels("error").inc()
         raise
-    row = _persist(services, caller, old.issuer_id, ca, issued.certificate, old.profile, key_pem,
-                   renewed_from=cert_id)
+    row = _persist(
+        services,
+        caller,
+        old.issuer_id,
+        ca,
+        issued.certificate,
+        old.profile,
+        key_pem,
+        renewed_from=cert_id,
+    )
     RENEWALS.labels("success").inc()
-    return IssueResult(row, certs_to_pem(ca.chain_below_root).decode(),
-                       key_pem.decode() if key_pem else None, issued.warnings)
+    return IssueResult(
+        row,
+        certs_to_pem(ca.chain_below_root).decode(),
+        key_pem.decode() if key_pem else None,
+        issued.warnings,
+    )
 
 
 def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationList:
@@ -359,19 +493,23 @@ def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationLis
     ca = load_issuer(services, issuer_id)
     with services.sessions() as session:
         rows = session.execute(
-            select(CertificateRecord.serial, CertificateRecord.revoked_at,
-                   CertificateRecord.revocation_reason)
-            .where(CertificateRecord.issuer_id == issuer_id,
-                   CertificateRecord.status == "revoked")
+            select(
+                CertificateRecord.serial,
+                CertificateRecord.revoked_at,
+                CertificateRecord.revocation_reason,
+            ).where(CertificateRecord.issuer_id == issuer_id, CertificateRecord.status == "revoked")
         ).all()
     entries = [
         RevokedEntry(int(serial, 16), revoked_at, _REASONS.get(reason or "unspecified"))
         for serial, revoked_at, reason in rows
+        if revoked_at is not None
     ]
     return create_crl(ca, entries, now=services.clock())
 
 
-def certificate_counts(services: Services) -> tuple[dict[tuple[str, str], int], dict[str, datetime]]:
+def certificate_counts(
+    services: Services,
+) -> tuple[dict[tuple[str, str], int], dict[str, datetime]]:
     """Aggregate counts per (issuer, status) and the next expiry per issuer (for metrics)."""
     now = services.clock()
     soon = now + EXPIRING_WINDOW
@@ -381,10 +519,14 @@ def certificate_counts(services: Services) -> tuple[dict[tuple[str, str], int], 
     with services.sessions() as session:
         for issuer_id, status, expired, expiring, total in session.execute(
             select(
-                CertificateRecord.issuer_id, status_expr,
+                CertificateRecord.issuer_id,
+                status_expr,
                 func.sum((CertificateRecord.not_after <= now).cast(Integer)),
-                func.sum(and_(CertificateRecord.not_after > now,
-                              CertificateRecord.not_after <= soon).cast(Integer)),
+                func.sum(
+                    and_(
+                        CertificateRecord.not_after > now, CertificateRecord.not_after <= soon
+                    ).cast(Integer)
+                ),
                 func.count(),
             ).group_by(CertificateRecord.issuer_id, status_expr)
         ):
@@ -404,9 +546,10 @@ def certificate_counts(services: Services) -> tuple[dict[tuple[str, str], int], 
                 # Aggregates bypass the column type: SQLite hands back a naive string/datetime.
                 if isinstance(earliest, str):
                     earliest = datetime.fromisoformat(earliest)
-                nxt[issuer_id] = earliest.replace(tzinfo=UTC) if earliest.tzinfo is None else earliest
+                nxt[issuer_id] = (
+                    earliest.replace(tzinfo=UTC) if earliest.tzinfo is None else earliest
+                )
         for (issuer_id,) in session.execute(select(Issuer.id)):
             for status in ("active", "expiring", "expired", "revoked"):
                 counts.setdefault((issuer_id, status), 0)
     return counts, nxt
-

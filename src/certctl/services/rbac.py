@@ -65,8 +65,15 @@ def ensure_builtin_roles(services: Services) -> None:
         for role_id, (name, perms) in BUILTIN_ROLES.items():
             role = session.get(Role, role_id)
             if role is None:
-                session.add(Role(id=role_id, name=name, permissions=sorted(perms), builtin=True,
-                                 created_at=now))
+                session.add(
+                    Role(
+                        id=role_id,
+                        name=name,
+                        permissions=sorted(perms),
+                        builtin=True,
+                        created_at=now,
+                    )
+                )
             elif sorted(role.permissions) != sorted(perms) or not role.builtin:
                 role.permissions, role.builtin = sorted(perms), True
 
@@ -92,14 +99,17 @@ def _role_permissions(services: Services, role_ids: list[str]) -> frozenset[str]
 def _no_escalation(caller: Principal, permissions: frozenset[str] | set[str], what: str) -> None:
     excess = sorted(set(permissions) - caller.permissions)
     if excess:
-        raise PermissionDenied(f"cannot {what}: it needs permission(s) you lack: {', '.join(excess)}")
+        raise PermissionDenied(
+            f"cannot {what}: it needs permission(s) you lack: {', '.join(excess)}"
+        )
 
 
 # --- roles -------------------------------------------------------------------------------
 
 
-def create_role(services: Services, caller: Principal, role_id: str, name: str,
-                permissions: list[str]) -> Role:
+def create_role(
+    services: Services, caller: Principal, role_id: str, name: str, permissions: list[str]
+) -> Role:
     """Create a custom role holding only permissions the caller holds."""
     caller.require("auth.role.create")
     _check_id(role_id, "role")
@@ -109,16 +119,28 @@ def create_role(services: Services, caller: Principal, role_id: str, name: str,
     with services.sessions.begin() as session:
         if session.get(Role, role_id) is not None:
             raise Conflict(f"role {role_id} already exists")
-        role = Role(id=role_id, name=name or role_id, permissions=perms, builtin=False,
-                    created_at=now)
+        role = Role(
+            id=role_id, name=name or role_id, permissions=perms, builtin=False, created_at=now
+        )
         session.add(role)
-        record(session, at=now, actor=caller.actor_id, action="role.create", target=role_id,
-               source=caller.source)
+        record(
+            session,
+            at=now,
+            actor=caller.actor_id,
+            action="role.create",
+            target=role_id,
+            source=caller.source,
+        )
     return role
 
 
-def update_role(services: Services, caller: Principal, role_id: str, name: str | None,
-                permissions: list[str] | None) -> Role:
+def update_role(
+    services: Services,
+    caller: Principal,
+    role_id: str,
+    name: str | None,
+    permissions: list[str] | None,
+) -> Role:
     """Change a custom role; built-in roles are immutable."""
     caller.require("auth.role.edit")
     now = services.clock()
@@ -134,8 +156,14 @@ def update_role(services: Services, caller: Principal, role_id: str, name: str |
             role.permissions = perms
         if name is not None:
             role.name = name
-        record(session, at=now, actor=caller.actor_id, action="role.edit", target=role_id,
-               source=caller.source)
+        record(
+            session,
+            at=now,
+            actor=caller.actor_id,
+            action="role.edit",
+            target=role_id,
+            source=caller.source,
+        )
     return role
 
 
@@ -154,15 +182,22 @@ def delete_role(services: Services, caller: Principal, role_id: str) -> None:
         if holders:
             raise Conflict(f"role {role_id} is held by {', '.join(holders[:5])}")
         session.delete(role)
-        record(session, at=now, actor=caller.actor_id, action="role.delete", target=role_id,
-               source=caller.source)
+        record(
+            session,
+            at=now,
+            actor=caller.actor_id,
+            action="role.delete",
+            target=role_id,
+            source=caller.source,
+        )
 
 
 # --- actors ------------------------------------------------------------------------------
 
 
-def create_actor(services: Services, caller: Principal, actor_id: str, name: str,
-                 roles: list[str]) -> Actor:
+def create_actor(
+    services: Services, caller: Principal, actor_id: str, name: str, roles: list[str]
+) -> Actor:
     """Create an actor; giving it roles also needs ``auth.role.assign`` and no escalation."""
     caller.require("auth.actor.create")
     _check_id(actor_id, "actor")
@@ -176,13 +211,20 @@ def create_actor(services: Services, caller: Principal, actor_id: str, name: str
             raise Conflict(f"actor {actor_id} already exists")
         actor = Actor(id=actor_id, name=name or actor_id, roles=roles, created_at=now)
         session.add(actor)
-        record(session, at=now, actor=caller.actor_id, action="actor.create", target=actor_id,
-               source=caller.source)
+        record(
+            session,
+            at=now,
+            actor=caller.actor_id,
+            action="actor.create",
+            target=actor_id,
+            source=caller.source,
+        )
     return actor
 
 
-def update_actor(services: Services, caller: Principal, actor_id: str, name: str | None,
-                 roles: list[str] | None) -> Actor:
+def update_actor(
+    services: Services, caller: Principal, actor_id: str, name: str | None, roles: list[str] | None
+) -> Actor:
     """Rename an actor or change its roles (role changes need ``auth.role.assign``)."""
     caller.require("auth.actor.edit")
     now = services.clock()
@@ -201,8 +243,14 @@ def update_actor(services: Services, caller: Principal, actor_id: str, name: str
             actor.roles = roles
         if name is not None:
             actor.name = name
-        record(session, at=now, actor=caller.actor_id, action="actor.edit", target=actor_id,
-               source=caller.source)
+        record(
+            session,
+            at=now,
+            actor=caller.actor_id,
+            action="actor.edit",
+            target=actor_id,
+            source=caller.source,
+        )
     return actor
 
 
@@ -220,8 +268,14 @@ def delete_actor(services: Services, caller: Principal, actor_id: str) -> None:
         for key in session.scalars(select(ApiKey).where(ApiKey.actor_id == actor_id)):
             session.delete(key)
         session.delete(actor)
-        record(session, at=now, actor=caller.actor_id, action="actor.delete", target=actor_id,
-               source=caller.source)
+        record(
+            session,
+            at=now,
+            actor=caller.actor_id,
+            action="actor.delete",
+            target=actor_id,
+            source=caller.source,
+        )
 
 
 # --- API keys ----------------------------------------------------------------------------
@@ -235,8 +289,13 @@ class MintResult:
     minted: MintedKey
 
 
-def mint_api_key(services: Services, caller: Principal | None, actor_id: str, name: str,
-                 expires_at: datetime | None) -> MintResult:
+def mint_api_key(
+    services: Services,
+    caller: Principal | None,
+    actor_id: str,
+    name: str,
+    expires_at: datetime | None,
+) -> MintResult:
     """Mint a key for ``actor_id``; ``caller=None`` only for the bootstrap admin key."""
     now = services.clock()
     if caller is not None:
@@ -249,13 +308,26 @@ def mint_api_key(services: Services, caller: Principal | None, actor_id: str, na
         if actor is None:
             raise NotFound(f"actor {actor_id} not found")
         if caller is not None:
-            _no_escalation(caller, permissions_of(services, actor.roles), "mint a key for this actor")
-        row = ApiKey(id=minted.key_id, actor_id=actor_id, name=name or "key",
-                     secret_sha256=minted.secret_sha256, created_at=now, expires_at=expires_at)
+            _no_escalation(
+                caller, permissions_of(services, actor.roles), "mint a key for this actor"
+            )
+        row = ApiKey(
+            id=minted.key_id,
+            actor_id=actor_id,
+            name=name or "key",
+            secret_sha256=minted.secret_sha256,
+            created_at=now,
+            expires_at=expires_at,
+        )
         session.add(row)
-        record(session, at=now, actor=caller.actor_id if caller else "system",
-               action="apikey.create", target=f"{minted.key_id} ({actor_id})",
-               source=caller.source if caller else "")
+        record(
+            session,
+            at=now,
+            actor=caller.actor_id if caller else "system",
+            action="apikey.create",
+            target=f"{minted.key_id} ({actor_id})",
+            source=caller.source if caller else "",
+        )
     return MintResult(row, minted)
 
 
@@ -272,8 +344,14 @@ def revoke_api_key(services: Services, caller: Principal, key_id: str) -> ApiKey
             _no_escalation(caller, permissions_of(services, actor.roles), "revoke this key")
         if row.revoked_at is None:
             row.revoked_at = now
-        record(session, at=now, actor=caller.actor_id, action="apikey.revoke", target=key_id,
-               source=caller.source)
+        record(
+            session,
+            at=now,
+            actor=caller.actor_id,
+            action="apikey.revoke",
+            target=key_id,
+            source=caller.source,
+        )
     return row
 
 
