@@ -1,0 +1,783 @@
+"""Malformed CLI invocations: one line on stderr, exit 1 or 2, no file written."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from certctl.cli.main import run
+from certctl.pki import (
+    PROFILES,
+    CertificateAuthority,
+    certs_to_pem,
+    common_name_dn,
+    create_csr,
+    create_root_ca,
+    generate_private_key,
+    key_to_pem,
+    to_pkcs12,
+)
+
+PEM = serialization.Encoding.PEM
+GOOD_INSTANCES = b"instances:\n  - name: node-1\n    dns: [node-1.example.com]\n"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: tuple[str, ...]
+    code: int
+    message: str
+
+
+def _c(case_id: str, argv: str | list[str], code: int, message: str) -> Case:
+    args = argv.split() if isinstance(argv, str) else argv
+    return Case(case_id, tuple(args), code, message)
+
+
+CASES = [
+    # --- ca create ---------------------------------------------------------------------
+    _c(
+        "ca-create-rsa-1024",
+        "ca create --out new --key-type rsa-1024",
+        1,
+        "rsa-1024: key type not allowed",
+    ),
+    _c("ca-create-dsa", "ca create --out new --key-type dsa", 1, "dsa: key type not allowed"),
+    _c("ca-create-foo", "ca create --out new --key-type foo", 1, "foo: unknown key type"),
+    _c(
+        "ca-create-validity-90X",
+        "ca create --out new --validity 90X",
+        1,
+        "90X: unknown duration unit 'X'",
+    ),
+    _c(
+        "ca-create-validity-0D",
+        "ca create --out new --validity 0D",
+        1,
+        "0D: duration must be positive",
+    ),
+    _c("ca-create-existing", "ca create --out ca", 1, "already exists; use --force to overwrite"),
+    _c(
+        "ca-create-bad-subject",
+        ["ca", "create", "--out", "new", "--subject", "CN"],
+        1,
+        "not a valid RFC 4514 distinguished name",
+    ),
+    _c(
+        "ca-create-long-cn",
+        ["ca", "create", "--out", "new", "--cn", "x" * 65],
+        1,
+        "common name is longer than 64 characters",
+    ),
+    _c(
+        "ca-create-parent-missing",
+        "ca create --out new --parent nowhere",
+        1,
+        "nowhere: CA directory not found",
+    ),
+    _c(
+        "ca-create-parent-not-ca",
+        "ca create --out new --parent notca",
+        1,
+        "not a CA (BasicConstraints CA:FALSE)",
+    ),
+    _c(
+        "ca-create-parent-garbage-key",
+        "ca create --out new --parent badkey",
+        1,
+        "badkey/ca.key: not a recognised PEM, DER or PKCS#12 file",
+    ),
+    _c(
+        "ca-create-parent-pathlen",
+        "ca create --out new --parent inter",
+        1,
+        "path length 0 must be below the issuer's 0",
+    ),
+    _c(
+        "ca-create-empty-key-password",
+        "ca create --out new --key-password-file empty-pw.txt",
+        1,
+        "empty-pw.txt: password file is empty",
+    ),
+    _c("ca-create-missing-out", "ca create --cn x", 2, "Missing option '--out'"),
+    _c(
+        "ca-create-unknown-option",
+        "ca create --out new --colour red",
+        2,
+        "No such option: --colour",
+    ),
+    # --- ca import ---------------------------------------------------------------------
+    _c(
+        "ca-import-key-mismatch",
+        "ca import --cert ca/ca.crt --key other.key --out imp",
+        1,
+        "the private key does not match the CA certificate",
+    ),
+    _c(
+        "ca-import-not-a-ca",
+        "ca import --cert leaf.crt --key leaf.key --out imp",
+        1,
+        "certificate is not a CA",
+    ),
+    _c(
+        "ca-import-garbage-cert",
+        "ca import --cert garbage.pem --key ca/ca.key --out imp",
+        1,
+        "garbage.pem: not a recognised PEM, DER or PKCS#12 file",
+    ),
+    _c(
+        "ca-import-truncated-cert",
+        "ca import --cert truncated.pem --key ca/ca.key --out imp",
+        1,
+        "truncated.pem: malformed PEM: no complete BEGIN/END block",
+    ),
+    _c(
+        "ca-import-missing-cert",
+        "ca import --cert missing.crt --key ca/ca.key --out imp",
+        1,
+        "missing.crt: CA certificate not found",
+    ),
+    _c(
+        "ca-import-p12-wrong-password",
+        "ca import --p12 ca.p12 --password wrong --out imp",
+        1,
+        "cannot open PKCS#12 file: wrong password",
+    ),
+    _c(
+        "ca-import-p12-no-password",
+        "ca import --p12 ca.p12 --out imp",
+        1,
+        "PKCS#12 file is password-protected",
+    ),
+    _c(
+        "ca-import-p12-empty-password-file",
+        "ca import --p12 ca.p12 --password-file empty-pw.txt --out imp",
+        1,
+        "password file is empty",
+    ),
+    _c(
+        "ca-import-encrypted-key-no-password",
+        "ca import --cert ca/ca.crt --key encrypted.key --out imp",
+        1,
+        "the private key is encrypted",
+    ),
+    _c(
+        "ca-import-existing",
+        "ca import --cert ca/ca.crt --key ca/ca.key --out ca",
+        1,
+        "already exists; use --force",
+    ),
+    _c(
+        "ca-import-cert-without-key",
+        "ca import --cert ca/ca.crt --out imp",
+        2,
+        "--cert needs --key",
+    ),
+    _c("ca-import-nothing", "ca import --out imp", 2, "give either --cert with --key, or --p12"),
+    # --- cert issue --------------------------------------------------------------------
+    _c(
+        "issue-bad-ip",
+        "cert issue --ca ca --cn web --ip 1.2.3.999 --out o",
+        1,
+        "1.2.3.999: not a valid IPv4 or IPv6 address",
+    ),
+    _c(
+        "issue-bad-dns",
+        "cert issue --ca ca --cn web --dns=-bad-.example --out o",
+        1,
+        "-bad-.example: invalid DNS name",
+    ),
+    _c(
+        "issue-wildcard-middle",
+        "cert issue --ca ca --cn web --dns a.*.example.com --out o",
+        1,
+        "a.*.example.com: invalid DNS name",
+    ),
+    _c(
+        "issue-wildcard-tld",
+        "cert issue --ca ca --cn web --dns *.com --out o",
+        1,
+        "a wildcard needs at least two labels",
+    ),
+    _c(
+        "issue-bad-email",
+        "cert issue --ca ca --cn web --email nobody --out o",
+        1,
+        "nobody: not a valid e-mail address",
+    ),
+    _c(
+        "issue-bad-uri",
+        "cert issue --ca ca --cn web --uri no-scheme --out o",
+        1,
+        "no-scheme: URI needs a scheme",
+    ),
+    _c(
+        "issue-validity-90X",
+        "cert issue --ca ca --cn web --validity 90X --out o",
+        1,
+        "90X: unknown duration unit",
+    ),
+    _c(
+        "issue-validity-0D",
+        "cert issue --ca ca --cn web --validity 0D --out o",
+        1,
+        "0D: duration must be positive",
+    ),
+    _c(
+        "issue-validity-too-long",
+        "cert issue --ca ca --cn web --validity 101Y --out o",
+        1,
+        "duration too long",
+    ),
+    _c(
+        "issue-rsa-1024",
+        "cert issue --ca ca --cn web --key-type rsa-1024 --out o",
+        1,
+        "rsa-1024: key type not allowed",
+    ),
+    _c(
+        "issue-unknown-profile",
+        "cert issue --ca ca --cn web --profile web --out o",
+        1,
+        "web: unknown profile",
+    ),
+    _c(
+        "issue-ca-profile",
+        "cert issue --ca ca --cn web --profile intermediate --out o",
+        2,
+        "use 'certctl ca create --parent'",
+    ),
+    _c(
+        "issue-ca-missing",
+        "cert issue --ca nowhere --cn web --out o",
+        1,
+        "nowhere: CA directory not found",
+    ),
+    _c(
+        "issue-ca-dir-without-key",
+        "cert issue --ca nokey --cn web --out o",
+        1,
+        "nokey/ca.key: CA key not found",
+    ),
+    _c(
+        "issue-not-a-ca",
+        "cert issue --ca notca --cn web --out o",
+        1,
+        "not a CA (BasicConstraints CA:FALSE)",
+    ),
+    _c(
+        "issue-existing-output",
+        "cert issue --ca ca --cn web --out existing",
+        1,
+        "existing/tls.crt already exists; use --force",
+    ),
+    _c("issue-no-name", "cert issue --ca ca --out o", 2, "give --cn or --subject"),
+    _c(
+        "issue-bad-subject",
+        ["cert", "issue", "--ca", "ca", "--subject", "CN=a,,O=b", "--out", "o"],
+        1,
+        "not a valid RFC 4514 distinguished name",
+    ),
+    _c(
+        "issue-p12-no-password",
+        "cert issue --ca ca --cn web --p12 --out o",
+        2,
+        "--p12 needs a password",
+    ),
+    _c(
+        "issue-p12-empty-password-file",
+        "cert issue --ca ca --cn web --p12 --password-file empty-pw.txt --out o",
+        1,
+        "empty-pw.txt: password file is empty",
+    ),
+    _c(
+        "issue-p12-missing-password-file",
+        "cert issue --ca ca --cn web --p12 --password-file nope.txt --out o",
+        1,
+        "nope.txt: password file not found",
+    ),
+    _c("issue-missing-ca-option", "cert issue --cn web --out o", 2, "Missing option '--ca'"),
+    _c(
+        "issue-unknown-option",
+        "cert issue --ca ca --cn web --out o --hostname web",
+        2,
+        "No such option: --hostname",
+    ),
+    # --- cert issue --in ---------------------------------------------------------------
+    _c(
+        "batch-invalid-yaml",
+        "cert issue --ca ca --in bad-yaml.yml --pem --out certs.zip",
+        1,
+        "instances file is not valid YAML at line",
+    ),
+    _c(
+        "batch-missing-name",
+        "cert issue --ca ca --in no-name.yml --pem --out certs.zip",
+        1,
+        "instance #1: 'name' is required",
+    ),
+    _c(
+        "batch-duplicate-filename",
+        "cert issue --ca ca --in duplicate.yml --pem --out certs.zip",
+        1,
+        "file name 'node-1' is used twice",
+    ),
+    _c(
+        "batch-unsafe-filename",
+        "cert issue --ca ca --in unsafe.yml --pem --out certs.zip",
+        1,
+        "'../x' is not a safe file name",
+    ),
+    _c(
+        "batch-bad-ip",
+        "cert issue --ca ca --in bad-ip.yml --pem --out certs.zip",
+        1,
+        "instance 'node-1': 1.2.3.999: not a valid IPv4",
+    ),
+    _c(
+        "batch-not-utf8",
+        "cert issue --ca ca --in latin1.yml --pem --out certs.zip",
+        2,
+        "latin1.yml: not UTF-8 text",
+    ),
+    _c(
+        "batch-missing-file",
+        "cert issue --ca ca --in nope.yml --pem --out certs.zip",
+        1,
+        "nope.yml: instances file not found",
+    ),
+    _c(
+        "batch-p12-no-password",
+        "cert issue --ca ca --in instances.yml --out certs.zip",
+        2,
+        "PKCS#12 output needs a password",
+    ),
+    _c(
+        "batch-with-cn",
+        "cert issue --ca ca --in instances.yml --pem --cn x --out certs.zip",
+        2,
+        "--in takes names from the file",
+    ),
+    _c(
+        "batch-existing-zip",
+        "cert issue --ca ca --in instances.yml --pem --out existing.zip",
+        1,
+        "existing.zip already exists",
+    ),
+    _c(
+        "batch-ca-missing",
+        "cert issue --ca nowhere --in instances.yml --pem --out certs.zip",
+        1,
+        "nowhere: CA directory not found",
+    ),
+    # --- csr create / sign -------------------------------------------------------------
+    _c(
+        "csr-create-foo-key",
+        "csr create --out o --cn web --key-type foo",
+        1,
+        "foo: unknown key type",
+    ),
+    _c(
+        "csr-create-dsa-key",
+        "csr create --out o --cn web --key-type dsa",
+        1,
+        "dsa: key type not allowed",
+    ),
+    _c(
+        "csr-create-bad-ip",
+        "csr create --out o --cn web --ip 1.2.3.999",
+        1,
+        "1.2.3.999: not a valid IPv4",
+    ),
+    _c(
+        "csr-create-bad-dns",
+        "csr create --out o --cn web --dns=-bad-.example",
+        1,
+        "-bad-.example: invalid DNS name",
+    ),
+    _c("csr-create-no-name", "csr create --out o", 2, "give --cn or --subject"),
+    _c(
+        "csr-create-existing",
+        "csr create --out existing --cn web",
+        1,
+        "existing/tls.csr already exists",
+    ),
+    _c(
+        "csr-sign-tampered",
+        "csr sign --ca ca --csr tampered.csr --out o",
+        1,
+        "signature does not verify",
+    ),
+    _c(
+        "csr-sign-weak",
+        "csr sign --ca ca --csr weak.csr --out o",
+        1,
+        "RSA keys must have at least 2048 bits",
+    ),
+    _c(
+        "csr-sign-garbage",
+        "csr sign --ca ca --csr garbage.pem --out o",
+        1,
+        "garbage.pem: not a valid PEM or DER certificate signing request",
+    ),
+    _c(
+        "csr-sign-truncated",
+        "csr sign --ca ca --csr truncated.csr --out o",
+        1,
+        "not a valid PEM or DER certificate signing request",
+    ),
+    _c("csr-sign-missing", "csr sign --ca ca --csr nope.csr --out o", 1, "nope.csr: CSR not found"),
+    _c(
+        "csr-sign-csr-is-directory",
+        "csr sign --ca ca --csr ca --out o",
+        1,
+        "ca: is a directory, expected a CSR",
+    ),
+    _c(
+        "csr-sign-bad-san",
+        "csr sign --ca ca --csr bad-san.csr --out o",
+        1,
+        "-bad-.example: invalid DNS name",
+    ),
+    _c(
+        "csr-sign-root-profile",
+        "csr sign --ca ca --csr good.csr --profile ca --out o",
+        2,
+        "a root CA is self-signed",
+    ),
+    _c(
+        "csr-sign-unknown-profile",
+        "csr sign --ca ca --csr good.csr --profile web --out o",
+        1,
+        "web: unknown profile",
+    ),
+    _c(
+        "csr-sign-validity-0D",
+        "csr sign --ca ca --csr good.csr --validity 0D --out o",
+        1,
+        "0D: duration must be positive",
+    ),
+    _c(
+        "csr-sign-ca-missing",
+        "csr sign --ca nowhere --csr good.csr --out o",
+        1,
+        "nowhere: CA directory not found",
+    ),
+    _c("csr-sign-not-a-ca", "csr sign --ca notca --csr good.csr --out o", 1, "not a CA"),
+    _c(
+        "csr-sign-existing",
+        "csr sign --ca ca --csr good.csr --out existing",
+        1,
+        "existing/tls.crt already exists",
+    ),
+    _c("csr-sign-missing-csr-option", "csr sign --ca ca --out o", 2, "Missing option '--csr'"),
+    # --- inspect -----------------------------------------------------------------------
+    _c(
+        "inspect-garbage",
+        "inspect garbage.pem",
+        1,
+        "garbage.pem: not a recognised PEM, DER or PKCS#12 file",
+    ),
+    _c(
+        "inspect-truncated",
+        "inspect truncated.pem",
+        1,
+        "truncated.pem: malformed PEM: no complete BEGIN/END block",
+    ),
+    _c(
+        "inspect-corrupted-body",
+        "inspect corrupted.pem",
+        1,
+        "corrupted.pem: malformed PEM certificate block",
+    ),
+    _c(
+        "inspect-empty-file",
+        "inspect empty.pem",
+        1,
+        "empty.pem: not a recognised PEM, DER or PKCS#12 file",
+    ),
+    _c("inspect-p12-wrong-password", "inspect ca.p12 --password wrong", 1, "wrong password"),
+    _c("inspect-p12-no-password", "inspect ca.p12", 1, "PKCS#12 file is password-protected"),
+    _c(
+        "inspect-p12-empty-password-file",
+        "inspect ca.p12 --password-file empty-pw.txt",
+        1,
+        "password file is empty",
+    ),
+    _c(
+        "inspect-encrypted-key-wrong-password",
+        "inspect encrypted.key --password-file pw.txt",
+        1,
+        "cannot decrypt the private key: wrong password",
+    ),
+    _c("inspect-missing", "inspect nope.pem", 1, "nope.pem: file not found"),
+    _c("inspect-no-argument", "inspect", 2, "Missing argument 'file'"),
+    # --- verify ------------------------------------------------------------------------
+    _c(
+        "verify-garbage-ca",
+        "verify leaf.crt --ca garbage.pem",
+        1,
+        "garbage.pem: not a recognised PEM",
+    ),
+    _c(
+        "verify-garbage-cert",
+        "verify garbage.pem --ca ca/ca.crt",
+        1,
+        "garbage.pem: not a recognised PEM",
+    ),
+    _c(
+        "verify-key-not-cert", "verify leaf.key --ca ca/ca.crt", 1, "leaf.key: holds no certificate"
+    ),
+    _c("verify-wrong-ca", "verify leaf.crt --ca other-ca.crt", 1, "verification failed"),
+    _c(
+        "verify-wrong-hostname",
+        "verify leaf.crt --ca ca/ca.crt --hostname other.example",
+        1,
+        "no matching subjectAltName",
+    ),
+    _c(
+        "verify-bad-purpose",
+        "verify leaf.crt --ca ca/ca.crt --purpose email",
+        2,
+        "email: choose server or client",
+    ),
+    _c(
+        "verify-hostname-for-client",
+        "verify leaf.crt --ca ca/ca.crt --purpose client --hostname x",
+        2,
+        "--hostname applies to --purpose server",
+    ),
+    _c("verify-missing-ca-option", "verify leaf.crt", 2, "Missing option '--ca'"),
+    _c(
+        "verify-missing-cert",
+        "verify nope.crt --ca ca/ca.crt",
+        1,
+        "nope.crt: certificate not found",
+    ),
+    # --- crl create --------------------------------------------------------------------
+    _c(
+        "crl-bad-serial",
+        "crl create --ca ca --out new.crl --revoked zz",
+        1,
+        "zz: not a serial number",
+    ),
+    _c(
+        "crl-zero-serial",
+        "crl create --ca ca --out new.crl --revoked 0",
+        1,
+        "serial numbers are positive",
+    ),
+    _c(
+        "crl-unknown-reason",
+        "crl create --ca ca --out new.crl --revoked 1f --reason bogus",
+        2,
+        "bogus: unknown reason",
+    ),
+    _c(
+        "crl-next-update-90X",
+        "crl create --ca ca --out new.crl --next-update 90X",
+        1,
+        "90X: unknown duration unit",
+    ),
+    _c("crl-existing", "crl create --ca ca --out exists.crl", 1, "exists.crl already exists"),
+    _c(
+        "crl-ca-missing",
+        "crl create --ca nowhere --out new.crl",
+        1,
+        "nowhere: CA directory not found",
+    ),
+    _c("crl-not-a-ca", "crl create --ca notca --out new.crl", 1, "not a CA"),
+    _c("crl-out-is-directory", "crl create --ca ca --out ca", 1, "ca is a directory"),
+    _c("crl-missing-ca-option", "crl create --out new.crl", 2, "Missing option '--ca'"),
+    # --- top level ---------------------------------------------------------------------
+    _c("unknown-command", "frobnicate", 2, "No such command 'frobnicate'"),
+    _c("unknown-subcommand", "cert revoke", 2, "No such command 'revoke'"),
+]
+
+
+@pytest.fixture(scope="module")
+def inputs() -> dict[str, bytes]:
+    """Files every case starts from, built through certctl.pki."""
+    now = datetime.now(UTC)
+    ca_key = generate_private_key()
+    ca_cert = create_root_ca(
+        ca_key, common_name_dn("Bad Input Root"), validity=timedelta(days=3650), now=now
+    ).certificate
+    ca = CertificateAuthority(ca_cert, ca_key)
+    inter_key = generate_private_key()
+    inter_cert = ca.issue(
+        inter_key.public_key(),
+        common_name_dn("Bad Input Intermediate"),
+        profile=PROFILES["intermediate"],
+        validity=timedelta(days=365),
+        now=now,
+    ).certificate
+    other_key = generate_private_key()
+    other_cert = create_root_ca(
+        other_key, common_name_dn("Other Root"), validity=timedelta(days=3650), now=now
+    ).certificate
+    leaf_key = generate_private_key()
+    leaf_cert = ca.issue(
+        leaf_key.public_key(),
+        common_name_dn("leaf.example"),
+        profile=PROFILES["server"],
+        validity=timedelta(days=90),
+        now=now,
+    ).certificate
+    good_csr = create_csr(generate_private_key(), common_name_dn("csr.example"))
+    good_der = good_csr.public_bytes(serialization.Encoding.DER)
+    tampered = x509.load_der_x509_csr(good_der.replace(b"csr.example", b"evil.exampl"))
+    weak_key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    weak_csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(common_name_dn("weak.example"))
+        .sign(weak_key, hashes.SHA256())
+    )
+    bad_san_csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(common_name_dn("bad-san"))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("-bad-.example")]), critical=False)
+        .sign(generate_private_key(), hashes.SHA256())
+    )
+    ca_pem = certs_to_pem([ca_cert])
+    leaf_pem = certs_to_pem([leaf_cert])
+    good_csr_pem = good_csr.public_bytes(PEM)
+    return {
+        "ca/ca.crt": ca_pem,
+        "ca/ca.key": key_to_pem(ca_key),
+        "inter/ca.crt": certs_to_pem([inter_cert]),
+        "inter/ca.key": key_to_pem(inter_key),
+        "inter/ca-chain.crt": certs_to_pem([inter_cert, ca_cert]),
+        "notca/ca.crt": leaf_pem,
+        "notca/ca.key": key_to_pem(leaf_key),
+        "badkey/ca.crt": ca_pem,
+        "badkey/ca.key": b"this is not a key\n",
+        "nokey/ca.crt": ca_pem,
+        "leaf.crt": leaf_pem,
+        "leaf.key": key_to_pem(leaf_key),
+        "other.key": key_to_pem(other_key),
+        "other-ca.crt": certs_to_pem([other_cert]),
+        "encrypted.key": key_to_pem(ca_key, b"right"),
+        "ca.p12": to_pkcs12("ca", ca_key, ca_cert, [], b"changeit"),
+        "pw.txt": b"changeit\n",
+        "empty-pw.txt": b"\n",
+        "garbage.pem": b"this is not PEM, DER or PKCS#12\n",
+        "empty.pem": b"",
+        "truncated.pem": ca_pem[: len(ca_pem) // 2],
+        "corrupted.pem": ca_pem[:100] + ca_pem[140:],
+        "good.csr": good_csr_pem,
+        "truncated.csr": good_csr_pem[: len(good_csr_pem) // 2],
+        "tampered.csr": tampered.public_bytes(PEM),
+        "weak.csr": weak_csr.public_bytes(PEM),
+        "bad-san.csr": bad_san_csr.public_bytes(PEM),
+        "instances.yml": GOOD_INSTANCES,
+        "bad-yaml.yml": b"instances:\n  - name: [node-1\n",
+        "no-name.yml": b"instances:\n  - dns: [node-1.example.com]\n",
+        "duplicate.yml": b"instances:\n  - name: node-1\n  - name: node-2\n    filename: node-1\n",
+        "unsafe.yml": b"instances:\n  - name: node-1\n    filename: ../x\n",
+        "bad-ip.yml": b"instances:\n  - name: node-1\n    ip: [1.2.3.999]\n",
+        "latin1.yml": "instances:\n  - name: café\n".encode("latin-1"),
+        "existing/tls.crt": b"old certificate\n",
+        "existing/tls.csr": b"old request\n",
+        "existing/tls.key": b"old key\n",
+        "existing.zip": b"old zip\n",
+        "exists.crl": b"old crl\n",
+    }
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inputs: dict[str, bytes]) -> Path:
+    for name, data in inputs.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    monkeypatch.chdir(tmp_path)
+    for var in ("CERTCTL_PASSWORD", "CERTCTL_CA_PASSWORD", "CERTCTL_DEBUG"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` with a digest of its content ('dir' for directories)."""
+    return {
+        str(p.relative_to(root)): "dir"
+        if p.is_dir()
+        else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def _check_stderr(err: str, message: str) -> None:
+    assert "Traceback" not in err
+    assert err.endswith("\n"), err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("certctl: error: "), err
+    assert "internal error" not in lines[0], err
+    assert message in lines[0], err
+
+
+def test_table_is_large_and_unique() -> None:
+    assert len(CASES) >= 30
+    assert len({c.id for c in CASES}) == len(CASES)
+    commands = {" ".join(c.argv[:2]) for c in CASES}
+    for command in (
+        "ca create",
+        "ca import",
+        "cert issue",
+        "csr create",
+        "csr sign",
+        "crl create",
+    ):
+        assert command in commands
+    assert any(c.argv[0] == "inspect" for c in CASES)
+    assert any(c.argv[0] == "verify" for c in CASES)
+    assert any("--in" in c.argv for c in CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input(case: Case, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = _snapshot(workdir)
+    code = run(list(case.argv))
+    _, err = capsys.readouterr()
+    _check_stderr(err, case.message)
+    assert code == case.code
+    assert _snapshot(workdir) == before
+
+
+SUBPROCESS_CASES = [
+    c for c in CASES if c.id in {"issue-bad-ip", "csr-sign-tampered", "ca-create-unknown-option"}
+]
+
+
+@pytest.mark.parametrize("case", SUBPROCESS_CASES, ids=lambda c: c.id)
+def test_console_script(case: Case, workdir: Path) -> None:
+    script = Path(sys.executable).with_name("certctl")
+    assert script.exists(), script
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    env["COLUMNS"] = "80"
+    before = _snapshot(workdir)
+    proc = subprocess.run(
+        [str(script), *case.argv],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    _check_stderr(proc.stderr, case.message)
+    assert proc.returncode == case.code
+    assert proc.stdout == ""
+    assert _snapshot(workdir) == before

@@ -1,0 +1,495 @@
+"""``certctl http``: options, refusals, and the wizard on a real pseudo-terminal."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import ipaddress
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from certctl.cli.main import run
+from certctl.pki import SubjectAltNames, load_csr, load_material, verify_certificate
+
+PASSWORD = "s3cret pass"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CERTCTL_PASSWORD", raising=False)
+    monkeypatch.delenv("CERTCTL_CA_PASSWORD", raising=False)
+
+
+@pytest.fixture
+def password_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pw"
+    path.write_text(PASSWORD + "\n")
+    return path
+
+
+def _sans(cert: x509.Certificate) -> SubjectAltNames:
+    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return SubjectAltNames.from_extension(ext.value)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def test_new_ca_p12(
+    tmp_path: Path, password_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bundle.zip"
+    code = run(
+        [
+            "http",
+            "--non-interactive",
+            "--out",
+            str(out),
+            "--node",
+            "es1",
+            "--node",
+            "es2",
+            "--dns",
+            "es1=es1.example.com",
+            "--ip",
+            "es2=10.0.0.2",
+            "--dns",
+            "es.example.com",
+            "--password-file",
+            str(password_file),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.err == ""
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert f"wrote {out}" in captured.out
+    assert "elasticsearch/es1/" in captured.out
+    assert "elasticsearch/es2/" in captured.out
+    assert "next steps:" in captured.out
+    archive = zipfile.ZipFile(out)
+    ca_cert = x509.load_pem_x509_certificate(archive.read("kibana/elasticsearch-ca.pem"))
+    assert archive.read("ca/ca.crt") == archive.read("kibana/elasticsearch-ca.pem")
+    expected = {
+        "es1": (["es1.example.com", "es.example.com"], []),
+        "es2": (["es.example.com"], [ipaddress.ip_address("10.0.0.2")]),
+    }
+    for node, (dns, ips) in expected.items():
+        _, cert, _ = pkcs12.load_key_and_certificates(
+            archive.read(f"elasticsearch/{node}/http.p12"), PASSWORD.encode()
+        )
+        assert cert is not None
+        assert list(_sans(cert).dns) == dns
+        assert list(_sans(cert).ip) == ips
+        verify_certificate(cert, trust=[ca_cert], hostname=dns[0], now=_now())
+        readme = archive.read(f"elasticsearch/{node}/README.txt").decode()
+        assert PASSWORD not in readme
+        assert "the password in the file pw" in " ".join(readme.split())
+
+
+def test_pem_generic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "web.zip"
+    code = run(
+        [
+            *("http", "--out", str(out), "--profile", "generic", "--pem", "--node", "web1"),
+            *("--dns", "web1.example.com", "--ip", "192.0.2.10"),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    archive = zipfile.ZipFile(out)
+    assert "web1/sample-nginx.conf" in archive.namelist()
+    assert archive.getinfo("web1/http.key").external_attr >> 16 == 0o100600
+    assert archive.getinfo("ca/ca.key").external_attr >> 16 == 0o100600
+    cert = x509.load_pem_x509_certificate(archive.read("web1/http.crt"))
+    assert list(_sans(cert).dns) == ["web1.example.com"]
+    ca_cert = x509.load_pem_x509_certificate(archive.read("client/ca.crt"))
+    verify_certificate(cert, trust=[ca_cert], hostname="192.0.2.10", now=_now())
+    assert (
+        "curl --cacert ca.crt https://web1.example.com:443/"
+        in archive.read("client/sample-curl.sh").decode()
+    )
+
+
+def test_existing_ca(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ca_dir = tmp_path / "ca"
+    assert run(["ca", "create", "--out", str(ca_dir), "--cn", "Ops CA"]) == 0
+    out = tmp_path / "b.zip"
+    code = run(["http", "--out", str(out), "--ca", str(ca_dir), "--pem", "--node", "es1"])
+    assert code == 0, capsys.readouterr().err
+    archive = zipfile.ZipFile(out)
+    assert not any(name.startswith("ca/") for name in archive.namelist())
+    ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
+    assert archive.read("kibana/elasticsearch-ca.pem") == (ca_dir / "ca.crt").read_bytes()
+    cert = x509.load_pem_x509_certificate(archive.read("elasticsearch/es1/http.crt"))
+    assert cert.issuer == ca_cert.subject
+    verify_certificate(cert, trust=[ca_cert], hostname="es1", now=_now())
+
+
+def test_csr_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "csr.zip"
+    code = run(["http", "--out", str(out), "--csr", "--node", "es1", "--ip", "es1=10.1.1.1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "to be signed" in captured.out
+    archive = zipfile.ZipFile(out)
+    assert not any(name.startswith("ca/") for name in archive.namelist())
+    csr = load_csr(archive.read("elasticsearch/es1/http.csr"))
+    assert csr.is_signature_valid
+    key = load_material(archive.read("elasticsearch/es1/http.key")).private_key
+    assert key is not None
+    assert key.public_key() == csr.public_key()
+
+
+def test_shared(tmp_path: Path, password_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "shared.zip"
+    code = run(
+        [
+            *("http", "--out", str(out), "--shared", "--node", "es1", "--node", "es2"),
+            *("--ip", "10.0.0.9", "--password-file", str(password_file)),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    archive = zipfile.ZipFile(out)
+    p12s = [n for n in archive.namelist() if n.endswith(".p12")]
+    assert p12s == ["elasticsearch/http/http.p12"]
+    _, cert, _ = pkcs12.load_key_and_certificates(archive.read(p12s[0]), PASSWORD.encode())
+    assert cert is not None
+    assert list(_sans(cert).dns) == ["es1", "es2"]
+    assert list(_sans(cert).ip) == [ipaddress.ip_address("10.0.0.9")]
+
+
+def test_password_from_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CERTCTL_PASSWORD", "from-env")
+    out = tmp_path / "b.zip"
+    assert run(["http", "--out", str(out), "--node", "es1", "--p12-legacy"]) == 0
+    archive = zipfile.ZipFile(out)
+    key, _, _ = pkcs12.load_key_and_certificates(
+        archive.read("elasticsearch/es1/http.p12"), b"from-env"
+    )
+    assert key is not None
+
+
+def test_short_validity_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "b.zip"
+    code = run(
+        [
+            *("http", "--out", str(out), "--pem", "--node", "es1", "--node", "es2"),
+            *("--validity", "30D", "--ca-validity", "60D"),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = captured.err.splitlines()
+    assert "certctl: warning: CA lifetime 60D is under 90 days; plan its renewal" in lines
+    assert "certctl: warning: certificate lifetime 30D is under 60 days; plan its renewal" in lines
+    assert len(lines) == 2  # once per condition, not per node
+
+
+def test_existing_output_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "b.zip"
+    out.write_bytes(b"keep me")
+    args = ["http", "--out", str(out), "--pem", "--node", "es1"]
+    assert run(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("certctl: error: ")
+    assert "already exists; use --force" in err
+    assert len(err.splitlines()) == 1
+    assert out.read_bytes() == b"keep me"
+    assert run([*args, "--force"]) == 0
+    assert zipfile.is_zipfile(out)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--ip", "es1=10.0.0.300"], 1, "10.0.0.300: not a valid IPv4 or IPv6 address"),
+        (["--dns", "es1=bad_name"], 1, "bad_name: invalid DNS name"),
+        (["--dns", "es9=x.example.com"], 2, "'es9' is not a --node"),
+        (["--node", "es1"], 2, "es1: node given twice"),
+        (["--node", "a/b"], 1, "'a/b': invalid node name"),
+        (["--validity", "90X"], 1, "90X: unknown duration unit"),
+        (["--key-type", "rsa-1024"], 1, "rsa-1024: key type not allowed"),
+        (["--profile", "apache"], 2, "apache: choose elasticsearch or generic"),
+        (["--csr", "--ca", "somewhere"], 2, "--csr and --ca exclude each other"),
+        (["--ca", "no-such-dir"], 1, "no-such-dir: CA directory not found"),
+        (["--validity", "6Y"], 1, "CA validity 1825D is shorter than the certificate validity"),
+    ],
+)
+def test_refusals(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    code: int,
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "b.zip"
+    assert run(["http", "--out", str(out), "--pem", "--node", "es1", *args]) == code
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_p12_without_password(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "b.zip"
+    assert run(["http", "--out", str(out), "--node", "es1"]) == 2
+    assert "PKCS#12 output needs a password" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_no_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "b.zip"
+    assert run(["http", "--out", str(out), "--pem"]) == 1
+    assert "no nodes" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_no_prompt_without_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # stdin is not a TTY and --non-interactive is absent: behave as --non-interactive.
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    out = tmp_path / "b.zip"
+    assert run(["http", "--out", str(out), "--pem", "--node", "es1"]) == 0
+    assert "?" not in capsys.readouterr().out
+
+
+class _FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_wizard_in_process_shared_existing_ca(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Drive the wizard through rich's input hook: encrypted existing CA, shared cert, PEM."""
+    import rich.prompt
+
+    ca_dir = tmp_path / "ca"
+    ca_pw = tmp_path / "ca-pw"
+    ca_pw.write_text("ca secret\n")
+    assert run(["ca", "create", "--out", str(ca_dir), "--key-password-file", str(ca_pw)]) == 0
+    answers = iter(
+        [
+            "generic",  # profile
+            "n",  # CSRs?
+            "y",  # existing CA?
+            str(tmp_path / "missing"),  # CA directory: refused, asked again
+            str(ca_dir),
+            "wrong",  # CA key password: refused, directory and password asked again
+            str(ca_dir),
+            "ca secret",
+            "n",  # per node?
+            "front",  # shared name
+            "www.example.com, api.example.com",  # DNS
+            "",  # IPs
+            "180D",  # validity
+            "ec-p384",  # key type
+            "pem",  # format
+            "y",  # write?
+        ]
+    )
+    secret_prompts: list[str] = []
+
+    def fake_input(cls, console, prompt, password, stream=None):  # type: ignore[no-untyped-def]
+        if password:
+            secret_prompts.append(str(prompt))
+        return next(answers)
+
+    monkeypatch.setattr(rich.prompt.PromptBase, "get_input", classmethod(fake_input))
+    monkeypatch.setattr(sys, "stdin", _FakeTTY(""))
+    out = tmp_path / "b.zip"
+    code = run(["http", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert next(answers, None) is None
+    output = " ".join(captured.out.split())
+    assert "CA directory not found" in output
+    assert "wrong password" in output
+    assert len(secret_prompts) == 2
+    assert all("ca.key" in p for p in secret_prompts)
+    archive = zipfile.ZipFile(out)
+    cert = x509.load_pem_x509_certificate(archive.read("front/http.crt"))
+    assert list(_sans(cert).dns) == ["www.example.com", "api.example.com"]
+    assert cert.issuer == x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes()).subject
+    assert "front/sample-nginx.conf" in archive.namelist()
+
+
+def test_wizard_declined_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import rich.prompt
+
+    # profile, CSRs: yes, per node, node name, DNS, IPs, another node, key type, write: no
+    answers = iter(["", "y", "", "", "", "", "", "", "n"])
+
+    def fake_input(cls, console, prompt, password, stream=None):  # type: ignore[no-untyped-def]
+        return next(answers)
+
+    monkeypatch.setattr(rich.prompt.PromptBase, "get_input", classmethod(fake_input))
+    monkeypatch.setattr(sys, "stdin", _FakeTTY(""))
+    out = tmp_path / "b.zip"
+    assert run(["http", "--out", str(out), "--node", "es1"]) == 1
+    assert capsys.readouterr().err == "certctl: error: aborted\n"
+    assert not out.exists()
+
+
+# --- the wizard on a real pseudo-terminal --------------------------------------------------
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
+
+
+class _Terminal:
+    """A child process on a pty: wait for text, type answers (a tiny stdlib pexpect)."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
+        master, slave = pty.openpty()
+        # 200 columns: no prompt is wrapped in the middle of the text we wait for.
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+
+        def make_controlling_tty() -> None:
+            # getpass reads passwords from /dev/tty: the pty must be the controlling terminal.
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            preexec_fn=make_controlling_tty,
+        )
+        os.close(slave)
+        self.master = master
+        self.pending = ""
+        self.log = ""
+
+    def _read(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.master], [], [], max(timeout, 0))
+        if not ready:
+            return True
+        try:
+            data = os.read(self.master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            return False
+        if not data:
+            return False
+        text = _ANSI.sub("", data.decode("utf-8", "replace")).replace("\r", "")
+        self.pending += text
+        self.log += text
+        return True
+
+    def expect(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._read(left):
+                raise AssertionError(f"no {text!r} on the terminal; output so far:\n{self.log}")
+        self.pending = self.pending[self.pending.index(text) + len(text) :]
+
+    def send(self, line: str, *, secret: bool = False) -> None:
+        if secret:
+            # getpass switches echo off and flushes typed-ahead input: wait for it first.
+            deadline = time.monotonic() + 30
+            while termios.tcgetattr(self.master)[3] & termios.ECHO:
+                assert time.monotonic() < deadline, "terminal echo never switched off"
+                time.sleep(0.01)
+        os.write(self.master, line.encode() + b"\n")
+
+    def wait(self, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._read(deadline - time.monotonic()):
+            pass
+        try:
+            return self.proc.wait(timeout=max(deadline - time.monotonic(), 1))
+        finally:
+            os.close(self.master)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.mark.timeout(120)
+def test_wizard_on_a_pty(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    env.update(TERM="xterm", NO_COLOR="1", COLUMNS="200", LINES="50")
+    argv = [sys.executable, "-c", "from certctl.cli.main import main; main()"]
+    term = _Terminal([*argv, "http", "--out", "w.zip", "--node", "es1"], tmp_path, env)
+    try:
+        # (text to wait for, answer to type or None, answer is a password)
+        steps: list[tuple[str, str | None, bool]] = [
+            ("Which server will use the certificates?", "", False),
+            ("Generate CSRs for an external CA?", "n", False),
+            ("Use an existing CA?", "n", False),
+            ("CA common name (Elasticsearch HTTP CA):", "Wizard CA", False),
+            ("CA validity (5Y):", "", False),
+            ("Generate a certificate per node?", "", False),
+            ("Node #1 name (es1):", "", False),
+            ("DNS names for es1 (comma-separated) (es1):", "es1.example.com, es1", False),
+            ("IP addresses for es1 (comma-separated):", "10.0.0.1", False),
+            ("Add another node?", "y", False),
+            ("Node #2 name:", "es2", False),
+            ("DNS names for es2 (comma-separated) (es2):", "", False),
+            ("IP addresses for es2 (comma-separated):", "not-an-ip", False),
+            ("not-an-ip: not a valid IPv4 or IPv6 address", None, False),
+            ("IP addresses for es2 (comma-separated):", "10.0.0.2", False),
+            ("Add another node?", "n", False),
+            ("Certificate validity (90D):", "1Y", False),
+            ("Key type [ec-p256/ec-p384/ed25519/rsa-2048/rsa-3072/rsa-4096] (ec-p256):", "", False),
+            ("Output format [p12/pem] (p12):", "", False),
+            ("Password for http.p12:", "first", True),
+            ("Repeat the password:", "second", True),
+            ("the passwords differ", None, False),
+            ("Password for http.p12:", PASSWORD, True),
+            ("Repeat the password:", PASSWORD, True),
+            ("Use legacy PKCS#12 encryption?", "", False),
+            ("Write w.zip?", "y", False),
+        ]
+        for text, answer, secret in steps:
+            term.expect(text)
+            if answer is not None:
+                term.send(answer, secret=secret)
+        term.expect("wrote w.zip")
+        assert term.wait() == 0, term.log
+    finally:
+        term.kill()
+    assert "first" not in term.log
+    assert PASSWORD not in term.log  # passwords are never echoed
+    archive = zipfile.ZipFile(tmp_path / "w.zip")
+    ca_cert = x509.load_pem_x509_certificate(archive.read("ca/ca.crt"))
+    assert ca_cert.subject.rfc4514_string() == "CN=Wizard CA"
+    for node, host in (("es1", "es1.example.com"), ("es2", "10.0.0.2")):
+        _, cert, _ = pkcs12.load_key_and_certificates(
+            archive.read(f"elasticsearch/{node}/http.p12"), PASSWORD.encode()
+        )
+        assert cert is not None
+        verify_certificate(cert, trust=[ca_cert], hostname=host, now=_now())
+    _, cert, _ = pkcs12.load_key_and_certificates(
+        archive.read("elasticsearch/es2/http.p12"), PASSWORD.encode()
+    )
+    assert cert is not None
+    assert list(_sans(cert).dns) == ["es2"]
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 365

@@ -1,0 +1,268 @@
+"""CSRs: create, load with signature check, sign under a profile."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from certctl.errors import BadSignature, InvalidRequest, WeakKey
+from certctl.pki import (
+    PROFILES,
+    CertificateAuthority,
+    IssuedCertificate,
+    SubjectAltNames,
+    common_name_dn,
+    create_csr,
+    csr_sans,
+    load_csr,
+    sign_csr,
+)
+
+PEM = serialization.Encoding.PEM
+DER = serialization.Encoding.DER
+
+
+def _sign(
+    ca: CertificateAuthority,
+    csr: x509.CertificateSigningRequest,
+    now: datetime,
+    profile: str = "server",
+) -> IssuedCertificate:
+    return sign_csr(ca, csr, profile=PROFILES[profile], validity=timedelta(days=90), now=now)
+
+
+def _greedy_csr(key: ec.EllipticCurvePrivateKey) -> x509.CertificateSigningRequest:
+    """A CSR asking for far more than a leaf may have."""
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(common_name_dn("evil.example"))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=True,
+                key_encipherment=True,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [
+                    ExtendedKeyUsageOID.CODE_SIGNING,
+                    ExtendedKeyUsageOID.SERVER_AUTH,
+                    ExtendedKeyUsageOID.OCSP_SIGNING,
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            SubjectAltNames.parse(dns=["evil.example"], ip=["10.1.2.3"]).to_extension(),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+
+
+def test_create_and_load_round_trip(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    sans = SubjectAltNames.parse(dns=["a.example"], ip=["10.0.0.1"])
+    csr = create_csr(ec_key, common_name_dn("a.example"), sans)
+    for encoding in (PEM, DER):
+        loaded = load_csr(csr.public_bytes(encoding))
+        assert loaded.subject == common_name_dn("a.example")
+        assert loaded.is_signature_valid
+        assert csr_sans(loaded) == sans
+        ext = loaded.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        assert not ext.critical
+
+
+def test_create_without_subject_makes_san_critical(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    csr = create_csr(ec_key, x509.Name([]), SubjectAltNames.parse(dns=["a.example"]))
+    assert csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).critical
+
+
+def test_create_without_sans(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    csr = create_csr(ec_key, common_name_dn("x"))
+    assert len(csr.extensions) == 0
+    assert csr_sans(csr) == SubjectAltNames()
+
+
+def test_ed25519_csr() -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    csr = load_csr(create_csr(key, common_name_dn("ed")).public_bytes(PEM))
+    assert csr.signature_hash_algorithm is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"garbage",
+        b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        b"\x30\x03\x02\x01\x00",
+    ],
+)
+def test_load_refuses_non_csr(data: bytes) -> None:
+    with pytest.raises(InvalidRequest, match="not a valid PEM or DER certificate signing request"):
+        load_csr(data)
+
+
+def test_load_refuses_truncated_pem(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    pem = create_csr(ec_key, common_name_dn("x")).public_bytes(PEM)
+    with pytest.raises(InvalidRequest, match="not a valid PEM or DER certificate signing request"):
+        load_csr(pem[: len(pem) // 2])
+
+
+def _tamper(csr: x509.CertificateSigningRequest, old: bytes, new: bytes) -> bytes:
+    der = csr.public_bytes(DER)
+    assert der.count(old) == 1
+    return der.replace(old, new)
+
+
+def test_tampered_subject_refused(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    csr = create_csr(ec_key, common_name_dn("good.example"))
+    tampered = _tamper(csr, b"good.example", b"evil.example")
+    with pytest.raises(BadSignature, match="signature") as info:
+        load_csr(tampered)
+    assert "signature does not verify" in info.value.detail
+
+
+def test_tampered_signature_refused(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    csr = create_csr(ec_key, common_name_dn("good.example"))
+    # Flip one bit in the last byte of the ECDSA signature's s value.
+    der = bytearray(csr.public_bytes(DER))
+    der[-1] ^= 0x01
+    pem = x509.load_der_x509_csr(bytes(der)).public_bytes(PEM)
+    with pytest.raises(BadSignature, match="signature"):
+        load_csr(pem)
+
+
+def test_tampered_csr_refused_by_sign(
+    ec_key: ec.EllipticCurvePrivateKey, root_ca: CertificateAuthority, now: datetime
+) -> None:
+    csr = create_csr(ec_key, common_name_dn("good.example"))
+    tampered = x509.load_der_x509_csr(_tamper(csr, b"good.example", b"evil.example"))
+    with pytest.raises(BadSignature, match="CSR signature does not verify"):
+        _sign(root_ca, tampered, now)
+
+
+def test_weak_rsa_csr_refused(
+    rsa1024_key: rsa.RSAPrivateKey, root_ca: CertificateAuthority, now: datetime
+) -> None:
+    csr = create_csr(rsa1024_key, common_name_dn("weak.example"))
+    with pytest.raises(WeakKey, match="2048") as info:
+        load_csr(csr.public_bytes(PEM))
+    assert info.value.detail == "rsa-1024: RSA keys must have at least 2048 bits"
+    with pytest.raises(WeakKey, match="2048"):
+        _sign(root_ca, csr, now)
+
+
+def test_weak_curve_csr_refused() -> None:
+    key = ec.generate_private_key(ec.SECP521R1())
+    csr = create_csr(key, common_name_dn("p521"))
+    with pytest.raises(WeakKey, match="ec-secp521r1: only P-256 and P-384 curves are allowed"):
+        load_csr(csr.public_bytes(PEM))
+
+
+def test_greedy_csr_gets_only_profile_extensions(
+    ec_key: ec.EllipticCurvePrivateKey, root_ca: CertificateAuthority, now: datetime
+) -> None:
+    csr = load_csr(_greedy_csr(ec_key).public_bytes(PEM))
+    issued = _sign(root_ca, csr, now)
+    cert = issued.certificate
+    bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert bc.ca is False
+    ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ku == PROFILES["server"].key_usage(ec_key.public_key())
+    assert not ku.key_cert_sign
+    assert not ku.content_commitment
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert issued.warnings == (
+        "CSR extensions ignored, the server profile decides: "
+        "basicConstraints, extendedKeyUsage, keyUsage",
+    )
+    # Only subject and SANs carry over.
+    assert cert.subject == csr.subject
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert SubjectAltNames.from_extension(san) == SubjectAltNames.parse(
+        dns=["evil.example"], ip=["10.1.2.3"]
+    )
+    assert {e.oid._name for e in cert.extensions} == {
+        "basicConstraints",
+        "keyUsage",
+        "extendedKeyUsage",
+        "subjectKeyIdentifier",
+        "authorityKeyIdentifier",
+        "subjectAltName",
+    }
+
+
+def test_client_profile_overrides_requested_ekus(
+    ec_key: ec.EllipticCurvePrivateKey, root_ca: CertificateAuthority, now: datetime
+) -> None:
+    issued = _sign(root_ca, _greedy_csr(ec_key), now, profile="client")
+    eku = issued.certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+
+
+def test_plain_csr_signs_without_warning(
+    ec_key: ec.EllipticCurvePrivateKey, root_ca: CertificateAuthority, now: datetime
+) -> None:
+    sans = SubjectAltNames.parse(dns=["ok.example"])
+    issued = _sign(root_ca, create_csr(ec_key, common_name_dn("ok.example"), sans), now)
+    assert issued.warnings == ()
+    issued.certificate.verify_directly_issued_by(root_ca.certificate)
+    assert issued.certificate.public_key() == ec_key.public_key()
+
+
+def test_intermediate_profile_drops_csr_sans(
+    ec_key: ec.EllipticCurvePrivateKey, root_ca: CertificateAuthority, now: datetime
+) -> None:
+    csr = create_csr(ec_key, common_name_dn("Sub CA"), SubjectAltNames.parse(dns=["ca.example"]))
+    issued = sign_csr(
+        root_ca, csr, profile=PROFILES["intermediate"], validity=timedelta(days=365), now=now
+    )
+    cert = issued.certificate
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    with pytest.raises(x509.ExtensionNotFound):
+        cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert issued.warnings == (
+        "CSR extensions ignored, the intermediate profile decides: subjectAltName",
+    )
+
+
+def test_csr_with_invalid_san_refused(
+    ec_key: ec.EllipticCurvePrivateKey, root_ca: CertificateAuthority, now: datetime
+) -> None:
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(common_name_dn("x"))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("-bad-.example")]), critical=False)
+        .sign(ec_key, hashes.SHA256())
+    )
+    with pytest.raises(InvalidRequest, match=re.escape("-bad-.example: invalid DNS name")):
+        _sign(root_ca, csr, now)
+
+
+def test_csr_with_overlong_subject_refused(
+    ec_key: ec.EllipticCurvePrivateKey, root_ca: CertificateAuthority, now: datetime
+) -> None:
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.LOCALITY_NAME, "l" * 129)]))
+        .sign(ec_key, hashes.SHA256())
+    )
+    with pytest.raises(InvalidRequest, match="L is longer than 128 characters"):
+        _sign(root_ca, csr, now)

@@ -1,0 +1,331 @@
+"""PEM, DER and PKCS#12 reading and writing."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.hazmat.primitives.serialization import pkcs12
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from certctl.errors import InvalidRequest
+from certctl.pki import (
+    CertificateAuthority,
+    certs_to_pem,
+    common_name_dn,
+    create_crl,
+    create_csr,
+    key_to_pem,
+    load_material,
+    load_private_key,
+    to_pkcs12,
+)
+
+PEM = serialization.Encoding.PEM
+DER = serialization.Encoding.DER
+FAST = settings(max_examples=200, deadline=None)
+
+
+@pytest.fixture(scope="module")
+def leaf(
+    root_ca: CertificateAuthority, now: datetime
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    from certctl.pki import PROFILES
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    issued = root_ca.issue(
+        key.public_key(),
+        common_name_dn("leaf.example"),
+        profile=PROFILES["server"],
+        validity=timedelta(days=90),
+        now=now,
+    )
+    return issued.certificate, key
+
+
+def test_pem_bundle_keeps_order(
+    root_ca: CertificateAuthority, intermediate_ca: CertificateAuthority
+) -> None:
+    certs = [intermediate_ca.certificate, root_ca.certificate]
+    material = load_material(certs_to_pem(certs))
+    assert material.format == "pem"
+    assert material.certificates == certs
+    assert material.private_key is None
+
+
+def test_pem_mixed_blocks(
+    root_ca: CertificateAuthority, ec_key: ec.EllipticCurvePrivateKey, now: datetime
+) -> None:
+    csr = create_csr(ec_key, common_name_dn("x"))
+    crl = create_crl(root_ca, [], now=now)
+    public = ec_key.public_key().public_bytes(PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    data = b"\n".join(
+        [
+            b"leading text is ignored",
+            certs_to_pem([root_ca.certificate]),
+            key_to_pem(ec_key),
+            csr.public_bytes(PEM),
+            crl.public_bytes(PEM),
+            public,  # ignored on purpose
+        ]
+    )
+    material = load_material(data)
+    assert material.certificates == [root_ca.certificate]
+    assert material.private_key is not None
+    assert material.private_key.public_key() == ec_key.public_key()
+    assert material.csrs == [csr]
+    assert len(material.crls) == 1
+
+
+def test_pem_with_crlf(root_ca: CertificateAuthority) -> None:
+    data = certs_to_pem([root_ca.certificate]).replace(b"\n", b"\r\n")
+    assert load_material(data).certificates == [root_ca.certificate]
+
+
+@pytest.mark.parametrize("kind", ["certificate", "csr", "crl", "key"])
+def test_der_detection(
+    kind: str, root_ca: CertificateAuthority, ec_key: ec.EllipticCurvePrivateKey, now: datetime
+) -> None:
+    if kind == "certificate":
+        data = root_ca.certificate.public_bytes(DER)
+    elif kind == "csr":
+        data = create_csr(ec_key, common_name_dn("x")).public_bytes(DER)
+    elif kind == "crl":
+        data = create_crl(root_ca, [], now=now).public_bytes(DER)
+    else:
+        data = ec_key.private_bytes(
+            DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    material = load_material(data)
+    assert material.format == "der"
+    found = {
+        "certificate": len(material.certificates),
+        "csr": len(material.csrs),
+        "crl": len(material.crls),
+        "key": int(material.private_key is not None),
+    }
+    assert found == {k: int(k == kind) for k in found}
+
+
+def test_key_to_pem_is_pkcs8(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    pem = key_to_pem(ec_key)
+    assert pem.startswith(b"-----BEGIN PRIVATE KEY-----\n")
+    assert load_private_key(pem).public_key() == ec_key.public_key()
+
+
+def test_encrypted_key_round_trip(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    pem = key_to_pem(ec_key, b"s3cret")
+    assert pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n")
+    assert load_private_key(pem, b"s3cret").public_key() == ec_key.public_key()
+
+
+def test_traditional_openssl_key(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    pem = ec_key.private_bytes(
+        PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    assert pem.startswith(b"-----BEGIN EC PRIVATE KEY-----")
+    assert load_private_key(pem).public_key() == ec_key.public_key()
+
+
+def _encrypted_traditional(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.BestAvailableEncryption(b"pw"),
+    )
+
+
+def _encrypted_der(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        DER, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw")
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "password", "message"),
+    [
+        (lambda k: key_to_pem(k, b"pw"), None, "the private key is encrypted: give its password"),
+        (
+            lambda k: key_to_pem(k, b"pw"),
+            b"wrong",
+            "cannot decrypt the private key: wrong password",
+        ),
+        (_encrypted_traditional, None, "the private key is encrypted: give its password"),
+        (_encrypted_traditional, b"wrong", "cannot decrypt the private key: wrong password"),
+        (_encrypted_der, None, "the private key is encrypted: give its password"),
+        (key_to_pem, b"pw", "the private key is not encrypted; drop the password"),
+        (lambda k: key_to_pem(k) * 2, None, "more than one private key in one file"),
+    ],
+)
+def test_key_refusals(
+    ec_key: ec.EllipticCurvePrivateKey, make: object, password: bytes | None, message: str
+) -> None:
+    data = make(ec_key)  # type: ignore[operator]
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        load_material(data, password)
+
+
+def test_x25519_key_refused() -> None:
+    key = x25519.X25519PrivateKey.generate()
+    data = key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    with pytest.raises(InvalidRequest, match="X25519PrivateKey: unsupported private key type"):
+        load_material(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "not a recognised PEM, DER or PKCS#12 file"),
+        (b"garbage", "not a recognised PEM, DER or PKCS#12 file"),
+        (b"\x30\x82\x01\x00" + b"\x00" * 16, "not a recognised PEM, DER or PKCS#12 file"),
+        (b"-----BEGIN CERTIFICATE-----\nMIIB", "malformed PEM: no complete BEGIN/END block"),
+        (
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "malformed PEM certificate block",
+        ),
+        (
+            b"-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+            "malformed PEM x509 crl block",
+        ),
+        (
+            b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+            "malformed PEM certificate request block",
+        ),
+        (
+            b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+            "PEM file holds no certificate, key, CSR or CRL",
+        ),
+    ],
+)
+def test_load_refuses(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        load_material(data)
+
+
+def test_truncated_pem_refused(root_ca: CertificateAuthority) -> None:
+    pem = certs_to_pem([root_ca.certificate])
+    with pytest.raises(InvalidRequest, match="malformed PEM: no complete BEGIN/END block"):
+        load_material(pem[:-40])
+
+
+def test_corrupted_pem_body_refused(root_ca: CertificateAuthority) -> None:
+    pem = certs_to_pem([root_ca.certificate])
+    with pytest.raises(InvalidRequest, match="malformed PEM certificate block"):
+        load_material(pem[:100] + pem[140:])
+
+
+def test_truncated_der_refused(root_ca: CertificateAuthority) -> None:
+    der = root_ca.certificate.public_bytes(DER)
+    with pytest.raises(InvalidRequest, match="not a recognised PEM, DER or PKCS#12 file"):
+        load_material(der[:-10])
+
+
+def test_load_private_key_needs_a_key(root_ca: CertificateAuthority) -> None:
+    with pytest.raises(InvalidRequest, match="no private key found"):
+        load_private_key(certs_to_pem([root_ca.certificate]))
+
+
+# --- PKCS#12 -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_pkcs12_round_trip(
+    leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    root_ca: CertificateAuthority,
+    legacy: bool,
+) -> None:
+    cert, key = leaf
+    data = to_pkcs12("leaf", key, cert, [root_ca.certificate], b"changeit", legacy=legacy)
+    material = load_material(data, b"changeit")
+    assert material.format == "pkcs12"
+    assert material.certificates == [cert, root_ca.certificate]
+    assert material.private_key is not None
+    assert material.private_key.public_key() == key.public_key()
+    loaded = pkcs12.load_pkcs12(data, b"changeit")
+    assert loaded.cert is not None
+    assert loaded.cert.friendly_name == b"leaf"
+
+
+def test_pkcs12_without_password_opens(
+    leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+) -> None:
+    cert, key = leaf
+    data = pkcs12.serialize_key_and_certificates(
+        b"x", key, cert, None, serialization.NoEncryption()
+    )
+    assert load_material(data).certificates == [cert]
+
+
+def test_pkcs12_truststore_without_key(root_ca: CertificateAuthority) -> None:
+    data = to_pkcs12("trust", None, None, [root_ca.certificate], b"changeit")
+    material = load_material(data, b"changeit")
+    assert material.private_key is None
+    assert material.certificates == [root_ca.certificate]
+
+
+@pytest.mark.parametrize(
+    ("password", "message"),
+    [
+        (None, "PKCS#12 file is password-protected: give --password-file"),
+        (b"wrong", "cannot open PKCS#12 file: wrong password or corrupted file"),
+    ],
+)
+def test_pkcs12_password_refusals(
+    leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    password: bytes | None,
+    message: str,
+) -> None:
+    cert, key = leaf
+    data = to_pkcs12("leaf", key, cert, [], b"changeit")
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        load_material(data, password)
+
+
+def test_pkcs12_corrupted(leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> None:
+    cert, key = leaf
+    data = to_pkcs12("leaf", key, cert, [], b"changeit")
+    with pytest.raises(InvalidRequest, match="cannot open PKCS#12 file"):
+        load_material(data[:-20], b"changeit")
+
+
+def test_pkcs12_needs_password(leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> None:
+    cert, key = leaf
+    with pytest.raises(InvalidRequest, match="a PKCS#12 file needs a non-empty password"):
+        to_pkcs12("leaf", key, cert, [], b"")
+
+
+def test_pkcs12_refuses_key_agreement_key(
+    leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+) -> None:
+    cert, _ = leaf
+    with pytest.raises(InvalidRequest, match="X25519PrivateKey: key type cannot be stored"):
+        to_pkcs12("x", x25519.X25519PrivateKey.generate(), cert, [], b"pw")  # type: ignore[arg-type]
+
+
+# --- round trip property -----------------------------------------------------------------
+
+
+@FAST
+@given(order=st.permutations([0, 1, 2]), crlf=st.booleans(), junk=st.binary(max_size=40))
+@example(order=[2, 1, 0], crlf=True, junk=b"")
+def test_pem_round_trip(
+    root_ca: CertificateAuthority,
+    intermediate_ca: CertificateAuthority,
+    leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    order: list[int],
+    crlf: bool,
+    junk: bytes,
+) -> None:
+    pool = [root_ca.certificate, intermediate_ca.certificate, leaf[0]]
+    certs = [pool[i] for i in order]
+    pem = certs_to_pem(certs)
+    if crlf:
+        pem = pem.replace(b"\n", b"\r\n")
+    # Text around the blocks (openssl x509 -text output, comments) is ignored.
+    junk = junk.replace(b"-", b"")
+    assert load_material(junk + b"\n" + pem + junk).certificates == certs

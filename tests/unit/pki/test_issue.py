@@ -1,0 +1,477 @@
+"""Root CAs, intermediates and leaf issuance."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from certctl.errors import InvalidRequest, WeakKey
+from certctl.pki import (
+    PROFILES,
+    CertificateAuthority,
+    KeyType,
+    SubjectAltNames,
+    common_name_dn,
+    create_root_ca,
+    generate_private_key,
+    keys_match,
+)
+from certctl.pki.issue import BACKDATE
+
+SERVER = ExtendedKeyUsageOID.SERVER_AUTH
+CLIENT = ExtendedKeyUsageOID.CLIENT_AUTH
+
+
+def _ext(cert: x509.Certificate, cls: type) -> x509.Extension:  # type: ignore[type-arg]
+    return cert.extensions.get_extension_for_class(cls)
+
+
+def _has(cert: x509.Certificate, cls: type) -> bool:
+    try:
+        _ext(cert, cls)
+    except x509.ExtensionNotFound:
+        return False
+    return True
+
+
+def _leaf(
+    ca: CertificateAuthority,
+    now: datetime,
+    *,
+    key: object = None,
+    profile: str = "server",
+    cn: str = "www.example.com",
+    validity: timedelta = timedelta(days=90),
+    sans: SubjectAltNames | None = None,
+) -> x509.Certificate:
+    public = (key or ec.generate_private_key(ec.SECP256R1())).public_key()  # type: ignore[attr-defined]
+    issued = ca.issue(
+        public,
+        common_name_dn(cn) if cn else x509.Name([]),
+        profile=PROFILES[profile],
+        validity=validity,
+        now=now,
+        sans=sans,
+    )
+    assert issued.warnings == ()
+    return issued.certificate
+
+
+# --- roots -------------------------------------------------------------------------------
+
+
+def test_root_ca_shape(root_ca: CertificateAuthority, now: datetime) -> None:
+    cert = root_ca.certificate
+    assert cert.subject == cert.issuer == common_name_dn("Test Root CA")
+    cert.verify_directly_issued_by(cert)
+    bc = _ext(cert, x509.BasicConstraints)
+    assert bc.critical
+    assert bc.value == x509.BasicConstraints(ca=True, path_length=None)
+    ku = _ext(cert, x509.KeyUsage)
+    assert ku.critical
+    assert ku.value.key_cert_sign
+    assert ku.value.crl_sign
+    assert not _has(cert, x509.ExtendedKeyUsage)
+    assert not _has(cert, x509.SubjectAlternativeName)
+    ski = _ext(cert, x509.SubjectKeyIdentifier).value
+    aki = _ext(cert, x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier == ski.digest
+    assert cert.not_valid_before_utc == now - BACKDATE
+    assert cert.not_valid_after_utc == now + timedelta(days=3650)
+    assert 0 < cert.serial_number
+    assert cert.serial_number.bit_length() <= 159
+    assert root_ca.root is cert
+    assert root_ca.chain_below_root == ()
+
+
+def test_root_ca_path_length(now: datetime) -> None:
+    key = generate_private_key()
+    issued = create_root_ca(
+        key, common_name_dn("R"), validity=timedelta(days=365), now=now, path_length=1
+    )
+    assert _ext(issued.certificate, x509.BasicConstraints).value.path_length == 1
+
+
+def test_root_ca_short_lifetime_warns(now: datetime) -> None:
+    key = generate_private_key()
+    issued = create_root_ca(key, common_name_dn("R"), validity=timedelta(days=30), now=now)
+    assert issued.warnings == ("CA lifetime 30D is under 90 days; plan its renewal",)
+
+
+def test_root_ca_refuses_empty_subject(now: datetime) -> None:
+    with pytest.raises(InvalidRequest, match="a CA certificate needs a subject"):
+        create_root_ca(generate_private_key(), x509.Name([]), validity=timedelta(days=365), now=now)
+
+
+def test_root_ca_refuses_weak_key(rsa1024_key: rsa.RSAPrivateKey, now: datetime) -> None:
+    with pytest.raises(WeakKey, match="rsa-1024: RSA keys must have at least 2048 bits"):
+        create_root_ca(rsa1024_key, common_name_dn("R"), validity=timedelta(days=365), now=now)
+
+
+def test_root_ca_refuses_negative_path_length(now: datetime) -> None:
+    with pytest.raises(InvalidRequest, match="-1: path length must be 0 or more"):
+        create_root_ca(
+            generate_private_key(),
+            common_name_dn("R"),
+            validity=timedelta(days=365),
+            now=now,
+            path_length=-1,
+        )
+
+
+@pytest.mark.parametrize(
+    ("key_type", "hash_type"),
+    [(KeyType.EC_P256, hashes.SHA256), (KeyType.EC_P384, hashes.SHA384), (KeyType.ED25519, None)],
+)
+def test_signature_hash_follows_ca_key(
+    key_type: KeyType, hash_type: type | None, now: datetime
+) -> None:
+    key = generate_private_key(key_type)
+    cert = create_root_ca(
+        key, common_name_dn("R"), validity=timedelta(days=365), now=now
+    ).certificate
+    ca = CertificateAuthority(cert, key)
+    leaf = _leaf(ca, now)
+    if hash_type is None:
+        assert ca.signature_hash is None
+        assert leaf.signature_hash_algorithm is None
+    else:
+        assert isinstance(leaf.signature_hash_algorithm, hash_type)
+    leaf.verify_directly_issued_by(cert)
+
+
+# --- CertificateAuthority ----------------------------------------------------------------
+
+
+def test_keys_match(root_ca: CertificateAuthority) -> None:
+    assert keys_match(root_ca.private_key, root_ca.certificate)
+    assert not keys_match(generate_private_key(), root_ca.certificate)
+
+
+def test_ca_refuses_mismatched_key(root_ca: CertificateAuthority) -> None:
+    with pytest.raises(InvalidRequest, match="CA private key does not match the CA certificate"):
+        CertificateAuthority(root_ca.certificate, generate_private_key())
+
+
+def test_ca_refuses_leaf_certificate(root_ca: CertificateAuthority, now: datetime) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = _leaf(root_ca, now, key=key)
+    with pytest.raises(
+        InvalidRequest, match=r"certificate is not a CA \(BasicConstraints CA:FALSE\)"
+    ):
+        CertificateAuthority(leaf, key)
+
+
+def _bare_self_signed(
+    key: ec.EllipticCurvePrivateKey, now: datetime, *extensions: x509.ExtensionType
+) -> x509.Certificate:
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(common_name_dn("bare"))
+        .issuer_name(common_name_dn("bare"))
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365))
+    )
+    for ext in extensions:
+        builder = builder.add_extension(ext, critical=True)
+    return builder.sign(key, hashes.SHA256())
+
+
+def test_ca_refuses_certificate_without_basic_constraints(
+    ec_key: ec.EllipticCurvePrivateKey, now: datetime
+) -> None:
+    with pytest.raises(InvalidRequest, match="CA certificate has no BasicConstraints extension"):
+        CertificateAuthority(_bare_self_signed(ec_key, now), ec_key)
+
+
+def test_ca_without_ski_derives_aki_from_key(
+    ec_key: ec.EllipticCurvePrivateKey, now: datetime
+) -> None:
+    cert = _bare_self_signed(ec_key, now, x509.BasicConstraints(ca=True, path_length=None))
+    ca = CertificateAuthority(cert, ec_key)
+    leaf = _leaf(ca, now)
+    expected = x509.SubjectKeyIdentifier.from_public_key(ec_key.public_key()).digest
+    assert _ext(leaf, x509.AuthorityKeyIdentifier).value.key_identifier == expected
+
+
+# --- leaves ------------------------------------------------------------------------------
+
+
+def test_serials_are_positive_and_at_most_20_octets(
+    root_ca: CertificateAuthority, now: datetime, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    serials = {_leaf(root_ca, now, key=ec_key).serial_number for _ in range(20)}
+    assert len(serials) == 20
+    for serial in serials:
+        # RFC 5280 4.1.2.2: positive, DER-encoded in at most 20 octets.
+        assert serial > 0
+        assert serial.bit_length() <= 159
+
+
+def test_leaf_validity_window(root_ca: CertificateAuthority, now: datetime) -> None:
+    cert = _leaf(root_ca, now, validity=timedelta(days=90))
+    assert cert.not_valid_before_utc == now - timedelta(minutes=5)
+    assert cert.not_valid_after_utc == now + timedelta(days=90)
+
+
+def test_leaf_clipped_to_issuer_not_after(root_ca: CertificateAuthority, now: datetime) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    issued = root_ca.issue(
+        key.public_key(),
+        common_name_dn("long.example"),
+        profile=PROFILES["server"],
+        validity=timedelta(days=5000),
+        now=now,
+    )
+    issuer_end = root_ca.certificate.not_valid_after_utc
+    assert issued.certificate.not_valid_after_utc == issuer_end
+    assert issued.warnings == (
+        f"validity 5000D clipped to the issuer's notAfter {issuer_end:%Y-%m-%dT%H:%M:%SZ}",
+    )
+
+
+def test_leaf_clipped_short_warns_twice(root_ca: CertificateAuthority, now: datetime) -> None:
+    later = root_ca.certificate.not_valid_after_utc - timedelta(days=10)
+    key = ec.generate_private_key(ec.SECP256R1())
+    issued = root_ca.issue(
+        key.public_key(),
+        common_name_dn("late.example"),
+        profile=PROFILES["server"],
+        validity=timedelta(days=90),
+        now=later,
+    )
+    assert len(issued.warnings) == 2
+    assert "clipped to the issuer's notAfter" in issued.warnings[0]
+    assert issued.warnings[1] == "certificate lifetime 10D is under 60 days; plan its renewal"
+
+
+def test_short_leaf_warns(root_ca: CertificateAuthority, now: datetime) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    issued = root_ca.issue(
+        key.public_key(),
+        common_name_dn("short.example"),
+        profile=PROFILES["server"],
+        validity=timedelta(hours=36),
+        now=now,
+    )
+    assert issued.warnings == ("certificate lifetime 36h is under 60 days; plan its renewal",)
+
+
+def test_expired_issuer_refuses(root_ca: CertificateAuthority) -> None:
+    after = root_ca.certificate.not_valid_after_utc + timedelta(seconds=1)
+    with pytest.raises(InvalidRequest, match=r"issuing CA expired on \d{4}-\d\d-\d\d \d\d:\d\dZ"):
+        _leaf(root_ca, after)
+
+
+def test_leaf_refuses_weak_key(
+    root_ca: CertificateAuthority, now: datetime, rsa1024_key: rsa.RSAPrivateKey
+) -> None:
+    with pytest.raises(WeakKey, match="rsa-1024: RSA keys must have at least 2048 bits"):
+        _leaf(root_ca, now, key=rsa1024_key)
+
+
+def test_leaf_identifiers_and_criticality(root_ca: CertificateAuthority, now: datetime) -> None:
+    cert = _leaf(root_ca, now)
+    cert.verify_directly_issued_by(root_ca.certificate)
+    assert cert.issuer == root_ca.certificate.subject
+    ski = _ext(cert, x509.SubjectKeyIdentifier)
+    assert not ski.critical
+    assert ski.value == x509.SubjectKeyIdentifier.from_public_key(cert.public_key())
+    aki = _ext(cert, x509.AuthorityKeyIdentifier)
+    assert not aki.critical
+    issuer_ski = _ext(root_ca.certificate, x509.SubjectKeyIdentifier).value
+    assert aki.value.key_identifier == issuer_ski.digest
+    bc = _ext(cert, x509.BasicConstraints)
+    assert bc.critical
+    assert bc.value == x509.BasicConstraints(ca=False, path_length=None)
+    ku = _ext(cert, x509.KeyUsage)
+    assert ku.critical
+    assert ku.value.digital_signature
+    assert not ku.value.key_cert_sign
+    assert not ku.value.crl_sign
+    assert not _ext(cert, x509.ExtendedKeyUsage).critical
+
+
+@pytest.mark.parametrize(
+    ("profile", "ekus"),
+    [("server", [SERVER]), ("client", [CLIENT]), ("server+client", [SERVER, CLIENT])],
+)
+def test_eku_per_profile(
+    root_ca: CertificateAuthority, now: datetime, profile: str, ekus: list[object]
+) -> None:
+    cert = _leaf(root_ca, now, profile=profile)
+    assert list(_ext(cert, x509.ExtendedKeyUsage).value) == ekus
+
+
+@pytest.mark.parametrize(
+    ("profile", "key_encipherment"),
+    [("server", True), ("server+client", True), ("client", False)],
+)
+def test_rsa_key_encipherment(
+    root_ca: CertificateAuthority,
+    now: datetime,
+    rsa_key: rsa.RSAPrivateKey,
+    profile: str,
+    key_encipherment: bool,
+) -> None:
+    rsa_cert = _leaf(root_ca, now, key=rsa_key, profile=profile)
+    assert _ext(rsa_cert, x509.KeyUsage).value.key_encipherment is key_encipherment
+    ec_cert = _leaf(root_ca, now, profile=profile)
+    assert _ext(ec_cert, x509.KeyUsage).value.key_encipherment is False
+    ed_cert = _leaf(root_ca, now, key=ed25519.Ed25519PrivateKey.generate(), profile=profile)
+    assert _ext(ed_cert, x509.KeyUsage).value.key_encipherment is False
+
+
+def test_server_without_sans_gets_cn_as_dns_san(
+    root_ca: CertificateAuthority, now: datetime
+) -> None:
+    cert = _leaf(root_ca, now, cn="WWW.Example.com")
+    san = _ext(cert, x509.SubjectAlternativeName)
+    assert not san.critical
+    assert san.value.get_values_for_type(x509.DNSName) == ["www.example.com"]
+
+
+@pytest.mark.parametrize(("profile", "cn"), [("server", "My Service"), ("client", "alice.example")])
+def test_no_san_from_cn(
+    root_ca: CertificateAuthority, now: datetime, profile: str, cn: str
+) -> None:
+    cert = _leaf(root_ca, now, profile=profile, cn=cn)
+    assert not _has(cert, x509.SubjectAlternativeName)
+
+
+def test_explicit_sans_win_over_cn(root_ca: CertificateAuthority, now: datetime) -> None:
+    sans = SubjectAltNames.parse(dns=["api.example"], ip=["10.0.0.1", "::1"])
+    cert = _leaf(root_ca, now, cn="www.example.com", sans=sans)
+    value = _ext(cert, x509.SubjectAlternativeName).value
+    assert SubjectAltNames.from_extension(value) == sans
+
+
+def test_empty_subject_makes_san_critical(root_ca: CertificateAuthority, now: datetime) -> None:
+    sans = SubjectAltNames.parse(email=["alice@example.com"])
+    cert = _leaf(root_ca, now, profile="client", cn="", sans=sans)
+    assert cert.subject == x509.Name([])
+    assert _ext(cert, x509.SubjectAlternativeName).critical  # RFC 5280 4.2.1.6
+
+
+def test_leaf_needs_subject_or_san(root_ca: CertificateAuthority, now: datetime) -> None:
+    with pytest.raises(InvalidRequest, match="certificate needs a subject or at least one SAN"):
+        _leaf(root_ca, now, profile="client", cn="")
+
+
+# --- intermediates -----------------------------------------------------------------------
+
+
+def test_intermediate_shape(
+    root_ca: CertificateAuthority, intermediate_ca: CertificateAuthority, now: datetime
+) -> None:
+    cert = intermediate_ca.certificate
+    cert.verify_directly_issued_by(root_ca.certificate)
+    bc = _ext(cert, x509.BasicConstraints)
+    assert bc.critical
+    assert bc.value == x509.BasicConstraints(ca=True, path_length=0)
+    ku = _ext(cert, x509.KeyUsage).value
+    assert ku.key_cert_sign
+    assert ku.crl_sign
+    assert not _has(cert, x509.ExtendedKeyUsage)
+    assert intermediate_ca.root is root_ca.certificate
+    assert intermediate_ca.chain_below_root == (cert,)
+    leaf = _leaf(intermediate_ca, now)
+    aki = _ext(leaf, x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier == _ext(cert, x509.SubjectKeyIdentifier).value.digest
+
+
+def test_ca_profile_drops_sans(root_ca: CertificateAuthority, now: datetime) -> None:
+    key = generate_private_key()
+    issued = root_ca.issue(
+        key.public_key(),
+        common_name_dn("Sub CA"),
+        profile=PROFILES["intermediate"],
+        validity=timedelta(days=365),
+        now=now,
+        sans=SubjectAltNames.parse(dns=["ca.example"]),
+    )
+    assert not _has(issued.certificate, x509.SubjectAlternativeName)
+
+
+def test_ca_profile_needs_subject(root_ca: CertificateAuthority, now: datetime) -> None:
+    key = generate_private_key()
+    with pytest.raises(InvalidRequest, match="a CA certificate needs a subject"):
+        root_ca.issue(
+            key.public_key(),
+            x509.Name([]),
+            profile=PROFILES["intermediate"],
+            validity=timedelta(days=365),
+            now=now,
+        )
+
+
+def test_short_intermediate_warns(root_ca: CertificateAuthority, now: datetime) -> None:
+    key = generate_private_key()
+    issued = root_ca.issue(
+        key.public_key(),
+        common_name_dn("Short CA"),
+        profile=PROFILES["intermediate"],
+        validity=timedelta(days=60),
+        now=now,
+    )
+    assert issued.warnings == ("CA lifetime 60D is under 90 days; plan its renewal",)
+
+
+def test_intermediate_below_path_length_zero_refused(
+    intermediate_ca: CertificateAuthority, now: datetime
+) -> None:
+    key = generate_private_key()
+    with pytest.raises(InvalidRequest, match="path length 0 must be below the issuer's 0"):
+        intermediate_ca.issue(
+            key.public_key(),
+            common_name_dn("Too deep"),
+            profile=PROFILES["intermediate"],
+            validity=timedelta(days=365),
+            now=now,
+        )
+
+
+def test_path_length_must_shrink(now: datetime) -> None:
+    root_key = generate_private_key()
+    root_cert = create_root_ca(
+        root_key, common_name_dn("R1"), validity=timedelta(days=3650), now=now, path_length=1
+    ).certificate
+    root = CertificateAuthority(root_cert, root_key)
+    key = generate_private_key()
+    with pytest.raises(InvalidRequest, match="path length 1 must be below the issuer's 1"):
+        root.issue(
+            key.public_key(),
+            common_name_dn("I"),
+            profile=PROFILES["intermediate"].with_path_length(1),
+            validity=timedelta(days=365),
+            now=now,
+        )
+    ok = root.issue(
+        key.public_key(),
+        common_name_dn("I"),
+        profile=PROFILES["intermediate"],
+        validity=timedelta(days=365),
+        now=now,
+    )
+    assert _ext(ok.certificate, x509.BasicConstraints).value.path_length == 0
+
+
+def test_subject_is_kept(root_ca: CertificateAuthority, now: datetime) -> None:
+    key = generate_private_key()
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "svc.example"),
+        ]
+    )
+    issued = root_ca.issue(
+        key.public_key(), subject, profile=PROFILES["server"], validity=timedelta(days=90), now=now
+    )
+    assert issued.certificate.subject == subject

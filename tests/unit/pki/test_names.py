@@ -1,0 +1,333 @@
+"""Distinguished names and subject alternative names."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from certctl.errors import InvalidRequest
+from certctl.pki.names import (
+    SubjectAltNames,
+    common_name_dn,
+    format_dn,
+    parse_dn,
+    validate_dns_name,
+)
+
+FAST = settings(max_examples=200, deadline=None)
+_KEY = ec.generate_private_key(ec.SECP256R1())
+
+
+# --- distinguished names ---------------------------------------------------------------
+
+
+def test_parse_dn_most_specific_first() -> None:
+    name = parse_dn("CN=node-1,OU=ops,O=Example,C=DE")
+    assert name.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "node-1"
+    # RFC 4514 strings list the most specific RDN first; x509.Name stores it last.
+    assert [a.oid for a in name] == [
+        NameOID.COUNTRY_NAME,
+        NameOID.ORGANIZATION_NAME,
+        NameOID.ORGANIZATIONAL_UNIT_NAME,
+        NameOID.COMMON_NAME,
+    ]
+    assert format_dn(name) == "CN=node-1,OU=ops,O=Example,C=DE"
+
+
+def test_parse_dn_multi_valued_rdn_and_escapes() -> None:
+    name = parse_dn("CN=a+OU=b,O=b\\,c")
+    assert len(name.rdns) == 2
+    assert len(name.rdns[1]) == 2
+    assert name.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "b,c"
+    assert parse_dn(format_dn(name)) == name
+
+
+def test_parse_dn_domain_components() -> None:
+    name = parse_dn("DC=example,DC=com")
+    assert [a.value for a in name] == ["com", "example"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty distinguished name"),
+        ("   ", "empty distinguished name"),
+        ("CN", "CN: not a valid RFC 4514 distinguished name"),
+        ("=x", "=x: not a valid RFC 4514 distinguished name"),
+        ("XX=1", "XX=1: not a valid RFC 4514 distinguished name"),
+        ("CN=a,,O=b", "not a valid RFC 4514 distinguished name"),
+        ("CN=a\\", "not a valid RFC 4514 distinguished name"),
+        ("CN=", "not a valid RFC 4514 distinguished name"),
+        ("C=USA", "not a valid RFC 4514 distinguished name"),
+        ("CN=" + "a" * 65, "not a valid RFC 4514 distinguished name"),
+        ("L=" + "a" * 129, "L is longer than 128 characters"),
+        ("ST=" + "a" * 129, "ST is longer than 128 characters"),
+    ],
+)
+def test_parse_dn_refuses(text: str, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        parse_dn(text)
+
+
+def test_common_name_dn_is_literal() -> None:
+    name = common_name_dn("a,b+c=d")
+    assert [a.value for a in name] == ["a,b+c=d"]
+    assert parse_dn(format_dn(name)) == name
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("", "empty common name"), ("a" * 65, "common name is longer than 64 characters")],
+)
+def test_common_name_dn_refuses(value: str, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        common_name_dn(value)
+
+
+_SPECIALS = ',+="\\<>#; '
+_value_chars = st.characters(
+    categories=("L", "M", "N", "P", "S", "Zs"), include_characters=_SPECIALS
+)
+
+
+def _values(max_size: int) -> st.SearchStrategy[str]:
+    return st.text(_value_chars, min_size=1, max_size=max_size)
+
+
+_ATTRIBUTES = st.one_of(
+    _values(64).map(lambda v: x509.NameAttribute(NameOID.COMMON_NAME, v)),
+    _values(64).map(lambda v: x509.NameAttribute(NameOID.ORGANIZATION_NAME, v)),
+    _values(64).map(lambda v: x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, v)),
+    _values(128).map(lambda v: x509.NameAttribute(NameOID.LOCALITY_NAME, v)),
+    _values(128).map(lambda v: x509.NameAttribute(NameOID.STATE_OR_PROVINCE_NAME, v)),
+    _values(63).map(lambda v: x509.NameAttribute(NameOID.DOMAIN_COMPONENT, v)),
+    st.text(
+        st.characters(min_codepoint=ord("A"), max_codepoint=ord("Z")), min_size=2, max_size=2
+    ).map(lambda v: x509.NameAttribute(NameOID.COUNTRY_NAME, v)),
+)
+
+
+def _rdn(attributes: list[x509.NameAttribute[str]]) -> x509.RelativeDistinguishedName:
+    # A multi-valued RDN is a SET: one attribute per type and value.
+    unique = {(a.oid, a.value): a for a in attributes}
+    return x509.RelativeDistinguishedName(list(unique.values()))
+
+
+_NAMES = st.lists(
+    st.lists(_ATTRIBUTES, min_size=1, max_size=3).map(_rdn), min_size=1, max_size=5
+).map(x509.Name)
+
+
+def _cn(value: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, value)])
+
+
+@FAST
+@given(_NAMES)
+@example(_cn(_SPECIALS.strip()))
+@example(_cn(" leading and trailing "))
+@example(_cn("#hash-first"))
+@example(_cn('a,b+c="d"\\<e>;f'))
+@example(_cn("  "))
+@example(_cn("Zürich 東京 🔒"))
+@example(
+    x509.Name(
+        [
+            x509.RelativeDistinguishedName(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, "x+y"),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "=z"),
+                ]
+            )
+        ]
+    )
+)
+def test_dn_round_trip(name: x509.Name) -> None:
+    assert parse_dn(format_dn(name)) == name
+
+
+# --- DNS names ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("Example.COM.", "example.com"),
+        (" host.example ", "host.example"),
+        ("*.Example.com", "*.example.com"),
+        ("bücher.example", "xn--bcher-kva.example"),
+        ("a-b.c-d.example", "a-b.c-d.example"),
+        ("localhost", "localhost"),
+    ],
+)
+def test_validate_dns_name_normalises(value: str, expected: str) -> None:
+    assert validate_dns_name(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("", "empty DNS name"),
+        (".", "empty DNS name"),
+        ("-bad-.example", "-bad-.example: invalid DNS name"),
+        ("bad-.example", "invalid DNS name"),
+        ("a.*.example.com", "a.*.example.com: invalid DNS name"),
+        ("*x.example.com", "invalid DNS name"),
+        ("foo_bar.example", "invalid DNS name"),
+        ("a..b", "invalid DNS name"),
+        ("a" * 64 + ".example", "invalid DNS name"),
+        ("*.com", "*.com: a wildcard needs at least two labels after '*.'"),
+        ("*", "a wildcard needs at least two labels"),
+        ("1.2.3.4", "1.2.3.4: looks like an IP address; use an IP SAN"),
+        (("a" * 63 + ".") * 4 + "com", "DNS name longer than 253 characters"),
+        ("a" * 64 + "ü.example", "not a valid internationalised DNS name"),
+    ],
+)
+def test_validate_dns_name_refuses(value: str, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        validate_dns_name(value)
+
+
+def test_validate_dns_name_refuses_wildcard_when_not_allowed() -> None:
+    with pytest.raises(InvalidRequest, match=r"\*\.example\.com: wildcards are not allowed here"):
+        validate_dns_name("*.example.com", allow_wildcard=False)
+
+
+# --- subject alternative names -----------------------------------------------------------
+
+
+def test_san_parse_normalises_and_dedupes() -> None:
+    sans = SubjectAltNames.parse(
+        dns=["B.example", "b.example.", "a.example"],
+        ip=["10.0.0.1", " 10.0.0.1 ", "::1"],
+        email=["ops@Example.com", "ops@example.com"],
+        uri=["spiffe://td/ns/x", "spiffe://td/ns/x"],
+    )
+    assert sans.dns == ("b.example", "a.example")
+    assert sans.ip == (ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("::1"))
+    assert sans.email == ("ops@example.com",)
+    assert sans.uri == ("spiffe://td/ns/x",)
+    assert sans
+    assert not SubjectAltNames()
+    assert sans.as_dict() == {
+        "dns": ["b.example", "a.example"],
+        "ip": ["10.0.0.1", "::1"],
+        "email": ["ops@example.com"],
+        "uri": ["spiffe://td/ns/x"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ip": ["1.2.3.999"]}, "1.2.3.999: not a valid IPv4 or IPv6 address"),
+        ({"ip": ["example.com"]}, "example.com: not a valid IPv4 or IPv6 address"),
+        ({"ip": ["10.0.0.0/8"]}, "not a valid IPv4 or IPv6 address"),
+        ({"ip": ["fe80::1%eth0"]}, "fe80::1%eth0: IPv6 zone"),
+        ({"dns": ["-bad-.example"]}, "-bad-.example: invalid DNS name"),
+        ({"dns": ["a.*.example.com"]}, "invalid DNS name"),
+        ({"email": ["no-at-sign"]}, "no-at-sign: not a valid e-mail address"),
+        ({"email": ["@example.com"]}, "not a valid e-mail address"),
+        ({"email": ["user@"]}, "not a valid e-mail address"),
+        ({"email": ["ü@example.com"]}, "not a valid e-mail address"),
+        ({"email": ["a b@example.com"]}, "not a valid e-mail address"),
+        ({"email": ["user@*.example.com"]}, "wildcards are not allowed here"),
+        ({"email": ["user@-x-.example"]}, "invalid DNS name"),
+        ({"uri": ["no-scheme"]}, "no-scheme: URI needs a scheme"),
+        ({"uri": ["1http://x"]}, "URI needs a scheme"),
+        ({"uri": ["https:"]}, "https:: URI has nothing after the scheme"),
+        ({"uri": ["http://a b"]}, "URIs must be ASCII without spaces"),
+        ({"uri": ["https://bücher.example/"]}, "URIs must be ASCII without spaces"),
+    ],
+)
+def test_san_parse_refuses(kwargs: dict[str, list[str]], message: str) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        SubjectAltNames.parse(**kwargs)
+
+
+def test_to_general_names_order() -> None:
+    sans = SubjectAltNames.parse(
+        dns=["a.example"], ip=["10.0.0.1"], email=["a@a.example"], uri=["urn:x:y"]
+    )
+    kinds = [type(g) for g in sans.to_general_names()]
+    assert kinds == [
+        x509.DNSName,
+        x509.IPAddress,
+        x509.RFC822Name,
+        x509.UniformResourceIdentifier,
+    ]
+
+
+def test_from_extension_ignores_other_name_types() -> None:
+    ext = x509.SubjectAlternativeName(
+        [x509.DNSName("a.example"), x509.DirectoryName(common_name_dn("x"))]
+    )
+    assert SubjectAltNames.from_extension(ext) == SubjectAltNames(dns=("a.example",))
+
+
+def _through_der(sans: SubjectAltNames) -> SubjectAltNames:
+    """Encode the extension in a real CSR, re-read it from DER."""
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(sans.to_extension(), critical=True)
+        .sign(_KEY, hashes.SHA256())
+    )
+    loaded = x509.load_der_x509_csr(csr.public_bytes(serialization.Encoding.DER))
+    ext = loaded.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return SubjectAltNames.from_extension(ext.value)
+
+
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+_label = st.from_regex(r"\A[a-zA-Z0-9]([a-zA-Z0-9-]{0,20}[a-zA-Z0-9])?\Z")
+_tld = st.text(_LETTERS, min_size=2, max_size=6)
+_hostname = st.builds(
+    lambda labels, tld: ".".join([*labels, tld]),
+    st.lists(_label, min_size=1, max_size=4),
+    _tld,
+)
+_dns = st.one_of(_hostname, _hostname.map(lambda h: "*." + h))
+_ip = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str)
+_email = st.builds(
+    lambda local, host: f"{local}@{host}",
+    st.from_regex(r"\A[a-zA-Z0-9._%+-]{1,20}\Z"),
+    _hostname,
+)
+_uri = st.builds(
+    lambda scheme, host, path: f"{scheme}://{host}/{path}",
+    st.sampled_from(["https", "spiffe", "ldap", "urn+x"]),
+    _hostname,
+    st.from_regex(r"\A[a-zA-Z0-9._~/-]{0,20}\Z"),
+)
+
+
+@FAST
+@given(
+    dns=st.lists(_dns, max_size=4),
+    ip=st.lists(_ip, max_size=4),
+    email=st.lists(_email, max_size=3),
+    uri=st.lists(_uri, max_size=3),
+)
+@example(dns=["*.Example.COM."], ip=[], email=[], uri=[])
+@example(dns=["bücher.example"], ip=[], email=[], uri=[])
+@example(dns=[], ip=["::ffff:1.2.3.4", "0.0.0.0", "::"], email=[], uri=[])
+@example(dns=[], ip=[], email=["ops@Example.com"], uri=["urn:uuid:0"])
+@example(dns=["a.example", "A.example"], ip=["10.0.0.1", "10.0.0.1"], email=[], uri=[])
+def test_san_round_trip(dns: list[str], ip: list[str], email: list[str], uri: list[str]) -> None:
+    sans = SubjectAltNames.parse(dns=dns, ip=ip, email=email, uri=uri)
+    assert SubjectAltNames.from_extension(sans.to_extension()) == sans
+    if sans:
+        assert _through_der(sans) == sans
+    # Parsing what came back is a fixed point.
+    again = SubjectAltNames.parse(
+        dns=sans.dns, ip=[str(a) for a in sans.ip], email=sans.email, uri=sans.uri
+    )
+    assert again == sans
