@@ -90,8 +90,12 @@ class OutputSet:
         self.check()
         created_dirs: list[Path] = []
         staged: list[tuple[str, Path]] = []
+        backups: list[tuple[str, Path]] = []
+        renamed: list[Path] = []
+        current = Path()
         try:
             for path, (data, mode) in self._files.items():
+                current = path
                 created_dirs += _make_parents(path.parent)
                 fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
                 staged.append((tmp, path))
@@ -100,19 +104,45 @@ class OutputSet:
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
-            # All bytes are on disk; the renames are the commit point.
+            # Every byte is on disk. Existing files (--force) are first moved aside, so a
+            # failing rename below can put them back: all files change, or none does.
+            for _, path in staged:
+                current = path
+                if path.exists():
+                    backup = f"{path.parent}/.{path.name}.{os.getpid()}.bak"
+                    os.replace(path, backup)
+                    backups.append((backup, path))
             for tmp, path in staged:
+                current = path
                 os.replace(tmp, path)
+                renamed.append(path)
         except OSError as exc:
-            for tmp, _ in staged:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-            for directory in reversed(created_dirs):
-                with contextlib.suppress(OSError):
-                    directory.rmdir()
-            where = exc.filename or "output"
-            raise OutputError(f"cannot write {where}: {exc.strerror or exc}") from exc
+            _rollback(staged, renamed, backups, created_dirs)
+            raise OutputError(f"cannot write {current}: {exc.strerror or exc}") from exc
+        for backup, _ in backups:
+            with contextlib.suppress(OSError):
+                os.unlink(backup)
         return list(self._files)
+
+
+def _rollback(
+    staged: list[tuple[str, Path]],
+    renamed: list[Path],
+    backups: list[tuple[str, Path]],
+    created_dirs: list[Path],
+) -> None:
+    for path in renamed:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    for tmp, _ in staged:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    for backup, path in backups:
+        with contextlib.suppress(OSError):
+            os.replace(backup, path)
+    for directory in reversed(created_dirs):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def _make_parents(directory: Path) -> list[Path]:

@@ -94,7 +94,13 @@ def load_ca_dir(directory: Path, password: bytes | None = None) -> CertificateAu
     certs = read_material(directory / CA_CERT, what="CA certificate").certificates
     if not certs:
         raise InvalidRequest(f"{directory / CA_CERT}: holds no certificate")
-    key = read_material(directory / CA_KEY, password, what="CA key").private_key
+    try:
+        key = read_material(directory / CA_KEY, password, what="CA key").private_key
+    except InvalidRequest as exc:
+        # The CA key's password comes from --ca-password-file, not --password-file.
+        raise InvalidRequest(
+            exc.detail.replace("(--password-file)", "(--ca-password-file)")
+        ) from exc
     if key is None:
         raise InvalidRequest(f"{directory / CA_KEY}: holds no private key")
     chain: list[x509.Certificate] = []

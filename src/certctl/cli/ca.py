@@ -31,7 +31,7 @@ KEY_TYPES = "ec-p256 (default), ec-p384, ed25519, rsa-2048, rsa-3072, rsa-4096"
 @app.command("create")
 def create(
     out: Path = typer.Option(..., "--out", "-o", help="Directory for ca.crt and ca.key."),
-    cn: str = typer.Option(None, "--cn", help="Common name [default: 'certctl Root CA']."),
+    cn: str = typer.Option(None, "--cn", help="Common name (default: 'certctl Root CA')."),
     subject: str = typer.Option(
         None, "--subject", help="Full RFC 4514 subject, e.g. 'CN=Ops CA,O=Example'."
     ),
@@ -40,7 +40,7 @@ def create(
         None,
         "--validity",
         help="Lifetime: 5Y, 365D, 8760h … "
-        "[default: 5Y; an intermediate at most its parent's remaining life].",
+        "(default: 5Y; an intermediate at most its parent's remaining life).",
     ),
     parent: Path = typer.Option(
         None, "--parent", help="CA directory that signs this one (makes an intermediate)."
@@ -48,7 +48,7 @@ def create(
     path_length: int = typer.Option(
         None,
         "--path-length",
-        help="Intermediates below this CA [default: unlimited for a root, 0 for an intermediate].",
+        help="Intermediates below this CA (default: unlimited for a root, 0 for an intermediate).",
     ),
     key_password_file: Path = typer.Option(
         None, "--key-password-file", help="Encrypt ca.key with the password in this file."

@@ -333,7 +333,7 @@ def certs_revoke(
 @certs_app.command("renew")
 def certs_renew(
     cert_id: str = typer.Argument(..., help="Certificate id."),
-    validity: str = typer.Option(None, "--validity", help="New lifetime [default: as before]."),
+    validity: str = typer.Option(None, "--validity", help="New lifetime (default: as before)."),
 ) -> None:
     """Issue a successor with the same names and profile."""
     _print(_request("POST", f"/api/v1/certificates/{cert_id}/renew", {"validity": validity}))

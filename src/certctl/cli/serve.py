@@ -12,9 +12,9 @@ __all__ = ["serve_command"]
 def serve_command(
     config: Path = typer.Option(None, "--config", "-c", help="YAML config file (DESIGN §3 keys)."),
     data_dir: Path = typer.Option(
-        None, "--data-dir", help="Data directory [default: ./certctl-data]."
+        None, "--data-dir", help="Data directory (default: ./certctl-data)."
     ),
-    listen: str = typer.Option(None, "--listen", help="HOST:PORT [default: 127.0.0.1:8443]."),
+    listen: str = typer.Option(None, "--listen", help="HOST:PORT (default: 127.0.0.1:8443)."),
     database_url: str = typer.Option(
         None, "--database-url", help="postgresql+psycopg://… for several replicas."
     ),

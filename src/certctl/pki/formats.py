@@ -95,11 +95,25 @@ def load_material(data: bytes, password: bytes | None = None) -> Material:
         key = serialization.load_der_private_key(data, password)
     except TypeError as exc:
         raise InvalidRequest(_password_message(password)) from exc
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    except ValueError as exc:
+        if password is not None and _looks_like_encrypted_pkcs8(data):
+            raise InvalidRequest(_password_message(password)) from exc
+        raise InvalidRequest(
+            "not a recognised PEM, DER or PKCS#12 file (certificate, key, CSR or CRL)"
+        ) from exc
+    except UnsupportedAlgorithm as exc:
         raise InvalidRequest(
             "not a recognised PEM, DER or PKCS#12 file (certificate, key, CSR or CRL)"
         ) from exc
     return Material(private_key=_issuer_key(key), format="der")
+
+
+def _looks_like_encrypted_pkcs8(data: bytes) -> bool:
+    # EncryptedPrivateKeyInfo starts with an AlgorithmIdentifier for PBES2 (1.2.840.113549.1.5.13)
+    # or a PKCS#12 PBE scheme (1.2.840.113549.1.12.1.x).
+    return b"\x2a\x86\x48\x86\xf7\x0d\x01\x05\x0d" in data[:40] or (
+        b"\x2a\x86\x48\x86\xf7\x0d\x01\x0c\x01" in data[:40]
+    )
 
 
 def _password_message(password: bytes | None) -> str:

@@ -62,6 +62,7 @@ class CertificateAuthority:
     signature_hash: hashes.SHA256 | hashes.SHA384 | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        check_public_key(self.certificate.public_key())
         if not keys_match(self.private_key, self.certificate):
             raise InvalidRequest("CA private key does not match the CA certificate")
         try:
@@ -146,11 +147,17 @@ class CertificateAuthority:
             raise InvalidRequest("certificate needs a subject or at least one SAN")
         if profile.is_ca and not subject:
             raise InvalidRequest("a CA certificate needs a subject")
-        if profile.is_ca and profile.path_length is not None:
+        if profile.is_ca:
+            # RFC 5280 4.2.1.9: a CA with pathLen N may be followed by at most N CAs.
             parent_len = self._path_length()
-            if parent_len is not None and profile.path_length >= parent_len:
+            if parent_len == 0:
+                raise InvalidRequest("the issuer's path length is 0: it cannot sign CAs")
+            if parent_len is not None and (
+                profile.path_length is None or profile.path_length >= parent_len
+            ):
+                wanted = "unlimited" if profile.path_length is None else profile.path_length
                 raise InvalidRequest(
-                    f"path length {profile.path_length} must be below the issuer's {parent_len}"
+                    f"path length {wanted} must be below the issuer's {parent_len}"
                 )
         builder = _base_builder(public_key, subject, profile, not_before, not_after)
         builder = builder.issuer_name(self.certificate.subject).add_extension(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -38,7 +39,8 @@ def parse_dn(text: str) -> x509.Name:
     try:
         name = x509.Name.from_rfc4514_string(text)
     except ValueError as exc:
-        raise InvalidRequest(f"{text}: not a valid RFC 4514 distinguished name ({exc})") from exc
+        reason = f" ({exc})" if str(exc) else ""
+        raise InvalidRequest(f"{text}: not a valid RFC 4514 distinguished name{reason}") from exc
     _check_name(name, text)
     return name
 
@@ -46,8 +48,8 @@ def parse_dn(text: str) -> x509.Name:
 def _check_name(name: x509.Name, text: str) -> None:
     for attr in name:
         value = attr.value
-        if not isinstance(value, str):
-            raise InvalidRequest(f"{text}: binary attribute values are not supported")
+        if not isinstance(value, str) or any(unicodedata.category(c) == "Cc" for c in value):
+            raise InvalidRequest(f"{text}: binary or control characters are not supported")
         if not value:
             raise InvalidRequest(f"{text}: empty value for {attr.rfc4514_attribute_name}")
         bound = _UPPER_BOUNDS.get(attr.oid)

@@ -71,9 +71,14 @@ def verify_certificate(
         chain = builder.build_server_verifier(subject).verify(leaf, list(untrusted))
         return VerifiedChain(tuple(chain), purpose, name)
     except VerificationError as exc:
-        if "Forbidden public key algorithm" in str(exc) and "Ed25519" in str(exc):
-            # cryptography's verifier follows the CA/B Forum web policy, which forbids EdDSA.
-            # RFC 8410 allows it for private PKIs, so Ed25519 chains take a plain RFC 5280 path.
+        message = str(exc)
+        eddsa = "Forbidden public key algorithm" in message and "Ed25519" in message
+        # 2.5.29.17 = subjectAltName. Client certificates commonly carry only a CN, and
+        # OpenSSL/nginx accept them; cryptography's client policy insists on a SAN.
+        client_without_san = purpose == "client" and "2.5.29.17" in message
+        if eddsa or client_without_san:
+            # cryptography's verifier follows the CA/B Forum web policy, which forbids EdDSA;
+            # RFC 8410 allows it for private PKIs. Both cases take a plain RFC 5280 path.
             return _verify_rfc5280(leaf, trust, untrusted, hostname, purpose, now)
         raise VerificationFailed(f"verification failed: {_reason(exc)}") from exc
 

@@ -267,6 +267,9 @@ def delete_actor(services: Services, caller: Principal, actor_id: str) -> None:
         _no_escalation(caller, permissions_of(services, actor.roles), "delete this actor")
         for key in session.scalars(select(ApiKey).where(ApiKey.actor_id == actor_id)):
             session.delete(key)
+        # No relationship() links the two mappers, so the unit of work does not order these
+        # DELETEs by the api_keys.actor_id foreign key: flush the keys first.
+        session.flush()
         session.delete(actor)
         record(
             session,

@@ -102,7 +102,7 @@ CASES = [
         "ca-create-parent-pathlen",
         "ca create --out new --parent inter",
         1,
-        "path length 0 must be below the issuer's 0",
+        "the issuer's path length is 0: it cannot sign CAs",
     ),
     _c(
         "ca-create-empty-key-password",
