@@ -32,7 +32,7 @@ from certctl.services import audit, issuance, rbac
 from certctl.services.context import Principal, Services
 from certctl.store.models import Actor, ApiKey, Role
 
-__all__ = ["ROUTES", "ApiRoute", "ClientCertMapping", "create_app"]
+__all__ = ["METRICS_PATHS", "ROUTES", "ApiRoute", "ClientCertMapping", "create_app"]
 
 log = logging.getLogger("certctl.access")
 MAX_BODY_BYTES = 1024 * 1024
@@ -670,6 +670,10 @@ ROUTES: tuple[ApiRoute, ...] = (
 )
 
 
+# What a separate ``metrics.listen`` listener serves.
+METRICS_PATHS = frozenset({"/healthz", "/readyz", "/api/v1/metrics", "/api/v1/metrics/prometheus"})
+
+
 # --- authentication ----------------------------------------------------------------------
 
 
@@ -856,9 +860,14 @@ def create_app(
     *,
     client_cert_mappings: tuple[ClientCertMapping, ...] = (),
     json_logs: bool = False,
+    only_paths: frozenset[str] | None = None,
 ) -> ASGIApp:
-    """Build the ASGI app around ``services``."""
-    routes = [Route(r.path, _endpoint(r), methods=[r.method]) for r in ROUTES]
+    """Build the ASGI app around ``services``; ``only_paths`` limits it to those routes."""
+    routes = [
+        Route(r.path, _endpoint(r), methods=[r.method])
+        for r in ROUTES
+        if only_paths is None or r.path in only_paths
+    ]
     app = Starlette(
         routes=routes,
         exception_handlers={

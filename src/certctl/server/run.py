@@ -11,12 +11,12 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from certctl.api.app import ClientCertMapping, create_app
+from certctl.api.app import METRICS_PATHS, ClientCertMapping, create_app
 from certctl.errors import InvalidRequest
 from certctl.metrics.registry import API_KEYS, certificate_gauges
 from certctl.pki import parse_duration
 from certctl.server.bootstrap import Bootstrapped, bootstrap
-from certctl.server.config import ServerConfig
+from certctl.server.config import ServerConfig, split_host_port
 from certctl.server.tls import ServerTLS, ensure_self_signed
 from certctl.services import issuance
 from certctl.services.context import Services
@@ -102,6 +102,8 @@ def serve(config: ServerConfig) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Alembic announces every plugin at INFO; only migrations are worth a line.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     host, port = config.host_port
     mode = config.tls.mode
     if mode == "disabled" and host not in _LOOPBACK and not config.allow_insecure:
@@ -156,20 +158,40 @@ def serve(config: ServerConfig) -> None:
         ClientCertMapping(m.subject, tuple(m.roles)) for m in config.auth.client_cert_mappings
     )
     app = create_app(services, client_cert_mappings=mappings, json_logs=config.log_format == "json")
-    uv_config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        http=tls_scope_protocol(),
-        lifespan="off",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        timeout_keep_alive=30,
-        ssl_context_factory=(lambda _cfg, _default: tls.context) if tls is not None else None,
-        ssl_certfile=None,
-    )
-    server = uvicorn.Server(uv_config)
+
+    def listener(asgi: Any, bind_host: str, bind_port: int, secure: bool) -> uvicorn.Server:
+        context = tls.context if (tls is not None and secure) else None
+        return uvicorn.Server(
+            uvicorn.Config(
+                asgi,
+                host=bind_host,
+                port=bind_port,
+                http=tls_scope_protocol(),
+                lifespan="off",
+                access_log=False,
+                log_config=None,
+                server_header=False,
+                timeout_keep_alive=30,
+                ssl_context_factory=(lambda _cfg, _default: context) if context else None,
+            )
+        )
+
+    server = listener(app, host, port, secure=True)
+    servers = [server]
+    if config.metrics.listen:
+        m_host, m_port = split_host_port(config.metrics.listen, "metrics.listen")
+        if not config.metrics.secure and m_host not in _LOOPBACK and not config.allow_insecure:
+            raise InvalidRequest(
+                f"metrics.secure=false on {m_host}: plain HTTP beyond loopback "
+                "needs --allow-insecure"
+            )
+        metrics_app = create_app(
+            services,
+            client_cert_mappings=mappings,
+            json_logs=config.log_format == "json",
+            only_paths=METRICS_PATHS,
+        )
+        servers.append(listener(metrics_app, m_host, m_port, secure=config.metrics.secure))
     reload_s = parse_duration(config.tls.reload_interval).total_seconds()
 
     async def main() -> None:
@@ -187,7 +209,11 @@ def serve(config: ServerConfig) -> None:
             _announce_when_started(server, boot, config, "https" if tls else "http", ca_path)
         )
         try:
-            await server.serve()
+            runs = [asyncio.create_task(s.serve()) for s in servers]
+            await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
+            for other in servers:  # one stopped (signal or error): stop the rest
+                other.should_exit = True
+            await asyncio.gather(*runs, return_exceptions=True)
         finally:
             for task in (*tasks, announce):
                 task.cancel()
