@@ -1,0 +1,240 @@
+"""Integration fixtures: real tools (missing ones fail loudly), CA material built by the CLI."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from certctl.cli.main import run as certctl_run
+
+KEY_TYPES = ("ec-p256", "ec-p384", "ed25519", "rsa-2048", "rsa-3072", "rsa-4096")
+LEAF_PROFILES = ("server", "client", "server+client")
+# One FQDN per profile: pkilint reports single-label names such as "localhost" as ERRORs.
+LEAF_NAMES = {
+    "server": "node-1.example.com",
+    "client": "client-1.example.com",
+    "server+client": "peer-1.example.com",
+}
+LEAF_IPS = ("127.0.0.1", "::1")
+
+_INSTALL = {
+    "openssl": "apt-get install -y openssl",
+    "curl": "apt-get install -y curl",
+    "nginx": "apt-get install -y nginx-light",
+    "keytool": "apt-get install -y openjdk-17-jre-headless",
+    "lint_pkix_cert": "uv sync --group dev",
+    "certctl": "uv sync",
+}
+_TIMEOUT = 60.0
+
+
+def require(tool: str) -> str:
+    """Return the path of ``tool``; fail the test (never skip) when it is not installed."""
+    venv_bin = Path(sys.executable).parent
+    # certctl and pkilint come from the project venv, whatever else is on PATH.
+    path = str(venv_bin / tool) if (venv_bin / tool).is_file() else shutil.which(tool)
+    if path is None:
+        # nginx lives in /usr/sbin, which is not on a normal user's PATH.
+        for folder in (Path("/usr/sbin"), Path("/sbin")):
+            if (folder / tool).is_file():
+                path = str(folder / tool)
+                break
+    if path is None:
+        hint = _INSTALL.get(tool, f"apt-get install -y {tool}")
+        pytest.fail(f"{tool} not found: install with '{hint}' (make system-deps)", pytrace=False)
+    return path
+
+
+def run(
+    *args: str | Path,
+    timeout: float = _TIMEOUT,
+    input: str | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a real program (found with :func:`require`) and capture its text output."""
+    argv = [require(str(args[0])), *(str(a) for a in args[1:])]
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """Assert that ``result`` exited 0, showing its output otherwise."""
+    assert result.returncode == 0, (
+        f"{' '.join(result.args)} exited {result.returncode}\n"
+        f"stdout: {result.stdout}\nstderr: {result.stderr}"
+    )
+    return result
+
+
+def failed(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """Assert that ``result`` exited non-zero."""
+    assert result.returncode != 0, (
+        f"{' '.join(result.args)} unexpectedly succeeded\nstdout: {result.stdout}"
+    )
+    return result
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """Exit code and output of an in-process ``certctl`` run."""
+
+    code: int
+    out: str
+    err: str
+
+
+def certctl(*args: str | Path) -> CliResult:
+    """Run ``certctl ARGS`` in-process (the console script's code path, without the start-up)."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = certctl_run([str(a) for a in args])
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def certctl_ok(*args: str | Path) -> CliResult:
+    """Run ``certctl ARGS`` in-process and assert it succeeded."""
+    result = certctl(*args)
+    assert result.code == 0, f"certctl {' '.join(map(str, args))}: {result.err}"
+    return result
+
+
+def certctl_exe(*args: str | Path, timeout: float = _TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``certctl`` console script, exactly as a user would."""
+    return run("certctl", *args, timeout=timeout)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, alive: Callable[[], bool] | None = None, timeout: float = 10.0
+) -> None:
+    """Wait until 127.0.0.1:``port`` accepts connections (``alive()`` False aborts)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise AssertionError(f"server for port {port} exited before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@dataclass(frozen=True)
+class Chain:
+    """root CA -> intermediate CA (``ca create --parent``) -> one leaf per profile."""
+
+    key_type: str
+    root: Path
+    inter: Path
+    leaves: dict[str, Path]
+
+    def leaf(self, profile: str) -> Path:
+        """The leaf certificate file (leaf + intermediate, as ``cert issue`` writes it)."""
+        return self.leaves[profile] / "tls.crt"
+
+
+@dataclass
+class Pki:
+    """CA material built once per session through the CLI, under one temporary directory."""
+
+    base: Path
+    _chains: dict[str, Chain] = field(default_factory=dict)
+    _roots: dict[str, Path] = field(default_factory=dict)
+
+    def root(self, name: str, key_type: str = "ec-p256", cn: str | None = None) -> Path:
+        """A root CA directory called ``name`` (created on first use)."""
+        if name not in self._roots:
+            out = self.base / name
+            args = ["ca", "create", "--out", out, "--key-type", key_type]
+            if cn:
+                args += ["--cn", cn]
+            certctl_ok(*args)
+            self._roots[name] = out
+        return self._roots[name]
+
+    def issue(
+        self,
+        ca: Path,
+        name: str,
+        *,
+        profile: str = "server",
+        key_type: str = "ec-p256",
+        dns: Sequence[str] = (),
+        ip: Sequence[str] = (),
+        extra: Sequence[str] = (),
+    ) -> Path:
+        """Issue a leaf with ``certctl cert issue`` into a new directory; return it."""
+        out = self.base / "leaves" / name
+        args: list[str | Path] = ["cert", "issue", "--ca", ca, "--out", out]
+        args += ["--cn", dns[0] if dns else name, "--profile", profile, "--key-type", key_type]
+        for value in dns:
+            args += ["--dns", value]
+        for value in ip:
+            args += ["--ip", value]
+        certctl_ok(*args, *extra)
+        return out
+
+    def chain(self, key_type: str) -> Chain:
+        """The root -> intermediate -> leaves chain for ``key_type`` (every key the same type)."""
+        if key_type not in self._chains:
+            root = self.root(f"root-{key_type}", key_type, cn=f"Integration Root CA {key_type}")
+            inter = self.base / f"inter-{key_type}"
+            certctl_ok(
+                "ca", "create", "--out", inter, "--parent", root, "--key-type", key_type,
+                "--cn", f"Integration Intermediate CA {key_type}",
+            )  # fmt: skip
+            leaves = {
+                profile: self.issue(
+                    inter,
+                    f"{key_type}-{profile}",
+                    profile=profile,
+                    key_type=key_type,
+                    dns=[LEAF_NAMES[profile]],
+                    ip=LEAF_IPS,
+                )
+                for profile in LEAF_PROFILES
+            }
+            self._chains[key_type] = Chain(key_type, root, inter, leaves)
+        return self._chains[key_type]
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Session-wide CA material; each chain is built on first use (RSA-4096 keygen is slow)."""
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def other_root(pki: Pki) -> Path:
+    """An unrelated root CA (different name and key): the "wrong CA" of negative twins."""
+    return pki.root("other-root", cn="Unrelated Root CA")
+
+
+@pytest.fixture(scope="session")
+def impostor_root(pki: Pki) -> Path:
+    """A root with the same name as the ec-p256 chain's root but another key."""
+    return pki.root("impostor-root", cn="Integration Root CA ec-p256")

@@ -1,0 +1,87 @@
+"""``certctl crl create`` read by ``openssl crl`` and enforced by ``openssl verify -crl_check``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Chain, Pki, certctl_ok, ok, run
+
+pytestmark = pytest.mark.integration
+
+
+def serial_of(cert: Path) -> int:
+    out = ok(run("openssl", "x509", "-in", cert, "-noout", "-serial")).stdout
+    return int(out.strip().removeprefix("serial="), 16)
+
+
+def verify_with_crl(chain: Chain, crl: Path, cert: Path) -> tuple[int, str]:
+    result = run(
+        "openssl", "verify", "-crl_check", "-CRLfile", crl, "-CAfile", chain.root / "ca.crt",
+        "-untrusted", chain.inter / "ca.crt", cert,
+    )  # fmt: skip
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module", params=["ec-p256", "rsa-2048"])
+def revocation(
+    request: pytest.FixtureRequest, pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Chain, Path, Path, Path]:
+    """(chain, CRL revoking one leaf, that revoked leaf, a leaf left valid)."""
+    key_type: str = request.param
+    chain = pki.chain(key_type)
+    revoked = pki.issue(
+        chain.inter, f"revoked-{key_type}", key_type=key_type, dns=["revoked.example.com"]
+    )
+    serial = serial_of(revoked / "tls.crt")
+    crl = tmp_path_factory.mktemp("crl") / "crl.pem"
+    certctl_ok(
+        "crl", "create", "--ca", chain.inter, "--revoked", f"0x{serial:x}",
+        "--reason", "keyCompromise", "--out", crl,
+    )  # fmt: skip
+    return chain, crl, revoked / "tls.crt", chain.leaf("server")
+
+
+def test_openssl_crl_lists_the_revoked_serial(revocation: tuple[Chain, Path, Path, Path]) -> None:
+    chain, crl, revoked, _ = revocation
+    text = ok(run("openssl", "crl", "-in", crl, "-noout", "-text")).stdout
+    listed = [int(s, 16) for s in re.findall(r"Serial Number: ([0-9A-F]+)", text)]
+    assert listed == [serial_of(revoked)]
+    assert "Key Compromise" in text
+    assert "Next Update:" in text
+    issuer = ok(run("openssl", "x509", "-in", chain.inter / "ca.crt", "-noout", "-subject")).stdout
+    assert f"Issuer: {issuer.strip().removeprefix('subject=')}" in text
+    # The CRL's signature checks out against the issuing CA.
+    check = ok(run("openssl", "crl", "-in", crl, "-noout", "-CAfile", chain.inter / "ca.crt"))
+    assert "verify OK" in check.stdout + check.stderr
+
+
+def test_openssl_verify_crl_check_fails_for_the_revoked_leaf(
+    revocation: tuple[Chain, Path, Path, Path],
+) -> None:
+    chain, crl, revoked, _ = revocation
+    code, output = verify_with_crl(chain, crl, revoked)
+    assert code != 0
+    assert "certificate revoked" in output
+
+
+def test_openssl_verify_crl_check_passes_for_a_valid_leaf(
+    revocation: tuple[Chain, Path, Path, Path],
+) -> None:
+    chain, crl, _, valid = revocation
+    code, output = verify_with_crl(chain, crl, valid)
+    assert code == 0, output
+
+
+def test_openssl_verify_crl_check_refuses_a_crl_from_another_ca(
+    pki: Pki, other_root: Path, tmp_path: Path
+) -> None:
+    # A CRL signed by the wrong CA must not satisfy -crl_check.
+    chain = pki.chain("ec-p256")
+    crl = tmp_path / "foreign.pem"
+    certctl_ok("crl", "create", "--ca", other_root, "--out", crl)
+    code, output = verify_with_crl(chain, crl, chain.leaf("server"))
+    assert code != 0
+    assert "unable to get certificate CRL" in output

@@ -1,0 +1,130 @@
+"""CSRs made by ``openssl req`` signed by ``certctl csr sign``, and ours read by openssl."""
+
+from __future__ import annotations
+
+import base64
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Pki, certctl_exe, certctl_ok, ok, run
+from tests.integration.test_openssl_x509 import x509_extensions
+
+pytestmark = pytest.mark.integration
+
+GREEDY_EXTENSIONS = [
+    "-addext", "subjectAltName=DNS:x.example.com",
+    "-addext", "basicConstraints=critical,CA:TRUE",
+    "-addext", "keyUsage=critical,keyCertSign",
+]  # fmt: skip
+
+
+def openssl_csr(directory: Path, *key_args: str, extra: list[str] | None = None) -> Path:
+    """``openssl req -new`` with a fresh key; returns the PEM CSR."""
+    directory.mkdir(parents=True, exist_ok=True)
+    csr = directory / "req.csr"
+    result = run(
+        "openssl", "req", "-new", *key_args, "-nodes", "-keyout", directory / "req.key",
+        "-out", csr, "-subj", "/CN=x", *(extra or []),
+    )  # fmt: skip
+    ok(result)
+    return csr
+
+
+def tamper(csr: Path, out: Path) -> Path:
+    """Flip one bit of the signature (near the end of the DER) and re-encode as PEM."""
+    lines = csr.read_text().strip().splitlines()
+    der = bytearray(base64.b64decode("".join(lines[1:-1])))
+    der[-3] ^= 0x01
+    body = "\n".join(textwrap.wrap(base64.b64encode(bytes(der)).decode(), 64))
+    out.write_text(
+        f"-----BEGIN CERTIFICATE REQUEST-----\n{body}\n-----END CERTIFICATE REQUEST-----\n"
+    )
+    return out
+
+
+def test_sign_drops_requested_ca_extensions(pki: Pki, tmp_path: Path) -> None:
+    chain = pki.chain("ec-p256")
+    csr = openssl_csr(
+        tmp_path, "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", extra=GREEDY_EXTENSIONS
+    )
+    out = tmp_path / "signed"
+    result = certctl_exe(
+        "csr", "sign", "--ca", chain.inter, "--csr", csr, "--profile", "server", "--out", out
+    )
+    assert result.returncode == 0, result.stderr
+    assert "warning" in result.stderr
+    assert "ignored" in result.stderr
+    assert "basicConstraints" in result.stderr
+    assert "keyUsage" in result.stderr
+    ext = x509_extensions(out / "tls.crt")
+    assert ext["X509v3 Basic Constraints"] == (True, "CA:FALSE")
+    assert ext["X509v3 Key Usage"] == (True, "Digital Signature")
+    assert "Certificate Sign" not in ext["X509v3 Key Usage"][1]
+    assert ext["X509v3 Subject Alternative Name"] == (False, "DNS:x.example.com")
+    assert ext["X509v3 Extended Key Usage"] == (False, "TLS Web Server Authentication")
+    result = run(
+        "openssl", "verify", "-purpose", "sslserver", "-CAfile", chain.root / "ca.crt",
+        "-untrusted", chain.inter / "ca.crt", out / "tls.crt",
+    )  # fmt: skip
+    ok(result)
+
+
+def test_sign_refuses_an_rsa_1024_csr(pki: Pki, tmp_path: Path) -> None:
+    csr = openssl_csr(tmp_path / "weak", "-newkey", "rsa:1024")
+    out = tmp_path / "signed"
+    inter = pki.chain("ec-p256").inter
+    result = certctl_exe("csr", "sign", "--ca", inter, "--csr", csr, "--out", out)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("certctl: error:")
+    assert "2048" in lines[0]
+    assert not out.exists()
+
+
+def test_sign_accepts_an_rsa_2048_csr(pki: Pki, tmp_path: Path) -> None:
+    # Positive twin of the RSA-1024 refusal.
+    csr = openssl_csr(tmp_path / "rsa", "-newkey", "rsa:2048")
+    out = tmp_path / "signed"
+    certctl_ok("csr", "sign", "--ca", pki.chain("ec-p256").inter, "--csr", csr, "--out", out)
+    assert "Key Encipherment" in x509_extensions(out / "tls.crt")["X509v3 Key Usage"][1]
+
+
+@pytest.mark.parametrize(
+    "key_args",
+    [["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"], ["-newkey", "rsa:2048"]],
+    ids=["ec", "rsa"],
+)
+def test_sign_refuses_a_tampered_csr(pki: Pki, tmp_path: Path, key_args: list[str]) -> None:
+    csr = openssl_csr(tmp_path / "req", *key_args)
+    bad = tamper(csr, tmp_path / "tampered.csr")
+    # The file still parses for openssl: only the signature is wrong. (OpenSSL 3.0's
+    # `req -verify` exits 0 either way, so read its verdict.)
+    check = run("openssl", "req", "-verify", "-noout", "-in", bad)
+    assert "self-signature verify failure" in check.stdout + check.stderr
+    out = tmp_path / "signed"
+    inter = pki.chain("ec-p256").inter
+    result = certctl_exe("csr", "sign", "--ca", inter, "--csr", bad, "--out", out)
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "signature" in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("key_type", ["ec-p256", "ec-p384", "ed25519", "rsa-2048"])
+def test_openssl_verifies_certctl_csr(tmp_path: Path, key_type: str) -> None:
+    out = tmp_path / "csr"
+    certctl_ok(
+        "csr", "create", "--cn", "app.example.com", "--dns", "app.example.com",
+        "--ip", "10.0.0.1", "--key-type", key_type, "--out", out,
+    )  # fmt: skip
+    result = ok(run("openssl", "req", "-verify", "-noout", "-text", "-in", out / "tls.csr"))
+    assert "self-signature verify OK" in result.stdout + result.stderr
+    assert "DNS:app.example.com, IP Address:10.0.0.1" in result.stdout
+    assert "Subject: CN = app.example.com" in result.stdout
+    # The key written next to the CSR is the CSR's key.
+    csr_pub = ok(run("openssl", "req", "-in", out / "tls.csr", "-noout", "-pubkey")).stdout
+    key_pub = ok(run("openssl", "pkey", "-in", out / "tls.key", "-pubout")).stdout
+    assert csr_pub == key_pub

@@ -1,0 +1,101 @@
+"""``cert issue --p12`` keystores opened by ``openssl pkcs12`` and Java's ``keytool``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Pki, certctl_ok, failed, ok, run
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "s3cret-Passw0rd"
+# (key type, --p12-legacy, encryption openssl reports for the key bag)
+KEYSTORES = [
+    ("ec-p256", False, "PBES2, PBKDF2, AES-256-CBC"),
+    ("rsa-2048", False, "PBES2, PBKDF2, AES-256-CBC"),
+    ("ec-p256", True, "pbeWithSHA1And3-KeyTripleDES-CBC"),
+    ("rsa-2048", True, "pbeWithSHA1And3-KeyTripleDES-CBC"),
+]
+
+
+@pytest.fixture(scope="module")
+def keystores(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, bool], Path]:
+    base = tmp_path_factory.mktemp("p12")
+    password_file = base / "pw"
+    password_file.write_text(PASSWORD + "\n")  # the trailing newline is not part of it
+    inter = pki.chain("ec-p256").inter
+    stores = {}
+    for key_type, legacy, _ in KEYSTORES:
+        out = base / f"{key_type}-{'legacy' if legacy else 'modern'}"
+        certctl_ok(
+            "cert", "issue", "--ca", inter, "--cn", "app-1.example.com", "--key-type", key_type,
+            "--p12", "--password-file", password_file, "--out", out,
+            *(["--p12-legacy"] if legacy else []),
+        )  # fmt: skip
+        stores[key_type, legacy] = out / "tls.p12"
+    return stores
+
+
+@pytest.fixture(scope="module")
+def passwords(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("p12-passwords")
+    (base / "right").write_text(PASSWORD + "\n")
+    (base / "wrong").write_text("not-the-password\n")
+    return base / "right", base / "wrong"
+
+
+@pytest.mark.parametrize(("key_type", "legacy", "encryption"), KEYSTORES)
+def test_openssl_pkcs12_opens_with_the_password(
+    keystores: dict[tuple[str, bool], Path],
+    passwords: tuple[Path, Path],
+    key_type: str,
+    legacy: bool,
+    encryption: str,
+) -> None:
+    store, (right, _) = keystores[key_type, legacy], passwords
+    passin = f"file:{right}"
+    certs = ok(run("openssl", "pkcs12", "-info", "-in", store, "-passin", passin, "-nokeys"))
+    output = certs.stdout + certs.stderr
+    assert f"Shrouded Keybag: {encryption}" in output
+    assert output.count("-----BEGIN CERTIFICATE-----") == 3  # leaf, intermediate, root
+    assert "subject=CN = app-1.example.com" in output
+    assert "PRIVATE KEY" not in output
+    keys = ok(run("openssl", "pkcs12", "-info", "-in", store, "-passin", passin, "-noenc"))
+    assert keys.stdout.count("-----BEGIN PRIVATE KEY-----") == 1
+
+
+@pytest.mark.parametrize(("key_type", "legacy"), [(k, legacy) for k, legacy, _ in KEYSTORES])
+def test_openssl_pkcs12_refuses_a_wrong_password(
+    keystores: dict[tuple[str, bool], Path],
+    passwords: tuple[Path, Path],
+    key_type: str,
+    legacy: bool,
+) -> None:
+    store, (_, wrong) = keystores[key_type, legacy], passwords
+    result = failed(
+        run("openssl", "pkcs12", "-info", "-in", store, "-passin", f"file:{wrong}", "-nokeys")
+    )
+    assert "Mac verify error" in result.stderr
+    assert "BEGIN" not in result.stdout
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["aes", "legacy"])
+def test_keytool_lists_a_private_key_entry(
+    keystores: dict[tuple[str, bool], Path], legacy: bool
+) -> None:
+    store = keystores["rsa-2048", legacy]
+    result = ok(run("keytool", "-list", "-v", "-storetype", "PKCS12", "-keystore", store,
+                    "-storepass", PASSWORD))  # fmt: skip
+    assert "Your keystore contains 1 entry" in result.stdout
+    assert "Entry type: PrivateKeyEntry" in result.stdout
+    assert "Certificate chain length: 3" in result.stdout
+
+
+def test_keytool_refuses_a_wrong_password(keystores: dict[tuple[str, bool], Path]) -> None:
+    store = keystores["ec-p256", False]
+    result = failed(
+        run("keytool", "-list", "-storetype", "PKCS12", "-keystore", store, "-storepass", "nope!!")
+    )
+    assert "password was incorrect" in result.stdout + result.stderr
