@@ -1,0 +1,420 @@
+"""certctl benchmarks: every result is a ratio against a reference timed in the same run.
+
+Usage: ``python bench/run.py [--quick | --full] [--json PATH]`` (``make bench`` runs the default).
+See bench/README.md for the method and what each row means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _measure import (
+    BenchError,
+    Variant,
+    interleave,
+    median,
+    set_bytecode_cache,
+    time_command,
+)
+from _workloads import (
+    BenchCA,
+    certctl_issue_inprocess,
+    certctl_issue_subprocess,
+    check_certctl_zip,
+    check_openssl_output,
+    hosts,
+    make_ca,
+    openssl_loop,
+    raw_issue,
+    write_instances,
+    write_openssl_script,
+)
+
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULT_JSON = BENCH_DIR / "results" / "latest.json"
+SCRIPTS = Path(sysconfig.get_path("scripts"))
+CERTCTL = SCRIPTS / "certctl"
+WARMUP_N = 20
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and round counts for one mode."""
+
+    mode: str
+    issue_n: int
+    issue_rounds: int
+    help_rounds: int
+    large_n: int | None
+    large_rounds: int
+    openssl_n: int
+    timeout_s: float
+
+
+PLANS = {
+    "quick": Plan("quick", 20, 3, 3, 40, 3, 5, 60),
+    "default": Plan("default", 1_000, 5, 15, None, 0, 50, 300),
+    "full": Plan("full", 1_000, 5, 15, 10_000, 3, 50, 900),
+}
+
+
+def rate_row(
+    row_id: str,
+    title: str,
+    samples: dict[str, list[float]],
+    value: str,
+    reference: str,
+    *,
+    n: int,
+    reference_n: int,
+    target: float | None,
+) -> dict[str, Any]:
+    """A throughput row: certificates/s of ``value`` over ``reference``, paired per round."""
+    values = [n / s for s in samples[value]]
+    refs = [reference_n / s for s in samples[reference]]
+    ratios = [v / r for v, r in zip(values, refs, strict=True)]
+    return _row(row_id, title, n, "certs/s", values, refs, ratios, value, reference, ">=", target)
+
+
+def time_row(
+    row_id: str,
+    title: str,
+    samples: dict[str, list[float]],
+    value: str,
+    reference: str,
+    *,
+    target: float | None,
+) -> dict[str, Any]:
+    """A wall-time row: seconds of ``value`` over ``reference`` (lower is better)."""
+    values, refs = samples[value], samples[reference]
+    ratios = [v / r for v, r in zip(values, refs, strict=True)]
+    return _row(row_id, title, 1, "s", values, refs, ratios, value, reference, "<", target)
+
+
+def _row(
+    row_id: str,
+    title: str,
+    n: int,
+    unit: str,
+    values: list[float],
+    refs: list[float],
+    ratios: list[float],
+    value_name: str,
+    reference_name: str,
+    op: str,
+    target: float | None,
+) -> dict[str, Any]:
+    ratio = median(ratios)
+    meets: bool | None = None
+    if target is not None:
+        meets = ratio >= target if op == ">=" else ratio < target
+    return {
+        "id": row_id,
+        "title": title,
+        "n": n,
+        "unit": unit,
+        "measured": value_name,
+        "reference": reference_name,
+        "value": median(values),
+        "reference_value": median(refs),
+        "ratio": ratio,
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "rounds": len(ratios),
+        "target": None if target is None else {"op": op, "ratio": target},
+        "meets_target": meets,
+        "samples": {"value": values, "reference": refs, "ratio": ratios},
+    }
+
+
+def _subprocess_variant(
+    name: str, n: int, ca: BenchCA, instances: Path, out: Path, timeout_s: float
+) -> Variant:
+    return Variant(
+        name, n, lambda: certctl_issue_subprocess(CERTCTL, ca, instances, out, timeout_s=timeout_s)
+    )
+
+
+def _raw_variant(name: str, ca: BenchCA, n: int) -> Variant:
+    items = hosts(n)
+    return Variant(name, n, lambda: raw_issue(ca, items))
+
+
+def bench_issue(
+    work: Path,
+    ca: BenchCA,
+    n: int,
+    rounds: int,
+    timeout_s: float,
+    *,
+    large: bool = False,
+    openssl_n: int | None = None,
+) -> list[dict[str, Any]]:
+    """Rows for ``certctl cert issue --in`` with ``n`` instances, one interleaved group.
+
+    References: raw cryptography always; an openssl per-certificate loop when ``openssl_n``.
+    The in-process variant runs only in the default-size group (it diagnoses start-up).
+    """
+    suffix = "-large" if large else ""
+    instances = write_instances(work / f"instances-{n}.yml", hosts(n))
+    small = write_instances(work / "instances-warmup.yml", hosts(min(n, WARMUP_N)))
+    variants = [
+        _raw_variant("raw", ca, n),
+        _subprocess_variant("zip", n, ca, instances, work / "out.zip", timeout_s),
+        _subprocess_variant("dir", n, ca, instances, work / "out-dir", timeout_s),
+    ]
+    warmup = [
+        _raw_variant("raw", ca, min(n, WARMUP_N)),
+        _subprocess_variant("zip", n, ca, small, work / "out.zip", timeout_s),
+        _subprocess_variant("dir", n, ca, small, work / "out-dir", timeout_s),
+    ]
+    if not large:
+        variants.append(
+            Variant("inproc", n, lambda: certctl_issue_inprocess(ca, instances, work / "in.zip"))
+        )
+        warmup.append(
+            Variant("inproc", n, lambda: certctl_issue_inprocess(ca, small, work / "in.zip"))
+        )
+    if openssl_n is not None:
+        openssl_dir = work / "openssl"
+        script = write_openssl_script(openssl_dir, ca, hosts(openssl_n))
+        # Also the openssl warm-up.
+        check_openssl_output(script, openssl_dir / "check", ca, openssl_n)
+        variants.append(
+            Variant(
+                "openssl",
+                openssl_n,
+                lambda: openssl_loop(script, openssl_dir / "out", timeout_s=timeout_s),
+            )
+        )
+    samples = interleave(variants, rounds, warmup=warmup)
+
+    label = f"{n:,} P-256"
+    rows = [
+        rate_row(
+            f"issue-{kind}{suffix}",
+            f"certctl cert issue --in ({label}, PEM to {where}) vs raw cryptography",
+            samples,
+            kind,
+            "raw",
+            n=n,
+            reference_n=n,
+            target=0.5,
+        )
+        for kind, where in (("zip", "zip"), ("dir", "directory"))
+    ]
+    if not large:
+        row = rate_row(
+            "issue-inproc",
+            f"certctl.cli.main.run in-process ({label}, zip) vs raw cryptography",
+            samples,
+            "inproc",
+            "raw",
+            n=n,
+            reference_n=n,
+            target=None,
+        )
+        # What interpreter start-up, imports and teardown add to one console-script run.
+        row["startup_s"] = median(samples["zip"]) - median(samples["inproc"])
+        rows.append(row)
+    if openssl_n is not None:
+        rows.append(
+            rate_row(
+                f"issue-zip{suffix}-vs-openssl",
+                f"certctl cert issue --in ({label}, zip) vs an openssl loop "
+                f"({openssl_n} certificates, scaled)",
+                samples,
+                "zip",
+                "openssl",
+                n=n,
+                reference_n=openssl_n,
+                target=30.0,
+            )
+        )
+    return rows
+
+
+def bench_help(rounds: int, timeout_s: float) -> dict[str, Any]:
+    """``certctl --help`` wall time against ``python -c 'import cryptography.x509'``."""
+    python = sys.executable
+    variants = [
+        Variant("help", 1, lambda: time_command([str(CERTCTL), "--help"], timeout_s=timeout_s)),
+        Variant(
+            "import",
+            1,
+            lambda: time_command([python, "-c", "import cryptography.x509"], timeout_s=timeout_s),
+        ),
+    ]
+    samples = interleave(variants, rounds, warmup=variants)
+    return time_row(
+        "help",
+        "certctl --help vs python -c 'import cryptography.x509' (wall time)",
+        samples,
+        "help",
+        "import",
+        target=2.0,
+    )
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "s":
+        return f"{value * 1000:.0f} ms"
+    return f"{value:,.0f}/s"
+
+
+def print_table(rows: list[dict[str, Any]], out: Callable[[str], None] = print) -> None:
+    """Print one line per row: certctl, reference, median ratio [min-max], target, verdict."""
+    header = ("row", "n", "certctl", "reference", "ratio [min-max]", "target", "ok")
+    lines = [header]
+    for row in rows:
+        if "skipped" in row:
+            lines.append((row["id"], "", "", "", f"skipped: {row['skipped']}", "", ""))
+            continue
+        target = row["target"]
+        verdict = {True: "yes", False: "NO", None: "-"}[row["meets_target"]]
+        lines.append(
+            (
+                row["id"],
+                f"{row['n']:,}",
+                _fmt(row["value"], row["unit"]),
+                _fmt(row["reference_value"], row["unit"]),
+                f"{row['ratio']:.2f} [{row['ratio_min']:.2f}-{row['ratio_max']:.2f}]",
+                f"{target['op']} {target['ratio']:g}" if target else "-",
+                verdict,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for index, line in enumerate(lines):
+        out("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+        if index == 0:
+            out("  ".join("-" * w for w in widths))
+    for row in rows:
+        out(f"  {row['id']}: {row.get('title', '')}")
+        if "startup_s" in row:
+            out(f"    start-up + teardown of the console script: {row['startup_s']:.2f} s")
+
+
+def _openssl_version() -> str | None:
+    if shutil.which("openssl") is None:
+        return None
+    proc = subprocess.run(["openssl", "version"], capture_output=True, text=True, check=False)
+    return proc.stdout.strip() or None
+
+
+def _preflight() -> None:
+    if not CERTCTL.exists():
+        raise BenchError(f"{CERTCTL}: not found (run 'make bench', which syncs the venv)")
+    time_command([str(CERTCTL), "--version"], timeout_s=60)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks, print the table, write the JSON; 1 when a measured command fails."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="tiny N, proves the harness (<60 s)")
+    size.add_argument("--full", action="store_true", help="add 10,000-certificate rows + openssl")
+    parser.add_argument(
+        "--no-bytecode-cache",
+        action="store_true",
+        help="leave PYTHONDONTWRITEBYTECODE as it is (children may recompile on every start)",
+    )
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
+    args = parser.parse_args(argv)
+    plan = PLANS["quick" if args.quick else "full" if args.full else "default"]
+
+    started_utc = datetime.now(UTC).isoformat(timespec="seconds")
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    try:
+        _preflight()
+        with tempfile.TemporaryDirectory(prefix="certctl-bench-") as tmp:
+            work = Path(tmp)
+            if not args.no_bytecode_cache:
+                set_bytecode_cache(str(work / "pycache"))
+            ca = make_ca(work / "ca")
+            check_certctl_zip(
+                CERTCTL,
+                ca,
+                write_instances(work / "check.yml", hosts(3)),
+                work / "check.zip",
+                3,
+            )
+            rows += bench_issue(work, ca, plan.issue_n, plan.issue_rounds, plan.timeout_s)
+            rows.append(bench_help(plan.help_rounds, plan.timeout_s))
+            if plan.large_n is not None:
+                has_openssl = shutil.which("openssl") is not None
+                rows += bench_issue(
+                    work,
+                    ca,
+                    plan.large_n,
+                    plan.large_rounds,
+                    plan.timeout_s,
+                    large=True,
+                    openssl_n=plan.openssl_n if has_openssl else None,
+                )
+                if not has_openssl:
+                    rows.append({"id": "issue-zip-large-vs-openssl", "skipped": "no openssl"})
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 1
+    elapsed = time.perf_counter() - started
+
+    for row in rows:
+        for key in ("value", "reference_value", "ratio"):
+            if key in row and not math.isfinite(row[key]):
+                print(f"bench: error: {row['id']}: {key} is not finite", file=sys.stderr)
+                return 1
+    result = {
+        "schema": 1,
+        "mode": plan.mode,
+        "started_utc": started_utc,
+        "elapsed_s": elapsed,
+        "environment": {
+            "python": sys.version.split()[0],
+            "cryptography": _version("cryptography"),
+            "certctl": _version("certctl"),
+            "openssl": _openssl_version(),
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "bytecode_cache": not args.no_bytecode_cache,
+        },
+        "rows": rows,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"certctl bench ({plan.mode}), {elapsed:.0f} s; ratios are medians of paired rounds")
+    print_table(rows)
+    if plan.mode == "quick":
+        print("--quick: N is tiny, start-up dominates; the verdicts say nothing about the targets")
+    print(f"results: {args.json}")
+    return 0
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

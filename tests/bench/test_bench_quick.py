@@ -1,0 +1,60 @@
+"""``bench/run.py --quick`` runs end to end and writes every row (it asserts no speed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN = ROOT / "bench" / "run.py"
+
+ROWS = {
+    "issue-zip",
+    "issue-dir",
+    "issue-inproc",
+    "help",
+    "issue-zip-large",
+    "issue-dir-large",
+    "issue-zip-large-vs-openssl",
+}
+NUMBERS = ("value", "reference_value", "ratio", "ratio_min", "ratio_max")
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_writes_every_row(tmp_path: Path) -> None:
+    out = tmp_path / "latest.json"
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["mode"] == "quick"
+    rows = {row["id"]: row for row in report["rows"]}
+    assert set(rows) == ROWS
+    for row_id, row in rows.items():
+        if "skipped" in row:
+            # Only the openssl reference may be missing, and only when openssl is.
+            assert row_id == "issue-zip-large-vs-openssl"
+            assert shutil.which("openssl") is None
+            continue
+        for key in NUMBERS:
+            value = row[key]
+            assert isinstance(value, float), (row_id, key, value)
+            assert math.isfinite(value), (row_id, key)
+            assert value > 0, (row_id, key)
+        assert row["rounds"] >= 3, row_id
+        samples = row["samples"]
+        assert len(samples["value"]) == len(samples["reference"]) == row["rounds"], row_id
+        assert row["target"] is None or row["meets_target"] in (True, False), row_id
+        assert row_id in proc.stdout
