@@ -131,18 +131,16 @@ def test_unwritable_directory_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Root ignores directory modes, so the refusal is injected where the OS would raise it.
-    import tempfile
-
     locked = tmp_path / "locked"
     locked.mkdir()
-    real_mkstemp = tempfile.mkstemp
+    real_open = os.open
 
-    def mkstemp(*args: object, dir: Path, **kwargs: object) -> tuple[int, str]:
-        if Path(dir) == locked:
-            raise PermissionError(13, "Permission denied", str(dir))
-        return real_mkstemp(*args, dir=dir, **kwargs)  # type: ignore[call-overload, no-any-return]
+    def guarded_open(path: str, flags: int, mode: int = 0o777) -> int:
+        if Path(path).parent == locked:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, mode)
 
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "open", guarded_open)
     out = OutputSet()
     out.add(tmp_path / "ok.crt", b"cert")
     out.add(locked / "tls.key", b"key", secret=True)

@@ -94,12 +94,35 @@ async def _body(request: Request, model: type[BaseModel]) -> Any:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("request body is not valid JSON") from None
+    except RecursionError:
+        # json's C scanner recurses per nesting level: "[[[[…" under 1 MiB reaches the limit.
+        raise InvalidRequest("request body is nested too deeply") from None
+    if _has_nul(data):
+        # PostgreSQL text cannot hold NUL (the insert would fail with a 500), and a NUL in a
+        # name invites null-prefix tricks: refuse it on every backend.
+        raise InvalidRequest("request body contains a NUL character")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise InvalidRequest(f"{where}: {first['msg']}") from None
+
+
+def _has_nul(data: Any) -> bool:
+    """True when any string (key or value) in parsed JSON holds U+0000 (iterative walk)."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 class _MediaType(CertctlError):
@@ -114,7 +137,8 @@ def _services(request: Request) -> Services:
 
 def _limit(request: Request) -> int:
     raw = request.query_params.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 500:
+    # isdigit() alone accepts "²" (int() then fails) and 5000-digit strings (int() refuses).
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= 500:
         raise InvalidRequest(f"limit={raw[:20]}: must be an integer from 1 to 500")
     return int(raw)
 
@@ -473,7 +497,8 @@ async def renew_certificate(request: Request, principal: Principal | None) -> Re
 
 async def list_audit(request: Request, principal: Principal | None) -> Response:
     cursor = request.query_params.get("cursor")
-    if cursor is not None and not cursor.isdigit():
+    # Audit ids are 64-bit integers: anything longer would overflow the database parameter.
+    if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
         raise InvalidRequest("cursor: not a cursor returned by this API")
     limit = _limit(request)
     with _services(request).sessions() as session:
@@ -740,6 +765,10 @@ def authenticate(request: Request) -> Principal:
 def _endpoint(route: ApiRoute) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         request.scope["certctl.route"] = route.path
+        if "\x00" in request.url.path or any(
+            "\x00" in key or "\x00" in value for key, value in request.query_params.multi_items()
+        ):
+            raise InvalidRequest("NUL character in the request path or query")
         principal: Principal | None = None
         if route.permission != PUBLIC:
             principal = authenticate(request)
@@ -834,8 +863,14 @@ class AccessLogAndLimits:
             )
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(CertctlError):
+    # A CertctlError, so a handler reading an oversized chunked body gets the 413 problem
+    # from the exception middleware instead of a 500 from the catch-all handler.
+    status = 413
+    title = "Payload too large"
+
+    def __init__(self) -> None:
+        super().__init__(f"request body over {MAX_BODY_BYTES} bytes")
 
 
 async def _certctl_error(request: Request, exc: Exception) -> Response:

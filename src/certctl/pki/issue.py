@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
@@ -83,6 +84,16 @@ class CertificateAuthority:
                 self.private_key.public_key()
             )
         self.signature_hash = signature_hash_for(self.private_key)
+
+    @functools.cached_property
+    def root_pem(self) -> bytes:
+        """PEM of :attr:`root`, encoded once (batch issuance writes it per certificate)."""
+        return self.root.public_bytes(serialization.Encoding.PEM)
+
+    @functools.cached_property
+    def chain_below_root_pem(self) -> bytes:
+        """PEM of :attr:`chain_below_root`, encoded once."""
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.chain_below_root)
 
     @property
     def root(self) -> x509.Certificate:

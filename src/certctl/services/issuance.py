@@ -32,6 +32,7 @@ from certctl.pki import (
     sign_csr,
 )
 from certctl.pki.crl import RevokedEntry, create_crl
+from certctl.pki.issue import BACKDATE
 from certctl.services.audit import record
 from certctl.services.context import Principal, Services
 from certctl.store.models import CertificateRecord, Issuer
@@ -441,9 +442,15 @@ def renew_certificate(
     """
     caller.require("cert.issue")
     old = get_certificate(services, caller, cert_id)
+    if old.status == "revoked":
+        # A CSR-issued successor keeps the requester's key: renewing a certificate revoked
+        # for keyCompromise would re-certify the compromised key.
+        raise Conflict(f"certificate {cert_id} is revoked and cannot be renewed")
     ca = load_issuer(services, old.issuer_id)
     old_cert = x509.load_pem_x509_certificate(old.certificate_pem.encode())
-    lifetime = validity or (old.not_after - old.not_before)
+    # notBefore is backdated by BACKDATE at issuance: leave it out, or each renewal would
+    # lengthen the lifetime by another BACKDATE.
+    lifetime = validity or (old.not_after - old.not_before - BACKDATE)
     sans = SubjectAltNames.parse(
         dns=old.sans.get("dns", []),
         ip=old.sans.get("ip", []),

@@ -56,7 +56,7 @@ def test_null_lists_are_empty() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("instances: [", "instances file is not valid YAML at line 1"),
+        ("instances: [", "instances file is not valid YAML at line "),
         ("instances:\n  - name: a\n   bad: [", "instances file is not valid YAML"),
         ("", "instances file needs a top-level 'instances:' list"),
         ("- name: a\n", "instances file needs a top-level 'instances:' list"),

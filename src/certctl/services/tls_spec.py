@@ -1,0 +1,228 @@
+"""The ``TLSService`` spec (DESIGN §7, modelled on ECK's ``spec.http.tls``), validated whole."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from certctl.errors import InvalidRequest
+from certctl.pki.names import validate_dns_name
+
+__all__ = ["TLSServiceSpec", "parse_service", "parse_service_documents"]
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,51}[a-z0-9])?$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SubjectAltName(_Model):
+    """One SAN: exactly one of ``dns`` or ``ip``."""
+
+    dns: str | None = None
+    ip: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> SubjectAltName:
+        if (self.dns is None) == (self.ip is None):
+            raise ValueError("give exactly one of dns or ip")
+        if self.dns is not None:
+            self.dns = validate_dns_name(self.dns)
+        if self.ip is not None:
+            try:
+                ipaddress.ip_address(self.ip)
+            except ValueError:
+                raise ValueError(f"{self.ip}: not a valid IPv4 or IPv6 address") from None
+        return self
+
+
+class SelfSignedCertificate(_Model):
+    """``selfSignedCertificate``: names for the certctl-issued certificate, or disabled."""
+
+    subject_alt_names: list[SubjectAltName] = Field(
+        default_factory=list, alias="subjectAltNames", max_length=100
+    )
+    disabled: bool = False
+
+
+class CustomCertificate(_Model):
+    """``certificate.secretName``: tls.crt+tls.key[+ca.crt] to serve, or ca.crt+ca.key."""
+
+    secret_name: str = Field(alias="secretName", min_length=1, max_length=253)
+
+    @field_validator("secret_name")
+    @classmethod
+    def _safe(cls, value: str) -> str:
+        if not re.match(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$", value):
+            raise ValueError(f"{value}: secret names are lower-case DNS labels")
+        return value
+
+
+class ClientAuthentication(_Model):
+    """``client.authentication``: build the ``-client-trust`` bundle."""
+
+    authentication: bool = False
+
+
+class TLS(_Model):
+    """``spec.http.tls``."""
+
+    self_signed_certificate: SelfSignedCertificate = Field(
+        default_factory=SelfSignedCertificate, alias="selfSignedCertificate"
+    )
+    certificate: CustomCertificate | None = None
+    client: ClientAuthentication = Field(default_factory=ClientAuthentication)
+
+
+class HTTP(_Model):
+    """``spec.http``."""
+
+    tls: TLS = Field(default_factory=TLS)
+
+
+class DirectoryTarget(_Model):
+    """A directory receiving the ``-certs-internal`` bundle."""
+
+    directory: Path
+    reload: str | None = None
+    reload_timeout: str = Field(default="30s", alias="reloadTimeout")
+    format: Literal["pem", "pkcs12"] = "pem"
+    password_file: Path | None = Field(default=None, alias="passwordFile")
+    owner: str | int | None = None
+    group: str | int | None = None
+
+    @field_validator("directory")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError(f"{value}: target directories must be absolute paths")
+        return value
+
+    @model_validator(mode="after")
+    def _p12(self) -> DirectoryTarget:
+        if self.format == "pkcs12" and self.password_file is None:
+            raise ValueError("format pkcs12 needs passwordFile")
+        from certctl.pki import parse_duration
+
+        parse_duration(self.reload_timeout)
+        return self
+
+
+class SecretTarget(_Model):
+    """A Kubernetes Secret receiving the bundle (``type: kubernetes.io/tls``)."""
+
+    secret: str
+    namespace: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Spec(_Model):
+    """``spec``."""
+
+    http: HTTP = Field(default_factory=HTTP)
+    targets: list[DirectoryTarget | SecretTarget] = Field(default_factory=list, max_length=20)
+
+
+class Metadata(_Model):
+    """``metadata``."""
+
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"{value}: names are 1-53 lower-case letters, digits or '-'")
+        return value
+
+
+class TLSServiceSpec(_Model):
+    """A whole ``TLSService`` document."""
+
+    api_version: Literal["certctl.io/v1"] = Field(alias="apiVersion")
+    kind: Literal["TLSService"]
+    metadata: Metadata
+    spec: Spec = Field(default_factory=Spec)
+
+    @property
+    def name(self) -> str:
+        """``metadata.name``."""
+        return self.metadata.name
+
+    @property
+    def tls(self) -> TLS:
+        """``spec.http.tls``."""
+        return self.spec.http.tls
+
+    @property
+    def disabled(self) -> bool:
+        """True for plain HTTP: nothing is issued."""
+        return self.tls.self_signed_certificate.disabled
+
+    def dns_names(self) -> list[str]:
+        """The service name plus the spec's DNS SANs, in order, deduplicated."""
+        names = [self.name] + [
+            s.dns for s in self.tls.self_signed_certificate.subject_alt_names if s.dns
+        ]
+        return list(dict.fromkeys(names))
+
+    def ip_addresses(self) -> list[str]:
+        """The spec's IP SANs."""
+        return [s.ip for s in self.tls.self_signed_certificate.subject_alt_names if s.ip]
+
+    def to_document(self) -> dict[str, Any]:
+        """The canonical JSON document (aliases, no defaults left out)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def parse_service(doc: Any, where: str = "spec") -> TLSServiceSpec:
+    """Validate one document; the error names the field.
+
+    Raises:
+        InvalidRequest: the document is not a valid TLSService.
+    """
+    if not isinstance(doc, dict):
+        raise InvalidRequest(f"{where}: a TLSService document must be a mapping")
+    try:
+        spec = TLSServiceSpec.model_validate(doc)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "document"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise InvalidRequest(f"{where}: {field}: {message}") from None
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{where}: {exc.detail}") from None
+    if spec.tls.certificate is not None and spec.disabled:
+        raise InvalidRequest(
+            f"{where}: spec.http.tls: certificate and selfSignedCertificate.disabled conflict"
+        )
+    return spec
+
+
+def parse_service_documents(text: str) -> list[TLSServiceSpec]:
+    """Parse a multi-document YAML file; every document must be valid, names unique.
+
+    Raises:
+        InvalidRequest: bad YAML, an invalid document (named by index and field), or a repeat.
+    """
+    import yaml
+
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InvalidRequest(f"services file is not valid YAML{where}") from None
+    if not docs:
+        raise InvalidRequest("services file holds no TLSService document")
+    specs = [parse_service(doc, f"document {i}") for i, doc in enumerate(docs, start=1)]
+    names = [s.name for s in specs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InvalidRequest(f"services file defines {', '.join(repeated)} more than once")
+    return specs
