@@ -1,0 +1,353 @@
+"""End-to-end fixtures: ``certctl serve`` as a real subprocess, driven by real clients.
+
+Each server gets its own data directory, a free port on 127.0.0.1 and log files; it is stopped
+by PID (SIGTERM, then SIGKILL after 5 s). Missing tools fail the test, never skip it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+READY_TIMEOUT_S = 15.0
+READY_BANNER = "certctl is ready."
+STOP_TIMEOUT_S = 5.0
+RUN_TIMEOUT_S = 60.0
+VENV_BIN = Path(sys.executable).parent
+
+_INSTALL = {
+    "prometheus": "apt-get install -y prometheus",
+    "promtool": "apt-get install -y prometheus",
+    "openssl": "apt-get install -y openssl",
+    "curl": "apt-get install -y curl",
+    "jq": "apt-get install -y jq",
+    "bash": "apt-get install -y bash",
+    "certctl": "uv sync",
+}
+
+
+def require(tool: str) -> str:
+    """Path of ``tool`` (the venv first, for ``certctl``); fail the test when it is missing."""
+    candidate = VENV_BIN / tool
+    if candidate.is_file():
+        return str(candidate)
+    path = shutil.which(tool)
+    if path is None:
+        hint = _INSTALL.get(tool, f"apt-get install -y {tool}")
+        pytest.fail(f"{tool} not found: {hint} (make system-deps)", pytrace=False)
+    return path
+
+
+def run(
+    *args: str | Path,
+    timeout: float = RUN_TIMEOUT_S,
+    input: str | bytes | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a real program with a timeout and capture its text output (no check)."""
+    argv = [require(str(args[0])), *(str(a) for a in args[1:])]
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        cwd=cwd,
+        env=env,
+        check=False,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """Assert that ``result`` exited 0, showing its output otherwise."""
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, result.args))} exited {result.returncode}\n"
+        f"stdout: {result.stdout}\nstderr: {result.stderr}"
+    )
+    return result
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> int:
+    """SIGTERM ``proc`` by PID, SIGKILL it after 5 s; return its exit code."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=STOP_TIMEOUT_S)
+    return proc.returncode
+
+
+def tls_context(
+    ca: Path | None, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """A client context trusting ``ca`` only, optionally presenting a client certificate."""
+    ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+    if cert is not None:
+        ctx.load_cert_chain(str(cert), str(key) if key else None)
+    return ctx
+
+
+def peer_certificate(port: int, ca: Path, server_name: str = "localhost") -> x509.Certificate:
+    """The certificate a new TLS connection to 127.0.0.1:``port`` is served (verified)."""
+    ctx = tls_context(ca)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname=server_name) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def secret_of(key_value: str) -> str:
+    """The secret part of an API key ``cctl_<key id>_<secret>``."""
+    prefix, key_id, secret = key_value.split("_", 2)
+    assert prefix == "cctl", key_value[:5]
+    assert key_id
+    assert len(secret) >= 20
+    return secret
+
+
+@dataclass
+class CertctlServer:
+    """A running ``certctl serve`` process and what its first start produced."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    data_dir: Path
+    ca: Path
+    stdout: Path
+    stderr: Path
+    config: Path | None
+    client_cert: tuple[Path, Path] | None = None
+    admin_key: str = ""
+    exit_code: int | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Trust the server's CA (and present the start-up client certificate, if any)."""
+        cert, key = self.client_cert or (None, None)
+        return tls_context(self.ca, cert, key)
+
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
+        """An httpx client for this server, bearing ``key`` when given."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(
+            base_url=self.url, verify=self.ssl_context(), headers=headers, timeout=30, **kwargs
+        )
+
+    def logs(self) -> tuple[str, str]:
+        """(stdout, stderr) so far."""
+        return self.stdout.read_text(errors="replace"), self.stderr.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """Stop by PID; idempotent. Returns the exit code."""
+        if self.exit_code is None:
+            self.exit_code = stop_process(self.proc)
+        return self.exit_code
+
+
+class StartServer(Protocol):
+    def __call__(
+        self,
+        *,
+        data_dir: Path | None = None,
+        config: dict[str, Any] | None = None,
+        args: Sequence[str | Path] = (),
+        ca: Path | None = None,
+        client_cert: tuple[Path, Path] | None = None,
+    ) -> CertctlServer: ...
+
+
+def _wait_ready(server: CertctlServer) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    last: object = "no attempt"
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            break
+        if server.ca.is_file():
+            try:
+                with server.client() as client:
+                    response = client.get("/readyz", timeout=2)
+                # The banner on stdout is written just after the listener starts.
+                if response.status_code == 200 and READY_BANNER in server.logs()[0]:
+                    return
+                last = f"HTTP {response.status_code}"
+            except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
+                last = repr(exc)
+        time.sleep(0.1)
+    code = server.stop()
+    out, err = server.logs()
+    pytest.fail(
+        f"certctl serve not ready on {server.url} after {READY_TIMEOUT_S} s "
+        f"(exit {code}, last: {last})\nstdout:\n{out}\nstderr:\n{err[-4000:]}",
+        pytrace=False,
+    )
+
+
+@contextmanager
+def launch(
+    base: Path,
+    *,
+    data_dir: Path | None = None,
+    config: dict[str, Any] | None = None,
+    args: Sequence[str | Path] = (),
+    ca: Path | None = None,
+    client_cert: tuple[Path, Path] | None = None,
+) -> Iterator[CertctlServer]:
+    """Start ``certctl serve`` under ``base``, wait for ``/readyz``, stop it on exit.
+
+    ``ca`` defaults to ``<data-dir>/tls/ca.crt`` (the self-signed mode's CA); ``client_cert``
+    is presented while polling ``/readyz`` (needed with ``tls.client-auth: required``).
+    """
+    base.mkdir(parents=True, exist_ok=True)
+    data_dir = data_dir or base / "data"
+    run_no = len(list(base.glob("serve-*.stdout"))) + 1
+    stdout, stderr = base / f"serve-{run_no}.stdout", base / f"serve-{run_no}.stderr"
+    config_file = None
+    if config is not None:
+        config_file = base / f"certctl-{run_no}.yaml"
+        config_file.write_text(yaml.safe_dump(config))
+    port = free_port()
+    argv = [require("certctl"), "serve", "--data-dir", str(data_dir)]
+    argv += ["--listen", f"127.0.0.1:{port}", *(str(a) for a in args)]
+    if config_file is not None:
+        argv += ["--config", str(config_file)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+    server = CertctlServer(
+        proc=proc,
+        port=port,
+        data_dir=data_dir,
+        ca=ca or data_dir / "tls" / "ca.crt",
+        stdout=stdout,
+        stderr=stderr,
+        config=config_file,
+        client_cert=client_cert,
+    )
+    try:
+        _wait_ready(server)
+        key_file = data_dir / "admin-api-key"
+        if key_file.is_file():
+            server.admin_key = key_file.read_text().strip()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[StartServer]:
+    """Factory: start a server (own data dir unless given); every one is stopped at teardown."""
+    with ExitStack() as stack:
+        count = 0
+
+        def start(**kwargs: Any) -> CertctlServer:
+            nonlocal count
+            count += 1
+            return stack.enter_context(launch(tmp_path / f"server-{count}", **kwargs))
+
+        yield start
+
+
+@pytest.fixture(scope="session")
+def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CertctlServer]:
+    """One server with the defaults (self-signed TLS), shared by the runbook and TLS tests."""
+    with launch(tmp_path_factory.mktemp("default-server")) as server:
+        yield server
+
+
+PRIVATE_KEY_MARKERS = (
+    b"-----BEGIN PRIVATE KEY-----",
+    b"BEGIN EC PRIVATE KEY",
+    b"BEGIN RSA PRIVATE",
+)
+
+
+def key_traces(private_key_pem: str) -> list[bytes]:
+    """What of a private key must never be logged or stored: a PEM body line, the raw scalar."""
+    key = serialization.load_pem_private_key(private_key_pem.encode(), None)
+    # PKCS#8 P-256: the first body line ends with 12 bytes of the private scalar.
+    traces = [private_key_pem.strip().splitlines()[1].encode()]
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        size = (key.curve.key_size + 7) // 8
+        traces.append(key.private_numbers().private_value.to_bytes(size, "big"))
+    return traces
+
+
+def _found(blob: bytes, secrets: Sequence[str | bytes]) -> list[str]:
+    found = []
+    for secret in secrets:
+        raw = secret.encode() if isinstance(secret, str) else secret
+        if raw in blob:
+            found.append(f"{raw[:8]!r}…")
+    return found + [m.decode() for m in PRIVATE_KEY_MARKERS if m in blob]
+
+
+def assert_no_secrets(
+    server: CertctlServer,
+    secrets: Sequence[str | bytes],
+    *,
+    first_start: bool,
+    stored: Sequence[str] = (),
+) -> None:
+    """No secret and no private key block in the logs or in the SQLite files.
+
+    On a first start the admin key is printed once, on its own indented stdout line: intended.
+    ``stored`` are public values that must be found in the database files (the negative twin:
+    the scan does see the data, wherever SQLite keeps it).
+    """
+    out, err = server.logs()
+    if first_start:
+        banner = f"  {server.admin_key}\n"
+        assert out.count(banner) == 1, out
+        out = out.replace(banner, "", 1)
+    for name, blob in (("stdout", out.encode()), ("stderr", err.encode())):
+        assert not _found(blob, secrets), f"{name}: {_found(blob, secrets)}"
+    db_files = sorted(server.data_dir.glob("certctl.db*"))
+    assert db_files, list(server.data_dir.iterdir())
+    everything = b""
+    for path in db_files:
+        blob = path.read_bytes()
+        found = _found(blob, secrets)
+        assert not found, f"{path.name}: {found}"
+        everything += blob
+    for value in stored:
+        assert value.encode() in everything, f"{value[:20]}… not in {db_files}"
+
+
+def certctl_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed offline ``certctl`` CLI and assert it succeeded."""
+    return ok(run("certctl", *args, cwd=cwd))

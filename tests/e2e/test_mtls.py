@@ -1,0 +1,123 @@
+"""Client-certificate authentication: handshake policy and DN-pattern role mappings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import CertctlServer, certctl_cli, launch, run
+
+pytestmark = pytest.mark.e2e
+
+WHOAMI = "/api/v1/auth/whoami"
+
+
+def client_cert(ca: Path, subject: str, out: Path) -> tuple[Path, Path]:
+    certctl_cli("cert", "issue", "--ca", ca, "--subject", subject, "--profile", "client",
+                "--out", out)  # fmt: skip
+    return out / "tls.crt", out / "tls.key"
+
+
+def curl(
+    server: CertctlServer, path: str, cert: tuple[Path, Path] | None = None
+) -> subprocess.CompletedProcess[str]:
+    args: list[str | Path] = ["-sS", "--cacert", server.ca, "-w", "\n%{http_code}", "-D", "-"]
+    if cert is not None:
+        args += ["--cert", cert[0], "--key", cert[1]]
+    return run("curl", *args, server.url + path, timeout=20)
+
+
+def split_response(result: subprocess.CompletedProcess[str]) -> tuple[int, str, str]:
+    """(status, headers, body) from ``curl -D - -w '\\n%{http_code}'``."""
+    assert result.returncode == 0, result.stderr
+    text, _, status = result.stdout.rpartition("\n")
+    headers, _, body = text.partition("\n\n")  # text mode turned CRLF into LF
+    return int(status), headers.lower(), body
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    base = tmp_path_factory.mktemp("mtls-pki")
+    certctl_cli("ca", "create", "--out", base / "client-ca", "--cn", "Client CA")
+    certctl_cli("ca", "create", "--out", base / "rogue-ca", "--cn", "Client CA")
+    return {
+        "ca": (base / "client-ca" / "ca.crt", base / "client-ca" / "ca.key"),
+        "alice": client_cert(base / "client-ca", "CN=alice,OU=ops,O=Example", base / "alice"),
+        "bob": client_cert(base / "client-ca", "CN=bob,OU=dev,O=Example", base / "bob"),
+        "mallory": client_cert(base / "rogue-ca", "CN=mallory,OU=ops,O=Example", base / "mal"),
+    }
+
+
+@pytest.fixture(scope="module")
+def mtls_server(
+    pki: dict[str, tuple[Path, Path]], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CertctlServer]:
+    config = {
+        "tls": {"client-auth": "required", "client-ca": str(pki["ca"][0])},
+        "auth": {
+            "client-cert-mappings": [{"subject": "CN=*,OU=ops,O=Example", "roles": ["r-operator"]}]
+        },
+    }
+    with launch(
+        tmp_path_factory.mktemp("mtls-server"), config=config, client_cert=pki["alice"]
+    ) as server:
+        yield server
+
+
+def test_client_certificate_subject_order(pki: dict[str, tuple[Path, Path]]) -> None:
+    # RFC 4514 order (most specific first) is what the server matches against.
+    out = run(
+        "openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", pki["alice"][0]
+    )
+    assert out.stdout.strip() == "subject=CN=alice,OU=ops,O=Example", out.stdout
+
+
+def test_no_client_certificate_fails_the_handshake(mtls_server: CertctlServer) -> None:
+    result = curl(mtls_server, WHOAMI)
+    assert result.returncode != 0, result.stdout
+    assert "HTTP/" not in result.stdout
+
+
+def test_certificate_from_another_ca_fails_the_handshake(
+    mtls_server: CertctlServer, pki: dict[str, tuple[Path, Path]]
+) -> None:
+    result = curl(mtls_server, WHOAMI, pki["mallory"])
+    assert result.returncode != 0, result.stdout
+    assert "HTTP/" not in result.stdout
+
+
+def test_mapped_subject_gets_the_mapped_roles(
+    mtls_server: CertctlServer, pki: dict[str, tuple[Path, Path]]
+) -> None:
+    status, _, body = split_response(curl(mtls_server, WHOAMI, pki["alice"]))
+    assert status == 200, body
+    whoami = json.loads(body)
+    assert whoami["roles"] == ["r-operator"]
+    assert whoami["auth_method"] == "client_certificate"
+    assert "CN=alice,OU=ops,O=Example" in whoami["actor_id"]
+    assert "metrics.read" in whoami["permissions"]
+    assert "auth.role.create" not in whoami["permissions"]
+
+
+def test_unmapped_subject_is_401(
+    mtls_server: CertctlServer, pki: dict[str, tuple[Path, Path]]
+) -> None:
+    status, headers, body = split_response(curl(mtls_server, WHOAMI, pki["bob"]))
+    assert status == 401, body
+    assert 'www-authenticate: bearer realm="certctl"' in headers
+    assert "content-type: application/problem+json" in headers
+    assert json.loads(body)["status"] == 401
+
+
+def test_api_key_still_works_over_mtls(
+    mtls_server: CertctlServer, pki: dict[str, tuple[Path, Path]]
+) -> None:
+    # A bearer key takes precedence over the (mapped) certificate on the same connection.
+    with mtls_server.client(mtls_server.admin_key) as client:
+        whoami = client.get(WHOAMI).json()
+    assert whoami["actor_id"] == "admin"
+    assert whoami["auth_method"] == "api_key"

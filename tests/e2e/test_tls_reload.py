@@ -1,0 +1,156 @@
+"""Custom TLS certificates are reloaded without dropping keep-alive connections."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import ssl
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.conftest import CertctlServer, StartServer, certctl_cli, peer_certificate
+
+pytestmark = pytest.mark.e2e
+
+RELOAD_DEADLINE_S = 15.0
+
+
+def issue_localhost(ca: Path, out: Path) -> x509.Certificate:
+    certctl_cli("cert", "issue", "--ca", ca, "--cn", "localhost", "--dns", "localhost",
+                "--ip", "127.0.0.1", "--out", out)  # fmt: skip
+    return x509.load_pem_x509_certificate((out / "tls.crt").read_bytes())
+
+
+def replace_pair(cert_dir: Path, cert_pem: bytes, key_pem: bytes) -> None:
+    """Write both files under temporary names, then rename each over the live one."""
+    tmp_crt, tmp_key = cert_dir / ".tls.crt.new", cert_dir / ".tls.key.new"
+    tmp_crt.write_bytes(cert_pem)
+    tmp_key.touch(mode=0o600)
+    tmp_key.write_bytes(key_pem)
+    os.replace(tmp_key, cert_dir / "tls.key")
+    os.replace(tmp_crt, cert_dir / "tls.crt")
+
+
+class KeepAliveClient(threading.Thread):
+    """GET /healthz every 100 ms on one keep-alive connection, counting errors."""
+
+    def __init__(self, server: CertctlServer) -> None:
+        super().__init__(daemon=True)
+        self.conn = http.client.HTTPSConnection(
+            "localhost", server.port, context=server.ssl_context(), timeout=5
+        )
+        self.requests = 0
+        self.errors: list[str] = []
+        self.sockets: set[int] = set()
+        self.serials: set[int] = set()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self.conn.request("GET", "/healthz")
+                response = self.conn.getresponse()
+                body = response.read()
+                if response.status != 200 or body != b"ok":
+                    self.errors.append(f"HTTP {response.status} {body[:80]!r}")
+                sock = self.conn.sock
+                assert sock is not None
+                self.sockets.add(id(sock))
+                assert isinstance(sock, ssl.SSLSocket)
+                der = sock.getpeercert(binary_form=True)
+                assert der is not None
+                self.serials.add(x509.load_der_x509_certificate(der).serial_number)
+                self.requests += 1
+            except Exception as exc:
+                self.errors.append(repr(exc))
+            self._halt.wait(0.1)
+
+    def finish(self) -> None:
+        self._halt.set()
+        self.join(timeout=10)
+        self.conn.close()
+
+
+def wait_for_serial(server: CertctlServer, ca: Path, serial: int) -> float:
+    started = time.monotonic()
+    seen = None
+    while time.monotonic() - started < RELOAD_DEADLINE_S:
+        seen = peer_certificate(server.port, ca).serial_number
+        if seen == serial:
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(f"still serving serial {seen:x}, want {serial:x}")
+
+
+def scrape(server: CertctlServer) -> dict[str, float]:
+    with server.client(server.admin_key) as client:
+        response = client.get("/api/v1/metrics/prometheus")
+    assert response.status_code == 200, response.text
+    return {
+        f"{s.name}{sorted(s.labels.items())}": s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+        if s.name == "certctl_tls_reloads_total"
+    }
+
+
+def test_custom_certificate_reload(start_server: StartServer, tmp_path: Path) -> None:
+    ca = tmp_path / "ca"
+    certctl_cli("ca", "create", "--out", ca, "--cn", "Reload Test CA")
+    cert_dir = tmp_path / "certdir"
+    first = issue_localhost(ca, cert_dir)
+    server = start_server(
+        config={"tls": {"reload-interval": "1s"}},
+        args=["--tls-mode", "custom", "--tls-cert-dir", cert_dir],
+        ca=ca / "ca.crt",
+    )
+    assert peer_certificate(server.port, server.ca).serial_number == first.serial_number
+
+    client = KeepAliveClient(server)
+    client.start()
+    try:
+        time.sleep(0.5)
+        second = issue_localhost(ca, tmp_path / "second")
+        replace_pair(
+            cert_dir,
+            (tmp_path / "second" / "tls.crt").read_bytes(),
+            (tmp_path / "second" / "tls.key").read_bytes(),
+        )
+        wait_for_serial(server, server.ca, second.serial_number)
+        time.sleep(0.5)
+    finally:
+        client.finish()
+    assert client.errors == [], client.errors
+    assert client.requests >= 5
+    # One connection throughout, still on the certificate it was opened with.
+    assert len(client.sockets) == 1
+    assert client.serials == {first.serial_number}
+    _, err = server.logs()
+    assert re.search(rf"TLS certificate reloaded: serial {second.serial_number:x}\b", err), err
+
+    # A broken replacement (key of another certificate) is refused; the last good one stays.
+    third = issue_localhost(ca, tmp_path / "third")
+    replace_pair(
+        cert_dir,
+        (tmp_path / "third" / "tls.crt").read_bytes(),
+        (tmp_path / "second" / "tls.key").read_bytes(),
+    )
+    deadline = time.monotonic() + RELOAD_DEADLINE_S
+    while time.monotonic() < deadline and "tls.key does not match" not in server.logs()[1]:
+        time.sleep(0.2)
+    _, err = server.logs()
+    errors = [ln for ln in err.splitlines() if " ERROR certctl.tls: " in ln]
+    assert any("tls.key does not match tls.crt" in ln for ln in errors), err
+    assert all("PRIVATE KEY" not in ln for ln in errors)
+    served = peer_certificate(server.port, server.ca).serial_number
+    assert served == second.serial_number != third.serial_number
+    reloads = scrape(server)
+    assert reloads.get("certctl_tls_reloads_total[('result', 'error')]", 0) >= 1, reloads
+    assert reloads.get("certctl_tls_reloads_total[('result', 'success')]", 0) >= 1, reloads
+    assert server.proc.poll() is None
