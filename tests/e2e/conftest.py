@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 READY_TIMEOUT_S = 15.0
-READY_BANNER = "certctl is ready."
+READY_BANNER = "Admin API key"
 STOP_TIMEOUT_S = 5.0
 RUN_TIMEOUT_S = 60.0
 VENV_BIN = Path(sys.executable).parent
@@ -200,7 +200,7 @@ def _wait_ready(server: CertctlServer) -> None:
             try:
                 with server.client() as client:
                     response = client.get("/readyz", timeout=2)
-                # The banner on stdout is written just after the listener starts.
+                # The banner on stdout is written before the listener starts.
                 if response.status_code == 200 and READY_BANNER in server.logs()[0]:
                     return
                 last = f"HTTP {response.status_code}"

@@ -266,14 +266,12 @@ async def delete_actor(request: Request, principal: Principal | None) -> Respons
 
 
 async def list_apikeys(request: Request, principal: Principal | None) -> Response:
-    query = ApiKey.__table__.select().order_by(ApiKey.created_at)
     actor = request.query_params.get("actor_id")
     with _services(request).sessions() as session:
         q = session.query(ApiKey).order_by(ApiKey.created_at)
         if actor:
             q = q.filter(ApiKey.actor_id == actor)
         rows = q.all()
-    del query
     return _json({"items": [schemas.apikey_json(r) for r in rows], "next_cursor": None})
 
 

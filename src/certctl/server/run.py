@@ -71,7 +71,7 @@ def _announce(boot: Bootstrapped, config: ServerConfig, scheme: str, ca_path: st
             "\n".join(
                 [
                     "",
-                    "certctl is ready. Admin API key (shown once; also saved 0600 in "
+                    "certctl is starting. Admin API key (shown once; also saved 0600 in "
                     f"{boot.admin_key_file}):",
                     f"  {boot.admin_key}",
                     "",
@@ -80,7 +80,7 @@ def _announce(boot: Bootstrapped, config: ServerConfig, scheme: str, ca_path: st
             + "\n"
         )
     else:
-        out.write(f"certctl is ready. Admin API key: see {boot.admin_key_file}\n")
+        out.write(f"certctl is starting. Admin API key: see {boot.admin_key_file}\n")
     if ca_path:
         out.write(f"CA certificate: {ca_path}\n")
     cacert = f"--cacert {ca_path} " if ca_path else ""
@@ -194,6 +194,9 @@ def serve(config: ServerConfig) -> None:
         servers.append(listener(metrics_app, m_host, m_port, secure=config.metrics.secure))
     reload_s = parse_duration(config.tls.reload_interval).total_seconds()
 
+    # Printed before the listener opens, so whoever sees /readyz succeed can read the key.
+    _announce(boot, config, "https" if tls else "http", ca_path)
+
     async def main() -> None:
         tasks = [
             asyncio.create_task(
@@ -205,9 +208,6 @@ def serve(config: ServerConfig) -> None:
         if mode == "self-signed":
             check = min(3600.0, max(1.0, rotate_before.total_seconds() / 10))
             tasks.append(asyncio.create_task(_periodic(check, renew_self_signed, "TLS renewal")))
-        announce = asyncio.create_task(
-            _announce_when_started(server, boot, config, "https" if tls else "http", ca_path)
-        )
         try:
             runs = [asyncio.create_task(s.serve()) for s in servers]
             await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
@@ -215,17 +215,9 @@ def serve(config: ServerConfig) -> None:
                 other.should_exit = True
             await asyncio.gather(*runs, return_exceptions=True)
         finally:
-            for task in (*tasks, announce):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
     asyncio.run(main())
-
-
-async def _announce_when_started(
-    server: Any, boot: Bootstrapped, config: ServerConfig, scheme: str, ca_path: str | None
-) -> None:
-    while not server.started:
-        await asyncio.sleep(0.02)
-    _announce(boot, config, scheme, ca_path)

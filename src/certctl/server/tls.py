@@ -157,6 +157,7 @@ class ServerTLS:
                 ssl.CERT_REQUIRED if self.client_auth == "required" else ssl.CERT_OPTIONAL
             )
         self._digest = b""
+        self._pending_bad = b""
 
     def _files(self) -> tuple[bytes, bytes]:
         return (self.cert_dir / "tls.crt").read_bytes(), (self.cert_dir / "tls.key").read_bytes()
@@ -191,6 +192,11 @@ class ServerTLS:
             detail = exc.detail if isinstance(exc, CertctlError) else str(exc)
             if not self._digest:
                 raise InvalidRequest(f"{self.cert_dir}: {detail}") from exc
+            if digest != self._pending_bad:
+                # tls.crt and tls.key are often replaced by two renames; a poll between them
+                # sees a mismatched pair. Judge the files again on the next poll first.
+                self._pending_bad = digest
+                return False
             log.error("TLS reload refused, still serving the previous certificate: %s", detail)
             TLS_RELOADS.labels("error").inc()
             self._digest = digest  # do not log the same bad files every poll
