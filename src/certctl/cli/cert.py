@@ -65,11 +65,17 @@ def issue(
     cn: str = typer.Option(None, "--cn", help="Common name (host or user name)."),
     subject: str = typer.Option(None, "--subject", help="Full RFC 4514 subject instead of --cn."),
     dns: list[str] = typer.Option(
-        [], "--dns", help="DNS SAN (repeatable; '*.example.com' allowed)."
+        [], "--dns", metavar="DNS", help="DNS SAN (repeatable; '*.example.com' allowed)."
     ),
-    ip: list[str] = typer.Option([], "--ip", help="IP SAN, IPv4 or IPv6 (repeatable)."),
-    email: list[str] = typer.Option([], "--email", help="E-mail SAN (repeatable)."),
-    uri: list[str] = typer.Option([], "--uri", help="URI SAN, e.g. spiffe://… (repeatable)."),
+    ip: list[str] = typer.Option(
+        [], "--ip", metavar="IP", help="IP SAN, IPv4 or IPv6 (repeatable)."
+    ),
+    email: list[str] = typer.Option(
+        [], "--email", metavar="EMAIL", help="E-mail SAN (repeatable)."
+    ),
+    uri: list[str] = typer.Option(
+        [], "--uri", metavar="URI", help="URI SAN, e.g. spiffe://… (repeatable)."
+    ),
     profile: str = typer.Option("server", "--profile", help="server, client or server+client."),
     validity: str = typer.Option("90D", "--validity", help="Lifetime: 90D, 2160h, 1Y …"),
     key_type: str = typer.Option(

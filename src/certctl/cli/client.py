@@ -111,7 +111,9 @@ def roles_get(role_id: str = typer.Argument(..., help="Role id.")) -> None:
 @roles_app.command("create")
 def roles_create(
     role_id: str = typer.Argument(..., help="Role id, e.g. r-prometheus."),
-    permission: list[str] = typer.Option([], "--permission", "-p", help="Permission (repeatable)."),
+    permission: list[str] = typer.Option(
+        [], "--permission", "-p", metavar="PERMISSION", help="Permission (repeatable)."
+    ),
     name: str = typer.Option("", "--name", help="Display name."),
 ) -> None:
     """Create a custom role."""
@@ -126,7 +128,7 @@ def roles_create(
 def roles_update(
     role_id: str = typer.Argument(..., help="Role id."),
     permission: list[str] = typer.Option(
-        None, "--permission", "-p", help="New permission set (repeatable)."
+        None, "--permission", "-p", metavar="PERMISSION", help="New permission set (repeatable)."
     ),
     name: str = typer.Option(None, "--name", help="New display name."),
 ) -> None:
@@ -164,7 +166,7 @@ def actors_get(actor_id: str = typer.Argument(..., help="Actor id.")) -> None:
 @actors_app.command("create")
 def actors_create(
     actor_id: str = typer.Argument(..., help="Actor id, e.g. prometheus."),
-    role: list[str] = typer.Option([], "--role", "-r", help="Role (repeatable)."),
+    role: list[str] = typer.Option([], "--role", "-r", metavar="ROLE", help="Role (repeatable)."),
     name: str = typer.Option("", "--name", help="Display name."),
 ) -> None:
     """Create an actor."""
@@ -174,7 +176,9 @@ def actors_create(
 @actors_app.command("update")
 def actors_update(
     actor_id: str = typer.Argument(..., help="Actor id."),
-    role: list[str] = typer.Option(None, "--role", "-r", help="New role set (repeatable)."),
+    role: list[str] = typer.Option(
+        None, "--role", "-r", metavar="ROLE", help="New role set (repeatable)."
+    ),
     name: str = typer.Option(None, "--name", help="New display name."),
 ) -> None:
     """Rename an actor or replace its roles."""
@@ -243,8 +247,8 @@ def apikeys_revoke(key_id: str = typer.Argument(..., help="Key id.")) -> None:
 @certs_app.command("issue")
 def certs_issue(
     cn: str = typer.Option("", "--cn", help="Common name."),
-    dns: list[str] = typer.Option([], "--dns", help="DNS SAN (repeatable)."),
-    ip: list[str] = typer.Option([], "--ip", help="IP SAN (repeatable)."),
+    dns: list[str] = typer.Option([], "--dns", metavar="DNS", help="DNS SAN (repeatable)."),
+    ip: list[str] = typer.Option([], "--ip", metavar="IP", help="IP SAN (repeatable)."),
     csr: Path = typer.Option(None, "--csr", help="Sign this CSR instead of generating a key."),
     issuer: str = typer.Option("default", "--issuer", help="Issuer id."),
     profile: str = typer.Option("server", "--profile", help="server, client or server+client."),

@@ -18,7 +18,10 @@ def create(
     ca_dir: Path = typer.Option(..., "--ca", help="CA directory."),
     out: Path = typer.Option(..., "--out", "-o", help="CRL file to write."),
     revoked: list[str] = typer.Option(
-        [], "--revoked", help="Revoked serial, hex (3f:a1… or 0x3fa1) or dec:NNN (repeatable)."
+        [],
+        "--revoked",
+        metavar="REVOKED",
+        help="Revoked serial, hex (3f:a1… or 0x3fa1) or dec:NNN (repeatable).",
     ),
     reason: str = typer.Option(
         None,

@@ -18,10 +18,12 @@ def create(
     out: Path = typer.Option(..., "--out", "-o", help="Directory for tls.csr and tls.key."),
     cn: str = typer.Option(None, "--cn", help="Common name."),
     subject: str = typer.Option(None, "--subject", help="Full RFC 4514 subject instead of --cn."),
-    dns: list[str] = typer.Option([], "--dns", help="DNS SAN (repeatable)."),
-    ip: list[str] = typer.Option([], "--ip", help="IP SAN (repeatable)."),
-    email: list[str] = typer.Option([], "--email", help="E-mail SAN (repeatable)."),
-    uri: list[str] = typer.Option([], "--uri", help="URI SAN (repeatable)."),
+    dns: list[str] = typer.Option([], "--dns", metavar="DNS", help="DNS SAN (repeatable)."),
+    ip: list[str] = typer.Option([], "--ip", metavar="IP", help="IP SAN (repeatable)."),
+    email: list[str] = typer.Option(
+        [], "--email", metavar="EMAIL", help="E-mail SAN (repeatable)."
+    ),
+    uri: list[str] = typer.Option([], "--uri", metavar="URI", help="URI SAN (repeatable)."),
     key_type: str = typer.Option(
         "ec-p256", "--key-type", help="ec-p256, ec-p384, ed25519, rsa-2048|3072|4096."
     ),

@@ -81,16 +81,23 @@ def http_command(
         None, "--ca-key-type", help="Key type of the new CA (default: as --key-type)."
     ),
     node: list[str] = typer.Option(
-        [], "--node", help="Node name: a folder and a certificate each (repeatable)."
+        [],
+        "--node",
+        metavar="NODE",
+        help="Node name: a folder and a certificate each (repeatable).",
     ),
     dns: list[str] = typer.Option(
         [],
         "--dns",
+        metavar="DNS",
         help="DNS name: NODE=NAME for one node, plain NAME for every certificate (repeatable). "
         "A node given no names of its own gets its node name.",
     ),
     ip: list[str] = typer.Option(
-        [], "--ip", help="IP address: NODE=ADDR for one node, plain ADDR for every certificate."
+        [],
+        "--ip",
+        metavar="IP",
+        help="IP address: NODE=ADDR for one node, plain ADDR for every certificate.",
     ),
     shared: bool = typer.Option(
         False, "--shared", help="One certificate holding the names of every node."

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import sys
 
+# Plain (click-style) help: typer's Rich help pulls in markdown-it and half of Rich, which
+# doubled `certctl --help`. Set TYPER_USE_RICH=1 for the coloured version.
+os.environ.setdefault("TYPER_USE_RICH", "0")
+
 import typer
 from typer import _click
 
