@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import multiprocessing as mp
+import os
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +24,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from certctl.pki import CertificateAuthority, KeyType, Profile
+    from certctl.pki.instances import Instance
 
 __all__ = ["app", "leaf_files"]
 
@@ -188,7 +193,6 @@ def _issue_batch(
     ca_password_file: Path | None,
 ) -> None:
     from certctl.files import OutputSet
-    from certctl.pki import generate_private_key
     from certctl.pki.instances import parse_instances
 
     try:
@@ -215,39 +219,21 @@ def _issue_batch(
     # Stored, not deflated: PEM barely compresses, and deflate took a third of the run time.
     archive = zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) if as_zip else None
     warned: set[str] = set()
+    job = _BatchJob(ca, todo, prof, lifetime, kt, now, p12_password, p12_legacy)
     with _progress(len(todo)) as advance:
-        for inst in todo:
-            key = generate_private_key(kt)
-            issued = ca.issue(
-                key.public_key(),
-                _cn_name(inst.common_name),
-                profile=prof,
-                validity=lifetime,
-                now=now,
-                sans=inst.sans,
-            )
-            for message in issued.warnings:
+        for warnings, files in _run_batch(job):
+            for message in warnings:
                 if message not in warned:
                     warned.add(message)
                     warn(message)
-            name = "tls" if p12_password is None else inst.filename
-            for filename, data, secret in leaf_files(
-                ca,
-                issued.certificate,
-                key,
-                p12_password=p12_password,
-                p12_legacy=p12_legacy,
-                name=name,
-            ):
+            for relpath, data, secret in files:
                 if archive is not None:
-                    info = zipfile.ZipInfo(
-                        f"{inst.filename}/{filename}", date_time=now.timetuple()[:6]
-                    )
+                    info = zipfile.ZipInfo(relpath, date_time=now.timetuple()[:6])
                     info.compress_type = zipfile.ZIP_STORED
                     info.external_attr = (0o100600 if secret else 0o100644) << 16
                     archive.writestr(info, data)
                 else:
-                    outputs.add(out / inst.filename / filename, data, secret=secret)
+                    outputs.add(out / relpath, data, secret=secret)
             advance()
     if archive is not None:
         archive.close()
@@ -256,6 +242,83 @@ def _issue_batch(
     outputs.commit()
     what = "zip" if as_zip else "directory"
     typer.echo(f"issued {len(todo)} certificates into {what} {out}")
+
+
+@dataclass(frozen=True)
+class _BatchJob:
+    """Everything a worker needs; inherited through fork(), never pickled (it holds the key)."""
+
+    ca: CertificateAuthority
+    instances: list[Instance]
+    profile: Profile
+    validity: timedelta
+    key_type: KeyType
+    now: datetime
+    p12_password: bytes | None
+    p12_legacy: bool
+
+
+_Result = tuple[tuple[str, ...], list[tuple[str, bytes, bool]]]
+_JOB: _BatchJob | None = None
+# Below this many certificates, forking workers costs more than it saves.
+_PARALLEL_FROM = 200
+_CHUNK = 64
+
+
+def _issue_one(job: _BatchJob, index: int) -> _Result:
+    from certctl.pki import generate_private_key
+
+    inst = job.instances[index]
+    key = generate_private_key(job.key_type)
+    issued = job.ca.issue(
+        key.public_key(),
+        _cn_name(inst.common_name),
+        profile=job.profile,
+        validity=job.validity,
+        now=job.now,
+        sans=inst.sans,
+    )
+    name = "tls" if job.p12_password is None else inst.filename
+    files = [
+        (f"{inst.filename}/{filename}", data, secret)
+        for filename, data, secret in leaf_files(
+            job.ca,
+            issued.certificate,
+            key,
+            p12_password=job.p12_password,
+            p12_legacy=job.p12_legacy,
+            name=name,
+        )
+    ]
+    return issued.warnings, files
+
+
+def _issue_chunk(bounds: tuple[int, int]) -> list[_Result]:
+    assert _JOB is not None  # set by _run_batch before the pool forks
+    return [_issue_one(_JOB, i) for i in range(*bounds)]
+
+
+def _run_batch(job: _BatchJob) -> Iterator[_Result]:
+    """Yield each instance's result in order; large batches use every core.
+
+    Signing is CPU-bound and holds the GIL, so threads would not help; fork()ed workers
+    inherit the loaded CA, so the CA key is never serialised or re-read.
+    """
+    global _JOB
+    total = len(job.instances)
+    workers = min(os.cpu_count() or 1, 8)
+    if total < _PARALLEL_FROM or workers < 2 or "fork" not in mp.get_all_start_methods():
+        for index in range(total):
+            yield _issue_one(job, index)
+        return
+    _JOB = job
+    try:
+        bounds = [(start, min(start + _CHUNK, total)) for start in range(0, total, _CHUNK)]
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+            for chunk in pool.map(_issue_chunk, bounds):
+                yield from chunk
+    finally:
+        _JOB = None
 
 
 def _cn_name(common_name: str) -> x509.Name:
