@@ -1,0 +1,379 @@
+"""API fixtures: the app in-process (Starlette TestClient) on SQLite and on a real PostgreSQL 15.
+
+Every test gets a freshly bootstrapped store (built-in roles, the ``default`` CA, the bootstrap
+``admin`` key, a new key-encryption key) through ``certctl.server.bootstrap.bootstrap``. Migrating
+an empty database costs ~1 s, so it is done once per session and each test starts from the
+migrated, empty schema:
+
+* SQLite: a copy of a migrated template file in the test's own data dir;
+* PostgreSQL: one database in a throwaway cluster, its tables TRUNCATEd before each test
+  (``CREATE DATABASE`` per test cost 0.3-0.9 s; TRUNCATE costs milliseconds).
+
+The services clock is replaced by a frozen, controllable ``FakeClock`` (``api.clock``) so tests
+can move time (API-key expiry, ``last_used_at`` resolution).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from sqlalchemy import func, select, text
+from starlette.testclient import TestClient
+
+from certctl.api.app import create_app
+from certctl.server.bootstrap import bootstrap
+from certctl.server.config import ServerConfig
+from certctl.services.context import Services
+from certctl.store.db import create_store_engine, migrate
+from certctl.store.models import Actor, ApiKey, AuditEvent, CertificateRecord, Issuer, Role
+
+if TYPE_CHECKING:
+    # Starlette's TestClient prefers httpx2 (a dev dependency) over httpx.
+    from httpx2 import Response
+
+PG_BIN = Path(os.environ.get("CERTCTL_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PG_INSTALL = "apt-get install -y postgresql"
+BACKENDS = ("sqlite", "postgresql")
+TABLES = {
+    "certificates": CertificateRecord,
+    "roles": Role,
+    "actors": Actor,
+    "api_keys": ApiKey,
+    "issuers": Issuer,
+    "audit_events": AuditEvent,
+}
+PROBLEM_TYPE = "application/problem+json"
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster on 127.0.0.1:``port``, trust auth for ``postgres``."""
+
+    base: Path
+    port: int
+    _counter: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        """A new empty database; returns its name."""
+        import psycopg
+
+        name = f"certctl_{next(self._counter)}"
+        dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        return name
+
+
+def _as_postgres(args: list[str]) -> list[str]:
+    # initdb and postgres refuse to run as root.
+    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+
+
+def _pg_run(args: list[str], timeout: float = 60) -> None:
+    proc = subprocess.run(
+        _as_postgres(args), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if proc.returncode != 0:
+        pytest.fail(
+            f"{' '.join(args[:2])} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """Start a cluster in a temp dir owned by ``postgres``; stop it (immediate) at the end."""
+    for tool in ("initdb", "pg_ctl", "postgres"):
+        if not (PG_BIN / tool).is_file():
+            pytest.fail(
+                f"PostgreSQL not found in {PG_BIN} ({tool}): install with '{PG_INSTALL}'",
+                pytrace=False,
+            )
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.fail("psycopg missing: install with 'uv sync'", pytrace=False)
+    # Not under pytest's basetemp: its parents are 0700 root, which postgres cannot traverse.
+    base = Path(tempfile.mkdtemp(prefix="certctl-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres", "postgres")
+    data = base / "data"
+    _pg_run([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"])
+    port = 0
+    start = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-t", "30"]
+    for _attempt in range(3):  # a free port may be taken between probing and binding
+        port = _free_port()
+        opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c fsync=off"
+        opts += " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        proc = subprocess.run(
+            _as_postgres([*start, "-o", opts, "start"]),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if proc.returncode == 0:
+            break
+    else:
+        log = (base / "log").read_text(errors="replace") if (base / "log").exists() else ""
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"pg_ctl start failed:\n{proc.stderr}\n{log[-2000:]}", pytrace=False)
+    try:
+        yield PostgresCluster(base, port)
+    finally:
+        subprocess.run(
+            _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_cluster: PostgresCluster) -> str:
+    """One migrated database shared by the session; ``api`` empties it before each test."""
+    url = postgres_cluster.url(postgres_cluster.create_database())
+    engine = create_store_engine(url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    return url
+
+
+def _truncate_all(url: str) -> None:
+    engine = create_store_engine(url)
+    try:
+        with engine.begin() as conn:
+            tables = ", ".join(TABLES)
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty SQLite file; ``api`` copies it into each test's data dir."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "certctl.db"
+    engine = create_store_engine(f"sqlite:///{path}")
+    try:
+        migrate(engine)
+        with engine.connect() as conn:
+            conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+    finally:
+        engine.dispose()
+    return path
+
+
+# --- the app --------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """A frozen UTC clock for ``Services.clock``; ``advance`` moves it."""
+
+    def __init__(self, now: datetime | None = None) -> None:
+        self.now = (now or datetime.now(UTC)).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> datetime:
+        self.now += timedelta(**kwargs)
+        return self.now
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def assert_problem(response: Response, status: int) -> dict[str, Any]:
+    """``response`` is an RFC 9457 problem with ``status``; return its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].split(";")[0] == PROBLEM_TYPE
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"type", "title", "status", "detail"}, body
+    assert body["status"] == status
+    for member in ("type", "title", "detail"):
+        assert isinstance(body[member], str), body
+        assert body[member], body
+    assert "Traceback" not in body["detail"]
+    if status == 401:
+        assert response.headers["www-authenticate"] == 'Bearer realm="certctl"'
+    return body
+
+
+@dataclass
+class Api:
+    """A bootstrapped certctl app behind a TestClient, plus helpers acting as ``admin``."""
+
+    backend: str
+    client: TestClient
+    services: Services
+    admin_key: str
+    clock: FakeClock
+
+    @property
+    def admin(self) -> dict[str, str]:
+        return bearer(self.admin_key)
+
+    def request(self, method: str, path: str, key: str | None = None, **kw: Any) -> Response:
+        headers = dict(kw.pop("headers", {}) or {})
+        if key is not None:
+            headers.update(bearer(key))
+        return self.client.request(method, path, headers=headers, **kw)
+
+    def get(self, path: str, key: str | None = None, **kw: Any) -> Response:
+        return self.request("GET", path, key, **kw)
+
+    def post(self, path: str, key: str | None = None, **kw: Any) -> Response:
+        return self.request("POST", path, key, **kw)
+
+    # Helpers: each asserts success so a broken helper fails where it is used.
+
+    def create_role(self, role_id: str, permissions: list[str], key: str | None = None) -> None:
+        r = self.post(
+            "/api/v1/auth/roles",
+            key or self.admin_key,
+            json={"id": role_id, "name": role_id, "permissions": permissions},
+        )
+        assert r.status_code == 201, r.text
+
+    def create_actor(self, actor_id: str, roles: list[str]) -> None:
+        r = self.post(
+            "/api/v1/auth/actors",
+            self.admin_key,
+            json={"id": actor_id, "name": actor_id, "roles": roles},
+        )
+        assert r.status_code == 201, r.text
+
+    def mint_key(self, actor_id: str, **extra: Any) -> dict[str, Any]:
+        r = self.post(
+            "/api/v1/auth/apikeys",
+            self.admin_key,
+            json={"actor_id": actor_id, "name": f"{actor_id}-key", **extra},
+        )
+        assert r.status_code == 201, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    def actor_key(self, actor_id: str, roles: list[str]) -> str:
+        """Create ``actor_id`` holding ``roles`` and return a fresh API key for it."""
+        self.create_actor(actor_id, roles)
+        value: str = self.mint_key(actor_id)["key_value"]
+        return value
+
+    def key_with_permissions(self, actor_id: str, permissions: list[str]) -> str:
+        """An actor holding exactly ``permissions`` (through a custom role ``p-<actor>``)."""
+        self.create_role(f"p-{actor_id}", permissions)
+        return self.actor_key(actor_id, [f"p-{actor_id}"])
+
+    def issue(self, key: str | None = None, **body: Any) -> dict[str, Any]:
+        body.setdefault("common_name", "svc.example.com")
+        body.setdefault("dns_names", [body["common_name"]])
+        r = self.post("/api/v1/certificates", key or self.admin_key, json=body)
+        assert r.status_code == 201, r.text
+        data: dict[str, Any] = r.json()
+        return data
+
+    def counts(self) -> dict[str, int]:
+        """Row counts of every table."""
+        with self.services.sessions() as session:
+            return {
+                name: session.scalar(select(func.count()).select_from(model)) or 0
+                for name, model in TABLES.items()
+            }
+
+    def audit(self) -> list[dict[str, Any]]:
+        """Every audit event, newest first (read through the API)."""
+        items: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": 500}
+            if cursor:
+                params["cursor"] = cursor
+            r = self.get("/api/v1/audit", self.admin_key, params=params)
+            assert r.status_code == 200, r.text
+            items += r.json()["items"]
+            cursor = r.json()["next_cursor"]
+            if cursor is None:
+                return items
+
+
+@contextmanager
+def _running_app(backend: str, data_dir: Path, database_url: str | None) -> Iterator[Api]:
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings: dict[str, Any] = {"data-dir": str(data_dir), "database-url": database_url}
+    booted = bootstrap(ServerConfig.model_validate(settings))
+    assert booted.admin_key is not None  # a first start on an empty store
+    clock = FakeClock()
+    booted.services.clock = clock
+    app = create_app(booted.services)
+    try:
+        # raise_server_exceptions=False: a 500 shows up as a status to assert on (with the
+        # traceback in the captured log), as a real client would see it.
+        with TestClient(
+            app, base_url="https://testserver", raise_server_exceptions=False
+        ) as client:
+            yield Api(backend, client, booted.services, booted.admin_key, clock)
+    finally:
+        booted.services.engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+    """A freshly bootstrapped app on each backend, for one test."""
+    data_dir = tmp_path / "data"
+    url: str | None = None
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        _truncate_all(url)
+    else:
+        template: Path = request.getfixturevalue("sqlite_template")
+        data_dir.mkdir(mode=0o700)
+        shutil.copyfile(template, data_dir / "certctl.db")
+    with _running_app(request.param, data_dir, url) as app:
+        yield app
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_api(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Api]:
+    """One app per module and backend, for tests that must leave the store unchanged.
+
+    On PostgreSQL it gets a database of its own, so function-scoped ``api`` tests (which
+    TRUNCATE the shared database) cannot disturb it.
+    """
+    data_dir = tmp_path_factory.mktemp("module-api") / "data"
+    url: str | None = None
+    if request.param == "postgresql":
+        cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+        url = cluster.url(cluster.create_database())
+    with _running_app(request.param, data_dir, url) as app:
+        yield app

@@ -1,0 +1,121 @@
+"""/api/v1/audit: mutations and authentication failures are recorded, never a secret."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from tests.api.conftest import Api, assert_problem
+
+AUDIT = "/api/v1/audit"
+
+
+def test_mutations_are_audited(api: Api) -> None:
+    admin = api.admin_key
+    api.create_role("deployer", ["cert.issue"])
+    api.request("PUT", "/api/v1/auth/roles/deployer", admin, json={"name": "D"})
+    api.create_actor("ci", ["deployer"])
+    api.request("PATCH", "/api/v1/auth/actors/ci", admin, json={"name": "CI"})
+    minted = api.mint_key("ci")
+    api.request("DELETE", f"/api/v1/auth/apikeys/{minted['id']}", admin)
+    cert = api.issue()
+    api.post(f"/api/v1/certificates/{cert['id']}/revoke", admin, json={"reason": "superseded"})
+    other = api.issue()
+    renewed = api.post(f"/api/v1/certificates/{other['id']}/renew", admin).json()
+    api.post("/api/v1/issuers", admin, json={"id": "second"})
+    api.request("DELETE", "/api/v1/auth/actors/ci", admin)
+    api.request("DELETE", "/api/v1/auth/roles/deployer", admin)
+
+    events = api.audit()
+    assert all(e["actor"] == "admin" and e["outcome"] == "success" for e in events[:13])
+    actions = [(e["action"], e["target"]) for e in reversed(events)]
+    # Bootstrap: the default issuer and the admin key, by "system".
+    assert actions[0] == ("issuer.create", "default")
+    assert actions[1][0] == "apikey.create"
+    assert events[-1]["actor"] == "system"
+    assert [a for a, _ in actions[2:]] == [
+        "role.create",
+        "role.edit",
+        "actor.create",
+        "actor.edit",
+        "apikey.create",
+        "apikey.revoke",
+        "certificate.issue",
+        "certificate.revoke",
+        "certificate.issue",
+        "certificate.issue",  # the renewal's successor
+        "issuer.create",
+        "actor.delete",
+        "role.delete",
+    ]
+    targets = dict(enumerate(t for _, t in actions))
+    assert targets[2] == "deployer"
+    assert targets[6] == f"{minted['id']} (ci)"
+    assert targets[7] == minted["id"]
+    assert targets[8].startswith(cert["id"])
+    assert cert["serial"] in targets[8]
+    assert targets[9] == cert["id"]
+    assert targets[11].startswith(renewed["id"])
+    assert events[0]["source"] == "testclient"
+    assert events[0]["at"]
+    revoke = next(e for e in events if e["action"] == "certificate.revoke")
+    assert revoke["detail"] == "superseded"
+
+
+def test_auth_failures_are_audited_without_secrets(api: Api) -> None:
+    expiring = api.actor_key("temp", ["r-viewer"])
+    short = api.mint_key("temp", expires_at=(api.clock() + timedelta(minutes=5)).isoformat())
+    revoked = api.mint_key("temp")
+    api.request("DELETE", f"/api/v1/auth/apikeys/{revoked['id']}", api.admin_key)
+    api.clock.advance(minutes=10)
+
+    forged = f"cctl_{api.admin_key.split('_')[1]}_{'B' * 43}"
+    attempts = {
+        "missing": None,
+        "invalid": forged,
+        "expired": short["key_value"],
+        "revoked": revoked["key_value"],
+    }
+    for key in attempts.values():
+        assert_problem(api.get("/api/v1/certificates", key), 401)
+    assert api.get("/api/v1/certificates", expiring).status_code == 200
+
+    events = api.audit()
+    failures = [e for e in events if e["action"] == "auth.failure"]
+    assert [e["outcome"] for e in reversed(failures)] == list(attempts)
+    for event in failures:
+        assert event["actor"] == "anonymous"
+        assert event["target"] == "GET /api/v1/certificates"
+        assert event["source"] == "testclient"
+
+    r = api.get(AUDIT, api.admin_key, params={"limit": 500})
+    secrets = [api.admin_key, expiring, short["key_value"], revoked["key_value"], forged]
+    for value in secrets:
+        assert value.split("_", 2)[2] not in r.text
+    assert "key_value" not in r.text
+
+
+def test_audit_pagination(api: Api) -> None:
+    for i in range(5):
+        api.create_role(f"role-{i}", [])
+    total = len(api.audit())
+    seen: list[int] = []
+    cursor = None
+    while True:
+        params: dict[str, object] = {"limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = api.get(AUDIT, api.admin_key, params=params).json()
+        seen += [e["id"] for e in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == total == 7
+    assert seen == sorted(seen, reverse=True)
+
+
+def test_audit_needs_audit_read(api: Api) -> None:
+    auditor = api.actor_key("aud", ["r-auditor"])
+    assert api.get(AUDIT, auditor).status_code == 200
+    metrics = api.actor_key("prom", ["r-metrics-read"])
+    assert_problem(api.get(AUDIT, metrics), 403)
+    assert_problem(api.get(AUDIT), 401)

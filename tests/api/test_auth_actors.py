@@ -1,0 +1,136 @@
+"""/api/v1/auth/actors and /api/v1/auth/whoami: actor CRUD, role assignment without escalation."""
+
+from __future__ import annotations
+
+from tests.api.conftest import Api, assert_problem
+from tests.api.test_auth_roles import ALL_PERMISSIONS
+
+ACTORS = "/api/v1/auth/actors"
+
+
+def test_whoami_admin(api: Api) -> None:
+    r = api.get("/api/v1/auth/whoami", api.admin_key)
+    assert r.status_code == 200
+    assert r.json() == {
+        "actor_id": "admin",
+        "roles": ["r-admin"],
+        "permissions": sorted(ALL_PERMISSIONS),
+        "auth_method": "api_key",
+    }
+
+
+def test_whoami_needs_authentication_only(api: Api) -> None:
+    key = api.actor_key("nobody", [])
+    r = api.get("/api/v1/auth/whoami", key)
+    assert r.status_code == 200
+    assert r.json()["permissions"] == []
+    assert_problem(api.get("/api/v1/auth/whoami"), 401)
+
+
+def test_actor_crud(api: Api) -> None:
+    r = api.post(ACTORS, api.admin_key, json={"id": "ci-bot", "name": "CI", "roles": ["r-viewer"]})
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert {k: created[k] for k in ("id", "name", "roles")} == {
+        "id": "ci-bot",
+        "name": "CI",
+        "roles": ["r-viewer"],
+    }
+    assert created["created_at"]
+    assert api.get(f"{ACTORS}/ci-bot", api.admin_key).json() == created
+    listed = api.get(ACTORS, api.admin_key).json()
+    assert {a["id"] for a in listed["items"]} == {"admin", "ci-bot"}
+    assert listed["next_cursor"] is None
+
+    assert_problem(api.post(ACTORS, api.admin_key, json={"id": "ci-bot"}), 409)
+
+    r = api.request("PATCH", f"{ACTORS}/ci-bot", api.admin_key, json={"name": "CI bot"})
+    assert r.status_code == 200
+    assert r.json()["name"] == "CI bot"
+    assert r.json()["roles"] == ["r-viewer"]
+    r = api.request(
+        "PATCH",
+        f"{ACTORS}/ci-bot",
+        api.admin_key,
+        json={"roles": ["r-operator", "r-auditor", "r-operator"]},
+    )
+    assert r.status_code == 200
+    assert r.json()["roles"] == ["r-auditor", "r-operator"]
+
+    key = api.mint_key("ci-bot")["key_value"]
+    assert api.get("/api/v1/auth/whoami", key).json()["roles"] == ["r-auditor", "r-operator"]
+
+    assert api.request("DELETE", f"{ACTORS}/ci-bot", api.admin_key).status_code == 204
+    assert_problem(api.get(f"{ACTORS}/ci-bot", api.admin_key), 404)
+    # Deleting an actor removes its keys: the key fails with 401 on its next use.
+    assert_problem(api.get("/api/v1/auth/whoami", key), 401)
+    assert_problem(api.request("DELETE", f"{ACTORS}/ci-bot", api.admin_key), 404)
+    assert_problem(api.request("PATCH", f"{ACTORS}/ci-bot", api.admin_key, json={}), 404)
+
+
+def test_actor_create_refuses_unknown_role_and_bad_id(api: Api) -> None:
+    before = api.counts()
+    r = api.post(ACTORS, api.admin_key, json={"id": "x", "roles": ["r-nope"]})
+    assert "r-nope" in assert_problem(r, 400)["detail"]
+    r = api.post(ACTORS, api.admin_key, json={"id": "-x", "roles": []})
+    assert "actor id" in assert_problem(r, 400)["detail"]
+    r = api.request("PATCH", f"{ACTORS}/admin", api.admin_key, json={"roles": ["r-nope"]})
+    assert_problem(r, 400)
+    assert api.counts() == before
+
+
+def test_cannot_delete_yourself(api: Api) -> None:
+    assert_problem(api.request("DELETE", f"{ACTORS}/admin", api.admin_key), 409)
+    assert api.get("/api/v1/auth/whoami", api.admin_key).status_code == 200
+
+
+def test_assigning_roles_needs_role_assign(api: Api) -> None:
+    key = api.key_with_permissions(
+        "hr", ["auth.actor.create", "auth.actor.edit", "auth.actor.read", "cert.read"]
+    )
+    assert api.post(ACTORS, key, json={"id": "plain"}).status_code == 201
+    r = api.post(ACTORS, key, json={"id": "withrole", "roles": ["p-hr"]})
+    assert "auth.role.assign" in assert_problem(r, 403)["detail"]
+    r = api.request("PATCH", f"{ACTORS}/plain", key, json={"roles": ["r-auditor"]})
+    assert_problem(r, 403)
+    # Renaming needs only auth.actor.edit.
+    assert api.request("PATCH", f"{ACTORS}/plain", key, json={"name": "P"}).status_code == 200
+
+
+def test_no_escalation_assigning_roles(api: Api) -> None:
+    key = api.key_with_permissions(
+        "lead",
+        [
+            "auth.actor.create",
+            "auth.actor.edit",
+            "auth.actor.delete",
+            "auth.role.assign",
+            "cert.read",
+            "cert.issue",
+        ],
+    )
+    api.create_role("issuer-role", ["cert.issue", "cert.read"])
+    before = api.counts()
+    r = api.post(ACTORS, key, json={"id": "boss", "roles": ["r-admin"]})
+    assert "auth.role.create" in assert_problem(r, 403)["detail"]
+    # Cannot raise anyone (itself included) to roles it does not fully hold.
+    r = api.request("PATCH", f"{ACTORS}/lead", key, json={"roles": ["r-operator"]})
+    assert_problem(r, 403)
+    # Cannot strip or rewrite the roles of a more powerful actor either.
+    r = api.request("PATCH", f"{ACTORS}/admin", key, json={"roles": []})
+    assert_problem(r, 403)
+    assert_problem(api.request("DELETE", f"{ACTORS}/admin", key), 403)
+    assert api.counts() == before
+    assert api.get(f"{ACTORS}/admin", api.admin_key).json()["roles"] == ["r-admin"]
+
+    r = api.post(ACTORS, key, json={"id": "dev", "roles": ["issuer-role"]})
+    assert r.status_code == 201, r.text
+    assert api.request("DELETE", f"{ACTORS}/dev", key).status_code == 204
+
+
+def test_viewer_cannot_write_actors(api: Api) -> None:
+    key = api.actor_key("viewer", ["r-viewer"])
+    assert api.get(ACTORS, key).status_code == 200
+    assert_problem(api.post(ACTORS, key, json={"id": "x"}), 403)
+    assert_problem(api.request("PATCH", f"{ACTORS}/admin", key, json={"name": "x"}), 403)
+    assert_problem(api.request("DELETE", f"{ACTORS}/admin", key), 403)

@@ -1,0 +1,221 @@
+"""/api/v1/auth/apikeys: minting (key shown once), listing, expiry, revocation, last use."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from tests.api.conftest import Api, assert_problem
+
+KEYS = "/api/v1/auth/apikeys"
+WHOAMI = "/api/v1/auth/whoami"
+KEY_FORMAT = re.compile(r"^cctl_(?P<id>[A-Za-z0-9]+)_(?P<secret>[A-Za-z0-9_-]+)$")
+
+
+def _iso(dt: datetime) -> str:
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+def _parse(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def test_mint_shows_key_once(api: Api) -> None:
+    api.create_actor("bot", ["r-viewer"])
+    expires = api.clock() + timedelta(days=30)
+    r = api.post(
+        KEYS, api.admin_key, json={"actor_id": "bot", "name": "ci", "expires_at": _iso(expires)}
+    )
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert set(body) == {"id", "actor_id", "name", "key_value", "created_at", "expires_at"}
+    assert (body["actor_id"], body["name"]) == ("bot", "ci")
+    assert _parse(body["expires_at"]) == expires
+    assert _parse(body["created_at"]) == api.clock()
+    match = KEY_FORMAT.match(body["key_value"])
+    assert match, body["key_value"]
+    assert match["id"] == body["id"]
+    secret = match["secret"]
+
+    assert api.get(WHOAMI, body["key_value"]).json()["actor_id"] == "bot"
+
+    listing = api.get(KEYS, api.admin_key)
+    assert listing.status_code == 200
+    assert body["key_value"] not in listing.text
+    assert secret not in listing.text
+    items = {item["id"]: item for item in listing.json()["items"]}
+    assert set(items) == {body["id"], api.admin_key.split("_")[1]}
+    listed = items[body["id"]]
+    assert set(listed) == {
+        "id",
+        "actor_id",
+        "name",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+    }
+    assert listed["revoked_at"] is None
+
+    single = api.get(f"{KEYS}/{body['id']}", api.admin_key)
+    assert single.status_code == 200
+    assert single.json() == listed
+    assert secret not in single.text
+
+    filtered = api.get(KEYS, api.admin_key, params={"actor_id": "bot"}).json()["items"]
+    assert [i["id"] for i in filtered] == [body["id"]]
+    assert_problem(api.get(f"{KEYS}/nope", api.admin_key), 404)
+
+
+@pytest.mark.parametrize(
+    "expires_at",
+    [
+        "past",
+        "now",
+        "2020-01-01T00:00:00Z",
+        "2099-01-01T00:00:00",  # naive: no time zone
+        "next tuesday",
+    ],
+)
+def test_mint_refuses_bad_expiry(api: Api, expires_at: str) -> None:
+    if expires_at == "past":
+        expires_at = _iso(api.clock() - timedelta(seconds=1))
+    elif expires_at == "now":
+        expires_at = _iso(api.clock())
+    before = api.counts()
+    r = api.post(KEYS, api.admin_key, json={"actor_id": "admin", "expires_at": expires_at})
+    assert "expires_at" in assert_problem(r, 400)["detail"]
+    assert api.counts() == before
+
+
+def test_mint_for_unknown_actor_is_404(api: Api) -> None:
+    before = api.counts()
+    assert_problem(api.post(KEYS, api.admin_key, json={"actor_id": "ghost"}), 404)
+    assert api.counts() == before
+
+
+def test_expired_key_is_401(api: Api) -> None:
+    api.create_actor("bot", ["r-viewer"])
+    key = api.mint_key("bot", expires_at=_iso(api.clock() + timedelta(hours=1)))["key_value"]
+    assert api.get(WHOAMI, key).status_code == 200
+    api.clock.advance(minutes=59, seconds=59)
+    assert api.get(WHOAMI, key).status_code == 200
+    api.clock.advance(seconds=1)
+    assert "expired" in assert_problem(api.get(WHOAMI, key), 401)["detail"]
+    assert api.audit()[0]["outcome"] == "expired"
+
+
+def test_revoked_key_is_401_on_next_request(api: Api) -> None:
+    key = api.actor_key("bot", ["r-viewer"])
+    key_id = key.split("_")[1]
+    assert api.get(WHOAMI, key).status_code == 200
+    r = api.request("DELETE", f"{KEYS}/{key_id}", api.admin_key)
+    assert r.status_code == 200, r.text
+    assert _parse(r.json()["revoked_at"]) == api.clock()
+    assert "key_value" not in r.json()
+    assert "revoked" in assert_problem(api.get(WHOAMI, key), 401)["detail"]
+    assert api.get(f"{KEYS}/{key_id}", api.admin_key).json()["revoked_at"] is not None
+    # Revoking again is harmless and keeps the first revocation time.
+    api.clock.advance(hours=1)
+    again = api.request("DELETE", f"{KEYS}/{key_id}", api.admin_key)
+    assert again.status_code == 200
+    assert again.json()["revoked_at"] == r.json()["revoked_at"]
+    assert_problem(api.request("DELETE", f"{KEYS}/nope", api.admin_key), 404)
+
+
+def test_key_can_revoke_itself(api: Api) -> None:
+    key = api.key_with_permissions("self", ["auth.apikey.revoke", "auth.apikey.read"])
+    r = api.request("DELETE", f"{KEYS}/{key.split('_')[1]}", key)
+    assert r.status_code == 200
+    assert_problem(api.get(f"{KEYS}/{key.split('_')[1]}", key), 401)
+
+
+def test_last_used_at_written_at_most_once_a_minute(api: Api) -> None:
+    key = api.actor_key("bot", ["r-viewer"])
+    key_id = key.split("_")[1]
+
+    def last_used() -> datetime | None:
+        value = api.get(f"{KEYS}/{key_id}", api.admin_key).json()["last_used_at"]
+        return _parse(value) if value else None
+
+    assert last_used() is None
+    first = api.clock()
+    assert api.get(WHOAMI, key).status_code == 200
+    assert last_used() == first
+    api.clock.advance(seconds=59)
+    assert api.get(WHOAMI, key).status_code == 200
+    assert last_used() == first  # not rewritten within a minute
+    api.clock.advance(seconds=1)
+    assert api.get(WHOAMI, key).status_code == 200
+    assert last_used() == first + timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "Bearer",
+        "Bearer ",
+        "Basic YWRtaW46YWRtaW4=",
+        "Bearer not-a-key",
+        "Bearer cctl_deadbeef_secret",
+        "Bearer cctl_",
+    ],
+)
+def test_bad_credentials_are_401(api: Api, header: str | None) -> None:
+    headers = {"Authorization": header} if header is not None else {}
+    before = api.counts()
+    assert_problem(api.get(WHOAMI, headers=headers), 401)
+    after = api.counts()
+    assert after.pop("audit_events") == before.pop("audit_events") + 1
+    assert after == before
+    event = api.audit()[0]
+    assert event["action"] == "auth.failure"
+    assert event["actor"] == "anonymous"
+    assert event["outcome"] in {"missing", "invalid"}
+
+
+def test_wrong_secret_for_existing_key_id_is_401(api: Api) -> None:
+    key_id = api.admin_key.split("_")[1]
+    forged = f"cctl_{key_id}_{'A' * 43}"
+    assert_problem(api.get(WHOAMI, forged), 401)
+    assert_problem(api.get(WHOAMI, api.admin_key + "x"), 401)
+
+
+def test_no_escalation_minting_keys(api: Api) -> None:
+    key = api.key_with_permissions(
+        "limited", ["auth.role.create", "auth.apikey.create", "auth.role.read"]
+    )
+    before = api.counts()
+    r = api.post(KEYS, key, json={"actor_id": "admin", "name": "stolen"})
+    assert_problem(r, 403)
+    assert "key_value" not in r.text
+    assert api.counts() == before
+    # An actor whose permissions it holds (itself included) is fine.
+    own = api.post(KEYS, key, json={"actor_id": "limited"})
+    assert own.status_code == 201, own.text
+    api.create_actor("weaker", [])
+    assert api.post(KEYS, key, json={"actor_id": "weaker"}).status_code == 201
+
+
+def test_revoking_a_stronger_actors_key_is_403(api: Api) -> None:
+    key = api.key_with_permissions("revoker", ["auth.apikey.revoke", "auth.apikey.read"])
+    admin_key_id = api.admin_key.split("_")[1]
+    assert_problem(api.request("DELETE", f"{KEYS}/{admin_key_id}", key), 403)
+    assert api.get(WHOAMI, api.admin_key).status_code == 200
+
+
+def test_viewer_cannot_mint_keys(api: Api) -> None:
+    key = api.actor_key("viewer", ["r-viewer"])
+    assert api.get(KEYS, key).status_code == 200
+    assert_problem(api.post(KEYS, key, json={"actor_id": "viewer"}), 403)
+
+
+def test_expiry_in_other_time_zone(api: Api) -> None:
+    expires = api.clock().astimezone(UTC) + timedelta(days=1)
+    value = expires.astimezone(timezone(timedelta(hours=2))).isoformat()
+    r = api.post(KEYS, api.admin_key, json={"actor_id": "admin", "expires_at": value})
+    assert r.status_code == 201, r.text
+    assert _parse(r.json()["expires_at"]) == expires

@@ -1,0 +1,409 @@
+"""Refused input across every route group: a 4xx problem+json, never a 500, and no change.
+
+Each case runs on both backends against one app per module (``module_api``); before and after
+each request the row counts of every table are compared. The requests are authenticated as
+``admin``, so ``audit_events`` must not grow either: refused calls are not audited (their
+transaction rolls back) and only *authentication* failures add an audit event, which
+``test_auth_failure_adds_exactly_one_audit_event`` pins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from certctl.pki import KeyType, SubjectAltNames, common_name_dn, create_csr, generate_private_key
+from tests.api.conftest import Api, assert_problem
+
+JSON = {"content-type": "application/json"}
+BROKEN_CSR = "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+CERTS = "/api/v1/certificates"
+ROLES = "/api/v1/auth/roles"
+
+
+def _csr_pem(cn: str = "csr.example.com") -> str:
+    key = generate_private_key(KeyType.EC_P256)
+    csr = create_csr(key, common_name_dn(cn), SubjectAltNames.parse(dns=[cn]))
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _tampered_csr_pem() -> str:
+    # Same length, different subject: still parses, but the self-signature no longer matches.
+    der = x509.load_pem_x509_csr(_csr_pem("csr.example.com").encode()).public_bytes(
+        serialization.Encoding.DER
+    )
+    assert der.count(b"csr.example.com") == 2  # CN and DNS SAN
+    forged = x509.load_der_x509_csr(der.replace(b"csr.example.com", b"evil.example.co"))
+    return forged.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _rsa1024_csr_pem() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(common_name_dn("weak.example.com"))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@dataclass(frozen=True)
+class Case:
+    """One refused request: ``kwargs`` may be a callable of the module's Api."""
+
+    id: str
+    method: str
+    path: str
+    status: int
+    fragment: str = ""
+    kwargs: dict[str, Any] | Callable[[Api], dict[str, Any]] = field(default_factory=dict)
+
+
+def _issue(**body: Any) -> dict[str, Any]:
+    return {"json": {"common_name": "ok.example.com", **body}}
+
+
+CASES = [
+    # --- JSON and transport -------------------------------------------------------------
+    Case(
+        "malformed-json",
+        "POST",
+        ROLES,
+        400,
+        "not valid JSON",
+        {"content": b'{"id": "x",', "headers": JSON},
+    ),
+    Case("empty-body", "POST", ROLES, 400, "not valid JSON", {"content": b"", "headers": JSON}),
+    Case(
+        "not-utf8",
+        "POST",
+        ROLES,
+        400,
+        "not valid JSON",
+        {"content": b'{"id": "\xff"}', "headers": JSON},
+    ),
+    Case("json-array", "POST", ROLES, 400, "body", {"json": [{"id": "x"}]}),
+    Case("json-null", "POST", ROLES, 400, "", {"content": b"null", "headers": JSON}),
+    Case(
+        "deeply-nested",
+        "POST",
+        ROLES,
+        400,
+        "nested too deeply",
+        {"content": b"[" * 200_000, "headers": JSON},
+    ),
+    Case(
+        "huge-integer",
+        "POST",
+        "/api/v1/issuers",
+        400,
+        "",
+        {"content": b'{"id": "x", "path_length": ' + b"9" * 5000 + b"}", "headers": JSON},
+    ),
+    Case(
+        "nan",
+        "POST",
+        "/api/v1/issuers",
+        400,
+        "path_length",
+        {"content": b'{"id": "x", "path_length": NaN}', "headers": JSON},
+    ),
+    Case(
+        "nul-in-json",
+        "POST",
+        "/api/v1/auth/actors",
+        400,
+        "NUL",
+        {"json": {"id": "x", "name": "a\x00b"}},
+    ),
+    Case(
+        "nul-in-json-key",
+        "POST",
+        "/api/v1/auth/actors",
+        400,
+        "NUL",
+        {"json": {"id": "x", "name\x00": "a"}},
+    ),
+    Case("nul-in-path", "GET", "/api/v1/auth/roles/a%00b", 400, "NUL"),
+    Case("nul-in-query", "GET", CERTS, 400, "NUL", {"params": {"q": "a\x00b"}}),
+    Case(
+        "body-over-1mib",
+        "POST",
+        ROLES,
+        413,
+        "1048576",
+        {"content": b"x" * (1024 * 1024 + 1), "headers": JSON},
+    ),
+    Case(
+        "chunked-body-over-1mib",
+        "POST",
+        ROLES,
+        413,
+        "1048576",
+        {"content": lambda: iter([b"x" * 600_000, b"x" * 600_000]), "headers": JSON},
+    ),
+    Case(
+        "wrong-content-type",
+        "POST",
+        ROLES,
+        415,
+        "application/json",
+        {"content": b'{"id": "x"}', "headers": {"content-type": "text/plain"}},
+    ),
+    Case("no-content-type", "POST", ROLES, 415, "application/json", {"content": b'{"id": "x"}'}),
+    Case("form-encoded", "POST", CERTS, 415, "application/json", {"data": {"common_name": "x"}}),
+    # --- unknown fields and wrong types ----------------------------------------------------
+    Case(
+        "unknown-field-role",
+        "POST",
+        ROLES,
+        400,
+        "admin",
+        {"json": {"id": "x", "permissions": [], "admin": True}},
+    ),
+    Case("unknown-field-cert", "POST", CERTS, 400, "private_key", _issue(private_key="x")),
+    Case(
+        "unknown-field-apikey",
+        "POST",
+        "/api/v1/auth/apikeys",
+        400,
+        "key_value",
+        {"json": {"actor_id": "admin", "key_value": "cctl_x"}},
+    ),
+    Case("wrong-type", "POST", CERTS, 400, "dns_names", _issue(dns_names="a.example.com")),
+    Case("cn-too-long", "POST", CERTS, 400, "common_name", _issue(common_name="a" * 65)),
+    # --- CSRs ------------------------------------------------------------------------------
+    Case(
+        "invalid-csr",
+        "POST",
+        CERTS,
+        400,
+        "certificate signing request",
+        {"json": {"csr": BROKEN_CSR}},
+    ),
+    Case(
+        "csr-garbage", "POST", CERTS, 400, "certificate signing request", {"json": {"csr": "hello"}}
+    ),
+    Case(
+        "tampered-csr",
+        "POST",
+        CERTS,
+        400,
+        "signature",
+        lambda api: {"json": {"csr": _tampered_csr_pem()}},
+    ),
+    Case(
+        "rsa1024-csr", "POST", CERTS, 400, "1024", lambda api: {"json": {"csr": _rsa1024_csr_pem()}}
+    ),
+    Case(
+        "csr-unknown-issuer",
+        "POST",
+        CERTS,
+        404,
+        "nope",
+        lambda api: {"json": {"issuer": "nope", "csr": _csr_pem()}},
+    ),
+    # --- issuance parameters ---------------------------------------------------------------
+    Case("unknown-issuer", "POST", CERTS, 404, "nope", _issue(issuer="nope")),
+    Case("validity-90X", "POST", CERTS, 400, "90X", _issue(validity="90X")),
+    Case("validity-zero", "POST", CERTS, 400, "0D", _issue(validity="0D")),
+    Case("validity-negative", "POST", CERTS, 400, "-5D", _issue(validity="-5D")),
+    Case("validity-huge", "POST", CERTS, 400, "99999999999Y", _issue(validity="99999999999Y")),
+    Case(
+        "bad-dns", "POST", CERTS, 400, "-bad-.example.com", _issue(dns_names=["-bad-.example.com"])
+    ),
+    Case("bad-dns-wildcard", "POST", CERTS, 400, "*.com", _issue(dns_names=["*.com"])),
+    Case("bad-dns-empty", "POST", CERTS, 400, "empty", _issue(dns_names=[""])),
+    Case("bad-ip", "POST", CERTS, 400, "999.1.1.1", _issue(ip_addresses=["999.1.1.1"])),
+    Case("bad-ip-cidr", "POST", CERTS, 400, "10.0.0.0/8", _issue(ip_addresses=["10.0.0.0/8"])),
+    Case("bad-ip-zone", "POST", CERTS, 400, "zone", _issue(ip_addresses=["fe80::1%eth0"])),
+    Case("unknown-profile", "POST", CERTS, 400, "profile", _issue(profile="codesign")),
+    Case("ca-profile", "POST", CERTS, 400, "profile", _issue(profile="intermediate")),
+    Case("weak-key-type", "POST", CERTS, 400, "rsa-1024", _issue(key_type="rsa-1024")),
+    Case("unknown-key-type", "POST", CERTS, 400, "dsa-9", _issue(key_type="dsa-9")),
+    Case("nothing-to-name", "POST", CERTS, 400, "common_name", {"json": {"issuer": "default"}}),
+    # --- listing ---------------------------------------------------------------------------
+    Case("cursor-garbage", "GET", CERTS, 400, "cursor", {"params": {"cursor": "zzz"}}),
+    Case("cursor-not-hex", "GET", CERTS, 400, "cursor", {"params": {"cursor": "g" * 24}}),
+    Case("cursor-sql", "GET", CERTS, 400, "cursor", {"params": {"cursor": "' OR 1=1 --"}}),
+    Case("limit-zero", "GET", CERTS, 400, "limit", {"params": {"limit": "0"}}),
+    Case("limit-too-big", "GET", CERTS, 400, "limit", {"params": {"limit": "501"}}),
+    Case("limit-negative", "GET", CERTS, 400, "limit", {"params": {"limit": "-1"}}),
+    Case("limit-word", "GET", CERTS, 400, "limit", {"params": {"limit": "ten"}}),
+    Case("limit-superscript", "GET", CERTS, 400, "limit", {"params": {"limit": "\u00b2"}}),
+    Case("limit-5000-digits", "GET", CERTS, 400, "limit", {"params": {"limit": "9" * 5000}}),
+    Case("unknown-status", "GET", CERTS, 400, "sleeping", {"params": {"status": "sleeping"}}),
+    Case("bad-expiring-within", "GET", CERTS, 400, "soon", {"params": {"expiring_within": "soon"}}),
+    Case("unknown-query-param", "GET", CERTS, 400, "sort", {"params": {"sort": "id"}}),
+    Case("audit-cursor-word", "GET", "/api/v1/audit", 400, "cursor", {"params": {"cursor": "abc"}}),
+    Case(
+        "audit-cursor-overflow",
+        "GET",
+        "/api/v1/audit",
+        400,
+        "cursor",
+        {"params": {"cursor": "9" * 30}},
+    ),
+    Case(
+        "audit-cursor-superscript",
+        "GET",
+        "/api/v1/audit",
+        400,
+        "cursor",
+        {"params": {"cursor": "\u00b2"}},
+    ),
+    Case("audit-limit", "GET", "/api/v1/audit", 400, "limit", {"params": {"limit": "1000"}}),
+    # --- certificates by id ----------------------------------------------------------------
+    Case("unknown-certificate", "GET", f"{CERTS}/{'0' * 24}", 404, "not found"),
+    Case(
+        "revoke-unknown-reason",
+        "POST",
+        "{cert}/revoke",
+        400,
+        "because",
+        {"json": {"reason": "because"}},
+    ),
+    Case("revoke-unknown-field", "POST", "{cert}/revoke", 400, "when", {"json": {"when": "now"}}),
+    Case("renew-bad-validity", "POST", "{cert}/renew", 400, "90X", {"json": {"validity": "90X"}}),
+    Case("renew-unknown", "POST", f"{CERTS}/{'0' * 24}/renew", 404, "not found"),
+    # --- RBAC ------------------------------------------------------------------------------
+    Case(
+        "unknown-permission",
+        "POST",
+        ROLES,
+        400,
+        "cert.everything",
+        {"json": {"id": "x", "permissions": ["cert.read", "cert.everything"]}},
+    ),
+    Case("bad-role-id", "POST", ROLES, 400, "role id", {"json": {"id": "Has Space"}}),
+    Case("role-exists", "POST", ROLES, 409, "already exists", {"json": {"id": "r-admin"}}),
+    Case(
+        "unknown-role-for-actor",
+        "POST",
+        "/api/v1/auth/actors",
+        400,
+        "r-ghost",
+        {"json": {"id": "x", "roles": ["r-ghost"]}},
+    ),
+    Case(
+        "apikey-expiry-garbage",
+        "POST",
+        "/api/v1/auth/apikeys",
+        400,
+        "expires_at",
+        {"json": {"actor_id": "admin", "expires_at": "tomorrow"}},
+    ),
+    Case(
+        "apikey-unknown-actor",
+        "POST",
+        "/api/v1/auth/apikeys",
+        404,
+        "ghost",
+        {"json": {"actor_id": "ghost"}},
+    ),
+    # --- issuers ---------------------------------------------------------------------------
+    Case(
+        "issuer-bad-subject",
+        "POST",
+        "/api/v1/issuers",
+        400,
+        "FOO=bar",
+        {"json": {"id": "x", "subject": "FOO=bar"}},
+    ),
+    Case(
+        "issuer-nul-escape-subject",
+        "POST",
+        "/api/v1/issuers",
+        400,
+        "control",
+        {"json": {"id": "x", "subject": "CN=a\\00b"}},
+    ),
+    Case(
+        "issuer-unknown-parent",
+        "POST",
+        "/api/v1/issuers",
+        404,
+        "nope",
+        {"json": {"id": "x", "parent": "nope"}},
+    ),
+    Case(
+        "issuer-half-import",
+        "POST",
+        "/api/v1/issuers",
+        400,
+        "private_key_pem",
+        {"json": {"id": "x", "certificate_pem": "-----BEGIN CERTIFICATE-----\n"}},
+    ),
+    Case(
+        "issuer-path-length",
+        "POST",
+        "/api/v1/issuers",
+        400,
+        "path_length",
+        {"json": {"id": "x", "path_length": -1}},
+    ),
+    Case("unknown-issuer-crl", "GET", "/api/v1/issuers/nope/crl", 404, "nope"),
+    Case("unknown-issuer-ca", "GET", "/api/v1/issuers/nope/ca.pem", 404, "nope"),
+    # --- routing ---------------------------------------------------------------------------
+    Case("unknown-route", "GET", "/api/v1/nothing-here", 404, ""),
+    Case("unknown-root-route", "GET", "/wp-login.php", 404, ""),
+    Case("method-not-allowed", "PUT", CERTS, 405, "", {"json": {}}),
+]
+
+
+def _kwargs(case: Case, api: Api) -> dict[str, Any]:
+    kwargs = case.kwargs(api) if callable(case.kwargs) else dict(case.kwargs)
+    if callable(kwargs.get("content")):
+        kwargs["content"] = kwargs["content"]()  # a fresh generator each time
+    return kwargs
+
+
+@pytest.fixture(scope="module")
+def certificate_id(module_api: Api) -> str:
+    return str(module_api.issue(common_name="target.example.com")["id"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_refused_without_change(module_api: Api, certificate_id: str, case: Case) -> None:
+    api = module_api
+    path = case.path.replace("{cert}", f"{CERTS}/{certificate_id}")
+    kwargs = _kwargs(case, api)
+    before = api.counts()
+    r = api.request(case.method, path, api.admin_key, **kwargs)
+    body = assert_problem(r, case.status)
+    assert case.fragment in body["detail"]
+    assert api.admin_key.split("_")[2] not in r.text
+    assert api.counts() == before
+
+
+def test_refused_requests_leave_certificate_untouched(module_api: Api, certificate_id: str) -> None:
+    got = module_api.get(f"{CERTS}/{certificate_id}", module_api.admin_key)
+    assert got.status_code == 200
+    assert got.json()["status"] == "active"
+    assert got.json()["renewed_from"] is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Token abc"}],
+    ids=["missing", "malformed-key", "wrong-scheme"],
+)
+def test_auth_failure_adds_exactly_one_audit_event(
+    module_api: Api, headers: dict[str, str]
+) -> None:
+    api = module_api
+    before = api.counts()
+    r = api.request("POST", ROLES, json={"id": "x", "permissions": []}, headers=headers)
+    assert_problem(r, 401)
+    after = api.counts()
+    assert after.pop("audit_events") == before.pop("audit_events") + 1
+    assert after == before
+    event = api.audit()[0]
+    assert (event["action"], event["actor"]) == ("auth.failure", "anonymous")
+    assert event["target"] == "POST /api/v1/auth/roles"

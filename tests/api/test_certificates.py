@@ -1,0 +1,337 @@
+"""/api/v1/certificates and the issuer CRL: issue, list, get, revoke, renew."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from certctl.pki import KeyType, SubjectAltNames, common_name_dn, create_csr, generate_private_key
+from tests.api.conftest import Api, assert_problem
+
+CERTS = "/api/v1/certificates"
+ISSUE_FIELDS = {
+    "id",
+    "serial",
+    "status",
+    "not_before",
+    "not_after",
+    "certificate_pem",
+    "chain_pem",
+    "warnings",
+}
+
+
+def _cert(pem: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem.encode())
+
+
+def _ca(api: Api) -> x509.Certificate:
+    return _cert(api.get("/api/v1/issuers/default/ca.pem").text)
+
+
+def _ca_key(ca: x509.Certificate) -> ec.EllipticCurvePublicKey:
+    key = ca.public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)  # the default issuer is ec-p256
+    return key
+
+
+def _csr_pem(cn: str = "csr.example.com", key_type: KeyType = KeyType.EC_P256) -> tuple[str, Any]:
+    key = generate_private_key(key_type)
+    csr = create_csr(key, common_name_dn(cn), SubjectAltNames.parse(dns=[cn], ip=["10.1.2.3"]))
+    return csr.public_bytes(serialization.Encoding.PEM).decode(), key
+
+
+def test_issue_from_csr(api: Api) -> None:
+    csr_pem, key = _csr_pem()
+    r = api.post(CERTS, api.admin_key, json={"issuer": "default", "csr": csr_pem})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert set(body) == ISSUE_FIELDS  # no private_key_pem: the requester holds the key
+    assert body["status"] == "active"
+    assert body["chain_pem"] == ""  # the default issuer is a root
+    cert = _cert(body["certificate_pem"])
+    assert cert.public_key() == key.public_key()
+    assert f"{cert.serial_number:x}" == body["serial"]
+    cert.verify_directly_issued_by(_ca(api))
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["csr.example.com"]
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.1.2.3")]
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in eku
+    # Default validity 90D.
+    assert cert.not_valid_after_utc - api.clock() == timedelta(days=90)
+
+
+def test_issue_with_server_side_key(api: Api) -> None:
+    body = api.issue(
+        common_name="web.example.com",
+        dns_names=["web.example.com", "www.example.com"],
+        ip_addresses=["192.0.2.7", "2001:db8::7"],
+        profile="server+client",
+        validity="30D",
+        key_type="ed25519",
+    )
+    assert set(body) == ISSUE_FIELDS | {"private_key_pem"}
+    cert = _cert(body["certificate_pem"])
+    key = serialization.load_pem_private_key(body["private_key_pem"].encode(), None)
+    assert key.public_key() == cert.public_key()
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert set(eku) == {
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+    }
+    assert body["status"] == "expiring"  # 30 days <= the 30-day window
+
+    got = api.get(f"{CERTS}/{body['id']}", api.admin_key)
+    assert got.status_code == 200
+    assert "private_key_pem" not in got.json()
+    assert "PRIVATE KEY" not in got.text
+    assert got.json()["sans"] == {
+        "dns": ["web.example.com", "www.example.com"],
+        "ip": ["192.0.2.7", "2001:db8::7"],
+        "email": [],
+        "uri": [],
+    }
+    assert got.json()["profile"] == "server+client"
+    assert got.json()["created_by"] == "admin"
+    listing = api.get(CERTS, api.admin_key)
+    assert "PRIVATE KEY" not in listing.text
+    pem = api.get(f"{CERTS}/{body['id']}", api.admin_key, params={"format": "pem"})
+    assert "PRIVATE KEY" not in pem.text
+
+
+def test_get_as_json_and_pem(api: Api) -> None:
+    body = api.issue()
+    r = api.get(f"{CERTS}/{body['id']}", api.admin_key)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    data = r.json()
+    assert data["id"] == body["id"]
+    assert data["issuer"] == "default"
+    assert data["serial"] == body["serial"]
+    assert data["common_name"] == "svc.example.com"
+    assert data["certificate_pem"] == body["certificate_pem"]
+    assert data["revoked_at"] is None
+    assert data["renewed_from"] is None
+
+    pem = api.get(
+        f"{CERTS}/{body['id']}", api.admin_key, headers={"Accept": "application/x-pem-file"}
+    )
+    assert pem.status_code == 200
+    assert pem.headers["content-type"] == "application/x-pem-file"
+    certs = x509.load_pem_x509_certificates(pem.content)
+    assert certs == [_cert(body["certificate_pem"])]
+
+    assert_problem(api.get(f"{CERTS}/{'0' * 24}", api.admin_key), 404)
+    assert_problem(
+        api.get(f"{CERTS}/nope", api.admin_key, headers={"Accept": "application/x-pem-file"}), 404
+    )
+
+
+def test_pem_of_intermediate_leaf_includes_chain(api: Api) -> None:
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": "sub", "parent": "default"})
+    assert r.status_code == 201, r.text
+    body = api.issue(issuer="sub")
+    pem = api.get(
+        f"{CERTS}/{body['id']}", api.admin_key, headers={"Accept": "application/x-pem-file"}
+    )
+    certs = x509.load_pem_x509_certificates(pem.content)
+    assert certs == [_cert(body["certificate_pem"]), _cert(r.json()["certificate_pem"])]
+
+
+def test_list_pagination_is_keyset_newest_first(api: Api) -> None:
+    issued = [api.issue(common_name=f"n{i}.example.com")["id"] for i in range(25)]
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"limit": 10}
+        if cursor:
+            params["cursor"] = cursor
+        r = api.get(CERTS, api.admin_key, params=params)
+        assert r.status_code == 200, r.text
+        page = r.json()
+        assert len(page["items"]) <= 10
+        seen += [item["id"] for item in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        # A certificate issued mid-walk is newer than every cursor: it never shows up late.
+        if pages == 1:
+            api.issue(common_name="late.example.com")
+    assert pages == 3
+    assert seen == list(reversed(issued))
+    assert len(set(seen)) == 25
+    # Default limit takes everything here; exactly-full last page ends with a null cursor.
+    r = api.get(CERTS, api.admin_key, params={"limit": 13})
+    second = api.get(CERTS, api.admin_key, params={"limit": 13, "cursor": r.json()["next_cursor"]})
+    assert len(second.json()["items"]) == 13
+    assert second.json()["next_cursor"] is None
+
+
+def test_list_filters(api: Api) -> None:
+    short = api.issue(common_name="short.example.com", validity="10D")
+    long = api.issue(common_name="long.example.com", validity="90D")
+    gone = api.issue(common_name="gone.example.com", validity="90D")
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": "other"})
+    assert r.status_code == 201
+    other = api.issue(issuer="other", common_name="other.example.com")
+    revoke = api.post(f"{CERTS}/{gone['id']}/revoke", api.admin_key, json={"reason": "superseded"})
+    assert revoke.status_code == 200
+
+    def ids(**params: Any) -> set[str]:
+        r = api.get(CERTS, api.admin_key, params=params)
+        assert r.status_code == 200, r.text
+        return {item["id"] for item in r.json()["items"]}
+
+    assert ids() == {short["id"], long["id"], gone["id"], other["id"]}
+    assert ids(status="revoked") == {gone["id"]}
+    assert ids(status="expiring") == {short["id"]}
+    assert ids(status="active") == {long["id"], other["id"]}
+    assert ids(status="expired") == set()
+    assert ids(issuer="other") == {other["id"]}
+    assert ids(issuer="default", status="active") == {long["id"]}
+    assert ids(expiring_within="15D") == {short["id"]}
+    assert ids(expiring_within="2160h") == {short["id"], long["id"], other["id"]}
+    assert ids(q="SHORT") == {short["id"]}
+    assert ids(q="example.com") == {short["id"], long["id"], gone["id"], other["id"]}
+    assert ids(q=long["serial"]) == {long["id"]}
+    assert ids(q="nomatch") == set()
+    # Time passes: the 10-day certificate expires.
+    api.clock.advance(days=11)
+    assert ids(status="expired") == {short["id"]}
+    listed = api.get(f"{CERTS}/{short['id']}", api.admin_key).json()
+    assert listed["status"] == "expired"
+
+
+def test_revoke(api: Api) -> None:
+    body = api.issue()
+    r = api.post(f"{CERTS}/{body['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "revoked"
+    assert r.json()["revocation_reason"] == "keyCompromise"
+    assert r.json()["revoked_at"] is not None
+    again = api.post(f"{CERTS}/{body['id']}/revoke", api.admin_key, json={"reason": "superseded"})
+    assert "already revoked" in assert_problem(again, 409)["detail"]
+    assert api.get(f"{CERTS}/{body['id']}", api.admin_key).json()["revocation_reason"] == (
+        "keyCompromise"
+    )
+    assert_problem(api.post(f"{CERTS}/{'0' * 24}/revoke", api.admin_key, json={}), 404)
+    # No body at all means "unspecified".
+    other = api.issue()
+    r = api.post(f"{CERTS}/{other['id']}/revoke", api.admin_key)
+    assert r.status_code == 200, r.text
+    assert r.json()["revocation_reason"] == "unspecified"
+
+
+def test_crl_lists_revoked_serials(api: Api) -> None:
+    ca = _ca(api)
+    empty = api.get("/api/v1/issuers/default/crl")
+    assert empty.status_code == 200
+    assert empty.headers["content-type"] == "application/pkix-crl"
+    crl = x509.load_der_x509_crl(empty.content)
+    assert len(crl) == 0
+    assert crl.is_signature_valid(_ca_key(ca))
+
+    kept = api.issue(common_name="kept.example.com")
+    bad = api.issue(common_name="bad.example.com")
+    api.post(f"{CERTS}/{bad['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"})
+
+    der = api.get("/api/v1/issuers/default/crl")  # public: no key
+    crl = x509.load_der_x509_crl(der.content)
+    assert crl.is_signature_valid(_ca_key(ca))
+    assert crl.issuer == ca.subject
+    entry = crl.get_revoked_certificate_by_serial_number(int(bad["serial"], 16))
+    assert entry is not None
+    reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    assert reason is x509.ReasonFlags.key_compromise
+    assert crl.get_revoked_certificate_by_serial_number(int(kept["serial"], 16)) is None
+    assert len(crl) == 1
+
+    pem = api.get("/api/v1/issuers/default/crl", params={"format": "pem"})
+    assert pem.status_code == 200
+    assert pem.headers["content-type"] == "application/x-pem-file"
+    assert pem.text.startswith("-----BEGIN X509 CRL-----")
+    pem_crl = x509.load_pem_x509_crl(pem.content)
+    assert [r.serial_number for r in pem_crl] == [int(bad["serial"], 16)]
+    assert_problem(api.get("/api/v1/issuers/nope/crl"), 404)
+
+
+def test_renew(api: Api) -> None:
+    keyed = api.issue(common_name="renew.example.com", validity="20D")
+    r = api.post(f"{CERTS}/{keyed['id']}/renew", api.admin_key)
+    assert r.status_code == 201, r.text
+    new = r.json()
+    assert new["id"] != keyed["id"]
+    assert new["serial"] != keyed["serial"]
+    # certctl generated the first key, so the successor gets a fresh one (returned once).
+    assert new["private_key_pem"] != keyed["private_key_pem"]
+    old_cert, new_cert = _cert(keyed["certificate_pem"]), _cert(new["certificate_pem"])
+    assert new_cert.subject == old_cert.subject
+    assert new_cert.public_key() != old_cert.public_key()
+    assert new_cert.not_valid_after_utc - new_cert.not_valid_before_utc == (
+        old_cert.not_valid_after_utc - old_cert.not_valid_before_utc
+    )
+    got = api.get(f"{CERTS}/{new['id']}", api.admin_key).json()
+    assert got["renewed_from"] == keyed["id"]
+    assert "private_key_pem" not in got
+    # The predecessor stays as it was (not revoked).
+    assert api.get(f"{CERTS}/{keyed['id']}", api.admin_key).json()["revoked_at"] is None
+
+    csr_pem, key = _csr_pem("csr-renew.example.com")
+    from_csr = api.post(CERTS, api.admin_key, json={"csr": csr_pem}).json()
+    r = api.post(f"{CERTS}/{from_csr['id']}/renew", api.admin_key, json={"validity": "45D"})
+    assert r.status_code == 201, r.text
+    assert "private_key_pem" not in r.json()
+    renewed = _cert(r.json()["certificate_pem"])
+    assert renewed.public_key() == key.public_key()  # the requester keeps its key
+    assert renewed.not_valid_after_utc - api.clock() == timedelta(days=45)
+    assert_problem(api.post(f"{CERTS}/{'0' * 24}/renew", api.admin_key), 404)
+
+
+def test_revoked_certificate_cannot_be_renewed(api: Api) -> None:
+    # A CSR-issued successor would keep the (possibly compromised) key.
+    csr_pem, _key = _csr_pem("compromised.example.com")
+    cert = api.post(CERTS, api.admin_key, json={"csr": csr_pem}).json()
+    r = api.post(f"{CERTS}/{cert['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200
+    before = api.counts()
+    assert (
+        "revoked"
+        in assert_problem(api.post(f"{CERTS}/{cert['id']}/renew", api.admin_key), 409)["detail"]
+    )
+    assert api.counts() == before
+
+
+def test_certificate_permissions(api: Api) -> None:
+    cert = api.issue()
+    viewer = api.actor_key("viewer", ["r-viewer"])
+    assert api.get(CERTS, viewer).status_code == 200
+    assert api.get(f"{CERTS}/{cert['id']}", viewer).status_code == 200
+    assert_problem(api.post(CERTS, viewer, json={"common_name": "x.example.com"}), 403)
+    assert_problem(api.post(f"{CERTS}/{cert['id']}/revoke", viewer, json={}), 403)
+    assert_problem(api.post(f"{CERTS}/{cert['id']}/renew", viewer), 403)
+    operator = api.actor_key("op", ["r-operator"])
+    issued = api.issue(key=operator, common_name="op.example.com")
+    assert api.get(f"{CERTS}/{issued['id']}", operator).json()["created_by"] == "op"
+    assert api.post(f"{CERTS}/{issued['id']}/revoke", operator, json={}).status_code == 200
+    # Renewal needs cert.issue only, as the route table says (not cert.read as well).
+    issuer_only = api.key_with_permissions("renewer", ["cert.issue"])
+    renewed = api.post(f"{CERTS}/{cert['id']}/renew", issuer_only)
+    assert renewed.status_code == 201, renewed.text
+    assert_problem(api.get(f"{CERTS}/{renewed.json()['id']}", issuer_only), 403)
+
+
+@pytest.mark.parametrize("key_type", ["ec-p384", "rsa-2048"])
+def test_issue_other_key_types(api: Api, key_type: str) -> None:
+    body = api.issue(common_name=f"{key_type}.example.com", key_type=key_type)
+    key = serialization.load_pem_private_key(body["private_key_pem"].encode(), None)
+    assert key.public_key() == _cert(body["certificate_pem"]).public_key()

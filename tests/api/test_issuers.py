@@ -1,0 +1,199 @@
+"""/api/v1/issuers: the default CA, new roots and intermediates, imports, public ca.pem."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from certctl.pki import (
+    KeyType,
+    common_name_dn,
+    create_root_ca,
+    generate_private_key,
+    key_to_pem,
+    verify_certificate,
+)
+from tests.api.conftest import Api, assert_problem
+
+ISSUERS = "/api/v1/issuers"
+
+
+def _cert(pem: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem.encode())
+
+
+def test_default_issuer_exists(api: Api) -> None:
+    r = api.get(ISSUERS, api.admin_key)
+    assert r.status_code == 200
+    assert [i["id"] for i in r.json()["items"]] == ["default"]
+    default = api.get(f"{ISSUERS}/default", api.admin_key).json()
+    assert set(default) == {
+        "id",
+        "name",
+        "subject",
+        "key_type",
+        "not_after",
+        "created_at",
+        "certificate_pem",
+        "chain_pem",
+    }
+    assert default["key_type"] == "ec-p256"
+    assert default["chain_pem"] == ""
+    assert "PRIVATE" not in r.text
+    cert = _cert(default["certificate_pem"])
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert_problem(api.get(f"{ISSUERS}/nope", api.admin_key), 404)
+
+
+def test_ca_pem_is_public(api: Api) -> None:
+    r = api.get(f"{ISSUERS}/default/ca.pem")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/x-pem-file"
+    default = api.get(f"{ISSUERS}/default", api.admin_key).json()
+    assert r.text == default["certificate_pem"]
+    assert_problem(api.get(f"{ISSUERS}/nope/ca.pem"), 404)
+
+
+def test_create_root_and_intermediate(api: Api) -> None:
+    root = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "root-2",
+            "common_name": "Example Root",
+            "key_type": "ec-p384",
+            "validity": "10Y",
+        },
+    )
+    assert root.status_code == 201, root.text
+    assert root.json()["key_type"] == "ec-p384"
+    root_cert = _cert(root.json()["certificate_pem"])
+    assert root_cert.subject == root_cert.issuer
+    assert root_cert.subject.rfc4514_string() == "CN=Example Root"
+
+    inter = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "issuing-1",
+            "subject": "CN=Example Issuing 1,O=Example",
+            "parent": "root-2",
+            "validity": "2Y",
+            "path_length": 0,
+        },
+    )
+    assert inter.status_code == 201, inter.text
+    inter_cert = _cert(inter.json()["certificate_pem"])
+    assert inter_cert.issuer == root_cert.subject
+    inter_cert.verify_directly_issued_by(root_cert)
+    assert _cert(inter.json()["chain_pem"]) == root_cert
+    bc = inter_cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert bc.ca
+    assert bc.path_length == 0
+
+    assert {i["id"] for i in api.get(ISSUERS, api.admin_key).json()["items"]} == {
+        "default",
+        "root-2",
+        "issuing-1",
+    }
+    # A leaf from the intermediate chains to the new root.
+    leaf = api.issue(issuer="issuing-1", common_name="app.example.com")
+    leaf_cert = _cert(leaf["certificate_pem"])
+    assert _cert(leaf["chain_pem"]) == inter_cert
+    verify_certificate(
+        leaf_cert,
+        trust=[root_cert],
+        untrusted=[inter_cert],
+        hostname="app.example.com",
+        now=datetime.now(UTC),
+    )
+    # The public ca.pem of the intermediate is its own certificate.
+    assert _cert(api.get(f"{ISSUERS}/issuing-1/ca.pem").text) == inter_cert
+
+
+def test_create_issuer_conflicts_and_bad_input(api: Api) -> None:
+    before = api.counts()
+    assert_problem(api.post(ISSUERS, api.admin_key, json={"id": "default"}), 409)
+    assert_problem(api.post(ISSUERS, api.admin_key, json={"id": "x", "parent": "nope"}), 404)
+    r = api.post(ISSUERS, api.admin_key, json={"id": "x", "key_type": "rsa-1024"})
+    assert "rsa-1024" in assert_problem(r, 400)["detail"]
+    r = api.post(ISSUERS, api.admin_key, json={"id": "x", "validity": "5Q"})
+    assert "5Q" in assert_problem(r, 400)["detail"]
+    assert_problem(api.post(ISSUERS, api.admin_key, json={"id": "UPPER"}), 400)
+    assert_problem(api.post(ISSUERS, api.admin_key, json={"id": "x", "subject": "nonsense"}), 400)
+    assert api.counts() == before
+
+
+def test_import_pem_pair(api: Api) -> None:
+    key = generate_private_key(KeyType.EC_P256)
+    now = datetime.now(UTC)
+    ca_cert = create_root_ca(
+        key, common_name_dn("Imported Root"), validity=timedelta(days=3650), now=now
+    ).certificate
+    cert_pem = ca_cert.public_bytes(Encoding.PEM).decode()
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "imported",
+            "name": "Imported",
+            "certificate_pem": cert_pem,
+            "private_key_pem": key_to_pem(key).decode(),
+        },
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "Imported"
+    assert r.json()["certificate_pem"] == cert_pem
+    assert "private_key_pem" not in r.json()
+    assert "PRIVATE KEY" not in api.get(f"{ISSUERS}/imported", api.admin_key).text
+    assert api.get(f"{ISSUERS}/imported/ca.pem").text == cert_pem
+
+    leaf = _cert(api.issue(issuer="imported", common_name="imp.example.com")["certificate_pem"])
+    leaf.verify_directly_issued_by(ca_cert)
+    assert any(e["action"] == "issuer.import" for e in api.audit())
+
+
+def test_import_refuses_incomplete_or_mismatched_material(api: Api) -> None:
+    key = generate_private_key(KeyType.EC_P256)
+    other = generate_private_key(KeyType.EC_P256)
+    now = datetime.now(UTC)
+    ca_cert = create_root_ca(key, common_name_dn("R"), validity=timedelta(days=365), now=now)
+    cert_pem = ca_cert.certificate.public_bytes(Encoding.PEM).decode()
+    before = api.counts()
+    r = api.post(ISSUERS, api.admin_key, json={"id": "imp", "certificate_pem": cert_pem})
+    assert_problem(r, 400)
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={"id": "imp", "certificate_pem": cert_pem, "private_key_pem": cert_pem},
+    )
+    assert_problem(r, 400)
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "imp",
+            "certificate_pem": cert_pem,
+            "private_key_pem": key_to_pem(other).decode(),
+        },
+    )
+    assert_problem(r, 400)
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={"id": "imp", "certificate_pem": "garbage", "private_key_pem": "garbage"},
+    )
+    assert_problem(r, 400)
+    assert api.counts() == before
+
+
+def test_issuer_permissions(api: Api) -> None:
+    viewer = api.actor_key("viewer", ["r-viewer"])
+    assert api.get(ISSUERS, viewer).status_code == 200
+    assert api.get(f"{ISSUERS}/default", viewer).status_code == 200
+    assert_problem(api.post(ISSUERS, viewer, json={"id": "x"}), 403)
+    assert_problem(api.get(ISSUERS), 401)
+    operator = api.actor_key("op", ["r-operator"])
+    assert api.post(ISSUERS, operator, json={"id": "ops-ca"}).status_code == 201

@@ -1,0 +1,137 @@
+"""/api/v1/metrics/prometheus and /api/v1/metrics: access rules and content (DESIGN §5)."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from certctl.server.run import refresh_metrics
+from tests.api.conftest import Api, assert_problem
+
+PROM = "/api/v1/metrics/prometheus"
+DESIGN_METRICS = {
+    # family name as the parser reports it (counters without the _total suffix)
+    "certctl_certificates",
+    "certctl_certificate_next_expiry_timestamp_seconds",
+    "certctl_issuance",
+    "certctl_issuance_duration_seconds",
+    "certctl_revocations",
+    "certctl_renewals",
+    "certctl_http_requests",
+    "certctl_http_request_duration_seconds",
+    "certctl_auth_failures",
+    "certctl_api_keys",
+    "certctl_tls_certificate_not_after_timestamp_seconds",
+    "certctl_tls_reloads",
+    "certctl_build_info",
+}
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_prometheus_requires_metrics_read(api: Api) -> None:
+    body = assert_problem(api.get(PROM), 401)
+    assert "Bearer" in body["detail"]
+    assert_problem(api.get(PROM, "cctl_0000000000000000_" + "x" * 43), 401)
+    auditor = api.actor_key("aud", ["r-auditor"])
+    assert "metrics.read" in assert_problem(api.get(PROM, auditor), 403)["detail"]
+    assert_problem(api.get("/api/v1/metrics", auditor), 403)
+    for actor, role in (("prom", "r-metrics-read"), ("viewer", "r-viewer"), ("op", "r-operator")):
+        key = api.actor_key(actor, [role])
+        r = api.get(PROM, key)
+        assert r.status_code == 200, (role, r.text)
+        assert r.headers["content-type"].startswith("text/plain; version=")
+        assert api.get("/api/v1/metrics", key).status_code == 200
+
+
+def test_prometheus_output_parses_and_names_design_metrics(api: Api) -> None:
+    key = api.actor_key("prom", ["r-metrics-read"])
+    cert = api.issue()
+    api.post(f"/api/v1/certificates/{cert['id']}/revoke", api.admin_key, json={})
+    refresh_metrics(api.services)
+    r = api.get(PROM, key)
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    missing = DESIGN_METRICS - set(families)
+    assert not missing, missing
+    assert families["certctl_certificates"].type == "gauge"
+    assert families["certctl_issuance"].type == "counter"
+    assert families["certctl_issuance_duration_seconds"].type == "histogram"
+    # Bounded cardinality: no label carries a certificate id, serial or key.
+    for family in families.values():
+        for sample in family.samples:
+            for value in sample.labels.values():
+                assert cert["id"] not in value
+                assert cert["serial"] not in value
+    assert api.admin_key not in r.text
+    assert key not in r.text
+
+
+def test_certificate_gauge_follows_issuance_and_revocation(api: Api) -> None:
+    key = api.actor_key("prom", ["r-metrics-read"])
+    issued = [api.issue(common_name=f"g{i}.example.com")["id"] for i in range(4)]
+    api.issue(common_name="soon.example.com", validity="10D")
+    for cert_id in issued[:2]:
+        r = api.post(f"/api/v1/certificates/{cert_id}/revoke", api.admin_key, json={})
+        assert r.status_code == 200
+    refresh_metrics(api.services)
+    samples = _samples(api.get(PROM, key).text)
+
+    def gauge(status: str, issuer: str = "default") -> float:
+        return samples[("certctl_certificates", (("issuer", issuer), ("status", status)))]
+
+    assert gauge("active") == 2
+    assert gauge("expiring") == 1
+    assert gauge("revoked") == 2
+    assert gauge("expired") == 0
+    next_expiry = samples[
+        ("certctl_certificate_next_expiry_timestamp_seconds", (("issuer", "default"),))
+    ]
+    assert abs(next_expiry - (api.clock().timestamp() + 10 * 86400)) < 1
+    assert samples[("certctl_api_keys", (("state", "active"),))] == 2  # admin + prom
+    assert samples[("certctl_api_keys", (("state", "revoked"),))] == 0
+
+    summary = api.get("/api/v1/metrics", key)
+    assert summary.status_code == 200
+    assert summary.json()["certificates"]["default"] == {
+        "active": 2,
+        "expiring": 1,
+        "expired": 0,
+        "revoked": 2,
+    }
+
+    # Time passes: the 10-day certificate expires; a new issuer appears with zeros.
+    api.clock.advance(days=11)
+    assert api.post("/api/v1/issuers", api.admin_key, json={"id": "second"}).status_code == 201
+    refresh_metrics(api.services)
+    samples = _samples(api.get(PROM, key).text)
+    assert gauge("expired") == 1
+    assert gauge("expiring") == 0
+    assert gauge("active", "second") == 0
+
+
+def test_auth_failure_counter_counts_reasons(api: Api) -> None:
+    key = api.actor_key("prom", ["r-metrics-read"])
+    auditor = api.actor_key("aud", ["r-auditor"])
+
+    def failures() -> dict[str, float]:
+        samples = _samples(api.get(PROM, key).text)
+        return {
+            dict(labels)["reason"]: value
+            for (name, labels), value in samples.items()
+            if name == "certctl_auth_failures_total"
+        }
+
+    before = failures()
+    api.get(PROM)
+    api.get(PROM, "garbage")
+    api.get(PROM, auditor)
+    after = failures()
+    assert after["missing"] - before["missing"] == 1
+    assert after["invalid"] - before["invalid"] == 1
+    assert after["forbidden"] - before["forbidden"] == 1
+    assert set(after) == {"missing", "invalid", "expired", "revoked", "forbidden"}

@@ -1,0 +1,124 @@
+"""/api/v1/openapi.json and the route table: every route documented, every permission enforced."""
+
+from __future__ import annotations
+
+import re
+
+from certctl.api.app import AUTHENTICATED, PUBLIC, ROUTES
+from tests.api.conftest import Api, assert_problem
+from tests.api.test_auth_roles import ALL_PERMISSIONS
+
+# DESIGN §4, route by route (the managed-service routes are not implemented yet).
+DESIGN_ROUTES = {
+    ("GET", "/api/v1/auth/whoami"): AUTHENTICATED,
+    ("GET", "/api/v1/auth/permissions"): "auth.role.read",
+    ("GET", "/api/v1/auth/roles"): "auth.role.read",
+    ("POST", "/api/v1/auth/roles"): "auth.role.create",
+    ("GET", "/api/v1/auth/roles/{id}"): "auth.role.read",
+    ("PUT", "/api/v1/auth/roles/{id}"): "auth.role.edit",
+    ("DELETE", "/api/v1/auth/roles/{id}"): "auth.role.delete",
+    ("GET", "/api/v1/auth/actors"): "auth.actor.read",
+    ("POST", "/api/v1/auth/actors"): "auth.actor.create",
+    ("GET", "/api/v1/auth/actors/{id}"): "auth.actor.read",
+    ("PATCH", "/api/v1/auth/actors/{id}"): "auth.actor.edit",
+    ("DELETE", "/api/v1/auth/actors/{id}"): "auth.actor.delete",
+    ("GET", "/api/v1/auth/apikeys"): "auth.apikey.read",
+    ("POST", "/api/v1/auth/apikeys"): "auth.apikey.create",
+    ("GET", "/api/v1/auth/apikeys/{id}"): "auth.apikey.read",
+    ("DELETE", "/api/v1/auth/apikeys/{id}"): "auth.apikey.revoke",
+    ("GET", "/api/v1/issuers"): "issuer.read",
+    ("POST", "/api/v1/issuers"): "issuer.create",
+    ("GET", "/api/v1/issuers/{id}"): "issuer.read",
+    ("GET", "/api/v1/issuers/{id}/ca.pem"): PUBLIC,
+    ("GET", "/api/v1/issuers/{id}/crl"): PUBLIC,
+    ("GET", "/api/v1/certificates"): "cert.read",
+    ("POST", "/api/v1/certificates"): "cert.issue",
+    ("GET", "/api/v1/certificates/{id}"): "cert.read",
+    ("POST", "/api/v1/certificates/{id}/revoke"): "cert.revoke",
+    ("POST", "/api/v1/certificates/{id}/renew"): "cert.issue",
+    ("GET", "/api/v1/audit"): "audit.read",
+    ("GET", "/api/v1/metrics"): "metrics.read",
+    ("GET", "/api/v1/metrics/prometheus"): "metrics.read",
+    ("GET", "/healthz"): PUBLIC,
+    ("GET", "/readyz"): PUBLIC,
+    ("GET", "/api/v1/openapi.json"): PUBLIC,
+}
+
+
+def _concrete(path: str) -> str:
+    return re.sub(r"{\w+}", "does-not-exist", path)
+
+
+def test_route_table_matches_design() -> None:
+    table = {(r.method, r.path): r.permission for r in ROUTES}
+    for key, permission in DESIGN_ROUTES.items():
+        assert table.get(key) == permission, key
+    assert set(table) == set(DESIGN_ROUTES)
+    for route in ROUTES:
+        assert route.permission in ALL_PERMISSIONS | {PUBLIC, AUTHENTICATED}, route
+
+
+def test_openapi_lists_every_route_with_its_permission(api: Api) -> None:
+    r = api.get("/api/v1/openapi.json")  # public
+    assert r.status_code == 200
+    doc = r.json()
+    assert doc["openapi"].startswith("3.1")
+    documented = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
+    assert documented == {(r.method, r.path) for r in ROUTES}
+    schemas = doc["components"]["schemas"]
+    for route in ROUTES:
+        op = doc["paths"][route.path][route.method.lower()]
+        assert str(route.success) in op["responses"]
+        if route.permission == PUBLIC:
+            assert "x-certctl-permission" not in op, route.path
+            assert "security" not in op
+        else:
+            assert op["x-certctl-permission"] == route.permission, route.path
+            assert op["security"] == [{"bearer": []}]
+            assert {"401", "403"} <= set(op["responses"])
+        if route.body is not None:
+            ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.rsplit("/", 1)[1] in schemas
+        for name in re.findall(r"{(\w+)}", route.path):
+            assert {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} in (
+                op["parameters"]
+            )
+
+
+def test_every_protected_route_enforces_its_permission(api: Api) -> None:
+    # Exactly one permission per actor: the route opens for its own and for no other.
+    keys = {p: api.key_with_permissions(p.replace(".", "-"), [p]) for p in sorted(ALL_PERMISSIONS)}
+    nobody = api.actor_key("nobody", [])
+    problems = []
+    for route in ROUTES:
+        if route.permission == PUBLIC:
+            r = api.request(route.method, _concrete(route.path))
+            if r.status_code in (401, 403):
+                problems.append(f"{route.method} {route.path}: public route gave {r.status_code}")
+            continue
+        path = _concrete(route.path)
+        r = api.request(route.method, path)
+        if r.status_code != 401 or "www-authenticate" not in r.headers:
+            problems.append(f"{route.method} {route.path}: no key gave {r.status_code}")
+        r = api.request(route.method, path, nobody)
+        want = 403 if route.permission != AUTHENTICATED else 200
+        if r.status_code != want:
+            problems.append(f"{route.method} {route.path}: no permission gave {r.status_code}")
+        if route.permission == AUTHENTICATED:
+            continue
+        r = api.request(route.method, path, keys[route.permission])
+        if r.status_code in (401, 403, 500):
+            problems.append(f"{route.method} {route.path}: own permission gave {r.status_code}")
+        for other in sorted(ALL_PERMISSIONS - {route.permission})[:3]:
+            r = api.request(route.method, path, keys[other])
+            if r.status_code != 403:
+                problems.append(f"{route.method} {route.path}: {other} gave {r.status_code}")
+    assert not problems, "\n".join(problems)
+
+
+def test_health_routes_are_public_and_terse(api: Api) -> None:
+    for path, text in (("/healthz", "ok"), ("/readyz", "ready")):
+        r = api.get(path)
+        assert r.status_code == 200
+        assert r.text == text
+    assert_problem(api.post("/healthz"), 405)
