@@ -9,7 +9,8 @@
     ├── Unauthenticated   401
     ├── PermissionDenied  403
     ├── NotFound          404  also: missing input file
-    └── Conflict          409  already revoked, name taken, output exists
+    ├── Conflict          409  already revoked, name taken, output exists
+    └── Unavailable       503  a dependency (the Kubernetes API) is unreachable or failing
 
 Each class carries an HTTP ``status`` and a short ``title``; instances carry a
 human ``detail`` that never contains key material, passwords or tokens.
@@ -25,6 +26,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "Unauthenticated",
+    "Unavailable",
     "WeakKey",
 ]
 
@@ -85,3 +87,10 @@ class Conflict(CertctlError):
 
     status = 409
     title = "Conflict"
+
+
+class Unavailable(CertctlError):
+    """A service certctl depends on (the Kubernetes API) is unreachable or failing."""
+
+    status = 503
+    title = "Service unavailable"

@@ -42,6 +42,16 @@ DESIGN_ROUTES = {
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
     ("GET", "/api/v1/openapi.json"): PUBLIC,
+    ("GET", "/api/v1/services"): "service.read",
+    ("GET", "/api/v1/services/{name}"): "service.read",
+    ("PUT", "/api/v1/services/{name}"): "service.edit",
+    ("DELETE", "/api/v1/services/{name}"): "service.delete",
+    # Beyond DESIGN §4's table, same permissions as the service they act on:
+    ("POST", "/api/v1/services/{name}/renew"): "service.edit",
+    ("GET", "/api/v1/services/{name}/clients"): "service.read",
+    ("POST", "/api/v1/services/{name}/clients"): "service.edit",
+    ("DELETE", "/api/v1/services/{name}/clients/{fingerprint}"): "service.edit",
+    ("GET", "/api/v1/services/{name}/outputs/{output}"): "service.read",
 }
 
 

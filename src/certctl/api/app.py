@@ -14,16 +14,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
-from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from certctl.api import schemas
+from certctl.api._common import AUTHENTICATED, PUBLIC, ApiRoute
+from certctl.api._common import caller_of as _caller
+from certctl.api._common import json_response as _json
+from certctl.api._common import page_limit as _limit
+from certctl.api._common import read_body as _body
+from certctl.api._common import services_of as _services
 from certctl.api.problems import problem, problem_for_status, problem_from_error
+from certctl.api.service_routes import SERVICE_ROUTES
+from certctl.auth.apikeys import PREFIX as API_KEY_PREFIX
+from certctl.auth.kubernetes import AccessDenied, TokenRejected, TokenReviewAuthenticator
 from certctl.auth.permissions import PERMISSIONS
 from certctl.errors import CertctlError, InvalidRequest, PermissionDenied, Unauthenticated
 from certctl.metrics.registry import AUTH_FAILURES, HTTP_DURATION, HTTP_REQUESTS, REGISTRY
@@ -36,23 +44,6 @@ __all__ = ["METRICS_PATHS", "ROUTES", "ApiRoute", "ClientCertMapping", "create_a
 
 log = logging.getLogger("certctl.access")
 MAX_BODY_BYTES = 1024 * 1024
-PUBLIC = "public"
-AUTHENTICATED = "authenticated"
-
-Handler = Callable[[Request, Principal | None], Awaitable[Response]]
-
-
-@dataclass(frozen=True)
-class ApiRoute:
-    """One route: method, path template, permission, handler and OpenAPI facts."""
-
-    method: str
-    path: str
-    permission: str
-    handler: Handler
-    summary: str
-    body: type[BaseModel] | None = None
-    success: int = 200
 
 
 @dataclass(frozen=True)
@@ -76,76 +67,6 @@ class ClientCertMapping:
             if p_val != "*" and p_val != v_val:
                 return False
         return True
-
-
-# --- helpers -----------------------------------------------------------------------------
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return JSONResponse(data, status_code=status)
-
-
-async def _body(request: Request, model: type[BaseModel]) -> Any:
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise _MediaType("request body must be application/json")
-    raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("request body is not valid JSON") from None
-    except RecursionError:
-        # json's C scanner recurses per nesting level: "[[[[…" under 1 MiB reaches the limit.
-        raise InvalidRequest("request body is nested too deeply") from None
-    if _has_nul(data):
-        # PostgreSQL text cannot hold NUL (the insert would fail with a 500), and a NUL in a
-        # name invites null-prefix tricks: refuse it on every backend.
-        raise InvalidRequest("request body contains a NUL character")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidRequest(f"{where}: {first['msg']}") from None
-
-
-def _has_nul(data: Any) -> bool:
-    """True when any string (key or value) in parsed JSON holds U+0000 (iterative walk)."""
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
-
-
-class _MediaType(CertctlError):
-    status = 415
-    title = "Unsupported media type"
-
-
-def _services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
-
-
-def _limit(request: Request) -> int:
-    raw = request.query_params.get("limit", "50")
-    # isdigit() alone accepts "²" (int() then fails) and 5000-digit strings (int() refuses).
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= 500:
-        raise InvalidRequest(f"limit={raw[:20]}: must be an integer from 1 to 500")
-    return int(raw)
-
-
-def _caller(principal: Principal | None) -> Principal:
-    assert principal is not None  # the router authenticates every non-public route
-    return principal
 
 
 # --- handlers: auth ----------------------------------------------------------------------
@@ -544,7 +465,7 @@ async def openapi(request: Request, principal: Principal | None) -> Response:
     return _json(build_openapi(ROUTES))
 
 
-ROUTES: tuple[ApiRoute, ...] = (
+_CORE_ROUTES: tuple[ApiRoute, ...] = (
     ApiRoute("GET", "/healthz", PUBLIC, healthz, "Liveness"),
     ApiRoute("GET", "/readyz", PUBLIC, readyz, "Readiness"),
     ApiRoute("GET", "/api/v1/openapi.json", PUBLIC, openapi, "OpenAPI document"),
@@ -692,6 +613,8 @@ ROUTES: tuple[ApiRoute, ...] = (
     ),
 )
 
+ROUTES: tuple[ApiRoute, ...] = _CORE_ROUTES + SERVICE_ROUTES
+
 
 # What a separate ``metrics.listen`` listener serves.
 METRICS_PATHS = frozenset({"/healthz", "/readyz", "/api/v1/metrics", "/api/v1/metrics/prometheus"})
@@ -760,6 +683,55 @@ def authenticate(request: Request) -> Principal:
     raise Unauthenticated("authentication required: send 'Authorization: Bearer <api key>'")
 
 
+# --- Kubernetes ServiceAccount tokens on the metrics routes (auth.kubernetes) -------------
+
+# The only routes where a bearer token that is not a certctl API key is sent to the API
+# server (TokenReview + SubjectAccessReview on the route's own path, verb get).
+KUBERNETES_TOKEN_PATHS = frozenset({"/api/v1/metrics", "/api/v1/metrics/prometheus"})
+
+
+def _kubernetes_token(request: Request, route: ApiRoute) -> str | None:
+    authenticator = getattr(request.app.state, "kubernetes_authenticator", None)
+    if authenticator is None or route.path not in KUBERNETES_TOKEN_PATHS:
+        return None
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or token.startswith(API_KEY_PREFIX):
+        return None
+    return token
+
+
+async def _authenticate_route(request: Request, route: ApiRoute) -> Principal:
+    """``authenticate``, except that metrics routes also take Kubernetes tokens."""
+    token = _kubernetes_token(request, route)
+    if token is None:
+        return authenticate(request)
+    authenticator: TokenReviewAuthenticator = request.app.state.kubernetes_authenticator
+    try:
+        identity = await authenticator.authorize(token, route.path, "get")
+    except TokenRejected as exc:
+        detail = "Kubernetes TokenReview: not authenticated"
+        if exc.review_error:
+            detail += f" ({exc.review_error})"
+        _record_failure(_services(request), request, "invalid", detail)
+        raise
+    except AccessDenied as exc:
+        request.scope["certctl.actor"] = f"kubernetes:{exc.username}"
+        AUTH_FAILURES.labels("forbidden").inc()
+        raise
+    # The SubjectAccessReview allowed exactly this route, whose permission is metrics.read.
+    return Principal(
+        f"kubernetes:{identity.username}",
+        (),
+        frozenset({route.permission}),
+        "kubernetes",
+        _source(request),
+    )
+
+
+# --- routing -----------------------------------------------------------------------------
+
+
 def _endpoint(route: ApiRoute) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         request.scope["certctl.route"] = route.path
@@ -769,7 +741,7 @@ def _endpoint(route: ApiRoute) -> Callable[[Request], Awaitable[Response]]:
             raise InvalidRequest("NUL character in the request path or query")
         principal: Principal | None = None
         if route.permission != PUBLIC:
-            principal = authenticate(request)
+            principal = await _authenticate_route(request, route)
             request.scope["certctl.actor"] = principal.actor_id
             if route.permission != AUTHENTICATED and route.permission not in principal.permissions:
                 AUTH_FAILURES.labels("forbidden").inc()
@@ -894,6 +866,7 @@ def create_app(
     client_cert_mappings: tuple[ClientCertMapping, ...] = (),
     json_logs: bool = False,
     only_paths: frozenset[str] | None = None,
+    kubernetes_authenticator: TokenReviewAuthenticator | None = None,
 ) -> ASGIApp:
     """Build the ASGI app around ``services``; ``only_paths`` limits it to those routes."""
     routes = [
@@ -911,5 +884,6 @@ def create_app(
     )
     app.state.services = services
     app.state.client_cert_mappings = client_cert_mappings
+    app.state.kubernetes_authenticator = kubernetes_authenticator
     app.state.ready = True
     return AccessLogAndLimits(app, json_logs=json_logs)

@@ -13,7 +13,7 @@ import typer
 from typer import _click
 
 from certctl import __version__
-from certctl.cli import ca, cert, client, crl, csr, http, inspect, serve, verify
+from certctl.cli import ca, cert, client, crl, csr, http, inspect, serve, services, verify
 
 __all__ = ["app", "main"]
 
@@ -37,6 +37,8 @@ app.command("verify")(verify.verify_command)
 app.command("serve")(serve.serve_command)
 app.add_typer(client.auth_app, name="auth")
 app.add_typer(client.certs_app, name="certs")
+app.command("apply")(services.apply_command)
+app.add_typer(services.services_app, name="services")
 
 
 def _version(value: bool) -> None:

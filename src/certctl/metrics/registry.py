@@ -27,6 +27,7 @@ from certctl import __version__
 __all__ = [
     "API_KEYS",
     "AUTH_FAILURES",
+    "DELIVERIES",
     "HTTP_DURATION",
     "HTTP_REQUESTS",
     "ISSUANCE",
@@ -34,6 +35,9 @@ __all__ = [
     "REGISTRY",
     "RENEWALS",
     "REVOCATIONS",
+    "SERVICE_NEXT_RENEWAL",
+    "SERVICE_NOT_AFTER",
+    "SERVICE_READY",
     "TLS_NOT_AFTER",
     "TLS_RELOADS",
     "CertificateGauges",
@@ -78,6 +82,24 @@ TLS_NOT_AFTER = Gauge(
     ["listener"],
     registry=REGISTRY,
 )
+DELIVERIES = Counter(
+    "certctl_target_deliveries", "Bundle deliveries to targets", ["result"], registry=REGISTRY
+)
+SERVICE_READY = Gauge(
+    "certctl_service_ready", "1 when a managed service is Ready", ["service"], registry=REGISTRY
+)
+SERVICE_NOT_AFTER = Gauge(
+    "certctl_service_certificate_not_after_timestamp_seconds",
+    "NotAfter of each managed service's serving certificate",
+    ["service"],
+    registry=REGISTRY,
+)
+SERVICE_NEXT_RENEWAL = Gauge(
+    "certctl_service_next_renewal_timestamp_seconds",
+    "When each managed service's certificate is renewed next",
+    ["service"],
+    registry=REGISTRY,
+)
 TLS_RELOADS = Counter(
     "certctl_tls_reloads", "TLS certificate reloads", ["result"], registry=REGISTRY
 )
@@ -90,6 +112,7 @@ for _reason in ("missing", "invalid", "expired", "revoked", "forbidden"):
 for _result in ("success", "error"):
     TLS_RELOADS.labels(_result)
     RENEWALS.labels(_result)
+    DELIVERIES.labels(_result)
 
 
 class CertificateGauges(Collector):

@@ -30,6 +30,7 @@ class TLSConfig(_Section):
     )
     client_ca: Path | None = Field(default=None, alias="client-ca")
     reload_interval: str = Field(default="5s", alias="reload-interval")
+    publish_ca_secret: str | None = Field(default=None, alias="publish-ca-secret")
 
 
 class MetricsConfig(_Section):
@@ -52,6 +53,17 @@ class KubernetesAuthConfig(_Section):
     enabled: bool = False
 
 
+class KubernetesConfig(_Section):
+    """``kubernetes.*``: how certctl reaches the Kubernetes API (in-cluster by default)."""
+
+    kubeconfig: Path | None = None
+    context: str | None = None
+    api_server: str | None = Field(default=None, alias="api-server")
+    ca_file: Path | None = Field(default=None, alias="ca-file")
+    token_file: Path | None = Field(default=None, alias="token-file")
+    namespace: str | None = None
+
+
 class AuthConfig(_Section):
     """``auth.*`` keys."""
 
@@ -59,6 +71,20 @@ class AuthConfig(_Section):
         default_factory=list, alias="client-cert-mappings"
     )
     kubernetes: KubernetesAuthConfig = Field(default_factory=KubernetesAuthConfig)
+
+
+class WebhookConfig(_Section):
+    """``notifications.webhook.*``: JSON POSTs signed with HMAC-SHA256."""
+
+    url: str
+    secret_file: Path | None = Field(default=None, alias="secret-file")
+    timeout: str = "10s"
+
+
+class NotificationsConfig(_Section):
+    """``notifications.*`` keys."""
+
+    webhook: WebhookConfig | None = None
 
 
 class ServerConfig(_Section):
@@ -75,10 +101,23 @@ class ServerConfig(_Section):
     cert_rotate_before: str = Field(default="24h", alias="cert-rotate-before")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
     log_format: Literal["text", "json"] = Field(default="text", alias="log-format")
+    secrets_dir: Path | None = Field(default=None, alias="secrets-dir")
+    reconcile_interval: str = Field(default="10s", alias="reconcile-interval")
+    notifications: NotificationsConfig = Field(default_factory=lambda: NotificationsConfig())
+
+    @property
+    def effective_secrets_dir(self) -> Path:
+        """``secrets-dir``, or ``<data-dir>/secrets``."""
+        return self.secrets_dir or self.data_dir / "secrets"
 
     @field_validator(
-        "ca_cert_validity", "ca_cert_rotate_before", "cert_validity", "cert_rotate_before"
+        "ca_cert_validity",
+        "ca_cert_rotate_before",
+        "cert_validity",
+        "cert_rotate_before",
+        "reconcile_interval",
     )
     @classmethod
     def _duration(cls, value: str) -> str:
@@ -115,6 +154,7 @@ _ENV_KEYS = {
     "CERTCTL_TLS_CLIENT_CA": ("tls", "client-ca"),
     "CERTCTL_METRICS_LISTEN": ("metrics", "listen"),
     "CERTCTL_LOG_FORMAT": ("log-format",),
+    "CERTCTL_KUBECONFIG": ("kubernetes", "kubeconfig"),
 }
 
 

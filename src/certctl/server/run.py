@@ -7,25 +7,31 @@ import contextlib
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
 from certctl.api.app import METRICS_PATHS, ClientCertMapping, create_app
-from certctl.errors import InvalidRequest
+from certctl.auth.kubernetes import TokenReviewAuthenticator
+from certctl.errors import CertctlError, InvalidRequest
+from certctl.kubeapi import KubeConnection, load_connection
 from certctl.metrics.registry import API_KEYS, certificate_gauges
 from certctl.pki import parse_duration
 from certctl.server.bootstrap import Bootstrapped, bootstrap
 from certctl.server.config import ServerConfig, split_host_port
+from certctl.server.scheduler import Scheduler
 from certctl.server.tls import ServerTLS, ensure_self_signed
 from certctl.services import issuance
 from certctl.services.context import Services
 from certctl.store.models import ApiKey
+from certctl.targets.kubernetes import SecretWriter
 
 __all__ = ["serve"]
 
 log = logging.getLogger("certctl.server")
 METRICS_REFRESH_S = 10.0
+CA_SECRET_REFRESH_S = 60.0
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -61,6 +67,48 @@ async def _periodic(interval_s: float, work: Callable[[], Any], what: str) -> No
             log.exception("%s failed; will retry", what)
 
 
+def _kube_connection(config: ServerConfig) -> KubeConnection:
+    k = config.kubernetes
+    return load_connection(
+        kubeconfig=k.kubeconfig,
+        context=k.context,
+        api_server=k.api_server,
+        ca_file=k.ca_file,
+        token_file=k.token_file,
+        namespace=k.namespace,
+    )
+
+
+def _kubernetes_features(
+    config: ServerConfig, ca_file: Path
+) -> tuple[TokenReviewAuthenticator | None, Callable[[], None] | None]:
+    """The TokenReview authenticator and the CA Secret publisher, each None when unused.
+
+    ``auth.kubernetes.enabled`` turns on the first, ``tls.publish-ca-secret`` the second.
+    """
+    secret = config.tls.publish_ca_secret
+    if secret and config.tls.mode != "self-signed":
+        raise InvalidRequest("tls.publish-ca-secret needs tls.mode=self-signed")
+    if not (config.auth.kubernetes.enabled or secret):
+        return None, None
+    connection = _kube_connection(config)
+    authenticator = TokenReviewAuthenticator(connection) if config.auth.kubernetes.enabled else None
+    if not secret:
+        return authenticator, None
+    writer = SecretWriter(connection)
+
+    def publish_ca() -> None:
+        result = writer.write(
+            secret,
+            {"ca.crt": ca_file.read_bytes()},
+            labels={"app.kubernetes.io/name": "certctl", "app.kubernetes.io/component": "ca"},
+        )
+        if result != "unchanged":
+            log.info("CA certificate %s in Secret %s/%s", result, writer.namespace, secret)
+
+    return authenticator, publish_ca
+
+
 def _announce(boot: Bootstrapped, config: ServerConfig, scheme: str, ca_path: str | None) -> None:
     host, port = config.host_port
     url_host = f"[{host}]" if ":" in host else host
@@ -89,6 +137,42 @@ def _announce(boot: Bootstrapped, config: ServerConfig, scheme: str, ca_path: st
         f"{url}/api/v1/auth/whoami\n"
     )
     out.flush()
+
+
+def build_scheduler(config: ServerConfig, services: Services) -> Scheduler:
+    """The managed-services reconciler configured from DESIGN §3 keys."""
+    from certctl.services.notify import Webhook
+    from certctl.services.tls_services import ServiceSettings
+
+    settings = ServiceSettings(
+        ca_validity=parse_duration(config.ca_cert_validity),
+        ca_rotate_before=parse_duration(config.ca_cert_rotate_before),
+        cert_validity=parse_duration(config.cert_validity),
+        cert_rotate_before=parse_duration(config.cert_rotate_before),
+        secrets_dir=config.effective_secrets_dir,
+    )
+    webhook = None
+    hook = config.notifications.webhook
+    if hook is not None:
+        secret = b""
+        if hook.secret_file is not None:
+            try:
+                secret = hook.secret_file.read_bytes().strip()
+            except OSError as exc:
+                raise InvalidRequest(
+                    f"notifications.webhook.secret-file: cannot read {hook.secret_file}"
+                ) from exc
+        if not secret:
+            raise InvalidRequest("notifications.webhook needs a non-empty secret-file")
+        webhook = Webhook(hook.url, secret, parse_duration(hook.timeout).total_seconds())
+    interval = parse_duration(config.reconcile_interval).total_seconds()
+    return Scheduler(services, settings, interval, webhook)
+
+
+def _set_state(asgi: Any, name: str, value: object) -> None:
+    # create_app wraps the Starlette app in the access-log middleware: set state inside.
+    inner = getattr(asgi, "app", asgi)
+    setattr(inner.state, name, value)
 
 
 def serve(config: ServerConfig) -> None:
@@ -153,11 +237,22 @@ def serve(config: ServerConfig) -> None:
     if tls is not None:
         tls.load(services.clock())
     refresh_metrics(services)
+    kube_auth, publish_ca = _kubernetes_features(config, tls_dir / "ca.crt")
+    if publish_ca is not None:
+        try:
+            publish_ca()
+        except CertctlError as exc:  # RBAC may lag the pod; retried every minute
+            log.error("cannot publish the CA certificate: %s", exc.detail)
 
     mappings = tuple(
         ClientCertMapping(m.subject, tuple(m.roles)) for m in config.auth.client_cert_mappings
     )
-    app = create_app(services, client_cert_mappings=mappings, json_logs=config.log_format == "json")
+    app = create_app(
+        services,
+        client_cert_mappings=mappings,
+        json_logs=config.log_format == "json",
+        kubernetes_authenticator=kube_auth,
+    )
 
     def listener(asgi: Any, bind_host: str, bind_port: int, secure: bool) -> uvicorn.Server:
         context = tls.context if (tls is not None and secure) else None
@@ -190,9 +285,12 @@ def serve(config: ServerConfig) -> None:
             client_cert_mappings=mappings,
             json_logs=config.log_format == "json",
             only_paths=METRICS_PATHS,
+            kubernetes_authenticator=kube_auth,
         )
         servers.append(listener(metrics_app, m_host, m_port, secure=config.metrics.secure))
     reload_s = parse_duration(config.tls.reload_interval).total_seconds()
+    scheduler = build_scheduler(config, services)
+    _set_state(app, "scheduler", scheduler)
 
     # Printed before the listener opens, so whoever sees /readyz succeed can read the key.
     _announce(boot, config, "https" if tls else "http", ca_path)
@@ -208,6 +306,11 @@ def serve(config: ServerConfig) -> None:
         if mode == "self-signed":
             check = min(3600.0, max(1.0, rotate_before.total_seconds() / 10))
             tasks.append(asyncio.create_task(_periodic(check, renew_self_signed, "TLS renewal")))
+        tasks.append(asyncio.create_task(scheduler.run()))
+        if publish_ca is not None:
+            tasks.append(
+                asyncio.create_task(_periodic(CA_SECRET_REFRESH_S, publish_ca, "CA Secret"))
+            )
         try:
             runs = [asyncio.create_task(s.serve()) for s in servers]
             await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)

@@ -53,6 +53,11 @@ class Services:
         """The loaded CA for ``issuer_id`` if already cached."""
         return self._issuers.get(issuer_id)
 
+    def forget_issuer(self, issuer_id: str) -> None:
+        """Drop a cached CA (its certificate was renewed)."""
+        with self._lock:
+            self._issuers.pop(issuer_id, None)
+
     def cache_issuer(self, issuer_id: str, ca: CertificateAuthority) -> None:
         """Remember a loaded CA (its key is unwrapped once per process)."""
         with self._lock:

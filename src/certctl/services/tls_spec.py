@@ -32,7 +32,10 @@ class SubjectAltName(_Model):
         if (self.dns is None) == (self.ip is None):
             raise ValueError("give exactly one of dns or ip")
         if self.dns is not None:
-            self.dns = validate_dns_name(self.dns)
+            try:
+                self.dns = validate_dns_name(self.dns)
+            except InvalidRequest as exc:
+                raise ValueError(exc.detail) from None  # so pydantic names the field
         if self.ip is not None:
             try:
                 ipaddress.ip_address(self.ip)

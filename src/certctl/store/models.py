@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -19,7 +20,18 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Actor", "ApiKey", "AuditEvent", "Base", "CertificateRecord", "Issuer", "Role"]
+__all__ = [
+    "Actor",
+    "ApiKey",
+    "AuditEvent",
+    "Base",
+    "CertificateRecord",
+    "Issuer",
+    "ManagedService",
+    "OutboxEvent",
+    "Role",
+    "ServiceClient",
+]
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -145,3 +157,60 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(20))
     source: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class ManagedService(Base):
+    """A ``TLSService``: its spec and the state the reconciler keeps for it."""
+
+    __tablename__ = "managed_services"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reconciled_generation: Mapped[int] = mapped_column(Integer, default=0)
+    certificate_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    chain_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ca_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    serial: Mapped[str | None] = mapped_column(String(42), nullable=True)
+    not_after: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    renew_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    ca_renew_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    conditions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    delivered: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ServiceClient(Base):
+    """A client certificate or CA trusted by a service with client authentication."""
+
+    __tablename__ = "service_clients"
+
+    service: Mapped[str] = mapped_column(
+        ForeignKey("managed_services.name", ondelete="CASCADE"), primary_key=True
+    )
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject: Mapped[str] = mapped_column(Text)
+    certificate_pem: Mapped[str] = mapped_column(Text)
+    is_ca: Mapped[bool] = mapped_column(Boolean, default=False)
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class OutboxEvent(Base):
+    """A notification waiting for (or done with) webhook delivery."""
+
+    __tablename__ = "outbox_events"
+    __table_args__ = (Index("ix_outbox_pending", "delivered_at", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    event: Mapped[str] = mapped_column(String(32))
+    service: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

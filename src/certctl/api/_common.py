@@ -1,0 +1,117 @@
+"""Pieces every route module shares: the route record, body parsing, small accessors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from certctl.errors import CertctlError, InvalidRequest
+from certctl.services.context import Principal, Services
+
+__all__ = [
+    "AUTHENTICATED",
+    "PUBLIC",
+    "ApiRoute",
+    "Handler",
+    "caller_of",
+    "json_response",
+    "page_limit",
+    "read_body",
+    "services_of",
+]
+
+PUBLIC = "public"
+AUTHENTICATED = "authenticated"
+
+Handler = Callable[[Request, Principal | None], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    """One route: method, path template, permission, handler and OpenAPI facts."""
+
+    method: str
+    path: str
+    permission: str
+    handler: Handler
+    summary: str
+    body: type[BaseModel] | None = None
+    success: int = 200
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    """A JSON response."""
+    return JSONResponse(data, status_code=status)
+
+
+async def read_body(request: Request, model: type[BaseModel]) -> Any:
+    """Parse and validate a JSON body; 415 for another content type, 400 for bad JSON."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise _MediaType("request body must be application/json")
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("request body is not valid JSON") from None
+    except RecursionError:
+        # json's C scanner recurses per nesting level: "[[[[…" under 1 MiB reaches the limit.
+        raise InvalidRequest("request body is nested too deeply") from None
+    if _has_nul(data):
+        # PostgreSQL text cannot hold NUL (the insert would fail with a 500), and a NUL in a
+        # name invites null-prefix tricks: refuse it on every backend.
+        raise InvalidRequest("request body contains a NUL character")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidRequest(f"{where}: {first['msg']}") from None
+
+
+def _has_nul(data: Any) -> bool:
+    """True when any string (key or value) in parsed JSON holds U+0000 (iterative walk)."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+class _MediaType(CertctlError):
+    status = 415
+    title = "Unsupported media type"
+
+
+def services_of(request: Request) -> Services:
+    """The app's Services."""
+    services: Services = request.app.state.services
+    return services
+
+
+def page_limit(request: Request) -> int:
+    """The ``limit`` query parameter (1-500, default 50)."""
+    raw = request.query_params.get("limit", "50")
+    # isdigit() alone accepts "²" (int() then fails) and 5000-digit strings (int() refuses).
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= 500:
+        raise InvalidRequest(f"limit={raw[:20]}: must be an integer from 1 to 500")
+    return int(raw)
+
+
+def caller_of(principal: Principal | None) -> Principal:
+    """The principal of an authenticated route."""
+    assert principal is not None  # the router authenticates every non-public route
+    return principal

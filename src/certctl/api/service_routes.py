@@ -1,0 +1,222 @@
+"""Managed TLS services: ``/api/v1/services`` (DESIGN §4, §7)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio.to_thread
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import Response
+
+from certctl.api._common import ApiRoute, caller_of, json_response, read_body, services_of
+from certctl.errors import InvalidRequest, NotFound
+from certctl.services import tls_services
+from certctl.services.context import Principal
+from certctl.services.tls_spec import TLSServiceSpec
+
+__all__ = ["SERVICE_ROUTES", "ServiceClientAdd"]
+
+
+class ServiceClientAdd(BaseModel):
+    """``POST /api/v1/services/{name}/clients``: PEM certificate(s) to trust."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    certificate_pem: str = Field(min_length=1, max_length=200_000)
+
+
+class _AnyDocument(BaseModel):
+    """A TLSService document; validated by the spec model after parsing."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def _wake(request: Request) -> None:
+    scheduler = getattr(request.app.state, "scheduler", None)
+    if scheduler is not None:
+        scheduler.wake()
+
+
+async def list_services(request: Request, principal: Principal | None) -> Response:
+    rows = tls_services.list_services(services_of(request), caller_of(principal))
+    return json_response(
+        {"items": [tls_services.service_json(r) for r in rows], "next_cursor": None}
+    )
+
+
+async def get_service(request: Request, principal: Principal | None) -> Response:
+    row = tls_services.get_service(
+        services_of(request), caller_of(principal), request.path_params["name"]
+    )
+    return json_response(tls_services.service_json(row))
+
+
+async def put_service(request: Request, principal: Principal | None) -> Response:
+    body = await read_body(request, _AnyDocument)
+    services = services_of(request)
+    name = request.path_params["name"]
+    existed = True
+    try:
+        tls_services.get_service(services, caller_of(principal), name)
+    except NotFound:
+        existed = False
+    row = tls_services.put_service(services, caller_of(principal), name, body.model_dump())
+    _wake(request)
+    return json_response(tls_services.service_json(row), 200 if existed else 201)
+
+
+async def delete_service(request: Request, principal: Principal | None) -> Response:
+    tls_services.delete_service(
+        services_of(request), caller_of(principal), request.path_params["name"]
+    )
+    return Response(status_code=204)
+
+
+async def renew_service(request: Request, principal: Principal | None) -> Response:
+    row = tls_services.request_renewal(
+        services_of(request), caller_of(principal), request.path_params["name"]
+    )
+    _wake(request)
+    return json_response(tls_services.service_json(row), 202)
+
+
+async def list_clients(request: Request, principal: Principal | None) -> Response:
+    from sqlalchemy import select
+
+    from certctl.store.models import ServiceClient
+
+    services = services_of(request)
+    name = request.path_params["name"]
+    tls_services.get_service(services, caller_of(principal), name)
+    with services.sessions() as session:
+        rows = session.scalars(
+            select(ServiceClient)
+            .where(ServiceClient.service == name)
+            .order_by(ServiceClient.fingerprint)
+        ).all()
+    return json_response({"items": [_client_json(c) for c in rows], "next_cursor": None})
+
+
+def _client_json(client: Any) -> dict[str, Any]:
+    return {
+        "fingerprint": client.fingerprint,
+        "subject": client.subject,
+        "is_ca": client.is_ca,
+        "added_at": client.added_at.isoformat(),
+    }
+
+
+async def add_client(request: Request, principal: Principal | None) -> Response:
+    body = await read_body(request, ServiceClientAdd)
+    added = tls_services.add_client(
+        services_of(request),
+        caller_of(principal),
+        request.path_params["name"],
+        body.certificate_pem,
+    )
+    _wake(request)
+    return json_response({"items": [_client_json(c) for c in added]}, 201)
+
+
+async def remove_client(request: Request, principal: Principal | None) -> Response:
+    tls_services.remove_client(
+        services_of(request),
+        caller_of(principal),
+        request.path_params["name"],
+        request.path_params["fingerprint"],
+    )
+    _wake(request)
+    return Response(status_code=204)
+
+
+_PUBLIC_OUTPUTS = {"certs-public", "client-trust"}
+
+
+async def get_output(request: Request, principal: Principal | None) -> Response:
+    """The public outputs only; keys never leave through the API."""
+    services = services_of(request)
+    name, output = request.path_params["name"], request.path_params["output"]
+    if output not in _PUBLIC_OUTPUTS:
+        raise InvalidRequest(
+            f"{output}: only {', '.join(sorted(_PUBLIC_OUTPUTS))} can be read through the API"
+        )
+    row = tls_services.get_service(services, caller_of(principal), name)
+    outputs = await anyio.to_thread.run_sync(lambda: tls_services.outputs_for(services, row))
+    if output not in outputs:
+        raise NotFound(f"service {name} has no {output} output (yet)")
+    files = {k: v.decode() for k, v in outputs[output].items()}
+    return Response(
+        json.dumps({"name": f"{name}-http-{output}", "data": files}), media_type="application/json"
+    )
+
+
+SERVICE_ROUTES: tuple[ApiRoute, ...] = (
+    ApiRoute("GET", "/api/v1/services", "service.read", list_services, "List services"),
+    ApiRoute(
+        "GET",
+        "/api/v1/services/{name}",
+        "service.read",
+        get_service,
+        "Get a service: spec and status",
+    ),
+    ApiRoute(
+        "PUT",
+        "/api/v1/services/{name}",
+        "service.edit",
+        put_service,
+        "Create or replace a service (TLSService document)",
+        TLSServiceSpec,
+    ),
+    ApiRoute(
+        "DELETE",
+        "/api/v1/services/{name}",
+        "service.delete",
+        delete_service,
+        "Delete a service",
+        None,
+        204,
+    ),
+    ApiRoute(
+        "POST",
+        "/api/v1/services/{name}/renew",
+        "service.edit",
+        renew_service,
+        "Reissue the service certificate now",
+        None,
+        202,
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/services/{name}/clients",
+        "service.read",
+        list_clients,
+        "List trusted client certificates",
+    ),
+    ApiRoute(
+        "POST",
+        "/api/v1/services/{name}/clients",
+        "service.edit",
+        add_client,
+        "Trust client certificates or CAs",
+        ServiceClientAdd,
+        201,
+    ),
+    ApiRoute(
+        "DELETE",
+        "/api/v1/services/{name}/clients/{fingerprint}",
+        "service.edit",
+        remove_client,
+        "Stop trusting a client certificate",
+        None,
+        204,
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/services/{name}/outputs/{output}",
+        "service.read",
+        get_output,
+        "A public output (certs-public, client-trust)",
+    ),
+)

@@ -1,0 +1,253 @@
+"""ServiceAccount tokens checked by the Kubernetes API server (TokenReview + SubjectAccessReview).
+
+With ``auth.kubernetes.enabled`` the metrics routes accept a bearer token that is not a certctl
+API key, as ECK's operator does for its metrics endpoint:
+
+1. ``POST /apis/authentication.k8s.io/v1/tokenreviews`` with the token: who is it?
+2. ``POST /apis/authorization.k8s.io/v1/subjectaccessreviews`` for that user, its groups, uid
+   and extra, on the non-resource URL of the route with verb ``get``: may it read metrics?
+
+Outcomes: token not authenticated → :class:`TokenRejected` (401); authenticated but not
+allowed → :class:`AccessDenied` (403); API server unreachable, failing or refusing certctl's
+own calls → :class:`~certctl.kubeapi.KubeApiError` (503). Never a silent success.
+
+Decisions are cached per (SHA-256 of the token, path, verb): allow for 5 minutes, deny and
+reject for 30 seconds; failures to reach the API are not cached. The token itself is never
+stored, logged or put into an error message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from certctl.errors import PermissionDenied, Unauthenticated
+from certctl.kubeapi import KubeApiError, KubeConnection, response_json
+
+__all__ = [
+    "ALLOW_TTL_S",
+    "DENY_TTL_S",
+    "SUBJECT_ACCESS_REVIEWS",
+    "TOKEN_REVIEWS",
+    "AccessDenied",
+    "KubernetesIdentity",
+    "TokenRejected",
+    "TokenReviewAuthenticator",
+]
+
+log = logging.getLogger("certctl.auth.kubernetes")
+
+TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+SUBJECT_ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+ALLOW_TTL_S = 300.0
+DENY_TTL_S = 30.0
+MAX_CACHE_ENTRIES = 10_000
+
+
+@dataclass(frozen=True)
+class KubernetesIdentity:
+    """The user a TokenReview returned."""
+
+    username: str
+    uid: str = ""
+    groups: tuple[str, ...] = ()
+    extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+class TokenRejected(Unauthenticated):
+    """The API server did not authenticate the token (401).
+
+    ``review_error`` is the TokenReview's ``status.error`` for the audit log, never the token.
+    """
+
+    def __init__(self, detail: str, review_error: str = "") -> None:
+        super().__init__(detail)
+        self.review_error = review_error
+
+
+class AccessDenied(PermissionDenied):
+    """The token's user may not ``get`` the route (403); ``username`` names it."""
+
+    def __init__(self, detail: str, username: str, review_reason: str = "") -> None:
+        super().__init__(detail)
+        self.username = username
+        self.review_reason = review_reason
+
+
+@dataclass(frozen=True)
+class _Decision:
+    expires_at: float
+    identity: KubernetesIdentity | None = None
+    rejected: TokenRejected | None = None
+    denied: AccessDenied | None = None
+
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _identity(status: dict[str, Any]) -> KubernetesIdentity:
+    user = status.get("user")
+    if not isinstance(user, dict) or not isinstance(user.get("username"), str):
+        raise KubeApiError("TokenReview: authenticated status without user.username")
+    extra_raw = user.get("extra") or {}
+    extra = {
+        str(k): tuple(str(v) for v in values)
+        for k, values in (extra_raw.items() if isinstance(extra_raw, dict) else ())
+        if isinstance(values, list)
+    }
+    return KubernetesIdentity(
+        username=user["username"],
+        uid=str(user.get("uid") or ""),
+        groups=tuple(str(g) for g in user.get("groups") or ()),
+        extra=extra,
+    )
+
+
+class TokenReviewAuthenticator:
+    """Checks bearer tokens against the API server, caching the decisions.
+
+    Args:
+        connection: where the API server is and how certctl authenticates to it (its own
+            ServiceAccount needs ``create`` on ``tokenreviews`` and ``subjectaccessreviews``).
+        clock: monotonic seconds, injectable for tests.
+        allow_ttl_s: how long an allow decision is reused.
+        deny_ttl_s: how long a rejected token or a denied access is reused.
+        transport: an httpx transport for tests; None for the network.
+    """
+
+    def __init__(
+        self,
+        connection: KubeConnection,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        allow_ttl_s: float = ALLOW_TTL_S,
+        deny_ttl_s: float = DENY_TTL_S,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.connection = connection
+        self._clock = clock
+        self._allow_ttl_s = allow_ttl_s
+        self._deny_ttl_s = deny_ttl_s
+        self._transport = transport
+        self._cache: dict[tuple[str, str, str], _Decision] = {}
+
+    async def authorize(self, token: str, path: str, verb: str = "get") -> KubernetesIdentity:
+        """Return the token's user when it may ``verb`` the non-resource URL ``path``.
+
+        Raises:
+            TokenRejected: the API server does not authenticate the token.
+            AccessDenied: the user may not ``verb`` ``path``.
+            KubeApiError: the API server is unreachable or failing (not cached).
+        """
+        key = (_token_digest(token), path, verb)
+        now = self._clock()
+        cached = self._cache.get(key)
+        if cached is not None and cached.expires_at > now:
+            return self._replay(cached)
+        decision = await self._review(token, path, verb)
+        self._remember(key, decision, now)
+        return self._replay(decision)
+
+    @staticmethod
+    def _replay(decision: _Decision) -> KubernetesIdentity:
+        if decision.rejected is not None:
+            raise TokenRejected(decision.rejected.detail, decision.rejected.review_error)
+        if decision.denied is not None:
+            d = decision.denied
+            raise AccessDenied(d.detail, d.username, d.review_reason)
+        assert decision.identity is not None
+        return decision.identity
+
+    def _remember(self, key: tuple[str, str, str], decision: _Decision, now: float) -> None:
+        if len(self._cache) >= MAX_CACHE_ENTRIES:
+            # Bound memory against floods of random tokens: drop expired entries, then the
+            # oldest half if that was not enough.
+            self._cache = {k: v for k, v in self._cache.items() if v.expires_at > now}
+            if len(self._cache) >= MAX_CACHE_ENTRIES:
+                keep = list(self._cache.items())[MAX_CACHE_ENTRIES // 2 :]
+                self._cache = dict(keep)
+        self._cache[key] = decision
+
+    async def _review(self, token: str, path: str, verb: str) -> _Decision:
+        now = self._clock()
+        try:
+            async with self.connection.async_client(self._transport) as client:
+                review = await self._post(
+                    client,
+                    TOKEN_REVIEWS,
+                    {
+                        "apiVersion": "authentication.k8s.io/v1",
+                        "kind": "TokenReview",
+                        "spec": {"token": token},
+                    },
+                    "TokenReview",
+                )
+                status = review.get("status") or {}
+                if not status.get("authenticated"):
+                    error = str(status.get("error") or "")[:200]
+                    return _Decision(
+                        now + self._deny_ttl_s,
+                        rejected=TokenRejected(
+                            "bearer token is neither a certctl API key nor a token the "
+                            "Kubernetes API server authenticates",
+                            error,
+                        ),
+                    )
+                identity = _identity(status)
+                spec: dict[str, Any] = {
+                    "nonResourceAttributes": {"path": path, "verb": verb},
+                    "user": identity.username,
+                    "groups": list(identity.groups),
+                }
+                if identity.uid:
+                    spec["uid"] = identity.uid
+                if identity.extra:
+                    spec["extra"] = {k: list(v) for k, v in identity.extra.items()}
+                sar = await self._post(
+                    client,
+                    SUBJECT_ACCESS_REVIEWS,
+                    {
+                        "apiVersion": "authorization.k8s.io/v1",
+                        "kind": "SubjectAccessReview",
+                        "spec": spec,
+                    },
+                    "SubjectAccessReview",
+                )
+        except httpx.HTTPError as exc:
+            log.warning("Kubernetes API unreachable for TokenReview: %s", type(exc).__name__)
+            raise KubeApiError(
+                f"cannot reach the Kubernetes API server to check the token ({type(exc).__name__})"
+            ) from None
+        sar_status = sar.get("status") or {}
+        if sar_status.get("allowed") is True and not sar_status.get("denied"):
+            return _Decision(now + self._allow_ttl_s, identity=identity)
+        return _Decision(
+            now + self._deny_ttl_s,
+            denied=AccessDenied(
+                f"Kubernetes user {identity.username} may not {verb} {path} "
+                "(SubjectAccessReview denied; it needs metrics.read through RBAC "
+                "nonResourceURLs)",
+                identity.username,
+                str(sar_status.get("reason") or "")[:200],
+            ),
+        )
+
+    @staticmethod
+    async def _post(
+        client: httpx.AsyncClient, url: str, body: dict[str, Any], what: str
+    ) -> dict[str, Any]:
+        response = await client.post(url, json=body)
+        try:
+            return response_json(response, what)
+        except KubeApiError as exc:
+            # 401/403 here mean certctl's own ServiceAccount cannot create reviews: a
+            # deployment problem, reported as 503 so no caller is judged on it.
+            log.error("%s failed: %s", what, exc.detail)
+            raise

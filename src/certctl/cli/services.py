@@ -1,0 +1,124 @@
+"""``certctl apply -f`` and ``certctl services …``: managed TLS services on a server."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from certctl.cli.client import _print, _request
+
+__all__ = ["apply_command", "services_app"]
+
+services_app = typer.Typer(
+    help="Managed TLS services: status, renewal and client trust.", no_args_is_help=True
+)
+clients_app = typer.Typer(help="Client certificates a service trusts.", no_args_is_help=True)
+services_app.add_typer(clients_app, name="clients")
+
+
+def apply_command(
+    file: Path = typer.Option(
+        ..., "--file", "-f", help="YAML with one or more TLSService documents ('-' for stdin)."
+    ),
+) -> None:
+    """Create or update the TLSService documents in FILE (all validated before any is sent)."""
+    from certctl.cli._common import read_file
+    from certctl.services.tls_spec import parse_service_documents
+
+    text = sys.stdin.read() if str(file) == "-" else read_file(file, "services file").decode()
+    specs = parse_service_documents(text)
+    for spec in specs:
+        data = _request("PUT", f"/api/v1/services/{spec.name}", spec.to_document())
+        changed = "configured" if data.get("generation", 1) > 1 else "created"
+        typer.echo(f"tlsservice/{spec.name} {changed} (generation {data.get('generation')})")
+
+
+def _status_line(item: dict[str, Any]) -> str:
+    status = item.get("status", {})
+    conditions = status.get("conditions", {})
+
+    def flag(name: str) -> str:
+        return "True" if conditions.get(name, {}).get("status") else "False"
+
+    message = conditions.get("Failed", {}).get("message") or conditions.get("Ready", {}).get(
+        "message", ""
+    )
+    not_after = (status.get("not_after") or "-")[:19]
+    renewal = (status.get("next_renewal") or "-")[:19]
+    return (
+        f"{item['name']:<24} {flag('Ready'):<6} {flag('Renewing'):<9} {flag('Failed'):<7} "
+        f"{not_after:<20} {renewal:<20} {message}"
+    )
+
+
+@services_app.command("status")
+def status(name: str = typer.Argument(None, help="One service (default: all).")) -> None:
+    """Conditions (Ready, Renewing, Failed), NotAfter and next renewal of services."""
+    items = (
+        [_request("GET", f"/api/v1/services/{name}")]
+        if name
+        else _request("GET", "/api/v1/services")["items"]
+    )
+    typer.echo(
+        f"{'NAME':<24} {'READY':<6} {'RENEWING':<9} {'FAILED':<7} {'NOT AFTER':<20} "
+        f"{'NEXT RENEWAL':<20} MESSAGE"
+    )
+    for item in items:
+        typer.echo(_status_line(item))
+
+
+@services_app.command("list")
+def list_services() -> None:
+    """List services as JSON."""
+    _print(_request("GET", "/api/v1/services"))
+
+
+@services_app.command("get")
+def get(name: str = typer.Argument(..., help="Service name.")) -> None:
+    """Show a service's spec and status as JSON."""
+    _print(_request("GET", f"/api/v1/services/{name}"))
+
+
+@services_app.command("delete")
+def delete(name: str = typer.Argument(..., help="Service name.")) -> None:
+    """Forget a service (delivered files stay in place)."""
+    _request("DELETE", f"/api/v1/services/{name}")
+    typer.echo(f"tlsservice/{name} deleted")
+
+
+@services_app.command("renew")
+def renew(name: str = typer.Argument(..., help="Service name.")) -> None:
+    """Reissue a service's certificate now."""
+    _request("POST", f"/api/v1/services/{name}/renew")
+    typer.echo(f"tlsservice/{name} renewal requested")
+
+
+@clients_app.command("add")
+def clients_add(
+    name: str = typer.Argument(..., help="Service name."),
+    cert: Path = typer.Option(..., "--cert", help="PEM file with client certificate(s) or CA(s)."),
+) -> None:
+    """Trust client certificates or CAs (PEM certificates only)."""
+    from certctl.cli._common import read_file
+
+    pem = read_file(cert, "certificate file").decode("ascii", "replace")
+    _print(_request("POST", f"/api/v1/services/{name}/clients", {"certificate_pem": pem}))
+
+
+@clients_app.command("list")
+def clients_list(name: str = typer.Argument(..., help="Service name.")) -> None:
+    """List trusted client certificates."""
+    _print(_request("GET", f"/api/v1/services/{name}/clients"))
+
+
+@clients_app.command("remove")
+def clients_remove(
+    name: str = typer.Argument(..., help="Service name."),
+    fingerprint: str = typer.Argument(..., help="SHA-256 fingerprint (hex) from 'clients list'."),
+) -> None:
+    """Stop trusting a client certificate; takes effect at the next reconcile."""
+    _request("DELETE", f"/api/v1/services/{name}/clients/{fingerprint}")
+    typer.echo(f"removed client {fingerprint[:16]}… from {name}")

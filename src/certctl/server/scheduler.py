@@ -1,0 +1,134 @@
+"""The reconcile loop inside ``certctl serve``, with leadership across replicas.
+
+With PostgreSQL several replicas share one database; exactly one of them (the holder of a
+session-level advisory lock) reconciles services and sends webhooks. The lock lives on a
+dedicated connection: if the leader dies, PostgreSQL drops its session and the lock, and
+another replica takes over on its next attempt. SQLite means a single process: it leads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, text
+
+from certctl.metrics.registry import SERVICE_NEXT_RENEWAL, SERVICE_NOT_AFTER, SERVICE_READY
+from certctl.services import tls_services
+from certctl.services.context import Services
+from certctl.services.notify import Webhook, dispatch_pending
+from certctl.store.models import ManagedService
+
+__all__ = ["Leadership", "Scheduler"]
+
+log = logging.getLogger("certctl.scheduler")
+# pg_advisory_lock key: "certctl" as an integer, so other applications rarely collide.
+_LOCK_KEY = int.from_bytes(b"certctl", "big")
+
+
+class Leadership:
+    """Who runs the reconciler: always this process on SQLite; the lock holder on PostgreSQL."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._connection: Any = None
+        self.is_postgres = services.engine.dialect.name == "postgresql"
+
+    def check(self) -> bool:
+        """Try to become (or stay) the leader; True when this process leads."""
+        if not self.is_postgres:
+            return True
+        try:
+            if self._connection is not None:
+                self._connection.execute(text("SELECT 1"))
+                return True
+            connection = self.services.engine.connect()
+            got = connection.execute(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": _LOCK_KEY}
+            ).scalar()
+            connection.commit()
+            if got:
+                self._connection = connection
+                log.info("this replica is now the leader")
+                return True
+            connection.close()
+            return False
+        except Exception:
+            log.exception("leadership check failed; stepping down")
+            self.release()
+            return False
+
+    def release(self) -> None:
+        """Give up leadership (closing the session releases the lock)."""
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            except Exception:
+                log.debug("closing the leader connection failed", exc_info=True)
+            self._connection = None
+
+
+@dataclass
+class Scheduler:
+    """Reconciles due services every ``interval_s`` (or sooner when woken)."""
+
+    services: Services
+    settings: tls_services.ServiceSettings
+    interval_s: float
+    webhook: Webhook | None = None
+    clock: Callable[[], datetime] | None = None
+    leadership: Leadership | None = None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def wake(self) -> None:
+        """Reconcile soon (a spec changed)."""
+        self._wake.set()
+
+    def tick(self) -> int:
+        """One pass over the services (blocking; run it in a thread). Returns reconciles done."""
+        leadership = self.leadership or Leadership(self.services)
+        self.leadership = leadership
+        if not leadership.check():
+            return 0
+        now = (self.clock or self.services.clock)()
+        with self.services.sessions() as session:
+            rows = list(session.scalars(select(ManagedService).order_by(ManagedService.name)))
+        done = 0
+        for row in rows:
+            if tls_services.due(row, now):
+                try:
+                    row = tls_services.reconcile_service(
+                        self.services, self.settings, row.name, now
+                    )
+                    done += 1
+                except Exception:
+                    log.exception("reconciling service %s failed", row.name)
+            self._export(row)
+        if self.webhook is not None:
+            dispatch_pending(self.services, self.webhook)
+        return done
+
+    def _export(self, row: ManagedService) -> None:
+        ready = bool((row.conditions or {}).get("Ready", {}).get("status"))
+        SERVICE_READY.labels(row.name).set(1 if ready else 0)
+        if row.not_after is not None:
+            SERVICE_NOT_AFTER.labels(row.name).set(row.not_after.timestamp())
+        if row.renew_at is not None:
+            SERVICE_NEXT_RENEWAL.labels(row.name).set(row.renew_at.timestamp())
+
+    async def run(self) -> None:
+        """Loop forever; errors are logged and the loop goes on."""
+        while True:
+            try:
+                await asyncio.to_thread(self.tick)
+            except Exception:
+                log.exception("scheduler tick failed")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
+            except TimeoutError:
+                pass

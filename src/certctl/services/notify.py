@@ -1,0 +1,95 @@
+"""Webhook notifications from the outbox: JSON POSTs signed with HMAC-SHA256, retried."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from certctl.services.context import Services
+from certctl.store.models import OutboxEvent
+
+__all__ = ["SIGNATURE_HEADER", "Webhook", "dispatch_pending", "sign"]
+
+log = logging.getLogger("certctl.notify")
+SIGNATURE_HEADER = "X-Certctl-Signature"
+_MAX_BACKOFF = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """Where events go and the shared secret that signs them."""
+
+    url: str
+    secret: bytes
+    timeout_s: float = 10.0
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """``sha256=<hex>`` HMAC over the exact body bytes (the receiver recomputes it)."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def dispatch_pending(services: Services, webhook: Webhook, *, limit: int = 100) -> int:
+    """Send due events, oldest first; each is marked delivered once a 2xx comes back.
+
+    Returns:
+        How many events were delivered.
+    """
+    import httpx
+
+    now = services.clock()
+    with services.sessions() as session:
+        pending = list(
+            session.scalars(
+                select(OutboxEvent)
+                .where(OutboxEvent.delivered_at.is_(None), OutboxEvent.next_attempt_at <= now)
+                .order_by(OutboxEvent.id)
+                .limit(limit)
+            )
+        )
+    delivered = 0
+    with httpx.Client(timeout=webhook.timeout_s) as client:
+        for event in pending:
+            body = json.dumps({"id": event.id, **event.payload}, sort_keys=True).encode()
+            error: str | None = None
+            try:
+                response = client.post(
+                    webhook.url,
+                    content=body,
+                    headers={
+                        "Content-Type": "application/json",
+                        SIGNATURE_HEADER: sign(webhook.secret, body),
+                        "X-Certctl-Event": event.event,
+                        "X-Certctl-Delivery": str(event.id),
+                    },
+                )
+                if not 200 <= response.status_code < 300:
+                    error = f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                error = type(exc).__name__
+            with services.sessions.begin() as session:
+                row = session.get(OutboxEvent, event.id, with_for_update=True)
+                if row is None or row.delivered_at is not None:
+                    continue
+                if error is None:
+                    row.delivered_at = services.clock()
+                    delivered += 1
+                else:
+                    row.attempts += 1
+                    row.last_error = error
+                    delay = timedelta(seconds=2) * (2 ** min(row.attempts - 1, 12))
+                    row.next_attempt_at = services.clock() + min(delay, _MAX_BACKOFF)
+                    log.warning(
+                        "webhook %s for %s failed (%s); retry %d",
+                        event.event,
+                        event.service,
+                        error,
+                        row.attempts,
+                    )
+    return delivered

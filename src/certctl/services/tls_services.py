@@ -1,0 +1,871 @@
+"""Managed TLS for services (ECK ``spec.http.tls`` model): store specs, reconcile, deliver.
+
+Reconciling a service decides, from its spec, its stored state and ``now`` (passed in, so
+tests travel in time), whether its CA and certificate must be (re)issued, then delivers the
+``-certs-internal`` bundle to the service's targets. Errors never touch what was deployed
+before: the service's ``Failed`` condition carries the message instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from sqlalchemy import select
+
+from certctl.errors import InvalidRequest, NotFound
+from certctl.metrics.registry import RENEWALS
+from certctl.pki import (
+    PROFILES,
+    CertificateAuthority,
+    SubjectAltNames,
+    certs_to_pem,
+    common_name_dn,
+    create_root_ca,
+    generate_private_key,
+    key_to_pem,
+    keys_match,
+    load_material,
+    to_pkcs12,
+)
+from certctl.services.audit import record
+from certctl.services.context import Principal, Services
+from certctl.services.tls_spec import DirectoryTarget, SecretTarget, TLSServiceSpec, parse_service
+from certctl.store.models import ManagedService, OutboxEvent, ServiceClient
+
+__all__ = [
+    "OUTPUTS",
+    "ServiceSettings",
+    "add_client",
+    "delete_service",
+    "get_service",
+    "list_services",
+    "outputs_for",
+    "put_service",
+    "reconcile_service",
+    "remove_client",
+    "request_renewal",
+    "service_json",
+]
+
+log = logging.getLogger("certctl.services")
+OUTPUTS = ("ca-internal", "certs-internal", "certs-public", "client-trust")
+_MAX_BACKOFF = timedelta(minutes=5)
+_FIRST_BACKOFF = timedelta(seconds=5)
+_MIN_RENEWAL_INTERVAL = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Lifetimes and margins (DESIGN §3) and where custom-certificate secrets live."""
+
+    ca_validity: timedelta = timedelta(hours=8760)
+    ca_rotate_before: timedelta = timedelta(hours=24)
+    cert_validity: timedelta = timedelta(hours=8760)
+    cert_rotate_before: timedelta = timedelta(hours=24)
+    secrets_dir: Path = Path("certctl-data/secrets")
+    jitter: float = 0.1
+    reload_runner: Callable[[str, float], None] | None = None
+    secret_writer: Callable[[SecretTarget, dict[str, bytes]], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.cert_validity <= self.cert_rotate_before:
+            raise InvalidRequest("cert-validity must be longer than cert-rotate-before")
+        if self.ca_validity <= self.ca_rotate_before:
+            raise InvalidRequest("ca-cert-validity must be longer than ca-cert-rotate-before")
+
+
+# --- spec CRUD ---------------------------------------------------------------------------
+
+
+def put_service(services: Services, caller: Principal, name: str, doc: Any) -> ManagedService:
+    """Create or replace a service's spec (validated whole; nothing stored when invalid)."""
+    caller.require("service.edit")
+    spec = parse_service(doc)
+    if spec.name != name:
+        raise InvalidRequest(f"metadata.name {spec.name!r} does not match the URL name {name!r}")
+    now = services.clock()
+    document = spec.to_document()
+    with services.sessions.begin() as session:
+        row = session.get(ManagedService, name, with_for_update=True)
+        if row is None:
+            row = ManagedService(
+                name=name,
+                spec=document,
+                generation=1,
+                created_at=now,
+                updated_at=now,
+                conditions={},
+                delivered={},
+                attempts=0,
+            )
+            session.add(row)
+            action = "service.create"
+        else:
+            if row.spec != document:
+                row.spec, row.generation, row.updated_at = document, row.generation + 1, now
+                row.attempts, row.next_attempt_at = 0, None
+            action = "service.edit"
+        record(
+            session, at=now, actor=caller.actor_id, action=action, target=name, source=caller.source
+        )
+    return row
+
+
+def get_service(services: Services, caller: Principal, name: str) -> ManagedService:
+    """One service."""
+    caller.require("service.read")
+    with services.sessions() as session:
+        row = session.get(ManagedService, name)
+    if row is None:
+        raise NotFound(f"service {name} not found")
+    return row
+
+
+def list_services(services: Services, caller: Principal) -> list[ManagedService]:
+    """All services, by name."""
+    caller.require("service.read")
+    with services.sessions() as session:
+        return list(session.scalars(select(ManagedService).order_by(ManagedService.name)))
+
+
+def delete_service(services: Services, caller: Principal, name: str) -> None:
+    """Forget a service; delivered files stay where they are (they may still be serving)."""
+    caller.require("service.delete")
+    now = services.clock()
+    with services.sessions.begin() as session:
+        row = session.get(ManagedService, name)
+        if row is None:
+            raise NotFound(f"service {name} not found")
+        for client in session.scalars(select(ServiceClient).where(ServiceClient.service == name)):
+            session.delete(client)
+        session.flush()
+        session.delete(row)
+        record(
+            session,
+            at=now,
+            actor=caller.actor_id,
+            action="service.delete",
+            target=name,
+            source=caller.source,
+        )
+
+
+def request_renewal(services: Services, caller: Principal, name: str) -> ManagedService:
+    """Force the next reconcile to reissue the certificate."""
+    caller.require("service.edit")
+    now = services.clock()
+    with services.sessions.begin() as session:
+        row = session.get(ManagedService, name, with_for_update=True)
+        if row is None:
+            raise NotFound(f"service {name} not found")
+        row.renew_at = now
+        row.next_attempt_at = None
+        record(
+            session,
+            at=now,
+            actor=caller.actor_id,
+            action="service.renew",
+            target=name,
+            source=caller.source,
+        )
+    return row
+
+
+# --- client trust ------------------------------------------------------------------------
+
+
+def _fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def add_client(services: Services, caller: Principal, name: str, pem: str) -> list[ServiceClient]:
+    """Register client certificates or CAs (PEM certificates only) for a service."""
+    caller.require("service.edit")
+    if "PRIVATE KEY" in pem:
+        raise InvalidRequest("client trust takes certificates only; never send a private key")
+    material = load_material(pem.encode())
+    if not material.certificates or material.csrs or material.crls:
+        raise InvalidRequest("client trust takes PEM certificates only")
+    now = services.clock()
+    added = []
+    with services.sessions.begin() as session:
+        if session.get(ManagedService, name) is None:
+            raise NotFound(f"service {name} not found")
+        for cert in material.certificates:
+            fingerprint = _fingerprint(cert)
+            if session.get(ServiceClient, (name, fingerprint)) is not None:
+                continue
+            try:
+                is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+            except x509.ExtensionNotFound:
+                is_ca = False
+            client = ServiceClient(
+                service=name,
+                fingerprint=fingerprint,
+                subject=cert.subject.rfc4514_string(),
+                certificate_pem=certs_to_pem([cert]).decode(),
+                is_ca=is_ca,
+                added_at=now,
+            )
+            session.add(client)
+            added.append(client)
+        record(
+            session,
+            at=now,
+            actor=caller.actor_id,
+            action="service.client.add",
+            target=name,
+            detail=",".join(c.fingerprint[:16] for c in added),
+            source=caller.source,
+        )
+    return added
+
+
+def remove_client(services: Services, caller: Principal, name: str, fingerprint: str) -> None:
+    """Deregister a client certificate; the next reconcile drops it from the trust bundle."""
+    caller.require("service.edit")
+    now = services.clock()
+    with services.sessions.begin() as session:
+        client = session.get(ServiceClient, (name, fingerprint.lower().replace(":", "")))
+        if client is None:
+            raise NotFound(f"client {fingerprint} of service {name} not found")
+        session.delete(client)
+        record(
+            session,
+            at=now,
+            actor=caller.actor_id,
+            action="service.client.remove",
+            target=name,
+            detail=fingerprint[:16],
+            source=caller.source,
+        )
+
+
+def _client_trust(services: Services, name: str) -> bytes:
+    with services.sessions() as session:
+        pems = session.scalars(
+            select(ServiceClient.certificate_pem).where(ServiceClient.service == name)
+        ).all()
+    # Sorted and deduplicated (by content), so the bundle only changes when its set does.
+    return "".join(sorted(set(pems))).encode()
+
+
+# --- reconciliation ----------------------------------------------------------------------
+
+
+@dataclass
+class _Desired:
+    """What one reconcile decided to serve."""
+
+    certificate_pem: str | None = None
+    chain_pem: str = ""
+    ca_pem: str = ""
+    key_pem: bytes | None = None
+    ca_key_pem: bytes | None = None
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+def _per_service_ca_id(name: str) -> str:
+    return f"svc.{name}"
+
+
+def _ensure_service_ca(
+    services: Services, settings: ServiceSettings, name: str, now: datetime
+) -> tuple[CertificateAuthority, bool]:
+    """The service's own CA (CN ``<name>-http``, OU ``<name>``), renewed with the same key."""
+    from certctl.services import issuance
+    from certctl.store.models import Issuer
+
+    issuer_id = _per_service_ca_id(name)
+    try:
+        ca = issuance.load_issuer(services, issuer_id)
+    except NotFound:
+        key = generate_private_key()
+        subject = x509.Name(
+            [
+                x509.NameAttribute(x509.NameOID.ORGANIZATIONAL_UNIT_NAME, name),
+                x509.NameAttribute(x509.NameOID.COMMON_NAME, f"{name}-http"),
+            ]
+        )
+        root = create_root_ca(key, subject, validity=settings.ca_validity, now=now)
+        issuance._store_issuer(
+            services,
+            issuer_id,
+            f"{name} service CA",
+            CertificateAuthority(root.certificate, key),
+            None,
+            "service.ca",
+        )
+        return issuance.load_issuer(services, issuer_id), True
+    if now < ca_renewal_time(settings, ca):
+        return ca, False
+    # Same key, same subject, same SKI: leaves signed by the old CA certificate verify
+    # under the new one and the other way round, so clients holding either keep working.
+    renewed = create_root_ca(
+        ca.private_key, ca.certificate.subject, validity=settings.ca_validity, now=now
+    )
+    with services.sessions.begin() as session:
+        row = session.get(Issuer, issuer_id, with_for_update=True)
+        assert row is not None
+        row.certificate_pem = certs_to_pem([renewed.certificate]).decode()
+        row.not_after = renewed.certificate.not_valid_after_utc
+    services.forget_issuer(issuer_id)
+    log.info(
+        "renewed the CA of service %s (same key) until %s",
+        name,
+        renewed.certificate.not_valid_after_utc.isoformat(),
+    )
+    return issuance.load_issuer(services, issuer_id), True
+
+
+def ca_renewal_time(settings: ServiceSettings, ca: CertificateAuthority) -> datetime:
+    """When a service CA is renewed.
+
+    ``ca-cert-rotate-before`` ahead, and early enough that a leaf clipped to the CA's
+    notAfter is never due for renewal as soon as it is issued.
+    """
+    leaf_margin = settings.cert_rotate_before * (1 + settings.jitter) + _MIN_RENEWAL_INTERVAL
+    return ca.certificate.not_valid_after_utc - max(settings.ca_rotate_before, leaf_margin)
+
+
+def _read_secret(settings: ServiceSettings, secret: str) -> dict[str, bytes]:
+    directory = settings.secrets_dir / secret
+    if not directory.is_dir():
+        raise InvalidRequest(f"secret {secret} not found (expected a directory {directory})")
+    found = {}
+    for name in ("tls.crt", "tls.key", "ca.crt", "ca.key"):
+        path = directory / name
+        if path.exists():
+            found[name] = path.read_bytes()
+    return found
+
+
+def _custom_material(
+    settings: ServiceSettings, spec: TLSServiceSpec, now: datetime
+) -> tuple[_Desired | None, CertificateAuthority | None, list[str]]:
+    """Validate a custom certificate secret: a certificate to serve as is, or a CA to use."""
+    assert spec.tls.certificate is not None
+    secret = spec.tls.certificate.secret_name
+    files = _read_secret(settings, secret)
+    warnings: list[str] = []
+    if "tls.crt" in files and "tls.key" in files:
+        certs = load_material(files["tls.crt"]).certificates
+        key = load_material(files["tls.key"]).private_key
+        if not certs or key is None:
+            raise InvalidRequest(f"secret {secret}: tls.crt or tls.key holds nothing usable")
+        leaf = certs[0]
+        if not keys_match(key, leaf):
+            raise InvalidRequest(f"secret {secret}: tls.key does not match tls.crt")
+        if now < leaf.not_valid_before_utc:
+            raise InvalidRequest(
+                f"secret {secret}: tls.crt is not valid before "
+                f"{leaf.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}"
+            )
+        if now > leaf.not_valid_after_utc:
+            raise InvalidRequest(
+                f"secret {secret}: tls.crt expired on {leaf.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
+            )
+        ca_pem = b""
+        if "ca.crt" in files:
+            from certctl.pki import VerificationFailed, verify_certificate
+
+            trust = load_material(files["ca.crt"]).certificates
+            try:
+                verify_certificate(
+                    leaf, trust=trust, untrusted=certs[1:], now=now, hostname=None, purpose="server"
+                )
+            except VerificationFailed as exc:
+                raise InvalidRequest(
+                    f"secret {secret}: ca.crt does not verify tls.crt "
+                    f"({exc.detail.removeprefix('verification failed: ')})"
+                ) from None
+            ca_pem = certs_to_pem(trust)
+        missing = _uncovered_names(leaf, spec)
+        if missing:
+            warnings.append(f"secret {secret}: tls.crt does not cover {', '.join(missing)}")
+        desired = _Desired(
+            certificate_pem=certs_to_pem([leaf]).decode(),
+            chain_pem=certs_to_pem(certs[1:]).decode(),
+            ca_pem=ca_pem.decode(),
+            key_pem=key_to_pem(key),
+        )
+        return desired, None, warnings
+    if "ca.crt" in files and "ca.key" in files:
+        certs = load_material(files["ca.crt"]).certificates
+        key = load_material(files["ca.key"]).private_key
+        if not certs or key is None:
+            raise InvalidRequest(f"secret {secret}: ca.crt or ca.key holds nothing usable")
+        if not keys_match(key, certs[0]):
+            raise InvalidRequest(f"secret {secret}: ca.key does not match ca.crt")
+        try:
+            ca = CertificateAuthority(certs[0], key, tuple(certs[1:]))
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"secret {secret}: ca.crt is not a CA ({exc.detail})") from None
+        if now > ca.certificate.not_valid_after_utc:
+            raise InvalidRequest(f"secret {secret}: ca.crt expired")
+        return None, ca, warnings
+    raise InvalidRequest(f"secret {secret} holds neither tls.crt+tls.key nor ca.crt+ca.key")
+
+
+def _uncovered_names(leaf: x509.Certificate, spec: TLSServiceSpec) -> list[str]:
+    try:
+        ext = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        have = SubjectAltNames.from_extension(ext)
+    except x509.ExtensionNotFound:
+        have = SubjectAltNames()
+    wanted = [d for d in spec.dns_names() if d != spec.name] + spec.ip_addresses()
+    have_names = set(have.dns) | {str(a) for a in have.ip}
+    return [n for n in wanted if n not in have_names]
+
+
+def _jitter(settings: ServiceSettings, name: str, serial: str) -> timedelta:
+    # Deterministic per certificate, so restarts do not move the renewal time.
+    fraction = int(hashlib.sha256(f"{name}:{serial}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return settings.cert_rotate_before * settings.jitter * fraction
+
+
+def _needs_leaf(
+    row: ManagedService, spec: TLSServiceSpec, ca: CertificateAuthority, now: datetime
+) -> str | None:
+    """Why the certificate must be reissued, or None."""
+    if row.certificate_pem is None or row.wrapped_key is None:
+        return "no certificate yet"
+    if row.renew_at is not None and now >= row.renew_at:
+        return "due for renewal"
+    cert = x509.load_pem_x509_certificate(row.certificate_pem.encode())
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        have = SubjectAltNames.from_extension(ext)
+    except x509.ExtensionNotFound:
+        have = SubjectAltNames()
+    wanted = SubjectAltNames.parse(dns=spec.dns_names(), ip=spec.ip_addresses())
+    if have != wanted:
+        return "subject alternative names changed"
+    if cert.subject != common_name_dn(spec.name):
+        return "subject changed"
+    if cert.issuer != ca.certificate.subject:
+        return "issuer changed"
+    try:
+        cert.verify_directly_issued_by(ca.certificate)
+    except (ValueError, TypeError, Exception):
+        return "issuer key changed"
+    return None
+
+
+def reconcile_service(
+    services: Services, settings: ServiceSettings, name: str, now: datetime
+) -> ManagedService:
+    """Bring one service to its spec: issue or renew as needed, then deliver.
+
+    Never raises for problems of the service itself: they become its ``Failed`` condition.
+    """
+    with services.sessions() as session:
+        row = session.get(ManagedService, name)
+        if row is None:
+            raise NotFound(f"service {name} not found")
+    spec = parse_service(row.spec)
+    conditions: dict[str, Any] = {}
+    try:
+        result = _decide(services, settings, row, spec, now)
+    except InvalidRequest as exc:
+        return _fail(services, row, now, exc.detail, stage="issue")
+    desired, reason, warnings = result
+    if reason is not None:
+        row = _store_issue(services, settings, row, spec, desired, reason, now)
+    bundle = outputs_for(services, row, spec)
+    failures = _deliver(services, settings, row, spec, bundle)
+    message = "; ".join(warnings)
+    with services.sessions.begin() as session:
+        current = session.get(ManagedService, name, with_for_update=True)
+        if current is None:
+            raise NotFound(f"service {name} was deleted")
+        current.delivered = dict(row.delivered)
+        current.reconciled_generation = row.generation
+        current.ca_renew_at = _service_ca_renew_at(services, settings, spec)
+        if failures:
+            current.attempts += 1
+            current.next_attempt_at = now + _backoff(current.attempts)
+            detail = "; ".join(failures)
+            conditions = _conditions(
+                ready=False, renewing=reason is not None, failed=detail, message=message, now=now
+            )
+            _event(session, now, "failed", name, {"reason": detail})
+        else:
+            current.attempts, current.next_attempt_at = 0, None
+            ready_msg = "TLS disabled: plain HTTP" if spec.disabled else (message or "serving")
+            conditions = _conditions(
+                ready=True, renewing=False, failed=None, message=ready_msg, now=now
+            )
+            if (
+                not spec.disabled
+                and current.not_after is not None
+                and current.not_after - now <= settings.cert_rotate_before
+                and reason is None
+            ):
+                _event(session, now, "expiring", name, {"not_after": current.not_after.isoformat()})
+        current.conditions = conditions
+        session.flush()
+        session.expunge(current)
+    return current
+
+
+def _service_ca_renew_at(
+    services: Services, settings: ServiceSettings, spec: TLSServiceSpec
+) -> datetime | None:
+    if spec.disabled or spec.tls.certificate is not None:
+        return None
+    from certctl.services import issuance
+
+    try:
+        return ca_renewal_time(
+            settings, issuance.load_issuer(services, _per_service_ca_id(spec.name))
+        )
+    except NotFound:
+        return None
+
+
+def _decide(
+    services: Services,
+    settings: ServiceSettings,
+    row: ManagedService,
+    spec: TLSServiceSpec,
+    now: datetime,
+) -> tuple[_Desired, str | None, list[str]]:
+    if spec.disabled:
+        reason = "TLS disabled" if row.certificate_pem is not None else None
+        return _Desired(), reason, []
+    if spec.tls.certificate is not None:
+        served, custom_ca, warnings = _custom_material(settings, spec, now)
+        if served is not None:
+            same = served.certificate_pem == row.certificate_pem and served.ca_pem == row.ca_pem
+            return served, None if same else "custom certificate changed", warnings
+        assert custom_ca is not None
+        ca, ca_changed = custom_ca, False
+    else:
+        ca, ca_changed = _ensure_service_ca(services, settings, spec.name, now)
+        warnings = []
+    reason = _needs_leaf(row, spec, ca, now)
+    if reason is None and not ca_changed:
+        return _Desired(), None, warnings
+    if reason is None:
+        # The CA certificate was renewed (same key): publish it; the leaf stays valid.
+        desired = _current(services, row)
+        desired.ca_pem = certs_to_pem([ca.root]).decode()
+        return desired, "CA renewed", warnings
+    key = generate_private_key()
+    # A leaf never outlives its CA: shorten it quietly (the CA is renewed ahead of time).
+    validity = min(settings.cert_validity, ca.certificate.not_valid_after_utc - now)
+    issued = ca.issue(
+        key.public_key(),
+        common_name_dn(spec.name),
+        profile=PROFILES["server"],
+        validity=validity,
+        now=now,
+        sans=SubjectAltNames.parse(dns=spec.dns_names(), ip=spec.ip_addresses()),
+    )
+    desired = _Desired(
+        certificate_pem=certs_to_pem([issued.certificate]).decode(),
+        chain_pem=ca.chain_below_root_pem.decode(),
+        ca_pem=ca.root_pem.decode(),
+        key_pem=key_to_pem(key),
+    )
+    return desired, reason, [*warnings, *issued.warnings]
+
+
+def _current(services: Services, row: ManagedService) -> _Desired:
+    key = None
+    if row.wrapped_key is not None:
+        key = services.wrapper.unwrap(row.wrapped_key, context=f"service:{row.name}")
+    return _Desired(row.certificate_pem, row.chain_pem or "", row.ca_pem or "", key)
+
+
+def _store_issue(
+    services: Services,
+    settings: ServiceSettings,
+    row: ManagedService,
+    spec: TLSServiceSpec,
+    desired: _Desired,
+    reason: str,
+    now: datetime,
+) -> ManagedService:
+    with services.sessions.begin() as session:
+        current = session.get(ManagedService, row.name, with_for_update=True)
+        if current is None:
+            raise NotFound(f"service {row.name} was deleted")
+        first = current.certificate_pem is None
+        current.certificate_pem = desired.certificate_pem
+        current.chain_pem = desired.chain_pem
+        current.ca_pem = desired.ca_pem
+        current.wrapped_key = (
+            services.wrapper.wrap(desired.key_pem, context=f"service:{row.name}")
+            if desired.key_pem
+            else None
+        )
+        if desired.certificate_pem is None:
+            current.serial = current.not_after = current.renew_at = None
+        else:
+            cert = x509.load_pem_x509_certificate(desired.certificate_pem.encode())
+            current.serial = f"{cert.serial_number:x}"
+            current.not_after = cert.not_valid_after_utc
+            # A custom certificate is renewed by its owner; only certctl's own get a date.
+            served_as_is = reason == "custom certificate changed"
+            current.renew_at = (
+                None
+                if served_as_is
+                else max(
+                    cert.not_valid_after_utc
+                    - settings.cert_rotate_before
+                    - _jitter(settings, row.name, current.serial),
+                    # A custom CA about to expire clips every leaf: do not reissue in a loop.
+                    now + _MIN_RENEWAL_INTERVAL,
+                )
+            )
+            event = "issued" if first else "renewed"
+            if reason not in ("CA renewed",):
+                _event(
+                    session,
+                    now,
+                    event,
+                    row.name,
+                    {
+                        "serial": current.serial,
+                        "not_after": current.not_after.isoformat(),
+                        "reason": reason,
+                    },
+                )
+                if not first:
+                    RENEWALS.labels("success").inc()
+        session.flush()
+        session.expunge(current)
+    log.info(
+        "service %s: %s (%s)",
+        row.name,
+        "certificate issued" if desired.certificate_pem else "certificates removed",
+        reason,
+    )
+    return current
+
+
+def outputs_for(
+    services: Services, row: ManagedService, spec: TLSServiceSpec | None = None
+) -> dict[str, dict[str, bytes]]:
+    """The service's outputs (DESIGN §7) as ``{output: {file name: bytes}}``."""
+    spec = spec or parse_service(row.spec)
+    if spec.disabled or row.certificate_pem is None:
+        return {}
+    current = _current(services, row)
+    leaf = (current.certificate_pem or "").encode() + current.chain_pem.encode()
+    ca = current.ca_pem.encode()
+    outputs: dict[str, dict[str, bytes]] = {
+        "certs-internal": {"tls.crt": leaf, "tls.key": current.key_pem or b"", "ca.crt": ca},
+        "certs-public": {"tls.crt": leaf, "ca.crt": ca},
+    }
+    if spec.tls.certificate is None:
+        from certctl.services import issuance
+
+        service_ca = issuance.load_issuer(services, _per_service_ca_id(spec.name))
+        outputs["ca-internal"] = {
+            "ca.crt": service_ca.root_pem,
+            "ca.key": service_ca.private_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        }
+    if spec.tls.client.authentication:
+        outputs["client-trust"] = {"ca.crt": _client_trust(services, spec.name)}
+    return outputs
+
+
+def _target_key(target: DirectoryTarget | SecretTarget) -> str:
+    if isinstance(target, DirectoryTarget):
+        return f"dir:{target.directory}"
+    return f"secret:{target.namespace}/{target.secret}"
+
+
+def _target_files(
+    target: DirectoryTarget | SecretTarget, bundle: dict[str, dict[str, bytes]]
+) -> dict[str, tuple[bytes, bool]]:
+    internal = bundle.get("certs-internal")
+    if internal is None:
+        return {}
+    files = {
+        "tls.crt": (internal["tls.crt"], False),
+        "tls.key": (internal["tls.key"], True),
+        "ca.crt": (internal["ca.crt"], False),
+    }
+    if "client-trust" in bundle:
+        files["client-trust.crt"] = (bundle["client-trust"]["ca.crt"], False)
+    return files
+
+
+def _deliver(
+    services: Services,
+    settings: ServiceSettings,
+    row: ManagedService,
+    spec: TLSServiceSpec,
+    bundle: dict[str, dict[str, bytes]],
+) -> list[str]:
+    from certctl.metrics.registry import DELIVERIES
+    from certctl.pki import load_private_key
+    from certctl.targets.directory import (
+        BundleFile,
+        DeliveryError,
+        deliver_to_directory,
+        remove_directory_target,
+        run_reload,
+    )
+
+    failures: list[str] = []
+    delivered = dict(row.delivered)
+    for target in spec.spec.targets:
+        key = _target_key(target)
+        files = _target_files(target, bundle)
+        digest = hashlib.sha256(
+            b"".join(n.encode() + d for n, (d, _) in sorted(files.items()))
+        ).hexdigest()
+        if delivered.get(key) == digest:
+            continue
+        try:
+            if isinstance(target, DirectoryTarget):
+                if not files:
+                    remove_directory_target(target.directory)
+                else:
+                    if target.format == "pkcs12":
+                        assert target.password_file is not None
+                        password = target.password_file.read_bytes().rstrip(b"\r\n")
+                        certs = load_material(files["tls.crt"][0]).certificates
+                        p12 = to_pkcs12(
+                            spec.name,
+                            load_private_key(files["tls.key"][0]),
+                            certs[0],
+                            certs[1:] + load_material(files["ca.crt"][0]).certificates,
+                            password,
+                        )
+                        files = {
+                            "tls.p12": (p12, True),
+                            "ca.crt": files["ca.crt"],
+                            **(
+                                {"client-trust.crt": files["client-trust.crt"]}
+                                if "client-trust.crt" in files
+                                else {}
+                            ),
+                        }
+                    deliver_to_directory(
+                        target.directory,
+                        {n: BundleFile(d, s) for n, (d, s) in files.items()},
+                        owner=target.owner,
+                        group=target.group,
+                    )
+                if target.reload:
+                    from certctl.pki import parse_duration
+
+                    runner = settings.reload_runner or run_reload
+                    runner(target.reload, parse_duration(target.reload_timeout).total_seconds())
+            else:
+                if settings.secret_writer is None:
+                    raise DeliveryError("Kubernetes Secret targets need auth.kubernetes set up")
+                settings.secret_writer(target, {n: d for n, (d, _) in files.items()})
+            delivered[key] = digest
+            DELIVERIES.labels("success").inc()
+        except (DeliveryError, InvalidRequest, OSError) as exc:
+            DELIVERIES.labels("error").inc()
+            detail = exc.detail if isinstance(exc, DeliveryError | InvalidRequest) else str(exc)
+            failures.append(f"{key}: {detail}")
+            log.error("service %s: delivery to %s failed: %s", spec.name, key, detail)
+    row.delivered = delivered
+    return failures
+
+
+def _backoff(attempts: int) -> timedelta:
+    delay: timedelta = _FIRST_BACKOFF * (2 ** min(max(0, attempts - 1), 10))
+    return min(delay, _MAX_BACKOFF)
+
+
+def _conditions(
+    *, ready: bool, renewing: bool, failed: str | None, message: str, now: datetime
+) -> dict[str, Any]:
+    at = now.isoformat()
+    return {
+        "Ready": {"status": ready, "message": message if ready else (failed or ""), "at": at},
+        "Renewing": {"status": renewing, "message": "", "at": at},
+        "Failed": {"status": failed is not None, "message": failed or "", "at": at},
+    }
+
+
+def _fail(
+    services: Services, row: ManagedService, now: datetime, detail: str, stage: str
+) -> ManagedService:
+    log.error("service %s: %s", row.name, detail)
+    RENEWALS.labels("error").inc()
+    with services.sessions.begin() as session:
+        current = session.get(ManagedService, row.name, with_for_update=True)
+        if current is None:
+            raise NotFound(f"service {row.name} was deleted")
+        current.attempts += 1
+        current.next_attempt_at = now + _backoff(current.attempts)
+        serving = current.certificate_pem is not None
+        current.conditions = {
+            "Ready": {
+                "status": serving,
+                "message": "serving the last good certificate" if serving else "",
+                "at": now.isoformat(),
+            },
+            "Renewing": {"status": False, "message": "", "at": now.isoformat()},
+            "Failed": {"status": True, "message": detail, "at": now.isoformat()},
+        }
+        _event(session, now, "failed", row.name, {"reason": detail, "stage": stage})
+        session.flush()
+        session.expunge(current)
+    return current
+
+
+def _event(session: Any, now: datetime, event: str, service: str, payload: dict[str, Any]) -> None:
+    session.add(
+        OutboxEvent(
+            at=now,
+            event=event,
+            service=service,
+            payload={"event": event, "service": service, "time": now.isoformat(), **payload},
+            attempts=0,
+            next_attempt_at=now,
+        )
+    )
+
+
+def due(row: ManagedService, now: datetime) -> bool:
+    """Whether the scheduler should reconcile this service now."""
+    if row.generation != row.reconciled_generation:
+        return True  # new or changed spec
+    if row.next_attempt_at is not None:
+        return now >= row.next_attempt_at  # retrying after a failure, with back-off
+    if row.spec.get("spec", {}).get("http", {}).get("tls", {}).get("certificate"):
+        return True  # a custom secret can change at any time; reading it is cheap
+    return any(t is not None and now >= t for t in (row.renew_at, row.ca_renew_at))
+
+
+def service_json(row: ManagedService) -> dict[str, Any]:
+    """The API view: spec, status, serving certificate facts (never the key)."""
+    return {
+        "name": row.name,
+        "spec": row.spec,
+        "generation": row.generation,
+        "status": {
+            "conditions": row.conditions or {},
+            "observed_generation": row.reconciled_generation,
+            "serial": row.serial,
+            "not_after": row.not_after.isoformat() if row.not_after else None,
+            "next_renewal": row.renew_at.isoformat() if row.renew_at else None,
+            "targets": row.delivered or {},
+        },
+        "created_at": row.created_at.isoformat(),
+        "updated_at": row.updated_at.isoformat(),
+    }

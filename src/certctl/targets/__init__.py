@@ -1,0 +1,1 @@
+"""Delivery of certificates: directory, Kubernetes Secret."""

@@ -1,0 +1,165 @@
+"""Directory target: every file of a bundle changes together, then a reload command runs.
+
+The configured path is a symlink to a versioned directory (as Kubernetes does with a Secret
+volume's ``..data``). A new bundle is written into a fresh version directory and the symlink
+is replaced with one ``rename()``, so a reader sees either the old set or the new set, never
+``tls.crt`` from one and ``tls.key`` from the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import hashlib
+import os
+import pwd
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from certctl.errors import CertctlError
+
+__all__ = ["BundleFile", "DeliveryError", "deliver_to_directory", "run_reload"]
+
+KEEP_VERSIONS = 2
+
+
+class DeliveryError(CertctlError):
+    """A bundle could not be delivered (write, swap or reload failed)."""
+
+    title = "Delivery failed"
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    """One file of a bundle; ``secret`` files are written 0600 (and chowned when asked)."""
+
+    data: bytes
+    secret: bool = False
+
+
+def _versions_dir(path: Path) -> Path:
+    return path.parent / f".{path.name}.certctl"
+
+
+def _resolve_id(value: str | int | None, kind: str) -> int:
+    if value is None:
+        return -1
+    if isinstance(value, int) or value.isdigit():
+        return int(value)
+    try:
+        if kind == "user":
+            return pwd.getpwnam(value).pw_uid
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise DeliveryError(f"{kind} {value!r} does not exist on this host") from None
+
+
+def deliver_to_directory(
+    path: Path,
+    files: Mapping[str, BundleFile],
+    *,
+    owner: str | int | None = None,
+    group: str | int | None = None,
+) -> str:
+    """Write ``files`` as a new version and switch ``path`` to it atomically.
+
+    Returns:
+        The version directory's name.
+
+    Raises:
+        DeliveryError: the path is an unmanaged directory, or writing/swapping failed.
+    """
+    uid, gid = _resolve_id(owner, "user"), _resolve_id(group, "group")
+    if path.exists() and not path.is_symlink():
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()  # an empty placeholder directory is ours to replace
+        else:
+            raise DeliveryError(
+                f"{path} exists and is not managed by certctl (expected a symlink); move it away"
+            )
+    digest = hashlib.sha256(b"".join(n.encode() + f.data for n, f in sorted(files.items())))
+    versions = _versions_dir(path)
+    version = versions / f"{time.time_ns():x}-{digest.hexdigest()[:12]}"
+    try:
+        versions.mkdir(parents=True, exist_ok=True, mode=0o755)
+        version.mkdir(mode=0o755)
+        for name, item in sorted(files.items()):
+            target = version / name
+            mode = 0o600 if item.secret else 0o644
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            try:
+                os.fchmod(fd, mode)
+                view = memoryview(item.data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if item.secret and (uid >= 0 or gid >= 0):
+                    os.fchown(fd, uid, gid)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if uid >= 0 or gid >= 0:
+            os.chown(version, uid, gid)
+        dir_fd = os.open(version, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        link_tmp = path.parent / f".{path.name}.{os.getpid()}.link"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(link_tmp)
+        os.symlink(os.path.relpath(version, path.parent), link_tmp)
+        os.replace(link_tmp, path)  # the commit point
+    except OSError as exc:
+        shutil.rmtree(version, ignore_errors=True)
+        raise DeliveryError(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from exc
+    _prune(versions, keep=version)
+    return version.name
+
+
+def _prune(versions: Path, keep: Path) -> None:
+    # Keep the current and the previous version: a process that opened the old files by
+    # path a moment before the swap can still read them.
+    existing = sorted((p for p in versions.iterdir() if p.is_dir()), key=lambda p: p.name)
+    for old in existing[:-KEEP_VERSIONS]:
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_directory_target(path: Path) -> None:
+    """Remove the symlink and every version (TLS disabled for the service)."""
+    if path.is_symlink():
+        path.unlink()
+    shutil.rmtree(_versions_dir(path), ignore_errors=True)
+
+
+def run_reload(command: str, timeout_s: float) -> None:
+    """Run a reload command (no shell) with a timeout.
+
+    Raises:
+        DeliveryError: the command is missing, timed out or exited non-zero; the message
+            carries the exit status and the tail of its output.
+    """
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise DeliveryError(f"reload command cannot be parsed: {exc}") from None
+    if not argv:
+        return
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, timeout=timeout_s, check=False, stdin=subprocess.DEVNULL
+        )
+    except FileNotFoundError:
+        raise DeliveryError(f"reload command not found: {argv[0]}") from None
+    except subprocess.TimeoutExpired:
+        raise DeliveryError(f"reload command timed out after {timeout_s:g}s") from None
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()[-1:]
+        raise DeliveryError(
+            f"reload command exited {done.returncode}" + (f": {tail[0][:200]}" if tail else "")
+        )

@@ -1,0 +1,185 @@
+"""Kubernetes Secret target: write TLS material into a Secret, creating or updating it in place.
+
+A ``kubernetes.io/tls`` Secret carries ``tls.crt`` (leaf, then intermediates), ``tls.key``,
+``ca.crt`` and, with client authentication, ``client-trust.crt``; the Secret volume of a pod
+then swaps all keys together. Writes are ``GET`` then ``POST`` (absent) or ``PUT`` with the
+``resourceVersion`` read (present), so a concurrent writer makes the ``PUT`` fail with 409
+and the write is retried on the fresh object instead of overwriting it blindly. certctl owns
+the Secret's ``data``; labels and annotations set by others are kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+import httpx
+
+from certctl.errors import Conflict, InvalidRequest
+from certctl.kubeapi import KubeApiError, KubeConnection, response_json
+
+__all__ = ["CLIENT_TRUST_KEY", "MANAGED_BY", "SecretWriter", "WriteResult"]
+
+TLS_TYPE = "kubernetes.io/tls"
+CLIENT_TRUST_KEY = "client-trust.crt"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "certctl"}
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_ATTEMPTS = 3
+
+
+class WriteResult(StrEnum):
+    """What a write did."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+
+
+def _encode(data: Mapping[str, bytes]) -> dict[str, str]:
+    return {k: base64.b64encode(v).decode("ascii") for k, v in sorted(data.items())}
+
+
+class SecretWriter:
+    """Writes Secrets in one namespace through the Kubernetes API.
+
+    Args:
+        connection: API server and credentials (needs ``get``, ``create``, ``update`` on
+            ``secrets`` in the namespace).
+        namespace: target namespace; default: the connection's.
+        transport: an httpx transport for tests; None for the network.
+    """
+
+    def __init__(
+        self,
+        connection: KubeConnection,
+        *,
+        namespace: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.connection = connection
+        self.namespace = namespace or connection.namespace
+        self._transport = transport
+
+    def write_tls(
+        self,
+        name: str,
+        *,
+        certificate_pem: bytes,
+        private_key_pem: bytes,
+        ca_pem: bytes,
+        client_trust_pem: bytes | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> WriteResult:
+        """Write a ``kubernetes.io/tls`` Secret with ``tls.crt``, ``tls.key``, ``ca.crt``.
+
+        ``client_trust_pem`` adds ``client-trust.crt``; leaving it out removes that key.
+
+        Raises:
+            InvalidRequest: a bad name, label or empty certificate/key.
+            Conflict: a Secret of another type already has this name.
+            KubeApiError: the API is unreachable or refuses the write.
+        """
+        if not certificate_pem.strip() or not private_key_pem.strip():
+            raise InvalidRequest(f"Secret {name}: tls.crt and tls.key must not be empty")
+        data = {"tls.crt": certificate_pem, "tls.key": private_key_pem, "ca.crt": ca_pem}
+        if client_trust_pem is not None:
+            data[CLIENT_TRUST_KEY] = client_trust_pem
+        return self.write(name, data, secret_type=TLS_TYPE, labels=labels)
+
+    def write(
+        self,
+        name: str,
+        data: Mapping[str, bytes],
+        *,
+        secret_type: str = "Opaque",
+        labels: Mapping[str, str] | None = None,
+    ) -> WriteResult:
+        """Create the Secret, or replace its ``data`` and merge ``labels`` in place.
+
+        Raises:
+            InvalidRequest: a bad name, data key or label.
+            Conflict: a Secret of another type already has this name (type is immutable).
+            KubeApiError: the API is unreachable, refuses the call, or keeps conflicting.
+        """
+        if len(name) > 253 or not _NAME.match(name):
+            raise InvalidRequest(f"{name!r}: a Secret name must be a DNS-1123 subdomain")
+        for key in data:
+            if not _DATA_KEY.match(key):
+                raise InvalidRequest(f"{key!r}: a Secret key may hold only [-._a-zA-Z0-9]")
+        wanted_labels = {**MANAGED_BY, **(labels or {})}
+        for key, value in wanted_labels.items():
+            if not isinstance(key, str) or not isinstance(value, str) or len(value) > 63:
+                raise InvalidRequest(f"label {key}={value}: keys and values must be strings ≤ 63")
+        encoded = _encode(data)
+        base = f"/api/v1/namespaces/{self.namespace}/secrets"
+        what = f"Secret {self.namespace}/{name}"
+        try:
+            with self.connection.client(self._transport) as client:
+                for _attempt in range(_ATTEMPTS):
+                    current = client.get(f"{base}/{name}")
+                    if current.status_code == 404:
+                        created = client.post(
+                            base,
+                            json={
+                                "apiVersion": "v1",
+                                "kind": "Secret",
+                                "metadata": {
+                                    "name": name,
+                                    "namespace": self.namespace,
+                                    "labels": wanted_labels,
+                                },
+                                "type": secret_type,
+                                "data": encoded,
+                            },
+                        )
+                        if created.status_code == 409:  # created meanwhile: update it
+                            continue
+                        response_json(created, f"create {what}")
+                        return WriteResult.CREATED
+                    obj = response_json(current, f"read {what}")
+                    result = self._update(
+                        client, f"{base}/{name}", what, obj, secret_type, encoded, wanted_labels
+                    )
+                    if result is not None:
+                        return result
+        except httpx.HTTPError as exc:
+            raise KubeApiError(
+                f"{what}: cannot reach the Kubernetes API ({type(exc).__name__})"
+            ) from None
+        raise KubeApiError(f"{what}: still conflicting after {_ATTEMPTS} attempts", 409, "Conflict")
+
+    @staticmethod
+    def _update(
+        client: httpx.Client,
+        url: str,
+        what: str,
+        obj: dict[str, Any],
+        secret_type: str,
+        encoded: dict[str, str],
+        labels: dict[str, str],
+    ) -> WriteResult | None:
+        """PUT the new data over ``obj``; None when another writer got there first (409)."""
+        current_type = obj.get("type") or "Opaque"
+        if current_type != secret_type:
+            raise Conflict(
+                f"{what} has type {current_type}, not {secret_type}; "
+                "delete it or choose another name (a Secret's type cannot change)"
+            )
+        metadata = obj.setdefault("metadata", {})
+        current_labels = metadata.get("labels") or {}
+        if (obj.get("data") or {}) == encoded and all(
+            current_labels.get(k) == v for k, v in labels.items()
+        ):
+            return WriteResult.UNCHANGED
+        metadata["labels"] = {**current_labels, **labels}
+        obj["data"] = encoded
+        obj.pop("stringData", None)
+        replaced = client.put(url, json=obj)
+        if replaced.status_code == 409:
+            return None
+        response_json(replaced, f"update {what}")
+        return WriteResult.UPDATED
