@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 # uv lives in its own tool venv so `uv sync` never uninstalls it from the project venv.
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 # Debian packages the tests drive as real clients and servers.
-SYSTEM_PACKAGES := openssl curl nginx-light openjdk-17-jre-headless jq unzip python3-venv prometheus postgresql golang-cfssl
-SYSTEM_COMMANDS := openssl curl nginx keytool jq unzip prometheus promtool cfssl /usr/lib/postgresql/15/bin/initdb
+SYSTEM_PACKAGES := openssl curl nginx-light openjdk-17-jre-headless jq unzip python3-venv prometheus postgresql golang-cfssl wrk
+SYSTEM_COMMANDS := openssl curl nginx keytool jq unzip prometheus promtool cfssl wrk /usr/lib/postgresql/15/bin/initdb
 
-.PHONY: help run demo test test-fast lint bench system-deps clean
+.PHONY: help run demo test test-fast lint bench fuzz system-deps clean
 
 help:
 	@echo "make run    - set up .venv and start certctl serve (HTTPS, SQLite in ./certctl-data)"
@@ -17,6 +17,7 @@ help:
 	@echo "make test   - lint + the whole test suite (installs the system tools it drives)"
 	@echo "make lint   - ruff + mypy (strict on src/)"
 	@echo "make bench  - benchmarks with ratios against references measured in the same run"
+	@echo "make fuzz   - coverage-guided parser fuzzing (atheris), FUZZ_SECONDS (60) per target"
 
 .tools/bin/uv:
 	$(PYTHON) -m venv .tools
@@ -43,8 +44,8 @@ demo: $(VENV)/.synced
 	@bash scripts/demo.sh
 
 lint: $(VENV)/.synced
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench fuzz
+	$(BIN)/ruff format --check src tests bench fuzz
 	$(BIN)/mypy
 
 test: system-deps $(VENV)/.synced lint
@@ -53,8 +54,27 @@ test: system-deps $(VENV)/.synced lint
 test-fast: $(VENV)/.synced
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
 
-bench: $(VENV)/.synced
+# References: cfssl, nginx, wrk (system-deps); granian in bench/.venv-granian (made by run.py).
+bench: system-deps $(VENV)/.synced
 	$(BIN)/python bench/run.py
+
+# atheris (libFuzzer) over every parser of fuzz/targets.py, FUZZ_SECONDS each; corpora grow in
+# fuzz/corpus/, a finding stops its target and is saved as fuzz/findings/<target>-crash-*.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := load_material load_csr parse_dn san_parse parse_duration parse_instances \
+	parse_service_documents load_config
+fuzz: $(VENV)/.synced
+	@mkdir -p fuzz/findings; failed=""; \
+	for t in $(FUZZ_TARGETS); do \
+	  if $(BIN)/python fuzz/run.py $$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
+	      -artifact_prefix=fuzz/findings/$$t- fuzz/corpus/$$t >fuzz/findings/$$t.log 2>&1; then \
+	    echo "fuzz $$t: $$(grep -E '^Done' fuzz/findings/$$t.log)"; \
+	  else \
+	    echo "fuzz $$t: FINDING (see fuzz/findings/$$t.log)"; \
+	    grep -A12 'Uncaught Python exception' fuzz/findings/$$t.log; failed="$$failed $$t"; \
+	  fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "findings in:$$failed"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache certctl-demo

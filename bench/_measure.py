@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 __all__ = [
     "BenchError",
@@ -49,13 +50,19 @@ class BenchError(RuntimeError):
     """A measured command failed: the benchmark result would be meaningless."""
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True)
-class Variant:
-    """One thing to time: ``run()`` does ``n`` units of work and returns wall seconds."""
+class Variant(Generic[T]):
+    """One thing to time: ``run()`` does ``n`` units of work and returns its measurement.
+
+    Offline rows return wall seconds; server rows return a ``_servers.Load``.
+    """
 
     name: str
     n: int
-    run: Callable[[], float]
+    run: Callable[[], T]
 
 
 def time_command(
@@ -86,16 +93,16 @@ def time_command(
 
 
 def interleave(
-    variants: Sequence[Variant], rounds: int, *, warmup: Sequence[Variant] = ()
-) -> dict[str, list[float]]:
-    """Time each variant once per round (A, B, C, B, C, A, …); return seconds per variant.
+    variants: Sequence[Variant[T]], rounds: int, *, warmup: Sequence[Variant[T]] = ()
+) -> dict[str, list[T]]:
+    """Run each variant once per round (A, B, C, B, C, A, …); return its results in order.
 
     Rotating the order keeps any one variant from always running first (cold caches) or last
     (a machine that slows down over the run). ``warmup`` variants run once, untimed, before.
     """
     for variant in warmup:
         variant.run()
-    samples: dict[str, list[float]] = {v.name: [] for v in variants}
+    samples: dict[str, list[T]] = {v.name: [] for v in variants}
     for index in range(rounds):
         shift = index % len(variants)
         for variant in [*variants[shift:], *variants[:shift]]:

@@ -33,6 +33,7 @@ from _measure import (
     set_bytecode_cache,
     time_command,
 )
+from _server_bench import SERVER_PLANS, bench_servers
 from _workloads import (
     BenchCA,
     certctl_issue_inprocess,
@@ -276,7 +277,22 @@ def bench_help(rounds: int, timeout_s: float) -> dict[str, Any]:
 def _fmt(value: float, unit: str) -> str:
     if unit == "s":
         return f"{value * 1000:.0f} ms"
-    return f"{value:,.0f}/s"
+    if unit.endswith("/s"):
+        return f"{value:,.0f} {unit}" if unit != "certs/s" else f"{value:,.0f}/s"
+    return f"{value:,.2f} {unit}" if value < 10 else f"{value:,.0f} {unit}"
+
+
+def _fmt_target(target: dict[str, Any] | None, unit: str) -> str:
+    if not target:
+        return "-"
+    parts = []
+    if "ratio" in target:
+        parts.append(f"{target['op']} {target['ratio']:g}")
+    if "limit" in target:
+        limit = target["limit"]
+        shown = f"{limit * 1000:g} ms" if unit == "s" else f"{limit:g} {unit.split()[0]}"
+        parts.append(f"{target['limit_op']} {shown}")
+    return ", ".join(parts)
 
 
 def print_table(rows: list[dict[str, Any]], out: Callable[[str], None] = print) -> None:
@@ -285,7 +301,7 @@ def print_table(rows: list[dict[str, Any]], out: Callable[[str], None] = print) 
     lines = [header]
     for row in rows:
         if "skipped" in row:
-            lines.append((row["id"], "", "", "", f"skipped: {row['skipped']}", "", ""))
+            lines.append((row["id"], "", "", "", "skipped", "", ""))
             continue
         target = row["target"]
         verdict = {True: "yes", False: "NO", None: "-"}[row["meets_target"]]
@@ -296,7 +312,7 @@ def print_table(rows: list[dict[str, Any]], out: Callable[[str], None] = print) 
                 _fmt(row["value"], row["unit"]),
                 _fmt(row["reference_value"], row["unit"]),
                 f"{row['ratio']:.2f} [{row['ratio_min']:.2f}-{row['ratio_max']:.2f}]",
-                f"{target['op']} {target['ratio']:g}" if target else "-",
+                _fmt_target(target, row["unit"]),
                 verdict,
             )
         )
@@ -306,9 +322,21 @@ def print_table(rows: list[dict[str, Any]], out: Callable[[str], None] = print) 
         if index == 0:
             out("  ".join("-" * w for w in widths))
     for row in rows:
-        out(f"  {row['id']}: {row.get('title', '')}")
+        out(f"  {row['id']}: {row.get('title', row.get('skipped', ''))}")
         if "startup_s" in row:
             out(f"    start-up + teardown of the console script: {row['startup_s']:.2f} s")
+        if "cpu_share_of_core" in row:
+            out(f"    every 10 s: {row['cpu_share_of_core'] * 100:.2f} % of one core")
+        metrics = row.get("metrics")
+        if metrics:
+            out(
+                "    "
+                + "; ".join(
+                    f"{name} {m['value']:,.4g} vs {m['reference']:,.4g}"
+                    + (f" ({m['ratio']:.2f}x)" if m["ratio"] else "")
+                    for name, m in metrics.items()
+                )
+            )
 
 
 def _openssl_version() -> str | None:
@@ -336,12 +364,19 @@ def main(argv: list[str] | None = None) -> int:
         help="leave PYTHONDONTWRITEBYTECODE as it is (children may recompile on every start)",
     )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
+    parser.add_argument(
+        "--rows",
+        choices=("all", "offline", "servers"),
+        default="all",
+        help="offline: the certctl CLI rows only; servers: the certctl serve rows only",
+    )
     args = parser.parse_args(argv)
     plan = PLANS["quick" if args.quick else "full" if args.full else "default"]
 
     started_utc = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    facts: dict[str, Any] = {}
     try:
         _preflight()
         with tempfile.TemporaryDirectory(prefix="certctl-bench-") as tmp:
@@ -349,33 +384,54 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_bytecode_cache:
                 set_bytecode_cache(str(work / "pycache"))
             ca = make_ca(work / "ca")
-            check_certctl_zip(
-                CERTCTL,
-                ca,
-                write_instances(work / "check.yml", hosts(3)),
-                work / "check.zip",
-                3,
-            )
-            rows += bench_issue(work, ca, plan.issue_n, plan.issue_rounds, plan.timeout_s)
-            rows.append(bench_help(plan.help_rounds, plan.timeout_s))
-            if plan.large_n is not None:
-                has_openssl = shutil.which("openssl") is not None
-                rows += bench_issue(
-                    work,
-                    ca,
-                    plan.large_n,
-                    plan.large_rounds,
-                    plan.timeout_s,
-                    large=True,
-                    openssl_n=plan.openssl_n if has_openssl else None,
-                )
-                if not has_openssl:
-                    rows.append({"id": "issue-zip-large-vs-openssl", "skipped": "no openssl"})
+            if args.rows != "servers":
+                rows += bench_offline(work, ca, plan)
+            if args.rows != "offline":
+                server_rows, facts = bench_servers(work, SERVER_PLANS[plan.mode])
+                rows += server_rows
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 1
     elapsed = time.perf_counter() - started
+    return _report(args, plan, rows, facts, started_utc, elapsed)
 
+
+def bench_offline(work: Path, ca: BenchCA, plan: Plan) -> list[dict[str, Any]]:
+    """The ``certctl cert issue`` and ``--help`` rows."""
+    check_certctl_zip(
+        CERTCTL,
+        ca,
+        write_instances(work / "check.yml", hosts(3)),
+        work / "check.zip",
+        3,
+    )
+    rows = bench_issue(work, ca, plan.issue_n, plan.issue_rounds, plan.timeout_s)
+    rows.append(bench_help(plan.help_rounds, plan.timeout_s))
+    if plan.large_n is not None:
+        has_openssl = shutil.which("openssl") is not None
+        rows += bench_issue(
+            work,
+            ca,
+            plan.large_n,
+            plan.large_rounds,
+            plan.timeout_s,
+            large=True,
+            openssl_n=plan.openssl_n if has_openssl else None,
+        )
+        if not has_openssl:
+            rows.append({"id": "issue-zip-large-vs-openssl", "skipped": "no openssl"})
+    return rows
+
+
+def _report(
+    args: argparse.Namespace,
+    plan: Plan,
+    rows: list[dict[str, Any]],
+    facts: dict[str, Any],
+    started_utc: str,
+    elapsed: float,
+) -> int:
+    """Check, write the JSON, print the table; 1 when a value is not finite."""
     for row in rows:
         for key in ("value", "reference_value", "ratio"):
             if key in row and not math.isfinite(row[key]):
@@ -395,12 +451,17 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_count": os.cpu_count(),
             "bytecode_cache": not args.no_bytecode_cache,
         },
+        "facts": facts,
         "rows": rows,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"certctl bench ({plan.mode}), {elapsed:.0f} s; ratios are medians of paired rounds")
     print_table(rows)
+    granian = facts.get("granian")
+    if granian:
+        shown = {k: v for k, v in granian.items() if k != "scope_extensions"}
+        print(f"  granian checks: {json.dumps(shown)}")
     if plan.mode == "quick":
         print("--quick: N is tiny, start-up dominates; the verdicts say nothing about the targets")
     print(f"results: {args.json}")

@@ -10,7 +10,9 @@
     ├── PermissionDenied  403
     ├── NotFound          404  also: missing input file
     ├── Conflict          409  already revoked, name taken, output exists
+    ├── TooManyRequests   429  too many failed authentications from one address
     └── Unavailable       503  a dependency (the Kubernetes API) is unreachable or failing
+        └── StorageUnavailable  the database is full, read-only, failing or unreachable
 
 Each class carries an HTTP ``status`` and a short ``title``; instances carry a
 human ``detail`` that never contains key material, passwords or tokens.
@@ -25,6 +27,8 @@ __all__ = [
     "InvalidRequest",
     "NotFound",
     "PermissionDenied",
+    "StorageUnavailable",
+    "TooManyRequests",
     "Unauthenticated",
     "Unavailable",
     "WeakKey",
@@ -94,3 +98,20 @@ class Unavailable(CertctlError):
 
     status = 503
     title = "Service unavailable"
+
+
+class StorageUnavailable(Unavailable):
+    """The database refuses the operation: disk full, read-only, I/O error, unreachable."""
+
+    title = "Storage unavailable"
+
+
+class TooManyRequests(CertctlError):
+    """The caller is throttled; ``retry_after_s`` says when to try again."""
+
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s

@@ -8,6 +8,7 @@ sees a half-written key and a failed command leaves no partial output.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -38,10 +39,22 @@ def write_atomic(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        _fsync_directory(path.parent)  # the rename itself must survive a power cut
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # file systems without dir fsync
+            raise
+    finally:
+        os.close(fd)
 
 
 @dataclass

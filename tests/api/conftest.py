@@ -309,6 +309,16 @@ class Api:
                 for name, model in TABLES.items()
             }
 
+    def assert_only_denials_audited(self, before: dict[str, int], denials: int) -> None:
+        """Nothing changed but ``denials`` new audit records (403s on mutations are audited)."""
+        after = self.counts()
+        assert {k: v for k, v in after.items() if k != "audit_events"} == {
+            k: v for k, v in before.items() if k != "audit_events"
+        }
+        assert after["audit_events"] == before["audit_events"] + denials
+        if denials:
+            assert [e["outcome"] for e in self.audit()[:denials]] == ["denied"] * denials
+
     def audit(self) -> list[dict[str, Any]]:
         """Every audit event, newest first (read through the API)."""
         items: list[dict[str, Any]] = []

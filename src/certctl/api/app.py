@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
+from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -30,20 +32,39 @@ from certctl.api._common import read_body as _body
 from certctl.api._common import services_of as _services
 from certctl.api.problems import problem, problem_for_status, problem_from_error
 from certctl.api.service_routes import SERVICE_ROUTES
+from certctl.api.throttle import AuthFailureLimiter
 from certctl.auth.apikeys import PREFIX as API_KEY_PREFIX
 from certctl.auth.kubernetes import AccessDenied, TokenRejected, TokenReviewAuthenticator
 from certctl.auth.permissions import PERMISSIONS
-from certctl.errors import CertctlError, InvalidRequest, PermissionDenied, Unauthenticated
+from certctl.errors import (
+    CertctlError,
+    InvalidRequest,
+    PermissionDenied,
+    TooManyRequests,
+    Unauthenticated,
+)
 from certctl.metrics.registry import AUTH_FAILURES, HTTP_DURATION, HTTP_REQUESTS, REGISTRY
 from certctl.pki import parse_duration
 from certctl.services import audit, issuance, rbac
 from certctl.services.context import Principal, Services
+from certctl.store.db import storage_error
 from certctl.store.models import Actor, ApiKey, Role
 
-__all__ = ["METRICS_PATHS", "ROUTES", "ApiRoute", "ClientCertMapping", "create_app"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_HEADER_BYTES",
+    "METRICS_PATHS",
+    "ROUTES",
+    "ApiRoute",
+    "ClientCertMapping",
+    "create_app",
+]
 
 log = logging.getLogger("certctl.access")
 MAX_BODY_BYTES = 1024 * 1024
+# Request line plus headers. uvicorn's h11 parser refuses a larger head only while it is still
+# incomplete (400); one that arrives whole in a single read is refused here (431).
+MAX_HEADER_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -315,7 +336,7 @@ async def issue_certificate(request: Request, principal: Principal | None) -> Re
     services, caller = _services(request), _caller(principal)
     validity = parse_duration(body.validity)
     if body.csr:
-        result = issuance.issue_from_csr(
+        pending = issuance.prepare_from_csr(
             services,
             caller,
             issuer_id=body.issuer,
@@ -327,8 +348,8 @@ async def issue_certificate(request: Request, principal: Principal | None) -> Re
         if not (body.common_name or body.dns_names or body.ip_addresses):
             raise InvalidRequest("give csr, or common_name/dns_names/ip_addresses")
 
-        def work() -> issuance.IssueResult:
-            return issuance.issue_with_key(
+        def work() -> issuance.PendingIssue:
+            return issuance.prepare_with_key(
                 services,
                 caller,
                 issuer_id=body.issuer,
@@ -341,7 +362,12 @@ async def issue_certificate(request: Request, principal: Principal | None) -> Re
             )
 
         # RSA key generation takes 50 ms to seconds: never on the event loop.
-        result = await anyio.to_thread.run_sync(work) if body.key_type.startswith("rsa") else work()
+        pending = (
+            await anyio.to_thread.run_sync(work) if body.key_type.startswith("rsa") else work()
+        )
+    # Committed together with the rows of concurrent requests: one fsync for the group.
+    await services.commits.add(list(pending.rows))
+    result = pending.finish()
     return _json(_issue_json(result, services.clock()), 201)
 
 
@@ -637,16 +663,38 @@ def _client_cert_subject(request: Request) -> str | None:
 
 def _record_failure(services: Services, request: Request, reason: str, detail: str) -> None:
     AUTH_FAILURES.labels(reason).inc()
-    with services.sessions.begin() as session:
-        audit.record(
-            session,
-            at=services.clock(),
-            actor="anonymous",
-            action="auth.failure",
-            target=f"{request.method} {request.url.path}"[:200],
-            outcome=reason,
-            source=_source(request),
-            detail=detail,
+    limiter: AuthFailureLimiter | None = request.app.state.auth_failure_limiter
+    source = _source(request)
+    # Presented-but-wrong credentials count towards auth.failure-limit; no credentials at all
+    # ("missing") is a client that has not tried yet, not one guessing keys.
+    if limiter is not None and source and reason != "missing" and limiter.record_failure(source):
+        log.warning(
+            "%s: %d authentication failures within %.0f s; refused for %.0f s",
+            source,
+            limiter.limit,
+            limiter.window_s,
+            limiter.window_s,
+        )
+    try:
+        with services.sessions.begin() as session:
+            audit.record(
+                session,
+                at=services.clock(),
+                actor="anonymous",
+                action="auth.failure",
+                target=f"{request.method} {request.url.path}"[:200],
+                outcome=reason,
+                source=source,
+                detail=detail,
+            )
+    except DBAPIError as exc:
+        fault = storage_error(exc)
+        if fault is None:
+            raise
+        # The caller still gets its 401: an unwritable audit log must not turn a refusal
+        # into a 503 (or let a key be tried without the attempt being counted).
+        logging.getLogger("certctl.api").warning(
+            "authentication failure not audited: %s", fault.detail
         )
 
 
@@ -702,7 +750,19 @@ def _kubernetes_token(request: Request, route: ApiRoute) -> str | None:
 
 
 async def _authenticate_route(request: Request, route: ApiRoute) -> Principal:
-    """``authenticate``, except that metrics routes also take Kubernetes tokens."""
+    """``authenticate``, except that metrics routes also take Kubernetes tokens.
+
+    An address over ``auth.failure-limit`` is refused first, before any credential is looked at.
+    """
+    limiter: AuthFailureLimiter | None = request.app.state.auth_failure_limiter
+    if limiter is not None:
+        wait = limiter.retry_after(_source(request))
+        if wait > 0:
+            AUTH_FAILURES.labels("ratelimited").inc()
+            raise TooManyRequests(
+                "too many failed authentications from this address; retry later",
+                retry_after_s=max(1, math.ceil(wait)),
+            )
     token = _kubernetes_token(request, route)
     if token is None:
         return authenticate(request)
@@ -768,6 +828,12 @@ class AccessLogAndLimits:
             return
         started = time.perf_counter()
         status_holder = [500]
+        if _head_size(scope) > MAX_HEADER_BYTES:
+            await problem_for_status(
+                431, f"request line and headers over {MAX_HEADER_BYTES} bytes"
+            )(scope, receive, send)
+            self._log(scope, 431, started)
+            return
         for name, value in scope.get("headers", []):
             if name == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY_BYTES):
                 await problem_for_status(413, f"request body over {MAX_BODY_BYTES} bytes")(
@@ -833,6 +899,13 @@ class AccessLogAndLimits:
             )
 
 
+def _head_size(scope: Scope) -> int:
+    """Bytes of the request line and header block as sent (to within separators)."""
+    size = len(scope.get("method", "")) + len(scope.get("raw_path", b"")) + 16
+    size += len(scope.get("query_string", b""))
+    return size + sum(len(name) + len(value) + 4 for name, value in scope.get("headers", []))
+
+
 class _TooLarge(CertctlError):
     # A CertctlError, so a handler reading an oversized chunked body gets the 413 problem
     # from the exception middleware instead of a 500 from the catch-all handler.
@@ -843,9 +916,53 @@ class _TooLarge(CertctlError):
         super().__init__(f"request body over {MAX_BODY_BYTES} bytes")
 
 
+_MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 async def _certctl_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CertctlError)
+    actor = request.scope.get("certctl.actor")
+    if request.method in _MUTATING and actor is not None and exc.status == 403:
+        # A mutation refused for lack of permission is a security event: audit it. Bad input
+        # (400/404/409/415) is not recorded, so a refused request leaves the store unchanged.
+        # Authentication failures were recorded where they happened (no actor yet).
+        _audit_refusal(request, actor, exc)
     return problem_from_error(exc)
+
+
+def _audit_refusal(request: Request, actor: str, exc: CertctlError) -> None:
+    services = _services(request)
+    outcome = "denied"
+    try:
+        with services.sessions.begin() as session:
+            audit.record(
+                session,
+                at=services.clock(),
+                actor=actor,
+                action=f"{request.method} {request.scope.get('certctl.route', request.url.path)}",
+                target=request.url.path[:200],
+                outcome=outcome,
+                source=_source(request),
+                detail=exc.detail[:500],
+            )
+    except Exception:
+        # Never turn a 4xx into a 500 because the audit write failed (e.g. storage full).
+        logging.getLogger("certctl.api").warning("could not audit a refused request", exc_info=True)
+
+
+async def _database_error(request: Request, exc: Exception) -> Response:
+    fault = storage_error(exc)
+    if fault is None:
+        return await _unexpected(request, exc)
+    # One line without the statement or its parameters (those may hold key material).
+    logging.getLogger("certctl.api").warning(
+        "storage fault on %s %s: %s (%s)",
+        request.method,
+        request.url.path,
+        fault.detail,
+        type(getattr(exc, "orig", exc)).__name__,
+    )
+    return problem_from_error(fault)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -867,8 +984,13 @@ def create_app(
     json_logs: bool = False,
     only_paths: frozenset[str] | None = None,
     kubernetes_authenticator: TokenReviewAuthenticator | None = None,
+    auth_failure_limiter: AuthFailureLimiter | None = None,
 ) -> ASGIApp:
-    """Build the ASGI app around ``services``; ``only_paths`` limits it to those routes."""
+    """Build the ASGI app around ``services``; ``only_paths`` limits it to those routes.
+
+    ``auth_failure_limiter`` (shared by every listener of one server) throttles addresses
+    that fail to authenticate too often; None turns the throttle off.
+    """
     routes = [
         Route(r.path, _endpoint(r), methods=[r.method])
         for r in ROUTES
@@ -878,6 +1000,7 @@ def create_app(
         routes=routes,
         exception_handlers={
             CertctlError: _certctl_error,
+            DBAPIError: _database_error,
             HTTPException: _http_error,
             Exception: _unexpected,
         },
@@ -885,5 +1008,6 @@ def create_app(
     app.state.services = services
     app.state.client_cert_mappings = client_cert_mappings
     app.state.kubernetes_authenticator = kubernetes_authenticator
+    app.state.auth_failure_limiter = auth_failure_limiter
     app.state.ready = True
     return AccessLogAndLimits(app, json_logs=json_logs)

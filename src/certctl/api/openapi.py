@@ -1,4 +1,10 @@
-"""OpenAPI 3.1 document generated from the route table and the Pydantic body models."""
+"""OpenAPI 3.1 document generated from the route table and the Pydantic body models.
+
+Responses are described per route: the success body (``_SUCCESS``), the query parameters
+(``_QUERY``) and the RFC 9457 problems each route can answer with (``_problems``). The
+reliability suite runs schemathesis against this document and fails on any response it does
+not describe, so the document is kept as exact as the handlers.
+"""
 
 from __future__ import annotations
 
@@ -23,44 +29,344 @@ _PROBLEM = {
         "detail": {"type": "string"},
     },
     "required": ["type", "title", "status", "detail"],
+    "additionalProperties": False,
 }
+
+_STR: dict[str, Any] = {"type": "string"}
+_STRS: dict[str, Any] = {"type": "array", "items": _STR}
+_TIME: dict[str, Any] = {"type": "string", "format": "date-time"}
+_TIME_OR_NULL: dict[str, Any] = {"type": ["string", "null"], "format": "date-time"}
+_STR_OR_NULL: dict[str, Any] = {"type": ["string", "null"]}
+
+
+def _object(properties: dict[str, Any], optional: Sequence[str] = ()) -> dict[str, Any]:
+    """A closed object: every property required unless listed in ``optional``."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [p for p in properties if p not in optional],
+        "additionalProperties": False,
+    }
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _page(item: str) -> dict[str, Any]:
+    return _object({"items": {"type": "array", "items": _ref(item)}, "next_cursor": _STR_OR_NULL})
+
+
+_CERTIFICATE_FIELDS: dict[str, Any] = {
+    "id": _STR,
+    "serial": _STR,
+    "status": {"type": "string", "enum": ["active", "expiring", "expired", "revoked"]},
+    "not_before": _TIME,
+    "not_after": _TIME,
+    "certificate_pem": _STR,
+}
+
+# Response bodies, named once in components.schemas.
+_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Problem": _PROBLEM,
+    "WhoAmI": _object(
+        {"actor_id": _STR, "roles": _STRS, "permissions": _STRS, "auth_method": _STR}
+    ),
+    "PermissionList": _object({"items": _STRS}),
+    "Role": _object(
+        {"id": _STR, "name": _STR, "permissions": _STRS, "builtin": {"type": "boolean"}}
+    ),
+    "RoleList": _page("Role"),
+    "Actor": _object({"id": _STR, "name": _STR, "roles": _STRS, "created_at": _TIME}),
+    "ActorList": _page("Actor"),
+    "ApiKey": _object(
+        {
+            "id": _STR,
+            "actor_id": _STR,
+            "name": _STR,
+            "created_at": _TIME,
+            "expires_at": _TIME_OR_NULL,
+            "last_used_at": _TIME_OR_NULL,
+            "revoked_at": _TIME_OR_NULL,
+        }
+    ),
+    "ApiKeyList": _page("ApiKey"),
+    "ApiKeyCreated": _object(
+        {
+            "id": _STR,
+            "actor_id": _STR,
+            "name": _STR,
+            "created_at": _TIME,
+            "expires_at": _TIME_OR_NULL,
+            "key_value": {"type": "string", "description": "shown in this response only"},
+        }
+    ),
+    "Issuer": _object(
+        {
+            "id": _STR,
+            "name": _STR,
+            "subject": _STR,
+            "key_type": _STR,
+            "not_after": _TIME,
+            "created_at": _TIME,
+            "certificate_pem": _STR,
+            "chain_pem": _STR,
+        }
+    ),
+    "IssuerList": _page("Issuer"),
+    "Certificate": _object(
+        {
+            **_CERTIFICATE_FIELDS,
+            "issuer": _STR,
+            "common_name": _STR,
+            "subject": _STR,
+            "sans": {"type": "object", "additionalProperties": _STRS},
+            "profile": _STR,
+            "created_at": _TIME,
+            "created_by": _STR,
+            "revoked_at": _TIME_OR_NULL,
+            "revocation_reason": _STR_OR_NULL,
+            "renewed_from": _STR_OR_NULL,
+        }
+    ),
+    "CertificateList": _page("Certificate"),
+    "IssuedCertificate": _object(
+        {
+            **_CERTIFICATE_FIELDS,
+            "chain_pem": _STR,
+            "warnings": _STRS,
+            "private_key_pem": {
+                "type": "string",
+                "description": "server-side key generation only; shown in this response only",
+            },
+        },
+        optional=["private_key_pem"],
+    ),
+    "AuditEvent": _object(
+        {
+            "id": {"type": "integer"},
+            "at": _TIME,
+            "actor": _STR,
+            "action": _STR,
+            "target": _STR,
+            "outcome": _STR,
+            "source": _STR,
+            "detail": _STR,
+        }
+    ),
+    "AuditList": _page("AuditEvent"),
+    "MetricsSummary": _object(
+        {
+            "certificates": {
+                "type": "object",
+                "description": "issuer → status → count",
+                "additionalProperties": {
+                    "type": "object",
+                    "additionalProperties": {"type": "integer"},
+                },
+            }
+        }
+    ),
+    "Service": _object(
+        {
+            "name": _STR,
+            "spec": {"type": "object", "description": "the canonical TLSService document"},
+            "generation": {"type": "integer"},
+            "status": _object(
+                {
+                    "conditions": {"type": "object"},
+                    "observed_generation": {"type": "integer"},
+                    "serial": _STR_OR_NULL,
+                    "not_after": _TIME_OR_NULL,
+                    "next_renewal": _TIME_OR_NULL,
+                    "targets": {"type": "object", "additionalProperties": _STR},
+                }
+            ),
+            "created_at": _TIME,
+            "updated_at": _TIME,
+        }
+    ),
+    "ServiceList": _page("Service"),
+    "ServiceClient": _object(
+        {"fingerprint": _STR, "subject": _STR, "is_ca": {"type": "boolean"}, "added_at": _TIME}
+    ),
+    "ServiceClientList": _page("ServiceClient"),
+    "ServiceClientsAdded": _object({"items": {"type": "array", "items": _ref("ServiceClient")}}),
+    "ServiceOutput": _object(
+        {"name": _STR, "data": {"type": "object", "additionalProperties": _STR}}
+    ),
+}
+
+_JSON = "application/json"
+_PEM = "application/x-pem-file"
+_TEXT = "text/plain"
+
+
+def _json(schema: str) -> dict[str, Any]:
+    return {_JSON: {"schema": _ref(schema)}}
+
+
+# (method, path) → success content by media type; 204 routes have none.
+_SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
+    ("GET", "/healthz"): {_TEXT: {"schema": _STR}},
+    ("GET", "/readyz"): {_TEXT: {"schema": _STR}},
+    ("GET", "/api/v1/openapi.json"): {_JSON: {"schema": {"type": "object"}}},
+    ("GET", "/api/v1/auth/whoami"): _json("WhoAmI"),
+    ("GET", "/api/v1/auth/permissions"): _json("PermissionList"),
+    ("GET", "/api/v1/auth/roles"): _json("RoleList"),
+    ("POST", "/api/v1/auth/roles"): _json("Role"),
+    ("GET", "/api/v1/auth/roles/{id}"): _json("Role"),
+    ("PUT", "/api/v1/auth/roles/{id}"): _json("Role"),
+    ("GET", "/api/v1/auth/actors"): _json("ActorList"),
+    ("POST", "/api/v1/auth/actors"): _json("Actor"),
+    ("GET", "/api/v1/auth/actors/{id}"): _json("Actor"),
+    ("PATCH", "/api/v1/auth/actors/{id}"): _json("Actor"),
+    ("GET", "/api/v1/auth/apikeys"): _json("ApiKeyList"),
+    ("POST", "/api/v1/auth/apikeys"): _json("ApiKeyCreated"),
+    ("GET", "/api/v1/auth/apikeys/{id}"): _json("ApiKey"),
+    ("DELETE", "/api/v1/auth/apikeys/{id}"): _json("ApiKey"),
+    ("GET", "/api/v1/issuers"): _json("IssuerList"),
+    ("POST", "/api/v1/issuers"): _json("Issuer"),
+    ("GET", "/api/v1/issuers/{id}"): _json("Issuer"),
+    ("GET", "/api/v1/issuers/{id}/ca.pem"): {_PEM: {"schema": _STR}},
+    ("GET", "/api/v1/issuers/{id}/crl"): {
+        "application/pkix-crl": {"schema": {"type": "string", "format": "binary"}},
+        _PEM: {"schema": _STR},
+    },
+    ("GET", "/api/v1/certificates"): _json("CertificateList"),
+    ("POST", "/api/v1/certificates"): _json("IssuedCertificate"),
+    ("GET", "/api/v1/certificates/{id}"): {**_json("Certificate"), _PEM: {"schema": _STR}},
+    ("POST", "/api/v1/certificates/{id}/revoke"): _json("Certificate"),
+    ("POST", "/api/v1/certificates/{id}/renew"): _json("IssuedCertificate"),
+    ("GET", "/api/v1/audit"): _json("AuditList"),
+    ("GET", "/api/v1/metrics"): _json("MetricsSummary"),
+    ("GET", "/api/v1/metrics/prometheus"): {_TEXT: {"schema": _STR}},
+    ("GET", "/api/v1/services"): _json("ServiceList"),
+    ("GET", "/api/v1/services/{name}"): _json("Service"),
+    ("PUT", "/api/v1/services/{name}"): _json("Service"),
+    ("POST", "/api/v1/services/{name}/renew"): _json("Service"),
+    ("GET", "/api/v1/services/{name}/clients"): _json("ServiceClientList"),
+    ("POST", "/api/v1/services/{name}/clients"): _json("ServiceClientsAdded"),
+    ("GET", "/api/v1/services/{name}/outputs/{output}"): _json("ServiceOutput"),
+}
+
+# Success codes besides the route's own: PUT of a service answers 201 when it created it.
+_ALSO_SUCCESS = {("PUT", "/api/v1/services/{name}"): "201"}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+_LIMIT = _query(
+    "limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"
+)
+_QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("GET", "/api/v1/certificates"): [
+        _query(
+            "status",
+            {"type": "string", "enum": ["active", "expiring", "expired", "revoked"]},
+            "effective status (expiring: within 30 days)",
+        ),
+        _query("issuer", _STR, "issuer id"),
+        _query("expiring_within", _STR, "a duration such as 30D: active and ending before"),
+        _query("q", _STR, "substring of the common name, subject or serial"),
+        _LIMIT,
+        _query(
+            "cursor",
+            {"type": "string", "pattern": "^[0-9a-f]{24}$"},
+            "next_cursor of the previous page",
+        ),
+    ],
+    ("GET", "/api/v1/audit"): [
+        _LIMIT,
+        _query(
+            "cursor",
+            {"type": "string", "pattern": "^[0-9]{1,18}$"},
+            "next_cursor of the previous page",
+        ),
+    ],
+    ("GET", "/api/v1/auth/apikeys"): [_query("actor_id", _STR, "only this actor's keys")],
+    ("GET", "/api/v1/issuers/{id}/crl"): [
+        _query("format", {"type": "string", "enum": ["der", "pem"]}, "DER unless pem"),
+    ],
+    ("GET", "/api/v1/certificates/{id}"): [
+        _query(
+            "format",
+            {"type": "string", "enum": ["json", "pem"]},
+            "pem: the certificate and its chain (also Accept: application/x-pem-file)",
+        ),
+    ],
+}
+
+# Bodies that may be left out (the handler then uses the model's defaults).
+_OPTIONAL_BODIES = frozenset({"CertificateRevoke", "CertificateRenew"})
+# Routes that never touch the database, hence never answer 503.
+_NO_STORAGE = frozenset({"/healthz", "/api/v1/openapi.json"})
+_MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _problems(route: ApiRoute) -> list[str]:
+    """The problem statuses ``route`` can answer with."""
+    codes = ["400"]  # any route: a NUL in the path or query, bad parameters
+    if route.permission != "public":
+        codes += ["401", "403", "429"]
+    if "{" in route.path or route.body is not None:
+        codes.append("404")  # the named object, or one the body refers to
+    if route.method in _MUTATING:
+        codes.append("409")
+    if route.body is not None:
+        codes += ["413", "415"]
+    if route.path not in _NO_STORAGE:
+        codes.append("503")  # storage full, read-only or unreachable; /readyz not ready
+    return codes
 
 
 def build_openapi(routes: Sequence[ApiRoute]) -> dict[str, Any]:
-    """Describe every route with its permission, body schema and error responses."""
+    """Describe every route with its permission, parameters, bodies and responses."""
     paths: dict[str, dict[str, Any]] = {}
-    schemas: dict[str, Any] = {"Problem": _PROBLEM}
+    schemas: dict[str, Any] = dict(_SCHEMAS)
     for route in routes:
+        key = (route.method, route.path)
+        success: dict[str, Any] = {"description": "success"}
+        if key in _SUCCESS:
+            success["content"] = _SUCCESS[key]
+        responses: dict[str, Any] = {str(route.success): success}
+        if key in _ALSO_SUCCESS:
+            responses[_ALSO_SUCCESS[key]] = {"description": "created", **success}
+        for status in _problems(route):
+            responses[status] = _problem_response(status)
         op: dict[str, Any] = {
             "summary": route.summary,
             "operationId": f"{route.method.lower()}_{route.handler.__name__}",
-            "responses": {str(route.success): {"description": "success"}},
+            "responses": responses,
         }
         params = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in re.findall(r"{(\w+)}", route.path)
         ]
+        params += _QUERY.get(key, [])
         if params:
             op["parameters"] = params
         if route.permission != "public":
             op["security"] = [{"bearer": []}]
             op["x-certctl-permission"] = route.permission
-            for status in ("401", "403"):
-                op["responses"][status] = _problem_ref(status)
         if route.body is not None:
             name = route.body.__name__
-            schemas[name] = route.body.model_json_schema(
-                ref_template="#/components/schemas/{model}"
-            )
+            body = route.body.model_json_schema(ref_template="#/components/schemas/{model}")
+            # Nested models are referenced as components: hoist pydantic's local $defs there.
+            schemas.update(body.pop("$defs", {}))
+            schemas[name] = body
             op["requestBody"] = {
-                "required": route.success == 201
-                and route.method == "POST"
-                and name not in ("CertificateRenew",),
-                "content": {
-                    "application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}
-                },
+                "required": name not in _OPTIONAL_BODIES,
+                "content": {_JSON: {"schema": _ref(name)}},
             }
-            op["responses"]["400"] = _problem_ref("400")
         paths.setdefault(route.path, {})[route.method.lower()] = op
     return {
         "openapi": "3.1.0",
@@ -73,10 +379,28 @@ def build_openapi(routes: Sequence[ApiRoute]) -> dict[str, Any]:
     }
 
 
-def _problem_ref(status: str) -> dict[str, Any]:
-    return {
-        "description": "problem",
-        "content": {
-            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
-        },
+_HEADERS = {
+    "401": {
+        "WWW-Authenticate": {
+            "required": True,
+            "schema": {"type": "string", "const": 'Bearer realm="certctl"'},
+        }
+    },
+    "429": {
+        "Retry-After": {
+            "required": True,
+            "description": "seconds to wait (RFC 9110 10.2.3)",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    },
+}
+
+
+def _problem_response(status: str) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": "problem (RFC 9457)",
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
     }
+    if status in _HEADERS:
+        response["headers"] = _HEADERS[status]
+    return response

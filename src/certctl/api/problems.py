@@ -6,7 +6,7 @@ import json
 
 from starlette.responses import Response
 
-from certctl.errors import CertctlError
+from certctl.errors import CertctlError, TooManyRequests
 
 __all__ = ["problem", "problem_from_error"]
 
@@ -20,6 +20,7 @@ _SLUGS = {
     413: "payload-too-large",
     415: "unsupported-media-type",
     429: "too-many-requests",
+    431: "request-header-fields-too-large",
     500: "internal-error",
     503: "unavailable",
 }
@@ -29,6 +30,7 @@ _TITLES = {
     413: "Payload too large",
     415: "Unsupported media type",
     429: "Too many requests",
+    431: "Request header fields too large",
     503: "Service unavailable",
 }
 
@@ -55,8 +57,11 @@ def problem(
 
 
 def problem_from_error(exc: CertctlError) -> Response:
-    """Map a CertctlError to its problem response."""
-    return problem(exc.status, exc.title, exc.detail)
+    """Map a CertctlError to its problem response (429 carries ``Retry-After``)."""
+    headers = None
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after_s)}  # RFC 9110 10.2.3: delay-seconds
+    return problem(exc.status, exc.title, exc.detail, headers)
 
 
 def problem_for_status(status: int, detail: str) -> Response:

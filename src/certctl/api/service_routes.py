@@ -15,6 +15,7 @@ from certctl.errors import InvalidRequest, NotFound
 from certctl.services import tls_services
 from certctl.services.context import Principal
 from certctl.services.tls_spec import TLSServiceSpec
+from certctl.store.models import ManagedService
 
 __all__ = ["SERVICE_ROUTES", "ServiceClientAdd"]
 
@@ -57,11 +58,9 @@ async def put_service(request: Request, principal: Principal | None) -> Response
     body = await read_body(request, _AnyDocument)
     services = services_of(request)
     name = request.path_params["name"]
-    existed = True
-    try:
-        tls_services.get_service(services, caller_of(principal), name)
-    except NotFound:
-        existed = False
+    # Not get_service: that needs service.read, and this route only needs service.edit.
+    with services.sessions() as session:
+        existed = session.get(ManagedService, name) is not None
     row = tls_services.put_service(services, caller_of(principal), name, body.model_dump())
     _wake(request)
     return json_response(tls_services.service_json(row), 200 if existed else 201)

@@ -86,7 +86,7 @@ def load_material(data: bytes, password: bytes | None = None) -> Material:
     ):
         try:
             obj = loader(data)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError
             continue
         material = Material(format="der")
         getattr(material, kind).append(obj)
@@ -141,7 +141,7 @@ def _load_pem(data: bytes, password: bytes | None) -> Material:
                     raise InvalidRequest("more than one private key in one file")
                 material.private_key = _load_pem_key(raw, password)
             # Other blocks (parameters, public keys) are ignored on purpose.
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
             what = label.decode("ascii", "replace").lower()
             raise InvalidRequest(f"malformed PEM {what} block") from exc
     if not (material.certificates or material.private_key or material.csrs or material.crls):

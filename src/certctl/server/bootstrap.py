@@ -7,13 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
+from certctl.errors import StorageUnavailable
 from certctl.files import SECRET_MODE, write_atomic
 from certctl.pki import parse_duration
 from certctl.server.config import ServerConfig
 from certctl.services import issuance, rbac
 from certctl.services.context import Services
-from certctl.store.db import create_store_engine, migrate, session_factory
+from certctl.store.db import create_store_engine, migrate, session_factory, storage_error
 from certctl.store.keywrap import KeyWrapper, load_or_create_kek
 from certctl.store.models import Actor, Issuer
 
@@ -32,7 +34,21 @@ class Bootstrapped:
 
 
 def bootstrap(config: ServerConfig) -> Bootstrapped:
-    """Prepare the store and the internal CA; idempotent across restarts and replicas."""
+    """Prepare the store and the internal CA; idempotent across restarts and replicas.
+
+    Raises:
+        StorageUnavailable: the database cannot be opened or written (read-only, full, down).
+    """
+    try:
+        return _bootstrap(config)
+    except DBAPIError as exc:
+        fault = storage_error(exc)
+        if fault is None:
+            raise
+        raise StorageUnavailable(f"cannot start: {fault.detail}") from None
+
+
+def _bootstrap(config: ServerConfig) -> Bootstrapped:
     data_dir = config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     engine = create_store_engine(config.effective_database_url)

@@ -14,6 +14,15 @@ from certctl.pki import parse_duration
 __all__ = ["ServerConfig", "load_config"]
 
 
+def _checked_duration(value: str) -> str:
+    # A ValueError lets pydantic name the key in the message ("config http.header-timeout: …").
+    try:
+        parse_duration(value)
+    except InvalidRequest as exc:
+        raise ValueError(exc.detail) from None
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -71,6 +80,24 @@ class AuthConfig(_Section):
         default_factory=list, alias="client-cert-mappings"
     )
     kubernetes: KubernetesAuthConfig = Field(default_factory=KubernetesAuthConfig)
+    failure_limit: int = Field(default=10, alias="failure-limit", ge=0)
+    failure_window: str = Field(default="1m", alias="failure-window")
+
+    @field_validator("failure_window")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        return _checked_duration(value)
+
+
+class HTTPConfig(_Section):
+    """``http.*``: limits of the HTTP listeners."""
+
+    header_timeout: str = Field(default="10s", alias="header-timeout")
+
+    @field_validator("header_timeout")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        return _checked_duration(value)
 
 
 class WebhookConfig(_Section):
@@ -101,6 +128,7 @@ class ServerConfig(_Section):
     cert_rotate_before: str = Field(default="24h", alias="cert-rotate-before")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    http: HTTPConfig = Field(default_factory=HTTPConfig)
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
     log_format: Literal["text", "json"] = Field(default="text", alias="log-format")
     secrets_dir: Path | None = Field(default=None, alias="secrets-dir")
@@ -178,8 +206,13 @@ def load_config(file: Path | None, overrides: dict[str, Any]) -> ServerConfig:
             loaded = yaml.safe_load(file.read_text())
         except OSError as exc:
             raise InvalidRequest(f"{file}: cannot read config ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise InvalidRequest(f"{file}: not UTF-8 text") from None
         except yaml.YAMLError:
             raise InvalidRequest(f"{file}: not valid YAML") from None
+        except RecursionError:
+            # PyYAML's pure-Python parser recurses per nesting level: "[[[[…" reaches the limit.
+            raise InvalidRequest(f"{file}: nested too deeply") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise InvalidRequest(f"{file}: the config must be a mapping")
         doc = loaded or {}

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from certctl.api.app import METRICS_PATHS, ClientCertMapping, create_app
+from certctl.api.throttle import AuthFailureLimiter
 from certctl.auth.kubernetes import TokenReviewAuthenticator
 from certctl.errors import CertctlError, InvalidRequest
 from certctl.kubeapi import KubeConnection, load_connection
@@ -139,6 +140,36 @@ def _announce(boot: Bootstrapped, config: ServerConfig, scheme: str, ca_path: st
     out.flush()
 
 
+def _secret_target_writer(config: ServerConfig) -> Callable[[Any, dict[str, bytes]], None]:
+    """Managed-services Secret targets through ``targets.kubernetes``.
+
+    The Kubernetes connection (``kubernetes.*``) is built on first use, so a server without
+    Secret targets never needs one; every failure becomes a DeliveryError for that target.
+    """
+    from certctl.targets.directory import DeliveryError
+
+    connections: list[KubeConnection] = []
+
+    def write(target: Any, files: dict[str, bytes]) -> None:
+        if "tls.crt" not in files or "tls.key" not in files:
+            raise DeliveryError("no certificate to deliver (TLS disabled); Secret left as it is")
+        try:
+            if not connections:
+                connections.append(_kube_connection(config))
+            SecretWriter(connections[0], namespace=target.namespace).write_tls(
+                target.secret,
+                certificate_pem=files["tls.crt"],
+                private_key_pem=files["tls.key"],
+                ca_pem=files.get("ca.crt", b""),
+                client_trust_pem=files.get("client-trust.crt"),
+                labels=target.labels,
+            )
+        except CertctlError as exc:
+            raise DeliveryError(exc.detail) from None
+
+    return write
+
+
 def build_scheduler(config: ServerConfig, services: Services) -> Scheduler:
     """The managed-services reconciler configured from DESIGN §3 keys."""
     from certctl.services.notify import Webhook
@@ -150,6 +181,7 @@ def build_scheduler(config: ServerConfig, services: Services) -> Scheduler:
         cert_validity=parse_duration(config.cert_validity),
         cert_rotate_before=parse_duration(config.cert_rotate_before),
         secrets_dir=config.effective_secrets_dir,
+        secret_writer=_secret_target_writer(config),
     )
     webhook = None
     hook = config.notifications.webhook
@@ -179,7 +211,8 @@ def serve(config: ServerConfig) -> None:
     """Run the server until interrupted."""
     import uvicorn
 
-    from certctl.server.tls import tls_scope_protocol
+    from certctl.api.app import MAX_HEADER_BYTES
+    from certctl.server.protocol import http_protocol
 
     logging.basicConfig(
         level=logging.INFO,
@@ -188,6 +221,8 @@ def serve(config: ServerConfig) -> None:
     )
     # Alembic announces every plugin at INFO; only migrations are worth a line.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # httpx logs every Kubernetes API call (TokenReview, Secret writes) at INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     host, port = config.host_port
     mode = config.tls.mode
     if mode == "disabled" and host not in _LOOPBACK and not config.allow_insecure:
@@ -244,6 +279,14 @@ def serve(config: ServerConfig) -> None:
         except CertctlError as exc:  # RBAC may lag the pod; retried every minute
             log.error("cannot publish the CA certificate: %s", exc.detail)
 
+    # One throttle for every listener: failures on the metrics port count too.
+    limiter = None
+    if config.auth.failure_limit > 0:
+        limiter = AuthFailureLimiter(
+            config.auth.failure_limit,
+            parse_duration(config.auth.failure_window).total_seconds(),
+        )
+    protocol = http_protocol(parse_duration(config.http.header_timeout).total_seconds())
     mappings = tuple(
         ClientCertMapping(m.subject, tuple(m.roles)) for m in config.auth.client_cert_mappings
     )
@@ -252,6 +295,7 @@ def serve(config: ServerConfig) -> None:
         client_cert_mappings=mappings,
         json_logs=config.log_format == "json",
         kubernetes_authenticator=kube_auth,
+        auth_failure_limiter=limiter,
     )
 
     def listener(asgi: Any, bind_host: str, bind_port: int, secure: bool) -> uvicorn.Server:
@@ -261,7 +305,8 @@ def serve(config: ServerConfig) -> None:
                 asgi,
                 host=bind_host,
                 port=bind_port,
-                http=tls_scope_protocol(),
+                http=protocol,
+                h11_max_incomplete_event_size=MAX_HEADER_BYTES,
                 lifespan="off",
                 access_log=False,
                 log_config=None,
@@ -286,6 +331,7 @@ def serve(config: ServerConfig) -> None:
             json_logs=config.log_format == "json",
             only_paths=METRICS_PATHS,
             kubernetes_authenticator=kube_auth,
+            auth_failure_limiter=limiter,
         )
         servers.append(listener(metrics_app, m_host, m_port, secure=config.metrics.secure))
     reload_s = parse_duration(config.tls.reload_interval).total_seconds()

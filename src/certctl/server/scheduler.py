@@ -44,13 +44,17 @@ class Leadership:
             return True
         try:
             if self._connection is not None:
+                # The lock lives exactly as long as this session: a lost session raises here.
                 self._connection.execute(text("SELECT 1"))
                 return True
-            connection = self.services.engine.connect()
+            # Autocommit: the probes above must not leave the session "idle in transaction"
+            # (idle_in_transaction_session_timeout would end it, and the leadership with it).
+            connection = self.services.engine.connect().execution_options(
+                isolation_level="AUTOCOMMIT"
+            )
             got = connection.execute(
                 text("SELECT pg_try_advisory_lock(:key)"), {"key": _LOCK_KEY}
             ).scalar()
-            connection.commit()
             if got:
                 self._connection = connection
                 log.info("this replica is now the leader")
@@ -63,9 +67,14 @@ class Leadership:
             return False
 
     def release(self) -> None:
-        """Give up leadership (closing the session releases the lock)."""
+        """Give up leadership: end the session, which releases the lock.
+
+        The connection is invalidated, not returned to the pool: a pooled session would keep
+        holding the lock, and no replica could lead while it sits there.
+        """
         if self._connection is not None:
             try:
+                self._connection.invalidate()
                 self._connection.close()
             except Exception:
                 log.debug("closing the leader connection failed", exc_info=True)
@@ -100,6 +109,11 @@ class Scheduler:
         done = 0
         for row in rows:
             if tls_services.due(row, now):
+                # Re-checked per service: a leader whose lock session was lost mid-pass (network
+                # cut, pg_terminate_backend) stops at once instead of racing its successor.
+                if not leadership.check():
+                    log.warning("lost leadership during a reconcile pass; stopping it")
+                    return done
                 try:
                     row = tls_services.reconcile_service(
                         self.services, self.settings, row.name, now

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from certctl.store.models import AuditEvent
 
-__all__ = ["list_audit", "record"]
+__all__ = ["event", "list_audit", "record"]
 
 
 def record(
@@ -25,15 +25,37 @@ def record(
 ) -> None:
     """Add an audit event to ``session`` (committed with the caller's transaction)."""
     session.add(
-        AuditEvent(
+        event(
             at=at,
-            actor=actor or "anonymous",
+            actor=actor,
             action=action,
-            target=target[:200],
+            target=target,
             outcome=outcome,
-            source=source[:64],
+            source=source,
             detail=detail,
         )
+    )
+
+
+def event(
+    *,
+    at: datetime,
+    actor: str,
+    action: str,
+    target: str = "",
+    outcome: str = "success",
+    source: str = "",
+    detail: str = "",
+) -> AuditEvent:
+    """The audit event ``record`` adds, for a caller that writes it with other rows later."""
+    return AuditEvent(
+        at=at,
+        actor=actor or "anonymous",
+        action=action,
+        target=target[:200],
+        outcome=outcome,
+        source=source[:64],
+        detail=detail,
     )
 
 

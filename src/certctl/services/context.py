@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from certctl.errors import PermissionDenied
 from certctl.pki import CertificateAuthority
+from certctl.store.groupcommit import GroupCommit
 from certctl.store.keywrap import KeyWrapper
 
 __all__ = ["Principal", "Services", "utcnow"]
@@ -48,6 +49,11 @@ class Services:
     clock: Callable[[], datetime] = utcnow
     _issuers: dict[str, CertificateAuthority] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    commits: GroupCommit = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Issuance rows of concurrent API requests share commits (see store.groupcommit).
+        self.commits = GroupCommit(self.engine)
 
     def cached_issuer(self, issuer_id: str) -> CertificateAuthority | None:
         """The loaded CA for ``issuer_id`` if already cached."""

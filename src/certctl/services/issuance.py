@@ -33,13 +33,14 @@ from certctl.pki import (
 )
 from certctl.pki.crl import RevokedEntry, create_crl
 from certctl.pki.issue import BACKDATE
-from certctl.services.audit import record
+from certctl.services.audit import event, record
 from certctl.services.context import Principal, Services
-from certctl.store.models import CertificateRecord, Issuer
+from certctl.store.models import AuditEvent, CertificateRecord, Issuer
 
 __all__ = [
     "DEFAULT_ISSUER",
     "IssueResult",
+    "PendingIssue",
     "create_issuer",
     "crl_for",
     "get_certificate",
@@ -48,13 +49,20 @@ __all__ = [
     "issue_with_key",
     "list_certificates",
     "load_issuer",
+    "prepare_from_csr",
+    "prepare_with_key",
     "renew_certificate",
     "revoke_certificate",
 ]
 
 DEFAULT_ISSUER = "default"
 EXPIRING_WINDOW = timedelta(days=30)
-_REASONS = {r.value: r for r in x509.ReasonFlags}
+# removeFromCRL belongs to delta CRLs and certificateHold cannot be lifted here: refused.
+_REASONS = {
+    r.value: r
+    for r in x509.ReasonFlags
+    if r not in (x509.ReasonFlags.remove_from_crl, x509.ReasonFlags.certificate_hold)
+}
 
 
 def new_id() -> str:
@@ -200,16 +208,16 @@ class IssueResult:
     warnings: tuple[str, ...]
 
 
-def _persist(
+def _new_rows(
     services: Services,
     caller: Principal,
     issuer_id: str,
-    ca: CertificateAuthority,
     certificate: x509.Certificate,
     profile: str,
     key_pem: bytes | None,
     renewed_from: str | None = None,
-) -> CertificateRecord:
+) -> tuple[CertificateRecord, AuditEvent]:
+    """The certificate row and its audit event, not yet written."""
     now = services.clock()
     sans: dict[str, list[str]]
     try:
@@ -238,17 +246,85 @@ def _persist(
         created_by=caller.actor_id,
         renewed_from=renewed_from,
     )
+    audit_event = event(
+        at=now,
+        actor=caller.actor_id,
+        action="certificate.issue",
+        target=f"{cert_id} serial {row.serial}",
+        source=caller.source,
+    )
+    return row, audit_event
+
+
+def _persist(
+    services: Services,
+    caller: Principal,
+    issuer_id: str,
+    ca: CertificateAuthority,
+    certificate: x509.Certificate,
+    profile: str,
+    key_pem: bytes | None,
+    renewed_from: str | None = None,
+) -> CertificateRecord:
+    row, audit_event = _new_rows(
+        services, caller, issuer_id, certificate, profile, key_pem, renewed_from
+    )
     with services.sessions.begin() as session:
         session.add(row)
-        record(
-            session,
-            at=now,
-            actor=caller.actor_id,
-            action="certificate.issue",
-            target=f"{cert_id} serial {row.serial}",
-            source=caller.source,
-        )
+        session.add(audit_event)
     return row
+
+
+@dataclass(frozen=True)
+class PendingIssue:
+    """A signed certificate whose rows are not written yet (``issue_*`` write them at once).
+
+    The API writes ``rows`` through ``Services.commits`` (group commit), then calls
+    ``finish``; nothing is counted as issued before the rows are committed.
+    """
+
+    rows: tuple[CertificateRecord, AuditEvent]
+    issuer_id: str
+    chain_pem: str
+    private_key_pem: str | None
+    warnings: tuple[str, ...]
+    started: float
+
+    def finish(self) -> IssueResult:
+        """Count the issuance (after the commit) and build the result."""
+        ISSUANCE.labels(self.issuer_id, "success").inc()
+        ISSUANCE_DURATION.observe(time.perf_counter() - self.started)
+        return IssueResult(self.rows[0], self.chain_pem, self.private_key_pem, self.warnings)
+
+    def write(self, services: Services) -> IssueResult:
+        """Commit the rows in a transaction of their own, then ``finish``."""
+        with services.sessions.begin() as session:
+            session.add_all(self.rows)
+        return self.finish()
+
+
+def prepare_from_csr(
+    services: Services,
+    caller: Principal,
+    *,
+    issuer_id: str,
+    csr_pem: str,
+    profile: str,
+    validity: timedelta,
+) -> PendingIssue:
+    """``issue_from_csr`` up to (not including) the database write."""
+    caller.require("cert.issue")
+    started = time.perf_counter()
+    prof = _leaf_profile(profile)
+    ca = load_issuer(services, issuer_id)
+    try:
+        csr = load_csr(csr_pem.encode())
+        issued = sign_csr(ca, csr, profile=prof, validity=validity, now=services.clock())
+    except InvalidRequest:
+        ISSUANCE.labels(issuer_id, "error").inc()
+        raise
+    rows = _new_rows(services, caller, issuer_id, issued.certificate, prof.name, None)
+    return PendingIssue(rows, issuer_id, _chain_pem(ca), None, tuple(issued.warnings), started)
 
 
 def issue_from_csr(
@@ -261,20 +337,18 @@ def issue_from_csr(
     validity: timedelta,
 ) -> IssueResult:
     """Issue from a CSR after verifying its signature; the profile decides extensions."""
-    caller.require("cert.issue")
-    started = time.perf_counter()
-    prof = _leaf_profile(profile)
-    ca = load_issuer(services, issuer_id)
-    try:
-        csr = load_csr(csr_pem.encode())
-        issued = sign_csr(ca, csr, profile=prof, validity=validity, now=services.clock())
-    except InvalidRequest:
-        ISSUANCE.labels(issuer_id, "error").inc()
-        raise
-    row = _persist(services, caller, issuer_id, ca, issued.certificate, prof.name, None)
-    ISSUANCE.labels(issuer_id, "success").inc()
-    ISSUANCE_DURATION.observe(time.perf_counter() - started)
-    return IssueResult(row, certs_to_pem(ca.chain_below_root).decode(), None, issued.warnings)
+    return prepare_from_csr(
+        services,
+        caller,
+        issuer_id=issuer_id,
+        csr_pem=csr_pem,
+        profile=profile,
+        validity=validity,
+    ).write(services)
+
+
+def _chain_pem(ca: CertificateAuthority) -> str:
+    return certs_to_pem(ca.chain_below_root).decode()
 
 
 def _leaf_profile(name: str) -> Any:
@@ -282,6 +356,37 @@ def _leaf_profile(name: str) -> Any:
     if prof.is_ca:
         raise InvalidRequest(f"{name}: use POST /api/v1/issuers for CA certificates")
     return prof
+
+
+def prepare_with_key(
+    services: Services,
+    caller: Principal,
+    *,
+    issuer_id: str,
+    common_name: str,
+    dns_names: list[str],
+    ip_addresses: list[str],
+    profile: str,
+    validity: timedelta,
+    key_type: str,
+) -> PendingIssue:
+    """``issue_with_key`` up to (not including) the database write."""
+    caller.require("cert.issue")
+    started = time.perf_counter()
+    prof = _leaf_profile(profile)
+    kt = KeyType.parse(key_type)
+    sans = SubjectAltNames.parse(dns=dns_names, ip=ip_addresses)
+    subject = common_name_dn(common_name) if common_name else x509.Name([])
+    ca = load_issuer(services, issuer_id)
+    key = generate_private_key(kt)
+    issued = ca.issue(
+        key.public_key(), subject, profile=prof, validity=validity, now=services.clock(), sans=sans
+    )
+    key_pem = key_to_pem(key)
+    rows = _new_rows(services, caller, issuer_id, issued.certificate, prof.name, key_pem)
+    return PendingIssue(
+        rows, issuer_id, _chain_pem(ca), key_pem.decode(), tuple(issued.warnings), started
+    )
 
 
 def issue_with_key(
@@ -297,24 +402,17 @@ def issue_with_key(
     key_type: str,
 ) -> IssueResult:
     """Generate the key server-side and issue; the key is returned once and stored wrapped."""
-    caller.require("cert.issue")
-    started = time.perf_counter()
-    prof = _leaf_profile(profile)
-    kt = KeyType.parse(key_type)
-    sans = SubjectAltNames.parse(dns=dns_names, ip=ip_addresses)
-    subject = common_name_dn(common_name) if common_name else x509.Name([])
-    ca = load_issuer(services, issuer_id)
-    key = generate_private_key(kt)
-    issued = ca.issue(
-        key.public_key(), subject, profile=prof, validity=validity, now=services.clock(), sans=sans
-    )
-    key_pem = key_to_pem(key)
-    row = _persist(services, caller, issuer_id, ca, issued.certificate, prof.name, key_pem)
-    ISSUANCE.labels(issuer_id, "success").inc()
-    ISSUANCE_DURATION.observe(time.perf_counter() - started)
-    return IssueResult(
-        row, certs_to_pem(ca.chain_below_root).decode(), key_pem.decode(), issued.warnings
-    )
+    return prepare_with_key(
+        services,
+        caller,
+        issuer_id=issuer_id,
+        common_name=common_name,
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+        profile=profile,
+        validity=validity,
+        key_type=key_type,
+    ).write(services)
 
 
 def effective_status(row: CertificateRecord, now: datetime) -> str:

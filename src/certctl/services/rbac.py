@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy.exc import DBAPIError
 
 from certctl.auth.apikeys import MintedKey, mint_key, parse_key, secret_matches
 from certctl.auth.permissions import BUILTIN_ROLES, PERMISSIONS
 from certctl.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, Unauthenticated
 from certctl.services.audit import record
 from certctl.services.context import Principal, Services
+from certctl.store.db import storage_error
 from certctl.store.models import Actor, ApiKey, Role
 
 __all__ = [
@@ -30,6 +34,7 @@ __all__ = [
     "update_role",
 ]
 
+log = logging.getLogger("certctl.services")
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 BOOTSTRAP_ADMIN = "admin"
@@ -82,9 +87,39 @@ def permissions_of(services: Services, role_ids: list[str]) -> frozenset[str]:
     """The union of the roles' permissions (unknown roles contribute nothing)."""
     if not role_ids:
         return frozenset()
-    with services.sessions() as session:
-        roles = session.scalars(select(Role).where(Role.id.in_(role_ids)))
-        return frozenset(p for role in roles for p in role.permissions)
+    with services.engine.connect() as connection:
+        return _role_union(connection, role_ids)
+
+
+# Core statements on the authentication path (every API request): no ORM identity map, unit of
+# work or instance construction. Read from the database on every request, never cached, so a
+# revocation, an expiry or a role change in any process applies to the very next request.
+_ROLES = Role.__table__.c
+_PERMISSIONS_OF = select(_ROLES.permissions).where(
+    _ROLES.id.in_(bindparam("role_ids", expanding=True))
+)
+_KEYS = ApiKey.__table__.c
+_ACTORS = Actor.__table__.c
+_KEY_AND_ACTOR = (
+    select(
+        _KEYS.secret_sha256,
+        _KEYS.revoked_at,
+        _KEYS.expires_at,
+        _KEYS.last_used_at,
+        _ACTORS.id,
+        _ACTORS.roles,
+    )
+    .select_from(ApiKey.__table__.outerjoin(Actor.__table__, _ACTORS.id == _KEYS.actor_id))
+    .where(_KEYS.id == bindparam("key_id"))
+)
+_TOUCH_KEY = (
+    update(ApiKey).where(ApiKey.id == bindparam("key_id")).values(last_used_at=bindparam("now"))
+)
+
+
+def _role_union(connection: Connection, role_ids: list[str]) -> frozenset[str]:
+    rows = connection.execute(_PERMISSIONS_OF, {"role_ids": list(role_ids)})
+    return frozenset(p for (permissions,) in rows for p in permissions)
 
 
 def _role_permissions(services: Services, role_ids: list[str]) -> frozenset[str]:
@@ -94,6 +129,13 @@ def _role_permissions(services: Services, role_ids: list[str]) -> frozenset[str]
     if missing:
         raise InvalidRequest(f"unknown role(s): {', '.join(missing)}")
     return frozenset(p for r in found.values() for p in r.permissions)
+
+
+def _check_admin_remains(session: Any, losing: str) -> None:
+    """Refuse a change that would leave no actor holding r-admin (the system would be locked)."""
+    holders = [a.id for a in session.scalars(select(Actor)) if "r-admin" in a.roles]
+    if holders == [losing]:
+        raise Conflict(f"{losing} is the last actor holding r-admin; give r-admin to another first")
 
 
 def _no_escalation(caller: Principal, permissions: frozenset[str] | set[str], what: str) -> None:
@@ -240,6 +282,8 @@ def update_actor(
         if roles is not None and new_perms is not None:
             old = permissions_of(services, actor.roles)
             _no_escalation(caller, set(new_perms) | set(old), "change this actor's roles")
+            if "r-admin" in actor.roles and "r-admin" not in roles:
+                _check_admin_remains(session, actor_id)
             actor.roles = roles
         if name is not None:
             actor.name = name
@@ -265,6 +309,8 @@ def delete_actor(services: Services, caller: Principal, actor_id: str) -> None:
         if actor is None:
             raise NotFound(f"actor {actor_id} not found")
         _no_escalation(caller, permissions_of(services, actor.roles), "delete this actor")
+        if "r-admin" in actor.roles:
+            _check_admin_remains(session, actor_id)
         for key in session.scalars(select(ApiKey).where(ApiKey.actor_id == actor_id)):
             session.delete(key)
         # No relationship() links the two mappers, so the unit of work does not order these
@@ -369,19 +415,27 @@ def authenticate_api_key(services: Services, presented: str, source: str) -> Pri
         raise AuthFailure("malformed API key", "invalid")
     key_id, secret = parsed
     now = services.clock()
-    with services.sessions() as session:
-        row = session.get(ApiKey, key_id)
+    with services.engine.connect() as connection:
+        row = connection.execute(_KEY_AND_ACTOR, {"key_id": key_id}).first()
         if row is None or not secret_matches(secret, row.secret_sha256):
             raise AuthFailure("unknown API key", "invalid")
         if row.revoked_at is not None:
             raise AuthFailure("API key revoked", "revoked")
         if row.expires_at is not None and row.expires_at <= now:
             raise AuthFailure("API key expired", "expired")
-        actor = session.get(Actor, row.actor_id)
-        if actor is None:
+        if row.id is None:
             raise AuthFailure("API key's actor no longer exists", "invalid")
-        roles = tuple(actor.roles)
+        actor_id, roles = row.id, tuple(row.roles)
+        permissions = _role_union(connection, list(roles)) if roles else frozenset()
         if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
-            row.last_used_at = now
-            session.commit()
-    return Principal(actor.id, roles, permissions_of(services, list(roles)), "api_key", source)
+            try:
+                connection.execute(_TOUCH_KEY, {"key_id": key_id, "now": now})
+                connection.commit()
+            except DBAPIError as exc:
+                # Bookkeeping only: a full or read-only store must not fail every read.
+                fault = storage_error(exc)
+                if fault is None:
+                    raise
+                connection.rollback()
+                log.warning("API key %s: last_used_at not saved: %s", key_id, fault.detail)
+    return Principal(actor_id, roles, permissions, "api_key", source)

@@ -315,6 +315,11 @@ def _ensure_service_ca(
     with services.sessions.begin() as session:
         row = session.get(Issuer, issuer_id, with_for_update=True)
         assert row is not None
+        if x509.load_pem_x509_certificate(row.certificate_pem.encode()) != ca.certificate:
+            # Renewed by another replica since this process cached it (or concurrently):
+            # use the stored one rather than renewing a second time.
+            services.forget_issuer(issuer_id)
+            return issuance.load_issuer(services, issuer_id), True
         row.certificate_pem = certs_to_pem([renewed.certificate]).decode()
         row.not_after = renewed.certificate.not_valid_after_utc
     services.forget_issuer(issuer_id)
@@ -551,6 +556,8 @@ def _decide(
         ca, ca_changed = custom_ca, False
     else:
         ca, ca_changed = _ensure_service_ca(services, settings, spec.name, now)
+        # A renewed CA not yet published for this service (whoever renewed it died first).
+        ca_changed = ca_changed or row.ca_pem not in (None, ca.root_pem.decode())
         warnings = []
     reason = _needs_leaf(row, spec, ca, now)
     if reason is None and not ca_changed:
@@ -600,7 +607,17 @@ def _store_issue(
         current = session.get(ManagedService, row.name, with_for_update=True)
         if current is None:
             raise NotFound(f"service {row.name} was deleted")
+        if current.certificate_pem != row.certificate_pem:
+            # Another reconciler (a replica that took over the leadership while this one
+            # was still running) stored a certificate after this one read the row: keep
+            # theirs, so each due period yields one stored certificate and one event.
+            log.warning("service %s was reconciled concurrently; keeping that result", row.name)
+            session.expunge(current)
+            return current
         first = current.certificate_pem is None
+        # Delivery pending: if this process dies before delivering, due() sees it and
+        # whichever replica reconciles next delivers (the final commit clears it).
+        current.next_attempt_at = now
         current.certificate_pem = desired.certificate_pem
         current.chain_pem = desired.chain_pem
         current.ca_pem = desired.ca_pem
@@ -812,6 +829,9 @@ def _fail(
             raise NotFound(f"service {row.name} was deleted")
         current.attempts += 1
         current.next_attempt_at = now + _backoff(current.attempts)
+        # The attempted generation was observed: without this, due() sees a changed spec
+        # and retries on every pass, ignoring the back-off.
+        current.reconciled_generation = row.generation
         serving = current.certificate_pem is not None
         current.conditions = {
             "Ready": {

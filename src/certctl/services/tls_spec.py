@@ -5,9 +5,18 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from certctl.errors import InvalidRequest
 from certctl.pki.names import validate_dns_name
@@ -106,13 +115,21 @@ class DirectoryTarget(_Model):
             raise ValueError(f"{value}: target directories must be absolute paths")
         return value
 
+    @field_validator("reload_timeout")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        from certctl.pki import parse_duration
+
+        try:
+            parse_duration(value)
+        except InvalidRequest as exc:
+            raise ValueError(exc.detail) from None  # so pydantic names the field
+        return value
+
     @model_validator(mode="after")
     def _p12(self) -> DirectoryTarget:
         if self.format == "pkcs12" and self.password_file is None:
             raise ValueError("format pkcs12 needs passwordFile")
-        from certctl.pki import parse_duration
-
-        parse_duration(self.reload_timeout)
         return self
 
 
@@ -124,11 +141,31 @@ class SecretTarget(_Model):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
+def _target_kind(value: Any) -> str | None:
+    # Pick the model by its key, so errors come from the one the user meant (not from
+    # whichever union member pydantic tried first) and carry no union member in their path.
+    if isinstance(value, dict):
+        return next((_TAGS[k] for k in ("directory", "secret") if k in value), None)
+    return type(value).__name__ if isinstance(value, DirectoryTarget | SecretTarget) else None
+
+
+_TAGS = {"directory": "DirectoryTarget", "secret": "SecretTarget"}
+_Target = Annotated[
+    Annotated[DirectoryTarget, Tag("DirectoryTarget")]
+    | Annotated[SecretTarget, Tag("SecretTarget")],
+    Discriminator(
+        _target_kind,
+        custom_error_type="target_kind",
+        custom_error_message="a target needs a directory or a secret",
+    ),
+]
+
+
 class Spec(_Model):
     """``spec``."""
 
     http: HTTP = Field(default_factory=HTTP)
-    targets: list[DirectoryTarget | SecretTarget] = Field(default_factory=list, max_length=20)
+    targets: list[_Target] = Field(default_factory=list, max_length=20)
 
 
 class Metadata(_Model):
@@ -195,7 +232,7 @@ def parse_service(doc: Any, where: str = "spec") -> TLSServiceSpec:
         spec = TLSServiceSpec.model_validate(doc)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "document"
+        field = ".".join(str(p) for p in first["loc"] if p not in _TAGS.values()) or "document"
         message = str(first["msg"]).removeprefix("Value error, ")
         raise InvalidRequest(f"{where}: {field}: {message}") from None
     except InvalidRequest as exc:
@@ -221,6 +258,9 @@ def parse_service_documents(text: str) -> list[TLSServiceSpec]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise InvalidRequest(f"services file is not valid YAML{where}") from None
+    except RecursionError:
+        # PyYAML's pure-Python parser recurses per nesting level: "[[[[…" reaches the limit.
+        raise InvalidRequest("services file is nested too deeply") from None
     if not docs:
         raise InvalidRequest("services file holds no TLSService document")
     specs = [parse_service(doc, f"document {i}") for i, doc in enumerate(docs, start=1)]

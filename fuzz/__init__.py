@@ -1,0 +1,1 @@
+"""Parser fuzz targets (atheris harness ``run.py``; hypothesis tests in tests/reliability)."""

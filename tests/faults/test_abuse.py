@@ -1,0 +1,295 @@
+"""Abuse: key guessing is throttled per address, heads and bodies are bounded, slow clients and
+thousands of idle connections cannot starve ``/healthz``. Real ``certctl serve``, loopback only.
+
+The "other" client binds its socket to 127.0.0.2 (loopback range), so the server sees two
+addresses without leaving the host.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import httpx
+
+from tests.e2e.conftest import tls_context
+from tests.faults.conftest import FaultServer, raise_nofile_limit
+
+BAD_KEY = "cctl_0123456789abcdef_" + "A" * 43
+FIGURES: dict[str, Any] = {}
+
+
+def _client_from(server: FaultServer, address: str, key: str | None = None) -> httpx.Client:
+    transport = httpx.HTTPTransport(verify=tls_context(server.ca), local_address=address)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=server.url, transport=transport, headers=headers, timeout=10)
+
+
+def _metric(server: FaultServer, client: httpx.Client, reason: str) -> float:
+    text = client.get("/api/v1/metrics/prometheus").text
+    line = f'certctl_auth_failures_total{{reason="{reason}"}} '
+    values = [float(row[len(line) :]) for row in text.splitlines() if row.startswith(line)]
+    return values[0] if values else 0.0
+
+
+def test_bad_keys_are_throttled_per_address(fault_server: FaultServer) -> None:
+    fault_server.config = {"auth": {"failure-limit": 10, "failure-window": "3s"}}
+    fault_server.start()
+    key = fault_server.admin_key
+    with (
+        _client_from(fault_server, "127.0.0.1", BAD_KEY) as attacker,
+        _client_from(fault_server, "127.0.0.1", key) as same_address,
+        _client_from(fault_server, "127.0.0.2", key) as other,
+        _client_from(fault_server, "127.0.0.3") as anonymous,
+    ):
+        # No credentials at all is not guessing: never throttled.
+        for _ in range(15):
+            assert anonymous.get("/api/v1/auth/whoami").status_code == 401
+        statuses = [attacker.get("/api/v1/auth/whoami").status_code for _ in range(10)]
+        assert statuses == [401] * 10
+        blocked_at = time.monotonic()
+        refused = attacker.get("/api/v1/auth/whoami")
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        retry_after = int(refused.headers["retry-after"])
+        assert 1 <= retry_after <= 3
+        assert "too many failed authentications" in refused.json()["detail"]
+        # The whole address is refused, a valid key too, before the key is looked at …
+        assert same_address.get("/api/v1/auth/whoami").status_code == 429
+        # … but not its public routes (health checks, CA certificate, CRL).
+        assert same_address.get("/healthz").status_code == 200
+        assert same_address.get("/api/v1/issuers/default/ca.pem").status_code == 200
+        # Another address is not affected, for reads and writes.
+        assert other.get("/api/v1/auth/whoami").status_code == 200
+        issued = other.post("/api/v1/certificates", json={"common_name": "ok.example.com"})
+        assert issued.status_code == 201, issued.text
+        assert _metric(fault_server, other, "ratelimited") == 2
+        # Until the window has passed.
+        waited = 0
+        while same_address.get("/api/v1/auth/whoami").status_code == 429:
+            waited += 1
+            assert waited < 80, "still refused 8 s after the block"
+            time.sleep(0.1)
+        unblocked_s = time.monotonic() - blocked_at
+        assert 2.5 <= unblocked_s <= retry_after + 1.0
+        assert attacker.get("/api/v1/auth/whoami").status_code == 401  # counting again
+    log = fault_server.log()
+    assert "127.0.0.1: 10 authentication failures within 3 s; refused for 3 s" in log
+    assert log.count("authentication failures within") == 1
+    FIGURES["throttle"] = {
+        "limit": 10,
+        "window_s": 3,
+        "failures_before_429": 10,
+        "retry_after_s": retry_after,
+        "unblocked_after_s": round(unblocked_s, 2),
+        "other_address": "200/201",
+        "missing_credentials_x15": "401, never 429",
+    }
+    print(f"auth throttle: {FIGURES['throttle']}")
+
+
+# --- raw HTTP/1.1 over TLS ---------------------------------------------------------------
+
+
+@contextmanager
+def tls_socket(server: FaultServer, timeout: float = 10) -> Iterator[ssl.SSLSocket]:
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+    tls = tls_context(server.ca).wrap_socket(raw, server_hostname="localhost")
+    try:
+        yield tls
+    finally:
+        tls.close()
+
+
+def read_all(sock: ssl.SSLSocket, limit_s: float = 10) -> bytes:
+    """Read until the server closes the connection (bounded by ``limit_s``)."""
+    sock.settimeout(limit_s)
+    data = b""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except (ssl.SSLError, ConnectionResetError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def read_response(sock: ssl.SSLSocket) -> bytes:
+    """One ``/healthz`` response (its body is ``ok``), whatever the TLS record boundaries."""
+    sock.settimeout(5)
+    data = b""
+    while not data.endswith(b"\r\n\r\nok"):
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def head(extra: bytes = b"") -> bytes:
+    return b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n" + extra + b"Connection: close\r\n\r\n"
+
+
+def test_header_and_body_limits(fault_server: FaultServer) -> None:
+    fault_server.start()
+    # Over 16 KiB: 431 when the head arrives whole, 400 from h11 when it is still incomplete
+    # past the limit; a 1 MiB head may even be cut off by a reset while it is being sent.
+    refused = (b"HTTP/1.1 431", b"HTTP/1.1 400")
+    cases: dict[str, tuple[bytes, tuple[bytes, ...]]] = {
+        "8 KiB header": (head(b"X-Pad: " + b"a" * 8192 + b"\r\n"), (b"HTTP/1.1 200",)),
+        "20 KiB header": (head(b"X-Pad: " + b"a" * 20_000 + b"\r\n"), refused),
+        "300 headers": (
+            head(b"".join(b"X-H%d: %s\r\n" % (n, b"b" * 60) for n in range(300))),
+            refused,
+        ),
+        "1 MiB header": (head(b"X-Pad: " + b"a" * (1 << 20) + b"\r\n"), (*refused, b"")),
+    }
+    seen = {}
+    for name, (request, expected) in cases.items():
+        with tls_socket(fault_server) as sock:
+            try:
+                sock.sendall(request)
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+                pass  # refused while still sending: the answer is already waiting
+            answer = read_all(sock)
+        assert answer.startswith(expected) if answer else b"" in expected, (name, answer[:300])
+        seen[name] = answer.split(b"\r\n", 1)[0].decode() or "connection reset"
+    # Bodies: 1 MiB limit by Content-Length and by chunked transfer.
+    with fault_server.client() as client:
+        big = b"{" + b" " * (1 << 20) + b"}"
+        r = client.post(
+            "/api/v1/certificates", content=big, headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 413, r.text
+
+        def chunks() -> Iterator[bytes]:
+            for _ in range(20):
+                yield b" " * 65536
+
+        r = client.post(
+            "/api/v1/certificates", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 413, r.text
+        assert client.get("/healthz").status_code == 200  # still serving
+    assert fault_server.proc is not None
+    assert fault_server.proc.poll() is None
+    seen["1 MiB + 2 B body (Content-Length)"] = seen["1.25 MiB body (chunked)"] = "413"
+    FIGURES["limits"] = seen
+    print(f"size limits: {seen}")
+
+
+def _closed_after(sock: ssl.SSLSocket, trickle: bytes, every_s: float, limit_s: float) -> float:
+    """Send ``trickle`` one byte per ``every_s`` until the server closes; seconds it took."""
+    started = time.monotonic()
+    sock.settimeout(every_s)
+    for n in range(int(limit_s / every_s)):
+        try:
+            if trickle:
+                sock.sendall(trickle[n % len(trickle) : n % len(trickle) + 1])
+            if sock.recv(1) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            return time.monotonic() - started
+    raise AssertionError(f"connection still open after {limit_s} s")
+
+
+def test_slow_clients_time_out(fault_server: FaultServer) -> None:
+    fault_server.config = {"http": {"header-timeout": "2s"}}
+    fault_server.start()
+    with tls_socket(fault_server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        slowloris_s = _closed_after(sock, b"X-Slow: abcdefghijklmnop\r\n", 0.25, 8)
+    with tls_socket(fault_server) as sock:
+        silent_s = _closed_after(sock, b"", 0.25, 8)
+    assert 1.8 <= slowloris_s <= 3.5, slowloris_s
+    assert 1.8 <= silent_s <= 3.5, silent_s
+    # The twins: a head that takes 1 s (under the deadline) is served; a kept-alive connection
+    # may idle past the deadline between requests (timeout_keep_alive, 30 s, governs that).
+    with tls_socket(fault_server) as sock:
+        request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        for n in range(0, len(request), 10):
+            sock.sendall(request[n : n + 10])
+            time.sleep(1.0 / (len(request) / 10))
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(2.5)
+        sock.sendall(request)
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
+    FIGURES["slow"] = {
+        "header_timeout_s": 2,
+        "slowloris_closed_after_s": round(slowloris_s, 2),
+        "silent_closed_after_s": round(silent_s, 2),
+    }
+    print(f"slow clients: {FIGURES['slow']}")
+
+
+IDLE_CONNECTIONS = 2000
+
+
+def _healthz_latency(server: FaultServer, rounds: int) -> list[float]:
+    """Seconds per ``GET /healthz`` on a new TLS connection each time (handshake included)."""
+    timings = []
+    for _ in range(rounds):
+        started = time.monotonic()
+        with httpx.Client(verify=tls_context(server.ca), timeout=5) as client:
+            assert client.get(f"{server.url}/healthz").text == "ok"
+        timings.append(time.monotonic() - started)
+    return timings
+
+
+def _server_sockets(pid: int) -> int:
+    fd_dir = f"/proc/{pid}/fd"
+    count = 0
+    for name in os.listdir(fd_dir):
+        try:
+            if os.readlink(f"{fd_dir}/{name}").startswith("socket:"):
+                count += 1
+        except FileNotFoundError:
+            continue
+    return count
+
+
+def test_thousands_of_idle_connections(fault_server: FaultServer) -> None:
+    nofile = raise_nofile_limit()  # inherited by the server
+    assert nofile >= 2 * IDLE_CONNECTIONS + 100, f"ulimit -n is {nofile}"
+    fault_server.config = {"http": {"header-timeout": "60s"}}
+    fault_server.start()
+    baseline = _healthz_latency(fault_server, 10)
+    context = tls_context(fault_server.ca)
+    opened = time.monotonic()
+    with ExitStack() as stack:
+        for _ in range(IDLE_CONNECTIONS):
+            raw = socket.create_connection(("127.0.0.1", fault_server.port), timeout=10)
+            stack.callback(raw.close)
+            tls = context.wrap_socket(raw, server_hostname="localhost")  # handshake done
+            stack.callback(tls.close)
+            assert time.monotonic() - opened < 50, "opening idle connections took too long"
+        open_s = time.monotonic() - opened
+        held = _server_sockets(fault_server.pid)
+        assert held >= IDLE_CONNECTIONS, held
+        loaded = _healthz_latency(fault_server, 20)
+        with fault_server.client() as client:  # and a real request beside them
+            r = client.post("/api/v1/certificates", json={"common_name": "busy.example.com"})
+            assert r.status_code == 201, r.text
+    assert max(loaded) < 1.0, loaded
+    assert fault_server.proc is not None
+    assert fault_server.proc.poll() is None
+    FIGURES["idle"] = {
+        "idle_tls_connections": IDLE_CONNECTIONS,
+        "server_sockets": held,
+        "open_s": round(open_s, 2),
+        "healthz_ms_baseline_median": round(statistics.median(baseline) * 1000, 1),
+        "healthz_ms_loaded_median": round(statistics.median(loaded) * 1000, 1),
+        "healthz_ms_loaded_max": round(max(loaded) * 1000, 1),
+        "nofile": nofile,
+    }
+    print(f"idle connections: {FIGURES['idle']}")

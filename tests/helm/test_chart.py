@@ -1,0 +1,439 @@
+"""deploy/helm/certctl rendered by Helm: objects, runbook values, tlsConfig patterns, schemas."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+
+from certctl.server.config import ServerConfig
+from tests.helm.conftest import KUBERNETES_VERSION, NAMESPACE, Rendered
+
+RUNBOOK: dict[str, Any] = {
+    "monitoring": {
+        "enabled": True,
+        "serviceMonitor": {
+            "enabled": True,
+            "interval": "30s",
+            "scrapeTimeout": "10s",
+            "bearerTokenSecret": {"name": "certctl-prometheus-key", "key": "api-key"},
+        },
+    }
+}
+CA_FILE = "/etc/prometheus/secrets/certctl-ca/ca.crt"
+# The runbook's three tlsConfig patterns → the tlsConfig the chart renders.
+TLS_PATTERNS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "caFile": ({"caFile": CA_FILE}, {"caFile": CA_FILE, "serverName": "certctl-server"}),
+    "ca.secret": (
+        {"ca": {"secret": {"name": "certctl-ca", "key": "ca.crt"}}},
+        {"ca": {"secret": {"name": "certctl-ca", "key": "ca.crt"}}, "serverName": "certctl-server"},
+    ),
+    "insecureSkipVerify": ({"insecureSkipVerify": True}, {"insecureSkipVerify": True}),
+}
+SELECTOR = {
+    "app.kubernetes.io/name": "certctl",
+    "app.kubernetes.io/instance": "certctl",
+    "app.kubernetes.io/component": "server",
+}
+POSTGRES: dict[str, Any] = {
+    "replicaCount": 3,
+    "database": {"url": "postgresql+psycopg://certctl:pw@db.example.internal/certctl"},
+}
+KUBE_AUTH: dict[str, Any] = {
+    "auth": {
+        "kubernetes": {
+            "enabled": True,
+            "metricsReaders": [
+                {"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"}
+            ],
+        }
+    }
+}
+EXISTING_TLS: dict[str, Any] = {"server": {"tls": {"existingSecret": "certctl-tls"}}}
+
+
+def merged(*parts: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = copy.deepcopy(value)
+
+    for part in parts:
+        merge(out, part)
+    return out
+
+
+def with_tls(tls_config: dict[str, Any]) -> dict[str, Any]:
+    return merged(RUNBOOK, {"monitoring": {"serviceMonitor": {"tlsConfig": tls_config}}})
+
+
+SECRET_TARGETS: dict[str, Any] = {"secretTargets": {"namespaces": ["apps", "payments"]}}
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "runbook": RUNBOOK,
+    **{f"tls-{name}": with_tls(given) for name, (given, _) in TLS_PATTERNS.items()},
+    "existing-tls-secret": merged(RUNBOOK, EXISTING_TLS),
+    "postgres-3-replicas": merged(POSTGRES, RUNBOOK),
+    "secret-targets": merged(EXISTING_TLS, SECRET_TARGETS),
+    "kubernetes-auth": merged(
+        KUBE_AUTH,
+        {
+            "monitoring": {
+                "enabled": True,
+                "serviceMonitor": {
+                    "enabled": True,
+                    "bearerTokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token",
+                },
+            }
+        },
+    ),
+}
+
+
+def one(objects: Rendered, kind: str) -> dict[str, Any]:
+    found = [obj for (k, _), obj in objects.items() if k == kind]
+    assert len(found) == 1, (kind, sorted(objects))
+    return found[0]
+
+
+def container(objects: Rendered) -> dict[str, Any]:
+    containers = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    result: dict[str, Any] = containers[0]
+    return result
+
+
+def server_config(objects: Rendered) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(one(objects, "ConfigMap")["data"]["certctl.yaml"])
+    return doc
+
+
+def endpoint(objects: Rendered) -> dict[str, Any]:
+    monitor = objects[("ServiceMonitor", "certctl-server")]
+    (ep,) = monitor["spec"]["endpoints"]
+    result: dict[str, Any] = ep
+    return result
+
+
+# --- default values -----------------------------------------------------------------------
+
+
+def test_default_render_objects(render: Callable[..., Rendered]) -> None:
+    objects = render()
+    assert sorted(objects) == [
+        ("ConfigMap", "certctl"),
+        ("Deployment", "certctl"),
+        ("PersistentVolumeClaim", "certctl-data"),
+        ("Role", "certctl-ca-publisher"),
+        ("RoleBinding", "certctl-ca-publisher"),
+        ("Secret", "certctl-master-key"),
+        ("Service", "certctl-server"),
+        ("ServiceAccount", "certctl"),
+    ]
+    for obj in objects.values():
+        assert obj["metadata"]["namespace"] == NAMESPACE
+
+
+def test_deployment_runs_serve_securely_with_probes(render: Callable[..., Rendered]) -> None:
+    objects = render()
+    deployment = one(objects, "Deployment")
+    pod = deployment["spec"]["template"]
+    assert deployment["spec"]["selector"]["matchLabels"] == SELECTOR
+    assert SELECTOR.items() <= pod["metadata"]["labels"].items()
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # SQLite on an RWO claim
+    c = container(objects)
+    assert c["command"] == ["certctl", "serve", "--config", "/etc/certctl/certctl.yaml"]
+    assert c["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert c[probe]["httpGet"] == {"path": path, "port": "https", "scheme": "HTTPS"}
+    assert c["startupProbe"]["httpGet"]["scheme"] == "HTTPS"
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    pod_sc = pod["spec"]["securityContext"]
+    assert pod_sc["runAsNonRoot"] is True
+    assert pod_sc["runAsUser"] != 0
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["config"]["mountPath"] == "/etc/certctl/certctl.yaml"
+    assert mounts["data"]["mountPath"] == "/var/lib/certctl"
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes["data"] == {
+        "name": "data",
+        "persistentVolumeClaim": {"claimName": "certctl-data"},
+    }
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"]}
+    assert env == {"CERTCTL_MASTER_KEY": {"name": "certctl-master-key", "key": "master-key"}}
+    master = objects[("Secret", "certctl-master-key")]
+    assert master["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_service_is_certctl_server_on_8443(render: Callable[..., Rendered]) -> None:
+    service = render()[("Service", "certctl-server")]
+    assert service["spec"]["selector"] == SELECTOR
+    assert service["spec"]["ports"] == [
+        {"name": "https", "port": 8443, "targetPort": "https", "protocol": "TCP"}
+    ]
+
+
+def test_config_is_accepted_by_certctl(render: Callable[..., Rendered]) -> None:
+    doc = server_config(render())
+    config = ServerConfig.model_validate(doc)  # the server's own parser: no unknown keys
+    assert config.tls.mode == "self-signed"
+    assert config.tls.publish_ca_secret == "certctl-ca"
+    assert f"certctl-server.{NAMESPACE}.svc" in config.tls.subject_alt_names
+    assert config.host_port == ("0.0.0.0", 8443)
+    assert config.auth.kubernetes.enabled is False
+    merged_doc = server_config(render({"server": {"extraConfig": {"cert-validity": "2160h"}}}))
+    assert ServerConfig.model_validate(merged_doc).cert_validity == "2160h"
+
+
+# --- monitoring --------------------------------------------------------------------------
+
+
+def test_runbook_values_give_a_verifying_servicemonitor(
+    render: Callable[..., Rendered], servicemonitor_validator: Any
+) -> None:
+    objects = render(RUNBOOK)
+    monitor = objects[("ServiceMonitor", "certctl-server")]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["namespace"] == NAMESPACE
+    assert monitor["spec"]["selector"] == {"matchLabels": SELECTOR}
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert endpoint(objects) == {
+        "port": "https",
+        "path": "/api/v1/metrics/prometheus",
+        "scheme": "https",
+        "interval": "30s",
+        "scrapeTimeout": "10s",
+        "bearerTokenSecret": {"name": "certctl-prometheus-key", "key": "api-key"},
+        "tlsConfig": {
+            "ca": {"secret": {"name": "certctl-ca", "key": "ca.crt"}},
+            "serverName": "certctl-server",
+        },
+    }
+    # The CA Secret the ServiceMonitor trusts is the one the server is told to publish.
+    assert server_config(objects)["tls"]["publish-ca-secret"] == "certctl-ca"
+    servicemonitor_validator.validate(monitor)
+
+
+@pytest.mark.parametrize("pattern", list(TLS_PATTERNS))
+def test_runbook_tls_patterns_render(
+    render: Callable[..., Rendered], servicemonitor_validator: Any, pattern: str
+) -> None:
+    given, expected = TLS_PATTERNS[pattern]
+    objects = render(with_tls(given))
+    assert endpoint(objects)["tlsConfig"] == expected
+    servicemonitor_validator.validate(objects[("ServiceMonitor", "certctl-server")])
+
+
+def test_explicit_server_name_is_kept(render: Callable[..., Rendered]) -> None:
+    objects = render(with_tls({"caFile": CA_FILE, "serverName": "certctl.example.internal"}))
+    assert endpoint(objects)["tlsConfig"]["serverName"] == "certctl.example.internal"
+
+
+def test_existing_tls_secret_is_mounted_and_trusted(render: Callable[..., Rendered]) -> None:
+    objects = render(merged(RUNBOOK, EXISTING_TLS))
+    config = ServerConfig.model_validate(server_config(objects))
+    assert (config.tls.mode, str(config.tls.cert_dir)) == ("custom", "/etc/certctl/tls")
+    assert config.tls.publish_ca_secret is None
+    c = container(objects)
+    (tls_mount,) = [m for m in c["volumeMounts"] if m["name"] == "tls"]
+    assert tls_mount == {"name": "tls", "mountPath": "/etc/certctl/tls", "readOnly": True}
+    assert "subPath" not in tls_mount  # the Secret's ..data swap must reach the reload
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "tls", "secret": {"secretName": "certctl-tls"}} in pod["volumes"]
+    assert endpoint(objects)["tlsConfig"] == {
+        "ca": {"secret": {"name": "certctl-tls", "key": "ca.crt"}},
+        "serverName": "certctl-server",
+    }
+    assert ("Role", "certctl-ca-publisher") not in objects
+    assert pod["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {
+            "monitoring": {
+                "enabled": False,
+                "serviceMonitor": RUNBOOK["monitoring"]["serviceMonitor"],
+            }
+        },
+        {"monitoring": {"enabled": True, "serviceMonitor": {"enabled": False}}},
+    ],
+    ids=["default", "monitoring-disabled", "servicemonitor-disabled"],
+)
+def test_no_servicemonitor_unless_both_switches(
+    render: Callable[..., Rendered], values: dict[str, Any]
+) -> None:
+    assert not [k for k in render(values) if k[0] == "ServiceMonitor"]
+
+
+def test_servicemonitor_in_another_namespace(render: Callable[..., Rendered]) -> None:
+    objects = render(merged(RUNBOOK, {"monitoring": {"serviceMonitor": {"namespace": "mon"}}}))
+    monitor = objects[("ServiceMonitor", "mon/certctl-server")]
+    assert monitor["metadata"]["namespace"] == "mon"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"monitoring": {"enabled": True, "serviceMonitor": {"enabled": True}}},
+            "set bearerTokenSecret {name, key}",
+        ),
+        (
+            merged(
+                RUNBOOK,
+                {"monitoring": {"serviceMonitor": {"bearerTokenSecret": {"name": "", "key": "k"}}}},
+            ),
+            "needs both name and key",
+        ),
+        (
+            merged(RUNBOOK, {"server": {"tls": {"publishCA": {"enabled": False}}}}),
+            "monitoring.serviceMonitor.tlsConfig: set it",
+        ),
+        ({"replicaCount": 2}, "replicaCount > 1 needs PostgreSQL"),
+    ],
+    ids=["no-credentials", "half-secret", "nothing-to-verify-with", "replicas-on-sqlite"],
+)
+def test_unworkable_values_are_refused(
+    chart: Any, helm: Any, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        chart.render(values, name="certctl", namespace=NAMESPACE, is_install=True)
+
+
+# --- PostgreSQL and Kubernetes auth -------------------------------------------------------
+
+
+def test_postgres_replicas(render: Callable[..., Rendered]) -> None:
+    objects = render(POSTGRES)
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert "strategy" not in deployment["spec"]  # rolling update: no single-writer volume
+    assert not [k for k in objects if k[0] == "PersistentVolumeClaim"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"name": "data", "emptyDir": {}} in pod["volumes"]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container(objects)["env"]}
+    assert env["CERTCTL_DATABASE_URL"] == {"name": "certctl-database", "key": "url"}
+    secret = objects[("Secret", "certctl-database")]
+    assert set(secret["data"]) == {"url"}
+    existing = render(
+        {"replicaCount": 2, "database": {"existingSecret": "pg", "existingSecretKey": "u"}}
+    )
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container(existing)["env"]}
+    assert env["CERTCTL_DATABASE_URL"] == {"name": "pg", "key": "u"}
+    assert ("Secret", "certctl-database") not in existing
+
+
+def test_kubernetes_auth_rbac(render: Callable[..., Rendered]) -> None:
+    objects = render(KUBE_AUTH)
+    assert ServerConfig.model_validate(server_config(objects)).auth.kubernetes.enabled
+    review = objects[("ClusterRole", f"{NAMESPACE}-certctl-token-review")]
+    assert review["rules"] == [
+        {
+            "apiGroups": ["authentication.k8s.io"],
+            "resources": ["tokenreviews"],
+            "verbs": ["create"],
+        },
+        {
+            "apiGroups": ["authorization.k8s.io"],
+            "resources": ["subjectaccessreviews"],
+            "verbs": ["create"],
+        },
+    ]
+    binding = objects[("ClusterRoleBinding", f"{NAMESPACE}-certctl-token-review")]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "certctl", "namespace": NAMESPACE}
+    ]
+    reader = objects[("ClusterRole", f"{NAMESPACE}-certctl-metrics-reader")]
+    assert reader["rules"] == [
+        {"nonResourceURLs": ["/api/v1/metrics", "/api/v1/metrics/prometheus"], "verbs": ["get"]}
+    ]
+    reader_binding = objects[("ClusterRoleBinding", f"{NAMESPACE}-certctl-metrics-reader")]
+    assert reader_binding["subjects"] == KUBE_AUTH["auth"]["kubernetes"]["metricsReaders"]
+    assert one(objects, "Deployment")["spec"]["template"]["spec"]["automountServiceAccountToken"]
+    assert not [k for k in render() if k[0].startswith("Cluster")]
+
+
+def test_secret_target_namespaces_get_a_role(render: Callable[..., Rendered]) -> None:
+    objects = render(SECRET_TARGETS)
+    for ns in ("apps", "payments"):
+        role = objects[("Role", f"{ns}/certctl-secret-target")]
+        assert role["rules"] == [
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"]}
+        ]
+        binding = objects[("RoleBinding", f"{ns}/certctl-secret-target")]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "certctl", "namespace": NAMESPACE}
+        ]
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True
+
+
+# --- schemas -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", list(VALUE_SETS))
+def test_every_manifest_validates(
+    render: Callable[..., Rendered],
+    kubernetes_validate: Any,
+    servicemonitor_validator: Any,
+    case: str,
+) -> None:
+    objects = render(VALUE_SETS[case])
+    for (kind, name), obj in objects.items():
+        if kind == "ServiceMonitor":
+            servicemonitor_validator.validate(obj)
+        else:
+            try:
+                kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{kind}/{name} ({case}): {exc}")
+
+
+def test_validators_reject_mistakes(
+    render: Callable[..., Rendered], kubernetes_validate: Any, servicemonitor_validator: Any
+) -> None:
+    """Negative twins: the schemas catch a misspelt field and a bad value."""
+    deployment = copy.deepcopy(one(render(), "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["readOnlyRootFileSystem"] = True
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+    monitor = render(RUNBOOK)[("ServiceMonitor", "certctl-server")]
+    for path, value in (
+        (("bearerTokenSecrets",), {"name": "x", "key": "y"}),
+        (("interval",), "30 seconds"),
+        (("scheme",), "HTTPS"),
+        (("tlsConfig", "insecureSkipVerify"), "yes"),
+        (("tlsConfig", "ca", "secret", "keys"), "ca.crt"),
+    ):
+        bad = copy.deepcopy(monitor)
+        node = bad["spec"]["endpoints"][0]
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+        assert list(servicemonitor_validator.iter_errors(bad)), path
+    missing = copy.deepcopy(monitor)
+    del missing["spec"]["selector"]
+    errors = [e.message for e in servicemonitor_validator.iter_errors(missing)]
+    assert errors == ["'selector' is a required property"]
+
+
+def test_helm_lint(helm: Any) -> None:
+    from tests.helm.conftest import CHART
+
+    result = helm.lint(str(CHART))
+    assert result["errors"] == [], result
+    assert not [m for m in result["messages"] if m["severity"] > 1], result

@@ -1,0 +1,313 @@
+"""A small Kubernetes API server over HTTPS on 127.0.0.1 for the calls certctl makes.
+
+No kube-apiserver can be installed here, so this implements, with their real JSON shapes:
+
+* ``POST /apis/authentication.k8s.io/v1/tokenreviews`` (TokenReview; an unknown token gets a
+  status with ``user: {}`` and ``error`` and no ``authenticated``, as Go's omitempty leaves it);
+* ``POST /apis/authorization.k8s.io/v1/subjectaccessreviews`` (``allowed`` always present);
+* ``GET``, ``POST``, ``PUT`` on ``/api/v1/namespaces/{ns}/secrets[/{name}]`` with
+  ``resourceVersion`` optimistic concurrency (409 Conflict), AlreadyExists, NotFound and the
+  immutable ``type`` (422);
+* errors as ``v1.Status`` objects; callers must present ``Authorization: Bearer`` with one of
+  ``accepted_tokens`` or a client certificate from the test CA, else 401.
+
+Every request is recorded (method, path, bearer token, client certificate CN, JSON body).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import itertools
+import json
+import re
+import ssl
+import threading
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+_SECRET = re.compile(r"^/api/v1/namespaces/([^/]+)/secrets(?:/([^/]+))?$")
+
+
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    path: str
+    bearer: str | None
+    client_cn: str | None
+    body: dict[str, Any] | None
+
+
+@dataclass
+class KubeUser:
+    username: str
+    uid: str = ""
+    groups: list[str] = field(default_factory=list)
+    extra: dict[str, list[str]] = field(default_factory=dict)
+
+
+def status(code: int, reason: str, message: str, **details: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+    if details:
+        body["details"] = details
+    return body
+
+
+class FakeApiServer:
+    """State and recorder; ``url`` once started."""
+
+    def __init__(self, cert_file: Path, key_file: Path, ca_file: Path) -> None:
+        self.accepted_tokens: set[str] = set()
+        self.users: dict[str, KubeUser] = {}  # ServiceAccount token -> user
+        self.allowed: set[tuple[str, str, str]] = set()  # (username, path, verb)
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.requests: list[Recorded] = []
+        self.fail_status: int | None = None  # answer every call with this 5xx
+        self.before_put: list[Any] = []  # callables run once before the next PUT
+        self._versions = itertools.count(100)
+        self._lock = threading.Lock()
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(cert_file), str(key_file))
+        context.load_verify_locations(str(ca_file))
+        context.verify_mode = ssl.CERT_OPTIONAL
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd.daemon_threads = True
+        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+        self.port = self._httpd.server_address[1]
+        self.url = f"https://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    def start(self) -> FakeApiServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=10)
+
+    # --- helpers for tests --------------------------------------------------------------
+
+    def next_version(self) -> str:
+        return str(next(self._versions))
+
+    def paths(self) -> list[tuple[str, str]]:
+        return [(r.method, r.path) for r in self.requests]
+
+    def clear(self) -> None:
+        self.requests.clear()
+
+    def put_secret(self, namespace: str, name: str, **fields: Any) -> dict[str, Any]:
+        obj = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": str(uuid.uuid4()),
+                "resourceVersion": self.next_version(),
+                "creationTimestamp": "2025-06-01T12:00:00Z",
+                **fields.pop("metadata", {}),
+            },
+            "type": "Opaque",
+            **fields,
+        }
+        self.secrets[(namespace, name)] = obj
+        return obj
+
+    # --- request handling ---------------------------------------------------------------
+
+    def handle(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        bearer: str | None,
+        cn: str | None,
+    ) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            self.requests.append(Recorded(method, path, bearer, cn, copy.deepcopy(body)))
+            if self.fail_status is not None:
+                return self.fail_status, status(
+                    self.fail_status, "InternalError", "etcdserver: request timed out"
+                )
+            if bearer not in self.accepted_tokens and cn is None:
+                return 401, status(401, "Unauthorized", "Unauthorized")
+            if method == "POST" and path == "/apis/authentication.k8s.io/v1/tokenreviews":
+                return self._token_review(body or {})
+            if method == "POST" and path == "/apis/authorization.k8s.io/v1/subjectaccessreviews":
+                return self._access_review(body or {})
+            match = _SECRET.match(path)
+            if match:
+                return self._secret(method, match.group(1), match.group(2), body)
+            return 404, status(404, "NotFound", "the server could not find the requested resource")
+
+    def _token_review(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if (body.get("apiVersion"), body.get("kind")) != (
+            "authentication.k8s.io/v1",
+            "TokenReview",
+        ):
+            return 400, status(400, "BadRequest", "wrong apiVersion/kind for TokenReview")
+        token = (body.get("spec") or {}).get("token")
+        answer: dict[str, Any] = {
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": body.get("spec"),
+        }
+        user = self.users.get(token) if isinstance(token, str) else None
+        if user is None:
+            answer["status"] = {
+                "user": {},
+                "error": "[invalid bearer token, square/go-jose: error in cryptographic primitive]",
+            }
+        else:
+            u: dict[str, Any] = {"username": user.username, "groups": user.groups}
+            if user.uid:
+                u["uid"] = user.uid
+            if user.extra:
+                u["extra"] = user.extra
+            answer["status"] = {
+                "authenticated": True,
+                "user": u,
+                "audiences": ["https://kubernetes.default.svc.cluster.local"],
+            }
+        return 201, answer
+
+    def _access_review(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if (body.get("apiVersion"), body.get("kind")) != (
+            "authorization.k8s.io/v1",
+            "SubjectAccessReview",
+        ):
+            return 400, status(400, "BadRequest", "wrong apiVersion/kind for SubjectAccessReview")
+        spec = body.get("spec") or {}
+        attrs = spec.get("nonResourceAttributes") or {}
+        key = (spec.get("user"), attrs.get("path"), attrs.get("verb"))
+        allowed = key in self.allowed
+        result: dict[str, Any] = {"allowed": allowed}
+        if allowed:
+            result["reason"] = 'RBAC: allowed by ClusterRoleBinding "certctl-metrics-reader"'
+        return 201, {
+            "kind": "SubjectAccessReview",
+            "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {"creationTimestamp": None},
+            "spec": spec,
+            "status": result,
+        }
+
+    def _secret(
+        self, method: str, namespace: str, name: str | None, body: dict[str, Any] | None
+    ) -> tuple[int, dict[str, Any]]:
+        if method == "GET" and name:
+            obj = self.secrets.get((namespace, name))
+            if obj is None:
+                return 404, status(
+                    404, "NotFound", f'secrets "{name}" not found', name=name, kind="secrets"
+                )
+            return 200, copy.deepcopy(obj)
+        if body is None:
+            return 400, status(400, "BadRequest", "body required")
+        for value in (body.get("data") or {}).values():
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                return 400, status(400, "BadRequest", "illegal base64 data")
+        meta = body.get("metadata") or {}
+        if method == "POST" and name is None:
+            new_name = str(meta.get("name") or "")
+            if (namespace, new_name) in self.secrets:
+                return 409, status(
+                    409,
+                    "AlreadyExists",
+                    f'secrets "{new_name}" already exists',
+                    name=new_name,
+                    kind="secrets",
+                )
+            created = copy.deepcopy(body)
+            created["metadata"] = {
+                **meta,
+                "namespace": namespace,
+                "uid": str(uuid.uuid4()),
+                "resourceVersion": self.next_version(),
+                "creationTimestamp": "2025-06-01T12:00:00Z",
+            }
+            created.setdefault("type", "Opaque")
+            self.secrets[(namespace, new_name)] = created
+            return 201, copy.deepcopy(created)
+        if method == "PUT" and name:
+            while self.before_put:
+                self.before_put.pop(0)()
+            current = self.secrets.get((namespace, name))
+            if current is None:
+                return 404, status(404, "NotFound", f'secrets "{name}" not found')
+            if meta.get("resourceVersion") != current["metadata"]["resourceVersion"]:
+                return 409, status(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on secrets "{name}": the object has been '
+                    "modified; please apply your changes to the latest version and try again",
+                )
+            if body.get("type", "Opaque") != current.get("type", "Opaque"):
+                return 422, status(
+                    422, "Invalid", f'Secret "{name}" is invalid: type: field is immutable'
+                )
+            updated = copy.deepcopy(body)
+            updated["metadata"] = {
+                **meta,
+                "uid": current["metadata"]["uid"],
+                "resourceVersion": self.next_version(),
+            }
+            self.secrets[(namespace, name)] = updated
+            return 200, copy.deepcopy(updated)
+        return 405, status(405, "MethodNotAllowed", "method not allowed")
+
+
+def _handler(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            pass
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            body = json.loads(raw) if raw else None
+            auth = self.headers.get("Authorization") or ""
+            bearer = auth[7:] if auth.startswith("Bearer ") else None
+            cn = None
+            peer = (
+                self.connection.getpeercert() if hasattr(self.connection, "getpeercert") else None
+            )
+            if peer:
+                for rdn in peer.get("subject", ()):
+                    for key, value in rdn:
+                        if key == "commonName":
+                            cn = value
+            code, answer = api.handle(self.command, self.path, body, bearer, cn)
+            data = json.dumps(answer).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = _serve
+
+    return Handler

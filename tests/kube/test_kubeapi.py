@@ -1,0 +1,145 @@
+"""certctl.kubeapi: in-cluster and kubeconfig connections against the fake API server."""
+
+from __future__ import annotations
+
+import base64
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from certctl.errors import InvalidRequest
+from certctl.kubeapi import (
+    KubeApiError,
+    KubeConnection,
+    from_kubeconfig,
+    in_cluster,
+    load_connection,
+)
+from certctl.pki import KeyType, certs_to_pem, common_name_dn, create_root_ca, generate_private_key
+from certctl.targets.kubernetes import SecretWriter
+from tests.kube.conftest import CERTCTL_SA_TOKEN, NAMESPACE, NOW, KubePki
+from tests.kube.fake_apiserver import FakeApiServer
+
+
+def test_in_cluster_reads_the_serviceaccount_mount(
+    apiserver: FakeApiServer, connection: KubeConnection, sa_dir: Path
+) -> None:
+    assert connection.server == apiserver.url
+    assert connection.namespace == NAMESPACE
+    assert CERTCTL_SA_TOKEN not in repr(connection)
+    SecretWriter(connection).write("one", {"a": b"1"})
+    # Projected tokens rotate: the next call must send the file's new content.
+    (sa_dir / "token").write_text("rotated-token\n")
+    apiserver.accepted_tokens.add("rotated-token")
+    SecretWriter(connection).write("two", {"a": b"1"})
+    assert [r.bearer for r in apiserver.requests] == [CERTCTL_SA_TOKEN] * 2 + ["rotated-token"] * 2
+
+
+def test_in_cluster_verifies_the_api_server(
+    apiserver: FakeApiServer, sa_dir: Path, tmp_path: Path, pki: KubePki
+) -> None:
+    """Negative twin: with another CA in ca.crt the TLS handshake fails, nothing is sent."""
+    other_key = generate_private_key(KeyType.EC_P256)
+    other = create_root_ca(
+        other_key, common_name_dn("Other CA"), validity=timedelta(days=30), now=NOW
+    )
+    (sa_dir / "ca.crt").write_bytes(certs_to_pem([other.certificate]))
+    env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(apiserver.port)}
+    conn = in_cluster(environ=env, service_account_dir=sa_dir)
+    with pytest.raises(KubeApiError, match="cannot reach the Kubernetes API"):
+        SecretWriter(conn).write("x", {"a": b"1"})
+    assert apiserver.requests == []
+
+
+def test_in_cluster_outside_a_cluster(sa_dir: Path) -> None:
+    with pytest.raises(InvalidRequest, match="KUBERNETES_SERVICE_HOST is unset"):
+        in_cluster(environ={}, service_account_dir=sa_dir)
+    with pytest.raises(InvalidRequest, match="must be an https:// URL"):
+        in_cluster(api_server="http://127.0.0.1:6443", service_account_dir=sa_dir)
+    conn = in_cluster(
+        environ={"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "443"},
+        service_account_dir=sa_dir,
+    )
+    assert conn.server == "https://[fd00::1]:443"
+
+
+def _kubeconfig(path: Path, user: dict[str, Any], cluster: dict[str, Any]) -> Path:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "test",
+        "contexts": [
+            {"name": "test", "context": {"cluster": "c", "user": "u", "namespace": "payments"}}
+        ],
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "u", "user": user}],
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_kubeconfig_with_client_certificate_data(
+    apiserver: FakeApiServer, pki: KubePki, tmp_path: Path
+) -> None:
+    path = _kubeconfig(
+        tmp_path / "config",
+        {
+            "client-certificate-data": base64.b64encode(pki.client_cert_pem).decode(),
+            "client-key-data": base64.b64encode(pki.client_key_pem).decode(),
+        },
+        {
+            "server": apiserver.url,
+            "certificate-authority-data": base64.b64encode(pki.ca_file.read_bytes()).decode(),
+        },
+    )
+    conn = load_connection(kubeconfig=path)
+    assert conn.namespace == "payments"
+    SecretWriter(conn).write("x", {"a": b"1"})
+    assert {(r.bearer, r.client_cn) for r in apiserver.requests} == {
+        (None, "certctl-kubeconfig-user")
+    }
+    assert ("payments", "x") in apiserver.secrets
+
+
+def test_kubeconfig_with_token_file_and_relative_ca(
+    apiserver: FakeApiServer, pki: KubePki, tmp_path: Path
+) -> None:
+    (tmp_path / "ca.pem").write_bytes(pki.ca_file.read_bytes())
+    (tmp_path / "tok").write_text(CERTCTL_SA_TOKEN)
+    path = _kubeconfig(
+        tmp_path / "config",
+        {"tokenFile": "tok"},
+        {"server": apiserver.url, "certificate-authority": "ca.pem"},
+    )
+    conn = from_kubeconfig(path, namespace=NAMESPACE)
+    SecretWriter(conn).write("x", {"a": b"1"})
+    assert {r.bearer for r in apiserver.requests} == {CERTCTL_SA_TOKEN}
+
+
+@pytest.mark.parametrize(
+    ("user", "cluster", "message"),
+    [
+        ({"exec": {"command": "aws"}}, {}, "'exec' is not supported"),
+        ({"auth-provider": {"name": "gcp"}}, {}, "'auth-provider' is not supported"),
+        ({}, {"insecure-skip-tls-verify": True}, "insecure-skip-tls-verify is not supported"),
+        ({}, {"server": "http://x"}, "must be an https:// URL"),
+        ({}, {"certificate-authority-data": "%%%"}, "not valid base64"),
+        ({}, {"certificate-authority": "missing.pem"}, "cannot load Kubernetes TLS material"),
+    ],
+)
+def test_kubeconfig_refusals(
+    tmp_path: Path, user: dict[str, Any], cluster: dict[str, Any], message: str
+) -> None:
+    path = _kubeconfig(tmp_path / "config", user, {"server": "https://127.0.0.1:1", **cluster})
+    with pytest.raises(InvalidRequest, match=message):
+        from_kubeconfig(path)
+
+
+def test_kubeconfig_excludes_explicit_settings(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest, match=r"excludes kubernetes\.api-server"):
+        load_connection(kubeconfig=tmp_path / "c", api_server="https://x")
+    with pytest.raises(InvalidRequest, match="cannot read kubeconfig"):
+        load_connection(kubeconfig=tmp_path / "missing")

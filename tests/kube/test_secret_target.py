@@ -1,0 +1,253 @@
+"""certctl.targets.kubernetes.SecretWriter against the fake API server: exact calls, in place."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+
+from certctl.errors import Conflict, InvalidRequest
+from certctl.kubeapi import KubeApiError, KubeConnection
+from certctl.targets.kubernetes import SecretWriter, WriteResult
+from tests.kube.conftest import CERTCTL_SA_TOKEN, NAMESPACE, KubePki
+from tests.kube.fake_apiserver import FakeApiServer
+
+BASE = f"/api/v1/namespaces/{NAMESPACE}/secrets"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_create_then_update_in_place_then_unchanged(
+    apiserver: FakeApiServer, connection: KubeConnection, pki: KubePki
+) -> None:
+    writer = SecretWriter(connection)
+    crt, key = pki.leaf("svc.example.internal")
+    ca = pki.ca_file.read_bytes()
+    result = writer.write_tls(
+        "svc-http-certs-internal",
+        certificate_pem=crt,
+        private_key_pem=key,
+        ca_pem=ca,
+        labels={"certctl.io/service": "svc"},
+    )
+    assert result is WriteResult.CREATED
+    assert apiserver.paths() == [
+        ("GET", f"{BASE}/svc-http-certs-internal"),
+        ("POST", BASE),
+    ]
+    assert {r.bearer for r in apiserver.requests} == {CERTCTL_SA_TOKEN}
+    assert apiserver.requests[1].body == {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "svc-http-certs-internal",
+            "namespace": NAMESPACE,
+            "labels": {"app.kubernetes.io/managed-by": "certctl", "certctl.io/service": "svc"},
+        },
+        "type": "kubernetes.io/tls",
+        "data": {"ca.crt": b64(ca), "tls.crt": b64(crt), "tls.key": b64(key)},
+    }
+    stored = apiserver.secrets[(NAMESPACE, "svc-http-certs-internal")]
+    uid, version = stored["metadata"]["uid"], stored["metadata"]["resourceVersion"]
+
+    # Someone else annotates and labels the Secret; certctl renews the certificate.
+    stored["metadata"]["annotations"] = {"reloader.stakater.com/match": "true"}
+    stored["metadata"]["labels"]["team"] = "payments"
+    apiserver.clear()
+    crt2, key2 = pki.leaf("svc.example.internal")
+    result = writer.write_tls(
+        "svc-http-certs-internal",
+        certificate_pem=crt2,
+        private_key_pem=key2,
+        ca_pem=ca,
+        client_trust_pem=ca,
+        labels={"certctl.io/service": "svc"},
+    )
+    assert result is WriteResult.UPDATED
+    assert apiserver.paths() == [
+        ("GET", f"{BASE}/svc-http-certs-internal"),
+        ("PUT", f"{BASE}/svc-http-certs-internal"),
+    ]
+    put = apiserver.requests[1].body
+    assert put is not None
+    assert put["metadata"]["resourceVersion"] == version  # optimistic concurrency
+    assert put["type"] == "kubernetes.io/tls"
+    assert put["data"] == {
+        "ca.crt": b64(ca),
+        "client-trust.crt": b64(ca),
+        "tls.crt": b64(crt2),
+        "tls.key": b64(key2),
+    }
+    stored = apiserver.secrets[(NAMESPACE, "svc-http-certs-internal")]
+    assert stored["metadata"]["uid"] == uid  # the same object, updated in place
+    assert stored["metadata"]["resourceVersion"] != version
+    assert stored["metadata"]["annotations"] == {"reloader.stakater.com/match": "true"}
+    assert stored["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "certctl",
+        "certctl.io/service": "svc",
+        "team": "payments",
+    }
+
+    apiserver.clear()
+    again = writer.write_tls(
+        "svc-http-certs-internal",
+        certificate_pem=crt2,
+        private_key_pem=key2,
+        ca_pem=ca,
+        client_trust_pem=ca,
+        labels={"certctl.io/service": "svc"},
+    )
+    assert again is WriteResult.UNCHANGED
+    assert apiserver.paths() == [("GET", f"{BASE}/svc-http-certs-internal")]
+
+    # Client authentication switched off: the trust key goes away.
+    assert (
+        writer.write_tls(
+            "svc-http-certs-internal", certificate_pem=crt2, private_key_pem=key2, ca_pem=ca
+        )
+        is WriteResult.UPDATED
+    )
+    assert set(apiserver.secrets[(NAMESPACE, "svc-http-certs-internal")]["data"]) == {
+        "ca.crt",
+        "tls.crt",
+        "tls.key",
+    }
+
+
+def test_concurrent_change_is_retried_on_the_fresh_object(
+    apiserver: FakeApiServer, connection: KubeConnection, pki: KubePki
+) -> None:
+    crt, key = pki.leaf("a.example.internal")
+    apiserver.put_secret(
+        NAMESPACE,
+        "a-tls",
+        type="kubernetes.io/tls",
+        data={"tls.crt": b64(b"old"), "tls.key": b64(b"old"), "ca.crt": b64(b"old")},
+    )
+
+    def someone_else_writes() -> None:
+        obj = apiserver.secrets[(NAMESPACE, "a-tls")]
+        obj["metadata"]["resourceVersion"] = apiserver.next_version()
+        obj["metadata"]["labels"] = {"touched": "yes"}
+
+    apiserver.before_put.append(someone_else_writes)
+    result = SecretWriter(connection).write_tls(
+        "a-tls", certificate_pem=crt, private_key_pem=key, ca_pem=b"ca"
+    )
+    assert result is WriteResult.UPDATED
+    assert apiserver.paths() == [
+        ("GET", f"{BASE}/a-tls"),
+        ("PUT", f"{BASE}/a-tls"),  # 409 Conflict
+        ("GET", f"{BASE}/a-tls"),
+        ("PUT", f"{BASE}/a-tls"),
+    ]
+    stored = apiserver.secrets[(NAMESPACE, "a-tls")]
+    assert stored["metadata"]["labels"]["touched"] == "yes"  # the other writer's change kept
+    assert stored["data"]["tls.crt"] == b64(crt)
+
+
+def test_secret_of_another_type_is_not_touched(
+    apiserver: FakeApiServer, connection: KubeConnection, pki: KubePki
+) -> None:
+    apiserver.put_secret(NAMESPACE, "db-password", data={"password": b64(b"hunter2")})
+    crt, key = pki.leaf("db.example.internal")
+    with pytest.raises(Conflict, match=r"has type Opaque, not kubernetes\.io/tls"):
+        SecretWriter(connection).write_tls(
+            "db-password", certificate_pem=crt, private_key_pem=key, ca_pem=b""
+        )
+    assert [m for m, _ in apiserver.paths()] == ["GET"]
+    assert apiserver.secrets[(NAMESPACE, "db-password")]["data"] == {"password": b64(b"hunter2")}
+
+
+def test_api_refusals_and_outages_are_kube_api_errors(
+    apiserver: FakeApiServer, connection: KubeConnection, pki: KubePki
+) -> None:
+    crt, key = pki.leaf("x.example.internal")
+    apiserver.accepted_tokens.clear()  # certctl's ServiceAccount token is no longer valid
+    with pytest.raises(KubeApiError, match="answered 401 Unauthorized") as info:
+        SecretWriter(connection).write_tls(
+            "x", certificate_pem=crt, private_key_pem=key, ca_pem=b""
+        )
+    assert (info.value.status_code, info.value.status) == (401, 503)
+    apiserver.accepted_tokens.add("certctl-serviceaccount-token")
+    apiserver.fail_status = 500
+    with pytest.raises(KubeApiError, match="answered 500 InternalError"):
+        SecretWriter(connection).write_tls(
+            "x", certificate_pem=crt, private_key_pem=key, ca_pem=b""
+        )
+    apiserver.stop()
+    with pytest.raises(KubeApiError, match="cannot reach the Kubernetes API"):
+        SecretWriter(connection).write_tls(
+            "x", certificate_pem=crt, private_key_pem=key, ca_pem=b""
+        )
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "labels", "message"),
+    [
+        ("Bad_Name", {"a": b"1"}, None, "must be a DNS-1123 subdomain"),
+        ("-x", {"a": b"1"}, None, "must be a DNS-1123 subdomain"),
+        ("x" * 254, {"a": b"1"}, None, "must be a DNS-1123 subdomain"),
+        ("ok", {"a/b": b"1"}, None, "a Secret key may hold only"),
+        ("ok", {"a": b"1"}, {"k": "v" * 64}, "keys and values must be strings"),
+    ],
+)
+def test_bad_input_is_refused_before_any_call(
+    apiserver: FakeApiServer,
+    connection: KubeConnection,
+    name: str,
+    data: dict[str, bytes],
+    labels: dict[str, str] | None,
+    message: str,
+) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        SecretWriter(connection).write(name, data, labels=labels)
+    with pytest.raises(InvalidRequest, match="must not be empty"):
+        SecretWriter(connection).write_tls(
+            "ok", certificate_pem=b"", private_key_pem=b"k", ca_pem=b""
+        )
+    assert apiserver.requests == []
+
+
+def test_other_namespace(apiserver: FakeApiServer, connection: KubeConnection) -> None:
+    writer = SecretWriter(connection, namespace="payments")
+    assert writer.write("trust", {"ca.crt": b"pem"}) is WriteResult.CREATED
+    assert apiserver.paths()[-1] == ("POST", "/api/v1/namespaces/payments/secrets")
+    assert ("payments", "trust") in apiserver.secrets
+
+
+def test_managed_service_secret_target(
+    apiserver: FakeApiServer, sa_dir: Path, pki: KubePki
+) -> None:
+    """The server's hook for TLSService Secret targets writes through SecretWriter."""
+    from certctl.server.config import ServerConfig
+    from certctl.server.run import _secret_target_writer
+    from certctl.services.tls_spec import SecretTarget
+    from certctl.targets.directory import DeliveryError
+
+    config = ServerConfig.model_validate(
+        {
+            "kubernetes": {
+                "api-server": apiserver.url,
+                "ca-file": str(sa_dir / "ca.crt"),
+                "token-file": str(sa_dir / "token"),
+            }
+        }
+    )
+    write = _secret_target_writer(config)
+    target = SecretTarget(secret="quickstart-tls", namespace="apps", labels={"app": "quickstart"})
+    crt, key = pki.leaf("quickstart.example.internal")
+    files = {"tls.crt": crt, "tls.key": key, "ca.crt": b"ca", "client-trust.crt": b"trust"}
+    write(target, files)
+    secret = apiserver.secrets[("apps", "quickstart-tls")]
+    assert secret["type"] == "kubernetes.io/tls"
+    assert set(secret["data"]) == {"tls.crt", "tls.key", "ca.crt", "client-trust.crt"}
+    assert secret["metadata"]["labels"]["app"] == "quickstart"
+    apiserver.fail_status = 500
+    with pytest.raises(DeliveryError, match="answered 500"):
+        write(target, files)
+    with pytest.raises(DeliveryError, match="no certificate to deliver"):
+        write(target, {})

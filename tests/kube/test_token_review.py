@@ -1,0 +1,354 @@
+"""ServiceAccount tokens on the metrics routes: TokenReview + SubjectAccessReview.
+
+The authenticator alone (exact requests, caching with an injected clock), then end to end
+through the ASGI app (401 / 403 / 503, audit, metrics) with a bootstrapped SQLite store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from starlette.testclient import TestClient
+
+from certctl.api.app import create_app
+from certctl.auth.kubernetes import (
+    SUBJECT_ACCESS_REVIEWS,
+    TOKEN_REVIEWS,
+    AccessDenied,
+    KubernetesIdentity,
+    TokenRejected,
+    TokenReviewAuthenticator,
+)
+from certctl.kubeapi import KubeApiError, KubeConnection
+from certctl.metrics.registry import REGISTRY
+from certctl.server.bootstrap import Bootstrapped, bootstrap
+from certctl.server.config import ServerConfig
+from certctl.store.models import AuditEvent
+from tests.kube.conftest import CERTCTL_SA_TOKEN, FakeClock
+from tests.kube.fake_apiserver import FakeApiServer, KubeUser
+
+PROM = "/api/v1/metrics/prometheus"
+PROM_TOKEN = "eyJhbGciOiJSUzI1NiJ9.prometheus-serviceaccount-token.sig"
+OTHER_TOKEN = "eyJhbGciOiJSUzI1NiJ9.some-other-workload-token.sig"
+PROM_USER = KubeUser(
+    username="system:serviceaccount:monitoring:prometheus-k8s",
+    uid="6d3f1c8e-0c56-4b8c-9f5e-2f1a7b1e9a10",
+    groups=[
+        "system:serviceaccounts",
+        "system:serviceaccounts:monitoring",
+        "system:authenticated",
+    ],
+    extra={
+        "authentication.kubernetes.io/pod-name": ["prometheus-k8s-0"],
+        "authentication.kubernetes.io/pod-uid": ["0b8a8a52-3a1e-4c4e-8e0e-1d2f3a4b5c6d"],
+    },
+)
+OTHER_USER = KubeUser(username="system:serviceaccount:default:app", groups=["system:authenticated"])
+
+
+@pytest.fixture
+def kube(apiserver: FakeApiServer) -> FakeApiServer:
+    """Prometheus may read the metrics URL; another workload's token is valid but not allowed."""
+    apiserver.users[PROM_TOKEN] = PROM_USER
+    apiserver.users[OTHER_TOKEN] = OTHER_USER
+    apiserver.allowed.add((PROM_USER.username, PROM, "get"))
+    return apiserver
+
+
+@pytest.fixture
+def authenticator(connection: KubeConnection, clock: FakeClock) -> TokenReviewAuthenticator:
+    return TokenReviewAuthenticator(connection, clock=clock)
+
+
+def authorize(auth: TokenReviewAuthenticator, token: str, path: str = PROM) -> KubernetesIdentity:
+    return asyncio.run(auth.authorize(token, path))
+
+
+# --- the authenticator -------------------------------------------------------------------
+
+
+def test_exact_review_requests(
+    kube: FakeApiServer, authenticator: TokenReviewAuthenticator
+) -> None:
+    identity = authorize(authenticator, PROM_TOKEN)
+    assert identity == KubernetesIdentity(
+        username=PROM_USER.username,
+        uid=PROM_USER.uid,
+        groups=tuple(PROM_USER.groups),
+        extra={k: tuple(v) for k, v in PROM_USER.extra.items()},
+    )
+    assert kube.paths() == [("POST", TOKEN_REVIEWS), ("POST", SUBJECT_ACCESS_REVIEWS)]
+    review, access = kube.requests
+    # certctl authenticates to the API server with its own ServiceAccount token...
+    assert (review.bearer, access.bearer) == (CERTCTL_SA_TOKEN, CERTCTL_SA_TOKEN)
+    # ...and sends the caller's token only inside the TokenReview.
+    assert review.body == {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": PROM_TOKEN},
+    }
+    assert access.body == {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "nonResourceAttributes": {"path": PROM, "verb": "get"},
+            "user": PROM_USER.username,
+            "groups": PROM_USER.groups,
+            "uid": PROM_USER.uid,
+            "extra": PROM_USER.extra,
+        },
+    }
+
+
+def test_allow_is_cached_for_five_minutes(
+    kube: FakeApiServer, authenticator: TokenReviewAuthenticator, clock: FakeClock
+) -> None:
+    authorize(authenticator, PROM_TOKEN)
+    kube.clear()
+    clock.advance(299)
+    assert authorize(authenticator, PROM_TOKEN).username == PROM_USER.username
+    assert kube.requests == []
+    clock.advance(2)  # 301 s after the first review
+    authorize(authenticator, PROM_TOKEN)
+    assert kube.paths() == [("POST", TOKEN_REVIEWS), ("POST", SUBJECT_ACCESS_REVIEWS)]
+
+
+def test_deny_is_cached_for_thirty_seconds(
+    kube: FakeApiServer, authenticator: TokenReviewAuthenticator, clock: FakeClock
+) -> None:
+    with pytest.raises(AccessDenied, match=f"{OTHER_USER.username} may not get {PROM}") as info:
+        authorize(authenticator, OTHER_TOKEN)
+    assert info.value.username == OTHER_USER.username
+    assert info.value.status == 403
+    kube.allowed.add((OTHER_USER.username, PROM, "get"))  # RBAC granted meanwhile
+    kube.clear()
+    clock.advance(29)
+    with pytest.raises(AccessDenied):
+        authorize(authenticator, OTHER_TOKEN)
+    assert kube.requests == []
+    clock.advance(2)
+    assert authorize(authenticator, OTHER_TOKEN).username == OTHER_USER.username
+    assert len(kube.requests) == 2
+
+
+def test_rejected_token_is_cached_for_thirty_seconds(
+    kube: FakeApiServer, authenticator: TokenReviewAuthenticator, clock: FakeClock
+) -> None:
+    with pytest.raises(TokenRejected) as info:
+        authorize(authenticator, "not-a-real-token")
+    assert info.value.status == 401
+    assert "invalid bearer token" in info.value.review_error
+    assert kube.paths() == [("POST", TOKEN_REVIEWS)]  # no SubjectAccessReview
+    clock.advance(29)
+    with pytest.raises(TokenRejected):
+        authorize(authenticator, "not-a-real-token")
+    assert len(kube.requests) == 1
+    clock.advance(2)
+    with pytest.raises(TokenRejected):
+        authorize(authenticator, "not-a-real-token")
+    assert len(kube.requests) == 2
+
+
+def test_decisions_are_per_path(
+    kube: FakeApiServer, authenticator: TokenReviewAuthenticator
+) -> None:
+    authorize(authenticator, PROM_TOKEN)
+    with pytest.raises(AccessDenied, match="may not get /api/v1/metrics "):
+        authorize(authenticator, PROM_TOKEN, "/api/v1/metrics")
+    assert kube.requests[-1].body is not None
+    assert kube.requests[-1].body["spec"]["nonResourceAttributes"] == {
+        "path": "/api/v1/metrics",
+        "verb": "get",
+    }
+
+
+def test_outages_are_errors_and_not_cached(
+    kube: FakeApiServer, authenticator: TokenReviewAuthenticator
+) -> None:
+    kube.fail_status = 500
+    for _ in range(2):
+        with pytest.raises(KubeApiError, match="answered 500") as info:
+            authorize(authenticator, PROM_TOKEN)
+        assert info.value.status == 503
+    assert len(kube.requests) == 2  # each attempt asked again
+    kube.fail_status = None
+    assert authorize(authenticator, PROM_TOKEN).username == PROM_USER.username
+
+
+def test_cache_is_keyed_by_token_hash(
+    kube: FakeApiServer, authenticator: TokenReviewAuthenticator
+) -> None:
+    authorize(authenticator, PROM_TOKEN)
+    keys = list(authenticator._cache)
+    assert keys == [(hashlib.sha256(PROM_TOKEN.encode()).hexdigest(), PROM, "get")]
+    assert PROM_TOKEN not in repr(authenticator._cache)
+
+
+# --- end to end through the ASGI app -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bootstrapped]:
+    data_dir = tmp_path_factory.mktemp("kube-e2e") / "data"
+    boot = bootstrap(ServerConfig.model_validate({"data-dir": str(data_dir)}))
+    try:
+        yield boot
+    finally:
+        boot.services.engine.dispose()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def client(
+    booted: Bootstrapped, authenticator: TokenReviewAuthenticator, kube: FakeApiServer
+) -> Iterator[TestClient]:
+    app = create_app(booted.services, kubernetes_authenticator=authenticator)
+    with TestClient(app, base_url="https://testserver", raise_server_exceptions=False) as c:
+        yield c
+
+
+def failures(reason: str) -> float:
+    return REGISTRY.get_sample_value("certctl_auth_failures_total", {"reason": reason}) or 0.0
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_problem(response: Any, status: int) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status
+    if status == 401:
+        assert response.headers["www-authenticate"] == 'Bearer realm="certctl"'
+    detail: str = body["detail"]
+    return detail
+
+
+def audit_rows(booted: Bootstrapped) -> list[AuditEvent]:
+    with booted.services.sessions() as session:
+        return list(session.scalars(select(AuditEvent).order_by(AuditEvent.id)))
+
+
+def test_serviceaccount_token_reads_metrics(
+    client: TestClient, kube: FakeApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="certctl.access"):
+        r = client.get(PROM, headers=bearer(PROM_TOKEN))
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain; version=")
+    assert "certctl_build_info" in r.text
+    assert f"actor=kubernetes:{PROM_USER.username}" in caplog.text
+    assert PROM_TOKEN not in caplog.text
+    assert len(kube.requests) == 2
+    assert client.get(PROM, headers=bearer(PROM_TOKEN)).status_code == 200
+    assert len(kube.requests) == 2  # cached
+    # The JSON metrics route is reviewed for its own path.
+    assert_problem(client.get("/api/v1/metrics", headers=bearer(PROM_TOKEN)), 403)
+    kube.allowed.add((PROM_USER.username, "/api/v1/metrics", "get"))
+    client.app.app.state.kubernetes_authenticator._cache.clear()  # type: ignore[attr-defined]
+    assert client.get("/api/v1/metrics", headers=bearer(PROM_TOKEN)).status_code == 200
+
+
+def test_only_metrics_routes_take_kubernetes_tokens(
+    client: TestClient, kube: FakeApiServer, booted: Bootstrapped
+) -> None:
+    for path in ("/api/v1/auth/whoami", "/api/v1/certificates", "/api/v1/audit"):
+        detail = assert_problem(client.get(path, headers=bearer(PROM_TOKEN)), 401)
+        assert "API key" in detail
+    # certctl API keys never go to the API server, valid or not.
+    assert booted.admin_key is not None
+    assert client.get(PROM, headers=bearer(booted.admin_key)).status_code == 200
+    assert_problem(client.get(PROM, headers=bearer("cctl_0000000000000000_" + "x" * 43)), 401)
+    assert_problem(client.get(PROM), 401)
+    assert kube.requests == []
+
+
+def test_invalid_token_is_401_audited_and_counted(
+    client: TestClient, kube: FakeApiServer, booted: Bootstrapped
+) -> None:
+    before, rows_before = failures("invalid"), len(audit_rows(booted))
+    for _ in range(2):
+        detail = assert_problem(client.get(PROM, headers=bearer("forged-token")), 401)
+        assert "forged-token" not in detail
+    assert failures("invalid") == before + 2
+    new = audit_rows(booted)[rows_before:]
+    assert [(e.actor, e.action, e.outcome, e.target) for e in new] == [
+        ("anonymous", "auth.failure", "invalid", f"GET {PROM}")
+    ] * 2
+    assert "TokenReview" in new[0].detail
+    assert all("forged-token" not in e.detail for e in new)
+    assert kube.paths() == [("POST", TOKEN_REVIEWS)]  # the second 401 came from the cache
+
+
+def test_denied_token_is_403(
+    client: TestClient, kube: FakeApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = failures("forbidden")
+    with caplog.at_level(logging.INFO, logger="certctl.access"):
+        detail = assert_problem(client.get(PROM, headers=bearer(OTHER_TOKEN)), 403)
+    assert OTHER_USER.username in detail
+    assert failures("forbidden") == before + 1
+    assert f"actor=kubernetes:{OTHER_USER.username}" in caplog.text
+
+
+@pytest.mark.parametrize("failure", ["unreachable", "5xx", "certctl-not-authorized"])
+def test_api_server_trouble_is_503_never_200(
+    client: TestClient, kube: FakeApiServer, failure: str
+) -> None:
+    if failure == "unreachable":
+        kube.stop()
+    elif failure == "5xx":
+        kube.fail_status = 503
+    else:
+        kube.accepted_tokens.clear()  # certctl's own token is refused (RBAC, rotation)
+    for _ in range(2):
+        detail = assert_problem(client.get(PROM, headers=bearer(PROM_TOKEN)), 503)
+        assert PROM_TOKEN not in detail
+
+
+def test_disabled_means_api_keys_only(booted: Bootstrapped, kube: FakeApiServer) -> None:
+    app = create_app(booted.services)
+    with TestClient(app, base_url="https://testserver", raise_server_exceptions=False) as c:
+        assert "malformed API key" in assert_problem(c.get(PROM, headers=bearer(PROM_TOKEN)), 401)
+    assert kube.requests == []
+
+
+def test_server_publishes_the_ca_secret(kube: FakeApiServer, sa_dir: Path, tmp_path: Path) -> None:
+    """``tls.publish-ca-secret``: what the chart's ServiceMonitor trusts by default."""
+    from certctl.errors import InvalidRequest
+    from certctl.server.run import _kubernetes_features
+
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    settings = {
+        "tls": {"publish-ca-secret": "certctl-ca"},
+        "kubernetes": {
+            "api-server": kube.url,
+            "ca-file": str(sa_dir / "ca.crt"),
+            "token-file": str(sa_dir / "token"),
+            "namespace": "certs",
+        },
+    }
+    auth, publish = _kubernetes_features(ServerConfig.model_validate(settings), ca_file)
+    assert auth is None
+    assert publish is not None
+    publish()
+    publish()
+    assert [m for m, _ in kube.paths()] == ["GET", "POST", "GET"]
+    secret = kube.secrets[("certs", "certctl-ca")]
+    assert secret["type"] == "Opaque"
+    assert set(secret["data"]) == {"ca.crt"}
+    assert secret["metadata"]["labels"]["app.kubernetes.io/component"] == "ca"
+    settings["tls"]["mode"] = "custom"
+    with pytest.raises(InvalidRequest, match=r"needs tls\.mode=self-signed"):
+        _kubernetes_features(ServerConfig.model_validate(settings), ca_file)

@@ -1,0 +1,252 @@
+"""Authorization matrix: every route of ``ROUTES`` × every kind of caller → 401, 403 or allowed.
+
+Expectations are computed from the route's permission (pinned again in ``EXPECTED``, so a route
+added to the table without an entry here fails) and from the caller's permissions (the built-in
+roles as DESIGN §4 writes them, ``tests.api.test_auth_roles.BUILTIN``). A refused caller must
+get exactly 401 (with ``WWW-Authenticate``) or 403 as problem+json; an allowed caller anything
+but 401/403/5xx (404 or 409 once an earlier allowed caller deleted or created the object).
+Every request comes from its own peer address, so no refusal is a rate-limit side effect.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certctl.api._common import AUTHENTICATED, PUBLIC
+from certctl.api.app import ROUTES, ClientCertMapping
+from tests.api.conftest import assert_problem, bearer
+from tests.api.test_auth_roles import ALL_PERMISSIONS, BUILTIN
+from tests.reliability.conftest import LEDGER, RelApp, from_address, mtls, running_app
+
+SERVICE = "t-svc"
+MTLS_PATTERN = "CN=*,O=certctl-matrix"
+MTLS_ROLES = ("r-operator",)
+
+
+def _service_doc(name: str) -> dict[str, Any]:
+    return {"apiVersion": "certctl.io/v1", "kind": "TLSService", "metadata": {"name": name}}
+
+
+# (method, path) → (permission, JSON body for the allowed callers). Bodies are chosen so an
+# allowed caller passes validation and the no-escalation rules (target objects hold nothing).
+EXPECTED: dict[tuple[str, str], tuple[str, Any]] = {
+    ("GET", "/healthz"): (PUBLIC, None),
+    ("GET", "/readyz"): (PUBLIC, None),
+    ("GET", "/api/v1/openapi.json"): (PUBLIC, None),
+    ("GET", "/api/v1/auth/whoami"): (AUTHENTICATED, None),
+    ("GET", "/api/v1/auth/permissions"): ("auth.role.read", None),
+    ("GET", "/api/v1/auth/roles"): ("auth.role.read", None),
+    ("POST", "/api/v1/auth/roles"): ("auth.role.create", {"id": "m-role", "permissions": []}),
+    ("GET", "/api/v1/auth/roles/{id}"): ("auth.role.read", None),
+    ("PUT", "/api/v1/auth/roles/{id}"): ("auth.role.edit", {"name": "t", "permissions": []}),
+    ("DELETE", "/api/v1/auth/roles/{id}"): ("auth.role.delete", None),
+    ("GET", "/api/v1/auth/actors"): ("auth.actor.read", None),
+    ("POST", "/api/v1/auth/actors"): ("auth.actor.create", {"id": "m-actor", "roles": []}),
+    ("GET", "/api/v1/auth/actors/{id}"): ("auth.actor.read", None),
+    ("PATCH", "/api/v1/auth/actors/{id}"): ("auth.actor.edit", {"name": "renamed"}),
+    ("DELETE", "/api/v1/auth/actors/{id}"): ("auth.actor.delete", None),
+    ("GET", "/api/v1/auth/apikeys"): ("auth.apikey.read", None),
+    ("POST", "/api/v1/auth/apikeys"): ("auth.apikey.create", {"actor_id": "t-actor"}),
+    ("GET", "/api/v1/auth/apikeys/{id}"): ("auth.apikey.read", None),
+    ("DELETE", "/api/v1/auth/apikeys/{id}"): ("auth.apikey.revoke", None),
+    ("GET", "/api/v1/issuers"): ("issuer.read", None),
+    ("POST", "/api/v1/issuers"): ("issuer.create", {"id": "m-ca", "common_name": "Matrix CA"}),
+    ("GET", "/api/v1/issuers/{id}"): ("issuer.read", None),
+    ("GET", "/api/v1/issuers/{id}/ca.pem"): (PUBLIC, None),
+    ("GET", "/api/v1/issuers/{id}/crl"): (PUBLIC, None),
+    ("GET", "/api/v1/certificates"): ("cert.read", None),
+    ("POST", "/api/v1/certificates"): ("cert.issue", {"common_name": "m.example.com"}),
+    ("GET", "/api/v1/certificates/{id}"): ("cert.read", None),
+    ("POST", "/api/v1/certificates/{id}/revoke"): ("cert.revoke", {"reason": "superseded"}),
+    ("POST", "/api/v1/certificates/{id}/renew"): ("cert.issue", {}),
+    ("GET", "/api/v1/audit"): ("audit.read", None),
+    ("GET", "/api/v1/metrics"): ("metrics.read", None),
+    ("GET", "/api/v1/metrics/prometheus"): ("metrics.read", None),
+    ("GET", "/api/v1/services"): ("service.read", None),
+    ("GET", "/api/v1/services/{name}"): ("service.read", None),
+    ("PUT", "/api/v1/services/{name}"): ("service.edit", _service_doc(SERVICE)),
+    ("DELETE", "/api/v1/services/{name}"): ("service.delete", None),
+    ("POST", "/api/v1/services/{name}/renew"): ("service.edit", None),
+    ("GET", "/api/v1/services/{name}/clients"): ("service.read", None),
+    ("POST", "/api/v1/services/{name}/clients"): ("service.edit", "client-pem"),
+    ("DELETE", "/api/v1/services/{name}/clients/{fingerprint}"): ("service.edit", None),
+    ("GET", "/api/v1/services/{name}/outputs/{output}"): ("service.read", None),
+}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """One column of the matrix: how it authenticates and what it may do (None: nothing)."""
+
+    name: str
+    headers: dict[str, str]
+    permissions: frozenset[str] | None  # None: the credentials are refused (401)
+    least_privilege: bool = False  # holds exactly the route's permission
+
+
+@dataclass
+class World:
+    """The app and the objects the routes act on."""
+
+    app: RelApp
+    callers: list[Caller]
+    ids: dict[str, str]
+    client_pem: str
+    lp_keys: dict[str, str]  # permission ("" for none) → key of a role holding exactly it
+
+
+def _mint(app: RelApp, actor: str, roles: list[str], **extra: Any) -> dict[str, Any]:
+    app.ok("POST", "/api/v1/auth/actors", 201, json={"id": actor, "roles": roles})
+    body: dict[str, Any] = app.ok(
+        "POST", "/api/v1/auth/apikeys", 201, json={"actor_id": actor, **extra}
+    )
+    return body
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, reliability_template: Path) -> Iterator[World]:
+    mapping = ClientCertMapping(MTLS_PATTERN, MTLS_ROLES)
+    data_dir = tmp_path_factory.mktemp("matrix") / "data"
+    with running_app(data_dir, reliability_template, client_cert_mappings=(mapping,)) as app:
+        callers: list[Caller] = []
+        # Refused credentials.
+        expiring = _mint(
+            app,
+            "a-expired",
+            ["r-admin"],
+            expires_at=(app.clock() + timedelta(hours=1)).isoformat(),
+        )
+        revoked = _mint(app, "a-revoked", ["r-admin"])
+        app.ok("DELETE", f"/api/v1/auth/apikeys/{revoked['id']}")
+        valid = _mint(app, "a-probe", [])["key_value"]
+        prefix, key_id, secret = valid.split("_", 2)
+        callers += [
+            Caller("no header", {}, None),
+            Caller("malformed: Basic", {"Authorization": "Basic YWRtaW46YWRtaW4="}, None),
+            Caller("malformed: empty Bearer", {"Authorization": "Bearer "}, None),
+            Caller("malformed: not a key", bearer("not-a-certctl-key"), None),
+            Caller("unknown key id", bearer(f"{prefix}_{'0' * len(key_id)}_{secret}"), None),
+            Caller("unknown secret", bearer(f"{prefix}_{key_id}_{secret[::-1]}x"), None),
+            Caller("expired key", bearer(expiring["key_value"]), None),
+            Caller("revoked key", bearer(revoked["key_value"]), None),
+            Caller("mTLS unmapped", mtls("CN=stranger,O=elsewhere"), None),
+        ]
+        for caller in callers:  # what was presented must not be echoed or stored either
+            token = caller.headers.get("Authorization", "").partition(" ")[2]
+            LEDGER.secret(token, f"credential presented by '{caller.name}'")
+        # Allowed credentials.
+        for role in sorted(BUILTIN):
+            key = _mint(app, f"a-{role}", [role])["key_value"]
+            callers.append(Caller(role, bearer(key), frozenset(BUILTIN[role])))
+        lp_keys = {}
+        for permission in [*sorted(ALL_PERMISSIONS), ""]:
+            role = f"lp-{permission.replace('.', '-') or 'none'}"
+            app.ok("POST", "/api/v1/auth/roles", 201, json={"id": role, "permissions": []})
+            app.ok(
+                "PUT",
+                f"/api/v1/auth/roles/{role}",
+                json={"permissions": [permission] if permission else []},
+            )
+            lp_keys[permission] = _mint(app, f"a-{role}", [role])["key_value"]
+        callers.append(Caller("least privilege", {}, None, least_privilege=True))
+        mapped = frozenset().union(*(BUILTIN[r] for r in MTLS_ROLES))
+        callers.append(Caller("mTLS mapped (r-operator)", mtls("CN=m1,O=certctl-matrix"), mapped))
+        app.clock.advance(hours=2)  # the expiring key is now expired
+        # The objects the routes act on (the target actor and role hold nothing).
+        app.ok("POST", "/api/v1/auth/roles", 201, json={"id": "t-role", "permissions": []})
+        target_key = _mint(app, "t-actor", [])
+        cert = app.ok("POST", "/api/v1/certificates", 201, json={"common_name": "t.example.com"})
+        app.ok("PUT", f"/api/v1/services/{SERVICE}", 201, json=_service_doc(SERVICE))
+        added = app.ok(
+            "POST",
+            f"/api/v1/services/{SERVICE}/clients",
+            201,
+            json={"certificate_pem": cert["certificate_pem"]},
+        )
+        ids = {
+            "roles": "t-role",
+            "actors": "t-actor",
+            "apikeys": target_key["id"],
+            "issuers": "default",
+            "certificates": cert["id"],
+            "fingerprint": added["items"][0]["fingerprint"],
+        }
+        yield World(app, callers, ids, cert["certificate_pem"], lp_keys)
+
+
+def _concrete(path: str, ids: dict[str, str]) -> str:
+    resource = path.split("/")[3] if path.startswith("/api/v1/") else ""
+    if resource == "auth":
+        resource = path.split("/")[4]
+    path = path.replace("{id}", ids.get(resource, "missing"))
+    path = path.replace("{name}", SERVICE).replace("{fingerprint}", ids["fingerprint"])
+    path = path.replace("{output}", "certs-public")
+    assert not re.search(r"{\w+}", path), path
+    return path
+
+
+_ADDRESSES = (f"10.{a}.{b}.{c}" for a, b, c in itertools.product(range(1, 255), repeat=3))
+
+
+def _expected_refusal(permission: str, granted: frozenset[str] | None) -> int | None:
+    """401, 403, or None (allowed)."""
+    if permission == PUBLIC:
+        return None
+    if granted is None:
+        return 401
+    if permission == AUTHENTICATED or permission in granted:
+        return None
+    return 403
+
+
+def test_every_route_has_an_expectation() -> None:
+    table = {(r.method, r.path): r.permission for r in ROUTES}
+    missing = sorted(set(table) - set(EXPECTED))
+    stale = sorted(set(EXPECTED) - set(table))
+    assert not missing, f"routes without an authorization-matrix entry: {missing}"
+    assert not stale, f"matrix entries for routes that no longer exist: {stale}"
+    for key, permission in table.items():
+        assert EXPECTED[key][0] == permission, f"{key}: route table says {permission}"
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r.method} {r.path}")
+def test_route_authorization(route: Any, world: World) -> None:
+    permission, body = EXPECTED[(route.method, route.path)]
+    assert permission == route.permission, "see test_every_route_has_an_expectation"
+    if body == "client-pem":
+        body = {"certificate_pem": world.client_pem}
+    path = _concrete(route.path, world.ids)
+    lp_keys = world.lp_keys
+    problems = []
+    for caller in world.callers:
+        granted = caller.permissions
+        headers = dict(caller.headers)
+        if caller.least_privilege:
+            if permission == PUBLIC:
+                continue
+            held = "" if permission == AUTHENTICATED else permission
+            headers = bearer(lp_keys[held])
+            granted = frozenset({held} - {""})
+        want = _expected_refusal(permission, granted)
+        headers.update(from_address(next(_ADDRESSES)))
+        kwargs: dict[str, Any] = {"headers": headers}
+        if body is not None:
+            kwargs["json"] = body
+        r = world.app.client.request(route.method, path, **kwargs)
+        label = f"{caller.name}: {route.method} {path} → {r.status_code}"
+        if want is None:
+            if r.status_code in (401, 403) or r.status_code >= 500:
+                problems.append(f"{label}, expected allowed: {r.text[:200]}")
+        elif r.status_code != want:
+            problems.append(f"{label}, expected {want}: {r.text[:200]}")
+        else:
+            assert_problem(r, want)
+    assert not problems, "\n".join(problems)

@@ -1,0 +1,308 @@
+"""Custom certificates (``certificate.secretName``): each error has one clear message, the last
+good material stays deployed; ``ca.crt`` + ``ca.key`` make that CA the issuer.
+
+The unit cases reconcile in-process; one test drives ``certctl apply`` and
+``certctl services status`` against a live ``certctl serve``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+
+from certctl.pki import VerificationFailed, verify_certificate
+from certctl.services import tls_services
+from certctl.store.models import Issuer
+from tests.e2e.conftest import launch
+from tests.services.conftest import (
+    Env,
+    Leaf,
+    make_ca,
+    make_leaf,
+    ok,
+    run,
+    service_doc,
+    snapshot,
+    write_secret,
+)
+
+NAMES = ("web.example.internal",)
+
+
+def good_files(now: datetime, cn: str = "web") -> tuple[Leaf, dict[str, bytes]]:
+    """A custom CA and a leaf covering ``cn`` and NAMES, as tls.crt + tls.key + ca.crt."""
+    ca = make_ca(f"{cn}-custom-ca", now)
+    leaf = make_leaf(ca, cn, now, dns=(cn, *NAMES))
+    return ca, {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": ca.cert_pem}
+
+
+def good_ca_files(now: datetime, cn: str = "web") -> tuple[Leaf, dict[str, bytes]]:
+    ca = make_ca(f"{cn}-issuing-ca", now)
+    return ca, {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem}
+
+
+def bad_files(case: str, now: datetime, cn: str = "web") -> dict[str, bytes]:
+    """Secret contents for one error case (each otherwise well-formed)."""
+    ca, files = good_files(now, cn)
+    other = make_ca("someone-else", now)
+    if case == "key mismatch":
+        return {**files, "tls.key": make_leaf(ca, cn, now).key_pem}
+    if case == "expired":
+        old = make_leaf(ca, cn, now - timedelta(days=40), dns=(cn, *NAMES))
+        return {**files, "tls.crt": old.cert_pem, "tls.key": old.key_pem}
+    if case == "not yet valid":
+        future = make_leaf(ca, cn, now + timedelta(days=2), dns=(cn, *NAMES))
+        return {**files, "tls.crt": future.cert_pem, "tls.key": future.key_pem}
+    if case == "ca does not verify":
+        return {**files, "ca.crt": other.cert_pem}
+    if case == "ca not a CA":
+        leaf = make_leaf(ca, cn, now)
+        return {"ca.crt": leaf.cert_pem, "ca.key": leaf.key_pem}
+    if case == "ca key mismatch":
+        return {"ca.crt": ca.cert_pem, "ca.key": other.key_pem}
+    if case == "ca expired":
+        expired = make_ca("expired-ca", now - timedelta(days=400), validity=timedelta(days=365))
+        return {"ca.crt": expired.cert_pem, "ca.key": expired.key_pem}
+    if case == "sans do not cover":
+        leaf = make_leaf(ca, cn, now, dns=(cn,))
+        return {**files, "tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem}
+    if case == "empty secret":
+        return {"README": b"nothing here\n"}
+    raise AssertionError(case)
+
+
+# case -> (message in the Failed condition, or the Ready warning)
+ERRORS = {
+    "key mismatch": "secret {s}: tls.key does not match tls.crt",
+    "expired": "secret {s}: tls.crt expired on ",
+    "not yet valid": "secret {s}: tls.crt is not valid before ",
+    "ca does not verify": "secret {s}: ca.crt does not verify tls.crt",
+    "ca not a CA": "secret {s}: ca.crt is not a CA",
+    "ca key mismatch": "secret {s}: ca.key does not match ca.crt",
+    "ca expired": "secret {s}: ca.crt expired",
+    "empty secret": "secret {s} holds neither tls.crt+tls.key nor ca.crt+ca.key",
+}
+WARNING = "secret {s}: tls.crt does not cover web.example.internal"
+
+
+def _deploy_good(env: Env, case: str) -> tuple[Path, dict[str, object]]:
+    target = env.tmp / "out" / "web"
+    target.parent.mkdir(exist_ok=True)
+    mode_ca = case.startswith("ca ") and case != "ca does not verify"
+    _, files = good_ca_files(env.now) if mode_ca else good_files(env.now)
+    write_secret(env.secrets_dir, "custom", files)
+    env.put(service_doc("web", dns=NAMES, secret="custom", targets=[{"directory": str(target)}]))
+    row = env.reconcile("web")
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    assert row.conditions["Failed"]["status"] is False, row.conditions
+    return target, snapshot(target)
+
+
+@pytest.mark.parametrize("case", ERRORS)
+def test_custom_error_fails_keeping_deployed_files(env: Env, case: str) -> None:
+    target, before = _deploy_good(env, case)
+    serial = env.row("web").serial
+    write_secret(env.secrets_dir, "custom", bad_files(case, env.now))
+    row = env.reconcile("web", env.now + timedelta(minutes=1))
+    message = ERRORS[case].format(s="custom")
+    assert row.conditions["Failed"]["status"] is True
+    assert row.conditions["Failed"]["message"].startswith(message), row.conditions
+    # Still serving the last good certificate: nothing rewritten, nothing re-linked.
+    assert row.conditions["Ready"] == {
+        "status": True,
+        "message": "serving the last good certificate",
+        "at": env.now.isoformat(),
+    }
+    assert row.serial == serial
+    assert snapshot(target) == before
+    assert env.events("web")[-1].event == "failed"
+    assert message in env.events("web")[-1].payload["reason"]
+    # The status formatting of `certctl services status` shows it.
+    from certctl.cli.services import _status_line
+
+    line = _status_line(tls_services.service_json(row))
+    assert line.split()[:4] == ["web", "True", "False", "True"]
+    assert message in line
+
+
+def test_custom_sans_not_covering_is_a_warning(env: Env) -> None:
+    target, before = _deploy_good(env, "sans do not cover")
+    write_secret(env.secrets_dir, "custom", bad_files("sans do not cover", env.now))
+    row = env.reconcile("web", env.now + timedelta(minutes=1))
+    assert row.conditions["Failed"]["status"] is False
+    assert row.conditions["Ready"]["status"] is True
+    assert row.conditions["Ready"]["message"] == WARNING.format(s="custom")
+    after = snapshot(target)
+    assert after != before  # a warning: the new certificate is served
+    assert after["files"]["tls.crt"] == (env.secrets_dir / "custom" / "tls.crt").read_bytes()
+    assert env.events("web")[-1].payload["reason"] == "custom certificate changed"
+
+
+def test_custom_certificate_served_as_is(env: Env) -> None:
+    _ca, files = good_files(env.now)
+    write_secret(env.secrets_dir, "custom", files)
+    env.put(service_doc("web", dns=NAMES, secret="custom"))
+    row = env.reconcile("web")
+    assert row.conditions["Ready"] == {
+        "status": True,
+        "message": "serving",
+        "at": row.conditions["Ready"]["at"],
+    }
+    outputs = env.outputs("web")
+    assert outputs["certs-internal"] == {
+        "tls.crt": files["tls.crt"],
+        "tls.key": files["tls.key"],
+        "ca.crt": files["ca.crt"],
+    }
+    assert "ca-internal" not in outputs  # no per-service CA for a custom certificate
+    with env.services.sessions() as session:
+        assert session.get(Issuer, "svc.web") is None
+    assert row.renew_at is None  # its owner renews it
+    # Replaced by its owner: picked up on the next pass, as a renewal.
+    _, newer = good_files(env.now)
+    write_secret(env.secrets_dir, "custom", newer)
+    assert tls_services.due(env.row("web"), env.now)
+    row = env.reconcile("web", env.now + timedelta(minutes=1))
+    assert env.outputs("web")["certs-internal"]["tls.crt"] == newer["tls.crt"]
+    assert [e.event for e in env.events("web")] == ["issued", "renewed"]
+
+
+def test_custom_ca_issues_the_leaf(env: Env) -> None:
+    ca, files = good_ca_files(env.now)
+    write_secret(env.secrets_dir, "issuer", files)
+    env.put(service_doc("web", dns=NAMES, ip=("10.0.0.7",), secret="issuer"))
+    row = env.reconcile("web")
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    outputs = env.outputs("web")
+    leaf = x509.load_pem_x509_certificate(outputs["certs-internal"]["tls.crt"])
+    assert leaf.issuer == ca.certificate.subject
+    assert outputs["certs-internal"]["ca.crt"] == ca.cert_pem
+    assert "ca-internal" not in outputs
+    for name in ("web", "web.example.internal", "10.0.0.7"):
+        verify_certificate(leaf, trust=[ca.certificate], hostname=name, now=env.now)
+    with pytest.raises(VerificationFailed):
+        verify_certificate(leaf, trust=[make_ca("web-http", env.now).certificate], now=env.now)
+    with env.services.sessions() as session:
+        assert session.get(Issuer, "svc.web") is None
+    assert row.renew_at is not None  # certctl issued it, so certctl renews it
+
+    # Nothing changed: no reissue. Another CA in the secret: reissued from it.
+    assert env.reconcile("web", env.now + timedelta(minutes=1)).serial == row.serial
+    other, other_files = good_ca_files(env.now, "other")
+    write_secret(env.secrets_dir, "issuer", other_files)
+    row = env.reconcile("web", env.now + timedelta(minutes=1))
+    leaf = x509.load_pem_x509_certificate(env.outputs("web")["certs-internal"]["tls.crt"])
+    verify_certificate(leaf, trust=[other.certificate], now=env.now)
+    assert env.events("web")[-1].payload["reason"] == "issuer changed"
+    # Same CA name, another key: reissued too.
+    same_name, same_name_files = good_ca_files(env.now, "other")
+    write_secret(env.secrets_dir, "issuer", same_name_files)
+    env.reconcile("web", env.now + timedelta(minutes=1))
+    leaf = x509.load_pem_x509_certificate(env.outputs("web")["certs-internal"]["tls.crt"])
+    verify_certificate(leaf, trust=[same_name.certificate], now=env.now)
+    assert env.events("web")[-1].payload["reason"] == "issuer key changed"
+
+
+# --- a live server, the real CLI ------------------------------------------------------------
+
+LIVE_CASES = ("key mismatch", "expired", "not yet valid", "ca does not verify", "ca not a CA",
+              "ca key mismatch")  # fmt: skip
+
+
+def _wait(predicate: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = False
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def test_cli_status_shows_each_error_from_a_live_server(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets"
+    out = tmp_path / "out"
+    out.mkdir()
+    now = datetime.now(UTC)
+    names = {case: f"c{i}" for i, case in enumerate([*LIVE_CASES, "sans do not cover", "camode"])}
+    docs = []
+    for case, name in names.items():
+        mode_ca = (case.startswith("ca ") and case != "ca does not verify") or case == "camode"
+        _, files = good_ca_files(now, name) if mode_ca else good_files(now, name)
+        write_secret(secrets, name, files)
+        docs.append(
+            service_doc(name, dns=NAMES, secret=name, targets=[{"directory": str(out / name)}])
+        )
+    services_yaml = tmp_path / "services.yaml"
+    services_yaml.write_text(yaml.safe_dump_all(docs))
+    config = {"secrets-dir": str(secrets), "reconcile-interval": "1s"}
+    with launch(tmp_path / "server", config=config) as server:
+        env = dict(os.environ)
+        env.update(
+            CERTCTL_URL=server.url, CERTCTL_API_KEY=server.admin_key, CERTCTL_CA_CERT=str(server.ca)
+        )
+        applied = ok(run("certctl", "apply", "-f", services_yaml, env=env))
+        assert applied.stdout.splitlines() == [
+            f"tlsservice/{n} created (generation 1)" for n in names.values()
+        ]
+
+        def items() -> dict[str, dict[str, Any]]:
+            with server.client(server.admin_key) as client:
+                response = client.get("/api/v1/services")
+            assert response.status_code == 200, response.text
+            return {i["name"]: i["status"] for i in response.json()["items"]}
+
+        def all_ready() -> bool:
+            return all(
+                s["conditions"].get("Ready", {}).get("status") and s["observed_generation"] == 1
+                for s in items().values()
+            )
+
+        _wait(all_ready, "every service Ready")
+        before = {name: snapshot(out / name) for name in names.values()}
+        camode_leaf = x509.load_pem_x509_certificate((out / "c7" / "tls.crt").read_bytes())
+        camode_ca = x509.load_pem_x509_certificate((secrets / "c7" / "ca.crt").read_bytes())
+        assert camode_leaf.issuer == camode_ca.subject
+        verify_certificate(camode_leaf, trust=[camode_ca], now=now)
+
+        for case in [*LIVE_CASES, "sans do not cover"]:
+            write_secret(secrets, names[case], bad_files(case, now, names[case]))
+
+        expected = {names[c]: ERRORS[c].format(s=names[c]) for c in LIVE_CASES}
+        expected[names["sans do not cover"]] = WARNING.format(s=names["sans do not cover"])
+
+        def settled() -> bool:
+            # Wait for the final messages: a pass may catch a secret half-rewritten.
+            status = items()
+            return all(
+                message in (status[name]["conditions"]["Failed"]["message"] or "")
+                or message in status[name]["conditions"]["Ready"]["message"]
+                for name, message in expected.items()
+            )
+
+        _wait(settled, "every broken secret reported")
+        result = ok(run("certctl", "services", "status", env=env))
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert result.stdout.splitlines()[0].split() == [
+        "NAME", "READY", "RENEWING", "FAILED", "NOT", "AFTER", "NEXT", "RENEWAL", "MESSAGE"
+    ]  # fmt: skip
+    for case in LIVE_CASES:
+        name = names[case]
+        line = lines[name]
+        assert line.split()[1:4] == ["True", "False", "True"], line
+        assert ERRORS[case].format(s=name) in line, line
+        assert snapshot(out / name) == before[name], case
+    warned = lines[names["sans do not cover"]]
+    assert warned.split()[1:4] == ["True", "False", "False"], warned
+    assert WARNING.format(s=names["sans do not cover"]) in warned
+    assert lines["c7"].split()[1:4] == ["True", "False", "False"]
+    assert snapshot(out / "c7") == before["c7"]

@@ -1,0 +1,260 @@
+"""Directory target: atomic bundle swap, versions kept and pruned, modes, reload, PKCS#12."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from certctl.pki import keys_match, load_private_key
+from certctl.services import tls_services
+from certctl.targets.directory import BundleFile, DeliveryError, deliver_to_directory
+from tests.services.conftest import Env, make_ca, make_leaf, ok, run, service_doc
+
+MINUTE = timedelta(minutes=1)
+
+
+def _versions(target: Path) -> list[str]:
+    return sorted(p.name for p in (target.parent / f".{target.name}.certctl").iterdir())
+
+
+def _renew(env: Env, name: str) -> None:
+    tls_services.request_renewal(env.services, env.admin, name)
+    env.reconcile(name, env.now + MINUTE)
+
+
+def test_bundle_swapped_atomically_previous_kept_older_pruned(env: Env) -> None:
+    target = env.tmp / "etc" / "web" / "tls"
+    target.parent.mkdir(parents=True)
+    target.mkdir()  # an empty placeholder directory is taken over
+    env.put(service_doc("web", client_auth=True, targets=[{"directory": str(target)}]))
+    tls_services.add_client(
+        env.services, env.admin, "web", make_ca("clients", env.now).cert_pem.decode()
+    )
+    env.reconcile("web")
+
+    assert target.is_symlink()
+    first = os.readlink(target)
+    assert not os.path.isabs(first)  # relative: the tree can be moved or bind-mounted
+    assert first.startswith(".tls.certctl/")
+    assert sorted(p.name for p in target.iterdir()) == [
+        "ca.crt", "client-trust.crt", "tls.crt", "tls.key"
+    ]  # fmt: skip
+    outputs = env.outputs("web")
+    assert (target / "tls.crt").read_bytes() == outputs["certs-internal"]["tls.crt"]
+    assert (target / "tls.key").read_bytes() == outputs["certs-internal"]["tls.key"]
+    assert (target / "ca.crt").read_bytes() == outputs["certs-internal"]["ca.crt"]
+    assert (target / "client-trust.crt").read_bytes() == outputs["client-trust"]["ca.crt"]
+    assert stat.S_IMODE((target / "tls.key").stat().st_mode) == 0o600
+    for public in ("tls.crt", "ca.crt", "client-trust.crt"):
+        assert stat.S_IMODE((target / public).stat().st_mode) == 0o644
+    first_files = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    _renew(env, "web")
+    second = os.readlink(target)
+    assert second != first
+    assert _versions(target) == sorted([Path(first).name, Path(second).name])
+    # The previous version is intact for readers that opened it just before the swap.
+    old = target.parent / first
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == first_files
+
+    _renew(env, "web")
+    third = os.readlink(target)
+    assert _versions(target) == sorted([Path(second).name, Path(third).name])  # first pruned
+    assert not old.exists()
+    leaf = x509.load_pem_x509_certificate((target / "tls.crt").read_bytes())
+    assert keys_match(load_private_key((target / "tls.key").read_bytes()), leaf)
+
+    # Nothing changed: nothing rewritten.
+    env.reconcile("web", env.now + MINUTE)
+    assert os.readlink(target) == third
+
+
+def test_readers_never_see_a_mixed_or_partial_set(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    ca = make_ca("ca", now)
+    leaves = [make_leaf(ca, f"v{i}", now) for i in range(4)]
+    target = tmp_path / "tls"
+    deliver_to_directory(
+        target,
+        {"tls.crt": BundleFile(leaves[0].cert_pem), "tls.key": BundleFile(leaves[0].key_pem, True)},
+    )
+    stop = threading.Event()
+    seen: list[str] = []
+    problems: list[str] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            # A consistent reader resolves the link once, then reads the whole set from it.
+            version = Path(os.path.realpath(target))
+            try:
+                cert = x509.load_pem_x509_certificate((version / "tls.crt").read_bytes())
+                key = load_private_key((version / "tls.key").read_bytes())
+            except FileNotFoundError:
+                continue  # pruned two swaps later: resolve again
+            except Exception as exc:
+                problems.append(f"{version.name}: {exc!r}")
+                continue
+            if not keys_match(key, cert):
+                problems.append(f"{version.name}: key and certificate differ")
+            seen.append(version.name)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for i in range(60):
+            leaf = leaves[i % len(leaves)]
+            deliver_to_directory(
+                target,
+                {"tls.crt": BundleFile(leaf.cert_pem), "tls.key": BundleFile(leaf.key_pem, True)},
+            )
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not problems, problems[:5]
+    assert len(set(seen)) > 1  # the reader did see several versions
+    assert len(_versions(target)) == 2
+
+
+def test_unmanaged_directory_is_refused_and_reported(env: Env) -> None:
+    target = env.tmp / "tls"
+    target.mkdir()
+    (target / "tls.crt").write_bytes(b"hand-made\n")
+    env.put(service_doc("web", targets=[{"directory": str(target)}]))
+    row = env.reconcile("web")
+    assert row.conditions["Failed"]["status"] is True
+    assert (
+        "is not managed by certctl (expected a symlink); move it away"
+        in (row.conditions["Failed"]["message"])
+    )
+    assert (target / "tls.crt").read_bytes() == b"hand-made\n"
+    assert row.next_attempt_at is not None
+    with pytest.raises(DeliveryError, match="not managed by certctl"):
+        deliver_to_directory(target, {"x": BundleFile(b"")})
+
+
+def test_key_owner_and_group(env: Env) -> None:
+    nobody = pwd.getpwnam("nobody")
+    if os.geteuid() != 0:
+        pytest.fail("chown to another user needs root: run the suite as root", pytrace=False)
+    target = env.tmp / "tls"
+    env.put(
+        service_doc(
+            "web",
+            targets=[{"directory": str(target), "owner": "nobody", "group": nobody.pw_gid}],
+        )
+    )
+    env.reconcile("web")
+    key = (target / "tls.key").stat()
+    assert (key.st_uid, key.st_gid, stat.S_IMODE(key.st_mode)) == (
+        nobody.pw_uid,
+        nobody.pw_gid,
+        0o600,
+    )
+    assert (target / "tls.crt").stat().st_uid == 0  # public files stay the writer's
+    env.put(service_doc("bad", targets=[{"directory": str(env.tmp / "b"), "owner": "no-such-u"}]))
+    row = env.reconcile("bad")
+    assert "user 'no-such-u' does not exist on this host" in row.conditions["Failed"]["message"]
+
+
+def _script(path: Path, body: str) -> Path:
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_reload_runs_after_each_change_only(env: Env) -> None:
+    log = env.tmp / "reloads.log"
+    hook = _script(env.tmp / "reload.sh", f'echo "reloaded $1 $(readlink "$2")" >> {log}')
+    target = env.tmp / "tls"
+    reload = f"{hook} web {target}"
+    env.put(service_doc("web", targets=[{"directory": str(target), "reload": reload}]))
+    env.reconcile("web")
+    lines = log.read_text().splitlines()
+    # The hook runs after the swap: it already sees the new version.
+    assert lines == [f"reloaded web {os.readlink(target)}"]
+    env.reconcile("web", env.now + MINUTE)  # nothing changed
+    assert len(log.read_text().splitlines()) == 1
+    _renew(env, "web")
+    assert log.read_text().splitlines()[1:] == [f"reloaded web {os.readlink(target)}"]
+
+
+def test_reload_timeout_fails_and_retries_with_backoff(env: Env) -> None:
+    target = env.tmp / "tls"
+    slow = {"directory": str(target), "reload": "sleep 5", "reloadTimeout": "1s"}
+    env.put(service_doc("web", targets=[slow]))
+    row = env.reconcile("web")
+    message = f"dir:{target}: reload command timed out after 1s"
+    assert row.conditions["Failed"] == {
+        "status": True,
+        "message": message,
+        "at": env.now.isoformat(),
+    }
+    assert row.conditions["Ready"]["status"] is False
+    assert row.attempts == 1
+    assert row.next_attempt_at is not None
+    first_delay = row.next_attempt_at - env.now
+    assert not tls_services.due(row, row.next_attempt_at - timedelta(seconds=1))
+    assert tls_services.due(row, row.next_attempt_at)
+    assert [e.event for e in env.events("web")] == ["issued", "failed"]
+    assert env.events("web")[-1].payload["reason"] == message
+    assert f"dir:{target}" not in row.delivered  # not recorded: redelivered next time
+
+    row = env.reconcile("web", row.next_attempt_at)
+    assert row.attempts == 2
+    assert row.next_attempt_at is not None
+    assert row.next_attempt_at - env.now > first_delay
+    assert row.conditions["Failed"]["message"] == message
+
+    # A failing command: its exit status and last line of output are reported.
+    failing = {"directory": str(target), "reload": "sh -c 'echo boom >&2; exit 3'"}
+    env.put(service_doc("web", targets=[failing]))
+    row = env.reconcile("web", env.now + MINUTE)
+    assert row.conditions["Failed"]["message"] == f"dir:{target}: reload command exited 3: boom"
+
+    # Fixed: delivered, reloaded, the failure clears and the back-off resets.
+    log = env.tmp / "ok.log"
+    good = {"directory": str(target), "reload": f"sh -c 'echo ok >> {log}'"}
+    env.put(service_doc("web", targets=[good]))
+    row = env.reconcile("web", env.now + MINUTE)
+    assert row.conditions["Failed"]["status"] is False, row.conditions
+    assert row.attempts == 0
+    assert row.next_attempt_at is None
+    assert log.read_text() == "ok\n"
+    assert row.delivered[f"dir:{target}"]
+
+
+def test_pkcs12_opens_with_openssl(env: Env) -> None:
+    password = env.tmp / "p12-password"
+    password.write_text("s3cret-pass\n")  # a trailing newline is not part of the password
+    target = env.tmp / "p12"
+    spec = {"directory": str(target), "format": "pkcs12", "passwordFile": str(password)}
+    env.put(service_doc("web", dns=("web.example.internal",), targets=[spec]))
+    row = env.reconcile("web")
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    assert sorted(p.name for p in target.iterdir()) == ["ca.crt", "tls.p12"]
+    assert stat.S_IMODE((target / "tls.p12").stat().st_mode) == 0o600
+    p12 = target / "tls.p12"
+    info = ok(run("openssl", "pkcs12", "-info", "-in", p12, "-passin", f"file:{password}",
+                  "-noenc"))  # fmt: skip
+    assert "subject=CN = web" in info.stdout
+    assert "-----BEGIN PRIVATE KEY-----" in info.stdout
+    assert "issuer=OU = web, CN = web-http" in info.stdout
+    leaf = x509.load_pem_x509_certificate(env.outputs("web")["certs-internal"]["tls.crt"])
+    out = ok(run("openssl", "pkcs12", "-in", p12, "-passin", f"file:{password}", "-nokeys",
+                 "-clcerts"))  # fmt: skip
+    assert x509.load_pem_x509_certificates(out.stdout.encode())[0] == leaf
+    # Negative twin: the wrong password does not open it.
+    wrong = env.tmp / "wrong"
+    wrong.write_text("not-it\n")
+    refused = run("openssl", "pkcs12", "-info", "-in", p12, "-passin", f"file:{wrong}", "-noout")
+    assert refused.returncode != 0
+    assert "mac verify error" in refused.stderr.lower()

@@ -1,0 +1,268 @@
+"""A real nginx fed by a directory target: SAN changes and client-certificate trust.
+
+nginx reads ``tls.crt``/``tls.key``/``client-trust.crt`` through the target's symlink; the
+target's reload hook is ``kill -HUP <nginx master pid>``. Probes are ``openssl`` and ``curl``
+on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from tests.services.conftest import Env, ok, require, run, service_doc
+
+pytestmark = pytest.mark.integration
+
+NGINX_CONF = """\
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/client_body_temp;
+    proxy_temp_path {d}/proxy_temp;
+    fastcgi_temp_path {d}/fastcgi_temp;
+    uwsgi_temp_path {d}/uwsgi_temp;
+    scgi_temp_path {d}/scgi_temp;
+    ssl_certificate {tls}/tls.crt;
+    ssl_certificate_key {tls}/tls.key;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        location / {{ return 200 "hello\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{mtls_port} ssl;
+        ssl_client_certificate {tls}/client-trust.crt;
+        ssl_verify_client on;
+        location / {{ return 200 "hello $ssl_client_s_dn\\n"; }}
+    }}
+}}
+"""
+OLD, NEW = "old.example.test", "new.example.test"
+STEP = timedelta(minutes=1)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[Any], log: Path) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    pytest.fail(f"nginx did not start:\n{log.read_text() if log.exists() else ''}")
+
+
+def _wait(predicate: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@dataclass
+class Served:
+    env: Env
+    tls: Path  # the directory target
+    port: int
+    mtls_port: int
+    pid: int
+    directory: Path
+
+    def curl(self, host: str, *args: str | Path, port: int | None = None) -> tuple[int, str]:
+        """(curl exit code, HTTP status or '') for GET https://host:port/ via 127.0.0.1."""
+        port = port or self.port
+        result = run(
+            "curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}",
+            "--cacert", self.tls / "ca.crt", "--resolve", f"{host}:{port}:127.0.0.1",
+            *args, f"https://{host}:{port}/",
+            timeout=15,
+        )  # fmt: skip
+        return result.returncode, result.stdout
+
+    def served_certificate(self, server_name: str) -> x509.Certificate:
+        result = ok(
+            run(
+                "openssl",
+                "s_client",
+                "-connect",
+                f"127.0.0.1:{self.port}",
+                "-servername",
+                server_name,
+                "-CAfile",
+                self.tls / "ca.crt",
+                "-verify_hostname",
+                server_name,
+                "-verify_return_error",
+                timeout=15,
+                input="",
+            )
+        )
+        pem = re.search(
+            r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", result.stdout, re.S
+        )
+        assert pem, result.stdout
+        return x509.load_pem_x509_certificate(pem.group(0).encode())
+
+
+def _spec(served_tls: Path, dns: str, reload: str | None) -> dict[str, Any]:
+    target: dict[str, Any] = {"directory": str(served_tls)}
+    if reload:
+        target["reload"] = reload
+        target["reloadTimeout"] = "5s"
+    return service_doc("web", dns=(dns,), ip=("127.0.0.1",), client_auth=True, targets=[target])
+
+
+def _cli_ca(base: Path, name: str) -> Path:
+    ok(run("certctl", "ca", "create", "--out", base / name, "--cn", name))
+    return base / name
+
+
+def _cli_client(base: Path, ca: Path, cn: str) -> Path:
+    ok(run("certctl", "cert", "issue", "--ca", ca, "--cn", cn, "--profile", "client",
+           "--out", base / cn))  # fmt: skip
+    return base / cn
+
+
+def _client_args(leaf: Path) -> list[str | Path]:
+    return ["--cert", leaf / "tls.crt", "--key", leaf / "tls.key"]
+
+
+@pytest.fixture
+def served(env: Env) -> Iterator[Served]:
+    require("nginx")
+    d = env.tmp / "nginx"
+    d.mkdir()
+    tls = env.tmp / "etc" / "tls"
+    tls.parent.mkdir()
+    # Client authentication needs at least one trusted client CA before nginx can start.
+    bootstrap_ca = _cli_ca(env.tmp, "bootstrap-clients")
+    env.put(_spec(tls, OLD, None))
+    with env.client() as client:
+        added = client.post(
+            "/api/v1/services/web/clients",
+            json={"certificate_pem": (bootstrap_ca / "ca.crt").read_text()},
+        )
+        assert added.status_code == 201, added.text
+    env.reconcile("web")
+    port, mtls_port = _free_port(), _free_port()
+    conf = d / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(d=d, tls=tls, port=port, mtls_port=mtls_port))
+    argv = [require("nginx"), "-c", str(conf), "-e", str(d / "error.log"), "-p", f"{d}/"]
+    ok(run(*argv, "-t"))
+    proc = subprocess.Popen(
+        [*argv, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        _wait_port(port, proc, d / "error.log")
+        _wait_port(mtls_port, proc, d / "error.log")
+        # The reload hook signals this nginx's master process (it runs in the foreground).
+        env.put(_spec(tls, OLD, f"{require('kill')} -HUP {proc.pid}"))
+        env.reconcile("web", env.now + STEP)
+        yield Served(env, tls, port, mtls_port, proc.pid, d)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
+def test_san_change_reaches_nginx_after_the_reload_hook(served: Served) -> None:
+    env = served.env
+    assert served.curl(OLD) == (0, "200")
+    assert served.curl("127.0.0.1")[1] == "200"
+    code, _ = served.curl(NEW)
+    assert code == 60  # negative twin: the name is not in the certificate yet
+    old_cert = served.served_certificate(OLD)
+    reloads_before = (served.directory / "error.log").read_text().count("reconfiguring")
+
+    env.put(_spec(served.tls, NEW, f"{require('kill')} -HUP {served.pid}"))
+    row = env.reconcile("web", env.now + STEP)
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    text = ok(run("openssl", "x509", "-in", served.tls / "tls.crt", "-noout", "-text")).stdout
+    assert f"DNS:{NEW}" in text
+    assert f"DNS:{OLD}" not in text
+    assert "IP Address:127.0.0.1" in text
+    new_cert = x509.load_pem_x509_certificate((served.tls / "tls.crt").read_bytes())
+    assert new_cert != old_cert
+
+    _wait(lambda: served.curl(NEW) == (0, "200"), "nginx to serve the new certificate")
+    log = (served.directory / "error.log").read_text()
+    assert log.count("reconfiguring") > reloads_before  # it was the hook's SIGHUP
+    assert served.served_certificate(NEW) == new_cert
+    code, _ = served.curl(OLD)
+    assert code == 60  # the old name is gone
+
+
+def test_client_trust_registration_and_deregistration(served: Served) -> None:
+    env, base = served.env, served.env.tmp
+    registered, other = _cli_ca(base, "clients-a"), _cli_ca(base, "unregistered")
+    alice = _cli_client(base, registered, "alice")
+    mallory = _cli_client(base, other, "mallory")
+    with env.client() as client:
+        response = client.post(
+            "/api/v1/services/web/clients",
+            json={"certificate_pem": (registered / "ca.crt").read_text()},
+        )
+        assert response.status_code == 201, response.text
+        fingerprint = response.json()["items"][0]["fingerprint"]
+    mtls = served.mtls_port
+    # Not yet reconciled: nginx does not know the new CA.
+    assert served.curl(OLD, *_client_args(alice), port=mtls) == (0, "400")
+
+    env.reconcile("web", env.now + STEP)
+    trust = x509.load_pem_x509_certificates((served.tls / "client-trust.crt").read_bytes())
+    assert {c.subject.rfc4514_string() for c in trust} == {
+        "CN=bootstrap-clients",
+        "CN=clients-a",
+    }
+    _wait(
+        lambda: served.curl(OLD, *_client_args(alice), port=mtls) == (0, "200"),
+        "the registered client to be accepted",
+    )
+    # Negative twins: a client of an unregistered CA, and no client certificate at all.
+    assert served.curl(OLD, *_client_args(mallory), port=mtls) == (0, "400")
+    assert served.curl(OLD, port=mtls) == (0, "400")
+    errors = (served.directory / "error.log").read_text()
+    assert "client SSL certificate verify error" in errors
+
+    with env.client() as client:
+        assert client.delete(f"/api/v1/services/web/clients/{fingerprint}").status_code == 204
+    # Deregistered, but still trusted until the next reconcile and reload.
+    assert served.curl(OLD, *_client_args(alice), port=mtls) == (0, "200")
+    env.reconcile("web", env.now + STEP)
+    trust = x509.load_pem_x509_certificates((served.tls / "client-trust.crt").read_bytes())
+    assert [c.subject.rfc4514_string() for c in trust] == ["CN=bootstrap-clients"]
+    _wait(
+        lambda: served.curl(OLD, *_client_args(alice), port=mtls) == (0, "400"),
+        "the deregistered client to be refused",
+    )
+    # The server certificate was not touched by a trust change.
+    assert served.curl(OLD) == (0, "200")

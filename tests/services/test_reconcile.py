@@ -1,0 +1,342 @@
+"""Reconciling managed services with an injected clock: issue, outputs, renew, CA rollover."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from certctl.pki import VerificationFailed, keys_match, load_private_key, verify_certificate
+from certctl.services import tls_services
+from tests.services.conftest import SETTINGS, Env, make_ca, make_leaf, service_doc
+
+ROTATE = SETTINGS["cert_rotate_before"]
+JITTER = ROTATE * 0.1  # ServiceSettings.jitter = 10 %
+MINUTE = timedelta(minutes=1)
+
+
+def _cert(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificates(pem)[0]
+
+
+def _sans(cert: x509.Certificate) -> tuple[list[str], list[str]]:
+    ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return ext.get_values_for_type(x509.DNSName), [
+        str(a) for a in ext.get_values_for_type(x509.IPAddress)
+    ]
+
+
+def _ski(cert: x509.Certificate) -> bytes:
+    return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+
+
+def test_first_reconcile_issues_service_ca_and_leaf(any_env: Env) -> None:
+    env = any_env
+    env.put(service_doc("web", dns=("web.example.internal",), ip=("10.0.0.5",)))
+    row = env.reconcile("web")
+    conditions = row.conditions
+    assert conditions["Ready"]["status"] is True, conditions
+    assert conditions["Failed"]["status"] is False
+    assert row.reconciled_generation == row.generation == 1
+
+    outputs = env.outputs("web")
+    assert set(outputs) == {"ca-internal", "certs-internal", "certs-public"}  # no client auth
+    assert set(outputs["ca-internal"]) == {"ca.crt", "ca.key"}
+    assert set(outputs["certs-internal"]) == {"tls.crt", "tls.key", "ca.crt"}
+    assert set(outputs["certs-public"]) == {"tls.crt", "ca.crt"}  # never the key
+
+    ca = _cert(outputs["ca-internal"]["ca.crt"])
+    assert ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "web-http"
+    assert ca.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value == "web"
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert keys_match(load_private_key(outputs["ca-internal"]["ca.key"]), ca)
+    assert outputs["certs-internal"]["ca.crt"] == outputs["ca-internal"]["ca.crt"]
+    assert outputs["certs-public"]["ca.crt"] == outputs["ca-internal"]["ca.crt"]
+
+    leaf = _cert(outputs["certs-internal"]["tls.crt"])
+    assert outputs["certs-public"]["tls.crt"] == outputs["certs-internal"]["tls.crt"]
+    assert leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "web"
+    assert _sans(leaf) == (["web", "web.example.internal"], ["10.0.0.5"])
+    assert keys_match(load_private_key(outputs["certs-internal"]["tls.key"]), leaf)
+    assert leaf.not_valid_after_utc == env.now + SETTINGS["cert_validity"]
+    assert row.not_after == leaf.not_valid_after_utc
+    for name in ("web.example.internal", "10.0.0.5", "web"):
+        verify_certificate(leaf, trust=[ca], hostname=name, now=env.now)
+    # Negative twins: another CA, a name not asked for.
+    with pytest.raises(VerificationFailed):
+        verify_certificate(leaf, trust=[make_ca("other", env.now).certificate], now=env.now)
+    with pytest.raises(VerificationFailed):
+        verify_certificate(leaf, trust=[ca], hostname="other.example.internal", now=env.now)
+
+    assert [(e.event, e.payload["serial"]) for e in env.events("web")] == [("issued", row.serial)]
+    # A second reconcile with nothing due changes nothing.
+    again = env.reconcile("web", env.now + MINUTE)
+    assert again.serial == row.serial
+    assert env.outputs("web") == outputs
+    assert [e.event for e in env.events("web")] == ["issued"]
+
+
+def test_client_trust_output_only_with_client_authentication(env: Env) -> None:
+    env.put(service_doc("api", client_auth=True))
+    env.reconcile("api")
+    assert env.outputs("api")["client-trust"] == {"ca.crt": b""}
+    one, two = make_ca("client-ca-1", env.now), make_ca("client-ca-2", env.now)
+    # Registered out of order and one twice: the bundle is sorted and deduplicated.
+    tls_services.add_client(env.services, env.admin, "api", (two.cert_pem).decode())
+    tls_services.add_client(env.services, env.admin, "api", (one.cert_pem + two.cert_pem).decode())
+    bundle = env.outputs("api")["client-trust"]["ca.crt"]
+    assert bundle == b"".join(sorted([one.cert_pem, two.cert_pem]))
+    assert len(x509.load_pem_x509_certificates(bundle)) == 2
+    # Anything but certificates is refused.
+    from certctl.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="private key"):
+        tls_services.add_client(env.services, env.admin, "api", one.key_pem.decode())
+    # Turned off: no client-trust output at all.
+    env.put(service_doc("api"))
+    env.reconcile("api", env.now + MINUTE)
+    assert "client-trust" not in env.outputs("api")
+
+
+def test_leaf_reissued_after_rotate_before_not_earlier(env: Env) -> None:
+    t0 = env.now
+    env.put(service_doc("web"))
+    first = env.reconcile("web")
+    not_after = first.not_after
+    assert not_after is not None
+    assert first.renew_at is not None
+    # Renewal is cert-rotate-before ahead, pulled earlier by at most 10 % jitter.
+    assert not_after - ROTATE - JITTER <= first.renew_at <= not_after - ROTATE
+    assert tls_services.service_json(first)["status"]["next_renewal"] == first.renew_at.isoformat()
+
+    # Just before the earliest jittered time: not due, not reissued.
+    early = not_after - ROTATE - JITTER - timedelta(seconds=1)
+    assert not tls_services.due(env.row("web"), early)
+    assert env.reconcile("web", early).serial == first.serial
+    # Just before its own renewal time: still not.
+    before = first.renew_at - timedelta(seconds=1)
+    assert not tls_services.due(env.row("web"), before)
+    assert env.reconcile("web", before).serial == first.serial
+    # Past NotAfter - cert-rotate-before: due, reissued whatever the jitter.
+    late = not_after - ROTATE + timedelta(seconds=1)
+    assert tls_services.due(env.row("web"), late)
+    second = env.reconcile("web", late)
+    assert second.serial != first.serial
+    assert second.not_after == late + SETTINGS["cert_validity"]
+    assert not tls_services.due(env.row("web"), late + MINUTE)
+    assert [e.event for e in env.events("web")] == ["issued", "renewed"]
+    renewed = env.events("web")[-1].payload
+    assert renewed["serial"] == second.serial
+    assert renewed["reason"] == "due for renewal"
+    assert late - t0 > timedelta(hours=1)
+
+
+def test_jitter_spreads_renewals_within_ten_percent(env: Env) -> None:
+    renew_offsets = set()
+    for i in range(8):
+        env.put(service_doc(f"svc-{i}"))
+        row = env.reconcile(f"svc-{i}")
+        assert row.not_after is not None
+        assert row.renew_at is not None
+        offset = row.not_after - row.renew_at
+        assert ROTATE <= offset <= ROTATE + JITTER
+        renew_offsets.add(offset)
+    assert len(renew_offsets) > 1  # not all at the same instant
+
+
+def test_ca_renewed_ahead_with_same_key_and_ski_both_ways_trusted(any_env: Env) -> None:
+    env = any_env
+    t0 = env.now
+    env.put(service_doc("web", dns=("web.example.internal",)))
+    env.reconcile("web")
+    old_ca = _cert(env.outputs("web")["ca-internal"]["ca.crt"])
+    ca_not_after = old_ca.not_valid_after_utc
+    ca_renew_at = ca_not_after - SETTINGS["ca_rotate_before"]
+    assert env.row("web").ca_renew_at == ca_renew_at
+
+    # Leaves keep rolling under the old CA; one issued 6 h in is valid across the CA renewal.
+    row = env.reconcile("web", t0 + timedelta(hours=6))
+    assert row.not_after is not None
+    assert row.not_after > ca_renew_at + MINUTE
+    old_leaf = _cert(env.outputs("web")["certs-internal"]["tls.crt"])
+    assert _cert(env.outputs("web")["ca-internal"]["ca.crt"]) == old_ca
+
+    # One second before ca-cert-rotate-before: the CA stays.
+    assert not tls_services.due(env.row("web"), ca_renew_at - timedelta(seconds=1))
+    env.reconcile("web", ca_renew_at - timedelta(seconds=1))
+    assert _cert(env.outputs("web")["ca-internal"]["ca.crt"]) == old_ca
+
+    # Past it: renewed with the same key, subject and SKI; the leaf is not reissued.
+    when = ca_renew_at + MINUTE
+    assert tls_services.due(env.row("web"), when)
+    row = env.reconcile("web", when)
+    outputs = env.outputs("web")
+    new_ca = _cert(outputs["ca-internal"]["ca.crt"])
+    assert new_ca != old_ca
+    assert new_ca.serial_number != old_ca.serial_number
+    assert new_ca.not_valid_after_utc == when + SETTINGS["ca_validity"]
+    assert new_ca.subject == old_ca.subject
+    assert new_ca.public_key() == old_ca.public_key()
+    assert _ski(new_ca) == _ski(old_ca)
+    assert outputs["certs-internal"]["ca.crt"] == outputs["ca-internal"]["ca.crt"]
+    assert _cert(outputs["certs-internal"]["tls.crt"]) == old_leaf
+    assert row.ca_renew_at == new_ca.not_valid_after_utc - SETTINGS["ca_rotate_before"]
+    assert not tls_services.due(env.row("web"), when + MINUTE)
+    # The old leaf verifies against the new CA certificate.
+    verify_certificate(old_leaf, trust=[new_ca], now=when)
+
+    # The next leaf comes from the new CA certificate and verifies against the old one.
+    later = (row.renew_at or when) + MINUTE
+    assert later < ca_not_after
+    env.reconcile("web", later)
+    new_leaf = _cert(env.outputs("web")["certs-internal"]["tls.crt"])
+    assert new_leaf != old_leaf
+    verify_certificate(new_leaf, trust=[old_ca], now=later)
+    verify_certificate(new_leaf, trust=[new_ca], now=later)
+    # Negative twin: a CA with the same name but another key trusts neither.
+    impostor = make_ca("web-http", later).certificate
+    for leaf in (old_leaf, new_leaf):
+        with pytest.raises(VerificationFailed):
+            verify_certificate(leaf, trust=[impostor], now=later)
+
+
+def test_changed_sans_reissue(env: Env) -> None:
+    env.put(service_doc("web", dns=("a.example.internal",)))
+    first = env.reconcile("web")
+    doc = service_doc("web", dns=("a.example.internal", "b.example.internal"), ip=("10.1.2.3",))
+    assert env.put(doc).generation == 2
+    assert tls_services.due(env.row("web"), env.now)
+    second = env.reconcile("web", env.now + MINUTE)
+    assert second.serial != first.serial
+    leaf = _cert(env.outputs("web")["certs-internal"]["tls.crt"])
+    assert _sans(leaf) == (["web", "a.example.internal", "b.example.internal"], ["10.1.2.3"])
+    assert env.events("web")[-1].payload["reason"] == "subject alternative names changed"
+    # Putting the same document again is no change: no new generation, nothing reissued.
+    assert env.put(doc).generation == 2
+    assert env.reconcile("web", env.now + MINUTE).serial == second.serial
+
+
+def test_disabled_removes_certificates_and_reports_plain_http(env: Env) -> None:
+    target = env.tmp / "out" / "web"
+    target.parent.mkdir()
+    targets = [{"directory": str(target)}]
+    env.put(service_doc("web", targets=targets))
+    env.reconcile("web")
+    assert (target / "tls.crt").is_file()
+
+    env.put(service_doc("web", disabled=True, targets=targets))
+    row = env.reconcile("web", env.now + MINUTE)
+    assert env.outputs("web") == {}
+    assert row.certificate_pem is None
+    assert row.wrapped_key is None
+    assert row.serial is None
+    assert row.not_after is None
+    assert row.renew_at is None
+    assert not target.exists()
+    assert not target.is_symlink()
+    assert row.conditions["Ready"] == {
+        "status": True,
+        "message": "TLS disabled: plain HTTP",
+        "at": env.now.isoformat(),
+    }
+    status = tls_services.service_json(row)["status"]
+    assert status["not_after"] is None
+    assert status["next_renewal"] is None
+    # Nothing becomes due while disabled, however far time moves.
+    assert not tls_services.due(env.row("web"), env.now + timedelta(days=400))
+
+    # A service that starts disabled never issues anything.
+    env.put(service_doc("plain", disabled=True))
+    row = env.reconcile("plain")
+    assert row.certificate_pem is None
+    assert row.conditions["Ready"]["message"] == "TLS disabled: plain HTTP"
+    assert [e.event for e in env.events("plain")] == []
+
+    # Enabled again: a certificate is issued and delivered.
+    env.put(service_doc("web", targets=targets))
+    assert env.reconcile("web", env.now + MINUTE).certificate_pem is not None
+    assert (target / "tls.crt").is_file()
+
+
+def test_due_semantics(env: Env) -> None:
+    row = env.put(service_doc("web"))
+    assert tls_services.due(row, env.now)  # new spec
+    row = env.reconcile("web")
+    assert row.renew_at is not None
+    assert row.ca_renew_at is not None
+    assert not tls_services.due(row, env.now)
+    assert not tls_services.due(row, row.renew_at - timedelta(seconds=1))
+    assert tls_services.due(row, row.renew_at)
+    assert row.ca_renew_at > row.renew_at
+    env.put(service_doc("web", dns=("x.example.internal",)))
+    assert tls_services.due(env.row("web"), env.now)  # changed spec
+
+    # Forced renewal (POST …/renew): due at once and reissued.
+    row = env.reconcile("web", env.now + MINUTE)
+    tls_services.request_renewal(env.services, env.admin, "web")
+    assert tls_services.due(env.row("web"), env.now)
+    assert env.reconcile("web").serial != row.serial
+
+    # A custom certificate is re-read on every pass (its owner may replace it any time).
+    ca = make_ca("custom-ca", env.now)
+    leaf = make_leaf(ca, "custom", env.now, dns=("custom",))
+    (env.secrets_dir / "custom").mkdir()
+    (env.secrets_dir / "custom" / "tls.crt").write_bytes(leaf.cert_pem)
+    (env.secrets_dir / "custom" / "tls.key").write_bytes(leaf.key_pem)
+    env.put(service_doc("custom", secret="custom"))
+    row = env.reconcile("custom")
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    assert row.renew_at is None
+    assert tls_services.due(row, env.now)
+
+
+def test_failures_back_off_and_carry_the_message(env: Env) -> None:
+    env.put(service_doc("web", secret="missing"))
+    now = env.now
+    delays = []
+    for attempt in range(1, 5):
+        row = env.reconcile("web", now)
+        assert row.attempts == attempt
+        assert row.next_attempt_at is not None
+        delays.append(row.next_attempt_at - now)
+        failed = row.conditions["Failed"]
+        assert failed["status"] is True
+        assert "secret missing not found" in failed["message"]
+        assert row.conditions["Ready"]["status"] is False
+        assert not tls_services.due(row, row.next_attempt_at - timedelta(seconds=1))
+        assert tls_services.due(row, row.next_attempt_at)
+        now = row.next_attempt_at
+    assert delays == sorted(delays), delays
+    assert len(set(delays)) == 4, delays
+    assert delays[0] > timedelta(0)
+    failed_events = [e for e in env.events("web") if e.event == "failed"]
+    assert len(failed_events) == 4
+    assert "secret missing not found" in failed_events[0].payload["reason"]
+
+    # Fixed: the next attempt succeeds, the back-off resets, the condition clears.
+    ca = make_ca("custom-ca", env.now)
+    leaf = make_leaf(ca, "web", env.now)
+    (env.secrets_dir / "missing").mkdir()
+    (env.secrets_dir / "missing" / "tls.crt").write_bytes(leaf.cert_pem)
+    (env.secrets_dir / "missing" / "tls.key").write_bytes(leaf.key_pem)
+    row = env.reconcile("web", now)
+    assert row.attempts == 0
+    assert row.next_attempt_at is None
+    assert row.conditions["Failed"] == {"status": False, "message": "", "at": now.isoformat()}
+    assert row.conditions["Ready"]["status"] is True
+    assert [e.event for e in env.events("web")][-1] == "issued"
+    assert tls_services.service_json(row)["status"]["conditions"] == row.conditions
+
+
+def test_outputs_keys_are_pkcs8_pem(env: Env) -> None:
+    env.put(service_doc("web"))
+    env.reconcile("web")
+    outputs = env.outputs("web")
+    for data in (outputs["ca-internal"]["ca.key"], outputs["certs-internal"]["tls.key"]):
+        assert data.startswith(b"-----BEGIN PRIVATE KEY-----")
+        serialization.load_pem_private_key(data, None)
+    # The API view never carries key material.
+    assert b"PRIVATE KEY" not in repr(tls_services.service_json(env.row("web"))).encode()

@@ -1,0 +1,163 @@
+"""TLSService spec validation: refused whole, the message names the field (parser and API)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from certctl.errors import InvalidRequest
+from certctl.services.tls_spec import parse_service, parse_service_documents
+from certctl.store.models import ManagedService
+from tests.api.conftest import assert_problem
+from tests.services.conftest import Env, service_doc
+
+
+def _with(path: str, value: Any, doc: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``doc`` (a valid service by default) with ``value`` set at the dotted ``path``."""
+    doc = copy.deepcopy(doc or service_doc("web"))
+    node: Any = doc
+    *parents, last = path.split(".")
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+    node[last] = value
+    return doc
+
+
+SSC = "spec.http.tls.selfSignedCertificate"
+INVALID = {
+    "bad name": (
+        _with("metadata.name", "Web_1"),
+        "metadata.name: Web_1: names are 1-53 lower-case letters, digits or '-'",
+    ),
+    "name too long": (_with("metadata.name", "a" * 54), "metadata.name: " + "a" * 54),
+    "bad dns SAN": (
+        _with(f"{SSC}.subjectAltNames", [{"dns": "bad..example"}]),
+        f"{SSC}.subjectAltNames.0: bad..example: invalid DNS name",
+    ),
+    "bad ip SAN": (
+        _with(f"{SSC}.subjectAltNames", [{"ip": "10.0.0.300"}]),
+        f"{SSC}.subjectAltNames.0: 10.0.0.300: not a valid IPv4 or IPv6 address",
+    ),
+    "dns and ip in one SAN": (
+        _with(f"{SSC}.subjectAltNames", [{"dns": "a.example", "ip": "10.0.0.1"}]),
+        f"{SSC}.subjectAltNames.0: give exactly one of dns or ip",
+    ),
+    "empty SAN": (
+        _with(f"{SSC}.subjectAltNames", [{}]),
+        f"{SSC}.subjectAltNames.0: give exactly one of dns or ip",
+    ),
+    "unknown field": (
+        _with(f"{SSC}.subjectAltName", []),
+        f"{SSC}.subjectAltName: Extra inputs are not permitted",
+    ),
+    "unknown top-level field": (
+        _with("status", {}),
+        "status: Extra inputs are not permitted",
+    ),
+    "wrong kind": (_with("kind", "Service"), "kind: Input should be 'TLSService'"),
+    "pkcs12 without passwordFile": (
+        _with("spec.targets", [{"directory": "/etc/web/tls", "format": "pkcs12"}]),
+        "spec.targets.0: format pkcs12 needs passwordFile",
+    ),
+    "relative directory": (
+        _with("spec.targets", [{"directory": "etc/web/tls"}]),
+        "spec.targets.0.directory: etc/web/tls: target directories must be absolute paths",
+    ),
+    "unknown target field": (
+        _with("spec.targets", [{"directory": "/etc/web/tls", "reloadCommand": "x"}]),
+        "spec.targets.0.reloadCommand: Extra inputs are not permitted",
+    ),
+    "target of no kind": (
+        _with("spec.targets", [{"path": "/etc/web/tls"}]),
+        "spec.targets.0: a target needs a directory or a secret",
+    ),
+    "bad reload timeout": (
+        _with("spec.targets", [{"directory": "/etc/web/tls", "reloadTimeout": "5x"}]),
+        "spec.targets.0.reloadTimeout: 5x: unknown duration unit",
+    ),
+    "certificate and disabled": (
+        _with(
+            "spec.http.tls.certificate", {"secretName": "custom"}, service_doc("web", disabled=True)
+        ),
+        "spec.http.tls: certificate and selfSignedCertificate.disabled conflict",
+    ),
+    "bad secret name": (
+        _with("spec.http.tls.certificate", {"secretName": "../etc"}),
+        "spec.http.tls.certificate.secretName: ../etc: secret names are lower-case DNS labels",
+    ),
+}
+
+
+@pytest.mark.parametrize(("doc", "message"), INVALID.values(), ids=INVALID.keys())
+def test_parse_service_refuses_naming_the_field(doc: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_service(doc)
+    assert info.value.detail.startswith(f"spec: {message}"), info.value.detail
+
+
+def test_valid_document_round_trips() -> None:
+    doc = service_doc(
+        "web",
+        dns=("web.example.internal",),
+        ip=("10.0.0.5", "::1"),
+        client_auth=True,
+        targets=[
+            {"directory": "/etc/web/tls", "reload": "systemctl reload web", "reloadTimeout": "5s"},
+            {"directory": "/etc/web/p12", "format": "pkcs12", "passwordFile": "/etc/web/pw"},
+            {"secret": "web-tls", "namespace": "prod"},
+        ],
+    )
+    spec = parse_service(doc)
+    assert spec.dns_names() == ["web", "web.example.internal"]
+    assert spec.ip_addresses() == ["10.0.0.5", "::1"]
+    assert parse_service(spec.to_document()) == spec
+
+
+def test_services_file_is_refused_whole() -> None:
+    good = "apiVersion: certctl.io/v1\nkind: TLSService\nmetadata: {name: one}\n"
+    bad = "apiVersion: certctl.io/v1\nkind: TLSService\nmetadata: {name: Two}\n"
+    assert [s.name for s in parse_service_documents(good)] == ["one"]
+    with pytest.raises(InvalidRequest, match=r"^document 2: metadata\.name: Two: names"):
+        parse_service_documents(f"{good}---\n{bad}")
+    with pytest.raises(InvalidRequest, match="defines one more than once"):
+        parse_service_documents(f"{good}---\n{good}")
+
+
+def _stored(env: Env) -> int:
+    with env.services.sessions() as session:
+        return session.scalar(select(func.count()).select_from(ManagedService)) or 0
+
+
+@pytest.mark.parametrize(("doc", "message"), INVALID.values(), ids=INVALID.keys())
+def test_put_refuses_with_problem_and_stores_nothing(
+    env: Env, doc: dict[str, Any], message: str
+) -> None:
+    name = doc["metadata"]["name"]
+    with env.client() as client:
+        response = client.put(f"/api/v1/services/{name}", json=doc)
+        body = assert_problem(response, 400)
+        assert message in body["detail"], body
+        assert client.get("/api/v1/services").json()["items"] == []
+    assert _stored(env) == 0
+
+
+def test_put_refuses_an_invalid_replacement_keeping_the_old_spec(env: Env) -> None:
+    good = service_doc("web", dns=("web.example.internal",))
+    with env.client() as client:
+        created = client.put("/api/v1/services/web", json=good)
+        assert created.status_code == 201, created.text
+        assert created.json()["generation"] == 1
+        bad = _with(f"{SSC}.subjectAltNames", [{"dns": "ok.example"}, {"ip": "nope"}], good)
+        body = assert_problem(client.put("/api/v1/services/web", json=bad), 400)
+        assert f"{SSC}.subjectAltNames.1: nope" in body["detail"]
+        mismatch = assert_problem(
+            client.put("/api/v1/services/other", json=good), 400
+        )  # the URL names another service
+        assert "does not match the URL name" in mismatch["detail"]
+        current = client.get("/api/v1/services/web").json()
+    assert current["generation"] == 1
+    assert current["spec"] == parse_service(good).to_document()
+    assert _stored(env) == 1

@@ -1,0 +1,171 @@
+"""Webhook notifications: each event delivered once, HMAC-signed, retried with back-off."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from certctl.server.scheduler import Scheduler
+from certctl.services.notify import SIGNATURE_HEADER, Webhook, dispatch_pending
+from certctl.store.models import OutboxEvent
+from tests.services.conftest import Env, service_doc
+
+SECRET = b"webhook-shared-secret"
+
+
+@dataclass
+class Received:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    url: str
+    requests: list[Received] = field(default_factory=list)
+    fail_first: int = 0  # answer this many requests with 500 first
+
+    def delivered(self) -> list[Received]:
+        return [r for r in self.requests if r.status == 200]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    state = Receiver(url="")
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            with lock:
+                status = 500 if state.fail_first > 0 else 200
+                state.fail_first -= status == 500
+                state.requests.append(Received(status, dict(self.headers.items()), body))
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # keep the test output quiet
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def _check_signature(request: Received, secret: bytes = SECRET) -> bool:
+    header = request.headers[SIGNATURE_HEADER]
+    assert re.fullmatch(r"sha256=[0-9a-f]{64}", header), header
+    expected = "sha256=" + hmac.new(secret, request.body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(header, expected)
+
+
+def _outbox(env: Env) -> list[OutboxEvent]:
+    with env.services.sessions() as session:
+        return list(session.scalars(select(OutboxEvent).order_by(OutboxEvent.id)))
+
+
+def test_each_event_once_signed_retried_after_500(env: Env, receiver: Receiver) -> None:
+    webhook = Webhook(receiver.url, SECRET, timeout_s=5)
+    scheduler = Scheduler(env.services, env.settings, 60, webhook)
+
+    env.put(service_doc("web"))
+    env.put(service_doc("broken", secret="missing"))
+    receiver.fail_first = 1
+    assert scheduler.tick() == 2  # reconciles both (by name), then sends what is due
+    # The first event was answered 500; the second went through.
+    assert [r.status for r in receiver.requests] == [500, 200]
+    rows = _outbox(env)
+    assert [(e.event, e.service) for e in rows] == [("failed", "broken"), ("issued", "web")]
+    first = rows[0]
+    assert first.delivered_at is None
+    assert first.attempts == 1
+    assert first.last_error == "HTTP 500"
+    assert first.next_attempt_at > env.now
+
+    # Not due yet: nothing is sent again, however often the dispatcher runs.
+    assert dispatch_pending(env.services, webhook) == 0
+    assert len(receiver.requests) == 2
+    # After the back-off it is delivered, once.
+    env.clock.advance(seconds=(first.next_attempt_at - env.now).total_seconds())
+    assert dispatch_pending(env.services, webhook) == 1
+    assert dispatch_pending(env.services, webhook) == 0
+
+    # Renewal (time travel past the renewal date) and a retried failure are events too.
+    web = env.row("web")
+    assert web.renew_at is not None
+    env.at(web.renew_at + timedelta(seconds=1))
+    scheduler.tick()
+    assert dispatch_pending(env.services, webhook) == 0
+
+    events = _outbox(env)
+    kinds = [(e.event, e.service) for e in events]
+    assert kinds == [
+        ("failed", "broken"),
+        ("issued", "web"),
+        ("failed", "broken"),
+        ("renewed", "web"),
+    ]
+    assert all(e.delivered_at is not None for e in events)
+
+    delivered = receiver.delivered()
+    bodies = [json.loads(r.body) for r in delivered]
+    # Each event exactly once (the 500 answer does not count as a delivery).
+    assert sorted(b["id"] for b in bodies) == [e.id for e in events]
+    assert len(receiver.requests) == len(events) + 1
+    assert json.loads(receiver.requests[0].body) == json.loads(
+        next(r.body for r in delivered if json.loads(r.body)["id"] == events[0].id)
+    )  # the retry resent the same event
+    for request, body in zip(delivered, bodies, strict=True):
+        assert _check_signature(request), request.headers
+        assert not _check_signature(request, b"another-secret")  # negative twin
+        assert request.headers["Content-Type"] == "application/json"
+        assert request.headers["X-Certctl-Event"] == body["event"]
+        assert request.headers["X-Certctl-Delivery"] == str(body["id"])
+        event = next(e for e in events if e.id == body["id"])
+        assert body == {"id": event.id, **event.payload}
+        assert body["service"] == event.service
+    by_event = {b["event"]: b for b in bodies}
+    assert by_event["issued"]["serial"]
+    assert by_event["issued"]["not_after"]
+    assert by_event["renewed"]["reason"] == "due for renewal"
+    assert "secret missing not found" in by_event["failed"]["reason"]
+    # A tampered body no longer matches its signature.
+    tampered = Received(200, delivered[0].headers, delivered[0].body.replace(b"web", b"bew"))
+    assert not _check_signature(tampered)
+
+
+def test_unreachable_receiver_backs_off_and_delivers_later(env: Env, receiver: Receiver) -> None:
+    env.put(service_doc("web"))
+    env.reconcile("web")
+    down = Webhook("http://127.0.0.1:9/unreachable", SECRET, timeout_s=2)
+    delays = []
+    for _ in range(3):
+        assert dispatch_pending(env.services, down) == 0
+        (event,) = _outbox(env)
+        assert event.last_error == "ConnectError"
+        delays.append(event.next_attempt_at - env.now)
+        env.at(event.next_attempt_at)
+    assert delays[0] < delays[1] < delays[2], delays
+    assert dispatch_pending(env.services, Webhook(receiver.url, SECRET)) == 1
+    assert len(receiver.requests) == 1
+    assert _check_signature(receiver.requests[0])

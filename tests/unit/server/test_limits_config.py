@@ -1,0 +1,39 @@
+"""auth.failure-limit, auth.failure-window and http.header-timeout: defaults and refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from certctl.errors import InvalidRequest
+from certctl.server.config import load_config
+
+
+def test_defaults() -> None:
+    config = load_config(None, {})
+    assert config.auth.failure_limit == 10
+    assert config.auth.failure_window == "1m"
+    assert config.http.header_timeout == "10s"
+
+
+def test_overrides() -> None:
+    config = load_config(
+        None,
+        {"auth.failure-limit": 0, "auth.failure-window": "5m", "http.header-timeout": "30s"},
+    )
+    assert config.auth.failure_limit == 0  # 0 turns the throttle off
+    assert config.auth.failure_window == "5m"
+    assert config.http.header_timeout == "30s"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("auth.failure-limit", -1, "auth.failure-limit"),
+        ("auth.failure-window", "soon", "auth.failure-window"),
+        ("http.header-timeout", "0s", "http.header-timeout"),
+        ("http.header-time", "5s", "http.header-time"),
+    ],
+)
+def test_refused(key: str, value: object, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        load_config(None, {key: value})

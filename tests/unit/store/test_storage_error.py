@@ -1,0 +1,66 @@
+"""storage_error: storage faults become StorageUnavailable (503), SQL mistakes stay bugs."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import psycopg
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from certctl.errors import StorageUnavailable
+from certctl.store.db import storage_error
+
+
+def _sqlite_error(name: str) -> sqlite3.OperationalError:
+    exc = sqlite3.OperationalError("message")
+    exc.sqlite_errorname = name
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("SQLITE_FULL", "storage is full"),
+        ("SQLITE_READONLY", "storage is read-only"),
+        ("SQLITE_READONLY_DBMOVED", "storage is read-only"),
+        ("SQLITE_IOERR_WRITE", "storage I/O error"),
+        ("SQLITE_CANTOPEN", "cannot open the database file"),
+        ("SQLITE_BUSY", "storage is busy"),
+    ],
+)
+def test_sqlite_faults(name: str, words: str) -> None:
+    fault = storage_error(OperationalError("INSERT …", {}, _sqlite_error(name)))
+    assert isinstance(fault, StorageUnavailable)
+    assert fault.status == 503
+    assert words in fault.detail
+    assert "INSERT" not in fault.detail
+
+
+def test_sqlite_sql_mistake_is_a_bug() -> None:
+    engine = create_engine("sqlite://")
+    with engine.connect() as conn, pytest.raises(DBAPIError) as caught:
+        conn.execute(text("SELEC 1"))
+    assert storage_error(caught.value) is None
+    with engine.connect() as conn, pytest.raises(DBAPIError) as caught:
+        conn.execute(text("SELECT * FROM missing"))
+    assert storage_error(caught.value) is None
+
+
+def test_postgresql_faults() -> None:
+    full = storage_error(OperationalError("x", {}, psycopg.errors.DiskFull("no space")))
+    assert full is not None
+    assert full.detail.startswith("storage is full")
+    ro = storage_error(DBAPIError("x", {}, psycopg.errors.ReadOnlySqlTransaction("read-only")))
+    assert ro is not None
+    assert ro.detail.startswith("storage is read-only")
+    down = storage_error(OperationalError("x", {}, psycopg.OperationalError("refused")))
+    assert down is not None
+    assert "cannot be reached" in down.detail
+    dupe = IntegrityError("x", {}, psycopg.errors.UniqueViolation("duplicate"))
+    assert storage_error(dupe) is None
+
+
+def test_not_a_database_error() -> None:
+    assert storage_error(OSError(28, "No space left on device")) is None
