@@ -37,6 +37,7 @@ from _servers import (
     load_json,
     pyload,
     wrk,
+    wrk_split,
 )
 from _workloads import BenchCA, make_ca
 from cryptography import x509
@@ -595,6 +596,46 @@ class Loader:
         )
 
 
+def _split(
+    loader: Loader, targets: list[Certctl], path: str, *, body: Path, bearer: str
+) -> Callable[[], Load]:
+    """POSTs spread over ``targets`` at once (several processes, one store)."""
+    if loader.plan.load_s <= 0:
+
+        def quick() -> Load:
+            loads = [
+                pyload(
+                    c.server,
+                    f"127.0.0.1:{c.port}",
+                    path,
+                    requests=loader.plan.quick_requests,
+                    method="POST",
+                    body=body,
+                    bearer=bearer,
+                )
+                for c in targets
+            ]
+            return Load(
+                sum(x.requests for x in loads),
+                sum(x.seconds for x in loads),
+                sum(x.cpu_s for x in loads),
+                max(x.p50_us for x in loads),
+                max(x.p99_us for x in loads),
+                sum(x.rss_bytes for x in loads),
+            )
+
+        return quick
+    return lambda: wrk_split(
+        [(c.server, f"{c.url}{path}") for c in targets],
+        loader.lua,
+        seconds=loader.plan.load_s,
+        connections=loader.plan.connections,
+        method="POST",
+        body=body,
+        bearer=bearer,
+    )
+
+
 def _group(
     loader: Loader, variants: dict[str, Callable[[], Load]], rounds: int
 ) -> dict[str, list[Load]]:
@@ -742,6 +783,45 @@ def bench_servers(work: Path, plan: ServerPlan) -> tuple[list[dict[str, Any]], d
                 metric="req_per_s",
                 op=">=",
                 target=1.5,
+            )
+        )
+
+        # 8: no --workers; what two processes on one SQLite WAL store give at best.
+        second = certctl_server(work, "certctl-b", work / "data-issue")
+        second.server.core = 1
+        running(second.server).start()
+        s = _group(
+            loader,
+            {
+                "1-process": _split(
+                    loader,
+                    [issue],
+                    "/api/v1/certificates",
+                    body=paths["certctl-csr"],
+                    bearer=issue.key,
+                ),
+                "2-processes": _split(
+                    loader,
+                    [issue, second],
+                    "/api/v1/certificates",
+                    body=paths["certctl-csr"],
+                    bearer=issue.key,
+                ),
+            },
+            plan.rounds,
+        )
+        second.server.stop()
+        rows.append(
+            load_row(
+                "procs-2-sqlite",
+                "POST /api/v1/certificates {csr}, req/s: two certctl serve processes (cores 0 "
+                "and 1) on one SQLite WAL store vs one (core 0); load generators not pinned",
+                s,
+                "2-processes",
+                "1-process",
+                metric="req_per_s",
+                op=None,
+                target=None,
             )
         )
 

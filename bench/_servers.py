@@ -38,6 +38,7 @@ __all__ = [
     "tree_cpu_s",
     "tree_rss_bytes",
     "wrk",
+    "wrk_split",
 ]
 
 SERVER_CORE = 0
@@ -450,3 +451,60 @@ def pyload(
         _percentile(latencies, 0.99) * 1e6,
         server.rss_bytes(),
     )
+
+
+def wrk_split(
+    servers: Sequence[tuple[Server, str]],
+    lua: Path,
+    *,
+    seconds: float,
+    connections: int,
+    method: str = "GET",
+    body: Path | None = None,
+    bearer: str | None = None,
+) -> Load:
+    """One wrk per (server, url) at once, ``connections`` split between them, not pinned.
+
+    For the several-process figure: the servers take both cores, so the load generators float
+    (wrk needs a few % of a core at these rates). CPU and RSS are summed over the servers.
+    """
+    env = child_env()
+    env.update(WRK_METHOD=method, WRK_BODY_FILE=str(body) if body else "", WRK_BEARER=bearer or "")
+    each = max(1, connections // len(servers))
+    cpu_before = [s.cpu_s() for s, _ in servers]
+    procs = [
+        subprocess.Popen(
+            [
+                "wrk",
+                "-t1",
+                f"-c{each}",
+                f"-d{max(1, round(seconds))}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(lua),
+                url,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _, url in servers
+    ]
+    outputs = [p.communicate(timeout=seconds + 30) for p in procs]
+    cpu = sum(s.cpu_s() - before for (s, _), before in zip(servers, cpu_before, strict=True))
+    requests, duration, p50, p99 = 0, 0.0, 0.0, 0.0
+    for (server, url), proc, (out, err) in zip(servers, procs, outputs, strict=True):
+        server.check_alive()
+        line = next((x for x in out.splitlines() if x.startswith("WRK-JSON ")), None)
+        if proc.returncode != 0 or line is None:
+            raise BenchError(f"wrk {url}: exit {proc.returncode}\n{(err or out)[-1000:]}")
+        data = json.loads(line.removeprefix("WRK-JSON "))
+        bad = {k: data[k] for k in ("connect", "write", "status", "timeout") if data[k]}
+        if bad or data["requests"] == 0:
+            raise BenchError(f"wrk {url}: errors {bad} in {data['requests']} requests")
+        requests += data["requests"]
+        duration = max(duration, data["duration_us"] / 1e6)
+        p50, p99 = max(p50, data["p50_us"]), max(p99, data["p99_us"])
+    return Load(requests, duration, cpu, p50, p99, sum(s.rss_bytes() for s, _ in servers))

@@ -44,6 +44,7 @@ SERVER_ROWS = {
     "tls-mtls-handshake-cpu",
     "startup-ready",
     "workers-2",
+    "procs-2-sqlite",
     *ASGI_ROWS,
 }
 ROWS = OFFLINE_ROWS | SERVER_ROWS

@@ -81,18 +81,21 @@ def sign_csr(
     profile: Profile,
     validity: timedelta,
     now: datetime,
+    verified: bool = False,
 ) -> IssuedCertificate:
     """Issue a certificate for a verified CSR; only its subject and SANs carry over.
 
     Every other requested extension (basicConstraints CA:TRUE, keyCertSign, EKUs …)
     is dropped: the profile decides. Dropped requests are reported as a warning.
+    ``verified=True`` skips the signature check for a CSR that ``load_csr`` returned (it
+    verified it; a second ECDSA verification costs ~0.1 ms per issuance).
 
     Raises:
         BadSignature: the CSR's signature does not verify.
         WeakKey: the CSR's key is below policy.
         InvalidRequest: the subject or SANs are invalid.
     """
-    if not csr.is_signature_valid:
+    if not verified and not csr.is_signature_valid:
         raise BadSignature("CSR signature does not verify: the request was altered or corrupted")
     subject = csr.subject
     _check_name(subject, format_dn(subject))

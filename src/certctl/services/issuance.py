@@ -318,8 +318,10 @@ def prepare_from_csr(
     prof = _leaf_profile(profile)
     ca = load_issuer(services, issuer_id)
     try:
-        csr = load_csr(csr_pem.encode())
-        issued = sign_csr(ca, csr, profile=prof, validity=validity, now=services.clock())
+        csr = load_csr(csr_pem.encode())  # verifies the CSR's signature
+        issued = sign_csr(
+            ca, csr, profile=prof, validity=validity, now=services.clock(), verified=True
+        )
     except InvalidRequest:
         ISSUANCE.labels(issuer_id, "error").inc()
         raise

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
+import threading
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.exc import DBAPIError
 
 from certctl.auth.apikeys import MintedKey, mint_key, parse_key, secret_matches
@@ -415,6 +418,15 @@ def authenticate_api_key(services: Services, presented: str, source: str) -> Pri
         raise AuthFailure("malformed API key", "invalid")
     key_id, secret = parsed
     now = services.clock()
+    cache = _key_cache(services.engine)
+    version = cache.version() if cache is not None else None
+    if cache is not None and version is not None:
+        hit = cache.get(key_id, version)
+        if hit is not None and secret_matches(secret, hit.secret_sha256):
+            if hit.expires_at is not None and hit.expires_at <= now:
+                raise AuthFailure("API key expired", "expired")
+            if now - hit.last_used_at < LAST_USED_RESOLUTION:
+                return Principal(hit.actor_id, hit.roles, hit.permissions, "api_key", source)
     with services.engine.connect() as connection:
         row = connection.execute(_KEY_AND_ACTOR, {"key_id": key_id}).first()
         if row is None or not secret_matches(secret, row.secret_sha256):
@@ -427,10 +439,12 @@ def authenticate_api_key(services: Services, presented: str, source: str) -> Pri
             raise AuthFailure("API key's actor no longer exists", "invalid")
         actor_id, roles = row.id, tuple(row.roles)
         permissions = _role_union(connection, list(roles)) if roles else frozenset()
-        if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+        last_used = row.last_used_at
+        if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
             try:
                 connection.execute(_TOUCH_KEY, {"key_id": key_id, "now": now})
                 connection.commit()
+                last_used = now
             except DBAPIError as exc:
                 # Bookkeeping only: a full or read-only store must not fail every read.
                 fault = storage_error(exc)
@@ -438,4 +452,83 @@ def authenticate_api_key(services: Services, presented: str, source: str) -> Pri
                     raise
                 connection.rollback()
                 log.warning("API key %s: last_used_at not saved: %s", key_id, fault.detail)
+    if cache is not None and version is not None and last_used is not None:
+        cache.put(
+            key_id,
+            _CachedKey(
+                version, row.secret_sha256, row.expires_at, last_used, actor_id, roles, permissions
+            ),
+        )
     return Principal(actor_id, roles, permissions, "api_key", source)
+
+
+# --- the API-key cache (SQLite) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _CachedKey:
+    version: int
+    secret_sha256: bytes
+    expires_at: datetime | None
+    last_used_at: datetime
+    actor_id: str
+    roles: tuple[str, ...]
+    permissions: frozenset[str]
+
+
+class _KeyCache:
+    """Resolved API keys, trusted only while the database reports no commit since their read.
+
+    SQLite's ``PRAGMA data_version``, asked on a connection that never writes, changes as soon
+    as any other connection commits, in this process or another (~3 µs). The version is read
+    *before* the key (``authenticate_api_key``), so a commit landing between the two makes the
+    next request read the database again: any revocation, deletion, role or key change (every
+    commit, in fact) invalidates every entry. Expiry is checked against the cached
+    ``expires_at``; an entry whose ``last_used_at`` is a minute old takes the slow path, which
+    writes it. Revoked, expired or unknown keys are never cached.
+    """
+
+    MAX_ENTRIES = 1024
+
+    def __init__(self, database: str) -> None:
+        self._connection = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._entries: dict[str, _CachedKey] = {}
+
+    def version(self) -> int | None:
+        """The database's data version, or None when it cannot be read (no caching then)."""
+        try:
+            with self._lock:
+                found = self._connection.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error:
+            return None
+        return int(found[0]) if found else None
+
+    def get(self, key_id: str, version: int) -> _CachedKey | None:
+        entry = self._entries.get(key_id)
+        return entry if entry is not None and entry.version == version else None
+
+    def put(self, key_id: str, entry: _CachedKey) -> None:
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[key_id] = entry
+
+
+_KEY_CACHES: weakref.WeakKeyDictionary[Engine, _KeyCache | None] = weakref.WeakKeyDictionary()
+
+
+def _key_cache(engine: Engine) -> _KeyCache | None:
+    """The engine's key cache: SQLite database files only (PostgreSQL reads every time)."""
+    try:
+        return _KEY_CACHES[engine]
+    except KeyError:
+        pass
+    cache = None
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        try:
+            cache = _KeyCache(database)
+        except sqlite3.Error:
+            cache = None
+    _KEY_CACHES[engine] = cache
+    return cache
