@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from certctl.services.context import Principal
 from certctl.store.models import AuditEvent
 
 __all__ = ["event", "list_audit", "record"]
@@ -55,6 +56,26 @@ def event(
         target=target[:200],
         outcome=outcome,
         source=source[:64],
+        detail=detail,
+    )
+
+
+def record_call(
+    session: Session,
+    caller: Principal,
+    at: datetime,
+    action: str,
+    target: str,
+    detail: str = "",
+) -> None:
+    """Record a successful mutation made by ``caller``."""
+    record(
+        session,
+        at=at,
+        actor=caller.actor_id,
+        action=action,
+        target=target,
+        source=caller.source,
         detail=detail,
     )
 

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from certctl.auth.apikeys import MintedKey, mint_key, parse_key, secret_matches
 from certctl.auth.permissions import BUILTIN_ROLES, PERMISSIONS
 from certctl.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, Unauthenticated
-from certctl.services.audit import record
+from certctl.services.audit import record, record_call
 from certctl.services.context import Principal, Services
 from certctl.store.db import storage_error
 from certctl.store.models import Actor, ApiKey, Role
@@ -168,14 +168,7 @@ def create_role(
             id=role_id, name=name or role_id, permissions=perms, builtin=False, created_at=now
         )
         session.add(role)
-        record(
-            session,
-            at=now,
-            actor=caller.actor_id,
-            action="role.create",
-            target=role_id,
-            source=caller.source,
-        )
+        record_call(session, caller, now, "role.create", role_id)
     return role
 
 
@@ -201,14 +194,7 @@ def update_role(
             role.permissions = perms
         if name is not None:
             role.name = name
-        record(
-            session,
-            at=now,
-            actor=caller.actor_id,
-            action="role.edit",
-            target=role_id,
-            source=caller.source,
-        )
+        record_call(session, caller, now, "role.edit", role_id)
     return role
 
 
@@ -227,14 +213,7 @@ def delete_role(services: Services, caller: Principal, role_id: str) -> None:
         if holders:
             raise Conflict(f"role {role_id} is held by {', '.join(holders[:5])}")
         session.delete(role)
-        record(
-            session,
-            at=now,
-            actor=caller.actor_id,
-            action="role.delete",
-            target=role_id,
-            source=caller.source,
-        )
+        record_call(session, caller, now, "role.delete", role_id)
 
 
 # --- actors ------------------------------------------------------------------------------
@@ -256,14 +235,7 @@ def create_actor(
             raise Conflict(f"actor {actor_id} already exists")
         actor = Actor(id=actor_id, name=name or actor_id, roles=roles, created_at=now)
         session.add(actor)
-        record(
-            session,
-            at=now,
-            actor=caller.actor_id,
-            action="actor.create",
-            target=actor_id,
-            source=caller.source,
-        )
+        record_call(session, caller, now, "actor.create", actor_id)
     return actor
 
 
@@ -290,14 +262,7 @@ def update_actor(
             actor.roles = roles
         if name is not None:
             actor.name = name
-        record(
-            session,
-            at=now,
-            actor=caller.actor_id,
-            action="actor.edit",
-            target=actor_id,
-            source=caller.source,
-        )
+        record_call(session, caller, now, "actor.edit", actor_id)
     return actor
 
 
@@ -320,14 +285,7 @@ def delete_actor(services: Services, caller: Principal, actor_id: str) -> None:
         # DELETEs by the api_keys.actor_id foreign key: flush the keys first.
         session.flush()
         session.delete(actor)
-        record(
-            session,
-            at=now,
-            actor=caller.actor_id,
-            action="actor.delete",
-            target=actor_id,
-            source=caller.source,
-        )
+        record_call(session, caller, now, "actor.delete", actor_id)
 
 
 # --- API keys ----------------------------------------------------------------------------
@@ -396,14 +354,7 @@ def revoke_api_key(services: Services, caller: Principal, key_id: str) -> ApiKey
             _no_escalation(caller, permissions_of(services, actor.roles), "revoke this key")
         if row.revoked_at is None:
             row.revoked_at = now
-        record(
-            session,
-            at=now,
-            actor=caller.actor_id,
-            action="apikey.revoke",
-            target=key_id,
-            source=caller.source,
-        )
+        record_call(session, caller, now, "apikey.revoke", key_id)
     return row
 
 

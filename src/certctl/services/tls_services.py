@@ -35,7 +35,7 @@ from certctl.pki import (
     load_material,
     to_pkcs12,
 )
-from certctl.services.audit import record
+from certctl.services.audit import record, record_call
 from certctl.services.context import Principal, Services
 from certctl.services.tls_spec import DirectoryTarget, SecretTarget, TLSServiceSpec, parse_service
 from certctl.store.models import ManagedService, OutboxEvent, ServiceClient
@@ -148,14 +148,7 @@ def delete_service(services: Services, caller: Principal, name: str) -> None:
             session.delete(client)
         session.flush()
         session.delete(row)
-        record(
-            session,
-            at=now,
-            actor=caller.actor_id,
-            action="service.delete",
-            target=name,
-            source=caller.source,
-        )
+        record_call(session, caller, now, "service.delete", name)
 
 
 def request_renewal(services: Services, caller: Principal, name: str) -> ManagedService:
@@ -168,14 +161,7 @@ def request_renewal(services: Services, caller: Principal, name: str) -> Managed
             raise NotFound(f"service {name} not found")
         row.renew_at = now
         row.next_attempt_at = None
-        record(
-            session,
-            at=now,
-            actor=caller.actor_id,
-            action="service.renew",
-            target=name,
-            source=caller.source,
-        )
+        record_call(session, caller, now, "service.renew", name)
     return row
 
 
@@ -238,15 +224,7 @@ def remove_client(services: Services, caller: Principal, name: str, fingerprint:
         if client is None:
             raise NotFound(f"client {fingerprint} of service {name} not found")
         session.delete(client)
-        record(
-            session,
-            at=now,
-            actor=caller.actor_id,
-            action="service.client.remove",
-            target=name,
-            detail=fingerprint[:16],
-            source=caller.source,
-        )
+        record_call(session, caller, now, "service.client.remove", name, detail=fingerprint[:16])
 
 
 def _client_trust(services: Services, name: str) -> bytes:
