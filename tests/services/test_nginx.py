@@ -75,7 +75,8 @@ def _wait_port(port: int, proc: subprocess.Popen[Any], log: Path) -> None:
     pytest.fail(f"nginx did not start:\n{log.read_text() if log.exists() else ''}")
 
 
-def _wait(predicate: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+def _wait(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    # nginx applies a SIGHUP asynchronously; on a loaded 2-core machine that took > 10 s once.
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
