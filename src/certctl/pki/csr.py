@@ -115,5 +115,5 @@ def sign_csr(
     )
     if ignored:
         note = f"CSR extensions ignored, the {profile.name} profile decides: {', '.join(ignored)}"
-        return IssuedCertificate(issued.certificate, (*issued.warnings, note))
+        return IssuedCertificate(issued.certificate, (*issued.warnings, note), issued.sans)
     return issued

@@ -39,6 +39,8 @@ class IssuedCertificate:
 
     certificate: x509.Certificate
     warnings: tuple[str, ...] = ()
+    # The SANs the certificate carries, when the issuer knows them (saves parsing them back).
+    sans: SubjectAltNames | None = None
 
 
 def keys_match(
@@ -178,7 +180,7 @@ class CertificateAuthority:
             # RFC 5280 4.2.1.6: critical when the subject is empty.
             builder = builder.add_extension(sans.to_extension(), critical=not subject)
         certificate = builder.sign(self.private_key, self.signature_hash)
-        return IssuedCertificate(certificate, tuple(warnings))
+        return IssuedCertificate(certificate, tuple(warnings), sans)
 
     def _path_length(self) -> int | None:
         constraints = self.certificate.extensions.get_extension_for_class(x509.BasicConstraints)

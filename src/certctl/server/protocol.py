@@ -1,11 +1,22 @@
-"""uvicorn's h11 protocol with certctl's limits: a deadline for each request head.
+"""uvicorn's httptools protocol with what certctl adds: the ASGI ``tls`` scope and head limits.
 
-uvicorn bounds idle keep-alive connections (``timeout_keep_alive``) and the head's size
-(``h11_max_incomplete_event_size``) but not the time a client takes to send a head: a client
-trickling one header byte every few seconds would hold its connection (and a file descriptor)
-forever. Here a connection must deliver each complete request line and header block within
-``header_timeout_s`` of opening (after the TLS handshake) or of the head's first byte on a
-kept-alive connection; otherwise it is closed without a response.
+Why httptools and not h11: h11 parses in pure Python and was a quarter of the CPU of every
+request (``docs/performance.md``); llhttp (through httptools) does the same work in C.
+
+What uvicorn does not bound, this class does:
+
+- **Time to send a head.** uvicorn bounds idle keep-alive connections (``timeout_keep_alive``)
+  but not the time a client takes to send a request head: a client trickling one header byte
+  every few seconds would hold its connection (and a file descriptor) forever. Here each
+  complete request line and header block must arrive within ``header_timeout_s`` of the
+  connection opening (after the TLS handshake) or of the head's first byte on a kept-alive
+  connection; otherwise the connection is closed without a response.
+- **Size of a head.** llhttp has no limit of its own (httptools buffers a header value until
+  it is complete), so bytes received while a head is open are counted and a head over
+  ``max_head_bytes`` gets ``431`` and a closed connection.
+
+The ``tls`` extension (client certificate of a mutual-TLS connection) is computed once per
+connection, not per request.
 """
 
 from __future__ import annotations
@@ -15,30 +26,78 @@ from typing import Any
 
 __all__ = ["http_protocol"]
 
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: application/problem+json\r\n"
+    b"connection: close\r\n"
+    b"content-length: %d\r\n\r\n%s"
+)
 
-def http_protocol(header_timeout_s: float) -> type:
-    """The listener's protocol class: ASGI ``tls`` extension plus the request-head deadline."""
-    import h11
 
-    from certctl.server.tls import tls_scope_protocol
+def http_protocol(header_timeout_s: float, max_head_bytes: int) -> type:
+    """The listener's protocol class (pass as ``uvicorn.Config(http=...)``)."""
+    import json
 
-    base: Any = tls_scope_protocol()
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from certctl.server.tls import tls_info
+
+    body = json.dumps(
+        {
+            "type": "urn:certctl:problem:request-header-fields-too-large",
+            "title": "Request Header Fields Too Large",
+            "status": 431,
+            "detail": f"request line and headers over {max_head_bytes} bytes",
+        }
+    ).encode()
+    too_large = _TOO_LARGE % (len(body), body)
+
+    base: Any = HttpToolsProtocol
 
     class CertctlProtocol(base):  # type: ignore[misc]
-        """``tls_scope_protocol()`` plus a deadline for each request head."""
+        """httptools protocol + ``tls`` scope extension + request-head deadline and size."""
 
         _head_deadline: asyncio.TimerHandle | None = None
+        _in_head = True  # between two requests or inside a head (not in a body)
+        _head_bytes = 0
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            ssl_object = transport.get_extra_info("ssl_object")
+            info = tls_info(ssl_object) if ssl_object is not None else None
+            if info is not None:
+                inner: Any = getattr(self, "app")  # noqa: B009  # the base is untyped
+
+                async def with_tls(scope: Any, receive: Any, send: Any) -> None:
+                    scope.setdefault("extensions", {})["tls"] = info
+                    await inner(scope, receive, send)
+
+                self.app = with_tls
             self._arm()
 
         def data_received(self, data: bytes) -> None:
-            if self._head_deadline is None and self.conn.their_state is h11.IDLE:
-                self._arm()  # the first byte of the next request on a kept-alive connection
+            if self._in_head:
+                self._head_bytes += len(data)
             super().data_received(data)
-            if self.conn.their_state is not h11.IDLE:
-                self._disarm()  # the head is complete (or the connection failed)
+            if self._in_head and self._head_bytes > max_head_bytes:
+                if not self.transport.is_closing():
+                    self.transport.write(too_large)
+                    self.transport.close()
+
+        def on_message_begin(self) -> None:
+            if self._head_deadline is None:
+                self._arm()  # the first byte of the next request on a kept-alive connection
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            self._head_bytes = 0
+            self._disarm()
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._in_head = True
+            super().on_message_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
@@ -55,7 +114,7 @@ def http_protocol(header_timeout_s: float) -> type:
 
         def _head_expired(self) -> None:
             self._head_deadline = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            if self._in_head and not self.transport.is_closing():
                 self.transport.close()
 
     return CertctlProtocol

@@ -286,7 +286,9 @@ def serve(config: ServerConfig) -> None:
             config.auth.failure_limit,
             parse_duration(config.auth.failure_window).total_seconds(),
         )
-    protocol = http_protocol(parse_duration(config.http.header_timeout).total_seconds())
+    protocol = http_protocol(
+        parse_duration(config.http.header_timeout).total_seconds(), MAX_HEADER_BYTES
+    )
     mappings = tuple(
         ClientCertMapping(m.subject, tuple(m.roles)) for m in config.auth.client_cert_mappings
     )
@@ -306,7 +308,6 @@ def serve(config: ServerConfig) -> None:
                 host=bind_host,
                 port=bind_port,
                 http=protocol,
-                h11_max_incomplete_event_size=MAX_HEADER_BYTES,
                 lifespan="off",
                 access_log=False,
                 log_config=None,
@@ -369,4 +370,8 @@ def serve(config: ServerConfig) -> None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    asyncio.run(main())
+    # uvloop: its event loop and TLS transport cost about half of asyncio's per request and
+    # per handshake (docs/performance.md).
+    import uvloop
+
+    uvloop.run(main())

@@ -42,7 +42,7 @@ __all__ = [
     "ServerTLS",
     "ensure_self_signed",
     "server_sans",
-    "tls_scope_protocol",
+    "tls_info",
 ]
 
 log = logging.getLogger("certctl.tls")
@@ -223,7 +223,8 @@ class ServerTLS:
 # --- ASGI TLS extension for uvicorn's h11 protocol -----------------------------------------
 
 
-def _tls_info(ssl_object: ssl.SSLObject) -> dict[str, Any] | None:
+def tls_info(ssl_object: ssl.SSLObject) -> dict[str, Any] | None:
+    """The ASGI ``tls`` scope extension for a connection with a client certificate, or None."""
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return None
@@ -238,26 +239,3 @@ def _tls_info(ssl_object: ssl.SSLObject) -> dict[str, Any] | None:
         "cipher_suite": None,
         "server_cert": None,
     }
-
-
-def tls_scope_protocol() -> type:
-    """The uvicorn h11 protocol class, extended with the ASGI ``tls`` scope extension."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class TLSScopeProtocol(H11Protocol):
-        """uvicorn's h11 protocol plus the ASGI ``tls`` scope extension (client certificate)."""
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            ssl_object = transport.get_extra_info("ssl_object")
-            info = _tls_info(ssl_object) if ssl_object is not None else None
-            if info is not None:
-                inner = self.app
-
-                async def with_tls(scope: Any, receive: Any, send: Any) -> None:
-                    scope.setdefault("extensions", {})["tls"] = info
-                    await inner(scope, receive, send)
-
-                self.app = with_tls
-
-    return TLSScopeProtocol

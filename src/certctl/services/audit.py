@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 from certctl.services.context import Principal
 from certctl.store.models import AuditEvent
 
-__all__ = ["event", "list_audit", "record"]
+__all__ = ["event_values", "list_audit", "record"]
 
 
 def record(
@@ -26,19 +27,21 @@ def record(
 ) -> None:
     """Add an audit event to ``session`` (committed with the caller's transaction)."""
     session.add(
-        event(
-            at=at,
-            actor=actor,
-            action=action,
-            target=target,
-            outcome=outcome,
-            source=source,
-            detail=detail,
+        AuditEvent(
+            **event_values(
+                at=at,
+                actor=actor,
+                action=action,
+                target=target,
+                outcome=outcome,
+                source=source,
+                detail=detail,
+            )
         )
     )
 
 
-def event(
+def event_values(
     *,
     at: datetime,
     actor: str,
@@ -47,17 +50,17 @@ def event(
     outcome: str = "success",
     source: str = "",
     detail: str = "",
-) -> AuditEvent:
-    """The audit event ``record`` adds, for a caller that writes it with other rows later."""
-    return AuditEvent(
-        at=at,
-        actor=actor or "anonymous",
-        action=action,
-        target=target[:200],
-        outcome=outcome,
-        source=source[:64],
-        detail=detail,
-    )
+) -> dict[str, Any]:
+    """The columns of an audit event, for a caller that inserts it with other rows later."""
+    return {
+        "at": at,
+        "actor": actor or "anonymous",
+        "action": action,
+        "target": target[:200],
+        "outcome": outcome,
+        "source": source[:64],
+        "detail": detail,
+    }
 
 
 def record_call(

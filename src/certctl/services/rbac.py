@@ -428,15 +428,16 @@ class _CachedKey:
 
 
 class _KeyCache:
-    """Resolved API keys, trusted only while the database reports no commit since their read.
+    """Resolved API keys, trusted only while the database reports no credential change.
 
-    SQLite's ``PRAGMA data_version``, asked on a connection that never writes, changes as soon
-    as any other connection commits, in this process or another (~3 µs). The version is read
-    *before* the key (``authenticate_api_key``), so a commit landing between the two makes the
-    next request read the database again: any revocation, deletion, role or key change (every
-    commit, in fact) invalidates every entry. Expiry is checked against the cached
-    ``expires_at``; an entry whose ``last_used_at`` is a minute old takes the slow path, which
-    writes it. Revoked, expired or unknown keys are never cached.
+    The ``auth_generation`` counter (migration 0003) is bumped by database triggers whenever a
+    role, an actor or an API key's credentials change, from this process or any other; it is
+    read on a connection that never writes (~3 µs). The generation is read *before* the key
+    (``authenticate_api_key``), so a change landing between the two makes the next request
+    read the database again: any revocation, deletion, role or key change invalidates every
+    entry, while issuing certificates (the common write) does not. Expiry is checked against
+    the cached ``expires_at``; an entry whose ``last_used_at`` is a minute old takes the slow
+    path, which writes it. Revoked, expired or unknown keys are never cached.
     """
 
     MAX_ENTRIES = 1024
@@ -447,10 +448,12 @@ class _KeyCache:
         self._entries: dict[str, _CachedKey] = {}
 
     def version(self) -> int | None:
-        """The database's data version, or None when it cannot be read (no caching then)."""
+        """The credential generation, or None when it cannot be read (no caching then)."""
         try:
             with self._lock:
-                found = self._connection.execute("PRAGMA data_version").fetchone()
+                found = self._connection.execute(
+                    "SELECT value FROM auth_generation WHERE id = 1"
+                ).fetchone()
         except sqlite3.Error:
             return None
         return int(found[0]) if found else None

@@ -10,26 +10,30 @@ and signing meanwhile.
 A failed group is retried one request at a time, so a row that breaks a constraint fails only
 its own request; a storage fault fails each of them with the same error as before.
 
-Rows are new ORM objects written with Core ``INSERT``s (executemany per table): the unit of
-work would cost twice as much CPU for rows that are never updated in the same transaction.
-The objects are not attached to any session afterwards; their attributes stay as set.
+Rows are ``(table, column values)`` pairs written with Core ``INSERT``s (executemany per
+table): ORM objects and the unit of work would cost more CPU than the inserts themselves for
+rows that are never updated in the same transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, Table, insert, inspect
+from sqlalchemy import Connection, Engine, Table, insert
 
-__all__ = ["GroupCommit"]
+__all__ = ["GroupCommit", "Insert", "write_rows"]
+
+# A row to insert: its table and its column values.
+Insert = tuple[Table, dict[str, Any]]
 
 
 @dataclass
 class _Queue:
-    pending: list[tuple[list[Any], asyncio.Future[None]]] = field(default_factory=list)
+    pending: list[tuple[list[Insert], asyncio.Future[None]]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
 
 
@@ -43,8 +47,8 @@ class GroupCommit:
             weakref.WeakKeyDictionary()
         )
 
-    async def add(self, rows: list[Any]) -> None:
-        """Insert ``rows`` (one request's new objects); return once they are committed.
+    async def add(self, rows: list[Insert]) -> None:
+        """Insert ``rows`` (one request's new rows); return once they are committed.
 
         Raises:
             Whatever the commit raised (``DBAPIError`` for a storage fault).
@@ -84,30 +88,18 @@ class GroupCommit:
         finally:
             queue.task = None
 
-    def _commit(self, rows: list[Any]) -> None:
-        groups: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = {}
-        for row in rows:
-            values = _insert_values(row)
-            table = inspect(row).mapper.local_table
-            groups.setdefault((table, tuple(values)), []).append(values)
+    def _commit(self, rows: list[Insert]) -> None:
         with self._engine.begin() as connection:
-            for (table, _), params in groups.items():
-                connection.execute(insert(table), params)
+            write_rows(connection, rows)
 
 
-def _insert_values(row: Any) -> dict[str, Any]:
-    """Column values of a new ORM object; unset (None) columns with a default are left out."""
-    mapper = inspect(row).mapper
-    values: dict[str, Any] = {}
-    for prop in mapper.column_attrs:
-        column = prop.columns[0]
-        value = getattr(row, prop.key)
-        if value is None and (
-            column.default is not None or (column.primary_key and column.autoincrement is True)
-        ):
-            continue
-        values[column.key] = value
-    return values
+def write_rows(connection: Connection, rows: Sequence[Insert]) -> None:
+    """Insert ``rows`` on ``connection``: one executemany per table and column set."""
+    groups: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = {}
+    for table, values in rows:
+        groups.setdefault((table, tuple(values)), []).append(values)
+    for (table, _), params in groups.items():
+        connection.execute(insert(table), params)
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

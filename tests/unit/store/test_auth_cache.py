@@ -1,4 +1,4 @@
-"""The API-key cache (SQLite ``data_version``) never outlives a change made by another process.
+"""The API-key cache (``auth_generation``) never outlives a change made by another process.
 
 Two bootstrapped ``Services`` on one database file stand for two server processes: A
 authenticates (and caches), B changes the key, the actor or its role, A's very next
@@ -7,10 +7,13 @@ authentication must see it.
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import load_config
@@ -89,3 +92,67 @@ def test_expiry_is_checked_on_a_cache_hit(pair: tuple[Services, Services, Princi
     with pytest.raises(rbac.AuthFailure) as failure:
         rbac.authenticate_api_key(a, key, "")
     assert failure.value.reason == "expired"
+
+
+def test_role_permission_change_elsewhere_applies_to_the_next_request(
+    pair: tuple[Services, Services, Principal],
+) -> None:
+    a, b, admin = pair
+    role = rbac.create_role(b, admin, "r-custom", "custom", ["metrics.read"])
+    key = _mint(b, admin, "custom", [role.id])
+    for _ in range(3):
+        assert "cert.read" not in rbac.authenticate_api_key(a, key, "").permissions
+    rbac.update_role(b, admin, role.id, None, ["metrics.read", "cert.read"])
+    assert "cert.read" in rbac.authenticate_api_key(a, key, "").permissions
+
+
+def test_a_manual_sql_revocation_applies_to_the_next_request(
+    pair: tuple[Services, Services, Principal], tmp_path: Path
+) -> None:
+    # Triggers, not application code, bump the generation: an operator's fix in sqlite3 counts.
+    a, b, admin = pair
+    key = _mint(b, admin, "manual", ["r-viewer"])
+    rbac.authenticate_api_key(a, key, "")
+    rbac.authenticate_api_key(a, key, "")
+    database = a.engine.url.database
+    assert database is not None
+    with sqlite3.connect(database) as connection:
+        connection.execute(
+            "UPDATE api_keys SET revoked_at = '2026-01-01 00:00:00.000000' WHERE id = ?",
+            (key.split("_")[1],),
+        )
+    with pytest.raises(rbac.AuthFailure) as failure:
+        rbac.authenticate_api_key(a, key, "")
+    assert failure.value.reason == "revoked"
+
+
+def test_issuing_certificates_keeps_the_cache(pair: tuple[Services, Services, Principal]) -> None:
+    a, b, admin = pair
+    key = _mint(b, admin, "busy", ["r-operator"])
+    rbac.authenticate_api_key(a, key, "")
+    rbac.authenticate_api_key(a, key, "")  # cached
+    from certctl.services import issuance
+
+    caller = rbac.authenticate_api_key(b, key, "")
+    issuance.issue_with_key(
+        b,
+        caller,
+        issuer_id="default",
+        common_name="busy.example.com",
+        dns_names=[],
+        ip_addresses=[],
+        profile="server",
+        validity=timedelta(days=30),
+        key_type="ec-p256",
+    )
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(a.engine, "before_cursor_execute", seen)
+    try:
+        assert rbac.authenticate_api_key(a, key, "").actor_id == "busy"
+    finally:
+        event.remove(a.engine, "before_cursor_execute", seen)
+    assert statements == [], "a certificate insert emptied the API-key cache"
