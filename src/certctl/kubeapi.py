@@ -24,9 +24,10 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:  # httpx is imported where a request is made: it is slow to import
+    import httpx
 
 from certctl.errors import InvalidRequest, Unavailable
 
@@ -105,6 +106,8 @@ class KubeConnection:
 
     def client(self, transport: httpx.BaseTransport | None = None) -> httpx.Client:
         """A synchronous client for this API server (close it, or use it in ``with``)."""
+        import httpx
+
         return httpx.Client(
             base_url=self.server,
             verify=self.ssl_context,
@@ -116,6 +119,8 @@ class KubeConnection:
 
     def async_client(self, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
         """An asynchronous client for this API server (use it in ``async with``)."""
+        import httpx
+
         return httpx.AsyncClient(
             base_url=self.server,
             verify=self.ssl_context,

@@ -62,6 +62,9 @@ def test_bad_keys_are_throttled_per_address(fault_server: FaultServer) -> None:
         assert "too many failed authentications" in refused.json()["detail"]
         # The whole address is refused, a valid key too, before the key is looked at …
         assert same_address.get("/api/v1/auth/whoami").status_code == 429
+        # A forged X-Forwarded-For does not make it another address (no proxy is trusted).
+        forged = attacker.get("/api/v1/auth/whoami", headers={"X-Forwarded-For": "10.1.2.3"})
+        assert forged.status_code == 429, forged.text
         # … but not its public routes (health checks, CA certificate, CRL).
         assert same_address.get("/healthz").status_code == 200
         assert same_address.get("/api/v1/issuers/default/ca.pem").status_code == 200
@@ -69,7 +72,7 @@ def test_bad_keys_are_throttled_per_address(fault_server: FaultServer) -> None:
         assert other.get("/api/v1/auth/whoami").status_code == 200
         issued = other.post("/api/v1/certificates", json={"common_name": "ok.example.com"})
         assert issued.status_code == 201, issued.text
-        assert _metric(fault_server, other, "ratelimited") == 2
+        assert _metric(fault_server, other, "ratelimited") == 3
         # Until the window has passed.
         waited = 0
         while same_address.get("/api/v1/auth/whoami").status_code == 429:

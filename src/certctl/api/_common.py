@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from certctl.errors import CertctlError, InvalidRequest
 from certctl.services.context import Principal, Services
@@ -45,9 +45,14 @@ class ApiRoute:
     success: int = 200
 
 
+# Starlette's JSONResponse calls json.dumps with non-default options, which builds a new
+# encoder per response; this one is built once (same output: compact, UTF-8, no NaN).
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def json_response(data: Any, status: int = 200) -> Response:
     """A JSON response."""
-    return JSONResponse(data, status_code=status)
+    return Response(_ENCODER.encode(data).encode(), status, media_type="application/json")
 
 
 async def read_body(request: Request, model: type[BaseModel]) -> Any:

@@ -650,7 +650,8 @@ METRICS_PATHS = frozenset({"/healthz", "/readyz", "/api/v1/metrics", "/api/v1/me
 
 
 def _source(request: Request) -> str:
-    return request.client.host if request.client else ""
+    client = request.scope.get("client")  # not request.client: no Address object per call
+    return str(client[0]) if client else ""
 
 
 def _client_cert_subject(request: Request) -> str | None:
@@ -823,6 +824,7 @@ class AccessLogAndLimits:
     def __init__(self, app: ASGIApp, json_logs: bool = False) -> None:
         self.app = app
         self.json_logs = json_logs
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -872,8 +874,15 @@ class AccessLogAndLimits:
         elapsed = time.perf_counter() - started
         route = scope.get("certctl.route", "unmatched")
         method = scope.get("method", "")
-        HTTP_REQUESTS.labels(method, route, str(status)).inc()
-        HTTP_DURATION.labels(route).observe(elapsed)
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:  # labels() locks and builds tuples: resolve each series once
+            children = self._children[key] = (
+                HTTP_REQUESTS.labels(method, route, str(status)),
+                HTTP_DURATION.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(elapsed)
         actor = scope.get("certctl.actor", "-")
         client = scope.get("client") or ("-", 0)
         if self.json_logs:

@@ -23,9 +23,10 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:  # httpx is imported where a request is made: it is slow to import
+    import httpx
 
 from certctl.errors import PermissionDenied, Unauthenticated
 from certctl.kubeapi import KubeApiError, KubeConnection, response_json
@@ -176,6 +177,8 @@ class TokenReviewAuthenticator:
         self._cache[key] = decision
 
     async def _review(self, token: str, path: str, verb: str) -> _Decision:
+        import httpx
+
         now = self._clock()
         try:
             async with self.connection.async_client(self._transport) as client:

@@ -13,6 +13,7 @@ Units may be mixed (``1D12h``). Certificate lifetimes are fixed-length on purpos
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
@@ -43,6 +44,9 @@ _UNIT_MICROSECONDS: dict[str, int] = {
 _TOKEN = re.compile(r"(\d+(?:\.\d+)?)([a-zA-Zµμ]+)")
 
 
+# Cached: the same few strings ("90D", the config's durations) are parsed on every API
+# request; timedelta is immutable and a refused text raises (exceptions are not cached).
+@functools.lru_cache(maxsize=256)
 def parse_duration(text: str) -> timedelta:
     """Parse a positive duration such as ``90D``, ``8760h``, ``1Y6M`` or ``1h30m``.
 

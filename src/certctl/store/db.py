@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -46,8 +46,29 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def _head_revision() -> str:
+    """The newest migration's revision id: file names start with it (``0003_….py``)."""
+    names = (p.name for p in (_MIGRATIONS / "versions").glob("[0-9]*.py"))
+    return max(name.split("_", 1)[0] for name in names)
+
+
+def _at_head(engine: Engine) -> bool:
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+    except DBAPIError:
+        return False  # a new database: no alembic_version table yet
+    return [r[0] for r in rows] == [_head_revision()]
+
+
 def migrate(engine: Engine) -> None:
-    """Apply Alembic migrations up to head (idempotent; safe on every start)."""
+    """Apply Alembic migrations up to head (idempotent; safe on every start).
+
+    A store already at head is recognised with one query, without importing Alembic
+    (a quarter of ``certctl serve``'s start-up time).
+    """
+    if _at_head(engine):
+        return
     from alembic import command
     from alembic.config import Config
 

@@ -14,9 +14,10 @@ import base64
 import re
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:  # httpx is imported where a request is made: it is slow to import
+    import httpx
 
 from certctl.errors import Conflict, InvalidRequest
 from certctl.kubeapi import KubeApiError, KubeConnection, response_json
@@ -105,6 +106,8 @@ class SecretWriter:
             Conflict: a Secret of another type already has this name (type is immutable).
             KubeApiError: the API is unreachable, refuses the call, or keeps conflicting.
         """
+        import httpx
+
         if len(name) > 253 or not _NAME.match(name):
             raise InvalidRequest(f"{name!r}: a Secret name must be a DNS-1123 subdomain")
         for key in data:
