@@ -3,7 +3,7 @@
 * ``TestScope`` is a tiny ASGI layer in front of the app. Starlette's TestClient cannot do TLS
   or pick its peer address, so two test-only request headers become scope facts:
   ``x-test-client-cert: CN=…`` → the ASGI ``tls`` extension ``{"client_cert_name": …}`` (what
-  uvicorn's TLS listener provides, see ``certctl.server.tls.tls_scope_protocol``), and
+  certctl's TLS listener provides, see ``certctl.server.protocol.http_protocol``), and
   ``x-test-client-addr: 10.1.2.3`` → ``scope["client"]``. The second keeps the many refused
   requests of the matrix from looking like one address guessing keys. The layer also records
   every error body and every secret a response hands out (``key_value``, ``private_key_pem``).

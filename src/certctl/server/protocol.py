@@ -22,6 +22,7 @@ connection, not per request.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 __all__ = ["http_protocol"]
@@ -64,12 +65,17 @@ def http_protocol(header_timeout_s: float, max_head_bytes: int) -> type:
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             ssl_object = transport.get_extra_info("ssl_object")
-            info = tls_info(ssl_object) if ssl_object is not None else None
-            if info is not None:
+            if ssl_object is not None and ssl_object.context.verify_mode != ssl.CERT_NONE:
+                # Client certificates are possible: read the peer's on the first request,
+                # not in the handshake path (a connection may close without one).
                 inner: Any = getattr(self, "app")  # noqa: B009  # the base is untyped
+                info: list[dict[str, Any] | None] = []
 
                 async def with_tls(scope: Any, receive: Any, send: Any) -> None:
-                    scope.setdefault("extensions", {})["tls"] = info
+                    if not info:
+                        info.append(tls_info(ssl_object))
+                    if info[0] is not None:
+                        scope.setdefault("extensions", {})["tls"] = info[0]
                     await inner(scope, receive, send)
 
                 self.app = with_tls
