@@ -508,7 +508,7 @@ def granian_server(
 
 
 def uvicorn_server(work: Path, cert: Path, key: Path) -> tuple[Server, int]:
-    """Plain uvicorn (h11, asyncio, Python ssl: what certctl runs) serving the same app."""
+    """Plain uvicorn (httptools, uvloop, Python ssl: what certctl runs) serving the same app."""
     port = free_port()
     argv = [
         sys.executable,
@@ -525,9 +525,9 @@ def uvicorn_server(work: Path, cert: Path, key: Path) -> tuple[Server, int]:
         "--ssl-keyfile",
         str(key),
         "--http",
-        "h11",
+        "httptools",
         "--loop",
-        "asyncio",
+        "uvloop",
         "--no-access-log",
         "--log-level",
         "warning",
@@ -1022,7 +1022,7 @@ def bench_servers(work: Path, plan: ServerPlan) -> tuple[list[dict[str, Any]], d
             rows.append(
                 load_row(
                     "asgi-get-uvicorn-vs-granian",
-                    "keep-alive GET of a trivial ASGI app, req/s: uvicorn (h11) vs granian",
+                    "keep-alive GET of a trivial ASGI app, req/s: uvicorn (httptools, uvloop) vs granian",
                     s,
                     "uvicorn-get",
                     "granian-get",

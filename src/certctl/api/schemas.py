@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from certctl.store.models import ApiKey, AuditEvent, CertificateRecord, Issuer
+from certctl.store.models import ApiKey, AuditEvent, Issuer
+
+if TYPE_CHECKING:
+    from certctl.services.issuance import CertificateView
 
 __all__ = [
     "ActorCreate",
@@ -112,7 +115,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def certificate_json(row: CertificateRecord, status: str) -> dict[str, Any]:
+def certificate_json(row: CertificateView, status: str) -> dict[str, Any]:
     """The public view of a certificate record (never its key)."""
     return {
         "id": row.id,

@@ -6,11 +6,11 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Integer, Table, and_, func, or_, select
+from sqlalchemy import Integer, Table, and_, bindparam, func, or_, select
 
 from certctl.errors import Conflict, InvalidRequest, NotFound
 from certctl.metrics.registry import ISSUANCE, ISSUANCE_DURATION, RENEWALS, REVOCATIONS
@@ -40,6 +40,7 @@ from certctl.store.models import AuditEvent, CertificateRecord, Issuer
 
 __all__ = [
     "DEFAULT_ISSUER",
+    "CertificateView",
     "IssueResult",
     "IssuedRecord",
     "PendingIssue",
@@ -443,6 +444,27 @@ class _HasExpiry(Protocol):
     def not_after(self) -> datetime: ...
 
 
+class CertificateView(Protocol):
+    """The public columns of a stored certificate (an ORM object or a Core row)."""
+
+    id: str
+    issuer_id: str
+    serial: str
+    common_name: str
+    subject: str
+    sans: dict[str, list[str]]
+    profile: str
+    status: str
+    not_before: datetime
+    not_after: datetime
+    certificate_pem: str
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+    revocation_reason: str | None
+    renewed_from: str | None
+
+
 def effective_status(row: _HasExpiry, now: datetime) -> str:
     """``revoked``, ``expired``, ``expiring`` (within 30 days) or ``active``."""
     if row.status == "revoked":
@@ -518,10 +540,22 @@ def list_certificates(
     return rows[:limit], next_cursor
 
 
-def get_certificate(services: Services, caller: Principal, cert_id: str) -> CertificateRecord:
-    """One certificate by id."""
+_CERT_COLUMNS = [c for c in _CERTIFICATES.c if c.key != "wrapped_key"]
+_CERT_BY_ID = select(*_CERT_COLUMNS).where(_CERTIFICATES.c.id == bindparam("cert_id"))
+
+
+def get_certificate(services: Services, caller: Principal, cert_id: str) -> CertificateView:
+    """One certificate by id (its public columns).
+
+    A Core row, not an ORM object: loading through a Session cost more than the rest of
+    the request together (``docs/performance.md``).
+    """
     caller.require("cert.read")
-    return _load_certificate(services, cert_id)
+    with services.engine.connect() as connection:
+        row = connection.execute(_CERT_BY_ID, {"cert_id": cert_id}).first()
+    if row is None:
+        raise NotFound(f"certificate {cert_id} not found")
+    return cast(CertificateView, row)
 
 
 def _load_certificate(services: Services, cert_id: str) -> CertificateRecord:
