@@ -7,6 +7,7 @@ addresses without leaving the host.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -187,6 +188,30 @@ def test_header_and_body_limits(fault_server: FaultServer) -> None:
     seen["1 MiB + 2 B body (Content-Length)"] = seen["1.25 MiB body (chunked)"] = "413"
     FIGURES["limits"] = seen
     print(f"size limits: {seen}")
+
+
+def test_a_head_growing_past_16_kib_in_pieces_gets_431(fault_server: FaultServer) -> None:
+    # The head arrives in 2 KiB TLS records with pauses, so it is never complete in one read:
+    # the protocol counts the bytes of the open head and answers 431 itself, then closes.
+    fault_server.start()
+    with tls_socket(fault_server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+        sent = 0
+        try:
+            while sent < 24 * 1024:
+                sock.sendall(b"X-Pad-%d: %s\r\n" % (sent, b"p" * 2000))
+                sent += 2000
+                time.sleep(0.01)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            pass  # closed after the answer
+        answer = read_all(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431"), answer[:300]
+    assert b"application/problem+json" in head
+    assert json.loads(body)["status"] == 431
+    # The server is still serving.
+    with fault_server.client() as client:
+        assert client.get("/healthz").status_code == 200
 
 
 def _closed_after(sock: ssl.SSLSocket, trickle: bytes, every_s: float, limit_s: float) -> float:
