@@ -1022,7 +1022,8 @@ def bench_servers(work: Path, plan: ServerPlan) -> tuple[list[dict[str, Any]], d
             rows.append(
                 load_row(
                     "asgi-get-uvicorn-vs-granian",
-                    "keep-alive GET of a trivial ASGI app, req/s: uvicorn (httptools, uvloop) vs granian",
+                    "keep-alive GET of a trivial ASGI app, req/s: uvicorn (httptools, uvloop) vs "
+                    "granian",
                     s,
                     "uvicorn-get",
                     "granian-get",

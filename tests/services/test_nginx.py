@@ -267,3 +267,29 @@ def test_client_trust_registration_and_deregistration(served: Served) -> None:
     )
     # The server certificate was not touched by a trust change.
     assert served.curl(OLD) == (0, "200")
+
+    # The last client removed: nginx gets the placeholder anchor (an empty file would stop
+    # it at the reload) and keeps serving, refusing every client certificate.
+    with env.client() as client:
+        items = client.get("/api/v1/services/web/clients").json()["items"]
+        for item in items:
+            path = f"/api/v1/services/web/clients/{item['fingerprint']}"
+            assert client.delete(path).status_code == 204
+    reloads_before = (served.directory / "error.log").read_text().count("reconfiguring")
+    env.reconcile("web", env.now + STEP)
+    trust = x509.load_pem_x509_certificates((served.tls / "client-trust.crt").read_bytes())
+    assert [c.subject.rfc4514_string() for c in trust] == ["CN=certctl: no client registered (web)"]
+    _wait(
+        lambda: (
+            (served.directory / "error.log").read_text().count("reconfiguring") > reloads_before
+        ),
+        "nginx to reload the placeholder trust file",
+    )
+    bootstrap = _cli_client(base, base / "bootstrap-clients", "bootstrap-user")
+    _wait(
+        lambda: served.curl(OLD, *_client_args(bootstrap), port=mtls) == (0, "400"),
+        "the last client CA to be refused",
+    )
+    assert served.curl(OLD, port=mtls) == (0, "400")
+    assert served.curl(OLD) == (0, "200")
+    assert "emerg" not in (served.directory / "error.log").read_text()

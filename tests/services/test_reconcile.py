@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from certctl.pki import VerificationFailed, keys_match, load_private_key, verify_certificate
+from certctl.pki.placeholder import PLACEHOLDER_CN_PREFIX
 from certctl.services import tls_services
 from tests.services.conftest import SETTINGS, Env, make_ca, make_leaf, service_doc
 
@@ -82,11 +83,18 @@ def test_first_reconcile_issues_service_ca_and_leaf(any_env: Env) -> None:
 def test_client_trust_output_only_with_client_authentication(env: Env) -> None:
     env.put(service_doc("api", client_auth=True))
     env.reconcile("api")
-    assert env.outputs("api")["client-trust"] == {"ca.crt": b""}
+    # No client yet: a placeholder anchor (never an empty file), stable across reconciles.
+    placeholder = env.outputs("api")["client-trust"]["ca.crt"]
+    (anchor,) = x509.load_pem_x509_certificates(placeholder)
+    assert anchor.subject.rfc4514_string() == f"CN={PLACEHOLDER_CN_PREFIX} (api)"
+    env.reconcile("api", env.now + MINUTE)
+    assert env.outputs("api")["client-trust"]["ca.crt"] == placeholder
     one, two = make_ca("client-ca-1", env.now), make_ca("client-ca-2", env.now)
     # Registered out of order and one twice: the bundle is sorted and deduplicated.
-    tls_services.add_client(env.services, env.admin, "api", (two.cert_pem).decode())
-    tls_services.add_client(env.services, env.admin, "api", (one.cert_pem + two.cert_pem).decode())
+    added = tls_services.add_client(env.services, env.admin, "api", (two.cert_pem).decode())
+    added += tls_services.add_client(
+        env.services, env.admin, "api", (one.cert_pem + two.cert_pem).decode()
+    )
     bundle = env.outputs("api")["client-trust"]["ca.crt"]
     assert bundle == b"".join(sorted([one.cert_pem, two.cert_pem]))
     assert len(x509.load_pem_x509_certificates(bundle)) == 2
@@ -95,6 +103,10 @@ def test_client_trust_output_only_with_client_authentication(env: Env) -> None:
 
     with pytest.raises(InvalidRequest, match="private key"):
         tls_services.add_client(env.services, env.admin, "api", one.key_pem.decode())
+    # Every client removed: the placeholder again.
+    for fingerprint in {c.fingerprint for c in added}:
+        tls_services.remove_client(env.services, env.admin, "api", fingerprint)
+    assert env.outputs("api")["client-trust"]["ca.crt"] == placeholder
     # Turned off: no client-trust output at all.
     env.put(service_doc("api"))
     env.reconcile("api", env.now + MINUTE)

@@ -35,6 +35,7 @@ from certctl.pki import (
     load_material,
     to_pkcs12,
 )
+from certctl.pki.placeholder import no_client_trust_anchor
 from certctl.services.audit import record, record_call
 from certctl.services.context import Principal, Services
 from certctl.services.tls_spec import DirectoryTarget, SecretTarget, TLSServiceSpec, parse_service
@@ -232,6 +233,10 @@ def _client_trust(services: Services, name: str) -> bytes:
         pems = session.scalars(
             select(ServiceClient.certificate_pem).where(ServiceClient.service == name)
         ).all()
+    if not pems:
+        # Never an empty file (nginx will not start on one): a placeholder nobody chains to.
+        seed = services.wrapper.derive(f"client-trust placeholder:{name}")
+        return no_client_trust_anchor(seed, name)
     # Sorted and deduplicated (by content), so the bundle only changes when its set does.
     return "".join(sorted(set(pems))).encode()
 

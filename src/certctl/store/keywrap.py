@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from certctl.errors import CertctlError, InvalidRequest
 from certctl.files import SECRET_MODE, write_atomic
@@ -31,6 +33,16 @@ class KeyWrapper:
         if len(kek) != 32:
             raise InvalidRequest("the key-encryption key must be 32 bytes")
         self._aead = AESGCM(kek)
+        # Root of derive(): the KEK itself is kept only inside the AEAD object.
+        self._derive_root = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"certctl derive root"
+        ).derive(kek)
+
+    def derive(self, purpose: str) -> bytes:
+        """32 secret bytes for ``purpose``, stable for one KEK (HKDF-SHA256)."""
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()).derive(
+            self._derive_root
+        )
 
     def wrap(self, plaintext: bytes, *, context: str) -> bytes:
         """Encrypt ``plaintext``, binding ``context`` (e.g. ``issuer:default``)."""
