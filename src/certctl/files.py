@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +30,8 @@ class OutputError(CertctlError):
 
 def write_atomic(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> None:
     """Write ``data`` to ``path`` by temp file + fsync + rename, created with ``mode``."""
+    import tempfile  # here, not above: batch issuance never needs it (~3 ms of start-up)
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)

@@ -1,26 +1,77 @@
 """Pure X.509 work: keys, names, validity, profiles, issuance, CSRs, formats, verification, CRLs.
 
 Nothing here touches the network or a database; callers pass ``now`` explicitly.
+
+The names below load on first use (PEP 562): ``from certctl.pki import X`` imports only the
+submodule that defines ``X``. A CLI command that signs certificates then skips CRLs, CSRs,
+PKCS#12 and path verification, whose imports are a large share of its start-up.
 """
 
 from __future__ import annotations
 
-from certctl.pki.crl import RevokedEntry, create_crl, parse_serial
-from certctl.pki.csr import create_csr, csr_sans, load_csr, sign_csr
-from certctl.pki.formats import (
-    Material,
-    certs_to_pem,
-    key_to_pem,
-    load_material,
-    load_private_key,
-    to_pkcs12,
-)
-from certctl.pki.issue import CertificateAuthority, IssuedCertificate, create_root_ca, keys_match
-from certctl.pki.keys import KeyType, check_public_key, generate_private_key, key_type_of
-from certctl.pki.names import SubjectAltNames, common_name_dn, format_dn, parse_dn
-from certctl.pki.profiles import LEAF_PROFILES, PROFILES, Profile, get_profile
-from certctl.pki.validity import format_duration, parse_duration
-from certctl.pki.verify import VerificationFailed, VerifiedChain, verify_certificate
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from certctl.pki.crl import RevokedEntry, create_crl, parse_serial
+    from certctl.pki.csr import create_csr, csr_sans, load_csr, sign_csr
+    from certctl.pki.formats import (
+        Material,
+        certs_to_pem,
+        key_to_pem,
+        load_material,
+        load_private_key,
+        to_pkcs12,
+    )
+    from certctl.pki.issue import (
+        CertificateAuthority,
+        IssuedCertificate,
+        create_root_ca,
+        keys_match,
+    )
+    from certctl.pki.keys import KeyType, check_public_key, generate_private_key, key_type_of
+    from certctl.pki.names import SubjectAltNames, common_name_dn, format_dn, parse_dn
+    from certctl.pki.profiles import LEAF_PROFILES, PROFILES, Profile, get_profile
+    from certctl.pki.validity import format_duration, parse_duration
+    from certctl.pki.verify import VerificationFailed, VerifiedChain, verify_certificate
+
+# Public name -> the submodule that defines it.
+_SOURCES = {
+    "RevokedEntry": "crl",
+    "create_crl": "crl",
+    "parse_serial": "crl",
+    "create_csr": "csr",
+    "csr_sans": "csr",
+    "load_csr": "csr",
+    "sign_csr": "csr",
+    "Material": "formats",
+    "certs_to_pem": "formats",
+    "key_to_pem": "formats",
+    "load_material": "formats",
+    "load_private_key": "formats",
+    "to_pkcs12": "formats",
+    "CertificateAuthority": "issue",
+    "IssuedCertificate": "issue",
+    "create_root_ca": "issue",
+    "keys_match": "issue",
+    "KeyType": "keys",
+    "check_public_key": "keys",
+    "generate_private_key": "keys",
+    "key_type_of": "keys",
+    "SubjectAltNames": "names",
+    "common_name_dn": "names",
+    "format_dn": "names",
+    "parse_dn": "names",
+    "LEAF_PROFILES": "profiles",
+    "PROFILES": "profiles",
+    "Profile": "profiles",
+    "get_profile": "profiles",
+    "format_duration": "validity",
+    "parse_duration": "validity",
+    "VerificationFailed": "verify",
+    "VerifiedChain": "verify",
+    "verify_certificate": "verify",
+}
 
 __all__ = [
     "LEAF_PROFILES",
@@ -58,3 +109,16 @@ __all__ = [
     "to_pkcs12",
     "verify_certificate",
 ]
+
+
+def __getattr__(name: str) -> object:
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{source}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
