@@ -12,6 +12,7 @@ from certctl.pki.names import SubjectAltNames
 __all__ = ["Instance", "parse_instances"]
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_FIELDS = frozenset({"name", "dns", "ip", "cn", "filename"})
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,9 @@ def parse_instances(text: str) -> list[Instance]:
         InvalidRequest: the YAML is malformed, an entry lacks ``name``, a name is unsafe as a
             file name or repeated, or a DNS name or IP is invalid. Messages name the entry.
     """
-    import yaml
-
-    try:
-        # libyaml's C loader is ~5x faster than the pure-Python one on large instance files.
-        doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InvalidRequest(f"instances file is not valid YAML{where}") from exc
+    doc = _load_plain(text)
+    if doc is None:
+        doc = _load_yaml(text)
     if not isinstance(doc, dict) or not isinstance(doc.get("instances"), list):
         raise InvalidRequest("instances file needs a top-level 'instances:' list")
     if not doc["instances"]:
@@ -61,7 +56,7 @@ def parse_instances(text: str) -> list[Instance]:
         where = f"instance #{index}"
         if not isinstance(entry, dict):
             raise InvalidRequest(f"{where}: must be a mapping with at least 'name'")
-        unknown = set(entry) - {"name", "dns", "ip", "cn", "filename"}
+        unknown = entry.keys() - _FIELDS
         if unknown:
             raise InvalidRequest(
                 f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}"
@@ -89,3 +84,128 @@ def parse_instances(text: str) -> list[Instance]:
             raise InvalidRequest(f"{where}: {exc.detail}") from exc
         result.append(Instance(name, cn, filename, sans))
     return result
+
+
+def _load_yaml(text: str) -> Any:
+    import yaml
+
+    try:
+        # libyaml's C loader is ~5x faster than the pure-Python one on large instance files.
+        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InvalidRequest(f"instances file is not valid YAML{where}") from exc
+
+
+# The plain layout of instances files, read without PyYAML: importing it and building 1,000
+# entries took ~80 ms, the largest serial step of `certctl cert issue --in` after start-up.
+# _load_plain accepts only lines of these shapes, each with one meaning in YAML, and returns
+# None for anything else (tabs, CR, non-ASCII, flow mappings, anchors, '#' after a value,
+# unknown keys, values YAML would read as numbers, booleans, null or dates…), which PyYAML
+# then reads as before. tests/unit/pki/test_instances.py checks it against PyYAML.
+#
+#   instances:
+#     - name: node-1              # a mapping per instance; its keys at one column
+#       dns: [a.example, "b"]     # flow sequence of scalars
+#       ip:                       # or a block sequence, indented deeper than its key
+#         - 10.0.0.1
+#
+# A plain scalar is kept only when YAML 1.1 (PyYAML's resolver) must read it as a string:
+# safe characters, not a boolean or null word, and a letter no number or date uses (g-z
+# but x) or two dots (no float, int or date has two). Quoted scalars are kept without
+# escapes: "..." without a backslash or quote, '...' without a quote.
+_PLAIN = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
+_SCALAR = rf"""(?:"[^"\\]*"|'[^']*'|{_PLAIN})"""
+_KEY_LINE = re.compile(r"( *)(- +)?([a-z]+):(?: +(.*))?")
+_ITEM_LINE = re.compile(rf"( *)- +({_SCALAR})")
+_FLOW = re.compile(rf"\[ *(?:{_SCALAR}(?:, *{_SCALAR})*)? *\]")
+_FLOW_ITEM = re.compile(_SCALAR)
+_WORDS = frozenset({"yes", "no", "true", "false", "on", "off", "null", "y", "n", "~"})
+_STRING_LETTER = re.compile(r"[g-wyzG-WYZ]")
+_PLAIN_FULL = re.compile(_PLAIN)
+_SCALAR_FULL = re.compile(_SCALAR)
+
+
+def _scalar(token: str) -> str | None:
+    if token[0] in "\"'":
+        return token[1:-1]
+    if token.lower() in _WORDS:
+        return None
+    if _STRING_LETTER.search(token) is None and token.count(".") < 2:
+        return None
+    return token
+
+
+def _value(text: str) -> str | list[str] | None:
+    if text.startswith("["):
+        if _FLOW.fullmatch(text) is None:
+            return None
+        items = []
+        for token in _FLOW_ITEM.findall(text[1:-1]):
+            item = _scalar(token)
+            if item is None:
+                return None
+            items.append(item)
+        return items
+    if _SCALAR_FULL.fullmatch(text) is None:
+        return None
+    return _scalar(text)
+
+
+def _load_plain(text: str) -> dict[str, Any] | None:
+    """Read the plain instances layout exactly as PyYAML would, or return None."""
+    # '#' only opens whole-line comments at column 0.
+    if not text.isascii() or "\t" in text or "\r" in text or "#" in f"\n{text}".replace("\n#", ""):
+        return None
+    if any(ch < " " or ch == "\x7f" for ch in set(text) - {"\n"}):
+        return None
+    lines = [line.rstrip(" ") for line in text.split("\n")]
+    lines = [line for line in lines if line and not line.lstrip(" ").startswith("#")]
+    if not lines or lines[0] != "instances:":
+        return None
+    instances: list[dict[str, Any]] = []
+    item_col = key_col = list_col = -1
+    current: dict[str, Any] = {}
+    pending: str | None = None  # a key whose block sequence is being read
+    for line in lines[1:]:
+        if pending is not None:
+            match = _ITEM_LINE.fullmatch(line)
+            if match is not None and len(match.group(1)) > key_col:
+                if list_col < 0:
+                    list_col = len(match.group(1))
+                item = _scalar(match.group(2))
+                if len(match.group(1)) != list_col or item is None:
+                    return None
+                current[pending].append(item)
+                continue
+            if list_col < 0:
+                return None  # "key:" with nothing after it: null, or a layout not read here
+            pending, list_col = None, -1
+        match = _KEY_LINE.fullmatch(line)
+        if match is None:
+            return None
+        indent, dash, key, rest = match.groups()
+        if dash is not None:
+            if item_col < 0:
+                item_col = len(indent)
+            if len(indent) != item_col:
+                return None
+            key_col = item_col + len(dash)
+            current = {}
+            instances.append(current)
+        elif key_col < 0 or len(indent) != key_col:
+            return None
+        if key not in _FIELDS or key in current:
+            return None
+        if rest is None:
+            current[key] = []
+            pending = key
+            continue
+        value = _value(rest)
+        if value is None:
+            return None
+        current[key] = value
+    if pending is not None and list_col < 0:
+        return None
+    return {"instances": instances} if instances else None
