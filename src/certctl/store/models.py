@@ -80,7 +80,7 @@ class CertificateRecord(Base):
     __table_args__ = (
         UniqueConstraint("issuer_id", "serial", name="uq_certificates_issuer_serial"),
         Index("ix_certificates_not_after", "not_after"),
-        Index("ix_certificates_issuer_status", "issuer_id", "status"),
+        Index("ix_certificates_issuer_status_not_after", "issuer_id", "status", "not_after"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

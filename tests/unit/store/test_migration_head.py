@@ -23,15 +23,19 @@ def test_migrate_skips_alembic_only_at_head(tmp_path: Path) -> None:
     assert not db._at_head(engine)  # empty database
     db.migrate(engine)
     assert db._at_head(engine)
-    with engine.begin() as connection:  # an older store: alembic must run again
-        connection.execute(text("UPDATE alembic_version SET version_num = '0002'"))
-        connection.execute(text("DROP TABLE auth_generation"))
-        for name in connection.execute(
-            text("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-        ).scalars():
-            connection.execute(text(f"DROP TRIGGER {name}"))
+    with engine.begin() as connection:  # a store at 0003: alembic must run again
+        connection.execute(text("UPDATE alembic_version SET version_num = '0003'"))
+        connection.execute(text("DROP INDEX ix_certificates_issuer_status_not_after"))
+        connection.execute(
+            text("CREATE INDEX ix_certificates_issuer_status ON certificates (issuer_id, status)")
+        )
     assert not db._at_head(engine)
     db.migrate(engine)
     assert db._at_head(engine)
     with engine.connect() as connection:
-        assert connection.execute(text("SELECT value FROM auth_generation")).scalar() == 0
+        indexes = connection.execute(
+            text(
+                "SELECT name FROM sqlite_master WHERE tbl_name = 'certificates' AND type = 'index'"
+            )
+        ).scalars()
+        assert "ix_certificates_issuer_status_not_after" in set(indexes)
