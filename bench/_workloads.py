@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import ipaddress
+import os
 import shutil
 import subprocess
 import time
@@ -29,6 +30,7 @@ __all__ = [
     "hosts",
     "make_ca",
     "openssl_loop",
+    "raw_files",
     "raw_issue",
     "write_instances",
     "write_openssl_script",
@@ -189,6 +191,29 @@ def raw_issue(ca: BenchCA, items: list[Host]) -> float:
     if total <= 0:
         raise BenchError("raw reference produced no output")
     return elapsed
+
+
+def raw_files(items: list[Host], out: Path) -> float:
+    """The file-system floor of ``--out DIR``: the same folders and files, no crypto; seconds.
+
+    Per instance a folder with ``tls.crt``, ``tls.key`` (0600) and ``ca.crt`` of typical PEM
+    sizes, written with plain ``open``/``write`` (no temporary names, no renames, no sync):
+    less than certctl does, so it bounds from below what any directory output costs here.
+    """
+    if out.exists():
+        shutil.rmtree(out)
+    cert, key, ca = b"C" * 900, b"K" * 241, b"A" * 650
+    start = time.perf_counter()
+    out.mkdir()
+    for h in items:
+        folder = out / h.name
+        folder.mkdir()
+        (folder / "tls.crt").write_bytes(cert)
+        fd = os.open(folder / "tls.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key)
+        (folder / "ca.crt").write_bytes(ca)
+    return time.perf_counter() - start
 
 
 def _issue_argv(ca: BenchCA, instances: Path, out: Path) -> list[str]:

@@ -43,6 +43,7 @@ from _workloads import (
     hosts,
     make_ca,
     openssl_loop,
+    raw_files,
     raw_issue,
     write_instances,
     write_openssl_script,
@@ -176,13 +177,16 @@ def bench_issue(
     suffix = "-large" if large else ""
     instances = write_instances(work / f"instances-{n}.yml", hosts(n))
     small = write_instances(work / "instances-warmup.yml", hosts(min(n, WARMUP_N)))
+    items = hosts(n)
     variants = [
         _raw_variant("raw", ca, n),
         _subprocess_variant("zip", n, ca, instances, work / "out.zip", timeout_s),
         _subprocess_variant("dir", n, ca, instances, work / "out-dir", timeout_s),
+        Variant("files", n, lambda: raw_files(items, work / "out-files")),
     ]
     warmup = [
         _raw_variant("raw", ca, min(n, WARMUP_N)),
+        Variant("files", n, lambda: raw_files(items, work / "out-files")),
         _subprocess_variant("zip", n, ca, small, work / "out.zip", timeout_s),
         _subprocess_variant("dir", n, ca, small, work / "out-dir", timeout_s),
     ]
@@ -221,6 +225,20 @@ def bench_issue(
         )
         for kind, where in (("zip", "zip"), ("dir", "directory"))
     ]
+    # What creating the folders and files alone costs on this disk (no crypto, no sync).
+    rows.append(
+        rate_row(
+            f"issue-dir{suffix}-vs-files",
+            f"certctl cert issue --in ({label}, PEM to directory) vs creating the same folders "
+            "and files in plain Python (the file-system floor)",
+            samples,
+            "dir",
+            "files",
+            n=n,
+            reference_n=n,
+            target=None,
+        )
+    )
     if not large:
         row = rate_row(
             "issue-inproc",

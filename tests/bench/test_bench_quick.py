@@ -17,10 +17,12 @@ RUN = ROOT / "bench" / "run.py"
 OFFLINE_ROWS = {
     "issue-zip",
     "issue-dir",
+    "issue-dir-vs-files",
     "issue-inproc",
     "help",
     "issue-zip-large",
     "issue-dir-large",
+    "issue-dir-large-vs-files",
     "issue-zip-large-vs-openssl",
 }
 # ``certctl serve`` rows (bench/_server_bench.py); --quick's stores hold 200/1,000/2,000 rows.
