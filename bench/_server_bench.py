@@ -1047,11 +1047,37 @@ def bench_servers(work: Path, plan: ServerPlan) -> tuple[list[dict[str, Any]], d
             uvi.stop()
             gra.stop()
             facts["granian"] = granian_checks(work, client_ca, client_crt, client_key, cert, key)
-        rows.append(
+        # 9: --workers 2 vs --workers 1, the same store and the same CSR issuance; servers and
+        # load generator unpinned (two workers need both cores, wrk takes what is left).
+        one = certctl_server(work, "certctl-w1", work / "data-issue", {"workers": 1})
+        two = certctl_server(work, "certctl-w2", work / "data-issue", {"workers": 2})
+        for c in (one, two):
+            c.server.core = None
+            running(c.server).start()
+        s = _group(
+            loader,
             {
-                "id": "workers-2",
-                "skipped": "certctl serve runs one process (no --workers); see docs/performance.md",
-            }
+                f"workers-{n}": _split(
+                    loader, [c], "/api/v1/certificates", body=paths["certctl-csr"], bearer=c.key
+                )
+                for n, c in ((1, one), (2, two))
+            },
+            plan.rounds,
+        )
+        one.server.stop()
+        two.server.stop()
+        rows.append(
+            load_row(
+                "workers-2",
+                "POST /api/v1/certificates {csr}, req/s: certctl serve --workers 2 vs --workers 1 "
+                "(one SQLite WAL store, nothing pinned)",
+                s,
+                "workers-2",
+                "workers-1",
+                metric="req_per_s",
+                op=">=",
+                target=1.7,
+            )
         )
     return rows, facts
 

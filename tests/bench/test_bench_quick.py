@@ -73,13 +73,12 @@ def test_quick_run_writes_every_row(tmp_path: Path) -> None:
     for row_id, row in rows.items():
         if "skipped" in row:
             # The openssl reference only when openssl is missing; granian only when its venv
-            # (made by ``make bench``) is; --workers is not implemented (docs/performance.md).
+            # (made by ``make bench``) is.
             if row_id == "issue-zip-large-vs-openssl":
                 assert shutil.which("openssl") is None
-            elif row_id in ASGI_ROWS:
-                assert not GRANIAN.exists()
             else:
-                assert row_id == "workers-2", row
+                assert row_id in ASGI_ROWS, row
+                assert not GRANIAN.exists()
             continue
         for key in NUMBERS:
             value = row[key]

@@ -43,7 +43,12 @@ from certctl.errors import (
     TooManyRequests,
     Unauthenticated,
 )
-from certctl.metrics.registry import AUTH_FAILURES, HTTP_DURATION, HTTP_REQUESTS, REGISTRY
+from certctl.metrics.registry import (
+    AUTH_FAILURES,
+    HTTP_DURATION,
+    HTTP_REQUESTS,
+    exposition_registry,
+)
 from certctl.pki import parse_duration
 from certctl.services import audit, issuance, rbac
 from certctl.services.context import Principal, Services
@@ -460,7 +465,7 @@ async def list_audit(request: Request, principal: Principal | None) -> Response:
 async def metrics_prometheus(request: Request, principal: Principal | None) -> Response:
     from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(exposition_registry()), media_type=CONTENT_TYPE_LATEST)
 
 
 async def metrics_json(request: Request, principal: Principal | None) -> Response:

@@ -25,10 +25,12 @@ def serve_command(
     allow_insecure: bool = typer.Option(
         False, "--allow-insecure", help="Allow plain HTTP beyond loopback."
     ),
+    workers: int = typer.Option(
+        None, "--workers", help="Server processes (default 1); use one per core to scale."
+    ),
 ) -> None:
     """Run the control-plane server (HTTPS with a self-signed certificate by default)."""
     from certctl.server.config import load_config
-    from certctl.server.run import serve
 
     overrides = {
         "data-dir": str(data_dir) if data_dir else None,
@@ -37,5 +39,21 @@ def serve_command(
         "tls.mode": tls_mode,
         "tls.cert-dir": str(tls_cert_dir) if tls_cert_dir else None,
         "allow-insecure": True if allow_insecure else None,
+        "workers": workers,
     }
-    serve(load_config(config, overrides))
+    settings = load_config(config, overrides)
+    metrics_dir = None
+    if settings.workers > 1:
+        # Before prometheus_client is imported: it picks its multi-process value store then.
+        from certctl.server.workers import prepare_multiprocess_metrics
+
+        metrics_dir = prepare_multiprocess_metrics()
+    from certctl.server.run import serve
+
+    try:
+        serve(settings)
+    finally:
+        if metrics_dir is not None:
+            import shutil
+
+            shutil.rmtree(metrics_dir, ignore_errors=True)

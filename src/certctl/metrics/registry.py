@@ -3,10 +3,17 @@
 Cardinality is bounded by issuers, statuses, routes and results — never by certificates.
 Certificate counts come from a snapshot refreshed in the background (see
 ``CertificateGauges``), so a scrape never touches the certificate table.
+
+With ``workers > 1`` (``PROMETHEUS_MULTIPROC_DIR`` set before this module is imported, see
+``certctl.server.workers``) every worker writes its counters to memory-mapped files and a
+scrape, whichever worker answers it, sums them; gauges report the value last set by any
+worker (``mostrecent``). Process metrics (``process_*``) are left out then: they would describe
+only the worker that happened to answer.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable
 from datetime import datetime
@@ -42,10 +49,14 @@ __all__ = [
     "TLS_RELOADS",
     "CertificateGauges",
     "certificate_gauges",
+    "exposition_registry",
 ]
 
+MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
 REGISTRY = CollectorRegistry(auto_describe=True)
-ProcessCollector(registry=REGISTRY)
+if MULTIPROCESS_DIR is None:
+    ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 
 ISSUANCE = Counter(
@@ -75,37 +86,54 @@ AUTH_FAILURES = Counter(
     ["reason"],
     registry=REGISTRY,
 )
-API_KEYS = Gauge("certctl_api_keys", "API keys by state", ["state"], registry=REGISTRY)
+API_KEYS = Gauge(
+    "certctl_api_keys",
+    "API keys by state",
+    ["state"],
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+)
 TLS_NOT_AFTER = Gauge(
     "certctl_tls_certificate_not_after_timestamp_seconds",
     "NotAfter of the certificate each listener serves",
     ["listener"],
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 DELIVERIES = Counter(
     "certctl_target_deliveries", "Bundle deliveries to targets", ["result"], registry=REGISTRY
 )
 SERVICE_READY = Gauge(
-    "certctl_service_ready", "1 when a managed service is Ready", ["service"], registry=REGISTRY
+    "certctl_service_ready",
+    "1 when a managed service is Ready",
+    ["service"],
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 SERVICE_NOT_AFTER = Gauge(
     "certctl_service_certificate_not_after_timestamp_seconds",
     "NotAfter of each managed service's serving certificate",
     ["service"],
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 SERVICE_NEXT_RENEWAL = Gauge(
     "certctl_service_next_renewal_timestamp_seconds",
     "When each managed service's certificate is renewed next",
     ["service"],
     registry=REGISTRY,
+    multiprocess_mode="mostrecent",
 )
 TLS_RELOADS = Counter(
     "certctl_tls_reloads", "TLS certificate reloads", ["result"], registry=REGISTRY
 )
-Gauge("certctl_build_info", "certctl build", ["version"], registry=REGISTRY).labels(
-    __version__
-).set(1)
+Gauge(
+    "certctl_build_info",
+    "certctl build",
+    ["version"],
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+).labels(__version__).set(1)
 
 for _reason in ("missing", "invalid", "expired", "revoked", "forbidden"):
     AUTH_FAILURES.labels(_reason)
@@ -155,3 +183,22 @@ class CertificateGauges(Collector):
 
 certificate_gauges = CertificateGauges()
 REGISTRY.register(certificate_gauges)
+
+
+_MULTIPROCESS_REGISTRY: CollectorRegistry | None = None
+
+
+def exposition_registry() -> CollectorRegistry:
+    """What a scrape serializes: this process's registry, or every worker's values summed."""
+    global _MULTIPROCESS_REGISTRY
+    if MULTIPROCESS_DIR is None:
+        return REGISTRY
+    if _MULTIPROCESS_REGISTRY is None:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
+        PlatformCollector(registry=registry)
+        registry.register(certificate_gauges)
+        _MULTIPROCESS_REGISTRY = registry
+    return _MULTIPROCESS_REGISTRY

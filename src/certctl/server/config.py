@@ -133,6 +133,8 @@ class ServerConfig(_Section):
     log_format: Literal["text", "json"] = Field(default="text", alias="log-format")
     secrets_dir: Path | None = Field(default=None, alias="secrets-dir")
     reconcile_interval: str = Field(default="10s", alias="reconcile-interval")
+    # Processes serving the listeners (one event loop each); background work runs in one.
+    workers: int = Field(default=1, ge=1, le=64)
     notifications: NotificationsConfig = Field(default_factory=lambda: NotificationsConfig())
 
     @property
@@ -182,6 +184,7 @@ _ENV_KEYS = {
     "CERTCTL_TLS_CLIENT_CA": ("tls", "client-ca"),
     "CERTCTL_METRICS_LISTEN": ("metrics", "listen"),
     "CERTCTL_LOG_FORMAT": ("log-format",),
+    "CERTCTL_WORKERS": ("workers",),
     "CERTCTL_KUBECONFIG": ("kubernetes", "kubeconfig"),
 }
 

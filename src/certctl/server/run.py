@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -207,13 +210,21 @@ def _set_state(asgi: Any, name: str, value: object) -> None:
     setattr(inner.state, name, value)
 
 
+@dataclass
+class _Prepared:
+    """What the parent process settles before serving: store, admin key, TLS files."""
+
+    config: ServerConfig
+    boot: Bootstrapped
+    mode: str
+    tls_dir: Path
+    ca_path: str | None
+    rotate_before: timedelta
+    validity: timedelta
+
+
 def serve(config: ServerConfig) -> None:
-    """Run the server until interrupted."""
-    import uvicorn
-
-    from certctl.api.app import MAX_HEADER_BYTES
-    from certctl.server.protocol import http_protocol
-
+    """Run the server until interrupted (``workers`` processes when above 1)."""
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -229,63 +240,116 @@ def serve(config: ServerConfig) -> None:
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     # httpx logs every Kubernetes API call (TokenReview, Secret writes) at INFO.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    host, port = config.host_port
+    host, _port = config.host_port
     mode = config.tls.mode
     if mode == "disabled" and host not in _LOOPBACK and not config.allow_insecure:
         raise InvalidRequest(
             f"tls.mode=disabled on {host}: plain HTTP beyond loopback needs --allow-insecure"
         )
-    boot = bootstrap(config)
-    services = boot.services
-    tls: ServerTLS | None = None
-    ca_path: str | None = None
-    rotate_before = parse_duration(config.cert_rotate_before)
-    validity = parse_duration(config.cert_validity)
-    tls_dir = config.data_dir / "tls"
-
-    def renew_self_signed() -> None:
-        ca = issuance.load_issuer(services, issuance.DEFAULT_ISSUER)
-        if (
-            ensure_self_signed(
-                tls_dir,
-                ca,
-                extra_sans=config.tls.subject_alt_names,
-                validity=validity,
-                rotate_before=rotate_before,
-                now=services.clock(),
+    if config.metrics.listen:
+        m_host, _ = split_host_port(config.metrics.listen, "metrics.listen")
+        if not config.metrics.secure and m_host not in _LOOPBACK and not config.allow_insecure:
+            raise InvalidRequest(
+                f"metrics.secure=false on {m_host}: plain HTTP beyond loopback "
+                "needs --allow-insecure"
             )
-            and tls is not None
-        ):
-            tls.load(services.clock())
-
+    if mode == "custom" and config.tls.cert_dir is None:
+        raise InvalidRequest("tls.mode=custom needs tls.cert-dir")
+    boot = bootstrap(config)
+    tls_dir = config.data_dir / "tls"
+    prepared = _Prepared(
+        config,
+        boot,
+        mode,
+        tls_dir,
+        None,
+        parse_duration(config.cert_rotate_before),
+        parse_duration(config.cert_validity),
+    )
     if mode == "self-signed":
-        renew_self_signed()
-        tls = ServerTLS(
-            tls_dir, config.tls.min_version, config.tls.client_auth, config.tls.client_ca
+        _renew_self_signed(prepared, None)
+        prepared.ca_path = str((tls_dir / "ca.crt").resolve())
+    elif mode == "custom" and config.tls.cert_dir is not None:
+        ca_file = config.tls.cert_dir / "ca.crt"
+        prepared.ca_path = str(ca_file.resolve()) if ca_file.exists() else None
+    # Configuration errors of the background work surface now, before the key is announced.
+    build_scheduler(config, boot.services)
+    _kubernetes_features(config, tls_dir / "ca.crt")
+    scheme = "https" if mode != "disabled" else "http"
+    if config.workers == 1:
+        # Printed before the listener opens, so whoever sees /readyz succeed can read the key.
+        _announce(boot, config, scheme, prepared.ca_path)
+        _serve_process(prepared, 0, None)
+        return
+    from certctl.server.workers import Supervisor, bind_listeners
+
+    # The listeners are bound once, here: every worker accepts on the same sockets.
+    sockets = bind_listeners(config)
+    _announce(boot, config, scheme, prepared.ca_path)
+    log.info("starting %d worker processes", config.workers)
+    # The SQLite/PostgreSQL connections of the parent must not be used by the children.
+    boot.services.engine.dispose()
+    code = Supervisor(config.workers, lambda index: _serve_process(prepared, index, sockets)).run()
+    if code:
+        raise SystemExit(code)
+
+
+def _renew_self_signed(prepared: _Prepared, tls: ServerTLS | None) -> None:
+    services = prepared.boot.services
+    ca = issuance.load_issuer(services, issuance.DEFAULT_ISSUER)
+    if (
+        ensure_self_signed(
+            prepared.tls_dir,
+            ca,
+            extra_sans=prepared.config.tls.subject_alt_names,
+            validity=prepared.validity,
+            rotate_before=prepared.rotate_before,
+            now=services.clock(),
         )
-        ca_path = str((tls_dir / "ca.crt").resolve())
-    elif mode == "custom":
-        if config.tls.cert_dir is None:
-            raise InvalidRequest("tls.mode=custom needs tls.cert-dir")
+        and tls is not None
+    ):
+        tls.load(services.clock())
+
+
+def _serve_process(
+    prepared: _Prepared, index: int, sockets: dict[str, socket.socket] | None
+) -> None:
+    """Serve the listeners in this process (the only one, or worker ``index``).
+
+    Worker 0 also runs the background work (scheduler, self-signed renewal, CA Secret);
+    every worker refreshes its own metrics snapshot.
+    """
+    import uvicorn
+
+    from certctl.api.app import MAX_HEADER_BYTES
+    from certctl.server.protocol import http_protocol
+
+    config, services, mode = prepared.config, prepared.boot.services, prepared.mode
+    leader = index == 0
+    several = sockets is not None
+    tls: ServerTLS | None = None
+    if mode == "self-signed":
+        tls = ServerTLS(
+            prepared.tls_dir, config.tls.min_version, config.tls.client_auth, config.tls.client_ca
+        )
+    elif mode == "custom" and config.tls.cert_dir is not None:
         tls = ServerTLS(
             config.tls.cert_dir,
             config.tls.min_version,
             config.tls.client_auth,
             config.tls.client_ca,
         )
-        ca_file = config.tls.cert_dir / "ca.crt"
-        ca_path = str(ca_file.resolve()) if ca_file.exists() else None
     if tls is not None:
         tls.load(services.clock())
     refresh_metrics(services)
-    kube_auth, publish_ca = _kubernetes_features(config, tls_dir / "ca.crt")
-    if publish_ca is not None:
+    kube_auth, publish_ca = _kubernetes_features(config, prepared.tls_dir / "ca.crt")
+    if publish_ca is not None and leader:
         try:
             publish_ca()
         except CertctlError as exc:  # RBAC may lag the pod; retried every minute
             log.error("cannot publish the CA certificate: %s", exc.detail)
 
-    # One throttle for every listener: failures on the metrics port count too.
+    # One throttle for every listener of this process: failures on the metrics port count too.
     limiter = None
     if config.auth.failure_limit > 0:
         limiter = AuthFailureLimiter(
@@ -305,6 +369,7 @@ def serve(config: ServerConfig) -> None:
         kubernetes_authenticator=kube_auth,
         auth_failure_limiter=limiter,
     )
+    host, port = config.host_port
 
     def listener(asgi: Any, bind_host: str, bind_port: int, secure: bool) -> uvicorn.Server:
         context = tls.context if (tls is not None and secure) else None
@@ -327,15 +392,9 @@ def serve(config: ServerConfig) -> None:
             )
         )
 
-    server = listener(app, host, port, secure=True)
-    servers = [server]
+    servers = [(listener(app, host, port, secure=True), "main")]
     if config.metrics.listen:
         m_host, m_port = split_host_port(config.metrics.listen, "metrics.listen")
-        if not config.metrics.secure and m_host not in _LOOPBACK and not config.allow_insecure:
-            raise InvalidRequest(
-                f"metrics.secure=false on {m_host}: plain HTTP beyond loopback "
-                "needs --allow-insecure"
-            )
         metrics_app = create_app(
             services,
             client_cert_mappings=mappings,
@@ -344,13 +403,13 @@ def serve(config: ServerConfig) -> None:
             kubernetes_authenticator=kube_auth,
             auth_failure_limiter=limiter,
         )
-        servers.append(listener(metrics_app, m_host, m_port, secure=config.metrics.secure))
+        servers.append(
+            (listener(metrics_app, m_host, m_port, secure=config.metrics.secure), "metrics")
+        )
     reload_s = parse_duration(config.tls.reload_interval).total_seconds()
-    scheduler = build_scheduler(config, services)
-    _set_state(app, "scheduler", scheduler)
-
-    # Printed before the listener opens, so whoever sees /readyz succeed can read the key.
-    _announce(boot, config, "https" if tls else "http", ca_path)
+    scheduler = build_scheduler(config, services) if leader else None
+    if scheduler is not None:
+        _set_state(app, "scheduler", scheduler)
 
     async def main() -> None:
         tasks = [
@@ -358,20 +417,32 @@ def serve(config: ServerConfig) -> None:
                 _periodic(METRICS_REFRESH_S, lambda: refresh_metrics(services), "metrics")
             )
         ]
-        if tls is not None and mode == "custom":
+        # Several workers: only the leader renews the self-signed files; the others see the
+        # new files through the same poll that custom certificates use.
+        if tls is not None and (mode == "custom" or (several and not leader)):
             tasks.append(asyncio.create_task(tls.watch(reload_s, services.clock)))
-        if mode == "self-signed":
-            check = min(3600.0, max(1.0, rotate_before.total_seconds() / 10))
-            tasks.append(asyncio.create_task(_periodic(check, renew_self_signed, "TLS renewal")))
-        tasks.append(asyncio.create_task(scheduler.run()))
-        if publish_ca is not None:
+        if mode == "self-signed" and leader:
+            check = min(3600.0, max(1.0, prepared.rotate_before.total_seconds() / 10))
+            tasks.append(
+                asyncio.create_task(
+                    _periodic(check, lambda: _renew_self_signed(prepared, tls), "TLS renewal")
+                )
+            )
+        if scheduler is not None:
+            tasks.append(asyncio.create_task(scheduler.run()))
+        if publish_ca is not None and leader:
             tasks.append(
                 asyncio.create_task(_periodic(CA_SECRET_REFRESH_S, publish_ca, "CA Secret"))
             )
         try:
-            runs = [asyncio.create_task(s.serve()) for s in servers]
+            runs = [
+                asyncio.create_task(
+                    s.serve(sockets=[sockets[name]] if sockets is not None else None)
+                )
+                for s, name in servers
+            ]
             await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
-            for other in servers:  # one stopped (signal or error): stop the rest
+            for other, _ in servers:  # one stopped (signal or error): stop the rest
                 other.should_exit = True
             await asyncio.gather(*runs, return_exceptions=True)
         finally:

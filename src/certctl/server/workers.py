@@ -1,0 +1,160 @@
+"""``workers > 1``: one parent binds the listeners and supervises forked worker processes.
+
+Each worker is a whole ``certctl serve`` process (its own event loop, database connections,
+issuer-key cache, group commit and TLS context) accepting on the sockets the parent bound,
+so the kernel spreads connections over the workers. Worker 0 also runs what must run once:
+the managed-services scheduler, the self-signed certificate renewal and the CA Secret
+publisher; the other workers pick renewed certificate files up by polling them
+(``tls.reload-interval``). Counters are summed across workers by prometheus_client's
+multi-process mode (files in a temporary directory, removed at exit).
+
+Per worker, not shared: the auth-failure throttle (``auth.failure-limit`` applies to each
+worker, so an address may fail up to ``workers`` times the limit) and the metrics snapshot of
+certificate counts (each refreshed every 10 s from the database).
+
+The parent restarts a worker that dies (a crash or an OOM kill) after a short pause, and gives
+up, stopping the others, if workers keep dying within seconds of their start. SIGTERM or
+SIGINT to the parent stops every worker gracefully (uvicorn drains open requests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from types import FrameType
+
+from certctl.server.config import ServerConfig, split_host_port
+
+__all__ = ["Supervisor", "bind_listeners", "prepare_multiprocess_metrics"]
+
+log = logging.getLogger("certctl.server")
+_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# A worker that dies this soon after starting counts as a failed start.
+FAST_FAILURE_S = 5.0
+MAX_FAST_FAILURES = 5
+RESTART_PAUSE_S = 0.5
+
+
+def prepare_multiprocess_metrics() -> str:
+    """Point prometheus_client at a fresh directory; must run before it is imported."""
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before the multi-process setup")
+    directory = tempfile.mkdtemp(prefix="certctl-metrics-")
+    os.environ[_ENV] = directory
+    return directory
+
+
+def bind_listeners(config: ServerConfig) -> dict[str, socket.socket]:
+    """Bind the main listener (and ``metrics.listen``) once, for every worker to accept on."""
+    listeners = {"main": _bind(*config.host_port)}
+    if config.metrics.listen:
+        listeners["metrics"] = _bind(*split_host_port(config.metrics.listen, "metrics.listen"))
+    return listeners
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    """Fork ``count`` workers running ``target(index)``; restart the ones that die."""
+
+    def __init__(self, count: int, target: Callable[[int], None]) -> None:
+        self.count = count
+        self.target = target
+        self.children: dict[int, tuple[int, float]] = {}  # pid → (index, started)
+        self.stopping = False
+        self.fast_failures = 0
+
+    def run(self) -> int:
+        """Supervise until a stop signal, or until workers keep failing; the exit status."""
+        previous = {sig: signal.signal(sig, self._stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        status = 0
+        try:
+            for index in range(self.count):
+                self._spawn(index)
+            while self.children:
+                try:
+                    pid, wait_status = os.wait()
+                except ChildProcessError:
+                    break
+                if pid not in self.children:
+                    continue
+                index, started = self.children.pop(pid)
+                self._mark_dead(pid)
+                if self.stopping:
+                    continue
+                code = os.waitstatus_to_exitcode(wait_status)
+                log.error("worker %d (pid %d) exited with status %d", index, pid, code)
+                if time.monotonic() - started < FAST_FAILURE_S:
+                    self.fast_failures += 1
+                if self.fast_failures >= MAX_FAST_FAILURES:
+                    log.error("workers keep failing at start; stopping")
+                    status = 1
+                    self._stop(signal.SIGTERM, None)
+                    continue
+                time.sleep(RESTART_PAUSE_S)
+                if not self.stopping:
+                    self._spawn(index)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            directory = os.environ.get(_ENV)
+            if directory:
+                shutil.rmtree(directory, ignore_errors=True)
+        return status
+
+    def _spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 0
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                self.target(index)
+            except KeyboardInterrupt:
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+        self.children[pid] = (index, time.monotonic())
+        log.info("worker %d started (pid %d)", index, pid)
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    @staticmethod
+    def _mark_dead(pid: int) -> None:
+        if os.environ.get(_ENV):
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
