@@ -52,6 +52,8 @@ SCRIPTS = Path(sysconfig.get_path("scripts"))
 CERTCTL = SCRIPTS / "certctl"
 GRANIAN_VENV = BENCH_DIR / ".venv-granian"
 GRANIAN = GRANIAN_VENV / "bin" / "granian"
+# The workers-2 row: enough connections for the kernel's per-socket hash to balance them.
+WORKERS_CONNECTIONS = 32
 
 
 @dataclass(frozen=True)
@@ -597,7 +599,13 @@ class Loader:
 
 
 def _split(
-    loader: Loader, targets: list[Certctl], path: str, *, body: Path, bearer: str
+    loader: Loader,
+    targets: list[Certctl],
+    path: str,
+    *,
+    body: Path,
+    bearer: str,
+    connections: int | None = None,
 ) -> Callable[[], Load]:
     """POSTs spread over ``targets`` at once (several processes, one store)."""
     if loader.plan.load_s <= 0:
@@ -629,7 +637,7 @@ def _split(
         [(c.server, f"{c.url}{path}") for c in targets],
         loader.lua,
         seconds=loader.plan.load_s,
-        connections=loader.plan.connections,
+        connections=connections or loader.plan.connections,
         method="POST",
         body=body,
         bearer=bearer,
@@ -1049,6 +1057,8 @@ def bench_servers(work: Path, plan: ServerPlan) -> tuple[list[dict[str, Any]], d
             facts["granian"] = granian_checks(work, client_ca, client_crt, client_key, cert, key)
         # 9: --workers 2 vs --workers 1, the same store and the same CSR issuance; servers and
         # load generator unpinned (two workers need both cores, wrk takes what is left).
+        # 32 connections: the kernel spreads connections over the workers' sockets by hash,
+        # and 8 kept-alive connections split 5/3 or 6/2 as often as 4/4.
         one = certctl_server(work, "certctl-w1", work / "data-issue", {"workers": 1})
         two = certctl_server(work, "certctl-w2", work / "data-issue", {"workers": 2})
         for c in (one, two):
@@ -1058,7 +1068,12 @@ def bench_servers(work: Path, plan: ServerPlan) -> tuple[list[dict[str, Any]], d
             loader,
             {
                 f"workers-{n}": _split(
-                    loader, [c], "/api/v1/certificates", body=paths["certctl-csr"], bearer=c.key
+                    loader,
+                    [c],
+                    "/api/v1/certificates",
+                    body=paths["certctl-csr"],
+                    bearer=c.key,
+                    connections=WORKERS_CONNECTIONS,
                 )
                 for n, c in ((1, one), (2, two))
             },
@@ -1070,7 +1085,7 @@ def bench_servers(work: Path, plan: ServerPlan) -> tuple[list[dict[str, Any]], d
             load_row(
                 "workers-2",
                 "POST /api/v1/certificates {csr}, req/s: certctl serve --workers 2 vs --workers 1 "
-                "(one SQLite WAL store, nothing pinned)",
+                f"(one SQLite WAL store, nothing pinned, {WORKERS_CONNECTIONS} connections)",
                 s,
                 "workers-2",
                 "workers-1",

@@ -283,13 +283,15 @@ def serve(config: ServerConfig) -> None:
         return
     from certctl.server.workers import Supervisor, bind_listeners
 
-    # The listeners are bound once, here: every worker accepts on the same sockets.
-    sockets = bind_listeners(config)
+    # The listeners are bound here, before the workers exist: one socket per worker.
+    sockets = bind_listeners(config, config.workers)
     _announce(boot, config, scheme, prepared.ca_path)
     log.info("starting %d worker processes", config.workers)
     # The SQLite/PostgreSQL connections of the parent must not be used by the children.
     boot.services.engine.dispose()
-    code = Supervisor(config.workers, lambda index: _serve_process(prepared, index, sockets)).run()
+    code = Supervisor(
+        config.workers, lambda index: _serve_process(prepared, index, sockets[index])
+    ).run()
     if code:
         raise SystemExit(code)
 

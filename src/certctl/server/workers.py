@@ -52,25 +52,32 @@ def prepare_multiprocess_metrics() -> str:
     return directory
 
 
-def bind_listeners(config: ServerConfig) -> dict[str, socket.socket]:
-    """Bind the main listener (and ``metrics.listen``) once, for every worker to accept on."""
-    listeners = {"main": _bind(*config.host_port)}
+def bind_listeners(config: ServerConfig, count: int) -> list[dict[str, socket.socket]]:
+    """One socket per worker and listener, all bound to the same address (``SO_REUSEPORT``).
+
+    Not one shared socket: a worker woken for a burst of new connections accepts them all,
+    and kept-alive connections stay where they were accepted, so one worker could serve all
+    of them while the other idles. With a socket each, the kernel spreads connections evenly
+    (by address hash). The parent keeps every socket open: connections that reach a crashed
+    worker's socket wait in its backlog for the replacement, which inherits the same socket.
+    """
+    addresses = {"main": config.host_port}
     if config.metrics.listen:
-        listeners["metrics"] = _bind(*split_host_port(config.metrics.listen, "metrics.listen"))
-    return listeners
+        addresses["metrics"] = split_host_port(config.metrics.listen, "metrics.listen")
+    return [{name: _bind(*address) for name, address in addresses.items()} for _ in range(count)]
 
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
         raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 

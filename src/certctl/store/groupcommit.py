@@ -18,8 +18,11 @@ rows that are never updated in the same transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +45,12 @@ class GroupCommit:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        database = engine.url.database
+        self._lock_path: str | None = None
+        if engine.dialect.name == "sqlite" and database and database != ":memory:":
+            self._lock_path = f"{database}.commit-lock"
+        self._lock_owner = 0
+        self._lock_fd = -1
         # One queue per event loop (tests may run several loops over one Services).
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Queue] = (
             weakref.WeakKeyDictionary()
@@ -89,8 +98,31 @@ class GroupCommit:
             queue.task = None
 
     def _commit(self, rows: list[Insert]) -> None:
-        with self._engine.begin() as connection:
+        with self._writer_turn(), self._engine.begin() as connection:
             write_rows(connection, rows)
+
+    @contextlib.contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """On a SQLite file, wait for the other processes' commits in a queue (``flock``).
+
+        SQLite lets one writer in at a time and makes the others poll: its busy handler
+        sleeps 1, 2, 5, 10 … ms between tries, so with several workers a commit that finds
+        the lock taken waits milliseconds after it was freed, and its whole group of
+        requests with it. ``flock`` wakes the next waiter as soon as the lock is released.
+        The lock file is opened per process: a descriptor inherited through ``fork`` would
+        share its lock with the parent.
+        """
+        if self._lock_path is None:
+            yield
+            return
+        if self._lock_owner != os.getpid():
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._lock_owner = os.getpid()
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
 
 def write_rows(connection: Connection, rows: Sequence[Insert]) -> None:
