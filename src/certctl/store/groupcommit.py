@@ -116,8 +116,14 @@ class GroupCommit:
             yield
             return
         if self._lock_owner != os.getpid():
-            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._lock_owner = os.getpid()
+            try:
+                fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                # A read-only or full disk: no queue, and the commit itself reports the
+                # storage fault (503) as it would without one. Tried again next commit.
+                yield
+                return
+            self._lock_fd, self._lock_owner = fd, os.getpid()
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
             yield
