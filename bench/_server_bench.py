@@ -35,6 +35,7 @@ from _servers import (
     free_port,
     handshakes,
     load_json,
+    postgres_database,
     pyload,
     wrk,
     wrk_split,
@@ -1086,6 +1087,51 @@ def bench_servers(work: Path, plan: ServerPlan) -> tuple[list[dict[str, Any]], d
                 "workers-2",
                 "POST /api/v1/certificates {csr}, req/s: certctl serve --workers 2 vs --workers 1 "
                 f"(one SQLite WAL store, nothing pinned, {WORKERS_CONNECTIONS} connections)",
+                s,
+                "workers-2",
+                "workers-1",
+                metric="req_per_s",
+                op=">=",
+                target=1.7,
+            )
+        )
+
+        # 9b: the same on PostgreSQL (durable settings), a fresh database; the 1-worker
+        # server bootstraps it (migrations, the admin key), then both serve it with one data
+        # directory (its KEK unwraps the issuer key).
+        with postgres_database(work) as url:
+            pg_one = certctl_server(
+                work, "certctl-pg-w1", work / "data-pg", {"workers": 1, "database-url": url}
+            )
+            pg_two = certctl_server(
+                work, "certctl-pg-w2", work / "data-pg", {"workers": 2, "database-url": url}
+            )
+            for c in (pg_one, pg_two):
+                c.server.core = None
+                running(c.server).start()
+            key = pg_one.key
+            s = _group(
+                loader,
+                {
+                    f"workers-{n}": _split(
+                        loader,
+                        [c],
+                        "/api/v1/certificates",
+                        body=paths["certctl-csr"],
+                        bearer=key,
+                        connections=WORKERS_CONNECTIONS,
+                    )
+                    for n, c in ((1, pg_one), (2, pg_two))
+                },
+                plan.rounds,
+            )
+            pg_one.server.stop()
+            pg_two.server.stop()
+        rows.append(
+            load_row(
+                "workers-2-postgresql",
+                "POST /api/v1/certificates {csr}, req/s: certctl serve --workers 2 vs --workers 1 "
+                f"(one PostgreSQL 15 database, nothing pinned, {WORKERS_CONNECTIONS} connections)",
                 s,
                 "workers-2",
                 "workers-1",

@@ -8,17 +8,20 @@ master/worker server such as nginx or granian is counted whole); RSS from ``/pro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +37,7 @@ __all__ = [
     "handshakes",
     "https_get",
     "pinned",
+    "postgres_database",
     "pyload",
     "tree_cpu_s",
     "tree_rss_bytes",
@@ -508,3 +512,48 @@ def wrk_split(
         duration = max(duration, data["duration_us"] / 1e6)
         p50, p99 = max(p50, data["p50_us"]), max(p99, data["p99_us"])
     return Load(requests, duration, cpu, p50, p99, sum(s.rss_bytes() for s, _ in servers))
+
+
+# --- PostgreSQL, for the rows with database-url ---------------------------------------------
+
+PG_BIN = Path(os.environ.get("CERTCTL_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+@contextlib.contextmanager
+def postgres_database(work: Path) -> Iterator[str]:
+    """A throwaway cluster (durable settings: fsync on) and one database; its SQLAlchemy URL.
+
+    initdb and postgres refuse to run as root: as root they run as the ``postgres`` user, in
+    a directory outside ``work`` (whose parents may be 0700). Stopped (immediate) on exit.
+    """
+    for tool in ("initdb", "pg_ctl"):
+        if not (PG_BIN / tool).is_file():
+            raise BenchError(f"PostgreSQL not found in {PG_BIN}: apt-get install -y postgresql")
+    base = Path(tempfile.mkdtemp(prefix="certctl-bench-pg-"))
+    as_pg: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres", "postgres")
+        as_pg = ["runuser", "-u", "postgres", "--"]
+    data = base / "data"
+    port = free_port()
+
+    def pg(*args: str) -> None:
+        proc = subprocess.run([*as_pg, *args], capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise BenchError(f"{args[0]} failed: {proc.stderr[-800:]}")
+
+    pg(str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres")
+    opts = f"-c listen_addresses=127.0.0.1 -p {port} -k {base} -c max_connections=200"
+    pg(str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o", opts, "start")
+    try:
+        import psycopg
+
+        with psycopg.connect(
+            f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True
+        ) as conn:
+            conn.execute("CREATE DATABASE certctl_bench")
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/certctl_bench"
+    finally:
+        with contextlib.suppress(BenchError):
+            pg(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(base, ignore_errors=True)

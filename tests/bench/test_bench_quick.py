@@ -46,6 +46,7 @@ SERVER_ROWS = {
     "tls-mtls-handshake-cpu",
     "startup-ready",
     "workers-2",
+    "workers-2-postgresql",
     "procs-2-sqlite",
     *ASGI_ROWS,
 }
