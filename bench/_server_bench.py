@@ -1056,61 +1056,25 @@ def bench_servers(work: Path, plan: ServerPlan) -> tuple[list[dict[str, Any]], d
             uvi.stop()
             gra.stop()
             facts["granian"] = granian_checks(work, client_ca, client_crt, client_key, cert, key)
+
         # 9: --workers 2 vs --workers 1, the same store and the same CSR issuance; servers and
         # load generator unpinned (two workers need both cores, wrk takes what is left).
         # 32 connections: the kernel spreads connections over the workers' sockets by hash,
         # and 8 kept-alive connections split 5/3 or 6/2 as often as 4/4.
-        one = certctl_server(work, "certctl-w1", work / "data-issue", {"workers": 1})
-        two = certctl_server(work, "certctl-w2", work / "data-issue", {"workers": 2})
-        for c in (one, two):
-            c.server.core = None
-            running(c.server).start()
-        s = _group(
-            loader,
-            {
-                f"workers-{n}": _split(
-                    loader,
-                    [c],
-                    "/api/v1/certificates",
-                    body=paths["certctl-csr"],
-                    bearer=c.key,
-                    connections=WORKERS_CONNECTIONS,
-                )
-                for n, c in ((1, one), (2, two))
-            },
-            plan.rounds,
-        )
-        one.server.stop()
-        two.server.stop()
-        rows.append(
-            load_row(
-                "workers-2",
-                "POST /api/v1/certificates {csr}, req/s: certctl serve --workers 2 vs --workers 1 "
-                f"(one SQLite WAL store, nothing pinned, {WORKERS_CONNECTIONS} connections)",
-                s,
-                "workers-2",
-                "workers-1",
-                metric="req_per_s",
-                op=">=",
-                target=1.7,
-            )
-        )
-
-        # 9b: the same on PostgreSQL (durable settings), a fresh database; the 1-worker
-        # server bootstraps it (migrations, the admin key), then both serve it with one data
-        # directory (its KEK unwraps the issuer key).
-        with postgres_database(work) as url:
-            pg_one = certctl_server(
-                work, "certctl-pg-w1", work / "data-pg", {"workers": 1, "database-url": url}
-            )
-            pg_two = certctl_server(
-                work, "certctl-pg-w2", work / "data-pg", {"workers": 2, "database-url": url}
-            )
-            for c in (pg_one, pg_two):
+        def workers_row(
+            row_id: str, store: str, data_dir: Path, extra: dict[str, Any]
+        ) -> dict[str, Any]:
+            # The 1-worker server starts first: on a fresh store it bootstraps it (migrations,
+            # admin key, KEK in data_dir), then both serve the same store.
+            servers = [
+                certctl_server(work, f"{row_id}-{n}", data_dir, {"workers": n, **extra})
+                for n in (1, 2)
+            ]
+            for c in servers:
                 c.server.core = None
                 running(c.server).start()
-            key = pg_one.key
-            s = _group(
+            key = servers[0].key
+            samples = _group(
                 loader,
                 {
                     f"workers-{n}": _split(
@@ -1121,25 +1085,35 @@ def bench_servers(work: Path, plan: ServerPlan) -> tuple[list[dict[str, Any]], d
                         bearer=key,
                         connections=WORKERS_CONNECTIONS,
                     )
-                    for n, c in ((1, pg_one), (2, pg_two))
+                    for n, c in zip((1, 2), servers, strict=True)
                 },
                 plan.rounds,
             )
-            pg_one.server.stop()
-            pg_two.server.stop()
-        rows.append(
-            load_row(
-                "workers-2-postgresql",
+            for c in servers:
+                c.server.stop()
+            return load_row(
+                row_id,
                 "POST /api/v1/certificates {csr}, req/s: certctl serve --workers 2 vs --workers 1 "
-                f"(one PostgreSQL 15 database, nothing pinned, {WORKERS_CONNECTIONS} connections)",
-                s,
+                f"({store}, nothing pinned, {WORKERS_CONNECTIONS} connections)",
+                samples,
                 "workers-2",
                 "workers-1",
                 metric="req_per_s",
                 op=">=",
                 target=1.7,
             )
-        )
+
+        rows.append(workers_row("workers-2", "one SQLite WAL store", work / "data-issue", {}))
+        # 9b: the same on PostgreSQL (durable settings: fsync on), a fresh database.
+        with postgres_database(work) as url:
+            rows.append(
+                workers_row(
+                    "workers-2-postgresql",
+                    "one PostgreSQL 15 database",
+                    work / "data-pg",
+                    {"database-url": url},
+                )
+            )
     return rows, facts
 
 
