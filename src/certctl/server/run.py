@@ -221,6 +221,10 @@ class _Prepared:
     ca_path: str | None
     rotate_before: timedelta
     validity: timedelta
+    # Built once here (they read files and config); worker 0 runs the scheduler and publisher.
+    scheduler: Scheduler | None = None
+    kube_auth: TokenReviewAuthenticator | None = None
+    publish_ca: Callable[[], None] | None = None
 
 
 def serve(config: ServerConfig) -> None:
@@ -272,9 +276,9 @@ def serve(config: ServerConfig) -> None:
     elif mode == "custom" and config.tls.cert_dir is not None:
         ca_file = config.tls.cert_dir / "ca.crt"
         prepared.ca_path = str(ca_file.resolve()) if ca_file.exists() else None
-    # Configuration errors of the background work surface now, before the key is announced.
-    build_scheduler(config, boot.services)
-    _kubernetes_features(config, tls_dir / "ca.crt")
+    # Built before the key is announced, so their configuration errors surface first.
+    prepared.scheduler = build_scheduler(config, boot.services)
+    prepared.kube_auth, prepared.publish_ca = _kubernetes_features(config, tls_dir / "ca.crt")
     scheme = "https" if mode != "disabled" else "http"
     if config.workers == 1:
         # Printed before the listener opens, so whoever sees /readyz succeed can read the key.
@@ -344,8 +348,9 @@ def _serve_process(
     if tls is not None:
         tls.load(services.clock())
     refresh_metrics(services)
-    kube_auth, publish_ca = _kubernetes_features(config, prepared.tls_dir / "ca.crt")
-    if publish_ca is not None and leader:
+    kube_auth = prepared.kube_auth
+    publish_ca = prepared.publish_ca if leader else None
+    if publish_ca is not None:
         try:
             publish_ca()
         except CertctlError as exc:  # RBAC may lag the pod; retried every minute
@@ -409,7 +414,7 @@ def _serve_process(
             (listener(metrics_app, m_host, m_port, secure=config.metrics.secure), "metrics")
         )
     reload_s = parse_duration(config.tls.reload_interval).total_seconds()
-    scheduler = build_scheduler(config, services) if leader else None
+    scheduler = prepared.scheduler if leader else None
     if scheduler is not None:
         _set_state(app, "scheduler", scheduler)
 
@@ -432,7 +437,7 @@ def _serve_process(
             )
         if scheduler is not None:
             tasks.append(asyncio.create_task(scheduler.run()))
-        if publish_ca is not None and leader:
+        if publish_ca is not None:
             tasks.append(
                 asyncio.create_task(_periodic(CA_SECRET_REFRESH_S, publish_ca, "CA Secret"))
             )

@@ -6,7 +6,7 @@ so the kernel spreads connections over the workers. Worker 0 also runs what must
 the managed-services scheduler, the self-signed certificate renewal and the CA Secret
 publisher; the other workers pick renewed certificate files up by polling them
 (``tls.reload-interval``). Counters are summed across workers by prometheus_client's
-multi-process mode (files in a temporary directory, removed at exit).
+multi-process mode (files in a temporary directory that ``certctl serve`` removes at exit).
 
 Per worker, not shared: the auth-failure throttle (``auth.failure-limit`` applies to each
 worker, so an address may fail up to ``workers`` times the limit) and the metrics snapshot of
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -124,9 +123,6 @@ class Supervisor:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            directory = os.environ.get(_ENV)
-            if directory:
-                shutil.rmtree(directory, ignore_errors=True)
         return status
 
     def _spawn(self, index: int) -> None:
