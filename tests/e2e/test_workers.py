@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests._poll import wait_until
 from tests.e2e.conftest import CertctlServer, StartServer, certctl_cli, peer_certificate
 from tests.e2e.test_tls_reload import issue_localhost, replace_pair
 
@@ -55,12 +56,7 @@ def _issued_total(server: CertctlServer) -> float:
 
 
 def _wait(predicate: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    wait_until(predicate, what, timeout_s)
 
 
 def test_two_workers_share_the_work_and_the_metrics(

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from tests._poll import wait_until
 from tests.services.conftest import Env, ok, require, run, service_doc
 
 pytestmark = pytest.mark.integration
@@ -77,12 +78,7 @@ def _wait_port(port: int, proc: subprocess.Popen[Any], log: Path) -> None:
 
 def _wait(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
     # nginx applies a SIGHUP asynchronously; on a loaded 2-core machine that took > 10 s once.
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    wait_until(predicate, what, timeout_s)
 
 
 @dataclass
