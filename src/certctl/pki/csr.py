@@ -12,7 +12,7 @@ from cryptography.x509.oid import ExtensionOID
 from certctl.errors import BadSignature, InvalidRequest
 from certctl.pki.issue import CertificateAuthority, IssuedCertificate
 from certctl.pki.keys import check_public_key, signature_hash_for
-from certctl.pki.names import SubjectAltNames, _check_name, format_dn
+from certctl.pki.names import SubjectAltNames, _check_name
 from certctl.pki.profiles import Profile
 
 __all__ = ["create_csr", "csr_sans", "load_csr", "sign_csr"]
@@ -98,7 +98,7 @@ def sign_csr(
     if not verified and not csr.is_signature_valid:
         raise BadSignature("CSR signature does not verify: the request was altered or corrupted")
     subject = csr.subject
-    _check_name(subject, format_dn(subject))
+    _check_name(subject)
     sans = csr_sans(csr) if profile.allows_sans else SubjectAltNames()
     ignored = sorted(
         ext.oid._name

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
@@ -17,6 +18,13 @@ from certctl.errors import InvalidRequest
 from certctl.pki.keys import check_public_key, signature_hash_for
 from certctl.pki.names import SubjectAltNames, validate_dns_name
 from certctl.pki.profiles import PROFILES, Profile
+from certctl.pki.template import (
+    Extension,
+    SigningTemplate,
+    encode_extension,
+    spki_of,
+    subject_key_identifier,
+)
 from certctl.pki.validity import format_duration
 
 __all__ = [
@@ -63,6 +71,9 @@ class CertificateAuthority:
     chain: tuple[x509.Certificate, ...] = ()
     authority_key_identifier: x509.AuthorityKeyIdentifier = field(init=False, repr=False)
     signature_hash: hashes.SHA256 | hashes.SHA384 | None = field(init=False, repr=False)
+    _encoded_extensions: dict[
+        tuple[Profile, bool], tuple[tuple[Extension, ...], tuple[Extension, ...]]
+    ] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         check_public_key(self.certificate.public_key())
@@ -172,15 +183,63 @@ class CertificateAuthority:
                 raise InvalidRequest(
                     f"path length {wanted} must be below the issuer's {parent_len}"
                 )
+        template = self._template
+        if template is not None:
+            spki = spki_of(public_key)
+            head, tail = self._profile_extensions(profile, isinstance(public_key, rsa.RSAPublicKey))
+            extensions = [*head, subject_key_identifier(spki), *tail]
+            if sans:
+                # RFC 5280 4.2.1.6: critical when the subject is empty.
+                extensions.append(encode_extension(sans.to_extension(), critical=not subject))
+            certificate = template.sign(
+                subject_der=subject.public_bytes(),
+                spki_der=spki,
+                serial=x509.random_serial_number(),
+                not_before=not_before,
+                not_after=not_after,
+                extensions=extensions,
+            )
+            return IssuedCertificate(certificate, tuple(warnings), sans)
         builder = _base_builder(public_key, subject, profile, not_before, not_after)
         builder = builder.issuer_name(self.certificate.subject).add_extension(
             self.authority_key_identifier, critical=False
         )
         if sans:
-            # RFC 5280 4.2.1.6: critical when the subject is empty.
             builder = builder.add_extension(sans.to_extension(), critical=not subject)
         certificate = builder.sign(self.private_key, self.signature_hash)
         return IssuedCertificate(certificate, tuple(warnings), sans)
+
+    @functools.cached_property
+    def _template(self) -> SigningTemplate | None:
+        # Built on the first issuance, not in __init__: most CAs a process loads only verify.
+        return SigningTemplate.for_ca(
+            self.certificate, self.private_key, self.signature_hash, self.authority_key_identifier
+        )
+
+    def _profile_extensions(
+        self, profile: Profile, rsa_key: bool
+    ) -> tuple[tuple[Extension, ...], tuple[Extension, ...]]:
+        """The extensions around the SKI, in ``_base_builder``'s order, encoded once.
+
+        (basicConstraints, keyUsage) and (extendedKeyUsage, authorityKeyIdentifier).
+        """
+        cached = self._encoded_extensions.get((profile, rsa_key))
+        if cached is not None:
+            return cached
+        head = (
+            encode_extension(
+                x509.BasicConstraints(ca=profile.is_ca, path_length=profile.path_length),
+                critical=True,
+            ),
+            encode_extension(profile.key_usage_for(rsa_key=rsa_key), critical=True),
+        )
+        tail = []
+        if profile.extended_key_usage:
+            eku = x509.ExtendedKeyUsage(list(profile.extended_key_usage))
+            tail.append(encode_extension(eku, critical=False))
+        tail.append(encode_extension(self.authority_key_identifier, critical=False))
+        encoded = self._encoded_extensions[profile, rsa_key] = (head, tuple(tail))
+        return encoded
 
     def _path_length(self) -> int | None:
         constraints = self.certificate.extensions.get_extension_for_class(x509.BasicConstraints)

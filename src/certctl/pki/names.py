@@ -45,17 +45,27 @@ def parse_dn(text: str) -> x509.Name:
     return name
 
 
-def _check_name(name: x509.Name, text: str) -> None:
+def _check_name(name: x509.Name, text: str | None = None) -> None:
+    # ``text`` (the DN for messages) is formatted only when there is an error to report.
     for attr in name:
         value = attr.value
-        if not isinstance(value, str) or any(unicodedata.category(c) == "Cc" for c in value):
-            raise InvalidRequest(f"{text}: binary or control characters are not supported")
+        # Printable ASCII has no control characters: skips the per-character lookup.
+        if not isinstance(value, str) or (
+            not (value.isascii() and value.isprintable())
+            and any(unicodedata.category(c) == "Cc" for c in value)
+        ):
+            raise InvalidRequest(
+                f"{text or format_dn(name)}: binary or control characters are not supported"
+            )
         if not value:
-            raise InvalidRequest(f"{text}: empty value for {attr.rfc4514_attribute_name}")
+            raise InvalidRequest(
+                f"{text or format_dn(name)}: empty value for {attr.rfc4514_attribute_name}"
+            )
         bound = _UPPER_BOUNDS.get(attr.oid)
         if bound is not None and len(value) > bound:
             raise InvalidRequest(
-                f"{text}: {attr.rfc4514_attribute_name} is longer than {bound} characters"
+                f"{text or format_dn(name)}: {attr.rfc4514_attribute_name} is longer than "
+                f"{bound} characters"
             )
 
 

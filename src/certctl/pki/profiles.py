@@ -43,6 +43,10 @@ class Profile:
 
     def key_usage(self, public_key: object) -> x509.KeyUsage:
         """Return the KeyUsage for a certificate of this profile holding ``public_key``."""
+        return self.key_usage_for(rsa_key=isinstance(public_key, rsa.RSAPublicKey))
+
+    def key_usage_for(self, *, rsa_key: bool) -> x509.KeyUsage:
+        """The KeyUsage of this profile for an RSA (``rsa_key``) or another subject key."""
         if self.is_ca:
             return x509.KeyUsage(
                 digital_signature=True,
@@ -57,11 +61,10 @@ class Profile:
             )
         # RSA key transport (TLS 1.2 RSA kx) needs keyEncipherment on server certificates;
         # EC and EdDSA keys only sign.
-        is_rsa = isinstance(public_key, rsa.RSAPublicKey)
         return x509.KeyUsage(
             digital_signature=True,
             content_commitment=False,
-            key_encipherment=is_rsa and self.is_server,
+            key_encipherment=rsa_key and self.is_server,
             data_encipherment=False,
             key_agreement=False,
             key_cert_sign=False,
