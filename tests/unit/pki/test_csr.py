@@ -266,3 +266,63 @@ def test_csr_with_overlong_subject_refused(
     )
     with pytest.raises(InvalidRequest, match="L is longer than 128 characters"):
         _sign(root_ca, csr, now)
+
+
+def _rsa_pss_csr(key: rsa.RSAPrivateKey) -> x509.CertificateSigningRequest:
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+    return (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(common_name_dn("pss.example"))
+        .sign(key, hashes.SHA256(), rsa_padding=pss)
+    )
+
+
+@pytest.mark.parametrize("kind", ["p256", "p384", "rsa", "rsa-pss", "ed25519", "ed448"])
+@pytest.mark.parametrize("tampered", [False, True])
+def test_signature_check_agrees_with_cryptography(kind: str, tampered: bool) -> None:
+    """load_csr verifies with the key it already loaded; the verdict must be cryptography's."""
+    from cryptography.hazmat.primitives.asymmetric import ed448
+
+    from certctl.pki.csr import _self_signed
+
+    keys = {
+        "p256": lambda: ec.generate_private_key(ec.SECP256R1()),
+        "p384": lambda: ec.generate_private_key(ec.SECP384R1()),
+        "rsa": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        "rsa-pss": lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048),
+        "ed25519": ed25519.Ed25519PrivateKey.generate,
+        "ed448": ed448.Ed448PrivateKey.generate,
+    }
+    key = keys[kind]()
+    if kind == "rsa-pss":
+        csr = _rsa_pss_csr(key)  # type: ignore[arg-type]
+    else:
+        csr = create_csr(key, common_name_dn("good.example"))  # type: ignore[arg-type]
+    if tampered:
+        der = csr.public_bytes(DER)
+        name = b"pss.example" if kind == "rsa-pss" else b"good.example"
+        csr = x509.load_der_x509_csr(der.replace(name, name[:-1] + b"X"))
+    assert _self_signed(csr, csr.public_key()) is csr.is_signature_valid is (not tampered)
+
+
+def test_signature_algorithm_of_another_key_type_is_refused(
+    ec_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """An EC key's CSR whose signatureAlgorithm claims RSA (or the reverse) never verifies."""
+    from certctl.pki.template import _read, _tlv
+
+    ec_der = create_csr(ec_key, common_name_dn("a.example")).public_bytes(DER)
+    rsa_der = create_csr(rsa_key, common_name_dn("a.example")).public_bytes(DER)
+    ec_alg = bytes.fromhex("300a06082a8648ce3d040302")  # ecdsa-with-SHA256
+    rsa_alg = bytes.fromhex("300d06092a864886f70d01010b0500")  # sha256WithRSAEncryption
+    assert ec_der.count(ec_alg) == 1
+    assert rsa_der.count(rsa_alg) == 1
+    for der, old, new in ((ec_der, ec_alg, rsa_alg), (rsa_der, rsa_alg, ec_alg)):
+        # The outer SEQUENCE's length changes with the algorithm's size: re-encode it.
+        _, start, _ = _read(der, 0)
+        swapped = _tlv(0x30, der[start:].replace(old, new))
+        x509.load_der_x509_csr(swapped)  # still a well-formed CSR
+        with pytest.raises(BadSignature):
+            load_csr(swapped)
