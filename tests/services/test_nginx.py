@@ -101,6 +101,23 @@ class Served:
         )  # fmt: skip
         return result.returncode, result.stdout
 
+    def settled(self) -> bool:
+        """True when nginx runs one worker only: after a reload, the old one has exited.
+
+        A reload starts a new worker before the old one stops taking connections, so a
+        client can see the new configuration and then the old one again.
+        """
+        workers = 0
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue  # exited while we looked
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.pid:
+                    workers += 1
+        return workers == 1
+
     def served_certificate(self, server_name: str) -> x509.Certificate:
         result = ok(
             run(
@@ -210,7 +227,10 @@ def test_san_change_reaches_nginx_after_the_reload_hook(served: Served) -> None:
     new_cert = x509.load_pem_x509_certificate((served.tls / "tls.crt").read_bytes())
     assert new_cert != old_cert
 
-    _wait(lambda: served.curl(NEW) == (0, "200"), "nginx to serve the new certificate")
+    _wait(
+        lambda: served.curl(NEW) == (0, "200") and served.settled(),
+        "nginx to serve the new certificate",
+    )
     log = (served.directory / "error.log").read_text()
     assert log.count("reconfiguring") > reloads_before  # it was the hook's SIGHUP
     assert served.served_certificate(NEW) == new_cert
@@ -241,7 +261,9 @@ def test_client_trust_registration_and_deregistration(served: Served) -> None:
         "CN=clients-a",
     }
     _wait(
-        lambda: served.curl(OLD, *_client_args(alice), port=mtls) == (0, "200"),
+        lambda: (
+            served.curl(OLD, *_client_args(alice), port=mtls) == (0, "200") and served.settled()
+        ),
         "the registered client to be accepted",
     )
     # Negative twins: a client of an unregistered CA, and no client certificate at all.
