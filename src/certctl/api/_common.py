@@ -20,6 +20,7 @@ __all__ = [
     "ApiRoute",
     "Handler",
     "caller_of",
+    "json_bytes",
     "json_response",
     "page_limit",
     "read_body",
@@ -50,9 +51,14 @@ class ApiRoute:
 _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
+def json_bytes(data: Any) -> bytes:
+    """``data`` as compact UTF-8 JSON (what ``json_response`` sends)."""
+    return _ENCODER.encode(data).encode()
+
+
 def json_response(data: Any, status: int = 200) -> Response:
     """A JSON response."""
-    return Response(_ENCODER.encode(data).encode(), status, media_type="application/json")
+    return Response(json_bytes(data), status, media_type="application/json")
 
 
 async def read_body(request: Request, model: type[BaseModel]) -> Any:

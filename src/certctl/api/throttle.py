@@ -48,6 +48,8 @@ class AuthFailureLimiter:
 
     def retry_after(self, source: str) -> float:
         """Seconds until ``source`` may try again; 0.0 when it is not blocked."""
+        if not self._blocked:  # the common case, without the lock (one atomic read)
+            return 0.0
         now = self._clock()
         with self._lock:
             until = self._blocked.get(source)

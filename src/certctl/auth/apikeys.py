@@ -10,14 +10,29 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
-__all__ = ["MintedKey", "hash_secret", "mint_key", "parse_key", "secret_matches"]
+__all__ = [
+    "KEY_ID",
+    "MintedKey",
+    "hash_secret",
+    "key_head",
+    "mint_key",
+    "parse_key",
+    "secret_matches",
+]
 
 PREFIX = "cctl_"
 _FORMAT = re.compile(r"^cctl_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+# Where the key id sits in a well-formed key: for a lookup among stored key ids whose hit is
+# then confirmed with ``key_head`` and ``secret_matches`` (only the key's own secret hashes to
+# the stored digest), so the lookup itself needs no format check.
+KEY_ID = slice(len(PREFIX), len(PREFIX) + 16)
 
 
 @dataclass(frozen=True)
@@ -33,9 +48,26 @@ class MintedKey:
         return f"MintedKey(key_id={self.key_id!r}, value='cctl_…')"
 
 
+def _sha256_constructor() -> Callable[[bytes], hashlib._Hash]:
+    """CPython's built-in SHA-256 (``_sha2``, ``_sha256`` before 3.12), else hashlib's.
+
+    The same digest; hashlib's goes through OpenSSL 3, whose per-call algorithm fetch and
+    context set-up cost more than hashing a 43-byte secret (~1.3 µs of a cached key check).
+    """
+    for name in ("_sha2", "_sha256"):
+        try:
+            return cast("Callable[[bytes], hashlib._Hash]", importlib.import_module(name).sha256)
+        except (ImportError, AttributeError):
+            continue
+    return hashlib.sha256
+
+
+_SHA256 = _sha256_constructor()
+
+
 def hash_secret(secret: str) -> bytes:
     """SHA-256 of the secret part."""
-    return hashlib.sha256(secret.encode()).digest()
+    return _SHA256(secret.encode()).digest()
 
 
 def mint_key() -> MintedKey:
@@ -53,6 +85,11 @@ def parse_key(value: str) -> tuple[str, str] | None:
     return match.group(1), match.group(2)
 
 
+def key_head(key_id: str) -> str:
+    """What every key with this id starts with: the prefix, the id and the separator."""
+    return f"{PREFIX}{key_id}_"
+
+
 def secret_matches(secret: str, stored_sha256: bytes) -> bool:
     """Constant-time comparison of a presented secret with the stored hash."""
-    return hmac.compare_digest(hash_secret(secret), stored_sha256)
+    return hmac.compare_digest(_SHA256(secret.encode()).digest(), stored_sha256)  # hash_secret

@@ -156,3 +156,32 @@ def test_issuing_certificates_keeps_the_cache(pair: tuple[Services, Services, Pr
     finally:
         event.remove(a.engine, "before_cursor_execute", seen)
     assert statements == [], "a certificate insert emptied the API-key cache"
+
+
+def test_the_counter_is_read_again_only_after_a_commit(
+    pair: tuple[Services, Services, Principal], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While the WAL-index header is unchanged, a cache hit costs no database read at all.
+    a, b, admin = pair
+    key = _mint(b, admin, "quiet", ["r-viewer"])
+    rbac.authenticate_api_key(a, key, "")
+    rbac.authenticate_api_key(a, key, "")  # cached
+    cache = rbac._key_cache(a.engine)
+    assert cache is not None
+    assert cache._wal_index is not None
+    reads: list[int | None] = []
+    read = cache._read_generation
+
+    def counted() -> int | None:
+        reads.append(read())
+        return reads[-1]
+
+    monkeypatch.setattr(cache, "_read_generation", counted)
+    for _ in range(3):
+        assert rbac.authenticate_api_key(a, key, "").actor_id == "quiet"
+    assert reads == []
+    rbac.create_role(b, admin, "r-other", "other", ["metrics.read"])  # a commit elsewhere
+    assert rbac.authenticate_api_key(a, key, "").actor_id == "quiet"
+    assert len(reads) == 1
+    assert rbac.authenticate_api_key(a, key, "").actor_id == "quiet"
+    assert len(reads) == 1
