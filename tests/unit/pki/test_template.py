@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from certctl.pki import (
     PROFILES,
     CertificateAuthority,
+    IssuedCertificate,
     SubjectAltNames,
     common_name_dn,
     create_root_ca,
@@ -143,19 +144,26 @@ def test_unknown_key_type_keeps_the_builder() -> None:
     )
 
 
+def _server_leaf(
+    ca: CertificateAuthority, name: str, sans: SubjectAltNames | None = None
+) -> IssuedCertificate:
+    return ca.issue(
+        SUBJECT_KEYS[0],
+        common_name_dn(name),
+        profile=PROFILES["server"],
+        validity=timedelta(days=90),
+        now=NOW,
+        sans=sans,
+    )
+
+
 def test_any_difference_from_the_builder_keeps_the_builder() -> None:
     """The self-check at first use is what makes the template safe to use at all."""
     ca = CertificateAuthority(CAS["p256"].certificate, CA_KEYS["p256"])
     wrong_time = lambda m: b"\x18\x0f" + m.strftime("%Y%m%d%H%M%SZ").encode()  # noqa: E731
     with mock.patch.object(template_module, "_time", wrong_time):
         assert ca._template is None
-    issued = ca.issue(
-        SUBJECT_KEYS[0],
-        common_name_dn("fallback.example"),
-        profile=PROFILES["server"],
-        validity=timedelta(days=30),
-        now=NOW,
-    )
+    issued = _server_leaf(ca, "fallback.example")
     issued.certificate.verify_directly_issued_by(ca.certificate)
     assert issued.sans == SubjectAltNames(dns=("fallback.example",))
 
@@ -172,14 +180,8 @@ def test_key_identifier_is_cryptographys(key: object) -> None:
 
 def test_issued_leaf_through_the_template_is_a_full_certificate() -> None:
     ca = CAS["p256"]
-    leaf = ca.issue(
-        SUBJECT_KEYS[0],
-        common_name_dn("svc.example"),
-        profile=PROFILES["server"],
-        validity=timedelta(days=90),
-        now=NOW,
-        sans=SubjectAltNames.parse(dns=["svc.example"], ip=["10.0.0.1"]),
-    ).certificate
+    sans = SubjectAltNames.parse(dns=["svc.example"], ip=["10.0.0.1"])
+    leaf = _server_leaf(ca, "svc.example", sans).certificate
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.0.0.1")]
     assert leaf.not_valid_before_utc == NOW - timedelta(minutes=5)
