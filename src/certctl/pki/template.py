@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -152,8 +152,7 @@ class SigningTemplate:
     ) -> None:
         self._issuer = issuer_der
         self._algorithm = algorithm_der
-        self._key = private_key
-        self._hash = signature_hash
+        self._signature = _signer(private_key, signature_hash)
 
     @classmethod
     def for_ca(
@@ -275,16 +274,21 @@ class SigningTemplate:
         der = _tlv(0x30, tbs + self._algorithm + _tlv(0x03, b"\x00" + signature))
         return x509.load_der_x509_certificate(der)
 
-    def _signature(self, tbs: bytes) -> bytes:
-        key = self._key
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            assert self._hash is not None
-            return key.sign(tbs, ec.ECDSA(self._hash))
-        if isinstance(key, rsa.RSAPrivateKey):
-            assert self._hash is not None
-            return key.sign(tbs, padding.PKCS1v15(), self._hash)
-        assert isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
-        return key.sign(tbs)
+
+def _signer(
+    key: CertificateIssuerPrivateKeyTypes, signature_hash: hashes.SHA256 | hashes.SHA384 | None
+) -> Callable[[bytes], bytes]:
+    # Chosen once per CA: the type checks and the padding objects stay off the signing path.
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        assert signature_hash is not None
+        ecdsa = ec.ECDSA(signature_hash)
+        return lambda tbs: key.sign(tbs, ecdsa)
+    if isinstance(key, rsa.RSAPrivateKey):
+        assert signature_hash is not None
+        pkcs1 = padding.PKCS1v15()
+        return lambda tbs: key.sign(tbs, pkcs1, signature_hash)
+    assert isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
+    return key.sign
 
 
 def _children_of_certificate(der: bytes) -> list[bytes]:

@@ -564,12 +564,7 @@ class _KeyCache:
         Raises:
             AuthFailure: the key matches and has expired.
         """
-        version: int | None
-        view, seen = self._wal_index, self._seen
-        if view is not None and seen is not None and view[:_WAL_INDEX_HEADER] == seen[0]:
-            version = seen[1]  # nothing committed since the counter was read (version())
-        else:
-            version = self.version()
+        version = self.version()
         entry = self._entries.get(presented[KEY_ID])
         if (
             entry is None
