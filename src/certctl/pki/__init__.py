@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from certctl.pki.crl import RevokedEntry, create_crl, parse_serial
-    from certctl.pki.csr import create_csr, csr_sans, load_csr, sign_csr
+    from certctl.pki.csr import create_csr, csr_sans, load_csr, load_csr_with_key, sign_csr
     from certctl.pki.formats import (
         Material,
         certs_to_pem,
@@ -43,6 +43,7 @@ _SOURCES = {
     "create_csr": "csr",
     "csr_sans": "csr",
     "load_csr": "csr",
+    "load_csr_with_key": "csr",
     "sign_csr": "csr",
     "Material": "formats",
     "certs_to_pem": "formats",
@@ -100,6 +101,7 @@ __all__ = [
     "key_type_of",
     "keys_match",
     "load_csr",
+    "load_csr_with_key",
     "load_material",
     "load_private_key",
     "parse_dn",

@@ -47,8 +47,10 @@ class IssuedCertificate:
 
     certificate: x509.Certificate
     warnings: tuple[str, ...] = ()
-    # The SANs the certificate carries, when the issuer knows them (saves parsing them back).
+    # The SANs and subject the certificate carries, when the issuer knows them: reading
+    # them back from a fresh certificate parses its extensions and name again.
     sans: SubjectAltNames | None = None
+    subject: x509.Name | None = None
 
 
 def keys_match(
@@ -199,7 +201,7 @@ class CertificateAuthority:
                 not_after=not_after,
                 extensions=extensions,
             )
-            return IssuedCertificate(certificate, tuple(warnings), sans)
+            return IssuedCertificate(certificate, tuple(warnings), sans, subject)
         builder = _base_builder(public_key, subject, profile, not_before, not_after)
         builder = builder.issuer_name(self.certificate.subject).add_extension(
             self.authority_key_identifier, critical=False
@@ -207,7 +209,7 @@ class CertificateAuthority:
         if sans:
             builder = builder.add_extension(sans.to_extension(), critical=not subject)
         certificate = builder.sign(self.private_key, self.signature_hash)
-        return IssuedCertificate(certificate, tuple(warnings), sans)
+        return IssuedCertificate(certificate, tuple(warnings), sans, subject)
 
     @functools.cached_property
     def _template(self) -> SigningTemplate | None:

@@ -26,7 +26,7 @@ from certctl.pki import (
     get_profile,
     key_to_pem,
     key_type_of,
-    load_csr,
+    load_csr_with_key,
     load_material,
     parse_dn,
     sign_csr,
@@ -250,7 +250,8 @@ def _new_rows(
             sans = SubjectAltNames.from_extension(ext.value)
         except x509.ExtensionNotFound:
             sans = SubjectAltNames()
-    cns = certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    subject = certificate.subject if issued.subject is None else issued.subject
+    cns = subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     cert_id = new_id()
     serial = f"{certificate.serial_number:x}"
     record = IssuedRecord(
@@ -266,7 +267,7 @@ def _new_rows(
         "issuer_id": issuer_id,
         "serial": serial,
         "common_name": str(cns[0].value) if cns else "",
-        "subject": certificate.subject.rfc4514_string(),
+        "subject": subject.rfc4514_string(),
         "sans": sans.as_dict(),
         "profile": profile,
         "status": "active",
@@ -336,9 +337,15 @@ def prepare_from_csr(
     prof = _leaf_profile(profile)
     ca = load_issuer(services, issuer_id)
     try:
-        csr = load_csr(csr_pem.encode())  # verifies the CSR's signature
+        csr, public_key = load_csr_with_key(csr_pem.encode())  # verifies the signature
         issued = sign_csr(
-            ca, csr, profile=prof, validity=validity, now=services.clock(), verified=True
+            ca,
+            csr,
+            profile=prof,
+            validity=validity,
+            now=services.clock(),
+            verified=True,
+            public_key=public_key,
         )
     except InvalidRequest:
         ISSUANCE.labels(issuer_id, "error").inc()

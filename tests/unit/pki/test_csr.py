@@ -21,6 +21,7 @@ from certctl.pki import (
     create_csr,
     csr_sans,
     load_csr,
+    load_csr_with_key,
     sign_csr,
 )
 
@@ -225,6 +226,36 @@ def test_plain_csr_signs_without_warning(
     assert issued.warnings == ()
     issued.certificate.verify_directly_issued_by(root_ca.certificate)
     assert issued.certificate.public_key() == ec_key.public_key()
+
+
+def test_sign_with_the_key_load_returned(
+    ec_key: ec.EllipticCurvePrivateKey, root_ca: CertificateAuthority, now: datetime
+) -> None:
+    """The API path: the key ``load_csr_with_key`` loaded goes in; the result is the same."""
+    sans = SubjectAltNames.parse(dns=["a.example", "b.example"])
+    pem = create_csr(ec_key, common_name_dn("a.example"), sans).public_bytes(PEM)
+    csr, key = load_csr_with_key(pem)
+    assert key == ec_key.public_key()
+    issued = sign_csr(
+        root_ca,
+        csr,
+        profile=PROFILES["server"],
+        validity=timedelta(days=90),
+        now=now,
+        verified=True,
+        public_key=key,
+    )
+    cert = issued.certificate
+    assert cert.public_key() == ec_key.public_key()
+    assert issued.subject == cert.subject == common_name_dn("a.example")
+    assert issued.sans == sans
+    assert (
+        SubjectAltNames.from_extension(
+            cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        )
+        == sans
+    )
+    cert.verify_directly_issued_by(root_ca.certificate)
 
 
 def test_intermediate_profile_drops_csr_sans(

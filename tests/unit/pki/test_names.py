@@ -326,6 +326,7 @@ _uri = st.builds(
 def test_san_round_trip(dns: list[str], ip: list[str], email: list[str], uri: list[str]) -> None:
     sans = SubjectAltNames.parse(dns=dns, ip=ip, email=email, uri=uri)
     assert SubjectAltNames.from_extension(sans.to_extension()) == sans
+    assert SubjectAltNames.validated(sans.to_extension()) == sans
     if sans:
         assert _through_der(sans) == sans
     # Parsing what came back is a fixed point.
@@ -333,3 +334,48 @@ def test_san_round_trip(dns: list[str], ip: list[str], email: list[str], uri: li
         dns=sans.dns, ip=[str(a) for a in sans.ip], email=sans.email, uri=sans.uri
     )
     assert again == sans
+
+
+@FAST
+@given(
+    dns=st.lists(_dns.map(str.upper) | _dns, max_size=4),
+    ip=st.lists(_ip, max_size=4),
+    email=st.lists(_email, max_size=3),
+    uri=st.lists(_uri, max_size=3),
+)
+@example(dns=["Node-1.Example.COM.", "node-1.example.com"], ip=[], email=[], uri=[])
+def test_validated_is_parse_in_one_pass(
+    dns: list[str], ip: list[str], email: list[str], uri: list[str]
+) -> None:
+    """What a CSR asks for, unvalidated, comes out of ``validated`` as ``parse`` makes it."""
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uri]
+    names += [x509.RFC822Name(e) for e in email]
+    names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip]
+    names += [x509.DNSName(d) for d in dns]
+    names.append(x509.DirectoryName(common_name_dn("ignored")))
+    names.append(x509.IPAddress(ipaddress.ip_network("10.0.0.0/8")))
+    assert SubjectAltNames.validated(names) == SubjectAltNames.parse(
+        dns=dns, ip=ip, email=email, uri=uri
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        x509.DNSName("under_score.example"),
+        x509.DNSName("*.example"),
+        x509.DNSName("10.0.0.1"),
+        x509.RFC822Name("no-at-sign"),
+        x509.UniformResourceIdentifier("no scheme"),
+    ],
+)
+def test_validated_refuses_as_parse_does(name: x509.GeneralName) -> None:
+    field = {
+        x509.DNSName: "dns",
+        x509.RFC822Name: "email",
+        x509.UniformResourceIdentifier: "uri",
+    }[type(name)]
+    with pytest.raises(InvalidRequest) as parsed:
+        SubjectAltNames.parse(**{field: [name.value]})
+    with pytest.raises(InvalidRequest, match=re.escape(str(parsed.value))):
+        SubjectAltNames.validated([x509.DNSName("ok.example"), name])
