@@ -7,12 +7,10 @@ by PID (SIGTERM, then SIGKILL after 5 s). Missing tools fail the test, never ski
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -27,70 +25,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests._tools import free_port, ok, require, run
+
 READY_TIMEOUT_S = 15.0
 READY_BANNER = "Admin API key"
 STOP_TIMEOUT_S = 5.0
-RUN_TIMEOUT_S = 60.0
-VENV_BIN = Path(sys.executable).parent
-
-_INSTALL = {
-    "prometheus": "apt-get install -y prometheus",
-    "promtool": "apt-get install -y prometheus",
-    "openssl": "apt-get install -y openssl",
-    "curl": "apt-get install -y curl",
-    "jq": "apt-get install -y jq",
-    "bash": "apt-get install -y bash",
-    "certctl": "uv sync",
-}
-
-
-def require(tool: str) -> str:
-    """Path of ``tool`` (the venv first, for ``certctl``); fail the test when it is missing."""
-    candidate = VENV_BIN / tool
-    if candidate.is_file():
-        return str(candidate)
-    path = shutil.which(tool)
-    if path is None:
-        hint = _INSTALL.get(tool, f"apt-get install -y {tool}")
-        pytest.fail(f"{tool} not found: {hint} (make system-deps)", pytrace=False)
-    return path
-
-
-def run(
-    *args: str | Path,
-    timeout: float = RUN_TIMEOUT_S,
-    input: str | bytes | None = None,
-    cwd: Path | None = None,
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run a real program with a timeout and capture its text output (no check)."""
-    argv = [require(str(args[0])), *(str(a) for a in args[1:])]
-    return subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        input=input,
-        cwd=cwd,
-        env=env,
-        check=False,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    """Assert that ``result`` exited 0, showing its output otherwise."""
-    assert result.returncode == 0, (
-        f"{' '.join(map(str, result.args))} exited {result.returncode}\n"
-        f"stdout: {result.stdout}\nstderr: {result.stderr}"
-    )
-    return result
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def stop_process(proc: subprocess.Popen[Any]) -> int:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import CertctlServer, certctl_cli, launch, run
+from tests._tools import run
+from tests.e2e.conftest import CertctlServer, certctl_cli, launch
 
 pytestmark = pytest.mark.e2e
 

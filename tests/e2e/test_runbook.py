@@ -16,16 +16,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import (
-    CertctlServer,
-    assert_no_secrets,
-    free_port,
-    key_traces,
-    require,
-    run,
-    secret_of,
-    stop_process,
-)
+from tests._tools import free_port, require, run
+from tests.e2e.conftest import CertctlServer, assert_no_secrets, key_traces, secret_of, stop_process
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import CertctlServer, StartServer, certctl_cli, run
+from tests._tools import run
+from tests.e2e.conftest import CertctlServer, StartServer, certctl_cli
 
 pytestmark = pytest.mark.e2e
 

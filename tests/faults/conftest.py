@@ -27,8 +27,9 @@ import httpx
 import pytest
 import yaml
 
+from tests._tools import free_port, require
 from tests.api.conftest import PostgresCluster, postgres_cluster  # noqa: F401  (fixture)
-from tests.e2e.conftest import free_port, require, stop_process, tls_context
+from tests.e2e.conftest import stop_process, tls_context
 
 READY_TIMEOUT_S = 20.0
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import io
-import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import redirect_stderr, redirect_stdout
@@ -16,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from certctl.cli.main import run as certctl_run
+from tests._tools import RUN_TIMEOUT_S, run
 
 KEY_TYPES = ("ec-p256", "ec-p384", "ed25519", "rsa-2048", "rsa-3072", "rsa-4096")
 LEAF_PROFILES = ("server", "client", "server+client")
@@ -26,69 +25,6 @@ LEAF_NAMES = {
     "server+client": "peer-1.example.com",
 }
 LEAF_IPS = ("127.0.0.1", "::1")
-
-_INSTALL = {
-    "openssl": "apt-get install -y openssl",
-    "curl": "apt-get install -y curl",
-    "nginx": "apt-get install -y nginx-light",
-    "keytool": "apt-get install -y openjdk-17-jre-headless",
-    "lint_pkix_cert": "uv sync --group dev",
-    "certctl": "uv sync",
-}
-_TIMEOUT = 60.0
-
-
-def require(tool: str) -> str:
-    """Return the path of ``tool``; fail the test (never skip) when it is not installed."""
-    venv_bin = Path(sys.executable).parent
-    # certctl and pkilint come from the project venv, whatever else is on PATH.
-    path = str(venv_bin / tool) if (venv_bin / tool).is_file() else shutil.which(tool)
-    if path is None:
-        # nginx lives in /usr/sbin, which is not on a normal user's PATH.
-        for folder in (Path("/usr/sbin"), Path("/sbin")):
-            if (folder / tool).is_file():
-                path = str(folder / tool)
-                break
-    if path is None:
-        hint = _INSTALL.get(tool, f"apt-get install -y {tool}")
-        pytest.fail(f"{tool} not found: install with '{hint}' (make system-deps)", pytrace=False)
-    return path
-
-
-def run(
-    *args: str | Path,
-    timeout: float = _TIMEOUT,
-    input: str | None = None,
-    cwd: Path | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run a real program (found with :func:`require`) and capture its text output."""
-    argv = [require(str(args[0])), *(str(a) for a in args[1:])]
-    return subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        input=input,
-        cwd=cwd,
-        check=False,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    """Assert that ``result`` exited 0, showing its output otherwise."""
-    assert result.returncode == 0, (
-        f"{' '.join(result.args)} exited {result.returncode}\n"
-        f"stdout: {result.stdout}\nstderr: {result.stderr}"
-    )
-    return result
-
-
-def failed(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    """Assert that ``result`` exited non-zero."""
-    assert result.returncode != 0, (
-        f"{' '.join(result.args)} unexpectedly succeeded\nstdout: {result.stdout}"
-    )
-    return result
 
 
 @dataclass(frozen=True)
@@ -115,16 +51,11 @@ def certctl_ok(*args: str | Path) -> CliResult:
     return result
 
 
-def certctl_exe(*args: str | Path, timeout: float = _TIMEOUT) -> subprocess.CompletedProcess[str]:
+def certctl_exe(
+    *args: str | Path, timeout: float = RUN_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
     """Run the installed ``certctl`` console script, exactly as a user would."""
     return run("certctl", *args, timeout=timeout)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(

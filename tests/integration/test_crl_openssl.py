@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Chain, Pki, certctl_ok, ok, run
+from tests._tools import ok, run
+from tests.integration.conftest import Chain, Pki, certctl_ok
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Pki, certctl_exe, certctl_ok, ok, run
+from tests._tools import ok, run
+from tests.integration.conftest import Pki, certctl_exe, certctl_ok
 from tests.integration.test_openssl_x509 import x509_extensions
 
 pytestmark = pytest.mark.integration

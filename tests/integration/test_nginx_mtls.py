@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Pki, certctl_ok, free_port, require, run, wait_for_port
+from tests._tools import free_port, require, run
+from tests.integration.conftest import Pki, certctl_ok, wait_for_port
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import KEY_TYPES, LEAF_NAMES, LEAF_PROFILES, Pki, failed, ok, run
+from tests._tools import failed, ok, run
+from tests.integration.conftest import KEY_TYPES, LEAF_NAMES, LEAF_PROFILES, Pki
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Pki, certctl_ok, failed, ok, run
+from tests._tools import failed, ok, run
+from tests.integration.conftest import Pki, certctl_ok
 
 pytestmark = pytest.mark.integration
 

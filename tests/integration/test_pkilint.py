@@ -11,7 +11,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.integration.conftest import KEY_TYPES, LEAF_PROFILES, Pki, require
+from tests._tools import require
+from tests.integration.conftest import KEY_TYPES, LEAF_PROFILES, Pki
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -51,15 +49,6 @@ from tests.api.conftest import (  # noqa: F401  (fixtures, registered by import)
 )
 
 BACKENDS = ("sqlite", "postgresql")
-VENV_BIN = Path(sys.executable).parent
-_INSTALL = {
-    "openssl": "apt-get install -y openssl",
-    "curl": "apt-get install -y curl",
-    "nginx": "apt-get install -y nginx-light",
-    "kill": "apt-get install -y procps",
-    "certctl": "uv sync",
-}
-
 # Short lifetimes so a test walks through several renewals in a few reconciles.
 SETTINGS = {
     "ca_validity": timedelta(hours=10),
@@ -67,52 +56,6 @@ SETTINGS = {
     "cert_validity": timedelta(hours=2),
     "cert_rotate_before": timedelta(minutes=30),
 }
-
-
-# --- real tools ---------------------------------------------------------------------------
-
-
-def require(tool: str) -> str:
-    """Path of ``tool`` (venv first, then PATH, then /usr/sbin); fail (never skip) if missing."""
-    if (VENV_BIN / tool).is_file():
-        return str(VENV_BIN / tool)
-    path = shutil.which(tool)
-    if path is None:
-        for folder in (Path("/usr/sbin"), Path("/sbin")):
-            if (folder / tool).is_file():
-                return str(folder / tool)
-        hint = _INSTALL.get(tool, f"apt-get install -y {tool}")
-        pytest.fail(f"{tool} not found: install with '{hint}'", pytrace=False)
-    return path
-
-
-def run(
-    *args: str | Path,
-    timeout: float = 60,
-    env: dict[str, str] | None = None,
-    input: str | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run a real program with a timeout; capture text output (no check)."""
-    argv = [require(str(args[0])), *(str(a) for a in args[1:])]
-    return subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        input=input,
-        stdin=None if input is not None else subprocess.DEVNULL,
-        check=False,
-    )
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
-    """Assert ``result`` exited 0, showing its output otherwise."""
-    assert result.returncode == 0, (
-        f"{' '.join(map(str, result.args))} exited {result.returncode}\n"
-        f"stdout: {result.stdout}\nstderr: {result.stderr}"
-    )
-    return result
 
 
 # --- documents ----------------------------------------------------------------------------

@@ -21,14 +21,13 @@ from cryptography import x509
 from certctl.pki import VerificationFailed, verify_certificate
 from certctl.services import tls_services
 from certctl.store.models import Issuer
+from tests._tools import ok, run
 from tests.e2e.conftest import launch
 from tests.services.conftest import (
     Env,
     Leaf,
     make_ca,
     make_leaf,
-    ok,
-    run,
     service_doc,
     snapshot,
     write_secret,

@@ -15,7 +15,8 @@ from cryptography import x509
 from certctl.pki import keys_match, load_private_key
 from certctl.services import tls_services
 from certctl.targets.directory import BundleFile, DeliveryError, deliver_to_directory
-from tests.services.conftest import Env, make_ca, make_leaf, ok, run, service_doc
+from tests._tools import ok, run
+from tests.services.conftest import Env, make_ca, make_leaf, service_doc
 
 MINUTE = timedelta(minutes=1)
 

@@ -23,7 +23,8 @@ import pytest
 from cryptography import x509
 
 from tests._poll import wait_until
-from tests.services.conftest import Env, ok, require, run, service_doc
+from tests._tools import ok, require, run
+from tests.services.conftest import Env, service_doc
 
 pytestmark = pytest.mark.integration
 

@@ -23,9 +23,11 @@ import httpx
 import pytest
 import yaml
 
+from tests._tools import free_port, require
+
 # The PostgreSQL cluster fixture is shared with the API tests (session scope, own temp dir).
 from tests.api.conftest import PostgresCluster, postgres_cluster  # noqa: F401
-from tests.e2e.conftest import free_port, require, stop_process
+from tests.e2e.conftest import stop_process
 
 READY_TIMEOUT_S = 20.0
 SOAK_RESULTS = Path(os.environ.get("CERTCTL_SOAK_RESULTS", "/tmp/certctl-soak-results.txt"))

@@ -1,0 +1,97 @@
+"""Real programs for the tests: find them (a missing one fails the test, never skips it), run
+them with a timeout, check how they exited; and free loopback ports.
+
+One copy for every suite that drives real tools (e2e, integration, services, soak, faults).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+__all__ = ["INSTALL", "VENV_BIN", "failed", "free_port", "ok", "require", "run"]
+
+VENV_BIN = Path(sys.executable).parent
+RUN_TIMEOUT_S = 60.0
+
+# How to install each tool the tests run (``make system-deps`` does all of it).
+INSTALL = {
+    "prometheus": "apt-get install -y prometheus",
+    "promtool": "apt-get install -y prometheus",
+    "openssl": "apt-get install -y openssl",
+    "curl": "apt-get install -y curl",
+    "jq": "apt-get install -y jq",
+    "bash": "apt-get install -y bash",
+    "nginx": "apt-get install -y nginx-light",
+    "keytool": "apt-get install -y openjdk-17-jre-headless",
+    "kill": "apt-get install -y procps",
+    "lint_pkix_cert": "uv sync --group dev",
+    "certctl": "uv sync",
+}
+
+
+def require(tool: str) -> str:
+    """Path of ``tool``: the project venv first (certctl, pkilint), then PATH, then /usr/sbin
+    and /sbin (nginx lives there, off a normal user's PATH). Fails the test when missing."""
+    if (VENV_BIN / tool).is_file():
+        return str(VENV_BIN / tool)
+    path = shutil.which(tool)
+    if path is not None:
+        return path
+    for folder in (Path("/usr/sbin"), Path("/sbin")):
+        if (folder / tool).is_file():
+            return str(folder / tool)
+    hint = INSTALL.get(tool, f"apt-get install -y {tool}")
+    pytest.fail(f"{tool} not found: install with '{hint}' (make system-deps)", pytrace=False)
+
+
+def run(
+    *args: str | Path,
+    timeout: float = RUN_TIMEOUT_S,
+    input: str | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a real program (found with :func:`require`) with a timeout; capture its text
+    output, do not check it. Without ``input`` its stdin is /dev/null: CI has no terminal."""
+    argv = [require(str(args[0])), *(str(a) for a in args[1:])]
+    return subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        cwd=cwd,
+        env=env,
+        check=False,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """Assert that ``result`` exited 0, showing its output otherwise."""
+    assert result.returncode == 0, (
+        f"{' '.join(map(str, result.args))} exited {result.returncode}\n"
+        f"stdout: {result.stdout}\nstderr: {result.stderr}"
+    )
+    return result
+
+
+def failed(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """Assert that ``result`` exited non-zero."""
+    assert result.returncode != 0, (
+        f"{' '.join(map(str, result.args))} unexpectedly succeeded\nstdout: {result.stdout}"
+    )
+    return result
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
