@@ -80,7 +80,9 @@ def common_name_dn(common_name: str) -> x509.Name:
         raise InvalidRequest("empty common name")
     if len(common_name) > _UPPER_BOUNDS[NameOID.COMMON_NAME]:
         raise InvalidRequest(f"{common_name[:70]}: common name is longer than 64 characters")
-    if any(unicodedata.category(c) == "Cc" for c in common_name):
+    # isprintable() is False for every control character (and a few more categories, which
+    # the per-character check then lets through): one C call for the usual name.
+    if not common_name.isprintable() and any(unicodedata.category(c) == "Cc" for c in common_name):
         raise InvalidRequest(f"{common_name!r}: control characters are not allowed in a name")
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 

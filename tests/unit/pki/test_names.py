@@ -77,6 +77,12 @@ def test_parse_dn_refuses(text: str, message: str) -> None:
         parse_dn(text)
 
 
+@pytest.mark.parametrize("value", ["a\u00a0b", "soft\u00adhyphen", "line\u2028sep", "Caf\u00e9 01"])
+def test_common_name_dn_keeps_unprintable_non_controls(value: str) -> None:
+    """Only category Cc is refused; other characters ``isprintable`` rejects stay allowed."""
+    assert [a.value for a in common_name_dn(value)] == [value]
+
+
 def test_common_name_dn_is_literal() -> None:
     name = common_name_dn("a,b+c=d")
     assert [a.value for a in name] == ["a,b+c=d"]
@@ -85,7 +91,14 @@ def test_common_name_dn_is_literal() -> None:
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("", "empty common name"), ("a" * 65, "common name is longer than 64 characters")],
+    [
+        ("", "empty common name"),
+        ("a" * 65, "common name is longer than 64 characters"),
+        ("web\n01", "control characters are not allowed"),
+        ("\x00evil.example", "control characters are not allowed"),
+        ("x\x7f", "control characters are not allowed"),
+        ("caf\u00e9 \u0085", "control characters are not allowed"),
+    ],
 )
 def test_common_name_dn_refuses(value: str, message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
