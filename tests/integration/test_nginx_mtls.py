@@ -10,23 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests._tools import free_port, require, run
+from tests._nginx import nginx_argv, nginx_conf
+from tests._tools import free_port, run
 from tests.integration.conftest import Pki, certctl_ok, wait_for_port
 
 pytestmark = pytest.mark.integration
 
-NGINX_CONF = """\
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {d}/access.log;
-    client_body_temp_path {d}/client_body_temp;
-    proxy_temp_path {d}/proxy_temp;
-    fastcgi_temp_path {d}/fastcgi_temp;
-    uwsgi_temp_path {d}/uwsgi_temp;
-    scgi_temp_path {d}/scgi_temp;
+# The inside of the http block; tests._nginx.nginx_conf adds the rest.
+NGINX_SERVER = """\
     server {{
         listen 127.0.0.1:{port} ssl;
         server_name localhost;
@@ -38,7 +29,6 @@ http {{
         ssl_verify_depth 2;
         location / {{ return 200 "hello from nginx\\n"; }}
     }}
-}}
 """
 
 
@@ -63,16 +53,11 @@ def nginx(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]
     node, client = d / "bundle" / "node-1", d / "bundle" / "client"
     port = free_port()
     conf = d / "nginx.conf"
-    conf.write_text(
-        NGINX_CONF.format(
-            d=d,
-            port=port,
-            cert=node / "http.crt",
-            key=node / "http.key",
-            client_ca=chain.root / "ca.crt",
-        )
+    server = NGINX_SERVER.format(
+        port=port, cert=node / "http.crt", key=node / "http.key", client_ca=chain.root / "ca.crt"
     )
-    argv = [require("nginx"), "-c", str(conf), "-e", str(d / "error.log"), "-p", f"{d}/"]
+    conf.write_text(nginx_conf(d, server))
+    argv = nginx_argv(conf, d)
     check = subprocess.run([*argv, "-t"], capture_output=True, text=True, timeout=30, check=False)
     assert check.returncode == 0, check.stderr
     proc = subprocess.Popen(

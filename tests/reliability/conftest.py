@@ -35,8 +35,7 @@ from certctl.api.app import ClientCertMapping, create_app
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
 from certctl.services.context import Services
-from certctl.store.db import create_store_engine, migrate
-from tests.api.conftest import FakeClock, bearer
+from tests.api.conftest import FakeClock, bearer, sqlite_template  # noqa: F401  (fixture)
 
 CERT_HEADER = b"x-test-client-cert"
 ADDR_HEADER = b"x-test-client-addr"
@@ -236,20 +235,6 @@ class RelApp:
         with self.services.engine.connect() as conn:
             result = conn.execute(text("PRAGMA integrity_check")).scalar_one()
         return str(result)
-
-
-@pytest.fixture(scope="session")
-def reliability_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated, empty SQLite database copied into each app's data dir."""
-    path = tmp_path_factory.mktemp("rel-template") / "certctl.db"
-    engine = create_store_engine(f"sqlite:///{path}")
-    try:
-        migrate(engine)
-        with engine.connect() as conn:
-            conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
-    finally:
-        engine.dispose()
-    return path
 
 
 @contextmanager

@@ -70,11 +70,9 @@ class FuzzWorld:
 
 
 @pytest.fixture(scope="module")
-def world(
-    tmp_path_factory: pytest.TempPathFactory, reliability_template: Path
-) -> Iterator[FuzzWorld]:
+def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[FuzzWorld]:
     data_dir = tmp_path_factory.mktemp("api-fuzz") / "data"
-    with running_app(data_dir, reliability_template) as app:
+    with running_app(data_dir, sqlite_template) as app:
         keys = {"admin": app.admin_key}
         for role in ("viewer",):
             app.ok(

@@ -112,10 +112,10 @@ def _mint(app: RelApp, actor: str, roles: list[str], **extra: Any) -> dict[str, 
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, reliability_template: Path) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[World]:
     mapping = ClientCertMapping(MTLS_PATTERN, MTLS_ROLES)
     data_dir = tmp_path_factory.mktemp("matrix") / "data"
-    with running_app(data_dir, reliability_template, client_cert_mappings=(mapping,)) as app:
+    with running_app(data_dir, sqlite_template, client_cert_mappings=(mapping,)) as app:
         callers: list[Caller] = []
         # Refused credentials.
         expiring = _mint(

@@ -22,24 +22,15 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from tests._nginx import nginx_argv, nginx_conf
 from tests._poll import wait_until
-from tests._tools import ok, require, run
+from tests._tools import free_port, ok, require, run
 from tests.services.conftest import Env, service_doc
 
 pytestmark = pytest.mark.integration
 
-NGINX_CONF = """\
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log {d}/access.log;
-    client_body_temp_path {d}/client_body_temp;
-    proxy_temp_path {d}/proxy_temp;
-    fastcgi_temp_path {d}/fastcgi_temp;
-    uwsgi_temp_path {d}/uwsgi_temp;
-    scgi_temp_path {d}/scgi_temp;
+# The inside of the http block; tests._nginx.nginx_conf adds the rest.
+NGINX_SERVERS = """\
     ssl_certificate {tls}/tls.crt;
     ssl_certificate_key {tls}/tls.key;
     server {{
@@ -52,16 +43,9 @@ http {{
         ssl_verify_client on;
         location / {{ return 200 "hello $ssl_client_s_dn\\n"; }}
     }}
-}}
 """
 OLD, NEW = "old.example.test", "new.example.test"
 STEP = timedelta(minutes=1)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_port(port: int, proc: subprocess.Popen[Any], log: Path) -> None:
@@ -184,10 +168,10 @@ def served(env: Env) -> Iterator[Served]:
         )
         assert added.status_code == 201, added.text
     env.reconcile("web")
-    port, mtls_port = _free_port(), _free_port()
+    port, mtls_port = free_port(), free_port()
     conf = d / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(d=d, tls=tls, port=port, mtls_port=mtls_port))
-    argv = [require("nginx"), "-c", str(conf), "-e", str(d / "error.log"), "-p", f"{d}/"]
+    conf.write_text(nginx_conf(d, NGINX_SERVERS.format(tls=tls, port=port, mtls_port=mtls_port)))
+    argv = nginx_argv(conf, d)
     ok(run(*argv, "-t"))
     proc = subprocess.Popen(
         [*argv, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

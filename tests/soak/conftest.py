@@ -23,6 +23,7 @@ import httpx
 import pytest
 import yaml
 
+from tests._nginx import nginx_argv, nginx_conf
 from tests._tools import free_port, require
 
 # The PostgreSQL cluster fixture is shared with the API tests (session scope, own temp dir).
@@ -187,18 +188,8 @@ def start_replica(
 
 # --- nginx --------------------------------------------------------------------------------
 
-NGINX_CONF = """\
-worker_processes 2;
-pid {d}/nginx.pid;
-error_log {d}/error.log notice;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/client_body_temp;
-    proxy_temp_path {d}/proxy_temp;
-    fastcgi_temp_path {d}/fastcgi_temp;
-    uwsgi_temp_path {d}/uwsgi_temp;
-    scgi_temp_path {d}/scgi_temp;
+# The inside of the http block; tests._nginx.nginx_conf adds the rest.
+NGINX_SERVER = """\
     server {{
         listen 127.0.0.1:{port} ssl;
         server_name _;
@@ -206,7 +197,6 @@ http {{
         ssl_certificate_key {tls}/tls.key;
         location / {{ return 200 "soak ok\\n"; }}
     }}
-}}
 """
 
 
@@ -233,9 +223,13 @@ def start_nginx(directory: Path, tls_dir: Path) -> Iterator[Nginx]:
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = directory / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(d=directory, port=port, tls=tls_dir))
-    argv = [require("nginx"), "-c", str(conf), "-e", str(directory / "error.log")]
-    argv += ["-p", f"{directory}/"]
+    server = NGINX_SERVER.format(port=port, tls=tls_dir)
+    conf.write_text(
+        nginx_conf(
+            directory, server, workers=2, connections=1024, error_level="notice", access_log=False
+        )
+    )
+    argv = nginx_argv(conf, directory)
     check = subprocess.run([*argv, "-t"], capture_output=True, text=True, timeout=30, check=False)
     assert check.returncode == 0, check.stderr
     proc = subprocess.Popen(
