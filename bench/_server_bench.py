@@ -217,7 +217,7 @@ def populate(data_dir: Path, n: int) -> None:
     transaction); their PEMs are 64 real leaves of the data dir's own CA, reused round robin
     with unique ids, serials and names. Statuses: 2 % revoked, 2 % expired, 10 % expiring.
     """
-    from sqlalchemy import insert
+    from sqlalchemy import Table, insert
 
     from certctl.pki import PROFILES, SubjectAltNames, common_name_dn, generate_private_key
     from certctl.pki import certs_to_pem as to_pem
@@ -243,7 +243,7 @@ def populate(data_dir: Path, n: int) -> None:
             )
             pems.append(to_pem([issued.certificate]).decode())
         base = time.time_ns() - n * 1_000
-        table = CertificateRecord.__table__
+        table: Table = CertificateRecord.__table__  # type: ignore[assignment]
         batch: list[dict[str, Any]] = []
         for i in range(n):
             cn = f"host-{i:06d}.example.com"
