@@ -92,4 +92,4 @@ def key_head(key_id: str) -> str:
 
 def secret_matches(secret: str, stored_sha256: bytes) -> bool:
     """Constant-time comparison of a presented secret with the stored hash."""
-    return hmac.compare_digest(_SHA256(secret.encode()).digest(), stored_sha256)  # hash_secret
+    return hmac.compare_digest(hash_secret(secret), stored_sha256)

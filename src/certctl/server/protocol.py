@@ -68,16 +68,13 @@ class CoalescedWrites:
             self._held = None
             self._transport.write(held)
 
-    def is_closing(self) -> bool:
-        """The transport's ``is_closing``."""
-        return bool(self._transport.is_closing())
-
     def close(self) -> None:
         """Write what is held, then close the transport."""
         self._flush()
         self._transport.close()
 
     def __getattr__(self, name: str) -> Any:
+        # is_closing, get_extra_info, abort …: the transport's own.
         return getattr(self._transport, name)
 
 

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -418,9 +418,6 @@ def authenticate_api_key(services: Services, presented: str, source: str) -> Pri
                 row.secret_sha256,
                 row.expires_at.timestamp() if row.expires_at is not None else None,
                 (last_used + LAST_USED_RESOLUTION).timestamp(),
-                actor_id,
-                roles,
-                permissions,
                 principal,
             ),
         )
@@ -438,10 +435,9 @@ class _CachedKey:
     secret_sha256: bytes
     expires_ts: float | None  # POSIX timestamps, compared with the clock's
     touch_after_ts: float  # last_used_at + LAST_USED_RESOLUTION: then the slow path writes it
-    actor_id: str
-    roles: tuple[str, ...]
-    permissions: frozenset[str]
-    principal: Principal  # for the source of the request that filled the entry
+    # The key's actor, roles and permissions, with the source of the request that filled the
+    # entry (another source gets a copy).
+    principal: Principal
 
 
 # The WAL-index header (https://sqlite.org/walformat.html, "The WAL-Index Header"): the first
@@ -578,9 +574,7 @@ class _KeyCache:
         if timestamp >= entry.touch_after_ts:
             return None
         principal = entry.principal
-        if principal.source != source:
-            principal = Principal(entry.actor_id, entry.roles, entry.permissions, "api_key", source)
-        return principal
+        return principal if principal.source == source else replace(principal, source=source)
 
     def put(self, entry: _CachedKey) -> None:
         if len(self._entries) >= self.MAX_ENTRIES:
