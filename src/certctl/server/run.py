@@ -28,6 +28,7 @@ from certctl.server.scheduler import Scheduler
 from certctl.server.tls import ServerTLS, ensure_self_signed
 from certctl.services import issuance
 from certctl.services.context import Services
+from certctl.services.tls_services import ca_renewal_time
 from certctl.store.models import ApiKey
 from certctl.targets.kubernetes import SecretWriter
 
@@ -36,6 +37,8 @@ __all__ = ["serve"]
 log = logging.getLogger("certctl.server")
 METRICS_REFRESH_S = 10.0
 CA_SECRET_REFRESH_S = 60.0
+# How often each process compares its cached issuers with the store (renewals elsewhere).
+ISSUER_CACHE_CHECK_S = 60.0
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
@@ -270,14 +273,14 @@ def serve(config: ServerConfig) -> None:
         parse_duration(config.cert_rotate_before),
         parse_duration(config.cert_validity),
     )
-    if mode == "self-signed":
-        _renew_self_signed(prepared, None)
-        prepared.ca_path = str((tls_dir / "ca.crt").resolve())
-    elif mode == "custom" and config.tls.cert_dir is not None:
-        ca_file = config.tls.cert_dir / "ca.crt"
-        prepared.ca_path = str(ca_file.resolve()) if ca_file.exists() else None
     # Built before the key is announced, so their configuration errors surface first.
     prepared.scheduler = build_scheduler(config, boot.services)
+    _renew_internal_ca(prepared, None)
+    if mode == "custom" and config.tls.cert_dir is not None:
+        ca_file = config.tls.cert_dir / "ca.crt"
+        prepared.ca_path = str(ca_file.resolve()) if ca_file.exists() else None
+    elif mode == "self-signed":
+        prepared.ca_path = str((tls_dir / "ca.crt").resolve())
     prepared.kube_auth, prepared.publish_ca = _kubernetes_features(config, tls_dir / "ca.crt")
     scheme = "https" if mode != "disabled" else "http"
     if config.workers == 1:
@@ -298,6 +301,41 @@ def serve(config: ServerConfig) -> None:
     ).run()
     if code:
         raise SystemExit(code)
+
+
+def _renew_internal_ca(prepared: _Prepared, tls: ServerTLS | None) -> None:
+    """Renew the internal CA (issuer ``default``) when due, then the self-signed files.
+
+    The CA is re-signed with its own key ``ca-cert-rotate-before`` ahead of its notAfter (and
+    before the server certificate would be clipped to it and come due at once): certificates
+    issued under the old CA certificate, and clients still holding the old ``ca.crt``, keep
+    verifying. The self-signed server certificate follows, since ``ca.crt`` changed.
+    """
+    services = prepared.boot.services
+    assert prepared.scheduler is not None  # built first in serve()
+    settings = prepared.scheduler.settings
+    ca = issuance.load_issuer(services, issuance.DEFAULT_ISSUER)
+    if services.clock() >= ca_renewal_time(settings, ca):
+        renewed = issuance.renew_root_issuer(
+            services,
+            issuance.DEFAULT_ISSUER,
+            ca,
+            validity=settings.ca_validity,
+            now=services.clock(),
+        )
+        log.info(
+            "renewed the internal CA (issuer 'default', same key) until %s",
+            renewed.certificate.not_valid_after_utc.isoformat(),
+        )
+    if prepared.mode == "self-signed":
+        _renew_self_signed(prepared, tls)
+
+
+def _renewal_check_s(prepared: _Prepared) -> float:
+    """A tenth of the shorter renewal margin, between 1 s and an hour."""
+    assert prepared.scheduler is not None
+    margin = min(prepared.rotate_before, prepared.scheduler.settings.ca_rotate_before)
+    return min(3600.0, max(1.0, margin.total_seconds() / 10))
 
 
 def _renew_self_signed(prepared: _Prepared, tls: ServerTLS | None) -> None:
@@ -428,13 +466,26 @@ def _serve_process(
         # new files through the same poll that custom certificates use.
         if tls is not None and (mode == "custom" or (several and not leader)):
             tasks.append(asyncio.create_task(tls.watch(reload_s, services.clock)))
-        if mode == "self-signed" and leader:
-            check = min(3600.0, max(1.0, prepared.rotate_before.total_seconds() / 10))
+        if leader:
             tasks.append(
                 asyncio.create_task(
-                    _periodic(check, lambda: _renew_self_signed(prepared, tls), "TLS renewal")
+                    _periodic(
+                        _renewal_check_s(prepared),
+                        lambda: _renew_internal_ca(prepared, tls),
+                        "CA and TLS renewal",
+                    )
                 )
             )
+        # A CA renewed by the leader (or another replica) replaces this process's cached copy.
+        tasks.append(
+            asyncio.create_task(
+                _periodic(
+                    min(ISSUER_CACHE_CHECK_S, _renewal_check_s(prepared)),
+                    lambda: issuance.refresh_cached_issuers(services),
+                    "issuer cache refresh",
+                )
+            )
+        )
         if scheduler is not None:
             tasks.append(asyncio.create_task(scheduler.run()))
         if publish_ca is not None:

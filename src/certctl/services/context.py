@@ -59,6 +59,11 @@ class Services:
         """The loaded CA for ``issuer_id`` if already cached."""
         return self._issuers.get(issuer_id)
 
+    def cached_issuers(self) -> dict[str, CertificateAuthority]:
+        """A copy of the cache: issuer id -> loaded CA."""
+        with self._lock:
+            return dict(self._issuers)
+
     def forget_issuer(self, issuer_id: str) -> None:
         """Drop a cached CA (its certificate was renewed)."""
         with self._lock:

@@ -54,7 +54,9 @@ __all__ = [
     "load_issuer",
     "prepare_from_csr",
     "prepare_with_key",
+    "refresh_cached_issuers",
     "renew_certificate",
+    "renew_root_issuer",
     "revoke_certificate",
 ]
 
@@ -199,6 +201,69 @@ def load_issuer(services: Services, issuer_id: str) -> CertificateAuthority:
     ca = CertificateAuthority(cert, key, chain)  # type: ignore[arg-type]  # issuer keys only
     services.cache_issuer(issuer_id, ca)
     return ca
+
+
+def renew_root_issuer(
+    services: Services,
+    issuer_id: str,
+    ca: CertificateAuthority,
+    *,
+    validity: timedelta,
+    now: datetime,
+) -> CertificateAuthority:
+    """Re-sign root issuer ``issuer_id``'s certificate with its own key, for ``validity``.
+
+    Same key, same subject, same SKI: certificates signed under the old CA certificate verify
+    under the new one and the other way round, so clients holding either ``ca.crt`` keep
+    working, and CRLs stay valid for both. ``ca`` is the caller's loaded copy; when the stored
+    certificate is no longer that one (another process or replica renewed it first), the
+    stored one is returned and nothing is signed.
+
+    Raises:
+        InvalidRequest: ``ca`` is not self-signed (an intermediate needs its parent).
+    """
+    if ca.chain or ca.certificate.issuer != ca.certificate.subject:
+        raise InvalidRequest(f"issuer {issuer_id} is not a root CA: renew it from its parent")
+    renewed = create_root_ca(ca.private_key, ca.certificate.subject, validity=validity, now=now)
+    with services.sessions.begin() as session:
+        row = session.get(Issuer, issuer_id, with_for_update=True)
+        if row is None:
+            raise NotFound(f"issuer {issuer_id} not found")
+        if x509.load_pem_x509_certificate(row.certificate_pem.encode()) == ca.certificate:
+            row.certificate_pem = certs_to_pem([renewed.certificate]).decode()
+            row.not_after = renewed.certificate.not_valid_after_utc
+            record(
+                session,
+                at=now,
+                actor="system",
+                action="issuer.renew",
+                target=f"{issuer_id} until {row.not_after.isoformat()}",
+            )
+    services.forget_issuer(issuer_id)
+    return load_issuer(services, issuer_id)
+
+
+def refresh_cached_issuers(services: Services) -> list[str]:
+    """Drop cached CAs whose stored certificate changed (renewed by another process).
+
+    Every process caches unwrapped issuer keys; a renewal in one of them (the leader, another
+    worker, another replica on PostgreSQL) must reach the others before their cached
+    certificate runs out. Returns the ids dropped.
+    """
+    cached = services.cached_issuers()
+    if not cached:
+        return []
+    with services.sessions() as session:
+        rows = session.execute(
+            select(Issuer.id, Issuer.not_after).where(Issuer.id.in_(list(cached)))
+        )
+        stored = {issuer_id: not_after for issuer_id, not_after in rows}
+    stale = []
+    for issuer_id, ca in cached.items():
+        if stored.get(issuer_id) != ca.certificate.not_valid_after_utc:
+            services.forget_issuer(issuer_id)
+            stale.append(issuer_id)
+    return stale
 
 
 @dataclass(frozen=True)

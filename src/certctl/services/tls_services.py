@@ -265,7 +265,6 @@ def _ensure_service_ca(
 ) -> tuple[CertificateAuthority, bool]:
     """The service's own CA (CN ``<name>-http``, OU ``<name>``), renewed with the same key."""
     from certctl.services import issuance
-    from certctl.store.models import Issuer
 
     issuer_id = _per_service_ca_id(name)
     try:
@@ -290,28 +289,16 @@ def _ensure_service_ca(
         return issuance.load_issuer(services, issuer_id), True
     if now < ca_renewal_time(settings, ca):
         return ca, False
-    # Same key, same subject, same SKI: leaves signed by the old CA certificate verify
-    # under the new one and the other way round, so clients holding either keep working.
-    renewed = create_root_ca(
-        ca.private_key, ca.certificate.subject, validity=settings.ca_validity, now=now
+    renewed = issuance.renew_root_issuer(
+        services, issuer_id, ca, validity=settings.ca_validity, now=now
     )
-    with services.sessions.begin() as session:
-        row = session.get(Issuer, issuer_id, with_for_update=True)
-        assert row is not None
-        if x509.load_pem_x509_certificate(row.certificate_pem.encode()) != ca.certificate:
-            # Renewed by another replica since this process cached it (or concurrently):
-            # use the stored one rather than renewing a second time.
-            services.forget_issuer(issuer_id)
-            return issuance.load_issuer(services, issuer_id), True
-        row.certificate_pem = certs_to_pem([renewed.certificate]).decode()
-        row.not_after = renewed.certificate.not_valid_after_utc
-    services.forget_issuer(issuer_id)
-    log.info(
-        "renewed the CA of service %s (same key) until %s",
-        name,
-        renewed.certificate.not_valid_after_utc.isoformat(),
-    )
-    return issuance.load_issuer(services, issuer_id), True
+    if renewed.certificate.not_valid_after_utc > ca.certificate.not_valid_after_utc:
+        log.info(
+            "renewed the CA of service %s (same key) until %s",
+            name,
+            renewed.certificate.not_valid_after_utc.isoformat(),
+        )
+    return renewed, True
 
 
 def ca_renewal_time(settings: ServiceSettings, ca: CertificateAuthority) -> datetime:

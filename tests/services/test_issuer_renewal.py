@@ -1,0 +1,126 @@
+"""Root issuers are renewed with their own key; other processes drop their cached copy.
+
+The internal ``default`` CA and the per-service CAs share ``issuance.renew_root_issuer``:
+the new certificate has the same key, subject and SKI, so certificates signed under either
+version verify under the other, and a process that renewed second (a lost race) uses the
+stored certificate instead of signing another.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from cryptography import x509
+from sqlalchemy import select
+
+from certctl.errors import InvalidRequest
+from certctl.pki import PROFILES, CertificateAuthority, common_name_dn, generate_private_key
+from certctl.services import issuance
+from certctl.services.context import Services
+from certctl.store.models import AuditEvent, Issuer
+from tests.services.conftest import Env
+
+DEFAULT = issuance.DEFAULT_ISSUER
+VALIDITY = timedelta(days=400)
+
+
+def _leaf(ca: CertificateAuthority, env: Env, cn: str) -> x509.Certificate:
+    return ca.issue(
+        generate_private_key().public_key(),
+        common_name_dn(cn),
+        profile=PROFILES["server"],
+        validity=timedelta(days=30),
+        now=env.now,
+    ).certificate
+
+
+def _ski(cert: x509.Certificate) -> bytes:
+    return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+
+
+def _renewals(env: Env) -> list[AuditEvent]:
+    with env.services.sessions() as session:
+        query = select(AuditEvent).where(AuditEvent.action == "issuer.renew")
+        return list(session.scalars(query))
+
+
+def _second_process(env: Env) -> Services:
+    """Another process on the same store: its own issuer cache."""
+    return Services(env.services.engine, env.services.sessions, env.services.wrapper, env.clock)
+
+
+def test_default_ca_renewed_with_its_own_key(any_env: Env) -> None:
+    env = any_env
+    old = issuance.load_issuer(env.services, DEFAULT)
+    before = _leaf(old, env, "before.example")
+    when = env.at(old.certificate.not_valid_after_utc - timedelta(hours=1))
+
+    new = issuance.renew_root_issuer(env.services, DEFAULT, old, validity=VALIDITY, now=when)
+
+    cert = new.certificate
+    assert cert.not_valid_after_utc == when + VALIDITY
+    assert cert.serial_number != old.certificate.serial_number
+    assert cert.subject == old.certificate.subject == cert.issuer
+    assert cert.public_key() == old.certificate.public_key()
+    assert _ski(cert) == _ski(old.certificate)
+    # Issued before, verifies under the new certificate; issued after, under the old one.
+    before.verify_directly_issued_by(cert)
+    _leaf(new, env, "after.example").verify_directly_issued_by(old.certificate)
+    # Stored (a fresh process loads the new one) and audited.
+    assert issuance.load_issuer(_second_process(env), DEFAULT).certificate == cert
+    with env.services.sessions() as session:
+        row = session.get(Issuer, DEFAULT)
+        assert row is not None
+        assert row.not_after == cert.not_valid_after_utc
+    [event] = _renewals(env)
+    assert event.actor == "system"
+    assert event.target.startswith("default until ")
+
+
+def test_a_lost_race_uses_the_stored_certificate(env: Env) -> None:
+    other = _second_process(env)
+    mine = issuance.load_issuer(env.services, DEFAULT)
+    theirs = issuance.load_issuer(other, DEFAULT)
+    when = env.at(mine.certificate.not_valid_after_utc - timedelta(hours=1))
+    first = issuance.renew_root_issuer(other, DEFAULT, theirs, validity=VALIDITY, now=when)
+
+    later = env.at(when + timedelta(minutes=5))
+    second = issuance.renew_root_issuer(env.services, DEFAULT, mine, validity=VALIDITY, now=later)
+
+    assert second.certificate == first.certificate  # not signed a second time
+    assert len(_renewals(env)) == 1
+
+
+def test_other_processes_drop_their_cached_copy(env: Env) -> None:
+    other = _second_process(env)
+    cached = issuance.load_issuer(other, DEFAULT)
+    assert issuance.refresh_cached_issuers(other) == []  # nothing changed yet
+
+    ca = issuance.load_issuer(env.services, DEFAULT)
+    when = env.at(ca.certificate.not_valid_after_utc - timedelta(hours=1))
+    renewed = issuance.renew_root_issuer(env.services, DEFAULT, ca, validity=VALIDITY, now=when)
+
+    assert issuance.load_issuer(other, DEFAULT) is cached  # still the old copy
+    assert issuance.refresh_cached_issuers(other) == [DEFAULT]
+    assert issuance.load_issuer(other, DEFAULT).certificate == renewed.certificate
+    assert issuance.refresh_cached_issuers(other) == []
+
+
+def test_an_intermediate_is_not_renewed_as_a_root(env: Env) -> None:
+    issuance.create_issuer(
+        env.services,
+        env.admin,
+        issuer_id="sub",
+        name="sub",
+        subject=None,
+        common_name="certctl sub CA",
+        key_type="ec-p256",
+        validity=timedelta(days=100),
+        parent=DEFAULT,
+    )
+    sub = issuance.load_issuer(env.services, "sub")
+    with pytest.raises(InvalidRequest, match="not a root CA"):
+        issuance.renew_root_issuer(env.services, "sub", sub, validity=VALIDITY, now=env.now)
+    assert issuance.load_issuer(_second_process(env), "sub").certificate == sub.certificate
+    assert _renewals(env) == []
