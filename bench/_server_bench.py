@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -339,13 +340,45 @@ def certctl_server(
     return Certctl(server, port, data_dir)
 
 
-def cfssl_setup(work: Path, tls_dir: Path) -> tuple[Server, int]:
+# cfssl's certificate store (certdb/sqlite migrations): what ``-db-config`` writes to.
+CFSSL_CERTDB_SCHEMA = """
+CREATE TABLE certificates (
+  serial_number blob NOT NULL, authority_key_identifier blob NOT NULL, ca_label blob,
+  status blob NOT NULL, reason int, expiry timestamp, revoked_at timestamp, pem blob NOT NULL,
+  issued_at timestamp, not_before timestamp, metadata text, sans text, common_name text,
+  PRIMARY KEY (serial_number, authority_key_identifier));
+CREATE TABLE ocsp_responses (
+  serial_number blob NOT NULL, authority_key_identifier blob NOT NULL, body blob NOT NULL,
+  expiry timestamp, PRIMARY KEY (serial_number, authority_key_identifier));
+"""
+
+
+def cfssl_certdb_count(work: Path) -> int:
+    """Certificates ``cfssl-certdb`` has stored so far."""
+    with contextlib.closing(sqlite3.connect(work / "cfssl-certdb" / "certs.db")) as db:
+        return int(db.execute("SELECT count(*) FROM certificates").fetchone()[0])
+
+
+def cfssl_setup(work: Path, tls_dir: Path, *, certdb: bool = False) -> tuple[Server, int]:
     """``cfssl serve`` with a fresh P-256 CA (``cfssl gencert -initca``), HTTPS with certctl's
-    own server certificate (same key type, same chain: the same handshake work)."""
+    own server certificate (same key type, same chain: the same handshake work).
+
+    ``certdb``: cfssl also stores every certificate it signs (``-db-config``, SQLite in WAL
+    mode with ``synchronous=FULL``, as certctl's store), the like-for-like reference for
+    issuance that has to survive a restart.
+    """
     if shutil.which("cfssl") is None:
         raise BenchError("cfssl not found: apt-get install -y golang-cfssl (make bench does)")
-    directory = work / "cfssl"
+    directory = work / ("cfssl-certdb" if certdb else "cfssl")
     directory.mkdir()
+    db_args: list[str] = []
+    if certdb:
+        database = directory / "certs.db"
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            db.executescript(CFSSL_CERTDB_SCHEMA)
+        source = f"file:{database}?_journal_mode=WAL&_synchronous=FULL"
+        (directory / "db.json").write_text(json.dumps({"driver": "sqlite3", "data_source": source}))
+        db_args = ["-db-config", str(directory / "db.json")]
     (directory / "ca-csr.json").write_text(
         json.dumps({"CN": "bench cfssl CA", "key": {"algo": "ecdsa", "size": 256}})
     )
@@ -375,7 +408,7 @@ def cfssl_setup(work: Path, tls_dir: Path) -> tuple[Server, int]:
     )
     port = free_port()
     server = Server(
-        "cfssl",
+        directory.name,
         [
             "cfssl",
             "serve",
@@ -393,9 +426,10 @@ def cfssl_setup(work: Path, tls_dir: Path) -> tuple[Server, int]:
             str(tls_dir / "tls.crt"),
             "-tls-key",
             str(tls_dir / "tls.key"),
+            *db_args,
         ],
         f"https://127.0.0.1:{port}/",
-        work / "cfssl.log",
+        work / f"{directory.name}.log",
         ready_status=None,
     )
     return server, port
@@ -699,6 +733,8 @@ def bench_servers(work: Path, plan: ServerPlan) -> tuple[list[dict[str, Any]], d
             c.server.wait_ready()
         cfssl, cfssl_port = cfssl_setup(work, issue.tls_dir)
         running(cfssl).start()
+        cfssl_db, cfssl_db_port = cfssl_setup(work, issue.tls_dir, certdb=True)
+        running(cfssl_db).start()
         nginx, nginx_port, nginx_mtls_port = nginx_setup(
             work, issue.tls_dir, client_ca.directory / "ca.crt"
         )
@@ -720,6 +756,9 @@ def bench_servers(work: Path, plan: ServerPlan) -> tuple[list[dict[str, Any]], d
             paths[name] = work / f"{name}.json"
             paths[name].write_bytes(load_json(body))
         _check_issuance(issue, cfssl_port, paths)
+        _check_issuance(issue, cfssl_db_port, paths, only=("cfssl-sign",))
+        if cfssl_certdb_count(work) != 1:
+            raise BenchError("cfssl -db-config did not store the certificate it signed")
         s = _group(
             loader,
             {
@@ -734,6 +773,13 @@ def bench_servers(work: Path, plan: ServerPlan) -> tuple[list[dict[str, Any]], d
                 "cfssl-sign": loader.http(
                     cfssl,
                     cfssl_port,
+                    "/api/v1/cfssl/sign",
+                    method="POST",
+                    body=paths["cfssl-sign"],
+                ),
+                "cfssl-sign-certdb": loader.http(
+                    cfssl_db,
+                    cfssl_db_port,
                     "/api/v1/cfssl/sign",
                     method="POST",
                     body=paths["cfssl-sign"],
@@ -779,6 +825,22 @@ def bench_servers(work: Path, plan: ServerPlan) -> tuple[list[dict[str, Any]], d
                 metric="cpu_us_per_req",
                 op="<=",
                 target=1.0,
+            )
+        )
+        stored = cfssl_certdb_count(work)
+        if stored < sum(load.requests for load in s["cfssl-sign-certdb"]):
+            raise BenchError(f"cfssl -db-config stored {stored} certificates, fewer than it signed")
+        rows.append(
+            load_row(
+                "api-issue-csr-vs-certdb",
+                "same, vs cfssl /sign storing each certificate (-db-config: SQLite WAL, "
+                "synchronous FULL; certctl's store), req/s",
+                s,
+                "certctl-csr",
+                "cfssl-sign-certdb",
+                metric="req_per_s",
+                op=None,
+                target=None,
             )
         )
         rows.append(
@@ -1185,8 +1247,10 @@ def _startup_row(work: Path, data_dir: Path, tls_dir: Path, plan: ServerPlan) ->
     return row
 
 
-def _check_issuance(issue: Certctl, cfssl_port: int, paths: dict[str, Path]) -> None:
-    """One request of each kind, checked, before anything is timed."""
+def _check_issuance(
+    issue: Certctl, cfssl_port: int, paths: dict[str, Path], only: tuple[str, ...] = ()
+) -> None:
+    """One request of each kind (or of the kinds in ``only``), checked, before any timing."""
     ctx = ssl.create_default_context(cafile=str(issue.tls_dir / "ca.crt"))
     ctx.check_hostname = False
     auth = {"Authorization": f"Bearer {issue.key}"}
@@ -1196,6 +1260,8 @@ def _check_issuance(issue: Certctl, cfssl_port: int, paths: dict[str, Path]) -> 
         ("cfssl-sign", cfssl_port, "/api/v1/cfssl/sign", {}),
         ("cfssl-newcert", cfssl_port, "/api/v1/cfssl/newcert", {}),
     ):
+        if only and name not in only:
+            continue
         conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
         try:
             conn.request(
