@@ -93,3 +93,20 @@ def test_internal_ca_renews_and_old_trust_still_verifies(
     after = x509.load_pem_x509_certificate(response.json()["certificate_pem"].encode())
     assert after.not_valid_after_utc > old_ca.not_valid_after_utc
     assert "renewed the internal CA" in server.logs()[1]
+
+
+def test_a_ca_lifetime_inside_its_renewal_margin_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "certctl.yaml"
+    # Renewed 24h + 10 % + 5 s ahead of notAfter (cert-rotate-before): always due.
+    config.write_text("ca-cert-validity: 24h\nca-cert-rotate-before: 1h\n")
+    data_dir = tmp_path / "data"
+    result = run(
+        "certctl", "serve", "--config", config, "--data-dir", data_dir,
+        "--listen", "127.0.0.1:0", timeout=30,
+    )  # fmt: skip
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "ca-cert-validity must be longer than the CA renewal margin (26h24m5s" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not data_dir.exists()  # refused before anything was written

@@ -18,6 +18,7 @@ from certctl.errors import InvalidRequest
 from certctl.pki import PROFILES, CertificateAuthority, common_name_dn, generate_private_key
 from certctl.services import issuance
 from certctl.services.context import Services
+from certctl.services.tls_services import ServiceSettings
 from certctl.store.models import AuditEvent, Issuer
 from tests.services.conftest import Env
 
@@ -56,8 +57,9 @@ def test_default_ca_renewed_with_its_own_key(any_env: Env) -> None:
     before = _leaf(old, env, "before.example")
     when = env.at(old.certificate.not_valid_after_utc - timedelta(hours=1))
 
-    new = issuance.renew_root_issuer(env.services, DEFAULT, old, validity=VALIDITY, now=when)
+    new, wrote = issuance.renew_root_issuer(env.services, DEFAULT, old, validity=VALIDITY, now=when)
 
+    assert wrote
     cert = new.certificate
     assert cert.not_valid_after_utc == when + VALIDITY
     assert cert.serial_number != old.certificate.serial_number
@@ -78,28 +80,33 @@ def test_default_ca_renewed_with_its_own_key(any_env: Env) -> None:
     assert event.target.startswith("default until ")
 
 
-def test_a_lost_race_uses_the_stored_certificate(env: Env) -> None:
+def test_a_lost_race_uses_the_stored_certificate(any_env: Env) -> None:
+    env = any_env
     other = _second_process(env)
     mine = issuance.load_issuer(env.services, DEFAULT)
     theirs = issuance.load_issuer(other, DEFAULT)
     when = env.at(mine.certificate.not_valid_after_utc - timedelta(hours=1))
-    first = issuance.renew_root_issuer(other, DEFAULT, theirs, validity=VALIDITY, now=when)
+    first, _ = issuance.renew_root_issuer(other, DEFAULT, theirs, validity=VALIDITY, now=when)
 
     later = env.at(when + timedelta(minutes=5))
-    second = issuance.renew_root_issuer(env.services, DEFAULT, mine, validity=VALIDITY, now=later)
+    second, wrote = issuance.renew_root_issuer(
+        env.services, DEFAULT, mine, validity=VALIDITY, now=later
+    )
 
+    assert not wrote
     assert second.certificate == first.certificate  # not signed a second time
     assert len(_renewals(env)) == 1
 
 
-def test_other_processes_drop_their_cached_copy(env: Env) -> None:
+def test_other_processes_drop_their_cached_copy(any_env: Env) -> None:
+    env = any_env
     other = _second_process(env)
     cached = issuance.load_issuer(other, DEFAULT)
     assert issuance.refresh_cached_issuers(other) == []  # nothing changed yet
 
     ca = issuance.load_issuer(env.services, DEFAULT)
     when = env.at(ca.certificate.not_valid_after_utc - timedelta(hours=1))
-    renewed = issuance.renew_root_issuer(env.services, DEFAULT, ca, validity=VALIDITY, now=when)
+    renewed, _ = issuance.renew_root_issuer(env.services, DEFAULT, ca, validity=VALIDITY, now=when)
 
     assert issuance.load_issuer(other, DEFAULT) is cached  # still the old copy
     assert issuance.refresh_cached_issuers(other) == [DEFAULT]
@@ -124,3 +131,54 @@ def test_an_intermediate_is_not_renewed_as_a_root(env: Env) -> None:
         issuance.renew_root_issuer(env.services, "sub", sub, validity=VALIDITY, now=env.now)
     assert issuance.load_issuer(_second_process(env), "sub").certificate == sub.certificate
     assert _renewals(env) == []
+
+
+def test_a_path_length_limit_is_kept(env: Env) -> None:
+    issuance.create_issuer(
+        env.services,
+        env.admin,
+        issuer_id="tight",
+        name="tight",
+        subject=None,
+        common_name="certctl tight CA",
+        key_type="ec-p256",
+        validity=timedelta(days=100),
+        path_length=0,
+    )
+    ca = issuance.load_issuer(env.services, "tight")
+    when = env.at(ca.certificate.not_valid_after_utc - timedelta(hours=1))
+
+    renewed, _ = issuance.renew_root_issuer(env.services, "tight", ca, validity=VALIDITY, now=when)
+
+    constraints = renewed.certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert constraints.value.ca
+    assert constraints.value.path_length == 0
+
+
+@pytest.mark.parametrize(
+    ("lifetimes", "error"),
+    [
+        # Renewed 24h + 10 % + 5 s ahead (cert-rotate-before): a 24h CA would always be due.
+        (
+            {"ca_validity": timedelta(hours=24), "ca_rotate_before": timedelta(hours=1)},
+            "ca-cert-validity must be longer than the CA renewal margin (26h24m5s",
+        ),
+        (
+            {"ca_validity": timedelta(hours=2), "ca_rotate_before": timedelta(hours=2)},
+            "ca-cert-validity must be longer than ca-cert-rotate-before",
+        ),
+    ],
+)
+def test_a_ca_lifetime_inside_its_renewal_margin_is_refused(
+    lifetimes: dict[str, timedelta], error: str
+) -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        ServiceSettings(cert_rotate_before=timedelta(hours=24), **lifetimes)
+    assert error in raised.value.detail
+    # Twin: one second past the margin is accepted, and renews 26h24m5s ahead.
+    settings = ServiceSettings(
+        ca_validity=timedelta(hours=26, minutes=24, seconds=6),
+        ca_rotate_before=timedelta(hours=1),
+        cert_rotate_before=timedelta(hours=24),
+    )
+    assert settings.ca_renewal_margin == timedelta(hours=26, minutes=24, seconds=5)

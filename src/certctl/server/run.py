@@ -28,7 +28,7 @@ from certctl.server.scheduler import Scheduler
 from certctl.server.tls import ServerTLS, ensure_self_signed
 from certctl.services import issuance
 from certctl.services.context import Services
-from certctl.services.tls_services import ca_renewal_time
+from certctl.services.tls_services import ServiceSettings, ca_renewal_time
 from certctl.store.models import ApiKey
 from certctl.targets.kubernetes import SecretWriter
 
@@ -176,12 +176,13 @@ def _secret_target_writer(config: ServerConfig) -> Callable[[Any, dict[str, byte
     return write
 
 
-def build_scheduler(config: ServerConfig, services: Services) -> Scheduler:
-    """The managed-services reconciler configured from DESIGN §3 keys."""
-    from certctl.services.notify import Webhook
-    from certctl.services.tls_services import ServiceSettings
+def service_settings(config: ServerConfig) -> ServiceSettings:
+    """Lifetimes and margins (DESIGN §3) of the internal CA and the managed services.
 
-    settings = ServiceSettings(
+    Raises:
+        InvalidRequest: a lifetime not longer than its renewal margin.
+    """
+    return ServiceSettings(
         ca_validity=parse_duration(config.ca_cert_validity),
         ca_rotate_before=parse_duration(config.ca_cert_rotate_before),
         cert_validity=parse_duration(config.cert_validity),
@@ -189,6 +190,13 @@ def build_scheduler(config: ServerConfig, services: Services) -> Scheduler:
         secrets_dir=config.effective_secrets_dir,
         secret_writer=_secret_target_writer(config),
     )
+
+
+def build_scheduler(config: ServerConfig, services: Services) -> Scheduler:
+    """The managed-services reconciler configured from DESIGN §3 keys."""
+    from certctl.services.notify import Webhook
+
+    settings = service_settings(config)
     webhook = None
     hook = config.notifications.webhook
     if hook is not None:
@@ -262,6 +270,7 @@ def serve(config: ServerConfig) -> None:
             )
     if mode == "custom" and config.tls.cert_dir is None:
         raise InvalidRequest("tls.mode=custom needs tls.cert-dir")
+    service_settings(config)  # lifetimes checked before the data directory is touched
     boot = bootstrap(config)
     tls_dir = config.data_dir / "tls"
     prepared = _Prepared(
@@ -315,14 +324,16 @@ def _renew_internal_ca(prepared: _Prepared, tls: ServerTLS | None) -> None:
     assert prepared.scheduler is not None  # built first in serve()
     settings = prepared.scheduler.settings
     ca = issuance.load_issuer(services, issuance.DEFAULT_ISSUER)
+    renewed, wrote = ca, False
     if services.clock() >= ca_renewal_time(settings, ca):
-        renewed = issuance.renew_root_issuer(
+        renewed, wrote = issuance.renew_root_issuer(
             services,
             issuance.DEFAULT_ISSUER,
             ca,
             validity=settings.ca_validity,
             now=services.clock(),
         )
+    if wrote:
         log.info(
             "renewed the internal CA (issuer 'default', same key) until %s",
             renewed.certificate.not_valid_after_utc.isoformat(),
@@ -371,6 +382,9 @@ def _serve_process(
     config, services, mode = prepared.config, prepared.boot.services, prepared.mode
     leader = index == 0
     several = sockets is not None
+    # A worker restarted by the supervisor is forked from the parent, whose cached CAs date
+    # from start-up: one renewed since then is reloaded now, not at the first periodic check.
+    issuance.refresh_cached_issuers(services)
     tls: ServerTLS | None = None
     if mode == "self-signed":
         tls = ServerTLS(

@@ -210,26 +210,43 @@ def renew_root_issuer(
     *,
     validity: timedelta,
     now: datetime,
-) -> CertificateAuthority:
+) -> tuple[CertificateAuthority, bool]:
     """Re-sign root issuer ``issuer_id``'s certificate with its own key, for ``validity``.
 
-    Same key, same subject, same SKI: certificates signed under the old CA certificate verify
-    under the new one and the other way round, so clients holding either ``ca.crt`` keep
-    working, and CRLs stay valid for both. ``ca`` is the caller's loaded copy; when the stored
-    certificate is no longer that one (another process or replica renewed it first), the
-    stored one is returned and nothing is signed.
+    Same key, same subject, same SKI (and path length): certificates signed under the old CA
+    certificate verify under the new one and the other way round, so clients holding either
+    ``ca.crt`` keep working, and CRLs stay valid for both. ``ca`` is the caller's loaded copy;
+    when the stored certificate is no longer that one (another process or replica renewed it
+    first), nothing is signed and the stored one is returned.
+
+    Returns:
+        The CA as now stored, and whether this call renewed it.
 
     Raises:
         InvalidRequest: ``ca`` is not self-signed (an intermediate needs its parent).
     """
     if ca.chain or ca.certificate.issuer != ca.certificate.subject:
         raise InvalidRequest(f"issuer {issuer_id} is not a root CA: renew it from its parent")
-    renewed = create_root_ca(ca.private_key, ca.certificate.subject, validity=validity, now=now)
+    try:
+        path_length = ca.certificate.extensions.get_extension_for_class(
+            x509.BasicConstraints
+        ).value.path_length
+    except x509.ExtensionNotFound:
+        path_length = None
+    renewed = create_root_ca(
+        ca.private_key,
+        ca.certificate.subject,
+        validity=validity,
+        now=now,
+        path_length=path_length,
+    )
+    wrote = False
     with services.sessions.begin() as session:
         row = session.get(Issuer, issuer_id, with_for_update=True)
         if row is None:
             raise NotFound(f"issuer {issuer_id} not found")
         if x509.load_pem_x509_certificate(row.certificate_pem.encode()) == ca.certificate:
+            wrote = True
             row.certificate_pem = certs_to_pem([renewed.certificate]).decode()
             row.not_after = renewed.certificate.not_valid_after_utc
             record(
@@ -240,7 +257,7 @@ def renew_root_issuer(
                 target=f"{issuer_id} until {row.not_after.isoformat()}",
             )
     services.forget_issuer(issuer_id)
-    return load_issuer(services, issuer_id)
+    return load_issuer(services, issuer_id), wrote
 
 
 def refresh_cached_issuers(services: Services) -> list[str]:

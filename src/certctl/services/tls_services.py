@@ -29,6 +29,7 @@ from certctl.pki import (
     certs_to_pem,
     common_name_dn,
     create_root_ca,
+    format_duration,
     generate_private_key,
     key_to_pem,
     keys_match,
@@ -81,6 +82,21 @@ class ServiceSettings:
             raise InvalidRequest("cert-validity must be longer than cert-rotate-before")
         if self.ca_validity <= self.ca_rotate_before:
             raise InvalidRequest("ca-cert-validity must be longer than ca-cert-rotate-before")
+        # A CA renews early enough that leaves clipped to it are not due at once (see
+        # ca_renewal_time): a CA that short would be due again as soon as it is renewed.
+        margin = self.ca_renewal_margin
+        if self.ca_validity <= margin:
+            raise InvalidRequest(
+                "ca-cert-validity must be longer than the CA renewal margin "
+                f"({format_duration(margin)}: the longer of "
+                "ca-cert-rotate-before and cert-rotate-before plus its 10 % jitter and 5 s)"
+            )
+
+    @property
+    def ca_renewal_margin(self) -> timedelta:
+        """How long before a CA's notAfter it is renewed (see ``ca_renewal_time``)."""
+        leaf_margin = self.cert_rotate_before * (1 + self.jitter) + _MIN_RENEWAL_INTERVAL
+        return max(self.ca_rotate_before, leaf_margin)
 
 
 # --- spec CRUD ---------------------------------------------------------------------------
@@ -289,10 +305,10 @@ def _ensure_service_ca(
         return issuance.load_issuer(services, issuer_id), True
     if now < ca_renewal_time(settings, ca):
         return ca, False
-    renewed = issuance.renew_root_issuer(
+    renewed, wrote = issuance.renew_root_issuer(
         services, issuer_id, ca, validity=settings.ca_validity, now=now
     )
-    if renewed.certificate.not_valid_after_utc > ca.certificate.not_valid_after_utc:
+    if wrote:
         log.info(
             "renewed the CA of service %s (same key) until %s",
             name,
@@ -302,13 +318,12 @@ def _ensure_service_ca(
 
 
 def ca_renewal_time(settings: ServiceSettings, ca: CertificateAuthority) -> datetime:
-    """When a service CA is renewed.
+    """When a root CA (a service's, or the internal ``default``) is renewed.
 
     ``ca-cert-rotate-before`` ahead, and early enough that a leaf clipped to the CA's
     notAfter is never due for renewal as soon as it is issued.
     """
-    leaf_margin = settings.cert_rotate_before * (1 + settings.jitter) + _MIN_RENEWAL_INTERVAL
-    return ca.certificate.not_valid_after_utc - max(settings.ca_rotate_before, leaf_margin)
+    return ca.certificate.not_valid_after_utc - settings.ca_renewal_margin
 
 
 def _read_secret(settings: ServiceSettings, secret: str) -> dict[str, bytes]:
