@@ -9,6 +9,7 @@ stored certificate instead of signing another.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -44,6 +45,22 @@ def _renewals(env: Env) -> list[AuditEvent]:
     with env.services.sessions() as session:
         query = select(AuditEvent).where(AuditEvent.action == "issuer.renew")
         return list(session.scalars(query))
+
+
+def _create(env: Env, issuer_id: str, **options: Any) -> CertificateAuthority:
+    """A new issuer (root, or below ``parent``), loaded."""
+    issuance.create_issuer(
+        env.services,
+        env.admin,
+        issuer_id=issuer_id,
+        name=issuer_id,
+        subject=None,
+        common_name=f"certctl {issuer_id} CA",
+        key_type="ec-p256",
+        validity=timedelta(days=100),
+        **options,
+    )
+    return issuance.load_issuer(env.services, issuer_id)
 
 
 def _second_process(env: Env) -> Services:
@@ -115,18 +132,7 @@ def test_other_processes_drop_their_cached_copy(any_env: Env) -> None:
 
 
 def test_an_intermediate_is_not_renewed_as_a_root(env: Env) -> None:
-    issuance.create_issuer(
-        env.services,
-        env.admin,
-        issuer_id="sub",
-        name="sub",
-        subject=None,
-        common_name="certctl sub CA",
-        key_type="ec-p256",
-        validity=timedelta(days=100),
-        parent=DEFAULT,
-    )
-    sub = issuance.load_issuer(env.services, "sub")
+    sub = _create(env, "sub", parent=DEFAULT)
     with pytest.raises(InvalidRequest, match="not a root CA"):
         issuance.renew_root_issuer(env.services, "sub", sub, validity=VALIDITY, now=env.now)
     assert issuance.load_issuer(_second_process(env), "sub").certificate == sub.certificate
@@ -134,18 +140,7 @@ def test_an_intermediate_is_not_renewed_as_a_root(env: Env) -> None:
 
 
 def test_a_path_length_limit_is_kept(env: Env) -> None:
-    issuance.create_issuer(
-        env.services,
-        env.admin,
-        issuer_id="tight",
-        name="tight",
-        subject=None,
-        common_name="certctl tight CA",
-        key_type="ec-p256",
-        validity=timedelta(days=100),
-        path_length=0,
-    )
-    ca = issuance.load_issuer(env.services, "tight")
+    ca = _create(env, "tight", path_length=0)
     when = env.at(ca.certificate.not_valid_after_utc - timedelta(hours=1))
 
     renewed, _ = issuance.renew_root_issuer(env.services, "tight", ca, validity=VALIDITY, now=when)
@@ -156,24 +151,30 @@ def test_a_path_length_limit_is_kept(env: Env) -> None:
 
 
 @pytest.mark.parametrize(
-    ("lifetimes", "error"),
+    ("ca_validity", "ca_rotate_before", "error"),
     [
         # Renewed 24h + 10 % + 5 s ahead (cert-rotate-before): a 24h CA would always be due.
         (
-            {"ca_validity": timedelta(hours=24), "ca_rotate_before": timedelta(hours=1)},
+            timedelta(hours=24),
+            timedelta(hours=1),
             "ca-cert-validity must be longer than the CA renewal margin (26h24m5s",
         ),
         (
-            {"ca_validity": timedelta(hours=2), "ca_rotate_before": timedelta(hours=2)},
+            timedelta(hours=2),
+            timedelta(hours=2),
             "ca-cert-validity must be longer than ca-cert-rotate-before",
         ),
     ],
 )
 def test_a_ca_lifetime_inside_its_renewal_margin_is_refused(
-    lifetimes: dict[str, timedelta], error: str
+    ca_validity: timedelta, ca_rotate_before: timedelta, error: str
 ) -> None:
     with pytest.raises(InvalidRequest) as raised:
-        ServiceSettings(cert_rotate_before=timedelta(hours=24), **lifetimes)
+        ServiceSettings(
+            ca_validity=ca_validity,
+            ca_rotate_before=ca_rotate_before,
+            cert_rotate_before=timedelta(hours=24),
+        )
     assert error in raised.value.detail
     # Twin: one second past the margin is accepted, and renews 26h24m5s ahead.
     settings = ServiceSettings(
