@@ -34,6 +34,7 @@ ASGI_ROWS = {
 SERVER_ROWS = {
     "api-issue-csr",
     "api-issue-csr-cpu",
+    "api-issue-csr-vs-certdb",
     "api-issue-keygen",
     "api-auth-get-cpu",
     "api-get-cert-cpu",
