@@ -17,6 +17,9 @@ from sqlalchemy import select
 
 from certctl.errors import InvalidRequest
 from certctl.pki import PROFILES, CertificateAuthority, common_name_dn, generate_private_key
+from certctl.server import run
+from certctl.server.bootstrap import Bootstrapped
+from certctl.server.config import load_config
 from certctl.services import issuance
 from certctl.services.context import Services
 from certctl.services.tls_services import ServiceSettings
@@ -183,3 +186,37 @@ def test_a_ca_lifetime_inside_its_renewal_margin_is_refused(
         cert_rotate_before=timedelta(hours=24),
     )
     assert settings.ca_renewal_margin == timedelta(hours=26, minutes=24, seconds=5)
+
+
+def _prepared(env: Env, mode: str = "self-signed") -> run._Prepared:
+    """What ``certctl serve`` prepares for its workers, on this store."""
+    config = load_config(None, {"data-dir": str(env.tmp / "data")})
+    boot = Bootstrapped(env.services, None, env.tmp / "data" / "admin-api-key")
+    return run._Prepared(
+        config, boot, mode, env.tmp / "tls", None, timedelta(hours=24), timedelta(days=365)
+    )
+
+
+@pytest.mark.parametrize("leader", [True, False])
+def test_a_renewal_by_another_replica_reaches_the_server_files(env: Env, leader: bool) -> None:
+    prepared = _prepared(env)
+    run._renew_self_signed(prepared, None)  # this replica's start: files under the cached CA
+    tls_dir = prepared.tls_dir
+    before = {name: (tls_dir / name).read_bytes() for name in ("ca.crt", "tls.crt")}
+    other = _second_process(env)
+    ca = issuance.load_issuer(other, DEFAULT)
+    when = env.at(ca.certificate.not_valid_after_utc - timedelta(hours=1))
+    renewed, _ = issuance.renew_root_issuer(other, DEFAULT, ca, validity=VALIDITY, now=when)
+
+    run.refresh_issuers(prepared, None, leader=leader)
+
+    # Every process issues under the renewed CA from now on ...
+    assert issuance.load_issuer(env.services, DEFAULT).certificate == renewed.certificate
+    after = {name: (tls_dir / name).read_bytes() for name in before}
+    if not leader:  # ... and the leader (alone) rewrites the files, which the others watch.
+        assert after == before
+        return
+    assert x509.load_pem_x509_certificate(after["ca.crt"]) == renewed.certificate
+    served = x509.load_pem_x509_certificate(after["tls.crt"])
+    assert served != x509.load_pem_x509_certificate(before["tls.crt"])
+    served.verify_directly_issued_by(renewed.certificate)

@@ -342,6 +342,18 @@ def _renew_internal_ca(prepared: _Prepared, tls: ServerTLS | None) -> None:
         _renew_self_signed(prepared, tls)
 
 
+def refresh_issuers(prepared: _Prepared, tls: ServerTLS | None, *, leader: bool) -> None:
+    """Drop cached CAs renewed elsewhere; the leader then follows with its own files.
+
+    Another replica renewing the internal CA would otherwise reach this one's ``ca.crt`` and
+    server certificate only at its next renewal check (up to an hour with the defaults).
+    """
+    stale = issuance.refresh_cached_issuers(prepared.boot.services)
+    if leader and prepared.mode == "self-signed" and issuance.DEFAULT_ISSUER in stale:
+        log.info("the internal CA was renewed by another replica; following it")
+        _renew_self_signed(prepared, tls)
+
+
 def _renewal_check_s(prepared: _Prepared) -> float:
     """A tenth of the shorter renewal margin, between 1 s and an hour."""
     assert prepared.scheduler is not None
@@ -495,7 +507,7 @@ def _serve_process(
             asyncio.create_task(
                 _periodic(
                     min(ISSUER_CACHE_CHECK_S, _renewal_check_s(prepared)),
-                    lambda: issuance.refresh_cached_issuers(services),
+                    lambda: refresh_issuers(prepared, tls if leader else None, leader=leader),
                     "issuer cache refresh",
                 )
             )
