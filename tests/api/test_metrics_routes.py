@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from certctl.server.run import refresh_metrics
+from certctl.services import issuance
 from tests.api.conftest import Api, assert_problem
 
 PROM = "/api/v1/metrics/prometheus"
@@ -12,6 +15,7 @@ DESIGN_METRICS = {
     # family name as the parser reports it (counters without the _total suffix)
     "certctl_certificates",
     "certctl_certificate_next_expiry_timestamp_seconds",
+    "certctl_issuer_not_after_timestamp_seconds",
     "certctl_issuance",
     "certctl_issuance_duration_seconds",
     "certctl_revocations",
@@ -112,6 +116,30 @@ def test_certificate_gauge_follows_issuance_and_revocation(api: Api) -> None:
     assert gauge("expired") == 1
     assert gauge("expiring") == 0
     assert gauge("active", "second") == 0
+
+
+def test_issuer_expiry_gauge_follows_each_issuer_and_its_renewal(api: Api) -> None:
+    key = api.actor_key("prom", ["r-metrics-read"])
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": "second", "validity": "720h"})
+    assert r.status_code == 201, r.text
+    refresh_metrics(api.services)
+    samples = _samples(api.get(PROM, key).text)
+
+    def not_after(issuer: str) -> float:
+        return samples[("certctl_issuer_not_after_timestamp_seconds", (("issuer", issuer),))]
+
+    default = issuance.load_issuer(api.services, issuance.DEFAULT_ISSUER)
+    assert not_after("default") == default.certificate.not_valid_after_utc.timestamp()
+    assert abs(not_after("second") - (api.clock().timestamp() + 720 * 3600)) < 1
+    # Renewed: the next refresh shows the new notAfter.
+    when = api.clock.advance(days=300)
+    renewed, _ = issuance.renew_root_issuer(
+        api.services, "default", default, validity=timedelta(days=400), now=when
+    )
+    refresh_metrics(api.services)
+    samples = _samples(api.get(PROM, key).text)
+    assert not_after("default") == renewed.certificate.not_valid_after_utc.timestamp()
+    assert not_after("default") > default.certificate.not_valid_after_utc.timestamp()
 
 
 def test_auth_failure_counter_counts_reasons(api: Api) -> None:

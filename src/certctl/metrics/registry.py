@@ -150,17 +150,29 @@ class CertificateGauges(Collector):
         self._lock = threading.Lock()
         self._counts: dict[tuple[str, str], int] = {}
         self._next_expiry: dict[str, float] = {}
+        self._issuer_not_after: dict[str, float] = {}
 
-    def update(self, counts: dict[tuple[str, str], int], next_expiry: dict[str, datetime]) -> None:
-        """Replace the snapshot (issuer, status) → count and issuer → next notAfter."""
+    def update(
+        self,
+        counts: dict[tuple[str, str], int],
+        next_expiry: dict[str, datetime],
+        issuer_not_after: dict[str, datetime],
+    ) -> None:
+        """Replace the snapshot.
+
+        ``counts``: (issuer, status) → count; ``next_expiry``: issuer → earliest notAfter among
+        its active certificates; ``issuer_not_after``: issuer → its own certificate's notAfter.
+        """
         with self._lock:
             self._counts = dict(counts)
             self._next_expiry = {k: v.timestamp() for k, v in next_expiry.items()}
+            self._issuer_not_after = {k: v.timestamp() for k, v in issuer_not_after.items()}
 
     def collect(self) -> Iterable[Metric]:
         """Yield the gauges from the snapshot."""
         with self._lock:
             counts, expiry = self._counts, self._next_expiry
+            issuers = self._issuer_not_after
         family = GaugeMetricFamily(
             "certctl_certificates", "Certificates by issuer and status", labels=["issuer", "status"]
         )
@@ -175,6 +187,15 @@ class CertificateGauges(Collector):
         for issuer, ts in sorted(expiry.items()):
             nxt.add_metric([issuer], ts)
         yield nxt
+        # Imported and intermediate issuers are not renewed by the server: alert on this.
+        own = GaugeMetricFamily(
+            "certctl_issuer_not_after_timestamp_seconds",
+            "NotAfter of each issuer's own CA certificate",
+            labels=["issuer"],
+        )
+        for issuer, ts in sorted(issuers.items()):
+            own.add_metric([issuer], ts)
+        yield own
 
     def describe(self) -> Iterable[Metric]:
         """Describe without collecting (keeps registration cheap)."""

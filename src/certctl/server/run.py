@@ -29,7 +29,7 @@ from certctl.server.tls import ServerTLS, ensure_self_signed
 from certctl.services import issuance
 from certctl.services.context import Services
 from certctl.services.tls_services import ServiceSettings, ca_renewal_time
-from certctl.store.models import ApiKey
+from certctl.store.models import ApiKey, Issuer
 from certctl.targets.kubernetes import SecretWriter
 
 __all__ = ["serve"]
@@ -42,12 +42,16 @@ ISSUER_CACHE_CHECK_S = 60.0
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
+_ISSUER_EXPIRY = select(Issuer.id, Issuer.not_after)
+
+
 def refresh_metrics(services: Services) -> None:
     """Recompute the certificate and API-key gauges (off the scrape path)."""
     counts, nxt = issuance.certificate_counts(services)
-    certificate_gauges.update(counts, nxt)
     now = services.clock()
     with services.sessions() as session:
+        issuers = {row.id: row.not_after for row in session.execute(_ISSUER_EXPIRY)}
+        certificate_gauges.update(counts, nxt, issuers)
         revoked = session.scalar(select(func.count()).where(ApiKey.revoked_at.is_not(None))) or 0
         expired = (
             session.scalar(
