@@ -275,6 +275,10 @@ def serve(config: ServerConfig) -> None:
     if mode == "custom" and config.tls.cert_dir is None:
         raise InvalidRequest("tls.mode=custom needs tls.cert-dir")
     service_settings(config)  # lifetimes checked before the data directory is touched
+    from certctl.server.workers import Supervisor, bind_listeners
+
+    # An address in use fails here, before the first start creates the CA and the admin key.
+    sockets = bind_listeners(config, config.workers)
     boot = bootstrap(config)
     tls_dir = config.data_dir / "tls"
     prepared = _Prepared(
@@ -299,12 +303,8 @@ def serve(config: ServerConfig) -> None:
     if config.workers == 1:
         # Printed before the listener opens, so whoever sees /readyz succeed can read the key.
         _announce(boot, config, scheme, prepared.ca_path)
-        _serve_process(prepared, 0, None)
+        _serve_process(prepared, 0, sockets[0])
         return
-    from certctl.server.workers import Supervisor, bind_listeners
-
-    # The listeners are bound here, before the workers exist: one socket per worker.
-    sockets = bind_listeners(config, config.workers)
     _announce(boot, config, scheme, prepared.ca_path)
     log.info("starting %d worker processes", config.workers)
     # The SQLite/PostgreSQL connections of the parent must not be used by the children.
@@ -382,9 +382,7 @@ def _renew_self_signed(prepared: _Prepared, tls: ServerTLS | None) -> None:
         tls.load(services.clock())
 
 
-def _serve_process(
-    prepared: _Prepared, index: int, sockets: dict[str, socket.socket] | None
-) -> None:
+def _serve_process(prepared: _Prepared, index: int, sockets: dict[str, socket.socket]) -> None:
     """Serve the listeners in this process (the only one, or worker ``index``).
 
     Worker 0 also runs the background work (scheduler, self-signed renewal, CA Secret);
@@ -397,7 +395,7 @@ def _serve_process(
 
     config, services, mode = prepared.config, prepared.boot.services, prepared.mode
     leader = index == 0
-    several = sockets is not None
+    several = config.workers > 1
     # A worker restarted by the supervisor is forked from the parent, whose cached CAs date
     # from start-up: one renewed since then is reloaded now, not at the first periodic check.
     issuance.refresh_cached_issuers(services)
@@ -523,12 +521,7 @@ def _serve_process(
                 asyncio.create_task(_periodic(CA_SECRET_REFRESH_S, publish_ca, "CA Secret"))
             )
         try:
-            runs = [
-                asyncio.create_task(
-                    s.serve(sockets=[sockets[name]] if sockets is not None else None)
-                )
-                for s, name in servers
-            ]
+            runs = [asyncio.create_task(s.serve(sockets=[sockets[name]])) for s, name in servers]
             await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
             for other, _ in servers:  # one stopped (signal or error): stop the rest
                 other.should_exit = True

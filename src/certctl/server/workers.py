@@ -19,6 +19,7 @@ SIGINT to the parent stops every worker gracefully (uvicorn drains open requests
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -52,30 +53,49 @@ def prepare_multiprocess_metrics() -> str:
 
 
 def bind_listeners(config: ServerConfig, count: int) -> list[dict[str, socket.socket]]:
-    """One socket per worker and listener, all bound to the same address (``SO_REUSEPORT``).
+    """Bind every listener ``count`` times before anything else starts: one socket per worker.
 
-    Not one shared socket: a worker woken for a burst of new connections accepts them all,
-    and kept-alive connections stay where they were accepted, so one worker could serve all
-    of them while the other idles. With a socket each, the kernel spreads connections evenly
-    (by address hash). The parent keeps every socket open: connections that reach a crashed
-    worker's socket wait in its backlog for the replacement, which inherits the same socket.
+    Bound before the data directory is touched, so an address in use is one clear error, not
+    a first start (CA, admin key, banner) for a server that then cannot listen.
+
+    Several workers: not one shared socket. A worker woken for a burst of new connections
+    accepts them all, and kept-alive connections stay where they were accepted, so one worker
+    could serve all of them while the other idles. With a socket each (``SO_REUSEPORT``), the
+    kernel spreads connections evenly (by address hash). The parent keeps every socket open:
+    connections that reach a crashed worker's socket wait in its backlog for the replacement,
+    which inherits the same socket.
     """
     addresses = {"main": config.host_port}
     if config.metrics.listen:
         addresses["metrics"] = split_host_port(config.metrics.listen, "metrics.listen")
-    return [{name: _bind(*address) for name, address in addresses.items()} for _ in range(count)]
+    if count == 1:
+        return [{name: _bind(*address, reuse_port=False) for name, address in addresses.items()}]
+    # SO_REUSEPORT would also share the port with another certctl started the same way; a
+    # plain bind first fails if anything at all listens there.
+    for address in addresses.values():
+        _bind(*address, reuse_port=False).close()
+    return [
+        {name: _bind(*address, reuse_port=True) for name, address in addresses.items()}
+        for _ in range(count)
+    ]
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        hint = (
+            " (is another server running there? choose an address with --listen or CERTCTL_LISTEN)"
+            if exc.errno == errno.EADDRINUSE
+            else ""
+        )
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
     sock.listen(2048)
     return sock
 

@@ -1,0 +1,64 @@
+"""An address already in use: one clear line, and no first start for a server that can't listen.
+
+Before the fix, ``certctl serve`` created the CA, minted and printed the admin key (shown once)
+and only then failed in uvicorn with two tracebacks; with several workers, ``SO_REUSEPORT``
+let a second certctl silently share the port of the first.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests._tools import failed, run
+from tests.e2e.conftest import StartServer
+
+pytestmark = pytest.mark.e2e
+
+
+def _serve(data_dir: Path, port: int, workers: int) -> tuple[int, str, str]:
+    result = failed(
+        run(
+            "certctl",
+            "serve",
+            "--data-dir",
+            data_dir,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            timeout=60,
+        )
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_address_in_use_fails_before_the_first_start(tmp_path: Path, workers: int) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        code, out, err = _serve(tmp_path / "data", port, workers)
+    assert code == 1
+    assert err.strip() == (
+        f"certctl: error: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(is another server running there? choose an address with --listen or CERTCTL_LISTEN)"
+    )
+    assert "Admin API key" not in out
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_second_server_with_workers_cannot_share_the_port(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    first = start_server(args=["--workers", "2"])
+    code, _out, err = _serve(tmp_path / "second", first.port, 2)
+    assert code == 1
+    assert "Address already in use" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "second").exists()
+    with first.client(first.admin_key) as client:  # the first one still serves
+        assert client.get("/api/v1/auth/whoami").status_code == 200
