@@ -259,3 +259,27 @@ def test_pkcs12_opens_with_openssl(env: Env) -> None:
     refused = run("openssl", "pkcs12", "-info", "-in", p12, "-passin", f"file:{wrong}", "-noout")
     assert refused.returncode != 0
     assert "mac verify error" in refused.stderr.lower()
+
+
+def test_a_failure_outside_os_errors_leaves_no_key_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel refusing a uid surfaces as OverflowError, not OSError: the half-written
+    # version (with its private key) must go all the same.
+    def refuse(fd: int, uid: int, gid: int) -> None:
+        raise OverflowError("uid is greater than maximum")
+
+    monkeypatch.setattr(os, "fchown", refuse)
+    target = tmp_path / "tls"
+    files = {"tls.key": BundleFile(b"key", secret=True), "tls.crt": BundleFile(b"crt")}
+    with pytest.raises(OverflowError):
+        deliver_to_directory(target, files, owner=0)
+    assert not target.exists()
+    assert _versions(target) == []
+
+
+def test_an_out_of_range_id_stored_earlier_fails_the_delivery(tmp_path: Path) -> None:
+    target = tmp_path / "tls"
+    with pytest.raises(DeliveryError, match=f"user id {2**70} is out of range"):
+        deliver_to_directory(target, {"tls.key": BundleFile(b"k", secret=True)}, owner=2**70)
+    assert not target.exists()

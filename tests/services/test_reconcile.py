@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from cryptography import x509
@@ -352,3 +352,35 @@ def test_outputs_keys_are_pkcs8_pem(env: Env) -> None:
         serialization.load_pem_private_key(data, None)
     # The API view never carries key material.
     assert b"PRIVATE KEY" not in repr(tls_services.service_json(env.row("web"))).encode()
+
+
+def test_a_service_whose_reconcile_crashes_is_backed_off(
+    env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from certctl.server.scheduler import Scheduler
+
+    env.put(service_doc("web"))
+    calls: list[datetime] = []
+
+    def crash(services: object, settings: object, name: str, now: datetime) -> None:
+        calls.append(now)
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(tls_services, "reconcile_service", crash)
+    scheduler = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
+    start = env.now
+    for seconds in (0, 1, 4):  # inside the first 5 s backoff: tried once
+        env.at(start + timedelta(seconds=seconds))
+        scheduler.tick()
+    env.at(start + timedelta(seconds=6))
+    scheduler.tick()  # due again: second failure, next in 10 s
+    env.at(start + timedelta(seconds=12))
+    scheduler.tick()
+    assert calls == [start, start + timedelta(seconds=6)]
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 1  # the first failure only; then one line each
+    assert any("failed again (RuntimeError: a bug)" in r.getMessage() for r in caplog.records)
+    monkeypatch.undo()
+    env.at(start + timedelta(seconds=17))
+    assert scheduler.tick() == 1  # fixed: reconciled at the next try, and forgotten
+    assert scheduler._crashed == {}

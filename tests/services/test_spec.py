@@ -70,6 +70,18 @@ INVALID = {
         _with("spec.targets", [{"directory": "/etc/web/tls", "reloadCommand": "x"}]),
         "spec.targets.0.reloadCommand: Extra inputs are not permitted",
     ),
+    "owner beyond uid_t": (
+        _with("spec.targets", [{"directory": "/etc/web/tls", "owner": 2**70}]),
+        f"spec.targets.0.owner: {2**70}: user and group ids are 0 to 4294967294",
+    ),
+    "negative group": (
+        _with("spec.targets", [{"directory": "/etc/web/tls", "group": -5}]),
+        "spec.targets.0.group: -5: user and group ids are 0 to 4294967294",
+    ),
+    "owner not a user name": (
+        _with("spec.targets", [{"directory": "/etc/web/tls", "owner": "web server"}]),
+        "spec.targets.0.owner: 'web server' is not a user or group name",
+    ),
     "target of no kind": (
         _with("spec.targets", [{"path": "/etc/web/tls"}]),
         "spec.targets.0: a target needs a directory or a secret",

@@ -92,6 +92,9 @@ class Scheduler:
     clock: Callable[[], datetime] | None = None
     leadership: Leadership | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Services whose reconcile raised something unexpected (a bug, not a delivery failure,
+    # which the service's own status and backoff record): name → (failures, retry at).
+    _crashed: dict[str, tuple[int, datetime]] = field(default_factory=dict)
 
     def wake(self) -> None:
         """Reconcile soon (a spec changed)."""
@@ -108,6 +111,9 @@ class Scheduler:
             rows = list(session.scalars(select(ManagedService).order_by(ManagedService.name)))
         done = 0
         for row in rows:
+            crashed = self._crashed.get(row.name)
+            if crashed is not None and now < crashed[1]:
+                continue
             if tls_services.due(row, now):
                 # Re-checked per service: a leader whose lock session was lost mid-pass (network
                 # cut, pg_terminate_backend) stops at once instead of racing its successor.
@@ -119,8 +125,23 @@ class Scheduler:
                         self.services, self.settings, row.name, now
                     )
                     done += 1
-                except Exception:
-                    log.exception("reconciling service %s failed", row.name)
+                    self._crashed.pop(row.name, None)
+                except Exception as exc:
+                    # Backed off like a failed delivery, so one broken service neither floods
+                    # the log with a traceback every tick nor repeats its side effects.
+                    failures = (crashed[0] if crashed else 0) + 1
+                    retry = now + tls_services.backoff(failures)
+                    self._crashed[row.name] = (failures, retry)
+                    if failures == 1:
+                        log.exception("reconciling service %s failed", row.name)
+                    else:
+                        log.error(
+                            "reconciling service %s failed again (%s: %s); next try at %s",
+                            row.name,
+                            type(exc).__name__,
+                            exc,
+                            retry.isoformat(timespec="seconds"),
+                        )
             self._export(row)
         if self.webhook is not None:
             dispatch_pending(self.services, self.webhook)

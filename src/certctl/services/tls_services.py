@@ -46,6 +46,7 @@ __all__ = [
     "OUTPUTS",
     "ServiceSettings",
     "add_client",
+    "backoff",
     "delete_service",
     "get_service",
     "list_services",
@@ -482,7 +483,7 @@ def reconcile_service(
         current.ca_renew_at = _service_ca_renew_at(services, settings, spec)
         if failures:
             current.attempts += 1
-            current.next_attempt_at = now + _backoff(current.attempts)
+            current.next_attempt_at = now + backoff(current.attempts)
             detail = "; ".join(failures)
             conditions = _conditions(
                 ready=False, renewing=reason is not None, failed=detail, message=message, now=now
@@ -787,7 +788,8 @@ def _deliver(
     return failures
 
 
-def _backoff(attempts: int) -> timedelta:
+def backoff(attempts: int) -> timedelta:
+    """Delay before retry ``attempts``: 5 s doubling up to 5 minutes."""
     delay: timedelta = _FIRST_BACKOFF * (2 ** min(max(0, attempts - 1), 10))
     return min(delay, _MAX_BACKOFF)
 
@@ -813,7 +815,7 @@ def _fail(
         if current is None:
             raise NotFound(f"service {row.name} was deleted")
         current.attempts += 1
-        current.next_attempt_at = now + _backoff(current.attempts)
+        current.next_attempt_at = now + backoff(current.attempts)
         # The attempted generation was observed: without this, due() sees a changed spec
         # and retries on every pass, ignoring the back-off.
         current.reconciled_generation = row.generation

@@ -97,6 +97,12 @@ class HTTP(_Model):
     tls: TLS = Field(default_factory=TLS)
 
 
+# uid_t/gid_t are 32-bit; (uid_t)-1 means "unchanged" to chown(2), so it is not an id.
+_MAX_ID = 2**32 - 2
+# POSIX portable user names (useradd's default rule, plus the $ of machine accounts).
+_ACCOUNT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?")
+
+
 class DirectoryTarget(_Model):
     """A directory receiving the ``-certs-internal`` bundle."""
 
@@ -124,6 +130,21 @@ class DirectoryTarget(_Model):
             parse_duration(value)
         except InvalidRequest as exc:
             raise ValueError(exc.detail) from None  # so pydantic names the field
+        return value
+
+    @field_validator("owner", "group")
+    @classmethod
+    def _account(cls, value: str | int | None) -> str | int | None:
+        # Checked here, not at delivery: a uid the kernel cannot take would fail every
+        # reconcile forever instead of once, at the PUT.
+        if value is None:
+            return None
+        if isinstance(value, int) or value.isdigit():
+            if not 0 <= int(value) <= _MAX_ID:
+                raise ValueError(f"{value}: user and group ids are 0 to {_MAX_ID}")
+            return value
+        if not _ACCOUNT_NAME.fullmatch(value):
+            raise ValueError(f"{value[:40]!r} is not a user or group name")
         return value
 
     @model_validator(mode="after")

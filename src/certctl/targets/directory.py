@@ -50,6 +50,8 @@ def _resolve_id(value: str | int | None, kind: str) -> int:
     if value is None:
         return -1
     if isinstance(value, int) or value.isdigit():
+        if not 0 <= int(value) < 2**32 - 1:  # specs stored before the API checked the range
+            raise DeliveryError(f"{kind} id {value} is out of range")
         return int(value)
     try:
         if kind == "user":
@@ -117,6 +119,11 @@ def deliver_to_directory(
     except OSError as exc:
         shutil.rmtree(version, ignore_errors=True)
         raise DeliveryError(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from exc
+    except BaseException:
+        # Anything else (an id chown cannot take, an interrupt) must not leave a copy of the
+        # private key behind in a version nobody links to.
+        shutil.rmtree(version, ignore_errors=True)
+        raise
     _prune(versions, keep=version)
     return version.name
 
