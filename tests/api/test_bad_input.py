@@ -9,6 +9,7 @@ transaction rolls back) and only *authentication* failures add an audit event, w
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -300,6 +301,22 @@ CASES = [
         {"json": {"actor_id": "admin", "expires_at": "tomorrow"}},
     ),
     Case(
+        "apikey-expiry-past-datetime-max",  # its UTC is after 9999-12-31: a 500 before
+        "POST",
+        "/api/v1/auth/apikeys",
+        400,
+        "expires_at: out of range",
+        {"json": {"actor_id": "admin", "expires_at": "9999-12-31T23:59:59-14:00"}},
+    ),
+    Case(
+        "huge-echoed-value",  # the detail quotes the value: clipped, not 500 kB back
+        "POST",
+        CERTS,
+        400,
+        "… (truncated)",
+        _issue(validity="x" * 500_000),
+    ),
+    Case(
         "apikey-unknown-actor",
         "POST",
         "/api/v1/auth/apikeys",
@@ -357,6 +374,25 @@ CASES = [
 ]
 
 
+def test_405_lists_the_methods_of_the_resource(module_api: Api) -> None:
+    api = module_api
+    r = api.request("PUT", CERTS, api.admin_key, json={})
+    assert_problem(r, 405)
+    assert r.headers["allow"] == "GET, HEAD, POST"
+    r = api.request("POST", "/api/v1/auth/apikeys/0123456789abcdef", api.admin_key, json={})
+    assert_problem(r, 405)
+    assert r.headers["allow"] == "DELETE, GET, HEAD"
+
+
+def test_a_key_pasted_as_an_id_is_not_echoed(module_api: Api) -> None:
+    api = module_api
+    secret = api.admin_key.split("_", 2)[2]
+    r = api.request("DELETE", f"/api/v1/auth/apikeys/{api.admin_key}", api.admin_key)
+    body = assert_problem(r, 404)
+    assert secret not in r.text
+    assert api.admin_key.split("_", 2)[1] in body["detail"]  # the key id still helps
+
+
 def _kwargs(case: Case, api: Api) -> dict[str, Any]:
     kwargs = case.kwargs(api) if callable(case.kwargs) else dict(case.kwargs)
     if callable(kwargs.get("content")):
@@ -407,3 +443,32 @@ def test_auth_failure_adds_exactly_one_audit_event(
     event = api.audit()[0]
     assert (event["action"], event["actor"]) == ("auth.failure", "anonymous")
     assert event["target"] == "POST /api/v1/auth/roles"
+
+
+def _requests_total(api: Api, route: str, status: str) -> float:
+    from certctl.metrics.registry import HTTP_REQUESTS
+
+    return float(HTTP_REQUESTS.labels("POST", route, status)._value.get())
+
+
+def test_an_unexpected_error_is_one_500_one_traceback_one_access_line(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from certctl.services import rbac
+
+    def bug(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(rbac, "mint_api_key", bug)
+    caplog.set_level(logging.INFO, logger="certctl.access")
+    route = "/api/v1/auth/apikeys"
+    before = _requests_total(api, route, "500")
+    counts = api.counts()
+    r = api.post(route, api.admin_key, json={"actor_id": "admin"})
+    body = assert_problem(r, 500)
+    assert body["detail"] == "internal error; see the server log"
+    assert [rec.name for rec in caplog.records if rec.exc_info] == ["certctl.api"]
+    access = [rec.getMessage() for rec in caplog.records if rec.name == "certctl.access"]
+    assert any(f"POST {route} 500 actor=admin" in line for line in access)
+    assert _requests_total(api, route, "500") == before + 1
+    assert api.counts() == counts

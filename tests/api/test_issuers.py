@@ -197,3 +197,53 @@ def test_issuer_permissions(api: Api) -> None:
     assert_problem(api.get(ISSUERS), 401)
     operator = api.actor_key("op", ["r-operator"])
     assert api.post(ISSUERS, operator, json={"id": "ops-ca"}).status_code == 201
+
+
+def _bad_signature_root(now: datetime) -> tuple[str, str]:
+    """A self-signed-looking CA (issuer = subject) whose signature is another key's."""
+    from cryptography.hazmat.primitives import hashes
+
+    key, signer = generate_private_key(KeyType.EC_P256), generate_private_key(KeyType.EC_P256)
+    name = common_name_dn("Forged Root")
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(signer, hashes.SHA256())
+    )
+    return cert.public_bytes(Encoding.PEM).decode(), key_to_pem(key).decode()
+
+
+def test_import_refuses_a_ca_that_cannot_issue_now(api: Api) -> None:
+    now = api.clock()
+    cases = {}
+    for label, start, days in (
+        ("expired", now - timedelta(days=20), 10),
+        ("future", now + timedelta(days=1), 10),
+    ):
+        key = generate_private_key(KeyType.EC_P256)
+        ca = create_root_ca(key, common_name_dn(label), validity=timedelta(days=days), now=start)
+        cases[label] = (
+            ca.certificate.public_bytes(Encoding.PEM).decode(),
+            key_to_pem(key).decode(),
+        )
+    cases["forged"] = _bad_signature_root(now)
+    expected = {
+        "expired": "the CA certificate expired on ",
+        "future": "the CA certificate is not valid before ",
+        "forged": "the CA certificate's signature does not verify with its own key (self-signed)",
+    }
+    before = api.counts()
+    for label, (cert_pem, key_pem) in cases.items():
+        r = api.post(
+            ISSUERS,
+            api.admin_key,
+            json={"id": label, "certificate_pem": cert_pem, "private_key_pem": key_pem},
+        )
+        assert expected[label] in assert_problem(r, 400)["detail"], label
+    assert api.counts() == before

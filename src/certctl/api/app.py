@@ -12,15 +12,16 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 import anyio.to_thread
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route, Router
+from starlette.routing import Match, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from certctl.api import schemas
@@ -34,6 +35,7 @@ from certctl.api.problems import problem, problem_for_status, problem_from_error
 from certctl.api.service_routes import SERVICE_ROUTES
 from certctl.api.throttle import AuthFailureLimiter
 from certctl.auth.apikeys import PREFIX as API_KEY_PREFIX
+from certctl.auth.apikeys import redact_keys
 from certctl.auth.kubernetes import AccessDenied, TokenRejected, TokenReviewAuthenticator
 from certctl.auth.permissions import PERMISSIONS
 from certctl.errors import (
@@ -247,8 +249,16 @@ async def get_apikey(request: Request, principal: Principal | None) -> Response:
 async def create_apikey(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.ApiKeyCreate)
     expires = body.expires_at
-    if expires is not None and expires.tzinfo is None:
-        raise InvalidRequest("expires_at: needs a time zone (e.g. 2027-01-01T00:00:00Z)")
+    if expires is not None:
+        if expires.tzinfo is None:
+            raise InvalidRequest("expires_at: needs a time zone (e.g. 2027-01-01T00:00:00Z)")
+        try:
+            # 9999-12-31T23:59:59-14:00 is valid input whose UTC is past datetime.max.
+            expires = expires.astimezone(UTC)
+        except OverflowError:
+            raise InvalidRequest(
+                "expires_at: out of range (at most 9999-12-31T23:59:59Z)"
+            ) from None
     result = rbac.mint_api_key(
         _services(request), _caller(principal), body.actor_id, body.name, expires
     )
@@ -717,7 +727,7 @@ def _record_failure(auth: _AuthSettings, request: Request, reason: str, detail: 
                 at=services.clock(),
                 actor="anonymous",
                 action="auth.failure",
-                target=f"{request.method} {request.url.path}"[:200],
+                target=f"{request.method} {_logged_path(request.scope)}"[:200],
                 outcome=reason,
                 source=source,
                 detail=detail,
@@ -921,7 +931,7 @@ class AccessLogAndLimits:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status_holder = [500]
+        status_holder = [0]  # the response status, once started
         if _head_size(scope) > MAX_HEADER_BYTES:
             await problem_for_status(
                 431, f"request line and headers over {MAX_HEADER_BYTES} bytes"
@@ -958,7 +968,13 @@ class AccessLogAndLimits:
             await problem_for_status(413, f"request body over {MAX_BODY_BYTES} bytes")(
                 scope, receive, send
             )
-        self._log(scope, status_holder[0], started)
+        except Exception:
+            # Starlette sends the 500 (from ``_unexpected``, which logged the traceback once)
+            # and then re-raises for the server to log it again. Stop it here: one traceback,
+            # and the 500 still gets its access-log line and its count.
+            if not status_holder[0]:
+                raise
+        self._log(scope, status_holder[0] or 500, started)
 
     def _log(self, scope: Scope, status: int, started: float) -> None:
         elapsed = time.perf_counter() - started
@@ -980,7 +996,7 @@ class AccessLogAndLimits:
                 json.dumps(
                     {
                         "method": method,
-                        "path": scope.get("path"),
+                        "path": _logged_path(scope),
                         "status": status,
                         "actor": actor,
                         "duration_ms": round(elapsed * 1000, 2),
@@ -993,11 +1009,23 @@ class AccessLogAndLimits:
                 "%s %s %s %s actor=%s %.1fms",
                 client[0],
                 method,
-                scope.get("path"),
+                _logged_path(scope),
                 status,
                 actor,
                 elapsed * 1000,
             )
+
+
+def _logged_path(scope: Scope) -> str:
+    """The path for the access log: one line whatever the client sent, and no key secret.
+
+    Decoded paths may hold a newline (``%0a``) that would forge a log line, or NUL; control
+    characters are escaped. A key pasted into a URL (``DELETE /apikeys/<key>``) is redacted.
+    """
+    path: str = scope.get("path", "")
+    if not path.isprintable():
+        path = path.encode("unicode_escape").decode("ascii")
+    return redact_keys(path)
 
 
 def _head_size(scope: Scope) -> int:
@@ -1041,7 +1069,7 @@ def _audit_refusal(request: Request, actor: str, exc: CertctlError) -> None:
                 at=services.clock(),
                 actor=actor,
                 action=f"{request.method} {request.scope.get('certctl.route', request.url.path)}",
-                target=request.url.path[:200],
+                target=_logged_path(request.scope)[:200],
                 outcome=outcome,
                 source=_source(request),
                 detail=exc.detail[:500],
@@ -1059,7 +1087,7 @@ async def _database_error(request: Request, exc: Exception) -> Response:
     logging.getLogger("certctl.api").warning(
         "storage fault on %s %s: %s (%s)",
         request.method,
-        request.url.path,
+        _logged_path(request.scope),
         fault.detail,
         type(getattr(exc, "orig", exc)).__name__,
     )
@@ -1068,12 +1096,32 @@ async def _database_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return problem_for_status(exc.status_code, exc.detail or "error")
+    response = problem_for_status(exc.status_code, exc.detail or "error")
+    if exc.status_code == 405:
+        # RFC 9110 15.5.6: a 405 lists the methods the resource has. Starlette's lists those
+        # of the first route matching the path, but each of ours has one method.
+        allowed = {
+            method
+            for route in request.app.router.routes
+            if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE
+            for method in route.methods or ()
+        }
+        response.headers["Allow"] = ", ".join(sorted(allowed))
+    return response
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client closed the connection before sending its whole body: nothing to answer and
+    # nothing wrong with the server. 499 (nginx's "client closed request") in the access log.
+    logging.getLogger("certctl.api").info(
+        "client disconnected during %s %s", request.method, _logged_path(request.scope)
+    )
+    return problem(499, "Client closed request", "the client closed the connection")
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     logging.getLogger("certctl.api").exception(
-        "unhandled error on %s %s", request.method, request.url.path
+        "unhandled error on %s %s", request.method, _logged_path(request.scope)
     )
     return problem(500, "Internal error", "internal error; see the server log")
 
@@ -1106,6 +1154,7 @@ def create_app(
             CertctlError: _certctl_error,
             DBAPIError: _database_error,
             HTTPException: _http_error,
+            ClientDisconnect: _client_gone,
             Exception: _unexpected,
         },
     )

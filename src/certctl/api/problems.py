@@ -6,6 +6,7 @@ import json
 
 from starlette.responses import Response
 
+from certctl.auth.apikeys import redact_keys
 from certctl.errors import CertctlError, TooManyRequests
 
 __all__ = ["problem", "problem_from_error"]
@@ -24,6 +25,9 @@ _SLUGS = {
     500: "internal-error",
     503: "unavailable",
 }
+# Details quote the input they refuse; a 500 kB field must not come back as a 500 kB error.
+MAX_DETAIL = 500
+
 _TITLES = {
     404: "Not found",
     405: "Method not allowed",
@@ -38,7 +42,10 @@ _TITLES = {
 def problem(
     status: int, title: str, detail: str, headers: dict[str, str] | None = None
 ) -> Response:
-    """Build a problem+json response."""
+    """Build a problem+json response (the detail clipped, and no API key secret in it)."""
+    detail = redact_keys(detail)
+    if len(detail) > MAX_DETAIL:
+        detail = detail[: MAX_DETAIL - 15] + "… (truncated)"
     body = {
         "type": f"urn:certctl:problem:{_SLUGS.get(status, 'error')}",
         "title": title,

@@ -24,6 +24,7 @@ __all__ = [
     "key_head",
     "mint_key",
     "parse_key",
+    "redact_keys",
     "secret_matches",
 ]
 
@@ -83,6 +84,18 @@ def parse_key(value: str) -> tuple[str, str] | None:
     if match is None:
         return None
     return match.group(1), match.group(2)
+
+
+# Anything after a key id that could be (part of) a secret, e.g. a key pasted where its id
+# belongs in a URL, or a key cut short.
+_IN_TEXT = re.compile(r"(cctl_[0-9a-f]{16}_)[A-Za-z0-9_-]+")
+
+
+def redact_keys(text: str) -> str:
+    """``text`` with the secret of every API key in it replaced (``cctl_<id>_…``)."""
+    if PREFIX not in text:  # the common case, at the cost of one substring search
+        return text
+    return _IN_TEXT.sub(r"\1…", text)
 
 
 def key_head(key_id: str) -> str:

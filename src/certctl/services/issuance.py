@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Integer, Table, and_, bindparam, func, or_, select
 
@@ -180,7 +181,30 @@ def import_issuer(
     if not certs or key is None:
         raise InvalidRequest("import needs a PEM certificate and a PEM private key")
     ca = CertificateAuthority(certs[0], key, tuple(certs[1:]))
+    _check_importable(ca, services.clock())
     return _store_issuer(services, issuer_id, name, ca, caller, "issuer.import")
+
+
+def _check_importable(ca: CertificateAuthority, now: datetime) -> None:
+    """Refuse a CA that could not issue a valid certificate now (rather than at first use)."""
+    cert = ca.certificate
+    if cert.not_valid_after_utc <= now:
+        raise InvalidRequest(f"the CA certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+    if cert.not_valid_before_utc > now:
+        # Its certificates would start before it does, and fail validation until then.
+        raise InvalidRequest(
+            f"the CA certificate is not valid before {cert.not_valid_before_utc.isoformat()}"
+        )
+    parent = ca.chain[0] if ca.chain else (cert if cert.issuer == cert.subject else None)
+    if parent is None:
+        return  # an intermediate without its chain: nothing here to check its signature with
+    try:
+        cert.verify_directly_issued_by(parent)
+    except (ValueError, TypeError, InvalidSignature):
+        what = "its own key (self-signed)" if parent is cert else "the first chain certificate"
+        raise InvalidRequest(
+            f"the CA certificate's signature does not verify with {what}"
+        ) from None
 
 
 def load_issuer(services: Services, issuer_id: str) -> CertificateAuthority:
