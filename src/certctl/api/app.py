@@ -6,7 +6,6 @@ document and the authorization tests are all generated from that table.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -991,25 +990,24 @@ class AccessLogAndLimits:
         children[1].observe(elapsed)
         actor = scope.get("certctl.actor", "-")
         client = scope.get("client") or ("-", 0)
+        path = _logged_path(scope)
         if self.json_logs:
-            log.info(
-                json.dumps(
-                    {
-                        "method": method,
-                        "path": _logged_path(scope),
-                        "status": status,
-                        "actor": actor,
-                        "duration_ms": round(elapsed * 1000, 2),
-                        "client": client[0],
-                    }
-                )
-            )
+            # The fields become top-level keys of the JSON line (server/logs.py).
+            fields = {
+                "method": method,
+                "path": path,
+                "status": status,
+                "actor": actor,
+                "duration_ms": round(elapsed * 1000, 2),
+                "client": client[0],
+            }
+            log.info("%s %s %s", method, path, status, extra={"fields": fields})
         else:
             log.info(
                 "%s %s %s %s actor=%s %.1fms",
                 client[0],
                 method,
-                _logged_path(scope),
+                path,
                 status,
                 actor,
                 elapsed * 1000,

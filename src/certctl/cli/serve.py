@@ -10,7 +10,9 @@ __all__ = ["serve_command"]
 
 
 def serve_command(
-    config: Path = typer.Option(None, "--config", "-c", help="YAML config file (DESIGN §3 keys)."),
+    config: Path = typer.Option(
+        None, "--config", "-c", help="YAML config file (every key: docs/configuration.md)."
+    ),
     data_dir: Path = typer.Option(
         None, "--data-dir", help="Data directory (default: ./certctl-data)."
     ),

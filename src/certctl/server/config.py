@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from certctl.errors import InvalidRequest
-from certctl.pki import parse_duration
+from certctl.pki import SubjectAltNames, parse_duration
 
 __all__ = ["ServerConfig", "load_config"]
 
@@ -21,6 +22,14 @@ def _checked_duration(value: str) -> str:
     except InvalidRequest as exc:
         raise ValueError(exc.detail) from None
     return value
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 class _Section(BaseModel):
@@ -40,6 +49,31 @@ class TLSConfig(_Section):
     client_ca: Path | None = Field(default=None, alias="client-ca")
     reload_interval: str = Field(default="5s", alias="reload-interval")
     publish_ca_secret: str | None = Field(default=None, alias="publish-ca-secret")
+
+    # Checked when the config loads, so a mistake is refused before the first start creates
+    # the data directory and prints the admin key, not after.
+    @field_validator("reload_interval")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        return _checked_duration(value)
+
+    @field_validator("subject_alt_names")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        # As tls.server_sans reads them (not imported: it loads prometheus_client, which
+        # must come after the multi-process set-up of workers > 1).
+        ips = [item for item in value if _is_ip(item)]
+        try:
+            SubjectAltNames.parse(dns=[item for item in value if item not in ips], ip=ips)
+        except InvalidRequest as exc:
+            raise ValueError(exc.detail) from None
+        return value
+
+    @model_validator(mode="after")
+    def _client_ca(self) -> TLSConfig:
+        if self.client_auth != "none" and self.client_ca is None:
+            raise ValueError(f"client-auth {self.client_auth} needs tls.client-ca")
+        return self
 
 
 class MetricsConfig(_Section):
@@ -107,6 +141,11 @@ class WebhookConfig(_Section):
     secret_file: Path | None = Field(default=None, alias="secret-file")
     timeout: str = "10s"
 
+    @field_validator("timeout")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        return _checked_duration(value)
+
 
 class NotificationsConfig(_Section):
     """``notifications.*`` keys."""
@@ -151,8 +190,7 @@ class ServerConfig(_Section):
     )
     @classmethod
     def _duration(cls, value: str) -> str:
-        parse_duration(value)
-        return value
+        return _checked_duration(value)
 
     @property
     def effective_database_url(self) -> str:
@@ -190,8 +228,12 @@ _ENV_KEYS = {
 
 
 def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    for part in path[:-1]:
-        doc = doc.setdefault(part, {})
+    for depth, part in enumerate(path[:-1]):
+        if doc.get(part) is None:  # absent, or "tls:" with nothing under it
+            doc[part] = {}
+        doc = doc[part]
+        if not isinstance(doc, dict):
+            raise InvalidRequest(f"config {'.'.join(path[: depth + 1])}: expected a mapping")
     doc[path[-1]] = value
 
 
@@ -230,4 +272,5 @@ def load_config(file: Path | None, overrides: dict[str, Any]) -> ServerConfig:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise InvalidRequest(f"config {where}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")  # pydantic's, for ValueError
+        raise InvalidRequest(f"config {where}: {message}") from None

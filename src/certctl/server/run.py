@@ -9,7 +9,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,9 @@ from certctl.metrics.registry import API_KEYS, certificate_gauges
 from certctl.pki import parse_duration
 from certctl.server.bootstrap import Bootstrapped, bootstrap
 from certctl.server.config import ServerConfig, split_host_port
+from certctl.server.logs import configure_logging
 from certctl.server.scheduler import Scheduler
-from certctl.server.tls import ServerTLS, ensure_self_signed
+from certctl.server.tls import ServerTLS, check_files, ensure_self_signed
 from certctl.services import issuance
 from certctl.services.context import Services
 from certctl.services.tls_services import ServiceSettings, ca_renewal_time
@@ -122,6 +123,8 @@ def _kubernetes_features(
 
 def _announce(boot: Bootstrapped, config: ServerConfig, scheme: str, ca_path: str | None) -> None:
     host, port = config.host_port
+    # A wildcard address is no place to connect to, and not in the certificate: loopback is.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     url_host = f"[{host}]" if ":" in host else host
     url = f"{scheme}://{url_host}:{port}"
     out = sys.stdout
@@ -144,7 +147,7 @@ def _announce(boot: Bootstrapped, config: ServerConfig, scheme: str, ca_path: st
         out.write(f"CA certificate: {ca_path}\n")
     cacert = f"--cacert {ca_path} " if ca_path else ""
     out.write(
-        f'Try: curl {cacert}-H "Authorization: Bearer $(cat {boot.admin_key_file})" '
+        f'Try: curl {cacert}-H "Authorization: Bearer $(cat {boot.admin_key_file.resolve()})" '
         f"{url}/api/v1/auth/whoami\n"
     )
     out.flush()
@@ -244,11 +247,7 @@ class _Prepared:
 
 def serve(config: ServerConfig) -> None:
     """Run the server until interrupted (``workers`` processes when above 1)."""
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(config.log_format)
     # The access log writes a line per request; these record attributes are never printed
     # (logging docs, "Optimization"): not collecting them saves a stack walk per line.
     logging.logThreads = False
@@ -267,14 +266,22 @@ def serve(config: ServerConfig) -> None:
         )
     if config.metrics.listen:
         m_host, _ = split_host_port(config.metrics.listen, "metrics.listen")
-        if not config.metrics.secure and m_host not in _LOOPBACK and not config.allow_insecure:
+        # With tls.mode=disabled the metrics listener is plain HTTP whatever metrics.secure says.
+        plain = not config.metrics.secure or mode == "disabled"
+        if plain and m_host not in _LOOPBACK and not config.allow_insecure:
+            why = "metrics.secure=false" if not config.metrics.secure else "tls.mode=disabled"
             raise InvalidRequest(
-                f"metrics.secure=false on {m_host}: plain HTTP beyond loopback "
-                "needs --allow-insecure"
+                f"{why}: plain HTTP metrics on {m_host} (beyond loopback) needs --allow-insecure"
             )
     if mode == "custom" and config.tls.cert_dir is None:
         raise InvalidRequest("tls.mode=custom needs tls.cert-dir")
     service_settings(config)  # lifetimes checked before the data directory is touched
+    if mode != "disabled":
+        check_files(
+            config.tls.cert_dir if mode == "custom" else None,
+            config.tls.client_ca,
+            datetime.now(UTC),
+        )
     from certctl.server.workers import Supervisor, bind_listeners
 
     # An address in use fails here, before the first start creates the CA and the admin key.

@@ -40,6 +40,7 @@ from certctl.pki import (
 __all__ = [
     "SERVER_CN",
     "ServerTLS",
+    "check_files",
     "ensure_self_signed",
     "server_sans",
     "tls_info",
@@ -115,6 +116,34 @@ def ensure_self_signed(
         issued.certificate.not_valid_after_utc.isoformat(),
     )
     return True
+
+
+def check_files(cert_dir: Path | None, client_ca: Path | None, now: datetime) -> None:
+    """What ``ServerTLS.load`` would refuse at start, checked before the data dir is made.
+
+    Raises:
+        InvalidRequest: ``cert_dir`` lacks a readable, matching, valid pair, or ``client_ca``
+            holds no readable certificate.
+    """
+    if cert_dir is not None:
+        try:
+            cert_pem = (cert_dir / "tls.crt").read_bytes()
+            key_pem = (cert_dir / "tls.key").read_bytes()
+        except OSError as exc:
+            raise InvalidRequest(
+                f"tls.cert-dir {cert_dir}: cannot read {Path(exc.filename).name} ({exc.strerror})"
+            ) from None
+        try:
+            _validate_pair(cert_pem, key_pem, now)
+        except CertctlError as exc:
+            raise InvalidRequest(f"tls.cert-dir {cert_dir}: {exc.detail}") from None
+    if client_ca is not None:
+        try:
+            ssl.create_default_context(cafile=str(client_ca))
+        except ssl.SSLError:  # before OSError, its base class
+            raise InvalidRequest(f"tls.client-ca {client_ca}: no PEM certificate in it") from None
+        except OSError as exc:
+            raise InvalidRequest(f"tls.client-ca {client_ca}: {exc.strerror}") from None
 
 
 def _validate_pair(cert_pem: bytes, key_pem: bytes, now: datetime) -> x509.Certificate:

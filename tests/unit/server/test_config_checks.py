@@ -1,0 +1,102 @@
+"""Config mistakes are refused when the config loads, naming the key, before anything is made.
+
+Before, some were found only after the first start had created the data directory, the CA and
+the admin key (and printed the key, which is shown once): a bad ``tls.reload-interval``,
+``tls.client-auth`` without ``tls.client-ca``, an invalid ``tls.subject-alt-names`` entry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from certctl.errors import InvalidRequest
+from certctl.server.config import load_config
+from tests._tools import failed, run
+
+REFUSED = {
+    "top-level duration": ({"ca-cert-validity": "10x"}, "config ca-cert-validity: 10x: unknown"),
+    "reload interval": ({"tls": {"reload-interval": "soon"}}, "config tls.reload-interval: soon"),
+    "webhook timeout": (
+        {"notifications": {"webhook": {"url": "https://h.example/x", "timeout": "-1s"}}},
+        "config notifications.webhook.timeout: ",
+    ),
+    "client-auth without a CA": (
+        {"tls": {"client-auth": "required"}},
+        "config tls: client-auth required needs tls.client-ca",
+    ),
+    "bad server SAN": (
+        {"tls": {"subject-alt-names": ["certctl.example", "bad..name"]}},
+        "config tls.subject-alt-names: bad..name: invalid DNS name",
+    ),
+}
+
+
+@pytest.mark.parametrize(("doc", "message"), REFUSED.values(), ids=REFUSED.keys())
+def test_refused_at_load_naming_the_key(tmp_path: Path, doc: dict[str, Any], message: str) -> None:
+    file = tmp_path / "certctl.yaml"
+    file.write_text(yaml.safe_dump(doc))
+    with pytest.raises(InvalidRequest) as info:
+        load_config(file, {})
+    assert info.value.detail.startswith(message), info.value.detail
+
+
+def test_an_empty_section_takes_environment_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = tmp_path / "certctl.yaml"
+    file.write_text("tls:\nmetrics:\n")  # sections with nothing under them: None in YAML
+    monkeypatch.setenv("CERTCTL_TLS_MODE", "disabled")
+    monkeypatch.setenv("CERTCTL_METRICS_LISTEN", "127.0.0.1:9443")
+    config = load_config(file, {})
+    assert (config.tls.mode, config.metrics.listen) == ("disabled", "127.0.0.1:9443")
+    file.write_text("tls: plain\n")
+    with pytest.raises(InvalidRequest, match=r"^config tls: expected a mapping$"):
+        load_config(file, {})
+
+
+NOT_STARTED = {
+    "bad reload interval": (
+        {"tls": {"reload-interval": "soon"}},
+        "config tls.reload-interval: soon: not a duration",
+    ),
+    "custom mode, no files": (
+        {"tls": {"mode": "custom", "cert-dir": "/nonexistent"}},
+        "tls.cert-dir /nonexistent: cannot read tls.crt (No such file or directory)",
+    ),
+    "client CA not PEM": (
+        {"tls": {"client-auth": "optional", "client-ca": "{tmp}/junk.pem"}},
+        "tls.client-ca {tmp}/junk.pem: no PEM certificate in it",
+    ),
+}
+
+
+@pytest.mark.parametrize(("doc", "message"), NOT_STARTED.values(), ids=NOT_STARTED.keys())
+def test_nothing_is_created_for_a_refused_start(
+    tmp_path: Path, doc: dict[str, Any], message: str
+) -> None:
+    (tmp_path / "junk.pem").write_text("junk\n")
+    config = tmp_path / "certctl.yaml"
+    config.write_text(yaml.safe_dump(doc).replace("{tmp}", str(tmp_path)))
+    result = failed(run("certctl", "serve", "--config", config, "--data-dir", tmp_path / "d"))
+    assert result.stderr.startswith("certctl: error: " + message.replace("{tmp}", str(tmp_path)))
+    assert len(result.stderr.splitlines()) == 1
+    assert "Admin API key" not in result.stdout
+    assert not (tmp_path / "d").exists()
+
+
+def test_plain_http_metrics_beyond_loopback_needs_allow_insecure(tmp_path: Path) -> None:
+    # tls.mode=disabled makes the metrics listener plain HTTP even with metrics.secure left on.
+    config = tmp_path / "certctl.yaml"
+    config.write_text(
+        yaml.safe_dump({"tls": {"mode": "disabled"}, "metrics": {"listen": "0.0.0.0:0"}})
+    )
+    result = failed(run("certctl", "serve", "--config", config, "--data-dir", tmp_path / "d"))
+    assert result.stderr.strip() == (
+        "certctl: error: tls.mode=disabled: plain HTTP metrics on 0.0.0.0 (beyond loopback) "
+        "needs --allow-insecure"
+    )
+    assert not (tmp_path / "d").exists()
