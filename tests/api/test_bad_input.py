@@ -371,6 +371,30 @@ CASES = [
     Case("unknown-route", "GET", "/api/v1/nothing-here", 404, ""),
     Case("unknown-root-route", "GET", "/wp-login.php", 404, ""),
     Case("method-not-allowed", "PUT", CERTS, 405, "", {"json": {}}),
+    Case(
+        "csr-with-names",  # the CSR's names are used: a common_name beside it would be ignored
+        "POST",
+        CERTS,
+        400,
+        "common_name, dns_names: not used with csr",
+        lambda api: {"json": {"csr": _csr_pem(), "common_name": "x", "dns_names": ["y.example"]}},
+    ),
+    Case(
+        "reserved-actor",
+        "POST",
+        "/api/v1/auth/actors",
+        400,
+        "'anonymous' is reserved",
+        {"json": {"id": "anonymous", "name": "A", "roles": []}},
+    ),
+    # --- query parameters: a misspelt or unsupported one is refused, not ignored -------------
+    Case("audit-unknown-param", "GET", "/api/v1/audit?unknown=1", 400, "unknown query"),
+    Case(
+        "apikeys-no-paging", "GET", "/api/v1/auth/apikeys?limit=-1&cursor=zz", 400, "cursor, limit"
+    ),
+    Case("crl-bad-format", "GET", "/api/v1/issuers/default/crl?format=PEM", 400, "der, pem"),
+    Case("cert-bad-format", "GET", "{cert}?format=bogus", 400, "format=bogus: must be one of"),
+    Case("whoami-param", "GET", "/api/v1/auth/whoami?x=1", 400, "unknown query parameter(s): x"),
 ]
 
 

@@ -205,6 +205,8 @@ def test_list_filters(api: Api) -> None:
     assert ids(q="example.com") == {short["id"], long["id"], gone["id"], other["id"]}
     assert ids(q=long["serial"]) == {long["id"]}
     assert ids(q="nomatch") == set()
+    assert ids(q="_") == set()  # a substring, not a LIKE pattern: "_" and "%" are literal
+    assert ids(q="%") == set()
     # Time passes: the 10-day certificate expires.
     api.clock.advance(days=11)
     assert ids(status="expired") == {short["id"]}

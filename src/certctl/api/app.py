@@ -152,6 +152,13 @@ async def get_role(request: Request, principal: Principal | None) -> Response:
     return _json(_role_json(role))
 
 
+def _format(request: Request, choices: tuple[str, ...]) -> str | None:
+    value = request.query_params.get("format")
+    if value is not None and value not in choices:
+        raise InvalidRequest(f"format={value[:20]}: must be one of {', '.join(choices)}")
+    return value
+
+
 def _not_found(what: str, ident: str) -> CertctlError:
     from certctl.errors import NotFound
 
@@ -338,7 +345,7 @@ async def issuer_crl(request: Request, principal: Principal | None) -> Response:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     crl = issuance.crl_for(_services(request), request.path_params["id"])
-    if request.query_params.get("format") == "pem":
+    if _format(request, ("der", "pem")) == "pem":
         return Response(crl.public_bytes(Encoding.PEM), media_type="application/x-pem-file")
     return Response(crl.public_bytes(Encoding.DER), media_type="application/pkix-crl")
 
@@ -364,6 +371,21 @@ async def issue_certificate(request: Request, principal: Principal | None) -> Re
     services, caller = _services(request), _caller(principal)
     validity = parse_duration(body.validity)
     if body.csr:
+        # The names and the key come from the CSR: a field that would be ignored is refused.
+        ignored = [
+            name
+            for name, value in (
+                ("common_name", body.common_name),
+                ("dns_names", body.dns_names),
+                ("ip_addresses", body.ip_addresses),
+                ("key_type", body.key_type != "ec-p256"),
+            )
+            if value
+        ]
+        if ignored:
+            raise InvalidRequest(
+                f"{', '.join(ignored)}: not used with csr (the CSR carries the names and the key)"
+            )
         pending = issuance.prepare_from_csr(
             services,
             caller,
@@ -400,10 +422,7 @@ async def issue_certificate(request: Request, principal: Principal | None) -> Re
 
 
 async def list_certificates(request: Request, principal: Principal | None) -> Response:
-    params = request.query_params
-    unknown = set(params) - {"status", "issuer", "expiring_within", "q", "limit", "cursor"}
-    if unknown:
-        raise InvalidRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    params = request.query_params  # names checked against the route's OpenAPI parameters
     cursor = params.get("cursor")
     if cursor is not None and (
         len(cursor) != 24 or any(c not in "0123456789abcdef" for c in cursor)
@@ -430,7 +449,7 @@ async def get_certificate(request: Request, principal: Principal | None) -> Resp
     services = _services(request)
     row = issuance.get_certificate(services, _caller(principal), request.path_params["id"])
     accept = request.headers.get("accept", "")
-    if "application/x-pem-file" in accept or request.query_params.get("format") == "pem":
+    if _format(request, ("json", "pem")) == "pem" or "application/x-pem-file" in accept:
         ca = issuance.load_issuer(services, row.issuer_id)
         from certctl.pki import certs_to_pem
 
@@ -851,6 +870,9 @@ async def _authenticate_kubernetes(
 
 def _endpoint(route: ApiRoute, auth: _AuthSettings) -> Callable[[Request], Awaitable[Response]]:
     kubernetes = route.path in KUBERNETES_TOKEN_PATHS
+    from certctl.api.openapi import query_names
+
+    allowed_query = query_names(route.method, route.path)
 
     async def endpoint(request: Request) -> Response:
         scope = request.scope
@@ -858,8 +880,14 @@ def _endpoint(route: ApiRoute, auth: _AuthSettings) -> Callable[[Request], Await
         # From the scope, not request.url / query_params: building those costs more than a
         # cached API-key check. The path is already percent-decoded, the query is not.
         query = scope.get("query_string", b"")
-        if "\x00" in scope["path"] or b"\x00" in query or b"%00" in query:
+        if "\x00" in scope["path"] or (query and (b"\x00" in query or b"%00" in query)):
             raise InvalidRequest("NUL character in the request path or query")
+        if query:
+            # A misspelt filter (?stauts=revoked) must not silently return everything.
+            unknown = set(request.query_params) - allowed_query
+            if unknown:
+                names = ", ".join(sorted(n[:40] for n in unknown))
+                raise InvalidRequest(f"unknown query parameter(s): {names}")
         principal: Principal | None = None
         if route.permission != PUBLIC:
             if kubernetes:

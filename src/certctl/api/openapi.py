@@ -305,6 +305,12 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
     ],
 }
 
+
+def query_names(method: str, path: str) -> frozenset[str]:
+    """The query parameters a route takes; the app refuses any other."""
+    return frozenset(p["name"] for p in _QUERY.get((method, path), []))
+
+
 # Bodies that may be left out (the handler then uses the model's defaults).
 _OPTIONAL_BODIES = frozenset({"CertificateRevoke", "CertificateRenew"})
 # Routes that never touch the database, hence never answer 503.

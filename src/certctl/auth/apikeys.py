@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 PREFIX = "cctl_"
-_FORMAT = re.compile(r"^cctl_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+_FORMAT = re.compile(r"^cctl_([0-9a-f]{16})_([A-Za-z0-9_-]{43})\Z")
 # Where the key id sits in a well-formed key: for a lookup among stored key ids whose hit is
 # then confirmed with ``key_head`` and ``secret_matches`` (only the key's own secret hashes to
 # the stored digest), so the lookup itself needs no format check.

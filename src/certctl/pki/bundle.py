@@ -66,7 +66,7 @@ BUNDLE_PROFILES: tuple[str, ...] = ("elasticsearch", "generic")
 OUTPUT_FORMATS: tuple[str, ...] = ("p12", "pem")
 
 # A node name becomes a folder in the zip: keep it portable (no separators, no dot-names).
-_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 # Folders the generic profile uses next to the node folders.
 _RESERVED = {"generic": ("ca", "client"), "elasticsearch": ()}
 _SECRET = 0o100600

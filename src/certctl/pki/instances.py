@@ -11,7 +11,7 @@ from certctl.pki.names import SubjectAltNames
 
 __all__ = ["Instance", "parse_instances"]
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _FIELDS = frozenset({"name", "dns", "ip", "cn", "filename"})
 
 

@@ -25,7 +25,7 @@ _UPPER_BOUNDS = {
     NameOID.STATE_OR_PROVINCE_NAME: 128,
     NameOID.EMAIL_ADDRESS: 255,
 }
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 
 
 def parse_dn(text: str) -> x509.Name:

@@ -639,11 +639,13 @@ def list_certificates(
             )
         )
     if q:
-        like = f"%{q.lower()}%"
+        # q is a substring, not a pattern: "_" and "%" match themselves.
+        escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        like = f"%{escaped}%"
         query = query.where(
             or_(
-                func.lower(CertificateRecord.common_name).like(like),
-                func.lower(CertificateRecord.subject).like(like),
+                func.lower(CertificateRecord.common_name).like(like, escape="\\"),
+                func.lower(CertificateRecord.subject).like(like, escape="\\"),
                 CertificateRecord.serial == q.lower().replace(":", ""),
             )
         )

@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("certctl.services")
-_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 BOOTSTRAP_ADMIN = "admin"
 
@@ -53,6 +53,9 @@ class AuthFailure(Unauthenticated):
     def __init__(self, detail: str, reason: str) -> None:
         super().__init__(detail)
         self.reason = reason
+
+
+RESERVED_ACTORS = frozenset({"anonymous"})
 
 
 def _check_id(value: str, what: str) -> str:
@@ -229,6 +232,10 @@ def create_actor(
     """Create an actor; giving it roles also needs ``auth.role.assign`` and no escalation."""
     caller.require("auth.actor.create")
     _check_id(actor_id, "actor")
+    if actor_id in RESERVED_ACTORS:
+        # The audit log's name for unauthenticated callers: an actor of that name would make
+        # its own rows look like failed logins, and the reverse.
+        raise InvalidRequest(f"{actor_id!r} is reserved (audit rows of unauthenticated requests)")
     roles = sorted(set(roles))
     if roles:
         caller.require("auth.role.assign")

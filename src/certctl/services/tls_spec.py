@@ -23,7 +23,7 @@ from certctl.pki.names import validate_dns_name
 
 __all__ = ["TLSServiceSpec", "parse_service", "parse_service_documents"]
 
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,51}[a-z0-9])?$")
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,51}[a-z0-9])?\Z")
 
 
 class _Model(BaseModel):

@@ -27,8 +27,8 @@ __all__ = ["CLIENT_TRUST_KEY", "MANAGED_BY", "SecretWriter", "WriteResult"]
 TLS_TYPE = "kubernetes.io/tls"
 CLIENT_TRUST_KEY = "client-trust.crt"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "certctl"}
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+_DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+\Z")
 _ATTEMPTS = 3
 
 
