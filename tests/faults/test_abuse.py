@@ -18,6 +18,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.e2e.conftest import tls_context
 from tests.faults.conftest import FaultServer, raise_nofile_limit
@@ -212,6 +213,22 @@ def test_a_head_growing_past_16_kib_in_pieces_gets_431(fault_server: FaultServer
     # The server is still serving.
     with fault_server.client() as client:
         assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [b"Content-Length: abc\r\n", b"Content-Length: -1\r\n", b"X-Ctl: a\x01b\r\n"],
+    ids=["length-abc", "length-negative", "control-byte"],
+)
+def test_a_malformed_request_gets_a_problem_400(fault_server: FaultServer, bad: bytes) -> None:
+    fault_server.start()
+    with tls_socket(fault_server) as sock:
+        sock.sendall(b"POST /api/v1/certificates HTTP/1.1\r\nHost: localhost\r\n" + bad + b"\r\n")
+        answer = read_all(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), answer[:300]
+    assert b"content-type: application/problem+json" in head
+    assert json.loads(body)["detail"].startswith("malformed HTTP request")
 
 
 def _closed_after(sock: ssl.SSLSocket, trickle: bytes, every_s: float, limit_s: float) -> float:

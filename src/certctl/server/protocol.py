@@ -11,6 +11,8 @@ What uvicorn does not bound, this class does:
   complete request line and header block must arrive within ``header_timeout_s`` of the
   connection opening (after the TLS handshake) or of the head's first byte on a kept-alive
   connection; otherwise the connection is closed without a response.
+- **Malformed requests** get a problem+json ``400`` like every other error, not uvicorn's
+  plain-text one.
 - **Size of a head.** llhttp has no limit of its own (httptools buffers a header value until
   it is complete), so bytes received while a head is open are counted and a head over
   ``max_head_bytes`` gets ``431`` and a closed connection.
@@ -29,6 +31,14 @@ __all__ = ["CoalescedWrites", "http_protocol"]
 
 _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+    b"content-type: application/problem+json\r\n"
+    b"connection: close\r\n"
+    b"content-length: %d\r\n\r\n%s"
+)
+
+
+_BAD_REQUEST = (
+    b"HTTP/1.1 400 Bad Request\r\n"
     b"content-type: application/problem+json\r\n"
     b"connection: close\r\n"
     b"content-length: %d\r\n\r\n%s"
@@ -95,6 +105,15 @@ def http_protocol(header_timeout_s: float, max_head_bytes: int) -> type:
         }
     ).encode()
     too_large = _TOO_LARGE % (len(body), body)
+    bad_body = json.dumps(
+        {
+            "type": "urn:certctl:problem:invalid-request",
+            "title": "Bad request",
+            "status": 400,
+            "detail": "malformed HTTP request (request line, a header or the body framing)",
+        }
+    ).encode()
+    bad_request = _BAD_REQUEST % (len(bad_body), bad_body)
 
     base: Any = HttpToolsProtocol
 
@@ -132,6 +151,12 @@ def http_protocol(header_timeout_s: float, max_head_bytes: int) -> type:
                 if not self.transport.is_closing():
                     self.transport.write(too_large)
                     self.transport.close()
+
+        def send_400_response(self, msg: str) -> None:
+            # llhttp refused the request (a Content-Length of "abc", a control byte in a
+            # header): the problem+json every other error has, not uvicorn's text/plain.
+            self.transport.write(bad_request)
+            self.transport.close()
 
         def on_message_begin(self) -> None:
             if self._head_deadline is None:
