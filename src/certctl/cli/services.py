@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from certctl.cli.client import _print, _request
+from certctl.cli.client import _print, _request, _seg, _unexpected
 
 __all__ = ["apply_command", "services_app"]
 
@@ -31,7 +31,10 @@ def apply_command(
     text = sys.stdin.read() if str(file) == "-" else read_file(file, "services file").decode()
     specs = parse_service_documents(text)
     for spec in specs:
-        data = _request("PUT", f"/api/v1/services/{spec.name}", spec.to_document())
+        path = f"/api/v1/services/{_seg(spec.name)}"
+        data = _request("PUT", path, spec.to_document())
+        if not isinstance(data, dict):
+            raise _unexpected(path, "not a TLSService")
         changed = "configured" if data.get("generation", 1) > 1 else "created"
         typer.echo(f"tlsservice/{spec.name} {changed} (generation {data.get('generation')})")
 
@@ -57,11 +60,14 @@ def _status_line(item: dict[str, Any]) -> str:
 @services_app.command("status")
 def status(name: str = typer.Argument(None, help="One service (default: all).")) -> None:
     """Conditions (Ready, Renewing, Failed), NotAfter and next renewal of services."""
-    items = (
-        [_request("GET", f"/api/v1/services/{name}")]
-        if name
-        else _request("GET", "/api/v1/services")["items"]
-    )
+    path = f"/api/v1/services/{_seg(name)}" if name else "/api/v1/services"
+    data = _request("GET", path)
+    items = [data] if name else data.get("items") if isinstance(data, dict) else None
+    # Whatever answers at CERTCTL_URL may not be certctl: one line, not a KeyError.
+    if not isinstance(items, list) or not all(
+        isinstance(item, dict) and isinstance(item.get("name"), str) for item in items
+    ):
+        raise _unexpected(path, "not a TLSService" if name else "no list of TLSServices")
     typer.echo(
         f"{'NAME':<24} {'READY':<6} {'RENEWING':<9} {'FAILED':<7} {'NOT AFTER':<20} "
         f"{'NEXT RENEWAL':<20} MESSAGE"
@@ -79,20 +85,20 @@ def list_services() -> None:
 @services_app.command("get")
 def get(name: str = typer.Argument(..., help="Service name.")) -> None:
     """Show a service's spec and status as JSON."""
-    _print(_request("GET", f"/api/v1/services/{name}"))
+    _print(_request("GET", f"/api/v1/services/{_seg(name)}"))
 
 
 @services_app.command("delete")
 def delete(name: str = typer.Argument(..., help="Service name.")) -> None:
     """Forget a service (delivered files stay in place)."""
-    _request("DELETE", f"/api/v1/services/{name}")
+    _request("DELETE", f"/api/v1/services/{_seg(name)}")
     typer.echo(f"tlsservice/{name} deleted")
 
 
 @services_app.command("renew")
 def renew(name: str = typer.Argument(..., help="Service name.")) -> None:
     """Reissue a service's certificate now."""
-    _request("POST", f"/api/v1/services/{name}/renew")
+    _request("POST", f"/api/v1/services/{_seg(name)}/renew")
     typer.echo(f"tlsservice/{name} renewal requested")
 
 
@@ -105,13 +111,13 @@ def clients_add(
     from certctl.cli._common import read_file
 
     pem = read_file(cert, "certificate file").decode("ascii", "replace")
-    _print(_request("POST", f"/api/v1/services/{name}/clients", {"certificate_pem": pem}))
+    _print(_request("POST", f"/api/v1/services/{_seg(name)}/clients", {"certificate_pem": pem}))
 
 
 @clients_app.command("list")
 def clients_list(name: str = typer.Argument(..., help="Service name.")) -> None:
     """List trusted client certificates."""
-    _print(_request("GET", f"/api/v1/services/{name}/clients"))
+    _print(_request("GET", f"/api/v1/services/{_seg(name)}/clients"))
 
 
 @clients_app.command("remove")
@@ -120,5 +126,5 @@ def clients_remove(
     fingerprint: str = typer.Argument(..., help="SHA-256 fingerprint (hex) from 'clients list'."),
 ) -> None:
     """Stop trusting a client certificate; takes effect at the next reconcile."""
-    _request("DELETE", f"/api/v1/services/{name}/clients/{fingerprint}")
+    _request("DELETE", f"/api/v1/services/{_seg(name)}/clients/{_seg(fingerprint)}")
     typer.echo(f"removed client {fingerprint[:16]}… from {name}")
