@@ -25,35 +25,49 @@ from certctl.errors import CertctlError, InvalidRequest, NotFound
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["auth_app", "certs_app"]
+__all__ = ["ENV_HELP", "auth_app", "certs_app"]
 
 DEFAULT_URL = "https://127.0.0.1:8443"
+# Shown in the help of every command group that talks to a server (and of `certctl` itself).
+ENV_HELP = (
+    f"Talks to the server at CERTCTL_URL (default {DEFAULT_URL}) with the API key in "
+    "CERTCTL_API_KEY, trusting the CA file in CERTCTL_CA_CERT (e.g. certctl-data/tls/ca.crt)."
+)
 CA_HINT = "set CERTCTL_CA_CERT to the server's CA file, e.g. certctl-data/tls/ca.crt"
 # X509_V_ERR_HOSTNAME_MISMATCH: the chain is trusted, the name is not in the certificate.
 _HOSTNAME_MISMATCH = 62
 
 
+def _group_help(summary: str) -> str:
+    return f"{summary}\n\n{ENV_HELP}"
+
+
 auth_app = typer.Typer(
-    help="Manage roles, actors and API keys on a certctl server.",
+    help=_group_help("Manage roles, actors and API keys on a certctl server."),
+    short_help="Roles, actors and API keys on the server at CERTCTL_URL.",
     no_args_is_help=True,
 )
 roles_app = typer.Typer(
-    help="Roles: named permission sets.",
+    help=_group_help("Roles: named permission sets."),
+    short_help="Roles: named permission sets.",
     no_args_is_help=True,
 )
 actors_app = typer.Typer(
-    help="Actors: users and machines holding roles.",
+    help=_group_help("Actors: users and machines holding roles."),
+    short_help="Actors: users and machines holding roles.",
     no_args_is_help=True,
 )
 apikeys_app = typer.Typer(
-    help="API keys (the value is shown once, at creation).",
+    help=_group_help("API keys (the value is shown once, at creation)."),
+    short_help="API keys (the value is shown once, at creation).",
     no_args_is_help=True,
 )
 auth_app.add_typer(roles_app, name="roles")
 auth_app.add_typer(actors_app, name="actors")
 auth_app.add_typer(apikeys_app, name="apikeys")
 certs_app = typer.Typer(
-    help="Issue, list, get, revoke and renew certificates on a server.",
+    help=_group_help("Issue, list, get, revoke and renew certificates on a server."),
+    short_help="Issue, list, revoke, renew certificates at CERTCTL_URL.",
     no_args_is_help=True,
 )
 

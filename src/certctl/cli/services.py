@@ -8,14 +8,20 @@ from typing import Any
 
 import typer
 
-from certctl.cli.client import _print, _request, _seg, _unexpected
+from certctl.cli.client import ENV_HELP, _print, _request, _seg, _unexpected
 
 __all__ = ["apply_command", "services_app"]
 
 services_app = typer.Typer(
-    help="Managed TLS services: status, renewal and client trust.", no_args_is_help=True
+    help=f"Managed TLS services: status, renewal and client trust.\n\n{ENV_HELP}",
+    short_help="Managed TLS services at CERTCTL_URL: status, renewal, trust.",
+    no_args_is_help=True,
 )
-clients_app = typer.Typer(help="Client certificates a service trusts.", no_args_is_help=True)
+clients_app = typer.Typer(
+    help=f"Client certificates a service trusts.\n\n{ENV_HELP}",
+    short_help="Client certificates a service trusts.",
+    no_args_is_help=True,
+)
 services_app.add_typer(clients_app, name="clients")
 
 
@@ -24,7 +30,13 @@ def apply_command(
         ..., "--file", "-f", help="YAML with one or more TLSService documents ('-' for stdin)."
     ),
 ) -> None:
-    """Create or update the TLSService documents in FILE (all validated before any is sent)."""
+    """Create or update TLSService documents at CERTCTL_URL from FILE.
+
+    All the documents are validated before any is sent.
+
+    Talks to the server at CERTCTL_URL (default https://127.0.0.1:8443) with the API key in
+    CERTCTL_API_KEY, trusting the CA file in CERTCTL_CA_CERT (e.g. certctl-data/tls/ca.crt).
+    """
     from certctl.cli._common import read_file
     from certctl.services.tls_spec import parse_service_documents
 

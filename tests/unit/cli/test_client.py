@@ -352,7 +352,28 @@ def test_ca_cert_file_problems(tmp_path: Path) -> None:
         assert_error(proc, line)
 
 
-# --- 6. the TLS verification hint ------------------------------------------------------
+# --- 6. help and the TLS verification hint ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["certs"], ["auth"], ["auth", "apikeys"], ["services"], ["apply"]],
+    ids=["top", "certs", "auth", "auth-apikeys", "services", "apply"],
+)
+def test_help_names_the_environment(argv: list[str]) -> None:
+    proc = certctl(*argv, "--help", env={})
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())  # help is wrapped at 80 columns
+    for word in ("CERTCTL_URL", "CERTCTL_API_KEY", "CERTCTL_CA_CERT", DEFAULT_URL):
+        assert word in text, (word, proc.stdout)
+
+
+def test_top_level_command_list_marks_the_server_clients() -> None:
+    proc = certctl("--help", env={})
+    commands = proc.stdout.split("Commands:\n", 1)[1].splitlines()
+    described = {line.split()[0]: line for line in commands if line.strip()}
+    for name in ("auth", "certs", "services", "apply"):
+        assert "CERTCTL_URL" in described[name], described[name]
 
 
 def test_untrusted_server_certificate_hint(tls_listener: Listener, pki: Path) -> None:
