@@ -307,14 +307,14 @@ def roles_list() -> None:
 
 
 @roles_app.command("get")
-def roles_get(role_id: str = typer.Argument(..., help="Role id.")) -> None:
+def roles_get(role_id: str = typer.Argument(..., metavar="ROLE_ID", help="Role id.")) -> None:
     """Show one role."""
     _print(_request("GET", f"/api/v1/auth/roles/{_seg(role_id)}"))
 
 
 @roles_app.command("create")
 def roles_create(
-    role_id: str = typer.Argument(..., help="Role id, e.g. r-prometheus."),
+    role_id: str = typer.Argument(..., metavar="ROLE_ID", help="Role id, e.g. r-prometheus."),
     permission: list[str] = typer.Option(
         [], "--permission", "-p", metavar="PERMISSION", help="Permission (repeatable)."
     ),
@@ -330,7 +330,7 @@ def roles_create(
 
 @roles_app.command("update")
 def roles_update(
-    role_id: str = typer.Argument(..., help="Role id."),
+    role_id: str = typer.Argument(..., metavar="ROLE_ID", help="Role id."),
     permission: list[str] = typer.Option(
         None, "--permission", "-p", metavar="PERMISSION", help="New permission set (repeatable)."
     ),
@@ -346,7 +346,7 @@ def roles_update(
 
 
 @roles_app.command("delete")
-def roles_delete(role_id: str = typer.Argument(..., help="Role id.")) -> None:
+def roles_delete(role_id: str = typer.Argument(..., metavar="ROLE_ID", help="Role id.")) -> None:
     """Delete a custom role."""
     _request("DELETE", f"/api/v1/auth/roles/{_seg(role_id)}")
     typer.echo(f"deleted role {role_id}")
@@ -362,14 +362,14 @@ def actors_list() -> None:
 
 
 @actors_app.command("get")
-def actors_get(actor_id: str = typer.Argument(..., help="Actor id.")) -> None:
+def actors_get(actor_id: str = typer.Argument(..., metavar="ACTOR_ID", help="Actor id.")) -> None:
     """Show one actor."""
     _print(_request("GET", f"/api/v1/auth/actors/{_seg(actor_id)}"))
 
 
 @actors_app.command("create")
 def actors_create(
-    actor_id: str = typer.Argument(..., help="Actor id, e.g. prometheus."),
+    actor_id: str = typer.Argument(..., metavar="ACTOR_ID", help="Actor id, e.g. prometheus."),
     role: list[str] = typer.Option([], "--role", "-r", metavar="ROLE", help="Role (repeatable)."),
     name: str = typer.Option("", "--name", help="Display name."),
 ) -> None:
@@ -379,7 +379,7 @@ def actors_create(
 
 @actors_app.command("update")
 def actors_update(
-    actor_id: str = typer.Argument(..., help="Actor id."),
+    actor_id: str = typer.Argument(..., metavar="ACTOR_ID", help="Actor id."),
     role: list[str] = typer.Option(
         None, "--role", "-r", metavar="ROLE", help="New role set (repeatable)."
     ),
@@ -396,7 +396,7 @@ def actors_update(
 
 @actors_app.command("delete")
 def actors_delete(
-    actor_id: str = typer.Argument(..., help="Actor id."),
+    actor_id: str = typer.Argument(..., metavar="ACTOR_ID", help="Actor id."),
 ) -> None:
     """Delete an actor (its keys stop working)."""
     _request("DELETE", f"/api/v1/auth/actors/{_seg(actor_id)}")
@@ -416,7 +416,7 @@ def apikeys_list(
 
 @apikeys_app.command("create")
 def apikeys_create(
-    actor_id: str = typer.Argument(..., help="Actor the key authenticates as."),
+    actor_id: str = typer.Argument(..., metavar="ACTOR_ID", help="Actor the key authenticates as."),
     name: str = typer.Option("", "--name", help="Key name, e.g. prometheus-v1."),
     expires_at: str = typer.Option(
         None, "--expires-at", help="ISO 8601 expiry, e.g. 2027-01-01T00:00:00Z."
@@ -441,7 +441,7 @@ def apikeys_create(
 
 
 @apikeys_app.command("revoke")
-def apikeys_revoke(key_id: str = typer.Argument(..., help="Key id.")) -> None:
+def apikeys_revoke(key_id: str = typer.Argument(..., metavar="KEY_ID", help="Key id.")) -> None:
     """Revoke an API key; it fails on its next use."""
     _print(_request("DELETE", f"/api/v1/auth/apikeys/{_seg(key_id)}"))
 
@@ -499,7 +499,11 @@ def certs_list(
     status: str = typer.Option(None, "--status", help="active, expiring, expired or revoked."),
     issuer: str = typer.Option(None, "--issuer", help="Issuer id."),
     expiring_within: str = typer.Option(None, "--expiring-within", help="e.g. 30D."),
-    q: str = typer.Option(None, "--q", help="Search in common name, subject or serial."),
+    query: str = typer.Option(
+        None, "--query", "-q", help="Search in common name, subject or serial."
+    ),
+    # The first spelling, named after the API's `q` parameter; hidden, kept for old scripts.
+    q: str = typer.Option(None, "--q", hidden=True),
     limit: int = typer.Option(50, "--limit", help="Page size (1-500)."),
     cursor: str = typer.Option(None, "--cursor", help="next_cursor from a previous page."),
 ) -> None:
@@ -512,7 +516,7 @@ def certs_list(
                 "status": status,
                 "issuer": issuer,
                 "expiring_within": expiring_within,
-                "q": q,
+                "q": query if query is not None else q,
                 "limit": limit,
                 "cursor": cursor,
             },
@@ -522,7 +526,7 @@ def certs_list(
 
 @certs_app.command("get")
 def certs_get(
-    cert_id: str = typer.Argument(..., help="Certificate id."),
+    cert_id: str = typer.Argument(..., metavar="CERT_ID", help="Certificate id."),
     pem: bool = typer.Option(False, "--pem", help="Print the certificate and chain as PEM."),
 ) -> None:
     """Show one certificate."""
@@ -538,7 +542,7 @@ def certs_get(
 
 @certs_app.command("revoke")
 def certs_revoke(
-    cert_id: str = typer.Argument(..., help="Certificate id."),
+    cert_id: str = typer.Argument(..., metavar="CERT_ID", help="Certificate id."),
     reason: str = typer.Option(
         None, "--reason", help="keyCompromise, superseded, cessationOfOperation …"
     ),
@@ -549,7 +553,7 @@ def certs_revoke(
 
 @certs_app.command("renew")
 def certs_renew(
-    cert_id: str = typer.Argument(..., help="Certificate id."),
+    cert_id: str = typer.Argument(..., metavar="CERT_ID", help="Certificate id."),
     validity: str = typer.Option(None, "--validity", help="New lifetime (default: as before)."),
 ) -> None:
     """Issue a successor with the same names and profile."""

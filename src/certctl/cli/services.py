@@ -70,7 +70,9 @@ def _status_line(item: dict[str, Any]) -> str:
 
 
 @services_app.command("status")
-def status(name: str = typer.Argument(None, help="One service (default: all).")) -> None:
+def status(
+    name: str = typer.Argument(None, metavar="NAME", help="One service (default: all)."),
+) -> None:
     """Conditions (Ready, Renewing, Failed), NotAfter and next renewal of services."""
     path = f"/api/v1/services/{_seg(name)}" if name else "/api/v1/services"
     data = _request("GET", path)
@@ -95,20 +97,20 @@ def list_services() -> None:
 
 
 @services_app.command("get")
-def get(name: str = typer.Argument(..., help="Service name.")) -> None:
+def get(name: str = typer.Argument(..., metavar="NAME", help="Service name.")) -> None:
     """Show a service's spec and status as JSON."""
     _print(_request("GET", f"/api/v1/services/{_seg(name)}"))
 
 
 @services_app.command("delete")
-def delete(name: str = typer.Argument(..., help="Service name.")) -> None:
+def delete(name: str = typer.Argument(..., metavar="NAME", help="Service name.")) -> None:
     """Forget a service (delivered files stay in place)."""
     _request("DELETE", f"/api/v1/services/{_seg(name)}")
     typer.echo(f"tlsservice/{name} deleted")
 
 
 @services_app.command("renew")
-def renew(name: str = typer.Argument(..., help="Service name.")) -> None:
+def renew(name: str = typer.Argument(..., metavar="NAME", help="Service name.")) -> None:
     """Reissue a service's certificate now."""
     _request("POST", f"/api/v1/services/{_seg(name)}/renew")
     typer.echo(f"tlsservice/{name} renewal requested")
@@ -116,7 +118,7 @@ def renew(name: str = typer.Argument(..., help="Service name.")) -> None:
 
 @clients_app.command("add")
 def clients_add(
-    name: str = typer.Argument(..., help="Service name."),
+    name: str = typer.Argument(..., metavar="NAME", help="Service name."),
     cert: Path = typer.Option(..., "--cert", help="PEM file with client certificate(s) or CA(s)."),
 ) -> None:
     """Trust client certificates or CAs (PEM certificates only)."""
@@ -127,15 +129,17 @@ def clients_add(
 
 
 @clients_app.command("list")
-def clients_list(name: str = typer.Argument(..., help="Service name.")) -> None:
+def clients_list(name: str = typer.Argument(..., metavar="NAME", help="Service name.")) -> None:
     """List trusted client certificates."""
     _print(_request("GET", f"/api/v1/services/{_seg(name)}/clients"))
 
 
 @clients_app.command("remove")
 def clients_remove(
-    name: str = typer.Argument(..., help="Service name."),
-    fingerprint: str = typer.Argument(..., help="SHA-256 fingerprint (hex) from 'clients list'."),
+    name: str = typer.Argument(..., metavar="NAME", help="Service name."),
+    fingerprint: str = typer.Argument(
+        ..., metavar="FINGERPRINT", help="SHA-256 fingerprint (hex) from 'clients list'."
+    ),
 ) -> None:
     """Stop trusting a client certificate; takes effect at the next reconcile."""
     _request("DELETE", f"/api/v1/services/{_seg(name)}/clients/{_seg(fingerprint)}")

@@ -401,6 +401,33 @@ def test_untrusted_server_certificate_hint(tls_listener: Listener, pki: Path) ->
     assert [s.authorization for s in tls_listener.seen] == [f"Bearer {KEY}"]
 
 
+# --- 7. option and argument names --------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--query", "-q", "--q"])
+def test_certs_list_query(listener: Listener, option: str) -> None:
+    listener.answers["/api/v1/certificates"] = Answer(body=b'{"items": []}')
+    proc = certctl("certs", "list", option, "web 1", env={"CERTCTL_URL": listener.url})
+    assert proc.returncode == 0, proc.stderr
+    assert [s.path for s in listener.seen] == ["/api/v1/certificates?q=web+1&limit=50"]
+
+
+def test_certs_list_help_shows_query_not_q() -> None:
+    proc = certctl("certs", "list", "--help", env={})
+    assert "-q, --query" in proc.stdout
+    assert "--q " not in proc.stdout
+
+
+def test_upper_case_argument_metavars() -> None:
+    proc = certctl("certs", "get", "--help", env={})
+    assert proc.stdout.startswith("Usage: certctl certs get [OPTIONS] {CERT_ID}\n"), proc.stdout
+    missing = certctl("certs", "revoke", env={})
+    assert missing.returncode == 2
+    assert missing.stderr == (
+        "certctl: error: Missing argument 'CERT_ID'. (see 'certctl certs revoke --help')\n"
+    )
+
+
 # --- ids in request paths --------------------------------------------------------------
 
 
