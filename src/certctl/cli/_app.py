@@ -16,7 +16,11 @@ app = typer.Typer(
     name="certctl",
     help="Self-hosted certificate authority and TLS control plane.\n\n"
     "Offline PKI: create CAs, issue server and client certificates, CSRs, PKCS#12 "
-    "keystores and certutil-style HTTP bundles.",
+    "keystores and certutil-style HTTP bundles.\n\n"
+    "Server: serve runs one; auth, certs, services and apply are its clients. They read "
+    f"CERTCTL_URL (default {client.DEFAULT_URL}), CERTCTL_API_KEY (the API key) and "
+    "CERTCTL_CA_CERT (the CA file that signed the server's certificate, e.g. "
+    "certctl-data/tls/ca.crt).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -1,7 +1,12 @@
 """API client commands: ``certctl auth roles|actors|apikeys …`` and ``certctl certs …``.
 
-They read ``CERTCTL_URL``, ``CERTCTL_API_KEY`` and ``CERTCTL_CA_CERT`` (or the matching flags)
-and print JSON, so they compose with ``jq``.
+They read ``CERTCTL_URL``, ``CERTCTL_API_KEY`` and ``CERTCTL_CA_CERT`` and print JSON, so they
+compose with ``jq``. ``services.py`` (``certctl services …``, ``certctl apply``) sends its
+requests through :func:`_request` too.
+
+Error messages built here never hold the API key or anything of ``CERTCTL_URL`` but its scheme,
+host, port and path: the URL is refused with a user name, password, query or fragment, and every
+text that came from an exception or from the server is passed through :func:`_redact`.
 """
 
 from __future__ import annotations
@@ -10,27 +15,60 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
 
 import typer
 
-from certctl.errors import CertctlError, InvalidRequest
+from certctl.errors import CertctlError, InvalidRequest, NotFound
 
-__all__ = ["auth_app", "certs_app"]
+if TYPE_CHECKING:
+    import ssl
+
+__all__ = ["ENV_HELP", "auth_app", "certs_app"]
+
+DEFAULT_URL = "https://127.0.0.1:8443"
+# Shown in the help of every command group that talks to a server (and of `certctl` itself).
+ENV_HELP = (
+    f"Talks to the server at CERTCTL_URL (default {DEFAULT_URL}) with the API key in "
+    "CERTCTL_API_KEY, trusting the CA file in CERTCTL_CA_CERT (e.g. certctl-data/tls/ca.crt)."
+)
+CA_HINT = "set CERTCTL_CA_CERT to the server's CA file, e.g. certctl-data/tls/ca.crt"
+# X509_V_ERR_HOSTNAME_MISMATCH: the chain is trusted, the name is not in the certificate.
+_HOSTNAME_MISMATCH = 62
+
+
+def _group_help(summary: str) -> str:
+    return f"{summary}\n\n{ENV_HELP}"
+
 
 auth_app = typer.Typer(
-    help="Manage roles, actors and API keys on a certctl server.", no_args_is_help=True
+    help=_group_help("Manage roles, actors and API keys on a certctl server."),
+    short_help="Roles, actors and API keys on the server at CERTCTL_URL.",
+    no_args_is_help=True,
 )
-roles_app = typer.Typer(help="Roles: named permission sets.", no_args_is_help=True)
-actors_app = typer.Typer(help="Actors: users and machines holding roles.", no_args_is_help=True)
+roles_app = typer.Typer(
+    help=_group_help("Roles: named permission sets."),
+    short_help="Roles: named permission sets.",
+    no_args_is_help=True,
+)
+actors_app = typer.Typer(
+    help=_group_help("Actors: users and machines holding roles."),
+    short_help="Actors: users and machines holding roles.",
+    no_args_is_help=True,
+)
 apikeys_app = typer.Typer(
-    help="API keys (the value is shown once, at creation).", no_args_is_help=True
+    help=_group_help("API keys (the value is shown once, at creation)."),
+    short_help="API keys (the value is shown once, at creation).",
+    no_args_is_help=True,
 )
 auth_app.add_typer(roles_app, name="roles")
 auth_app.add_typer(actors_app, name="actors")
 auth_app.add_typer(apikeys_app, name="apikeys")
 certs_app = typer.Typer(
-    help="Issue, list, get, revoke and renew certificates on a server.", no_args_is_help=True
+    help=_group_help("Issue, list, get, revoke and renew certificates on a server."),
+    short_help="Issue, list, revoke, renew certificates at CERTCTL_URL.",
+    no_args_is_help=True,
 )
 
 
@@ -40,6 +78,162 @@ class RemoteError(CertctlError):
     title = "Server error"
 
 
+def _server_url() -> str:
+    """``CERTCTL_URL`` checked: scheme, host, port and path only (no trailing slash).
+
+    The value is never echoed whole: a malformed one may hold a password (``https://admin:pw``
+    parses as host ``admin``, port ``pw``), so messages name the variable and the problem only.
+    """
+    raw = os.environ.get("CERTCTL_URL", "").strip() or DEFAULT_URL
+    example = f"e.g. {DEFAULT_URL}"
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in raw):
+        raise InvalidRequest("CERTCTL_URL contains spaces or control characters")
+    try:
+        parts = urlsplit(raw)
+    except ValueError as exc:  # "Invalid IPv6 URL": urllib's reasons quote nothing of the URL
+        raise InvalidRequest(f"CERTCTL_URL is not a valid URL: {exc} ({example})") from None
+    if not parts.netloc:
+        raise InvalidRequest(f"CERTCTL_URL must start with https:// or http:// ({example})")
+    if parts.scheme not in ("https", "http"):
+        raise InvalidRequest(
+            f"CERTCTL_URL: unsupported scheme '{parts.scheme}', use https:// or http:// ({example})"
+        )
+    # certctl authenticates with a bearer key only: a user name and password would be sent as
+    # Basic credentials the server ignores, and a query (?token=…) would end up in the path of
+    # every request, so both are refused rather than silently used or dropped.
+    if "@" in parts.netloc:
+        raise InvalidRequest(
+            "CERTCTL_URL must not contain a user name or password; "
+            "put the API key in CERTCTL_API_KEY"
+        )
+    if "?" in raw or "#" in raw:
+        raise InvalidRequest(
+            "CERTCTL_URL must not contain a query or fragment (?… or #…); "
+            "put the API key in CERTCTL_API_KEY"
+        )
+    try:
+        bad_port = parts.port == 0
+    except ValueError:  # urllib's message quotes the port text: maybe a password (see above)
+        bad_port = True
+    if bad_port:
+        raise InvalidRequest(f"CERTCTL_URL has an invalid port, expected 1-65535 ({example})")
+    if not parts.hostname:
+        raise InvalidRequest(f"CERTCTL_URL has no host ({example})")
+    url = f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
+    import httpx
+
+    try:
+        httpx.URL(url)
+    except httpx.InvalidURL as exc:  # e.g. a bad IDNA host; no credentials are left in url
+        raise InvalidRequest(f"CERTCTL_URL is not a valid URL: {exc}") from None
+    return url
+
+
+def _api_key() -> str | None:
+    """``CERTCTL_API_KEY`` as sent, or None when unset or empty.
+
+    Surrounding whitespace is dropped: a key read from a file keeps its trailing newline (or
+    CR LF) in env files and Secrets, and users expect that to work as `$(cat file)` does; no key
+    starts or ends with a blank. Anything else outside printable ASCII is refused here, before
+    httpx or h11 can refuse it with a message quoting the whole header (the key included).
+    """
+    key = os.environ.get("CERTCTL_API_KEY", "").strip()
+    if not key:
+        return None
+    if not all(0x21 <= ord(c) <= 0x7E for c in key):
+        raise InvalidRequest(
+            "CERTCTL_API_KEY contains spaces, control or non-ASCII characters "
+            "(its value is not shown)"
+        )
+    return key
+
+
+def _ca_context() -> ssl.SSLContext | None:
+    """An SSL context trusting only ``CERTCTL_CA_CERT``, or None when it is unset."""
+    ca = os.environ.get("CERTCTL_CA_CERT", "")
+    if not ca:
+        return None
+    what = f"CERTCTL_CA_CERT={ca}"
+    try:
+        data = Path(ca).read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"{what}: file not found") from None
+    except IsADirectoryError:
+        raise InvalidRequest(f"{what}: is a directory, expected a PEM CA certificate") from None
+    except PermissionError:
+        raise InvalidRequest(f"{what}: permission denied") from None
+    except OSError as exc:
+        raise InvalidRequest(f"{what}: {exc.strerror or exc}") from None
+    # OpenSSL says only "no certificate or crl found (_ssl.c:4154)", naming no file.
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise InvalidRequest(f"{what}: no PEM certificate in it")
+    import ssl
+
+    try:
+        return ssl.create_default_context(cafile=ca)
+    except ssl.SSLError as exc:
+        raise InvalidRequest(f"{what}: not a valid PEM certificate ({exc.reason})") from None
+
+
+def _redact(text: str, key: str | None) -> str:
+    """``text`` without the API key (a server or proxy may echo the Authorization header)."""
+    return text.replace(key, "<CERTCTL_API_KEY>") if key else text
+
+
+def _cause_chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _connect_failure(exc: Exception) -> str:
+    """Why a request failed before any response, in one line, with a hint when there is one."""
+    import ssl
+
+    for cause in _cause_chain(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            reason = cause.verify_message or cause.reason or "verify failed"
+            if cause.verify_code == _HOSTNAME_MISMATCH:
+                hint = "the host name in CERTCTL_URL is not in the server's certificate"
+            elif os.environ.get("CERTCTL_CA_CERT"):
+                ca = os.environ["CERTCTL_CA_CERT"]
+                hint = f"CERTCTL_CA_CERT={ca} does not hold the CA of the server's certificate"
+            else:
+                hint = CA_HINT
+            return f"TLS certificate verify failed: {reason} ({hint})"
+    # Some httpx errors (timeouts) have an empty message: their class name says it then.
+    return str(exc) or type(exc).__name__
+
+
+def _content_type(response: Any) -> str:
+    value = str(response.headers.get("content-type", "")).split(";")[0].strip()
+    return f"content-type {value[:80]}" if value else "no content-type"
+
+
+def _failure(response: Any, endpoint: str, key_set: bool) -> str:
+    """One line for an HTTP error: the server's problem detail, or what answered instead."""
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = None
+    detail = problem.get("detail") if isinstance(problem, dict) else None
+    code = response.status_code
+    if isinstance(detail, str) and detail:
+        message = f"HTTP {code}: {detail}"
+    else:
+        # Not a certctl problem report (a proxy, another service): a page of HTML is no help.
+        message = f"HTTP {code} {response.reason_phrase} from {endpoint} ({_content_type(response)}"
+        if _content_type(response) == "content-type text/plain" and response.text.strip():
+            message += f": {response.text[:200]}"
+        message += ")"
+    if code == 401 and not key_set:
+        message += " (set CERTCTL_API_KEY to an API key, e.g. $(cat certctl-data/admin-api-key))"
+    return message
+
+
 def _request(
     method: str,
     path: str,
@@ -47,43 +241,53 @@ def _request(
     params: dict[str, Any] | None = None,
     accept: str | None = None,
 ) -> Any:
+    """Send one request to the server; the decoded JSON (or text for ``accept``), None on 204.
+
+    ``path`` must quote what came from the user (:func:`_seg`).
+    """
     import httpx
 
-    url = os.environ.get("CERTCTL_URL", "https://127.0.0.1:8443").rstrip("/")
-    key = os.environ.get("CERTCTL_API_KEY")
-    ca = os.environ.get("CERTCTL_CA_CERT")
+    url = _server_url()
+    key = _api_key()
+    ca = _ca_context()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     if accept:
         headers["Accept"] = accept
-    verify: Any = True
-    if ca:
-        if not Path(ca).is_file():
-            raise InvalidRequest(f"CERTCTL_CA_CERT={ca}: file not found")
-        import ssl
-
-        verify = ssl.create_default_context(cafile=ca)
+    endpoint = url + path  # what messages show: no query string (a --query could be personal)
     try:
-        with httpx.Client(verify=verify, timeout=30) as client:
+        with httpx.Client(verify=ca if ca is not None else True, timeout=30) as client:
             response = client.request(
                 method,
-                url + path,
+                endpoint,
                 json=body,
                 params={k: v for k, v in (params or {}).items() if v is not None},
                 headers=headers,
             )
-    except httpx.HTTPError as exc:
-        raise RemoteError(f"cannot reach {url}: {exc}") from None
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise RemoteError(f"cannot reach {url}: {_redact(_connect_failure(exc), key)}") from None
     if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text[:200]
-        raise RemoteError(f"HTTP {response.status_code}: {detail}")
+        raise RemoteError(_redact(_failure(response, endpoint, key is not None), key))
     if response.status_code == 204:
         return None
     if accept and "json" not in accept:
         return response.text
-    return response.json()
+    try:
+        return response.json()
+    except ValueError:  # JSONDecodeError, or UnicodeDecodeError for a body in no charset
+        raise RemoteError(
+            f"unexpected response from {endpoint}: not JSON "
+            f"(HTTP {response.status_code}, {_content_type(response)})"
+        ) from None
+
+
+def _unexpected(path: str, what: str) -> RemoteError:
+    """A JSON answer of the wrong shape (a proxy or another service at CERTCTL_URL)."""
+    return RemoteError(f"unexpected response from {_server_url()}{path}: {what}")
+
+
+def _seg(value: str) -> str:
+    """``value`` as one path segment: an id holding '/', '?' or a newline stays an id."""
+    return quote(value, safe="")
 
 
 def _print(data: Any) -> None:
@@ -103,14 +307,14 @@ def roles_list() -> None:
 
 
 @roles_app.command("get")
-def roles_get(role_id: str = typer.Argument(..., help="Role id.")) -> None:
+def roles_get(role_id: str = typer.Argument(..., metavar="ROLE_ID", help="Role id.")) -> None:
     """Show one role."""
-    _print(_request("GET", f"/api/v1/auth/roles/{role_id}"))
+    _print(_request("GET", f"/api/v1/auth/roles/{_seg(role_id)}"))
 
 
 @roles_app.command("create")
 def roles_create(
-    role_id: str = typer.Argument(..., help="Role id, e.g. r-prometheus."),
+    role_id: str = typer.Argument(..., metavar="ROLE_ID", help="Role id, e.g. r-prometheus."),
     permission: list[str] = typer.Option(
         [], "--permission", "-p", metavar="PERMISSION", help="Permission (repeatable)."
     ),
@@ -126,7 +330,7 @@ def roles_create(
 
 @roles_app.command("update")
 def roles_update(
-    role_id: str = typer.Argument(..., help="Role id."),
+    role_id: str = typer.Argument(..., metavar="ROLE_ID", help="Role id."),
     permission: list[str] = typer.Option(
         None, "--permission", "-p", metavar="PERMISSION", help="New permission set (repeatable)."
     ),
@@ -138,13 +342,13 @@ def roles_update(
         body["permissions"] = permission
     if name is not None:
         body["name"] = name
-    _print(_request("PUT", f"/api/v1/auth/roles/{role_id}", body))
+    _print(_request("PUT", f"/api/v1/auth/roles/{_seg(role_id)}", body))
 
 
 @roles_app.command("delete")
-def roles_delete(role_id: str = typer.Argument(..., help="Role id.")) -> None:
+def roles_delete(role_id: str = typer.Argument(..., metavar="ROLE_ID", help="Role id.")) -> None:
     """Delete a custom role."""
-    _request("DELETE", f"/api/v1/auth/roles/{role_id}")
+    _request("DELETE", f"/api/v1/auth/roles/{_seg(role_id)}")
     typer.echo(f"deleted role {role_id}")
 
 
@@ -158,14 +362,14 @@ def actors_list() -> None:
 
 
 @actors_app.command("get")
-def actors_get(actor_id: str = typer.Argument(..., help="Actor id.")) -> None:
+def actors_get(actor_id: str = typer.Argument(..., metavar="ACTOR_ID", help="Actor id.")) -> None:
     """Show one actor."""
-    _print(_request("GET", f"/api/v1/auth/actors/{actor_id}"))
+    _print(_request("GET", f"/api/v1/auth/actors/{_seg(actor_id)}"))
 
 
 @actors_app.command("create")
 def actors_create(
-    actor_id: str = typer.Argument(..., help="Actor id, e.g. prometheus."),
+    actor_id: str = typer.Argument(..., metavar="ACTOR_ID", help="Actor id, e.g. prometheus."),
     role: list[str] = typer.Option([], "--role", "-r", metavar="ROLE", help="Role (repeatable)."),
     name: str = typer.Option("", "--name", help="Display name."),
 ) -> None:
@@ -175,7 +379,7 @@ def actors_create(
 
 @actors_app.command("update")
 def actors_update(
-    actor_id: str = typer.Argument(..., help="Actor id."),
+    actor_id: str = typer.Argument(..., metavar="ACTOR_ID", help="Actor id."),
     role: list[str] = typer.Option(
         None, "--role", "-r", metavar="ROLE", help="New role set (repeatable)."
     ),
@@ -187,13 +391,15 @@ def actors_update(
         body["roles"] = role
     if name is not None:
         body["name"] = name
-    _print(_request("PATCH", f"/api/v1/auth/actors/{actor_id}", body))
+    _print(_request("PATCH", f"/api/v1/auth/actors/{_seg(actor_id)}", body))
 
 
 @actors_app.command("delete")
-def actors_delete(actor_id: str = typer.Argument(..., help="Actor id.")) -> None:
+def actors_delete(
+    actor_id: str = typer.Argument(..., metavar="ACTOR_ID", help="Actor id."),
+) -> None:
     """Delete an actor (its keys stop working)."""
-    _request("DELETE", f"/api/v1/auth/actors/{actor_id}")
+    _request("DELETE", f"/api/v1/auth/actors/{_seg(actor_id)}")
     typer.echo(f"deleted actor {actor_id}")
 
 
@@ -210,7 +416,7 @@ def apikeys_list(
 
 @apikeys_app.command("create")
 def apikeys_create(
-    actor_id: str = typer.Argument(..., help="Actor the key authenticates as."),
+    actor_id: str = typer.Argument(..., metavar="ACTOR_ID", help="Actor the key authenticates as."),
     name: str = typer.Option("", "--name", help="Key name, e.g. prometheus-v1."),
     expires_at: str = typer.Option(
         None, "--expires-at", help="ISO 8601 expiry, e.g. 2027-01-01T00:00:00Z."
@@ -220,11 +426,10 @@ def apikeys_create(
     ),
 ) -> None:
     """Mint an API key; its value is printed (or written) once."""
-    data = _request(
-        "POST",
-        "/api/v1/auth/apikeys",
-        {"actor_id": actor_id, "name": name, "expires_at": expires_at},
-    )
+    path = "/api/v1/auth/apikeys"
+    data = _request("POST", path, {"actor_id": actor_id, "name": name, "expires_at": expires_at})
+    if not isinstance(data, dict) or not isinstance(data.get("key_value"), str):
+        raise _unexpected(path, "no key_value")
     if out is not None:
         from certctl.files import OutputSet
 
@@ -236,9 +441,9 @@ def apikeys_create(
 
 
 @apikeys_app.command("revoke")
-def apikeys_revoke(key_id: str = typer.Argument(..., help="Key id.")) -> None:
+def apikeys_revoke(key_id: str = typer.Argument(..., metavar="KEY_ID", help="Key id.")) -> None:
     """Revoke an API key; it fails on its next use."""
-    _print(_request("DELETE", f"/api/v1/auth/apikeys/{key_id}"))
+    _print(_request("DELETE", f"/api/v1/auth/apikeys/{_seg(key_id)}"))
 
 
 # --- certificates ------------------------------------------------------------------------
@@ -270,6 +475,10 @@ def certs_issue(
         body |= {"common_name": cn, "dns_names": dns, "ip_addresses": ip, "key_type": key_type}
     data = _request("POST", "/api/v1/certificates", body)
     if out is not None:
+        if not isinstance(data, dict) or not all(
+            isinstance(data.get(k), str) for k in ("certificate_pem", "chain_pem")
+        ):
+            raise _unexpected("/api/v1/certificates", "no certificate_pem")
         from certctl.files import OutputSet
 
         outputs = OutputSet()
@@ -277,7 +486,7 @@ def certs_issue(
         if data.get("private_key_pem"):
             outputs.add(out / "tls.key", data.pop("private_key_pem").encode(), secret=True)
         ca_pem = _request(
-            "GET", f"/api/v1/issuers/{issuer}/ca.pem", accept="application/x-pem-file"
+            "GET", f"/api/v1/issuers/{_seg(issuer)}/ca.pem", accept="application/x-pem-file"
         )
         outputs.add(out / "ca.crt", ca_pem.encode())
         outputs.commit()
@@ -290,7 +499,11 @@ def certs_list(
     status: str = typer.Option(None, "--status", help="active, expiring, expired or revoked."),
     issuer: str = typer.Option(None, "--issuer", help="Issuer id."),
     expiring_within: str = typer.Option(None, "--expiring-within", help="e.g. 30D."),
-    q: str = typer.Option(None, "--q", help="Search in common name, subject or serial."),
+    query: str = typer.Option(
+        None, "--query", "-q", help="Search in common name, subject or serial."
+    ),
+    # The first spelling, named after the API's `q` parameter; hidden, kept for old scripts.
+    q: str = typer.Option(None, "--q", hidden=True),
     limit: int = typer.Option(50, "--limit", help="Page size (1-500)."),
     cursor: str = typer.Option(None, "--cursor", help="next_cursor from a previous page."),
 ) -> None:
@@ -303,7 +516,7 @@ def certs_list(
                 "status": status,
                 "issuer": issuer,
                 "expiring_within": expiring_within,
-                "q": q,
+                "q": query if query is not None else q,
                 "limit": limit,
                 "cursor": cursor,
             },
@@ -313,31 +526,35 @@ def certs_list(
 
 @certs_app.command("get")
 def certs_get(
-    cert_id: str = typer.Argument(..., help="Certificate id."),
+    cert_id: str = typer.Argument(..., metavar="CERT_ID", help="Certificate id."),
     pem: bool = typer.Option(False, "--pem", help="Print the certificate and chain as PEM."),
 ) -> None:
     """Show one certificate."""
     if pem:
-        _print(_request("GET", f"/api/v1/certificates/{cert_id}", accept="application/x-pem-file"))
+        _print(
+            _request(
+                "GET", f"/api/v1/certificates/{_seg(cert_id)}", accept="application/x-pem-file"
+            )
+        )
     else:
-        _print(_request("GET", f"/api/v1/certificates/{cert_id}"))
+        _print(_request("GET", f"/api/v1/certificates/{_seg(cert_id)}"))
 
 
 @certs_app.command("revoke")
 def certs_revoke(
-    cert_id: str = typer.Argument(..., help="Certificate id."),
+    cert_id: str = typer.Argument(..., metavar="CERT_ID", help="Certificate id."),
     reason: str = typer.Option(
         None, "--reason", help="keyCompromise, superseded, cessationOfOperation …"
     ),
 ) -> None:
     """Revoke a certificate."""
-    _print(_request("POST", f"/api/v1/certificates/{cert_id}/revoke", {"reason": reason}))
+    _print(_request("POST", f"/api/v1/certificates/{_seg(cert_id)}/revoke", {"reason": reason}))
 
 
 @certs_app.command("renew")
 def certs_renew(
-    cert_id: str = typer.Argument(..., help="Certificate id."),
+    cert_id: str = typer.Argument(..., metavar="CERT_ID", help="Certificate id."),
     validity: str = typer.Option(None, "--validity", help="New lifetime (default: as before)."),
 ) -> None:
     """Issue a successor with the same names and profile."""
-    _print(_request("POST", f"/api/v1/certificates/{cert_id}/renew", {"validity": validity}))
+    _print(_request("POST", f"/api/v1/certificates/{_seg(cert_id)}/renew", {"validity": validity}))

@@ -8,14 +8,20 @@ from typing import Any
 
 import typer
 
-from certctl.cli.client import _print, _request
+from certctl.cli.client import ENV_HELP, _print, _request, _seg, _unexpected
 
 __all__ = ["apply_command", "services_app"]
 
 services_app = typer.Typer(
-    help="Managed TLS services: status, renewal and client trust.", no_args_is_help=True
+    help=f"Managed TLS services: status, renewal and client trust.\n\n{ENV_HELP}",
+    short_help="Managed TLS services at CERTCTL_URL: status, renewal, trust.",
+    no_args_is_help=True,
 )
-clients_app = typer.Typer(help="Client certificates a service trusts.", no_args_is_help=True)
+clients_app = typer.Typer(
+    help=f"Client certificates a service trusts.\n\n{ENV_HELP}",
+    short_help="Client certificates a service trusts.",
+    no_args_is_help=True,
+)
 services_app.add_typer(clients_app, name="clients")
 
 
@@ -24,14 +30,23 @@ def apply_command(
         ..., "--file", "-f", help="YAML with one or more TLSService documents ('-' for stdin)."
     ),
 ) -> None:
-    """Create or update the TLSService documents in FILE (all validated before any is sent)."""
+    """Create or update TLSService documents at CERTCTL_URL from FILE.
+
+    All the documents are validated before any is sent.
+
+    Talks to the server at CERTCTL_URL (default https://127.0.0.1:8443) with the API key in
+    CERTCTL_API_KEY, trusting the CA file in CERTCTL_CA_CERT (e.g. certctl-data/tls/ca.crt).
+    """
     from certctl.cli._common import read_file
     from certctl.services.tls_spec import parse_service_documents
 
     text = sys.stdin.read() if str(file) == "-" else read_file(file, "services file").decode()
     specs = parse_service_documents(text)
     for spec in specs:
-        data = _request("PUT", f"/api/v1/services/{spec.name}", spec.to_document())
+        path = f"/api/v1/services/{_seg(spec.name)}"
+        data = _request("PUT", path, spec.to_document())
+        if not isinstance(data, dict):
+            raise _unexpected(path, "not a TLSService")
         changed = "configured" if data.get("generation", 1) > 1 else "created"
         typer.echo(f"tlsservice/{spec.name} {changed} (generation {data.get('generation')})")
 
@@ -55,13 +70,18 @@ def _status_line(item: dict[str, Any]) -> str:
 
 
 @services_app.command("status")
-def status(name: str = typer.Argument(None, help="One service (default: all).")) -> None:
+def status(
+    name: str = typer.Argument(None, metavar="NAME", help="One service (default: all)."),
+) -> None:
     """Conditions (Ready, Renewing, Failed), NotAfter and next renewal of services."""
-    items = (
-        [_request("GET", f"/api/v1/services/{name}")]
-        if name
-        else _request("GET", "/api/v1/services")["items"]
-    )
+    path = f"/api/v1/services/{_seg(name)}" if name else "/api/v1/services"
+    data = _request("GET", path)
+    items = [data] if name else data.get("items") if isinstance(data, dict) else None
+    # Whatever answers at CERTCTL_URL may not be certctl: one line, not a KeyError.
+    if not isinstance(items, list) or not all(
+        isinstance(item, dict) and isinstance(item.get("name"), str) for item in items
+    ):
+        raise _unexpected(path, "not a TLSService" if name else "no list of TLSServices")
     typer.echo(
         f"{'NAME':<24} {'READY':<6} {'RENEWING':<9} {'FAILED':<7} {'NOT AFTER':<20} "
         f"{'NEXT RENEWAL':<20} MESSAGE"
@@ -77,48 +97,50 @@ def list_services() -> None:
 
 
 @services_app.command("get")
-def get(name: str = typer.Argument(..., help="Service name.")) -> None:
+def get(name: str = typer.Argument(..., metavar="NAME", help="Service name.")) -> None:
     """Show a service's spec and status as JSON."""
-    _print(_request("GET", f"/api/v1/services/{name}"))
+    _print(_request("GET", f"/api/v1/services/{_seg(name)}"))
 
 
 @services_app.command("delete")
-def delete(name: str = typer.Argument(..., help="Service name.")) -> None:
+def delete(name: str = typer.Argument(..., metavar="NAME", help="Service name.")) -> None:
     """Forget a service (delivered files stay in place)."""
-    _request("DELETE", f"/api/v1/services/{name}")
+    _request("DELETE", f"/api/v1/services/{_seg(name)}")
     typer.echo(f"tlsservice/{name} deleted")
 
 
 @services_app.command("renew")
-def renew(name: str = typer.Argument(..., help="Service name.")) -> None:
+def renew(name: str = typer.Argument(..., metavar="NAME", help="Service name.")) -> None:
     """Reissue a service's certificate now."""
-    _request("POST", f"/api/v1/services/{name}/renew")
+    _request("POST", f"/api/v1/services/{_seg(name)}/renew")
     typer.echo(f"tlsservice/{name} renewal requested")
 
 
 @clients_app.command("add")
 def clients_add(
-    name: str = typer.Argument(..., help="Service name."),
+    name: str = typer.Argument(..., metavar="NAME", help="Service name."),
     cert: Path = typer.Option(..., "--cert", help="PEM file with client certificate(s) or CA(s)."),
 ) -> None:
     """Trust client certificates or CAs (PEM certificates only)."""
     from certctl.cli._common import read_file
 
     pem = read_file(cert, "certificate file").decode("ascii", "replace")
-    _print(_request("POST", f"/api/v1/services/{name}/clients", {"certificate_pem": pem}))
+    _print(_request("POST", f"/api/v1/services/{_seg(name)}/clients", {"certificate_pem": pem}))
 
 
 @clients_app.command("list")
-def clients_list(name: str = typer.Argument(..., help="Service name.")) -> None:
+def clients_list(name: str = typer.Argument(..., metavar="NAME", help="Service name.")) -> None:
     """List trusted client certificates."""
-    _print(_request("GET", f"/api/v1/services/{name}/clients"))
+    _print(_request("GET", f"/api/v1/services/{_seg(name)}/clients"))
 
 
 @clients_app.command("remove")
 def clients_remove(
-    name: str = typer.Argument(..., help="Service name."),
-    fingerprint: str = typer.Argument(..., help="SHA-256 fingerprint (hex) from 'clients list'."),
+    name: str = typer.Argument(..., metavar="NAME", help="Service name."),
+    fingerprint: str = typer.Argument(
+        ..., metavar="FINGERPRINT", help="SHA-256 fingerprint (hex) from 'clients list'."
+    ),
 ) -> None:
     """Stop trusting a client certificate; takes effect at the next reconcile."""
-    _request("DELETE", f"/api/v1/services/{name}/clients/{fingerprint}")
+    _request("DELETE", f"/api/v1/services/{_seg(name)}/clients/{_seg(fingerprint)}")
     typer.echo(f"removed client {fingerprint[:16]}… from {name}")

@@ -1,0 +1,72 @@
+"""The ``certctl certs`` client against a real ``certctl serve``: the trust hint, the key as a
+file gives it (trailing newline), ``--query``/``-q``/``--q``, and no key in any output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests._tools import ok, run
+from tests.e2e.conftest import CertctlServer
+
+pytestmark = pytest.mark.e2e
+
+
+def _certctl(server: CertctlServer, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    return run("certctl", *args, env=clean | {"CERTCTL_URL": server.url} | env)
+
+
+def _assert_no_key(result: subprocess.CompletedProcess[str], key: str) -> None:
+    assert key not in result.stdout + result.stderr
+
+
+def test_self_signed_server_without_ca_cert_gets_a_hint(default_server: CertctlServer) -> None:
+    result = _certctl(default_server, "certs", "list", CERTCTL_API_KEY=default_server.admin_key)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    prefix = f"certctl: error: cannot reach {default_server.url}: TLS certificate verify failed: "
+    assert lines[0].startswith(prefix), lines[0]
+    assert lines[0].endswith(
+        "(set CERTCTL_CA_CERT to the server's CA file, e.g. certctl-data/tls/ca.crt)"
+    ), lines[0]
+    _assert_no_key(result, default_server.admin_key)
+
+
+def test_issue_then_find_with_every_query_spelling(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    # The key as `cat admin-api-key` or an env file gives it: with its newline.
+    key_file = (default_server.data_dir / "admin-api-key").read_text()
+    assert key_file.endswith("\n")
+    env = {"CERTCTL_API_KEY": key_file, "CERTCTL_CA_CERT": str(default_server.ca)}
+    name = "client-cli-query.example.internal"
+    issued = ok(_certctl(default_server, "certs", "issue", "--cn", name, "--dns", name, **env))
+    cert_id = json.loads(issued.stdout)["id"]
+    for option in ("--query", "-q", "--q"):
+        listed = ok(_certctl(default_server, "certs", "list", option, name, **env))
+        assert [item["id"] for item in json.loads(listed.stdout)["items"]] == [cert_id], option
+        _assert_no_key(listed, default_server.admin_key)
+    shown = ok(_certctl(default_server, "certs", "get", cert_id, **env))
+    assert json.loads(shown.stdout)["id"] == cert_id
+
+
+def test_wrong_key_is_not_echoed(default_server: CertctlServer) -> None:
+    wrong = "cctl_nokey_" + "s3cretPart" * 3
+    result = _certctl(
+        default_server,
+        "certs",
+        "list",
+        CERTCTL_API_KEY=wrong,
+        CERTCTL_CA_CERT=str(default_server.ca),
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("certctl: error: HTTP 401: "), result.stderr
+    assert result.stderr.count("\n") == 1
+    _assert_no_key(result, "s3cretPart")

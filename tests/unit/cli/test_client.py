@@ -1,0 +1,439 @@
+"""The server client commands (certs, auth, services, apply) on bad settings and odd answers.
+
+Each case runs the installed ``certctl`` as a subprocess against a real HTTP(S) listener on
+127.0.0.1 (``http.server`` in a thread) and checks the exit code, the one exact line on stderr,
+and that no secret (API key, URL password or token) shows anywhere in the output.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+CERTCTL = Path(sys.executable).with_name("certctl")
+KEY = "cctl_k1_ck_secretVALUE0123456789"
+DEFAULT_URL = "https://127.0.0.1:8443"
+EXAMPLE = f"(e.g. {DEFAULT_URL})"
+SERVER_IP = ["--ip", "127.0.0.1", "--out", "server"]
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    content_type: str = "application/json"
+    body: bytes = b"{}"
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    authorization: str | None
+
+
+@dataclass
+class Listener:
+    """A real HTTP(S) server on 127.0.0.1: answers ``answers[path]`` (404 otherwise)."""
+
+    url: str
+    answers: dict[str, Answer] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+
+
+def _serve(scheme: str, context: ssl.SSLContext | None) -> Iterator[Listener]:
+    state = Listener(url="")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            state.seen.append(Seen(self.command, self.path, self.headers.get("Authorization")))
+            answer = state.answers.get(self.path.split("?")[0], Answer(404, "text/html", b"<p>"))
+            self.send_response(answer.status)
+            self.send_header("Content-Type", answer.content_type)
+            self.send_header("Content-Length", str(len(answer.body)))
+            self.end_headers()
+            self.wfile.write(answer.body)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _answer
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # the test output is the client's
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if context is not None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    state.url = f"{scheme}://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    yield from _serve("http", None)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA and a server certificate for 127.0.0.1 and localhost, made by certctl itself."""
+    base = tmp_path_factory.mktemp("client-pki")
+    for argv in (
+        ["ca", "create", "--out", "ca", "--cn", "client test CA"],
+        ["ca", "create", "--out", "other-ca", "--cn", "another CA"],
+        ["cert", "issue", "--ca", "ca", "--cn", "localhost", "--dns", "localhost", *SERVER_IP],
+    ):
+        proc = subprocess.run(
+            [str(CERTCTL), *argv], cwd=base, capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 0, proc.stderr
+    return base
+
+
+@pytest.fixture
+def tls_listener(pki: Path) -> Iterator[Listener]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki / "server" / "tls.crt", pki / "server" / "tls.key")
+    yield from _serve("https", context)
+
+
+def certctl(
+    *args: str, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The installed certctl with only the given CERTCTL_* variables."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    clean["COLUMNS"] = "80"
+    return subprocess.run(
+        [str(CERTCTL), *args],
+        env=clean | env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def assert_error(
+    proc: subprocess.CompletedProcess[str], line: str, secrets: Sequence[str] = ()
+) -> None:
+    """Exit 1, nothing on stdout, exactly ``certctl: error: <line>`` on stderr, no secret."""
+    assert proc.stderr == f"certctl: error: {line}\n", proc.stderr
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    for secret in secrets:
+        assert secret not in proc.stdout + proc.stderr, secret
+
+
+# --- 1. the API key ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["\n", "\r", "\r\n", " "], ids=["lf", "cr", "crlf", "space"])
+def test_api_key_trailing_newline_is_dropped(listener: Listener, suffix: str) -> None:
+    listener.answers["/api/v1/certificates"] = Answer(body=b'{"items": []}')
+    proc = certctl(
+        "certs", "list", env={"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": KEY + suffix}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"items": []}
+    assert [s.authorization for s in listener.seen] == [f"Bearer {KEY}"]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "ck_sëcretVALUE",
+        "ck_secret\rVALUE",
+        "ck_secret\nVALUE",
+        "ck_sec\x01retVALUE",
+        "ck_se cretVALUE",
+    ],
+    ids=["non-ascii", "inner-cr", "inner-lf", "control", "inner-space"],
+)
+def test_api_key_refused_without_echo(listener: Listener, key: str) -> None:
+    proc = certctl("certs", "list", env={"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": key})
+    assert_error(
+        proc,
+        "CERTCTL_API_KEY contains spaces, control or non-ASCII characters (its value is not shown)",
+        secrets=["secret", "VALUE"],
+    )
+    assert listener.seen == []  # refused before anything was sent
+
+
+def test_api_key_echoed_by_the_server_is_redacted(listener: Listener) -> None:
+    # A proxy or a buggy server quoting the Authorization header back in its error.
+    listener.answers["/api/v1/certificates"] = Answer(
+        400, "application/problem+json", json.dumps({"detail": f"bad header Bearer {KEY}"}).encode()
+    )
+    listener.answers["/api/v1/auth/roles"] = Answer(502, "text/plain", f"Bearer {KEY}?".encode())
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": KEY}
+    assert_error(
+        certctl("certs", "list", env=env),
+        "HTTP 400: bad header Bearer <CERTCTL_API_KEY>",
+        secrets=[KEY],
+    )
+    assert_error(
+        certctl("auth", "roles", "list", env=env),
+        f"HTTP 502 Bad Gateway from {listener.url}/api/v1/auth/roles "
+        "(content-type text/plain: Bearer <CERTCTL_API_KEY>?)",
+        secrets=[KEY],
+    )
+
+
+def test_401_without_a_key_says_which_variable(listener: Listener) -> None:
+    listener.answers["/api/v1/services"] = Answer(
+        401, "application/problem+json", b'{"detail": "missing bearer token"}'
+    )
+    assert_error(
+        certctl("services", "list", env={"CERTCTL_URL": listener.url}),
+        "HTTP 401: missing bearer token "
+        "(set CERTCTL_API_KEY to an API key, e.g. $(cat certctl-data/admin-api-key))",
+    )
+
+
+# --- 2. and 3. CERTCTL_URL ---------------------------------------------------------------
+
+
+def test_url_with_credentials_is_refused_and_not_echoed(listener: Listener) -> None:
+    host = listener.url.removeprefix("http://")
+    creds = (
+        "CERTCTL_URL must not contain a user name or password; put the API key in CERTCTL_API_KEY"
+    )
+    query = (
+        "CERTCTL_URL must not contain a query or fragment (?… or #…); "
+        "put the API key in CERTCTL_API_KEY"
+    )
+    for url, line in (
+        (f"http://admin:hunter2@{host}", creds),
+        (f"http://hunter2@{host}/", creds),
+        (f"http://{host}/?token=hunter2", query),
+        (f"http://{host}#hunter2", query),
+    ):
+        proc = certctl("certs", "list", env={"CERTCTL_URL": url, "CERTCTL_API_KEY": KEY})
+        assert_error(proc, line, secrets=["hunter2", KEY])
+    assert listener.seen == []
+
+
+BAD_PORT = f"CERTCTL_URL has an invalid port, expected 1-65535 {EXAMPLE}"
+NO_SCHEME = f"CERTCTL_URL must start with https:// or http:// {EXAMPLE}"
+MALFORMED_URLS = {
+    "ipv6-bracket": ("http://[::1", f"CERTCTL_URL is not a valid URL: Invalid IPv6 URL {EXAMPLE}"),
+    "no-scheme-ip": ("127.0.0.1:8443", NO_SCHEME),
+    "no-scheme-name": ("localhost:8443", NO_SCHEME),
+    "ftp": (
+        "ftp://127.0.0.1",
+        f"CERTCTL_URL: unsupported scheme 'ftp', use https:// or http:// {EXAMPLE}",
+    ),
+    # Parsed as host "admin", port "hunter2": the port text must not be quoted.
+    "password-without-at": ("https://admin:hunter2", BAD_PORT),
+    "port-high": ("https://127.0.0.1:99999", BAD_PORT),
+    "port-0": ("https://127.0.0.1:0", BAD_PORT),
+    "no-host": ("https://:8443", f"CERTCTL_URL has no host {EXAMPLE}"),
+    "inner-space": ("https://127.0.0.1 :8443", "CERTCTL_URL contains spaces or control characters"),
+}
+
+
+@pytest.mark.parametrize(("url", "line"), MALFORMED_URLS.values(), ids=list(MALFORMED_URLS))
+def test_malformed_url(url: str, line: str) -> None:
+    assert_error(certctl("certs", "list", env={"CERTCTL_URL": url}), line, secrets=["hunter2"])
+
+
+def test_url_path_and_surrounding_blanks_are_kept_working(listener: Listener) -> None:
+    # A path prefix (a reverse proxy) is allowed; a trailing slash or newline is not an error.
+    listener.answers["/certctl/api/v1/services"] = Answer(body=b'{"items": []}')
+    proc = certctl("services", "list", env={"CERTCTL_URL": f" {listener.url}/certctl/\n"})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"items": []}
+    assert [s.path for s in listener.seen] == ["/certctl/api/v1/services"]
+
+
+def test_refused_connection_shows_the_url_only() -> None:
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = certctl(
+        "certs", "list", env={"CERTCTL_URL": f"https://127.0.0.1:{port}/", "CERTCTL_API_KEY": KEY}
+    )
+    assert_error(
+        proc, f"cannot reach https://127.0.0.1:{port}: [Errno 111] Connection refused", [KEY]
+    )
+
+
+# --- 4. answers that are not certctl's ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "path"),
+    [
+        (["services", "list"], "/api/v1/services"),
+        (["services", "status"], "/api/v1/services"),
+        (["certs", "list"], "/api/v1/certificates"),
+        (["auth", "roles", "get", "r-x"], "/api/v1/auth/roles/r-x"),
+    ],
+    ids=["services-list", "services-status", "certs-list", "roles-get"],
+)
+def test_non_json_200(listener: Listener, argv: list[str], path: str) -> None:
+    listener.answers[path] = Answer(200, "text/html; charset=utf-8", b"<html>login</html>")
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": KEY}
+    assert_error(
+        certctl(*argv, env=env),
+        f"unexpected response from {listener.url}{path}: "
+        "not JSON (HTTP 200, content-type text/html)",
+        secrets=[KEY],
+    )
+
+
+def test_json_of_the_wrong_shape(listener: Listener) -> None:
+    listener.answers["/api/v1/services"] = Answer(body=b"[1, 2]")
+    listener.answers["/api/v1/services/web"] = Answer(body=b'"web"')
+    env = {"CERTCTL_URL": listener.url}
+    assert_error(
+        certctl("services", "status", env=env),
+        f"unexpected response from {listener.url}/api/v1/services: no list of TLSServices",
+    )
+    assert_error(
+        certctl("services", "status", "web", env=env),
+        f"unexpected response from {listener.url}/api/v1/services/web: not a TLSService",
+    )
+
+
+def test_apikey_create_without_a_key_in_the_answer(listener: Listener, tmp_path: Path) -> None:
+    listener.answers["/api/v1/auth/apikeys"] = Answer(body=b'{"id": "k1"}')
+    proc = certctl(
+        "auth",
+        "apikeys",
+        "create",
+        "bot",
+        "--out",
+        "bot.key",
+        env={"CERTCTL_URL": listener.url},
+        cwd=tmp_path,
+    )
+    assert_error(proc, f"unexpected response from {listener.url}/api/v1/auth/apikeys: no key_value")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_html_error_page(listener: Listener) -> None:
+    assert_error(
+        certctl("certs", "get", "abc", env={"CERTCTL_URL": listener.url}),
+        f"HTTP 404 Not Found from {listener.url}/api/v1/certificates/abc (content-type text/html)",
+    )
+
+
+# --- 5. CERTCTL_CA_CERT ------------------------------------------------------------------
+
+
+def test_ca_cert_file_problems(tmp_path: Path) -> None:
+    (tmp_path / "garbage.pem").write_text("not a certificate\n")
+    (tmp_path / "adir").mkdir()
+    for value, line in (
+        ("garbage.pem", "CERTCTL_CA_CERT=garbage.pem: no PEM certificate in it"),
+        ("adir", "CERTCTL_CA_CERT=adir: is a directory, expected a PEM CA certificate"),
+        ("missing.pem", "CERTCTL_CA_CERT=missing.pem: file not found"),
+    ):
+        proc = certctl("certs", "list", env={"CERTCTL_CA_CERT": value}, cwd=tmp_path)
+        assert_error(proc, line)
+
+
+# --- 6. help and the TLS verification hint ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["certs"], ["auth"], ["auth", "apikeys"], ["services"], ["apply"]],
+    ids=["top", "certs", "auth", "auth-apikeys", "services", "apply"],
+)
+def test_help_names_the_environment(argv: list[str]) -> None:
+    proc = certctl(*argv, "--help", env={})
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())  # help is wrapped at 80 columns
+    for word in ("CERTCTL_URL", "CERTCTL_API_KEY", "CERTCTL_CA_CERT", DEFAULT_URL):
+        assert word in text, (word, proc.stdout)
+
+
+def test_top_level_command_list_marks_the_server_clients() -> None:
+    proc = certctl("--help", env={})
+    commands = proc.stdout.split("Commands:\n", 1)[1].splitlines()
+    described = {line.split()[0]: line for line in commands if line.strip()}
+    for name in ("auth", "certs", "services", "apply"):
+        assert "CERTCTL_URL" in described[name], described[name]
+
+
+def test_untrusted_server_certificate_hint(tls_listener: Listener, pki: Path) -> None:
+    tls_listener.answers["/api/v1/certificates"] = Answer(body=b'{"items": []}')
+    env = {"CERTCTL_URL": tls_listener.url, "CERTCTL_API_KEY": KEY}
+    assert_error(
+        certctl("certs", "list", env=env),
+        f"cannot reach {tls_listener.url}: TLS certificate verify failed: unable to get local "
+        "issuer certificate (set CERTCTL_CA_CERT to the server's CA file, e.g. "
+        "certctl-data/tls/ca.crt)",
+        secrets=[KEY],
+    )
+    other = str(pki / "other-ca" / "ca.crt")
+    assert_error(
+        certctl("certs", "list", env=env | {"CERTCTL_CA_CERT": other}),
+        f"cannot reach {tls_listener.url}: TLS certificate verify failed: unable to get local "
+        f"issuer certificate (CERTCTL_CA_CERT={other} does not hold the CA of the server's "
+        "certificate)",
+        secrets=[KEY],
+    )
+    assert tls_listener.seen == []
+    trusted = certctl("certs", "list", env=env | {"CERTCTL_CA_CERT": str(pki / "ca" / "ca.crt")})
+    assert trusted.returncode == 0, trusted.stderr
+    assert json.loads(trusted.stdout) == {"items": []}
+    assert [s.authorization for s in tls_listener.seen] == [f"Bearer {KEY}"]
+
+
+# --- 7. option and argument names --------------------------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--query", "-q", "--q"])
+def test_certs_list_query(listener: Listener, option: str) -> None:
+    listener.answers["/api/v1/certificates"] = Answer(body=b'{"items": []}')
+    proc = certctl("certs", "list", option, "web 1", env={"CERTCTL_URL": listener.url})
+    assert proc.returncode == 0, proc.stderr
+    assert [s.path for s in listener.seen] == ["/api/v1/certificates?q=web+1&limit=50"]
+
+
+def test_certs_list_help_shows_query_not_q() -> None:
+    proc = certctl("certs", "list", "--help", env={})
+    assert "-q, --query" in proc.stdout
+    assert "--q " not in proc.stdout
+
+
+def test_upper_case_argument_metavars() -> None:
+    proc = certctl("certs", "get", "--help", env={})
+    assert proc.stdout.startswith("Usage: certctl certs get [OPTIONS] {CERT_ID}\n"), proc.stdout
+    missing = certctl("certs", "revoke", env={})
+    assert missing.returncode == 2
+    assert missing.stderr == (
+        "certctl: error: Missing argument 'CERT_ID'. (see 'certctl certs revoke --help')\n"
+    )
+
+
+# --- ids in request paths --------------------------------------------------------------
+
+
+def test_ids_are_one_path_segment(listener: Listener) -> None:
+    # An id with '/', '?' or a newline must not change the path or add a query.
+    listener.answers["/api/v1/certificates/a%2Fb%3Fc%0A"] = Answer(body=b'{"id": "x"}')
+    proc = certctl("certs", "get", "a/b?c\n", env={"CERTCTL_URL": listener.url})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"id": "x"}
