@@ -196,7 +196,8 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     kt = KeyType.parse(opts.key_type)
     lifetime = parse_duration(opts.validity)
     if opts.instances is not None:
-        if opts.cn or opts.subject or opts.dns or opts.ip or opts.email or opts.uri:
+        named = opts.cn is not None or opts.subject is not None  # an empty one too
+        if named or opts.dns or opts.ip or opts.email or opts.uri:
             raise UsageProblem("--in takes names from the file; drop --cn/--subject/--dns/--ip")
         p12_password = None if opts.pem else read_password(opts.password_file, opts.password)
         if not opts.pem and p12_password is None:
