@@ -46,7 +46,8 @@ def read_file(path: Path, what: str = "file") -> bytes:
     except FileNotFoundError:
         raise NotFound(f"{path}: {what} not found") from None
     except IsADirectoryError:
-        raise InvalidRequest(f"{path}: is a directory, expected a {what}") from None
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise InvalidRequest(f"{path}: is a directory, expected {article} {what}") from None
     except PermissionError:
         raise InvalidRequest(f"{path}: permission denied") from None
 
@@ -62,13 +63,24 @@ def read_password(
         data = read_file(password_file, "password file").rstrip(b"\r\n")
         if not data:
             raise InvalidRequest(f"{password_file}: password file is empty")
-        return data
+        return _utf8_password(data, str(password_file))
     if password is not None:
         if not password:
             raise InvalidRequest("--password is empty")
-        return password.encode()
+        # Argument bytes that are not UTF-8 arrive as lone surrogates (PEP 383):
+        # surrogateescape gives back the bytes typed, checked below.
+        return _utf8_password(password.encode("utf-8", "surrogateescape"), "--password")
     value = os.environ.get(env)
-    return value.encode() if value else None
+    return _utf8_password(value.encode("utf-8", "surrogateescape"), env) if value else None
+
+
+def _utf8_password(data: bytes, source: str) -> bytes:
+    # PKCS#12 passwords are UTF-8 (cryptography refuses others); one rule for every password.
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"{source}: the password is not valid UTF-8") from None
+    return data
 
 
 def read_material(path: Path, password: bytes | None = None, what: str = "file") -> Material:
@@ -82,13 +94,25 @@ def read_material(path: Path, password: bytes | None = None, what: str = "file")
         raise type(exc)(f"{path}: {exc.detail}") from exc
 
 
-def load_ca_dir(directory: Path, password: bytes | None = None) -> CertificateAuthority:
+def load_ca_dir(
+    directory: Path,
+    password: bytes | None = None,
+    *,
+    option: str = "--ca",
+    password_option: str = "--ca-password-file",
+) -> CertificateAuthority:
     """Load a CA directory written by ``certctl ca create`` (``ca.crt``, ``ca.key``[, chain]).
 
     The key is loaded once here and reused for every certificate the command signs.
+    ``option`` and ``password_option`` are the running command's options for the directory
+    and the key's password file, named in messages (``ca create`` has ``--parent``).
     """
     from certctl.pki import CertificateAuthority
 
+    if directory.is_file():
+        raise InvalidRequest(
+            f"{directory} is a file: {option} takes the CA directory (with {CA_CERT} and {CA_KEY})"
+        )
     if not directory.is_dir():
         raise NotFound(f"{directory}: CA directory not found (create one with 'certctl ca create')")
     certs = read_material(directory / CA_CERT, what="CA certificate").certificates
@@ -97,10 +121,12 @@ def load_ca_dir(directory: Path, password: bytes | None = None) -> CertificateAu
     try:
         key = read_material(directory / CA_KEY, password, what="CA key").private_key
     except InvalidRequest as exc:
-        # The CA key's password comes from --ca-password-file, not --password-file.
-        raise InvalidRequest(
-            exc.detail.replace("(--password-file)", "(--ca-password-file)")
-        ) from exc
+        # A CA key's password comes from the command's own option or CERTCTL_CA_PASSWORD
+        # (every caller reads that variable), not from --password-file.
+        sources = f"{password_option} or CERTCTL_CA_PASSWORD"
+        detail = exc.detail.replace("(--password-file)", f"({sources})")
+        detail = detail.replace("drop the password", f"drop the password ({sources})")
+        raise InvalidRequest(detail) from exc
     if key is None:
         raise InvalidRequest(f"{directory / CA_KEY}: holds no private key")
     chain: list[x509.Certificate] = []

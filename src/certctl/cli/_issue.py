@@ -184,10 +184,11 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     from certctl.files import OutputSet
     from certctl.pki.keys import KeyType, generate_private_key
     from certctl.pki.names import SubjectAltNames, common_name_dn, parse_dn
-    from certctl.pki.profiles import get_profile
+    from certctl.pki.profiles import LEAF_PROFILES, get_profile
     from certctl.pki.validity import parse_duration
 
-    prof = get_profile(opts.profile)
+    _check_combinations(opts)
+    prof = get_profile(opts.profile, LEAF_PROFILES)
     if prof.is_ca:
         raise UsageProblem(
             "use 'certctl ca create --parent' for CA certificates", param_hint="--profile"
@@ -195,7 +196,8 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     kt = KeyType.parse(opts.key_type)
     lifetime = parse_duration(opts.validity)
     if opts.instances is not None:
-        if opts.cn or opts.subject or opts.dns or opts.ip or opts.email or opts.uri:
+        named = opts.cn is not None or opts.subject is not None  # an empty one too
+        if named or opts.dns or opts.ip or opts.email or opts.uri:
             raise UsageProblem("--in takes names from the file; drop --cn/--subject/--dns/--ip")
         p12_password = None if opts.pem else read_password(opts.password_file, opts.password)
         if not opts.pem and p12_password is None:
@@ -205,9 +207,10 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
             )
         _issue_batch(opts, opts.instances, prof, lifetime, kt, p12_password, out)
         return
-    if not (opts.cn or opts.subject):
+    if opts.cn is None and opts.subject is None:
         raise UsageProblem("give --cn or --subject (or --in for a batch)")
-    name = parse_dn(opts.subject) if opts.subject else common_name_dn(opts.cn or "")
+    # An empty --cn or --subject is refused by the parsers, not taken for a missing one.
+    name = parse_dn(opts.subject) if opts.subject is not None else common_name_dn(opts.cn or "")
     sans = SubjectAltNames.parse(dns=opts.dns, ip=opts.ip, email=opts.email, uri=opts.uri)
     p12_password = read_password(opts.password_file, opts.password) if opts.p12 else None
     if opts.p12 and p12_password is None:
@@ -233,6 +236,39 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     )
     for path in outputs.paths:
         out(f"  {path}")
+
+
+def _check_combinations(opts: IssueOptions) -> None:
+    """Refuse options that contradict each other or would be ignored without a word."""
+    if opts.cn is not None and opts.subject is not None:
+        raise UsageProblem("--cn and --subject exclude each other (put the CN in --subject)")
+    if opts.password is not None and opts.password_file is not None:
+        raise UsageProblem("--password and --password-file exclude each other")
+    if opts.p12 and opts.pem:
+        raise UsageProblem("--p12 and --pem exclude each other")
+    keystore_options = [
+        option
+        for option, given in (
+            ("--password", opts.password is not None),
+            ("--password-file", opts.password_file is not None),
+            ("--p12-legacy", opts.p12_legacy),
+        )
+        if given
+    ]
+    if not keystore_options:
+        return
+    # These options only shape a PKCS#12 file; PEM output would write the key unencrypted
+    # although a password was given.
+    option = keystore_options[0]
+    why = (
+        "it picks the PKCS#12 encryption"
+        if option == "--p12-legacy"
+        else "PEM keys are written unencrypted"
+    )
+    if opts.instances is None and not opts.p12:
+        raise UsageProblem(f"{option} needs --p12 ({why})")
+    if opts.instances is not None and opts.pem:
+        raise UsageProblem(f"{option} does not go with --pem ({why})")
 
 
 def _issue_batch(

@@ -48,7 +48,12 @@ def create(
     path_length: int = typer.Option(
         None,
         "--path-length",
-        help="Intermediates below this CA (default: unlimited for a root, 0 for an intermediate).",
+        # The range the API takes too (profiles.MAX_PATH_LENGTH, not imported: it would load
+        # cryptography for --help); click refuses anything else, huge numbers included.
+        min=0,
+        max=10,
+        help="Intermediates below this CA, 0-10 "
+        "(default: unlimited for a root, 0 for an intermediate).",
     ),
     key_password_file: Path = typer.Option(
         None, "--key-password-file", help="Encrypt ca.key with the password in this file."
@@ -72,13 +77,21 @@ def create(
         parse_duration,
     )
 
+    if cn is not None and subject is not None:
+        raise typer.BadParameter("--cn and --subject exclude each other (put the CN in --subject)")
+    if parent_password_file is not None and parent is None:
+        raise typer.BadParameter(
+            "--parent-password-file needs --parent (a root CA is signed by its own new key)"
+        )
     kt = KeyType.parse(key_type)
     lifetime = parse_duration(validity or "5Y")
-    name = (
-        parse_dn(subject)
-        if subject
-        else common_name_dn(cn or ("certctl Intermediate CA" if parent else "certctl Root CA"))
-    )
+    # An empty --cn or --subject is refused by the parsers, not replaced by the default name.
+    if subject is not None:
+        name = parse_dn(subject)
+    elif cn is not None:
+        name = common_name_dn(cn)
+    else:
+        name = common_name_dn("certctl Intermediate CA" if parent else "certctl Root CA")
     key_password = (
         read_password(key_password_file, env="CERTCTL_CA_PASSWORD") if key_password_file else None
     )
@@ -94,7 +107,10 @@ def create(
         chain: tuple[x509.Certificate, ...] = ()
     else:
         parent_ca = load_ca_dir(
-            parent, read_password(parent_password_file, env="CERTCTL_CA_PASSWORD")
+            parent,
+            read_password(parent_password_file, env="CERTCTL_CA_PASSWORD"),
+            option="--parent",
+            password_option="--parent-password-file",
         )
         if validity is None:
             # An intermediate cannot outlive its parent; default to what the parent has left.
@@ -135,6 +151,12 @@ def import_ca(
     password: str = typer.Option(
         None, "--password", help="Password on the command line (demos only)."
     ),
+    key_password_file: Path = typer.Option(
+        None,
+        "--key-password-file",
+        help="Encrypt ca.key with the password in this file; needed when the input is "
+        "password-protected (the same file as --password-file keeps its password).",
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:
     """Import an existing CA (PEM pair or PKCS#12) after checking key and certificate match."""
@@ -146,7 +168,14 @@ def import_ca(
         raise typer.BadParameter("give either --cert with --key, or --p12")
     if cert is not None and key is None:
         raise typer.BadParameter("--cert needs --key")
+    if p12 is not None and key is not None:
+        raise typer.BadParameter("--key and --p12 exclude each other (the key is in the PKCS#12)")
+    if password is not None and password_file is not None:
+        raise typer.BadParameter("--password and --password-file exclude each other")
     secret = read_password(password_file, password)
+    key_password = (
+        read_password(key_password_file, env="CERTCTL_CA_PASSWORD") if key_password_file else None
+    )
     if p12 is not None:
         material = read_material(p12, secret, "PKCS#12 file")
         certs, private_key = material.certificates, material.private_key
@@ -162,10 +191,27 @@ def import_ca(
         raise InvalidRequest("the private key does not match the CA certificate")
     chain = tuple(c for c in certs if c is not ca_cert)
     ca = CertificateAuthority(ca_cert, private_key, chain)
+    if secret is not None and key_password is None:
+        # The input opened with a password, so its key was protected (a plain key refuses
+        # one): writing ca.key unencrypted would drop that protection without a word.
+        raise typer.BadParameter(
+            "the input is password-protected: give --key-password-file to keep the imported "
+            "ca.key encrypted (the --password-file file will do)"
+        )
     outputs = OutputSet(force=force)
     outputs.add(out / CA_CERT, certs_to_pem([ca.certificate]))
-    outputs.add(out / CA_KEY, key_to_pem(private_key), secret=True)
+    outputs.add(out / CA_KEY, key_to_pem(private_key, key_password), secret=True)
     if chain:
         outputs.add(out / CA_CHAIN, certs_to_pem([ca.certificate, *chain]))
     outputs.commit()
+    expires = ca.certificate.not_valid_after_utc
+    if expires <= utcnow():
+        # Imported all the same (its certificate may still be needed to check old ones),
+        # but cert issue, csr sign and crl create refuse an expired CA.
+        warn(
+            f"the CA certificate expired on {expires:%Y-%m-%d %H:%M}Z: "
+            "it can no longer sign certificates or CRLs"
+        )
     typer.echo(f"imported CA {ca.certificate.subject.rfc4514_string()} into {out}/")
+    if key_password is not None:
+        typer.echo(f"  {out / CA_KEY} is encrypted: give --ca-password-file to use it")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from certctl.cli._common import load_ca_dir, read_password, utcnow
+from certctl.cli._common import load_ca_dir, read_password, utcnow, warn
 
 __all__ = ["app"]
 
@@ -41,24 +41,46 @@ def create(
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
+    from certctl.errors import InvalidRequest
     from certctl.files import OutputSet
     from certctl.pki import RevokedEntry, create_crl, parse_duration, parse_serial
 
     serials = list(dict.fromkeys(parse_serial(s) for s in revoked))
     flag = None
     if reason is not None:
+        if not revoked:
+            raise typer.BadParameter("--reason needs --revoked (it is the reason of each entry)")
         by_name = {r.name.lower(): r for r in x509.ReasonFlags}
         by_name |= {r.value.lower(): r for r in x509.ReasonFlags}
         flag = by_name.get(reason.lower())
         if flag is None:
-            choices = ", ".join(r.value for r in x509.ReasonFlags)
+            choices = ", ".join(
+                r.value for r in x509.ReasonFlags if r is not x509.ReasonFlags.remove_from_crl
+            )
             raise typer.BadParameter(f"{reason}: unknown reason (choose one of {choices})")
+        if flag is x509.ReasonFlags.remove_from_crl:
+            raise typer.BadParameter(
+                f"{reason}: a reason for delta CRLs only (RFC 5280 5.3.1); this is a full "
+                "CRL, where a serial no longer revoked is simply left out"
+            )
     interval = parse_duration(next_update)
     outputs = OutputSet(force=force)
     outputs.add(out, b"")
     outputs.check()
     ca = load_ca_dir(ca_dir, read_password(ca_password_file, env="CERTCTL_CA_PASSWORD"))
     now = utcnow()
+    ca_end = ca.certificate.not_valid_after_utc
+    if ca_end <= now:
+        # As cert issue: no relying party accepts anything an expired CA signs.
+        raise InvalidRequest(f"issuing CA expired on {ca_end:%Y-%m-%d %H:%M}Z")
+    if now + interval > ca_end:
+        # A CRL promising news after its issuer expired: the next one must come from a
+        # renewed CA, so clients should fetch it by then (as cert issue clips a validity).
+        warn(
+            f"next update {next_update.strip()} clipped to the CA's notAfter "
+            f"{ca_end:%Y-%m-%dT%H:%M:%SZ}"
+        )
+        interval = ca_end - now
     crl = create_crl(
         ca, [RevokedEntry(s, now, flag) for s in serials], now=now, next_update=interval
     )

@@ -43,10 +43,13 @@ def create(
         parse_dn,
     )
 
-    if not (cn or subject):
+    if cn is None and subject is None:
         raise typer.BadParameter("give --cn or --subject")
+    if cn is not None and subject is not None:
+        raise typer.BadParameter("--cn and --subject exclude each other (put the CN in --subject)")
     kt = KeyType.parse(key_type)
-    name = parse_dn(subject) if subject else common_name_dn(cn)
+    # An empty --cn or --subject is refused by the parsers, not taken for a missing one.
+    name = parse_dn(subject) if subject is not None else common_name_dn(cn)
     sans = SubjectAltNames.parse(dns=dns, ip=ip, email=email, uri=uri)
     outputs = OutputSet(force=force)
     outputs.add(out / "tls.csr", b"")
@@ -79,16 +82,24 @@ def sign(
     """Sign a CSR after verifying its signature; the profile decides every extension."""
     from certctl.errors import InvalidRequest
     from certctl.files import OutputSet
-    from certctl.pki import certs_to_pem, get_profile, load_csr, parse_duration, sign_csr
+    from certctl.pki import (
+        LEAF_PROFILES,
+        certs_to_pem,
+        get_profile,
+        load_csr,
+        parse_duration,
+        sign_csr,
+    )
 
-    prof = get_profile(profile)
+    prof = get_profile(profile, (*LEAF_PROFILES, "intermediate"))
     if prof.name == "ca":
         raise typer.BadParameter(
             "a root CA is self-signed; use 'certctl ca create'", param_hint="--profile"
         )
     lifetime = parse_duration(validity)
+    data = read_file(csr_path, "CSR")  # its errors name the file already
     try:
-        csr = load_csr(read_file(csr_path, "CSR"))
+        csr = load_csr(data)
     except InvalidRequest as exc:
         raise type(exc)(f"{csr_path}: {exc.detail}") from exc
     outputs = OutputSet(force=force)

@@ -76,7 +76,9 @@ def http_command(
         "--ca-cn",
         help="Common name of the new CA (default: Elasticsearch HTTP CA or certctl HTTP CA).",
     ),
-    ca_validity: str = typer.Option("5Y", "--ca-validity", help="Lifetime of the new CA."),
+    ca_validity: str | None = typer.Option(
+        None, "--ca-validity", help="Lifetime of the new CA (default: 5Y)."
+    ),
     ca_key_type: str | None = typer.Option(
         None, "--ca-key-type", help="Key type of the new CA (default: as --key-type)."
     ),
@@ -137,11 +139,23 @@ def http_command(
 
     if csr and ca_dir is not None:
         raise typer.BadParameter("--csr and --ca exclude each other (a CSR has no CA)")
+    _check_combinations(
+        csr=csr,
+        ca_dir=ca_dir,
+        ca_password_file=ca_password_file,
+        ca_cn=ca_cn,
+        ca_validity=ca_validity,
+        ca_key_type=ca_key_type,
+        pem=pem,
+        password_file=password_file,
+        password=password,
+        p12_legacy=p12_legacy,
+    )
     choices = _choices_from_options(
         csr=csr,
         ca_dir=ca_dir,
         ca_cn=ca_cn,
-        ca_validity=ca_validity,
+        ca_validity=ca_validity or "5Y",
         ca_key_type=ca_key_type,
         nodes=node,
         dns=dns,
@@ -169,6 +183,9 @@ def http_command(
                 "PKCS#12 output needs a password: --password-file or CERTCTL_PASSWORD "
                 "(or use --pem)"
             )
+        if choices.mode != "existing-ca" and ca_password_file is not None:
+            # Only the wizard may still pick an existing CA that needs it.
+            raise typer.BadParameter("--ca-password-file needs --ca")
         if choices.mode == "existing-ca" and choices.ca_dir is not None:
             choices.ca = load_ca_dir(choices.ca_dir, choices.ca_password)
     plan = _plan(choices)
@@ -179,6 +196,58 @@ def http_command(
     outputs.add(out, result.data, secret=True)
     outputs.commit()
     _print_summary(out, plan, result)
+
+
+def _check_combinations(
+    *,
+    csr: bool,
+    ca_dir: Path | None,
+    ca_password_file: Path | None,
+    ca_cn: str | None,
+    ca_validity: str | None,
+    ca_key_type: str | None,
+    pem: bool,
+    password_file: Path | None,
+    password: str | None,
+    p12_legacy: bool,
+) -> None:
+    """Refuse options that contradict each other or would be ignored without a word."""
+    new_ca = [
+        option
+        for option, value in (
+            ("--ca-cn", ca_cn),
+            ("--ca-validity", ca_validity),
+            ("--ca-key-type", ca_key_type),
+        )
+        if value is not None
+    ]
+    if new_ca and ca_dir is not None:
+        raise typer.BadParameter(f"{new_ca[0]} describes a new CA; --ca signs with an existing one")
+    if new_ca and csr:
+        raise typer.BadParameter(f"{new_ca[0]} describes a new CA; --csr makes no CA")
+    if csr and ca_password_file is not None:
+        raise typer.BadParameter("--ca-password-file does not go with --csr (it makes no CA)")
+    if password is not None and password_file is not None:
+        raise typer.BadParameter("--password and --password-file exclude each other")
+    keystore = [
+        option
+        for option, given in (
+            ("--password", password is not None),
+            ("--password-file", password_file is not None),
+            ("--p12-legacy", p12_legacy),
+        )
+        if given
+    ]
+    # These options only shape http.p12; a PEM or CSR bundle would hold the keys unencrypted
+    # although a password was given.
+    if keystore and pem:
+        raise typer.BadParameter(
+            f"{keystore[0]} does not go with --pem (it applies to http.p12 only)"
+        )
+    if keystore and csr:
+        raise typer.BadParameter(
+            f"{keystore[0]} does not go with --csr (the keys of CSRs are not encrypted)"
+        )
 
 
 def _choices_from_options(

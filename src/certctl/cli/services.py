@@ -38,9 +38,15 @@ def apply_command(
     CERTCTL_API_KEY, trusting the CA file in CERTCTL_CA_CERT (e.g. certctl-data/tls/ca.crt).
     """
     from certctl.cli._common import read_file
+    from certctl.errors import InvalidRequest
     from certctl.services.tls_spec import parse_service_documents
 
-    text = sys.stdin.read() if str(file) == "-" else read_file(file, "services file").decode()
+    stdin = str(file) == "-"
+    raw = sys.stdin.buffer.read() if stdin else read_file(file, "services file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"{'stdin' if stdin else file}: not UTF-8 text") from None
     specs = parse_service_documents(text)
     for spec in specs:
         path = f"/api/v1/services/{_seg(spec.name)}"

@@ -10,7 +10,16 @@ PKCS#12 and path verification, whose imports are a large share of its start-up.
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import TYPE_CHECKING
+
+# cryptography warns, with a source line, when it parses a name holding a CN over 64 bytes
+# or a country code not 2 long (it refuses to build one). certctl checks names itself
+# (names._check_name) and reports them in one line; the warning would only precede that
+# line. Limited to that message, raised from certctl's own code.
+warnings.filterwarnings(
+    "ignore", message="Attribute's length must be", category=UserWarning, module="certctl"
+)
 
 if TYPE_CHECKING:
     from certctl.pki.crl import RevokedEntry, create_crl, parse_serial

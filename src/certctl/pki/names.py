@@ -26,6 +26,13 @@ _UPPER_BOUNDS = {
     NameOID.EMAIL_ADDRESS: 255,
 }
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+# RFC 5322 atext and dots: unquoted local parts, which cryptography's RFC822Name takes whole
+# ('@', ',', ';', '"', '(' and the like make it fail or cut the address). Dots are not held to
+# the Dot-string rule: "a..b" is common enough in the wild and was always accepted.
+_LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+\Z")
+# cryptography's own limit on a CN is 64 octets of UTF-8 (RFC 5280 counts 64 characters):
+# a longer value cannot be built into a name, and parsing one prints a UserWarning.
+_CN_MAX_OCTETS = 64
 
 
 def parse_dn(text: str) -> x509.Name:
@@ -67,6 +74,10 @@ def _check_name(name: x509.Name, text: str | None = None) -> None:
                 f"{text or format_dn(name)}: {attr.rfc4514_attribute_name} is longer than "
                 f"{bound} characters"
             )
+        if attr.oid == NameOID.COMMON_NAME and len(value.encode()) > _CN_MAX_OCTETS:
+            raise InvalidRequest(
+                f"{text or format_dn(name)}: CN is longer than {_CN_MAX_OCTETS} bytes as UTF-8"
+            )
 
 
 def format_dn(name: x509.Name) -> str:
@@ -78,12 +89,24 @@ def common_name_dn(common_name: str) -> x509.Name:
     """Build ``CN=<common_name>`` without parsing (commas and plus signs are literal)."""
     if not common_name:
         raise InvalidRequest("empty common name")
+    if common_name.isspace():
+        # A CN of spaces shows as nothing: nobody can recognise the certificate by it.
+        raise InvalidRequest(f"{common_name!r}: blank common name")
     if len(common_name) > _UPPER_BOUNDS[NameOID.COMMON_NAME]:
         raise InvalidRequest(f"{common_name[:70]}: common name is longer than 64 characters")
     # isprintable() is False for every control character (and a few more categories, which
     # the per-character check then lets through): one C call for the usual name.
-    if not common_name.isprintable() and any(unicodedata.category(c) == "Cc" for c in common_name):
-        raise InvalidRequest(f"{common_name!r}: control characters are not allowed in a name")
+    if not common_name.isprintable():
+        categories = {unicodedata.category(c) for c in common_name}
+        if "Cc" in categories:
+            raise InvalidRequest(f"{common_name!r}: control characters are not allowed in a name")
+        if "Cs" in categories:
+            # Bytes that were not UTF-8 reach Python as lone surrogates (PEP 383).
+            raise InvalidRequest(f"{common_name!r}: common name is not valid UTF-8")
+    if not common_name.isascii() and len(common_name.encode()) > _CN_MAX_OCTETS:
+        raise InvalidRequest(
+            f"{common_name}: common name is longer than {_CN_MAX_OCTETS} bytes as UTF-8"
+        )
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
@@ -116,14 +139,27 @@ def validate_dns_name(value: str, *, allow_wildcard: bool = True) -> str:
                 f"{value}: invalid DNS name (labels are 1-63 letters, digits or '-', "
                 "not starting or ending with '-'; '*' only as the whole first label)"
             )
+        if label.startswith("xn--") and not _is_a_label(label):
+            raise InvalidRequest(f"{value}: {label} is not a valid IDNA A-label (punycode)")
     if labels[-1].isdigit():
         raise InvalidRequest(f"{value}: looks like an IP address; use an IP SAN")
     return ascii_name
 
 
+def _is_a_label(label: str) -> bool:
+    # The codec's ToUnicode decodes the Punycode and checks that ToASCII gives the label back
+    # (RFC 3490 4.2): a label no IDNA name encodes to (xn--zz) fails. The standard library's
+    # IDNA 2003 codec, as for U-labels above: no dependency beyond Python.
+    try:
+        label.encode("ascii").decode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
 def _validate_email(value: str) -> str:
     local, sep, domain = value.strip().rpartition("@")
-    if not sep or not local or not domain or not local.isascii() or any(c in local for c in " <>"):
+    if not sep or not domain or not _LOCAL_PART.match(local):
         raise InvalidRequest(f"{value}: not a valid e-mail address")
     return f"{local}@{validate_dns_name(domain, allow_wildcard=False)}"
 

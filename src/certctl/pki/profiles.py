@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -88,10 +89,15 @@ PROFILES: dict[str, Profile] = {
 }
 
 LEAF_PROFILES = ("server", "client", "server+client")
+# Most CA levels below a CA: the API's limit too (schemas.py), and far beyond real PKIs.
+MAX_PATH_LENGTH = 10
 
 
-def get_profile(name: str) -> Profile:
+def get_profile(name: str, choices: Sequence[str] | None = None) -> Profile:
     """Return the profile called ``name``.
+
+    ``choices`` are the names the caller takes, listed when ``name`` is unknown (default:
+    every profile); the caller refuses a known profile outside them in its own words.
 
     Raises:
         InvalidRequest: no such profile.
@@ -99,5 +105,5 @@ def get_profile(name: str) -> Profile:
     try:
         return PROFILES[name.strip().lower()]
     except KeyError:
-        choices = ", ".join(PROFILES)
-        raise InvalidRequest(f"{name}: unknown profile (choose one of {choices})") from None
+        listed = ", ".join(PROFILES if choices is None else choices)
+        raise InvalidRequest(f"{name}: unknown profile (choose one of {listed})") from None

@@ -1,0 +1,514 @@
+"""The offline commands refuse contradictory options and odd values in one exact line.
+
+Each case runs the installed ``certctl`` script, as a user would, and checks the exit
+status, the whole of stderr and that no file was written or changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from certctl.pki import (
+    certs_to_pem,
+    common_name_dn,
+    create_root_ca,
+    generate_private_key,
+    key_to_pem,
+    to_pkcs12,
+)
+
+SCRIPT = Path(sys.executable).with_name("certctl")
+PEM = serialization.Encoding.PEM
+LONG_UTF8_CN = "é" * 40  # 40 characters, 80 bytes of UTF-8
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: tuple[str, ...]
+    code: int
+    stderr: str
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def _usage(command: str, message: str) -> str:
+    return f"certctl: error: Invalid value: {message} (see 'certctl {command} --help')"
+
+
+def _c(case_id: str, argv: str | list[str], code: int, stderr: str, **env: str) -> Case:
+    args = argv.split() if isinstance(argv, str) else argv
+    return Case(case_id, tuple(args), code, stderr, tuple(env.items()))
+
+
+_ISSUE = "cert issue --ca ca1 -o out"
+_HTTP = "http -o b.zip --node n1 --non-interactive"
+
+CASES = [
+    # --- cert issue: options that would be dropped without a word ----------------------
+    _c(
+        "issue-password-without-p12",
+        f"{_ISSUE} --cn x --password Sup3rSecret",
+        2,
+        _usage("cert issue", "--password needs --p12 (PEM keys are written unencrypted)"),
+    ),
+    _c(
+        "issue-password-file-without-p12",
+        f"{_ISSUE} --cn x --password-file pw",
+        2,
+        _usage("cert issue", "--password-file needs --p12 (PEM keys are written unencrypted)"),
+    ),
+    _c(
+        "issue-p12-legacy-without-p12",
+        f"{_ISSUE} --cn x --p12-legacy",
+        2,
+        _usage("cert issue", "--p12-legacy needs --p12 (it picks the PKCS#12 encryption)"),
+    ),
+    _c(
+        "issue-p12-and-pem",
+        f"{_ISSUE} --cn x --p12 --pem --password a",
+        2,
+        _usage("cert issue", "--p12 and --pem exclude each other"),
+    ),
+    _c(
+        "issue-two-passwords",
+        f"{_ISSUE} --cn x --p12 --password a --password-file pw",
+        2,
+        _usage("cert issue", "--password and --password-file exclude each other"),
+    ),
+    _c(
+        "issue-cn-and-subject",
+        f"{_ISSUE} --subject CN=a --cn b",
+        2,
+        _usage("cert issue", "--cn and --subject exclude each other (put the CN in --subject)"),
+    ),
+    _c(
+        "batch-pem-with-password",
+        "cert issue --ca ca1 -o out.zip --in instances.yml --pem --password a",
+        2,
+        _usage(
+            "cert issue", "--password does not go with --pem (PEM keys are written unencrypted)"
+        ),
+    ),
+    _c(
+        "batch-with-empty-cn",
+        [
+            "cert",
+            "issue",
+            "--ca",
+            "ca1",
+            "-o",
+            "out.zip",
+            "--in",
+            "instances.yml",
+            "--pem",
+            "--cn",
+            "",
+        ],
+        2,
+        _usage("cert issue", "--in takes names from the file; drop --cn/--subject/--dns/--ip"),
+    ),
+    # --- cert issue: values ------------------------------------------------------------
+    _c(
+        "issue-email-two-at",
+        [*_ISSUE.split(), "--cn", "x", "--email", "a@b@c"],
+        1,
+        "certctl: error: a@b@c: not a valid e-mail address",
+    ),
+    _c(
+        "issue-bad-a-label",
+        f"{_ISSUE} --cn x --dns xn--zz.example",
+        1,
+        "certctl: error: xn--zz.example: xn--zz is not a valid IDNA A-label (punycode)",
+    ),
+    _c(
+        "issue-blank-cn",
+        [*_ISSUE.split(), "--cn", "   "],
+        1,
+        # main._fail folds runs of whitespace into one space.
+        "certctl: error: ' ': blank common name",
+    ),
+    _c("issue-empty-cn", [*_ISSUE.split(), "--cn", ""], 1, "certctl: error: empty common name"),
+    _c(
+        "issue-cn-utf8-too-long",
+        [*_ISSUE.split(), "--cn", LONG_UTF8_CN],
+        1,
+        f"certctl: error: {LONG_UTF8_CN}: common name is longer than 64 bytes as UTF-8",
+    ),
+    _c(
+        "issue-cn-not-utf8",
+        # A byte that is not UTF-8 reaches certctl as a lone surrogate (PEP 383).
+        [*_ISSUE.split(), "--cn", os.fsdecode(b"\xff")],
+        1,
+        "certctl: error: '\\udcff': common name is not valid UTF-8",
+    ),
+    _c(
+        "issue-password-not-utf8",
+        [*_ISSUE.split(), "--cn", "x", "--p12", "--password", os.fsdecode(b"\xffpw")],
+        1,
+        "certctl: error: --password: the password is not valid UTF-8",
+    ),
+    _c(
+        "issue-password-file-not-utf8",
+        f"{_ISSUE} --cn x --p12 --password-file latin1.yml",
+        1,
+        "certctl: error: latin1.yml: the password is not valid UTF-8",
+    ),
+    _c(
+        "issue-ca-is-a-file",
+        "cert issue --ca ca1/ca.crt -o out --cn x",
+        1,
+        "certctl: error: ca1/ca.crt is a file: --ca takes the CA directory "
+        "(with ca.crt and ca.key)",
+    ),
+    _c(
+        "issue-unknown-profile",
+        f"{_ISSUE} --cn x --profile bogus",
+        1,
+        "certctl: error: bogus: unknown profile (choose one of server, client, server+client)",
+    ),
+    _c(
+        "issue-ca-password-env-plain-key",
+        f"{_ISSUE} --cn x",
+        1,
+        "certctl: error: ca1/ca.key: the private key is not encrypted; drop the password "
+        "(--ca-password-file or CERTCTL_CA_PASSWORD)",
+        CERTCTL_CA_PASSWORD="foo",
+    ),
+    _c(
+        "batch-in-directory",
+        "cert issue --ca ca1 -o out.zip --in adir --pem",
+        1,
+        "certctl: error: adir: is a directory, expected an instances file",
+    ),
+    # --- ca create ---------------------------------------------------------------------
+    _c(
+        "ca-create-parent-encrypted",
+        "ca create -o new --parent encca",
+        1,
+        "certctl: error: encca/ca.key: the private key is encrypted: give its password "
+        "(--parent-password-file or CERTCTL_CA_PASSWORD)",
+    ),
+    _c(
+        "ca-create-parent-is-a-file",
+        "ca create -o new --parent ca1/ca.crt",
+        1,
+        "certctl: error: ca1/ca.crt is a file: --parent takes the CA directory "
+        "(with ca.crt and ca.key)",
+    ),
+    _c(
+        "ca-create-huge-path-length",
+        "ca create -o new --path-length 99999999999999999999",
+        2,
+        "certctl: error: Invalid value for '--path-length': Input should be less than or "
+        "equal to 10 (see 'certctl ca create --help')",
+    ),
+    _c(
+        "ca-create-empty-cn",
+        ["ca", "create", "-o", "new", "--cn", ""],
+        1,
+        "certctl: error: empty common name",
+    ),
+    _c(
+        "ca-create-cn-and-subject",
+        "ca create -o new --cn a --subject CN=b",
+        2,
+        _usage("ca create", "--cn and --subject exclude each other (put the CN in --subject)"),
+    ),
+    _c(
+        "ca-create-parent-password-without-parent",
+        "ca create -o new --parent-password-file pw",
+        2,
+        _usage(
+            "ca create",
+            "--parent-password-file needs --parent (a root CA is signed by its own new key)",
+        ),
+    ),
+    # --- ca import ---------------------------------------------------------------------
+    _c(
+        "ca-import-encrypted-key-kept-plain",
+        "ca import -o imp --cert encca/ca.crt --key encca/ca.key --password-file pw",
+        2,
+        _usage(
+            "ca import",
+            "the input is password-protected: give --key-password-file to keep the imported "
+            "ca.key encrypted (the --password-file file will do)",
+        ),
+    ),
+    _c(
+        "ca-import-p12-kept-plain",
+        "ca import -o imp --p12 ca.p12 --password-file pw",
+        2,
+        _usage(
+            "ca import",
+            "the input is password-protected: give --key-password-file to keep the imported "
+            "ca.key encrypted (the --password-file file will do)",
+        ),
+    ),
+    _c(
+        "ca-import-key-and-p12",
+        "ca import -o imp --p12 ca.p12 --key encca/ca.key --password-file pw",
+        2,
+        _usage("ca import", "--key and --p12 exclude each other (the key is in the PKCS#12)"),
+    ),
+    _c(
+        "ca-import-two-passwords",
+        "ca import -o imp --p12 ca.p12 --password a --password-file pw",
+        2,
+        _usage("ca import", "--password and --password-file exclude each other"),
+    ),
+    # --- csr create / sign -------------------------------------------------------------
+    _c(
+        "csr-create-email-two-at",
+        "csr create -o new --cn x --email a@b@c",
+        1,
+        "certctl: error: a@b@c: not a valid e-mail address",
+    ),
+    _c(
+        "csr-create-cn-and-subject",
+        "csr create -o new --cn x --subject CN=y",
+        2,
+        _usage("csr create", "--cn and --subject exclude each other (put the CN in --subject)"),
+    ),
+    _c(
+        "csr-sign-long-cn",
+        "csr sign --ca ca1 --csr long.csr -o new",
+        1,
+        f"certctl: error: CN={'x' * 200}: CN is longer than 64 characters",
+    ),
+    _c(
+        "csr-sign-email-two-at",
+        "csr sign --ca ca1 --csr bad-email.csr -o new",
+        1,
+        "certctl: error: a@b@c: not a valid e-mail address",
+    ),
+    _c(
+        "csr-sign-directory",
+        "csr sign --ca ca1 --csr adir -o new",
+        1,
+        "certctl: error: adir: is a directory, expected a CSR",
+    ),
+    _c(
+        "csr-sign-unknown-profile",
+        "csr sign --ca ca1 --csr long.csr -o new --profile bogus",
+        1,
+        "certctl: error: bogus: unknown profile "
+        "(choose one of server, client, server+client, intermediate)",
+    ),
+    # --- crl create --------------------------------------------------------------------
+    _c(
+        "crl-reason-without-revoked",
+        "crl create --ca ca1 -o new.crl --reason keyCompromise",
+        2,
+        _usage("crl create", "--reason needs --revoked (it is the reason of each entry)"),
+    ),
+    _c(
+        "crl-remove-from-crl",
+        "crl create --ca ca1 -o new.crl --revoked 1f --reason removeFromCRL",
+        2,
+        _usage(
+            "crl create",
+            "removeFromCRL: a reason for delta CRLs only (RFC 5280 5.3.1); this is a full "
+            "CRL, where a serial no longer revoked is simply left out",
+        ),
+    ),
+    _c(
+        "crl-expired-ca",
+        "crl create --ca expired -o new.crl",
+        1,
+        "certctl: error: issuing CA expired on 2020-01-02 00:00Z",
+    ),
+    # --- http --------------------------------------------------------------------------
+    _c(
+        "http-ca-and-ca-cn",
+        f"{_HTTP} --ca ca1 --ca-cn X --pem",
+        2,
+        _usage("http", "--ca-cn describes a new CA; --ca signs with an existing one"),
+    ),
+    _c(
+        "http-p12-legacy-and-pem",
+        f"{_HTTP} --p12-legacy --pem",
+        2,
+        _usage("http", "--p12-legacy does not go with --pem (it applies to http.p12 only)"),
+    ),
+    _c(
+        "http-pem-with-password",
+        f"{_HTTP} --pem --password a",
+        2,
+        _usage("http", "--password does not go with --pem (it applies to http.p12 only)"),
+    ),
+    _c(
+        "http-two-passwords",
+        f"{_HTTP} --password a --password-file pw",
+        2,
+        _usage("http", "--password and --password-file exclude each other"),
+    ),
+    _c(
+        "http-csr-with-password",
+        f"{_HTTP} --csr --password a",
+        2,
+        _usage("http", "--password does not go with --csr (the keys of CSRs are not encrypted)"),
+    ),
+    _c(
+        "http-ca-password-without-ca",
+        f"{_HTTP} --pem --ca-password-file pw",
+        2,
+        _usage("http", "--ca-password-file needs --ca"),
+    ),
+    # --- apply -------------------------------------------------------------------------
+    _c("apply-not-utf8", "apply -f latin1.yml", 1, "certctl: error: latin1.yml: not UTF-8 text"),
+]
+
+
+def _run(
+    workdir: Path, *argv: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    base["COLUMNS"] = "200"
+    return subprocess.run(
+        [str(SCRIPT), *argv],
+        cwd=workdir,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _long_cn_csr() -> bytes:
+    # cryptography builds such a name only unvalidated: a client could send one.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x" * 200, _validate=False)])
+    builder = x509.CertificateSigningRequestBuilder().subject_name(name)
+    return builder.sign(generate_private_key(), hashes.SHA256()).public_bytes(PEM)
+
+
+def _bad_email_csr() -> bytes:
+    san = x509.SubjectAlternativeName([x509.RFC822Name._init_without_validation("a@b@c")])
+    builder = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(common_name_dn("x"))
+        .add_extension(san, critical=False)
+    )
+    return builder.sign(generate_private_key(), hashes.SHA256()).public_bytes(PEM)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("offline")
+    (root / "pw").write_bytes(b"hunter2pw\n")
+    for argv in (
+        ["ca", "create", "-o", "ca1"],
+        ["ca", "create", "-o", "encca", "--key-password-file", "pw"],
+    ):
+        proc = _run(root, *argv)
+        assert proc.returncode == 0, proc.stderr
+    old = datetime(2020, 1, 1, tzinfo=UTC)
+    expired_key = generate_private_key()
+    expired = create_root_ca(
+        expired_key, common_name_dn("Expired Root"), validity=timedelta(days=1), now=old
+    ).certificate
+    files = {
+        "expired/ca.crt": certs_to_pem([expired]),
+        "expired/ca.key": key_to_pem(expired_key),
+        "ca.p12": to_pkcs12("ca", expired_key, expired, [], b"hunter2pw"),
+        "long.csr": _long_cn_csr(),
+        "bad-email.csr": _bad_email_csr(),
+        "instances.yml": b"instances:\n  - name: node-1\n",
+        "latin1.yml": "kind: café\n".encode("latin-1"),
+    }
+    for name, data in files.items():
+        (root / name).parent.mkdir(exist_ok=True)
+        (root / name).write_bytes(data)
+    (root / "adir").mkdir()
+    return root
+
+
+@pytest.fixture
+def workdir(base: Path, tmp_path: Path) -> Path:
+    work = tmp_path / "w"
+    shutil.copytree(base, work)
+    return work
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): "dir"
+        if p.is_dir()
+        else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_refused(case: Case, workdir: Path) -> None:
+    before = _snapshot(workdir)
+    proc = _run(workdir, *case.argv, env=dict(case.env))
+    assert proc.stderr == case.stderr + "\n"
+    assert proc.returncode == case.code
+    assert proc.stdout == ""
+    assert _snapshot(workdir) == before
+
+
+def test_import_keeps_the_key_encrypted(workdir: Path) -> None:
+    proc = _run(
+        workdir,
+        *"ca import -o imp --cert encca/ca.crt --key encca/ca.key --password-file pw".split(),
+        "--key-password-file",
+        "pw",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    key = workdir / "imp" / "ca.key"
+    assert key.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert key.stat().st_mode & 0o777 == 0o600
+    opened = subprocess.run(
+        ["openssl", "pkey", "-in", str(key), "-passin", f"file:{workdir / 'pw'}", "-noout"],
+        capture_output=True,
+        check=False,
+    )
+    assert opened.returncode == 0, opened.stderr
+    # The imported CA signs with the same password, as a created one does.
+    issued = _run(workdir, *"cert issue --ca imp -o leaf --cn x --ca-password-file pw".split())
+    assert issued.returncode == 0, issued.stderr
+
+
+def test_import_of_expired_ca_warns(workdir: Path) -> None:
+    proc = _run(workdir, *"ca import -o imp --cert expired/ca.crt --key expired/ca.key".split())
+    assert proc.returncode == 0
+    assert proc.stderr == (
+        "certctl: warning: the CA certificate expired on 2020-01-02 00:00Z: "
+        "it can no longer sign certificates or CRLs\n"
+    )
+    assert (workdir / "imp" / "ca.key").exists()
+
+
+def test_crl_next_update_clipped_to_ca(workdir: Path) -> None:
+    proc = _run(workdir, *"crl create --ca ca1 -o c.crl --next-update 50Y".split())
+    assert proc.returncode == 0, proc.stderr
+    ca = x509.load_pem_x509_certificate((workdir / "ca1" / "ca.crt").read_bytes())
+    end = ca.not_valid_after_utc
+    assert proc.stderr == (
+        f"certctl: warning: next update 50Y clipped to the CA's notAfter {end:%Y-%m-%dT%H:%M:%SZ}\n"
+    )
+    shown = subprocess.run(
+        ["openssl", "crl", "-in", str(workdir / "c.crl"), "-noout", "-nextupdate"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shown.stdout.strip() == f"nextUpdate={end:%b %e %H:%M:%S %Y} GMT"
