@@ -21,7 +21,7 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
     from cryptography import x509 as _x509
     from cryptography.hazmat.primitives import hashes
 
-    from certctl.pki import SubjectAltNames, key_type_of
+    from certctl.pki import SubjectAltNames, format_serial, key_type_of
 
     ext = cert.extensions
     try:
@@ -61,7 +61,7 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
     return {
         "subject": cert.subject.rfc4514_string(),
         "issuer": cert.issuer.rfc4514_string(),
-        "serial": f"{cert.serial_number:x}",
+        "serial": format_serial(cert.serial_number),
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": cert.not_valid_after_utc.isoformat(),
         "sans": sans.as_dict(),

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from certctl.pki.formats import (
         Material,
         certs_to_pem,
+        format_serial,
         key_to_pem,
         load_material,
         load_private_key,
@@ -47,6 +48,7 @@ _SOURCES = {
     "sign_csr": "csr",
     "Material": "formats",
     "certs_to_pem": "formats",
+    "format_serial": "formats",
     "key_to_pem": "formats",
     "load_material": "formats",
     "load_private_key": "formats",
@@ -95,6 +97,7 @@ __all__ = [
     "csr_sans",
     "format_dn",
     "format_duration",
+    "format_serial",
     "generate_private_key",
     "get_profile",
     "key_to_pem",

@@ -21,6 +21,7 @@ from certctl.errors import InvalidRequest
 __all__ = [
     "Material",
     "certs_to_pem",
+    "format_serial",
     "key_to_pem",
     "load_material",
     "load_private_key",
@@ -50,6 +51,19 @@ class Material:
     csrs: list[x509.CertificateSigningRequest] = field(default_factory=list)
     crls: list[x509.CertificateRevocationList] = field(default_factory=list)
     format: str = "pem"
+
+
+def format_serial(serial: int) -> str:
+    """A serial number as certctl prints it everywhere: lower-case hex, an even number of digits.
+
+    ``openssl x509 -serial`` prints whole octets, so a serial whose top nibble is zero keeps
+    its leading ``0`` (``0dd0…``, not ``dd0…``) and compares equal to openssl's, ignoring case.
+    Lower case because the API, its database and ``--q`` search already store it that way.
+    """
+    if serial < 0:  # RFC 5280 forbids them, but a parsed certificate may still hold one
+        return f"-{format_serial(-serial)}"
+    digits = f"{serial:x}"
+    return digits.zfill(len(digits) + len(digits) % 2)
 
 
 def _issuer_key(key: PrivateKeyTypes) -> CertificateIssuerPrivateKeyTypes:
