@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests._tools import ok, run
+from tests._tools import ok, require, run
 from tests.integration.conftest import certctl_exe
 
 pytestmark = pytest.mark.integration
@@ -21,9 +22,9 @@ pytestmark = pytest.mark.integration
 SERIALS = [1, 0x0F, 0x100, 0x0DD0CF8664911A0499E6240919FE98E42CF3FA4E, 0x7F << 152, 0xABCDEF]
 
 
-def self_signed(path: Path, serial: int) -> Path:
+def self_signed(path: Path, serial: int, cn: str = "serial") -> Path:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, f"serial {serial:x}")])
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, cn)])
     now = datetime.now(UTC)
     cert = (
         x509.CertificateBuilder()
@@ -55,4 +56,165 @@ def test_serial_printed_as_openssl_does(tmp_path: Path, serial: int) -> None:
     (item,) = inspect_json(cert)
     assert item["serial"] == expected
     text = ok(certctl_exe("inspect", cert)).stdout
-    assert expected in text.split()
+    assert f"  serial          {expected}" in text.splitlines()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server and a client leaf, a CSR, a CRL, a PKCS#12 file, an encrypted key."""
+    base = tmp_path_factory.mktemp("inspect")
+    (base / "pw.txt").write_text("s3cret-pw\n")
+    for argv in (
+        ["ca", "create", "-o", base / "ca1"],
+        ["ca", "create", "-o", base / "encca", "--key-password-file", base / "pw.txt"],
+        ["cert", "issue", "--ca", base / "ca1", "-o", base / "lf", "--cn", "lf.example",
+         "--dns", "lf.example"],
+        ["cert", "issue", "--ca", base / "ca1", "-o", base / "client", "--cn", "alice",
+         "--profile", "client"],
+        ["cert", "issue", "--ca", base / "ca1", "-o", base / "p12", "--cn", "p.example",
+         "--dns", "p.example", "--p12", "--password-file", base / "pw.txt"],
+        ["csr", "create", "-o", base / "ext", "--cn", "ext.example", "--dns", "ext.example"],
+        ["crl", "create", "--ca", base / "ca1", "-o", base / "ops.crl", "--revoked", "1f",
+         "--revoked", "0dd0cf8664911a0499e6240919fe98e42cf3fa4e", "--reason", "keyCompromise"],
+    ):  # fmt: skip
+        ok(certctl_exe(*argv))
+    ok(run("openssl", "x509", "-in", base / "lf/tls.crt", "-outform", "DER", "-out",
+           base / "lf.der"))  # fmt: skip
+    return base
+
+
+def openssl_fingerprint(cert: Path) -> str:
+    out = ok(run("openssl", "x509", "-in", cert, "-noout", "-fingerprint", "-sha256")).stdout
+    return out.strip().split("=", 1)[1]
+
+
+def openssl_pubkey_fingerprint(*openssl_args: str | Path) -> str:
+    """SHA-256 of the DER SubjectPublicKeyInfo openssl prints, spelt like a fingerprint."""
+    pem = ok(run("openssl", *openssl_args)).stdout
+    der = serialization.load_pem_public_key(pem.encode()).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(der)
+    return digest.finalize().hex(":").upper()
+
+
+def test_json_certificate(files: Path) -> None:
+    (leaf,) = inspect_json(files / "lf/tls.crt")
+    (root,) = inspect_json(files / "ca1/ca.crt")
+    assert leaf["kind"] == root["kind"] == "certificate"
+    assert leaf["format"] == "pem"
+    assert leaf["subject"] == "CN=lf.example"
+    assert leaf["sans"]["dns"] == ["lf.example"]
+    assert leaf["is_ca"] is False
+    assert root["is_ca"] is True
+    assert leaf["fingerprint_sha256"] == openssl_fingerprint(files / "lf/tls.crt")
+    assert leaf["public_key_fingerprint_sha256"] == openssl_pubkey_fingerprint(
+        "pkey", "-in", files / "lf/tls.key", "-pubout"
+    )
+    (der,) = inspect_json(files / "lf.der")
+    assert der["format"] == "der"
+    assert {k: v for k, v in der.items() if k != "format"} == {
+        k: v for k, v in leaf.items() if k != "format"
+    }
+
+
+def test_json_private_key(files: Path) -> None:
+    (item,) = inspect_json(files / "lf/tls.key")
+    assert item == {
+        "kind": "private-key",
+        "format": "pem",
+        "key_type": "ec-p256",
+        "size": 256,
+        "curve": "secp256r1",
+        "encrypted": False,
+        "public_key_fingerprint_sha256": openssl_pubkey_fingerprint(
+            "pkey", "-in", files / "lf/tls.key", "-pubout"
+        ),
+    }
+    secret = (files / "lf/tls.key").read_text()
+    body = "".join(line for line in secret.splitlines() if not line.startswith("-----"))
+    text = ok(certctl_exe("inspect", "--json", files / "lf/tls.key")).stdout
+    assert body[20:60] not in text.replace("\n", "")
+
+
+def test_json_encrypted_private_key(files: Path) -> None:
+    (item,) = inspect_json(files / "encca/ca.key", "--password-file", files / "pw.txt")
+    assert item["kind"] == "private-key"
+    assert item["encrypted"] is True
+    assert item["public_key_fingerprint_sha256"] == openssl_pubkey_fingerprint(
+        "x509", "-in", files / "encca/ca.crt", "-noout", "-pubkey"
+    )
+
+
+def test_json_csr(files: Path) -> None:
+    (item,) = inspect_json(files / "ext/tls.csr")
+    assert item["kind"] == "csr"
+    assert item["subject"] == "CN=ext.example"
+    assert item["sans"]["dns"] == ["ext.example"]
+    assert item["signature_valid"] is True
+    assert item["key_type"] == "ec-p256"
+    assert item["public_key_fingerprint_sha256"] == openssl_pubkey_fingerprint(
+        "pkey", "-in", files / "ext/tls.key", "-pubout"
+    )
+
+
+def test_json_crl(files: Path) -> None:
+    (item,) = inspect_json(files / "ops.crl")
+    assert item["kind"] == "crl"
+    assert item["issuer"] == "CN=certctl Root CA"
+    text = ok(run("openssl", "crl", "-in", files / "ops.crl", "-noout", "-text")).stdout
+    openssl_serials = [
+        line.split(":", 1)[1].strip().lower()
+        for line in text.splitlines()
+        if line.strip().startswith("Serial Number:")
+    ]
+    assert sorted(e["serial"] for e in item["revoked"]) == sorted(openssl_serials)
+    assert "0dd0cf8664911a0499e6240919fe98e42cf3fa4e" in openssl_serials
+    assert {e["reason"] for e in item["revoked"]} == {"keyCompromise"}
+    number = ok(run("openssl", "crl", "-in", files / "ops.crl", "-noout", "-crlnumber")).stdout
+    assert item["crl_number"] == int(number.strip().split("=", 1)[1], 16)
+
+
+def test_json_pkcs12(files: Path) -> None:
+    items = inspect_json(files / "p12/tls.p12", "--password-file", files / "pw.txt")
+    assert [i["kind"] for i in items] == ["certificate", "certificate", "private-key"]
+    assert {i["format"] for i in items} == {"pkcs12"}
+    leaf, root, key = items
+    assert leaf["subject"] == "CN=p.example"
+    assert root["is_ca"] is True
+    assert key["encrypted"] is True
+    assert key["public_key_fingerprint_sha256"] == leaf["public_key_fingerprint_sha256"]
+
+
+def test_help_documents_json(files: Path) -> None:
+    text = ok(certctl_exe("inspect", "--help")).stdout
+    for kind in ('"certificate"', '"private-key"', '"csr"', '"crl"', "PKCS#12"):
+        assert kind in text
+
+
+def columns_80() -> dict[str, str]:
+    return {**os.environ, "COLUMNS": "80", "LINES": "24"}
+
+
+def test_readable_output_cuts_nothing_at_80_columns(files: Path) -> None:
+    result = ok(run(require("certctl"), "inspect", files / "lf/tls.crt", env=columns_80()))
+    lines = result.stdout.splitlines()
+    assert f"  SHA-256         {openssl_fingerprint(files / 'lf/tls.crt')}" in lines
+    assert "…" not in result.stdout
+    csr = ok(run(require("certctl"), "inspect", files / "ext/tls.csr", env=columns_80())).stdout
+    assert "  signature       valid" in csr.splitlines()
+    key = openssl_pubkey_fingerprint("pkey", "-in", files / "ext/tls.key", "-pubout")
+    assert f"  public SHA-256  {key}" in csr.splitlines()
+
+
+def test_readable_output_of_every_kind(files: Path) -> None:
+    crl = ok(certctl_exe("inspect", files / "ops.crl")).stdout
+    assert crl.startswith("CRL (pem)\n")
+    assert "0dd0cf8664911a0499e6240919fe98e42cf3fa4e (" in crl
+    key = ok(certctl_exe("inspect", files / "lf/tls.key")).stdout
+    assert key.splitlines()[:3] == ["private key (pem)", "  key             ec-p256",
+                                     "  encrypted       no"]  # fmt: skip
+    # Rich markup in a subject is shown as written, not interpreted.
+    marked = self_signed(files / "marked.crt", 5, cn="[bold]x[/bold]")
+    assert "CN=[bold]x[/bold]" in ok(certctl_exe("inspect", marked)).stdout

@@ -51,6 +51,9 @@ class Material:
     csrs: list[x509.CertificateSigningRequest] = field(default_factory=list)
     crls: list[x509.CertificateRevocationList] = field(default_factory=list)
     format: str = "pem"
+    # The key was stored encrypted (PKCS#12: the file needed a non-empty password), so that
+    # inspect can say so once the password has been used and the key is plain in memory.
+    key_encrypted: bool = False
 
 
 def format_serial(serial: int) -> str:
@@ -119,7 +122,7 @@ def load_material(data: bytes, password: bytes | None = None) -> Material:
         raise InvalidRequest(
             "not a recognised PEM, DER or PKCS#12 file (certificate, key, CSR or CRL)"
         ) from exc
-    return Material(private_key=_issuer_key(key), format="der")
+    return Material(private_key=_issuer_key(key), format="der", key_encrypted=password is not None)
 
 
 def _looks_like_encrypted_pkcs8(data: bytes) -> bool:
@@ -154,6 +157,7 @@ def _load_pem(data: bytes, password: bytes | None) -> Material:
                 if material.private_key is not None:
                     raise InvalidRequest("more than one private key in one file")
                 material.private_key = _load_pem_key(raw, password)
+                material.key_encrypted = b"ENCRYPTED" in raw
             # Other blocks (parameters, public keys) are ignored on purpose.
         except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
             what = label.decode("ascii", "replace").lower()
@@ -192,6 +196,7 @@ def _load_pkcs12(data: bytes, password: bytes | None) -> Material:
             certificates=certs,
             private_key=_issuer_key(key) if key is not None else None,
             format="pkcs12",
+            key_encrypted=key is not None and bool(attempt),
         )
     if password is None:
         raise InvalidRequest("PKCS#12 file is password-protected: give --password-file") from last
