@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
          "--profile", "client"],
         ["cert", "issue", "--ca", base / "ca1", "-o", base / "p12", "--cn", "p.example",
          "--dns", "p.example", "--p12", "--password-file", base / "pw.txt"],
+        ["cert", "issue", "--ca", base / "ca1", "-o", base / "idn", "--cn", "idn",
+         "--dns", "ünï.example", "--ip", "10.0.0.5"],
         ["csr", "create", "-o", base / "ext", "--cn", "ext.example", "--dns", "ext.example"],
         ["crl", "create", "--ca", base / "ca1", "-o", base / "ops.crl", "--revoked", "1f",
          "--revoked", "0dd0cf8664911a0499e6240919fe98e42cf3fa4e", "--reason", "keyCompromise"],
@@ -218,3 +221,100 @@ def test_readable_output_of_every_kind(files: Path) -> None:
     # Rich markup in a subject is shown as written, not interpreted.
     marked = self_signed(files / "marked.crt", 5, cn="[bold]x[/bold]")
     assert "CN=[bold]x[/bold]" in ok(certctl_exe("inspect", marked)).stdout
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], code: int, message: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert "internal error" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("certctl: error: ")
+    assert message in line, line
+
+
+def verify(files: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return certctl_exe("verify", "--ca", files / "ca1/ca.crt", *args)
+
+
+def test_client_certificate_checked_as_server_names_its_purpose(files: Path) -> None:
+    result = verify(files, files / "client/tls.crt")
+    one_error_line(result, 1, "lacks the serverAuth extended key usage (it has clientAuth)")
+    openssl = run("openssl", "verify", "-purpose", "sslserver", "-CAfile", files / "ca1/ca.crt",
+                  files / "client/tls.crt")  # fmt: skip
+    assert openssl.returncode != 0
+    assert "unsuitable certificate purpose" in openssl.stdout + openssl.stderr
+    ok(verify(files, files / "client/tls.crt", "--purpose", "client"))
+
+
+@pytest.mark.parametrize(
+    ("hostname", "message"),
+    [
+        ("", "--hostname is empty"),
+        (" ", "--hostname is empty"),
+        ("-_-.bad", "'-_-.bad': not an IP address or a valid DNS name"),
+        ("a..example", "'a..example': not an IP address or a valid DNS name"),
+        ("*.example.com", "give a host name, not a wildcard pattern"),
+    ],
+)
+def test_bad_hostname_is_a_usage_error(files: Path, hostname: str, message: str) -> None:
+    result = verify(files, files / "lf/tls.crt", "--hostname", hostname)
+    one_error_line(result, 2, message)
+
+
+def test_empty_hostname_with_client_purpose_is_refused(files: Path) -> None:
+    result = verify(files, files / "client/tls.crt", "--purpose", "client", "--hostname", "")
+    one_error_line(result, 2, "--hostname is empty")
+
+
+@pytest.mark.parametrize(
+    "hostname", ["ünï.example", "xn--n-nga1b.example", "ÜNÏ.EXAMPLE.", "10.0.0.5", "[10.0.0.5]"]
+)
+def test_hostname_spellings_that_match(files: Path, hostname: str) -> None:
+    result = ok(verify(files, files / "idn/tls.crt", "--hostname", hostname))
+    assert result.stdout.startswith(f"{files / 'idn/tls.crt'}: OK (server for ")
+
+
+@pytest.mark.parametrize("hostname", ["other.example", "ünï.example.org", "10.0.0.6", "[::1]"])
+def test_hostname_that_does_not_match(files: Path, hostname: str) -> None:
+    one_error_line(verify(files, files / "idn/tls.crt", "--hostname", hostname), 1,
+                   "no matching subjectAltName")  # fmt: skip
+
+
+def test_leaf_is_not_its_own_trust_anchor(files: Path) -> None:
+    leaf = files / "lf/tls.crt"
+    openssl = run("openssl", "verify", "-CAfile", leaf, leaf)
+    assert openssl.returncode != 0
+    assert "error 20" in openssl.stdout + openssl.stderr
+    result = certctl_exe("verify", leaf, "--ca", leaf)
+    one_error_line(result, 1, "trust bundle holds no CA certificate (CN=lf.example is not a CA")
+
+
+def test_self_signed_leaf_trusted_as_itself_as_openssl_does(files: Path) -> None:
+    # ca.crt = tls.crt, as Kubernetes secrets of self-signed servers often have it.
+    cert = files / "self.crt"
+    ok(run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-nodes", "-keyout", files / "self.key", "-out", cert, "-subj", "/CN=self.example",
+           "-addext", "basicConstraints=critical,CA:FALSE",
+           "-addext", "subjectAltName=DNS:self.example",
+           "-addext", "extendedKeyUsage=serverAuth"))  # fmt: skip
+    ok(run("openssl", "verify", "-CAfile", cert, cert))
+    ok(certctl_exe("verify", cert, "--ca", cert, "--hostname", "self.example"))
+
+
+def test_bundle_of_leaf_and_ca_uses_the_ca(files: Path) -> None:
+    bundle = files / "leaf-and-ca.crt"
+    bundle.write_bytes((files / "lf/tls.crt").read_bytes() + (files / "ca1/ca.crt").read_bytes())
+    ok(run("openssl", "verify", "-CAfile", bundle, files / "lf/tls.crt"))
+    result = ok(certctl_exe("verify", files / "lf/tls.crt", "--ca", bundle))
+    assert result.stdout.endswith("CN=lf.example <- CN=certctl Root CA\n")
+
+
+@pytest.mark.parametrize("option", ["--ca", "--untrusted"])
+def test_file_without_certificates_refused_for_ca_and_untrusted(files: Path, option: str) -> None:
+    args: list[str | Path] = ["verify", files / "lf/tls.crt", "--ca", files / "ca1/ca.crt"]
+    if option == "--ca":
+        args[-1] = files / "ca1/ca.key"
+    else:
+        args += ["--untrusted", files / "ca1/ca.key"]
+    one_error_line(certctl_exe(*args), 1, "ca1/ca.key: holds no certificate")

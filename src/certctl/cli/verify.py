@@ -18,25 +18,39 @@ def verify_command(
     ca: Path = typer.Option(..., "--ca", help="Trust bundle: root CA certificate(s)."),
     untrusted: Path = typer.Option(None, "--untrusted", help="Intermediate certificates."),
     hostname: str = typer.Option(
-        None, "--hostname", help="DNS name or IP address the certificate must match."
+        None,
+        "--hostname",
+        help="DNS name (IDNA-encoded if not ASCII) or IP address the certificate must match.",
     ),
     purpose: str = typer.Option("server", "--purpose", help="server or client."),
 ) -> None:
     """Verify a certificate the way a TLS client or server would."""
     from certctl.errors import InvalidRequest
-    from certctl.pki import verify_certificate
+    from certctl.pki import parse_hostname, verify_certificate
 
     if purpose not in ("server", "client"):
         raise typer.BadParameter(f"{purpose}: choose server or client", param_hint="--purpose")
-    if hostname and purpose == "client":
-        raise typer.BadParameter("--hostname applies to --purpose server")
+    if hostname is not None:
+        # An empty value (a script's unset $HOST) must not turn into "no name check".
+        if not hostname.strip():
+            raise typer.BadParameter("--hostname is empty")
+        if purpose == "client":
+            raise typer.BadParameter("--hostname applies to --purpose server")
+        try:
+            parse_hostname(hostname)
+        except InvalidRequest as exc:
+            raise typer.BadParameter(exc.detail, param_hint="--hostname") from None
     leaf_certs = read_material(cert, what="certificate").certificates
     if not leaf_certs:
         raise InvalidRequest(f"{cert}: holds no certificate")
     trust = read_material(ca, what="CA bundle").certificates
     if not trust:
         raise InvalidRequest(f"{ca}: holds no certificate")
-    extra = read_material(untrusted, what="intermediates").certificates if untrusted else []
+    extra = []
+    if untrusted is not None:
+        extra = read_material(untrusted, what="intermediates").certificates
+        if not extra:  # as for --ca: a key or a CSR given by mistake is no intermediate
+            raise InvalidRequest(f"{untrusted}: holds no certificate")
     result = verify_certificate(
         leaf_certs[0],
         trust=trust,

@@ -34,13 +34,19 @@ if TYPE_CHECKING:
     from certctl.pki.names import SubjectAltNames, common_name_dn, format_dn, parse_dn
     from certctl.pki.profiles import LEAF_PROFILES, PROFILES, Profile, get_profile
     from certctl.pki.validity import format_duration, parse_duration
-    from certctl.pki.verify import VerificationFailed, VerifiedChain, verify_certificate
+    from certctl.pki.verify import (
+        VerificationFailed,
+        VerifiedChain,
+        parse_hostname,
+        verify_certificate,
+    )
 
 # Public name -> the submodule that defines it.
 _SOURCES = {
     "RevokedEntry": "crl",
     "create_crl": "crl",
     "parse_serial": "crl",
+    "parse_hostname": "verify",
     "create_csr": "csr",
     "csr_sans": "csr",
     "load_csr": "csr",
@@ -109,6 +115,7 @@ __all__ = [
     "load_private_key",
     "parse_dn",
     "parse_duration",
+    "parse_hostname",
     "parse_serial",
     "sign_csr",
     "to_pkcs12",
