@@ -318,3 +318,47 @@ def test_file_without_certificates_refused_for_ca_and_untrusted(files: Path, opt
     else:
         args += ["--untrusted", files / "ca1/ca.key"]
     one_error_line(certctl_exe(*args), 1, "ca1/ca.key: holds no certificate")
+
+
+def certctl_env(*args: str | Path, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    return run(require("certctl"), *args, env={**base, **env})
+
+
+def test_verify_opens_pkcs12_with_the_password_its_hint_names(files: Path) -> None:
+    p12 = files / "p12/tls.p12"
+    result = certctl_env("verify", p12, "--ca", files / "ca1/ca.crt")
+    one_error_line(result, 1, "PKCS#12 file is password-protected: give --password-file")
+    assert "--password-file" in ok(certctl_exe("verify", "--help")).stdout
+    for args, env in (
+        (["--password-file", files / "pw.txt"], {}),
+        ([], {"CERTCTL_PASSWORD": "s3cret-pw"}),
+    ):
+        result = ok(certctl_env("verify", p12, "--ca", files / "ca1/ca.crt", *args, **env))
+        assert result.stdout.endswith("CN=p.example <- CN=certctl Root CA\n")
+    wrong = certctl_env("verify", p12, "--ca", files / "ca1/ca.crt", CERTCTL_PASSWORD="nope")
+    one_error_line(
+        wrong, 1, "wrong password or corrupted file (the password came from CERTCTL_PASSWORD)"
+    )
+    assert "nope" not in wrong.stderr
+
+
+def test_inspect_documents_and_names_certctl_password(files: Path) -> None:
+    help_text = " ".join(ok(certctl_exe("inspect", "--help")).stdout.split())
+    assert "CERTCTL_PASSWORD" in help_text
+    wrong = certctl_env("inspect", files / "encca/ca.key", CERTCTL_PASSWORD="nope")
+    one_error_line(wrong, 1, "wrong password (the password came from CERTCTL_PASSWORD)")
+    (item,) = json.loads(
+        ok(
+            certctl_env("inspect", "--json", files / "encca/ca.key", CERTCTL_PASSWORD="s3cret-pw")
+        ).stdout
+    )
+    assert item["encrypted"] is True
+    # Set for other commands, the variable does not stop a plain key from opening.
+    (plain,) = json.loads(
+        ok(certctl_env("inspect", "--json", files / "lf/tls.key", CERTCTL_PASSWORD="x")).stdout
+    )
+    assert plain["encrypted"] is False
+    # A password given on the command line for a plain key is still a mistake to report.
+    one_error_line(certctl_env("inspect", files / "lf/tls.key", "--password", "x"), 1,
+                   "the private key is not encrypted; drop the password")  # fmt: skip

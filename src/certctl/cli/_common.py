@@ -71,13 +71,22 @@ def read_password(
     return value.encode() if value else None
 
 
-def read_material(path: Path, password: bytes | None = None, what: str = "file") -> Material:
-    """Load PEM/DER/PKCS#12 content from ``path``; errors name the file."""
+def read_material(
+    path: Path,
+    password: bytes | None = None,
+    what: str = "file",
+    *,
+    password_optional: bool = False,
+) -> Material:
+    """Load PEM/DER/PKCS#12 content from ``path``; errors name the file.
+
+    ``password_optional``: see :func:`certctl.pki.load_material`.
+    """
     from certctl.pki import load_material
 
     data = read_file(path, what)
     try:
-        return load_material(data, password)
+        return load_material(data, password, password_optional=password_optional)
     except InvalidRequest as exc:
         raise type(exc)(f"{path}: {exc.detail}") from exc
 

@@ -26,7 +26,34 @@ __all__ = [
     "inspect_command",
     "material_summaries",
     "private_key_summary",
+    "read_protected",
 ]
+
+
+def read_protected(
+    path: Path,
+    password_file: Path | None,
+    password: str | None,
+    what: str = "file",
+    *,
+    optional: bool = False,
+) -> Material:
+    """Read ``path`` with the password given on the command line, or else CERTCTL_PASSWORD.
+
+    The variable is a default, often set for other commands (``cert issue --p12``): a file
+    that needs no password opens without it, and a wrong one says where it came from.
+    ``optional``: a file that needs no password opens without even a password given.
+    """
+    from certctl.errors import InvalidRequest
+
+    from_env = password_file is None and password is None
+    secret = read_password(password_file, password)
+    try:
+        return read_material(path, secret, what, password_optional=from_env or optional)
+    except InvalidRequest as exc:
+        if from_env and secret is not None and "password" in exc.detail:
+            raise type(exc)(f"{exc.detail} (the password came from CERTCTL_PASSWORD)") from exc
+        raise
 
 
 def _fingerprint(data: bytes) -> str:
@@ -282,7 +309,7 @@ def inspect_command(
     The password of an encrypted key or a PKCS#12 file is read from --password-file,
     --password, or else the CERTCTL_PASSWORD environment variable.
     """
-    material = read_material(file, read_password(password_file, password))
+    material = read_protected(file, password_file, password)
     items = material_summaries(material)
     if as_json:
         typer.echo(json.dumps(items, indent=2))

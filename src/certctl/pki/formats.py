@@ -85,17 +85,22 @@ def _looks_like_pkcs12(data: bytes) -> bool:
     return data[start : start + 3] == b"\x02\x01\x03"
 
 
-def load_material(data: bytes, password: bytes | None = None) -> Material:
+def load_material(
+    data: bytes, password: bytes | None = None, *, password_optional: bool = False
+) -> Material:
     """Read PEM (any number of blocks), DER or PKCS#12 bytes, detecting the format.
+
+    ``password_optional``: the password is a default (CERTCTL_PASSWORD), not something the
+    user asked for on this file, so a key or PKCS#12 file that needs none opens without it.
 
     Raises:
         InvalidRequest: nothing readable was found, a key is encrypted and no or the
             wrong password was given, or a PKCS#12 file cannot be opened.
     """
     if b"-----BEGIN" in data:
-        return _load_pem(data, password)
+        return _load_pem(data, password, password_optional)
     if _looks_like_pkcs12(data):
-        return _load_pkcs12(data, password)
+        return _load_pkcs12(data, password, password_optional)
     for loader, kind in (
         (x509.load_der_x509_certificate, "certificates"),
         (x509.load_der_x509_csr, "csrs"),
@@ -111,7 +116,10 @@ def load_material(data: bytes, password: bytes | None = None) -> Material:
     try:
         key = serialization.load_der_private_key(data, password)
     except TypeError as exc:
-        raise InvalidRequest(_password_message(password)) from exc
+        if not (password_optional and password is not None):
+            raise InvalidRequest(_password_message(password)) from exc
+        # A password given to a plain key (the other TypeError): load it without one.
+        return load_material(data, None)
     except ValueError as exc:
         if password is not None and _looks_like_encrypted_pkcs8(data):
             raise InvalidRequest(_password_message(password)) from exc
@@ -139,7 +147,7 @@ def _password_message(password: bytes | None) -> str:
     return "cannot decrypt the private key: wrong password"
 
 
-def _load_pem(data: bytes, password: bytes | None) -> Material:
+def _load_pem(data: bytes, password: bytes | None, password_optional: bool = False) -> Material:
     material = Material(format="pem")
     blocks = list(_PEM_BLOCK.finditer(data))
     if not blocks:
@@ -156,7 +164,9 @@ def _load_pem(data: bytes, password: bytes | None) -> Material:
             elif label in _KEY_LABELS:
                 if material.private_key is not None:
                     raise InvalidRequest("more than one private key in one file")
-                material.private_key = _load_pem_key(raw, password)
+                material.private_key = _load_pem_key(
+                    raw, None if password_optional and b"ENCRYPTED" not in raw else password
+                )
                 material.key_encrypted = b"ENCRYPTED" in raw
             # Other blocks (parameters, public keys) are ignored on purpose.
         except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
@@ -182,8 +192,10 @@ def _load_pem_key(raw: bytes, password: bytes | None) -> CertificateIssuerPrivat
         raise
 
 
-def _load_pkcs12(data: bytes, password: bytes | None) -> Material:
-    attempts = [password] if password is not None else [None, b""]
+def _load_pkcs12(data: bytes, password: bytes | None, password_optional: bool = False) -> Material:
+    attempts: list[bytes | None] = [None, b""]
+    if password is not None:
+        attempts = [password, *attempts] if password_optional else [password]
     last: Exception | None = None
     for attempt in attempts:
         try:
