@@ -362,3 +362,37 @@ def test_inspect_documents_and_names_certctl_password(files: Path) -> None:
     # A password given on the command line for a plain key is still a mistake to report.
     one_error_line(certctl_env("inspect", files / "lf/tls.key", "--password", "x"), 1,
                    "the private key is not encrypted; drop the password")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["inspect", "/dev/zero"], "/dev/zero: file is larger than 16 MiB"),
+        (["inspect", "{files}/lf/tls.key", "--password-file", "/dev/zero"],
+         "/dev/zero: password file is larger than 4 KiB"),
+        (["verify", "{files}/lf/tls.crt", "--ca", "/dev/zero"],
+         "/dev/zero: CA bundle is larger than 16 MiB"),
+        (["verify", "/dev/zero", "--ca", "{files}/ca1/ca.crt"],
+         "/dev/zero: certificate is larger than 16 MiB"),
+    ],
+)  # fmt: skip
+def test_endless_input_is_refused_quickly(files: Path, args: list[str], message: str) -> None:
+    argv = [a.format(files=files) for a in args]
+    one_error_line(run(require("certctl"), *argv, timeout=20), 1, message)
+
+
+def test_input_size_limits_are_exact(files: Path) -> None:
+    password = files / "long-pw.txt"
+    password.write_bytes(b"p" * 4096)
+    result = certctl_exe("inspect", files / "p12/tls.p12", "--password-file", password)
+    one_error_line(result, 1, "wrong password or corrupted file")  # read, then refused
+    password.write_bytes(b"p" * 4097)
+    result = certctl_exe("inspect", files / "p12/tls.p12", "--password-file", password)
+    one_error_line(result, 1, "long-pw.txt: password file is larger than 4 KiB")
+    big = files / "big.pem"
+    pem = (files / "lf/tls.crt").read_bytes()
+    big.write_bytes(pem + b"\n" * (16 * 1024 * 1024 - len(pem)))
+    (item,) = inspect_json(big)
+    assert item["subject"] == "CN=lf.example"
+    big.write_bytes(pem + b"\n" * (16 * 1024 * 1024 + 1 - len(pem)))
+    one_error_line(certctl_exe("inspect", big), 1, "big.pem: file is larger than 16 MiB")
