@@ -396,3 +396,26 @@ def test_input_size_limits_are_exact(files: Path) -> None:
     assert item["subject"] == "CN=lf.example"
     big.write_bytes(pem + b"\n" * (16 * 1024 * 1024 + 1 - len(pem)))
     one_error_line(certctl_exe("inspect", big), 1, "big.pem: file is larger than 16 MiB")
+
+
+def test_any_extended_key_usage_is_no_tls_purpose_as_for_openssl(files: Path) -> None:
+    ext = files / "any.ext"
+    ext.write_text(
+        "subjectAltName=DNS:any.example\nextendedKeyUsage=anyExtendedKeyUsage\n"
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        "authorityKeyIdentifier=keyid\n"
+    )
+    ok(run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-nodes", "-keyout", files / "any.key", "-subj", "/CN=any.example",
+           "-out", files / "any.csr"))  # fmt: skip
+    ok(run("openssl", "x509", "-req", "-in", files / "any.csr", "-CA", files / "ca1/ca.crt",
+           "-CAkey", files / "ca1/ca.key", "-set_serial", "0x0abc", "-days", "2",
+           "-extfile", ext, "-out", files / "any.crt"))  # fmt: skip
+    openssl = run("openssl", "verify", "-purpose", "sslserver", "-CAfile", files / "ca1/ca.crt",
+                  files / "any.crt")  # fmt: skip
+    assert "unsuitable certificate purpose" in openssl.stdout + openssl.stderr
+    message = "lacks the serverAuth extended key usage (it has anyExtendedKeyUsage)"
+    one_error_line(verify(files, files / "any.crt"), 1, message)
+    (item,) = inspect_json(files / "any.crt")
+    assert item["extended_key_usage"] == ["anyExtendedKeyUsage"]
+    assert item["serial"] == "0abc"

@@ -95,6 +95,7 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
     from cryptography.hazmat.primitives import serialization
 
     from certctl.pki import format_serial, key_type_of
+    from certctl.pki.verify import eku_name
 
     ext = cert.extensions
     try:
@@ -119,10 +120,7 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
     except _x509.ExtensionNotFound:
         pass
     try:
-        eku = [
-            getattr(oid, "_name", oid.dotted_string)
-            for oid in ext.get_extension_for_class(_x509.ExtendedKeyUsage).value
-        ]
+        eku = [eku_name(oid) for oid in ext.get_extension_for_class(_x509.ExtendedKeyUsage).value]
     except _x509.ExtensionNotFound:
         eku = []
     return {

@@ -15,7 +15,13 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from certctl.errors import InvalidRequest
 from certctl.pki.names import validate_dns_name
 
-__all__ = ["VerificationFailed", "VerifiedChain", "parse_hostname", "verify_certificate"]
+__all__ = [
+    "VerificationFailed",
+    "VerifiedChain",
+    "eku_name",
+    "parse_hostname",
+    "verify_certificate",
+]
 
 
 class VerificationFailed(InvalidRequest):
@@ -93,6 +99,14 @@ def verify_certificate(
 _EKU_FOR = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
 
 
+def eku_name(oid: x509.ObjectIdentifier) -> str:
+    """An extended key usage as openssl's short names spell it (``serverAuth``), else dotted."""
+    if oid == ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE:
+        return "anyExtendedKeyUsage"  # cryptography names it "Unknown OID"
+    name = getattr(oid, "_name", "Unknown OID")
+    return oid.dotted_string if name == "Unknown OID" else str(name)
+
+
 def parse_hostname(text: str) -> x509.DNSName | x509.IPAddress:
     """The name a server certificate must match, from a user's ``--hostname``.
 
@@ -157,14 +171,18 @@ def _signs(parent: x509.Certificate, child: x509.Certificate) -> bool:
 
 
 def _check_purpose(leaf: x509.Certificate, purpose: str) -> None:
-    """Refuse a certificate whose extended key usage excludes ``purpose``; none allows any."""
+    """Refuse a certificate whose extended key usage excludes ``purpose``; none allows any.
+
+    anyExtendedKeyUsage alone does not do: openssl (-purpose sslserver/sslclient) and
+    cryptography's verifier both refuse it for TLS.
+    """
     try:
         ekus = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         return
-    if _EKU_FOR[purpose] in ekus or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in ekus:
+    if _EKU_FOR[purpose] in ekus:
         return
-    names = ", ".join(getattr(oid, "_name", oid.dotted_string) for oid in ekus) or "none"
+    names = ", ".join(eku_name(oid) for oid in ekus) or "none"
     raise VerificationFailed(
         f"verification failed: certificate lacks the {purpose}Auth extended key usage "
         f"(it has {names})"
