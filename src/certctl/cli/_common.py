@@ -27,6 +27,10 @@ __all__ = [
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
 CA_CHAIN = "ca-chain.crt"
+# Inputs are read whole: a bound keeps `inspect /dev/zero` (or a mistyped huge file) from
+# reading until MemoryError. 16 MiB holds any certificate bundle or CRL certctl meets.
+MAX_INPUT_BYTES = 16 * 1024 * 1024
+MAX_PASSWORD_BYTES = 4096
 
 
 def utcnow() -> datetime:
@@ -39,10 +43,11 @@ def warn(message: str) -> None:
     sys.stderr.write(f"certctl: warning: {message}\n")
 
 
-def read_file(path: Path, what: str = "file") -> bytes:
-    """Read ``path`` or raise a one-line error naming it."""
+def read_file(path: Path, what: str = "file", limit: int = MAX_INPUT_BYTES) -> bytes:
+    """Read ``path`` (at most ``limit`` bytes) or raise a one-line error naming it."""
     try:
-        return path.read_bytes()
+        with path.open("rb") as fh:
+            data = fh.read(limit + 1)  # one byte more tells "too large" from "exactly full"
     except FileNotFoundError:
         raise NotFound(f"{path}: {what} not found") from None
     except IsADirectoryError:
@@ -50,6 +55,10 @@ def read_file(path: Path, what: str = "file") -> bytes:
         raise InvalidRequest(f"{path}: is a directory, expected {article} {what}") from None
     except PermissionError:
         raise InvalidRequest(f"{path}: permission denied") from None
+    if len(data) > limit:
+        size = f"{limit // 1048576} MiB" if limit >= 1048576 else f"{limit // 1024} KiB"
+        raise InvalidRequest(f"{path}: {what} is larger than {size}")
+    return data
 
 
 def read_password(
@@ -60,7 +69,7 @@ def read_password(
     A trailing newline in the file is dropped (``echo secret > pw`` works).
     """
     if password_file is not None:
-        data = read_file(password_file, "password file").rstrip(b"\r\n")
+        data = read_file(password_file, "password file", MAX_PASSWORD_BYTES).rstrip(b"\r\n")
         if not data:
             raise InvalidRequest(f"{password_file}: password file is empty")
         return _utf8_password(data, str(password_file))
@@ -83,13 +92,22 @@ def _utf8_password(data: bytes, source: str) -> bytes:
     return data
 
 
-def read_material(path: Path, password: bytes | None = None, what: str = "file") -> Material:
-    """Load PEM/DER/PKCS#12 content from ``path``; errors name the file."""
+def read_material(
+    path: Path,
+    password: bytes | None = None,
+    what: str = "file",
+    *,
+    password_optional: bool = False,
+) -> Material:
+    """Load PEM/DER/PKCS#12 content from ``path``; errors name the file.
+
+    ``password_optional``: see :func:`certctl.pki.load_material`.
+    """
     from certctl.pki import load_material
 
     data = read_file(path, what)
     try:
-        return load_material(data, password)
+        return load_material(data, password, password_optional=password_optional)
     except InvalidRequest as exc:
         raise type(exc)(f"{path}: {exc.detail}") from exc
 

@@ -12,24 +12,92 @@ from certctl.cli._common import read_material, read_password
 
 if TYPE_CHECKING:
     from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import (
+        CertificateIssuerPrivateKeyTypes,
+        CertificatePublicKeyTypes,
+    )
 
-__all__ = ["certificate_summary", "inspect_command"]
+    from certctl.pki import Material
+
+__all__ = [
+    "certificate_summary",
+    "crl_summary",
+    "csr_summary",
+    "inspect_command",
+    "material_summaries",
+    "private_key_summary",
+    "read_protected",
+]
+
+
+def read_protected(
+    path: Path,
+    password_file: Path | None,
+    password: str | None,
+    what: str = "file",
+    *,
+    optional: bool = False,
+) -> Material:
+    """Read ``path`` with the password given on the command line, or else CERTCTL_PASSWORD.
+
+    The variable is a default, often set for other commands (``cert issue --p12``): a file
+    that needs no password opens without it, and a wrong one says where it came from.
+    ``optional``: a file that needs no password opens without even a password given.
+    """
+    from certctl.errors import InvalidRequest
+
+    from_env = password_file is None and password is None
+    secret = read_password(password_file, password)
+    try:
+        return read_material(path, secret, what, password_optional=from_env or optional)
+    except InvalidRequest as exc:
+        if from_env and secret is not None and "password" in exc.detail:
+            raise type(exc)(f"{exc.detail} (the password came from CERTCTL_PASSWORD)") from exc
+        raise
+
+
+def _fingerprint(data: bytes) -> str:
+    from cryptography.hazmat.primitives import hashes
+
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(data)
+    # openssl's -fingerprint spelling, so the two can be compared by eye or with grep.
+    return digest.finalize().hex(":").upper()
+
+
+def _public_key_fingerprint(key: CertificatePublicKeyTypes) -> str:
+    """SHA-256 of the DER SubjectPublicKeyInfo: the same for a key, its CSR and certificate."""
+    from cryptography.hazmat.primitives import serialization
+
+    return _fingerprint(
+        key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+def _sans(extensions: x509.Extensions) -> dict[str, list[str]]:
+    from cryptography import x509 as _x509
+
+    from certctl.pki import SubjectAltNames
+
+    try:
+        ext = extensions.get_extension_for_class(_x509.SubjectAlternativeName).value
+    except _x509.ExtensionNotFound:
+        return SubjectAltNames().as_dict()
+    # As found, not re-validated: inspect must show a bad name, not refuse the file.
+    return SubjectAltNames.from_extension(ext).as_dict()
 
 
 def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
-    """The DESIGN §6 JSON view of a certificate."""
+    """The JSON view of a certificate (`inspect --json`)."""
     from cryptography import x509 as _x509
-    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import serialization
 
-    from certctl.pki import SubjectAltNames, key_type_of
+    from certctl.pki import format_serial, key_type_of
+    from certctl.pki.verify import eku_name
 
     ext = cert.extensions
-    try:
-        sans = SubjectAltNames.from_extension(
-            ext.get_extension_for_class(_x509.SubjectAlternativeName).value
-        )
-    except _x509.ExtensionNotFound:
-        sans = SubjectAltNames()
     try:
         bc = ext.get_extension_for_class(_x509.BasicConstraints).value
         is_ca = bc.ca
@@ -52,90 +120,215 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
     except _x509.ExtensionNotFound:
         pass
     try:
-        eku = [
-            getattr(oid, "_name", oid.dotted_string)
-            for oid in ext.get_extension_for_class(_x509.ExtendedKeyUsage).value
-        ]
+        eku = [eku_name(oid) for oid in ext.get_extension_for_class(_x509.ExtendedKeyUsage).value]
     except _x509.ExtensionNotFound:
         eku = []
     return {
+        "kind": "certificate",
         "subject": cert.subject.rfc4514_string(),
         "issuer": cert.issuer.rfc4514_string(),
-        "serial": f"{cert.serial_number:x}",
+        "serial": format_serial(cert.serial_number),
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": cert.not_valid_after_utc.isoformat(),
-        "sans": sans.as_dict(),
+        "sans": _sans(ext),
         "key_type": key_type_of(cert.public_key()),
         "is_ca": is_ca,
         "key_usage": usages,
         "extended_key_usage": eku,
-        "fingerprint_sha256": cert.fingerprint(hashes.SHA256()).hex(":").upper(),
+        "fingerprint_sha256": _fingerprint(cert.public_bytes(serialization.Encoding.DER)),
+        "public_key_fingerprint_sha256": _public_key_fingerprint(cert.public_key()),
     }
+
+
+def private_key_summary(
+    key: CertificateIssuerPrivateKeyTypes, *, encrypted: bool
+) -> dict[str, Any]:
+    """What a private key is, never any of its secret material."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from certctl.pki import key_type_of
+
+    return {
+        "kind": "private-key",
+        "key_type": key_type_of(key),
+        "size": getattr(key, "key_size", None),  # bits; Ed25519/Ed448 have none to speak of
+        "curve": key.curve.name if isinstance(key, ec.EllipticCurvePrivateKey) else None,
+        "encrypted": encrypted,
+        "public_key_fingerprint_sha256": _public_key_fingerprint(key.public_key()),
+    }
+
+
+def csr_summary(csr: x509.CertificateSigningRequest) -> dict[str, Any]:
+    """The JSON view of a certificate signing request."""
+    from certctl.errors import InvalidRequest
+    from certctl.pki import key_type_of
+
+    try:
+        sans = _sans(csr.extensions)
+    except ValueError as exc:  # the attributes parse lazily, on first access
+        raise InvalidRequest(f"CSR has malformed extensions: {exc}") from exc
+    return {
+        "kind": "csr",
+        "subject": csr.subject.rfc4514_string(),
+        "sans": sans,
+        "key_type": key_type_of(csr.public_key()),
+        "signature_valid": csr.is_signature_valid,
+        "public_key_fingerprint_sha256": _public_key_fingerprint(csr.public_key()),
+    }
+
+
+def crl_summary(crl: x509.CertificateRevocationList) -> dict[str, Any]:
+    """The JSON view of a CRL, every revoked serial included."""
+    from cryptography import x509 as _x509
+
+    from certctl.pki import format_serial
+
+    try:
+        number: int | None = crl.extensions.get_extension_for_class(
+            _x509.CRLNumber
+        ).value.crl_number
+    except _x509.ExtensionNotFound:
+        number = None
+    revoked = []
+    for entry in crl:
+        try:
+            reason: str | None = entry.extensions.get_extension_for_class(
+                _x509.CRLReason
+            ).value.reason.value
+        except _x509.ExtensionNotFound:
+            reason = None
+        revoked.append(
+            {
+                "serial": format_serial(entry.serial_number),
+                "revocation_date": entry.revocation_date_utc.isoformat(),
+                "reason": reason,
+            }
+        )
+    next_update = crl.next_update_utc
+    return {
+        "kind": "crl",
+        "issuer": crl.issuer.rfc4514_string(),
+        "crl_number": number,
+        "last_update": crl.last_update_utc.isoformat(),
+        "next_update": next_update.isoformat() if next_update else None,
+        "revoked": revoked,
+    }
+
+
+def material_summaries(material: Material) -> list[dict[str, Any]]:
+    """One JSON object per item in the file: certificates, the key, CSRs, then CRLs."""
+    items = [certificate_summary(c) for c in material.certificates]
+    if material.private_key is not None:
+        items.append(private_key_summary(material.private_key, encrypted=material.key_encrypted))
+    items += [csr_summary(c) for c in material.csrs]
+    items += [crl_summary(c) for c in material.crls]
+    for item in items:
+        item["format"] = material.format
+    return items
+
+
+def _names(sans: dict[str, list[str]]) -> str:
+    prefixes = {"dns": "DNS", "ip": "IP", "email": "email", "uri": "URI"}
+    return ", ".join(f"{prefixes[k]}:{v}" for k, values in sans.items() for v in values) or "-"
+
+
+def _rows(item: dict[str, Any]) -> list[tuple[str, str]]:
+    kind = item["kind"]
+    if kind == "certificate":
+        return [
+            ("subject", item["subject"]),
+            ("issuer", item["issuer"]),
+            ("serial", item["serial"]),
+            ("valid", f"{item['not_before']} → {item['not_after']}"),
+            ("SANs", _names(item["sans"])),
+            ("key", item["key_type"]),
+            ("CA", "yes" if item["is_ca"] else "no"),
+            ("key usage", ", ".join(item["key_usage"]) or "-"),
+            ("ext. key usage", ", ".join(item["extended_key_usage"]) or "-"),
+            ("SHA-256", item["fingerprint_sha256"]),
+        ]
+    if kind == "private-key":
+        return [
+            ("key", item["key_type"]),
+            ("encrypted", "yes" if item["encrypted"] else "no"),
+            ("public SHA-256", item["public_key_fingerprint_sha256"]),
+        ]
+    if kind == "csr":
+        return [
+            ("subject", item["subject"]),
+            ("SANs", _names(item["sans"])),
+            ("key", item["key_type"]),
+            ("signature", "valid" if item["signature_valid"] else "INVALID"),
+            ("public SHA-256", item["public_key_fingerprint_sha256"]),
+        ]
+    rows = [
+        ("issuer", item["issuer"]),
+        ("CRL number", "-" if item["crl_number"] is None else str(item["crl_number"])),
+        ("last update", item["last_update"]),
+        ("next update", item["next_update"] or "-"),
+        ("revoked", str(len(item["revoked"]))),
+    ]
+    for entry in item["revoked"]:
+        reason = f", {entry['reason']}" if entry["reason"] else ""
+        rows.append(("  serial", f"{entry['serial']} ({entry['revocation_date']}{reason})"))
+    return rows
+
+
+_TITLES = {"certificate": "certificate", "private-key": "private key", "csr": "CSR", "crl": "CRL"}
 
 
 def inspect_command(
     file: Path = typer.Argument(..., help="PEM, DER or PKCS#12 file."),
     password_file: Path = typer.Option(
-        None, "--password-file", help="Password for PKCS#12 or an encrypted key."
+        None,
+        "--password-file",
+        help="Password for PKCS#12 or an encrypted key (default: $CERTCTL_PASSWORD).",
     ),
     password: str = typer.Option(
         None, "--password", help="Password on the command line (demos only)."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON: one object per certificate."),
+    as_json: bool = typer.Option(
+        False, "--json", help='Print JSON: a list of objects, each with a "kind" (see above).'
+    ),
 ) -> None:
-    """Show the certificates (and keys, CSRs, CRLs) in a file."""
-    from certctl.pki import SubjectAltNames, csr_sans, key_type_of
+    """Show what a file holds: certificates, a private key, CSRs, CRLs (PEM, DER, PKCS#12).
 
-    material = read_material(file, read_password(password_file, password))
-    summaries = [certificate_summary(c) for c in material.certificates]
+    Values are never cut to the terminal width: a long one runs on past it.
+
+    --json prints a list with one object per item, each with a "kind" and the file's
+    "format" (pem, der or pkcs12): "certificate" (subject, issuer, serial, validity, sans,
+    key usages, fingerprint_sha256), "private-key" (key_type, size, curve, encrypted,
+    public_key_fingerprint_sha256: never the key itself), "csr" (subject, sans, key_type,
+    signature_valid) or "crl" (issuer, crl_number, updates, revoked serials). A PKCS#12
+    file lists its certificates and its key. Serials are lower-case hex with an even
+    number of digits (openssl's digits); fingerprints are SHA-256 of the DER, as
+    openssl prints them.
+
+    The password of an encrypted key or a PKCS#12 file is read from --password-file,
+    --password, or else the CERTCTL_PASSWORD environment variable.
+    """
+    material = read_protected(file, password_file, password)
+    items = material_summaries(material)
     if as_json:
-        typer.echo(json.dumps(summaries, indent=2))
+        typer.echo(json.dumps(items, indent=2))
         return
     from rich.console import Console
-    from rich.table import Table
+    from rich.text import Text
 
-    console = Console()
-    for index, summary in enumerate(summaries, start=1):
-        table = Table(
-            title=f"certificate {index} of {len(summaries)} ({material.format})",
-            show_header=False,
-            title_justify="left",
-        )
-        table.add_column(style="bold")
-        table.add_column()
-        sans = summary["sans"]
-        san_text = ", ".join(
-            [f"DNS:{v}" for v in sans["dns"]]
-            + [f"IP:{v}" for v in sans["ip"]]
-            + [f"email:{v}" for v in sans["email"]]
-            + [f"URI:{v}" for v in sans["uri"]]
-        )
-        rows = [
-            ("subject", summary["subject"]),
-            ("issuer", summary["issuer"]),
-            ("serial", summary["serial"]),
-            ("valid", f"{summary['not_before']} → {summary['not_after']}"),
-            ("SANs", san_text or "-"),
-            ("key", summary["key_type"]),
-            ("CA", "yes" if summary["is_ca"] else "no"),
-            ("key usage", ", ".join(summary["key_usage"]) or "-"),
-            ("ext. key usage", ", ".join(summary["extended_key_usage"]) or "-"),
-            ("SHA-256", summary["fingerprint_sha256"]),
-        ]
-        for label, value in rows:
-            table.add_row(label, value)
-        console.print(table)
-    if material.private_key is not None:
-        console.print(f"private key: {key_type_of(material.private_key)}")
-    for csr in material.csrs:
-        sans_text = ", ".join(v for vs in csr_sans(csr).as_dict().values() for v in vs)
-        console.print(
-            f"CSR: subject {csr.subject.rfc4514_string()}, key {key_type_of(csr.public_key())}, "
-            f"SANs {sans_text or '-'}, signature {'valid' if csr.is_signature_valid else 'INVALID'}"
-        )
-    for crl in material.crls:
-        console.print(
-            f"CRL: issuer {crl.issuer.rfc4514_string()}, {len(crl)} revoked, "
-            f"next update {crl.next_update_utc}"
-        )
-    _ = SubjectAltNames
+    console = Console(highlight=False)
+    counts = {kind: sum(1 for i in items if i["kind"] == kind) for kind in _TITLES}
+    seen = dict.fromkeys(_TITLES, 0)
+    for index, item in enumerate(items):
+        if index:
+            console.print()
+        kind = item["kind"]
+        seen[kind] += 1
+        title = _TITLES[kind]
+        if counts[kind] > 1 or kind == "certificate":
+            title += f" {seen[kind]} of {counts[kind]}"
+        console.print(Text(f"{title} ({material.format})", style="bold"))
+        for label, value in _rows(item):
+            # Text, not markup: a subject holding "[b]" is shown as is. soft_wrap: Rich never
+            # cuts or re-wraps a value (a fingerprint is wider than 80 columns); the
+            # terminal folds the line, and copying it gives the whole value back.
+            console.print(Text.assemble(("  " + label.ljust(16), "bold"), value), soft_wrap=True)

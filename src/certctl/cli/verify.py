@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from certctl.cli._common import read_material, utcnow
+from certctl.cli._common import utcnow
+from certctl.cli.inspect import read_protected
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = ["verify_command"]
 
@@ -18,25 +23,59 @@ def verify_command(
     ca: Path = typer.Option(..., "--ca", help="Trust bundle: root CA certificate(s)."),
     untrusted: Path = typer.Option(None, "--untrusted", help="Intermediate certificates."),
     hostname: str = typer.Option(
-        None, "--hostname", help="DNS name or IP address the certificate must match."
+        None,
+        "--hostname",
+        help="DNS name (IDNA-encoded if not ASCII) or IP address the certificate must match.",
     ),
     purpose: str = typer.Option("server", "--purpose", help="server or client."),
+    password_file: Path = typer.Option(
+        None,
+        "--password-file",
+        help="Password of PKCS#12 inputs (default: $CERTCTL_PASSWORD).",
+    ),
+    password: str = typer.Option(
+        None, "--password", help="Password on the command line (demos only)."
+    ),
 ) -> None:
-    """Verify a certificate the way a TLS client or server would."""
+    """Verify a certificate the way a TLS client or server would.
+
+    The certificate, --ca and --untrusted may be PEM, DER or PKCS#12 files; a PKCS#12
+    file is opened with --password-file, --password or else CERTCTL_PASSWORD (one
+    password for all of them). Keys in the files are not used.
+    """
     from certctl.errors import InvalidRequest
-    from certctl.pki import verify_certificate
+    from certctl.pki import parse_hostname, verify_certificate
 
     if purpose not in ("server", "client"):
         raise typer.BadParameter(f"{purpose}: choose server or client", param_hint="--purpose")
-    if hostname and purpose == "client":
-        raise typer.BadParameter("--hostname applies to --purpose server")
-    leaf_certs = read_material(cert, what="certificate").certificates
+    if hostname is not None:
+        # An empty value (a script's unset $HOST) must not turn into "no name check".
+        if not hostname.strip():
+            raise typer.BadParameter("--hostname is empty")
+        if purpose == "client":
+            raise typer.BadParameter("--hostname applies to --purpose server")
+        try:
+            parse_hostname(hostname)
+        except InvalidRequest as exc:
+            raise typer.BadParameter(exc.detail, param_hint="--hostname") from None
+
+    def read(path: Path, what: str) -> list[x509.Certificate]:
+        # Only the certificates matter here: a password is for PKCS#12, and a plain key
+        # next to the certificates opens without one.
+        material = read_protected(path, password_file, password, what, optional=True)
+        return material.certificates
+
+    leaf_certs = read(cert, "certificate")
     if not leaf_certs:
         raise InvalidRequest(f"{cert}: holds no certificate")
-    trust = read_material(ca, what="CA bundle").certificates
+    trust = read(ca, "CA bundle")
     if not trust:
         raise InvalidRequest(f"{ca}: holds no certificate")
-    extra = read_material(untrusted, what="intermediates").certificates if untrusted else []
+    extra = []
+    if untrusted is not None:
+        extra = read(untrusted, "intermediates")
+        if not extra:  # as for --ca: a key or a CSR given by mistake is no intermediate
+            raise InvalidRequest(f"{untrusted}: holds no certificate")
     result = verify_certificate(
         leaf_certs[0],
         trust=trust,

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from certctl.pki.formats import (
         Material,
         certs_to_pem,
+        format_serial,
         key_to_pem,
         load_material,
         load_private_key,
@@ -42,13 +43,19 @@ if TYPE_CHECKING:
     from certctl.pki.names import SubjectAltNames, common_name_dn, format_dn, parse_dn
     from certctl.pki.profiles import LEAF_PROFILES, PROFILES, Profile, get_profile
     from certctl.pki.validity import format_duration, parse_duration
-    from certctl.pki.verify import VerificationFailed, VerifiedChain, verify_certificate
+    from certctl.pki.verify import (
+        VerificationFailed,
+        VerifiedChain,
+        parse_hostname,
+        verify_certificate,
+    )
 
 # Public name -> the submodule that defines it.
 _SOURCES = {
     "RevokedEntry": "crl",
     "create_crl": "crl",
     "parse_serial": "crl",
+    "parse_hostname": "verify",
     "create_csr": "csr",
     "csr_sans": "csr",
     "load_csr": "csr",
@@ -56,6 +63,7 @@ _SOURCES = {
     "sign_csr": "csr",
     "Material": "formats",
     "certs_to_pem": "formats",
+    "format_serial": "formats",
     "key_to_pem": "formats",
     "load_material": "formats",
     "load_private_key": "formats",
@@ -104,6 +112,7 @@ __all__ = [
     "csr_sans",
     "format_dn",
     "format_duration",
+    "format_serial",
     "generate_private_key",
     "get_profile",
     "key_to_pem",
@@ -115,6 +124,7 @@ __all__ = [
     "load_private_key",
     "parse_dn",
     "parse_duration",
+    "parse_hostname",
     "parse_serial",
     "sign_csr",
     "to_pkcs12",

@@ -21,6 +21,7 @@ from certctl.errors import InvalidRequest
 __all__ = [
     "Material",
     "certs_to_pem",
+    "format_serial",
     "key_to_pem",
     "load_material",
     "load_private_key",
@@ -50,6 +51,22 @@ class Material:
     csrs: list[x509.CertificateSigningRequest] = field(default_factory=list)
     crls: list[x509.CertificateRevocationList] = field(default_factory=list)
     format: str = "pem"
+    # The key was stored encrypted (PKCS#12: the file needed a non-empty password), so that
+    # inspect can say so once the password has been used and the key is plain in memory.
+    key_encrypted: bool = False
+
+
+def format_serial(serial: int) -> str:
+    """A serial number as certctl prints it everywhere: lower-case hex, an even number of digits.
+
+    ``openssl x509 -serial`` prints whole octets, so a serial whose top nibble is zero keeps
+    its leading ``0`` (``0dd0…``, not ``dd0…``) and compares equal to openssl's, ignoring case.
+    Lower case because the API, its database and ``--q`` search already store it that way.
+    """
+    if serial < 0:  # RFC 5280 forbids them, but a parsed certificate may still hold one
+        return f"-{format_serial(-serial)}"
+    digits = f"{serial:x}"
+    return digits.zfill(len(digits) + len(digits) % 2)
 
 
 def _issuer_key(key: PrivateKeyTypes) -> CertificateIssuerPrivateKeyTypes:
@@ -68,17 +85,22 @@ def _looks_like_pkcs12(data: bytes) -> bool:
     return data[start : start + 3] == b"\x02\x01\x03"
 
 
-def load_material(data: bytes, password: bytes | None = None) -> Material:
+def load_material(
+    data: bytes, password: bytes | None = None, *, password_optional: bool = False
+) -> Material:
     """Read PEM (any number of blocks), DER or PKCS#12 bytes, detecting the format.
+
+    ``password_optional``: the password is a default (CERTCTL_PASSWORD), not something the
+    user asked for on this file, so a key or PKCS#12 file that needs none opens without it.
 
     Raises:
         InvalidRequest: nothing readable was found, a key is encrypted and no or the
             wrong password was given, or a PKCS#12 file cannot be opened.
     """
     if b"-----BEGIN" in data:
-        return _load_pem(data, password)
+        return _load_pem(data, password, password_optional)
     if _looks_like_pkcs12(data):
-        return _load_pkcs12(data, password)
+        return _load_pkcs12(data, password, password_optional)
     for loader, kind in (
         (x509.load_der_x509_certificate, "certificates"),
         (x509.load_der_x509_csr, "csrs"),
@@ -94,7 +116,10 @@ def load_material(data: bytes, password: bytes | None = None) -> Material:
     try:
         key = serialization.load_der_private_key(data, password)
     except TypeError as exc:
-        raise InvalidRequest(_password_message(password)) from exc
+        if not (password_optional and password is not None):
+            raise InvalidRequest(_password_message(password)) from exc
+        # A password given to a plain key (the other TypeError): load it without one.
+        return load_material(data, None)
     except ValueError as exc:
         if password is not None and _looks_like_encrypted_pkcs8(data):
             raise InvalidRequest(_password_message(password)) from exc
@@ -105,7 +130,7 @@ def load_material(data: bytes, password: bytes | None = None) -> Material:
         raise InvalidRequest(
             "not a recognised PEM, DER or PKCS#12 file (certificate, key, CSR or CRL)"
         ) from exc
-    return Material(private_key=_issuer_key(key), format="der")
+    return Material(private_key=_issuer_key(key), format="der", key_encrypted=password is not None)
 
 
 def _looks_like_encrypted_pkcs8(data: bytes) -> bool:
@@ -122,7 +147,7 @@ def _password_message(password: bytes | None) -> str:
     return "cannot decrypt the private key: wrong password"
 
 
-def _load_pem(data: bytes, password: bytes | None) -> Material:
+def _load_pem(data: bytes, password: bytes | None, password_optional: bool = False) -> Material:
     material = Material(format="pem")
     blocks = list(_PEM_BLOCK.finditer(data))
     if not blocks:
@@ -139,7 +164,10 @@ def _load_pem(data: bytes, password: bytes | None) -> Material:
             elif label in _KEY_LABELS:
                 if material.private_key is not None:
                     raise InvalidRequest("more than one private key in one file")
-                material.private_key = _load_pem_key(raw, password)
+                material.private_key = _load_pem_key(
+                    raw, None if password_optional and b"ENCRYPTED" not in raw else password
+                )
+                material.key_encrypted = b"ENCRYPTED" in raw
             # Other blocks (parameters, public keys) are ignored on purpose.
         except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
             what = label.decode("ascii", "replace").lower()
@@ -164,8 +192,10 @@ def _load_pem_key(raw: bytes, password: bytes | None) -> CertificateIssuerPrivat
         raise
 
 
-def _load_pkcs12(data: bytes, password: bytes | None) -> Material:
-    attempts = [password] if password is not None else [None, b""]
+def _load_pkcs12(data: bytes, password: bytes | None, password_optional: bool = False) -> Material:
+    attempts: list[bytes | None] = [None, b""]
+    if password is not None:
+        attempts = [password, *attempts] if password_optional else [password]
     last: Exception | None = None
     for attempt in attempts:
         try:
@@ -178,6 +208,7 @@ def _load_pkcs12(data: bytes, password: bytes | None) -> Material:
             certificates=certs,
             private_key=_issuer_key(key) if key is not None else None,
             format="pkcs12",
+            key_encrypted=key is not None and bool(attempt),
         )
     if password is None:
         raise InvalidRequest("PKCS#12 file is password-protected: give --password-file") from last

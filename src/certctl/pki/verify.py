@@ -13,8 +13,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from certctl.errors import InvalidRequest
+from certctl.pki.names import validate_dns_name
 
-__all__ = ["VerificationFailed", "VerifiedChain", "verify_certificate"]
+__all__ = [
+    "VerificationFailed",
+    "VerifiedChain",
+    "eku_name",
+    "parse_hostname",
+    "verify_certificate",
+]
 
 
 class VerificationFailed(InvalidRequest):
@@ -61,13 +68,19 @@ def verify_certificate(
     if purpose not in ("server", "client"):
         raise InvalidRequest(f"{purpose}: unknown purpose (server or client)")
     _check_window(leaf, now)
+    trust = _anchors(leaf, trust)
+    # Before the name: a client certificate checked as a server one would otherwise be
+    # refused for its missing SAN, which is not what is wrong with it.
+    _check_purpose(leaf, purpose)
     builder = PolicyBuilder().store(Store(list(trust))).time(now)
     try:
         if purpose == "client":
             verified = builder.build_client_verifier().verify(leaf, list(untrusted))
             return VerifiedChain(tuple(verified.chain), purpose, None)
-        name = hostname or _first_san(leaf)
-        subject = _subject_for(name)
+        subject = parse_hostname(hostname) if hostname is not None else None
+        if subject is None:
+            subject = _subject_for(_first_san(leaf))
+        name = str(subject.value)
         chain = builder.build_server_verifier(subject).verify(leaf, list(untrusted))
         return VerifiedChain(tuple(chain), purpose, name)
     except VerificationError as exc:
@@ -86,6 +99,96 @@ def verify_certificate(
 _EKU_FOR = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
 
 
+def eku_name(oid: x509.ObjectIdentifier) -> str:
+    """An extended key usage as openssl's short names spell it (``serverAuth``), else dotted."""
+    if oid == ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE:
+        return "anyExtendedKeyUsage"  # cryptography names it "Unknown OID"
+    name = getattr(oid, "_name", "Unknown OID")
+    return oid.dotted_string if name == "Unknown OID" else str(name)
+
+
+def parse_hostname(text: str) -> x509.DNSName | x509.IPAddress:
+    """The name a server certificate must match, from a user's ``--hostname``.
+
+    An IP address (IPv6 maybe in brackets) or a DNS name, IDNA-encoded and lower-cased as
+    certificates hold it (``ünï.example`` matches a SAN ``xn--n-nga1b.example``).
+
+    Raises:
+        InvalidRequest: empty, a wildcard, or neither an IP address nor a valid DNS name.
+    """
+    raw = text.strip()
+    if not raw:
+        raise InvalidRequest("the host name is empty")
+    try:
+        return x509.IPAddress(ipaddress.ip_address(raw.removeprefix("[").removesuffix("]")))
+    except ValueError:
+        pass
+    if "*" in raw:
+        raise InvalidRequest(f"{text!r}: give a host name, not a wildcard pattern")
+    try:
+        return x509.DNSName(validate_dns_name(raw, allow_wildcard=False))
+    except InvalidRequest:
+        raise InvalidRequest(
+            f"{text!r}: not an IP address or a valid DNS name (dot-separated labels of "
+            "letters, digits and '-', not starting or ending with '-')"
+        ) from None
+
+
+def _anchors(leaf: x509.Certificate, trust: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """The certificates of ``trust`` that may anchor a path, as openssl decides.
+
+    cryptography trusts any certificate in its store, so a leaf given as its own trust
+    bundle verified; openssl refuses it (error 20). A CA (basicConstraints CA:TRUE, or an
+    old v1 self-signed root, which has no extensions at all) anchors a path; so does a
+    self-signed leaf that is itself in the bundle (ca.crt = tls.crt for a self-signed server).
+    """
+    anchors = [
+        c for c in trust if _may_issue(c) or (c == leaf and c.issuer == c.subject and _signs(c, c))
+    ]
+    if not anchors:
+        raise VerificationFailed(
+            "verification failed: the trust bundle holds no CA certificate "
+            f"({trust[0].subject.rfc4514_string()} is not a CA: no basicConstraints CA:TRUE)"
+        )
+    return anchors
+
+
+def _may_issue(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return (
+            cert.version is x509.Version.v1 and cert.issuer == cert.subject and _signs(cert, cert)
+        )
+
+
+def _signs(parent: x509.Certificate, child: x509.Certificate) -> bool:
+    try:
+        child.verify_directly_issued_by(parent)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _check_purpose(leaf: x509.Certificate, purpose: str) -> None:
+    """Refuse a certificate whose extended key usage excludes ``purpose``; none allows any.
+
+    anyExtendedKeyUsage alone does not do: openssl (-purpose sslserver/sslclient) and
+    cryptography's verifier both refuse it for TLS.
+    """
+    try:
+        ekus = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if _EKU_FOR[purpose] in ekus:
+        return
+    names = ", ".join(eku_name(oid) for oid in ekus) or "none"
+    raise VerificationFailed(
+        f"verification failed: certificate lacks the {purpose}Auth extended key usage "
+        f"(it has {names})"
+    )
+
+
 def _verify_rfc5280(
     leaf: x509.Certificate,
     trust: Sequence[x509.Certificate],
@@ -97,17 +200,14 @@ def _verify_rfc5280(
     """A minimal RFC 5280 path check: signatures, CA constraints, windows, EKU, name."""
     name = None
     if purpose == "server":
-        name = hostname or _first_san(leaf)
-        if not _name_matches(leaf, _subject_for(name)):
+        subject = parse_hostname(hostname) if hostname is not None else None
+        if subject is None:
+            subject = _subject_for(_first_san(leaf))
+        name = str(subject.value)
+        if not _name_matches(leaf, subject):
             raise VerificationFailed(
                 f"verification failed: {name} is not in the certificate's SANs"
             )
-    try:
-        ekus = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        if _EKU_FOR[purpose] not in ekus:
-            raise VerificationFailed(f"verification failed: certificate lacks {purpose}Auth")
-    except x509.ExtensionNotFound:
-        pass
     chain = [leaf]
     pool = list(untrusted)
     current = leaf
@@ -129,11 +229,7 @@ def _verify_rfc5280(
 def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     if child.issuer != parent.subject or not _is_ca(parent):
         return False
-    try:
-        child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
+    return _signs(parent, child)
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

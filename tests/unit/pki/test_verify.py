@@ -123,7 +123,9 @@ def test_backdating_tolerates_small_skew(
 def test_server_cert_is_not_a_client_cert(
     root_ca: CertificateAuthority, server_cert: x509.Certificate
 ) -> None:
-    with pytest.raises(VerificationFailed, match="verification failed: required EKU not found"):
+    with pytest.raises(
+        VerificationFailed, match=r"lacks the clientAuth extended key usage \(it has serverAuth\)"
+    ):
         verify_certificate(server_cert, trust=[root_ca.certificate], purpose="client", now=NOW)
 
 
@@ -137,7 +139,8 @@ def test_client_ok_and_not_a_server(root_ca: CertificateAuthority) -> None:
     result = verify_certificate(client, trust=[root_ca.certificate], purpose="client", now=NOW)
     assert result.name is None
     assert result.chain[-1] == root_ca.certificate
-    with pytest.raises(VerificationFailed, match="server certificate has no DNS or IP SAN"):
+    # Its purpose is what is wrong, not the SAN a server certificate would also need.
+    with pytest.raises(VerificationFailed, match=r"lacks the serverAuth extended key usage"):
         verify_certificate(client, trust=[root_ca.certificate], now=NOW)
 
 
@@ -255,7 +258,9 @@ def test_ed25519_expired(ed_root: CertificateAuthority, ed_server: x509.Certific
 
 
 def test_ed25519_wrong_purpose(ed_root: CertificateAuthority, ed_server: x509.Certificate) -> None:
-    with pytest.raises(VerificationFailed, match=r"EKU not found|lacks clientAuth"):
+    with pytest.raises(
+        VerificationFailed, match=r"lacks the clientAuth extended key usage \(it has serverAuth\)"
+    ):
         verify_certificate(ed_server, trust=[ed_root.certificate], purpose="client", now=NOW)
 
 

@@ -1,0 +1,421 @@
+"""``certctl inspect`` and ``certctl verify`` run as a user would, checked against openssl."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests._tools import ok, require, run
+from tests.integration.conftest import certctl_exe
+
+pytestmark = pytest.mark.integration
+
+# Serials whose hex has an odd number of digits lost their leading 0 (openssl keeps it).
+SERIALS = [1, 0x0F, 0x100, 0x0DD0CF8664911A0499E6240919FE98E42CF3FA4E, 0x7F << 152, 0xABCDEF]
+
+
+def self_signed(path: Path, serial: int, cn: str = "serial") -> Path:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, cn)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def inspect_json(*args: str | Path) -> list[dict[str, Any]]:
+    result = ok(certctl_exe("inspect", "--json", *args))
+    items = json.loads(result.stdout)
+    assert isinstance(items, list)
+    return items
+
+
+@pytest.mark.parametrize("serial", SERIALS, ids=hex)
+def test_serial_printed_as_openssl_does(tmp_path: Path, serial: int) -> None:
+    cert = self_signed(tmp_path / "c.crt", serial)
+    expected = ok(run("openssl", "x509", "-in", cert, "-serial", "-noout")).stdout
+    expected = expected.strip().removeprefix("serial=").lower()
+    assert len(expected) % 2 == 0
+    (item,) = inspect_json(cert)
+    assert item["serial"] == expected
+    text = ok(certctl_exe("inspect", cert)).stdout
+    assert f"  serial          {expected}" in text.splitlines()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server and a client leaf, a CSR, a CRL, a PKCS#12 file, an encrypted key."""
+    base = tmp_path_factory.mktemp("inspect")
+    (base / "pw.txt").write_text("s3cret-pw\n")
+    for argv in (
+        ["ca", "create", "-o", base / "ca1"],
+        ["ca", "create", "-o", base / "encca", "--key-password-file", base / "pw.txt"],
+        ["cert", "issue", "--ca", base / "ca1", "-o", base / "lf", "--cn", "lf.example",
+         "--dns", "lf.example"],
+        ["cert", "issue", "--ca", base / "ca1", "-o", base / "client", "--cn", "alice",
+         "--profile", "client"],
+        ["cert", "issue", "--ca", base / "ca1", "-o", base / "p12", "--cn", "p.example",
+         "--dns", "p.example", "--p12", "--password-file", base / "pw.txt"],
+        ["cert", "issue", "--ca", base / "ca1", "-o", base / "idn", "--cn", "idn",
+         "--dns", "ünï.example", "--ip", "10.0.0.5"],
+        ["csr", "create", "-o", base / "ext", "--cn", "ext.example", "--dns", "ext.example"],
+        ["crl", "create", "--ca", base / "ca1", "-o", base / "ops.crl", "--revoked", "1f",
+         "--revoked", "0dd0cf8664911a0499e6240919fe98e42cf3fa4e", "--reason", "keyCompromise"],
+    ):  # fmt: skip
+        ok(certctl_exe(*argv))
+    ok(run("openssl", "x509", "-in", base / "lf/tls.crt", "-outform", "DER", "-out",
+           base / "lf.der"))  # fmt: skip
+    return base
+
+
+def openssl_fingerprint(cert: Path) -> str:
+    out = ok(run("openssl", "x509", "-in", cert, "-noout", "-fingerprint", "-sha256")).stdout
+    return out.strip().split("=", 1)[1]
+
+
+def openssl_pubkey_fingerprint(*openssl_args: str | Path) -> str:
+    """SHA-256 of the DER SubjectPublicKeyInfo openssl prints, spelt like a fingerprint."""
+    pem = ok(run("openssl", *openssl_args)).stdout
+    der = serialization.load_pem_public_key(pem.encode()).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(der)
+    return digest.finalize().hex(":").upper()
+
+
+def test_json_certificate(files: Path) -> None:
+    (leaf,) = inspect_json(files / "lf/tls.crt")
+    (root,) = inspect_json(files / "ca1/ca.crt")
+    assert leaf["kind"] == root["kind"] == "certificate"
+    assert leaf["format"] == "pem"
+    assert leaf["subject"] == "CN=lf.example"
+    assert leaf["sans"]["dns"] == ["lf.example"]
+    assert leaf["is_ca"] is False
+    assert root["is_ca"] is True
+    assert leaf["fingerprint_sha256"] == openssl_fingerprint(files / "lf/tls.crt")
+    assert leaf["public_key_fingerprint_sha256"] == openssl_pubkey_fingerprint(
+        "pkey", "-in", files / "lf/tls.key", "-pubout"
+    )
+    (der,) = inspect_json(files / "lf.der")
+    assert der["format"] == "der"
+    assert {k: v for k, v in der.items() if k != "format"} == {
+        k: v for k, v in leaf.items() if k != "format"
+    }
+
+
+def test_json_private_key(files: Path) -> None:
+    (item,) = inspect_json(files / "lf/tls.key")
+    assert item == {
+        "kind": "private-key",
+        "format": "pem",
+        "key_type": "ec-p256",
+        "size": 256,
+        "curve": "secp256r1",
+        "encrypted": False,
+        "public_key_fingerprint_sha256": openssl_pubkey_fingerprint(
+            "pkey", "-in", files / "lf/tls.key", "-pubout"
+        ),
+    }
+    secret = (files / "lf/tls.key").read_text()
+    body = "".join(line for line in secret.splitlines() if not line.startswith("-----"))
+    text = ok(certctl_exe("inspect", "--json", files / "lf/tls.key")).stdout
+    assert body[20:60] not in text.replace("\n", "")
+
+
+def test_json_encrypted_private_key(files: Path) -> None:
+    (item,) = inspect_json(files / "encca/ca.key", "--password-file", files / "pw.txt")
+    assert item["kind"] == "private-key"
+    assert item["encrypted"] is True
+    assert item["public_key_fingerprint_sha256"] == openssl_pubkey_fingerprint(
+        "x509", "-in", files / "encca/ca.crt", "-noout", "-pubkey"
+    )
+
+
+def test_json_csr(files: Path) -> None:
+    (item,) = inspect_json(files / "ext/tls.csr")
+    assert item["kind"] == "csr"
+    assert item["subject"] == "CN=ext.example"
+    assert item["sans"]["dns"] == ["ext.example"]
+    assert item["signature_valid"] is True
+    assert item["key_type"] == "ec-p256"
+    assert item["public_key_fingerprint_sha256"] == openssl_pubkey_fingerprint(
+        "pkey", "-in", files / "ext/tls.key", "-pubout"
+    )
+
+
+def test_json_crl(files: Path) -> None:
+    (item,) = inspect_json(files / "ops.crl")
+    assert item["kind"] == "crl"
+    assert item["issuer"] == "CN=certctl Root CA"
+    text = ok(run("openssl", "crl", "-in", files / "ops.crl", "-noout", "-text")).stdout
+    openssl_serials = [
+        line.split(":", 1)[1].strip().lower()
+        for line in text.splitlines()
+        if line.strip().startswith("Serial Number:")
+    ]
+    assert sorted(e["serial"] for e in item["revoked"]) == sorted(openssl_serials)
+    assert "0dd0cf8664911a0499e6240919fe98e42cf3fa4e" in openssl_serials
+    assert {e["reason"] for e in item["revoked"]} == {"keyCompromise"}
+    number = ok(run("openssl", "crl", "-in", files / "ops.crl", "-noout", "-crlnumber")).stdout
+    assert item["crl_number"] == int(number.strip().split("=", 1)[1], 16)
+
+
+def test_json_pkcs12(files: Path) -> None:
+    items = inspect_json(files / "p12/tls.p12", "--password-file", files / "pw.txt")
+    assert [i["kind"] for i in items] == ["certificate", "certificate", "private-key"]
+    assert {i["format"] for i in items} == {"pkcs12"}
+    leaf, root, key = items
+    assert leaf["subject"] == "CN=p.example"
+    assert root["is_ca"] is True
+    assert key["encrypted"] is True
+    assert key["public_key_fingerprint_sha256"] == leaf["public_key_fingerprint_sha256"]
+
+
+def test_help_documents_json(files: Path) -> None:
+    text = ok(certctl_exe("inspect", "--help")).stdout
+    for kind in ('"certificate"', '"private-key"', '"csr"', '"crl"', "PKCS#12"):
+        assert kind in text
+
+
+def columns_80() -> dict[str, str]:
+    return {**os.environ, "COLUMNS": "80", "LINES": "24"}
+
+
+def test_readable_output_cuts_nothing_at_80_columns(files: Path) -> None:
+    result = ok(run(require("certctl"), "inspect", files / "lf/tls.crt", env=columns_80()))
+    lines = result.stdout.splitlines()
+    assert f"  SHA-256         {openssl_fingerprint(files / 'lf/tls.crt')}" in lines
+    assert "…" not in result.stdout
+    csr = ok(run(require("certctl"), "inspect", files / "ext/tls.csr", env=columns_80())).stdout
+    assert "  signature       valid" in csr.splitlines()
+    key = openssl_pubkey_fingerprint("pkey", "-in", files / "ext/tls.key", "-pubout")
+    assert f"  public SHA-256  {key}" in csr.splitlines()
+
+
+def test_readable_output_of_every_kind(files: Path) -> None:
+    crl = ok(certctl_exe("inspect", files / "ops.crl")).stdout
+    assert crl.startswith("CRL (pem)\n")
+    assert "0dd0cf8664911a0499e6240919fe98e42cf3fa4e (" in crl
+    key = ok(certctl_exe("inspect", files / "lf/tls.key")).stdout
+    assert key.splitlines()[:3] == ["private key (pem)", "  key             ec-p256",
+                                     "  encrypted       no"]  # fmt: skip
+    # Rich markup in a subject is shown as written, not interpreted.
+    marked = self_signed(files / "marked.crt", 5, cn="[bold]x[/bold]")
+    assert "CN=[bold]x[/bold]" in ok(certctl_exe("inspect", marked)).stdout
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], code: int, message: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert "internal error" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("certctl: error: ")
+    assert message in line, line
+
+
+def verify(files: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return certctl_exe("verify", "--ca", files / "ca1/ca.crt", *args)
+
+
+def test_client_certificate_checked_as_server_names_its_purpose(files: Path) -> None:
+    result = verify(files, files / "client/tls.crt")
+    one_error_line(result, 1, "lacks the serverAuth extended key usage (it has clientAuth)")
+    openssl = run("openssl", "verify", "-purpose", "sslserver", "-CAfile", files / "ca1/ca.crt",
+                  files / "client/tls.crt")  # fmt: skip
+    assert openssl.returncode != 0
+    assert "unsuitable certificate purpose" in openssl.stdout + openssl.stderr
+    ok(verify(files, files / "client/tls.crt", "--purpose", "client"))
+
+
+@pytest.mark.parametrize(
+    ("hostname", "message"),
+    [
+        ("", "--hostname is empty"),
+        (" ", "--hostname is empty"),
+        ("-_-.bad", "'-_-.bad': not an IP address or a valid DNS name"),
+        ("a..example", "'a..example': not an IP address or a valid DNS name"),
+        ("*.example.com", "give a host name, not a wildcard pattern"),
+    ],
+)
+def test_bad_hostname_is_a_usage_error(files: Path, hostname: str, message: str) -> None:
+    result = verify(files, files / "lf/tls.crt", "--hostname", hostname)
+    one_error_line(result, 2, message)
+
+
+def test_empty_hostname_with_client_purpose_is_refused(files: Path) -> None:
+    result = verify(files, files / "client/tls.crt", "--purpose", "client", "--hostname", "")
+    one_error_line(result, 2, "--hostname is empty")
+
+
+@pytest.mark.parametrize(
+    "hostname", ["ünï.example", "xn--n-nga1b.example", "ÜNÏ.EXAMPLE.", "10.0.0.5", "[10.0.0.5]"]
+)
+def test_hostname_spellings_that_match(files: Path, hostname: str) -> None:
+    result = ok(verify(files, files / "idn/tls.crt", "--hostname", hostname))
+    assert result.stdout.startswith(f"{files / 'idn/tls.crt'}: OK (server for ")
+
+
+@pytest.mark.parametrize("hostname", ["other.example", "ünï.example.org", "10.0.0.6", "[::1]"])
+def test_hostname_that_does_not_match(files: Path, hostname: str) -> None:
+    one_error_line(verify(files, files / "idn/tls.crt", "--hostname", hostname), 1,
+                   "no matching subjectAltName")  # fmt: skip
+
+
+def test_leaf_is_not_its_own_trust_anchor(files: Path) -> None:
+    leaf = files / "lf/tls.crt"
+    openssl = run("openssl", "verify", "-CAfile", leaf, leaf)
+    assert openssl.returncode != 0
+    assert "error 20" in openssl.stdout + openssl.stderr
+    result = certctl_exe("verify", leaf, "--ca", leaf)
+    one_error_line(result, 1, "trust bundle holds no CA certificate (CN=lf.example is not a CA")
+
+
+def test_self_signed_leaf_trusted_as_itself_as_openssl_does(files: Path) -> None:
+    # ca.crt = tls.crt, as Kubernetes secrets of self-signed servers often have it.
+    cert = files / "self.crt"
+    ok(run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-nodes", "-keyout", files / "self.key", "-out", cert, "-subj", "/CN=self.example",
+           "-addext", "basicConstraints=critical,CA:FALSE",
+           "-addext", "subjectAltName=DNS:self.example",
+           "-addext", "extendedKeyUsage=serverAuth"))  # fmt: skip
+    ok(run("openssl", "verify", "-CAfile", cert, cert))
+    ok(certctl_exe("verify", cert, "--ca", cert, "--hostname", "self.example"))
+
+
+def test_bundle_of_leaf_and_ca_uses_the_ca(files: Path) -> None:
+    bundle = files / "leaf-and-ca.crt"
+    bundle.write_bytes((files / "lf/tls.crt").read_bytes() + (files / "ca1/ca.crt").read_bytes())
+    ok(run("openssl", "verify", "-CAfile", bundle, files / "lf/tls.crt"))
+    result = ok(certctl_exe("verify", files / "lf/tls.crt", "--ca", bundle))
+    assert result.stdout.endswith("CN=lf.example <- CN=certctl Root CA\n")
+
+
+@pytest.mark.parametrize("option", ["--ca", "--untrusted"])
+def test_file_without_certificates_refused_for_ca_and_untrusted(files: Path, option: str) -> None:
+    args: list[str | Path] = ["verify", files / "lf/tls.crt", "--ca", files / "ca1/ca.crt"]
+    if option == "--ca":
+        args[-1] = files / "ca1/ca.key"
+    else:
+        args += ["--untrusted", files / "ca1/ca.key"]
+    one_error_line(certctl_exe(*args), 1, "ca1/ca.key: holds no certificate")
+
+
+def certctl_env(*args: str | Path, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    return run(require("certctl"), *args, env={**base, **env})
+
+
+def test_verify_opens_pkcs12_with_the_password_its_hint_names(files: Path) -> None:
+    p12 = files / "p12/tls.p12"
+    result = certctl_env("verify", p12, "--ca", files / "ca1/ca.crt")
+    one_error_line(result, 1, "PKCS#12 file is password-protected: give --password-file")
+    assert "--password-file" in ok(certctl_exe("verify", "--help")).stdout
+    for args, env in (
+        (["--password-file", files / "pw.txt"], {}),
+        ([], {"CERTCTL_PASSWORD": "s3cret-pw"}),
+    ):
+        result = ok(certctl_env("verify", p12, "--ca", files / "ca1/ca.crt", *args, **env))
+        assert result.stdout.endswith("CN=p.example <- CN=certctl Root CA\n")
+    wrong = certctl_env("verify", p12, "--ca", files / "ca1/ca.crt", CERTCTL_PASSWORD="nope")
+    one_error_line(
+        wrong, 1, "wrong password or corrupted file (the password came from CERTCTL_PASSWORD)"
+    )
+    assert "nope" not in wrong.stderr
+
+
+def test_inspect_documents_and_names_certctl_password(files: Path) -> None:
+    help_text = " ".join(ok(certctl_exe("inspect", "--help")).stdout.split())
+    assert "CERTCTL_PASSWORD" in help_text
+    wrong = certctl_env("inspect", files / "encca/ca.key", CERTCTL_PASSWORD="nope")
+    one_error_line(wrong, 1, "wrong password (the password came from CERTCTL_PASSWORD)")
+    (item,) = json.loads(
+        ok(
+            certctl_env("inspect", "--json", files / "encca/ca.key", CERTCTL_PASSWORD="s3cret-pw")
+        ).stdout
+    )
+    assert item["encrypted"] is True
+    # Set for other commands, the variable does not stop a plain key from opening.
+    (plain,) = json.loads(
+        ok(certctl_env("inspect", "--json", files / "lf/tls.key", CERTCTL_PASSWORD="x")).stdout
+    )
+    assert plain["encrypted"] is False
+    # A password given on the command line for a plain key is still a mistake to report.
+    one_error_line(certctl_env("inspect", files / "lf/tls.key", "--password", "x"), 1,
+                   "the private key is not encrypted; drop the password")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["inspect", "/dev/zero"], "/dev/zero: file is larger than 16 MiB"),
+        (["inspect", "{files}/lf/tls.key", "--password-file", "/dev/zero"],
+         "/dev/zero: password file is larger than 4 KiB"),
+        (["verify", "{files}/lf/tls.crt", "--ca", "/dev/zero"],
+         "/dev/zero: CA bundle is larger than 16 MiB"),
+        (["verify", "/dev/zero", "--ca", "{files}/ca1/ca.crt"],
+         "/dev/zero: certificate is larger than 16 MiB"),
+    ],
+)  # fmt: skip
+def test_endless_input_is_refused_quickly(files: Path, args: list[str], message: str) -> None:
+    argv = [a.format(files=files) for a in args]
+    one_error_line(run(require("certctl"), *argv, timeout=20), 1, message)
+
+
+def test_input_size_limits_are_exact(files: Path) -> None:
+    password = files / "long-pw.txt"
+    password.write_bytes(b"p" * 4096)
+    result = certctl_exe("inspect", files / "p12/tls.p12", "--password-file", password)
+    one_error_line(result, 1, "wrong password or corrupted file")  # read, then refused
+    password.write_bytes(b"p" * 4097)
+    result = certctl_exe("inspect", files / "p12/tls.p12", "--password-file", password)
+    one_error_line(result, 1, "long-pw.txt: password file is larger than 4 KiB")
+    big = files / "big.pem"
+    pem = (files / "lf/tls.crt").read_bytes()
+    big.write_bytes(pem + b"\n" * (16 * 1024 * 1024 - len(pem)))
+    (item,) = inspect_json(big)
+    assert item["subject"] == "CN=lf.example"
+    big.write_bytes(pem + b"\n" * (16 * 1024 * 1024 + 1 - len(pem)))
+    one_error_line(certctl_exe("inspect", big), 1, "big.pem: file is larger than 16 MiB")
+
+
+def test_any_extended_key_usage_is_no_tls_purpose_as_for_openssl(files: Path) -> None:
+    ext = files / "any.ext"
+    ext.write_text(
+        "subjectAltName=DNS:any.example\nextendedKeyUsage=anyExtendedKeyUsage\n"
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        "authorityKeyIdentifier=keyid\n"
+    )
+    ok(run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-nodes", "-keyout", files / "any.key", "-subj", "/CN=any.example",
+           "-out", files / "any.csr"))  # fmt: skip
+    ok(run("openssl", "x509", "-req", "-in", files / "any.csr", "-CA", files / "ca1/ca.crt",
+           "-CAkey", files / "ca1/ca.key", "-set_serial", "0x0abc", "-days", "2",
+           "-extfile", ext, "-out", files / "any.crt"))  # fmt: skip
+    openssl = run("openssl", "verify", "-purpose", "sslserver", "-CAfile", files / "ca1/ca.crt",
+                  files / "any.crt")  # fmt: skip
+    assert "unsuitable certificate purpose" in openssl.stdout + openssl.stderr
+    message = "lacks the serverAuth extended key usage (it has anyExtendedKeyUsage)"
+    one_error_line(verify(files, files / "any.crt"), 1, message)
+    (item,) = inspect_json(files / "any.crt")
+    assert item["extended_key_usage"] == ["anyExtendedKeyUsage"]
+    assert item["serial"] == "0abc"
