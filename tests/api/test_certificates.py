@@ -204,6 +204,12 @@ def test_list_filters(api: Api) -> None:
     assert ids(q="SHORT") == {short["id"]}
     assert ids(q="example.com") == {short["id"], long["id"], gone["id"], other["id"]}
     assert ids(q=long["serial"]) == {long["id"]}
+    # As openssl prints it: upper case, colons, whole octets; and with extra leading zeros.
+    octets = long["serial"]
+    assert len(octets) % 2 == 0
+    colons = ":".join(octets[i : i + 2] for i in range(0, len(octets), 2)).upper()
+    assert ids(q=colons) == {long["id"]}
+    assert ids(q="00" + octets) == {long["id"]}
     assert ids(q="nomatch") == set()
     assert ids(q="_") == set()  # a substring, not a LIKE pattern: "_" and "%" are literal
     assert ids(q="%") == set()

@@ -230,8 +230,10 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     ):
         outputs.add(opts.out / filename, data, secret=secret)
     outputs.commit()
+    from certctl.pki.formats import format_serial
+
     out(
-        f"issued {prof.name} certificate serial {issued.certificate.serial_number:x} "
+        f"issued {prof.name} certificate serial {format_serial(issued.certificate.serial_number)} "
         f"valid until {issued.certificate.not_valid_after_utc:%Y-%m-%d}"
     )
     for path in outputs.paths:

@@ -85,6 +85,7 @@ def sign(
     from certctl.pki import (
         LEAF_PROFILES,
         certs_to_pem,
+        format_serial,
         get_profile,
         load_csr,
         parse_duration,
@@ -113,7 +114,7 @@ def sign(
     outputs.add(out / "ca.crt", certs_to_pem([ca.root]))
     outputs.commit()
     typer.echo(
-        f"signed {prof.name} certificate serial {issued.certificate.serial_number:x} "
+        f"signed {prof.name} certificate serial {format_serial(issued.certificate.serial_number)} "
         f"for {issued.certificate.subject.rfc4514_string()}"
     )
     for path in outputs.paths:

@@ -382,6 +382,12 @@ def _plan(choices: _Choices) -> HttpBundlePlan:
     )
 
 
+def _starts_encrypted(key_path: Path) -> bool:
+    # The PEM label is in the first line: read that much, not a whole (possibly huge) file.
+    with key_path.open("rb") as fh:
+        return b"ENCRYPTED" in fh.read(4096)
+
+
 def _print_summary(out: Path, plan: HttpBundlePlan, result: BundleResult) -> None:
     echo = typer.echo
     what = "CSRs and keys" if plan.mode == "csr" else "certificates and keys"
@@ -400,7 +406,10 @@ def _print_summary(out: Path, plan: HttpBundlePlan, result: BundleResult) -> Non
             until = ", to be signed"
         files = next(f for f in node.files if f.startswith("http."))
         echo(f"  {node.folder:<28} {files}: {names}{until}")
-    echo(f"  {result.client_folder:<28} CA certificate and sample client settings")
+    if plan.mode == "csr":  # no CA here: the external one signs, and its certificate is theirs
+        echo(f"  {result.client_folder:<28} sample client settings (add your CA's certificate)")
+    else:
+        echo(f"  {result.client_folder:<28} CA certificate and sample client settings")
     echo("next steps:")
     echo(f"  1. unzip {out.name}; every folder has a README.txt saying what goes where")
     step = 2
@@ -409,7 +418,10 @@ def _print_summary(out: Path, plan: HttpBundlePlan, result: BundleResult) -> Non
         step += 1
     server = "Elasticsearch node" if plan.profile == "elasticsearch" else "server"
     echo(f"  {step}. install each node folder on its {server}; add the sample settings")
-    echo(f"  {step + 1}. give clients the CA certificate in {result.client_folder}")
+    if plan.mode == "csr":
+        echo(f"  {step + 1}. give clients the certificate of the CA that signed the CSRs")
+    else:
+        echo(f"  {step + 1}. give clients the CA certificate in {result.client_folder}")
     if result.ca_folder:
         echo(f"  {step + 2}. store ca/ca.key safely offline, then delete the zip")
 
@@ -546,11 +558,7 @@ class _Wizard:
             directory = Path(answer).expanduser()
             password = c.ca_password
             key_path = directory / CA_KEY
-            if (
-                password is None
-                and key_path.is_file()
-                and b"ENCRYPTED" in key_path.read_bytes()[:4096]
-            ):
+            if password is None and key_path.is_file() and _starts_encrypted(key_path):
                 password = self.secret(f"Password of {key_path}").encode() or None
             try:
                 c.ca = load_ca_dir(directory, password)

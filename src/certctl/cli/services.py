@@ -42,7 +42,7 @@ def apply_command(
     from certctl.services.tls_spec import parse_service_documents
 
     stdin = str(file) == "-"
-    raw = sys.stdin.buffer.read() if stdin else read_file(file, "services file")
+    raw = _read_stdin() if stdin else read_file(file, "services file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -55,6 +55,16 @@ def apply_command(
             raise _unexpected(path, "not a TLSService")
         changed = "configured" if data.get("generation", 1) > 1 else "created"
         typer.echo(f"tlsservice/{spec.name} {changed} (generation {data.get('generation')})")
+
+
+def _read_stdin() -> bytes:
+    from certctl.cli._common import MAX_INPUT_BYTES
+    from certctl.errors import InvalidRequest
+
+    data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)  # bounded like every file input
+    if len(data) > MAX_INPUT_BYTES:
+        raise InvalidRequest(f"stdin: services file is larger than {MAX_INPUT_BYTES >> 20} MiB")
+    return data
 
 
 def _status_line(item: dict[str, Any]) -> str:

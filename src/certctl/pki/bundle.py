@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 
 from certctl.errors import InvalidRequest
 from certctl.pki.csr import create_csr
-from certctl.pki.formats import certs_to_pem, key_to_pem, to_pkcs12
+from certctl.pki.formats import certs_to_pem, format_serial, key_to_pem, to_pkcs12
 from certctl.pki.issue import CertificateAuthority, create_root_ca
 from certctl.pki.keys import KeyType, generate_private_key
 from certctl.pki.names import SubjectAltNames, common_name_dn, format_dn, validate_dns_name
@@ -603,7 +603,7 @@ def _node_readme(
             ("subject", format_dn(certificate.subject)),
             ("names", _names_line(sans)),
             ("issuer", format_dn(certificate.issuer)),
-            ("serial", f"{certificate.serial_number:x}"),
+            ("serial", format_serial(certificate.serial_number)),
             ("valid until", f"{_validity_line(certificate)} ({lifetime})"),
         ]
     )
@@ -667,7 +667,7 @@ def _ca_readme(certificate: x509.Certificate, layout: _Layout) -> str:
                 "",
                 "Certificate",
                 f"  subject      {format_dn(certificate.subject)}",
-                f"  serial       {certificate.serial_number:x}",
+                f"  serial       {format_serial(certificate.serial_number)}",
                 f"  valid until  {_validity_line(certificate)}",
                 "",
                 "Keep ca.crt and ca.key together in a safe place, off the servers, to issue",

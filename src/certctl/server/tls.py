@@ -31,6 +31,7 @@ from certctl.pki import (
     SubjectAltNames,
     certs_to_pem,
     common_name_dn,
+    format_serial,
     generate_private_key,
     key_to_pem,
     keys_match,
@@ -236,8 +237,8 @@ class ServerTLS:
         if not first:
             TLS_RELOADS.labels("success").inc()
             log.info(
-                "TLS certificate reloaded: serial %x valid until %s",
-                leaf.serial_number,
+                "TLS certificate reloaded: serial %s valid until %s",
+                format_serial(leaf.serial_number),
                 leaf.not_valid_after_utc.isoformat(),
             )
         return True

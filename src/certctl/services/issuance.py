@@ -23,6 +23,7 @@ from certctl.pki import (
     certs_to_pem,
     common_name_dn,
     create_root_ca,
+    format_serial,
     generate_private_key,
     get_profile,
     key_to_pem,
@@ -359,7 +360,7 @@ def _new_rows(
     subject = certificate.subject if issued.subject is None else issued.subject
     cns = subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     cert_id = new_id()
-    serial = f"{certificate.serial_number:x}"
+    serial = format_serial(certificate.serial_number)
     record = IssuedRecord(
         id=cert_id,
         serial=serial,
@@ -646,7 +647,7 @@ def list_certificates(
             or_(
                 func.lower(CertificateRecord.common_name).like(like, escape="\\"),
                 func.lower(CertificateRecord.subject).like(like, escape="\\"),
-                CertificateRecord.serial == q.lower().replace(":", ""),
+                CertificateRecord.serial.in_(_serial_forms(q)),
             )
         )
     with services.sessions() as session:
@@ -768,6 +769,17 @@ def renew_certificate(
         key_pem.decode() if key_pem else None,
         issued.warnings,
     )
+
+
+def _serial_forms(q: str) -> list[str]:
+    """How a serial typed as ``q`` may be stored.
+
+    In whole octets (``0dd0…``, as openssl prints it and as rows are written now), or without
+    the leading zero (rows written before).
+    """
+    digits = q.lower().replace(":", "").removeprefix("0x")
+    bare = digits.lstrip("0") or "0"
+    return sorted({bare, bare if len(bare) % 2 == 0 else f"0{bare}"})
 
 
 def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationList:

@@ -30,6 +30,7 @@ from certctl.pki import (
     common_name_dn,
     create_root_ca,
     format_duration,
+    format_serial,
     generate_private_key,
     key_to_pem,
     keys_match,
@@ -616,7 +617,7 @@ def _store_issue(
             current.serial = current.not_after = current.renew_at = None
         else:
             cert = x509.load_pem_x509_certificate(desired.certificate_pem.encode())
-            current.serial = f"{cert.serial_number:x}"
+            current.serial = format_serial(cert.serial_number)
             current.not_after = cert.not_valid_after_utc
             # A custom certificate is renewed by its owner; only certctl's own get a date.
             served_as_is = reason == "custom certificate changed"

@@ -148,6 +148,12 @@ def test_csr_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "to be signed" in captured.out
     archive = zipfile.ZipFile(out)
     assert not any(name.startswith("ca/") for name in archive.namelist())
+    # No CA in this bundle, so the summary promises none (the external CA's is the users').
+    assert not any(name.endswith((".pem", ".crt")) for name in archive.namelist())
+    assert "kibana/" in captured.out
+    assert "sample client settings (add your CA's certificate)" in captured.out
+    assert "give clients the certificate of the CA that signed the CSRs" in captured.out
+    assert "CA certificate in kibana" not in captured.out
     csr = load_csr(archive.read("elasticsearch/es1/http.csr"))
     assert csr.is_signature_valid
     key = load_material(archive.read("elasticsearch/es1/http.key")).private_key

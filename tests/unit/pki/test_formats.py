@@ -329,3 +329,13 @@ def test_pem_round_trip(
     # Text around the blocks (openssl x509 -text output, comments) is ignored.
     junk = junk.replace(b"-", b"")
     assert load_material(junk + b"\n" + pem + junk).certificates == certs
+
+
+def test_serial_search_finds_both_stored_forms() -> None:
+    from certctl.services.issuance import _serial_forms
+
+    # Rows written before serials were kept in whole octets lack the leading zero.
+    assert _serial_forms("0DD0:CF") == ["0dd0cf", "dd0cf"]
+    assert _serial_forms("dd0cf") == ["0dd0cf", "dd0cf"]
+    assert _serial_forms("0x0a0b") == ["0a0b", "a0b"]
+    assert _serial_forms("00") == ["0", "00"]
