@@ -168,7 +168,7 @@ def seeds() -> dict[str, list[bytes]]:
     config = (
         b"data-dir: /var/lib/certctl\nlisten: 0.0.0.0:8443\n"
         b"tls: {mode: self-signed, min-version: '1.3', client-auth: optional,"
-        b" subject-alt-names: [certctl.example.com]}\n"
+        b" client-ca: /etc/certctl/clients.crt, subject-alt-names: [certctl.example.com]}\n"
         b"auth:\n  client-cert-mappings:\n  - {subject: 'CN=*,O=ops', roles: [r-operator]}\n"
         b"metrics: {listen: '127.0.0.1:9100', secure: false}\n"
         b"cert-validity: 90D\nreconcile-interval: 30s\nlog-format: json\n"

@@ -12,7 +12,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from certctl.pki import KeyType, SubjectAltNames, common_name_dn, create_csr, generate_private_key
+from certctl.pki import (
+    KeyType,
+    SubjectAltNames,
+    common_name_dn,
+    create_csr,
+    format_serial,
+    generate_private_key,
+)
 from tests.api.conftest import Api, assert_problem
 
 CERTS = "/api/v1/certificates"
@@ -58,7 +65,7 @@ def test_issue_from_csr(api: Api) -> None:
     assert body["chain_pem"] == ""  # the default issuer is a root
     cert = _cert(body["certificate_pem"])
     assert cert.public_key() == key.public_key()
-    assert f"{cert.serial_number:x}" == body["serial"]
+    assert format_serial(cert.serial_number) == body["serial"]
     cert.verify_directly_issued_by(_ca(api))
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["csr.example.com"]

@@ -14,6 +14,7 @@ import pytest
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
+from certctl.pki import format_serial
 from tests.e2e.conftest import CertctlServer, StartServer, certctl_cli, peer_certificate
 
 pytestmark = pytest.mark.e2e
@@ -132,7 +133,9 @@ def test_custom_certificate_reload(start_server: StartServer, tmp_path: Path) ->
     assert len(client.sockets) == 1
     assert client.serials == {first.serial_number}
     _, err = server.logs()
-    assert re.search(rf"TLS certificate reloaded: serial {second.serial_number:x}\b", err), err
+    assert re.search(
+        rf"TLS certificate reloaded: serial {format_serial(second.serial_number)}\b", err
+    ), err
 
     # A broken replacement (key of another certificate) is refused; the last good one stays.
     third = issue_localhost(ca, tmp_path / "third")

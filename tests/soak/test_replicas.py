@@ -30,6 +30,7 @@ import httpx
 import pytest
 from cryptography import x509
 
+from certctl.pki import format_serial
 from tests.soak.conftest import PostgresCluster, Replica, report, start_replica, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -114,7 +115,7 @@ def _target_serials(target: Path, loaded: bool = False) -> dict[str, str]:
             cert = x509.load_pem_x509_certificate(path.read_bytes())
         except (OSError, ValueError):
             continue
-        found[name] = f"{cert.serial_number:x}"
+        found[name] = format_serial(cert.serial_number)
     return found
 
 

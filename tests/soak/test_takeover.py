@@ -22,6 +22,7 @@ import pytest
 from cryptography import x509
 from sqlalchemy import func, select
 
+from certctl.pki import format_serial
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
 from certctl.server.scheduler import Scheduler
@@ -150,7 +151,7 @@ def test_two_replicas_deciding_together_store_one_renewal(
     after = pair.row()
     assert after.serial == raced[0].serial != before.serial
     assert pair.renewed() == 1
-    assert f"{pair.served().serial_number:x}" == after.serial
+    assert format_serial(pair.served().serial_number) == after.serial
 
 
 def test_leader_dying_between_store_and_delivery_is_finished_by_the_next(
@@ -169,9 +170,9 @@ def test_leader_dying_between_store_and_delivery_is_finished_by_the_next(
             tls_services.reconcile_service(pair.first, pair.settings, NAME, now)
     stored = pair.row().serial
     assert stored != before.serial
-    assert f"{pair.served().serial_number:x}" == before.serial  # not delivered yet
+    assert format_serial(pair.served().serial_number) == before.serial  # not delivered yet
     assert _tick(pair.second, pair) == 1
-    assert f"{pair.served().serial_number:x}" == stored
+    assert format_serial(pair.served().serial_number) == stored
     assert len(pair.reloads) == reloads + 1
     assert pair.renewed() == 1
     assert pair.row().next_attempt_at is None
