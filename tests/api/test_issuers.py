@@ -247,3 +247,72 @@ def test_import_refuses_a_ca_that_cannot_issue_now(api: Api) -> None:
         )
         assert expected[label] in assert_problem(r, 400)["detail"], label
     assert api.counts() == before
+
+
+def test_import_finds_the_issuer_in_a_chain_in_any_order(api: Api) -> None:
+    from certctl.pki import CertificateAuthority, get_profile
+
+    now = api.clock()
+    root_key, inter_key = (
+        generate_private_key(KeyType.EC_P256),
+        generate_private_key(KeyType.EC_P256),
+    )
+    root = CertificateAuthority(
+        create_root_ca(
+            root_key, common_name_dn("Chain Root"), validity=timedelta(days=90), now=now
+        ).certificate,
+        root_key,
+    )
+    inter = root.issue(
+        inter_key.public_key(),
+        common_name_dn("Chain Inter"),
+        profile=get_profile("intermediate"),
+        validity=timedelta(days=30),
+        now=now,
+    ).certificate
+    unrelated = create_root_ca(
+        generate_private_key(KeyType.EC_P256),
+        common_name_dn("Other"),
+        validity=timedelta(days=9),
+        now=now,
+    ).certificate
+    # A root with the right name and the wrong key: the intermediate's signature fails.
+    impostor = create_root_ca(
+        generate_private_key(KeyType.EC_P256),
+        common_name_dn("Chain Root"),
+        validity=timedelta(days=9),
+        now=now,
+    ).certificate
+
+    def post(issuer_id: str, *chain: x509.Certificate) -> object:
+        pem = "".join(c.public_bytes(Encoding.PEM).decode() for c in (inter, *chain))
+        return api.post(
+            ISSUERS,
+            api.admin_key,
+            json={
+                "id": issuer_id,
+                "certificate_pem": pem,
+                "private_key_pem": key_to_pem(inter_key).decode(),
+            },
+        )
+
+    r = post("inter", unrelated, root.certificate)  # the issuer is not first in the chain
+    assert r.status_code == 201, r.text  # type: ignore[attr-defined]
+    r = post("forged", impostor)
+    assert "does not verify with its issuer in the chain" in assert_problem(r, 400)["detail"]  # type: ignore[arg-type]
+
+
+def test_import_allows_a_few_minutes_of_clock_skew(api: Api) -> None:
+    key = generate_private_key(KeyType.EC_P256)
+    ahead = api.clock() + timedelta(minutes=2)  # made on a host whose clock runs ahead
+    ca = create_root_ca(key, common_name_dn("Ahead"), validity=timedelta(days=30), now=ahead)
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "ahead",
+            "certificate_pem": ca.certificate.public_bytes(Encoding.PEM).decode(),
+            "private_key_pem": key_to_pem(key).decode(),
+        },
+    )
+    assert r.status_code == 201, r.text

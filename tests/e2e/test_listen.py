@@ -62,3 +62,30 @@ def test_a_second_server_with_workers_cannot_share_the_port(
     assert not (tmp_path / "second").exists()
     with first.client(first.admin_key) as client:  # the first one still serves
         assert client.get("/api/v1/auth/whoami").status_code == 200
+
+
+def test_a_busy_metrics_port_names_its_own_setting(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = tmp_path / "certctl.yaml"
+        config.write_text(f"metrics: {{listen: '127.0.0.1:{port}'}}\n")
+        result = failed(
+            run(
+                "certctl",
+                "serve",
+                "--config",
+                config,
+                "--data-dir",
+                tmp_path / "data",
+                "--listen",
+                "127.0.0.1:0",
+                timeout=60,
+            )
+        )
+    assert result.stderr.strip().endswith(
+        "choose an address with metrics.listen or CERTCTL_METRICS_LISTEN)"
+    )
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert not (tmp_path / "data").exists()

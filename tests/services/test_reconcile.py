@@ -377,10 +377,34 @@ def test_a_service_whose_reconcile_crashes_is_backed_off(
     env.at(start + timedelta(seconds=12))
     scheduler.tick()
     assert calls == [start, start + timedelta(seconds=6)]
+    env.at(start + timedelta(seconds=13))
+    env.put(service_doc("web", dns=("web.example.internal",)))  # a fix: tried at once
+    scheduler.tick()
+    assert calls[-1] == start + timedelta(seconds=13)
+    assert len(calls) == 3
     tracebacks = [r for r in caplog.records if r.exc_info]
-    assert len(tracebacks) == 1  # the first failure only; then one line each
+    assert len(tracebacks) == 2  # the first failure of each spec only; then one line each
     assert any("failed again (RuntimeError: a bug)" in r.getMessage() for r in caplog.records)
     monkeypatch.undo()
-    env.at(start + timedelta(seconds=17))
+    env.at(start + timedelta(seconds=19))
     assert scheduler.tick() == 1  # fixed: reconciled at the next try, and forgotten
     assert scheduler._crashed == {}
+
+
+def test_a_stored_spec_that_no_longer_parses_is_a_failed_condition(env: Env) -> None:
+    from certctl.store.models import ManagedService
+
+    env.put(service_doc("web"))
+    env.reconcile("web")
+    with env.services.sessions.begin() as session:  # as rows written before a rule existed
+        row = session.get(ManagedService, "web")
+        assert row is not None
+        spec = dict(row.spec)
+        spec["spec"] = {**spec["spec"], "targets": [{"directory": "/srv/tls", "owner": -5}]}
+        row.spec = spec
+        row.generation += 1
+    row = env.reconcile("web", env.now + timedelta(minutes=1))
+    failed = row.conditions["Failed"]
+    assert failed["status"] is True
+    assert failed["message"].startswith("stored spec no longer valid: spec: spec.targets.0.owner")
+    assert row.conditions["Ready"]["status"] is True  # the last good certificate still serves

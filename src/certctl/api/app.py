@@ -882,8 +882,10 @@ def _endpoint(route: ApiRoute, auth: _AuthSettings) -> Callable[[Request], Await
         query = scope.get("query_string", b"")
         if "\x00" in scope["path"] or (query and (b"\x00" in query or b"%00" in query)):
             raise InvalidRequest("NUL character in the request path or query")
-        if query:
-            # A misspelt filter (?stauts=revoked) must not silently return everything.
+        if query and allowed_query:
+            # A misspelt filter (?stauts=revoked) must not silently return everything. Routes
+            # without filters ignore a query: probes and scrapers add their own (?_=1,
+            # Prometheus params).
             unknown = set(request.query_params) - allowed_query
             if unknown:
                 names = ", ".join(sorted(n[:40] for n in unknown))
@@ -1001,7 +1003,9 @@ class AccessLogAndLimits:
             # and the 500 still gets its access-log line and its count.
             if not status_holder[0]:
                 raise
-        self._log(scope, status_holder[0] or 500, started)
+            # A failure after a 200 had started still failed: the client got a cut answer.
+            status_holder[0] = 500
+        self._log(scope, status_holder[0], started)
 
     def _log(self, scope: Scope, status: int, started: float) -> None:
         elapsed = time.perf_counter() - started

@@ -470,6 +470,22 @@ def certs_issue(
 
     body: dict[str, Any] = {"issuer": issuer, "profile": profile, "validity": validity}
     if csr is not None:
+        # The CSR carries the names and the key; the server refuses fields it would ignore.
+        ignored = [
+            option
+            for option, given in (
+                ("--cn", cn),
+                ("--dns", dns),
+                ("--ip", ip),
+                ("--key-type", key_type != "ec-p256"),
+            )
+            if given
+        ]
+        if ignored:
+            raise typer.BadParameter(
+                f"{', '.join(ignored)}: not used with --csr (the CSR carries the names and key)",
+                param_hint="'--csr'",
+            )
         body["csr"] = read_file(csr, "CSR").decode("ascii", "replace")
     else:
         body |= {"common_name": cn, "dns_names": dns, "ip_addresses": ip, "key_type": key_type}

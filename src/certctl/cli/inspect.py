@@ -215,13 +215,22 @@ def crl_summary(crl: x509.CertificateRevocationList) -> dict[str, Any]:
     }
 
 
-def material_summaries(material: Material) -> list[dict[str, Any]]:
-    """One JSON object per item in the file: certificates, the key, CSRs, then CRLs."""
+def material_summaries(material: Material, *, everything: bool = False) -> list[dict[str, Any]]:
+    """The JSON list: one object per certificate; for a file without any, its other items.
+
+    DESIGN §6's contract is "one object per certificate": scripts run ``.[].not_after`` over
+    it, so a certificate file (a PEM with its key, a PKCS#12) lists certificates only. A key,
+    CSR or CRL file, which printed ``[]`` before, lists what it holds, each with its ``kind``.
+    ``everything``: every item of any file (the readable output).
+    """
     items = [certificate_summary(c) for c in material.certificates]
-    if material.private_key is not None:
-        items.append(private_key_summary(material.private_key, encrypted=material.key_encrypted))
-    items += [csr_summary(c) for c in material.csrs]
-    items += [crl_summary(c) for c in material.crls]
+    if everything or not items:
+        if material.private_key is not None:
+            items.append(
+                private_key_summary(material.private_key, encrypted=material.key_encrypted)
+            )
+        items += [csr_summary(c) for c in material.csrs]
+        items += [crl_summary(c) for c in material.crls]
     for item in items:
         item["format"] = material.format
     return items
@@ -295,20 +304,20 @@ def inspect_command(
 
     Values are never cut to the terminal width: a long one runs on past it.
 
-    --json prints a list with one object per item, each with a "kind" and the file's
-    "format" (pem, der or pkcs12): "certificate" (subject, issuer, serial, validity, sans,
-    key usages, fingerprint_sha256), "private-key" (key_type, size, curve, encrypted,
-    public_key_fingerprint_sha256: never the key itself), "csr" (subject, sans, key_type,
-    signature_valid) or "crl" (issuer, crl_number, updates, revoked serials). A PKCS#12
-    file lists its certificates and its key. Serials are lower-case hex with an even
-    number of digits (openssl's digits); fingerprints are SHA-256 of the DER, as
-    openssl prints them.
+    --json prints a list of objects, each with a "kind" and the file's "format" (pem, der
+    or pkcs12): one "certificate" object (subject, issuer, serial, validity, sans, key
+    usages, fingerprint_sha256) per certificate; a file without certificates lists its
+    "private-key" (key_type, size, curve, encrypted, public_key_fingerprint_sha256: never
+    the key itself), "csr" (subject, sans, key_type, signature_valid) or "crl" (issuer,
+    crl_number, updates, revoked serials) instead. The readable output shows everything.
+    Serials are lower-case hex with an even number of digits (openssl's digits);
+    fingerprints are SHA-256 of the DER, as openssl prints them.
 
     The password of an encrypted key or a PKCS#12 file is read from --password-file,
     --password, or else the CERTCTL_PASSWORD environment variable.
     """
     material = read_protected(file, password_file, password)
-    items = material_summaries(material)
+    items = material_summaries(material, everything=not as_json)
     if as_json:
         typer.echo(json.dumps(items, indent=2))
         return

@@ -147,14 +147,15 @@ def validate_dns_name(value: str, *, allow_wildcard: bool = True) -> str:
 
 
 def _is_a_label(label: str) -> bool:
-    # The codec's ToUnicode decodes the Punycode and checks that ToASCII gives the label back
-    # (RFC 3490 4.2): a label no IDNA name encodes to (xn--zz) fails. The standard library's
-    # IDNA 2003 codec, as for U-labels above: no dependency beyond Python.
+    # The Punycode after xn-- must decode, to something non-ASCII, and encode back to itself
+    # (xn--zz fails). Not the stdlib's IDNA 2003 codec: it refuses names that IDNA 2008 (what
+    # registries use) allows, such as xn--strae-oqa (straße); and not a dependency either.
+    encoded = label[4:].lower()
     try:
-        label.encode("ascii").decode("idna")
+        decoded = encoded.encode("ascii").decode("punycode")
     except UnicodeError:
         return False
-    return True
+    return not decoded.isascii() and decoded.encode("punycode").decode("ascii") == encoded
 
 
 def _validate_email(value: str) -> str:

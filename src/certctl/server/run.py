@@ -389,7 +389,9 @@ def _renew_self_signed(prepared: _Prepared, tls: ServerTLS | None) -> None:
         tls.load(services.clock())
 
 
-def _serve_process(prepared: _Prepared, index: int, sockets: dict[str, socket.socket]) -> None:
+def _serve_process(
+    prepared: _Prepared, index: int, sockets: dict[str, list[socket.socket]]
+) -> None:
     """Serve the listeners in this process (the only one, or worker ``index``).
 
     Worker 0 also runs the background work (scheduler, self-signed renewal, CA Secret);
@@ -528,7 +530,7 @@ def _serve_process(prepared: _Prepared, index: int, sockets: dict[str, socket.so
                 asyncio.create_task(_periodic(CA_SECRET_REFRESH_S, publish_ca, "CA Secret"))
             )
         try:
-            runs = [asyncio.create_task(s.serve(sockets=[sockets[name]])) for s, name in servers]
+            runs = [asyncio.create_task(s.serve(sockets=sockets[name])) for s, name in servers]
             await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
             for other, _ in servers:  # one stopped (signal or error): stop the rest
                 other.should_exit = True

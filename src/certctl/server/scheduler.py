@@ -93,8 +93,11 @@ class Scheduler:
     leadership: Leadership | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     # Services whose reconcile raised something unexpected (a bug, not a delivery failure,
-    # which the service's own status and backoff record): name → (failures, retry at).
-    _crashed: dict[str, tuple[int, datetime]] = field(default_factory=dict)
+    # which the service's own status and backoff record): name → (failures, retry at, what
+    # was asked). A new spec generation or a renewal request is tried at once.
+    _crashed: dict[str, tuple[int, datetime, tuple[int, datetime | None]]] = field(
+        default_factory=dict
+    )
 
     def wake(self) -> None:
         """Reconcile soon (a spec changed)."""
@@ -110,9 +113,15 @@ class Scheduler:
         with self.services.sessions() as session:
             rows = list(session.scalars(select(ManagedService).order_by(ManagedService.name)))
         done = 0
+        for gone in self._crashed.keys() - {row.name for row in rows}:
+            del self._crashed[gone]
         for row in rows:
+            asked = (row.generation, row.renew_at)
             crashed = self._crashed.get(row.name)
+            if crashed is not None and crashed[2] != asked:
+                crashed = None  # changed since it crashed: a fresh start
             if crashed is not None and now < crashed[1]:
+                self._export(row)
                 continue
             if tls_services.due(row, now):
                 # Re-checked per service: a leader whose lock session was lost mid-pass (network
@@ -131,7 +140,7 @@ class Scheduler:
                     # the log with a traceback every tick nor repeats its side effects.
                     failures = (crashed[0] if crashed else 0) + 1
                     retry = now + tls_services.backoff(failures)
-                    self._crashed[row.name] = (failures, retry)
+                    self._crashed[row.name] = (failures, retry, asked)
                     if failures == 1:
                         log.exception("reconciling service %s failed", row.name)
                     else:

@@ -52,11 +52,12 @@ def prepare_multiprocess_metrics() -> str:
     return directory
 
 
-def bind_listeners(config: ServerConfig, count: int) -> list[dict[str, socket.socket]]:
-    """Bind every listener ``count`` times before anything else starts: one socket per worker.
+def bind_listeners(config: ServerConfig, count: int) -> list[dict[str, list[socket.socket]]]:
+    """Bind every listener ``count`` times before anything else starts: sockets per worker.
 
     Bound before the data directory is touched, so an address in use is one clear error, not
-    a first start (CA, admin key, banner) for a server that then cannot listen.
+    a first start (CA, admin key, banner) for a server that then cannot listen. A host name
+    binds every address it resolves to (``localhost``: 127.0.0.1 and ::1), as uvicorn would.
 
     Several workers: not one shared socket. A worker woken for a burst of new connections
     accepts them all, and kept-alive connections stay where they were accepted, so one worker
@@ -65,39 +66,71 @@ def bind_listeners(config: ServerConfig, count: int) -> list[dict[str, socket.so
     connections that reach a crashed worker's socket wait in its backlog for the replacement,
     which inherits the same socket.
     """
-    addresses = {"main": config.host_port}
+    listeners = {"main": ("listen", config.host_port)}
     if config.metrics.listen:
-        addresses["metrics"] = split_host_port(config.metrics.listen, "metrics.listen")
+        listeners["metrics"] = (
+            "metrics.listen",
+            split_host_port(config.metrics.listen, "metrics.listen"),
+        )
     if count == 1:
-        return [{name: _bind(*address, reuse_port=False) for name, address in addresses.items()}]
+        return [
+            {
+                name: _bind(key, *address, reuse_port=False)
+                for name, (key, address) in listeners.items()
+            }
+        ]
     # SO_REUSEPORT would also share the port with another certctl started the same way; a
     # plain bind first fails if anything at all listens there.
-    for address in addresses.values():
-        _bind(*address, reuse_port=False).close()
+    for key, address in listeners.values():
+        for sock in _bind(key, *address, reuse_port=False):
+            sock.close()
     return [
-        {name: _bind(*address, reuse_port=True) for name, address in addresses.items()}
+        {name: _bind(key, *address, reuse_port=True) for name, (key, address) in listeners.items()}
         for _ in range(count)
     ]
 
 
-def _bind(host: str, port: int, *, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+_HINTS = {
+    "listen": "--listen or CERTCTL_LISTEN",
+    "metrics.listen": "metrics.listen or CERTCTL_METRICS_LISTEN",
+}
+
+
+def _bind(key: str, host: str, port: int, *, reuse_port: bool) -> list[socket.socket]:
+    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
     try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        hint = (
-            " (is another server running there? choose an address with --listen or CERTCTL_LISTEN)"
-            if exc.errno == errno.EADDRINUSE
-            else ""
+        infos = socket.getaddrinfo(
+            host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE
         )
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
-    sock.listen(2048)
-    return sock
+    except socket.gaierror as exc:
+        raise OSError(exc.errno, f"cannot listen on {where} ({key}): {exc.strerror}") from None
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
+    for family, kind, proto, _, address in infos:
+        if (family, address) in seen:
+            continue
+        seen.add((family, address))
+        sock = socket.socket(family, kind, proto)
+        sockets.append(sock)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                # As asyncio does: "::" is IPv6 only; 0.0.0.0 is a listener of its own.
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(2048)
+        except OSError as exc:
+            for opened in sockets:
+                opened.close()
+            hint = (
+                f" (is another server running there? choose an address with {_HINTS[key]})"
+                if exc.errno == errno.EADDRINUSE
+                else ""
+            )
+            raise OSError(exc.errno, f"cannot listen on {where}: {exc.strerror}{hint}") from None
+    return sockets
 
 
 class Supervisor:

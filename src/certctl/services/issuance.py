@@ -186,23 +186,31 @@ def import_issuer(
     return _store_issuer(services, issuer_id, name, ca, caller, "issuer.import")
 
 
+# How far ahead of this clock an imported CA's notBefore may be.
+IMPORT_CLOCK_SKEW = timedelta(minutes=5)
+
+
 def _check_importable(ca: CertificateAuthority, now: datetime) -> None:
     """Refuse a CA that could not issue a valid certificate now (rather than at first use)."""
     cert = ca.certificate
     if cert.not_valid_after_utc <= now:
         raise InvalidRequest(f"the CA certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}")
-    if cert.not_valid_before_utc > now:
-        # Its certificates would start before it does, and fail validation until then.
+    if cert.not_valid_before_utc > now + IMPORT_CLOCK_SKEW:
+        # Its certificates would start before it does, and fail validation until then. A few
+        # minutes are allowed: a CA made just now on a host whose clock runs ahead.
         raise InvalidRequest(
             f"the CA certificate is not valid before {cert.not_valid_before_utc.isoformat()}"
         )
-    parent = ca.chain[0] if ca.chain else (cert if cert.issuer == cert.subject else None)
+    if cert.issuer == cert.subject:
+        parent: x509.Certificate | None = cert
+    else:  # the chain's issuer of it, wherever it sits (bundles come root first too)
+        parent = next((c for c in ca.chain if c.subject == cert.issuer), None)
     if parent is None:
-        return  # an intermediate without its chain: nothing here to check its signature with
+        return  # an intermediate without its issuer: nothing here to check its signature with
     try:
         cert.verify_directly_issued_by(parent)
     except (ValueError, TypeError, InvalidSignature):
-        what = "its own key (self-signed)" if parent is cert else "the first chain certificate"
+        what = "its own key (self-signed)" if parent is cert else "its issuer in the chain"
         raise InvalidRequest(
             f"the CA certificate's signature does not verify with {what}"
         ) from None

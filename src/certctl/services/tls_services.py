@@ -463,7 +463,12 @@ def reconcile_service(
         row = session.get(ManagedService, name)
         if row is None:
             raise NotFound(f"service {name} not found")
-    spec = parse_service(row.spec)
+    try:
+        spec = parse_service(row.spec)
+    except InvalidRequest as exc:
+        # Stored before a rule was added (or edited in the database): the service's own
+        # problem, shown in its status and backed off, never a crash of every pass.
+        return _fail(services, row, now, f"stored spec no longer valid: {exc.detail}", "spec")
     conditions: dict[str, Any] = {}
     try:
         result = _decide(services, settings, row, spec, now)

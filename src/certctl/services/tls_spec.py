@@ -99,8 +99,10 @@ class HTTP(_Model):
 
 # uid_t/gid_t are 32-bit; (uid_t)-1 means "unchanged" to chown(2), so it is not an id.
 _MAX_ID = 2**32 - 2
-# POSIX portable user names (useradd's default rule, plus the $ of machine accounts).
-_ACCOUNT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?")
+# What getpwnam/getgrnam could never find. Real names go well beyond the POSIX portable set
+# (SSSD's user@ad.example, winbind's "DOM\\user" and "domain users"), so only these are
+# refused here; an account missing on the host is the delivery's error.
+_NOT_AN_ACCOUNT = re.compile(r"[\x00-\x1f\x7f:/]|^-|^\s*\Z")
 
 
 class DirectoryTarget(_Model):
@@ -139,11 +141,11 @@ class DirectoryTarget(_Model):
         # reconcile forever instead of once, at the PUT.
         if value is None:
             return None
-        if isinstance(value, int) or value.isdigit():
+        if isinstance(value, int) or (value.isascii() and value.isdigit()):
             if not 0 <= int(value) <= _MAX_ID:
                 raise ValueError(f"{value}: user and group ids are 0 to {_MAX_ID}")
             return value
-        if not _ACCOUNT_NAME.fullmatch(value):
+        if len(value) > 256 or _NOT_AN_ACCOUNT.search(value):
             raise ValueError(f"{value[:40]!r} is not a user or group name")
         return value
 

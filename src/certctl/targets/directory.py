@@ -49,7 +49,7 @@ def _versions_dir(path: Path) -> Path:
 def _resolve_id(value: str | int | None, kind: str) -> int:
     if value is None:
         return -1
-    if isinstance(value, int) or value.isdigit():
+    if isinstance(value, int) or (value.isascii() and value.isdigit()):
         if not 0 <= int(value) < 2**32 - 1:  # specs stored before the API checked the range
             raise DeliveryError(f"{kind} id {value} is out of range")
         return int(value)

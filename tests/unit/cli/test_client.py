@@ -437,3 +437,26 @@ def test_ids_are_one_path_segment(listener: Listener) -> None:
     proc = certctl("certs", "get", "a/b?c\n", env={"CERTCTL_URL": listener.url})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"id": "x"}
+
+
+def test_issue_from_a_csr_refuses_the_options_it_would_drop(
+    listener: Listener, tmp_path: Path
+) -> None:
+    # The CSR carries the names and the key: --cn/--dns/--ip/--key-type beside it were
+    # silently dropped (and the API now refuses those fields with a CSR).
+    csr = tmp_path / "x.csr"
+    csr.write_text("-----BEGIN CERTIFICATE REQUEST-----\n")
+    proc = certctl(
+        "certs",
+        "issue",
+        "--csr",
+        str(csr),
+        "--cn",
+        "a",
+        "--key-type",
+        "rsa-2048",
+        env={"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": "cctl_k"},
+    )
+    assert proc.returncode == 2
+    assert "--cn, --key-type: not used with --csr" in proc.stderr
+    assert listener.seen == []  # nothing was sent

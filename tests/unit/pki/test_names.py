@@ -392,3 +392,16 @@ def test_validated_refuses_as_parse_does(name: x509.GeneralName) -> None:
         SubjectAltNames.parse(**{field: [name.value]})
     with pytest.raises(InvalidRequest, match=re.escape(str(parsed.value))):
         SubjectAltNames.validated([x509.DNSName("ok.example"), name])
+
+
+@pytest.mark.parametrize("name", ["xn--strae-oqa.de", "xn--fuball-cta.de", "XN--BCHER-KVA.example"])
+def test_idna_2008_a_labels_are_accepted(name: str) -> None:
+    # straße and fußball are A-labels under IDNA 2008 (what registries use) that the
+    # standard library's IDNA 2003 codec refuses: the check decodes the Punycode instead.
+    assert validate_dns_name(name) == name.lower()
+
+
+@pytest.mark.parametrize("label", ["xn--zz", "xn--99999999999"])
+def test_a_labels_that_decode_to_nothing_valid_are_refused(label: str) -> None:
+    with pytest.raises(InvalidRequest, match="not a valid IDNA A-label"):
+        validate_dns_name(f"{label}.example")
