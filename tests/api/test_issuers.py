@@ -270,19 +270,15 @@ def test_import_finds_the_issuer_in_a_chain_in_any_order(api: Api) -> None:
         validity=timedelta(days=30),
         now=now,
     ).certificate
-    unrelated = create_root_ca(
-        generate_private_key(KeyType.EC_P256),
-        common_name_dn("Other"),
-        validity=timedelta(days=9),
-        now=now,
-    ).certificate
-    # A root with the right name and the wrong key: the intermediate's signature fails.
-    impostor = create_root_ca(
-        generate_private_key(KeyType.EC_P256),
-        common_name_dn("Chain Root"),
-        validity=timedelta(days=9),
-        now=now,
-    ).certificate
+
+    def another_root(name: str) -> x509.Certificate:
+        key = generate_private_key(KeyType.EC_P256)
+        return create_root_ca(
+            key, common_name_dn(name), validity=timedelta(days=9), now=now
+        ).certificate
+
+    unrelated = another_root("Other")
+    impostor = another_root("Chain Root")  # the right name, the wrong key: signature fails
 
     def post(issuer_id: str, *chain: x509.Certificate) -> object:
         pem = "".join(c.public_bytes(Encoding.PEM).decode() for c in (inter, *chain))

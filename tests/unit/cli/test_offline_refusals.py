@@ -6,7 +6,6 @@ status, the whole of stderr and that no file was written or changed.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -29,6 +28,7 @@ from certctl.pki import (
     key_to_pem,
     to_pkcs12,
 )
+from tests.unit.cli.test_bad_input import _snapshot
 
 SCRIPT = Path(sys.executable).with_name("certctl")
 PEM = serialization.Encoding.PEM
@@ -443,15 +443,6 @@ def workdir(base: Path, tmp_path: Path) -> Path:
     work = tmp_path / "w"
     shutil.copytree(base, work)
     return work
-
-
-def _snapshot(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): "dir"
-        if p.is_dir()
-        else hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
