@@ -23,6 +23,7 @@ from certctl.pki import (
 from tests.api.conftest import Api, assert_problem
 
 CERTS = "/api/v1/certificates"
+ISSUERS = "/api/v1/issuers"
 ISSUE_FIELDS = {
     "id",
     "serial",
@@ -278,6 +279,16 @@ def test_crl_lists_revoked_serials(api: Api) -> None:
     pem_crl = x509.load_pem_x509_crl(pem.content)
     assert [r.serial_number for r in pem_crl] == [int(bad["serial"], 16)]
     assert_problem(api.get("/api/v1/issuers/nope/crl"), 404)
+    assert crl.next_update_utc is not None
+    assert crl.next_update_utc <= ca.not_valid_after_utc
+
+
+def test_an_expired_issuer_signs_no_crl(api: Api) -> None:
+    r = api.post(ISSUERS, api.admin_key, json={"id": "brief", "validity": "2D"})
+    assert r.status_code == 201, r.text
+    api.clock.advance(days=3)
+    body = assert_problem(api.get("/api/v1/issuers/brief/crl"), 409)
+    assert body["detail"].startswith("issuer brief: issuing CA expired on")
 
 
 def test_renew(api: Api) -> None:

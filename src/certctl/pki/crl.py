@@ -52,19 +52,27 @@ def create_crl(
     next_update: timedelta = timedelta(days=7),
     crl_number: int | None = None,
 ) -> x509.CertificateRevocationList:
-    """Sign a CRL listing ``revoked`` under ``ca``.
+    """Sign a CRL listing ``revoked`` under ``ca``; the next update is clipped to its notAfter.
 
     ``crl_number`` defaults to the issue time in seconds, which grows monotonically
     as RFC 5280 5.2.3 requires without keeping state.
+
+    Raises:
+        InvalidRequest: the CA has expired, or ``next_update`` is not positive.
     """
     if next_update <= timedelta(0):
         raise InvalidRequest("CRL next update must be in the future")
+    ca_end = ca.certificate.not_valid_after_utc
+    if ca_end <= now:
+        # As for certificates: no relying party accepts anything an expired CA signs.
+        raise InvalidRequest(f"issuing CA expired on {ca_end:%Y-%m-%d %H:%M}Z")
     number = crl_number if crl_number is not None else int(now.timestamp())
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.certificate.subject)
         .last_update(now - BACKDATE)
-        .next_update(now + next_update)
+        # Never after the CA's notAfter: the next CRL must come from the renewed CA.
+        .next_update(min(now + next_update, ca_end))
         .add_extension(x509.CRLNumber(number), critical=False)
         .add_extension(ca.authority_key_identifier, critical=False)
     )

@@ -806,7 +806,10 @@ def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationLis
         for serial, revoked_at, reason in rows
         if revoked_at is not None
     ]
-    return create_crl(ca, entries, now=services.clock())
+    try:
+        return create_crl(ca, entries, now=services.clock())
+    except InvalidRequest as exc:  # an expired issuer: the request was fine, the issuer is not
+        raise Conflict(f"issuer {issuer_id}: {exc.detail}") from None
 
 
 def certificate_counts(

@@ -136,3 +136,12 @@ def test_crl_next_update_must_be_future(
 ) -> None:
     with pytest.raises(InvalidRequest, match="CRL next update must be in the future"):
         create_crl(root_ca, [], now=now, next_update=next_update)
+
+
+def test_crl_next_update_never_after_the_ca(root_ca: CertificateAuthority, now: datetime) -> None:
+    # A CRL promising news after its issuer is gone: the next one must come from the renewed CA.
+    ca_end = root_ca.certificate.not_valid_after_utc
+    crl = create_crl(root_ca, [], now=ca_end - timedelta(days=1), next_update=timedelta(days=7))
+    assert crl.next_update_utc == ca_end
+    with pytest.raises(InvalidRequest, match="issuing CA expired on"):
+        create_crl(root_ca, [], now=ca_end + timedelta(seconds=1))
