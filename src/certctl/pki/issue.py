@@ -169,6 +169,13 @@ class CertificateAuthority:
         sans = sans if (sans and profile.allows_sans) else SubjectAltNames()
         if profile.is_server and not sans:
             sans = _sans_from_common_name(subject)
+            if not sans:
+                # Issued all the same (a CSR may be meant for something else), but no TLS
+                # client will match it to a host: say so where the caller will see it.
+                warnings.append(
+                    "server certificate without a DNS or IP name: TLS clients match hosts "
+                    "against SANs only, and the common name is not a host name"
+                )
         if not profile.is_ca and not subject and not sans:
             raise InvalidRequest("certificate needs a subject or at least one SAN")
         if profile.is_ca and not subject:
