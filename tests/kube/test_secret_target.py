@@ -234,6 +234,7 @@ def test_managed_service_secret_target(
                 "api-server": apiserver.url,
                 "ca-file": str(sa_dir / "ca.crt"),
                 "token-file": str(sa_dir / "token"),
+                "namespace": NAMESPACE,
             }
         }
     )
@@ -246,6 +247,11 @@ def test_managed_service_secret_target(
     assert secret["type"] == "kubernetes.io/tls"
     assert set(secret["data"]) == {"tls.crt", "tls.key", "ca.crt", "client-trust.crt"}
     assert secret["metadata"]["labels"]["app"] == "quickstart"
+    # A target naming no namespace goes to kubernetes.namespace, as docs/configuration.md
+    # says, not to "default".
+    write(SecretTarget(secret="unqualified-tls"), files)
+    assert (NAMESPACE, "unqualified-tls") in apiserver.secrets
+    assert not any(ns == "default" for ns, _ in apiserver.secrets)
     apiserver.fail_status = 500
     with pytest.raises(DeliveryError, match="answered 500"):
         write(target, files)

@@ -6,6 +6,7 @@ import os
 import pwd
 import stat
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -142,6 +143,31 @@ def test_unmanaged_directory_is_refused_and_reported(env: Env) -> None:
         deliver_to_directory(target, {"x": BundleFile(b"")})
 
 
+def test_a_symlink_certctl_did_not_make_is_refused_and_kept(env: Env) -> None:
+    theirs = env.tmp / "their-certs"
+    theirs.mkdir()
+    (theirs / "tls.crt").write_bytes(b"theirs\n")
+    target = env.tmp / "tls"
+    target.symlink_to(theirs)
+    env.put(service_doc("web", targets=[{"directory": str(target)}]))
+    row = env.reconcile("web")
+    assert "is a symlink certctl did not make" in row.conditions["Failed"]["message"]
+    assert os.readlink(target) == str(theirs)
+    assert (target / "tls.crt").read_bytes() == b"theirs\n"
+    # Disabling TLS removes only what certctl made: their link stays.
+    env.put(service_doc("web", disabled=True, targets=[{"directory": str(target)}]))
+    env.reconcile("web", env.now + MINUTE)
+    assert os.readlink(target) == str(theirs)
+    # Negative twin: a link certctl made is replaced on the next delivery.
+    target.unlink()
+    env.put(service_doc("web", targets=[{"directory": str(target)}]))
+    row = env.reconcile("web", env.now + 2 * MINUTE)
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    first = os.readlink(target)
+    _renew(env, "web")
+    assert os.readlink(target) != first
+
+
 def test_key_owner_and_group(env: Env) -> None:
     nobody = pwd.getpwnam("nobody")
     if os.geteuid() != 0:
@@ -214,6 +240,23 @@ def test_reload_timeout_fails_and_retries_with_backoff(env: Env) -> None:
     assert row.next_attempt_at is not None
     assert row.next_attempt_at - env.now > first_delay
     assert row.conditions["Failed"]["message"] == message
+
+    # A wrapper that started a child: the timeout kills the child too (its process group),
+    # so nothing lingers holding the output pipes or reloading late.
+    pidfile = env.tmp / "child.pid"
+    wrapper = {
+        "directory": str(target),
+        "reload": f"sh -c 'sleep 30 & echo $! > {pidfile}; wait'",
+        "reloadTimeout": "1s",
+    }
+    env.put(service_doc("web", targets=[wrapper]))
+    started = time.monotonic()
+    row = env.reconcile("web", env.now + MINUTE)
+    assert time.monotonic() - started < 10
+    assert row.conditions["Failed"]["message"] == message
+    child = Path(f"/proc/{int(pidfile.read_text())}/stat")
+    # Gone, or a zombie waiting for a PID 1 that does not reap (as in some containers).
+    assert not child.exists() or child.read_text().rpartition(")")[2].split()[0] == "Z"
 
     # A failing command: its exit status and last line of output are reported.
     failing = {"directory": str(target), "reload": "sh -c 'echo boom >&2; exit 3'"}

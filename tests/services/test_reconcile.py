@@ -408,3 +408,26 @@ def test_a_stored_spec_that_no_longer_parses_is_a_failed_condition(env: Env) -> 
     assert failed["status"] is True
     assert failed["message"].startswith("stored spec no longer valid: spec: spec.targets.0.owner")
     assert row.conditions["Ready"]["status"] is True  # the last good certificate still serves
+
+
+def test_client_changes_reach_the_targets_at_the_next_scheduler_pass(env: Env) -> None:
+    from certctl.server.scheduler import Scheduler
+
+    target = env.tmp / "api-tls"
+    env.put(service_doc("api", client_auth=True, targets=[{"directory": str(target)}]))
+    scheduler = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
+    assert scheduler.tick() == 1
+    placeholder = (target / "client-trust.crt").read_bytes()
+    env.at(env.now + MINUTE)
+    assert scheduler.tick() == 0  # nothing due: the negative twin of what follows
+
+    client_ca = make_ca("client-ca", env.now)
+    (added,) = tls_services.add_client(env.services, env.admin, "api", client_ca.cert_pem.decode())
+    assert scheduler.tick() == 1  # due at once, not at the next renewal
+    assert (target / "client-trust.crt").read_bytes() == client_ca.cert_pem
+    assert scheduler.tick() == 0
+
+    tls_services.remove_client(env.services, env.admin, "api", added.fingerprint)
+    assert scheduler.tick() == 1  # a removed client stops being trusted now
+    assert (target / "client-trust.crt").read_bytes() == placeholder
+    assert env.row("api").conditions["Ready"]["status"] is True

@@ -90,11 +90,39 @@ INVALID = {
         _with("spec.targets", [{"directory": "/etc/web/tls", "reloadTimeout": "5x"}]),
         "spec.targets.0.reloadTimeout: 5x: unknown duration unit",
     ),
+    "reload timeout beyond ten minutes": (
+        _with("spec.targets", [{"directory": "/etc/web/tls", "reloadTimeout": "100Y"}]),
+        "spec.targets.0.reloadTimeout: 100Y: reload timeouts are 1s to 10m",
+    ),
+    "reload that cannot be split": (
+        _with("spec.targets", [{"directory": "/etc/web/tls", "reload": "sh -c 'unclosed"}]),
+        "spec.targets.0.reload: cannot be split into arguments: No closing quotation",
+    ),
+    "empty reload": (
+        _with("spec.targets", [{"directory": "/etc/web/tls", "reload": "  "}]),
+        "spec.targets.0.reload: an empty reload command; leave reload out instead",
+    ),
     "certificate and disabled": (
         _with(
             "spec.http.tls.certificate", {"secretName": "custom"}, service_doc("web", disabled=True)
         ),
         "spec.http.tls: certificate and selfSignedCertificate.disabled conflict",
+    ),
+    "secret target escaping its URL": (
+        _with("spec.targets", [{"secret": "../../kube-system/secrets/x"}]),
+        "spec.targets.0.secret: '../../kube-system/secrets/x': Secret names are lower-case",
+    ),
+    "secret target in a namespace path": (
+        _with("spec.targets", [{"secret": "web-tls", "namespace": "kube-system/secrets/x?"}]),
+        "spec.targets.0.namespace: 'kube-system/secrets/x?': namespaces are lower-case DNS",
+    ),
+    "secret target label key": (
+        _with("spec.targets", [{"secret": "web-tls", "labels": {"bad key": "x"}}]),
+        "spec.targets.0.labels: 'bad key' is not a Kubernetes label key",
+    ),
+    "secret target label value": (
+        _with("spec.targets", [{"secret": "web-tls", "labels": {"example.com/app": "a b"}}]),
+        "spec.targets.0.labels: label example.com/app: 'a b' is not a Kubernetes label value",
     ),
     "bad secret name": (
         _with("spec.http.tls.certificate", {"secretName": "../etc"}),

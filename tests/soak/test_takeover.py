@@ -22,6 +22,7 @@ import pytest
 from cryptography import x509
 from sqlalchemy import func, select
 
+from certctl.auth.permissions import PERMISSIONS
 from certctl.pki import format_serial
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
@@ -35,7 +36,7 @@ from certctl.store.models import Issuer, ManagedService, OutboxEvent
 from tests.api.conftest import FakeClock
 
 NAME = "web"
-ADMIN = Principal("admin", ("r-admin",), frozenset({"service.edit", "service.read"}), "test")
+ADMIN = Principal("admin", ("r-admin",), frozenset(PERMISSIONS), "test")
 
 
 class Crash(BaseException):

@@ -53,6 +53,7 @@ from certctl.metrics.registry import (
 from certctl.pki import parse_duration
 from certctl.services import audit, issuance, rbac
 from certctl.services.context import Principal, Services
+from certctl.services.tls_services import TargetPolicy
 from certctl.store.db import storage_error
 from certctl.store.models import Actor, ApiKey, Role
 
@@ -1164,11 +1165,13 @@ def create_app(
     only_paths: frozenset[str] | None = None,
     kubernetes_authenticator: TokenReviewAuthenticator | None = None,
     auth_failure_limiter: AuthFailureLimiter | None = None,
+    service_policy: TargetPolicy | None = None,
 ) -> ASGIApp:
     """Build the ASGI app around ``services``; ``only_paths`` limits it to those routes.
 
     ``auth_failure_limiter`` (shared by every listener of one server) throttles addresses
-    that fail to authenticate too often; None turns the throttle off.
+    that fail to authenticate too often; None turns the throttle off. ``service_policy``
+    says which directory targets and reload commands a service editor may set.
     """
     auth = _AuthSettings(
         services, auth_failure_limiter, client_cert_mappings, kubernetes_authenticator
@@ -1193,5 +1196,6 @@ def create_app(
     app.state.client_cert_mappings = client_cert_mappings
     app.state.kubernetes_authenticator = kubernetes_authenticator
     app.state.auth_failure_limiter = auth_failure_limiter
+    app.state.service_policy = service_policy or TargetPolicy()
     app.state.ready = True
     return AccessLogAndLimits(app, json_logs=json_logs)

@@ -61,7 +61,9 @@ async def put_service(request: Request, principal: Principal | None) -> Response
     # Not get_service: that needs service.read, and this route only needs service.edit.
     with services.sessions() as session:
         existed = session.get(ManagedService, name) is not None
-    row = tls_services.put_service(services, caller_of(principal), name, body.model_dump())
+    row = tls_services.put_service(
+        services, caller_of(principal), name, body.model_dump(), request.app.state.service_policy
+    )
     _wake(request)
     return json_response(tls_services.service_json(row), 200 if existed else 201)
 

@@ -83,6 +83,24 @@ class MetricsConfig(_Section):
     secure: bool = True
 
 
+class ServicesConfig(_Section):
+    """``services.*`` keys: what holders of ``service.edit`` may do on this host."""
+
+    # Directory targets (and passwordFiles) under these may be set by any holder of
+    # service.edit; elsewhere, and any reload command, need every permission.
+    target_directories: list[Path] = Field(default_factory=list, alias="target-directories")
+
+    @field_validator("target_directories")
+    @classmethod
+    def _absolute(cls, value: list[Path]) -> list[Path]:
+        for path in value:
+            if not path.is_absolute():
+                raise ValueError(f"{path}: target directories must be absolute paths")
+            if path == Path("/"):
+                raise ValueError("/ would delegate the whole file system")
+        return value
+
+
 class ClientCertMappingConfig(_Section):
     """One ``auth.client-cert-mappings`` entry."""
 
@@ -175,6 +193,7 @@ class ServerConfig(_Section):
     # Processes serving the listeners (one event loop each); background work runs in one.
     workers: int = Field(default=1, ge=1, le=64)
     notifications: NotificationsConfig = Field(default_factory=lambda: NotificationsConfig())
+    services: ServicesConfig = Field(default_factory=ServicesConfig)
 
     @property
     def effective_secrets_dir(self) -> Path:

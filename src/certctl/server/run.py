@@ -29,7 +29,7 @@ from certctl.server.scheduler import Scheduler
 from certctl.server.tls import ServerTLS, check_files, ensure_self_signed
 from certctl.services import issuance
 from certctl.services.context import Services
-from certctl.services.tls_services import ServiceSettings, ca_renewal_time
+from certctl.services.tls_services import ServiceSettings, TargetPolicy, ca_renewal_time
 from certctl.store.models import ApiKey, Issuer
 from certctl.targets.kubernetes import SecretWriter
 
@@ -196,6 +196,16 @@ def service_settings(config: ServerConfig) -> ServiceSettings:
         cert_rotate_before=parse_duration(config.cert_rotate_before),
         secrets_dir=config.effective_secrets_dir,
         secret_writer=_secret_target_writer(config),
+    )
+
+
+def target_policy(config: ServerConfig) -> TargetPolicy:
+    """Who may set which directory targets: ``services.target-directories``, never ours."""
+    own = [config.data_dir, config.effective_secrets_dir]
+    if config.tls.cert_dir is not None:
+        own.append(config.tls.cert_dir)
+    return TargetPolicy(
+        delegated_directories=tuple(config.services.target_directories), protected=tuple(own)
     )
 
 
@@ -450,6 +460,7 @@ def _serve_process(
         json_logs=config.log_format == "json",
         kubernetes_authenticator=kube_auth,
         auth_failure_limiter=limiter,
+        service_policy=target_policy(config),
     )
     host, port = config.host_port
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,7 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy import select
 
-from certctl.errors import InvalidRequest, NotFound
+from certctl.auth.permissions import PERMISSIONS
+from certctl.errors import InvalidRequest, NotFound, PermissionDenied
 from certctl.metrics.registry import RENEWALS
 from certctl.pki import (
     PROFILES,
@@ -46,6 +48,7 @@ from certctl.store.models import ManagedService, OutboxEvent, ServiceClient
 __all__ = [
     "OUTPUTS",
     "ServiceSettings",
+    "TargetPolicy",
     "add_client",
     "backoff",
     "delete_service",
@@ -101,11 +104,107 @@ class ServiceSettings:
         return max(self.ca_rotate_before, leaf_margin)
 
 
+# --- who may ask for what on the host --------------------------------------------------
+
+
+def _real(path: Path) -> Path:
+    # The target itself is a symlink certctl replaces, so resolve its parent only: a parent
+    # that is a symlink out of an allowed directory must not count as inside it.
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
+def _resolved(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+@dataclass(frozen=True)
+class TargetPolicy:
+    """What a directory target may touch, and what only a caller holding every permission may.
+
+    A reload command runs, and a directory target writes, as the server's own user, which
+    can read the key-encryption key and the admin API key: whoever sets them holds every
+    permission in effect. So (the no-escalation rule of DESIGN §4, applied to the host) a
+    new or changed ``reload``, or a ``directory``/``passwordFile`` outside
+    ``delegated_directories`` (``services.target-directories``), needs a caller holding every
+    permission. No caller may aim a target into ``protected`` (the server's own files).
+    """
+
+    delegated_directories: tuple[Path, ...] = ()
+    protected: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "delegated_directories", tuple(map(_resolved, self.delegated_directories))
+        )
+        object.__setattr__(self, "protected", tuple(map(_resolved, self.protected)))
+
+    def _delegated(self, path: Path) -> bool:
+        return any(_inside(_real(path), root) for root in self.delegated_directories)
+
+    def check(
+        self,
+        caller: Principal,
+        spec: TLSServiceSpec,
+        before: TLSServiceSpec | None,
+    ) -> None:
+        """Refuse a spec the caller may not store.
+
+        Raises:
+            InvalidRequest: a directory target inside (or holding) the server's own files.
+            PermissionDenied: a host effect the caller does not hold every permission for.
+        """
+        kept = [
+            t for t in (before.spec.targets if before else []) if isinstance(t, DirectoryTarget)
+        ]
+        superuser = caller.permissions >= frozenset(PERMISSIONS)
+        for i, target in enumerate(spec.spec.targets):
+            if not isinstance(target, DirectoryTarget):
+                continue
+            where = f"spec.targets.{i}"
+            real = _real(target.directory)
+            for own in self.protected:
+                if _inside(real, own) or _inside(own, real):
+                    raise InvalidRequest(
+                        f"{where}.directory: {target.directory} overlaps the server's own files "
+                        f"({own}); deliver somewhere else"
+                    )
+            if superuser or target in kept:
+                continue  # unchanged targets stay whoever set them (operators edit SANs)
+            if target.reload is not None:
+                raise PermissionDenied(
+                    f"{where}.reload runs a command as the certctl server: setting it needs "
+                    "every permission (an administrator)"
+                )
+            for key, path in (
+                ("directory", target.directory),
+                ("passwordFile", target.password_file),
+            ):
+                if path is not None and not self._delegated(path):
+                    raise PermissionDenied(
+                        f"{where}.{key}: {path} is outside services.target-directories; "
+                        "only a caller holding every permission may use it"
+                    )
+
+
 # --- spec CRUD ---------------------------------------------------------------------------
 
 
-def put_service(services: Services, caller: Principal, name: str, doc: Any) -> ManagedService:
-    """Create or replace a service's spec (validated whole; nothing stored when invalid)."""
+def put_service(
+    services: Services,
+    caller: Principal,
+    name: str,
+    doc: Any,
+    policy: TargetPolicy | None = None,
+) -> ManagedService:
+    """Create or replace a service's spec (validated whole; nothing stored when invalid).
+
+    ``policy`` decides which directory targets and reload commands the caller may set
+    (see ``TargetPolicy``); the default delegates no directory.
+    """
     caller.require("service.edit")
     spec = parse_service(doc)
     if spec.name != name:
@@ -114,6 +213,13 @@ def put_service(services: Services, caller: Principal, name: str, doc: Any) -> M
     document = spec.to_document()
     with services.sessions.begin() as session:
         row = session.get(ManagedService, name, with_for_update=True)
+        before = None
+        if row is not None:
+            try:
+                before = parse_service(row.spec)
+            except InvalidRequest:
+                before = None  # a stored spec no longer valid grants nothing
+        (policy or TargetPolicy()).check(caller, spec, before)
         if row is None:
             row = ManagedService(
                 name=name,
@@ -202,7 +308,8 @@ def add_client(services: Services, caller: Principal, name: str, pem: str) -> li
     now = services.clock()
     added = []
     with services.sessions.begin() as session:
-        if session.get(ManagedService, name) is None:
+        row = session.get(ManagedService, name, with_for_update=True)
+        if row is None:
             raise NotFound(f"service {name} not found")
         for cert in material.certificates:
             fingerprint = _fingerprint(cert)
@@ -222,6 +329,8 @@ def add_client(services: Services, caller: Principal, name: str, pem: str) -> li
             )
             session.add(client)
             added.append(client)
+        if added:
+            _trust_changed(row, now)
         record(
             session,
             at=now,
@@ -239,11 +348,20 @@ def remove_client(services: Services, caller: Principal, name: str, fingerprint:
     caller.require("service.edit")
     now = services.clock()
     with services.sessions.begin() as session:
+        row = session.get(ManagedService, name, with_for_update=True)
         client = session.get(ServiceClient, (name, fingerprint.lower().replace(":", "")))
-        if client is None:
+        if row is None or client is None:
             raise NotFound(f"client {fingerprint} of service {name} not found")
         session.delete(client)
+        _trust_changed(row, now)
         record_call(session, caller, now, "service.client.remove", name, detail=fingerprint[:16])
+
+
+def _trust_changed(row: ManagedService, now: datetime) -> None:
+    # The trust bundle is part of what targets receive, but due() only looks at the spec
+    # and renewal times: without this a removed client stayed trusted until the next renewal.
+    # Due now, back-off included: the caller asked for a change, as with a new spec.
+    row.attempts, row.next_attempt_at = 0, now
 
 
 def _client_trust(services: Services, name: str) -> bytes:
@@ -697,6 +815,8 @@ def outputs_for(
 def _target_key(target: DirectoryTarget | SecretTarget) -> str:
     if isinstance(target, DirectoryTarget):
         return f"dir:{target.directory}"
+    if target.namespace is None:
+        return f"secret:{target.secret}"  # in kubernetes.namespace
     return f"secret:{target.namespace}/{target.secret}"
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import shlex
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -97,6 +99,7 @@ class HTTP(_Model):
     tls: TLS = Field(default_factory=TLS)
 
 
+_MIN_RELOAD_TIMEOUT, _MAX_RELOAD_TIMEOUT = timedelta(seconds=1), timedelta(minutes=10)
 # uid_t/gid_t are 32-bit; (uid_t)-1 means "unchanged" to chown(2), so it is not an id.
 _MAX_ID = 2**32 - 2
 # What getpwnam/getgrnam could never find. Real names go well beyond the POSIX portable set
@@ -129,9 +132,27 @@ class DirectoryTarget(_Model):
         from certctl.pki import parse_duration
 
         try:
-            parse_duration(value)
+            timeout = parse_duration(value)
         except InvalidRequest as exc:
             raise ValueError(exc.detail) from None  # so pydantic names the field
+        # The reconciler waits for the command, and every other service waits with it.
+        if not _MIN_RELOAD_TIMEOUT <= timeout <= _MAX_RELOAD_TIMEOUT:
+            raise ValueError(f"{value}: reload timeouts are 1s to 10m")
+        return value
+
+    @field_validator("reload")
+    @classmethod
+    def _command(cls, value: str | None) -> str | None:
+        # Split as run_reload will (no shell), so a quoting mistake fails the PUT, not every
+        # delivery.
+        if value is None:
+            return None
+        try:
+            argv = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot be split into arguments: {exc}") from None
+        if not argv:
+            raise ValueError("an empty reload command; leave reload out instead")
         return value
 
     @field_validator("owner", "group")
@@ -156,12 +177,60 @@ class DirectoryTarget(_Model):
         return self
 
 
+# Kubernetes object names (apimachinery's IsDNS1123Subdomain / IsDNS1123Label) and label
+# keys and values (IsQualifiedName / IsValidLabelValue). Checked here because they end up in
+# the API URL and the object: "../kube-system/secrets/x" must never reach either.
+_K8S_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_K8S_SUBDOMAIN = re.compile(rf"{_K8S_LABEL}(\.{_K8S_LABEL})*\Z")
+_K8S_NAMESPACE = re.compile(rf"{_K8S_LABEL}\Z")
+_LABEL_NAME = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?\Z")
+
+
 class SecretTarget(_Model):
     """A Kubernetes Secret receiving the bundle (``type: kubernetes.io/tls``)."""
 
     secret: str
-    namespace: str = "default"
-    labels: dict[str, str] = Field(default_factory=dict)
+    # None: kubernetes.namespace of the server config (the ServiceAccount's namespace).
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        if len(value) > 253 or not _K8S_SUBDOMAIN.match(value):
+            raise ValueError(
+                f"{value[:60]!r}: Secret names are lower-case DNS subdomains of at most 253 "
+                "characters (letters, digits, '-', '.')"
+            )
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 63 or not _K8S_NAMESPACE.match(value)):
+            raise ValueError(
+                f"{value[:60]!r}: namespaces are lower-case DNS labels of at most 63 characters"
+            )
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            prefix, slash, name = key.rpartition("/")
+            if (
+                not name
+                or len(name) > 63
+                or not _LABEL_NAME.match(name)
+                or (slash and (len(prefix) > 253 or not _K8S_SUBDOMAIN.match(prefix)))
+            ):
+                raise ValueError(f"{key[:60]!r} is not a Kubernetes label key")
+            if len(text) > 63 or not _LABEL_NAME.match(text):
+                raise ValueError(
+                    f"label {key}: {text[:60]!r} is not a Kubernetes label value "
+                    "(at most 63 letters, digits, '-', '_', '.', alphanumeric at both ends)"
+                )
+        return value
 
 
 def _target_kind(value: Any) -> str | None:

@@ -15,6 +15,7 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Mapping
@@ -77,6 +78,12 @@ def deliver_to_directory(
         DeliveryError: the path is an unmanaged directory, or writing/swapping failed.
     """
     uid, gid = _resolve_id(owner, "user"), _resolve_id(group, "group")
+    if path.is_symlink() and not _ours(path):
+        # Someone else's link (/etc/ssl/certs, a Kubernetes ..data): replacing it would
+        # break whatever it served, and its versions were never ours to prune.
+        raise DeliveryError(
+            f"{path} is a symlink certctl did not make (to {os.readlink(path)}); move it away"
+        )
     if path.exists() and not path.is_symlink():
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()  # an empty placeholder directory is ours to replace
@@ -128,6 +135,11 @@ def deliver_to_directory(
     return version.name
 
 
+def _ours(link: Path) -> bool:
+    target = Path(os.readlink(link))
+    return not target.is_absolute() and target.parent == Path(_versions_dir(link).name)
+
+
 def _prune(versions: Path, keep: Path) -> None:
     # Keep the current and the previous version: a process that opened the old files by
     # path a moment before the swap can still read them.
@@ -139,7 +151,7 @@ def _prune(versions: Path, keep: Path) -> None:
 
 def remove_directory_target(path: Path) -> None:
     """Remove the symlink and every version (TLS disabled for the service)."""
-    if path.is_symlink():
+    if path.is_symlink() and _ours(path):
         path.unlink()
     shutil.rmtree(_versions_dir(path), ignore_errors=True)
 
@@ -158,15 +170,28 @@ def run_reload(command: str, timeout_s: float) -> None:
     if not argv:
         return
     try:
-        done = subprocess.run(
-            argv, capture_output=True, timeout=timeout_s, check=False, stdin=subprocess.DEVNULL
+        # Its own session, so a timeout kills what it started too (a "sh -c" wrapper's
+        # children would otherwise live on holding the output pipes).
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
     except FileNotFoundError:
         raise DeliveryError(f"reload command not found: {argv[0]}") from None
+    except PermissionError:
+        raise DeliveryError(f"reload command not executable: {argv[0]}") from None
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
         raise DeliveryError(f"reload command timed out after {timeout_s:g}s") from None
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()[-1:]
+    if process.returncode != 0:
+        tail = (stderr or stdout).decode(errors="replace").strip().splitlines()[-1:]
         raise DeliveryError(
-            f"reload command exited {done.returncode}" + (f": {tail[0][:200]}" if tail else "")
+            f"reload command exited {process.returncode}" + (f": {tail[0][:200]}" if tail else "")
         )

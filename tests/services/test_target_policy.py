@@ -1,0 +1,137 @@
+"""Who may aim a service at the host: reload commands and directories (TargetPolicy)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certctl.auth.permissions import BUILTIN_ROLES
+from certctl.errors import InvalidRequest, PermissionDenied
+from certctl.services import tls_services
+from certctl.services.context import Principal
+from certctl.services.tls_services import TargetPolicy
+from tests.services.conftest import Env, service_doc
+
+OPERATOR = Principal("ops", ("r-operator",), BUILTIN_ROLES["r-operator"][1], "test")
+
+
+def _stored(env: Env, name: str) -> dict[str, Any]:
+    return dict(env.row(name).spec)
+
+
+def test_an_operator_cannot_set_a_reload_command_or_a_directory_outside_the_delegated_ones(
+    env: Env,
+) -> None:
+    delegated = env.tmp / "delegated"
+    delegated.mkdir()
+    policy = TargetPolicy(delegated_directories=(delegated,))
+
+    def put(targets: list[dict[str, Any]], caller: Principal = OPERATOR) -> None:
+        tls_services.put_service(
+            env.services, caller, "web", service_doc("web", targets=targets), policy
+        )
+
+    put([{"directory": str(delegated / "web")}])  # inside the delegated directory: allowed
+    before = _stored(env, "web")
+    refused: list[tuple[list[dict[str, Any]], str]] = [
+        (
+            [{"directory": str(delegated / "web"), "reload": "true"}],
+            r"targets\.0\.reload runs a command",
+        ),
+        (
+            [{"directory": str(env.tmp / "elsewhere")}],
+            r"targets\.0\.directory: .* outside services",
+        ),
+        (
+            [
+                {
+                    "directory": str(delegated / "p"),
+                    "format": "pkcs12",
+                    "passwordFile": "/etc/shadow",
+                }
+            ],
+            r"targets\.0\.passwordFile: /etc/shadow is outside",
+        ),
+        ([{"directory": "/etc/cron.d/x"}], "outside services.target-directories"),
+    ]
+    for targets, message in refused:
+        with pytest.raises(PermissionDenied, match=message):
+            put(targets)
+        assert _stored(env, "web") == before  # nothing stored
+
+    # A symlink inside the delegated directory pointing out of it does not count as inside.
+    (delegated / "escape").symlink_to(env.tmp)
+    with pytest.raises(PermissionDenied, match=r"outside services\.target-directories"):
+        put([{"directory": str(delegated / "escape" / "web")}])
+    (delegated / "up").mkdir()
+    with pytest.raises(PermissionDenied, match="outside"):
+        put([{"directory": str(delegated / "up" / ".." / ".." / "web")}])
+
+    # An administrator (every permission) may set all of it; the operator may then edit the
+    # service (its SANs) while keeping that target as it is, but not change the command.
+    admin_target = {"directory": str(env.tmp / "elsewhere"), "reload": "true"}
+    put([admin_target], caller=env.admin)
+    doc = service_doc("web", dns=("web.example.internal",), targets=[admin_target])
+    row = tls_services.put_service(env.services, OPERATOR, "web", doc, policy)
+    assert row.spec["spec"]["http"]["tls"]["selfSignedCertificate"]["subjectAltNames"] == [
+        {"dns": "web.example.internal"}
+    ]
+    with pytest.raises(PermissionDenied, match="reload runs a command"):
+        put([{**admin_target, "reload": "sh -c 'cat /data/admin-api-key'"}])
+    with pytest.raises(PermissionDenied, match="reload runs a command"):
+        put([{**admin_target, "reloadTimeout": "1m"}])
+
+
+def test_no_caller_may_aim_a_target_at_the_servers_own_files(env: Env) -> None:
+    data = env.tmp / "data"
+    policy = TargetPolicy(delegated_directories=(env.tmp,), protected=(data,))
+    for directory in (data / "tls", data, env.tmp):  # inside, equal, holding it
+        doc = service_doc("web", targets=[{"directory": str(directory)}])
+        with pytest.raises(InvalidRequest, match="overlaps the server's own files"):
+            tls_services.put_service(env.services, env.admin, "web", doc, policy)
+    doc = service_doc("web", targets=[{"directory": str(env.tmp / "web-tls")}])
+    tls_services.put_service(env.services, env.admin, "web", doc, policy)
+
+
+def test_the_api_answers_403_and_the_server_config_delegates(env: Env, tmp_path: Path) -> None:
+    from certctl.server.config import load_config
+    from certctl.server.run import target_policy
+
+    with pytest.raises(InvalidRequest, match=r"services\.target-directories: relative: target"):
+        load_config(None, {"services.target-directories": ["relative"]})
+    config = load_config(
+        None,
+        {"data-dir": str(tmp_path / "d"), "services.target-directories": [str(tmp_path / "srv")]},
+    )
+    policy = target_policy(config)
+    assert policy.delegated_directories == ((tmp_path / "srv").resolve(),)
+    assert (tmp_path / "d").resolve() in policy.protected
+
+    from starlette.testclient import TestClient
+
+    from certctl.api.app import create_app
+
+    with env.client() as admin:
+        assert (
+            admin.post(
+                "/api/v1/auth/actors", json={"id": "ops", "name": "ops", "roles": ["r-operator"]}
+            ).status_code
+            == 201
+        )
+        minted = admin.post("/api/v1/auth/apikeys", json={"actor_id": "ops", "name": "k"})
+        key = minted.json()["key_value"]
+    with TestClient(
+        create_app(env.services, service_policy=policy),
+        base_url="https://testserver",
+        headers={"Authorization": f"Bearer {key}"},
+    ) as ops:
+        hostile = service_doc("web", targets=[{"directory": "/tmp/x", "reload": "id"}])
+        response = ops.put("/api/v1/services/web", json=hostile)
+        assert response.status_code == 403, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert "targets.0.reload runs a command" in response.json()["detail"]
+        assert ops.get("/api/v1/services/web").status_code == 404  # nothing stored
+        inside = service_doc("web", targets=[{"directory": str(tmp_path / "srv" / "web")}])
+        assert ops.put("/api/v1/services/web", json=inside).status_code == 201
