@@ -169,3 +169,38 @@ def test_unreachable_receiver_backs_off_and_delivers_later(env: Env, receiver: R
     assert dispatch_pending(env.services, Webhook(receiver.url, SECRET)) == 1
     assert len(receiver.requests) == 1
     assert _check_signature(receiver.requests[0])
+
+
+def test_a_hanging_receiver_costs_one_timeout_per_pass_and_never_delays_reconciles(
+    env: Env, receiver: Receiver
+) -> None:
+    import socket
+    import time
+
+    # Accepts connections (the kernel's backlog) and never answers: a hung receiver.
+    hung = socket.create_server(("127.0.0.1", 0), backlog=16)
+    try:
+        webhook = Webhook(f"http://127.0.0.1:{hung.getsockname()[1]}/hook", SECRET, timeout_s=1)
+        for name in ("a", "b", "c"):
+            env.put(service_doc(name))
+            env.reconcile(name)
+        started = time.monotonic()
+        assert dispatch_pending(env.services, webhook) == 0
+        assert time.monotonic() - started < 2.5  # one timeout, not three
+        attempts = [e.attempts for e in _outbox(env)]
+        assert attempts == [1, 0, 0], attempts  # the others wait, no attempt counted
+
+        # The server's loop sends in the background: the pass returns at once.
+        scheduler = Scheduler(env.services, env.settings, 60, webhook, clock=lambda: env.now)
+        env.put(service_doc("d"))
+        started = time.monotonic()
+        assert scheduler.tick(dispatch_in_background=True) == 1
+        assert time.monotonic() - started < 0.9
+        assert scheduler._dispatcher is not None
+        scheduler._dispatcher.join(timeout=10)
+    finally:
+        hung.close()
+    # Reachable again: everything still pending goes out, each event once.
+    env.clock.advance(seconds=60)
+    assert dispatch_pending(env.services, Webhook(receiver.url, SECRET)) == 4
+    assert sorted(json.loads(r.body)["service"] for r in receiver.requests) == ["a", "b", "c", "d"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -98,13 +99,19 @@ class Scheduler:
     _crashed: dict[str, tuple[int, datetime, tuple[int, datetime | None]]] = field(
         default_factory=dict
     )
+    _dispatcher: threading.Thread | None = None
 
     def wake(self) -> None:
         """Reconcile soon (a spec changed)."""
         self._wake.set()
 
-    def tick(self) -> int:
-        """One pass over the services (blocking; run it in a thread). Returns reconciles done."""
+    def tick(self, *, dispatch_in_background: bool = False) -> int:
+        """One pass over the services (blocking; run it in a thread). Returns reconciles done.
+
+        Pending webhook events are sent after it, in the same thread, or with
+        ``dispatch_in_background`` in a thread of their own (at most one at a time) so a slow
+        receiver never delays the next pass's reconciles.
+        """
         leadership = self.leadership or Leadership(self.services)
         self.leadership = leadership
         if not leadership.check():
@@ -153,8 +160,21 @@ class Scheduler:
                         )
             self._export(row)
         if self.webhook is not None:
-            dispatch_pending(self.services, self.webhook)
+            if not dispatch_in_background:
+                dispatch_pending(self.services, self.webhook)
+            elif self._dispatcher is None or not self._dispatcher.is_alive():
+                self._dispatcher = threading.Thread(
+                    target=self._dispatch, name="certctl-webhook", daemon=True
+                )
+                self._dispatcher.start()
         return done
+
+    def _dispatch(self) -> None:
+        assert self.webhook is not None
+        try:
+            dispatch_pending(self.services, self.webhook)
+        except Exception:
+            log.exception("sending webhook events failed; will retry")
 
     def _export(self, row: ManagedService) -> None:
         ready = bool((row.conditions or {}).get("Ready", {}).get("status"))
@@ -168,7 +188,7 @@ class Scheduler:
         """Loop forever; errors are logged and the loop goes on."""
         while True:
             try:
-                await asyncio.to_thread(self.tick)
+                await asyncio.to_thread(self.tick, dispatch_in_background=True)
             except Exception:
                 log.exception("scheduler tick failed")
             self._wake.clear()

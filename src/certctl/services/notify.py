@@ -38,6 +38,9 @@ def sign(secret: bytes, body: bytes) -> str:
 def dispatch_pending(services: Services, webhook: Webhook, *, limit: int = 100) -> int:
     """Send due events, oldest first; each is marked delivered once a 2xx comes back.
 
+    A receiver that cannot be reached (refused, timed out) ends the pass after one attempt,
+    so a hanging receiver costs one timeout per pass, not one per event.
+
     Returns:
         How many events were delivered.
     """
@@ -55,7 +58,7 @@ def dispatch_pending(services: Services, webhook: Webhook, *, limit: int = 100) 
         )
     delivered = 0
     with httpx.Client(timeout=webhook.timeout_s) as client:
-        for event in pending:
+        for index, event in enumerate(pending):
             body = json.dumps({"id": event.id, **event.payload}, sort_keys=True).encode()
             error: str | None = None
             try:
@@ -73,6 +76,9 @@ def dispatch_pending(services: Services, webhook: Webhook, *, limit: int = 100) 
                     error = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
                 error = type(exc).__name__
+                unreachable = True
+            else:
+                unreachable = False
             with services.sessions.begin() as session:
                 row = session.get(OutboxEvent, event.id, with_for_update=True)
                 if row is None or row.delivered_at is not None:
@@ -92,4 +98,13 @@ def dispatch_pending(services: Services, webhook: Webhook, *, limit: int = 100) 
                         error,
                         row.attempts,
                     )
+            if unreachable:
+                # Down or hanging: the rest would each wait a full timeout too. They stay
+                # due (no attempt counted) and go first on the next pass.
+                if index + 1 < len(pending):
+                    log.warning(
+                        "webhook receiver unreachable; %d more events wait for the next pass",
+                        len(pending) - index - 1,
+                    )
+                break
     return delivered
