@@ -135,3 +135,47 @@ def test_the_api_answers_403_and_the_server_config_delegates(env: Env, tmp_path:
         assert ops.get("/api/v1/services/web").status_code == 404  # nothing stored
         inside = service_doc("web", targets=[{"directory": str(tmp_path / "srv" / "web")}])
         assert ops.put("/api/v1/services/web", json=inside).status_code == 201
+
+
+def test_a_service_ca_issues_only_for_its_service(env: Env, tmp_path: Path) -> None:
+    env.put(service_doc("web"))
+    env.reconcile("web")
+    csr_key = tmp_path / "k"
+    from tests._tools import ok, run
+
+    ok(
+        run(
+            "openssl",
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            csr_key,
+            "-subj",
+            "/CN=web",
+            "-out",
+            tmp_path / "csr",
+        )
+    )
+    with env.client() as client:
+        for body in (
+            {"issuer": "svc.web", "csr": (tmp_path / "csr").read_text()},
+            {"issuer": "svc.web", "common_name": "web", "dns_names": ["web"]},
+        ):
+            response = client.post("/api/v1/certificates", json=body)
+            assert response.status_code == 409, response.text
+            assert "the CA of managed service web" in response.json()["detail"]
+        child = {"id": "sub", "name": "sub", "common_name": "sub", "parent": "svc.web"}
+        assert client.post("/api/v1/issuers", json=child).status_code == 409
+        squat = {"id": "svc.api", "name": "x", "common_name": "x"}
+        response = client.post("/api/v1/issuers", json=squat)
+        assert response.status_code == 400, response.text
+        assert "reserved for managed services" in response.json()["detail"]
+        assert client.get("/api/v1/issuers/svc.api").status_code == 404
+        # Negative twin: the default issuer still issues.
+        ok_body = {"issuer": "default", "common_name": "web", "dns_names": ["web"]}
+        assert client.post("/api/v1/certificates", json=ok_body).status_code == 201

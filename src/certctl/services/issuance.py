@@ -141,6 +141,8 @@ def create_issuer(
     from certctl.services.rbac import _check_id
 
     _check_id(issuer_id, "issuer")
+    if caller is not None:
+        _reserved_id(issuer_id)
     name_dn = (
         parse_dn(subject) if subject else common_name_dn(common_name or f"certctl {issuer_id} CA")
     )
@@ -150,7 +152,7 @@ def create_issuer(
         issued = create_root_ca(key, name_dn, validity=validity, now=now, path_length=path_length)
         ca = CertificateAuthority(issued.certificate, key)
     else:
-        parent_ca = load_issuer(services, parent)
+        parent_ca = load_issuer(services, _not_managed(parent) if caller else parent)
         profile = PROFILES["intermediate"]
         if path_length is not None:
             profile = profile.with_path_length(path_length)
@@ -177,6 +179,7 @@ def import_issuer(
     from certctl.services.rbac import _check_id
 
     _check_id(issuer_id, "issuer")
+    _reserved_id(issuer_id)
     certs = load_material(certificate_pem.encode()).certificates
     key = load_material(private_key_pem.encode()).private_key
     if not certs or key is None:
@@ -214,6 +217,29 @@ def _check_importable(ca: CertificateAuthority, now: datetime) -> None:
         raise InvalidRequest(
             f"the CA certificate's signature does not verify with {what}"
         ) from None
+
+
+# Issuer ids of managed services' CAs (tls_services): only their reconciler issues from them
+# (the service's clients trust them), and nobody may create or import one (a CA imported as
+# svc.<name> before the service exists would be adopted, its key known to the importer).
+MANAGED_ISSUER_PREFIX = "svc."
+
+
+def _not_managed(issuer_id: str) -> str:
+    if issuer_id.startswith(MANAGED_ISSUER_PREFIX):
+        raise Conflict(
+            f"issuer {issuer_id} is the CA of managed service "
+            f"{issuer_id.removeprefix(MANAGED_ISSUER_PREFIX)}; only its reconciler issues from it"
+        )
+    return issuer_id
+
+
+def _reserved_id(issuer_id: str) -> None:
+    if issuer_id.startswith(MANAGED_ISSUER_PREFIX):
+        raise InvalidRequest(
+            f"{issuer_id!r}: issuer ids starting with {MANAGED_ISSUER_PREFIX!r} are reserved "
+            "for managed services' CAs"
+        )
 
 
 def load_issuer(services: Services, issuer_id: str) -> CertificateAuthority:
@@ -450,7 +476,7 @@ def prepare_from_csr(
     caller.require("cert.issue")
     started = time.perf_counter()
     prof = _leaf_profile(profile)
-    ca = load_issuer(services, issuer_id)
+    ca = load_issuer(services, _not_managed(issuer_id))
     try:
         csr, public_key = load_csr_with_key(csr_pem.encode())  # verifies the signature
         issued = sign_csr(
@@ -521,7 +547,7 @@ def prepare_with_key(
     kt = KeyType.parse(key_type)
     sans = SubjectAltNames.parse(dns=dns_names, ip=ip_addresses)
     subject = common_name_dn(common_name) if common_name else x509.Name([])
-    ca = load_issuer(services, issuer_id)
+    ca = load_issuer(services, _not_managed(issuer_id))
     key = generate_private_key(kt)
     issued = ca.issue(
         key.public_key(), subject, profile=prof, validity=validity, now=services.clock(), sans=sans
@@ -735,7 +761,7 @@ def renew_certificate(
         # A CSR-issued successor keeps the requester's key: renewing a certificate revoked
         # for keyCompromise would re-certify the compromised key.
         raise Conflict(f"certificate {cert_id} is revoked and cannot be renewed")
-    ca = load_issuer(services, old.issuer_id)
+    ca = load_issuer(services, _not_managed(old.issuer_id))
     old_cert = x509.load_pem_x509_certificate(old.certificate_pem.encode())
     # notBefore is backdated by BACKDATE at issuance: leave it out, or each renewal would
     # lengthen the lifetime by another BACKDATE.

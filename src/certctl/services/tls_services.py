@@ -393,6 +393,7 @@ class _Desired:
 
 
 def _per_service_ca_id(name: str) -> str:
+    # issuance.MANAGED_ISSUER_PREFIX: the API neither issues from nor creates these.
     return f"svc.{name}"
 
 
