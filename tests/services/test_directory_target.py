@@ -326,3 +326,50 @@ def test_an_out_of_range_id_stored_earlier_fails_the_delivery(tmp_path: Path) ->
     with pytest.raises(DeliveryError, match=f"user id {2**70} is out of range"):
         deliver_to_directory(target, {"tls.key": BundleFile(b"k", secret=True)}, owner=2**70)
     assert not target.exists()
+
+
+def test_a_changed_format_or_password_or_a_deleted_target_is_delivered_again(env: Env) -> None:
+    from certctl.server.scheduler import Scheduler
+
+    target = env.tmp / "tls"
+    password = env.tmp / "pw"
+    password.write_text("first-password\n")
+    env.put(service_doc("web", targets=[{"directory": str(target)}]))
+    scheduler = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
+    assert scheduler.tick() == 1
+    assert sorted(p.name for p in target.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
+
+    # PEM to PKCS#12: the same certificate, other files. Before, the bundle's digest alone
+    # decided, so nothing was written.
+    p12 = {"directory": str(target), "format": "pkcs12", "passwordFile": str(password)}
+    env.put(service_doc("web", targets=[p12]))
+    env.at(env.now + MINUTE)
+    assert scheduler.tick() == 1
+    assert sorted(p.name for p in target.iterdir()) == ["ca.crt", "tls.p12"]
+    opens = ("openssl", "pkcs12", "-in", target / "tls.p12", "-noout", "-passin")
+    ok(run(*opens, f"file:{password}"))
+
+    # A new password (same spec): written again at the next resync, under the new one.
+    password.write_text("second-password\n")
+    first = os.readlink(target)
+    env.at(env.now + tls_services.RESYNC_INTERVAL)
+    assert scheduler.tick() == 1
+    assert os.readlink(target) != first
+    ok(run(*opens, f"file:{password}"))
+    assert str(env.row("web").delivered).find("second-password") == -1  # never stored
+
+    # Deleted by hand: back at the next resync, not at the next renewal.
+    link = os.readlink(target)
+    target.unlink()
+    env.at(env.now + MINUTE)
+    assert scheduler.tick() == 0  # negative twin: not due before the resync interval
+    assert not target.exists()
+    env.at(env.now + tls_services.RESYNC_INTERVAL)
+    assert scheduler.tick() == 1
+    assert sorted(p.name for p in target.iterdir()) == ["ca.crt", "tls.p12"]
+    assert os.readlink(target) != link
+    # Nothing changed: a resync writes nothing.
+    link = os.readlink(target)
+    env.at(env.now + tls_services.RESYNC_INTERVAL)
+    assert scheduler.tick() == 1
+    assert os.readlink(target) == link

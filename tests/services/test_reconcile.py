@@ -431,3 +431,23 @@ def test_client_changes_reach_the_targets_at_the_next_scheduler_pass(env: Env) -
     assert scheduler.tick() == 1  # a removed client stops being trusted now
     assert (target / "client-trust.crt").read_bytes() == placeholder
     assert env.row("api").conditions["Ready"]["status"] is True
+
+
+def test_a_service_deleted_during_its_reconcile_is_one_info_line(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    from certctl.server.scheduler import Scheduler
+
+    def delete_while_reloading(command: str, timeout_s: float) -> None:
+        tls_services.delete_service(env.services, env.admin, "web")
+
+    target = {"directory": str(env.tmp / "tls"), "reload": "true"}
+    env.put(service_doc("web", targets=[target]))
+    settings = env.settings_with(reload_runner=delete_while_reloading)
+    scheduler = Scheduler(env.services, settings, 10, clock=lambda: env.now)
+    caplog.set_level("INFO", logger="certctl")
+    assert scheduler.tick() == 0
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback
+    assert "service web was deleted during its reconcile" in caplog.text
+    assert scheduler._crashed == {}
+    assert scheduler.tick() == 0

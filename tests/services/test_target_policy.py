@@ -179,3 +179,28 @@ def test_a_service_ca_issues_only_for_its_service(env: Env, tmp_path: Path) -> N
         # Negative twin: the default issuer still issues.
         ok_body = {"issuer": "default", "common_name": "web", "dns_names": ["web"]}
         assert client.post("/api/v1/certificates", json=ok_body).status_code == 201
+
+
+def test_two_services_cannot_share_a_target(env: Env) -> None:
+    from certctl.errors import Conflict
+
+    shared = {"directory": str(env.tmp / "tls")}
+    env.put(service_doc("web", targets=[shared]))
+    with pytest.raises(
+        Conflict, match=r"spec\.targets\.0: dir:.*/tls is already a target of service web"
+    ):
+        env.put(service_doc("api", targets=[shared]))
+    # The same place spelled through a symlinked parent is the same place.
+    (env.tmp / "alias").symlink_to(env.tmp)
+    with pytest.raises(Conflict, match="already a target of service web"):
+        env.put(service_doc("api", targets=[{"directory": str(env.tmp / "alias" / "tls")}]))
+    secret = {"secret": "web-tls", "namespace": "apps"}
+    with pytest.raises(
+        InvalidRequest, match=r"spec\.targets\.1: secret:apps/web-tls is also spec\.targets\.0"
+    ):
+        env.put(service_doc("api", targets=[secret, secret]))
+    env.put(service_doc("web", targets=[shared, secret]))  # its own targets again: fine
+    with env.client() as client:
+        response = client.put("/api/v1/services/api", json=service_doc("api", targets=[secret]))
+        assert response.status_code == 409, response.text
+    env.put(service_doc("api", targets=[{"directory": str(env.tmp / "api-tls")}]))

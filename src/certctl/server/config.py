@@ -264,16 +264,18 @@ def load_config(file: Path | None, overrides: dict[str, Any]) -> ServerConfig:
     """
     import yaml
 
+    from certctl import yamlfile
+
     doc: dict[str, Any] = {}
     if file is not None:
         try:
-            loaded = yaml.safe_load(file.read_text())
+            loaded = yamlfile.load(file.read_text())
         except OSError as exc:
             raise InvalidRequest(f"{file}: cannot read config ({exc.strerror})") from None
         except UnicodeDecodeError:
             raise InvalidRequest(f"{file}: not UTF-8 text") from None
-        except yaml.YAMLError:
-            raise InvalidRequest(f"{file}: not valid YAML") from None
+        except yaml.YAMLError as exc:
+            raise InvalidRequest(f"{file}: {yamlfile.problem(exc)}") from None
         except RecursionError:
             # PyYAML's pure-Python parser recurses per nesting level: "[[[[…" reaches the limit.
             raise InvalidRequest(f"{file}: nested too deeply") from None

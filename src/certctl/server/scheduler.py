@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import select, text
 
+from certctl.errors import NotFound
 from certctl.metrics.registry import SERVICE_NEXT_RENEWAL, SERVICE_NOT_AFTER, SERVICE_READY
 from certctl.services import tls_services
 from certctl.services.context import Services
@@ -130,7 +131,7 @@ class Scheduler:
             if crashed is not None and now < crashed[1]:
                 self._export(row)
                 continue
-            if tls_services.due(row, now):
+            if tls_services.due(row, now, resync=tls_services.RESYNC_INTERVAL):
                 # Re-checked per service: a leader whose lock session was lost mid-pass (network
                 # cut, pg_terminate_backend) stops at once instead of racing its successor.
                 if not leadership.check():
@@ -142,6 +143,10 @@ class Scheduler:
                     )
                     done += 1
                     self._crashed.pop(row.name, None)
+                except NotFound:
+                    # Deleted while it was being reconciled (a slow reload): nothing to do.
+                    log.info("service %s was deleted during its reconcile", row.name)
+                    continue
                 except Exception as exc:
                     # Backed off like a failed delivery, so one broken service neither floods
                     # the log with a traceback every tick nor repeats its side effects.

@@ -9,6 +9,7 @@ before: the service's ``Failed`` condition carries the message instead.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy import select
 
 from certctl.auth.permissions import PERMISSIONS
-from certctl.errors import InvalidRequest, NotFound, PermissionDenied
+from certctl.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from certctl.metrics.registry import RENEWALS
 from certctl.pki import (
     PROFILES,
@@ -67,6 +68,7 @@ OUTPUTS = ("ca-internal", "certs-internal", "certs-public", "client-trust")
 _MAX_BACKOFF = timedelta(minutes=5)
 _FIRST_BACKOFF = timedelta(seconds=5)
 _MIN_RENEWAL_INTERVAL = timedelta(seconds=5)
+RESYNC_INTERVAL = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -190,6 +192,32 @@ class TargetPolicy:
                     )
 
 
+def _target_keys(spec: TLSServiceSpec) -> list[str]:
+    return [
+        f"dir:{_real(t.directory)}" if isinstance(t, DirectoryTarget) else _target_key(t)
+        for t in spec.spec.targets
+    ]
+
+
+def _check_targets_unique(session: Any, spec: TLSServiceSpec) -> None:
+    # Two services delivering to one place would overwrite each other on every pass.
+    keys = _target_keys(spec)
+    for i, key in enumerate(keys):
+        if key in keys[:i]:
+            raise InvalidRequest(f"spec.targets.{i}: {key} is also spec.targets.{keys.index(key)}")
+    others = session.scalars(select(ManagedService).where(ManagedService.name != spec.name))
+    for other in others:
+        try:
+            taken = set(_target_keys(parse_service(other.spec)))
+        except InvalidRequest:
+            continue
+        for i, key in enumerate(keys):
+            if key in taken:
+                raise Conflict(
+                    f"spec.targets.{i}: {key} is already a target of service {other.name}"
+                )
+
+
 # --- spec CRUD ---------------------------------------------------------------------------
 
 
@@ -220,6 +248,7 @@ def put_service(
             except InvalidRequest:
                 before = None  # a stored spec no longer valid grants nothing
         (policy or TargetPolicy()).check(caller, spec, before)
+        _check_targets_unique(session, spec)
         if row is None:
             row = ManagedService(
                 name=name,
@@ -850,6 +879,7 @@ def _deliver(
         BundleFile,
         DeliveryError,
         deliver_to_directory,
+        directory_intact,
         remove_directory_target,
         run_reload,
     )
@@ -859,19 +889,22 @@ def _deliver(
     for target in spec.spec.targets:
         key = _target_key(target)
         files = _target_files(target, bundle)
-        digest = hashlib.sha256(
-            b"".join(n.encode() + d for n, (d, _) in sorted(files.items()))
-        ).hexdigest()
-        if delivered.get(key) == digest:
-            continue
         try:
+            password = None
+            if isinstance(target, DirectoryTarget) and target.format == "pkcs12" and files:
+                assert target.password_file is not None
+                password = target.password_file.read_bytes().rstrip(b"\r\n")
+            digest = _delivery_digest(services, target, files, password)
+            if delivered.get(key) == digest and (
+                not isinstance(target, DirectoryTarget)
+                or directory_intact(target.directory, _delivered_names(target, files))
+            ):
+                continue
             if isinstance(target, DirectoryTarget):
                 if not files:
                     remove_directory_target(target.directory)
                 else:
-                    if target.format == "pkcs12":
-                        assert target.password_file is not None
-                        password = target.password_file.read_bytes().rstrip(b"\r\n")
+                    if password is not None:
                         certs = load_material(files["tls.crt"][0]).certificates
                         p12 = to_pkcs12(
                             spec.name,
@@ -913,6 +946,41 @@ def _deliver(
             log.error("service %s: delivery to %s failed: %s", spec.name, key, detail)
     row.delivered = delivered
     return failures
+
+
+def _delivery_digest(
+    services: Services,
+    target: DirectoryTarget | SecretTarget,
+    files: dict[str, tuple[bytes, bool]],
+    password: bytes | None,
+) -> str:
+    """What was delivered: the bundle and every setting that changes the files on disk.
+
+    The PKCS#12 password enters as an HMAC under a key derived from the KEK: a plain hash
+    of a short password, stored in the database, could be reversed by guessing.
+    """
+    digest = hashlib.sha256(b"".join(n.encode() + d for n, (d, _) in sorted(files.items())))
+    if (
+        isinstance(target, DirectoryTarget)
+        and files
+        # Left out for plain PEM targets: digests stored before settings counted stay equal,
+        # so an upgrade does not redeliver (and reload) every service once.
+        and (target.format, target.owner, target.group) != ("pem", None, None)
+    ):
+        settings = f"{target.format}\0{target.owner}\0{target.group}".encode()
+        if password is not None:
+            secret = services.wrapper.derive("delivery digest: pkcs12 password")
+            settings += b"\0" + hmac.new(secret, password, hashlib.sha256).digest()
+        digest.update(b"\0settings\0" + settings)
+    return digest.hexdigest()
+
+
+def _delivered_names(target: DirectoryTarget, files: dict[str, tuple[bytes, bool]]) -> list[str]:
+    if not files:
+        return []
+    if target.format == "pkcs12":
+        return ["tls.p12", *(n for n in files if n in ("ca.crt", "client-trust.crt"))]
+    return list(files)
 
 
 def backoff(attempts: int) -> timedelta:
@@ -975,15 +1043,25 @@ def _event(session: Any, now: datetime, event: str, service: str, payload: dict[
     )
 
 
-def due(row: ManagedService, now: datetime) -> bool:
-    """Whether the scheduler should reconcile this service now."""
+def due(row: ManagedService, now: datetime, *, resync: timedelta | None = None) -> bool:
+    """Whether the scheduler should reconcile this service now.
+
+    ``resync``: also when the last reconcile is at least this old (the scheduler passes
+    ``RESYNC_INTERVAL``), so a target deleted or overwritten by hand is delivered again
+    soon, not at the next renewal months later; as Kubernetes controllers resync.
+    """
     if row.generation != row.reconciled_generation:
         return True  # new or changed spec
     if row.next_attempt_at is not None:
         return now >= row.next_attempt_at  # retrying after a failure, with back-off
     if row.spec.get("spec", {}).get("http", {}).get("tls", {}).get("certificate"):
         return True  # a custom secret can change at any time; reading it is cheap
-    return any(t is not None and now >= t for t in (row.renew_at, row.ca_renew_at))
+    if any(t is not None and now >= t for t in (row.renew_at, row.ca_renew_at)):
+        return True
+    if resync is None:
+        return False
+    last = (row.conditions or {}).get("Ready", {}).get("at")
+    return not isinstance(last, str) or now - datetime.fromisoformat(last) >= resync
 
 
 def service_json(row: ManagedService) -> dict[str, Any]:

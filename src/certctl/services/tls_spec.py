@@ -344,8 +344,12 @@ def parse_service_documents(text: str) -> list[TLSServiceSpec]:
     """
     import yaml
 
+    from certctl import yamlfile
+
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yamlfile.load_all(text) if d is not None]
+    except yamlfile.DuplicateKey as exc:
+        raise InvalidRequest(f"services file: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -24,7 +24,14 @@ from pathlib import Path
 
 from certctl.errors import CertctlError
 
-__all__ = ["BundleFile", "DeliveryError", "deliver_to_directory", "run_reload"]
+__all__ = [
+    "BundleFile",
+    "DeliveryError",
+    "deliver_to_directory",
+    "directory_intact",
+    "remove_directory_target",
+    "run_reload",
+]
 
 KEEP_VERSIONS = 2
 
@@ -147,6 +154,17 @@ def _prune(versions: Path, keep: Path) -> None:
     for old in existing[:-KEEP_VERSIONS]:
         if old != keep:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def directory_intact(path: Path, names: list[str]) -> bool:
+    """Whether ``path`` is still certctl's link with every file of ``names`` in it.
+
+    With no names (TLS disabled) intact means gone. A deleted or hand-replaced target is
+    delivered again at the next reconcile instead of waiting for the next renewal.
+    """
+    if not names:
+        return not (path.is_symlink() and _ours(path))
+    return path.is_symlink() and _ours(path) and all((path / n).is_file() for n in names)
 
 
 def remove_directory_target(path: Path) -> None:

@@ -1,0 +1,64 @@
+"""YAML as certctl reads it: safe, and a key given twice in one mapping is an error.
+
+PyYAML keeps the last of two equal keys without a word, so a services file with two
+``targets:`` lost the first list silently. Messages carry the line, counted from 1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+__all__ = ["DuplicateKey", "load", "load_all", "problem"]
+
+_Base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when present
+
+
+class DuplicateKey(yaml.YAMLError):
+    """A mapping names one key twice."""
+
+    def __init__(self, key: object, line: int) -> None:
+        super().__init__(f"line {line}: key {key!r} appears twice in one mapping")
+        self.line = line
+
+
+class _StrictLoader(_Base):  # type: ignore[misc]
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<:" merges; the keys it brings may be overridden
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+            except TypeError:
+                continue  # unhashable; SafeConstructor reports it
+            if repeated:
+                raise DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+
+def load(text: str) -> Any:
+    """One YAML document.
+
+    Raises:
+        yaml.YAMLError: malformed YAML, or ``DuplicateKey``.
+        RecursionError: nested deeper than the parser recurses.
+    """
+    return yaml.load(text, Loader=_StrictLoader)
+
+
+def load_all(text: str) -> list[Any]:
+    """Every document of a multi-document stream (same errors as ``load``)."""
+    return list(yaml.load_all(text, Loader=_StrictLoader))
+
+
+def problem(exc: yaml.YAMLError) -> str:
+    """What went wrong, for one line of a message: ``line N: …`` when known."""
+    if isinstance(exc, DuplicateKey):
+        return str(exc)
+    mark = getattr(exc, "problem_mark", None)
+    return f"line {mark.line + 1}: not valid YAML" if mark is not None else "not valid YAML"
