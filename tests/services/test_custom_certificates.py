@@ -253,6 +253,20 @@ def test_cli_status_shows_each_error_from_a_live_server(tmp_path: Path) -> None:
         assert applied.stdout.splitlines() == [
             f"tlsservice/{n} created (generation 1)" for n in names.values()
         ]
+        # Again, as is: kubectl's "unchanged"; then one edited: "configured".
+        again = ok(run("certctl", "apply", "-f", services_yaml, env=env))
+        assert again.stdout.splitlines() == [
+            f"tlsservice/{n} unchanged (generation 1)" for n in names.values()
+        ]
+        first = docs[0]["metadata"]["name"]
+        edited = tmp_path / "edited.yaml"
+        targets = docs[0]["spec"]["targets"]
+        doc = service_doc(first, dns=("other.example",), secret=first, targets=targets)
+        edited.write_text(yaml.safe_dump(doc))
+        assert ok(run("certctl", "apply", "-f", edited, env=env)).stdout == (
+            f"tlsservice/{first} configured (generation 2)\n"
+        )
+        ok(run("certctl", "apply", "-f", services_yaml, env=env))  # back as it was (generation 3)
 
         def items() -> dict[str, dict[str, Any]]:
             with server.client(server.admin_key) as client:
@@ -262,8 +276,9 @@ def test_cli_status_shows_each_error_from_a_live_server(tmp_path: Path) -> None:
 
         def all_ready() -> bool:
             return all(
-                s["conditions"].get("Ready", {}).get("status") and s["observed_generation"] == 1
-                for s in items().values()
+                s["conditions"].get("Ready", {}).get("status")
+                and s["observed_generation"] == (3 if name == first else 1)
+                for name, s in items().items()
             )
 
         _wait(all_ready, "every service Ready")

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from certctl.cli.client import ENV_HELP, _print, _request, _seg, _unexpected
+from certctl.cli.client import ENV_HELP, RemoteError, _print, _request, _seg, _unexpected
 
 __all__ = ["apply_command", "services_app"]
 
@@ -50,11 +50,22 @@ def apply_command(
     specs = parse_service_documents(text)
     for spec in specs:
         path = f"/api/v1/services/{_seg(spec.name)}"
+        try:
+            # Only to say what the PUT did, as kubectl does: created, configured or unchanged.
+            before = _request("GET", path)
+        except RemoteError:
+            before = None  # not there yet, or the key may edit but not read services
         data = _request("PUT", path, spec.to_document())
         if not isinstance(data, dict):
             raise _unexpected(path, "not a TLSService")
-        changed = "configured" if data.get("generation", 1) > 1 else "created"
-        typer.echo(f"tlsservice/{spec.name} {changed} (generation {data.get('generation')})")
+        generation = data.get("generation")
+        if isinstance(before, dict) and before.get("generation") == generation:
+            changed = "unchanged"
+        elif before is None and generation == 1:
+            changed = "created"
+        else:
+            changed = "configured"
+        typer.echo(f"tlsservice/{spec.name} {changed} (generation {generation})")
 
 
 def _read_stdin() -> bytes:
