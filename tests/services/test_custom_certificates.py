@@ -320,3 +320,31 @@ def test_cli_status_shows_each_error_from_a_live_server(tmp_path: Path) -> None:
     assert WARNING.format(s=names["sans do not cover"]) in warned
     assert lines["c7"].split()[1:4] == ["True", "False", "False"]
     assert snapshot(out / "c7") == before["c7"]
+
+
+def test_custom_certificate_without_ca_crt(env: Env, tmp_path: Path) -> None:
+    # ECK's own example: a self-signed tls.crt, no ca.crt. It is its own trust anchor.
+    key = tmp_path / "tls.key"
+    crt = tmp_path / "tls.crt"
+    sans = "subjectAltName=DNS:web,DNS:web.example.internal"
+    ok(run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-nodes", "-days", "30", "-subj", "/CN=web", "-addext", sans,
+           "-keyout", key, "-out", crt))  # fmt: skip
+    write_secret(
+        env.secrets_dir, "custom", {"tls.crt": crt.read_bytes(), "tls.key": key.read_bytes()}
+    )
+    env.put(service_doc("web", dns=NAMES, secret="custom"))
+    row = env.reconcile("web", datetime.now(UTC))
+    assert row.conditions["Ready"]["message"] == "serving", row.conditions
+    assert env.outputs("web")["certs-internal"]["ca.crt"] == crt.read_bytes()
+    # Issued by a CA that is not given: served, with a warning that ca.crt is empty.
+    _ca, files = good_files(env.now)
+    del files["ca.crt"]
+    write_secret(env.secrets_dir, "custom", files)
+    row = env.reconcile("web", env.now + timedelta(minutes=1))
+    assert row.conditions["Ready"]["status"] is True
+    assert (
+        "secret custom has no ca.crt: targets get an empty ca.crt"
+        in (row.conditions["Ready"]["message"])
+    )
+    assert env.outputs("web")["certs-internal"]["ca.crt"] == b""

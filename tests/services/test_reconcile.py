@@ -103,6 +103,15 @@ def test_client_trust_output_only_with_client_authentication(env: Env) -> None:
 
     with pytest.raises(InvalidRequest, match="private key"):
         tls_services.add_client(env.services, env.admin, "api", one.key_pem.decode())
+    # A client certificate with its CA (a fullchain.pem) is refused whole: trusting the CA
+    # would let in everything it issued. Each alone is fine.
+    alice = make_leaf(one, "alice", env.now)
+    before = env.outputs("api")["client-trust"]["ca.crt"]
+    with pytest.raises(InvalidRequest, match="holds client certificates and CA certificates"):
+        tls_services.add_client(
+            env.services, env.admin, "api", (alice.cert_pem + one.cert_pem).decode()
+        )
+    assert env.outputs("api")["client-trust"]["ca.crt"] == before
     # Every client removed: the placeholder again.
     for fingerprint in {c.fingerprint for c in added}:
         tls_services.remove_client(env.services, env.admin, "api", fingerprint)

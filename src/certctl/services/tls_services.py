@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy import select
 
@@ -334,20 +335,24 @@ def add_client(services: Services, caller: Principal, name: str, pem: str) -> li
     material = load_material(pem.encode())
     if not material.certificates or material.csrs or material.crls:
         raise InvalidRequest("client trust takes PEM certificates only")
+    kinds = [(cert, _is_ca(cert)) for cert in material.certificates]
+    if len({is_ca for _, is_ca in kinds}) > 1:
+        # A fullchain.pem (client certificate + its CA): trusting the CA too would let in
+        # every certificate it ever issued, which is seldom what "add this client" means.
+        raise InvalidRequest(
+            "the PEM holds client certificates and CA certificates: register either the "
+            "client certificate(s) alone, or the CA(s) whose every certificate is to be trusted"
+        )
     now = services.clock()
     added = []
     with services.sessions.begin() as session:
         row = session.get(ManagedService, name, with_for_update=True)
         if row is None:
             raise NotFound(f"service {name} not found")
-        for cert in material.certificates:
+        for cert, is_ca in kinds:
             fingerprint = _fingerprint(cert)
             if session.get(ServiceClient, (name, fingerprint)) is not None:
                 continue
-            try:
-                is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-            except x509.ExtensionNotFound:
-                is_ca = False
             client = ServiceClient(
                 service=name,
                 fingerprint=fingerprint,
@@ -384,6 +389,13 @@ def remove_client(services: Services, caller: Principal, name: str, fingerprint:
         session.delete(client)
         _trust_changed(row, now)
         record_call(session, caller, now, "service.client.remove", name, detail=fingerprint[:16])
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
 
 
 def _trust_changed(row: ManagedService, now: datetime) -> None:
@@ -528,6 +540,13 @@ def _custom_material(
                     f"({exc.detail.removeprefix('verification failed: ')})"
                 ) from None
             ca_pem = certs_to_pem(trust)
+        elif _self_signed(certs[-1]):
+            ca_pem = certs_to_pem([certs[-1]])  # a self-signed tls.crt is its own trust anchor
+        else:
+            warnings.append(
+                f"secret {secret} has no ca.crt: targets get an empty ca.crt, so clients must "
+                "trust the issuer of tls.crt some other way (fine for a public CA)"
+            )
         missing = _uncovered_names(leaf, spec)
         if missing:
             warnings.append(f"secret {secret}: tls.crt does not cover {', '.join(missing)}")
@@ -553,6 +572,16 @@ def _custom_material(
             raise InvalidRequest(f"secret {secret}: ca.crt expired")
         return None, ca, warnings
     raise InvalidRequest(f"secret {secret} holds neither tls.crt+tls.key nor ca.crt+ca.key")
+
+
+def _self_signed(cert: x509.Certificate) -> bool:
+    if cert.issuer != cert.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def _uncovered_names(leaf: x509.Certificate, spec: TLSServiceSpec) -> list[str]:
