@@ -213,7 +213,10 @@ def test_runbook_values_give_a_verifying_servicemonitor(
         "scheme": "https",
         "interval": "30s",
         "scrapeTimeout": "10s",
-        "bearerTokenSecret": {"name": "certctl-prometheus-key", "key": "api-key"},
+        "authorization": {
+            "type": "Bearer",
+            "credentials": {"name": "certctl-prometheus-key", "key": "api-key"},
+        },
         "tlsConfig": {
             "ca": {"secret": {"name": "certctl-ca", "key": "ca.crt"}},
             "serverName": "certctl-server",
@@ -279,10 +282,20 @@ def test_no_servicemonitor_unless_both_switches(
 
 
 def test_servicemonitor_in_another_namespace(render: Callable[..., Rendered]) -> None:
-    objects = render(merged(RUNBOOK, {"monitoring": {"serviceMonitor": {"namespace": "mon"}}}))
+    # Prometheus Operator reads the CA Secret from the ServiceMonitor's namespace, so one
+    # elsewhere names its own copy (without it the chart fails: see the refusals below).
+    ca = {"ca": {"secret": {"name": "certctl-ca-copy", "key": "ca.crt"}}}
+    sm = {"namespace": "mon", "tlsConfig": ca}
+    objects = render(merged(RUNBOOK, {"monitoring": {"serviceMonitor": sm}}))
     monitor = objects[("ServiceMonitor", "mon/certctl-server")]
     assert monitor["metadata"]["namespace"] == "mon"
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert monitor["spec"]["endpoints"][0]["tlsConfig"] == {**ca, "serverName": "certctl-server"}
+
+
+def test_the_data_volume_outlives_helm_uninstall(render: Callable[..., Rendered]) -> None:
+    (claim,) = [o for k, o in render({}).items() if k[0] == "PersistentVolumeClaim"]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
 
 
 @pytest.mark.parametrize(
@@ -304,8 +317,30 @@ def test_servicemonitor_in_another_namespace(render: Callable[..., Rendered]) ->
             "monitoring.serviceMonitor.tlsConfig: set it",
         ),
         ({"replicaCount": 2}, "replicaCount > 1 needs PostgreSQL"),
+        (
+            merged(RUNBOOK, {"monitoring": {"serviceMonitor": {"namespace": "mon"}}}),
+            "Prometheus Operator reads the CA Secret from the ServiceMonitor's namespace",
+        ),
+        (
+            merged(
+                RUNBOOK,
+                {
+                    "monitoring": {
+                        "serviceMonitor": {"bearerTokenSecret": {}, "bearerTokenFile": "/t"}
+                    }
+                },
+            ),
+            "accepts only with auth.kubernetes.enabled: true",
+        ),
     ],
-    ids=["no-credentials", "half-secret", "nothing-to-verify-with", "replicas-on-sqlite"],
+    ids=[
+        "no-credentials",
+        "half-secret",
+        "nothing-to-verify-with",
+        "replicas-on-sqlite",
+        "ca-secret-in-another-namespace",
+        "sa-token-without-tokenreview",
+    ],
 )
 def test_unworkable_values_are_refused(
     chart: Any, helm: Any, values: dict[str, Any], message: str

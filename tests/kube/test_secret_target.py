@@ -125,13 +125,14 @@ def test_concurrent_change_is_retried_on_the_fresh_object(
         NAMESPACE,
         "a-tls",
         type="kubernetes.io/tls",
+        metadata={"labels": {"app.kubernetes.io/managed-by": "certctl"}},
         data={"tls.crt": b64(b"old"), "tls.key": b64(b"old"), "ca.crt": b64(b"old")},
     )
 
     def someone_else_writes() -> None:
         obj = apiserver.secrets[(NAMESPACE, "a-tls")]
         obj["metadata"]["resourceVersion"] = apiserver.next_version()
-        obj["metadata"]["labels"] = {"touched": "yes"}
+        obj["metadata"]["labels"] = {**obj["metadata"]["labels"], "touched": "yes"}
 
     apiserver.before_put.append(someone_else_writes)
     result = SecretWriter(connection).write_tls(
@@ -147,6 +148,53 @@ def test_concurrent_change_is_retried_on_the_fresh_object(
     stored = apiserver.secrets[(NAMESPACE, "a-tls")]
     assert stored["metadata"]["labels"]["touched"] == "yes"  # the other writer's change kept
     assert stored["data"]["tls.crt"] == b64(crt)
+
+
+def test_a_secret_certctl_does_not_manage_is_left_alone_until_labelled(
+    apiserver: FakeApiServer, connection: KubeConnection, pki: KubePki
+) -> None:
+    # cert-manager's Secret for an ingress: same type, same name, other keys.
+    theirs = {"tls.crt": b64(b"theirs"), "tls.key": b64(b"theirs"), "keystore.p12": b64(b"p")}
+    apiserver.put_secret(
+        NAMESPACE,
+        "web-tls",
+        type="kubernetes.io/tls",
+        metadata={"annotations": {"cert-manager.io/certificate-name": "web"}},
+        data=dict(theirs),
+    )
+    crt, key = pki.leaf("web.example.internal")
+    writer = SecretWriter(connection)
+    with pytest.raises(Conflict, match=r"web-tls exists and is not managed by certctl; delete it"):
+        writer.write_tls("web-tls", certificate_pem=crt, private_key_pem=key, ca_pem=b"ca")
+    assert [m for m, _ in apiserver.paths()] == ["GET"]
+    assert apiserver.secrets[(NAMESPACE, "web-tls")]["data"] == theirs
+    # Labelled by someone allowed to: taken over.
+    apiserver.secrets[(NAMESPACE, "web-tls")]["metadata"]["labels"] = {
+        "app.kubernetes.io/managed-by": "certctl"
+    }
+    result = writer.write_tls("web-tls", certificate_pem=crt, private_key_pem=key, ca_pem=b"ca")
+    assert result is WriteResult.UPDATED
+    assert apiserver.secrets[(NAMESPACE, "web-tls")]["data"]["tls.crt"] == b64(crt)
+
+
+def test_a_secret_deleted_between_read_and_write_is_created(
+    apiserver: FakeApiServer, connection: KubeConnection, pki: KubePki
+) -> None:
+    apiserver.put_secret(
+        NAMESPACE,
+        "gone-tls",
+        type="kubernetes.io/tls",
+        metadata={"labels": {"app.kubernetes.io/managed-by": "certctl"}},
+        data={"tls.crt": b64(b"old"), "tls.key": b64(b"old")},
+    )
+    apiserver.before_put.append(lambda: apiserver.secrets.pop((NAMESPACE, "gone-tls")))
+    crt, key = pki.leaf("gone.example.internal")
+    result = SecretWriter(connection).write_tls(
+        "gone-tls", certificate_pem=crt, private_key_pem=key, ca_pem=b"ca"
+    )
+    assert result is WriteResult.CREATED
+    assert [m for m, _ in apiserver.paths()] == ["GET", "PUT", "GET", "POST"]
+    assert apiserver.secrets[(NAMESPACE, "gone-tls")]["data"]["tls.crt"] == b64(crt)
 
 
 def test_secret_of_another_type_is_not_touched(

@@ -174,6 +174,14 @@ class SecretWriter:
             )
         metadata = obj.setdefault("metadata", {})
         current_labels = metadata.get("labels") or {}
+        if any(current_labels.get(k) != v for k, v in MANAGED_BY.items()):
+            # Someone else's Secret (cert-manager's, an ingress certificate): replacing it
+            # would start a tug of war and drop its other keys. Taking it over is a choice
+            # made in Kubernetes, by someone allowed to label it.
+            raise Conflict(
+                f"{what} exists and is not managed by certctl; delete it, or label it "
+                "app.kubernetes.io/managed-by=certctl to let certctl take it over"
+            )
         if (obj.get("data") or {}) == encoded and all(
             current_labels.get(k) == v for k, v in labels.items()
         ):
@@ -182,7 +190,7 @@ class SecretWriter:
         obj["data"] = encoded
         obj.pop("stringData", None)
         replaced = client.put(url, json=obj)
-        if replaced.status_code == 409:
-            return None
+        if replaced.status_code in (404, 409):
+            return None  # changed or deleted since the GET: read again (and create)
         response_json(replaced, f"update {what}")
         return WriteResult.UPDATED

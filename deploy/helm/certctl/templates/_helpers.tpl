@@ -130,5 +130,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and $bts (or (not $bts.name) (not $bts.key)) }}
 {{- fail "monitoring.serviceMonitor.bearerTokenSecret needs both name and key" }}
 {{- end }}
+{{- if and $sm.bearerTokenFile (not .Values.auth.kubernetes.enabled) }}
+{{- fail "monitoring.serviceMonitor.bearerTokenFile sends Prometheus's ServiceAccount token, which certctl accepts only with auth.kubernetes.enabled: true (else every scrape is 401)" }}
+{{- end }}
+{{- if and $sm.namespace (ne $sm.namespace .Release.Namespace) (not $sm.tlsConfig) }}
+{{- fail (printf "monitoring.serviceMonitor.namespace %s: Prometheus Operator reads the CA Secret from the ServiceMonitor's namespace, but certctl publishes it in %s; set monitoring.serviceMonitor.tlsConfig (e.g. {ca: {secret: {name: <a copy in %s>, key: ca.crt}}}) or leave namespace empty" $sm.namespace .Release.Namespace $sm.namespace) }}
+{{- end }}
 {{- end }}
 {{- end }}
