@@ -131,7 +131,9 @@ def test_default_render_objects(render: Callable[..., Rendered]) -> None:
         ("ConfigMap", "certctl"),
         ("Deployment", "certctl"),
         ("PersistentVolumeClaim", "certctl-data"),
+        ("Role", "certctl-admin-key-writer"),
         ("Role", "certctl-ca-publisher"),
+        ("RoleBinding", "certctl-admin-key-writer"),
         ("RoleBinding", "certctl-ca-publisher"),
         ("Secret", "certctl-master-key"),
         ("Service", "certctl-server"),
@@ -258,7 +260,35 @@ def test_existing_tls_secret_is_mounted_and_trusted(render: Callable[..., Render
         "serverName": "certctl-server",
     }
     assert ("Role", "certctl-ca-publisher") not in objects
-    assert pod["automountServiceAccountToken"] is False
+    assert pod["automountServiceAccountToken"] is True  # the admin key Secret
+    # Nothing to say to the API server: no token in the pod.
+    quiet = render(merged(RUNBOOK, EXISTING_TLS, {"adminKeySecret": {"enabled": False}}))
+    assert (
+        one(quiet, "Deployment")["spec"]["template"]["spec"]["automountServiceAccountToken"]
+        is False
+    )
+    assert "admin-key-secret" not in server_config(quiet)["auth"]
+
+
+def test_the_admin_key_goes_to_a_secret_only_the_server_may_write(
+    render: Callable[..., Rendered],
+) -> None:
+    objects = render()
+    assert server_config(objects)["auth"]["admin-key-secret"] == "certctl-admin-key"
+    role = objects[("Role", "certctl-admin-key-writer")]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["certctl-admin-key"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    binding = objects[("RoleBinding", "certctl-admin-key-writer")]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "certctl", "namespace": NAMESPACE}
+    ]
 
 
 @pytest.mark.parametrize(

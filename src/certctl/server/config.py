@@ -134,6 +134,24 @@ class AuthConfig(_Section):
     kubernetes: KubernetesAuthConfig = Field(default_factory=KubernetesAuthConfig)
     failure_limit: int = Field(default=10, alias="failure-limit", ge=0)
     failure_window: str = Field(default="1m", alias="failure-window")
+    # A Kubernetes Secret (in kubernetes.namespace) receiving the bootstrap admin key, which
+    # is then not printed: with several replicas each has its own data dir, and pod logs
+    # end up in log stores (ECK's <name>-es-elastic-user, in effect).
+    admin_key_secret: str | None = Field(default=None, alias="admin-key-secret")
+
+    @field_validator("admin_key_secret")
+    @classmethod
+    def _secret_name(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None and (
+            len(value) > 253
+            or not re.match(
+                r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z", value
+            )
+        ):
+            raise ValueError(f"{value[:60]!r}: not a Kubernetes Secret name")
+        return value
 
     @field_validator("failure_window")
     @classmethod

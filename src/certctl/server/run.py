@@ -121,14 +121,47 @@ def _kubernetes_features(
     return authenticator, publish_ca
 
 
-def _announce(boot: Bootstrapped, config: ServerConfig, scheme: str, ca_path: str | None) -> None:
+def _store_admin_key(boot: Bootstrapped, config: ServerConfig) -> str | None:
+    """Write a freshly minted admin key to ``auth.admin-key-secret``; where it went, or None.
+
+    On failure the key is printed as without the setting: it exists nowhere else once this
+    first start is over.
+    """
+    name = config.auth.admin_key_secret
+    if name is None or boot.admin_key is None:
+        return None
+    try:
+        writer = SecretWriter(_kube_connection(config))
+        writer.write(
+            name,
+            {"api-key": boot.admin_key.encode()},
+            labels={"app.kubernetes.io/name": "certctl", "app.kubernetes.io/component": "admin"},
+        )
+    except CertctlError as exc:
+        log.error("cannot store the admin API key in Secret %s: %s; printing it", name, exc.detail)
+        return None
+    return f"Secret {writer.namespace}/{name} (key api-key)"
+
+
+def _announce(
+    boot: Bootstrapped,
+    config: ServerConfig,
+    scheme: str,
+    ca_path: str | None,
+    stored_in: str | None = None,
+) -> None:
     host, port = config.host_port
     # A wildcard address is no place to connect to, and not in the certificate: loopback is.
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     url_host = f"[{host}]" if ":" in host else host
     url = f"{scheme}://{url_host}:{port}"
     out = sys.stdout
-    if boot.admin_key is not None:
+    if stored_in is not None:
+        out.write(
+            f"certctl is starting. Admin API key: in {stored_in}, not printed "
+            f"(also saved 0600 in {boot.admin_key_file})\n"
+        )
+    elif boot.admin_key is not None:
         out.write(
             "\n".join(
                 [
@@ -317,12 +350,13 @@ def serve(config: ServerConfig) -> None:
         prepared.ca_path = str((tls_dir / "ca.crt").resolve())
     prepared.kube_auth, prepared.publish_ca = _kubernetes_features(config, tls_dir / "ca.crt")
     scheme = "https" if mode != "disabled" else "http"
+    stored_in = _store_admin_key(boot, config)
     if config.workers == 1:
         # Printed before the listener opens, so whoever sees /readyz succeed can read the key.
-        _announce(boot, config, scheme, prepared.ca_path)
+        _announce(boot, config, scheme, prepared.ca_path, stored_in)
         _serve_process(prepared, 0, sockets[0])
         return
-    _announce(boot, config, scheme, prepared.ca_path)
+    _announce(boot, config, scheme, prepared.ca_path, stored_in)
     log.info("starting %d worker processes", config.workers)
     # The SQLite/PostgreSQL connections of the parent must not be used by the children.
     boot.services.engine.dispose()

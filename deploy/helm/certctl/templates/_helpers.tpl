@@ -53,6 +53,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-master-key" (include "certctl.fullname" .)) .Values.masterKey.existingSecret }}
 {{- end }}
 
+{{- define "certctl.adminKeySecretName" -}}
+{{- default (printf "%s-admin-key" (include "certctl.fullname" .)) .Values.adminKeySecret.name }}
+{{- end }}
+
 {{/* "true" when certctl's own certificate is self-signed and it publishes its CA. */}}
 {{- define "certctl.publishesCA" -}}
 {{- if and (not .Values.server.tls.existingSecret) .Values.server.tls.publishCA.enabled }}true{{ end }}
@@ -60,7 +64,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* "true" when the pod talks to the Kubernetes API (and needs its token mounted). */}}
 {{- define "certctl.usesKubeApi" -}}
-{{- if or .Values.auth.kubernetes.enabled (include "certctl.publishesCA" .) .Values.secretTargets.namespaces }}true{{ end }}
+{{- if or .Values.auth.kubernetes.enabled (include "certctl.publishesCA" .) .Values.secretTargets.namespaces .Values.adminKeySecret.enabled }}true{{ end }}
 {{- end }}
 
 {{/* SQLite on a claim: one writer, so pods are replaced, not rolled. */}}
@@ -94,6 +98,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   "tls" $tls
   "auth" (dict "kubernetes" (dict "enabled" (.Values.auth.kubernetes.enabled | default false)))
 }}
+{{- if .Values.adminKeySecret.enabled }}
+{{- $_ := set $config.auth "admin-key-secret" (include "certctl.adminKeySecretName" .) }}
+{{- end }}
 {{- toYaml (mustMergeOverwrite $config (deepCopy .Values.server.extraConfig)) }}
 {{- end }}
 
