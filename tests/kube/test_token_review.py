@@ -108,17 +108,33 @@ def test_exact_review_requests(
     }
 
 
-def test_allow_is_cached_for_five_minutes(
+def test_allow_is_cached_for_two_minutes(
     kube: FakeApiServer, authenticator: TokenReviewAuthenticator, clock: FakeClock
 ) -> None:
     authorize(authenticator, PROM_TOKEN)
     kube.clear()
-    clock.advance(299)
+    clock.advance(119)
     assert authorize(authenticator, PROM_TOKEN).username == PROM_USER.username
     assert kube.requests == []
-    clock.advance(2)  # 301 s after the first review
+    clock.advance(2)  # 121 s after the first review
     authorize(authenticator, PROM_TOKEN)
     assert kube.paths() == [("POST", TOKEN_REVIEWS), ("POST", SUBJECT_ACCESS_REVIEWS)]
+
+
+def test_concurrent_requests_with_one_new_token_share_one_review(
+    kube: FakeApiServer, authenticator: TokenReviewAuthenticator
+) -> None:
+    async def fifty() -> list[Any]:
+        calls = [authenticator.authorize(t, PROM) for t in [PROM_TOKEN] * 49 + [OTHER_TOKEN]]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(fifty())
+    assert [r.username for r in results[:49]] == [PROM_USER.username] * 49
+    assert isinstance(results[49], AccessDenied)  # the other token: its own review
+    assert sorted(kube.paths()) == sorted(
+        [("POST", TOKEN_REVIEWS), ("POST", SUBJECT_ACCESS_REVIEWS)] * 2
+    )
+    assert authenticator._inflight == {}
 
 
 def test_deny_is_cached_for_thirty_seconds(

@@ -18,6 +18,7 @@ stored, logged or put into an error message.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -46,7 +47,10 @@ log = logging.getLogger("certctl.auth.kubernetes")
 
 TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 SUBJECT_ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
-ALLOW_TTL_S = 300.0
+# The API server's own webhook token cache keeps an authentication 2 minutes
+# (--authentication-token-webhook-cache-ttl): a revoked or deleted ServiceAccount stops
+# scraping about as soon as it would with kube-rbac-proxy.
+ALLOW_TTL_S = 120.0
 DENY_TTL_S = 30.0
 MAX_CACHE_ENTRIES = 10_000
 
@@ -138,6 +142,8 @@ class TokenReviewAuthenticator:
         self._deny_ttl_s = deny_ttl_s
         self._transport = transport
         self._cache: dict[tuple[str, str, str], _Decision] = {}
+        # One review per token at a time: 50 scrapes with a new token make one, not 50.
+        self._inflight: dict[tuple[str, str, str], asyncio.Task[_Decision]] = {}
 
     async def authorize(self, token: str, path: str, verb: str = "get") -> KubernetesIdentity:
         """Return the token's user when it may ``verb`` the non-resource URL ``path``.
@@ -152,9 +158,20 @@ class TokenReviewAuthenticator:
         cached = self._cache.get(key)
         if cached is not None and cached.expires_at > now:
             return self._replay(cached)
-        decision = await self._review(token, path, verb)
-        self._remember(key, decision, now)
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._review(token, path, verb))
+            self._inflight[key] = task
+            task.add_done_callback(lambda done: self._settle(key, done, now))
+        # Shielded: a caller that goes away does not cancel the review the others wait for.
+        decision = await asyncio.shield(task)
         return self._replay(decision)
+
+    def _settle(self, key: tuple[str, str, str], task: asyncio.Task[_Decision], now: float) -> None:
+        self._inflight.pop(key, None)
+        if task.cancelled() or task.exception() is not None:
+            return  # outages are not cached; exception() also marks it retrieved
+        self._remember(key, task.result(), now)
 
     @staticmethod
     def _replay(decision: _Decision) -> KubernetesIdentity:
