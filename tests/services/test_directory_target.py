@@ -373,3 +373,51 @@ def test_a_changed_format_or_password_or_a_deleted_target_is_delivered_again(env
     env.at(env.now + tls_services.RESYNC_INTERVAL)
     assert scheduler.tick() == 1
     assert os.readlink(target) == link
+
+
+def test_a_planted_versions_symlink_is_refused_and_its_target_untouched(env: Env) -> None:
+    victim = env.tmp / "victim"
+    for name in ("a", "b", "c", "d"):
+        (victim / name).mkdir(parents=True)
+    (victim / "a" / "important").write_text("keep me\n")
+    (env.tmp / ".web-tls.certctl").symlink_to(victim)
+    target = env.tmp / "web-tls"
+    env.put(service_doc("web", targets=[{"directory": str(target)}]))
+    row = env.reconcile("web")
+    assert "is not a directory certctl made; move it away" in row.conditions["Failed"]["message"]
+    assert sorted(p.name for p in victim.iterdir()) == ["a", "b", "c", "d"]
+    assert (victim / "a" / "important").read_text() == "keep me\n"
+    assert not target.exists()
+    # Only version directories are pruned: something else in the versions dir stays.
+    (env.tmp / ".web-tls.certctl").unlink()
+    (env.tmp / ".web-tls.certctl").mkdir()
+    (env.tmp / ".web-tls.certctl" / "notes").mkdir()
+    env.reconcile("web", env.now + MINUTE)
+    for _ in range(3):
+        _renew(env, "web")
+    assert (env.tmp / ".web-tls.certctl" / "notes").is_dir()
+    assert len(_versions(target)) == 3  # two versions and the notes
+
+
+def test_reload_commands_get_no_certctl_secrets_and_parents_are_not_world_writable(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CERTCTL_MASTER_KEY", "c2VjcmV0LW1hc3Rlci1rZXktbWF0ZXJpYWwtMzJieXRlcw==")
+    monkeypatch.setenv("CERTCTL_DATABASE_URL", "postgresql+psycopg://u:hunter2@db/x")
+    dump = env.tmp / "env.txt"
+    target = env.tmp / "new" / "parent" / "tls"
+    old_umask = os.umask(0)
+    try:
+        reload = f"sh -c 'env > {dump}'"
+        env.put(service_doc("web", targets=[{"directory": str(target), "reload": reload}]))
+        row = env.reconcile("web")
+    finally:
+        os.umask(old_umask)
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    seen = dump.read_text()
+    assert "PATH=" in seen  # negative twin: the environment is there, minus certctl's own
+    assert "CERTCTL_" not in seen
+    assert "hunter2" not in seen
+    for directory in (env.tmp / "new", target.parent, target.parent / ".tls.certctl"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o755, directory
+    assert stat.S_IMODE((target / "tls.key").stat().st_mode) == 0o600

@@ -13,9 +13,11 @@ import grp
 import hashlib
 import os
 import pwd
+import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Mapping
@@ -100,10 +102,15 @@ def deliver_to_directory(
             )
     digest = hashlib.sha256(b"".join(n.encode() + f.data for n, f in sorted(files.items())))
     versions = _versions_dir(path)
+    _check_versions_dir(versions)
     version = versions / f"{time.time_ns():x}-{digest.hexdigest()[:12]}"
     try:
-        versions.mkdir(parents=True, exist_ok=True, mode=0o755)
+        _make_dirs(path.parent)
+        if not versions.is_dir():
+            versions.mkdir(mode=0o755)
+            os.chmod(versions, 0o755)  # not the umask's say: readers need to traverse it
         version.mkdir(mode=0o755)
+        os.chmod(version, 0o755)  # tls.key inside stays 0600
         for name, item in sorted(files.items()):
             target = version / name
             mode = 0o600 if item.secret else 0o644
@@ -147,10 +154,48 @@ def _ours(link: Path) -> bool:
     return not target.is_absolute() and target.parent == Path(_versions_dir(link).name)
 
 
+def _check_versions_dir(versions: Path) -> None:
+    # Planted as a symlink (by whoever can write the target's parent), it would have the
+    # key written elsewhere and _prune delete that directory's contents.
+    try:
+        info = versions.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        raise DeliveryError(f"{versions} is not a directory certctl made; move it away")
+    if info.st_uid != os.geteuid():
+        raise DeliveryError(
+            f"{versions} belongs to uid {info.st_uid}, not to certctl; move it away"
+        )
+
+
+def _make_dirs(path: Path) -> None:
+    # Missing parents get 0755 whatever the umask (under umask 000 they were 0777: anyone
+    # could have swapped the target link or planted the versions directory).
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o755)
+            os.chmod(directory, 0o755)
+
+
+_VERSION_NAME = re.compile(r"[0-9a-f]+-[0-9a-f]{12}\Z")
+
+
 def _prune(versions: Path, keep: Path) -> None:
     # Keep the current and the previous version: a process that opened the old files by
-    # path a moment before the swap can still read them.
-    existing = sorted((p for p in versions.iterdir() if p.is_dir()), key=lambda p: p.name)
+    # path a moment before the swap can still read them. Only names certctl gives versions.
+    existing = sorted(
+        (
+            p
+            for p in versions.iterdir()
+            if _VERSION_NAME.match(p.name) and p.is_dir() and not p.is_symlink()
+        ),
+        key=lambda p: p.name,
+    )
     for old in existing[:-KEEP_VERSIONS]:
         if old != keep:
             shutil.rmtree(old, ignore_errors=True)
@@ -171,7 +216,9 @@ def remove_directory_target(path: Path) -> None:
     """Remove the symlink and every version (TLS disabled for the service)."""
     if path.is_symlink() and _ours(path):
         path.unlink()
-    shutil.rmtree(_versions_dir(path), ignore_errors=True)
+    versions = _versions_dir(path)
+    if versions.is_dir() and not versions.is_symlink():
+        shutil.rmtree(versions, ignore_errors=True)
 
 
 def run_reload(command: str, timeout_s: float) -> None:
@@ -192,6 +239,10 @@ def run_reload(command: str, timeout_s: float) -> None:
         # children would otherwise live on holding the output pipes).
         process = subprocess.Popen(
             argv,
+            # Not CERTCTL_MASTER_KEY (it decrypts every stored key) nor CERTCTL_DATABASE_URL
+            # (its password): the command and whatever it starts would read them in
+            # /proc/<pid>/environ, crash reports and env dumps.
+            env={k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
