@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from certctl.errors import CertctlError, Conflict
 
-__all__ = ["SECRET_MODE", "OutputSet", "write_atomic"]
+__all__ = ["SECRET_MODE", "OutputSet", "in_memory_file", "write_atomic"]
 
 SECRET_MODE = 0o600
 _FSYNC_EACH_UP_TO = 16
@@ -45,6 +46,21 @@ def write_atomic(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def in_memory_file(data: bytes, name: str) -> Iterator[str]:
+    """A path to ``data`` for APIs that take only file names (``ssl.load_cert_chain``).
+
+    An anonymous memory file (``memfd_create``): a private key handed over this way never
+    touches a disk and is gone with the process, even one killed before any cleanup ran.
+    """
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    try:
+        _write_all(fd, data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -92,7 +108,8 @@ class OutputSet:
         for path in self._files:
             if path.is_dir():
                 raise OutputError(f"{path} is a directory")
-            if path.exists() and not self.force:
+            # lexists: a dangling symlink is an existing output too (it would be replaced).
+            if os.path.lexists(path) and not self.force:
                 raise Conflict(f"{path} already exists; use --force to overwrite")
 
     def commit(self) -> list[Path]:
@@ -182,5 +199,5 @@ def _make_parents(directory: Path) -> list[Path]:
         missing.append(current)
         current = current.parent
     for path in reversed(missing):
-        path.mkdir()
+        path.mkdir(mode=0o755)  # not 0777 under umask 000: nobody else may swap our files
     return list(reversed(missing))

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
-import shutil
 import ssl
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ if TYPE_CHECKING:  # httpx is imported where a request is made: it is slow to im
     import httpx
 
 from certctl.errors import InvalidRequest, Unavailable
+from certctl.files import in_memory_file
 
 __all__ = [
     "IN_CLUSTER_DIR",
@@ -289,18 +289,19 @@ def from_kubeconfig(
             raise InvalidRequest(f"{path}: user credential {unsupported!r} is not supported")
     ca_data = cluster.get("certificate-authority-data")
     ca_file = cluster.get("certificate-authority")
-    tmp: str | None = None
-    try:
+    with contextlib.ExitStack() as stack:
         cert: tuple[Path, Path] | None = None
         cert_data = user.get("client-certificate-data")
         key_data = user.get("client-key-data")
         if cert_data or key_data:
-            # ssl loads a client certificate from files only: write both to a private
-            # directory (mkdtemp makes it 0700) for the time of the load.
-            tmp = tempfile.mkdtemp(prefix="certctl-kube-")
-            cert = (Path(tmp) / "client.crt", Path(tmp) / "client.key")
-            cert[0].write_bytes(_b64(str(cert_data or ""), "client-certificate-data", path))
-            cert[1].write_bytes(_b64(str(key_data or ""), "client-key-data", path))
+            # ssl loads a client certificate from files only: memory files, so the key is
+            # never written to a disk (nor left in /tmp by a process killed mid-way).
+            crt = _b64(str(cert_data or ""), "client-certificate-data", path)
+            key = _b64(str(key_data or ""), "client-key-data", path)
+            cert = (
+                Path(stack.enter_context(in_memory_file(crt, "certctl-kube-crt"))),
+                Path(stack.enter_context(in_memory_file(key, "certctl-kube-key"))),
+            )
         elif user.get("client-certificate") or user.get("client-key"):
             cert = (file(user.get("client-certificate", "")), file(user.get("client-key", "")))
         context_obj = _ssl_context(
@@ -308,9 +309,6 @@ def from_kubeconfig(
             _b64(str(ca_data), "certificate-authority-data", path) if ca_data else None,
             cert,
         )
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     token_file = file(user["tokenFile"]) if user.get("tokenFile") else None
     return KubeConnection(
         server=server.rstrip("/"),

@@ -45,6 +45,12 @@ def test_one_escaped_line_per_request_and_no_key_secret(start_server: StartServe
         assert client.get(path).status_code == 404
         r = client.delete(f"/api/v1/auth/apikeys/{server.admin_key}")
         assert r.status_code == 404
+        # The key without its prefix, and with its id cut short: still a secret.
+        bare = server.admin_key.removeprefix("cctl_")
+        for pasted in (bare, bare[2:]):
+            r = client.get(f"/api/v1/auth/apikeys/{pasted}")
+            assert r.status_code == 404
+            assert secret_of(server.admin_key) not in r.text
     _wait_for_line(server, "DELETE /api/v1/auth/apikeys/")
     lines = _access_lines(server)
     assert any(
@@ -61,6 +67,8 @@ def test_one_escaped_line_per_request_and_no_key_secret(start_server: StartServe
     assert secret_of(server.admin_key) not in err
     key_id = server.admin_key.split("_")[1]
     assert f"DELETE /api/v1/auth/apikeys/cctl_{key_id}_… 404 actor=admin" in err
+    assert f"GET /api/v1/auth/apikeys/{key_id}_… 404 actor=admin" in err
+    assert f"GET /api/v1/auth/apikeys/{key_id[2:]}_… 404 actor=admin" in err
 
 
 def test_json_log_format_writes_one_object_per_line(start_server: StartServer) -> None:

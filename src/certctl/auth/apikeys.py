@@ -87,15 +87,19 @@ def parse_key(value: str) -> tuple[str, str] | None:
 
 
 # Anything after a key id that could be (part of) a secret, e.g. a key pasted where its id
-# belongs in a URL, or a key cut short.
+# belongs in a URL, or a key cut short; with its prefix dropped or its id cut short too, a
+# hex run and a long secret-like run still are one.
 _IN_TEXT = re.compile(r"(cctl_[0-9a-f]{16}_)[A-Za-z0-9_-]+")
+_BARE = re.compile(r"(?<![A-Za-z0-9])([0-9a-f]{6,16}_)[A-Za-z0-9_-]{20,}")
 
 
 def redact_keys(text: str) -> str:
-    """``text`` with the secret of every API key in it replaced (``cctl_<id>_…``)."""
-    if PREFIX not in text:  # the common case, at the cost of one substring search
+    """``text`` with the secret of every API key in it replaced (``<id>_…``)."""
+    if "_" not in text:  # the common case (no route has one), at one substring search
         return text
-    return _IN_TEXT.sub(r"\1…", text)
+    if PREFIX in text:
+        text = _IN_TEXT.sub(r"\1…", text)
+    return _BARE.sub(r"\1…", text)
 
 
 def key_head(key_id: str) -> str:

@@ -119,6 +119,16 @@ def _server_url() -> str:
         raise InvalidRequest(f"CERTCTL_URL has an invalid port, expected 1-65535 ({example})")
     if not parts.hostname:
         raise InvalidRequest(f"CERTCTL_URL has no host ({example})")
+    if (
+        parts.scheme == "http"
+        and not _loopback(parts.hostname)
+        and os.environ.get("CERTCTL_ALLOW_INSECURE") != "1"
+    ):
+        # As the server refuses plain HTTP beyond loopback without --allow-insecure.
+        raise InvalidRequest(
+            "CERTCTL_URL: http:// to a host other than loopback would send the API key in "
+            "clear text; use https://, or set CERTCTL_ALLOW_INSECURE=1 if that is intended"
+        )
     url = f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
     import httpx
 
@@ -127,6 +137,17 @@ def _server_url() -> str:
     except httpx.InvalidURL as exc:  # e.g. a bad IDNA host; no credentials are left in url
         raise InvalidRequest(f"CERTCTL_URL is not a valid URL: {exc}") from None
     return url
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _api_key() -> str | None:
@@ -443,6 +464,18 @@ def apikeys_create(
 @apikeys_app.command("revoke")
 def apikeys_revoke(key_id: str = typer.Argument(..., metavar="KEY_ID", help="Key id.")) -> None:
     """Revoke an API key; it fails on its next use."""
+    from certctl.auth.apikeys import parse_key
+
+    parsed = parse_key(key_id.strip())
+    if parsed is not None:
+        # The whole key, secret included: send only its id (the secret would reach the
+        # server's URL handling), and revoke it, since it is now in the shell history.
+        key_id = parsed[0]
+        typer.echo(
+            f"note: that was a whole API key; revoking it by its id {key_id} "
+            "(the key is in your shell history now: revoking it is right)",
+            err=True,
+        )
     _print(_request("DELETE", f"/api/v1/auth/apikeys/{_seg(key_id)}"))
 
 

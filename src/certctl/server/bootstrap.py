@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,9 +51,42 @@ def bootstrap(config: ServerConfig) -> Bootstrapped:
         raise StorageUnavailable(f"cannot start: {fault.detail}") from None
 
 
+def _private(data_dir: Path) -> None:
+    # Ours alone: it holds the KEK, the admin key and the database. A directory others may
+    # enter or write (made by hand, or under umask 000) is tightened, and said so.
+    # (Group read stays: a Kubernetes volume with fsGroup is group-owned, and not ours.)
+    info = data_dir.stat()
+    mode = stat.S_IMODE(info.st_mode)
+    wanted = mode & ~0o027
+    if mode == wanted:
+        return
+    try:
+        if info.st_uid != os.geteuid():
+            raise PermissionError
+        os.chmod(data_dir, wanted)
+    except OSError:
+        if not mode & 0o007:
+            return  # a mount owned by root with an fsGroup: the group is the pod's own
+        log.warning(
+            "data directory %s is mode %04o: other users may read or replace what is in it; "
+            "make it 0700",
+            data_dir,
+            mode,
+        )
+        return
+    log.warning("data directory %s was mode %04o; made it %04o", data_dir, mode, wanted)
+
+
 def _bootstrap(config: ServerConfig) -> Bootstrapped:
     data_dir = config.data_dir
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _private(data_dir)
+    if config.database_url is None:
+        # SQLite creates its file (and the -wal/-shm beside it, with the same mode) 0644:
+        # readable by anyone, with key hashes, wrapped keys and the audit log in it.
+        db = data_dir / "certctl.db"
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE))
     engine = create_store_engine(config.effective_database_url)
     migrate(engine)
     services = Services(engine, session_factory(engine), KeyWrapper(load_or_create_kek(data_dir)))

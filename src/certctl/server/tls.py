@@ -14,7 +14,6 @@ import ipaddress
 import logging
 import socket
 import ssl
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 from cryptography import x509
 
 from certctl.errors import CertctlError, InvalidRequest
-from certctl.files import OutputSet
+from certctl.files import OutputSet, in_memory_file
 from certctl.metrics.registry import TLS_NOT_AFTER, TLS_RELOADS
 from certctl.pki import (
     PROFILES,
@@ -211,13 +210,12 @@ class ServerTLS:
             return False
         try:
             leaf = _validate_pair(cert_pem, key_pem, now)
-            # load_cert_chain wants paths; a private temp dir keeps the key off shared storage.
-            with tempfile.TemporaryDirectory(prefix="certctl-tls-") as tmp:
-                cert_file, key_file = Path(tmp) / "c.pem", Path(tmp) / "k.pem"
-                cert_file.write_bytes(cert_pem)
-                key_file.touch(mode=0o600)
-                key_file.write_bytes(key_pem)
-                self.context.load_cert_chain(str(cert_file), str(key_file))
+            # load_cert_chain wants paths: memory files, never a copy of the key on disk.
+            with (
+                in_memory_file(cert_pem, "certctl-tls-crt") as cert_file,
+                in_memory_file(key_pem, "certctl-tls-key") as key_file,
+            ):
+                self.context.load_cert_chain(cert_file, key_file)
         except (CertctlError, ssl.SSLError, ValueError) as exc:
             detail = exc.detail if isinstance(exc, CertctlError) else str(exc)
             if not self._digest:

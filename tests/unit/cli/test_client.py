@@ -197,6 +197,46 @@ def test_api_key_echoed_by_the_server_is_redacted(listener: Listener) -> None:
     )
 
 
+def test_plain_http_beyond_loopback_is_refused_before_the_key_is_sent() -> None:
+    env = {"CERTCTL_URL": "http://192.0.2.2:18999", "CERTCTL_API_KEY": KEY}
+    assert_error(
+        certctl("certs", "list", env=env),
+        "CERTCTL_URL: http:// to a host other than loopback would send the API key in clear "
+        "text; use https://, or set CERTCTL_ALLOW_INSECURE=1 if that is intended",
+        secrets=[KEY],
+    )
+
+
+def test_plain_http_on_loopback_and_an_explicit_opt_in_are_used(listener: Listener) -> None:
+    items = b'{"items": [], "next_cursor": null}'
+    listener.answers["/api/v1/auth/roles"] = Answer(200, "application/json", items)
+    for url in (listener.url, listener.url.replace("127.0.0.1", "localhost")):
+        proc = certctl("auth", "roles", "list", env={"CERTCTL_URL": url, "CERTCTL_API_KEY": KEY})
+        assert proc.returncode == 0, proc.stderr
+    assert len(listener.seen) == 2
+    # Opted in: not refused, only unreachable (::2 is no loopback address and no host here).
+    opted = {"CERTCTL_URL": "http://[::2]:9", "CERTCTL_API_KEY": KEY, "CERTCTL_ALLOW_INSECURE": "1"}
+    proc = certctl("auth", "roles", "list", env=opted)
+    assert "cannot reach" in proc.stderr, proc.stderr
+
+
+def test_revoking_a_whole_key_sends_only_its_id(listener: Listener) -> None:
+    whole = "cctl_0123456789abcdef_" + "s" * 43
+    path = "/api/v1/auth/apikeys/0123456789abcdef"
+    listener.answers[path] = Answer(204, "application/json", b"")
+    proc = certctl(
+        "auth",
+        "apikeys",
+        "revoke",
+        whole,
+        env={"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": KEY},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "revoking it by its id 0123456789abcdef" in proc.stderr
+    assert [s.path for s in listener.seen] == [path]
+    assert "s" * 43 not in "".join(s.path for s in listener.seen)
+
+
 def test_401_without_a_key_says_which_variable(listener: Listener) -> None:
     listener.answers["/api/v1/services"] = Answer(
         401, "application/problem+json", b'{"detail": "missing bearer token"}'
