@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import stat
@@ -257,6 +258,22 @@ def test_reload_timeout_fails_and_retries_with_backoff(env: Env) -> None:
     child = Path(f"/proc/{int(pidfile.read_text())}/stat")
     # Gone, or a zombie waiting for a PID 1 that does not reap (as in some containers).
     assert not child.exists() or child.read_text().rpartition(")")[2].split()[0] == "Z"
+
+    # One that escapes the group (setsid) and keeps the pipes: not waited for either.
+    escaped = env.tmp / "escaped.pid"
+    daemon = {
+        "directory": str(target),
+        "reload": f"sh -c 'setsid sh -c \"echo \\$\\$ > {escaped}; exec sleep 30\" & sleep 30'",
+        "reloadTimeout": "1s",
+    }
+    env.put(service_doc("web", targets=[daemon]))
+    started = time.monotonic()
+    row = env.reconcile("web", env.now + MINUTE)
+    assert time.monotonic() - started < 10
+    assert row.conditions["Failed"]["message"] == message
+    assert escaped.read_text().strip().isdigit()  # it did escape, and still holds the pipes
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(int(escaped.read_text()), 9)  # it lives on: outside what certctl may kill
 
     # A failing command: its exit status and last line of output are reported.
     failing = {"directory": str(target), "reload": "sh -c 'echo boom >&2; exit 3'"}

@@ -460,3 +460,50 @@ def test_a_service_deleted_during_its_reconcile_is_one_info_line(
     assert "service web was deleted during its reconcile" in caplog.text
     assert scheduler._crashed == {}
     assert scheduler.tick() == 0
+
+
+def test_specs_stored_before_the_reload_limits_keep_working(env: Env) -> None:
+    from certctl.errors import InvalidRequest
+    from certctl.store.models import ManagedService
+
+    log = env.tmp / "reloaded"
+    target = {"directory": str(env.tmp / "tls"), "reload": f"touch {log}", "reloadTimeout": "15m"}
+    env.put(service_doc("web"))
+    with env.services.sessions.begin() as session:  # as an earlier version stored it
+        row = session.get(ManagedService, "web")
+        assert row is not None
+        row.spec = {**row.spec, "spec": {**row.spec["spec"], "targets": [target]}}
+    row = env.reconcile("web")
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    assert log.exists()
+    # Sent again as it is, the limit applies: the PUT says what to change.
+    with pytest.raises(InvalidRequest, match="reload timeouts are 1s to 10m"):
+        env.put(service_doc("web", targets=[target]))
+
+
+def test_a_client_removed_during_a_reconcile_is_dropped_at_the_next_pass(env: Env) -> None:
+    from certctl.server.scheduler import Scheduler
+
+    target = env.tmp / "api-tls"
+    env.put(service_doc("api", client_auth=True, targets=[{"directory": str(target)}]))
+    client_ca = make_ca("client-ca", env.now)
+    (added,) = tls_services.add_client(env.services, env.admin, "api", client_ca.cert_pem.decode())
+
+    removed = []
+
+    def slow_reload(command: str, timeout_s: float) -> None:
+        # The bundle with the client is already written; the client goes away now.
+        if not removed:
+            env.at(env.now + timedelta(seconds=1))
+            tls_services.remove_client(env.services, env.admin, "api", added.fingerprint)
+            removed.append(True)
+
+    env.put(service_doc("api", client_auth=True,
+                        targets=[{"directory": str(target), "reload": "true"}]))  # fmt: skip
+    settings = env.settings_with(reload_runner=slow_reload)
+    scheduler = Scheduler(env.services, settings, 10, clock=lambda: env.now)
+    assert scheduler.tick() == 1
+    assert client_ca.cert_pem in (target / "client-trust.crt").read_bytes()
+    assert tls_services.due(env.row("api"), env.now)  # the removal asked for another pass
+    assert scheduler.tick() == 1
+    assert client_ca.cert_pem not in (target / "client-trust.crt").read_bytes()

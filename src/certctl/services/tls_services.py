@@ -209,7 +209,7 @@ def _check_targets_unique(session: Any, spec: TLSServiceSpec) -> None:
     others = session.scalars(select(ManagedService).where(ManagedService.name != spec.name))
     for other in others:
         try:
-            taken = set(_target_keys(parse_service(other.spec)))
+            taken = set(_target_keys(parse_service(other.spec, stored=True)))
         except InvalidRequest:
             continue
         for i, key in enumerate(keys):
@@ -245,7 +245,7 @@ def put_service(
         before = None
         if row is not None:
             try:
-                before = parse_service(row.spec)
+                before = parse_service(row.spec, stored=True)
             except InvalidRequest:
                 before = None  # a stored spec no longer valid grants nothing
         (policy or TargetPolicy()).check(caller, spec, before)
@@ -640,8 +640,11 @@ def reconcile_service(
         row = session.get(ManagedService, name)
         if row is None:
             raise NotFound(f"service {name} not found")
+    # A client added or removed while this pass runs sets next_attempt_at anew: that later
+    # request must survive this pass's "done" (its trust bundle may predate the change).
+    asked_at = row.next_attempt_at
     try:
-        spec = parse_service(row.spec)
+        spec = parse_service(row.spec, stored=True)
     except InvalidRequest as exc:
         # Stored before a rule was added (or edited in the database): the service's own
         # problem, shown in its status and backed off, never a crash of every pass.
@@ -673,7 +676,9 @@ def reconcile_service(
             )
             _event(session, now, "failed", name, {"reason": detail})
         else:
-            current.attempts, current.next_attempt_at = 0, None
+            current.attempts = 0
+            if current.next_attempt_at == asked_at:
+                current.next_attempt_at = None
             ready_msg = "TLS disabled: plain HTTP" if spec.disabled else (message or "serving")
             conditions = _conditions(
                 ready=True, renewing=False, failed=None, message=ready_msg, now=now
@@ -844,7 +849,7 @@ def outputs_for(
     services: Services, row: ManagedService, spec: TLSServiceSpec | None = None
 ) -> dict[str, dict[str, bytes]]:
     """The service's outputs (DESIGN §7) as ``{output: {file name: bytes}}``."""
-    spec = spec or parse_service(row.spec)
+    spec = spec or parse_service(row.spec, stored=True)
     if spec.disabled or row.certificate_pem is None:
         return {}
     current = _current(services, row)

@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -100,6 +101,13 @@ class HTTP(_Model):
 
 
 _MIN_RELOAD_TIMEOUT, _MAX_RELOAD_TIMEOUT = timedelta(seconds=1), timedelta(minutes=10)
+def _stored(info: ValidationInfo) -> bool:
+    # A spec read back from the store, written before a rule was added: rules that only
+    # stop a mistake from being made (not a harm from happening) are not applied again,
+    # so an upgrade does not fail a service that was working.
+    return bool(info.context and info.context.get("stored"))
+
+
 # uid_t/gid_t are 32-bit; (uid_t)-1 means "unchanged" to chown(2), so it is not an id.
 _MAX_ID = 2**32 - 2
 # What getpwnam/getgrnam could never find. Real names go well beyond the POSIX portable set
@@ -128,7 +136,7 @@ class DirectoryTarget(_Model):
 
     @field_validator("reload_timeout")
     @classmethod
-    def _duration(cls, value: str) -> str:
+    def _duration(cls, value: str, info: ValidationInfo) -> str:
         from certctl.pki import parse_duration
 
         try:
@@ -136,17 +144,18 @@ class DirectoryTarget(_Model):
         except InvalidRequest as exc:
             raise ValueError(exc.detail) from None  # so pydantic names the field
         # The reconciler waits for the command, and every other service waits with it.
-        if not _MIN_RELOAD_TIMEOUT <= timeout <= _MAX_RELOAD_TIMEOUT:
+        # (Checked on what is sent, not on rows stored before the limit: see _stored.)
+        if not _stored(info) and not _MIN_RELOAD_TIMEOUT <= timeout <= _MAX_RELOAD_TIMEOUT:
             raise ValueError(f"{value}: reload timeouts are 1s to 10m")
         return value
 
     @field_validator("reload")
     @classmethod
-    def _command(cls, value: str | None) -> str | None:
+    def _command(cls, value: str | None, info: ValidationInfo) -> str | None:
         # Split as run_reload will (no shell), so a quoting mistake fails the PUT, not every
         # delivery.
-        if value is None:
-            return None
+        if value is None or _stored(info):
+            return value
         try:
             argv = shlex.split(value)
         except ValueError as exc:
@@ -312,8 +321,11 @@ class TLSServiceSpec(_Model):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def parse_service(doc: Any, where: str = "spec") -> TLSServiceSpec:
+def parse_service(doc: Any, where: str = "spec", *, stored: bool = False) -> TLSServiceSpec:
     """Validate one document; the error names the field.
+
+    ``stored``: a document read back from the store, where limits added later (reload
+    timeout range, reload command syntax) are not applied again.
 
     Raises:
         InvalidRequest: the document is not a valid TLSService.
@@ -321,7 +333,7 @@ def parse_service(doc: Any, where: str = "spec") -> TLSServiceSpec:
     if not isinstance(doc, dict):
         raise InvalidRequest(f"{where}: a TLSService document must be a mapping")
     try:
-        spec = TLSServiceSpec.model_validate(doc)
+        spec = TLSServiceSpec.model_validate(doc, context={"stored": stored})
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"] if p not in _TAGS.values()) or "document"

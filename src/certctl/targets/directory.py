@@ -257,7 +257,15 @@ def run_reload(command: str, timeout_s: float) -> None:
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
+        try:
+            process.communicate(timeout=2)
+        except subprocess.TimeoutExpired:
+            # Something it started left the group (setsid, a daemon) and holds the pipes:
+            # stop reading rather than wait for it, however long it lives.
+            for pipe in (process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
+            process.wait()
         raise DeliveryError(f"reload command timed out after {timeout_s:g}s") from None
     if process.returncode != 0:
         tail = (stderr or stdout).decode(errors="replace").strip().splitlines()[-1:]
