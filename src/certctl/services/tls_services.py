@@ -657,6 +657,7 @@ def reconcile_service(
     desired, reason, warnings = result
     if reason is not None:
         row = _store_issue(services, settings, row, spec, desired, reason, now)
+        asked_at = row.next_attempt_at  # its "delivery pending" mark, cleared below
     bundle = outputs_for(services, row, spec)
     failures = _deliver(services, settings, row, spec, bundle)
     message = "; ".join(warnings)
