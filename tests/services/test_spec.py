@@ -64,7 +64,18 @@ INVALID = {
     ),
     "relative directory": (
         _with("spec.targets", [{"directory": "etc/web/tls"}]),
-        "spec.targets.0.directory: etc/web/tls: target directories must be absolute paths",
+        "spec.targets.0.directory: etc/web/tls: must be an absolute path",
+    ),
+    "directory with ..": (
+        _with("spec.targets", [{"directory": "/srv/tls/.."}]),
+        "spec.targets.0.directory: /srv/tls/..: must not contain '..'",
+    ),
+    "relative passwordFile": (
+        _with(
+            "spec.targets",
+            [{"directory": "/srv/p", "format": "pkcs12", "passwordFile": "pw.txt"}],
+        ),
+        "spec.targets.0.passwordFile: pw.txt: must be an absolute path",
     ),
     "unknown target field": (
         _with("spec.targets", [{"directory": "/etc/web/tls", "reloadCommand": "x"}]),

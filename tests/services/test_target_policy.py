@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ def test_an_operator_cannot_set_a_reload_command_or_a_directory_outside_the_dele
         ),
         (
             [{"directory": str(env.tmp / "elsewhere")}],
-            r"targets\.0\.directory: .* outside services",
+            r"targets\.0\.directory: .* is not inside services",
         ),
         (
             [
@@ -52,9 +53,9 @@ def test_an_operator_cannot_set_a_reload_command_or_a_directory_outside_the_dele
                     "passwordFile": "/etc/shadow",
                 }
             ],
-            r"targets\.0\.passwordFile: /etc/shadow is outside",
+            r"targets\.0\.passwordFile: /etc/shadow is not inside",
         ),
-        ([{"directory": "/etc/cron.d/x"}], "outside services.target-directories"),
+        ([{"directory": "/etc/cron.d/x"}], "not inside services.target-directories"),
     ]
     for targets, message in refused:
         with pytest.raises(PermissionDenied, match=message):
@@ -63,11 +64,13 @@ def test_an_operator_cannot_set_a_reload_command_or_a_directory_outside_the_dele
 
     # A symlink inside the delegated directory pointing out of it does not count as inside.
     (delegated / "escape").symlink_to(env.tmp)
-    with pytest.raises(PermissionDenied, match=r"outside services\.target-directories"):
+    with pytest.raises(PermissionDenied, match=r"not inside services\.target-directories"):
         put([{"directory": str(delegated / "escape" / "web")}])
-    (delegated / "up").mkdir()
-    with pytest.raises(PermissionDenied, match="outside"):
+    with pytest.raises(InvalidRequest, match=r"must not contain '\.\.'"):
         put([{"directory": str(delegated / "up" / ".." / ".." / "web")}])
+    # The delegated directory itself is not inside it (a target there would replace it).
+    with pytest.raises(PermissionDenied, match="is not inside services"):
+        put([{"directory": str(delegated)}])
 
     # An administrator (every permission) may set all of it; the operator may then edit the
     # service (its SANs) while keeping that target as it is, but not change the command.
@@ -204,3 +207,52 @@ def test_two_services_cannot_share_a_target(env: Env) -> None:
         response = client.put("/api/v1/services/api", json=service_doc("api", targets=[secret]))
         assert response.status_code == 409, response.text
     env.put(service_doc("api", targets=[{"directory": str(env.tmp / "api-tls")}]))
+
+
+def test_a_path_that_stops_resolving_inside_its_delegated_directory_is_not_written(
+    env: Env,
+) -> None:
+    delegated = env.tmp / "delegated"
+    (delegated / "web").mkdir(parents=True)
+    outside = env.tmp / "outside"
+    outside.mkdir()
+    policy = TargetPolicy(delegated_directories=(delegated,), protected=(env.tmp / "data",))
+    target = delegated / "web" / "tls"
+    doc = service_doc("web", targets=[{"directory": str(target)}])
+    tls_services.put_service(env.services, OPERATOR, "web", doc, policy)
+    # After the PUT, someone able to write the delegated directory swaps a parent for a link.
+    (delegated / "web").rmdir()
+    (delegated / "web").symlink_to(outside)
+    row = tls_services.reconcile_service(
+        env.services, env.settings_with(target_policy=policy), "web", env.now
+    )
+    assert "no longer resolves inside" in row.conditions["Failed"]["message"]
+    assert list(outside.iterdir()) == []  # nothing written where the link points
+    # Pointed back inside: delivered.
+    (delegated / "web").unlink()
+    (delegated / "web").mkdir()
+    row = tls_services.reconcile_service(
+        env.services, env.settings_with(target_policy=policy), "web", env.now + timedelta(minutes=1)
+    )
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    assert (target / "tls.crt").is_file()
+
+
+def test_a_password_file_among_the_servers_own_files_is_refused(env: Env) -> None:
+    data = env.tmp / "data"
+    policy = TargetPolicy(protected=(data,))
+    target = {"directory": str(env.tmp / "p12"), "format": "pkcs12",
+              "passwordFile": str(data / "admin-api-key")}  # fmt: skip
+    with pytest.raises(InvalidRequest, match=r"passwordFile: .* is among the server's own files"):
+        tls_services.put_service(
+            env.services, env.admin, "web", service_doc("web", targets=[target]), policy
+        )
+
+
+def test_a_secret_without_namespace_may_be_the_one_another_service_names(env: Env) -> None:
+    from certctl.errors import Conflict
+
+    env.put(service_doc("web", targets=[{"secret": "shared-tls", "namespace": "default"}]))
+    with pytest.raises(Conflict, match="secret:shared-tls is already a target of service web"):
+        env.put(service_doc("api", targets=[{"secret": "shared-tls"}]))
+    env.put(service_doc("api", targets=[{"secret": "shared-tls", "namespace": "other"}]))

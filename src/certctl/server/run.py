@@ -229,6 +229,7 @@ def service_settings(config: ServerConfig) -> ServiceSettings:
         cert_rotate_before=parse_duration(config.cert_rotate_before),
         secrets_dir=config.effective_secrets_dir,
         secret_writer=_secret_target_writer(config),
+        target_policy=target_policy(config),
     )
 
 

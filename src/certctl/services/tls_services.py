@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,8 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy import select
 
-from certctl.auth.permissions import PERMISSIONS
-from certctl.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
+from certctl.errors import Conflict, InvalidRequest, NotFound
 from certctl.metrics.registry import RENEWALS
 from certctl.pki import (
     PROFILES,
@@ -44,6 +42,7 @@ from certctl.pki import (
 from certctl.pki.placeholder import no_client_trust_anchor
 from certctl.services.audit import record, record_call
 from certctl.services.context import Principal, Services
+from certctl.services.target_policy import TargetPolicy, same_target, target_identity
 from certctl.services.tls_spec import DirectoryTarget, SecretTarget, TLSServiceSpec, parse_service
 from certctl.store.models import ManagedService, OutboxEvent, ServiceClient
 
@@ -84,6 +83,8 @@ class ServiceSettings:
     jitter: float = 0.1
     reload_runner: Callable[[str, float], None] | None = None
     secret_writer: Callable[[SecretTarget, dict[str, bytes]], None] | None = None
+    # Checked again at each delivery: what a stored path resolves to can change.
+    target_policy: TargetPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.cert_validity <= self.cert_rotate_before:
@@ -107,115 +108,38 @@ class ServiceSettings:
         return max(self.ca_rotate_before, leaf_margin)
 
 
-# --- who may ask for what on the host --------------------------------------------------
+# --- targets no other service has --------------------------------------------------------
 
 
-def _real(path: Path) -> Path:
-    # The target itself is a symlink certctl replaces, so resolve its parent only: a parent
-    # that is a symlink out of an allowed directory must not count as inside it.
-    return Path(os.path.realpath(path.parent)) / path.name
-
-
-def _resolved(path: Path) -> Path:
-    return Path(os.path.realpath(path))
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
-@dataclass(frozen=True)
-class TargetPolicy:
-    """What a directory target may touch, and what only a caller holding every permission may.
-
-    A reload command runs, and a directory target writes, as the server's own user, which
-    can read the key-encryption key and the admin API key: whoever sets them holds every
-    permission in effect. So (the no-escalation rule of DESIGN §4, applied to the host) a
-    new or changed ``reload``, or a ``directory``/``passwordFile`` outside
-    ``delegated_directories`` (``services.target-directories``), needs a caller holding every
-    permission. No caller may aim a target into ``protected`` (the server's own files).
-    """
-
-    delegated_directories: tuple[Path, ...] = ()
-    protected: tuple[Path, ...] = ()
-
-    def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "delegated_directories", tuple(map(_resolved, self.delegated_directories))
-        )
-        object.__setattr__(self, "protected", tuple(map(_resolved, self.protected)))
-
-    def _delegated(self, path: Path) -> bool:
-        return any(_inside(_real(path), root) for root in self.delegated_directories)
-
-    def check(
-        self,
-        caller: Principal,
-        spec: TLSServiceSpec,
-        before: TLSServiceSpec | None,
-    ) -> None:
-        """Refuse a spec the caller may not store.
-
-        Raises:
-            InvalidRequest: a directory target inside (or holding) the server's own files.
-            PermissionDenied: a host effect the caller does not hold every permission for.
-        """
-        kept = [
-            t for t in (before.spec.targets if before else []) if isinstance(t, DirectoryTarget)
-        ]
-        superuser = caller.permissions >= frozenset(PERMISSIONS)
-        for i, target in enumerate(spec.spec.targets):
-            if not isinstance(target, DirectoryTarget):
-                continue
-            where = f"spec.targets.{i}"
-            real = _real(target.directory)
-            for own in self.protected:
-                if _inside(real, own) or _inside(own, real):
-                    raise InvalidRequest(
-                        f"{where}.directory: {target.directory} overlaps the server's own files "
-                        f"({own}); deliver somewhere else"
-                    )
-            if superuser or target in kept:
-                continue  # unchanged targets stay whoever set them (operators edit SANs)
-            if target.reload is not None:
-                raise PermissionDenied(
-                    f"{where}.reload runs a command as the certctl server: setting it needs "
-                    "every permission (an administrator)"
-                )
-            for key, path in (
-                ("directory", target.directory),
-                ("passwordFile", target.password_file),
-            ):
-                if path is not None and not self._delegated(path):
-                    raise PermissionDenied(
-                        f"{where}.{key}: {path} is outside services.target-directories; "
-                        "only a caller holding every permission may use it"
-                    )
-
-
-def _target_keys(spec: TLSServiceSpec) -> list[str]:
-    return [
-        f"dir:{_real(t.directory)}" if isinstance(t, DirectoryTarget) else _target_key(t)
-        for t in spec.spec.targets
-    ]
+def _describe(identity: tuple[str, str | None, str]) -> str:
+    kind, namespace, name = identity
+    if kind == "dir":
+        return f"dir:{name}"
+    return f"secret:{namespace}/{name}" if namespace else f"secret:{name}"
 
 
 def _check_targets_unique(session: Any, spec: TLSServiceSpec) -> None:
     # Two services delivering to one place would overwrite each other on every pass.
-    keys = _target_keys(spec)
-    for i, key in enumerate(keys):
-        if key in keys[:i]:
-            raise InvalidRequest(f"spec.targets.{i}: {key} is also spec.targets.{keys.index(key)}")
+    mine = [target_identity(t) for t in spec.spec.targets]
+    for i, identity in enumerate(mine):
+        for j in range(i):
+            if same_target(identity, mine[j]):
+                raise InvalidRequest(
+                    f"spec.targets.{i}: {_describe(identity)} is also spec.targets.{j}"
+                )
     others = session.scalars(select(ManagedService).where(ManagedService.name != spec.name))
     for other in others:
         try:
-            taken = set(_target_keys(parse_service(other.spec, stored=True)))
+            taken = [
+                target_identity(t) for t in parse_service(other.spec, stored=True).spec.targets
+            ]
         except InvalidRequest:
             continue
-        for i, key in enumerate(keys):
-            if key in taken:
+        for i, identity in enumerate(mine):
+            if any(same_target(identity, t) for t in taken):
                 raise Conflict(
-                    f"spec.targets.{i}: {key} is already a target of service {other.name}"
+                    f"spec.targets.{i}: {_describe(identity)} is already a target of service "
+                    f"{other.name}"
                 )
 
 
@@ -925,6 +849,10 @@ def _deliver(
         key = _target_key(target)
         files = _target_files(target, bundle)
         try:
+            if isinstance(target, DirectoryTarget) and settings.target_policy is not None:
+                problem = settings.target_policy.delivery_problem(target)
+                if problem is not None:
+                    raise DeliveryError(problem)
             password = None
             if isinstance(target, DirectoryTarget) and target.format == "pkcs12" and files:
                 assert target.password_file is not None

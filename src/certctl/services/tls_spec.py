@@ -101,6 +101,8 @@ class HTTP(_Model):
 
 
 _MIN_RELOAD_TIMEOUT, _MAX_RELOAD_TIMEOUT = timedelta(seconds=1), timedelta(minutes=10)
+
+
 def _stored(info: ValidationInfo) -> bool:
     # A spec read back from the store, written before a rule was added: rules that only
     # stop a mistake from being made (not a harm from happening) are not applied again,
@@ -127,11 +129,16 @@ class DirectoryTarget(_Model):
     owner: str | int | None = None
     group: str | int | None = None
 
-    @field_validator("directory")
+    @field_validator("directory", "password_file")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
+    def _absolute(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None or (_stored(info) and info.field_name == "password_file"):
+            return value  # passwordFile was not checked before this rule
         if not value.is_absolute():
-            raise ValueError(f"{value}: target directories must be absolute paths")
+            raise ValueError(f"{value}: must be an absolute path")
+        if ".." in value.parts:
+            # /srv/tls/.. reads as inside /srv/tls and is /srv: say what is meant.
+            raise ValueError(f"{value}: must not contain '..'")
         return value
 
     @field_validator("reload_timeout")
