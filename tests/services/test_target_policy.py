@@ -256,3 +256,29 @@ def test_a_secret_without_namespace_may_be_the_one_another_service_names(env: En
     with pytest.raises(Conflict, match="secret:shared-tls is already a target of service web"):
         env.put(service_doc("api", targets=[{"secret": "shared-tls"}]))
     env.put(service_doc("api", targets=[{"secret": "shared-tls", "namespace": "other"}]))
+
+
+def test_spec_writes_take_turns_across_connections(any_env: Env) -> None:
+    import threading
+    import time
+
+    from certctl.store.db import SERVICE_SPECS_LOCK, lock_for_write
+
+    order: list[str] = []
+    first_holds = threading.Event()
+
+    def second() -> None:
+        first_holds.wait(10)
+        with any_env.services.sessions.begin() as session:
+            lock_for_write(session, SERVICE_SPECS_LOCK)
+            order.append("second locked")
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with any_env.services.sessions.begin() as session:
+        lock_for_write(session, SERVICE_SPECS_LOCK)
+        first_holds.set()
+        time.sleep(0.5)  # the other connection must wait, not read alongside
+        order.append("first done")
+    thread.join(30)
+    assert order == ["first done", "second locked"]

@@ -196,6 +196,7 @@ def test_a_hanging_receiver_costs_one_timeout_per_pass_and_never_delays_reconcil
         started = time.monotonic()
         assert scheduler.tick(dispatch_in_background=True) == 1
         assert time.monotonic() - started < 0.9
+        assert scheduler._leading.is_set()  # what the background sender asks before each event
         assert scheduler._dispatcher is not None
         scheduler._dispatcher.join(timeout=10)
     finally:
@@ -204,3 +205,17 @@ def test_a_hanging_receiver_costs_one_timeout_per_pass_and_never_delays_reconcil
     env.clock.advance(seconds=60)
     assert dispatch_pending(env.services, Webhook(receiver.url, SECRET)) == 4
     assert sorted(json.loads(r.body)["service"] for r in receiver.requests) == ["a", "b", "c", "d"]
+
+
+def test_a_replica_that_stops_leading_stops_sending(env: Env, receiver: Receiver) -> None:
+    for name in ("a", "b", "c"):
+        env.put(service_doc(name))
+        env.reconcile(name)
+    leads = iter([True, False])  # leads for the first event, then the lock moves on
+    sent = dispatch_pending(
+        env.services, Webhook(receiver.url, SECRET), leading=lambda: next(leads)
+    )
+    assert sent == 1
+    assert len(receiver.requests) == 1
+    assert [e.delivered_at is not None for e in _outbox(env)] == [True, False, False]
+    assert all(e.attempts == 0 for e in _outbox(env)[1:])  # not attempted, not backed off

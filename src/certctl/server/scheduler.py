@@ -101,6 +101,9 @@ class Scheduler:
         default_factory=dict
     )
     _dispatcher: threading.Thread | None = None
+    # What the last leadership check of the tick thread said; the dispatcher thread reads
+    # it before each event (Leadership itself is not for two threads).
+    _leading: threading.Event = field(default_factory=threading.Event)
 
     def wake(self) -> None:
         """Reconcile soon (a spec changed)."""
@@ -116,7 +119,9 @@ class Scheduler:
         leadership = self.leadership or Leadership(self.services)
         self.leadership = leadership
         if not leadership.check():
+            self._leading.clear()
             return 0
+        self._leading.set()
         now = (self.clock or self.services.clock)()
         with self.services.sessions() as session:
             rows = list(session.scalars(select(ManagedService).order_by(ManagedService.name)))
@@ -135,6 +140,7 @@ class Scheduler:
                 # Re-checked per service: a leader whose lock session was lost mid-pass (network
                 # cut, pg_terminate_backend) stops at once instead of racing its successor.
                 if not leadership.check():
+                    self._leading.clear()
                     log.warning("lost leadership during a reconcile pass; stopping it")
                     return done
                 try:
@@ -177,7 +183,7 @@ class Scheduler:
     def _dispatch(self) -> None:
         assert self.webhook is not None
         try:
-            dispatch_pending(self.services, self.webhook)
+            dispatch_pending(self.services, self.webhook, leading=self._leading.is_set)
         except Exception:
             log.exception("sending webhook events failed; will retry")
 

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -35,11 +36,20 @@ def sign(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
-def dispatch_pending(services: Services, webhook: Webhook, *, limit: int = 100) -> int:
+def dispatch_pending(
+    services: Services,
+    webhook: Webhook,
+    *,
+    limit: int = 100,
+    leading: Callable[[], bool] | None = None,
+) -> int:
     """Send due events, oldest first; each is marked delivered once a 2xx comes back.
 
     A receiver that cannot be reached (refused, timed out) ends the pass after one attempt,
-    so a hanging receiver costs one timeout per pass, not one per event.
+    so a hanging receiver costs one timeout per pass, not one per event. ``leading`` is asked
+    before each event: the pass stops once this replica no longer leads. (Delivery is still
+    at least once: an event sent just before the leadership moved may be sent again, with
+    the same ``X-Certctl-Delivery`` id.)
 
     Returns:
         How many events were delivered.
@@ -59,6 +69,9 @@ def dispatch_pending(services: Services, webhook: Webhook, *, limit: int = 100) 
     delivered = 0
     with httpx.Client(timeout=webhook.timeout_s) as client:
         for index, event in enumerate(pending):
+            if leading is not None and not leading():
+                # Another replica leads now and sends what is left: stop, or both would.
+                break
             body = json.dumps({"id": event.id, **event.payload}, sort_keys=True).encode()
             error: str | None = None
             try:

@@ -44,6 +44,7 @@ from certctl.services.audit import record, record_call
 from certctl.services.context import Principal, Services
 from certctl.services.target_policy import TargetPolicy, same_target, target_identity
 from certctl.services.tls_spec import DirectoryTarget, SecretTarget, TLSServiceSpec, parse_service
+from certctl.store.db import SERVICE_SPECS_LOCK, lock_for_write
 from certctl.store.models import ManagedService, OutboxEvent, ServiceClient
 
 __all__ = [
@@ -165,6 +166,9 @@ def put_service(
     now = services.clock()
     document = spec.to_document()
     with services.sessions.begin() as session:
+        # Every spec write in turn, across processes: the policy compares with the stored
+        # spec and the uniqueness check with the others, which must not change meanwhile.
+        lock_for_write(session, SERVICE_SPECS_LOCK)
         row = session.get(ManagedService, name, with_for_update=True)
         before = None
         if row is not None:

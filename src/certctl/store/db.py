@@ -51,6 +51,24 @@ def create_store_engine(url: str) -> Engine:
     )
 
 
+# Keys of pg_advisory_xact_lock: one per kind of write that must not interleave.
+SERVICE_SPECS_LOCK = 0x63657274_0001  # "cert", 1
+
+
+def lock_for_write(session: Session, key: int) -> None:
+    """Serialize this transaction with every other taking ``key``, before it reads.
+
+    PostgreSQL: a transaction-scoped advisory lock. SQLite: a write statement (matching no
+    row) takes the database's write lock at once; pysqlite would otherwise run the reads
+    that come first outside any transaction, and two processes could decide on the same
+    stale state. Either way the lock ends with the transaction.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    else:
+        session.execute(text("UPDATE managed_services SET name = name WHERE 0"))
+
+
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """A session factory whose objects stay usable after commit."""
     return sessionmaker(engine, expire_on_commit=False)
