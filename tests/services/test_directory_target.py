@@ -438,3 +438,19 @@ def test_reload_commands_get_no_certctl_secrets_and_parents_are_not_world_writab
     for directory in (env.tmp / "new", target.parent, target.parent / ".tls.certctl"):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o755, directory
     assert stat.S_IMODE((target / "tls.key").stat().st_mode) == 0o600
+
+
+def test_a_file_edited_by_hand_is_restored_at_the_next_resync(env: Env) -> None:
+    from certctl.server.scheduler import Scheduler
+
+    target = env.tmp / "tls"
+    env.put(service_doc("web", targets=[{"directory": str(target)}]))
+    scheduler = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
+    assert scheduler.tick() == 1
+    good = (target / "ca.crt").read_bytes()
+    link = os.readlink(target)
+    (target / "ca.crt").write_bytes(b"overwritten by hand\n")
+    env.at(env.now + tls_services.RESYNC_INTERVAL)
+    assert scheduler.tick() == 1
+    assert (target / "ca.crt").read_bytes() == good
+    assert os.readlink(target) != link  # a new version, swapped in whole

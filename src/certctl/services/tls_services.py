@@ -864,7 +864,7 @@ def _deliver(
             digest = _delivery_digest(services, target, files, password)
             if delivered.get(key) == digest and (
                 not isinstance(target, DirectoryTarget)
-                or directory_intact(target.directory, _delivered_names(target, files))
+                or directory_intact(target.directory, _expected_files(target, files))
             ):
                 continue
             if isinstance(target, DirectoryTarget):
@@ -942,12 +942,17 @@ def _delivery_digest(
     return digest.hexdigest()
 
 
-def _delivered_names(target: DirectoryTarget, files: dict[str, tuple[bytes, bool]]) -> list[str]:
+def _expected_files(
+    target: DirectoryTarget, files: dict[str, tuple[bytes, bool]]
+) -> dict[str, bytes | None]:
+    # A PKCS#12 file differs at each write (random salt and IV): only its presence counts.
     if not files:
-        return []
+        return {}
+    expected: dict[str, bytes | None] = {n: d for n, (d, _) in files.items()}
     if target.format == "pkcs12":
-        return ["tls.p12", *(n for n in files if n in ("ca.crt", "client-trust.crt"))]
-    return list(files)
+        expected = {n: d for n, d in expected.items() if n in ("ca.crt", "client-trust.crt")}
+        expected["tls.p12"] = None
+    return expected
 
 
 def backoff(attempts: int) -> timedelta:

@@ -201,15 +201,26 @@ def _prune(versions: Path, keep: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def directory_intact(path: Path, names: list[str]) -> bool:
-    """Whether ``path`` is still certctl's link with every file of ``names`` in it.
+def directory_intact(path: Path, expected: Mapping[str, bytes | None]) -> bool:
+    """Whether ``path`` is still certctl's link holding ``expected`` (None: any content).
 
-    With no names (TLS disabled) intact means gone. A deleted or hand-replaced target is
-    delivered again at the next reconcile instead of waiting for the next renewal.
+    With nothing expected (TLS disabled) intact means gone. A target deleted, replaced or
+    edited by hand is delivered again at the next reconcile instead of at the next renewal.
     """
-    if not names:
+    if not expected:
         return not (path.is_symlink() and _ours(path))
-    return path.is_symlink() and _ours(path) and all((path / n).is_file() for n in names)
+    if not (path.is_symlink() and _ours(path)):
+        return False
+    for name, data in expected.items():
+        try:
+            if data is None:
+                if not (path / name).is_file():
+                    return False
+            elif (path / name).read_bytes() != data:
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def remove_directory_target(path: Path) -> None:
