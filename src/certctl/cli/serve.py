@@ -18,7 +18,10 @@ def serve_command(
     ),
     listen: str = typer.Option(None, "--listen", help="HOST:PORT (default: 127.0.0.1:8443)."),
     database_url: str = typer.Option(
-        None, "--database-url", help="postgresql+psycopg://… for several replicas."
+        None,
+        "--database-url",
+        help="postgresql+psycopg://… for several replicas. With a password, prefer "
+        "CERTCTL_DATABASE_URL: a flag is visible to every user in ps.",
     ),
     tls_mode: str = typer.Option(None, "--tls-mode", help="self-signed, custom or disabled."),
     tls_cert_dir: Path = typer.Option(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
+import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -78,6 +80,12 @@ def load_or_create_kek(data_dir: Path) -> bytes:
         return kek
     path = data_dir / "kek"
     if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            # Restored from a backup or copied by hand: readable by others, it would let
+            # them decrypt every stored key. Ours to tighten (ssh refuses such a key).
+            os.chmod(path, SECRET_MODE)
+            logging.getLogger("certctl.store").warning("%s was mode %04o; made it 0600", path, mode)
         kek = base64.b64decode(path.read_bytes().strip())
         if len(kek) != 32:
             raise InvalidRequest(f"{path}: key-encryption key must be 32 bytes (base64)")

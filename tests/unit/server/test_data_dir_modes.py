@@ -45,3 +45,16 @@ def test_an_open_data_dir_is_tightened_with_a_warning(
     booted = bootstrap(ServerConfig.model_validate({"data-dir": str(data)}))  # a restart
     booted.services.engine.dispose()
     assert "data directory" not in caplog.text  # negative twin: nothing more to say
+
+
+def test_a_kek_readable_by_others_is_tightened(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "restored"
+    booted = bootstrap(ServerConfig.model_validate({"data-dir": str(data)}))
+    booted.services.engine.dispose()
+    os.chmod(data / "kek", 0o644)  # as a careless restore leaves it
+    booted = bootstrap(ServerConfig.model_validate({"data-dir": str(data)}))
+    booted.services.engine.dispose()
+    assert _mode(data / "kek") == 0o600
+    assert "kek was mode 0644; made it 0600" in caplog.text
