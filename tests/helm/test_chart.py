@@ -502,3 +502,22 @@ def test_helm_lint(helm: Any) -> None:
     result = helm.lint(str(CHART))
     assert result["errors"] == [], result
     assert not [m for m in result["messages"] if m["severity"] > 1], result
+
+
+def test_a_separate_metrics_port_is_listened_on_exposed_and_scraped(
+    render: Callable[..., Rendered], servicemonitor_validator: Any
+) -> None:
+    objects = render(merged(RUNBOOK, {"monitoring": {"port": 9443}}))
+    assert server_config(objects)["metrics"] == {"listen": "0.0.0.0:9443"}
+    ports = container(objects)["ports"]
+    assert {"name": "metrics", "containerPort": 9443, "protocol": "TCP"} in ports
+    service = objects[("Service", "certctl-server")]
+    assert {"name": "metrics", "port": 9443, "targetPort": "metrics", "protocol": "TCP"} in (
+        service["spec"]["ports"]
+    )
+    assert endpoint(objects)["port"] == "metrics"
+    servicemonitor_validator.validate(objects[("ServiceMonitor", "certctl-server")])
+    # Negative twin: by default one port, scraped as https.
+    default = render(RUNBOOK)
+    assert "metrics" not in server_config(default)
+    assert endpoint(default)["port"] == "https"

@@ -101,6 +101,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.adminKeySecret.enabled }}
 {{- $_ := set $config.auth "admin-key-secret" (include "certctl.adminKeySecretName" .) }}
 {{- end }}
+{{- if .Values.monitoring.port }}
+{{- $_ := set $config "metrics" (dict "listen" (printf "0.0.0.0:%d" (int .Values.monitoring.port))) }}
+{{- end }}
 {{- toYaml (mustMergeOverwrite $config (deepCopy .Values.server.extraConfig)) }}
 {{- end }}
 
