@@ -168,16 +168,23 @@ def _ssl_context(
     ca_data: bytes | None = None,
     cert: tuple[Path, Path] | None = None,
 ) -> ssl.SSLContext:
+    errors = (OSError, ssl.SSLError, UnicodeDecodeError)
     try:
         if ca_data is not None:
             context = ssl.create_default_context(cadata=ca_data.decode("ascii"))
         else:
             context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-        if cert is not None:
-            context.load_cert_chain(str(cert[0]), str(cert[1]))
-    except (OSError, ssl.SSLError, UnicodeDecodeError) as exc:
-        where = ca_file or (cert[0] if cert else "certificate-authority-data")
+    except errors as exc:
+        where = ca_file or "certificate-authority-data"
         raise InvalidRequest(f"{where}: cannot load Kubernetes TLS material ({exc})") from None
+    if cert is not None:
+        try:
+            context.load_cert_chain(str(cert[0]), str(cert[1]))
+        except errors as exc:
+            # Memory files (/proc/self/fd/N) mean the kubeconfig's inline data: name that.
+            inline = str(cert[0]).startswith("/proc/self/fd/")
+            where = "client-certificate-data/client-key-data" if inline else str(cert[0])
+            raise InvalidRequest(f"{where}: cannot load Kubernetes TLS material ({exc})") from None
     return context
 
 

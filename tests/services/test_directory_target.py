@@ -454,3 +454,27 @@ def test_a_file_edited_by_hand_is_restored_at_the_next_resync(env: Env) -> None:
     assert scheduler.tick() == 1
     assert (target / "ca.crt").read_bytes() == good
     assert os.readlink(target) != link  # a new version, swapped in whole
+
+
+def test_a_reload_that_starts_a_daemon_and_exits_0_succeeds_at_once(env: Env) -> None:
+    pidfile = env.tmp / "daemon.pid"
+    target = env.tmp / "tls"
+    # As `nginx` (without -g 'daemon off;') does: forks the server and returns.
+    script = _script(
+        env.tmp / "daemonize.sh", f"setsid sh -c 'echo $$ > {pidfile}; exec sleep 30' &\nexit 0"
+    )
+    reload = str(script)
+    env.put(service_doc("web", targets=[{"directory": str(target), "reload": reload}]))
+    started = time.monotonic()
+    row = env.reconcile("web")
+    elapsed = time.monotonic() - started
+    try:
+        assert row.conditions["Ready"]["status"] is True, row.conditions
+        assert elapsed < 5  # not waiting for the daemon's end (nor the 30 s timeout)
+    finally:
+        for _ in range(50):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pidfile.read_text()), 9)

@@ -282,3 +282,67 @@ def test_spec_writes_take_turns_across_connections(any_env: Env) -> None:
         order.append("first done")
     thread.join(30)
     assert order == ["first done", "second locked"]
+
+
+def test_the_delivery_check_holds_through_a_symlinked_delegated_directory(env: Env) -> None:
+    real = env.tmp / "real"
+    (real / "tls" / "team").mkdir(parents=True)
+    (env.tmp / "srv").symlink_to(real)  # the configured /srv/tls is really /real/tls
+    outside = env.tmp / "outside"
+    outside.mkdir()
+    password = env.tmp / "srv" / "tls" / "pw"
+    password.write_text("p12-password\n")
+    data = env.tmp / "data"
+    policy = TargetPolicy(delegated_directories=(env.tmp / "srv" / "tls",), protected=(data,))
+    target = {"directory": str(env.tmp / "srv" / "tls" / "team" / "app"), "format": "pkcs12",
+              "passwordFile": str(password)}  # fmt: skip
+    tls_services.put_service(
+        env.services, OPERATOR, "web", service_doc("web", targets=[target]), policy
+    )
+    settings = env.settings_with(target_policy=policy)
+    (real / "tls" / "team").rmdir()
+    (real / "tls" / "team").symlink_to(outside)
+    row = tls_services.reconcile_service(env.services, settings, "web", env.now)
+    assert "no longer resolves inside" in row.conditions["Failed"]["message"], row.conditions
+    assert list(outside.iterdir()) == []
+    # The password file swapped for a link to the key-encryption key: not read.
+    (real / "tls" / "team").unlink()
+    (real / "tls" / "team").mkdir()
+    (data).mkdir(exist_ok=True)
+    (data / "kek").write_text("secret\n")
+    password.unlink()
+    password.symlink_to(data / "kek")
+    row = tls_services.reconcile_service(
+        env.services, settings, "web", env.now + timedelta(minutes=1)
+    )
+    assert "passwordFile" in row.conditions["Failed"]["message"]
+    assert "now resolves into the server's own files" in row.conditions["Failed"]["message"]
+    assert not (real / "tls" / "team" / "app").exists()
+
+
+def test_specs_stored_with_dotdot_keep_delivering(env: Env) -> None:
+    from certctl.store.models import ManagedService
+
+    (env.tmp / "x").mkdir()
+    env.put(service_doc("web"))
+    with env.services.sessions.begin() as session:  # as an earlier version stored it
+        row = session.get(ManagedService, "web")
+        assert row is not None
+        spec = {"directory": str(env.tmp / "x" / ".." / "tls")}
+        row.spec = {**row.spec, "spec": {**row.spec["spec"], "targets": [spec]}}
+    row = env.reconcile("web")
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    assert (env.tmp / "tls" / "tls.crt").is_file()
+
+
+def test_a_known_server_namespace_tells_secrets_apart(env: Env) -> None:
+    from certctl.errors import Conflict
+
+    policy = TargetPolicy(default_namespace="default")
+    env.put(service_doc("web", targets=[{"secret": "web-tls"}]))
+    doc = service_doc("api", targets=[{"secret": "web-tls", "namespace": "apps"}])
+    tls_services.put_service(env.services, env.admin, "api", doc, policy)  # another Secret
+    tls_services.put_service(env.services, env.admin, "api", doc, policy)  # re-applied as is
+    same = service_doc("other", targets=[{"secret": "web-tls", "namespace": "default"}])
+    with pytest.raises(Conflict, match="secret:default/web-tls is already a target of service"):
+        tls_services.put_service(env.services, env.admin, "other", same, policy)

@@ -90,7 +90,9 @@ def parse_key(value: str) -> tuple[str, str] | None:
 # belongs in a URL, or a key cut short; with its prefix dropped or its id cut short too, a
 # hex run and a long secret-like run still are one.
 _IN_TEXT = re.compile(r"(cctl_[0-9a-f]{16}_)[A-Za-z0-9_-]+")
-_BARE = re.compile(r"(?<![A-Za-z0-9])([0-9a-f]{6,16}_)[A-Za-z0-9_-]{20,}")
+# A secret is 43 characters (token_urlsafe(32)); 40 or more is one cut short at the end.
+# Shorter runs are names people give things (20240101_production_certificates).
+_BARE = re.compile(r"(?<![A-Za-z0-9])([0-9a-f]{6,16}_)[A-Za-z0-9_-]{40,}")
 
 
 def redact_keys(text: str) -> str:

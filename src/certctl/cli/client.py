@@ -31,7 +31,8 @@ DEFAULT_URL = "https://127.0.0.1:8443"
 # Shown in the help of every command group that talks to a server (and of `certctl` itself).
 ENV_HELP = (
     f"Talks to the server at CERTCTL_URL (default {DEFAULT_URL}) with the API key in "
-    "CERTCTL_API_KEY, trusting the CA file in CERTCTL_CA_CERT (e.g. certctl-data/tls/ca.crt)."
+    "CERTCTL_API_KEY, trusting the CA file in CERTCTL_CA_CERT (e.g. certctl-data/tls/ca.crt). "
+    "http:// is refused beyond loopback unless CERTCTL_ALLOW_INSECURE=1."
 )
 CA_HINT = "set CERTCTL_CA_CERT to the server's CA file, e.g. certctl-data/tls/ca.crt"
 # X509_V_ERR_HOSTNAME_MISMATCH: the chain is trusted, the name is not in the certificate.

@@ -65,8 +65,12 @@ def _private(data_dir: Path) -> None:
             raise PermissionError
         os.chmod(data_dir, wanted)
     except OSError:
-        if not mode & 0o007:
-            return  # a mount owned by root with an fsGroup: the group is the pod's own
+        ours = info.st_gid == os.getegid() or info.st_gid in os.getgroups()
+        if ours and (not mode & 0o007 or (info.st_uid == 0 and mode & 0o2000)):
+            # A Kubernetes volume: root's, setgid to the pod's fsGroup (2775, or 2777 for
+            # an emptyDir). Nothing to do about it, nobody else in the pod: no warning.
+            log.debug("data directory %s is mode %04o (a volume's)", data_dir, mode)
+            return
         log.warning(
             "data directory %s is mode %04o: other users may read or replace what is in it; "
             "make it 0700",

@@ -239,8 +239,20 @@ def target_policy(config: ServerConfig) -> TargetPolicy:
     if config.tls.cert_dir is not None:
         own.append(config.tls.cert_dir)
     return TargetPolicy(
-        delegated_directories=tuple(config.services.target_directories), protected=tuple(own)
+        delegated_directories=tuple(config.services.target_directories),
+        protected=tuple(own),
+        default_namespace=_default_namespace(config),
     )
+
+
+def _default_namespace(config: ServerConfig) -> str | None:
+    """Where Secret targets without ``namespace`` go, if this server talks to a cluster."""
+    if config.kubernetes.namespace:
+        return config.kubernetes.namespace
+    try:
+        return _kube_connection(config).namespace
+    except CertctlError:
+        return None  # no cluster configured: such targets fail at delivery anyway
 
 
 def build_scheduler(config: ServerConfig, services: Services) -> Scheduler:

@@ -11,7 +11,7 @@ may aim a target at the server's own files.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from certctl.auth.permissions import PERMISSIONS
@@ -45,8 +45,14 @@ class TargetPolicy:
 
     delegated_directories: tuple[Path, ...] = ()
     protected: tuple[Path, ...] = ()
+    # kubernetes.namespace as the server resolved it; None when unknown (no cluster).
+    default_namespace: str | None = None
+    # The delegated directories as written: a target spelled under /srv/tls must be
+    # re-checked at delivery even when /srv is itself a symlink (to /data/srv).
+    spelled: tuple[Path, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "spelled", tuple(map(Path, self.delegated_directories)))
         object.__setattr__(
             self, "delegated_directories", tuple(map(_resolved, self.delegated_directories))
         )
@@ -125,18 +131,37 @@ class TargetPolicy:
         The paths were checked when the spec was stored, but what they resolve to can have
         changed since (a parent swapped for a symlink): a path that reads as inside a
         delegated directory must still resolve there, and none may reach the server's own
-        files.
+        files. The same holds for the ``passwordFile`` it reads.
         """
         own = self._own(target.directory)
         if own is not None:
             return f"{target.directory} now resolves into the server's own files ({own})"
-        literal = [root for root in self.delegated_directories if root in target.directory.parents]
-        if literal and not self.delegated(target.directory):
-            return (
-                f"{target.directory} no longer resolves inside {literal[0]} "
-                "(a symlink on its path?); not written"
-            )
+        if target.password_file is not None:
+            own = self._own(target.password_file, resolve_last=True)
+            if own is not None:
+                return (
+                    f"passwordFile {target.password_file} now resolves into the server's own "
+                    f"files ({own}); not read"
+                )
+        for path, resolve_last in ((target.directory, False), (target.password_file, True)):
+            if path is None:
+                continue
+            root = self._spelled_root(path)
+            if root is not None and not self.delegated(path, resolve_last=resolve_last):
+                return f"{path} no longer resolves inside {root} (a symlink on its path?); not used"
         return None
+
+    def _spelled_root(self, path: Path) -> Path | None:
+        """The delegated directory ``path`` reads as inside, as written or resolved."""
+        roots = (*self.spelled, *self.delegated_directories)
+        return next((root for root in roots if root in path.parents), None)
+
+    def target_identity(
+        self, target: DirectoryTarget | SecretTarget
+    ) -> tuple[str, str | None, str]:
+        """``target_identity`` with a Secret's missing namespace resolved, when known."""
+        kind, namespace, name = target_identity(target)
+        return (kind, namespace or self.default_namespace, name)
 
 
 def target_identity(target: DirectoryTarget | SecretTarget) -> tuple[str, str | None, str]:

@@ -42,7 +42,7 @@ from certctl.pki import (
 from certctl.pki.placeholder import no_client_trust_anchor
 from certctl.services.audit import record, record_call
 from certctl.services.context import Principal, Services
-from certctl.services.target_policy import TargetPolicy, same_target, target_identity
+from certctl.services.target_policy import TargetPolicy, same_target
 from certctl.services.tls_spec import DirectoryTarget, SecretTarget, TLSServiceSpec, parse_service
 from certctl.store.db import SERVICE_SPECS_LOCK, lock_for_write
 from certctl.store.models import ManagedService, OutboxEvent, ServiceClient
@@ -119,9 +119,9 @@ def _describe(identity: tuple[str, str | None, str]) -> str:
     return f"secret:{namespace}/{name}" if namespace else f"secret:{name}"
 
 
-def _check_targets_unique(session: Any, spec: TLSServiceSpec) -> None:
+def _check_targets_unique(session: Any, spec: TLSServiceSpec, policy: TargetPolicy) -> None:
     # Two services delivering to one place would overwrite each other on every pass.
-    mine = [target_identity(t) for t in spec.spec.targets]
+    mine = [policy.target_identity(t) for t in spec.spec.targets]
     for i, identity in enumerate(mine):
         for j in range(i):
             if same_target(identity, mine[j]):
@@ -132,7 +132,8 @@ def _check_targets_unique(session: Any, spec: TLSServiceSpec) -> None:
     for other in others:
         try:
             taken = [
-                target_identity(t) for t in parse_service(other.spec, stored=True).spec.targets
+                policy.target_identity(t)
+                for t in parse_service(other.spec, stored=True).spec.targets
             ]
         except InvalidRequest:
             continue
@@ -176,8 +177,9 @@ def put_service(
                 before = parse_service(row.spec, stored=True)
             except InvalidRequest:
                 before = None  # a stored spec no longer valid grants nothing
-        (policy or TargetPolicy()).check(caller, spec, before)
-        _check_targets_unique(session, spec)
+        policy = policy or TargetPolicy()
+        policy.check(caller, spec, before)
+        _check_targets_unique(session, spec, policy)
         if row is None:
             row = ManagedService(
                 name=name,

@@ -83,9 +83,19 @@ def load_or_create_kek(data_dir: Path) -> bytes:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
             # Restored from a backup or copied by hand: readable by others, it would let
-            # them decrypt every stored key. Ours to tighten (ssh refuses such a key).
-            os.chmod(path, SECRET_MODE)
-            logging.getLogger("certctl.store").warning("%s was mode %04o; made it 0600", path, mode)
+            # them decrypt every stored key. Tightened when we may; never a failed start.
+            store_log = logging.getLogger("certctl.store")
+            try:
+                os.chmod(path, SECRET_MODE)
+            except OSError as exc:
+                store_log.warning(
+                    "%s is mode %04o and cannot be made 0600 (%s): others may read it",
+                    path,
+                    mode,
+                    exc.strerror,
+                )
+            else:
+                store_log.warning("%s was mode %04o; made it 0600", path, mode)
         kek = base64.b64decode(path.read_bytes().strip())
         if len(kek) != 32:
             raise InvalidRequest(f"{path}: key-encryption key must be 32 bytes (base64)")

@@ -245,41 +245,40 @@ def run_reload(command: str, timeout_s: float) -> None:
         raise DeliveryError(f"reload command cannot be parsed: {exc}") from None
     if not argv:
         return
-    try:
-        # Its own session, so a timeout kills what it started too (a "sh -c" wrapper's
-        # children would otherwise live on holding the output pipes).
-        process = subprocess.Popen(
-            argv,
-            # Not CERTCTL_MASTER_KEY (it decrypts every stored key) nor CERTCTL_DATABASE_URL
-            # (its password): the command and whatever it starts would read them in
-            # /proc/<pid>/environ, crash reports and env dumps.
-            env={k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-    except FileNotFoundError:
-        raise DeliveryError(f"reload command not found: {argv[0]}") from None
-    except PermissionError:
-        raise DeliveryError(f"reload command not executable: {argv[0]}") from None
-    try:
-        stdout, stderr = process.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+    import tempfile
+
+    # Output to a file, not pipes: waiting on pipes waits for whatever the command started
+    # and left running (a daemon it launched, a child that escaped with setsid), and a
+    # reload that started one and exited 0 would have counted as timed out.
+    with tempfile.TemporaryFile() as output:
         try:
-            process.communicate(timeout=2)
+            # Its own session, so a timeout kills what it started too.
+            process = subprocess.Popen(
+                argv,
+                # Not CERTCTL_MASTER_KEY (it decrypts every stored key) nor
+                # CERTCTL_DATABASE_URL (its password): the command and whatever it starts
+                # would read them in /proc/<pid>/environ, crash reports and env dumps.
+                env={k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")},
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise DeliveryError(f"reload command not found: {argv[0]}") from None
+        except PermissionError:
+            raise DeliveryError(f"reload command not executable: {argv[0]}") from None
+        try:
+            returncode = process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            # Something it started left the group (setsid, a daemon) and holds the pipes:
-            # stop reading rather than wait for it, however long it lives.
-            for pipe in (process.stdout, process.stderr):
-                if pipe is not None:
-                    pipe.close()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        raise DeliveryError(f"reload command timed out after {timeout_s:g}s") from None
-    if process.returncode != 0:
-        tail = (stderr or stdout).decode(errors="replace").strip().splitlines()[-1:]
-        raise DeliveryError(
-            f"reload command exited {process.returncode}" + (f": {tail[0][:200]}" if tail else "")
-        )
+            raise DeliveryError(f"reload command timed out after {timeout_s:g}s") from None
+        if returncode == 0:
+            return
+        output.seek(max(0, output.seek(0, os.SEEK_END) - 4096))
+        tail = output.read().decode(errors="replace").strip().splitlines()[-1:]
+    raise DeliveryError(
+        f"reload command exited {returncode}" + (f": {tail[0][:200]}" if tail else "")
+    )

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
+from tests._tools import require
 
 
 def _mode(path: Path) -> int:
@@ -58,3 +65,57 @@ def test_a_kek_readable_by_others_is_tightened(
     booted.services.engine.dispose()
     assert _mode(data / "kek") == 0o600
     assert "kek was mode 0644; made it 0600" in caplog.text
+
+
+def _as_nobody(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in this venv's Python as uid/gid 65534, no capabilities (setpriv)."""
+    argv = [require("setpriv"), "--reuid", "65534", "--regid", "65534", "--clear-groups",
+            sys.executable, "-c", "import logging; logging.basicConfig(); " + code]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A temporary directory uid 65534 can reach (pytest's tmp_path is under a 0700 dir)."""
+    base = Path(tempfile.mkdtemp(prefix="certctl-nobody-"))
+    os.chmod(base, 0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_files_the_server_does_not_own_never_stop_its_start(open_tmp: Path) -> None:
+    tmp_path = open_tmp
+    # A kek restored by root, readable by all, in a data dir the server (nobody) owns.
+    data = tmp_path / "restored"
+    data.mkdir()
+    os.chown(data, 65534, 65534)
+    (data / "kek").write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
+    os.chmod(data / "kek", 0o644)
+    code = (
+        "from pathlib import Path; from certctl.store.keywrap import load_or_create_kek; "
+        f"load_or_create_kek(Path('{data}')); print('started')"
+    )
+    proc = _as_nobody(code)
+    assert proc.stdout.strip() == "started", proc.stderr
+    assert "kek is mode 0644 and cannot be made 0600 (Operation not permitted)" in proc.stderr
+    # A Kubernetes volume: root's, setgid to the pod's group: nothing to warn about.
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    os.chown(volume, 0, 65534)
+    os.chmod(volume, 0o2777)
+    code = (
+        "import logging; logging.getLogger().setLevel(logging.INFO); "
+        "from pathlib import Path; from certctl.server.bootstrap import _private; "
+        f"_private(Path('{volume}')); print('started')"
+    )
+    proc = _as_nobody(code)
+    assert proc.stdout.strip() == "started", proc.stderr
+    assert "data directory" not in proc.stderr
+    # Negative twin: someone else's directory open to all users does get the warning.
+    other = tmp_path / "other"
+    other.mkdir()
+    os.chmod(other, 0o777)
+    proc = _as_nobody(code.replace(str(volume), str(other)))
+    assert "is mode 0777: other users may read or replace what is in it" in proc.stderr
