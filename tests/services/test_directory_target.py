@@ -478,3 +478,25 @@ def test_a_reload_that_starts_a_daemon_and_exits_0_succeeds_at_once(env: Env) ->
             time.sleep(0.1)
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pidfile.read_text()), 9)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "huge"])
+def test_a_password_file_that_is_no_small_regular_file_is_refused_at_once(
+    env: Env, kind: str
+) -> None:
+    password = env.tmp / "pw"
+    if kind == "fifo":
+        os.mkfifo(password)  # reading it would block the reconciler forever
+    elif kind == "device":
+        password = Path("/dev/zero")  # reading it would fill memory
+    else:
+        password.write_bytes(b"x" * 5000)
+    target = {"directory": str(env.tmp / "p12"), "format": "pkcs12", "passwordFile": str(password)}
+    env.put(service_doc("web", targets=[target]))
+    started = time.monotonic()
+    row = env.reconcile("web")
+    assert time.monotonic() - started < 5
+    message = row.conditions["Failed"]["message"]
+    expected = "larger than 4 KiB" if kind == "huge" else "is not a regular file"
+    assert expected in message, message
+    assert not (env.tmp / "p12").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -862,7 +863,7 @@ def _deliver(
             password = None
             if isinstance(target, DirectoryTarget) and target.format == "pkcs12" and files:
                 assert target.password_file is not None
-                password = target.password_file.read_bytes().rstrip(b"\r\n")
+                password = _read_password(target.password_file)
             digest = _delivery_digest(services, target, files, password)
             if delivered.get(key) == digest and (
                 not isinstance(target, DirectoryTarget)
@@ -915,6 +916,33 @@ def _deliver(
             log.error("service %s: delivery to %s failed: %s", spec.name, key, detail)
     row.delivered = delivered
     return failures
+
+
+_MAX_PASSWORD_BYTES = 4096
+
+
+def _read_password(path: Path) -> bytes:
+    """A PKCS#12 password file: a regular file of at most 4 KiB, trailing newline dropped.
+
+    A FIFO would block the reconciler and /dev/zero fill its memory; both are refused.
+
+    Raises:
+        DeliveryError: not a regular file, too large, or unreadable.
+    """
+    import stat
+
+    from certctl.targets.directory import DeliveryError
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DeliveryError(f"passwordFile {path} is not a regular file")
+        data = os.read(fd, _MAX_PASSWORD_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_PASSWORD_BYTES:
+        raise DeliveryError(f"passwordFile {path} is larger than 4 KiB")
+    return data.rstrip(b"\r\n")
 
 
 def _delivery_digest(
