@@ -500,3 +500,33 @@ def test_a_password_file_that_is_no_small_regular_file_is_refused_at_once(
     expected = "larger than 4 KiB" if kind == "huge" else "is not a regular file"
     assert expected in message, message
     assert not (env.tmp / "p12").exists()
+
+
+def test_files_go_where_the_checked_parent_is_even_if_the_path_is_swapped_after(
+    tmp_path: Path,
+) -> None:
+    inside, outside = tmp_path / "inside", tmp_path / "outside"
+    inside.mkdir()
+    outside.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(inside)
+    seen: list[Path] = []
+
+    def check(real: Path) -> str | None:
+        seen.append(real)
+        link.unlink()
+        link.symlink_to(outside)  # swapped right after the check, as an attacker would
+        return None
+
+    deliver_to_directory(link / "tls", {"tls.key": BundleFile(b"key", secret=True)}, check=check)
+    assert seen == [inside / "tls"]  # judged on the directory as opened
+    assert (inside / "tls" / "tls.key").read_bytes() == b"key"
+    assert list(outside.iterdir()) == []
+    # A refusal writes nothing at all.
+    link.unlink()
+    link.symlink_to(inside)
+    with pytest.raises(DeliveryError, match="no thanks"):
+        deliver_to_directory(link / "web", {"tls.key": BundleFile(b"k", secret=True)},
+                             check=lambda real: "no thanks")  # fmt: skip
+    assert not (inside / "web").exists()
+    assert not (inside / ".web.certctl").exists()

@@ -39,11 +39,13 @@ def test_an_operator_cannot_set_a_reload_command_or_a_directory_outside_the_dele
     refused: list[tuple[list[dict[str, Any]], str]] = [
         (
             [{"directory": str(delegated / "web"), "reload": "true"}],
-            r"targets\.0\.reload runs a command",
+            r"^spec\.targets\.0 \(reload changed\): reload runs a command as the certctl "
+            r"server; ask an administrator$",
         ),
         (
             [{"directory": str(env.tmp / "elsewhere")}],
-            r"targets\.0\.directory: .* is not inside services",
+            r"^spec\.targets\.0: directory .*/elsewhere is not strictly inside "
+            r"services\.target-directories \(.*/delegated\); ask an administrator$",
         ),
         (
             [
@@ -53,9 +55,9 @@ def test_an_operator_cannot_set_a_reload_command_or_a_directory_outside_the_dele
                     "passwordFile": "/etc/shadow",
                 }
             ],
-            r"targets\.0\.passwordFile: /etc/shadow is not inside",
+            r"targets\.0: passwordFile /etc/shadow is not strictly inside",
         ),
-        ([{"directory": "/etc/cron.d/x"}], "not inside services.target-directories"),
+        ([{"directory": "/etc/cron.d/x"}], r"is not strictly inside services\.target-dir"),
     ]
     for targets, message in refused:
         with pytest.raises(PermissionDenied, match=message):
@@ -64,12 +66,12 @@ def test_an_operator_cannot_set_a_reload_command_or_a_directory_outside_the_dele
 
     # A symlink inside the delegated directory pointing out of it does not count as inside.
     (delegated / "escape").symlink_to(env.tmp)
-    with pytest.raises(PermissionDenied, match=r"not inside services\.target-directories"):
+    with pytest.raises(PermissionDenied, match=r"resolves to .*/web, not strictly inside"):
         put([{"directory": str(delegated / "escape" / "web")}])
     with pytest.raises(InvalidRequest, match=r"must not contain '\.\.'"):
         put([{"directory": str(delegated / "up" / ".." / ".." / "web")}])
     # The delegated directory itself is not inside it (a target there would replace it).
-    with pytest.raises(PermissionDenied, match="is not inside services"):
+    with pytest.raises(PermissionDenied, match="is not strictly inside services"):
         put([{"directory": str(delegated)}])
 
     # An administrator (every permission) may set all of it; the operator may then edit the
@@ -83,8 +85,15 @@ def test_an_operator_cannot_set_a_reload_command_or_a_directory_outside_the_dele
     ]
     with pytest.raises(PermissionDenied, match="reload runs a command"):
         put([{**admin_target, "reload": "sh -c 'cat /data/admin-api-key'"}])
-    with pytest.raises(PermissionDenied, match="reload runs a command"):
+    with pytest.raises(PermissionDenied, match=r"\(reloadTimeout changed\): reload runs"):
         put([{**admin_target, "reloadTimeout": "1m"}])
+    # Nor add a target to it, even a delegated one: it would receive that service's key.
+    copy = {"directory": str(delegated / "copy"), "owner": "nobody"}
+    with pytest.raises(PermissionDenied, match="is new on a service whose targets an admin"):
+        put([admin_target, copy])
+    # Negative twin: on a service with only delegated targets, an operator adds targets.
+    put([{"directory": str(delegated / "a")}], caller=env.admin)
+    put([{"directory": str(delegated / "a")}, {"directory": str(delegated / "b")}])
 
 
 def test_no_caller_may_aim_a_target_at_the_servers_own_files(env: Env) -> None:
@@ -134,7 +143,10 @@ def test_the_api_answers_403_and_the_server_config_delegates(env: Env, tmp_path:
         response = ops.put("/api/v1/services/web", json=hostile)
         assert response.status_code == 403, response.text
         assert response.headers["content-type"] == "application/problem+json"
-        assert "targets.0.reload runs a command" in response.json()["detail"]
+        assert (
+            "targets.0: reload runs a command as the certctl server; ask an administrator"
+            in (response.json()["detail"])
+        )
         assert ops.get("/api/v1/services/web").status_code == 404  # nothing stored
         inside = service_doc("web", targets=[{"directory": str(tmp_path / "srv" / "web")}])
         assert ops.put("/api/v1/services/web", json=inside).status_code == 201

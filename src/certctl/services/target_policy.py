@@ -80,12 +80,13 @@ class TargetPolicy:
 
         Raises:
             InvalidRequest: a target overlapping the server's own files.
-            PermissionDenied: a host effect the caller does not hold every permission for.
+            PermissionDenied: a host effect that needs an administrator (every permission).
         """
-        kept = [
-            t for t in (before.spec.targets if before else []) if isinstance(t, DirectoryTarget)
-        ]
+        old = [t for t in (before.spec.targets if before else []) if isinstance(t, DirectoryTarget)]
         superuser = caller.permissions >= frozenset(PERMISSIONS)
+        # A service an administrator aimed at the host (a reload, a directory elsewhere)
+        # stays theirs to extend: a target added by an operator would copy its key.
+        admin_made = [t for t in old if self._needs_admin(t) is not None]
         for i, target in enumerate(spec.spec.targets):
             if not isinstance(target, DirectoryTarget):
                 continue
@@ -103,52 +104,84 @@ class TargetPolicy:
                         f"{where}.passwordFile: {target.password_file} is among the server's "
                         f"own files ({own})"
                     )
-            if superuser or target in kept:
+            if superuser or target in old:
                 continue  # unchanged targets stay whoever set them (operators edit SANs)
-            if target.reload is not None:
-                raise PermissionDenied(
-                    f"{where}.reload runs a command as the certctl server: setting it needs "
-                    "every permission (an administrator)"
+            reason = self._needs_admin(target)
+            if reason is None and admin_made:
+                reason = (
+                    "is new on a service whose targets an administrator set "
+                    f"({admin_made[0].directory}); it would receive that service's key"
                 )
-            if not self.delegated(target.directory):
-                raise PermissionDenied(
-                    f"{where}.directory: {target.directory} is not inside "
-                    "services.target-directories; only a caller holding every permission "
-                    "may use it"
+            if reason is not None:
+                changed = self._changed_field(target, old)
+                raise PermissionDenied(f"{where}{changed}: {reason}; ask an administrator")
+
+    def _needs_admin(self, target: DirectoryTarget) -> str | None:
+        """Why only an administrator may set ``target``, or None."""
+        if target.reload is not None:
+            return "reload runs a command as the certctl server"
+        allowed = ", ".join(map(str, self.spelled)) or "none configured"
+        for key, path, resolve_last in (
+            ("directory", target.directory, False),
+            ("passwordFile", target.password_file, True),
+        ):
+            if path is None:
+                continue
+            root = self._spelled_root(path)
+            if root is None or not self.delegated(path, resolve_last=resolve_last):
+                where = (
+                    f"resolves to {_resolved(path) if resolve_last else _real(path)}, not"
+                    if root is not None
+                    else "is not"
                 )
-            if target.password_file is not None and not self.delegated(
-                target.password_file, resolve_last=True
-            ):
-                raise PermissionDenied(
-                    f"{where}.passwordFile: {target.password_file} is not inside "
-                    "services.target-directories; only a caller holding every permission "
-                    "may use it"
+                return (
+                    f"{key} {path} {where} strictly inside services.target-directories ({allowed})"
                 )
+        return None
+
+    @staticmethod
+    def _changed_field(target: DirectoryTarget, old: list[DirectoryTarget]) -> str:
+        # Name the field that made the difference, for a target edited in place.
+        same_place = next((t for t in old if t.directory == target.directory), None)
+        if same_place is None:
+            return ""
+        fields = [
+            name
+            for name in DirectoryTarget.model_fields
+            if getattr(same_place, name) != getattr(target, name)
+        ]
+        aliases = {n: (DirectoryTarget.model_fields[n].alias or n) for n in fields}
+        return f" ({', '.join(aliases[n] for n in fields)} changed)" if fields else ""
 
     def delivery_problem(self, target: DirectoryTarget) -> str | None:
-        """Why ``target`` must not be written now, or None.
+        """Why ``target`` must not be written now, or None, judged on its paths as they are.
+
+        ``resolved_problem`` judges a path already opened.
+        """
+        problem = self.resolved_problem(target.directory, _real(target.directory), "directory")
+        if problem is None and target.password_file is not None:
+            problem = self.resolved_problem(
+                target.password_file, _resolved(target.password_file), "passwordFile"
+            )
+        return problem
+
+    def resolved_problem(self, spelled: Path, real: Path, what: str) -> str | None:
+        """Why the stored path ``spelled``, which is ``real`` now, must not be used, or None.
 
         The paths were checked when the spec was stored, but what they resolve to can have
         changed since (a parent swapped for a symlink): a path that reads as inside a
         delegated directory must still resolve there, and none may reach the server's own
-        files. The same holds for the ``passwordFile`` it reads.
+        files.
         """
-        own = self._own(target.directory)
+        own = next((own for own in self.protected if _overlap(real, own)), None)
         if own is not None:
-            return f"{target.directory} now resolves into the server's own files ({own})"
-        if target.password_file is not None:
-            own = self._own(target.password_file, resolve_last=True)
-            if own is not None:
-                return (
-                    f"passwordFile {target.password_file} now resolves into the server's own "
-                    f"files ({own}); not read"
-                )
-        for path, resolve_last in ((target.directory, False), (target.password_file, True)):
-            if path is None:
-                continue
-            root = self._spelled_root(path)
-            if root is not None and not self.delegated(path, resolve_last=resolve_last):
-                return f"{path} no longer resolves inside {root} (a symlink on its path?); not used"
+            return f"{what} {spelled} now resolves into the server's own files ({own}); not used"
+        root = self._spelled_root(spelled)
+        if root is not None and not any(r in real.parents for r in self.delegated_directories):
+            return (
+                f"{what} {spelled} no longer resolves inside {root} (it is {real}: a symlink "
+                "on its path?); not used"
+            )
         return None
 
     def _spelled_root(self, path: Path) -> Path | None:

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -863,7 +864,7 @@ def _deliver(
             password = None
             if isinstance(target, DirectoryTarget) and target.format == "pkcs12" and files:
                 assert target.password_file is not None
-                password = _read_password(target.password_file)
+                password = _read_password(target.password_file, settings.target_policy)
             digest = _delivery_digest(services, target, files, password)
             if delivered.get(key) == digest and (
                 not isinstance(target, DirectoryTarget)
@@ -892,11 +893,21 @@ def _deliver(
                                 else {}
                             ),
                         }
+                    policy = settings.target_policy
                     deliver_to_directory(
                         target.directory,
                         {n: BundleFile(d, s) for n, (d, s) in files.items()},
                         owner=target.owner,
                         group=target.group,
+                        # Judged on the parent as opened, so nothing swapped in after the
+                        # check changes where the files go.
+                        check=(
+                            None
+                            if policy is None
+                            else partial(
+                                policy.resolved_problem, target.directory, what="directory"
+                            )
+                        ),
                     )
                 if target.reload:
                     from certctl.pki import parse_duration
@@ -921,7 +932,7 @@ def _deliver(
 _MAX_PASSWORD_BYTES = 4096
 
 
-def _read_password(path: Path) -> bytes:
+def _read_password(path: Path, policy: TargetPolicy | None) -> bytes:
     """A PKCS#12 password file: a regular file of at most 4 KiB, trailing newline dropped.
 
     A FIFO would block the reconciler and /dev/zero fill its memory; both are refused.
@@ -935,6 +946,12 @@ def _read_password(path: Path) -> bytes:
 
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
+        if policy is not None:
+            # The file as opened, not the path as checked a moment ago.
+            real = Path(os.readlink(f"/proc/self/fd/{fd}"))
+            problem = policy.resolved_problem(path, real, "passwordFile")
+            if problem is not None:
+                raise DeliveryError(problem)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise DeliveryError(f"passwordFile {path} is not a regular file")
         data = os.read(fd, _MAX_PASSWORD_BYTES + 1)

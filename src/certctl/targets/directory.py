@@ -9,6 +9,7 @@ is replaced with one ``rename()``, so a reader sees either the old set or the ne
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import hashlib
 import os
@@ -20,7 +21,7 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,44 +78,44 @@ def deliver_to_directory(
     *,
     owner: str | int | None = None,
     group: str | int | None = None,
+    check: Callable[[Path], str | None] | None = None,
 ) -> str:
     """Write ``files`` as a new version and switch ``path`` to it atomically.
+
+    The parent directory is opened once and everything happens relative to that handle:
+    ``check`` judges the path it really is (``/proc/self/fd``), and a symlink swapped in on
+    the way afterwards changes nothing. Only the key file is given to ``owner``/``group``;
+    the directories stay the server's, so the owner cannot replace what it reads.
 
     Returns:
         The version directory's name.
 
     Raises:
-        DeliveryError: the path is an unmanaged directory, or writing/swapping failed.
+        DeliveryError: the path is an unmanaged directory, ``check`` refused it, or
+            writing/swapping failed.
     """
     uid, gid = _resolve_id(owner, "user"), _resolve_id(group, "group")
-    if path.is_symlink() and not _ours(path):
-        # Someone else's link (/etc/ssl/certs, a Kubernetes ..data): replacing it would
-        # break whatever it served, and its versions were never ours to prune.
-        raise DeliveryError(
-            f"{path} is a symlink certctl did not make (to {os.readlink(path)}); move it away"
-        )
-    if path.exists() and not path.is_symlink():
-        if path.is_dir() and not any(path.iterdir()):
-            path.rmdir()  # an empty placeholder directory is ours to replace
-        else:
-            raise DeliveryError(
-                f"{path} exists and is not managed by certctl (expected a symlink); move it away"
-            )
     digest = hashlib.sha256(b"".join(n.encode() + f.data for n, f in sorted(files.items())))
-    versions = _versions_dir(path)
-    _check_versions_dir(versions)
-    version = versions / f"{time.time_ns():x}-{digest.hexdigest()[:12]}"
+    name, versions_name = path.name, _versions_dir(path).name
+    version_name = f"{time.time_ns():x}-{digest.hexdigest()[:12]}"
     try:
         _make_dirs(path.parent)
-        if not versions.is_dir():
-            versions.mkdir(mode=0o755)
-            os.chmod(versions, 0o755)  # not the umask's say: readers need to traverse it
-        version.mkdir(mode=0o755)
-        os.chmod(version, 0o755)  # tls.key inside stays 0600
-        for name, item in sorted(files.items()):
-            target = version / name
+        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DeliveryError(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from exc
+    versions = version = -1
+    try:
+        real = Path(os.readlink(f"/proc/self/fd/{parent}")) / name
+        problem = check(real) if check is not None else None
+        if problem is not None:
+            raise DeliveryError(problem)
+        _take_place(parent, name, path)
+        versions = _open_versions(parent, versions_name, path)
+        os.mkdir(version_name, 0o700, dir_fd=versions)
+        version = os.open(version_name, _DIR_NOFOLLOW, dir_fd=versions)
+        for file_name, item in sorted(files.items()):
             mode = 0o600 if item.secret else 0o644
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            fd = os.open(file_name, _NEW_FILE, mode, dir_fd=version)
             try:
                 os.fchmod(fd, mode)
                 view = memoryview(item.data)
@@ -125,48 +126,94 @@ def deliver_to_directory(
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        if uid >= 0 or gid >= 0:
-            os.chown(version, uid, gid)
-        dir_fd = os.open(version, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        link_tmp = path.parent / f".{path.name}.{os.getpid()}.link"
+        os.fchmod(version, 0o755)  # readable once complete; tls.key inside stays 0600
+        os.fsync(version)
+        link_tmp = f".{name}.{os.getpid()}.link"
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(link_tmp)
-        os.symlink(os.path.relpath(version, path.parent), link_tmp)
-        os.replace(link_tmp, path)  # the commit point
+            os.unlink(link_tmp, dir_fd=parent)
+        os.symlink(f"{versions_name}/{version_name}", link_tmp, dir_fd=parent)
+        os.replace(link_tmp, name, src_dir_fd=parent, dst_dir_fd=parent)  # the commit point
+        _prune(versions, keep=version_name)
     except OSError as exc:
-        shutil.rmtree(version, ignore_errors=True)
+        if versions >= 0:
+            shutil.rmtree(version_name, dir_fd=versions, ignore_errors=True)
         raise DeliveryError(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from exc
     except BaseException:
-        # Anything else (an id chown cannot take, an interrupt) must not leave a copy of the
-        # private key behind in a version nobody links to.
-        shutil.rmtree(version, ignore_errors=True)
+        # Anything else (an id chown cannot take, an interrupt, a refusal) must not leave a
+        # copy of the private key behind in a version nobody links to.
+        if versions >= 0:
+            shutil.rmtree(version_name, dir_fd=versions, ignore_errors=True)
         raise
-    _prune(versions, keep=version)
-    return version.name
+    finally:
+        for fd in (version, versions, parent):
+            if fd >= 0:
+                os.close(fd)
+    return version_name
+
+
+_DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _take_place(parent: int, name: str, path: Path) -> None:
+    """Refuse what is at ``name`` unless it is certctl's link (or an empty directory)."""
+    try:
+        info = os.lstat(name, dir_fd=parent)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        link = os.readlink(name, dir_fd=parent)
+        if not _ours_link(link, name):
+            # Someone else's link (/etc/ssl/certs, a Kubernetes ..data): replacing it
+            # would break whatever it served, and its versions were never ours to prune.
+            raise DeliveryError(
+                f"{path} is a symlink certctl did not make (to {link}); move it away"
+            )
+        return
+    if stat.S_ISDIR(info.st_mode):
+        fd = os.open(name, _DIR_NOFOLLOW, dir_fd=parent)
+        try:
+            empty = not os.listdir(fd)
+        finally:
+            os.close(fd)
+        if empty:
+            os.rmdir(name, dir_fd=parent)  # an empty placeholder directory is ours to replace
+            return
+    raise DeliveryError(
+        f"{path} exists and is not managed by certctl (expected a symlink); move it away"
+    )
+
+
+def _open_versions(parent: int, versions_name: str, path: Path) -> int:
+    """The versions directory, made if missing; refused unless a real directory of ours.
+
+    Planted as a symlink (by whoever can write the target's parent), it would have the key
+    written elsewhere and _prune delete that directory's contents.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(versions_name, 0o755, dir_fd=parent)
+    where = path.parent / versions_name
+    try:
+        fd = os.open(versions_name, _DIR_NOFOLLOW, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise DeliveryError(f"{where} is not a directory certctl made; move it away") from None
+        raise
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid():
+        os.close(fd)
+        raise DeliveryError(f"{where} belongs to uid {info.st_uid}, not to certctl; move it away")
+    os.fchmod(fd, 0o755)  # not the umask's say: readers need to traverse it
+    return fd
+
+
+def _ours_link(link: str, name: str) -> bool:
+    target = Path(link)
+    return not target.is_absolute() and target.parent == Path(f".{name}.certctl")
 
 
 def _ours(link: Path) -> bool:
-    target = Path(os.readlink(link))
-    return not target.is_absolute() and target.parent == Path(_versions_dir(link).name)
-
-
-def _check_versions_dir(versions: Path) -> None:
-    # Planted as a symlink (by whoever can write the target's parent), it would have the
-    # key written elsewhere and _prune delete that directory's contents.
-    try:
-        info = versions.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISDIR(info.st_mode):
-        raise DeliveryError(f"{versions} is not a directory certctl made; move it away")
-    if info.st_uid != os.geteuid():
-        raise DeliveryError(
-            f"{versions} belongs to uid {info.st_uid}, not to certctl; move it away"
-        )
+    return _ours_link(os.readlink(link), link.name)
 
 
 def _make_dirs(path: Path) -> None:
@@ -185,20 +232,17 @@ def _make_dirs(path: Path) -> None:
 _VERSION_NAME = re.compile(r"[0-9a-f]+-[0-9a-f]{12}\Z")
 
 
-def _prune(versions: Path, keep: Path) -> None:
+def _prune(versions: int, keep: str) -> None:
     # Keep the current and the previous version: a process that opened the old files by
     # path a moment before the swap can still read them. Only names certctl gives versions.
     existing = sorted(
-        (
-            p
-            for p in versions.iterdir()
-            if _VERSION_NAME.match(p.name) and p.is_dir() and not p.is_symlink()
-        ),
-        key=lambda p: p.name,
+        n
+        for n in os.listdir(versions)
+        if _VERSION_NAME.match(n) and stat.S_ISDIR(os.lstat(n, dir_fd=versions).st_mode)
     )
     for old in existing[:-KEEP_VERSIONS]:
         if old != keep:
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old, dir_fd=versions, ignore_errors=True)
 
 
 def directory_intact(path: Path, expected: Mapping[str, bytes | None]) -> bool:
@@ -206,6 +250,9 @@ def directory_intact(path: Path, expected: Mapping[str, bytes | None]) -> bool:
 
     With nothing expected (TLS disabled) intact means gone. A target deleted, replaced or
     edited by hand is delivered again at the next reconcile instead of at the next renewal.
+    Each file is read only if it is a regular file (never through a link, never blocking),
+    and no further than the expected content: a FIFO or /dev/zero put there cannot hang
+    or exhaust the reconciler.
     """
     if not expected:
         return not (path.is_symlink() and _ours(path))
@@ -213,13 +260,18 @@ def directory_intact(path: Path, expected: Mapping[str, bytes | None]) -> bool:
         return False
     for name, data in expected.items():
         try:
-            if data is None:
-                if not (path / name).is_file():
-                    return False
-            elif (path / name).read_bytes() != data:
+            fd = os.open(path / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            if data is not None and os.read(fd, len(data) + 1) != data:
                 return False
         except OSError:
             return False
+        finally:
+            os.close(fd)
     return True
 
 
