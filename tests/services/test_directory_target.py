@@ -530,3 +530,26 @@ def test_files_go_where_the_checked_parent_is_even_if_the_path_is_swapped_after(
                              check=lambda real: "no thanks")  # fmt: skip
     assert not (inside / "web").exists()
     assert not (inside / ".web.certctl").exists()
+
+
+def test_reload_output_is_one_clean_line_and_a_chatty_daemon_is_not_kept(env: Env) -> None:
+    from certctl.auth.apikeys import mint_key
+    from certctl.targets.directory import run_reload
+
+    key = mint_key().value
+    noisy = _script(
+        env.tmp / "noisy.sh", f"printf 'x\\033[31mred\\033[0m\\tA\\001 {key}\\n'; exit 3"
+    )
+    with pytest.raises(DeliveryError) as info:
+        run_reload(str(noisy), 5)
+    detail = info.value.detail
+    assert detail.startswith("reload command exited 3: x")
+    for control in ("\x1b", "\x01", "\t"):
+        assert control not in detail
+    assert key.split("_", 2)[2][:20] not in detail  # the key's secret is cut out
+    # A daemon that keeps writing after the command exited 0: done at once, nothing kept.
+    daemon = _script(env.tmp / "chatty.sh", "(yes daemonlog &) ; exit 0")
+    started = time.monotonic()
+    run_reload(str(daemon), 10)
+    assert time.monotonic() - started < 3
+    # (yes dies of SIGPIPE once certctl closed its end: nothing left to clean up.)

@@ -113,6 +113,9 @@ def test_the_api_answers_403_and_the_server_config_delegates(env: Env, tmp_path:
 
     with pytest.raises(InvalidRequest, match=r"services\.target-directories: relative: target"):
         load_config(None, {"services.target-directories": ["relative"]})
+    for whole in ("/srv/..", "//", "/"):
+        with pytest.raises(InvalidRequest, match=r"services\.target-directories: "):
+            load_config(None, {"services.target-directories": [whole]})
     config = load_config(
         None,
         {"data-dir": str(tmp_path / "d"), "services.target-directories": [str(tmp_path / "srv")]},

@@ -65,8 +65,9 @@ def _private(data_dir: Path) -> None:
             raise PermissionError
         os.chmod(data_dir, wanted)
     except OSError:
-        ours = info.st_gid == os.getegid() or info.st_gid in os.getgroups()
-        if ours and (not mode & 0o007 or (info.st_uid == 0 and mode & 0o2000)):
+        # Root's (a kubelet volume), group-shared with us: not another user's to swap.
+        ours = info.st_uid == 0 and (info.st_gid == os.getegid() or info.st_gid in os.getgroups())
+        if ours and (not mode & 0o007 or mode & 0o2000):
             # A Kubernetes volume: root's, setgid to the pod's fsGroup (2775, or 2777 for
             # an emptyDir). Nothing to do about it, nobody else in the pod: no warning.
             log.debug("data directory %s is mode %04o (a volume's)", data_dir, mode)

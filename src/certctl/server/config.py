@@ -96,8 +96,10 @@ class ServicesConfig(_Section):
         for path in value:
             if not path.is_absolute():
                 raise ValueError(f"{path}: target directories must be absolute paths")
-            if path == Path("/"):
-                raise ValueError("/ would delegate the whole file system")
+            if ".." in path.parts:
+                raise ValueError(f"{path}: must not contain '..'")
+            if path == Path("/") or Path(os.path.realpath(path)) == Path("/"):
+                raise ValueError(f"{path}: / would delegate the whole file system")
         return value
 
 

@@ -297,40 +297,75 @@ def run_reload(command: str, timeout_s: float) -> None:
         raise DeliveryError(f"reload command cannot be parsed: {exc}") from None
     if not argv:
         return
-    import tempfile
+    try:
+        # Its own session, so a timeout kills what it started too.
+        process = subprocess.Popen(
+            argv,
+            # Not CERTCTL_MASTER_KEY (it decrypts every stored key) nor CERTCTL_DATABASE_URL
+            # (its password): the command and whatever it starts would read them in
+            # /proc/<pid>/environ, crash reports and env dumps.
+            env={k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        raise DeliveryError(f"reload command not found: {argv[0]}") from None
+    except PermissionError:
+        raise DeliveryError(f"reload command not executable: {argv[0]}") from None
+    assert process.stdout is not None
+    try:
+        returncode, tail = _wait_draining(process, process.stdout.fileno(), timeout_s)
+    finally:
+        # Closed as soon as the command itself is done: a daemon it started that still
+        # writes there gets EPIPE, instead of certctl keeping (or buffering) its output.
+        process.stdout.close()
+    if returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise DeliveryError(f"reload command timed out after {timeout_s:g}s")
+    if returncode == 0:
+        return
+    last = tail.decode(errors="replace").strip().splitlines()[-1:]
+    detail = _printable(last[0])[:200] if last else ""
+    raise DeliveryError(f"reload command exited {returncode}" + (f": {detail}" if detail else ""))
 
-    # Output to a file, not pipes: waiting on pipes waits for whatever the command started
-    # and left running (a daemon it launched, a child that escaped with setsid), and a
-    # reload that started one and exited 0 would have counted as timed out.
-    with tempfile.TemporaryFile() as output:
-        try:
-            # Its own session, so a timeout kills what it started too.
-            process = subprocess.Popen(
-                argv,
-                # Not CERTCTL_MASTER_KEY (it decrypts every stored key) nor
-                # CERTCTL_DATABASE_URL (its password): the command and whatever it starts
-                # would read them in /proc/<pid>/environ, crash reports and env dumps.
-                env={k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")},
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except FileNotFoundError:
-            raise DeliveryError(f"reload command not found: {argv[0]}") from None
-        except PermissionError:
-            raise DeliveryError(f"reload command not executable: {argv[0]}") from None
-        try:
-            returncode = process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            raise DeliveryError(f"reload command timed out after {timeout_s:g}s") from None
-        if returncode == 0:
-            return
-        output.seek(max(0, output.seek(0, os.SEEK_END) - 4096))
-        tail = output.read().decode(errors="replace").strip().splitlines()[-1:]
-    raise DeliveryError(
-        f"reload command exited {returncode}" + (f": {tail[0][:200]}" if tail else "")
-    )
+
+def _wait_draining(
+    process: subprocess.Popen[bytes], fd: int, timeout_s: float
+) -> tuple[int | None, bytes]:
+    """Wait for ``process`` (not for what it left running), keeping its last 4 KiB of output.
+
+    Returns:
+        Its exit status (None on timeout) and the tail of its output.
+    """
+    import select
+
+    os.set_blocking(fd, False)
+    deadline = time.monotonic() + timeout_s
+    tail = b""
+    while True:
+        returncode = process.poll()
+        ready, _, _ = select.select([fd], [], [], 0 if returncode is not None else 0.05)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                chunk = b""
+            tail = (tail + chunk)[-4096:]
+        if returncode is not None:
+            # One last read above, no more: a daemon it started may write there forever.
+            return returncode, tail
+        if time.monotonic() >= deadline:
+            return None, tail
+
+
+def _printable(text: str) -> str:
+    # One readable line for a status message and a log: no escape sequences, no control
+    # characters, and no API key a script happened to print.
+    from certctl.auth.apikeys import redact_keys
+
+    cleaned = "".join(c if c.isprintable() else "\ufffd" for c in text)
+    return redact_keys(cleaned)

@@ -26,6 +26,8 @@ def test_every_spelling_of_a_key_loses_its_secret() -> None:
         "/srv/tls/20240101_production_certificates is not inside services.target-directories",
         "/api/v1/issuers/decade_old_intermediate_authority_2015",
         "/api/v1/auth/roles/r-ops_team",
+        "/srv/tls/20240101_production-frontend-eu-west1-certificates-v2/tls.crt",
+        "secret:apps/deadbeef_web-frontend-tls-production-cluster-eu-west-1a",
         "GET /api/v1/metrics/prometheus 200",
     ],
 )
