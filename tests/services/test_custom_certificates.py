@@ -307,8 +307,12 @@ def test_cli_status_shows_each_error_from_a_live_server(tmp_path: Path) -> None:
         result = ok(run("certctl", "services", "status", env=env))
     lines = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
     assert result.stdout.splitlines()[0].split() == [
-        "NAME", "READY", "RENEWING", "FAILED", "NOT", "AFTER", "NEXT", "RENEWAL", "MESSAGE"
+        "NAME", "READY", "RENEWING", "FAILED", "SERIAL", "NOT", "AFTER", "NEXT", "RENEWAL",
+        "MESSAGE",
     ]  # fmt: skip
+    c7 = lines["c7"].split()
+    assert c7[5].endswith("Z"), c7  # NOT AFTER, in UTC
+    assert c7[5][:4].isdigit(), c7
     for case in LIVE_CASES:
         name = names[case]
         line = lines[name]

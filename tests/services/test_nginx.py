@@ -235,6 +235,18 @@ def test_client_trust_registration_and_deregistration(served: Served) -> None:
         )
         assert response.status_code == 201, response.text
         fingerprint = response.json()["items"][0]["fingerprint"]
+        assert response.json()["warnings"] == []  # a CA: nothing to warn about
+        # A client certificate alone, its CA not registered: registered, with a warning that
+        # nginx needs the CA (alice's CA is registered: no warning about her).
+        mallory_pem = (mallory / "tls.crt").read_text()
+        leaf = client.post("/api/v1/services/web/clients", json={"certificate_pem": mallory_pem})
+        assert leaf.status_code == 201, leaf.text
+        (warning,) = leaf.json()["warnings"]
+        assert "CN=mallory is registered without its issuer (CN=unregistered)" in warning
+        gone = client.delete(
+            f"/api/v1/services/web/clients/{leaf.json()['items'][0]['fingerprint']}"
+        )
+        assert gone.status_code == 204
     mtls = served.mtls_port
     # Not yet reconciled: nginx does not know the new CA.
     assert served.curl(OLD, *_client_args(alice), port=mtls) == (0, "400")

@@ -109,6 +109,13 @@ INVALID = {
         _with("spec.targets", [{"directory": "/etc/web/tls", "reload": "sh -c 'unclosed"}]),
         "spec.targets.0.reload: cannot be split into arguments: No closing quotation",
     ),
+    "reload with shell operators": (
+        _with(
+            "spec.targets", [{"directory": "/etc/web/tls", "reload": "nginx -t && nginx -s reload"}]
+        ),
+        "spec.targets.0.reload: reload runs without a shell, so && would reach the command as an "
+        "argument; wrap it: sh -c '…'",
+    ),
     "empty reload": (
         _with("spec.targets", [{"directory": "/etc/web/tls", "reload": "  "}]),
         "spec.targets.0.reload: an empty reload command; leave reload out instead",

@@ -191,7 +191,12 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         {"fingerprint": _STR, "subject": _STR, "is_ca": {"type": "boolean"}, "added_at": _TIME}
     ),
     "ServiceClientList": _page("ServiceClient"),
-    "ServiceClientsAdded": _object({"items": {"type": "array", "items": _ref("ServiceClient")}}),
+    "ServiceClientsAdded": _object(
+        {
+            "items": {"type": "array", "items": _ref("ServiceClient")},
+            "warnings": {"type": "array", "items": _STR},
+        }
+    ),
     "ServiceOutput": _object(
         {"name": _STR, "data": {"type": "object", "additionalProperties": _STR}}
     ),

@@ -118,7 +118,8 @@ async def add_client(request: Request, principal: Principal | None) -> Response:
         body.certificate_pem,
     )
     _wake(request)
-    return json_response({"items": [_client_json(c) for c in added]}, 201)
+    warnings = tls_services.client_trust_warnings(services_of(request), request.path_params["name"])
+    return json_response({"items": [_client_json(c) for c in added], "warnings": warnings}, 201)
 
 
 async def remove_client(request: Request, principal: Principal | None) -> Response:

@@ -11,7 +11,11 @@ __all__ = ["serve_command"]
 
 def serve_command(
     config: Path = typer.Option(
-        None, "--config", "-c", help="YAML config file (every key: docs/configuration.md)."
+        None,
+        "--config",
+        "-c",
+        envvar="CERTCTL_CONFIG",
+        help="YAML config file (every key: docs/configuration.md).",
     ),
     data_dir: Path = typer.Option(
         None, "--data-dir", help="Data directory (default: ./certctl-data)."

@@ -88,19 +88,25 @@ def _status_line(item: dict[str, Any]) -> str:
     message = conditions.get("Failed", {}).get("message") or conditions.get("Ready", {}).get(
         "message", ""
     )
-    not_after = (status.get("not_after") or "-")[:19]
-    renewal = (status.get("next_renewal") or "-")[:19]
+    serial = str(status.get("serial") or "-")
+    serial = serial if len(serial) <= 16 else serial[:15] + "…"  # enough to see it change
     return (
         f"{item['name']:<24} {flag('Ready'):<6} {flag('Renewing'):<9} {flag('Failed'):<7} "
-        f"{not_after:<20} {renewal:<20} {message}"
+        f"{serial:<17} {_utc(status.get('not_after')):<21} "
+        f"{_utc(status.get('next_renewal')):<21} {message}"
     )
+
+
+def _utc(value: object) -> str:
+    # The API's times are UTC ISO 8601 with an offset; shown to the second, with a Z.
+    return f"{value[:19]}Z" if isinstance(value, str) and len(value) >= 19 else "-"
 
 
 @services_app.command("status")
 def status(
     name: str = typer.Argument(None, metavar="NAME", help="One service (default: all)."),
 ) -> None:
-    """Conditions (Ready, Renewing, Failed), NotAfter and next renewal of services."""
+    """Conditions (Ready, Renewing, Failed), serial, NotAfter and next renewal (UTC)."""
     path = f"/api/v1/services/{_seg(name)}" if name else "/api/v1/services"
     data = _request("GET", path)
     items = [data] if name else data.get("items") if isinstance(data, dict) else None
@@ -110,8 +116,8 @@ def status(
     ):
         raise _unexpected(path, "not a TLSService" if name else "no list of TLSServices")
     typer.echo(
-        f"{'NAME':<24} {'READY':<6} {'RENEWING':<9} {'FAILED':<7} {'NOT AFTER':<20} "
-        f"{'NEXT RENEWAL':<20} MESSAGE"
+        f"{'NAME':<24} {'READY':<6} {'RENEWING':<9} {'FAILED':<7} {'SERIAL':<17} "
+        f"{'NOT AFTER':<21} {'NEXT RENEWAL':<21} MESSAGE"
     )
     for item in items:
         typer.echo(_status_line(item))
@@ -152,7 +158,10 @@ def clients_add(
     from certctl.cli._common import read_file
 
     pem = read_file(cert, "certificate file").decode("ascii", "replace")
-    _print(_request("POST", f"/api/v1/services/{_seg(name)}/clients", {"certificate_pem": pem}))
+    answer = _request("POST", f"/api/v1/services/{_seg(name)}/clients", {"certificate_pem": pem})
+    for warning in answer.get("warnings", []) if isinstance(answer, dict) else []:
+        typer.echo(f"warning: {warning}", err=True)
+    _print(answer)
 
 
 @clients_app.command("list")

@@ -309,6 +309,31 @@ def add_client(services: Services, caller: Principal, name: str, pem: str) -> li
     return added
 
 
+def client_trust_warnings(services: Services, name: str) -> list[str]:
+    """Registered client certificates (not CAs) that OpenSSL-based servers will not honour.
+
+    nginx, HAProxy and curl build a chain up to a self-signed anchor: a registered leaf
+    whose issuer is not registered too lets nobody in there (Java accepts a leaf anchor).
+    """
+    with services.sessions() as session:
+        rows = session.scalars(select(ServiceClient).where(ServiceClient.service == name)).all()
+    subjects = {r.subject for r in rows if r.is_ca}
+    warnings = []
+    for row in rows:
+        if row.is_ca:
+            continue
+        cert = x509.load_pem_x509_certificate(row.certificate_pem.encode())
+        issuer = cert.issuer.rfc4514_string()
+        if not _self_signed(cert) and issuer not in subjects:
+            warnings.append(
+                f"client certificate {row.subject} is registered without its issuer "
+                f"({issuer}): nginx and other OpenSSL servers accept it only with that CA "
+                "registered too (which trusts every certificate the CA issued); Java "
+                "servers accept the certificate alone"
+            )
+    return warnings
+
+
 def remove_client(services: Services, caller: Principal, name: str, fingerprint: str) -> None:
     """Deregister a client certificate; the next reconcile drops it from the trust bundle."""
     caller.require("service.edit")

@@ -103,6 +103,9 @@ class HTTP(_Model):
 _MIN_RELOAD_TIMEOUT, _MAX_RELOAD_TIMEOUT = timedelta(seconds=1), timedelta(minutes=10)
 
 
+_SHELL_OPERATORS = frozenset({"&&", "||", "|", ";", "&", ">", ">>", "<", "2>&1", "2>"})
+
+
 def _stored(info: ValidationInfo) -> bool:
     # A spec read back from the store, written before a rule was added: rules that only
     # stop a mistake from being made (not a harm from happening) are not applied again,
@@ -171,6 +174,12 @@ class DirectoryTarget(_Model):
             raise ValueError(f"cannot be split into arguments: {exc}") from None
         if not argv:
             raise ValueError("an empty reload command; leave reload out instead")
+        shell = sorted(set(argv) & _SHELL_OPERATORS)
+        if shell:
+            raise ValueError(
+                f"reload runs without a shell, so {' '.join(shell)} would reach the command as "
+                "an argument; wrap it: sh -c '…'"
+            )
         return value
 
     @field_validator("owner", "group")
