@@ -183,7 +183,11 @@ def _ssl_context(
         except errors as exc:
             # Memory files (/proc/self/fd/N) mean the kubeconfig's inline data: name that.
             inline = str(cert[0]).startswith("/proc/self/fd/")
-            where = "client-certificate-data/client-key-data" if inline else str(cert[0])
+            where = (
+                "client-certificate-data/client-key-data"
+                if inline
+                else f"client-certificate {cert[0]} / client-key {cert[1]}"
+            )
             raise InvalidRequest(f"{where}: cannot load Kubernetes TLS material ({exc})") from None
     return context
 
