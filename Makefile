@@ -38,7 +38,7 @@ system-deps:
 
 # The server in the foreground: HTTPS on 127.0.0.1:8443, data in ./certctl-data (SQLite).
 run: $(VENV)/.synced
-	$(BIN)/certctl serve --data-dir certctl-data
+	$(BIN)/certctl serve  # data in ./certctl-data (the default; CERTCTL_CONFIG may say otherwise)
 
 demo: $(VENV)/.synced
 	@bash scripts/demo.sh

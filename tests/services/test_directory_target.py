@@ -553,3 +553,82 @@ def test_reload_output_is_one_clean_line_and_a_chatty_daemon_is_not_kept(env: En
     run_reload(str(daemon), 10)
     assert time.monotonic() - started < 3
     # (yes dies of SIGPIPE once certctl closed its end: nothing left to clean up.)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_failures_leak_no_descriptor_and_a_failure_after_the_swap_keeps_the_new_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from certctl.targets import directory
+
+    target = tmp_path / "tls"
+    deliver_to_directory(target, {"tls.crt": BundleFile(b"one")})
+    real_fchmod = os.fchmod
+
+    def read_only(fd: int, mode: int) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(directory.os, "fchmod", read_only)
+    (tmp_path / ".tls.certctl").chmod(0o700)  # so the versions dir needs its fchmod
+    before = _open_fds()
+    for _ in range(5):
+        with pytest.raises(DeliveryError, match="Read-only file system"):
+            deliver_to_directory(target, {"tls.crt": BundleFile(b"two")})
+    assert _open_fds() == before
+    monkeypatch.setattr(directory.os, "fchmod", real_fchmod)
+
+    def prune_fails(versions: int, keep: str) -> None:
+        raise FileNotFoundError(errno.ENOENT, "raced with another pruner")
+
+    monkeypatch.setattr(directory, "_prune", prune_fails)
+    deliver_to_directory(target, {"tls.crt": BundleFile(b"three")})  # done, pruning aside
+    assert (target / "tls.crt").read_bytes() == b"three"
+
+
+def test_without_proc_the_opened_path_is_its_resolved_path_if_still_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from certctl.targets import directory
+
+    real_readlink = os.readlink
+
+    def no_proc(path: str, *args: object, **kwargs: object) -> str:
+        if str(path).startswith("/proc/"):
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real_readlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    monkeypatch.setattr(directory.os, "readlink", no_proc)
+    fd = os.open(tmp_path / "link", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert directory.opened_path(fd, tmp_path / "link") == tmp_path / "a"
+        (tmp_path / "link").unlink()
+        (tmp_path / "link").symlink_to(tmp_path / "b")  # swapped after the open
+        with pytest.raises(DeliveryError, match="changed while it was being checked"):
+            directory.opened_path(fd, tmp_path / "link")
+    finally:
+        os.close(fd)
+    seen: list[Path] = []
+    deliver_to_directory(tmp_path / "link" / "tls", {"x": BundleFile(b"x")},
+                         check=lambda real: seen.append(real))  # type: ignore[func-returns-value]  # fmt: skip
+    assert seen == [tmp_path / "b" / "tls"]
+
+
+def test_a_reload_that_closes_its_output_does_not_spin(env: Env) -> None:
+    import resource
+
+    from certctl.targets.directory import run_reload
+
+    quiet = _script(env.tmp / "quiet.sh", "exec >&- 2>&-\nsleep 2")
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    run_reload(str(quiet), 10)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu < 0.5, cpu  # waited, not polled a pipe at end of file for 2 s

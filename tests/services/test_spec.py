@@ -116,6 +116,10 @@ INVALID = {
         "spec.targets.0.reload: reload runs without a shell, so && would reach the command as an "
         "argument; wrap it: sh -c '…'",
     ),
+    "reload with a glued operator": (
+        _with("spec.targets", [{"directory": "/etc/web/tls", "reload": "nginx -s reload; true"}]),
+        "spec.targets.0.reload: reload runs without a shell, so ; would reach",
+    ),
     "empty reload": (
         _with("spec.targets", [{"directory": "/etc/web/tls", "reload": "  "}]),
         "spec.targets.0.reload: an empty reload command; leave reload out instead",

@@ -87,10 +87,16 @@ def test_an_operator_cannot_set_a_reload_command_or_a_directory_outside_the_dele
         put([{**admin_target, "reload": "sh -c 'cat /data/admin-api-key'"}])
     with pytest.raises(PermissionDenied, match=r"\(reloadTimeout changed\): reload runs"):
         put([{**admin_target, "reloadTimeout": "1m"}])
-    # Nor add a target to it, even a delegated one: it would receive that service's key.
+    # Nor add a target to it, even a delegated one or a Secret: it would receive that
+    # service's key. Nor remove the administrator's target first, to add one after.
     copy = {"directory": str(delegated / "copy"), "owner": "nobody"}
-    with pytest.raises(PermissionDenied, match="is new on a service whose targets an admin"):
-        put([admin_target, copy])
+    stolen = {"secret": "stolen", "namespace": "ops"}
+    for targets in ([admin_target, copy], [admin_target, stolen], []):
+        with pytest.raises(PermissionDenied, match="are changed by an administrator only"):
+            put(targets)
+    assert _stored(env, "web")["spec"]["targets"] == [
+        {**admin_target, "format": "pem", "reloadTimeout": "30s"}
+    ]
     # Negative twin: on a service with only delegated targets, an operator adds targets.
     put([{"directory": str(delegated / "a")}], caller=env.admin)
     put([{"directory": str(delegated / "a")}, {"directory": str(delegated / "b")}])

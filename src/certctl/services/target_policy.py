@@ -85,7 +85,9 @@ class TargetPolicy:
         old = [t for t in (before.spec.targets if before else []) if isinstance(t, DirectoryTarget)]
         superuser = caller.permissions >= frozenset(PERMISSIONS)
         # A service an administrator aimed at the host (a reload, a directory elsewhere)
-        # stays theirs to extend: a target added by an operator would copy its key.
+        # keeps its targets as the administrator set them: any target added (a directory or
+        # a Secret) would receive its key, and one removed first would make it look like an
+        # operator's service again.
         admin_made = [t for t in old if self._needs_admin(t) is not None]
         for i, target in enumerate(spec.spec.targets):
             if not isinstance(target, DirectoryTarget):
@@ -107,14 +109,18 @@ class TargetPolicy:
             if superuser or target in old:
                 continue  # unchanged targets stay whoever set them (operators edit SANs)
             reason = self._needs_admin(target)
-            if reason is None and admin_made:
-                reason = (
-                    "is new on a service whose targets an administrator set "
-                    f"({admin_made[0].directory}); it would receive that service's key"
-                )
             if reason is not None:
                 changed = self._changed_field(target, old)
                 raise PermissionDenied(f"{where}{changed}: {reason}; ask an administrator")
+        if admin_made and not superuser and before is not None:
+            was = {_canonical(t) for t in before.spec.targets}
+            now = {_canonical(t) for t in spec.spec.targets}
+            if was != now:
+                raise PermissionDenied(
+                    "spec.targets: the targets of a service an administrator aimed at the host "
+                    f"({admin_made[0].directory}) are changed by an administrator only: added "
+                    "ones would receive its key; ask an administrator"
+                )
 
     def _needs_admin(self, target: DirectoryTarget) -> str | None:
         """Why only an administrator may set ``target``, or None."""
@@ -195,6 +201,10 @@ class TargetPolicy:
         """``target_identity`` with a Secret's missing namespace resolved, when known."""
         kind, namespace, name = target_identity(target)
         return (kind, namespace or self.default_namespace, name)
+
+
+def _canonical(target: DirectoryTarget | SecretTarget) -> str:
+    return target.model_dump_json(by_alias=True)
 
 
 def target_identity(target: DirectoryTarget | SecretTarget) -> tuple[str, str | None, str]:

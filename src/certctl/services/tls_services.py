@@ -320,16 +320,16 @@ def client_trust_warnings(services: Services, name: str) -> list[str]:
     subjects = {r.subject for r in rows if r.is_ca}
     warnings = []
     for row in rows:
-        if row.is_ca:
-            continue
         cert = x509.load_pem_x509_certificate(row.certificate_pem.encode())
         issuer = cert.issuer.rfc4514_string()
+        # Up to a self-signed certificate: an intermediate alone fails there too (nginx
+        # sets no partial-chain flag).
         if not _self_signed(cert) and issuer not in subjects:
+            what = "CA" if row.is_ca else "client certificate"
             warnings.append(
-                f"client certificate {row.subject} is registered without its issuer "
-                f"({issuer}): nginx and other OpenSSL servers accept it only with that CA "
-                "registered too (which trusts every certificate the CA issued); Java "
-                "servers accept the certificate alone"
+                f"{what} {row.subject} is registered without its issuer ({issuer}): nginx "
+                "and other OpenSSL servers accept its clients only once the chain up to a "
+                "self-signed CA is registered; Java servers accept it alone"
             )
     return warnings
 
@@ -967,14 +967,13 @@ def _read_password(path: Path, policy: TargetPolicy | None) -> bytes:
     """
     import stat
 
-    from certctl.targets.directory import DeliveryError
+    from certctl.targets.directory import DeliveryError, opened_path
 
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         if policy is not None:
             # The file as opened, not the path as checked a moment ago.
-            real = Path(os.readlink(f"/proc/self/fd/{fd}"))
-            problem = policy.resolved_problem(path, real, "passwordFile")
+            problem = policy.resolved_problem(path, opened_path(fd, path), "passwordFile")
             if problem is not None:
                 raise DeliveryError(problem)
         if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -103,7 +103,7 @@ class HTTP(_Model):
 _MIN_RELOAD_TIMEOUT, _MAX_RELOAD_TIMEOUT = timedelta(seconds=1), timedelta(minutes=10)
 
 
-_SHELL_OPERATORS = frozenset({"&&", "||", "|", ";", "&", ">", ">>", "<", "2>&1", "2>"})
+_OPERATOR_CHARS = frozenset("();<>|&")
 
 
 def _stored(info: ValidationInfo) -> bool:
@@ -174,7 +174,10 @@ class DirectoryTarget(_Model):
             raise ValueError(f"cannot be split into arguments: {exc}") from None
         if not argv:
             raise ValueError("an empty reload command; leave reload out instead")
-        shell = sorted(set(argv) & _SHELL_OPERATORS)
+        # Unquoted operators, glued to a word too ("reload;", "nginx&&echo"); quoted ones
+        # ('>') are arguments the command may want.
+        words = shlex.shlex(value, posix=False, punctuation_chars=True)
+        shell = sorted({w for w in words if set(w) <= _OPERATOR_CHARS})
         if shell:
             raise ValueError(
                 f"reload runs without a shell, so {' '.join(shell)} would reach the command as "

@@ -104,11 +104,12 @@ def deliver_to_directory(
     except OSError as exc:
         raise DeliveryError(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from exc
     versions = version = -1
+    committed = False
     try:
-        real = Path(os.readlink(f"/proc/self/fd/{parent}")) / name
-        problem = check(real) if check is not None else None
-        if problem is not None:
-            raise DeliveryError(problem)
+        if check is not None:
+            problem = check(opened_path(parent, path.parent) / name)
+            if problem is not None:
+                raise DeliveryError(problem)
         _take_place(parent, name, path)
         versions = _open_versions(parent, versions_name, path)
         os.mkdir(version_name, 0o700, dir_fd=versions)
@@ -133,15 +134,19 @@ def deliver_to_directory(
             os.unlink(link_tmp, dir_fd=parent)
         os.symlink(f"{versions_name}/{version_name}", link_tmp, dir_fd=parent)
         os.replace(link_tmp, name, src_dir_fd=parent, dst_dir_fd=parent)  # the commit point
-        _prune(versions, keep=version_name)
+        committed = True
+        with contextlib.suppress(OSError):
+            _prune(versions, keep=version_name)  # best effort: the delivery is done
     except OSError as exc:
-        if versions >= 0:
+        if versions >= 0 and not committed:
             shutil.rmtree(version_name, dir_fd=versions, ignore_errors=True)
-        raise DeliveryError(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from exc
+        # Relative to the opened directory, exc.filename alone would say "tls.key".
+        what = f"{path} ({exc.filename})" if exc.filename else str(path)
+        raise DeliveryError(f"cannot write {what}: {exc.strerror or exc}") from exc
     except BaseException:
         # Anything else (an id chown cannot take, an interrupt, a refusal) must not leave a
         # copy of the private key behind in a version nobody links to.
-        if versions >= 0:
+        if versions >= 0 and not committed:
             shutil.rmtree(version_name, dir_fd=versions, ignore_errors=True)
         raise
     finally:
@@ -199,12 +204,38 @@ def _open_versions(parent: int, versions_name: str, path: Path) -> int:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise DeliveryError(f"{where} is not a directory certctl made; move it away") from None
         raise
-    info = os.fstat(fd)
-    if info.st_uid != os.geteuid():
-        os.close(fd)
-        raise DeliveryError(f"{where} belongs to uid {info.st_uid}, not to certctl; move it away")
-    os.fchmod(fd, 0o755)  # not the umask's say: readers need to traverse it
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            raise DeliveryError(
+                f"{where} belongs to uid {info.st_uid}, not to certctl; move it away"
+            )
+        if stat.S_IMODE(info.st_mode) != 0o755:
+            os.fchmod(fd, 0o755)  # not the umask's say: readers need to traverse it
+    except BaseException:
+        os.close(fd)  # never leaked, even on a read-only file system (EROFS each pass)
+        raise
     return fd
+
+
+def opened_path(fd: int, path: Path) -> Path:
+    """The real path of ``fd``, opened from ``path``: what a policy must judge.
+
+    ``/proc/self/fd`` says it; without /proc (some containers) the resolved ``path`` is used
+    if it is still the very same directory or file (device and inode), else it is refused.
+
+    Raises:
+        DeliveryError: ``path`` was swapped between the open and this check.
+    """
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:
+        pass
+    real = Path(os.path.realpath(path))
+    opened, now = os.fstat(fd), os.stat(real)
+    if (opened.st_dev, opened.st_ino) != (now.st_dev, now.st_ino):
+        raise DeliveryError(f"{path} changed while it was being checked; not used")
+    return real
 
 
 def _ours_link(link: str, name: str) -> bool:
@@ -355,6 +386,13 @@ def _wait_draining(
             except BlockingIOError:
                 chunk = b""
             tail = (tail + chunk)[-4096:]
+            if not chunk and returncode is None:
+                # End of output (closed by everyone holding it) but still running: the
+                # pipe stays "readable" for ever, so stop polling it and just wait.
+                try:
+                    return process.wait(max(0.0, deadline - time.monotonic())), tail
+                except subprocess.TimeoutExpired:
+                    return None, tail
         if returncode is not None:
             # One last read above, no more: a daemon it started may write there forever.
             return returncode, tail
