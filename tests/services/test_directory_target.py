@@ -245,32 +245,23 @@ def test_reload_timeout_fails_and_retries_with_backoff(env: Env) -> None:
     # A wrapper that started a child: the timeout kills the child too (its process group),
     # so nothing lingers holding the output pipes or reloading late.
     pidfile = env.tmp / "child.pid"
-    wrapper = {
-        "directory": str(target),
-        "reload": f"sh -c 'sleep 30 & echo $! > {pidfile}; wait'",
-        "reloadTimeout": "1s",
-    }
-    env.put(service_doc("web", targets=[wrapper]))
-    started = time.monotonic()
-    row = env.reconcile("web", env.now + MINUTE)
-    assert time.monotonic() - started < 10
-    assert row.conditions["Failed"]["message"] == message
+
+    def times_out(reload: str) -> None:
+        env.put(service_doc("web", targets=[{"directory": str(target), "reload": reload,
+                                             "reloadTimeout": "1s"}]))  # fmt: skip
+        started = time.monotonic()
+        row = env.reconcile("web", env.now + MINUTE)
+        assert time.monotonic() - started < 10
+        assert row.conditions["Failed"]["message"] == message
+
+    times_out(f"sh -c 'sleep 30 & echo $! > {pidfile}; wait'")
     child = Path(f"/proc/{int(pidfile.read_text())}/stat")
     # Gone, or a zombie waiting for a PID 1 that does not reap (as in some containers).
     assert not child.exists() or child.read_text().rpartition(")")[2].split()[0] == "Z"
 
     # One that escapes the group (setsid) and keeps the pipes: not waited for either.
     escaped = env.tmp / "escaped.pid"
-    daemon = {
-        "directory": str(target),
-        "reload": f"sh -c 'setsid sh -c \"echo \\$\\$ > {escaped}; exec sleep 30\" & sleep 30'",
-        "reloadTimeout": "1s",
-    }
-    env.put(service_doc("web", targets=[daemon]))
-    started = time.monotonic()
-    row = env.reconcile("web", env.now + MINUTE)
-    assert time.monotonic() - started < 10
-    assert row.conditions["Failed"]["message"] == message
+    times_out(f"sh -c 'setsid sh -c \"echo \\$\\$ > {escaped}; exec sleep 30\" & sleep 30'")
     assert escaped.read_text().strip().isdigit()  # it did escape, and still holds the pipes
     with contextlib.suppress(ProcessLookupError):
         os.kill(int(escaped.read_text()), 9)  # it lives on: outside what certctl may kill
