@@ -113,7 +113,7 @@ INVALID = {
         _with(
             "spec.targets", [{"directory": "/etc/web/tls", "reload": "nginx -t && nginx -s reload"}]
         ),
-        "spec.targets.0.reload: reload runs without a shell, so && would reach the command as an "
+        "spec.targets.0.reload: reload runs without a shell, so & would reach the command as an "
         "argument; wrap it: sh -c '…'",
     ),
     "reload with a glued operator": (
@@ -230,3 +230,17 @@ def test_put_refuses_an_invalid_replacement_keeping_the_old_spec(env: Env) -> No
     assert current["generation"] == 1
     assert current["spec"] == parse_service(good).to_document()
     assert _stored(env) == 1
+
+
+@pytest.mark.parametrize(
+    "reload",
+    [
+        "systemctl reload nginx",
+        "sh -c 'nginx -t && nginx -s reload'",
+        "find /srv/tls -exec touch {} \\;",
+        "cmd --opt='a>b' \"x|y\"",
+    ],
+)
+def test_reload_commands_with_quoted_or_escaped_operators_are_accepted(reload: str) -> None:
+    doc = _with("spec.targets", [{"directory": "/etc/web/tls", "reload": reload}])
+    assert parse_service(doc).spec.targets[0].reload == reload  # type: ignore[union-attr]

@@ -103,7 +103,28 @@ class HTTP(_Model):
 _MIN_RELOAD_TIMEOUT, _MAX_RELOAD_TIMEOUT = timedelta(seconds=1), timedelta(minutes=10)
 
 
-_OPERATOR_CHARS = frozenset("();<>|&")
+def _unquoted_operators(command: str) -> set[str]:
+    r"""Shell operator characters outside quotes and not escaped, glued to a word or not.
+
+    Quoted ('>') or escaped (\;) they are plain arguments, as ``shlex.split`` gives them.
+    """
+    found: set[str] = set()
+    quote: str | None = None
+    escaped = False
+    for char in command:
+        if escaped:
+            escaped = False
+        elif quote == "'":
+            quote = None if char == "'" else quote
+        elif char == "\\":
+            escaped = True
+        elif quote == '"':
+            quote = None if char == '"' else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "();<>|&":
+            found.add(char)
+    return found
 
 
 def _stored(info: ValidationInfo) -> bool:
@@ -174,10 +195,7 @@ class DirectoryTarget(_Model):
             raise ValueError(f"cannot be split into arguments: {exc}") from None
         if not argv:
             raise ValueError("an empty reload command; leave reload out instead")
-        # Unquoted operators, glued to a word too ("reload;", "nginx&&echo"); quoted ones
-        # ('>') are arguments the command may want.
-        words = shlex.shlex(value, posix=False, punctuation_chars=True)
-        shell = sorted({w for w in words if set(w) <= _OPERATOR_CHARS})
+        shell = sorted(_unquoted_operators(value))
         if shell:
             raise ValueError(
                 f"reload runs without a shell, so {' '.join(shell)} would reach the command as "

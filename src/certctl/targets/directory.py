@@ -232,8 +232,22 @@ def opened_path(fd: int, path: Path) -> Path:
     except OSError:
         pass
     real = Path(os.path.realpath(path))
-    opened, now = os.fstat(fd), os.stat(real)
-    if (opened.st_dev, opened.st_ino) != (now.st_dev, now.st_ino):
+    # Walked again without following any link (the resolved path has none): a part swapped
+    # for a symlink since then fails the walk or leads to another inode, and is refused.
+    try:
+        walk = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in real.parts[1:-1]:
+                step = os.open(part, _DIR_NOFOLLOW, dir_fd=walk)
+                os.close(walk)
+                walk = step
+            now = os.stat(real.name, dir_fd=walk, follow_symlinks=False) if real.name else None
+        finally:
+            os.close(walk)
+    except OSError:
+        now = None
+    opened = os.fstat(fd)
+    if now is None or (opened.st_dev, opened.st_ino) != (now.st_dev, now.st_ino):
         raise DeliveryError(f"{path} changed while it was being checked; not used")
     return real
 
