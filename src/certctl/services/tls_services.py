@@ -310,10 +310,10 @@ def add_client(services: Services, caller: Principal, name: str, pem: str) -> li
 
 
 def client_trust_warnings(services: Services, name: str) -> list[str]:
-    """Registered client certificates (not CAs) that OpenSSL-based servers will not honour.
+    """Registered client certificates and CAs that OpenSSL-based servers will not honour.
 
-    nginx, HAProxy and curl build a chain up to a self-signed anchor: a registered leaf
-    whose issuer is not registered too lets nobody in there (Java accepts a leaf anchor).
+    nginx, HAProxy and curl build a chain up to a self-signed anchor: a registered leaf or
+    intermediate whose issuer is not registered too lets nobody in there (Java accepts it).
     """
     with services.sessions() as session:
         rows = session.scalars(select(ServiceClient).where(ServiceClient.service == name)).all()
