@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from certctl.pki.verify import (
         VerificationFailed,
         VerifiedChain,
+        is_self_signed,
         parse_hostname,
         verify_certificate,
     )
@@ -89,6 +90,7 @@ _SOURCES = {
     "VerificationFailed": "verify",
     "VerifiedChain": "verify",
     "verify_certificate": "verify",
+    "is_self_signed": "verify",
 }
 
 __all__ = [
@@ -115,6 +117,7 @@ __all__ = [
     "format_serial",
     "generate_private_key",
     "get_profile",
+    "is_self_signed",
     "key_to_pem",
     "key_type_of",
     "keys_match",

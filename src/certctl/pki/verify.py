@@ -19,6 +19,7 @@ __all__ = [
     "VerificationFailed",
     "VerifiedChain",
     "eku_name",
+    "is_self_signed",
     "parse_hostname",
     "verify_certificate",
 ]
@@ -142,9 +143,7 @@ def _anchors(leaf: x509.Certificate, trust: Sequence[x509.Certificate]) -> list[
     old v1 self-signed root, which has no extensions at all) anchors a path; so does a
     self-signed leaf that is itself in the bundle (ca.crt = tls.crt for a self-signed server).
     """
-    anchors = [
-        c for c in trust if _may_issue(c) or (c == leaf and c.issuer == c.subject and _signs(c, c))
-    ]
+    anchors = [c for c in trust if _may_issue(c) or (c == leaf and is_self_signed(c))]
     if not anchors:
         raise VerificationFailed(
             "verification failed: the trust bundle holds no CA certificate "
@@ -157,9 +156,12 @@ def _may_issue(cert: x509.Certificate) -> bool:
     try:
         return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
-        return (
-            cert.version is x509.Version.v1 and cert.issuer == cert.subject and _signs(cert, cert)
-        )
+        return cert.version is x509.Version.v1 and is_self_signed(cert)
+
+
+def is_self_signed(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` names itself as issuer and its own key signed it (a trust anchor)."""
+    return cert.issuer == cert.subject and _signs(cert, cert)
 
 
 def _signs(parent: x509.Certificate, child: x509.Certificate) -> bool:

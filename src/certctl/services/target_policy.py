@@ -67,7 +67,10 @@ class TargetPolicy:
         return any(root in real.parents for root in self.delegated_directories)
 
     def _own(self, path: Path, *, resolve_last: bool = False) -> Path | None:
-        real = _resolved(path) if resolve_last else _real(path)
+        return self._own_real(_resolved(path) if resolve_last else _real(path))
+
+    def _own_real(self, real: Path) -> Path | None:
+        """The server's own path that the resolved ``real`` overlaps, if any."""
         return next((own for own in self.protected if _overlap(real, own)), None)
 
     def check(
@@ -179,7 +182,7 @@ class TargetPolicy:
         delegated directory must still resolve there, and none may reach the server's own
         files.
         """
-        own = next((own for own in self.protected if _overlap(real, own)), None)
+        own = self._own_real(real)
         if own is not None:
             return f"{what} {spelled} now resolves into the server's own files ({own}); not used"
         root = self._spelled_root(spelled)

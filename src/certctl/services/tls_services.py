@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy import select
 
@@ -36,6 +35,7 @@ from certctl.pki import (
     format_duration,
     format_serial,
     generate_private_key,
+    is_self_signed,
     key_to_pem,
     keys_match,
     load_material,
@@ -324,7 +324,7 @@ def client_trust_warnings(services: Services, name: str) -> list[str]:
         issuer = cert.issuer.rfc4514_string()
         # Up to a self-signed certificate: an intermediate alone fails there too (nginx
         # sets no partial-chain flag).
-        if not _self_signed(cert) and issuer not in subjects:
+        if not is_self_signed(cert) and issuer not in subjects:
             what = "CA" if row.is_ca else "client certificate"
             warnings.append(
                 f"{what} {row.subject} is registered without its issuer ({issuer}): nginx "
@@ -497,7 +497,7 @@ def _custom_material(
                     f"({exc.detail.removeprefix('verification failed: ')})"
                 ) from None
             ca_pem = certs_to_pem(trust)
-        elif _self_signed(certs[-1]):
+        elif is_self_signed(certs[-1]):
             ca_pem = certs_to_pem([certs[-1]])  # a self-signed tls.crt is its own trust anchor
         else:
             warnings.append(
@@ -529,16 +529,6 @@ def _custom_material(
             raise InvalidRequest(f"secret {secret}: ca.crt expired")
         return None, ca, warnings
     raise InvalidRequest(f"secret {secret} holds neither tls.crt+tls.key nor ca.crt+ca.key")
-
-
-def _self_signed(cert: x509.Certificate) -> bool:
-    if cert.issuer != cert.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 def _uncovered_names(leaf: x509.Certificate, spec: TLSServiceSpec) -> list[str]:
