@@ -23,6 +23,10 @@ from certctl.pki import (
     key_to_pem,
 )
 from tests.kube.fake_apiserver import FakeApiServer
+from tests.services.conftest import (  # noqa: F401  (fixtures, registered by import)
+    env,
+    sqlite_template,
+)
 
 CERTCTL_SA_TOKEN = "certctl-serviceaccount-token"  # what certctl itself presents
 NAMESPACE = "certs"
@@ -114,8 +118,11 @@ def sa_dir(tmp_path: Path, pki: KubePki) -> Path:
 @pytest.fixture
 def connection(apiserver: FakeApiServer, sa_dir: Path) -> KubeConnection:
     """certctl's in-cluster connection, as a pod would build it."""
-    env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(apiserver.port)}
-    return in_cluster(environ=env, service_account_dir=sa_dir)
+    environ = {
+        "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+        "KUBERNETES_SERVICE_PORT": str(apiserver.port),
+    }
+    return in_cluster(environ=environ, service_account_dir=sa_dir)
 
 
 class FakeClock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from certctl.kubeapi import KubeApiError, KubeConnection
 from certctl.targets.kubernetes import SecretWriter, WriteResult
 from tests.kube.conftest import CERTCTL_SA_TOKEN, NAMESPACE, KubePki
 from tests.kube.fake_apiserver import FakeApiServer
+from tests.services.conftest import Env
 
 BASE = f"/api/v1/namespaces/{NAMESPACE}/secrets"
 
@@ -305,3 +307,70 @@ def test_managed_service_secret_target(
         write(target, files)
     with pytest.raises(DeliveryError, match="no certificate to deliver"):
         write(target, {})
+
+
+def test_a_secret_target_deleted_or_edited_by_hand_is_restored_at_the_next_resync(
+    apiserver: FakeApiServer, sa_dir: Path, env: Env
+) -> None:
+    """Secret targets resync like directories: a lost or edited Secret comes back, soon.
+
+    Before, a bundle delivered once was never looked at again until the next renewal (months
+    later): a Secret deleted by ``kubectl delete`` stayed gone and pods could not start.
+    """
+    from certctl.server.config import ServerConfig
+    from certctl.server.run import _secret_target_writer
+    from certctl.server.scheduler import Scheduler
+    from certctl.services import tls_services
+    from tests.services.conftest import service_doc
+
+    config = ServerConfig.model_validate(
+        {
+            "kubernetes": {
+                "api-server": apiserver.url,
+                "ca-file": str(sa_dir / "ca.crt"),
+                "token-file": str(sa_dir / "token"),
+                "namespace": NAMESPACE,
+            }
+        }
+    )
+    settings = env.settings_with(secret_writer=_secret_target_writer(config))
+    target = {"secret": "web-tls", "namespace": "apps", "labels": {"app": "web"}}
+    env.put(service_doc("web", dns=("web.example.internal",), targets=[target]))
+    scheduler = Scheduler(env.services, settings, 10, clock=lambda: env.now)
+    assert scheduler.tick() == 1
+    where = ("apps", "web-tls")
+    url = "/api/v1/namespaces/apps/secrets"
+    data = dict(apiserver.secrets[where]["data"])
+    assert set(data) == {"tls.crt", "tls.key", "ca.crt"}
+    assert env.outputs("web")["certs-internal"]["tls.crt"] == base64.b64decode(data["tls.crt"])
+
+    # Deleted by hand: created again at the next resync, not at the next renewal.
+    del apiserver.secrets[where]
+    env.at(env.now + timedelta(minutes=1))
+    assert scheduler.tick() == 0  # negative twin: not due before the resync interval
+    assert where not in apiserver.secrets
+    env.at(env.now + tls_services.RESYNC_INTERVAL)
+    assert scheduler.tick() == 1
+    assert apiserver.secrets[where]["data"] == data
+    assert apiserver.secrets[where]["metadata"]["labels"]["app"] == "web"
+
+    # Edited by hand (a key swapped in): the delivered bundle is put back.
+    apiserver.secrets[where]["data"]["tls.key"] = b64(b"not the key\n")
+    env.at(env.now + tls_services.RESYNC_INTERVAL)
+    assert scheduler.tick() == 1
+    assert apiserver.secrets[where]["data"] == data
+
+    # Nothing changed: a resync reads the Secret and writes nothing.
+    apiserver.clear()
+    env.at(env.now + tls_services.RESYNC_INTERVAL)
+    assert scheduler.tick() == 1
+    assert apiserver.paths() == [("GET", f"{url}/web-tls")]
+
+    # A changed label in the spec is applied now, not at the next renewal.
+    relabelled = {**target, "labels": {"app": "web", "team": "payments"}}
+    env.put(service_doc("web", dns=("web.example.internal",), targets=[relabelled]))
+    env.at(env.now + timedelta(minutes=1))
+    assert scheduler.tick() == 1
+    assert apiserver.secrets[where]["metadata"]["labels"]["team"] == "payments"
+    assert apiserver.secrets[where]["data"] == data  # the same certificate: not renewed
+    assert env.row("web").conditions["Ready"]["status"] is True

@@ -31,7 +31,7 @@ from certctl.services import issuance
 from certctl.services.context import Services
 from certctl.services.tls_services import ServiceSettings, TargetPolicy, ca_renewal_time
 from certctl.store.models import ApiKey, Issuer
-from certctl.targets.kubernetes import SecretWriter
+from certctl.targets.kubernetes import SecretWriter, WriteResult
 
 __all__ = ["serve"]
 
@@ -186,7 +186,7 @@ def _announce(
     out.flush()
 
 
-def _secret_target_writer(config: ServerConfig) -> Callable[[Any, dict[str, bytes]], None]:
+def _secret_target_writer(config: ServerConfig) -> Callable[[Any, dict[str, bytes]], bool]:
     """Managed-services Secret targets through ``targets.kubernetes``.
 
     The Kubernetes connection (``kubernetes.*``) is built on first use, so a server without
@@ -196,13 +196,13 @@ def _secret_target_writer(config: ServerConfig) -> Callable[[Any, dict[str, byte
 
     connections: list[KubeConnection] = []
 
-    def write(target: Any, files: dict[str, bytes]) -> None:
+    def write(target: Any, files: dict[str, bytes]) -> bool:
         if "tls.crt" not in files or "tls.key" not in files:
             raise DeliveryError("no certificate to deliver (TLS disabled); Secret left as it is")
         try:
             if not connections:
                 connections.append(_kube_connection(config))
-            SecretWriter(connections[0], namespace=target.namespace).write_tls(
+            result = SecretWriter(connections[0], namespace=target.namespace).write_tls(
                 target.secret,
                 certificate_pem=files["tls.crt"],
                 private_key_pem=files["tls.key"],
@@ -212,6 +212,7 @@ def _secret_target_writer(config: ServerConfig) -> Callable[[Any, dict[str, byte
             )
         except CertctlError as exc:
             raise DeliveryError(exc.detail) from None
+        return result is not WriteResult.UNCHANGED
 
     return write
 

@@ -85,7 +85,9 @@ class ServiceSettings:
     secrets_dir: Path = Path("certctl-data/secrets")
     jitter: float = 0.1
     reload_runner: Callable[[str, float], None] | None = None
-    secret_writer: Callable[[SecretTarget, dict[str, bytes]], None] | None = None
+    # Writes a Secret target; True when it created or changed the Secret, False when the
+    # Secret already held exactly this (the writer reads it first).
+    secret_writer: Callable[[SecretTarget, dict[str, bytes]], bool] | None = None
     # Checked again at each delivery: what a stored path resolves to can change.
     target_policy: TargetPolicy | None = None
 
@@ -881,9 +883,11 @@ def _deliver(
                 assert target.password_file is not None
                 password = _read_password(target.password_file, settings.target_policy)
             digest = _delivery_digest(services, target, files, password)
-            if delivered.get(key) == digest and (
-                not isinstance(target, DirectoryTarget)
-                or directory_intact(target.directory, _expected_files(target, files))
+            already = delivered.get(key) == digest
+            if (
+                already
+                and isinstance(target, DirectoryTarget)
+                and directory_intact(target.directory, _expected_files(target, files))
             ):
                 continue
             if isinstance(target, DirectoryTarget):
@@ -932,7 +936,18 @@ def _deliver(
             else:
                 if settings.secret_writer is None:
                     raise DeliveryError("Kubernetes Secret targets need auth.kubernetes set up")
-                settings.secret_writer(target, {n: d for n, (d, _) in files.items()})
+                # Written even when this bundle was delivered before: the writer reads the
+                # Secret and changes it only if it differs, so one deleted or edited by hand
+                # (or with changed labels) is restored at the next reconcile or resync.
+                changed = settings.secret_writer(target, {n: d for n, (d, _) in files.items()})
+                if already:
+                    if not changed:
+                        continue
+                    log.warning(
+                        "service %s: %s was deleted or changed outside certctl; restored",
+                        spec.name,
+                        key,
+                    )
             delivered[key] = digest
             DELIVERIES.labels("success").inc()
         except (DeliveryError, InvalidRequest, OSError) as exc:
