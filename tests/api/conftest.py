@@ -21,7 +21,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import Connection, event, func, select, text
 from starlette.testclient import TestClient
 
 from certctl.api.app import create_app
@@ -318,6 +318,38 @@ class Api:
         assert after["audit_events"] == before["audit_events"] + denials
         if denials:
             assert [e["outcome"] for e in self.audit()[:denials]] == ["denied"] * denials
+
+    @contextmanager
+    def concurrent_write(
+        self, before: tuple[str, ...], write: Callable[[Connection], object]
+    ) -> Iterator[list[str]]:
+        """Another replica commits ``write`` just before this app's first write of a request.
+
+        ``before`` are starts of statements (``INSERT INTO roles``); the first statement this
+        app sends that starts with one of them is preceded, once, by ``write`` run and
+        committed on a connection of its own: the race of two workers or replicas, made
+        deterministic. On SQLite that must be the transaction's first write (the audit row may
+        be flushed before the row it audits): after it, this app holds the write lock. The
+        yielded list holds the statement the write was slipped in front of.
+        """
+        engine = self.services.engine
+        fired: list[str] = []
+
+        def slip_in(
+            conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+        ) -> None:
+            if fired or not statement.lstrip().startswith(before):
+                return
+            fired.append(statement)
+            with engine.connect() as other:
+                write(other)
+                other.commit()
+
+        event.listen(engine, "before_cursor_execute", slip_in)
+        try:
+            yield fired
+        finally:
+            event.remove(engine, "before_cursor_execute", slip_in)
 
     def audit(self) -> list[dict[str, Any]]:
         """Every audit event, newest first (read through the API)."""

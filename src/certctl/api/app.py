@@ -54,7 +54,7 @@ from certctl.pki import parse_duration
 from certctl.services import audit, issuance, rbac
 from certctl.services.context import Principal, Services
 from certctl.services.tls_services import TargetPolicy
-from certctl.store.db import storage_error
+from certctl.store.db import constraint_conflict, storage_error
 from certctl.store.models import Actor, ApiKey, Role
 
 __all__ = [
@@ -1113,6 +1113,10 @@ def _audit_refusal(request: Request, actor: str, exc: CertctlError) -> None:
 async def _database_error(request: Request, exc: Exception) -> Response:
     fault = storage_error(exc)
     if fault is None:
+        conflict = constraint_conflict(exc)
+        if conflict is not None:
+            # A concurrent request (another worker or replica) wrote the same row first.
+            return problem_from_error(conflict)
         return await _unexpected(request, exc)
     # One line without the statement or its parameters (those may hold key material).
     logging.getLogger("certctl.api").warning(

@@ -9,9 +9,15 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from certctl.errors import StorageUnavailable
+from certctl.errors import Conflict, StorageUnavailable
 
-__all__ = ["create_store_engine", "migrate", "session_factory", "storage_error"]
+__all__ = [
+    "constraint_conflict",
+    "create_store_engine",
+    "migrate",
+    "session_factory",
+    "storage_error",
+]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -53,6 +59,9 @@ def create_store_engine(url: str) -> Engine:
 
 # Keys of pg_advisory_xact_lock: one per kind of write that must not interleave.
 SERVICE_SPECS_LOCK = 0x63657274_0001  # "cert", 1
+# Role, actor and API-key changes whose checks read other rows (the last r-admin holder, the
+# roles being assigned or deleted): checked and written by one replica at a time.
+AUTH_LOCK = 0x63657274_0002  # "cert", 2
 
 
 def lock_for_write(session: Session, key: int) -> None:
@@ -153,3 +162,35 @@ def _is_operational(orig: object) -> bool:
     import psycopg
 
     return isinstance(orig, psycopg.OperationalError)
+
+
+# Constraint violations that mean "another request got there first", not a bug: a primary key
+# or unique value inserted by a concurrent request (two replicas creating role ``x`` at once),
+# or a row referred to that a concurrent request deleted. SQLite extended result names and
+# PostgreSQL SQLSTATEs.
+_SQLITE_UNIQUE = ("SQLITE_CONSTRAINT_PRIMARYKEY", "SQLITE_CONSTRAINT_UNIQUE")
+_SQLITE_FOREIGN_KEY = "SQLITE_CONSTRAINT_FOREIGNKEY"
+_PG_UNIQUE = "23505"  # unique_violation
+_PG_FOREIGN_KEY = "23503"  # foreign_key_violation
+
+
+def constraint_conflict(exc: BaseException) -> Conflict | None:
+    """The 409 for a write that lost a race with a concurrent request, else None.
+
+    The services check that an id is free (or that what a row refers to exists) before they
+    write; between the check and the commit another replica or worker can create (or delete)
+    the same row. The database's constraint then refuses the write: that is a conflict the
+    client may retry, not an internal error. Other constraint failures (NOT NULL, CHECK)
+    stay bugs.
+    """
+    if not isinstance(exc, DBAPIError):
+        return None
+    orig = exc.orig
+    code = getattr(orig, "sqlite_errorname", None)
+    if not isinstance(code, str):
+        code = getattr(orig, "sqlstate", None)
+    if code in _SQLITE_UNIQUE or code == _PG_UNIQUE:
+        return Conflict("a concurrent request created the same record first: it already exists")
+    if code in (_SQLITE_FOREIGN_KEY, _PG_FOREIGN_KEY):
+        return Conflict("a record this request refers to was deleted by a concurrent request")
+    return None

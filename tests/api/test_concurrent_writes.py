@@ -1,0 +1,91 @@
+"""Writes that race with another worker or replica: a conflict (409), never a 500 or a lost update.
+
+Each race is made deterministic with ``Api.concurrent_write``: the other replica's write is
+committed on a connection of its own just before this app's statement runs, after the
+service's own checks passed.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, delete, insert, text
+
+from certctl.store.models import Actor, ApiKey, Role
+from tests.api.conftest import Api, assert_problem
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+# The unit of work may flush the audit row first: the race is lost at the first write.
+_AUDIT = "INSERT INTO audit_events"
+
+
+def _audited(api: Api, action: str, target: str) -> list[dict[str, object]]:
+    return [e for e in api.audit() if e["action"] == action and e["target"] == target]
+
+
+def test_role_created_by_another_replica_first_is_409(api: Api) -> None:
+    def other_replica(conn: Connection) -> None:
+        conn.execute(
+            insert(Role).values(
+                id="deployer",
+                name="from the other replica",
+                permissions=["cert.read"],
+                builtin=False,
+                created_at=NOW,
+            )
+        )
+
+    with api.concurrent_write((_AUDIT, "INSERT INTO roles"), other_replica) as fired:
+        r = api.post(
+            "/api/v1/auth/roles", api.admin_key, json={"id": "deployer", "permissions": []}
+        )
+    assert fired
+    assert "already exists" in assert_problem(r, 409)["detail"]
+    # The other replica's role stands, and this request left no audit row claiming success.
+    role = api.get("/api/v1/auth/roles/deployer", api.admin_key).json()
+    assert role["name"] == "from the other replica"
+    assert _audited(api, "role.create", "deployer") == []
+
+
+def test_actor_created_by_another_replica_first_is_409(api: Api) -> None:
+    def other_replica(conn: Connection) -> None:
+        conn.execute(insert(Actor).values(id="ci", name="other", roles=[], created_at=NOW))
+
+    with api.concurrent_write((_AUDIT, "INSERT INTO actors"), other_replica) as fired:
+        r = api.post("/api/v1/auth/actors", api.admin_key, json={"id": "ci", "roles": []})
+    assert fired
+    assert_problem(r, 409)
+    assert api.get("/api/v1/auth/actors/ci", api.admin_key).json()["name"] == "other"
+
+
+def test_issuer_created_by_another_replica_first_is_409(api: Api) -> None:
+    def other_replica(conn: Connection) -> None:
+        conn.execute(
+            text(
+                "INSERT INTO issuers (id, name, subject, certificate_pem, chain_pem, wrapped_key,"
+                " key_type, not_after, created_at) SELECT 'team-ca', 'other', subject,"
+                " certificate_pem, chain_pem, wrapped_key, key_type, not_after, created_at"
+                " FROM issuers WHERE id = 'default'"
+            )
+        )
+
+    with api.concurrent_write((_AUDIT, "INSERT INTO issuers"), other_replica) as fired:
+        r = api.post("/api/v1/issuers", api.admin_key, json={"id": "team-ca"})
+    assert fired
+    assert_problem(r, 409)
+    assert api.get("/api/v1/issuers/team-ca", api.admin_key).json()["name"] == "other"
+
+
+def test_key_minted_for_an_actor_deleted_meanwhile_is_409(api: Api) -> None:
+    api.create_actor("ci", [])
+
+    def other_replica(conn: Connection) -> None:
+        conn.execute(delete(ApiKey).where(ApiKey.actor_id == "ci"))
+        conn.execute(delete(Actor).where(Actor.id == "ci"))
+
+    before = api.counts()
+    with api.concurrent_write((_AUDIT, "INSERT INTO api_keys"), other_replica) as fired:
+        r = api.post("/api/v1/auth/apikeys", api.admin_key, json={"actor_id": "ci"})
+    assert fired
+    assert "deleted by a concurrent request" in assert_problem(r, 409)["detail"]
+    assert api.counts()["api_keys"] == before["api_keys"]
