@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, delete, insert, text
+from sqlalchemy import Connection, delete, insert, text, update
 
-from certctl.store.models import Actor, ApiKey, Role
+from certctl.store.models import Actor, ApiKey, CertificateRecord, Role
 from tests.api.conftest import Api, assert_problem
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -89,3 +89,28 @@ def test_key_minted_for_an_actor_deleted_meanwhile_is_409(api: Api) -> None:
     assert fired
     assert "deleted by a concurrent request" in assert_problem(r, 409)["detail"]
     assert api.counts()["api_keys"] == before["api_keys"]
+
+
+def test_certificate_revoked_by_another_replica_meanwhile_is_409(api: Api) -> None:
+    cert = api.issue()
+
+    def other_replica(conn: Connection) -> None:
+        conn.execute(
+            update(CertificateRecord)
+            .where(CertificateRecord.id == cert["id"])
+            .values(status="revoked", revoked_at=NOW, revocation_reason="keyCompromise")
+        )
+
+    with api.concurrent_write((_AUDIT, "UPDATE certificates"), other_replica) as fired:
+        r = api.post(
+            f"/api/v1/certificates/{cert['id']}/revoke",
+            api.admin_key,
+            json={"reason": "superseded"},
+        )
+    assert fired
+    assert "already revoked" in assert_problem(r, 409)["detail"]
+    # The first revocation stands: its reason and time are what the CRL carries.
+    stored = api.get(f"/api/v1/certificates/{cert['id']}", api.admin_key).json()
+    assert stored["revocation_reason"] == "keyCompromise"
+    assert stored["revoked_at"] == NOW.isoformat()
+    assert _audited(api, "certificate.revoke", cert["id"]) == []

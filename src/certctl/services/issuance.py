@@ -11,7 +11,7 @@ from typing import Any, Protocol, cast
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Integer, Table, and_, bindparam, func, or_, select
+from sqlalchemy import Integer, Table, and_, bindparam, func, or_, select, update
 
 from certctl.errors import Conflict, InvalidRequest, NotFound
 from certctl.metrics.registry import ISSUANCE, ISSUANCE_DURATION, RENEWALS, REVOCATIONS
@@ -732,7 +732,17 @@ def revoke_certificate(
             raise NotFound(f"certificate {cert_id} not found")
         if row.status == "revoked":
             raise Conflict(f"certificate {cert_id} is already revoked")
-        row.status, row.revoked_at, row.revocation_reason = "revoked", now, reason
+        # Only if nobody revoked it since it was read: another worker or replica revoking it
+        # at the same moment would otherwise be overwritten, its reason and time replaced
+        # after a CRL carried them. The first revocation stands; this one is a 409.
+        revoked = session.connection().execute(
+            update(_CERTIFICATES)
+            .where(_CERTIFICATES.c.id == cert_id, _CERTIFICATES.c.status != "revoked")
+            .values(status="revoked", revoked_at=now, revocation_reason=reason)
+        )
+        if revoked.rowcount != 1:
+            raise Conflict(f"certificate {cert_id} is already revoked")
+        session.refresh(row)
         record(
             session,
             at=now,
