@@ -7,16 +7,26 @@ service's own checks passed.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Connection, delete, insert, text, update
+import pytest
+from sqlalchemy import Connection, delete, insert, select, text, update
 
+from certctl.auth.permissions import PERMISSIONS
+from certctl.errors import CertctlError, Conflict
+from certctl.services import rbac
+from certctl.services.context import Principal
 from certctl.store.models import Actor, ApiKey, CertificateRecord, Role
 from tests.api.conftest import Api, assert_problem
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 # The unit of work may flush the audit row first: the race is lost at the first write.
 _AUDIT = "INSERT INTO audit_events"
+# Writes serialized by store.db.lock_for_write lose the race when they take the lock.
+_LOCK = ("SELECT pg_advisory_xact_lock", "UPDATE managed_services SET name = name WHERE 0")
 
 
 def _audited(api: Api, action: str, target: str) -> list[dict[str, object]]:
@@ -51,7 +61,7 @@ def test_actor_created_by_another_replica_first_is_409(api: Api) -> None:
     def other_replica(conn: Connection) -> None:
         conn.execute(insert(Actor).values(id="ci", name="other", roles=[], created_at=NOW))
 
-    with api.concurrent_write((_AUDIT, "INSERT INTO actors"), other_replica) as fired:
+    with api.concurrent_write((*_LOCK, _AUDIT, "INSERT INTO actors"), other_replica) as fired:
         r = api.post("/api/v1/auth/actors", api.admin_key, json={"id": "ci", "roles": []})
     assert fired
     assert_problem(r, 409)
@@ -114,3 +124,54 @@ def test_certificate_revoked_by_another_replica_meanwhile_is_409(api: Api) -> No
     assert stored["revocation_reason"] == "keyCompromise"
     assert stored["revoked_at"] == NOW.isoformat()
     assert _audited(api, "certificate.revoke", cert["id"]) == []
+
+
+def test_two_admins_demoting_each_other_at_once_leave_one_admin(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas each take r-admin from the other admin at the same moment.
+
+    Each request checks that another actor still holds r-admin; without serializing the two,
+    both checks pass before either commits and nobody is left to administer the system.
+    """
+    api.create_actor("admin2", ["r-admin"])
+    everything = frozenset(PERMISSIONS)
+    callers = {
+        "admin": Principal("admin", ("r-admin",), everything, "api_key", "replica-1"),
+        "admin2": Principal("admin2", ("r-admin",), everything, "api_key", "replica-2"),
+    }
+    both_checked = threading.Barrier(2)
+    check = rbac._check_admin_remains
+
+    def check_then_wait(session: Any, losing: str) -> None:
+        check(session, losing)
+        # Give the other request every chance to run its own check before this one commits;
+        # serialized, it cannot get there, and this wait runs out.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_checked.wait(timeout=2)
+
+    monkeypatch.setattr(rbac, "_check_admin_remains", check_then_wait)
+    outcomes: dict[str, object] = {}
+
+    def demote(caller: str, target: str) -> None:
+        try:
+            rbac.update_actor(api.services, callers[caller], target, None, [])
+            outcomes[caller] = "demoted"
+        except CertctlError as exc:
+            outcomes[caller] = exc
+
+    threads = [
+        threading.Thread(target=demote, args=("admin", "admin2")),
+        threading.Thread(target=demote, args=("admin2", "admin")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(map(str, outcomes.values())).count("demoted") == 1, outcomes
+    refused = next(o for o in outcomes.values() if o != "demoted")
+    assert isinstance(refused, Conflict)
+    assert "last actor holding r-admin" in refused.detail
+    with api.services.sessions() as session:
+        holders = [a.id for a in session.scalars(select(Actor)) if "r-admin" in a.roles]
+    assert len(holders) == 1, holders

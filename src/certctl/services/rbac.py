@@ -23,7 +23,7 @@ from certctl.auth.permissions import BUILTIN_ROLES, PERMISSIONS
 from certctl.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, Unauthenticated
 from certctl.services.audit import record, record_call
 from certctl.services.context import Principal, Services, utcnow
-from certctl.store.db import storage_error
+from certctl.store.db import AUTH_LOCK, lock_for_write, storage_error
 from certctl.store.models import Actor, ApiKey, Role
 
 __all__ = [
@@ -210,6 +210,8 @@ def delete_role(services: Services, caller: Principal, role_id: str) -> None:
     caller.require("auth.role.delete")
     now = services.clock()
     with services.sessions.begin() as session:
+        # No actor may be given the role between the holders check and the delete.
+        lock_for_write(session, AUTH_LOCK)
         role = session.get(Role, role_id)
         if role is None:
             raise NotFound(f"role {role_id} not found")
@@ -239,9 +241,12 @@ def create_actor(
     roles = sorted(set(roles))
     if roles:
         caller.require("auth.role.assign")
-        _no_escalation(caller, _role_permissions(services, roles), "assign these roles")
     now = services.clock()
     with services.sessions.begin() as session:
+        # The roles must still exist when the actor is written: delete_role takes this lock.
+        lock_for_write(session, AUTH_LOCK)
+        if roles:
+            _no_escalation(caller, _role_permissions(services, roles), "assign these roles")
         if session.get(Actor, actor_id) is not None:
             raise Conflict(f"actor {actor_id} already exists")
         actor = Actor(id=actor_id, name=name or actor_id, roles=roles, created_at=now)
@@ -260,8 +265,12 @@ def update_actor(
     if roles is not None:
         caller.require("auth.role.assign")
         roles = sorted(set(roles))
-        new_perms = _role_permissions(services, roles)
     with services.sessions.begin() as session:
+        # One role change at a time across workers and replicas: two admins taking r-admin
+        # from each other at once would each still see the other holding it.
+        lock_for_write(session, AUTH_LOCK)
+        if roles is not None:
+            new_perms = _role_permissions(services, roles)
         actor = session.get(Actor, actor_id)
         if actor is None:
             raise NotFound(f"actor {actor_id} not found")
@@ -284,6 +293,7 @@ def delete_actor(services: Services, caller: Principal, actor_id: str) -> None:
         raise Conflict("you cannot delete yourself")
     now = services.clock()
     with services.sessions.begin() as session:
+        lock_for_write(session, AUTH_LOCK)  # see update_actor: the last r-admin holder
         actor = session.get(Actor, actor_id)
         if actor is None:
             raise NotFound(f"actor {actor_id} not found")
