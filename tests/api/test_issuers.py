@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from certctl.pki import (
@@ -233,7 +234,9 @@ def test_import_refuses_a_ca_that_cannot_issue_now(api: Api) -> None:
             key_to_pem(key).decode(),
         )
     cases["forged"] = _bad_signature_root(now)
+    cases["no-keycertsign"] = _root_without_key_cert_sign(now)
     expected = {
+        "no-keycertsign": "the CA certificate's keyUsage lacks keyCertSign",
         "expired": "the CA certificate expired on ",
         "future": "the CA certificate is not valid before ",
         "forged": "the CA certificate's signature does not verify with its own key (self-signed)",
@@ -247,6 +250,28 @@ def test_import_refuses_a_ca_that_cannot_issue_now(api: Api) -> None:
         )
         assert expected[label] in assert_problem(r, 400)["detail"], label
     assert api.counts() == before
+
+
+def _root_without_key_cert_sign(now: datetime) -> tuple[str, str]:
+    """A self-signed CA:TRUE certificate whose keyUsage is digitalSignature only."""
+    key = generate_private_key(KeyType.EC_P256)
+    name = common_name_dn("signs nothing")
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(Encoding.PEM).decode(), key_to_pem(key).decode()
 
 
 def test_import_finds_the_issuer_in_a_chain_in_any_order(api: Api) -> None:

@@ -204,6 +204,17 @@ def _check_importable(ca: CertificateAuthority, now: datetime) -> None:
         raise InvalidRequest(
             f"the CA certificate is not valid before {cert.not_valid_before_utc.isoformat()}"
         )
+    try:
+        usage: x509.KeyUsage | None = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None  # RFC 5280 4.2.1.3: without keyUsage a CA key may sign anything
+    if usage is not None and not usage.key_cert_sign:
+        # Every certificate it signed would fail validation ("key usage does not include
+        # certificate signing"), so refuse it now rather than at the first issuance.
+        raise InvalidRequest(
+            "the CA certificate's keyUsage lacks keyCertSign: certificates it signs would not "
+            "verify"
+        )
     if cert.issuer == cert.subject:
         parent: x509.Certificate | None = cert
     else:  # the chain's issuer of it, wherever it sits (bundles come root first too)
