@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from datetime import timedelta
 from typing import Any
@@ -20,6 +21,7 @@ from certctl.pki import (
     format_serial,
     generate_private_key,
 )
+from certctl.services import issuance
 from tests.api.conftest import Api, assert_problem
 
 CERTS = "/api/v1/certificates"
@@ -354,6 +356,28 @@ def test_certificate_permissions(api: Api) -> None:
     renewed = api.post(f"{CERTS}/{cert['id']}/renew", issuer_only)
     assert renewed.status_code == 201, renewed.text
     assert_problem(api.get(f"{CERTS}/{renewed.json()['id']}", issuer_only), 403)
+
+
+@pytest.mark.parametrize("key_type", ["rsa-2048", "RSA-2048", " Rsa-2048 "])
+def test_rsa_keys_are_generated_off_the_event_loop(
+    api: Api, key_type: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RSA-4096 generation takes seconds: on the event loop it stalls every other request
+    # (/healthz included), whatever case the key type is spelt in.
+    on_loop: list[bool] = []
+    prepare = issuance.prepare_with_key
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(issuance, "prepare_with_key", recording)
+    api.issue(common_name="rsa.example.com", key_type=key_type)
+    assert on_loop == [False]
 
 
 @pytest.mark.parametrize("key_type", ["ec-p384", "rsa-2048"])

@@ -412,10 +412,10 @@ async def issue_certificate(request: Request, principal: Principal | None) -> Re
                 key_type=body.key_type,
             )
 
-        # RSA key generation takes 50 ms to seconds: never on the event loop.
-        pending = (
-            await anyio.to_thread.run_sync(work) if body.key_type.startswith("rsa") else work()
-        )
+        # RSA key generation takes 50 ms to seconds: never on the event loop. Key types are
+        # matched as KeyType.parse does (RSA-4096 is rsa-4096).
+        is_rsa = body.key_type.strip().lower().startswith("rsa")
+        pending = await anyio.to_thread.run_sync(work) if is_rsa else work()
     # Committed together with the rows of concurrent requests: one fsync for the group.
     await services.commits.add(list(pending.rows))
     result = pending.finish()
