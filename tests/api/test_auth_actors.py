@@ -76,6 +76,11 @@ def test_actor_create_refuses_unknown_role_and_bad_id(api: Api) -> None:
     assert "actor id" in assert_problem(r, 400)["detail"]
     r = api.request("PATCH", f"{ACTORS}/admin", api.admin_key, json={"roles": ["r-nope"]})
     assert_problem(r, 400)
+    # The audit log's names for unauthenticated callers and for the server itself.
+    r = api.post(ACTORS, api.admin_key, json={"id": "anonymous", "roles": []})
+    assert "reserved (audit rows of unauthenticated requests)" in assert_problem(r, 400)["detail"]
+    r = api.post(ACTORS, api.admin_key, json={"id": "system", "roles": []})
+    assert "reserved (audit rows of the server's own work)" in assert_problem(r, 400)["detail"]
     assert api.counts() == before
 
 

@@ -55,7 +55,13 @@ class AuthFailure(Unauthenticated):
         self.reason = reason
 
 
-RESERVED_ACTORS = frozenset({"anonymous"})
+# The audit log's names for callers that are not actors: an actor of that name would make its
+# own rows look like failed logins or like the server's own work (bootstrap key, CA renewal),
+# and the reverse.
+RESERVED_ACTORS = {
+    "anonymous": "audit rows of unauthenticated requests",
+    "system": "audit rows of the server's own work",
+}
 
 
 def _check_id(value: str, what: str) -> str:
@@ -235,9 +241,7 @@ def create_actor(
     caller.require("auth.actor.create")
     _check_id(actor_id, "actor")
     if actor_id in RESERVED_ACTORS:
-        # The audit log's name for unauthenticated callers: an actor of that name would make
-        # its own rows look like failed logins, and the reverse.
-        raise InvalidRequest(f"{actor_id!r} is reserved (audit rows of unauthenticated requests)")
+        raise InvalidRequest(f"{actor_id!r} is reserved ({RESERVED_ACTORS[actor_id]})")
     roles = sorted(set(roles))
     if roles:
         caller.require("auth.role.assign")
