@@ -204,7 +204,11 @@ def test_no_escalation_editing_and_deleting_roles(api: Api) -> None:
     # Touching the permissions of a role holding more than the editor (even to shrink it).
     r = api.request("PUT", f"{ROLES}/powerful", key, json={"permissions": ["cert.read"]})
     assert_problem(r, 403)
+    # Or only its name.
+    r = api.request("PUT", f"{ROLES}/powerful", key, json={"name": "harmless"})
+    assert "auth.actor.delete" in assert_problem(r, 403)["detail"]
     assert_problem(api.request("DELETE", f"{ROLES}/powerful", key), 403)
+    assert api.get(f"{ROLES}/powerful", api.admin_key).json()["name"] == "powerful"
     assert api.get(f"{ROLES}/powerful", api.admin_key).json()["permissions"] == [
         "auth.actor.delete",
         "cert.read",

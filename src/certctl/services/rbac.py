@@ -201,9 +201,11 @@ def update_role(
             raise NotFound(f"role {role_id} not found")
         if role.builtin:
             raise Conflict(f"role {role_id} is built in and cannot be changed")
+        # DESIGN §4: only a role whose permissions the caller holds may be edited, renamed too.
+        _no_escalation(caller, set(role.permissions), "edit this role")
         if permissions is not None:
             perms = _check_permissions(permissions)
-            _no_escalation(caller, set(perms) | set(role.permissions), "edit this role")
+            _no_escalation(caller, set(perms), "edit this role")
             role.permissions = perms
         if name is not None:
             role.name = name
