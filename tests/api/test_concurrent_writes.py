@@ -175,3 +175,23 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin(
     with api.services.sessions() as session:
         holders = [a.id for a in session.scalars(select(Actor)) if "r-admin" in a.roles]
     assert len(holders) == 1, holders
+
+
+def test_certificate_revoked_while_being_renewed_gets_no_successor(api: Api) -> None:
+    cert = api.issue()
+    before = api.counts()
+
+    def other_replica(conn: Connection) -> None:
+        conn.execute(
+            update(CertificateRecord)
+            .where(CertificateRecord.id == cert["id"])
+            .values(status="revoked", revoked_at=NOW, revocation_reason="keyCompromise")
+        )
+
+    with api.concurrent_write(
+        ("UPDATE certificates", "INSERT INTO certificates", _AUDIT), other_replica
+    ) as fired:
+        r = api.post(f"/api/v1/certificates/{cert['id']}/renew", api.admin_key)
+    assert fired
+    assert "revoked and cannot be renewed" in assert_problem(r, 409)["detail"]
+    assert api.counts()["certificates"] == before["certificates"]

@@ -816,6 +816,18 @@ def renew_certificate(
         services, caller, old.issuer_id, issued, old.profile, key_pem, renewed_from=cert_id
     )
     with services.engine.begin() as connection:
+        # Still not revoked, checked where it is written: a revocation (keyCompromise) landing
+        # from another request since the read above must not get a successor. This no-op
+        # UPDATE also locks the row (PostgreSQL) or the database (SQLite) until the commit,
+        # so a revocation arriving now waits and follows the renewal.
+        unrevoked = connection.execute(
+            update(_CERTIFICATES)
+            .where(_CERTIFICATES.c.id == cert_id, _CERTIFICATES.c.status != "revoked")
+            .values(status=_CERTIFICATES.c.status)
+        )
+        if unrevoked.rowcount != 1:
+            RENEWALS.labels("error").inc()
+            raise Conflict(f"certificate {cert_id} is revoked and cannot be renewed")
         write_rows(connection, rows)
     RENEWALS.labels("success").inc()
     return IssueResult(
