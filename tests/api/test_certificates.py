@@ -139,6 +139,24 @@ def test_get_as_json_and_pem(api: Api) -> None:
     certs = x509.load_pem_x509_certificates(pem.content)
     assert certs == [_cert(body["certificate_pem"])]
 
+    def served(accept: str, **params: str) -> str:
+        r = api.get(
+            f"{CERTS}/{body['id']}", api.admin_key, headers={"Accept": accept}, params=params
+        )
+        assert r.status_code == 200, r.text
+        return str(r.headers["content-type"])
+
+    # The header's q-values count: q=0 refuses PEM, and the preferred type wins.
+    assert served("application/json, application/x-pem-file;q=0") == "application/json"
+    assert served("application/x-pem-file;q=0.5, application/json") == "application/json"
+    assert served("application/json;q=0.5, application/x-pem-file") == "application/x-pem-file"
+    assert served("application/x-pem-file, application/json") == "application/x-pem-file"
+    assert served("application/x-pem-file;q=bogus") == "application/json"
+    assert served("*/*") == "application/json"
+    # ?format= overrides the header either way.
+    assert served("application/x-pem-file", format="json") == "application/json"
+    assert served("application/json", format="pem") == "application/x-pem-file"
+
     assert_problem(api.get(f"{CERTS}/{'0' * 24}", api.admin_key), 404)
     assert_problem(
         api.get(f"{CERTS}/nope", api.admin_key, headers={"Accept": "application/x-pem-file"}), 404

@@ -449,14 +449,37 @@ async def list_certificates(request: Request, principal: Principal | None) -> Re
 async def get_certificate(request: Request, principal: Principal | None) -> Response:
     services = _services(request)
     row = issuance.get_certificate(services, _caller(principal), request.path_params["id"])
-    accept = request.headers.get("accept", "")
-    if _format(request, ("json", "pem")) == "pem" or "application/x-pem-file" in accept:
+    fmt = _format(request, ("json", "pem"))
+    if fmt == "pem" or (fmt is None and _accepts_pem(request.headers.get("accept", ""))):
         ca = issuance.load_issuer(services, row.issuer_id)
         from certctl.pki import certs_to_pem
 
         pem = row.certificate_pem.encode() + certs_to_pem(ca.chain_below_root)
         return Response(pem, media_type="application/x-pem-file")
     return _json(schemas.certificate_json(row, issuance.effective_status(row, services.clock())))
+
+
+def _accepts_pem(accept: str) -> bool:
+    """True when ``Accept`` prefers ``application/x-pem-file`` to JSON (RFC 9110 12.5.1).
+
+    PEM needs a positive q-value at least as high as ``application/json``'s; ``;q=0`` refuses
+    it, and ``?format=`` overrides the header altogether.
+    """
+    weights: dict[str, float] = {}
+    for item in accept.lower().split(","):
+        media_type, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+                q = q if 0.0 <= q <= 1.0 else 0.0  # nan, inf and out of range: not accepted
+        weights[media_type] = max(q, weights.get(media_type, 0.0))
+    pem = weights.get("application/x-pem-file", 0.0)
+    return pem > 0 and pem >= weights.get("application/json", 0.0)
 
 
 async def revoke_certificate(request: Request, principal: Principal | None) -> Response:
