@@ -86,6 +86,7 @@ def test_create_root_and_intermediate(api: Api) -> None:
         },
     )
     assert inter.status_code == 201, inter.text
+    assert inter.json()["warnings"] == []
     inter_cert = _cert(inter.json()["certificate_pem"])
     assert inter_cert.issuer == root_cert.subject
     inter_cert.verify_directly_issued_by(root_cert)
@@ -94,10 +95,20 @@ def test_create_root_and_intermediate(api: Api) -> None:
     assert bc.ca
     assert bc.path_length == 0
 
+    # Asked to outlive its parent, an intermediate ends with it, and the answer says so.
+    long = api.post(
+        ISSUERS, api.admin_key, json={"id": "issuing-2", "parent": "root-2", "validity": "20Y"}
+    )
+    assert long.status_code == 201, long.text
+    assert long.json()["not_after"] == root.json()["not_after"]
+    assert [w for w in long.json()["warnings"] if "clipped to the issuer's notAfter" in w]
+    assert "warnings" not in api.get(f"{ISSUERS}/issuing-2", api.admin_key).json()
+
     assert {i["id"] for i in api.get(ISSUERS, api.admin_key).json()["items"]} == {
         "default",
         "root-2",
         "issuing-1",
+        "issuing-2",
     }
     # A leaf from the intermediate chains to the new root.
     leaf = api.issue(issuer="issuing-1", common_name="app.example.com")

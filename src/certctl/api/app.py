@@ -305,6 +305,7 @@ async def get_issuer(request: Request, principal: Principal | None) -> Response:
 async def create_issuer(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.IssuerCreate)
     services, caller = _services(request), _caller(principal)
+    warnings: tuple[str, ...] = ()
     if body.certificate_pem or body.private_key_pem:
         if not (body.certificate_pem and body.private_key_pem):
             raise InvalidRequest("import needs both certificate_pem and private_key_pem")
@@ -318,7 +319,7 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
         )
     else:
         validity = parse_duration(body.validity)
-        row = await anyio.to_thread.run_sync(
+        row, warnings = await anyio.to_thread.run_sync(
             lambda: issuance.create_issuer(
                 services,
                 caller,
@@ -332,7 +333,8 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
                 path_length=body.path_length,
             )
         )
-    return _json(schemas.issuer_json(row), 201)
+    # As for certificates: a validity clipped to the parent's notAfter is said, not silent.
+    return _json({**schemas.issuer_json(row), "warnings": list(warnings)}, 201)
 
 
 async def issuer_ca_pem(request: Request, principal: Principal | None) -> Response:

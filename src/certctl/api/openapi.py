@@ -66,6 +66,17 @@ _CERTIFICATE_FIELDS: dict[str, Any] = {
     "certificate_pem": _STR,
 }
 
+_ISSUER_FIELDS: dict[str, Any] = {
+    "id": _STR,
+    "name": _STR,
+    "subject": _STR,
+    "key_type": _STR,
+    "not_after": _TIME,
+    "created_at": _TIME,
+    "certificate_pem": _STR,
+    "chain_pem": _STR,
+}
+
 # Response bodies, named once in components.schemas.
 _SCHEMAS: dict[str, dict[str, Any]] = {
     "Problem": _PROBLEM,
@@ -101,18 +112,9 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
             "key_value": {"type": "string", "description": "shown in this response only"},
         }
     ),
-    "Issuer": _object(
-        {
-            "id": _STR,
-            "name": _STR,
-            "subject": _STR,
-            "key_type": _STR,
-            "not_after": _TIME,
-            "created_at": _TIME,
-            "certificate_pem": _STR,
-            "chain_pem": _STR,
-        }
-    ),
+    "Issuer": _object(_ISSUER_FIELDS),
+    # POST's answer: the issuer, and what signing it warned about (a clipped validity).
+    "CreatedIssuer": _object({**_ISSUER_FIELDS, "warnings": _STRS}),
     "IssuerList": _page("Issuer"),
     "Certificate": _object(
         {
@@ -231,7 +233,7 @@ _SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/v1/auth/apikeys/{id}"): _json("ApiKey"),
     ("DELETE", "/api/v1/auth/apikeys/{id}"): _json("ApiKey"),
     ("GET", "/api/v1/issuers"): _json("IssuerList"),
-    ("POST", "/api/v1/issuers"): _json("Issuer"),
+    ("POST", "/api/v1/issuers"): _json("CreatedIssuer"),
     ("GET", "/api/v1/issuers/{id}"): _json("Issuer"),
     ("GET", "/api/v1/issuers/{id}/ca.pem"): {_PEM: {"schema": _STR}},
     ("GET", "/api/v1/issuers/{id}/crl"): {

@@ -134,8 +134,13 @@ def create_issuer(
     validity: timedelta,
     parent: str | None = None,
     path_length: int | None = None,
-) -> Issuer:
-    """Create a root CA, or an intermediate signed by issuer ``parent``."""
+) -> tuple[Issuer, tuple[str, ...]]:
+    """Create a root CA, or an intermediate signed by issuer ``parent``.
+
+    Returns:
+        The stored issuer and the warnings raised while signing it (a validity clipped to
+        the parent's notAfter, a short lifetime).
+    """
     if caller is not None:
         caller.require("issuer.create")
     from certctl.services.rbac import _check_id
@@ -162,7 +167,8 @@ def create_issuer(
         ca = CertificateAuthority(
             issued.certificate, key, (parent_ca.certificate, *parent_ca.chain)
         )
-    return _store_issuer(services, issuer_id, name, ca, caller, "issuer.create")
+    row = _store_issuer(services, issuer_id, name, ca, caller, "issuer.create")
+    return row, issued.warnings
 
 
 def import_issuer(
