@@ -94,7 +94,9 @@ def verify_certificate(
             # cryptography's verifier follows the CA/B Forum web policy, which forbids EdDSA;
             # RFC 8410 allows it for private PKIs. Both cases take a plain RFC 5280 path.
             return _verify_rfc5280(leaf, trust, untrusted, hostname, purpose, now)
-        raise VerificationFailed(f"verification failed: {_reason(exc)}") from exc
+        missing = _missing_link(leaf, trust, untrusted)
+        reason = missing if missing is not None else _reason(exc)
+        raise VerificationFailed(f"verification failed: {reason}") from exc
 
 
 _EKU_FOR = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
@@ -290,6 +292,44 @@ def _subject_for(name: str) -> x509.DNSName | x509.IPAddress:
         return x509.IPAddress(ipaddress.ip_address(name.strip("[]")))
     except ValueError:
         return x509.DNSName(name.lower().rstrip("."))
+
+
+def _missing_link(
+    leaf: x509.Certificate,
+    trust: Sequence[x509.Certificate],
+    untrusted: Sequence[x509.Certificate],
+) -> str | None:
+    """Where the path from ``leaf`` breaks off, by issuer name and signature, if it does.
+
+    cryptography reports only "candidates exhausted"; the usual causes are a wrong trust
+    bundle or a missing intermediate, and this names the certificate that is not there (or
+    is there under its name but with another key, as after a CA was created anew). None when
+    the names and signatures do reach the trust bundle (then a constraint failed).
+    """
+    current = leaf
+    pool = list(untrusted)
+    for _ in range(8):
+        issuer = current.issuer.rfc4514_string()
+        subject = current.subject.rfc4514_string()
+        named = [c for c in trust if c.subject == current.issuer]
+        if named:
+            if any(_signs(c, current) for c in named):
+                return None
+            return (
+                f"{issuer} in the trust bundle did not sign {subject} (a CA of the same name "
+                "with another key: is the trust bundle out of date?)"
+            )
+        parent = next((c for c in pool if c.subject == current.issuer), None)
+        if parent is None:
+            return (
+                f"{issuer}, the issuer of {subject}, is neither in the trust bundle nor among "
+                "the intermediates"
+            )
+        if not _signs(parent, current):
+            return f"intermediate {issuer} did not sign {subject} (another key, same name)"
+        pool.remove(parent)
+        current = parent
+    return None
 
 
 def _reason(exc: VerificationError) -> str:

@@ -96,8 +96,23 @@ def test_wrong_hostname(root_ca: CertificateAuthority, server_cert: x509.Certifi
 
 
 def test_wrong_ca(other_root: CertificateAuthority, server_cert: x509.Certificate) -> None:
-    with pytest.raises(VerificationFailed, match=r"^verification failed: candidates exhausted"):
+    # The message names the CA that is missing, not cryptography's "candidates exhausted".
+    with pytest.raises(
+        VerificationFailed,
+        match=r"^verification failed: CN=Test Root CA, the issuer of CN=www.example.com, is "
+        r"neither in the trust bundle nor among the intermediates$",
+    ):
         verify_certificate(server_cert, trust=[other_root.certificate], now=NOW)
+
+
+def test_same_name_other_key_ca(server_cert: x509.Certificate) -> None:
+    regenerated = _root("Test Root CA")  # e.g. a data directory created anew
+    with pytest.raises(
+        VerificationFailed,
+        match=r"^verification failed: CN=Test Root CA in the trust bundle did not sign "
+        r"CN=www.example.com \(a CA of the same name with another key",
+    ):
+        verify_certificate(server_cert, trust=[regenerated.certificate], now=NOW)
 
 
 def test_expired(root_ca: CertificateAuthority, server_cert: x509.Certificate) -> None:
@@ -166,7 +181,11 @@ def test_intermediate_needed_and_used(
         leaf, trust=[root_ca.certificate], untrusted=[intermediate_ca.certificate], now=NOW
     )
     assert result.chain == (leaf, intermediate_ca.certificate, root_ca.certificate)
-    with pytest.raises(VerificationFailed, match="candidates exhausted"):
+    with pytest.raises(
+        VerificationFailed,
+        match=r"^verification failed: CN=Test Intermediate CA, the issuer of CN=www.example.com, "
+        r"is neither in the trust bundle nor among the intermediates$",
+    ):
         verify_certificate(leaf, trust=[root_ca.certificate], now=NOW)
 
 
