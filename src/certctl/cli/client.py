@@ -498,9 +498,20 @@ def certs_issue(
     out: Path = typer.Option(
         None, "--out", help="Write tls.crt, tls.key, ca.crt into this directory."
     ),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files in --out."),
 ) -> None:
     """Issue a certificate (server-side key generation, or from --csr)."""
     from certctl.cli._common import read_file
+    from certctl.files import OutputSet
+
+    outputs = OutputSet(force=force)
+    if out is not None:
+        # Checked before the request: the server returns a generated key once, so an output
+        # refused afterwards would leave an issued certificate whose key is gone.
+        names = ("tls.crt", "ca.crt") if csr is not None else ("tls.crt", "tls.key", "ca.crt")
+        for name in names:
+            outputs.add(out / name, b"")
+        outputs.check()
 
     body: dict[str, Any] = {"issuer": issuer, "profile": profile, "validity": validity}
     if csr is not None:
@@ -529,9 +540,7 @@ def certs_issue(
             isinstance(data.get(k), str) for k in ("certificate_pem", "chain_pem")
         ):
             raise _unexpected("/api/v1/certificates", "no certificate_pem")
-        from certctl.files import OutputSet
-
-        outputs = OutputSet()
+        outputs = OutputSet(force=force)
         outputs.add(out / "tls.crt", (data["certificate_pem"] + data["chain_pem"]).encode())
         if data.get("private_key_pem"):
             outputs.add(out / "tls.key", data.pop("private_key_pem").encode(), secret=True)
@@ -539,7 +548,14 @@ def certs_issue(
             "GET", f"/api/v1/issuers/{_seg(issuer)}/ca.pem", accept="application/x-pem-file"
         )
         outputs.add(out / "ca.crt", ca_pem.encode())
-        outputs.commit()
+        try:
+            outputs.commit()
+        except CertctlError as exc:
+            # The certificate exists on the server now; its generated key is not kept there.
+            raise CertctlError(
+                f"{exc.detail} (certificate {data.get('id')} was issued but not saved: "
+                f"revoke it with 'certctl certs revoke {data.get('id')}')"
+            ) from exc
         data = {k: v for k, v in data.items() if not k.endswith("_pem")} | {"out": str(out)}
     _print(data)
 

@@ -500,3 +500,52 @@ def test_issue_from_a_csr_refuses_the_options_it_would_drop(
     assert proc.returncode == 2
     assert "--cn, --key-type: not used with --csr" in proc.stderr
     assert listener.seen == []  # nothing was sent
+
+
+def test_issue_into_an_existing_directory_is_refused_before_the_request(
+    listener: Listener, tmp_path: Path
+) -> None:
+    # The generated key is returned once: an output refused after the POST left an issued
+    # certificate whose key was gone (and the message offered a --force that did not exist).
+    (tmp_path / "web-1").mkdir()
+    (tmp_path / "web-1" / "tls.crt").write_text("old")
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": "cctl_k"}
+    proc = certctl("certs", "issue", "--cn", "web-1", "--out", "web-1", env=env, cwd=tmp_path)
+    assert_error(proc, "web-1/tls.crt already exists; use --force to overwrite")
+    assert listener.seen == []  # nothing was issued
+
+    issued = {"id": "c1", "certificate_pem": "LEAF\n", "chain_pem": "", "private_key_pem": "K\n"}
+    listener.answers["/api/v1/certificates"] = Answer(201, body=json.dumps(issued).encode())
+    listener.answers["/api/v1/issuers/default/ca.pem"] = Answer(content_type="x", body=b"CA\n")
+    proc = certctl(
+        "certs", "issue", "--cn", "web-1", "--out", "web-1", "--force", env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "web-1" / "tls.crt").read_text() == "LEAF\n"
+    assert (tmp_path / "web-1" / "tls.key").read_text() == "K\n"
+    assert "K\n" not in proc.stdout
+
+
+def test_issue_whose_output_fails_after_the_request_names_the_certificate(
+    listener: Listener, tmp_path: Path
+) -> None:
+    issued = {"id": "c1", "certificate_pem": "LEAF\n", "chain_pem": "", "private_key_pem": "K\n"}
+    listener.answers["/api/v1/certificates"] = Answer(201, body=json.dumps(issued).encode())
+    listener.answers["/api/v1/issuers/default/ca.pem"] = Answer(content_type="x", body=b"CA\n")
+    (tmp_path / "file").write_text("")  # a file where the output directory should be
+    proc = certctl(
+        "certs",
+        "issue",
+        "--cn",
+        "web-1",
+        "--out",
+        "file/web-1",
+        env={"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": "cctl_k"},
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("certctl: error: cannot write file/web-1/tls.crt: ")
+    assert proc.stderr.endswith(
+        " (certificate c1 was issued but not saved: revoke it with 'certctl certs revoke c1')\n"
+    )
+    assert "K\n" not in proc.stderr
