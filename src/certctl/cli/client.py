@@ -446,18 +446,30 @@ def apikeys_create(
     out: Path = typer.Option(
         None, "--out", help="Write the key value to this file (0600) instead of stdout."
     ),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
 ) -> None:
     """Mint an API key; its value is printed (or written) once."""
+    from certctl.files import OutputSet
+
+    if out is not None:
+        # Before the request: a key minted for a file that is then refused is lost.
+        pending = OutputSet(force=force)
+        pending.add(out, b"")
+        pending.check()
     path = "/api/v1/auth/apikeys"
     data = _request("POST", path, {"actor_id": actor_id, "name": name, "expires_at": expires_at})
     if not isinstance(data, dict) or not isinstance(data.get("key_value"), str):
         raise _unexpected(path, "no key_value")
     if out is not None:
-        from certctl.files import OutputSet
-
-        outputs = OutputSet()
+        outputs = OutputSet(force=force)
         outputs.add(out, (data.pop("key_value") + "\n").encode(), secret=True)
-        outputs.commit()
+        try:
+            outputs.commit()
+        except CertctlError as exc:
+            raise CertctlError(
+                f"{exc.detail} (API key {data.get('id')} was created but not saved: "
+                f"revoke it with 'certctl auth apikeys revoke {data.get('id')}')"
+            ) from exc
         data["key_value_file"] = str(out)
     _print(data)
 

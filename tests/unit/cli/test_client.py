@@ -549,3 +549,22 @@ def test_issue_whose_output_fails_after_the_request_names_the_certificate(
         " (certificate c1 was issued but not saved: revoke it with 'certctl certs revoke c1')\n"
     )
     assert "K\n" not in proc.stderr
+
+
+def test_apikey_create_into_an_existing_file_is_refused_before_minting(
+    listener: Listener, tmp_path: Path
+) -> None:
+    (tmp_path / "bot.key").write_text("old\n")
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": "cctl_k"}
+    proc = certctl("auth", "apikeys", "create", "bot", "--out", "bot.key", env=env, cwd=tmp_path)
+    assert_error(proc, "bot.key already exists; use --force to overwrite")
+    assert listener.seen == []  # no key was minted
+
+    minted = {"id": "k1", "key_value": "cctl_k1_newSECRET"}
+    listener.answers["/api/v1/auth/apikeys"] = Answer(201, body=json.dumps(minted).encode())
+    proc = certctl(
+        "auth", "apikeys", "create", "bot", "--out", "bot.key", "--force", env=env, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "bot.key").read_text() == "cctl_k1_newSECRET\n"
+    assert "newSECRET" not in proc.stdout + proc.stderr
