@@ -215,6 +215,8 @@ def _connect_failure(exc: Exception) -> str:
     """Why a request failed before any response, in one line, with a hint when there is one."""
     import ssl
 
+    import httpx
+
     for cause in _cause_chain(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
             reason = cause.verify_message or cause.reason or "verify failed"
@@ -226,8 +228,18 @@ def _connect_failure(exc: Exception) -> str:
             else:
                 hint = CA_HINT
             return f"TLS certificate verify failed: {reason} ({hint})"
+        if isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER":
+            hint = "the server is not speaking TLS: for plain HTTP use http:// in CERTCTL_URL"
+            return f"{cause} ({hint})"
     # Some httpx errors (timeouts) have an empty message: their class name says it then.
-    return str(exc) or type(exc).__name__
+    message = str(exc) or type(exc).__name__
+    if _server_url().startswith("http://") and isinstance(
+        exc, httpx.RemoteProtocolError | httpx.ReadError
+    ):
+        # certctl serve speaks HTTPS by default: a plain-HTTP request gets no answer (or a
+        # reset from other TLS servers).
+        message += " (if the server speaks HTTPS, as certctl serve does by default, use https://)"
+    return message
 
 
 def _content_type(response: Any) -> str:

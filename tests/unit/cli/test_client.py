@@ -568,3 +568,25 @@ def test_apikey_create_into_an_existing_file_is_refused_before_minting(
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "bot.key").read_text() == "cctl_k1_newSECRET\n"
     assert "newSECRET" not in proc.stdout + proc.stderr
+
+
+def test_https_url_for_a_plain_http_server_says_so(listener: Listener) -> None:
+    url = listener.url.replace("http://", "https://")
+    proc = certctl("certs", "list", env={"CERTCTL_URL": url, "CERTCTL_API_KEY": KEY})
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"certctl: error: cannot reach {url}: [SSL: WRONG_VERSION")
+    assert proc.stderr.endswith(
+        " (the server is not speaking TLS: for plain HTTP use http:// in CERTCTL_URL)\n"
+    )
+
+
+def test_http_url_for_the_https_server_says_so(tls_listener: Listener) -> None:
+    url = tls_listener.url.replace("https://", "http://")
+    proc = certctl("certs", "list", env={"CERTCTL_URL": url, "CERTCTL_API_KEY": KEY})
+    # This TLS server resets the connection; uvicorn (certctl serve) closes it unanswered:
+    # "Server disconnected without sending a response." Both get the hint.
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"certctl: error: cannot reach {url}: ")
+    assert proc.stderr.endswith(
+        " (if the server speaks HTTPS, as certctl serve does by default, use https://)\n"
+    )
