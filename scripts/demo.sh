@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make run` until the server lands: a demo CA and an HTTP certificate bundle in ./certctl-demo.
+# `make demo`: an offline demo CA, certificates and an HTTP certificate bundle in ./certctl-demo.
 set -euo pipefail
 DEMO=${CERTCTL_DEMO_DIR:-certctl-demo}
 CERTCTL=.venv/bin/certctl
