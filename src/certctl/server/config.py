@@ -231,6 +231,22 @@ class ServerConfig(_Section):
     def _duration(cls, value: str) -> str:
         return _checked_duration(value)
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: str | None) -> str | None:
+        # Another SQLAlchemy dialect failed at start as an "internal error" naming a missing
+        # driver module. Only the scheme is quoted: the URL may hold a password.
+        if value is None:
+            return None
+        scheme = value.partition("://")[0] if "://" in value else ""
+        if scheme.lower() not in _DATABASE_SCHEMES:
+            shown = f"{scheme}://…" if scheme else "not a URL"
+            raise ValueError(
+                f"{shown}: use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB "
+                "(SQLite and PostgreSQL are supported)"
+            )
+        return value
+
     @property
     def effective_database_url(self) -> str:
         """``database-url``, or SQLite in the data directory."""
@@ -240,6 +256,9 @@ class ServerConfig(_Section):
     def host_port(self) -> tuple[str, int]:
         """``listen`` split into host and port (IPv6 in brackets allowed)."""
         return split_host_port(self.listen, "listen")
+
+
+_DATABASE_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg")
 
 
 def split_host_port(value: str, key: str) -> tuple[str, int]:

@@ -32,6 +32,16 @@ REFUSED = {
         {"tls": {"subject-alt-names": ["certctl.example", "bad..name"]}},
         "config tls.subject-alt-names: bad..name: invalid DNS name",
     ),
+    # Not "internal error (ModuleNotFoundError: No module named 'MySQLdb')" at start, and
+    # never the password.
+    "other database": (
+        {"database-url": "mysql://u:hunter2@db/x"},
+        "config database-url: mysql://…: use sqlite:///PATH or postgresql+psycopg://",
+    ),
+    "database url without a scheme": (
+        {"database-url": "db.example.internal/certctl"},
+        "config database-url: not a URL: use sqlite:///PATH",
+    ),
 }
 
 
@@ -42,6 +52,20 @@ def test_refused_at_load_naming_the_key(tmp_path: Path, doc: dict[str, Any], mes
     with pytest.raises(InvalidRequest) as info:
         load_config(file, {})
     assert info.value.detail.startswith(message), info.value.detail
+    assert "hunter2" not in info.value.detail
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite://",
+        "sqlite:////var/lib/certctl/x.db",
+        "postgresql://u@db/x",
+        "postgresql+psycopg://u@db/x",
+    ],
+)
+def test_supported_database_urls_load(tmp_path: Path, url: str) -> None:
+    assert load_config(None, {"database-url": url}).database_url == url
 
 
 def test_an_empty_section_takes_environment_values(
