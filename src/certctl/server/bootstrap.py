@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 
-from certctl.errors import StorageUnavailable
+from certctl.errors import InvalidRequest, StorageUnavailable
 from certctl.files import SECRET_MODE, write_atomic
 from certctl.pki import parse_duration
 from certctl.server.config import ServerConfig
@@ -84,7 +84,11 @@ def _private(data_dir: Path) -> None:
 
 def _bootstrap(config: ServerConfig) -> Bootstrapped:
     data_dir = config.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:  # a file of that name ("File exists"), no permission, read-only
+        problem = "not a directory" if data_dir.exists() else exc.strerror or str(exc)
+        raise InvalidRequest(f"data-dir {data_dir}: {problem}") from None
     _private(data_dir)
     if config.database_url is None:
         # SQLite creates its file (and the -wal/-shm beside it, with the same mode) 0644:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from certctl.errors import InvalidRequest
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
 from tests._tools import require
@@ -119,3 +120,12 @@ def test_files_the_server_does_not_own_never_stop_its_start(open_tmp: Path) -> N
     os.chmod(other, 0o777)
     proc = _as_nobody(code.replace(str(volume), str(other)))
     assert "is mode 0777: other users may read or replace what is in it" in proc.stderr
+
+
+def test_a_data_dir_that_is_a_file_is_named(tmp_path: Path) -> None:
+    # It said only "afile: File exists".
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(InvalidRequest, match=r"^data-dir .*/afile: not a directory$"):
+        bootstrap(ServerConfig.model_validate({"data-dir": str(tmp_path / "afile")}))
+    with pytest.raises(InvalidRequest, match=r"^data-dir .*/afile/sub: Not a directory$"):
+        bootstrap(ServerConfig.model_validate({"data-dir": str(tmp_path / "afile" / "sub")}))
