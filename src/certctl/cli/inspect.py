@@ -287,7 +287,7 @@ _TITLES = {"certificate": "certificate", "private-key": "private key", "csr": "C
 
 
 def inspect_command(
-    file: Path = typer.Argument(..., help="PEM, DER or PKCS#12 file."),
+    file: Path = typer.Argument(..., metavar="FILE", help="PEM, DER or PKCS#12 file."),
     password_file: Path = typer.Option(
         None,
         "--password-file",

@@ -18,7 +18,9 @@ __all__ = ["verify_command"]
 
 def verify_command(
     cert: Path = typer.Argument(
-        ..., help="Certificate to verify (PEM/DER; extra certificates count as intermediates)."
+        ...,
+        metavar="CERT",
+        help="Certificate to verify (PEM/DER; extra certificates count as intermediates).",
     ),
     ca: Path = typer.Option(..., "--ca", help="Trust bundle: root CA certificate(s)."),
     untrusted: Path = typer.Option(None, "--untrusted", help="Intermediate certificates."),

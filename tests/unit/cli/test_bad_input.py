@@ -522,7 +522,9 @@ CASES = [
         "cannot decrypt the private key: wrong password",
     ),
     _c("inspect-missing", "inspect nope.pem", 1, "nope.pem: file not found"),
-    _c("inspect-no-argument", "inspect", 2, "Missing argument 'file'"),
+    # Upper case like every other argument (certs get CERT_ID), not 'file' / 'cert'.
+    _c("inspect-no-argument", "inspect", 2, "Missing argument 'FILE'"),
+    _c("verify-no-argument", "verify --ca ca.crt", 2, "Missing argument 'CERT'"),
     # --- verify ------------------------------------------------------------------------
     _c(
         "verify-garbage-ca",
