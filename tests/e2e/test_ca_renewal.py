@@ -107,6 +107,6 @@ def test_a_ca_lifetime_inside_its_renewal_margin_is_refused(tmp_path: Path) -> N
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert "ca-cert-validity must be longer than the CA renewal margin (26h24m5s" in lines[0]
+    assert "ca-cert-validity (1D) must be longer than the CA renewal margin (26h24m5s" in lines[0]
     assert "Traceback" not in result.stderr
     assert not data_dir.exists()  # refused before anything was written

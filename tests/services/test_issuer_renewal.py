@@ -160,12 +160,12 @@ def test_a_path_length_limit_is_kept(env: Env) -> None:
         (
             timedelta(hours=24),
             timedelta(hours=1),
-            "ca-cert-validity must be longer than the CA renewal margin (26h24m5s",
+            "ca-cert-validity (1D) must be longer than the CA renewal margin (26h24m5s",
         ),
         (
             timedelta(hours=2),
             timedelta(hours=2),
-            "ca-cert-validity must be longer than ca-cert-rotate-before",
+            "ca-cert-validity (2h) must be longer than ca-cert-rotate-before (2h)",
         ),
     ],
 )
@@ -220,3 +220,13 @@ def test_a_renewal_by_another_replica_reaches_the_server_files(env: Env, leader:
     served = x509.load_pem_x509_certificate(after["tls.crt"])
     assert served != x509.load_pem_x509_certificate(before["tls.crt"])
     served.verify_directly_issued_by(renewed.certificate)
+
+
+def test_a_leaf_lifetime_inside_its_rotation_margin_is_refused_naming_both_values() -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        ServiceSettings(cert_validity=timedelta(hours=12), cert_rotate_before=timedelta(days=1))
+    assert raised.value.detail == "cert-validity (12h) must be longer than cert-rotate-before (1D)"
+    # Twin: a second longer than the margin is accepted.
+    ServiceSettings(
+        cert_validity=timedelta(hours=24, seconds=1), cert_rotate_before=timedelta(days=1)
+    )

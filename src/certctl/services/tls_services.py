@@ -93,16 +93,22 @@ class ServiceSettings:
 
     def __post_init__(self) -> None:
         if self.cert_validity <= self.cert_rotate_before:
-            raise InvalidRequest("cert-validity must be longer than cert-rotate-before")
+            raise InvalidRequest(
+                f"cert-validity ({format_duration(self.cert_validity)}) must be longer than "
+                f"cert-rotate-before ({format_duration(self.cert_rotate_before)})"
+            )
         if self.ca_validity <= self.ca_rotate_before:
-            raise InvalidRequest("ca-cert-validity must be longer than ca-cert-rotate-before")
+            raise InvalidRequest(
+                f"ca-cert-validity ({format_duration(self.ca_validity)}) must be longer than "
+                f"ca-cert-rotate-before ({format_duration(self.ca_rotate_before)})"
+            )
         # A CA renews early enough that leaves clipped to it are not due at once (see
         # ca_renewal_time): a CA that short would be due again as soon as it is renewed.
         margin = self.ca_renewal_margin
         if self.ca_validity <= margin:
             raise InvalidRequest(
-                "ca-cert-validity must be longer than the CA renewal margin "
-                f"({format_duration(margin)}: the longer of "
+                f"ca-cert-validity ({format_duration(self.ca_validity)}) must be longer than "
+                f"the CA renewal margin ({format_duration(margin)}: the longer of "
                 "ca-cert-rotate-before and cert-rotate-before plus its 10 % jitter and 5 s)"
             )
 
