@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
@@ -32,6 +32,9 @@ from certctl.services.context import Services
 from certctl.services.tls_services import ServiceSettings, TargetPolicy, ca_renewal_time
 from certctl.store.models import ApiKey, Issuer
 from certctl.targets.kubernetes import SecretWriter, WriteResult
+
+if TYPE_CHECKING:  # imported where a webhook is configured
+    from certctl.services.notify import Webhook
 
 __all__ = ["serve"]
 
@@ -258,25 +261,46 @@ def _default_namespace(config: ServerConfig) -> str | None:
 
 def build_scheduler(config: ServerConfig, services: Services) -> Scheduler:
     """The managed-services reconciler configured from DESIGN §3 keys."""
+    settings = service_settings(config)
+    interval = parse_duration(config.reconcile_interval).total_seconds()
+    return Scheduler(services, settings, interval, _webhook(config))
+
+
+def _webhook(config: ServerConfig) -> Webhook | None:
+    """``notifications.webhook``, its HMAC key read; None when not configured.
+
+    Raises:
+        InvalidRequest: the secret file is missing, unreadable or empty.
+    """
     from certctl.services.notify import Webhook
 
-    settings = service_settings(config)
-    webhook = None
     hook = config.notifications.webhook
-    if hook is not None:
-        secret = b""
-        if hook.secret_file is not None:
-            try:
-                secret = hook.secret_file.read_bytes().strip()
-            except OSError as exc:
-                raise InvalidRequest(
-                    f"notifications.webhook.secret-file: cannot read {hook.secret_file}"
-                ) from exc
-        if not secret:
-            raise InvalidRequest("notifications.webhook needs a non-empty secret-file")
-        webhook = Webhook(hook.url, secret, parse_duration(hook.timeout).total_seconds())
-    interval = parse_duration(config.reconcile_interval).total_seconds()
-    return Scheduler(services, settings, interval, webhook)
+    if hook is None:
+        return None
+    secret = b""
+    if hook.secret_file is not None:
+        try:
+            secret = hook.secret_file.read_bytes().strip()
+        except OSError as exc:
+            raise InvalidRequest(
+                f"notifications.webhook.secret-file: cannot read {hook.secret_file}"
+            ) from exc
+    if not secret:
+        raise InvalidRequest("notifications.webhook needs a non-empty secret-file")
+    return Webhook(hook.url, secret, parse_duration(hook.timeout).total_seconds())
+
+
+def _check_integrations(config: ServerConfig) -> None:
+    """Refuse a webhook or Kubernetes setting that cannot work, before the data dir exists.
+
+    The same checks run again where these are built; here they only come first, so a typo
+    in the configuration does not leave a new CA and admin key behind.
+    """
+    _webhook(config)
+    if config.tls.publish_ca_secret and config.tls.mode != "self-signed":
+        raise InvalidRequest("tls.publish-ca-secret needs tls.mode=self-signed")
+    if config.auth.kubernetes.enabled or config.tls.publish_ca_secret:
+        _kube_connection(config)
 
 
 def _set_state(asgi: Any, name: str, value: object) -> None:
@@ -333,6 +357,7 @@ def serve(config: ServerConfig) -> None:
     if mode == "custom" and config.tls.cert_dir is None:
         raise InvalidRequest("tls.mode=custom needs tls.cert-dir")
     service_settings(config)  # lifetimes checked before the data directory is touched
+    _check_integrations(config)
     if mode != "disabled":
         check_files(
             config.tls.cert_dir if mode == "custom" else None,

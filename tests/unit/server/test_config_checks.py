@@ -95,6 +95,30 @@ NOT_STARTED = {
         {"tls": {"client-auth": "optional", "client-ca": "{tmp}/junk.pem"}},
         "tls.client-ca {tmp}/junk.pem: no PEM certificate in it",
     ),
+    # The next three used to be found after the first start had made the CA and admin key.
+    "webhook without a secret": (
+        {"notifications": {"webhook": {"url": "https://hooks.example/certctl"}}},
+        "notifications.webhook needs a non-empty secret-file",
+    ),
+    "webhook secret unreadable": (
+        {
+            "notifications": {
+                "webhook": {"url": "https://h.example/x", "secret-file": "{tmp}/missing"}
+            }
+        },
+        "notifications.webhook.secret-file: cannot read {tmp}/missing",
+    ),
+    "publish-ca-secret with custom certificates": (
+        {"tls": {"mode": "disabled", "publish-ca-secret": "certctl-ca"}},
+        "tls.publish-ca-secret needs tls.mode=self-signed",
+    ),
+    "kubernetes auth with a plain-HTTP API server": (
+        {
+            "auth": {"kubernetes": {"enabled": True}},
+            "kubernetes": {"api-server": "http://127.0.0.1:6443", "token-file": "{tmp}/junk.pem"},
+        },
+        "kubernetes.api-server=http://127.0.0.1:6443: must be an https:// URL",
+    ),
 }
 
 
