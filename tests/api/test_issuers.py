@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -16,6 +17,7 @@ from certctl.pki import (
     key_to_pem,
     verify_certificate,
 )
+from tests._tools import ok, run
 from tests.api.conftest import Api, assert_problem
 
 ISSUERS = "/api/v1/issuers"
@@ -348,3 +350,90 @@ def test_import_allows_a_few_minutes_of_clock_skew(api: Api) -> None:
         },
     )
     assert r.status_code == 201, r.text
+
+
+def _root_with_usage(now: datetime, *, crl_sign: bool) -> tuple[str, str]:
+    """A self-signed CA with keyCertSign, and cRLSign only when asked."""
+    key = generate_private_key(KeyType.EC_P256)
+    name = common_name_dn(f"crl-sign {crl_sign}")
+    usage = x509.KeyUsage(False, False, False, False, False, True, crl_sign, False, False)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(Encoding.PEM).decode(), key_to_pem(key).decode()
+
+
+def test_import_warns_when_the_ca_cannot_sign_its_crl(api: Api, tmp_path: Path) -> None:
+    """Accepted (it issues fine), but the 201 says its CRL will not verify; twin: no warning.
+
+    ``openssl verify -crl_check`` shows the warning is true: the CRL of the CA without
+    cRLSign is refused, the other one's is used.
+    """
+    for crl_sign, label in ((False, "no-crlsign"), (True, "crlsign")):
+        cert_pem, key_pem = _root_with_usage(api.clock(), crl_sign=crl_sign)
+        r = api.post(
+            ISSUERS,
+            api.admin_key,
+            json={"id": label, "certificate_pem": cert_pem, "private_key_pem": key_pem},
+        )
+        assert r.status_code == 201, r.text
+        if crl_sign:
+            assert r.json()["warnings"] == []
+        else:
+            assert r.json()["warnings"] == [
+                "the CA certificate's keyUsage lacks cRLSign: the CRL certctl signs for it "
+                "(/api/v1/issuers/no-crlsign/crl) will not verify, so revocation checks fail"
+            ]
+        leaf = api.issue(issuer=label, common_name=f"{label}.example.com")["certificate_pem"]
+        (tmp_path / "ca.pem").write_text(cert_pem)
+        (tmp_path / "leaf.pem").write_text(leaf)
+        crl = api.get(f"{ISSUERS}/{label}/crl")
+        assert crl.status_code == 200, crl.text
+        (tmp_path / "crl.der").write_bytes(crl.content)
+        ok(run("openssl", "crl", "-inform", "DER", "-in", tmp_path / "crl.der",
+               "-out", tmp_path / "crl.pem"))  # fmt: skip
+        checked = run(
+            "openssl", "verify", "-crl_check", "-CAfile", tmp_path / "ca.pem",
+            "-CRLfile", tmp_path / "crl.pem", tmp_path / "leaf.pem",
+        )  # fmt: skip
+        if crl_sign:
+            ok(checked)
+        else:
+            assert checked.returncode != 0
+            assert "key usage does not include CRL signing" in checked.stdout + checked.stderr
+
+
+def test_import_of_an_encrypted_key_says_what_the_api_needs(api: Api) -> None:
+    from cryptography.hazmat.primitives.serialization import (
+        BestAvailableEncryption,
+        PrivateFormat,
+    )
+
+    key = generate_private_key(KeyType.EC_P256)
+    ca = create_root_ca(key, common_name_dn("R"), validity=timedelta(days=365), now=api.clock())
+    encrypted = key.private_bytes(
+        Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(b"hunter2hunter2")
+    ).decode()
+    before = api.counts()
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "enc",
+            "certificate_pem": ca.certificate.public_bytes(Encoding.PEM).decode(),
+            "private_key_pem": encrypted,
+        },
+    )
+    detail = assert_problem(r, 400)["detail"]
+    assert detail.startswith("private_key_pem is encrypted: send it unencrypted")
+    assert "--password-file" not in detail  # a CLI flag means nothing to an API caller
+    assert api.counts() == before

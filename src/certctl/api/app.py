@@ -309,7 +309,7 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
     if body.certificate_pem or body.private_key_pem:
         if not (body.certificate_pem and body.private_key_pem):
             raise InvalidRequest("import needs both certificate_pem and private_key_pem")
-        row = issuance.import_issuer(
+        row, warnings = issuance.import_issuer(
             services,
             caller,
             issuer_id=body.id,

@@ -179,20 +179,48 @@ def import_issuer(
     name: str,
     certificate_pem: str,
     private_key_pem: str,
-) -> Issuer:
-    """Import an existing CA (PEM certificate [+ chain] and key)."""
+) -> tuple[Issuer, tuple[str, ...]]:
+    """Import an existing CA (PEM certificate [+ chain] and key).
+
+    Returns:
+        The stored issuer and warnings about what it will not do well (sign CRLs).
+    """
     caller.require("issuer.create")
     from certctl.services.rbac import _check_id
 
     _check_id(issuer_id, "issuer")
     _reserved_id(issuer_id)
     certs = load_material(certificate_pem.encode()).certificates
-    key = load_material(private_key_pem.encode()).private_key
+    try:
+        key = load_material(private_key_pem.encode()).private_key
+    except InvalidRequest as exc:
+        if "encrypted" not in exc.detail:
+            raise
+        # The loader's hint names the CLI's --password-file; the API takes no password.
+        raise InvalidRequest(
+            "private_key_pem is encrypted: send it unencrypted (over this TLS connection), "
+            "e.g. from 'openssl pkey -in ca.key'"
+        ) from None
     if not certs or key is None:
         raise InvalidRequest("import needs a PEM certificate and a PEM private key")
     ca = CertificateAuthority(certs[0], key, tuple(certs[1:]))
     _check_importable(ca, services.clock())
-    return _store_issuer(services, issuer_id, name, ca, caller, "issuer.import")
+    row = _store_issuer(services, issuer_id, name, ca, caller, "issuer.import")
+    return row, _import_warnings(ca, issuer_id)
+
+
+def _import_warnings(ca: CertificateAuthority, issuer_id: str) -> tuple[str, ...]:
+    try:
+        usage = ca.certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return ()
+    if usage.crl_sign:
+        return ()
+    # Issuing works; only its CRL cannot be trusted, so a warning rather than a refusal.
+    return (
+        "the CA certificate's keyUsage lacks cRLSign: the CRL certctl signs for it "
+        f"(/api/v1/issuers/{issuer_id}/crl) will not verify, so revocation checks fail",
+    )
 
 
 # How far ahead of this clock an imported CA's notBefore may be.
