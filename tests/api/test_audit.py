@@ -54,7 +54,8 @@ def test_mutations_are_audited(api: Api) -> None:
     assert targets[8].startswith(cert["id"])
     assert cert["serial"] in targets[8]
     assert targets[9] == cert["id"]
-    assert targets[11].startswith(renewed["id"])
+    assert targets[11] == f"{renewed['id']} serial {renewed['serial']} renewing {other['id']}"
+    assert "renewing" not in targets[8]
     assert events[0]["source"] == "testclient"
     assert events[0]["at"]
     revoke = next(e for e in events if e["action"] == "certificate.revoke")

@@ -473,7 +473,8 @@ def _new_rows(
         at=now,
         actor=caller.actor_id,
         action="certificate.issue",
-        target=f"{cert_id} serial {serial}",
+        # A renewal names its predecessor: who renewed what is answerable from the log.
+        target=f"{cert_id} serial {serial}" + (f" renewing {renewed_from}" if renewed_from else ""),
         source=caller.source,
     )
     return record, ((_CERTIFICATES, row), (_AUDIT_EVENTS, audit_row))
