@@ -119,11 +119,7 @@ def validate_dns_name(value: str, *, allow_wildcard: bool = True) -> str:
     raw = value.strip().rstrip(".")
     if not raw:
         raise InvalidRequest(f"{value!r}: empty DNS name")
-    try:
-        ascii_name = raw.encode("idna").decode("ascii").lower() if not raw.isascii() else raw
-    except UnicodeError as exc:
-        raise InvalidRequest(f"{value}: not a valid internationalised DNS name") from exc
-    ascii_name = ascii_name.lower()
+    ascii_name = (raw if raw.isascii() else _to_a_labels(raw, value)).lower()
     if len(ascii_name) > 253:
         raise InvalidRequest(f"{value[:60]}…: DNS name longer than 253 characters")
     labels = ascii_name.split(".")
@@ -146,10 +142,35 @@ def validate_dns_name(value: str, *, allow_wildcard: bool = True) -> str:
     return ascii_name
 
 
+def _to_a_labels(raw: str, value: str) -> str:
+    """``raw`` with each non-ASCII label as its IDNA 2008 A-label (UTS 46, nontransitional).
+
+    Not the standard library's IDNA 2003 codec: it maps ß to ss and ς to σ, so
+    ``straße.example`` became ``strasse.example``, another host than the one browsers and
+    curl (libidn2) look up, ``xn--strae-oqa.example``. ASCII labels are left to the checks
+    after this (a wildcard label, or one IDNA refuses such as ``ab--cd``, stays as it was).
+    """
+    import idna  # here, not above: ASCII names (nearly all) never load its tables
+
+    labels = []
+    for label in raw.split("."):
+        if label.isascii():
+            labels.append(label)
+            continue
+        try:
+            labels.append(idna.encode(label, uts46=True).decode("ascii"))
+        except (idna.IDNAError, UnicodeError) as exc:
+            raise InvalidRequest(
+                f"{value}: not a valid internationalised DNS name ({exc})"
+            ) from exc
+    return ".".join(labels)
+
+
 def _is_a_label(label: str) -> bool:
     # The Punycode after xn-- must decode, to something non-ASCII, and encode back to itself
     # (xn--zz fails). Not the stdlib's IDNA 2003 codec: it refuses names that IDNA 2008 (what
-    # registries use) allows, such as xn--strae-oqa (straße); and not a dependency either.
+    # registries use) allows, such as xn--strae-oqa (straße); nor idna's stricter decode, which
+    # would refuse A-labels accepted so far.
     encoded = label[4:].lower()
     try:
         decoded = encoded.encode("ascii").decode("punycode")

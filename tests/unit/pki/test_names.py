@@ -179,6 +179,11 @@ def test_dn_round_trip(name: x509.Name) -> None:
         (" host.example ", "host.example"),
         ("*.Example.com", "*.example.com"),
         ("bücher.example", "xn--bcher-kva.example"),
+        # IDNA 2008 (UTS 46 nontransitional), as browsers and curl look names up: IDNA 2003
+        # turned these into strasse.example and fass.example, other hosts.
+        ("straße.example", "xn--strae-oqa.example"),
+        ("Faß.Example", "xn--fa-hia.example"),
+        ("*.Bücher.example", "*.xn--bcher-kva.example"),
         ("a-b.c-d.example", "a-b.c-d.example"),
         ("localhost", "localhost"),
     ],
@@ -204,6 +209,8 @@ def test_validate_dns_name_normalises(value: str, expected: str) -> None:
         ("1.2.3.4", "1.2.3.4: looks like an IP address; use an IP SAN"),
         (("a" * 63 + ".") * 4 + "com", "DNS name longer than 253 characters"),
         ("a" * 64 + "ü.example", "not a valid internationalised DNS name"),
+        # Symbols are not IDNA 2008 code points (IDNA 2003 encoded them).
+        ("i❤.example", "i❤.example: not a valid internationalised DNS name"),
     ],
 )
 def test_validate_dns_name_refuses(value: str, message: str) -> None:
