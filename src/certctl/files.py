@@ -88,10 +88,22 @@ class OutputSet:
 
     force: bool = False
     _files: dict[Path, tuple[bytes, int]] = field(default_factory=dict)
+    _removals: dict[Path, None] = field(default_factory=dict)
 
     def add(self, path: Path, data: bytes, *, secret: bool = False) -> None:
         """Stage ``data`` for ``path``; ``secret`` files are created 0600."""
+        self._removals.pop(path, None)
         self._files[path] = (data, SECRET_MODE if secret else PUBLIC_MODE)
+
+    def remove(self, path: Path) -> None:
+        """Stage the removal of ``path``, if it exists, together with the writes.
+
+        For a file of an earlier output that would contradict the new one (an intermediate
+        CA's ``ca-chain.crt`` next to the root written over it). Like an overwrite, removing
+        an existing file needs ``force``; a failed commit puts it back.
+        """
+        if path not in self._files:
+            self._removals[path] = None
 
     @property
     def paths(self) -> list[Path]:
@@ -105,7 +117,7 @@ class OutputSet:
             Conflict: a file exists and ``force`` is off.
             OutputError: a path exists but is a directory.
         """
-        for path in self._files:
+        for path in (*self._files, *self._removals):
             if path.is_dir():
                 raise OutputError(f"{path} is a directory")
             # lexists: a dangling symlink is an existing output too (it would be replaced).
@@ -145,11 +157,12 @@ class OutputSet:
                     os.close(fd)
             if batch:
                 os.sync()
-            # Every byte is on disk. Existing files (--force) are first moved aside, so a
-            # failing rename below can put them back: all files change, or none does.
-            for _, path in staged:
+            # Every byte is on disk. Existing files (--force) and those to remove are first
+            # moved aside, so a failing rename below can put them back: all files change, or
+            # none does.
+            for path in [*(path for _, path in staged), *self._removals]:
                 current = path
-                if path.exists():
+                if os.path.lexists(path):
                     backup = f"{path.parent}/.{path.name}.{os.getpid()}.bak"
                     os.replace(path, backup)
                     backups.append((backup, path))

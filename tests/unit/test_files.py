@@ -216,6 +216,67 @@ def test_rename_failure_with_force_restores_old_files(
     assert (tmp_path / "tls.key").read_bytes() == b"old key"
 
 
+# --- remove: files of an earlier output that would contradict the new one -------------------
+
+
+def test_remove_deletes_with_the_writes(tmp_path: Path) -> None:
+    (tmp_path / "ca.crt").write_bytes(b"old ca")
+    (tmp_path / "ca-chain.crt").write_bytes(b"old chain")
+    out = OutputSet(force=True)
+    out.add(tmp_path / "ca.crt", b"new ca")
+    out.remove(tmp_path / "ca-chain.crt")
+    out.remove(tmp_path / "absent.crt")  # nothing to remove: fine
+    assert out.commit() == [tmp_path / "ca.crt"]
+    assert _tree(tmp_path) == ["ca.crt"]
+    assert (tmp_path / "ca.crt").read_bytes() == b"new ca"
+
+
+def test_remove_needs_force(tmp_path: Path) -> None:
+    (tmp_path / "ca-chain.crt").write_bytes(b"old chain")
+    out = OutputSet()
+    out.add(tmp_path / "ca.crt", b"new ca")
+    out.remove(tmp_path / "ca-chain.crt")
+    with pytest.raises(Conflict, match=r"ca-chain\.crt already exists; use --force"):
+        out.check()
+    assert _tree(tmp_path) == ["ca-chain.crt"]
+
+
+def test_add_after_remove_writes_the_file(tmp_path: Path) -> None:
+    out = OutputSet()
+    out.remove(tmp_path / "ca-chain.crt")
+    out.add(tmp_path / "ca-chain.crt", b"chain")
+    out.remove(tmp_path / "ca-chain.crt")  # staged data wins over a later removal
+    out.commit()
+    assert (tmp_path / "ca-chain.crt").read_bytes() == b"chain"
+
+
+def test_failed_commit_puts_a_removed_file_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "ca.crt").write_bytes(b"old ca")
+    (tmp_path / "ca-chain.crt").write_bytes(b"old chain")
+    calls = 0
+    real_replace = os.replace
+
+    def failing_replace(src: str, dst: Path) -> None:
+        nonlocal calls
+        calls += 1
+        # Calls 1-2 move ca.crt and ca-chain.crt aside, 3 (the new ca.crt) fails.
+        if calls == 3:
+            raise OSError(5, "Input/output error", str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    out = OutputSet(force=True)
+    out.add(tmp_path / "ca.crt", b"new ca")
+    out.remove(tmp_path / "ca-chain.crt")
+    with pytest.raises(OutputError):
+        out.commit()
+    assert _tree(tmp_path) == ["ca-chain.crt", "ca.crt"]
+    assert (tmp_path / "ca.crt").read_bytes() == b"old ca"
+    assert (tmp_path / "ca-chain.crt").read_bytes() == b"old chain"
+
+
 # --- write_atomic ------------------------------------------------------------------------
 
 

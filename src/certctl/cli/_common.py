@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from datetime import UTC, datetime
@@ -150,7 +151,22 @@ def load_ca_dir(
     chain: list[x509.Certificate] = []
     chain_path = directory / CA_CHAIN
     if chain_path.exists():
-        chain = list(read_material(chain_path, what="CA chain").certificates[1:])
+        listed = read_material(chain_path, what="CA chain").certificates
+        # The chain file repeats ca.crt, then its issuers in order. One of another CA (an
+        # older intermediate's, a hand-copied ca.crt) would put the wrong certificates
+        # under every certificate issued and the wrong root in their ca.crt.
+        if not listed or listed[0] != certs[0]:
+            raise InvalidRequest(
+                f"{chain_path}: does not start with {CA_CERT}; it belongs to another CA "
+                f"(delete it for a root CA, or re-create the CA)"
+            )
+        for child, parent in itertools.pairwise(listed):
+            if child.issuer != parent.subject:
+                raise InvalidRequest(
+                    f"{chain_path}: {parent.subject.rfc4514_string()} did not issue "
+                    f"{child.subject.rfc4514_string()}: the chain is out of order or mixed"
+                )
+        chain = listed[1:]
     try:
         return CertificateAuthority(certs[0], key, tuple(chain))
     except InvalidRequest as exc:

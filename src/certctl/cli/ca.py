@@ -99,6 +99,12 @@ def create(
     # Refuse an existing output before spending time on key generation.
     outputs.add(out / CA_CERT, b"")
     outputs.add(out / CA_KEY, b"", secret=True)
+    if parent is None:
+        # A root has no chain file: one left by an intermediate this root replaces (--force)
+        # would hang that intermediate's parents under every certificate the root issues.
+        outputs.remove(out / CA_CHAIN)
+    else:
+        outputs.add(out / CA_CHAIN, b"")
     outputs.check()
     now = utcnow()
     key = generate_private_key(kt)
@@ -203,6 +209,8 @@ def import_ca(
     outputs.add(out / CA_KEY, key_to_pem(private_key, key_password), secret=True)
     if chain:
         outputs.add(out / CA_CHAIN, certs_to_pem([ca.certificate, *chain]))
+    else:
+        outputs.remove(out / CA_CHAIN)  # another CA's chain, left by what is replaced (--force)
     outputs.commit()
     expires = ca.certificate.not_valid_after_utc
     if expires <= utcnow():

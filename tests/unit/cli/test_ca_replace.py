@@ -1,0 +1,64 @@
+"""A CA directory written over with --force holds the new CA only, never the old one's chain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from certctl.cli.main import run
+
+
+def _ok(*args: str | Path) -> None:
+    assert run([str(a) for a in args]) == 0
+
+
+def _certs(path: Path) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(path.read_bytes())
+
+
+@pytest.fixture
+def intermediate_dir(tmp_path: Path) -> Path:
+    """``inter/``: an intermediate (ca.crt, ca.key, ca-chain.crt) under ``root/``."""
+    _ok("ca", "create", "--out", tmp_path / "root", "--cn", "Old Root")
+    _ok("ca", "create", "--out", tmp_path / "inter", "--parent", tmp_path / "root")
+    assert (tmp_path / "inter" / "ca-chain.crt").exists()
+    return tmp_path / "inter"
+
+
+def _issue_and_verify(ca: Path, out: Path) -> None:
+    _ok("cert", "issue", "--ca", ca, "--cn", "web.example", "--out", out)
+    assert [c.subject.rfc4514_string() for c in _certs(out / "tls.crt")] == ["CN=web.example"]
+    assert _certs(out / "ca.crt") == _certs(ca / "ca.crt")
+    _ok("verify", "--ca", out / "ca.crt", out / "tls.crt", "--hostname", "web.example")
+
+
+def test_root_created_over_an_intermediate_drops_its_chain(
+    intermediate_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["ca", "create", "--out", str(intermediate_dir), "--cn", "New Root"]) == 1
+    assert "inter/ca.crt already exists; use --force" in capsys.readouterr().err
+    _ok("ca", "create", "--out", intermediate_dir, "--cn", "New Root", "--force")
+    assert sorted(p.name for p in intermediate_dir.iterdir()) == ["ca.crt", "ca.key"]
+    _issue_and_verify(intermediate_dir, tmp_path / "leaf")
+
+
+def test_root_imported_over_an_intermediate_drops_its_chain(
+    intermediate_dir: Path, tmp_path: Path
+) -> None:
+    _ok("ca", "create", "--out", tmp_path / "other", "--cn", "Other Root")
+    other = tmp_path / "other"
+    _ok("ca", "import", "--cert", other / "ca.crt", "--key", other / "ca.key",
+        "--out", intermediate_dir, "--force")  # fmt: skip
+    assert sorted(p.name for p in intermediate_dir.iterdir()) == ["ca.crt", "ca.key"]
+    _issue_and_verify(intermediate_dir, tmp_path / "leaf")
+
+
+def test_a_lone_chain_file_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "ca"
+    out.mkdir()
+    (out / "ca-chain.crt").write_bytes(b"left over\n")
+    assert run(["ca", "create", "--out", str(out)]) == 1
+    assert "ca/ca-chain.crt already exists; use --force" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["ca-chain.crt"]
