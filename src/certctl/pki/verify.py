@@ -219,6 +219,7 @@ def _verify_rfc5280(
         for anchor in trust:
             if _issued_by(current, anchor):
                 _check_window(anchor, now)
+                _check_path_lengths((*chain, anchor))
                 return VerifiedChain((*chain, anchor), purpose, name)
         parent = next((c for c in pool if _issued_by(current, c) and _is_ca(c)), None)
         if parent is None:
@@ -228,6 +229,25 @@ def _verify_rfc5280(
         chain.append(parent)
         current = parent
     raise VerificationFailed("verification failed: no path to a trusted certificate")
+
+
+def _check_path_lengths(chain: Sequence[x509.Certificate]) -> None:
+    """Refuse a path (leaf first) with more CAs below one than its pathLenConstraint allows.
+
+    RFC 5280 4.2.1.9 and 6.1.4 (l), (m): self-issued intermediates do not count. openssl
+    holds the trust anchor to its constraint too (error 25), and so does this.
+    """
+    below = 0  # CA certificates between the one looked at and the leaf
+    for cert in chain[1:]:  # each passed _is_ca: it has basicConstraints
+        limit = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+        if limit is not None and below > limit:
+            raise VerificationFailed(
+                f"verification failed: path length constraint exceeded ({below} "
+                f"CA{'s' if below > 1 else ''} below {cert.subject.rfc4514_string()}, "
+                f"which allows {limit})"
+            )
+        if cert.issuer != cert.subject:
+            below += 1
 
 
 def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:

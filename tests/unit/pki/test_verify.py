@@ -303,3 +303,71 @@ def test_ed25519_through_intermediate(ed_root: CertificateAuthority) -> None:
 def test_client_cert_without_san_verifies(root_ca: CertificateAuthority) -> None:
     client = _leaf(root_ca, profile="client", cn="alice")
     verify_certificate(client, trust=[root_ca.certificate], purpose="client", now=NOW)
+
+
+# --- path length: the RFC 5280 fallback holds CAs to it, as openssl does (error 25) ----------
+
+
+def _ca_below(
+    parent: CertificateAuthority, name: str, key_type: KeyType
+) -> tuple[x509.Certificate, CertificateAuthority]:
+    """A CA signed by ``parent`` with the builder: certctl refuses it under pathlen 0."""
+    key = generate_private_key(key_type)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(common_name_dn(name))
+        .issuer_name(parent.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(PROFILES["ca"].key_usage(key.public_key()), critical=True)
+        .add_extension(parent.authority_key_identifier, critical=False)
+        .sign(parent.private_key, parent.signature_hash)
+    )
+    return cert, CertificateAuthority(cert, key, (parent.certificate, *parent.chain))
+
+
+@pytest.mark.parametrize(
+    ("key_type", "profile", "sans"),
+    [
+        # A client certificate without SAN takes the fallback (cryptography wants a SAN).
+        (KeyType.EC_P256, "client", None),
+        # Ed25519 takes it for every purpose.
+        (KeyType.ED25519, "server", SubjectAltNames.parse(dns=["www.example.com"])),
+    ],
+)
+def test_fallback_refuses_a_ca_below_path_length_0(
+    key_type: KeyType, profile: str, sans: SubjectAltNames | None
+) -> None:
+    root = _root(f"PL Root {key_type}", key_type)
+    inter_key = generate_private_key(key_type)
+    inter_cert = root.issue(
+        inter_key.public_key(),
+        common_name_dn("PL Intermediate"),
+        profile=PROFILES["intermediate"],  # pathlen 0: it may sign leaves only
+        validity=timedelta(days=365),
+        now=NOW,
+    ).certificate
+    inter = CertificateAuthority(inter_cert, inter_key, (root.certificate,))
+    purpose = "client" if profile == "client" else "server"
+    # The positive twin: a leaf straight under the intermediate verifies.
+    leaf = _leaf(inter, profile=profile, cn="alice", sans=sans, key_type=key_type)
+    result = verify_certificate(
+        leaf, trust=[root.certificate], untrusted=[inter_cert], purpose=purpose, now=NOW
+    )
+    assert result.chain == (leaf, inter_cert, root.certificate)
+    rogue_cert, rogue = _ca_below(inter, "Rogue CA", key_type)
+    leaf = _leaf(rogue, profile=profile, cn="alice", sans=sans, key_type=key_type)
+    with pytest.raises(
+        VerificationFailed,
+        match=r"path length constraint exceeded \(1 CA below CN=PL Intermediate, which allows 0\)",
+    ):
+        verify_certificate(
+            leaf,
+            trust=[root.certificate],
+            untrusted=[rogue_cert, inter_cert],
+            purpose=purpose,
+            now=NOW,
+        )
