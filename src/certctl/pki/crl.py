@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 
@@ -14,6 +14,8 @@ from certctl.pki.issue import BACKDATE, CertificateAuthority
 __all__ = ["RevokedEntry", "create_crl", "parse_serial"]
 
 REASONS = {r.value: r for r in x509.ReasonFlags}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,11 @@ def create_crl(
 ) -> x509.CertificateRevocationList:
     """Sign a CRL listing ``revoked`` under ``ca``; the next update is clipped to its notAfter.
 
-    ``crl_number`` defaults to the issue time in seconds, which grows monotonically
-    as RFC 5280 5.2.3 requires without keeping state.
+    ``crl_number`` defaults to the issue time in microseconds since the epoch, which grows
+    monotonically as RFC 5280 5.2.3 requires without keeping state. Not seconds: two CRLs
+    signed within one second (a script revoking in a loop, the API after a revocation)
+    carried one number for different lists, and a client holding the first kept it. Numbers
+    in microseconds are above every number in seconds issued before.
 
     Raises:
         InvalidRequest: the CA has expired, or ``next_update`` is not positive.
@@ -66,7 +71,7 @@ def create_crl(
     if ca_end <= now:
         # As for certificates: no relying party accepts anything an expired CA signs.
         raise InvalidRequest(f"issuing CA expired on {ca_end:%Y-%m-%d %H:%M}Z")
-    number = crl_number if crl_number is not None else int(now.timestamp())
+    number = crl_number if crl_number is not None else (now - _EPOCH) // _MICROSECOND
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.certificate.subject)

@@ -91,7 +91,7 @@ def test_crl_shape(root_ca: CertificateAuthority, now: datetime) -> None:
     assert crl.last_update_utc == now - BACKDATE
     assert crl.next_update_utc == now + timedelta(days=7)
     number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-    assert number == int(now.timestamp())
+    assert number == int(now.timestamp()) * 1_000_000
     aki = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     ski = root_ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     assert aki.key_identifier == ski.digest
@@ -124,6 +124,17 @@ def test_crl_numbers_grow(root_ca: CertificateAuthority, now: datetime) -> None:
     first = create_crl(root_ca, [], now=now)
     second = create_crl(root_ca, [], now=now + timedelta(seconds=1))
     assert _crl_number(second) > _crl_number(first)
+
+
+def test_crl_numbers_grow_within_a_second(root_ca: CertificateAuthority, now: datetime) -> None:
+    # RFC 5280 5.2.3: each new CRL gets a larger number; two signed in one second (a revocation
+    # in between) shared one before.
+    first = create_crl(root_ca, [], now=now)
+    second = create_crl(root_ca, [RevokedEntry(0x1234, now)], now=now + timedelta(milliseconds=300))
+    third = create_crl(root_ca, [], now=now + timedelta(microseconds=300_001))
+    assert _crl_number(first) < _crl_number(second) < _crl_number(third)
+    # Above any number given in seconds before, so relying parties take the new ones.
+    assert _crl_number(first) > int(now.timestamp()) * 1000
 
 
 def _crl_number(crl: x509.CertificateRevocationList) -> int:
