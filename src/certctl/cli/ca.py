@@ -195,7 +195,7 @@ def import_ca(
     ca_cert = next((c for c in certs if c.public_key() == private_key.public_key()), None)
     if ca_cert is None:
         raise InvalidRequest("the private key does not match the CA certificate")
-    chain = tuple(c for c in certs if c is not ca_cert)
+    chain = _issuer_chain(ca_cert, [c for c in certs if c is not ca_cert])
     ca = CertificateAuthority(ca_cert, private_key, chain)
     if secret is not None and key_password is None:
         # The input opened with a password, so its key was protected (a plain key refuses
@@ -223,3 +223,41 @@ def import_ca(
     typer.echo(f"imported CA {ca.certificate.subject.rfc4514_string()} into {out}/")
     if key_password is not None:
         typer.echo(f"  {out / CA_KEY} is encrypted: give --ca-password-file to use it")
+
+
+def _issuer_chain(
+    ca_cert: x509.Certificate, others: list[x509.Certificate]
+) -> tuple[x509.Certificate, ...]:
+    """The certificates above ``ca_cert``, nearest first, whatever order the file had.
+
+    Bundles often list the root first; taken as given, the root landed among the
+    intermediates of every tls.crt and an intermediate became the ca.crt clients trust.
+    Certificates that are not issuers of the chain are left out with a warning.
+    """
+    from cryptography.exceptions import InvalidSignature
+
+    chain: list[x509.Certificate] = []
+    current = ca_cert
+    pool = list(others)
+    while current.issuer != current.subject:  # up to a self-signed root, if given
+        parent = None
+        for candidate in pool:
+            if candidate.subject != current.issuer:
+                continue
+            try:
+                current.verify_directly_issued_by(candidate)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            parent = candidate
+            break
+        if parent is None:
+            break
+        pool.remove(parent)
+        chain.append(parent)
+        current = parent
+    for cert in pool:
+        warn(
+            f"{cert.subject.rfc4514_string()}: not an issuer in the chain of "
+            f"{ca_cert.subject.rfc4514_string()}; left out of {CA_CHAIN}"
+        )
+    return tuple(chain)

@@ -1,4 +1,4 @@
-"""A CA directory written over with --force holds the new CA only, never the old one's chain."""
+"""A CA directory holds one CA and its own chain, upwards: after --force, and after an import."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from certctl.cli.main import run
 
@@ -62,3 +63,38 @@ def test_a_lone_chain_file_needs_force(tmp_path: Path, capsys: pytest.CaptureFix
     assert run(["ca", "create", "--out", str(out)]) == 1
     assert "ca/ca-chain.crt already exists; use --force" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["ca-chain.crt"]
+
+
+def test_import_orders_a_root_first_bundle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Bundles often list the root first; the chain written must still go upwards, or the
+    # root lands among the intermediates of tls.crt and an intermediate becomes ca.crt.
+    _ok("ca", "create", "--out", tmp_path / "root", "--cn", "Root", "--path-length", "2")
+    _ok("ca", "create", "--out", tmp_path / "i1", "--parent", tmp_path / "root",
+        "--cn", "I1", "--path-length", "1")  # fmt: skip
+    _ok("ca", "create", "--out", tmp_path / "i2", "--parent", tmp_path / "i1", "--cn", "I2")
+    _ok("ca", "create", "--out", tmp_path / "stray", "--cn", "Stray Root")
+    upwards = (tmp_path / "i2" / "ca-chain.crt").read_bytes()
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(
+        b"".join(
+            c.public_bytes(serialization.Encoding.PEM)
+            for c in reversed(x509.load_pem_x509_certificates(upwards))
+        )
+        + (tmp_path / "stray" / "ca.crt").read_bytes()
+    )
+    capsys.readouterr()
+    _ok("ca", "import", "--cert", bundle, "--key", tmp_path / "i2" / "ca.key",
+        "--out", tmp_path / "imported")  # fmt: skip
+    assert capsys.readouterr().err == (
+        "certctl: warning: CN=Stray Root: not an issuer in the chain of CN=I2; "
+        "left out of ca-chain.crt\n"
+    )
+    assert (tmp_path / "imported" / "ca-chain.crt").read_bytes() == upwards
+    _ok("cert", "issue", "--ca", tmp_path / "imported", "--cn", "web.example",
+        "--out", tmp_path / "leaf")  # fmt: skip
+    names = [c.subject.rfc4514_string() for c in _certs(tmp_path / "leaf" / "tls.crt")]
+    assert names == ["CN=web.example", "CN=I2", "CN=I1"]
+    assert _certs(tmp_path / "leaf" / "ca.crt") == _certs(tmp_path / "root" / "ca.crt")
+    _ok("verify", "--ca", tmp_path / "leaf" / "ca.crt", tmp_path / "leaf" / "tls.crt")
