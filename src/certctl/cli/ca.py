@@ -220,6 +220,9 @@ def import_ca(
             f"the CA certificate expired on {expires:%Y-%m-%d %H:%M}Z: "
             "it can no longer sign certificates or CRLs"
         )
+    if not ca.may_sign_certificates:
+        # Kept for the same reason; cert issue and csr sign refuse it.
+        warn("the CA certificate's keyUsage lacks keyCertSign: it cannot sign certificates")
     typer.echo(f"imported CA {ca.certificate.subject.rfc4514_string()} into {out}/")
     if key_password is not None:
         typer.echo(f"  {out / CA_KEY} is encrypted: give --ca-password-file to use it")

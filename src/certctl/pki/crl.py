@@ -67,6 +67,12 @@ def create_crl(
     """
     if next_update <= timedelta(0):
         raise InvalidRequest("CRL next update must be in the future")
+    if not ca.may_sign_crls:
+        # Relying parties refuse such a CRL (openssl: "key usage does not include CRL signing").
+        raise InvalidRequest(
+            f"{ca.certificate.subject.rfc4514_string()}: the CA's keyUsage lacks cRLSign, "
+            "so no client accepts CRLs it signs"
+        )
     ca_end = ca.certificate.not_valid_after_utc
     if ca_end <= now:
         # As for certificates: no relying party accepts anything an expired CA signs.

@@ -73,6 +73,9 @@ class CertificateAuthority:
     chain: tuple[x509.Certificate, ...] = ()
     authority_key_identifier: x509.AuthorityKeyIdentifier = field(init=False, repr=False)
     signature_hash: hashes.SHA256 | hashes.SHA384 | None = field(init=False, repr=False)
+    # What its keyUsage lets it sign (RFC 5280 4.2.1.3); no keyUsage at all allows both.
+    may_sign_certificates: bool = field(init=False, repr=False)
+    may_sign_crls: bool = field(init=False, repr=False)
     _encoded_extensions: dict[
         tuple[Profile, bool], tuple[tuple[Extension, ...], tuple[Extension, ...]]
     ] = field(init=False, repr=False, compare=False, default_factory=dict)
@@ -99,6 +102,13 @@ class CertificateAuthority:
                 self.private_key.public_key()
             )
         self.signature_hash = signature_hash_for(self.private_key)
+        try:
+            usage = self.certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            self.may_sign_certificates = self.may_sign_crls = True
+        else:
+            self.may_sign_certificates = usage.key_cert_sign
+            self.may_sign_crls = usage.crl_sign
 
     @functools.cached_property
     def root_pem(self) -> bytes:
@@ -148,6 +158,12 @@ class CertificateAuthority:
         """
         check_public_key(public_key)
         warnings: list[str] = []
+        if not self.may_sign_certificates:
+            # Signed all the same, the certificate would fail everywhere (openssl error 32).
+            raise InvalidRequest(
+                f"{self.certificate.subject.rfc4514_string()}: the CA's keyUsage lacks "
+                "keyCertSign, so no client accepts certificates it signs"
+            )
         issuer_end = self.certificate.not_valid_after_utc
         if issuer_end <= now:
             raise InvalidRequest(f"issuing CA expired on {issuer_end:%Y-%m-%d %H:%M}Z")
@@ -163,7 +179,7 @@ class CertificateAuthority:
         if not_after - now < floor:
             kind = "CA" if profile.is_ca else "certificate"
             warnings.append(
-                f"{kind} lifetime {format_duration(not_after - now)} is under "
+                f"{kind} lifetime {format_duration(_to_minutes(not_after - now))} is under "
                 f"{floor.days} days; plan its renewal"
             )
         sans = sans if (sans and profile.allows_sans) else SubjectAltNames()
@@ -253,6 +269,12 @@ class CertificateAuthority:
     def _path_length(self) -> int | None:
         constraints = self.certificate.extensions.get_extension_for_class(x509.BasicConstraints)
         return constraints.value.path_length
+
+
+def _to_minutes(lifetime: timedelta) -> timedelta:
+    # A lifetime clipped to the issuer ends on its whole second while `now` has microseconds:
+    # "30D" reads better than "719h59m58s488442us". Never rounded down to nothing.
+    return max(timedelta(minutes=round(lifetime / timedelta(minutes=1))), timedelta(seconds=1))
 
 
 def _sans_from_common_name(subject: x509.Name) -> SubjectAltNames:

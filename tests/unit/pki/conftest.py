@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certctl.pki import (
@@ -60,3 +62,27 @@ def rsa_key() -> rsa.RSAPrivateKey:
 @pytest.fixture(scope="session")
 def rsa1024_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=1024)
+
+
+def ca_without_usage(usage: str, now: datetime) -> CertificateAuthority:
+    """A root whose keyUsage lacks ``usage`` (keyCertSign or cRLSign), as some imports do."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    flags = {"key_cert_sign": True, "crl_sign": True, usage: False}
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(common_name_dn("Limited CA"))
+        .issuer_name(common_name_dn("Limited CA"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                True, False, False, False, False, encipher_only=False, decipher_only=False, **flags
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return CertificateAuthority(cert, key)

@@ -15,6 +15,8 @@ from certctl.errors import InvalidRequest
 from certctl.pki import CertificateAuthority, RevokedEntry, create_crl, parse_serial
 from certctl.pki.issue import BACKDATE
 
+from .conftest import ca_without_usage
+
 MAX_SERIAL = 2**159 - 1
 
 
@@ -156,3 +158,9 @@ def test_crl_next_update_never_after_the_ca(root_ca: CertificateAuthority, now: 
     assert crl.next_update_utc == ca_end
     with pytest.raises(InvalidRequest, match="issuing CA expired on"):
         create_crl(root_ca, [], now=ca_end + timedelta(seconds=1))
+
+
+def test_ca_without_crl_sign_refuses(now: datetime) -> None:
+    ca = ca_without_usage("crl_sign", now)
+    with pytest.raises(InvalidRequest, match=r"^CN=Limited CA: the CA's keyUsage lacks cRLSign"):
+        create_crl(ca, [], now=now)

@@ -23,6 +23,8 @@ from certctl.pki import (
 )
 from certctl.pki.issue import BACKDATE
 
+from .conftest import ca_without_usage
+
 SERVER = ExtendedKeyUsageOID.SERVER_AUTH
 CLIENT = ExtendedKeyUsageOID.CLIENT_AUTH
 
@@ -250,6 +252,41 @@ def test_leaf_clipped_short_warns_twice(root_ca: CertificateAuthority, now: date
     assert len(issued.warnings) == 2
     assert "clipped to the issuer's notAfter" in issued.warnings[0]
     assert issued.warnings[1] == "certificate lifetime 10D is under 60 days; plan its renewal"
+
+
+def test_clipped_lifetime_reads_in_whole_units(
+    root_ca: CertificateAuthority, now: datetime
+) -> None:
+    # A clock with microseconds against the issuer's whole-second notAfter: the warning
+    # said "certificate lifetime 239h59m58s488442us".
+    later = root_ca.certificate.not_valid_after_utc - timedelta(days=10, microseconds=-511558)
+    key = ec.generate_private_key(ec.SECP256R1())
+    issued = root_ca.issue(
+        key.public_key(),
+        common_name_dn("late.example"),
+        profile=PROFILES["server"],
+        validity=timedelta(days=90),
+        now=later,
+    )
+    assert issued.warnings[1] == "certificate lifetime 10D is under 60 days; plan its renewal"
+
+
+def test_ca_without_key_cert_sign_refuses_to_issue(now: datetime) -> None:
+    # openssl refuses what it signs (error 32): say so instead of writing useless files.
+    ca = ca_without_usage("key_cert_sign", now)
+    assert not ca.may_sign_certificates
+    assert ca.may_sign_crls
+    with pytest.raises(
+        InvalidRequest, match=r"^CN=Limited CA: the CA's keyUsage lacks keyCertSign"
+    ):
+        _leaf(ca, now)
+
+
+def test_certctl_ca_may_sign_certificates_and_crls(
+    root_ca: CertificateAuthority, now: datetime
+) -> None:
+    assert root_ca.may_sign_certificates
+    assert root_ca.may_sign_crls
 
 
 def test_short_leaf_warns(root_ca: CertificateAuthority, now: datetime) -> None:
