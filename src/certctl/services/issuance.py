@@ -216,10 +216,11 @@ def _import_warnings(ca: CertificateAuthority, issuer_id: str) -> tuple[str, ...
         return ()
     if usage.crl_sign:
         return ()
-    # Issuing works; only its CRL cannot be trusted, so a warning rather than a refusal.
+    # Issuing works; only a CRL it signed would be refused by every client, so certctl
+    # publishes none for it: a warning rather than a refusal.
     return (
-        "the CA certificate's keyUsage lacks cRLSign: the CRL certctl signs for it "
-        f"(/api/v1/issuers/{issuer_id}/crl) will not verify, so revocation checks fail",
+        "the CA certificate's keyUsage lacks cRLSign: clients refuse CRLs it signs, so "
+        f"/api/v1/issuers/{issuer_id}/crl answers 409 and revocations are not published",
     )
 
 
