@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -403,3 +403,43 @@ def test_issue_other_key_types(api: Api, key_type: str) -> None:
     body = api.issue(common_name=f"{key_type}.example.com", key_type=key_type)
     key = serialization.load_pem_private_key(body["private_key_pem"].encode(), None)
     assert key.public_key() == _cert(body["certificate_pem"]).public_key()
+
+
+def test_a_csr_asking_for_too_many_names_is_refused(api: Api) -> None:
+    """At most 100 SANs of each type, as for server-side key generation; twin: 100 pass."""
+    key = generate_private_key(KeyType.EC_P256)
+    for count, status in ((101, 400), (100, 201)):
+        names = [f"host-{i}.example.com" for i in range(count)]
+        csr = create_csr(key, common_name_dn(names[0]), SubjectAltNames.parse(dns=names))
+        before = api.counts()
+        r = api.post(
+            CERTS,
+            api.admin_key,
+            json={"csr": csr.public_bytes(serialization.Encoding.PEM).decode()},
+        )
+        if status == 400:
+            assert assert_problem(r, 400)["detail"] == (
+                "the CSR asks for 101 dns names; at most 100 of each type"
+            )
+            assert api.counts() == before
+        else:
+            assert r.status_code == 201, r.text
+            san = _cert(r.json()["certificate_pem"]).extensions.get_extension_for_class(
+                x509.SubjectAlternativeName
+            )
+            assert len(san.value.get_values_for_type(x509.DNSName)) == 100
+
+
+def test_a_csr_whose_subject_holds_bidi_controls_is_refused(api: Api) -> None:
+    key = generate_private_key(KeyType.EC_P256)
+    spoof = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "moc.elgoog\u202e")])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(spoof).sign(key, hashes.SHA256())
+    before = api.counts()
+    r = api.post(
+        CERTS, api.admin_key, json={"csr": csr.public_bytes(serialization.Encoding.PEM).decode()}
+    )
+    assert "bidirectional control characters" in assert_problem(r, 400)["detail"]
+    assert api.counts() == before
+    r = api.post(CERTS, api.admin_key, json={"common_name": "moc.elgoog\u202e"})
+    assert "bidirectional control characters" in assert_problem(r, 400)["detail"]
+    assert api.counts() == before

@@ -131,6 +131,7 @@ def sign_csr(
     now: datetime,
     verified: bool = False,
     public_key: CertificatePublicKeyTypes | None = None,
+    max_names: int | None = None,
 ) -> IssuedCertificate:
     """Issue a certificate for a verified CSR; only its subject and SANs carry over.
 
@@ -138,7 +139,8 @@ def sign_csr(
     is dropped: the profile decides. Dropped requests are reported as a warning.
     ``verified=True`` skips the signature check for a CSR that ``load_csr`` returned (it
     verified it; a second ECDSA verification costs ~0.1 ms per issuance). ``public_key`` is
-    the CSR's key when the caller has it already (``load_csr_with_key``).
+    the CSR's key when the caller has it already (``load_csr_with_key``). ``max_names``
+    caps the SANs of each type (DNS, IP, email, URI) the CSR may ask for.
 
     Raises:
         BadSignature: the CSR's signature does not verify.
@@ -150,6 +152,13 @@ def sign_csr(
     subject = csr.subject
     _check_name(subject)
     sans = csr_sans(csr) if profile.allows_sans else SubjectAltNames()
+    if max_names is not None:
+        for kind, values in sans.as_dict().items():
+            if len(values) > max_names:
+                raise InvalidRequest(
+                    f"the CSR asks for {len(values)} {kind} names; at most {max_names} "
+                    "of each type"
+                )
     ignored = sorted(
         ext.oid._name
         for ext in csr.extensions

@@ -33,6 +33,12 @@ _LOCAL_PART = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+\Z")
 # cryptography's own limit on a CN is 64 octets of UTF-8 (RFC 5280 counts 64 characters):
 # a longer value cannot be built into a name, and parsing one prints a UserWarning.
 _CN_MAX_OCTETS = 64
+# Unicode's explicit bidirectional formatting characters (UAX #9: embeddings, overrides,
+# isolates, marks). In a name they make it display as another: "CN=moc.elgoog\u202e" shows
+# as a familiar host in a UI that renders bidi ("Trojan Source", CVE-2021-42574).
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
 
 
 def parse_dn(text: str) -> x509.Name:
@@ -63,6 +69,14 @@ def _check_name(name: x509.Name, text: str | None = None) -> None:
         ):
             raise InvalidRequest(
                 f"{text or format_dn(name)}: binary or control characters are not supported"
+            )
+        if not value.isascii() and not _BIDI_CONTROLS.isdisjoint(value):
+            shown = "".join(  # escaped, so the message itself displays as it is
+                f"\\u{ord(c):04x}" if c in _BIDI_CONTROLS else c for c in text or format_dn(name)
+            )
+            raise InvalidRequest(
+                f"{shown}: bidirectional control characters are not supported "
+                "(they make a name display as another)"
             )
         if not value:
             raise InvalidRequest(
@@ -103,6 +117,11 @@ def common_name_dn(common_name: str) -> x509.Name:
         if "Cs" in categories:
             # Bytes that were not UTF-8 reach Python as lone surrogates (PEP 383).
             raise InvalidRequest(f"{common_name!r}: common name is not valid UTF-8")
+        if not _BIDI_CONTROLS.isdisjoint(common_name):
+            raise InvalidRequest(
+                f"{common_name!r}: bidirectional control characters are not allowed in a name "
+                "(they make it display as another)"
+            )
     if not common_name.isascii() and len(common_name.encode()) > _CN_MAX_OCTETS:
         raise InvalidRequest(
             f"{common_name}: common name is longer than {_CN_MAX_OCTETS} bytes as UTF-8"

@@ -510,6 +510,11 @@ class PendingIssue:
         return self.finish()
 
 
+# SANs of one type a certificate from the API may carry: the keygen body's limit (schemas),
+# and Let's Encrypt's; a CSR asking for thousands would otherwise be signed as it is.
+MAX_NAMES_PER_TYPE = 100
+
+
 def prepare_from_csr(
     services: Services,
     caller: Principal,
@@ -534,6 +539,7 @@ def prepare_from_csr(
             now=services.clock(),
             verified=True,
             public_key=public_key,
+            max_names=MAX_NAMES_PER_TYPE,
         )
     except InvalidRequest:
         ISSUANCE.labels(issuer_id, "error").inc()

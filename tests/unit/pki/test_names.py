@@ -98,11 +98,32 @@ def test_common_name_dn_is_literal() -> None:
         ("\x00evil.example", "control characters are not allowed"),
         ("x\x7f", "control characters are not allowed"),
         ("caf\u00e9 \u0085", "control characters are not allowed"),
+        # Displays as "google.com" where bidi is rendered (Trojan Source).
+        ("moc.elgoog\u202e", "bidirectional control characters are not allowed"),
+        ("web\u2066-01\u2069", "bidirectional control characters are not allowed"),
     ],
 )
 def test_common_name_dn_refuses(value: str, message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
         common_name_dn(value)
+
+
+def test_right_to_left_names_without_bidi_controls_are_accepted() -> None:
+    # Twin of the bidi refusals: scripts written right to left are names like any other.
+    for value in ("\u05e9\u05e8\u05ea-01", "\u0645\u062e\u062f\u0645", "M\u00fcller \u00e9"):
+        assert [a.value for a in common_name_dn(value)] == [value]
+        parsed = parse_dn(f"CN={value},O=Example")
+        assert parsed.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == value
+
+
+def test_parsed_and_csr_names_refuse_bidi_controls_escaped_in_the_message() -> None:
+    with pytest.raises(InvalidRequest) as raised:
+        parse_dn("CN=moc.elgoog\u202e,O=Example")
+    # The message shows the character as an escape, so it does not reorder the message itself.
+    assert raised.value.detail == (
+        "CN=moc.elgoog\\u202e,O=Example: bidirectional control characters are not supported "
+        "(they make a name display as another)"
+    )
 
 
 _SPECIALS = ',+="\\<>#; '
