@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from certctl.cli._storedzip import Entry
     from certctl.pki import CertificateAuthority, KeyType, Profile
     from certctl.pki.instances import Instance
+    from certctl.pki.names import SubjectAltNames
 
 __all__ = ["IssueOptions", "UsageProblem", "issue", "leaf_files", "parse_fast_argv"]
 
@@ -225,6 +226,8 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     )
     for message in issued.warnings:
         warn(message)
+    if prof.is_server and (left_out := _cn_left_out(name, sans)) is not None:
+        warn(left_out)
     for filename, data, secret in leaf_files(
         ca, issued.certificate, key, p12_password=p12_password, p12_legacy=opts.p12_legacy
     ):
@@ -238,6 +241,42 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     )
     for path in outputs.paths:
         out(f"  {path}")
+
+
+def _cn_left_out(name: x509.Name, sans: SubjectAltNames) -> str | None:
+    """A warning when the CN is a host name that the SANs given leave out.
+
+    Without SANs the CN becomes the DNS name (as trustme does); with SANs it does not, and
+    TLS clients ignore the CN: ``--cn localhost --ip 127.0.0.1`` serves 127.0.0.1 only.
+    """
+    import ipaddress
+
+    from cryptography.x509.oid import NameOID
+
+    from certctl.errors import CertctlError
+    from certctl.pki.names import validate_dns_name
+
+    cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not cns or not (sans.dns or sans.ip):
+        return None
+    cn = str(cns[0].value)
+    try:
+        if ipaddress.ip_address(cn) in sans.ip:
+            return None
+        flag = "--ip"
+    except ValueError:
+        if "." not in cn and cn.lower() != "localhost":
+            return None  # "node-1" beside --dns node-1.example.com: a label, not the host
+        try:
+            if validate_dns_name(cn) in sans.dns:
+                return None
+        except CertctlError:
+            return None  # "Web frontend v2.1": not a host name at all
+        flag = "--dns"
+    return (
+        f"common name {cn} is not among the SANs, and TLS clients ignore the common name: "
+        f"this certificate does not serve {cn} (add {flag} {cn})"
+    )
 
 
 def _check_combinations(opts: IssueOptions) -> None:

@@ -156,8 +156,7 @@ def sign_csr(
         for kind, values in sans.as_dict().items():
             if len(values) > max_names:
                 raise InvalidRequest(
-                    f"the CSR asks for {len(values)} {kind} names; at most {max_names} "
-                    "of each type"
+                    f"the CSR asks for {len(values)} {kind} names; at most {max_names} of each type"
                 )
     ignored = sorted(
         ext.oid._name
