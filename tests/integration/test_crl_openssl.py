@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from tests._tools import ok, run
-from tests.integration.conftest import Chain, Pki, certctl_ok
+from tests.integration.conftest import Chain, Pki, certctl, certctl_ok
 
 pytestmark = pytest.mark.integration
 
@@ -86,3 +89,54 @@ def test_openssl_verify_crl_check_refuses_a_crl_from_another_ca(
     code, output = verify_with_crl(chain, crl, chain.leaf("server"))
     assert code != 0
     assert "unable to get certificate CRL" in output
+
+
+def test_a_crl_made_from_the_previous_one_keeps_its_dates_and_reasons(
+    pki: Pki, other_root: Path, tmp_path: Path
+) -> None:
+    """``--from``: entries keep when and why they were revoked; --revoked adds new ones.
+
+    Regenerated from serials alone, every revocation date moved to the time of the new CRL.
+    """
+    chain = pki.chain("ec-p256")
+    leaves = [pki.issue(chain.inter, n, dns=[f"{n}.example.com"]) for n in ("gone-1", "gone-2")]
+    first, second = (serial_of(leaf / "tls.crt") for leaf in leaves)
+    crl = tmp_path / "ca.crl"
+    certctl_ok(
+        "crl", "create", "--ca", chain.inter, "--out", crl,
+        "--revoked", f"0x{first:x}", "--reason", "keyCompromise",
+    )  # fmt: skip
+    first_date = _entries(crl)[first][0]
+    time.sleep(1.1)  # dates are in seconds: a regenerated one would differ
+    done = certctl_ok(
+        "crl", "create", "--ca", chain.inter, "--from", crl, "--out", crl, "--force",
+        "--revoked", f"0x{first:x}", "--revoked", f"0x{second:x}", "--reason", "superseded",
+    )  # fmt: skip
+    assert f"2 revoked serial(s) (1 kept from {crl}, 1 new)" in done.out
+    entries = _entries(crl)
+    assert entries[first] == (first_date, x509.ReasonFlags.key_compromise)
+    assert entries[second][1] is x509.ReasonFlags.superseded
+    assert entries[second][0] > first_date
+    for leaf in leaves:  # openssl enforces both
+        code, output = verify_with_crl(chain, crl, leaf / "tls.crt")
+        assert code != 0, output
+        assert "certificate revoked" in output
+
+    # A CRL of another CA is refused, naming both; the output is left as it was.
+    kept = crl.read_bytes()
+    refused = certctl("crl", "create", "--ca", other_root, "--from", crl, "--out", crl, "--force")
+    assert refused.code == 1
+    assert "was not signed by this CA" in refused.err
+    assert crl.read_bytes() == kept
+
+
+def _entries(crl: Path) -> dict[int, tuple[datetime, x509.ReasonFlags | None]]:
+    ok(run("openssl", "crl", "-in", crl, "-noout"))  # openssl reads it
+    entries = {}
+    for revoked in x509.load_pem_x509_crl(crl.read_bytes()):
+        try:
+            reason = revoked.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        except x509.ExtensionNotFound:
+            reason = None
+        entries[revoked.serial_number] = (revoked.revocation_date_utc, reason)
+    return entries

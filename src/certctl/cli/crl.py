@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from certctl.cli._common import load_ca_dir, read_password, utcnow, warn
+from certctl.cli._common import load_ca_dir, read_file, read_password, utcnow, warn
 
 __all__ = ["app"]
 
@@ -28,6 +28,14 @@ def create(
         "--reason",
         help="Reason for all entries: keyCompromise, superseded, cessationOfOperation …",
     ),
+    previous: Path = typer.Option(
+        None,
+        "--from",
+        help=(
+            "A CRL this CA signed before (it may be the --out file): its entries are kept "
+            "with their revocation dates and reasons, --revoked adds to them."
+        ),
+    ),
     next_update: str = typer.Option(
         "7D", "--next-update", help="When clients should fetch a new CRL."
     ),
@@ -43,7 +51,13 @@ def create(
 
     from certctl.errors import InvalidRequest
     from certctl.files import OutputSet
-    from certctl.pki import RevokedEntry, create_crl, parse_duration, parse_serial
+    from certctl.pki import (
+        RevokedEntry,
+        create_crl,
+        load_crl_entries,
+        parse_duration,
+        parse_serial,
+    )
 
     serials = list(dict.fromkeys(parse_serial(s) for s in revoked))
     flag = None
@@ -68,6 +82,12 @@ def create(
     outputs.add(out, b"")
     outputs.check()
     ca = load_ca_dir(ca_dir, read_password(ca_password_file, env="CERTCTL_CA_PASSWORD"))
+    kept: list[RevokedEntry] = []
+    if previous is not None:
+        try:
+            kept = load_crl_entries(read_file(previous, "CRL"), ca)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"--from {previous}: {exc.detail}") from None
     now = utcnow()
     ca_end = ca.certificate.not_valid_after_utc
     if ca_end <= now:
@@ -81,13 +101,15 @@ def create(
             f"{ca_end:%Y-%m-%dT%H:%M:%SZ}"
         )
         interval = ca_end - now
-    crl = create_crl(
-        ca, [RevokedEntry(s, now, flag) for s in serials], now=now, next_update=interval
-    )
+    # A serial listed before keeps its first revocation date and reason.
+    known = {entry.serial_number for entry in kept}
+    added = [RevokedEntry(s, now, flag) for s in serials if s not in known]
+    crl = create_crl(ca, [*kept, *added], now=now, next_update=interval)
     encoding = serialization.Encoding.DER if der else serialization.Encoding.PEM
     outputs.add(out, crl.public_bytes(encoding))
     outputs.commit()
+    carried = f" ({len(kept)} kept from {previous}, {len(added)} new)" if previous else ""
     typer.echo(
-        f"wrote CRL with {len(serials)} revoked serial(s) to {out}, next update "
-        f"{now + interval:%Y-%m-%d %H:%M}Z"
+        f"wrote CRL with {len(kept) + len(added)} revoked serial(s){carried} to {out}, "
+        f"next update {now + interval:%Y-%m-%d %H:%M}Z"
     )

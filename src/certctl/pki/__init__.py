@@ -22,7 +22,7 @@ warnings.filterwarnings(
 )
 
 if TYPE_CHECKING:
-    from certctl.pki.crl import RevokedEntry, create_crl, parse_serial
+    from certctl.pki.crl import RevokedEntry, create_crl, load_crl_entries, parse_serial
     from certctl.pki.csr import create_csr, csr_sans, load_csr, load_csr_with_key, sign_csr
     from certctl.pki.formats import (
         Material,
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 _SOURCES = {
     "RevokedEntry": "crl",
     "create_crl": "crl",
+    "load_crl_entries": "crl",
     "parse_serial": "crl",
     "parse_hostname": "verify",
     "create_csr": "csr",
@@ -121,6 +122,7 @@ __all__ = [
     "key_to_pem",
     "key_type_of",
     "keys_match",
+    "load_crl_entries",
     "load_csr",
     "load_csr_with_key",
     "load_material",

@@ -11,7 +11,7 @@ from cryptography import x509
 from certctl.errors import InvalidRequest
 from certctl.pki.issue import BACKDATE, CertificateAuthority
 
-__all__ = ["RevokedEntry", "create_crl", "parse_serial"]
+__all__ = ["RevokedEntry", "create_crl", "load_crl_entries", "parse_serial"]
 
 REASONS = {r.value: r for r in x509.ReasonFlags}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -44,6 +44,41 @@ def parse_serial(text: str) -> int:
     if value <= 0 or value.bit_length() > 159:
         raise InvalidRequest(f"{text}: serial numbers are positive and at most 20 octets")
     return value
+
+
+def load_crl_entries(data: bytes, ca: CertificateAuthority) -> list[RevokedEntry]:
+    """The entries of a CRL (PEM or DER) that ``ca`` signed, with their dates and reasons.
+
+    For a new CRL that keeps what an earlier one said: regenerating from serials alone would
+    move every revocation date to now, and a client comparing dates would see them change.
+
+    Raises:
+        InvalidRequest: not a CRL, or not signed by ``ca``.
+    """
+    try:
+        if b"-----BEGIN" in data:
+            crl = x509.load_pem_x509_crl(data)
+        else:
+            crl = x509.load_der_x509_crl(data)
+    except ValueError:
+        raise InvalidRequest("not a PEM or DER certificate revocation list") from None
+    if crl.issuer != ca.certificate.subject or not crl.is_signature_valid(
+        ca.certificate.public_key()  # type: ignore[arg-type]
+    ):
+        raise InvalidRequest(
+            f"the CRL of {crl.issuer.rfc4514_string()} was not signed by this CA "
+            f"({ca.certificate.subject.rfc4514_string()})"
+        )
+    entries = []
+    for revoked in crl:
+        try:
+            reason: x509.ReasonFlags | None = revoked.extensions.get_extension_for_class(
+                x509.CRLReason
+            ).value.reason
+        except x509.ExtensionNotFound:
+            reason = None
+        entries.append(RevokedEntry(revoked.serial_number, revoked.revocation_date_utc, reason))
+    return entries
 
 
 def create_crl(
