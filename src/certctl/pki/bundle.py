@@ -691,7 +691,12 @@ def _client_files(
     files: list[tuple[str, bytes, int]] = []
     if ca is not None:
         files.append((folder + layout.ca_pem, certs_to_pem([ca.root]), _PUBLIC))
-        where = f"{layout.ca_pem} is the CA certificate that signed the server certificates."
+        where = (
+            f"{layout.ca_pem} is the CA certificate that signed the server certificates."
+            if ca.root == ca.certificate
+            else f"{layout.ca_pem} is the root CA certificate above the intermediate CA that "
+            "signed the server certificates (the servers send the intermediate themselves)."
+        )
         ca_row = "the CA certificate (PEM)"
     else:
         where = (

@@ -202,6 +202,9 @@ def test_existing_intermediate_ca(now: datetime, intermediate_ca: CertificateAut
     assert chain[0].issuer == intermediate_ca.certificate.subject
     root = x509.load_pem_x509_certificate(archive.read("kibana/elasticsearch-ca.pem"))
     assert root == intermediate_ca.root
+    # The README says which CA that file is: the root, not the intermediate that signed.
+    readme = " ".join(archive.read("kibana/README.txt").decode().split())
+    assert "elasticsearch-ca.pem is the root CA certificate above the intermediate CA" in readme
     verified = verify_certificate(
         chain[0], trust=[root], untrusted=chain[1:], hostname="es1.example.com", now=now
     )
