@@ -1,8 +1,8 @@
 """Prometheus metrics (DESIGN §5) on certctl's own registry.
 
 Cardinality is bounded by issuers, statuses, routes and results — never by certificates.
-Certificate counts come from a snapshot refreshed in the background (see
-``CertificateGauges``), so a scrape never touches the certificate table.
+Certificate counts and managed-service states come from snapshots refreshed in the background
+(see ``CertificateGauges``, ``ServiceGauges``), so a scrape never touches the store.
 
 With ``workers > 1`` (``PROMETHEUS_MULTIPROC_DIR`` set before this module is imported, see
 ``certctl.server.workers``) every worker writes its counters to memory-mapped files and a
@@ -42,14 +42,13 @@ __all__ = [
     "REGISTRY",
     "RENEWALS",
     "REVOCATIONS",
-    "SERVICE_NEXT_RENEWAL",
-    "SERVICE_NOT_AFTER",
-    "SERVICE_READY",
     "TLS_NOT_AFTER",
     "TLS_RELOADS",
     "CertificateGauges",
+    "ServiceGauges",
     "certificate_gauges",
     "exposition_registry",
+    "service_gauges",
 ]
 
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -102,27 +101,6 @@ TLS_NOT_AFTER = Gauge(
 )
 DELIVERIES = Counter(
     "certctl_target_deliveries", "Bundle deliveries to targets", ["result"], registry=REGISTRY
-)
-SERVICE_READY = Gauge(
-    "certctl_service_ready",
-    "1 when a managed service is Ready",
-    ["service"],
-    registry=REGISTRY,
-    multiprocess_mode="mostrecent",
-)
-SERVICE_NOT_AFTER = Gauge(
-    "certctl_service_certificate_not_after_timestamp_seconds",
-    "NotAfter of each managed service's serving certificate",
-    ["service"],
-    registry=REGISTRY,
-    multiprocess_mode="mostrecent",
-)
-SERVICE_NEXT_RENEWAL = Gauge(
-    "certctl_service_next_renewal_timestamp_seconds",
-    "When each managed service's certificate is renewed next",
-    ["service"],
-    registry=REGISTRY,
-    multiprocess_mode="mostrecent",
 )
 TLS_RELOADS = Counter(
     "certctl_tls_reloads", "TLS certificate reloads", ["result"], registry=REGISTRY
@@ -206,6 +184,68 @@ certificate_gauges = CertificateGauges()
 REGISTRY.register(certificate_gauges)
 
 
+class ServiceGauges(Collector):
+    """Managed services (TLSService) as last read from the store; refreshed off the scrape path.
+
+    Built from the store rather than set by the reconciler: every worker and every replica
+    reports the same series (only the leader reconciles), and a deleted service's series go
+    with it instead of reporting its last state until the process restarts.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: list[tuple[str, bool, float | None, float | None]] = []
+
+    def update(self, rows: Iterable[tuple[str, bool, datetime | None, datetime | None]]) -> None:
+        """Replace the snapshot: (name, ready, certificate notAfter, next renewal) per service."""
+        snapshot = [
+            (
+                name,
+                ready,
+                None if not_after is None else not_after.timestamp(),
+                None if renew_at is None else renew_at.timestamp(),
+            )
+            for name, ready, not_after, renew_at in rows
+        ]
+        with self._lock:
+            self._rows = sorted(snapshot)
+
+    def collect(self) -> Iterable[Metric]:
+        """Yield the gauges from the snapshot."""
+        with self._lock:
+            rows = self._rows
+        ready = GaugeMetricFamily(
+            "certctl_service_ready", "1 when a managed service is Ready", labels=["service"]
+        )
+        not_after = GaugeMetricFamily(
+            "certctl_service_certificate_not_after_timestamp_seconds",
+            "NotAfter of each managed service's serving certificate",
+            labels=["service"],
+        )
+        renewal = GaugeMetricFamily(
+            "certctl_service_next_renewal_timestamp_seconds",
+            "When each managed service's certificate is renewed next",
+            labels=["service"],
+        )
+        for name, is_ready, expires, renews in rows:
+            ready.add_metric([name], 1 if is_ready else 0)
+            if expires is not None:
+                not_after.add_metric([name], expires)
+            if renews is not None:
+                renewal.add_metric([name], renews)
+        yield ready
+        yield not_after
+        yield renewal
+
+    def describe(self) -> Iterable[Metric]:
+        """Describe without collecting (keeps registration cheap)."""
+        return []
+
+
+service_gauges = ServiceGauges()
+REGISTRY.register(service_gauges)
+
+
 _MULTIPROCESS_REGISTRY: CollectorRegistry | None = None
 
 
@@ -221,5 +261,6 @@ def exposition_registry() -> CollectorRegistry:
         multiprocess.MultiProcessCollector(registry, path=MULTIPROCESS_DIR)  # type: ignore[no-untyped-call]
         PlatformCollector(registry=registry)
         registry.register(certificate_gauges)
+        registry.register(service_gauges)
         _MULTIPROCESS_REGISTRY = registry
     return _MULTIPROCESS_REGISTRY

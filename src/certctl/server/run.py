@@ -20,7 +20,7 @@ from certctl.api.throttle import AuthFailureLimiter
 from certctl.auth.kubernetes import TokenReviewAuthenticator
 from certctl.errors import CertctlError, InvalidRequest
 from certctl.kubeapi import KubeConnection, load_connection
-from certctl.metrics.registry import API_KEYS, certificate_gauges
+from certctl.metrics.registry import API_KEYS, certificate_gauges, service_gauges
 from certctl.pki import parse_duration
 from certctl.server.bootstrap import Bootstrapped, bootstrap
 from certctl.server.config import ServerConfig, split_host_port
@@ -30,7 +30,7 @@ from certctl.server.tls import ServerTLS, check_files, ensure_self_signed
 from certctl.services import issuance
 from certctl.services.context import Services
 from certctl.services.tls_services import ServiceSettings, TargetPolicy, ca_renewal_time
-from certctl.store.models import ApiKey, Issuer
+from certctl.store.models import ApiKey, Issuer, ManagedService
 from certctl.targets.kubernetes import SecretWriter, WriteResult
 
 if TYPE_CHECKING:  # imported where a webhook is configured
@@ -47,15 +47,30 @@ _LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 _ISSUER_EXPIRY = select(Issuer.id, Issuer.not_after)
+_SERVICE_STATES = select(
+    ManagedService.name,
+    ManagedService.conditions,
+    ManagedService.not_after,
+    ManagedService.renew_at,
+)
 
 
 def refresh_metrics(services: Services) -> None:
-    """Recompute the certificate and API-key gauges (off the scrape path)."""
+    """Recompute the certificate, managed-service and API-key gauges (off the scrape path)."""
     counts, nxt = issuance.certificate_counts(services)
     now = services.clock()
     with services.sessions() as session:
         issuers = {row.id: row.not_after for row in session.execute(_ISSUER_EXPIRY)}
         certificate_gauges.update(counts, nxt, issuers)
+        service_gauges.update(
+            (
+                row.name,
+                bool((row.conditions or {}).get("Ready", {}).get("status")),
+                row.not_after,
+                row.renew_at,
+            )
+            for row in session.execute(_SERVICE_STATES)
+        )
         revoked = session.scalar(select(func.count()).where(ApiKey.revoked_at.is_not(None))) or 0
         expired = (
             session.scalar(

@@ -19,7 +19,6 @@ from typing import Any
 from sqlalchemy import select, text
 
 from certctl.errors import NotFound
-from certctl.metrics.registry import SERVICE_NEXT_RENEWAL, SERVICE_NOT_AFTER, SERVICE_READY
 from certctl.services import tls_services
 from certctl.services.context import Services
 from certctl.services.notify import Webhook, dispatch_pending
@@ -134,7 +133,6 @@ class Scheduler:
             if crashed is not None and crashed[2] != asked:
                 crashed = None  # changed since it crashed: a fresh start
             if crashed is not None and now < crashed[1]:
-                self._export(row)
                 continue
             if tls_services.due(row, now, resync=tls_services.RESYNC_INTERVAL):
                 # Re-checked per service: a leader whose lock session was lost mid-pass (network
@@ -169,7 +167,6 @@ class Scheduler:
                             exc,
                             retry.isoformat(timespec="seconds"),
                         )
-            self._export(row)
         if self.webhook is not None:
             if not dispatch_in_background:
                 dispatch_pending(self.services, self.webhook)
@@ -186,14 +183,6 @@ class Scheduler:
             dispatch_pending(self.services, self.webhook, leading=self._leading.is_set)
         except Exception:
             log.exception("sending webhook events failed; will retry")
-
-    def _export(self, row: ManagedService) -> None:
-        ready = bool((row.conditions or {}).get("Ready", {}).get("status"))
-        SERVICE_READY.labels(row.name).set(1 if ready else 0)
-        if row.not_after is not None:
-            SERVICE_NOT_AFTER.labels(row.name).set(row.not_after.timestamp())
-        if row.renew_at is not None:
-            SERVICE_NEXT_RENEWAL.labels(row.name).set(row.renew_at.timestamp())
 
     async def run(self) -> None:
         """Loop forever; errors are logged and the loop goes on."""
