@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import time
 from datetime import timedelta
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
 
 from certctl.server.run import refresh_metrics
 from certctl.services import issuance
@@ -163,3 +169,46 @@ def test_auth_failure_counter_counts_reasons(api: Api) -> None:
     assert after["invalid"] - before["invalid"] == 1
     assert after["forbidden"] - before["forbidden"] == 1
     assert set(after) == {"missing", "invalid", "expired", "revoked", "forbidden"}
+
+
+def test_readyz_reports_a_database_that_is_down_or_hangs(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from certctl.api import app as app_module
+
+    state = api.client.app.app.state  # type: ignore[attr-defined]  # inside the access-log layer
+    assert api.get("/readyz").text == "ready"
+
+    # Nothing listens there: not ready, without saying why (DESIGN §4); alive all the same.
+    state.database_probe = app_module._DatabaseProbe(
+        create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")
+    )
+    body = assert_problem(api.get("/readyz"), 503)
+    assert body["detail"] == "not ready"
+    assert api.get("/healthz").status_code == 200
+
+    # A database that does not answer: not ready after the timeout, and later probes do not
+    # start a thread each while the first ping hangs.
+    monkeypatch.setattr(app_module, "READY_CHECK_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(app_module, "READY_CHECK_TTL_S", 0.0)
+    release = threading.Event()
+    connects = []
+
+    def hang() -> sqlite3.Connection:
+        connects.append(1)
+        release.wait(10)
+        return sqlite3.connect(":memory:")
+
+    engine = create_engine("sqlite://", creator=hang, poolclass=NullPool)
+    state.database_probe = app_module._DatabaseProbe(engine)
+    started = time.monotonic()
+    assert_problem(api.get("/readyz"), 503)
+    assert time.monotonic() - started < 3
+    assert_problem(api.get("/readyz"), 503)
+    assert len(connects) == 1
+    release.set()
+    deadline = time.monotonic() + 5
+    while api.get("/readyz").status_code != 200:  # bounded: 5 s
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    engine.dispose()

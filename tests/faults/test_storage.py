@@ -354,13 +354,19 @@ def test_read_only_and_down_postgresql(
         time.sleep(0.5)
         assert issue(client, "after-ro.pg.example.com").status_code == 201
 
-        # The database goes away: every route that needs it answers 503, /healthz still 200.
+        # The database goes away: every route that needs it answers 503, /healthz still 200,
+        # /readyz 503 (a load balancer stops sending clients here).
+        assert client.get("/readyz").status_code == 200
         opts = _running_options(postgres_cluster)
         _pg_ctl(postgres_cluster, "-m", "immediate", "stop")
         try:
             down_detail = assert_storage_problem(issue(client, "down.pg.example.com"), "reached")
             assert_storage_problem(client.get("/api/v1/certificates"), "reached")
             assert client.get("/healthz").status_code == 200
+            time.sleep(1.1)  # past the cached /readyz answer (READY_CHECK_TTL_S)
+            not_ready = client.get("/readyz")
+            assert not_ready.status_code == 503, not_ready.text
+            assert "reached" not in not_ready.text  # no operational detail (DESIGN §4)
         finally:
             _pg_ctl(
                 postgres_cluster,
@@ -383,6 +389,8 @@ def test_read_only_and_down_postgresql(
             time.sleep(0.1)
         recovered_s = time.monotonic() - back
         assert r.status_code == 201, r.text
+        time.sleep(1.1)  # past the cached /readyz answer (READY_CHECK_TTL_S)
+        assert client.get("/readyz").status_code == 200
     assert fault_server.proc is not None
     assert fault_server.proc.poll() is None  # the same process throughout
     assert fault_server.stop() in (0, -signal.SIGTERM)
