@@ -43,6 +43,9 @@ def test_one_escaped_line_per_request_and_no_key_secret(start_server: StartServe
         assert client.get("/api/v1/metrics/prometheus").status_code == 200
         path = "/api/v1/issuers/x%0a" + forged.replace(" ", "%20") + "%00/ca.pem"
         assert client.get(path).status_code == 404
+        # Spaces would let the path supply the status and actor a reader sees first.
+        spoof = "/wp-login.php%20200%20actor=admin%200.1ms"
+        assert client.get(spoof).status_code == 404
         r = client.delete(f"/api/v1/auth/apikeys/{server.admin_key}")
         assert r.status_code == 404
         # The key without its prefix, and with its id cut short: still a secret.
@@ -59,9 +62,13 @@ def test_one_escaped_line_per_request_and_no_key_secret(start_server: StartServe
     )
     issuer_lines = [line for line in lines if "/api/v1/issuers/x" in line]
     assert len(issuer_lines) == 1
-    assert "/api/v1/issuers/x\\n2026-12-03 03:30:00,000 INFO" in issuer_lines[0]
+    assert "/api/v1/issuers/x\\n2026-12-03%2003:30:00,000%20INFO" in issuer_lines[0]
     assert "\\x00/ca.pem 404 actor=-" in issuer_lines[0]
     assert not any(line.startswith("2026-12-03 03:30:00,000") for line in lines)
+    spoofed = [line for line in lines if "/wp-login.php" in line]
+    assert len(spoofed) == 1
+    assert " GET /wp-login.php%20200%20actor=admin%200.1ms 404 actor=- " in spoofed[0]
+    assert " 200 actor=admin" not in spoofed[0]
     err = server.logs()[1]  # stdout has the first-start banner, which shows the key once
     assert "\x00" not in err
     assert secret_of(server.admin_key) not in err

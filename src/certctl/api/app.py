@@ -1119,11 +1119,13 @@ class AccessLogAndLimits:
             }
             log.info("%s %s %s", method, path, status, extra={"fields": fields})
         else:
+            # Fields are separated by spaces: a space in the path (``%20``) would let a client
+            # append its own status and actor to the line (``/x 200 actor=admin``).
             log.info(
                 "%s %s %s %s actor=%s %.1fms",
                 client[0],
                 method,
-                path,
+                path.replace(" ", "%20"),
                 status,
                 actor,
                 elapsed * 1000,
