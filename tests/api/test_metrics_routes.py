@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -212,3 +214,23 @@ def test_readyz_reports_a_database_that_is_down_or_hangs(
         assert time.monotonic() < deadline
         time.sleep(0.05)
     engine.dispose()
+
+
+def test_readme_lists_every_exported_certctl_metric(api: Api) -> None:
+    """The README's metrics table and the exposition name the same families."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = [line for line in readme.splitlines() if line.startswith("| `certctl_")]
+    documented = {
+        name.removesuffix("_total")
+        for line in table
+        for name in re.findall(r"`(certctl_\w+)`", line)
+    }
+    api.issue()
+    refresh_metrics(api.services)
+    key = api.actor_key("prom", ["r-metrics-read"])
+    exported = {
+        family.name
+        for family in text_string_to_metric_families(api.get(PROM, key).text)
+        if family.name.startswith("certctl_") and not family.name.endswith("_created")
+    }
+    assert documented == exported
