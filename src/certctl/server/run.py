@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 
 from certctl.api.app import METRICS_PATHS, ClientCertMapping, create_app
 from certctl.api.throttle import AuthFailureLimiter
@@ -30,6 +31,7 @@ from certctl.server.tls import ServerTLS, check_files, ensure_self_signed
 from certctl.services import issuance
 from certctl.services.context import Services
 from certctl.services.tls_services import ServiceSettings, TargetPolicy, ca_renewal_time
+from certctl.store.db import storage_error
 from certctl.store.models import ApiKey, Issuer, ManagedService
 from certctl.targets.kubernetes import SecretWriter, WriteResult
 
@@ -89,12 +91,27 @@ def refresh_metrics(services: Services) -> None:
 
 
 async def _periodic(interval_s: float, work: Callable[[], Any], what: str) -> None:
+    # A database outage fails every pass of every worker: one line when it starts (and when
+    # its reason changes) and one when it ends, not a traceback every ``interval_s``.
+    outage: str | None = None
     while True:
         await asyncio.sleep(interval_s)
         try:
             await asyncio.to_thread(work)
+        except DBAPIError as exc:
+            fault = storage_error(exc)
+            if fault is None:
+                log.exception("%s failed; will retry", what)
+            elif fault.detail != outage:
+                log.warning("%s failed: %s; retrying every %.0f s", what, fault.detail, interval_s)
+                outage = fault.detail
+            continue
         except Exception:
             log.exception("%s failed; will retry", what)
+            continue
+        if outage is not None:
+            log.info("%s works again", what)
+            outage = None
 
 
 def _kube_connection(config: ServerConfig) -> KubeConnection:

@@ -1,0 +1,72 @@
+"""Background passes (metrics refresh, CA renewal) during a database outage: two log lines.
+
+Before, each failed pass logged a traceback: every 10 s per worker for the metrics refresh,
+for as long as PostgreSQL was down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import psycopg
+import pytest
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from certctl.server.run import _periodic
+
+
+def _down() -> OperationalError:
+    return OperationalError("SELECT 1", {}, psycopg.OperationalError("connection refused"))
+
+
+def _run_passes(outcomes: list[BaseException | None]) -> None:
+    """Run ``_periodic`` until every outcome (raise it, or succeed on None) has been played."""
+    played = iter(outcomes)
+    done = asyncio.Event()
+
+    def work() -> None:
+        try:
+            outcome = next(played)
+        except StopIteration:  # a pass after the last one: its log lines are all written
+            loop.call_soon_threadsafe(done.set)
+            return
+        if outcome is not None:
+            raise outcome
+
+    async def run() -> None:
+        task = asyncio.create_task(_periodic(0.001, work, "metrics"))
+        await asyncio.wait_for(done.wait(), timeout=10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+
+
+def test_an_outage_is_one_warning_and_its_end_one_info(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="certctl.server")
+    _run_passes([_down(), _down(), _down(), _down(), None])
+    lines = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
+    assert lines == [
+        (
+            "WARNING",
+            "metrics failed: storage is unavailable: the database cannot be reached; "
+            "retrying every 0 s",
+            None,
+        ),
+        ("INFO", "metrics works again", None),
+    ]
+
+
+def test_a_bug_still_logs_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="certctl.server")
+    bug = ProgrammingError("SELECT nope", {}, psycopg.ProgrammingError("no such column"))
+    _run_passes([bug, None])
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == ["metrics failed; will retry"]
+    assert errors[0].exc_info is not None
