@@ -50,6 +50,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]
         "alice": client_cert(base / "client-ca", "CN=alice,OU=ops,O=Example", base / "alice"),
         "bob": client_cert(base / "client-ca", "CN=bob,OU=dev,O=Example", base / "bob"),
         "mallory": client_cert(base / "rogue-ca", "CN=mallory,OU=ops,O=Example", base / "mal"),
+        # Subject CN "x,OU=ops" + O=Example: no OU at all. RFC 4514 writes it CN=x\,OU=ops,…
+        "forger": client_cert(base / "client-ca", r"CN=x\,OU=ops,O=Example", base / "forger"),
+        "smith": client_cert(base / "client-ca", r"CN=Smith\, John,O=Example", base / "smith"),
     }
 
 
@@ -60,7 +63,10 @@ def mtls_server(
     config = {
         "tls": {"client-auth": "required", "client-ca": str(pki["ca"][0])},
         "auth": {
-            "client-cert-mappings": [{"subject": "CN=*,OU=ops,O=Example", "roles": ["r-operator"]}]
+            "client-cert-mappings": [
+                {"subject": "CN=*,OU=ops,O=Example", "roles": ["r-operator"]},
+                {"subject": r"CN=Smith\, John,O=Example", "roles": ["r-viewer"]},
+            ]
         },
     }
     with launch(
@@ -122,3 +128,24 @@ def test_api_key_still_works_over_mtls(
         whoami = client.get(WHOAMI).json()
     assert whoami["actor_id"] == "admin"
     assert whoami["auth_method"] == "api_key"
+
+
+def test_a_comma_in_the_cn_does_not_forge_an_ou(
+    mtls_server: CertctlServer, pki: dict[str, tuple[Path, Path]]
+) -> None:
+    out = run(
+        "openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", pki["forger"][0]
+    )
+    assert out.stdout.strip() == r"subject=CN=x\,OU=ops,O=Example", out.stdout
+    # Split on every comma, this read as CN=x\ / OU=ops / O=Example and got r-operator.
+    status, _, body = split_response(curl(mtls_server, WHOAMI, pki["forger"]))
+    assert status == 401, body
+    assert json.loads(body)["detail"] == "client certificate subject is not mapped to any role"
+
+
+def test_an_escaped_comma_in_a_mapping_matches_that_cn(
+    mtls_server: CertctlServer, pki: dict[str, tuple[Path, Path]]
+) -> None:
+    status, _, body = split_response(curl(mtls_server, WHOAMI, pki["smith"]))
+    assert status == 200, body
+    assert json.loads(body)["roles"] == ["r-viewer"]

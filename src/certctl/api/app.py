@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
@@ -52,7 +52,7 @@ from certctl.metrics.registry import (
     HTTP_REQUESTS,
     exposition_registry,
 )
-from certctl.pki import parse_duration
+from certctl.pki import DNPattern, parse_duration
 from certctl.services import audit, issuance, rbac
 from certctl.services.context import Principal, Services
 from certctl.services.tls_services import TargetPolicy
@@ -78,25 +78,25 @@ MAX_HEADER_BYTES = 16 * 1024
 
 @dataclass(frozen=True)
 class ClientCertMapping:
-    """``auth.client-cert-mappings`` entry: a DN pattern (``*`` wildcards per RDN) → roles."""
+    """``auth.client-cert-mappings`` entry: a DN pattern (``*`` wildcards per RDN) → roles.
+
+    Raises:
+        InvalidRequest: ``subject`` is not a valid RFC 4514 pattern.
+    """
 
     subject: str
     roles: tuple[str, ...]
+    pattern: DNPattern = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pattern", DNPattern(self.subject))
 
     def matches(self, subject: str) -> bool:
-        """True when the RFC 4514 ``subject`` matches the pattern RDN by RDN."""
-        want = [p.strip() for p in self.subject.split(",")]
-        have = [p.strip() for p in subject.split(",")]
-        if len(want) != len(have):
-            return False
-        for pattern, value in zip(want, have, strict=True):
-            p_attr, _, p_val = pattern.partition("=")
-            v_attr, _, v_val = value.partition("=")
-            if p_attr.upper() != v_attr.upper():
-                return False
-            if p_val != "*" and p_val != v_val:
-                return False
-        return True
+        """True when the RFC 4514 ``subject`` matches the pattern RDN by RDN.
+
+        Escapes are resolved first: a CN of ``x,OU=ops`` is one value, never an OU.
+        """
+        return self.pattern.matches(subject)
 
 
 # --- handlers: auth ----------------------------------------------------------------------

@@ -40,7 +40,13 @@ if TYPE_CHECKING:
         keys_match,
     )
     from certctl.pki.keys import KeyType, check_public_key, generate_private_key, key_type_of
-    from certctl.pki.names import SubjectAltNames, common_name_dn, format_dn, parse_dn
+    from certctl.pki.names import (
+        DNPattern,
+        SubjectAltNames,
+        common_name_dn,
+        format_dn,
+        parse_dn,
+    )
     from certctl.pki.profiles import LEAF_PROFILES, PROFILES, Profile, get_profile
     from certctl.pki.validity import format_duration, parse_duration
     from certctl.pki.verify import (
@@ -78,6 +84,7 @@ _SOURCES = {
     "check_public_key": "keys",
     "generate_private_key": "keys",
     "key_type_of": "keys",
+    "DNPattern": "names",
     "SubjectAltNames": "names",
     "common_name_dn": "names",
     "format_dn": "names",
@@ -98,6 +105,7 @@ __all__ = [
     "LEAF_PROFILES",
     "PROFILES",
     "CertificateAuthority",
+    "DNPattern",
     "IssuedCertificate",
     "KeyType",
     "Material",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -14,7 +16,14 @@ from cryptography.x509.oid import NameOID
 
 from certctl.errors import InvalidRequest
 
-__all__ = ["SubjectAltNames", "common_name_dn", "format_dn", "parse_dn", "validate_dns_name"]
+__all__ = [
+    "DNPattern",
+    "SubjectAltNames",
+    "common_name_dn",
+    "format_dn",
+    "parse_dn",
+    "validate_dns_name",
+]
 
 # RFC 5280 Appendix A upper bounds, enforced so that linters and strict clients accept our names.
 _UPPER_BOUNDS = {
@@ -97,6 +106,169 @@ def _check_name(name: x509.Name, text: str | None = None) -> None:
 def format_dn(name: x509.Name) -> str:
     """Format a name as an RFC 4514 string; ``parse_dn(format_dn(n)) == n``."""
     return name.rfc4514_string()
+
+
+# Attribute type names a DN pattern may use (upper case), by OID: RFC 4514 section 3 and the
+# ones cryptography and OpenSSL print. Any other attribute is written as its dotted OID.
+_ATTRIBUTE_OIDS = {
+    "CN": "2.5.4.3",
+    "SN": "2.5.4.4",
+    "SERIALNUMBER": "2.5.4.5",
+    "C": "2.5.4.6",
+    "L": "2.5.4.7",
+    "ST": "2.5.4.8",
+    "STREET": "2.5.4.9",
+    "O": "2.5.4.10",
+    "OU": "2.5.4.11",
+    "TITLE": "2.5.4.12",
+    "GN": "2.5.4.42",
+    "GIVENNAME": "2.5.4.42",
+    "DC": "0.9.2342.19200300.100.1.25",
+    "UID": "0.9.2342.19200300.100.1.1",
+    "E": "1.2.840.113549.1.9.1",
+    "EMAILADDRESS": "1.2.840.113549.1.9.1",
+}
+_NUMERIC_OID = re.compile(r"[0-9]+(\.[0-9]+)+\Z")
+# RFC 4514 section 2.4: what a backslash may precede, besides two hex digits.
+_ESCAPABLE = frozenset(' "#+,;<=>\\')
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+# One RDN: (attribute OID, value) pairs; a value of None is a pattern's wildcard.
+_RDN = tuple[tuple[str, str | None], ...]
+
+
+def _attribute_oid(name: str, text: str) -> str:
+    if _NUMERIC_OID.match(name):
+        return name
+    oid = _ATTRIBUTE_OIDS.get(name.upper())
+    if oid is None:
+        raise InvalidRequest(
+            f"{text}: unknown attribute type {name[:40]!r} (use CN, OU, O, ... or a dotted OID)"
+        )
+    return oid
+
+
+def _decoded(pending: bytearray, text: str) -> list[tuple[str, bool]]:
+    try:
+        return [(c, True) for c in pending.decode()]
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"{text}: escaped bytes are not UTF-8") from None
+
+
+def _read_value(text: str, i: int) -> tuple[list[tuple[str, bool]], int]:
+    """The value starting at ``i`` as (character, escaped) pairs, and where it ends."""
+    chars: list[tuple[str, bool]] = []
+    pending = bytearray()  # \XX pairs: one UTF-8 character may take several
+    n = len(text)
+    while i < n and text[i] not in ",+":
+        c = text[i]
+        if c == "\\":
+            pair = text[i + 1 : i + 3]
+            if len(pair) == 2 and pair[0] in _HEX and pair[1] in _HEX:
+                pending.append(int(pair, 16))
+                i += 3
+                continue
+            if i + 1 < n and text[i + 1] in _ESCAPABLE:
+                chars += _decoded(pending, text)
+                pending.clear()
+                chars.append((text[i + 1], True))
+                i += 2
+                continue
+            raise InvalidRequest(f"{text}: invalid escape at position {i + 1}")
+        if c in '";<>':
+            raise InvalidRequest(f"{text}: {c!r} in a value must be escaped (\\{c})")
+        chars += _decoded(pending, text)
+        pending.clear()
+        chars.append((c, False))
+        i += 1
+    chars += _decoded(pending, text)
+    # Unescaped spaces around a value are layout ("CN=*, OU=ops"), escaped ones are data.
+    while chars and chars[-1] == (" ", False):
+        chars.pop()
+    while chars and chars[0] == (" ", False):
+        chars.pop(0)
+    return chars, i
+
+
+def _split_rdns(text: str, *, wildcards: bool) -> tuple[_RDN, ...]:
+    """Split an RFC 4514 string into RDNs as written, escapes resolved (not via x509.Name).
+
+    ``x509.Name.from_rfc4514_string`` does not take lower-case or unknown attribute names,
+    and would need a second format for the wildcard.
+    """
+    if not text.strip():
+        raise InvalidRequest("empty distinguished name (example: CN=*,OU=ops,O=Example)")
+    rdns: list[_RDN] = []
+    rdn: list[tuple[str, str | None]] = []
+    i, n = 0, len(text)
+    while True:
+        eq = text.find("=", i)
+        if eq < 0:
+            raise InvalidRequest(f"{text}: {text[i:][:40]!r} is not TYPE=value")
+        oid = _attribute_oid(text[i:eq].strip(), text)
+        chars, i = _read_value(text, eq + 1)
+        is_wildcard = wildcards and chars == [("*", False)]
+        rdn.append((oid, None if is_wildcard else "".join(c for c, _ in chars)))
+        if i < n and text[i] == "+":
+            i += 1
+            continue
+        rdns.append(tuple(rdn))
+        rdn = []
+        if i >= n:
+            return tuple(rdns)
+        i += 1  # the comma
+
+
+@functools.lru_cache(maxsize=1024)
+def _subject_rdns(subject: str) -> tuple[_RDN, ...]:
+    # The same few client certificates authenticate again and again: parse each once.
+    return _split_rdns(subject, wildcards=False)
+
+
+def _rdn_matches(pattern: _RDN, rdn: _RDN) -> bool:
+    # An RDN is a set: a multi-valued one (OU=dev+OU=ops) matches in any order.
+    if len(pattern) != len(rdn) or sorted(o for o, _ in pattern) != sorted(o for o, _ in rdn):
+        return False
+    left = Counter(rdn)
+    for pair in pattern:
+        if pair[1] is None:
+            continue  # the same OIDs on both sides: what is left fills the wildcards
+        if not left[pair]:
+            return False
+        left[pair] -= 1
+    return True
+
+
+@dataclass(frozen=True)
+class DNPattern:
+    r"""An RFC 4514 distinguished name in which a value ``*`` matches any value.
+
+    RDNs compare one by one, in the order written (most specific first, as RFC 4514 and
+    ``x509.Name.rfc4514_string`` put them); their number must be equal. Attribute types
+    compare by OID (``cn``, ``CN`` and ``2.5.4.3`` are one type), values exactly, after
+    RFC 4514 escapes are resolved: a comma inside a value (``CN=a\,OU=ops``) stays in that
+    value and never starts another RDN. A multi-valued RDN (``CN=a+UID=b``) matches the same
+    attributes in any order. ``\2A`` is a literal ``*``.
+
+    Raises:
+        InvalidRequest: ``text`` is not a valid RFC 4514 string.
+    """
+
+    text: str
+    rdns: tuple[_RDN, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rdns", _split_rdns(self.text, wildcards=True))
+
+    def matches(self, subject: str) -> bool:
+        """True when ``subject`` (an RFC 4514 string) matches; False when it is malformed."""
+        try:
+            have = _subject_rdns(subject)
+        except InvalidRequest:
+            return False
+        return len(have) == len(self.rdns) and all(
+            _rdn_matches(want, rdn) for want, rdn in zip(self.rdns, have, strict=True)
+        )
 
 
 def common_name_dn(common_name: str) -> x509.Name:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from certctl.errors import InvalidRequest
-from certctl.pki import SubjectAltNames, parse_duration
+from certctl.pki import DNPattern, SubjectAltNames, parse_duration
 
 __all__ = ["ServerConfig", "load_config"]
 
@@ -108,6 +108,16 @@ class ClientCertMappingConfig(_Section):
 
     subject: str
     roles: list[str]
+
+    @field_validator("subject")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        # Refused at load, not found unmatched at the first client: the matcher's own parser.
+        try:
+            DNPattern(value)
+        except InvalidRequest as exc:
+            raise ValueError(exc.detail) from None
+        return value
 
 
 class KubernetesAuthConfig(_Section):

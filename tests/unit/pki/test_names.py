@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from certctl.errors import InvalidRequest
 from certctl.pki.names import (
+    DNPattern,
     SubjectAltNames,
     common_name_dn,
     format_dn,
@@ -188,6 +189,87 @@ def _cn(value: str) -> x509.Name:
 )
 def test_dn_round_trip(name: x509.Name) -> None:
     assert parse_dn(format_dn(name)) == name
+
+
+# --- DN patterns (auth.client-cert-mappings) --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "subject", "expected"),
+    [
+        ("CN=*,OU=ops,O=Example", "CN=alice,OU=ops,O=Example", True),
+        ("CN=*,OU=ops,O=Example", "CN=alice,OU=dev,O=Example", False),
+        # A comma inside a value is that value's: it never makes an OU (the old split did).
+        ("CN=*,OU=ops,O=Example", r"CN=x\,OU=ops,O=Example", False),
+        ("CN=*,O=Example", r"CN=x\,OU=ops,O=Example", True),
+        (r"CN=Smith\, John,O=Example", r"CN=Smith\, John,O=Example", True),
+        (r"CN=Smith\, John,O=Example", "CN=Smith,CN=John,O=Example", False),
+        # '=' needs no escape in a value; it does not start a new attribute either.
+        ("CN=*,O=Example", "CN=a=b,O=Example", True),
+        ("CN=a,O=Example", "CN=a=b,O=Example", False),
+        # RDN order as written, most specific first; the count must match.
+        ("CN=*,OU=ops,O=Example", "O=Example,OU=ops,CN=alice", False),
+        ("CN=*,OU=ops,O=Example", "CN=alice,OU=ops,O=Example,C=DE", False),
+        ("CN=*,OU=ops,O=Example", "CN=alice+UID=1,OU=ops,O=Example", False),
+        # Multi-valued RDNs are sets.
+        ("CN=*,OU=dev+OU=ops,O=Example", "CN=m,OU=ops+OU=dev,O=Example", True),
+        ("CN=*+UID=*,O=Example", "CN=m+UID=7,O=Example", True),
+        ("CN=*+UID=8,O=Example", "CN=m+UID=7,O=Example", False),
+        # Attribute types by OID and case-insensitively; values exactly.
+        ("cn=*, ou=ops , o=Example", "CN=alice,OU=ops,O=Example", True),
+        ("emailAddress=a@example.com,CN=*", "1.2.840.113549.1.9.1=a@example.com,CN=x", True),
+        ("CN=*,O=example", "CN=alice,O=Example", False),
+        # Escapes: hex pairs (UTF-8), a literal star.
+        (r"CN=J\C3\BCrgen,O=E", "CN=Jürgen,O=E", True),
+        (r"CN=\2A,O=E", "CN=*,O=E", True),
+        (r"CN=\2A,O=E", "CN=bob,O=E", False),
+        (r"CN=\ lead,O=E", r"CN=\ lead,O=E", True),
+        ("CN=lead,O=E", r"CN=\ lead,O=E", False),
+        # A subject that is no RFC 4514 string matches nothing.
+        ("CN=*", "CN=a;b", False),
+    ],
+)
+def test_dn_pattern_matches(pattern: str, subject: str, expected: bool) -> None:
+    assert DNPattern(pattern).matches(subject) is expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("", "empty distinguished name"),
+        ("CN", "'CN' is not TYPE=value"),
+        ("CN=a,", "'' is not TYPE=value"),
+        ("foo=bar", "unknown attribute type 'foo'"),
+        (r"CN=a\x", "invalid escape at position 5"),
+        ("CN=a;b", r"';' in a value must be escaped (\;)"),
+        (r"CN=\FF,O=E", "escaped bytes are not UTF-8"),
+    ],
+)
+def test_dn_pattern_refuses(pattern: str, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        DNPattern(pattern)
+
+
+def _wildcards(name: x509.Name) -> str:
+    return ",".join(
+        "+".join(f"{a.rfc4514_attribute_name}=*" for a in rdn) for rdn in reversed(name.rdns)
+    )
+
+
+@FAST
+@given(_NAMES)
+@example(_cn(r'x\,OU=ops "q" ; <a> + #'))
+@example(_cn("*"))
+def test_dn_pattern_matches_what_cryptography_formats(name: x509.Name) -> None:
+    subject = format_dn(name)
+    pattern = DNPattern(subject)
+    assert pattern.matches(subject)
+    # Every attribute resolves to its own value: no RDN more or less than the certificate has.
+    expected = [sorted((a.oid.dotted_string, a.value) for a in rdn) for rdn in reversed(name.rdns)]
+    # (A value "*", unescaped by cryptography, is the pattern's wildcard: None.)
+    got = [sorted((o, "*" if v is None else v) for o, v in rdn) for rdn in pattern.rdns]
+    assert got == expected
+    assert DNPattern(_wildcards(name)).matches(subject)
 
 
 # --- DNS names ---------------------------------------------------------------------------

@@ -32,6 +32,11 @@ REFUSED = {
         {"tls": {"subject-alt-names": ["certctl.example", "bad..name"]}},
         "config tls.subject-alt-names: bad..name: invalid DNS name",
     ),
+    # A pattern that could never match (or that the old comma split read differently).
+    "bad client-cert mapping": (
+        {"auth": {"client-cert-mappings": [{"subject": "CN=a;OU=b", "roles": ["r-viewer"]}]}},
+        "config auth.client-cert-mappings.0.subject: CN=a;OU=b: ';' in a value must be escaped",
+    ),
     # Not "internal error (ModuleNotFoundError: No module named 'MySQLdb')" at start, and
     # never the password.
     "other database": (
