@@ -15,6 +15,7 @@ from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from certctl.pki import format_serial
+from tests._tools import run
 from tests.e2e.conftest import CertctlServer, StartServer, certctl_cli, peer_certificate
 
 pytestmark = pytest.mark.e2e
@@ -157,3 +158,70 @@ def test_custom_certificate_reload(start_server: StartServer, tmp_path: Path) ->
     assert reloads.get("certctl_tls_reloads_total[('result', 'error')]", 0) >= 1, reloads
     assert reloads.get("certctl_tls_reloads_total[('result', 'success')]", 0) >= 1, reloads
     assert server.proc.poll() is None
+
+
+def s_client_serial(server: CertctlServer, ca: Path) -> int:
+    """The serial ``openssl s_client`` is served, failing on any handshake or verify error."""
+    result = run("openssl", "s_client", "-connect", f"127.0.0.1:{server.port}",
+                 "-servername", "localhost", "-CAfile", ca, "-verify_return_error",
+                 "-verify_hostname", "localhost", timeout=10)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-500:] + result.stderr[-500:]
+    pem = result.stdout[result.stdout.index("-----BEGIN CERTIFICATE-----") :]
+    return x509.load_pem_x509_certificate(pem.encode()).serial_number
+
+
+def wait_for_log(server: CertctlServer, text: str, count: int = 1) -> None:
+    deadline = time.monotonic() + RELOAD_DEADLINE_S
+    while time.monotonic() < deadline and server.logs()[1].count(text) < count:
+        time.sleep(0.2)
+    assert server.logs()[1].count(text) >= count, server.logs()[1][-3000:]
+
+
+def test_a_bad_chain_or_a_missing_file_keeps_the_last_good_certificate(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    ca = tmp_path / "ca"
+    certctl_cli("ca", "create", "--out", ca, "--cn", "Reload Root")
+    certctl_cli("ca", "create", "--out", tmp_path / "inter", "--cn", "Reload Intermediate",
+                "--parent", ca)  # fmt: skip
+    cert_dir = tmp_path / "certdir"
+    first = issue_localhost(tmp_path / "inter", cert_dir)
+    server = start_server(
+        config={"tls": {"reload-interval": "1s"}},
+        args=["--tls-mode", "custom", "--tls-cert-dir", cert_dir],
+        ca=ca / "ca.crt",
+    )
+    assert s_client_serial(server, server.ca) == first.serial_number
+
+    # A new pair whose tls.crt was cut short inside the intermediate (a half-written file,
+    # a full disk): the leaf and key match, OpenSSL refuses the chain. That failed load
+    # used to leave the new leaf without its key in the live context: every handshake
+    # failed ("no shared cipher") while the log said the previous certificate still served.
+    issue_localhost(tmp_path / "inter", tmp_path / "second")
+    chain = (tmp_path / "second" / "tls.crt").read_bytes()
+    assert chain.count(b"BEGIN CERTIFICATE") == 2
+    replace_pair(cert_dir, chain[:-120], (tmp_path / "second" / "tls.key").read_bytes())
+    wait_for_log(server, "TLS reload refused, still serving the previous certificate")
+    assert "BAD_END_LINE" in server.logs()[1] or "bad end line" in server.logs()[1]
+    for _ in range(3):
+        assert s_client_serial(server, server.ca) == first.serial_number
+    assert scrape(server).get("certctl_tls_reloads_total[('result', 'error')]") == 1
+
+    # A missing tls.key (removed, not yet written again) is one error, not one per poll.
+    (cert_dir / "tls.key").unlink()
+    wait_for_log(server, "cannot read tls.key")
+    time.sleep(3)  # three more polls
+    _, err = server.logs()
+    assert err.count("cannot read tls.key") == 1, err[-2000:]
+    assert s_client_serial(server, server.ca) == first.serial_number
+    assert scrape(server).get("certctl_tls_reloads_total[('result', 'error')]") == 2
+
+    # Good files again: served at once, nothing dropped on the way.
+    third = issue_localhost(tmp_path / "inter", tmp_path / "third")
+    replace_pair(
+        cert_dir,
+        (tmp_path / "third" / "tls.crt").read_bytes(),
+        (tmp_path / "third" / "tls.key").read_bytes(),
+    )
+    wait_for_serial(server, server.ca, third.serial_number)
+    assert s_client_serial(server, server.ca) == third.serial_number

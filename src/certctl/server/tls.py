@@ -202,9 +202,9 @@ class ServerTLS:
         except OSError as exc:
             if not self._digest:
                 raise InvalidRequest(f"{self.cert_dir}: cannot read tls.crt/tls.key") from exc
-            log.error("TLS reload failed: cannot read %s: %s", self.cert_dir, exc.strerror)
-            TLS_RELOADS.labels("error").inc()
-            return False
+            name = Path(exc.filename).name if exc.filename else "tls.crt/tls.key"
+            state = f"unreadable {name} {exc.errno}".encode()
+            return self._refuse(state, f"cannot read {name} in {self.cert_dir} ({exc.strerror})")
         digest = hashlib.sha256(cert_pem + b"\0" + key_pem).digest()
         if digest == self._digest:
             return False
@@ -215,20 +215,16 @@ class ServerTLS:
                 in_memory_file(cert_pem, "certctl-tls-crt") as cert_file,
                 in_memory_file(key_pem, "certctl-tls-key") as key_file,
             ):
+                # A load_cert_chain that fails half-way (a chain certificate cut short, one
+                # OpenSSL refuses) leaves the new leaf in the context and its key out: every
+                # handshake would fail. Try the files on a scratch context first.
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file)
                 self.context.load_cert_chain(cert_file, key_file)
         except (CertctlError, ssl.SSLError, ValueError) as exc:
             detail = exc.detail if isinstance(exc, CertctlError) else str(exc)
             if not self._digest:
                 raise InvalidRequest(f"{self.cert_dir}: {detail}") from exc
-            if digest != self._pending_bad:
-                # tls.crt and tls.key are often replaced by two renames; a poll between them
-                # sees a mismatched pair. Judge the files again on the next poll first.
-                self._pending_bad = digest
-                return False
-            log.error("TLS reload refused, still serving the previous certificate: %s", detail)
-            TLS_RELOADS.labels("error").inc()
-            self._digest = digest  # do not log the same bad files every poll
-            return False
+            return self._refuse(digest, detail)
         first = not self._digest
         self._digest = digest
         TLS_NOT_AFTER.labels(self.listener).set(leaf.not_valid_after_utc.timestamp())
@@ -240,6 +236,21 @@ class ServerTLS:
                 leaf.not_valid_after_utc.isoformat(),
             )
         return True
+
+    def _refuse(self, state: bytes, detail: str) -> bool:
+        """Keep the current certificate; log and count files in ``state`` once, not per poll."""
+        if state == self._digest:
+            return False  # already refused
+        if state != self._pending_bad:
+            # tls.crt and tls.key are often replaced by two renames (or removed, then written);
+            # a poll between them sees a mismatched pair or a missing file. Judge the files
+            # again on the next poll first.
+            self._pending_bad = state
+            return False
+        log.error("TLS reload refused, still serving the previous certificate: %s", detail)
+        TLS_RELOADS.labels("error").inc()
+        self._digest = state
+        return False
 
     async def watch(self, interval_s: float, clock: Any) -> None:
         """Poll the files forever, reloading on change."""
