@@ -83,3 +83,48 @@ def test_min_version_13_refuses_tls12(start_server: StartServer) -> None:
     tls13 = s_client(server.port, "-tls1_3", "-CAfile", server.ca, "-servername", "localhost")
     assert established(tls13, "TLSv1.3"), tls13.stdout + tls13.stderr
     assert verify_code(tls13) == 0
+
+
+def _with_host_name(base: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the next server see ``name`` as its host name (a ``sitecustomize`` on its path)."""
+    site = base / f"host-{name}"
+    site.mkdir(parents=True)
+    (site / "sitecustomize.py").write_text(
+        f"import socket\nsocket.gethostname = lambda: {name!r}\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", str(site))
+
+
+def _curl_healthz(server: CertctlServer, host: str) -> subprocess.CompletedProcess[str]:
+    return run("curl", "-sS", "--cacert", server.ca, "--resolve", f"{host}:{server.port}:127.0.0.1",
+               f"https://{host}:{server.port}/healthz", timeout=20)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("host", "in_certificate"), [("build_agent_1", False), ("certctl-node-1", True)]
+)
+def test_a_host_name_that_is_no_dns_name_does_not_stop_the_server(
+    start_server: StartServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    host: str,
+    in_certificate: bool,
+) -> None:
+    # A host named build_agent_1 made every self-signed start fail ("invalid DNS name"),
+    # after the CA and the admin key had been created, with nothing to configure around it.
+    _with_host_name(tmp_path, host, monkeypatch)
+    server = start_server()
+    sans = run("openssl", "x509", "-noout", "-ext", "subjectAltName",
+               "-in", server.data_dir / "tls" / "tls.crt").stdout  # fmt: skip
+    assert "DNS:certctl-server, DNS:localhost" in sans, sans
+    assert "IP Address:127.0.0.1" in sans, sans
+    assert (f"DNS:{host}" in sans) is in_certificate, sans
+    assert _curl_healthz(server, "localhost").stdout == "ok"
+    by_host_name = _curl_healthz(server, host)
+    _, err = server.logs()
+    if in_certificate:
+        assert by_host_name.stdout == "ok", by_host_name.stderr
+        assert "host name left out" not in err
+    else:
+        assert by_host_name.returncode == 60, by_host_name.stderr  # not a name it serves
+        assert err.count("host name left out of the server certificate: build_agent_1") == 1

@@ -9,6 +9,7 @@ by content hash on a short poll, which also catches Kubernetes Secret volumes sw
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ipaddress
 import logging
@@ -52,10 +53,28 @@ SERVER_CN = "certctl-server"
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
+@functools.cache
+def _host_name(hostname: str) -> str | None:
+    """``hostname`` if it can be a DNS SAN; else None, said once per process."""
+    if not hostname:
+        return None
+    try:
+        SubjectAltNames.parse(dns=[hostname])
+    except InvalidRequest as exc:
+        # A host named build_agent_1 must not stop certctl from starting: it cannot be
+        # reached by that name over verified TLS anyway.
+        log.warning("host name left out of the server certificate: %s", exc.detail)
+        return None
+    return hostname
+
+
 def server_sans(extra: list[str]) -> SubjectAltNames:
-    """``certctl-server``, ``localhost``, ``127.0.0.1``, ``::1``, the host name and extras."""
+    """``certctl-server``, ``localhost``, ``127.0.0.1``, ``::1``, the host name and extras.
+
+    The host name is left out (with a warning) when it is no valid DNS name.
+    """
     dns = [SERVER_CN, "localhost"]
-    hostname = socket.gethostname()
+    hostname = _host_name(socket.gethostname())
     if hostname and hostname not in dns:
         dns.append(hostname)
     ips = ["127.0.0.1", "::1"]
