@@ -149,3 +149,60 @@ def test_an_escaped_comma_in_a_mapping_matches_that_cn(
     status, _, body = split_response(curl(mtls_server, WHOAMI, pki["smith"]))
     assert status == 200, body
     assert json.loads(body)["roles"] == ["r-viewer"]
+
+
+def test_a_client_certificate_revoked_through_the_api_stops_authenticating(
+    tmp_path: Path,
+) -> None:
+    """Revocation reaches mTLS on the next request, as it does for an API key.
+
+    The handshake checks ``tls.client-ca`` only: before, a client certificate certctl had
+    revoked (keyCompromise) kept its roles until it expired.
+    """
+    certctl_cli("ca", "create", "--out", tmp_path / "team-ca", "--cn", "Team CA")
+    config = {
+        "tls": {"client-auth": "optional", "client-ca": str(tmp_path / "team-ca" / "ca.crt")},
+        "auth": {"client-cert-mappings": [{"subject": "CN=*", "roles": ["r-viewer"]}]},
+    }
+    with launch(tmp_path / "server", config=config) as server:
+        with server.client(server.admin_key) as admin:
+            imported = admin.post(
+                "/api/v1/issuers",
+                json={
+                    "id": "team",
+                    "certificate_pem": (tmp_path / "team-ca" / "ca.crt").read_text(),
+                    "private_key_pem": (tmp_path / "team-ca" / "ca.key").read_text(),
+                },
+            )
+            assert imported.status_code == 201, imported.text
+            certs: dict[str, tuple[Path, Path]] = {}
+            ids: dict[str, str] = {}
+            for name in ("carol", "dave"):
+                issued = admin.post(
+                    "/api/v1/certificates",
+                    json={"issuer": "team", "common_name": name, "profile": "client"},
+                )
+                assert issued.status_code == 201, issued.text
+                (tmp_path / f"{name}.crt").write_text(issued.json()["certificate_pem"])
+                (tmp_path / f"{name}.key").write_text(issued.json()["private_key_pem"])
+                certs[name] = (tmp_path / f"{name}.crt", tmp_path / f"{name}.key")
+                ids[name] = issued.json()["id"]
+        status, _, body = split_response(curl(server, WHOAMI, certs["carol"]))
+        assert status == 200, body
+        assert json.loads(body)["actor_id"] == "cert:CN=carol"
+
+        with server.client(server.admin_key) as admin:
+            revoked = admin.post(
+                f"/api/v1/certificates/{ids['carol']}/revoke",
+                json={"reason": "keyCompromise"},
+            )
+            assert revoked.status_code == 200, revoked.text
+        status, _, body = split_response(curl(server, WHOAMI, certs["carol"]))
+        assert status == 401, body
+        assert json.loads(body)["detail"] == "client certificate revoked"
+        # Twin: a certificate of the same CA that was not revoked keeps working.
+        status, _, body = split_response(curl(server, WHOAMI, certs["dave"]))
+        assert status == 200, body
+        with server.client(server.admin_key) as admin:
+            scrape = admin.get("/api/v1/metrics/prometheus").text
+        assert 'certctl_auth_failures_total{reason="revoked"} 1.0' in scrape

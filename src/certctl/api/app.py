@@ -845,6 +845,19 @@ def _record_failure(auth: _AuthSettings, request: Request, reason: str, detail: 
         )
 
 
+def _client_cert_revoked(request: Request, services: Services) -> bool:
+    """Whether certctl revoked the verified client certificate.
+
+    Checked on every request, as a revoked API key fails on its next one: the handshake
+    checks ``tls.client-ca`` only, never certctl's revocations.
+    """
+    tls = request.scope.get("extensions", {}).get("tls") or {}
+    issuer, serial = tls.get("certctl.client_cert_issuer"), tls.get("certctl.client_cert_serial")
+    if not isinstance(issuer, str) or not isinstance(serial, int):
+        return False  # a server that does not say (tests' fake scopes): nothing to look up
+    return issuance.client_certificate_revoked(services, issuer, serial)
+
+
 def _authorization(scope: Scope) -> str | None:
     """The first Authorization header (names are lower case in ASGI), without a Headers object."""
     for name, value in scope["headers"]:
@@ -891,6 +904,9 @@ def authenticate(request: Request, auth: _AuthSettings) -> Principal:
         if not roles:
             _record_failure(auth, request, "invalid", f"unmapped client certificate {subject}")
             raise Unauthenticated("client certificate subject is not mapped to any role")
+        if _client_cert_revoked(request, services):
+            _record_failure(auth, request, "revoked", f"revoked client certificate {subject}")
+            raise Unauthenticated("client certificate revoked")
         return Principal(
             f"cert:{subject}",
             tuple(roles),

@@ -292,6 +292,9 @@ def tls_info(ssl_object: ssl.SSLObject) -> dict[str, Any] | None:
     return {
         "client_cert_chain": [cert.public_bytes(Encoding.PEM).decode()],
         "client_cert_name": cert.subject.rfc4514_string(),
+        # Not in the ASGI spec: what certctl needs to tell whether it revoked this one.
+        "certctl.client_cert_issuer": cert.issuer.rfc4514_string(),
+        "certctl.client_cert_serial": cert.serial_number,
         "client_cert_error": None,
         "tls_version": None,
         "cipher_suite": None,

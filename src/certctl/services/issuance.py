@@ -891,6 +891,34 @@ def _serial_forms(q: str) -> list[str]:
     return sorted({bare, bare if len(bare) % 2 == 0 else f"0{bare}"})
 
 
+_ISSUERS: Table = Issuer.__table__  # type: ignore[assignment]
+_REVOKED_BY_ISSUER_DN = (
+    select(_CERTIFICATES.c.id)
+    .join(_ISSUERS, _ISSUERS.c.id == _CERTIFICATES.c.issuer_id)
+    .where(
+        _ISSUERS.c.subject == bindparam("issuer"),
+        _CERTIFICATES.c.serial.in_(bindparam("serials", expanding=True)),
+        _CERTIFICATES.c.status == "revoked",
+    )
+    .limit(1)
+)
+
+
+def client_certificate_revoked(services: Services, issuer_dn: str, serial: int) -> bool:
+    """Whether one of certctl's issuers (by subject DN) issued and then revoked ``serial``.
+
+    The TLS handshake only checks a client certificate against ``tls.client-ca``; a
+    certificate revoked through the API would otherwise keep authenticating until it expires.
+    A certificate certctl did not issue is not known here: False.
+    """
+    with services.engine.connect() as connection:
+        found = connection.execute(
+            _REVOKED_BY_ISSUER_DN,
+            {"issuer": issuer_dn, "serials": _serial_forms(format_serial(serial))},
+        ).first()
+    return found is not None
+
+
 def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationList:
     """A freshly signed CRL of the issuer's revoked certificates."""
     ca = load_issuer(services, issuer_id)
