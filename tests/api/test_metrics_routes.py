@@ -126,6 +126,52 @@ def test_certificate_gauge_follows_issuance_and_revocation(api: Api) -> None:
     assert gauge("active", "second") == 0
 
 
+def test_a_renewed_certificate_is_no_longer_expiring(api: Api) -> None:
+    """Renewing takes a certificate out of ``expiring`` and of the next-expiry gauge.
+
+    It stays valid until its notAfter, and used to keep an expiry alert firing although
+    its successor was already issued. Revoking the successor puts it back.
+    """
+    key = api.actor_key("prom", ["r-metrics-read"])
+    old = api.issue(common_name="renewed.example.com", validity="10D")
+    api.issue(common_name="later.example.com", validity="20D")
+    api.clock.advance(days=2)  # the old one ends in 8 days, its successor in 10
+    r = api.post(f"/api/v1/certificates/{old['id']}/renew", api.admin_key, json={})
+    assert r.status_code == 201, r.text
+    successor = r.json()
+
+    def state() -> tuple[float, float, float]:
+        refresh_metrics(api.services)
+        samples = _samples(api.get(PROM, key).text)
+        expiry = ("certctl_certificate_next_expiry_timestamp_seconds", (("issuer", "default"),))
+        return (
+            samples[("certctl_certificates", (("issuer", "default"), ("status", "expiring")))],
+            samples[("certctl_certificates", (("issuer", "default"), ("status", "active")))],
+            round((samples[expiry] - api.clock().timestamp()) / 86400),
+        )
+
+    def listed(**params: str) -> set[str]:
+        r = api.get("/api/v1/certificates", api.admin_key, params=params)
+        return {c["id"] for c in r.json()["items"]}
+
+    # The successor and later.example.com are expiring; the renewed one counts as active,
+    # and the next expiry is the successor's, 10 days out (not the renewed one's 8).
+    assert state() == (2, 1, 10)
+    got = api.get(f"/api/v1/certificates/{old['id']}", api.admin_key).json()
+    assert (got["status"], got["renewed_by"]) == ("active", successor["id"])
+    assert old["id"] not in listed(status="expiring")
+    assert old["id"] not in listed(expiring_within="30D")
+    assert old["id"] in listed(status="active")
+
+    # The successor revoked: the old certificate needs renewing again, and says so.
+    revoke = f"/api/v1/certificates/{successor['id']}/revoke"
+    assert api.post(revoke, api.admin_key, json={}).status_code == 200
+    assert state() == (2, 0, 8)
+    got = api.get(f"/api/v1/certificates/{old['id']}", api.admin_key).json()
+    assert (got["status"], got["renewed_by"]) == ("expiring", None)
+    assert old["id"] in listed(expiring_within="30D")
+
+
 def test_issuer_expiry_gauge_follows_each_issuer_and_its_renewal(api: Api) -> None:
     key = api.actor_key("prom", ["r-metrics-read"])
     r = api.post("/api/v1/issuers", api.admin_key, json={"id": "second", "validity": "720h"})

@@ -129,6 +129,7 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
             "revoked_at": _TIME_OR_NULL,
             "revocation_reason": _STR_OR_NULL,
             "renewed_from": _STR_OR_NULL,
+            "renewed_by": _STR_OR_NULL,
         }
     ),
     "CertificateList": _page("Certificate"),
@@ -279,10 +280,12 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         _query(
             "status",
             {"type": "string", "enum": ["active", "expiring", "expired", "revoked"]},
-            "effective status (expiring: within 30 days)",
+            "effective status (expiring: within 30 days and not renewed)",
         ),
         _query("issuer", _STR, "issuer id"),
-        _query("expiring_within", _STR, "a duration such as 30D: active and ending before"),
+        _query(
+            "expiring_within", _STR, "a duration such as 30D: active, not renewed, ending before"
+        ),
         _query("q", _STR, "substring of the common name, subject or serial"),
         _LIMIT,
         _query(

@@ -133,6 +133,7 @@ def certificate_json(row: CertificateView, status: str) -> dict[str, Any]:
         "revoked_at": _iso(row.revoked_at),
         "revocation_reason": row.revocation_reason,
         "renewed_from": row.renewed_from,
+        "renewed_by": row.renewed_by,
         "certificate_pem": row.certificate_pem,
     }
 

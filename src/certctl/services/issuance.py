@@ -398,6 +398,7 @@ class IssuedRecord:
     not_before: datetime
     not_after: datetime
     certificate_pem: str
+    renewed_by: str | None = None  # a fresh certificate has no successor
 
 
 @dataclass(frozen=True)
@@ -469,6 +470,7 @@ def _new_rows(
         "revoked_at": None,
         "revocation_reason": None,
         "renewed_from": renewed_from,
+        "renewed_by": None,
     }
     audit_row = event_values(
         at=now,
@@ -643,6 +645,8 @@ class _HasExpiry(Protocol):
     def status(self) -> str: ...
     @property
     def not_after(self) -> datetime: ...
+    @property
+    def renewed_by(self) -> str | None: ...
 
 
 class CertificateView(Protocol):
@@ -664,15 +668,16 @@ class CertificateView(Protocol):
     revoked_at: datetime | None
     revocation_reason: str | None
     renewed_from: str | None
+    renewed_by: str | None
 
 
 def effective_status(row: _HasExpiry, now: datetime) -> str:
-    """``revoked``, ``expired``, ``expiring`` (within 30 days) or ``active``."""
+    """``revoked``, ``expired``, ``expiring`` (within 30 days, not renewed) or ``active``."""
     if row.status == "revoked":
         return "revoked"
     if row.not_after <= now:
         return "expired"
-    if row.not_after - now <= EXPIRING_WINDOW:
+    if row.not_after - now <= EXPIRING_WINDOW and row.renewed_by is None:
         return "expiring"
     return "active"
 
@@ -708,13 +713,18 @@ def list_certificates(
                 CertificateRecord.status == "active",
                 CertificateRecord.not_after > now,
                 CertificateRecord.not_after <= now + EXPIRING_WINDOW,
+                CertificateRecord.renewed_by.is_(None),
             )
         )
     elif status == "active":
         query = query.where(
             and_(
                 CertificateRecord.status == "active",
-                CertificateRecord.not_after > now + EXPIRING_WINDOW,
+                CertificateRecord.not_after > now,
+                or_(
+                    CertificateRecord.not_after > now + EXPIRING_WINDOW,
+                    CertificateRecord.renewed_by.is_not(None),
+                ),
             )
         )
     elif status is not None:
@@ -724,6 +734,7 @@ def list_certificates(
             and_(
                 CertificateRecord.status == "active",
                 CertificateRecord.not_after <= now + expiring_within,
+                CertificateRecord.renewed_by.is_(None),  # renewed already: nothing to do
             )
         )
     if q:
@@ -796,6 +807,16 @@ def revoke_certificate(
         if revoked.rowcount != 1:
             raise Conflict(f"certificate {cert_id} is already revoked")
         session.refresh(row)
+        if row.renewed_from is not None:
+            # A revoked successor renews nothing: its predecessor needs renewing again.
+            session.connection().execute(
+                update(_CERTIFICATES)
+                .where(
+                    _CERTIFICATES.c.id == row.renewed_from,
+                    _CERTIFICATES.c.renewed_by == cert_id,
+                )
+                .values(renewed_by=None)
+            )
         record(
             session,
             at=now,
@@ -859,13 +880,13 @@ def renew_certificate(
     )
     with services.engine.begin() as connection:
         # Still not revoked, checked where it is written: a revocation (keyCompromise) landing
-        # from another request since the read above must not get a successor. This no-op
-        # UPDATE also locks the row (PostgreSQL) or the database (SQLite) until the commit,
+        # from another request since the read above must not get a successor. This UPDATE
+        # also locks the row (PostgreSQL) or the database (SQLite) until the commit,
         # so a revocation arriving now waits and follows the renewal.
         unrevoked = connection.execute(
             update(_CERTIFICATES)
             .where(_CERTIFICATES.c.id == cert_id, _CERTIFICATES.c.status != "revoked")
-            .values(status=_CERTIFICATES.c.status)
+            .values(renewed_by=record.id)  # renewed: no longer counted as expiring
         )
         if unrevoked.rowcount != 1:
             RENEWALS.labels("error").inc()
@@ -958,7 +979,9 @@ def certificate_counts(
                 func.sum((CertificateRecord.not_after <= now).cast(Integer)),
                 func.sum(
                     and_(
-                        CertificateRecord.not_after > now, CertificateRecord.not_after <= soon
+                        CertificateRecord.not_after > now,
+                        CertificateRecord.not_after <= soon,
+                        CertificateRecord.renewed_by.is_(None),  # renewed: active to its end
                     ).cast(Integer)
                 ),
                 func.count(),
@@ -973,7 +996,11 @@ def certificate_counts(
             counts[(issuer_id, "active")] = total - expired - expiring
         for issuer_id, earliest in session.execute(
             select(CertificateRecord.issuer_id, func.min(CertificateRecord.not_after))
-            .where(CertificateRecord.status == "active", CertificateRecord.not_after > now)
+            .where(
+                CertificateRecord.status == "active",
+                CertificateRecord.not_after > now,
+                CertificateRecord.renewed_by.is_(None),
+            )
             .group_by(CertificateRecord.issuer_id)
         ):
             if earliest is not None:

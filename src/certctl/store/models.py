@@ -80,7 +80,8 @@ class CertificateRecord(Base):
     __table_args__ = (
         UniqueConstraint("issuer_id", "serial", name="uq_certificates_issuer_serial"),
         Index("ix_certificates_not_after", "not_after"),
-        Index("ix_certificates_issuer_status_not_after", "issuer_id", "status", "not_after"),
+        # Covers the metrics counts (issuer, status, expiry, renewed or not): index-only.
+        Index("ix_certificates_counts", "issuer_id", "status", "not_after", "renewed_by"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -100,6 +101,9 @@ class CertificateRecord(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revocation_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
     renewed_from: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The latest successor, set by its renewal (cleared if that successor is revoked): a
+    # renewed certificate is not "expiring", whatever its notAfter.
+    renewed_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class Role(Base):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from certctl.store import db
 
@@ -18,17 +18,26 @@ def test_head_revision_matches_alembic() -> None:
     assert heads == [db._head_revision()]
 
 
+def _to_0004(engine: Engine) -> None:
+    """Take a store at head back to revision 0004 (before certificates.renewed_by)."""
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0004'"))
+        connection.execute(text("DROP INDEX ix_certificates_counts"))
+        connection.execute(text("ALTER TABLE certificates DROP COLUMN renewed_by"))
+        connection.execute(
+            text(
+                "CREATE INDEX ix_certificates_issuer_status_not_after "
+                "ON certificates (issuer_id, status, not_after)"
+            )
+        )
+
+
 def test_migrate_skips_alembic_only_at_head(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
     assert not db._at_head(engine)  # empty database
     db.migrate(engine)
     assert db._at_head(engine)
-    with engine.begin() as connection:  # a store at 0003: alembic must run again
-        connection.execute(text("UPDATE alembic_version SET version_num = '0003'"))
-        connection.execute(text("DROP INDEX ix_certificates_issuer_status_not_after"))
-        connection.execute(
-            text("CREATE INDEX ix_certificates_issuer_status ON certificates (issuer_id, status)")
-        )
+    _to_0004(engine)
     assert not db._at_head(engine)
     db.migrate(engine)
     assert db._at_head(engine)
@@ -38,4 +47,45 @@ def test_migrate_skips_alembic_only_at_head(tmp_path: Path) -> None:
                 "SELECT name FROM sqlite_master WHERE tbl_name = 'certificates' AND type = 'index'"
             )
         ).scalars()
-        assert "ix_certificates_issuer_status_not_after" in set(indexes)
+        names = set(indexes)
+    assert "ix_certificates_counts" in names
+    assert "ix_certificates_issuer_status_not_after" not in names
+
+
+def test_0005_back_fills_the_successor_of_each_renewed_certificate(tmp_path: Path) -> None:
+    """Renewals made before 0005 are found: the latest live successor is recorded."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    db.migrate(engine)
+    _to_0004(engine)
+    row = (
+        "INSERT INTO certificates (id, issuer_id, serial, common_name, subject, sans, profile,"
+        " status, not_before, not_after, certificate_pem, created_at, created_by, renewed_from)"
+        " VALUES (:id, 'default', :id, 'x', 'CN=x', '{}', 'server', :status,"
+        " '2026-01-01 00:00:00', '2027-01-01 00:00:00', 'pem', '2026-01-01 00:00:00', 'admin',"
+        " :renewed_from)"
+    )
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO issuers (id, name, subject, certificate_pem, chain_pem, wrapped_key,"
+                " key_type, not_after, created_at) VALUES ('default', 'd', 'CN=d', 'pem', '',"
+                " x'00', 'ec-p256', '2027-01-01 00:00:00', '2026-01-01 00:00:00')"
+            )
+        )
+        for cert_id, status, renewed_from in (
+            ("a1", "active", None),  # renewed twice: a3 is the latest
+            ("a2", "active", "a1"),
+            ("a3", "active", "a1"),
+            ("b1", "active", None),  # its only successor was revoked: not renewed
+            ("b2", "revoked", "b1"),
+            ("c1", "active", None),  # never renewed
+        ):
+            connection.execute(
+                text(row), {"id": cert_id, "status": status, "renewed_from": renewed_from}
+            )
+    db.migrate(engine)
+    with engine.connect() as connection:
+        renewed_by = dict(
+            tuple(r) for r in connection.execute(text("SELECT id, renewed_by FROM certificates"))
+        )
+    assert renewed_by == {"a1": "a3", "a2": None, "a3": None, "b1": None, "b2": None, "c1": None}
