@@ -260,6 +260,20 @@ class DNPattern:
     def __post_init__(self) -> None:
         object.__setattr__(self, "rdns", _split_rdns(self.text, wildcards=True))
 
+    @property
+    def looks_reversed(self) -> bool:
+        """Whether it is written broadest first (``O=Example,CN=alice``), as openssl prints.
+
+        Certificates are nearly always encoded country or organisation first, which RFC 4514
+        writes last: such a pattern matches only the rare certificate encoded the other way.
+        """
+        broad = {_ATTRIBUTE_OIDS[n] for n in ("C", "O", "DC", "L", "ST")}
+        if len(self.rdns) < 2:
+            return False
+        first = {oid for oid, _ in self.rdns[0]}
+        last = {oid for oid, _ in self.rdns[-1]}
+        return bool(first & broad) and _ATTRIBUTE_OIDS["CN"] in last
+
     def matches(self, subject: str) -> bool:
         """True when ``subject`` (an RFC 4514 string) matches; False when it is malformed."""
         try:

@@ -559,6 +559,14 @@ def _serve_process(
     mappings = tuple(
         ClientCertMapping(m.subject, tuple(m.roles)) for m in config.auth.client_cert_mappings
     )
+    for mapping in mappings:
+        if mapping.pattern.looks_reversed:
+            log.warning(
+                "auth.client-cert-mappings subject %s is written broadest first, as openssl "
+                "prints names; certctl compares RFC 4514 order, most specific first (CN=…,O=…), "
+                "so it matches only certificates encoded in the reverse order",
+                mapping.subject,
+            )
     app = create_app(
         services,
         client_cert_mappings=mappings,

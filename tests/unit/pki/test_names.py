@@ -515,3 +515,20 @@ def test_idna_2008_a_labels_are_accepted(name: str) -> None:
 def test_a_labels_that_decode_to_nothing_valid_are_refused(label: str) -> None:
     with pytest.raises(InvalidRequest, match="not a valid IDNA A-label"):
         validate_dns_name(f"{label}.example")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reversed_"),
+    [
+        ("O=Example,OU=ops,CN=alice", True),  # as `openssl x509 -subject` prints it
+        ("C=DE,CN=*", True),
+        ("DC=com,DC=example,CN=*", True),
+        ("CN=alice,OU=ops,O=Example", False),  # RFC 4514 order: what certctl compares
+        ("CN=*", False),
+        ("O=Example", False),
+        ("OU=ops,CN=*", False),  # no broad attribute first: nothing to say
+    ],
+)
+def test_a_pattern_written_broadest_first_is_recognised(pattern: str, reversed_: bool) -> None:
+    # The server logs a warning for these at start: they would silently match nothing.
+    assert DNPattern(pattern).looks_reversed is reversed_
