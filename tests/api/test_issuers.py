@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from certctl.pki import (
+    CertificateAuthority,
     KeyType,
     common_name_dn,
     create_root_ca,
@@ -19,6 +20,7 @@ from certctl.pki import (
 )
 from tests._tools import ok, run
 from tests.api.conftest import Api, assert_problem
+from tests.unit.pki.conftest import ca_without_usage
 
 ISSUERS = "/api/v1/issuers"
 
@@ -215,7 +217,6 @@ def test_issuer_permissions(api: Api) -> None:
 
 def _bad_signature_root(now: datetime) -> tuple[str, str]:
     """A self-signed-looking CA (issuer = subject) whose signature is another key's."""
-    from cryptography.hazmat.primitives import hashes
 
     key, signer = generate_private_key(KeyType.EC_P256), generate_private_key(KeyType.EC_P256)
     name = common_name_dn("Forged Root")
@@ -247,7 +248,7 @@ def test_import_refuses_a_ca_that_cannot_issue_now(api: Api) -> None:
             key_to_pem(key).decode(),
         )
     cases["forged"] = _bad_signature_root(now)
-    cases["no-keycertsign"] = _root_without_key_cert_sign(now)
+    cases["no-keycertsign"] = _pem_pair(ca_without_usage("key_cert_sign", now))
     expected = {
         "no-keycertsign": "the CA certificate's keyUsage lacks keyCertSign",
         "expired": "the CA certificate expired on ",
@@ -263,28 +264,6 @@ def test_import_refuses_a_ca_that_cannot_issue_now(api: Api) -> None:
         )
         assert expected[label] in assert_problem(r, 400)["detail"], label
     assert api.counts() == before
-
-
-def _root_without_key_cert_sign(now: datetime) -> tuple[str, str]:
-    """A self-signed CA:TRUE certificate whose keyUsage is digitalSignature only."""
-    key = generate_private_key(KeyType.EC_P256)
-    name = common_name_dn("signs nothing")
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(Encoding.PEM).decode(), key_to_pem(key).decode()
 
 
 def test_import_finds_the_issuer_in_a_chain_in_any_order(api: Api) -> None:
@@ -352,24 +331,19 @@ def test_import_allows_a_few_minutes_of_clock_skew(api: Api) -> None:
     assert r.status_code == 201, r.text
 
 
+def _pem_pair(ca: CertificateAuthority) -> tuple[str, str]:
+    return ca.certificate.public_bytes(Encoding.PEM).decode(), key_to_pem(ca.private_key).decode()
+
+
 def _root_with_usage(now: datetime, *, crl_sign: bool) -> tuple[str, str]:
     """A self-signed CA with keyCertSign, and cRLSign only when asked."""
+    if not crl_sign:
+        return _pem_pair(ca_without_usage("crl_sign", now))
     key = generate_private_key(KeyType.EC_P256)
-    name = common_name_dn(f"crl-sign {crl_sign}")
-    usage = x509.KeyUsage(False, False, False, False, False, True, crl_sign, False, False)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(usage, critical=True)
-        .sign(key, hashes.SHA256())
+    root = create_root_ca(
+        key, common_name_dn("with cRLSign"), validity=timedelta(days=365), now=now
     )
-    return cert.public_bytes(Encoding.PEM).decode(), key_to_pem(key).decode()
+    return _pem_pair(CertificateAuthority(root.certificate, key))
 
 
 def test_import_warns_when_the_ca_cannot_sign_its_crl(api: Api, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from certctl.errors import Conflict, InvalidRequest
 from certctl.kubeapi import KubeApiError, KubeConnection
+from certctl.server.config import ServerConfig
 from certctl.targets.kubernetes import SecretWriter, WriteResult
 from tests.kube.conftest import CERTCTL_SA_TOKEN, NAMESPACE, KubePki
 from tests.kube.fake_apiserver import FakeApiServer
@@ -269,16 +270,9 @@ def test_other_namespace(apiserver: FakeApiServer, connection: KubeConnection) -
     assert ("payments", "trust") in apiserver.secrets
 
 
-def test_managed_service_secret_target(
-    apiserver: FakeApiServer, sa_dir: Path, pki: KubePki
-) -> None:
-    """The server's hook for TLSService Secret targets writes through SecretWriter."""
-    from certctl.server.config import ServerConfig
-    from certctl.server.run import _secret_target_writer
-    from certctl.services.tls_spec import SecretTarget
-    from certctl.targets.directory import DeliveryError
-
-    config = ServerConfig.model_validate(
+def _server_config(apiserver: FakeApiServer, sa_dir: Path) -> ServerConfig:
+    """A server configuration whose Kubernetes connection is the fake API server."""
+    return ServerConfig.model_validate(
         {
             "kubernetes": {
                 "api-server": apiserver.url,
@@ -288,6 +282,17 @@ def test_managed_service_secret_target(
             }
         }
     )
+
+
+def test_managed_service_secret_target(
+    apiserver: FakeApiServer, sa_dir: Path, pki: KubePki
+) -> None:
+    """The server's hook for TLSService Secret targets writes through SecretWriter."""
+    from certctl.server.run import _secret_target_writer
+    from certctl.services.tls_spec import SecretTarget
+    from certctl.targets.directory import DeliveryError
+
+    config = _server_config(apiserver, sa_dir)
     write = _secret_target_writer(config)
     target = SecretTarget(secret="quickstart-tls", namespace="apps", labels={"app": "quickstart"})
     crt, key = pki.leaf("quickstart.example.internal")
@@ -317,22 +322,12 @@ def test_a_secret_target_deleted_or_edited_by_hand_is_restored_at_the_next_resyn
     Before, a bundle delivered once was never looked at again until the next renewal (months
     later): a Secret deleted by ``kubectl delete`` stayed gone and pods could not start.
     """
-    from certctl.server.config import ServerConfig
     from certctl.server.run import _secret_target_writer
     from certctl.server.scheduler import Scheduler
     from certctl.services import tls_services
     from tests.services.conftest import service_doc
 
-    config = ServerConfig.model_validate(
-        {
-            "kubernetes": {
-                "api-server": apiserver.url,
-                "ca-file": str(sa_dir / "ca.crt"),
-                "token-file": str(sa_dir / "token"),
-                "namespace": NAMESPACE,
-            }
-        }
-    )
+    config = _server_config(apiserver, sa_dir)
     settings = env.settings_with(secret_writer=_secret_target_writer(config))
     target = {"secret": "web-tls", "namespace": "apps", "labels": {"app": "web"}}
     env.put(service_doc("web", dns=("web.example.internal",), targets=[target]))

@@ -189,23 +189,28 @@ def test_rename_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     assert _tree(tmp_path) == []
 
 
-def test_rename_failure_with_force_restores_old_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "tls.crt").write_bytes(b"old cert")
-    (tmp_path / "tls.key").write_bytes(b"old key")
+def _fail_replace_call(monkeypatch: pytest.MonkeyPatch, failing: int) -> None:
+    """Make the ``failing``-th ``os.replace`` call fail with EIO; the others go through."""
     calls = 0
     real_replace = os.replace
 
     def failing_replace(src: str, dst: Path) -> None:
         nonlocal calls
         calls += 1
-        # Calls 1-2 move the old files aside, 3 renames tls.crt into place, 4 fails.
-        if calls == 4:
+        if calls == failing:
             raise OSError(5, "Input/output error", str(dst))
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", failing_replace)
+
+
+def test_rename_failure_with_force_restores_old_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "tls.crt").write_bytes(b"old cert")
+    (tmp_path / "tls.key").write_bytes(b"old key")
+    # Calls 1-2 move the old files aside, 3 renames tls.crt into place, 4 fails.
+    _fail_replace_call(monkeypatch, 4)
     out = OutputSet(force=True)
     out.add(tmp_path / "tls.crt", b"new cert")
     out.add(tmp_path / "tls.key", b"new key", secret=True)
@@ -255,18 +260,8 @@ def test_failed_commit_puts_a_removed_file_back(
 ) -> None:
     (tmp_path / "ca.crt").write_bytes(b"old ca")
     (tmp_path / "ca-chain.crt").write_bytes(b"old chain")
-    calls = 0
-    real_replace = os.replace
-
-    def failing_replace(src: str, dst: Path) -> None:
-        nonlocal calls
-        calls += 1
-        # Calls 1-2 move ca.crt and ca-chain.crt aside, 3 (the new ca.crt) fails.
-        if calls == 3:
-            raise OSError(5, "Input/output error", str(dst))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", failing_replace)
+    # Calls 1-2 move ca.crt and ca-chain.crt aside, 3 (the new ca.crt) fails.
+    _fail_replace_call(monkeypatch, 3)
     out = OutputSet(force=True)
     out.add(tmp_path / "ca.crt", b"new ca")
     out.remove(tmp_path / "ca-chain.crt")

@@ -239,8 +239,13 @@ def test_leaf_clipped_to_issuer_not_after(root_ca: CertificateAuthority, now: da
     )
 
 
-def test_leaf_clipped_short_warns_twice(root_ca: CertificateAuthority, now: datetime) -> None:
-    later = root_ca.certificate.not_valid_after_utc - timedelta(days=10)
+@pytest.mark.parametrize("jitter", [timedelta(0), timedelta(microseconds=511558)])
+def test_leaf_clipped_short_warns_twice(
+    root_ca: CertificateAuthority, now: datetime, jitter: timedelta
+) -> None:
+    # With ``jitter``, a clock with microseconds against the issuer's whole-second notAfter:
+    # the warning said "certificate lifetime 239h59m58s488442us"; it reads in whole units.
+    later = root_ca.certificate.not_valid_after_utc - timedelta(days=10) + jitter
     key = ec.generate_private_key(ec.SECP256R1())
     issued = root_ca.issue(
         key.public_key(),
@@ -251,23 +256,6 @@ def test_leaf_clipped_short_warns_twice(root_ca: CertificateAuthority, now: date
     )
     assert len(issued.warnings) == 2
     assert "clipped to the issuer's notAfter" in issued.warnings[0]
-    assert issued.warnings[1] == "certificate lifetime 10D is under 60 days; plan its renewal"
-
-
-def test_clipped_lifetime_reads_in_whole_units(
-    root_ca: CertificateAuthority, now: datetime
-) -> None:
-    # A clock with microseconds against the issuer's whole-second notAfter: the warning
-    # said "certificate lifetime 239h59m58s488442us".
-    later = root_ca.certificate.not_valid_after_utc - timedelta(days=10, microseconds=-511558)
-    key = ec.generate_private_key(ec.SECP256R1())
-    issued = root_ca.issue(
-        key.public_key(),
-        common_name_dn("late.example"),
-        profile=PROFILES["server"],
-        validity=timedelta(days=90),
-        now=later,
-    )
     assert issued.warnings[1] == "certificate lifetime 10D is under 60 days; plan its renewal"
 
 
