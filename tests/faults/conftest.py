@@ -50,6 +50,8 @@ class FaultServer:
     data_dir: Path
     port: int
     config: dict[str, Any] = field(default_factory=dict)
+    # Extra environment (``CERTCTL_MASTER_KEY`` shared by replicas); other CERTCTL_* are dropped.
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     runs: int = 0
     admin_key: str = ""
@@ -76,6 +78,13 @@ class FaultServer:
 
     def start(self) -> float:
         """Start a process and wait for ``/readyz``; return the seconds it took."""
+        started = time.monotonic()
+        self.launch()
+        self.wait_ready()
+        return time.monotonic() - started
+
+    def launch(self) -> None:
+        """Start a process without waiting for it (several replicas at the same moment)."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.runs += 1
         config_file = self.base / f"certctl-{self.runs}.yaml"
@@ -84,7 +93,7 @@ class FaultServer:
         argv += ["--listen", f"127.0.0.1:{self.port}", "--config", str(config_file)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
         env["PYTHONUNBUFFERED"] = "1"
-        started = time.monotonic()
+        env.update(self.env)
         with self.stdout(self.runs).open("wb") as out, self.stderr(self.runs).open("wb") as err:
             self.proc = subprocess.Popen(
                 argv,
@@ -93,11 +102,13 @@ class FaultServer:
                 stdin=subprocess.DEVNULL,
                 env=env,
             )
+
+    def wait_ready(self) -> None:
+        """Wait for ``/readyz`` of the launched process; read the admin key if it wrote one."""
         self._wait_ready()
         key_file = self.data_dir / "admin-api-key"
         if not self.admin_key and key_file.is_file():
             self.admin_key = key_file.read_text().strip()
-        return time.monotonic() - started
 
     def stdout(self, run: int) -> Path:
         return self.base / f"serve-{run}.stdout"

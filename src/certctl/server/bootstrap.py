@@ -9,7 +9,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError
 
 from certctl.errors import InvalidRequest, StorageUnavailable
@@ -18,7 +18,13 @@ from certctl.pki import parse_duration
 from certctl.server.config import ServerConfig
 from certctl.services import issuance, rbac
 from certctl.services.context import Services
-from certctl.store.db import create_store_engine, migrate, session_factory, storage_error
+from certctl.store.db import (
+    create_store_engine,
+    migrate,
+    session_factory,
+    startup_lock,
+    storage_error,
+)
 from certctl.store.keywrap import KeyWrapper, load_or_create_kek
 from certctl.store.models import Actor, Issuer
 
@@ -97,6 +103,13 @@ def _bootstrap(config: ServerConfig) -> Bootstrapped:
         with contextlib.suppress(FileExistsError):
             os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE))
     engine = create_store_engine(config.effective_database_url)
+    with startup_lock(engine):
+        return _prepare_store(config, engine)
+
+
+def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
+    """Migrate, then create what a first start creates (under the start-up lock)."""
+    data_dir = config.data_dir
     migrate(engine)
     services = Services(engine, session_factory(engine), KeyWrapper(load_or_create_kek(data_dir)))
     rbac.ensure_builtin_roles(services)

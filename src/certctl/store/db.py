@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ __all__ = [
     "create_store_engine",
     "migrate",
     "session_factory",
+    "startup_lock",
     "storage_error",
 ]
 
@@ -62,6 +65,31 @@ SERVICE_SPECS_LOCK = 0x63657274_0001  # "cert", 1
 # Role, actor and API-key changes whose checks read other rows (the last r-admin holder, the
 # roles being assigned or deleted): checked and written by one replica at a time.
 AUTH_LOCK = 0x63657274_0002  # "cert", 2
+# Start-up (migrations, built-in roles, the default CA, the admin key): one replica at a time.
+STARTUP_LOCK = 0x63657274_0003  # "cert", 3
+
+
+@contextlib.contextmanager
+def startup_lock(engine: Engine) -> Iterator[None]:
+    """Hold the start-up lock: replicas starting together migrate and bootstrap in turn.
+
+    Two replicas started at once on an empty PostgreSQL database would otherwise both run
+    the migrations (the second fails on ``CREATE TABLE``) and both create the default CA and
+    the admin actor (the second fails on the primary key). PostgreSQL: a session-level
+    advisory lock on a connection of its own, released when the block ends (or by the server
+    when the process dies). SQLite needs none: its processes are the workers of one
+    ``certctl serve``, which bootstraps before it forks them.
+    """
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STARTUP_LOCK})
+        try:
+            yield
+        finally:
+            # Invalidated, not pooled: a session still holding the lock must not be reused.
+            connection.invalidate()
 
 
 def lock_for_write(session: Session, key: int) -> None:
