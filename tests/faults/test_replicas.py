@@ -4,6 +4,11 @@
   run once and one bootstrap creates one ``default`` CA and one admin key. "The same moment"
   is made exact by a TCP gate in front of PostgreSQL that holds the replicas' first
   connections until both have arrived.
+* A replica cut off from its database (open connections end, new ones are never answered:
+  a firewall or a dead host) answers 503 problem+json within seconds, not after the
+  kernel's ~15-minute retransmission timeout; ``/healthz`` stays 200; once the database is
+  reachable again the same process serves without a restart. ``certctl serve`` started
+  against such a database gives up in seconds with one line instead of waiting for ever.
 """
 
 from __future__ import annotations
@@ -12,32 +17,60 @@ import base64
 import contextlib
 import os
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests._tools import free_port
+from certctl.store.db import PG_TIMEOUTS
+from tests._tools import free_port, require
 from tests.api.conftest import PostgresCluster
 from tests.faults.conftest import FaultServer
+from tests.faults.test_storage import assert_storage_problem, issue
 
 
 class Gate:
-    """A TCP relay to 127.0.0.1:``target`` that lets nothing through before ``hold`` clients."""
+    """A TCP relay to 127.0.0.1:``target``: holds the first ``hold`` clients until all came.
 
-    def __init__(self, target: int, hold: int, timeout_s: float = 10.0) -> None:
+    ``cut()`` is a network cut as the replica sees it: its open connections end, and new ones
+    are accepted but never answered (packets dropped by a firewall); ``restore()`` ends it.
+    """
+
+    def __init__(self, target: int, hold: int = 1, timeout_s: float = 10.0) -> None:
         self.target, self.hold, self.timeout_s = target, hold, timeout_s
         self.arrived = 0
         self.opened = threading.Event()
+        self._cut = False
+        self._sockets: list[socket.socket] = []  # relayed: closed by their relay
+        self._held: list[socket.socket] = []  # accepted during a cut: never answered
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
 
+    def cut(self) -> None:
+        with self._lock:
+            self._cut = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def restore(self) -> None:
+        with self._lock:
+            self._cut = False
+            held, self._held = self._held, []
+        for sock in held:  # connections accepted during the cut end now
+            sock.close()
+
     def close(self) -> None:
+        self.cut()
         self._listener.close()
+        self.restore()
 
     def _accept(self) -> None:
         while True:
@@ -49,11 +82,17 @@ class Gate:
                 self.arrived += 1
                 if self.arrived >= self.hold:
                     self.opened.set()
+                if self._cut:
+                    self._held.append(client)
+                    continue
+                self._sockets.append(client)
             threading.Thread(target=self._relay, args=(client,), daemon=True).start()
 
     def _relay(self, client: socket.socket) -> None:
         self.opened.wait(self.timeout_s)
         with client, socket.create_connection(("127.0.0.1", self.target)) as server:
+            with self._lock:
+                self._sockets.append(server)
             pipes = [
                 threading.Thread(target=_pipe, args=(client, server), daemon=True),
                 threading.Thread(target=_pipe, args=(server, client), daemon=True),
@@ -69,7 +108,7 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
         while data := source.recv(65536):
             sink.sendall(data)
     with contextlib.suppress(OSError):
-        sink.shutdown(socket.SHUT_WR)
+        sink.shutdown(socket.SHUT_RDWR)
 
 
 @pytest.fixture
@@ -103,7 +142,7 @@ def test_two_replicas_started_together_on_an_empty_database(
     database = postgres_cluster.create_database()
     gate = Gate(postgres_cluster.port, hold=len(replicas))
     try:
-        _start_together(replicas, f"postgresql+psycopg://postgres@127.0.0.1:{gate.port}/{database}")
+        _start_together(replicas, gate_url(gate, database))
         assert gate.opened.is_set(), "the replicas did not reach the database together"
         counts = [_count(postgres_cluster, database, t) for t in ("issuers", "actors", "api_keys")]
         assert counts == [1, 1, 1]
@@ -124,3 +163,60 @@ def _start_together(replicas: list[FaultServer], url: str) -> None:
         server.launch()
     for server in replicas:
         server.wait_ready()  # fails the test with the log if the replica exited
+
+
+CONNECT_TIMEOUT_S = PG_TIMEOUTS["connect_timeout"]
+
+
+def test_a_replica_cut_off_from_its_database_answers_503_and_recovers(
+    fault_server: FaultServer, postgres_cluster: PostgresCluster
+) -> None:
+    database = postgres_cluster.create_database()
+    gate = Gate(postgres_cluster.port)
+    try:
+        fault_server.config = {"database-url": gate_url(gate, database)}
+        fault_server.start()
+        with fault_server.client(timeout=4 * CONNECT_TIMEOUT_S) as client:
+            assert issue(client, "before.cut.example.com").status_code == 201
+            gate.cut()
+            started = time.monotonic()
+            assert_storage_problem(issue(client, "during.cut.example.com"), "reached")
+            assert time.monotonic() - started < 3 * CONNECT_TIMEOUT_S
+            assert client.get("/healthz").status_code == 200
+            gate.restore()
+            deadline = time.monotonic() + 4 * CONNECT_TIMEOUT_S
+            while (after := issue(client, "after.cut.example.com")).status_code != 201:
+                assert time.monotonic() < deadline, after.text
+                time.sleep(0.2)
+        assert fault_server.proc is not None
+        assert fault_server.proc.poll() is None  # the same process throughout
+    finally:
+        gate.close()
+
+
+def test_start_against_a_database_that_never_answers_fails_in_seconds(
+    fault_server: FaultServer, postgres_cluster: PostgresCluster
+) -> None:
+    gate = Gate(postgres_cluster.port)
+    gate.cut()
+    try:
+        config = fault_server.base / "certctl.yaml"
+        config.write_text(f"database-url: {gate_url(gate, 'certctl_never')}\n")
+        argv = [require("certctl"), "serve", "--data-dir", str(fault_server.data_dir)]
+        argv += ["--listen", f"127.0.0.1:{fault_server.port}", "--config", str(config)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+        started = time.monotonic()
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=6 * CONNECT_TIMEOUT_S, env=env
+        )
+        assert time.monotonic() - started < 4 * CONNECT_TIMEOUT_S
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == (
+            "certctl: error: cannot start: storage is unavailable: the database cannot be reached"
+        )
+    finally:
+        gate.close()
+
+
+def gate_url(gate: Gate, database: str) -> str:
+    return f"postgresql+psycopg://postgres@127.0.0.1:{gate.port}/{database}"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -56,8 +56,32 @@ def create_store_engine(url: str) -> Engine:
 
         return engine
     return create_engine(
-        url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        hide_parameters=True,
+        connect_args=_pg_timeouts(make_url(url).query),
     )
+
+
+# libpq's defaults wait for ever: a database host that stops answering (a network cut, a host
+# powered off, a firewall dropping packets) hung ``certctl serve`` at start and every request
+# for the kernel's retransmission timeout (~15 minutes) instead of answering 503. Bounded:
+# connecting (seconds), unacknowledged writes (ms), and idle connections (keepalive probes).
+# Parameters given in the database URL win.
+PG_TIMEOUTS: dict[str, int] = {
+    "connect_timeout": 5,
+    "tcp_user_timeout": 15_000,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
+def _pg_timeouts(query: Mapping[str, object]) -> dict[str, int]:
+    return {name: value for name, value in PG_TIMEOUTS.items() if name not in query}
 
 
 # Keys of pg_advisory_xact_lock: one per kind of write that must not interleave.
