@@ -6,9 +6,10 @@
   connections until both have arrived.
 * A replica cut off from its database (open connections end, new ones are never answered:
   a firewall or a dead host) answers 503 problem+json within seconds, not after the
-  kernel's ~15-minute retransmission timeout; ``/healthz`` stays 200; once the database is
-  reachable again the same process serves without a restart. ``certctl serve`` started
-  against such a database gives up in seconds with one line instead of waiting for ever.
+  kernel's ~15-minute retransmission timeout; ``/readyz`` says 503 meanwhile, ``/healthz``
+  200; once the database is reachable again the same process serves without a restart.
+  ``certctl serve`` started against such a database gives up in seconds with one line
+  instead of waiting for ever.
 """
 
 from __future__ import annotations
@@ -182,12 +183,17 @@ def test_a_replica_cut_off_from_its_database_answers_503_and_recovers(
             started = time.monotonic()
             assert_storage_problem(issue(client, "during.cut.example.com"), "reached")
             assert time.monotonic() - started < 3 * CONNECT_TIMEOUT_S
+            ready = client.get("/readyz")
+            assert ready.status_code == 503, ready.text
+            assert ready.headers["content-type"].startswith("application/problem+json")
+            assert ready.json()["detail"] == "not ready"  # no operational detail
             assert client.get("/healthz").status_code == 200
             gate.restore()
             deadline = time.monotonic() + 4 * CONNECT_TIMEOUT_S
-            while (after := issue(client, "after.cut.example.com")).status_code != 201:
-                assert time.monotonic() < deadline, after.text
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "/readyz did not recover"
                 time.sleep(0.2)
+            assert issue(client, "after.cut.example.com").status_code == 201
         assert fault_server.proc is not None
         assert fault_server.proc.poll() is None  # the same process throughout
     finally:
