@@ -26,8 +26,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import text
 
-from certctl.store.db import PG_TIMEOUTS
+from certctl.store.db import PG_SERVER_TIMEOUTS, PG_TIMEOUTS, create_store_engine
 from tests._tools import free_port, require
 from tests.api.conftest import PostgresCluster
 from tests.faults.conftest import FaultServer
@@ -226,3 +227,30 @@ def test_start_against_a_database_that_never_answers_fails_in_seconds(
 
 def gate_url(gate: Gate, database: str) -> str:
     return f"postgresql+psycopg://postgres@127.0.0.1:{gate.port}/{database}"
+
+
+def test_sessions_are_given_up_by_both_ends_of_a_silent_cut(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    # A silent cut (packets dropped) cannot be made on 127.0.0.1 without a firewall: what is
+    # checked is that both ends of every certctl session carry the bounds that end it.
+    engine = create_store_engine(postgres_cluster.url("postgres") + "?connect_timeout=7")
+    try:
+        with engine.connect() as connection:
+            server = {
+                name: connection.execute(text(f"SHOW {name}")).scalar()
+                for name in PG_SERVER_TIMEOUTS
+            }
+            dbapi = connection.connection.dbapi_connection
+            assert dbapi is not None
+            client = dbapi.info.get_parameters()
+    finally:
+        engine.dispose()
+    assert server == {
+        "tcp_keepalives_idle": "10",
+        "tcp_keepalives_interval": "5",
+        "tcp_keepalives_count": "3",
+        "tcp_user_timeout": "15000",
+    }
+    assert client["connect_timeout"] == "7"  # the URL's own value wins
+    assert (client["tcp_user_timeout"], client["keepalives_idle"]) == ("15000", "10")

@@ -55,7 +55,7 @@ def create_store_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_pre_ping=True,
         pool_size=10,
@@ -63,6 +63,22 @@ def create_store_engine(url: str) -> Engine:
         hide_parameters=True,
         connect_args=_pg_timeouts(make_url(url).query),
     )
+
+    @event.listens_for(engine, "connect")
+    def _pg_session_timeouts(dbapi_connection: Any, _record: object) -> None:
+        # The server's side of the same cut: by default PostgreSQL notices a vanished client
+        # only after two hours of silence, and its session keeps what it holds meanwhile:
+        # the leader's advisory lock (no other replica takes over the reconciles and the CA
+        # renewal) and the row and advisory locks of an open transaction.
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        try:
+            for name, value in PG_SERVER_TIMEOUTS.items():
+                dbapi_connection.execute(f"SET {name} = {int(value)}")
+        finally:
+            dbapi_connection.autocommit = autocommit
+
+    return engine
 
 
 # libpq's defaults wait for ever: a database host that stops answering (a network cut, a host
@@ -77,6 +93,15 @@ PG_TIMEOUTS: dict[str, int] = {
     "keepalives_idle": 10,
     "keepalives_interval": 5,
     "keepalives_count": 3,
+}
+
+
+# The same bounds on PostgreSQL's side of each session (per-session settings, any user).
+PG_SERVER_TIMEOUTS: dict[str, int] = {
+    "tcp_keepalives_idle": 10,
+    "tcp_keepalives_interval": 5,
+    "tcp_keepalives_count": 3,
+    "tcp_user_timeout": 15_000,
 }
 
 
