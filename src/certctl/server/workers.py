@@ -14,7 +14,8 @@ certificate counts (each refreshed every 10 s from the database).
 
 The parent restarts a worker that dies (a crash or an OOM kill) after a short pause, and gives
 up, stopping the others, if workers keep dying within seconds of their start. SIGTERM or
-SIGINT to the parent stops every worker gracefully (uvicorn drains open requests).
+SIGINT to the parent stops every worker gracefully (uvicorn drains open requests); so does
+the parent's death by SIGKILL (an OOM kill, ``kill -9``), on Linux.
 """
 
 from __future__ import annotations
@@ -179,10 +180,12 @@ class Supervisor:
         return status
 
     def _spawn(self, index: int) -> None:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 0
             try:
+                _die_with_parent(parent)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 self.target(index)
@@ -214,3 +217,26 @@ class Supervisor:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+# prctl(2) option: the signal this process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM when the parent dies, however it dies.
+
+    Without it, workers orphaned by a SIGKILLed parent kept serving (worker 0 its scheduler
+    too) and kept the listening port, so the restarted server failed with "Address already
+    in use". Linux only; elsewhere a worker outlives a killed parent as before.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
