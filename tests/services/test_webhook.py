@@ -11,15 +11,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
+from certctl.server.bootstrap import bootstrap
+from certctl.server.config import ServerConfig
 from certctl.server.scheduler import Scheduler
 from certctl.services.notify import SIGNATURE_HEADER, Webhook, dispatch_pending
+from certctl.services.tls_services import ServiceSettings
 from certctl.store.models import OutboxEvent
-from tests.services.conftest import Env, service_doc
+from tests.api.conftest import PostgresCluster
+from tests.services.conftest import SETTINGS, Env, service_doc
 
 SECRET = b"webhook-shared-secret"
 
@@ -219,3 +224,80 @@ def test_a_replica_that_stops_leading_stops_sending(env: Env, receiver: Receiver
     assert len(receiver.requests) == 1
     assert [e.delivered_at is not None for e in _outbox(env)] == [True, False, False]
     assert all(e.attempts == 0 for e in _outbox(env)[1:])  # not attempted, not backed off
+
+
+def test_a_leader_whose_lock_session_ends_stops_sending_at_once(
+    tmp_path: Path, postgres_cluster: PostgresCluster
+) -> None:
+    """The lock session of the leader ends while an event is being sent (a network cut,
+    ``pg_terminate_backend``): no further event leaves this replica, whose successor sends
+    them (was: the rest of the pass, up to 100 events, until the next reconcile tick)."""
+    url = postgres_cluster.url(postgres_cluster.create_database())  # no other leader in it
+    booted = bootstrap(
+        ServerConfig.model_validate({"data-dir": str(tmp_path / "data"), "database-url": url})
+    )
+    services = booted.services
+    now = services.clock()
+    with services.sessions.begin() as session:
+        for n in range(5):
+            session.add(
+                OutboxEvent(
+                    at=now,
+                    event="issued",
+                    service=f"svc-{n}",
+                    payload={"service": f"svc-{n}"},
+                    attempts=0,
+                    next_attempt_at=now,
+                )
+            )
+    first_arrived, go_on = threading.Event(), threading.Event()
+    sent: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            sent.append(self.rfile.read(int(self.headers["Content-Length"])))
+            first_arrived.set()
+            go_on.wait(10)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    webhook = Webhook(f"http://127.0.0.1:{server.server_address[1]}/hook", SECRET, timeout_s=10)
+    settings = ServiceSettings(
+        ca_validity=SETTINGS["ca_validity"],
+        ca_rotate_before=SETTINGS["ca_rotate_before"],
+        cert_validity=SETTINGS["cert_validity"],
+        cert_rotate_before=SETTINGS["cert_rotate_before"],
+        secrets_dir=tmp_path / "secrets",
+    )
+    scheduler = Scheduler(services, settings, 60, webhook)
+    try:
+        scheduler.tick(dispatch_in_background=True)
+        assert first_arrived.wait(10)
+        with services.engine.connect() as connection:
+            ended = connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks"
+                    " WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
+                )
+            ).all()
+        assert ended == [(True,)]  # the leader's lock session
+        go_on.set()
+        assert scheduler._dispatcher is not None
+        scheduler._dispatcher.join(15)
+        assert not scheduler._dispatcher.is_alive()
+    finally:
+        go_on.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+        if scheduler.leadership is not None:
+            scheduler.leadership.release()
+        services.engine.dispose()
+    assert len(sent) == 1  # the event in flight; none after the lock was gone

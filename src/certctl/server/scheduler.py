@@ -38,11 +38,37 @@ class Leadership:
         self.services = services
         self._connection: Any = None
         self.is_postgres = services.engine.dialect.name == "postgresql"
+        # The tick thread and the webhook thread both ask; one lock session, one at a time.
+        self._lock = threading.Lock()
 
     def check(self) -> bool:
         """Try to become (or stay) the leader; True when this process leads."""
         if not self.is_postgres:
             return True
+        with self._lock:
+            return self._check()
+
+    def still_leads(self) -> bool:
+        """True while this process holds the lock (asks the database; never takes the lock).
+
+        Asked before each webhook event: a leader whose lock session ended (network cut,
+        ``pg_terminate_backend``) stops sending at once, not at its next reconcile pass,
+        while its successor sends the same events.
+        """
+        if not self.is_postgres:
+            return True
+        with self._lock:
+            if self._connection is None:
+                return False
+            try:
+                self._connection.execute(text("SELECT 1"))
+            except Exception as exc:
+                log.warning("leadership lost (%s); stepping down", type(exc).__name__)
+                self._release()
+                return False
+            return True
+
+    def _check(self) -> bool:
         try:
             if self._connection is not None:
                 # The lock lives exactly as long as this session: a lost session raises here.
@@ -64,7 +90,7 @@ class Leadership:
             return False
         except Exception:
             log.exception("leadership check failed; stepping down")
-            self.release()
+            self._release()
             return False
 
     def release(self) -> None:
@@ -73,6 +99,10 @@ class Leadership:
         The connection is invalidated, not returned to the pool: a pooled session would keep
         holding the lock, and no replica could lead while it sits there.
         """
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
         if self._connection is not None:
             try:
                 self._connection.invalidate()
@@ -179,8 +209,14 @@ class Scheduler:
 
     def _dispatch(self) -> None:
         assert self.webhook is not None
+        assert self.leadership is not None
+        leadership = self.leadership
+
+        def leading() -> bool:
+            return self._leading.is_set() and leadership.still_leads()
+
         try:
-            dispatch_pending(self.services, self.webhook, leading=self._leading.is_set)
+            dispatch_pending(self.services, self.webhook, leading=leading)
         except Exception:
             log.exception("sending webhook events failed; will retry")
 
