@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, text
 
+from certctl.errors import CertctlError
 from certctl.store import db
 
 
@@ -16,6 +18,10 @@ def test_head_revision_matches_alembic() -> None:
     config.set_main_option("script_location", str(db._MIGRATIONS))
     heads = ScriptDirectory.from_config(config).get_heads()
     assert heads == [db._head_revision()]
+
+
+def _at_head(engine: Engine) -> bool:
+    return db._stored_revisions(engine) == [db._head_revision()]
 
 
 def _to_0004(engine: Engine) -> None:
@@ -34,13 +40,13 @@ def _to_0004(engine: Engine) -> None:
 
 def test_migrate_skips_alembic_only_at_head(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
-    assert not db._at_head(engine)  # empty database
+    assert not _at_head(engine)  # empty database
     db.migrate(engine)
-    assert db._at_head(engine)
+    assert _at_head(engine)
     _to_0004(engine)
-    assert not db._at_head(engine)
+    assert not _at_head(engine)
     db.migrate(engine)
-    assert db._at_head(engine)
+    assert _at_head(engine)
     with engine.connect() as connection:
         indexes = connection.execute(
             text(
@@ -89,3 +95,17 @@ def test_0005_back_fills_the_successor_of_each_renewed_certificate(tmp_path: Pat
             tuple(r) for r in connection.execute(text("SELECT id, renewed_by FROM certificates"))
         )
     assert renewed_by == {"a1": "a3", "a2": None, "a3": None, "b1": None, "b2": None, "c1": None}
+
+
+def test_a_database_from_a_newer_certctl_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    # A rollback after an upgrade: Alembic alone said "Can't locate revision '0099'".
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    db.migrate(engine)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    with pytest.raises(CertctlError, match=r"^the database schema is at revision 0099, newer "):
+        db.migrate(engine)
+    with engine.connect() as connection:  # left as it was
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
+            ("0099",)
+        ]
