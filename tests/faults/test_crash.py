@@ -5,11 +5,12 @@ when it was answered in the second before a kill), serials stay unique per issue
 certificate has its ``certificate.issue`` audit event (same transaction), and the store passes
 its integrity checks (SQLite ``integrity_check``/``foreign_key_check``; PostgreSQL ``amcheck``).
 
-Why this holds: the 201 is written after ``services.sessions.begin()`` has committed. SQLite in
-WAL mode with ``synchronous=NORMAL`` has appended the commit to the WAL with ``write()`` by then:
-it is in the kernel's page cache, which a process crash does not lose (a power cut may lose the
-last commits; ``synchronous=FULL`` would fsync every commit). PostgreSQL acknowledges a commit
-after its WAL record is written (``synchronous_commit=on``); only certctl is killed here.
+Why this holds: the 201 is written after the commit holding the certificate and its audit
+event has returned (``store/groupcommit.py``: one transaction for the rows of concurrent
+requests, and a request is answered only after its group's commit). SQLite in WAL mode with
+``synchronous=FULL`` has fsynced the commit to the WAL by then, so even a power cut would not
+lose it; a process crash only needs the ``write()``. PostgreSQL acknowledges a commit after its
+WAL record is written (``synchronous_commit=on``); only certctl is killed here.
 """
 
 from __future__ import annotations
