@@ -7,8 +7,8 @@ holds its rows has returned, so durability is unchanged, and an idle server comm
 (no timer, no added latency). The commit runs in a worker thread: the event loop keeps parsing
 and signing meanwhile.
 
-A failed group is retried one request at a time, so a row that breaks a constraint fails only
-its own request; a storage fault fails each of them with the same error as before.
+A group that fails on a row is retried one request at a time, so a row that breaks a
+constraint fails only its own request; a storage fault fails the whole group with its error.
 
 Rows are ``(table, column values)`` pairs written with Core ``INSERT``s (executemany per
 table): ORM objects and the unit of work would cost more CPU than the inserts themselves for
@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, insert
+
+from certctl.store.db import storage_error
 
 __all__ = ["GroupCommit", "Insert", "write_rows"]
 
@@ -81,8 +83,12 @@ class GroupCommit:
                         None, self._commit, [row for rows, _ in group for row in rows]
                     )
                 except Exception as exc:
-                    if len(group) == 1:
-                        _settle(group[0][1], exc)
+                    if len(group) == 1 or storage_error(exc) is not None:
+                        # A full, read-only or unreachable database fails them all alike:
+                        # retried one by one it would only fail again, once per request
+                        # (seconds each when PostgreSQL cannot be reached).
+                        for _, future in group:
+                            _settle(future, exc)
                         continue
                     for rows, future in group:  # one by one: only the bad rows fail
                         try:
