@@ -805,17 +805,6 @@ class _AuthSettings:
     limiter: AuthFailureLimiter | None
     client_cert_mappings: tuple[ClientCertMapping, ...]
     kubernetes: TokenReviewAuthenticator | None
-    # PostgreSQL: the key lookup (a network round trip on every request, no cache) runs in a
-    # thread. On the event loop, one lookup waiting for a database that stopped answering
-    # froze every connection of the process, /healthz and /readyz included. SQLite's cached
-    # check costs microseconds: it stays inline.
-    in_thread: bool = False
-
-
-async def _authenticate(request: Request, auth: _AuthSettings) -> Principal:
-    if auth.in_thread:
-        return await anyio.to_thread.run_sync(authenticate, request, auth)
-    return authenticate(request, auth)
 
 
 def _record_failure(auth: _AuthSettings, request: Request, reason: str, detail: str) -> None:
@@ -951,7 +940,7 @@ async def _authenticate_kubernetes(
     authenticator = auth.kubernetes
     token = _kubernetes_token(request) if authenticator is not None else None
     if token is None or authenticator is None:
-        return await _authenticate(request, auth)
+        return authenticate(request, auth)
     if auth.limiter is not None and (wait := auth.limiter.retry_after(_source(request))) > 0:
         raise _throttled(wait)
     try:
@@ -1006,7 +995,7 @@ def _endpoint(route: ApiRoute, auth: _AuthSettings) -> Callable[[Request], Await
             if kubernetes:
                 principal = await _authenticate_kubernetes(request, route, auth)
             else:
-                principal = await _authenticate(request, auth)
+                principal = authenticate(request, auth)
             scope["certctl.actor"] = principal.actor_id
             if route.permission != AUTHENTICATED and route.permission not in principal.permissions:
                 AUTH_FAILURES.labels("forbidden").inc()
@@ -1290,11 +1279,7 @@ def create_app(
     says which directory targets and reload commands a service editor may set.
     """
     auth = _AuthSettings(
-        services,
-        auth_failure_limiter,
-        client_cert_mappings,
-        kubernetes_authenticator,
-        in_thread=services.engine.dialect.name == "postgresql",
+        services, auth_failure_limiter, client_cert_mappings, kubernetes_authenticator
     )
     routes = [
         Route(r.path, _endpoint(r, auth), methods=[r.method])
