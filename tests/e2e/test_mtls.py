@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from tests._tools import run
-from tests.e2e.conftest import CertctlServer, certctl_cli, launch
+from tests.e2e.conftest import CertctlServer, certctl_cli, launch, tls_context
 
 pytestmark = pytest.mark.e2e
 
@@ -206,3 +210,44 @@ def test_a_client_certificate_revoked_through_the_api_stops_authenticating(
         with server.client(server.admin_key) as admin:
             scrape = admin.get("/api/v1/metrics/prometheus").text
         assert 'certctl_auth_failures_total{reason="revoked"} 1.0' in scrape
+
+
+def test_a_client_certificate_that_expires_on_a_kept_alive_connection_stops_authenticating(
+    tmp_path: Path,
+) -> None:
+    """Expiry is checked per request: a connection (or a resumed session) outlives its handshake.
+
+    Before, a client certificate that expired after the handshake kept its roles for as long
+    as the connection stayed open, or for the 2 h a TLS session may be resumed.
+    """
+    certctl_cli("ca", "create", "--out", tmp_path / "ca", "--cn", "Team CA")
+    certctl_cli(
+        "cert", "issue", "--ca", tmp_path / "ca", "--subject", "CN=brief", "--profile", "client",
+        "--validity", "4s", "--pem", "--out", tmp_path / "brief",
+    )  # fmt: skip
+    leaf = tmp_path / "brief" / "tls.crt"
+    not_after = x509.load_pem_x509_certificate(leaf.read_bytes()).not_valid_after_utc
+    config = {
+        "tls": {"client-auth": "optional", "client-ca": str(tmp_path / "ca" / "ca.crt")},
+        "auth": {"client-cert-mappings": [{"subject": "CN=brief", "roles": ["r-viewer"]}]},
+    }
+    with launch(tmp_path / "server", config=config) as server:
+        context = tls_context(server.ca, leaf, tmp_path / "brief" / "tls.key")
+        connection = http.client.HTTPSConnection("127.0.0.1", server.port, context=context)
+        try:
+            connection.request("GET", WHOAMI)
+            first = connection.getresponse()
+            assert first.status == 200, first.read()
+            first.read()
+            sock = connection.sock
+            wait = (not_after - datetime.now(UTC)).total_seconds() + 1.5
+            assert wait < 10  # the first request came before the certificate expired
+            time.sleep(max(wait, 0))
+            connection.request("GET", WHOAMI)
+            later = connection.getresponse()
+            body = json.loads(later.read())
+            assert connection.sock is sock  # the same connection: its handshake is long past
+            assert later.status == 401, body
+            assert body["detail"] == "client certificate expired"
+        finally:
+            connection.close()

@@ -845,17 +845,24 @@ def _record_failure(auth: _AuthSettings, request: Request, reason: str, detail: 
         )
 
 
-def _client_cert_revoked(request: Request, services: Services) -> bool:
-    """Whether certctl revoked the verified client certificate.
+def _client_cert_refusal(request: Request, services: Services) -> tuple[str, str] | None:
+    """(reason, message) when the verified client certificate may no longer authenticate.
 
-    Checked on every request, as a revoked API key fails on its next one: the handshake
-    checks ``tls.client-ca`` only, never certctl's revocations.
+    Checked on every request, as an API key's expiry and revocation are: the handshake's
+    checks happened once, and a kept-alive connection or a resumed TLS session (up to 2 h)
+    outlives them. Expired: by its notAfter. Revoked: by certctl, the certificate being one
+    of its issuers' (the handshake checks ``tls.client-ca`` only, never certctl's CRLs).
     """
     tls = request.scope.get("extensions", {}).get("tls") or {}
+    not_after = tls.get("certctl.client_cert_not_after")
+    if isinstance(not_after, float) and services.clock().timestamp() >= not_after:
+        return "expired", "client certificate expired"
     issuer, serial = tls.get("certctl.client_cert_issuer"), tls.get("certctl.client_cert_serial")
     if not isinstance(issuer, str) or not isinstance(serial, int):
-        return False  # a server that does not say (tests' fake scopes): nothing to look up
-    return issuance.client_certificate_revoked(services, issuer, serial)
+        return None  # a server that does not say (tests' fake scopes): nothing to look up
+    if issuance.client_certificate_revoked(services, issuer, serial):
+        return "revoked", "client certificate revoked"
+    return None
 
 
 def _authorization(scope: Scope) -> str | None:
@@ -904,9 +911,11 @@ def authenticate(request: Request, auth: _AuthSettings) -> Principal:
         if not roles:
             _record_failure(auth, request, "invalid", f"unmapped client certificate {subject}")
             raise Unauthenticated("client certificate subject is not mapped to any role")
-        if _client_cert_revoked(request, services):
-            _record_failure(auth, request, "revoked", f"revoked client certificate {subject}")
-            raise Unauthenticated("client certificate revoked")
+        refused = _client_cert_refusal(request, services)
+        if refused is not None:
+            reason, message = refused
+            _record_failure(auth, request, reason, f"{message}: {subject}")
+            raise Unauthenticated(message)
         return Principal(
             f"cert:{subject}",
             tuple(roles),

@@ -273,8 +273,10 @@ class CertificateAuthority:
 
 def _to_minutes(lifetime: timedelta) -> timedelta:
     # A lifetime clipped to the issuer ends on its whole second while `now` has microseconds:
-    # "30D" reads better than "719h59m58s488442us". Never rounded down to nothing.
-    return max(timedelta(minutes=round(lifetime / timedelta(minutes=1))), timedelta(seconds=1))
+    # "30D" reads better than "719h59m58s488442us". Under a minute, whole seconds (a 4 s test
+    # certificate read "1s"); never rounded down to nothing.
+    unit = timedelta(minutes=1) if lifetime >= timedelta(minutes=1) else timedelta(seconds=1)
+    return max(unit * round(lifetime / unit), timedelta(seconds=1))
 
 
 def _sans_from_common_name(subject: x509.Name) -> SubjectAltNames:

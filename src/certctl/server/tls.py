@@ -295,6 +295,8 @@ def tls_info(ssl_object: ssl.SSLObject) -> dict[str, Any] | None:
         # Not in the ASGI spec: what certctl needs to tell whether it revoked this one.
         "certctl.client_cert_issuer": cert.issuer.rfc4514_string(),
         "certctl.client_cert_serial": cert.serial_number,
+        # Checked per request: a kept-alive or resumed session outlives the handshake's check.
+        "certctl.client_cert_not_after": cert.not_valid_after_utc.timestamp(),
         "client_cert_error": None,
         "tls_version": None,
         "cipher_suite": None,

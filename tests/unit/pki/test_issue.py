@@ -509,3 +509,18 @@ def test_subject_is_kept(root_ca: CertificateAuthority, now: datetime) -> None:
         key.public_key(), subject, profile=PROFILES["server"], validity=timedelta(days=90), now=now
     )
     assert issued.certificate.subject == subject
+
+
+def test_a_lifetime_under_a_minute_reads_in_seconds(
+    root_ca: CertificateAuthority, now: datetime
+) -> None:
+    # Rounded to minutes, a 4-second test certificate was said to live "1s".
+    key = ec.generate_private_key(ec.SECP256R1())
+    issued = root_ca.issue(
+        key.public_key(),
+        common_name_dn("brief.example"),
+        profile=PROFILES["server"],
+        validity=timedelta(seconds=4),
+        now=now,
+    )
+    assert issued.warnings == ("certificate lifetime 4s is under 60 days; plan its renewal",)
