@@ -280,3 +280,29 @@ def test_readme_lists_every_exported_certctl_metric(api: Api) -> None:
         if family.name.startswith("certctl_") and not family.name.endswith("_created")
     }
     assert documented == exported
+
+
+def test_revoking_the_latest_successor_falls_back_to_an_earlier_one(api: Api) -> None:
+    """A certificate renewed twice stays renewed while one of its successors is unrevoked.
+
+    Revoking the latest successor used to clear ``renewed_by`` although the first successor
+    was still valid, so the old certificate counted as expiring again (migration 0005's
+    back-fill picks the latest unrevoked successor: the API now does the same).
+    """
+    old = api.issue(common_name="twice.example.com", validity="10D")
+    renew = f"/api/v1/certificates/{old['id']}/renew"
+    first = api.post(renew, api.admin_key, json={})
+    assert first.status_code == 201, first.text
+    second = api.post(renew, api.admin_key, json={})
+    assert second.status_code == 201, second.text
+
+    revoke = f"/api/v1/certificates/{second.json()['id']}/revoke"
+    assert api.post(revoke, api.admin_key, json={}).status_code == 200
+    got = api.get(f"/api/v1/certificates/{old['id']}", api.admin_key).json()
+    assert (got["status"], got["renewed_by"]) == ("active", first.json()["id"])
+
+    # With no unrevoked successor left, it needs renewing again.
+    revoke = f"/api/v1/certificates/{first.json()['id']}/revoke"
+    assert api.post(revoke, api.admin_key, json={}).status_code == 200
+    got = api.get(f"/api/v1/certificates/{old['id']}", api.admin_key).json()
+    assert (got["status"], got["renewed_by"]) == ("expiring", None)

@@ -808,14 +808,22 @@ def revoke_certificate(
             raise Conflict(f"certificate {cert_id} is already revoked")
         session.refresh(row)
         if row.renewed_from is not None:
-            # A revoked successor renews nothing: its predecessor needs renewing again.
+            # A revoked successor renews nothing: its predecessor falls back to its latest
+            # unrevoked successor (renewed twice), as migration 0005 back-fills, or else
+            # needs renewing again.
+            sibling = _CERTIFICATES.alias("sibling")
+            latest = (
+                select(func.max(sibling.c.id))
+                .where(sibling.c.renewed_from == row.renewed_from, sibling.c.status != "revoked")
+                .scalar_subquery()
+            )
             session.connection().execute(
                 update(_CERTIFICATES)
                 .where(
                     _CERTIFICATES.c.id == row.renewed_from,
                     _CERTIFICATES.c.renewed_by == cert_id,
                 )
-                .values(renewed_by=None)
+                .values(renewed_by=latest)
             )
         record(
             session,
