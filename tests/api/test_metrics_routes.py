@@ -306,3 +306,23 @@ def test_revoking_the_latest_successor_falls_back_to_an_earlier_one(api: Api) ->
     assert api.post(revoke, api.admin_key, json={}).status_code == 200
     got = api.get(f"/api/v1/certificates/{old['id']}", api.admin_key).json()
     assert (got["status"], got["renewed_by"]) == ("expiring", None)
+
+
+def test_a_revoked_link_in_a_renewal_chain_hands_over_to_the_next(api: Api) -> None:
+    """A → B → C, then B revoked: A stays renewed, by C, which carries the same names on."""
+    a = api.issue(common_name="chain.example.com", validity="10D")
+    b = api.post(f"/api/v1/certificates/{a['id']}/renew", api.admin_key, json={}).json()
+    c = api.post(f"/api/v1/certificates/{b['id']}/renew", api.admin_key, json={}).json()
+    assert (
+        api.post(f"/api/v1/certificates/{b['id']}/revoke", api.admin_key, json={}).status_code
+        == 200
+    )
+    got = api.get(f"/api/v1/certificates/{a['id']}", api.admin_key).json()
+    assert (got["status"], got["renewed_by"]) == ("active", c["id"])
+    # Twin: C revoked too, nothing carries A's names on: A needs renewing again.
+    revoke_c = f"/api/v1/certificates/{c['id']}/revoke"
+    assert api.post(revoke_c, api.admin_key, json={}).status_code == 200
+    for cert in (a, b):
+        got = api.get(f"/api/v1/certificates/{cert['id']}", api.admin_key).json()
+        assert got["renewed_by"] is None, cert["id"]
+    assert api.get(f"/api/v1/certificates/{a['id']}", api.admin_key).json()["status"] == "expiring"

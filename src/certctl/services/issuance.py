@@ -11,7 +11,7 @@ from typing import Any, Protocol, cast
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Integer, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Integer, Table, and_, bindparam, func, or_, select, update
 
 from certctl.errors import Conflict, InvalidRequest, NotFound
 from certctl.metrics.registry import ISSUANCE, ISSUANCE_DURATION, RENEWALS, REVOCATIONS
@@ -807,23 +807,23 @@ def revoke_certificate(
         if revoked.rowcount != 1:
             raise Conflict(f"certificate {cert_id} is already revoked")
         session.refresh(row)
-        if row.renewed_from is not None:
-            # A revoked successor renews nothing: its predecessor falls back to its latest
-            # unrevoked successor (renewed twice), as migration 0005 back-fills, or else
-            # needs renewing again.
+        # A revoked successor renews nothing. Each certificate it stood for as renewed_by
+        # (its predecessor, or one further up a chain that handed over to it) falls back to
+        # its own latest unrevoked successor, as migration 0005 back-fills, else to the one
+        # that renewed this certificate in turn (A → B → C, B revoked: C carries the same
+        # names on), else needs renewing again.
+        ancestors = _ancestors(session.connection(), row.renewed_from)
+        if ancestors:
             sibling = _CERTIFICATES.alias("sibling")
-            latest = (
+            latest = (  # correlated with the row being updated
                 select(func.max(sibling.c.id))
-                .where(sibling.c.renewed_from == row.renewed_from, sibling.c.status != "revoked")
+                .where(sibling.c.renewed_from == _CERTIFICATES.c.id, sibling.c.status != "revoked")
                 .scalar_subquery()
             )
             session.connection().execute(
                 update(_CERTIFICATES)
-                .where(
-                    _CERTIFICATES.c.id == row.renewed_from,
-                    _CERTIFICATES.c.renewed_by == cert_id,
-                )
-                .values(renewed_by=latest)
+                .where(_CERTIFICATES.c.id.in_(ancestors), _CERTIFICATES.c.renewed_by == cert_id)
+                .values(renewed_by=func.coalesce(latest, row.renewed_by))
             )
         record(
             session,
@@ -836,6 +836,19 @@ def revoke_certificate(
         )
     REVOCATIONS.labels(row.issuer_id).inc()
     return row
+
+
+_MAX_CHAIN = 64  # renewals followed up a chain; a longer one stops there (and a cycle too)
+_RENEWED_FROM = select(_CERTIFICATES.c.renewed_from).where(_CERTIFICATES.c.id == bindparam("id"))
+
+
+def _ancestors(connection: Connection, first: str | None) -> list[str]:
+    """``first`` and the certificates it renewed in turn, by primary key (never a scan)."""
+    found: list[str] = []
+    while first is not None and first not in found and len(found) < _MAX_CHAIN:
+        found.append(first)
+        first = connection.execute(_RENEWED_FROM, {"id": first}).scalar()
+    return found
 
 
 def renew_certificate(

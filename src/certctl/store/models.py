@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -82,6 +83,14 @@ class CertificateRecord(Base):
         Index("ix_certificates_not_after", "not_after"),
         # Covers the metrics counts (issuer, status, expiry, renewed or not): index-only.
         Index("ix_certificates_counts", "issuer_id", "status", "not_after", "renewed_by"),
+        # A revocation looks up the revoked certificate's predecessors' other successors.
+        # Partial: the many certificates that renew nothing cost issuance no index entry.
+        Index(
+            "ix_certificates_renewed_from",
+            "renewed_from",
+            sqlite_where=text("renewed_from IS NOT NULL"),
+            postgresql_where=text("renewed_from IS NOT NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -29,6 +29,7 @@ def _to_0004(engine: Engine) -> None:
     with engine.begin() as connection:
         connection.execute(text("UPDATE alembic_version SET version_num = '0004'"))
         connection.execute(text("DROP INDEX ix_certificates_counts"))
+        connection.execute(text("DROP INDEX ix_certificates_renewed_from"))
         connection.execute(text("ALTER TABLE certificates DROP COLUMN renewed_by"))
         connection.execute(
             text(

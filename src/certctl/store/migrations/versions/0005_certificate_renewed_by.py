@@ -6,8 +6,9 @@ fired for every certificate that had already been renewed. The renewal now recor
 successor on the old row, and those counts leave such rows out.
 
 The covering index of the counts gains the column, so the metrics refresh still reads the
-index alone. Existing renewals are back-filled in one pass over the successors (an UPDATE
-with a correlated subquery would scan the table once per row).
+index alone; ``renewed_from`` gets an index, for the revocation that hands a renewal over to
+another successor. Existing renewals are back-filled in one pass over the successors (an
+UPDATE with a correlated subquery would scan the table once per row).
 
 Revision ID: 0005
 Revises: 0004
@@ -33,6 +34,13 @@ def upgrade() -> None:
             unique=False,
         )
         batch_op.drop_index("ix_certificates_issuer_status_not_after")
+        batch_op.create_index(
+            "ix_certificates_renewed_from",
+            ["renewed_from"],
+            unique=False,
+            sqlite_where=sa.text("renewed_from IS NOT NULL"),
+            postgresql_where=sa.text("renewed_from IS NOT NULL"),
+        )
     bind = op.get_bind()
     successors = bind.execute(
         sa.text(
@@ -55,5 +63,6 @@ def downgrade() -> None:
             ["issuer_id", "status", "not_after"],
             unique=False,
         )
+        batch_op.drop_index("ix_certificates_renewed_from")
         batch_op.drop_index("ix_certificates_counts")
         batch_op.drop_column("renewed_by")
