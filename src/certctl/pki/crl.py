@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 
 from certctl.errors import InvalidRequest
+from certctl.pki.formats import load_material
 from certctl.pki.issue import BACKDATE, CertificateAuthority
 
 __all__ = ["RevokedEntry", "create_crl", "load_crl_entries", "parse_serial"]
@@ -56,12 +57,12 @@ def load_crl_entries(data: bytes, ca: CertificateAuthority) -> list[RevokedEntry
         InvalidRequest: not a CRL, or not signed by ``ca``.
     """
     try:
-        if b"-----BEGIN" in data:
-            crl = x509.load_pem_x509_crl(data)
-        else:
-            crl = x509.load_der_x509_crl(data)
-    except ValueError:
-        raise InvalidRequest("not a PEM or DER certificate revocation list") from None
+        crls = load_material(data).crls
+    except InvalidRequest:
+        crls = []
+    if len(crls) != 1:
+        raise InvalidRequest("not a PEM or DER certificate revocation list")
+    crl = crls[0]
     if crl.issuer != ca.certificate.subject or not crl.is_signature_valid(
         ca.certificate.public_key()  # type: ignore[arg-type]
     ):

@@ -210,11 +210,7 @@ def import_issuer(
 
 
 def _import_warnings(ca: CertificateAuthority, issuer_id: str) -> tuple[str, ...]:
-    try:
-        usage = ca.certificate.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return ()
-    if usage.crl_sign:
+    if ca.may_sign_crls:
         return ()
     # Issuing works; only a CRL it signed would be refused by every client, so certctl
     # publishes none for it: a warning rather than a refusal.
@@ -239,11 +235,7 @@ def _check_importable(ca: CertificateAuthority, now: datetime) -> None:
         raise InvalidRequest(
             f"the CA certificate is not valid before {cert.not_valid_before_utc.isoformat()}"
         )
-    try:
-        usage: x509.KeyUsage | None = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        usage = None  # RFC 5280 4.2.1.3: without keyUsage a CA key may sign anything
-    if usage is not None and not usage.key_cert_sign:
+    if not ca.may_sign_certificates:
         # Every certificate it signed would fail validation ("key usage does not include
         # certificate signing"), so refuse it now rather than at the first issuance.
         raise InvalidRequest(
