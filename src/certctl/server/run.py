@@ -335,6 +335,17 @@ def _check_integrations(config: ServerConfig) -> None:
         _kube_connection(config)
 
 
+def _warn_reversed_mappings(config: ServerConfig) -> None:
+    for mapping in config.auth.client_cert_mappings:
+        if ClientCertMapping(mapping.subject, tuple(mapping.roles)).pattern.looks_reversed:
+            log.warning(
+                "auth.client-cert-mappings subject %s is written broadest first, as openssl "
+                "prints names; certctl compares RFC 4514 order, most specific first (CN=…,O=…), "
+                "so it matches only certificates encoded in the reverse order",
+                mapping.subject,
+            )
+
+
 def _set_state(asgi: Any, name: str, value: object) -> None:
     # create_app wraps the Starlette app in the access-log middleware: set state inside.
     inner = getattr(asgi, "app", asgi)
@@ -390,6 +401,7 @@ def serve(config: ServerConfig) -> None:
         raise InvalidRequest("tls.mode=custom needs tls.cert-dir")
     service_settings(config)  # lifetimes checked before the data directory is touched
     _check_integrations(config)
+    _warn_reversed_mappings(config)  # once, here: not once per worker
     if mode != "disabled":
         check_files(
             config.tls.cert_dir if mode == "custom" else None,
@@ -559,14 +571,6 @@ def _serve_process(
     mappings = tuple(
         ClientCertMapping(m.subject, tuple(m.roles)) for m in config.auth.client_cert_mappings
     )
-    for mapping in mappings:
-        if mapping.pattern.looks_reversed:
-            log.warning(
-                "auth.client-cert-mappings subject %s is written broadest first, as openssl "
-                "prints names; certctl compares RFC 4514 order, most specific first (CN=…,O=…), "
-                "so it matches only certificates encoded in the reverse order",
-                mapping.subject,
-            )
     app = create_app(
         services,
         client_cert_mappings=mappings,
