@@ -222,13 +222,13 @@ def test_auth_failure_counter_counts_reasons(api: Api) -> None:
 def test_readyz_reports_a_database_that_is_down_or_hangs(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from certctl.api import app as app_module
+    from certctl.api import readiness as app_module
 
     state = api.client.app.app.state  # type: ignore[attr-defined]  # inside the access-log layer
     assert api.get("/readyz").text == "ready"
 
     # Nothing listens there: not ready, without saying why (DESIGN §4); alive all the same.
-    state.database_probe = app_module._DatabaseProbe(
+    state.database_probe = app_module.DatabaseProbe(
         create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")
     )
     body = assert_problem(api.get("/readyz"), 503)
@@ -248,7 +248,7 @@ def test_readyz_reports_a_database_that_is_down_or_hangs(
         return sqlite3.connect(":memory:")
 
     engine = create_engine("sqlite://", creator=hang, poolclass=NullPool)
-    state.database_probe = app_module._DatabaseProbe(engine)
+    state.database_probe = app_module.DatabaseProbe(engine)
     started = time.monotonic()
     assert_problem(api.get("/readyz"), 503)
     assert time.monotonic() - started < 3

@@ -16,8 +16,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import Engine, text
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -33,6 +32,7 @@ from certctl.api._common import page_limit as _limit
 from certctl.api._common import read_body as _body
 from certctl.api._common import services_of as _services
 from certctl.api.problems import problem, problem_for_status, problem_from_error
+from certctl.api.readiness import DatabaseProbe
 from certctl.api.service_routes import SERVICE_ROUTES
 from certctl.api.throttle import AuthFailureLimiter
 from certctl.auth.apikeys import PREFIX as API_KEY_PREFIX
@@ -563,57 +563,6 @@ async def readyz(request: Request, principal: Principal | None) -> Response:
     if not await request.app.state.database_probe.reachable():
         return problem_for_status(503, "not ready")
     return PlainTextResponse("ready")
-
-
-READY_CHECK_TTL_S = 1.0
-READY_CHECK_TIMEOUT_S = 2.0
-_ready_log = logging.getLogger("certctl.server")
-
-
-class _DatabaseProbe:
-    """Whether the store answers ``SELECT 1``, for ``/readyz``.
-
-    An answer is reused for ``READY_CHECK_TTL_S``, so probes from every kubelet and load
-    balancer cost one query a second at most; at most one ping is in flight, so a database
-    that does not answer ties up one thread, not one per probe; one slower than
-    ``READY_CHECK_TIMEOUT_S`` counts as unreachable.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._reachable = True
-        self._checked_at = -math.inf
-        self._in_flight_since: float | None = None
-
-    async def reachable(self) -> bool:
-        """The last answer if fresh, else a new one (False while a ping hangs)."""
-        now = time.monotonic()
-        if now - self._checked_at < READY_CHECK_TTL_S:
-            return self._reachable
-        started = self._in_flight_since
-        if started is not None:
-            return self._reachable and now - started < READY_CHECK_TIMEOUT_S
-        self._in_flight_since = now
-        reachable = False
-        with anyio.move_on_after(READY_CHECK_TIMEOUT_S):
-            reachable = await anyio.to_thread.run_sync(self._ping, abandon_on_cancel=True)
-        if reachable != self._reachable:
-            if reachable:
-                _ready_log.info("the database answers again: ready")
-            else:
-                _ready_log.warning("the database does not answer: /readyz reports not ready")
-        self._reachable, self._checked_at = reachable, time.monotonic()
-        return reachable
-
-    def _ping(self) -> bool:
-        try:
-            with self._engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except SQLAlchemyError:
-            return False
-        finally:
-            self._in_flight_since = None
-        return True
 
 
 async def openapi(request: Request, principal: Principal | None) -> Response:
@@ -1311,6 +1260,6 @@ def create_app(
     app.state.kubernetes_authenticator = kubernetes_authenticator
     app.state.auth_failure_limiter = auth_failure_limiter
     app.state.service_policy = service_policy or TargetPolicy()
-    app.state.database_probe = _DatabaseProbe(services.engine)
+    app.state.database_probe = DatabaseProbe(services.engine)
     app.state.ready = True
     return AccessLogAndLimits(app, json_logs=json_logs)
