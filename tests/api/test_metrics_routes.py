@@ -277,9 +277,24 @@ def test_readme_lists_every_exported_certctl_metric(api: Api) -> None:
     exported = {
         family.name
         for family in text_string_to_metric_families(api.get(PROM, key).text)
-        if family.name.startswith("certctl_") and not family.name.endswith("_created")
+        if family.name.startswith("certctl_")
     }
     assert documented == exported
+
+
+def test_scrape_has_no_created_series(api: Api) -> None:
+    """No ``<counter>_created`` gauges: one more series per child that nothing reads.
+
+    prometheus_client exports them by default in a single process (not with workers > 1),
+    which doubled the ``certctl_http_requests_total`` series.
+    """
+    api.issue()
+    key = api.actor_key("prom", ["r-metrics-read"])
+    api.get(PROM, key)
+    text = api.get(PROM, key).text
+    assert "certctl_http_requests_total{" in text
+    assert "certctl_issuance_total{" in text
+    assert [line for line in text.splitlines() if "_created" in line] == []
 
 
 def test_revoking_the_latest_successor_falls_back_to_an_earlier_one(api: Api) -> None:

@@ -25,6 +25,7 @@ from prometheus_client import (
     Histogram,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -52,6 +53,13 @@ __all__ = [
 ]
 
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+# prometheus_client exports a `<name>_created` timestamp beside every counter and histogram
+# child in the text format; Prometheus ingests each as a series of its own. That doubled the
+# counter series (one per method × route × status) for a value no dashboard reads, and the
+# multi-process mode (workers > 1) never exported them, so a scrape's series changed with
+# --workers. Process-wide, which is what certctl serve is.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 if MULTIPROCESS_DIR is None:
