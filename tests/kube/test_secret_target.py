@@ -200,6 +200,30 @@ def test_a_secret_deleted_between_read_and_write_is_created(
     assert apiserver.secrets[(NAMESPACE, "gone-tls")]["data"]["tls.crt"] == b64(crt)
 
 
+def test_a_managed_by_label_from_the_spec_does_not_lock_certctl_out(
+    apiserver: FakeApiServer, connection: KubeConnection, pki: KubePki
+) -> None:
+    """A target label app.kubernetes.io/managed-by (a spec stored before it was refused).
+
+    Before, it replaced certctl's own marker on the created Secret, so every later write
+    failed with "exists and is not managed by certctl" on a Secret certctl had made.
+    """
+    writer = SecretWriter(connection)
+    labels = {"app.kubernetes.io/managed-by": "argocd", "app": "web"}
+    crt, key = pki.leaf("web.example.internal")
+    tls = {"certificate_pem": crt, "private_key_pem": key, "ca_pem": b""}
+    assert writer.write_tls("web-tls", labels=labels, **tls) is WriteResult.CREATED
+    stored = apiserver.secrets[(NAMESPACE, "web-tls")]
+    assert stored["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "certctl",
+        "app": "web",
+    }
+    crt2, key2 = pki.leaf("web.example.internal")
+    renewed = {"certificate_pem": crt2, "private_key_pem": key2, "ca_pem": b""}
+    assert writer.write_tls("web-tls", labels=labels, **renewed) is WriteResult.UPDATED
+    assert writer.write_tls("web-tls", labels=labels, **renewed) is WriteResult.UNCHANGED
+
+
 def test_secret_of_another_type_is_not_touched(
     apiserver: FakeApiServer, connection: KubeConnection, pki: KubePki
 ) -> None:

@@ -146,6 +146,13 @@ INVALID = {
         _with("spec.targets", [{"secret": "web-tls", "labels": {"example.com/app": "a b"}}]),
         "spec.targets.0.labels: label example.com/app: 'a b' is not a Kubernetes label value",
     ),
+    "secret target label certctl owns": (
+        _with(
+            "spec.targets",
+            [{"secret": "web-tls", "labels": {"app.kubernetes.io/managed-by": "argocd"}}],
+        ),
+        "spec.targets.0.labels: app.kubernetes.io/managed-by is set by certctl",
+    ),
     "bad secret name": (
         _with("spec.http.tls.certificate", {"secretName": "../etc"}),
         "spec.http.tls.certificate.secretName: ../etc: secret names are lower-case DNS labels",
@@ -165,6 +172,13 @@ def test_real_account_names_are_accepted(account: str | int) -> None:
     # SSSD and winbind names go beyond the POSIX portable set; the host decides at delivery.
     doc = _with("spec.targets", [{"directory": "/etc/web/tls", "owner": account}])
     assert parse_service(doc).spec.targets[0].owner == account  # type: ignore[union-attr]
+
+
+def test_a_stored_secret_target_labelled_managed_by_still_loads() -> None:
+    # Accepted before the label was refused: a stored spec must keep reconciling.
+    labels = {"app.kubernetes.io/managed-by": "argocd", "app": "web"}
+    doc = _with("spec.targets", [{"secret": "web-tls", "labels": labels}])
+    assert parse_service(doc, stored=True).spec.targets[0].labels == labels  # type: ignore[union-attr]
 
 
 def test_valid_document_round_trips() -> None:

@@ -232,6 +232,8 @@ _K8S_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _K8S_SUBDOMAIN = re.compile(rf"{_K8S_LABEL}(\.{_K8S_LABEL})*\Z")
 _K8S_NAMESPACE = re.compile(rf"{_K8S_LABEL}\Z")
 _LABEL_NAME = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?\Z")
+# The label certctl.targets.kubernetes marks its own Secrets with (value "certctl").
+_MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 
 class SecretTarget(_Model):
@@ -263,8 +265,16 @@ class SecretTarget(_Model):
 
     @field_validator("labels")
     @classmethod
-    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+    def _labels(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
         for key, text in value.items():
+            if key == _MANAGED_BY_LABEL and not _stored(info):
+                # certctl marks the Secrets it owns with this label and refuses to replace
+                # one that lacks it: another value would lock certctl out of its own Secret
+                # after the first write. (Stored specs keep working: the writer ignores it.)
+                raise ValueError(
+                    f"{key} is set by certctl (to certctl) on the Secrets it writes; "
+                    "use another label"
+                )
             prefix, slash, name = key.rpartition("/")
             if (
                 not name

@@ -113,7 +113,9 @@ class SecretWriter:
         for key in data:
             if not _DATA_KEY.match(key):
                 raise InvalidRequest(f"{key!r}: a Secret key may hold only [-._a-zA-Z0-9]")
-        wanted_labels = {**MANAGED_BY, **(labels or {})}
+        # certctl's own marker last: a label of the same key must not replace it, or the
+        # next write would find the Secret "not managed by certctl" and refuse it.
+        wanted_labels = {**(labels or {}), **MANAGED_BY}
         for key, value in wanted_labels.items():
             if not isinstance(key, str) or not isinstance(value, str) or len(value) > 63:
                 raise InvalidRequest(f"label {key}={value}: keys and values must be strings ≤ 63")
