@@ -336,6 +336,16 @@ def test_the_data_volume_outlives_helm_uninstall(render: Callable[..., Rendered]
             "set bearerTokenSecret {name, key}",
         ),
         (
+            # Both: Prometheus rejects authorization beside bearer_token_file ("authorization
+            # is not compatible with bearer_token & bearer_token_file", promtool 2.42).
+            merged(
+                RUNBOOK,
+                KUBE_AUTH,
+                {"monitoring": {"serviceMonitor": {"bearerTokenFile": "/t"}}},
+            ),
+            "set bearerTokenSecret or bearerTokenFile, not both",
+        ),
+        (
             merged(
                 RUNBOOK,
                 {"monitoring": {"serviceMonitor": {"bearerTokenSecret": {"name": "", "key": "k"}}}},
@@ -356,7 +366,7 @@ def test_the_data_volume_outlives_helm_uninstall(render: Callable[..., Rendered]
                 RUNBOOK,
                 {
                     "monitoring": {
-                        "serviceMonitor": {"bearerTokenSecret": {}, "bearerTokenFile": "/t"}
+                        "serviceMonitor": {"bearerTokenSecret": None, "bearerTokenFile": "/t"}
                     }
                 },
             ),
@@ -365,6 +375,7 @@ def test_the_data_volume_outlives_helm_uninstall(render: Callable[..., Rendered]
     ],
     ids=[
         "no-credentials",
+        "api-key-and-token-file",
         "half-secret",
         "nothing-to-verify-with",
         "replicas-on-sqlite",

@@ -137,6 +137,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (not $bts) (not $sm.bearerTokenFile) }}
 {{- fail "monitoring.serviceMonitor: set bearerTokenSecret {name, key} (a certctl API key with metrics.read), or bearerTokenFile with auth.kubernetes.enabled" }}
 {{- end }}
+{{- if and $bts $sm.bearerTokenFile }}
+{{- fail "monitoring.serviceMonitor: set bearerTokenSecret or bearerTokenFile, not both (Prometheus refuses a scrape config with authorization and bearer_token_file, and with it every reload of its configuration)" }}
+{{- end }}
 {{- if and $bts (or (not $bts.name) (not $bts.key)) }}
 {{- fail "monitoring.serviceMonitor.bearerTokenSecret needs both name and key" }}
 {{- end }}
