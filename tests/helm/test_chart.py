@@ -53,6 +53,7 @@ KUBE_AUTH: dict[str, Any] = {
     }
 }
 EXISTING_TLS: dict[str, Any] = {"server": {"tls": {"existingSecret": "certctl-tls"}}}
+REQUIRED_CLIENT_AUTH = {"client-auth": "required", "client-ca": "/etc/certctl/tls/ca.crt"}
 
 
 def merged(*parts: dict[str, Any]) -> dict[str, Any]:
@@ -197,6 +198,19 @@ def test_config_is_accepted_by_certctl(render: Callable[..., Rendered]) -> None:
     assert ServerConfig.model_validate(merged_doc).cert_validity == "2160h"
 
 
+def test_extra_config_may_tune_what_the_chart_does_not_build_on(
+    render: Callable[..., Rendered],
+) -> None:
+    """Negative twin of the extraConfig refusals: the same keys, within what the pod allows."""
+    tls = {**REQUIRED_CLIENT_AUTH, "client-auth": "optional"}
+    extra = {"listen": "[::]:8443", "tls": tls, "cert-validity": "2160h"}
+    doc = server_config(render(merged(EXISTING_TLS, {"server": {"extraConfig": extra}})))
+    config = ServerConfig.model_validate(doc)
+    assert config.host_port == ("::", 8443)
+    assert (config.tls.mode, config.tls.client_auth) == ("custom", "optional")
+    assert config.cert_validity == "2160h"
+
+
 # --- monitoring --------------------------------------------------------------------------
 
 
@@ -332,6 +346,42 @@ def test_the_data_volume_outlives_helm_uninstall(render: Callable[..., Rendered]
     ("values", "message"),
     [
         (
+            {"server": {"extraConfig": {"database-url": "postgresql+psycopg://u:pw@db/certctl"}}},
+            "database-url would put the database password in a ConfigMap",
+        ),
+        (
+            {"server": {"extraConfig": {"data-dir": "/data"}}},
+            "server.extraConfig.data-dir is set by the chart: use persistence",
+        ),
+        (
+            {"server": {"extraConfig": {"tls": {"mode": "disabled"}}}},
+            "server.extraConfig.tls.mode is set by the chart",
+        ),
+        (
+            {
+                "monitoring": {"port": 9443},
+                "server": {"extraConfig": {"metrics": {"secure": False}}},
+            },
+            "server.extraConfig.metrics.secure is set by the chart",
+        ),
+        (
+            {"server": {"extraConfig": {"auth": {"kubernetes": {"enabled": True}}}}},
+            "server.extraConfig.auth.kubernetes is set by the chart: use auth.kubernetes.enabled",
+        ),
+        (
+            {"server": {"extraConfig": {"listen": "0.0.0.0:9000"}}},
+            "listen 0.0.0.0:9000: the container port, probes and Service target port 8443",
+        ),
+        (
+            merged(EXISTING_TLS, {"server": {"extraConfig": {"tls": REQUIRED_CLIENT_AUTH}}}),
+            "the kubelet's HTTPS probes and Prometheus send none",
+        ),
+        ({"monitoring": {"port": 8443}}, "monitoring.port 8443: the API already uses it"),
+        (
+            {"monitoring": {"port": 9443}, "service": {"port": 9443}},
+            "monitoring.port 9443: the API already uses it",
+        ),
+        (
             {"monitoring": {"enabled": True, "serviceMonitor": {"enabled": True}}},
             "set bearerTokenSecret {name, key}",
         ),
@@ -374,6 +424,15 @@ def test_the_data_volume_outlives_helm_uninstall(render: Callable[..., Rendered]
         ),
     ],
     ids=[
+        "database-url-in-a-configmap",
+        "extra-config-data-dir",
+        "extra-config-tls-mode",
+        "extra-config-plain-metrics",
+        "extra-config-kubernetes-auth",
+        "extra-config-listen-port",
+        "extra-config-client-auth-required",
+        "metrics-port-is-the-api-port",
+        "metrics-port-is-the-service-port",
         "no-credentials",
         "api-key-and-token-file",
         "half-secret",

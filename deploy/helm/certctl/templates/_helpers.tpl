@@ -131,6 +131,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (gt (int .Values.replicaCount) 1) (not (include "certctl.usesPostgres" .)) }}
 {{- fail "replicaCount > 1 needs PostgreSQL: set database.url or database.existingSecret (SQLite is single-writer)" }}
 {{- end }}
+{{- include "certctl.validateExtraConfig" . }}
+{{- $port := int .Values.monitoring.port }}
+{{- if or (eq $port 8443) (and $port (eq $port (int .Values.service.port))) }}
+{{- fail (printf "monitoring.port %d: the API already uses it (container port 8443, Service port %d); choose another port for the metrics listener, or 0 to serve metrics on the API port" $port (int .Values.service.port)) }}
+{{- end }}
 {{- $sm := .Values.monitoring.serviceMonitor }}
 {{- if and .Values.monitoring.enabled $sm.enabled }}
 {{- $bts := default (dict) $sm.bearerTokenSecret }}
@@ -149,5 +154,45 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and $sm.namespace (ne $sm.namespace .Release.Namespace) (not $sm.tlsConfig) }}
 {{- fail (printf "monitoring.serviceMonitor.namespace %s: Prometheus Operator reads the CA Secret from the ServiceMonitor's namespace, but certctl publishes it in %s; set monitoring.serviceMonitor.tlsConfig (e.g. {ca: {secret: {name: <a copy in %s>, key: ca.crt}}}) or leave namespace empty" $sm.namespace .Release.Namespace $sm.namespace) }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* server.extraConfig may not change what the chart builds the pod around. */}}
+{{- define "certctl.validateExtraConfig" -}}
+{{- $extra := default (dict) .Values.server.extraConfig }}
+{{- if hasKey $extra "database-url" }}
+{{- fail "server.extraConfig.database-url would put the database password in a ConfigMap (and leave the chart set up for SQLite); set database.url, which the chart keeps in a Secret, or database.existingSecret" }}
+{{- end }}
+{{- $owned := dict
+  "data-dir" "persistence (the data volume is mounted at /var/lib/certctl)"
+  "tls.mode" "server.tls.existingSecret (custom) or leave it empty (self-signed)"
+  "tls.cert-dir" "server.tls.existingSecret (mounted at /etc/certctl/tls)"
+  "tls.publish-ca-secret" "server.tls.publishCA (its Role and the ServiceMonitor follow it)"
+  "metrics.listen" "monitoring.port (the container and Service ports follow it)"
+  "metrics.secure" "monitoring.port (its listener keeps the API's TLS: the probes and the ServiceMonitor speak https)"
+  "auth.admin-key-secret" "adminKeySecret (its Role follows it)"
+  "auth.kubernetes" "auth.kubernetes.enabled (it also creates the RBAC certctl needs)"
+}}
+{{- range $path, $use := $owned }}
+{{- $node := $extra }}
+{{- $found := true }}
+{{- range $part := splitList "." $path }}
+{{- if and $found (kindIs "map" $node) (hasKey $node $part) }}
+{{- $node = index $node $part }}
+{{- else }}
+{{- $found = false }}
+{{- end }}
+{{- end }}
+{{- if $found }}
+{{- fail (printf "server.extraConfig.%s is set by the chart: use %s" $path $use) }}
+{{- end }}
+{{- end }}
+{{- with $extra.listen }}
+{{- if ne (last (splitList ":" (toString .))) "8443" }}
+{{- fail (printf "server.extraConfig.listen %s: the container port, probes and Service target port 8443; keep the port (e.g. [::]:8443 to listen on IPv6)" .) }}
+{{- end }}
+{{- end }}
+{{- if eq (toString (dig "tls" "client-auth" "" $extra)) "required" }}
+{{- fail "server.extraConfig.tls.client-auth: required refuses the handshake of every client without a certificate, and the kubelet's HTTPS probes and Prometheus send none, so the pod would never become ready; use optional (a client certificate still authenticates through auth.client-cert-mappings)" }}
 {{- end }}
 {{- end }}
