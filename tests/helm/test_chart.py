@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -447,6 +448,54 @@ def test_unworkable_values_are_refused(
 ) -> None:
     with pytest.raises(helm.HelmError, match=message.replace("{", r"\{").replace("}", r"\}")):
         chart.render(values, name="certctl", namespace=NAMESPACE, is_install=True)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"replicas": 3}, "additional properties 'replicas' not allowed"),
+        (
+            merged(RUNBOOK, {"monitoring": {"serviceMonitor": {"bearerTokenSecrets": {}}}}),
+            "additional properties 'bearerTokenSecrets' not allowed",
+        ),
+        (
+            {"server": {"tls": {"existingSecert": "certctl-tls"}}},
+            "additional properties 'existingSecert' not allowed",
+        ),
+        ({"monitoring": {"port": "9443"}}, "at '/monitoring/port': got string, want integer"),
+        ({"service": {"type": "ClusterIp"}}, "at '/service/type'"),
+        ({"server": {"tls": {"minVersion": "TLS1.3"}}}, "at '/server/tls/minVersion'"),
+        (
+            merged(RUNBOOK, {"monitoring": {"serviceMonitor": {"interval": "30 seconds"}}}),
+            "at '/monitoring/serviceMonitor/interval'",
+        ),
+        ({"secretTargets": {"namespaces": ["Apps"]}}, "at '/secretTargets/namespaces/0'"),
+    ],
+    ids=[
+        "replicas",
+        "bearerTokenSecrets",
+        "existingSecert",
+        "port-as-string",
+        "service-type-case",
+        "min-version",
+        "interval",
+        "namespace-case",
+    ],
+)
+def test_values_schema_refuses_typos(
+    chart: Any, helm: Any, values: dict[str, Any], message: str
+) -> None:
+    """Before values.schema.json, each of these rendered: the value was silently ignored
+    (replicas, bearerTokenSecrets, existingSecert) or reached the API server or certctl."""
+    with pytest.raises(helm.HelmError, match=re.escape(message)):
+        chart.render(values, name="certctl", namespace=NAMESPACE, is_install=True)
+
+
+def test_values_schema_accepts_what_users_write(render: Callable[..., Rendered]) -> None:
+    """Negative twin: an unquoted TLS version (a YAML number) and a parent chart's global."""
+    objects = render({"server": {"tls": {"minVersion": 1.3}}, "global": {"imageRegistry": "r"}})
+    assert ServerConfig.model_validate(server_config(objects)).tls.min_version == "1.3"
+    assert one(render({"replicaCount": 0}), "Deployment")["spec"]["replicas"] == 0  # stopped
 
 
 # --- PostgreSQL and Kubernetes auth -------------------------------------------------------
