@@ -11,7 +11,7 @@ Outcomes: token not authenticated → :class:`TokenRejected` (401); authenticate
 allowed → :class:`AccessDenied` (403); API server unreachable, failing or refusing certctl's
 own calls → :class:`~certctl.kubeapi.KubeApiError` (503). Never a silent success.
 
-Decisions are cached per (SHA-256 of the token, path, verb): allow for 5 minutes, deny and
+Decisions are cached per (SHA-256 of the token, path, verb): allow for 2 minutes, deny and
 reject for 30 seconds; failures to reach the API are not cached. The token itself is never
 stored, logged or put into an error message.
 """
