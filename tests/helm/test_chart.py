@@ -640,3 +640,33 @@ def test_a_separate_metrics_port_is_listened_on_exposed_and_scraped(
     default = render(RUNBOOK)
     assert "metrics" not in server_config(default)
     assert endpoint(default)["port"] == "https"
+
+
+def notes(chart: Any, values: dict[str, Any]) -> str:
+    files = chart.render(values, name="certctl", namespace=NAMESPACE, is_install=True)
+    (text,) = [t for path, t in files.items() if path.endswith("NOTES.txt")]
+    return str(text)
+
+
+def test_notes_say_what_was_installed(chart: Any) -> None:
+    """Before, NOTES claimed 'with TLS verification' under insecureSkipVerify, named the
+    self-signed certificate with an existing Secret, and said nothing when no one may read
+    metrics with a ServiceAccount token."""
+    skip = notes(chart, with_tls({"insecureSkipVerify": True}))
+    assert "WITHOUT verifying certctl's certificate" in skip
+    assert "with TLS verification" not in skip
+    verifying = notes(chart, RUNBOOK)
+    assert "with TLS verification (serverName certctl-server)" in verifying
+    assert "Secret certctl-prometheus-key (key api-key), which you create" in verifying
+    assert "self-signed by certctl's internal CA" in verifying
+    existing = notes(chart, merged(RUNBOOK, EXISTING_TLS))
+    assert "certificate from Secret certctl-tls" in existing
+    assert "self-signed" not in existing
+    no_readers = {"auth": {"kubernetes": {"enabled": True}}}
+    unbound = notes(chart, no_readers)
+    assert "--clusterrole=certs-certctl-metrics-reader" in unbound
+    assert "metricsReaders is empty" not in notes(chart, KUBE_AUTH)  # negative twin
+    ephemeral = "are lost whenever the pod\nis replaced"
+    assert ephemeral in notes(chart, {"persistence": {"enabled": False}})
+    assert ephemeral not in notes(chart, {})
+    assert ephemeral not in notes(chart, merged(POSTGRES, {"persistence": {"enabled": False}}))
