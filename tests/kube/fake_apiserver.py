@@ -9,7 +9,11 @@ No kube-apiserver can be installed here, so this implements, with their real JSO
   ``resourceVersion`` optimistic concurrency (409 Conflict), AlreadyExists, NotFound and the
   immutable ``type`` (422);
 * errors as ``v1.Status`` objects; callers must present ``Authorization: Bearer`` with one of
-  ``accepted_tokens`` or a client certificate from the test CA, else 401.
+  ``accepted_tokens`` or a client certificate from the test CA, else 401;
+* RBAC, when ``rbac`` is set: the rules bound to certctl's ServiceAccount (a Role's in its
+  namespace, a ClusterRole's everywhere), matched as the API server's RBAC authorizer does
+  (``resourceNames`` never match a ``create``, whose URL names no object), else 403
+  Forbidden with the API server's message.
 
 Every request is recorded (method, path, bearer token, client certificate CN, JSON body).
 """
@@ -76,6 +80,10 @@ class FakeApiServer:
         self.requests: list[Recorded] = []
         self.fail_status: int | None = None  # answer every call with this 5xx
         self.before_put: list[Any] = []  # callables run once before the next PUT
+        # RBAC of the callers with accepted_tokens: (namespace, rule), namespace None for a
+        # ClusterRole's rules; None = no authorization (every call allowed).
+        self.rbac: list[tuple[str | None, dict[str, Any]]] | None = None
+        self.rbac_user = "system:serviceaccount:certs:certctl"
         self._versions = itertools.count(100)
         self._lock = threading.Lock()
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -149,6 +157,9 @@ class FakeApiServer:
                 )
             if bearer not in self.accepted_tokens and cn is None:
                 return 401, status(401, "Unauthorized", "Unauthorized")
+            forbidden = self._authorize(method, path)
+            if forbidden is not None:
+                return 403, forbidden
             if method == "POST" and path == "/apis/authentication.k8s.io/v1/tokenreviews":
                 return self._token_review(body or {})
             if method == "POST" and path == "/apis/authorization.k8s.io/v1/subjectaccessreviews":
@@ -157,6 +168,46 @@ class FakeApiServer:
             if match:
                 return self._secret(method, match.group(1), match.group(2), body)
             return 404, status(404, "NotFound", "the server could not find the requested resource")
+
+    def _authorize(self, method: str, path: str) -> dict[str, Any] | None:
+        """None when ``rbac`` allows the call, else the API server's Forbidden Status."""
+        if self.rbac is None:
+            return None
+        match = _SECRET.match(path)
+        if match:
+            group, resource, namespace, name = "", "secrets", match.group(1), match.group(2)
+            verb = {"GET": "get" if name else "list", "POST": "create", "PUT": "update"}.get(
+                method, method.lower()
+            )
+        elif path.startswith("/apis/") and path.count("/") == 4 and method == "POST":
+            _, _, group, _, resource = path.split("/")
+            namespace, name, verb = None, None, "create"
+        else:
+            return None
+        for where, rule in self.rbac:
+            if where is not None and where != namespace:
+                continue
+            names = rule.get("resourceNames") or []
+            if (
+                group in rule.get("apiGroups", ())
+                and resource in rule.get("resources", ())
+                and verb in rule.get("verbs", ())
+                and (not names or (name is not None and name in names))
+            ):
+                return None
+        qualified = f"{resource}.{group}" if group else resource
+        what = f'{qualified} "{name}"' if name else qualified
+        scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+        details: dict[str, Any] = {"group": group, "kind": resource}
+        if name:
+            details["name"] = name
+        return status(
+            403,
+            "Forbidden",
+            f'{what} is forbidden: User "{self.rbac_user}" cannot {verb} resource "{resource}" '
+            f'in API group "{group}" {scope}',
+            **details,
+        )
 
     def _token_review(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if (body.get("apiVersion"), body.get("kind")) != (
