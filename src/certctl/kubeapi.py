@@ -39,6 +39,7 @@ __all__ = [
     "in_cluster",
     "load_connection",
     "response_json",
+    "transport_error",
 ]
 
 IN_CLUSTER_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -129,6 +130,22 @@ class KubeConnection:
             transport=transport,
             trust_env=False,
         )
+
+
+def transport_error(exc: BaseException) -> str:
+    """Why a call to the API server failed below HTTP, in one line, for logs and operators.
+
+    A certificate the connection does not trust (a wrong ``kubernetes.ca-file``, a proxy) is
+    named as such: "ConnectError" alone read like a network outage. The text comes from the
+    TLS and socket layers, never from a request, so it holds no token.
+    """
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate verify failed: {cause.verify_message}"
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def response_json(response: httpx.Response, what: str) -> dict[str, Any]:

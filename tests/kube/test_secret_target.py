@@ -254,7 +254,7 @@ def test_api_refusals_and_outages_are_kube_api_errors(
             "x", certificate_pem=crt, private_key_pem=key, ca_pem=b""
         )
     apiserver.stop()
-    with pytest.raises(KubeApiError, match="cannot reach the Kubernetes API"):
+    with pytest.raises(KubeApiError, match=r"cannot reach the Kubernetes API \(ConnectError: "):
         SecretWriter(connection).write_tls(
             "x", certificate_pem=crt, private_key_pem=key, ca_pem=b""
         )

@@ -332,6 +332,44 @@ def test_api_server_trouble_is_503_never_200(
         assert PROM_TOKEN not in detail
 
 
+def test_an_untrusted_api_server_is_named_in_the_log_not_in_the_answer(
+    booted: Bootstrapped,
+    kube: FakeApiServer,
+    sa_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A wrong kubernetes.ca-file: the log says so (it said only "ConnectError"); the 503
+    to the unauthenticated caller keeps to the exception's name."""
+    from datetime import UTC, datetime, timedelta
+
+    from certctl.kubeapi import in_cluster
+    from certctl.pki import KeyType, certs_to_pem, common_name_dn, create_root_ca
+    from certctl.pki import generate_private_key as new_key
+
+    other = create_root_ca(
+        new_key(KeyType.EC_P256),
+        common_name_dn("Other CA"),
+        validity=timedelta(days=1),
+        now=datetime.now(UTC),
+    )
+    wrong = tmp_path / "wrong-ca.crt"
+    wrong.write_bytes(certs_to_pem([other.certificate]))
+    env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(kube.port)}
+    conn = in_cluster(environ=env, service_account_dir=sa_dir, ca_file=wrong)
+    app = create_app(booted.services, kubernetes_authenticator=TokenReviewAuthenticator(conn))
+    with (
+        TestClient(app, base_url="https://testserver", raise_server_exceptions=False) as c,
+        caplog.at_level(logging.WARNING, logger="certctl.auth.kubernetes"),
+    ):
+        detail = assert_problem(c.get(PROM, headers=bearer(PROM_TOKEN)), 503)
+    assert detail.endswith("(ConnectError)")
+    assert "Kubernetes API unreachable for TokenReview: TLS certificate verify failed: " in (
+        caplog.text
+    )
+    assert kube.requests == []
+
+
 def test_disabled_means_api_keys_only(booted: Bootstrapped, kube: FakeApiServer) -> None:
     app = create_app(booted.services)
     with TestClient(app, base_url="https://testserver", raise_server_exceptions=False) as c:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # httpx is imported where a request is made: it is slow to im
     import httpx
 
 from certctl.errors import PermissionDenied, Unauthenticated
-from certctl.kubeapi import KubeApiError, KubeConnection, response_json
+from certctl.kubeapi import KubeApiError, KubeConnection, response_json, transport_error
 
 __all__ = [
     "ALLOW_TTL_S",
@@ -241,7 +241,8 @@ class TokenReviewAuthenticator:
                     "SubjectAccessReview",
                 )
         except httpx.HTTPError as exc:
-            log.warning("Kubernetes API unreachable for TokenReview: %s", type(exc).__name__)
+            # The reason goes to the log only: the 503 below answers an unauthenticated caller.
+            log.warning("Kubernetes API unreachable for TokenReview: %s", transport_error(exc))
             raise KubeApiError(
                 f"cannot reach the Kubernetes API server to check the token ({type(exc).__name__})"
             ) from None

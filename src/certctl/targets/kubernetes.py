@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # httpx is imported where a request is made: it is slow to im
     import httpx
 
 from certctl.errors import Conflict, InvalidRequest
-from certctl.kubeapi import KubeApiError, KubeConnection, response_json
+from certctl.kubeapi import KubeApiError, KubeConnection, response_json, transport_error
 
 __all__ = ["CLIENT_TRUST_KEY", "MANAGED_BY", "SecretWriter", "WriteResult"]
 
@@ -153,7 +153,7 @@ class SecretWriter:
                         return result
         except httpx.HTTPError as exc:
             raise KubeApiError(
-                f"{what}: cannot reach the Kubernetes API ({type(exc).__name__})"
+                f"{what}: cannot reach the Kubernetes API ({transport_error(exc)})"
             ) from None
         raise KubeApiError(f"{what}: still conflicting after {_ATTEMPTS} attempts", 409, "Conflict")
 
