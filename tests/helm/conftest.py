@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+
+from certctl import yamlfile
 
 CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "certctl"
 SCHEMA = Path(__file__).with_name("servicemonitor-v1.schema.json")
@@ -58,7 +59,9 @@ def render(chart: Any) -> Callable[..., Rendered]:
             for path, text in sorted(files.items()):
                 if path.endswith("NOTES.txt"):
                     continue
-                for doc in yaml.safe_load_all(text):
+                # Strict: a key rendered twice (a user label over the chart's) is a
+                # manifest the API server's decoder refuses; PyYAML would keep the last.
+                for doc in yamlfile.load_all(text):
                     if doc:
                         name, ns = doc["metadata"]["name"], doc["metadata"].get("namespace")
                         if ns not in (None, NAMESPACE):

@@ -670,3 +670,37 @@ def test_notes_say_what_was_installed(chart: Any) -> None:
     assert ephemeral in notes(chart, {"persistence": {"enabled": False}})
     assert ephemeral not in notes(chart, {})
     assert ephemeral not in notes(chart, merged(POSTGRES, {"persistence": {"enabled": False}}))
+
+
+def test_user_labels_and_annotations_render_once(render: Callable[..., Rendered]) -> None:
+    """Before, a podLabels/podAnnotations/serviceMonitor.labels key the chart also sets was
+    rendered twice in one mapping, which the API server's YAML decoder refuses."""
+    values = merged(
+        RUNBOOK,
+        {
+            "podLabels": {"app.kubernetes.io/version": "pinned", "team": "pki"},
+            "podAnnotations": {"checksum/config": "mine", "owner": "pki"},
+            "monitoring": {"serviceMonitor": {"labels": {"app.kubernetes.io/managed-by": "x"}}},
+        },
+    )
+    objects = render(values)
+    pod = one(objects, "Deployment")["spec"]["template"]["metadata"]
+    assert pod["labels"]["team"] == "pki"
+    assert pod["labels"]["app.kubernetes.io/version"] == "pinned"
+    assert SELECTOR.items() <= pod["labels"].items()
+    assert pod["annotations"]["owner"] == "pki"
+    assert pod["annotations"]["checksum/config"] != "mine"  # the chart's: rolls on change
+    monitor = objects[("ServiceMonitor", "certctl-server")]
+    assert monitor["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "x"
+
+
+def test_pod_labels_may_not_change_the_selector(chart: Any, helm: Any) -> None:
+    with pytest.raises(
+        helm.HelmError, match=re.escape("podLabels.app.kubernetes.io/name: the Deployment")
+    ):
+        chart.render(
+            {"podLabels": {"app.kubernetes.io/name": "other"}},
+            name="certctl",
+            namespace=NAMESPACE,
+            is_install=True,
+        )

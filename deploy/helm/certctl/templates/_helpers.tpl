@@ -32,6 +32,17 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{/* The pod's labels: the chart's, then podLabels, which may not touch the selector. */}}
+{{- define "certctl.podLabels" -}}
+{{- $selector := include "certctl.selectorLabels" . | fromYaml }}
+{{- range $key, $_ := .Values.podLabels }}
+{{- if hasKey $selector $key }}
+{{- fail (printf "podLabels.%s: the Deployment and the Service select the pods by it; use another label" $key) }}
+{{- end }}
+{{- end }}
+{{- toYaml (mergeOverwrite (include "certctl.labels" . | fromYaml) (deepCopy (default (dict) .Values.podLabels))) }}
+{{- end }}
+
 {{- define "certctl.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "certctl.fullname" .) .Values.serviceAccount.name }}
