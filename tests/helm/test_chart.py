@@ -347,6 +347,11 @@ def test_the_data_volume_outlives_helm_uninstall(render: Callable[..., Rendered]
     ("values", "message"),
     [
         (
+            # Every pod of the namespace that runs as "default" could read the admin key.
+            {"serviceAccount": {"create": False}},
+            "certctl would run as the namespace's 'default' ServiceAccount",
+        ),
+        (
             {"server": {"extraConfig": {"database-url": "postgresql+psycopg://u:pw@db/certctl"}}},
             "database-url would put the database password in a ConfigMap",
         ),
@@ -425,6 +430,7 @@ def test_the_data_volume_outlives_helm_uninstall(render: Callable[..., Rendered]
         ),
     ],
     ids=[
+        "roles-for-the-default-serviceaccount",
         "database-url-in-a-configmap",
         "extra-config-data-dir",
         "extra-config-tls-mode",
@@ -704,3 +710,16 @@ def test_pod_labels_may_not_change_the_selector(chart: Any, helm: Any) -> None:
             namespace=NAMESPACE,
             is_install=True,
         )
+
+
+def test_an_existing_serviceaccount_gets_the_roles(render: Callable[..., Rendered]) -> None:
+    """Negative twin of the refusal: a named ServiceAccount, or no Role at all, is fine."""
+    objects = render({"serviceAccount": {"create": False, "name": "certctl-sa"}})
+    assert not [k for k in objects if k[0] == "ServiceAccount"]
+    subjects = objects[("RoleBinding", "certctl-admin-key-writer")]["subjects"]
+    assert subjects == [{"kind": "ServiceAccount", "name": "certctl-sa", "namespace": NAMESPACE}]
+    quiet = {"create": False}
+    nothing = merged(EXISTING_TLS, {"adminKeySecret": {"enabled": False}})
+    pod = one(render({**nothing, "serviceAccount": quiet}), "Deployment")["spec"]["template"]
+    assert pod["spec"]["serviceAccountName"] == "default"
+    assert pod["spec"]["automountServiceAccountToken"] is False

@@ -143,6 +143,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "replicaCount > 1 needs PostgreSQL: set database.url or database.existingSecret (SQLite is single-writer)" }}
 {{- end }}
 {{- include "certctl.validateExtraConfig" . }}
+{{- if and (include "certctl.usesKubeApi" .) (eq (include "certctl.serviceAccountName" .) "default") }}
+{{- fail "serviceAccount: certctl would run as the namespace's 'default' ServiceAccount, and the chart's Roles (the admin key and CA Secrets, Secret targets, token reviews) would then go to every pod there that runs as it; set serviceAccount.name to a ServiceAccount for certctl alone, or leave serviceAccount.create: true" }}
+{{- end }}
 {{- $port := int .Values.monitoring.port }}
 {{- if or (eq $port 8443) (and $port (eq $port (int .Values.service.port))) }}
 {{- fail (printf "monitoring.port %d: the API already uses it (container port 8443, Service port %d); choose another port for the metrics listener, or 0 to serve metrics on the API port" $port (int .Values.service.port)) }}
