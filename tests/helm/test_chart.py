@@ -151,7 +151,8 @@ def test_deployment_runs_serve_securely_with_probes(render: Callable[..., Render
     pod = deployment["spec"]["template"]
     assert deployment["spec"]["selector"]["matchLabels"] == SELECTOR
     assert SELECTOR.items() <= pod["metadata"]["labels"].items()
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # SQLite on an RWO claim
+    # SQLite on an RWO claim; rollingUpdate: null, see the upgrade test below.
+    assert deployment["spec"]["strategy"] == {"type": "Recreate", "rollingUpdate": None}
     c = container(objects)
     assert c["command"] == ["certctl", "serve", "--config", "/etc/certctl/certctl.yaml"]
     assert c["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
@@ -723,3 +724,54 @@ def test_an_existing_serviceaccount_gets_the_roles(render: Callable[..., Rendere
     pod = one(render({**nothing, "serviceAccount": quiet}), "Deployment")["spec"]["template"]
     assert pod["spec"]["serviceAccountName"] == "default"
     assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+def _three_way_patch(original: Any, modified: Any, current: Any) -> Any:
+    """Helm's upgrade patch for maps (strategic merge = JSON merge semantics here): what
+    ``modified`` changes against the live object, and null for what it dropped."""
+    patch: dict[str, Any] = {}
+    for key, value in modified.items():
+        live = current.get(key)
+        if isinstance(value, dict) and isinstance(live, dict):
+            sub = _three_way_patch((original or {}).get(key) or {}, value, live)
+            if sub:
+                patch[key] = sub
+        elif key not in current or live != value:
+            patch[key] = value
+    for key in original or {}:
+        if key not in modified:
+            patch[key] = None
+    return patch
+
+
+def _apply(obj: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(obj)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _apply(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def test_upgrading_to_a_claim_switches_the_strategy_cleanly(
+    render: Callable[..., Rendered],
+) -> None:
+    """A release without the claim (persistence off, or PostgreSQL) that turns the SQLite claim
+    on: the API server had defaulted rollingUpdate, and without rollingUpdate: null the
+    upgrade's patch kept it beside type Recreate, which the API server refuses
+    ("spec.strategy.rollingUpdate: Forbidden: may not be specified when strategy `type` is
+    'Recreate'", kubernetes/kubernetes#24198)."""
+    before = one(render({"persistence": {"enabled": False}}), "Deployment")["spec"]
+    after = one(render(), "Deployment")["spec"]
+    live = copy.deepcopy(before)
+    live["strategy"] = {  # the API server's defaults
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"},
+    }
+    patched = _apply(live, _three_way_patch(before, after, live))
+    assert patched["strategy"] == {"type": "Recreate"}
+    # Back to rolling updates (SQLite to PostgreSQL): the patch drops the strategy.
+    assert "strategy" not in _apply(patched, _three_way_patch(after, before, patched))
