@@ -7,6 +7,7 @@ import re
 import subprocess
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -245,9 +246,10 @@ def _targets(client: httpx.Client) -> dict[str, dict[str, Any]]:
     return {t["labels"]["job"]: t for t in response.json()["data"]["activeTargets"]}
 
 
-def test_real_prometheus_scrapes_with_the_key(runbook: Runbook, tmp_path: Path) -> None:
-    config = _prometheus_config(runbook, tmp_path)
-    assert "insecure_skip_verify" not in config
+def _prometheus_targets(
+    tmp_path: Path, config: str, done: Callable[[dict[str, dict[str, Any]]], bool]
+) -> tuple[dict[str, dict[str, Any]], str]:
+    """Run a real Prometheus on ``config`` until ``done(targets)``; (targets, its log)."""
     (tmp_path / "prometheus.yml").write_text(config)
     ok = run("promtool", "check", "config", tmp_path / "prometheus.yml", timeout=30)
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -270,18 +272,61 @@ def test_real_prometheus_scrapes_with_the_key(runbook: Runbook, tmp_path: Path) 
             while time.monotonic() < deadline:
                 assert proc.poll() is None, log.read_text()
                 targets = _targets(client)
-                good, anon = targets.get("certctl", {}), targets.get("certctl-anonymous", {})
-                if good.get("health") == "up" and "401" in anon.get("lastError", ""):
+                if done(targets):
                     break
                 time.sleep(0.5)
     finally:
         stop_process(proc)
+    return targets, log.read_text()[-3000:]
+
+
+def test_real_prometheus_scrapes_with_the_key(runbook: Runbook, tmp_path: Path) -> None:
+    config = _prometheus_config(runbook, tmp_path)
+    assert "insecure_skip_verify" not in config
+
+    def done(targets: dict[str, dict[str, Any]]) -> bool:
+        good, anon = targets.get("certctl", {}), targets.get("certctl-anonymous", {})
+        return good.get("health") == "up" and "401" in anon.get("lastError", "")
+
+    targets, log = _prometheus_targets(tmp_path, config, done)
     good, anon = targets.get("certctl", {}), targets.get("certctl-anonymous", {})
-    context = f"targets: {json.dumps(targets, indent=1)}\nlog:\n{log.read_text()[-3000:]}"
+    context = f"targets: {json.dumps(targets, indent=1)}\nlog:\n{log}"
     assert good.get("health") == "up", context
     assert good.get("lastError") == "", context
     assert anon.get("health") == "down", context
     assert re.search(r"\b401\b", anon.get("lastError", "")), context
+
+
+def test_kubernetes_runbook_secret_works_as_prometheus_operator_passes_it(
+    runbook: Runbook, tmp_path: Path
+) -> None:
+    """docs/kubernetes.md section 2 writes the key file the Secret is made from. Prometheus
+    Operator copies a Secret's bytes into ``authorization.credentials`` as they are, and
+    Prometheus sends them as they are: with 'jq -r' (the docs before) the key ended in a
+    newline and every scrape failed with 'invalid header field value for "Authorization"'."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "kubernetes.md").read_text()
+    (command,) = re.findall(r"\| (jq [^|>\n]*\.key_value) > prometheus\.key", docs)
+    made = run("bash", "-c", f"{command} apikey-v2.json", cwd=runbook.dir, timeout=30)
+    assert made.returncode == 0, made.stderr
+    secret_value = made.stdout  # the Secret's api-key, byte for byte
+    server = runbook.server
+    job = {
+        "job_name": "servicemonitor",
+        "scheme": "https",
+        "metrics_path": METRICS,
+        "tls_config": {"ca_file": str(server.ca), "server_name": "certctl-server"},
+        "authorization": {"type": "Bearer", "credentials": secret_value},
+        "static_configs": [{"targets": [f"127.0.0.1:{server.port}"]}],
+    }
+    config = yaml.safe_dump(
+        {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"}, "scrape_configs": [job]}
+    )
+    targets, log = _prometheus_targets(
+        tmp_path, config, lambda t: t.get("servicemonitor", {}).get("health") == "up"
+    )
+    target = targets.get("servicemonitor", {})
+    assert target.get("health") == "up", f"{json.dumps(targets, indent=1)}\n{log}"
+    assert secret_value == runbook.json("apikey-v2.json")["key_value"]
 
 
 def test_secrets_hygiene_after_runbook_and_issuance(runbook: Runbook) -> None:
