@@ -348,6 +348,19 @@ def test_the_data_volume_outlives_helm_uninstall(render: Callable[..., Rendered]
     ("values", "message"),
     [
         (
+            # Only interval lowered: the default scrapeTimeout (10s) is then too long
+            # ("scrape timeout greater than scrape interval", promtool 2.42).
+            merged(RUNBOOK, {"monitoring": {"serviceMonitor": {"interval": "5s"}}}),
+            "scrapeTimeout 10s is longer than interval 5s",
+        ),
+        (
+            merged(
+                RUNBOOK,
+                {"monitoring": {"serviceMonitor": {"interval": "1m30s", "scrapeTimeout": "2m"}}},
+            ),
+            "scrapeTimeout 2m is longer than interval 1m30s",
+        ),
+        (
             # Every pod of the namespace that runs as "default" could read the admin key.
             {"serviceAccount": {"create": False}},
             "certctl would run as the namespace's 'default' ServiceAccount",
@@ -431,6 +444,8 @@ def test_the_data_volume_outlives_helm_uninstall(render: Callable[..., Rendered]
         ),
     ],
     ids=[
+        "scrape-timeout-over-interval",
+        "scrape-timeout-over-interval-mixed-units",
         "roles-for-the-default-serviceaccount",
         "database-url-in-a-configmap",
         "extra-config-data-dir",
@@ -775,3 +790,15 @@ def test_upgrading_to_a_claim_switches_the_strategy_cleanly(
     assert patched["strategy"] == {"type": "Recreate"}
     # Back to rolling updates (SQLite to PostgreSQL): the patch drops the strategy.
     assert "strategy" not in _apply(patched, _three_way_patch(after, before, patched))
+
+
+@pytest.mark.parametrize(
+    ("interval", "timeout"), [("1m", "59s"), ("10s", "10s"), ("1h", "90s"), ("2s", "1500ms")]
+)
+def test_scrape_timeouts_within_the_interval_render(
+    render: Callable[..., Rendered], interval: str, timeout: str
+) -> None:
+    """Negative twin of the scrapeTimeout refusal, across units."""
+    sm = {"interval": interval, "scrapeTimeout": timeout}
+    ep = endpoint(render(merged(RUNBOOK, {"monitoring": {"serviceMonitor": sm}})))
+    assert (ep["interval"], ep["scrapeTimeout"]) == (interval, timeout)

@@ -156,6 +156,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (not $bts) (not $sm.bearerTokenFile) }}
 {{- fail "monitoring.serviceMonitor: set bearerTokenSecret {name, key} (a certctl API key with metrics.read), or bearerTokenFile with auth.kubernetes.enabled" }}
 {{- end }}
+{{- if and $sm.interval $sm.scrapeTimeout }}
+{{- if gt (int64 (include "certctl.durationMs" $sm.scrapeTimeout)) (int64 (include "certctl.durationMs" $sm.interval)) }}
+{{- fail (printf "monitoring.serviceMonitor.scrapeTimeout %s is longer than interval %s: Prometheus Operator rejects such a ServiceMonitor (and Prometheus such a scrape); lower scrapeTimeout" $sm.scrapeTimeout $sm.interval) }}
+{{- end }}
+{{- end }}
 {{- if and $bts $sm.bearerTokenFile }}
 {{- fail "monitoring.serviceMonitor: set bearerTokenSecret or bearerTokenFile, not both (Prometheus refuses a scrape config with authorization and bearer_token_file, and with it every reload of its configuration)" }}
 {{- end }}
@@ -209,4 +214,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if eq (toString (dig "tls" "client-auth" "" $extra)) "required" }}
 {{- fail "server.extraConfig.tls.client-auth: required refuses the handshake of every client without a certificate, and the kubelet's HTTPS probes and Prometheus send none, so the pod would never become ready; use optional (a client certificate still authenticates through auth.client-cert-mappings)" }}
 {{- end }}
+{{- end }}
+
+{{/* Milliseconds of a Prometheus duration (1h30m, 10s, 500ms); the schema checked its form. */}}
+{{- define "certctl.durationMs" -}}
+{{- $units := dict "ms" 1 "s" 1000 "m" 60000 "h" 3600000 "d" 86400000 "w" 604800000 "y" 31536000000 }}
+{{- $total := int64 0 }}
+{{- range regexFindAll "[0-9]+(ms|[ywdhms])" (toString .) -1 }}
+{{- $unit := regexFind "(ms|[ywdhms])$" . }}
+{{- $total = add $total (mul (int64 (trimSuffix $unit .)) (get $units $unit)) }}
+{{- end }}
+{{- $total }}
 {{- end }}
