@@ -70,6 +70,8 @@ class KubeConnection:
         token: a static bearer token (kubeconfig ``token``), or None.
         token_file: a file holding the bearer token, read on every request, or None.
         timeout_s: connect/read timeout of one request.
+        tls_server_name: the name to verify the API server's certificate against (and send
+            as SNI) instead of the URL's host: a kubeconfig's ``tls-server-name``.
     """
 
     server: str
@@ -78,6 +80,7 @@ class KubeConnection:
     token: str | None = None
     token_file: Path | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
+    tls_server_name: str | None = None
 
     def __repr__(self) -> str:
         # Never let a token reach a log through repr().
@@ -109,6 +112,9 @@ class KubeConnection:
         """A synchronous client for this API server (close it, or use it in ``with``)."""
         import httpx
 
+        def server_name(request: httpx.Request) -> None:
+            request.extensions["sni_hostname"] = self.tls_server_name
+
         return httpx.Client(
             base_url=self.server,
             verify=self.ssl_context,
@@ -116,11 +122,15 @@ class KubeConnection:
             timeout=self.timeout_s,
             transport=transport,
             trust_env=False,
+            event_hooks={"request": [server_name] if self.tls_server_name else []},
         )
 
     def async_client(self, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
         """An asynchronous client for this API server (use it in ``async with``)."""
         import httpx
+
+        async def server_name(request: httpx.Request) -> None:
+            request.extensions["sni_hostname"] = self.tls_server_name
 
         return httpx.AsyncClient(
             base_url=self.server,
@@ -129,6 +139,7 @@ class KubeConnection:
             timeout=self.timeout_s,
             transport=transport,
             trust_env=False,
+            event_hooks={"request": [server_name] if self.tls_server_name else []},
         )
 
 
@@ -345,6 +356,9 @@ def from_kubeconfig(
         token=str(user["token"]) if user.get("token") else None,
         token_file=token_file,
         timeout_s=timeout_s,
+        # Clusters reached by an address their certificate does not name (a load balancer's
+        # IP) say which name to check; ignoring it failed every call with a name mismatch.
+        tls_server_name=str(cluster["tls-server-name"]) if cluster.get("tls-server-name") else None,
     )
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -19,7 +21,7 @@ from certctl.kubeapi import (
     load_connection,
 )
 from certctl.pki import KeyType, certs_to_pem, common_name_dn, create_root_ca, generate_private_key
-from certctl.targets.kubernetes import SecretWriter
+from certctl.targets.kubernetes import SecretWriter, WriteResult
 from tests.kube.conftest import CERTCTL_SA_TOKEN, NAMESPACE, NOW, KubePki
 from tests.kube.fake_apiserver import FakeApiServer
 
@@ -119,6 +121,49 @@ def test_kubeconfig_with_token_file_and_relative_ca(
     conn = from_kubeconfig(path, namespace=NAMESPACE)
     SecretWriter(conn).write("x", {"a": b"1"})
     assert {r.bearer for r in apiserver.requests} == {CERTCTL_SA_TOKEN}
+
+
+def test_kubeconfig_tls_server_name_is_the_name_verified(
+    apiserver: FakeApiServer, pki: KubePki, tmp_path: Path
+) -> None:
+    """The fake's certificate names localhost and 127.0.0.1. Before, tls-server-name was
+    ignored: the URL's host was checked, so a kubeconfig naming the API server behind an
+    address its certificate lacks failed every call."""
+    (tmp_path / "ca.pem").write_bytes(pki.ca_file.read_bytes())
+    (tmp_path / "tok").write_text(CERTCTL_SA_TOKEN)
+    cluster = {"server": apiserver.url, "certificate-authority": "ca.pem"}
+
+    def writer(name: str) -> SecretWriter:
+        path = _kubeconfig(
+            tmp_path / "config", {"tokenFile": "tok"}, {**cluster, "tls-server-name": name}
+        )
+        return SecretWriter(from_kubeconfig(path, namespace=NAMESPACE))
+
+    with pytest.raises(KubeApiError, match="TLS certificate verify failed: Hostname mismatch"):
+        writer("kube-apiserver.example.internal").write("x", {"a": b"1"})
+    assert apiserver.requests == []
+    assert writer("localhost").write("x", {"a": b"1"}) is WriteResult.CREATED
+    # The async client (TokenReview) checks the same name.
+    conn = from_kubeconfig(tmp_path / "config", namespace=NAMESPACE)
+
+    async def review() -> int:
+        async with conn.async_client() as client:
+            return (await client.get("/api/v1/namespaces/certs/secrets/x")).status_code
+
+    assert asyncio.run(review()) == 200
+    wrong = from_kubeconfig(
+        _kubeconfig(
+            tmp_path / "config2", {"tokenFile": "tok"}, {**cluster, "tls-server-name": "nope"}
+        ),
+        namespace=NAMESPACE,
+    )
+
+    async def refused() -> None:
+        async with wrong.async_client() as client:
+            await client.get("/api/v1/namespaces/certs/secrets/x")
+
+    with pytest.raises(httpx.ConnectError, match="Hostname mismatch"):
+        asyncio.run(refused())
 
 
 @pytest.mark.parametrize(
