@@ -12,7 +12,36 @@ import yaml
 
 __all__ = ["DuplicateKey", "load", "load_all", "problem"]
 
-_Base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser when present
+
+def _base_loader() -> Any:
+    """The YAML loader: the libyaml parser with PyYAML's Python composer, or pure Python.
+
+    libyaml's own composer (``CSafeLoader``) recurses in C once per nesting level, with no
+    limit: ``[[[[…`` 100,000 deep overflowed the C stack and killed certctl with SIGSEGV.
+    PyYAML's composer recurses in Python, so the same input raises ``RecursionError``,
+    which callers report as one line; the scanner and parser, the slow part, stay in C.
+    """
+    try:
+        from yaml.cyaml import CParser  # type: ignore[attr-defined]
+    except ImportError:  # PyYAML built without libyaml
+        return yaml.SafeLoader
+    from yaml.composer import Composer
+    from yaml.constructor import SafeConstructor
+    from yaml.resolver import Resolver
+
+    class _Loader(Composer, CParser, SafeConstructor, Resolver):
+        # Composer first: its compose_* methods replace CParser's C ones; CParser still
+        # provides the events (check_event, peek_event, get_event) they consume.
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            Composer.__init__(self)
+            SafeConstructor.__init__(self)
+            Resolver.__init__(self)
+
+    return _Loader
+
+
+_Base: Any = _base_loader()
 
 
 class DuplicateKey(yaml.YAMLError):

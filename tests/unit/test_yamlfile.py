@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,62 @@ def test_every_file_certctl_reads_refuses_it(tmp_path: Path) -> None:
     )
     with pytest.raises(InvalidRequest, match="instances file: line 4: key 'dns' appears twice"):
         parse_instances(text)
+
+
+# libyaml's C composer recursed without limit: 100,000 levels overflowed the C stack (SIGSEGV).
+DEEP_DOCUMENTS = {
+    "flow": "instances: " + "[" * 100_000 + "]" * 100_000 + "\n",
+    "block": "instances:\n" + "- " * 60_000 + "x\n",
+    "mapping": "instances: " + "{a: " * 60_000 + "1" + "}" * 60_000 + "\n",
+}
+# Each reader in a child process: a crash there fails this test instead of killing pytest.
+READERS = """\
+import sys
+import subprocess
+import sys
+from pathlib import Path
+from certctl.errors import InvalidRequest
+from certctl.pki.instances import parse_instances
+from certctl.server.config import load_config
+from certctl.services.tls_spec import parse_service_documents
+path = Path(sys.argv[1])
+text = path.read_text()
+for name, read in [
+    ("instances", lambda: parse_instances(text)),
+    ("services", lambda: parse_service_documents(text)),
+    ("config", lambda: load_config(path, {})),
+]:
+    try:
+        read()
+    except InvalidRequest as exc:
+        print(name, exc.detail)
+"""
+
+
+@pytest.mark.parametrize("shape", sorted(DEEP_DOCUMENTS))
+def test_deep_nesting_is_one_error_line_not_a_crash(tmp_path: Path, shape: str) -> None:
+    document = tmp_path / "deep.yaml"
+    document.write_text(DEEP_DOCUMENTS[shape])
+    result = subprocess.run(
+        [sys.executable, "-c", READERS, str(document)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-500:]}"
+    assert result.stdout.splitlines() == [
+        "instances instances file is nested too deeply",
+        "services services file is nested too deeply",
+        f"config {document}: nested too deeply",
+    ]
+
+
+def test_the_loader_still_reads_yaml_as_pyyaml_does() -> None:
+    text = (
+        "base: &b {x: 1}\nc:\n  <<: *b\n  y: [1, 2.5, true, null, 2001-01-01, '3', 0x10]\n"
+        "d: !!str 12\ne: |\n  two\n  lines\n"
+    )
+    assert yamlfile.load(text) == yaml.safe_load(text)
+    shallow = "[" * 50 + "]" * 50
+    assert yamlfile.load(shallow) == yaml.safe_load(shallow)

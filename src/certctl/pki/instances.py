@@ -92,7 +92,7 @@ def _load_yaml(text: str) -> Any:
     from certctl import yamlfile
 
     try:
-        # libyaml's C loader (yamlfile uses it) is ~5x faster than the pure-Python one.
+        # libyaml's C parser (yamlfile uses it) is ~5x faster than the pure-Python one.
         return yamlfile.load(text)
     except yamlfile.DuplicateKey as exc:
         raise InvalidRequest(f"instances file: {exc}") from exc
@@ -100,6 +100,9 @@ def _load_yaml(text: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise InvalidRequest(f"instances file is not valid YAML{where}") from exc
+    except RecursionError:
+        # The composer recurses per nesting level: "[[[[…" reaches Python's limit.
+        raise InvalidRequest("instances file is nested too deeply") from None
 
 
 # The plain layout of instances files, read without PyYAML: importing it and building 1,000
