@@ -50,7 +50,7 @@ def parse_instances(text: str) -> list[Instance]:
         raise InvalidRequest("instances file needs a top-level 'instances:' list")
     if not doc["instances"]:
         raise InvalidRequest("instances file lists no instance")
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # lower-cased file name -> file name
     result = []
     for index, entry in enumerate(doc["instances"], start=1):
         where = f"instance #{index}"
@@ -70,9 +70,13 @@ def parse_instances(text: str) -> list[Instance]:
             raise InvalidRequest(
                 f"{where}: {filename!r} is not a safe file name (letters, digits, '.', '_', '-')"
             )
-        if filename in seen:
-            raise InvalidRequest(f"{where}: file name {filename!r} is used twice")
-        seen.add(filename)
+        # Folders that differ only in case are one folder once unzipped on macOS or
+        # Windows: the second instance's key would silently replace the first's.
+        if filename.lower() in seen:
+            earlier = seen[filename.lower()]
+            also = "" if earlier == filename else f" (as {earlier!r}: case does not count)"
+            raise InvalidRequest(f"{where}: file name {filename!r} is used twice{also}")
+        seen[filename.lower()] = filename
         cn = entry.get("cn") or name
         if not isinstance(cn, str):
             raise InvalidRequest(f"{where}: 'cn' must be a string")

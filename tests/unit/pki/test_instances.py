@@ -95,6 +95,15 @@ def test_null_lists_are_empty() -> None:
             "instances:\n  - name: a\n  - name: b\n    filename: a\n",
             "instance 'b': file name 'a' is used twice",
         ),
+        (
+            "instances:\n  - name: node-1\n  - name: Node-1\n",
+            "instance 'Node-1': file name 'Node-1' is used twice "
+            "(as 'node-1': case does not count)",
+        ),
+        (
+            "instances:\n  - name: a\n  - name: B\n    filename: A\n",
+            "instance 'B': file name 'A' is used twice (as 'a': case does not count)",
+        ),
         ("instances:\n  - name: a\n    cn: [x]\n", "instance 'a': 'cn' must be a string"),
         (
             "instances:\n  - name: a\n    dns: {x: 1}\n",
