@@ -62,8 +62,10 @@ def parse_instances(text: str) -> list[Instance]:
                 f"{where}: unknown field(s) {', '.join(sorted(map(str, unknown)))}"
             )
         name = entry.get("name")
-        if not isinstance(name, str) or not name:
+        if name is None or name == "":
             raise InvalidRequest(f"{where}: 'name' is required")
+        if not isinstance(name, str):
+            raise InvalidRequest(f"{where}: 'name' must be a string (quote it)")
         where = f"instance {name!r}"
         filename = entry.get("filename") or name
         if not isinstance(filename, str) or not _SAFE_NAME.match(filename):
@@ -80,10 +82,9 @@ def parse_instances(text: str) -> list[Instance]:
         cn = entry.get("cn") or name
         if not isinstance(cn, str):
             raise InvalidRequest(f"{where}: 'cn' must be a string")
+        dns, ip = _str_list(entry, "dns", where), _str_list(entry, "ip", where)
         try:
-            sans = SubjectAltNames.parse(
-                dns=_str_list(entry, "dns", where), ip=_str_list(entry, "ip", where)
-            )
+            sans = SubjectAltNames.parse(dns=dns, ip=ip)
         except InvalidRequest as exc:
             raise InvalidRequest(f"{where}: {exc.detail}") from exc
         result.append(Instance(name, cn, filename, sans))

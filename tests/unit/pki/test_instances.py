@@ -69,7 +69,7 @@ def test_null_lists_are_empty() -> None:
         ("instances:\n  - node-1\n", "instance #1: must be a mapping with at least 'name'"),
         ("instances:\n  - dns: [a.example]\n", "instance #1: 'name' is required"),
         ("instances:\n  - name: ''\n", "instance #1: 'name' is required"),
-        ("instances:\n  - name: 5\n", "instance #1: 'name' is required"),
+        ("instances:\n  - name: 5\n", "instance #1: 'name' must be a string (quote it)"),
         (
             "instances:\n  - name: a\n  - dns: [b.example]\n",
             "instance #2: 'name' is required",
@@ -128,8 +128,10 @@ def test_null_lists_are_empty() -> None:
     ],
 )
 def test_refuses(text: str, message: str) -> None:
-    with pytest.raises(InvalidRequest, match=re.escape(message)):
+    with pytest.raises(InvalidRequest, match=re.escape(message)) as info:
         parse_instances(text)
+    # The entry is named once: "instance 'a': instance 'a': …" was printed for a bad 'dns'.
+    assert "': instance " not in info.value.detail
 
 
 def test_yaml_tags_are_not_executed() -> None:
