@@ -100,3 +100,33 @@ def test_keytool_refuses_a_wrong_password(keystores: dict[tuple[str, bool], Path
         run("keytool", "-list", "-storetype", "PKCS12", "-keystore", store, "-storepass", "nope!!")
     )
     assert "password was incorrect" in result.stdout + result.stderr
+
+
+JAVA_WARNING = "the PKCS#12 password has characters outside printable ASCII"
+
+
+@pytest.mark.parametrize(
+    ("password", "java_opens"),
+    [("pässwörd€", False), ("tab\there", False), ("a b~!@#$%^&*()", True)],
+    ids=["non-ascii", "control", "printable-ascii"],
+)
+def test_a_password_java_cannot_use_draws_a_warning(
+    pki: Pki, tmp_path: Path, password: str, java_opens: bool
+) -> None:
+    password_file = tmp_path / "pw"
+    password_file.write_text(password + "\n")
+    out = tmp_path / "leaf"
+    result = certctl_ok(
+        "cert", "issue", "--ca", pki.chain("ec-p256").inter, "--cn", "app-1.example.com",
+        "--p12", "--password-file", password_file, "--out", out,
+    )  # fmt: skip
+    assert (JAVA_WARNING in result.err) is not java_opens
+    store = out / "tls.p12"
+    ok(run("openssl", "pkcs12", "-info", "-in", store, "-passin", f"file:{password_file}",
+           "-nokeys"))  # fmt: skip
+    listing = run("keytool", "-list", "-storetype", "PKCS12", "-keystore", store,
+                  "-storepass:file", password_file)  # fmt: skip
+    if java_opens:
+        assert "Your keystore contains 1 entry" in ok(listing).stdout
+    else:
+        assert "password was incorrect" in failed(listing).stdout + listing.stderr

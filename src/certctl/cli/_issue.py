@@ -206,6 +206,7 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
                 "PKCS#12 output needs a password: --password-file or CERTCTL_PASSWORD "
                 "(or use --pem)"
             )
+        _warn_about_password(p12_password)
         _issue_batch(opts, opts.instances, prof, lifetime, kt, p12_password, out)
         return
     if opts.cn is None and opts.subject is None:
@@ -216,6 +217,7 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     p12_password = read_password(opts.password_file, opts.password) if opts.p12 else None
     if opts.p12 and p12_password is None:
         raise UsageProblem("--p12 needs a password: --password-file or CERTCTL_PASSWORD")
+    _warn_about_password(p12_password)
     outputs = OutputSet(force=opts.force)
     outputs.add(opts.out / ("tls.p12" if opts.p12 else "tls.crt"), b"")
     outputs.check()
@@ -241,6 +243,13 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     )
     for path in outputs.paths:
         out(f"  {path}")
+
+
+def _warn_about_password(p12_password: bytes | None) -> None:
+    from certctl.pki.formats import pkcs12_password_warning
+
+    if p12_password is not None and (message := pkcs12_password_warning(p12_password)):
+        warn(message)
 
 
 def _cn_left_out(name: x509.Name, sans: SubjectAltNames) -> str | None:

@@ -37,7 +37,13 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 
 from certctl.errors import InvalidRequest
 from certctl.pki.csr import create_csr
-from certctl.pki.formats import certs_to_pem, format_serial, key_to_pem, to_pkcs12
+from certctl.pki.formats import (
+    certs_to_pem,
+    format_serial,
+    key_to_pem,
+    pkcs12_password_warning,
+    to_pkcs12,
+)
 from certctl.pki.issue import CertificateAuthority, create_root_ca
 from certctl.pki.keys import KeyType, generate_private_key
 from certctl.pki.names import SubjectAltNames, common_name_dn, format_dn, validate_dns_name
@@ -221,6 +227,9 @@ def build_http_bundle(plan: HttpBundlePlan, *, now: datetime) -> BundleResult:
         ]
     elif plan.mode == "existing-ca":
         ca = plan.ca
+    if plan.mode != "csr" and plan.output_format == "p12" and plan.password:
+        if (message := pkcs12_password_warning(plan.password)) is not None:
+            warnings.append(message)
     if plan.key_type is KeyType.ED25519:
         warnings.append(
             "ed25519 certificates are refused by browsers and many TLS clients; "

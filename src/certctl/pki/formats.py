@@ -25,6 +25,7 @@ __all__ = [
     "key_to_pem",
     "load_material",
     "load_private_key",
+    "pkcs12_password_warning",
     "to_pkcs12",
 ]
 
@@ -243,6 +244,21 @@ def key_to_pem(key: CertificateIssuerPrivateKeyTypes, password: bytes | None = N
     )
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+
+
+def pkcs12_password_warning(password: bytes) -> str | None:
+    """A warning when Java could not open a PKCS#12 file protected by ``password``.
+
+    Java's PBE keys take printable ASCII only (SunJCE ``PBEKey``: U+0020 to U+007E), so
+    keytool, Elasticsearch and every JVM server report "keystore password was incorrect"
+    for any other character, whoever wrote the file; OpenSSL reads it.
+    """
+    if all(0x20 <= byte <= 0x7E for byte in password):
+        return None
+    return (
+        "the PKCS#12 password has characters outside printable ASCII: OpenSSL opens the file, "
+        "but Java (keytool, Elasticsearch, Tomcat …) cannot"
     )
 
 

@@ -317,6 +317,17 @@ def test_ed25519_warning(now: datetime) -> None:
     assert any("ed25519" in w for w in result.warnings)
 
 
+def test_a_password_java_cannot_read_draws_one_warning(now: datetime) -> None:
+    # Java's PBE keys take printable ASCII only: Elasticsearch could not open http.p12.
+    plan = _plan(password="pässwörd".encode())
+    warnings = build_http_bundle(plan, now=now).warnings
+    assert [w for w in warnings if "outside printable ASCII" in w] == [
+        "the PKCS#12 password has characters outside printable ASCII: OpenSSL opens the "
+        "file, but Java (keytool, Elasticsearch, Tomcat …) cannot"
+    ]
+    assert not build_http_bundle(_plan(), now=now).warnings
+
+
 def test_entry_timestamps_and_readme_lifetime(now: datetime) -> None:
     archive = _zip(build_http_bundle(_plan(), now=now).data)
     info = archive.getinfo("ca/ca.crt")
