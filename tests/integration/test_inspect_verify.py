@@ -195,6 +195,34 @@ def test_json_pkcs12(files: Path) -> None:
     assert leaf["public_key_fingerprint_sha256"] in text
 
 
+@pytest.mark.parametrize("outform", ["PEM", "DER"])
+def test_pkcs7_chain_from_openssl(files: Path, outform: str) -> None:
+    # A .p7b as Windows, Java and CAs export chains; read with the certificates, no warning.
+    p7b = files / f"chain-{outform}.p7b"
+    ok(run("openssl", "crl2pkcs7", "-nocrl", "-certfile", files / "lf/tls.crt",
+           "-certfile", files / "ca1/ca.crt", "-outform", outform, "-out", p7b))  # fmt: skip
+    result = ok(run("certctl", "inspect", "--json", p7b))
+    assert result.stderr == ""
+    items = json.loads(result.stdout)
+    assert {i["format"] for i in items} == {"pkcs7"}
+    fingerprints = {i["fingerprint_sha256"] for i in items}
+    assert fingerprints == {
+        openssl_fingerprint(files / "lf/tls.crt"),
+        openssl_fingerprint(files / "ca1/ca.crt"),
+    }
+    verified = ok(run("certctl", "verify", "--ca", p7b, files / "lf/tls.crt",
+                      "--hostname", "lf.example"))  # fmt: skip
+    assert "OK" in verified.stdout
+
+
+def test_pkcs7_without_certificates_is_one_line(files: Path) -> None:
+    empty = files / "empty.p7b"
+    ok(run("openssl", "crl2pkcs7", "-in", files / "ops.crl", "-out", empty))
+    result = run("certctl", "inspect", empty)
+    assert result.returncode == 1
+    assert result.stderr == f"certctl: error: {empty}: PKCS#7 file holds no certificate\n"
+
+
 def test_help_documents_json(files: Path) -> None:
     text = ok(certctl_exe("inspect", "--help")).stdout
     for kind in ('"certificate"', '"private-key"', '"csr"', '"crl"', "PKCS#12"):

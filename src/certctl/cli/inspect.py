@@ -287,7 +287,9 @@ _TITLES = {"certificate": "certificate", "private-key": "private key", "csr": "C
 
 
 def inspect_command(
-    file: Path = typer.Argument(..., metavar="FILE", help="PEM, DER or PKCS#12 file."),
+    file: Path = typer.Argument(
+        ..., metavar="FILE", help="PEM, DER, PKCS#12 or PKCS#7 (.p7b) file."
+    ),
     password_file: Path = typer.Option(
         None,
         "--password-file",
@@ -300,12 +302,12 @@ def inspect_command(
         False, "--json", help='Print JSON: a list of objects, each with a "kind" (see above).'
     ),
 ) -> None:
-    """Show what a file holds: certificates, a private key, CSRs, CRLs (PEM, DER, PKCS#12).
+    """Show what a file holds: certificates, a key, CSRs, CRLs (PEM, DER, PKCS#12, PKCS#7).
 
     Values are never cut to the terminal width: a long one runs on past it.
 
-    --json prints a list of objects, each with a "kind" and the file's "format" (pem, der
-    or pkcs12): one "certificate" object (subject, issuer, serial, validity, sans, key
+    --json prints a list of objects, each with a "kind" and the file's "format" (pem, der,
+    pkcs12 or pkcs7): one "certificate" object (subject, issuer, serial, validity, sans, key
     usages, fingerprint_sha256) per certificate; a file without certificates lists its
     "private-key" (key_type, size, curve, encrypted, public_key_fingerprint_sha256: never
     the key itself), "csr" (subject, sans, key_type, signature_valid) or "crl" (issuer,

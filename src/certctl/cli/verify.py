@@ -41,7 +41,7 @@ def verify_command(
 ) -> None:
     """Verify a certificate the way a TLS client or server would.
 
-    The certificate, --ca and --untrusted may be PEM, DER or PKCS#12 files; a PKCS#12
+    The certificate, --ca and --untrusted may be PEM, DER, PKCS#7 or PKCS#12 files; a PKCS#12
     file is opened with --password-file, --password or else CERTCTL_PASSWORD (one
     password for all of them). Keys in the files are not used.
     """

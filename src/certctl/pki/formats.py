@@ -1,8 +1,9 @@
-"""Reading and writing PEM, DER and PKCS#12, with format auto-detection."""
+"""Reading and writing PEM, DER and PKCS#12 (and reading PKCS#7), with format auto-detection."""
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     PrivateKeyTypes,
 )
-from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
 from certctl.errors import InvalidRequest
 
@@ -38,6 +39,8 @@ _SIGNING_KEY_TYPES = (
     dsa.DSAPrivateKey,
 )
 _KEY_LABELS = {b"PRIVATE KEY", b"ENCRYPTED PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY"}
+# ContentInfo of a .p7b: SEQUENCE { OID 1.2.840.113549.1.7.2 (signedData), ... }.
+_PKCS7_SIGNED_DATA_OID = bytes.fromhex("06092a864886f70d010702")
 # PBKDF2 iterations for PKCS#12: Java's keytool default since JDK 12 (OpenSSL 3 uses 2048);
 # high enough to slow guessing, low enough to write thousands of keystores in a bundle.
 P12_KDF_ROUNDS = 10_000
@@ -86,6 +89,14 @@ def _looks_like_pkcs12(data: bytes) -> bool:
     return data[start : start + 3] == b"\x02\x01\x03"
 
 
+def _looks_like_pkcs7(data: bytes) -> bool:
+    # ContentInfo ::= SEQUENCE { contentType OID, ... }: the OID right after the header.
+    if len(data) < 16 or data[0] != 0x30:
+        return False
+    start = 2 + (data[1] - 0x80 if data[1] & 0x80 else 0)
+    return data[start : start + len(_PKCS7_SIGNED_DATA_OID)] == _PKCS7_SIGNED_DATA_OID
+
+
 def load_material(
     data: bytes, password: bytes | None = None, *, password_optional: bool = False
 ) -> Material:
@@ -102,6 +113,8 @@ def load_material(
         return _load_pem(data, password, password_optional)
     if _looks_like_pkcs12(data):
         return _load_pkcs12(data, password, password_optional)
+    if _looks_like_pkcs7(data):
+        return Material(certificates=_load_pkcs7(data, pem=False), format="pkcs7")
     for loader, kind in (
         (x509.load_der_x509_certificate, "certificates"),
         (x509.load_der_x509_csr, "csrs"),
@@ -160,6 +173,9 @@ def _load_pem(data: bytes, password: bytes | None, password_optional: bool = Fal
                 material.certificates.append(x509.load_pem_x509_certificate(raw))
             elif label in (b"CERTIFICATE REQUEST", b"NEW CERTIFICATE REQUEST"):
                 material.csrs.append(x509.load_pem_x509_csr(raw))
+            elif label == b"PKCS7":
+                material.certificates += _load_pkcs7(raw, pem=True)
+                material.format = "pkcs7"
             elif label == b"X509 CRL":
                 material.crls.append(x509.load_pem_x509_crl(raw))
             elif label in _KEY_LABELS:
@@ -176,6 +192,21 @@ def _load_pem(data: bytes, password: bytes | None, password_optional: bool = Fal
     if not (material.certificates or material.private_key or material.csrs or material.crls):
         raise InvalidRequest("PEM file holds no certificate, key, CSR or CRL")
     return material
+
+
+def _load_pkcs7(data: bytes, *, pem: bool) -> list[x509.Certificate]:
+    """The certificates of a PKCS#7 bundle (.p7b, .p7c): Windows and Java chain exports."""
+    load = pkcs7.load_pem_pkcs7_certificates if pem else pkcs7.load_der_pkcs7_certificates
+    with warnings.catch_warnings():
+        # OpenSSL writes the certificate SET unsorted (BER, not DER); cryptography reads it
+        # but warns on stderr, which would break the one-line output.
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return load(data)
+        except ValueError as exc:
+            if "no certificate" in str(exc):
+                raise InvalidRequest("PKCS#7 file holds no certificate") from exc
+            raise InvalidRequest("malformed PKCS#7 file") from exc
 
 
 def _load_pem_key(raw: bytes, password: bytes | None) -> CertificateIssuerPrivateKeyTypes:
