@@ -444,6 +444,9 @@ class _Layout:
             lines = [
                 f"# Elasticsearch node {name}: HTTP TLS settings for elasticsearch.yml.",
                 "# Paths are relative to the Elasticsearch configuration directory.",
+                "# Elasticsearch 8 writes an 'xpack.security.http.ssl:' block at its first",
+                "# start (security auto-configuration): replace that block with these lines;",
+                "# a setting given twice stops the node from starting.",
                 "xpack.security.http.ssl.enabled: true",
             ]
             if pem:
@@ -573,7 +576,9 @@ def _node_readme(
                     "Copy http.crt and http.key into the Elasticsearch configuration "
                     f"directory of {where} (/etc/elasticsearch for packages, config/ for "
                     "archives).",
-                    f"Add the settings from {sample} to elasticsearch.yml.",
+                    f"Add the settings from {sample} to elasticsearch.yml, replacing "
+                    "any xpack.security.http.ssl settings already there (Elasticsearch 8 "
+                    "writes some at its first start; a setting given twice stops the node).",
                     f"Restart the node; give Kibana and clients your CA's certificate "
                     f"(see {clients}).",
                 ]
@@ -622,12 +627,14 @@ def _node_readme(
             f"Copy {'http.p12' if p12 else 'http.crt and http.key'} into the Elasticsearch "
             f"configuration directory of {where} (/etc/elasticsearch for packages, config/ "
             "for archives).",
-            f"Add the settings from {sample} to elasticsearch.yml.",
+            f"Add the settings from {sample} to elasticsearch.yml, replacing any "
+            "xpack.security.http.ssl settings already there (Elasticsearch 8 writes some at "
+            "its first start; a setting given twice stops the node).",
         ]
         if p12:
             steps.append(
                 "Store the keystore password in the Elasticsearch keystore; enter "
-                f"{plan.password_hint}:\n"
+                f"{plan.password_hint} (and overwrite the auto-configured one if asked):\n"
                 "  bin/elasticsearch-keystore add "
                 "xpack.security.http.ssl.keystore.secure_password"
             )

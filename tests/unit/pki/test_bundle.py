@@ -117,9 +117,14 @@ def test_new_ca_p12_bundle(now: datetime) -> None:
         assert "elasticsearch-keystore add xpack.security.http.ssl.keystore.secure_password" in (
             readme
         )
+        # Elasticsearch 8's auto-configuration block holds the same settings: adding ours
+        # beside it repeats keys, and the node refuses to start.
+        assert "replacing any xpack.security.http.ssl settings already there" in readme
+        assert "overwrite the auto-configured one if asked" in readme
     sample = archive.read("elasticsearch/es1/sample-elasticsearch.yml").decode()
     assert "xpack.security.http.ssl.enabled: true" in sample
     assert "xpack.security.http.ssl.keystore.path: http.p12" in sample
+    assert "replace that block with these lines;" in sample
     kibana = archive.read("kibana/sample-kibana.yml").decode()
     assert '"https://es1.example.com:9200", "https://10.0.0.2:9200"' in kibana
     assert "elasticsearch.ssl.certificateAuthorities" in kibana
@@ -242,6 +247,9 @@ def test_csr_mode(now: datetime) -> None:
         assert _mode(archive, f"elasticsearch/{node}/http.key") == 0o100600
         readme = archive.read(f"elasticsearch/{node}/README.txt").decode()
         assert "certctl csr sign" in readme
+        assert "replacing any xpack.security.http.ssl settings already there" in " ".join(
+            readme.split()
+        )
         sample = archive.read(f"elasticsearch/{node}/sample-elasticsearch.yml").decode()
         assert "xpack.security.http.ssl.certificate: http.crt" in sample
     ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
