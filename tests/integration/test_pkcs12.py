@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from tests._tools import failed, ok, run
 from tests.integration.conftest import Pki, certctl_ok
@@ -82,16 +84,31 @@ def test_openssl_pkcs12_refuses_a_wrong_password(
     assert "BEGIN" not in result.stdout
 
 
+def keytool_entries(listing: str) -> dict[str, str]:
+    """``keytool -list -v`` output split by alias."""
+    blocks = listing.split("Alias name: ")[1:]
+    return {block.split("\n", 1)[0]: block for block in blocks}
+
+
 @pytest.mark.parametrize("legacy", [False, True], ids=["aes", "legacy"])
-def test_keytool_lists_a_private_key_entry(
-    keystores: dict[tuple[str, bool], Path], legacy: bool
+def test_keytool_lists_a_private_key_entry_and_the_trusted_ca(
+    pki: Pki, keystores: dict[tuple[str, bool], Path], legacy: bool
 ) -> None:
     store = keystores["rsa-2048", legacy]
     result = ok(run("keytool", "-list", "-v", "-storetype", "PKCS12", "-keystore", store,
                     "-storepass", PASSWORD))  # fmt: skip
-    assert "Your keystore contains 1 entry" in result.stdout
-    assert "Entry type: PrivateKeyEntry" in result.stdout
-    assert "Certificate chain length: 3" in result.stdout
+    # As elasticsearch-certutil writes them: the key with its whole chain, and the root
+    # as a trusted entry "ca" (Elasticsearch refuses a truststore.path without one).
+    assert "Your keystore contains 2 entries" in result.stdout
+    by_alias = keytool_entries(result.stdout)
+    assert set(by_alias) == {"tls", "ca"}
+    assert "Entry type: PrivateKeyEntry" in by_alias["tls"]
+    assert "Certificate chain length: 3" in by_alias["tls"]
+    assert "Entry type: trustedCertEntry" in by_alias["ca"]
+    root = pki.chain("ec-p256").root / "ca.crt"
+    root_subject = ok(run("openssl", "x509", "-in", root, "-noout", "-subject", "-nameopt",
+                          "RFC2253")).stdout.split("=", 1)[1].strip()  # fmt: skip
+    assert f"Owner: {root_subject}" in by_alias["ca"]
 
 
 def test_keytool_refuses_a_wrong_password(keystores: dict[tuple[str, bool], Path]) -> None:
@@ -127,6 +144,42 @@ def test_a_password_java_cannot_use_draws_a_warning(
     listing = run("keytool", "-list", "-storetype", "PKCS12", "-keystore", store,
                   "-storepass:file", password_file)  # fmt: skip
     if java_opens:
-        assert "Your keystore contains 1 entry" in ok(listing).stdout
+        assert "Your keystore contains 2 entries" in ok(listing).stdout
     else:
         assert "password was incorrect" in failed(listing).stdout + listing.stderr
+
+
+@pytest.mark.parametrize("signer", ["new-ca", "intermediate"])
+def test_http_bundle_keystore_is_what_certutil_writes(
+    pki: Pki, tmp_path: Path, signer: str
+) -> None:
+    # elasticsearch-certutil http: alias "http" with the key, the CA as trusted entry "ca".
+    password_file = tmp_path / "pw"
+    password_file.write_text(PASSWORD + "\n")
+    bundle = tmp_path / "bundle.zip"
+    ca = ["--ca", pki.chain("ec-p256").inter] if signer == "intermediate" else []
+    certctl_ok(
+        "http", "--non-interactive", "--node", "es1", "--dns", "es1.example.com",
+        "--password-file", password_file, "--out", bundle, *ca,
+    )  # fmt: skip
+    with zipfile.ZipFile(bundle) as archive:
+        archive.extractall(tmp_path / "unzipped")
+    store = tmp_path / "unzipped" / "elasticsearch" / "es1" / "http.p12"
+    listing = ok(run("keytool", "-list", "-v", "-storetype", "PKCS12", "-keystore", store,
+                     "-storepass", PASSWORD)).stdout  # fmt: skip
+    entries = keytool_entries(listing)
+    assert set(entries) == {"http", "ca"}
+    assert "Entry type: PrivateKeyEntry" in entries["http"]
+    length = 3 if signer == "intermediate" else 2
+    assert f"Certificate chain length: {length}" in entries["http"]
+    assert "Entry type: trustedCertEntry" in entries["ca"]
+    client_ca = tmp_path / "unzipped" / "kibana" / "elasticsearch-ca.pem"
+    trusted = ok(run("keytool", "-exportcert", "-rfc", "-alias", "ca", "-storetype", "PKCS12",
+                     "-keystore", store, "-storepass", PASSWORD)).stdout  # fmt: skip
+    assert x509.load_pem_x509_certificate(trusted.encode()) == x509.load_pem_x509_certificate(
+        client_ca.read_bytes()
+    )
+    # OpenSSL checks the MAC over the joined contents and reads every certificate once.
+    info = ok(run("openssl", "pkcs12", "-info", "-in", store, "-passin", f"file:{password_file}",
+                  "-nokeys"))  # fmt: skip
+    assert info.stdout.count("-----BEGIN CERTIFICATE-----") == length

@@ -162,9 +162,10 @@ def leaf_files(
                 name,
                 key,
                 certificate,
-                [*ca.chain_below_root, ca.root],
+                ca.chain_below_root,
                 p12_password,
                 legacy=p12_legacy,
+                trusted=[ca.root],
             ),
             True,
         )

@@ -387,9 +387,10 @@ def _leaf_files(
             "http",
             key,
             certificate,
-            [*ca.chain_below_root, ca.root],
+            ca.chain_below_root,
             plan.password,
             legacy=plan.p12_legacy,
+            trusted=[ca.root],
         )
         return [("http.p12", data, _SECRET)]
     return [
@@ -599,9 +600,9 @@ def _node_readme(
         files = [
             (
                 "http.p12",
-                "PKCS#12 keystore with the private key, the certificate and the CA chain "
-                f"({encryption} encryption). Its password is {plan.password_hint}; the "
-                "password itself is not in this bundle.",
+                "PKCS#12 keystore with the private key, the certificate and the CA chain, "
+                f"and the CA as trusted entry 'ca' ({encryption} encryption). Its password "
+                f"is {plan.password_hint}; the password itself is not in this bundle.",
             )
         ]
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from collections.abc import Sequence
@@ -301,11 +302,17 @@ def to_pkcs12(
     password: bytes,
     *,
     legacy: bool = False,
+    trusted: Sequence[x509.Certificate] = (),
 ) -> bytes:
     """Serialise a keystore protected by ``password``.
 
     The default is PBES2 with AES-256-CBC and an HMAC-SHA256 MAC, which OpenSSL 3 and
     Java 11.0.12+/17 read. ``legacy=True`` uses 3DES and SHA-1 for old Java and Windows.
+
+    ``trusted`` certificates become Java trusted-certificate entries (aliases ``ca``,
+    ``ca-2`` …), as ``elasticsearch-certutil`` stores its CA: Java builds the key entry's
+    chain from them too, and Elasticsearch accepts the file as a ``truststore.path``.
+    They are public, so they are stored unencrypted (under the file's MAC).
     """
     if not password:
         raise InvalidRequest("a PKCS#12 file needs a non-empty password")
@@ -322,6 +329,22 @@ def to_pkcs12(
             .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
             .hmac_hash(hashes.SHA256())
         )
-    return pkcs12.serialize_key_and_certificates(
+    store = pkcs12.serialize_key_and_certificates(
         name.encode(), key, certificate, list(cas) or None, builder.build(password)
     )
+    if not trusted:
+        return store
+    from certctl.pki._pkcs12 import merge_authenticated_safes
+
+    return merge_authenticated_safes(store, _java_trust_store(tuple(trusted)), password)
+
+
+@functools.lru_cache(maxsize=8)
+def _java_trust_store(certificates: tuple[x509.Certificate, ...]) -> bytes:
+    # Only its contents are kept (its MAC is replaced), so a batch of keystores for one CA
+    # can share it.
+    entries = [
+        pkcs12.PKCS12Certificate(cert, b"ca" if index == 1 else f"ca-{index}".encode())
+        for index, cert in enumerate(certificates, start=1)
+    ]
+    return pkcs12.serialize_java_truststore(entries, serialization.NoEncryption())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
@@ -20,6 +20,7 @@ from certctl.pki import (
     common_name_dn,
     create_crl,
     create_csr,
+    create_root_ca,
     key_to_pem,
     load_material,
     load_private_key,
@@ -249,6 +250,52 @@ def test_pkcs12_round_trip(
     loaded = pkcs12.load_pkcs12(data, b"changeit")
     assert loaded.cert is not None
     assert loaded.cert.friendly_name == b"leaf"
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("password", [b"changeit", "pässwörd€ 𝄞".encode()])
+def test_pkcs12_trusted_entries_join_the_key_entry(
+    leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    root_ca: CertificateAuthority,
+    legacy: bool,
+    password: bytes,
+) -> None:
+    cert, key = leaf
+    other = create_root_ca(
+        key, common_name_dn("Other CA"), validity=timedelta(days=30), now=datetime.now(UTC)
+    )
+    data = to_pkcs12(
+        "leaf", key, cert, [], password, legacy=legacy,
+        trusted=[root_ca.certificate, other.certificate],
+    )  # fmt: skip
+    # The MAC was recomputed over both parts: a wrong password still fails, the right opens.
+    with pytest.raises(ValueError, match="Invalid password or PKCS12 data"):
+        pkcs12.load_pkcs12(data, b"wrong")
+    loaded = pkcs12.load_pkcs12(data, password)
+    assert loaded.key is not None
+    assert loaded.key.public_key() == key.public_key()
+    assert loaded.cert is not None
+    assert (loaded.cert.certificate, loaded.cert.friendly_name) == (cert, b"leaf")
+    assert [(c.certificate, c.friendly_name) for c in loaded.additional_certs] == [
+        (root_ca.certificate, b"ca"),
+        (other.certificate, b"ca-2"),
+    ]
+    assert load_material(data, password).certificates == [
+        cert, root_ca.certificate, other.certificate,
+    ]  # fmt: skip
+
+
+def test_pkcs12_merge_refuses_a_password_that_does_not_match_the_mac(
+    leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+) -> None:
+    from certctl.pki._pkcs12 import merge_authenticated_safes
+
+    cert, key = leaf
+    store = to_pkcs12("leaf", key, cert, [], b"changeit")
+    with pytest.raises(ValueError, match="the MAC does not verify with this password"):
+        merge_authenticated_safes(store, store, b"other")
+    with pytest.raises(ValueError, match="PKCS#12: expected tag"):
+        merge_authenticated_safes(b"\x04\x00", store, b"changeit")
 
 
 def test_pkcs12_without_password_opens(
