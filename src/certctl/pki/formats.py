@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import re
 import warnings
@@ -170,8 +172,18 @@ def _load_pem(data: bytes, password: bytes | None, password_optional: bool = Fal
     for block in blocks:
         label, raw = block.group(1), block.group(0)
         try:
-            if label in (b"CERTIFICATE", b"TRUSTED CERTIFICATE", b"X509 CERTIFICATE"):
+            if label == b"CERTIFICATE":
                 material.certificates.append(x509.load_pem_x509_certificate(raw))
+            elif label == b"X509 CERTIFICATE":  # an old label; cryptography takes only the new
+                material.certificates.append(x509.load_der_x509_certificate(_pem_body(raw)))
+            elif label == b"TRUSTED CERTIFICATE":
+                # OpenSSL's x509 -trustout form: trust settings follow the certificate and
+                # may reject or narrow its uses; reading past them would widen the trust
+                # of verify --ca, so such a block is refused by name, not as "malformed".
+                raise InvalidRequest(
+                    "TRUSTED CERTIFICATE block (OpenSSL trust settings) is not read; convert "
+                    "it with: openssl x509 -in FILE -out plain.pem"
+                )
             elif label in (b"CERTIFICATE REQUEST", b"NEW CERTIFICATE REQUEST"):
                 material.csrs.append(x509.load_pem_x509_csr(raw))
             elif label == b"PKCS7":
@@ -193,6 +205,16 @@ def _load_pem(data: bytes, password: bytes | None, password_optional: bool = Fal
     if not (material.certificates or material.private_key or material.csrs or material.crls):
         raise InvalidRequest("PEM file holds no certificate, key, CSR or CRL")
     return material
+
+
+def _pem_body(block: bytes) -> bytes:
+    """The base64-decoded body of one PEM block (header lines such as Proc-Type skipped)."""
+    lines = block.strip().splitlines()[1:-1]
+    body = b"".join(line.strip() for line in lines if b":" not in line)
+    try:
+        return base64.b64decode(body, validate=True)
+    except binascii.Error as exc:
+        raise ValueError("bad base64 in PEM block") from exc
 
 
 def _load_pkcs7(data: bytes, *, pem: bool) -> list[x509.Certificate]:

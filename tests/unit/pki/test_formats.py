@@ -208,6 +208,24 @@ def test_load_refuses(data: bytes, message: str) -> None:
         load_material(data)
 
 
+def test_old_and_openssl_certificate_labels(root_ca: CertificateAuthority) -> None:
+    pem = certs_to_pem([root_ca.certificate])
+    old = pem.replace(b"CERTIFICATE-----", b"X509 CERTIFICATE-----")
+    assert load_material(old).certificates == [root_ca.certificate]
+    with pytest.raises(InvalidRequest, match="malformed PEM x509 certificate block"):
+        load_material(b"-----BEGIN X509 CERTIFICATE-----\n!!!!\n-----END X509 CERTIFICATE-----\n")
+    # OpenSSL trust settings may reject uses: named, not called "malformed", and not read.
+    trusted = pem.replace(b"CERTIFICATE-----", b"TRUSTED CERTIFICATE-----")
+    with pytest.raises(
+        InvalidRequest,
+        match=re.escape(
+            "TRUSTED CERTIFICATE block (OpenSSL trust settings) is not read; convert it with: "
+            "openssl x509 -in FILE -out plain.pem"
+        ),
+    ):
+        load_material(trusted)
+
+
 def test_truncated_pem_refused(root_ca: CertificateAuthority) -> None:
     pem = certs_to_pem([root_ca.certificate])
     with pytest.raises(InvalidRequest, match="malformed PEM: no complete BEGIN/END block"):
