@@ -69,8 +69,11 @@ def parse_instances(text: str) -> list[Instance]:
         where = f"instance {name!r}"
         filename = entry.get("filename") or name
         if not isinstance(filename, str) or not _SAFE_NAME.match(filename):
+            # A name such as "Nœud 1" is a fine common name: only its folder needs another.
+            hint = "" if entry.get("filename") else "; keep the name and add a 'filename:'"
             raise InvalidRequest(
-                f"{where}: {filename!r} is not a safe file name (letters, digits, '.', '_', '-')"
+                f"{where}: {filename!r} is not a safe file name "
+                f"(letters, digits, '.', '_', '-'){hint}"
             )
         # Folders that differ only in case are one folder once unzipped on macOS or
         # Windows: the second instance's key would silently replace the first's.

@@ -86,6 +86,11 @@ def test_null_lists_are_empty() -> None:
         ("instances:\n  - name: a\n    filename: a/b\n", "'a/b' is not a safe file name"),
         ("instances:\n  - name: .hidden\n", "'.hidden' is not a safe file name"),
         ("instances:\n  - name: a b\n", "'a b' is not a safe file name"),
+        (
+            "instances:\n  - name: Nœud 1\n",
+            "instance 'Nœud 1': 'Nœud 1' is not a safe file name (letters, digits, '.', '_', "
+            "'-'); keep the name and add a 'filename:'",
+        ),
         ("instances:\n  - name: " + "a" * 129 + "\n", "is not a safe file name"),
         (
             "instances:\n  - name: a\n  - name: a\n",
