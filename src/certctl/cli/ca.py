@@ -178,16 +178,25 @@ def import_ca(
         raise typer.BadParameter("--key and --p12 exclude each other (the key is in the PKCS#12)")
     if password is not None and password_file is not None:
         raise typer.BadParameter("--password and --password-file exclude each other")
+    # CERTCTL_PASSWORD alone is a default, often exported for other commands: an input
+    # that needs no password opens without it, as in inspect and verify.
+    from_env = password is None and password_file is None
     secret = read_password(password_file, password)
     key_password = (
         read_password(key_password_file, env="CERTCTL_CA_PASSWORD") if key_password_file else None
     )
-    if p12 is not None:
-        material = read_material(p12, secret, "PKCS#12 file")
-        certs, private_key = material.certificates, material.private_key
-    else:
-        certs = read_material(cert, what="CA certificate").certificates
-        private_key = read_material(key, secret, "CA key").private_key
+    try:
+        if p12 is not None:
+            material = read_material(p12, secret, "PKCS#12 file", password_optional=from_env)
+        else:
+            certs = read_material(cert, what="CA certificate").certificates
+            material = read_material(key, secret, "CA key", password_optional=from_env)
+            material.certificates = certs
+    except InvalidRequest as exc:
+        if from_env and secret is not None and "password" in exc.detail:
+            raise type(exc)(f"{exc.detail} (the password came from CERTCTL_PASSWORD)") from exc
+        raise
+    certs, private_key = material.certificates, material.private_key
     if not certs:
         raise InvalidRequest("no CA certificate found in the input")
     if private_key is None:
@@ -197,12 +206,13 @@ def import_ca(
         raise InvalidRequest("the private key does not match the CA certificate")
     chain = _issuer_chain(ca_cert, [c for c in certs if c is not ca_cert])
     ca = CertificateAuthority(ca_cert, private_key, chain)
-    if secret is not None and key_password is None:
-        # The input opened with a password, so its key was protected (a plain key refuses
-        # one): writing ca.key unencrypted would drop that protection without a word.
+    if material.key_encrypted and key_password is None:
+        # The key was protected in the input: writing ca.key unencrypted would drop that
+        # protection without a word.
+        same = "a file holding CERTCTL_PASSWORD" if from_env else "the --password-file file"
         raise typer.BadParameter(
             "the input is password-protected: give --key-password-file to keep the imported "
-            "ca.key encrypted (the --password-file file will do)"
+            f"ca.key encrypted ({same} will do)"
         )
     outputs = OutputSet(force=force)
     outputs.add(out / CA_CERT, certs_to_pem([ca.certificate]))

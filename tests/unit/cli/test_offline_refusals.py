@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from certctl.pki import (
@@ -422,10 +423,20 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     expired = create_root_ca(
         expired_key, common_name_dn("Expired Root"), validity=timedelta(days=1), now=old
     ).certificate
+    current_key = generate_private_key()
+    current = create_root_ca(
+        current_key,
+        common_name_dn("Plain Root"),
+        validity=timedelta(days=365),
+        now=datetime.now(UTC),
+    ).certificate
     files = {
         "expired/ca.crt": certs_to_pem([expired]),
         "expired/ca.key": key_to_pem(expired_key),
         "ca.p12": to_pkcs12("ca", expired_key, expired, [], b"hunter2pw"),
+        "plain-ca.p12": pkcs12.serialize_key_and_certificates(
+            b"ca", current_key, current, None, serialization.NoEncryption()
+        ),
         "long.csr": _long_cn_csr(),
         "bad-email.csr": _bad_email_csr(),
         "instances.yml": b"instances:\n  - name: node-1\n",
@@ -476,6 +487,44 @@ def test_import_keeps_the_key_encrypted(workdir: Path) -> None:
     # The imported CA signs with the same password, as a created one does.
     issued = _run(workdir, *"cert issue --ca imp -o leaf --cn x --ca-password-file pw".split())
     assert issued.returncode == 0, issued.stderr
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["--cert ca1/ca.crt --key ca1/ca.key", "--p12 plain-ca.p12"],
+    ids=["pem", "p12-without-password"],
+)
+def test_import_ignores_certctl_password_for_an_unprotected_input(
+    workdir: Path, source: str
+) -> None:
+    # CERTCTL_PASSWORD is a default, often exported for cert issue --p12: an input that
+    # needs no password opens without it ("not encrypted; drop the password" before).
+    proc = _run(
+        workdir, "ca", "import", "-o", "imp", *source.split(),
+        env={"CERTCTL_PASSWORD": "exported-for-other-commands"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    key = workdir / "imp" / "ca.key"
+    assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+def test_import_with_a_wrong_certctl_password_says_where_it_came_from(workdir: Path) -> None:
+    proc = _run(
+        workdir, *"ca import -o imp --p12 ca.p12".split(), env={"CERTCTL_PASSWORD": "wrong"}
+    )
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        "certctl: error: ca.p12: cannot open PKCS#12 file: wrong password or corrupted file "
+        "(the password came from CERTCTL_PASSWORD)\n"
+    )
+    # The right one from the environment opens it, and asks to keep the key encrypted.
+    proc = _run(
+        workdir, *"ca import -o imp --p12 ca.p12".split(), env={"CERTCTL_PASSWORD": "hunter2pw"}
+    )
+    assert proc.returncode == 2
+    assert "(a file holding CERTCTL_PASSWORD will do)" in proc.stderr
+    assert not (workdir / "imp").exists()
 
 
 def test_import_of_expired_ca_warns(workdir: Path) -> None:
