@@ -1,0 +1,108 @@
+"""nginx serving a certificate from ``cert issue --in … --pem`` on IPv4 and IPv6, probed by curl."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests._nginx import nginx_argv, nginx_conf
+from tests._tools import free_port, run
+from tests.integration.conftest import Pki, certctl_ok, wait_for_port
+
+pytestmark = pytest.mark.integration
+
+INSTANCES = """\
+instances:
+  - name: web
+    dns: [localhost, web.example.com]
+    ip: ["127.0.0.1", "::1"]
+  - name: other
+    dns: [other.example.com]
+"""
+
+SERVER = """\
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        listen [::1]:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{ return 200 "hello\\n"; }}
+    }}
+"""
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def served(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    if not _has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback (::1) on this host")
+    d = tmp_path_factory.mktemp("nginx-instances")
+    (d / "instances.yml").write_text(INSTANCES)
+    certctl_ok(
+        "cert", "issue", "--ca", pki.chain("ec-p256").inter, "--in", d / "instances.yml",
+        "--out", d / "certs.zip", "--pem",
+    )  # fmt: skip
+    with zipfile.ZipFile(d / "certs.zip") as archive:
+        archive.extractall(d / "certs")
+    web = d / "certs" / "web"
+    port = free_port()
+    conf = d / "nginx.conf"
+    conf.write_text(
+        nginx_conf(d, SERVER.format(port=port, cert=web / "tls.crt", key=web / "tls.key"))
+    )
+    argv = nginx_argv(conf, d)
+    proc = subprocess.Popen(
+        [*argv, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for_port(port, alive=lambda: proc.poll() is None)
+        yield port, web / "ca.crt"
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("url_host", "resolve"),
+    [
+        ("127.0.0.1", None),
+        ("[::1]", None),
+        ("localhost", "127.0.0.1"),
+        ("web.example.com", "[::1]"),
+    ],
+)
+def test_curl_verifies_every_name_of_the_instance(
+    served: tuple[int, Path], url_host: str, resolve: str | None
+) -> None:
+    port, ca = served
+    pin = ["--resolve", f"{url_host}:{port}:{resolve}"] if resolve else []
+    result = run("curl", "-sS", "--max-time", "10", "--cacert", ca, *pin,
+                 f"https://{url_host}:{port}/", timeout=20)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello\n"
+
+
+def test_curl_refuses_a_name_of_another_instance(served: tuple[int, Path]) -> None:
+    port, ca = served
+    result = run("curl", "-sS", "--max-time", "10", "--cacert", ca,
+                 "--resolve", f"other.example.com:{port}:127.0.0.1",
+                 f"https://other.example.com:{port}/", timeout=20)  # fmt: skip
+    assert result.returncode == 60, result.stderr  # CURLE_PEER_FAILED_VERIFICATION
+    assert "other.example.com" in result.stderr
