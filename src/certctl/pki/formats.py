@@ -116,6 +116,12 @@ def load_material(
         return _load_pem(data, password, password_optional)
     if _looks_like_pkcs12(data):
         return _load_pkcs12(data, password, password_optional)
+    if data[:4] in (b"\xfe\xed\xfe\xed", b"\xce\xce\xce\xce"):  # JKS, JCEKS magic
+        raise InvalidRequest(
+            "a Java keystore (JKS/JCEKS), which certctl does not read; convert it with: "
+            "keytool -importkeystore -srckeystore FILE -destkeystore FILE.p12 "
+            "-deststoretype PKCS12"
+        )
     if _looks_like_pkcs7(data):
         return Material(certificates=_load_pkcs7(data, pem=False), format="pkcs7")
     for loader, kind in (

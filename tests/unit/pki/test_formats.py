@@ -186,6 +186,11 @@ def test_x25519_key_refused() -> None:
         (b"\x30\x82\x01\x00" + b"\x00" * 16, "not a recognised PEM, DER or PKCS#12 file"),
         (b"-----BEGIN CERTIFICATE-----\nMIIB", "malformed PEM: no complete BEGIN/END block"),
         (
+            bytes.fromhex("feedfeed00000002") + b"\x00" * 32,
+            "a Java keystore (JKS/JCEKS), which certctl does not read; convert it with: keytool "
+            "-importkeystore -srckeystore FILE -destkeystore FILE.p12 -deststoretype PKCS12",
+        ),
+        (
             b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
             "malformed PEM certificate block",
         ),
