@@ -73,6 +73,7 @@ OUTPUT_FORMATS: tuple[str, ...] = ("p12", "pem")
 
 # A node name becomes a folder in the zip: keep it portable (no separators, no dot-names).
 _NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+_DNS_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 # Folders the generic profile uses next to the node folders.
 _RESERVED = {"generic": ("ca", "client"), "elasticsearch": ()}
 _SECRET = 0o100600
@@ -348,7 +349,9 @@ def plan_certificates(plan: HttpBundlePlan) -> list[PlannedCertificate]:
         )
         if not merged:
             raise InvalidRequest("the shared certificate needs at least one DNS name or IP")
-        hosts = tuple(dict.fromkeys(h for p in per_node for h in p.hosts)) or (_host(merged),)
+        hosts = tuple(dict.fromkeys(h for p in per_node for h in p.hosts)) or (
+            _host(merged, plan.shared_name),
+        )
         return [PlannedCertificate(plan.shared_name, merged, hosts)]
     if not per_node:
         raise InvalidRequest("no nodes: give at least one node (or a shared certificate)")
@@ -372,7 +375,7 @@ def _plan_node(node: NodeSpec, common: SubjectAltNames) -> PlannedCertificate:
     sans = SubjectAltNames.parse(
         dns=[*own.dns, *common.dns], ip=[str(a) for a in (*own.ip, *common.ip)]
     )
-    return PlannedCertificate(node.name, sans, (_host(own if own else sans),))
+    return PlannedCertificate(node.name, sans, (_host(own if own else sans, node.name),))
 
 
 def _leaf_files(
@@ -411,11 +414,18 @@ def _zip(files: Sequence[tuple[str, bytes, int]], now: datetime) -> bytes:
     return buffer.getvalue()
 
 
-def _host(sans: SubjectAltNames) -> str:
-    if sans.dns:
-        return sans.dns[0]
-    address = sans.ip[0]
-    return f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else str(address)
+def _host(sans: SubjectAltNames, name: str) -> str:
+    """The host clients would put in a URL for these names (samples, READMEs)."""
+    exact = [d for d in sans.dns if not d.startswith("*.")]
+    if exact:
+        return exact[0]
+    if sans.ip:
+        address = sans.ip[0]
+        return f"[{address}]" if isinstance(address, ipaddress.IPv6Address) else str(address)
+    # Only wildcards: "*" is no host; the node name is the likeliest label (es1 under
+    # *.es.example.com), else a placeholder a reader sees to replace.
+    label = name.lower() if _DNS_LABEL.match(name) else "node-1"
+    return f"{label}.{sans.dns[0][2:]}"
 
 
 def _names_line(sans: SubjectAltNames) -> str:

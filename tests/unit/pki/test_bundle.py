@@ -336,6 +336,28 @@ def test_a_password_java_cannot_read_draws_one_warning(now: datetime) -> None:
     assert not build_http_bundle(_plan(), now=now).warnings
 
 
+def test_sample_urls_never_hold_a_wildcard(now: datetime) -> None:
+    # "https://*.example.com" is no URL: samples name a host the certificate covers.
+    nodes = (
+        NodeSpec("es1", dns=("*.es.example.com",)),
+        NodeSpec("es2", dns=("*.es.example.com", "es2.example.com")),
+        NodeSpec("es3", dns=("*.es.example.com",), ip=("::1",)),
+    )
+    archive = _zip(build_http_bundle(_plan(nodes=nodes), now=now).data)
+    kibana = archive.read("kibana/sample-kibana.yml").decode()
+    assert (
+        'elasticsearch.hosts: [ "https://es1.es.example.com:9200", '
+        '"https://es2.example.com:9200", "https://[::1]:9200" ]'
+    ) in kibana
+    generic = _plan(
+        profile="generic", output_format="pem", password=None, nodes=(), shared=True,
+        shared_name="web_1", common_dns=("*.example.com",),
+    )  # fmt: skip
+    script = _zip(build_http_bundle(generic, now=now).data).read("client/sample-curl.sh")
+    assert b"curl --cacert ca.crt https://node-1.example.com:443/" in script
+    assert b"*" not in script
+
+
 def test_entry_timestamps_and_readme_lifetime(now: datetime) -> None:
     archive = _zip(build_http_bundle(_plan(), now=now).data)
     info = archive.getinfo("ca/ca.crt")
