@@ -75,6 +75,11 @@ def bad_files(case: str, now: datetime, cn: str = "web") -> dict[str, bytes]:
         return {**files, "tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem}
     if case == "empty secret":
         return {"README": b"nothing here\n"}
+    if case == "tls.crt a CA":  # served as is, its key would go to every target
+        return {"tls.crt": other.cert_pem, "tls.key": other.key_pem}
+    if case == "tls.crt for clients":  # without ca.crt, so no chain check sees its purpose
+        client = make_leaf(ca, cn, now, dns=(cn, *NAMES), profile="client")
+        return {"tls.crt": client.cert_pem, "tls.key": client.key_pem}
     raise AssertionError(case)
 
 
@@ -88,6 +93,9 @@ ERRORS = {
     "ca key mismatch": "secret {s}: ca.key does not match ca.crt",
     "ca expired": "secret {s}: ca.crt expired",
     "empty secret": "secret {s} holds neither tls.crt+tls.key nor ca.crt+ca.key",
+    "tls.crt a CA": "secret {s}: tls.crt is a CA certificate, not a server certificate",
+    "tls.crt for clients": "secret {s}: tls.crt is not a server certificate (its extended key "
+    "usage lacks serverAuth; it has clientAuth)",
 }
 WARNING = "secret {s}: tls.crt does not cover web.example.internal"
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from sqlalchemy import select
 
 from certctl.errors import Conflict, InvalidRequest, NotFound
@@ -481,6 +482,7 @@ def _custom_material(
         leaf = certs[0]
         if not keys_match(key, leaf):
             raise InvalidRequest(f"secret {secret}: tls.key does not match tls.crt")
+        _check_server_certificate(secret, leaf)
         if now < leaf.not_valid_before_utc:
             raise InvalidRequest(
                 f"secret {secret}: tls.crt is not valid before "
@@ -537,6 +539,40 @@ def _custom_material(
             raise InvalidRequest(f"secret {secret}: ca.crt expired")
         return None, ca, warnings
     raise InvalidRequest(f"secret {secret} holds neither tls.crt+tls.key nor ca.crt+ca.key")
+
+
+def _check_server_certificate(secret: str, leaf: x509.Certificate) -> None:
+    """Refuse a tls.crt that TLS clients would reject, or that hands the targets a CA key.
+
+    Without a ca.crt nothing else checks it (verify_certificate checks the purpose only when
+    there is a chain to verify), and a CA certificate served as is puts the CA's key in every
+    target's tls.key. ``openssl req -x509`` marks its self-signed certificates CA:TRUE, so a
+    self-signed one with subjectAltNames (made to be served, as in ECK's example) is accepted;
+    an intermediate, or a root naming no host, is a CA.
+    """
+    from certctl.pki.verify import eku_name
+
+    try:
+        leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        names_hosts = True
+    except x509.ExtensionNotFound:
+        names_hosts = False
+    if _is_ca(leaf) and not (names_hosts and is_self_signed(leaf)):
+        raise InvalidRequest(
+            f"secret {secret}: tls.crt is a CA certificate, not a server certificate (to have "
+            "certctl issue the service's certificate from this CA, name its files ca.crt and "
+            "ca.key)"
+        )
+    try:
+        ekus = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if ExtendedKeyUsageOID.SERVER_AUTH not in ekus:
+        names = ", ".join(eku_name(oid) for oid in ekus) or "none"
+        raise InvalidRequest(
+            f"secret {secret}: tls.crt is not a server certificate (its extended key usage "
+            f"lacks serverAuth; it has {names})"
+        )
 
 
 def _uncovered_names(leaf: x509.Certificate, spec: TLSServiceSpec) -> list[str]:
