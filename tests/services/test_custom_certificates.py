@@ -18,12 +18,13 @@ import pytest
 import yaml
 from cryptography import x509
 
-from certctl.pki import VerificationFailed, verify_certificate
+from certctl.pki import VerificationFailed, certs_to_pem, create_root_ca, verify_certificate
 from certctl.services import tls_services
 from certctl.store.models import Issuer
 from tests._tools import ok, run
 from tests.e2e.conftest import launch
 from tests.services.conftest import (
+    SETTINGS,
     Env,
     Leaf,
     make_ca,
@@ -216,6 +217,45 @@ def test_custom_ca_issues_the_leaf(env: Env) -> None:
     leaf = x509.load_pem_x509_certificate(env.outputs("web")["certs-internal"]["tls.crt"])
     verify_certificate(leaf, trust=[same_name.certificate], now=env.now)
     assert env.events("web")[-1].payload["reason"] == "issuer key changed"
+
+
+def test_a_custom_ca_about_to_expire_is_not_reissued_from_on_every_pass(env: Env) -> None:
+    # The CA ends within cert-rotate-before (30 min here): every certificate it issues ends
+    # with it, so reissuing gains nothing. It used to issue, deliver and reload on each pass.
+    key_ca = make_ca("web-issuing-ca", env.now, validity=timedelta(minutes=20))
+    write_secret(env.secrets_dir, "issuer", {"ca.crt": key_ca.cert_pem, "ca.key": key_ca.key_pem})
+    target = env.tmp / "out" / "web"
+    env.put(service_doc("web", secret="issuer", targets=[{"directory": str(target)}]))
+    reloads: list[str] = []
+    first = env.reconcile("web", reload_runner=lambda command, _: reloads.append(command))
+    assert first.not_after == key_ca.certificate.not_valid_after_utc
+    assert first.renew_at is None  # nothing to gain; `certctl services status` shows "-"
+    assert "ca.crt expires on " in first.conditions["Ready"]["message"]
+    for _ in range(5):
+        row = env.reconcile("web", env.now + timedelta(seconds=10))
+        assert row.serial == first.serial
+        assert row.conditions["Ready"]["status"] is True, row.conditions
+    assert [e.event for e in env.events("web") if e.event != "expiring"] == ["issued"]
+
+    # Its owner renews the CA (same key, same name): the new ca.crt is delivered with a
+    # certificate that runs longer, and both verify with openssl.
+    renewed = create_root_ca(
+        key_ca.key, key_ca.certificate.subject, validity=timedelta(hours=10), now=env.now
+    )
+    write_secret(
+        env.secrets_dir,
+        "issuer",
+        {"ca.crt": certs_to_pem([renewed.certificate]), "ca.key": key_ca.key_pem},
+    )
+    row = env.reconcile("web", env.now + timedelta(seconds=10))
+    assert row.serial != first.serial
+    assert row.not_after == env.now + SETTINGS["cert_validity"]
+    assert row.renew_at is not None
+    assert (target / "ca.crt").read_bytes() == certs_to_pem([renewed.certificate])
+    ok(run("openssl", "verify", "-CAfile", target / "ca.crt", target / "tls.crt"))
+    assert env.events("web")[-1].event == "renewed"
+    assert "ca.crt expires" not in row.conditions["Ready"]["message"]
+    assert env.reconcile("web", env.now + timedelta(seconds=10)).serial == row.serial
 
 
 # --- a live server, the real CLI ------------------------------------------------------------

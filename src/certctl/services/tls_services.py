@@ -397,6 +397,8 @@ class _Desired:
     key_pem: bytes | None = None
     ca_key_pem: bytes | None = None
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # Cut short to its CA's notAfter: a new one issued from that CA would end no later.
+    ends_with_ca: bool = False
 
 
 def _per_service_ca_id(name: str) -> str:
@@ -537,6 +539,12 @@ def _custom_material(
             raise InvalidRequest(f"secret {secret}: ca.crt is not a CA ({exc.detail})") from None
         if now > ca.certificate.not_valid_after_utc:
             raise InvalidRequest(f"secret {secret}: ca.crt expired")
+        if ca.certificate.not_valid_after_utc - now <= settings.cert_rotate_before:
+            warnings.append(
+                f"secret {secret}: ca.crt expires on "
+                f"{ca.certificate.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ} and the certificate "
+                "it issues ends with it: renew or replace the CA"
+            )
         return None, ca, warnings
     raise InvalidRequest(f"secret {secret} holds neither tls.crt+tls.key nor ca.crt+ca.key")
 
@@ -617,6 +625,10 @@ def _needs_leaf(
         cert.verify_directly_issued_by(ca.certificate)
     except (ValueError, TypeError, Exception):
         return "issuer key changed"
+    if row.renew_at is None and cert.not_valid_after_utc < ca.certificate.not_valid_after_utc:
+        # Left without a renewal date because its CA was about to expire (_store_issue):
+        # the CA was renewed since, so the certificate can now run longer.
+        return "the renewed CA allows a longer certificate"
     return None
 
 
@@ -719,7 +731,8 @@ def _decide(
             same = served.certificate_pem == row.certificate_pem and served.ca_pem == row.ca_pem
             return served, None if same else "custom certificate changed", warnings
         assert custom_ca is not None
-        ca, ca_changed = custom_ca, False
+        # A CA renewed by its owner (same key) is published, as a service CA's is.
+        ca, ca_changed = custom_ca, row.ca_pem not in (None, custom_ca.root_pem.decode())
     else:
         ca, ca_changed = _ensure_service_ca(services, settings, spec.name, now)
         # A renewed CA not yet published for this service (whoever renewed it died first).
@@ -749,6 +762,7 @@ def _decide(
         chain_pem=ca.chain_below_root_pem.decode(),
         ca_pem=ca.root_pem.decode(),
         key_pem=key_to_pem(key),
+        ends_with_ca=validity < settings.cert_validity,
     )
     return desired, reason, [*warnings, *issued.warnings]
 
@@ -800,17 +814,18 @@ def _store_issue(
             current.not_after = cert.not_valid_after_utc
             # A custom certificate is renewed by its owner; only certctl's own get a date.
             served_as_is = reason == "custom certificate changed"
-            current.renew_at = (
-                None
-                if served_as_is
-                else max(
-                    cert.not_valid_after_utc
-                    - settings.cert_rotate_before
-                    - _jitter(settings, row.name, current.serial),
-                    # A custom CA about to expire clips every leaf: do not reissue in a loop.
-                    now + _MIN_RENEWAL_INTERVAL,
-                )
+            renew_at = (
+                cert.not_valid_after_utc
+                - settings.cert_rotate_before
+                - _jitter(settings, row.name, current.serial)
             )
+            if served_as_is or (desired.ends_with_ca and renew_at <= now + _MIN_RENEWAL_INTERVAL):
+                # Nor one cut short by a custom CA about to expire: reissued, it would end
+                # at the same instant, so every pass would issue, deliver and reload again.
+                # It is reissued once that CA is renewed or replaced (_needs_leaf).
+                current.renew_at = None
+            else:
+                current.renew_at = max(renew_at, now + _MIN_RENEWAL_INTERVAL)
             event = "issued" if first else "renewed"
             if reason not in ("CA renewed",):
                 _event(
