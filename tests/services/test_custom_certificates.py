@@ -219,6 +219,29 @@ def test_custom_ca_issues_the_leaf(env: Env) -> None:
     assert env.events("web")[-1].payload["reason"] == "issuer key changed"
 
 
+def test_expiring_is_sent_once_per_certificate(env: Env) -> None:
+    # A custom certificate is reconciled on every pass (10 s): each one used to queue another
+    # "expiring" webhook for as long as it was within cert-rotate-before (24 h by default).
+    ca = make_ca("web-custom-ca", env.now)
+    soon = make_leaf(ca, "web", env.now, dns=("web", *NAMES), validity=timedelta(minutes=20))
+    files = {"tls.crt": soon.cert_pem, "tls.key": soon.key_pem, "ca.crt": ca.cert_pem}
+    write_secret(env.secrets_dir, "custom", files)
+    env.put(service_doc("web", dns=NAMES, secret="custom"))
+    for _ in range(6):
+        env.reconcile("web", env.now + timedelta(seconds=10))
+    events = env.events("web")
+    assert [e.event for e in events] == ["issued", "expiring"]
+    assert events[1].payload["not_after"] == soon.certificate.not_valid_after_utc.isoformat()
+
+    # Replaced by another that expires soon too: told once about that one.
+    other = make_leaf(ca, "web", env.now, dns=("web", *NAMES), validity=timedelta(minutes=25))
+    write_secret(env.secrets_dir, "custom", {**files, "tls.crt": other.cert_pem,
+                                             "tls.key": other.key_pem})  # fmt: skip
+    for _ in range(3):
+        env.reconcile("web", env.now + timedelta(seconds=10))
+    assert [e.event for e in env.events("web")] == ["issued", "expiring", "renewed", "expiring"]
+
+
 def test_a_custom_ca_about_to_expire_is_not_reissued_from_on_every_pass(env: Env) -> None:
     # The CA ends within cert-rotate-before (30 min here): every certificate it issues ends
     # with it, so reissuing gains nothing. It used to issue, deliver and reload on each pass.

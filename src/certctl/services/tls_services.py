@@ -646,6 +646,7 @@ def reconcile_service(
     # A client added or removed while this pass runs sets next_attempt_at anew: that later
     # request must survive this pass's "done" (its trust bundle may predate the change).
     asked_at = row.next_attempt_at
+    last_pass = (row.serial, row.conditions or {})
     try:
         spec = parse_service(row.spec, stored=True)
     except InvalidRequest as exc:
@@ -691,13 +692,30 @@ def reconcile_service(
                 not spec.disabled
                 and current.not_after is not None
                 and current.not_after - now <= settings.cert_rotate_before
-                and reason is None
+                and not _expiring_told(last_pass, current, settings)
             ):
                 _event(session, now, "expiring", name, {"not_after": current.not_after.isoformat()})
         current.conditions = conditions
         session.flush()
         session.expunge(current)
     return current
+
+
+def _expiring_told(
+    last_pass: tuple[str | None, dict[str, Any]], current: ManagedService, settings: ServiceSettings
+) -> bool:
+    """Whether the previous pass already sent ``expiring`` for the certificate served now.
+
+    Once per certificate: a custom one (which certctl does not renew) is reconciled on every
+    pass, and each used to send the event again, thousands a day to the webhook.
+    """
+    serial, conditions = last_pass
+    at = conditions.get("Ready", {}).get("at")
+    if serial != current.serial or not isinstance(at, str) or current.not_after is None:
+        return False
+    if conditions.get("Failed", {}).get("status"):
+        return False  # a failed pass sends "failed", not "expiring"
+    return datetime.fromisoformat(at) >= current.not_after - settings.cert_rotate_before
 
 
 def _service_ca_renew_at(
