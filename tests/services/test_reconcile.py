@@ -507,3 +507,35 @@ def test_a_client_removed_during_a_reconcile_is_dropped_at_the_next_pass(env: En
     assert tls_services.due(env.row("api"), env.now)  # the removal asked for another pass
     assert scheduler.tick() == 1
     assert client_ca.cert_pem not in (target / "client-trust.crt").read_bytes()
+
+
+def test_deleting_a_service_deletes_its_ca_and_its_issuer_series(env: Env) -> None:
+    from prometheus_client import generate_latest
+
+    from certctl.metrics.registry import REGISTRY
+    from certctl.server.run import refresh_metrics
+
+    target = env.tmp / "tls"
+    env.put(service_doc("web", targets=[{"directory": str(target)}]))
+    env.reconcile("web")
+    old_ca = _cert(env.outputs("web")["ca-internal"]["ca.crt"])
+    http = env.client()
+    assert http.get("/api/v1/issuers/svc.web").status_code == 200
+
+    assert http.delete("/api/v1/services/web").status_code == 204
+    # Nothing renews it any more: it would have stayed with its key, and its notAfter series
+    # (the issuer-expiry alert the README advises) would have fired for a deleted service.
+    assert http.get("/api/v1/issuers/svc.web").status_code == 404
+    refresh_metrics(env.services)
+    assert 'issuer="svc.web"' not in generate_latest(REGISTRY).decode()
+    assert (target / "tls.crt").is_file()  # delivered files stay: they may still be serving
+
+    # Applied again: a new CA, which the old ca.crt does not trust.
+    env.put(service_doc("web", targets=[{"directory": str(target)}]))
+    env.reconcile("web", env.now + MINUTE)
+    leaf = _cert((target / "tls.crt").read_bytes())
+    new_ca = _cert((target / "ca.crt").read_bytes())
+    assert new_ca.public_key() != old_ca.public_key()
+    verify_certificate(leaf, trust=[new_ca], now=env.now)
+    with pytest.raises(VerificationFailed):
+        verify_certificate(leaf, trust=[old_ca], now=env.now)

@@ -137,7 +137,7 @@ def get(name: str = typer.Argument(..., metavar="NAME", help="Service name.")) -
 
 @services_app.command("delete")
 def delete(name: str = typer.Argument(..., metavar="NAME", help="Service name.")) -> None:
-    """Forget a service (delivered files stay in place)."""
+    """Forget a service and its CA (delivered files stay in place; re-applied, it gets a new CA)."""
     _request("DELETE", f"/api/v1/services/{_seg(name)}")
     typer.echo(f"tlsservice/{name} deleted")
 

@@ -48,7 +48,7 @@ from certctl.services.context import Principal, Services
 from certctl.services.target_policy import TargetPolicy, same_target
 from certctl.services.tls_spec import DirectoryTarget, SecretTarget, TLSServiceSpec, parse_service
 from certctl.store.db import SERVICE_SPECS_LOCK, lock_for_write
-from certctl.store.models import ManagedService, OutboxEvent, ServiceClient
+from certctl.store.models import Issuer, ManagedService, OutboxEvent, ServiceClient
 
 __all__ = [
     "OUTPUTS",
@@ -233,9 +233,16 @@ def list_services(services: Services, caller: Principal) -> list[ManagedService]
 
 
 def delete_service(services: Services, caller: Principal, name: str) -> None:
-    """Forget a service; delivered files stay where they are (they may still be serving)."""
+    """Forget a service and its CA; delivered files stay where they are (they may be serving).
+
+    The CA (``svc.<name>``) goes with it: nothing renews it any more, so it would sit in the
+    issuer list with its key until it expired, and the issuer-expiry alert the README advises
+    would fire for a service that no longer exists, with no API to clear it. A service applied
+    again under the name gets a new CA.
+    """
     caller.require("service.delete")
     now = services.clock()
+    ca_id = _per_service_ca_id(name)
     with services.sessions.begin() as session:
         row = session.get(ManagedService, name)
         if row is None:
@@ -244,7 +251,13 @@ def delete_service(services: Services, caller: Principal, name: str) -> None:
             session.delete(client)
         session.flush()
         session.delete(row)
-        record_call(session, caller, now, "service.delete", name)
+        ca = session.get(Issuer, ca_id)
+        if ca is not None:
+            session.delete(ca)  # only the reconciler issued from it: no certificate row names it
+        record_call(
+            session, caller, now, "service.delete", name, detail=f"CA {ca_id}" if ca else ""
+        )
+    services.forget_issuer(ca_id)
 
 
 def request_renewal(services: Services, caller: Principal, name: str) -> ManagedService:
