@@ -7,6 +7,7 @@ The unit cases reconcile in-process; one test drives ``certctl apply`` and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -217,6 +218,47 @@ def test_custom_ca_issues_the_leaf(env: Env) -> None:
     leaf = x509.load_pem_x509_certificate(env.outputs("web")["certs-internal"]["tls.crt"])
     verify_certificate(leaf, trust=[same_name.certificate], now=env.now)
     assert env.events("web")[-1].payload["reason"] == "issuer key changed"
+
+
+def test_a_secret_file_that_is_no_small_regular_file_fails_at_once(env: Env) -> None:
+    # A FIFO used to block the reconciler (and so every service) for good, /dev/zero to fill
+    # its memory, a directory to crash the pass with a traceback.
+    import threading
+
+    target, before = _deploy_good(env, "key mismatch")
+    _, files = good_files(env.now)
+    secret = write_secret(env.secrets_dir, "custom", files)
+    cases = {
+        "tls.crt": (lambda p: os.mkfifo(p), "tls.crt is not a regular file"),
+        "ca.crt": (lambda p: p.symlink_to("/dev/zero"), "ca.crt is not a regular file"),
+        "tls.key": (lambda p: p.mkdir(), "tls.key is not a regular file"),
+        "tls.crt ": (lambda p: p.write_bytes(b"#" * (2 << 20)), "tls.crt is larger than 1 MiB"),
+    }
+    for name, (make, message) in cases.items():
+        path = secret / name.strip()
+        path.unlink()
+        make(path)
+        done: list[Any] = []
+        worker = threading.Thread(
+            target=lambda out, when: out.append(env.reconcile("web", when)),
+            args=(done, env.now + timedelta(minutes=1)),
+            daemon=True,
+        )
+        worker.start()
+        worker.join(20)
+        if not done:
+            with contextlib.suppress(OSError):  # let a reader blocked on the FIFO go
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            pytest.fail(f"{name}: the reconcile did not return")
+        row = done[0]
+        assert row.conditions["Failed"]["message"] == f"secret custom: {message}", row.conditions
+        assert row.conditions["Ready"]["message"] == "serving the last good certificate"
+        assert snapshot(target) == before
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        else:
+            path.unlink()
+        path.write_bytes(files[name.strip()])
 
 
 def test_expiring_is_sent_once_per_certificate(env: Env) -> None:

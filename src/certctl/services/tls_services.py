@@ -469,16 +469,51 @@ def ca_renewal_time(settings: ServiceSettings, ca: CertificateAuthority) -> date
     return ca.certificate.not_valid_after_utc - settings.ca_renewal_margin
 
 
+_MAX_SECRET_FILE_BYTES = 1 << 20
+
+
 def _read_secret(settings: ServiceSettings, secret: str) -> dict[str, bytes]:
     directory = settings.secrets_dir / secret
     if not directory.is_dir():
         raise InvalidRequest(f"secret {secret} not found (expected a directory {directory})")
     found = {}
     for name in ("tls.crt", "tls.key", "ca.crt", "ca.key"):
-        path = directory / name
-        if path.exists():
-            found[name] = path.read_bytes()
+        data = _read_secret_file(secret, directory / name)
+        if data is not None:
+            found[name] = data
     return found
+
+
+def _read_secret_file(secret: str, path: Path) -> bytes | None:
+    """One file of a secret (links followed: a Kubernetes volume is links), None if missing.
+
+    Read as _read_password reads: a FIFO there blocked the reconciler, and with it every
+    service, for good; /dev/zero filled its memory. Only a regular file of at most 1 MiB.
+    """
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InvalidRequest(f"secret {secret}: cannot read {path.name}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidRequest(f"secret {secret}: {path.name} is not a regular file")
+        chunks = []
+        size = 0
+        while size <= _MAX_SECRET_FILE_BYTES:
+            chunk = os.read(fd, _MAX_SECRET_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > _MAX_SECRET_FILE_BYTES:
+        raise InvalidRequest(f"secret {secret}: {path.name} is larger than 1 MiB")
+    return b"".join(chunks)
 
 
 def _custom_material(
