@@ -623,3 +623,17 @@ def test_a_reload_that_closes_its_output_does_not_spin(env: Env) -> None:
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert cpu < 0.5, cpu  # waited, not polled a pipe at end of file for 2 s
+
+
+def test_a_target_taken_out_of_the_spec_leaves_the_status(env: Env) -> None:
+    old, new = env.tmp / "old" / "tls", env.tmp / "new" / "tls"
+    env.put(service_doc("web", targets=[{"directory": str(old)}]))
+    env.reconcile("web")
+    env.put(service_doc("web", targets=[{"directory": str(new)}]))
+    row = env.reconcile("web", env.now + MINUTE)
+    # It used to stay in status.targets for good, with a digest no longer kept current.
+    assert list(tls_services.service_json(row)["status"]["targets"]) == [f"dir:{new}"]
+    assert (old / "tls.crt").read_bytes() == (new / "tls.crt").read_bytes()  # files stay
+    env.put(service_doc("web", targets=[{"directory": str(old)}, {"directory": str(new)}]))
+    row = env.reconcile("web", env.now + MINUTE)
+    assert sorted(row.delivered) == sorted([f"dir:{old}", f"dir:{new}"])

@@ -992,7 +992,10 @@ def _deliver(
     )
 
     failures: list[str] = []
-    delivered = dict(row.delivered)
+    # Only the spec's targets: one taken out of it is no longer kept current, so listing it
+    # (with a digest that soon no longer matches the service) would say otherwise.
+    keys = {_target_key(t) for t in spec.spec.targets}
+    delivered = {k: v for k, v in row.delivered.items() if k in keys}
     for target in spec.spec.targets:
         key = _target_key(target)
         files = _target_files(target, bundle)
