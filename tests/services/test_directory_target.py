@@ -236,11 +236,15 @@ def test_reload_timeout_fails_and_retries_with_backoff(env: Env) -> None:
     assert env.events("web")[-1].payload["reason"] == message
     assert f"dir:{target}" not in row.delivered  # not recorded: redelivered next time
 
+    assert row.conditions["Renewing"]["status"] is True  # issued, not delivered
+
     row = env.reconcile("web", row.next_attempt_at)
     assert row.attempts == 2
     assert row.next_attempt_at is not None
     assert row.next_attempt_at - env.now > first_delay
     assert row.conditions["Failed"]["message"] == message
+    # Still issued and not delivered: Renewing stays (it used to drop at the first retry).
+    assert row.conditions["Renewing"]["status"] is True
 
     # A wrapper that started a child: the timeout kills the child too (its process group),
     # so nothing lingers holding the output pipes or reloading late.
@@ -278,6 +282,7 @@ def test_reload_timeout_fails_and_retries_with_backoff(env: Env) -> None:
     env.put(service_doc("web", targets=[good]))
     row = env.reconcile("web", env.now + MINUTE)
     assert row.conditions["Failed"]["status"] is False, row.conditions
+    assert row.conditions["Renewing"]["status"] is False
     assert row.attempts == 0
     assert row.next_attempt_at is None
     assert log.read_text() == "ok\n"

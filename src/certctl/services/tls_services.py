@@ -724,8 +724,11 @@ def reconcile_service(
             current.attempts += 1
             current.next_attempt_at = now + backoff(current.attempts)
             detail = "; ".join(failures)
+            # Still renewing while a retry fails to deliver what an earlier pass issued:
+            # Renewing + Failed say "issued, not yet delivered everywhere" (README).
+            renewing = reason is not None or bool(last_pass[1].get("Renewing", {}).get("status"))
             conditions = _conditions(
-                ready=False, renewing=reason is not None, failed=detail, message=message, now=now
+                ready=False, renewing=renewing, failed=detail, message=message, now=now
             )
             _event(session, now, "failed", name, {"reason": detail})
         else:
