@@ -314,6 +314,32 @@ def test_due_semantics(env: Env) -> None:
     assert tls_services.due(row, env.now)
 
 
+def test_a_renewal_no_pass_can_do_is_refused_or_dropped(env: Env) -> None:
+    http = env.client()
+    # TLS disabled: nothing to renew. It used to be accepted (202) and stay due for good,
+    # reconciled on every pass, its past request shown as the next renewal.
+    env.put(service_doc("plain", disabled=True))
+    env.reconcile("plain")
+    answer = http.post("/api/v1/services/plain/renew")
+    assert answer.status_code == 409, answer.text
+    assert "has TLS disabled: there is no certificate to renew" in answer.json()["detail"]
+    assert not tls_services.due(env.row("plain"), env.now + MINUTE, resync=timedelta(hours=1))
+
+    # A custom certificate served as is: only its owner renews it; the request is dropped at
+    # the next pass instead of showing as the next renewal, in the past, for good.
+    ca = make_ca("custom-ca", env.now)
+    leaf = make_leaf(ca, "custom", env.now, dns=("custom",))
+    (env.secrets_dir / "custom").mkdir()
+    (env.secrets_dir / "custom" / "tls.crt").write_bytes(leaf.cert_pem)
+    (env.secrets_dir / "custom" / "tls.key").write_bytes(leaf.key_pem)
+    env.put(service_doc("custom", secret="custom"))
+    serial = env.reconcile("custom").serial
+    assert http.post("/api/v1/services/custom/renew").status_code == 202
+    row = env.reconcile("custom", env.now + MINUTE)
+    assert row.serial == serial
+    assert tls_services.service_json(row)["status"]["next_renewal"] is None
+
+
 def test_failures_back_off_and_carry_the_message(env: Env) -> None:
     env.put(service_doc("web", secret="missing"))
     now = env.now

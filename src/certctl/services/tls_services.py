@@ -268,6 +268,15 @@ def request_renewal(services: Services, caller: Principal, name: str) -> Managed
         row = session.get(ManagedService, name, with_for_update=True)
         if row is None:
             raise NotFound(f"service {name} not found")
+        if (
+            row.spec.get("spec", {})
+            .get("http", {})
+            .get("tls", {})
+            .get("selfSignedCertificate", {})
+            .get("disabled")
+        ):
+            # Nothing would be issued, and the request would stay due: reconciled every pass.
+            raise Conflict(f"service {name} has TLS disabled: there is no certificate to renew")
         row.renew_at = now
         row.next_attempt_at = None
         record_call(session, caller, now, "service.renew", name)
@@ -412,6 +421,8 @@ class _Desired:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     # Cut short to its CA's notAfter: a new one issued from that CA would end no later.
     ends_with_ca: bool = False
+    # A custom certificate served as it is: only its owner renews it.
+    as_is: bool = False
 
 
 def _per_service_ca_id(name: str) -> str:
@@ -720,6 +731,11 @@ def reconcile_service(
         current.delivered = dict(row.delivered)
         current.reconciled_generation = row.generation
         current.ca_renew_at = _service_ca_renew_at(services, settings, spec)
+        if desired.as_is or spec.disabled:
+            # A renewal asked for (`services renew`) that no pass can do (only the owner of
+            # the secret can): left set, it showed as the next renewal, past, for good, and
+            # kept a disabled service due on every pass.
+            current.renew_at = None
         if failures:
             current.attempts += 1
             current.next_attempt_at = now + backoff(current.attempts)
@@ -798,6 +814,7 @@ def _decide(
         served, custom_ca, warnings = _custom_material(settings, spec, now)
         if served is not None:
             same = served.certificate_pem == row.certificate_pem and served.ca_pem == row.ca_pem
+            served.as_is = True
             return served, None if same else "custom certificate changed", warnings
         assert custom_ca is not None
         # A CA renewed by its owner (same key) is published, as a service CA's is.
