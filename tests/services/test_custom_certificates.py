@@ -155,6 +155,24 @@ def test_custom_sans_not_covering_is_a_warning(env: Env) -> None:
     assert env.events("web")[-1].payload["reason"] == "custom certificate changed"
 
 
+def test_a_wildcard_or_an_address_spelt_otherwise_covers_the_spec_names(env: Env) -> None:
+    # Compared as strings, each of these used to be warned about as not covered.
+    ca = make_ca("wild-ca", env.now)
+    leaf = make_leaf(ca, "web", env.now, dns=("web", "*.example.internal"), ip=("::1",))
+    files = {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": ca.cert_pem}
+    write_secret(env.secrets_dir, "custom", files)
+    env.put(service_doc("web", dns=NAMES, ip=("0:0::1",), secret="custom"))
+    row = env.reconcile("web")
+    assert row.conditions["Ready"]["message"] == "serving", row.conditions
+    # One label only, as TLS clients match it: a.b.example.internal is not covered.
+    deeper = ("a.b.example.internal", "example.internal")
+    env.put(service_doc("web", dns=(*NAMES, *deeper), ip=("0:0::1",), secret="custom"))
+    row = env.reconcile("web", env.now + timedelta(minutes=1))
+    assert row.conditions["Ready"]["message"] == (
+        "secret custom: tls.crt does not cover a.b.example.internal, example.internal"
+    )
+
+
 def test_custom_certificate_served_as_is(env: Env) -> None:
     _ca, files = good_files(env.now)
     write_secret(env.secrets_dir, "custom", files)

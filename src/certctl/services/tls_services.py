@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 from collections.abc import Callable
@@ -648,9 +649,23 @@ def _uncovered_names(leaf: x509.Certificate, spec: TLSServiceSpec) -> list[str]:
         have = SubjectAltNames.from_extension(ext)
     except x509.ExtensionNotFound:
         have = SubjectAltNames()
-    wanted = [d for d in spec.dns_names() if d != spec.name] + spec.ip_addresses()
-    have_names = set(have.dns) | {str(a) for a in have.ip}
-    return [n for n in wanted if n not in have_names]
+    # As a TLS client matches: DNS names without regard to case, a wildcard SAN covering one
+    # label, IP addresses as addresses (the spec's "0:0::1" is the certificate's "::1").
+    # Compared as strings, a *.example.com certificate was reported as not covering
+    # a.example.com.
+    have_dns = {d.lower() for d in have.dns}
+    have_ips = set(have.ip)
+    missing = []
+    for name in spec.dns_names():
+        if name == spec.name:
+            continue
+        parent = name.partition(".")[2]
+        if name not in have_dns and not (
+            not name.startswith("*.") and parent and f"*.{parent}" in have_dns
+        ):
+            missing.append(name)
+    missing += [a for a in spec.ip_addresses() if ipaddress.ip_address(a) not in have_ips]
+    return missing
 
 
 def _jitter(settings: ServiceSettings, name: str, serial: str) -> timedelta:
