@@ -19,7 +19,16 @@ import pytest
 import yaml
 from cryptography import x509
 
-from certctl.pki import VerificationFailed, certs_to_pem, create_root_ca, verify_certificate
+from certctl.pki import (
+    PROFILES,
+    CertificateAuthority,
+    VerificationFailed,
+    certs_to_pem,
+    common_name_dn,
+    create_root_ca,
+    generate_private_key,
+    verify_certificate,
+)
 from certctl.services import tls_services
 from certctl.store.models import Issuer
 from tests._tools import ok, run
@@ -171,6 +180,43 @@ def test_a_wildcard_or_an_address_spelt_otherwise_covers_the_spec_names(env: Env
     assert row.conditions["Ready"]["message"] == (
         "secret custom: tls.crt does not cover a.b.example.internal, example.internal"
     )
+
+
+def test_a_renewed_intermediate_under_the_same_leaf_is_delivered(env: Env) -> None:
+    root = make_ca("custom-root", env.now)
+    key = generate_private_key()
+
+    def intermediate(days: int) -> x509.Certificate:
+        return (
+            CertificateAuthority(root.certificate, root.key)
+            .issue(key.public_key(), common_name_dn("custom-intermediate"),
+                   profile=PROFILES["intermediate"], validity=timedelta(days=days), now=env.now)
+            .certificate
+        )  # fmt: skip
+
+    first = intermediate(30)
+    leaf = make_leaf(
+        Leaf(first, key), "web", env.now, dns=("web", *NAMES), validity=timedelta(days=20)
+    )
+    files = {"tls.crt": leaf.cert_pem + certs_to_pem([first]), "tls.key": leaf.key_pem,
+             "ca.crt": root.cert_pem}  # fmt: skip
+    write_secret(env.secrets_dir, "custom", files)
+    target = env.tmp / "out" / "web"
+    env.put(service_doc("web", dns=NAMES, secret="custom", targets=[{"directory": str(target)}]))
+    env.reconcile("web")
+    assert (target / "tls.crt").read_bytes() == files["tls.crt"]
+
+    # Its owner renews the intermediate (same key) and puts it after the same leaf: it used
+    # to be ignored (only the leaf and ca.crt were compared), the old one served until it
+    # expired.
+    second = intermediate(90)
+    write_secret(
+        env.secrets_dir, "custom", {**files, "tls.crt": leaf.cert_pem + certs_to_pem([second])}
+    )
+    row = env.reconcile("web", env.now + timedelta(minutes=1))
+    assert (target / "tls.crt").read_bytes() == leaf.cert_pem + certs_to_pem([second])
+    assert row.conditions["Ready"]["message"] == "serving", row.conditions
+    assert env.events("web")[-1].payload["reason"] == "custom certificate changed"
 
 
 def test_custom_certificate_served_as_is(env: Env) -> None:

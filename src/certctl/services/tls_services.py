@@ -828,7 +828,13 @@ def _decide(
     if spec.tls.certificate is not None:
         served, custom_ca, warnings = _custom_material(settings, spec, now)
         if served is not None:
-            same = served.certificate_pem == row.certificate_pem and served.ca_pem == row.ca_pem
+            # The chain too: an intermediate renewed (or replaced) under the same leaf has to
+            # reach the targets, or clients lose the path when the old one expires.
+            same = (served.certificate_pem, served.chain_pem, served.ca_pem) == (
+                row.certificate_pem,
+                row.chain_pem or "",
+                row.ca_pem,
+            )
             served.as_is = True
             return served, None if same else "custom certificate changed", warnings
         assert custom_ca is not None
