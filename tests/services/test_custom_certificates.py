@@ -325,6 +325,32 @@ def test_a_secret_file_that_is_no_small_regular_file_fails_at_once(env: Env) -> 
         path.write_bytes(files[name.strip()])
 
 
+def test_a_custom_certificate_left_to_expire_is_not_ready(env: Env) -> None:
+    from prometheus_client import generate_latest
+
+    from certctl.metrics.registry import REGISTRY
+    from certctl.server.run import refresh_metrics
+
+    ca = make_ca("web-custom-ca", env.now)
+    leaf = make_leaf(ca, "web", env.now, dns=("web", *NAMES), validity=timedelta(hours=1))
+    files = {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": ca.cert_pem}
+    write_secret(env.secrets_dir, "custom", files)
+    env.put(service_doc("web", dns=NAMES, secret="custom"))
+    assert env.reconcile("web").conditions["Ready"]["status"] is True
+    # Its owner never renewed it: it used to stay Ready, "serving the last good certificate",
+    # that certificate being the expired one, so certctl_service_ready never alerted.
+    row = env.reconcile("web", env.now + timedelta(hours=2))
+    assert row.conditions["Failed"]["message"].startswith("secret custom: tls.crt expired on ")
+    expired = f"{leaf.certificate.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
+    assert row.conditions["Ready"] == {
+        "status": False,
+        "message": f"the last good certificate expired on {expired}",
+        "at": env.now.isoformat(),
+    }
+    refresh_metrics(env.services)
+    assert 'certctl_service_ready{service="web"} 0.0' in generate_latest(REGISTRY).decode()
+
+
 def test_expiring_is_sent_once_per_certificate(env: Env) -> None:
     # A custom certificate is reconciled on every pass (10 s): each one used to queue another
     # "expiring" webhook for as long as it was within cert-rotate-before (24 h by default).

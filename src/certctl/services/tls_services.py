@@ -1230,12 +1230,14 @@ def _fail(
         # and retries on every pass, ignoring the back-off.
         current.reconciled_generation = row.generation
         serving = current.certificate_pem is not None
+        message = "serving the last good certificate" if serving else ""
+        if serving and current.not_after is not None and now >= current.not_after:
+            # Not Ready: that certificate is past its notAfter (a custom one nobody renewed),
+            # and certctl_service_ready == 0 is what alerts on it.
+            serving = False
+            message = f"the last good certificate expired on {current.not_after:%Y-%m-%dT%H:%M:%SZ}"
         current.conditions = {
-            "Ready": {
-                "status": serving,
-                "message": "serving the last good certificate" if serving else "",
-                "at": now.isoformat(),
-            },
+            "Ready": {"status": serving, "message": message, "at": now.isoformat()},
             "Renewing": {"status": False, "message": "", "at": now.isoformat()},
             "Failed": {"status": True, "message": detail, "at": now.isoformat()},
         }
