@@ -413,6 +413,24 @@ def test_a_custom_ca_about_to_expire_is_not_reissued_from_on_every_pass(env: Env
     assert env.reconcile("web", env.now + timedelta(seconds=10)).serial == row.serial
 
 
+def test_a_served_certificate_whose_ca_takes_its_place_is_reissued_and_renewed(env: Env) -> None:
+    # The secret held tls.crt + tls.key from a CA, then that CA's ca.crt + ca.key. The leaf
+    # matched the spec and verified under it, so it was kept, with no renewal date: served
+    # past its notAfter, Ready, for good.
+    ca = make_ca("web-issuing-ca", env.now)
+    leaf = make_leaf(ca, "web", env.now, dns=("web", *NAMES), validity=timedelta(hours=1))
+    files = {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": ca.cert_pem}
+    write_secret(env.secrets_dir, "custom", files)
+    env.put(service_doc("web", dns=NAMES, secret="custom"))
+    served = env.reconcile("web")
+    write_secret(env.secrets_dir, "custom", {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem})
+    row = env.reconcile("web", env.now + timedelta(minutes=1))
+    assert row.serial != served.serial
+    assert env.events("web")[-1].payload["reason"] == "not renewed by certctl yet"
+    assert row.renew_at is not None
+    assert row.not_after == env.now + SETTINGS["cert_validity"]
+
+
 # --- a live server, the real CLI ------------------------------------------------------------
 
 LIVE_CASES = ("key mismatch", "expired", "not yet valid", "ca does not verify", "ca not a CA",

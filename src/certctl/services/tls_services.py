@@ -700,9 +700,10 @@ def _needs_leaf(
     except (ValueError, TypeError, Exception):
         return "issuer key changed"
     if row.renew_at is None and cert.not_valid_after_utc < ca.certificate.not_valid_after_utc:
-        # Left without a renewal date because its CA was about to expire (_store_issue):
-        # the CA was renewed since, so the certificate can now run longer.
-        return "the renewed CA allows a longer certificate"
+        # No renewal date: left without one because its CA was about to expire (_store_issue)
+        # and the CA was renewed since, or served as is from a secret that now holds the CA
+        # that issued it. Kept, it would never be renewed, and served past its notAfter.
+        return "not renewed by certctl yet"
     return None
 
 
