@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from certctl.services import tls_services
 from tests._nginx import nginx_argv, nginx_conf
 from tests._poll import wait_until
 from tests._tools import free_port, ok, require, run
@@ -308,3 +309,62 @@ def test_client_trust_registration_and_deregistration(served: Served) -> None:
     assert served.curl(OLD, port=mtls) == (0, "400")
     assert served.curl(OLD) == (0, "200")
     assert "emerg" not in (served.directory / "error.log").read_text()
+
+
+def test_renewals_and_a_ca_rollover_under_load_lose_no_request(served: Served) -> None:
+    # Clients hold the ca.crt of the start throughout: the service CA is renewed with the
+    # same key, so it keeps verifying every certificate served after it.
+    import shutil
+    import threading
+
+    env = served.env
+    pinned = env.tmp / "pinned-ca.crt"
+    shutil.copy(served.tls / "ca.crt", pinned)
+    stop = threading.Event()
+    results: list[tuple[int, str, str]] = []
+
+    def load() -> None:
+        while not stop.is_set():
+            result = run(
+                "curl", "-sS", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}",
+                "--cacert", pinned, "--resolve", f"{OLD}:{served.port}:127.0.0.1",
+                f"https://{OLD}:{served.port}/",
+                timeout=30,
+            )  # fmt: skip
+            results.append((result.returncode, result.stdout, result.stderr.strip()))
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    serials = []
+    try:
+        # Steps of 20 s: issued certificates are back-dated 5 min, so each is valid now.
+        step = timedelta(seconds=20)
+        for _ in range(3):
+            tls_services.request_renewal(env.services, env.admin, "web")
+            serials.append(env.reconcile("web", env.now + step).serial)
+            time.sleep(1)
+        ca_before = (served.tls / "ca.crt").read_bytes()
+        # Due for renewal now (10 h CA, renewed 9 h 59 min 30 s ahead): same key, new cert.
+        rollover = env.reconcile(
+            "web", env.now + step, ca_rotate_before=timedelta(hours=9, minutes=59, seconds=30)
+        )
+        assert rollover.conditions["Ready"]["status"] is True, rollover.conditions
+        assert (served.tls / "ca.crt").read_bytes() != ca_before
+        time.sleep(1)
+        tls_services.request_renewal(env.services, env.admin, "web")
+        serials.append(env.reconcile("web", env.now + step).serial)
+        _wait(served.settled, "nginx to finish its last reload")
+        time.sleep(1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert len(set(serials)) == 4
+    assert served.served_certificate(OLD) == x509.load_pem_x509_certificate(
+        (served.tls / "tls.crt").read_bytes()
+    )
+    ok(run("openssl", "verify", "-CAfile", pinned, served.tls / "tls.crt"))
+    failed = [r for r in results if r[:2] != (0, "200")]
+    assert len(results) > 20
+    assert failed == [], failed[:3]
