@@ -18,7 +18,7 @@ from certctl.pki import keys_match, load_private_key
 from certctl.services import tls_services
 from certctl.targets.directory import BundleFile, DeliveryError, deliver_to_directory
 from tests._tools import ok, run
-from tests.services.conftest import Env, make_ca, make_leaf, service_doc
+from tests.services.conftest import Env, make_ca, make_leaf, service_doc, write_secret
 
 MINUTE = timedelta(minutes=1)
 
@@ -315,6 +315,26 @@ def test_pkcs12_opens_with_openssl(env: Env) -> None:
     refused = run("openssl", "pkcs12", "-info", "-in", p12, "-passin", f"file:{wrong}", "-noout")
     assert refused.returncode != 0
     assert "mac verify error" in refused.stderr.lower()
+
+
+def test_pkcs12_of_a_custom_certificate_without_ca_crt(env: Env) -> None:
+    # Served with a warning (an unnamed, e.g. public, CA: ca.crt is empty), it failed every
+    # PKCS#12 delivery: "not a recognised PEM, DER or PKCS#12 file".
+    ca = make_ca("public-ca", env.now)
+    leaf = make_leaf(ca, "web", env.now, dns=("web",))
+    write_secret(env.secrets_dir, "custom", {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem})
+    password = env.tmp / "p12-password"
+    password.write_text("s3cret-pass\n")
+    target = env.tmp / "p12"
+    spec = {"directory": str(target), "format": "pkcs12", "passwordFile": str(password)}
+    env.put(service_doc("web", secret="custom", targets=[spec]))
+    row = env.reconcile("web")
+    assert row.conditions["Failed"]["status"] is False, row.conditions
+    assert row.conditions["Ready"]["message"].startswith("secret custom has no ca.crt")
+    out = ok(run("openssl", "pkcs12", "-in", target / "tls.p12", "-passin", f"file:{password}",
+                 "-nokeys"))  # fmt: skip
+    assert x509.load_pem_x509_certificates(out.stdout.encode()) == [leaf.certificate]
+    assert (target / "ca.crt").read_bytes() == b""
 
 
 def test_a_failure_outside_os_errors_leaves_no_key_behind(

@@ -1064,11 +1064,15 @@ def _deliver(
                 else:
                     if password is not None:
                         certs = load_material(files["tls.crt"][0]).certificates
+                        ca_pem = files["ca.crt"][0]
+                        # Empty for a custom certificate from an unnamed (public) CA, which
+                        # load_material refuses as "not a recognised PEM".
+                        anchors = load_material(ca_pem).certificates if ca_pem.strip() else []
                         p12 = to_pkcs12(
                             spec.name,
                             load_private_key(files["tls.key"][0]),
                             certs[0],
-                            certs[1:] + load_material(files["ca.crt"][0]).certificates,
+                            certs[1:] + anchors,
                             password,
                         )
                         files = {
