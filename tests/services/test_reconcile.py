@@ -565,3 +565,44 @@ def test_deleting_a_service_deletes_its_ca_and_its_issuer_series(env: Env) -> No
     verify_certificate(leaf, trust=[new_ca], now=env.now)
     with pytest.raises(VerificationFailed):
         verify_certificate(leaf, trust=[old_ca], now=env.now)
+
+
+def test_registering_clients_servers_will_refuse_warns(env: Env) -> None:
+    from tests._tools import run
+
+    http = env.client()
+    env.put(service_doc("web", client_auth=True))
+    old = make_ca("old-clients", env.now - timedelta(days=400), validity=timedelta(days=365))
+    added = http.post(
+        "/api/v1/services/web/clients", json={"certificate_pem": old.cert_pem.decode()}
+    )
+    assert added.status_code == 201, added.text
+    expired = f"{old.certificate.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
+    assert added.json()["warnings"] == [
+        f"CA CN=old-clients expired on {expired}: servers refuse every client certificate "
+        "that chains to it"
+    ]
+
+    # A server certificate registered as a client one (its CA registered too): openssl, as
+    # nginx, refuses it for a client.
+    ca = make_ca("clients", env.now)
+    server = make_leaf(ca, "not-a-client", env.now, profile="server")
+    assert (
+        http.post(
+            "/api/v1/services/web/clients", json={"certificate_pem": ca.cert_pem.decode()}
+        ).status_code
+        == 201
+    )
+    added = http.post(
+        "/api/v1/services/web/clients", json={"certificate_pem": server.cert_pem.decode()}
+    )
+    assert added.status_code == 201, added.text
+    assert (
+        "client certificate CN=not-a-client lacks the clientAuth extended key usage: servers "
+        "refuse it as a client certificate"
+    ) in added.json()["warnings"]
+    (env.tmp / "ca.pem").write_bytes(ca.cert_pem)
+    (env.tmp / "leaf.pem").write_bytes(server.cert_pem)
+    refused = run("openssl", "verify", "-purpose", "sslclient", "-CAfile", env.tmp / "ca.pem",
+                  env.tmp / "leaf.pem")  # fmt: skip
+    assert refused.returncode != 0

@@ -350,14 +350,36 @@ def client_trust_warnings(services: Services, name: str) -> list[str]:
     with services.sessions() as session:
         rows = session.scalars(select(ServiceClient).where(ServiceClient.service == name)).all()
     subjects = {r.subject for r in rows if r.is_ca}
+    now = services.clock()
     warnings = []
     for row in rows:
         cert = x509.load_pem_x509_certificate(row.certificate_pem.encode())
+        what = "CA" if row.is_ca else "client certificate"
+        # Registered as they are; these let nobody in, and nothing else says so.
+        if now > cert.not_valid_after_utc:
+            warnings.append(
+                f"{what} {row.subject} expired on {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}: "
+                "servers refuse every client certificate that chains to it"
+            )
+        elif now < cert.not_valid_before_utc:
+            warnings.append(
+                f"{what} {row.subject} is not valid before "
+                f"{cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}: servers refuse it until then"
+            )
+        if not row.is_ca:
+            try:
+                ekus = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            except x509.ExtensionNotFound:
+                ekus = None
+            if ekus is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in ekus:
+                warnings.append(
+                    f"client certificate {row.subject} lacks the clientAuth extended key "
+                    "usage: servers refuse it as a client certificate"
+                )
         issuer = cert.issuer.rfc4514_string()
         # Up to a self-signed certificate: an intermediate alone fails there too (nginx
         # sets no partial-chain flag).
         if not is_self_signed(cert) and issuer not in subjects:
-            what = "CA" if row.is_ca else "client certificate"
             warnings.append(
                 f"{what} {row.subject} is registered without its issuer ({issuer}): nginx "
                 "and other OpenSSL servers accept its clients only once the chain up to a "
