@@ -238,6 +238,16 @@ def test_changed_sans_reissue(env: Env) -> None:
     # Putting the same document again is no change: no new generation, nothing reissued.
     assert env.put(doc).generation == 2
     assert env.reconcile("web", env.now + MINUTE).serial == second.serial
+    # The same names in another order: a new generation, but the same certificate (it used
+    # to be reissued, delivered and reloaded).
+    reordered = service_doc(
+        "web", dns=("b.example.internal", "a.example.internal"), ip=("10.1.2.3",)
+    )
+    assert env.put(reordered).generation == 3
+    assert env.reconcile("web", env.now + MINUTE).serial == second.serial
+    # One name less: reissued.
+    env.put(service_doc("web", dns=("b.example.internal",), ip=("10.1.2.3",)))
+    assert env.reconcile("web", env.now + MINUTE).serial != second.serial
 
 
 def test_disabled_removes_certificates_and_reports_plain_http(env: Env) -> None:

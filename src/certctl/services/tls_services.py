@@ -711,7 +711,9 @@ def _needs_leaf(
     except x509.ExtensionNotFound:
         have = SubjectAltNames()
     wanted = SubjectAltNames.parse(dns=spec.dns_names(), ip=spec.ip_addresses())
-    if have != wanted:
+    # As sets: the same names listed in another order (a reformatted YAML) are the same
+    # certificate, not a reason to reissue and reload.
+    if (set(have.dns), set(have.ip)) != (set(wanted.dns), set(wanted.ip)) or have.email or have.uri:
         return "subject alternative names changed"
     if cert.subject != common_name_dn(spec.name):
         return "subject changed"
