@@ -317,6 +317,28 @@ def test_pkcs12_opens_with_openssl(env: Env) -> None:
     assert "mac verify error" in refused.stderr.lower()
 
 
+def test_pkcs12_target_holds_the_service_ca_as_a_java_trusted_entry(env: Env) -> None:
+    # As cert issue --p12 and elasticsearch-certutil write keystores: Java (keytool,
+    # Elasticsearch's truststore.path) sees the CA only as a trustedCertEntry; before, the
+    # file held one PrivateKeyEntry and Elasticsearch refused it as a truststore.
+    password = env.tmp / "p12-password"
+    password.write_text("s3cret-pass\n")
+    target = env.tmp / "p12"
+    spec = {"directory": str(target), "format": "pkcs12", "passwordFile": str(password)}
+    env.put(service_doc("web", dns=("web.example.internal",), targets=[spec]))
+    row = env.reconcile("web")
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    listing = ok(run("keytool", "-list", "-v", "-storetype", "PKCS12", "-keystore",
+                     target / "tls.p12", "-storepass", "s3cret-pass")).stdout  # fmt: skip
+    assert "Your keystore contains 2 entries" in listing
+    entries = {b.split("\n", 1)[0]: b for b in listing.split("Alias name: ")[1:]}
+    assert set(entries) == {"web", "ca"}
+    assert "Entry type: PrivateKeyEntry" in entries["web"]
+    assert "Certificate chain length: 2" in entries["web"]
+    assert "Entry type: trustedCertEntry" in entries["ca"]
+    assert "Owner: CN=web-http, OU=web" in entries["ca"]
+
+
 def test_pkcs12_of_a_custom_certificate_without_ca_crt(env: Env) -> None:
     # Served with a warning (an unnamed, e.g. public, CA: ca.crt is empty), it failed every
     # PKCS#12 delivery: "not a recognised PEM, DER or PKCS#12 file".

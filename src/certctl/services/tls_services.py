@@ -1092,12 +1092,16 @@ def _deliver(
                         # Empty for a custom certificate from an unnamed (public) CA, which
                         # load_material refuses as "not a recognised PEM".
                         anchors = load_material(ca_pem).certificates if ca_pem.strip() else []
+                        # The CA as a Java trusted entry ("ca"), as cert issue --p12 and
+                        # elasticsearch-certutil write it: Java also builds the key entry's
+                        # chain from it, and a truststore.path needs one.
                         p12 = to_pkcs12(
                             spec.name,
                             load_private_key(files["tls.key"][0]),
                             certs[0],
-                            certs[1:] + anchors,
+                            certs[1:],
                             password,
+                            trusted=anchors,
                         )
                         files = {
                             "tls.p12": (p12, True),
