@@ -113,16 +113,24 @@ class OutputSet:
     def check(self) -> None:
         """Refuse, before anything is written, outputs that exist (unless ``force``).
 
+        Also refuses a path whose directory cannot be made or written (a regular file on the
+        way, no write permission): the API client commands check before they ask the server
+        for a key that is returned once, and would otherwise lose it.
+
         Raises:
             Conflict: a file exists and ``force`` is off.
-            OutputError: a path exists but is a directory.
+            OutputError: a path exists but is a directory, or its directory is not writable.
         """
+        checked: set[Path] = set()  # a batch writes thousands of files into a few directories
         for path in (*self._files, *self._removals):
             if path.is_dir():
                 raise OutputError(f"{path} is a directory")
             # lexists: a dangling symlink is an existing output too (it would be replaced).
             if os.path.lexists(path) and not self.force:
                 raise Conflict(f"{path} already exists; use --force to overwrite")
+            if path.parent not in checked:
+                _check_directory(path)
+                checked.add(path.parent)
 
     def commit(self) -> list[Path]:
         """Write every staged file, or none.
@@ -177,6 +185,21 @@ class OutputSet:
             with contextlib.suppress(OSError):
                 os.unlink(backup)
         return list(self._files)
+
+
+def _check_directory(path: Path) -> None:
+    """Refuse ``path`` when its nearest existing ancestor is no writable directory.
+
+    A regular file on the way gets the message :meth:`OutputSet.commit` would give.
+    """
+    ancestor = path.parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"cannot write {path}: {os.strerror(errno.ENOTDIR)}")
+    # access() asks the kernel: a read-only mount counts too (root ignores modes only).
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: {ancestor} is not writable")
 
 
 def _write_all(fd: int, data: bytes) -> None:

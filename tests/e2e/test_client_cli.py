@@ -70,3 +70,51 @@ def test_wrong_key_is_not_echoed(default_server: CertctlServer) -> None:
     assert result.stderr.startswith("certctl: error: HTTP 401: "), result.stderr
     assert result.stderr.count("\n") == 1
     _assert_no_key(result, "s3cretPart")
+
+
+def _admin_env(server: CertctlServer) -> dict[str, str]:
+    return {"CERTCTL_API_KEY": server.admin_key, "CERTCTL_CA_CERT": str(server.ca)}
+
+
+def test_issue_into_an_unwritable_place_asks_nothing_of_the_server(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    # `--out` naming an existing file (or a path below one): the generated key is returned
+    # once, so the command must fail before the certificate is issued, not after.
+    env = _admin_env(default_server)
+    afile = tmp_path / "server.pem"
+    afile.write_text("not a directory\n")
+    name = "unwritable-out.example.internal"
+    for out in (afile, afile / "sub"):
+        result = _certctl(default_server, "certs", "issue", "--cn", name, "--out", str(out), **env)
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"certctl: error: cannot write {out}/tls.crt: Not a directory\n"
+        ), result.stderr
+        assert result.stdout == ""
+    listed = ok(_certctl(default_server, "certs", "list", "--query", name, **env))
+    assert json.loads(listed.stdout)["items"] == []
+    assert afile.read_text() == "not a directory\n"
+
+
+def test_apikey_into_an_unwritable_place_mints_nothing(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    env = _admin_env(default_server)
+    ok(
+        _certctl(
+            default_server, "auth", "actors", "create", "unwritable-out", "-r", "r-viewer", **env
+        )
+    )
+    afile = tmp_path / "keys"
+    afile.write_text("")
+    out = afile / "prometheus.key"
+    result = _certctl(
+        default_server, "auth", "apikeys", "create", "unwritable-out", "--out", str(out), **env
+    )
+    assert result.returncode == 1
+    assert result.stderr == f"certctl: error: cannot write {out}: Not a directory\n"
+    listed = ok(
+        _certctl(default_server, "auth", "apikeys", "list", "--actor", "unwritable-out", **env)
+    )
+    assert json.loads(listed.stdout)["items"] == []

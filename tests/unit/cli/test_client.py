@@ -15,7 +15,7 @@ import ssl
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,8 @@ class Answer:
     status: int = 200
     content_type: str = "application/json"
     body: bytes = b"{}"
+    # Run when the request arrives, before the answer: a change the client cannot foresee.
+    side_effect: Callable[[], object] | None = None
 
 
 @dataclass
@@ -60,6 +62,8 @@ def _serve(scheme: str, context: ssl.SSLContext | None) -> Iterator[Listener]:
             self.rfile.read(length)
             state.seen.append(Seen(self.command, self.path, self.headers.get("Authorization")))
             answer = state.answers.get(self.path.split("?")[0], Answer(404, "text/html", b"<p>"))
+            if answer.side_effect is not None:
+                answer.side_effect()
             self.send_response(answer.status)
             self.send_header("Content-Type", answer.content_type)
             self.send_header("Content-Length", str(len(answer.body)))
@@ -530,9 +534,12 @@ def test_issue_whose_output_fails_after_the_request_names_the_certificate(
     listener: Listener, tmp_path: Path
 ) -> None:
     issued = {"id": "c1", "certificate_pem": "LEAF\n", "chain_pem": "", "private_key_pem": "K\n"}
-    listener.answers["/api/v1/certificates"] = Answer(201, body=json.dumps(issued).encode())
+    # A file where the output directory should be, appearing while the request runs (the
+    # checks before it found the place writable).
+    listener.answers["/api/v1/certificates"] = Answer(
+        201, body=json.dumps(issued).encode(), side_effect=(tmp_path / "file").touch
+    )
     listener.answers["/api/v1/issuers/default/ca.pem"] = Answer(content_type="x", body=b"CA\n")
-    (tmp_path / "file").write_text("")  # a file where the output directory should be
     proc = certctl(
         "certs",
         "issue",
