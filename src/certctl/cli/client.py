@@ -529,6 +529,7 @@ def certs_issue(
     from certctl.files import OutputSet
 
     outputs = OutputSet(force=force)
+    ca_pem = ""
     if out is not None:
         # Checked before the request: the server returns a generated key once, so an output
         # refused afterwards would leave an issued certificate whose key is gone.
@@ -558,6 +559,12 @@ def certs_issue(
         body["csr"] = read_file(csr, "CSR").decode("ascii", "replace")
     else:
         body |= {"common_name": cn, "dns_names": dns, "ip_addresses": ip, "key_type": key_type}
+    if out is not None:
+        # Fetched before issuing too: a failure here (an unknown issuer, a proxy's error)
+        # must not come after the certificate was issued.
+        ca_pem = _request(
+            "GET", f"/api/v1/issuers/{_seg(issuer)}/ca.pem", accept="application/x-pem-file"
+        )
     data = _request("POST", "/api/v1/certificates", body)
     if out is not None:
         if not isinstance(data, dict) or not all(
@@ -568,9 +575,6 @@ def certs_issue(
         outputs.add(out / "tls.crt", (data["certificate_pem"] + data["chain_pem"]).encode())
         if data.get("private_key_pem"):
             outputs.add(out / "tls.key", data.pop("private_key_pem").encode(), secret=True)
-        ca_pem = _request(
-            "GET", f"/api/v1/issuers/{_seg(issuer)}/ca.pem", accept="application/x-pem-file"
-        )
         outputs.add(out / "ca.crt", ca_pem.encode())
         try:
             outputs.commit()

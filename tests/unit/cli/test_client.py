@@ -558,6 +558,25 @@ def test_issue_whose_output_fails_after_the_request_names_the_certificate(
     assert "K\n" not in proc.stderr
 
 
+def test_issue_whose_ca_certificate_cannot_be_fetched_issues_nothing(
+    listener: Listener, tmp_path: Path
+) -> None:
+    # ca.crt is fetched before the certificate is issued: a failure there leaves no issued
+    # certificate whose generated key was never saved.
+    issued = {"id": "c1", "certificate_pem": "LEAF\n", "chain_pem": "", "private_key_pem": "K\n"}
+    listener.answers["/api/v1/certificates"] = Answer(201, body=json.dumps(issued).encode())
+    listener.answers["/api/v1/issuers/default/ca.pem"] = Answer(502, "text/html", b"<p>down")
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": "cctl_k"}
+    proc = certctl("certs", "issue", "--cn", "web-1", "--out", "web-1", env=env, cwd=tmp_path)
+    assert_error(
+        proc,
+        f"HTTP 502 Bad Gateway from {listener.url}/api/v1/issuers/default/ca.pem "
+        "(content-type text/html)",
+    )
+    assert [seen.method for seen in listener.seen] == ["GET"]
+    assert not (tmp_path / "web-1").exists()
+
+
 def test_apikey_create_into_an_existing_file_is_refused_before_minting(
     listener: Listener, tmp_path: Path
 ) -> None:
