@@ -118,3 +118,31 @@ def test_apikey_into_an_unwritable_place_mints_nothing(
         _certctl(default_server, "auth", "apikeys", "list", "--actor", "unwritable-out", **env)
     )
     assert json.loads(listed.stdout)["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "metavar"),
+    [
+        ("certs get", [""], "CERT_ID"),
+        ("certs revoke", [""], "CERT_ID"),
+        ("certs renew", [" "], "CERT_ID"),
+        ("auth roles delete", [""], "ROLE_ID"),
+        ("auth actors get", [""], "ACTOR_ID"),
+        ("auth apikeys revoke", [""], "KEY_ID"),
+        ("services delete", [""], "NAME"),
+        ("services status", [""], "NAME"),
+        ("services clients remove", ["web", ""], "FINGERPRINT"),
+    ],
+)
+def test_blank_id_is_a_usage_error(
+    default_server: CertctlServer, command: str, args: list[str], metavar: str
+) -> None:
+    # What `certctl certs get "$(… | jq -r .id)"` sends when jq found nothing. Before, the
+    # request went to the collection's URL: a 307 reported as "not JSON", or a bare 404.
+    result = _certctl(default_server, *command.split(), *args, **_admin_env(default_server))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"certctl: error: Invalid value for '{metavar}': must not be empty "
+        f"(see 'certctl {command} --help')\n"
+    ), result.stderr
+    assert result.stdout == ""

@@ -324,6 +324,17 @@ def _seg(value: str) -> str:
     return quote(value, safe="")
 
 
+def _not_empty(value: str | None) -> str | None:
+    """An id argument, refused when blank.
+
+    A blank id (``$(jq -r .id)`` of nothing) would send the request to the collection's URL
+    (``/roles/``) or to a neighbouring route, and get a redirect or a bare 404 back.
+    """
+    if value is not None and not value.strip():
+        raise typer.BadParameter("must not be empty")
+    return value
+
+
 def _print(data: Any) -> None:
     if isinstance(data, str):
         sys.stdout.write(data)
@@ -341,14 +352,18 @@ def roles_list() -> None:
 
 
 @roles_app.command("get")
-def roles_get(role_id: str = typer.Argument(..., metavar="ROLE_ID", help="Role id.")) -> None:
+def roles_get(
+    role_id: str = typer.Argument(..., callback=_not_empty, metavar="ROLE_ID", help="Role id."),
+) -> None:
     """Show one role."""
     _print(_request("GET", f"/api/v1/auth/roles/{_seg(role_id)}"))
 
 
 @roles_app.command("create")
 def roles_create(
-    role_id: str = typer.Argument(..., metavar="ROLE_ID", help="Role id, e.g. r-prometheus."),
+    role_id: str = typer.Argument(
+        ..., callback=_not_empty, metavar="ROLE_ID", help="Role id, e.g. r-prometheus."
+    ),
     permission: list[str] = typer.Option(
         [], "--permission", "-p", metavar="PERMISSION", help="Permission (repeatable)."
     ),
@@ -364,7 +379,7 @@ def roles_create(
 
 @roles_app.command("update")
 def roles_update(
-    role_id: str = typer.Argument(..., metavar="ROLE_ID", help="Role id."),
+    role_id: str = typer.Argument(..., callback=_not_empty, metavar="ROLE_ID", help="Role id."),
     permission: list[str] = typer.Option(
         None, "--permission", "-p", metavar="PERMISSION", help="New permission set (repeatable)."
     ),
@@ -380,7 +395,9 @@ def roles_update(
 
 
 @roles_app.command("delete")
-def roles_delete(role_id: str = typer.Argument(..., metavar="ROLE_ID", help="Role id.")) -> None:
+def roles_delete(
+    role_id: str = typer.Argument(..., callback=_not_empty, metavar="ROLE_ID", help="Role id."),
+) -> None:
     """Delete a custom role."""
     _request("DELETE", f"/api/v1/auth/roles/{_seg(role_id)}")
     typer.echo(f"deleted role {role_id}")
@@ -396,14 +413,18 @@ def actors_list() -> None:
 
 
 @actors_app.command("get")
-def actors_get(actor_id: str = typer.Argument(..., metavar="ACTOR_ID", help="Actor id.")) -> None:
+def actors_get(
+    actor_id: str = typer.Argument(..., callback=_not_empty, metavar="ACTOR_ID", help="Actor id."),
+) -> None:
     """Show one actor."""
     _print(_request("GET", f"/api/v1/auth/actors/{_seg(actor_id)}"))
 
 
 @actors_app.command("create")
 def actors_create(
-    actor_id: str = typer.Argument(..., metavar="ACTOR_ID", help="Actor id, e.g. prometheus."),
+    actor_id: str = typer.Argument(
+        ..., callback=_not_empty, metavar="ACTOR_ID", help="Actor id, e.g. prometheus."
+    ),
     role: list[str] = typer.Option([], "--role", "-r", metavar="ROLE", help="Role (repeatable)."),
     name: str = typer.Option("", "--name", help="Display name."),
 ) -> None:
@@ -413,7 +434,7 @@ def actors_create(
 
 @actors_app.command("update")
 def actors_update(
-    actor_id: str = typer.Argument(..., metavar="ACTOR_ID", help="Actor id."),
+    actor_id: str = typer.Argument(..., callback=_not_empty, metavar="ACTOR_ID", help="Actor id."),
     role: list[str] = typer.Option(
         None, "--role", "-r", metavar="ROLE", help="New role set (repeatable)."
     ),
@@ -430,7 +451,7 @@ def actors_update(
 
 @actors_app.command("delete")
 def actors_delete(
-    actor_id: str = typer.Argument(..., metavar="ACTOR_ID", help="Actor id."),
+    actor_id: str = typer.Argument(..., callback=_not_empty, metavar="ACTOR_ID", help="Actor id."),
 ) -> None:
     """Delete an actor (its keys stop working)."""
     _request("DELETE", f"/api/v1/auth/actors/{_seg(actor_id)}")
@@ -450,7 +471,9 @@ def apikeys_list(
 
 @apikeys_app.command("create")
 def apikeys_create(
-    actor_id: str = typer.Argument(..., metavar="ACTOR_ID", help="Actor the key authenticates as."),
+    actor_id: str = typer.Argument(
+        ..., callback=_not_empty, metavar="ACTOR_ID", help="Actor the key authenticates as."
+    ),
     name: str = typer.Option("", "--name", help="Key name, e.g. prometheus-v1."),
     expires_at: str = typer.Option(
         None, "--expires-at", help="ISO 8601 expiry, e.g. 2027-01-01T00:00:00Z."
@@ -487,7 +510,9 @@ def apikeys_create(
 
 
 @apikeys_app.command("revoke")
-def apikeys_revoke(key_id: str = typer.Argument(..., metavar="KEY_ID", help="Key id.")) -> None:
+def apikeys_revoke(
+    key_id: str = typer.Argument(..., callback=_not_empty, metavar="KEY_ID", help="Key id."),
+) -> None:
     """Revoke an API key; it fails on its next use."""
     from certctl.auth.apikeys import parse_key
 
@@ -620,7 +645,9 @@ def certs_list(
 
 @certs_app.command("get")
 def certs_get(
-    cert_id: str = typer.Argument(..., metavar="CERT_ID", help="Certificate id."),
+    cert_id: str = typer.Argument(
+        ..., callback=_not_empty, metavar="CERT_ID", help="Certificate id."
+    ),
     pem: bool = typer.Option(False, "--pem", help="Print the certificate and chain as PEM."),
 ) -> None:
     """Show one certificate."""
@@ -636,7 +663,9 @@ def certs_get(
 
 @certs_app.command("revoke")
 def certs_revoke(
-    cert_id: str = typer.Argument(..., metavar="CERT_ID", help="Certificate id."),
+    cert_id: str = typer.Argument(
+        ..., callback=_not_empty, metavar="CERT_ID", help="Certificate id."
+    ),
     reason: str = typer.Option(
         None, "--reason", help="keyCompromise, superseded, cessationOfOperation …"
     ),
@@ -647,7 +676,9 @@ def certs_revoke(
 
 @certs_app.command("renew")
 def certs_renew(
-    cert_id: str = typer.Argument(..., metavar="CERT_ID", help="Certificate id."),
+    cert_id: str = typer.Argument(
+        ..., callback=_not_empty, metavar="CERT_ID", help="Certificate id."
+    ),
     validity: str = typer.Option(None, "--validity", help="New lifetime (default: as before)."),
 ) -> None:
     """Issue a successor with the same names and profile."""

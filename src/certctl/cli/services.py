@@ -8,7 +8,15 @@ from typing import Any
 
 import typer
 
-from certctl.cli.client import ENV_HELP, RemoteError, _print, _request, _seg, _unexpected
+from certctl.cli.client import (
+    ENV_HELP,
+    RemoteError,
+    _not_empty,
+    _print,
+    _request,
+    _seg,
+    _unexpected,
+)
 
 __all__ = ["apply_command", "services_app"]
 
@@ -104,7 +112,9 @@ def _utc(value: object) -> str:
 
 @services_app.command("status")
 def status(
-    name: str = typer.Argument(None, metavar="NAME", help="One service (default: all)."),
+    name: str = typer.Argument(
+        None, callback=_not_empty, metavar="NAME", help="One service (default: all)."
+    ),
 ) -> None:
     """Conditions (Ready, Renewing, Failed), serial, NotAfter and next renewal (UTC)."""
     path = f"/api/v1/services/{_seg(name)}" if name else "/api/v1/services"
@@ -130,20 +140,26 @@ def list_services() -> None:
 
 
 @services_app.command("get")
-def get(name: str = typer.Argument(..., metavar="NAME", help="Service name.")) -> None:
+def get(
+    name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
+) -> None:
     """Show a service's spec and status as JSON."""
     _print(_request("GET", f"/api/v1/services/{_seg(name)}"))
 
 
 @services_app.command("delete")
-def delete(name: str = typer.Argument(..., metavar="NAME", help="Service name.")) -> None:
+def delete(
+    name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
+) -> None:
     """Forget a service and its CA (delivered files stay in place; re-applied, it gets a new CA)."""
     _request("DELETE", f"/api/v1/services/{_seg(name)}")
     typer.echo(f"tlsservice/{name} deleted")
 
 
 @services_app.command("renew")
-def renew(name: str = typer.Argument(..., metavar="NAME", help="Service name.")) -> None:
+def renew(
+    name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
+) -> None:
     """Reissue a service's certificate now."""
     _request("POST", f"/api/v1/services/{_seg(name)}/renew")
     typer.echo(f"tlsservice/{name} renewal requested")
@@ -151,7 +167,7 @@ def renew(name: str = typer.Argument(..., metavar="NAME", help="Service name."))
 
 @clients_app.command("add")
 def clients_add(
-    name: str = typer.Argument(..., metavar="NAME", help="Service name."),
+    name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
     cert: Path = typer.Option(..., "--cert", help="PEM file with client certificate(s) or CA(s)."),
 ) -> None:
     """Trust client certificates or CAs (PEM certificates only)."""
@@ -165,16 +181,21 @@ def clients_add(
 
 
 @clients_app.command("list")
-def clients_list(name: str = typer.Argument(..., metavar="NAME", help="Service name.")) -> None:
+def clients_list(
+    name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
+) -> None:
     """List trusted client certificates."""
     _print(_request("GET", f"/api/v1/services/{_seg(name)}/clients"))
 
 
 @clients_app.command("remove")
 def clients_remove(
-    name: str = typer.Argument(..., metavar="NAME", help="Service name."),
+    name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
     fingerprint: str = typer.Argument(
-        ..., metavar="FINGERPRINT", help="SHA-256 fingerprint (hex) from 'clients list'."
+        ...,
+        callback=_not_empty,
+        metavar="FINGERPRINT",
+        help="SHA-256 fingerprint (hex) from 'clients list'.",
     ),
 ) -> None:
     """Stop trusting a client certificate; takes effect at the next reconcile."""
