@@ -146,3 +146,82 @@ def test_blank_id_is_a_usage_error(
         f"(see 'certctl {command} --help')\n"
     ), result.stderr
     assert result.stdout == ""
+
+
+def test_server_warnings_reach_stderr(default_server: CertctlServer, tmp_path: Path) -> None:
+    # The offline commands print their warnings; the server's were only inside the JSON.
+    env = _admin_env(default_server)
+    short = ok(
+        _certctl(
+            default_server, "certs", "issue", "--cn", "short.example", "--validity", "10D", **env
+        )
+    )
+    line = "certctl: warning: certificate lifetime 10D is under 60 days; plan its renewal\n"
+    assert short.stderr == line
+    assert json.loads(short.stdout)["warnings"] == [line.split(": ", 2)[2].strip()]
+    renewed = ok(
+        _certctl(
+            default_server,
+            "certs",
+            "renew",
+            json.loads(short.stdout)["id"],
+            "--validity",
+            "10D",
+            **env,
+        )
+    )
+    assert renewed.stderr == line
+    # A leaf outliving its issuer is clipped: with --out the JSON is the only other trace.
+    long = ok(
+        _certctl(
+            default_server,
+            "certs",
+            "issue",
+            "--cn",
+            "long.example",
+            "--validity",
+            "100Y",
+            "--out",
+            str(tmp_path / "long"),
+            **env,
+        )
+    )
+    assert long.stderr.startswith("certctl: warning: validity 36500D clipped to the issuer's ")
+    assert long.stderr.count("\n") == 1
+    # A client certificate trusted without its CA: the warning names what OpenSSL servers need.
+    ok(run("certctl", "ca", "create", "--out", tmp_path / "ca", "--cn", "Warn Clients CA"))
+    ok(
+        run(
+            "certctl",
+            "cert",
+            "issue",
+            "--ca",
+            tmp_path / "ca",
+            "--cn",
+            "warn-client",
+            "--profile",
+            "client",
+            "--out",
+            tmp_path / "client",
+        )
+    )
+    spec = tmp_path / "svc.yaml"
+    spec.write_text(
+        "apiVersion: certctl.io/v1\nkind: TLSService\nmetadata: {name: warn-clients}\n"
+        "spec: {http: {tls: {client: {authentication: true}}}}\n"
+    )
+    ok(_certctl(default_server, "apply", "-f", str(spec), **env))
+    added = ok(
+        _certctl(
+            default_server,
+            "services",
+            "clients",
+            "add",
+            "warn-clients",
+            "--cert",
+            str(tmp_path / "client" / "tls.crt"),
+            **env,
+        )
+    )
+    assert added.stderr.startswith("certctl: warning: "), added.stderr
+    assert json.loads(added.stdout)["warnings"]

@@ -335,6 +335,20 @@ def _not_empty(value: str | None) -> str | None:
     return value
 
 
+def _warn_about(data: Any) -> None:
+    """The answer's ``warnings`` on stderr, one line each, as the offline commands print theirs.
+
+    A clipped validity or a short lifetime must not hide in the JSON (or, with ``--out``, in
+    output nobody reads).
+    """
+    from certctl.cli._common import warn
+
+    warnings = data.get("warnings") if isinstance(data, dict) else None
+    for message in warnings if isinstance(warnings, list) else []:
+        if isinstance(message, str) and message.strip():
+            warn(" ".join(message.split()))
+
+
 def _print(data: Any) -> None:
     if isinstance(data, str):
         sys.stdout.write(data)
@@ -591,6 +605,7 @@ def certs_issue(
             "GET", f"/api/v1/issuers/{_seg(issuer)}/ca.pem", accept="application/x-pem-file"
         )
     data = _request("POST", "/api/v1/certificates", body)
+    _warn_about(data)
     if out is not None:
         if not isinstance(data, dict) or not all(
             isinstance(data.get(k), str) for k in ("certificate_pem", "chain_pem")
@@ -682,4 +697,6 @@ def certs_renew(
     validity: str = typer.Option(None, "--validity", help="New lifetime (default: as before)."),
 ) -> None:
     """Issue a successor with the same names and profile."""
-    _print(_request("POST", f"/api/v1/certificates/{_seg(cert_id)}/renew", {"validity": validity}))
+    data = _request("POST", f"/api/v1/certificates/{_seg(cert_id)}/renew", {"validity": validity})
+    _warn_about(data)
+    _print(data)

@@ -16,6 +16,7 @@ from certctl.cli.client import (
     _request,
     _seg,
     _unexpected,
+    _warn_about,
 )
 
 __all__ = ["apply_command", "services_app"]
@@ -175,8 +176,7 @@ def clients_add(
 
     pem = read_file(cert, "certificate file").decode("ascii", "replace")
     answer = _request("POST", f"/api/v1/services/{_seg(name)}/clients", {"certificate_pem": pem})
-    for warning in answer.get("warnings", []) if isinstance(answer, dict) else []:
-        typer.echo(f"warning: {warning}", err=True)
+    _warn_about(answer)
     _print(answer)
 
 
