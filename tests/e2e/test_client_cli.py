@@ -225,3 +225,57 @@ def test_server_warnings_reach_stderr(default_server: CertctlServer, tmp_path: P
     )
     assert added.stderr.startswith("certctl: warning: "), added.stderr
     assert json.loads(added.stdout)["warnings"]
+
+
+def test_clients_add_never_sends_a_private_key(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    env = _admin_env(default_server)
+    spec = tmp_path / "svc.yaml"
+    spec.write_text(
+        "apiVersion: certctl.io/v1\nkind: TLSService\nmetadata: {name: keyless-clients}\n"
+        "spec: {http: {tls: {client: {authentication: true}}}}\n"
+    )
+    ok(_certctl(default_server, "apply", "-f", str(spec), **env))
+    ok(run("certctl", "ca", "create", "--out", tmp_path / "ca", "--cn", "Keyless Clients CA"))
+    both = tmp_path / "ca-and-key.pem"  # a common slip: the CA directory's files concatenated
+    both.write_bytes(
+        (tmp_path / "ca" / "ca.crt").read_bytes() + (tmp_path / "ca" / "ca.key").read_bytes()
+    )
+    der = tmp_path / "ca.der"
+    ok(run("openssl", "x509", "-in", tmp_path / "ca" / "ca.crt", "-outform", "DER", "-out", der))
+    route = "/api/v1/services/keyless-clients/clients"
+    for path, line in (
+        (
+            both,
+            f"{both}: holds a private key; client trust takes certificates only (nothing was sent)",
+        ),
+        (der, f"{der}: no PEM certificate in it (convert DER or PKCS#12 to PEM)"),
+    ):
+        result = _certctl(
+            default_server,
+            "services",
+            "clients",
+            "add",
+            "keyless-clients",
+            "--cert",
+            str(path),
+            **env,
+        )
+        assert result.returncode == 1
+        assert result.stderr == f"certctl: error: {line}\n"
+    # The access log shows every request: none reached the route.
+    assert route not in default_server.logs()[1]
+    ok(
+        _certctl(
+            default_server,
+            "services",
+            "clients",
+            "add",
+            "keyless-clients",
+            "--cert",
+            str(tmp_path / "ca" / "ca.crt"),
+            **env,
+        )
+    )
+    assert f"POST {route} 201" in default_server.logs()[1]

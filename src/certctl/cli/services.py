@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from certctl.cli.client import (
 )
 
 __all__ = ["apply_command", "services_app"]
+
+# Any PEM private key: PKCS#8 (plain or encrypted), PKCS#1 RSA, SEC1 EC, OpenSSH.
+_PRIVATE_KEY_PEM = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 
 services_app = typer.Typer(
     help=f"Managed TLS services: status, renewal and client trust.\n\n{ENV_HELP}",
@@ -173,8 +177,18 @@ def clients_add(
 ) -> None:
     """Trust client certificates or CAs (PEM certificates only)."""
     from certctl.cli._common import read_file
+    from certctl.errors import InvalidRequest
 
-    pem = read_file(cert, "certificate file").decode("ascii", "replace")
+    data = read_file(cert, "certificate file")
+    # Checked here, not only by the server: a private key must not leave this machine, and a
+    # DER or PKCS#12 file would arrive as mangled text.
+    if _PRIVATE_KEY_PEM.search(data):
+        raise InvalidRequest(
+            f"{cert}: holds a private key; client trust takes certificates only (nothing was sent)"
+        )
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise InvalidRequest(f"{cert}: no PEM certificate in it (convert DER or PKCS#12 to PEM)")
+    pem = data.decode("ascii", "replace")
     answer = _request("POST", f"/api/v1/services/{_seg(name)}/clients", {"certificate_pem": pem})
     _warn_about(answer)
     _print(answer)
