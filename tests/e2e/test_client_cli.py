@@ -279,3 +279,29 @@ def test_clients_add_never_sends_a_private_key(
         )
     )
     assert f"POST {route} 201" in default_server.logs()[1]
+
+
+def test_services_status_columns_stay_aligned_with_long_names(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    env = _admin_env(default_server)
+    long_name = "a-rather-long-service-name-of-the-maximum-53-chars-ok"
+    assert len(long_name) == 53
+    spec = tmp_path / "svc.yaml"
+    spec.write_text(
+        "".join(
+            f"---\napiVersion: certctl.io/v1\nkind: TLSService\nmetadata: {{name: {name}}}\n"
+            "spec: {http: {tls: {selfSignedCertificate: {subjectAltNames: [{dns: x.example}]}}}}\n"
+            for name in ("align-short", long_name)
+        )
+    )
+    ok(_certctl(default_server, "apply", "-f", str(spec), **env))
+    table = ok(_certctl(default_server, "services", "status", **env)).stdout.splitlines()
+    header = table[0]
+    rows = {line.split()[0]: line for line in table[1:]}
+    assert {"align-short", long_name} <= set(rows)
+    for column in ("READY", "RENEWING", "FAILED", "SERIAL", "NOT AFTER", "NEXT RENEWAL"):
+        start = header.index(column)
+        for name in ("align-short", long_name):
+            assert rows[name][start - 1] == " ", (column, rows[name])
+            assert rows[name][start] != " ", (column, rows[name])

@@ -91,7 +91,7 @@ def _read_stdin() -> bytes:
     return data
 
 
-def _status_line(item: dict[str, Any]) -> str:
+def _status_line(item: dict[str, Any], width: int = 24) -> str:
     status = item.get("status", {})
     conditions = status.get("conditions", {})
 
@@ -104,7 +104,7 @@ def _status_line(item: dict[str, Any]) -> str:
     serial = str(status.get("serial") or "-")
     serial = serial if len(serial) <= 16 else serial[:15] + "…"  # enough to see it change
     return (
-        f"{item['name']:<24} {flag('Ready'):<6} {flag('Renewing'):<9} {flag('Failed'):<7} "
+        f"{item['name']:<{width}} {flag('Ready'):<6} {flag('Renewing'):<9} {flag('Failed'):<7} "
         f"{serial:<17} {_utc(status.get('not_after')):<21} "
         f"{_utc(status.get('next_renewal')):<21} {message}"
     )
@@ -130,12 +130,14 @@ def status(
         isinstance(item, dict) and isinstance(item.get("name"), str) for item in items
     ):
         raise _unexpected(path, "not a TLSService" if name else "no list of TLSServices")
+    # Names run to 53 characters: the column widens so the others stay aligned.
+    width = max([24, *(len(item["name"]) for item in items)])
     typer.echo(
-        f"{'NAME':<24} {'READY':<6} {'RENEWING':<9} {'FAILED':<7} {'SERIAL':<17} "
+        f"{'NAME':<{width}} {'READY':<6} {'RENEWING':<9} {'FAILED':<7} {'SERIAL':<17} "
         f"{'NOT AFTER':<21} {'NEXT RENEWAL':<21} MESSAGE"
     )
     for item in items:
-        typer.echo(_status_line(item))
+        typer.echo(_status_line(item, width))
 
 
 @services_app.command("list")
