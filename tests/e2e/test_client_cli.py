@@ -305,3 +305,25 @@ def test_services_status_columns_stay_aligned_with_long_names(
         for name in ("align-short", long_name):
             assert rows[name][start - 1] == " ", (column, rows[name])
             assert rows[name][start] != " ", (column, rows[name])
+
+
+@pytest.mark.parametrize("path", ["/api/v1", "/api/v1/", "/certctl"])
+def test_url_with_a_path_certctl_does_not_serve_says_so(
+    default_server: CertctlServer, path: str
+) -> None:
+    # The API's own prefix copied into CERTCTL_URL: before, a bare "HTTP 404: Not Found".
+    result = _certctl(
+        default_server,
+        "certs",
+        "list",
+        CERTCTL_URL=default_server.url + path,
+        **_admin_env(default_server),
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        "certctl: error: HTTP 404: Not Found (no such route: CERTCTL_URL should be the "
+        f"server's base URL without {path.rstrip('/')}: {default_server.url})\n"
+    )
+    # An unknown id is the server's own 404 and says so: no hint about the URL there.
+    missing = _certctl(default_server, "certs", "get", "no-such-id", **_admin_env(default_server))
+    assert missing.stderr == "certctl: error: HTTP 404: certificate no-such-id not found\n"

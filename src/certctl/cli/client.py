@@ -263,6 +263,14 @@ def _failure(response: Any, endpoint: str, key_set: bool) -> str:
         if _content_type(response) == "content-type text/plain" and response.text.strip():
             message += f": {response.text[:200]}"
         message += ")"
+    base = urlsplit(_server_url())
+    if code == 404 and detail == "Not Found" and base.path:
+        # The server's answer for a route it does not have (an unknown id names the id): the
+        # URL's path is in the way, e.g. the API's /api/v1 copied into CERTCTL_URL.
+        message += (
+            f" (no such route: CERTCTL_URL should be the server's base URL without "
+            f"{base.path}: {base.scheme}://{base.netloc})"
+        )
     if code == 401 and not key_set:
         message += " (set CERTCTL_API_KEY to an API key, e.g. $(cat certctl-data/admin-api-key))"
     return message
