@@ -111,6 +111,11 @@ def _run_typer(args: list[str]) -> int:
 
     try:
         result = app(args=args, prog_name="certctl", standalone_mode=False)
+    except _click.exceptions.NoArgsIsHelpError as exc:
+        # `certctl`, `certctl certs` …: the help, as written, on stderr with status 2 (what
+        # click does), not folded into one error line like the usage errors below.
+        sys.stderr.write(exc.format_message() + "\n")
+        return 2
     except _click.exceptions.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         return _fail(exc.format_message() + hint, 2)

@@ -412,6 +412,19 @@ def test_help_names_the_environment(argv: list[str]) -> None:
         assert word in text, (word, proc.stdout)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["certs"], ["auth"], ["auth", "apikeys"], ["services", "clients"], ["ca"]],
+    ids=["top", "certs", "auth", "auth-apikeys", "services-clients", "ca"],
+)
+def test_a_group_without_a_command_shows_its_help(argv: list[str]) -> None:
+    # Before, the whole help was folded into one "certctl: error: Usage: …" line.
+    proc = certctl(*argv, env={})
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr == certctl(*argv, "--help", env={}).stdout
+
+
 def test_top_level_command_list_marks_the_server_clients() -> None:
     proc = certctl("--help", env={})
     commands = proc.stdout.split("Commands:\n", 1)[1].splitlines()
