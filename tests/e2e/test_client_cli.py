@@ -327,3 +327,43 @@ def test_url_with_a_path_certctl_does_not_serve_says_so(
     # An unknown id is the server's own 404 and says so: no hint about the URL there.
     missing = _certctl(default_server, "certs", "get", "no-such-id", **_admin_env(default_server))
     assert missing.stderr == "certctl: error: HTTP 404: certificate no-such-id not found\n"
+
+
+def test_issue_from_a_csr_sends_the_csr_only(default_server: CertctlServer, tmp_path: Path) -> None:
+    env = _admin_env(default_server)
+    name = "csr-only.example.internal"
+    ok(run("certctl", "csr", "create", "--cn", name, "--dns", name, "--out", tmp_path / "req"))
+    key, pem = tmp_path / "req" / "tls.key", tmp_path / "req" / "tls.csr"
+    posts = default_server.logs()[1].count("POST /api/v1/certificates ")
+    # tls.key for tls.csr, the slip the file names invite: before, the key was posted.
+    result = _certctl(default_server, "certs", "issue", "--csr", str(key), **env)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"certctl: error: {key}: holds a private key, not a CSR (nothing was sent)\n"
+    )
+    assert default_server.logs()[1].count("POST /api/v1/certificates ") == posts
+    # DER, as `csr sign --csr` takes it: before, "request body contains a NUL character".
+    der = tmp_path / "req" / "tls.der"
+    ok(run("openssl", "req", "-in", pem, "-outform", "DER", "-out", der))
+    # A file holding the key and the CSR: only the CSR goes.
+    both = tmp_path / "req" / "both.pem"
+    both.write_bytes(key.read_bytes() + pem.read_bytes())
+    for source in (der, both):
+        issued = ok(
+            _certctl(
+                default_server,
+                "certs",
+                "issue",
+                "--csr",
+                str(source),
+                "--out",
+                str(tmp_path / source.stem),
+                **env,
+            )
+        )
+        assert json.loads(issued.stdout)["out"] == str(tmp_path / source.stem)
+        # The certificate is for the CSR's key.
+        cert_key = ok(
+            run("openssl", "x509", "-in", tmp_path / source.stem / "tls.crt", "-pubkey", "-noout")
+        )
+        assert cert_key.stdout == ok(run("openssl", "pkey", "-in", key, "-pubout")).stdout

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ from certctl.errors import CertctlError, InvalidRequest, NotFound
 if TYPE_CHECKING:
     import ssl
 
-__all__ = ["ENV_HELP", "auth_app", "certs_app"]
+__all__ = ["ENV_HELP", "PRIVATE_KEY_PEM", "auth_app", "certs_app"]
 
 DEFAULT_URL = "https://127.0.0.1:8443"
 # Shown in the help of every command group that talks to a server (and of `certctl` itself).
@@ -35,6 +36,8 @@ ENV_HELP = (
     "http:// is refused beyond loopback unless CERTCTL_ALLOW_INSECURE=1."
 )
 CA_HINT = "set CERTCTL_CA_CERT to the server's CA file, e.g. certctl-data/tls/ca.crt"
+# Any PEM private key: PKCS#8 (plain or encrypted), PKCS#1 RSA, SEC1 EC, OpenSSH.
+PRIVATE_KEY_PEM = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 # X509_V_ERR_HOSTNAME_MISMATCH: the chain is trusted, the name is not in the certificate.
 _HOSTNAME_MISMATCH = 62
 
@@ -572,7 +575,6 @@ def certs_issue(
     force: bool = typer.Option(False, "--force", help="Overwrite existing files in --out."),
 ) -> None:
     """Issue a certificate (server-side key generation, or from --csr)."""
-    from certctl.cli._common import read_file
     from certctl.files import OutputSet
 
     outputs = OutputSet(force=force)
@@ -603,7 +605,7 @@ def certs_issue(
                 f"{', '.join(ignored)}: not used with --csr (the CSR carries the names and key)",
                 param_hint="'--csr'",
             )
-        body["csr"] = read_file(csr, "CSR").decode("ascii", "replace")
+        body["csr"] = _csr_pem(csr)
     else:
         body |= {"common_name": cn, "dns_names": dns, "ip_addresses": ip, "key_type": key_type}
     if out is not None:
@@ -634,6 +636,27 @@ def certs_issue(
             ) from exc
         data = {k: v for k, v in data.items() if not k.endswith("_pem")} | {"out": str(out)}
     _print(data)
+
+
+def _csr_pem(path: Path) -> str:
+    """The CSR in ``path`` (PEM or DER, as ``csr sign`` takes) as the PEM the API takes.
+
+    Loaded here, and only the CSR is sent: a private key given by mistake (``tls.key`` for
+    ``tls.csr``, or a file holding both) never leaves the machine, and DER is converted.
+    """
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from certctl.cli._common import read_file
+    from certctl.pki import load_csr
+
+    data = read_file(path, "CSR")
+    if PRIVATE_KEY_PEM.search(data) and b"CERTIFICATE REQUEST-----" not in data:
+        raise InvalidRequest(f"{path}: holds a private key, not a CSR (nothing was sent)")
+    try:
+        request = load_csr(data)
+    except CertctlError as exc:
+        raise type(exc)(f"{path}: {exc.detail}") from exc
+    return request.public_bytes(Encoding.PEM).decode("ascii")
 
 
 @certs_app.command("list")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import typer
 
 from certctl.cli.client import (
     ENV_HELP,
+    PRIVATE_KEY_PEM,
     RemoteError,
     _not_empty,
     _print,
@@ -21,9 +21,6 @@ from certctl.cli.client import (
 )
 
 __all__ = ["apply_command", "services_app"]
-
-# Any PEM private key: PKCS#8 (plain or encrypted), PKCS#1 RSA, SEC1 EC, OpenSSH.
-_PRIVATE_KEY_PEM = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 
 services_app = typer.Typer(
     help=f"Managed TLS services: status, renewal and client trust.\n\n{ENV_HELP}",
@@ -184,7 +181,7 @@ def clients_add(
     data = read_file(cert, "certificate file")
     # Checked here, not only by the server: a private key must not leave this machine, and a
     # DER or PKCS#12 file would arrive as mangled text.
-    if _PRIVATE_KEY_PEM.search(data):
+    if PRIVATE_KEY_PEM.search(data):
         raise InvalidRequest(
             f"{cert}: holds a private key; client trust takes certificates only (nothing was sent)"
         )
