@@ -36,7 +36,7 @@ app.command("verify")(verify.verify_command)
 app.command("serve")(serve.serve_command)
 app.add_typer(client.auth_app, name="auth")
 app.add_typer(client.certs_app, name="certs")
-app.command("apply")(services.apply_command)
+app.command("apply", help=services.APPLY_HELP)(services.apply_command)
 app.add_typer(services.services_app, name="services")
 
 

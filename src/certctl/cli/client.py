@@ -562,19 +562,27 @@ def certs_issue(
     cn: str = typer.Option("", "--cn", help="Common name."),
     dns: list[str] = typer.Option([], "--dns", metavar="DNS", help="DNS SAN (repeatable)."),
     ip: list[str] = typer.Option([], "--ip", metavar="IP", help="IP SAN (repeatable)."),
-    csr: Path = typer.Option(None, "--csr", help="Sign this CSR instead of generating a key."),
+    csr: Path = typer.Option(
+        None, "--csr", help="Sign this CSR (PEM or DER) instead of generating a key."
+    ),
     issuer: str = typer.Option("default", "--issuer", help="Issuer id."),
     profile: str = typer.Option("server", "--profile", help="server, client or server+client."),
     validity: str = typer.Option("90D", "--validity", help="Lifetime, e.g. 90D."),
     key_type: str = typer.Option(
-        "ec-p256", "--key-type", help="Key type for server-side generation."
+        "ec-p256",
+        "--key-type",
+        help="Key type for server-side generation: ec-p256, ec-p384, ed25519, rsa-2048|3072|4096.",
     ),
     out: Path = typer.Option(
         None, "--out", help="Write tls.crt, tls.key, ca.crt into this directory."
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files in --out."),
 ) -> None:
-    """Issue a certificate (server-side key generation, or from --csr)."""
+    """Issue a certificate (server-side key generation, or from --csr).
+
+    Prints the server's answer as JSON; without --out it holds the generated private key
+    (private_key_pem), which the server does not keep: use --out to get tls.key as a 0600 file.
+    """
     from certctl.files import OutputSet
 
     outputs = OutputSet(force=force)

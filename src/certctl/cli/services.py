@@ -20,7 +20,7 @@ from certctl.cli.client import (
     _warn_about,
 )
 
-__all__ = ["apply_command", "services_app"]
+__all__ = ["APPLY_HELP", "apply_command", "services_app"]
 
 services_app = typer.Typer(
     help=f"Managed TLS services: status, renewal and client trust.\n\n{ENV_HELP}",
@@ -35,18 +35,18 @@ clients_app = typer.Typer(
 services_app.add_typer(clients_app, name="clients")
 
 
+APPLY_HELP = (
+    "Create or update TLSService documents at CERTCTL_URL from FILE.\n\n"
+    "All the documents are validated before any is sent.\n\n" + ENV_HELP
+)
+
+
 def apply_command(
     file: Path = typer.Option(
         ..., "--file", "-f", help="YAML with one or more TLSService documents ('-' for stdin)."
     ),
 ) -> None:
-    """Create or update TLSService documents at CERTCTL_URL from FILE.
-
-    All the documents are validated before any is sent.
-
-    Talks to the server at CERTCTL_URL (default https://127.0.0.1:8443) with the API key in
-    CERTCTL_API_KEY, trusting the CA file in CERTCTL_CA_CERT (e.g. certctl-data/tls/ca.crt).
-    """
+    """Create or update TLSService documents at CERTCTL_URL from FILE."""
     from certctl.cli._common import read_file
     from certctl.errors import InvalidRequest
     from certctl.services.tls_spec import parse_service_documents

@@ -410,6 +410,15 @@ def test_help_names_the_environment(argv: list[str]) -> None:
     text = " ".join(proc.stdout.split())  # help is wrapped at 80 columns
     for word in ("CERTCTL_URL", "CERTCTL_API_KEY", "CERTCTL_CA_CERT", DEFAULT_URL):
         assert word in text, (word, proc.stdout)
+    if argv:  # every client command, apply included, says when http:// is refused
+        assert "http:// is refused beyond loopback unless CERTCTL_ALLOW_INSECURE=1" in text
+
+
+def test_issue_help_says_where_the_key_goes() -> None:
+    text = " ".join(certctl("certs", "issue", "--help", env={}).stdout.split())
+    assert "without --out it holds the generated private key (private_key_pem)" in text
+    assert "Sign this CSR (PEM or DER)" in text
+    assert "ec-p256, ec-p384, ed25519, rsa-2048|3072|4096" in text
 
 
 @pytest.mark.parametrize(
