@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests._tools import ok, run
-from tests.e2e.conftest import CertctlServer
+from tests.e2e.conftest import CertctlServer, StartServer
 
 pytestmark = pytest.mark.e2e
 
@@ -367,3 +367,18 @@ def test_issue_from_a_csr_sends_the_csr_only(default_server: CertctlServer, tmp_
             run("openssl", "x509", "-in", tmp_path / source.stem / "tls.crt", "-pubkey", "-noout")
         )
         assert cert_key.stdout == ok(run("openssl", "pkey", "-in", key, "-pubout")).stdout
+
+
+def test_throttled_client_is_told_how_long_to_wait(start_server: StartServer) -> None:
+    # Its own server: the throttle blocks every key from 127.0.0.1 for the window.
+    server = start_server(config={"auth": {"failure-limit": 1, "failure-window": "90s"}})
+    env = _admin_env(server)
+    wrong = _certctl(server, "certs", "list", **(env | {"CERTCTL_API_KEY": "cctl_x_" + "y" * 30}))
+    assert wrong.stderr == "certctl: error: HTTP 401: malformed API key\n"
+    blocked = _certctl(server, "certs", "list", **env)
+    assert blocked.returncode == 1
+    prefix = "certctl: error: HTTP 429: too many failed authentications from this address; "
+    assert blocked.stderr.startswith(prefix + "retry later (Retry-After: "), blocked.stderr
+    seconds = blocked.stderr.removeprefix(prefix + "retry later (Retry-After: ")
+    assert seconds.endswith(" s)\n")
+    assert 0 < int(seconds.removesuffix(" s)\n")) <= 90

@@ -266,6 +266,10 @@ def _failure(response: Any, endpoint: str, key_set: bool) -> str:
         if _content_type(response) == "content-type text/plain" and response.text.strip():
             message += f": {response.text[:200]}"
         message += ")"
+    retry_after = str(response.headers.get("retry-after", "")).strip()
+    if code in (429, 503) and retry_after.isdigit():
+        # How long to wait is only in the header (RFC 9110 delay-seconds).
+        message += f" (Retry-After: {int(retry_after)} s)"
     base = urlsplit(_server_url())
     if code == 404 and detail == "Not Found" and base.path:
         # The server's answer for a route it does not have (an unknown id names the id): the
