@@ -303,8 +303,17 @@ def _request(
     if accept:
         headers["Accept"] = accept
     endpoint = url + path  # what messages show: no query string (a --query could be personal)
+    host = urlsplit(url).hostname or ""
+    # HTTP(S)_PROXY must not carry a request for loopback: the proxy's 127.0.0.1 is another
+    # machine, and for http:// the API key would cross the network in clear text, which is
+    # what allowing http:// on loopback only is meant to rule out. None: no proxy for it.
+    direct = (
+        {f"all://[{host}]" if ":" in host else f"all://{host}": None} if _loopback(host) else {}
+    )
     try:
-        with httpx.Client(verify=ca if ca is not None else True, timeout=30) as client:
+        with httpx.Client(
+            verify=ca if ca is not None else True, timeout=30, mounts=direct
+        ) as client:
             response = client.request(
                 method,
                 endpoint,

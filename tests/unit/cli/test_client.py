@@ -224,6 +224,34 @@ def test_plain_http_on_loopback_and_an_explicit_opt_in_are_used(listener: Listen
     assert "cannot reach" in proc.stderr, proc.stderr
 
 
+def test_loopback_requests_never_go_through_a_proxy(listener: Listener) -> None:
+    # A proxy from the environment (a corporate http_proxy) would get the API key in clear
+    # text for an http:// loopback URL, and could not reach this machine's loopback anyway.
+    listener.answers["/api/v1/auth/roles"] = Answer(body=b'{"items": [], "next_cursor": null}')
+    proxy_gen = _serve("http", None)
+    proxy = next(proxy_gen)
+    try:
+        proxies = {
+            name: proxy.url
+            for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy")
+        }
+        no_exceptions = {"NO_PROXY": "", "no_proxy": ""}
+        for url in (listener.url, listener.url.replace("127.0.0.1", "localhost")):
+            env = {"CERTCTL_URL": url, "CERTCTL_API_KEY": KEY} | proxies | no_exceptions
+            proc = certctl("auth", "roles", "list", env=env)
+            assert proc.returncode == 0, proc.stderr
+        assert proxy.seen == []
+        assert [seen.authorization for seen in listener.seen] == [f"Bearer {KEY}"] * 2
+        # Beyond loopback the environment's proxy is still used (opted-in plain HTTP here).
+        remote = {"CERTCTL_URL": "http://certctl.example:8443", "CERTCTL_ALLOW_INSECURE": "1"}
+        proc = certctl("auth", "roles", "list", env=remote | proxies | no_exceptions)
+        assert [seen.path for seen in proxy.seen] == [
+            "http://certctl.example:8443/api/v1/auth/roles"
+        ], proc.stderr
+    finally:
+        proxy_gen.close()
+
+
 def test_revoking_a_whole_key_sends_only_its_id(listener: Listener) -> None:
     whole = "cctl_0123456789abcdef_" + "s" * 43
     path = "/api/v1/auth/apikeys/0123456789abcdef"
