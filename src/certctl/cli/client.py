@@ -325,6 +325,10 @@ def _request(
         raise RemoteError(f"cannot reach {url}: {_redact(_connect_failure(exc), key)}") from None
     if response.status_code >= 400:
         raise RemoteError(_redact(_failure(response, endpoint, key is not None), key))
+    if response.is_redirect:
+        # Not followed (the key would go wherever it points): say where CERTCTL_URL should
+        # point instead, e.g. a proxy sending http:// to https://.
+        raise RemoteError(_redact(_redirect(response, endpoint), key))
     if response.status_code == 204:
         return None
     if accept and "json" not in accept:
@@ -336,6 +340,27 @@ def _request(
             f"unexpected response from {endpoint}: not JSON "
             f"(HTTP {response.status_code}, {_content_type(response)})"
         ) from None
+
+
+def _redirect(response: Any, endpoint: str) -> str:
+    """One line for a 3xx: where it points, without a query or user info it may carry.
+
+    When it is the same route on another base URL (a proxy sending http:// to https://), the
+    line gives the CERTCTL_URL that reaches it.
+    """
+    message = f"HTTP {response.status_code} {response.reason_phrase} from {endpoint}"
+    target = urlsplit(str(response.next_request.url)) if response.next_request else None
+    if target is None or not target.hostname:
+        return message + " (a redirect certctl does not follow)"
+    host = f"[{target.hostname}]" if ":" in target.hostname else target.hostname
+    base = f"{target.scheme}://{host}" + (f":{target.port}" if target.port else "")
+    route = urlsplit(endpoint).path
+    if target.path.endswith(route) and route:
+        return (
+            f"{message}: redirected, not followed; set CERTCTL_URL="
+            f"{base}{target.path.removesuffix(route)}"
+        )
+    return f"{message}: redirected to {base}{target.path}, not followed"
 
 
 def _unexpected(path: str, what: str) -> RemoteError:

@@ -35,6 +35,7 @@ class Answer:
     body: bytes = b"{}"
     # Run when the request arrives, before the answer: a change the client cannot foresee.
     side_effect: Callable[[], object] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,6 +68,8 @@ def _serve(scheme: str, context: ssl.SSLContext | None) -> Iterator[Listener]:
             self.send_response(answer.status)
             self.send_header("Content-Type", answer.content_type)
             self.send_header("Content-Length", str(len(answer.body)))
+            for name, value in answer.headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(answer.body)
 
@@ -250,6 +253,33 @@ def test_loopback_requests_never_go_through_a_proxy(listener: Listener) -> None:
         ], proc.stderr
     finally:
         proxy_gen.close()
+
+
+def test_redirect_says_where_to_point_certctl_url(listener: Listener) -> None:
+    # A reverse proxy sending http:// to https://: before, "not JSON (HTTP 301, …)".
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": KEY}
+    moved = "https://certctl.example:8443/api/v1/auth/roles?token=x"
+    listener.answers["/api/v1/auth/roles"] = Answer(
+        301, "text/html", b"", headers={"Location": moved}
+    )
+    proc = certctl("auth", "roles", "list", env=env)
+    assert_error(
+        proc,
+        f"HTTP 301 Moved Permanently from {listener.url}/api/v1/auth/roles: redirected, "
+        "not followed; set CERTCTL_URL=https://certctl.example:8443",
+        [KEY, "token=x"],
+    )
+    # Elsewhere: only where it points, never followed (the key would go there).
+    listener.answers["/api/v1/auth/roles"] = Answer(
+        302, "text/html", b"", headers={"Location": "https://sso.example/login"}
+    )
+    proc = certctl("auth", "roles", "list", env=env)
+    assert_error(
+        proc,
+        f"HTTP 302 Found from {listener.url}/api/v1/auth/roles: redirected to "
+        "https://sso.example/login, not followed",
+    )
+    assert len(listener.seen) == 2
 
 
 def test_revoking_a_whole_key_sends_only_its_id(listener: Listener) -> None:
