@@ -382,3 +382,64 @@ def test_throttled_client_is_told_how_long_to_wait(start_server: StartServer) ->
     seconds = blocked.stderr.removeprefix(prefix + "retry later (Retry-After: ")
     assert seconds.endswith(" s)\n")
     assert 0 < int(seconds.removesuffix(" s)\n")) <= 90
+
+
+def test_client_certificate_from_the_environment(start_server: StartServer, tmp_path: Path) -> None:
+    # A server with tls.client-auth: required let no client command in: they had no way to
+    # present a certificate, so client-cert-mappings were out of the CLI's reach too.
+    ok(run("certctl", "ca", "create", "--out", tmp_path / "clients", "--cn", "CLI Clients CA"))
+    ok(run("certctl", "ca", "create", "--out", tmp_path / "rogue", "--cn", "CLI Clients CA"))
+    for ca, name in (("clients", "alice"), ("rogue", "mallory")):
+        ok(
+            run(
+                "certctl", "cert", "issue", "--ca", tmp_path / ca, "--profile", "client",
+                "--subject", f"CN={name},OU=ops,O=Example", "--out", tmp_path / name,
+            )
+        )  # fmt: skip
+    alice = (tmp_path / "alice" / "tls.crt", tmp_path / "alice" / "tls.key")
+    server = start_server(
+        config={
+            "tls": {"client-auth": "required", "client-ca": str(tmp_path / "clients" / "ca.crt")},
+            "auth": {
+                "client-cert-mappings": [
+                    {"subject": "CN=*,OU=ops,O=Example", "roles": ["r-operator"]}
+                ]
+            },
+        },
+        client_cert=alice,
+    )
+    trust = {"CERTCTL_CA_CERT": str(server.ca)}
+    refused = _certctl(server, "certs", "list", **_admin_env(server))
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"certctl: error: cannot reach {server.url}: "), refused.stderr
+    assert refused.stderr.endswith(
+        " (if the server requires a client certificate, set CERTCTL_CLIENT_CERT and "
+        "CERTCTL_CLIENT_KEY)\n"
+    )
+    # No API key: the mapping gives alice r-operator.
+    pair = {"CERTCTL_CLIENT_CERT": str(alice[0]), "CERTCTL_CLIENT_KEY": str(alice[1])}
+    issued = ok(_certctl(server, "certs", "issue", "--cn", "mtls-cli.example", **trust, **pair))
+    assert json.loads(issued.stdout)["status"] == "active"
+    forbidden = _certctl(server, "auth", "roles", "list", **trust, **pair)
+    assert forbidden.stderr == "certctl: error: HTTP 403: missing permission auth.role.read\n"
+    # Certificate and key in one file.
+    both = tmp_path / "alice.pem"
+    both.write_bytes(alice[0].read_bytes() + alice[1].read_bytes())
+    ok(_certctl(server, "certs", "list", CERTCTL_CLIENT_CERT=str(both), **trust))
+    mismatch = _certctl(
+        server, "certs", "list", **trust,
+        CERTCTL_CLIENT_CERT=str(alice[0]), CERTCTL_CLIENT_KEY=str(tmp_path / "mallory" / "tls.key"),
+    )  # fmt: skip
+    assert mismatch.stderr == (
+        f"certctl: error: CERTCTL_CLIENT_CERT={alice[0]}, CERTCTL_CLIENT_KEY="
+        f"{tmp_path / 'mallory' / 'tls.key'}: the key does not belong to the certificate\n"
+    )
+    rogue = _certctl(
+        server, "certs", "list", **trust,
+        CERTCTL_CLIENT_CERT=str(tmp_path / "mallory" / "tls.crt"),
+        CERTCTL_CLIENT_KEY=str(tmp_path / "mallory" / "tls.key"),
+    )  # fmt: skip
+    assert rogue.returncode == 1
+    assert rogue.stderr.endswith(
+        " (the server may not trust the certificate in CERTCTL_CLIENT_CERT)\n"
+    ), rogue.stderr

@@ -33,7 +33,8 @@ DEFAULT_URL = "https://127.0.0.1:8443"
 ENV_HELP = (
     f"Talks to the server at CERTCTL_URL (default {DEFAULT_URL}) with the API key in "
     "CERTCTL_API_KEY, trusting the CA file in CERTCTL_CA_CERT (e.g. certctl-data/tls/ca.crt). "
-    "http:// is refused beyond loopback unless CERTCTL_ALLOW_INSECURE=1."
+    "http:// is refused beyond loopback unless CERTCTL_ALLOW_INSECURE=1. A client certificate "
+    "(tls.client-auth on the server) comes from CERTCTL_CLIENT_CERT and CERTCTL_CLIENT_KEY."
 )
 CA_HINT = "set CERTCTL_CA_CERT to the server's CA file, e.g. certctl-data/tls/ca.crt"
 # Any PEM private key: PKCS#8 (plain or encrypted), PKCS#1 RSA, SEC1 EC, OpenSSH.
@@ -200,6 +201,60 @@ def _ca_context() -> ssl.SSLContext | None:
         raise InvalidRequest(f"{what}: not a valid PEM certificate ({exc.reason})") from None
 
 
+def _tls_context() -> ssl.SSLContext | None:
+    """The SSL context for https://, or None for httpx's defaults.
+
+    ``CERTCTL_CA_CERT`` is the trust (else the system's); ``CERTCTL_CLIENT_CERT`` and
+    ``CERTCTL_CLIENT_KEY`` (or a key in the certificate file) are presented when set: a
+    server with ``tls.client-auth: required`` lets no client in without a certificate, and
+    ``auth.client-cert-mappings`` authenticate one with no API key.
+    """
+    cert = os.environ.get("CERTCTL_CLIENT_CERT", "")
+    key = os.environ.get("CERTCTL_CLIENT_KEY", "")
+    if key and not cert:
+        raise InvalidRequest("CERTCTL_CLIENT_KEY is set without CERTCTL_CLIENT_CERT")
+    context = _ca_context()
+    if not cert:
+        return context
+    import ssl
+
+    cert_pem = _client_file("CERTCTL_CLIENT_CERT", cert)
+    if b"-----BEGIN CERTIFICATE-----" not in cert_pem:
+        raise InvalidRequest(f"CERTCTL_CLIENT_CERT={cert}: no PEM certificate in it")
+    key_name, key_path = ("CERTCTL_CLIENT_KEY", key) if key else ("CERTCTL_CLIENT_CERT", cert)
+    key_pem = _client_file(key_name, key) if key else cert_pem
+    if not PRIVATE_KEY_PEM.search(key_pem):
+        hint = "" if key else "; set CERTCTL_CLIENT_KEY to the key file"
+        raise InvalidRequest(f"{key_name}={key_path}: no PEM private key in it{hint}")
+    if b"ENCRYPTED" in key_pem:
+        # OpenSSL would prompt for the password on the terminal.
+        raise InvalidRequest(
+            f"{key_name}={key_path}: the key is encrypted; give an unencrypted one"
+        )
+    if context is None:
+        context = ssl.create_default_context()
+    try:
+        context.load_cert_chain(cert, key or None)
+    except ssl.SSLError as exc:
+        reason = exc.reason or str(exc)
+        if reason == "KEY_VALUES_MISMATCH":
+            reason = "the key does not belong to the certificate"
+        raise InvalidRequest(
+            f"CERTCTL_CLIENT_CERT={cert}, {key_name}={key_path}: {reason}"
+        ) from None
+    return context
+
+
+def _client_file(name: str, path: str) -> bytes:
+    """The content of a client certificate or key file; errors name the variable."""
+    from certctl.cli._common import read_file
+
+    try:
+        return read_file(Path(path), "file")
+    except CertctlError as exc:
+        raise type(exc)(f"{name}={exc.detail}") from None
+
+
 def _redact(text: str, key: str | None) -> str:
     """``text`` without the API key (a server or proxy may echo the Authorization header)."""
     return text.replace(key, "<CERTCTL_API_KEY>") if key else text
@@ -242,6 +297,16 @@ def _connect_failure(exc: Exception) -> str:
         # certctl serve speaks HTTPS by default: a plain-HTTP request gets no answer (or a
         # reset from other TLS servers).
         message += " (if the server speaks HTTPS, as certctl serve does by default, use https://)"
+    elif isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+        # What a server with tls.client-auth does to a client without a certificate it trusts
+        # (TLS 1.3 ends the connection after the handshake, with no reason the client sees).
+        if os.environ.get("CERTCTL_CLIENT_CERT"):
+            message += " (the server may not trust the certificate in CERTCTL_CLIENT_CERT)"
+        else:
+            message += (
+                " (if the server requires a client certificate, set CERTCTL_CLIENT_CERT and "
+                "CERTCTL_CLIENT_KEY)"
+            )
     return message
 
 
@@ -298,7 +363,7 @@ def _request(
 
     url = _server_url()
     key = _api_key()
-    ca = _ca_context()
+    ca = _tls_context()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     if accept:
         headers["Accept"] = accept
