@@ -443,3 +443,24 @@ def test_client_certificate_from_the_environment(start_server: StartServer, tmp_
     assert rogue.stderr.endswith(
         " (the server may not trust the certificate in CERTCTL_CLIENT_CERT)\n"
     ), rogue.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "options"),
+    [
+        ("auth roles update r-admin", "--permission or --name"),
+        ("auth actors update admin", "--role or --name"),
+    ],
+)
+def test_update_with_nothing_to_change_is_a_usage_error(
+    default_server: CertctlServer, command: str, options: str
+) -> None:
+    # Before, an empty PUT/PATCH went out and the unchanged object came back with status 0.
+    result = _certctl(default_server, *command.split(), **_admin_env(default_server))
+    assert result.returncode == 2
+    help_of = " ".join(command.split()[:3])
+    assert result.stderr == (
+        f"certctl: error: Invalid value: nothing to change: give {options} "
+        f"(see 'certctl {help_of} --help')\n"
+    )
+    assert result.stdout == ""

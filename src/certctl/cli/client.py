@@ -519,6 +519,8 @@ def roles_update(
         body["permissions"] = permission
     if name is not None:
         body["name"] = name
+    if not body:
+        raise typer.BadParameter("nothing to change: give --permission or --name")
     _print(_request("PUT", f"/api/v1/auth/roles/{_seg(role_id)}", body))
 
 
@@ -574,6 +576,8 @@ def actors_update(
         body["roles"] = role
     if name is not None:
         body["name"] = name
+    if not body:
+        raise typer.BadParameter("nothing to change: give --role or --name")
     _print(_request("PATCH", f"/api/v1/auth/actors/{_seg(actor_id)}", body))
 
 
