@@ -1,16 +1,23 @@
-"""The ``certctl certs`` client against a real ``certctl serve``: the trust hint, the key as a
-file gives it (trailing newline), ``--query``/``-q``/``--q``, and no key in any output."""
+"""The client commands (certs, auth, services, apply) against a real ``certctl serve``.
+
+The trust hint, the key as a file gives it (trailing newline), ``--query``/``-q``/``--q``, no
+key in any output; outputs refused before the server is asked; blank ids; warnings; what is
+never sent (private keys); tables; URL and throttle hints; client certificates; Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests._tools import ok, run
+from tests._tools import ok, require, run
 from tests.e2e.conftest import CertctlServer, StartServer
 
 pytestmark = pytest.mark.e2e
@@ -464,3 +471,25 @@ def test_update_with_nothing_to_change_is_a_usage_error(
         f"(see 'certctl {help_of} --help')\n"
     )
     assert result.stdout == ""
+
+
+def test_interrupted_request_says_so(default_server: CertctlServer) -> None:
+    # Ctrl-C while waiting for a server that never answers (here: a TCP listener that never
+    # speaks TLS). Before: status 130 and not a word.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+        env = clean | _admin_env(default_server) | {"CERTCTL_URL": f"https://127.0.0.1:{port}"}
+        with subprocess.Popen(
+            [require("certctl"), "certs", "list"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            time.sleep(2)  # well inside the 30 s timeout
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, out, err) == (130, "", "certctl: error: interrupted\n")

@@ -21,6 +21,8 @@ os.environ.setdefault("TYPER_USE_RICH", "0")
 
 __all__ = ["main", "run"]
 
+_INTERRUPTED = 128 + 2  # SIGINT, as shells report a command Ctrl-C stopped
+
 
 def __getattr__(name: str) -> typer.Typer:
     # `certctl.cli.main.app` still names the Typer app; it is built only when asked for.
@@ -83,7 +85,7 @@ def _run_fast(args: list[str]) -> int | None:
         # reports the problem in its own words (exit status 2).
         return None
     except KeyboardInterrupt:
-        return 130  # what Typer returns for Ctrl-C (typer.Exit(130), no message)
+        return _fail("interrupted", 130)  # as the Typer route says it (_run_typer)
     except OSError as exc:
         if exc.errno != errno.EPIPE:
             raise
@@ -123,6 +125,10 @@ def _run_typer(args: list[str]) -> int:
         return _fail(exc.format_message(), exc.exit_code or 1)
     except typer.Abort:
         return _fail("aborted", 1)
+    if result == _INTERRUPTED:
+        # Typer turns Ctrl-C into a silent typer.Exit(130) (no command returns 130 itself):
+        # one line says the command did not finish, e.g. that a request may have gone out.
+        return _fail("interrupted", _INTERRUPTED)
     return result if isinstance(result, int) else 0
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -379,3 +381,25 @@ def test_stored_zip_zip64_records_match_zipfile(monkeypatch: pytest.MonkeyPatch)
     assert b"PK\006\006" in expected
     assert _with_storedzip(files, 6) == expected
     assert zipfile.ZipFile(io.BytesIO(expected)).read("f39") == bytes(100)
+
+
+def test_console_script_batch_interrupted(ca_dir: Path, workdir: Path) -> None:
+    # Ctrl-C on the Typer-free route: one line and status 130, as the Typer route gives
+    # (before: status 130 and not a word); nothing is written.
+    script = Path(sys.executable).with_name("certctl")
+    instances = _instances(workdir / "in.yml", 400)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    argv = ["cert", "issue", "--ca", str(ca_dir), "--in", str(instances), "--out", "c.zip"]
+    with subprocess.Popen(
+        [str(script), *argv, "--pem", "--key-type", "rsa-4096"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        time.sleep(1.5)  # 400 RSA-4096 keys take far longer than this
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out, err) == (130, "", "certctl: error: interrupted\n")
+    assert not (workdir / "c.zip").exists()
