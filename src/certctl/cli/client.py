@@ -36,6 +36,8 @@ ENV_HELP = (
     "http:// is refused beyond loopback unless CERTCTL_ALLOW_INSECURE=1. A client certificate "
     "(tls.client-auth on the server) comes from CERTCTL_CLIENT_CERT and CERTCTL_CLIENT_KEY."
 )
+# Per network operation (connect, each read or write), not for the whole command.
+TIMEOUT_S = 30
 CA_HINT = "set CERTCTL_CA_CERT to the server's CA file, e.g. certctl-data/tls/ca.crt"
 # Any PEM private key: PKCS#8 (plain or encrypted), PKCS#1 RSA, SEC1 EC, OpenSSH.
 PRIVATE_KEY_PEM = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
@@ -289,7 +291,12 @@ def _connect_failure(exc: Exception) -> str:
         if isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER":
             hint = "the server is not speaking TLS: for plain HTTP use http:// in CERTCTL_URL"
             return f"{cause} ({hint})"
-    # Some httpx errors (timeouts) have an empty message: their class name says it then.
+    if isinstance(exc, httpx.ConnectTimeout):
+        # httpx says "_ssl.c:989: The handshake operation timed out" or nothing at all.
+        return f"no connection within {TIMEOUT_S} s (TCP or TLS handshake)"
+    if isinstance(exc, httpx.WriteTimeout):
+        return f"the request could not be sent within {TIMEOUT_S} s"
+    # Some httpx errors have an empty message: their class name says it then.
     message = str(exc) or type(exc).__name__
     if _server_url().startswith("http://") and isinstance(
         exc, httpx.RemoteProtocolError | httpx.ReadError
@@ -377,7 +384,7 @@ def _request(
     )
     try:
         with httpx.Client(
-            verify=ca if ca is not None else True, timeout=30, mounts=direct
+            verify=ca if ca is not None else True, timeout=TIMEOUT_S, mounts=direct
         ) as client:
             response = client.request(
                 method,
@@ -386,6 +393,13 @@ def _request(
                 params={k: v for k, v in (params or {}).items() if v is not None},
                 headers=headers,
             )
+    except httpx.ReadTimeout:
+        # The request went out: a POST may have issued a certificate or minted a key that
+        # a blind retry would issue again.
+        message = f"no answer from {url} within {TIMEOUT_S} s"
+        if method != "GET":
+            message += f" ({method} {path} was sent and may have taken effect: check first)"
+        raise RemoteError(message) from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise RemoteError(f"cannot reach {url}: {_redact(_connect_failure(exc), key)}") from None
     if response.status_code >= 400:

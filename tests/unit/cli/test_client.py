@@ -282,6 +282,41 @@ def test_redirect_says_where_to_point_certctl_url(listener: Listener) -> None:
     assert len(listener.seen) == 2
 
 
+def test_timeouts_say_what_timed_out() -> None:
+    # A listener that never answers (the kernel completes the TCP handshake; nobody reads).
+    # Before: "_ssl.c:989: The handshake operation timed out", and for a POST "The read
+    # operation timed out", not saying that the certificate may have been issued.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+        runs = {
+            scheme: subprocess.Popen(
+                [str(CERTCTL), "certs", "issue", "--cn", "slow.example"],
+                env=clean | {"CERTCTL_URL": f"{scheme}://127.0.0.1:{port}", "CERTCTL_API_KEY": KEY},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for scheme in ("https", "http")
+        }
+        results = {scheme: proc.communicate(timeout=90) for scheme, proc in runs.items()}
+    url = f"127.0.0.1:{port}"
+    assert results["https"] == (
+        "",
+        f"certctl: error: cannot reach https://{url}: no connection within 30 s "
+        "(TCP or TLS handshake)\n",
+    )
+    assert results["http"] == (
+        "",
+        f"certctl: error: no answer from http://{url} within 30 s (POST /api/v1/certificates "
+        "was sent and may have taken effect: check first)\n",
+    )
+    assert [proc.returncode for proc in runs.values()] == [1, 1]
+
+
 def test_revoking_a_whole_key_sends_only_its_id(listener: Listener) -> None:
     whole = "cctl_0123456789abcdef_" + "s" * 43
     path = "/api/v1/auth/apikeys/0123456789abcdef"
