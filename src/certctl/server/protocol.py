@@ -12,7 +12,10 @@ What uvicorn does not bound, this class does:
   connection opening (after the TLS handshake) or of the head's first byte on a kept-alive
   connection; otherwise the connection is closed without a response.
 - **Malformed requests** get a problem+json ``400`` like every other error, not uvicorn's
-  plain-text one.
+  plain-text one, with a ``Date`` (RFC 9110 6.6.1). Behind pipelined requests, the ``400``
+  (or ``431``) waits for their responses: uvicorn writes it at once and closes, so a client
+  that pipelined a good request and then a bad one got the ``400`` as the answer to the good
+  one, whose response was lost although it had run (a role created, a certificate issued).
 - **Size of a head.** llhttp has no limit of its own (httptools buffers a header value until
   it is complete), so bytes received while a head is open are counted and a head over
   ``max_head_bytes`` gets ``431`` and a closed connection.
@@ -31,7 +34,7 @@ __all__ = ["CoalescedWrites", "http_protocol"]
 
 _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    b"content-type: application/problem+json\r\n"
+    b"%scontent-type: application/problem+json\r\n"
     b"connection: close\r\n"
     b"content-length: %d\r\n\r\n%s"
 )
@@ -39,7 +42,7 @@ _TOO_LARGE = (
 
 _BAD_REQUEST = (
     b"HTTP/1.1 400 Bad Request\r\n"
-    b"content-type: application/problem+json\r\n"
+    b"%scontent-type: application/problem+json\r\n"
     b"connection: close\r\n"
     b"content-length: %d\r\n\r\n%s"
 )
@@ -104,7 +107,7 @@ def http_protocol(header_timeout_s: float, max_head_bytes: int) -> type:
             "detail": f"request line and headers over {max_head_bytes} bytes",
         }
     ).encode()
-    too_large = _TOO_LARGE % (len(body), body)
+    too_large = (_TOO_LARGE, len(body), body)
     bad_body = json.dumps(
         {
             "type": "urn:certctl:problem:invalid-request",
@@ -113,7 +116,7 @@ def http_protocol(header_timeout_s: float, max_head_bytes: int) -> type:
             "detail": "malformed HTTP request (request line, a header or the body framing)",
         }
     ).encode()
-    bad_request = _BAD_REQUEST % (len(bad_body), bad_body)
+    bad_request = (_BAD_REQUEST, len(bad_body), bad_body)
 
     base: Any = HttpToolsProtocol
 
@@ -123,6 +126,8 @@ def http_protocol(header_timeout_s: float, max_head_bytes: int) -> type:
         _head_deadline: asyncio.TimerHandle | None = None
         _in_head = True  # between two requests or inside a head (not in a body)
         _head_bytes = 0
+        # A refusal (400/431) waiting for the responses to the requests pipelined before it.
+        _refusal: tuple[bytes, int, bytes] | None = None
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -144,19 +149,58 @@ def http_protocol(header_timeout_s: float, max_head_bytes: int) -> type:
             self._arm()
 
         def data_received(self, data: bytes) -> None:
+            if self._refusal is not None:
+                return  # the stream is already refused: nothing after the bad request counts
             if self._in_head:
                 self._head_bytes += len(data)
             super().data_received(data)
             if self._in_head and self._head_bytes > max_head_bytes:
-                if not self.transport.is_closing():
-                    self.transport.write(too_large)
-                    self.transport.close()
+                self._refuse(too_large)
 
         def send_400_response(self, msg: str) -> None:
             # llhttp refused the request (a Content-Length of "abc", a control byte in a
             # header): the problem+json every other error has, not uvicorn's text/plain.
-            self.transport.write(bad_request)
-            self.transport.close()
+            self._refuse(bad_request)
+
+        def _refuse(self, answer: tuple[bytes, int, bytes]) -> None:
+            """Answer ``answer`` and close, once the requests before this one are answered."""
+            if self._refusal is not None or self.transport.is_closing():
+                return
+            pipeline = self.pipeline
+            cycle = self.cycle
+            if not self._in_head and pipeline and pipeline[0][0] is cycle:
+                # The refused request's own body was bad while it waited its turn: it never runs.
+                pipeline.popleft()
+                waiting = True  # it waited behind a request that is still being answered
+            else:
+                # A bad head: ``cycle`` is the last request before it. A bad body of a request
+                # already running: its own response, if any, is all there is before the 400.
+                waiting = bool(pipeline) or (
+                    self._in_head and cycle is not None and not cycle.response_complete
+                )
+            if not waiting:
+                self._write_refusal(answer)
+                return
+            self._refusal = answer
+            self._disarm()  # the refused head's deadline would cut the earlier responses
+            self.flow.pause_reading()
+
+        def _write_refusal(self, answer: tuple[bytes, int, bytes]) -> None:
+            template, length, body = answer
+            date = b"".join(
+                name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
+            )
+            # Through the last cycle's writer, which may still hold the end of a response.
+            cycle = self.cycle
+            out = cycle.transport if cycle is not None else self.transport
+            out.write(template % (date, length, body))
+            out.close()
+
+        def on_response_complete(self) -> None:
+            last = not self.pipeline  # no request queued behind the one just answered
+            super().on_response_complete()
+            if last and self._refusal is not None and not self.transport.is_closing():
+                self._write_refusal(self._refusal)
 
         def on_message_begin(self) -> None:
             if self._head_deadline is None:

@@ -1,0 +1,79 @@
+"""HTTP/1.1 framing as a strict client sees it: pipelining, refusals, unread bodies.
+
+Raw bytes over TLS to a real ``certctl serve`` on loopback, so the server's own parser and
+protocol class are what answers (the ASGI test client would bypass both).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.faults.conftest import FaultServer
+from tests.faults.test_abuse import read_all, tls_socket
+
+
+def _responses(stream: bytes) -> list[tuple[bytes, bytes]]:
+    """(head, body) of each response in ``stream`` (bodies framed by Content-Length)."""
+    out = []
+    while stream:
+        head, sep, rest = stream.partition(b"\r\n\r\n")
+        assert sep, stream[:300]
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if head.startswith(b"HTTP/1.1 1"):  # an interim 100 Continue: no body
+            length = 0
+        out.append((head, rest[:length]))
+        stream = rest[length:]
+    return out
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"GET /x\x01 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        # Its head is fine (it queues behind the first request), its chunked body is not.
+        b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+    ids=["bad-head", "bad-body"],
+)
+def test_a_bad_request_pipelined_after_a_good_one_is_refused_after_its_answer(
+    fault_server: FaultServer, bad: bytes
+) -> None:
+    # The good request (a mutation) runs; before the fix its 201 was lost and the client read
+    # the 400 meant for the next request as the answer to it.
+    fault_server.start()
+    body = json.dumps({"id": "r-piped", "name": "piped", "permissions": ["cert.read"]}).encode()
+    good = (
+        b"POST /api/v1/auth/roles HTTP/1.1\r\nHost: localhost\r\n"
+        b"Authorization: Bearer " + fault_server.admin_key.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    with tls_socket(fault_server) as sock:
+        sock.sendall(good + bad)
+        answers = _responses(read_all(sock))
+    assert [h.split(b"\r\n", 1)[0] for h, _ in answers] == [
+        b"HTTP/1.1 201 Created",
+        b"HTTP/1.1 400 Bad Request",
+    ]
+    assert json.loads(answers[0][1])["id"] == "r-piped"
+    refusal_head, refusal_body = answers[1]
+    assert b"content-type: application/problem+json" in refusal_head
+    assert b"\r\ndate: " in refusal_head  # RFC 9110 6.6.1: every 4xx of a server with a clock
+    assert json.loads(refusal_body)["status"] == 400
+    with fault_server.client() as client:
+        assert client.get("/api/v1/auth/roles/r-piped").status_code == 200
+
+
+def test_a_bad_head_alone_gets_a_dated_problem(fault_server: FaultServer) -> None:
+    fault_server.start()
+    with tls_socket(fault_server) as sock:
+        sock.sendall(b"GET /x\x01 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        ((head, body),) = _responses(read_all(sock))
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert b"\r\ndate: " in head
+    assert json.loads(body)["status"] == 400
