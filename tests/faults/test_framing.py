@@ -7,6 +7,7 @@ protocol class are what answers (the ASGI test client would bypass both).
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -77,3 +78,47 @@ def test_a_bad_head_alone_gets_a_dated_problem(fault_server: FaultServer) -> Non
     assert head.startswith(b"HTTP/1.1 400"), head
     assert b"\r\ndate: " in head
     assert json.loads(body)["status"] == 400
+
+
+def test_an_answer_before_the_body_is_read_closes_the_connection(
+    fault_server: FaultServer,
+) -> None:
+    # The 401 comes before the body is read. Kept alive, the connection stayed open for as long
+    # as the client trickled body bytes (no deadline covered them), and a client that sent
+    # ``Expect: 100-continue`` and so never sends the body had its next request taken as it.
+    fault_server.start()
+    with tls_socket(fault_server) as sock:
+        sock.sendall(
+            b"POST /api/v1/auth/roles HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 60\r\n\r\n"
+        )
+        started = time.monotonic()
+        ((head, body),) = _responses(read_all(sock, limit_s=5))
+        closed_after_s = time.monotonic() - started
+    assert head.startswith(b"HTTP/1.1 401"), head
+    assert b"\r\nconnection: close" in head
+    assert closed_after_s < 3, closed_after_s  # closed by the server, not by read_all's limit
+    with tls_socket(fault_server) as sock:
+        sock.sendall(
+            b"POST /api/v1/certificates HTTP/1.1\r\nHost: localhost\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n1\r\n{\r\n"
+        )
+        started = time.monotonic()
+        ((head, body),) = _responses(read_all(sock, limit_s=5))
+        closed_after_s = time.monotonic() - started
+    assert head.startswith(b"HTTP/1.1 401"), head
+    assert closed_after_s < 3, closed_after_s  # the rest of the body is not waited for
+    # The twin: a body the handler read to its end keeps the connection for the next request.
+    body = json.dumps({"id": "r-kept", "name": "kept", "permissions": ["cert.read"]}).encode()
+    with tls_socket(fault_server) as sock:
+        sock.sendall(
+            b"POST /api/v1/auth/roles HTTP/1.1\r\nHost: localhost\r\n"
+            b"Authorization: Bearer " + fault_server.admin_key.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+            + b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        answers = _responses(read_all(sock))
+    assert [h.split(b" ", 2)[1] for h, _ in answers] == [b"201", b"200"]
+    assert b"connection: close" not in answers[0][0]

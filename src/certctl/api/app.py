@@ -1019,41 +1019,62 @@ class AccessLogAndLimits:
             return
         started = time.perf_counter()
         status_holder = [0]  # the response status, once started
-        if _head_size(scope) > MAX_HEADER_BYTES:
-            await problem_for_status(
-                431, f"request line and headers over {MAX_HEADER_BYTES} bytes"
-            )(scope, receive, send)
-            self._log(scope, 431, started)
-            return
+        # Whether the request has a body the app has not read to its end yet. A response sent
+        # before that (401, 404, 413 …) closes the connection: on a kept-alive one, the rest of
+        # the body would keep it open for as long as the client trickles it, and a client that
+        # sent ``Expect: 100-continue`` and so never sends the body would see its next request
+        # read as that body (RFC 9110 10.1.1: say so, or read the body).
+        body_pending = False
+        too_large = False
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY_BYTES):
-                await problem_for_status(413, f"request body over {MAX_BODY_BYTES} bytes")(
-                    scope, receive, send
-                )
-                self._log(scope, 413, started)
-                return
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > MAX_BODY_BYTES:
+                    too_large = True
+                body_pending = value.strip(b"0") != b""
+            elif name == b"transfer-encoding":
+                body_pending = True
         received = 0
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, body_pending
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > MAX_BODY_BYTES:
                     raise _TooLarge
+                if not message.get("more_body", False):
+                    body_pending = False
             return message
 
         async def capture_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder[0] = message["status"]
+                if body_pending:
+                    message = {
+                        **message,
+                        "headers": [*message.get("headers", ()), (b"connection", b"close")],
+                    }
             await send(message)
+
+        if _head_size(scope) > MAX_HEADER_BYTES:
+            await problem_for_status(
+                431, f"request line and headers over {MAX_HEADER_BYTES} bytes"
+            )(scope, receive, capture_send)
+            self._log(scope, 431, started)
+            return
+        if too_large:
+            await problem_for_status(413, f"request body over {MAX_BODY_BYTES} bytes")(
+                scope, receive, capture_send
+            )
+            self._log(scope, 413, started)
+            return
 
         try:
             await self.app(scope, limited_receive, capture_send)
         except _TooLarge:
             status_holder[0] = 413
             await problem_for_status(413, f"request body over {MAX_BODY_BYTES} bytes")(
-                scope, receive, send
+                scope, receive, capture_send
             )
         except Exception:
             # Starlette sends the 500 (from ``_unexpected``, which logged the traceback once)
