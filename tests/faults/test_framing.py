@@ -122,3 +122,24 @@ def test_an_answer_before_the_body_is_read_closes_the_connection(
         answers = _responses(read_all(sock))
     assert [h.split(b" ", 2)[1] for h, _ in answers] == [b"201", b"200"]
     assert b"connection: close" not in answers[0][0]
+
+
+def test_host_is_required_once_in_http_1_1(fault_server: FaultServer) -> None:
+    # RFC 9112 3.2: 400 for an HTTP/1.1 request without Host or with two (a proxy in front may
+    # route by one and certctl see the other); HTTP/1.0 may omit it.
+    fault_server.start()
+    cases = {
+        b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n": b"400",
+        b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n": b"400",
+        b"GET /healthz HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n": b"400",
+        b"GET /healthz HTTP/1.0\r\n\r\n": b"200",
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n": b"200",
+    }
+    for request, status in cases.items():
+        with tls_socket(fault_server) as sock:
+            sock.sendall(request)
+            head, body = _responses(read_all(sock, limit_s=2))[0]
+        assert head.split(b" ", 2)[1] == status, (request, head)
+        if status == b"400":
+            assert b"content-type: application/problem+json" in head
+            assert json.loads(body)["detail"] == "an HTTP/1.1 request needs exactly one Host header"

@@ -1026,8 +1026,11 @@ class AccessLogAndLimits:
         # read as that body (RFC 9110 10.1.1: say so, or read the body).
         body_pending = False
         too_large = False
+        hosts = 0
         for name, value in scope.get("headers", []):
-            if name == b"content-length":
+            if name == b"host":
+                hosts += 1
+            elif name == b"content-length":
                 if not value.isdigit() or int(value) > MAX_BODY_BYTES:
                     too_large = True
                 body_pending = value.strip(b"0") != b""
@@ -1061,6 +1064,14 @@ class AccessLogAndLimits:
                 431, f"request line and headers over {MAX_HEADER_BYTES} bytes"
             )(scope, receive, capture_send)
             self._log(scope, 431, started)
+            return
+        if hosts > 1 or (hosts == 0 and scope.get("http_version") == "1.1"):
+            # RFC 9112 3.2: an HTTP/1.1 request without Host, or any with two, MUST get 400;
+            # a proxy in front may route by one Host and certctl would see another.
+            await problem(400, "Bad request", "an HTTP/1.1 request needs exactly one Host header")(
+                scope, receive, capture_send
+            )
+            self._log(scope, 400, started)
             return
         if too_large:
             await problem_for_status(413, f"request body over {MAX_BODY_BYTES} bytes")(
