@@ -219,3 +219,23 @@ def test_expiry_in_other_time_zone(api: Api) -> None:
     r = api.post(KEYS, api.admin_key, json={"actor_id": "admin", "expires_at": value})
     assert r.status_code == 201, r.text
     assert _parse(r.json()["expires_at"]) == expires
+
+
+def test_answers_carrying_secrets_are_not_cached_nor_sniffed(api: Api) -> None:
+    # A minted key and a server-generated private key are shown once: no browser, proxy or
+    # client cache may keep a copy (Cache-Control: no-store on every authenticated answer).
+    minted = api.post(KEYS, api.admin_key, json={"actor_id": "admin", "name": "cache"})
+    issued = api.post("/api/v1/certificates", api.admin_key, json={"common_name": "c.example.com"})
+    listed = api.get(KEYS, api.admin_key)
+    assert "key_value" in minted.json()
+    assert "private_key_pem" in issued.json()
+    for response in (minted, issued, listed):
+        assert response.headers["cache-control"] == "no-store", response.request.url
+        assert response.headers["x-content-type-options"] == "nosniff"
+    # Public answers (the CA certificate, a 401) are not sniffed either, and stay cacheable.
+    ca = api.get("/api/v1/issuers/default/ca.pem")
+    refused = api.get(WHOAMI)
+    assert_problem(refused, 401)
+    for response in (ca, refused):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert "cache-control" not in response.headers

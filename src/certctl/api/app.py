@@ -1005,6 +1005,13 @@ class _Router(Router):
 # --- middleware --------------------------------------------------------------------------
 
 
+# On every response: no MIME sniffing of JSON, PEM or problem bodies into something a browser
+# would render. On the answers to authenticated requests (minted API keys, server-generated
+# private keys, the audit log …): no copy kept by a browser, proxy or client cache either.
+_PUBLIC: tuple[tuple[bytes, bytes], ...] = ((b"x-content-type-options", b"nosniff"),)
+_PRIVATE = (*_PUBLIC, (b"cache-control", b"no-store"))
+
+
 class AccessLogAndLimits:
     """Body-size limit, metrics and one access-log line per request (never headers)."""
 
@@ -1052,11 +1059,10 @@ class AccessLogAndLimits:
         async def capture_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder[0] = message["status"]
+                extra = _PRIVATE if "certctl.actor" in scope else _PUBLIC
                 if body_pending:
-                    message = {
-                        **message,
-                        "headers": [*message.get("headers", ()), (b"connection", b"close")],
-                    }
+                    extra = (*extra, (b"connection", b"close"))
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
 
         if _head_size(scope) > MAX_HEADER_BYTES:
