@@ -7,10 +7,12 @@ protocol class are what answers (the ASGI test client would bypass both).
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import pytest
 
+from tests.e2e.conftest import tls_context
 from tests.faults.conftest import FaultServer
 from tests.faults.test_abuse import read_all, tls_socket
 
@@ -143,3 +145,45 @@ def test_host_is_required_once_in_http_1_1(fault_server: FaultServer) -> None:
         if status == b"400":
             assert b"content-type: application/problem+json" in head
             assert json.loads(body)["detail"] == "an HTTP/1.1 request needs exactly one Host header"
+
+
+def test_a_slow_body_and_an_unread_response_are_dropped(fault_server: FaultServer) -> None:
+    # Before: an authorised client trickling its body, or any client never reading the answer
+    # it asked for, held its connection (and a file descriptor) for as long as it liked.
+    fault_server.config = {"http": {"body-timeout": "2s", "send-timeout": "2s"}}
+    fault_server.start()
+    body = json.dumps({"id": "r-slow", "name": "slow", "permissions": ["cert.read"]}).encode()
+    head = (
+        b"POST /api/v1/auth/roles HTTP/1.1\r\nHost: localhost\r\n"
+        b"Authorization: Bearer " + fault_server.admin_key.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    with tls_socket(fault_server) as sock:
+        sock.sendall(head + body[:10])
+        started = time.monotonic()
+        assert read_all(sock, limit_s=8) == b""  # dropped without an answer
+        dropped_s = time.monotonic() - started
+    assert 1.8 <= dropped_s <= 4, dropped_s
+    # The twin: a body that takes 1 s in two parts is served.
+    with tls_socket(fault_server) as sock:
+        sock.sendall(head + body[:10])
+        time.sleep(1)
+        sock.sendall(
+            body[10:] + b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        answers = _responses(read_all(sock))
+    assert [h.split(b" ", 2)[1] for h, _ in answers] == [b"201", b"200"]
+    # A client that asks for 3,000 OpenAPI documents (~230 MB) and reads none: once the
+    # server's writes have been paused for 2 s, the connection is reset.
+    raw = socket.create_connection(("127.0.0.1", fault_server.port), timeout=10)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with tls_context(fault_server.ca).wrap_socket(raw, server_hostname="localhost") as sock:
+        sock.sendall(b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: localhost\r\n\r\n" * 3000)
+        time.sleep(5)
+        started = time.monotonic()
+        received = len(read_all(sock, limit_s=10))
+        ended_s = time.monotonic() - started
+    assert ended_s < 5, (ended_s, received)  # not still streaming the answers
+    assert received < 50_000_000, received
+    with fault_server.client() as client:  # and the server is fine
+        assert client.get("/healthz").status_code == 200

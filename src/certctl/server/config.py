@@ -175,8 +175,10 @@ class HTTPConfig(_Section):
     """``http.*``: limits of the HTTP listeners."""
 
     header_timeout: str = Field(default="10s", alias="header-timeout")
+    body_timeout: str = Field(default="60s", alias="body-timeout")
+    send_timeout: str = Field(default="60s", alias="send-timeout")
 
-    @field_validator("header_timeout")
+    @field_validator("header_timeout", "body_timeout", "send_timeout")
     @classmethod
     def _duration(cls, value: str) -> str:
         return _checked_duration(value)

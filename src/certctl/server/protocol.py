@@ -11,6 +11,12 @@ What uvicorn does not bound, this class does:
   complete request line and header block must arrive within ``header_timeout_s`` of the
   connection opening (after the TLS handshake) or of the head's first byte on a kept-alive
   connection; otherwise the connection is closed without a response.
+- **Time to send a body, and to read a response.** uvicorn waits for the rest of a request body
+  as long as bytes keep coming, and for a client to read a response as long as the connection
+  is open: a client trickling its body, or never reading what it asked for, held a connection
+  and a file descriptor forever. A body must arrive within ``body_timeout_s`` of the end of
+  its head, and a response whose writes are paused (the client's TCP window is full) must
+  start moving again within ``send_timeout_s``; otherwise the connection is dropped.
 - **Malformed requests** get a problem+json ``400`` like every other error, not uvicorn's
   plain-text one, with a ``Date`` (RFC 9110 6.6.1). Behind pipelined requests, the ``400``
   (or ``431``) waits for their responses: uvicorn writes it at once and closes, so a client
@@ -27,7 +33,10 @@ connection, not per request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
+import struct
 from typing import Any
 
 __all__ = ["CoalescedWrites", "http_protocol"]
@@ -91,7 +100,12 @@ class CoalescedWrites:
         return getattr(self._transport, name)
 
 
-def http_protocol(header_timeout_s: float, max_head_bytes: int) -> type:
+def http_protocol(
+    header_timeout_s: float,
+    max_head_bytes: int,
+    body_timeout_s: float = 60.0,
+    send_timeout_s: float = 60.0,
+) -> type:
     """The listener's protocol class (pass as ``uvicorn.Config(http=...)``)."""
     import json
 
@@ -128,6 +142,8 @@ def http_protocol(header_timeout_s: float, max_head_bytes: int) -> type:
         _head_bytes = 0
         # A refusal (400/431) waiting for the responses to the requests pipelined before it.
         _refusal: tuple[bytes, int, bytes] | None = None
+        _body_deadline: asyncio.TimerHandle | None = None
+        _send_deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -154,8 +170,17 @@ def http_protocol(header_timeout_s: float, max_head_bytes: int) -> type:
             if self._in_head:
                 self._head_bytes += len(data)
             super().data_received(data)
-            if self._in_head and self._head_bytes > max_head_bytes:
-                self._refuse(too_large)
+            if self._in_head:
+                if self._head_bytes > max_head_bytes:
+                    self._refuse(too_large)
+            elif (
+                self._body_deadline is None
+                and self._refusal is None
+                and not self.transport.is_closing()
+            ):
+                # A body still incomplete after the read that ended its head (most arrive in
+                # that read, and never arm a timer): it has body_timeout_s to arrive.
+                self._body_deadline = self.loop.call_later(body_timeout_s, self._drop)
 
         def send_400_response(self, msg: str) -> None:
             # llhttp refused the request (a Content-Length of "abc", a control byte in a
@@ -220,11 +245,44 @@ def http_protocol(header_timeout_s: float, max_head_bytes: int) -> type:
 
         def on_message_complete(self) -> None:
             self._in_head = True
+            if self._body_deadline is not None:
+                self._body_deadline.cancel()
+                self._body_deadline = None
             super().on_message_complete()
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._send_deadline is None:
+                self._send_deadline = self.loop.call_later(send_timeout_s, self._drop)
+
+        def resume_writing(self) -> None:
+            if self._send_deadline is not None:
+                self._send_deadline.cancel()
+                self._send_deadline = None
+            super().resume_writing()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            for timer in (self._body_deadline, self._send_deadline):
+                if timer is not None:
+                    timer.cancel()
+            self._body_deadline = self._send_deadline = None
             super().connection_lost(exc)
+
+        def _drop(self) -> None:
+            # abort, not close: close would wait to flush what a client that stopped reading
+            # will never read. The app sees a disconnect (a 499 in the access log).
+            self._body_deadline = self._send_deadline = None
+            if self.transport.is_closing():
+                return
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                # Linger 0: the close is a reset, so the kernel frees at once the megabytes of
+                # unsent response a non-reading client left queued (else an orphan socket keeps
+                # them in FIN-WAIT-1 for minutes of zero-window probes).
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
 
         def _arm(self) -> None:
             self._disarm()

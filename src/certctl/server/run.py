@@ -566,7 +566,10 @@ def _serve_process(
             parse_duration(config.auth.failure_window).total_seconds(),
         )
     protocol = http_protocol(
-        parse_duration(config.http.header_timeout).total_seconds(), MAX_HEADER_BYTES
+        parse_duration(config.http.header_timeout).total_seconds(),
+        MAX_HEADER_BYTES,
+        body_timeout_s=parse_duration(config.http.body_timeout).total_seconds(),
+        send_timeout_s=parse_duration(config.http.send_timeout).total_seconds(),
     )
     mappings = tuple(
         ClientCertMapping(m.subject, tuple(m.roles)) for m in config.auth.client_cert_mappings

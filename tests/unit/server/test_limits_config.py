@@ -1,4 +1,4 @@
-"""auth.failure-limit, auth.failure-window and http.header-timeout: defaults and refusals."""
+"""auth.failure-limit, auth.failure-window and the http.* timeouts: defaults and refusals."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ def test_defaults() -> None:
     assert config.auth.failure_limit == 10
     assert config.auth.failure_window == "1m"
     assert config.http.header_timeout == "10s"
+    assert (config.http.body_timeout, config.http.send_timeout) == ("60s", "60s")
 
 
 def test_overrides() -> None:
@@ -31,6 +32,8 @@ def test_overrides() -> None:
         ("auth.failure-limit", -1, "auth.failure-limit"),
         ("auth.failure-window", "soon", "auth.failure-window"),
         ("http.header-timeout", "0s", "http.header-timeout"),
+        ("http.body-timeout", "0s", "http.body-timeout"),
+        ("http.send-timeout", "never", "http.send-timeout"),
         ("http.header-time", "5s", "http.header-time"),
     ],
 )
