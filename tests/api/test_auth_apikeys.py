@@ -239,3 +239,14 @@ def test_answers_carrying_secrets_are_not_cached_nor_sniffed(api: Api) -> None:
     for response in (ca, refused):
         assert response.headers["x-content-type-options"] == "nosniff"
         assert "cache-control" not in response.headers
+
+
+def test_several_authorization_headers_are_refused(api: Api) -> None:
+    # Which one counts would be a guess (a proxy in front may check the last): certctl took the
+    # first, so a valid key followed by anything authenticated.
+    for order in ((api.admin_key, "junk"), ("junk", api.admin_key)):
+        headers = [("Authorization", f"Bearer {value}") for value in order]
+        body = assert_problem(api.client.get(WHOAMI, headers=headers), 401)
+        assert body["detail"] == "send one Authorization header, not several"
+    assert api.audit()[0]["detail"] == "repeated Authorization header"
+    assert api.get(WHOAMI, api.admin_key).status_code == 200  # one header: fine

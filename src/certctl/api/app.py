@@ -814,12 +814,23 @@ def _client_cert_refusal(request: Request, services: Services) -> tuple[str, str
     return None
 
 
+# What _authorization returns for a request with several Authorization headers: which one
+# counts would be a guess (a proxy in front may check the last, certctl took the first).
+_REPEATED = "repeated Authorization header"
+
+
 def _authorization(scope: Scope) -> str | None:
-    """The first Authorization header (names are lower case in ASGI), without a Headers object."""
+    """The Authorization header (names are lower case in ASGI), without a Headers object.
+
+    ``_REPEATED`` (compare with ``is``) when there are several.
+    """
+    found: bytes | None = None
     for name, value in scope["headers"]:
         if name == b"authorization":
-            return str(value.decode("latin-1"))
-    return None
+            if found is not None:
+                return _REPEATED
+            found = value
+    return None if found is None else found.decode("latin-1")
 
 
 def _throttled(wait: float) -> TooManyRequests:
@@ -842,6 +853,9 @@ def authenticate(request: Request, auth: _AuthSettings) -> Principal:
         raise _throttled(wait)
     services = auth.services
     header = _authorization(scope)
+    if header is _REPEATED:
+        _record_failure(auth, request, "invalid", _REPEATED)
+        raise Unauthenticated("send one Authorization header, not several")
     if header is not None:
         scheme, _, token = header.partition(" ")
         token = token.strip()
