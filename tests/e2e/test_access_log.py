@@ -54,7 +54,8 @@ def test_one_escaped_line_per_request_and_no_key_secret(start_server: StartServe
             r = client.get(f"/api/v1/auth/apikeys/{pasted}")
             assert r.status_code == 404
             assert secret_of(server.admin_key) not in r.text
-    _wait_for_line(server, "DELETE /api/v1/auth/apikeys/")
+    # A line is written once its response has gone out: wait for the last request's.
+    _wait_for_line(server, f"GET /api/v1/auth/apikeys/{server.admin_key.split('_')[1][2:]}_")
     lines = _access_lines(server)
     assert any(
         line.endswith("ms") and "127.0.0.1 GET /api/v1/metrics/prometheus 200 actor=admin" in line
