@@ -134,6 +134,7 @@ def test_host_is_required_once_in_http_1_1(fault_server: FaultServer) -> None:
         b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n": b"400",
         b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n": b"400",
         b"GET /healthz HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n": b"400",
+        b"GET /healthz HTTP/2.0\r\nConnection: close\r\n\r\n": b"400",
         b"GET /healthz HTTP/1.0\r\n\r\n": b"200",
         b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n": b"200",
     }

@@ -1085,7 +1085,7 @@ class AccessLogAndLimits:
             )(scope, receive, capture_send)
             self._log(scope, 431, started)
             return
-        if hosts > 1 or (hosts == 0 and scope.get("http_version") == "1.1"):
+        if hosts > 1 or (hosts == 0 and scope.get("http_version") not in _HOSTLESS_VERSIONS):
             # RFC 9112 3.2: an HTTP/1.1 request without Host, or any with two, MUST get 400;
             # a proxy in front may route by one Host and certctl would see another.
             await problem(400, "Bad request", "an HTTP/1.1 request needs exactly one Host header")(
@@ -1186,6 +1186,10 @@ class _TooLarge(CertctlError):
     def __init__(self) -> None:
         super().__init__(f"request body over {MAX_BODY_BYTES} bytes")
 
+
+# Versions whose requests may lack Host: every other (1.1, and "HTTP/2.0" or "HTTP/1.9" text
+# request lines, which llhttp parses as HTTP/1) must carry exactly one.
+_HOSTLESS_VERSIONS = frozenset({"1.0", "0.9"})
 
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
