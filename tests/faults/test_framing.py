@@ -79,6 +79,7 @@ def test_a_bad_head_alone_gets_a_dated_problem(fault_server: FaultServer) -> Non
         ((head, body),) = _responses(read_all(sock))
     assert head.startswith(b"HTTP/1.1 400"), head
     assert b"\r\ndate: " in head
+    assert b"\r\nx-content-type-options: nosniff" in head  # as on every other answer
     assert json.loads(body)["status"] == 400
 
 

@@ -44,6 +44,7 @@ __all__ = ["CoalescedWrites", "http_protocol"]
 _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
     b"%scontent-type: application/problem+json\r\n"
+    b"x-content-type-options: nosniff\r\n"
     b"connection: close\r\n"
     b"content-length: %d\r\n\r\n%s"
 )
@@ -52,6 +53,7 @@ _TOO_LARGE = (
 _BAD_REQUEST = (
     b"HTTP/1.1 400 Bad Request\r\n"
     b"%scontent-type: application/problem+json\r\n"
+    b"x-content-type-options: nosniff\r\n"
     b"connection: close\r\n"
     b"content-length: %d\r\n\r\n%s"
 )
