@@ -120,3 +120,38 @@ def test_audit_needs_audit_read(api: Api) -> None:
     metrics = api.actor_key("prom", ["r-metrics-read"])
     assert_problem(api.get(AUDIT, metrics), 403)
     assert_problem(api.get(AUDIT), 401)
+
+
+def test_grants_say_what_was_granted(api: Api) -> None:
+    # "actor.edit ci" alone cannot tell a rename from being made an administrator: the detail
+    # holds the roles (or permissions) the target has after the call.
+    admin = api.admin_key
+    api.create_role("deployer", ["cert.issue"])
+    api.request("PUT", "/api/v1/auth/roles/deployer", admin, json={"name": "D"})
+    api.request(
+        "PUT",
+        "/api/v1/auth/roles/deployer",
+        admin,
+        json={"permissions": ["cert.issue", "cert.read"]},
+    )
+    api.create_actor("ci", ["deployer"])
+    api.request("PATCH", "/api/v1/auth/actors/ci", admin, json={"name": "CI"})
+    r = api.request(
+        "PATCH", "/api/v1/auth/actors/ci", admin, json={"roles": ["r-admin", "deployer"]}
+    )
+    assert r.status_code == 200, r.text
+    api.request("PATCH", "/api/v1/auth/actors/ci", admin, json={"roles": []})
+    details = [
+        (e["action"], e["detail"])
+        for e in reversed(api.audit())
+        if e["action"] in ("role.create", "role.edit", "actor.create", "actor.edit")
+    ]
+    assert details == [
+        ("role.create", "permissions: cert.issue"),
+        ("role.edit", "renamed"),
+        ("role.edit", "permissions: cert.issue, cert.read"),
+        ("actor.create", "roles: deployer"),
+        ("actor.edit", "renamed"),
+        ("actor.edit", "roles: deployer, r-admin"),
+        ("actor.edit", "roles: (none)"),
+    ]

@@ -162,6 +162,11 @@ def _no_escalation(caller: Principal, permissions: frozenset[str] | set[str], wh
         )
 
 
+def _granted(what: str, names: list[str]) -> str:
+    """Audit detail of a grant: what an actor or role holds after the call, not before."""
+    return f"{what}: {', '.join(names) or '(none)'}"
+
+
 # --- roles -------------------------------------------------------------------------------
 
 
@@ -181,7 +186,7 @@ def create_role(
             id=role_id, name=name or role_id, permissions=perms, builtin=False, created_at=now
         )
         session.add(role)
-        record_call(session, caller, now, "role.create", role_id)
+        record_call(session, caller, now, "role.create", role_id, _granted("permissions", perms))
     return role
 
 
@@ -203,13 +208,16 @@ def update_role(
             raise Conflict(f"role {role_id} is built in and cannot be changed")
         # DESIGN §4: only a role whose permissions the caller holds may be edited, renamed too.
         _no_escalation(caller, set(role.permissions), "edit this role")
+        changes = []
         if permissions is not None:
             perms = _check_permissions(permissions)
             _no_escalation(caller, set(perms), "edit this role")
             role.permissions = perms
+            changes.append(_granted("permissions", perms))
         if name is not None:
             role.name = name
-        record_call(session, caller, now, "role.edit", role_id)
+            changes.append("renamed")
+        record_call(session, caller, now, "role.edit", role_id, "; ".join(changes))
     return role
 
 
@@ -257,7 +265,7 @@ def create_actor(
             raise Conflict(f"actor {actor_id} already exists")
         actor = Actor(id=actor_id, name=name or actor_id, roles=roles, created_at=now)
         session.add(actor)
-        record_call(session, caller, now, "actor.create", actor_id)
+        record_call(session, caller, now, "actor.create", actor_id, _granted("roles", roles))
     return actor
 
 
@@ -280,15 +288,18 @@ def update_actor(
         actor = session.get(Actor, actor_id)
         if actor is None:
             raise NotFound(f"actor {actor_id} not found")
+        changes = []
         if roles is not None and new_perms is not None:
             old = permissions_of(services, actor.roles)
             _no_escalation(caller, set(new_perms) | set(old), "change this actor's roles")
             if "r-admin" in actor.roles and "r-admin" not in roles:
                 _check_admin_remains(session, actor_id)
             actor.roles = roles
+            changes.append(_granted("roles", roles))
         if name is not None:
             actor.name = name
-        record_call(session, caller, now, "actor.edit", actor_id)
+            changes.append("renamed")
+        record_call(session, caller, now, "actor.edit", actor_id, "; ".join(changes))
     return actor
 
 
