@@ -189,3 +189,33 @@ def test_a_slow_body_and_an_unread_response_are_dropped(fault_server: FaultServe
     assert received < 50_000_000, received
     with fault_server.client() as client:  # and the server is fine
         assert client.get("/healthz").status_code == 200
+
+
+def test_a_queued_body_is_not_timed_while_the_server_is_not_reading(
+    fault_server: FaultServer,
+) -> None:
+    # Behind a pipelined request still being answered, uvicorn stops reading: the rest of the
+    # next request's body waits in the socket. Its body-timeout clock must not run meanwhile,
+    # or the connection (and the earlier answers) would be dropped for the server's own pause.
+    fault_server.config = {"http": {"body-timeout": "1s", "send-timeout": "30s"}}
+    fault_server.start()
+    body = json.dumps({"id": "r-queued", "name": "queued", "permissions": ["cert.read"]}).encode()
+    queued = (
+        b"POST /api/v1/auth/roles HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+        b"Authorization: Bearer " + fault_server.admin_key.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    gets = 100  # ~7.7 MB of answers the client does not read for 2 s: more than the buffers
+    raw = socket.create_connection(("127.0.0.1", fault_server.port), timeout=10)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # the server's buffer fills
+    with tls_context(fault_server.ca).wrap_socket(raw, server_hostname="localhost") as sock:
+        sock.sendall(
+            b"GET /api/v1/openapi.json HTTP/1.1\r\nHost: localhost\r\n\r\n" * gets
+            + queued
+            + body[:10]
+        )
+        time.sleep(2)
+        sock.sendall(body[10:])
+        answers = _responses(read_all(sock, limit_s=20))
+    statuses = [h.split(b" ", 2)[1] for h, _ in answers]
+    assert statuses == [b"200"] * gets + [b"201"], (len(statuses), statuses[-3:])

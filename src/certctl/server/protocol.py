@@ -175,14 +175,26 @@ def http_protocol(
             if self._in_head:
                 if self._head_bytes > max_head_bytes:
                     self._refuse(too_large)
-            elif (
-                self._body_deadline is None
-                and self._refusal is None
-                and not self.transport.is_closing()
-            ):
+            else:
                 # A body still incomplete after the read that ended its head (most arrive in
                 # that read, and never arm a timer): it has body_timeout_s to arrive.
+                self._arm_body_deadline()
+
+        def _arm_body_deadline(self) -> None:
+            if (
+                self._body_deadline is None
+                and self._refusal is None
+                # Queued behind another request, reading is paused (uvicorn's pipelining):
+                # the clock starts when its turn comes (on_response_complete), not before.
+                and not self.pipeline
+                and not self.transport.is_closing()
+            ):
                 self._body_deadline = self.loop.call_later(body_timeout_s, self._drop)
+
+        def _cancel_body_deadline(self) -> None:
+            if self._body_deadline is not None:
+                self._body_deadline.cancel()
+                self._body_deadline = None
 
         def send_400_response(self, msg: str) -> None:
             # llhttp refused the request (a Content-Length of "abc", a control byte in a
@@ -209,7 +221,9 @@ def http_protocol(
                 self._write_refusal(answer)
                 return
             self._refusal = answer
-            self._disarm()  # the refused head's deadline would cut the earlier responses
+            # Neither the refused head's deadline nor its body's may cut the earlier responses.
+            self._disarm()
+            self._cancel_body_deadline()
             self.flow.pause_reading()
 
         def _write_refusal(self, answer: tuple[bytes, int, bytes]) -> None:
@@ -228,6 +242,8 @@ def http_protocol(
             super().on_response_complete()
             if last and self._refusal is not None and not self.transport.is_closing():
                 self._write_refusal(self._refusal)
+            elif not last and not self._in_head:
+                self._arm_body_deadline()  # the request now started is still receiving its body
 
         def on_message_begin(self) -> None:
             if self._head_deadline is None:
@@ -247,9 +263,7 @@ def http_protocol(
 
         def on_message_complete(self) -> None:
             self._in_head = True
-            if self._body_deadline is not None:
-                self._body_deadline.cancel()
-                self._body_deadline = None
+            self._cancel_body_deadline()
             super().on_message_complete()
 
         def pause_writing(self) -> None:
