@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from certctl.metrics.registry import REGISTRY
 from tests.api.conftest import Api, assert_problem
 
 AUDIT = "/api/v1/audit"
@@ -93,6 +94,35 @@ def test_auth_failures_are_audited_without_secrets(api: Api) -> None:
     for value in secrets:
         assert value.split("_", 2)[2] not in r.text
     assert "key_value" not in r.text
+
+
+def test_requests_without_credentials_are_audited_once_a_minute_per_address(api: Api) -> None:
+    # Each one was an audit row written on the event loop, unthrottled: an anonymous flood
+    # grew the database without bound. They are all still counted and answered 401.
+    def missing_rows() -> int:
+        events = api.audit()
+        return sum(e["action"] == "auth.failure" and e["outcome"] == "missing" for e in events)
+
+    def missing_count() -> float:
+        value = REGISTRY.get_sample_value("certctl_auth_failures_total", {"reason": "missing"})
+        return value or 0.0
+
+    counted = missing_count()
+    for _ in range(20):
+        assert_problem(api.get("/api/v1/certificates"), 401)
+    assert missing_rows() == 1
+    assert missing_count() - counted == 20
+    api.clock.advance(seconds=59)
+    assert_problem(api.get("/api/v1/auth/whoami"), 401)
+    assert missing_rows() == 1
+    api.clock.advance(seconds=2)
+    assert_problem(api.get("/api/v1/auth/whoami"), 401)
+    assert missing_rows() == 2
+    # Wrong credentials are still audited one by one (the failure limit bounds them).
+    for _ in range(3):
+        assert_problem(api.get("/api/v1/certificates", "cctl_nope_nope"), 401)
+    invalid = [e for e in api.audit() if e["outcome"] == "invalid"]
+    assert len(invalid) == 3
 
 
 def test_audit_pagination(api: Api) -> None:

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -754,6 +754,14 @@ class _AuthSettings:
     limiter: AuthFailureLimiter | None
     client_cert_mappings: tuple[ClientCertMapping, ...]
     kubernetes: TokenReviewAuthenticator | None
+    # When each address last had a request without credentials audited (see _record_failure).
+    missing_audited: dict[str, datetime] = field(default_factory=dict)
+
+
+# Requests without any credentials are audited once per address per this interval; every one
+# is still counted in certctl_auth_failures_total{reason="missing"} and has its access-log line.
+MISSING_AUDIT_INTERVAL = timedelta(minutes=1)
+_MISSING_AUDITED_MAX = 10_000
 
 
 def _record_failure(auth: _AuthSettings, request: Request, reason: str, detail: str) -> None:
@@ -771,11 +779,24 @@ def _record_failure(auth: _AuthSettings, request: Request, reason: str, detail: 
             limiter.window_s,
         )
     services = auth.services
+    now = services.clock()
+    if reason == "missing":
+        # Nothing was tried, and nothing throttles it: without this, every anonymous request
+        # (a flood, or a scraper missing its token) was one audit row and one synchronous
+        # commit on the event loop, so anyone who could reach the port could grow the
+        # database without bound and stall every other request.
+        audited = auth.missing_audited
+        last = audited.get(source)
+        if last is not None and now - last < MISSING_AUDIT_INTERVAL:
+            return
+        if len(audited) >= _MISSING_AUDITED_MAX:
+            audited.clear()
+        audited[source] = now
     try:
         with services.sessions.begin() as session:
             audit.record(
                 session,
-                at=services.clock(),
+                at=now,
                 actor="anonymous",
                 action="auth.failure",
                 target=f"{request.method} {_logged_path(request.scope)}"[:200],
