@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError
 
-from certctl.errors import InvalidRequest, StorageUnavailable
+from certctl.errors import CertctlError, InvalidRequest, StorageUnavailable
 from certctl.files import SECRET_MODE, write_atomic
 from certctl.pki import parse_duration
 from certctl.server.config import ServerConfig
@@ -25,7 +25,7 @@ from certctl.store.db import (
     startup_lock,
     storage_error,
 )
-from certctl.store.keywrap import KeyWrapper, load_or_create_kek
+from certctl.store.keywrap import MASTER_KEY_ENV, KeyWrapper, kek_source, load_or_create_kek
 from certctl.store.models import Actor, Issuer
 
 __all__ = ["Bootstrapped", "bootstrap"]
@@ -111,14 +111,20 @@ def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
     """Migrate, then create what a first start creates (under the start-up lock)."""
     data_dir = config.data_dir
     migrate(engine)
-    services = Services(engine, session_factory(engine), KeyWrapper(load_or_create_kek(data_dir)))
-    rbac.ensure_builtin_roles(services)
-    with services.sessions() as session:
-        has_default = session.get(Issuer, issuance.DEFAULT_ISSUER) is not None
+    sessions = session_factory(engine)
+    with sessions() as session:
+        default = session.get(Issuer, issuance.DEFAULT_ISSUER)
+        has_issuers = session.scalar(select(Issuer.id).limit(1)) is not None
         has_admin = (
             session.scalar(select(Actor).where(Actor.id == rbac.BOOTSTRAP_ADMIN)) is not None
         )
-    if not has_default:
+    # Keys are stored: a missing KEK file is an error, never replaced by a new, useless one.
+    kek = load_or_create_kek(data_dir, create=not has_issuers)
+    services = Services(engine, sessions, KeyWrapper(kek))
+    if default is not None:
+        _check_kek(services, default, data_dir)
+    rbac.ensure_builtin_roles(services)
+    if default is None:
         issuance.create_issuer(
             services,
             None,
@@ -146,3 +152,15 @@ def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
         admin_key = minted.minted.value
         write_atomic(key_file, (admin_key + "\n").encode(), SECRET_MODE)
     return Bootstrapped(services, admin_key, key_file)
+
+
+def _check_kek(services: Services, default: Issuer, data_dir: Path) -> None:
+    """Refuse a KEK that does not open the stored keys, naming where it came from."""
+    try:
+        services.wrapper.unwrap(default.wrapped_key, context=f"issuer:{default.id}")
+    except CertctlError:
+        raise InvalidRequest(
+            f"the key-encryption key from {kek_source(data_dir)} does not decrypt the keys "
+            f"in the database: start with the one they were encrypted under "
+            f"({MASTER_KEY_ENV}, or {data_dir / 'kek'} from a backup)"
+        ) from None

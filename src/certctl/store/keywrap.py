@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from certctl.errors import CertctlError, InvalidRequest
 from certctl.files import SECRET_MODE, write_atomic
 
-__all__ = ["KeyWrapper", "load_or_create_kek"]
+__all__ = ["KeyWrapper", "kek_source", "load_or_create_kek"]
 
 _VERSION = b"v1"
 MASTER_KEY_ENV = "CERTCTL_MASTER_KEY"
@@ -67,8 +67,18 @@ class KeyWrapper:
             ) from None
 
 
-def load_or_create_kek(data_dir: Path) -> bytes:
-    """Return the KEK from the environment, or ``<data-dir>/kek``, creating it (0600) if absent."""
+def kek_source(data_dir: Path) -> str:
+    """Where :func:`load_or_create_kek` takes the KEK from, for messages (never the key)."""
+    return MASTER_KEY_ENV if os.environ.get(MASTER_KEY_ENV) else str(data_dir / "kek")
+
+
+def load_or_create_kek(data_dir: Path, *, create: bool = True) -> bytes:
+    """Return the KEK from the environment, or ``<data-dir>/kek``, creating it (0600) if absent.
+
+    Raises:
+        InvalidRequest: the key is malformed, or absent while ``create`` is false (the store
+            already holds keys wrapped under it: a new one would open none of them).
+    """
     env = os.environ.get(MASTER_KEY_ENV)
     if env:
         try:
@@ -96,10 +106,18 @@ def load_or_create_kek(data_dir: Path) -> bytes:
                 )
             else:
                 store_log.warning("%s was mode %04o; made it 0600", path, mode)
-        kek = base64.b64decode(path.read_bytes().strip())
+        try:
+            kek = base64.b64decode(path.read_bytes().strip(), validate=True)
+        except (binascii.Error, ValueError):
+            kek = b""  # not base64: said as the wrong length below, with the file named
         if len(kek) != 32:
             raise InvalidRequest(f"{path}: key-encryption key must be 32 bytes (base64)")
         return kek
+    if not create:
+        raise InvalidRequest(
+            f"{path} is missing, but the database holds keys encrypted under it: restore it "
+            f"from a backup (or set {MASTER_KEY_ENV} to its content); a new key would open none"
+        )
     kek = os.urandom(32)
     write_atomic(path, base64.b64encode(kek) + b"\n", SECRET_MODE)
     return kek

@@ -1,0 +1,80 @@
+"""What a restart finds in the data dir and the database: never a second first start."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from certctl.errors import InvalidRequest
+from certctl.server.bootstrap import Bootstrapped, bootstrap
+from certctl.server.config import ServerConfig
+from certctl.store.models import Issuer
+
+
+def _boot(data: Path) -> Bootstrapped:
+    booted = bootstrap(ServerConfig.model_validate({"data-dir": str(data)}))
+    booted.services.engine.dispose()
+    return booted
+
+
+def _issuers(data: Path) -> list[str]:
+    booted = bootstrap(ServerConfig.model_validate({"data-dir": str(data)}))
+    with booted.services.sessions() as session:
+        ids = list(session.scalars(select(Issuer.id)))
+    booted.services.engine.dispose()
+    return ids
+
+
+def test_a_missing_kek_is_not_replaced_while_keys_are_stored(tmp_path: Path) -> None:
+    # A new random KEK was written, and the start then failed on 'wrong master key'.
+    data = tmp_path / "data"
+    _boot(data)
+    (data / "kek").unlink()
+    with pytest.raises(InvalidRequest, match=r"kek is missing, but the database holds keys"):
+        _boot(data)
+    assert not (data / "kek").exists()
+
+
+def test_a_wrong_kek_is_named_and_never_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    _boot(data)
+    kek = (data / "kek").read_text().strip()
+    wrong = base64.b64encode(os.urandom(32)).decode()
+    monkeypatch.setenv("CERTCTL_MASTER_KEY", wrong)
+    with pytest.raises(InvalidRequest) as caught:
+        _boot(data)
+    message = str(caught.value)
+    assert message.startswith(
+        "the key-encryption key from CERTCTL_MASTER_KEY does not decrypt the keys in the database"
+    )
+    assert wrong not in message
+    assert kek not in message
+    # Moving the key from the file to the environment is the documented way: it works.
+    monkeypatch.setenv("CERTCTL_MASTER_KEY", kek)
+    (data / "kek").rename(tmp_path / "kek.bak")
+    assert _issuers(data) == ["default"]
+    assert not (data / "kek").exists()
+    monkeypatch.delenv("CERTCTL_MASTER_KEY")
+    (data / "kek").write_text(wrong + "\n")
+    with pytest.raises(
+        InvalidRequest, match=re.escape(f"key-encryption key from {data / 'kek'} does not")
+    ):
+        _boot(data)
+
+
+@pytest.mark.parametrize("content", [b"not base64 at all!!\n", b"", b"c2hvcnQ=\n"])
+def test_a_damaged_kek_file_is_one_clear_error(tmp_path: Path, content: bytes) -> None:
+    # Text that is not base64 gave 'internal error (Error: Incorrect padding)'.
+    data = tmp_path / "data"
+    _boot(data)
+    (data / "kek").write_bytes(content)
+    with pytest.raises(InvalidRequest) as caught:
+        _boot(data)
+    assert str(caught.value) == f"{data / 'kek'}: key-encryption key must be 32 bytes (base64)"
