@@ -103,8 +103,12 @@ def _bootstrap(config: ServerConfig) -> Bootstrapped:
         with contextlib.suppress(FileExistsError):
             os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE))
     engine = create_store_engine(config.effective_database_url)
-    with startup_lock(engine):
-        return _prepare_store(config, engine)
+    try:
+        with startup_lock(engine):
+            return _prepare_store(config, engine)
+    except BaseException:
+        engine.dispose()  # a refused start leaves no connection (nor SQLite lock) behind
+        raise
 
 
 def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
@@ -118,6 +122,8 @@ def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
         has_admin = (
             session.scalar(select(Actor).where(Actor.id == rbac.BOOTSTRAP_ADMIN)) is not None
         )
+    if default is None:
+        _refuse_lost_database(config)
     # Keys are stored: a missing KEK file is an error, never replaced by a new, useless one.
     kek = load_or_create_kek(data_dir, create=not has_issuers)
     services = Services(engine, sessions, KeyWrapper(kek))
@@ -152,6 +158,35 @@ def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
         admin_key = minted.minted.value
         write_atomic(key_file, (admin_key + "\n").encode(), SECRET_MODE)
     return Bootstrapped(services, admin_key, key_file)
+
+
+def _refuse_lost_database(config: ServerConfig) -> None:
+    """Refuse a first start over a data dir that an earlier start filled.
+
+    ``admin-api-key`` is written at the end of a first start and ``tls/ca.crt`` after it, so
+    either one beside a store without the internal CA means the database was lost, replaced
+    or mistyped (a deleted or emptied ``certctl.db``, another ``database-url``). Going on
+    would make a new CA (every issued certificate orphaned) and overwrite the admin key and
+    ``ca.crt`` that clients trust.
+
+    Raises:
+        InvalidRequest: such files are there.
+    """
+    data_dir = config.data_dir
+    # tls/ is certctl's own only in self-signed mode (custom files may live there).
+    markers = ["admin-api-key"] + (["tls/ca.crt"] if config.tls.mode == "self-signed" else [])
+    found = [name for name in markers if (data_dir / name).is_file()]
+    if not found:
+        return
+    where = (
+        f"{data_dir / 'certctl.db'} is empty or missing"
+        if config.database_url is None
+        else "the database (database-url) holds no certctl data"
+    )
+    raise InvalidRequest(
+        f"{where}, but {data_dir} holds {' and '.join(found)} from an earlier start: restore "
+        f"the database from a backup, or move {data_dir} aside to start afresh"
+    )
 
 
 def _check_kek(services: Services, default: Issuer, data_dir: Path) -> None:

@@ -14,6 +14,7 @@ from certctl.errors import InvalidRequest
 from certctl.server.bootstrap import Bootstrapped, bootstrap
 from certctl.server.config import ServerConfig
 from certctl.store.models import Issuer
+from tests._tools import run
 
 
 def _boot(data: Path) -> Bootstrapped:
@@ -28,6 +29,57 @@ def _issuers(data: Path) -> list[str]:
         ids = list(session.scalars(select(Issuer.id)))
     booted.services.engine.dispose()
     return ids
+
+
+def test_a_lost_database_is_refused_and_nothing_is_overwritten(tmp_path: Path) -> None:
+    # It made a new internal CA (orphaning every issued certificate) and a new admin key,
+    # written over the one in admin-api-key.
+    data = tmp_path / "data"
+    _boot(data)
+    key_before = (data / "admin-api-key").read_bytes()
+    (data / "certctl.db").unlink()
+    with pytest.raises(InvalidRequest) as caught:
+        _boot(data)
+    assert str(caught.value) == (
+        f"{data / 'certctl.db'} is empty or missing, but {data} holds admin-api-key from an "
+        f"earlier start: restore the database from a backup, or move {data} aside to start afresh"
+    )
+    assert (data / "admin-api-key").read_bytes() == key_before
+    (data / "certctl.db").write_bytes(b"")  # emptied (a failed restore, a full disk)
+    (data / "tls").mkdir()
+    (data / "tls" / "ca.crt").write_text("the CA clients trust")
+    with pytest.raises(
+        InvalidRequest, match=r"holds admin-api-key and tls/ca\.crt from an earlier"
+    ):
+        _boot(data)
+    assert (data / "admin-api-key").read_bytes() == key_before
+    # Custom TLS files kept in <data-dir>/tls are no sign of an earlier start.
+    custom = tmp_path / "custom"
+    (custom / "tls").mkdir(parents=True)
+    (custom / "tls" / "ca.crt").write_text("the operator's CA")
+    config = {"data-dir": str(custom), "tls": {"mode": "custom", "cert-dir": str(custom / "tls")}}
+    booted = bootstrap(ServerConfig.model_validate(config))
+    booted.services.engine.dispose()
+    assert booted.admin_key is not None
+    # Negative twin: moved aside, the data dir starts afresh.
+    (data / "admin-api-key").unlink()
+    (data / "tls" / "ca.crt").unlink()
+    assert _boot(data).admin_key is not None
+
+
+def test_serve_on_a_lost_database_exits_with_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _boot(data)
+    (data / "certctl.db").unlink()
+    proc = run("certctl", "serve", "--data-dir", data, "--listen", "127.0.0.1:0", timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [
+        f"certctl: error: {data / 'certctl.db'} is empty or missing, but {data} holds "
+        f"admin-api-key from an earlier start: restore the database from a backup, or move "
+        f"{data} aside to start afresh"
+    ]
+    assert "Traceback" not in proc.stderr
 
 
 def test_a_missing_kek_is_not_replaced_while_keys_are_stored(tmp_path: Path) -> None:
