@@ -119,9 +119,9 @@ def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
     with sessions() as session:
         default = session.get(Issuer, issuance.DEFAULT_ISSUER)
         has_issuers = session.scalar(select(Issuer.id).limit(1)) is not None
-        has_admin = (
-            session.scalar(select(Actor).where(Actor.id == rbac.BOOTSTRAP_ADMIN)) is not None
-        )
+        # The bootstrap admin is the first actor: created once, on a store without any. One
+        # deleted since (other administrators took over) stays deleted.
+        has_actors = session.scalar(select(Actor.id).limit(1)) is not None
     if default is None:
         _refuse_lost_database(config)
     # Keys are stored: a missing KEK file is an error, never replaced by a new, useless one.
@@ -144,7 +144,7 @@ def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
         log.info("created the internal CA (issuer 'default')")
     key_file = data_dir / "admin-api-key"
     admin_key = None
-    if not has_admin:
+    if not has_actors:
         with services.sessions.begin() as session:
             session.add(
                 Actor(

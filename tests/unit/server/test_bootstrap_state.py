@@ -8,12 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from certctl.errors import InvalidRequest
 from certctl.server.bootstrap import Bootstrapped, bootstrap
 from certctl.server.config import ServerConfig
-from certctl.store.models import Issuer
+from certctl.store.models import Actor, ApiKey, Issuer
 from tests._tools import run
 
 
@@ -80,6 +80,27 @@ def test_serve_on_a_lost_database_exits_with_one_line(tmp_path: Path) -> None:
         f"{data} aside to start afresh"
     ]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_deleted_bootstrap_admin_stays_deleted(tmp_path: Path) -> None:
+    # Each restart made it again, with a fresh all-powerful key printed to the log.
+    data = tmp_path / "data"
+    booted = bootstrap(ServerConfig.model_validate({"data-dir": str(data)}))
+    with booted.services.sessions.begin() as session:
+        session.add(
+            Actor(id="alice", name="Alice", roles=["r-admin"], created_at=booted.services.clock())
+        )
+        session.execute(delete(ApiKey).where(ApiKey.actor_id == "admin"))
+        session.execute(delete(Actor).where(Actor.id == "admin"))
+    booted.services.engine.dispose()
+    again = bootstrap(ServerConfig.model_validate({"data-dir": str(data)}))
+    with again.services.sessions() as session:
+        actors = list(session.scalars(select(Actor.id)))
+        keys = list(session.scalars(select(ApiKey.actor_id)))
+    again.services.engine.dispose()
+    assert again.admin_key is None
+    assert actors == ["alice"]
+    assert keys == []
 
 
 def test_a_missing_kek_is_not_replaced_while_keys_are_stored(tmp_path: Path) -> None:
