@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-__all__ = ["serve_command"]
+__all__ = ["admin_key_command", "serve_command"]
 
 
 def serve_command(
@@ -66,3 +66,45 @@ def serve_command(
             import shutil
 
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def admin_key_command(
+    config: Path = typer.Option(
+        None, "--config", "-c", envvar="CERTCTL_CONFIG", help="The server's YAML config file."
+    ),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="The server's data directory (default: ./certctl-data)."
+    ),
+    database_url: str = typer.Option(
+        None, "--database-url", help="The server's database (prefer CERTCTL_DATABASE_URL)."
+    ),
+    actor: str = typer.Option("admin", "--actor", help="The actor the key is for."),
+    out: Path = typer.Option(
+        None, "--out", help="Where to write the key (default: <data-dir>/admin-api-key)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
+) -> None:
+    """Mint an API key in the server's store, for when every admin key is lost.
+
+    Run it where the server runs, with its configuration: it needs the database and the
+    key-encryption key; the server need not be stopped. The key is written 0600, never
+    printed; the key in a replaced admin-api-key stays valid until revoked.
+    """
+    from certctl.errors import Conflict
+    from certctl.files import SECRET_MODE, write_atomic
+    from certctl.server.bootstrap import mint_local_key
+    from certctl.server.config import load_config
+
+    settings = load_config(
+        config,
+        {
+            "data-dir": str(data_dir) if data_dir else None,
+            "database-url": database_url,
+        },
+    )
+    target = out if out is not None else settings.data_dir / "admin-api-key"
+    if target.exists() and not force:
+        raise Conflict(f"{target} exists (--force replaces it)")
+    minted = mint_local_key(settings, actor)
+    write_atomic(target, (minted.minted.value + "\n").encode(), SECRET_MODE)
+    typer.echo(f"API key {minted.row.id} for actor {actor} written to {target} (0600)")

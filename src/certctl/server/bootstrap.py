@@ -28,7 +28,7 @@ from certctl.store.db import (
 from certctl.store.keywrap import MASTER_KEY_ENV, KeyWrapper, kek_source, load_or_create_kek
 from certctl.store.models import Actor, Issuer
 
-__all__ = ["Bootstrapped", "bootstrap"]
+__all__ = ["Bootstrapped", "bootstrap", "mint_local_key"]
 
 log = logging.getLogger("certctl.server")
 
@@ -199,3 +199,40 @@ def _check_kek(services: Services, default: Issuer, data_dir: Path) -> None:
             f"in the database: start with the one they were encrypted under "
             f"({MASTER_KEY_ENV}, or {data_dir / 'kek'} from a backup)"
         ) from None
+
+
+def mint_local_key(config: ServerConfig, actor_id: str) -> rbac.MintResult:
+    """A new API key for ``actor_id``, minted in the store without the API.
+
+    The way back in for administrators whose keys are lost (``admin-api-key`` deleted): it
+    needs what ``certctl serve`` needs, the database and the key-encryption key, and works
+    while the server runs. Audited as ``apikey.create`` by ``system``. Nothing is migrated
+    or created: a data dir without a database is refused.
+
+    Raises:
+        InvalidRequest: no certctl database there, or a KEK that does not open it.
+        NotFound: no actor ``actor_id``.
+        StorageUnavailable: the database cannot be opened or written.
+    """
+    data_dir = config.data_dir
+    if config.database_url is None and not (data_dir / "certctl.db").is_file():
+        # SQLite would create an empty file (readable by all) rather than fail.
+        raise InvalidRequest(f"{data_dir / 'certctl.db'}: no such database")
+    engine = create_store_engine(config.effective_database_url)
+    try:
+        sessions = session_factory(engine)
+        with sessions() as session:
+            default = session.get(Issuer, issuance.DEFAULT_ISSUER)
+        if default is None:
+            raise InvalidRequest("the database holds no certctl data")
+        kek = load_or_create_kek(data_dir, create=False)
+        services = Services(engine, sessions, KeyWrapper(kek))
+        _check_kek(services, default, data_dir)
+        return rbac.mint_api_key(services, None, actor_id, "local", None)
+    except DBAPIError as exc:
+        fault = storage_error(exc)
+        if fault is None:
+            raise
+        raise StorageUnavailable(fault.detail) from None
+    finally:
+        engine.dispose()

@@ -1,0 +1,64 @@
+"""certctl admin-key: the way back in when admin-api-key is lost, against a running server."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+
+import pytest
+
+from tests._tools import ok, run
+from tests.e2e.conftest import StartServer, secret_of
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_lost_admin_key_is_minted_again_from_the_data_dir(start_server: StartServer) -> None:
+    server = start_server()
+    key_file = server.data_dir / "admin-api-key"
+    old_key = server.admin_key
+    key_file.unlink()  # the locked-out administrator
+
+    proc = ok(run("certctl", "admin-key", "--data-dir", server.data_dir))
+    new_key = key_file.read_text().strip()
+    assert new_key != old_key
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key_id = new_key.split("_")[1]
+    assert proc.stdout == f"API key {key_id} for actor admin written to {key_file} (0600)\n"
+    assert secret_of(new_key) not in proc.stdout + proc.stderr
+    with server.client(new_key) as client:  # at once: no restart
+        whoami = client.get("/api/v1/auth/whoami").json()
+        assert whoami["actor_id"] == "admin"
+        assert "auth.apikey.revoke" in whoami["permissions"]
+        audit = client.get("/api/v1/audit").json()["items"]
+        assert any(
+            e["action"] == "apikey.create" and e["actor"] == "system" and key_id in e["target"]
+            for e in audit
+        ), audit
+    with server.client(old_key) as client:  # not revoked by this: the admin decides
+        assert client.get("/api/v1/auth/whoami").status_code == 200
+
+    # An existing file is never replaced without --force.
+    again = run("certctl", "admin-key", "--data-dir", server.data_dir)
+    assert again.returncode == 1
+    assert again.stderr == f"certctl: error: {key_file} exists (--force replaces it)\n"
+    assert key_file.read_text().strip() == new_key
+
+    # It takes what the server takes: a wrong key-encryption key mints nothing.
+    out = server.data_dir.parent / "other.key"
+    wrong = base64.b64encode(os.urandom(32)).decode()
+    env = {**os.environ, "CERTCTL_MASTER_KEY": wrong}
+    refused = run("certctl", "admin-key", "--data-dir", server.data_dir, "--out", out, env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(
+        "certctl: error: the key-encryption key from CERTCTL_MASTER_KEY does not decrypt"
+    )
+    assert wrong not in refused.stderr
+    assert not out.exists()
+    # Nor does a data dir without a database (none is created there).
+    empty = server.data_dir.parent / "empty"
+    empty.mkdir()
+    missing = run("certctl", "admin-key", "--data-dir", empty)
+    assert missing.stderr == f"certctl: error: {empty / 'certctl.db'}: no such database\n"
+    assert list(empty.iterdir()) == []
