@@ -106,14 +106,22 @@ def ensure_self_signed(
     ca_pem = certs_to_pem([ca.root])
     if cert_path.exists() and (tls_dir / "tls.key").exists():
         try:
-            current = load_material(cert_path.read_bytes()).certificates[0]
+            # The key too: a damaged or foreign tls.key (a partial restore) would fail every
+            # start at the listener, though this file is ours to replace.
+            current = _validate_pair(
+                cert_path.read_bytes(), (tls_dir / "tls.key").read_bytes(), now
+            )
             sans = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             fresh = now < current.not_valid_after_utc - rotate_before
             same_names = SubjectAltNames.from_extension(sans) == wanted
             same_issuer = current.issuer == ca.certificate.subject
             if fresh and same_names and same_issuer and (tls_dir / "ca.crt").read_bytes() == ca_pem:
                 return False
-        except (CertctlError, ValueError, IndexError, x509.ExtensionNotFound, OSError):
+        except CertctlError as exc:
+            log.warning(
+                "server certificate in %s unusable (%s); issuing a new one", tls_dir, exc.detail
+            )
+        except (ValueError, IndexError, x509.ExtensionNotFound, OSError):
             log.warning("server certificate in %s unreadable; issuing a new one", tls_dir)
     key = generate_private_key()
     issued = ca.issue(

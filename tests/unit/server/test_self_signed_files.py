@@ -1,0 +1,62 @@
+"""The self-signed files in <data-dir>/tls are certctl's own: a damaged one is replaced."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from certctl.pki import (
+    CertificateAuthority,
+    create_root_ca,
+    generate_private_key,
+    key_to_pem,
+    keys_match,
+    load_material,
+    parse_dn,
+)
+from certctl.server.tls import ServerTLS, ensure_self_signed
+
+NOW = datetime.now(UTC)
+
+
+def _ensure(tls_dir: Path, ca: CertificateAuthority) -> bool:
+    return ensure_self_signed(
+        tls_dir,
+        ca,
+        extra_sans=[],
+        validity=timedelta(days=30),
+        rotate_before=timedelta(days=1),
+        now=NOW,
+    )
+
+
+def _pair_matches(tls_dir: Path) -> bool:
+    cert = load_material((tls_dir / "tls.crt").read_bytes()).certificates[0]
+    key = load_material((tls_dir / "tls.key").read_bytes()).private_key
+    assert key is not None
+    return keys_match(key, cert)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"junk\n", b"", key_to_pem(generate_private_key())],
+    ids=["garbage", "empty", "another key"],
+)
+def test_a_damaged_tls_key_is_reissued_not_a_failed_start(
+    tmp_path: Path, damage: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The pair was judged by tls.crt alone, so every start then failed at the listener
+    # ("tls.key does not match tls.crt") until someone deleted the directory by hand.
+    key = generate_private_key()
+    root = create_root_ca(key, parse_dn("CN=test CA"), validity=timedelta(days=365), now=NOW)
+    ca = CertificateAuthority(root.certificate, key)
+    tls_dir = tmp_path / "tls"
+    assert _ensure(tls_dir, ca)
+    assert not _ensure(tls_dir, ca)  # negative twin: a sound pair is kept
+    (tls_dir / "tls.key").write_bytes(damage)
+    assert _ensure(tls_dir, ca)
+    assert "unusable" in caplog.text
+    assert _pair_matches(tls_dir)
+    ServerTLS(tls_dir).load(NOW)  # what the listener does at start
