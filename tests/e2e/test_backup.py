@@ -99,3 +99,24 @@ def test_vacuum_into_backup_of_a_busy_server_restores_on_a_fresh_host(
             client.post(f"/api/v1/certificates/{response.json()['id']}/renew", json={}).status_code
             == 201
         )
+
+
+def test_after_a_clean_stop_certctl_db_alone_holds_every_commit(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # The process died of the SIGTERM uvicorn re-raises, its connections open: every commit
+    # since the last automatic checkpoint (here all of them) was only in certctl.db-wal, so
+    # `cp certctl.db` after `systemctl stop` copied an empty database.
+    server = start_server()
+    with server.client(server.admin_key) as client:
+        for n in range(30):
+            response = client.post(
+                "/api/v1/certificates", json={"issuer": "default", "common_name": f"s{n}.example"}
+            )
+            assert response.status_code == 201, response.text
+    server.stop()
+    cold = tmp_path / "cold"
+    cold.mkdir()
+    ok(run("cp", server.data_dir / "certctl.db", cold))
+    count = ok(run("sqlite3", cold / "certctl.db", "SELECT count(*) FROM certificates"))
+    assert count.stdout == "30\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from certctl.server.tls import ServerTLS, check_files, ensure_self_signed
 from certctl.services import issuance
 from certctl.services.context import Services
 from certctl.services.tls_services import ServiceSettings, TargetPolicy, ca_renewal_time
-from certctl.store.db import storage_error
+from certctl.store.db import checkpoint, storage_error
 from certctl.store.models import ApiKey, Issuer, ManagedService
 from certctl.targets.kubernetes import SecretWriter, WriteResult
 
@@ -672,8 +673,22 @@ def _serve_process(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    # uvicorn stops gracefully on SIGTERM, then re-raises it, and the default action ended the
+    # process with the last commits only in certctl.db-wal (the API-key cache keeps its own
+    # connection open, so SQLite never checkpoints on close): a copy of certctl.db taken after
+    # a clean stop missed them. Each process checkpoints on its way out.
+    def checkpoint_and_stop(signum: int, _frame: object) -> None:
+        checkpoint(services.engine)
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    signal.signal(signal.SIGTERM, checkpoint_and_stop)
+
     # uvloop: its event loop and TLS transport cost about half of asyncio's per request and
     # per handshake (docs/performance.md).
     import uvloop
 
-    uvloop.run(main())
+    try:
+        uvloop.run(main())
+    finally:  # Ctrl-C (SIGINT re-raised as KeyboardInterrupt) or a listener that failed
+        checkpoint(services.engine)

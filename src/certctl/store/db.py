@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from certctl.errors import CertctlError, Conflict, StorageUnavailable
 
 __all__ = [
+    "checkpoint",
     "constraint_conflict",
     "create_store_engine",
     "migrate",
@@ -23,6 +25,7 @@ __all__ = [
 ]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger("certctl.store")
 
 
 def create_store_engine(url: str) -> Engine:
@@ -139,6 +142,23 @@ def startup_lock(engine: Engine) -> Iterator[None]:
         finally:
             # Invalidated, not pooled: a session still holding the lock must not be reused.
             connection.invalidate()
+
+
+def checkpoint(engine: Engine) -> None:
+    """SQLite: copy every commit from ``certctl.db-wal`` into ``certctl.db`` and empty the log.
+
+    Best effort, for a server on its way out: a failure (busy, read-only, full) only leaves
+    the log, which SQLite replays at the next open. PostgreSQL: nothing to do.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    try:
+        with engine.connect() as connection:
+            busy = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").scalar()
+        if busy:
+            log.debug("checkpoint left part of the log: another process is reading")
+    except DBAPIError as exc:
+        log.debug("checkpoint failed: %s", exc.orig)
 
 
 def lock_for_write(session: Session, key: int) -> None:
