@@ -232,6 +232,9 @@ def migrate(engine: Engine) -> None:
 _SQLITE_FAULTS = (
     ("SQLITE_FULL", "storage is full: writes are refused until space is freed"),
     ("SQLITE_READONLY", "storage is read-only: writes are refused"),
+    # Growing the -shm file failed: on Linux, no space left (a full disk at start said
+    # "read-only or failing disk").
+    ("SQLITE_IOERR_SHMSIZE", "storage is full: writes are refused until space is freed"),
     ("SQLITE_IOERR", "storage I/O error (read-only or failing disk): writes are refused"),
     ("SQLITE_CANTOPEN", "storage is unavailable: cannot open the database file"),
     ("SQLITE_BUSY", "storage is busy: retry later"),

@@ -26,6 +26,7 @@ def _sqlite_error(name: str) -> sqlite3.OperationalError:
         ("SQLITE_READONLY", "storage is read-only"),
         ("SQLITE_READONLY_DBMOVED", "storage is read-only"),
         ("SQLITE_IOERR_WRITE", "storage I/O error"),
+        ("SQLITE_IOERR_SHMSIZE", "storage is full"),  # what a full disk gives at start
         ("SQLITE_CANTOPEN", "cannot open the database file"),
         ("SQLITE_BUSY", "storage is busy"),
     ],
