@@ -102,6 +102,7 @@ def _bootstrap(config: ServerConfig) -> Bootstrapped:
         db = data_dir / "certctl.db"
         with contextlib.suppress(FileExistsError):
             os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE))
+        _check_owned(db, Path(f"{db}-wal"), Path(f"{db}-shm"))
     engine = create_store_engine(config.effective_database_url)
     try:
         with startup_lock(engine):
@@ -109,6 +110,29 @@ def _bootstrap(config: ServerConfig) -> Bootstrapped:
     except BaseException:
         engine.dispose()  # a refused start leaves no connection (nor SQLite lock) behind
         raise
+
+
+def _check_owned(*paths: Path) -> None:
+    """Refuse SQLite files this user may not write (a first start run as root, say).
+
+    SQLite would only say "cannot open the database file". A read-only file system is not
+    refused here: the server then starts, serves reads and answers 503 to writes.
+
+    Raises:
+        InvalidRequest: naming the file, its owner and this user.
+    """
+    for path in paths:
+        # access(2), not open(2): closing a descriptor of a file SQLite has open in this
+        # process would drop its POSIX locks.
+        if not path.exists() or os.access(path, os.R_OK | os.W_OK, effective_ids=True):
+            continue
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            continue  # a read-only file system: SQLite says what it can do
+        raise InvalidRequest(
+            f"{path}: permission denied to uid {os.geteuid()} (the file belongs to uid "
+            f"{path.stat().st_uid}): give the data dir and its files to the user the server "
+            "runs as"
+        )
 
 
 def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:

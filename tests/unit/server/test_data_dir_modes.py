@@ -129,3 +129,30 @@ def test_a_data_dir_that_is_a_file_is_named(tmp_path: Path) -> None:
         bootstrap(ServerConfig.model_validate({"data-dir": str(tmp_path / "afile")}))
     with pytest.raises(InvalidRequest, match=r"^data-dir .*/afile/sub: Not a directory$"):
         bootstrap(ServerConfig.model_validate({"data-dir": str(tmp_path / "afile" / "sub")}))
+
+
+def test_database_files_of_another_user_are_named(open_tmp: Path) -> None:
+    # The classic: a first start as root, then the service user. It said only "cannot start:
+    # storage is unavailable: cannot open the database file".
+    data = open_tmp / "data"
+    _boot_as_root = bootstrap(ServerConfig.model_validate({"data-dir": str(data)}))
+    _boot_as_root.services.engine.dispose()
+    os.chown(data, 65534, 65534)
+    for path in data.iterdir():
+        if path.name != "certctl.db":
+            os.chown(path, 65534, 65534)
+    code = (
+        "from certctl.server.bootstrap import bootstrap; "
+        "from certctl.server.config import ServerConfig; from certctl.errors import CertctlError\n"
+        f"try: bootstrap(ServerConfig.model_validate({{'data-dir': '{data}'}}))\n"
+        "except CertctlError as exc: print(exc.detail)\n"
+        "else: print('started')"
+    )
+    proc = _as_nobody(code)
+    assert proc.stdout.strip() == (
+        f"{data / 'certctl.db'}: permission denied to uid 65534 (the file belongs to uid 0): "
+        "give the data dir and its files to the user the server runs as"
+    ), proc.stderr
+    # Negative twin: once it is the service user's, it starts.
+    os.chown(data / "certctl.db", 65534, 65534)
+    assert _as_nobody(code).stdout.strip() == "started"
