@@ -10,13 +10,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from certctl.errors import CertctlError, Conflict
 
-__all__ = ["SECRET_MODE", "OutputSet", "in_memory_file", "write_atomic"]
+if TYPE_CHECKING:  # not imported at run time: `cert issue` starts without logging
+    import logging
+
+__all__ = ["SECRET_MODE", "OutputSet", "in_memory_file", "tighten_secret", "write_atomic"]
 
 SECRET_MODE = 0o600
 _FSYNC_EACH_UP_TO = 16
@@ -46,6 +51,28 @@ def write_atomic(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def tighten_secret(path: Path, log: logging.Logger) -> None:
+    """Make a secret file that others may read 0600, with a warning; never fail for it.
+
+    A file restored from a backup or copied by hand keeps whatever mode it got. One the
+    process cannot chmod (not its own) is only warned about.
+    """
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if not mode & 0o077:
+        return
+    try:
+        os.chmod(path, SECRET_MODE)
+    except OSError as exc:
+        log.warning(
+            "%s is mode %04o and cannot be made 0600 (%s): others may read it",
+            path,
+            mode,
+            exc.strerror,
+        )
+    else:
+        log.warning("%s was mode %04o; made it 0600", path, mode)
 
 
 @contextlib.contextmanager

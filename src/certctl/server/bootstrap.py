@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import DBAPIError
 
 from certctl.errors import CertctlError, InvalidRequest, StorageUnavailable
-from certctl.files import SECRET_MODE, write_atomic
+from certctl.files import SECRET_MODE, tighten_secret, write_atomic
 from certctl.pki import parse_duration
 from certctl.server.config import ServerConfig
 from certctl.services import issuance, rbac
@@ -181,6 +181,8 @@ def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
         minted = rbac.mint_api_key(services, None, rbac.BOOTSTRAP_ADMIN, "bootstrap", None)
         admin_key = minted.minted.value
         write_atomic(key_file, (admin_key + "\n").encode(), SECRET_MODE)
+    elif key_file.is_file():
+        tighten_secret(key_file, log)  # a restored copy readable by all is an admin's key
     return Bootstrapped(services, admin_key, key_file)
 
 

@@ -11,7 +11,6 @@ import base64
 import binascii
 import logging
 import os
-import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -20,7 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from certctl.errors import CertctlError, InvalidRequest
-from certctl.files import SECRET_MODE, write_atomic
+from certctl.files import SECRET_MODE, tighten_secret, write_atomic
 
 __all__ = ["KeyWrapper", "kek_source", "load_or_create_kek"]
 
@@ -90,22 +89,9 @@ def load_or_create_kek(data_dir: Path, *, create: bool = True) -> bytes:
         return kek
     path = data_dir / "kek"
     if path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            # Restored from a backup or copied by hand: readable by others, it would let
-            # them decrypt every stored key. Tightened when we may; never a failed start.
-            store_log = logging.getLogger("certctl.store")
-            try:
-                os.chmod(path, SECRET_MODE)
-            except OSError as exc:
-                store_log.warning(
-                    "%s is mode %04o and cannot be made 0600 (%s): others may read it",
-                    path,
-                    mode,
-                    exc.strerror,
-                )
-            else:
-                store_log.warning("%s was mode %04o; made it 0600", path, mode)
+        # Restored from a backup or copied by hand: readable by others, it would let them
+        # decrypt every stored key.
+        tighten_secret(path, logging.getLogger("certctl.store"))
         try:
             kek = base64.b64decode(path.read_bytes().strip(), validate=True)
         except (binascii.Error, ValueError):

@@ -68,6 +68,25 @@ def test_a_kek_readable_by_others_is_tightened(
     assert "kek was mode 0644; made it 0600" in caplog.text
 
 
+def test_an_admin_key_file_readable_by_others_is_tightened(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The kek was tightened after a careless restore; the admin key beside it stayed 0644,
+    # readable by every local user.
+    data = tmp_path / "restored"
+    booted = bootstrap(ServerConfig.model_validate({"data-dir": str(data)}))
+    booted.services.engine.dispose()
+    os.chmod(data / "admin-api-key", 0o644)
+    booted = bootstrap(ServerConfig.model_validate({"data-dir": str(data)}))
+    booted.services.engine.dispose()
+    assert _mode(data / "admin-api-key") == 0o600
+    assert "admin-api-key was mode 0644; made it 0600" in caplog.text
+    caplog.clear()
+    booted = bootstrap(ServerConfig.model_validate({"data-dir": str(data)}))  # negative twin
+    booted.services.engine.dispose()
+    assert "admin-api-key" not in caplog.text
+
+
 def _as_nobody(code: str) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in this venv's Python as uid/gid 65534, no capabilities (setpriv)."""
     argv = [require("setpriv"), "--reuid", "65534", "--regid", "65534", "--clear-groups",
