@@ -62,3 +62,20 @@ def test_a_lost_admin_key_is_minted_again_from_the_data_dir(start_server: StartS
     missing = run("certctl", "admin-key", "--data-dir", empty)
     assert missing.stderr == f"certctl: error: {empty / 'certctl.db'}: no such database\n"
     assert list(empty.iterdir()) == []
+
+
+def test_a_start_without_admin_api_key_says_how_to_mint_one(start_server: StartServer) -> None:
+    # It said "Admin API key: see <file>" for a file that was not there.
+    first = start_server()
+    first.stop()
+    key_file = first.data_dir / "admin-api-key"
+    key_file.unlink()
+    second = start_server(data_dir=first.data_dir)
+    out, _ = second.logs()
+    assert (
+        f"Admin API key: {key_file} is missing; `certctl admin-key --data-dir "
+        f"{first.data_dir}` mints a new one\n"
+    ) in out
+    ok(run("certctl", "admin-key", "--data-dir", first.data_dir))
+    with second.client(key_file.read_text().strip()) as client:
+        assert client.get("/api/v1/auth/whoami").json()["actor_id"] == "admin"

@@ -210,8 +210,13 @@ def _announce(
             )
             + "\n"
         )
-    else:
+    elif boot.admin_key_file.is_file():
         out.write(f"certctl is starting. Admin API key: see {boot.admin_key_file}\n")
+    else:
+        out.write(
+            f"certctl is starting. Admin API key: {boot.admin_key_file} is missing; "
+            f"`certctl admin-key --data-dir {config.data_dir}` mints a new one\n"
+        )
     if ca_path:
         out.write(f"CA certificate: {ca_path}\n")
     cacert = f"--cacert {ca_path} " if ca_path else ""
