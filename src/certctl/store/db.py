@@ -237,6 +237,9 @@ _SQLITE_FAULTS = (
     ("SQLITE_IOERR_SHMSIZE", "storage is full: writes are refused until space is freed"),
     ("SQLITE_IOERR", "storage I/O error (read-only or failing disk): writes are refused"),
     ("SQLITE_CANTOPEN", "storage is unavailable: cannot open the database file"),
+    # Replaced or damaged (a bad restore, a failing disk): said so, not "internal error".
+    ("SQLITE_NOTADB", "storage is damaged: the database file is not an SQLite database"),
+    ("SQLITE_CORRUPT", "storage is damaged: the database file is corrupt"),
     ("SQLITE_BUSY", "storage is busy: retry later"),
     ("SQLITE_LOCKED", "storage is busy: retry later"),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -10,7 +11,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from certctl.errors import StorageUnavailable
-from certctl.store.db import storage_error
+from certctl.store.db import create_store_engine, storage_error
 
 
 def _sqlite_error(name: str) -> sqlite3.OperationalError:
@@ -27,6 +28,7 @@ def _sqlite_error(name: str) -> sqlite3.OperationalError:
         ("SQLITE_READONLY_DBMOVED", "storage is read-only"),
         ("SQLITE_IOERR_WRITE", "storage I/O error"),
         ("SQLITE_IOERR_SHMSIZE", "storage is full"),  # what a full disk gives at start
+        ("SQLITE_CORRUPT", "storage is damaged"),
         ("SQLITE_CANTOPEN", "cannot open the database file"),
         ("SQLITE_BUSY", "storage is busy"),
     ],
@@ -65,3 +67,17 @@ def test_postgresql_faults() -> None:
 
 def test_not_a_database_error() -> None:
     assert storage_error(OSError(28, "No space left on device")) is None
+
+
+def test_a_file_that_is_no_database_is_damaged_storage(tmp_path: Path) -> None:
+    # A certctl.db replaced by garbage (a bad restore) gave "internal error (DatabaseError:
+    # ... file is not a database (Background on this error at: https://sqlalche.me/...))".
+    db = tmp_path / "certctl.db"
+    db.write_bytes(bytes(range(256)) * 64)
+    engine = create_store_engine(f"sqlite:///{db}")
+    with pytest.raises(DBAPIError) as caught, engine.connect() as conn:
+        conn.execute(text("SELECT 1 FROM actors"))
+    engine.dispose()
+    fault = storage_error(caught.value)
+    assert fault is not None
+    assert fault.detail == "storage is damaged: the database file is not an SQLite database"
