@@ -54,7 +54,21 @@ def bootstrap(config: ServerConfig) -> Bootstrapped:
         fault = storage_error(exc)
         if fault is None:
             raise
-        raise StorageUnavailable(f"cannot start: {fault.detail}") from None
+        raise StorageUnavailable(f"cannot start: {fault.detail}{_refusal(exc)}") from None
+
+
+def _refusal(exc: DBAPIError) -> str:
+    """PostgreSQL's own reason for refusing the session, e.g. ``(database "x" does not exist)``.
+
+    Only at start, for the operator: a wrong role, password or database name otherwise read
+    as "cannot be reached". libpq never puts the password in these lines; request errors
+    (503s to API clients) keep the bare detail.
+    """
+    for line in str(exc.orig).splitlines():
+        _, fatal, reason = line.partition("FATAL:")
+        if fatal and reason.strip():
+            return f" ({reason.strip()})"
+    return ""
 
 
 def _private(data_dir: Path) -> None:

@@ -1,0 +1,53 @@
+"""Starting against the wrong PostgreSQL database: one line that says which, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from certctl.errors import InvalidRequest, StorageUnavailable
+from certctl.server.bootstrap import bootstrap
+from certctl.server.config import ServerConfig
+from tests.api.conftest import PostgresCluster
+
+
+def _config(data: Path, url: str) -> ServerConfig:
+    return ServerConfig.model_validate({"data-dir": str(data), "database-url": url})
+
+
+def test_a_database_postgresql_refuses_is_named(
+    tmp_path: Path, postgres_cluster: PostgresCluster
+) -> None:
+    # All of these said only "the database cannot be reached".
+    url = postgres_cluster.url("no_such_database")
+    with pytest.raises(StorageUnavailable) as caught:
+        bootstrap(_config(tmp_path / "data", url))
+    assert caught.value.detail == (
+        "cannot start: storage is unavailable: the database cannot be reached "
+        '(database "no_such_database" does not exist)'
+    )
+    url = postgres_cluster.url("postgres").replace("postgres@", "nobody:pw-not-shown@", 1)
+    with pytest.raises(StorageUnavailable) as caught:
+        bootstrap(_config(tmp_path / "data", url))
+    assert caught.value.detail.endswith('(role "nobody" does not exist)')
+    assert "pw-not-shown" not in caught.value.detail
+
+
+def test_a_data_dir_pointed_at_another_empty_database_is_refused(
+    tmp_path: Path, postgres_cluster: PostgresCluster
+) -> None:
+    # It made a second internal CA there and wrote its admin key over the first one's.
+    data = tmp_path / "data"
+    first = bootstrap(_config(data, postgres_cluster.url(postgres_cluster.create_database())))
+    first.services.engine.dispose()
+    key = (data / "admin-api-key").read_bytes()
+    other = postgres_cluster.create_database()
+    with pytest.raises(InvalidRequest) as caught:
+        bootstrap(_config(data, postgres_cluster.url(other)))
+    assert str(caught.value) == (
+        f"the database (database-url) holds no certctl data, but {data} holds admin-api-key "
+        f"from an earlier start: restore the database from a backup, or move {data} aside to "
+        "start afresh"
+    )
+    assert (data / "admin-api-key").read_bytes() == key
