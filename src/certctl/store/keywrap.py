@@ -68,7 +68,7 @@ class KeyWrapper:
 
 def kek_source(data_dir: Path) -> str:
     """Where :func:`load_or_create_kek` takes the KEK from, for messages (never the key)."""
-    return MASTER_KEY_ENV if os.environ.get(MASTER_KEY_ENV) else str(data_dir / "kek")
+    return MASTER_KEY_ENV if os.environ.get(MASTER_KEY_ENV, "").strip() else str(data_dir / "kek")
 
 
 def load_or_create_kek(data_dir: Path, *, create: bool = True) -> bytes:
@@ -78,7 +78,8 @@ def load_or_create_kek(data_dir: Path, *, create: bool = True) -> bytes:
         InvalidRequest: the key is malformed, or absent while ``create`` is false (the store
             already holds keys wrapped under it: a new one would open none of them).
     """
-    env = os.environ.get(MASTER_KEY_ENV)
+    # Stripped like the file: a Secret made from the kek file keeps its trailing newline.
+    env = os.environ.get(MASTER_KEY_ENV, "").strip()
     if env:
         try:
             kek = base64.b64decode(env, validate=True)

@@ -151,3 +151,18 @@ def test_a_damaged_kek_file_is_one_clear_error(tmp_path: Path, content: bytes) -
     with pytest.raises(InvalidRequest) as caught:
         _boot(data)
     assert str(caught.value) == f"{data / 'kek'}: key-encryption key must be 32 bytes (base64)"
+
+
+def test_a_master_key_with_the_kek_files_newline_is_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `kubectl create secret generic … --from-file=master-key=<data-dir>/kek` keeps the
+    # file's trailing newline; it was refused as "CERTCTL_MASTER_KEY is not valid base64".
+    data = tmp_path / "data"
+    _boot(data)
+    monkeypatch.setenv("CERTCTL_MASTER_KEY", (data / "kek").read_text())
+    (data / "kek").unlink()
+    assert _issuers(data) == ["default"]
+    monkeypatch.setenv("CERTCTL_MASTER_KEY", "not base64!\n")  # negative twin
+    with pytest.raises(InvalidRequest, match="CERTCTL_MASTER_KEY is not valid base64"):
+        _boot(data)
