@@ -6,11 +6,16 @@ it runs as any user, next to other nginx processes, and leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests._tools import require
 
-__all__ = ["nginx_argv", "nginx_conf"]
+__all__ = ["nginx_argv", "nginx_conf", "running_nginx"]
 
 _TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
@@ -48,3 +53,38 @@ def nginx_argv(conf: Path, directory: Path) -> list[str]:
         "-p",
         f"{directory}/",
     ]
+
+
+@contextlib.contextmanager
+def running_nginx(conf: Path, directory: Path, port: int, timeout: float = 10.0) -> Iterator[None]:
+    """nginx in the foreground with ``conf`` until the block ends, listening on ``port``.
+
+    ``nginx -t`` runs first; a configuration it refuses, or a server that exits or does not
+    listen within ``timeout`` s, fails with nginx's own error log.
+    """
+    argv = nginx_argv(conf, directory)
+    check = subprocess.run([*argv, "-t"], capture_output=True, text=True, timeout=30, check=False)
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen(
+        [*argv, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log = directory / "error.log"
+                    text = log.read_text() if log.exists() else ""
+                    raise AssertionError(f"nginx did not start on port {port}:\n{text}") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate(timeout=10)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests._nginx import nginx_argv, nginx_conf
+from tests._nginx import nginx_conf, running_nginx
 from tests._tools import free_port, run
-from tests.integration.conftest import Pki, certctl_ok, wait_for_port
+from tests.integration.conftest import Pki, certctl_ok
 
 pytestmark = pytest.mark.integration
 
@@ -63,20 +62,8 @@ def served(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
     conf.write_text(
         nginx_conf(d, SERVER.format(port=port, cert=web / "tls.crt", key=web / "tls.key"))
     )
-    argv = nginx_argv(conf, d)
-    proc = subprocess.Popen(
-        [*argv, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        wait_for_port(port, alive=lambda: proc.poll() is None)
+    with running_nginx(conf, d, port):
         yield port, web / "ca.crt"
-    finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate(timeout=10)
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests._nginx import nginx_argv, nginx_conf
+from tests._nginx import nginx_conf, running_nginx
 from tests._tools import free_port, run
-from tests.integration.conftest import Pki, certctl_ok, wait_for_port
+from tests.integration.conftest import Pki, certctl_ok
 
 pytestmark = pytest.mark.integration
 
@@ -57,26 +57,8 @@ def nginx(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]
         port=port, cert=node / "http.crt", key=node / "http.key", client_ca=chain.root / "ca.crt"
     )
     conf.write_text(nginx_conf(d, server))
-    argv = nginx_argv(conf, d)
-    check = subprocess.run([*argv, "-t"], capture_output=True, text=True, timeout=30, check=False)
-    assert check.returncode == 0, check.stderr
-    proc = subprocess.Popen(
-        [*argv, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        try:
-            wait_for_port(port, alive=lambda: proc.poll() is None)
-        except AssertionError:
-            log = (d / "error.log").read_text() if (d / "error.log").exists() else ""
-            raise AssertionError(f"nginx did not start:\n{log}") from None
+    with running_nginx(conf, d, port):
         yield Nginx(port, client / "ca.crt", d)
-    finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate(timeout=10)
 
 
 def curl(
