@@ -287,10 +287,13 @@ def http_protocol(
 
         def _drop(self) -> None:
             # abort, not close: close would wait to flush what a client that stopped reading
-            # will never read. The app sees a disconnect (a 499 in the access log).
+            # will never read. The app sees a disconnect (a 499 in the access log). Also when
+            # the transport is already closing (Connection: close, HTTP/1.0, a refusal): that
+            # close is the one waiting for the flush. A lost connection cancelled this timer.
+            for timer in (self._body_deadline, self._send_deadline):
+                if timer is not None:
+                    timer.cancel()  # the other deadline, if armed: nothing left to time
             self._body_deadline = self._send_deadline = None
-            if self.transport.is_closing():
-                return
             sock = self.transport.get_extra_info("socket")
             if sock is not None:
                 # Linger 0: the close is a reset, so the kernel frees at once the megabytes of
