@@ -146,6 +146,7 @@ def http_protocol(
         _refusal: tuple[bytes, int, bytes] | None = None
         _body_deadline: asyncio.TimerHandle | None = None
         _send_deadline: asyncio.TimerHandle | None = None
+        _running: Any = None  # the request whose application task was started last
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -277,7 +278,19 @@ def http_protocol(
                 self._send_deadline = None
             super().resume_writing()
 
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            self._running = cycle
+            super()._start_asgi_task(cycle, app)
+
         def connection_lost(self, exc: Exception | None) -> None:
+            # uvicorn marks only its latest request (``cycle``) disconnected. Behind pipelined
+            # ones, the request being answered is an earlier one: it wrote on into the closed
+            # transport, which uvloop refuses with an exception (a traceback and a 500 logged
+            # for every pipelined connection a client or a deadline ended).
+            running = self._running
+            if running is not None and not running.response_complete:
+                running.disconnected = True
+                running.message_event.set()
             self._disarm()
             for timer in (self._body_deadline, self._send_deadline):
                 if timer is not None:
