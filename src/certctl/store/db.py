@@ -154,7 +154,15 @@ def checkpoint(engine: Engine) -> None:
         return
     try:
         with engine.connect() as connection:
-            busy = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").scalar()
+            # A transaction still open elsewhere (a scheduler pass cut by SIGTERM) would hold
+            # the checkpoint for the whole 30 s busy timeout: past a Kubernetes pod's default
+            # grace period, so the stop would end in SIGKILL. Two seconds, then leave the log.
+            previous = connection.exec_driver_sql("PRAGMA busy_timeout").scalar()
+            connection.exec_driver_sql("PRAGMA busy_timeout = 2000")
+            try:
+                busy = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").scalar()
+            finally:
+                connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(previous or 0)}")
         if busy:
             log.debug("checkpoint left part of the log: another process is reading")
     except DBAPIError as exc:
