@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 from pathlib import Path
 
@@ -13,6 +15,26 @@ from tests._tools import ok, run
 from tests.e2e.conftest import StartServer
 
 pytestmark = pytest.mark.e2e
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_backup_blocks() -> tuple[str, str]:
+    """The README's backup and restore shell blocks, as a user copies them."""
+    text = README.read_text()
+    section = text[text.index("### Backup and restore") :]
+    section = section[: section.index("\n## ")]
+    backup, restore = re.findall(r"```sh\n(.*?)```", section, re.S)
+    return backup, restore
+
+
+def fake_date(bin_dir: Path) -> dict[str, str]:
+    """An environment whose ``date`` prints $FAKE_DATE: two backups within one second."""
+    bin_dir.mkdir(exist_ok=True)
+    shim = bin_dir / "date"
+    shim.write_text('#!/bin/sh\necho "$FAKE_DATE"\n')
+    shim.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
 def all_ids(client: httpx.Client) -> set[str]:
@@ -30,6 +52,10 @@ def all_ids(client: httpx.Client) -> set[str]:
 def test_vacuum_into_backup_of_a_busy_server_restores_on_a_fresh_host(
     start_server: StartServer, tmp_path: Path
 ) -> None:
+    backup_block, restore_block = readme_backup_blocks()
+    kek_line = re.search(r"Once \(the key never changes\): `([^`]+)`", README.read_text())
+    assert kek_line is not None
+    kek_once = kek_line.group(1)
     first = start_server()
     with first.client(first.admin_key) as client:
         for n in range(20):
@@ -61,28 +87,44 @@ def test_vacuum_into_backup_of_a_busy_server_restores_on_a_fresh_host(
     try:
         with first.client(first.admin_key) as client:
             before = all_ids(client)
-        backup = tmp_path / "backup"
-        backup.mkdir(mode=0o700)
-        db = first.data_dir / "certctl.db"
-        ok(run("sqlite3", db, ".timeout 10000", f"VACUUM INTO '{backup / 'certctl.db'}'"))
+        # The README's block, as pasted into a shell in a directory holding certctl-data,
+        # twice: a second backup (after "each batch that matters") must not fail on the
+        # first one's files.
+        host = tmp_path / "old-host"
+        host.mkdir()
+        (host / "certctl-data").symlink_to(first.data_dir)
+        env = fake_date(tmp_path / "bin")
+        for stamp in ("20261203T120000Z", "20261203T130000Z"):
+            ok(run("bash", "-ec", backup_block, cwd=host, env={**env, "FAKE_DATE": stamp}))
     finally:
         stop.set()
         worker.join(timeout=30)
     assert issued_during, "no issuance overlapped the backup"
-    ok(run("cp", first.data_dir / "kek", first.data_dir / "admin-api-key", backup))
-    assert ok(run("sqlite3", backup / "certctl.db", "PRAGMA integrity_check")).stdout == "ok\n"
+    ok(run("bash", "-ec", kek_once, cwd=host))
+    backups = sorted((host / "backup").iterdir())
+    assert [b.name for b in backups] == ["20261203T120000Z", "20261203T130000Z"]
+    for backup in backups:
+        assert sorted(p.name for p in backup.iterdir()) == ["admin-api-key", "certctl.db"]
+        db = backup / "certctl.db"
+        assert ok(run("sqlite3", db, "PRAGMA integrity_check")).stdout == "ok\n"
+        assert (db.stat().st_mode & 0o777) == 0o600
+    assert ((host / "kek-backup" / "kek").stat().st_mode & 0o777) == 0o600
     first.stop()
 
-    fresh = tmp_path / "new-host" / "certctl-data"
-    fresh.parent.mkdir()
-    ok(run("install", "-d", "-m", "0700", fresh))
-    files = [backup / name for name in ("certctl.db", "kek", "admin-api-key")]
-    ok(run("install", "-m", "0600", *files, fresh))
-    restored = start_server(data_dir=fresh)
+    # A fresh host given backup/ and kek-backup/; the block's last line is the server start.
+    fresh = tmp_path / "new-host"
+    fresh.mkdir()
+    ok(run("cp", "-a", host / "backup", host / "kek-backup", fresh))
+    restore_lines = restore_block.rstrip("\n").split("\n")
+    assert restore_lines[-1] == "certctl serve --data-dir certctl-data"
+    ok(run("bash", "-ec", "\n".join(restore_lines[:-1]), cwd=fresh))
+    restored = start_server(data_dir=fresh / "certctl-data")
     assert restored.admin_key == first.admin_key
     # The same internal CA: every certificate issued before the backup still chains to it.
     ca_before = x509.load_pem_x509_certificate((first.data_dir / "tls" / "ca.crt").read_bytes())
-    ca_after = x509.load_pem_x509_certificate((fresh / "tls" / "ca.crt").read_bytes())
+    ca_after = x509.load_pem_x509_certificate(
+        (fresh / "certctl-data" / "tls" / "ca.crt").read_bytes()
+    )
     assert ca_after == ca_before
     with restored.client(restored.admin_key) as client:
         after = all_ids(client)
