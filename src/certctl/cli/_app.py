@@ -20,7 +20,8 @@ app = typer.Typer(
     "Server: serve runs one; auth, certs, services and apply are its clients. They read "
     f"CERTCTL_URL (default {client.DEFAULT_URL}), CERTCTL_API_KEY (the API key) and "
     "CERTCTL_CA_CERT (the CA file that signed the server's certificate, e.g. "
-    "certctl-data/tls/ca.crt).",
+    "certctl-data/tls/ca.crt); with tls.client-auth on the server, they present "
+    "CERTCTL_CLIENT_CERT and CERTCTL_CLIENT_KEY (PEM files).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -501,7 +501,8 @@ def test_help_names_the_environment(argv: list[str]) -> None:
     proc = certctl(*argv, "--help", env={})
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stdout.split())  # help is wrapped at 80 columns
-    for word in ("CERTCTL_URL", "CERTCTL_API_KEY", "CERTCTL_CA_CERT", DEFAULT_URL):
+    words = ("CERTCTL_URL", "CERTCTL_API_KEY", "CERTCTL_CA_CERT", DEFAULT_URL)
+    for word in (*words, "CERTCTL_CLIENT_CERT", "CERTCTL_CLIENT_KEY"):
         assert word in text, (word, proc.stdout)
     if argv:  # every client command, apply included, says when http:// is refused
         assert "http:// is refused beyond loopback unless CERTCTL_ALLOW_INSECURE=1" in text
