@@ -79,3 +79,23 @@ def test_a_start_without_admin_api_key_says_how_to_mint_one(start_server: StartS
     ok(run("certctl", "admin-key", "--data-dir", first.data_dir))
     with second.client(key_file.read_text().strip()) as client:
         assert client.get("/api/v1/auth/whoami").json()["actor_id"] == "admin"
+
+
+def test_an_unwritable_out_mints_no_key(start_server: StartServer) -> None:
+    # The key was minted first, then the write failed ("/tmp/.x.abc.tmp: Is a directory"):
+    # a live admin credential whose secret nobody ever saw, one per attempt.
+    server = start_server()
+    blocker = server.data_dir.parent / "a-file"
+    blocker.write_text("")
+    cases = {
+        server.data_dir.parent: f"{server.data_dir.parent} is a directory",
+        blocker / "key": f"cannot write {blocker / 'key'}: Not a directory",
+    }
+    for out, message in cases.items():
+        argv = ("certctl", "admin-key", "--data-dir", server.data_dir, "--out", out, "--force")
+        refused = run(*argv)
+        assert refused.returncode == 1
+        assert refused.stderr == f"certctl: error: {message}\n"
+    with server.client(server.admin_key) as client:
+        keys = client.get("/api/v1/auth/apikeys").json()["items"]
+    assert [k["name"] for k in keys] == ["bootstrap"]

@@ -91,7 +91,7 @@ def admin_key_command(
     printed; the key in a replaced admin-api-key stays valid until revoked.
     """
     from certctl.errors import Conflict
-    from certctl.files import SECRET_MODE, write_atomic
+    from certctl.files import OutputSet
     from certctl.server.bootstrap import mint_local_key
     from certctl.server.config import load_config
 
@@ -105,6 +105,13 @@ def admin_key_command(
     target = out if out is not None else settings.data_dir / "admin-api-key"
     if target.exists() and not force:
         raise Conflict(f"{target} exists (--force replaces it)")
+    # Existence is settled above; a directory or an unwritable place is refused here,
+    # before the key is minted: the secret is never shown, so a key whose file could not
+    # be written would be a live credential nobody holds.
+    output = OutputSet(force=True)
+    output.add(target, b"", secret=True)
+    output.check()
     minted = mint_local_key(settings, actor)
-    write_atomic(target, (minted.minted.value + "\n").encode(), SECRET_MODE)
+    output.add(target, (minted.minted.value + "\n").encode(), secret=True)
+    output.commit()
     typer.echo(f"API key {minted.row.id} for actor {actor} written to {target} (0600)")
