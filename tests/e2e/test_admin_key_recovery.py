@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +100,18 @@ def test_an_unwritable_out_mints_no_key(start_server: StartServer) -> None:
     with server.client(server.admin_key) as client:
         keys = client.get("/api/v1/auth/apikeys").json()["items"]
     assert [k["name"] for k in keys] == ["bootstrap"]
+
+
+def test_an_emptied_database_is_named_not_an_internal_error(tmp_path: Path) -> None:
+    # A certctl.db truncated or replaced by an empty one (the README's lost-database case)
+    # said "internal error (OperationalError: (sqlite3.OperationalError) no such table:
+    # issuers [SQL: SELECT …])".
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "certctl.db").write_bytes(b"")
+    refused = run("certctl", "admin-key", "--data-dir", data)
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"certctl: error: the database ({data / 'certctl.db'}) holds no certctl data\n"
+    )
+    assert not (data / "admin-api-key").exists()

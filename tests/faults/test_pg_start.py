@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from certctl.errors import InvalidRequest, StorageUnavailable
-from certctl.server.bootstrap import bootstrap
+from certctl.server.bootstrap import bootstrap, mint_local_key
 from certctl.server.config import ServerConfig
 from tests.api.conftest import PostgresCluster
 
@@ -51,3 +51,23 @@ def test_a_data_dir_pointed_at_another_empty_database_is_refused(
         "start afresh"
     )
     assert (data / "admin-api-key").read_bytes() == key
+
+
+def test_admin_key_names_the_database_postgresql_refuses_or_an_empty_one(
+    tmp_path: Path, postgres_cluster: PostgresCluster
+) -> None:
+    # certctl admin-key said "the database cannot be reached" for a mistyped database, and
+    # "internal error (ProgrammingError: … relation "issuers" does not exist …)" for an
+    # existing database without certctl's tables.
+    url = postgres_cluster.url("no_such_database")
+    with pytest.raises(StorageUnavailable) as caught:
+        mint_local_key(_config(tmp_path / "data", url), "admin")
+    assert caught.value.detail == (
+        "storage is unavailable: the database cannot be reached "
+        '(database "no_such_database" does not exist)'
+    )
+    empty = postgres_cluster.url(postgres_cluster.create_database())
+    with pytest.raises(InvalidRequest) as refused:
+        mint_local_key(_config(tmp_path / "data", empty), "admin")
+    assert str(refused.value) == "the database (database-url) holds no certctl data"
+    assert not (tmp_path / "data").exists()

@@ -9,7 +9,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, inspect, select
 from sqlalchemy.exc import DBAPIError
 
 from certctl.errors import CertctlError, InvalidRequest, StorageUnavailable
@@ -258,13 +258,18 @@ def mint_local_key(config: ServerConfig, actor_id: str) -> rbac.MintResult:
     if config.database_url is None and not (data_dir / "certctl.db").is_file():
         # SQLite would create an empty file (readable by all) rather than fail.
         raise InvalidRequest(f"{data_dir / 'certctl.db'}: no such database")
+    where = data_dir / "certctl.db" if config.database_url is None else "database-url"
     engine = create_store_engine(config.effective_database_url)
     try:
+        # An empty certctl.db or another database: without the tables the query below
+        # failed as "internal error (… no such table: issuers …)".
+        if not inspect(engine).has_table(Issuer.__tablename__):
+            raise InvalidRequest(f"the database ({where}) holds no certctl data")
         sessions = session_factory(engine)
         with sessions() as session:
             default = session.get(Issuer, issuance.DEFAULT_ISSUER)
         if default is None:
-            raise InvalidRequest("the database holds no certctl data")
+            raise InvalidRequest(f"the database ({where}) holds no certctl data")
         kek = load_or_create_kek(data_dir, create=False)
         services = Services(engine, sessions, KeyWrapper(kek))
         _check_kek(services, default, data_dir)
@@ -273,6 +278,7 @@ def mint_local_key(config: ServerConfig, actor_id: str) -> rbac.MintResult:
         fault = storage_error(exc)
         if fault is None:
             raise
-        raise StorageUnavailable(fault.detail) from None
+        # PostgreSQL's reason (no such database or role), as certctl serve says it.
+        raise StorageUnavailable(f"{fault.detail}{_refusal(exc)}") from None
     finally:
         engine.dispose()
