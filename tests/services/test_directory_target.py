@@ -684,3 +684,28 @@ def test_a_target_taken_out_of_the_spec_leaves_the_status(env: Env) -> None:
     env.put(service_doc("web", targets=[{"directory": str(old)}, {"directory": str(new)}]))
     row = env.reconcile("web", env.now + MINUTE)
     assert sorted(row.delivered) == sorted([f"dir:{old}", f"dir:{new}"])
+
+
+def test_a_password_java_cannot_use_is_delivered_with_a_warning_in_the_status(env: Env) -> None:
+    # keytool and every JVM answer "keystore password was incorrect" for a password outside
+    # printable ASCII; the service showed Ready "serving" with no hint of it.
+    password = env.tmp / "p12-password"
+    password.write_text("pässwörd\n")
+    target = env.tmp / "p12"
+    spec = {"directory": str(target), "format": "pkcs12", "passwordFile": str(password)}
+    env.put(service_doc("web", dns=("web.example.internal",), targets=[spec]))
+    row = env.reconcile("web")
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    warning = (
+        f"dir:{target}: the PKCS#12 password has characters outside printable ASCII: OpenSSL "
+        "opens the file, but Java (keytool, Elasticsearch, Tomcat …) cannot"
+    )
+    assert warning in row.conditions["Ready"]["message"], row.conditions
+    refused = run("keytool", "-list", "-storetype", "PKCS12", "-keystore", target / "tls.p12",
+                  "-storepass", "pässwörd")  # fmt: skip
+    assert "keystore password was incorrect" in refused.stdout + refused.stderr
+    # A password Java takes clears the warning at the next pass.
+    password.write_text("s3cret-pass\n")
+    row = env.reconcile("web", env.now + MINUTE)
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    assert "PKCS#12" not in row.conditions["Ready"]["message"], row.conditions

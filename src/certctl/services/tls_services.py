@@ -762,7 +762,7 @@ def reconcile_service(
         row = _store_issue(services, settings, row, spec, desired, reason, now)
         asked_at = row.next_attempt_at  # its "delivery pending" mark, cleared below
     bundle = outputs_for(services, row, spec)
-    failures = _deliver(services, settings, row, spec, bundle)
+    failures = _deliver(services, settings, row, spec, bundle, warnings)
     message = "; ".join(warnings)
     with services.sessions.begin() as session:
         current = session.get(ManagedService, name, with_for_update=True)
@@ -1045,9 +1045,12 @@ def _deliver(
     row: ManagedService,
     spec: TLSServiceSpec,
     bundle: dict[str, dict[str, bytes]],
+    warnings: list[str],
 ) -> list[str]:
+    """Deliver ``bundle`` to every target; return the failures, append to ``warnings``."""
     from certctl.metrics.registry import DELIVERIES
     from certctl.pki import load_private_key
+    from certctl.pki.formats import pkcs12_password_warning
     from certctl.targets.directory import (
         BundleFile,
         DeliveryError,
@@ -1074,6 +1077,12 @@ def _deliver(
             if isinstance(target, DirectoryTarget) and target.format == "pkcs12" and files:
                 assert target.password_file is not None
                 password = _read_password(target.password_file, settings.target_policy)
+                # Delivered all the same (OpenSSL reads it), but the Java services this
+                # format is for answer "keystore password was incorrect": say so in the
+                # status, as cert issue --p12 warns.
+                java = pkcs12_password_warning(password)
+                if java is not None:
+                    warnings.append(f"{key}: {java}")
             digest = _delivery_digest(services, target, files, password)
             already = delivered.get(key) == digest
             if (
