@@ -251,3 +251,19 @@ def test_a_client_certificate_that_expires_on_a_kept_alive_connection_stops_auth
             assert body["detail"] == "client certificate expired"
         finally:
             connection.close()
+
+
+def test_the_start_banner_curl_line_works_with_a_client_certificate(
+    mtls_server: CertctlServer, pki: dict[str, tuple[Path, Path]]
+) -> None:
+    # The "Try: curl" line printed at start had no --cert: with client-auth required it
+    # failed in the handshake, the first thing a new user tries.
+    out, _ = mtls_server.logs()
+    (line,) = [x for x in out.splitlines() if x.startswith("Try: curl ")]
+    assert "--cert client.crt --key client.key " in line
+    cert, key = pki["alice"]
+    command = line.removeprefix("Try: ").replace("client.crt", str(cert))
+    command = command.replace("client.key", str(key))
+    result = run("bash", "-c", f"{command} -sS --fail")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["actor_id"] == "admin"
