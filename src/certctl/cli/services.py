@@ -155,7 +155,7 @@ def get(
 def delete(
     name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
 ) -> None:
-    """Forget a service and its CA (delivered files stay in place; re-applied, it gets a new CA)."""
+    """Forget a service, its CA and its clients (delivered files stay; re-applied: a new CA)."""
     _request("DELETE", f"/api/v1/services/{_seg(name)}")
     typer.echo(f"tlsservice/{name} deleted")
 
