@@ -34,10 +34,12 @@ ENV_HELP = (
     f"Talks to the server at CERTCTL_URL (default {DEFAULT_URL}) with the API key in "
     "CERTCTL_API_KEY, trusting the CA file in CERTCTL_CA_CERT (e.g. certctl-data/tls/ca.crt). "
     "http:// is refused beyond loopback unless CERTCTL_ALLOW_INSECURE=1. A client certificate "
-    "(tls.client-auth on the server) comes from CERTCTL_CLIENT_CERT and CERTCTL_CLIENT_KEY."
+    "(tls.client-auth on the server) comes from CERTCTL_CLIENT_CERT and CERTCTL_CLIENT_KEY. "
+    "CERTCTL_TIMEOUT: seconds per connect, read or write (default 30)."
 )
 # Per network operation (connect, each read or write), not for the whole command.
 TIMEOUT_S = 30
+_MAX_TIMEOUT_S = 3600
 CA_HINT = "set CERTCTL_CA_CERT to the server's CA file, e.g. certctl-data/tls/ca.crt"
 # Any PEM private key: PKCS#8 (plain or encrypted), PKCS#1 RSA, SEC1 EC, OpenSSH.
 PRIVATE_KEY_PEM = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
@@ -271,6 +273,26 @@ def _cause_chain(exc: BaseException) -> list[BaseException]:
     return chain
 
 
+def _timeout_s() -> float:
+    """CERTCTL_TIMEOUT in seconds (a slow link, a server far away), else ``TIMEOUT_S``."""
+    text = os.environ.get("CERTCTL_TIMEOUT", "").strip()
+    if not text:
+        return TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= _MAX_TIMEOUT_S:
+        raise InvalidRequest(
+            f"CERTCTL_TIMEOUT must be a number of seconds, above 0 and at most {_MAX_TIMEOUT_S}"
+        )
+    return value
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
 def _connect_failure(exc: Exception) -> str:
     """Why a request failed before any response, in one line, with a hint when there is one."""
     import ssl
@@ -293,9 +315,9 @@ def _connect_failure(exc: Exception) -> str:
             return f"{cause} ({hint})"
     if isinstance(exc, httpx.ConnectTimeout):
         # httpx says "_ssl.c:989: The handshake operation timed out" or nothing at all.
-        return f"no connection within {TIMEOUT_S} s (TCP or TLS handshake)"
+        return f"no connection within {_seconds(_timeout_s())} (TCP or TLS handshake)"
     if isinstance(exc, httpx.WriteTimeout):
-        return f"the request could not be sent within {TIMEOUT_S} s"
+        return f"the request could not be sent within {_seconds(_timeout_s())}"
     # Some httpx errors have an empty message: their class name says it then.
     message = str(exc) or type(exc).__name__
     if _server_url().startswith("http://") and isinstance(
@@ -371,6 +393,7 @@ def _request(
     url = _server_url()
     key = _api_key()
     ca = _tls_context()
+    timeout = _timeout_s()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     if accept:
         headers["Accept"] = accept
@@ -384,7 +407,7 @@ def _request(
     )
     try:
         with httpx.Client(
-            verify=ca if ca is not None else True, timeout=TIMEOUT_S, mounts=direct
+            verify=ca if ca is not None else True, timeout=timeout, mounts=direct
         ) as client:
             response = client.request(
                 method,
@@ -396,7 +419,7 @@ def _request(
     except httpx.ReadTimeout:
         # The request went out: a POST may have issued a certificate or minted a key that
         # a blind retry would issue again.
-        message = f"no answer from {url} within {TIMEOUT_S} s"
+        message = f"no answer from {url} within {_seconds(timeout)}"
         if method != "GET":
             message += f" ({method} {path} was sent and may have taken effect: check first)"
         raise RemoteError(message) from None

@@ -294,7 +294,12 @@ def test_timeouts_say_what_timed_out() -> None:
         runs = {
             scheme: subprocess.Popen(
                 [str(CERTCTL), "certs", "issue", "--cn", "slow.example"],
-                env=clean | {"CERTCTL_URL": f"{scheme}://127.0.0.1:{port}", "CERTCTL_API_KEY": KEY},
+                env=clean
+                | {
+                    "CERTCTL_URL": f"{scheme}://127.0.0.1:{port}",
+                    "CERTCTL_API_KEY": KEY,
+                    "CERTCTL_TIMEOUT": "2",  # the default, 30 s, made this test take 31 s
+                },
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -306,15 +311,33 @@ def test_timeouts_say_what_timed_out() -> None:
     url = f"127.0.0.1:{port}"
     assert results["https"] == (
         "",
-        f"certctl: error: cannot reach https://{url}: no connection within 30 s "
+        f"certctl: error: cannot reach https://{url}: no connection within 2 s "
         "(TCP or TLS handshake)\n",
     )
     assert results["http"] == (
         "",
-        f"certctl: error: no answer from http://{url} within 30 s (POST /api/v1/certificates "
+        f"certctl: error: no answer from http://{url} within 2 s (POST /api/v1/certificates "
         "was sent and may have taken effect: check first)\n",
     )
     assert [proc.returncode for proc in runs.values()] == [1, 1]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "nan", "inf", "3601"])
+def test_a_bad_certctl_timeout_is_one_line(value: str) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    proc = subprocess.run(
+        [str(CERTCTL), "certs", "list"],
+        env=clean | {"CERTCTL_URL": "https://127.0.0.1:9", "CERTCTL_TIMEOUT": value},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.stderr == (
+        "certctl: error: CERTCTL_TIMEOUT must be a number of seconds, above 0 and at most 3600\n"
+    )
+    assert proc.returncode != 0
 
 
 def test_revoking_a_whole_key_sends_only_its_id(listener: Listener) -> None:
