@@ -6,11 +6,13 @@ larger than every kernel buffer, so the last bytes of a response wait in the tra
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import uvicorn
@@ -35,12 +37,13 @@ async def _big_answer(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"x" * BIG})
 
 
-@pytest.fixture
-def server() -> Iterator[tuple[uvicorn.Server, int]]:
+@contextlib.contextmanager
+def _serving(app: Any, send_timeout_s: float) -> Iterator[tuple[uvicorn.Server, int]]:
+    """uvicorn + uvloop + certctl's protocol on a free loopback port, in a thread."""
     port = free_port()
-    protocol = http_protocol(10.0, 65536, body_timeout_s=10.0, send_timeout_s=2.0)
+    protocol = http_protocol(10.0, 65536, body_timeout_s=10.0, send_timeout_s=send_timeout_s)
     config = uvicorn.Config(
-        _big_answer,
+        app,
         host="127.0.0.1",
         port=port,
         http=protocol,
@@ -60,6 +63,12 @@ def server() -> Iterator[tuple[uvicorn.Server, int]]:
     finally:
         srv.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[uvicorn.Server, int]]:
+    with _serving(_big_answer, send_timeout_s=2.0) as served:
+        yield served
 
 
 def _connections(srv: uvicorn.Server) -> int:
@@ -117,25 +126,7 @@ def test_a_dropped_pipeline_ends_its_answers_quietly(caplog: pytest.LogCaptureFi
     # latest (``cycle``), so uvicorn did not mark it disconnected: it wrote on, uvloop raised
     # "the handler is closed", and each drop logged a traceback and a 500 (certctl's access
     # log and certctl_http_requests_total counted a server error for a client's behaviour).
-    port = free_port()
-    protocol = http_protocol(10.0, 65536, body_timeout_s=10.0, send_timeout_s=1.0)
-    config = uvicorn.Config(
-        _small_answer,
-        host="127.0.0.1",
-        port=port,
-        http=protocol,
-        lifespan="off",
-        access_log=False,
-        log_config=None,
-    )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: uvloop.run(srv.serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    try:
+    with _serving(_small_answer, send_timeout_s=1.0) as (srv, port):
         with caplog.at_level(logging.ERROR):
             with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -145,8 +136,5 @@ def test_a_dropped_pipeline_ends_its_answers_quietly(caplog: pytest.LogCaptureFi
                     assert time.monotonic() < deadline, "not dropped"
                     time.sleep(0.1)
             time.sleep(0.5)  # the answer that was being written ends
-    finally:
-        srv.should_exit = True
-        thread.join(10)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == []
