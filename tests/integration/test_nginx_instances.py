@@ -47,7 +47,12 @@ def _has_ipv6_loopback() -> bool:
 @pytest.fixture(scope="module")
 def served(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
     if not _has_ipv6_loopback():
-        pytest.skip("no IPv6 loopback (::1) on this host")
+        # As for a missing tool: fail and say how to fix the host, never skip silently.
+        pytest.fail(
+            "no IPv6 loopback (::1) on this host: enable it with "
+            "'sysctl -w net.ipv6.conf.lo.disable_ipv6=0'",
+            pytrace=False,
+        )
     d = tmp_path_factory.mktemp("nginx-instances")
     (d / "instances.yml").write_text(INSTANCES)
     certctl_ok(
