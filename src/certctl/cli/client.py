@@ -293,7 +293,7 @@ def _seconds(value: float) -> str:
     return f"{value:g} s"
 
 
-def _connect_failure(exc: Exception) -> str:
+def _connect_failure(exc: Exception, timeout: float) -> str:
     """Why a request failed before any response, in one line, with a hint when there is one."""
     import ssl
 
@@ -315,9 +315,9 @@ def _connect_failure(exc: Exception) -> str:
             return f"{cause} ({hint})"
     if isinstance(exc, httpx.ConnectTimeout):
         # httpx says "_ssl.c:989: The handshake operation timed out" or nothing at all.
-        return f"no connection within {_seconds(_timeout_s())} (TCP or TLS handshake)"
+        return f"no connection within {_seconds(timeout)} (TCP or TLS handshake)"
     if isinstance(exc, httpx.WriteTimeout):
-        return f"the request could not be sent within {_seconds(_timeout_s())}"
+        return f"the request could not be sent within {_seconds(timeout)}"
     # Some httpx errors have an empty message: their class name says it then.
     message = str(exc) or type(exc).__name__
     if _server_url().startswith("http://") and isinstance(
@@ -424,7 +424,8 @@ def _request(
             message += f" ({method} {path} was sent and may have taken effect: check first)"
         raise RemoteError(message) from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise RemoteError(f"cannot reach {url}: {_redact(_connect_failure(exc), key)}") from None
+        reason = _redact(_connect_failure(exc, timeout), key)
+        raise RemoteError(f"cannot reach {url}: {reason}") from None
     if response.status_code >= 400:
         raise RemoteError(_redact(_failure(response, endpoint, key is not None), key))
     if response.is_redirect:
