@@ -32,7 +32,8 @@ class _Choices:
     mode: str
     profile: str
     ca_dir: Path | None
-    ca_password: bytes | None
+    ca_password: bytes | None = field(repr=False)
+    ca_password_hint: str
     ca_cn: str | None
     ca_validity: str
     ca_key_type: str | None
@@ -69,7 +70,11 @@ def http_command(
         None, "--ca", help="Sign with this CA directory (ca.crt, ca.key) instead of a new CA."
     ),
     ca_password_file: Path | None = typer.Option(
-        None, "--ca-password-file", help="Password of an encrypted ca.key (or CERTCTL_CA_PASSWORD)."
+        None,
+        "--ca-password-file",
+        help="With --ca: the password of its encrypted ca.key. Without: encrypt the new CA's "
+        "ca/ca.key with this password and add ca/ca.p12 (or CERTCTL_CA_PASSWORD; "
+        "without either, ca/ca.key is not encrypted).",
     ),
     ca_cn: str | None = typer.Option(
         None,
@@ -169,6 +174,7 @@ def http_command(
         profile=profile,
     )
     choices.ca_password = read_password(ca_password_file, env="CERTCTL_CA_PASSWORD")
+    choices.ca_password_hint = _password_hint(ca_password_file, None, env="CERTCTL_CA_PASSWORD")
     choices.password = read_password(password_file, password)
     choices.password_hint = _password_hint(password_file, password)
     # Refuse an existing zip before asking anything or generating keys.
@@ -183,15 +189,18 @@ def http_command(
                 "PKCS#12 output needs a password: --password-file or CERTCTL_PASSWORD "
                 "(or use --pem)"
             )
-        if choices.mode != "existing-ca" and ca_password_file is not None:
-            # Only the wizard may still pick an existing CA that needs it.
-            raise typer.BadParameter("--ca-password-file needs --ca")
         if choices.mode == "existing-ca" and choices.ca_dir is not None:
             choices.ca = load_ca_dir(choices.ca_dir, choices.ca_password)
     plan = _plan(choices)
     result = build_http_bundle(plan, now=utcnow())
     for message in result.warnings:
         warn(message)
+    if plan.mode == "new-ca" and plan.ca_password is None:
+        # Scripts rely on the unencrypted default; say once what it means for the zip.
+        warn(
+            f"ca/ca.key in {out} is not encrypted: whoever gets the zip can issue trusted "
+            "certificates; give --ca-password-file FILE (or CERTCTL_CA_PASSWORD) to encrypt it"
+        )
     outputs = OutputSet(force=force)
     outputs.add(out, result.data, secret=True)
     outputs.commit()
@@ -297,6 +306,7 @@ def _choices_from_options(
         profile=profile,
         ca_dir=ca_dir,
         ca_password=None,
+        ca_password_hint="",
         ca_cn=ca_cn,
         ca_validity=ca_validity,
         ca_key_type=ca_key_type,
@@ -340,12 +350,14 @@ def _split_by_node(
     return per_node, common
 
 
-def _password_hint(password_file: Path | None, password: str | None) -> str:
+def _password_hint(
+    password_file: Path | None, password: str | None, *, env: str = "CERTCTL_PASSWORD"
+) -> str:
     if password_file is not None:
         return f"the password in the file {password_file.name}"
     if password is not None:
         return "the password given with --password"
-    return "the password from the CERTCTL_PASSWORD environment variable"
+    return f"the password from the {env} environment variable"
 
 
 def _plan(choices: _Choices) -> HttpBundlePlan:
@@ -379,6 +391,9 @@ def _plan(choices: _Choices) -> HttpBundlePlan:
         ca_subject=common_name_dn(choices.ca_cn) if choices.ca_cn else None,
         ca_validity=parse_duration(choices.ca_validity),
         ca_key_type=KeyType.parse(choices.ca_key_type) if choices.ca_key_type else key_type,
+        # An existing CA's password only opened its key (choices.ca), above.
+        ca_password=choices.ca_password if choices.mode == "new-ca" else None,
+        ca_password_hint=choices.ca_password_hint,
     )
 
 
@@ -423,7 +438,8 @@ def _print_summary(out: Path, plan: HttpBundlePlan, result: BundleResult) -> Non
     else:
         echo(f"  {step + 1}. give clients the CA certificate in {result.client_folder}")
     if result.ca_folder:
-        echo(f"  {step + 2}. store ca/ca.key safely offline, then delete the zip")
+        what = "ca/ca.key and ca/ca.p12" if plan.ca_password else "ca/ca.key"
+        echo(f"  {step + 2}. store {what} safely offline, then delete the zip")
 
 
 class _Wizard:
@@ -583,6 +599,25 @@ class _Wizard:
             "must trust the new one. 5Y is a common choice."
         )
         c.ca_validity = self._ask_valid("CA validity", c.ca_validity, _check_duration)
+        if c.ca_password is not None:
+            self.console.print(f"ca/ca.key will be encrypted with {c.ca_password_hint}.")
+            return
+        self.explain(
+            "A password encrypts the CA's private key ca/ca.key (and protects ca/ca.p12, "
+            "which elasticsearch-certutil reads); it is not stored in the zip. Without one, "
+            "whoever gets the zip can issue certificates your clients trust."
+        )
+        while True:
+            first = self.secret("Password for ca/ca.key (empty: not encrypted)")
+            if not first:
+                self.error("ca/ca.key will NOT be encrypted")
+                return
+            if self.secret("Repeat the password") != first:
+                self.error("the passwords differ; try again")
+                continue
+            c.ca_password = first.encode()
+            c.ca_password_hint = "the CA password entered in the certctl http wizard"
+            return
 
     def _ask_names(self, what: str, dns: list[str], ips: list[str]) -> tuple[list[str], list[str]]:
         from certctl.errors import CertctlError

@@ -3,7 +3,8 @@
 Layout of the zip (``<node>`` is a node name, or the shared name in shared mode)::
 
     ca/                      new-ca mode only
-      README.txt  ca.crt  ca.key (0600)
+      README.txt  ca.crt  ca.key (0600; encrypted with ca_password if given)
+      ca.p12 (0600)                       with ca_password only: key + certificate, alias "ca"
     elasticsearch/<node>/    profile "elasticsearch"; "<node>/" for profile "generic"
       README.txt
       http.p12 (0600)                     p12 format
@@ -116,6 +117,10 @@ class HttpBundlePlan:
             ``CN=certctl HTTP CA``).
         ca_validity: lifetime of the new CA.
         ca_key_type: key type of the new CA.
+        ca_password: new-ca mode: encrypts ``ca/ca.key`` (PKCS#8, AES-256) and protects
+            ``ca/ca.p12``, as elasticsearch-certutil asks for one; ``None`` writes ``ca.key``
+            unencrypted and no ``ca.p12``.
+        ca_password_hint: where ``ca_password`` came from, written to ``ca/README.txt``.
     """
 
     mode: BundleMode
@@ -135,6 +140,8 @@ class HttpBundlePlan:
     ca_subject: x509.Name | None = None
     ca_validity: timedelta = timedelta(days=5 * 365)
     ca_key_type: KeyType = KeyType.EC_P256
+    ca_password: bytes | None = field(default=None, repr=False)
+    ca_password_hint: str = "the CA password chosen when the bundle was created"
 
 
 @dataclass(frozen=True)
@@ -222,10 +229,20 @@ def build_http_bundle(plan: HttpBundlePlan, *, now: datetime) -> BundleResult:
         warnings += issued_ca.warnings
         ca = CertificateAuthority(issued_ca.certificate, ca_key)
         zip_files += [
-            ("ca/README.txt", _ca_readme(ca.certificate, layout).encode(), _PUBLIC),
+            ("ca/README.txt", _ca_readme(plan, ca.certificate, layout).encode(), _PUBLIC),
             ("ca/ca.crt", certs_to_pem([ca.certificate]), _PUBLIC),
-            ("ca/ca.key", key_to_pem(ca_key), _SECRET),
+            ("ca/ca.key", key_to_pem(ca_key, plan.ca_password), _SECRET),
         ]
+        if plan.ca_password:
+            # certutil's own CA file: 'elasticsearch-certutil cert --ca ca.p12' and Java
+            # tools take it. Always AES-256: --p12-legacy is for the servers' keystores.
+            ca_p12 = to_pkcs12("ca", ca_key, ca.certificate, (), plan.ca_password)
+            zip_files.append(("ca/ca.p12", ca_p12, _SECRET))
+            if pkcs12_password_warning(plan.ca_password) is not None:
+                warnings.append(
+                    "the CA password has characters outside printable ASCII: ca/ca.key opens "
+                    "with it, but Java (keytool, elasticsearch-certutil …) cannot open ca/ca.p12"
+                )
     elif plan.mode == "existing-ca":
         ca = plan.ca
     if plan.mode != "csr" and plan.output_format == "p12" and plan.password:
@@ -303,6 +320,9 @@ def plan_certificates(plan: HttpBundlePlan) -> list[PlannedCertificate]:
         raise InvalidRequest(f"{plan.profile}: unknown bundle profile (elasticsearch or generic)")
     if plan.output_format not in OUTPUT_FORMATS:
         raise InvalidRequest(f"{plan.output_format}: unknown output format (p12 or pem)")
+    if plan.mode != "new-ca" and plan.ca_password is not None:
+        # The password of an existing CA's key is the caller's business (it loads the CA).
+        raise InvalidRequest(f"{plan.mode} mode creates no CA key to encrypt")
     if plan.mode == "existing-ca" and plan.ca is None:
         raise InvalidRequest("existing-ca mode needs a CA")
     if plan.mode != "existing-ca" and plan.ca is not None:
@@ -675,36 +695,76 @@ def _node_readme(
     return "\n".join(out) + "\n"
 
 
-def _ca_readme(certificate: x509.Certificate, layout: _Layout) -> str:
+def _ca_readme(plan: HttpBundlePlan, certificate: x509.Certificate, layout: _Layout) -> str:
     title = "certctl http bundle: the certificate authority"
     client = layout.client_folder.rstrip("/")
-    return (
-        "\n".join(
-            [
-                title,
-                "=" * len(title),
-                "",
-                "This CA was created for this bundle and signed every certificate in it.",
-                "",
-                "Files",
-                "  ca.crt   the CA certificate (PEM): give it to clients so they trust the",
-                f"           servers (a copy is in ../{client}/{layout.ca_pem})",
-                "  ca.key   the CA private key (PKCS#8 PEM, NOT encrypted): whoever holds it",
-                "           can issue certificates your clients trust",
-                "",
-                "Certificate",
-                f"  subject      {format_dn(certificate.subject)}",
-                f"  serial       {format_serial(certificate.serial_number)}",
-                f"  valid until  {_validity_line(certificate)}",
-                "",
-                "Keep ca.crt and ca.key together in a safe place, off the servers, to issue",
-                "more certificates later:",
-                "  certctl http --ca ca/ ...      or      certctl cert issue --ca ca/ ...",
-                "Delete every other copy of ca.key (including this zip) once it is stored.",
-            ]
+    rows = [
+        (
+            "ca.crt",
+            "the CA certificate (PEM): give it to clients so they trust the servers "
+            f"(a copy is in ../{client}/{layout.ca_pem})",
         )
-        + "\n"
-    )
+    ]
+    if plan.ca_password:
+        rows += [
+            (
+                "ca.key",
+                "the CA private key (PKCS#8 PEM, encrypted with AES-256): whoever holds it "
+                "and its password can issue certificates your clients trust. The password is "
+                f"{plan.ca_password_hint}; the password itself is not in this bundle.",
+            ),
+            (
+                "ca.p12",
+                "the same key and certificate as a PKCS#12 keystore (alias 'ca', same "
+                "password, AES-256), as elasticsearch-certutil writes it: for its --ca "
+                "option and Java tools",
+            ),
+        ]
+        reuse = [
+            "  certctl http --ca ca/ --ca-password-file FILE ...",
+            "  certctl cert issue --ca ca/ --ca-password-file FILE ...",
+            "(FILE holds the password; CERTCTL_CA_PASSWORD works too.)",
+        ]
+        delete = "Delete every other copy of ca.key and ca.p12 (including this zip) once stored."
+        encrypt: list[str] = []
+    else:
+        rows.append(
+            (
+                "ca.key",
+                "the CA private key (PKCS#8 PEM, NOT encrypted): whoever holds it can issue "
+                "certificates your clients trust; encrypt it as shown below",
+            )
+        )
+        reuse = ["  certctl http --ca ca/ ...      or      certctl cert issue --ca ca/ ..."]
+        delete = "Delete every other copy of ca.key (including this zip) once it is stored."
+        encrypt = [
+            "",
+            "To keep ca.key encrypted (the new password in the file FILE):",
+            "  certctl ca import --cert ca.crt --key ca.key --key-password-file FILE --out DIR",
+            "then use DIR with --ca-password-file FILE. 'certctl http --ca-password-file FILE'",
+            "writes an encrypted ca.key (and a ca.p12) in the first place.",
+        ]
+    lines = [
+        title,
+        "=" * len(title),
+        "",
+        "This CA was created for this bundle and signed every certificate in it.",
+        "",
+        "Files",
+        *_table(rows),
+        "",
+        "Certificate",
+        f"  subject      {format_dn(certificate.subject)}",
+        f"  serial       {format_serial(certificate.serial_number)}",
+        f"  valid until  {_validity_line(certificate)}",
+        "",
+        "Keep ca.crt and ca.key together in a safe place, off the servers, to issue",
+        "more certificates later:",
+        *reuse,
+        *textwrap.wrap(delete, _WIDTH),
+        *encrypt,
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _client_files(

@@ -23,9 +23,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from certctl.cli.main import run
-from certctl.pki import SubjectAltNames, load_csr, load_material, verify_certificate
+from certctl.errors import CertctlError
+from certctl.pki import (
+    SubjectAltNames,
+    keys_match,
+    load_csr,
+    load_material,
+    verify_certificate,
+)
 
 PASSWORD = "s3cret pass"
+UNENCRYPTED_CA_KEY = (
+    "certctl: warning: ca/ca.key in {out} is not encrypted: whoever gets the zip can issue "
+    "trusted certificates; give --ca-password-file FILE (or CERTCTL_CA_PASSWORD) to encrypt it"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +87,8 @@ def test_new_ca_p12(
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert captured.err == ""
+    # The default stays an unencrypted ca/ca.key (scripts rely on it), said in one line.
+    assert captured.err == UNENCRYPTED_CA_KEY.format(out=out) + "\n"
     assert out.stat().st_mode & 0o777 == 0o600
     assert f"wrote {out}" in captured.out
     assert "elasticsearch/es1/" in captured.out
@@ -192,6 +204,77 @@ def test_password_from_environment(
     assert key is not None
 
 
+@pytest.mark.parametrize("source", ["file", "environment"])
+def test_new_ca_key_encrypted_with_the_ca_password(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    source: str,
+) -> None:
+    ca_password = "ca pass word"
+    options = ["--pem", "--node", "es1"]
+    if source == "file":
+        (tmp_path / "ca-pw").write_text(ca_password + "\n")
+        options += ["--ca-password-file", str(tmp_path / "ca-pw")]
+        hint = "the password in the file ca-pw"
+    else:
+        monkeypatch.setenv("CERTCTL_CA_PASSWORD", ca_password)
+        hint = "the password from the CERTCTL_CA_PASSWORD environment variable"
+    out = tmp_path / "b.zip"
+    code = run(["http", "--non-interactive", "--out", str(out), *options])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.err == ""  # no "not encrypted" warning
+    assert "store ca/ca.key and ca/ca.p12 safely offline" in captured.out
+    archive = zipfile.ZipFile(out)
+    key_pem = archive.read("ca/ca.key")
+    assert key_pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    with pytest.raises(CertctlError, match="password"):
+        load_material(key_pem)
+    ca_key = load_material(key_pem, ca_password.encode()).private_key
+    ca_cert = x509.load_pem_x509_certificate(archive.read("ca/ca.crt"))
+    assert ca_key is not None
+    assert keys_match(ca_key, ca_cert)
+    assert archive.getinfo("ca/ca.p12").external_attr >> 16 == 0o100600
+    p12_key, p12_cert, _ = pkcs12.load_key_and_certificates(
+        archive.read("ca/ca.p12"), ca_password.encode()
+    )
+    assert p12_cert == ca_cert
+    assert p12_key is not None
+    assert keys_match(p12_key, ca_cert)
+    readme = " ".join(archive.read("ca/README.txt").decode().split())
+    assert "encrypted with AES-256" in readme
+    assert f"The password is {hint}" in readme
+    assert "NOT encrypted" not in readme
+    assert ca_password not in readme
+    # The bundle's ca/ is a CA directory for the next bundle, with the same password.
+    (tmp_path / "ca").mkdir()
+    for name in ("ca.crt", "ca.key"):
+        (tmp_path / "ca" / name).write_bytes(archive.read(f"ca/{name}"))
+    again = tmp_path / "again.zip"
+    monkeypatch.setenv("CERTCTL_CA_PASSWORD", ca_password)
+    code = run(
+        ["http", "--out", str(again), "--ca", str(tmp_path / "ca"), "--pem", "--node", "es2"]
+    )
+    assert code == 0, capsys.readouterr().err
+    cert = x509.load_pem_x509_certificate(zipfile.ZipFile(again).read("elasticsearch/es2/http.crt"))
+    verify_certificate(cert, trust=[ca_cert], hostname="es2", now=_now())
+
+
+def test_unencrypted_ca_key_readme_says_how_to_encrypt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "b.zip"
+    assert run(["http", "--out", str(out), "--pem", "--node", "es1"]) == 0
+    assert capsys.readouterr().err == UNENCRYPTED_CA_KEY.format(out=out) + "\n"
+    archive = zipfile.ZipFile(out)
+    assert "ca/ca.p12" not in archive.namelist()
+    assert load_material(archive.read("ca/ca.key")).private_key is not None
+    readme = archive.read("ca/README.txt").decode()
+    assert "NOT encrypted" in readme
+    assert "certctl ca import --cert ca.crt --key ca.key --key-password-file FILE" in readme
+
+
 def test_short_validity_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "b.zip"
     code = run(
@@ -205,7 +288,8 @@ def test_short_validity_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[s
     lines = captured.err.splitlines()
     assert "certctl: warning: CA lifetime 60D is under 90 days; plan its renewal" in lines
     assert "certctl: warning: certificate lifetime 30D is under 60 days; plan its renewal" in lines
-    assert len(lines) == 2  # once per condition, not per node
+    assert UNENCRYPTED_CA_KEY.format(out=out) in lines
+    assert len(lines) == 3  # once per condition, not per node
 
 
 def test_existing_output_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -340,6 +424,53 @@ def test_wizard_in_process_shared_existing_ca(
     assert "front/sample-nginx.conf" in archive.namelist()
 
 
+def test_wizard_new_ca_without_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty CA password keeps ca/ca.key unencrypted, said in the wizard and on stderr."""
+    import rich.prompt
+
+    answers = iter(
+        [
+            "generic",  # profile
+            "n",  # CSRs?
+            "n",  # existing CA?
+            "",  # CA common name
+            "",  # CA validity
+            "",  # CA password: none
+            "y",  # per node?
+            "",  # node name (web1)
+            "",  # DNS (web1)
+            "",  # IPs
+            "n",  # another node?
+            "",  # validity
+            "",  # key type
+            "pem",  # format
+            "y",  # write?
+        ]
+    )
+    secret_prompts: list[str] = []
+
+    def fake_input(cls, console, prompt, password, stream=None):  # type: ignore[no-untyped-def]
+        if password:
+            secret_prompts.append(str(prompt))
+        return next(answers)
+
+    monkeypatch.setattr(rich.prompt.PromptBase, "get_input", classmethod(fake_input))
+    monkeypatch.setattr(sys, "stdin", _FakeTTY(""))
+    out = tmp_path / "b.zip"
+    code = run(["http", "--out", str(out), "--node", "web1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert next(answers, None) is None
+    assert [p.startswith("Password for ca/ca.key") for p in secret_prompts] == [True]
+    assert "ca/ca.key will NOT be encrypted" in captured.out
+    assert captured.err == UNENCRYPTED_CA_KEY.format(out=out) + "\n"
+    archive = zipfile.ZipFile(out)
+    assert load_material(archive.read("ca/ca.key")).private_key is not None
+    assert "ca/ca.p12" not in archive.namelist()
+
+
 def test_wizard_declined_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -438,6 +569,9 @@ class _Terminal:
             self.proc.wait()
 
 
+CA_PASSWORD = "root key pass"
+
+
 @pytest.mark.timeout(120)
 def test_wizard_on_a_pty(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
@@ -452,6 +586,11 @@ def test_wizard_on_a_pty(tmp_path: Path) -> None:
             ("Use an existing CA?", "n", False),
             ("CA common name (Elasticsearch HTTP CA):", "Wizard CA", False),
             ("CA validity (5Y):", "", False),
+            ("Password for ca/ca.key (empty: not encrypted):", CA_PASSWORD, True),
+            ("Repeat the password:", "typo", True),
+            ("the passwords differ", None, False),
+            ("Password for ca/ca.key (empty: not encrypted):", CA_PASSWORD, True),
+            ("Repeat the password:", CA_PASSWORD, True),
             ("Generate a certificate per node?", "", False),
             ("Node #1 name (es1):", "", False),
             ("DNS names for es1 (comma-separated) (es1):", "es1.example.com, es1", False),
@@ -484,8 +623,16 @@ def test_wizard_on_a_pty(tmp_path: Path) -> None:
         term.kill()
     assert "first" not in term.log
     assert PASSWORD not in term.log  # passwords are never echoed
+    assert CA_PASSWORD not in term.log
+    assert "not encrypted: whoever" not in term.log
     archive = zipfile.ZipFile(tmp_path / "w.zip")
     ca_cert = x509.load_pem_x509_certificate(archive.read("ca/ca.crt"))
+    ca_key = load_material(archive.read("ca/ca.key"), CA_PASSWORD.encode()).private_key
+    assert ca_key is not None
+    assert keys_match(ca_key, ca_cert)
+    assert "the CA password entered in the certctl http wizard" in " ".join(
+        archive.read("ca/README.txt").decode().split()
+    )
     assert ca_cert.subject.rfc4514_string() == "CN=Wizard CA"
     for node, host in (("es1", "es1.example.com"), ("es2", "10.0.0.2")):
         _, cert, _ = pkcs12.load_key_and_certificates(

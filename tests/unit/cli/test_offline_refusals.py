@@ -362,11 +362,12 @@ CASES = [
         2,
         _usage("http", "--password does not go with --csr (the keys of CSRs are not encrypted)"),
     ),
+    # Without --ca, --ca-password-file encrypts the new CA's key; a CSR bundle has no CA.
     _c(
-        "http-ca-password-without-ca",
-        f"{_HTTP} --pem --ca-password-file pw",
+        "http-ca-password-with-csr",
+        f"{_HTTP} --csr --ca-password-file pw",
         2,
-        _usage("http", "--ca-password-file needs --ca"),
+        _usage("http", "--ca-password-file does not go with --csr (it makes no CA)"),
     ),
     # --- apply -------------------------------------------------------------------------
     _c("apply-not-utf8", "apply -f latin1.yml", 1, "certctl: error: latin1.yml: not UTF-8 text"),

@@ -336,6 +336,40 @@ def test_a_password_java_cannot_read_draws_one_warning(now: datetime) -> None:
     assert not build_http_bundle(_plan(), now=now).warnings
 
 
+def test_ca_password_encrypts_ca_key_and_adds_ca_p12(now: datetime) -> None:
+    plan = _plan(output_format="pem", password=None, ca_password=b"ca pw", ca_password_hint="X")
+    result = build_http_bundle(plan, now=now)
+    assert result.warnings == ()
+    archive = _zip(result.data)
+    ca_cert = x509.load_pem_x509_certificate(archive.read("ca/ca.crt"))
+    key_pem = archive.read("ca/ca.key")
+    assert key_pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    ca_key = load_material(key_pem, b"ca pw").private_key
+    assert ca_key is not None
+    assert keys_match(ca_key, ca_cert)
+    assert _mode(archive, "ca/ca.p12") == 0o100600
+    store = pkcs12.load_pkcs12(archive.read("ca/ca.p12"), b"ca pw")
+    assert store.cert is not None
+    assert store.cert.friendly_name == b"ca"  # certutil's alias
+    assert store.cert.certificate == ca_cert
+    assert store.key is not None
+    assert keys_match(store.key, ca_cert)
+    assert store.additional_certs == []
+    assert "The password is X;" in " ".join(archive.read("ca/README.txt").decode().split())
+    # Without a CA password: as before, an unencrypted ca.key and no ca.p12.
+    archive = _zip(build_http_bundle(_plan(output_format="pem", password=None), now=now).data)
+    assert "ca/ca.p12" not in archive.namelist()
+    assert archive.read("ca/ca.key").startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+def test_a_ca_password_java_cannot_read_draws_a_warning(now: datetime) -> None:
+    plan = _plan(ca_password="cä".encode())
+    assert [w for w in build_http_bundle(plan, now=now).warnings] == [
+        "the CA password has characters outside printable ASCII: ca/ca.key opens with it, "
+        "but Java (keytool, elasticsearch-certutil …) cannot open ca/ca.p12"
+    ]
+
+
 def test_sample_urls_never_hold_a_wildcard(now: datetime) -> None:
     # "https://*.example.com" is no URL: samples name a host the certificate covers.
     nodes = (
@@ -389,6 +423,7 @@ def test_entry_timestamps_and_readme_lifetime(now: datetime) -> None:
         ),
         ({"shared": True, "nodes": ()}, "shared certificate needs at least one DNS name"),
         ({"shared": True, "shared_name": "a b"}, "'a b': invalid node name"),
+        ({"mode": "csr", "ca_password": b"pw"}, "csr mode creates no CA key to encrypt"),
     ],
 )
 def test_refused_plans(now: datetime, changes: dict[str, object], message: str) -> None:

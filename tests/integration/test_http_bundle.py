@@ -1,0 +1,129 @@
+"""``certctl http`` with a CA password: the new CA's ``ca/ca.key`` and ``ca/ca.p12`` read back
+by ``openssl``, Java's ``keytool`` and certctl itself (the installed console script)."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests._tools import failed, ok, run
+from tests.integration.conftest import certctl_exe
+
+pytestmark = pytest.mark.integration
+
+CA_PASSWORD = "Root-key pass 1"
+
+
+@pytest.fixture(scope="module")
+def bundle_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``ca/`` folder of a bundle made with ``--ca-password-file``, unpacked."""
+    base = tmp_path_factory.mktemp("http-ca")
+    (base / "ca-pw").write_text(CA_PASSWORD + "\n")
+    result = ok(
+        certctl_exe(
+            "http",
+            "--non-interactive",
+            "--pem",
+            "--node",
+            "es1",
+            "--out",
+            base / "b.zip",
+            "--ca-password-file",
+            base / "ca-pw",
+        )
+    )
+    assert result.stderr == ""  # no "ca/ca.key … is not encrypted" warning
+    # unzip, as a user would: it applies the modes stored in the zip (0600 for keys).
+    ok(run("unzip", "-q", base / "b.zip", "-d", base / "unpacked"))
+    return base / "unpacked" / "ca"
+
+
+@pytest.fixture(scope="module")
+def password_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("http-ca-passwords")
+    (base / "right").write_text(CA_PASSWORD + "\n")
+    (base / "wrong").write_text("not the password\n")
+    return base / "right", base / "wrong"
+
+
+def test_openssl_reads_ca_key_with_the_password_only(
+    bundle_ca: Path, password_files: tuple[Path, Path]
+) -> None:
+    right, wrong = password_files
+    key = bundle_ca / "ca.key"
+    assert key.read_text().startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    ok(run("openssl", "pkey", "-in", key, "-passin", f"file:{right}", "-noout"))
+    failed(run("openssl", "pkey", "-in", key, "-passin", f"file:{wrong}", "-noout"))
+    # The key belongs to ca.crt.
+    from_key = ok(run("openssl", "pkey", "-in", key, "-passin", f"file:{right}", "-pubout"))
+    from_cert = ok(run("openssl", "x509", "-in", bundle_ca / "ca.crt", "-noout", "-pubkey"))
+    assert from_key.stdout == from_cert.stdout
+
+
+def test_certctl_signs_with_the_bundle_ca(
+    bundle_ca: Path, password_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    right, _ = password_files
+    ok(
+        certctl_exe(
+            "cert",
+            "issue",
+            "--ca",
+            bundle_ca,
+            "--ca-password-file",
+            right,
+            "--cn",
+            "app.example.com",
+            "--dns",
+            "app.example.com",
+            "--out",
+            tmp_path / "app",
+        )
+    )
+    ok(
+        certctl_exe(
+            "http",
+            "--non-interactive",
+            "--pem",
+            "--node",
+            "es2",
+            "--out",
+            tmp_path / "2.zip",
+            "--ca",
+            bundle_ca,
+            "--ca-password-file",
+            right,
+        )
+    )
+    zipfile.ZipFile(tmp_path / "2.zip").extractall(tmp_path / "2")
+    for leaf in (tmp_path / "app" / "tls.crt", tmp_path / "2" / "elasticsearch/es2/http.crt"):
+        result = ok(run("openssl", "verify", "-CAfile", bundle_ca / "ca.crt", leaf))
+        assert result.stdout.strip().endswith(": OK")
+    # Without the password certctl says which option it needs, in one line.
+    result = failed(
+        certctl_exe("cert", "issue", "--ca", bundle_ca, "--cn", "x", "--out", tmp_path / "x")
+    )
+    assert "--ca-password-file" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_keytool_lists_ca_p12_as_certutil_writes_it(
+    bundle_ca: Path, password_files: tuple[Path, Path]
+) -> None:
+    store = bundle_ca / "ca.p12"
+    assert store.stat().st_mode & 0o777 == 0o600
+    assert (bundle_ca / "ca.key").stat().st_mode & 0o777 == 0o600
+    result = ok(run("keytool", "-list", "-v", "-storetype", "PKCS12", "-keystore", store,
+                    "-storepass", CA_PASSWORD))  # fmt: skip
+    assert "Your keystore contains 1 entry" in result.stdout
+    assert "Alias name: ca\n" in result.stdout
+    assert "Entry type: PrivateKeyEntry" in result.stdout
+    assert "Owner: CN=Elasticsearch HTTP CA" in result.stdout
+    wrong = failed(run("keytool", "-list", "-storetype", "PKCS12", "-keystore", store,
+                       "-storepass", "not the password"))  # fmt: skip
+    assert "password was incorrect" in wrong.stdout + wrong.stderr
+    # openssl opens it with the same password file as ca.key.
+    right, _ = password_files
+    ok(run("openssl", "pkcs12", "-in", store, "-passin", f"file:{right}", "-noout"))
