@@ -6,11 +6,18 @@ PyYAML keeps the last of two equal keys without a word, so a services file with 
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Any
 
 import yaml
 
-__all__ = ["DuplicateKey", "load", "load_all", "problem"]
+__all__ = ["DuplicateKey", "ipv6_hint", "load", "load_all", "problem"]
+
+# Line breaks as PyYAML's reader counts them for its marks.
+_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+# What a flow collection ([…], {…}) separates: candidates for an unquoted address.
+_FLOW_TOKEN = re.compile(r"[^\s,\[\]{}]+")
 
 
 def _base_loader() -> Any:
@@ -91,3 +98,27 @@ def problem(exc: yaml.YAMLError) -> str:
         return str(exc)
     mark = getattr(exc, "problem_mark", None)
     return f"line {mark.line + 1}: not valid YAML" if mark is not None else "not valid YAML"
+
+
+def ipv6_hint(text: str, exc: yaml.YAMLError) -> str:
+    """A hint to quote IPv6 addresses when the line YAML failed on holds one unquoted, or "".
+
+    Inside ``[…]`` or ``{…}`` a ``:`` is a key indicator, so ``ip: [::1]`` (or any address
+    starting with ``::``) is a syntax error; the bare "not valid YAML at line N" did not
+    say why, although the address in that line reads fine in block style.
+    """
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return ""
+    lines = _LINE_BREAK.split(text)
+    if mark.line >= len(lines):
+        return ""
+    for token in _FLOW_TOKEN.findall(lines[mark.line]):
+        if token[0] in "\"'" or token.count(":") < 2:
+            continue
+        try:
+            ipaddress.IPv6Address(token)
+        except ValueError:
+            continue
+        return f'; quote IPv6 addresses inside [...] and {{...}}: "{token}"'
+    return ""

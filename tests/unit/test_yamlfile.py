@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,51 @@ def test_the_loader_still_reads_yaml_as_pyyaml_does() -> None:
     assert yamlfile.load(text) == yaml.safe_load(text)
     shallow = "[" * 50 + "]" * 50
     assert yamlfile.load(shallow) == yaml.safe_load(shallow)
+
+
+IPV6_HINT = '; quote IPv6 addresses inside [...] and {...}: "'
+
+
+@pytest.mark.parametrize(
+    ("line", "address"),
+    [
+        ("    ip: [::1]", "::1"),
+        ("    ip: [10.0.0.1, ::ffff:10.0.0.1]", "::ffff:10.0.0.1"),
+        ('    ip: ["::1", ::2]', "::2"),
+    ],
+)
+def test_an_unquoted_ipv6_address_in_flow_style_gets_a_hint(line: str, address: str) -> None:
+    text = f"instances:\n  - name: n1\n{line}\n"
+    with pytest.raises(InvalidRequest) as instances:
+        parse_instances(text)
+    assert instances.value.detail == (
+        f'instances file is not valid YAML at line 3{IPV6_HINT}{address}"'
+    )
+    service = SERVICE.replace("  targets: [{directory: /srv/b}]\n", "").replace(
+        "  targets:",
+        f"  selfSignedCertificate:\n    subjectAltNames: [{{ip: {address}}}]\n  targets:",
+    )
+    with pytest.raises(InvalidRequest) as services:
+        parse_service_documents(service)
+    assert (
+        services.value.detail == f'services file is not valid YAML at line 6{IPV6_HINT}{address}"'
+    )
+    # Quoted, the same address reads.
+    (only,) = parse_instances(text.replace(address, f'"{address}"'))
+    assert only.sans.ip[-1] == ipaddress.ip_address(address)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: [",  # no address at all
+        'a: ["::1"\n',  # quoted: something else is wrong
+        "a: [2001:db8::1, 10.0.0.1\n",  # reads fine unquoted; the list is not closed
+        "ip: ::1\nb: [\n",  # the address is on another line than the error
+        "a: [x:y:z]]\n",  # two colons, no address
+    ],
+)
+def test_no_ipv6_hint_without_an_unquoted_address_on_the_failing_line(text: str) -> None:
+    with pytest.raises(yaml.YAMLError) as exc:
+        yamlfile.load(text)
+    assert yamlfile.ipv6_hint(text, exc.value) == ""

@@ -414,7 +414,8 @@ def parse_service_documents(text: str) -> list[TLSServiceSpec]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InvalidRequest(f"services file is not valid YAML{where}") from None
+        hint = yamlfile.ipv6_hint(text, exc)
+        raise InvalidRequest(f"services file is not valid YAML{where}{hint}") from None
     except RecursionError:
         # PyYAML's pure-Python parser recurses per nesting level: "[[[[…" reaches the limit.
         raise InvalidRequest("services file is nested too deeply") from None

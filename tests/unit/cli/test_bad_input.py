@@ -322,6 +322,13 @@ CASES = [
         "instances file is not valid YAML at line",
     ),
     _c(
+        "batch-unquoted-ipv6",
+        "cert issue --ca ca --in ipv6.yml --pem --out certs.zip",
+        1,
+        "instances file is not valid YAML at line 3; quote IPv6 addresses inside [...] and "
+        '{...}: "::1"',
+    ),
+    _c(
         "batch-missing-name",
         "cert issue --ca ca --in no-name.yml --pem --out certs.zip",
         1,
@@ -704,6 +711,7 @@ def inputs() -> dict[str, bytes]:
         "bad-san.csr": bad_san_csr.public_bytes(PEM),
         "instances.yml": GOOD_INSTANCES,
         "bad-yaml.yml": b"instances:\n  - name: [node-1\n",
+        "ipv6.yml": b"instances:\n  - name: node-1\n    ip: [10.0.0.1, ::1]\n",
         "no-name.yml": b"instances:\n  - dns: [node-1.example.com]\n",
         "duplicate.yml": b"instances:\n  - name: node-1\n  - name: node-2\n    filename: node-1\n",
         "unsafe.yml": b"instances:\n  - name: node-1\n    filename: ../x\n",
