@@ -29,11 +29,18 @@ def _str_list(entry: dict[str, Any], key: str, where: str) -> list[str]:
     value = entry.get(key, [])
     if value is None:
         return []
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
-        raise InvalidRequest(f"{where}: '{key}' must be a string or a list of strings")
-    return [str(v) for v in value]
+    values = value if isinstance(value, list) else [value]
+    for item in values:
+        # YAML 1.1 turns unquoted yes/no/on/off into booleans (dns: [on] became the name
+        # "true") and 1:2:3:4:5:6:7:8 into a base-60 integer; neither is what was written.
+        if isinstance(item, bool | int):
+            kind = "boolean" if isinstance(item, bool) else "number"
+            raise InvalidRequest(
+                f"{where}: YAML read an entry of '{key}' as the {kind} {item}: quote it ('...')"
+            )
+        if not isinstance(item, str):
+            raise InvalidRequest(f"{where}: '{key}' must be a string or a list of strings")
+    return list(values)
 
 
 def parse_instances(text: str) -> list[Instance]:

@@ -130,6 +130,24 @@ def test_null_lists_are_empty() -> None:
             "instances:\n  - name: a\n    ip: [1.2.3.999]\n",
             "instance 'a': 1.2.3.999: not a valid IPv4 or IPv6 address",
         ),
+        # YAML 1.1 scalars that are not what was written: refused with "quote it" instead
+        # of a certificate for "true", or a number in an address message.
+        (
+            "instances:\n  - name: a\n    dns: [on]\n",
+            "instance 'a': YAML read an entry of 'dns' as the boolean True: quote it ('...')",
+        ),
+        (
+            "instances:\n  - name: a\n    dns: yes\n",
+            "instance 'a': YAML read an entry of 'dns' as the boolean True: quote it ('...')",
+        ),
+        (
+            "instances:\n  - name: a\n    ip: [1:2:3:4:5:6:7:8]\n",
+            "instance 'a': YAML read an entry of 'ip' as the number 2895057742028: quote it",
+        ),
+        (
+            "instances:\n  - name: a\n    ip: 2001:0:0:0:0:0:0:1\n",
+            "instance 'a': YAML read an entry of 'ip' as the number 5601519360000001: quote it",
+        ),
     ],
 )
 def test_refuses(text: str, message: str) -> None:
@@ -137,6 +155,13 @@ def test_refuses(text: str, message: str) -> None:
         parse_instances(text)
     # The entry is named once: "instance 'a': instance 'a': …" was printed for a bad 'dns'.
     assert "': instance " not in info.value.detail
+
+
+def test_quoted_twins_of_yaml_numbers_and_booleans_read() -> None:
+    text = 'instances:\n  - name: a\n    dns: ["on", yes.example]\n    ip: ["1:2:3:4:5:6:7:8"]\n'
+    (only,) = parse_instances(text)
+    assert only.sans.dns == ("on", "yes.example")
+    assert [str(a) for a in only.sans.ip] == ["1:2:3:4:5:6:7:8"]
 
 
 def test_yaml_tags_are_not_executed() -> None:
