@@ -566,20 +566,27 @@ class _Wizard:
     def _ask_existing_ca(self, c: _Choices) -> None:
         from certctl.errors import CertctlError
 
+        # The password from --ca-password-file or CERTCTL_CA_PASSWORD is tried once, on an
+        # encrypted key only (it may be meant for a new CA): reused after failing, it
+        # trapped the wizard asking for the directory again and again.
+        given = c.ca_password
         while True:
             answer = self.ask("CA directory", str(c.ca_dir) if c.ca_dir else "")
             if not answer:
                 self.error("give the directory holding ca.crt and ca.key")
                 continue
             directory = Path(answer).expanduser()
-            password = c.ca_password
             key_path = directory / CA_KEY
-            if password is None and key_path.is_file() and _starts_encrypted(key_path):
+            encrypted = key_path.is_file() and _starts_encrypted(key_path)
+            password = given if encrypted else None
+            if encrypted and password is None:
                 password = self.secret(f"Password of {key_path}").encode() or None
             try:
                 c.ca = load_ca_dir(directory, password)
             except CertctlError as exc:
                 self.error(exc.detail)
+                if password is given:
+                    given = None
                 continue
             c.ca_dir, c.ca_password = directory, password
             self.console.print(

@@ -471,6 +471,54 @@ def test_wizard_new_ca_without_password(
     assert "ca/ca.p12" not in archive.namelist()
 
 
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_wizard_existing_ca_when_the_given_ca_password_does_not_fit(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    encrypted: bool,
+) -> None:
+    """CERTCTL_CA_PASSWORD (meant for a new CA, or stale) must not trap the wizard in a loop."""
+    import rich.prompt
+
+    ca_dir = tmp_path / "ca"
+    create = ["ca", "create", "--out", str(ca_dir)]
+    if encrypted:
+        (tmp_path / "ca-pw").write_text("ca secret\n")
+        create += ["--key-password-file", str(tmp_path / "ca-pw")]
+    assert run(create) == 0
+    monkeypatch.setenv("CERTCTL_CA_PASSWORD", "not the CA's password")
+    answers = [
+        "generic",  # profile
+        "n",  # CSRs?
+        "y",  # existing CA?
+        str(ca_dir),
+    ]
+    if encrypted:
+        # The environment's password fails once, is reported, then the wizard asks.
+        answers += [str(ca_dir), "ca secret"]
+    answers += ["y", "", "", "", "n", "", "", "pem", "y"]  # node web1, PEM, write
+    remaining = iter(answers)
+    secret_prompts: list[str] = []
+
+    def fake_input(cls, console, prompt, password, stream=None):  # type: ignore[no-untyped-def]
+        if password:
+            secret_prompts.append(str(prompt))
+        return next(remaining)
+
+    monkeypatch.setattr(rich.prompt.PromptBase, "get_input", classmethod(fake_input))
+    monkeypatch.setattr(sys, "stdin", _FakeTTY(""))
+    out = tmp_path / "b.zip"
+    code = run(["http", "--out", str(out), "--node", "web1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err + captured.out
+    assert next(remaining, None) is None
+    assert len(secret_prompts) == (1 if encrypted else 0)
+    assert ("wrong password" in " ".join(captured.out.split())) is encrypted
+    cert = x509.load_pem_x509_certificate(zipfile.ZipFile(out).read("web1/http.crt"))
+    assert cert.issuer == x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes()).subject
+
+
 def test_wizard_declined_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
