@@ -413,6 +413,9 @@ def _print_summary(out: Path, plan: HttpBundlePlan, result: BundleResult) -> Non
             f"  {result.ca_folder:<28} new CA {ca_cert.subject.rfc4514_string()}, "
             f"valid until {ca_cert.not_valid_after_utc:%Y-%m-%d}"
         )
+        if plan.ca_password:
+            # CERTCTL_CA_PASSWORD alone encrypts: say so, or the key's password is a surprise.
+            echo(f"  {'':<28} ca.key and ca.p12 encrypted with {plan.ca_password_hint}")
     for node in result.nodes:
         names = ", ".join([*node.sans.dns, *(str(a) for a in node.sans.ip)])
         if node.certificate is not None:

@@ -226,6 +226,7 @@ def test_new_ca_key_encrypted_with_the_ca_password(
     assert code == 0, captured.err
     assert captured.err == ""  # no "not encrypted" warning
     assert "store ca/ca.key and ca/ca.p12 safely offline" in captured.out
+    assert f"ca.key and ca.p12 encrypted with {hint}\n" in captured.out
     archive = zipfile.ZipFile(out)
     key_pem = archive.read("ca/ca.key")
     assert key_pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
