@@ -42,13 +42,11 @@ CHECKS = [
 EXAMPLES = {"admin": 30, "viewer": 24}
 MIN_REQUESTS = {"admin": 900, "viewer": 900}
 MIN_TOTAL_REQUESTS = 2000
-TIME_BUDGET_S = 90.0  # both roles; about 45 s on an idle machine
 
 
 @dataclass
 class Tally:
     requests: int = 0
-    elapsed_s: float = 0.0
     statuses: dict[int, int] = field(default_factory=dict)
     server_errors: int = 0
 
@@ -187,9 +185,7 @@ def test_schemathesis(role: str, world: FuzzWorld) -> None:
     print(f"\n{role}: {tally.requests} requests in {elapsed:.1f} s, statuses {tally.statuses}")
     assert not failures, f"{len(failures)} failing cases:\n" + "\n\n".join(failures[:10])
     assert tally.server_errors == 0
-    tally.elapsed_s = elapsed
     assert tally.requests >= MIN_REQUESTS[role]
     if len(TALLIES) == 2:  # both roles ran in this session
         assert sum(t.requests for t in TALLIES.values()) >= MIN_TOTAL_REQUESTS
-        assert sum(t.elapsed_s for t in TALLIES.values()) < TIME_BUDGET_S
     assert world.app.integrity_check() == "ok"
