@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import re
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from sqlalchemy import select, text
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
 from certctl.server.scheduler import Scheduler
+from certctl.services import tls_services
 from certctl.services.notify import SIGNATURE_HEADER, Webhook, dispatch_pending
 from certctl.services.tls_services import ServiceSettings
 from certctl.store.models import OutboxEvent
@@ -115,7 +117,8 @@ def test_each_event_once_signed_retried_after_500(env: Env, receiver: Receiver) 
     assert dispatch_pending(env.services, webhook) == 1
     assert dispatch_pending(env.services, webhook) == 0
 
-    # Renewal (time travel past the renewal date) and a retried failure are events too.
+    # Renewal (time travel past the renewal date) is an event too; the retried failure,
+    # failing as before, is not (sent when the service became Failed).
     web = env.row("web")
     assert web.renew_at is not None
     env.at(web.renew_at + timedelta(seconds=1))
@@ -124,12 +127,8 @@ def test_each_event_once_signed_retried_after_500(env: Env, receiver: Receiver) 
 
     events = _outbox(env)
     kinds = [(e.event, e.service) for e in events]
-    assert kinds == [
-        ("failed", "broken"),
-        ("issued", "web"),
-        ("failed", "broken"),
-        ("renewed", "web"),
-    ]
+    assert kinds == [("failed", "broken"), ("issued", "web"), ("renewed", "web")]
+    assert env.row("broken").attempts == 2  # retried all the same
     assert all(e.delivered_at is not None for e in events)
 
     delivered = receiver.delivered()
@@ -301,3 +300,63 @@ def test_a_leader_whose_lock_session_ends_stops_sending_at_once(
             scheduler.leadership.release()
         services.engine.dispose()
     assert len(sent) == 1  # the event in flight; none after the lock was gone
+
+
+def test_failed_is_sent_when_a_service_becomes_failed_not_on_each_retry(
+    env: Env, receiver: Receiver
+) -> None:
+    # A target that stays broken is retried every back-off period (at most 5 min): each retry
+    # used to send "failed" again, up to ~288 pages a day per service.
+    target = env.tmp / "tls"
+    target.mkdir()
+    (target / "server.pem").write_text("someone else's\n")  # not certctl's: refused
+    env.put(service_doc("web", targets=[{"directory": str(target)}]))
+    webhook = Webhook(receiver.url, SECRET, timeout_s=5)
+
+    def retry(scheduler: Scheduler, times: int) -> None:
+        for _ in range(times):
+            row = env.row("web")
+            assert row.next_attempt_at is not None
+            env.at(row.next_attempt_at)
+            assert scheduler.tick() == 1
+
+    def received() -> list[tuple[str, str]]:
+        bodies = [json.loads(r.body) for r in receiver.delivered()]
+        return [(b["event"], b.get("reason", "")) for b in bodies]
+
+    scheduler = Scheduler(env.services, env.settings, 60, webhook, clock=lambda: env.now)
+    assert scheduler.tick() == 1
+    retry(scheduler, 5)
+    unmanaged = f"dir:{target}: {target} exists and is not managed by certctl"
+    assert [e for e, _ in received()] == ["issued", "failed"]
+    assert received()[1][1].startswith(unmanaged)
+    assert env.row("web").attempts == 6  # retried all the same
+
+    # A restart (another scheduler, as another replica would be) does not send it again:
+    # what was sent is in the stored status.
+    retry(Scheduler(env.services, env.settings, 60, webhook, clock=lambda: env.now), 2)
+    assert len(received()) == 2
+
+    # Another reason is another failure: told once.
+    shutil.rmtree(target)
+    target.symlink_to(env.tmp)
+    retry(scheduler, 3)
+    assert len(received()) == 3
+    assert "is a symlink certctl did not make" in received()[2][1]
+
+    # Recovered, then failing again (as at first): told again.
+    target.unlink()
+    retry(scheduler, 1)
+    assert env.row("web").conditions["Ready"]["status"] is True
+    assert env.row("web").next_attempt_at is None
+    assert target.is_symlink()  # delivered
+    target.unlink()
+    target.mkdir()
+    (target / "server.pem").write_text("someone else's again\n")
+    tls_services.request_renewal(env.services, env.admin, "web")
+    assert scheduler.tick() == 1
+    retry(scheduler, 3)
+    assert [e for e, _ in received()] == ["issued", "failed", "failed", "renewed", "failed"]
+    assert received()[4][1].startswith(unmanaged)
+    # Every attempt failed and was recorded; only the transitions were sent.
+    assert [e.event for e in env.events("web")].count("failed") == 3

@@ -786,7 +786,8 @@ def reconcile_service(
             conditions = _conditions(
                 ready=False, renewing=renewing, failed=detail, message=message, now=now
             )
-            _event(session, now, "failed", name, {"reason": detail})
+            if not _failure_told(current.conditions, detail):
+                _event(session, now, "failed", name, {"reason": detail})
         else:
             current.attempts = 0
             if current.next_attempt_at == asked_at:
@@ -1278,15 +1279,28 @@ def _fail(
             # and certctl_service_ready == 0 is what alerts on it.
             serving = False
             message = f"the last good certificate expired on {current.not_after:%Y-%m-%dT%H:%M:%SZ}"
+        if not _failure_told(current.conditions, detail):
+            _event(session, now, "failed", row.name, {"reason": detail, "stage": stage})
         current.conditions = {
             "Ready": {"status": serving, "message": message, "at": now.isoformat()},
             "Renewing": {"status": False, "message": "", "at": now.isoformat()},
             "Failed": {"status": True, "message": detail, "at": now.isoformat()},
         }
-        _event(session, now, "failed", row.name, {"reason": detail, "stage": stage})
         session.flush()
         session.expunge(current)
     return current
+
+
+def _failure_told(conditions: dict[str, Any] | None, detail: str) -> bool:
+    """Whether ``failed`` was sent for this failure (stored status: Failed, same message).
+
+    Sent when a service becomes Failed, or fails for another reason, not on each retry (a
+    target that stays unwritable used to page every back-off period, ~288 times a day). The
+    stored status is the memory: read under the row lock in the transaction that writes the
+    new one, it holds across restarts and replicas, as ``expiring`` does (``_expiring_told``).
+    """
+    failed = (conditions or {}).get("Failed", {})
+    return failed.get("status") is True and failed.get("message") == detail
 
 
 def _event(session: Any, now: datetime, event: str, service: str, payload: dict[str, Any]) -> None:
