@@ -193,6 +193,37 @@ def test_key_owner_and_group(env: Env) -> None:
     assert "user 'no-such-u' does not exist on this host" in row.conditions["Failed"]["message"]
 
 
+def test_a_read_only_target_fails_with_the_same_message_on_each_retry(env: Env) -> None:
+    # The file system under a target went read-only (remounted after an I/O error, a
+    # read-only volume). The message named the version directory it could not make, a new
+    # timestamp at each try: the status changed every retry, and so "failed" was sent again.
+    if os.geteuid() != 0:
+        pytest.fail("mounting a read-only tmpfs needs root: run the suite as root", pytrace=False)
+    mount = env.tmp / "mnt"
+    mount.mkdir()
+    ok(run("mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", mount))
+    try:
+        target = mount / "tls"
+        env.put(service_doc("web", targets=[{"directory": str(target)}]))
+        assert env.reconcile("web").conditions["Ready"]["status"] is True
+        ok(run("mount", "-o", "remount,ro", mount))
+        _renew(env, "web")
+        messages = [env.row("web").conditions["Failed"]["message"]]
+        for _ in range(2):
+            retry_at = env.row("web").next_attempt_at
+            assert retry_at is not None
+            messages.append(env.reconcile("web", retry_at).conditions["Failed"]["message"])
+        assert env.row("web").attempts == 3
+    finally:
+        if run("umount", mount).returncode != 0:
+            ok(run("umount", "-l", mount))
+    expected = (
+        f"dir:{target}: cannot write {target} (new version in .tls.certctl): Read-only file system"
+    )
+    assert messages == [expected] * 3
+    assert [e.event for e in env.events("web")] == ["issued", "renewed", "failed"]
+
+
 def _script(path: Path, body: str) -> Path:
     path.write_text(f"#!/bin/sh\n{body}\n")
     path.chmod(0o755)

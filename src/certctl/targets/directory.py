@@ -98,6 +98,7 @@ def deliver_to_directory(
     digest = hashlib.sha256(b"".join(n.encode() + f.data for n, f in sorted(files.items())))
     name, versions_name = path.name, _versions_dir(path).name
     version_name = f"{time.time_ns():x}-{digest.hexdigest()[:12]}"
+    link_tmp = f".{name}.{os.getpid()}.link"
     try:
         _make_dirs(path.parent)
         parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -129,7 +130,6 @@ def deliver_to_directory(
                 os.close(fd)
         os.fchmod(version, 0o755)  # readable once complete; tls.key inside stays 0600
         os.fsync(version)
-        link_tmp = f".{name}.{os.getpid()}.link"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(link_tmp, dir_fd=parent)
         os.symlink(f"{versions_name}/{version_name}", link_tmp, dir_fd=parent)
@@ -140,8 +140,17 @@ def deliver_to_directory(
     except OSError as exc:
         if versions >= 0 and not committed:
             shutil.rmtree(version_name, dir_fd=versions, ignore_errors=True)
-        # Relative to the opened directory, exc.filename alone would say "tls.key".
-        what = f"{path} ({exc.filename})" if exc.filename else str(path)
+        # Relative to the opened directory, exc.filename alone would say "tls.key". The new
+        # version's name (a timestamp) and the link's (a pid) are named for what they are:
+        # they differ at each try, and a message that changes is a new failure to report.
+        what = str(path)
+        if exc.filename:
+            where = str(exc.filename)
+            if version_name in where:
+                where = f"new version in {versions_name}"
+            elif where == link_tmp:
+                where = "new link"
+            what = f"{path} ({where})"
         raise DeliveryError(f"cannot write {what}: {exc.strerror or exc}") from exc
     except BaseException:
         # Anything else (an id chown cannot take, an interrupt, a refusal) must not leave a
