@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from certctl.errors import NotFound
 from certctl.pki import VerificationFailed, keys_match, load_private_key, verify_certificate
 from certctl.pki.placeholder import PLACEHOLDER_CN_PREFIX
 from certctl.services import tls_services
@@ -616,3 +618,103 @@ def test_registering_clients_servers_will_refuse_warns(env: Env) -> None:
     refused = run("openssl", "verify", "-purpose", "sslclient", "-CAfile", env.tmp / "ca.pem",
                   env.tmp / "leaf.pem")  # fmt: skip
     assert refused.returncode != 0
+
+
+def _service_ca_rows(env: Env) -> list[str]:
+    from sqlalchemy import select
+
+    from certctl.store.models import Issuer
+
+    with env.services.sessions() as session:
+        return list(session.scalars(select(Issuer.id).where(Issuer.id.like("svc.%"))))
+
+
+def test_a_service_deleted_before_its_reconcile_stores_the_ca_leaves_no_ca(
+    any_env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The reconcile read the service, then the DELETE committed, then the reconcile stored the
+    # service's new CA: an orphaned svc.web, key and all, that nothing deletes or renews.
+    from certctl.server.scheduler import Scheduler
+
+    env = any_env
+    env.put(service_doc("web"))
+    http = env.client()
+    real_create_root_ca = tls_services.create_root_ca
+
+    def delete_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        # Between the reconcile's read of the service and its write of the CA.
+        assert http.delete("/api/v1/services/web").status_code == 204
+        return real_create_root_ca(*args, **kwargs)
+
+    monkeypatch.setattr(tls_services, "create_root_ca", delete_meanwhile)
+    scheduler = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
+    caplog.set_level("INFO", logger="certctl")
+    try:
+        assert scheduler.tick() == 0
+        assert "service web was deleted during its reconcile" in caplog.text
+        assert not [r for r in caplog.records if r.exc_info]
+        assert _service_ca_rows(env) == []
+        assert http.get("/api/v1/issuers/svc.web").status_code == 404
+        assert http.get("/api/v1/services/web").status_code == 404
+
+        # Negative twin: applied again, the service gets its CA as usual.
+        monkeypatch.setattr(tls_services, "create_root_ca", real_create_root_ca)
+        env.put(service_doc("web"))
+        assert scheduler.tick() == 1
+        assert _service_ca_rows(env) == ["svc.web"]
+    finally:
+        if scheduler.leadership is not None:
+            scheduler.leadership.release()  # its lock session (PostgreSQL)
+
+
+def test_a_delete_during_the_ca_write_deletes_that_ca(
+    any_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The DELETE arrives while the reconcile's CA transaction is open: it used to find no CA
+    # yet, delete the service and commit; the CA committed after it was an orphan.
+    import threading
+
+    from certctl.services import issuance
+
+    env = any_env
+    env.put(service_doc("web"))
+    real_record = issuance.record
+    in_write, go_on = threading.Event(), threading.Event()
+
+    def held(session: Any, **kwargs: Any) -> None:
+        real_record(session, **kwargs)
+        if kwargs.get("action") == "service.ca":
+            in_write.set()  # inside the transaction that stores svc.web
+            assert go_on.wait(10)
+
+    monkeypatch.setattr(issuance, "record", held)
+    outcome: list[BaseException | None] = []
+
+    def reconcile() -> None:
+        try:
+            env.reconcile("web")
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    reconciler = threading.Thread(target=reconcile)
+    reconciler.start()
+    try:
+        assert in_write.wait(10)
+        deleter = threading.Thread(
+            target=tls_services.delete_service, args=(env.services, env.admin, "web")
+        )
+        deleter.start()
+        # The DELETE waits for the CA transaction (before: it was done by now).
+        deleter.join(0.5)
+        assert deleter.is_alive()
+    finally:
+        go_on.set()
+        reconciler.join(10)
+    deleter.join(30)
+    assert not deleter.is_alive()
+    # The reconcile stored the CA, the DELETE then took it (and the service) away.
+    assert _service_ca_rows(env) == []
+    assert env.client().get("/api/v1/services/web").status_code == 404
+    assert len(outcome) == 1
+    assert outcome[0] is None or isinstance(outcome[0], NotFound), outcome

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
@@ -12,6 +13,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Connection, Integer, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy.orm import Session
 
 from certctl.errors import Conflict, InvalidRequest, NotFound
 from certctl.metrics.registry import ISSUANCE, ISSUANCE_DURATION, RENEWALS, REVOCATIONS
@@ -88,7 +90,9 @@ def _store_issuer(
     ca: CertificateAuthority,
     caller: Principal | None,
     action: str,
+    guard: Callable[[Session], None] | None = None,
 ) -> Issuer:
+    """Store a new issuer; ``guard`` runs first in the same transaction and may refuse it."""
     now = services.clock()
     key_der = ca.private_key.private_bytes(
         serialization.Encoding.DER,
@@ -107,6 +111,8 @@ def _store_issuer(
         created_at=now,
     )
     with services.sessions.begin() as session:
+        if guard is not None:
+            guard(session)
         if session.get(Issuer, issuer_id) is not None:
             raise Conflict(f"issuer {issuer_id} already exists")
         session.add(row)

@@ -245,6 +245,9 @@ def delete_service(services: Services, caller: Principal, name: str) -> None:
     now = services.clock()
     ca_id = _per_service_ca_id(name)
     with services.sessions.begin() as session:
+        # Taken by a reconcile storing the service's CA too (_service_still_there): a CA
+        # written while this runs is seen here and deleted, never left behind as an orphan.
+        lock_for_write(session, SERVICE_SPECS_LOCK)
         row = session.get(ManagedService, name)
         if row is None:
             raise NotFound(f"service {name} not found")
@@ -478,6 +481,7 @@ def _ensure_service_ca(
             CertificateAuthority(root.certificate, key),
             None,
             "service.ca",
+            guard=partial(_service_still_there, name),
         )
         return issuance.load_issuer(services, issuer_id), True
     if now < ca_renewal_time(settings, ca):
@@ -492,6 +496,21 @@ def _ensure_service_ca(
             renewed.certificate.not_valid_after_utc.isoformat(),
         )
     return renewed, True
+
+
+def _service_still_there(name: str, session: Any) -> None:
+    """Refuse to store the CA of a service deleted since this reconcile read it.
+
+    In the CA's own transaction, after the lock delete_service takes too: the DELETE either
+    committed before (the service is gone: no CA, which nothing would ever delete or renew),
+    or waits for this transaction and then deletes the CA with the service.
+
+    Raises:
+        NotFound: the service was deleted.
+    """
+    lock_for_write(session, SERVICE_SPECS_LOCK)
+    if session.get(ManagedService, name) is None:
+        raise NotFound(f"service {name} was deleted")
 
 
 def ca_renewal_time(settings: ServiceSettings, ca: CertificateAuthority) -> datetime:
