@@ -718,3 +718,46 @@ def test_a_delete_during_the_ca_write_deletes_that_ca(
     assert env.client().get("/api/v1/services/web").status_code == 404
     assert len(outcome) == 1
     assert outcome[0] is None or isinstance(outcome[0], NotFound), outcome
+
+
+def test_a_delete_during_the_reconciles_last_write_waits_for_it(
+    any_env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The DELETE commits between the reconcile's read of the row in its last transaction and
+    # that transaction's UPDATE: on SQLite (where FOR UPDATE locks nothing) the UPDATE matched
+    # no row, and the pass crashed with a StaleDataError traceback, backed off as a bug.
+    import threading
+
+    from certctl.server.scheduler import Scheduler
+
+    env = any_env
+    env.put(service_doc("web"))
+    real = tls_services._service_ca_renew_at
+    deleters: list[threading.Thread] = []
+
+    def delete_meanwhile(*args: Any) -> Any:
+        # Inside the last transaction, after the row was read.
+        deleter = threading.Thread(
+            target=tls_services.delete_service, args=(env.services, env.admin, "web")
+        )
+        deleter.start()
+        deleter.join(0.5)  # before: done by now, on SQLite
+        deleters.append(deleter)
+        return real(*args)
+
+    monkeypatch.setattr(tls_services, "_service_ca_renew_at", delete_meanwhile)
+    scheduler = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
+    caplog.set_level("INFO", logger="certctl")
+    try:
+        scheduler.tick()
+        (deleter,) = deleters
+        deleter.join(30)
+        assert not deleter.is_alive()
+        assert not [r for r in caplog.records if r.exc_info], caplog.text
+        assert scheduler._crashed == {}
+        # The pass committed first; the DELETE then took the service and its CA.
+        assert env.client().get("/api/v1/services/web").status_code == 404
+        assert _service_ca_rows(env) == []
+    finally:
+        if scheduler.leadership is not None:
+            scheduler.leadership.release()

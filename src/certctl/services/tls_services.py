@@ -498,6 +498,18 @@ def _ensure_service_ca(
     return renewed, True
 
 
+def _lock_service_row(session: Any) -> None:
+    """Before a reconcile reads the row it writes: no DELETE may commit in between.
+
+    PostgreSQL's FOR UPDATE does that alone; SQLite ignores it and read the row outside any
+    transaction, so a DELETE committed before the UPDATE, which then matched no row (a
+    StaleDataError traceback, the pass backed off as a crash). The SQLite write lock,
+    taken first, makes the DELETE wait for this transaction instead.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        lock_for_write(session, SERVICE_SPECS_LOCK)  # the lock key is PostgreSQL's only
+
+
 def _service_still_there(name: str, session: Any) -> None:
     """Refuse to store the CA of a service deleted since this reconcile read it.
 
@@ -784,6 +796,7 @@ def reconcile_service(
     failures = _deliver(services, settings, row, spec, bundle, warnings)
     message = "; ".join(warnings)
     with services.sessions.begin() as session:
+        _lock_service_row(session)
         current = session.get(ManagedService, name, with_for_update=True)
         if current is None:
             raise NotFound(f"service {name} was deleted")
@@ -936,6 +949,7 @@ def _store_issue(
     now: datetime,
 ) -> ManagedService:
     with services.sessions.begin() as session:
+        _lock_service_row(session)
         current = session.get(ManagedService, row.name, with_for_update=True)
         if current is None:
             raise NotFound(f"service {row.name} was deleted")
@@ -1283,6 +1297,7 @@ def _fail(
     log.error("service %s: %s", row.name, detail)
     RENEWALS.labels("error").inc()
     with services.sessions.begin() as session:
+        _lock_service_row(session)
         current = session.get(ManagedService, row.name, with_for_update=True)
         if current is None:
             raise NotFound(f"service {row.name} was deleted")
