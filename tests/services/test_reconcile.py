@@ -761,3 +761,35 @@ def test_a_delete_during_the_reconciles_last_write_waits_for_it(
     finally:
         if scheduler.leadership is not None:
             scheduler.leadership.release()
+
+
+def test_a_service_deleted_and_applied_again_through_another_worker_gets_a_new_ca(
+    env: Env,
+) -> None:
+    # The DELETE and the new PUT are served by another worker (or replica): the leader's
+    # cache still held the old svc.web, key included, and issued the new service's
+    # certificate from that deleted CA (stored nowhere) until its periodic cache check.
+    from sqlalchemy import select
+
+    from certctl.services.context import Services
+    from certctl.store.models import Issuer
+
+    leader = env.services
+    worker = Services(leader.engine, leader.sessions, leader.wrapper, clock=env.clock)
+    env.put(service_doc("web"))
+    env.reconcile("web")
+    old_ca = _cert(env.outputs("web")["ca-internal"]["ca.crt"])
+
+    tls_services.delete_service(worker, env.admin, "web")
+    tls_services.put_service(worker, env.admin, "web", service_doc("web"))
+    env.reconcile("web", env.now + MINUTE)  # the leader, at once
+    with leader.sessions() as session:
+        stored = session.scalar(select(Issuer.certificate_pem).where(Issuer.id == "svc.web"))
+    assert stored is not None  # the CA it serves from is the stored one
+    new_ca = _cert(stored.encode())
+    assert new_ca.public_key() != old_ca.public_key()
+    assert _cert(env.outputs("web")["ca-internal"]["ca.crt"]) == new_ca
+    leaf = _cert(env.outputs("web")["certs-internal"]["tls.crt"])
+    verify_certificate(leaf, trust=[new_ca], now=env.now)
+    with pytest.raises(VerificationFailed):
+        verify_certificate(leaf, trust=[old_ca], now=env.now)

@@ -50,6 +50,7 @@ __all__ = [
     "PendingIssue",
     "create_issuer",
     "crl_for",
+    "forget_if_changed",
     "get_certificate",
     "import_issuer",
     "issue_from_csr",
@@ -361,6 +362,21 @@ def renew_root_issuer(
             )
     services.forget_issuer(issuer_id)
     return load_issuer(services, issuer_id), wrote
+
+
+def forget_if_changed(services: Services, issuer_id: str) -> None:
+    """Drop the cached CA ``issuer_id`` if the stored one is another or gone (one lookup).
+
+    For callers about to rely on one CA's cache now, not at the next periodic
+    ``refresh_cached_issuers``: another process may have deleted or replaced it.
+    """
+    cached = services.cached_issuer(issuer_id)
+    if cached is None:
+        return
+    with services.sessions() as session:
+        stored = session.scalar(select(Issuer.not_after).where(Issuer.id == issuer_id))
+    if stored != cached.certificate.not_valid_after_utc:
+        services.forget_issuer(issuer_id)
 
 
 def refresh_cached_issuers(services: Services) -> list[str]:

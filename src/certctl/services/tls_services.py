@@ -463,6 +463,9 @@ def _ensure_service_ca(
     from certctl.services import issuance
 
     issuer_id = _per_service_ca_id(name)
+    # The cache outlives a DELETE served by another worker or replica: the service applied
+    # again would be issued from its deleted CA (stored nowhere) instead of a new one.
+    issuance.forget_if_changed(services, issuer_id)
     try:
         ca = issuance.load_issuer(services, issuer_id)
     except NotFound:
