@@ -793,3 +793,67 @@ def test_a_service_deleted_and_applied_again_through_another_worker_gets_a_new_c
     verify_certificate(leaf, trust=[new_ca], now=env.now)
     with pytest.raises(VerificationFailed):
         verify_certificate(leaf, trust=[old_ca], now=env.now)
+
+
+@pytest.mark.parametrize("change", ["add client", "remove client", "renew"])
+def test_a_delete_racing_a_service_change_waits_for_it(
+    any_env: Env, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    # The DELETE commits between the change's read of the service and its write: on SQLite
+    # (FOR UPDATE locks nothing) the client INSERT broke the foreign key and the renewal's
+    # UPDATE matched no row: a 500 for a request that had been accepted.
+    import threading
+
+    from certctl.services import audit
+
+    env = any_env
+    env.put(service_doc("web", client_auth=True))
+    client_ca = make_ca("client-ca", env.now)
+    http = env.client()
+    fingerprint = ""
+    if change == "remove client":
+        (added,) = tls_services.add_client(
+            env.services, env.admin, "web", client_ca.cert_pem.decode()
+        )
+        fingerprint = added.fingerprint
+    action = {"add client": "service.client.add", "remove client": "service.client.remove",
+              "renew": "service.renew"}[change]  # fmt: skip
+    deleters: list[threading.Thread] = []
+
+    def hooked(real: Any) -> Any:
+        def record(*args: Any, **kwargs: Any) -> Any:
+            result = real(*args, **kwargs)
+            if action in (kwargs.get("action"), *args[2:4]):
+                # Inside the change's transaction, after it read the service.
+                deleter = threading.Thread(
+                    target=tls_services.delete_service, args=(env.services, env.admin, "web")
+                )
+                deleter.start()
+                deleter.join(0.5)  # before: done by now, on SQLite
+                deleters.append(deleter)
+            return result
+
+        return record
+
+    monkeypatch.setattr(tls_services, "record", hooked(audit.record))
+    monkeypatch.setattr(tls_services, "record_call", hooked(audit.record_call))
+    if change == "add client":
+        response = http.post(
+            "/api/v1/services/web/clients", json={"certificate_pem": client_ca.cert_pem.decode()}
+        )
+    elif change == "remove client":
+        response = http.delete(f"/api/v1/services/web/clients/{fingerprint}")
+    else:
+        response = http.post("/api/v1/services/web/renew")
+    (deleter,) = deleters
+    deleter.join(30)
+    assert not deleter.is_alive()
+    # Done before the DELETE, which then removed the service and every client.
+    assert response.status_code in (201, 202, 204), response.text
+    assert http.get("/api/v1/services/web").status_code == 404
+    with env.services.sessions() as session:
+        from sqlalchemy import func, select
+
+        from certctl.store.models import ServiceClient
+
+        assert session.scalar(select(func.count()).select_from(ServiceClient)) == 0

@@ -248,7 +248,9 @@ def delete_service(services: Services, caller: Principal, name: str) -> None:
         # Taken by a reconcile storing the service's CA too (_service_still_there): a CA
         # written while this runs is seen here and deleted, never left behind as an orphan.
         lock_for_write(session, SERVICE_SPECS_LOCK)
-        row = session.get(ManagedService, name)
+        # The row first, as every change of a service locks it: deleting its clients first
+        # deadlocked against a client removal holding the row (PostgreSQL aborted one: 500).
+        row = session.get(ManagedService, name, with_for_update=True)
         if row is None:
             raise NotFound(f"service {name} not found")
         for client in session.scalars(select(ServiceClient).where(ServiceClient.service == name)):
@@ -269,6 +271,7 @@ def request_renewal(services: Services, caller: Principal, name: str) -> Managed
     caller.require("service.edit")
     now = services.clock()
     with services.sessions.begin() as session:
+        _lock_service_row(session)
         row = session.get(ManagedService, name, with_for_update=True)
         if row is None:
             raise NotFound(f"service {name} not found")
@@ -313,6 +316,7 @@ def add_client(services: Services, caller: Principal, name: str, pem: str) -> li
     now = services.clock()
     added = []
     with services.sessions.begin() as session:
+        _lock_service_row(session)
         row = session.get(ManagedService, name, with_for_update=True)
         if row is None:
             raise NotFound(f"service {name} not found")
@@ -396,6 +400,7 @@ def remove_client(services: Services, caller: Principal, name: str, fingerprint:
     caller.require("service.edit")
     now = services.clock()
     with services.sessions.begin() as session:
+        _lock_service_row(session)
         row = session.get(ManagedService, name, with_for_update=True)
         client = session.get(ServiceClient, (name, fingerprint.lower().replace(":", "")))
         if row is None or client is None:
@@ -502,12 +507,12 @@ def _ensure_service_ca(
 
 
 def _lock_service_row(session: Any) -> None:
-    """Before a reconcile reads the row it writes: no DELETE may commit in between.
+    """Before a transaction reads the service row it then writes: no DELETE in between.
 
-    PostgreSQL's FOR UPDATE does that alone; SQLite ignores it and read the row outside any
-    transaction, so a DELETE committed before the UPDATE, which then matched no row (a
-    StaleDataError traceback, the pass backed off as a crash). The SQLite write lock,
-    taken first, makes the DELETE wait for this transaction instead.
+    PostgreSQL's FOR UPDATE does that alone; SQLite ignores it and pysqlite reads outside any
+    transaction, so a DELETE could commit before the write, which then matched no row (a
+    StaleDataError: a reconcile backed off as a crash, a 500) or broke a foreign key. The
+    SQLite write lock, taken first, makes the DELETE wait for this transaction instead.
     """
     if session.get_bind().dialect.name == "sqlite":
         lock_for_write(session, SERVICE_SPECS_LOCK)  # the lock key is PostgreSQL's only
