@@ -224,6 +224,33 @@ def test_a_read_only_target_fails_with_the_same_message_on_each_retry(env: Env) 
     assert [e.event for e in env.events("web")] == ["issued", "renewed", "failed"]
 
 
+def test_a_failing_nginx_reload_fails_with_the_same_message_on_each_retry(env: Env) -> None:
+    # nginx is down (crashed, stopped) and logs to stderr (`error_log stderr`, as in many
+    # containers): `nginx -s reload` fails, and its last line carries nginx's time and pid.
+    # That line is in the Failed message, which so changed at each retry, and each retry
+    # sent "failed" again.
+    from tests._tools import require
+
+    work = env.tmp / "nginx"
+    work.mkdir()
+    conf = work / "nginx.conf"
+    conf.write_text(f"pid {work}/nginx.pid;\nerror_log stderr;\nevents {{}}\nhttp {{}}\n")
+    reload = f"{require('nginx')} -c {conf} -p {work}/ -e stderr -s reload"
+    target = env.tmp / "tls"
+    env.put(service_doc("web", targets=[{"directory": str(target), "reload": reload}]))
+    messages = [env.reconcile("web").conditions["Failed"]["message"]]
+    for _ in range(2):
+        retry_at = env.row("web").next_attempt_at
+        assert retry_at is not None
+        messages.append(env.reconcile("web", retry_at).conditions["Failed"]["message"])
+    expected = (
+        f"dir:{target}: reload command exited 1: [error] open() "
+        f'"{work}/nginx.pid" failed (2: No such file or directory)'
+    )
+    assert messages == [expected] * 3
+    assert [e.event for e in env.events("web")] == ["issued", "failed"]
+
+
 def _script(path: Path, body: str) -> Path:
     path.write_text(f"#!/bin/sh\n{body}\n")
     path.chmod(0o755)

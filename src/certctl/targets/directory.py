@@ -338,6 +338,16 @@ def remove_directory_target(path: Path) -> None:
         shutil.rmtree(versions, ignore_errors=True)
 
 
+# A log line's own time and process id, as nginx writes them to stderr ("2026/12/03 14:41:01
+# [error] 25260#25260: open() ... failed"), also in ISO 8601: they differ at each try, and the
+# reload's last line is part of the service's Failed message, so every retry read as a new
+# failure (and sent "failed" again). The level and the text stay.
+_LOG_STAMP = re.compile(
+    r"\A\d{4}[-/]\d{2}[-/]\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})? +"
+    r"(\[\w+\] +)?(?:\d+#\d+: +)?"
+)
+
+
 def run_reload(command: str, timeout_s: float) -> None:
     """Run a reload command (no shell) with a timeout.
 
@@ -383,7 +393,7 @@ def run_reload(command: str, timeout_s: float) -> None:
     if returncode == 0:
         return
     last = tail.decode(errors="replace").strip().splitlines()[-1:]
-    detail = _printable(last[0])[:200] if last else ""
+    detail = _printable(_LOG_STAMP.sub(r"\1", last[0]))[:200] if last else ""
     raise DeliveryError(f"reload command exited {returncode}" + (f": {detail}" if detail else ""))
 
 
