@@ -453,24 +453,102 @@ def test_client_certificate_from_the_environment(start_server: StartServer, tmp_
 
 
 @pytest.mark.parametrize(
-    ("command", "options"),
+    ("command", "problem"),
     [
-        ("auth roles update r-admin", "--permission or --name"),
-        ("auth actors update admin", "--role or --name"),
+        (
+            "auth roles update r-admin",
+            "Invalid value: nothing to change: give --permission, --no-permissions or --name",
+        ),
+        (
+            "auth actors update admin",
+            "Invalid value: nothing to change: give --role, --no-roles or --name",
+        ),
+        # `-p "$PERM"` with PERM unset is not "no permissions": that has its own flag.
+        (
+            "auth roles update r-admin -p",
+            "Invalid value for '--permission' / '-p': must not be empty "
+            "(--no-permissions removes them all)",
+        ),
+        (
+            "auth actors update admin -r",
+            "Invalid value for '--role' / '-r': must not be empty (--no-roles removes them all)",
+        ),
+        (
+            "auth roles create r-blank -p",
+            "Invalid value for '--permission' / '-p': must not be empty",
+        ),
+        ("auth actors create blank -r", "Invalid value for '--role' / '-r': must not be empty"),
+        (
+            "auth roles update r-admin -p metrics.read --no-permissions",
+            "Invalid value: --permission and --no-permissions contradict each other",
+        ),
+        (
+            "auth actors update admin -r r-admin --no-roles",
+            "Invalid value: --role and --no-roles contradict each other",
+        ),
+    ],
+    ids=[
+        "role-nothing",
+        "actor-nothing",
+        "blank-permission",
+        "blank-role",
+        "create-blank-permission",
+        "create-blank-role",
+        "role-both",
+        "actor-both",
     ],
 )
-def test_update_with_nothing_to_change_is_a_usage_error(
-    default_server: CertctlServer, command: str, options: str
+def test_update_without_a_clear_change_is_a_usage_error(
+    default_server: CertctlServer, command: str, problem: str
 ) -> None:
     # Before, an empty PUT/PATCH went out and the unchanged object came back with status 0.
-    result = _certctl(default_server, *command.split(), **_admin_env(default_server))
+    argv = command.split()
+    if argv[-1] in ("-p", "-r"):
+        argv.append("")
+    result = _certctl(default_server, *argv, **_admin_env(default_server))
     assert result.returncode == 2
     help_of = " ".join(command.split()[:3])
-    assert result.stderr == (
-        f"certctl: error: Invalid value: nothing to change: give {options} "
-        f"(see 'certctl {help_of} --help')\n"
-    )
+    assert result.stderr == f"certctl: error: {problem} (see 'certctl {help_of} --help')\n"
     assert result.stdout == ""
+
+
+def test_a_role_and_an_actor_can_be_emptied_within_the_no_escalation_rules(
+    default_server: CertctlServer,
+) -> None:
+    # Before, `--permission`/`--role` given no value was "nothing to change" and the CLI had no
+    # way to send the [] the API accepts. Emptying is an edit like any other: whoever lacks
+    # what the role or the actor holds now gets 403 (DESIGN §4, no escalation).
+    editor_perms = ["auth.role.edit", "auth.actor.edit", "auth.role.assign"]
+    with default_server.client(default_server.admin_key) as api:
+        for path, body in (
+            ("roles", {"id": "r-cli-emptied", "permissions": ["metrics.read"]}),
+            ("roles", {"id": "r-cli-editor", "permissions": editor_perms}),
+            ("actors", {"id": "cli-emptied", "roles": ["r-cli-emptied"]}),
+            ("actors", {"id": "cli-editor", "roles": ["r-cli-editor"]}),
+        ):
+            assert api.post(f"/api/v1/auth/{path}", json=body).status_code == 201
+        minted = api.post("/api/v1/auth/apikeys", json={"actor_id": "cli-editor"})
+        editor_key = minted.json()["key_value"]
+    editor = _admin_env(default_server) | {"CERTCTL_API_KEY": editor_key}
+    admin = _admin_env(default_server)
+
+    role = ("auth", "roles", "update", "r-cli-emptied", "--no-permissions")
+    denied = _certctl(default_server, *role, **editor)
+    assert (denied.returncode, denied.stdout) == (1, "")
+    assert denied.stderr == (
+        "certctl: error: HTTP 403: cannot edit this role: it needs permission(s) you lack: "
+        "metrics.read\n"
+    )
+    actor = ("auth", "actors", "update", "cli-emptied", "--no-roles")
+    denied = _certctl(default_server, *actor, **editor)
+    assert (denied.returncode, denied.stdout) == (1, "")
+    assert denied.stderr == (
+        "certctl: error: HTTP 403: cannot change this actor's roles: it needs permission(s) "
+        "you lack: metrics.read\n"
+    )
+
+    assert json.loads(ok(_certctl(default_server, *role, **admin)).stdout)["permissions"] == []
+    assert json.loads(ok(_certctl(default_server, *actor, **admin)).stdout)["roles"] == []
 
 
 def test_interrupted_request_says_so(default_server: CertctlServer) -> None:

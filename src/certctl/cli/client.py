@@ -487,6 +487,20 @@ def _not_empty(value: str | None) -> str | None:
     return value
 
 
+def _no_blank(
+    ctx: typer.Context, param: typer.CallbackParam, values: list[str] | None
+) -> list[str] | None:
+    """A repeatable --permission/--role, refused when one is blank.
+
+    ``--role "$ROLE"`` with ROLE unset must not be taken for "no roles", and the server would
+    only answer "unknown role(s): " naming nothing; emptying the set has its own flag.
+    """
+    if values and any(not v.strip() for v in values):
+        hint = f" (--no-{param.name}s removes them all)" if ctx.info_name == "update" else ""
+        raise typer.BadParameter(f"must not be empty{hint}")
+    return values
+
+
 def _warn_about(data: Any) -> None:
     """The answer's ``warnings`` on stderr, one line each, as the offline commands print theirs.
 
@@ -531,7 +545,12 @@ def roles_create(
         ..., callback=_not_empty, metavar="ROLE_ID", help="Role id, e.g. r-prometheus."
     ),
     permission: list[str] = typer.Option(
-        [], "--permission", "-p", metavar="PERMISSION", help="Permission (repeatable)."
+        [],
+        "--permission",
+        "-p",
+        metavar="PERMISSION",
+        callback=_no_blank,
+        help="Permission (repeatable).",
     ),
     name: str = typer.Option("", "--name", help="Display name."),
 ) -> None:
@@ -547,18 +566,28 @@ def roles_create(
 def roles_update(
     role_id: str = typer.Argument(..., callback=_not_empty, metavar="ROLE_ID", help="Role id."),
     permission: list[str] = typer.Option(
-        None, "--permission", "-p", metavar="PERMISSION", help="New permission set (repeatable)."
+        None,
+        "--permission",
+        "-p",
+        metavar="PERMISSION",
+        callback=_no_blank,
+        help="New permission set, replacing the old one (repeatable).",
+    ),
+    no_permissions: bool = typer.Option(
+        False, "--no-permissions", help="Remove every permission (the role grants nothing)."
     ),
     name: str = typer.Option(None, "--name", help="New display name."),
 ) -> None:
     """Change a custom role's name or permissions."""
     body: dict[str, Any] = {}
-    if permission:
-        body["permissions"] = permission
+    if permission and no_permissions:
+        raise typer.BadParameter("--permission and --no-permissions contradict each other")
+    if permission or no_permissions:
+        body["permissions"] = permission or []
     if name is not None:
         body["name"] = name
     if not body:
-        raise typer.BadParameter("nothing to change: give --permission or --name")
+        raise typer.BadParameter("nothing to change: give --permission, --no-permissions or --name")
     _print(_request("PUT", f"/api/v1/auth/roles/{_seg(role_id)}", body))
 
 
@@ -593,7 +622,9 @@ def actors_create(
     actor_id: str = typer.Argument(
         ..., callback=_not_empty, metavar="ACTOR_ID", help="Actor id, e.g. prometheus."
     ),
-    role: list[str] = typer.Option([], "--role", "-r", metavar="ROLE", help="Role (repeatable)."),
+    role: list[str] = typer.Option(
+        [], "--role", "-r", metavar="ROLE", callback=_no_blank, help="Role (repeatable)."
+    ),
     name: str = typer.Option("", "--name", help="Display name."),
 ) -> None:
     """Create an actor."""
@@ -604,18 +635,28 @@ def actors_create(
 def actors_update(
     actor_id: str = typer.Argument(..., callback=_not_empty, metavar="ACTOR_ID", help="Actor id."),
     role: list[str] = typer.Option(
-        None, "--role", "-r", metavar="ROLE", help="New role set (repeatable)."
+        None,
+        "--role",
+        "-r",
+        metavar="ROLE",
+        callback=_no_blank,
+        help="New role set, replacing the old one (repeatable).",
+    ),
+    no_roles: bool = typer.Option(
+        False, "--no-roles", help="Remove every role (its keys then grant nothing but whoami)."
     ),
     name: str = typer.Option(None, "--name", help="New display name."),
 ) -> None:
     """Rename an actor or replace its roles."""
     body: dict[str, Any] = {}
-    if role:
-        body["roles"] = role
+    if role and no_roles:
+        raise typer.BadParameter("--role and --no-roles contradict each other")
+    if role or no_roles:
+        body["roles"] = role or []
     if name is not None:
         body["name"] = name
     if not body:
-        raise typer.BadParameter("nothing to change: give --role or --name")
+        raise typer.BadParameter("nothing to change: give --role, --no-roles or --name")
     _print(_request("PATCH", f"/api/v1/auth/actors/{_seg(actor_id)}", body))
 
 
