@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from certctl.errors import InvalidRequest
 from certctl.services.tls_spec import parse_service, parse_service_documents
-from certctl.store.models import ManagedService
+from certctl.store.models import AuditEvent, ManagedService
 from tests.api.conftest import assert_problem
 from tests.services.conftest import Env, service_doc
 
@@ -244,6 +244,47 @@ def test_put_refuses_an_invalid_replacement_keeping_the_old_spec(env: Env) -> No
     assert current["generation"] == 1
     assert current["spec"] == parse_service(good).to_document()
     assert _stored(env) == 1
+
+
+def _audited(env: Env) -> int:
+    with env.services.sessions() as session:
+        return session.scalar(select(func.count()).select_from(AuditEvent)) or 0
+
+
+def test_put_dry_run_checks_everything_and_stores_nothing(env: Env) -> None:
+    # What `certctl apply` asks of every document before it applies any.
+    web = service_doc("web", targets=[{"secret": "shared-tls"}])
+    with env.client() as client:
+        audited = _audited(env)
+        would = client.put("/api/v1/services/web?dry_run=true", json=web)
+        assert would.status_code == 201, would.text  # as the write would answer
+        assert would.json()["generation"] == 1
+        assert would.json()["spec"] == parse_service(web).to_document()
+        assert_problem(client.get("/api/v1/services/web"), 404)
+        assert (_stored(env), _audited(env)) == (0, audited)
+
+        assert client.put("/api/v1/services/web?dry_run=false", json=web).status_code == 201
+        edited = _with(f"{SSC}.subjectAltNames", [{"dns": "web.example.internal"}], web)
+        would = client.put("/api/v1/services/web?dry_run=true", json=edited)
+        assert (would.status_code, would.json()["generation"]) == (200, 2)
+        unchanged = client.put("/api/v1/services/web?dry_run=true", json=web)
+        assert (unchanged.status_code, unchanged.json()["generation"]) == (200, 1)
+        assert client.get("/api/v1/services/web").json()["generation"] == 1
+
+        # The write's own refusals: a target another service has, a name the URL does not give.
+        other = service_doc("other", targets=[{"secret": "shared-tls"}])
+        body = assert_problem(client.put("/api/v1/services/other?dry_run=true", json=other), 409)
+        assert (
+            body["detail"] == "spec.targets.0: secret:shared-tls is already a target of service web"
+        )
+        body = assert_problem(client.put("/api/v1/services/else?dry_run=true", json=web), 400)
+        assert "does not match the URL name" in body["detail"]
+        body = assert_problem(client.put("/api/v1/services/web?dry_run=yes", json=web), 400)
+        assert body["detail"] == "dry_run=yes: must be true or false"
+        body = assert_problem(client.put("/api/v1/services/web?dryrun=true", json=edited), 400)
+        assert body["detail"] == "unknown query parameter(s): dryrun"  # not written instead
+        assert client.get("/api/v1/services/web").json()["generation"] == 1
+    assert (_stored(env), _audited(env)) == (1, audited + 1)  # the one real write
 
 
 @pytest.mark.parametrize(

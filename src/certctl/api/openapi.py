@@ -303,6 +303,13 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         ),
     ],
     ("GET", "/api/v1/auth/apikeys"): [_query("actor_id", _STR, "only this actor's keys")],
+    ("PUT", "/api/v1/services/{name}"): [
+        _query(
+            "dry_run",
+            {"type": "string", "enum": ["true", "false"]},
+            "true: every check of the write, the would-be service answered, nothing stored",
+        ),
+    ],
     ("GET", "/api/v1/issuers/{id}/crl"): [
         _query("format", {"type": "string", "enum": ["der", "pem"]}, "DER unless pem"),
     ],

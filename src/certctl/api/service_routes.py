@@ -55,6 +55,9 @@ async def get_service(request: Request, principal: Principal | None) -> Response
 
 
 async def put_service(request: Request, principal: Principal | None) -> Response:
+    dry_run = request.query_params.get("dry_run", "false")
+    if dry_run not in ("true", "false"):
+        raise InvalidRequest(f"dry_run={dry_run[:40]}: must be true or false")
     body = await read_body(request, _AnyDocument)
     services = services_of(request)
     name = request.path_params["name"]
@@ -62,9 +65,16 @@ async def put_service(request: Request, principal: Principal | None) -> Response
     with services.sessions() as session:
         existed = session.get(ManagedService, name) is not None
     row = tls_services.put_service(
-        services, caller_of(principal), name, body.model_dump(), request.app.state.service_policy
+        services,
+        caller_of(principal),
+        name,
+        body.model_dump(),
+        request.app.state.service_policy,
+        dry_run=dry_run == "true",
     )
-    _wake(request)
+    if dry_run == "false":
+        _wake(request)
+    # A dry run answers as the write would (201: it would create the service).
     return json_response(tls_services.service_json(row), 200 if existed else 201)
 
 

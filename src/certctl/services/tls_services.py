@@ -166,11 +166,15 @@ def put_service(
     name: str,
     doc: Any,
     policy: TargetPolicy | None = None,
+    *,
+    dry_run: bool = False,
 ) -> ManagedService:
     """Create or replace a service's spec (validated whole; nothing stored when invalid).
 
     ``policy`` decides which directory targets and reload commands the caller may set
-    (see ``TargetPolicy``); the default delegates no directory.
+    (see ``TargetPolicy``); the default delegates no directory. With ``dry_run`` every check
+    of the write is made and the service it would store is returned, detached: nothing is
+    stored or audited.
     """
     caller.require("service.edit")
     spec = parse_service(doc)
@@ -192,6 +196,8 @@ def put_service(
         policy = policy or TargetPolicy()
         policy.check(caller, spec, before)
         _check_targets_unique(session, spec, policy)
+        if dry_run:
+            return _would_store(row, name, document, now)
         if row is None:
             row = ManagedService(
                 name=name,
@@ -214,6 +220,37 @@ def put_service(
             session, at=now, actor=caller.actor_id, action=action, target=name, source=caller.source
         )
     return row
+
+
+def _would_store(
+    row: ManagedService | None, name: str, document: dict[str, Any], now: datetime
+) -> ManagedService:
+    """A detached copy of what ``put_service`` would store: what ``service_json`` shows."""
+    if row is None:
+        return ManagedService(
+            name=name,
+            spec=document,
+            generation=1,
+            created_at=now,
+            updated_at=now,
+            reconciled_generation=0,
+            conditions={},
+            delivered={},
+        )
+    changed = row.spec != document
+    return ManagedService(
+        name=name,
+        spec=document,
+        generation=row.generation + 1 if changed else row.generation,
+        created_at=row.created_at,
+        updated_at=now if changed else row.updated_at,
+        reconciled_generation=row.reconciled_generation,
+        serial=row.serial,
+        not_after=row.not_after,
+        renew_at=row.renew_at,
+        conditions=row.conditions,
+        delivered=row.delivered,
+    )
 
 
 def get_service(services: Services, caller: Principal, name: str) -> ManagedService:
