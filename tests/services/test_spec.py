@@ -209,6 +209,41 @@ def test_services_file_is_refused_whole() -> None:
         parse_service_documents(f"{good}---\n{good}")
 
 
+def test_services_file_with_one_target_in_two_documents_is_refused_whole() -> None:
+    # Before, the second document's PUT got a 409 after the first had been stored.
+    def doc(name: str, targets: str) -> str:
+        return (
+            f"apiVersion: certctl.io/v1\nkind: TLSService\nmetadata: {{name: {name}}}\n"
+            f"spec: {{targets: {targets}}}\n"
+        )
+
+    shared = "[{secret: web-tls}, {directory: /srv/tls/shared}]"
+    text = "---\n".join(
+        (doc("one", "[]"), doc("two", shared), doc("three", "[{directory: /srv/tls/shared}]"))
+    )
+    with pytest.raises(
+        InvalidRequest,
+        match=r"^document 3: spec\.targets\.0: dir:/srv/tls/shared is also a target of "
+        r"document 2 \(two\)$",
+    ):
+        parse_service_documents(text)
+    text = "---\n".join(
+        (
+            doc("one", "[{secret: web-tls, namespace: a}]"),
+            doc("two", "[{secret: web-tls, namespace: a}]"),
+        )
+    )
+    with pytest.raises(
+        InvalidRequest, match=r"^document 2: spec\.targets\.0: secret:a/web-tls is also"
+    ):
+        parse_service_documents(text)
+    # Only the same spelling: another namespace, or a default one only the server knows, passes.
+    apart = "---\n".join(
+        (doc("one", "[{secret: web-tls, namespace: a}]"), doc("two", "[{secret: web-tls}]"))
+    )
+    assert [s.name for s in parse_service_documents(apart)] == ["one", "two"]
+
+
 def _stored(env: Env) -> int:
     with env.services.sessions() as session:
         return session.scalar(select(func.count()).select_from(ManagedService)) or 0

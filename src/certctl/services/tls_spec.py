@@ -401,7 +401,8 @@ def parse_service_documents(text: str) -> list[TLSServiceSpec]:
     """Parse a multi-document YAML file; every document must be valid, names unique.
 
     Raises:
-        InvalidRequest: bad YAML, an invalid document (named by index and field), or a repeat.
+        InvalidRequest: bad YAML, an invalid document (named by index and field), a repeated
+            name, or a target spelled the same in two documents.
     """
     import yaml
 
@@ -426,4 +427,27 @@ def parse_service_documents(text: str) -> list[TLSServiceSpec]:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise InvalidRequest(f"services file defines {', '.join(repeated)} more than once")
+    _check_targets_apart(specs)
     return specs
+
+
+def _check_targets_apart(specs: list[TLSServiceSpec]) -> None:
+    # The server refuses a target another service has (409), but only once the first of the
+    # two is stored: caught here, nothing of the file is applied. Only the same spelling is
+    # compared; what a path resolves to, or a Secret's default namespace, the server knows.
+    seen: dict[tuple[str, str | None, str], int] = {}
+    for number, spec in enumerate(specs, start=1):
+        for index, target in enumerate(spec.spec.targets):
+            identity = (
+                ("dir", None, str(target.directory))
+                if isinstance(target, DirectoryTarget)
+                else ("secret", target.namespace, target.secret)
+            )
+            first = seen.setdefault(identity, number)
+            if first != number:
+                kind, namespace, name = identity
+                where = f"{kind}:{namespace}/{name}" if namespace else f"{kind}:{name}"
+                raise InvalidRequest(
+                    f"document {number}: spec.targets.{index}: {where} is also a target of "
+                    f"document {first} ({specs[first - 1].name})"
+                )
