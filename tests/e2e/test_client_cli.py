@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests._tools import ok, require, run
 from tests.e2e.conftest import CertctlServer, StartServer
@@ -312,6 +313,78 @@ def test_services_status_columns_stay_aligned_with_long_names(
         for name in ("align-short", long_name):
             assert rows[name][start - 1] == " ", (column, rows[name])
             assert rows[name][start] != " ", (column, rows[name])
+
+
+def test_apply_refused_by_the_server_for_a_later_document_applies_nothing(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    # Before, apply-first was stored, then apply-second got the 409 and the command stopped:
+    # half the file applied, and apply-third never sent.
+    def doc(name: str, targets: str) -> str:
+        return (
+            f"apiVersion: certctl.io/v1\nkind: TLSService\nmetadata: {{name: {name}}}\n"
+            f"spec: {{http: {{tls: {{selfSignedCertificate: {{}}}}}}, targets: {targets}}}\n"
+        )
+
+    with default_server.client(default_server.admin_key) as api:
+        holder = yaml.safe_load(doc("apply-holder", "[{secret: apply-taken-tls}]"))
+        taken = api.put("/api/v1/services/apply-holder", json=holder)
+        assert taken.status_code == 201, taken.text
+    spec = tmp_path / "services.yaml"
+    spec.write_text(
+        "---\n".join(
+            (
+                doc("apply-first", "[]"),
+                doc("apply-second", "[{secret: apply-taken-tls}]"),
+                doc("apply-third", "[]"),
+            )
+        )
+    )
+    result = _certctl(default_server, "apply", "-f", str(spec), **_admin_env(default_server))
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        "certctl: error: document 2 (tlsservice/apply-second): HTTP 409: spec.targets.0: "
+        "secret:apply-taken-tls is already a target of service apply-holder; nothing was applied\n"
+    )
+    with default_server.client(default_server.admin_key) as api:
+        names = {item["name"] for item in api.get("/api/v1/services").json()["items"]}
+    assert names.isdisjoint({"apply-first", "apply-second", "apply-third"})
+
+
+def test_apply_failing_after_the_dry_run_says_which_documents_went_in(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    # Two spellings of one directory (through a symlink): neither the file nor the dry run
+    # (neither service stored yet) can tell, the server refuses the second once the first is
+    # stored. Before, one error line, and nothing said that apply-sym-3 was never sent.
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    spec = tmp_path / "services.yaml"
+    spec.write_text(
+        "---\n".join(
+            f"apiVersion: certctl.io/v1\nkind: TLSService\nmetadata: {{name: {name}}}\n"
+            f"spec: {{targets: {targets}}}\n"
+            for name, targets in (
+                ("apply-sym-1", f"[{{directory: {tmp_path}/link/tls}}]"),
+                ("apply-sym-2", f"[{{directory: {tmp_path}/real/tls}}]"),
+                ("apply-sym-3", "[]"),
+            )
+        )
+    )
+    result = _certctl(default_server, "apply", "-f", str(spec), **_admin_env(default_server))
+    assert result.returncode == 1
+    assert result.stdout == (
+        "tlsservice/apply-sym-1 created (generation 1)\n"
+        "tlsservice/apply-sym-2 not applied\n"
+        "tlsservice/apply-sym-3 not applied\n"
+    )
+    assert result.stderr == (
+        "certctl: error: tlsservice/apply-sym-2: HTTP 409: spec.targets.0: "
+        f"dir:{tmp_path}/real/tls is already a target of service apply-sym-1; 1 of 3 "
+        "document(s) applied (one line each above)\n"
+    )
+    with default_server.client(default_server.admin_key) as api:
+        assert api.delete("/api/v1/services/apply-sym-1").status_code == 204
 
 
 @pytest.mark.parametrize("path", ["/api/v1", "/api/v1/", "/certctl"])

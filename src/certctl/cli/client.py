@@ -82,9 +82,16 @@ certs_app = typer.Typer(
 
 
 class RemoteError(CertctlError):
-    """The server answered with an error (its problem detail is shown)."""
+    """The server answered with an error (its problem detail is shown).
+
+    ``may_have_taken_effect``: a change was sent and no answer came, so it may have been made.
+    """
 
     title = "Server error"
+
+    def __init__(self, detail: str, *, may_have_taken_effect: bool = False) -> None:
+        super().__init__(detail)
+        self.may_have_taken_effect = may_have_taken_effect
 
 
 def _server_url() -> str:
@@ -420,9 +427,11 @@ def _request(
         # The request went out: a POST may have issued a certificate or minted a key that
         # a blind retry would issue again.
         message = f"no answer from {url} within {_seconds(timeout)}"
-        if method != "GET":
+        # A dry run (certctl apply's check of each document) changes nothing.
+        sent = method != "GET" and (params or {}).get("dry_run") != "true"
+        if sent:
             message += f" ({method} {path} was sent and may have taken effect: check first)"
-        raise RemoteError(message) from None
+        raise RemoteError(message, may_have_taken_effect=sent) from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         reason = _redact(_connect_failure(exc, timeout), key)
         raise RemoteError(f"cannot reach {url}: {reason}") from None

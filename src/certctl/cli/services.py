@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -19,6 +19,9 @@ from certctl.cli.client import (
     _unexpected,
     _warn_about,
 )
+
+if TYPE_CHECKING:
+    from certctl.services.tls_spec import TLSServiceSpec
 
 __all__ = ["APPLY_HELP", "apply_command", "services_app"]
 
@@ -37,8 +40,13 @@ services_app.add_typer(clients_app, name="clients")
 
 APPLY_HELP = (
     "Create or update TLSService documents at CERTCTL_URL from FILE.\n\n"
-    "All the documents are validated before any is sent.\n\n" + ENV_HELP
+    "Nothing is applied unless every document passes: they are checked here, then by the "
+    "server (a dry run: its permissions, target policy and conflicts). Should one still fail "
+    "while applying (the server changed meanwhile, or only it sees that two documents share "
+    "a target, e.g. through a symlink), the ones before it stay applied: a line per document "
+    "says which, and the exit status is 1.\n\n" + ENV_HELP
 )
+_SERVICE = "/api/v1/services/{name}"
 
 
 def apply_command(
@@ -58,24 +66,91 @@ def apply_command(
     except UnicodeDecodeError:
         raise InvalidRequest(f"{'stdin' if stdin else file}: not UTF-8 text") from None
     specs = parse_service_documents(text)
-    for spec in specs:
-        path = f"/api/v1/services/{_seg(spec.name)}"
+    _dry_run(specs)
+    for index, spec in enumerate(specs):
         try:
-            # Only to say what the PUT did, as kubectl does: created, configured or unchanged.
-            before = _request("GET", path)
-        except RemoteError:
-            before = None  # not there yet, or the key may edit but not read services
-        data = _request("PUT", path, spec.to_document())
-        if not isinstance(data, dict):
-            raise _unexpected(path, "not a TLSService")
-        generation = data.get("generation")
-        if isinstance(before, dict) and before.get("generation") == generation:
-            changed = "unchanged"
-        elif before is None and generation == 1:
-            changed = "created"
-        else:
-            changed = "configured"
-        typer.echo(f"tlsservice/{spec.name} {changed} (generation {generation})")
+            line = _apply(spec)
+        except RemoteError as exc:
+            # kubectl goes on with the next document and reports each; this stops at the
+            # first failure (past the dry run: a change on the server meanwhile, or a clash
+            # with a document applied before it) and says exactly which documents went in.
+            _not_applied(specs[index:], unknown=exc.may_have_taken_effect)
+            raise RemoteError(
+                f"tlsservice/{spec.name}: {exc.detail}; {index} of {len(specs)} "
+                "document(s) applied (one line each above)"
+            ) from None
+        except KeyboardInterrupt:
+            _not_applied(specs[index:], unknown=True)
+            raise
+        typer.echo(line)
+
+
+def _not_applied(specs: list[TLSServiceSpec], *, unknown: bool) -> None:
+    """A line for each document not applied; the first may have been, when ``unknown``."""
+    for i, spec in enumerate(specs):
+        typer.echo(f"tlsservice/{spec.name} {'unknown' if unknown and i == 0 else 'not applied'}")
+
+
+def _dry_run(specs: list[TLSServiceSpec]) -> None:
+    """Have the server check every document without storing any; refuse the file if one fails.
+
+    A server too old to offer the dry run would ignore ``?dry_run=true`` and store the
+    document, so its OpenAPI description is asked first (as kubectl once did before a
+    server-side dry run).
+    """
+    from certctl.cli._common import warn
+
+    if len(specs) < 2:
+        return  # one document is applied whole or not at all anyway
+    if not _offers_dry_run():
+        warn(
+            "the server offers no dry run (an older certctl): the documents were checked here "
+            "only, and one it refuses leaves the ones before it applied"
+        )
+        return
+    for number, spec in enumerate(specs, start=1):
+        path = _SERVICE.format(name=_seg(spec.name))
+        try:
+            _request("PUT", path, spec.to_document(), params={"dry_run": "true"})
+        except RemoteError as exc:
+            raise RemoteError(
+                f"document {number} (tlsservice/{spec.name}): {exc.detail}; nothing was applied"
+            ) from None
+
+
+def _offers_dry_run() -> bool:
+    document = _request("GET", "/api/v1/openapi.json")
+    try:
+        parameters = document["paths"][_SERVICE]["put"].get("parameters", [])
+    except (KeyError, TypeError, AttributeError):
+        return False
+    return isinstance(parameters, list) and any(
+        isinstance(p, dict) and p.get("in") == "query" and p.get("name") == "dry_run"
+        for p in parameters
+    )
+
+
+def _apply(spec: TLSServiceSpec) -> str:
+    """PUT one document; the line saying what it did (kubectl's created, configured, unchanged)."""
+    path = _SERVICE.format(name=_seg(spec.name))
+    try:
+        # Only to say what the PUT did: created, configured or unchanged.
+        before = _request("GET", path)
+    except RemoteError:
+        before = None  # not there yet, or the key may edit but not read services
+    data = _request("PUT", path, spec.to_document())
+    if not isinstance(data, dict):
+        error = _unexpected(path, "not a TLSService")
+        error.may_have_taken_effect = True  # a 2xx answered the PUT
+        raise error
+    generation = data.get("generation")
+    if isinstance(before, dict) and before.get("generation") == generation:
+        changed = "unchanged"
+    elif before is None and generation == 1:
+        changed = "created"
+    else:
+        changed = "configured"
+    return f"tlsservice/{spec.name} {changed} (generation {generation})"
 
 
 def _read_stdin() -> bytes:

@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -755,3 +756,117 @@ def test_http_url_for_the_https_server_says_so(tls_listener: Listener) -> None:
     assert proc.stderr.endswith(
         " (if the server speaks HTTPS, as certctl serve does by default, use https://)\n"
     )
+
+
+# --- apply: a file of several documents --------------------------------------------------
+
+OPENAPI = "/api/v1/openapi.json"
+
+
+def _openapi(dry_run: bool) -> Answer:
+    """The part of the server's OpenAPI description apply reads: the service PUT's query."""
+    put = {"parameters": [{"name": "dry_run", "in": "query"}] if dry_run else []}
+    return Answer(body=json.dumps({"paths": {"/api/v1/services/{name}": {"put": put}}}).encode())
+
+
+def _services_file(tmp_path: Path, *names: str) -> Path:
+    docs = [
+        f"apiVersion: certctl.io/v1\nkind: TLSService\nmetadata: {{name: {n}}}\n" for n in names
+    ]
+    path = tmp_path / "services.yaml"
+    path.write_text("---\n".join(docs))
+    return path
+
+
+def _service(name: str) -> Answer:
+    return Answer(body=json.dumps({"name": name, "generation": 1}).encode())
+
+
+@pytest.mark.parametrize("failure", ["refused", "unanswered"])
+def test_apply_failing_after_its_dry_run_says_which_documents_went_in(
+    listener: Listener, tmp_path: Path, failure: str
+) -> None:
+    # Every document passed the dry run; then the server changed (here: b's answer, as when
+    # another client takes its target meanwhile). Before, a's line and one error: the user
+    # could not tell that c was never sent.
+    conflict = b'{"status": 409, "detail": "spec.targets.0: secret:x is already a target of y"}'
+    if failure == "refused":
+        later = Answer(409, "application/problem+json", conflict)
+    else:
+        later = Answer(side_effect=lambda: time.sleep(2))  # longer than CERTCTL_TIMEOUT
+    calls = []
+
+    def switch() -> None:
+        calls.append(1)
+        if len(calls) == 2:  # a's dry run done, and so every dry run
+            listener.answers["/api/v1/services/b"] = later
+
+    listener.answers |= {
+        OPENAPI: _openapi(dry_run=True),
+        "/api/v1/services/a": Answer(body=b'{"generation": 1}', side_effect=switch),
+        "/api/v1/services/b": _service("b"),
+        "/api/v1/services/c": _service("c"),
+    }
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_TIMEOUT": "1"}
+    proc = certctl("apply", "-f", str(_services_file(tmp_path, "a", "b", "c")), env=env)
+    b_line, why = {
+        "refused": ("not applied", "HTTP 409: spec.targets.0: secret:x is already a target of y"),
+        "unanswered": (
+            "unknown",
+            f"no answer from {listener.url} within 1 s (PUT /api/v1/services/b was sent and "
+            "may have taken effect: check first)",
+        ),
+    }[failure]
+    assert proc.stdout == (
+        f"tlsservice/a unchanged (generation 1)\ntlsservice/b {b_line}\ntlsservice/c not applied\n"
+    )
+    assert proc.stderr == (
+        f"certctl: error: tlsservice/b: {why}; 1 of 3 document(s) applied (one line each above)\n"
+    )
+    assert proc.returncode == 1
+    sent = [(s.method, s.path) for s in listener.seen]
+    dry = [("PUT", f"/api/v1/services/{n}?dry_run=true") for n in "abc"]
+    assert sent[:4] == [("GET", OPENAPI), *dry]
+    assert ("PUT", "/api/v1/services/c") not in sent
+
+
+def test_apply_refused_by_the_dry_run_applies_nothing(listener: Listener, tmp_path: Path) -> None:
+    listener.answers |= {
+        OPENAPI: _openapi(dry_run=True),
+        "/api/v1/services/a": _service("a"),
+        "/api/v1/services/b": Answer(403, "application/problem+json", b'{"detail": "no"}'),
+    }
+    proc = certctl(
+        "apply", "-f", str(_services_file(tmp_path, "a", "b")), env={"CERTCTL_URL": listener.url}
+    )
+    assert_error(proc, "document 2 (tlsservice/b): HTTP 403: no; nothing was applied")
+    assert all("dry_run=true" in s.path for s in listener.seen if s.method == "PUT")
+
+
+def test_apply_to_a_server_without_dry_run_says_so(listener: Listener, tmp_path: Path) -> None:
+    # An older server would ignore ?dry_run=true and store the document: not sent there.
+    listener.answers |= {
+        OPENAPI: _openapi(dry_run=False),
+        "/api/v1/services/a": _service("a"),
+        "/api/v1/services/b": _service("b"),
+    }
+    proc = certctl(
+        "apply", "-f", str(_services_file(tmp_path, "a", "b")), env={"CERTCTL_URL": listener.url}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == (
+        "certctl: warning: the server offers no dry run (an older certctl): the documents were "
+        "checked here only, and one it refuses leaves the ones before it applied\n"
+    )
+    assert proc.stdout.splitlines() == [f"tlsservice/{n} unchanged (generation 1)" for n in "ab"]
+    assert not any("dry_run" in s.path for s in listener.seen)
+    # One document is applied whole or not at all: no dry run, no warning.
+    listener.seen.clear()
+    proc = certctl(
+        "apply", "-f", str(_services_file(tmp_path, "a")), env={"CERTCTL_URL": listener.url}
+    )
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert [(s.method, s.path) for s in listener.seen] == [
+        ("GET", "/api/v1/services/a"),
+        ("PUT", "/api/v1/services/a"),
+    ]
