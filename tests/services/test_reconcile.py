@@ -579,6 +579,28 @@ def test_deleting_a_service_deletes_its_ca_and_its_issuer_series(env: Env) -> No
         verify_certificate(leaf, trust=[old_ca], now=env.now)
 
 
+def test_registering_clients_for_a_service_without_client_authentication_warns(
+    env: Env,
+) -> None:
+    # Before: 201 and no word, and the service's targets never got the clients.
+    http = env.client()
+    env.put(service_doc("web"))
+    ca = make_ca("clients", env.now)
+    added = http.post(
+        "/api/v1/services/web/clients", json={"certificate_pem": ca.cert_pem.decode()}
+    )
+    assert added.status_code == 201, added.text
+    assert added.json()["warnings"] == [
+        "service web has client authentication off (spec.http.tls.client.authentication): "
+        "its targets get no client-trust bundle until it is on"
+    ]
+    env.put(service_doc("web", client_auth=True))
+    again = http.post(
+        "/api/v1/services/web/clients", json={"certificate_pem": ca.cert_pem.decode()}
+    )
+    assert (again.status_code, again.json()["warnings"]) == (201, [])
+
+
 def test_registering_clients_servers_will_refuse_warns(env: Env) -> None:
     from tests._tools import run
 

@@ -392,10 +392,24 @@ def client_trust_warnings(services: Services, name: str) -> list[str]:
     intermediate whose issuer is not registered too lets nobody in there (Java accepts it).
     """
     with services.sessions() as session:
+        service = session.get(ManagedService, name)
         rows = session.scalars(select(ServiceClient).where(ServiceClient.service == name)).all()
     subjects = {r.subject for r in rows if r.is_ca}
     now = services.clock()
     warnings = []
+    try:
+        client_auth = (
+            service is None or parse_service(service.spec, stored=True).tls.client.authentication
+        )
+    except InvalidRequest:
+        client_auth = True  # a stored spec that no longer parses is its Failed condition
+    if not client_auth:
+        # Registered all the same (the switch may come next), but nothing else says that
+        # no client-trust bundle reaches the targets meanwhile.
+        warnings.append(
+            f"service {name} has client authentication off (spec.http.tls.client."
+            "authentication): its targets get no client-trust bundle until it is on"
+        )
     for row in rows:
         cert = x509.load_pem_x509_certificate(row.certificate_pem.encode())
         what = "CA" if row.is_ca else "client certificate"
