@@ -20,7 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests._tools import run
 from tests.e2e.conftest import tls_context
+from tests.e2e.test_tls import s_client
 from tests.faults.conftest import FaultServer, raise_nofile_limit
 
 BAD_KEY = "cctl_0123456789abcdef_" + "A" * 43
@@ -275,6 +277,56 @@ def test_slow_clients_time_out(fault_server: FaultServer) -> None:
         "silent_closed_after_s": round(silent_s, 2),
     }
     print(f"slow clients: {FIGURES['slow']}")
+
+
+def _raw_closed_after(port: int, send: bytes, limit_s: float) -> float:
+    """Open TCP, send ``send`` (maybe nothing), wait for the server to close; seconds it took."""
+    with socket.create_connection(("127.0.0.1", port), timeout=limit_s) as raw:
+        started = time.monotonic()
+        raw.sendall(send)
+        try:
+            while raw.recv(4096):
+                pass  # a half ClientHello gets no answer, but read whatever comes
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            raise AssertionError(f"connection still open after {limit_s} s") from None
+        return time.monotonic() - started
+
+
+def test_a_silent_tls_client_is_dropped_at_the_handshake_deadline(
+    fault_server: FaultServer,
+) -> None:
+    # The handshake had no deadline of its own but the loop's 60 s, and http.header-timeout
+    # starts only once it is done: a client that connected and sent nothing held a file
+    # descriptor for a minute.
+    fault_server.config = {"http": {"handshake-timeout": "1s", "header-timeout": "5s"}}
+    fault_server.start()
+    silent_s = _raw_closed_after(fault_server.port, b"", 8)
+    # Half a ClientHello: a record header announcing 512 bytes, and 6 of them.
+    half_s = _raw_closed_after(
+        fault_server.port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 8
+    )
+    assert 0.9 <= silent_s <= 2.5, silent_s
+    assert 0.9 <= half_s <= 2.5, half_s
+    # The twins: real clients still shake hands and are answered, and a completed handshake
+    # is then governed by header-timeout (5 s here), not by the handshake's deadline.
+    curl = run(
+        "curl", "-sS", "--cacert", str(fault_server.ca), f"{fault_server.url}/healthz", timeout=20
+    )
+    assert curl.stdout == "ok", curl.stderr
+    handshake = s_client(fault_server.port, "-CAfile", fault_server.ca)
+    assert "Verify return code: 0 (ok)" in handshake.stdout, handshake.stdout + handshake.stderr
+    with tls_socket(fault_server) as sock:
+        time.sleep(1.5)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
+    FIGURES["handshake"] = {
+        "handshake_timeout_s": 1,
+        "silent_closed_after_s": round(silent_s, 2),
+        "half_client_hello_closed_after_s": round(half_s, 2),
+    }
+    print(f"handshake deadline: {FIGURES['handshake']}")
 
 
 IDLE_CONNECTIONS = 2000

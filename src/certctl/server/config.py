@@ -174,11 +174,12 @@ class AuthConfig(_Section):
 class HTTPConfig(_Section):
     """``http.*``: limits of the HTTP listeners."""
 
+    handshake_timeout: str = Field(default="10s", alias="handshake-timeout")
     header_timeout: str = Field(default="10s", alias="header-timeout")
     body_timeout: str = Field(default="60s", alias="body-timeout")
     send_timeout: str = Field(default="60s", alias="send-timeout")
 
-    @field_validator("header_timeout", "body_timeout", "send_timeout")
+    @field_validator("handshake_timeout", "header_timeout", "body_timeout", "send_timeout")
     @classmethod
     def _duration(cls, value: str) -> str:
         return _checked_duration(value)

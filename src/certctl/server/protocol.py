@@ -37,9 +37,10 @@ import contextlib
 import socket
 import ssl
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
-__all__ = ["CoalescedWrites", "http_protocol"]
+__all__ = ["CoalescedWrites", "http_protocol", "tls_listener"]
 
 _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
@@ -331,3 +332,62 @@ def http_protocol(
                 self.transport.close()
 
     return CertctlProtocol
+
+
+def tls_listener(
+    protocol_class: Callable[..., asyncio.BaseProtocol],
+    context: ssl.SSLContext | None,
+    handshake_timeout_s: float,
+) -> Callable[..., asyncio.BaseProtocol]:
+    """A protocol factory (``uvicorn.Config(http=...)``) that runs TLS itself, with a deadline.
+
+    uvicorn hands its SSL context to ``loop.create_server`` without ``ssl_handshake_timeout``,
+    so a client that connected and sent nothing, or half a ClientHello, held its connection
+    and a file descriptor for the loop's default 60 s before ``http.header-timeout`` (which
+    starts at ``connection_made``, after the handshake) even began. Here the listener is
+    plain TCP and each accepted connection gets the loop's own SSL protocol, as
+    ``create_server(ssl=...)`` would build it, with ``handshake_timeout_s``. The protocol
+    closes the transport itself when the handshake fails or times out, so no waiter is
+    needed. Without a ``context`` the factory is ``protocol_class`` unchanged.
+    """
+    if context is None:
+        return protocol_class
+    tls_class: list[type] = []
+
+    def make(**kwargs: Any) -> asyncio.BaseProtocol:
+        app_protocol = protocol_class(**kwargs)
+        loop = asyncio.get_running_loop()
+        if not tls_class:
+            tls_class.append(_ssl_protocol_class(loop))
+        return cast(
+            "asyncio.BaseProtocol",
+            tls_class[0](
+                loop,
+                app_protocol,
+                context,
+                None,
+                server_side=True,
+                ssl_handshake_timeout=handshake_timeout_s,
+            ),
+        )
+
+    return make
+
+
+def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> type:
+    # uvloop's transports take only uvloop's SSLProtocol (its Cython TLS, half the cost of
+    # asyncio's per handshake); asyncio's own loops (tests) take asyncio's.
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover  # a dependency of certctl
+        pass
+    else:
+        if isinstance(loop, uvloop.Loop):
+            import uvloop.loop
+
+            # The Cython class is missing from uvloop's stubs.
+            ssl_protocol: type = uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
+            return ssl_protocol
+    from asyncio import sslproto
+
+    return sslproto.SSLProtocol

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
@@ -536,7 +536,7 @@ def _serve_process(
     import uvicorn
 
     from certctl.api.app import MAX_HEADER_BYTES
-    from certctl.server.protocol import http_protocol
+    from certctl.server.protocol import http_protocol, tls_listener
 
     config, services, mode = prepared.config, prepared.boot.services, prepared.mode
     leader = index == 0
@@ -592,6 +592,7 @@ def _serve_process(
         service_policy=target_policy(config),
     )
     host, port = config.host_port
+    handshake_timeout_s = parse_duration(config.http.handshake_timeout).total_seconds()
 
     def listener(asgi: Any, bind_host: str, bind_port: int, secure: bool) -> uvicorn.Server:
         context = tls.context if (tls is not None and secure) else None
@@ -600,7 +601,12 @@ def _serve_process(
                 asgi,
                 host=bind_host,
                 port=bind_port,
-                http=protocol,
+                # TLS is run by the protocol factory, not by uvicorn, which sets no handshake
+                # deadline (tls_listener). uvicorn only calls what it gets here, so a factory
+                # function does, though its annotation asks for a protocol class.
+                http=cast(
+                    "type[asyncio.Protocol]", tls_listener(protocol, context, handshake_timeout_s)
+                ),
                 lifespan="off",
                 access_log=False,
                 log_config=None,
@@ -610,7 +616,6 @@ def _serve_process(
                 # auth throttle and the audit log see.
                 proxy_headers=False,
                 timeout_keep_alive=30,
-                ssl_context_factory=(lambda _cfg, _default: context) if context else None,
             )
         )
 

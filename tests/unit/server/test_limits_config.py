@@ -13,6 +13,7 @@ def test_defaults() -> None:
     assert config.auth.failure_limit == 10
     assert config.auth.failure_window == "1m"
     assert config.http.header_timeout == "10s"
+    assert config.http.handshake_timeout == "10s"
     assert (config.http.body_timeout, config.http.send_timeout) == ("60s", "60s")
 
 
@@ -32,6 +33,8 @@ def test_overrides() -> None:
         ("auth.failure-limit", -1, "auth.failure-limit"),
         ("auth.failure-window", "soon", "auth.failure-window"),
         ("http.header-timeout", "0s", "http.header-timeout"),
+        ("http.handshake-timeout", "0s", "http.handshake-timeout"),
+        ("http.handshake-timeout", "soon", "http.handshake-timeout"),
         ("http.body-timeout", "0s", "http.body-timeout"),
         ("http.send-timeout", "never", "http.send-timeout"),
         ("http.header-time", "5s", "http.header-time"),
