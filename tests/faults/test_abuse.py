@@ -15,12 +15,13 @@ import statistics
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests._tools import run
+from tests._tools import free_port, run
 from tests.e2e.conftest import tls_context
 from tests.e2e.test_tls import s_client
 from tests.faults.conftest import FaultServer, raise_nofile_limit
@@ -327,6 +328,85 @@ def test_a_silent_tls_client_is_dropped_at_the_handshake_deadline(
         "half_client_hello_closed_after_s": round(half_s, 2),
     }
     print(f"handshake deadline: {FIGURES['handshake']}")
+
+
+def _refused_at_once(port: int, context: ssl.SSLContext) -> float:
+    """Seconds until a new TLS connection is closed by the server, before its handshake ends."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+            context.wrap_socket(raw, server_hostname="localhost")
+    return time.monotonic() - started
+
+
+def _scrape(url: str, ca: Path, key: str) -> dict[str, float]:
+    with httpx.Client(verify=tls_context(ca), timeout=5) as client:
+        text = client.get(
+            f"{url}/api/v1/metrics/prometheus", headers={"Authorization": f"Bearer {key}"}
+        ).text
+    prefix = "certctl_http_connections_refused_total"
+    return {
+        row.split(" ")[0][len(prefix) :]: float(row.split(" ")[1])
+        for row in text.splitlines()
+        if row.startswith(prefix)
+    }
+
+
+def test_connections_beyond_max_connections_are_refused_until_some_close(
+    fault_server: FaultServer,
+) -> None:
+    # Nothing bounded open connections: thousands of idle ones used up RLIMIT_NOFILE, and
+    # accept() then failed for everyone, Prometheus included, with nothing logged.
+    metrics_port = free_port()
+    fault_server.config = {
+        "http": {"max-connections": 5},
+        "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
+    }
+    fault_server.start()
+    metrics_url = f"https://127.0.0.1:{metrics_port}"
+    context = tls_context(fault_server.ca)
+    request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    with ExitStack() as stack:
+        held = []
+        for _ in range(4):
+            sock = stack.enter_context(tls_socket(fault_server))
+            sock.sendall(request)
+            assert read_response(sock).startswith(b"HTTP/1.1 200")
+            held.append(sock)
+        # A connection counts from accept: one still in its handshake (silent) is the fifth.
+        silent = stack.enter_context(socket.create_connection(("127.0.0.1", fault_server.port)))
+        time.sleep(0.2)
+        refused_s = [_refused_at_once(fault_server.port, context) for _ in range(3)]
+        assert max(refused_s) < 1.0, refused_s
+        # The connections already open keep working …
+        for sock in held:
+            sock.sendall(request)
+            assert read_response(sock).startswith(b"HTTP/1.1 200")
+        # … and Prometheus gets in through the metrics listener, which has room of its own.
+        assert _scrape(metrics_url, fault_server.ca, fault_server.admin_key) == {
+            '{listener="main"}': 3.0,
+            '{listener="metrics"}': 0.0,
+        }
+        # Once one closes, a new connection is accepted again.
+        silent.close()
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                with tls_socket(fault_server, timeout=5) as sock:
+                    sock.sendall(request)
+                    assert read_response(sock).startswith(b"HTTP/1.1 200")
+                break
+            except (ssl.SSLError, ConnectionResetError):
+                assert time.monotonic() < deadline, "still refused after a connection closed"
+                time.sleep(0.05)
+    log = fault_server.log()
+    assert log.count("refusing new connections: 5 open, http.max-connections is 5") == 1, log
+    assert "refused 2 new connections" not in log  # once a minute, not once per refusal
+    FIGURES["max_connections"] = {
+        "max_connections": 5,
+        "refused_after_ms": [round(t * 1000, 1) for t in refused_s],
+    }
+    print(f"connection cap: {FIGURES['max_connections']}")
 
 
 IDLE_CONNECTIONS = 2000

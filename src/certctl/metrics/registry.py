@@ -36,6 +36,7 @@ __all__ = [
     "API_KEYS",
     "AUTH_FAILURES",
     "DELIVERIES",
+    "HTTP_CONNECTIONS_REFUSED",
     "HTTP_DURATION",
     "HTTP_REQUESTS",
     "ISSUANCE",
@@ -85,6 +86,12 @@ HTTP_DURATION = Histogram(
     "HTTP request duration",
     ["route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=REGISTRY,
+)
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "certctl_http_connections_refused",
+    "New connections closed at once because http.max-connections were open",
+    ["listener"],
     registry=REGISTRY,
 )
 AUTH_FAILURES = Counter(

@@ -178,6 +178,9 @@ class HTTPConfig(_Section):
     header_timeout: str = Field(default="10s", alias="header-timeout")
     body_timeout: str = Field(default="60s", alias="body-timeout")
     send_timeout: str = Field(default="60s", alias="send-timeout")
+    # Open connections per process; unset: what the open-file limit leaves room for
+    # (certctl.server.run.connection_limit).
+    max_connections: int | None = Field(default=None, alias="max-connections", ge=1)
 
     @field_validator("handshake_timeout", "header_timeout", "body_timeout", "send_timeout")
     @classmethod

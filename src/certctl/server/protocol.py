@@ -34,13 +34,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import struct
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
-__all__ = ["CoalescedWrites", "http_protocol", "tls_listener"]
+__all__ = ["CoalescedWrites", "ConnectionGate", "http_protocol", "listener_protocol"]
+
+log = logging.getLogger("certctl.server")
 
 _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
@@ -334,12 +338,73 @@ def http_protocol(
     return CertctlProtocol
 
 
-def tls_listener(
+class ConnectionGate:
+    """The open connections of one process, at most ``limit`` (``http.max-connections``).
+
+    Without a bound, a client opening thousands of idle connections used up the process's
+    file descriptors (``RLIMIT_NOFILE``): accept() then failed for everyone, Prometheus
+    included, and so did every file the server opens (SQLite, certificates), silently. Counted
+    from accept, before the TLS handshake, since a descriptor is held from then on; beyond
+    the limit a connection is closed at once, before any TLS work (a refusal costs microseconds,
+    a handshake a millisecond of CPU), logged at most once a minute and counted in
+    ``certctl_http_connections_refused_total{listener}``. One gate serves every listener of
+    the process; a listener may be given ``headroom`` above the limit (the metrics listener,
+    so that Prometheus still gets in while the main listener is full).
+    """
+
+    LOG_EVERY_S = 60.0
+
+    def __init__(self, limit: int, refused: Callable[[str], None] | None = None) -> None:
+        self.limit = limit
+        self.open = 0
+        self._refused = refused
+        self._unlogged = 0
+        self._logged_at: float | None = None
+
+    def admit(self, listener: str, headroom: int = 0) -> bool:
+        """Count one more open connection, or refuse it: False when ``limit`` are open."""
+        if self.open < self.limit + headroom:
+            self.open += 1
+            return True
+        if self._refused is not None:
+            self._refused(listener)
+        self._unlogged += 1
+        now = time.monotonic()
+        if self._logged_at is None or now - self._logged_at >= self.LOG_EVERY_S:
+            if self._logged_at is None or self._unlogged == 1:
+                log.warning(
+                    "refusing new connections: %d open, http.max-connections is %d "
+                    "(this line at most once a minute)",
+                    self.open,
+                    self.limit,
+                )
+            else:
+                log.warning(
+                    "refused %d new connections in the last %.0f s: %d open, "
+                    "http.max-connections is %d",
+                    self._unlogged,
+                    now - self._logged_at,
+                    self.open,
+                    self.limit,
+                )
+            self._logged_at = now
+            self._unlogged = 0
+        return False
+
+    def release(self) -> None:
+        """One counted connection closed."""
+        self.open -= 1
+
+
+def listener_protocol(
     protocol_class: Callable[..., asyncio.BaseProtocol],
     context: ssl.SSLContext | None,
     handshake_timeout_s: float,
+    gate: ConnectionGate | None = None,
+    listener: str = "main",
+    headroom: int = 0,
 ) -> Callable[..., asyncio.BaseProtocol]:
-    """A protocol factory (``uvicorn.Config(http=...)``) that runs TLS itself, with a deadline.
+    """A protocol factory (``uvicorn.Config(http=...)``): TLS with a deadline, a connection cap.
 
     uvicorn hands its SSL context to ``loop.create_server`` without ``ssl_handshake_timeout``,
     so a client that connected and sent nothing, or half a ClientHello, held its connection
@@ -348,20 +413,29 @@ def tls_listener(
     plain TCP and each accepted connection gets the loop's own SSL protocol, as
     ``create_server(ssl=...)`` would build it, with ``handshake_timeout_s``. The protocol
     closes the transport itself when the handshake fails or times out, so no waiter is
-    needed. Without a ``context`` the factory is ``protocol_class`` unchanged.
+    needed.
+
+    With a ``gate``, each connection is admitted (``ConnectionGate``) when the loop calls
+    ``connection_made`` on the outermost protocol, right after accept, and released by its
+    ``connection_lost``: the loop calls the one whenever it called the other, which the
+    inner protocol cannot rely on (a failed handshake never reaches it). uvicorn's own
+    ``limit_concurrency`` is no substitute: it counts only connections past the handshake,
+    per listener, acts only once a request head has arrived (an idle connection is never
+    refused) and answers a plain-text 503.
     """
     if context is None:
-        return protocol_class
-    tls_class: list[type] = []
+        return protocol_class if gate is None else _gated(protocol_class, gate, listener, headroom)
+    made: list[type] = []
 
     def make(**kwargs: Any) -> asyncio.BaseProtocol:
         app_protocol = protocol_class(**kwargs)
         loop = asyncio.get_running_loop()
-        if not tls_class:
-            tls_class.append(_ssl_protocol_class(loop))
+        if not made:
+            tls_class = _ssl_protocol_class(loop)
+            made.append(tls_class if gate is None else _gated(tls_class, gate, listener, headroom))
         return cast(
             "asyncio.BaseProtocol",
-            tls_class[0](
+            made[0](
                 loop,
                 app_protocol,
                 context,
@@ -372,6 +446,30 @@ def tls_listener(
         )
 
     return make
+
+
+def _gated(base: Any, gate: ConnectionGate, listener: str, headroom: int) -> type:
+    """``base`` (a TLS or an HTTP protocol) admitted by ``gate`` when the connection opens."""
+
+    class Gated(base):  # type: ignore[misc]
+        # A name of its own: asyncio's SSLProtocol is a Python class with many fields.
+        _certctl_admitted = False
+
+        def connection_made(self, transport: Any) -> None:
+            if not gate.admit(listener, headroom):
+                transport.abort()  # closed at once; the loop still calls connection_lost
+                return
+            self._certctl_admitted = True
+            super().connection_made(transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not self._certctl_admitted:
+                return  # refused: nothing was started, nothing to stop
+            self._certctl_admitted = False
+            gate.release()
+            super().connection_lost(exc)
+
+    return Gated
 
 
 def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> type:

@@ -22,7 +22,12 @@ from certctl.api.throttle import AuthFailureLimiter
 from certctl.auth.kubernetes import TokenReviewAuthenticator
 from certctl.errors import CertctlError, InvalidRequest
 from certctl.kubeapi import KubeConnection, load_connection
-from certctl.metrics.registry import API_KEYS, certificate_gauges, service_gauges
+from certctl.metrics.registry import (
+    API_KEYS,
+    HTTP_CONNECTIONS_REFUSED,
+    certificate_gauges,
+    service_gauges,
+)
 from certctl.pki import parse_duration
 from certctl.server.bootstrap import Bootstrapped, bootstrap
 from certctl.server.config import ServerConfig, split_host_port
@@ -47,6 +52,13 @@ CA_SECRET_REFRESH_S = 60.0
 # How often each process compares its cached issuers with the store (renewals elsewhere).
 ISSUER_CACHE_CHECK_S = 60.0
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
+# File descriptors kept back from client connections: listeners, the event loop, log files,
+# SQLite (three per pooled connection) or PostgreSQL, certificate reloads, webhooks, reload
+# commands. About 25 are open at rest.
+FD_RESERVE = 100
+# Connections the metrics listener may open beyond http.max-connections (out of FD_RESERVE):
+# Prometheus still gets in while the main listener is full.
+METRICS_HEADROOM = 16
 
 
 _ISSUER_EXPIRY = select(Issuer.id, Issuer.not_after)
@@ -344,6 +356,35 @@ def _check_integrations(config: ServerConfig) -> None:
         _kube_connection(config)
 
 
+def connection_limit(config: ServerConfig) -> int:
+    """Open connections per process: ``http.max-connections``, or what ``ulimit -n`` leaves.
+
+    The default is the soft RLIMIT_NOFILE less ``FD_RESERVE`` (at least half of it); the soft
+    limit is not raised for it. It is the budget the operator set (``ulimit -n``, systemd's
+    ``LimitNOFILE=``, the container runtime), and systemd keeps it at 1024 on purpose: code
+    that still calls select() fails on descriptors above 1023. An explicit value above the
+    default raises the soft limit as far as the hard one allows, since then it was asked for.
+
+    Raises:
+        InvalidRequest: ``http.max-connections`` needs more than the hard limit allows.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = config.http.max_connections
+    if wanted is None:
+        return max(soft - FD_RESERVE, soft // 2)
+    needed = wanted + FD_RESERVE
+    if needed > soft:
+        if hard != resource.RLIM_INFINITY and needed > hard:
+            raise InvalidRequest(
+                f"http.max-connections={wanted} needs an open-file limit of {needed} "
+                f"(ulimit -n); the hard limit is {hard}"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    return wanted
+
+
 def _warn_reversed_mappings(config: ServerConfig) -> None:
     for mapping in config.auth.client_cert_mappings:
         if ClientCertMapping(mapping.subject, tuple(mapping.roles)).pattern.looks_reversed:
@@ -376,6 +417,7 @@ class _Prepared:
     scheduler: Scheduler | None = None
     kube_auth: TokenReviewAuthenticator | None = None
     publish_ca: Callable[[], None] | None = None
+    max_connections: int = 1
 
 
 def serve(config: ServerConfig) -> None:
@@ -411,6 +453,7 @@ def serve(config: ServerConfig) -> None:
     service_settings(config)  # lifetimes checked before the data directory is touched
     _check_integrations(config)
     _warn_reversed_mappings(config)  # once, here: not once per worker
+    max_connections = connection_limit(config)  # inherited by the workers, as is the limit
     if mode != "disabled":
         check_files(
             config.tls.cert_dir if mode == "custom" else None,
@@ -431,6 +474,7 @@ def serve(config: ServerConfig) -> None:
         None,
         parse_duration(config.cert_rotate_before),
         parse_duration(config.cert_validity),
+        max_connections=max_connections,
     )
     # Built before the key is announced, so their configuration errors surface first.
     prepared.scheduler = build_scheduler(config, boot.services)
@@ -536,7 +580,7 @@ def _serve_process(
     import uvicorn
 
     from certctl.api.app import MAX_HEADER_BYTES
-    from certctl.server.protocol import http_protocol, tls_listener
+    from certctl.server.protocol import ConnectionGate, http_protocol, listener_protocol
 
     config, services, mode = prepared.config, prepared.boot.services, prepared.mode
     leader = index == 0
@@ -593,20 +637,29 @@ def _serve_process(
     )
     host, port = config.host_port
     handshake_timeout_s = parse_duration(config.http.handshake_timeout).total_seconds()
+    # One count for every listener of this process: they share its file descriptors.
+    gate = ConnectionGate(
+        prepared.max_connections,
+        refused=lambda name: HTTP_CONNECTIONS_REFUSED.labels(name).inc(),
+    )
 
-    def listener(asgi: Any, bind_host: str, bind_port: int, secure: bool) -> uvicorn.Server:
+    def listener(
+        asgi: Any, bind_host: str, bind_port: int, secure: bool, name: str = "main"
+    ) -> uvicorn.Server:
         context = tls.context if (tls is not None and secure) else None
+        HTTP_CONNECTIONS_REFUSED.labels(name)  # a 0 from the start, not a series appearing
+        headroom = METRICS_HEADROOM if name == "metrics" else 0
+        factory = listener_protocol(protocol, context, handshake_timeout_s, gate, name, headroom)
         return uvicorn.Server(
             uvicorn.Config(
                 asgi,
                 host=bind_host,
                 port=bind_port,
                 # TLS is run by the protocol factory, not by uvicorn, which sets no handshake
-                # deadline (tls_listener). uvicorn only calls what it gets here, so a factory
-                # function does, though its annotation asks for a protocol class.
-                http=cast(
-                    "type[asyncio.Protocol]", tls_listener(protocol, context, handshake_timeout_s)
-                ),
+                # deadline, and it counts connections (listener_protocol). uvicorn only calls
+                # what it gets here, so a factory function does, though its annotation asks
+                # for a protocol class.
+                http=cast("type[asyncio.Protocol]", factory),
                 lifespan="off",
                 access_log=False,
                 log_config=None,
@@ -631,7 +684,10 @@ def _serve_process(
             auth_failure_limiter=limiter,
         )
         servers.append(
-            (listener(metrics_app, m_host, m_port, secure=config.metrics.secure), "metrics")
+            (
+                listener(metrics_app, m_host, m_port, secure=config.metrics.secure, name="metrics"),
+                "metrics",
+            )
         )
     reload_s = parse_duration(config.tls.reload_interval).total_seconds()
     scheduler = prepared.scheduler if leader else None
