@@ -330,6 +330,29 @@ def test_a_silent_tls_client_is_dropped_at_the_handshake_deadline(
     print(f"handshake deadline: {FIGURES['handshake']}")
 
 
+def test_a_client_that_ignores_the_tls_close_is_let_go_within_the_handshake_timeout(
+    fault_server: FaultServer,
+) -> None:
+    # When certctl ends a TLS connection (here: no head within header-timeout) it sends
+    # close_notify and waited up to the loop's default 30 s for the client's: a client that
+    # completed a handshake and then ignored everything held the server's socket (and a file
+    # descriptor) header-timeout + 30 s. Now that wait is http.handshake-timeout.
+    fault_server.config = {"http": {"handshake-timeout": "1s", "header-timeout": "1s"}}
+    fault_server.start()
+    time.sleep(0.5)  # the readiness probe's connection is gone
+    baseline = _server_sockets(fault_server.pid)
+    with tls_socket(fault_server):  # handshake done; then never read, never close
+        opened = time.monotonic()
+        assert _server_sockets(fault_server.pid) == baseline + 1
+        while _server_sockets(fault_server.pid) > baseline:
+            assert time.monotonic() - opened < 8, "the server still holds the connection"
+            time.sleep(0.1)
+        held_s = time.monotonic() - opened
+    assert 1.8 <= held_s <= 3.5, held_s  # 1 s for a head, then 1 s for the TLS close
+    FIGURES["tls_close"] = {"header_plus_close_s": round(held_s, 2)}
+    print(f"TLS close of a silent client: {FIGURES['tls_close']}")
+
+
 def _refused_at_once(port: int, context: ssl.SSLContext) -> float:
     """Seconds until a new TLS connection is closed by the server, before its handshake ends."""
     started = time.monotonic()

@@ -413,7 +413,11 @@ def listener_protocol(
     plain TCP and each accepted connection gets the loop's own SSL protocol, as
     ``create_server(ssl=...)`` would build it, with ``handshake_timeout_s``. The protocol
     closes the transport itself when the handshake fails or times out, so no waiter is
-    needed.
+    needed. ``handshake_timeout_s`` also bounds the TLS close: when certctl ends a connection
+    it sends close_notify and waits for the client's, 30 s by the loop's default, so a client
+    that ignored everything after its handshake held its socket ``header_timeout_s`` + 30 s.
+    (A server need not wait for the peer's close_notify at all, RFC 8446 6.1; the wait also
+    covers flushing what is still queued, which the send deadline bounds while it is paused.)
 
     With a ``gate``, each connection is admitted (``ConnectionGate``) when the loop calls
     ``connection_made`` on the outermost protocol, right after accept, and released by its
@@ -442,6 +446,7 @@ def listener_protocol(
                 None,
                 server_side=True,
                 ssl_handshake_timeout=handshake_timeout_s,
+                ssl_shutdown_timeout=handshake_timeout_s,
             ),
         )
 
