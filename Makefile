@@ -48,11 +48,20 @@ lint: $(VENV)/.synced
 	$(BIN)/ruff format --check src tests bench fuzz
 	$(BIN)/mypy
 
+# Tests that run in-process or start short-lived programs share both cores (pytest-xdist);
+# the rest start servers, load them or time them (soak, crash, benchmark, timeouts) and run
+# alone, one at a time, as before. Both halves always run; the target fails if either did.
+PARALLEL_TESTS := tests/unit tests/api tests/integration tests/helm tests/reliability
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
+
 test: system-deps $(VENV)/.synced lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	@status=0; \
+	$(PYTEST) -n 2 --dist loadgroup $(PARALLEL_TESTS) || status=$$?; \
+	$(PYTEST) $(addprefix --ignore=,$(PARALLEL_TESTS)) || status=$$?; \
+	exit $$status
 
 test-fast: $(VENV)/.synced
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+	$(PYTEST) -n 2 tests/unit
 
 # References: cfssl, nginx, wrk (system-deps); granian in bench/.venv-granian (made by run.py).
 bench: system-deps $(VENV)/.synced
