@@ -221,17 +221,19 @@ def test_a_client_certificate_that_expires_on_a_kept_alive_connection_stops_auth
     as the connection stayed open, or for the 2 h a TLS session may be resumed.
     """
     certctl_cli("ca", "create", "--out", tmp_path / "ca", "--cn", "Team CA")
-    certctl_cli(
-        "cert", "issue", "--ca", tmp_path / "ca", "--subject", "CN=brief", "--profile", "client",
-        "--validity", "4s", "--pem", "--out", tmp_path / "brief",
-    )  # fmt: skip
-    leaf = tmp_path / "brief" / "tls.crt"
-    not_after = x509.load_pem_x509_certificate(leaf.read_bytes()).not_valid_after_utc
     config = {
         "tls": {"client-auth": "optional", "client-ca": str(tmp_path / "ca" / "ca.crt")},
         "auth": {"client-cert-mappings": [{"subject": "CN=brief", "roles": ["r-viewer"]}]},
     }
     with launch(tmp_path / "server", config=config) as server:
+        # Issued once the server is up: a start slowed by a busy machine (6 s seen) used to
+        # outlast the short lifetime, and the first request already got 401.
+        certctl_cli(
+            "cert", "issue", "--ca", tmp_path / "ca", "--subject", "CN=brief",
+            "--profile", "client", "--validity", "5s", "--pem", "--out", tmp_path / "brief",
+        )  # fmt: skip
+        leaf = tmp_path / "brief" / "tls.crt"
+        not_after = x509.load_pem_x509_certificate(leaf.read_bytes()).not_valid_after_utc
         context = tls_context(server.ca, leaf, tmp_path / "brief" / "tls.key")
         connection = http.client.HTTPSConnection("127.0.0.1", server.port, context=context)
         try:
