@@ -56,7 +56,10 @@ def create(
         "(default: unlimited for a root, 0 for an intermediate).",
     ),
     key_password_file: Path = typer.Option(
-        None, "--key-password-file", help="Encrypt ca.key with the password in this file."
+        None,
+        "--key-password-file",
+        help="Encrypt ca.key with the password in this file (default: CERTCTL_CA_PASSWORD, "
+        "if set).",
     ),
     parent_password_file: Path = typer.Option(
         None, "--parent-password-file", help="Password of the parent's ca.key."
@@ -92,9 +95,10 @@ def create(
         name = common_name_dn(cn)
     else:
         name = common_name_dn("certctl Intermediate CA" if parent else "certctl Root CA")
-    key_password = (
-        read_password(key_password_file, env="CERTCTL_CA_PASSWORD") if key_password_file else None
-    )
+    # CERTCTL_CA_PASSWORD is what every command that loads a CA reads: a key written
+    # unencrypted while it is exported could not be used with it (cert issue refuses a
+    # password for an unencrypted key), so it encrypts the new key, as in certctl http.
+    key_password = read_password(key_password_file, env="CERTCTL_CA_PASSWORD")
     outputs = OutputSet(force=force)
     # Refuse an existing output before spending time on key generation.
     outputs.add(out / CA_CERT, b"")
@@ -139,6 +143,8 @@ def create(
     typer.echo(f"created {kind} {issued.certificate.subject.rfc4514_string()} in {out}/")
     for path in outputs.paths:
         typer.echo(f"  {path}")
+    if key_password is not None:
+        typer.echo(f"  {out / CA_KEY} is encrypted with {_key_password_source(key_password_file)}")
 
 
 @app.command("import")
@@ -160,8 +166,9 @@ def import_ca(
     key_password_file: Path = typer.Option(
         None,
         "--key-password-file",
-        help="Encrypt ca.key with the password in this file; needed when the input is "
-        "password-protected (the same file as --password-file keeps its password).",
+        help="Encrypt ca.key with the password in this file (default: CERTCTL_CA_PASSWORD, "
+        "if set); needed when the input is password-protected (the same file as "
+        "--password-file keeps its password).",
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:
@@ -182,9 +189,7 @@ def import_ca(
     # that needs no password opens without it, as in inspect and verify.
     from_env = password is None and password_file is None
     secret = read_password(password_file, password)
-    key_password = (
-        read_password(key_password_file, env="CERTCTL_CA_PASSWORD") if key_password_file else None
-    )
+    key_password = read_password(key_password_file, env="CERTCTL_CA_PASSWORD")  # as in create
     try:
         if p12 is not None:
             material = read_material(p12, secret, "PKCS#12 file", password_optional=from_env)
@@ -211,8 +216,8 @@ def import_ca(
         # protection without a word.
         same = "a file holding CERTCTL_PASSWORD" if from_env else "the --password-file file"
         raise typer.BadParameter(
-            "the input is password-protected: give --key-password-file to keep the imported "
-            f"ca.key encrypted ({same} will do)"
+            "the input is password-protected: give --key-password-file (or CERTCTL_CA_PASSWORD) "
+            f"to keep the imported ca.key encrypted ({same} will do)"
         )
     outputs = OutputSet(force=force)
     outputs.add(out / CA_CERT, certs_to_pem([ca.certificate]))
@@ -235,7 +240,10 @@ def import_ca(
         warn("the CA certificate's keyUsage lacks keyCertSign: it cannot sign certificates")
     typer.echo(f"imported CA {ca.certificate.subject.rfc4514_string()} into {out}/")
     if key_password is not None:
-        typer.echo(f"  {out / CA_KEY} is encrypted: give --ca-password-file to use it")
+        typer.echo(
+            f"  {out / CA_KEY} is encrypted with {_key_password_source(key_password_file)}: "
+            "give --ca-password-file or CERTCTL_CA_PASSWORD to use it"
+        )
 
 
 def _issuer_chain(
@@ -274,3 +282,10 @@ def _issuer_chain(
             f"{ca_cert.subject.rfc4514_string()}; left out of {CA_CHAIN}"
         )
     return tuple(chain)
+
+
+def _key_password_source(key_password_file: Path | None) -> str:
+    """Where the password of a written ca.key came from (never the password)."""
+    if key_password_file is not None:
+        return f"the password in {key_password_file}"
+    return "the password from CERTCTL_CA_PASSWORD"

@@ -244,8 +244,9 @@ CASES = [
         2,
         _usage(
             "ca import",
-            "the input is password-protected: give --key-password-file to keep the imported "
-            "ca.key encrypted (the --password-file file will do)",
+            "the input is password-protected: give --key-password-file (or "
+            "CERTCTL_CA_PASSWORD) to keep the imported ca.key encrypted (the --password-file "
+            "file will do)",
         ),
     ),
     _c(
@@ -254,8 +255,9 @@ CASES = [
         2,
         _usage(
             "ca import",
-            "the input is password-protected: give --key-password-file to keep the imported "
-            "ca.key encrypted (the --password-file file will do)",
+            "the input is password-protected: give --key-password-file (or "
+            "CERTCTL_CA_PASSWORD) to keep the imported ca.key encrypted (the --password-file "
+            "file will do)",
         ),
     ),
     _c(

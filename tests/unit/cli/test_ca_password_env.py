@@ -1,0 +1,65 @@
+"""``CERTCTL_CA_PASSWORD`` encrypts the ca.key that ``ca create`` and ``ca import`` write.
+
+Every command that loads a CA reads the variable, and refuses a password for an unencrypted
+key: a CA written in clear while it was exported could not be used until it was unset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from certctl.cli.main import run
+
+PASSWORD = "env-secret-7"
+
+
+def _ok(*args: str | Path) -> None:
+    assert run([str(a) for a in args]) == 0
+
+
+def test_ca_create_encrypts_with_the_variable_and_the_same_variable_opens_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CERTCTL_CA_PASSWORD", PASSWORD)
+    _ok("ca", "create", "--out", tmp_path / "ca", "--cn", "Env CA")
+    out = capsys.readouterr().out
+    assert "is encrypted with the password from CERTCTL_CA_PASSWORD" in out
+    assert PASSWORD not in out
+    key_pem = (tmp_path / "ca" / "ca.key").read_bytes()
+    assert key_pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    load_pem_private_key(key_pem, PASSWORD.encode())
+    # The same environment issues from it (before: "the private key is not encrypted").
+    _ok("cert", "issue", "--ca", tmp_path / "ca", "--cn", "a.example", "--pem",
+        "--out", tmp_path / "a")  # fmt: skip
+    assert (tmp_path / "a" / "tls.crt").is_file()
+    # An intermediate below it: the parent opens and the new key is encrypted too.
+    _ok("ca", "create", "--out", tmp_path / "inter", "--parent", tmp_path / "ca")
+    inter_key = (tmp_path / "inter" / "ca.key").read_bytes()
+    assert inter_key.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+
+
+def test_without_the_variable_ca_create_writes_the_key_in_clear(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CERTCTL_CA_PASSWORD", raising=False)
+    _ok("ca", "create", "--out", tmp_path / "ca")
+    assert "encrypted" not in capsys.readouterr().out
+    assert (tmp_path / "ca" / "ca.key").read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+
+
+def test_ca_import_encrypts_with_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CERTCTL_CA_PASSWORD", raising=False)
+    _ok("ca", "create", "--out", tmp_path / "plain")
+    monkeypatch.setenv("CERTCTL_CA_PASSWORD", PASSWORD)
+    plain = tmp_path / "plain"
+    _ok("ca", "import", "--out", tmp_path / "imported",
+        "--cert", plain / "ca.crt", "--key", plain / "ca.key")  # fmt: skip
+    out = capsys.readouterr().out
+    assert "encrypted with the password from CERTCTL_CA_PASSWORD" in out
+    assert PASSWORD not in out
+    load_pem_private_key((tmp_path / "imported" / "ca.key").read_bytes(), PASSWORD.encode())
