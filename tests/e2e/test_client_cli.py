@@ -387,6 +387,47 @@ def test_apply_failing_after_the_dry_run_says_which_documents_went_in(
         assert api.delete("/api/v1/services/apply-sym-1").status_code == 204
 
 
+def test_apply_moving_a_target_between_two_services_of_the_file(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    # The dry run checks each document against the services stored now: the Secret that
+    # move-a gives up in document 1 was still move-a's when document 2 (move-b) was checked,
+    # and the whole file was refused ("nothing was applied"), though applied in order it
+    # went in (as it did before the dry run existed).
+    def doc(name: str, targets: str) -> str:
+        return (
+            f"apiVersion: certctl.io/v1\nkind: TLSService\nmetadata: {{name: {name}}}\n"
+            f"spec: {{http: {{tls: {{selfSignedCertificate: {{}}}}}}, targets: {targets}}}\n"
+        )
+
+    with default_server.client(default_server.admin_key) as api:
+        holder = yaml.safe_load(doc("move-a", "[{secret: move-tls}]"))
+        assert api.put("/api/v1/services/move-a", json=holder).status_code == 201
+    env = _admin_env(default_server)
+    freed, taken = doc("move-a", "[]"), doc("move-b", "[{secret: move-tls}]")
+    # The twin: the document taking the target first cannot go in while move-a holds it,
+    # so nothing is applied, and the error says which document to put first.
+    backwards = tmp_path / "backwards.yaml"
+    backwards.write_text("---\n".join((taken, freed)))
+    result = _certctl(default_server, "apply", "-f", str(backwards), **env)
+    assert (result.returncode, result.stdout) == (1, ""), result.stderr
+    assert result.stderr == (
+        "certctl: error: document 1 (tlsservice/move-b): HTTP 409: spec.targets.0: "
+        "secret:move-tls is already a target of service move-a (document 2 changes move-a: "
+        "put it first); nothing was applied\n"
+    )
+    spec = tmp_path / "services.yaml"
+    spec.write_text("---\n".join((freed, taken)))
+    result = _certctl(default_server, "apply", "-f", str(spec), **env)
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    assert result.stdout == (
+        "tlsservice/move-a configured (generation 2)\ntlsservice/move-b created (generation 1)\n"
+    )
+    with default_server.client(default_server.admin_key) as api:
+        for name in ("move-a", "move-b"):
+            assert api.delete(f"/api/v1/services/{name}").status_code == 204
+
+
 @pytest.mark.parametrize("path", ["/api/v1", "/api/v1/", "/certctl"])
 def test_url_with_a_path_certctl_does_not_serve_says_so(
     default_server: CertctlServer, path: str

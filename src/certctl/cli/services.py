@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,8 @@ APPLY_HELP = (
     "says which, and the exit status is 1.\n\n" + ENV_HELP
 )
 _SERVICE = "/api/v1/services/{name}"
+# The server's 409 for a target another service has (tls_services._check_targets_unique).
+_TAKEN_BY = re.compile(r"\AHTTP 409: .* is already a target of service (\S+)\Z")
 
 
 def apply_command(
@@ -108,13 +111,29 @@ def _dry_run(specs: list[TLSServiceSpec]) -> None:
             "only, and one it refuses leaves the ones before it applied"
         )
         return
+    numbers = {spec.name: number for number, spec in enumerate(specs, start=1)}
     for number, spec in enumerate(specs, start=1):
         path = _SERVICE.format(name=_seg(spec.name))
         try:
             _request("PUT", path, spec.to_document(), params={"dry_run": "true"})
         except RemoteError as exc:
+            # Each dry run compares with the services stored now, not with the file: a target
+            # the file moves from an earlier document's service to this one is still that
+            # service's. Applied in order, the earlier document frees it first; if it does
+            # not (or another target of this one is taken: the server names the first only),
+            # this PUT is refused then, and the report says which documents went in.
+            taken = _TAKEN_BY.search(exc.detail)
+            holder = numbers.get(taken.group(1), number) if taken else number
+            if holder < number:
+                continue
+            hint = (
+                f" (document {holder} changes {taken.group(1)}: put it first)"
+                if taken and holder > number
+                else ""
+            )
             raise RemoteError(
-                f"document {number} (tlsservice/{spec.name}): {exc.detail}; nothing was applied"
+                f"document {number} (tlsservice/{spec.name}): {exc.detail}{hint}; "
+                "nothing was applied"
             ) from None
 
 
