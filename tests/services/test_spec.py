@@ -318,6 +318,10 @@ def test_put_dry_run_checks_everything_and_stores_nothing(env: Env) -> None:
         assert body["detail"] == "dry_run=yes: must be true or false"
         body = assert_problem(client.put("/api/v1/services/web?dryrun=true", json=edited), 400)
         assert body["detail"] == "unknown query parameter(s): dryrun"  # not written instead
+        for twice in ("dry_run=true&dry_run=false", "dry_run=false&dry_run=true"):
+            # Read as its last value, the first was a write for a caller asking for a check.
+            body = assert_problem(client.put(f"/api/v1/services/web?{twice}", json=edited), 400)
+            assert body["detail"] == "dry_run given more than once"
         assert client.get("/api/v1/services/web").json()["generation"] == 1
     assert (_stored(env), _audited(env)) == (1, audited + 1)  # the one real write
 
