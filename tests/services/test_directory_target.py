@@ -251,6 +251,44 @@ def test_a_failing_nginx_reload_fails_with_the_same_message_on_each_retry(env: E
     assert [e.event for e in env.events("web")] == ["issued", "failed"]
 
 
+@pytest.mark.parametrize(
+    ("last", "shown"),
+    [
+        (
+            "[ALERT]    ($$) : config : Fatal errors found in configuration.",
+            "[ALERT] config : Fatal errors found in configuration.",
+        ),
+        (
+            "[ALERT] 337/$(date +%H%M%S) ($$) : Error(s) found in configuration file",
+            "[ALERT] Error(s) found in configuration file",
+        ),
+    ],
+    ids=["haproxy-2", "haproxy-1"],
+)
+def test_a_failing_haproxy_check_fails_with_the_same_message_on_each_retry(
+    env: Env, last: str, shown: str
+) -> None:
+    # `haproxy -c -f haproxy.cfg && …` as the reload: a config haproxy refuses ends with
+    # "[ALERT]    (<pid>) : config : Fatal errors found in configuration." (haproxy 2.6 on
+    # Debian 12, its pid new at each run); 1.x writes "[ALERT] <day>/<time> (<pid>) : …".
+    # The pid made each retry a new Failed message, and each sent "failed" again. The script
+    # writes those lines with its own pid (haproxy is not among the test tools).
+    reload = _script(
+        env.tmp / "haproxy-check.sh",
+        f'echo "[NOTICE]   ($$) : haproxy version is 2.6.12-1+deb12u4" >&2\necho "{last}" >&2\n'
+        "exit 1",
+    )
+    target = env.tmp / "tls"
+    env.put(service_doc("web", targets=[{"directory": str(target), "reload": str(reload)}]))
+    messages = [env.reconcile("web").conditions["Failed"]["message"]]
+    for _ in range(2):
+        retry_at = env.row("web").next_attempt_at
+        assert retry_at is not None
+        messages.append(env.reconcile("web", retry_at).conditions["Failed"]["message"])
+    assert messages == [f"dir:{target}: reload command exited 1: {shown}"] * 3
+    assert [e.event for e in env.events("web")] == ["issued", "failed"]
+
+
 def _script(path: Path, body: str) -> Path:
     path.write_text(f"#!/bin/sh\n{body}\n")
     path.chmod(0o755)

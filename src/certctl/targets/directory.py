@@ -346,6 +346,10 @@ _LOG_STAMP = re.compile(
     r"\A\d{4}[-/]\d{2}[-/]\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})? +"
     r"(\[\w+\] +)?(?:\d+#\d+: +)?"
 )
+# HAProxy's prefix, its level and pid ("[ALERT]    (25260) : config : Fatal errors found in
+# configuration." from 2.x, "[ALERT] 337/143512 (25260) : ..." from 1.x, time and pid): a
+# failing `haproxy -c` in a reload command changed the message at each try just the same.
+_HAPROXY_STAMP = re.compile(r"\A(\[[A-Z]+\]) +(?:\d{3}/\d{6} +)?\(\d+\) : ")
 
 
 def run_reload(command: str, timeout_s: float) -> None:
@@ -393,7 +397,8 @@ def run_reload(command: str, timeout_s: float) -> None:
     if returncode == 0:
         return
     last = tail.decode(errors="replace").strip().splitlines()[-1:]
-    detail = _printable(_LOG_STAMP.sub(r"\1", last[0]))[:200] if last else ""
+    line = _HAPROXY_STAMP.sub(r"\1 ", _LOG_STAMP.sub(r"\1", last[0])) if last else ""
+    detail = _printable(line)[:200]
     raise DeliveryError(f"reload command exited {returncode}" + (f": {detail}" if detail else ""))
 
 
