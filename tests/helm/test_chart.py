@@ -270,7 +270,8 @@ def test_existing_tls_secret_is_mounted_and_trusted(render: Callable[..., Render
     assert tls_mount == {"name": "tls", "mountPath": "/etc/certctl/tls", "readOnly": True}
     assert "subPath" not in tls_mount  # the Secret's ..data swap must reach the reload
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
-    assert {"name": "tls", "secret": {"secretName": "certctl-tls"}} in pod["volumes"]
+    tls_volume = {"secretName": "certctl-tls", "defaultMode": 0o440}
+    assert {"name": "tls", "secret": tls_volume} in pod["volumes"]
     assert endpoint(objects)["tlsConfig"] == {
         "ca": {"secret": {"name": "certctl-tls", "key": "ca.crt"}},
         "serverName": "certctl-server",
@@ -284,6 +285,22 @@ def test_existing_tls_secret_is_mounted_and_trusted(render: Callable[..., Render
         is False
     )
     assert "admin-key-secret" not in server_config(quiet)["auth"]
+
+
+def test_the_tls_key_is_readable_by_the_pods_group_only(
+    render: Callable[..., Rendered], kubernetes_validate: Any
+) -> None:
+    """Before, the TLS Secret was mounted with the default mode 0644: tls.key was readable
+    by every user in the container. The kubelet gives a Secret volume's files root and the
+    pod's fsGroup, which the container's processes hold as a supplementary group."""
+    objects = render(merged(RUNBOOK, EXISTING_TLS))
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert oct(volume["secret"]["defaultMode"]) == "0o440"
+    assert pod["securityContext"]["fsGroup"] == 10001  # the group that may read it
+    for item_mode in [i.get("mode") for i in volume["secret"].get("items", [])]:
+        assert item_mode is None  # no per-key mode widening it again
+    kubernetes_validate.validate(one(objects, "Deployment"), KUBERNETES_VERSION, strict=True)
 
 
 def test_the_admin_key_goes_to_a_secret_only_the_server_may_write(
@@ -428,6 +445,11 @@ def test_the_data_volume_outlives_helm_uninstall(render: Callable[..., Rendered]
         ),
         ({"replicaCount": 2}, "replicaCount > 1 needs PostgreSQL"),
         (
+            # Without fsGroup the 0440 key would be root's alone: the server could not start.
+            merged(EXISTING_TLS, {"podSecurityContext": {"fsGroup": None}}),
+            "podSecurityContext.fsGroup: server.tls.existingSecret is mounted 0440",
+        ),
+        (
             merged(RUNBOOK, {"monitoring": {"serviceMonitor": {"namespace": "mon"}}}),
             "Prometheus Operator reads the CA Secret from the ServiceMonitor's namespace",
         ),
@@ -461,6 +483,7 @@ def test_the_data_volume_outlives_helm_uninstall(render: Callable[..., Rendered]
         "half-secret",
         "nothing-to-verify-with",
         "replicas-on-sqlite",
+        "tls-secret-without-fsgroup",
         "ca-secret-in-another-namespace",
         "sa-token-without-tokenreview",
     ],

@@ -146,6 +146,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (include "certctl.usesKubeApi" .) (eq (include "certctl.serviceAccountName" .) "default") }}
 {{- fail "serviceAccount: certctl would run as the namespace's 'default' ServiceAccount, and the chart's Roles (the admin key and CA Secrets, Secret targets, token reviews) would then go to every pod there that runs as it; set serviceAccount.name to a ServiceAccount for certctl alone, or leave serviceAccount.create: true" }}
 {{- end }}
+{{- if and .Values.server.tls.existingSecret (not (hasKey (default (dict) .Values.podSecurityContext) "fsGroup")) }}
+{{- fail "podSecurityContext.fsGroup: server.tls.existingSecret is mounted 0440, readable by root and the fsGroup only (not world-readable as tls.key was before); set fsGroup (default 10001; on OpenShift a group of the namespace's supplemental-groups range)" }}
+{{- end }}
 {{- $port := int .Values.monitoring.port }}
 {{- if or (eq $port 8443) (and $port (eq $port (int .Values.service.port))) }}
 {{- fail (printf "monitoring.port %d: the API already uses it (container port 8443, Service port %d); choose another port for the metrics listener, or 0 to serve metrics on the API port" $port (int .Values.service.port)) }}
