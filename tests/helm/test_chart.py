@@ -303,6 +303,48 @@ def test_the_tls_key_is_readable_by_the_pods_group_only(
     kubernetes_validate.validate(one(objects, "Deployment"), KUBERNETES_VERSION, strict=True)
 
 
+def test_two_releases_in_one_namespace_publish_their_own_ca(chart: Any) -> None:
+    """Before, every release published its CA into the fixed Secret certctl-ca: a second
+    release in the namespace replaced the first's CA certificate, and the first's
+    ServiceMonitor and clients then trusted the wrong CA."""
+
+    def release(name: str, values: dict[str, Any]) -> tuple[Rendered, str]:
+        files = chart.render(values, name=name, namespace=NAMESPACE, is_install=True)
+        objects: Rendered = {}
+        for path, text in files.items():
+            for doc in [] if path.endswith("NOTES.txt") else yaml.safe_load_all(text):
+                if doc:
+                    objects[(doc["kind"], doc["metadata"]["name"])] = doc
+        (notes_text,) = [t for path, t in files.items() if path.endswith("NOTES.txt")]
+        return objects, notes_text
+
+    second = merged(RUNBOOK, {"service": {"name": "team-b-server"}})  # a Service of its own
+    names: dict[str, set[tuple[str, str]]] = {}
+    for name, values in (("certctl", RUNBOOK), ("team-b", second)):
+        objects, notes_text = release(name, values)
+        config = ServerConfig.model_validate(server_config(objects))
+        ca = config.tls.publish_ca_secret
+        assert ca is not None
+        (role,) = [o for (k, n), o in objects.items() if k == "Role" and "ca-publisher" in n]
+        assert role["rules"][1]["resourceNames"] == [ca]  # the Role follows the name
+        assert endpoint_of(objects)["tlsConfig"]["ca"]["secret"]["name"] == ca  # and the SM
+        assert f"get secret {ca} " in notes_text
+        # What Helm creates, and what the server writes at run time.
+        names[name] = {*objects, ("Secret", ca), ("Secret", str(config.auth.admin_key_secret))}
+    assert ("Secret", "certctl-ca") in names["certctl"]  # the name the docs use, unchanged
+    assert ("Secret", "team-b-certctl-ca") in names["team-b"]
+    assert names["certctl"].isdisjoint(names["team-b"])
+    # An explicit name still wins (a release that must keep publishing certctl-ca).
+    kept, _ = release("team-b", {"server": {"tls": {"publishCA": {"secretName": "certctl-ca"}}}})
+    assert server_config(kept)["tls"]["publish-ca-secret"] == "certctl-ca"
+
+
+def endpoint_of(objects: Rendered) -> dict[str, Any]:
+    (ep,) = one(objects, "ServiceMonitor")["spec"]["endpoints"]
+    result: dict[str, Any] = ep
+    return result
+
+
 def test_the_admin_key_goes_to_a_secret_only_the_server_may_write(
     render: Callable[..., Rendered],
 ) -> None:

@@ -68,6 +68,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-admin-key" (include "certctl.fullname" .)) .Values.adminKeySecret.name }}
 {{- end }}
 
+{{/* The Secret the server publishes its CA certificate into: one per release, since two
+     releases in a namespace writing one Secret would each replace the other's CA. */}}
+{{- define "certctl.caSecretName" -}}
+{{- default (printf "%s-ca" (include "certctl.fullname" .)) .Values.server.tls.publishCA.secretName }}
+{{- end }}
+
 {{/* "true" when certctl's own certificate is self-signed and it publishes its CA. */}}
 {{- define "certctl.publishesCA" -}}
 {{- if and (not .Values.server.tls.existingSecret) .Values.server.tls.publishCA.enabled }}true{{ end }}
@@ -99,7 +105,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- $_ := set $tls "subject-alt-names" (concat $sans .Values.server.tls.subjectAltNames) }}
 {{- if include "certctl.publishesCA" . }}
-{{- $_ := set $tls "publish-ca-secret" .Values.server.tls.publishCA.secretName }}
+{{- $_ := set $tls "publish-ca-secret" (include "certctl.caSecretName" .) }}
 {{- end }}
 {{- end }}
 {{- $config := dict
@@ -126,7 +132,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.server.tls.existingSecret }}
 {{- $_ := set $tls "ca" (dict "secret" (dict "name" .Values.server.tls.existingSecret "key" "ca.crt")) }}
 {{- else if include "certctl.publishesCA" . }}
-{{- $_ := set $tls "ca" (dict "secret" (dict "name" .Values.server.tls.publishCA.secretName "key" "ca.crt")) }}
+{{- $_ := set $tls "ca" (dict "secret" (dict "name" (include "certctl.caSecretName" .) "key" "ca.crt")) }}
 {{- else }}
 {{- fail "monitoring.serviceMonitor.tlsConfig: set it (caFile, ca.secret or insecureSkipVerify) when server.tls.publishCA.enabled is false" }}
 {{- end }}
