@@ -506,6 +506,13 @@ def test_the_data_volume_outlives_helm_uninstall(render: Callable[..., Rendered]
             ),
             "accepts only with auth.kubernetes.enabled: true",
         ),
+        (
+            merged(
+                VALUE_SETS["kubernetes-auth"],
+                {"auth": {"kubernetes": {"audiences": ["certctl"]}}},
+            ),
+            "is Prometheus's default ServiceAccount token, minted for the API server",
+        ),
     ],
     ids=[
         "scrape-timeout-over-interval",
@@ -528,6 +535,7 @@ def test_the_data_volume_outlives_helm_uninstall(render: Callable[..., Rendered]
         "tls-secret-without-fsgroup",
         "ca-secret-in-another-namespace",
         "sa-token-without-tokenreview",
+        "default-token-with-audiences",
     ],
 )
 def test_unworkable_values_are_refused(
@@ -636,6 +644,24 @@ def test_kubernetes_auth_rbac(render: Callable[..., Rendered]) -> None:
     assert reader_binding["subjects"] == KUBE_AUTH["auth"]["kubernetes"]["metricsReaders"]
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["automountServiceAccountToken"]
     assert not [k for k in render() if k[0].startswith("Cluster")]
+
+
+def test_kubernetes_auth_audiences_reach_the_server(
+    render: Callable[..., Rendered], chart: Any, helm: Any
+) -> None:
+    values = merged(KUBE_AUTH, {"auth": {"kubernetes": {"audiences": ["certctl"]}}})
+    config = ServerConfig.model_validate(server_config(render(values)))
+    assert config.auth.kubernetes.audiences == ["certctl"]
+    # Negative twin: by default none (the API server's own audience), and no key written.
+    assert "audiences" not in server_config(render(KUBE_AUTH))["auth"]["kubernetes"]
+    # A projected token for certctl is what Prometheus then sends.
+    projected = {"bearerTokenFile": "/var/run/secrets/certctl/token"}
+    sm = merged(VALUE_SETS["kubernetes-auth"], {"monitoring": {"serviceMonitor": projected}})
+    objects = render(merged(sm, {"auth": {"kubernetes": {"audiences": ["certctl"]}}}))
+    assert endpoint(objects)["bearerTokenFile"] == projected["bearerTokenFile"]
+    bad = merged(KUBE_AUTH, {"auth": {"kubernetes": {"audiences": [""]}}})
+    with pytest.raises(helm.HelmError, match=re.escape("at '/auth/kubernetes/audiences/0'")):
+        chart.render(bad, name="certctl", namespace=NAMESPACE, is_install=True)
 
 
 def test_secret_target_namespaces_get_a_role(render: Callable[..., Rendered]) -> None:

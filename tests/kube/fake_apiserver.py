@@ -3,7 +3,11 @@
 No kube-apiserver can be installed here, so this implements, with their real JSON shapes:
 
 * ``POST /apis/authentication.k8s.io/v1/tokenreviews`` (TokenReview; an unknown token gets a
-  status with ``user: {}`` and ``error`` and no ``authenticated``, as Go's omitempty leaves it);
+  status with ``user: {}`` and ``error`` and no ``authenticated``, as Go's omitempty leaves it;
+  each token is valid for its user's ``audiences``, checked against ``spec.audiences`` or, when
+  the review names none, the API server's own, and the intersection is returned in
+  ``status.audiences``; ``audience_aware = False`` acts as an authenticator that ignores
+  audiences and answers without them);
 * ``POST /apis/authorization.k8s.io/v1/subjectaccessreviews`` (``allowed`` always present);
 * ``GET``, ``POST``, ``PUT`` on ``/api/v1/namespaces/{ns}/secrets[/{name}]`` with
   ``resourceVersion`` optimistic concurrency (409 Conflict), AlreadyExists, NotFound and the
@@ -46,12 +50,17 @@ class Recorded:
     body: dict[str, Any] | None
 
 
+API_SERVER_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
+
+
 @dataclass
 class KubeUser:
     username: str
     uid: str = ""
     groups: list[str] = field(default_factory=list)
     extra: dict[str, list[str]] = field(default_factory=dict)
+    # The token's "aud": a default ServiceAccount token is the API server's.
+    audiences: list[str] = field(default_factory=lambda: [API_SERVER_AUDIENCE])
 
 
 def status(code: int, reason: str, message: str, **details: Any) -> dict[str, Any]:
@@ -79,6 +88,7 @@ class FakeApiServer:
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.requests: list[Recorded] = []
         self.fail_status: int | None = None  # answer every call with this 5xx
+        self.audience_aware = True  # False: TokenReview ignores spec.audiences
         self.before_put: list[Any] = []  # callables run once before the next PUT
         # RBAC of the callers with accepted_tokens: (namespace, rule), namespace None for a
         # ClusterRole's rules; None = no authorization (every call allowed).
@@ -216,6 +226,7 @@ class FakeApiServer:
         ):
             return 400, status(400, "BadRequest", "wrong apiVersion/kind for TokenReview")
         token = (body.get("spec") or {}).get("token")
+        wanted = (body.get("spec") or {}).get("audiences") or [API_SERVER_AUDIENCE]
         answer: dict[str, Any] = {
             "kind": "TokenReview",
             "apiVersion": "authentication.k8s.io/v1",
@@ -223,10 +234,19 @@ class FakeApiServer:
             "spec": body.get("spec"),
         }
         user = self.users.get(token) if isinstance(token, str) else None
+        valid_for = [a for a in wanted if user is not None and a in user.audiences]
         if user is None:
             answer["status"] = {
                 "user": {},
                 "error": "[invalid bearer token, square/go-jose: error in cryptographic primitive]",
+            }
+        elif self.audience_aware and not valid_for:
+            answer["status"] = {
+                "user": {},
+                "error": (
+                    f"[invalid bearer token, token audiences {json.dumps(user.audiences)} "
+                    f"is invalid for the target audiences {json.dumps(wanted)}]"
+                ),
             }
         else:
             u: dict[str, Any] = {"username": user.username, "groups": user.groups}
@@ -234,11 +254,9 @@ class FakeApiServer:
                 u["uid"] = user.uid
             if user.extra:
                 u["extra"] = user.extra
-            answer["status"] = {
-                "authenticated": True,
-                "user": u,
-                "audiences": ["https://kubernetes.default.svc.cluster.local"],
-            }
+            answer["status"] = {"authenticated": True, "user": u}
+            if self.audience_aware:
+                answer["status"]["audiences"] = valid_for
         return 201, answer
 
     def _access_review(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
@@ -208,6 +209,96 @@ def test_cache_is_keyed_by_token_hash(
     assert PROM_TOKEN not in repr(authenticator._cache)
 
 
+# --- auth.kubernetes.audiences -----------------------------------------------------------
+
+AUDIENCE = "certctl"
+# Prometheus's projected token for certctl (a serviceAccountToken volume, audience: certctl).
+PROM_CERTCTL_TOKEN = "eyJhbGciOiJSUzI1NiJ9.prometheus-token-for-certctl.sig"
+
+
+@pytest.fixture
+def audience_kube(kube: FakeApiServer) -> FakeApiServer:
+    kube.users[PROM_CERTCTL_TOKEN] = KubeUser(
+        PROM_USER.username, PROM_USER.uid, PROM_USER.groups, PROM_USER.extra, [AUDIENCE]
+    )
+    return kube
+
+
+def test_audiences_are_sent_and_a_token_for_another_audience_is_401(
+    audience_kube: FakeApiServer, connection: KubeConnection, clock: FakeClock
+) -> None:
+    """Before, TokenReview named no audience: any token the API server accepted (its own
+    ServiceAccount token, one minted for another service) read the metrics."""
+    auth = TokenReviewAuthenticator(connection, clock=clock, audiences=[AUDIENCE, "other"])
+    assert authorize(auth, PROM_CERTCTL_TOKEN).username == PROM_USER.username
+    review = audience_kube.requests[0]
+    assert review.body is not None
+    assert review.body["spec"] == {"token": PROM_CERTCTL_TOKEN, "audiences": [AUDIENCE, "other"]}
+    audience_kube.clear()
+    # The same ServiceAccount's default token is for the API server: refused, never reviewed
+    # for access.
+    with pytest.raises(TokenRejected, match="for this audience") as info:
+        authorize(auth, PROM_TOKEN)
+    assert info.value.status == 401
+    assert "is invalid for the target audiences" in info.value.review_error
+    assert audience_kube.paths() == [("POST", TOKEN_REVIEWS)]
+    # Negative twin: without audiences the API server's own audience applies, as before.
+    plain = TokenReviewAuthenticator(connection, clock=clock)
+    assert authorize(plain, PROM_TOKEN).username == PROM_USER.username
+    assert audience_kube.requests[-2].body == {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": PROM_TOKEN},
+    }
+
+
+def test_an_answer_without_our_audience_is_401(
+    audience_kube: FakeApiServer,
+    connection: KubeConnection,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An authenticator that ignores spec.audiences answers "authenticated" without
+    status.audiences: the token is then only known to be good for the API server."""
+    audience_kube.audience_aware = False
+    auth = TokenReviewAuthenticator(connection, clock=clock, audiences=[AUDIENCE])
+    for token in (PROM_TOKEN, PROM_CERTCTL_TOKEN):
+        with (
+            pytest.raises(TokenRejected, match="not valid for this audience") as info,
+            caplog.at_level(logging.WARNING, logger="certctl.auth.kubernetes"),
+        ):
+            authorize(auth, token)
+        assert "names none of ['certctl'] (the authenticator is not audience-aware)" in (
+            info.value.review_error
+        )
+    assert audience_kube.paths() == [("POST", TOKEN_REVIEWS)] * 2  # no SubjectAccessReview
+    assert "authenticator ignores auth.kubernetes.audiences" in caplog.text
+
+
+def test_audiences_reach_the_authenticator_from_the_config(
+    kube: FakeApiServer, sa_dir: Path, tmp_path: Path
+) -> None:
+    from certctl.server.run import _kubernetes_features
+
+    settings: dict[str, Any] = {
+        "auth": {"kubernetes": {"enabled": True, "audiences": [AUDIENCE]}},
+        "kubernetes": {
+            "api-server": kube.url,
+            "ca-file": str(sa_dir / "ca.crt"),
+            "token-file": str(sa_dir / "token"),
+        },
+    }
+    auth, _ = _kubernetes_features(ServerConfig.model_validate(settings), tmp_path / "ca.crt")
+    assert auth is not None
+    assert auth.audiences == (AUDIENCE,)
+    with pytest.raises(TokenRejected):
+        authorize(auth, PROM_TOKEN)
+    for bad in ([""], [" certctl"], "certctl"):
+        settings["auth"]["kubernetes"]["audiences"] = bad
+        with pytest.raises(ValidationError, match="audiences"):
+            ServerConfig.model_validate(settings)
+
+
 # --- end to end through the ASGI app -----------------------------------------------------
 
 
@@ -368,6 +459,19 @@ def test_an_untrusted_api_server_is_named_in_the_log_not_in_the_answer(
         caplog.text
     )
     assert kube.requests == []
+
+
+def test_a_token_for_another_audience_gets_401_through_the_app(
+    booted: Bootstrapped, audience_kube: FakeApiServer, connection: KubeConnection
+) -> None:
+    auth = TokenReviewAuthenticator(connection, audiences=[AUDIENCE])
+    app = create_app(booted.services, kubernetes_authenticator=auth)
+    before = failures("invalid")
+    with TestClient(app, base_url="https://testserver", raise_server_exceptions=False) as c:
+        assert c.get(PROM, headers=bearer(PROM_CERTCTL_TOKEN)).status_code == 200
+        assert_problem(c.get(PROM, headers=bearer(PROM_TOKEN)), 401)
+    assert failures("invalid") == before + 1
+    assert "is invalid for the target audiences" in audit_rows(booted)[-1].detail
 
 
 def test_disabled_means_api_keys_only(booted: Bootstrapped, kube: FakeApiServer) -> None:

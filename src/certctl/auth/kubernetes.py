@@ -11,6 +11,11 @@ Outcomes: token not authenticated → :class:`TokenRejected` (401); authenticate
 allowed → :class:`AccessDenied` (403); API server unreachable, failing or refusing certctl's
 own calls → :class:`~certctl.kubeapi.KubeApiError` (503). Never a silent success.
 
+With ``auth.kubernetes.audiences`` the TokenReview names them (``spec.audiences``) and the
+answer must name one of them in ``status.audiences``, as kube-rbac-proxy checks it: a token
+minted for the API server or another service is then refused (401), and so is every token
+when the API server's authenticator is not audience-aware (it answers without audiences).
+
 Decisions are cached per (SHA-256 of the token, path, verb): allow for 2 minutes, deny and
 reject for 30 seconds; failures to reach the API are not cached. The token itself is never
 stored, logged or put into an error message.
@@ -22,7 +27,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -125,12 +130,15 @@ class TokenReviewAuthenticator:
         allow_ttl_s: how long an allow decision is reused.
         deny_ttl_s: how long a rejected token or a denied access is reused.
         transport: an httpx transport for tests; None for the network.
+        audiences: the audiences a token must be valid for; empty: the API server's own
+            (any token the API server accepts).
     """
 
     def __init__(
         self,
         connection: KubeConnection,
         *,
+        audiences: Sequence[str] = (),
         clock: Callable[[], float] = time.monotonic,
         allow_ttl_s: float = ALLOW_TTL_S,
         deny_ttl_s: float = DENY_TTL_S,
@@ -141,6 +149,7 @@ class TokenReviewAuthenticator:
         self._allow_ttl_s = allow_ttl_s
         self._deny_ttl_s = deny_ttl_s
         self._transport = transport
+        self.audiences = tuple(audiences)
         self._cache: dict[tuple[str, str, str], _Decision] = {}
         # One review per token at a time: 50 scrapes with a new token make one, not 50.
         self._inflight: dict[tuple[str, str, str], asyncio.Task[_Decision]] = {}
@@ -199,13 +208,16 @@ class TokenReviewAuthenticator:
         now = self._clock()
         try:
             async with self.connection.async_client(self._transport) as client:
+                review_spec: dict[str, Any] = {"token": token}
+                if self.audiences:
+                    review_spec["audiences"] = list(self.audiences)
                 review = await self._post(
                     client,
                     TOKEN_REVIEWS,
                     {
                         "apiVersion": "authentication.k8s.io/v1",
                         "kind": "TokenReview",
-                        "spec": {"token": token},
+                        "spec": review_spec,
                     },
                     "TokenReview",
                 )
@@ -216,8 +228,17 @@ class TokenReviewAuthenticator:
                         now + self._deny_ttl_s,
                         rejected=TokenRejected(
                             "bearer token is neither a certctl API key nor a token the "
-                            "Kubernetes API server authenticates",
+                            "Kubernetes API server authenticates"
+                            + (" for this audience" if self.audiences else ""),
                             error,
+                        ),
+                    )
+                mismatch = self._audience_mismatch(status)
+                if mismatch:
+                    return _Decision(
+                        now + self._deny_ttl_s,
+                        rejected=TokenRejected(
+                            "bearer token is not valid for this audience", mismatch
                         ),
                     )
                 identity = _identity(status)
@@ -259,6 +280,30 @@ class TokenReviewAuthenticator:
                 str(sar_status.get("reason") or "")[:200],
             ),
         )
+
+    def _audience_mismatch(self, status: dict[str, Any]) -> str:
+        """Why an authenticated answer does not vouch for our audiences; "" when it does.
+
+        The API server says which of the requested audiences the token is valid for in
+        ``status.audiences``. An answer without any means an authenticator that ignored
+        ``spec.audiences``: the token is then only known to be valid for the API server.
+        """
+        if not self.audiences:
+            return ""
+        returned = status.get("audiences")
+        got = [str(a) for a in returned] if isinstance(returned, list) else []
+        if set(got) & set(self.audiences):
+            return ""
+        if not got:
+            # Every token fails this way: a deployment problem the operator must see.
+            log.warning(
+                "TokenReview answered without status.audiences: the API server's "
+                "authenticator ignores auth.kubernetes.audiences, so every token is refused"
+            )
+        return (
+            f"TokenReview status.audiences {got[:5]} names none of {list(self.audiences)}"
+            + ("" if got else " (the authenticator is not audience-aware)")
+        )[:200]
 
     @staticmethod
     async def _post(

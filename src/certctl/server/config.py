@@ -124,6 +124,19 @@ class KubernetesAuthConfig(_Section):
     """``auth.kubernetes.*`` keys."""
 
     enabled: bool = False
+    # Sent in each TokenReview and required back in status.audiences (kube-rbac-proxy's
+    # --auth-token-audiences); empty: the API server's own audience, i.e. any token it accepts.
+    audiences: list[str] = Field(default_factory=list)
+
+    @field_validator("audiences")
+    @classmethod
+    def _audiences(cls, value: list[str]) -> list[str]:
+        for audience in value:
+            if not audience.strip() or audience != audience.strip():
+                raise ValueError(
+                    f"{audience[:60]!r}: an audience is a non-empty string, no surrounding spaces"
+                )
+        return value
 
 
 class KubernetesConfig(_Section):

@@ -152,7 +152,12 @@ def _kubernetes_features(
     if not (config.auth.kubernetes.enabled or secret):
         return None, None
     connection = _kube_connection(config)
-    authenticator = TokenReviewAuthenticator(connection) if config.auth.kubernetes.enabled else None
+    kube_auth = config.auth.kubernetes
+    authenticator = (
+        TokenReviewAuthenticator(connection, audiences=kube_auth.audiences)
+        if kube_auth.enabled
+        else None
+    )
     if not secret:
         return authenticator, None
     writer = SecretWriter(connection)

@@ -115,6 +115,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   "tls" $tls
   "auth" (dict "kubernetes" (dict "enabled" (.Values.auth.kubernetes.enabled | default false)))
 }}
+{{- with .Values.auth.kubernetes.audiences }}
+{{- $_ := set $config.auth.kubernetes "audiences" . }}
+{{- end }}
 {{- if .Values.adminKeySecret.enabled }}
 {{- $_ := set $config.auth "admin-key-secret" (include "certctl.adminKeySecretName" .) }}
 {{- end }}
@@ -179,6 +182,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and $sm.bearerTokenFile (not .Values.auth.kubernetes.enabled) }}
 {{- fail "monitoring.serviceMonitor.bearerTokenFile sends Prometheus's ServiceAccount token, which certctl accepts only with auth.kubernetes.enabled: true (else every scrape is 401)" }}
 {{- end }}
+{{- if and .Values.auth.kubernetes.audiences (eq (toString $sm.bearerTokenFile) "/var/run/secrets/kubernetes.io/serviceaccount/token") }}
+{{- fail (printf "monitoring.serviceMonitor.bearerTokenFile is Prometheus's default ServiceAccount token, minted for the API server, which auth.kubernetes.audiences %v refuses (every scrape 401); mount a projected serviceAccountToken with one of those audiences into Prometheus and name its file (docs/kubernetes.md, section 5)" .Values.auth.kubernetes.audiences) }}
+{{- end }}
 {{- if and $sm.namespace (ne $sm.namespace .Release.Namespace) (not $sm.tlsConfig) }}
 {{- fail (printf "monitoring.serviceMonitor.namespace %s: Prometheus Operator reads the CA Secret from the ServiceMonitor's namespace, but certctl publishes it in %s; set monitoring.serviceMonitor.tlsConfig (e.g. {ca: {secret: {name: <a copy in %s>, key: ca.crt}}}) or leave namespace empty" $sm.namespace .Release.Namespace $sm.namespace) }}
 {{- end }}
@@ -199,7 +205,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   "metrics.listen" "monitoring.port (the container and Service ports follow it)"
   "metrics.secure" "monitoring.port (its listener keeps the API's TLS: the probes and the ServiceMonitor speak https)"
   "auth.admin-key-secret" "adminKeySecret (its Role follows it)"
-  "auth.kubernetes" "auth.kubernetes.enabled (it also creates the RBAC certctl needs)"
+  "auth.kubernetes" "auth.kubernetes.enabled and auth.kubernetes.audiences (the chart also creates the RBAC certctl needs)"
 }}
 {{- range $path, $use := $owned }}
 {{- $node := $extra }}
