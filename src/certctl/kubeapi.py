@@ -4,8 +4,10 @@ Shared by the TokenReview authenticator (``certctl.auth.kubernetes``) and the Se
 (``certctl.targets.kubernetes``); it sits beside ``errors`` and ``files`` so neither of those
 layers imports the other. Only what certctl needs is supported: a CA bundle, a bearer token
 (re-read from its file on every request, because projected ServiceAccount tokens rotate
-hourly) or a client certificate. Exec credential plugins, auth providers and
-``insecure-skip-tls-verify`` are refused with a message naming them.
+hourly) or a client certificate. A CA file (the ServiceAccount's ``ca.crt``, a kubeconfig's
+``certificate-authority``) is read again when a client is made and its context rebuilt when
+the content changed, so a rotated cluster CA needs no restart. Exec credential plugins, auth
+providers and ``insecure-skip-tls-verify`` are refused with a message naming them.
 
 Errors::
 
@@ -18,10 +20,12 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import logging
 import os
 import ssl
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +49,8 @@ __all__ = [
 IN_CLUSTER_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_TIMEOUT_S = 5.0
 
+log = logging.getLogger("certctl.kubeapi")
+
 
 class KubeApiError(Unavailable):
     """A Kubernetes API call failed: unreachable, or answered with an error status.
@@ -57,6 +63,44 @@ class KubeApiError(Unavailable):
         super().__init__(detail)
         self.status_code = status_code
         self.reason = reason
+
+
+class _CaFileContext:
+    """The SSL context of a CA file, rebuilt when the file's content changes.
+
+    The kubelet rotates the ServiceAccount's ``ca.crt`` in place (an atomic symlink swap):
+    a context built once at start kept trusting the old CA until a restart. The file is
+    small and read once per client; a new content that cannot be loaded (mid-rotation
+    garbage) keeps the previous context, logged once per content.
+    """
+
+    def __init__(self, ca_file: Path, cert: tuple[Path, Path] | None) -> None:
+        self._ca_file = ca_file
+        self._cert = cert
+        self._lock = threading.Lock()
+        self._seen = self._read()
+        self._context = _ssl_context(ca_file, None, cert)
+
+    def _read(self) -> bytes | None:
+        try:
+            return self._ca_file.read_bytes()
+        except OSError:
+            return None
+
+    def current(self) -> ssl.SSLContext:
+        content = self._read()
+        if content is None or content == self._seen:
+            return self._context  # unreadable for now: keep what verified so far
+        with self._lock:
+            if content != self._seen:
+                self._seen = content
+                try:
+                    self._context = _ssl_context(self._ca_file, None, self._cert)
+                except InvalidRequest as exc:
+                    log.warning("%s; the previous one is still used", exc.detail)
+                else:
+                    log.info("%s changed: Kubernetes API connections now trust it", self._ca_file)
+            return self._context
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,6 +116,8 @@ class KubeConnection:
         timeout_s: connect/read timeout of one request.
         tls_server_name: the name to verify the API server's certificate against (and send
             as SNI) instead of the URL's host: a kubeconfig's ``tls-server-name``.
+        ca_reload: when set, the source of ``ssl_context`` for each new client (a CA file
+            followed as it changes); ``ssl_context`` is then its first value.
     """
 
     server: str
@@ -81,6 +127,11 @@ class KubeConnection:
     token_file: Path | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
     tls_server_name: str | None = None
+    ca_reload: _CaFileContext | None = field(default=None, repr=False)
+
+    def current_ssl_context(self) -> ssl.SSLContext:
+        """The context a new client verifies with: the CA file's current content, if any."""
+        return self.ssl_context if self.ca_reload is None else self.ca_reload.current()
 
     def __repr__(self) -> str:
         # Never let a token reach a log through repr().
@@ -117,7 +168,7 @@ class KubeConnection:
 
         return httpx.Client(
             base_url=self.server,
-            verify=self.ssl_context,
+            verify=self.current_ssl_context(),
             headers=self._headers(),
             timeout=self.timeout_s,
             transport=transport,
@@ -134,7 +185,7 @@ class KubeConnection:
 
         return httpx.AsyncClient(
             base_url=self.server,
-            verify=self.ssl_context,
+            verify=self.current_ssl_context(),
             headers=self._headers(),
             timeout=self.timeout_s,
             transport=transport,
@@ -255,9 +306,11 @@ def in_cluster(
             namespace = (service_account_dir / "namespace").read_text().strip() or "default"
         except OSError:
             namespace = "default"
+    ca = _CaFileContext(ca_file or service_account_dir / "ca.crt", None)
     return KubeConnection(
         server=api_server.rstrip("/"),
-        ssl_context=_ssl_context(ca_file or service_account_dir / "ca.crt"),
+        ssl_context=ca.current(),
+        ca_reload=ca,
         namespace=namespace,
         token_file=token_file or service_account_dir / "token",
         timeout_s=timeout_s,
@@ -343,15 +396,22 @@ def from_kubeconfig(
             )
         elif user.get("client-certificate") or user.get("client-key"):
             cert = (file(user.get("client-certificate", "")), file(user.get("client-key", "")))
-        context_obj = _ssl_context(
-            file(ca_file) if ca_file else None,
-            _b64(str(ca_data), "certificate-authority-data", path) if ca_data else None,
-            cert,
-        )
+        ca_reload = None
+        if ca_file and not ca_data and not (cert_data or key_data):
+            # Files only (memory files close below): the CA file can be followed.
+            ca_reload = _CaFileContext(file(ca_file), cert)
+            context_obj = ca_reload.current()
+        else:
+            context_obj = _ssl_context(
+                file(ca_file) if ca_file else None,
+                _b64(str(ca_data), "certificate-authority-data", path) if ca_data else None,
+                cert,
+            )
     token_file = file(user["tokenFile"]) if user.get("tokenFile") else None
     return KubeConnection(
         server=server.rstrip("/"),
         ssl_context=context_obj,
+        ca_reload=ca_reload,
         namespace=namespace or str(ctx.get("namespace") or "default"),
         token=str(user["token"]) if user.get("token") else None,
         token_file=token_file,

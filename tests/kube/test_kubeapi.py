@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,87 @@ def test_in_cluster_verifies_the_api_server(
     with pytest.raises(KubeApiError, match=match):
         SecretWriter(conn).write("x", {"a": b"1"})
     assert apiserver.requests == []
+
+
+def _kubelet_swap(sa_dir: Path, ca_pem: bytes, generation: int) -> None:
+    """Update ca.crt as the kubelet updates a projected volume: a new timestamped directory,
+    then an atomic rename of the ``..data`` symlink; ``ca.crt`` links to ``..data/ca.crt``."""
+    new = sa_dir / f"..2026_12_03_15_00_0{generation}"
+    new.mkdir()
+    (new / "ca.crt").write_bytes(ca_pem)
+    (sa_dir / "..data_tmp").symlink_to(new.name)
+    (sa_dir / "..data_tmp").rename(sa_dir / "..data")
+    if not (sa_dir / "ca.crt").is_symlink():
+        (sa_dir / "ca.crt").unlink()
+        (sa_dir / "ca.crt").symlink_to("..data/ca.crt")
+
+
+def test_a_rotated_cluster_ca_is_trusted_without_a_restart(
+    apiserver: FakeApiServer, sa_dir: Path, pki: KubePki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before, ca.crt was read once at start: after the cluster CA was rotated (the API
+    server's certificate now from the new CA, the kubelet updating ca.crt in every pod)
+    each call failed with 'certificate verify failed' until certctl was restarted."""
+    old = create_root_ca(
+        generate_private_key(KeyType.EC_P256),
+        common_name_dn("Old cluster CA"),
+        validity=timedelta(days=30),
+        now=NOW,
+    )
+    old_pem = certs_to_pem([old.certificate])
+    _kubelet_swap(sa_dir, old_pem, 1)  # the pod started while the old CA was current
+    env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(apiserver.port)}
+    conn = in_cluster(environ=env, service_account_dir=sa_dir)
+    writer = SecretWriter(conn)
+    with pytest.raises(KubeApiError, match="TLS certificate verify failed"):
+        writer.write("x", {"a": b"1"})
+    # Rotation: the bundle carries both CAs for a while, then the new one alone.
+    _kubelet_swap(sa_dir, old_pem + pki.ca_file.read_bytes(), 2)
+    with caplog.at_level(logging.INFO, logger="certctl.kubeapi"):
+        assert writer.write("x", {"a": b"1"}) == WriteResult.CREATED
+    assert "now trust it" in caplog.text
+    _kubelet_swap(sa_dir, pki.ca_file.read_bytes(), 3)
+    assert writer.write("x", {"a": b"2"}) == WriteResult.UPDATED
+    # A content that cannot be loaded keeps the last good CA (said once), and so does a
+    # missing file; the TokenReview client (async) follows the same file.
+    caplog.clear()
+    _kubelet_swap(sa_dir, b"-----BEGIN CERTIFICATE-----\ntruncated", 4)
+    with caplog.at_level(logging.WARNING, logger="certctl.kubeapi"):
+        assert writer.write("x", {"a": b"3"}) == WriteResult.UPDATED
+        assert writer.write("x", {"a": b"4"}) == WriteResult.UPDATED
+    assert caplog.text.count("the previous one is still used") == 1
+
+    async def review() -> int:
+        async with conn.async_client() as client:
+            return (await client.get("/api/v1/namespaces/certs/secrets/x")).status_code
+
+    assert asyncio.run(review()) == 200
+
+
+def test_a_kubeconfig_ca_file_is_followed_too(
+    apiserver: FakeApiServer, pki: KubePki, tmp_path: Path
+) -> None:
+    (tmp_path / "ca.pem").write_bytes(b"")  # not yet written: refused at start, as before
+    (tmp_path / "tok").write_text(CERTCTL_SA_TOKEN)
+    path = _kubeconfig(
+        tmp_path / "config",
+        {"tokenFile": "tok"},
+        {"server": apiserver.url, "certificate-authority": "ca.pem"},
+    )
+    with pytest.raises(InvalidRequest, match="cannot load Kubernetes TLS material"):
+        from_kubeconfig(path)
+    other = create_root_ca(
+        generate_private_key(KeyType.EC_P256),
+        common_name_dn("Old cluster CA"),
+        validity=timedelta(days=30),
+        now=NOW,
+    )
+    (tmp_path / "ca.pem").write_bytes(certs_to_pem([other.certificate]))
+    conn = from_kubeconfig(path, namespace=NAMESPACE)
+    with pytest.raises(KubeApiError, match="TLS certificate verify failed"):
+        SecretWriter(conn).write("x", {"a": b"1"})
+    (tmp_path / "ca.pem").write_bytes(pki.ca_file.read_bytes())
+    assert SecretWriter(conn).write("x", {"a": b"1"}) == WriteResult.CREATED
 
 
 def test_in_cluster_outside_a_cluster(sa_dir: Path) -> None:
