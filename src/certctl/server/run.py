@@ -105,7 +105,8 @@ def refresh_metrics(services: Services) -> None:
 
 async def _periodic(interval_s: float, work: Callable[[], Any], what: str) -> None:
     # A database outage fails every pass of every worker: one line when it starts (and when
-    # its reason changes) and one when it ends, not a traceback every ``interval_s``.
+    # its reason changes) and one when it ends, not a traceback every ``interval_s``. So does
+    # any error certctl raises on purpose; only bugs keep their traceback.
     outage: str | None = None
     while True:
         await asyncio.sleep(interval_s)
@@ -118,6 +119,13 @@ async def _periodic(interval_s: float, work: Callable[[], Any], what: str) -> No
             elif fault.detail != outage:
                 log.warning("%s failed: %s; retrying every %.0f s", what, fault.detail, interval_s)
                 outage = fault.detail
+            continue
+        except CertctlError as exc:
+            # A failure certctl names (the Kubernetes API unreachable or refusing the CA
+            # Secret, RBAC not there yet): its reason once, not a traceback every pass.
+            if exc.detail != outage:
+                log.warning("%s failed: %s; retrying every %.0f s", what, exc.detail, interval_s)
+                outage = exc.detail
             continue
         except Exception:
             log.exception("%s failed; will retry", what)

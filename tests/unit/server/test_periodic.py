@@ -63,6 +63,24 @@ def test_an_outage_is_one_warning_and_its_end_one_info(caplog: pytest.LogCapture
     ]
 
 
+def test_a_kubernetes_failure_is_one_line_per_reason(caplog: pytest.LogCaptureFixture) -> None:
+    """Before, the CA Secret pass logged a traceback every 60 s while the Kubernetes API
+    refused it (RBAC not yet granted, a Secret someone else owns, an outage)."""
+    from certctl.errors import Conflict
+    from certctl.kubeapi import KubeApiError
+
+    caplog.set_level(logging.INFO, logger="certctl.server")
+    forbidden = KubeApiError("Secret certs/certctl-ca: Kubernetes API answered 403 Forbidden", 403)
+    owned = Conflict("Secret certs/certctl-ca exists and is not managed by certctl")
+    _run_passes([forbidden, forbidden, forbidden, owned, owned, None])
+    lines = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
+    assert lines == [
+        ("WARNING", f"metrics failed: {forbidden.detail}; retrying every 0 s", None),
+        ("WARNING", f"metrics failed: {owned.detail}; retrying every 0 s", None),
+        ("INFO", "metrics works again", None),
+    ]
+
+
 def test_a_bug_still_logs_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="certctl.server")
     bug = ProgrammingError("SELECT nope", {}, psycopg.ProgrammingError("no such column"))
