@@ -392,10 +392,43 @@ def test_servicemonitor_in_another_namespace(render: Callable[..., Rendered]) ->
     ca = {"ca": {"secret": {"name": "certctl-ca-copy", "key": "ca.crt"}}}
     sm = {"namespace": "mon", "tlsConfig": ca}
     objects = render(merged(RUNBOOK, {"monitoring": {"serviceMonitor": sm}}))
-    monitor = objects[("ServiceMonitor", "mon/certctl-server")]
+    monitor = objects[("ServiceMonitor", f"mon/{NAMESPACE}-certctl-server")]
     assert monitor["metadata"]["namespace"] == "mon"
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     assert monitor["spec"]["endpoints"][0]["tlsConfig"] == {**ca, "serverName": "certctl-server"}
+
+
+def test_same_named_releases_in_two_namespaces_share_no_object(chart: Any) -> None:
+    """Before, the release certctl in team-a and the release certctl in team-b both rendered
+    Role apps/certctl-secret-target and ServiceMonitor mon/certctl-server: the second
+    install failed on Helm's ownership check (or, applied by a GitOps tool, took the first
+    release's objects over)."""
+    ca = {"ca": {"secret": {"name": "certctl-ca-copy", "key": "ca.crt"}}}
+    values = merged(
+        RUNBOOK,
+        SECRET_TARGETS,
+        KUBE_AUTH,  # cluster-scoped objects too
+        {"monitoring": {"serviceMonitor": {"namespace": "mon", "tlsConfig": ca}}},
+    )
+    placed: dict[str, set[tuple[str, str, str]]] = {}
+    for namespace in ("team-a", "team-b"):
+        files = chart.render(values, name="certctl", namespace=namespace, is_install=True)
+        docs = [
+            doc
+            for path, text in files.items()
+            if not path.endswith("NOTES.txt")
+            for doc in yaml.safe_load_all(text)
+            if doc
+        ]
+        placed[namespace] = {
+            (d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"]) for d in docs
+        }
+        assert ("Role", "apps", f"{namespace}-certctl-secret-target") in placed[namespace]
+        assert ("ServiceMonitor", "mon", f"{namespace}-certctl-server") in placed[namespace]
+        notes_text = next(t for p, t in files.items() if p.endswith("NOTES.txt"))
+        assert f"ServiceMonitor mon/{namespace}-certctl-server scrapes" in notes_text
+    assert {o for o in placed["team-a"] if not o[1]}  # ClusterRoles were rendered
+    assert placed["team-a"].isdisjoint(placed["team-b"])
 
 
 def test_the_data_volume_outlives_helm_uninstall(render: Callable[..., Rendered]) -> None:
@@ -667,11 +700,12 @@ def test_kubernetes_auth_audiences_reach_the_server(
 def test_secret_target_namespaces_get_a_role(render: Callable[..., Rendered]) -> None:
     objects = render(SECRET_TARGETS)
     for ns in ("apps", "payments"):
-        role = objects[("Role", f"{ns}/certctl-secret-target")]
+        role = objects[("Role", f"{ns}/{NAMESPACE}-certctl-secret-target")]
         assert role["rules"] == [
             {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"]}
         ]
-        binding = objects[("RoleBinding", f"{ns}/certctl-secret-target")]
+        binding = objects[("RoleBinding", f"{ns}/{NAMESPACE}-certctl-secret-target")]
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": "certctl", "namespace": NAMESPACE}
         ]

@@ -19,6 +19,18 @@
 {{- printf "%s-%s" .Release.Namespace (include "certctl.fullname" .) | trunc 50 | trimSuffix "-" }}
 {{- end }}
 
+{{/* Objects in another namespace (Secret-target Roles, a ServiceMonitor elsewhere): two
+     releases of one name in two namespaces may both put one there, so the release namespace
+     is part of the name. Call with (list $ "suffix-or-name" "target-namespace"). */}}
+{{- define "certctl.foreignName" -}}
+{{- $root := index . 0 }}
+{{- if eq (index . 2) $root.Release.Namespace }}
+{{- index . 1 }}
+{{- else }}
+{{- printf "%s-%s" $root.Release.Namespace (index . 1) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
 {{- define "certctl.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "certctl.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
