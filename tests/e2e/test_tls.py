@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests._tools import run
+from tests._tools import free_port, run
 from tests.e2e.conftest import CertctlServer, StartServer, certctl_cli
 
 pytestmark = pytest.mark.e2e
@@ -128,3 +129,40 @@ def test_a_host_name_that_is_no_dns_name_does_not_stop_the_server(
     else:
         assert by_host_name.returncode == 60, by_host_name.stderr  # not a name it serves
         assert err.count("host name left out of the server certificate: build_agent_1") == 1
+
+
+def test_plain_http_on_the_https_port_gets_a_400_saying_to_use_https(
+    start_server: StartServer,
+) -> None:
+    # curl http://… against the HTTPS port printed "Empty reply from server": the request line
+    # went into the TLS handshake, which failed, and the connection closed without a word.
+    metrics_port = free_port()
+    server = start_server(
+        config={"metrics": {"listen": f"127.0.0.1:{metrics_port}", "secure": False}}
+    )
+    plain = run("curl", "-sS", "-i", f"http://127.0.0.1:{server.port}/healthz", timeout=20)
+    assert plain.returncode == 0, plain.stderr
+    head, _, body = plain.stdout.partition("\n\n")  # text mode: \r\n read as \n
+    assert head.startswith("HTTP/1.1 400 Bad Request\n"), plain.stdout
+    assert "connection: close" in head.lower(), head
+    assert json.loads(body)["detail"] == (
+        "plain HTTP request sent to an HTTPS port: use https:// instead of http://"
+    )
+    # curl -f reports it as the HTTP error it is; a request with a body that is still being
+    # sent when the 400 goes out gets the 400 too, not a reset.
+    failing = run("curl", "-sSf", f"http://127.0.0.1:{server.port}/healthz", timeout=20)
+    assert failing.returncode == 22, failing.stderr
+    assert "400" in failing.stderr, failing.stderr
+    posted = run("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--data-binary",
+                 "@-", f"http://127.0.0.1:{server.port}/api/v1/auth/roles",
+                 input="x" * 2_000_000, timeout=20)  # fmt: skip
+    assert posted.stdout == "400", posted.stdout + posted.stderr
+    # The twins: https:// on the same port, openssl s_client, and the plain-HTTP metrics
+    # listener (metrics.secure: false) are served as before.
+    tls = run("curl", "-sS", "--cacert", server.ca, f"{server.url}/healthz", timeout=20)
+    assert tls.stdout == "ok", tls.stderr
+    handshake = s_client(server.port, "-CAfile", server.ca)
+    assert established(handshake, "TLSv1.3"), handshake.stdout + handshake.stderr
+    metrics_url = f"http://127.0.0.1:{metrics_port}/api/v1/metrics/prometheus"
+    metrics = run("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", metrics_url, timeout=20)
+    assert metrics.stdout == "401", metrics.stdout + metrics.stderr

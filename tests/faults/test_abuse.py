@@ -353,6 +353,50 @@ def test_a_client_that_ignores_the_tls_close_is_let_go_within_the_handshake_time
     print(f"TLS close of a silent client: {FIGURES['tls_close']}")
 
 
+def _until_eof(sock: socket.socket) -> bytes:
+    """What a plain-TCP ``sock`` receives until the server shuts its side (bounded: 5 s)."""
+    sock.settimeout(5)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_plain_http_clients_keep_the_handshake_deadline_and_the_connection_cap(
+    fault_server: FaultServer,
+) -> None:
+    # A plain-HTTP request on the TLS port is answered 400 (tests/e2e/test_tls.py) by a protocol
+    # that runs before TLS: it must neither hold a connection past http.handshake-timeout nor
+    # leave it counted against http.max-connections once it is gone.
+    fault_server.config = {"http": {"handshake-timeout": "1s", "max-connections": 3}}
+    fault_server.start()
+    time.sleep(0.5)  # the readiness probe's connection is gone
+    baseline = _server_sockets(fault_server.pid)
+    # Half a request line, answered at once, then never another byte and never a close.
+    with socket.create_connection(("127.0.0.1", fault_server.port), timeout=5) as lingering:
+        opened = time.monotonic()
+        lingering.sendall(b"GET /healthz HT")
+        assert _until_eof(lingering).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        while _server_sockets(fault_server.pid) > baseline:
+            assert time.monotonic() - opened < 5, "the server still holds the connection"
+            time.sleep(0.1)
+        held_s = time.monotonic() - opened
+    assert 0.8 <= held_s <= 2.5, held_s
+    # Ten times the cap in plain-HTTP requests, one after the other: each is released.
+    for _ in range(30):
+        with socket.create_connection(("127.0.0.1", fault_server.port), timeout=5) as plain:
+            plain.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            assert _until_eof(plain).startswith(b"HTTP/1.1 400")
+    time.sleep(0.3)
+    request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    with ExitStack() as stack:
+        for _ in range(3):  # the whole cap, over TLS
+            sock = stack.enter_context(tls_socket(fault_server))
+            sock.sendall(request)
+            assert read_response(sock).startswith(b"HTTP/1.1 200")
+    assert "refusing new connections" not in fault_server.log()
+
+
 def _refused_at_once(port: int, context: ssl.SSLContext) -> float:
     """Seconds until a new TLS connection is closed by the server, before its handshake ends."""
     started = time.monotonic()

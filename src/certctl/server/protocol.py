@@ -55,6 +55,17 @@ _TOO_LARGE = (
 )
 
 
+# To a plain-HTTP request on a TLS listener (``_FirstBytes``).
+_PLAIN_HTTP = (
+    b"HTTP/1.1 400 Bad Request\r\n"
+    b"date: %s\r\n"
+    b"content-type: application/problem+json\r\n"
+    b"x-content-type-options: nosniff\r\n"
+    b"connection: close\r\n"
+    b"content-length: %d\r\n\r\n%s"
+)
+
+
 _BAD_REQUEST = (
     b"HTTP/1.1 400 Bad Request\r\n"
     b"%scontent-type: application/problem+json\r\n"
@@ -419,10 +430,15 @@ def listener_protocol(
     (A server need not wait for the peer's close_notify at all, RFC 8446 6.1; the wait also
     covers flushing what is still queued, which the send deadline bounds while it is paused.)
 
+    The SSL protocol starts at the connection's first bytes, not at accept (``_FirstBytes``):
+    a client that sent plain HTTP gets a 400 saying to use https:// instead of a closed
+    connection, and what is left of the handshake deadline goes to the SSL protocol.
+
     With a ``gate``, each connection is admitted (``ConnectionGate``) when the loop calls
-    ``connection_made`` on the outermost protocol, right after accept, and released by its
-    ``connection_lost``: the loop calls the one whenever it called the other, which the
-    inner protocol cannot rely on (a failed handshake never reaches it). uvicorn's own
+    ``connection_made`` on the outermost protocol, right after accept, and released by the
+    ``connection_lost`` of the protocol that has the transport then (``_FirstBytes``, or the
+    SSL protocol once TLS started): the loop calls the one whenever it called the other, which
+    the HTTP protocol cannot rely on (a failed handshake never reaches it). uvicorn's own
     ``limit_concurrency`` is no substitute: it counts only connections past the handshake,
     per listener, acts only once a request head has arrived (an idle connection is never
     refused) and answers a plain-text 503.
@@ -436,21 +452,171 @@ def listener_protocol(
         loop = asyncio.get_running_loop()
         if not made:
             tls_class = _ssl_protocol_class(loop)
-            made.append(tls_class if gate is None else _gated(tls_class, gate, listener, headroom))
-        return cast(
-            "asyncio.BaseProtocol",
-            made[0](
-                loop,
-                app_protocol,
-                context,
-                None,
-                server_side=True,
-                ssl_handshake_timeout=handshake_timeout_s,
-                ssl_shutdown_timeout=handshake_timeout_s,
-            ),
-        )
+            made.append(tls_class if gate is None else _releasing(tls_class, gate))
+        tls_class = made[0]
+
+        def start_tls(handshake_left_s: float) -> asyncio.BaseProtocol:
+            return cast(
+                "asyncio.BaseProtocol",
+                tls_class(
+                    loop,
+                    app_protocol,
+                    context,
+                    None,
+                    server_side=True,
+                    ssl_handshake_timeout=handshake_left_s,
+                    ssl_shutdown_timeout=handshake_timeout_s,
+                ),
+            )
+
+        return _FirstBytes(loop, start_tls, handshake_timeout_s, gate, listener, headroom)
 
     return make
+
+
+def _plain_http_answer() -> bytes:
+    import json
+    from email.utils import formatdate
+
+    body = json.dumps(
+        {
+            "type": "urn:certctl:problem:invalid-request",
+            "title": "Bad request",
+            "status": 400,
+            "detail": "plain HTTP request sent to an HTTPS port: use https:// instead of http://",
+        }
+    ).encode()
+    date = formatdate(usegmt=True).encode()
+    return _PLAIN_HTTP % (date, len(body), body)
+
+
+class _FirstBytes(asyncio.Protocol):
+    """A new connection of a TLS listener until its first bytes arrive: TLS, or plain HTTP?
+
+    A client that forgot the ``s`` of ``https://`` sent its request line into the TLS
+    handshake, which failed, and the connection was closed without a word (curl: "Empty reply
+    from server"). A TLS connection starts with a handshake record (0x16; SSL 2 with a byte
+    over 0x7f), an HTTP request with its method, an ASCII letter: that one byte decides. Plain
+    HTTP gets a 400 saying to use https:// (as nginx does), TLS gets the loop's SSL protocol,
+    which takes the transport over with the bytes read so far. What that costs a TLS client
+    is this object and one more call per connection, before its handshake.
+
+    From accept to the first byte, this object keeps ``http.handshake-timeout`` (the SSL
+    protocol is then given what is left of it) and the connection count: it admits the
+    connection to the ``gate`` and releases it if the connection ends before TLS starts; once
+    it has, the SSL protocol (``_releasing``) releases it.
+    """
+
+    __slots__ = (
+        "_admitted",
+        "_answered",
+        "_deadline",
+        "_gate",
+        "_headroom",
+        "_listener",
+        "_loop",
+        "_opened",
+        "_start_tls",
+        "_timeout_s",
+        "_transport",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        start_tls: Callable[[float], asyncio.BaseProtocol],
+        timeout_s: float,
+        gate: ConnectionGate | None,
+        listener: str,
+        headroom: int,
+    ) -> None:
+        self._loop = loop
+        self._start_tls = start_tls
+        self._timeout_s = timeout_s
+        self._gate = gate
+        self._listener = listener
+        self._headroom = headroom
+        self._admitted = False
+        self._answered = False
+        self._opened = 0.0
+        self._deadline: asyncio.TimerHandle | None = None
+        self._transport: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        gate = self._gate
+        if gate is not None:
+            if not gate.admit(self._listener, self._headroom):
+                transport.abort()  # type: ignore[attr-defined]  # closed at once, before TLS
+                return
+            self._admitted = True
+        self._transport = transport
+        self._opened = self._loop.time()
+        self._deadline = self._loop.call_later(self._timeout_s, self._expired)
+
+    def data_received(self, data: bytes) -> None:
+        if self._answered:
+            return  # the rest of a plain-HTTP request: read, and dropped
+        transport = self._transport
+        if data[:1].isalpha():
+            self._answer_plain_http(transport)
+            return
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        # The handshake deadline counts from accept, not from the first byte.
+        left_s = max(self._timeout_s - (self._loop.time() - self._opened), 0.001)
+        tls: Any = self._start_tls(left_s)
+        self._admitted = False  # the SSL protocol releases the connection from now on
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+        view = memoryview(data)
+        while view and not transport.is_closing():
+            buffer = tls.get_buffer(len(view))
+            size = min(len(buffer), len(view))
+            buffer[:size] = view[:size]
+            tls.buffer_updated(size)
+            view = view[size:]
+
+    def _answer_plain_http(self, transport: Any) -> None:
+        self._answered = True
+        transport.write(_plain_http_answer())
+        # The request may still be arriving: closing with unread bytes would send a reset that
+        # can destroy the answer before the client reads it. So only the sending side is shut,
+        # and what comes is read and dropped until the client closes (eof_received) or the
+        # handshake deadline, still running, ends the connection.
+        transport.write_eof()
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes itself
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self._transport is not None:
+            self._transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._transport = None
+        if self._admitted and self._gate is not None:
+            self._admitted = False
+            self._gate.release()
+
+
+def _releasing(base: Any, gate: ConnectionGate) -> type:
+    """``base`` (a TLS protocol) that releases a connection ``_FirstBytes`` admitted to ``gate``."""
+
+    class Releasing(base):  # type: ignore[misc]
+        _certctl_admitted = True
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._certctl_admitted:
+                self._certctl_admitted = False
+                gate.release()
+            super().connection_lost(exc)
+
+    return Releasing
 
 
 def _gated(base: Any, gate: ConnectionGate, listener: str, headroom: int) -> type:
