@@ -699,14 +699,18 @@ def apikeys_create(
         None, "--expires-at", help="ISO 8601 expiry, e.g. 2027-01-01T00:00:00Z."
     ),
     out: Path = typer.Option(
-        None, "--out", help="Write the key value to this file (0600) instead of stdout."
+        None,
+        "--out",
+        help="Write the key value to this file (0600) instead of into the JSON on stdout; "
+        "with -, print only the key on stdout and the JSON (without the key) on stderr.",
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
 ) -> None:
     """Mint an API key; its value is printed (or written) once."""
     from certctl.files import OutputSet
 
-    if out is not None:
+    to_stdout = out is not None and str(out) == "-"
+    if out is not None and not to_stdout:
         # Before the request: a key minted for a file that is then refused is lost.
         pending = OutputSet(force=force)
         pending.add(out, b"")
@@ -715,6 +719,14 @@ def apikeys_create(
     data = _request("POST", path, {"actor_id": actor_id, "name": name, "expires_at": expires_at})
     if not isinstance(data, dict) or not isinstance(data.get("key_value"), str):
         raise _unexpected(path, "no key_value")
+    if to_stdout:
+        # As every Unix tool reads "-": what --out FILE would hold, on stdout and alone there
+        # (for "> file" or a pipe); the rest of the answer, with the id that revokes the key,
+        # on stderr. Before, a file named "-" was written in the current directory.
+        key_value = data.pop("key_value")
+        typer.echo(json.dumps(data, indent=2), err=True)
+        sys.stdout.write(key_value + "\n")
+        return
     if out is not None:
         outputs = OutputSet(force=force)
         outputs.add(out, (data.pop("key_value") + "\n").encode(), secret=True)
@@ -780,6 +792,13 @@ def certs_issue(
     """
     from certctl.files import OutputSet
 
+    if out is not None and str(out) == "-":
+        # Three files cannot go to one stdout: a directory named "-" was created instead.
+        raise typer.BadParameter(
+            "takes a directory, not - (without --out the answer, with the generated key, "
+            "is printed on stdout as JSON)",
+            param_hint="'--out'",
+        )
     outputs = OutputSet(force=force)
     ca_pem = ""
     if out is not None:

@@ -90,11 +90,17 @@ def admin_key_command(
     key-encryption key; the server need not be stopped. The key is written 0600, never
     printed; the key in a replaced admin-api-key stays valid until revoked.
     """
-    from certctl.errors import Conflict
+    from certctl.errors import Conflict, InvalidRequest
     from certctl.files import OutputSet
     from certctl.server.bootstrap import mint_local_key
     from certctl.server.config import load_config
 
+    if out is not None and str(out) == "-":
+        # "-" reads as stdout, which this key never goes to: a file named "-" was written.
+        raise InvalidRequest(
+            "--out -: the admin key is never printed; give a file "
+            "(default: <data-dir>/admin-api-key)"
+        )
     settings = load_config(
         config,
         {

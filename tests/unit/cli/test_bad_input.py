@@ -621,6 +621,20 @@ CASES = [
     _c("crl-not-a-ca", "crl create --ca notca --out new.crl", 1, "not a CA"),
     _c("crl-out-is-directory", "crl create --ca ca --out ca", 1, "ca is a directory"),
     _c("crl-missing-ca-option", "crl create --out new.crl", 2, "Missing option '--ca'"),
+    # --- --out - (stdout) where stdout cannot take the output --------------------------
+    # Both wrote into the current directory: a directory named "-", a file named "-".
+    _c(
+        "certs-issue-out-stdout",
+        "certs issue --cn web --out -",
+        2,
+        "Invalid value for '--out': takes a directory, not - (without --out the answer",
+    ),
+    _c(
+        "admin-key-out-stdout",
+        "admin-key --data-dir data --out -",
+        1,
+        "--out -: the admin key is never printed; give a file",
+    ),
     # --- top level ---------------------------------------------------------------------
     _c("unknown-command", "frobnicate", 2, "No such command 'frobnicate'"),
     _c("unknown-subcommand", "cert revoke", 2, "No such command 'revoke'"),

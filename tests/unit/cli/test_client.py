@@ -736,6 +736,24 @@ def test_apikey_create_into_an_existing_file_is_refused_before_minting(
     assert "newSECRET" not in proc.stdout + proc.stderr
 
 
+def test_apikey_create_out_dash_prints_only_the_key_on_stdout(
+    listener: Listener, tmp_path: Path
+) -> None:
+    # "--out -" wrote the key into a file named "-" in the current directory.
+    minted = {"id": "k1", "actor_id": "bot", "key_value": "cctl_k1_newSECRET"}
+    listener.answers["/api/v1/auth/apikeys"] = Answer(201, body=json.dumps(minted).encode())
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": "cctl_k"}
+    proc = certctl("auth", "apikeys", "create", "bot", "--out", "-", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "cctl_k1_newSECRET\n"  # what --out FILE holds, and nothing else
+    assert json.loads(proc.stderr) == {"id": "k1", "actor_id": "bot"}  # the id revokes it
+    assert list(tmp_path.iterdir()) == []
+    # Twin: without --out, the whole answer, key included, is the JSON on stdout.
+    plain = certctl("auth", "apikeys", "create", "bot", env=env, cwd=tmp_path)
+    assert json.loads(plain.stdout) == minted
+    assert plain.stderr == ""
+
+
 def test_https_url_for_a_plain_http_server_says_so(listener: Listener) -> None:
     url = listener.url.replace("http://", "https://")
     proc = certctl("certs", "list", env={"CERTCTL_URL": url, "CERTCTL_API_KEY": KEY})
