@@ -29,11 +29,12 @@ def issue_localhost(ca: Path, out: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate((out / "tls.crt").read_bytes())
 
 
-def replace_pair(cert_dir: Path, cert_pem: bytes, key_pem: bytes) -> None:
+def replace_pair(cert_dir: Path, cert_pem: bytes, key_pem: bytes, key_mode: int = 0o600) -> None:
     """Write both files under temporary names, then rename each over the live one."""
     tmp_crt, tmp_key = cert_dir / ".tls.crt.new", cert_dir / ".tls.key.new"
     tmp_crt.write_bytes(cert_pem)
     tmp_key.touch(mode=0o600)
+    tmp_key.chmod(key_mode)  # before the rename: the server may read it the moment it lands
     tmp_key.write_bytes(key_pem)
     os.replace(tmp_key, cert_dir / "tls.key")
     os.replace(tmp_crt, cert_dir / "tls.crt")
@@ -225,3 +226,41 @@ def test_a_bad_chain_or_a_missing_file_keeps_the_last_good_certificate(
     )
     wait_for_serial(server, server.ca, third.serial_number)
     assert s_client_serial(server, server.ca) == third.serial_number
+
+
+def test_a_world_readable_tls_key_is_warned_about_at_start_and_at_each_reload(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # A custom tls.key of mode 0644 (any local user can read the server's private key) was
+    # served without a word. A warning, not a refusal: Secret volumes mount 0644 by default.
+    ca = tmp_path / "ca"
+    certctl_cli("ca", "create", "--out", ca, "--cn", "Key Mode CA")
+    cert_dir = tmp_path / "certdir"
+    issue_localhost(ca, cert_dir)
+    key = cert_dir / "tls.key"
+    key.chmod(0o644)
+    server = start_server(
+        config={"tls": {"reload-interval": "1s"}},
+        args=["--tls-mode", "custom", "--tls-cert-dir", cert_dir],
+        ca=ca / "ca.crt",
+    )
+    warning = (
+        f" WARNING certctl.tls: UNPROTECTED PRIVATE KEY FILE: {key} has mode 0644, open to "
+        "every user of this machine; make it 0600"
+    )
+    assert server.logs()[1].count(warning) == 1, server.logs()[1][-3000:]
+    # Twin: a reload to a 0600 key says nothing more …
+    for name, mode in (("second", 0o600), ("third", 0o604)):
+        issue_localhost(ca, tmp_path / name)
+        replace_pair(
+            cert_dir,
+            (tmp_path / name / "tls.crt").read_bytes(),
+            (tmp_path / name / "tls.key").read_bytes(),
+            key_mode=mode,
+        )
+        wait_for_log(server, "TLS certificate reloaded", 1 if name == "second" else 2)
+        if name == "second":
+            assert server.logs()[1].count(warning) == 1
+    # … a reload to a world-readable one says it again, with the file's mode.
+    assert server.logs()[1].count(warning.replace("0644", "0604")) == 1, server.logs()[1][-3000:]
+    assert server.proc.poll() is None

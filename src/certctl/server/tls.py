@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+import stat
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -45,6 +46,7 @@ __all__ = [
     "ensure_self_signed",
     "server_sans",
     "tls_info",
+    "warn_if_unprotected",
 ]
 
 log = logging.getLogger("certctl.tls")
@@ -164,6 +166,7 @@ def check_files(cert_dir: Path | None, client_ca: Path | None, now: datetime) ->
             _validate_pair(cert_pem, key_pem, now)
         except CertctlError as exc:
             raise InvalidRequest(f"tls.cert-dir {cert_dir}: {exc.detail}") from None
+        warn_if_unprotected(cert_dir / "tls.key")  # here, once: not once per worker
     if client_ca is not None:
         try:
             ssl.create_default_context(cafile=str(client_ca))
@@ -171,6 +174,26 @@ def check_files(cert_dir: Path | None, client_ca: Path | None, now: datetime) ->
             raise InvalidRequest(f"tls.client-ca {client_ca}: no PEM certificate in it") from None
         except OSError as exc:
             raise InvalidRequest(f"tls.client-ca {client_ca}: {exc.strerror}") from None
+
+
+def warn_if_unprotected(key_path: Path) -> None:
+    """Log one warning when ``key_path`` is readable or writable by every local user.
+
+    A warning, not a refusal (as ssh's "UNPROTECTED PRIVATE KEY FILE" is): Kubernetes mounts
+    Secret volumes 0644 unless told otherwise, and refusing would stop such a server.
+    """
+    try:
+        mode = stat.S_IMODE(key_path.stat().st_mode)  # a Secret volume's symlink: its target
+    except OSError:
+        return  # reading it is what the caller reports on
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        log.warning(
+            "UNPROTECTED PRIVATE KEY FILE: %s has mode %04o, open to every user of this "
+            "machine; make it 0600 (0440 with a group of its own, e.g. a Kubernetes Secret "
+            "volume with defaultMode: 0440 and an fsGroup)",
+            key_path,
+            mode,
+        )
 
 
 def _validate_pair(cert_pem: bytes, key_pem: bytes, now: datetime) -> x509.Certificate:
@@ -262,6 +285,8 @@ class ServerTLS:
                 format_serial(leaf.serial_number),
                 leaf.not_valid_after_utc.isoformat(),
             )
+            # At start, check_files said it (once for all workers).
+            warn_if_unprotected(self.cert_dir / "tls.key")
         return True
 
     def _refuse(self, state: bytes, detail: str) -> bool:
