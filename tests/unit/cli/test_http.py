@@ -15,6 +15,7 @@ import sys
 import termios
 import time
 import zipfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -369,11 +370,29 @@ class _FakeTTY(io.StringIO):
         return True
 
 
+def _script_wizard(monkeypatch: pytest.MonkeyPatch, answers: Iterator[str]) -> list[str]:
+    """Answer the wizard's prompts from ``answers`` (through rich's input hook, on a fake TTY).
+
+    Returns the list that collects the prompts asked with hidden input (passwords).
+    """
+    import rich.prompt
+
+    secret_prompts: list[str] = []
+
+    def fake_input(cls, console, prompt, password, stream=None):  # type: ignore[no-untyped-def]
+        if password:
+            secret_prompts.append(str(prompt))
+        return next(answers)
+
+    monkeypatch.setattr(rich.prompt.PromptBase, "get_input", classmethod(fake_input))
+    monkeypatch.setattr(sys, "stdin", _FakeTTY(""))
+    return secret_prompts
+
+
 def test_wizard_in_process_shared_existing_ca(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Drive the wizard through rich's input hook: encrypted existing CA, shared cert, PEM."""
-    import rich.prompt
 
     ca_dir = tmp_path / "ca"
     ca_pw = tmp_path / "ca-pw"
@@ -399,15 +418,7 @@ def test_wizard_in_process_shared_existing_ca(
             "y",  # write?
         ]
     )
-    secret_prompts: list[str] = []
-
-    def fake_input(cls, console, prompt, password, stream=None):  # type: ignore[no-untyped-def]
-        if password:
-            secret_prompts.append(str(prompt))
-        return next(answers)
-
-    monkeypatch.setattr(rich.prompt.PromptBase, "get_input", classmethod(fake_input))
-    monkeypatch.setattr(sys, "stdin", _FakeTTY(""))
+    secret_prompts = _script_wizard(monkeypatch, answers)
     out = tmp_path / "b.zip"
     code = run(["http", "--out", str(out)])
     captured = capsys.readouterr()
@@ -429,7 +440,6 @@ def test_wizard_new_ca_without_password(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An empty CA password keeps ca/ca.key unencrypted, said in the wizard and on stderr."""
-    import rich.prompt
 
     answers = iter(
         [
@@ -450,15 +460,7 @@ def test_wizard_new_ca_without_password(
             "y",  # write?
         ]
     )
-    secret_prompts: list[str] = []
-
-    def fake_input(cls, console, prompt, password, stream=None):  # type: ignore[no-untyped-def]
-        if password:
-            secret_prompts.append(str(prompt))
-        return next(answers)
-
-    monkeypatch.setattr(rich.prompt.PromptBase, "get_input", classmethod(fake_input))
-    monkeypatch.setattr(sys, "stdin", _FakeTTY(""))
+    secret_prompts = _script_wizard(monkeypatch, answers)
     out = tmp_path / "b.zip"
     code = run(["http", "--out", str(out), "--node", "web1"])
     captured = capsys.readouterr()
@@ -480,7 +482,6 @@ def test_wizard_existing_ca_when_the_given_ca_password_does_not_fit(
     encrypted: bool,
 ) -> None:
     """CERTCTL_CA_PASSWORD (meant for a new CA, or stale) must not trap the wizard in a loop."""
-    import rich.prompt
 
     ca_dir = tmp_path / "ca"
     create = ["ca", "create", "--out", str(ca_dir)]
@@ -500,15 +501,7 @@ def test_wizard_existing_ca_when_the_given_ca_password_does_not_fit(
         answers += [str(ca_dir), "ca secret"]
     answers += ["y", "", "", "", "n", "", "", "pem", "y"]  # node web1, PEM, write
     remaining = iter(answers)
-    secret_prompts: list[str] = []
-
-    def fake_input(cls, console, prompt, password, stream=None):  # type: ignore[no-untyped-def]
-        if password:
-            secret_prompts.append(str(prompt))
-        return next(remaining)
-
-    monkeypatch.setattr(rich.prompt.PromptBase, "get_input", classmethod(fake_input))
-    monkeypatch.setattr(sys, "stdin", _FakeTTY(""))
+    secret_prompts = _script_wizard(monkeypatch, remaining)
     out = tmp_path / "b.zip"
     code = run(["http", "--out", str(out), "--node", "web1"])
     captured = capsys.readouterr()
@@ -523,16 +516,11 @@ def test_wizard_existing_ca_when_the_given_ca_password_does_not_fit(
 def test_wizard_declined_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import rich.prompt
 
     # profile, CSRs: yes, per node, node name, DNS, IPs, another node, key type, write: no
     answers = iter(["", "y", "", "", "", "", "", "", "n"])
 
-    def fake_input(cls, console, prompt, password, stream=None):  # type: ignore[no-untyped-def]
-        return next(answers)
-
-    monkeypatch.setattr(rich.prompt.PromptBase, "get_input", classmethod(fake_input))
-    monkeypatch.setattr(sys, "stdin", _FakeTTY(""))
+    _script_wizard(monkeypatch, answers)
     out = tmp_path / "b.zip"
     assert run(["http", "--out", str(out), "--node", "es1"]) == 1
     assert capsys.readouterr().err == "certctl: error: aborted\n"
