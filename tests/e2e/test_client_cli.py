@@ -315,28 +315,30 @@ def test_services_status_columns_stay_aligned_with_long_names(
             assert rows[name][start] != " ", (column, rows[name])
 
 
+def _service_doc(name: str, targets: str) -> str:
+    """A TLSService document (YAML flow style) with a self-signed certificate and ``targets``."""
+    return (
+        f"apiVersion: certctl.io/v1\nkind: TLSService\nmetadata: {{name: {name}}}\n"
+        f"spec: {{http: {{tls: {{selfSignedCertificate: {{}}}}}}, targets: {targets}}}\n"
+    )
+
+
 def test_apply_refused_by_the_server_for_a_later_document_applies_nothing(
     default_server: CertctlServer, tmp_path: Path
 ) -> None:
     # Before, apply-first was stored, then apply-second got the 409 and the command stopped:
     # half the file applied, and apply-third never sent.
-    def doc(name: str, targets: str) -> str:
-        return (
-            f"apiVersion: certctl.io/v1\nkind: TLSService\nmetadata: {{name: {name}}}\n"
-            f"spec: {{http: {{tls: {{selfSignedCertificate: {{}}}}}}, targets: {targets}}}\n"
-        )
-
     with default_server.client(default_server.admin_key) as api:
-        holder = yaml.safe_load(doc("apply-holder", "[{secret: apply-taken-tls}]"))
+        holder = yaml.safe_load(_service_doc("apply-holder", "[{secret: apply-taken-tls}]"))
         taken = api.put("/api/v1/services/apply-holder", json=holder)
         assert taken.status_code == 201, taken.text
     spec = tmp_path / "services.yaml"
     spec.write_text(
         "---\n".join(
             (
-                doc("apply-first", "[]"),
-                doc("apply-second", "[{secret: apply-taken-tls}]"),
-                doc("apply-third", "[]"),
+                _service_doc("apply-first", "[]"),
+                _service_doc("apply-second", "[{secret: apply-taken-tls}]"),
+                _service_doc("apply-third", "[]"),
             )
         )
     )
@@ -394,17 +396,11 @@ def test_apply_moving_a_target_between_two_services_of_the_file(
     # move-a gives up in document 1 was still move-a's when document 2 (move-b) was checked,
     # and the whole file was refused ("nothing was applied"), though applied in order it
     # went in (as it did before the dry run existed).
-    def doc(name: str, targets: str) -> str:
-        return (
-            f"apiVersion: certctl.io/v1\nkind: TLSService\nmetadata: {{name: {name}}}\n"
-            f"spec: {{http: {{tls: {{selfSignedCertificate: {{}}}}}}, targets: {targets}}}\n"
-        )
-
     with default_server.client(default_server.admin_key) as api:
-        holder = yaml.safe_load(doc("move-a", "[{secret: move-tls}]"))
+        holder = yaml.safe_load(_service_doc("move-a", "[{secret: move-tls}]"))
         assert api.put("/api/v1/services/move-a", json=holder).status_code == 201
     env = _admin_env(default_server)
-    freed, taken = doc("move-a", "[]"), doc("move-b", "[{secret: move-tls}]")
+    freed, taken = _service_doc("move-a", "[]"), _service_doc("move-b", "[{secret: move-tls}]")
     # The twin: the document taking the target first cannot go in while move-a holds it,
     # so nothing is applied, and the error says which document to put first.
     backwards = tmp_path / "backwards.yaml"
