@@ -164,9 +164,6 @@ def _fuzz(
         assert mode is schemathesis.GenerationMode.NEGATIVE, operation.label
 
 
-# One worker runs both roles under pytest-xdist (--dist loadgroup): the total is checked
-# once both have run in the same process.
-@pytest.mark.xdist_group("schemathesis")
 @pytest.mark.parametrize("role", ["admin", "viewer"])
 def test_schemathesis(role: str, world: FuzzWorld) -> None:
     key = world.keys[role]
