@@ -698,9 +698,11 @@ def apikeys_create(
     expires_at: str = typer.Option(
         None, "--expires-at", help="ISO 8601 expiry, e.g. 2027-01-01T00:00:00Z."
     ),
-    out: Path = typer.Option(
+    # A str, not a Path: Path("./-") is Path("-"), and "./-" names the file "-".
+    out: str = typer.Option(
         None,
         "--out",
+        metavar="<path>",
         help="Write the key value to this file (0600) instead of into the JSON on stdout; "
         "with -, print only the key on stdout and the JSON (without the key) on stderr.",
     ),
@@ -709,11 +711,12 @@ def apikeys_create(
     """Mint an API key; its value is printed (or written) once."""
     from certctl.files import OutputSet
 
-    to_stdout = out is not None and str(out) == "-"
-    if out is not None and not to_stdout:
+    to_stdout = out == "-"
+    out_file = None if out is None or to_stdout else Path(out)
+    if out_file is not None:
         # Before the request: a key minted for a file that is then refused is lost.
         pending = OutputSet(force=force)
-        pending.add(out, b"")
+        pending.add(out_file, b"")
         pending.check()
     path = "/api/v1/auth/apikeys"
     data = _request("POST", path, {"actor_id": actor_id, "name": name, "expires_at": expires_at})
@@ -727,9 +730,9 @@ def apikeys_create(
         typer.echo(json.dumps(data, indent=2), err=True)
         sys.stdout.write(key_value + "\n")
         return
-    if out is not None:
+    if out_file is not None:
         outputs = OutputSet(force=force)
-        outputs.add(out, (data.pop("key_value") + "\n").encode(), secret=True)
+        outputs.add(out_file, (data.pop("key_value") + "\n").encode(), secret=True)
         try:
             outputs.commit()
         except CertctlError as exc:
@@ -737,7 +740,7 @@ def apikeys_create(
                 f"{exc.detail} (API key {data.get('id')} was created but not saved: "
                 f"revoke it with 'certctl auth apikeys revoke {data.get('id')}')"
             ) from exc
-        data["key_value_file"] = str(out)
+        data["key_value_file"] = out  # as given: "-" alone would read as stdout
     _print(data)
 
 

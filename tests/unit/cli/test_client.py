@@ -752,6 +752,14 @@ def test_apikey_create_out_dash_prints_only_the_key_on_stdout(
     plain = certctl("auth", "apikeys", "create", "bot", env=env, cwd=tmp_path)
     assert json.loads(plain.stdout) == minted
     assert plain.stderr == ""
+    # "./-" is the file named "-", as for every Unix tool: the key goes there (0600), not to
+    # stdout (Path("./-") is Path("-"): it was printed).
+    to_file = certctl("auth", "apikeys", "create", "bot", "--out", "./-", env=env, cwd=tmp_path)
+    assert to_file.returncode == 0, to_file.stderr
+    assert "newSECRET" not in to_file.stdout + to_file.stderr
+    assert json.loads(to_file.stdout)["key_value_file"] == "./-"
+    assert (tmp_path / "-").read_text() == "cctl_k1_newSECRET\n"
+    assert (tmp_path / "-").stat().st_mode & 0o777 == 0o600
 
 
 def test_https_url_for_a_plain_http_server_says_so(listener: Listener) -> None:
