@@ -119,12 +119,17 @@ def load_ca_dir(
     *,
     option: str = "--ca",
     password_option: str = "--ca-password-file",
+    password_from_env: bool = False,
 ) -> CertificateAuthority:
     """Load a CA directory written by ``certctl ca create`` (``ca.crt``, ``ca.key``[, chain]).
 
     The key is loaded once here and reused for every certificate the command signs.
     ``option`` and ``password_option`` are the running command's options for the directory
     and the key's password file, named in messages (``ca create`` has ``--parent``).
+    ``password_from_env``: the password is ``CERTCTL_CA_PASSWORD``, a default exported for
+    the CAs that need one, so an unencrypted ``ca.key`` opens without it (as
+    ``CERTCTL_PASSWORD`` is for other inputs); a password given with the option for an
+    unencrypted key is still refused, since the user meant something else.
     """
     from certctl.pki import CertificateAuthority
 
@@ -138,7 +143,9 @@ def load_ca_dir(
     if not certs:
         raise InvalidRequest(f"{directory / CA_CERT}: holds no certificate")
     try:
-        key = read_material(directory / CA_KEY, password, what="CA key").private_key
+        key = read_material(
+            directory / CA_KEY, password, what="CA key", password_optional=password_from_env
+        ).private_key
     except InvalidRequest as exc:
         # A CA key's password comes from the command's own option or CERTCTL_CA_PASSWORD
         # (every caller reads that variable), not from --password-file.

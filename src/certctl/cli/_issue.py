@@ -222,7 +222,11 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     outputs = OutputSet(force=opts.force)
     outputs.add(opts.out / ("tls.p12" if opts.p12 else "tls.crt"), b"")
     outputs.check()
-    ca = load_ca_dir(opts.ca_dir, read_password(opts.ca_password_file, env="CERTCTL_CA_PASSWORD"))
+    ca = load_ca_dir(
+        opts.ca_dir,
+        read_password(opts.ca_password_file, env="CERTCTL_CA_PASSWORD"),
+        password_from_env=opts.ca_password_file is None,
+    )
     key = generate_private_key(kt)
     issued = ca.issue(
         key.public_key(), name, profile=prof, validity=lifetime, now=utcnow(), sans=sans
@@ -353,7 +357,11 @@ def _issue_batch(
             )
     outputs.check()
     outputs = OutputSet(force=opts.force)
-    ca = load_ca_dir(opts.ca_dir, read_password(opts.ca_password_file, env="CERTCTL_CA_PASSWORD"))
+    ca = load_ca_dir(
+        opts.ca_dir,
+        read_password(opts.ca_password_file, env="CERTCTL_CA_PASSWORD"),
+        password_from_env=opts.ca_password_file is None,
+    )
     now = utcnow()
     stamp = dos_stamp(now.timetuple()[:6]) if as_zip else None
     archive = StoredZip(stamp) if stamp is not None else None

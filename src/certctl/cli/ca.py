@@ -121,6 +121,7 @@ def create(
             read_password(parent_password_file, env="CERTCTL_CA_PASSWORD"),
             option="--parent",
             password_option="--parent-password-file",
+            password_from_env=parent_password_file is None,
         )
         if validity is None:
             # An intermediate cannot outlive its parent; default to what the parent has left.

@@ -81,7 +81,11 @@ def create(
     outputs = OutputSet(force=force)
     outputs.add(out, b"")
     outputs.check()
-    ca = load_ca_dir(ca_dir, read_password(ca_password_file, env="CERTCTL_CA_PASSWORD"))
+    ca = load_ca_dir(
+        ca_dir,
+        read_password(ca_password_file, env="CERTCTL_CA_PASSWORD"),
+        password_from_env=ca_password_file is None,
+    )
     kept: list[RevokedEntry] = []
     if previous is not None:
         try:

@@ -106,7 +106,11 @@ def sign(
     outputs = OutputSet(force=force)
     outputs.add(out / "tls.crt", b"")
     outputs.check()
-    ca = load_ca_dir(ca_dir, read_password(ca_password_file, env="CERTCTL_CA_PASSWORD"))
+    ca = load_ca_dir(
+        ca_dir,
+        read_password(ca_password_file, env="CERTCTL_CA_PASSWORD"),
+        password_from_env=ca_password_file is None,
+    )
     issued = sign_csr(ca, csr, profile=prof, validity=lifetime, now=utcnow())
     for message in issued.warnings:
         warn(message)

@@ -190,7 +190,9 @@ def http_command(
                 "(or use --pem)"
             )
         if choices.mode == "existing-ca" and choices.ca_dir is not None:
-            choices.ca = load_ca_dir(choices.ca_dir, choices.ca_password)
+            choices.ca = load_ca_dir(
+                choices.ca_dir, choices.ca_password, password_from_env=ca_password_file is None
+            )
     plan = _plan(choices)
     result = build_http_bundle(plan, now=utcnow())
     for message in result.warnings:

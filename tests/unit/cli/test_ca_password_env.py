@@ -63,3 +63,24 @@ def test_ca_import_encrypts_with_the_variable(
     assert "encrypted with the password from CERTCTL_CA_PASSWORD" in out
     assert PASSWORD not in out
     load_pem_private_key((tmp_path / "imported" / "ca.key").read_bytes(), PASSWORD.encode())
+
+
+def test_the_variable_is_a_default_an_unencrypted_ca_opens_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CA made before the variable was exported stays usable while it is (as for
+    CERTCTL_PASSWORD); before, cert issue, csr sign and crl create refused it with "the
+    private key is not encrypted; drop the password"."""
+    monkeypatch.delenv("CERTCTL_CA_PASSWORD", raising=False)
+    _ok("ca", "create", "--out", tmp_path / "plain", "--cn", "Plain CA")
+    monkeypatch.setenv("CERTCTL_CA_PASSWORD", PASSWORD)
+    _ok("cert", "issue", "--ca", tmp_path / "plain", "--cn", "b.example", "--pem",
+        "--out", tmp_path / "b")  # fmt: skip
+    _ok("csr", "create", "--cn", "c.example", "--out", tmp_path / "c")
+    _ok("csr", "sign", "--csr", tmp_path / "c" / "tls.csr", "--ca", tmp_path / "plain",
+        "--out", tmp_path / "c-signed")  # fmt: skip
+    _ok("crl", "create", "--ca", tmp_path / "plain", "--out", tmp_path / "ca.crl")
+    # An intermediate under the plain CA: the parent opens, and the new key is encrypted.
+    _ok("ca", "create", "--out", tmp_path / "inter", "--parent", tmp_path / "plain")
+    inter_key = (tmp_path / "inter" / "ca.key").read_bytes()
+    assert inter_key.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
