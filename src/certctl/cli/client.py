@@ -25,6 +25,7 @@ from certctl.errors import CertctlError, InvalidRequest, NotFound
 
 if TYPE_CHECKING:
     import ssl
+    from collections.abc import Callable
 
 __all__ = ["ENV_HELP", "PRIVATE_KEY_PEM", "auth_app", "certs_app"]
 
@@ -728,7 +729,7 @@ def apikeys_create(
         # on stderr. Before, a file named "-" was written in the current directory.
         key_value = data.pop("key_value")
         typer.echo(json.dumps(data, indent=2), err=True)
-        sys.stdout.write(key_value + "\n")
+        _key_to_stdout(data.get("id"), lambda: sys.stdout.write(key_value + "\n"))
         return
     if out_file is not None:
         outputs = OutputSet(force=force)
@@ -741,7 +742,27 @@ def apikeys_create(
                 f"revoke it with 'certctl auth apikeys revoke {data.get('id')}')"
             ) from exc
         data["key_value_file"] = out  # as given: "-" alone would read as stdout
-    _print(data)
+        _print(data)
+        return
+    _key_to_stdout(data.get("id"), lambda: _print(data))
+
+
+def _key_to_stdout(key_id: object, write: Callable[[], object]) -> None:
+    """Write a minted key to stdout, or say which key to revoke when stdout fails.
+
+    The key exists once the server answered: a full disk behind ``> file`` or a closed stdout
+    (``>&-``) lost it with "No space left on device" (or an internal error) and no word of
+    the key id, so it stayed valid, unknown and unrevoked.
+    """
+    try:
+        write()
+        sys.stdout.flush()
+    except (OSError, ValueError, AttributeError) as exc:  # AttributeError: sys.stdout is None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "stdout is closed"
+        raise CertctlError(
+            f"cannot write the API key to stdout: {reason} (API key {key_id} was created but "
+            f"not saved: revoke it with 'certctl auth apikeys revoke {key_id}')"
+        ) from None
 
 
 @apikeys_app.command("revoke")

@@ -762,6 +762,34 @@ def test_apikey_create_out_dash_prints_only_the_key_on_stdout(
     assert (tmp_path / "-").stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.parametrize("out", [None, "-"])
+def test_a_key_that_cannot_reach_stdout_is_named_for_revocation(
+    listener: Listener, tmp_path: Path, out: str | None
+) -> None:
+    # stdout on a full disk (here /dev/full) or closed: the key was minted and lost with
+    # "No space left on device", and nothing said which key to revoke.
+    minted = {"id": "k7", "actor_id": "bot", "key_value": "cctl_k7_fullSECRET"}
+    listener.answers["/api/v1/auth/apikeys"] = Answer(201, body=json.dumps(minted).encode())
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    env = clean | {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": "cctl_k"}
+    args = [str(CERTCTL), "auth", "apikeys", "create", "bot"] + (["--out", out] if out else [])
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            args, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=full,
+            stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert proc.returncode == 1
+    # The last line (with --out -, the JSON without the key comes first, on stderr).
+    assert proc.stderr.splitlines()[-1] == (
+        "certctl: error: cannot write the API key to stdout: No space left on device "
+        "(API key k7 was created but not saved: revoke it with "
+        "'certctl auth apikeys revoke k7')"
+    ), proc.stderr
+    assert "fullSECRET" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "Exception ignored" not in proc.stderr
+
+
 def test_https_url_for_a_plain_http_server_says_so(listener: Listener) -> None:
     url = listener.url.replace("http://", "https://")
     proc = certctl("certs", "list", env={"CERTCTL_URL": url, "CERTCTL_API_KEY": KEY})
