@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -153,6 +154,16 @@ def test_plain_http_on_the_https_port_gets_a_400_saying_to_use_https(
     failing = run("curl", "-sSf", f"http://127.0.0.1:{server.port}/healthz", timeout=20)
     assert failing.returncode == 22, failing.stderr
     assert "400" in failing.stderr, failing.stderr
+    # HEAD: the same head, without the content (RFC 9110 9.3.2); it had the JSON body.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head_only, _, content = answer.partition(b"\r\n\r\n")
+    assert head_only.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer
+    assert b"content-length: " in head_only.lower(), answer
+    assert content == b"", answer
     posted = run("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--data-binary",
                  "@-", f"http://127.0.0.1:{server.port}/api/v1/auth/roles",
                  input="x" * 2_000_000, timeout=20)  # fmt: skip

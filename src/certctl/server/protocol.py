@@ -558,7 +558,7 @@ class _FirstBytes(asyncio.Protocol):
             return  # the rest of a plain-HTTP request: read, and dropped
         transport = self._transport
         if data[:1].isalpha():
-            self._answer_plain_http(transport)
+            self._answer_plain_http(transport, head_only=data.startswith(b"HEAD "))
             return
         if self._deadline is not None:
             self._deadline.cancel()
@@ -577,9 +577,14 @@ class _FirstBytes(asyncio.Protocol):
             tls.buffer_updated(size)
             view = view[size:]
 
-    def _answer_plain_http(self, transport: Any) -> None:
+    def _answer_plain_http(self, transport: Any, *, head_only: bool = False) -> None:
         self._answered = True
-        transport.write(_plain_http_answer())
+        answer = _plain_http_answer()
+        if head_only:
+            # RFC 9110 9.3.2: the answer to HEAD has the same header fields and no content (a
+            # client would read the body as the start of the next answer).
+            answer = answer[: answer.index(b"\r\n\r\n") + 4]
+        transport.write(answer)
         # The request may still be arriving: closing with unread bytes would send a reset that
         # can destroy the answer before the client reads it. So only the sending side is shut,
         # and what comes is read and dropped until the client closes (eof_received) or the
