@@ -55,17 +55,6 @@ _TOO_LARGE = (
 )
 
 
-# To a plain-HTTP request on a TLS listener (``_FirstBytes``).
-_PLAIN_HTTP = (
-    b"HTTP/1.1 400 Bad Request\r\n"
-    b"date: %s\r\n"
-    b"content-type: application/problem+json\r\n"
-    b"x-content-type-options: nosniff\r\n"
-    b"connection: close\r\n"
-    b"content-length: %d\r\n\r\n%s"
-)
-
-
 _BAD_REQUEST = (
     b"HTTP/1.1 400 Bad Request\r\n"
     b"%scontent-type: application/problem+json\r\n"
@@ -73,6 +62,19 @@ _BAD_REQUEST = (
     b"connection: close\r\n"
     b"content-length: %d\r\n\r\n%s"
 )
+
+
+def _problem_body(kind: str, title: str, status: int, detail: str) -> bytes:
+    """The problem+json body of an answer written below the app (its shape, DESIGN §4)."""
+    import json
+
+    problem = {
+        "type": f"urn:certctl:problem:{kind}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    return json.dumps(problem).encode()
 
 
 class CoalescedWrites:
@@ -125,29 +127,23 @@ def http_protocol(
     send_timeout_s: float = 60.0,
 ) -> type:
     """The listener's protocol class (pass as ``uvicorn.Config(http=...)``)."""
-    import json
-
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     from certctl.server.tls import tls_info
 
-    body = json.dumps(
-        {
-            "type": "urn:certctl:problem:request-header-fields-too-large",
-            "title": "Request Header Fields Too Large",
-            "status": 431,
-            "detail": f"request line and headers over {max_head_bytes} bytes",
-        }
-    ).encode()
+    body = _problem_body(
+        "request-header-fields-too-large",
+        "Request Header Fields Too Large",
+        431,
+        f"request line and headers over {max_head_bytes} bytes",
+    )
     too_large = (_TOO_LARGE, len(body), body)
-    bad_body = json.dumps(
-        {
-            "type": "urn:certctl:problem:invalid-request",
-            "title": "Bad request",
-            "status": 400,
-            "detail": "malformed HTTP request (request line, a header or the body framing)",
-        }
-    ).encode()
+    bad_body = _problem_body(
+        "invalid-request",
+        "Bad request",
+        400,
+        "malformed HTTP request (request line, a header or the body framing)",
+    )
     bad_request = (_BAD_REQUEST, len(bad_body), bad_body)
 
     base: Any = HttpToolsProtocol
@@ -475,19 +471,17 @@ def listener_protocol(
 
 
 def _plain_http_answer() -> bytes:
-    import json
+    """The 400 to a plain-HTTP request on a TLS listener (``_FirstBytes``)."""
     from email.utils import formatdate
 
-    body = json.dumps(
-        {
-            "type": "urn:certctl:problem:invalid-request",
-            "title": "Bad request",
-            "status": 400,
-            "detail": "plain HTTP request sent to an HTTPS port: use https:// instead of http://",
-        }
-    ).encode()
-    date = formatdate(usegmt=True).encode()
-    return _PLAIN_HTTP % (date, len(body), body)
+    body = _problem_body(
+        "invalid-request",
+        "Bad request",
+        400,
+        "plain HTTP request sent to an HTTPS port: use https:// instead of http://",
+    )
+    date = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
+    return _BAD_REQUEST % (date, len(body), body)
 
 
 class _FirstBytes(asyncio.Protocol):
