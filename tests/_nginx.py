@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests._tools import require
+from tests._tools import require, stop
 
 __all__ = ["nginx_argv", "nginx_conf", "running_nginx"]
 
@@ -82,9 +82,4 @@ def running_nginx(conf: Path, directory: Path, port: int, timeout: float = 10.0)
                 time.sleep(0.05)
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate(timeout=10)
+        stop(proc)

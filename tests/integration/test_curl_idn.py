@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._tools import free_port, require, run
+from tests._tools import free_port, require, run, stop
 from tests.integration.conftest import Pki, wait_for_port
 
 pytestmark = pytest.mark.integration
@@ -39,12 +39,7 @@ def server(pki: Pki) -> Iterator[tuple[int, Path]]:
         wait_for_port(port, alive=lambda: proc.poll() is None)
         yield port, chain.root / "ca.crt"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop(proc)
 
 
 def curl(port: int, ca: Path, host: str, a_label: str) -> subprocess.CompletedProcess[str]:
