@@ -385,11 +385,21 @@ def test_reload_timeout_fails_and_retries_with_backoff(env: Env) -> None:
     assert row.delivered[f"dir:{target}"]
 
 
-def test_pkcs12_opens_with_openssl(env: Env) -> None:
+def _p12_target(env: Env, password_text: str) -> tuple[Path, Path, dict[str, str]]:
+    """A PKCS#12 directory target: (its password file holding ``password_text``, dir, spec)."""
     password = env.tmp / "p12-password"
-    password.write_text("s3cret-pass\n")  # a trailing newline is not part of the password
+    password.write_text(password_text)
     target = env.tmp / "p12"
-    spec = {"directory": str(target), "format": "pkcs12", "passwordFile": str(password)}
+    return (
+        password,
+        target,
+        {"directory": str(target), "format": "pkcs12", "passwordFile": str(password)},
+    )
+
+
+def test_pkcs12_opens_with_openssl(env: Env) -> None:
+    # A trailing newline in the password file is not part of the password.
+    password, target, spec = _p12_target(env, "s3cret-pass\n")
     env.put(service_doc("web", dns=("web.example.internal",), targets=[spec]))
     row = env.reconcile("web")
     assert row.conditions["Ready"]["status"] is True, row.conditions
@@ -417,10 +427,7 @@ def test_pkcs12_target_holds_the_service_ca_as_a_java_trusted_entry(env: Env) ->
     # As cert issue --p12 and elasticsearch-certutil write keystores: Java (keytool,
     # Elasticsearch's truststore.path) sees the CA only as a trustedCertEntry; before, the
     # file held one PrivateKeyEntry and Elasticsearch refused it as a truststore.
-    password = env.tmp / "p12-password"
-    password.write_text("s3cret-pass\n")
-    target = env.tmp / "p12"
-    spec = {"directory": str(target), "format": "pkcs12", "passwordFile": str(password)}
+    _, target, spec = _p12_target(env, "s3cret-pass\n")
     env.put(service_doc("web", dns=("web.example.internal",), targets=[spec]))
     row = env.reconcile("web")
     assert row.conditions["Ready"]["status"] is True, row.conditions
@@ -441,10 +448,7 @@ def test_pkcs12_of_a_custom_certificate_without_ca_crt(env: Env) -> None:
     ca = make_ca("public-ca", env.now)
     leaf = make_leaf(ca, "web", env.now, dns=("web",))
     write_secret(env.secrets_dir, "custom", {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem})
-    password = env.tmp / "p12-password"
-    password.write_text("s3cret-pass\n")
-    target = env.tmp / "p12"
-    spec = {"directory": str(target), "format": "pkcs12", "passwordFile": str(password)}
+    password, target, spec = _p12_target(env, "s3cret-pass\n")
     env.put(service_doc("web", secret="custom", targets=[spec]))
     row = env.reconcile("web")
     assert row.conditions["Failed"]["status"] is False, row.conditions
@@ -785,10 +789,7 @@ def test_a_target_taken_out_of_the_spec_leaves_the_status(env: Env) -> None:
 def test_a_password_java_cannot_use_is_delivered_with_a_warning_in_the_status(env: Env) -> None:
     # keytool and every JVM answer "keystore password was incorrect" for a password outside
     # printable ASCII; the service showed Ready "serving" with no hint of it.
-    password = env.tmp / "p12-password"
-    password.write_text("pässwörd\n")
-    target = env.tmp / "p12"
-    spec = {"directory": str(target), "format": "pkcs12", "passwordFile": str(password)}
+    password, target, spec = _p12_target(env, "pässwörd\n")
     env.put(service_doc("web", dns=("web.example.internal",), targets=[spec]))
     row = env.reconcile("web")
     assert row.conditions["Ready"]["status"] is True, row.conditions
