@@ -113,6 +113,26 @@ def read_material(
         raise type(exc)(f"{path}: {exc.detail}") from exc
 
 
+def open_ca_dir(
+    directory: Path,
+    password_file: Path | None,
+    *,
+    option: str = "--ca",
+    password_option: str = "--ca-password-file",
+) -> CertificateAuthority:
+    """``load_ca_dir`` with the key's password from ``password_file``, else CERTCTL_CA_PASSWORD.
+
+    The variable is a default: an unencrypted ``ca.key`` opens without it.
+    """
+    return load_ca_dir(
+        directory,
+        read_password(password_file, env="CERTCTL_CA_PASSWORD"),
+        option=option,
+        password_option=password_option,
+        password_from_env=password_file is None,
+    )
+
+
 def load_ca_dir(
     directory: Path,
     password: bytes | None = None,

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certctl.cli._common import load_ca_dir, read_file, read_password, utcnow, warn
+from certctl.cli._common import open_ca_dir, read_file, read_password, utcnow, warn
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -222,11 +222,7 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     outputs = OutputSet(force=opts.force)
     outputs.add(opts.out / ("tls.p12" if opts.p12 else "tls.crt"), b"")
     outputs.check()
-    ca = load_ca_dir(
-        opts.ca_dir,
-        read_password(opts.ca_password_file, env="CERTCTL_CA_PASSWORD"),
-        password_from_env=opts.ca_password_file is None,
-    )
+    ca = open_ca_dir(opts.ca_dir, opts.ca_password_file)
     key = generate_private_key(kt)
     issued = ca.issue(
         key.public_key(), name, profile=prof, validity=lifetime, now=utcnow(), sans=sans
@@ -357,11 +353,7 @@ def _issue_batch(
             )
     outputs.check()
     outputs = OutputSet(force=opts.force)
-    ca = load_ca_dir(
-        opts.ca_dir,
-        read_password(opts.ca_password_file, env="CERTCTL_CA_PASSWORD"),
-        password_from_env=opts.ca_password_file is None,
-    )
+    ca = open_ca_dir(opts.ca_dir, opts.ca_password_file)
     now = utcnow()
     stamp = dos_stamp(now.timetuple()[:6]) if as_zip else None
     archive = StoredZip(stamp) if stamp is not None else None

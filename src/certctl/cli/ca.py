@@ -14,7 +14,7 @@ from certctl.cli._common import (
     CA_CERT,
     CA_CHAIN,
     CA_KEY,
-    load_ca_dir,
+    open_ca_dir,
     read_material,
     read_password,
     utcnow,
@@ -116,12 +116,11 @@ def create(
         issued = create_root_ca(key, name, validity=lifetime, now=now, path_length=path_length)
         chain: tuple[x509.Certificate, ...] = ()
     else:
-        parent_ca = load_ca_dir(
+        parent_ca = open_ca_dir(
             parent,
-            read_password(parent_password_file, env="CERTCTL_CA_PASSWORD"),
+            parent_password_file,
             option="--parent",
             password_option="--parent-password-file",
-            password_from_env=parent_password_file is None,
         )
         if validity is None:
             # An intermediate cannot outlive its parent; default to what the parent has left.

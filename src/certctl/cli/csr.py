@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from certctl.cli._common import load_ca_dir, read_file, read_password, utcnow, warn
+from certctl.cli._common import open_ca_dir, read_file, utcnow, warn
 
 __all__ = ["app"]
 
@@ -106,11 +106,7 @@ def sign(
     outputs = OutputSet(force=force)
     outputs.add(out / "tls.crt", b"")
     outputs.check()
-    ca = load_ca_dir(
-        ca_dir,
-        read_password(ca_password_file, env="CERTCTL_CA_PASSWORD"),
-        password_from_env=ca_password_file is None,
-    )
+    ca = open_ca_dir(ca_dir, ca_password_file)
     issued = sign_csr(ca, csr, profile=prof, validity=lifetime, now=utcnow())
     for message in issued.warnings:
         warn(message)
