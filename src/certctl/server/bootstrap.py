@@ -114,6 +114,10 @@ def _bootstrap(config: ServerConfig) -> Bootstrapped:
         # SQLite creates its file (and the -wal/-shm beside it, with the same mode) 0644:
         # readable by anyone, with key hashes, wrapped keys and the audit log in it.
         db = data_dir / "certctl.db"
+        if not db.exists():
+            # Before SQLite makes the file: a refused start must leave the data dir as found,
+            # not with an empty database that the next start would take for a fresh one.
+            _refuse_lost_database(config)
         with contextlib.suppress(FileExistsError):
             os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE))
         _check_owned(db, Path(f"{db}-wal"), Path(f"{db}-shm"))

@@ -80,6 +80,10 @@ def test_serve_on_a_lost_database_exits_with_one_line(tmp_path: Path) -> None:
         f"{data} aside to start afresh"
     ]
     assert "Traceback" not in proc.stderr
+    # The refused start left the data dir as it found it: no empty certctl.db for the next
+    # start to migrate and take for a fresh store.
+    assert not (data / "certctl.db").exists()
+    assert not (data / "certctl.db-wal").exists()
 
 
 def test_a_deleted_bootstrap_admin_stays_deleted(tmp_path: Path) -> None:
