@@ -125,8 +125,13 @@ def test_no_escalation_assigning_roles(api: Api) -> None:
     r = api.request("PATCH", f"{ACTORS}/admin", key, json={"roles": []})
     assert_problem(r, 403)
     assert_problem(api.request("DELETE", f"{ACTORS}/admin", key), 403)
-    api.assert_only_denials_audited(before, 4)
-    assert api.get(f"{ACTORS}/admin", api.admin_key).json()["roles"] == ["r-admin"]
+    # Nor rename it: the name is what the audit log and whoami show for the admin.
+    r = api.request("PATCH", f"{ACTORS}/admin", key, json={"name": "Lead's test account"})
+    assert "rename this actor" in assert_problem(r, 403)["detail"]
+    api.assert_only_denials_audited(before, 5)
+    admin = api.get(f"{ACTORS}/admin", api.admin_key).json()
+    assert admin["roles"] == ["r-admin"]
+    assert admin["name"] == "Bootstrap administrator"
 
     r = api.post(ACTORS, key, json={"id": "dev", "roles": ["issuer-role"]})
     assert r.status_code == 201, r.text

@@ -289,8 +289,12 @@ def update_actor(
         if actor is None:
             raise NotFound(f"actor {actor_id} not found")
         changes = []
+        old = permissions_of(services, actor.roles)
+        if name is not None:
+            # As for deleting it or revoking its keys: a display name is what the audit log
+            # and whoami show, so renaming `admin` to someone else's name needs its power.
+            _no_escalation(caller, old, "rename this actor")
         if roles is not None and new_perms is not None:
-            old = permissions_of(services, actor.roles)
             _no_escalation(caller, set(new_perms) | set(old), "change this actor's roles")
             if "r-admin" in actor.roles and "r-admin" not in roles:
                 _check_admin_remains(session, actor_id)
