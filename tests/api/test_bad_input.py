@@ -503,3 +503,30 @@ def test_an_unexpected_error_is_one_500_one_traceback_one_access_line(
     assert any(f"POST {route} 500 actor=admin" in line for line in access)
     assert _requests_total(api, route, "500") == before + 1
     assert api.counts() == counts
+
+
+@pytest.mark.parametrize(
+    ("path", "location"),
+    [
+        ("/api/v1/certificates/?limit=1", "/api/v1/certificates?limit=1"),
+        ("/api/v1/auth/roles//", "/api/v1/auth/roles"),
+        ("/api/v1/auth/roles/r-admin/", "/api/v1/auth/roles/r-admin"),
+    ],
+)
+def test_a_trailing_slash_redirects_to_a_relative_location(
+    api: Api, path: str, location: str
+) -> None:
+    # Starlette's redirect put the request's Host header into an absolute Location: a forged
+    # Host (or a cache keyed without it) sent the client, bearer key and all, elsewhere.
+    r = api.get(path, api.admin_key, headers={"host": "evil.example"}, follow_redirects=False)
+    assert r.status_code == 307
+    assert r.headers["location"] == location
+    followed = api.get(location, api.admin_key)
+    assert followed.status_code == 200, followed.text
+
+
+@pytest.mark.parametrize("path", ["//api/v1/auth/whoami/", "/nothing-here/", "/api/v1/auth/whoami"])
+def test_no_redirect_where_no_route_takes_the_path(api: Api, path: str) -> None:
+    r = api.get(path, api.admin_key, follow_redirects=False)
+    assert "location" not in r.headers
+    assert r.status_code == (200 if path == "/api/v1/auth/whoami" else 404)

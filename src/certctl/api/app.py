@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Match, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -1005,11 +1005,16 @@ class _Router(Router):
     Starlette tries each route's regular expression in turn (~0.4 µs each, and
     ``/api/v1/audit`` is route 40). A request whose (path, method) is a route without path
     parameters that no earlier route would have taken goes straight to it; anything else
-    (templated paths, 404, 405, trailing-slash redirects) takes Starlette's scan as before.
+    (templated paths, 404, 405) takes Starlette's scan as before.
+
+    A path that matches a route once its trailing slashes are dropped gets a 307 to that
+    path, as Starlette's own redirect gives, but with a relative ``Location``: Starlette
+    builds an absolute one from the request's Host header, which a client or a cache in
+    front could be made to follow to another host.
     """
 
     def __init__(self, routes: list[Route]) -> None:
-        super().__init__(routes=routes)
+        super().__init__(routes=routes, redirect_slashes=False)
         self._static: dict[tuple[str, str], Route] = {}
         for index, route in enumerate(routes):
             if route.param_convertors:
@@ -1034,7 +1039,28 @@ class _Router(Router):
                 scope["path_params"] = dict(scope.get("path_params", {}))
                 await route.handle(scope, receive, send)
                 return
+            location = self._without_trailing_slash(scope)
+            if location is not None:
+                await RedirectResponse(location, status_code=307)(scope, receive, send)
+                return
         await super().app(scope, receive, send)
+
+    def _without_trailing_slash(self, scope: Scope) -> str | None:
+        """Where a path with trailing slashes that no route takes goes, else None."""
+        path: str = scope["path"]
+        if len(path) < 2 or not path.endswith("/"):
+            return None
+        stripped = {**scope, "path": path.rstrip("/") or "/"}
+        routes = self.routes
+        if any(r.matches(scope)[0] != Match.NONE for r in routes) or not any(
+            r.matches(stripped)[0] != Match.NONE for r in routes
+        ):
+            return None
+        raw = scope.get("raw_path") or path.encode()
+        # One leading slash: "//host/x" would be a network-path reference to another host.
+        location = "/" + raw.decode("latin-1").strip("/")
+        query: bytes = scope.get("query_string", b"")
+        return f"{location}?{query.decode('latin-1')}" if query else location
 
 
 # --- middleware --------------------------------------------------------------------------
