@@ -177,3 +177,20 @@ def test_plain_http_on_the_https_port_gets_a_400_saying_to_use_https(
     metrics_url = f"http://127.0.0.1:{metrics_port}/api/v1/metrics/prometheus"
     metrics = run("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", metrics_url, timeout=20)
     assert metrics.stdout == "401", metrics.stdout + metrics.stderr
+    # Each 400 has its access-log line and its count, as every answer the app gives has; an
+    # operator grepping for the client's failed calls found nothing before.
+    _, err = server.logs()
+    access = [line for line in err.splitlines() if "certctl.access:" in line]
+    assert sum("127.0.0.1 GET /healthz 400 actor=-" in line for line in access) == 2, access
+    assert sum("127.0.0.1 HEAD /healthz 400 actor=-" in line for line in access) == 1, access
+    assert sum("127.0.0.1 POST /api/v1/auth/roles 400" in line for line in access) == 1, access
+    scrape = run("curl", "-sS", "-H", f"Authorization: Bearer {server.admin_key}",
+                 metrics_url, timeout=20).stdout  # fmt: skip
+    counted = [
+        line
+        for line in scrape.splitlines()
+        if line.startswith("certctl_http_requests_total{")
+        and 'route="unmatched"' in line
+        and 'status="400"' in line
+    ]
+    assert any('method="GET"' in line and line.endswith(" 2.0") for line in counted), counted

@@ -31,12 +31,12 @@ from certctl.api._common import json_response as _json
 from certctl.api._common import page_limit as _limit
 from certctl.api._common import read_body as _body
 from certctl.api._common import services_of as _services
+from certctl.api.access_log import logged_path, write_line
 from certctl.api.problems import problem, problem_for_status, problem_from_error
 from certctl.api.readiness import DatabaseProbe
 from certctl.api.service_routes import SERVICE_ROUTES
 from certctl.api.throttle import AuthFailureLimiter
 from certctl.auth.apikeys import PREFIX as API_KEY_PREFIX
-from certctl.auth.apikeys import redact_keys
 from certctl.auth.kubernetes import AccessDenied, TokenRejected, TokenReviewAuthenticator
 from certctl.auth.permissions import PERMISSIONS
 from certctl.errors import (
@@ -1177,44 +1177,20 @@ class AccessLogAndLimits:
             )
         children[0].inc()
         children[1].observe(elapsed)
-        actor = scope.get("certctl.actor", "-")
         client = scope.get("client") or ("-", 0)
-        path = _logged_path(scope)
-        if self.json_logs:
-            # The fields become top-level keys of the JSON line (server/logs.py).
-            fields = {
-                "method": method,
-                "path": path,
-                "status": status,
-                "actor": actor,
-                "duration_ms": round(elapsed * 1000, 2),
-                "client": client[0],
-            }
-            log.info("%s %s %s", method, path, status, extra={"fields": fields})
-        else:
-            # Fields are separated by spaces: a space in the path (``%20``) would let a client
-            # append its own status and actor to the line (``/x 200 actor=admin``).
-            log.info(
-                "%s %s %s %s actor=%s %.1fms",
-                client[0],
-                method,
-                path.replace(" ", "%20"),
-                status,
-                actor,
-                elapsed * 1000,
-            )
+        write_line(
+            method,
+            _logged_path(scope),
+            status,
+            scope.get("certctl.actor", "-"),
+            elapsed,
+            client[0],
+            json_logs=self.json_logs,
+        )
 
 
 def _logged_path(scope: Scope) -> str:
-    """The path for the access log: one line whatever the client sent, and no key secret.
-
-    Decoded paths may hold a newline (``%0a``) that would forge a log line, or NUL; control
-    characters are escaped. A key pasted into a URL (``DELETE /apikeys/<key>``) is redacted.
-    """
-    path: str = scope.get("path", "")
-    if not path.isprintable():
-        path = path.encode("unicode_escape").decode("ascii")
-    return redact_keys(path)
+    return logged_path(scope.get("path", ""))
 
 
 def _head_size(scope: Scope) -> int:

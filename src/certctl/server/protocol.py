@@ -410,6 +410,7 @@ def listener_protocol(
     gate: ConnectionGate | None = None,
     listener: str = "main",
     headroom: int = 0,
+    on_plain_http: Callable[[bytes, str], None] | None = None,
 ) -> Callable[..., asyncio.BaseProtocol]:
     """A protocol factory (``uvicorn.Config(http=...)``): TLS with a deadline, a connection cap.
 
@@ -429,6 +430,8 @@ def listener_protocol(
     The SSL protocol starts at the connection's first bytes, not at accept (``_FirstBytes``):
     a client that sent plain HTTP gets a 400 saying to use https:// instead of a closed
     connection, and what is left of the handshake deadline goes to the SSL protocol.
+    ``on_plain_http(first_bytes, client_address)`` is called for each such request (the access
+    log and the request count, which the app never sees it reach).
 
     With a ``gate``, each connection is admitted (``ConnectionGate``) when the loop calls
     ``connection_made`` on the outermost protocol, right after accept, and released by the
@@ -465,7 +468,9 @@ def listener_protocol(
                 ),
             )
 
-        return _FirstBytes(loop, start_tls, handshake_timeout_s, gate, listener, headroom)
+        return _FirstBytes(
+            loop, start_tls, handshake_timeout_s, gate, listener, headroom, on_plain_http
+        )
 
     return make
 
@@ -509,6 +514,7 @@ class _FirstBytes(asyncio.Protocol):
         "_headroom",
         "_listener",
         "_loop",
+        "_on_plain_http",
         "_opened",
         "_start_tls",
         "_timeout_s",
@@ -523,8 +529,10 @@ class _FirstBytes(asyncio.Protocol):
         gate: ConnectionGate | None,
         listener: str,
         headroom: int,
+        on_plain_http: Callable[[bytes, str], None] | None = None,
     ) -> None:
         self._loop = loop
+        self._on_plain_http = on_plain_http
         self._start_tls = start_tls
         self._timeout_s = timeout_s
         self._gate = gate
@@ -553,6 +561,9 @@ class _FirstBytes(asyncio.Protocol):
         transport = self._transport
         if data[:1].isalpha():
             self._answer_plain_http(transport, head_only=data.startswith(b"HEAD "))
+            if self._on_plain_http is not None:
+                peer = transport.get_extra_info("peername")
+                self._on_plain_http(data, str(peer[0]) if peer else "-")
             return
         if self._deadline is not None:
             self._deadline.cancel()

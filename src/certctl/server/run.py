@@ -592,6 +592,7 @@ def _serve_process(
     """
     import uvicorn
 
+    from certctl.api.access_log import plain_http_request
     from certctl.api.app import MAX_HEADER_BYTES
     from certctl.server.protocol import ConnectionGate, http_protocol, listener_protocol
 
@@ -656,13 +657,18 @@ def _serve_process(
         refused=lambda name: HTTP_CONNECTIONS_REFUSED.labels(name).inc(),
     )
 
+    def plain_http(first_bytes: bytes, client: str) -> None:
+        plain_http_request(first_bytes, client, json_logs=config.log_format == "json")
+
     def listener(
         asgi: Any, bind_host: str, bind_port: int, secure: bool, name: str = "main"
     ) -> uvicorn.Server:
         context = tls.context if (tls is not None and secure) else None
         HTTP_CONNECTIONS_REFUSED.labels(name)  # a 0 from the start, not a series appearing
         headroom = METRICS_HEADROOM if name == "metrics" else 0
-        factory = listener_protocol(protocol, context, handshake_timeout_s, gate, name, headroom)
+        factory = listener_protocol(
+            protocol, context, handshake_timeout_s, gate, name, headroom, plain_http
+        )
         return uvicorn.Server(
             uvicorn.Config(
                 asgi,
