@@ -48,11 +48,13 @@ class TLSConfig(_Section):
     )
     client_ca: Path | None = Field(default=None, alias="client-ca")
     reload_interval: str = Field(default="5s", alias="reload-interval")
+    # How long one session-ticket key encrypts tickets before a new one replaces it.
+    ticket_key_rotation: str = Field(default="1h", alias="ticket-key-rotation")
     publish_ca_secret: str | None = Field(default=None, alias="publish-ca-secret")
 
     # Checked when the config loads, so a mistake is refused before the first start creates
     # the data directory and prints the admin key, not after.
-    @field_validator("reload_interval")
+    @field_validator("reload_interval", "ticket_key_rotation")
     @classmethod
     def _duration(cls, value: str) -> str:
         return _checked_duration(value)

@@ -405,7 +405,7 @@ class ConnectionGate:
 
 def listener_protocol(
     protocol_class: Callable[..., asyncio.BaseProtocol],
-    context: ssl.SSLContext | None,
+    context: Callable[[], ssl.SSLContext] | None,
     handshake_timeout_s: float,
     gate: ConnectionGate | None = None,
     listener: str = "main",
@@ -413,6 +413,9 @@ def listener_protocol(
     on_plain_http: Callable[[bytes, str], None] | None = None,
 ) -> Callable[..., asyncio.BaseProtocol]:
     """A protocol factory (``uvicorn.Config(http=...)``): TLS with a deadline, a connection cap.
+
+    ``context()`` is asked for the SSL context at each connection's first bytes: the server
+    replaces it on reload and to rotate the session-ticket key (``ServerTLS``).
 
     uvicorn hands its SSL context to ``loop.create_server`` without ``ssl_handshake_timeout``,
     so a client that connected and sent nothing, or half a ClientHello, held its connection
@@ -460,7 +463,7 @@ def listener_protocol(
                 tls_class(
                     loop,
                     app_protocol,
-                    context,
+                    context(),
                     None,
                     server_side=True,
                     ssl_handshake_timeout=handshake_left_s,

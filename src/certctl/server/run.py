@@ -603,16 +603,15 @@ def _serve_process(
     # from start-up: one renewed since then is reloaded now, not at the first periodic check.
     issuance.refresh_cached_issuers(services)
     tls: ServerTLS | None = None
-    if mode == "self-signed":
+    ticket_s = parse_duration(config.tls.ticket_key_rotation).total_seconds()
+    cert_dir = prepared.tls_dir if mode == "self-signed" else config.tls.cert_dir
+    if mode != "disabled" and cert_dir is not None:
         tls = ServerTLS(
-            prepared.tls_dir, config.tls.min_version, config.tls.client_auth, config.tls.client_ca
-        )
-    elif mode == "custom" and config.tls.cert_dir is not None:
-        tls = ServerTLS(
-            config.tls.cert_dir,
+            cert_dir,
             config.tls.min_version,
             config.tls.client_auth,
             config.tls.client_ca,
+            ticket_key_rotation_s=ticket_s,
         )
     if tls is not None:
         tls.load(services.clock())
@@ -663,7 +662,7 @@ def _serve_process(
     def listener(
         asgi: Any, bind_host: str, bind_port: int, secure: bool, name: str = "main"
     ) -> uvicorn.Server:
-        context = tls.context if (tls is not None and secure) else None
+        context = tls.current_context if (tls is not None and secure) else None
         HTTP_CONNECTIONS_REFUSED.labels(name)  # a 0 from the start, not a series appearing
         headroom = METRICS_HEADROOM if name == "metrics" else 0
         factory = listener_protocol(
@@ -723,6 +722,16 @@ def _serve_process(
         # new files through the same poll that custom certificates use.
         if tls is not None and (mode == "custom" or (several and not leader)):
             tasks.append(asyncio.create_task(tls.watch(reload_s, services.clock)))
+        if tls is not None:
+            tasks.append(
+                asyncio.create_task(
+                    _periodic(
+                        min(max(ticket_s / 4, 0.5), 60.0),
+                        tls.rotate_ticket_key,
+                        "TLS session-ticket key rotation",
+                    )
+                )
+            )
         if leader:
             tasks.append(
                 asyncio.create_task(

@@ -1,9 +1,16 @@
 """The server's TLS: self-signed bootstrap certificate, SSL context, hot reload, TLS scope.
 
-Reload works by calling ``load_cert_chain`` on the live ``SSLContext``: new handshakes get the
-new certificate, connections already open keep theirs, nothing is dropped. Files are compared
-by content hash on a short poll, which also catches Kubernetes Secret volumes swapping their
-``..data`` symlink (inode events alone miss that).
+Reload builds a new ``SSLContext`` around the new files and swaps it in: new handshakes get
+the new certificate, connections already open keep theirs, nothing is dropped. Files are
+compared by content hash on a short poll, which also catches Kubernetes Secret volumes
+swapping their ``..data`` symlink (inode events alone miss that).
+
+The context is also rebuilt around the same files every ``tls.ticket-key-rotation``: OpenSSL
+makes a context's session-ticket key once and never changes it, and Python cannot set one.
+A TLS 1.2 resumption has no key exchange of its own, so whoever reads that key (a memory
+dump, a core file) can decrypt every TLS 1.2 session resumed under it for as long as the
+process lives. A new context is a new key; a client holding an older ticket just makes a
+full handshake.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ import logging
 import socket
 import ssl
 import stat
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -210,6 +219,23 @@ def _validate_pair(cert_pem: bytes, key_pem: bytes, now: datetime) -> x509.Certi
     return certs[0]
 
 
+def _client_ca_text(path: Path) -> str:
+    """``tls.client-ca``'s certificates, read once: every context (a rotation too) gets these.
+
+    The file is checked as OpenSSL reads a CA file. Its text (PEM certificates, and what
+    OpenSSL skips around them: comments, other blocks) then becomes ``cadata``; bytes
+    outside ASCII can only be in what is skipped, so they are dropped first.
+    """
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    probe.load_verify_locations(cafile=str(path))
+    text = path.read_bytes().decode("ascii", "ignore")
+    again = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    again.load_verify_locations(cadata=text)
+    if again.cert_store_stats()["x509"] != probe.cert_store_stats()["x509"]:
+        raise InvalidRequest(f"tls.client-ca {path}: cannot read every certificate in it")
+    return text
+
+
 @dataclass
 class ServerTLS:
     """One listener's SSL context and the files it serves."""
@@ -219,24 +245,67 @@ class ServerTLS:
     client_auth: str = "none"
     client_ca: Path | None = None
     listener: str = "api"
+    ticket_key_rotation_s: float = 12 * 3600
+    # The files now served, to rebuild the context around them (``rotate_ticket_key``).
+    _served: tuple[bytes, bytes] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.minimum_version = (
-            ssl.TLSVersion.TLSv1_3 if self.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-        )
-        self.context.set_ciphers(TLS12_CIPHERS)
-        self.context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-        self.context.set_alpn_protocols(["http/1.1"])
+        self._client_ca_pem: str | None = None
         if self.client_auth != "none":
             if self.client_ca is None:
                 raise InvalidRequest("tls.client-auth needs tls.client-ca")
-            self.context.load_verify_locations(cafile=str(self.client_ca))
-            self.context.verify_mode = (
-                ssl.CERT_REQUIRED if self.client_auth == "required" else ssl.CERT_OPTIONAL
-            )
+            self._client_ca_pem = _client_ca_text(self.client_ca)
+        self.context = self._new_context()
+        self._since = time.monotonic()
+        # load() runs on the event loop (the poll) and in a thread (the self-signed renewal).
+        self._lock = threading.Lock()
         self._digest = b""
         self._pending_bad = b""
+
+    def _new_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = (
+            ssl.TLSVersion.TLSv1_3 if self.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+        )
+        context.set_ciphers(TLS12_CIPHERS)
+        context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+        context.set_alpn_protocols(["http/1.1"])
+        if self._client_ca_pem is not None:
+            context.load_verify_locations(cadata=self._client_ca_pem)
+            context.verify_mode = (
+                ssl.CERT_REQUIRED if self.client_auth == "required" else ssl.CERT_OPTIONAL
+            )
+        return context
+
+    def _context_for(self, cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+        """A new context serving these files (a new session-ticket key with it)."""
+        context = self._new_context()
+        # load_cert_chain wants paths: memory files, never a copy of the key on disk.
+        with (
+            in_memory_file(cert_pem, "certctl-tls-crt") as cert_file,
+            in_memory_file(key_pem, "certctl-tls-key") as key_file,
+        ):
+            context.load_cert_chain(cert_file, key_file)
+        return context
+
+    def current_context(self) -> ssl.SSLContext:
+        """The context new connections get (it changes on reload and rotation)."""
+        return self.context
+
+    def rotate_ticket_key(self) -> bool:
+        """Serve the same files from a new context once the current one is old enough.
+
+        Returns:
+            True when the context (and its session-ticket key) was replaced.
+        """
+        with self._lock:
+            served = self._served
+            if served is None or time.monotonic() - self._since < self.ticket_key_rotation_s:
+                return False
+            self.context = self._context_for(*served)
+            self._since = time.monotonic()
+        log.debug("TLS session-ticket key rotated (%s listener)", self.listener)
+        return True
 
     def _files(self) -> tuple[bytes, bytes]:
         return (self.cert_dir / "tls.crt").read_bytes(), (self.cert_dir / "tls.key").read_bytes()
@@ -260,22 +329,18 @@ class ServerTLS:
             return False
         try:
             leaf = _validate_pair(cert_pem, key_pem, now)
-            # load_cert_chain wants paths: memory files, never a copy of the key on disk.
-            with (
-                in_memory_file(cert_pem, "certctl-tls-crt") as cert_file,
-                in_memory_file(key_pem, "certctl-tls-key") as key_file,
-            ):
-                # A load_cert_chain that fails half-way (a chain certificate cut short, one
-                # OpenSSL refuses) leaves the new leaf in the context and its key out: every
-                # handshake would fail. Try the files on a scratch context first.
-                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file)
-                self.context.load_cert_chain(cert_file, key_file)
+            # A new context, swapped in only once it holds the whole pair: a load_cert_chain
+            # that fails half-way (a chain certificate cut short, one OpenSSL refuses) leaves
+            # the serving context as it was.
+            context = self._context_for(cert_pem, key_pem)
         except (CertctlError, ssl.SSLError, ValueError) as exc:
             detail = exc.detail if isinstance(exc, CertctlError) else str(exc)
             if not self._digest:
                 raise InvalidRequest(f"{self.cert_dir}: {detail}") from exc
             return self._refuse(digest, detail)
         first = not self._digest
+        with self._lock:
+            self.context, self._served, self._since = context, (cert_pem, key_pem), time.monotonic()
         self._digest = digest
         TLS_NOT_AFTER.labels(self.listener).set(leaf.not_valid_after_utc.timestamp())
         if not first:
