@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "load_ca_dir",
+    "not_stdout",
     "read_file",
     "read_material",
     "read_password",
@@ -32,6 +33,22 @@ CA_CHAIN = "ca-chain.crt"
 # reading until MemoryError. 16 MiB holds any certificate bundle or CRL certctl meets.
 MAX_INPUT_BYTES = 16 * 1024 * 1024
 MAX_PASSWORD_BYTES = 4096
+
+
+def not_stdout(value: Path | None) -> Path | None:
+    """An ``--out`` of an offline command, refused when it is ``-`` (a Typer callback).
+
+    These commands write files (keys 0600, by atomic rename), not a stream: ``--out -`` made a
+    directory or a file named ``-`` where the user expected standard output.
+    """
+    if value is not None and str(value) == "-":
+        import typer
+
+        raise typer.BadParameter(
+            "'-' (standard output) is not supported: certctl writes files here; name a path "
+            "(for one called '-', give its full path)"
+        )
+    return value
 
 
 def utcnow() -> datetime:

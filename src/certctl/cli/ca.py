@@ -14,6 +14,7 @@ from certctl.cli._common import (
     CA_CERT,
     CA_CHAIN,
     CA_KEY,
+    not_stdout,
     open_ca_dir,
     read_material,
     read_password,
@@ -30,7 +31,9 @@ KEY_TYPES = "ec-p256 (default), ec-p384, ed25519, rsa-2048, rsa-3072, rsa-4096"
 
 @app.command("create")
 def create(
-    out: Path = typer.Option(..., "--out", "-o", help="Directory for ca.crt and ca.key."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", callback=not_stdout, help="Directory for ca.crt and ca.key."
+    ),
     cn: str = typer.Option(None, "--cn", help="Common name (default: 'certctl Root CA')."),
     subject: str = typer.Option(
         None, "--subject", help="Full RFC 4514 subject, e.g. 'CN=Ops CA,O=Example'."
@@ -149,7 +152,9 @@ def create(
 
 @app.command("import")
 def import_ca(
-    out: Path = typer.Option(..., "--out", "-o", help="Directory for ca.crt and ca.key."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", callback=not_stdout, help="Directory for ca.crt and ca.key."
+    ),
     cert: Path = typer.Option(
         None, "--cert", help="CA certificate (PEM or DER); extra certificates form the chain."
     ),

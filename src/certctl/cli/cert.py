@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from certctl.cli import _issue
+from certctl.cli._common import not_stdout
 from certctl.cli._issue import leaf_files
 
 __all__ = ["app", "leaf_files"]
@@ -21,7 +22,9 @@ app = typer.Typer(help="Issue certificates signed by a CA directory.", no_args_i
 @app.command("issue")
 def issue(
     ca_dir: Path = typer.Option(..., "--ca", help="CA directory (from 'certctl ca create')."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory, or a .zip with --in."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", callback=not_stdout, help="Output directory, or a .zip with --in."
+    ),
     cn: str = typer.Option(None, "--cn", help="Common name (host or user name)."),
     subject: str = typer.Option(None, "--subject", help="Full RFC 4514 subject instead of --cn."),
     dns: list[str] = typer.Option(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from certctl.cli._common import open_ca_dir, read_file, utcnow, warn
+from certctl.cli._common import not_stdout, open_ca_dir, read_file, utcnow, warn
 
 __all__ = ["app"]
 
@@ -16,7 +16,7 @@ app = typer.Typer(help="Certificate revocation lists.", no_args_is_help=True)
 @app.command("create")
 def create(
     ca_dir: Path = typer.Option(..., "--ca", help="CA directory."),
-    out: Path = typer.Option(..., "--out", "-o", help="CRL file to write."),
+    out: Path = typer.Option(..., "--out", "-o", callback=not_stdout, help="CRL file to write."),
     revoked: list[str] = typer.Option(
         [],
         "--revoked",

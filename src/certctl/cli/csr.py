@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from certctl.cli._common import open_ca_dir, read_file, utcnow, warn
+from certctl.cli._common import not_stdout, open_ca_dir, read_file, utcnow, warn
 
 __all__ = ["app"]
 
@@ -15,7 +15,9 @@ app = typer.Typer(help="Create certificate signing requests or sign them.", no_a
 
 @app.command("create")
 def create(
-    out: Path = typer.Option(..., "--out", "-o", help="Directory for tls.csr and tls.key."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", callback=not_stdout, help="Directory for tls.csr and tls.key."
+    ),
     cn: str = typer.Option(None, "--cn", help="Common name."),
     subject: str = typer.Option(None, "--subject", help="Full RFC 4514 subject instead of --cn."),
     dns: list[str] = typer.Option([], "--dns", metavar="DNS", help="DNS SAN (repeatable)."),
@@ -69,7 +71,9 @@ def create(
 def sign(
     ca_dir: Path = typer.Option(..., "--ca", help="CA directory."),
     csr_path: Path = typer.Option(..., "--csr", help="CSR file (PEM or DER)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Directory for tls.crt and ca.crt."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", callback=not_stdout, help="Directory for tls.crt and ca.crt."
+    ),
     profile: str = typer.Option(
         "server", "--profile", help="server, client, server+client or intermediate."
     ),

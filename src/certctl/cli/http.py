@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from certctl.cli._common import CA_KEY, load_ca_dir, read_password, utcnow, warn
+from certctl.cli._common import CA_KEY, load_ca_dir, not_stdout, read_password, utcnow, warn
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -55,7 +55,11 @@ class _Choices:
 
 def http_command(
     out: Path = typer.Option(
-        ..., "--out", "-o", help="Zip file to write (it holds private keys: written 0600)."
+        ...,
+        "--out",
+        "-o",
+        callback=not_stdout,
+        help="Zip file to write (it holds private keys: written 0600).",
     ),
     non_interactive: bool = typer.Option(
         False,

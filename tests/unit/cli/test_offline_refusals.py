@@ -372,6 +372,27 @@ CASES = [
         2,
         _usage("http", "--ca-password-file does not go with --csr (it makes no CA)"),
     ),
+    # --- --out -: these commands write files, never a stream -----------------------------
+    # It made a directory (or a file) named '-' where the user expected standard output.
+    *(
+        _c(
+            f"out-dash-{command.replace(' ', '-')}",
+            f"{command} {extra} --out -",
+            2,
+            f"certctl: error: Invalid value for '--out' / '-o': '-' (standard output) is not "
+            f"supported: certctl writes files here; name a path (for one called '-', give its "
+            f"full path) (see 'certctl {command} --help')",
+        )
+        for command, extra in (
+            ("ca create", "--cn x"),
+            ("ca import", "--p12 ca.p12"),
+            ("cert issue", "--ca ca1 --cn x"),
+            ("csr create", "--cn x"),
+            ("csr sign", "--ca ca1 --csr long.csr"),
+            ("crl create", "--ca ca1"),
+            ("http", "--node n1 --non-interactive"),
+        )
+    ),
     # --- apply -------------------------------------------------------------------------
     _c("apply-not-utf8", "apply -f latin1.yml", 1, "certctl: error: latin1.yml: not UTF-8 text"),
 ]
