@@ -367,6 +367,9 @@ class ConnectionGate:
         self._refused = refused
         self._unlogged = 0
         self._logged_at: float | None = None
+        # Writes the count of refusals not logged yet once the minute is over, so a burst
+        # that ends is still reported (not only when the next refusal comes, maybe never).
+        self._summary: asyncio.TimerHandle | None = None
 
     def admit(self, listener: str, headroom: int = 0) -> bool:
         """Count one more open connection, or refuse it: False when ``limit`` are open."""
@@ -377,26 +380,41 @@ class ConnectionGate:
             self._refused(listener)
         self._unlogged += 1
         now = time.monotonic()
-        if self._logged_at is None or now - self._logged_at >= self.LOG_EVERY_S:
-            if self._logged_at is None or self._unlogged == 1:
-                log.warning(
-                    "refusing new connections: %d open, http.max-connections is %d "
-                    "(this line at most once a minute)",
-                    self.open,
-                    self.limit,
-                )
-            else:
-                log.warning(
-                    "refused %d new connections in the last %.0f s: %d open, "
-                    "http.max-connections is %d",
-                    self._unlogged,
-                    now - self._logged_at,
-                    self.open,
-                    self.limit,
-                )
+        quiet = self._logged_at is None or now - self._logged_at >= self.LOG_EVERY_S
+        if quiet and self._unlogged == 1:  # the first refusal of a burst
+            log.warning(
+                "refusing new connections: %d open, http.max-connections is %d "
+                "(this line at most once a minute)",
+                self.open,
+                self.limit,
+            )
             self._logged_at = now
             self._unlogged = 0
+        elif quiet:
+            self._log_summary()
+        elif self._summary is None and self._logged_at is not None:
+            with contextlib.suppress(RuntimeError):  # no running loop: the next refusal logs
+                self._summary = asyncio.get_running_loop().call_later(
+                    self.LOG_EVERY_S - (now - self._logged_at), self._log_summary
+                )
         return False
+
+    def _log_summary(self) -> None:
+        if self._summary is not None:
+            self._summary.cancel()
+            self._summary = None
+        if not self._unlogged or self._logged_at is None:
+            return
+        now = time.monotonic()
+        log.warning(
+            "refused %d new connections in the last %.0f s: %d open, http.max-connections is %d",
+            self._unlogged,
+            now - self._logged_at,
+            self.open,
+            self.limit,
+        )
+        self._logged_at = now
+        self._unlogged = 0
 
     def release(self) -> None:
         """One counted connection closed."""
