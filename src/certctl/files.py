@@ -205,9 +205,13 @@ class OutputSet:
                 current = path
                 os.replace(tmp, path)
                 renamed.append(path)
-        except OSError as exc:
+        except BaseException as exc:
+            # Ctrl-C (KeyboardInterrupt) too: it would otherwise leave the staged keys in
+            # temp files and, with --force, the previous files moved aside under .bak names.
             _rollback(staged, renamed, backups, created_dirs)
-            raise OutputError(f"cannot write {current}: {exc.strerror or exc}") from exc
+            if isinstance(exc, OSError):
+                raise OutputError(f"cannot write {current}: {exc.strerror or exc}") from exc
+            raise
         for backup, _ in backups:
             with contextlib.suppress(OSError):
                 os.unlink(backup)

@@ -1,11 +1,14 @@
-"""Offline outputs: directories never world-writable, a dangling symlink is an existing output."""
+"""Offline outputs: directories never world-writable, dangling symlinks, Ctrl-C while writing."""
 
 from __future__ import annotations
 
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from tests._tools import ok, require
 
@@ -49,3 +52,60 @@ def test_a_dangling_symlink_at_an_output_needs_force(tmp_path: Path) -> None:
     ok(_certctl_umask0(*args, "--force"))
     assert not (out / "tls.key").is_symlink()
     assert not (tmp_path / "nowhere").exists()  # replaced the link, wrote nothing through it
+
+
+# Sends the process a real SIGINT from inside its N-th rename (os.replace raises the
+# "os.rename" audit event), so that Ctrl-C lands at a chosen step of OutputSet.commit.
+_INTERRUPT_AT_RENAME = """
+import os, signal, sys
+renames = 0
+def hook(event, args):
+    global renames
+    if event == "os.rename":
+        renames += 1
+        if renames == int(os.environ["INTERRUPT_AT"]):
+            os.kill(os.getpid(), signal.SIGINT)
+sys.addaudithook(hook)
+from certctl.cli.main import main
+sys.argv[0] = "certctl"
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("ca") / "ca"
+    ok(_certctl_umask0("ca", "create", "--out", directory))
+    return directory
+
+
+@pytest.mark.parametrize("at", [2, 4, 5])
+def test_ctrl_c_while_committing_leaves_the_old_output(ca: Path, tmp_path: Path, at: int) -> None:
+    # Three files over an existing output: three renames move the old files aside, three move
+    # the new ones in. Before, Ctrl-C in between left the new private key in a .tmp file, the
+    # old ones under .bak names, and tls.crt/tls.key missing (2, 4) or from two issues (5).
+    out = tmp_path / "web"
+    args = ("cert", "issue", "--ca", ca, "--cn", "web", "--dns", "web", "--out", out)
+    ok(_certctl_umask0(*args))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    interrupted = subprocess.run(
+        [sys.executable, "-c", _INTERRUPT_AT_RENAME, *map(str, args), "--force"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "INTERRUPT_AT": str(at)},
+        check=False,
+    )
+    assert (interrupted.returncode, interrupted.stderr) == (130, "certctl: error: interrupted\n")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_ctrl_c_while_committing_a_new_output_leaves_nothing(ca: Path, tmp_path: Path) -> None:
+    interrupted = subprocess.run(
+        [sys.executable, "-c", _INTERRUPT_AT_RENAME, "cert", "issue", "--ca", str(ca),
+         "--cn", "web", "--dns", "web", "--out", str(tmp_path / "web")],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "INTERRUPT_AT": "2"}, check=False,
+    )  # fmt: skip
+    assert interrupted.returncode == 130, interrupted.stderr
+    assert list(tmp_path.iterdir()) == []  # no web/ and no .tmp file holding the new key
