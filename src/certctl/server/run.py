@@ -433,8 +433,22 @@ class _Prepared:
     max_connections: int = 1
 
 
+def _no_core_dumps() -> None:
+    """Turn core dumps off for this process, its workers and what they start.
+
+    The server holds the key-encryption key (also in ``CERTCTL_MASTER_KEY``), every CA key it
+    has opened and the admin API key in memory: a crash under a core limit above 0 (systemd's
+    default) wrote them all to disk, a key-encryption key kept off the host included.
+    """
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+
+
 def serve(config: ServerConfig) -> None:
     """Run the server until interrupted (``workers`` processes when above 1)."""
+    _no_core_dumps()
     configure_logging(config.log_format)
     # The access log writes a line per request; these record attributes are never printed
     # (logging docs, "Optimization"): not collecting them saves a stack walk per line.
