@@ -276,6 +276,17 @@ class ServerConfig(_Section):
                 f"{shown}: use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB "
                 "(SQLite and PostgreSQL are supported)"
             )
+        from sqlalchemy.engine import make_url
+
+        try:
+            make_url(value)
+        except ValueError:
+            # SQLAlchemy's own message quotes the "port", which is often the part of a
+            # password after an unencoded '@' and ':' (u:p@ss:word@db/certctl).
+            raise ValueError(
+                f"{scheme}://…: the port is not a number (in a user name or password, write "
+                "@ as %40, : as %3A and / as %2F)"
+            ) from None
         return value
 
     @property

@@ -43,6 +43,13 @@ REFUSED = {
         {"database-url": "mysql://u:hunter2@db/x"},
         "config database-url: mysql://…: use sqlite:///PATH or postgresql+psycopg://",
     ),
+    # An unencoded '@' and ':' in the password: SQLAlchemy takes "hunter2@db" for the port.
+    # Before: "internal error (ValueError: invalid literal for int() ...: 'hunter2@db')".
+    "password with @ and : unencoded": (
+        {"database-url": "postgresql+psycopg://certctl:hu@nt:hunter2@db/certctl"},
+        "config database-url: postgresql+psycopg://…: the port is not a number (in a user "
+        "name or password, write @ as %40, : as %3A and / as %2F)",
+    ),
     "database url without a scheme": (
         {"database-url": "db.example.internal/certctl"},
         "config database-url: not a URL: use sqlite:///PATH",
@@ -116,6 +123,10 @@ NOT_STARTED = {
     "publish-ca-secret with custom certificates": (
         {"tls": {"mode": "disabled", "publish-ca-secret": "certctl-ca"}},
         "tls.publish-ca-secret needs tls.mode=self-signed",
+    ),
+    "database password with @ and : unencoded": (
+        {"database-url": "postgresql+psycopg://certctl:hu@nt:hunter2@db/certctl"},
+        "config database-url: postgresql+psycopg://…: the port is not a number",
     ),
     "kubernetes auth with a plain-HTTP API server": (
         {
