@@ -167,6 +167,10 @@ class OutputSet:
             OutputError: the files cannot be written; nothing is left behind.
         """
         self.check()
+        with _signals_roll_back():
+            return self._commit()
+
+    def _commit(self) -> list[Path]:
         created_dirs: list[Path] = []
         staged: list[tuple[str, Path]] = []
         backups: list[tuple[str, Path]] = []
@@ -216,6 +220,49 @@ class OutputSet:
             with contextlib.suppress(OSError):
                 os.unlink(backup)
         return list(self._files)
+
+
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived while files were being committed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise _Terminated(signum)
+
+
+@contextlib.contextmanager
+def _signals_roll_back() -> Iterator[None]:
+    """Have SIGTERM and SIGHUP roll a commit back, then end the process as they would have.
+
+    By default they end the process at once: a ``timeout`` or a closed terminal left the new
+    private keys in temp files and, with ``force``, the previous files under ``.bak`` names.
+    Only signals nobody handles are taken (``certctl serve`` has its own), in the main thread.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    taken = [
+        sig for sig in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) is signal.SIG_DFL
+    ]
+    for sig in taken:
+        signal.signal(sig, _raise_terminated)
+    try:
+        yield
+    except _Terminated as exc:
+        for sig in taken:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.raise_signal(exc.signum)  # the exit status a shell or a supervisor expects
+        raise
+    finally:
+        for sig in taken:
+            signal.signal(sig, signal.SIG_DFL)
 
 
 def _check_directory(path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Offline outputs: directories never world-writable, dangling symlinks, Ctrl-C while writing."""
+"""Offline outputs: directories never world-writable, dangling symlinks, signals while writing."""
 
 from __future__ import annotations
 
@@ -54,8 +54,8 @@ def test_a_dangling_symlink_at_an_output_needs_force(tmp_path: Path) -> None:
     assert not (tmp_path / "nowhere").exists()  # replaced the link, wrote nothing through it
 
 
-# Sends the process a real SIGINT from inside its N-th rename (os.replace raises the
-# "os.rename" audit event), so that Ctrl-C lands at a chosen step of OutputSet.commit.
+# Sends the process a real signal (SIGINT unless SIGNAL says) from inside its N-th rename
+# (os.replace raises the "os.rename" audit event): it lands at a chosen step of the commit.
 _INTERRUPT_AT_RENAME = """
 import os, signal, sys
 renames = 0
@@ -64,7 +64,7 @@ def hook(event, args):
     if event == "os.rename":
         renames += 1
         if renames == int(os.environ["INTERRUPT_AT"]):
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), getattr(signal, os.environ.get("SIGNAL", "SIGINT")))
 sys.addaudithook(hook)
 from certctl.cli.main import main
 sys.argv[0] = "certctl"
@@ -100,12 +100,37 @@ def test_ctrl_c_while_committing_leaves_the_old_output(ca: Path, tmp_path: Path,
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_ctrl_c_while_committing_a_new_output_leaves_nothing(ca: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "status"), [("SIGINT", 130), ("SIGHUP", -1)])
+def test_a_signal_while_committing_a_new_output_leaves_nothing(
+    ca: Path, tmp_path: Path, name: str, status: int
+) -> None:
     interrupted = subprocess.run(
         [sys.executable, "-c", _INTERRUPT_AT_RENAME, "cert", "issue", "--ca", str(ca),
          "--cn", "web", "--dns", "web", "--out", str(tmp_path / "web")],
         capture_output=True, text=True, timeout=60,
-        env={**os.environ, "INTERRUPT_AT": "2"}, check=False,
+        env={**os.environ, "INTERRUPT_AT": "2", "SIGNAL": name}, check=False,
     )  # fmt: skip
-    assert interrupted.returncode == 130, interrupted.stderr
+    assert interrupted.returncode == status, interrupted.stderr
     assert list(tmp_path.iterdir()) == []  # no web/ and no .tmp file holding the new key
+
+
+def test_sigterm_while_committing_rolls_back_then_ends_the_process(
+    ca: Path, tmp_path: Path
+) -> None:
+    # `timeout`, systemd and CI runners stop a command with SIGTERM, which ended it at once:
+    # before, the new key stayed in a .tmp file and the old files under .bak names, with
+    # tls.crt and tls.key gone. Now the commit is rolled back and SIGTERM still ends it.
+    out = tmp_path / "web"
+    args = ("cert", "issue", "--ca", ca, "--cn", "web", "--dns", "web", "--out", out)
+    ok(_certctl_umask0(*args))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    terminated = subprocess.run(
+        [sys.executable, "-c", _INTERRUPT_AT_RENAME, *map(str, args), "--force"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "INTERRUPT_AT": "4", "SIGNAL": "SIGTERM"},
+        check=False,
+    )
+    assert terminated.returncode == -15, terminated.stderr  # killed by SIGTERM, as before
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
