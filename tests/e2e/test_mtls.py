@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from tests._poll import wait_until
 from tests._tools import run
 from tests.e2e.conftest import CertctlServer, certctl_cli, launch, tls_context
 
@@ -269,3 +270,34 @@ def test_the_start_banner_curl_line_works_with_a_client_certificate(
     result = run("bash", "-c", f"{command} -sS --fail")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["actor_id"] == "admin"
+
+
+def test_a_changed_client_ca_file_applies_to_new_connections(
+    pki: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    # tls.client-ca was read at start only: a CA taken out of the file (a compromised one)
+    # stayed trusted until a restart, without a word in the log.
+    client_ca = tmp_path / "clients.crt"
+    client_ca.write_bytes(pki["ca"][0].read_bytes())
+    config = {
+        "tls": {"client-auth": "required", "client-ca": str(client_ca), "reload-interval": "1s"},
+        "auth": {
+            "client-cert-mappings": [{"subject": "CN=*,OU=ops,O=Example", "roles": ["r-viewer"]}]
+        },
+    }
+    with launch(tmp_path / "server", config=config, client_cert=pki["alice"]) as server:
+        assert split_response(curl(server, WHOAMI, pki["alice"]))[0] == 200
+        assert curl(server, WHOAMI, pki["mallory"]).returncode != 0
+        # The rogue CA replaces the old one: alice's CA is no longer trusted, mallory's is.
+        client_ca.write_bytes((pki["mallory"][0].parent / "ca.crt").read_bytes())
+        reloaded = f"tls.client-ca {client_ca} reloaded"
+        wait_until(lambda: reloaded in server.logs()[1], "the tls.client-ca reload", 15.0)
+        assert curl(server, WHOAMI, pki["alice"]).returncode != 0
+        assert split_response(curl(server, WHOAMI, pki["mallory"]))[0] == 200
+        # A broken file is refused once, and the CAs it would replace stay trusted.
+        client_ca.write_text("not a certificate\n")
+        refused = f"tls.client-ca {client_ca} changed but cannot be used"
+        wait_until(lambda: refused in server.logs()[1], "the tls.client-ca refusal", 15.0)
+        time.sleep(2.5)  # two more polls of the same content: no second line
+        assert server.logs()[1].count(refused) == 1
+        assert split_response(curl(server, WHOAMI, pki["mallory"]))[0] == 200

@@ -736,6 +736,11 @@ def _serve_process(
         # new files through the same poll that custom certificates use.
         if tls is not None and (mode == "custom" or (several and not leader)):
             tasks.append(asyncio.create_task(tls.watch(reload_s, services.clock)))
+        elif tls is not None and config.tls.client_auth != "none":
+            # No file watch here, but a changed tls.client-ca must still be applied (watch does).
+            tasks.append(
+                asyncio.create_task(_periodic(reload_s, tls.check_client_ca, "tls.client-ca check"))
+            )
         if tls is not None:
             tasks.append(
                 asyncio.create_task(

@@ -10,7 +10,7 @@ makes a context's session-ticket key once and never changes it, and Python canno
 A TLS 1.2 resumption has no key exchange of its own, so whoever reads that key (a memory
 dump, a core file) can decrypt every TLS 1.2 session resumed under it for as long as the
 process lives. A new context is a new key; a client holding an older ticket just makes a
-full handshake.
+full handshake. A changed ``tls.client-ca`` is applied the same way, from the next handshake.
 """
 
 from __future__ import annotations
@@ -251,10 +251,13 @@ class ServerTLS:
 
     def __post_init__(self) -> None:
         self._client_ca_pem: str | None = None
+        self._client_ca_state = b""
         if self.client_auth != "none":
             if self.client_ca is None:
                 raise InvalidRequest("tls.client-auth needs tls.client-ca")
             self._client_ca_pem = _client_ca_text(self.client_ca)
+            self._client_ca_state = self._client_ca_digest()
+        self._client_ca_refused = b""
         self.context = self._new_context()
         self._since = time.monotonic()
         # load() runs on the event loop (the poll) and in a thread (the self-signed renewal).
@@ -305,6 +308,52 @@ class ServerTLS:
             self.context = self._context_for(*served)
             self._since = time.monotonic()
         log.debug("TLS session-ticket key rotated (%s listener)", self.listener)
+        return True
+
+    def _client_ca_digest(self) -> bytes:
+        try:
+            return hashlib.sha256((self.client_ca or Path()).read_bytes()).digest()
+        except OSError as exc:
+            return f"unreadable {exc.errno}".encode()
+
+    def check_client_ca(self) -> bool:
+        """Trust a changed ``tls.client-ca`` from the next handshake; keep the old if it is bad.
+
+        Before, the file was read at start only: a CA taken out of it (a compromised one)
+        stayed trusted until a restart, without a word. Connections already open keep the
+        verification they had.
+
+        Returns:
+            True when the new file now verifies client certificates.
+        """
+        if self.client_ca is None or self._client_ca_pem is None:
+            return False
+        state = self._client_ca_digest()
+        if state in (self._client_ca_state, self._client_ca_refused):
+            return False
+        try:
+            text = _client_ca_text(self.client_ca)
+        except (CertctlError, ssl.SSLError, OSError) as exc:
+            detail = exc.detail if isinstance(exc, CertctlError) else str(exc)
+            self._client_ca_refused = state  # said once per bad content, not per poll
+            log.error(
+                "tls.client-ca %s changed but cannot be used (%s): the client CAs it held "
+                "before stay trusted",
+                self.client_ca,
+                detail,
+            )
+            TLS_RELOADS.labels("error").inc()
+            return False
+        with self._lock:
+            self._client_ca_pem = text
+            if self._served is not None:
+                self.context = self._context_for(*self._served)
+                self._since = time.monotonic()
+        self._client_ca_state = state
+        TLS_RELOADS.labels("success").inc()
+        log.info(
+            "tls.client-ca %s reloaded: new connections are verified against it", self.client_ca
+        )
         return True
 
     def _files(self) -> tuple[bytes, bytes]:
@@ -374,6 +423,7 @@ class ServerTLS:
         while True:
             await asyncio.sleep(interval_s)
             self.load(clock())
+            self.check_client_ca()
 
 
 # --- ASGI TLS extension for uvicorn's h11 protocol -----------------------------------------
