@@ -213,6 +213,75 @@ def test_a_client_certificate_revoked_through_the_api_stops_authenticating(
         assert 'certctl_auth_failures_total{reason="revoked"} 1.0' in scrape
 
 
+def test_a_client_certificate_certctl_issued_carries_no_more_than_its_requester(
+    tmp_path: Path,
+) -> None:
+    """An operator cannot mint itself an administrator's mapped subject.
+
+    With ``tls.client-ca`` trusting one of certctl's issuers, an ``r-operator`` key had that
+    issuer sign ``CN=ci-admin`` (mapped to r-admin) and then created roles with it.
+    """
+    certctl_cli("ca", "create", "--out", tmp_path / "team-ca", "--cn", "Team CA")
+    config = {
+        "tls": {"client-auth": "optional", "client-ca": str(tmp_path / "team-ca" / "ca.crt")},
+        "auth": {"client-cert-mappings": [{"subject": "CN=ci-admin", "roles": ["r-admin"]}]},
+    }
+
+    def issue(key: str, name: str) -> tuple[Path, Path]:
+        with server.client(key) as client:
+            issued = client.post(
+                "/api/v1/certificates",
+                json={"issuer": "team", "common_name": "ci-admin", "profile": "client"},
+            )
+        assert issued.status_code == 201, issued.text
+        (tmp_path / f"{name}.crt").write_text(issued.json()["certificate_pem"])
+        (tmp_path / f"{name}.key").write_text(issued.json()["private_key_pem"])
+        return tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+
+    def whoami(cert: tuple[Path, Path]) -> dict[str, object]:
+        status, _, body = split_response(curl(server, WHOAMI, cert))
+        assert status == 200, body
+        answer: dict[str, object] = json.loads(body)
+        return answer
+
+    with launch(tmp_path / "server", config=config) as server:
+        with server.client(server.admin_key) as admin:
+            imported = admin.post(
+                "/api/v1/issuers",
+                json={
+                    "id": "team",
+                    "certificate_pem": (tmp_path / "team-ca" / "ca.crt").read_text(),
+                    "private_key_pem": (tmp_path / "team-ca" / "ca.key").read_text(),
+                },
+            )
+            assert imported.status_code == 201, imported.text
+            assert admin.post("/api/v1/auth/actors", json={"id": "op", "roles": ["r-operator"]})
+            minted = admin.post("/api/v1/auth/apikeys", json={"actor_id": "op"})
+            assert minted.status_code == 201, minted.text
+        operator_key = minted.json()["key_value"]
+        operators = issue(operator_key, "by-operator")
+        admins = issue(server.admin_key, "by-admin")
+        # The operator's certificate has the mapped role, and only what the operator holds.
+        mine = whoami(operators)
+        assert mine["roles"] == ["r-admin"]
+        assert "auth.role.create" not in mine["permissions"]  # type: ignore[operator]
+        assert "cert.issue" in mine["permissions"]  # type: ignore[operator]
+        with tmp_path.joinpath("role.json").open("w") as out:
+            json.dump({"id": "mine", "permissions": ["cert.read"]}, out)
+        created = run("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
+                      server.ca, "--cert", operators[0], "--key", operators[1], "-H",
+                      "Content-Type: application/json", "--data-binary",
+                      f"@{tmp_path / 'role.json'}", f"{server.url}/api/v1/auth/roles",
+                      timeout=20)  # fmt: skip
+        assert created.stdout == "403", created.stdout + created.stderr
+        # Twin: the same subject, issued at the administrator's request, is an administrator.
+        assert "auth.role.create" in whoami(admins)["permissions"]  # type: ignore[operator]
+        # The operator deleted: what it had issued carries nothing any more.
+        with server.client(server.admin_key) as admin:
+            assert admin.delete("/api/v1/auth/actors/op").status_code == 204
+        assert whoami(operators)["permissions"] == []
+
+
 def test_a_client_certificate_that_expires_on_a_kept_alive_connection_stops_authenticating(
     tmp_path: Path,
 ) -> None:

@@ -815,13 +815,22 @@ def _record_failure(auth: _AuthSettings, request: Request, reason: str, detail: 
         )
 
 
-def _client_cert_refusal(request: Request, services: Services) -> tuple[str, str] | None:
-    """(reason, message) when the verified client certificate may no longer authenticate.
+def _client_cert_permissions(
+    request: Request, services: Services, permissions: frozenset[str]
+) -> tuple[str, str] | frozenset[str]:
+    """What the verified client certificate may do: at most its mapped ``permissions``.
+
+    Returns (reason, message) when it may not authenticate at all.
 
     Checked on every request, as an API key's expiry and revocation are: the handshake's
     checks happened once, and a kept-alive connection or a resumed TLS session (up to 2 h)
     outlives them. Expired: by its notAfter. Revoked: by certctl, the certificate being one
     of its issuers' (the handshake checks ``tls.client-ca`` only, never certctl's CRLs).
+
+    A certificate certctl issued carries no more than the actor that had it issued holds now
+    (none once that actor is deleted, or when it was no actor): with ``tls.client-ca``
+    trusting one of certctl's issuers, an operator could otherwise have it sign a client
+    certificate with an administrator's mapped subject, and log in as one.
     """
     tls = request.scope.get("extensions", {}).get("tls") or {}
     not_after = tls.get("certctl.client_cert_not_after")
@@ -829,10 +838,15 @@ def _client_cert_refusal(request: Request, services: Services) -> tuple[str, str
         return "expired", "client certificate expired"
     issuer, serial = tls.get("certctl.client_cert_issuer"), tls.get("certctl.client_cert_serial")
     if not isinstance(issuer, str) or not isinstance(serial, int):
-        return None  # a server that does not say (tests' fake scopes): nothing to look up
-    if issuance.client_certificate_revoked(services, issuer, serial):
+        return permissions  # a server that does not say (tests' fake scopes): nothing to look up
+    stored = issuance.issued_client_certificate(services, issuer, serial)
+    if stored is None:
+        return permissions
+    if stored.revoked:
         return "revoked", "client certificate revoked"
-    return None
+    for roles in stored.creator_roles:
+        permissions &= rbac.permissions_of(services, list(roles)) if roles else frozenset()
+    return permissions
 
 
 # What _authorization returns for a request with several Authorization headers: which one
@@ -895,18 +909,12 @@ def authenticate(request: Request, auth: _AuthSettings) -> Principal:
         if not roles:
             _record_failure(auth, request, "invalid", f"unmapped client certificate {subject}")
             raise Unauthenticated("client certificate subject is not mapped to any role")
-        refused = _client_cert_refusal(request, services)
-        if refused is not None:
-            reason, message = refused
+        checked = _client_cert_permissions(request, services, rbac.permissions_of(services, roles))
+        if isinstance(checked, tuple):
+            reason, message = checked
             _record_failure(auth, request, reason, f"{message}: {subject}")
             raise Unauthenticated(message)
-        return Principal(
-            f"cert:{subject}",
-            tuple(roles),
-            rbac.permissions_of(services, roles),
-            "client_certificate",
-            source,
-        )
+        return Principal(f"cert:{subject}", tuple(roles), checked, "client_certificate", source)
     _record_failure(auth, request, "missing", "no credentials")
     raise Unauthenticated("authentication required: send 'Authorization: Bearer <api key>'")
 

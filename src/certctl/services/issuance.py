@@ -40,7 +40,7 @@ from certctl.pki.issue import BACKDATE, IssuedCertificate
 from certctl.services.audit import event_values, record
 from certctl.services.context import Principal, Services
 from certctl.store.groupcommit import Insert, write_rows
-from certctl.store.models import AuditEvent, CertificateRecord, Issuer
+from certctl.store.models import Actor, AuditEvent, CertificateRecord, Issuer
 
 __all__ = [
     "DEFAULT_ISSUER",
@@ -948,31 +948,51 @@ def _serial_forms(q: str) -> list[str]:
 
 
 _ISSUERS: Table = Issuer.__table__  # type: ignore[assignment]
-_REVOKED_BY_ISSUER_DN = (
-    select(_CERTIFICATES.c.id)
+_ACTORS: Table = Actor.__table__  # type: ignore[assignment]
+_CLIENT_CERT_BY_ISSUER_DN = (
+    select(_CERTIFICATES.c.status, _ACTORS.c.roles)
     .join(_ISSUERS, _ISSUERS.c.id == _CERTIFICATES.c.issuer_id)
+    .outerjoin(_ACTORS, _ACTORS.c.id == _CERTIFICATES.c.created_by)
     .where(
         _ISSUERS.c.subject == bindparam("issuer"),
         _CERTIFICATES.c.serial.in_(bindparam("serials", expanding=True)),
-        _CERTIFICATES.c.status == "revoked",
     )
-    .limit(1)
 )
 
 
-def client_certificate_revoked(services: Services, issuer_dn: str, serial: int) -> bool:
-    """Whether one of certctl's issuers (by subject DN) issued and then revoked ``serial``.
+@dataclass(frozen=True)
+class IssuedClientCertificate:
+    """What certctl knows of a client certificate one of its issuers issued."""
 
-    The TLS handshake only checks a client certificate against ``tls.client-ca``; a
-    certificate revoked through the API would otherwise keep authenticating until it expires.
-    A certificate certctl did not issue is not known here: False.
+    revoked: bool
+    # The roles of the actor that had it issued, as they are now (one tuple per stored row:
+    # two issuers may share a subject DN); None for a creator that is no actor any more, or
+    # never was one (a client-certificate principal).
+    creator_roles: tuple[tuple[str, ...] | None, ...]
+
+
+def issued_client_certificate(
+    services: Services, issuer_dn: str, serial: int
+) -> IssuedClientCertificate | None:
+    """The stored certificate ``serial`` of one of certctl's issuers (by subject DN), or None.
+
+    The TLS handshake only checks a client certificate against ``tls.client-ca``: a
+    certificate revoked through the API would otherwise keep authenticating until it expires,
+    and one that any ``cert.issue`` holder had issued with a mapped subject would carry that
+    mapping's roles, whatever its requester held. A certificate certctl did not issue (an
+    offline CA, another PKI) is not known here: None.
     """
     with services.engine.connect() as connection:
-        found = connection.execute(
-            _REVOKED_BY_ISSUER_DN,
+        rows = connection.execute(
+            _CLIENT_CERT_BY_ISSUER_DN,
             {"issuer": issuer_dn, "serials": _serial_forms(format_serial(serial))},
-        ).first()
-    return found is not None
+        ).all()
+    if not rows:
+        return None
+    return IssuedClientCertificate(
+        any(status == "revoked" for status, _ in rows),
+        tuple(None if roles is None else tuple(roles) for _, roles in rows),
+    )
 
 
 def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationList:
