@@ -452,3 +452,63 @@ def test_any_extended_key_usage_is_no_tls_purpose_as_for_openssl(files: Path) ->
     (item,) = inspect_json(files / "any.crt")
     assert item["extended_key_usage"] == ["anyExtendedKeyUsage"]
     assert item["serial"] == "0abc"
+
+
+def test_a_ca_made_by_openssl_req_x509_verifies_as_with_openssl(tmp_path: Path) -> None:
+    # `openssl req -x509` gives a CA no keyUsage (openssl.cnf's v3_ca); openssl, Java and Go
+    # accept the certificates it signs. certctl verify answered "invalid extension:
+    # 2.5.29.15: Certificate is missing required extension", a web-PKI rule.
+    ok(
+        run(
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=Tutorial CA",
+            "-keyout",
+            tmp_path / "ca.key",
+            "-out",
+            tmp_path / "ca.crt",
+        )
+    )
+    ok(
+        run(
+            "openssl",
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=web",
+            "-keyout",
+            tmp_path / "web.key",
+            "-out",
+            tmp_path / "web.csr",
+        )
+    )
+    (tmp_path / "web.ext").write_text("subjectAltName=DNS:web.example\n")
+    ok(run("openssl", "x509", "-req", "-in", tmp_path / "web.csr", "-CA", tmp_path / "ca.crt",
+           "-CAkey", tmp_path / "ca.key", "-set_serial", "7", "-days", "10",
+           "-extfile", tmp_path / "web.ext", "-out", tmp_path / "web.crt"))  # fmt: skip
+    ok(run("openssl", "verify", "-CAfile", tmp_path / "ca.crt", tmp_path / "web.crt"))
+    result = ok(certctl_exe("verify", "--ca", tmp_path / "ca.crt", tmp_path / "web.crt",
+                            "--hostname", "web.example"))  # fmt: skip
+    assert "OK (server for web.example): CN=web <- CN=Tutorial CA" in result.stdout
+    # What openssl refuses stays refused: another name, or a CA that did not sign it.
+    one_error_line(
+        certctl_exe("verify", "--ca", tmp_path / "ca.crt", tmp_path / "web.crt",
+                    "--hostname", "other.example"), 1, "no matching subjectAltName",
+    )  # fmt: skip
+    ok(run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+           "-subj", "/CN=Tutorial CA", "-keyout", tmp_path / "ca2.key",
+           "-out", tmp_path / "ca2.crt"))  # fmt: skip
+    one_error_line(
+        certctl_exe("verify", "--ca", tmp_path / "ca2.crt", tmp_path / "web.crt"),
+        1,
+        "CN=Tutorial CA in the trust bundle did not sign CN=web",
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -90,15 +91,25 @@ def verify_certificate(
         # 2.5.29.17 = subjectAltName. Client certificates commonly carry only a CN, and
         # OpenSSL/nginx accept them; cryptography's client policy insists on a SAN.
         client_without_san = purpose == "client" and "2.5.29.17" in message
-        if eddsa or client_without_san:
+        if eddsa or client_without_san or _WEB_PKI_ONLY.search(message):
             # cryptography's verifier follows the CA/B Forum web policy, which forbids EdDSA;
-            # RFC 8410 allows it for private PKIs. Both cases take a plain RFC 5280 path.
+            # RFC 8410 allows it for private PKIs. It also wants keyUsage on every CA, an
+            # authorityKeyIdentifier on every leaf and a critical basicConstraints, which
+            # RFC 5280 path validation (openssl, Java, Go) does not: `openssl req -x509`
+            # makes a CA without keyUsage. These cases take a plain RFC 5280 path.
             return _verify_rfc5280(leaf, trust, untrusted, hostname, purpose, now)
         missing = _missing_link(leaf, trust, untrusted)
         reason = missing if missing is not None else _reason(exc)
         raise VerificationFailed(f"verification failed: {reason}") from exc
 
 
+# Rules of the web policy only (named by cryptography as "invalid extension: <oid>: ..."):
+# keyUsage, subjectKeyIdentifier or authorityKeyIdentifier missing, basicConstraints not
+# critical. RFC 5280 path validation checks keyUsage only when present (6.1.4 (n)).
+_WEB_PKI_ONLY = re.compile(
+    r"invalid extension: 2\.5\.29\.(?:1[45]|35): Certificate is missing required extension"
+    r"|invalid extension: 2\.5\.29\.19: Certificate extension has incorrect criticality"
+)
 _EKU_FOR = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
 
 
@@ -228,7 +239,9 @@ def _verify_rfc5280(
         pool.remove(parent)
         chain.append(parent)
         current = parent
-    raise VerificationFailed("verification failed: no path to a trusted certificate")
+    missing = _missing_link(leaf, trust, untrusted)
+    reason = missing if missing is not None else "no path to a trusted certificate"
+    raise VerificationFailed(f"verification failed: {reason}")
 
 
 def _check_path_lengths(chain: Sequence[x509.Certificate]) -> None:
@@ -259,9 +272,12 @@ def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
 def _is_ca(cert: x509.Certificate) -> bool:
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         return False
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return constraints.ca  # RFC 5280 6.1.4 (n): keyCertSign is checked only if present
     return constraints.ca and usage.key_cert_sign
 
 
