@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from certctl.pki import (
     PROFILES,
@@ -86,6 +87,16 @@ def bad_files(case: str, now: datetime, cn: str = "web") -> dict[str, bytes]:
         return {**files, "tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem}
     if case == "empty secret":
         return {"README": b"nothing here\n"}
+    if case == "encrypted key":
+        leaf = make_leaf(ca, cn, now, dns=(cn, *NAMES))
+        encrypted = leaf.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pw"),
+        )
+        return {**files, "tls.crt": leaf.cert_pem, "tls.key": encrypted}
+    if case == "garbage tls.crt":
+        return {**files, "tls.crt": b"-----BEGIN CERTIFICATE-----\nnope\n"}
     if case == "tls.crt a CA":  # served as is, its key would go to every target
         return {"tls.crt": other.cert_pem, "tls.key": other.key_pem}
     if case == "tls.crt for clients":  # without ca.crt, so no chain check sees its purpose
@@ -104,6 +115,10 @@ ERRORS = {
     "ca key mismatch": "secret {s}: ca.key does not match ca.crt",
     "ca expired": "secret {s}: ca.crt expired",
     "empty secret": "secret {s} holds neither tls.crt+tls.key nor ca.crt+ca.key",
+    # Named by secret and file; the key's advice is not load_material's --password-file.
+    "encrypted key": "secret {s}: tls.key is encrypted; certctl reads only unencrypted keys "
+    "(openssl pkey -in tls.key -out tls.key.clear)",
+    "garbage tls.crt": "secret {s}: tls.crt: malformed PEM",
     "tls.crt a CA": "secret {s}: tls.crt is a CA certificate, not a server certificate",
     "tls.crt for clients": "secret {s}: tls.crt is not a server certificate (its extended key "
     "usage lacks serverAuth; it has clientAuth)",
@@ -573,6 +588,12 @@ def test_custom_certificate_without_ca_crt(env: Env, tmp_path: Path) -> None:
         in (row.conditions["Ready"]["message"])
     )
     assert env.outputs("web")["certs-internal"]["ca.crt"] == b""
+    # An empty ca.crt (cert-manager writes one when its issuer does not know the CA) is no
+    # ca.crt, as for ECK; it was refused with "not a recognised PEM", naming no file.
+    write_secret(env.secrets_dir, "custom", {**files, "ca.crt": b"\n"})
+    row = env.reconcile("web", env.now + timedelta(minutes=1))
+    assert row.conditions["Failed"]["status"] is False, row.conditions
+    assert "secret custom has no ca.crt" in row.conditions["Ready"]["message"]
 
 
 def _openssl_pki(tmp: Path, root_config: str, leaf_ext: str) -> dict[str, bytes]:

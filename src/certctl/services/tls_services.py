@@ -30,6 +30,7 @@ from certctl.metrics.registry import RENEWALS
 from certctl.pki import (
     PROFILES,
     CertificateAuthority,
+    Material,
     SubjectAltNames,
     certs_to_pem,
     common_name_dn,
@@ -649,8 +650,8 @@ def _custom_material(
     files = _read_secret(settings, secret)
     warnings: list[str] = []
     if "tls.crt" in files and "tls.key" in files:
-        certs = load_material(files["tls.crt"]).certificates
-        key = load_material(files["tls.key"]).private_key
+        certs = _secret_material(secret, "tls.crt", files["tls.crt"]).certificates
+        key = _secret_material(secret, "tls.key", files["tls.key"]).private_key
         if not certs or key is None:
             raise InvalidRequest(f"secret {secret}: tls.crt or tls.key holds nothing usable")
         leaf = certs[0]
@@ -667,10 +668,12 @@ def _custom_material(
                 f"secret {secret}: tls.crt expired on {leaf.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
             )
         ca_pem = b""
-        if "ca.crt" in files:
+        # An empty ca.crt is no ca.crt, as for ECK: cert-manager writes one for issuers
+        # that do not know their CA, and `kubectl create secret generic` copies it as it is.
+        if files.get("ca.crt", b"").strip():
             from certctl.pki import VerificationFailed, verify_certificate
 
-            trust = load_material(files["ca.crt"]).certificates
+            trust = _secret_material(secret, "ca.crt", files["ca.crt"]).certificates
             try:
                 verify_certificate(
                     leaf, trust=trust, untrusted=certs[1:], now=now, hostname=None, purpose="server"
@@ -699,8 +702,8 @@ def _custom_material(
         )
         return desired, None, warnings
     if "ca.crt" in files and "ca.key" in files:
-        certs = load_material(files["ca.crt"]).certificates
-        key = load_material(files["ca.key"]).private_key
+        certs = _secret_material(secret, "ca.crt", files["ca.crt"]).certificates
+        key = _secret_material(secret, "ca.key", files["ca.key"]).private_key
         if not certs or key is None:
             raise InvalidRequest(f"secret {secret}: ca.crt or ca.key holds nothing usable")
         if not keys_match(key, certs[0]):
@@ -719,6 +722,25 @@ def _custom_material(
             )
         return None, ca, warnings
     raise InvalidRequest(f"secret {secret} holds neither tls.crt+tls.key nor ca.crt+ca.key")
+
+
+def _secret_material(secret: str, name: str, data: bytes) -> Material:
+    """One file of a custom secret, read; an error names the secret and the file.
+
+    Raises:
+        InvalidRequest: the file holds nothing readable, or an encrypted key.
+    """
+    try:
+        return load_material(data)
+    except InvalidRequest as exc:
+        if "encrypted" in exc.detail:
+            # load_material's own advice (--password-file) names a CLI option: there is
+            # none here, the reconciler needs the key in clear, as ECK does.
+            raise InvalidRequest(
+                f"secret {secret}: {name} is encrypted; certctl reads only unencrypted keys "
+                f"(openssl pkey -in {name} -out {name}.clear)"
+            ) from None
+        raise InvalidRequest(f"secret {secret}: {name}: {exc.detail}") from None
 
 
 def _check_server_certificate(secret: str, leaf: x509.Certificate) -> None:
