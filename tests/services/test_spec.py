@@ -130,6 +130,11 @@ INVALID = {
         ),
         "spec.http.tls: certificate and selfSignedCertificate.disabled conflict",
     ),
+    "client authentication without TLS": (
+        service_doc("web", disabled=True, client_auth=True),
+        "spec.http.tls: client.authentication needs TLS, which selfSignedCertificate.disabled "
+        "turns off",
+    ),
     "secret target escaping its URL": (
         _with("spec.targets", [{"secret": "../../kube-system/secrets/x"}]),
         "spec.targets.0.secret: '../../kube-system/secrets/x': Secret names are lower-case",
@@ -179,6 +184,11 @@ def test_a_stored_secret_target_labelled_managed_by_still_loads() -> None:
     labels = {"app.kubernetes.io/managed-by": "argocd", "app": "web"}
     doc = _with("spec.targets", [{"secret": "web-tls", "labels": labels}])
     assert parse_service(doc, stored=True).spec.targets[0].labels == labels  # type: ignore[union-attr]
+
+
+def test_a_stored_spec_with_client_authentication_and_tls_disabled_still_loads() -> None:
+    doc = service_doc("web", disabled=True, client_auth=True)
+    assert parse_service(doc, stored=True).disabled
 
 
 def test_valid_document_round_trips() -> None:

@@ -394,6 +394,13 @@ def parse_service(doc: Any, where: str = "spec", *, stored: bool = False) -> TLS
         raise InvalidRequest(
             f"{where}: spec.http.tls: certificate and selfSignedCertificate.disabled conflict"
         )
+    if spec.tls.client.authentication and spec.disabled and not stored:
+        # Plain HTTP authenticates no client: accepted, the service read "Ready" while
+        # every request got in without a certificate. (Stored specs keep loading.)
+        raise InvalidRequest(
+            f"{where}: spec.http.tls: client.authentication needs TLS, which "
+            "selfSignedCertificate.disabled turns off"
+        )
     return spec
 
 
