@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import grp
+import hashlib
 import os
 import pwd
+import shutil
 import stat
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,6 +21,7 @@ from cryptography import x509
 
 from certctl.pki import keys_match, load_private_key
 from certctl.services import tls_services
+from certctl.store.models import ManagedService
 from certctl.targets.directory import BundleFile, DeliveryError, deliver_to_directory
 from tests._tools import ok, run
 from tests.services.conftest import Env, make_ca, make_leaf, service_doc, write_secret
@@ -185,12 +191,72 @@ def test_key_owner_and_group(env: Env) -> None:
     assert (key.st_uid, key.st_gid, stat.S_IMODE(key.st_mode)) == (
         nobody.pw_uid,
         nobody.pw_gid,
-        0o600,
+        0o640,  # given to a group: that group reads it
     )
     assert (target / "tls.crt").stat().st_uid == 0  # public files stay the writer's
     env.put(service_doc("bad", targets=[{"directory": str(env.tmp / "b"), "owner": "no-such-u"}]))
     row = env.reconcile("bad")
     assert "user 'no-such-u' does not exist on this host" in row.conditions["Failed"]["message"]
+
+
+def _read_as(user: str, group: str, path: Path) -> bool:
+    """Whether ``user`` with only ``group`` can read ``path`` (a real process, setpriv)."""
+    result = run("setpriv", f"--reuid={user}", f"--regid={group}", "--clear-groups",
+                 "cat", path)  # fmt: skip
+    return result.returncode == 0
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A directory other users can traverse (pytest's tmp_path is 0700)."""
+    base = Path(tempfile.mkdtemp(prefix="certctl-targets-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_key_given_to_a_group_is_readable_by_that_group_only(env: Env, public_dir: Path) -> None:
+    # `group: ssl-cert` (Debian's root:ssl-cert 0640) or the service's own group: the key was
+    # chowned to the group but left 0600, so nobody in that group could read it.
+    if os.geteuid() != 0:
+        pytest.fail("chown to another group needs root: run the suite as root", pytrace=False)
+    nobody = pwd.getpwnam("nobody")
+    group = grp.getgrgid(nobody.pw_gid).gr_name
+    target = public_dir / "tls"
+    doc = service_doc("web", targets=[{"directory": str(target), "group": group}])
+    env.put(doc)
+    env.reconcile("web")
+    key = target / "tls.key"
+    assert (key.stat().st_uid, key.stat().st_gid) == (0, nobody.pw_gid)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o640
+    assert _read_as("nobody", group, key)
+    # Without a group it stays the owner's alone.
+    owned = public_dir / "owned"
+    env.put(service_doc("own", targets=[{"directory": str(owned), "owner": "nobody"}]))
+    env.reconcile("own")
+    assert stat.S_IMODE((owned / "tls.key").stat().st_mode) == 0o600
+    assert _read_as("nobody", group, owned / "tls.key")  # its owner
+    assert not _read_as("daemon", "daemon", owned / "tls.key")
+
+    # A target delivered before (0600, its digest without the key mode) is delivered again.
+    os.chmod(key, 0o600)
+    internal = env.outputs("web")["certs-internal"]
+    files = {
+        "tls.crt": internal["tls.crt"],
+        "tls.key": internal["tls.key"],
+        "ca.crt": internal["ca.crt"],
+    }
+    old = hashlib.sha256(b"".join(n.encode() + d for n, d in sorted(files.items())))
+    old.update(f"\0settings\0pem\0None\0{group}".encode())
+    with env.services.sessions.begin() as session:
+        row = session.get(ManagedService, "web")
+        assert row is not None
+        row.delivered = {f"dir:{target}": old.hexdigest()}
+    env.reconcile("web", env.now + tls_services.RESYNC_INTERVAL)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o640
+    assert _read_as("nobody", group, key)
 
 
 def test_a_read_only_target_fails_with_the_same_message_on_each_retry(env: Env) -> None:

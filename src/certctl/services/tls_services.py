@@ -1335,6 +1335,10 @@ def _delivery_digest(
         and (target.format, target.owner, target.group) != ("pem", None, None)
     ):
         settings = f"{target.format}\0{target.owner}\0{target.group}".encode()
+        if target.group is not None:
+            # Key files given to a group became 0640 (they were 0600, closed to that group):
+            # a new digest delivers them again once, so targets written before get the mode.
+            settings += b"\0key-mode 0640"
         if password is not None:
             secret = services.wrapper.derive("delivery digest: pkcs12 password")
             settings += b"\0" + hmac.new(secret, password, hashlib.sha256).digest()

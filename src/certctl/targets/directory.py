@@ -47,7 +47,7 @@ class DeliveryError(CertctlError):
 
 @dataclass(frozen=True)
 class BundleFile:
-    """One file of a bundle; ``secret`` files are written 0600 (and chowned when asked)."""
+    """One file of a bundle; ``secret`` files are written 0600, 0640 when given a group."""
 
     data: bytes
     secret: bool = False
@@ -116,7 +116,7 @@ def deliver_to_directory(
         os.mkdir(version_name, 0o700, dir_fd=versions)
         version = os.open(version_name, _DIR_NOFOLLOW, dir_fd=versions)
         for file_name, item in sorted(files.items()):
-            mode = 0o600 if item.secret else 0o644
+            mode = _secret_mode(gid) if item.secret else 0o644
             fd = os.open(file_name, _NEW_FILE, mode, dir_fd=version)
             try:
                 os.fchmod(fd, mode)
@@ -128,7 +128,7 @@ def deliver_to_directory(
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        os.fchmod(version, 0o755)  # readable once complete; tls.key inside stays 0600
+        os.fchmod(version, 0o755)  # readable once complete; tls.key inside stays 0600/0640
         os.fsync(version)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(link_tmp, dir_fd=parent)
@@ -163,6 +163,15 @@ def deliver_to_directory(
             if fd >= 0:
                 os.close(fd)
     return version_name
+
+
+def _secret_mode(gid: int) -> int:
+    """The key file's mode: 0640 when it is given to a group, so that group can read it.
+
+    A ``group`` names who must read the key (``root:ssl-cert 0640`` on Debian; a service
+    running under its own group); kept 0600, the file was that group's but closed to it.
+    """
+    return 0o640 if gid >= 0 else 0o600
 
 
 _DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
