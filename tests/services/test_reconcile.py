@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,9 +12,21 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from certctl.errors import NotFound
-from certctl.pki import VerificationFailed, keys_match, load_private_key, verify_certificate
+from certctl.pki import (
+    PROFILES,
+    SubjectAltNames,
+    VerificationFailed,
+    certs_to_pem,
+    common_name_dn,
+    generate_private_key,
+    keys_match,
+    load_private_key,
+    verify_certificate,
+)
 from certctl.pki.placeholder import PLACEHOLDER_CN_PREFIX
-from certctl.services import tls_services
+from certctl.services import issuance, tls_services
+from certctl.store.models import ManagedService
+from tests._tools import ok, run
 from tests.services.conftest import SETTINGS, Env, make_ca, make_leaf, service_doc
 
 ROTATE = SETTINGS["cert_rotate_before"]
@@ -250,6 +263,45 @@ def test_changed_sans_reissue(env: Env) -> None:
     # One name less: reissued.
     env.put(service_doc("web", dns=("b.example.internal",), ip=("10.1.2.3",)))
     assert env.reconcile("web", env.now + MINUTE).serial != second.serial
+
+
+def test_an_ipv4_mapped_address_is_issued_as_the_ipv4_address_clients_match(
+    env: Env, tmp_path: Path
+) -> None:
+    # ECK writes ::ffff:10.0.0.5 as 10.0.0.5; issued as a 16-byte SAN, it matched no client
+    # connecting to 10.0.0.5 (openssl: "IP address mismatch").
+    env.put(service_doc("web", ip=("::ffff:10.0.0.5", "fd00::5")))
+    assert env.row("web").spec["spec"]["http"]["tls"]["selfSignedCertificate"][
+        "subjectAltNames"
+    ] == [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}]
+    env.reconcile("web", datetime.now(UTC))
+    internal = env.outputs("web")["certs-internal"]
+    assert _sans(_cert(internal["tls.crt"]))[1] == ["10.0.0.5", "fd00::5"]
+    (tmp_path / "tls.crt").write_bytes(internal["tls.crt"])
+    (tmp_path / "ca.crt").write_bytes(internal["ca.crt"])
+    for address in ("10.0.0.5", "fd00::5"):
+        ok(run("openssl", "verify", "-CAfile", tmp_path / "ca.crt", "-verify_ip", address,
+               tmp_path / "tls.crt"))  # fmt: skip
+    # Stored before: the mapped form in the spec and in the certificate, issued by the
+    # service CA. Reissued once, for the address clients match.
+    ca = issuance.load_issuer(env.services, "svc.web")
+    old = ca.issue(
+        generate_private_key().public_key(),
+        common_name_dn("web"),
+        profile=PROFILES["server"],
+        validity=timedelta(hours=1),
+        now=env.now,
+        sans=SubjectAltNames.parse(dns=["web"], ip=["::ffff:10.0.0.5"]),
+    )
+    assert _sans(old.certificate)[1] == ["::ffff:a00:5"]
+    with env.services.sessions.begin() as session:
+        row = session.get(ManagedService, "web")
+        assert row is not None
+        row.certificate_pem = certs_to_pem([old.certificate]).decode()
+        row.spec = service_doc("web", ip=("::ffff:10.0.0.5",))
+    row = env.reconcile("web", env.now + MINUTE)
+    assert env.events("web")[-1].payload["reason"] == "subject alternative names changed"
+    assert _sans(_cert(env.outputs("web")["certs-internal"]["tls.crt"]))[1] == ["10.0.0.5"]
 
 
 def test_disabled_removes_certificates_and_reports_plain_http(env: Env) -> None:

@@ -50,9 +50,13 @@ class SubjectAltName(_Model):
                 raise ValueError(exc.detail) from None  # so pydantic names the field
         if self.ip is not None:
             try:
-                ipaddress.ip_address(self.ip)
+                address = ipaddress.ip_address(self.ip)
             except ValueError:
                 raise ValueError(f"{self.ip}: not a valid IPv4 or IPv6 address") from None
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+                # As ECK (IPToRFCForm): a client connecting to 10.0.0.5 matches the 4-byte
+                # SAN only, so ::ffff:10.0.0.5 issued as it is matched nobody.
+                self.ip = str(address.ipv4_mapped)
         return self
 
 
