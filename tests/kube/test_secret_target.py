@@ -17,6 +17,7 @@ from tests.kube.fake_apiserver import FakeApiServer
 from tests.services.conftest import Env
 
 BASE = f"/api/v1/namespaces/{NAMESPACE}/secrets"
+MINUTE = timedelta(minutes=1)
 
 
 def b64(data: bytes) -> str:
@@ -393,3 +394,47 @@ def test_a_secret_target_deleted_or_edited_by_hand_is_restored_at_the_next_resyn
     assert apiserver.secrets[where]["metadata"]["labels"]["team"] == "payments"
     assert apiserver.secrets[where]["data"] == data  # the same certificate: not renewed
     assert env.row("web").conditions["Ready"]["status"] is True
+
+
+def test_tls_disabled_leaves_the_secret_and_the_service_ready(
+    apiserver: FakeApiServer, sa_dir: Path, env: Env
+) -> None:
+    """Disabling TLS is a choice, not a failure: the Secret stays, the status says so.
+
+    Before, each pass failed with "no certificate to deliver (TLS disabled); Secret left as
+    it is": Ready false (the alert), a failed event, retried with back-off for good.
+    """
+    from certctl.server.run import _secret_target_writer
+    from certctl.services import tls_services
+    from tests.services.conftest import service_doc
+
+    settings = env.settings_with(
+        secret_writer=_secret_target_writer(_server_config(apiserver, sa_dir))
+    )
+    target = {"secret": "web-tls", "namespace": "apps"}
+    where = ("apps", "web-tls")
+    env.put(service_doc("web", targets=[target]))
+    tls_services.reconcile_service(env.services, settings, "web", env.now)
+    data = dict(apiserver.secrets[where]["data"])
+
+    env.put(service_doc("web", disabled=True, targets=[target]))
+    apiserver.clear()
+    row = tls_services.reconcile_service(env.services, settings, "web", env.at(env.now + MINUTE))
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    assert row.conditions["Failed"]["status"] is False, row.conditions
+    assert row.conditions["Ready"]["message"] == (
+        "TLS disabled: plain HTTP; secret:apps/web-tls: TLS disabled; the Secret keeps the last "
+        "certificate delivered (delete it when no pod mounts it)"
+    )
+    assert row.delivered == {}  # no longer kept current
+    assert apiserver.paths() == []
+    assert apiserver.secrets[where]["data"] == data
+    assert [e.event for e in env.events("web")] == ["issued"]
+    assert row.next_attempt_at is None  # not retried
+
+    # Enabled again: a new certificate reaches the Secret.
+    env.put(service_doc("web", targets=[target]))
+    row = tls_services.reconcile_service(env.services, settings, "web", env.at(env.now + MINUTE))
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    assert "TLS disabled" not in row.conditions["Ready"]["message"]
+    assert apiserver.secrets[where]["data"]["tls.crt"] != data["tls.crt"]

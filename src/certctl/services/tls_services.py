@@ -905,7 +905,9 @@ def reconcile_service(
             current.attempts = 0
             if current.next_attempt_at == asked_at:
                 current.next_attempt_at = None
-            ready_msg = "TLS disabled: plain HTTP" if spec.disabled else (message or "serving")
+            ready_msg = message or "serving"
+            if spec.disabled:
+                ready_msg = "TLS disabled: plain HTTP" + (f"; {message}" if message else "")
             conditions = _conditions(
                 ready=True, renewing=False, failed=None, message=ready_msg, now=now
             )
@@ -1258,6 +1260,16 @@ def _deliver(
                     runner = settings.reload_runner or run_reload
                     runner(target.reload, parse_duration(target.reload_timeout).total_seconds())
             else:
+                if not files:
+                    # TLS disabled: the Secret keeps what it holds (certctl is not allowed to
+                    # delete Secrets, and a pod may still mount it). Said in the status; it
+                    # was a Failed service, alerting and retried for good, for a choice made.
+                    warnings.append(
+                        f"{key}: TLS disabled; the Secret keeps the last certificate "
+                        "delivered (delete it when no pod mounts it)"
+                    )
+                    delivered.pop(key, None)
+                    continue
                 if settings.secret_writer is None:
                     raise DeliveryError("Kubernetes Secret targets need auth.kubernetes set up")
                 # Written even when this bundle was delivered before: the writer reads the
