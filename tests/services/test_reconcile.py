@@ -137,6 +137,17 @@ def test_client_trust_output_only_with_client_authentication(env: Env) -> None:
     assert "client-trust" not in env.outputs("api")
 
 
+def test_a_short_cert_validity_is_no_renewal_advice_in_the_status(env: Env) -> None:
+    # cert-validity 2h (SETTINGS): certctl renews it; "plan its renewal" told the user to.
+    env.put(service_doc("web"))
+    row = env.reconcile("web")
+    assert row.conditions["Ready"]["message"] == "serving", row.conditions
+    tls_services.request_renewal(env.services, env.admin, "web")
+    row = env.reconcile("web", env.now + MINUTE)
+    assert env.events("web")[-1].event == "renewed"
+    assert row.conditions["Ready"]["message"] == "serving", row.conditions
+
+
 def test_leaf_reissued_after_rotate_before_not_earlier(env: Env) -> None:
     t0 = env.now
     env.put(service_doc("web"))

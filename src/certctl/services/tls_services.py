@@ -1012,7 +1012,11 @@ def _decide(
         key_pem=key_to_pem(key),
         ends_with_ca=validity < settings.cert_validity,
     )
-    return desired, reason, [*warnings, *issued.warnings]
+    # Not "lifetime ... is under 60 days; plan its renewal": that is advice for a certificate
+    # someone renews by hand, and certctl renews this one itself (a cert-validity of 30 days
+    # put it in the status of every service at each renewal).
+    advice = [w for w in issued.warnings if not w.endswith("; plan its renewal")]
+    return desired, reason, [*warnings, *advice]
 
 
 def _current(services: Services, row: ManagedService) -> _Desired:
