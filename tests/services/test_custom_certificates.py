@@ -670,3 +670,25 @@ def test_a_custom_certificate_openssl_verifies_is_served(
     )
     row = env.reconcile("web", env.now + timedelta(minutes=1))
     assert "ca.crt does not verify tls.crt (CN=My Issuing CA" in row.conditions["Failed"]["message"]
+
+
+def test_public_outputs_answer_while_a_switch_to_self_signed_waits_for_its_reconcile(
+    env: Env,
+) -> None:
+    # Until the next pass the row holds the custom certificate, still served: its outputs.
+    _, files = good_files(env.now)
+    write_secret(env.secrets_dir, "custom", files)
+    env.put(service_doc("web", dns=NAMES, secret="custom"))
+    env.reconcile("web")
+    env.put(service_doc("web", dns=NAMES))
+    with env.client() as client:
+        response = client.get("/api/v1/services/web/outputs/certs-public")
+        assert response.status_code == 200, response.text  # was 404 "issuer svc.web not found"
+        assert response.json()["data"] == {
+            "tls.crt": files["tls.crt"].decode(),
+            "ca.crt": files["ca.crt"].decode(),
+        }
+        env.reconcile("web", env.now + timedelta(minutes=1))
+        switched = client.get("/api/v1/services/web/outputs/certs-public").json()["data"]
+    assert switched["tls.crt"] != files["tls.crt"].decode()
+    assert switched["ca.crt"] == env.outputs("web")["ca-internal"]["ca.crt"].decode()

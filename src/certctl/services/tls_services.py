@@ -8,6 +8,7 @@ before: the service's ``Failed`` condition carries the message instead.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -1119,10 +1120,16 @@ def outputs_for(
         "certs-internal": {"tls.crt": leaf, "tls.key": current.key_pem or b"", "ca.crt": ca},
         "certs-public": {"tls.crt": leaf, "ca.crt": ca},
     }
+    service_ca: CertificateAuthority | None = None
     if spec.tls.certificate is None:
         from certctl.services import issuance
 
-        service_ca = issuance.load_issuer(services, _per_service_ca_id(spec.name))
+        # Missing for a spec just switched from a custom certificate and not reconciled yet:
+        # the row still holds that certificate, whose public outputs are still what is
+        # served (they answered 404 "issuer svc.<name> not found" meanwhile).
+        with contextlib.suppress(NotFound):
+            service_ca = issuance.load_issuer(services, _per_service_ca_id(spec.name))
+    if service_ca is not None:
         outputs["ca-internal"] = {
             "ca.crt": service_ca.root_pem,
             "ca.key": service_ca.private_key.private_bytes(
