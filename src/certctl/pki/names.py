@@ -50,6 +50,19 @@ _BIDI_CONTROLS = frozenset(
 )
 
 
+def _ipv4_form(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IPv4-mapped IPv6 address (``::ffff:10.0.0.5``) as the IPv4 address it stands for.
+
+    A client connecting to 10.0.0.5 compares 4 octets with the SAN (OpenSSL compares the
+    bytes): the 16-octet form matched nobody. Go and ECK normalise it the same way.
+    """
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def parse_dn(text: str) -> x509.Name:
     """Parse an RFC 4514 string (``CN=node-1,OU=ops,O=Example``), most specific RDN first.
 
@@ -438,7 +451,7 @@ class SubjectAltNames:
             if getattr(address, "scope_id", None):
                 # RFC 5280 4.2.1.6: an iPAddress is 4 or 16 octets; a zone would be dropped.
                 raise InvalidRequest(f"{text}: IPv6 zone IDs cannot go in a certificate")
-            ips.append(address)
+            ips.append(_ipv4_form(address))
         return cls(
             dns=_dedupe(validate_dns_name(d) for d in dns),
             ip=tuple(dict.fromkeys(ips)),
@@ -495,7 +508,7 @@ class SubjectAltNames:
             elif kind is x509.IPAddress:
                 # A network (name constraints' form) is no address: ignored, as before.
                 if isinstance(name.value, ipaddress.IPv4Address | ipaddress.IPv6Address):
-                    ips.append(name.value)
+                    ips.append(_ipv4_form(name.value))
             elif kind is x509.RFC822Name:
                 email.append(_validate_email(name.value))
             elif kind is x509.UniformResourceIdentifier:

@@ -350,6 +350,16 @@ def test_san_parse_normalises_and_dedupes() -> None:
     }
 
 
+def test_an_ipv4_mapped_address_is_issued_as_ipv4() -> None:
+    # OpenSSL compares the SAN's octets with the 4 of the address a client connected to: the
+    # 16-octet ::ffff:10.0.0.5 matched no client of 10.0.0.5. From a CSR too.
+    parsed = SubjectAltNames.parse(ip=["::ffff:10.0.0.5", "10.0.0.5", "::1", "64:ff9b::a00:5"])
+    assert parsed.ip == (ipaddress.ip_address("10.0.0.5"), ipaddress.ip_address("::1"),
+                         ipaddress.ip_address("64:ff9b::a00:5"))  # fmt: skip
+    mapped = x509.IPAddress(ipaddress.ip_address("::ffff:192.0.2.1"))
+    assert SubjectAltNames.validated([mapped]).ip == (ipaddress.ip_address("192.0.2.1"),)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
