@@ -195,3 +195,22 @@ def test_certificate_revoked_while_being_renewed_gets_no_successor(api: Api) -> 
     assert fired
     assert "revoked and cannot be renewed" in assert_problem(r, 409)["detail"]
     assert api.counts()["certificates"] == before["certificates"]
+
+
+def test_role_edited_while_another_replica_deletes_it_is_404(api: Api) -> None:
+    api.create_role("deployer", ["cert.read"])
+    before = api.counts()
+
+    def other_replica(conn: Connection) -> None:
+        conn.execute(delete(Role).where(Role.id == "deployer"))
+
+    # Before the fix the edit read the role, the other replica deleted it, and the UPDATE
+    # matched no row: a StaleDataError, answered 500.
+    with api.concurrent_write((*_LOCK, _AUDIT, "UPDATE roles"), other_replica) as fired:
+        r = api.request(
+            "PUT", "/api/v1/auth/roles/deployer", api.admin_key, json={"permissions": []}
+        )
+    assert fired
+    assert "role deployer not found" in assert_problem(r, 404)["detail"]
+    assert api.counts() == {**before, "roles": before["roles"] - 1}
+    assert _audited(api, "role.edit", "deployer") == []

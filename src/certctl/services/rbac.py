@@ -201,6 +201,9 @@ def update_role(
     caller.require("auth.role.edit")
     now = services.clock()
     with services.sessions.begin() as session:
+        # delete_role takes this lock too: a role deleted by another worker or replica
+        # between this read and the UPDATE is a 404 here, not a StaleDataError (500).
+        lock_for_write(session, AUTH_LOCK)
         role = session.get(Role, role_id)
         if role is None:
             raise NotFound(f"role {role_id} not found")
