@@ -214,3 +214,42 @@ def test_role_edited_while_another_replica_deletes_it_is_404(api: Api) -> None:
     assert "role deployer not found" in assert_problem(r, 404)["detail"]
     assert api.counts() == {**before, "roles": before["roles"] - 1}
     assert _audited(api, "role.edit", "deployer") == []
+
+
+def test_key_revoked_while_another_replica_deletes_its_actor_is_404(api: Api) -> None:
+    api.create_actor("ci", [])
+    key = api.mint_key("ci")
+    before = api.counts()
+
+    def other_replica(conn: Connection) -> None:
+        conn.execute(delete(ApiKey).where(ApiKey.actor_id == "ci"))
+        conn.execute(delete(Actor).where(Actor.id == "ci"))
+
+    # Before the fix the revocation read the key, the other replica deleted the actor and its
+    # keys, and the UPDATE matched no row: a StaleDataError, answered 500.
+    with api.concurrent_write((*_LOCK, _AUDIT, "UPDATE api_keys"), other_replica) as fired:
+        r = api.request("DELETE", f"/api/v1/auth/apikeys/{key['id']}", api.admin_key)
+    assert fired
+    assert f"API key {key['id']} not found" in assert_problem(r, 404)["detail"]
+    assert api.counts() == {
+        **before,
+        "actors": before["actors"] - 1,
+        "api_keys": before["api_keys"] - 1,
+    }
+    assert _audited(api, "apikey.revoke", key["id"]) == []
+
+
+def test_key_revoked_by_another_replica_meanwhile_keeps_the_first_time(api: Api) -> None:
+    key = api.mint_key("admin")
+
+    def other_replica(conn: Connection) -> None:
+        conn.execute(update(ApiKey).where(ApiKey.id == key["id"]).values(revoked_at=NOW))
+
+    with api.concurrent_write((*_LOCK, _AUDIT, "UPDATE api_keys"), other_replica) as fired:
+        r = api.request("DELETE", f"/api/v1/auth/apikeys/{key['id']}", api.admin_key)
+    assert fired
+    assert r.status_code == 200, r.text
+    assert r.json()["revoked_at"] == NOW.isoformat()
+    assert api.get(f"/api/v1/auth/apikeys/{key['id']}", api.admin_key).json()["revoked_at"] == (
+        NOW.isoformat()
+    )

@@ -391,6 +391,10 @@ def revoke_api_key(services: Services, caller: Principal, key_id: str) -> ApiKey
     caller.require("auth.apikey.revoke")
     now = services.clock()
     with services.sessions.begin() as session:
+        # delete_actor (which deletes the actor's keys) takes this lock too: a key deleted by
+        # another worker or replica meanwhile is a 404, not a StaleDataError (500); and of two
+        # revocations at once, the second sees the first's revoked_at and keeps it.
+        lock_for_write(session, AUTH_LOCK)
         row = session.get(ApiKey, key_id)
         if row is None:
             raise NotFound(f"API key {key_id} not found")
