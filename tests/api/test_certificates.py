@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from prometheus_client.parser import text_string_to_metric_families
 
 from certctl.pki import (
     KeyType,
@@ -309,6 +310,36 @@ def test_an_expired_issuer_signs_no_crl(api: Api) -> None:
     api.clock.advance(days=3)
     body = assert_problem(api.get("/api/v1/issuers/brief/crl"), 409)
     assert body["detail"].startswith("issuer brief: issuing CA expired on")
+
+
+def test_issuance_refused_by_an_expired_issuer_counts_as_an_error_either_way(api: Api) -> None:
+    """Both ways of issuing count a refusal in certctl_issuance_total{result="error"}.
+
+    A CSR refused by an expired issuer was counted; the same request with a server-side key
+    was not, so an alert on the error rate missed every client that lets certctl make keys.
+    """
+    r = api.post(ISSUERS, api.admin_key, json={"id": "brief", "validity": "2D"})
+    assert r.status_code == 201, r.text
+    prom = api.actor_key("prom", ["r-metrics-read"])
+
+    def errors() -> float:
+        text = api.get("/api/v1/metrics/prometheus", prom).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "certctl_issuance_total"
+            and sample.labels == {"issuer": "brief", "result": "error"}
+        )
+
+    api.clock.advance(days=3)
+    before = errors()
+    keygen = {"issuer": "brief", "common_name": "late.example.com"}
+    assert api.post(CERTS, api.admin_key, json=keygen).status_code >= 400
+    assert errors() == before + 1
+    from_csr = {"issuer": "brief", "csr": _csr_pem("late.example.com")[0]}
+    assert api.post(CERTS, api.admin_key, json=from_csr).status_code >= 400
+    assert errors() == before + 2
 
 
 def test_renew(api: Api) -> None:

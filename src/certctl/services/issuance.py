@@ -618,9 +618,19 @@ def prepare_with_key(
     subject = common_name_dn(common_name) if common_name else x509.Name([])
     ca = load_issuer(services, _not_managed(issuer_id))
     key = generate_private_key(kt)
-    issued = ca.issue(
-        key.public_key(), subject, profile=prof, validity=validity, now=services.clock(), sans=sans
-    )
+    try:
+        issued = ca.issue(
+            key.public_key(),
+            subject,
+            profile=prof,
+            validity=validity,
+            now=services.clock(),
+            sans=sans,
+        )
+    except InvalidRequest:
+        # Counted as prepare_from_csr counts it: the issuer refused to sign (e.g. expired).
+        ISSUANCE.labels(issuer_id, "error").inc()
+        raise
     key_pem = key_to_pem(key)
     record, rows = _new_rows(services, caller, issuer_id, issued, prof.name, key_pem)
     return PendingIssue(
