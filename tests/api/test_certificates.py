@@ -312,6 +312,24 @@ def test_an_expired_issuer_signs_no_crl(api: Api) -> None:
     assert body["detail"].startswith("issuer brief: issuing CA expired on")
 
 
+def test_an_expired_issuer_issues_and_renews_nothing_with_a_409_naming_it(api: Api) -> None:
+    """The request is fine, the issuer is not: 409 as for its CRL, not 400 "Invalid request"."""
+    r = api.post(ISSUERS, api.admin_key, json={"id": "brief", "validity": "2D"})
+    assert r.status_code == 201, r.text
+    cert = api.issue(issuer="brief", validity="1D")
+    api.clock.advance(days=3)
+    before = api.counts()
+    requests = [
+        (CERTS, {"issuer": "brief", "common_name": "late.example.com"}),
+        (CERTS, {"issuer": "brief", "csr": _csr_pem("late.example.com")[0]}),
+        (f"{CERTS}/{cert['id']}/renew", {}),
+    ]
+    for path, body in requests:
+        problem = assert_problem(api.post(path, api.admin_key, json=body), 409)
+        assert problem["detail"].startswith("issuer brief: issuing CA expired on"), problem
+    assert api.counts() == before
+
+
 def test_issuance_refused_by_an_expired_issuer_counts_as_an_error_either_way(api: Api) -> None:
     """Both ways of issuing count a refusal in certctl_issuance_total{result="error"}.
 

@@ -279,6 +279,17 @@ def _not_managed(issuer_id: str) -> str:
     return issuer_id
 
 
+def _unexpired(ca: CertificateAuthority, issuer_id: str, now: datetime) -> None:
+    """409 for an issuer past its notAfter: the request was fine, the issuer is not.
+
+    As ``crl_for`` answers; ``CertificateAuthority.issue`` would refuse with a 400 that
+    names no issuer, telling the client to change a request that has nothing wrong.
+    """
+    end = ca.certificate.not_valid_after_utc
+    if end <= now:
+        raise Conflict(f"issuer {issuer_id}: issuing CA expired on {end:%Y-%m-%d %H:%M}Z")
+
+
 def _reserved_id(issuer_id: str) -> None:
     if issuer_id.startswith(MANAGED_ISSUER_PREFIX):
         raise InvalidRequest(
@@ -545,19 +556,21 @@ def prepare_from_csr(
     started = time.perf_counter()
     prof = _leaf_profile(profile)
     ca = load_issuer(services, _not_managed(issuer_id))
+    now = services.clock()
     try:
+        _unexpired(ca, issuer_id, now)
         csr, public_key = load_csr_with_key(csr_pem.encode())  # verifies the signature
         issued = sign_csr(
             ca,
             csr,
             profile=prof,
             validity=validity,
-            now=services.clock(),
+            now=now,
             verified=True,
             public_key=public_key,
             max_names=MAX_NAMES_PER_TYPE,
         )
-    except InvalidRequest:
+    except (InvalidRequest, Conflict):
         ISSUANCE.labels(issuer_id, "error").inc()
         raise
     record, rows = _new_rows(services, caller, issuer_id, issued, prof.name, None)
@@ -617,17 +630,14 @@ def prepare_with_key(
     sans = SubjectAltNames.parse(dns=dns_names, ip=ip_addresses)
     subject = common_name_dn(common_name) if common_name else x509.Name([])
     ca = load_issuer(services, _not_managed(issuer_id))
-    key = generate_private_key(kt)
+    now = services.clock()
     try:
+        _unexpired(ca, issuer_id, now)  # before the key: an RSA key takes up to seconds
+        key = generate_private_key(kt)
         issued = ca.issue(
-            key.public_key(),
-            subject,
-            profile=prof,
-            validity=validity,
-            now=services.clock(),
-            sans=sans,
+            key.public_key(), subject, profile=prof, validity=validity, now=now, sans=sans
         )
-    except InvalidRequest:
+    except (InvalidRequest, Conflict):
         # Counted as prepare_from_csr counts it: the issuer refused to sign (e.g. expired).
         ISSUANCE.labels(issuer_id, "error").inc()
         raise
@@ -901,6 +911,12 @@ def renew_certificate(
         email=old.sans.get("email", []),
         uri=old.sans.get("uri", []),
     )
+    now = services.clock()
+    try:
+        _unexpired(ca, old.issuer_id, now)
+    except Conflict:
+        RENEWALS.labels("error").inc()
+        raise
     key_pem: bytes | None = None
     if old.wrapped_key is not None:
         key = generate_private_key(KeyType(key_type_of(old_cert.public_key())))
@@ -914,7 +930,7 @@ def renew_certificate(
             old_cert.subject,
             profile=get_profile(old.profile),
             validity=lifetime,
-            now=services.clock(),
+            now=now,
             sans=sans,
         )
     except InvalidRequest:
