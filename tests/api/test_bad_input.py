@@ -405,6 +405,30 @@ def test_routes_without_filters_ignore_a_query(module_api: Api) -> None:
     assert api.get("/api/v1/metrics/prometheus?module=x", api.admin_key).status_code == 200
 
 
+def test_a_query_is_checked_after_the_credentials_and_the_permission(api: Api) -> None:
+    """A misspelt filter is a 400 only for a caller the route would answer.
+
+    It was checked first: a revoked or unknown key got 400 (its failure neither audited nor
+    counted), and a caller without the permission learnt nothing of its 403.
+    """
+    path = "/api/v1/audit?cursr=5"
+    revoked = api.mint_key("admin")
+    r = api.request("DELETE", f"/api/v1/auth/apikeys/{revoked['id']}", api.admin_key)
+    assert r.status_code == 200, r.text
+    before = api.counts()
+    body = assert_problem(api.get(path, revoked["key_value"]), 401)
+    assert body["detail"] == "API key revoked"
+    after = api.counts()
+    assert after.pop("audit_events") == before.pop("audit_events") + 1
+    assert after == before
+    event = api.audit()[0]
+    assert (event["action"], event["outcome"]) == ("auth.failure", "revoked")
+    prom = api.actor_key("prom", ["r-metrics-read"])
+    assert "missing permission audit.read" in assert_problem(api.get(path, prom), 403)["detail"]
+    body = assert_problem(api.get(path, api.admin_key), 400)
+    assert body["detail"] == "unknown query parameter(s): cursr"
+
+
 def test_405_lists_the_methods_of_the_resource(module_api: Api) -> None:
     api = module_api
     r = api.request("PUT", CERTS, api.admin_key, json={})

@@ -983,14 +983,6 @@ def _endpoint(route: ApiRoute, auth: _AuthSettings) -> Callable[[Request], Await
         query = scope.get("query_string", b"")
         if "\x00" in scope["path"] or (query and (b"\x00" in query or b"%00" in query)):
             raise InvalidRequest("NUL character in the request path or query")
-        if query and allowed_query:
-            # A misspelt filter (?stauts=revoked) must not silently return everything. Routes
-            # without filters ignore a query: probes and scrapers add their own (?_=1,
-            # Prometheus params).
-            unknown = set(request.query_params) - allowed_query
-            if unknown:
-                names = ", ".join(sorted(n[:40] for n in unknown))
-                raise InvalidRequest(f"unknown query parameter(s): {names}")
         principal: Principal | None = None
         if route.permission != PUBLIC:
             if kubernetes:
@@ -1001,6 +993,15 @@ def _endpoint(route: ApiRoute, auth: _AuthSettings) -> Callable[[Request], Await
             if route.permission != AUTHENTICATED and route.permission not in principal.permissions:
                 AUTH_FAILURES.labels("forbidden").inc()
                 raise PermissionDenied(f"missing permission {route.permission}")
+        if query and allowed_query:
+            # A misspelt filter (?stauts=revoked) must not silently return everything. Routes
+            # without filters ignore a query: probes and scrapers add their own (?_=1,
+            # Prometheus params). After authentication, as a body is checked: a caller
+            # without a valid key gets its 401 (audited), one without the permission its 403.
+            unknown = set(request.query_params) - allowed_query
+            if unknown:
+                names = ", ".join(sorted(n[:40] for n in unknown))
+                raise InvalidRequest(f"unknown query parameter(s): {names}")
         return await route.handler(request, principal)
 
     endpoint.__name__ = route.handler.__name__
