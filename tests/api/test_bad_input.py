@@ -394,6 +394,17 @@ CASES = [
     ),
     Case("crl-bad-format", "GET", "/api/v1/issuers/default/crl?format=PEM", 400, "der, pem"),
     Case("cert-bad-format", "GET", "{cert}?format=bogus", 400, "format=bogus: must be one of"),
+    # A repeated filter was read as its last value: ?status=expiring&status=expired listed
+    # the expired certificates only, and a client meaning both never knew.
+    Case(
+        "certs-repeated-filter",
+        "GET",
+        f"{CERTS}?status=expiring&status=expired",
+        400,
+        "status given more than once",
+    ),
+    Case("crl-repeated-format", "GET", "/api/v1/issuers/default/crl?format=pem&format=der", 400),
+    Case("audit-repeated-limit", "GET", "/api/v1/audit?limit=1&limit=500", 400, "limit given"),
 ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -1002,6 +1003,13 @@ def _endpoint(route: ApiRoute, auth: _AuthSettings) -> Callable[[Request], Await
             if unknown:
                 names = ", ".join(sorted(n[:40] for n in unknown))
                 raise InvalidRequest(f"unknown query parameter(s): {names}")
+            # Starlette reads the last of a repeated parameter, a proxy or a client library
+            # may read the first, and a client may mean both (?status=expiring&status=expired):
+            # whichever is taken, some caller silently gets another answer than it asked for.
+            given = Counter(name for name, _ in request.query_params.multi_items())
+            repeated = sorted(name for name, times in given.items() if times > 1)
+            if repeated:
+                raise InvalidRequest(f"{', '.join(repeated)} given more than once")
         return await route.handler(request, principal)
 
     endpoint.__name__ = route.handler.__name__

@@ -55,12 +55,9 @@ async def get_service(request: Request, principal: Principal | None) -> Response
 
 
 async def put_service(request: Request, principal: Principal | None) -> Response:
-    given = request.query_params.getlist("dry_run")
-    if len(given) > 1:
-        # Starlette reads the last, a proxy or a client library may read the first: with
-        # "dry_run=true&dry_run=false" a caller asking for a check got a write.
-        raise InvalidRequest("dry_run given more than once")
-    dry_run = given[0] if given else "false"
+    # Given once at most: the router refuses a repeated parameter ("dry_run=true&dry_run=false"
+    # read as its last value turned a check into a write).
+    dry_run = request.query_params.get("dry_run", "false")
     if dry_run not in ("true", "false"):
         raise InvalidRequest(f"dry_run={dry_run[:40]}: must be true or false")
     body = await read_body(request, _AnyDocument)
