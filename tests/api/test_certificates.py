@@ -313,7 +313,10 @@ def test_an_expired_issuer_signs_no_crl(api: Api) -> None:
 
 
 def test_an_expired_issuer_issues_and_renews_nothing_with_a_409_naming_it(api: Api) -> None:
-    """The request is fine, the issuer is not: 409 as for its CRL, not 400 "Invalid request"."""
+    """The request is fine, the issuer is not: 409 as for its CRL, not 400 "Invalid request".
+
+    An intermediate under an expired parent too.
+    """
     r = api.post(ISSUERS, api.admin_key, json={"id": "brief", "validity": "2D"})
     assert r.status_code == 201, r.text
     cert = api.issue(issuer="brief", validity="1D")
@@ -323,6 +326,7 @@ def test_an_expired_issuer_issues_and_renews_nothing_with_a_409_naming_it(api: A
         (CERTS, {"issuer": "brief", "common_name": "late.example.com"}),
         (CERTS, {"issuer": "brief", "csr": _csr_pem("late.example.com")[0]}),
         (f"{CERTS}/{cert['id']}/renew", {}),
+        (ISSUERS, {"id": "late-sub", "parent": "brief"}),
     ]
     for path, body in requests:
         problem = assert_problem(api.post(path, api.admin_key, json=body), 409)

@@ -165,6 +165,7 @@ def create_issuer(
         ca = CertificateAuthority(issued.certificate, key)
     else:
         parent_ca = load_issuer(services, _not_managed(parent) if caller else parent)
+        _unexpired(parent_ca, parent, now)
         profile = PROFILES["intermediate"]
         if path_length is not None:
             profile = profile.with_path_length(path_length)
