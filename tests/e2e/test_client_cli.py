@@ -681,3 +681,44 @@ def test_interrupted_request_says_so(default_server: CertctlServer) -> None:
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=30)
     assert (proc.returncode, out, err) == (130, "", "certctl: error: interrupted\n")
+
+
+def test_issue_from_an_intermediate_writes_the_root_as_ca_crt(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    # ca.crt is what clients trust, as `cert issue` writes it: before, an intermediate
+    # issuer's own certificate, which OpenSSL refuses as a CA file (error 2 at depth 1).
+    env = _admin_env(default_server)
+    issuer = f"sub-{os.getpid()}-{time.monotonic_ns()}"
+    with default_server.client(default_server.admin_key) as admin:
+        created = admin.post(
+            "/api/v1/issuers",
+            json={"id": issuer, "name": "Sub CA", "common_name": "Sub CA", "parent": "default"},
+        )
+        assert created.status_code == 201, created.text
+        chain = admin.get(f"/api/v1/issuers/{issuer}/ca.pem", params={"chain": "true"})
+        assert chain.text.count("BEGIN CERTIFICATE") == 2
+        assert chain.text.endswith(default_server.ca.read_text())
+        alone = admin.get(f"/api/v1/issuers/{issuer}/ca.pem")
+        assert chain.text.startswith(alone.text)
+        bad = admin.get(f"/api/v1/issuers/{issuer}/ca.pem", params={"chain": "yes"})
+        assert bad.status_code == 400, bad.text
+        assert bad.json()["detail"] == "chain=yes: must be true or false"
+    out = tmp_path / "leaf"
+    name = "via-sub.example.internal"
+    ok(
+        _certctl(
+            default_server,
+            "certs", "issue", "--issuer", issuer, "--cn", name, "--dns", name, "--out", str(out),
+            **env,
+        )
+    )  # fmt: skip
+    assert (out / "ca.crt").read_text() == default_server.ca.read_text()
+    assert (out / "tls.crt").read_text().count("BEGIN CERTIFICATE") == 2  # leaf, Sub CA
+    verify = ["openssl", "verify", "-x509_strict", "-purpose", "sslserver"]
+    trust = ["-CAfile", out / "ca.crt", "-untrusted", out / "tls.crt"]
+    assert ok(run(*verify, *trust, out / "tls.crt")).stdout == f"{out / 'tls.crt'}: OK\n"
+    # The default issuer is a root: its ca.crt is the same file as before.
+    root_out = tmp_path / "root-leaf"
+    ok(_certctl(default_server, "certs", "issue", "--cn", name, "--out", str(root_out), **env))
+    assert (root_out / "ca.crt").read_text() == default_server.ca.read_text()

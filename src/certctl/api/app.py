@@ -341,10 +341,15 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
 
 
 async def issuer_ca_pem(request: Request, principal: Principal | None) -> Response:
+    chain = request.query_params.get("chain", "false")
+    if chain not in ("true", "false"):
+        raise InvalidRequest(f"chain={chain[:20]}: must be true or false")
     ca = issuance.load_issuer(_services(request), request.path_params["id"])
     from certctl.pki import certs_to_pem
 
-    return Response(certs_to_pem([ca.certificate]), media_type="application/x-pem-file")
+    # chain=true: the CAs above it too, nearest first, ending with the root clients trust.
+    certs = [ca.certificate, *ca.chain] if chain == "true" else [ca.certificate]
+    return Response(certs_to_pem(certs), media_type="application/x-pem-file")
 
 
 async def issuer_crl(request: Request, principal: Principal | None) -> Response:

@@ -310,6 +310,13 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
             "true: every check of the write, the would-be service answered, nothing stored",
         ),
     ],
+    ("GET", "/api/v1/issuers/{id}/ca.pem"): [
+        _query(
+            "chain",
+            {"type": "string", "enum": ["true", "false"]},
+            "true: the CAs above the issuer too, nearest first, ending with the root",
+        ),
+    ],
     ("GET", "/api/v1/issuers/{id}/crl"): [
         _query("format", {"type": "string", "enum": ["der", "pem"]}, "DER unless pem"),
     ],

@@ -857,8 +857,13 @@ def certs_issue(
     if out is not None:
         # Fetched before issuing too: a failure here (an unknown issuer, a proxy's error)
         # must not come after the certificate was issued.
-        ca_pem = _request(
-            "GET", f"/api/v1/issuers/{_seg(issuer)}/ca.pem", accept="application/x-pem-file"
+        ca_pem = _root_pem(
+            _request(
+                "GET",
+                f"/api/v1/issuers/{_seg(issuer)}/ca.pem",
+                params={"chain": "true"},
+                accept="application/x-pem-file",
+            )
         )
     data = _request("POST", "/api/v1/certificates", body)
     _warn_about(data)
@@ -882,6 +887,26 @@ def certs_issue(
             ) from exc
         data = {k: v for k, v in data.items() if not k.endswith("_pem")} | {"out": str(out)}
     _print(data)
+
+
+def _root_pem(chain_pem: Any) -> str:
+    """The last certificate of an issuer's ``ca.pem?chain=true``: the root clients trust.
+
+    ca.crt is the trust anchor, as ``cert issue`` and the managed services write it; the
+    issuer's own certificate, for an intermediate, is already in tls.crt, and OpenSSL (nginx,
+    curl, Python) refuses a chain that ends at an intermediate given as the CA file.
+    """
+    from cryptography import x509
+
+    from certctl.pki import certs_to_pem
+
+    try:
+        certs = x509.load_pem_x509_certificates(str(chain_pem).encode())
+    except ValueError:
+        certs = []
+    if not certs:
+        raise _unexpected("/api/v1/issuers/{id}/ca.pem", "no PEM certificate")
+    return certs_to_pem(certs[-1:]).decode()
 
 
 def _csr_pem(path: Path) -> str:

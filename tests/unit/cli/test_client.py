@@ -660,14 +660,40 @@ def test_issue_into_an_existing_directory_is_refused_before_the_request(
 
     issued = {"id": "c1", "certificate_pem": "LEAF\n", "chain_pem": "", "private_key_pem": "K\n"}
     listener.answers["/api/v1/certificates"] = Answer(201, body=json.dumps(issued).encode())
-    listener.answers["/api/v1/issuers/default/ca.pem"] = Answer(content_type="x", body=b"CA\n")
+    listener.answers["/api/v1/issuers/default/ca.pem"] = Answer(content_type="x", body=_ca_pem())
     proc = certctl(
         "certs", "issue", "--cn", "web-1", "--out", "web-1", "--force", env=env, cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "web-1" / "tls.crt").read_text() == "LEAF\n"
     assert (tmp_path / "web-1" / "tls.key").read_text() == "K\n"
+    assert (tmp_path / "web-1" / "ca.crt").read_text().startswith("-----BEGIN CERTIFICATE-----")
     assert "K\n" not in proc.stdout
+
+
+def _ca_pem() -> bytes:
+    """A real CA certificate: ``certs issue --out`` writes the root of ``ca.pem?chain=true``."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Fake CA")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(Encoding.PEM)
 
 
 def test_issue_whose_output_fails_after_the_request_names_the_certificate(
@@ -679,7 +705,7 @@ def test_issue_whose_output_fails_after_the_request_names_the_certificate(
     listener.answers["/api/v1/certificates"] = Answer(
         201, body=json.dumps(issued).encode(), side_effect=(tmp_path / "file").touch
     )
-    listener.answers["/api/v1/issuers/default/ca.pem"] = Answer(content_type="x", body=b"CA\n")
+    listener.answers["/api/v1/issuers/default/ca.pem"] = Answer(content_type="x", body=_ca_pem())
     proc = certctl(
         "certs",
         "issue",
