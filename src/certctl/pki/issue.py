@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 
 from certctl.errors import InvalidRequest
+from certctl.pki.constraints import check_name_constraints, name_constraints_of
 from certctl.pki.keys import check_public_key, signature_hash_for
 from certctl.pki.names import SubjectAltNames, validate_dns_name
 from certctl.pki.profiles import PROFILES, Profile
@@ -196,6 +197,8 @@ class CertificateAuthority:
             raise InvalidRequest("certificate needs a subject or at least one SAN")
         if profile.is_ca and not subject:
             raise InvalidRequest("a CA certificate needs a subject")
+        if self._name_constraints:
+            check_name_constraints(self._name_constraints, subject, sans)
         if profile.is_ca:
             # RFC 5280 4.2.1.9: a CA with pathLen N may be followed by at most N CAs.
             parent_len = self._path_length()
@@ -233,6 +236,11 @@ class CertificateAuthority:
             builder = builder.add_extension(sans.to_extension(), critical=not subject)
         certificate = builder.sign(self.private_key, self.signature_hash)
         return IssuedCertificate(certificate, tuple(warnings), sans, subject)
+
+    @functools.cached_property
+    def _name_constraints(self) -> tuple[x509.NameConstraints, ...]:
+        # Its own and those above it: a verifier applies every CA's on the path.
+        return name_constraints_of((self.certificate, *self.chain))
 
     @functools.cached_property
     def _template(self) -> SigningTemplate | None:

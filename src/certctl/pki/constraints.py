@@ -1,0 +1,149 @@
+"""Name constraints (RFC 5280 4.2.1.10) of an issuing CA, checked before it signs.
+
+certctl never writes nameConstraints, but an imported CA may carry them (an enterprise
+intermediate limited to ``.corp.example``). A certificate naming something outside them is
+refused by every verifier (OpenSSL: "permitted subtree violation", Go, Java), so issuing it
+only hands the user a certificate that fails at the first handshake.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from urllib.parse import urlsplit
+
+from cryptography import x509
+
+from certctl.errors import InvalidRequest
+from certctl.pki.names import SubjectAltNames, validate_dns_name
+
+__all__ = ["check_name_constraints", "name_constraints_of"]
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def name_constraints_of(
+    certificates: Iterable[x509.Certificate],
+) -> tuple[x509.NameConstraints, ...]:
+    """The nameConstraints of each CA certificate that has them (most CAs: none)."""
+    found = []
+    for certificate in certificates:
+        try:
+            found.append(certificate.extensions.get_extension_for_class(x509.NameConstraints).value)
+        except x509.ExtensionNotFound:
+            continue
+    return tuple(found)
+
+
+def check_name_constraints(
+    constraints: Sequence[x509.NameConstraints], subject: x509.Name, sans: SubjectAltNames
+) -> None:
+    """Refuse a subject or SAN outside the permitted, or inside the excluded, subtrees.
+
+    As OpenSSL does, a host-like common name counts as a DNS name when there is no DNS SAN.
+
+    Raises:
+        InvalidRequest: the message names the name and the CA's constraint it breaks.
+    """
+    dns = list(sans.dns) or _host_common_names(subject)
+    names: list[tuple[str, str, type[x509.GeneralName]]] = [
+        *(("DNS name", d, x509.DNSName) for d in dns),
+        *(("IP address", str(a), x509.IPAddress) for a in sans.ip),
+        *(("e-mail address", e, x509.RFC822Name) for e in sans.email),
+        *(("URI", u, x509.UniformResourceIdentifier) for u in sans.uri),
+    ]
+    for constraint in constraints:
+        permitted = list(constraint.permitted_subtrees or ())
+        excluded = list(constraint.excluded_subtrees or ())
+        for what, value, kind in names:
+            _check(what, value, kind, permitted, excluded)
+        if subject:
+            _check("subject", subject, x509.DirectoryName, permitted, excluded)
+
+
+def _check(
+    what: str,
+    value: str | x509.Name,
+    kind: type[x509.GeneralName],
+    permitted: list[x509.GeneralName],
+    excluded: list[x509.GeneralName],
+) -> None:
+    shown = value.rfc4514_string() if isinstance(value, x509.Name) else value
+    for base in excluded:
+        if isinstance(base, kind) and _within(value, base):
+            raise InvalidRequest(
+                f"{what} {shown} is excluded by the issuing CA's name constraints "
+                f"({_describe(base)}): no client would accept the certificate"
+            )
+    bases = [base for base in permitted if isinstance(base, kind)]
+    if bases and not any(_within(value, base) for base in bases):
+        allowed = ", ".join(_describe(b) for b in bases)
+        raise InvalidRequest(
+            f"{what} {shown} is outside the issuing CA's name constraints (permitted: "
+            f"{allowed}): no client would accept the certificate"
+        )
+
+
+def _within(value: str | x509.Name, base: x509.GeneralName) -> bool:
+    if isinstance(base, x509.DirectoryName):
+        assert isinstance(value, x509.Name)
+        prefix = [_canonical(rdn) for rdn in base.value.rdns]
+        return [_canonical(rdn) for rdn in value.rdns[: len(prefix)]] == prefix
+    assert isinstance(value, str)
+    if isinstance(base, x509.IPAddress):
+        address: _Address = ipaddress.ip_address(value)
+        network = base.value
+        return isinstance(network, ipaddress.IPv4Network | ipaddress.IPv6Network) and (
+            address.version == network.version and address in network
+        )
+    if isinstance(base, x509.DNSName):
+        return _host_within(value, base.value)
+    if isinstance(base, x509.RFC822Name):
+        constraint = base.value.lower()
+        if "@" in constraint:  # one mailbox
+            return value.lower() == constraint
+        return _host_within(value.rpartition("@")[2], constraint)
+    if isinstance(base, x509.UniformResourceIdentifier):
+        host = urlsplit(value).hostname
+        return host is not None and _host_within(host, base.value)
+    return False
+
+
+def _canonical(rdn: x509.RelativeDistinguishedName) -> frozenset[tuple[str, str]]:
+    # As OpenSSL compares names: case and runs of white space do not count (RFC 4518).
+    return frozenset((a.oid.dotted_string, " ".join(str(a.value).split()).lower()) for a in rdn)
+
+
+def _host_within(host: str, constraint: str) -> bool:
+    # "corp.example" covers itself and every name below it; ".corp.example" only those below.
+    host, base = host.lower().rstrip("."), constraint.lower().rstrip(".")
+    if not base:
+        return True
+    if base.startswith("."):
+        return host.endswith(base)
+    return host == base or host.endswith("." + base)
+
+
+def _host_common_names(subject: x509.Name) -> list[str]:
+    names = []
+    for attribute in subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME):
+        value = attribute.value
+        if not isinstance(value, str) or "." not in value:
+            continue  # "alice smith", "localhost": OpenSSL checks only names with a dot
+        try:
+            names.append(validate_dns_name(value))
+        except InvalidRequest:
+            continue
+    return names
+
+
+def _describe(base: x509.GeneralName) -> str:
+    if isinstance(base, x509.DirectoryName):
+        return f"DirName {base.value.rfc4514_string()}"
+    label = {
+        x509.DNSName: "DNS",
+        x509.IPAddress: "IP",
+        x509.RFC822Name: "email",
+        x509.UniformResourceIdentifier: "URI",
+    }.get(type(base), type(base).__name__)
+    return f"{label} {base.value}"

@@ -1,0 +1,213 @@
+"""A CA with nameConstraints (made by openssl, imported) signs only what verifiers accept.
+
+certctl writes no name constraints, but imports CAs that have them. Before, ``cert issue``
+signed any name under such a CA, and ``openssl verify`` refused the result with "permitted
+subtree violation": the user learned it at the first handshake.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests._tools import ok, run
+from tests.integration.conftest import certctl, certctl_ok
+
+pytestmark = pytest.mark.integration
+
+CONSTRAINTS = (
+    "nameConstraints=critical,permitted;DNS:.corp.example,permitted;IP:10.0.0.0/255.0.0.0,"
+    "permitted;email:corp.example,permitted;URI:.corp.example,excluded;DNS:.secret.corp.example"
+)
+
+
+@pytest.fixture(scope="module")
+def constrained_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An imported root limited to .corp.example (DNS, URI hosts), 10/8, @corp.example."""
+    base = tmp_path_factory.mktemp("constrained")
+    ok(
+        run(
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", base / "ca.key", "-out", base / "ca.crt", "-days", "30",
+            "-subj", "/CN=Corp Constrained CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-addext", CONSTRAINTS,
+        )
+    )  # fmt: skip
+    out = base / "ca"
+    certctl_ok("ca", "import", "--cert", base / "ca.crt", "--key", base / "ca.key", "--out", out)
+    return out
+
+
+def _openssl_verify(ca: Path, leaf: Path, purpose: str) -> tuple[int, str]:
+    result = run(
+        "openssl", "verify", "-x509_strict", "-purpose", purpose, "-CAfile", ca / "ca.crt",
+        "-untrusted", leaf, leaf,
+    )  # fmt: skip
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "purpose"),
+    [
+        (
+            ["--cn", "web.corp.example", "--dns", "web.corp.example", "--ip", "10.1.2.3"],
+            "sslserver",
+        ),
+        (["--cn", "svc.corp.example", "--uri", "spiffe://svc.corp.example/api"], "sslserver"),
+        (
+            ["--cn", "Alice Smith", "--profile", "client", "--email", "alice@corp.example"],
+            "sslclient",
+        ),
+        # A common name that is no host name is not held to the DNS constraints.
+        (["--cn", "batch job", "--profile", "client"], "sslclient"),
+    ],
+)
+def test_names_inside_the_constraints_are_issued_and_verify(
+    constrained_ca: Path, tmp_path: Path, args: list[str], purpose: str
+) -> None:
+    out = tmp_path / "leaf"
+    certctl_ok("cert", "issue", "--ca", constrained_ca, "--out", out, *args)
+    assert _openssl_verify(constrained_ca, out / "tls.crt", purpose) == (
+        0,
+        f"{out / 'tls.crt'}: OK\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--cn", "web.example.com", "--dns", "web.example.com"],
+            "DNS name web.example.com is outside the issuing CA's name constraints "
+            "(permitted: DNS .corp.example)",
+        ),
+        (
+            # ".corp.example" covers the names below it, not the apex (OpenSSL, Go).
+            ["--cn", "corp.example"],
+            "DNS name corp.example is outside the issuing CA's name constraints "
+            "(permitted: DNS .corp.example)",
+        ),
+        (
+            ["--cn", "db.secret.corp.example", "--dns", "db.secret.corp.example"],
+            "DNS name db.secret.corp.example is excluded by the issuing CA's name constraints "
+            "(DNS .secret.corp.example)",
+        ),
+        (
+            ["--cn", "web.corp.example", "--dns", "web.corp.example", "--ip", "192.168.1.1"],
+            "IP address 192.168.1.1 is outside the issuing CA's name constraints "
+            "(permitted: IP 10.0.0.0/8)",
+        ),
+        (
+            ["--cn", "web.corp.example", "--dns", "web.corp.example", "--ip", "::1"],
+            "IP address ::1 is outside the issuing CA's name constraints "
+            "(permitted: IP 10.0.0.0/8)",
+        ),
+        (
+            ["--cn", "Mallory", "--profile", "client", "--email", "m@evil.example"],
+            "e-mail address m@evil.example is outside the issuing CA's name constraints "
+            "(permitted: email corp.example)",
+        ),
+        (
+            ["--cn", "svc.corp.example", "--uri", "spiffe://evil.example/api"],
+            "URI spiffe://evil.example/api is outside the issuing CA's name constraints "
+            "(permitted: URI .corp.example)",
+        ),
+        (
+            # No DNS SAN: OpenSSL holds a host-like common name to the DNS constraints.
+            ["--cn", "web.example.com", "--profile", "client"],
+            "DNS name web.example.com is outside the issuing CA's name constraints "
+            "(permitted: DNS .corp.example)",
+        ),
+    ],
+)
+def test_names_outside_the_constraints_are_refused_in_one_line(
+    constrained_ca: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "leaf"
+    result = certctl("cert", "issue", "--ca", constrained_ca, "--out", out, *args)
+    assert result.code == 1
+    assert result.err == (f"certctl: error: {message}: no client would accept the certificate\n")
+    assert not out.exists()
+
+
+def test_openssl_refuses_what_certctl_now_refuses(constrained_ca: Path, tmp_path: Path) -> None:
+    # Negative twin: the same name signed by openssl itself under the constrained CA fails
+    # `openssl verify`, so the refusal above spares the user a certificate nothing accepts.
+    key, csr, crt = tmp_path / "k.pem", tmp_path / "r.csr", tmp_path / "c.pem"
+    ok(
+        run(
+            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=web.example.com",
+        )
+    )  # fmt: skip
+    extensions = tmp_path / "ext.cnf"
+    extensions.write_text("subjectAltName=DNS:web.example.com\nextendedKeyUsage=serverAuth\n")
+    ok(
+        run(
+            "openssl", "x509", "-req", "-in", csr, "-CA", constrained_ca / "ca.crt",
+            "-CAkey", constrained_ca / "ca.key", "-out", crt, "-days", "1",
+            "-extfile", extensions,
+        )
+    )  # fmt: skip
+    code, output = _openssl_verify(constrained_ca, crt, "sslserver")
+    assert code != 0
+    assert "permitted subtree violation" in output
+
+
+def test_an_intermediate_below_a_constrained_ca_is_held_to_its_constraints(
+    constrained_ca: Path, tmp_path: Path
+) -> None:
+    inter = tmp_path / "inter"
+    certctl_ok("ca", "create", "--parent", constrained_ca, "--out", inter, "--cn", "Corp Sub CA")
+    inside = tmp_path / "inside"
+    certctl_ok("cert", "issue", "--ca", inter, "--out", inside, "--cn", "a.corp.example")
+    code, output = _openssl_verify(constrained_ca, inside / "tls.crt", "sslserver")
+    assert (code, output) == (0, f"{inside / 'tls.crt'}: OK\n")
+    refused = certctl("cert", "issue", "--ca", inter, "--out", tmp_path / "x", "--cn", "a.example")
+    assert refused.code == 1
+    assert "DNS name a.example is outside the issuing CA's name constraints" in refused.err
+
+
+def test_a_directory_name_constraint_holds_the_subject(tmp_path: Path) -> None:
+    # Compared as OpenSSL compares names: "o=example  corp" is inside "O=Example Corp".
+    config = tmp_path / "ca.cnf"
+    config.write_text(
+        "[req]\ndistinguished_name = dn\n[dn]\n"
+        "[ext]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n"
+        "nameConstraints = critical,permitted;dirName:corp\n"
+        "[corp]\nC = US\nO = Example Corp\n"
+    )
+    ok(
+        run(
+            "openssl", "req", "-x509", "-config", config, "-extensions", "ext",
+            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", tmp_path / "ca.key", "-out", tmp_path / "ca.crt", "-days", "30",
+            "-subj", "/C=US/O=Example Corp/CN=Corp DN CA",
+        )
+    )  # fmt: skip
+    ca = tmp_path / "ca"
+    certctl_ok(
+        "ca", "import", "--cert", tmp_path / "ca.crt", "--key", tmp_path / "ca.key", "--out", ca
+    )
+    inside = tmp_path / "inside"
+    subject = "CN=Build Bot,OU=ci,O=example  corp,C=US"
+    certctl_ok(
+        "cert", "issue", "--ca", ca, "--out", inside, "--profile", "client", "--subject", subject
+    )
+    assert _openssl_verify(ca, inside / "tls.crt", "sslclient") == (
+        0,
+        f"{inside / 'tls.crt'}: OK\n",
+    )
+    refused = certctl(
+        "cert", "issue", "--ca", ca, "--out", tmp_path / "x", "--profile", "client",
+        "--subject", "CN=Build Bot,O=Other Corp,C=US",
+    )  # fmt: skip
+    assert refused.code == 1
+    assert refused.err == (
+        "certctl: error: subject CN=Build Bot,O=Other Corp,C=US is outside the issuing CA's "
+        "name constraints (permitted: DirName O=Example Corp,C=US): no client would accept "
+        "the certificate\n"
+    )
