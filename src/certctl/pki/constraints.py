@@ -1,4 +1,4 @@
-"""Name constraints (RFC 5280 4.2.1.10) of an issuing CA, checked before it signs.
+"""Name constraints (RFC 5280 4.2.1.10) and extended key usages of an issuing CA.
 
 certctl never writes nameConstraints, but an imported CA may carry them (an enterprise
 intermediate limited to ``.corp.example``). A certificate naming something outside them is
@@ -13,11 +13,12 @@ from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit
 
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certctl.errors import InvalidRequest
 from certctl.pki.names import SubjectAltNames, validate_dns_name
 
-__all__ = ["check_name_constraints", "name_constraints_of"]
+__all__ = ["check_extended_key_usage", "check_name_constraints", "name_constraints_of"]
 
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -147,3 +148,44 @@ def _describe(base: x509.GeneralName) -> str:
         x509.UniformResourceIdentifier: "URI",
     }.get(type(base), type(base).__name__)
     return f"{label} {base.value}"
+
+
+def check_extended_key_usage(
+    certificates: Iterable[x509.Certificate], wanted: Sequence[x509.ObjectIdentifier]
+) -> None:
+    """Refuse a leaf usage that a CA above it does not list in its own extendedKeyUsage.
+
+    RFC 5280 does not chain EKUs, but OpenSSL ("unsuitable certificate purpose"), Go and
+    Windows do: a server certificate below a CA limited to clientAuth fails everywhere.
+
+    Raises:
+        InvalidRequest: the message names the CA and the usage it lacks.
+    """
+    for certificate in certificates:
+        try:
+            usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            continue
+        if ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages:
+            continue
+        missing = [oid for oid in wanted if oid not in usages]
+        if missing:
+            raise InvalidRequest(
+                f"{certificate.subject.rfc4514_string()} limits its certificates to "
+                f"{_usage_names(usages)}, not {_usage_names(missing)}: no client would "
+                "accept the certificate"
+            )
+
+
+_USAGE_NAMES = {
+    ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
+    ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+    ExtendedKeyUsageOID.CODE_SIGNING: "codeSigning",
+    ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection",
+    ExtendedKeyUsageOID.TIME_STAMPING: "timeStamping",
+    ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning",
+}
+
+
+def _usage_names(usages: Iterable[x509.ObjectIdentifier]) -> str:
+    return ", ".join(_USAGE_NAMES.get(oid, oid.dotted_string) for oid in usages)

@@ -15,7 +15,11 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 
 from certctl.errors import InvalidRequest
-from certctl.pki.constraints import check_name_constraints, name_constraints_of
+from certctl.pki.constraints import (
+    check_extended_key_usage,
+    check_name_constraints,
+    name_constraints_of,
+)
 from certctl.pki.keys import check_public_key, signature_hash_for
 from certctl.pki.names import SubjectAltNames, validate_dns_name
 from certctl.pki.profiles import PROFILES, Profile
@@ -199,6 +203,8 @@ class CertificateAuthority:
             raise InvalidRequest("a CA certificate needs a subject")
         if self._name_constraints:
             check_name_constraints(self._name_constraints, subject, sans)
+        if self._has_extended_key_usage and not profile.is_ca:
+            check_extended_key_usage((self.certificate, *self.chain), profile.extended_key_usage)
         if profile.is_ca:
             # RFC 5280 4.2.1.9: a CA with pathLen N may be followed by at most N CAs.
             parent_len = self._path_length()
@@ -241,6 +247,15 @@ class CertificateAuthority:
     def _name_constraints(self) -> tuple[x509.NameConstraints, ...]:
         # Its own and those above it: a verifier applies every CA's on the path.
         return name_constraints_of((self.certificate, *self.chain))
+
+    @functools.cached_property
+    def _has_extended_key_usage(self) -> bool:
+        # Most CAs carry none; those that do bind the usages of what they sign (see below).
+        return any(
+            isinstance(e.value, x509.ExtendedKeyUsage)
+            for c in (self.certificate, *self.chain)
+            for e in c.extensions
+        )
 
     @functools.cached_property
     def _template(self) -> SigningTemplate | None:

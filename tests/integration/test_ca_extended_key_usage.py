@@ -1,0 +1,99 @@
+"""A CA limited by its own extendedKeyUsage (made by openssl, imported) signs only those usages.
+
+OpenSSL, Go and Windows hold a leaf's usage to the EKUs of the CAs above it. Before, a CA
+limited to clientAuth signed server certificates that ``openssl verify -purpose sslserver``
+refused with "unsuitable certificate purpose".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests._tools import ok, run
+from tests.integration.conftest import certctl, certctl_ok
+
+pytestmark = pytest.mark.integration
+
+
+def _imported_ca(base: Path, eku: str) -> Path:
+    ok(
+        run(
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", base / "ca.key", "-out", base / "ca.crt", "-days", "30",
+            "-subj", f"/CN={eku} CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-addext", f"extendedKeyUsage={eku}",
+        )
+    )  # fmt: skip
+    out = base / "ca"
+    certctl_ok("ca", "import", "--cert", base / "ca.crt", "--key", base / "ca.key", "--out", out)
+    return out
+
+
+def _purpose_verifies(ca: Path, leaf: Path, purpose: str) -> bool:
+    result = run(
+        "openssl", "verify", "-x509_strict", "-purpose", purpose, "-CAfile", ca / "ca.crt",
+        "-untrusted", leaf, leaf,
+    )  # fmt: skip
+    return result.returncode == 0
+
+
+def test_a_client_auth_ca_refuses_server_certificates(tmp_path: Path) -> None:
+    ca = _imported_ca(tmp_path, "clientAuth")
+    client = tmp_path / "client"
+    certctl_ok("cert", "issue", "--ca", ca, "--out", client, "--profile", "client", "--cn", "bot")
+    assert _purpose_verifies(ca, client / "tls.crt", "sslclient")
+    for profile in ("server", "server+client"):
+        out = tmp_path / profile
+        result = certctl(
+            "cert", "issue", "--ca", ca, "--out", out, "--profile", profile,
+            "--cn", "web.example.com",
+        )  # fmt: skip
+        assert result.code == 1
+        assert result.err == (
+            "certctl: error: CN=clientAuth CA limits its certificates to clientAuth, not "
+            "serverAuth: no client would accept the certificate\n"
+        )
+        assert not out.exists()
+    # An intermediate below it carries no EKU and is made; its leaves are held all the same.
+    inter = tmp_path / "inter"
+    certctl_ok("ca", "create", "--parent", ca, "--out", inter, "--cn", "Sub CA")
+    refused = certctl("cert", "issue", "--ca", inter, "--out", tmp_path / "x", "--cn", "w.example")
+    assert refused.code == 1
+    assert "CN=clientAuth CA limits its certificates to clientAuth" in refused.err
+
+
+def test_openssl_refuses_a_server_certificate_below_a_client_auth_ca(tmp_path: Path) -> None:
+    # Negative twin: what certctl refuses, openssl itself signs and then does not accept.
+    ca = _imported_ca(tmp_path, "clientAuth")
+    key, csr, crt = tmp_path / "k.pem", tmp_path / "r.csr", tmp_path / "c.pem"
+    ok(
+        run(
+            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=web.example.com",
+        )
+    )  # fmt: skip
+    extensions = tmp_path / "ext.cnf"
+    extensions.write_text("subjectAltName=DNS:web.example.com\nextendedKeyUsage=serverAuth\n")
+    ok(
+        run(
+            "openssl", "x509", "-req", "-in", csr, "-CA", ca / "ca.crt", "-CAkey", ca / "ca.key",
+            "-out", crt, "-days", "1", "-extfile", extensions,
+        )
+    )  # fmt: skip
+    assert not _purpose_verifies(ca, crt, "sslserver")
+
+
+def test_a_ca_allowing_both_usages_issues_every_profile(tmp_path: Path) -> None:
+    # (anyExtendedKeyUsage is let through too, as Go reads it; OpenSSL 3.0 refuses it.)
+    ca = _imported_ca(tmp_path, "serverAuth,clientAuth")
+    out = tmp_path / "peer"
+    certctl_ok(
+        "cert", "issue", "--ca", ca, "--out", out, "--profile", "server+client",
+        "--cn", "peer.example.com",
+    )  # fmt: skip
+    assert _purpose_verifies(ca, out / "tls.crt", "sslserver")
+    assert _purpose_verifies(ca, out / "tls.crt", "sslclient")
