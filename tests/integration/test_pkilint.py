@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests._tools import require
-from tests.integration.conftest import KEY_TYPES, LEAF_PROFILES, Pki
+from tests.integration.conftest import KEY_TYPES, LEAF_PROFILES, Pki, certctl_ok
 
 pytestmark = pytest.mark.integration
 
@@ -125,3 +125,62 @@ def test_lint_pkix_cert_cli_reports_a_single_label_name(pki: Pki, tmp_path: Path
     found = [d["code"] for r in json.loads(out)["results"] for d in r["finding_descriptions"]]
     assert found == ["pkix.invalid_domain_name_syntax"]
     assert code == 1
+
+
+def lint_crl(path: Path) -> list[tuple[str, str]]:
+    """``(severity, code)`` of every WARNING or worse ``lint_crl`` (RFC 5280 profile) reports."""
+    result = subprocess.run(
+        [require("lint_crl"), "lint", "-t", "CRL", "-p", "PKIX", "-s", "WARNING", "-f", "JSON",
+         str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    found = [
+        (d["severity"], d["code"])
+        for r in json.loads(result.stdout)["results"]
+        for d in r["finding_descriptions"]
+    ]
+    assert result.returncode == len(found), result.stderr  # exit code = findings reported
+    return found
+
+
+@pytest.mark.parametrize("key_type", ["ec-p256", "rsa-2048", "ed25519"])
+def test_lint_crl_passes_empty_and_filled_crls(pki: Pki, tmp_path: Path, key_type: str) -> None:
+    # CRL number, AKI, nextUpdate, reason codes (none for unspecified), --from, DER.
+    inter = pki.chain(key_type).inter
+    empty, filled, kept = tmp_path / "empty.crl", tmp_path / "filled.crl", tmp_path / "kept.der"
+    certctl_ok("crl", "create", "--ca", inter, "--out", empty)
+    certctl_ok(
+        "crl", "create", "--ca", inter, "--out", filled, "--revoked", "0x1f2e3d",
+        "--revoked", "dec:4242", "--reason", "keyCompromise",
+    )  # fmt: skip
+    certctl_ok(
+        "crl", "create", "--ca", inter, "--out", kept, "--from", filled, "--revoked", "0x77",
+        "--reason", "unspecified", "--der",
+    )  # fmt: skip
+    for crl in (empty, filled, kept):
+        assert lint_crl(crl) == [], crl.name
+
+
+def test_lint_crl_reports_a_crl_without_number_or_aki(pki: Pki, tmp_path: Path) -> None:
+    # Negative twin: the linter does see what certctl always adds.
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    inter = pki.chain("ec-p256").inter
+    key = serialization.load_pem_private_key((inter / "ca.key").read_bytes(), None)
+    issuer = x509.load_pem_x509_certificate((inter / "ca.crt").read_bytes()).subject
+    now = datetime.now(UTC)
+    bare = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer)
+        .last_update(now)
+        .next_update(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    path = tmp_path / "bare.crl"
+    path.write_bytes(bare.public_bytes(Encoding.PEM))
+    assert sorted(lint_crl(path)) == [
+        ("ERROR", "pkix.authority_key_identifier_missing"),
+        ("ERROR", "pkix.crl_number_missing"),
+    ]
