@@ -11,7 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests._tools import require
+from tests._tools import ok, require, run
 from tests.integration.conftest import KEY_TYPES, LEAF_PROFILES, Pki, certctl_ok
 
 pytestmark = pytest.mark.integration
@@ -184,3 +184,38 @@ def test_lint_crl_reports_a_crl_without_number_or_aki(pki: Pki, tmp_path: Path) 
         ("ERROR", "pkix.authority_key_identifier_missing"),
         ("ERROR", "pkix.crl_number_missing"),
     ]
+
+
+def test_a_subject_email_address_is_also_an_rfc822_san(pki: Pki, tmp_path: Path) -> None:
+    # `openssl req` asks for an emailAddress; RFC 5280 4.1.2.6 says the address MUST be an
+    # rfc822Name SAN. Before, csr sign kept it in the subject only: pkilint ERROR
+    # pkix.subject_email_address_not_in_san.
+    inter = pki.chain("ec-p256").inter
+    key, csr = tmp_path / "req.key", tmp_path / "req.csr"
+    subject = "/O=Example/CN=mail-1.example.com/emailAddress=ops@example.com"
+    ok(
+        run(
+            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", key, "-out", csr, "-subj", subject,
+        )
+    )  # fmt: skip
+    certctl_ok("csr", "sign", "--ca", inter, "--csr", csr, "--out", tmp_path / "signed")
+    leaf = first_certificate(tmp_path / "signed" / "tls.crt", tmp_path / "leaf.pem")
+    code, out, _ = lint_cli({"leaf": leaf}, "WARNING")["leaf"]
+    assert (code, json.loads(out)["results"]) == (0, [])
+    sans = x509.load_pem_x509_certificate(leaf.read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    assert sans.value.get_values_for_type(x509.RFC822Name) == ["ops@example.com"]
+    assert sans.value.get_values_for_type(x509.DNSName) == ["mail-1.example.com"]
+    # Negative twin: openssl signing the same CSR as it is gives what pkilint reports.
+    raw = tmp_path / "raw.pem"
+    ok(
+        run(
+            "openssl", "x509", "-req", "-in", csr, "-CA", inter / "ca.crt",
+            "-CAkey", inter / "ca.key", "-out", raw, "-days", "1",
+        )
+    )  # fmt: skip
+    code, out, _ = lint_cli({"raw": raw}, "ERROR")["raw"]
+    found = [d["code"] for r in json.loads(out)["results"] for d in r["finding_descriptions"]]
+    assert "pkix.subject_email_address_not_in_san" in found

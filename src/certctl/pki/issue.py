@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -197,6 +198,8 @@ class CertificateAuthority:
                     "server certificate without a DNS or IP name: TLS clients match hosts "
                     "against SANs only, and the common name is not a host name"
                 )
+        if profile.allows_sans:
+            sans = _with_subject_emails(subject, sans)
         if not profile.is_ca and not subject and not sans:
             raise InvalidRequest("certificate needs a subject or at least one SAN")
         if profile.is_ca and not subject:
@@ -312,6 +315,24 @@ def _sans_from_common_name(subject: x509.Name) -> SubjectAltNames:
         return SubjectAltNames(dns=(validate_dns_name(cns[0].value),))
     except InvalidRequest:
         return SubjectAltNames()
+
+
+def _with_subject_emails(subject: x509.Name, sans: SubjectAltNames) -> SubjectAltNames:
+    # RFC 5280 4.1.2.6: an e-mail address MUST be an rfc822Name SAN; the subject's
+    # emailAddress (what `openssl req` asks for) is only a legacy copy. pkilint reports one
+    # missing from the SANs as an ERROR, and S/MIME clients look for it there only.
+    attributes = subject.get_attributes_for_oid(x509.NameOID.EMAIL_ADDRESS)
+    if not attributes:
+        return sans
+    emails = list(sans.email)
+    for attribute in attributes:
+        try:
+            address = SubjectAltNames.parse(email=[str(attribute.value)]).email[0]
+        except InvalidRequest:
+            continue  # not an address a SAN can hold: left as the CSR had it
+        if address not in emails:
+            emails.append(address)
+    return dataclasses.replace(sans, email=tuple(emails))
 
 
 def _base_builder(
