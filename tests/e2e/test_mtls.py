@@ -282,6 +282,65 @@ def test_a_client_certificate_certctl_issued_carries_no_more_than_its_requester(
         assert whoami(operators)["permissions"] == []
 
 
+def test_an_administrator_renewing_an_operators_csr_certificate_does_not_raise_its_key(
+    tmp_path: Path,
+) -> None:
+    """A renewal keeps a CSR's key, so it carries no more than the key's first requester.
+
+    Before, an operator's ``CN=ci-admin`` (capped to r-operator) renewed by an administrator
+    (a bulk renewal of what expires) authenticated the operator's own key as an administrator.
+    """
+    certctl_cli("ca", "create", "--out", tmp_path / "team-ca", "--cn", "Team CA")
+    config = {
+        "tls": {"client-auth": "optional", "client-ca": str(tmp_path / "team-ca" / "ca.crt")},
+        "auth": {"client-cert-mappings": [{"subject": "CN=ci-admin", "roles": ["r-admin"]}]},
+    }
+    run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+        "-nodes", "-keyout", tmp_path / "ci.key", "-out", tmp_path / "ci.csr",
+        "-subj", "/CN=ci-admin", timeout=20)  # fmt: skip
+    csr = (tmp_path / "ci.csr").read_text()
+
+    def permissions(cert_pem: str) -> object:
+        (tmp_path / "ci.crt").write_text(cert_pem)
+        status, _, body = split_response(
+            curl(server, WHOAMI, (tmp_path / "ci.crt", tmp_path / "ci.key"))
+        )
+        assert status == 200, body
+        return json.loads(body)["permissions"]
+
+    with launch(tmp_path / "server", config=config) as server:
+        with server.client(server.admin_key) as admin:
+            imported = admin.post(
+                "/api/v1/issuers",
+                json={
+                    "id": "team",
+                    "certificate_pem": (tmp_path / "team-ca" / "ca.crt").read_text(),
+                    "private_key_pem": (tmp_path / "team-ca" / "ca.key").read_text(),
+                },
+            )
+            assert imported.status_code == 201, imported.text
+            assert admin.post("/api/v1/auth/actors", json={"id": "op", "roles": ["r-operator"]})
+            minted = admin.post("/api/v1/auth/apikeys", json={"actor_id": "op"})
+            assert minted.status_code == 201, minted.text
+            request = {"issuer": "team", "csr": csr, "profile": "client"}
+            with server.client(minted.json()["key_value"]) as operator:
+                by_operator = operator.post("/api/v1/certificates", json=request)
+            assert by_operator.status_code == 201, by_operator.text
+            assert "auth.role.create" not in permissions(by_operator.json()["certificate_pem"])  # type: ignore[operator]
+            renewed = admin.post(f"/api/v1/certificates/{by_operator.json()['id']}/renew", json={})
+            assert renewed.status_code == 201, renewed.text
+            # The same key, renewed by the administrator: still no more than the operator.
+            held = permissions(renewed.json()["certificate_pem"])
+            assert "auth.role.create" not in held  # type: ignore[operator]
+            assert "cert.issue" in held  # type: ignore[operator]
+            # Twin: the administrator's own CSR certificate, renewed by it, stays an admin's.
+            by_admin = admin.post("/api/v1/certificates", json=request)
+            assert by_admin.status_code == 201, by_admin.text
+            again = admin.post(f"/api/v1/certificates/{by_admin.json()['id']}/renew", json={})
+            assert again.status_code == 201, again.text
+            assert "auth.role.create" in permissions(again.json()["certificate_pem"])  # type: ignore[operator]
+
+
 def test_a_client_certificate_that_expires_on_a_kept_alive_connection_stops_authenticating(
     tmp_path: Path,
 ) -> None:

@@ -12,7 +12,18 @@ from typing import Any, Protocol, cast
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Connection, Integer, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from certctl.errors import Conflict, InvalidRequest, NotFound
@@ -977,13 +988,26 @@ def _serial_forms(q: str) -> list[str]:
 _ISSUERS: Table = Issuer.__table__  # type: ignore[assignment]
 _ACTORS: Table = Actor.__table__  # type: ignore[assignment]
 _CLIENT_CERT_BY_ISSUER_DN = (
-    select(_CERTIFICATES.c.status, _ACTORS.c.roles)
+    select(
+        _CERTIFICATES.c.status,
+        _ACTORS.c.roles,
+        # A renewal that kept the requester's key (a CSR's) names its predecessor here.
+        case((_CERTIFICATES.c.wrapped_key.is_(None), _CERTIFICATES.c.renewed_from), else_=None),
+    )
     .join(_ISSUERS, _ISSUERS.c.id == _CERTIFICATES.c.issuer_id)
     .outerjoin(_ACTORS, _ACTORS.c.id == _CERTIFICATES.c.created_by)
     .where(
         _ISSUERS.c.subject == bindparam("issuer"),
         _CERTIFICATES.c.serial.in_(bindparam("serials", expanding=True)),
     )
+)
+_KEY_PREDECESSOR = (
+    select(
+        _ACTORS.c.roles,
+        case((_CERTIFICATES.c.wrapped_key.is_(None), _CERTIFICATES.c.renewed_from), else_=None),
+    )
+    .select_from(_CERTIFICATES.outerjoin(_ACTORS, _ACTORS.c.id == _CERTIFICATES.c.created_by))
+    .where(_CERTIFICATES.c.id == bindparam("id"))
 )
 
 
@@ -1014,12 +1038,36 @@ def issued_client_certificate(
             _CLIENT_CERT_BY_ISSUER_DN,
             {"issuer": issuer_dn, "serials": _serial_forms(format_serial(serial))},
         ).all()
+        creators = [roles for _, roles, _ in rows]
+        for _, _, predecessor in rows:
+            creators += _key_holders_before(connection, predecessor)
     if not rows:
         return None
     return IssuedClientCertificate(
-        any(status == "revoked" for status, _ in rows),
-        tuple(None if roles is None else tuple(roles) for _, roles in rows),
+        any(status == "revoked" for status, _, _ in rows),
+        tuple(None if roles is None else tuple(roles) for roles in creators),
     )
+
+
+def _key_holders_before(connection: Connection, cert_id: str | None) -> list[Any]:
+    """The roles of whoever had each earlier certificate of this key issued, newest first.
+
+    A renewal of a CSR-issued certificate certifies the same key again, which its first
+    requester holds: an administrator renewing an operator's ``CN=ci-admin`` must not make
+    that operator's key an administrator's. Server-made keys are new at each renewal.
+    """
+    found: list[Any] = []
+    seen: set[str] = set()
+    while cert_id is not None and cert_id not in seen:
+        if len(seen) == _MAX_CHAIN:
+            return [*found, None]  # requesters not looked up: as if no actor (no permission)
+        seen.add(cert_id)
+        row = connection.execute(_KEY_PREDECESSOR, {"id": cert_id}).first()
+        if row is None:
+            break
+        found.append(row[0])
+        cert_id = row[1]
+    return found
 
 
 def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationList:
