@@ -378,18 +378,22 @@ class ServerTLS:
             return False
         try:
             leaf = _validate_pair(cert_pem, key_pem, now)
-            # A new context, swapped in only once it holds the whole pair: a load_cert_chain
-            # that fails half-way (a chain certificate cut short, one OpenSSL refuses) leaves
-            # the serving context as it was.
-            context = self._context_for(cert_pem, key_pem)
+            # Built under the lock: check_client_ca (another thread in self-signed mode) may
+            # swap the client CAs meanwhile, and a context built around the old ones and
+            # swapped in after it would trust them again, the new file never applied.
+            with self._lock:
+                # A new context, swapped in only once it holds the whole pair: a
+                # load_cert_chain that fails half-way (a chain certificate cut short, one
+                # OpenSSL refuses) leaves the serving context as it was.
+                context = self._context_for(cert_pem, key_pem)
+                self.context, self._served = context, (cert_pem, key_pem)
+                self._since = time.monotonic()
         except (CertctlError, ssl.SSLError, ValueError) as exc:
             detail = exc.detail if isinstance(exc, CertctlError) else str(exc)
             if not self._digest:
                 raise InvalidRequest(f"{self.cert_dir}: {detail}") from exc
             return self._refuse(digest, detail)
         first = not self._digest
-        with self._lock:
-            self.context, self._served, self._since = context, (cert_pem, key_pem), time.monotonic()
         self._digest = digest
         TLS_NOT_AFTER.labels(self.listener).set(leaf.not_valid_after_utc.timestamp())
         if not first:

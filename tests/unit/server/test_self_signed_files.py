@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ssl
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import pytest
 
 from certctl.pki import (
     CertificateAuthority,
+    certs_to_pem,
     create_root_ca,
     generate_private_key,
     key_to_pem,
@@ -60,3 +64,41 @@ def test_a_damaged_tls_key_is_reissued_not_a_failed_start(
     assert "unusable" in caplog.text
     assert _pair_matches(tls_dir)
     ServerTLS(tls_dir).load(NOW)  # what the listener does at start
+
+
+def _ca(cn: str) -> CertificateAuthority:
+    key = generate_private_key()
+    root = create_root_ca(key, parse_dn(f"CN={cn}"), validity=timedelta(days=365), now=NOW)
+    return CertificateAuthority(root.certificate, key)
+
+
+def test_a_client_ca_change_during_a_certificate_reload_is_not_undone(tmp_path: Path) -> None:
+    # In self-signed mode the renewal thread reloads the certificate while another thread
+    # applies a changed tls.client-ca. The reload built its context around the old client
+    # CAs outside the lock and swapped it in after: the removed CA was trusted again, and the
+    # file, already marked as applied, was never read again.
+    tls_dir = tmp_path / "tls"
+    _ensure(tls_dir, _ca("server CA 1"))
+    client_ca = tmp_path / "clients.crt"
+    client_ca.write_bytes(certs_to_pem([_ca("old client CA").certificate]))
+    tls = ServerTLS(tls_dir, client_auth="optional", client_ca=client_ca)
+    tls.load(NOW)
+    _ensure(tls_dir, _ca("server CA 2"))  # a renewed server certificate to reload
+    real = tls._context_for
+    building = threading.Event()
+
+    def slow(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+        context = real(cert_pem, key_pem)
+        building.set()
+        time.sleep(0.5)  # the reload is slow: the client-ca change lands meanwhile
+        return context
+
+    tls._context_for = slow  # type: ignore[method-assign]
+    reload = threading.Thread(target=tls.load, args=(NOW,))
+    reload.start()
+    assert building.wait(10)
+    client_ca.write_bytes(certs_to_pem([_ca("new client CA").certificate]))
+    assert tls.check_client_ca()
+    reload.join(10)
+    trusted = [dict(rdn[0] for rdn in ca["subject"]) for ca in tls.context.get_ca_certs()]
+    assert trusted == [{"commonName": "new client CA"}]
