@@ -1078,7 +1078,11 @@ class _Router(Router):
             r.matches(stripped)[0] != Match.NONE for r in routes
         ):
             return None
-        raw = scope.get("raw_path") or path.encode()
+        raw: bytes = scope.get("raw_path") or path.encode()
+        if not raw.endswith(b"/"):
+            # The slash was sent encoded (/certificates%2F): the Location built from the raw
+            # path would be the request's own, and a client following it would loop.
+            return None
         # One leading slash: "//host/x" would be a network-path reference to another host.
         location = "/" + raw.decode("latin-1").strip("/")
         query: bytes = scope.get("query_string", b"")
