@@ -258,6 +258,7 @@ class ServerTLS:
             self._client_ca_pem = _client_ca_text(self.client_ca)
             self._client_ca_state = self._client_ca_digest()
         self._client_ca_refused = b""
+        self._client_ca_pending = b""  # a bad content seen once, refused if seen again
         self.context = self._new_context()
         self._since = time.monotonic()
         # load() runs on the event loop (the poll) and in a thread (the self-signed renewal).
@@ -334,6 +335,11 @@ class ServerTLS:
         try:
             text = _client_ca_text(self.client_ca)
         except (CertctlError, ssl.SSLError, OSError) as exc:
+            if state != self._client_ca_pending:
+                # Caught mid-write (cp truncates, then writes): empty or cut short. Judge
+                # it again on the next poll before an error line and an error count.
+                self._client_ca_pending = state
+                return False
             detail = exc.detail if isinstance(exc, CertctlError) else str(exc)
             self._client_ca_refused = state  # said once per bad content, not per poll
             log.error(

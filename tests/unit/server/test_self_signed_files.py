@@ -102,3 +102,31 @@ def test_a_client_ca_change_during_a_certificate_reload_is_not_undone(tmp_path: 
     reload.join(10)
     trusted = [dict(rdn[0] for rdn in ca["subject"]) for ca in tls.context.get_ca_certs()]
     assert trusted == [{"commonName": "new client CA"}]
+
+
+def test_a_client_ca_file_caught_mid_write_is_no_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # cp truncates the file, then writes it: a poll in between read an empty file and
+    # logged an ERROR (and counted a failed reload) for a change that was fine a second later.
+    tls_dir = tmp_path / "tls"
+    _ensure(tls_dir, _ca("server CA"))
+    client_ca = tmp_path / "clients.crt"
+    client_ca.write_bytes(certs_to_pem([_ca("old client CA").certificate]))
+    tls = ServerTLS(tls_dir, client_auth="optional", client_ca=client_ca)
+    tls.load(NOW)
+    new = certs_to_pem([_ca("new client CA").certificate])
+    client_ca.write_bytes(b"")
+    assert not tls.check_client_ca()
+    client_ca.write_bytes(new[: len(new) // 2])
+    assert not tls.check_client_ca()
+    client_ca.write_bytes(new)
+    assert tls.check_client_ca()
+    assert "cannot be used" not in caplog.text
+    # Twin: a bad file still there at the next poll is refused, once.
+    client_ca.write_bytes(b"not a certificate\n")
+    for _ in range(3):
+        assert not tls.check_client_ca()
+    assert caplog.text.count("cannot be used") == 1
+    trusted = [dict(rdn[0] for rdn in ca["subject"]) for ca in tls.context.get_ca_certs()]
+    assert trusted == [{"commonName": "new client CA"}]
