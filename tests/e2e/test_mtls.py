@@ -45,6 +45,31 @@ def split_response(result: subprocess.CompletedProcess[str]) -> tuple[int, str, 
     return int(status), headers.lower(), body
 
 
+def import_team_issuer(server: CertctlServer, ca_dir: Path) -> None:
+    """Import the CA in ``ca_dir`` (ca.crt, ca.key) as issuer ``team``."""
+    with server.client(server.admin_key) as admin:
+        imported = admin.post(
+            "/api/v1/issuers",
+            json={
+                "id": "team",
+                "certificate_pem": (ca_dir / "ca.crt").read_text(),
+                "private_key_pem": (ca_dir / "ca.key").read_text(),
+            },
+        )
+    assert imported.status_code == 201, imported.text
+
+
+def operator_key(server: CertctlServer) -> str:
+    """The API key of a new actor ``op`` holding ``r-operator``."""
+    with server.client(server.admin_key) as admin:
+        created = admin.post("/api/v1/auth/actors", json={"id": "op", "roles": ["r-operator"]})
+        assert created.status_code == 201, created.text
+        minted = admin.post("/api/v1/auth/apikeys", json={"actor_id": "op"})
+    assert minted.status_code == 201, minted.text
+    key: str = minted.json()["key_value"]
+    return key
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     base = tmp_path_factory.mktemp("mtls-pki")
@@ -170,16 +195,8 @@ def test_a_client_certificate_revoked_through_the_api_stops_authenticating(
         "auth": {"client-cert-mappings": [{"subject": "CN=*", "roles": ["r-viewer"]}]},
     }
     with launch(tmp_path / "server", config=config) as server:
+        import_team_issuer(server, tmp_path / "team-ca")
         with server.client(server.admin_key) as admin:
-            imported = admin.post(
-                "/api/v1/issuers",
-                json={
-                    "id": "team",
-                    "certificate_pem": (tmp_path / "team-ca" / "ca.crt").read_text(),
-                    "private_key_pem": (tmp_path / "team-ca" / "ca.key").read_text(),
-                },
-            )
-            assert imported.status_code == 201, imported.text
             certs: dict[str, tuple[Path, Path]] = {}
             ids: dict[str, str] = {}
             for name in ("carol", "dave"):
@@ -245,21 +262,8 @@ def test_a_client_certificate_certctl_issued_carries_no_more_than_its_requester(
         return answer
 
     with launch(tmp_path / "server", config=config) as server:
-        with server.client(server.admin_key) as admin:
-            imported = admin.post(
-                "/api/v1/issuers",
-                json={
-                    "id": "team",
-                    "certificate_pem": (tmp_path / "team-ca" / "ca.crt").read_text(),
-                    "private_key_pem": (tmp_path / "team-ca" / "ca.key").read_text(),
-                },
-            )
-            assert imported.status_code == 201, imported.text
-            assert admin.post("/api/v1/auth/actors", json={"id": "op", "roles": ["r-operator"]})
-            minted = admin.post("/api/v1/auth/apikeys", json={"actor_id": "op"})
-            assert minted.status_code == 201, minted.text
-        operator_key = minted.json()["key_value"]
-        operators = issue(operator_key, "by-operator")
+        import_team_issuer(server, tmp_path / "team-ca")
+        operators = issue(operator_key(server), "by-operator")
         admins = issue(server.admin_key, "by-admin")
         # The operator's certificate has the mapped role, and only what the operator holds.
         mine = whoami(operators)
@@ -309,21 +313,11 @@ def test_an_administrator_renewing_an_operators_csr_certificate_does_not_raise_i
         return json.loads(body)["permissions"]
 
     with launch(tmp_path / "server", config=config) as server:
+        import_team_issuer(server, tmp_path / "team-ca")
+        key = operator_key(server)
         with server.client(server.admin_key) as admin:
-            imported = admin.post(
-                "/api/v1/issuers",
-                json={
-                    "id": "team",
-                    "certificate_pem": (tmp_path / "team-ca" / "ca.crt").read_text(),
-                    "private_key_pem": (tmp_path / "team-ca" / "ca.key").read_text(),
-                },
-            )
-            assert imported.status_code == 201, imported.text
-            assert admin.post("/api/v1/auth/actors", json={"id": "op", "roles": ["r-operator"]})
-            minted = admin.post("/api/v1/auth/apikeys", json={"actor_id": "op"})
-            assert minted.status_code == 201, minted.text
             request = {"issuer": "team", "csr": csr, "profile": "client"}
-            with server.client(minted.json()["key_value"]) as operator:
+            with server.client(key) as operator:
                 by_operator = operator.post("/api/v1/certificates", json=request)
             assert by_operator.status_code == 201, by_operator.text
             assert "auth.role.create" not in permissions(by_operator.json()["certificate_pem"])  # type: ignore[operator]

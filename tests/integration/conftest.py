@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from certctl.cli.main import run as certctl_run
-from tests._tools import RUN_TIMEOUT_S, run
+from tests._tools import RUN_TIMEOUT_S, ok, run
 
 KEY_TYPES = ("ec-p256", "ec-p384", "ed25519", "rsa-2048", "rsa-3072", "rsa-4096")
 LEAF_PROFILES = ("server", "client", "server+client")
@@ -49,6 +49,30 @@ def certctl_ok(*args: str | Path) -> CliResult:
     result = certctl(*args)
     assert result.code == 0, f"certctl {' '.join(map(str, args))}: {result.err}"
     return result
+
+
+def openssl_server_certificate(ca_dir: Path, out: Path) -> Path:
+    """``out``/c.pem: web.example.com (serverAuth) signed by ``ca_dir``'s CA with openssl itself.
+
+    The negative twin of a certctl refusal: what certctl will not sign, openssl signs, and
+    ``openssl verify`` then refuses.
+    """
+    key, csr, crt = out / "k.pem", out / "r.csr", out / "c.pem"
+    ok(
+        run(
+            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=web.example.com",
+        )
+    )  # fmt: skip
+    extensions = out / "ext.cnf"
+    extensions.write_text("subjectAltName=DNS:web.example.com\nextendedKeyUsage=serverAuth\n")
+    ok(
+        run(
+            "openssl", "x509", "-req", "-in", csr, "-CA", ca_dir / "ca.crt",
+            "-CAkey", ca_dir / "ca.key", "-out", crt, "-days", "1", "-extfile", extensions,
+        )
+    )  # fmt: skip
+    return crt
 
 
 def certctl_exe(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests._tools import ok, run
-from tests.integration.conftest import certctl, certctl_ok
+from tests.integration.conftest import certctl, certctl_ok, openssl_server_certificate
 
 pytestmark = pytest.mark.integration
 
@@ -69,21 +69,7 @@ def test_a_client_auth_ca_refuses_server_certificates(tmp_path: Path) -> None:
 def test_openssl_refuses_a_server_certificate_below_a_client_auth_ca(tmp_path: Path) -> None:
     # Negative twin: what certctl refuses, openssl itself signs and then does not accept.
     ca = _imported_ca(tmp_path, "clientAuth")
-    key, csr, crt = tmp_path / "k.pem", tmp_path / "r.csr", tmp_path / "c.pem"
-    ok(
-        run(
-            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=web.example.com",
-        )
-    )  # fmt: skip
-    extensions = tmp_path / "ext.cnf"
-    extensions.write_text("subjectAltName=DNS:web.example.com\nextendedKeyUsage=serverAuth\n")
-    ok(
-        run(
-            "openssl", "x509", "-req", "-in", csr, "-CA", ca / "ca.crt", "-CAkey", ca / "ca.key",
-            "-out", crt, "-days", "1", "-extfile", extensions,
-        )
-    )  # fmt: skip
+    crt = openssl_server_certificate(ca, tmp_path)
     assert not _purpose_verifies(ca, crt, "sslserver")
 
 

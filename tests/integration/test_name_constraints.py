@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests._tools import ok, run
-from tests.integration.conftest import certctl, certctl_ok
+from tests.integration.conftest import certctl, certctl_ok, openssl_server_certificate
 
 pytestmark = pytest.mark.integration
 
@@ -136,22 +136,7 @@ def test_names_outside_the_constraints_are_refused_in_one_line(
 def test_openssl_refuses_what_certctl_now_refuses(constrained_ca: Path, tmp_path: Path) -> None:
     # Negative twin: the same name signed by openssl itself under the constrained CA fails
     # `openssl verify`, so the refusal above spares the user a certificate nothing accepts.
-    key, csr, crt = tmp_path / "k.pem", tmp_path / "r.csr", tmp_path / "c.pem"
-    ok(
-        run(
-            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=web.example.com",
-        )
-    )  # fmt: skip
-    extensions = tmp_path / "ext.cnf"
-    extensions.write_text("subjectAltName=DNS:web.example.com\nextendedKeyUsage=serverAuth\n")
-    ok(
-        run(
-            "openssl", "x509", "-req", "-in", csr, "-CA", constrained_ca / "ca.crt",
-            "-CAkey", constrained_ca / "ca.key", "-out", crt, "-days", "1",
-            "-extfile", extensions,
-        )
-    )  # fmt: skip
+    crt = openssl_server_certificate(constrained_ca, tmp_path)
     code, output = _openssl_verify(constrained_ca, crt, "sslserver")
     assert code != 0
     assert "permitted subtree violation" in output
