@@ -245,7 +245,7 @@ class ServerTLS:
     client_auth: str = "none"
     client_ca: Path | None = None
     listener: str = "api"
-    ticket_key_rotation_s: float = 12 * 3600
+    ticket_key_rotation_s: float = 3600.0  # tls.ticket-key-rotation's default
     # The files now served, to rebuild the context around them (``rotate_ticket_key``).
     _served: tuple[bytes, bytes] | None = field(default=None, init=False, repr=False)
 
@@ -292,6 +292,11 @@ class ServerTLS:
             context.load_cert_chain(cert_file, key_file)
         return context
 
+    def _serve(self, cert_pem: bytes, key_pem: bytes) -> None:
+        """Swap in a new context serving these files (hold ``_lock``)."""
+        self.context = self._context_for(cert_pem, key_pem)
+        self._served, self._since = (cert_pem, key_pem), time.monotonic()
+
     def current_context(self) -> ssl.SSLContext:
         """The context new connections get (it changes on reload and rotation)."""
         return self.context
@@ -306,8 +311,7 @@ class ServerTLS:
             served = self._served
             if served is None or time.monotonic() - self._since < self.ticket_key_rotation_s:
                 return False
-            self.context = self._context_for(*served)
-            self._since = time.monotonic()
+            self._serve(*served)
         log.debug("TLS session-ticket key rotated (%s listener)", self.listener)
         return True
 
@@ -353,8 +357,7 @@ class ServerTLS:
         with self._lock:
             self._client_ca_pem = text
             if self._served is not None:
-                self.context = self._context_for(*self._served)
-                self._since = time.monotonic()
+                self._serve(*self._served)
         self._client_ca_state = state
         TLS_RELOADS.labels("success").inc()
         log.info(
@@ -391,9 +394,7 @@ class ServerTLS:
                 # A new context, swapped in only once it holds the whole pair: a
                 # load_cert_chain that fails half-way (a chain certificate cut short, one
                 # OpenSSL refuses) leaves the serving context as it was.
-                context = self._context_for(cert_pem, key_pem)
-                self.context, self._served = context, (cert_pem, key_pem)
-                self._since = time.monotonic()
+                self._serve(cert_pem, key_pem)
         except (CertctlError, ssl.SSLError, ValueError) as exc:
             detail = exc.detail if isinstance(exc, CertctlError) else str(exc)
             if not self._digest:
