@@ -32,6 +32,7 @@ import json
 import re
 import ssl
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -90,6 +91,11 @@ class FakeApiServer:
         self.fail_status: int | None = None  # answer every call with this 5xx
         self.audience_aware = True  # False: TokenReview ignores spec.audiences
         self.before_put: list[Any] = []  # callables run once before the next PUT
+        # A slow API server (APF queueing, etcd latency): each answer waits this long, with
+        # the requests waiting meanwhile counted (peak_in_flight: the most at once).
+        self.delay_s = 0.0
+        self.in_flight = 0
+        self.peak_in_flight = 0
         # RBAC of the callers with accepted_tokens: (namespace, rule), namespace None for a
         # ClusterRole's rules; None = no authorization (every call allowed).
         self.rbac: list[tuple[str | None, dict[str, Any]]] | None = None
@@ -100,9 +106,7 @@ class FakeApiServer:
         context.load_cert_chain(str(cert_file), str(key_file))
         context.load_verify_locations(str(ca_file))
         context.verify_mode = ssl.CERT_OPTIONAL
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._httpd.daemon_threads = True
-        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+        self._httpd = _TLSServer(context, ("127.0.0.1", 0), _handler(self))
         self.port = self._httpd.server_address[1]
         self.url = f"https://127.0.0.1:{self.port}"
         self._thread = threading.Thread(
@@ -150,6 +154,26 @@ class FakeApiServer:
         return obj
 
     # --- request handling ---------------------------------------------------------------
+
+    def slow_handle(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        bearer: str | None,
+        cn: str | None,
+    ) -> tuple[int, dict[str, Any]]:
+        """``handle`` after ``delay_s``, counting the requests in flight meanwhile."""
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            return self.handle(method, path, body, bearer, cn)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
     def handle(
         self,
@@ -347,6 +371,34 @@ class FakeApiServer:
         return 405, status(405, "MethodNotAllowed", "method not allowed")
 
 
+class _TLSServer(ThreadingHTTPServer):
+    """Handshakes in each connection's thread, with a real server's backlog.
+
+    A wrapped listening socket handshook in the accept loop, one client at a time, and
+    its backlog of 5 refused the rest: the fake could not take the concurrent connections a
+    real API server takes, and so hid a client that opens too many.
+    """
+
+    daemon_threads = True
+    request_queue_size = 1024
+
+    def __init__(
+        self, context: ssl.SSLContext, address: tuple[str, int], handler: type[Any]
+    ) -> None:
+        self.context = context
+        super().__init__(address, handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            tls = self.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return  # a client that does not trust us (the negative twins) hangs up
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            tls.close()
+
+
 def _handler(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -369,7 +421,7 @@ def _handler(api: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                     for key, value in rdn:
                         if key == "commonName":
                             cn = value
-            code, answer = api.handle(self.command, self.path, body, bearer, cn)
+            code, answer = api.slow_handle(self.command, self.path, body, bearer, cn)
             data = json.dumps(answer).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")

@@ -7,9 +7,11 @@ through the ASGI app (401 / 403 / 503, audit, metrics) with a bootstrapped SQLit
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from starlette.testclient import TestClient
 
 from certctl.api.app import create_app
 from certctl.auth.kubernetes import (
+    MAX_CONCURRENT_REVIEWS,
     SUBJECT_ACCESS_REVIEWS,
     TOKEN_REVIEWS,
     AccessDenied,
@@ -136,6 +139,71 @@ def test_concurrent_requests_with_one_new_token_share_one_review(
         [("POST", TOKEN_REVIEWS), ("POST", SUBJECT_ACCESS_REVIEWS)] * 2
     )
     assert authenticator._inflight == {}
+
+
+def test_a_burst_of_new_tokens_on_a_slow_api_server_is_bounded(
+    kube: FakeApiServer, authenticator: TokenReviewAuthenticator
+) -> None:
+    """Before, each review opened its own connection: 100 junk tokens sent at once while the
+    API server was slow held 100 connections to it, each a file descriptor beyond the
+    server's reserve (a full main listener plus as many reviews ran out of them) and each
+    one more request for an API server already behind."""
+    kube.delay_s = 0.2
+
+    async def burst() -> list[Any]:
+        calls = [authenticator.authorize(f"junk-{i}", PROM) for i in range(100)]
+        calls.append(authenticator.authorize(PROM_TOKEN, PROM))
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    started = time.monotonic()
+    results = asyncio.run(burst())
+    assert kube.peak_in_flight <= MAX_CONCURRENT_REVIEWS
+    assert all(isinstance(r, TokenRejected) for r in results[:100]), results[:100]
+    # Waiting for a slot is no failure: Prometheus's token got its answer too.
+    assert isinstance(results[100], KubernetesIdentity)
+    assert time.monotonic() - started < authenticator.connection.timeout_s * 2
+
+
+def test_a_review_that_cannot_start_in_time_is_503(
+    kube: FakeApiServer,
+    connection: KubeConnection,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A slot is waited for only as long as a call may take: then 503, never a hang."""
+    slow = dataclasses.replace(connection, timeout_s=0.3)
+    authenticator = TokenReviewAuthenticator(slow, clock=clock, max_concurrent_reviews=1)
+    kube.delay_s = 0.25  # one review (TokenReview + SubjectAccessReview) takes 0.5 s
+
+    async def two() -> list[Any]:
+        calls = [authenticator.authorize(t, PROM) for t in (PROM_TOKEN, OTHER_TOKEN)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    with caplog.at_level(logging.WARNING, logger="certctl.auth.kubernetes"):
+        first, second = asyncio.run(two())
+        assert isinstance(first, KubernetesIdentity)
+        assert isinstance(second, KubeApiError)
+        assert second.status == 503
+        assert "too many Kubernetes token reviews in progress" in second.detail
+        assert OTHER_TOKEN not in second.detail + caplog.text
+        # The operator learns why Prometheus sees 503, once a minute, not once a request.
+        logged = "1 Kubernetes token reviews in progress, none done within 0.3 s"
+        assert caplog.text.count(logged) == 1
+        kube.delay_s = 0.4  # a TokenReview alone now outlasts the wait
+
+        async def junk(*tokens: str) -> list[Any]:
+            calls = [authenticator.authorize(t, PROM) for t in tokens]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        assert isinstance(asyncio.run(junk("junk-1", "junk-2"))[1], KubeApiError)
+        assert caplog.text.count(logged) == 1
+        clock.advance(61)
+        assert isinstance(asyncio.run(junk("junk-3", "junk-4"))[1], KubeApiError)
+        assert caplog.text.count(logged) == 2
+    # Not cached: the next attempt is reviewed.
+    kube.delay_s = 0
+    with pytest.raises(AccessDenied):
+        authorize(authenticator, OTHER_TOKEN)
 
 
 def test_deny_is_cached_for_thirty_seconds(

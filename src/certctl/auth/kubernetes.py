@@ -19,6 +19,11 @@ when the API server's authenticator is not audience-aware (it answers without au
 Decisions are cached per (SHA-256 of the token, path, verb): allow for 2 minutes, deny and
 reject for 30 seconds; failures to reach the API are not cached. The token itself is never
 stored, logged or put into an error message.
+
+At most ``MAX_CONCURRENT_REVIEWS`` reviews run at once per process, each on its own
+connection; the others wait for a slot as long as one call may take, then get 503. Unbounded,
+a burst of junk tokens while the API server was slow held a connection (a file descriptor
+beyond the server's reserve) and an API request each.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from certctl.kubeapi import KubeApiError, KubeConnection, response_json, transpo
 __all__ = [
     "ALLOW_TTL_S",
     "DENY_TTL_S",
+    "MAX_CONCURRENT_REVIEWS",
     "SUBJECT_ACCESS_REVIEWS",
     "TOKEN_REVIEWS",
     "AccessDenied",
@@ -58,6 +64,10 @@ SUBJECT_ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 ALLOW_TTL_S = 120.0
 DENY_TTL_S = 30.0
 MAX_CACHE_ENTRIES = 10_000
+# Connections to the API server open at once for reviews: well inside the file descriptors
+# the server keeps back from client connections (server.run.FD_RESERVE).
+MAX_CONCURRENT_REVIEWS = 16
+BUSY_LOG_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +142,7 @@ class TokenReviewAuthenticator:
         transport: an httpx transport for tests; None for the network.
         audiences: the audiences a token must be valid for; empty: the API server's own
             (any token the API server accepts).
+        max_concurrent_reviews: reviews in progress at once; more wait for a slot.
     """
 
     def __init__(
@@ -143,6 +154,7 @@ class TokenReviewAuthenticator:
         allow_ttl_s: float = ALLOW_TTL_S,
         deny_ttl_s: float = DENY_TTL_S,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_concurrent_reviews: int = MAX_CONCURRENT_REVIEWS,
     ) -> None:
         self.connection = connection
         self._clock = clock
@@ -153,6 +165,10 @@ class TokenReviewAuthenticator:
         self._cache: dict[tuple[str, str, str], _Decision] = {}
         # One review per token at a time: 50 scrapes with a new token make one, not 50.
         self._inflight: dict[tuple[str, str, str], asyncio.Task[_Decision]] = {}
+        self._max_concurrent = max_concurrent_reviews
+        # One semaphore per event loop (a semaphore belongs to the loop it first waits in).
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+        self._busy_logged_at: float | None = None
 
     async def authorize(self, token: str, path: str, verb: str = "get") -> KubernetesIdentity:
         """Return the token's user when it may ``verb`` the non-resource URL ``path``.
@@ -202,7 +218,38 @@ class TokenReviewAuthenticator:
                 self._cache = dict(keep)
         self._cache[key] = decision
 
+    def _semaphore(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots[0] is not loop:
+            self._slots = (loop, asyncio.Semaphore(self._max_concurrent))
+        return self._slots[1]
+
     async def _review(self, token: str, path: str, verb: str) -> _Decision:
+        slots = self._semaphore()
+        try:
+            async with asyncio.timeout(self.connection.timeout_s):
+                await slots.acquire()
+        except TimeoutError:
+            now = self._clock()
+            if self._busy_logged_at is None or now - self._busy_logged_at >= BUSY_LOG_EVERY_S:
+                self._busy_logged_at = now
+                log.warning(
+                    "%d Kubernetes token reviews in progress, none done within %g s: the "
+                    "API server is slow (or a burst of unknown tokens); answering 503 "
+                    "(this line at most once a minute)",
+                    self._max_concurrent,
+                    self.connection.timeout_s,
+                )
+            raise KubeApiError(
+                "too many Kubernetes token reviews in progress (the API server is slow to "
+                "answer); try again"
+            ) from None
+        try:
+            return await self._ask(token, path, verb)
+        finally:
+            slots.release()
+
+    async def _ask(self, token: str, path: str, verb: str) -> _Decision:
         import httpx
 
         now = self._clock()
