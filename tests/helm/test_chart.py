@@ -578,6 +578,10 @@ def test_unworkable_values_are_refused(
         chart.render(values, name="certctl", namespace=NAMESPACE, is_install=True)
 
 
+def readers(*subjects: dict[str, str]) -> dict[str, Any]:
+    return {"auth": {"kubernetes": {"enabled": True, "metricsReaders": list(subjects)}}}
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
@@ -598,6 +602,25 @@ def test_unworkable_values_are_refused(
             "at '/monitoring/serviceMonitor/interval'",
         ),
         ({"secretTargets": {"namespaces": ["Apps"]}}, "at '/secretTargets/namespaces/0'"),
+        # The API server refuses these ClusterRoleBinding subjects (subjects[0].namespace:
+        # Required value; apiGroup: Unsupported value), failing the install half-applied.
+        (
+            readers({"kind": "ServiceAccount", "name": "prometheus-k8s"}),
+            "at '/auth/kubernetes/metricsReaders/0': missing property 'namespace'",
+        ),
+        (
+            readers({"kind": "ServiceAccount", "name": "p", "namespace": "m", "apiGroup": "v1"}),
+            "at '/auth/kubernetes/metricsReaders/0/apiGroup': value must be ''",
+        ),
+        (
+            readers({"kind": "ServiceAccount", "name": "Prometheus", "namespace": "m"}),
+            "at '/auth/kubernetes/metricsReaders/0/name'",
+        ),
+        (
+            readers({"kind": "Group", "name": "sre", "apiGroup": "v1"}),
+            "at '/auth/kubernetes/metricsReaders/0/apiGroup': value must be "
+            "'rbac.authorization.k8s.io'",
+        ),
     ],
     ids=[
         "replicas",
@@ -608,6 +631,10 @@ def test_unworkable_values_are_refused(
         "min-version",
         "interval",
         "namespace-case",
+        "reader-sa-without-namespace",
+        "reader-sa-with-api-group",
+        "reader-sa-name-case",
+        "reader-group-with-wrong-api-group",
     ],
 )
 def test_values_schema_refuses_typos(
@@ -624,6 +651,16 @@ def test_values_schema_accepts_what_users_write(render: Callable[..., Rendered])
     objects = render({"server": {"tls": {"minVersion": 1.3}}, "global": {"imageRegistry": "r"}})
     assert ServerConfig.model_validate(server_config(objects)).tls.min_version == "1.3"
     assert one(render({"replicaCount": 0}), "Deployment")["spec"]["replicas"] == 0  # stopped
+    # Subjects as the API server takes them: a User or Group without apiGroup is defaulted.
+    subjects = [
+        {"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"},
+        {"kind": "Group", "name": "sre"},
+        {"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"},
+    ]
+    binding = render(readers(*subjects))[
+        ("ClusterRoleBinding", f"{NAMESPACE}-certctl-metrics-reader")
+    ]
+    assert binding["subjects"] == subjects
 
 
 # --- PostgreSQL and Kubernetes auth -------------------------------------------------------
