@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from certctl.server.config import ServerConfig
+from certctl.server.config import ServerConfig, split_host_port
 from tests.helm.conftest import KUBERNETES_VERSION, NAMESPACE, Rendered
 
 RUNBOOK: dict[str, Any] = {
@@ -820,6 +820,18 @@ def test_a_separate_metrics_port_is_listened_on_exposed_and_scraped(
     )
     assert endpoint(objects)["port"] == "metrics"
     servicemonitor_validator.validate(objects[("ServiceMonitor", "certctl-server")])
+    # An IPv6-only cluster: the API listens on [::] (IPv6 only), and so must metrics, or
+    # Prometheus, scraping the pod's IPv6 address, found nothing there.
+    ipv6 = render(
+        merged(
+            RUNBOOK,
+            {"monitoring": {"port": 9443}, "server": {"extraConfig": {"listen": "[::]:8443"}}},
+        )
+    )
+    config = ServerConfig.model_validate(server_config(ipv6))
+    assert config.metrics.listen == "[::]:9443"
+    assert split_host_port(config.metrics.listen, "metrics.listen") == ("::", 9443)
+    assert config.host_port == ("::", 8443)
     # Negative twin: by default one port, scraped as https.
     default = render(RUNBOOK)
     assert "metrics" not in server_config(default)

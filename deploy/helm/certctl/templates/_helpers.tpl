@@ -134,7 +134,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $_ := set $config.auth "admin-key-secret" (include "certctl.adminKeySecretName" .) }}
 {{- end }}
 {{- if .Values.monitoring.port }}
-{{- $_ := set $config "metrics" (dict "listen" (printf "0.0.0.0:%d" (int .Values.monitoring.port))) }}
+{{- /* The metrics listener binds the address the API does: an IPv6-only cluster's
+     extraConfig.listen "[::]:8443" gives "[::]:<port>", which Prometheus reaches at the
+     pod's IPv6 address (0.0.0.0 would take IPv4 only). */}}
+{{- $listen := toString (dig "listen" "0.0.0.0:8443" (default (dict) .Values.server.extraConfig)) }}
+{{- $host := regexReplaceAll ":[0-9]+$" $listen "" }}
+{{- $_ := set $config "metrics" (dict "listen" (printf "%s:%d" $host (int .Values.monitoring.port))) }}
 {{- end }}
 {{- toYaml (mustMergeOverwrite $config (deepCopy .Values.server.extraConfig)) }}
 {{- end }}
