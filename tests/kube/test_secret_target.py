@@ -168,10 +168,26 @@ def test_a_secret_certctl_does_not_manage_is_left_alone_until_labelled(
     )
     crt, key = pki.leaf("web.example.internal")
     writer = SecretWriter(connection)
-    with pytest.raises(Conflict, match=r"web-tls exists and is not managed by certctl; delete it"):
+    # Labelling it alone, as this said before, left cert-manager re-issuing into it (its
+    # names, key and issuer annotations no longer matched the Certificate): a tug of war.
+    with pytest.raises(Conflict) as info:
         writer.write_tls("web-tls", certificate_pem=crt, private_key_pem=key, ca_pem=b"ca")
+    assert info.value.detail == (
+        f"Secret {NAMESPACE}/web-tls exists and is not managed by certctl; cert-manager's "
+        "Certificate web writes it: delete that Certificate (or give it another secretName), "
+        "then delete the Secret or label it app.kubernetes.io/managed-by=certctl, or "
+        "cert-manager re-issues into it"
+    )
     assert [m for m, _ in apiserver.paths()] == ["GET"]
     assert apiserver.secrets[(NAMESPACE, "web-tls")]["data"] == theirs
+    # Negative twin: a Secret made by hand (kubectl create secret tls) names no owner.
+    apiserver.put_secret(NAMESPACE, "hand-tls", type="kubernetes.io/tls", data=dict(theirs))
+    with pytest.raises(Conflict) as info:
+        writer.write_tls("hand-tls", certificate_pem=crt, private_key_pem=key, ca_pem=b"ca")
+    assert info.value.detail.endswith(
+        "not managed by certctl; delete it, or label it app.kubernetes.io/managed-by=certctl "
+        "to let certctl take it over"
+    )
     # Labelled by someone allowed to: taken over.
     apiserver.secrets[(NAMESPACE, "web-tls")]["metadata"]["labels"] = {
         "app.kubernetes.io/managed-by": "certctl"

@@ -27,6 +27,8 @@ __all__ = ["CLIENT_TRUST_KEY", "MANAGED_BY", "SecretWriter", "WriteResult"]
 TLS_TYPE = "kubernetes.io/tls"
 CLIENT_TRUST_KEY = "client-trust.crt"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "certctl"}
+# The annotation cert-manager puts on the Secret of each of its Certificates.
+_CERT_MANAGER_CERTIFICATE = "cert-manager.io/certificate-name"
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 _DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+\Z")
 _ATTEMPTS = 3
@@ -38,6 +40,24 @@ class WriteResult(StrEnum):
     CREATED = "created"
     UPDATED = "updated"
     UNCHANGED = "unchanged"
+
+
+def _handover(metadata: Mapping[str, Any]) -> str:
+    """How to hand the Secret of ``metadata`` over to certctl, naming its cert-manager owner.
+
+    cert-manager re-issues into its Certificate's Secret whenever the certificate there is
+    not its own (other names, key or issuer annotations): labelled for certctl while that
+    Certificate exists, the Secret would change hands at every sync of either.
+    """
+    annotations = metadata.get("annotations") or {}
+    certificate = annotations.get(_CERT_MANAGER_CERTIFICATE)
+    if isinstance(certificate, str) and certificate:
+        return (
+            f"cert-manager's Certificate {certificate[:253]} writes it: delete that Certificate "
+            "(or give it another secretName), then delete the Secret or label it "
+            "app.kubernetes.io/managed-by=certctl, or cert-manager re-issues into it"
+        )
+    return "delete it, or label it app.kubernetes.io/managed-by=certctl to let certctl take it over"
 
 
 def _encode(data: Mapping[str, bytes]) -> dict[str, str]:
@@ -180,10 +200,7 @@ class SecretWriter:
             # Someone else's Secret (cert-manager's, an ingress certificate): replacing it
             # would start a tug of war and drop its other keys. Taking it over is a choice
             # made in Kubernetes, by someone allowed to label it.
-            raise Conflict(
-                f"{what} exists and is not managed by certctl; delete it, or label it "
-                "app.kubernetes.io/managed-by=certctl to let certctl take it over"
-            )
+            raise Conflict(f"{what} exists and is not managed by certctl; {_handover(metadata)}")
         if (obj.get("data") or {}) == encoded and all(
             current_labels.get(k) == v for k, v in labels.items()
         ):
