@@ -602,6 +602,8 @@ def readers(*subjects: dict[str, str]) -> dict[str, Any]:
             "at '/monitoring/serviceMonitor/interval'",
         ),
         ({"secretTargets": {"namespaces": ["Apps"]}}, "at '/secretTargets/namespaces/0'"),
+        # A DNS label, but no Service name: the API server wants a letter first (DNS-1035).
+        ({"service": {"name": "9certctl"}}, "at '/service/name'"),
         # The API server refuses these ClusterRoleBinding subjects (subjects[0].namespace:
         # Required value; apiGroup: Unsupported value), failing the install half-applied.
         (
@@ -631,6 +633,7 @@ def readers(*subjects: dict[str, str]) -> dict[str, Any]:
         "min-version",
         "interval",
         "namespace-case",
+        "service-name-digit-first",
         "reader-sa-without-namespace",
         "reader-sa-with-api-group",
         "reader-sa-name-case",
