@@ -7,7 +7,8 @@ layers imports the other. Only what certctl needs is supported: a CA bundle, a b
 hourly) or a client certificate. A CA file (the ServiceAccount's ``ca.crt``, a kubeconfig's
 ``certificate-authority``) is read again when a client is made and its context rebuilt when
 the content changed, so a rotated cluster CA needs no restart. Exec credential plugins, auth
-providers and ``insecure-skip-tls-verify`` are refused with a message naming them.
+providers, ``insecure-skip-tls-verify``, impersonation, basic authentication and
+``proxy-url`` are refused with a message naming them.
 
 Errors::
 
@@ -317,6 +318,19 @@ def in_cluster(
     )
 
 
+# Kubeconfig entries kubectl honours that certctl does not: skipped, a call would go out
+# with other credentials or by another route than the kubeconfig says.
+_IGNORED_ENTRIES = (
+    ("as", "impersonation: certctl would call as the user itself, with all its rights"),
+    ("as-uid", "impersonation"),
+    ("as-groups", "impersonation: certctl would call with the user's own groups"),
+    ("as-user-extra", "impersonation"),
+    ("username", "basic authentication, which Kubernetes removed in 1.19"),
+    ("password", "basic authentication, which Kubernetes removed in 1.19"),
+    ("proxy-url", "certctl connects to the API server directly"),
+)
+
+
 def _named(doc: dict[str, Any], section: str, name: str, path: Path) -> dict[str, Any]:
     inner_key = section[:-1]  # clusters -> cluster, users -> user, contexts -> context
     for entry in doc.get(section) or []:
@@ -379,6 +393,9 @@ def from_kubeconfig(
     for unsupported in ("exec", "auth-provider"):
         if user.get(unsupported):
             raise InvalidRequest(f"{path}: user credential {unsupported!r} is not supported")
+    for entry, why in _IGNORED_ENTRIES:
+        if (cluster if entry == "proxy-url" else user).get(entry):
+            raise InvalidRequest(f"{path}: {entry!r} is not supported ({why})")
     ca_data = cluster.get("certificate-authority-data")
     ca_file = cluster.get("certificate-authority")
     with contextlib.ExitStack() as stack:

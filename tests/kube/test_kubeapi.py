@@ -254,6 +254,12 @@ def test_kubeconfig_tls_server_name_is_the_name_verified(
         ({"exec": {"command": "aws"}}, {}, "'exec' is not supported"),
         ({"auth-provider": {"name": "gcp"}}, {}, "'auth-provider' is not supported"),
         ({}, {"insecure-skip-tls-verify": True}, "insecure-skip-tls-verify is not supported"),
+        # Before, these were skipped: the calls went out as the user itself (not as the
+        # identity it impersonates, with its rights) or straight past the proxy.
+        ({"token": "t", "as": "system:serviceaccount:certs:certctl"}, {}, "'as' is not supported"),
+        ({"token": "t", "as-groups": ["viewers"]}, {}, "'as-groups' is not supported"),
+        ({"username": "admin", "password": "pw"}, {}, "'username' is not supported"),
+        ({"token": "t"}, {"proxy-url": "http://proxy:3128"}, "'proxy-url' is not supported"),
         ({}, {"server": "http://x"}, "must be an https:// URL"),
         ({}, {"certificate-authority-data": "%%%"}, "not valid base64"),
         ({}, {"certificate-authority": "missing.pem"}, "cannot load Kubernetes TLS material"),
