@@ -128,7 +128,9 @@ Gauge(
     multiprocess_mode="mostrecent",
 ).labels(__version__).set(1)
 
-for _reason in ("missing", "invalid", "expired", "revoked", "forbidden"):
+# Every reason is exported from the start at 0: a series born at its first failure hides that
+# failure from increase() and rate(), so an alert on the first throttling never fired.
+for _reason in ("missing", "invalid", "expired", "revoked", "forbidden", "ratelimited"):
     AUTH_FAILURES.labels(_reason)
 for _result in ("success", "error"):
     TLS_RELOADS.labels(_result)
