@@ -1,0 +1,111 @@
+"""README "From `make run` to a first certificate and a first scrape", verbatim, on a real server.
+
+The block is copied from the README as a user pastes it into a second terminal, in a directory
+holding ``certctl-data`` and ``.venv``; only the port differs (the README's
+``CERTCTL_LISTEN=…`` override, since 8443 may be taken on a test machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests._tools import ok, run
+from tests.e2e.conftest import CertctlServer, StartServer
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+SECTION = "## From `make run` to a first certificate and a first scrape"
+DEFAULT_URL = "https://127.0.0.1:8443"
+
+
+def _section() -> str:
+    text = README.read_text()
+    section = text[text.index(SECTION) :]
+    return section[: section.index("\n### ")]
+
+
+def _user_dir(tmp_path: Path, server: CertctlServer) -> Path:
+    """The repository directory as the README's user sees it: certctl-data and .venv."""
+    home = tmp_path / "repo"
+    home.mkdir()
+    (home / "certctl-data").symlink_to(server.data_dir)
+    (home / ".venv").symlink_to(ROOT / ".venv")
+    return home
+
+
+def _run_as_user(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    return ok(run("bash", "-euo", "pipefail", "-c", script, cwd=cwd, env=env))
+
+
+def test_readme_first_certificate_and_scrape_work_verbatim(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    blocks = re.findall(r"```sh\n(.*?)```", _section(), re.S)
+    assert len(blocks) == 1, blocks
+    block = blocks[0]
+    assert block.count(DEFAULT_URL) == 1, "the README should set CERTCTL_URL once"
+    server = start_server()
+    # What make run promises: the key once, the CA file and a curl line that works.
+    banner = server.logs()[0]
+    assert banner.count(server.admin_key) == 1, banner
+    assert f"CA certificate: {server.data_dir / 'tls' / 'ca.crt'}" in banner
+    try_line = re.search(r"^Try: (curl .*)$", banner, re.M)
+    assert try_line is not None, banner
+    whoami = json.loads(_run_as_user(try_line.group(1), tmp_path).stdout)
+    assert whoami["actor_id"] == "admin"
+
+    home = _user_dir(tmp_path, server)
+    result = _run_as_user(block.replace(DEFAULT_URL, server.url), home)
+    out = result.stdout
+    # whoami, then certs issue's JSON, then the empty --expiring-within page …
+    first = json.loads(out[: out.index("}") + 1])
+    assert first["actor_id"] == "admin"
+    assert first["auth_method"] == "api_key"
+    assert '"items": []' in out
+    assert '"out": "web-1"' in out, out
+    # … and the scrape with the key minted for the metrics.read role.
+    assert 'certctl_issuance_total{issuer="default",result="success"} 1.0' in out
+    assert (home / "prometheus.key").read_text().startswith("cctl_")
+    for secret in ("prometheus.key", "apikey-v1.json", "web-1/tls.key"):
+        assert ((home / secret).stat().st_mode & 0o777) == 0o600, secret
+    assert sorted(p.name for p in (home / "web-1").iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
+    # "plain `certs list` shows it"
+    listed = _run_as_user(
+        f"CERTCTL_URL={server.url} CERTCTL_CA_CERT=certctl-data/tls/ca.crt "
+        "CERTCTL_API_KEY=$(cat certctl-data/admin-api-key) .venv/bin/certctl certs list",
+        home,
+    )
+    [item] = json.loads(listed.stdout)["items"]
+    assert item["common_name"] == "web-1.example.internal"
+
+
+def test_readme_cli_steps_mint_a_working_prometheus_key(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """ "The same three steps with the CLI", each command as the README writes it."""
+    paragraph = _section()
+    paragraph = paragraph[paragraph.index("The same three steps with the CLI") :]
+    commands = re.findall(r"`(\.venv/bin/certctl auth [^`]+)`", paragraph)
+    assert len(commands) == 3, commands
+    server = start_server()
+    home = _user_dir(tmp_path, server)
+    setup = (
+        f"umask 077; export CERTCTL_URL={server.url}"
+        " CERTCTL_CA_CERT=$PWD/certctl-data/tls/ca.crt"
+        " CERTCTL_API_KEY=$(cat certctl-data/admin-api-key)\n"
+    )
+    _run_as_user(setup + "\n".join(commands), home)
+    key_file = home / "prometheus.key"
+    assert (key_file.stat().st_mode & 0o777) == 0o600
+    with server.client(key_file.read_text().strip()) as client:
+        assert client.get("/api/v1/metrics/prometheus").status_code == 200
+        assert client.get("/api/v1/certificates").status_code == 403
