@@ -1,0 +1,80 @@
+"""docs/configuration.md against ServerConfig: every key, its default and its variable."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from certctl.server import config as config_module
+from certctl.server.config import ServerConfig
+
+REFERENCE = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
+
+
+def _keys(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key as written in YAML, default) for every leaf key, sections expanded."""
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        annotation = field.annotation
+        section = next(
+            (
+                t
+                for t in (annotation, *getattr(annotation, "__args__", ()))
+                if isinstance(t, type) and issubclass(t, BaseModel)
+            ),
+            None,
+        )
+        if section is not None and section.__name__ != "ClientCertMappingConfig":
+            if field.default is None:  # an optional section: documented as a key of its own
+                yield key, None
+            yield from _keys(section, key + ".")
+        elif field.is_required():
+            yield key, None
+        else:
+            yield key, field.get_default(call_default_factory=True)
+
+
+def _rows() -> dict[str, list[str]]:
+    """Each table row of the reference, by its key: [default, env var, meaning]."""
+    rows: dict[str, list[str]] = {}
+    for line in REFERENCE.read_text().splitlines():
+        match = re.match(r"\| `([a-z][a-z.-]*)` \|(.*)\|$", line)
+        if match:
+            rows[match.group(1)] = [cell.strip() for cell in match.group(2).split(" | ")]
+    return rows
+
+
+def _shown(default: Any) -> str:
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, list):
+        return "[]"
+    return str(default)
+
+
+def test_every_key_is_documented_with_its_default() -> None:
+    rows = _rows()
+    keys = dict(_keys(ServerConfig))
+    assert sorted(set(keys) - set(rows)) == [], "keys missing from docs/configuration.md"
+    assert sorted(set(rows) - set(keys)) == [], "documented keys the server does not read"
+    for key, default in keys.items():
+        cell = rows[key][0]
+        if default is None:
+            assert cell.startswith(("unset", "required")), (key, cell)
+        else:
+            assert f"`{_shown(default)}`" in cell or f'`"{default}"`' in cell, (key, cell)
+
+
+def test_every_environment_variable_is_documented_on_its_key() -> None:
+    rows = _rows()
+    env_keys = config_module._ENV_KEYS
+    for variable, path in env_keys.items():
+        assert rows[".".join(path)][1] == f"`{variable}`", variable
+    with_env = {".".join(path) for path in env_keys.values()}
+    for key, cells in rows.items():
+        if key not in with_env:
+            assert cells[1] == "—", f"{key}: the server reads no variable for it"
