@@ -33,7 +33,7 @@ from certctl.server.bootstrap import Bootstrapped, bootstrap
 from certctl.server.config import ServerConfig, split_host_port
 from certctl.server.logs import configure_logging
 from certctl.server.scheduler import Scheduler
-from certctl.server.tls import ServerTLS, check_files, ensure_self_signed
+from certctl.server.tls import ServerTLS, check_files, ensure_self_signed, listen_sans
 from certctl.services import issuance
 from certctl.services.context import Services
 from certctl.services.tls_services import ServiceSettings, TargetPolicy, ca_renewal_time
@@ -579,6 +579,19 @@ def _renewal_check_s(prepared: _Prepared) -> float:
     return min(3600.0, max(1.0, margin.total_seconds() / 10))
 
 
+def self_signed_names(config: ServerConfig) -> list[str]:
+    """``tls.subject-alt-names`` and the hosts of ``listen`` and ``metrics.listen``.
+
+    A client connects to the address certctl was told to listen on, and the start banner's
+    curl line does: with ``listen: 10.0.0.5:8443`` and a certificate without 10.0.0.5, every
+    verifying client (that curl line first) failed with a name mismatch.
+    """
+    hosts = [config.host_port[0]]
+    if config.metrics.listen:
+        hosts.append(split_host_port(config.metrics.listen, "metrics.listen")[0])
+    return [*config.tls.subject_alt_names, *listen_sans(hosts)]
+
+
 def _renew_self_signed(prepared: _Prepared, tls: ServerTLS | None) -> None:
     services = prepared.boot.services
     ca = issuance.load_issuer(services, issuance.DEFAULT_ISSUER)
@@ -586,7 +599,7 @@ def _renew_self_signed(prepared: _Prepared, tls: ServerTLS | None) -> None:
         ensure_self_signed(
             prepared.tls_dir,
             ca,
-            extra_sans=prepared.config.tls.subject_alt_names,
+            extra_sans=self_signed_names(prepared.config),
             validity=prepared.validity,
             rotate_before=prepared.rotate_before,
             now=services.clock(),

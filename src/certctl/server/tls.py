@@ -53,6 +53,7 @@ __all__ = [
     "ServerTLS",
     "check_files",
     "ensure_self_signed",
+    "listen_sans",
     "server_sans",
     "tls_info",
     "warn_if_unprotected",
@@ -96,6 +97,31 @@ def server_sans(extra: list[str]) -> SubjectAltNames:
         except ValueError:
             dns.append(item)
     return SubjectAltNames.parse(dns=dns, ip=ips)
+
+
+def listen_sans(hosts: list[str]) -> list[str]:
+    """The listen ``hosts`` a client can connect to by name or address, as SANs.
+
+    A wildcard (``0.0.0.0``, ``::``) is no address to connect to, and a host that cannot be a
+    SAN (a scoped IPv6 address) is left out rather than stop the start.
+    """
+    names = []
+    for host in hosts:
+        if host in ("0.0.0.0", "::"):
+            continue
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            name = _host_name(host)
+            if name is not None:
+                names.append(name)
+            continue
+        try:
+            SubjectAltNames.parse(ip=[host])
+        except InvalidRequest:
+            continue
+        names.append(host)
+    return names
 
 
 def ensure_self_signed(

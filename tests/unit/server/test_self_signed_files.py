@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import subprocess
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,10 @@ from certctl.pki import (
     load_material,
     parse_dn,
 )
+from certctl.server.config import load_config
+from certctl.server.run import self_signed_names
 from certctl.server.tls import ServerTLS, ensure_self_signed
+from tests._tools import failed, ok, run
 
 NOW = datetime.now(UTC)
 
@@ -130,3 +134,46 @@ def test_a_client_ca_file_caught_mid_write_is_no_error(
     assert caplog.text.count("cannot be used") == 1
     trusted = [dict(rdn[0] for rdn in ca["subject"]) for ca in tls.context.get_ca_certs()]
     assert trusted == [{"commonName": "new client CA"}]
+
+
+def _verify_ip(tls_dir: Path, address: str) -> subprocess.CompletedProcess[str]:
+    """openssl verify of the served certificate for a client connecting to ``address``."""
+    return run(
+        "openssl",
+        "verify",
+        "-CAfile",
+        tls_dir / "ca.crt",
+        "-purpose",
+        "sslserver",
+        "-verify_ip",
+        address,
+        tls_dir / "tls.crt",
+    )
+
+
+def test_the_listen_addresses_are_in_the_self_signed_certificate(tmp_path: Path) -> None:
+    # listen: 10.0.0.5:8443 served a certificate without 10.0.0.5: every verifying client,
+    # the start banner's own curl line first, failed with a name mismatch.
+    key = generate_private_key()
+    root = create_root_ca(key, parse_dn("CN=test CA"), validity=timedelta(days=365), now=NOW)
+    ca = CertificateAuthority(root.certificate, key)
+    config = load_config(
+        None, {"listen": "192.0.2.10:8443", "metrics.listen": "[2001:db8::5]:9443"}
+    )
+    tls_dir = tmp_path / "tls"
+    ensure_self_signed(
+        tls_dir,
+        ca,
+        extra_sans=self_signed_names(config),
+        validity=timedelta(days=30),
+        rotate_before=timedelta(days=1),
+        now=NOW,
+    )
+    for address in ("192.0.2.10", "2001:db8::5", "127.0.0.1"):
+        ok(_verify_ip(tls_dir, address))
+    assert "IP address mismatch" in failed(_verify_ip(tls_dir, "192.0.2.11")).stderr
+    # A wildcard is nowhere to connect to.
+    for listen in ("0.0.0.0:8443", "[::]:8443"):
+        assert self_signed_names(load_config(None, {"listen": listen})) == []
+    named = load_config(None, {"listen": "certctl.example.internal:8443"})
+    assert self_signed_names(named) == ["certctl.example.internal"]
