@@ -48,13 +48,14 @@ lint: $(VENV)/.synced
 	$(BIN)/ruff format --check src tests bench fuzz
 	$(BIN)/mypy
 
-# Tests that run in-process or start short-lived programs share both cores (pytest-xdist);
-# the rest start servers, load them or time them (soak, crash, benchmark, timeouts) and run
-# alone, one at a time, as before. Both halves always run; the target fails if either did.
+# Tests that run in-process, start short-lived programs or start their own servers on free
+# loopback ports (e2e, services, kube) share both cores (pytest-xdist); the rest load servers
+# or time them (soak, crash, faults, benchmark) and run alone, one at a time. Both halves
+# always run; the target fails if either did.
 # tests/reliability stays serial: its secret-hygiene scan reads a ledger the other tests of
 # the directory fill in the same process (xdist_group cannot keep them together: pytest 9
 # ignores the node-id suffix pytest-xdist 3.8 groups by).
-PARALLEL_TESTS := tests/unit tests/api tests/integration tests/helm
+PARALLEL_TESTS := tests/unit tests/api tests/integration tests/helm tests/e2e tests/services tests/kube
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 
 test: system-deps $(VENV)/.synced lint

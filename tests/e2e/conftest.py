@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests._tools import free_port, ok, require, run
 
-READY_TIMEOUT_S = 15.0
+READY_TIMEOUT_S = 60.0
 READY_BANNER = "Admin API key"
 STOP_TIMEOUT_S = 5.0
 
