@@ -410,6 +410,58 @@ def test_revoked_certificate_cannot_be_renewed(api: Api) -> None:
     assert api.counts() == before
 
 
+def test_key_compromise_revokes_every_certificate_of_the_same_key(api: Api) -> None:
+    # A → B → C renew a CSR certificate (same key); D renews B again (same key); E is another
+    # CSR of the same names but another key; F has a key certctl made, renewed into G (new key).
+    csr_pem, _key = _csr_pem("leaked.example.com")
+    a = api.post(CERTS, api.admin_key, json={"csr": csr_pem}).json()
+    b = api.post(f"{CERTS}/{a['id']}/renew", api.admin_key).json()
+    c = api.post(f"{CERTS}/{b['id']}/renew", api.admin_key).json()
+    d = api.post(f"{CERTS}/{b['id']}/renew", api.admin_key).json()
+    other_csr, _other_key = _csr_pem("leaked.example.com")
+    e = api.post(CERTS, api.admin_key, json={"csr": other_csr}).json()
+    f = api.issue(common_name="made.example.com")
+    g = api.post(f"{CERTS}/{f['id']}/renew", api.admin_key).json()
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    keys = {_cert(x["certificate_pem"]).public_key().public_bytes(*spki) for x in (a, b, c, d)}
+    assert len(keys) == 1  # the premise: renewals kept the CSR's key
+
+    # Revoking the middle link for keyCompromise takes its ancestor and descendants along.
+    r = api.post(f"{CERTS}/{b['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "revoked"
+    assert sorted(r.json()["also_revoked"]) == sorted([a["id"], c["id"], d["id"]])
+    for x in (a, c, d):
+        got = api.get(f"{CERTS}/{x['id']}", api.admin_key).json()
+        assert (got["status"], got["revocation_reason"]) == ("revoked", "keyCompromise")
+        assert got["revoked_at"] == r.json()["revoked_at"]
+    for x in (e, f, g):
+        assert api.get(f"{CERTS}/{x['id']}", api.admin_key).json()["status"] != "revoked"
+    crl = x509.load_der_x509_crl(api.get("/api/v1/issuers/default/crl").content)
+    assert {entry.serial_number for entry in crl} == {int(x["serial"], 16) for x in (a, b, c, d)}
+    audit = api.get("/api/v1/audit", api.admin_key, params={"limit": 100})
+    assert audit.status_code == 200, audit.text
+    details = {
+        event["target"]: event["detail"]
+        for event in audit.json()["items"]
+        if event["action"] == "certificate.revoke"
+    }
+    assert details == {
+        b["id"]: "keyCompromise",
+        **{x["id"]: f"keyCompromise (same key as {b['id']})" for x in (a, c, d)},
+    }
+
+    # A key certctl made is the certificate's own: F's revocation leaves G (a new key) alone.
+    r = api.post(f"{CERTS}/{f['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200
+    assert r.json()["also_revoked"] == []
+    assert api.get(f"{CERTS}/{g['id']}", api.admin_key).json()["status"] != "revoked"
+    # Other reasons revoke the one certificate.
+    r = api.post(f"{CERTS}/{e['id']}/revoke", api.admin_key, json={"reason": "superseded"})
+    assert r.status_code == 200
+    assert r.json()["also_revoked"] == []
+
+
 def test_certificate_permissions(api: Api) -> None:
     cert = api.issue()
     viewer = api.actor_key("viewer", ["r-viewer"])

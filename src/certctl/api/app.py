@@ -499,10 +499,15 @@ async def revoke_certificate(request: Request, principal: Principal | None) -> R
         else (schemas.CertificateRevoke())
     )
     services = _services(request)
-    row = issuance.revoke_certificate(
+    revocation = issuance.revoke_certificate(
         services, _caller(principal), request.path_params["id"], body.reason
     )
-    return _json(schemas.certificate_json(row, "revoked"))
+    return _json(
+        {
+            **schemas.certificate_json(revocation.certificate, "revoked"),
+            "also_revoked": list(revocation.also_revoked),
+        }
+    )
 
 
 async def renew_certificate(request: Request, principal: Principal | None) -> Response:

@@ -77,6 +77,22 @@ _ISSUER_FIELDS: dict[str, Any] = {
     "chain_pem": _STR,
 }
 
+# A stored certificate as GET and list show it.
+_STORED_CERTIFICATE_FIELDS: dict[str, Any] = {
+    **_CERTIFICATE_FIELDS,
+    "issuer": _STR,
+    "common_name": _STR,
+    "subject": _STR,
+    "sans": {"type": "object", "additionalProperties": _STRS},
+    "profile": _STR,
+    "created_at": _TIME,
+    "created_by": _STR,
+    "revoked_at": _TIME_OR_NULL,
+    "revocation_reason": _STR_OR_NULL,
+    "renewed_from": _STR_OR_NULL,
+    "renewed_by": _STR_OR_NULL,
+}
+
 # Response bodies, named once in components.schemas.
 _SCHEMAS: dict[str, dict[str, Any]] = {
     "Problem": _PROBLEM,
@@ -116,23 +132,11 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
     # POST's answer: the issuer, and what signing it warned about (a clipped validity).
     "CreatedIssuer": _object({**_ISSUER_FIELDS, "warnings": _STRS}),
     "IssuerList": _page("Issuer"),
-    "Certificate": _object(
-        {
-            **_CERTIFICATE_FIELDS,
-            "issuer": _STR,
-            "common_name": _STR,
-            "subject": _STR,
-            "sans": {"type": "object", "additionalProperties": _STRS},
-            "profile": _STR,
-            "created_at": _TIME,
-            "created_by": _STR,
-            "revoked_at": _TIME_OR_NULL,
-            "revocation_reason": _STR_OR_NULL,
-            "renewed_from": _STR_OR_NULL,
-            "renewed_by": _STR_OR_NULL,
-        }
-    ),
+    "Certificate": _object(_STORED_CERTIFICATE_FIELDS),
     "CertificateList": _page("Certificate"),
+    # A revocation's answer: the certificate, and the ids revoked with it (keyCompromise
+    # revokes the other certificates of the same key).
+    "RevokedCertificate": _object({**_STORED_CERTIFICATE_FIELDS, "also_revoked": _STRS}),
     "IssuedCertificate": _object(
         {
             **_CERTIFICATE_FIELDS,
@@ -244,7 +248,7 @@ _SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/v1/certificates"): _json("CertificateList"),
     ("POST", "/api/v1/certificates"): _json("IssuedCertificate"),
     ("GET", "/api/v1/certificates/{id}"): {**_json("Certificate"), _PEM: {"schema": _STR}},
-    ("POST", "/api/v1/certificates/{id}/revoke"): _json("Certificate"),
+    ("POST", "/api/v1/certificates/{id}/revoke"): _json("RevokedCertificate"),
     ("POST", "/api/v1/certificates/{id}/renew"): _json("IssuedCertificate"),
     ("GET", "/api/v1/audit"): _json("AuditList"),
     ("GET", "/api/v1/metrics"): _json("MetricsSummary"),

@@ -826,51 +826,41 @@ def _load_certificate(services: Services, cert_id: str) -> CertificateRecord:
     return row
 
 
+@dataclass(frozen=True)
+class Revocation:
+    """A revoked certificate, and the others revoked with it (``also_revoked``, by id).
+
+    A ``keyCompromise`` revocation also revokes every other certificate certctl issued for
+    the same key: the renewals of a CSR-issued certificate certify the requester's key again.
+    """
+
+    certificate: CertificateRecord
+    also_revoked: tuple[str, ...]
+
+
 def revoke_certificate(
     services: Services, caller: Principal, cert_id: str, reason: str | None
-) -> CertificateRecord:
-    """Revoke a certificate; it appears on its issuer's next CRL."""
+) -> Revocation:
+    """Revoke a certificate; it appears on its issuer's next CRL.
+
+    With ``keyCompromise``, the unrevoked certificates of the same key (its renewal chain
+    while renewals kept the CSR's key) are revoked too, in the same transaction: the key is
+    what was compromised, and a successor certifying it would still be trusted.
+    """
     caller.require("cert.revoke")
     reason = reason or "unspecified"
     if reason not in _REASONS:
         choices = ", ".join(sorted(_REASONS))
         raise InvalidRequest(f"{reason}: unknown revocation reason (one of {choices})")
     now = services.clock()
+    also: list[str] = []
     with services.sessions.begin() as session:
         row = session.get(CertificateRecord, cert_id)
         if row is None:
             raise NotFound(f"certificate {cert_id} not found")
-        if row.status == "revoked":
-            raise Conflict(f"certificate {cert_id} is already revoked")
-        # Only if nobody revoked it since it was read: another worker or replica revoking it
-        # at the same moment would otherwise be overwritten, its reason and time replaced
-        # after a CRL carried them. The first revocation stands; this one is a 409.
-        revoked = session.connection().execute(
-            update(_CERTIFICATES)
-            .where(_CERTIFICATES.c.id == cert_id, _CERTIFICATES.c.status != "revoked")
-            .values(status="revoked", revoked_at=now, revocation_reason=reason)
-        )
-        if revoked.rowcount != 1:
+        if row.status == "revoked" or not _revoke_one(session.connection(), row, reason, now):
             raise Conflict(f"certificate {cert_id} is already revoked")
         session.refresh(row)
-        # A revoked successor renews nothing. Each certificate it stood for as renewed_by
-        # (its predecessor, or one further up a chain that handed over to it) falls back to
-        # its own latest unrevoked successor, as migration 0005 back-fills, else to the one
-        # that renewed this certificate in turn (A → B → C, B revoked: C carries the same
-        # names on), else needs renewing again.
-        ancestors = _ancestors(session.connection(), row.renewed_from)
-        if ancestors:
-            sibling = _CERTIFICATES.alias("sibling")
-            latest = (  # correlated with the row being updated
-                select(func.max(sibling.c.id))
-                .where(sibling.c.renewed_from == _CERTIFICATES.c.id, sibling.c.status != "revoked")
-                .scalar_subquery()
-            )
-            session.connection().execute(
-                update(_CERTIFICATES)
-                .where(_CERTIFICATES.c.id.in_(ancestors), _CERTIFICATES.c.renewed_by == cert_id)
-                .values(renewed_by=func.coalesce(latest, row.renewed_by))
-            )
         record(
             session,
             at=now,
@@ -880,8 +870,98 @@ def revoke_certificate(
             detail=reason,
             source=caller.source,
         )
-    REVOCATIONS.labels(row.issuer_id).inc()
-    return row
+        if reason == "keyCompromise":
+            for other_id in _same_key(session.connection(), row):
+                other = session.get(CertificateRecord, other_id)
+                if other is None or other.status == "revoked":
+                    continue
+                if _revoke_one(session.connection(), other, reason, now):
+                    also.append(other_id)
+                    record(
+                        session,
+                        at=now,
+                        actor=caller.actor_id,
+                        action="certificate.revoke",
+                        target=other_id,
+                        detail=f"{reason} (same key as {cert_id})",
+                        source=caller.source,
+                    )
+        session.expire_all()
+        session.refresh(row)
+    REVOCATIONS.labels(row.issuer_id).inc(1 + len(also))
+    return Revocation(row, tuple(also))
+
+
+def _revoke_one(connection: Connection, row: CertificateRecord, reason: str, now: datetime) -> bool:
+    """Mark ``row`` revoked and hand its renewals back; False if someone revoked it first."""
+    # Only if nobody revoked it since it was read: another worker or replica revoking it
+    # at the same moment would otherwise be overwritten, its reason and time replaced
+    # after a CRL carried them. The first revocation stands; this one is a 409.
+    revoked = connection.execute(
+        update(_CERTIFICATES)
+        .where(_CERTIFICATES.c.id == row.id, _CERTIFICATES.c.status != "revoked")
+        .values(status="revoked", revoked_at=now, revocation_reason=reason)
+    )
+    if revoked.rowcount != 1:
+        return False
+    # A revoked successor renews nothing. Each certificate it stood for as renewed_by
+    # (its predecessor, or one further up a chain that handed over to it) falls back to
+    # its own latest unrevoked successor, as migration 0005 back-fills, else to the one
+    # that renewed this certificate in turn (A → B → C, B revoked: C carries the same
+    # names on), else needs renewing again.
+    renewed_by = connection.execute(
+        select(_CERTIFICATES.c.renewed_by).where(_CERTIFICATES.c.id == row.id)
+    ).scalar()
+    ancestors = _ancestors(connection, row.renewed_from)
+    if ancestors:
+        sibling = _CERTIFICATES.alias("sibling")
+        latest = (  # correlated with the row being updated
+            select(func.max(sibling.c.id))
+            .where(sibling.c.renewed_from == _CERTIFICATES.c.id, sibling.c.status != "revoked")
+            .scalar_subquery()
+        )
+        connection.execute(
+            update(_CERTIFICATES)
+            .where(_CERTIFICATES.c.id.in_(ancestors), _CERTIFICATES.c.renewed_by == row.id)
+            .values(renewed_by=func.coalesce(latest, renewed_by))
+        )
+    return True
+
+
+_KEY_KEPT_BY = select(_CERTIFICATES.c.id).where(
+    _CERTIFICATES.c.renewed_from == bindparam("id"), _CERTIFICATES.c.wrapped_key.is_(None)
+)
+
+
+def _same_key(connection: Connection, row: CertificateRecord) -> list[str]:
+    """The other certificates certctl issued for ``row``'s key, oldest first.
+
+    A certificate whose key certctl made has a key of its own (a renewal makes a new one).
+    One issued from a CSR shares its key with the renewals that kept it: up the chain while
+    each link was CSR-issued, then down through every renewal that kept the key. A CSR
+    submitted again outside a renewal is not followed (certctl does not index keys).
+    """
+    if row.wrapped_key is not None:
+        return []
+    root = row.id
+    seen = {root}
+    while len(seen) < _MAX_CHAIN:
+        up = connection.execute(_KEY_PREDECESSOR, {"id": root}).first()
+        if up is None or up[1] is None or up[1] in seen:
+            break
+        root = up[1]
+        seen.add(root)
+    found: list[str] = []
+    queue = [root]
+    visited = {root}
+    while queue and len(visited) < _MAX_CHAIN * 4:
+        current = queue.pop(0)
+        found.append(current)
+        for (child,) in connection.execute(_KEY_KEPT_BY, {"id": current}):
+            if child not in visited:
+                visited.add(child)
+                queue.append(child)
+    return sorted(i for i in found if i != row.id)
 
 
 _MAX_CHAIN = 64  # renewals followed up a chain; a longer one stops there (and a cycle too)
