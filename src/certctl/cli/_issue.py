@@ -456,7 +456,7 @@ def _issue_chunk(job: _BatchJob, number: int) -> _Chunk:
         key = generate_private_key(job.key_type)
         issued = ca.issue(
             key.public_key(),
-            common_name_dn(inst.common_name),
+            inst.subject if inst.subject is not None else common_name_dn(inst.common_name),
             profile=job.profile,
             validity=job.validity,
             now=job.now,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from certctl.errors import InvalidRequest
-from certctl.pki.names import SubjectAltNames
+from certctl.pki.names import SubjectAltNames, parse_dn
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = ["Instance", "parse_instances"]
 
@@ -17,12 +20,17 @@ _FIELDS = frozenset({"name", "dns", "ip", "cn", "filename"})
 
 @dataclass(frozen=True)
 class Instance:
-    """One certificate to issue: its folder/file name, common name and SANs."""
+    """One certificate to issue: its folder/file name, common name and SANs.
+
+    ``subject``: the whole subject when ``name`` is a distinguished name (certutil's
+    ``name: "CN=node5,OU=IT,DC=example,DC=com"``); else the subject is CN=``common_name``.
+    """
 
     name: str
     common_name: str
     filename: str
     sans: SubjectAltNames
+    subject: x509.Name | None = None
 
 
 def _str_list(entry: dict[str, Any], key: str, where: str) -> list[str]:
@@ -92,13 +100,31 @@ def parse_instances(text: str) -> list[Instance]:
         cn = entry.get("cn") or name
         if not isinstance(cn, str):
             raise InvalidRequest(f"{where}: 'cn' must be a string")
+        subject = _dn_name(name, entry, where)
         dns, ip = _str_list(entry, "dns", where), _str_list(entry, "ip", where)
         try:
             sans = SubjectAltNames.parse(dns=dns, ip=ip)
         except InvalidRequest as exc:
             raise InvalidRequest(f"{where}: {exc.detail}") from exc
-        result.append(Instance(name, cn, filename, sans))
+        result.append(Instance(name, cn, filename, sans, subject))
     return result
+
+
+def _dn_name(name: str, entry: dict[str, Any], where: str) -> x509.Name | None:
+    # certutil reads a name holding '=' as the whole subject DN (its documented example is
+    # "CN=node5,OU=IT,DC=mydomain,DC=com" with a filename); taken as a common name it gave
+    # the subject CN=CN=node5\,OU=IT…, which no one meant.
+    if "=" not in name:
+        return None
+    if entry.get("cn"):
+        raise InvalidRequest(
+            f"{where}: 'cn' sets the common name of a plain 'name'; this name is a "
+            "distinguished name, so put the CN in it and drop 'cn'"
+        )
+    try:
+        return parse_dn(name)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{where}: {exc.detail}") from exc
 
 
 def _load_yaml(text: str) -> Any:

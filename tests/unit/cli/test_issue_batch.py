@@ -18,6 +18,8 @@ from cryptography import x509
 
 from certctl.cli import _forkpool, _issue, _storedzip, main
 from certctl.cli.main import run
+from tests._tools import ok
+from tests._tools import run as run_tool
 
 
 def _instances(path: Path, count: int, *, bad: int | None = None) -> Path:
@@ -114,6 +116,34 @@ def test_directory_output(
         assert sorted(p.name for p in folder.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
         assert stat.S_IMODE((folder / "tls.key").stat().st_mode) == 0o600
         assert stat.S_IMODE((folder / "tls.crt").stat().st_mode) == 0o644
+
+
+def test_distinguished_name_instance_as_openssl_reads_it(
+    ca_dir: Path, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The example of elasticsearch-certutil's documentation; the subject was
+    # CN=CN=node5\\,OU=IT\\,DC=mydomain\\,DC=com before.
+    (workdir / "in.yml").write_text(
+        'instances:\n  - name: "CN=node5,OU=IT,DC=mydomain,DC=com"\n    filename: "node5"\n'
+    )
+    argv = ["cert", "issue", "--ca", str(ca_dir), "--in", "in.yml", "--out", "certs", "--pem"]
+    assert run(argv) == 0, capsys.readouterr().err
+    shown = ok(
+        run_tool(
+            "openssl",
+            "x509",
+            "-in",
+            workdir / "certs/node5/tls.crt",
+            "-noout",
+            "-subject",
+            "-nameopt",
+            "RFC2253",
+            "-ext",
+            "subjectAltName",
+        )
+    ).stdout
+    assert "subject=CN=node5,OU=IT,DC=mydomain,DC=com\n" in shown
+    assert "DNS:node5" in shown  # the CN of a server certificate without names, as before
 
 
 def test_routes_agree_on_pkcs12(

@@ -52,6 +52,17 @@ instances:
     ]
 
 
+def test_distinguished_name_is_the_subject() -> None:
+    # certutil's documented example: a name holding '=' is the whole subject.
+    text = 'instances:\n  - name: "CN=node5,OU=IT,DC=mydomain,DC=com"\n    filename: node5\n'
+    (only,) = parse_instances(text)
+    assert only.filename == "node5"
+    assert only.subject is not None
+    assert only.subject.rfc4514_string() == "CN=node5,OU=IT,DC=mydomain,DC=com"
+    (plain,) = parse_instances("instances:\n  - name: node-1\n")
+    assert plain.subject is None
+
+
 def test_null_lists_are_empty() -> None:
     (only,) = parse_instances("instances:\n  - name: a\n    dns:\n    ip: ~\n")
     assert only.sans == SubjectAltNames()
@@ -110,6 +121,15 @@ def test_null_lists_are_empty() -> None:
             "instance 'B': file name 'A' is used twice (as 'a': case does not count)",
         ),
         ("instances:\n  - name: a\n    cn: [x]\n", "instance 'a': 'cn' must be a string"),
+        (
+            'instances:\n  - name: "CN=a,O=Example"\n    filename: a\n    cn: b\n',
+            "instance 'CN=a,O=Example': 'cn' sets the common name of a plain 'name'; this name "
+            "is a distinguished name, so put the CN in it and drop 'cn'",
+        ),
+        (
+            'instances:\n  - name: "CN=a,,O=Example"\n    filename: a\n',
+            "instance 'CN=a,,O=Example': CN=a,,O=Example: not a valid RFC 4514 distinguished name",
+        ),
         (
             "instances:\n  - name: a\n    dns: {x: 1}\n",
             "instance 'a': 'dns' must be a string or a list of strings",
