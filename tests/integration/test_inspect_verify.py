@@ -512,3 +512,79 @@ def test_a_ca_made_by_openssl_req_x509_verifies_as_with_openssl(tmp_path: Path) 
         1,
         "CN=Tutorial CA in the trust bundle did not sign CN=web",
     )
+
+
+def _openssl_ca_sign(
+    d: Path, name: str, *, ca: str | None, start: str, end: str, ca_ext: bool, algorithm: str
+) -> None:
+    """``d/name.crt`` and its key, signed by ``d/ca.crt`` (or itself) at the dates given.
+
+    ``openssl ca`` is the one openssl 3.0 command that sets any notBefore and notAfter.
+    """
+    keygen = ["-newkey", "ed25519"] if algorithm == "ed25519" else [
+        "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]  # fmt: skip
+    ok(run("openssl", "req", *keygen, "-nodes", "-subj", f"/CN={name}",
+           "-keyout", d / f"{name}.key", "-out", d / f"{name}.csr"))  # fmt: skip
+    (d / "db").mkdir(exist_ok=True)
+    (d / "db/index.txt").touch()
+    if not (d / "db/serial").exists():
+        (d / "db/serial").write_text("1000\n")
+    ext = (
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
+        if ca_ext
+        else f"basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        f"extendedKeyUsage=serverAuth\nsubjectAltName=DNS:{name}\n"
+    )
+    (d / "ca.cnf").write_text(
+        "[ca]\ndefault_ca=c\n[c]\ndatabase=db/index.txt\nserial=db/serial\nnew_certs_dir=db\n"
+        "default_md=sha256\npolicy=p\nunique_subject=no\n[p]\ncommonName=supplied\n"
+        f"[ext]\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n{ext}"
+    )
+    signer = ["-selfsign", "-keyfile", f"{name}.key"] if ca is None else [
+        "-cert", f"{ca}.crt", "-keyfile", f"{ca}.key"]  # fmt: skip
+    ok(run("openssl", "ca", "-batch", "-config", "ca.cnf", "-extensions", "ext", *signer,
+           "-in", f"{name}.csr", "-out", f"{name}.crt", "-startdate", start, "-enddate", end,
+           "-notext", cwd=d))  # fmt: skip
+
+
+PAST, SOON, FAR = "20200101000000Z", "20210101000000Z", "20991231000000Z"
+
+
+@pytest.mark.parametrize("algorithm", ["ec", "ed25519"])  # cryptography's path, the fallback
+@pytest.mark.parametrize(
+    ("root", "inter", "openssl_says", "certctl_says"),
+    [
+        ((PAST, FAR), (PAST, SOON), "certificate has expired",
+         "verification failed: intermediate CA CN=inter expired on 2021-01-01T00:00:00Z"),
+        ((PAST, FAR), ("20980101000000Z", FAR), "certificate is not yet valid",
+         "verification failed: intermediate CA CN=inter is not valid before "
+         "2098-01-01T00:00:00Z"),
+        ((PAST, SOON), (PAST, FAR), "certificate has expired",
+         "verification failed: CA CN=root in the trust bundle expired on 2021-01-01T00:00:00Z"),
+    ],
+)  # fmt: skip
+def test_a_ca_out_of_its_window_is_named_as_openssl_refuses_it(
+    tmp_path: Path,
+    algorithm: str,
+    root: tuple[str, str],
+    inter: tuple[str, str],
+    openssl_says: str,
+    certctl_says: str,
+) -> None:
+    # Before, an expired intermediate or root gave cryptography's "candidates exhausted:
+    # cert is not valid at validation time" (naming no certificate), or, for Ed25519,
+    # "certificate expired on …", as if the leaf had.
+    sign = _openssl_ca_sign
+    sign(tmp_path, "root", ca=None, start=root[0], end=root[1], ca_ext=True, algorithm=algorithm)
+    sign(tmp_path, "inter", ca="root", start=inter[0], end=inter[1], ca_ext=True,
+         algorithm=algorithm)  # fmt: skip
+    now = datetime.now(UTC)
+    sign(tmp_path, "leaf.example", ca="inter", start=f"{now - timedelta(days=1):%Y%m%d%H%M%SZ}",
+         end=f"{now + timedelta(days=30):%Y%m%d%H%M%SZ}", ca_ext=False,
+         algorithm=algorithm)  # fmt: skip
+    leaf, ca_file, inter_file = (tmp_path / f"{n}.crt" for n in ("leaf.example", "root", "inter"))
+    openssl = run("openssl", "verify", "-CAfile", ca_file, "-untrusted", inter_file, leaf)
+    assert openssl.returncode != 0
+    assert openssl_says in openssl.stdout + openssl.stderr
+    result = certctl_exe("verify", "--ca", ca_file, "--untrusted", inter_file, leaf)
+    one_error_line(result, 1, certctl_says)

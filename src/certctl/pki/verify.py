@@ -98,7 +98,7 @@ def verify_certificate(
             # RFC 5280 path validation (openssl, Java, Go) does not: `openssl req -x509`
             # makes a CA without keyUsage. These cases take a plain RFC 5280 path.
             return _verify_rfc5280(leaf, trust, untrusted, hostname, purpose, now)
-        missing = _missing_link(leaf, trust, untrusted)
+        missing = _missing_link(leaf, trust, untrusted, now)
         reason = missing if missing is not None else _reason(exc)
         raise VerificationFailed(f"verification failed: {reason}") from exc
 
@@ -229,17 +229,17 @@ def _verify_rfc5280(
     for _ in range(8):
         for anchor in trust:
             if _issued_by(current, anchor):
-                _check_window(anchor, now)
+                _check_window(anchor, now, f"verification failed: {_anchor_name(anchor)}")
                 _check_path_lengths((*chain, anchor))
                 return VerifiedChain((*chain, anchor), purpose, name)
         parent = next((c for c in pool if _issued_by(current, c) and _is_ca(c)), None)
         if parent is None:
             break
-        _check_window(parent, now)
+        _check_window(parent, now, f"verification failed: {_intermediate_name(parent)}")
         pool.remove(parent)
         chain.append(parent)
         current = parent
-    missing = _missing_link(leaf, trust, untrusted)
+    missing = _missing_link(leaf, trust, untrusted, now)
     reason = missing if missing is not None else "no path to a trusted certificate"
     raise VerificationFailed(f"verification failed: {reason}")
 
@@ -299,15 +299,26 @@ def _name_matches(leaf: x509.Certificate, wanted: x509.DNSName | x509.IPAddress)
     return False
 
 
-def _check_window(leaf: x509.Certificate, now: datetime) -> None:
-    if now < leaf.not_valid_before_utc:
-        raise VerificationFailed(
-            f"certificate is not valid before {leaf.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}"
-        )
-    if now > leaf.not_valid_after_utc:
-        raise VerificationFailed(
-            f"certificate expired on {leaf.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
-        )
+def _check_window(cert: x509.Certificate, now: datetime, what: str = "certificate") -> None:
+    problem = _window_problem(cert, now)
+    if problem is not None:
+        raise VerificationFailed(f"{what} {problem}")
+
+
+def _anchor_name(cert: x509.Certificate) -> str:
+    return f"CA {cert.subject.rfc4514_string()} in the trust bundle"
+
+
+def _intermediate_name(cert: x509.Certificate) -> str:
+    return f"intermediate CA {cert.subject.rfc4514_string()}"
+
+
+def _window_problem(cert: x509.Certificate, now: datetime) -> str | None:
+    if now < cert.not_valid_before_utc:
+        return f"is not valid before {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}"
+    if now > cert.not_valid_after_utc:
+        return f"expired on {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
+    return None
 
 
 def _first_san(leaf: x509.Certificate) -> str:
@@ -334,13 +345,15 @@ def _missing_link(
     leaf: x509.Certificate,
     trust: Sequence[x509.Certificate],
     untrusted: Sequence[x509.Certificate],
+    now: datetime,
 ) -> str | None:
     """Where the path from ``leaf`` breaks off, by issuer name and signature, if it does.
 
     cryptography reports only "candidates exhausted"; the usual causes are a wrong trust
-    bundle or a missing intermediate, and this names the certificate that is not there (or
-    is there under its name but with another key, as after a CA was created anew). None when
-    the names and signatures do reach the trust bundle (then a constraint failed).
+    bundle, a missing intermediate or a CA out of its validity window, and this names the
+    certificate that is not there (or is there under its name but with another key, as
+    after a CA was created anew), or the CA that expired. None when the names and
+    signatures do reach the trust bundle (then a constraint failed).
     """
     current = leaf
     pool = list(untrusted)
@@ -349,13 +362,21 @@ def _missing_link(
         subject = current.subject.rfc4514_string()
         named = [c for c in trust if c.subject == current.issuer]
         if named:
-            if any(_signs(c, current) for c in named):
+            signers = [c for c in named if _signs(c, current)]
+            if not signers:
+                return (
+                    f"{issuer} in the trust bundle did not sign {subject} (a CA of the same "
+                    "name with another key: is the trust bundle out of date?)"
+                )
+            problems = [_window_problem(c, now) for c in signers]
+            # Any anchor in its window may complete the path (a renewed root beside the old).
+            if None in problems:
                 return None
-            return (
-                f"{issuer} in the trust bundle did not sign {subject} (a CA of the same name "
-                "with another key: is the trust bundle out of date?)"
-            )
-        parent = next((c for c in pool if c.subject == current.issuer), None)
+            return f"{_anchor_name(signers[0])} {problems[0]}"
+        named = [c for c in pool if c.subject == current.issuer]
+        # One that signed and is in its window first: a renewed intermediate beside the old.
+        usable = (c for c in named if _signs(c, current) and _window_problem(c, now) is None)
+        parent = next(usable, named[0] if named else None)
         if parent is None:
             return (
                 f"{issuer}, the issuer of {subject}, is neither in the trust bundle nor among "
@@ -363,6 +384,9 @@ def _missing_link(
             )
         if not _signs(parent, current):
             return f"intermediate {issuer} did not sign {subject} (another key, same name)"
+        problem = _window_problem(parent, now)
+        if problem is not None:
+            return f"{_intermediate_name(parent)} {problem}"
         pool.remove(parent)
         current = parent
     return None
