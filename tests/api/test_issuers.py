@@ -410,3 +410,23 @@ def test_import_of_an_encrypted_key_says_what_the_api_needs(api: Api) -> None:
     assert detail.startswith("private_key_pem is encrypted: send it unencrypted")
     assert "--password-file" not in detail  # a CLI flag means nothing to an API caller
     assert api.counts() == before
+
+
+def test_import_refuses_an_rsa_pss_ca_key(api: Api, tmp_path: Path) -> None:
+    # openssl's rsa-pss keys sign with PSS only; certctl's PKCS#1 v1.5 signatures under
+    # such a CA were certificates openssl verify could find no issuer for.
+    ok(run("openssl", "req", "-x509", "-newkey", "rsa-pss", "-pkeyopt", "rsa_keygen_bits:2048",
+           "-nodes", "-keyout", tmp_path / "ca.key", "-out", tmp_path / "ca.crt",
+           "-subj", "/CN=PSS Root", "-days", "30"))  # fmt: skip
+    before = api.counts()
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "pss",
+            "certificate_pem": (tmp_path / "ca.crt").read_text(),
+            "private_key_pem": (tmp_path / "ca.key").read_text(),
+        },
+    )
+    assert "CA key is an RSA-PSS key (id-RSASSA-PSS)" in assert_problem(r, 400)["detail"]
+    assert api.counts() == before

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
 )
+from cryptography.x509.oid import PublicKeyAlgorithmOID
 
 from certctl.errors import InvalidRequest
 from certctl.pki.constraints import (
@@ -88,6 +89,13 @@ class CertificateAuthority:
 
     def __post_init__(self) -> None:
         check_public_key(self.certificate.public_key())
+        if self.certificate.public_key_algorithm_oid == PublicKeyAlgorithmOID.RSASSA_PSS:
+            # Such a key may make RSA-PSS signatures only (RFC 4055 1.2); certctl signs with
+            # PKCS#1 v1.5, and openssl then finds no issuer for what it signed.
+            raise InvalidRequest(
+                "CA key is an RSA-PSS key (id-RSASSA-PSS), which certctl cannot sign with: "
+                "use an RSA (rsaEncryption), EC or Ed25519 CA key"
+            )
         if not keys_match(self.private_key, self.certificate):
             raise InvalidRequest("CA private key does not match the CA certificate")
         try:

@@ -577,3 +577,32 @@ def test_crl_next_update_clipped_to_ca(workdir: Path) -> None:
         check=True,
     )
     assert shown.stdout.strip() == f"nextUpdate={end:%b %e %H:%M:%S %Y} GMT"
+
+
+def test_rsa_pss_ca_key_is_refused_in_one_line(workdir: Path) -> None:
+    # An openssl CA whose key is id-RSASSA-PSS may make PSS signatures only; certctl signs
+    # with PKCS#1 v1.5, and openssl verify then found no issuer for what it signed (error
+    # 20). Import and every command that signs now refuse it and write nothing.
+    (workdir / "pss").mkdir()
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa-pss", "-pkeyopt", "rsa_keygen_bits:2048",
+         "-nodes", "-keyout", "pss/ca.key", "-out", "pss/ca.crt", "-subj", "/CN=PSS Root",
+         "-days", "30"],
+        cwd=workdir, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    message = (
+        "CA key is an RSA-PSS key (id-RSASSA-PSS), which certctl cannot sign with: "
+        "use an RSA (rsaEncryption), EC or Ed25519 CA key"
+    )
+    before = _snapshot(workdir)
+    for argv, prefix in (
+        ("ca import -o imp --cert pss/ca.crt --key pss/ca.key", ""),
+        ("cert issue --ca pss -o leaf --cn a.example --dns a.example", "pss: "),
+        ("ca create --parent pss -o inter --cn Inter", "pss: "),
+        ("crl create --ca pss -o c.crl", "pss: "),
+    ):
+        proc = _run(workdir, *argv.split())
+        assert (proc.returncode, proc.stdout) == (1, ""), proc.stderr
+        assert proc.stderr == f"certctl: error: {prefix}{message}\n"
+        assert _snapshot(workdir) == before
