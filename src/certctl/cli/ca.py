@@ -243,6 +243,17 @@ def import_ca(
     if not ca.may_sign_certificates:
         # Kept for the same reason; cert issue and csr sign refuse it.
         warn("the CA certificate's keyUsage lacks keyCertSign: it cannot sign certificates")
+    top = ca.root
+    if top.issuer != top.subject:
+        # Imported all the same (the root may be in every trust store already), but the
+        # ca.crt written next to each certificate is then this top CA, not a root.
+        warn(
+            f"{top.issuer.rfc4514_string()}, the issuer of {top.subject.rfc4514_string()}, "
+            f"was not given: certificates issued from this CA get "
+            f"{top.subject.rfc4514_string()} as ca.crt, which openssl verify and Python refuse "
+            "(unable to get issuer certificate); give the chain up to the root in --cert "
+            "(or in the PKCS#12)"
+        )
     typer.echo(f"imported CA {ca.certificate.subject.rfc4514_string()} into {out}/")
     if key_password is not None:
         typer.echo(

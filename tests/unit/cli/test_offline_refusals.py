@@ -606,3 +606,54 @@ def test_rsa_pss_ca_key_is_refused_in_one_line(workdir: Path) -> None:
         assert (proc.returncode, proc.stdout) == (1, ""), proc.stderr
         assert proc.stderr == f"certctl: error: {prefix}{message}\n"
         assert _snapshot(workdir) == before
+
+
+def _openssl(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["openssl", *args], cwd=workdir, capture_output=True, text=True, check=False
+    )
+
+
+def test_import_of_an_intermediate_without_its_root_warns(workdir: Path) -> None:
+    # An intermediate imported alone makes itself the ca.crt of what it issues, which
+    # openssl verify (and Python's ssl) refuse as a CA file: before, not a word was said.
+    ec_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    (workdir / "v3.ext").write_text(
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
+        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+    )
+    for args in (
+        ["req", "-x509", *ec_key, "-keyout", "root.key", "-out", "root.crt",
+         "-subj", "/CN=Corp Root", "-days", "30",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ["req", *ec_key, "-keyout", "int.key", "-out", "int.csr", "-subj", "/CN=Corp Issuing"],
+        ["x509", "-req", "-in", "int.csr", "-CA", "root.crt", "-CAkey", "root.key",
+         "-days", "20", "-extfile", "v3.ext", "-out", "int.crt"],
+    ):  # fmt: skip
+        made = _openssl(workdir, *args)
+        assert made.returncode == 0, made.stderr
+    proc = _run(workdir, *"ca import -o alone --cert int.crt --key int.key".split())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == (
+        "certctl: warning: CN=Corp Root, the issuer of CN=Corp Issuing, was not given: "
+        "certificates issued from this CA get CN=Corp Issuing as ca.crt, which openssl verify "
+        "and Python refuse (unable to get issuer certificate); give the chain up to the root "
+        "in --cert (or in the PKCS#12)\n"
+    )
+    issued = _run(workdir, *"cert issue --ca alone -o leaf --cn a.example --dns a.example".split())
+    assert issued.returncode == 0, issued.stderr
+    # tls.crt holds the leaf and the intermediate, as nginx serves them.
+    refused = _openssl(workdir, "verify", "-CAfile", "leaf/ca.crt", "-untrusted", "leaf/tls.crt",
+                       "leaf/tls.crt")  # fmt: skip
+    assert "unable to get issuer certificate" in refused.stdout + refused.stderr
+    # Its twin with the chain: no warning, the root as ca.crt, and openssl verify agrees.
+    (workdir / "chain.crt").write_text(
+        (workdir / "int.crt").read_text() + (workdir / "root.crt").read_text()
+    )
+    proc = _run(workdir, *"ca import -o full --cert chain.crt --key int.key".split())
+    assert (proc.returncode, proc.stderr) == (0, "")
+    issued = _run(workdir, *"cert issue --ca full -o leaf2 --cn a.example --dns a.example".split())
+    assert issued.returncode == 0, issued.stderr
+    verified = _openssl(workdir, "verify", "-x509_strict", "-CAfile", "leaf2/ca.crt",
+                        "-untrusted", "leaf2/tls.crt", "leaf2/tls.crt")  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
