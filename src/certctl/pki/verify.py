@@ -91,6 +91,8 @@ def verify_certificate(
         # 2.5.29.17 = subjectAltName. Client certificates commonly carry only a CN, and
         # OpenSSL/nginx accept them; cryptography's client policy insists on a SAN.
         client_without_san = purpose == "client" and "2.5.29.17" in message
+        if "no matching subjectAltName" in message:
+            raise _not_in_sans(leaf, name) from exc
         if eddsa or client_without_san or _WEB_PKI_ONLY.search(message):
             # cryptography's verifier follows the CA/B Forum web policy, which forbids EdDSA;
             # RFC 8410 allows it for private PKIs. It also wants keyUsage on every CA, an
@@ -220,9 +222,7 @@ def _verify_rfc5280(
             subject = _subject_for(_first_san(leaf))
         name = str(subject.value)
         if not _name_matches(leaf, subject):
-            raise VerificationFailed(
-                f"verification failed: {name} is not in the certificate's SANs"
-            )
+            raise _not_in_sans(leaf, name)
     chain = [leaf]
     pool = list(untrusted)
     current = leaf
@@ -297,6 +297,29 @@ def _name_matches(leaf: x509.Certificate, wanted: x509.DNSName | x509.IPAddress)
         if pattern.startswith("*.") and "." in host and host.split(".", 1)[1] == pattern[2:]:
             return True
     return False
+
+
+def _not_in_sans(leaf: x509.Certificate, name: str) -> VerificationFailed:
+    """The name a server certificate does not match, with the names it does hold.
+
+    cryptography says only "leaf certificate has no matching subjectAltName": neither the
+    name checked (IDNA-encoded, as compared) nor what the certificate was made for.
+    """
+    try:
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        sans = x509.SubjectAlternativeName([])
+    held = [f"DNS:{v}" for v in sans.get_values_for_type(x509.DNSName)]
+    held += [f"IP:{v}" for v in sans.get_values_for_type(x509.IPAddress)]
+    shown = ", ".join(held[:_SHOWN_SANS]) or "none for a host"
+    if len(held) > _SHOWN_SANS:
+        shown += f" and {len(held) - _SHOWN_SANS} more"
+    return VerificationFailed(
+        f"verification failed: {name} is not in the certificate's SANs (it has {shown})"
+    )
+
+
+_SHOWN_SANS = 8
 
 
 def _check_window(cert: x509.Certificate, now: datetime, what: str = "certificate") -> None:

@@ -553,7 +553,7 @@ CASES = [
         "verify-wrong-hostname",
         "verify leaf.crt --ca ca/ca.crt --hostname other.example",
         1,
-        "no matching subjectAltName",
+        "other.example is not in the certificate's SANs (it has DNS:",
     ),
     _c(
         "verify-bad-purpose",
