@@ -189,6 +189,9 @@ def load_ca_dir(
         sources = f"{password_option} or CERTCTL_CA_PASSWORD"
         detail = exc.detail.replace("(--password-file)", f"({sources})")
         detail = detail.replace("drop the password", f"drop the password ({sources})")
+        if password_from_env and password is not None and "wrong password" in detail:
+            # Exported for another CA, perhaps: the user gave no password to this command.
+            detail += " (the password came from CERTCTL_CA_PASSWORD)"
         raise InvalidRequest(detail) from exc
     if key is None:
         raise InvalidRequest(f"{directory / CA_KEY}: holds no private key")

@@ -84,3 +84,34 @@ def test_the_variable_is_a_default_an_unencrypted_ca_opens_without_it(
     _ok("ca", "create", "--out", tmp_path / "inter", "--parent", tmp_path / "plain")
     inter_key = (tmp_path / "inter" / "ca.key").read_bytes()
     assert inter_key.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+
+
+def test_a_wrong_password_from_the_variable_says_where_it_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Exported for another CA: before, "wrong password" left the user, who gave none to
+    # this command, to guess which one was tried.
+    (tmp_path / "pw").write_text(PASSWORD + "\n")
+    monkeypatch.delenv("CERTCTL_CA_PASSWORD", raising=False)
+    _ok("ca", "create", "--out", tmp_path / "ca", "--key-password-file", tmp_path / "pw")
+    capsys.readouterr()
+    monkeypatch.setenv("CERTCTL_CA_PASSWORD", "for-another-ca")
+    wrong = f"certctl: error: {tmp_path / 'ca' / 'ca.key'}: cannot decrypt the private key: "
+    wrong += "wrong password"
+    for argv in (
+        ["cert", "issue", "--ca", tmp_path / "ca", "--cn", "a.example", "--out", tmp_path / "a"],
+        ["crl", "create", "--ca", tmp_path / "ca", "--out", tmp_path / "c.crl"],
+        ["http", "--non-interactive", "--pem", "--ca", tmp_path / "ca", "--node", "n1",
+         "--out", tmp_path / "b.zip"],
+    ):  # fmt: skip
+        assert run([str(a) for a in argv]) == 1
+        err = capsys.readouterr().err
+        assert err == f"{wrong} (the password came from CERTCTL_CA_PASSWORD)\n", argv
+    # The same wrong password given with the option is the user's own: no such remark.
+    (tmp_path / "bad").write_text("for-another-ca\n")
+    argv = ["cert", "issue", "--ca", tmp_path / "ca", "--ca-password-file", tmp_path / "bad",
+            "--cn", "a.example", "--out", tmp_path / "a"]  # fmt: skip
+    assert run([str(a) for a in argv]) == 1
+    assert capsys.readouterr().err == f"{wrong}\n"
+    assert not (tmp_path / "a").exists()
+    assert not (tmp_path / "b.zip").exists()
