@@ -65,7 +65,9 @@ def create(
         "if set).",
     ),
     parent_password_file: Path = typer.Option(
-        None, "--parent-password-file", help="Password of the parent's ca.key."
+        None,
+        "--parent-password-file",
+        help="Password of the parent's ca.key (default: $CERTCTL_CA_PASSWORD).",
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:

@@ -61,7 +61,9 @@ def issue(
         None, "--password", help="PKCS#12 password on the command line (demos only)."
     ),
     ca_password_file: Path = typer.Option(
-        None, "--ca-password-file", help="Password of an encrypted ca.key."
+        None,
+        "--ca-password-file",
+        help="Password of an encrypted ca.key (default: $CERTCTL_CA_PASSWORD).",
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:

@@ -41,7 +41,9 @@ def create(
     ),
     der: bool = typer.Option(False, "--der", help="Write DER instead of PEM."),
     ca_password_file: Path = typer.Option(
-        None, "--ca-password-file", help="Password of an encrypted ca.key."
+        None,
+        "--ca-password-file",
+        help="Password of an encrypted ca.key (default: $CERTCTL_CA_PASSWORD).",
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:

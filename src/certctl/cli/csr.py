@@ -79,7 +79,9 @@ def sign(
     ),
     validity: str = typer.Option("90D", "--validity", help="Lifetime: 90D, 2160h, 1Y …"),
     ca_password_file: Path = typer.Option(
-        None, "--ca-password-file", help="Password of an encrypted ca.key."
+        None,
+        "--ca-password-file",
+        help="Password of an encrypted ca.key (default: $CERTCTL_CA_PASSWORD).",
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:

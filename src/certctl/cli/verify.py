@@ -20,7 +20,10 @@ def verify_command(
     cert: Path = typer.Argument(
         ...,
         metavar="CERT",
-        help="Certificate to verify (PEM/DER; extra certificates count as intermediates).",
+        help=(
+            "Certificate to verify (PEM, DER, PKCS#7 or PKCS#12; extra certificates count as "
+            "intermediates)."
+        ),
     ),
     ca: Path = typer.Option(..., "--ca", help="Trust bundle: root CA certificate(s)."),
     untrusted: Path = typer.Option(None, "--untrusted", help="Intermediate certificates."),

@@ -115,3 +115,23 @@ def test_a_wrong_password_from_the_variable_says_where_it_came_from(
     assert capsys.readouterr().err == f"{wrong}\n"
     assert not (tmp_path / "a").exists()
     assert not (tmp_path / "b.zip").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        ("cert issue", "--ca-password-file"),
+        ("csr sign", "--ca-password-file"),
+        ("crl create", "--ca-password-file"),
+        ("ca create", "--parent-password-file"),
+    ],
+)
+def test_help_names_the_variable_as_the_default(
+    command: str, option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each of them reads CERTCTL_CA_PASSWORD; their --help said only "Password of an
+    # encrypted ca.key", so the variable was found in the README or not at all.
+    assert run([*command.split(), "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    helped = text.split(option, 1)[1].split(" --", 1)[0]
+    assert "(default: $CERTCTL_CA_PASSWORD)" in helped
