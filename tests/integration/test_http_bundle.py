@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests._tools import failed, ok, run
+from tests._nginx import nginx_conf, running_nginx
+from tests._tools import failed, free_port, ok, run
 from tests.integration.conftest import certctl_exe
 
 pytestmark = pytest.mark.integration
@@ -127,3 +128,39 @@ def test_keytool_lists_ca_p12_as_certutil_writes_it(
     # openssl opens it with the same password file as ca.key.
     right, _ = password_files
     ok(run("openssl", "pkcs12", "-in", store, "-passin", f"file:{right}", "-noout"))
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["aes", "p12-legacy"])
+def test_generic_p12_sample_commands_feed_nginx(tmp_path: Path, legacy: bool) -> None:
+    # The openssl lines of sample-nginx.conf, run as written (plus -passin, where a user
+    # types the password), give nginx the files it serves; curl trusts them with the
+    # bundle's client/ca.crt. They used -noenc and, for --p12-legacy, -legacy: options
+    # OpenSSL 1.1.1 (RHEL 8, Ubuntu 20.04) refuses, and that 3.x does not need for 3DES.
+    (tmp_path / "pw").write_text("Http-p12 pass\n")
+    ok(certctl_exe("http", "--non-interactive", "--profile", "generic", "--node", "web",
+                   "--dns", "web=localhost", "--password-file", tmp_path / "pw",
+                   *(["--p12-legacy"] if legacy else []), "--out", tmp_path / "b.zip"))  # fmt: skip
+    ok(run("unzip", "-q", tmp_path / "b.zip", "-d", tmp_path / "b"))
+    web = tmp_path / "b" / "web"
+    sample = (web / "sample-nginx.conf").read_text()
+    commands = [
+        line.removeprefix("#   ") for line in sample.splitlines() if line.startswith("#   ")
+    ]
+    assert commands[-1] == "chmod 600 http.key"
+    for command in commands[:-1]:
+        argv = command.split()
+        assert argv[:2] == ["openssl", "pkcs12"], command
+        assert not {"-noenc", "-legacy"} & set(argv), command  # 3.x only
+        ok(run(*argv, "-passin", f"file:{tmp_path / 'pw'}", cwd=web))
+    ok(run("chmod", "600", "http.key", cwd=web))
+    port = free_port()
+    server = sample.split("server {", 1)[1].rsplit("}", 1)[0]
+    server = server.replace("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;")
+    server = server.replace("/etc/nginx/tls/", f"{web}/")
+    server = server.replace("root /usr/share/nginx/html;", 'return 200 "hello\\n";')
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(nginx_conf(tmp_path, f"    server {{{server}}}\n"))
+    with running_nginx(conf, tmp_path, port):
+        result = run("curl", "-sS", "--max-time", "10", "--cacert", tmp_path / "b/client/ca.crt",
+                     f"https://localhost:{port}/", timeout=20)  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, "hello\n"), result.stderr

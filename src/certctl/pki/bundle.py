@@ -497,11 +497,12 @@ class _Layout:
             return "sample-elasticsearch.yml", "\n".join(lines) + "\n"
         lines = [f"# nginx: HTTPS for {name}. Copy the files to /etc/nginx/tls/."]
         if not pem:
-            legacy = " -legacy" if plan.p12_legacy else ""
+            # Options both OpenSSL 1.1.1 and 3.x take: 1.1.1 (RHEL 8, Ubuntu 20.04) knows
+            # neither -noenc nor -legacy, and 3.x reads 3DES (--p12-legacy) without -legacy.
             lines += [
                 "# nginx reads PEM, not PKCS#12; extract the files first:",
-                f"#   openssl pkcs12{legacy} -in http.p12 -nokeys -out http.crt",
-                f"#   openssl pkcs12{legacy} -in http.p12 -nocerts -noenc -out http.key",
+                "#   openssl pkcs12 -in http.p12 -nokeys -out http.crt",
+                "#   openssl pkcs12 -in http.p12 -nocerts -nodes -out http.key",
                 "#   chmod 600 http.key",
             ]
         elif plan.mode == "csr":

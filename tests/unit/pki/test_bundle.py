@@ -184,7 +184,7 @@ def test_generic_p12_sample_explains_extraction(now: datetime) -> None:
     plan = _plan(profile="generic", p12_legacy=True, nodes=(NodeSpec("web1"),))
     archive = _zip(build_http_bundle(plan, now=now).data)
     nginx = archive.read("web1/sample-nginx.conf").decode()
-    assert "openssl pkcs12 -legacy -in http.p12 -nokeys -out http.crt" in nginx
+    assert "openssl pkcs12 -in http.p12 -nokeys -out http.crt" in nginx
     _, cert, _ = pkcs12.load_key_and_certificates(archive.read("web1/http.p12"), PASSWORD)
     assert cert is not None
     assert list(_sans(cert).dns) == ["web1"]  # the node name, as no name was given
