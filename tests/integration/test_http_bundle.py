@@ -130,6 +130,18 @@ def test_keytool_lists_ca_p12_as_certutil_writes_it(
     ok(run("openssl", "pkcs12", "-in", store, "-passin", f"file:{right}", "-noout"))
 
 
+def _nginx_from_sample(d: Path, sample: str, port: int, tls: Path) -> Path:
+    """``d``/nginx.conf: the sample's server block as written, but on 127.0.0.1:``port``,
+    its /etc/nginx/tls/ files in ``tls`` and a fixed answer for its location."""
+    server = sample.split("server {", 1)[1].rsplit("}", 1)[0]
+    server = server.replace("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;")
+    server = server.replace("/etc/nginx/tls/", f"{tls}/")
+    server = server.replace("root /usr/share/nginx/html;", 'return 200 "hello\\n";')
+    conf = d / "nginx.conf"
+    conf.write_text(nginx_conf(d, f"    server {{{server}}}\n"))
+    return conf
+
+
 @pytest.mark.parametrize("legacy", [False, True], ids=["aes", "p12-legacy"])
 def test_generic_p12_sample_commands_feed_nginx(tmp_path: Path, legacy: bool) -> None:
     # The openssl lines of sample-nginx.conf, run as written (plus -passin, where a user
@@ -154,13 +166,41 @@ def test_generic_p12_sample_commands_feed_nginx(tmp_path: Path, legacy: bool) ->
         ok(run(*argv, "-passin", f"file:{tmp_path / 'pw'}", cwd=web))
     ok(run("chmod", "600", "http.key", cwd=web))
     port = free_port()
-    server = sample.split("server {", 1)[1].rsplit("}", 1)[0]
-    server = server.replace("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;")
-    server = server.replace("/etc/nginx/tls/", f"{web}/")
-    server = server.replace("root /usr/share/nginx/html;", 'return 200 "hello\\n";')
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(nginx_conf(tmp_path, f"    server {{{server}}}\n"))
+    conf = _nginx_from_sample(tmp_path, sample, port, web)
     with running_nginx(conf, tmp_path, port):
         result = run("curl", "-sS", "--max-time", "10", "--cacert", tmp_path / "b/client/ca.crt",
                      f"https://localhost:{port}/", timeout=20)  # fmt: skip
     assert (result.returncode, result.stdout) == (0, "hello\n"), result.stderr
+
+
+def test_generic_sample_mutual_tls_lines_work_as_their_comment_says(tmp_path: Path) -> None:
+    # The commented mTLS lines named /etc/nginx/tls/ca.crt, a file the README's steps
+    # never put there (they copy http.crt and http.key). Followed as the comment now says:
+    # the client CA's certificate copied to the path, a client certificate from that CA.
+    ok(certctl_exe("http", "--non-interactive", "--profile", "generic", "--pem", "--node",
+                   "web", "--dns", "web=localhost", "--out", tmp_path / "b.zip"))  # fmt: skip
+    ok(run("unzip", "-q", tmp_path / "b.zip", "-d", tmp_path / "b"))
+    web, tls = tmp_path / "b" / "web", tmp_path / "tls"
+    sample = (web / "sample-nginx.conf").read_text()
+    assert "# ssl_client_certificate /etc/nginx/tls/client-ca.crt;" in sample
+    assert "certctl cert issue --ca CA_DIR --profile client" in sample
+    tls.mkdir()
+    for name in ("http.crt", "http.key"):  # the README's step 1
+        (tls / name).write_bytes((web / name).read_bytes())
+    ok(certctl_exe("ca", "create", "--out", tmp_path / "clients", "--cn", "Clients CA"))
+    (tls / "client-ca.crt").write_bytes((tmp_path / "clients/ca.crt").read_bytes())
+    ok(certctl_exe("cert", "issue", "--ca", tmp_path / "clients", "--cn", "alice",
+                   "--profile", "client", "--out", tmp_path / "alice"))  # fmt: skip
+    port = free_port()
+    uncommented = sample.replace("# ssl_client_certificate", "ssl_client_certificate")
+    conf = _nginx_from_sample(
+        tmp_path, uncommented.replace("# ssl_verify", "ssl_verify"), port, tls
+    )
+    curl = ["curl", "-sS", "--max-time", "10", "--cacert", tmp_path / "b/client/ca.crt"]
+    url = f"https://localhost:{port}/"
+    with running_nginx(conf, tmp_path, port):
+        alice = run(*curl, "--cert", tmp_path / "alice/tls.crt",
+                    "--key", tmp_path / "alice/tls.key", url, timeout=20)  # fmt: skip
+        anonymous = run(*curl, "-o", "/dev/null", "-w", "%{http_code}", url, timeout=20)
+    assert (alice.returncode, alice.stdout) == (0, "hello\n"), alice.stderr
+    assert anonymous.stdout == "400"  # nginx: no required SSL certificate was sent

@@ -164,7 +164,7 @@ def test_pem_generic_profile(now: datetime) -> None:
     nginx = archive.read("web1/sample-nginx.conf").decode()
     assert "ssl_certificate     /etc/nginx/tls/http.crt;" in nginx
     assert "ssl_certificate_key /etc/nginx/tls/http.key;" in nginx
-    assert "# ssl_client_certificate /etc/nginx/tls/ca.crt;" in nginx
+    assert "# ssl_client_certificate /etc/nginx/tls/client-ca.crt;" in nginx
     assert "# ssl_verify_client on;" in nginx
     assert "server_name web1.example.com;" in nginx
     curl = archive.read("client/sample-curl.sh").decode()
