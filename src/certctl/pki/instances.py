@@ -99,7 +99,12 @@ def parse_instances(text: str) -> list[Instance]:
         seen[filename.lower()] = filename
         cn = entry.get("cn") or name
         if not isinstance(cn, str):
-            raise InvalidRequest(f"{where}: 'cn' must be a string")
+            # certutil's 'cn' is a list of names it puts in otherName SANs (for transport
+            # trust restrictions); certctl's is the subject's common name.
+            raise InvalidRequest(
+                f"{where}: 'cn' must be a string, the certificate's common name (certctl "
+                "does not write certutil's list of 'cn' names as otherName SANs)"
+            )
         subject = _dn_name(name, entry, where)
         dns, ip = _str_list(entry, "dns", where), _str_list(entry, "ip", where)
         try:

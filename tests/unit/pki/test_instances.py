@@ -120,7 +120,11 @@ def test_null_lists_are_empty() -> None:
             "instances:\n  - name: a\n  - name: B\n    filename: A\n",
             "instance 'B': file name 'A' is used twice (as 'a': case does not count)",
         ),
-        ("instances:\n  - name: a\n    cn: [x]\n", "instance 'a': 'cn' must be a string"),
+        (
+            "instances:\n  - name: a\n    cn: [x]\n",
+            "instance 'a': 'cn' must be a string, the certificate's common name (certctl does "
+            "not write certutil's list of 'cn' names as otherName SANs)",
+        ),
         (
             'instances:\n  - name: "CN=a,O=Example"\n    filename: a\n    cn: b\n',
             "instance 'CN=a,O=Example': 'cn' sets the common name of a plain 'name'; this name "
