@@ -32,8 +32,8 @@ def create(
         None,
         "--from",
         help=(
-            "A CRL this CA signed before (it may be the --out file): its entries are kept "
-            "with their revocation dates and reasons, --revoked adds to them."
+            "A CRL this CA signed before (it may be the --out file, with --force): its "
+            "entries are kept with their revocation dates and reasons, --revoked adds to them."
         ),
     ),
     next_update: str = typer.Option(

@@ -657,3 +657,20 @@ def test_import_of_an_intermediate_without_its_root_warns(workdir: Path) -> None
     verified = _openssl(workdir, "verify", "-x509_strict", "-CAfile", "leaf2/ca.crt",
                         "-untrusted", "leaf2/tls.crt", "leaf2/tls.crt")  # fmt: skip
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_crl_from_help_says_the_same_file_needs_force(workdir: Path) -> None:
+    # The help said "--from … (it may be the --out file)", and that run was refused with
+    # "already exists; use --force": the help now says so, and both behave as it says.
+    helped = " ".join(_run(workdir, "crl", "create", "--help").stdout.split())
+    assert "(it may be the --out file, with --force)" in helped
+    assert _run(workdir, *"crl create --ca ca1 -o c.crl --revoked 0x12".split()).returncode == 0
+    again = "crl create --ca ca1 -o c.crl --from c.crl --revoked 0x34".split()
+    refused = _run(workdir, *again)
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        "certctl: error: c.crl already exists; use --force to overwrite\n",
+    )
+    done = _run(workdir, *again, "--force")
+    assert done.returncode == 0, done.stderr
+    assert "2 revoked serial(s) (1 kept from c.crl, 1 new)" in done.stdout
