@@ -129,3 +129,36 @@ def test_openssl_verifies_certctl_csr(tmp_path: Path, key_type: str) -> None:
     csr_pub = ok(run("openssl", "req", "-in", out / "tls.csr", "-noout", "-pubkey")).stdout
     key_pub = ok(run("openssl", "pkey", "-in", out / "tls.key", "-pubout")).stdout
     assert csr_pub == key_pub
+
+
+def test_sign_names_the_requested_names_it_leaves_out(pki: Pki, tmp_path: Path) -> None:
+    # A Windows smart-card request carries its UPN as an otherName SAN; certctl issues
+    # DNS, IP, e-mail and URI names only, and dropped the rest without a word.
+    (tmp_path / "req.cnf").write_text(
+        "[req]\ndistinguished_name=dn\n[dn]\n[dir_sect]\nCN=Directory Name\n"
+    )
+    csr = openssl_csr(
+        tmp_path, "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+        extra=["-config", str(tmp_path / "req.cnf"), "-addext",
+               "subjectAltName=DNS:x.example.com,otherName:1.3.6.1.4.1.311.20.2.3;UTF8:u@corp,"
+               "RID:1.2.3.4,dirName:dir_sect,email:u@corp.example"],
+    )  # fmt: skip
+    out = tmp_path / "signed"
+    result = certctl_exe("csr", "sign", "--ca", pki.chain("ec-p256").inter, "--csr", csr,
+                         "--profile", "server+client", "--out", out)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        "certctl: warning: CSR subjectAltName entries left out (certctl issues DNS, IP, "
+        "e-mail and URI names only): otherName 1.3.6.1.4.1.311.20.2.3, registeredID "
+        "1.2.3.4, directoryName CN=Directory Name\n"
+    )
+    shown = ok(run("openssl", "x509", "-in", out / "tls.crt", "-noout", "-ext",
+                   "subjectAltName")).stdout  # fmt: skip
+    assert shown.split("\n", 1)[1].strip() == "DNS:x.example.com, email:u@corp.example"
+    # Its twin: a request of those four types only is signed without a word.
+    names = "subjectAltName=DNS:x.example.com,IP:10.0.0.1,URI:spiffe://x/y"
+    plain = openssl_csr(tmp_path / "plain", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", extra=["-addext", names])  # fmt: skip
+    result = certctl_exe("csr", "sign", "--ca", pki.chain("ec-p256").inter, "--csr", plain,
+                         "--out", tmp_path / "plain-signed")  # fmt: skip
+    assert (result.returncode, result.stderr) == (0, "")

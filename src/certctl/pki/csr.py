@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -171,7 +172,44 @@ def sign_csr(
         now=now,
         sans=sans,
     )
+    notes = []
     if ignored:
-        note = f"CSR extensions ignored, the {profile.name} profile decides: {', '.join(ignored)}"
-        return replace(issued, warnings=(*issued.warnings, note))
+        notes.append(
+            f"CSR extensions ignored, the {profile.name} profile decides: {', '.join(ignored)}"
+        )
+    dropped = _dropped_sans(csr, sans) if profile.allows_sans else []
+    if dropped:
+        notes.append(
+            "CSR subjectAltName entries left out (certctl issues DNS, IP, e-mail and URI "
+            f"names only): {', '.join(dropped)}"
+        )
+    if notes:
+        return replace(issued, warnings=(*issued.warnings, *notes))
     return issued
+
+
+def _dropped_sans(csr: x509.CertificateSigningRequest, sans: SubjectAltNames) -> list[str]:
+    """The requested names of other types (a Windows UPN otherName, a directoryName …).
+
+    They were left out without a word, so a certificate meant for smart-card logon came
+    back without the UPN it was requested for.
+    """
+    try:
+        names = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    if len(names) == len(sans.dns) + len(sans.ip) + len(sans.email) + len(sans.uri):
+        return []  # every name carried over: the common case costs one comparison
+    dropped = []
+    for name in names:
+        if isinstance(name, x509.OtherName):
+            dropped.append(f"otherName {name.type_id.dotted_string}")
+        elif isinstance(name, x509.RegisteredID):
+            dropped.append(f"registeredID {name.value.dotted_string}")
+        elif isinstance(name, x509.DirectoryName):
+            dropped.append(f"directoryName {name.value.rfc4514_string()}")
+        elif isinstance(name, x509.IPAddress) and not isinstance(
+            name.value, ipaddress.IPv4Address | ipaddress.IPv6Address
+        ):
+            dropped.append(f"IP network {name.value}")
+    return dropped
