@@ -29,6 +29,7 @@ from certctl.pki import (
     key_to_pem,
     to_pkcs12,
 )
+from tests._tools import run as run_tool
 from tests.unit.cli.test_bad_input import _snapshot
 
 SCRIPT = Path(sys.executable).with_name("certctl")
@@ -584,12 +585,9 @@ def test_rsa_pss_ca_key_is_refused_in_one_line(workdir: Path) -> None:
     # with PKCS#1 v1.5, and openssl verify then found no issuer for what it signed (error
     # 20). Import and every command that signs now refuse it and write nothing.
     (workdir / "pss").mkdir()
-    made = subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa-pss", "-pkeyopt", "rsa_keygen_bits:2048",
-         "-nodes", "-keyout", "pss/ca.key", "-out", "pss/ca.crt", "-subj", "/CN=PSS Root",
-         "-days", "30"],
-        cwd=workdir, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    made = run_tool("openssl", "req", "-x509", "-newkey", "rsa-pss", "-pkeyopt",
+                    "rsa_keygen_bits:2048", "-nodes", "-keyout", "pss/ca.key", "-out", "pss/ca.crt",
+                    "-subj", "/CN=PSS Root", "-days", "30", cwd=workdir)  # fmt: skip
     assert made.returncode == 0, made.stderr
     message = (
         "CA key is an RSA-PSS key (id-RSASSA-PSS), which certctl cannot sign with: "
@@ -608,12 +606,6 @@ def test_rsa_pss_ca_key_is_refused_in_one_line(workdir: Path) -> None:
         assert _snapshot(workdir) == before
 
 
-def _openssl(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["openssl", *args], cwd=workdir, capture_output=True, text=True, check=False
-    )
-
-
 def test_import_of_an_intermediate_without_its_root_warns(workdir: Path) -> None:
     # An intermediate imported alone makes itself the ca.crt of what it issues, which
     # openssl verify (and Python's ssl) refuse as a CA file: before, not a word was said.
@@ -630,7 +622,7 @@ def test_import_of_an_intermediate_without_its_root_warns(workdir: Path) -> None
         ["x509", "-req", "-in", "int.csr", "-CA", "root.crt", "-CAkey", "root.key",
          "-days", "20", "-extfile", "v3.ext", "-out", "int.crt"],
     ):  # fmt: skip
-        made = _openssl(workdir, *args)
+        made = run_tool("openssl", *args, cwd=workdir)
         assert made.returncode == 0, made.stderr
     proc = _run(workdir, *"ca import -o alone --cert int.crt --key int.key".split())
     assert proc.returncode == 0, proc.stderr
@@ -643,8 +635,8 @@ def test_import_of_an_intermediate_without_its_root_warns(workdir: Path) -> None
     issued = _run(workdir, *"cert issue --ca alone -o leaf --cn a.example --dns a.example".split())
     assert issued.returncode == 0, issued.stderr
     # tls.crt holds the leaf and the intermediate, as nginx serves them.
-    refused = _openssl(workdir, "verify", "-CAfile", "leaf/ca.crt", "-untrusted", "leaf/tls.crt",
-                       "leaf/tls.crt")  # fmt: skip
+    refused = run_tool("openssl", "verify", "-CAfile", "leaf/ca.crt", "-untrusted",
+                       "leaf/tls.crt", "leaf/tls.crt", cwd=workdir)  # fmt: skip
     assert "unable to get issuer certificate" in refused.stdout + refused.stderr
     # Its twin with the chain: no warning, the root as ca.crt, and openssl verify agrees.
     (workdir / "chain.crt").write_text(
@@ -654,8 +646,8 @@ def test_import_of_an_intermediate_without_its_root_warns(workdir: Path) -> None
     assert (proc.returncode, proc.stderr) == (0, "")
     issued = _run(workdir, *"cert issue --ca full -o leaf2 --cn a.example --dns a.example".split())
     assert issued.returncode == 0, issued.stderr
-    verified = _openssl(workdir, "verify", "-x509_strict", "-CAfile", "leaf2/ca.crt",
-                        "-untrusted", "leaf2/tls.crt", "leaf2/tls.crt")  # fmt: skip
+    verified = run_tool("openssl", "verify", "-x509_strict", "-CAfile", "leaf2/ca.crt",
+                        "-untrusted", "leaf2/tls.crt", "leaf2/tls.crt", cwd=workdir)  # fmt: skip
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
