@@ -13,14 +13,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, delete, insert, select, text, update
+from cryptography import x509
+from sqlalchemy import Connection, delete, event, insert, select, text, update
 
 from certctl.auth.permissions import PERMISSIONS
 from certctl.errors import CertctlError, Conflict
-from certctl.services import rbac
+from certctl.services import issuance, rbac
 from certctl.services.context import Principal
 from certctl.store.models import Actor, ApiKey, CertificateRecord, Role
 from tests.api.conftest import Api, assert_problem
+from tests.api.test_certificates import _csr_pem
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 # The unit of work may flush the audit row first: the race is lost at the first write.
@@ -253,3 +255,51 @@ def test_key_revoked_by_another_replica_meanwhile_keeps_the_first_time(api: Api)
     assert api.get(f"/api/v1/auth/apikeys/{key['id']}", api.admin_key).json()["revoked_at"] == (
         NOW.isoformat()
     )
+
+
+def test_key_compromise_revokes_a_renewal_committed_while_it_walked_the_chain(api: Api) -> None:
+    """Another replica renews the chain's last link while keyCompromise is revoking the chain.
+
+    The renewal commits after the revocation has listed the chain (A, B, C) but before it
+    revokes C. On PostgreSQL the revocation then waits for C's row lock and revokes C; the
+    successor D, certifying the compromised key, must go onto the CRL too. (On SQLite the
+    revocation holds the write lock from its first write: the renewal can only land before.)
+    """
+    csr_pem, _key = _csr_pem("leaked.example.com")
+    a = api.post("/api/v1/certificates", api.admin_key, json={"csr": csr_pem}).json()
+    b = api.post(f"/api/v1/certificates/{a['id']}/renew", api.admin_key).json()
+    c = api.post(f"/api/v1/certificates/{b['id']}/renew", api.admin_key).json()
+    replica = Principal("admin", ("r-admin",), frozenset(PERMISSIONS), "api_key", "replica-2")
+    renewed: list[str] = []
+
+    def revokes_c(statement: str, parameters: Any) -> bool:
+        if not statement.lstrip().startswith("UPDATE certificates SET status"):
+            return False
+        if api.backend == "sqlite":
+            return True  # the first write: the only moment another writer can commit
+        values = parameters.values() if isinstance(parameters, dict) else parameters
+        return c["id"] in list(values)
+
+    def slip_in(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if renewed or not revokes_c(statement, parameters):
+            return
+        renewed.append(issuance.renew_certificate(api.services, replica, c["id"], None).record.id)
+
+    event.listen(api.services.engine, "before_cursor_execute", slip_in)
+    try:
+        r = api.post(
+            f"/api/v1/certificates/{a['id']}/revoke",
+            api.admin_key,
+            json={"reason": "keyCompromise"},
+        )
+    finally:
+        event.remove(api.services.engine, "before_cursor_execute", slip_in)
+    assert renewed
+    assert r.status_code == 200, r.text
+    assert sorted(r.json()["also_revoked"]) == sorted([b["id"], c["id"], renewed[0]])
+    d = api.get(f"/api/v1/certificates/{renewed[0]}", api.admin_key).json()
+    assert (d["status"], d["revocation_reason"]) == ("revoked", "keyCompromise")
+    crl = x509.load_der_x509_crl(api.get("/api/v1/issuers/default/crl").content)
+    assert int(d["serial"], 16) in {entry.serial_number for entry in crl}

@@ -871,25 +871,43 @@ def revoke_certificate(
             source=caller.source,
         )
         if reason == "keyCompromise":
-            for other_id in _same_key(session.connection(), row):
-                other = session.get(CertificateRecord, other_id)
-                if other is None or other.status == "revoked":
-                    continue
-                if _revoke_one(session.connection(), other, reason, now):
-                    also.append(other_id)
-                    record(
-                        session,
-                        at=now,
-                        actor=caller.actor_id,
-                        action="certificate.revoke",
-                        target=other_id,
-                        detail=f"{reason} (same key as {cert_id})",
-                        source=caller.source,
-                    )
+            also = _revoke_same_key(session, caller, row, now)
         session.expire_all()
         session.refresh(row)
     REVOCATIONS.labels(row.issuer_id).inc(1 + len(also))
     return Revocation(row, tuple(also))
+
+
+def _revoke_same_key(
+    session: Session, caller: Principal, row: CertificateRecord, now: datetime
+) -> list[str]:
+    """Revoke the other certificates of ``row``'s key for keyCompromise; their ids.
+
+    The chain is walked again after each pass until it holds nothing new. A renewal that
+    another worker or replica committed after a walk listed its predecessor, while this
+    transaction waited for that predecessor's row lock (PostgreSQL), shows up only then;
+    once a link is revoked here, no renewal of it can commit any more.
+    """
+    also: list[str] = []
+    done = {row.id}
+    while fresh := [i for i in _same_key(session.connection(), row) if i not in done]:
+        for other_id in fresh:
+            done.add(other_id)
+            other = session.get(CertificateRecord, other_id)
+            if other is None or other.status == "revoked":
+                continue
+            if _revoke_one(session.connection(), other, "keyCompromise", now):
+                also.append(other_id)
+                record(
+                    session,
+                    at=now,
+                    actor=caller.actor_id,
+                    action="certificate.revoke",
+                    target=other_id,
+                    detail=f"keyCompromise (same key as {row.id})",
+                    source=caller.source,
+                )
+    return also
 
 
 def _revoke_one(connection: Connection, row: CertificateRecord, reason: str, now: datetime) -> bool:
