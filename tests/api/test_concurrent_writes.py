@@ -113,7 +113,7 @@ def test_certificate_revoked_by_another_replica_meanwhile_is_409(api: Api) -> No
             .values(status="revoked", revoked_at=NOW, revocation_reason="keyCompromise")
         )
 
-    with api.concurrent_write((_AUDIT, "UPDATE certificates"), other_replica) as fired:
+    with api.concurrent_write((*_LOCK, _AUDIT, "UPDATE certificates"), other_replica) as fired:
         r = api.post(
             f"/api/v1/certificates/{cert['id']}/revoke",
             api.admin_key,
@@ -273,10 +273,11 @@ def test_key_compromise_revokes_a_renewal_committed_while_it_walked_the_chain(ap
     renewed: list[str] = []
 
     def revokes_c(statement: str, parameters: Any) -> bool:
+        if api.backend == "sqlite":
+            # Its first write (the revocation lock): the only moment another writer can commit.
+            return statement.lstrip().startswith(_LOCK)
         if not statement.lstrip().startswith("UPDATE certificates SET status"):
             return False
-        if api.backend == "sqlite":
-            return True  # the first write: the only moment another writer can commit
         values = parameters.values() if isinstance(parameters, dict) else parameters
         return c["id"] in list(values)
 
@@ -303,3 +304,63 @@ def test_key_compromise_revokes_a_renewal_committed_while_it_walked_the_chain(ap
     assert (d["status"], d["revocation_reason"]) == ("revoked", "keyCompromise")
     crl = x509.load_der_x509_crl(api.get("/api/v1/issuers/default/crl").content)
     assert int(d["serial"], 16) in {entry.serial_number for entry in crl}
+
+
+def test_two_key_compromise_revocations_of_one_chain_at_once_leave_one_409(api: Api) -> None:
+    """Two replicas revoke two links of one chain for keyCompromise at the same moment.
+
+    Each had revoked its own link (and held its row lock, PostgreSQL) before it went on to
+    the other's: unserialized, each waited for the other, PostgreSQL aborted one as a
+    deadlock and its client got a 503 saying the database could not be reached.
+    """
+    csr_pem, _key = _csr_pem("leaked.example.com")
+    a = api.post("/api/v1/certificates", api.admin_key, json={"csr": csr_pem}).json()
+    b = api.post(f"/api/v1/certificates/{a['id']}/renew", api.admin_key).json()
+    c = api.post(f"/api/v1/certificates/{b['id']}/renew", api.admin_key).json()
+    both_revoked_their_own = threading.Barrier(2)
+    writes: dict[int, int] = {}
+
+    def hold_after_the_first_revocation(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if not statement.lstrip().startswith("UPDATE certificates SET status"):
+            return
+        me = threading.get_ident()
+        writes[me] = writes.get(me, 0) + 1
+        if writes[me] == 2:  # about to revoke the other's link
+            # Serialized, the other request cannot have revoked its own yet: this runs out.
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both_revoked_their_own.wait(timeout=2)
+
+    replicas = {
+        a["id"]: Principal("admin", ("r-admin",), frozenset(PERMISSIONS), "api_key", "replica-1"),
+        c["id"]: Principal("admin", ("r-admin",), frozenset(PERMISSIONS), "api_key", "replica-2"),
+    }
+    outcomes: dict[str, object] = {}
+
+    def revoke(cert_id: str) -> None:
+        try:
+            outcomes[cert_id] = issuance.revoke_certificate(
+                api.services, replicas[cert_id], cert_id, "keyCompromise"
+            )
+        except Exception as exc:
+            outcomes[cert_id] = exc
+
+    event.listen(api.services.engine, "before_cursor_execute", hold_after_the_first_revocation)
+    try:
+        threads = [threading.Thread(target=revoke, args=(i,)) for i in replicas]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        event.remove(api.services.engine, "before_cursor_execute", hold_after_the_first_revocation)
+    done = [o for o in outcomes.values() if isinstance(o, issuance.Revocation)]
+    refused = [o for o in outcomes.values() if not isinstance(o, issuance.Revocation)]
+    assert len(done) == 1, outcomes
+    assert len(refused) == 1, outcomes
+    assert isinstance(refused[0], Conflict), refused[0]
+    assert "already revoked" in refused[0].detail
+    for x in (a, b, c):
+        got = api.get(f"/api/v1/certificates/{x['id']}", api.admin_key).json()
+        assert (got["status"], got["revocation_reason"]) == ("revoked", "keyCompromise")

@@ -50,6 +50,7 @@ from certctl.pki.crl import RevokedEntry, create_crl
 from certctl.pki.issue import BACKDATE, IssuedCertificate
 from certctl.services.audit import event_values, record
 from certctl.services.context import Principal, Services
+from certctl.store.db import REVOCATION_LOCK, lock_for_write
 from certctl.store.groupcommit import Insert, write_rows
 from certctl.store.models import Actor, AuditEvent, CertificateRecord, Issuer
 
@@ -855,6 +856,10 @@ def revoke_certificate(
     now = services.clock()
     also: list[str] = []
     with services.sessions.begin() as session:
+        # One revocation at a time across workers and replicas: two revoking links of one
+        # chain (keyCompromise takes them all) each held its own row and waited for the
+        # other's, and PostgreSQL aborted one as a deadlock (a 503 to its client).
+        lock_for_write(session, REVOCATION_LOCK)
         row = session.get(CertificateRecord, cert_id)
         if row is None:
             raise NotFound(f"certificate {cert_id} not found")

@@ -119,6 +119,9 @@ SERVICE_SPECS_LOCK = 0x63657274_0001  # "cert", 1
 AUTH_LOCK = 0x63657274_0002  # "cert", 2
 # Start-up (migrations, built-in roles, the default CA, the admin key): one replica at a time.
 STARTUP_LOCK = 0x63657274_0003  # "cert", 3
+# Certificate revocations: a keyCompromise one revokes a whole renewal chain, row by row, and
+# another revocation in the same chain taking its rows in another order deadlocked with it.
+REVOCATION_LOCK = 0x63657274_0004  # "cert", 4
 
 
 @contextlib.contextmanager
