@@ -129,11 +129,26 @@ class StartServer(Protocol):
     ) -> CertctlServer: ...
 
 
-def _wait_ready(server: CertctlServer) -> None:
+def _lost_the_port(server: CertctlServer) -> bool:
+    """True when the server exited because another process took its port first.
+
+    ``free_port`` only says the port was free a moment ago: with the e2e tests on both cores
+    (pytest-xdist), another worker's server or client may bind it before this one does.
+    """
+    return server.proc.poll() is not None and (
+        f"cannot listen on 127.0.0.1:{server.port}: Address already in use" in server.logs()[1]
+    )
+
+
+def _wait_ready(server: CertctlServer, *, may_retry: bool = False) -> bool:
+    """Wait for ``/readyz``; False (to retry on another port) if the port was taken."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     last: object = "no attempt"
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
+            if may_retry and _lost_the_port(server):
+                server.stop()
+                return False
             break
         if server.ca.is_file():
             try:
@@ -141,7 +156,7 @@ def _wait_ready(server: CertctlServer) -> None:
                     response = client.get("/readyz", timeout=2)
                 # The banner on stdout is written before the listener starts.
                 if response.status_code == 200 and READY_BANNER in server.logs()[0]:
-                    return
+                    return True
                 last = f"HTTP {response.status_code}"
             except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
                 last = repr(exc)
@@ -152,6 +167,45 @@ def _wait_ready(server: CertctlServer) -> None:
         f"certctl serve not ready on {server.url} after {READY_TIMEOUT_S} s "
         f"(exit {code}, last: {last})\nstdout:\n{out}\nstderr:\n{err[-4000:]}",
         pytrace=False,
+    )
+
+
+_PORT_ATTEMPTS = 3
+
+
+def _spawn(
+    base: Path,
+    data_dir: Path,
+    config: dict[str, Any] | None,
+    args: Sequence[str | Path],
+    ca: Path | None,
+    client_cert: tuple[Path, Path] | None,
+) -> CertctlServer:
+    """Start ``certctl serve`` on a free port, its output in ``base/serve-<n>.std*``."""
+    run_no = len(list(base.glob("serve-*.stdout"))) + 1
+    stdout, stderr = base / f"serve-{run_no}.stdout", base / f"serve-{run_no}.stderr"
+    config_file = None
+    if config is not None:
+        config_file = base / f"certctl-{run_no}.yaml"
+        config_file.write_text(yaml.safe_dump(config))
+    port = free_port()
+    argv = [require("certctl"), "serve", "--data-dir", str(data_dir)]
+    argv += ["--listen", f"127.0.0.1:{port}", *(str(a) for a in args)]
+    if config_file is not None:
+        argv += ["--config", str(config_file)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+    return CertctlServer(
+        proc=proc,
+        port=port,
+        data_dir=data_dir,
+        ca=ca or data_dir / "tls" / "ca.crt",
+        stdout=stdout,
+        stderr=stderr,
+        config=config_file,
+        client_cert=client_cert,
     )
 
 
@@ -172,33 +226,11 @@ def launch(
     """
     base.mkdir(parents=True, exist_ok=True)
     data_dir = data_dir or base / "data"
-    run_no = len(list(base.glob("serve-*.stdout"))) + 1
-    stdout, stderr = base / f"serve-{run_no}.stdout", base / f"serve-{run_no}.stderr"
-    config_file = None
-    if config is not None:
-        config_file = base / f"certctl-{run_no}.yaml"
-        config_file.write_text(yaml.safe_dump(config))
-    port = free_port()
-    argv = [require("certctl"), "serve", "--data-dir", str(data_dir)]
-    argv += ["--listen", f"127.0.0.1:{port}", *(str(a) for a in args)]
-    if config_file is not None:
-        argv += ["--config", str(config_file)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
-    server = CertctlServer(
-        proc=proc,
-        port=port,
-        data_dir=data_dir,
-        ca=ca or data_dir / "tls" / "ca.crt",
-        stdout=stdout,
-        stderr=stderr,
-        config=config_file,
-        client_cert=client_cert,
-    )
+    for attempt in range(1, _PORT_ATTEMPTS + 1):
+        server = _spawn(base, data_dir, config, args, ca, client_cert)
+        if _wait_ready(server, may_retry=attempt < _PORT_ATTEMPTS):
+            break
     try:
-        _wait_ready(server)
         key_file = data_dir / "admin-api-key"
         if key_file.is_file():
             server.admin_key = key_file.read_text().strip()

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests._tools import failed, run
-from tests.e2e.conftest import StartServer
+from tests._tools import failed, free_port, run
+from tests.e2e import conftest
+from tests.e2e.conftest import StartServer, launch
 
 pytestmark = pytest.mark.e2e
 
@@ -89,3 +90,22 @@ def test_a_busy_metrics_port_names_its_own_setting(tmp_path: Path) -> None:
     )
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_a_test_server_whose_port_was_taken_meanwhile_starts_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The e2e tests run on both cores: between free_port() and the server's bind, another
+    # worker's server (or client) may take the port. The test then failed, not the server.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        picks = iter([taken])
+        monkeypatch.setattr(conftest, "free_port", lambda: next(picks, 0) or free_port())
+        with launch(tmp_path / "server") as server:
+            assert server.port != taken
+            with server.client(server.admin_key) as client:
+                assert client.get("/api/v1/auth/whoami").status_code == 200
+    lost = (tmp_path / "server" / "serve-1.stderr").read_text()
+    assert f"cannot listen on 127.0.0.1:{taken}: Address already in use" in lost
