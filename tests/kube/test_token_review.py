@@ -171,9 +171,11 @@ def test_a_review_that_cannot_start_in_time_is_503(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A slot is waited for only as long as a call may take: then 503, never a hang."""
-    slow = dataclasses.replace(connection, timeout_s=0.3)
+    # 0.2 s either side of each bound: a call (0.4 s) well inside its timeout (0.6 s), a
+    # review (0.8 s) well past it, even with the e2e and kube tests on both cores.
+    slow = dataclasses.replace(connection, timeout_s=0.6)
     authenticator = TokenReviewAuthenticator(slow, clock=clock, max_concurrent_reviews=1)
-    kube.delay_s = 0.25  # one review (TokenReview + SubjectAccessReview) takes 0.5 s
+    kube.delay_s = 0.4  # one review (TokenReview + SubjectAccessReview) takes 0.8 s
 
     async def two() -> list[Any]:
         calls = [authenticator.authorize(t, PROM) for t in (PROM_TOKEN, OTHER_TOKEN)]
@@ -187,9 +189,9 @@ def test_a_review_that_cannot_start_in_time_is_503(
         assert "too many Kubernetes token reviews in progress" in second.detail
         assert OTHER_TOKEN not in second.detail + caplog.text
         # The operator learns why Prometheus sees 503, once a minute, not once a request.
-        logged = "1 Kubernetes token reviews in progress, none done within 0.3 s"
+        logged = "1 Kubernetes token reviews in progress, none done within 0.6 s"
         assert caplog.text.count(logged) == 1
-        kube.delay_s = 0.4  # a TokenReview alone now outlasts the wait
+        kube.delay_s = 0.8  # a TokenReview alone now outlasts the wait
 
         async def junk(*tokens: str) -> list[Any]:
             calls = [authenticator.authorize(t, PROM) for t in tokens]
