@@ -462,6 +462,21 @@ def test_key_compromise_revokes_every_certificate_of_the_same_key(api: Api) -> N
     assert r.json()["also_revoked"] == []
 
 
+def test_key_compromise_of_the_newest_of_a_long_chain_revokes_the_oldest_too(api: Api) -> None:
+    # 70 links, past the 64 renewals a chain is followed up elsewhere: revoking the newest
+    # left the 6 oldest, still valid, certifying the compromised key.
+    csr_pem, _key = _csr_pem("often.example.com")
+    chain = [api.post(CERTS, api.admin_key, json={"csr": csr_pem}).json()]
+    for _ in range(69):
+        chain.append(api.post(f"{CERTS}/{chain[-1]['id']}/renew", api.admin_key).json())
+    newest = chain[-1]
+    r = api.post(f"{CERTS}/{newest['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    assert sorted(r.json()["also_revoked"]) == sorted(x["id"] for x in chain[:-1])
+    crl = x509.load_der_x509_crl(api.get("/api/v1/issuers/default/crl").content)
+    assert {entry.serial_number for entry in crl} == {int(x["serial"], 16) for x in chain}
+
+
 def test_certificate_permissions(api: Api) -> None:
     cert = api.issue()
     viewer = api.actor_key("viewer", ["r-viewer"])

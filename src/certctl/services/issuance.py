@@ -968,7 +968,9 @@ def _same_key(connection: Connection, row: CertificateRecord) -> list[str]:
         return []
     root = row.id
     seen = {root}
-    while len(seen) < _MAX_CHAIN:
+    # As far up as the walk down goes: stopping at _MAX_CHAIN left the older links (still
+    # valid, for a certificate renewed often) certifying the compromised key.
+    while len(seen) < _MAX_SAME_KEY:
         up = connection.execute(_KEY_PREDECESSOR, {"id": root}).first()
         if up is None or up[1] is None or up[1] in seen:
             break
@@ -977,7 +979,7 @@ def _same_key(connection: Connection, row: CertificateRecord) -> list[str]:
     found: list[str] = []
     queue = [root]
     visited = {root}
-    while queue and len(visited) < _MAX_CHAIN * 4:
+    while queue and len(visited) < _MAX_SAME_KEY:
         current = queue.pop(0)
         found.append(current)
         for (child,) in connection.execute(_KEY_KEPT_BY, {"id": current}):
@@ -988,6 +990,7 @@ def _same_key(connection: Connection, row: CertificateRecord) -> list[str]:
 
 
 _MAX_CHAIN = 64  # renewals followed up a chain; a longer one stops there (and a cycle too)
+_MAX_SAME_KEY = _MAX_CHAIN * 4  # certificates of one key revoked with it (keyCompromise)
 _RENEWED_FROM = select(_CERTIFICATES.c.renewed_from).where(_CERTIFICATES.c.id == bindparam("id"))
 
 
