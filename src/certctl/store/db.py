@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -207,7 +207,7 @@ def _stored_revisions(engine: Engine) -> list[str]:
 
 
 def migrate(engine: Engine) -> None:
-    """Apply Alembic migrations up to head (idempotent; safe on every start).
+    """Apply Alembic migrations up to head in one transaction (idempotent; safe on every start).
 
     A store already at head is recognised with one query, without importing Alembic
     (a quarter of ``certctl serve``'s start-up time).
@@ -233,9 +233,36 @@ def migrate(engine: Engine) -> None:
 
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
-    with engine.begin() as connection:
+    with engine.connect() as connection, _one_transaction(connection):
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+@contextlib.contextmanager
+def _one_transaction(connection: Connection) -> Iterator[None]:
+    """A transaction around the whole upgrade; on SQLite, holding the write lock from the start.
+
+    pysqlite opens a transaction only before INSERT/UPDATE/DELETE: a migration's ALTER and
+    CREATE ran in autocommit, so a start killed (or a disk filled) half-way left them applied
+    under the old revision, and every later start failed on them ("duplicate column name").
+    With the driver's own transaction handling off, BEGIN IMMEDIATE makes the upgrade one
+    transaction (SQLite's DDL is transactional), and another process migrating the same file
+    waits for it (busy_timeout), then finds the store at head.
+    """
+    if connection.dialect.name != "sqlite":
+        with connection.begin():
+            yield
+        return
+    driver: Any = connection.connection.driver_connection
+    previous = driver.isolation_level
+    driver.isolation_level = None
+    try:
+        with connection.begin():
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            yield
+    finally:
+        # Pooled again afterwards (an in-memory store has this one connection only).
+        driver.isolation_level = previous
 
 
 # sqlite3 extended result names (Python 3.11+: ``sqlite_errorname``) → what the caller is told.

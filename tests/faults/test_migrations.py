@@ -1,0 +1,114 @@
+"""Upgrades cut short: a migration killed half-way leaves the store as it was, on SQLite.
+
+The store is made by ``certctl serve`` at head, then taken back to revision 0004 with the real
+downgrade, so the next start runs migration 0005 (a column, two indexes, a back-fill). A
+process running ``migrate`` is SIGKILLed by its own SQLite trace hook just before the revision
+is written, i.e. after every ALTER and CREATE of the step; then ``certctl serve`` starts on the
+same data dir. Before, pysqlite ran the DDL outside any transaction: the column stayed, the
+revision did not, and every later start failed on "duplicate column name: renewed_by".
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from certctl.store import db
+from tests.faults.conftest import FaultServer, sqlite_integrity
+
+# Run in a child process: kills itself (SIGKILL, no clean-up) when the migration is about to
+# record its new revision.
+_KILLED_MIGRATION = textwrap.dedent(
+    """
+    import os, signal, sys
+    from sqlalchemy import event
+    from certctl.store import db
+
+    engine = db.create_store_engine(f"sqlite:///{sys.argv[1]}")
+
+    @event.listens_for(engine, "connect")
+    def _trace(dbapi_connection, _record):
+        def hook(statement):
+            if statement.startswith("UPDATE alembic_version"):
+                os.kill(os.getpid(), signal.SIGKILL)
+        dbapi_connection.set_trace_callback(hook)
+
+    db.migrate(engine)
+    """
+)
+
+
+def _revision(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return str(conn.execute("SELECT version_num FROM alembic_version").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _columns(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {row[1] for row in conn.execute("PRAGMA table_info(certificates)")}
+    finally:
+        conn.close()
+
+
+def _store_at_0004(server: FaultServer) -> tuple[Path, str]:
+    """A stopped server's store at revision 0004, holding a renewed 10-day certificate."""
+    server.start()
+    with server.client() as client:
+        issued = client.post(
+            "/api/v1/certificates",
+            json={"common_name": "old.example", "dns_names": ["old.example"], "validity": "10D"},
+        )
+        assert issued.status_code == 201, issued.text
+        renewed = client.post(f"/api/v1/certificates/{issued.json()['id']}/renew", json={})
+        assert renewed.status_code == 201, renewed.text
+    server.stop()
+    path = server.data_dir / "certctl.db"
+    config = Config()
+    config.set_main_option("script_location", str(db._MIGRATIONS))
+    engine = db.create_store_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0004")
+    finally:
+        engine.dispose()
+    assert _revision(path) == "0004"
+    assert "renewed_by" not in _columns(path)
+    return path, str(issued.json()["id"])
+
+
+def test_a_migration_killed_half_way_is_rolled_back_and_rerun(
+    fault_server: FaultServer,
+) -> None:
+    path, renewed_id = _store_at_0004(fault_server)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_MIGRATION, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    # Nothing of the step is left: not the column, not the revision.
+    assert _revision(path) == "0004"
+    assert "renewed_by" not in _columns(path)
+    assert sqlite_integrity(path) == ["ok"]
+
+    fault_server.start()  # the next start runs the whole step again
+    with fault_server.client() as client:
+        old = client.get(f"/api/v1/certificates/{renewed_id}")
+    assert old.status_code == 200, old.text
+    assert old.json()["status"] == "active"  # back-filled: renewed, so no longer expiring
+    fault_server.stop()
+    assert _revision(path) == db._head_revision()
