@@ -98,6 +98,23 @@ def test_0005_back_fills_the_successor_of_each_renewed_certificate(tmp_path: Pat
     assert renewed_by == {"a1": "a3", "a2": None, "a3": None, "b1": None, "b2": None, "c1": None}
 
 
+def test_a_store_migrated_by_the_first_0005_gets_the_renewed_from_index(tmp_path: Path) -> None:
+    # 0005 as first released (0e27081) had no index on renewed_from; it was added to 0005
+    # later, so such a store, already at 0005, never got it: revocations scanned the table.
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    db.migrate(engine)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0005'"))
+        connection.execute(text("DROP INDEX ix_certificates_renewed_from"))
+    db.migrate(engine)
+    assert _at_head(engine)
+    with engine.connect() as connection:
+        plan = connection.execute(
+            text("EXPLAIN QUERY PLAN SELECT id FROM certificates WHERE renewed_from = 'x'")
+        ).all()
+    assert "ix_certificates_renewed_from" in str(plan), plan
+
+
 def test_a_database_from_a_newer_certctl_is_refused_with_what_to_do(tmp_path: Path) -> None:
     # A rollback after an upgrade: Alembic alone said "Can't locate revision '0099'".
     engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
