@@ -1,4 +1,4 @@
-"""Upgrades cut short: a migration killed half-way leaves the store as it was, on SQLite.
+"""Upgrades: a migration killed half-way leaves the store as it was; old replicas beside new.
 
 The store is made by ``certctl serve`` at head, then taken back to revision 0004 with the real
 downgrade, so the next start runs migration 0005 (a column, two indexes, a back-fill). A
@@ -19,9 +19,12 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
 
 from certctl.store import db
+from tests.api.conftest import PostgresCluster
 from tests.faults.conftest import FaultServer, sqlite_integrity
+from tests.unit.store.test_migration_head import CERTIFICATE_ROW, ISSUER_ROW, renewed_by
 
 # Run in a child process: kills itself (SIGKILL, no clean-up) when the migration is about to
 # record its new revision.
@@ -112,3 +115,28 @@ def test_a_migration_killed_half_way_is_rolled_back_and_rerun(
     assert old.json()["status"] == "active"  # back-filled: renewed, so no longer expiring
     fault_server.stop()
     assert _revision(path) == db._head_revision()
+
+
+def test_a_renewal_by_an_older_replica_on_postgresql_records_its_successor(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    # A rolling update on the shared database: the new replica has migrated, a replica still
+    # running certctl from before 0005 renews (its INSERT knows no renewed_by).
+    engine = db.create_store_engine(postgres_cluster.url(postgres_cluster.create_database()))
+    try:
+        db.migrate(engine)
+        with engine.begin() as connection:
+            connection.execute(text(ISSUER_ROW), {"key": b"\0"})
+            for cert_id, status, renewed_from in (
+                ("a1", "active", None),
+                ("a2", "active", "a1"),
+                ("b1", "active", None),
+                ("b2", "revoked", "b1"),
+            ):
+                connection.execute(
+                    text(CERTIFICATE_ROW),
+                    {"id": cert_id, "status": status, "renewed_from": renewed_from},
+                )
+        assert renewed_by(engine) == {"a1": "a2", "a2": None, "b1": None, "b2": None}
+    finally:
+        engine.dispose()

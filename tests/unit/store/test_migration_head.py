@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, text
@@ -14,9 +15,7 @@ from certctl.store import db
 
 
 def test_head_revision_matches_alembic() -> None:
-    config = Config()
-    config.set_main_option("script_location", str(db._MIGRATIONS))
-    heads = ScriptDirectory.from_config(config).get_heads()
+    heads = ScriptDirectory.from_config(_config()).get_heads()
     assert heads == [db._head_revision()]
 
 
@@ -24,19 +23,44 @@ def _at_head(engine: Engine) -> bool:
     return db._stored_revisions(engine) == [db._head_revision()]
 
 
+# A certificate row as every certctl writes it; certctl before 0005 knows no renewed_by.
+CERTIFICATE_ROW = (
+    "INSERT INTO certificates (id, issuer_id, serial, common_name, subject, sans, profile,"
+    " status, not_before, not_after, certificate_pem, created_at, created_by, renewed_from)"
+    " VALUES (:id, 'default', :id, 'x', 'CN=x', '{}', 'server', :status,"
+    " '2026-01-01 00:00:00', '2027-01-01 00:00:00', 'pem', '2026-01-01 00:00:00', 'admin',"
+    " :renewed_from)"
+)
+ISSUER_ROW = (
+    "INSERT INTO issuers (id, name, subject, certificate_pem, chain_pem, wrapped_key,"
+    " key_type, not_after, created_at) VALUES ('default', 'd', 'CN=d', 'pem', '',"
+    " :key, 'ec-p256', '2027-01-01 00:00:00', '2026-01-01 00:00:00')"
+)
+
+
+def renewed_by(engine: Engine) -> dict[str, str | None]:
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT id, renewed_by FROM certificates"))
+        return {row[0]: row[1] for row in rows}
+
+
+def _config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(db._MIGRATIONS))
+    return config
+
+
+def _downgrade(engine: Engine, revision: str) -> None:
+    """Take a store at head back to ``revision`` with the migrations' own downgrades."""
+    config = _config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+
 def _to_0004(engine: Engine) -> None:
     """Take a store at head back to revision 0004 (before certificates.renewed_by)."""
-    with engine.begin() as connection:
-        connection.execute(text("UPDATE alembic_version SET version_num = '0004'"))
-        connection.execute(text("DROP INDEX ix_certificates_counts"))
-        connection.execute(text("DROP INDEX ix_certificates_renewed_from"))
-        connection.execute(text("ALTER TABLE certificates DROP COLUMN renewed_by"))
-        connection.execute(
-            text(
-                "CREATE INDEX ix_certificates_issuer_status_not_after "
-                "ON certificates (issuer_id, status, not_after)"
-            )
-        )
+    _downgrade(engine, "0004")
 
 
 def test_migrate_skips_alembic_only_at_head(tmp_path: Path) -> None:
@@ -64,21 +88,8 @@ def test_0005_back_fills_the_successor_of_each_renewed_certificate(tmp_path: Pat
     engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
     db.migrate(engine)
     _to_0004(engine)
-    row = (
-        "INSERT INTO certificates (id, issuer_id, serial, common_name, subject, sans, profile,"
-        " status, not_before, not_after, certificate_pem, created_at, created_by, renewed_from)"
-        " VALUES (:id, 'default', :id, 'x', 'CN=x', '{}', 'server', :status,"
-        " '2026-01-01 00:00:00', '2027-01-01 00:00:00', 'pem', '2026-01-01 00:00:00', 'admin',"
-        " :renewed_from)"
-    )
     with engine.begin() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO issuers (id, name, subject, certificate_pem, chain_pem, wrapped_key,"
-                " key_type, not_after, created_at) VALUES ('default', 'd', 'CN=d', 'pem', '',"
-                " x'00', 'ec-p256', '2027-01-01 00:00:00', '2026-01-01 00:00:00')"
-            )
-        )
+        connection.execute(text(ISSUER_ROW), {"key": b"\0"})
         for cert_id, status, renewed_from in (
             ("a1", "active", None),  # renewed twice: a3 is the latest
             ("a2", "active", "a1"),
@@ -88,14 +99,18 @@ def test_0005_back_fills_the_successor_of_each_renewed_certificate(tmp_path: Pat
             ("c1", "active", None),  # never renewed
         ):
             connection.execute(
-                text(row), {"id": cert_id, "status": status, "renewed_from": renewed_from}
+                text(CERTIFICATE_ROW),
+                {"id": cert_id, "status": status, "renewed_from": renewed_from},
             )
     db.migrate(engine)
-    with engine.connect() as connection:
-        renewed_by = dict(
-            tuple(r) for r in connection.execute(text("SELECT id, renewed_by FROM certificates"))
-        )
-    assert renewed_by == {"a1": "a3", "a2": None, "a3": None, "b1": None, "b2": None, "c1": None}
+    assert renewed_by(engine) == {
+        "a1": "a3",
+        "a2": None,
+        "a3": None,
+        "b1": None,
+        "b2": None,
+        "c1": None,
+    }
 
 
 def test_a_store_migrated_by_the_first_0005_gets_the_renewed_from_index(tmp_path: Path) -> None:
@@ -103,8 +118,8 @@ def test_a_store_migrated_by_the_first_0005_gets_the_renewed_from_index(tmp_path
     # later, so such a store, already at 0005, never got it: revocations scanned the table.
     engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
     db.migrate(engine)
+    _downgrade(engine, "0005")
     with engine.begin() as connection:
-        connection.execute(text("UPDATE alembic_version SET version_num = '0005'"))
         connection.execute(text("DROP INDEX ix_certificates_renewed_from"))
     db.migrate(engine)
     assert _at_head(engine)
@@ -113,6 +128,43 @@ def test_a_store_migrated_by_the_first_0005_gets_the_renewed_from_index(tmp_path
             text("EXPLAIN QUERY PLAN SELECT id FROM certificates WHERE renewed_from = 'x'")
         ).all()
     assert "ix_certificates_renewed_from" in str(plan), plan
+
+
+def test_a_renewal_written_by_an_older_replica_records_its_successor(tmp_path: Path) -> None:
+    # A rolling update: a replica still running certctl from before 0005 renews after a new
+    # one migrated the shared store. Its INSERT says nothing of renewed_by; before 0007 the
+    # renewed certificate stayed 'expiring' until it expired.
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    db.migrate(engine)
+    with engine.begin() as connection:
+        connection.execute(text(ISSUER_ROW), {"key": b"\0"})
+        for cert_id, status, renewed_from in (
+            ("a1", "active", None),
+            ("a2", "active", "a1"),  # renewed by the old replica
+            ("b1", "active", None),
+            ("b2", "revoked", "b1"),  # a revoked row renews nothing
+        ):
+            connection.execute(
+                text(CERTIFICATE_ROW),
+                {"id": cert_id, "status": status, "renewed_from": renewed_from},
+            )
+    assert renewed_by(engine) == {"a1": "a2", "a2": None, "b1": None, "b2": None}
+
+
+def test_0007_back_fills_renewals_older_replicas_wrote_after_0005(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    db.migrate(engine)
+    _downgrade(engine, "0006")  # no trigger: what a store at 0005 or 0006 holds
+    with engine.begin() as connection:
+        connection.execute(text(ISSUER_ROW), {"key": b"\0"})
+        for cert_id, renewed_from in (("a1", None), ("a2", "a1"), ("a3", "a1")):
+            connection.execute(
+                text(CERTIFICATE_ROW),
+                {"id": cert_id, "status": "active", "renewed_from": renewed_from},
+            )
+    assert renewed_by(engine)["a1"] is None
+    db.migrate(engine)
+    assert renewed_by(engine) == {"a1": "a3", "a2": None, "a3": None}
 
 
 def test_a_database_from_a_newer_certctl_is_refused_with_what_to_do(tmp_path: Path) -> None:
