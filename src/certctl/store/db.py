@@ -214,7 +214,8 @@ def migrate(engine: Engine) -> None:
 
     Raises:
         CertctlError: the database was migrated by a newer certctl (a rollback after an
-            upgrade); Alembic would only say it cannot locate the revision.
+            upgrade), or carries a revision certctl never made; Alembic would only say it
+            cannot locate the revision.
     """
     head = _head_revision()
     stored = _stored_revisions(engine)
@@ -222,11 +223,17 @@ def migrate(engine: Engine) -> None:
         return
     known = {p.name.split("_", 1)[0] for p in (_MIGRATIONS / "versions").glob("[0-9]*.py")}
     unknown = sorted(set(stored) - known)
-    if unknown:
+    if unknown and all(r.isdigit() and len(r) == len(head) and r > head for r in unknown):
         raise CertctlError(
             f"the database schema is at revision {', '.join(unknown)}, newer than this "
             f"certctl's {head}: it was upgraded by a newer certctl; run that version, or "
             "restore the database backed up before the upgrade"
+        )
+    if unknown:  # not a certctl revision: another application's Alembic, or edited by hand
+        raise CertctlError(
+            f"the database schema is at revision {', '.join(unknown)}, which no certctl "
+            f"migration made (this certctl's newest is {head}): check database-url, or "
+            "restore the database from a backup"
         )
     from alembic import command
     from alembic.config import Config

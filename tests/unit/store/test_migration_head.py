@@ -179,3 +179,16 @@ def test_a_database_from_a_newer_certctl_is_refused_with_what_to_do(tmp_path: Pa
         assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
             ("0099",)
         ]
+
+
+def test_a_revision_no_certctl_made_is_not_called_newer(tmp_path: Path) -> None:
+    # Another application's Alembic history (or a hand edit): "newer" sent the operator
+    # looking for a certctl version that does not exist.
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    db.migrate(engine)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = 'ae1027a6acf'"))
+    with pytest.raises(
+        CertctlError, match=r"^the database schema is at revision ae1027a6acf, which no certctl "
+    ):
+        db.migrate(engine)
