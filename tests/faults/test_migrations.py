@@ -15,16 +15,26 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
+import psycopg
+import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 
+from certctl.errors import CertctlError
 from certctl.store import db
 from tests.api.conftest import PostgresCluster
 from tests.faults.conftest import FaultServer, sqlite_integrity
-from tests.unit.store.test_migration_head import CERTIFICATE_ROW, ISSUER_ROW, renewed_by
+from tests.unit.store.test_migration_head import (
+    CERTIFICATE_ROW,
+    ISSUER_ROW,
+    downgrade_store,
+    renewed_by,
+)
 
 # Run in a child process: kills itself (SIGKILL, no clean-up) when the migration is about to
 # record its new revision.
@@ -138,5 +148,58 @@ def test_a_renewal_by_an_older_replica_on_postgresql_records_its_successor(
                     {"id": cert_id, "status": status, "renewed_from": renewed_from},
                 )
         assert renewed_by(engine) == {"a1": "a2", "a2": None, "b1": None, "b2": None}
+    finally:
+        engine.dispose()
+
+
+def test_a_table_locked_by_another_session_bounds_the_wait_of_every_replica(
+    postgres_cluster: PostgresCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A transaction that has read certificates (pg_dump, a psql left open) holds off the
+    # migration's ALTER TABLE, and every query of the replicas still serving queued behind
+    # the ALTER: they hung as long as that transaction lasted.
+    monkeypatch.setattr(db, "PG_MIGRATION_LOCK_TIMEOUT_MS", 500, raising=False)
+    monkeypatch.setattr(db, "PG_MIGRATION_PAUSE_S", 0.5, raising=False)
+    monkeypatch.setattr(db, "PG_MIGRATION_ATTEMPTS", 3, raising=False)
+    database = postgres_cluster.create_database()
+    engine = db.create_store_engine(postgres_cluster.url(database))
+    dsn = f"postgresql://postgres@127.0.0.1:{postgres_cluster.port}/{database}"
+    try:
+        db.migrate(engine)
+        downgrade_store(engine, "0004")
+        with psycopg.connect(dsn, application_name="report") as blocker:
+            blocker.execute("SELECT count(*) FROM certificates").fetchall()  # tx left open
+            outcome: list[BaseException | None] = []
+
+            def upgrade() -> None:
+                try:
+                    db.migrate(engine)
+                    outcome.append(None)
+                except BaseException as exc:  # reported below
+                    outcome.append(exc)
+
+            migrating = threading.Thread(target=upgrade, daemon=True)
+            migrating.start()
+            waits = []
+            with psycopg.connect(dsn, autocommit=True) as replica:
+                replica.execute("SET statement_timeout = 3000")  # fails the test, not hangs it
+                while migrating.is_alive() and len(waits) < 40:
+                    started = time.monotonic()
+                    replica.execute("SELECT count(*) FROM certificates").fetchall()
+                    waits.append(time.monotonic() - started)
+                    time.sleep(0.05)
+            migrating.join(timeout=5)
+            assert not migrating.is_alive(), "the migration waited for the lock without bound"
+            assert max(waits) < 1.5, waits  # a request waits one lock timeout at most
+            assert len(outcome) == 1, outcome
+            assert isinstance(outcome[0], CertctlError), outcome
+            assert str(outcome[0]).startswith(
+                "cannot migrate the database: a table it changes stayed locked by another "
+                f"session (pid {blocker.info.backend_pid}: report, idle in transaction)"
+            ), outcome[0]
+        db.migrate(engine)  # the transaction ended: the next start migrates
+        with engine.connect() as connection:
+            revision = connection.execute(text("SELECT version_num FROM alembic_version"))
+            assert revision.scalar() == db._head_revision()
     finally:
         engine.dispose()

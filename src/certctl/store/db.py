@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -240,9 +241,57 @@ def migrate(engine: Engine) -> None:
 
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
-    with engine.connect() as connection, _one_transaction(connection):
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    for attempt in range(1, PG_MIGRATION_ATTEMPTS + 1):
+        try:
+            with engine.connect() as connection, _one_transaction(connection):
+                if connection.dialect.name == "postgresql":
+                    connection.exec_driver_sql(
+                        f"SET LOCAL lock_timeout = {int(PG_MIGRATION_LOCK_TIMEOUT_MS)}"
+                    )
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+            return
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != _PG_LOCK_NOT_AVAILABLE:
+                raise
+            holders = _lock_holders(engine)
+        if attempt < PG_MIGRATION_ATTEMPTS:
+            log.warning("migration: a table is locked by another session%s; trying again", holders)
+            time.sleep(PG_MIGRATION_PAUSE_S)
+    raise CertctlError(
+        f"cannot migrate the database: a table it changes stayed locked by another "
+        f"session{holders} (a long transaction, pg_dump, an open psql); let it end, then "
+        "start again"
+    )
+
+
+# A migration's ALTER TABLE waits for every transaction that has read the table (pg_dump, a
+# psql left in a transaction), and every query of the replicas still serving queues behind
+# it: they hung as long as that transaction lasted. Bounded: the upgrade gives up after 2 s
+# and tries again after a pause in which requests flow, for about a minute.
+PG_MIGRATION_LOCK_TIMEOUT_MS = 2000
+PG_MIGRATION_PAUSE_S = 3.0
+PG_MIGRATION_ATTEMPTS = 12
+_PG_LOCK_NOT_AVAILABLE = "55P03"
+
+
+def _lock_holders(engine: Engine) -> str:
+    """``" (pid 42: psql, idle in transaction)"``: sessions in a transaction longer than the wait.
+
+    Only what names the session: never its query text, which may carry secrets.
+    """
+    query = text(
+        "SELECT pid, application_name, state FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+        "AND xact_start < now() - make_interval(secs => :secs) ORDER BY xact_start LIMIT 3"
+    )
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(query, {"secs": PG_MIGRATION_LOCK_TIMEOUT_MS / 1000}).all()
+    except DBAPIError:
+        return ""
+    named = [f"pid {pid}: {app or 'no application_name'}, {state}" for pid, app, state in rows]
+    return f" ({'; '.join(named)})" if named else ""
 
 
 @contextlib.contextmanager

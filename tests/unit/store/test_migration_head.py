@@ -50,7 +50,7 @@ def _config() -> Config:
     return config
 
 
-def _downgrade(engine: Engine, revision: str) -> None:
+def downgrade_store(engine: Engine, revision: str) -> None:
     """Take a store at head back to ``revision`` with the migrations' own downgrades."""
     config = _config()
     with engine.begin() as connection:
@@ -60,7 +60,7 @@ def _downgrade(engine: Engine, revision: str) -> None:
 
 def _to_0004(engine: Engine) -> None:
     """Take a store at head back to revision 0004 (before certificates.renewed_by)."""
-    _downgrade(engine, "0004")
+    downgrade_store(engine, "0004")
 
 
 def test_migrate_skips_alembic_only_at_head(tmp_path: Path) -> None:
@@ -118,7 +118,7 @@ def test_a_store_migrated_by_the_first_0005_gets_the_renewed_from_index(tmp_path
     # later, so such a store, already at 0005, never got it: revocations scanned the table.
     engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
     db.migrate(engine)
-    _downgrade(engine, "0005")
+    downgrade_store(engine, "0005")
     with engine.begin() as connection:
         connection.execute(text("DROP INDEX ix_certificates_renewed_from"))
     db.migrate(engine)
@@ -154,7 +154,7 @@ def test_a_renewal_written_by_an_older_replica_records_its_successor(tmp_path: P
 def test_0007_back_fills_renewals_older_replicas_wrote_after_0005(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
     db.migrate(engine)
-    _downgrade(engine, "0006")  # no trigger: what a store at 0005 or 0006 holds
+    downgrade_store(engine, "0006")  # no trigger: what a store at 0005 or 0006 holds
     with engine.begin() as connection:
         connection.execute(text(ISSUER_ROW), {"key": b"\0"})
         for cert_id, renewed_from in (("a1", None), ("a2", "a1"), ("a3", "a1")):
