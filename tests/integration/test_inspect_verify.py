@@ -599,3 +599,47 @@ def test_a_ca_out_of_its_window_is_named_as_openssl_refuses_it(
     assert openssl_says in openssl.stdout + openssl.stderr
     result = certctl_exe("verify", "--ca", ca_file, "--untrusted", inter_file, leaf)
     one_error_line(result, 1, certctl_says)
+
+
+def test_ca_limits_and_signature_algorithm_as_openssl_prints_them(tmp_path: Path) -> None:
+    """Path length, name constraints and the signature algorithm of a CA openssl made."""
+    (tmp_path / "ext.cnf").write_text(
+        "[req]\ndistinguished_name = dn\nx509_extensions = v3\n[dn]\n"
+        "[v3]\n"
+        "basicConstraints = critical, CA:TRUE, pathlen:1\n"
+        "keyUsage = critical, keyCertSign, cRLSign\n"
+        "nameConstraints = critical, permitted;DNS:.corp.example, permitted;IP:10.0.0.0/255.0.0.0,"
+        " excluded;DNS:secret.corp.example\n"
+    )
+    ok(run("openssl", "req", "-x509", "-newkey", "ed25519", "-nodes", "-subj", "/CN=Limited",
+           "-keyout", tmp_path / "ca.key", "-out", tmp_path / "ca.crt", "-days", "30",
+           "-config", tmp_path / "ext.cnf"))  # fmt: skip
+    text = ok(run("openssl", "x509", "-in", tmp_path / "ca.crt", "-noout", "-text")).stdout
+    assert "Signature Algorithm: ED25519" in text
+    assert "pathlen:1" in text
+
+    (item,) = inspect_json(tmp_path / "ca.crt")
+    assert item["is_ca"] is True
+    assert item["path_length"] == 1
+    assert item["signature_algorithm"] == "ED25519"
+    assert item["name_constraints"] == {
+        "permitted": ["DNS .corp.example", "IP 10.0.0.0/8"],
+        "excluded": ["DNS secret.corp.example"],
+    }
+    lines = ok(certctl_exe("inspect", tmp_path / "ca.crt")).stdout.splitlines()
+    assert "  CA              yes (path length 1)" in lines
+    assert "  permitted names DNS .corp.example, IP 10.0.0.0/8" in lines
+    assert "  excluded names  DNS secret.corp.example" in lines
+    assert "  signature       ED25519" in lines
+
+
+def test_leaf_and_unlimited_ca_show_no_limits(files: Path) -> None:
+    (leaf,) = inspect_json(files / "lf/tls.crt")
+    (root,) = inspect_json(files / "ca1/ca.crt")
+    assert (leaf["path_length"], leaf["name_constraints"]) == (None, None)
+    assert (root["path_length"], root["name_constraints"]) == (None, None)
+    expected = ok(run("openssl", "x509", "-in", files / "lf/tls.crt", "-noout", "-text")).stdout
+    assert f"Signature Algorithm: {leaf['signature_algorithm']}" in expected
+    assert "  CA              yes (no path length limit)" in (
+        ok(certctl_exe("inspect", files / "ca1/ca.crt")).stdout.splitlines()
+    )

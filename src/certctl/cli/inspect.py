@@ -89,6 +89,31 @@ def _sans(extensions: x509.Extensions) -> dict[str, list[str]]:
     return SubjectAltNames.from_extension(ext).as_dict()
 
 
+def _signature_algorithm(oid: x509.ObjectIdentifier) -> str:
+    """The signature algorithm as ``openssl x509 -text`` names it, else the dotted OID."""
+    name = getattr(oid, "_name", "Unknown OID")
+    if name == "Unknown OID":
+        return oid.dotted_string
+    # openssl upper-cases the EdDSA names; the others are spelt as pyca spells them.
+    return str(name).upper() if name in ("ed25519", "ed448") else str(name)
+
+
+def _name_constraints(extensions: x509.Extensions) -> dict[str, list[str]] | None:
+    """A CA's permitted and excluded subtrees (``DNS .corp.example``), or None without any."""
+    from cryptography import x509 as _x509
+
+    from certctl.pki.constraints import describe_general_name
+
+    try:
+        value = extensions.get_extension_for_class(_x509.NameConstraints).value
+    except _x509.ExtensionNotFound:
+        return None
+    return {
+        "permitted": [describe_general_name(b) for b in value.permitted_subtrees or ()],
+        "excluded": [describe_general_name(b) for b in value.excluded_subtrees or ()],
+    }
+
+
 def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
     """The JSON view of a certificate (`inspect --json`)."""
     from cryptography import x509 as _x509
@@ -101,8 +126,9 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
     try:
         bc = ext.get_extension_for_class(_x509.BasicConstraints).value
         is_ca = bc.ca
+        path_length = bc.path_length if bc.ca else None
     except _x509.ExtensionNotFound:
-        is_ca = False
+        is_ca, path_length = False, None
     usages: list[str] = []
     try:
         ku = ext.get_extension_for_class(_x509.KeyUsage).value
@@ -133,6 +159,10 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
         "sans": _sans(ext),
         "key_type": key_type_of(cert.public_key()),
         "is_ca": is_ca,
+        # None on a CA: no limit on the intermediates below it.
+        "path_length": path_length,
+        "name_constraints": _name_constraints(ext),
+        "signature_algorithm": _signature_algorithm(cert.signature_algorithm_oid),
         "key_usage": usages,
         "extended_key_usage": eku,
         "fingerprint_sha256": _fingerprint(cert.public_bytes(serialization.Encoding.DER)),
@@ -241,6 +271,24 @@ def _names(sans: dict[str, list[str]]) -> str:
     return ", ".join(f"{prefixes[k]}:{v}" for k, values in sans.items() for v in values) or "-"
 
 
+def _ca_row(item: dict[str, Any]) -> str:
+    if not item["is_ca"]:
+        return "no"
+    if item["path_length"] is None:
+        return "yes (no path length limit)"
+    return f"yes (path length {item['path_length']})"
+
+
+def _constraint_rows(constraints: dict[str, list[str]] | None) -> list[tuple[str, str]]:
+    if constraints is None:
+        return []
+    return [
+        (f"{kind} names", ", ".join(constraints[kind]))
+        for kind in ("permitted", "excluded")
+        if constraints[kind]
+    ]
+
+
 def _rows(item: dict[str, Any]) -> list[tuple[str, str]]:
     kind = item["kind"]
     if kind == "certificate":
@@ -251,9 +299,11 @@ def _rows(item: dict[str, Any]) -> list[tuple[str, str]]:
             ("valid", f"{item['not_before']} → {item['not_after']}"),
             ("SANs", _names(item["sans"])),
             ("key", item["key_type"]),
-            ("CA", "yes" if item["is_ca"] else "no"),
+            ("CA", _ca_row(item)),
+            *_constraint_rows(item["name_constraints"]),
             ("key usage", ", ".join(item["key_usage"]) or "-"),
             ("ext. key usage", ", ".join(item["extended_key_usage"]) or "-"),
+            ("signature", item["signature_algorithm"]),
             ("SHA-256", item["fingerprint_sha256"]),
         ]
     if kind == "private-key":
@@ -308,7 +358,8 @@ def inspect_command(
 
     --json prints a list of objects, each with a "kind" and the file's "format" (pem, der,
     pkcs12 or pkcs7): one "certificate" object (subject, issuer, serial, validity, sans, key
-    usages, fingerprint_sha256) per certificate; a file without certificates lists its
+    usages, is_ca, path_length, name_constraints, signature_algorithm, fingerprint_sha256)
+    per certificate; a file without certificates lists its
     "private-key" (key_type, size, curve, encrypted, public_key_fingerprint_sha256: never
     the key itself), "csr" (subject, sans, key_type, signature_valid) or "crl" (issuer,
     crl_number, updates, revoked serials) instead. The readable output shows everything.

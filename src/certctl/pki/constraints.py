@@ -18,7 +18,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from certctl.errors import InvalidRequest
 from certctl.pki.names import SubjectAltNames, validate_dns_name
 
-__all__ = ["check_extended_key_usage", "check_name_constraints", "name_constraints_of"]
+__all__ = [
+    "check_extended_key_usage",
+    "check_name_constraints",
+    "describe_general_name",
+    "name_constraints_of",
+]
 
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -74,11 +79,11 @@ def _check(
         if isinstance(base, kind) and _within(value, base):
             raise InvalidRequest(
                 f"{what} {shown} is excluded by the issuing CA's name constraints "
-                f"({_describe(base)}): no client would accept the certificate"
+                f"({describe_general_name(base)}): no client would accept the certificate"
             )
     bases = [base for base in permitted if isinstance(base, kind)]
     if bases and not any(_within(value, base) for base in bases):
-        allowed = ", ".join(_describe(b) for b in bases)
+        allowed = ", ".join(describe_general_name(b) for b in bases)
         raise InvalidRequest(
             f"{what} {shown} is outside the issuing CA's name constraints (permitted: "
             f"{allowed}): no client would accept the certificate"
@@ -138,7 +143,8 @@ def _host_common_names(subject: x509.Name) -> list[str]:
     return names
 
 
-def _describe(base: x509.GeneralName) -> str:
+def describe_general_name(base: x509.GeneralName) -> str:
+    """A name or subtree as messages and ``inspect`` show it: ``DNS .corp.example``."""
     if isinstance(base, x509.DirectoryName):
         return f"DirName {base.value.rfc4514_string()}"
     label = {
