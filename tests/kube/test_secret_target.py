@@ -454,3 +454,28 @@ def test_tls_disabled_leaves_the_secret_and_the_service_ready(
     assert row.conditions["Ready"]["status"] is True, row.conditions
     assert "TLS disabled" not in row.conditions["Ready"]["message"]
     assert apiserver.secrets[where]["data"]["tls.crt"] != data["tls.crt"]
+
+
+def test_a_custom_certificate_without_ca_crt_reaches_the_secret_without_ca_crt(
+    apiserver: FakeApiServer, sa_dir: Path, env: Env
+) -> None:
+    """A custom tls.crt whose CA is not given: the Secret gets no ``ca.crt`` key.
+
+    Before, it got an empty one, which a pod mounting it read as a CA file and refused
+    (Elasticsearch: "failed to initialize SSL TrustManager"; nginx: no certificate in it).
+    """
+    from certctl.server.run import _secret_target_writer
+    from certctl.services import tls_services
+    from tests.services.conftest import make_ca, make_leaf, service_doc, write_secret
+
+    settings = env.settings_with(
+        secret_writer=_secret_target_writer(_server_config(apiserver, sa_dir))
+    )
+    leaf = make_leaf(make_ca("public-ca", env.now), "web", env.now, dns=("web",))
+    write_secret(env.secrets_dir, "custom", {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem})
+    env.put(service_doc("web", secret="custom", targets=[{"secret": "web-tls"}]))
+    row = tls_services.reconcile_service(env.services, settings, "web", env.now)
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    data = apiserver.secrets[(NAMESPACE, "web-tls")]["data"]
+    assert set(data) == {"tls.crt", "tls.key"}
+    assert base64.b64decode(data["tls.crt"]) == leaf.cert_pem

@@ -577,17 +577,19 @@ def test_custom_certificate_without_ca_crt(env: Env, tmp_path: Path) -> None:
     row = env.reconcile("web", datetime.now(UTC))
     assert row.conditions["Ready"]["message"] == "serving", row.conditions
     assert env.outputs("web")["certs-internal"]["ca.crt"] == crt.read_bytes()
-    # Issued by a CA that is not given: served, with a warning that ca.crt is empty.
+    # Issued by a CA that is not given: served, with a warning naming that CA, and no
+    # ca.crt in the outputs (it was an empty one, which nginx and Java refuse to load).
     _ca, files = good_files(env.now)
     del files["ca.crt"]
     write_secret(env.secrets_dir, "custom", files)
     row = env.reconcile("web", env.now + timedelta(minutes=1))
     assert row.conditions["Ready"]["status"] is True
     assert (
-        "secret custom has no ca.crt: targets get an empty ca.crt"
-        in (row.conditions["Ready"]["message"])
+        "secret custom has no ca.crt: targets get none, so clients must trust the issuer of "
+        "tls.crt (CN=web-custom-ca) some other way" in row.conditions["Ready"]["message"]
     )
-    assert env.outputs("web")["certs-internal"]["ca.crt"] == b""
+    assert set(env.outputs("web")["certs-internal"]) == {"tls.crt", "tls.key"}
+    assert set(env.outputs("web")["certs-public"]) == {"tls.crt"}
     # An empty ca.crt (cert-manager writes one when its issuer does not know the CA) is no
     # ca.crt, as for ECK; it was refused with "not a recognised PEM", naming no file.
     write_secret(env.secrets_dir, "custom", {**files, "ca.crt": b"\n"})
@@ -692,3 +694,25 @@ def test_public_outputs_answer_while_a_switch_to_self_signed_waits_for_its_recon
         switched = client.get("/api/v1/services/web/outputs/certs-public").json()["data"]
     assert switched["tls.crt"] != files["tls.crt"].decode()
     assert switched["ca.crt"] == env.outputs("web")["ca-internal"]["ca.crt"].decode()
+
+
+def test_a_chain_without_ca_crt_reaches_a_directory_without_ca_crt(
+    env: Env, tmp_path: Path
+) -> None:
+    # cert-manager with a public issuer: tls.crt is leaf + intermediate, no ca.crt. The target
+    # gets no ca.crt (not an empty one, nor the intermediate as a would-be anchor); a client
+    # trusting the root it already has verifies what is served.
+    files = _openssl_pki(tmp_path, "basicConstraints=critical,CA:true\n",
+                         "subjectAltName=DNS:web,DNS:web.example.internal\n")  # fmt: skip
+    root = files.pop("ca.crt")
+    write_secret(env.secrets_dir, "custom", files)
+    target = tmp_path / "target"
+    env.put(service_doc("web", dns=NAMES, secret="custom", targets=[{"directory": str(target)}]))
+    row = env.reconcile("web", datetime.now(UTC))
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    assert "issuer of tls.crt (CN=My Root)" in row.conditions["Ready"]["message"]
+    assert sorted(p.name for p in target.iterdir()) == ["tls.crt", "tls.key"]
+    (tmp_path / "root.pem").write_bytes(root)
+    ok(run("openssl", "verify", "-CAfile", tmp_path / "root.pem", "-untrusted",
+           target / "tls.crt", "-verify_hostname", "web.example.internal", "-purpose",
+           "sslserver", target / "tls.crt"))  # fmt: skip

@@ -275,7 +275,7 @@ def _secret_target_writer(config: ServerConfig) -> Callable[[Any, dict[str, byte
                 target.secret,
                 certificate_pem=files["tls.crt"],
                 private_key_pem=files["tls.key"],
-                ca_pem=files.get("ca.crt", b""),
+                ca_pem=files.get("ca.crt"),
                 client_trust_pem=files.get("client-trust.crt"),
                 labels=target.labels,
             )

@@ -688,9 +688,14 @@ def _custom_material(
         elif is_self_signed(certs[-1]):
             ca_pem = certs_to_pem([certs[-1]])  # a self-signed tls.crt is its own trust anchor
         else:
+            # Left out of the targets, not written empty: nginx, Java and Elasticsearch refuse
+            # an empty CA file (ECK's issue 2243). Nor filled with the intermediates of
+            # tls.crt: a client anchored there breaks when the issuer switches intermediates
+            # (Let's Encrypt rotates them), and OpenSSL clients refuse a non-root anchor.
             warnings.append(
-                f"secret {secret} has no ca.crt: targets get an empty ca.crt, so clients must "
-                "trust the issuer of tls.crt some other way (fine for a public CA)"
+                f"secret {secret} has no ca.crt: targets get none, so clients must trust the "
+                f"issuer of tls.crt ({certs[-1].issuer.rfc4514_string()}) some other way "
+                "(fine for a public CA)"
             )
         missing = _uncovered_names(leaf, spec)
         if missing:
@@ -1115,10 +1120,12 @@ def outputs_for(
         return {}
     current = _current(services, row)
     leaf = (current.certificate_pem or "").encode() + current.chain_pem.encode()
-    ca = current.ca_pem.encode()
+    # No ca.crt at all for a custom certificate whose CA is not given (as ECK's public
+    # Secret): an empty file is refused by the servers and clients that read it.
+    ca = {"ca.crt": current.ca_pem.encode()} if current.ca_pem.strip() else {}
     outputs: dict[str, dict[str, bytes]] = {
-        "certs-internal": {"tls.crt": leaf, "tls.key": current.key_pem or b"", "ca.crt": ca},
-        "certs-public": {"tls.crt": leaf, "ca.crt": ca},
+        "certs-internal": {"tls.crt": leaf, "tls.key": current.key_pem or b"", **ca},
+        "certs-public": {"tls.crt": leaf, **ca},
     }
     service_ca: CertificateAuthority | None = None
     if spec.tls.certificate is None:
@@ -1160,8 +1167,9 @@ def _target_files(
     files = {
         "tls.crt": (internal["tls.crt"], False),
         "tls.key": (internal["tls.key"], True),
-        "ca.crt": (internal["ca.crt"], False),
     }
+    if "ca.crt" in internal:
+        files["ca.crt"] = (internal["ca.crt"], False)
     if "client-trust" in bundle:
         files["client-trust.crt"] = (bundle["client-trust"]["ca.crt"], False)
     return files
@@ -1225,10 +1233,9 @@ def _deliver(
                 else:
                     if password is not None:
                         certs = load_material(files["tls.crt"][0]).certificates
-                        ca_pem = files["ca.crt"][0]
-                        # Empty for a custom certificate from an unnamed (public) CA, which
-                        # load_material refuses as "not a recognised PEM".
-                        anchors = load_material(ca_pem).certificates if ca_pem.strip() else []
+                        # None for a custom certificate from an unnamed (public) CA.
+                        ca_pem = files["ca.crt"][0] if "ca.crt" in files else b""
+                        anchors = load_material(ca_pem).certificates if ca_pem else []
                         # The CA as a Java trusted entry ("ca"), as cert issue --p12 and
                         # elasticsearch-certutil write it: Java also builds the key entry's
                         # chain from it, and a truststore.path needs one.
@@ -1242,12 +1249,7 @@ def _deliver(
                         )
                         files = {
                             "tls.p12": (p12, True),
-                            "ca.crt": files["ca.crt"],
-                            **(
-                                {"client-trust.crt": files["client-trust.crt"]}
-                                if "client-trust.crt" in files
-                                else {}
-                            ),
+                            **{n: files[n] for n in ("ca.crt", "client-trust.crt") if n in files},
                         }
                     policy = settings.target_policy
                     deliver_to_directory(

@@ -91,13 +91,15 @@ class SecretWriter:
         *,
         certificate_pem: bytes,
         private_key_pem: bytes,
-        ca_pem: bytes,
+        ca_pem: bytes | None,
         client_trust_pem: bytes | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> WriteResult:
         """Write a ``kubernetes.io/tls`` Secret with ``tls.crt``, ``tls.key``, ``ca.crt``.
 
-        ``client_trust_pem`` adds ``client-trust.crt``; leaving it out removes that key.
+        ``ca_pem`` None or blank (a custom certificate whose CA is not given) leaves out
+        ``ca.crt``, as ``client_trust_pem`` None leaves out ``client-trust.crt``: a pod mounting
+        the Secret gets no file rather than an empty one, which its server would refuse.
 
         Raises:
             InvalidRequest: a bad name, label or empty certificate/key.
@@ -106,7 +108,9 @@ class SecretWriter:
         """
         if not certificate_pem.strip() or not private_key_pem.strip():
             raise InvalidRequest(f"Secret {name}: tls.crt and tls.key must not be empty")
-        data = {"tls.crt": certificate_pem, "tls.key": private_key_pem, "ca.crt": ca_pem}
+        data = {"tls.crt": certificate_pem, "tls.key": private_key_pem}
+        if ca_pem is not None and ca_pem.strip():
+            data["ca.crt"] = ca_pem
         if client_trust_pem is not None:
             data[CLIENT_TRUST_KEY] = client_trust_pem
         return self.write(name, data, secret_type=TLS_TYPE, labels=labels)
