@@ -28,7 +28,14 @@ from certctl.pki.placeholder import PLACEHOLDER_CN_PREFIX
 from certctl.services import issuance, tls_services
 from certctl.store.models import ManagedService
 from tests._tools import ok, run
-from tests.services.conftest import SETTINGS, Env, make_ca, make_leaf, service_doc
+from tests.services.conftest import (
+    SETTINGS,
+    Env,
+    make_ca,
+    make_leaf,
+    service_doc,
+    write_secret,
+)
 
 ROTATE = SETTINGS["cert_rotate_before"]
 JITTER = ROTATE * 0.1  # ServiceSettings.jitter = 10 %
@@ -343,13 +350,17 @@ def test_disabled_removes_certificates_and_reports_plain_http(env: Env) -> None:
     status = tls_services.service_json(row)["status"]
     assert status["not_after"] is None
     assert status["next_renewal"] is None
-    # Nothing becomes due while disabled, however far time moves.
-    assert not tls_services.due(env.row("web"), env.now + timedelta(days=400))
+    # Only its CA's renewal makes it due while disabled (kept current, as ECK does).
+    ca_renew_at = row.ca_renew_at
+    assert ca_renew_at is not None
+    assert not tls_services.due(env.row("web"), ca_renew_at - timedelta(seconds=1))
 
-    # A service that starts disabled never issues anything.
+    # A service that starts disabled never issues anything, nor has a CA to renew.
     env.put(service_doc("plain", disabled=True))
     row = env.reconcile("plain")
     assert row.certificate_pem is None
+    assert row.ca_renew_at is None
+    assert not tls_services.due(env.row("plain"), env.now + timedelta(days=400))
     assert row.conditions["Ready"]["message"] == "TLS disabled: plain HTTP"
     assert [e.event for e in env.events("plain")] == []
 
@@ -944,3 +955,59 @@ def test_a_delete_racing_a_service_change_waits_for_it(
         from certctl.store.models import ServiceClient
 
         assert session.scalar(select(func.count()).select_from(ServiceClient)) == 0
+
+
+def _verifies_at(ca_pem: bytes, leaf_pem: bytes, when: datetime, tmp: Path) -> bool:
+    """Whether openssl verifies ``leaf_pem`` under ``ca_pem`` as a server at ``when``."""
+    (tmp / "ca.pem").write_bytes(ca_pem)
+    (tmp / "leaf.pem").write_bytes(leaf_pem)
+    at = str(int(when.timestamp()))
+    result = run("openssl", "verify", "-attime", at, "-purpose", "sslserver",
+                 "-CAfile", tmp / "ca.pem", tmp / "leaf.pem")  # fmt: skip
+    return result.returncode == 0
+
+
+@pytest.mark.parametrize("mode", ["disabled", "custom"])
+def test_the_ca_of_a_service_not_issuing_from_it_is_kept_current(
+    env: Env, tmp_path: Path, mode: str
+) -> None:
+    # As ECK, which reconciles a resource's CA whatever its TLS spec. Before, the CA of a
+    # service switched to plain HTTP or to its own certificate was never renewed: it sat
+    # expired in the issuer list (the issuer-expiry alert firing for nothing), and a switch
+    # back issued from a CA no client's copy of ca.crt was still valid for.
+    names = ("web.example.internal",)
+    t0 = env.now
+    env.put(service_doc("web", dns=names))
+    env.reconcile("web")
+    first = env.outputs("web")["ca-internal"]["ca.crt"]
+    if mode == "custom":
+        leaf = make_leaf(make_ca("own-ca", t0), "web", t0, dns=("web", *names))
+        write_secret(env.secrets_dir, "own", {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem})
+        env.put(service_doc("web", dns=names, secret="own"))
+    else:
+        env.put(service_doc("web", disabled=True))
+    row = env.reconcile("web", t0 + MINUTE)
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    renew_at = _cert(first).not_valid_after_utc - SETTINGS["ca_rotate_before"]
+    assert row.ca_renew_at == renew_at
+    if mode == "disabled":  # a custom certificate is read on every pass anyway
+        assert not tls_services.due(row, renew_at - timedelta(seconds=1))
+    assert tls_services.due(row, renew_at + MINUTE)
+    row = env.reconcile("web", renew_at + MINUTE)
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    renewed = issuance.load_issuer(env.services, "svc.web").certificate
+    assert renewed.not_valid_after_utc == renew_at + MINUTE + SETTINGS["ca_validity"]
+    assert renewed.public_key() == _cert(first).public_key()  # the same key: old copies verify
+    assert row.ca_renew_at == renewed.not_valid_after_utc - SETTINGS["ca_rotate_before"]
+
+    # Switched back after the first CA certificate expired: the leaf comes from the renewed
+    # one, and openssl verifies it there (not under the expired first copy).
+    back = env.at(_cert(first).not_valid_after_utc + timedelta(hours=1))
+    env.put(service_doc("web", dns=names))
+    row = env.reconcile("web", back)
+    assert row.conditions["Ready"]["message"] == "serving", row.conditions
+    outputs = env.outputs("web")
+    assert _cert(outputs["ca-internal"]["ca.crt"]) == renewed
+    leaf_pem = outputs["certs-internal"]["tls.crt"]
+    assert _verifies_at(outputs["certs-internal"]["ca.crt"], leaf_pem, back, tmp_path)
+    assert not _verifies_at(first, leaf_pem, back, tmp_path)

@@ -518,6 +518,26 @@ def _ensure_service_ca(
     services: Services, settings: ServiceSettings, name: str, now: datetime
 ) -> tuple[CertificateAuthority, bool]:
     """The service's own CA (CN ``<name>-http``, OU ``<name>``), renewed with the same key."""
+    ca, changed = _service_ca(services, settings, name, now, create=True)
+    assert ca is not None
+    return ca, changed
+
+
+def _keep_service_ca_current(
+    services: Services, settings: ServiceSettings, name: str, now: datetime
+) -> None:
+    """Renew the CA of a service that does not issue from it now (TLS disabled, custom).
+
+    As ECK, which reconciles the CA whatever the spec: switched back to self-signed, the
+    service issues from the CA its clients already hold, and the CA (in the issuer list and
+    its expiry gauge) never sits there expired. None is created for such a service.
+    """
+    _service_ca(services, settings, name, now, create=False)
+
+
+def _service_ca(
+    services: Services, settings: ServiceSettings, name: str, now: datetime, *, create: bool
+) -> tuple[CertificateAuthority | None, bool]:
     from certctl.services import issuance
 
     issuer_id = _per_service_ca_id(name)
@@ -527,6 +547,8 @@ def _ensure_service_ca(
     try:
         ca = issuance.load_issuer(services, issuer_id)
     except NotFound:
+        if not create:
+            return None, False
         key = generate_private_key()
         subject = x509.Name(
             [
@@ -950,8 +972,7 @@ def _expiring_told(
 def _service_ca_renew_at(
     services: Services, settings: ServiceSettings, spec: TLSServiceSpec
 ) -> datetime | None:
-    if spec.disabled or spec.tls.certificate is not None:
-        return None
+    # Whatever the spec: a disabled service's CA is renewed too (_keep_service_ca_current).
     from certctl.services import issuance
 
     try:
@@ -969,6 +990,8 @@ def _decide(
     spec: TLSServiceSpec,
     now: datetime,
 ) -> tuple[_Desired, str | None, list[str]]:
+    if spec.disabled or spec.tls.certificate is not None:
+        _keep_service_ca_current(services, settings, spec.name, now)
     if spec.disabled:
         reason = "TLS disabled" if row.certificate_pem is not None else None
         return _Desired(), reason, []
