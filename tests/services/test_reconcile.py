@@ -1011,3 +1011,58 @@ def test_the_ca_of_a_service_not_issuing_from_it_is_kept_current(
     leaf_pem = outputs["certs-internal"]["tls.crt"]
     assert _verifies_at(outputs["certs-internal"]["ca.crt"], leaf_pem, back, tmp_path)
     assert not _verifies_at(first, leaf_pem, back, tmp_path)
+
+
+def _purposes(pem: bytes, ca_pem: bytes, tmp: Path) -> dict[str, bool]:
+    """Which of sslserver and sslclient openssl verifies the leaf ``pem`` for."""
+    (tmp / "ca.pem").write_bytes(ca_pem)
+    (tmp / "leaf.pem").write_bytes(pem)
+    return {
+        purpose: run(
+            "openssl", "verify", "-purpose", purpose, "-CAfile", tmp / "ca.pem", tmp / "leaf.pem"
+        ).returncode
+        == 0
+        for purpose in ("sslserver", "sslclient")
+    }
+
+
+def test_usages_client_auth_gives_a_certificate_peers_accept_as_a_client(
+    env: Env, tmp_path: Path
+) -> None:
+    # Nodes of a cluster (Elasticsearch transport, any mutual TLS mesh) present the service's
+    # certificate as clients too. Before, it was serverAuth only, refused by every peer with
+    # "unsupported certificate purpose", with no way to ask for clientAuth.
+    names = ("web.example.internal",)
+    env.put(service_doc("web", dns=names))
+    env.reconcile("web")
+    out = env.outputs("web")["certs-internal"]
+    assert _purposes(out["tls.crt"], out["ca.crt"], tmp_path) == {
+        "sslserver": True,
+        "sslclient": False,
+    }
+    doc = service_doc("web", dns=names)
+    doc["spec"]["http"]["tls"]["selfSignedCertificate"]["usages"] = ["server auth", "client auth"]
+    env.put(doc)
+    row = env.reconcile("web", env.now + MINUTE)
+    assert [e.payload["reason"] for e in env.events("web")][-1] == "usages changed"
+    assert row.conditions["Ready"]["message"] == "serving", row.conditions
+    out = env.outputs("web")["certs-internal"]
+    assert _purposes(out["tls.crt"], out["ca.crt"], tmp_path) == {
+        "sslserver": True,
+        "sslclient": True,
+    }
+    # Reconciled again: the same certificate (it has the usages asked for).
+    serial = row.serial
+    assert env.reconcile("web", env.now + MINUTE).serial == serial
+
+    # A custom certificate without clientAuth is served, with a warning that peers refuse it.
+    leaf = make_leaf(make_ca("own-ca", env.now), "web", env.now, dns=("web", *names))
+    write_secret(env.secrets_dir, "own", {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem})
+    doc["spec"]["http"]["tls"]["certificate"] = {"secretName": "own"}
+    env.put(doc)
+    row = env.reconcile("web", env.now + MINUTE)
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    assert (
+        "secret own: tls.crt lacks the clientAuth extended key usage that usages asks for"
+        in row.conditions["Ready"]["message"]
+    )

@@ -158,6 +158,23 @@ INVALID = {
         ),
         "spec.targets.0.labels: app.kubernetes.io/managed-by is set by certctl",
     ),
+    "unknown usage": (
+        _with(f"{SSC}.usages", ["server auth", "clientAuth"]),
+        f"{SSC}.usages: 'clientAuth' is not a usage certctl issues; give 'server auth' and, "
+        "for a service that also connects as a TLS client",
+    ),
+    "key usage in usages": (
+        _with(f"{SSC}.usages", ["digital signature", "server auth"]),
+        f"{SSC}.usages: 'digital signature' is not a usage certctl issues",
+    ),
+    "usages without server auth": (
+        _with(f"{SSC}.usages", ["client auth"]),
+        f"{SSC}.usages: must include 'server auth': the service serves this certificate",
+    ),
+    "usages not a list": (
+        _with(f"{SSC}.usages", "server auth"),
+        f"{SSC}.usages: Input should be a valid list",
+    ),
     "bad secret name": (
         _with("spec.http.tls.certificate", {"secretName": "../etc"}),
         "spec.http.tls.certificate.secretName: ../etc: secret names are lower-case DNS labels",
@@ -207,6 +224,17 @@ def test_valid_document_round_trips() -> None:
     assert spec.dns_names() == ["web", "web.example.internal"]
     assert spec.ip_addresses() == ["10.0.0.5", "::1"]
     assert parse_service(spec.to_document()) == spec
+
+
+def test_usages_are_canonical_and_left_out_when_not_given() -> None:
+    # Not given: left out of the stored document, so a spec stored before the field existed
+    # compares equal (an unchanged apply stays "unchanged") and issues serverAuth only.
+    plain = parse_service(service_doc("web"))
+    assert "usages" not in plain.to_document()["spec"]["http"]["tls"]["selfSignedCertificate"]
+    assert not plain.client_auth
+    both = parse_service(_with(f"{SSC}.usages", ["client auth", "server auth", "client auth"]))
+    assert both.tls.self_signed_certificate.usages == ["server auth", "client auth"]
+    assert both.client_auth
 
 
 def test_services_file_is_refused_whole() -> None:

@@ -32,6 +32,7 @@ from certctl.pki import (
     PROFILES,
     CertificateAuthority,
     Material,
+    Profile,
     SubjectAltNames,
     certs_to_pem,
     common_name_dn,
@@ -722,6 +723,14 @@ def _custom_material(
         missing = _uncovered_names(leaf, spec)
         if missing:
             warnings.append(f"secret {secret}: tls.crt does not cover {', '.join(missing)}")
+        ekus = _extended_key_usages(leaf)
+        if spec.client_auth and ekus is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in ekus:
+            # Served all the same (the server side works), but the peers it connects to as a
+            # client will refuse it: say so rather than leave it to a handshake error.
+            warnings.append(
+                f"secret {secret}: tls.crt lacks the clientAuth extended key usage that "
+                "usages asks for: peers refuse it as a client certificate"
+            )
         desired = _Desired(
             certificate_pem=certs_to_pem([leaf]).decode(),
             chain_pem=certs_to_pem(certs[1:]).decode(),
@@ -857,6 +866,8 @@ def _needs_leaf(
         return "subject alternative names changed"
     if cert.subject != common_name_dn(spec.name):
         return "subject changed"
+    if set(_extended_key_usages(cert) or ()) != set(_profile(spec).extended_key_usage):
+        return "usages changed"
     if cert.issuer != ca.certificate.subject:
         return "issuer changed"
     try:
@@ -869,6 +880,19 @@ def _needs_leaf(
         # that issued it. Kept, it would never be renewed, and served past its notAfter.
         return "not renewed by certctl yet"
     return None
+
+
+def _profile(spec: TLSServiceSpec) -> Profile:
+    """What certctl issues the service's certificate as: ``usages`` (server auth by default)."""
+    return PROFILES["server+client"] if spec.client_auth else PROFILES["server"]
+
+
+def _extended_key_usages(cert: x509.Certificate) -> list[x509.ObjectIdentifier] | None:
+    """The certificate's extended key usages; None without the extension (any usage)."""
+    try:
+        return list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return None
 
 
 def reconcile_service(
@@ -1029,7 +1053,7 @@ def _decide(
     issued = ca.issue(
         key.public_key(),
         common_name_dn(spec.name),
-        profile=PROFILES["server"],
+        profile=_profile(spec),
         validity=validity,
         now=now,
         sans=SubjectAltNames.parse(dns=spec.dns_names(), ip=spec.ip_addresses()),

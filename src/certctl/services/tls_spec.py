@@ -60,6 +60,12 @@ class SubjectAltName(_Model):
         return self
 
 
+# cert-manager's (and the Kubernetes CSR API's) spelling of the extended key usages a
+# service certificate may carry. Key usages follow the key type and are not chosen here.
+SERVER_AUTH, CLIENT_AUTH = "server auth", "client auth"
+_USAGES = (SERVER_AUTH, CLIENT_AUTH)
+
+
 class SelfSignedCertificate(_Model):
     """``selfSignedCertificate``: names for the certctl-issued certificate, or disabled."""
 
@@ -67,6 +73,25 @@ class SelfSignedCertificate(_Model):
         default_factory=list, alias="subjectAltNames", max_length=100
     )
     disabled: bool = False
+    # None: [server auth], as before the field existed (left out of the stored document,
+    # so specs stored before it compare equal and are not reconciled again for nothing).
+    usages: list[str] | None = Field(default=None, max_length=10)
+
+    @field_validator("usages")
+    @classmethod
+    def _usages(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        for usage in value:
+            if usage not in _USAGES:
+                raise ValueError(
+                    f"{usage[:40]!r} is not a usage certctl issues; give 'server auth' and, "
+                    "for a service that also connects as a TLS client (mutual TLS between "
+                    "nodes), 'client auth' (key usages follow the key type)"
+                )
+        if SERVER_AUTH not in value:
+            raise ValueError("must include 'server auth': the service serves this certificate")
+        return [u for u in _USAGES if u in value]  # canonical order, duplicates dropped
 
 
 class CustomCertificate(_Model):
@@ -357,6 +382,11 @@ class TLSServiceSpec(_Model):
     def disabled(self) -> bool:
         """True for plain HTTP: nothing is issued."""
         return self.tls.self_signed_certificate.disabled
+
+    @property
+    def client_auth(self) -> bool:
+        """Whether the certificate also carries clientAuth (``usages`` has 'client auth')."""
+        return CLIENT_AUTH in (self.tls.self_signed_certificate.usages or ())
 
     def dns_names(self) -> list[str]:
         """The service name plus the spec's DNS SANs, in order, deduplicated."""
