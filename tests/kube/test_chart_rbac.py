@@ -127,6 +127,30 @@ def test_ca_and_secret_targets_work_under_the_charts_rbac(
             write(SecretTarget(secret="web-tls", namespace=namespace), files)
 
 
+def test_a_custom_certificate_secret_is_readable_once_its_namespace_is_listed(
+    apiserver: FakeApiServer, sa_dir: Path, pki: KubePki
+) -> None:
+    # docs/kubernetes.md: certificate.secretName reads a Secret of the release namespace
+    # when secretTargets.namespaces lists it; without, the chart grants no get there.
+    from certctl.errors import InvalidRequest
+    from certctl.server.run import _custom_secret_reader
+
+    crt, key = pki.leaf("web.example.internal")
+    apiserver.put_secret(
+        NAMESPACE,
+        "own",
+        type="kubernetes.io/tls",
+        metadata={"labels": {"certctl.io/custom-certificate": "true"}},
+        data={"tls.crt": base64.b64encode(crt).decode(), "tls.key": base64.b64encode(key).decode()},
+    )
+    read = _custom_secret_reader(ServerConfig.model_validate(_config(apiserver, sa_dir)))
+    apiserver.rbac = chart_rbac(VALUES)
+    with pytest.raises(InvalidRequest, match='403 Forbidden: secrets "own" is forbidden'):
+        read("own")
+    apiserver.rbac = chart_rbac({**VALUES, "secretTargets": {"namespaces": ["apps", NAMESPACE]}})
+    assert read("own") == {"tls.crt": crt, "tls.key": key}
+
+
 def test_a_role_without_update_is_caught(
     apiserver: FakeApiServer, pki: KubePki, connection: KubeConnection
 ) -> None:

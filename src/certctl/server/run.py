@@ -286,6 +286,43 @@ def _secret_target_writer(config: ServerConfig) -> Callable[[Any, dict[str, byte
     return write
 
 
+def _custom_secret_reader(config: ServerConfig) -> Callable[[str], dict[str, bytes]]:
+    """Managed services' ``certificate.secretName`` read from a Secret in kubernetes.namespace.
+
+    Used when ``secrets-dir`` has no directory of that name. The connection is built on first
+    use, as for Secret targets; every failure is the service's InvalidRequest (its Failed
+    condition), never a crash of the pass.
+    """
+    from certctl.targets.kubernetes import CUSTOM_CERTIFICATE_LABEL, read_custom_certificate
+
+    connections: list[KubeConnection] = []
+
+    def read(name: str) -> dict[str, bytes]:
+        where = config.effective_secrets_dir / name
+        try:
+            if not connections:
+                connections.append(_kube_connection(config))
+        except CertctlError as exc:
+            raise InvalidRequest(
+                f"secret {name} not found (expected a directory {where}, or a Kubernetes Secret "
+                f"labelled {CUSTOM_CERTIFICATE_LABEL}=true, which needs a Kubernetes "
+                f"connection: {exc.detail})"
+            ) from None
+        connection = connections[0]
+        try:
+            data = read_custom_certificate(connection, name)
+        except CertctlError as exc:
+            raise InvalidRequest(f"secret {name}: {exc.detail}") from None
+        if data is None:
+            raise InvalidRequest(
+                f"secret {name} not found: neither a directory {where} nor a Kubernetes Secret "
+                f"{connection.namespace}/{name}"
+            )
+        return data
+
+    return read
+
+
 def service_settings(config: ServerConfig) -> ServiceSettings:
     """Lifetimes and margins (DESIGN §3) of the internal CA and the managed services.
 
@@ -299,6 +336,7 @@ def service_settings(config: ServerConfig) -> ServiceSettings:
         cert_rotate_before=parse_duration(config.cert_rotate_before),
         secrets_dir=config.effective_secrets_dir,
         secret_writer=_secret_target_writer(config),
+        secret_reader=_custom_secret_reader(config),
         target_policy=target_policy(config),
     )
 

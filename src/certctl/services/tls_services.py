@@ -93,6 +93,10 @@ class ServiceSettings:
     # Writes a Secret target; True when it created or changed the Secret, False when the
     # Secret already held exactly this (the writer reads it first).
     secret_writer: Callable[[SecretTarget, dict[str, bytes]], bool] | None = None
+    # Reads certificate.secretName from a Kubernetes Secret when secrets_dir has no such
+    # directory: its tls.crt, tls.key, ca.crt, ca.key. Raises InvalidRequest (not found,
+    # not labelled for certctl, no cluster configured).
+    secret_reader: Callable[[str], dict[str, bytes]] | None = None
     # Checked again at each delivery: what a stored path resolves to can change.
     target_policy: TargetPolicy | None = None
 
@@ -622,9 +626,18 @@ _MAX_SECRET_FILE_BYTES = 1 << 20
 
 
 def _read_secret(settings: ServiceSettings, secret: str) -> dict[str, bytes]:
+    """``<secrets-dir>/<secret>/``, else the Kubernetes Secret ``secret`` (server with a cluster).
+
+    The directory first, as before Secrets were read: a server that had one keeps serving it.
+    """
     directory = settings.secrets_dir / secret
     if not directory.is_dir():
-        raise InvalidRequest(f"secret {secret} not found (expected a directory {directory})")
+        if settings.secret_reader is None:
+            raise InvalidRequest(
+                f"secret {secret} not found (expected a directory {directory}; a Kubernetes "
+                "Secret is read only by a server with a Kubernetes connection)"
+            )
+        return settings.secret_reader(secret)
     found = {}
     for name in ("tls.crt", "tls.key", "ca.crt", "ca.key"):
         data = _read_secret_file(secret, directory / name)

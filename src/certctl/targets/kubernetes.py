@@ -22,7 +22,14 @@ if TYPE_CHECKING:  # httpx is imported where a request is made: it is slow to im
 from certctl.errors import Conflict, InvalidRequest
 from certctl.kubeapi import KubeApiError, KubeConnection, response_json, transport_error
 
-__all__ = ["CLIENT_TRUST_KEY", "MANAGED_BY", "SecretWriter", "WriteResult"]
+__all__ = [
+    "CLIENT_TRUST_KEY",
+    "CUSTOM_CERTIFICATE_LABEL",
+    "MANAGED_BY",
+    "SecretWriter",
+    "WriteResult",
+    "read_custom_certificate",
+]
 
 TLS_TYPE = "kubernetes.io/tls"
 CLIENT_TRUST_KEY = "client-trust.crt"
@@ -32,6 +39,10 @@ _CERT_MANAGER_CERTIFICATE = "cert-manager.io/certificate-name"
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 _DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+\Z")
 _ATTEMPTS = 3
+# The label a Secret needs before a managed service's certificate.secretName may read it.
+CUSTOM_CERTIFICATE_LABEL = "certctl.io/custom-certificate"
+_CUSTOM_KEYS = ("tls.crt", "tls.key", "ca.crt", "ca.key")
+_MAX_KEY_BYTES = 1 << 20
 
 
 class WriteResult(StrEnum):
@@ -217,3 +228,67 @@ class SecretWriter:
             return None  # changed or deleted since the GET: read again (and create)
         response_json(replaced, f"update {what}")
         return WriteResult.UPDATED
+
+
+def read_custom_certificate(
+    connection: KubeConnection,
+    name: str,
+    *,
+    namespace: str | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> dict[str, bytes] | None:
+    """The ``tls.crt``, ``tls.key``, ``ca.crt``, ``ca.key`` of Secret ``name``; None if absent.
+
+    Only a Secret labelled ``certctl.io/custom-certificate=true`` is read. ECK reads any
+    Secret of its resource's namespace, whose creator may read them all; naming a
+    certificate.secretName needs only ``service.edit`` in certctl, which must not reach the
+    keys of every Secret certctl's ServiceAccount can read (its own server certificate, the
+    Secret targets of other services). The label is that choice, made in Kubernetes by
+    someone allowed to make it.
+
+    Raises:
+        InvalidRequest: the Secret is not labelled, is one certctl writes, or a key is not
+            base64 or larger than 1 MiB.
+        KubeApiError: the API is unreachable or refuses the read.
+    """
+    import httpx
+
+    if len(name) > 253 or not _NAME.match(name):
+        raise InvalidRequest(f"{name!r}: a Secret name must be a DNS-1123 subdomain")
+    namespace = namespace or connection.namespace
+    what = f"Secret {namespace}/{name}"
+    try:
+        with connection.client(transport) as client:
+            response = client.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+    except httpx.HTTPError as exc:
+        raise KubeApiError(
+            f"{what}: cannot reach the Kubernetes API ({transport_error(exc)})"
+        ) from None
+    if response.status_code == 404:
+        return None
+    obj = response_json(response, f"read {what}")
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    if all(labels.get(k) == v for k, v in MANAGED_BY.items()):
+        raise InvalidRequest(
+            f"{what} is one certctl writes (a service's Secret target), not a certificate "
+            "to serve; name the Secret that holds your certificate"
+        )
+    if labels.get(CUSTOM_CERTIFICATE_LABEL) != "true":
+        raise InvalidRequest(
+            f"{what} is not labelled {CUSTOM_CERTIFICATE_LABEL}=true: label it to let managed "
+            f"services read it (kubectl label secret -n {namespace} {name} "
+            f"{CUSTOM_CERTIFICATE_LABEL}=true)"
+        )
+    data = obj.get("data") or {}
+    found = {}
+    for key in _CUSTOM_KEYS:
+        value = data.get(key)
+        if not isinstance(value, str):
+            continue
+        if len(value) > _MAX_KEY_BYTES * 4 // 3 + 4:
+            raise InvalidRequest(f"{what}: {key} is larger than 1 MiB")
+        try:
+            found[key] = base64.b64decode(value, validate=True)
+        except ValueError:
+            raise InvalidRequest(f"{what}: {key} is not base64") from None
+    return found

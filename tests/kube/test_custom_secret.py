@@ -1,0 +1,164 @@
+"""certificate.secretName read from a Kubernetes Secret, through the fake API server.
+
+On Kubernetes the certificate a user provides lives in a Secret (ECK's
+``spec.http.tls.certificate.secretName``); certctl read it only from ``<secrets-dir>/<name>/``
+and answered "secret X not found (expected a directory …)" to a user who had just created it
+with ``kubectl create secret tls``.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from certctl.server.config import ServerConfig
+from certctl.server.run import _custom_secret_reader
+from tests._tools import ok, run
+from tests.kube.conftest import NAMESPACE
+from tests.kube.fake_apiserver import FakeApiServer
+from tests.services.conftest import Env, service_doc, snapshot, write_secret
+
+NAMES = ("web.example.internal",)
+MINUTE = timedelta(minutes=1)
+LABEL = {"certctl.io/custom-certificate": "true"}
+
+
+def _config(apiserver: FakeApiServer, sa_dir: Path, env: Env) -> ServerConfig:
+    return ServerConfig.model_validate(
+        {
+            "data-dir": str(env.tmp / "data"),
+            "secrets-dir": str(env.secrets_dir),
+            "kubernetes": {
+                "api-server": apiserver.url,
+                "ca-file": str(sa_dir / "ca.crt"),
+                "token-file": str(sa_dir / "token"),
+                "namespace": NAMESPACE,
+            },
+        }
+    )
+
+
+def _self_signed(tmp: Path) -> dict[str, bytes]:
+    """ECK's documented example: openssl req -x509 with the service's names."""
+    sans = "subjectAltName=DNS:web,DNS:web.example.internal"
+    ok(run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-nodes", "-days", "30", "-subj", "/CN=web", "-addext", sans,
+           "-keyout", tmp / "tls.key", "-out", tmp / "tls.crt"))  # fmt: skip
+    return {"tls.crt": (tmp / "tls.crt").read_bytes(), "tls.key": (tmp / "tls.key").read_bytes()}
+
+
+def _put(apiserver: FakeApiServer, name: str, files: dict[str, bytes], **labels: str) -> None:
+    apiserver.put_secret(
+        NAMESPACE,
+        name,
+        type="kubernetes.io/tls",
+        metadata={"labels": labels} if labels else {},
+        data={k: base64.b64encode(v).decode() for k, v in files.items()},
+    )
+
+
+def test_a_labelled_secret_is_served_and_followed(
+    apiserver: FakeApiServer, sa_dir: Path, env: Env, tmp_path: Path
+) -> None:
+    settings = env.settings_with(
+        secret_reader=_custom_secret_reader(_config(apiserver, sa_dir, env))
+    )
+    target = tmp_path / "target"
+    env.put(service_doc("web", dns=NAMES, secret="own", targets=[{"directory": str(target)}]))
+
+    def reconcile(when: datetime) -> dict[str, dict[str, object]]:
+        from certctl.services import tls_services
+
+        row = tls_services.reconcile_service(env.services, settings, "web", env.at(when))
+        return row.conditions
+
+    # Created with kubectl, not labelled yet: the status says what to do, nothing is served.
+    first = tmp_path / "first"
+    first.mkdir()
+    files = _self_signed(first)
+    _put(apiserver, "own", files)
+    conditions = reconcile(datetime.now(UTC))
+    assert conditions["Failed"]["message"] == (
+        f"secret own: Secret {NAMESPACE}/own is not labelled certctl.io/custom-certificate=true: "
+        "label it to let managed services read it (kubectl label secret -n certs own "
+        "certctl.io/custom-certificate=true)"
+    )
+    assert not target.exists()
+
+    # Labelled: served; a self-signed tls.crt is its own ca.crt, which openssl verifies.
+    apiserver.secrets[(NAMESPACE, "own")]["metadata"]["labels"] = LABEL
+    conditions = reconcile(env.now + MINUTE)
+    assert conditions["Ready"]["message"] == "serving", conditions
+    assert (target / "tls.crt").read_bytes() == files["tls.crt"]
+    assert (target / "tls.key").read_bytes() == files["tls.key"]
+    ok(run("openssl", "verify", "-CAfile", target / "ca.crt", "-verify_hostname",
+           "web.example.internal", target / "tls.crt"))  # fmt: skip
+    assert apiserver.paths()[-1] == ("GET", f"/api/v1/namespaces/{NAMESPACE}/secrets/own")
+
+    # Rotated in the Secret (cert-manager, kubectl apply): the next pass delivers it.
+    second = tmp_path / "second"
+    second.mkdir()
+    rotated = _self_signed(second)
+    _put(apiserver, "own", rotated, **LABEL)
+    conditions = reconcile(env.now + MINUTE)
+    assert conditions["Ready"]["message"] == "serving", conditions
+    assert (target / "tls.crt").read_bytes() == rotated["tls.crt"]
+
+    # Deleted: Failed naming both places looked at; what was deployed stays.
+    before = snapshot(target)
+    del apiserver.secrets[(NAMESPACE, "own")]
+    conditions = reconcile(env.now + MINUTE)
+    assert conditions["Failed"]["message"] == (
+        f"secret own not found: neither a directory {env.secrets_dir / 'own'} "
+        f"nor a Kubernetes Secret {NAMESPACE}/own"
+    )
+    assert snapshot(target) == before
+
+    # A directory in secrets-dir is read first, as before Secrets were read.
+    _put(apiserver, "own", rotated, **LABEL)
+    write_secret(env.secrets_dir, "own", files)
+    apiserver.clear()
+    conditions = reconcile(env.now + MINUTE)
+    assert conditions["Ready"]["message"] == "serving", conditions
+    assert (target / "tls.crt").read_bytes() == files["tls.crt"]
+    assert apiserver.paths() == []
+
+
+def test_a_secret_certctl_writes_is_not_a_source(
+    apiserver: FakeApiServer, sa_dir: Path, env: Env, tmp_path: Path
+) -> None:
+    # Another service's Secret target holds that service's key: naming it as a source would
+    # copy the key into this service's targets.
+    read = _custom_secret_reader(_config(apiserver, sa_dir, env))
+    _put(apiserver, "other-tls", _self_signed(tmp_path), **{
+        "app.kubernetes.io/managed-by": "certctl", **LABEL})  # fmt: skip
+    env.put(service_doc("web", dns=NAMES, secret="other-tls"))
+    row = env.reconcile("web", secret_reader=read)
+    assert row.conditions["Failed"]["message"].startswith(
+        f"secret other-tls: Secret {NAMESPACE}/other-tls is one certctl writes (a service's "
+        "Secret target), not a certificate to serve"
+    )
+    assert row.certificate_pem is None
+
+
+def test_refusals_of_the_api_and_no_cluster_are_the_services_failure(
+    apiserver: FakeApiServer, sa_dir: Path, env: Env, tmp_path: Path
+) -> None:
+    env.put(service_doc("web", dns=NAMES, secret="own"))
+    apiserver.fail_status = 403
+    read = _custom_secret_reader(_config(apiserver, sa_dir, env))
+    row = env.reconcile("web", secret_reader=read)
+    assert row.conditions["Failed"]["message"].startswith(
+        f"secret own: read Secret {NAMESPACE}/own: Kubernetes API answered 403"
+    ), row.conditions
+
+    # A server with no cluster at all: one line saying both places and why neither.
+    alone = ServerConfig.model_validate({"data-dir": str(tmp_path / "data2")})
+    row = env.reconcile("web", env.now + MINUTE, secret_reader=_custom_secret_reader(alone))
+    message = row.conditions["Failed"]["message"]
+    assert message.startswith(
+        f"secret own not found (expected a directory {tmp_path / 'data2' / 'secrets' / 'own'}, "
+        "or a Kubernetes Secret labelled certctl.io/custom-certificate=true, which needs a "
+        "Kubernetes connection: "
+    ), message
