@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import event
+from sqlalchemy import event, insert, select
 
 from certctl.pki import (
     KeyType,
@@ -476,6 +476,71 @@ def test_key_compromise_of_the_newest_of_a_long_chain_revokes_the_oldest_too(api
     assert sorted(r.json()["also_revoked"]) == sorted(x["id"] for x in chain[:-1])
     crl = x509.load_der_x509_crl(api.get("/api/v1/issuers/default/crl").content)
     assert {entry.serial_number for entry in crl} == {int(x["serial"], 16) for x in chain}
+
+
+def _renewed_in_store(api: Api, first: dict[str, Any], links: int) -> list[dict[str, Any]]:
+    """``first`` and ``links`` renewals of it that kept its key, written straight to the store.
+
+    As ``certs renew`` would store them (same certificate PEM, new serials): hundreds of
+    renewals through the API take minutes.
+    """
+    table = issuance._CERTIFICATES
+    with api.services.engine.begin() as conn:
+        row = dict(conn.execute(select(table).where(table.c.id == first["id"])).one()._mapping)
+        chain = [first]
+        for _ in range(links):
+            new_id, serial = issuance.new_id(), format_serial(x509.random_serial_number())
+            conn.execute(
+                insert(table).values(
+                    {**row, "id": new_id, "serial": serial, "renewed_from": chain[-1]["id"]}
+                )
+            )
+            chain.append({"id": new_id, "serial": serial})
+    return chain
+
+
+def test_key_compromise_revokes_a_chain_longer_than_256(api: Api) -> None:
+    """300 certificates of one key: all revoked (the walk stopped at 256, the rest stayed valid)."""
+    first = api.post(CERTS, api.admin_key, json={"csr": _csr_pem("old.example.com")[0]}).json()
+    chain = _renewed_in_store(api, first, 299)
+    r = api.post(
+        f"{CERTS}/{chain[-1]['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["also_revoked"] == sorted(x["id"] for x in chain[:-1])
+    crl = x509.load_der_x509_crl(api.get("/api/v1/issuers/default/crl").content)
+    assert {entry.serial_number for entry in crl} == {int(x["serial"], 16) for x in chain}
+
+
+def test_key_compromise_past_the_limit_is_refused_whole(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More certificates of one key than a revocation takes: a 409 and nothing revoked."""
+    monkeypatch.setattr(issuance, "_MAX_SAME_KEY", 5)
+    first = api.post(CERTS, api.admin_key, json={"csr": _csr_pem("old.example.com")[0]}).json()
+    chain = _renewed_in_store(api, first, 5)
+    before = api.counts()
+    r = api.post(
+        f"{CERTS}/{chain[2]['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"}
+    )
+    assert assert_problem(r, 409)["detail"] == (
+        f"certificate {chain[2]['id']}: more than 5 certificates certify its key (renewals "
+        "that kept it), and a keyCompromise revocation takes at most 5: nothing was revoked"
+    )
+    assert api.counts() == before
+    assert all(
+        api.get(f"{CERTS}/{x['id']}", api.admin_key).json()["status"] != "revoked" for x in chain
+    )
+    assert len(x509.load_der_x509_crl(api.get("/api/v1/issuers/default/crl").content)) == 0
+    # Another reason revokes the one certificate, as ever.
+    r = api.post(f"{CERTS}/{chain[2]['id']}/revoke", api.admin_key, json={"reason": "superseded"})
+    assert r.status_code == 200, r.text
+    # Five certificates of one key are within the limit: all revoked.
+    other = api.post(CERTS, api.admin_key, json={"csr": _csr_pem("new.example.com")[0]}).json()
+    five = _renewed_in_store(api, other, 4)
+    r = api.post(f"{CERTS}/{five[0]['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    assert r.json()["also_revoked"] == sorted(x["id"] for x in five[1:])
 
 
 def test_key_compromise_of_a_long_chain_takes_a_few_statements(api: Api) -> None:

@@ -909,7 +909,8 @@ def _revoke_key(
     no renewal of it can commit any more.
 
     Raises:
-        Conflict: ``row`` is already revoked.
+        Conflict: ``row`` is already revoked, or its key has more certificates than one
+            revocation takes (then nothing is revoked).
     """
     if row.status == "revoked":
         raise Conflict(f"certificate {row.id} is already revoked")
@@ -1052,15 +1053,31 @@ def _same_key(connection: Connection, row: CertificateRecord) -> list[str]:
     One issued from a CSR shares its key with the renewals that kept it: up the chain while
     each link was CSR-issued, then down through every renewal that kept the key. A CSR
     submitted again outside a renewal is not followed (certctl does not index keys).
+
+    Raises:
+        Conflict: the key has more than ``_MAX_SAME_KEY`` certificates; the caller's
+            transaction must then change nothing.
     """
     if row.wrapped_key is not None:
         return []
-    found = connection.execute(_KEY_FAMILY, {"id": row.id, "limit": _MAX_SAME_KEY - 1})
-    return [other_id for (other_id,) in found]
+    found = connection.execute(_KEY_FAMILY, {"id": row.id, "limit": _MAX_SAME_KEY})
+    others = [other_id for (other_id,) in found]
+    if len(others) >= _MAX_SAME_KEY:
+        raise Conflict(
+            f"certificate {row.id}: more than {_MAX_SAME_KEY} certificates certify its key "
+            f"(renewals that kept it), and a keyCompromise revocation takes at most "
+            f"{_MAX_SAME_KEY}: nothing was revoked"
+        )
+    return others
 
 
 _MAX_CHAIN = 64  # renewals followed up a chain; a longer one stops there (and a cycle too)
-_MAX_SAME_KEY = _MAX_CHAIN * 4  # certificates of one key revoked with it (keyCompromise)
+# Certificates of one key a keyCompromise revocation takes, the first among them: a renewal
+# a day for 27 years. Past it the revocation is refused whole, never cut short: revoking
+# 256 and leaving the older ones valid with nothing said (as before) kept them certifying
+# the compromised key, and an answer flagging it would be missed by a client reading the
+# status alone.
+_MAX_SAME_KEY = 10_000
 _RENEWED_FROM = select(_CERTIFICATES.c.renewed_from).where(_CERTIFICATES.c.id == bindparam("id"))
 
 
