@@ -478,6 +478,80 @@ def test_key_compromise_of_the_newest_of_a_long_chain_revokes_the_oldest_too(api
     assert {entry.serial_number for entry in crl} == {int(x["serial"], 16) for x in chain}
 
 
+def test_key_compromise_of_a_certificate_revoked_for_another_reason(api: Api) -> None:
+    """The reason becomes keyCompromise, its date stays, and the rest of its key is revoked.
+
+    Before, a 409 'already revoked': the CRL kept saying 'superseded' and the renewals that
+    kept the key stayed valid. As Let's Encrypt does (Boulder re-revokes for keyCompromise
+    only, keeping the first revocation date).
+    """
+    csr_pem, _key = _csr_pem("leaked.example.com")
+    a = api.post(CERTS, api.admin_key, json={"csr": csr_pem}).json()
+    b = api.post(f"{CERTS}/{a['id']}/renew", api.admin_key).json()
+    c = api.post(f"{CERTS}/{b['id']}/renew", api.admin_key).json()
+    first = api.post(f"{CERTS}/{b['id']}/revoke", api.admin_key, json={"reason": "superseded"})
+    assert first.status_code == 200, first.text
+    api.clock.advance(hours=5)
+    r = api.post(f"{CERTS}/{b['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["revocation_reason"]) == ("revoked", "keyCompromise")
+    assert r.json()["revoked_at"] == first.json()["revoked_at"]  # when it stopped being valid
+    assert r.json()["also_revoked"] == sorted([a["id"], c["id"]])
+    for x in (a, c):
+        got = api.get(f"{CERTS}/{x['id']}", api.admin_key).json()
+        assert (got["status"], got["revocation_reason"]) == ("revoked", "keyCompromise")
+        assert got["revoked_at"] == api.clock().isoformat()
+    crl = x509.load_der_x509_crl(api.get("/api/v1/issuers/default/crl").content)
+    entry = crl.get_revoked_certificate_by_serial_number(int(b["serial"], 16))
+    assert entry is not None
+    assert entry.revocation_date_utc.isoformat() == first.json()["revoked_at"]
+    reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    assert reason is x509.ReasonFlags.key_compromise
+    assert len(crl) == 3
+    details = [
+        (e["target"], e["detail"]) for e in api.audit() if e["action"] == "certificate.revoke"
+    ]
+    assert sorted(details[:3]) == sorted(
+        [
+            (b["id"], "keyCompromise (reason was superseded, revocation date kept)"),
+            (a["id"], f"keyCompromise (same key as {b['id']})"),
+            (c["id"], f"keyCompromise (same key as {b['id']})"),
+        ]
+    )
+    again = api.post(f"{CERTS}/{c['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert "already revoked (keyCompromise)" in assert_problem(again, 409)["detail"]
+    # Other reasons never replace a revocation.
+    other = api.post(f"{CERTS}/{c['id']}/revoke", api.admin_key, json={"reason": "superseded"})
+    assert "already revoked" in assert_problem(other, 409)["detail"]
+
+    # A link revoked for another reason before its key was: it gets keyCompromise too.
+    d = api.post(CERTS, api.admin_key, json={"csr": _csr_pem("old.example.com")[0]}).json()
+    e = api.post(f"{CERTS}/{d['id']}/renew", api.admin_key).json()
+    gone = api.post(f"{CERTS}/{d['id']}/revoke", api.admin_key, json={"reason": "superseded"})
+    api.clock.advance(hours=1)
+    r = api.post(f"{CERTS}/{e['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    assert r.json()["also_revoked"] == [d["id"]]
+    got = api.get(f"{CERTS}/{d['id']}", api.admin_key).json()
+    assert (got["revocation_reason"], got["revoked_at"]) == (
+        "keyCompromise",
+        gone.json()["revoked_at"],
+    )
+    assert api.audit()[0]["detail"] == (
+        f"keyCompromise (same key as {e['id']}; reason was superseded, revocation date kept)"
+    )
+
+    # A key certctl made: the one certificate's reason changes, its renewal (new key) stays.
+    f = api.issue(common_name="made.example.com")
+    g = api.post(f"{CERTS}/{f['id']}/renew", api.admin_key).json()
+    api.post(f"{CERTS}/{f['id']}/revoke", api.admin_key, json={"reason": "cessationOfOperation"})
+    r = api.post(f"{CERTS}/{f['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["revocation_reason"], r.json()["also_revoked"]) == ("keyCompromise", [])
+    assert r.json()["renewed_by"] == g["id"]  # still renewed by a live certificate
+    assert api.get(f"{CERTS}/{g['id']}", api.admin_key).json()["status"] != "revoked"
+
+
 def _renewed_in_store(api: Api, first: dict[str, Any], links: int) -> list[dict[str, Any]]:
     """``first`` and ``links`` renewals of it that kept its key, written straight to the store.
 

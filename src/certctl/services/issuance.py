@@ -849,7 +849,10 @@ def revoke_certificate(
 
     With ``keyCompromise``, the unrevoked certificates of the same key (its renewal chain
     while renewals kept the CSR's key) are revoked too, in the same transaction: the key is
-    what was compromised, and a successor certifying it would still be trusted.
+    what was compromised, and a successor certifying it would still be trusted. A
+    certificate already revoked for another reason gets keyCompromise as its reason, its
+    revocation date kept (as Let's Encrypt's Boulder does), and the rest of its key is
+    revoked: a client checking the reason learns the key is not to be trusted.
     """
     caller.require("cert.revoke")
     reason = reason or "unspecified"
@@ -866,22 +869,24 @@ def revoke_certificate(
         row = session.get(CertificateRecord, cert_id)
         if row is None:
             raise NotFound(f"certificate {cert_id} not found")
-        if reason == "keyCompromise" and row.wrapped_key is None:
-            also = _revoke_key(session, caller, row, now)
+        if reason == "keyCompromise":
+            also, revoked = _revoke_key(session, caller, row, now)
         elif row.status == "revoked" or not _revoke_one(session.connection(), row, reason, now):
             raise Conflict(f"certificate {cert_id} is already revoked")
-        record(
-            session,
-            at=now,
-            actor=caller.actor_id,
-            action="certificate.revoke",
-            target=cert_id,
-            detail=reason,
-            source=caller.source,
-        )
+        else:
+            revoked = 1
+            record(
+                session,
+                at=now,
+                actor=caller.actor_id,
+                action="certificate.revoke",
+                target=cert_id,
+                detail=reason,
+                source=caller.source,
+            )
         session.expire_all()
         session.refresh(row)
-    REVOCATIONS.labels(row.issuer_id).inc(1 + len(also))
+    REVOCATIONS.labels(row.issuer_id).inc(revoked)  # a changed reason is no new revocation
     return Revocation(row, tuple(also))
 
 
@@ -897,79 +902,113 @@ def _chunks(ids: list[str]) -> Iterator[list[str]]:
 
 def _revoke_key(
     session: Session, caller: Principal, row: CertificateRecord, now: datetime
-) -> list[str]:
-    """Revoke ``row`` (CSR-issued) and the other certificates of its key; their ids.
+) -> tuple[list[str], int]:
+    """Revoke ``row`` and the other certificates of its key for keyCompromise, and audit it.
 
-    A few statements per pass, whatever the length of the chain: each certificate revoked
-    one at a time (and its predecessors' ``renewed_by`` handed over one link at a time) took
-    9 s for a chain of 256 renewals on PostgreSQL. The chain is walked again after each
-    pass until it holds nothing new: a renewal that another worker or replica committed
-    after a walk listed its predecessor, while this transaction waited for that
-    predecessor's row lock (PostgreSQL), shows up only then; once a link is revoked here,
-    no renewal of it can commit any more.
+    Those already revoked for another reason keep their revocation date and get
+    keyCompromise as their reason. A few statements per pass, whatever the length of the
+    chain: each certificate revoked one at a time (and its predecessors' ``renewed_by``
+    handed over one link at a time) took 9 s for a chain of 256 renewals on PostgreSQL. The
+    chain is walked again after each pass until it holds nothing new: a renewal that another
+    worker or replica committed after a walk listed its predecessor, while this transaction
+    waited for that predecessor's row lock (PostgreSQL), shows up only then; once a link is
+    revoked here, no renewal of it can commit any more.
+
+    Returns:
+        The ids of the other certificates revoked or given keyCompromise, and how many
+        certificates were newly revoked (``row`` included).
 
     Raises:
-        Conflict: ``row`` is already revoked, or its key has more certificates than one
-            revocation takes (then nothing is revoked).
+        Conflict: ``row`` is already revoked for keyCompromise, or its key has more
+            certificates than one revocation takes (then nothing is revoked).
     """
-    if row.status == "revoked":
-        raise Conflict(f"certificate {row.id} is already revoked")
+    if row.status == "revoked" and row.revocation_reason == "keyCompromise":
+        raise Conflict(f"certificate {row.id} is already revoked (keyCompromise)")
     connection = session.connection()
     done: set[str] = set()
-    revoked: list[str] = []
+    changed: dict[str, str | None] = {}  # id → reason before (None: it was not revoked)
     while fresh := [i for i in (row.id, *_same_key(connection, row)) if i not in done]:
         done.update(fresh)
-        revoked += _revoke_all(connection, fresh, now)
-    if row.id not in revoked:  # revoked by another request between the read and the lock
-        raise Conflict(f"certificate {row.id} is already revoked")
-    # Every certificate of the key is revoked now, and a renewed_by only ever names a
-    # successor of the same key: none of them is renewed by a live certificate any more.
-    for ids in _chunks(sorted(done)):
-        connection.execute(
-            update(_CERTIFICATES)
-            .where(_CERTIFICATES.c.id.in_(ids), _CERTIFICATES.c.renewed_by.is_not(None))
-            .values(renewed_by=None)
-        )
-    also = sorted(i for i in revoked if i != row.id)
-    if also:
-        connection.execute(
-            insert(_AUDIT_EVENTS),
-            [
-                event_values(
-                    at=now,
-                    actor=caller.actor_id,
-                    action="certificate.revoke",
-                    target=other_id,
-                    detail=f"keyCompromise (same key as {row.id})",
-                    source=caller.source,
-                )
-                for other_id in also
-            ],
-        )
-    return also
-
-
-def _revoke_all(connection: Connection, ids: list[str], now: datetime) -> list[str]:
-    """Revoke the unrevoked certificates among ``ids`` for keyCompromise; their ids.
-
-    Read, then written, under REVOCATION_LOCK: no other revocation runs meanwhile, and a
-    renewal changes no status.
-    """
-    fresh: list[str] = []
-    for chunk in _chunks(ids):
-        unrevoked = connection.execute(
-            select(_CERTIFICATES.c.id).where(
-                _CERTIFICATES.c.id.in_(chunk), _CERTIFICATES.c.status != "revoked"
+        changed.update(_revoke_all(connection, fresh, now))
+    if row.wrapped_key is None:
+        # Every certificate of the key is revoked now, and a renewed_by only ever names a
+        # successor of the same key: none of them is renewed by a live certificate any more.
+        for ids in _chunks(sorted(done)):
+            connection.execute(
+                update(_CERTIFICATES)
+                .where(_CERTIFICATES.c.id.in_(ids), _CERTIFICATES.c.renewed_by.is_not(None))
+                .values(renewed_by=None)
             )
-        ).scalars()
-        fresh += unrevoked
+    elif changed.get(row.id, "") is None:
+        # A key of its own: its renewals have other keys and stay valid; its predecessors
+        # fall back to them as for any other reason.
+        _hand_over(connection, row)
+
+    def detail(cert_id: str) -> str:
+        said = "" if cert_id == row.id else f"same key as {row.id}"
+        before = changed[cert_id]
+        if before is not None:
+            said += f"{'; ' if said else ''}reason was {before}, revocation date kept"
+        return f"keyCompromise ({said})" if said else "keyCompromise"
+
+    connection.execute(
+        insert(_AUDIT_EVENTS),
+        [
+            event_values(
+                at=now,
+                actor=caller.actor_id,
+                action="certificate.revoke",
+                target=cert_id,
+                detail=detail(cert_id),
+                source=caller.source,
+            )
+            for cert_id in (row.id, *sorted(i for i in changed if i != row.id))
+        ],
+    )
+    revoked = sum(1 for before in changed.values() if before is None)
+    return sorted(i for i in changed if i != row.id), revoked
+
+
+def _revoke_all(connection: Connection, ids: list[str], now: datetime) -> dict[str, str | None]:
+    """Revoke the certificates among ``ids`` for keyCompromise.
+
+    The unrevoked ones are revoked now; those revoked for another reason keep their
+    revocation date and get keyCompromise: RFC 5280 5.3.1 and the CA/B Forum's Baseline
+    Requirements 7.2.2 want the most appropriate reason on the CRL, and relying parties
+    that treat keyCompromise apart (back-dating trust decisions) must see it. Read, then
+    written, under REVOCATION_LOCK: no other revocation runs meanwhile, and a renewal
+    changes no status.
+
+    Returns:
+        Each certificate changed, with its reason before (None: it was not revoked).
+    """
+    certs = _CERTIFICATES
+    changed: dict[str, str | None] = {}
+    for chunk in _chunks(ids):
+        rows = connection.execute(
+            select(certs.c.id, certs.c.status, certs.c.revocation_reason).where(
+                certs.c.id.in_(chunk),
+                or_(
+                    certs.c.status != "revoked",
+                    certs.c.revocation_reason.is_(None),
+                    certs.c.revocation_reason != "keyCompromise",
+                ),
+            )
+        )
+        for cert_id, status, before in rows:
+            changed[cert_id] = None if status != "revoked" else (before or "unspecified")
+    fresh = [i for i, before in changed.items() if before is None]
     for chunk in _chunks(fresh):
         connection.execute(
-            update(_CERTIFICATES)
-            .where(_CERTIFICATES.c.id.in_(chunk))
+            update(certs)
+            .where(certs.c.id.in_(chunk))
             .values(status="revoked", revoked_at=now, revocation_reason="keyCompromise")
         )
-    return fresh
+    for chunk in _chunks([i for i, before in changed.items() if before is not None]):
+        connection.execute(
+            update(certs).where(certs.c.id.in_(chunk)).values(revocation_reason="keyCompromise")
+        )
+    return changed
 
 
 def _revoke_one(connection: Connection, row: CertificateRecord, reason: str, now: datetime) -> bool:
@@ -984,6 +1023,12 @@ def _revoke_one(connection: Connection, row: CertificateRecord, reason: str, now
     )
     if revoked.rowcount != 1:
         return False
+    _hand_over(connection, row)
+    return True
+
+
+def _hand_over(connection: Connection, row: CertificateRecord) -> None:
+    """Point the certificates ``row`` (now revoked) stood for as renewed_by at a live one."""
     # A revoked successor renews nothing. Each certificate it stood for as renewed_by
     # (its predecessor, or one further up a chain that handed over to it) falls back to
     # its own latest unrevoked successor, as migration 0005 back-fills, else to the one
@@ -1005,7 +1050,6 @@ def _revoke_one(connection: Connection, row: CertificateRecord, reason: str, now
             .where(_CERTIFICATES.c.id.in_(ancestors), _CERTIFICATES.c.renewed_by == row.id)
             .values(renewed_by=func.coalesce(latest, renewed_by))
         )
-    return True
 
 
 def _key_family() -> Select[Any]:
