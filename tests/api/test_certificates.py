@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +26,9 @@ from certctl.pki import (
     generate_private_key,
 )
 from certctl.services import issuance
+from certctl.services.context import Services
+from certctl.store.db import create_store_engine, session_factory
+from tests._tools import ok, run
 from tests.api.conftest import Api, assert_problem
 
 CERTS = "/api/v1/certificates"
@@ -303,6 +308,60 @@ def test_crl_lists_revoked_serials(api: Api) -> None:
     assert_problem(api.get("/api/v1/issuers/nope/crl"), 404)
     assert crl.next_update_utc is not None
     assert crl.next_update_utc <= ca.not_valid_after_utc
+
+
+def _crl_number(der: bytes, tmp_path: Path) -> int:
+    """The CRL Number as ``openssl crl -text`` prints it."""
+    path = tmp_path / "crl.der"
+    path.write_bytes(der)
+    text = ok(run("openssl", "crl", "-inform", "DER", "-in", path, "-noout", "-text")).stdout
+    match = re.search(r"X509v3 CRL Number: *\n *(0x[0-9A-Fa-f]+|[0-9]+)\n", text)
+    assert match is not None, text
+    return int(match[1], 0)
+
+
+def test_crl_numbers_increase_across_replicas_clock_steps_and_restarts(
+    api: Api, tmp_path: Path
+) -> None:
+    """RFC 5280 5.2.3: each CRL of an issuer is numbered above the last one.
+
+    Numbered from each process's clock, a replica whose clock ran an hour behind, or a clock
+    stepped back, published a CRL numbered below the one clients already held.
+    """
+
+    def fetch() -> int:
+        r = api.get("/api/v1/issuers/default/crl")
+        assert r.status_code == 200, r.text
+        return _crl_number(r.content, tmp_path)
+
+    def replica(clock_offset: timedelta) -> Services:
+        """Another process or replica on the same store, its clock ``clock_offset`` away."""
+        url = api.services.engine.url.render_as_string(hide_password=False)
+        engine = create_store_engine(url)
+        now = api.clock() + clock_offset
+        return Services(engine, session_factory(engine), api.services.wrapper, lambda: now)
+
+    started = api.clock()
+    numbers = [fetch(), fetch()]
+    behind = replica(-timedelta(hours=1))
+    try:
+        der = issuance.crl_for(behind, "default").public_bytes(serialization.Encoding.DER)
+        numbers.append(_crl_number(der, tmp_path))
+    finally:
+        behind.engine.dispose()
+    api.clock.advance(hours=-2)  # stepped back
+    numbers.append(fetch())
+    restarted = replica(timedelta(0))
+    try:
+        der = issuance.crl_for(restarted, "default").public_bytes(serialization.Encoding.DER)
+        numbers.append(_crl_number(der, tmp_path))
+    finally:
+        restarted.engine.dispose()
+    numbers.append(fetch())
+    assert numbers == sorted(set(numbers)), numbers  # strictly increasing
+    # Above the numbers the clock gave before (microseconds since the epoch): a client
+    # holding a CRL signed before the upgrade takes the next one as newer.
+    assert numbers[0] >= int(started.timestamp()) * 10**6
 
 
 def test_an_expired_issuer_signs_no_crl(api: Api) -> None:

@@ -34,6 +34,7 @@ from tests.unit.store.test_migration_head import (
     ISSUER_ROW,
     downgrade_store,
     renewed_by,
+    upgrade_from_0007_numbers_crls,
 )
 
 # Run in a child process: kills itself (SIGKILL, no clean-up) when the migration is about to
@@ -148,6 +149,16 @@ def test_a_renewal_by_an_older_replica_on_postgresql_records_its_successor(
                     {"id": cert_id, "status": status, "renewed_from": renewed_from},
                 )
         assert renewed_by(engine) == {"a1": "a2", "a2": None, "b1": None, "b2": None}
+    finally:
+        engine.dispose()
+
+
+def test_0008_adds_the_crl_number_counter_to_a_postgresql_store(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    engine = db.create_store_engine(postgres_cluster.url(postgres_cluster.create_database()))
+    try:
+        upgrade_from_0007_numbers_crls(engine)
     finally:
         engine.dispose()
 

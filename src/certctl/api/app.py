@@ -355,8 +355,11 @@ async def issuer_ca_pem(request: Request, principal: Principal | None) -> Respon
 async def issuer_crl(request: Request, principal: Principal | None) -> Response:
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    crl = issuance.crl_for(_services(request), request.path_params["id"])
-    if _format(request, ("der", "pem")) == "pem":
+    fmt = _format(request, ("der", "pem"))  # before a CRL number is spent
+    services, issuer_id = _services(request), request.path_params["id"]
+    # A write (the CRL number), which may wait for SQLite's write lock: off the event loop.
+    crl = await anyio.to_thread.run_sync(lambda: issuance.crl_for(services, issuer_id))
+    if fmt == "pem":
         return Response(crl.public_bytes(Encoding.PEM), media_type="application/x-pem-file")
     return Response(crl.public_bytes(Encoding.DER), media_type="application/pkix-crl")
 

@@ -92,11 +92,13 @@ def create_crl(
 ) -> x509.CertificateRevocationList:
     """Sign a CRL listing ``revoked`` under ``ca``; the next update is clipped to its notAfter.
 
-    ``crl_number`` defaults to the issue time in microseconds since the epoch, which grows
-    monotonically as RFC 5280 5.2.3 requires without keeping state. Not seconds: two CRLs
-    signed within one second (a script revoking in a loop, the API after a revocation)
-    carried one number for different lists, and a client holding the first kept it. Numbers
-    in microseconds are above every number in seconds issued before.
+    ``crl_number`` defaults to the issue time in microseconds since the epoch, for the
+    offline ``crl create``, which keeps no state: it grows as RFC 5280 5.2.3 requires only
+    while that one clock does. The server passes the number its store counts per issuer
+    (several processes and replicas, clocks stepped back). Not seconds: two CRLs signed
+    within one second (a script revoking in a loop) carried one number for different
+    lists, and a client holding the first kept it. Numbers in microseconds are above every
+    number in seconds issued before.
 
     Raises:
         InvalidRequest: the CA has expired, or ``next_update`` is not positive.

@@ -1308,25 +1308,56 @@ def _key_holders_before(connection: Connection, cert_id: str | None) -> list[Any
 
 
 def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationList:
-    """A freshly signed CRL of the issuer's revoked certificates."""
+    """A freshly signed CRL of the issuer's revoked certificates, numbered by the store."""
     ca = load_issuer(services, issuer_id)
-    with services.sessions() as session:
-        rows = session.execute(
-            select(
-                CertificateRecord.serial,
-                CertificateRecord.revoked_at,
-                CertificateRecord.revocation_reason,
-            ).where(CertificateRecord.issuer_id == issuer_id, CertificateRecord.status == "revoked")
-        ).all()
+    now = services.clock()
+    with services.engine.begin() as connection:
+        # The number first: it locks the issuer's row (PostgreSQL) or the database (SQLite)
+        # until the commit, so a CRL numbered higher never lists less than this one.
+        number = _next_crl_number(connection, issuer_id, now)
+        rows = connection.execute(_REVOKED_OF_ISSUER, {"issuer_id": issuer_id}).all()
     entries = [
         RevokedEntry(int(serial, 16), revoked_at, _REASONS.get(reason or "unspecified"))
         for serial, revoked_at, reason in rows
         if revoked_at is not None
     ]
     try:
-        return create_crl(ca, entries, now=services.clock())
+        return create_crl(ca, entries, now=now, crl_number=number)
     except InvalidRequest as exc:  # an expired issuer: the request was fine, the issuer is not
         raise Conflict(f"issuer {issuer_id}: {exc.detail}") from None
+
+
+_REVOKED_OF_ISSUER = select(
+    _CERTIFICATES.c.serial, _CERTIFICATES.c.revoked_at, _CERTIFICATES.c.revocation_reason
+).where(_CERTIFICATES.c.issuer_id == bindparam("issuer_id"), _CERTIFICATES.c.status == "revoked")
+
+
+def _next_crl_number(connection: Connection, issuer_id: str, now: datetime) -> int:
+    """The issuer's next CRL number (RFC 5280 5.2.3), counted in the store.
+
+    One more than the last, and never below ``now`` in microseconds since the epoch. Every
+    process signed with its own clock's microseconds: replicas whose clocks differ, or a
+    clock stepped back, published a number below (or equal to) one already out. The
+    floor keeps the series above the numbers signed that way, before migration 0008 or by
+    replicas still running an older certctl during a rolling update.
+
+    Raises:
+        NotFound: no issuer ``issuer_id``.
+    """
+    floor = (now - _EPOCH) // timedelta(microseconds=1)
+    following = _ISSUERS.c.crl_number + 1
+    number = connection.execute(
+        update(_ISSUERS)
+        .where(_ISSUERS.c.id == issuer_id)
+        .values(crl_number=case((following > floor, following), else_=floor))
+        .returning(_ISSUERS.c.crl_number)
+    ).scalar()
+    if number is None:  # deleted since it was loaded
+        raise NotFound(f"issuer {issuer_id} not found")
+    return int(number)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def certificate_counts(

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -72,6 +73,9 @@ class Issuer(Base):
     key_type: Mapped[str] = mapped_column(String(20))
     not_after: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The number of the last CRL signed for it (RFC 5280 5.2.3: increasing, per issuer);
+    # kept here, not taken from a clock, so every process and replica continues the series.
+    crl_number: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
 
 class CertificateRecord(Base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, text
 
 from certctl.errors import CertctlError
+from certctl.services import issuance
 from certctl.store import db
 
 
@@ -165,6 +167,29 @@ def test_0007_back_fills_renewals_older_replicas_wrote_after_0005(tmp_path: Path
     assert renewed_by(engine)["a1"] is None
     db.migrate(engine)
     assert renewed_by(engine) == {"a1": "a3", "a2": None, "a3": None}
+
+
+def upgrade_from_0007_numbers_crls(engine: Engine) -> None:
+    """A store at 0007 holding an issuer gets its CRL number counter (0008), which counts."""
+    db.migrate(engine)
+    downgrade_store(engine, "0007")
+    with engine.begin() as connection:
+        connection.execute(text(ISSUER_ROW), {"key": b"\0"})
+    db.migrate(engine)
+    assert _at_head(engine)
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    floor = int(now.timestamp()) * 10**6
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT crl_number FROM issuers")).scalar() == 0
+        numbers = [issuance._next_crl_number(connection, "default", now) for _ in range(2)]
+        # A clock stepped back an hour: the count goes on.
+        numbers.append(issuance._next_crl_number(connection, "default", now - timedelta(hours=1)))
+    assert numbers == [floor, floor + 1, floor + 2]
+
+
+def test_0008_adds_the_crl_number_counter_to_an_sqlite_store(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    upgrade_from_0007_numbers_crls(engine)
 
 
 def test_a_database_from_a_newer_certctl_is_refused_with_what_to_do(tmp_path: Path) -> None:
