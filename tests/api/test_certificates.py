@@ -424,6 +424,48 @@ def test_issuance_refused_by_an_expired_issuer_counts_as_an_error_either_way(api
     assert errors() == before + 2
 
 
+def test_renewals_count_as_issuances_of_their_issuer(api: Api) -> None:
+    """A renewal issues a certificate: certctl_issuance_total{issuer, result} counts it.
+
+    Before, only certctl_renewals_total{result} did, which names no issuer: the issuance
+    rate of an issuer left out every certificate its renewals issued.
+    """
+    r = api.post(ISSUERS, api.admin_key, json={"id": "brief", "validity": "2D"})
+    assert r.status_code == 201, r.text
+    prom = api.actor_key("prom", ["r-metrics-read"])
+
+    def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = api.get("/api/v1/metrics/prometheus", prom).text
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def issued(result: str) -> float:
+        key = ("certctl_issuance_total", (("issuer", "brief"), ("result", result)))
+        return samples().get(key, 0.0)
+
+    def renewals(result: str) -> float:
+        return samples().get(("certctl_renewals_total", (("result", result),)), 0.0)
+
+    def observed() -> float:
+        return samples()[("certctl_issuance_duration_seconds_count", ())]
+
+    cert = api.issue(issuer="brief", validity="1D")
+    before = issued("success"), renewals("success"), observed()
+    assert api.post(f"{CERTS}/{cert['id']}/renew", api.admin_key).status_code == 201
+    assert (issued("success"), renewals("success"), observed()) == (
+        before[0] + 1,
+        before[1] + 1,
+        before[2] + 1,
+    )
+    api.clock.advance(days=3)  # the issuer has expired: it refuses the renewal
+    before = issued("error"), renewals("error")
+    assert_problem(api.post(f"{CERTS}/{cert['id']}/renew", api.admin_key), 409)
+    assert (issued("error"), renewals("error")) == (before[0] + 1, before[1] + 1)
+
+
 def test_renew(api: Api) -> None:
     keyed = api.issue(common_name="renew.example.com", validity="20D")
     r = api.post(f"{CERTS}/{keyed['id']}/renew", api.admin_key)

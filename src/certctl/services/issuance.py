@@ -1140,9 +1140,11 @@ def renew_certificate(
     """Issue a successor with the same subject, SANs and profile.
 
     A certificate whose key certctl generated gets a fresh key (returned once); one issued
-    from a CSR keeps the requester's public key.
+    from a CSR keeps the requester's public key. Counted in ``certctl_renewals_total`` and,
+    as the issuance it is, in ``certctl_issuance_total{issuer}`` and the issuance duration.
     """
     caller.require("cert.issue")
+    started = time.perf_counter()
     # The route needs cert.issue only (DESIGN §4); do not demand cert.read on top.
     old = _load_certificate(services, cert_id)
     if old.status == "revoked":
@@ -1165,6 +1167,7 @@ def renew_certificate(
         _unexpired(ca, old.issuer_id, now)
     except Conflict:
         RENEWALS.labels("error").inc()
+        ISSUANCE.labels(old.issuer_id, "error").inc()  # refused by the issuer, as prepare_*
         raise
     key_pem: bytes | None = None
     if old.wrapped_key is not None:
@@ -1184,6 +1187,7 @@ def renew_certificate(
         )
     except InvalidRequest:
         RENEWALS.labels("error").inc()
+        ISSUANCE.labels(old.issuer_id, "error").inc()
         raise
     record, rows = _new_rows(
         services, caller, old.issuer_id, issued, old.profile, key_pem, renewed_from=cert_id
@@ -1203,6 +1207,8 @@ def renew_certificate(
             raise Conflict(f"certificate {cert_id} is revoked and cannot be renewed")
         write_rows(connection, rows)
     RENEWALS.labels("success").inc()
+    ISSUANCE.labels(old.issuer_id, "success").inc()
+    ISSUANCE_DURATION.observe(time.perf_counter() - started)
     return IssueResult(
         record,
         _chain_pem(ca),
