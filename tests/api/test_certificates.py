@@ -342,7 +342,9 @@ def test_crl_numbers_increase_across_replicas_clock_steps_and_restarts(
         return Services(engine, session_factory(engine), api.services.wrapper, lambda: now)
 
     started = api.clock()
-    numbers = [fetch(), fetch()]
+    numbers = [fetch()]
+    api.clock.advance(seconds=issuance.CRL_REUSE.total_seconds())  # signed anew, not reused
+    numbers.append(fetch())
     behind = replica(-timedelta(hours=1))
     try:
         der = issuance.crl_for(behind, "default").public_bytes(serialization.Encoding.DER)
@@ -357,11 +359,59 @@ def test_crl_numbers_increase_across_replicas_clock_steps_and_restarts(
         numbers.append(_crl_number(der, tmp_path))
     finally:
         restarted.engine.dispose()
+    api.clock.advance(seconds=issuance.CRL_REUSE.total_seconds())
     numbers.append(fetch())
     assert numbers == sorted(set(numbers)), numbers  # strictly increasing
     # Above the numbers the clock gave before (microseconds since the epoch): a client
     # holding a CRL signed before the upgrade takes the next one as newer.
     assert numbers[0] >= int(started.timestamp()) * 10**6
+
+
+def test_an_unchanged_crl_is_served_again_without_a_store_write(api: Api, tmp_path: Path) -> None:
+    """The public CRL route made every anonymous fetch a write (a CRL number) and a signature.
+
+    The same CRL comes back while nothing was revoked, for up to CRL_REUSE; a revocation,
+    a reason changed to keyCompromise or the time passing sign a new one, numbered higher.
+    """
+
+    def fetch() -> bytes:
+        r = api.get("/api/v1/issuers/default/crl")
+        assert r.status_code == 200, r.text
+        return r.content
+
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    cert = api.issue(common_name="reused.example.com")
+    first = fetch()
+    event.listen(api.services.engine, "before_cursor_execute", count)
+    try:
+        repeated = [fetch() for _ in range(20)]
+    finally:
+        event.remove(api.services.engine, "before_cursor_execute", count)
+    assert set(repeated) == {first}
+    assert not [s for s in statements if not s.lstrip().upper().startswith("SELECT")], statements
+
+    r = api.post(f"{CERTS}/{cert['id']}/revoke", api.admin_key, json={"reason": "superseded"})
+    assert r.status_code == 200, r.text
+    revoked = fetch()
+    assert _crl_number(revoked, tmp_path) > _crl_number(first, tmp_path)
+    assert len(x509.load_der_x509_crl(revoked)) == 1
+
+    r = api.post(f"{CERTS}/{cert['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    compromised = fetch()  # same serial, same date: the reason alone changed
+    assert _crl_number(compromised, tmp_path) > _crl_number(revoked, tmp_path)
+    (entry,) = x509.load_der_x509_crl(compromised)
+    reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    assert reason is x509.ReasonFlags.key_compromise
+
+    assert fetch() == compromised
+    api.clock.advance(seconds=issuance.CRL_REUSE.total_seconds())
+    later = fetch()
+    assert _crl_number(later, tmp_path) > _crl_number(compromised, tmp_path)
 
 
 def test_an_expired_issuer_signs_no_crl(api: Api) -> None:

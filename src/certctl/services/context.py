@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from cryptography import x509
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -15,7 +16,7 @@ from certctl.pki import CertificateAuthority
 from certctl.store.groupcommit import GroupCommit
 from certctl.store.keywrap import KeyWrapper
 
-__all__ = ["Principal", "Services", "utcnow"]
+__all__ = ["Principal", "Services", "SignedCrl", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -39,6 +40,16 @@ class Principal:
             raise PermissionDenied(f"missing permission {permission}")
 
 
+@dataclass(frozen=True)
+class SignedCrl:
+    """A CRL this process signed, with what it was signed from (see ``issuance.crl_for``)."""
+
+    ca: CertificateAuthority
+    revoked: tuple[tuple[object, ...], ...]
+    signed_at: datetime
+    crl: x509.CertificateRevocationList
+
+
 @dataclass
 class Services:
     """Store handles shared by the use cases; issuer keys are loaded once and cached."""
@@ -49,6 +60,8 @@ class Services:
     clock: Callable[[], datetime] = utcnow
     _issuers: dict[str, CertificateAuthority] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Issuer id -> the last CRL signed here; replaced whole, so no lock is needed.
+    signed_crls: dict[str, SignedCrl] = field(default_factory=dict)
     commits: GroupCommit = field(init=False)
 
     def __post_init__(self) -> None:

@@ -52,7 +52,7 @@ from certctl.pki import (
 from certctl.pki.crl import RevokedEntry, create_crl
 from certctl.pki.issue import BACKDATE, IssuedCertificate
 from certctl.services.audit import event_values, record
-from certctl.services.context import Principal, Services
+from certctl.services.context import Principal, Services, SignedCrl
 from certctl.store.db import REVOCATION_LOCK, lock_for_write
 from certctl.store.groupcommit import Insert, write_rows
 from certctl.store.models import Actor, AuditEvent, CertificateRecord, Issuer
@@ -1313,24 +1313,55 @@ def _key_holders_before(connection: Connection, cert_id: str | None) -> list[Any
     return found
 
 
+# How long a signed CRL is served again while its list and its CA stay the same. The CRL
+# route is public: signing anew on every fetch let anyone make certctl take a number in the
+# store (a write holding SQLite's single write lock, then an fsync) and sign, as often as
+# they liked, while issuance waited for the lock. A revocation shows at once: it changes
+# the list. The CRL served is at most this old, its nextUpdate days ahead.
+CRL_REUSE = timedelta(minutes=10)
+
+
 def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationList:
-    """A freshly signed CRL of the issuer's revoked certificates, numbered by the store."""
+    """The issuer's CRL: signed anew, numbered by the store, when its list or CA changed.
+
+    Otherwise the CRL this process signed last, for up to :data:`CRL_REUSE` (and never
+    past its nextUpdate, nor once the clock went back before it was signed).
+    """
     ca = load_issuer(services, issuer_id)
     now = services.clock()
+    with services.engine.connect() as connection:
+        revoked = _revoked_of(connection, issuer_id)
+    last = services.signed_crls.get(issuer_id)
+    if (
+        last is not None
+        and last.ca is ca
+        and last.revoked == revoked
+        and last.signed_at <= now < last.signed_at + CRL_REUSE
+        and now < (last.crl.next_update_utc or now)
+    ):
+        return last.crl
     with services.engine.begin() as connection:
         # The number first: it locks the issuer's row (PostgreSQL) or the database (SQLite)
         # until the commit, so a CRL numbered higher never lists less than this one.
         number = _next_crl_number(connection, issuer_id, now)
-        rows = connection.execute(_REVOKED_OF_ISSUER, {"issuer_id": issuer_id}).all()
+        revoked = _revoked_of(connection, issuer_id)
     entries = [
         RevokedEntry(int(serial, 16), revoked_at, _REASONS.get(reason or "unspecified"))
-        for serial, revoked_at, reason in rows
+        for serial, revoked_at, reason in revoked
         if revoked_at is not None
     ]
     try:
-        return create_crl(ca, entries, now=now, crl_number=number)
+        crl = create_crl(ca, entries, now=now, crl_number=number)
     except InvalidRequest as exc:  # an expired issuer: the request was fine, the issuer is not
         raise Conflict(f"issuer {issuer_id}: {exc.detail}") from None
+    services.signed_crls[issuer_id] = SignedCrl(ca, revoked, now, crl)
+    return crl
+
+
+def _revoked_of(connection: Connection, issuer_id: str) -> tuple[tuple[Any, ...], ...]:
+    """(serial, revoked_at, reason) of the issuer's revoked certificates, by serial."""
+    rows = connection.execute(_REVOKED_OF_ISSUER, {"issuer_id": issuer_id}).all()
+    return tuple(sorted((tuple(row) for row in rows), key=lambda row: str(row[0])))
 
 
 _REVOKED_OF_ISSUER = select(
