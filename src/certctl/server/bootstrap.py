@@ -46,8 +46,10 @@ def bootstrap(config: ServerConfig) -> Bootstrapped:
     """Prepare the store and the internal CA; idempotent across restarts and replicas.
 
     Raises:
+        InvalidRequest: an in-memory SQLite ``database-url``, a data dir that is not one, …
         StorageUnavailable: the database cannot be opened or written (read-only, full, down).
     """
+    _refuse_in_memory(config.database_url)
     try:
         return _bootstrap(config)
     except DBAPIError as exc:
@@ -55,6 +57,27 @@ def bootstrap(config: ServerConfig) -> Bootstrapped:
         if fault is None:
             raise
         raise StorageUnavailable(f"cannot start: {fault.detail}{_refusal(exc)}") from None
+
+
+def _refuse_in_memory(url: str | None) -> None:
+    """Refuse ``sqlite://`` (or ``:memory:``): a store that vanishes with the process.
+
+    Each pooled connection (and each worker) would get its own empty database: the start
+    failed with "no such table", and the CA, the admin key and every certificate would be
+    gone at the next start while ``admin-api-key`` and ``tls/ca.crt`` stayed in the data dir.
+    """
+    if url is None or not url.lower().startswith("sqlite"):
+        return
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database or ""
+    if database in ("", ":memory:") or parsed.query.get("mode") == "memory":
+        raise InvalidRequest(
+            "database-url: an in-memory SQLite database is lost when the server stops; give "
+            "a file (sqlite:////var/lib/certctl/certctl.db) or leave database-url unset for "
+            "<data-dir>/certctl.db"
+        )
 
 
 def _refusal(exc: DBAPIError) -> str:
