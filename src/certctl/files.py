@@ -34,8 +34,12 @@ class OutputError(CertctlError):
     title = "Cannot write output"
 
 
-def write_atomic(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> None:
-    """Write ``data`` to ``path`` by temp file + fsync + rename, created with ``mode``."""
+def write_atomic(path: Path, data: bytes, mode: int = PUBLIC_MODE, *, replace: bool = True) -> None:
+    """Write ``data`` to ``path`` by temp file + fsync + rename, created with ``mode``.
+
+    ``replace=False``: a hard link instead of the rename, which never replaces a file
+    another process put there first (``FileExistsError``, that file left as it is).
+    """
     import tempfile  # here, not above: batch issuance never needs it (~3 ms of start-up)
 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -45,12 +49,27 @@ def write_atomic(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _link_or_rename(tmp, path)
         _fsync_directory(path.parent)  # the rename itself must survive a power cut
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _link_or_rename(tmp: str, path: Path) -> None:
+    try:
+        os.link(tmp, path)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+            raise  # EEXIST (FileExistsError) among them
+        # A file system without hard links (some FUSE and SMB mounts): a plain rename.
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def tighten_secret(path: Path, log: logging.Logger) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +135,15 @@ def _bootstrap(config: ServerConfig) -> Bootstrapped:
         problem = "not a directory" if data_dir.exists() else exc.strerror or str(exc)
         raise InvalidRequest(f"data-dir {data_dir}: {problem}") from None
     _private(data_dir)
+    lock = data_dir_lock(data_dir)
+    if lock is not None:
+        hold_data_dir(lock, data_dir, exclusive=False)  # until this process ends
+    with _starting(lock):
+        return _bootstrap_store(config)
+
+
+def _bootstrap_store(config: ServerConfig) -> Bootstrapped:
+    data_dir = config.data_dir
     if config.database_url is None:
         # SQLite creates its file (and the -wal/-shm beside it, with the same mode) 0644:
         # readable by anyone, with key hashes, wrapped keys and the audit log in it.
@@ -151,6 +162,78 @@ def _bootstrap(config: ServerConfig) -> Bootstrapped:
     except BaseException:
         engine.dispose()  # a refused start leaves no connection (nor SQLite lock) behind
         raise
+
+
+# <data-dir>/certctl.lock: POSIX record locks on two bytes, dropped by the kernel with the
+# process that held them (a crash or SIGKILL leaves nothing to clean up).
+LOCK_FILE = "certctl.lock"
+_SERVING = 0  # shared by each server on the data dir for its life; exclusive: certctl kek rotate
+_STARTING = 1  # exclusive while one process bootstraps (the first creates the KEK and the CA)
+_LOCK_FDS: dict[Path, int] = {}
+
+
+def data_dir_lock(data_dir: Path) -> int | None:
+    """The descriptor of ``<data-dir>/certctl.lock``, opened once per process.
+
+    Once: closing any descriptor of a file drops every record lock the process holds on it.
+    None where it cannot be created (a read-only data dir, which serves reads only).
+    """
+    key = data_dir.resolve()
+    fd = _LOCK_FDS.get(key)
+    if fd is None:
+        try:
+            fd = os.open(key / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, SECRET_MODE)
+        except OSError as exc:
+            log.debug("no lock file in %s: %s", data_dir, exc.strerror)
+            return None
+        _LOCK_FDS[key] = fd
+    return fd
+
+
+def hold_data_dir(fd: int, data_dir: Path, *, exclusive: bool) -> None:
+    """Take the serving lock: shared for ``certctl serve``, exclusive for ``kek rotate``.
+
+    Raises:
+        InvalidRequest: the other kind holds it (a server runs, or a rotation does).
+    """
+    import fcntl
+
+    try:
+        fcntl.lockf(
+            fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB, 1, _SERVING
+        )
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            log.debug("cannot lock %s: %s", data_dir / LOCK_FILE, exc.strerror)
+            return  # a file system without record locks: nothing to detect with
+        if exclusive:
+            raise InvalidRequest(
+                f"a certctl serve is running on {data_dir}: stop it (every replica of it) first"
+            ) from None
+        raise InvalidRequest(
+            f"{data_dir}: a key-encryption key rotation (certctl kek rotate) is running; "
+            "start again once it has ended"
+        ) from None
+
+
+@contextlib.contextmanager
+def _starting(fd: int | None) -> Iterator[None]:
+    """One start at a time per data dir: two first starts at once made two KEKs and CAs."""
+    if fd is None:
+        yield
+        return
+    import fcntl
+
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX, 1, _STARTING)
+    except OSError as exc:  # no record locks here: unserialized, as before
+        log.debug("cannot lock %s: %s", LOCK_FILE, exc.strerror)
+        yield
+        return
+    try:
+        yield
+    finally:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, _STARTING)
 
 
 def _check_owned(*paths: Path) -> None:

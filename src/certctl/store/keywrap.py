@@ -106,5 +106,10 @@ def load_or_create_kek(data_dir: Path, *, create: bool = True) -> bytes:
             f"from a backup (or set {MASTER_KEY_ENV} to its content); a new key would open none"
         )
     kek = os.urandom(32)
-    write_atomic(path, base64.b64encode(kek) + b"\n", SECRET_MODE)
+    try:
+        # Never over a key another process created meanwhile (one whose keys may already be
+        # stored): both then use the first one written.
+        write_atomic(path, base64.b64encode(kek) + b"\n", SECRET_MODE, replace=False)
+    except FileExistsError:
+        return load_or_create_kek(data_dir, create=False)
     return kek
