@@ -21,7 +21,14 @@ from certctl.errors import CertctlError, Conflict
 if TYPE_CHECKING:  # not imported at run time: `cert issue` starts without logging
     import logging
 
-__all__ = ["SECRET_MODE", "OutputSet", "in_memory_file", "tighten_secret", "write_atomic"]
+__all__ = [
+    "SECRET_MODE",
+    "OutputSet",
+    "fsync_directory",
+    "in_memory_file",
+    "tighten_secret",
+    "write_atomic",
+]
 
 SECRET_MODE = 0o600
 _FSYNC_EACH_UP_TO = 16
@@ -53,7 +60,7 @@ def write_atomic(path: Path, data: bytes, mode: int = PUBLIC_MODE, *, replace: b
             os.replace(tmp, path)
         else:
             _link_or_rename(tmp, path)
-        _fsync_directory(path.parent)  # the rename itself must survive a power cut
+        fsync_directory(path.parent)  # the rename itself must survive a power cut
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -109,7 +116,8 @@ def in_memory_file(data: bytes, name: str) -> Iterator[str]:
         os.close(fd)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make the renames and links in ``directory`` survive a power cut."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
 
-__all__ = ["admin_key_command", "serve_command"]
+__all__ = ["admin_key_command", "kek_app", "serve_command"]
 
 
 def serve_command(
@@ -121,3 +122,72 @@ def admin_key_command(
     output.add(target, (minted.minted.value + "\n").encode(), secret=True)
     output.commit()
     typer.echo(f"API key {minted.row.id} for actor {actor} written to {target} (0600)")
+
+
+kek_app = typer.Typer(
+    help="The key-encryption key that protects the stored private keys (certctl serve's).",
+    no_args_is_help=True,
+)
+
+
+@kek_app.command("rotate")
+def kek_rotate_command(
+    config: Path = typer.Option(
+        None, "--config", "-c", envvar="CERTCTL_CONFIG", help="The server's YAML config file."
+    ),
+    data_dir: Path = typer.Option(
+        None, "--data-dir", help="The server's data directory (default: ./certctl-data)."
+    ),
+    database_url: str = typer.Option(
+        None, "--database-url", help="The server's database (prefer CERTCTL_DATABASE_URL)."
+    ),
+) -> None:
+    """Re-encrypt every stored private key under a new key-encryption key.
+
+    Stop the server first (on PostgreSQL, every replica): it is refused while one runs on
+    this data dir. All keys are re-encrypted in one transaction. With <data-dir>/kek the
+    new key replaces that file (0600); with CERTCTL_MASTER_KEY the new value is printed,
+    once, on stdout, before the commit: put it where the old one was, then start the server.
+    API keys stay valid. The old key opens only backups taken before: keep it with them.
+    """
+    from certctl.errors import CertctlError
+    from certctl.server.bootstrap import rotate_kek
+    from certctl.server.config import load_config
+
+    settings = load_config(
+        config,
+        {
+            "data-dir": str(data_dir) if data_dir else None,
+            "database-url": database_url,
+        },
+    )
+    shown = False
+
+    def show(value: str) -> None:
+        nonlocal shown
+        typer.echo(value)
+        sys.stdout.flush()  # before the commit: a failed write leaves the store as it was
+        shown = True
+
+    try:
+        done = rotate_kek(settings, show)
+    except CertctlError as exc:
+        if shown:
+            exc.detail += (
+                " (nothing was changed: the value printed above opens nothing; keep the "
+                "old CERTCTL_MASTER_KEY)"
+            )
+        raise
+    keys = f"{done.rewrapped} stored private key{'' if done.rewrapped == 1 else 's'} re-encrypted"
+    if done.kek_file is None:
+        typer.echo(
+            f"{keys}: set CERTCTL_MASTER_KEY to the value "
+            "printed above wherever the server gets it, then start the server",
+            err=True,
+        )
+        return
+    typer.echo(
+        f"{keys}; the new key-encryption key is in "
+        f"{done.kek_file} (0600): copy it where the old one was kept",
+        err=True,
+    )

@@ -7,30 +7,42 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, bindparam, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
 
 from certctl.errors import CertctlError, InvalidRequest, StorageUnavailable
-from certctl.files import SECRET_MODE, tighten_secret, write_atomic
+from certctl.files import SECRET_MODE, fsync_directory, tighten_secret, write_atomic
 from certctl.pki import parse_duration
 from certctl.server.config import ServerConfig
-from certctl.services import issuance, rbac
+from certctl.services import audit, issuance, rbac
 from certctl.services.context import Services
 from certctl.store.db import (
+    AUTH_LOCK,
+    LEADER_LOCK,
     create_store_engine,
+    lock_for_write,
     migrate,
     session_factory,
     startup_lock,
     storage_error,
 )
-from certctl.store.keywrap import MASTER_KEY_ENV, KeyWrapper, kek_source, load_or_create_kek
-from certctl.store.models import Actor, Issuer
+from certctl.store.keywrap import (
+    MASTER_KEY_ENV,
+    NEXT_KEK,
+    KeyWrapper,
+    encode_kek,
+    kek_source,
+    load_or_create_kek,
+    read_kek_file,
+)
+from certctl.store.models import Actor, CertificateRecord, Issuer, ManagedService
 
-__all__ = ["Bootstrapped", "bootstrap", "mint_local_key"]
+__all__ = ["Bootstrapped", "KekRotation", "bootstrap", "mint_local_key", "rotate_kek"]
 
 log = logging.getLogger("certctl.server")
 
@@ -212,7 +224,7 @@ def hold_data_dir(fd: int, data_dir: Path, *, exclusive: bool) -> None:
             ) from None
         raise InvalidRequest(
             f"{data_dir}: a key-encryption key rotation (certctl kek rotate) is running; "
-            "start again once it has ended"
+            "try again once it has ended"
         ) from None
 
 
@@ -273,7 +285,7 @@ def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
     if default is None:
         _refuse_lost_database(config)
     # Keys are stored: a missing KEK file is an error, never replaced by a new, useless one.
-    kek = load_or_create_kek(data_dir, create=not has_issuers)
+    kek = _settled_kek(data_dir, default, create=not has_issuers)
     services = Services(engine, sessions, KeyWrapper(kek))
     if default is not None:
         _check_kek(services, default, data_dir)
@@ -364,6 +376,28 @@ def mint_local_key(config: ServerConfig, actor_id: str) -> rbac.MintResult:
         NotFound: no actor ``actor_id``.
         StorageUnavailable: the database cannot be opened or written.
     """
+    with _existing_store(config) as (engine, sessions, default):
+        # Taken once the store is known (a refusal leaves the data dir as found): beside a
+        # running server, not beside a rotation (which this would race to settle).
+        lock = data_dir_lock(config.data_dir) if config.data_dir.is_dir() else None
+        if lock is not None:
+            hold_data_dir(lock, config.data_dir, exclusive=False)
+        kek = _settled_kek(config.data_dir, default, create=False)
+        services = Services(engine, sessions, KeyWrapper(kek))
+        _check_kek(services, default, config.data_dir)
+        return rbac.mint_api_key(services, None, actor_id, "local", None)
+
+
+@contextlib.contextmanager
+def _existing_store(
+    config: ServerConfig,
+) -> Iterator[tuple[Engine, sessionmaker[Session], Issuer]]:
+    """The engine, sessions and internal CA of a store a first start made; disposed after.
+
+    Raises:
+        InvalidRequest: no certctl database there.
+        StorageUnavailable: the database cannot be opened or written.
+    """
     data_dir = config.data_dir
     if config.database_url is None and not (data_dir / "certctl.db").is_file():
         # SQLite would create an empty file (readable by all) rather than fail.
@@ -380,10 +414,7 @@ def mint_local_key(config: ServerConfig, actor_id: str) -> rbac.MintResult:
             default = session.get(Issuer, issuance.DEFAULT_ISSUER)
         if default is None:
             raise InvalidRequest(f"the database ({where}) holds no certctl data")
-        kek = load_or_create_kek(data_dir, create=False)
-        services = Services(engine, sessions, KeyWrapper(kek))
-        _check_kek(services, default, data_dir)
-        return rbac.mint_api_key(services, None, actor_id, "local", None)
+        yield engine, sessions, default
     except DBAPIError as exc:
         fault = storage_error(exc)
         if fault is None:
@@ -392,3 +423,166 @@ def mint_local_key(config: ServerConfig, actor_id: str) -> rbac.MintResult:
         raise StorageUnavailable(f"{fault.detail}{_refusal(exc)}") from None
     finally:
         engine.dispose()
+
+
+def _opens(kek: bytes, default: Issuer) -> bool:
+    try:
+        KeyWrapper(kek).unwrap(default.wrapped_key, context=f"issuer:{default.id}")
+    except CertctlError:
+        return False
+    return True
+
+
+def _settled_kek(data_dir: Path, default: Issuer | None, *, create: bool) -> bytes:
+    """The KEK, after settling a rotation interrupted between its commit and its rename.
+
+    ``kek.next`` beside ``kek``: if ``kek`` still opens the stored keys the rotation never
+    committed, and ``kek.next`` (a key that opens nothing) is deleted; if ``kek.next`` opens
+    them, the crash came after the commit, and the rename is done now.
+    """
+    kek = load_or_create_kek(data_dir, create=create)
+    pending = data_dir / NEXT_KEK
+    if kek_source(data_dir) == MASTER_KEY_ENV or not pending.is_file():
+        return kek
+    if default is None or _opens(kek, default):
+        pending.unlink()
+        log.warning("deleted %s, left by a key rotation that did not complete", pending)
+        return kek
+    new = read_kek_file(pending)
+    if not _opens(new, default):
+        return kek  # neither opens them: refused by _check_kek, naming kek
+    os.replace(pending, data_dir / "kek")
+    fsync_directory(data_dir)
+    log.warning("completed an interrupted key rotation: %s is now the new key", data_dir / "kek")
+    return new
+
+
+# Every wrapped key in the store: its table's key column and the context it is bound to.
+_WRAPPED_KEYS = tuple(
+    (model.metadata.tables[model.__tablename__], key, prefix)
+    for model, key, prefix in (
+        (Issuer, "id", "issuer:"),
+        (CertificateRecord, "id", "certificate:"),
+        (ManagedService, "name", "service:"),
+    )
+)
+
+
+@dataclass(frozen=True)
+class KekRotation:
+    """What :func:`rotate_kek` did: keys re-encrypted, and where the new KEK is."""
+
+    rewrapped: int
+    kek_file: Path | None  # None: CERTCTL_MASTER_KEY, the new value was shown
+
+
+def rotate_kek(config: ServerConfig, show_new_key: Callable[[str], None]) -> KekRotation:
+    """Re-encrypt every stored key under a new KEK in one transaction, then put it in place.
+
+    With ``<data-dir>/kek`` the new key goes to ``kek.next`` (0600, fsync-ed) before the
+    transaction and is renamed over ``kek`` after the commit; a crash between the two is
+    settled by the next start or rotation (:func:`_settled_kek`). With ``CERTCTL_MASTER_KEY``
+    the new value is passed to ``show_new_key`` before the commit: a committed key nobody
+    was shown would open nothing. API keys (SHA-256 of their secret) do not depend on the KEK.
+
+    Raises:
+        InvalidRequest: a server runs on the data dir (or, PostgreSQL, holds the leader
+            lock), no store there, or the KEK does not open it.
+        CertctlError: a stored key does not open (named); nothing was changed.
+        StorageUnavailable: the database cannot be opened or written.
+    """
+    _refuse_in_memory(config.database_url)
+    data_dir = config.data_dir
+    if not data_dir.is_dir():
+        raise InvalidRequest(f"data-dir {data_dir}: no such directory")
+    lock = data_dir_lock(data_dir)
+    if lock is not None:
+        hold_data_dir(lock, data_dir, exclusive=True)
+    with (
+        _existing_store(config) as (engine, sessions, default),
+        startup_lock(engine),
+        _no_leader(engine),
+    ):
+        old = _settled_kek(data_dir, default, create=False)
+        services = Services(engine, sessions, KeyWrapper(old))
+        _check_kek(services, default, data_dir)
+        new = os.urandom(32)
+        in_file = kek_source(data_dir) != MASTER_KEY_ENV
+        pending = data_dir / NEXT_KEK
+        if in_file:
+            write_atomic(pending, encode_kek(new), SECRET_MODE)
+        try:
+            if not in_file:
+                show_new_key(encode_kek(new).decode().strip())
+            count = _rewrap_all(services, KeyWrapper(new))
+        except BaseException:
+            pending.unlink(missing_ok=True)
+            raise
+        if in_file:
+            os.replace(pending, data_dir / "kek")
+            fsync_directory(data_dir)
+    return KekRotation(count, data_dir / "kek" if in_file else None)
+
+
+def _rewrap_all(services: Services, new: KeyWrapper) -> int:
+    """Unwrap each stored key with the current KEK and wrap it with ``new``: one transaction."""
+    count = 0
+    with services.sessions.begin() as session:
+        lock_for_write(session, AUTH_LOCK)  # SQLite: the write lock before the reads
+        connection = session.connection()
+        for table, key, prefix in _WRAPPED_KEYS:
+            column = table.c[key]
+            rows = connection.execute(
+                select(column, table.c.wrapped_key).where(table.c.wrapped_key.is_not(None))
+            ).all()
+            values = [
+                {
+                    "owner": owner,
+                    "blob": new.wrap(
+                        services.wrapper.unwrap(blob, context=f"{prefix}{owner}"),
+                        context=f"{prefix}{owner}",
+                    ),
+                }
+                for owner, blob in rows
+            ]
+            if values:
+                connection.execute(
+                    update(table)
+                    .where(column == bindparam("owner"))
+                    .values(wrapped_key=bindparam("blob")),
+                    values,
+                )
+            count += len(values)
+        audit.record(
+            session,
+            at=services.clock(),
+            actor="system",
+            action="kek.rotate",
+            detail=f"{count} stored keys re-encrypted under a new key-encryption key",
+        )
+    return count
+
+
+@contextlib.contextmanager
+def _no_leader(engine: Engine) -> Iterator[None]:
+    """PostgreSQL: refuse while a replica leads (it would go on wrapping with the old KEK).
+
+    Held until the rotation ends, so no replica becomes leader meanwhile. Replicas on
+    other hosts are not visible otherwise: the procedure (README) stops them all first.
+    """
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        got = connection.execute(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK}
+        ).scalar()
+        try:
+            if not got:
+                raise InvalidRequest(
+                    "a certctl serve replica is running on this database (it holds the "
+                    "leader lock): stop every replica first"
+                )
+            yield
+        finally:
+            connection.invalidate()  # the lock ends with the session

@@ -22,13 +22,14 @@ from certctl.errors import NotFound
 from certctl.services import tls_services
 from certctl.services.context import Services
 from certctl.services.notify import Webhook, dispatch_pending
+from certctl.store.db import LEADER_LOCK
 from certctl.store.models import ManagedService
 
 __all__ = ["Leadership", "Scheduler"]
 
 log = logging.getLogger("certctl.scheduler")
 # pg_advisory_lock key: "certctl" as an integer, so other applications rarely collide.
-_LOCK_KEY = int.from_bytes(b"certctl", "big")
+_LOCK_KEY = LEADER_LOCK
 
 
 class Leadership:

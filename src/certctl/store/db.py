@@ -120,6 +120,8 @@ SERVICE_SPECS_LOCK = 0x63657274_0001  # "cert", 1
 AUTH_LOCK = 0x63657274_0002  # "cert", 2
 # Start-up (migrations, built-in roles, the default CA, the admin key): one replica at a time.
 STARTUP_LOCK = 0x63657274_0003  # "cert", 3
+# The scheduler's leadership (session-level, held by the replica that reconciles): "certctl".
+LEADER_LOCK = int.from_bytes(b"certctl", "big")
 # Certificate revocations: a keyCompromise one revokes a whole renewal chain, row by row, and
 # another revocation in the same chain taking its rows in another order deadlocked with it.
 REVOCATION_LOCK = 0x63657274_0004  # "cert", 4

@@ -21,10 +21,20 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from certctl.errors import CertctlError, InvalidRequest
 from certctl.files import SECRET_MODE, tighten_secret, write_atomic
 
-__all__ = ["KeyWrapper", "kek_source", "load_or_create_kek"]
+__all__ = [
+    "NEXT_KEK",
+    "KeyWrapper",
+    "encode_kek",
+    "kek_source",
+    "load_or_create_kek",
+    "read_kek_file",
+]
 
 _VERSION = b"v1"
 MASTER_KEY_ENV = "CERTCTL_MASTER_KEY"
+# The new KEK of a rotation, written before the re-wrapping transaction and renamed over
+# ``kek`` after it commits: whichever of the two opens the stored keys is the one in use.
+NEXT_KEK = "kek.next"
 
 
 class KeyWrapper:
@@ -66,6 +76,26 @@ class KeyWrapper:
             ) from None
 
 
+def read_kek_file(path: Path) -> bytes:
+    """The KEK in ``path`` (base64 of 32 bytes, as written by :func:`encode_kek`).
+
+    Raises:
+        InvalidRequest: not 32 bytes of base64, naming the file.
+    """
+    try:
+        kek = base64.b64decode(path.read_bytes().strip(), validate=True)
+    except (binascii.Error, ValueError):
+        kek = b""  # not base64: said as the wrong length below, with the file named
+    if len(kek) != 32:
+        raise InvalidRequest(f"{path}: key-encryption key must be 32 bytes (base64)")
+    return kek
+
+
+def encode_kek(kek: bytes) -> bytes:
+    """The content of a kek file, and the value of ``CERTCTL_MASTER_KEY`` (with a newline)."""
+    return base64.b64encode(kek) + b"\n"
+
+
 def kek_source(data_dir: Path) -> str:
     """Where :func:`load_or_create_kek` takes the KEK from, for messages (never the key)."""
     return MASTER_KEY_ENV if os.environ.get(MASTER_KEY_ENV, "").strip() else str(data_dir / "kek")
@@ -93,13 +123,7 @@ def load_or_create_kek(data_dir: Path, *, create: bool = True) -> bytes:
         # Restored from a backup or copied by hand: readable by others, it would let them
         # decrypt every stored key.
         tighten_secret(path, logging.getLogger("certctl.store"))
-        try:
-            kek = base64.b64decode(path.read_bytes().strip(), validate=True)
-        except (binascii.Error, ValueError):
-            kek = b""  # not base64: said as the wrong length below, with the file named
-        if len(kek) != 32:
-            raise InvalidRequest(f"{path}: key-encryption key must be 32 bytes (base64)")
-        return kek
+        return read_kek_file(path)
     if not create:
         raise InvalidRequest(
             f"{path} is missing, but the database holds keys encrypted under it: restore it "
@@ -109,7 +133,7 @@ def load_or_create_kek(data_dir: Path, *, create: bool = True) -> bytes:
     try:
         # Never over a key another process created meanwhile (one whose keys may already be
         # stored): both then use the first one written.
-        write_atomic(path, base64.b64encode(kek) + b"\n", SECRET_MODE, replace=False)
+        write_atomic(path, encode_kek(kek), SECRET_MODE, replace=False)
     except FileExistsError:
         return load_or_create_kek(data_dir, create=False)
     return kek
