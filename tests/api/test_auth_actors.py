@@ -27,6 +27,29 @@ def test_whoami_needs_authentication_only(api: Api) -> None:
     assert_problem(api.get("/api/v1/auth/whoami"), 401)
 
 
+def test_whoami_answer_follows_a_role_edit_on_the_next_request(api: Api) -> None:
+    # whoami answers are rendered once per identity and reused: an edited role must show on
+    # the very next request, with the headers every authenticated answer carries.
+    key = api.key_with_permissions("watcher", ["cert.read"])
+    for _ in range(3):
+        r = api.get("/api/v1/auth/whoami", key)
+        assert r.json()["permissions"] == ["cert.read"]
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["content-length"] == str(len(r.content))
+    assert r.headers["cache-control"] == "no-store"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    edited = api.request(
+        "PUT",
+        "/api/v1/auth/roles/p-watcher",
+        api.admin_key,
+        json={"permissions": ["cert.read", "audit.read"]},
+    )
+    assert edited.status_code == 200, edited.text
+    assert api.get("/api/v1/auth/whoami", key).json()["permissions"] == ["audit.read", "cert.read"]
+    assert api.get("/api/v1/auth/whoami", api.admin_key).json()["actor_id"] == "admin"
+    assert api.get("/api/v1/auth/whoami", key).json()["actor_id"] == "watcher"
+
+
 def test_actor_crud(api: Api) -> None:
     r = api.post(ACTORS, api.admin_key, json={"id": "ci-bot", "name": "CI", "roles": ["r-viewer"]})
     assert r.status_code == 201, r.text

@@ -103,18 +103,33 @@ class ClientCertMapping:
 # --- handlers: auth ----------------------------------------------------------------------
 
 
-# Rendered whoami bodies by identity: the same few principals ask again and again, and
-# sorting and encoding ~20 permissions cost more than the rest of the handler.
+# Rendered whoami answers (body and headers) by identity: the same few principals ask again
+# and again, and sorting and encoding ~20 permissions cost more than the rest of the handler.
 _WhoamiKey = tuple[str, tuple[str, ...], frozenset[str], str]
-_WHOAMI_BODIES: dict[_WhoamiKey, bytes] = {}
+_WhoamiAnswer = tuple[bytes, tuple[tuple[bytes, bytes], ...]]
+_WHOAMI_ANSWERS: dict[_WhoamiKey, _WhoamiAnswer] = {}
 _WHOAMI_MAX = 1024
+# The last principal answered and its answer. The key cache hands out the same frozen
+# Principal for a key (per source), so most requests are answered after one identity test;
+# holding the object keeps its id from being reused by another.
+_whoami_last: tuple[Principal, _WhoamiAnswer] | None = None
 
 
-async def whoami(request: Request, principal: Principal | None) -> Response:
-    p = _caller(principal)
+class _Rendered(Response):
+    """A response whose body and headers were rendered before (``init_headers`` skipped)."""
+
+    def __init__(self, body: bytes, raw_headers: tuple[tuple[bytes, bytes], ...]) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        # A fresh list per response: middleware may add headers to it.
+        self.raw_headers = list(raw_headers)
+
+
+def _whoami_answer(p: Principal) -> _WhoamiAnswer:
     key = (p.actor_id, p.roles, p.permissions, p.auth_method)
-    body = _WHOAMI_BODIES.get(key)
-    if body is None:
+    answer = _WHOAMI_ANSWERS.get(key)
+    if answer is None:
         body = json_bytes(
             {
                 "actor_id": p.actor_id,
@@ -123,10 +138,23 @@ async def whoami(request: Request, principal: Principal | None) -> Response:
                 "auth_method": p.auth_method,
             }
         )
-        if len(_WHOAMI_BODIES) >= _WHOAMI_MAX:
-            _WHOAMI_BODIES.clear()
-        _WHOAMI_BODIES[key] = body
-    return Response(body, media_type="application/json")
+        answer = (body, tuple(Response(body, media_type="application/json").raw_headers))
+        if len(_WHOAMI_ANSWERS) >= _WHOAMI_MAX:
+            _WHOAMI_ANSWERS.clear()
+        _WHOAMI_ANSWERS[key] = answer
+    return answer
+
+
+async def whoami(request: Request, principal: Principal | None) -> Response:
+    global _whoami_last
+    p = _caller(principal)
+    last = _whoami_last
+    if last is not None and last[0] is p:
+        answer = last[1]
+    else:
+        answer = _whoami_answer(p)
+        _whoami_last = (p, answer)
+    return _Rendered(*answer)
 
 
 async def list_permissions(request: Request, principal: Principal | None) -> Response:
