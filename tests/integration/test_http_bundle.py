@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests._nginx import nginx_conf, running_nginx
-from tests._tools import failed, free_port, ok, run
+from tests._nginx import loopback_listener, nginx_conf, port_of, running_nginx
+from tests._tools import failed, ok, run
 from tests.integration.conftest import certctl_exe
 
 pytestmark = pytest.mark.integration
@@ -165,9 +165,10 @@ def test_generic_p12_sample_commands_feed_nginx(tmp_path: Path, legacy: bool) ->
         assert not {"-noenc", "-legacy"} & set(argv), command  # 3.x only
         ok(run(*argv, "-passin", f"file:{tmp_path / 'pw'}", cwd=web))
     ok(run("chmod", "600", "http.key", cwd=web))
-    port = free_port()
+    listener = loopback_listener()  # held for nginx: see tests._nginx
+    port = port_of(listener)
     conf = _nginx_from_sample(tmp_path, sample, port, web)
-    with running_nginx(conf, tmp_path, port):
+    with running_nginx(conf, tmp_path, listener):
         result = run("curl", "-sS", "--max-time", "10", "--cacert", tmp_path / "b/client/ca.crt",
                      f"https://localhost:{port}/", timeout=20)  # fmt: skip
     assert (result.returncode, result.stdout) == (0, "hello\n"), result.stderr
@@ -191,14 +192,15 @@ def test_generic_sample_mutual_tls_lines_work_as_their_comment_says(tmp_path: Pa
     (tls / "client-ca.crt").write_bytes((tmp_path / "clients/ca.crt").read_bytes())
     ok(certctl_exe("cert", "issue", "--ca", tmp_path / "clients", "--cn", "alice",
                    "--profile", "client", "--out", tmp_path / "alice"))  # fmt: skip
-    port = free_port()
+    listener = loopback_listener()  # held for nginx: see tests._nginx
+    port = port_of(listener)
     uncommented = sample.replace("# ssl_client_certificate", "ssl_client_certificate")
     conf = _nginx_from_sample(
         tmp_path, uncommented.replace("# ssl_verify", "ssl_verify"), port, tls
     )
     curl = ["curl", "-sS", "--max-time", "10", "--cacert", tmp_path / "b/client/ca.crt"]
     url = f"https://localhost:{port}/"
-    with running_nginx(conf, tmp_path, port):
+    with running_nginx(conf, tmp_path, listener):
         alice = run(*curl, "--cert", tmp_path / "alice/tls.crt",
                     "--key", tmp_path / "alice/tls.key", url, timeout=20)  # fmt: skip
         anonymous = run(*curl, "-o", "/dev/null", "-w", "%{http_code}", url, timeout=20)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests._nginx import nginx_conf, running_nginx
-from tests._tools import free_port, run
+from tests._nginx import loopback_listener, nginx_conf, port_of, running_nginx
+from tests._tools import run
 from tests.integration.conftest import Pki, certctl_ok
 
 pytestmark = pytest.mark.integration
@@ -62,12 +62,13 @@ def served(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
     with zipfile.ZipFile(d / "certs.zip") as archive:
         archive.extractall(d / "certs")
     web = d / "certs" / "web"
-    port = free_port()
+    listener = loopback_listener()  # held for nginx: see tests._nginx
+    port = port_of(listener)
     conf = d / "nginx.conf"
     conf.write_text(
         nginx_conf(d, SERVER.format(port=port, cert=web / "tls.crt", key=web / "tls.key"))
     )
-    with running_nginx(conf, d, port):
+    with running_nginx(conf, d, listener):
         yield port, web / "ca.crt"
 
 

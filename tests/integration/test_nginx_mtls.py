@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests._nginx import nginx_conf, running_nginx
-from tests._tools import free_port, run
+from tests._nginx import loopback_listener, nginx_conf, port_of, running_nginx
+from tests._tools import run
 from tests.integration.conftest import Pki, certctl_ok
 
 pytestmark = pytest.mark.integration
@@ -51,13 +51,14 @@ def nginx(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]
     with zipfile.ZipFile(bundle) as archive:
         archive.extractall(d / "bundle")
     node, client = d / "bundle" / "node-1", d / "bundle" / "client"
-    port = free_port()
+    listener = loopback_listener()  # held for nginx: see tests._nginx
+    port = port_of(listener)
     conf = d / "nginx.conf"
     server = NGINX_SERVER.format(
         port=port, cert=node / "http.crt", key=node / "http.key", client_ca=chain.root / "ca.crt"
     )
     conf.write_text(nginx_conf(d, server))
-    with running_nginx(conf, d, port):
+    with running_nginx(conf, d, listener):
         yield Nginx(port, client / "ca.crt", d)
 
 

@@ -7,11 +7,7 @@ on 127.0.0.1.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,9 +19,9 @@ import pytest
 from cryptography import x509
 
 from certctl.services import tls_services
-from tests._nginx import nginx_argv, nginx_conf
+from tests._nginx import loopback_listener, nginx_conf, port_of, start_nginx, wait_serving
 from tests._poll import wait_until
-from tests._tools import free_port, ok, require, run
+from tests._tools import ok, require, run, stop
 from tests.services.conftest import Env, service_doc
 
 pytestmark = pytest.mark.integration
@@ -47,19 +43,6 @@ NGINX_SERVERS = """\
 """
 OLD, NEW = "old.example.test", "new.example.test"
 STEP = timedelta(minutes=1)
-
-
-def _wait_port(port: int, proc: subprocess.Popen[Any], log: Path) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail(f"nginx did not start:\n{log.read_text() if log.exists() else ''}")
 
 
 def _wait(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
@@ -169,29 +152,22 @@ def served(env: Env) -> Iterator[Served]:
         )
         assert added.status_code == 201, added.text
     env.reconcile("web")
-    port, mtls_port = free_port(), free_port()
+    # Sockets bound here and handed to nginx: a port probed free and bound later by nginx
+    # could be taken meanwhile by the other pytest-xdist worker.
+    listener, mtls_listener = loopback_listener(), loopback_listener()
+    port, mtls_port = port_of(listener), port_of(mtls_listener)
     conf = d / "nginx.conf"
     conf.write_text(nginx_conf(d, NGINX_SERVERS.format(tls=tls, port=port, mtls_port=mtls_port)))
-    argv = nginx_argv(conf, d)
-    ok(run(*argv, "-t"))
-    proc = subprocess.Popen(
-        [*argv, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    proc = start_nginx(conf, d, [listener, mtls_listener])
     try:
-        _wait_port(port, proc, d / "error.log")
-        _wait_port(mtls_port, proc, d / "error.log")
+        wait_serving(proc, d, port)
+        wait_serving(proc, d, mtls_port)
         # The reload hook signals this nginx's master process (it runs in the foreground).
         env.put(_spec(tls, OLD, f"{require('kill')} -HUP {proc.pid}"))
         env.reconcile("web", env.now + STEP)
         yield Served(env, tls, port, mtls_port, proc.pid, d)
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        stop(proc)
 
 
 def test_san_change_reaches_nginx_after_the_reload_hook(served: Served) -> None:
