@@ -7,12 +7,13 @@ by PID (SIGTERM, then SIGKILL after 5 s). Missing tools fail the test, never ski
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,14 @@ class CertctlServer:
             base_url=self.url, verify=self.ssl_context(), headers=headers, timeout=30, **kwargs
         )
 
+    def configured_port(self, key: str) -> int:
+        """The port of listener ``key`` in the configuration it started on."""
+        assert self.config is not None, "started without a configuration"
+        value: Any = yaml.safe_load(self.config.read_text())
+        for part in key.split("."):
+            value = value[part]
+        return int(str(value).rsplit(":", 1)[1])
+
     def logs(self) -> tuple[str, str]:
         """(stdout, stderr) so far."""
         return self.stdout.read_text(errors="replace"), self.stderr.read_text(errors="replace")
@@ -117,36 +126,49 @@ class CertctlServer:
         return self.exit_code
 
 
+# A configuration, or a function making one: called again for each start, it can pick new
+# free ports for listeners other than the main one (metrics.listen).
+Config = dict[str, Any] | Callable[[], dict[str, Any]]
+
+
 class StartServer(Protocol):
     def __call__(
         self,
         *,
         data_dir: Path | None = None,
-        config: dict[str, Any] | None = None,
+        config: Config | None = None,
         args: Sequence[str | Path] = (),
         ca: Path | None = None,
         client_cert: tuple[Path, Path] | None = None,
     ) -> CertctlServer: ...
 
 
-def _lost_the_port(server: CertctlServer) -> bool:
-    """True when the server exited because another process took its port first.
+_IN_USE = re.compile(r"cannot listen on 127\.0\.0\.1:(\d+): Address already in use")
+
+
+def _lost_the_port(server: CertctlServer, other_ports_picked: bool) -> bool:
+    """True when the server exited because another process took a port the test picked first.
 
     ``free_port`` only says the port was free a moment ago: with the e2e tests on both cores
-    (pytest-xdist), another worker's server or client may bind it before this one does.
+    (pytest-xdist), another worker's server or client may bind it before this one does. The
+    main port is always picked again; another listener's only when the configuration is a
+    function (``other_ports_picked``), which picks its ports anew for each start.
     """
-    return server.proc.poll() is not None and (
-        f"cannot listen on 127.0.0.1:{server.port}: Address already in use" in server.logs()[1]
-    )
+    if server.proc.poll() is None:
+        return False
+    lost = _IN_USE.search(server.logs()[1])
+    return lost is not None and (int(lost.group(1)) == server.port or other_ports_picked)
 
 
-def _wait_ready(server: CertctlServer, *, may_retry: bool = False) -> bool:
+def _wait_ready(
+    server: CertctlServer, *, may_retry: bool = False, other_ports_picked: bool = False
+) -> bool:
     """Wait for ``/readyz``; False (to retry on another port) if the port was taken."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     last: object = "no attempt"
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
-            if may_retry and _lost_the_port(server):
+            if may_retry and _lost_the_port(server, other_ports_picked):
                 server.stop()
                 return False
             break
@@ -176,7 +198,7 @@ _PORT_ATTEMPTS = 3
 def _spawn(
     base: Path,
     data_dir: Path,
-    config: dict[str, Any] | None,
+    config: Config | None,
     args: Sequence[str | Path],
     ca: Path | None,
     client_cert: tuple[Path, Path] | None,
@@ -187,7 +209,7 @@ def _spawn(
     config_file = None
     if config is not None:
         config_file = base / f"certctl-{run_no}.yaml"
-        config_file.write_text(yaml.safe_dump(config))
+        config_file.write_text(yaml.safe_dump(config() if callable(config) else config))
     port = free_port()
     argv = [require("certctl"), "serve", "--data-dir", str(data_dir)]
     argv += ["--listen", f"127.0.0.1:{port}", *(str(a) for a in args)]
@@ -214,7 +236,7 @@ def launch(
     base: Path,
     *,
     data_dir: Path | None = None,
-    config: dict[str, Any] | None = None,
+    config: Config | None = None,
     args: Sequence[str | Path] = (),
     ca: Path | None = None,
     client_cert: tuple[Path, Path] | None = None,
@@ -223,12 +245,15 @@ def launch(
 
     ``ca`` defaults to ``<data-dir>/tls/ca.crt`` (the self-signed mode's CA); ``client_cert``
     is presented while polling ``/readyz`` (needed with ``tls.client-auth: required``).
+    ``config`` given as a function is called for each start: a listener port it takes from
+    ``free_port()`` and loses to another process is picked again, as the main port is.
     """
     base.mkdir(parents=True, exist_ok=True)
     data_dir = data_dir or base / "data"
     for attempt in range(1, _PORT_ATTEMPTS + 1):
         server = _spawn(base, data_dir, config, args, ca, client_cert)
-        if _wait_ready(server, may_retry=attempt < _PORT_ATTEMPTS):
+        retry = attempt < _PORT_ATTEMPTS
+        if _wait_ready(server, may_retry=retry, other_ports_picked=callable(config)):
             break
     try:
         key_file = data_dir / "admin-api-key"

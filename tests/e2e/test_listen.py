@@ -109,3 +109,27 @@ def test_a_test_server_whose_port_was_taken_meanwhile_starts_on_another(
                 assert client.get("/api/v1/auth/whoami").status_code == 200
     lost = (tmp_path / "server" / "serve-1.stderr").read_text()
     assert f"cannot listen on 127.0.0.1:{taken}: Address already in use" in lost
+
+
+def test_a_test_server_whose_metrics_port_was_taken_meanwhile_starts_on_another(
+    tmp_path: Path,
+) -> None:
+    # The same race for metrics.listen: a configuration given as a function picks its port
+    # again. A fixed one failed the start with no retry (tests/e2e/test_tls.py had one).
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        picks = iter([taken])
+
+        def config() -> dict[str, object]:
+            return {"metrics": {"listen": f"127.0.0.1:{next(picks, 0) or free_port()}"}}
+
+        with launch(tmp_path / "server", config=config) as server:
+            metrics_port = server.configured_port("metrics.listen")
+            assert metrics_port != taken
+            with server.client(server.admin_key) as client:
+                scraped = client.get(f"https://127.0.0.1:{metrics_port}/api/v1/metrics/prometheus")
+            assert scraped.status_code == 200, scraped.text
+    lost = (tmp_path / "server" / "serve-1.stderr").read_text()
+    assert f"cannot listen on 127.0.0.1:{taken}: Address already in use" in lost

@@ -138,10 +138,12 @@ def test_plain_http_on_the_https_port_gets_a_400_saying_to_use_https(
 ) -> None:
     # curl http://… against the HTTPS port printed "Empty reply from server": the request line
     # went into the TLS handshake, which failed, and the connection closed without a word.
-    metrics_port = free_port()
+    # A function: a metrics port another process takes before the server binds it is picked
+    # again (a fixed one failed the start, "Address already in use", with no retry).
     server = start_server(
-        config={"metrics": {"listen": f"127.0.0.1:{metrics_port}", "secure": False}}
+        config=lambda: {"metrics": {"listen": f"127.0.0.1:{free_port()}", "secure": False}}
     )
+    metrics_port = server.configured_port("metrics.listen")
     plain = run("curl", "-sS", "-i", f"http://127.0.0.1:{server.port}/healthz", timeout=20)
     assert plain.returncode == 0, plain.stderr
     head, _, body = plain.stdout.partition("\n\n")  # text mode: \r\n read as \n
