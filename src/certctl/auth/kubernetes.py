@@ -21,9 +21,11 @@ reject for 30 seconds; failures to reach the API are not cached. The token itsel
 stored, logged or put into an error message.
 
 At most ``MAX_CONCURRENT_REVIEWS`` reviews run at once per process, each on its own
-connection; the others wait for a slot as long as one call may take, then get 503. Unbounded,
-a burst of junk tokens while the API server was slow held a connection (a file descriptor
-beyond the server's reserve) and an API request each.
+connection; the others wait for a slot. Unbounded, a burst of junk tokens while the API server
+was slow held a connection (a file descriptor beyond the server's reserve) and an API request
+each. A review, slot wait and both calls together, has the connection's timeout (5 s by
+default) to finish, then 503: within Prometheus's default scrapeTimeout (10 s), so a scrape
+gets certctl's answer rather than its own timeout.
 """
 
 from __future__ import annotations
@@ -225,29 +227,48 @@ class TokenReviewAuthenticator:
         return self._slots[1]
 
     async def _review(self, token: str, path: str, verb: str) -> _Decision:
+        # One deadline for the whole review: the wait for a slot, the TokenReview and the
+        # SubjectAccessReview together. Each had its own (the slot wait, and httpx's timeout
+        # per call), so a review could take two or three times the timeout before its 503,
+        # longer than Prometheus's default scrapeTimeout (10 s).
         slots = self._semaphore()
+        acquired = False
         try:
             async with asyncio.timeout(self.connection.timeout_s):
                 await slots.acquire()
+                acquired = True
+                return await self._ask(token, path, verb)
         except TimeoutError:
-            now = self._clock()
-            if self._busy_logged_at is None or now - self._busy_logged_at >= BUSY_LOG_EVERY_S:
-                self._busy_logged_at = now
+            if acquired:
                 log.warning(
-                    "%d Kubernetes token reviews in progress, none done within %g s: the "
-                    "API server is slow (or a burst of unknown tokens); answering 503 "
-                    "(this line at most once a minute)",
-                    self._max_concurrent,
+                    "Kubernetes token review not done within %g s: the API server is slow; "
+                    "answering 503",
                     self.connection.timeout_s,
                 )
+                raise KubeApiError(
+                    "the Kubernetes API server did not answer the token review within "
+                    f"{self.connection.timeout_s:g} s; try again"
+                ) from None
+            self._log_busy()
             raise KubeApiError(
                 "too many Kubernetes token reviews in progress (the API server is slow to "
                 "answer); try again"
             ) from None
-        try:
-            return await self._ask(token, path, verb)
         finally:
-            slots.release()
+            if acquired:
+                slots.release()
+
+    def _log_busy(self) -> None:
+        now = self._clock()
+        if self._busy_logged_at is None or now - self._busy_logged_at >= BUSY_LOG_EVERY_S:
+            self._busy_logged_at = now
+            log.warning(
+                "%d Kubernetes token reviews in progress, none done within %g s: the "
+                "API server is slow (or a burst of unknown tokens); answering 503 "
+                "(this line at most once a minute)",
+                self._max_concurrent,
+                self.connection.timeout_s,
+            )
 
     async def _ask(self, token: str, path: str, verb: str) -> _Decision:
         import httpx
