@@ -17,7 +17,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests._tools import free_port, require, run
+from tests._tools import require, run
 from tests.e2e.conftest import CertctlServer, assert_no_secrets, key_traces, secret_of, stop_process
 
 pytestmark = pytest.mark.e2e
@@ -246,6 +246,18 @@ def _targets(client: httpx.Client) -> dict[str, dict[str, Any]]:
     return {t["labels"]["job"]: t for t in response.json()["data"]["activeTargets"]}
 
 
+def _listening_port(proc: subprocess.Popen[bytes], log: Path) -> int:
+    """The port Prometheus bound (``msg="Listening on" address=127.0.0.1:<port>``)."""
+    deadline = time.monotonic() + PROMETHEUS_TARGETS_TIMEOUT_S
+    while time.monotonic() < deadline:
+        found = re.search(r'msg="Listening on" address=127\.0\.0\.1:(\d+)', log.read_text())
+        if found:
+            return int(found.group(1))
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.1)
+    raise AssertionError(f"Prometheus did not listen:\n{log.read_text()[-3000:]}")
+
+
 def _prometheus_targets(
     tmp_path: Path, config: str, done: Callable[[dict[str, dict[str, Any]]], bool]
 ) -> tuple[dict[str, dict[str, Any]], str]:
@@ -254,19 +266,21 @@ def _prometheus_targets(
     ok = run("promtool", "check", "config", tmp_path / "prometheus.yml", timeout=30)
     assert ok.returncode == 0, ok.stdout + ok.stderr
 
-    port = free_port()
     log = tmp_path / "prometheus.log"
     argv = [
         require("prometheus"),
         f"--config.file={tmp_path / 'prometheus.yml'}",
         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--log.level=warn",
+        # Port 0, read back from its log: a port probed free and bound later by Prometheus
+        # could be taken meanwhile by the other pytest-xdist worker.
+        "--web.listen-address=127.0.0.1:0",
+        "--log.level=info",
     ]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
     targets: dict[str, dict[str, Any]] = {}
     try:
+        port = _listening_port(proc, log)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
             deadline = time.monotonic() + PROMETHEUS_TARGETS_TIMEOUT_S
             while time.monotonic() < deadline:
