@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from tests._tools import ok, run
 from tests.integration.conftest import Chain, Pki, certctl, certctl_ok
@@ -140,3 +141,30 @@ def _entries(crl: Path) -> dict[int, tuple[datetime, x509.ReasonFlags | None]]:
             reason = None
         entries[revoked.serial_number] = (revoked.revocation_date_utc, reason)
     return entries
+
+
+def test_a_crl_made_from_one_a_clock_ahead_signed_is_numbered_above_it(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """RFC 5280 5.2.3: numbered from this host's clock alone, the new CRL came out below a
+    previous one signed on a host whose clock ran ahead, and clients kept the old list."""
+    chain = pki.chain("ec-p256")
+    ca_cert = x509.load_pem_x509_certificate((chain.inter / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((chain.inter / "ca.key").read_bytes(), None)
+    ahead = int((datetime.now(UTC) + timedelta(days=365)).timestamp()) * 10**6
+    now = datetime.now(UTC)
+    previous = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now)
+        .next_update(now + timedelta(days=1))
+        .add_extension(x509.CRLNumber(ahead), critical=False)
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    crl = tmp_path / "ca.crl"
+    crl.write_bytes(previous.public_bytes(serialization.Encoding.PEM))
+    certctl_ok("crl", "create", "--ca", chain.inter, "--from", crl, "--out", crl, "--force")
+    text = ok(run("openssl", "crl", "-in", crl, "-noout", "-text")).stdout
+    match = re.search(r"X509v3 CRL Number: *\n *(0x[0-9A-Fa-f]+|[0-9]+)\n", text)
+    assert match is not None, text
+    assert int(match[1], 0) == ahead + 1

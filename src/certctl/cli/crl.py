@@ -56,7 +56,7 @@ def create(
     from certctl.pki import (
         RevokedEntry,
         create_crl,
-        load_crl_entries,
+        load_previous_crl,
         parse_duration,
         parse_serial,
     )
@@ -85,9 +85,10 @@ def create(
     outputs.check()
     ca = open_ca_dir(ca_dir, ca_password_file)
     kept: list[RevokedEntry] = []
+    previous_number: int | None = None
     if previous is not None:
         try:
-            kept = load_crl_entries(read_file(previous, "CRL"), ca)
+            kept, previous_number = load_previous_crl(read_file(previous, "CRL"), ca)
         except InvalidRequest as exc:
             raise InvalidRequest(f"--from {previous}: {exc.detail}") from None
     now = utcnow()
@@ -106,7 +107,9 @@ def create(
     # A serial listed before keeps its first revocation date and reason.
     known = {entry.serial_number for entry in kept}
     added = [RevokedEntry(s, now, flag) for s in serials if s not in known]
-    crl = create_crl(ca, [*kept, *added], now=now, next_update=interval)
+    crl = create_crl(
+        ca, [*kept, *added], now=now, next_update=interval, previous_number=previous_number
+    )
     encoding = serialization.Encoding.DER if der else serialization.Encoding.PEM
     outputs.add(out, crl.public_bytes(encoding))
     outputs.commit()

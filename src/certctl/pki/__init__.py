@@ -22,7 +22,13 @@ warnings.filterwarnings(
 )
 
 if TYPE_CHECKING:
-    from certctl.pki.crl import RevokedEntry, create_crl, load_crl_entries, parse_serial
+    from certctl.pki.crl import (
+        PreviousCrl,
+        RevokedEntry,
+        create_crl,
+        load_previous_crl,
+        parse_serial,
+    )
     from certctl.pki.csr import create_csr, csr_sans, load_csr, load_csr_with_key, sign_csr
     from certctl.pki.formats import (
         Material,
@@ -61,7 +67,8 @@ if TYPE_CHECKING:
 _SOURCES = {
     "RevokedEntry": "crl",
     "create_crl": "crl",
-    "load_crl_entries": "crl",
+    "load_previous_crl": "crl",
+    "PreviousCrl": "crl",
     "parse_serial": "crl",
     "parse_hostname": "verify",
     "create_csr": "csr",
@@ -109,6 +116,7 @@ __all__ = [
     "IssuedCertificate",
     "KeyType",
     "Material",
+    "PreviousCrl",
     "Profile",
     "RevokedEntry",
     "SubjectAltNames",
@@ -130,10 +138,10 @@ __all__ = [
     "key_to_pem",
     "key_type_of",
     "keys_match",
-    "load_crl_entries",
     "load_csr",
     "load_csr_with_key",
     "load_material",
+    "load_previous_crl",
     "load_private_key",
     "parse_dn",
     "parse_duration",

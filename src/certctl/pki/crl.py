@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from cryptography import x509
 
@@ -12,7 +13,7 @@ from certctl.errors import InvalidRequest
 from certctl.pki.formats import load_material
 from certctl.pki.issue import BACKDATE, CertificateAuthority
 
-__all__ = ["RevokedEntry", "create_crl", "load_crl_entries", "parse_serial"]
+__all__ = ["PreviousCrl", "RevokedEntry", "create_crl", "load_previous_crl", "parse_serial"]
 
 REASONS = {r.value: r for r in x509.ReasonFlags}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -47,11 +48,20 @@ def parse_serial(text: str) -> int:
     return value
 
 
-def load_crl_entries(data: bytes, ca: CertificateAuthority) -> list[RevokedEntry]:
+class PreviousCrl(NamedTuple):
+    """What a new CRL carries over from the one before it."""
+
+    entries: list[RevokedEntry]
+    crl_number: int | None
+
+
+def load_previous_crl(data: bytes, ca: CertificateAuthority) -> PreviousCrl:
     """The entries of a CRL (PEM or DER) that ``ca`` signed, with their dates and reasons.
 
     For a new CRL that keeps what an earlier one said: regenerating from serials alone would
     move every revocation date to now, and a client comparing dates would see them change.
+    Its CRL number too: the next one must be higher (RFC 5280 5.2.3) even when this clock
+    is behind the one that signed it.
 
     Raises:
         InvalidRequest: not a CRL, or not signed by ``ca``.
@@ -79,7 +89,11 @@ def load_crl_entries(data: bytes, ca: CertificateAuthority) -> list[RevokedEntry
         except x509.ExtensionNotFound:
             reason = None
         entries.append(RevokedEntry(revoked.serial_number, revoked.revocation_date_utc, reason))
-    return entries
+    try:
+        number: int | None = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        number = None
+    return PreviousCrl(entries, number)
 
 
 def create_crl(
@@ -89,6 +103,7 @@ def create_crl(
     now: datetime,
     next_update: timedelta = timedelta(days=7),
     crl_number: int | None = None,
+    previous_number: int | None = None,
 ) -> x509.CertificateRevocationList:
     """Sign a CRL listing ``revoked`` under ``ca``; the next update is clipped to its notAfter.
 
@@ -98,7 +113,9 @@ def create_crl(
     (several processes and replicas, clocks stepped back). Not seconds: two CRLs signed
     within one second (a script revoking in a loop) carried one number for different
     lists, and a client holding the first kept it. Numbers in microseconds are above every
-    number in seconds issued before.
+    number in seconds issued before. ``previous_number``: the number of the CRL this one
+    follows (``crl create --from``); the new one is above it even when the clock that signed
+    it was ahead of this one.
 
     Raises:
         InvalidRequest: the CA has expired, or ``next_update`` is not positive.
@@ -116,6 +133,8 @@ def create_crl(
         # As for certificates: no relying party accepts anything an expired CA signs.
         raise InvalidRequest(f"issuing CA expired on {ca_end:%Y-%m-%d %H:%M}Z")
     number = crl_number if crl_number is not None else (now - _EPOCH) // _MICROSECOND
+    if previous_number is not None:
+        number = max(number, previous_number + 1)
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.certificate.subject)
