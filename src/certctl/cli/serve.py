@@ -69,16 +69,22 @@ def serve_command(
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+# The options of the commands run beside a server, on its store (admin-key, kek rotate).
+_SERVER_CONFIG = typer.Option(
+    None, "--config", "-c", envvar="CERTCTL_CONFIG", help="The server's YAML config file."
+)
+_SERVER_DATA_DIR = typer.Option(
+    None, "--data-dir", help="The server's data directory (default: ./certctl-data)."
+)
+_SERVER_DATABASE_URL = typer.Option(
+    None, "--database-url", help="The server's database (prefer CERTCTL_DATABASE_URL)."
+)
+
+
 def admin_key_command(
-    config: Path = typer.Option(
-        None, "--config", "-c", envvar="CERTCTL_CONFIG", help="The server's YAML config file."
-    ),
-    data_dir: Path = typer.Option(
-        None, "--data-dir", help="The server's data directory (default: ./certctl-data)."
-    ),
-    database_url: str = typer.Option(
-        None, "--database-url", help="The server's database (prefer CERTCTL_DATABASE_URL)."
-    ),
+    config: Path = _SERVER_CONFIG,
+    data_dir: Path = _SERVER_DATA_DIR,
+    database_url: str = _SERVER_DATABASE_URL,
     actor: str = typer.Option("admin", "--actor", help="The actor the key is for."),
     out: Path = typer.Option(
         None, "--out", help="Where to write the key (default: <data-dir>/admin-api-key)."
@@ -132,15 +138,9 @@ kek_app = typer.Typer(
 
 @kek_app.command("rotate")
 def kek_rotate_command(
-    config: Path = typer.Option(
-        None, "--config", "-c", envvar="CERTCTL_CONFIG", help="The server's YAML config file."
-    ),
-    data_dir: Path = typer.Option(
-        None, "--data-dir", help="The server's data directory (default: ./certctl-data)."
-    ),
-    database_url: str = typer.Option(
-        None, "--database-url", help="The server's database (prefer CERTCTL_DATABASE_URL)."
-    ),
+    config: Path = _SERVER_CONFIG,
+    data_dir: Path = _SERVER_DATA_DIR,
+    database_url: str = _SERVER_DATABASE_URL,
 ) -> None:
     """Re-encrypt every stored private key under a new key-encryption key.
 
