@@ -151,7 +151,7 @@ def kek_rotate_command(
     API keys stay valid. The old key opens only backups taken before: keep it with them.
     """
     from certctl.errors import CertctlError
-    from certctl.server.bootstrap import rotate_kek
+    from certctl.server.bootstrap import RotationUnsettled, rotate_kek
     from certctl.server.config import load_config
 
     settings = load_config(
@@ -172,7 +172,7 @@ def kek_rotate_command(
     try:
         done = rotate_kek(settings, show)
     except CertctlError as exc:
-        if shown:
+        if shown and not isinstance(exc, RotationUnsettled):
             exc.detail += (
                 " (nothing was changed: the value printed above opens nothing; keep the "
                 "old CERTCTL_MASTER_KEY)"

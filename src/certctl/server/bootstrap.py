@@ -42,7 +42,14 @@ from certctl.store.keywrap import (
 )
 from certctl.store.models import Actor, CertificateRecord, Issuer, ManagedService
 
-__all__ = ["Bootstrapped", "KekRotation", "bootstrap", "mint_local_key", "rotate_kek"]
+__all__ = [
+    "Bootstrapped",
+    "KekRotation",
+    "RotationUnsettled",
+    "bootstrap",
+    "mint_local_key",
+    "rotate_kek",
+]
 
 log = logging.getLogger("certctl.server")
 
@@ -515,13 +522,61 @@ def rotate_kek(config: ServerConfig, show_new_key: Callable[[str], None]) -> Kek
             if not in_file:
                 show_new_key(encode_kek(new).decode().strip())
             count = _rewrap_all(services, KeyWrapper(new))
-        except BaseException:
-            pending.unlink(missing_ok=True)
+        except BaseException as exc:
+            _after_failed_rewrap(sessions, default.id, new, pending if in_file else None, exc)
             raise
         if in_file:
             os.replace(pending, data_dir / "kek")
             fsync_directory(data_dir)
     return KekRotation(count, data_dir / "kek" if in_file else None)
+
+
+class RotationUnsettled(StorageUnavailable):
+    """The re-encryption failed in its commit: the store may hold keys under either KEK."""
+
+
+def _after_failed_rewrap(
+    sessions: sessionmaker[Session],
+    issuer_id: str,
+    new: bytes,
+    pending: Path | None,
+    exc: BaseException,
+) -> None:
+    """Delete ``kek.next`` only once the store is seen still under the old KEK.
+
+    A failure in the commit itself (the connection lost once COMMIT was sent, Ctrl-C as it
+    returned) can come after the database committed: deleting ``kek.next`` then, or telling
+    the operator to keep the old ``CERTCTL_MASTER_KEY``, threw away the only key that opens
+    the stored keys.
+
+    Raises:
+        RotationUnsettled: the store is under the new KEK, or cannot be read to tell.
+    """
+    try:
+        with sessions() as session:
+            issuer = session.get(Issuer, issuer_id)
+    except DBAPIError:
+        issuer = None
+    if issuer is not None and not _opens(new, issuer):
+        if pending is not None:
+            pending.unlink(missing_ok=True)
+        return  # rolled back: the old KEK is the one in use
+    fault = storage_error(exc)
+    reason = fault.detail if fault is not None else type(exc).__name__
+    if pending is not None:
+        keep = (
+            f"{pending} is kept: the next certctl serve or certctl kek rotate puts whichever "
+            "of kek and kek.next opens the stored keys in place; delete neither"
+        )
+    else:
+        keep = (
+            f"keep both the old {MASTER_KEY_ENV} and the value printed above: start with the "
+            "old one and, if it is refused as not decrypting the keys, with the new one"
+        )
+    state = "could not be checked" if issuer is None else "was committed"
+    raise RotationUnsettled(
+        f"the re-encryption failed in its commit ({reason}) and {state}: {keep}"
+    ) from None
 
 
 def _rewrap_all(services: Services, new: KeyWrapper) -> int:
