@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -367,6 +369,21 @@ def test_crl_numbers_increase_across_replicas_clock_steps_and_restarts(
     assert numbers[0] >= int(started.timestamp()) * 10**6
 
 
+@contextlib.contextmanager
+def _statements(api: Api) -> Iterator[list[str]]:
+    """The SQL statements the app runs in the block, as they run."""
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(api.services.engine, "before_cursor_execute", count)
+    try:
+        yield statements
+    finally:
+        event.remove(api.services.engine, "before_cursor_execute", count)
+
+
 def test_an_unchanged_crl_is_served_again_without_a_store_write(api: Api, tmp_path: Path) -> None:
     """The public CRL route made every anonymous fetch a write (a CRL number) and a signature.
 
@@ -379,18 +396,10 @@ def test_an_unchanged_crl_is_served_again_without_a_store_write(api: Api, tmp_pa
         assert r.status_code == 200, r.text
         return r.content
 
-    statements: list[str] = []
-
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
     cert = api.issue(common_name="reused.example.com")
     first = fetch()
-    event.listen(api.services.engine, "before_cursor_execute", count)
-    try:
+    with _statements(api) as statements:
         repeated = [fetch() for _ in range(20)]
-    finally:
-        event.remove(api.services.engine, "before_cursor_execute", count)
     assert set(repeated) == {first}
     assert not [s for s in statements if not s.lstrip().upper().startswith("SELECT")], statements
 
@@ -420,6 +429,22 @@ def test_an_expired_issuer_signs_no_crl(api: Api) -> None:
     api.clock.advance(days=3)
     body = assert_problem(api.get("/api/v1/issuers/brief/crl"), 409)
     assert body["detail"].startswith("issuer brief: issuing CA expired on")
+
+
+def test_a_refused_crl_writes_nothing(api: Api) -> None:
+    """Each anonymous fetch of an expired issuer's CRL took a CRL number (a write) first.
+
+    The write held SQLite's write lock and an fsync, the cost the CRL cache removed for
+    issuers still valid: a loop of public requests for the expired one stalled issuance.
+    """
+    r = api.post(ISSUERS, api.admin_key, json={"id": "brief", "validity": "2D"})
+    assert r.status_code == 201, r.text
+    api.clock.advance(days=3)
+    with _statements(api) as statements:
+        for _ in range(5):
+            assert_problem(api.get("/api/v1/issuers/brief/crl"), 409)
+    assert statements
+    assert not [s for s in statements if not s.lstrip().upper().startswith("SELECT")], statements
 
 
 def test_an_expired_issuer_issues_and_renews_nothing_with_a_409_naming_it(api: Api) -> None:

@@ -13,7 +13,14 @@ from certctl.errors import InvalidRequest
 from certctl.pki.formats import load_material
 from certctl.pki.issue import BACKDATE, CertificateAuthority
 
-__all__ = ["PreviousCrl", "RevokedEntry", "create_crl", "load_previous_crl", "parse_serial"]
+__all__ = [
+    "PreviousCrl",
+    "RevokedEntry",
+    "check_crl_signer",
+    "create_crl",
+    "load_previous_crl",
+    "parse_serial",
+]
 
 REASONS = {r.value: r for r in x509.ReasonFlags}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -96,6 +103,24 @@ def load_previous_crl(data: bytes, ca: CertificateAuthority) -> PreviousCrl:
     return PreviousCrl(entries, number)
 
 
+def check_crl_signer(ca: CertificateAuthority, now: datetime) -> None:
+    """Refuse a CA whose CRLs no relying party accepts: expired, or without cRLSign.
+
+    Raises:
+        InvalidRequest: naming why.
+    """
+    if not ca.may_sign_crls:
+        # Relying parties refuse such a CRL (openssl: "key usage does not include CRL signing").
+        raise InvalidRequest(
+            f"{ca.certificate.subject.rfc4514_string()}: the CA's keyUsage lacks cRLSign, "
+            "so no client accepts CRLs it signs"
+        )
+    ca_end = ca.certificate.not_valid_after_utc
+    if ca_end <= now:
+        # As for certificates: no relying party accepts anything an expired CA signs.
+        raise InvalidRequest(f"issuing CA expired on {ca_end:%Y-%m-%d %H:%M}Z")
+
+
 def create_crl(
     ca: CertificateAuthority,
     revoked: Sequence[RevokedEntry],
@@ -122,16 +147,8 @@ def create_crl(
     """
     if next_update <= timedelta(0):
         raise InvalidRequest("CRL next update must be in the future")
-    if not ca.may_sign_crls:
-        # Relying parties refuse such a CRL (openssl: "key usage does not include CRL signing").
-        raise InvalidRequest(
-            f"{ca.certificate.subject.rfc4514_string()}: the CA's keyUsage lacks cRLSign, "
-            "so no client accepts CRLs it signs"
-        )
+    check_crl_signer(ca, now)
     ca_end = ca.certificate.not_valid_after_utc
-    if ca_end <= now:
-        # As for certificates: no relying party accepts anything an expired CA signs.
-        raise InvalidRequest(f"issuing CA expired on {ca_end:%Y-%m-%d %H:%M}Z")
     number = crl_number if crl_number is not None else (now - _EPOCH) // _MICROSECOND
     if previous_number is not None:
         number = max(number, previous_number + 1)

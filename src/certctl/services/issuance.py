@@ -49,7 +49,7 @@ from certctl.pki import (
     parse_dn,
     sign_csr,
 )
-from certctl.pki.crl import RevokedEntry, create_crl
+from certctl.pki.crl import RevokedEntry, check_crl_signer, create_crl
 from certctl.pki.issue import BACKDATE, IssuedCertificate
 from certctl.services.audit import event_values, record
 from certctl.services.context import Principal, Services, SignedCrl
@@ -1340,6 +1340,11 @@ def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationLis
         and now < (last.crl.next_update_utc or now)
     ):
         return last.crl
+    try:
+        # Before the number: a refused CRL is no write (the route is public; never cached).
+        check_crl_signer(ca, now)
+    except InvalidRequest as exc:  # an expired issuer: the request was fine, the issuer is not
+        raise Conflict(f"issuer {issuer_id}: {exc.detail}") from None
     with services.engine.begin() as connection:
         # The number first: it locks the issuer's row (PostgreSQL) or the database (SQLite)
         # until the commit, so a CRL numbered higher never lists less than this one.
@@ -1350,10 +1355,7 @@ def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationLis
         for serial, revoked_at, reason in revoked
         if revoked_at is not None
     ]
-    try:
-        crl = create_crl(ca, entries, now=now, crl_number=number)
-    except InvalidRequest as exc:  # an expired issuer: the request was fine, the issuer is not
-        raise Conflict(f"issuer {issuer_id}: {exc.detail}") from None
+    crl = create_crl(ca, entries, now=now, crl_number=number)
     services.signed_crls[issuer_id] = SignedCrl(ca, revoked, now, crl)
     return crl
 
