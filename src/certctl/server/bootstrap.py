@@ -518,6 +518,7 @@ def rotate_kek(config: ServerConfig, show_new_key: Callable[[str], None]) -> Kek
         pending = data_dir / NEXT_KEK
         if in_file:
             write_atomic(pending, encode_kek(new), SECRET_MODE)
+            _owned_like(pending, data_dir / "kek")
         try:
             if not in_file:
                 show_new_key(encode_kek(new).decode().strip())
@@ -529,6 +530,28 @@ def rotate_kek(config: ServerConfig, show_new_key: Callable[[str], None]) -> Kek
             os.replace(pending, data_dir / "kek")
             fsync_directory(data_dir)
     return KekRotation(count, data_dir / "kek" if in_file else None)
+
+
+def _owned_like(path: Path, model: Path) -> None:
+    """Give the new KEK the owner and group of the one it replaces.
+
+    Rotated as root (``sudo certctl kek rotate``), the new ``kek`` was root's, 0600, and the
+    server, run as its own user, could no longer read it: it failed to start.
+
+    Raises:
+        InvalidRequest: it cannot be given them (nothing was changed; the file is deleted).
+    """
+    info = model.stat()
+    if (info.st_uid, info.st_gid) == (os.geteuid(), os.getegid()):
+        return
+    try:
+        os.chown(path, info.st_uid, info.st_gid)
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise InvalidRequest(
+            f"{model} belongs to uid {info.st_uid} (gid {info.st_gid}) and the new key cannot "
+            f"be given to them ({exc.strerror}): run certctl kek rotate as that user"
+        ) from None
 
 
 class RotationUnsettled(StorageUnavailable):

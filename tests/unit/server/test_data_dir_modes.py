@@ -17,7 +17,7 @@ import pytest
 from certctl.errors import InvalidRequest
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
-from tests._tools import require
+from tests._tools import ok, require, run
 
 
 def _mode(path: Path) -> int:
@@ -175,3 +175,26 @@ def test_database_files_of_another_user_are_named(open_tmp: Path) -> None:
     # Negative twin: once it is the service user's, it starts.
     os.chown(data / "certctl.db", 65534, 65534)
     assert _as_nobody(code).stdout.strip() == "started"
+
+
+def test_a_kek_rotated_as_root_stays_the_server_users(open_tmp: Path) -> None:
+    # sudo certctl kek rotate left a kek of root's, 0600: the server, run as its own user,
+    # died at its next start with "PermissionError: … kek".
+    data = open_tmp / "data"
+    data.mkdir(mode=0o700)
+    os.chown(data, 65534, 65534)
+    code = (
+        "from certctl.server.bootstrap import bootstrap; "
+        "from certctl.server.config import ServerConfig\n"
+        f"bootstrap(ServerConfig.model_validate({{'data-dir': '{data}'}}))"
+        ".services.engine.dispose(); print('started')"
+    )
+    first = _as_nobody(code)
+    assert first.stdout.strip() == "started", first.stderr
+    old = (data / "kek").read_bytes()
+    ok(run("certctl", "kek", "rotate", "--data-dir", data, env={"PATH": "/usr/bin:/bin"}))
+    kek = (data / "kek").stat()
+    assert (kek.st_uid, kek.st_gid, stat.S_IMODE(kek.st_mode)) == (65534, 65534, 0o600)
+    assert (data / "kek").read_bytes() != old
+    again = _as_nobody(code)
+    assert again.stdout.strip() == "started", again.stderr
