@@ -206,6 +206,12 @@ def data_dir_lock(data_dir: Path) -> int | None:
             log.debug("no lock file in %s: %s", data_dir, exc.strerror)
             return None
         _LOCK_FDS[key] = fd
+        owner = key.stat()
+        if os.geteuid() == 0 != owner.st_uid and os.fstat(fd).st_uid == 0:
+            # Made by root (sudo certctl kek rotate, admin-key) in the server user's data dir:
+            # 0600 and root's, the server could not open it and ran without any lock.
+            with contextlib.suppress(OSError):
+                os.fchown(fd, owner.st_uid, owner.st_gid)
     return fd
 
 

@@ -179,7 +179,8 @@ def test_database_files_of_another_user_are_named(open_tmp: Path) -> None:
 
 def test_a_kek_rotated_as_root_stays_the_server_users(open_tmp: Path) -> None:
     # sudo certctl kek rotate left a kek of root's, 0600: the server, run as its own user,
-    # died at its next start with "PermissionError: … kek".
+    # died at its next start with "PermissionError: … kek". A certctl.lock it created was
+    # root's too: the server could not open it and ran without the lock.
     data = open_tmp / "data"
     data.mkdir(mode=0o700)
     os.chown(data, 65534, 65534)
@@ -192,9 +193,13 @@ def test_a_kek_rotated_as_root_stays_the_server_users(open_tmp: Path) -> None:
     first = _as_nobody(code)
     assert first.stdout.strip() == "started", first.stderr
     old = (data / "kek").read_bytes()
+    (data / "certctl.lock").unlink()  # a data dir of a certctl from before the lock file
     ok(run("certctl", "kek", "rotate", "--data-dir", data, env={"PATH": "/usr/bin:/bin"}))
     kek = (data / "kek").stat()
     assert (kek.st_uid, kek.st_gid, stat.S_IMODE(kek.st_mode)) == (65534, 65534, 0o600)
     assert (data / "kek").read_bytes() != old
+    # The lock file the rotation made: the server's too, or it would run with no lock.
+    lock = (data / "certctl.lock").stat()
+    assert (lock.st_uid, lock.st_gid, stat.S_IMODE(lock.st_mode)) == (65534, 65534, 0o600)
     again = _as_nobody(code)
     assert again.stdout.strip() == "started", again.stderr
