@@ -24,7 +24,7 @@ help:
 	.tools/bin/pip install --quiet uv
 
 # Bytecode for the dependencies and for src/: where none is written at import
-# (PYTHONDONTWRITEBYTECODE=1, as on our CI image, or a read-only image) every process
+# (PYTHONDONTWRITEBYTECODE=1, as on our build machine, or a read-only image) every process
 # compiled SQLAlchemy, Alembic, Pydantic, Typer and certctl from source: 3.9 s of CPU to
 # import the server here against 1.3 s, paid by every `certctl serve` and test server. A
 # .pyc older than its source is ignored, so editing src/ stays safe.
