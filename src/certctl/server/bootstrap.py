@@ -366,14 +366,12 @@ def _refuse_lost_database(config: ServerConfig) -> None:
 
 def _check_kek(services: Services, default: Issuer, data_dir: Path) -> None:
     """Refuse a KEK that does not open the stored keys, naming where it came from."""
-    try:
-        services.wrapper.unwrap(default.wrapped_key, context=f"issuer:{default.id}")
-    except CertctlError:
+    if not _opens(services.wrapper, default):
         raise InvalidRequest(
             f"the key-encryption key from {kek_source(data_dir)} does not decrypt the keys "
             f"in the database: start with the one they were encrypted under "
             f"({MASTER_KEY_ENV}, or {data_dir / 'kek'} from a backup)"
-        ) from None
+        )
 
 
 def mint_local_key(config: ServerConfig, actor_id: str) -> rbac.MintResult:
@@ -438,9 +436,10 @@ def _existing_store(
         engine.dispose()
 
 
-def _opens(kek: bytes, default: Issuer) -> bool:
+def _opens(wrapper: KeyWrapper, default: Issuer) -> bool:
+    """Whether ``wrapper``'s KEK opens the stored keys (the internal CA's stands for all)."""
     try:
-        KeyWrapper(kek).unwrap(default.wrapped_key, context=f"issuer:{default.id}")
+        wrapper.unwrap(default.wrapped_key, context=f"issuer:{default.id}")
     except CertctlError:
         return False
     return True
@@ -457,12 +456,12 @@ def _settled_kek(data_dir: Path, default: Issuer | None, *, create: bool) -> byt
     pending = data_dir / NEXT_KEK
     if kek_source(data_dir) == MASTER_KEY_ENV or not pending.is_file():
         return kek
-    if default is None or _opens(kek, default):
+    if default is None or _opens(KeyWrapper(kek), default):
         pending.unlink()
         log.warning("deleted %s, left by a key rotation that did not complete", pending)
         return kek
     new = read_kek_file(pending)
-    if not _opens(new, default):
+    if not _opens(KeyWrapper(new), default):
         return kek  # neither opens them: refused by _check_kek, naming kek
     os.replace(pending, data_dir / "kek")
     fsync_directory(data_dir)
@@ -586,7 +585,7 @@ def _after_failed_rewrap(
             issuer = session.get(Issuer, issuer_id)
     except DBAPIError:
         issuer = None
-    if issuer is not None and not _opens(new, issuer):
+    if issuer is not None and not _opens(KeyWrapper(new), issuer):
         if pending is not None:
             pending.unlink(missing_ok=True)
         return  # rolled back: the old KEK is the one in use
