@@ -16,7 +16,6 @@ from certctl.pki.issue import BACKDATE, CertificateAuthority
 __all__ = [
     "PreviousCrl",
     "RevokedEntry",
-    "check_crl_signer",
     "create_crl",
     "load_previous_crl",
     "parse_serial",
@@ -103,24 +102,6 @@ def load_previous_crl(data: bytes, ca: CertificateAuthority) -> PreviousCrl:
     return PreviousCrl(entries, number)
 
 
-def check_crl_signer(ca: CertificateAuthority, now: datetime) -> None:
-    """Refuse a CA whose CRLs no relying party accepts: expired, or without cRLSign.
-
-    Raises:
-        InvalidRequest: naming why.
-    """
-    if not ca.may_sign_crls:
-        # Relying parties refuse such a CRL (openssl: "key usage does not include CRL signing").
-        raise InvalidRequest(
-            f"{ca.certificate.subject.rfc4514_string()}: the CA's keyUsage lacks cRLSign, "
-            "so no client accepts CRLs it signs"
-        )
-    ca_end = ca.certificate.not_valid_after_utc
-    if ca_end <= now:
-        # As for certificates: no relying party accepts anything an expired CA signs.
-        raise InvalidRequest(f"issuing CA expired on {ca_end:%Y-%m-%d %H:%M}Z")
-
-
 def create_crl(
     ca: CertificateAuthority,
     revoked: Sequence[RevokedEntry],
@@ -147,7 +128,7 @@ def create_crl(
     """
     if next_update <= timedelta(0):
         raise InvalidRequest("CRL next update must be in the future")
-    check_crl_signer(ca, now)
+    ca.check_can_sign(now, crls=True)
     ca_end = ca.certificate.not_valid_after_utc
     number = crl_number if crl_number is not None else (now - _EPOCH) // _MICROSECOND
     if previous_number is not None:

@@ -124,6 +124,29 @@ class CertificateAuthority:
             self.may_sign_certificates = usage.key_cert_sign
             self.may_sign_crls = usage.crl_sign
 
+    def check_can_sign(self, now: datetime, *, crls: bool) -> None:
+        """Refuse to sign what no relying party accepts: a usage the CA lacks, or expired.
+
+        Signed all the same, a certificate would fail everywhere (openssl error 32), a CRL
+        too (openssl: "key usage does not include CRL signing").
+
+        Raises:
+            InvalidRequest: naming the missing keyCertSign / cRLSign, or the expiry.
+        """
+        allowed, usage, what = (
+            (self.may_sign_crls, "cRLSign", "CRLs")
+            if crls
+            else (self.may_sign_certificates, "keyCertSign", "certificates")
+        )
+        if not allowed:
+            raise InvalidRequest(
+                f"{self.certificate.subject.rfc4514_string()}: the CA's keyUsage lacks "
+                f"{usage}, so no client accepts {what} it signs"
+            )
+        end = self.certificate.not_valid_after_utc
+        if end <= now:
+            raise InvalidRequest(f"issuing CA expired on {end:%Y-%m-%d %H:%M}Z")
+
     @functools.cached_property
     def root_pem(self) -> bytes:
         """PEM of :attr:`root`, encoded once (batch issuance writes it per certificate)."""
@@ -172,15 +195,8 @@ class CertificateAuthority:
         """
         check_public_key(public_key)
         warnings: list[str] = []
-        if not self.may_sign_certificates:
-            # Signed all the same, the certificate would fail everywhere (openssl error 32).
-            raise InvalidRequest(
-                f"{self.certificate.subject.rfc4514_string()}: the CA's keyUsage lacks "
-                "keyCertSign, so no client accepts certificates it signs"
-            )
+        self.check_can_sign(now, crls=False)
         issuer_end = self.certificate.not_valid_after_utc
-        if issuer_end <= now:
-            raise InvalidRequest(f"issuing CA expired on {issuer_end:%Y-%m-%d %H:%M}Z")
         not_before = now - BACKDATE
         not_after = now + validity
         if not_after > issuer_end:

@@ -49,7 +49,7 @@ from certctl.pki import (
     parse_dn,
     sign_csr,
 )
-from certctl.pki.crl import RevokedEntry, check_crl_signer, create_crl
+from certctl.pki.crl import RevokedEntry, create_crl
 from certctl.pki.issue import BACKDATE, IssuedCertificate
 from certctl.services.audit import event_values, record
 from certctl.services.context import Principal, Services, SignedCrl
@@ -1342,7 +1342,7 @@ def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationLis
         return last.crl
     try:
         # Before the number: a refused CRL is no write (the route is public; never cached).
-        check_crl_signer(ca, now)
+        ca.check_can_sign(now, crls=True)
     except InvalidRequest as exc:  # an expired issuer: the request was fine, the issuer is not
         raise Conflict(f"issuer {issuer_id}: {exc.detail}") from None
     with services.engine.begin() as connection:
