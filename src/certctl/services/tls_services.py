@@ -432,10 +432,7 @@ def client_trust_warnings(services: Services, name: str) -> list[str]:
                 f"{cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}: servers refuse it until then"
             )
         if not row.is_ca:
-            try:
-                ekus = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-            except x509.ExtensionNotFound:
-                ekus = None
+            ekus = _extended_key_usages(cert)
             if ekus is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in ekus:
                 warnings.append(
                     f"client certificate {row.subject} lacks the clientAuth extended key "
@@ -815,11 +812,8 @@ def _check_server_certificate(secret: str, leaf: x509.Certificate) -> None:
             "certctl issue the service's certificate from this CA, name its files ca.crt and "
             "ca.key)"
         )
-    try:
-        ekus = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return
-    if ExtendedKeyUsageOID.SERVER_AUTH not in ekus:
+    ekus = _extended_key_usages(leaf)
+    if ekus is not None and ExtendedKeyUsageOID.SERVER_AUTH not in ekus:
         names = ", ".join(eku_name(oid) for oid in ekus) or "none"
         raise InvalidRequest(
             f"secret {secret}: tls.crt is not a server certificate (its extended key usage "
