@@ -91,11 +91,11 @@ def _sans(extensions: x509.Extensions) -> dict[str, list[str]]:
 
 def _signature_algorithm(oid: x509.ObjectIdentifier) -> str:
     """The signature algorithm as ``openssl x509 -text`` names it, else the dotted OID."""
-    name = getattr(oid, "_name", "Unknown OID")
-    if name == "Unknown OID":
-        return oid.dotted_string
+    from certctl.pki.verify import oid_name
+
+    name = oid_name(oid)
     # openssl upper-cases the EdDSA names; the others are spelt as pyca spells them.
-    return str(name).upper() if name in ("ed25519", "ed448") else str(name)
+    return name.upper() if name in ("ed25519", "ed448") else name
 
 
 def _name_constraints(extensions: x509.Extensions) -> dict[str, list[str]] | None:

@@ -21,6 +21,7 @@ __all__ = [
     "VerifiedChain",
     "eku_name",
     "is_self_signed",
+    "oid_name",
     "parse_hostname",
     "verify_certificate",
 ]
@@ -115,12 +116,17 @@ _WEB_PKI_ONLY = re.compile(
 _EKU_FOR = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
 
 
+def oid_name(oid: x509.ObjectIdentifier) -> str:
+    """The name pyca/cryptography knows ``oid`` by (mostly openssl's), else the dotted OID."""
+    name = getattr(oid, "_name", "Unknown OID")
+    return oid.dotted_string if name == "Unknown OID" else str(name)
+
+
 def eku_name(oid: x509.ObjectIdentifier) -> str:
     """An extended key usage as openssl's short names spell it (``serverAuth``), else dotted."""
     if oid == ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE:
         return "anyExtendedKeyUsage"  # cryptography names it "Unknown OID"
-    name = getattr(oid, "_name", "Unknown OID")
-    return oid.dotted_string if name == "Unknown OID" else str(name)
+    return oid_name(oid)
 
 
 def parse_hostname(text: str) -> x509.DNSName | x509.IPAddress:
