@@ -1,4 +1,7 @@
-"""First start and every start: data dir, KEK, migrations, built-in roles, CA, admin key."""
+"""First start and every start: data dir, KEK, migrations, built-in roles, CA, admin key.
+
+The store and KEK checks here are shared with :mod:`certctl.server.kek_rotation`.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,11 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, bindparam, inspect, select, text, update
+from sqlalchemy import Engine, inspect, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -19,13 +22,10 @@ from certctl.errors import CertctlError, InvalidRequest, StorageUnavailable
 from certctl.files import SECRET_MODE, fsync_directory, tighten_secret, write_atomic
 from certctl.pki import parse_duration
 from certctl.server.config import ServerConfig
-from certctl.services import audit, issuance, rbac
+from certctl.services import issuance, rbac
 from certctl.services.context import Services
 from certctl.store.db import (
-    AUTH_LOCK,
-    LEADER_LOCK,
     create_store_engine,
-    lock_for_write,
     migrate,
     session_factory,
     startup_lock,
@@ -35,20 +35,23 @@ from certctl.store.keywrap import (
     MASTER_KEY_ENV,
     NEXT_KEK,
     KeyWrapper,
-    encode_kek,
     kek_source,
     load_or_create_kek,
     read_kek_file,
 )
-from certctl.store.models import Actor, CertificateRecord, Issuer, ManagedService
+from certctl.store.models import Actor, Issuer
 
 __all__ = [
     "Bootstrapped",
-    "KekRotation",
-    "RotationUnsettled",
     "bootstrap",
+    "check_kek",
+    "data_dir_lock",
+    "existing_store",
+    "hold_data_dir",
+    "kek_opens",
     "mint_local_key",
-    "rotate_kek",
+    "refuse_in_memory",
+    "settled_kek",
 ]
 
 log = logging.getLogger("certctl.server")
@@ -70,7 +73,7 @@ def bootstrap(config: ServerConfig) -> Bootstrapped:
         InvalidRequest: an in-memory SQLite ``database-url``, a data dir that is not one, …
         StorageUnavailable: the database cannot be opened or written (read-only, full, down).
     """
-    _refuse_in_memory(config.database_url)
+    refuse_in_memory(config.database_url)
     try:
         return _bootstrap(config)
     except DBAPIError as exc:
@@ -80,7 +83,7 @@ def bootstrap(config: ServerConfig) -> Bootstrapped:
         raise StorageUnavailable(f"cannot start: {fault.detail}{_refusal(exc)}") from None
 
 
-def _refuse_in_memory(url: str | None) -> None:
+def refuse_in_memory(url: str | None) -> None:
     """Refuse ``sqlite://`` (or ``:memory:``): a store that vanishes with the process.
 
     Each pooled connection (and each worker) would get its own empty database: the start
@@ -298,10 +301,10 @@ def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
     if default is None:
         _refuse_lost_database(config)
     # Keys are stored: a missing KEK file is an error, never replaced by a new, useless one.
-    kek = _settled_kek(data_dir, default, create=not has_issuers)
+    kek = settled_kek(data_dir, default, create=not has_issuers)
     services = Services(engine, sessions, KeyWrapper(kek))
     if default is not None:
-        _check_kek(services, default, data_dir)
+        check_kek(services, default, data_dir)
     rbac.ensure_builtin_roles(services)
     if default is None:
         issuance.create_issuer(
@@ -364,9 +367,9 @@ def _refuse_lost_database(config: ServerConfig) -> None:
     )
 
 
-def _check_kek(services: Services, default: Issuer, data_dir: Path) -> None:
+def check_kek(services: Services, default: Issuer, data_dir: Path) -> None:
     """Refuse a KEK that does not open the stored keys, naming where it came from."""
-    if not _opens(services.wrapper, default):
+    if not kek_opens(services.wrapper, default):
         raise InvalidRequest(
             f"the key-encryption key from {kek_source(data_dir)} does not decrypt the keys "
             f"in the database: start with the one they were encrypted under "
@@ -387,20 +390,20 @@ def mint_local_key(config: ServerConfig, actor_id: str) -> rbac.MintResult:
         NotFound: no actor ``actor_id``.
         StorageUnavailable: the database cannot be opened or written.
     """
-    with _existing_store(config) as (engine, sessions, default):
+    with existing_store(config) as (engine, sessions, default):
         # Taken once the store is known (a refusal leaves the data dir as found): beside a
         # running server, not beside a rotation (which this would race to settle).
         lock = data_dir_lock(config.data_dir) if config.data_dir.is_dir() else None
         if lock is not None:
             hold_data_dir(lock, config.data_dir, exclusive=False)
-        kek = _settled_kek(config.data_dir, default, create=False)
+        kek = settled_kek(config.data_dir, default, create=False)
         services = Services(engine, sessions, KeyWrapper(kek))
-        _check_kek(services, default, config.data_dir)
+        check_kek(services, default, config.data_dir)
         return rbac.mint_api_key(services, None, actor_id, "local", None)
 
 
 @contextlib.contextmanager
-def _existing_store(
+def existing_store(
     config: ServerConfig,
 ) -> Iterator[tuple[Engine, sessionmaker[Session], Issuer]]:
     """The engine, sessions and internal CA of a store a first start made; disposed after.
@@ -436,7 +439,7 @@ def _existing_store(
         engine.dispose()
 
 
-def _opens(wrapper: KeyWrapper, default: Issuer) -> bool:
+def kek_opens(wrapper: KeyWrapper, default: Issuer) -> bool:
     """Whether ``wrapper``'s KEK opens the stored keys (the internal CA's stands for all)."""
     try:
         wrapper.unwrap(default.wrapped_key, context=f"issuer:{default.id}")
@@ -445,7 +448,7 @@ def _opens(wrapper: KeyWrapper, default: Issuer) -> bool:
     return True
 
 
-def _settled_kek(data_dir: Path, default: Issuer | None, *, create: bool) -> bytes:
+def settled_kek(data_dir: Path, default: Issuer | None, *, create: bool) -> bytes:
     """The KEK, after settling a rotation interrupted between its commit and its rename.
 
     ``kek.next`` beside ``kek``: if ``kek`` still opens the stored keys the rotation never
@@ -456,216 +459,14 @@ def _settled_kek(data_dir: Path, default: Issuer | None, *, create: bool) -> byt
     pending = data_dir / NEXT_KEK
     if kek_source(data_dir) == MASTER_KEY_ENV or not pending.is_file():
         return kek
-    if default is None or _opens(KeyWrapper(kek), default):
+    if default is None or kek_opens(KeyWrapper(kek), default):
         pending.unlink()
         log.warning("deleted %s, left by a key rotation that did not complete", pending)
         return kek
     new = read_kek_file(pending)
-    if not _opens(KeyWrapper(new), default):
-        return kek  # neither opens them: refused by _check_kek, naming kek
+    if not kek_opens(KeyWrapper(new), default):
+        return kek  # neither opens them: refused by check_kek, naming kek
     os.replace(pending, data_dir / "kek")
     fsync_directory(data_dir)
     log.warning("completed an interrupted key rotation: %s is now the new key", data_dir / "kek")
     return new
-
-
-# Every wrapped key in the store: its table's key column and the context it is bound to.
-_WRAPPED_KEYS = tuple(
-    (model.metadata.tables[model.__tablename__], key, prefix)
-    for model, key, prefix in (
-        (Issuer, "id", "issuer:"),
-        (CertificateRecord, "id", "certificate:"),
-        (ManagedService, "name", "service:"),
-    )
-)
-
-
-@dataclass(frozen=True)
-class KekRotation:
-    """What :func:`rotate_kek` did: keys re-encrypted, and where the new KEK is."""
-
-    rewrapped: int
-    kek_file: Path | None  # None: CERTCTL_MASTER_KEY, the new value was shown
-
-
-def rotate_kek(config: ServerConfig, show_new_key: Callable[[str], None]) -> KekRotation:
-    """Re-encrypt every stored key under a new KEK in one transaction, then put it in place.
-
-    With ``<data-dir>/kek`` the new key goes to ``kek.next`` (0600, fsync-ed) before the
-    transaction and is renamed over ``kek`` after the commit; a crash between the two is
-    settled by the next start or rotation (:func:`_settled_kek`). With ``CERTCTL_MASTER_KEY``
-    the new value is passed to ``show_new_key`` before the commit: a committed key nobody
-    was shown would open nothing. API keys (SHA-256 of their secret) do not depend on the KEK.
-
-    Raises:
-        InvalidRequest: a server runs on the data dir (or, PostgreSQL, holds the leader
-            lock), no store there, or the KEK does not open it.
-        CertctlError: a stored key does not open (named); nothing was changed.
-        StorageUnavailable: the database cannot be opened or written.
-    """
-    _refuse_in_memory(config.database_url)
-    data_dir = config.data_dir
-    if not data_dir.is_dir():
-        raise InvalidRequest(f"data-dir {data_dir}: no such directory")
-    lock = data_dir_lock(data_dir)
-    if lock is not None:
-        hold_data_dir(lock, data_dir, exclusive=True)
-    with (
-        _existing_store(config) as (engine, sessions, default),
-        startup_lock(engine),
-        _no_leader(engine),
-    ):
-        old = _settled_kek(data_dir, default, create=False)
-        services = Services(engine, sessions, KeyWrapper(old))
-        _check_kek(services, default, data_dir)
-        new = os.urandom(32)
-        in_file = kek_source(data_dir) != MASTER_KEY_ENV
-        pending = data_dir / NEXT_KEK
-        if in_file:
-            write_atomic(pending, encode_kek(new), SECRET_MODE)
-            _owned_like(pending, data_dir / "kek")
-        try:
-            if not in_file:
-                show_new_key(encode_kek(new).decode().strip())
-            count = _rewrap_all(services, KeyWrapper(new))
-        except BaseException as exc:
-            _after_failed_rewrap(sessions, default.id, new, pending if in_file else None, exc)
-            raise
-        if in_file:
-            os.replace(pending, data_dir / "kek")
-            fsync_directory(data_dir)
-    return KekRotation(count, data_dir / "kek" if in_file else None)
-
-
-def _owned_like(path: Path, model: Path) -> None:
-    """Give the new KEK the owner and group of the one it replaces.
-
-    Rotated as root (``sudo certctl kek rotate``), the new ``kek`` was root's, 0600, and the
-    server, run as its own user, could no longer read it: it failed to start.
-
-    Raises:
-        InvalidRequest: it cannot be given them (nothing was changed; the file is deleted).
-    """
-    info = model.stat()
-    if (info.st_uid, info.st_gid) == (os.geteuid(), os.getegid()):
-        return
-    try:
-        os.chown(path, info.st_uid, info.st_gid)
-    except OSError as exc:
-        path.unlink(missing_ok=True)
-        raise InvalidRequest(
-            f"{model} belongs to uid {info.st_uid} (gid {info.st_gid}) and the new key cannot "
-            f"be given to them ({exc.strerror}): run certctl kek rotate as that user"
-        ) from None
-
-
-class RotationUnsettled(StorageUnavailable):
-    """The re-encryption failed in its commit: the store may hold keys under either KEK."""
-
-
-def _after_failed_rewrap(
-    sessions: sessionmaker[Session],
-    issuer_id: str,
-    new: bytes,
-    pending: Path | None,
-    exc: BaseException,
-) -> None:
-    """Delete ``kek.next`` only once the store is seen still under the old KEK.
-
-    A failure in the commit itself (the connection lost once COMMIT was sent, Ctrl-C as it
-    returned) can come after the database committed: deleting ``kek.next`` then, or telling
-    the operator to keep the old ``CERTCTL_MASTER_KEY``, threw away the only key that opens
-    the stored keys.
-
-    Raises:
-        RotationUnsettled: the store is under the new KEK, or cannot be read to tell.
-    """
-    try:
-        with sessions() as session:
-            issuer = session.get(Issuer, issuer_id)
-    except DBAPIError:
-        issuer = None
-    if issuer is not None and not _opens(KeyWrapper(new), issuer):
-        if pending is not None:
-            pending.unlink(missing_ok=True)
-        return  # rolled back: the old KEK is the one in use
-    fault = storage_error(exc)
-    reason = fault.detail if fault is not None else type(exc).__name__
-    if pending is not None:
-        keep = (
-            f"{pending} is kept: the next certctl serve or certctl kek rotate puts whichever "
-            "of kek and kek.next opens the stored keys in place; delete neither"
-        )
-    else:
-        keep = (
-            f"keep both the old {MASTER_KEY_ENV} and the value printed above: start with the "
-            "old one and, if it is refused as not decrypting the keys, with the new one"
-        )
-    state = "could not be checked" if issuer is None else "was committed"
-    raise RotationUnsettled(
-        f"the re-encryption failed in its commit ({reason}) and {state}: {keep}"
-    ) from None
-
-
-def _rewrap_all(services: Services, new: KeyWrapper) -> int:
-    """Unwrap each stored key with the current KEK and wrap it with ``new``: one transaction."""
-    count = 0
-    with services.sessions.begin() as session:
-        lock_for_write(session, AUTH_LOCK)  # SQLite: the write lock before the reads
-        connection = session.connection()
-        for table, key, prefix in _WRAPPED_KEYS:
-            column = table.c[key]
-            rows = connection.execute(
-                select(column, table.c.wrapped_key).where(table.c.wrapped_key.is_not(None))
-            ).all()
-            values = [
-                {
-                    "owner": owner,
-                    "blob": new.wrap(
-                        services.wrapper.unwrap(blob, context=f"{prefix}{owner}"),
-                        context=f"{prefix}{owner}",
-                    ),
-                }
-                for owner, blob in rows
-            ]
-            if values:
-                connection.execute(
-                    update(table)
-                    .where(column == bindparam("owner"))
-                    .values(wrapped_key=bindparam("blob")),
-                    values,
-                )
-            count += len(values)
-        audit.record(
-            session,
-            at=services.clock(),
-            actor="system",
-            action="kek.rotate",
-            detail=f"{count} stored keys re-encrypted under a new key-encryption key",
-        )
-    return count
-
-
-@contextlib.contextmanager
-def _no_leader(engine: Engine) -> Iterator[None]:
-    """PostgreSQL: refuse while a replica leads (it would go on wrapping with the old KEK).
-
-    Held until the rotation ends, so no replica becomes leader meanwhile. Replicas on
-    other hosts are not visible otherwise: the procedure (README) stops them all first.
-    """
-    if engine.dialect.name != "postgresql":
-        yield
-        return
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        got = connection.execute(
-            text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK}
-        ).scalar()
-        try:
-            if not got:
-                raise InvalidRequest(
-                    "a certctl serve replica is running on this database (it holds the "
-                    "leader lock): stop every replica first"
-                )
-            yield
-        finally:
-            connection.invalidate()  # the lock ends with the session
