@@ -151,8 +151,8 @@ def kek_rotate_command(
     API keys stay valid. The old key opens only backups taken before: keep it with them.
     """
     from certctl.errors import CertctlError
-    from certctl.server.kek_rotation import RotationUnsettled, rotate_kek
     from certctl.server.config import load_config
+    from certctl.server.kek_rotation import RotationUnsettled, rotate_kek
 
     settings = load_config(
         config,
