@@ -189,6 +189,47 @@ def test_leaf_reissued_after_rotate_before_not_earlier(env: Env) -> None:
     assert late - t0 > timedelta(hours=1)
 
 
+def test_a_raised_cert_rotate_before_applies_to_certificates_issued_before(
+    env: Env, tmp_path: Path
+) -> None:
+    # An administrator raises cert-rotate-before (30m to 90m here; 24h to 720h in life):
+    # certificates already issued are renewed by the new margin, as ECK judges each
+    # certificate by the current one at every pass. They kept the renewal time of their
+    # issue, and the service sent "expiring" for a certificate nothing renewed.
+    target = tmp_path / "out" / "web"
+    env.put(service_doc("web", targets=[{"directory": str(target)}]))
+    first = env.reconcile("web")
+    assert first.not_after is not None
+    assert first.renew_at is not None
+    wider = {"cert_rotate_before": timedelta(minutes=90)}
+
+    # Not yet inside the new margin: kept, its next renewal brought forward to it.
+    outside = first.not_after - timedelta(minutes=100)
+    kept = env.reconcile("web", outside, **wider)
+    assert kept.serial == first.serial
+    assert kept.renew_at is not None
+    assert (
+        first.not_after - timedelta(minutes=99)
+        <= kept.renew_at
+        <= first.not_after - timedelta(minutes=90)
+    )
+    assert tls_services.due(env.row("web"), kept.renew_at)
+
+    # Inside it: renewed, delivered, and no "expiring" for the certificate replaced.
+    inside = first.not_after - timedelta(minutes=60)
+    renewed = env.reconcile("web", inside, **wider)
+    assert renewed.serial != first.serial
+    assert renewed.conditions["Ready"]["status"] is True, renewed.conditions
+    served = _cert((target / "tls.crt").read_bytes())
+    assert served.serial_number == int(renewed.serial, 16)
+    assert served.not_valid_after_utc - inside > timedelta(minutes=90)
+    events = env.events("web")
+    assert [e.event for e in events] == ["issued", "renewed"]
+    assert events[-1].payload["reason"] == "due for renewal"
+    # And the new certificate is not renewed again at the next pass.
+    assert env.reconcile("web", inside + MINUTE, **wider).serial == renewed.serial
+
+
 def test_jitter_spreads_renewals_within_ten_percent(env: Env) -> None:
     renew_offsets = set()
     for i in range(8):

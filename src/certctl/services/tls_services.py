@@ -852,6 +852,29 @@ def _jitter(settings: ServiceSettings, name: str, serial: str) -> timedelta:
     return settings.cert_rotate_before * settings.jitter * fraction
 
 
+def _renewal_time(
+    settings: ServiceSettings, name: str, serial: str, not_after: datetime
+) -> datetime:
+    """When certctl renews the certificate ``serial``: ``cert-rotate-before`` (and jitter) ahead."""
+    return not_after - settings.cert_rotate_before - _jitter(settings, name, serial)
+
+
+def _renewal_by_current_margin(settings: ServiceSettings, row: ManagedService) -> datetime | None:
+    """The stored renewal time, brought forward to the ``cert-rotate-before`` configured now.
+
+    The stored time was computed with the margin of the day the certificate was issued: a
+    ``cert-rotate-before`` raised since (say 24h to 720h, to have a month to notice a failing
+    renewal) left every existing certificate renewing by the old margin, and the service sent
+    ``expiring`` (judged by the new one) for a certificate nothing renewed. ECK judges each
+    certificate by the current margin at each pass. Never later than stored: a renewal
+    already due, or asked for (``services renew``), stays so. None (a certificate certctl
+    does not renew: custom, or cut short by its CA) stays None.
+    """
+    if row.renew_at is None or row.not_after is None or row.serial is None:
+        return row.renew_at
+    return min(row.renew_at, _renewal_time(settings, row.name, row.serial, row.not_after))
+
+
 def _needs_leaf(
     row: ManagedService, spec: TLSServiceSpec, ca: CertificateAuthority, now: datetime
 ) -> str | None:
@@ -924,6 +947,7 @@ def reconcile_service(
         # problem, shown in its status and backed off, never a crash of every pass.
         return _fail(services, row, now, f"stored spec no longer valid: {exc.detail}", "spec")
     conditions: dict[str, Any] = {}
+    row.renew_at = _renewal_by_current_margin(settings, row)
     try:
         result = _decide(services, settings, row, spec, now)
     except InvalidRequest as exc:
@@ -948,6 +972,9 @@ def reconcile_service(
             # the secret can): left set, it showed as the next renewal, past, for good, and
             # kept a disabled service due on every pass.
             current.renew_at = None
+        elif current.serial == row.serial:
+            # Brought forward to today's cert-rotate-before, so due() and the status agree.
+            current.renew_at = _renewal_by_current_margin(settings, current)
         if failures:
             current.attempts += 1
             current.next_attempt_at = now + backoff(current.attempts)
@@ -1127,11 +1154,7 @@ def _store_issue(
             current.not_after = cert.not_valid_after_utc
             # A custom certificate is renewed by its owner; only certctl's own get a date.
             served_as_is = reason == "custom certificate changed"
-            renew_at = (
-                cert.not_valid_after_utc
-                - settings.cert_rotate_before
-                - _jitter(settings, row.name, current.serial)
-            )
+            renew_at = _renewal_time(settings, row.name, current.serial, cert.not_valid_after_utc)
             if served_as_is or (desired.ends_with_ca and renew_at <= now + _MIN_RENEWAL_INTERVAL):
                 # Nor one cut short by a custom CA about to expire: reissued, it would end
                 # at the same instant, so every pass would issue, deliver and reload again.
