@@ -41,6 +41,12 @@ INVALID = {
         _with(f"{SSC}.subjectAltNames", [{"ip": "10.0.0.300"}]),
         f"{SSC}.subjectAltNames.0: 10.0.0.300: not a valid IPv4 or IPv6 address",
     ),
+    # Accepted before, then every reconcile failed: an iPAddress SAN has no room for a zone.
+    "ip SAN with an IPv6 zone": (
+        _with(f"{SSC}.subjectAltNames", [{"ip": "fe80::1%eth0"}]),
+        f"{SSC}.subjectAltNames.0: fe80::1%eth0: an IPv6 zone ID (%eth0) cannot go in a "
+        "certificate; give fe80::1",
+    ),
     "dns and ip in one SAN": (
         _with(f"{SSC}.subjectAltNames", [{"dns": "a.example", "ip": "10.0.0.1"}]),
         f"{SSC}.subjectAltNames.0: give exactly one of dns or ip",

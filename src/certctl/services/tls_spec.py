@@ -53,6 +53,13 @@ class SubjectAltName(_Model):
                 address = ipaddress.ip_address(self.ip)
             except ValueError:
                 raise ValueError(f"{self.ip}: not a valid IPv4 or IPv6 address") from None
+            if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+                # A zone (%eth0) names an interface of one host; an iPAddress SAN has no room
+                # for it (RFC 5280 4.2.1.6: 16 octets). Accepted here, every reconcile failed.
+                raise ValueError(
+                    f"{self.ip}: an IPv6 zone ID (%{address.scope_id}) cannot go in a "
+                    f"certificate; give {address.compressed.partition('%')[0]}"
+                )
             if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
                 # As ECK (IPToRFCForm): a client connecting to 10.0.0.5 matches the 4-byte
                 # SAN only, so ::ffff:10.0.0.5 issued as it is matched nobody.
