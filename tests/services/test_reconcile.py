@@ -230,6 +230,42 @@ def test_a_raised_cert_rotate_before_applies_to_certificates_issued_before(
     assert env.reconcile("web", inside + MINUTE, **wider).serial == renewed.serial
 
 
+def test_a_lifetime_just_over_the_margin_is_not_reissued_at_every_pass(env: Env) -> None:
+    # cert-validity 25h, cert-rotate-before 24h: accepted, and a 10 % jitter (up to 2h24m)
+    # put most renewals before the issue: those certificates were reissued, reloaded and
+    # announced "renewed" at every pass. The jitter now stays within the hour left.
+    short = {
+        "cert_validity": timedelta(hours=25),
+        "cert_rotate_before": timedelta(hours=24),
+        "ca_validity": timedelta(days=30),
+        "ca_rotate_before": timedelta(hours=24),
+    }
+    names = [f"svc-{i}" for i in range(12)]
+    for name in names:
+        env.put(service_doc(name))
+    t0 = env.now
+    first = {name: env.reconcile(name, t0, **short) for name in names}
+    for step in range(1, 4):
+        for name in names:
+            row = env.reconcile(name, t0 + step * 10 * timedelta(seconds=1), **short)
+            assert row.serial == first[name].serial, (name, step)
+    for name, row in first.items():
+        assert row.not_after is not None
+        assert row.renew_at is not None
+        assert row.not_after - timedelta(hours=24, minutes=30) <= row.renew_at
+        assert row.renew_at <= row.not_after - timedelta(hours=24)
+        assert [e.event for e in env.events(name)] == ["issued"]
+    # Still renewed once its margin is reached, and then not again.
+    last = max(row.not_after for row in first.values() if row.not_after is not None)
+    late = last - timedelta(hours=24) + MINUTE
+    renewed = {name: env.reconcile(name, late, **short).serial for name in names}
+    assert all(renewed[name] != first[name].serial for name in names)
+    for name in names:
+        assert (
+            env.reconcile(name, late + 10 * timedelta(seconds=1), **short).serial == renewed[name]
+        )
+
+
 def test_jitter_spreads_renewals_within_ten_percent(env: Env) -> None:
     renew_offsets = set()
     for i in range(8):

@@ -849,7 +849,12 @@ def _uncovered_names(leaf: x509.Certificate, spec: TLSServiceSpec) -> list[str]:
 def _jitter(settings: ServiceSettings, name: str, serial: str) -> timedelta:
     # Deterministic per certificate, so restarts do not move the renewal time.
     fraction = int(hashlib.sha256(f"{name}:{serial}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return settings.cert_rotate_before * settings.jitter * fraction
+    # At most half the time a certificate lives before its margin: a cert-validity barely
+    # longer than cert-rotate-before (25h and 24h) put the jittered renewal of most
+    # certificates before their issue, so each was reissued (and reloaded, and announced as
+    # "renewed") at every pass until the hash of a serial happened to land late enough.
+    room = (settings.cert_validity - settings.cert_rotate_before) / 2
+    return min(settings.cert_rotate_before * settings.jitter, room) * fraction
 
 
 def _renewal_time(
