@@ -716,3 +716,55 @@ def test_a_chain_without_ca_crt_reaches_a_directory_without_ca_crt(
     ok(run("openssl", "verify", "-CAfile", tmp_path / "root.pem", "-untrusted",
            target / "tls.crt", "-verify_hostname", "web.example.internal", "-purpose",
            "sslserver", target / "tls.crt"))  # fmt: skip
+
+
+def test_a_custom_ca_given_without_its_root_is_served_with_the_leaf(
+    env: Env, tmp_path: Path
+) -> None:
+    # ca.crt + ca.key holding an intermediate and not its root: targets got tls.crt = the
+    # leaf alone, so a client trusting the root (what it has) could not build the chain, and
+    # the ca.crt they got (the intermediate) is no anchor OpenSSL clients accept. As ECK
+    # (its tls.crt is the leaf and its CA) the intermediate is now served after the leaf,
+    # and the status says that ca.crt lacks the root.
+    files = _openssl_pki(tmp_path, "basicConstraints=critical,CA:true\n",
+                         "subjectAltName=DNS:web\n")  # fmt: skip
+    intermediate, root = (tmp_path / "int.crt").read_bytes(), files["ca.crt"]
+    issuer = {"ca.crt": intermediate, "ca.key": (tmp_path / "int.key").read_bytes()}
+    write_secret(env.secrets_dir, "issuer", issuer)
+    target = tmp_path / "target"
+    env.put(service_doc("web", dns=NAMES, secret="issuer", targets=[{"directory": str(target)}]))
+    row = env.reconcile("web", datetime.now(UTC))
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    assert (
+        "secret issuer: ca.crt ends with CN=My Issuing CA, which is not self-signed"
+        in row.conditions["Ready"]["message"]
+    )
+    (tmp_path / "root.pem").write_bytes(root)
+    verify = ("openssl", "verify", "-CAfile", tmp_path / "root.pem", "-untrusted",
+              target / "tls.crt", "-verify_hostname", "web.example.internal", "-purpose",
+              "sslserver", target / "tls.crt")  # fmt: skip
+    ok(run(*verify))
+    # Its negative twin: the root of another PKI verifies nothing here.
+    other = make_ca("My Root", env.now)
+    (tmp_path / "other.pem").write_bytes(other.cert_pem)
+    refused = run(*verify[:3], tmp_path / "other.pem", *verify[4:])
+    assert refused.returncode != 0, refused.stdout
+
+    # The root added after the intermediate: ca.crt becomes the root, the leaf stays.
+    write_secret(env.secrets_dir, "issuer", {**issuer, "ca.crt": intermediate + root})
+    again = env.reconcile("web", env.now + timedelta(minutes=1))
+    assert again.serial == row.serial
+    assert again.conditions["Ready"]["message"] == "serving", again.conditions
+    assert (target / "ca.crt").read_bytes() == certs_to_pem(x509.load_pem_x509_certificates(root))
+    ok(run("openssl", "verify", "-CAfile", target / "ca.crt", "-untrusted", target / "tls.crt",
+           "-verify_hostname", "web.example.internal", target / "tls.crt"))  # fmt: skip
+    assert env.reconcile("web", env.now + timedelta(minutes=1)).serial == row.serial
+    # Its owner renews the intermediate (same key): served from the next pass, leaf kept.
+    ok(run("openssl", "x509", "-req", "-in", tmp_path / "int.csr", "-CA", tmp_path / "root.crt",
+           "-CAkey", tmp_path / "root.key", "-set_serial", "4", "-days", "25", "-extfile",
+           tmp_path / "int.ext", "-out", tmp_path / "int2.crt"))  # fmt: skip
+    renewed = (tmp_path / "int2.crt").read_bytes()
+    write_secret(env.secrets_dir, "issuer", {**issuer, "ca.crt": renewed + root})
+    assert env.reconcile("web", env.now + timedelta(minutes=1)).serial == row.serial
+    served = x509.load_pem_x509_certificates((target / "tls.crt").read_bytes())
+    assert served[1:] == x509.load_pem_x509_certificates(renewed)

@@ -761,6 +761,15 @@ def _custom_material(
             raise InvalidRequest(f"secret {secret}: ca.crt is not a CA ({exc.detail})") from None
         if now > ca.certificate.not_valid_after_utc:
             raise InvalidRequest(f"secret {secret}: ca.crt expired")
+        if not is_self_signed(ca.root):
+            # Served after the leaf (_served_chain), but what targets get as ca.crt is no
+            # anchor for nginx, Python and other OpenSSL clients without partial chains.
+            warnings.append(
+                f"secret {secret}: ca.crt ends with {ca.root.subject.rfc4514_string()}, which "
+                f"is not self-signed: targets get it as ca.crt, which OpenSSL clients refuse "
+                f"as a trust anchor; add its issuer ({ca.root.issuer.rfc4514_string()}) and "
+                "the rest of the chain up to the root after it in ca.crt"
+            )
         if ca.certificate.not_valid_after_utc - now <= settings.cert_rotate_before:
             warnings.append(
                 f"secret {secret}: ca.crt expires on "
@@ -1071,8 +1080,13 @@ def _decide(
             served.as_is = True
             return served, None if same else "custom certificate changed", warnings
         assert custom_ca is not None
-        # A CA renewed by its owner (same key) is published, as a service CA's is.
-        ca, ca_changed = custom_ca, row.ca_pem not in (None, custom_ca.root_pem.decode())
+        # A CA renewed by its owner (same key) is published, as a service CA's is; so is an
+        # intermediate renewed, or a root added after it, under the same key.
+        ca = custom_ca
+        ca_changed = row.ca_pem is not None and (row.ca_pem, row.chain_pem or "") != (
+            ca.root_pem.decode(),
+            _served_chain(ca),
+        )
     else:
         ca, ca_changed = _ensure_service_ca(services, settings, spec.name, now)
         # A renewed CA not yet published for this service (whoever renewed it died first).
@@ -1085,6 +1099,7 @@ def _decide(
         # The CA certificate was renewed (same key): publish it; the leaf stays valid.
         desired = _current(services, row)
         desired.ca_pem = certs_to_pem([ca.root]).decode()
+        desired.chain_pem = _served_chain(ca)
         return desired, "CA renewed", warnings
     key = generate_private_key()
     # A leaf never outlives its CA: shorten it quietly (the CA is renewed ahead of time).
@@ -1099,7 +1114,7 @@ def _decide(
     )
     desired = _Desired(
         certificate_pem=certs_to_pem([issued.certificate]).decode(),
-        chain_pem=ca.chain_below_root_pem.decode(),
+        chain_pem=_served_chain(ca),
         ca_pem=ca.root_pem.decode(),
         key_pem=key_to_pem(key),
         ends_with_ca=validity < settings.cert_validity,
@@ -1109,6 +1124,17 @@ def _decide(
     # put it in the status of every service at each renewal).
     advice = [w for w in issued.warnings if not w.endswith("; plan its renewal")]
     return desired, reason, [*warnings, *advice]
+
+
+def _served_chain(ca: CertificateAuthority) -> str:
+    """What targets serve after the leaf: the CA's chain up to, not including, a root.
+
+    A custom ``ca.crt`` ending with an intermediate (its root left out) is served too, as
+    ECK serves its CA after the leaf: left out, a client trusting the root had no way to it.
+    """
+    if not is_self_signed(ca.root):
+        return certs_to_pem([*ca.chain_below_root, ca.root]).decode()
+    return ca.chain_below_root_pem.decode()
 
 
 def _current(services: Services, row: ManagedService) -> _Desired:
