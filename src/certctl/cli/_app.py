@@ -6,13 +6,50 @@ Imported through ``main``, which first sets ``TYPER_USE_RICH`` (plain help).
 from __future__ import annotations
 
 import typer
+from typer import _click
+from typer.core import TyperGroup
 
 from certctl import __version__
 from certctl.cli import ca, cert, client, crl, csr, http, inspect, serve, services, verify
 
 __all__ = ["app"]
 
+# `certctl --help` lists the commands in these groups, in this order (the README's): Typer
+# alone put every plain command before every group, so the list began with `http`.
+_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Offline PKI (files only)", ("ca", "cert", "csr", "crl", "http", "inspect", "verify")),
+    ("Server (on its host)", ("serve", "admin-key", "kek")),
+    ("Clients of a server", ("auth", "certs", "services", "apply")),
+)
+
+
+class _SectionedGroup(TyperGroup):
+    """The root group: its commands under the headings of ``_SECTIONS``."""
+
+    def list_commands(self, ctx: _click.Context) -> list[str]:
+        ordered = [name for _, names in _SECTIONS for name in names if name in self.commands]
+        return ordered + [name for name in self.commands if name not in ordered]
+
+    def format_commands(self, ctx: _click.Context, formatter: _click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        placed = {name for _, section in _SECTIONS for name in section}
+        sections = [*_SECTIONS, ("Other commands", tuple(n for n in names if n not in placed))]
+        # One column width for every section, so the summaries line up down the page.
+        width = max(len(name) for name in names)
+        limit = formatter.width - 6 - width
+        for title, section in sections:
+            rows = []
+            for name in section:
+                command = self.get_command(ctx, name)
+                if command is not None and not command.hidden:
+                    rows.append((name.ljust(width), command.get_short_help_str(limit)))
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
 app = typer.Typer(
+    cls=_SectionedGroup,
     name="certctl",
     help="Self-hosted certificate authority and TLS control plane.\n\n"
     "Offline PKI: create CAs, issue server and client certificates, CSRs, PKCS#12 "
@@ -31,12 +68,22 @@ app.add_typer(ca.app, name="ca")
 app.add_typer(cert.app, name="cert")
 app.add_typer(csr.app, name="csr")
 app.add_typer(crl.app, name="crl")
-app.command("http")(http.http_command)
-app.command("inspect")(inspect.inspect_command)
+app.command("http", short_help="A certutil-style zip: certificates, CA, READMEs, samples.")(
+    http.http_command
+)
+app.command("inspect", short_help="Show what a certificate, key, CSR, CRL or PKCS#12 holds.")(
+    inspect.inspect_command
+)
 app.command("verify")(verify.verify_command)
-app.command("serve")(serve.serve_command)
-app.command("admin-key")(serve.admin_key_command)
-app.add_typer(serve.kek_app, name="kek")
+app.command("serve", short_help="Run the control-plane server (HTTPS by default).")(
+    serve.serve_command
+)
+app.command("admin-key", short_help="Mint an admin API key when every one is lost.")(
+    serve.admin_key_command
+)
+app.add_typer(
+    serve.kek_app, name="kek", short_help="Rotate the key-encryption key of the stored keys."
+)
 app.add_typer(client.auth_app, name="auth")
 app.add_typer(client.certs_app, name="certs")
 app.command("apply", help=services.APPLY_HELP)(services.apply_command)

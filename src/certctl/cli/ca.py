@@ -152,7 +152,7 @@ def create(
         typer.echo(f"  {out / CA_KEY} is encrypted with {_key_password_source(key_password_file)}")
 
 
-@app.command("import")
+@app.command("import", short_help="Import an existing CA (PEM pair or PKCS#12).")
 def import_ca(
     out: Path = typer.Option(
         ..., "--out", "-o", callback=not_stdout, help="Directory for ca.crt and ca.key."

@@ -19,7 +19,7 @@ __all__ = ["app", "leaf_files"]
 app = typer.Typer(help="Issue certificates signed by a CA directory.", no_args_is_help=True)
 
 
-@app.command("issue")
+@app.command("issue", short_help="Issue a certificate and key, or a batch with --in.")
 def issue(
     ca_dir: Path = typer.Option(..., "--ca", help="CA directory (from 'certctl ca create')."),
     out: Path = typer.Option(

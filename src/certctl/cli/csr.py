@@ -67,7 +67,7 @@ def create(
         typer.echo(f"  {path}")
 
 
-@app.command("sign")
+@app.command("sign", short_help="Sign a CSR; the profile decides every extension.")
 def sign(
     ca_dir: Path = typer.Option(..., "--ca", help="CA directory."),
     csr_path: Path = typer.Option(..., "--csr", help="CSR file (PEM or DER)."),

@@ -136,7 +136,7 @@ kek_app = typer.Typer(
 )
 
 
-@kek_app.command("rotate")
+@kek_app.command("rotate", short_help="Re-encrypt every stored private key under a new key.")
 def kek_rotate_command(
     config: Path = _SERVER_CONFIG,
     data_dir: Path = _SERVER_DATA_DIR,

@@ -206,7 +206,9 @@ def _utc(value: object) -> str:
     return f"{value[:19]}Z" if isinstance(value, str) and len(value) >= 19 else "-"
 
 
-@services_app.command("status")
+@services_app.command(
+    "status", short_help="Ready, Renewing, Failed, serial, NotAfter, next renewal."
+)
 def status(
     name: str = typer.Argument(
         None, callback=_not_empty, metavar="NAME", help="One service (default: all)."
@@ -245,7 +247,7 @@ def get(
     _print(_request("GET", f"/api/v1/services/{_seg(name)}"))
 
 
-@services_app.command("delete")
+@services_app.command("delete", short_help="Forget a service, its CA and its clients.")
 def delete(
     name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
 ) -> None:
@@ -295,7 +297,7 @@ def clients_list(
     _print(_request("GET", f"/api/v1/services/{_seg(name)}/clients"))
 
 
-@clients_app.command("remove")
+@clients_app.command("remove", short_help="Stop trusting a client certificate.")
 def clients_remove(
     name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
     fingerprint: str = typer.Argument(

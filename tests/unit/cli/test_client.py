@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -552,12 +553,69 @@ def test_a_group_without_a_command_shows_its_help(argv: list[str]) -> None:
     assert proc.stderr == certctl(*argv, "--help", env={}).stdout
 
 
+def _command_sections(help_text: str) -> dict[str, list[str]]:
+    """A --help page's command lists: heading -> the lines under it (options excluded)."""
+    sections: dict[str, list[str]] = {}
+    for block in help_text.split("\n\n"):
+        heading, _, rest = block.partition("\n")
+        if heading.endswith(":") and not heading.startswith(("Usage", "Options", "Arguments")):
+            sections[heading[:-1]] = rest.splitlines()
+    return sections
+
+
 def test_top_level_command_list_marks_the_server_clients() -> None:
     proc = certctl("--help", env={})
-    commands = proc.stdout.split("Commands:\n", 1)[1].splitlines()
-    described = {line.split()[0]: line for line in commands if line.strip()}
+    clients = _command_sections(proc.stdout)["Clients of a server"]
+    described = {line.split()[0]: line for line in clients if line.strip()}
+    assert list(described) == ["auth", "certs", "services", "apply"]
     for name in ("auth", "certs", "services", "apply"):
         assert "CERTCTL_URL" in described[name], described[name]
+
+
+def test_top_level_help_groups_the_commands_in_the_readmes_order() -> None:
+    # Typer alone listed every plain command before every group: `http` came first, `ca`
+    # after `apply`, and offline, server and client commands were mixed.
+    sections = _command_sections(certctl("--help", env={}).stdout)
+    names = {title: [line.split()[0] for line in lines] for title, lines in sections.items()}
+    assert names == {
+        "Offline PKI (files only)": ["ca", "cert", "csr", "crl", "http", "inspect", "verify"],
+        "Server (on its host)": ["serve", "admin-key", "kek"],
+        "Clients of a server": ["auth", "certs", "services", "apply"],
+    }
+    # One column for the summaries, down the whole page.
+    columns = {line.index(line.split()[1]) for lines in sections.values() for line in lines}
+    assert len(columns) == 1, sections
+
+
+def _command_groups() -> list[list[str]]:
+    """Every command group of certctl, as argv: [], ["ca"], …, ["services", "clients"]."""
+    from typer.main import get_command
+
+    from certctl.cli._app import app
+
+    found: list[list[str]] = []
+
+    def walk(group: Any, path: list[str]) -> None:
+        found.append(path)
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                walk(command, [*path, name])
+
+    walk(get_command(app), [])
+    return found
+
+
+@pytest.mark.parametrize("argv", _command_groups(), ids=lambda argv: " ".join(argv) or "top")
+def test_command_summaries_are_not_cut_at_80_columns(argv: list[str]) -> None:
+    # A summary too long for the line ended in "..." mid-sentence ("HTTPS with a
+    # self-signed...", "Import an existing CA (PEM pair or PKCS#12) after checking key...").
+    proc = certctl(*argv, "--help", env={})
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for lines in _command_sections(proc.stdout).values() for line in lines]
+    assert lines, proc.stdout
+    for line in lines:
+        assert not line.endswith("..."), line
+        assert len(line) <= 80, line
 
 
 def test_untrusted_server_certificate_hint(tls_listener: Listener, pki: Path) -> None:
