@@ -722,3 +722,56 @@ def test_issue_from_an_intermediate_writes_the_root_as_ca_crt(
     root_out = tmp_path / "root-leaf"
     ok(_certctl(default_server, "certs", "issue", "--cn", name, "--out", str(root_out), **env))
     assert (root_out / "ca.crt").read_text() == default_server.ca.read_text()
+
+
+def _public_key(path: Path) -> str:
+    if path.name == "tls.crt":
+        return ok(run("openssl", "x509", "-in", path, "-pubkey", "-noout")).stdout
+    return ok(run("openssl", "pkey", "-in", path, "-pubout")).stdout
+
+
+def test_renew_into_the_issue_directory(default_server: CertctlServer, tmp_path: Path) -> None:
+    # Before, `certs renew` had no --out: the renewal's fresh key, returned once, came only
+    # inside the JSON on stdout, where `certs issue --out web-1` had written tls.key 0600.
+    env = _admin_env(default_server)
+    out = tmp_path / "web"
+    name = "renew-out.example.internal"
+    issue = ("certs", "issue", "--cn", name, "--dns", name, "--out", str(out))
+    issued = ok(_certctl(default_server, *issue, **env))
+    cert_id = json.loads(issued.stdout)["id"]
+    old_key = _public_key(out / "tls.key")
+    # An existing tls.crt without --force: refused before the server renews anything.
+    refused = _certctl(default_server, "certs", "renew", cert_id, "--out", str(out), **env)
+    assert refused.returncode == 1
+    assert (
+        refused.stderr
+        == f"certctl: error: {out}/tls.crt already exists; use --force to overwrite\n"
+    )
+    assert refused.stdout == ""
+    first = ok(_certctl(default_server, "certs", "get", cert_id, **env))
+    assert json.loads(first.stdout)["renewed_by"] is None
+
+    renewed = ok(
+        _certctl(default_server, "certs", "renew", cert_id, "--out", str(out), "--force", **env)
+    )
+    answer = json.loads(renewed.stdout)
+    assert answer["out"] == str(out)
+    assert not any(k.endswith("_pem") for k in answer), answer
+    assert "PRIVATE KEY" not in renewed.stdout + renewed.stderr
+    assert (out / "tls.key").stat().st_mode & 0o777 == 0o600
+    assert _public_key(out / "tls.key") == _public_key(out / "tls.crt") != old_key
+    assert (out / "ca.crt").read_text() == default_server.ca.read_text()
+    verify = ["openssl", "verify", "-purpose", "sslserver", "-CAfile", out / "ca.crt"]
+    assert ok(run(*verify, out / "tls.crt")).stdout == f"{out / 'tls.crt'}: OK\n"
+    now = ok(_certctl(default_server, "certs", "get", cert_id, **env))
+    assert json.loads(now.stdout)["renewed_by"] == answer["id"]
+
+    # A CSR-issued certificate keeps the requester's key: no tls.key is written.
+    ok(run("certctl", "csr", "create", "--cn", name, "--out", tmp_path / "req"))
+    csr = str(tmp_path / "req" / "tls.csr")
+    from_csr = ok(_certctl(default_server, "certs", "issue", "--csr", csr, **env))
+    again = tmp_path / "again"
+    csr_id = json.loads(from_csr.stdout)["id"]
+    ok(_certctl(default_server, "certs", "renew", csr_id, "--out", str(again), **env))
+    assert sorted(p.name for p in again.iterdir()) == ["ca.crt", "tls.crt"]
+    assert _public_key(again / "tls.crt") == _public_key(tmp_path / "req" / "tls.key")

@@ -814,24 +814,8 @@ def certs_issue(
     Prints the server's answer as JSON; without --out it holds the generated private key
     (private_key_pem), which the server does not keep: use --out to get tls.key as a 0600 file.
     """
-    from certctl.files import OutputSet
-
-    if out is not None and str(out) == "-":
-        # Three files cannot go to one stdout: a directory named "-" was created instead.
-        raise typer.BadParameter(
-            "takes a directory, not - (without --out the answer, with the generated key, "
-            "is printed on stdout as JSON)",
-            param_hint="'--out'",
-        )
-    outputs = OutputSet(force=force)
+    _check_out(out, key=csr is None, force=force)
     ca_pem = ""
-    if out is not None:
-        # Checked before the request: the server returns a generated key once, so an output
-        # refused afterwards would leave an issued certificate whose key is gone.
-        names = ("tls.crt", "ca.crt") if csr is not None else ("tls.crt", "tls.key", "ca.crt")
-        for name in names:
-            outputs.add(out / name, b"")
-        outputs.check()
 
     body: dict[str, Any] = {"issuer": issuer, "profile": profile, "validity": validity}
     if csr is not None:
@@ -857,36 +841,71 @@ def certs_issue(
     if out is not None:
         # Fetched before issuing too: a failure here (an unknown issuer, a proxy's error)
         # must not come after the certificate was issued.
-        ca_pem = _root_pem(
-            _request(
-                "GET",
-                f"/api/v1/issuers/{_seg(issuer)}/ca.pem",
-                params={"chain": "true"},
-                accept="application/x-pem-file",
-            )
-        )
+        ca_pem = _issuer_root_pem(issuer)
     data = _request("POST", "/api/v1/certificates", body)
     _warn_about(data)
     if out is not None:
-        if not isinstance(data, dict) or not all(
-            isinstance(data.get(k), str) for k in ("certificate_pem", "chain_pem")
-        ):
-            raise _unexpected("/api/v1/certificates", "no certificate_pem")
-        outputs = OutputSet(force=force)
-        outputs.add(out / "tls.crt", (data["certificate_pem"] + data["chain_pem"]).encode())
-        if data.get("private_key_pem"):
-            outputs.add(out / "tls.key", data.pop("private_key_pem").encode(), secret=True)
-        outputs.add(out / "ca.crt", ca_pem.encode())
-        try:
-            outputs.commit()
-        except CertctlError as exc:
-            # The certificate exists on the server now; its generated key is not kept there.
-            raise CertctlError(
-                f"{exc.detail} (certificate {data.get('id')} was issued but not saved: "
-                f"revoke it with 'certctl certs revoke {data.get('id')}')"
-            ) from exc
-        data = {k: v for k, v in data.items() if not k.endswith("_pem")} | {"out": str(out)}
+        data = _save_issued(data, out, ca_pem, force=force, path="/api/v1/certificates")
     _print(data)
+
+
+def _check_out(out: Path | None, *, key: bool, force: bool) -> None:
+    """Refuse ``--out -`` and files ``--out`` cannot take, before anything is issued.
+
+    The server returns a generated key once, so an output refused afterwards would leave an
+    issued certificate whose key is gone.
+    """
+    from certctl.files import OutputSet
+
+    if out is None:
+        return
+    if str(out) == "-":
+        # Three files cannot go to one stdout: a directory named "-" was created instead.
+        raise typer.BadParameter(
+            "takes a directory, not - (without --out the answer, with the generated key, "
+            "is printed on stdout as JSON)",
+            param_hint="'--out'",
+        )
+    outputs = OutputSet(force=force)
+    for name in ("tls.crt", "tls.key", "ca.crt") if key else ("tls.crt", "ca.crt"):
+        outputs.add(out / name, b"")
+    outputs.check()
+
+
+def _issuer_root_pem(issuer: str) -> str:
+    """The issuer's root, for ca.crt (fetched before issuing: see ``_root_pem``)."""
+    return _root_pem(
+        _request(
+            "GET",
+            f"/api/v1/issuers/{_seg(issuer)}/ca.pem",
+            params={"chain": "true"},
+            accept="application/x-pem-file",
+        )
+    )
+
+
+def _save_issued(data: Any, out: Path, ca_pem: str, *, force: bool, path: str) -> dict[str, Any]:
+    """Write an issue or renew answer into ``out``; the answer without its PEM, plus ``out``."""
+    from certctl.files import OutputSet
+
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), str) for k in ("certificate_pem", "chain_pem")
+    ):
+        raise _unexpected(path, "no certificate_pem")
+    outputs = OutputSet(force=force)
+    outputs.add(out / "tls.crt", (data["certificate_pem"] + data["chain_pem"]).encode())
+    if data.get("private_key_pem"):
+        outputs.add(out / "tls.key", data.pop("private_key_pem").encode(), secret=True)
+    outputs.add(out / "ca.crt", ca_pem.encode())
+    try:
+        outputs.commit()
+    except CertctlError as exc:
+        # The certificate exists on the server now; its generated key is not kept there.
+        raise CertctlError(
+            f"{exc.detail} (certificate {data.get('id')} was issued but not saved: "
+            f"revoke it with 'certctl certs revoke {data.get('id')}')"
+        ) from exc
+    return {k: v for k, v in data.items() if not k.endswith("_pem")} | {"out": str(out)}
 
 
 def _root_pem(chain_pem: Any) -> str:
@@ -997,8 +1016,30 @@ def certs_renew(
         ..., callback=_not_empty, metavar="CERT_ID", help="Certificate id."
     ),
     validity: str = typer.Option(None, "--validity", help="New lifetime (default: as before)."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="Write tls.crt, ca.crt and, when the server made a new key, tls.key into this "
+        "directory (reads the certificate first: needs cert.read too).",
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files in --out."),
 ) -> None:
-    """Issue a successor with the same names and profile."""
-    data = _request("POST", f"/api/v1/certificates/{_seg(cert_id)}/renew", {"validity": validity})
+    """Issue a successor with the same names and profile.
+
+    Prints the server's answer as JSON. A certificate whose key the server generated gets a
+    fresh key, returned once (private_key_pem): use --out to get tls.key as a 0600 file.
+    """
+    _check_out(out, key=True, force=force)
+    ca_pem = ""
+    if out is not None:
+        # Its issuer, for ca.crt, found before renewing: see certs issue.
+        current = _request("GET", f"/api/v1/certificates/{_seg(cert_id)}")
+        if not isinstance(current, dict) or not isinstance(current.get("issuer"), str):
+            raise _unexpected("/api/v1/certificates/{id}", "no issuer")
+        ca_pem = _issuer_root_pem(current["issuer"])
+    path = f"/api/v1/certificates/{_seg(cert_id)}/renew"
+    data = _request("POST", path, {"validity": validity})
     _warn_about(data)
+    if out is not None:
+        data = _save_issued(data, out, ca_pem, force=force, path="/api/v1/certificates/{id}/renew")
     _print(data)
