@@ -19,27 +19,39 @@ def serve_command(
         help="YAML config file (every key: docs/configuration.md).",
     ),
     data_dir: Path = typer.Option(
-        None, "--data-dir", help="Data directory (default: ./certctl-data)."
+        None, "--data-dir", help="Data directory (default: ./certctl-data; env CERTCTL_DATA_DIR)."
     ),
-    listen: str = typer.Option(None, "--listen", help="HOST:PORT (default: 127.0.0.1:8443)."),
+    listen: str = typer.Option(
+        None, "--listen", help="HOST:PORT (default: 127.0.0.1:8443; env CERTCTL_LISTEN)."
+    ),
     database_url: str = typer.Option(
         None,
         "--database-url",
         help="postgresql+psycopg://… for several replicas. With a password, prefer "
         "CERTCTL_DATABASE_URL: a flag is visible to every user in ps.",
     ),
-    tls_mode: str = typer.Option(None, "--tls-mode", help="self-signed, custom or disabled."),
+    tls_mode: str = typer.Option(
+        None, "--tls-mode", help="self-signed (default), custom or disabled (env CERTCTL_TLS_MODE)."
+    ),
     tls_cert_dir: Path = typer.Option(
-        None, "--tls-cert-dir", help="Directory with tls.crt, tls.key (custom mode)."
+        None,
+        "--tls-cert-dir",
+        help="Directory with tls.crt, tls.key (custom mode; env CERTCTL_TLS_CERT_DIR).",
     ),
     allow_insecure: bool = typer.Option(
         False, "--allow-insecure", help="Allow plain HTTP beyond loopback."
     ),
     workers: int = typer.Option(
-        None, "--workers", help="Server processes (default 1); use one per core to scale."
+        None,
+        "--workers",
+        help="Server processes (default 1; env CERTCTL_WORKERS); use one per core to scale.",
     ),
 ) -> None:
-    """Run the control-plane server (HTTPS with a self-signed certificate by default)."""
+    """Run the control-plane server (HTTPS with a self-signed certificate by default).
+
+    A flag wins over its CERTCTL_* environment variable (named in its help), which wins over
+    the --config file. Every key, its default and its variable: docs/configuration.md.
+    """
     from certctl.server.config import load_config
 
     overrides = {
@@ -74,7 +86,9 @@ _SERVER_CONFIG = typer.Option(
     None, "--config", "-c", envvar="CERTCTL_CONFIG", help="The server's YAML config file."
 )
 _SERVER_DATA_DIR = typer.Option(
-    None, "--data-dir", help="The server's data directory (default: ./certctl-data)."
+    None,
+    "--data-dir",
+    help="The server's data directory (default: ./certctl-data; env CERTCTL_DATA_DIR).",
 )
 _SERVER_DATABASE_URL = typer.Option(
     None, "--database-url", help="The server's database (prefer CERTCTL_DATABASE_URL)."

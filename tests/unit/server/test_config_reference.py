@@ -78,3 +78,29 @@ def test_every_environment_variable_is_documented_on_its_key() -> None:
     for key, cells in rows.items():
         if key not in with_env:
             assert cells[1] == "—", f"{key}: the server reads no variable for it"
+
+
+def test_serve_help_names_the_variable_of_each_flag() -> None:
+    # README: `CERTCTL_LISTEN=127.0.0.1:9443 make run`; `certctl serve --help` named no
+    # variable but CERTCTL_CONFIG, so a flag's variable was only found in the docs.
+    from typer.main import get_command
+
+    from certctl.cli._app import app
+
+    serve = get_command(app).commands["serve"]  # type: ignore[attr-defined]
+    helps = {opt: " ".join((p.help or "").split()) for p in serve.params for opt in p.opts}
+    flags = {
+        "--data-dir": "data-dir",
+        "--listen": "listen",
+        "--database-url": "database-url",
+        "--tls-mode": "tls.mode",
+        "--tls-cert-dir": "tls.cert-dir",
+        "--workers": "workers",
+    }
+    assert set(flags) <= set(helps)
+    variables = {".".join(path): name for name, path in config_module._ENV_KEYS.items()}
+    for flag, key in flags.items():
+        assert variables[key] in helps[flag], (flag, helps[flag])
+    assert "flag wins over its CERTCTL_* environment variable" in " ".join(
+        (serve.help or "").split()
+    )
