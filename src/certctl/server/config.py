@@ -306,8 +306,12 @@ _DATABASE_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psyc
 def split_host_port(value: str, key: str) -> tuple[str, int]:
     """Split ``host:port`` / ``[v6]:port``."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise InvalidRequest(f"{key}={value}: expected HOST:PORT")
+    if not sep or not port.isdigit():
+        # A bare port (`--listen 9443`) is the usual slip: show it with a host.
+        example = f"127.0.0.1:{value}" if value.isdigit() else "127.0.0.1:8443"
+        raise InvalidRequest(f"{key}={value}: expected HOST:PORT, e.g. {example}")
+    if int(port) > 65535:
+        raise InvalidRequest(f"{key}={value}: port {int(port)} is not in 0-65535")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 

@@ -164,3 +164,23 @@ def test_plain_http_metrics_beyond_loopback_needs_allow_insecure(tmp_path: Path)
         "needs --allow-insecure"
     )
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        # Before, all three said only "expected HOST:PORT", the last although it was one.
+        (["--listen", "9443"], "listen=9443: expected HOST:PORT, e.g. 127.0.0.1:9443"),
+        (["--listen", "localhost"], "listen=localhost: expected HOST:PORT, e.g. 127.0.0.1:8443"),
+        (["--listen", "127.0.0.1:99999"], "listen=127.0.0.1:99999: port 99999 is not in 0-65535"),
+    ],
+    ids=["bare port", "no port", "port out of range"],
+)
+def test_a_bad_listen_address_says_what_is_wrong(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    result = failed(run("certctl", "serve", *flags, "--data-dir", tmp_path / "d"))
+    assert result.returncode == 1
+    assert result.stderr == f"certctl: error: {message}\n"
+    assert result.stdout == ""
+    assert not (tmp_path / "d").exists()
