@@ -109,3 +109,43 @@ def test_readme_cli_steps_mint_a_working_prometheus_key(
     with server.client(key_file.read_text().strip()) as client:
         assert client.get("/api/v1/metrics/prometheus").status_code == 200
         assert client.get("/api/v1/certificates").status_code == 403
+
+    # "To rotate, mint prometheus-v2, switch Prometheus to it, then `certctl auth apikeys
+    # revoke <v1 id>` … `certctl auth apikeys list` shows the ids".
+    section = " ".join(_section().split())
+    [revoke] = re.findall(r"`(certctl auth apikeys revoke <v1 id>)`", section)
+    assert "`certctl auth apikeys list` shows the ids" in section
+    mint_v2 = (
+        commands[2]
+        .replace("prometheus-v1", "prometheus-v2")
+        .replace("prometheus.key", "prometheus-v2.key")
+    )
+    _run_as_user(setup + mint_v2, home)
+    listed = _run_as_user(setup + ".venv/bin/certctl auth apikeys list", home)
+    [v1] = [k["id"] for k in json.loads(listed.stdout)["items"] if k["name"] == "prometheus-v1"]
+    _run_as_user(setup + ".venv/bin/" + revoke.replace("<v1 id>", v1), home)
+    with server.client(key_file.read_text().strip()) as client:
+        assert client.get("/api/v1/metrics/prometheus").status_code == 401
+    with server.client((home / "prometheus-v2.key").read_text().strip()) as client:
+        assert client.get("/api/v1/metrics/prometheus").status_code == 200
+
+
+def test_readme_names_every_built_in_role(start_server: StartServer, tmp_path: Path) -> None:
+    """ "Five roles are built in …": the README's list is the server's."""
+    section = " ".join(_section().split())
+    sentence = section[section.index("Five roles are built in") :]
+    sentence = sentence[: sentence.index("own).")]
+    named = set(re.findall(r"`(r-[a-z-]+)` \(", sentence))
+    server = start_server()
+    home = _user_dir(tmp_path, server)
+    listed = _run_as_user(
+        f"CERTCTL_URL={server.url} CERTCTL_CA_CERT=certctl-data/tls/ca.crt "
+        "CERTCTL_API_KEY=$(cat certctl-data/admin-api-key) .venv/bin/certctl auth roles list",
+        home,
+    )
+    roles = {r["id"]: r for r in json.loads(listed.stdout)["items"] if r["builtin"]}
+    assert named == set(roles), (named, set(roles))
+    assert "`r-metrics-read` (`metrics.read`" in sentence
+    assert roles["r-metrics-read"]["permissions"] == ["metrics.read"]
+    assert roles["r-auditor"]["permissions"] == ["audit.read"]
+    assert all(p.endswith(".read") for p in roles["r-viewer"]["permissions"])
