@@ -379,4 +379,41 @@ def load_config(file: Path | None, overrides: dict[str, Any]) -> ServerConfig:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         message = first["msg"].removeprefix("Value error, ")  # pydantic's, for ValueError
-        raise InvalidRequest(f"config {where}: {message}") from None
+        raise InvalidRequest(f"config {where}: {message}{_number_hint(first)}") from None
+
+
+def _number_hint(error: Any) -> str:
+    """Why an unquoted number was refused where a string is read (a duration, "1.3")."""
+    value = error.get("input")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return ""
+    if error["type"] == "string_type" and _is_duration(error["loc"]):
+        return f" ({value} is a number: a duration needs its unit, e.g. {value}s)"
+    if error["type"] in ("string_type", "literal_error"):
+        return f' ({value} is a YAML number: quote it, "{value}")'
+    return ""
+
+
+def _is_duration(loc: tuple[Any, ...]) -> bool:
+    """Whether the key at ``loc`` (YAML spelling) is checked as a duration (``_duration``)."""
+    model: Any = ServerConfig
+    for depth, part in enumerate(loc):
+        fields = model.model_fields
+        name = next((n for n, f in fields.items() if (f.alias or n) == part), None)
+        if name is None:
+            return False
+        if depth == len(loc) - 1:
+            validators = model.__pydantic_decorators__.field_validators.values()
+            return any(v.cls_var_name == "_duration" and name in v.info.fields for v in validators)
+        annotation = fields[name].annotation
+        model = next(
+            (
+                t
+                for t in (annotation, *getattr(annotation, "__args__", ()))
+                if isinstance(t, type) and issubclass(t, BaseModel)
+            ),
+            None,
+        )
+        if model is None:
+            return False
+    return False

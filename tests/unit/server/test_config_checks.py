@@ -54,6 +54,28 @@ REFUSED = {
         {"database-url": "db.example.internal/certctl"},
         "config database-url: not a URL: use sqlite:///PATH",
     ),
+    # An unquoted number said only "Input should be a valid string" (or "'1.2' or '1.3'"
+    # for 1.3): the hint says what the docs do, at any depth.
+    "bare number for a duration": (
+        {"reconcile-interval": 5},
+        "config reconcile-interval: Input should be a valid string (5 is a number: a duration "
+        "needs its unit, e.g. 5s)",
+    ),
+    "bare number for a nested duration": (
+        {"notifications": {"webhook": {"url": "https://h.example/x", "timeout": 30}}},
+        "config notifications.webhook.timeout: Input should be a valid string (30 is a "
+        "number: a duration needs its unit, e.g. 30s)",
+    ),
+    "unquoted TLS version": (
+        {"tls": {"min-version": 1.3}},
+        """config tls.min-version: Input should be '1.2' or '1.3' (1.3 is a YAML number: """
+        """quote it, "1.3")""",
+    ),
+    "bare number for a listen address": (
+        {"listen": 8443},
+        """config listen: Input should be a valid string (8443 is a YAML number: quote it, """
+        """"8443")""",
+    ),
 }
 
 
