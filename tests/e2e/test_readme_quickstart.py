@@ -149,3 +149,45 @@ def test_readme_names_every_built_in_role(start_server: StartServer, tmp_path: P
     assert roles["r-metrics-read"]["permissions"] == ["metrics.read"]
     assert roles["r-auditor"]["permissions"] == ["audit.read"]
     assert all(p.endswith(".read") for p in roles["r-viewer"]["permissions"])
+
+
+TOUR = "## Five-minute tour"
+
+
+def test_readme_five_minute_tour_works_verbatim(tmp_path: Path) -> None:
+    """The tour's block as pasted with `.venv/bin` on the PATH (`source .venv/bin/activate`)."""
+    text = README.read_text()
+    tour = text[text.index(TOUR) :]
+    [block] = re.findall(r"```sh\n(.*?)```", tour[: tour.index("\n### ")], re.S)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env['PATH']}"
+    result = ok(run("bash", "-euo", "pipefail", "-c", block, cwd=tmp_path, env=env))
+    assert "node-1/tls.crt: OK (server for 10.0.0.5)" in result.stdout
+    assert "subject         CN=node-1.example.com" in result.stdout
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == [
+        "ca/ca.crt", "ca/ca.key",
+        "node-1/ca.crt", "node-1/tls.crt", "node-1/tls.key",
+        "ops-ca/ca-chain.crt", "ops-ca/ca.crt", "ops-ca/ca.key",
+        "prom-client/ca.crt", "prom-client/tls.crt", "prom-client/tls.key",
+    ]  # fmt: skip
+    for name in written:
+        mode = (tmp_path / name).stat().st_mode & 0o777
+        assert mode == (0o600 if name.endswith(".key") else 0o644), name
+
+
+def test_what_the_readme_writes_into_the_repository_is_ignored_by_git() -> None:
+    # The README's commands run in the repository directory: before, the tour's CA keys,
+    # the backups and kek-backup/kek showed up as untracked files, one `git add -A` from a
+    # commit.
+    written = [
+        "certctl-data/kek", "web-1/tls.key", "apikey-v1.json", "prometheus.key",
+        "ca/ca.key", "ops-ca/ca.key", "node-1/tls.key", "prom-client/tls.key",
+        "clients-ca/ca.key", "services.yaml", "certctl-demo/ca/ca.key",
+        "backup/20270101T000000Z/certctl.db", "kek-backup/kek", "new-master-key",
+    ]  # fmt: skip
+    checked = run(
+        "git", "-C", ROOT, "check-ignore", "--no-index", "--verbose", "--non-matching", *written
+    )
+    missing = [line for line in checked.stdout.splitlines() if line.startswith("::")]
+    assert missing == [], missing
