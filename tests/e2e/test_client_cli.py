@@ -775,3 +775,14 @@ def test_renew_into_the_issue_directory(default_server: CertctlServer, tmp_path:
     ok(_certctl(default_server, "certs", "renew", csr_id, "--out", str(again), **env))
     assert sorted(p.name for p in again.iterdir()) == ["ca.crt", "tls.crt"]
     assert _public_key(again / "tls.crt") == _public_key(tmp_path / "req" / "tls.key")
+
+
+def test_whoami_checks_the_settings(default_server: CertctlServer) -> None:
+    # `certctl auth whoami`: the README's first curl line, through the CLI's CERTCTL_*.
+    env = _admin_env(default_server)
+    me = json.loads(ok(_certctl(default_server, "auth", "whoami", **env)).stdout)
+    assert (me["actor_id"], me["roles"], me["auth_method"]) == ("admin", ["r-admin"], "api_key")
+    wrong = _certctl(default_server, "auth", "whoami", **(env | {"CERTCTL_API_KEY": "cctl_x_y"}))
+    assert wrong.returncode == 1
+    assert wrong.stderr.startswith("certctl: error: HTTP 401: "), wrong.stderr
+    assert len(wrong.stderr.splitlines()) == 1

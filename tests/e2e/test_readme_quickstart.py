@@ -66,10 +66,14 @@ def test_readme_first_certificate_and_scrape_work_verbatim(
     home = _user_dir(tmp_path, server)
     result = _run_as_user(block.replace(DEFAULT_URL, server.url), home)
     out = result.stdout
-    # whoami, then certs issue's JSON, then the empty --expiring-within page …
-    first = json.loads(out[: out.index("}") + 1])
+    # whoami by curl and by `certctl auth whoami`, then certs issue's JSON, then the empty
+    # --expiring-within page …
+    decoder = json.JSONDecoder()
+    first, end = decoder.raw_decode(out)
     assert first["actor_id"] == "admin"
     assert first["auth_method"] == "api_key"
+    second, _ = decoder.raw_decode(out[end:].lstrip())
+    assert second == first
     assert '"items": []' in out
     assert '"out": "web-1"' in out, out
     # … and the scrape with the key minted for the metrics.read role.

@@ -532,6 +532,13 @@ def _print(data: Any) -> None:
         typer.echo(json.dumps(data, indent=2))
 
 
+@auth_app.command("whoami")
+def whoami() -> None:
+    """Show the actor, roles and permissions your credentials give."""
+    # The README's first curl line, for a user checking the CERTCTL_* settings with the CLI.
+    _print(_request("GET", "/api/v1/auth/whoami"))
+
+
 # --- roles -------------------------------------------------------------------------------
 
 
