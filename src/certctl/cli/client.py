@@ -821,6 +821,9 @@ def certs_issue(
     Prints the server's answer as JSON; without --out it holds the generated private key
     (private_key_pem), which the server does not keep: use --out to get tls.key as a 0600 file.
     """
+    if csr is None and not (cn or dns or ip):
+        # Before, the server's words for its JSON fields: "give csr, or common_name/…".
+        raise typer.BadParameter("give --cn, --dns or --ip (or --csr FILE)")
     _check_out(out, key=csr is None, force=force)
     ca_pem = ""
 

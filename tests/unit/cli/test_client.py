@@ -1008,3 +1008,19 @@ def test_apply_to_a_server_without_dry_run_says_so(listener: Listener, tmp_path:
         ("GET", "/api/v1/services/a"),
         ("PUT", "/api/v1/services/a"),
     ]
+
+
+def test_issue_without_a_name_is_a_usage_error(listener: Listener, tmp_path: Path) -> None:
+    # Before, the request went out and the answer named the API's JSON fields: "HTTP 400:
+    # give csr, or common_name/dns_names/ip_addresses", flags the CLI does not have.
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": KEY}
+    for extra in ([], ["--out", str(tmp_path / "out")], ["--profile", "client"]):
+        proc = certctl("certs", "issue", *extra, env=env)
+        assert proc.returncode == 2
+        assert proc.stderr == (
+            "certctl: error: Invalid value: give --cn, --dns or --ip (or --csr FILE) "
+            "(see 'certctl certs issue --help')\n"
+        )
+        assert proc.stdout == ""
+    assert listener.seen == []
+    assert not (tmp_path / "out").exists()
