@@ -104,3 +104,22 @@ def test_serve_help_names_the_variable_of_each_flag() -> None:
     assert "flag wins over its CERTCTL_* environment variable" in " ".join(
         (serve.help or "").split()
     )
+
+
+def test_the_example_configurations_load(tmp_path: Path) -> None:
+    # What a new user copies first: the README's highlights and this reference's example.
+    from certctl.server.config import load_config
+
+    readme = (REFERENCE.parents[1] / "README.md").read_text()
+    highlights = readme[readme.index("### Server configuration") :]
+    examples = {
+        "README": re.findall(r"```yaml\n(.*?)```", highlights, re.S)[0],
+        "reference": re.findall(r"```yaml\n(.*?)```", REFERENCE.read_text(), re.S)[-1],
+    }
+    for name, text in examples.items():
+        file = tmp_path / f"{name}.yaml"
+        file.write_text(text)
+        config = load_config(file, {})
+        assert config.listen == "0.0.0.0:8443", name
+        assert config.workers == 2, name
+        assert config.tls.client_auth == "optional", name
