@@ -220,6 +220,30 @@ def test_auth_failure_counter_counts_reasons(api: Api) -> None:
     assert set(after) == {"missing", "invalid", "expired", "revoked", "forbidden", "ratelimited"}
 
 
+def test_auth_failure_counter_counts_refusals_decided_past_the_route(api: Api) -> None:
+    """A 403 from a service's check (no escalation) counts as forbidden, as the route's does.
+
+    Before, only a route's own permission check was counted: an actor allowed to create roles
+    and mint keys trying to grant itself more got its 403s (and audit rows) but no sample, so
+    an alert on increase(certctl_auth_failures_total{reason="forbidden"}) missed exactly the
+    escalation attempts.
+    """
+    key = api.actor_key("prom", ["r-metrics-read"])
+    manager = api.key_with_permissions("mgr", ["auth.role.create", "auth.apikey.create"])
+
+    def forbidden() -> float:
+        samples = _samples(api.get(PROM, key).text)
+        return samples[("certctl_auth_failures_total", (("reason", "forbidden"),))]
+
+    before = forbidden()
+    escalate = {"id": "r-esc", "name": "esc", "permissions": ["auth.role.assign"]}
+    refused = api.post("/api/v1/auth/roles", manager, json=escalate)
+    assert "auth.role.assign" in assert_problem(refused, 403)["detail"]
+    assert_problem(api.post("/api/v1/auth/apikeys", manager, json={"actor_id": "admin"}), 403)
+    assert_problem(api.get("/api/v1/auth/roles", manager), 403)  # the route's own check
+    assert forbidden() - before == 3
+
+
 def test_readyz_reports_a_database_that_is_down_or_hangs(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:

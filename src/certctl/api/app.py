@@ -996,8 +996,7 @@ async def _authenticate_kubernetes(
         raise
     except AccessDenied as exc:
         request.scope["certctl.actor"] = f"kubernetes:{exc.username}"
-        AUTH_FAILURES.labels("forbidden").inc()
-        raise
+        raise  # counted as forbidden by _certctl_error, as every 403
     # The SubjectAccessReview allowed exactly this route, whose permission is metrics.read.
     return Principal(
         f"kubernetes:{identity.username}",
@@ -1033,7 +1032,6 @@ def _endpoint(route: ApiRoute, auth: _AuthSettings) -> Callable[[Request], Await
                 principal = authenticate(request, auth)
             scope["certctl.actor"] = principal.actor_id
             if route.permission != AUTHENTICATED and route.permission not in principal.permissions:
-                AUTH_FAILURES.labels("forbidden").inc()
                 raise PermissionDenied(f"missing permission {route.permission}")
         if query and allowed_query:
             # A misspelt filter (?stauts=revoked) must not silently return everything. Routes
@@ -1282,6 +1280,11 @@ _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 async def _certctl_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CertctlError)
     actor = request.scope.get("certctl.actor")
+    if exc.status == 403:
+        # Every refusal of an authenticated caller, wherever it was decided: the route's
+        # permission, or a service's check (a role or key above the caller's own permissions,
+        # a directory target the policy refuses). Escalation attempts are the ones to alert on.
+        AUTH_FAILURES.labels("forbidden").inc()
     if request.method in _MUTATING and actor is not None and exc.status == 403:
         # A mutation refused for lack of permission is a security event: audit it. Bad input
         # (400/404/409/415) is not recorded, so a refused request leaves the store unchanged.
