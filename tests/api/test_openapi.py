@@ -132,3 +132,20 @@ def test_health_routes_are_public_and_terse(api: Api) -> None:
         assert r.status_code == 200
         assert r.text == text
     assert_problem(api.post("/healthz"), 405)
+
+
+def test_the_crl_refusal_of_an_expired_issuer_is_documented(api: Api) -> None:
+    """GET …/crl answers 409 for an issuer that cannot sign a CRL: the document says so.
+
+    Before, only mutating routes listed 409, so a client generated from the document (or
+    schemathesis) met an undocumented status on this public route.
+    """
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": "brief", "validity": "2D"})
+    assert r.status_code == 201, r.text
+    api.clock.advance(days=3)
+    refused = api.get("/api/v1/issuers/brief/crl")
+    assert_problem(refused, 409)
+    op = api.get("/api/v1/openapi.json").json()["paths"]["/api/v1/issuers/{id}/crl"]["get"]
+    documented = op["responses"][str(refused.status_code)]
+    problem = documented["content"]["application/problem+json"]["schema"]
+    assert problem == {"$ref": "#/components/schemas/Problem"}

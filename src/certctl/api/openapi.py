@@ -344,6 +344,8 @@ _OPTIONAL_BODIES = frozenset({"CertificateRevoke", "CertificateRenew"})
 # Routes that never touch the database, hence never answer 503.
 _NO_STORAGE = frozenset({"/healthz", "/api/v1/openapi.json"})
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Reads that answer 409 too: an issuer that cannot sign a CRL (expired, or no cRLSign).
+_CONFLICTING_READS = frozenset({("GET", "/api/v1/issuers/{id}/crl")})
 
 
 def _problems(route: ApiRoute) -> list[str]:
@@ -353,7 +355,7 @@ def _problems(route: ApiRoute) -> list[str]:
         codes += ["401", "403", "429"]
     if "{" in route.path or route.body is not None:
         codes.append("404")  # the named object, or one the body refers to
-    if route.method in _MUTATING:
+    if route.method in _MUTATING or (route.method, route.path) in _CONFLICTING_READS:
         codes.append("409")
     if route.body is not None:
         codes += ["413", "415"]
