@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -20,6 +21,9 @@ from certctl.pki import (
 )
 from tests._tools import ok, run
 from tests.api.conftest import Api, assert_problem
+
+if TYPE_CHECKING:
+    from httpx2 import Response
 from tests.unit.pki.conftest import ca_without_usage
 
 ISSUERS = "/api/v1/issuers"
@@ -266,7 +270,14 @@ def test_import_refuses_a_ca_that_cannot_issue_now(api: Api) -> None:
     assert api.counts() == before
 
 
-def test_import_finds_the_issuer_in_a_chain_in_any_order(api: Api) -> None:
+def test_import_finds_the_issuer_in_a_chain_in_any_order(api: Api, tmp_path: Path) -> None:
+    """The chain is built by signature from the bundle, whatever its order, or refused.
+
+    Before, the first certificate had to be the CA and the rest was stored as its chain in
+    the order given: an unrelated certificate in the bundle was served as an intermediate
+    with every certificate (and listed by ca.pem?chain=true), and a root-first bundle, the
+    order many CAs hand out, was refused as a key mismatch.
+    """
     from certctl.pki import CertificateAuthority, get_profile
 
     now = api.clock()
@@ -297,22 +308,86 @@ def test_import_finds_the_issuer_in_a_chain_in_any_order(api: Api) -> None:
     unrelated = another_root("Other")
     impostor = another_root("Chain Root")  # the right name, the wrong key: signature fails
 
-    def post(issuer_id: str, *chain: x509.Certificate) -> object:
-        pem = "".join(c.public_bytes(Encoding.PEM).decode() for c in (inter, *chain))
+    def pem(*certs: x509.Certificate) -> str:
+        return "".join(c.public_bytes(Encoding.PEM).decode() for c in certs)
+
+    def post(issuer_id: str, *bundle: x509.Certificate) -> Response:
         return api.post(
             ISSUERS,
             api.admin_key,
             json={
                 "id": issuer_id,
-                "certificate_pem": pem,
+                "certificate_pem": pem(*bundle),
                 "private_key_pem": key_to_pem(inter_key).decode(),
             },
         )
 
-    r = post("inter", unrelated, root.certificate)  # the issuer is not first in the chain
-    assert r.status_code == 201, r.text  # type: ignore[attr-defined]
-    r = post("forged", impostor)
-    assert "does not verify with its issuer in the chain" in assert_problem(r, 400)["detail"]  # type: ignore[arg-type]
+    before = api.counts()
+    r = post("mixed", inter, unrelated, root.certificate)
+    assert (
+        "CN=Other: not an issuer in the chain of CN=Chain Inter"
+        in (assert_problem(r, 400)["detail"])
+    )
+    r = post("forged", inter, impostor)
+    assert "does not verify with its issuer in the chain" in assert_problem(r, 400)["detail"]
+    assert api.counts() == before
+
+    r = post("inter", root.certificate, inter)  # root first, as many bundles come
+    assert r.status_code == 201, r.text
+    assert r.json()["certificate_pem"] == pem(inter)
+    assert r.json()["chain_pem"] == pem(root.certificate)
+    assert r.json()["warnings"] == []
+    assert api.get(f"{ISSUERS}/inter/ca.pem", params={"chain": "true"}).text == pem(
+        inter, root.certificate
+    )
+    leaf = api.issue(issuer="inter", common_name="leaf.example.com")
+    assert leaf["chain_pem"] == pem(inter)
+    served = api.get(f"/api/v1/certificates/{leaf['id']}", api.admin_key, params={"format": "pem"})
+    (tmp_path / "root.pem").write_text(pem(root.certificate))
+    (tmp_path / "served.pem").write_text(served.text)
+    ok(run("openssl", "verify", "-CAfile", tmp_path / "root.pem",
+           "-untrusted", tmp_path / "served.pem", tmp_path / "served.pem"))  # fmt: skip
+
+
+def test_import_of_an_intermediate_without_its_root_says_what_is_served(api: Api) -> None:
+    """Imported all the same (its root may be in every trust store), with a warning.
+
+    Before, nothing was said, and certificates of the issuer came without the intermediate,
+    so clients trusting the root could not verify them.
+    """
+    from certctl.pki import get_profile
+
+    now = api.clock()
+    root_key, inter_key = (
+        generate_private_key(KeyType.EC_P256),
+        generate_private_key(KeyType.EC_P256),
+    )
+    root = CertificateAuthority(
+        create_root_ca(
+            root_key, common_name_dn("Far Root"), validity=timedelta(days=90), now=now
+        ).certificate,
+        root_key,
+    )
+    inter = root.issue(
+        inter_key.public_key(),
+        common_name_dn("Lone Inter"),
+        profile=get_profile("intermediate"),
+        validity=timedelta(days=30),
+        now=now,
+    ).certificate
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "lone",
+            "certificate_pem": inter.public_bytes(Encoding.PEM).decode(),
+            "private_key_pem": key_to_pem(inter_key).decode(),
+        },
+    )
+    assert r.status_code == 201, r.text
+    (warning,) = r.json()["warnings"]
+    assert warning.startswith("CN=Far Root, the issuer of CN=Lone Inter, was not given:")
+    assert "send the chain up to the root in certificate_pem" in warning
 
 
 def test_import_allows_a_few_minutes_of_clock_skew(api: Api) -> None:

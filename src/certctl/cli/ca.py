@@ -267,39 +267,16 @@ def import_ca(
 def _issuer_chain(
     ca_cert: x509.Certificate, others: list[x509.Certificate]
 ) -> tuple[x509.Certificate, ...]:
-    """The certificates above ``ca_cert``, nearest first, whatever order the file had.
+    """The certificates above ``ca_cert``, nearest first; the others left out with a warning."""
+    from certctl.pki import issuer_chain
 
-    Bundles often list the root first; taken as given, the root landed among the
-    intermediates of every tls.crt and an intermediate became the ca.crt clients trust.
-    Certificates that are not issuers of the chain are left out with a warning.
-    """
-    from cryptography.exceptions import InvalidSignature
-
-    chain: list[x509.Certificate] = []
-    current = ca_cert
-    pool = list(others)
-    while current.issuer != current.subject:  # up to a self-signed root, if given
-        parent = None
-        for candidate in pool:
-            if candidate.subject != current.issuer:
-                continue
-            try:
-                current.verify_directly_issued_by(candidate)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            parent = candidate
-            break
-        if parent is None:
-            break
-        pool.remove(parent)
-        chain.append(parent)
-        current = parent
-    for cert in pool:
+    chain, left_over = issuer_chain(ca_cert, others)
+    for cert in left_over:
         warn(
             f"{cert.subject.rfc4514_string()}: not an issuer in the chain of "
             f"{ca_cert.subject.rfc4514_string()}; left out of {CA_CHAIN}"
         )
-    return tuple(chain)
+    return chain
 
 
 def _key_password_source(key_password_file: Path | None) -> str:

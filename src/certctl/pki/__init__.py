@@ -59,6 +59,7 @@ if TYPE_CHECKING:
         VerificationFailed,
         VerifiedChain,
         is_self_signed,
+        issuer_chain,
         parse_hostname,
         verify_certificate,
     )
@@ -106,6 +107,7 @@ _SOURCES = {
     "VerifiedChain": "verify",
     "verify_certificate": "verify",
     "is_self_signed": "verify",
+    "issuer_chain": "verify",
 }
 
 __all__ = [
@@ -135,6 +137,7 @@ __all__ = [
     "generate_private_key",
     "get_profile",
     "is_self_signed",
+    "issuer_chain",
     "key_to_pem",
     "key_type_of",
     "keys_match",

@@ -21,6 +21,7 @@ __all__ = [
     "VerifiedChain",
     "eku_name",
     "is_self_signed",
+    "issuer_chain",
     "oid_name",
     "parse_hostname",
     "verify_certificate",
@@ -183,6 +184,32 @@ def _may_issue(cert: x509.Certificate) -> bool:
 def is_self_signed(cert: x509.Certificate) -> bool:
     """Whether ``cert`` names itself as issuer and its own key signed it (a trust anchor)."""
     return cert.issuer == cert.subject and _signs(cert, cert)
+
+
+def issuer_chain(
+    cert: x509.Certificate, others: Sequence[x509.Certificate]
+) -> tuple[tuple[x509.Certificate, ...], tuple[x509.Certificate, ...]]:
+    """The certificates of ``others`` above ``cert``, nearest first, and those left over.
+
+    Followed by name and signature up to a self-signed root, whatever order ``others`` came
+    in: bundles often list the root first, and taken as given the root landed among the
+    intermediates of every tls.crt and an intermediate became the CA clients trust.
+
+    Returns:
+        (chain, left_over): the issuers in order, and the certificates of ``others`` that
+        are not in the chain (unrelated, or above a link that is missing).
+    """
+    chain: list[x509.Certificate] = []
+    pool = list(others)
+    current = cert
+    while current.issuer != current.subject:  # up to a self-signed root, if given
+        parent = next((c for c in pool if c.subject == current.issuer and _signs(c, current)), None)
+        if parent is None:
+            break
+        pool.remove(parent)
+        chain.append(parent)
+        current = parent
+    return tuple(chain), tuple(pool)
 
 
 def _signs(parent: x509.Certificate, child: x509.Certificate) -> bool:

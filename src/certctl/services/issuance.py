@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
@@ -42,6 +42,7 @@ from certctl.pki import (
     format_serial,
     generate_private_key,
     get_profile,
+    issuer_chain,
     key_to_pem,
     key_type_of,
     load_csr_with_key,
@@ -226,29 +227,61 @@ def import_issuer(
         ) from None
     if not certs or key is None:
         raise InvalidRequest("import needs a PEM certificate and a PEM private key")
-    ca = CertificateAuthority(certs[0], key, tuple(certs[1:]))
-    _check_importable(ca, services.clock())
+    # The CA is the certificate of the key wherever the bundle has it (roots often come
+    # first), and its chain the others followed by signature up to the root, as
+    # 'certctl ca import' takes them: taken in the order given, an unrelated certificate
+    # became the chain served with every certificate and the "root" of ca.pem?chain=true.
+    public_key = key.public_key()
+    ca_cert = next((c for c in certs if c.public_key() == public_key), certs[0])
+    chain, left_over = issuer_chain(ca_cert, [c for c in certs if c is not ca_cert])
+    ca = CertificateAuthority(ca_cert, key, chain)
+    _check_importable(ca, services.clock(), left_over)
+    if left_over:
+        # Refused rather than left out with a warning (as the CLI does): an issuer cannot be
+        # deleted or imported again under its id, so a wrong bundle could not be corrected.
+        raise InvalidRequest(
+            f"{left_over[0].subject.rfc4514_string()}: not an issuer in the chain of "
+            f"{ca_cert.subject.rfc4514_string()}; certificate_pem takes the CA and the CAs "
+            "above it, up to the root"
+        )
     row = _store_issuer(services, issuer_id, name, ca, caller, "issuer.import")
     return row, _import_warnings(ca, issuer_id)
 
 
 def _import_warnings(ca: CertificateAuthority, issuer_id: str) -> tuple[str, ...]:
-    if ca.may_sign_crls:
-        return ()
-    # Issuing works; only a CRL it signed would be refused by every client, so certctl
-    # publishes none for it: a warning rather than a refusal.
-    return (
-        "the CA certificate's keyUsage lacks cRLSign: clients refuse CRLs it signs, so "
-        f"/api/v1/issuers/{issuer_id}/crl answers 409 and revocations are not published",
-    )
+    warnings = []
+    top = ca.root
+    if top.issuer != top.subject:
+        # Imported all the same (the root may be in every trust store already), but what
+        # certctl serves stops below it, as 'certctl ca import' warns.
+        warnings.append(
+            f"{top.issuer.rfc4514_string()}, the issuer of {top.subject.rfc4514_string()}, "
+            "was not given: chain_pem stops below it, certificates from this issuer come "
+            f"without {top.subject.rfc4514_string()} and ca.pem?chain=true ends with it, not a "
+            "root; send the chain up to the root in certificate_pem"
+        )
+    if not ca.may_sign_crls:
+        # Issuing works; only a CRL it signed would be refused by every client, so certctl
+        # publishes none for it: a warning rather than a refusal.
+        warnings.append(
+            "the CA certificate's keyUsage lacks cRLSign: clients refuse CRLs it signs, so "
+            f"/api/v1/issuers/{issuer_id}/crl answers 409 and revocations are not published"
+        )
+    return tuple(warnings)
 
 
 # How far ahead of this clock an imported CA's notBefore may be.
 IMPORT_CLOCK_SKEW = timedelta(minutes=5)
 
 
-def _check_importable(ca: CertificateAuthority, now: datetime) -> None:
-    """Refuse a CA that could not issue a valid certificate now (rather than at first use)."""
+def _check_importable(
+    ca: CertificateAuthority, now: datetime, left_over: Sequence[x509.Certificate] = ()
+) -> None:
+    """Refuse a CA that could not issue a valid certificate now (rather than at first use).
+
+    ``left_over``: the certificates given besides the CA and its chain; one named as the
+    CA's issuer is there because its signature failed.
+    """
     cert = ca.certificate
     if cert.not_valid_after_utc <= now:
         raise InvalidRequest(f"the CA certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}")
@@ -268,7 +301,7 @@ def _check_importable(ca: CertificateAuthority, now: datetime) -> None:
     if cert.issuer == cert.subject:
         parent: x509.Certificate | None = cert
     else:  # the chain's issuer of it, wherever it sits (bundles come root first too)
-        parent = next((c for c in ca.chain if c.subject == cert.issuer), None)
+        parent = next((c for c in (*ca.chain, *left_over) if c.subject == cert.issuer), None)
     if parent is None:
         return  # an intermediate without its issuer: nothing here to check its signature with
     try:

@@ -381,3 +381,18 @@ def test_wrong_hostname_lists_at_most_eight_names(root_ca: CertificateAuthority)
         f"verification failed: other.example is not in the certificate's SANs "
         f"(it has {shown} and 2 more)"
     )
+
+
+def test_issuer_chain_follows_signatures_whatever_the_order(
+    root_ca: CertificateAuthority, intermediate_ca: CertificateAuthority
+) -> None:
+    from certctl.pki import issuer_chain
+
+    inter, root = intermediate_ca.certificate, root_ca.certificate
+    other = _root("Other").certificate
+    impostor = _root("Test Root CA").certificate  # the root's name, another key
+    assert issuer_chain(inter, [other, root]) == ((root,), (other,))
+    assert issuer_chain(inter, [impostor, root]) == ((root,), (impostor,))
+    assert issuer_chain(inter, [impostor]) == ((), (impostor,))
+    assert issuer_chain(root, [inter]) == ((), (inter,))  # a root has nothing above it
+    assert issuer_chain(inter, []) == ((), ())
