@@ -209,6 +209,34 @@ def test_import_refuses_incomplete_or_mismatched_material(api: Api) -> None:
     assert api.counts() == before
 
 
+def test_issuer_fields_that_would_be_ignored_are_refused(api: Api) -> None:
+    """Before, an import dropped common_name, key_type, validity, parent … without a word,
+    and a new CA given both subject and common_name was named by subject alone."""
+    key = generate_private_key(KeyType.EC_P256)
+    ca_cert = create_root_ca(
+        key, common_name_dn("R"), validity=timedelta(days=365), now=api.clock()
+    )
+    material = {
+        "certificate_pem": ca_cert.certificate.public_bytes(Encoding.PEM).decode(),
+        "private_key_pem": key_to_pem(key).decode(),
+    }
+    before = api.counts()
+    for extra, named in (
+        ({"parent": "default"}, "parent"),
+        ({"validity": "1Y", "key_type": "rsa-2048"}, "key_type, validity"),
+        ({"common_name": "Other"}, "common_name"),
+    ):
+        r = api.post(ISSUERS, api.admin_key, json={"id": "imp", **material, **extra})
+        detail = assert_problem(r, 400)["detail"]
+        assert detail.startswith(f"{named}: not used with an import"), detail
+    both = {"id": "both", "common_name": "Mine", "subject": "CN=Theirs,O=Example"}
+    detail = assert_problem(api.post(ISSUERS, api.admin_key, json=both), 400)["detail"]
+    assert detail.startswith("common_name and subject exclude each other")
+    assert api.counts() == before
+    r = api.post(ISSUERS, api.admin_key, json={"id": "imp", "name": "Imported", **material})
+    assert r.status_code == 201, r.text
+
+
 def test_issuer_permissions(api: Api) -> None:
     viewer = api.actor_key("viewer", ["r-viewer"])
     assert api.get(ISSUERS, viewer).status_code == 200

@@ -333,6 +333,10 @@ async def get_issuer(request: Request, principal: Principal | None) -> Response:
     return _json(schemas.issuer_json(row))
 
 
+# IssuerCreate fields that make a new CA and mean nothing to an import.
+_CREATE_ONLY = ("common_name", "subject", "key_type", "validity", "parent", "path_length")
+
+
 async def create_issuer(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.IssuerCreate)
     services, caller = _services(request), _caller(principal)
@@ -340,6 +344,13 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
     if body.certificate_pem or body.private_key_pem:
         if not (body.certificate_pem and body.private_key_pem):
             raise InvalidRequest("import needs both certificate_pem and private_key_pem")
+        # As with a CSR: a field that would be ignored is refused, not silently dropped.
+        ignored = [f for f in _CREATE_ONLY if f in body.model_fields_set]
+        if ignored:
+            raise InvalidRequest(
+                f"{', '.join(ignored)}: not used with an import (the certificate carries the "
+                "name, key and validity; certificate_pem the chain above it)"
+            )
         row, warnings = issuance.import_issuer(
             services,
             caller,
@@ -349,6 +360,11 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
             private_key_pem=body.private_key_pem,
         )
     else:
+        if body.subject and body.common_name:
+            # Before, common_name was dropped without a word and the CA named by subject.
+            raise InvalidRequest(
+                "common_name and subject exclude each other (put the CN in subject)"
+            )
         validity = parse_duration(body.validity)
         row, warnings = await anyio.to_thread.run_sync(
             lambda: issuance.create_issuer(
