@@ -241,6 +241,24 @@ CASES = [
     Case("limit-5000-digits", "GET", CERTS, 400, "limit", {"params": {"limit": "9" * 5000}}),
     Case("unknown-status", "GET", CERTS, 400, "sleeping", {"params": {"status": "sleeping"}}),
     Case("bad-expiring-within", "GET", CERTS, 400, "soon", {"params": {"expiring_within": "soon"}}),
+    # Empty filters: before, expiring_within= listed every certificate and issuer= none.
+    Case(
+        "empty-expiring-within",
+        "GET",
+        CERTS,
+        400,
+        "expiring_within: empty",
+        {"params": {"expiring_within": ""}},
+    ),
+    Case("empty-issuer", "GET", CERTS, 400, "issuer: empty", {"params": {"issuer": ""}}),
+    Case(
+        "empty-actor-id",
+        "GET",
+        "/api/v1/auth/apikeys",
+        400,
+        "actor_id: empty",
+        {"params": {"actor_id": ""}},
+    ),
     Case("unknown-query-param", "GET", CERTS, 400, "sort", {"params": {"sort": "id"}}),
     Case("audit-cursor-word", "GET", "/api/v1/audit", 400, "cursor", {"params": {"cursor": "abc"}}),
     Case(

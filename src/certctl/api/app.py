@@ -268,9 +268,11 @@ async def delete_actor(request: Request, principal: Principal | None) -> Respons
 
 async def list_apikeys(request: Request, principal: Principal | None) -> Response:
     actor = request.query_params.get("actor_id")
+    if actor == "":  # not "every actor": a script whose variable was unset would see all keys
+        raise InvalidRequest("actor_id: empty (leave it out for every actor's keys)")
     with _services(request).sessions() as session:
         q = session.query(ApiKey).order_by(ApiKey.created_at)
-        if actor:
+        if actor is not None:
             q = q.filter(ApiKey.actor_id == actor)
         rows = q.all()
     return _json({"items": [schemas.apikey_json(r) for r in rows], "next_cursor": None})
@@ -486,6 +488,11 @@ async def list_certificates(request: Request, principal: Principal | None) -> Re
         len(cursor) != 24 or any(c not in "0123456789abcdef" for c in cursor)
     ):
         raise InvalidRequest("cursor: not a cursor returned by this API")
+    for name in ("issuer", "expiring_within"):
+        # Empty is no filter to guess at: ?expiring_within=$WINDOW with the variable unset
+        # listed every certificate as if all were expiring, ?issuer= listed none.
+        if params.get(name) == "":
+            raise InvalidRequest(f"{name}: empty (leave it out for no filter)")
     within = params.get("expiring_within")
     services = _services(request)
     rows, next_cursor = issuance.list_certificates(
