@@ -149,3 +149,23 @@ def test_the_crl_refusal_of_an_expired_issuer_is_documented(api: Api) -> None:
     documented = op["responses"][str(refused.status_code)]
     problem = documented["content"]["application/problem+json"]["schema"]
     assert problem == {"$ref": "#/components/schemas/Problem"}
+
+
+def test_the_revocation_reasons_are_documented_as_the_ones_taken(api: Api) -> None:
+    """The document listed reason as any string; the server takes eight and refuses the rest."""
+    doc = api.get("/api/v1/openapi.json").json()
+    reason = doc["components"]["schemas"]["CertificateRevoke"]["properties"]["reason"]
+    documented = [r for r in reason["enum"] if r is not None]
+    assert None in reason["enum"]  # no reason: unspecified
+    assert "removeFromCRL" not in documented
+    assert "certificateHold" not in documented
+    cert_ids = [api.issue(common_name=f"r{i}.example.com")["id"] for i in range(len(documented))]
+    for cert_id, name in zip(cert_ids, documented, strict=True):
+        r = api.post(f"/api/v1/certificates/{cert_id}/revoke", api.admin_key, json={"reason": name})
+        assert r.status_code == 200, (name, r.text)
+        assert r.json()["revocation_reason"] == name
+    extra = api.issue(common_name="hold.example.com")["id"]
+    refused = api.post(
+        f"/api/v1/certificates/{extra}/revoke", api.admin_key, json={"reason": "certificateHold"}
+    )
+    assert ", ".join(documented) in assert_problem(refused, 400)["detail"]

@@ -60,6 +60,7 @@ from certctl.store.models import Actor, AuditEvent, CertificateRecord, Issuer
 
 __all__ = [
     "DEFAULT_ISSUER",
+    "REVOCATION_REASONS",
     "CertificateView",
     "IssueResult",
     "IssuedRecord",
@@ -89,6 +90,7 @@ _REASONS = {
     for r in x509.ReasonFlags
     if r not in (x509.ReasonFlags.remove_from_crl, x509.ReasonFlags.certificate_hold)
 }
+REVOCATION_REASONS = tuple(sorted(_REASONS))
 
 
 def new_id() -> str:
@@ -890,7 +892,7 @@ def revoke_certificate(
     caller.require("cert.revoke")
     reason = reason or "unspecified"
     if reason not in _REASONS:
-        choices = ", ".join(sorted(_REASONS))
+        choices = ", ".join(REVOCATION_REASONS)
         raise InvalidRequest(f"{reason}: unknown revocation reason (one of {choices})")
     now = services.clock()
     also: list[str] = []
