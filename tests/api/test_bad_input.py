@@ -90,6 +90,32 @@ CASES = [
         {"content": b'{"id": "\xff"}', "headers": JSON},
     ),
     Case("json-array", "POST", ROLES, 400, "body", {"json": [{"id": "x"}]}),
+    # A member named twice: json kept the last, a proxy checking the body may read the first.
+    # Before, this created the role with auth.role.assign.
+    Case(
+        "repeated-member",
+        "POST",
+        ROLES,
+        400,
+        "permissions: given more than once in the body",
+        {
+            "content": b'{"id": "r-twice", "permissions": ["cert.read"],'
+            b' "permissions": ["auth.role.assign"]}',
+            "headers": JSON,
+        },
+    ),
+    Case(
+        "repeated-nested-member",
+        "PUT",
+        "/api/v1/services/web",
+        400,
+        "name: given more than once",
+        {
+            "content": b'{"apiVersion": "certctl.io/v1", "kind": "TLSService",'
+            b' "metadata": {"name": "web", "name": "other"}, "spec": {}}',
+            "headers": JSON,
+        },
+    ),
     Case("json-null", "POST", ROLES, 400, "", {"content": b"null", "headers": JSON}),
     Case(
         "deeply-nested",

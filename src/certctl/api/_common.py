@@ -68,7 +68,9 @@ async def read_body(request: Request, model: type[BaseModel]) -> Any:
         raise _MediaType("request body must be application/json")
     raw = await request.body()
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=_unique_members)
+    except _RepeatedMember as exc:
+        raise InvalidRequest(f"{exc.args[0][:40]}: given more than once in the body") from None
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("request body is not valid JSON") from None
     except RecursionError:
@@ -84,6 +86,27 @@ async def read_body(request: Request, model: type[BaseModel]) -> Any:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise InvalidRequest(f"{where}: {first['msg']}") from None
+
+
+class _RepeatedMember(Exception):
+    pass
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a member named twice.
+
+    json keeps the last of ``{"roles": [...], "roles": [...]}``, a proxy or a client library
+    may keep the first: as for a repeated query parameter, some caller would silently get
+    another request than the one it sent (or checked).
+    """
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise _RepeatedMember(name)
+            seen.add(name)
+    return data
 
 
 def _has_nul(data: Any) -> bool:
