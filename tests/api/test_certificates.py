@@ -257,6 +257,26 @@ def test_list_filters(api: Api) -> None:
     assert listed["status"] == "expired"
 
 
+def test_q_folds_non_ascii_letters_on_every_backend(api: Api) -> None:
+    """Before, SQLite's lower() left "ÖBB" as "Öbb" while q was lowered by Python: on SQLite
+    neither "öbb" nor the exact "ÖBB" found the certificate PostgreSQL found."""
+    gateway = api.issue(common_name="ÖBB Gateway", dns_names=["obb.example.com"])
+    street = api.issue(common_name="Straße Süd", dns_names=["sued.example.com"])
+    api.issue(common_name="obb-other.example.com")
+
+    def ids(q: str) -> set[str]:
+        r = api.get(CERTS, api.admin_key, params={"q": q})
+        assert r.status_code == 200, r.text
+        return {item["id"] for item in r.json()["items"]}
+
+    for q in ("ÖBB", "öbb", "Öbb gate", "ÖBB GATEWAY"):
+        assert ids(q) == {gateway["id"]}, q
+    assert ids("SÜD") == {street["id"]}
+    assert ids("straße") == {street["id"]}
+    assert ids("gateway") == {gateway["id"]}  # ASCII q: the built-in lower() as before
+    assert ids("Ö%") == set()  # still a substring, not a pattern
+
+
 def test_revoke(api: Api) -> None:
     body = api.issue()
     r = api.post(f"{CERTS}/{body['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"})

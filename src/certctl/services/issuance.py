@@ -54,7 +54,7 @@ from certctl.pki.crl import RevokedEntry, create_crl
 from certctl.pki.issue import BACKDATE, IssuedCertificate
 from certctl.services.audit import event_values, record
 from certctl.services.context import Principal, Services, SignedCrl
-from certctl.store.db import REVOCATION_LOCK, lock_for_write
+from certctl.store.db import REVOCATION_LOCK, lock_for_write, unicode_lower
 from certctl.store.groupcommit import Insert, write_rows
 from certctl.store.models import Actor, AuditEvent, CertificateRecord, Issuer
 
@@ -826,10 +826,13 @@ def list_certificates(
         # q is a substring, not a pattern: "_" and "%" match themselves.
         escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         like = f"%{escaped}%"
+        # An ASCII q can only match ASCII letters, which the built-in lower() folds: the
+        # Python function SQLite needs for the others is called per row only when needed.
+        lower = func.lower if q.isascii() else unicode_lower
         query = query.where(
             or_(
-                func.lower(CertificateRecord.common_name).like(like, escape="\\"),
-                func.lower(CertificateRecord.subject).like(like, escape="\\"),
+                lower(CertificateRecord.common_name).like(like, escape="\\"),
+                lower(CertificateRecord.subject).like(like, escape="\\"),
                 CertificateRecord.serial.in_(_serial_forms(q)),
             )
         )

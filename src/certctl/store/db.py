@@ -9,9 +9,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, String, create_engine, event, make_url, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import GenericFunction
 
 from certctl.errors import CertctlError, Conflict, StorageUnavailable
 
@@ -23,10 +26,38 @@ __all__ = [
     "session_factory",
     "startup_lock",
     "storage_error",
+    "unicode_lower",
 ]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("certctl.store")
+
+
+class unicode_lower(GenericFunction[str]):  # a SQL function, named as one
+    """``lower()`` that folds every letter, not ASCII alone, on every backend.
+
+    SQLite's built-in lower() leaves non-ASCII letters as they are ("ÖBB" → "Öbb"), so a
+    case-insensitive search compared against Python's ``str.lower`` found nothing on SQLite
+    that PostgreSQL found; there it is Python's, registered on each connection.
+    """
+
+    type = String()
+    name = "unicode_lower"
+    inherit_cache = True
+
+
+@compiles(unicode_lower)
+def _unicode_lower_default(element: unicode_lower, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"lower({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(unicode_lower, "sqlite")
+def _unicode_lower_sqlite(element: unicode_lower, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"certctl_lower({compiler.process(element.clauses, **kw)})"
+
+
+def _python_lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
 
 
 def create_store_engine(url: str) -> Engine:
@@ -57,6 +88,7 @@ def create_store_engine(url: str) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
+            dbapi_connection.create_function("certctl_lower", 1, _python_lower, deterministic=True)
 
         return engine
     engine = create_engine(
