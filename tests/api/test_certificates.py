@@ -332,6 +332,36 @@ def test_crl_lists_revoked_serials(api: Api) -> None:
     assert crl.next_update_utc <= ca.not_valid_after_utc
 
 
+def test_crl_says_how_long_a_cache_may_keep_it(api: Api) -> None:
+    """As long as the server reuses it (CRL_REUSE), never past nextUpdate.
+
+    Before, the public CRL had no Cache-Control: a CDN or proxy in front applied its own
+    default (CloudFront: 24 h), hiding a revocation for that long.
+    """
+    reuse = int(issuance.CRL_REUSE.total_seconds())
+    first = api.get("/api/v1/issuers/default/crl")
+    assert first.headers["cache-control"] == f"public, max-age={reuse}"
+    api.clock.advance(seconds=240)
+    again = api.get("/api/v1/issuers/default/crl", params={"format": "pem"})
+    assert again.headers["cache-control"] == f"public, max-age={reuse - 240}"
+    assert x509.load_pem_x509_crl(again.content).public_bytes(serialization.Encoding.DER) == (
+        first.content
+    )
+    api.clock.advance(seconds=reuse)  # past the reuse: signed anew, fresh again
+    later = api.get("/api/v1/issuers/default/crl")
+    assert later.content != first.content
+    assert later.headers["cache-control"] == f"public, max-age={reuse}"
+    # A revocation is a new CRL at once, with its own full max-age.
+    cert = api.issue()
+    api.clock.advance(seconds=60)
+    assert api.post(f"{CERTS}/{cert['id']}/revoke", api.admin_key).status_code == 200
+    revoked = api.get("/api/v1/issuers/default/crl")
+    assert len(x509.load_der_x509_crl(revoked.content)) == 1
+    assert revoked.headers["cache-control"] == f"public, max-age={reuse}"
+    # Refusals are not made cacheable.
+    assert "cache-control" not in api.get("/api/v1/issuers/nope/crl").headers
+
+
 def _crl_number(der: bytes, tmp_path: Path) -> int:
     """The CRL Number as ``openssl crl -text`` prints it."""
     path = tmp_path / "crl.der"

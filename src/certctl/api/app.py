@@ -405,9 +405,18 @@ async def issuer_crl(request: Request, principal: Principal | None) -> Response:
     services, issuer_id = _services(request), request.path_params["id"]
     # A write (the CRL number), which may wait for SQLite's write lock: off the event loop.
     crl = await anyio.to_thread.run_sync(lambda: issuance.crl_for(services, issuer_id))
+    # Explicit freshness, as long as this server reuses the CRL: without it a CDN or proxy
+    # in front keeps the public CRL for its own default (CloudFront: 24 h), and a revocation
+    # stays unseen behind it for that long.
+    max_age = issuance.crl_max_age_s(crl, services.clock())
+    headers = {"Cache-Control": f"public, max-age={max_age}"}
     if fmt == "pem":
-        return Response(crl.public_bytes(Encoding.PEM), media_type="application/x-pem-file")
-    return Response(crl.public_bytes(Encoding.DER), media_type="application/pkix-crl")
+        return Response(
+            crl.public_bytes(Encoding.PEM), media_type="application/x-pem-file", headers=headers
+        )
+    return Response(
+        crl.public_bytes(Encoding.DER), media_type="application/pkix-crl", headers=headers
+    )
 
 
 def _issue_json(result: issuance.IssueResult, now: Any) -> dict[str, Any]:

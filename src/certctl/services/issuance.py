@@ -67,6 +67,7 @@ __all__ = [
     "PendingIssue",
     "create_issuer",
     "crl_for",
+    "crl_max_age_s",
     "forget_if_changed",
     "get_certificate",
     "import_issuer",
@@ -1396,6 +1397,16 @@ def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationLis
     crl = create_crl(ca, entries, now=now, crl_number=number)
     services.signed_crls[issuer_id] = SignedCrl(ca, revoked, now, crl)
     return crl
+
+
+def crl_max_age_s(crl: x509.CertificateRevocationList, now: datetime) -> int:
+    """How long an HTTP cache may keep ``crl``: as long as :func:`crl_for` would reuse it.
+
+    Signed at thisUpdate + BACKDATE; reused for up to CRL_REUSE, never past nextUpdate.
+    """
+    signed_at = crl.last_update_utc + BACKDATE
+    until = min(signed_at + CRL_REUSE, crl.next_update_utc or signed_at + CRL_REUSE)
+    return max(0, int((until - now).total_seconds()))
 
 
 def _revoked_of(connection: Connection, issuer_id: str) -> tuple[tuple[Any, ...], ...]:
