@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -162,3 +163,36 @@ def test_sign_names_the_requested_names_it_leaves_out(pki: Pki, tmp_path: Path) 
     result = certctl_exe("csr", "sign", "--ca", pki.chain("ec-p256").inter, "--csr", plain,
                          "--out", tmp_path / "plain-signed")  # fmt: skip
     assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_sign_makes_an_address_common_name_the_ip_san(pki: Pki, tmp_path: Path) -> None:
+    # A hand-rolled script's `openssl req -subj /CN=127.0.0.1` with no SANs: openssl matches
+    # an address against IP SANs only. Before, the CN became no SAN at all (a DNS name was
+    # tried and refused) and no client could reach the server by that address.
+    key, csr, out = tmp_path / "k.pem", tmp_path / "r.csr", tmp_path / "signed"
+    ok(
+        run(
+            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1",
+        )
+    )  # fmt: skip
+    chain = pki.chain("ec-p256")
+    result = certctl_exe("csr", "sign", "--ca", chain.inter, "--csr", csr, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "without a DNS or IP name" not in result.stderr
+    assert x509_extensions(out / "tls.crt")["X509v3 Subject Alternative Name"] == (
+        False,
+        "IP Address:127.0.0.1",
+    )
+
+    def verify_ip(address: str) -> subprocess.CompletedProcess[str]:
+        return run(
+            "openssl", "verify", "-purpose", "sslserver", "-verify_ip", address,
+            "-CAfile", chain.root / "ca.crt", "-untrusted", chain.inter / "ca.crt",
+            out / "tls.crt",
+        )  # fmt: skip
+
+    ok(verify_ip("127.0.0.1"))
+    other = verify_ip("127.0.0.2")  # the negative twin: another address
+    assert other.returncode != 0
+    assert "IP address mismatch" in other.stdout + other.stderr

@@ -331,10 +331,16 @@ def _to_minutes(lifetime: timedelta) -> timedelta:
 
 def _sans_from_common_name(subject: x509.Name) -> SubjectAltNames:
     # Modern TLS clients ignore the CN; a server certificate with a host-like CN
-    # and no SANs gets that CN as its DNS SAN, as trustme and certutil do.
+    # and no SANs gets that CN as its DNS SAN, as trustme and certutil do. An address
+    # (`openssl req -subj /CN=10.0.0.5`, `--cn ::1`) becomes the IP SAN clients match
+    # it against: as a DNS name it is refused, which left the certificate nameless.
     cns = subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     if not cns or not isinstance(cns[0].value, str):
         return SubjectAltNames()
+    try:
+        return SubjectAltNames.parse(ip=[cns[0].value])
+    except InvalidRequest:
+        pass
     try:
         return SubjectAltNames(dns=(validate_dns_name(cns[0].value),))
     except InvalidRequest:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime, timedelta
 
 import pytest
@@ -361,6 +362,28 @@ def test_server_without_sans_gets_cn_as_dns_san(
     san = _ext(cert, x509.SubjectAlternativeName)
     assert not san.critical
     assert san.value.get_values_for_type(x509.DNSName) == ["www.example.com"]
+
+
+@pytest.mark.parametrize(
+    ("cn", "address"),
+    [("10.0.0.5", "10.0.0.5"), ("2001:DB8::1", "2001:db8::1"), ("::ffff:10.0.0.6", "10.0.0.6")],
+)
+def test_server_without_sans_gets_address_cn_as_ip_san(
+    root_ca: CertificateAuthority, now: datetime, cn: str, address: str
+) -> None:
+    # `openssl req -subj /CN=10.0.0.5` with no SANs: before, the address was tried as a DNS
+    # name only, refused, and the certificate went out naming no host at all.
+    issued = root_ca.issue(
+        ec.generate_private_key(ec.SECP256R1()).public_key(),
+        common_name_dn(cn),
+        profile=PROFILES["server"],
+        validity=timedelta(days=90),
+        now=now,
+    )
+    san = _ext(issued.certificate, x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address(address)]
+    assert san.get_values_for_type(x509.DNSName) == []
+    assert not [w for w in issued.warnings if "without a DNS or IP name" in w]
 
 
 @pytest.mark.parametrize(("profile", "cn"), [("server", "My Service"), ("client", "alice.example")])
