@@ -443,6 +443,12 @@ class SubjectAltNames:
             InvalidRequest: one value is malformed; the message names it.
         """
         ips = []
+        for kind, values in (("IP address", ip), ("e-mail address", email), ("URI", uri)):
+            for text in values:
+                if not text.strip():
+                    # Named as validate_dns_name does: "certctl: error: : not a valid IPv4 …"
+                    # (an unset shell variable in --ip "$ADDR") read as a garbled message.
+                    raise InvalidRequest(f"{text!r}: empty {kind}")
         for text in ip:
             try:
                 address = ipaddress.ip_address(text.strip())

@@ -193,6 +193,12 @@ CASES = [
         "1.2.3.999: not a valid IPv4 or IPv6 address",
     ),
     _c(
+        "issue-empty-ip",
+        ["cert", "issue", "--ca", "ca", "--cn", "web", "--ip", "", "--out", "o"],
+        1,
+        "certctl: error: '': empty IP address",
+    ),
+    _c(
         "issue-bad-dns",
         "cert issue --ca ca --cn web --dns=-bad-.example --out o",
         1,
