@@ -188,6 +188,13 @@ def http_command(
     if not non_interactive and sys.stdin.isatty():
         choices = _Wizard(out).run(choices)
     else:
+        if not choices.nodes and not choices.shared:
+            # Checked here, where the options can be named (the bundle says only "no nodes"),
+            # and before the password, the question a wizard would have asked first.
+            no_wizard = "" if non_interactive else " (standard input is not a terminal: no wizard)"
+            raise typer.BadParameter(
+                f"give --node NAME (repeatable) or --shared with --dns/--ip{no_wizard}"
+            )
         if choices.mode != "csr" and not choices.pem and choices.password is None:
             raise typer.BadParameter(
                 "PKCS#12 output needs a password: --password-file or CERTCTL_PASSWORD "

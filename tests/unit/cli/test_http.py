@@ -348,10 +348,31 @@ def test_p12_without_password(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert not out.exists()
 
 
-def test_no_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["--non-interactive", "--pem"], ""),
+        # No terminal, as in CI: the run that expected the wizard learns why it got none.
+        (["--pem"], " (standard input is not a terminal: no wizard)"),
+        (["--password", "pw"], " (standard input is not a terminal: no wizard)"),
+    ],
+)
+def test_no_node(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    why: str,
+) -> None:
+    # A usage error naming the options; before: exit 1, "no nodes: give at least one node".
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     out = tmp_path / "b.zip"
-    assert run(["http", "--out", str(out), "--pem"]) == 1
-    assert "no nodes" in capsys.readouterr().err
+    assert run(["http", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"certctl: error: Invalid value: give --node NAME (repeatable) or --shared with "
+        f"--dns/--ip{why} (see 'certctl http --help')\n"
+    )
     assert not out.exists()
 
 
