@@ -196,3 +196,17 @@ def test_sign_makes_an_address_common_name_the_ip_san(pki: Pki, tmp_path: Path) 
     other = verify_ip("127.0.0.2")  # the negative twin: another address
     assert other.returncode != 0
     assert "IP address mismatch" in other.stdout + other.stderr
+
+
+def test_csr_create_splits_comma_separated_names(tmp_path: Path) -> None:
+    # As elasticsearch-certutil csr --dns a,b --ip x,y does.
+    out = tmp_path / "csr"
+    certctl_ok(
+        "csr", "create", "--cn", "app.example.com", "--dns", "app.example.com,api.example.com",
+        "--ip", "10.0.0.1,2001:db8::1", "--out", out,
+    )  # fmt: skip
+    result = ok(run("openssl", "req", "-verify", "-noout", "-text", "-in", out / "tls.csr"))
+    assert (
+        "DNS:app.example.com, DNS:api.example.com, IP Address:10.0.0.1, "
+        "IP Address:2001:DB8:0:0:0:0:0:1"
+    ) in result.stdout

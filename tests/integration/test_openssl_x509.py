@@ -123,3 +123,28 @@ def test_openssl_text_shows_ca_extensions(pki: Pki, key_type: str) -> None:
     # The intermediate names its issuer's key.
     root_ski = root["X509v3 Subject Key Identifier"][1]
     assert inter["X509v3 Authority Key Identifier"][1].removeprefix("keyid:") == root_ski
+
+
+def test_comma_separated_names_as_certutil_gives_them(pki: Pki, tmp_path: Path) -> None:
+    # elasticsearch-certutil cert --dns a,b --ip x,y: a migrating script keeps that form.
+    # Before, the whole list was one name, refused as an invalid DNS name.
+    chain = pki.chain("ec-p256")
+    out = tmp_path / "leaf"
+    result = run(
+        "certctl", "cert", "issue", "--ca", chain.inter, "--cn", "a.example.com",
+        "--dns", "a.example.com,b.example.com", "--ip", "10.0.0.1, ::1", "--out", out,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert x509_extensions(out / "tls.crt")["X509v3 Subject Alternative Name"] == (
+        False,
+        "DNS:a.example.com, DNS:b.example.com, IP Address:10.0.0.1, IP Address:0:0:0:0:0:0:0:1",
+    )
+    for check in (["-verify_hostname", "b.example.com"], ["-verify_ip", "::1"]):
+        code, output = verify(chain.root, chain.inter, out / "tls.crt", *check)
+        assert code == 0, output
+    # The negative twin: the list itself names no host.
+    code, output = verify(
+        chain.root, chain.inter, out / "tls.crt", "-verify_hostname", "a.example.com,b.example.com"
+    )
+    assert code != 0
+    assert "hostname mismatch" in output

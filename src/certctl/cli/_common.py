@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 from certctl.errors import InvalidRequest, NotFound
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from cryptography import x509
 
     from certctl.pki import CertificateAuthority, Material
@@ -22,6 +24,7 @@ __all__ = [
     "read_file",
     "read_material",
     "read_password",
+    "split_commas",
     "utcnow",
     "warn",
 ]
@@ -49,6 +52,20 @@ def not_stdout(value: Path | None) -> Path | None:
             "(for one called '-', give its full path)"
         )
     return value
+
+
+def split_commas(values: Sequence[str]) -> list[str]:
+    """``--dns``/``--ip`` values, comma-separated lists split as elasticsearch-certutil does.
+
+    ``--dns a.example,b.example`` is certutil's way to give two names (a comma is in no DNS
+    name or IP address). Empty items (``a.example,``) are dropped; a value of commas alone
+    is kept whole, to be refused as the empty name it is.
+    """
+    items: list[str] = []
+    for value in values:
+        parts = [part.strip() for part in value.split(",") if part.strip()]
+        items += parts if parts and "," in value else [value]
+    return items
 
 
 def utcnow() -> datetime:

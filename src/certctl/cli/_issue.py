@@ -20,7 +20,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certctl.cli._common import open_ca_dir, read_file, read_password, utcnow, warn
+from certctl.cli._common import (
+    open_ca_dir,
+    read_file,
+    read_password,
+    split_commas,
+    utcnow,
+    warn,
+)
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -214,7 +221,9 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
         raise UsageProblem("give --cn or --subject (or --in for a batch)")
     # An empty --cn or --subject is refused by the parsers, not taken for a missing one.
     name = parse_dn(opts.subject) if opts.subject is not None else common_name_dn(opts.cn or "")
-    sans = SubjectAltNames.parse(dns=opts.dns, ip=opts.ip, email=opts.email, uri=opts.uri)
+    sans = SubjectAltNames.parse(
+        dns=split_commas(opts.dns), ip=split_commas(opts.ip), email=opts.email, uri=opts.uri
+    )
     p12_password = read_password(opts.password_file, opts.password) if opts.p12 else None
     if opts.p12 and p12_password is None:
         raise UsageProblem("--p12 needs a password: --password-file or CERTCTL_PASSWORD")

@@ -28,10 +28,16 @@ def issue(
     cn: str = typer.Option(None, "--cn", help="Common name (host or user name)."),
     subject: str = typer.Option(None, "--subject", help="Full RFC 4514 subject instead of --cn."),
     dns: list[str] = typer.Option(
-        [], "--dns", metavar="DNS", help="DNS SAN (repeatable; '*.example.com' allowed)."
+        [],
+        "--dns",
+        metavar="DNS",
+        help="DNS SAN (repeatable, or a comma-separated list; '*.example.com' allowed).",
     ),
     ip: list[str] = typer.Option(
-        [], "--ip", metavar="IP", help="IP SAN, IPv4 or IPv6 (repeatable)."
+        [],
+        "--ip",
+        metavar="IP",
+        help="IP SAN, IPv4 or IPv6 (repeatable, or a comma-separated list).",
     ),
     email: list[str] = typer.Option(
         [], "--email", metavar="EMAIL", help="E-mail SAN (repeatable)."

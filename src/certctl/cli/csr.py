@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from certctl.cli._common import not_stdout, open_ca_dir, read_file, utcnow, warn
+from certctl.cli._common import not_stdout, open_ca_dir, read_file, split_commas, utcnow, warn
 
 __all__ = ["app"]
 
@@ -20,8 +20,12 @@ def create(
     ),
     cn: str = typer.Option(None, "--cn", help="Common name."),
     subject: str = typer.Option(None, "--subject", help="Full RFC 4514 subject instead of --cn."),
-    dns: list[str] = typer.Option([], "--dns", metavar="DNS", help="DNS SAN (repeatable)."),
-    ip: list[str] = typer.Option([], "--ip", metavar="IP", help="IP SAN (repeatable)."),
+    dns: list[str] = typer.Option(
+        [], "--dns", metavar="DNS", help="DNS SAN (repeatable, or a comma-separated list)."
+    ),
+    ip: list[str] = typer.Option(
+        [], "--ip", metavar="IP", help="IP SAN (repeatable, or a comma-separated list)."
+    ),
     email: list[str] = typer.Option(
         [], "--email", metavar="EMAIL", help="E-mail SAN (repeatable)."
     ),
@@ -52,7 +56,7 @@ def create(
     kt = KeyType.parse(key_type)
     # An empty --cn or --subject is refused by the parsers, not taken for a missing one.
     name = parse_dn(subject) if subject is not None else common_name_dn(cn)
-    sans = SubjectAltNames.parse(dns=dns, ip=ip, email=email, uri=uri)
+    sans = SubjectAltNames.parse(dns=split_commas(dns), ip=split_commas(ip), email=email, uri=uri)
     outputs = OutputSet(force=force)
     outputs.add(out / "tls.csr", b"")
     outputs.add(out / "tls.key", b"")

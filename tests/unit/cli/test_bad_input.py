@@ -199,6 +199,13 @@ CASES = [
         "certctl: error: '': empty IP address",
     ),
     _c(
+        # A certutil-style list is split; the message names the bad item alone.
+        "issue-bad-dns-in-list",
+        "cert issue --ca ca --cn web --dns a.example,-bad-.example --out o",
+        1,
+        "certctl: error: -bad-.example: invalid DNS name",
+    ),
+    _c(
         "issue-bad-dns",
         "cert issue --ca ca --cn web --dns=-bad-.example --out o",
         1,
