@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import typer
+    from typer._click.exceptions import UsageError
 
 # Plain (click-style) help: typer's Rich help pulls in markdown-it and half of Rich, which
 # doubled `certctl --help`. Set TYPER_USE_RICH=1 for the coloured version.
@@ -31,6 +32,38 @@ def __getattr__(name: str) -> typer.Typer:
 
         return app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# elasticsearch-certutil options a migrating script passes, and what certctl takes instead.
+# Click's own suggestion is by spelling alone: `--days` got "Possible options: --ca, --dns".
+_CERTUTIL_OPTIONS = {
+    "--days": ("--validity", "certutil's --days N is --validity ND"),
+    "--keysize": ("--key-type", "certutil's --keysize N is --key-type rsa-N"),
+    "--pass": ("--password-file", "give the password in --password-file FILE"),
+    "--ca-pass": ("--ca-password-file", "give the CA key's password in --ca-password-file FILE"),
+    "--ca-cert": ("--ca", "--ca takes the CA directory holding ca.crt and ca.key"),
+    "--ca-key": ("--ca", "--ca takes the CA directory holding ca.crt and ca.key"),
+    "--ca-dn": ("--subject", "certutil's --ca-dn DN is --subject DN"),
+    "--name": ("--cn", "certutil's --name is --cn, or --subject for a whole DN"),
+    "--multiple": ("--in", "several certificates come from an instances file: --in FILE"),
+    "--silent": ("--non-interactive", "certctl http --non-interactive never prompts"),
+}
+
+
+def _usage_message(exc: UsageError) -> str:
+    """Click's usage error message, with certctl's equivalent of a certutil option."""
+    from typer import _click
+
+    message = exc.format_message()
+    if not isinstance(exc, _click.exceptions.NoSuchOption) or exc.ctx is None:
+        return message
+    known = _CERTUTIL_OPTIONS.get(exc.option_name)
+    if known is None:
+        return message
+    option, hint = known
+    if not any(option in param.opts for param in exc.ctx.command.params):
+        return message  # this command has no equivalent: click's suggestion stands
+    return f"No such option: {exc.option_name} ({hint})"
 
 
 def _fail(message: str, code: int) -> int:
@@ -120,7 +153,7 @@ def _run_typer(args: list[str]) -> int:
         return 2
     except _click.exceptions.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-        return _fail(exc.format_message() + hint, 2)
+        return _fail(_usage_message(exc) + hint, 2)
     except _click.exceptions.ClickException as exc:
         return _fail(exc.format_message(), exc.exit_code or 1)
     except typer.Abort:

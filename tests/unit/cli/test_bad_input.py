@@ -117,6 +117,40 @@ CASES = [
         2,
         "No such option: --colour",
     ),
+    # elasticsearch-certutil's options get certctl's equivalent; before, click's spelling
+    # guess: "--days" -> "Possible options: --ca, --dns".
+    _c(
+        "issue-certutil-days",
+        "cert issue --ca ca --cn web --days 365 --out o",
+        2,
+        "No such option: --days (certutil's --days N is --validity ND) "
+        "(see 'certctl cert issue --help')",
+    ),
+    _c(
+        "issue-certutil-ca-cert",
+        "cert issue --ca-cert ca/ca.crt --ca-key ca/ca.key --cn web --out o",
+        2,
+        "No such option: --ca-cert (--ca takes the CA directory holding ca.crt and ca.key)",
+    ),
+    _c(
+        "ca-create-certutil-ca-dn",
+        "ca create --out new --ca-dn CN=x",
+        2,
+        "No such option: --ca-dn (certutil's --ca-dn DN is --subject DN)",
+    ),
+    _c(
+        "csr-sign-certutil-ca-pass",
+        "csr sign --ca ca --csr good.csr --ca-pass x --out o",
+        2,
+        "No such option: --ca-pass (give the CA key's password in --ca-password-file FILE)",
+    ),
+    _c(
+        # A command with no --validity keeps click's own words.
+        "inspect-certutil-days",
+        "inspect --days 3 leaf.crt",
+        2,
+        "No such option: --days (see 'certctl inspect --help')",
+    ),
     # --- ca import ---------------------------------------------------------------------
     _c(
         "ca-import-key-mismatch",
@@ -813,7 +847,10 @@ def test_bad_input(case: Case, workdir: Path, capsys: pytest.CaptureFixture[str]
 
 
 SUBPROCESS_CASES = [
-    c for c in CASES if c.id in {"issue-bad-ip", "csr-sign-tampered", "ca-create-unknown-option"}
+    c
+    for c in CASES
+    if c.id
+    in {"issue-bad-ip", "csr-sign-tampered", "ca-create-unknown-option", "issue-certutil-days"}
 ]
 
 
