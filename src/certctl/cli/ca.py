@@ -34,7 +34,11 @@ def create(
     out: Path = typer.Option(
         ..., "--out", "-o", callback=not_stdout, help="Directory for ca.crt and ca.key."
     ),
-    cn: str = typer.Option(None, "--cn", help="Common name (default: 'certctl Root CA')."),
+    cn: str = typer.Option(
+        None,
+        "--cn",
+        help="Common name (default: 'certctl Root CA'; with --parent, 'certctl Intermediate CA').",
+    ),
     subject: str = typer.Option(
         None, "--subject", help="Full RFC 4514 subject, e.g. 'CN=Ops CA,O=Example'."
     ),

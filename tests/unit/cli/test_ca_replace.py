@@ -98,3 +98,18 @@ def test_import_orders_a_root_first_bundle(
     assert names == ["CN=web.example", "CN=I2", "CN=I1"]
     assert _certs(tmp_path / "leaf" / "ca.crt") == _certs(tmp_path / "root" / "ca.crt")
     _ok("verify", "--ca", tmp_path / "leaf" / "ca.crt", tmp_path / "leaf" / "tls.crt")
+
+
+def test_help_gives_the_default_name_of_an_intermediate(
+    intermediate_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --help said "default: 'certctl Root CA'" alone, for an intermediate too.
+    name = _certs(intermediate_dir / "ca.crt")[0].subject.rfc4514_string()
+    capsys.readouterr()
+    assert run(["ca", "create", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    helped = text.split("--cn <str> ", 1)[1].split(" --subject", 1)[0]
+    assert helped == (
+        f"Common name (default: 'certctl Root CA'; with --parent, '{name.removeprefix('CN=')}')."
+    )
+    assert name == "CN=certctl Intermediate CA"
