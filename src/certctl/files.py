@@ -236,6 +236,16 @@ class OutputSet:
                 current = path
                 os.replace(tmp, path)
                 renamed.append(path)
+            # The renames, removals and new directories are entries of their directories:
+            # without syncing those, a power cut after "issued …" could bring the machine
+            # back without the files (or with the old ones), as write_atomic says.
+            if batch:
+                os.sync()
+            else:
+                changed = [*(p.parent for p in self._files), *(p.parent for p in self._removals)]
+                for directory in dict.fromkeys([*(d.parent for d in created_dirs), *changed]):
+                    current = directory
+                    fsync_directory(directory)
         except BaseException as exc:
             # Ctrl-C (KeyboardInterrupt) too: it would otherwise leave the staged keys in
             # temp files and, with --force, the previous files moved aside under .bak names.

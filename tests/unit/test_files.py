@@ -302,3 +302,36 @@ def test_write_atomic_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         write_atomic(tmp_path / "missing" / "f", b"data")
     assert _tree(tmp_path) == []
+
+
+@pytest.mark.parametrize("count", [2, 40], ids=["fsync", "batch"])
+def test_commit_syncs_the_renames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    # A file's fsync keeps its bytes, not its name: the rename into place is an entry of
+    # the directory, synced after it. Before, no directory was synced, and a power cut
+    # after "issued …" could bring the machine back without the files.
+    synced: list[tuple[str, list[str]]] = []  # (what was synced, the outputs then in place)
+    outputs = [tmp_path / "new" / "sub" / f"f{i}" for i in range(count)]
+
+    def in_place() -> list[str]:
+        return [p.name for p in outputs if p.exists()]
+
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), in_place()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "sync", lambda: synced.append(("sync", in_place())))
+    out = OutputSet()
+    for path in outputs:
+        out.add(path, b"x", secret=True)
+    out.commit()
+    everything = [p.name for p in outputs]
+    if count > 2:  # one sync() for the bytes, one for the names
+        assert synced == [("sync", []), ("sync", everything)]
+        return
+    after = [what for what, present in synced if present == everything]
+    assert after == [str(tmp_path), str(tmp_path / "new"), str(tmp_path / "new" / "sub")]
