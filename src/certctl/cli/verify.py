@@ -25,7 +25,9 @@ def verify_command(
             "intermediates)."
         ),
     ),
-    ca: Path = typer.Option(..., "--ca", help="Trust bundle: root CA certificate(s)."),
+    ca: Path = typer.Option(
+        ..., "--ca", help="Trust bundle file: root CA certificate(s), e.g. ca/ca.crt."
+    ),
     untrusted: Path = typer.Option(None, "--untrusted", help="Intermediate certificates."),
     hostname: str = typer.Option(
         None,
@@ -70,6 +72,11 @@ def verify_command(
         material = read_protected(path, password_file, password, what, optional=True)
         return material.certificates
 
+    if ca.is_dir() and (ca / "ca.crt").is_file():
+        # `cert issue --ca DIR` takes the CA directory; here --ca is the trust bundle file.
+        raise InvalidRequest(
+            f"{ca} is a CA directory: --ca takes the CA certificate here (--ca {ca / 'ca.crt'})"
+        )
     leaf_certs = read(cert, "certificate")
     if not leaf_certs:
         raise InvalidRequest(f"{cert}: holds no certificate")

@@ -666,6 +666,13 @@ CASES = [
         "mixed/ca-chain.crt: CN=Other Root did not issue CN=Bad Input Intermediate",
     ),
     _c("crl-not-a-ca", "crl create --ca notca --out new.crl", 1, "not a CA"),
+    _c(
+        # The directory `cert issue --ca` takes: the message names the file to give.
+        "verify-ca-directory",
+        "verify --ca ca leaf.crt",
+        1,
+        "certctl: error: ca is a CA directory: --ca takes the CA certificate here (--ca ca/ca.crt)",
+    ),
     _c("crl-out-is-directory", "crl create --ca ca --out ca", 1, "ca is a directory"),
     _c("crl-missing-ca-option", "crl create --out new.crl", 2, "Missing option '--ca'"),
     # --- --out - (stdout) where stdout cannot take the output --------------------------
