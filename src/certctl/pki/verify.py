@@ -381,13 +381,30 @@ def _first_san(leaf: x509.Certificate) -> str:
     try:
         ext = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        raise VerificationFailed("server certificate has no SubjectAlternativeName") from None
+        raise VerificationFailed(f"verification failed: {_no_host_name(leaf)}") from None
     for value in ext:
         if isinstance(value, x509.DNSName):
             return value.value.replace("*.", "wildcard.", 1)
         if isinstance(value, x509.IPAddress):
             return str(value.value)
-    raise VerificationFailed("server certificate has no DNS or IP SAN")
+    raise VerificationFailed("verification failed: server certificate has no DNS or IP SAN")
+
+
+def _no_host_name(leaf: x509.Certificate) -> str:
+    """Why a certificate without SANs is no server certificate, in the user's terms."""
+    # An empty subject (`openssl req -subj /`) would leave a gap where the name goes.
+    subject = leaf.subject.rfc4514_string() or "with an empty subject"
+    try:
+        is_ca = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if is_ca:
+        # A ca.crt given as CERT: "no SubjectAlternativeName" sent users looking for SANs.
+        return f"the certificate {subject} is a CA certificate, not a server certificate"
+    return (
+        f"server certificate {subject} has no subjectAltName: TLS clients match host "
+        "names against its DNS and IP SANs only"
+    )
 
 
 def _subject_for(name: str) -> x509.DNSName | x509.IPAddress:

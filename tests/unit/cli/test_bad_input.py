@@ -673,6 +673,12 @@ CASES = [
         1,
         "certctl: error: ca is a CA directory: --ca takes the CA certificate here (--ca ca/ca.crt)",
     ),
+    _c(
+        "verify-ca-as-server",
+        "verify --ca ca/ca.crt ca/ca.crt",
+        1,
+        "is a CA certificate, not a server certificate",
+    ),
     _c("crl-out-is-directory", "crl create --ca ca --out ca", 1, "ca is a directory"),
     _c("crl-missing-ca-option", "crl create --out new.crl", 2, "Missing option '--ca'"),
     # --- --out - (stdout) where stdout cannot take the output --------------------------

@@ -6,6 +6,8 @@ from datetime import timedelta
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from certctl.errors import InvalidRequest
 from certctl.pki import (
@@ -167,10 +169,45 @@ def test_server_client_profile_serves_both(root_ca: CertificateAuthority) -> Non
 
 def test_server_cert_without_san(root_ca: CertificateAuthority) -> None:
     cert = _leaf(root_ca, cn="My Service")  # not host-like: no SAN derived from the CN
-    with pytest.raises(
-        VerificationFailed, match="server certificate has no SubjectAlternativeName"
-    ):
+    with pytest.raises(VerificationFailed) as caught:
         verify_certificate(cert, trust=[root_ca.certificate], now=NOW)
+    assert caught.value.detail == (
+        "verification failed: server certificate CN=My Service has no subjectAltName: TLS "
+        "clients match host names against its DNS and IP SANs only"
+    )
+
+
+def test_ca_certificate_checked_as_a_server(root_ca: CertificateAuthority) -> None:
+    # `certctl verify --ca ca/ca.crt ca/ca.crt`: before, "server certificate has no
+    # SubjectAlternativeName", as if SANs were what it lacked.
+    with pytest.raises(VerificationFailed) as caught:
+        verify_certificate(root_ca.certificate, trust=[root_ca.certificate], now=NOW)
+    assert caught.value.detail == (
+        "verification failed: the certificate CN=Test Root CA is a CA certificate, not a "
+        "server certificate"
+    )
+
+
+def test_certificate_without_subject_or_san_is_named() -> None:
+    # `openssl req -x509 -subj /`: the message had a gap where the name goes.
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(x509.Name([]))
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    with pytest.raises(VerificationFailed) as caught:
+        verify_certificate(cert, trust=[cert], now=NOW)
+    assert caught.value.detail == (
+        "verification failed: the certificate with an empty subject is a CA certificate, not "
+        "a server certificate"
+    )
 
 
 def test_intermediate_needed_and_used(
