@@ -188,8 +188,11 @@ def load_ca_dir(
     from certctl.pki import CertificateAuthority
 
     if directory.is_file():
+        # elasticsearch-certutil's --ca takes a PKCS#12 file (elastic-stack-ca.p12): say how
+        # to turn one (or a hand-made PEM pair) into the directory.
         raise InvalidRequest(
-            f"{directory} is a file: {option} takes the CA directory (with {CA_CERT} and {CA_KEY})"
+            f"{directory} is a file: {option} takes the CA directory (with {CA_CERT} and "
+            f"{CA_KEY}; 'certctl ca import' makes one from a PKCS#12 file or a PEM pair)"
         )
     if not directory.is_dir():
         raise NotFound(f"{directory}: CA directory not found (create one with 'certctl ca create')")

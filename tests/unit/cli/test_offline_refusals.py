@@ -173,7 +173,23 @@ CASES = [
         "cert issue --ca ca1/ca.crt -o out --cn x",
         1,
         "certctl: error: ca1/ca.crt is a file: --ca takes the CA directory "
-        "(with ca.crt and ca.key)",
+        "(with ca.crt and ca.key; 'certctl ca import' makes one from a PKCS#12 file or a "
+        "PEM pair)",
+    ),
+    _c(
+        # certutil's cert --ca elastic-stack-ca.p12: the message names the way to a directory.
+        "issue-ca-is-a-p12",
+        "cert issue --ca plain-ca.p12 -o out --cn x",
+        1,
+        "certctl: error: plain-ca.p12 is a file: --ca takes the CA directory (with ca.crt and "
+        "ca.key; 'certctl ca import' makes one from a PKCS#12 file or a PEM pair)",
+    ),
+    _c(
+        "http-ca-is-a-p12",
+        "http --non-interactive --pem --node n1 --ca plain-ca.p12 -o b.zip",
+        1,
+        "certctl: error: plain-ca.p12 is a file: --ca takes the CA directory (with ca.crt and "
+        "ca.key; 'certctl ca import' makes one from a PKCS#12 file or a PEM pair)",
     ),
     _c(
         "issue-unknown-profile",
@@ -209,7 +225,8 @@ CASES = [
         "ca create -o new --parent ca1/ca.crt",
         1,
         "certctl: error: ca1/ca.crt is a file: --parent takes the CA directory "
-        "(with ca.crt and ca.key)",
+        "(with ca.crt and ca.key; 'certctl ca import' makes one from a PKCS#12 file or a "
+        "PEM pair)",
     ),
     _c(
         "ca-create-huge-path-length",
