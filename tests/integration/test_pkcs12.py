@@ -183,3 +183,37 @@ def test_http_bundle_keystore_is_what_certutil_writes(
     info = ok(run("openssl", "pkcs12", "-info", "-in", store, "-passin", f"file:{password_file}",
                   "-nokeys"))  # fmt: skip
     assert info.stdout.count("-----BEGIN CERTIFICATE-----") == length
+
+
+def _fingerprint(cert: Path) -> str:
+    return ok(run("openssl", "x509", "-in", cert, "-noout", "-fingerprint", "-sha256")).stdout
+
+
+def test_reissue_in_the_other_format_replaces_the_old_files(pki: Pki, tmp_path: Path) -> None:
+    # Before, `cert issue --p12 --force` over a PEM directory left the old tls.crt and
+    # tls.key beside the new tls.p12 (and the other way round): nginx pointed at them kept
+    # serving the certificate the command had just replaced.
+    chain = pki.chain("ec-p256")
+    out = tmp_path / "web"
+    issue = ["cert", "issue", "--ca", chain.inter, "--cn", "web.example.com", "--out", out]
+    certctl_ok(*issue)
+    certctl_ok(*issue, "--p12", "--password", PASSWORD, "--force")
+    assert sorted(p.name for p in out.iterdir()) == ["ca.crt", "tls.p12"]
+    listed = ok(run("keytool", "-list", "-storetype", "PKCS12", "-keystore", out / "tls.p12",
+                    "-storepass", PASSWORD)).stdout  # fmt: skip
+    assert "tls, " in listed
+    assert "PrivateKeyEntry" in listed
+    in_p12 = tmp_path / "in-p12.crt"
+    ok(run("openssl", "pkcs12", "-in", out / "tls.p12", "-passin", f"pass:{PASSWORD}",
+           "-nokeys", "-clcerts", "-out", in_p12))  # fmt: skip
+    # Back to PEM: without --force the keystore is an output in the way, as a file to replace.
+    refused = run("certctl", *issue)
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"certctl: error: {out}/tls.p12 already exists; use --force to overwrite\n"
+    )
+    certctl_ok(*issue, "--force")
+    assert sorted(p.name for p in out.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
+    ok(run("openssl", "verify", "-CAfile", chain.root / "ca.crt", "-untrusted",
+           chain.inter / "ca.crt", out / "tls.crt"))  # fmt: skip
+    assert _fingerprint(out / "tls.crt") != _fingerprint(in_p12)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from certctl.cli._storedzip import Entry
+    from certctl.files import OutputSet
     from certctl.pki import CertificateAuthority, KeyType, Profile
     from certctl.pki.instances import Instance
     from certctl.pki.names import SubjectAltNames
@@ -230,6 +231,7 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     _warn_about_password(p12_password)
     outputs = OutputSet(force=opts.force)
     outputs.add(opts.out / ("tls.p12" if opts.p12 else "tls.crt"), b"")
+    _remove_other_format(outputs, opts.out, p12=opts.p12)
     outputs.check()
     ca = open_ca_dir(opts.ca_dir, opts.ca_password_file)
     key = generate_private_key(kt)
@@ -253,6 +255,21 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     )
     for path in outputs.paths:
         out(f"  {path}")
+
+
+def _remove_other_format(
+    outputs: OutputSet, directory: Path, *, p12: bool, p12_name: str = "tls"
+) -> None:
+    """Stage the removal of the files of the format not written (they need ``--force``).
+
+    PEM output is ``tls.crt`` and ``tls.key``; PKCS#12 output is ``<p12_name>.p12``.
+
+    A certificate re-issued with --force as PKCS#12 over PEM files (or the other way round)
+    left the old tls.crt and tls.key beside the new tls.p12: a server reading them kept the
+    certificate and key the command had just replaced.
+    """
+    for stale in ("tls.crt", "tls.key") if p12 else (f"{p12_name}.p12",):
+        outputs.remove(directory / stale)
 
 
 def _warn_about_password(p12_password: bytes | None) -> None:
@@ -362,6 +379,15 @@ def _issue_batch(
             )
     outputs.check()
     outputs = OutputSet(force=opts.force)
+    if not as_zip:
+        for inst in todo:
+            _remove_other_format(
+                outputs,
+                opts.out / inst.filename,
+                p12=p12_password is not None,
+                p12_name=inst.filename,
+            )
+        outputs.check()  # an output of the other format needs --force too, as one to replace
     ca = open_ca_dir(opts.ca_dir, opts.ca_password_file)
     now = utcnow()
     stamp = dos_stamp(now.timetuple()[:6]) if as_zip else None

@@ -118,6 +118,31 @@ def test_directory_output(
         assert stat.S_IMODE((folder / "tls.crt").stat().st_mode) == 0o644
 
 
+def test_directory_output_in_the_other_format_replaces_the_old_files(
+    ca_dir: Path, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, a batch re-run with --force as PKCS#12 over PEM folders (or back) left the old
+    # tls.crt and tls.key beside each new node-N.p12, holding the replaced key.
+    instances = _instances(workdir / "in.yml", 2)
+    argv = ["cert", "issue", "--ca", str(ca_dir), "--in", str(instances), "--out", "certs"]
+    assert run([*argv, "--pem"]) == 0
+    assert run([*argv, "--password", "s3cret-pw", "--force"]) == 0
+    for i in range(2):
+        folder = workdir / "certs" / f"node-{i:04d}"
+        assert sorted(p.name for p in folder.iterdir()) == ["ca.crt", f"node-{i:04d}.p12"]
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in (workdir / "certs").rglob("*") if p.is_file()}
+    assert run([*argv, "--pem"]) == 1  # the keystores are in the way: --force, as to replace
+    assert capsys.readouterr().err == (
+        "certctl: error: certs/node-0000/node-0000.p12 already exists; use --force to overwrite\n"
+    )
+    assert {p: p.read_bytes() for p in (workdir / "certs").rglob("*") if p.is_file()} == before
+    assert run([*argv, "--pem", "--force"]) == 0
+    for i in range(2):
+        folder = workdir / "certs" / f"node-{i:04d}"
+        assert sorted(p.name for p in folder.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
+
+
 def test_distinguished_name_instance_as_openssl_reads_it(
     ca_dir: Path, workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
