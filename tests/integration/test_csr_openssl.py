@@ -210,3 +210,40 @@ def test_csr_create_splits_comma_separated_names(tmp_path: Path) -> None:
         "DNS:app.example.com, DNS:api.example.com, IP Address:10.0.0.1, "
         "IP Address:2001:DB8:0:0:0:0:0:1"
     ) in result.stdout
+
+
+def _pair_matches(directory: Path) -> bool:
+    """What a server loading tls.crt with tls.key finds: the same public key in both."""
+    cert = ok(run("openssl", "x509", "-in", directory / "tls.crt", "-noout", "-pubkey"))
+    key = ok(run("openssl", "pkey", "-in", directory / "tls.key", "-pubout"))
+    return cert.stdout == key.stdout
+
+
+def test_csr_commands_warn_when_they_leave_a_mismatched_pair(pki: Pki, tmp_path: Path) -> None:
+    # A renewal in the live directory: csr create --force writes a new tls.key beside the
+    # old tls.crt; csr sign --out another certificate's directory writes a tls.crt beside
+    # a key that is not the CSR's. Before, both left a pair no server loads, without a word.
+    inter = pki.chain("ec-p256").inter
+    live = tmp_path / "live"
+    certctl_ok("cert", "issue", "--ca", inter, "--cn", "web.example.com", "--out", live)
+    renewed = certctl_exe("csr", "create", "--cn", "web.example.com", "--out", live, "--force")
+    assert renewed.returncode == 0, renewed.stderr
+    assert not _pair_matches(live)
+    assert renewed.stderr == (
+        f"certctl: warning: {live}/tls.crt is the certificate of the replaced key: it does not "
+        f"go with the new {live}/tls.key until the certificate for {live}/tls.csr replaces it\n"
+    )
+    # Signing that CSR into the directory puts the pair right again: no warning.
+    signed = certctl_exe("csr", "sign", "--ca", inter, "--csr", live / "tls.csr", "--out", live,
+                         "--force")  # fmt: skip
+    assert (signed.returncode, signed.stderr) == (0, "")
+    assert _pair_matches(live)
+    # Another CSR signed into it leaves the key of the first beside the new certificate.
+    other = openssl_csr(tmp_path / "other", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256")
+    mixed = certctl_exe("csr", "sign", "--ca", inter, "--csr", other, "--out", live, "--force")
+    assert mixed.returncode == 0, mixed.stderr
+    assert not _pair_matches(live)
+    assert mixed.stderr.endswith(
+        f"certctl: warning: {live}/tls.key is not the CSR's key: it does not go with the new "
+        f"{live}/tls.crt (put the certificate beside the key the CSR was made with)\n"
+    )

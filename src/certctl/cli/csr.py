@@ -69,6 +69,13 @@ def create(
     typer.echo(f"created CSR for {name.rfc4514_string()}")
     for path in outputs.paths:
         typer.echo(f"  {path}")
+    if _holds_another_key(out / "tls.crt", key.public_key()):
+        # A renewal made in the live directory (csr create --force): the old certificate
+        # stays and no longer goes with the new key; nginx and Java refuse the pair.
+        warn(
+            f"{out / 'tls.crt'} is the certificate of the replaced key: it does not go with "
+            f"the new {out / 'tls.key'} until the certificate for {out / 'tls.csr'} replaces it"
+        )
 
 
 @app.command("sign", short_help="Sign a CSR; the profile decides every extension.")
@@ -129,3 +136,30 @@ def sign(
     )
     for path in outputs.paths:
         typer.echo(f"  {path}")
+    if _holds_another_key(out / "tls.key", csr.public_key()):
+        # --out another certificate's directory: its key stays beside the new certificate.
+        warn(
+            f"{out / 'tls.key'} is not the CSR's key: it does not go with the new "
+            f"{out / 'tls.crt'} (put the certificate beside the key the CSR was made with)"
+        )
+
+
+def _holds_another_key(path: Path, public_key: object) -> bool:
+    """Whether ``path`` is a certificate or unencrypted key of another key than ``public_key``.
+
+    False when it cannot tell (no such file, an encrypted key, something else).
+    """
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    theirs: object
+    try:
+        data = path.read_bytes()
+        if path.suffix == ".crt":
+            theirs = x509.load_pem_x509_certificate(data).public_key()
+        else:
+            theirs = serialization.load_pem_private_key(data, None).public_key()
+    except (OSError, ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return theirs != public_key
