@@ -10,8 +10,10 @@ transaction rolls back) and only *authentication* failures add an audit event, w
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from certctl.pki import KeyType, SubjectAltNames, common_name_dn, create_csr, generate_private_key
+from tests._tools import ok, run
 from tests.api.conftest import Api, assert_problem
 
 JSON = {"content-type": "application/json"}
@@ -42,6 +45,21 @@ def _tampered_csr_pem() -> str:
     assert der.count(b"csr.example.com") == 2  # CN and DNS SAN
     forged = x509.load_der_x509_csr(der.replace(b"csr.example.com", b"evil.example.co"))
     return forged.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _duplicate_san_csr_pem() -> str:
+    """A validly signed CSR with two subjectAltName extensions, as `openssl req` writes one."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ok(
+            run(
+                "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-nodes", "-keyout", f"{tmp}/k.pem", "-subj", "/CN=dup.example.com",
+                "-addext", "subjectAltName=DNS:dup.example.com",
+                "-addext", "2.5.29.17=DER:300F820D622E6578616D706C652E636F6D",
+                "-out", f"{tmp}/r.csr",
+            )
+        )  # fmt: skip
+        return Path(f"{tmp}/r.csr").read_text()
 
 
 def _rsa1024_csr_pem() -> str:
@@ -224,6 +242,15 @@ CASES = [
         400,
         "signature",
         lambda api: {"json": {"csr": _tampered_csr_pem()}},
+    ),
+    Case(
+        # Before: a 500, raised where the extensions were first read (DuplicateExtension).
+        "csr-duplicate-extension",
+        "POST",
+        CERTS,
+        400,
+        "CSR CN=dup.example.com has malformed extensions (Duplicate 2.5.29.17 extension found)",
+        lambda api: {"json": {"csr": _duplicate_san_csr_pem()}},
     ),
     Case(
         "rsa1024-csr", "POST", CERTS, 400, "1024", lambda api: {"json": {"csr": _rsa1024_csr_pem()}}

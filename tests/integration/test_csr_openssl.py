@@ -247,3 +247,26 @@ def test_csr_commands_warn_when_they_leave_a_mismatched_pair(pki: Pki, tmp_path:
         f"certctl: warning: {live}/tls.key is not the CSR's key: it does not go with the new "
         f"{live}/tls.crt (put the certificate beside the key the CSR was made with)\n"
     )
+
+
+def test_a_csr_with_a_repeated_extension_is_refused_in_one_line(pki: Pki, tmp_path: Path) -> None:
+    # openssl req writes two subjectAltName extensions when asked (-addext under two names);
+    # before, inspect and csr sign failed with "internal error (DuplicateExtension: …)".
+    csr = openssl_csr(
+        tmp_path, "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+        extra=["-addext", "subjectAltName=DNS:x.example.com",
+               "-addext", "2.5.29.17=DER:300F820D622E6578616D706C652E636F6D"],
+    )  # fmt: skip
+    shown = ok(run("openssl", "req", "-in", csr, "-noout", "-verify", "-text"))
+    assert shown.stdout.count("X509v3 Subject Alternative Name") == 2
+    expected = (
+        f"certctl: error: {csr}: CSR CN=x has malformed extensions "
+        "(Duplicate 2.5.29.17 extension found)\n"
+    )
+    out = tmp_path / "signed"
+    signed = certctl_exe("csr", "sign", "--ca", pki.chain("ec-p256").inter, "--csr", csr,
+                         "--out", out)  # fmt: skip
+    assert (signed.returncode, signed.stderr) == (1, expected)
+    assert not out.exists()
+    inspected = certctl_exe("inspect", csr)
+    assert (inspected.returncode, inspected.stderr) == (1, expected)

@@ -223,6 +223,23 @@ def test_pkcs7_without_certificates_is_one_line(files: Path) -> None:
     assert result.stderr == f"certctl: error: {empty}: PKCS#7 file holds no certificate\n"
 
 
+def test_a_certificate_with_a_malformed_san_is_one_line(files: Path, tmp_path: Path) -> None:
+    # openssl x509 -req signs whatever DER an extension file gives: here a SAN iPAddress of
+    # 2 octets. Before, inspect and verify said "internal error (ValueError: …)".
+    (tmp_path / "ext.cnf").write_text("2.5.29.17=DER:30078705010203040A\n")
+    bad = tmp_path / "bad.crt"
+    ok(run("openssl", "x509", "-req", "-in", files / "ext/tls.csr", "-CA", files / "ca1/ca.crt",
+           "-CAkey", files / "ca1/ca.key", "-days", "5", "-extfile", tmp_path / "ext.cnf",
+           "-out", bad))  # fmt: skip
+    expected = (
+        f"certctl: error: {bad}: certificate CN=ext.example has malformed extensions "
+        "(b'\\x01\\x02' does not appear to be an IPv4 or IPv6 address)\n"
+    )
+    for argv in (["inspect", bad], ["verify", "--ca", files / "ca1/ca.crt", bad]):
+        result = run("certctl", *argv)
+        assert (result.returncode, result.stderr) == (1, expected)
+
+
 def test_help_documents_json(files: Path) -> None:
     text = ok(certctl_exe("inspect", "--help")).stdout
     for kind in ('"certificate"', '"private-key"', '"csr"', '"crl"', "PKCS#12"):

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
 
 from certctl.errors import BadSignature, InvalidRequest
+from certctl.pki.formats import check_extensions
 from certctl.pki.issue import CertificateAuthority, IssuedCertificate
 from certctl.pki.keys import check_public_key, signature_hash_for
 from certctl.pki.names import SubjectAltNames, _check_name
@@ -71,6 +72,7 @@ def load_csr_with_key(
         # UnsupportedAlgorithm: a curve cryptography does not know (atheris finding).
         raise InvalidRequest("CSR holds an unreadable or unsupported public key") from exc
     check_public_key(public_key)
+    check_extensions(csr, "CSR")  # an internal error (HTTP 500) where it was first touched
     try:
         valid = _self_signed(csr, public_key)
     except Exception as exc:  # cryptography raises several types for broken signatures

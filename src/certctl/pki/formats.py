@@ -25,6 +25,7 @@ from certctl.errors import InvalidRequest
 __all__ = [
     "Material",
     "certs_to_pem",
+    "check_extensions",
     "format_serial",
     "key_to_pem",
     "load_material",
@@ -110,8 +111,46 @@ def load_material(
 
     Raises:
         InvalidRequest: nothing readable was found, a key is encrypted and no or the
-            wrong password was given, or a PKCS#12 file cannot be opened.
+            wrong password was given, a PKCS#12 file cannot be opened, or a certificate,
+            CSR or CRL has malformed or repeated extensions.
     """
+    material = _load_material(data, password, password_optional)
+    for cert in material.certificates:
+        check_extensions(cert, "certificate")
+    for csr in material.csrs:
+        check_extensions(csr, "CSR")
+    for crl in material.crls:
+        check_extensions(crl, "CRL")
+        for entry in crl:
+            check_extensions(entry, f"CRL entry {format_serial(entry.serial_number)}")
+    return material
+
+
+def check_extensions(
+    item: x509.Certificate
+    | x509.CertificateSigningRequest
+    | x509.CertificateRevocationList
+    | x509.RevokedCertificate,
+    what: str,
+) -> None:
+    """Parse ``item``'s extensions now, refusing malformed or repeated ones.
+
+    cryptography parses them on first use: a file with two subjectAltName extensions (which
+    ``openssl req -addext`` writes) or a SAN whose IP is 5 octets went through loading and
+    failed later, in whichever command touched them, as an internal error.
+
+    Raises:
+        InvalidRequest: the extensions cannot be parsed; the message names ``what`` and why.
+    """
+    try:
+        item.extensions  # noqa: B018 -- parsed (and cached by cryptography) for the check
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        subject = getattr(item, "subject", None)
+        name = f" {subject.rfc4514_string()}" if isinstance(subject, x509.Name) else ""
+        raise InvalidRequest(f"{what}{name} has malformed extensions ({exc})") from exc
+
+
+def _load_material(data: bytes, password: bytes | None, password_optional: bool) -> Material:
     if b"-----BEGIN" in data:
         return _load_pem(data, password, password_optional)
     if _looks_like_pkcs12(data):
@@ -142,7 +181,7 @@ def load_material(
         if not (password_optional and password is not None):
             raise InvalidRequest(_password_message(password)) from exc
         # A password given to a plain key (the other TypeError): load it without one.
-        return load_material(data, None)
+        return _load_material(data, None, False)
     except ValueError as exc:
         if password is not None and _looks_like_encrypted_pkcs8(data):
             raise InvalidRequest(_password_message(password)) from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -409,3 +410,29 @@ def test_serial_search_finds_both_stored_forms() -> None:
     assert _serial_forms("dd0cf") == ["0dd0cf", "dd0cf"]
     assert _serial_forms("0x0a0b") == ["0a0b", "a0b"]
     assert _serial_forms("00") == ["0", "00"]
+
+
+def _with_repeated_extension(cert: x509.Certificate) -> bytes:
+    """``cert`` as DER with its authorityKeyIdentifier's OID made subjectKeyIdentifier's."""
+    der = cert.public_bytes(serialization.Encoding.DER)
+    aki, ski = bytes.fromhex("0603551d23"), bytes.fromhex("0603551d0e")
+    assert der.count(aki) == 1
+    return der.replace(aki, ski)
+
+
+def test_repeated_extension_refused_on_load(
+    leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+) -> None:
+    # cryptography parses extensions on first use: such a file loaded, then raised
+    # DuplicateExtension in inspect, verify or issuance as an internal error.
+    der = _with_repeated_extension(leaf[0])
+    pem = (
+        b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
+    )
+    for data in (der, pem):
+        with pytest.raises(InvalidRequest) as caught:
+            load_material(data)
+        assert caught.value.detail == (
+            "certificate CN=leaf.example has malformed extensions "
+            "(Duplicate 2.5.29.14 extension found)"
+        )
