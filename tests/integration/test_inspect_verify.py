@@ -240,6 +240,37 @@ def test_a_certificate_with_a_malformed_san_is_one_line(files: Path, tmp_path: P
         assert (result.returncode, result.stderr) == (1, expected)
 
 
+def test_a_key_cryptography_cannot_load_is_named_not_an_internal_error(
+    files: Path, tmp_path: Path
+) -> None:
+    # openssl still makes keys on curves cryptography lacks (prime239v1). Before, inspect of
+    # such a certificate, and verify of a leaf it signed, said "internal error
+    # (UnsupportedAlgorithm: …)".
+    key, ca = tmp_path / "k.pem", tmp_path / "odd-ca.crt"
+    ok(run("openssl", "ecparam", "-name", "prime239v1", "-genkey", "-noout", "-out", key))
+    ok(run("openssl", "req", "-new", "-x509", "-key", key, "-subj", "/CN=Odd CA", "-days", "5",
+           "-out", ca))  # fmt: skip
+    (tmp_path / "ext.cnf").write_text("subjectAltName=DNS:ext.example\n")
+    leaf = tmp_path / "leaf.crt"
+    ok(run("openssl", "x509", "-req", "-in", files / "ext/tls.csr", "-CA", ca, "-CAkey", key,
+           "-days", "5", "-extfile", tmp_path / "ext.cnf", "-out", leaf))  # fmt: skip
+    shown = ok(run("certctl", "inspect", "--json", ca))
+    [item] = json.loads(shown.stdout)
+    assert item["key_type"] == "unsupported (Curve 1.2.840.10045.3.1.4 is not supported)"
+    assert item["public_key_fingerprint_sha256"] is None
+    assert item["fingerprint_sha256"] == openssl_fingerprint(ca)
+    refused = run("certctl", "verify", "--ca", ca, leaf, "--hostname", "ext.example")
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        "certctl: error: verification failed: cannot check the signature on CN=ext.example: "
+        "the key of CN=Odd CA is not supported (Curve 1.2.840.10045.3.1.4 is not supported)\n",
+    )
+    # Such a CA in a bundle beside the right one is no obstacle to other chains.
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(ca.read_bytes() + (files / "ca1/ca.crt").read_bytes())
+    ok(run("certctl", "verify", "--ca", bundle, files / "lf/tls.crt", "--hostname", "lf.example"))
+
+
 def test_help_documents_json(files: Path) -> None:
     text = ok(certctl_exe("inspect", "--help")).stdout
     for kind in ('"certificate"', '"private-key"', '"csr"', '"crl"', "PKCS#12"):

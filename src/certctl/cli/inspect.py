@@ -65,6 +65,27 @@ def _fingerprint(data: bytes) -> str:
     return digest.finalize().hex(":").upper()
 
 
+def _key_fields(item: x509.Certificate | x509.CertificateSigningRequest) -> dict[str, Any]:
+    """``key_type`` and ``public_key_fingerprint_sha256`` of a certificate's or a CSR's key.
+
+    A key cryptography cannot load (a curve such as prime239v1 that openssl still makes) is
+    named, with no fingerprint: the rest of the file is still shown. Before, such a
+    certificate failed the whole command with "internal error (UnsupportedAlgorithm: …)".
+    """
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    from certctl.pki import key_type_of
+
+    try:
+        key = item.public_key()
+    except UnsupportedAlgorithm as exc:
+        return {"key_type": f"unsupported ({exc})", "public_key_fingerprint_sha256": None}
+    return {
+        "key_type": key_type_of(key),
+        "public_key_fingerprint_sha256": _public_key_fingerprint(key),
+    }
+
+
 def _public_key_fingerprint(key: CertificatePublicKeyTypes) -> str:
     """SHA-256 of the DER SubjectPublicKeyInfo: the same for a key, its CSR and certificate."""
     from cryptography.hazmat.primitives import serialization
@@ -119,7 +140,7 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
     from cryptography import x509 as _x509
     from cryptography.hazmat.primitives import serialization
 
-    from certctl.pki import format_serial, key_type_of
+    from certctl.pki import format_serial
     from certctl.pki.verify import eku_name
 
     ext = cert.extensions
@@ -149,6 +170,7 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
         eku = [eku_name(oid) for oid in ext.get_extension_for_class(_x509.ExtendedKeyUsage).value]
     except _x509.ExtensionNotFound:
         eku = []
+    key_fields = _key_fields(cert)
     return {
         "kind": "certificate",
         "subject": cert.subject.rfc4514_string(),
@@ -157,7 +179,7 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": cert.not_valid_after_utc.isoformat(),
         "sans": _sans(ext),
-        "key_type": key_type_of(cert.public_key()),
+        "key_type": key_fields["key_type"],
         "is_ca": is_ca,
         # None on a CA: no limit on the intermediates below it.
         "path_length": path_length,
@@ -166,7 +188,7 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
         "key_usage": usages,
         "extended_key_usage": eku,
         "fingerprint_sha256": _fingerprint(cert.public_bytes(serialization.Encoding.DER)),
-        "public_key_fingerprint_sha256": _public_key_fingerprint(cert.public_key()),
+        "public_key_fingerprint_sha256": key_fields["public_key_fingerprint_sha256"],
     }
 
 
@@ -191,19 +213,22 @@ def private_key_summary(
 def csr_summary(csr: x509.CertificateSigningRequest) -> dict[str, Any]:
     """The JSON view of a certificate signing request."""
     from certctl.errors import InvalidRequest
-    from certctl.pki import key_type_of
 
     try:
         sans = _sans(csr.extensions)
     except ValueError as exc:  # the attributes parse lazily, on first access
         raise InvalidRequest(f"CSR has malformed extensions: {exc}") from exc
+    key_fields = _key_fields(csr)
     return {
         "kind": "csr",
         "subject": csr.subject.rfc4514_string(),
         "sans": sans,
-        "key_type": key_type_of(csr.public_key()),
-        "signature_valid": csr.is_signature_valid,
-        "public_key_fingerprint_sha256": _public_key_fingerprint(csr.public_key()),
+        "key_type": key_fields["key_type"],
+        # None: the key is of a kind the signature cannot be checked with.
+        "signature_valid": None
+        if key_fields["public_key_fingerprint_sha256"] is None
+        else csr.is_signature_valid,
+        "public_key_fingerprint_sha256": key_fields["public_key_fingerprint_sha256"],
     }
 
 
@@ -289,6 +314,12 @@ def _constraint_rows(constraints: dict[str, list[str]] | None) -> list[tuple[str
     ]
 
 
+def _signature_row(valid: bool | None) -> str:
+    if valid is None:
+        return "not checked (unsupported key)"
+    return "valid" if valid else "INVALID"
+
+
 def _rows(item: dict[str, Any]) -> list[tuple[str, str]]:
     kind = item["kind"]
     if kind == "certificate":
@@ -317,8 +348,8 @@ def _rows(item: dict[str, Any]) -> list[tuple[str, str]]:
             ("subject", item["subject"]),
             ("SANs", _names(item["sans"])),
             ("key", item["key_type"]),
-            ("signature", "valid" if item["signature_valid"] else "INVALID"),
-            ("public SHA-256", item["public_key_fingerprint_sha256"]),
+            ("signature", _signature_row(item["signature_valid"])),
+            ("public SHA-256", item["public_key_fingerprint_sha256"] or "-"),
         ]
     rows = [
         ("issuer", item["issuer"]),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
@@ -217,6 +217,14 @@ def _signs(parent: x509.Certificate, child: x509.Certificate) -> bool:
         child.verify_directly_issued_by(parent)
     except (ValueError, TypeError, InvalidSignature):
         return False
+    except UnsupportedAlgorithm as exc:
+        # A key on a curve cryptography lacks (prime239v1, a binary curve): the signature
+        # cannot be checked at all. Before, "internal error (UnsupportedAlgorithm: …)".
+        raise VerificationFailed(
+            f"verification failed: cannot check the signature on "
+            f"{child.subject.rfc4514_string()}: the key of {parent.subject.rfc4514_string()} "
+            f"is not supported ({exc})"
+        ) from exc
     return True
 
 
