@@ -271,6 +271,31 @@ def test_a_key_cryptography_cannot_load_is_named_not_an_internal_error(
     ok(run("certctl", "verify", "--ca", bundle, files / "lf/tls.crt", "--hostname", "lf.example"))
 
 
+def test_a_serial_of_zero_is_one_warning_line(files: Path, tmp_path: Path) -> None:
+    # `openssl req -x509 -set_serial 0`, as hand-made CA scripts write it: cryptography warns
+    # (two lines with a source line, once per place that reads the serial). Before, that text
+    # came before certctl's own output in inspect, verify and cert issue alike.
+    ca_dir = tmp_path / "ca"
+    ca_dir.mkdir()
+    ok(run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-nodes", "-keyout", ca_dir / "ca.key", "-subj", "/CN=Zero CA", "-days", "30",
+           "-set_serial", "0", "-out", ca_dir / "ca.crt"))  # fmt: skip
+    shown = ok(run("certctl", "inspect", ca_dir / "ca.crt"))
+    assert shown.stderr == (
+        "certctl: warning: certificate CN=Zero CA: serial number 00 is not positive, which "
+        "RFC 5280 4.1.2.2 forbids; some clients refuse it\n"
+    )
+    assert "  serial          00\n" in shown.stdout
+    issued = ok(run("certctl", "cert", "issue", "--ca", ca_dir, "--cn", "z.example",
+                    "--validity", "20D", "--out", tmp_path / "leaf"))  # fmt: skip
+    assert issued.stderr == (
+        "certctl: warning: certificate lifetime 20D is under 60 days; plan its renewal\n"
+    )
+    verified = ok(run("certctl", "verify", "--ca", ca_dir / "ca.crt", tmp_path / "leaf/tls.crt",
+                      "--hostname", "z.example"))  # fmt: skip
+    assert verified.stderr == ""
+
+
 def test_help_documents_json(files: Path) -> None:
     text = ok(certctl_exe("inspect", "--help")).stdout
     for kind in ('"certificate"', '"private-key"', '"csr"', '"crl"', "PKCS#12"):

@@ -171,6 +171,14 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
     except _x509.ExtensionNotFound:
         eku = []
     key_fields = _key_fields(cert)
+    if cert.serial_number <= 0:
+        from certctl.cli._common import warn
+
+        warn(
+            f"certificate {cert.subject.rfc4514_string()}: serial number "
+            f"{format_serial(cert.serial_number)} is not positive, which RFC 5280 4.1.2.2 "
+            "forbids; some clients refuse it"
+        )
     return {
         "kind": "certificate",
         "subject": cert.subject.rfc4514_string(),

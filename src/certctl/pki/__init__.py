@@ -20,6 +20,15 @@ from typing import TYPE_CHECKING
 warnings.filterwarnings(
     "ignore", message="Attribute's length must be", category=UserWarning, module="certctl"
 )
+# The same for a serial number of 0 or below (`openssl req -x509 -set_serial 0`, common in
+# hand-made CA scripts): two lines with a source line each, once per place that read it.
+# inspect names it in one line instead.
+warnings.filterwarnings(
+    "ignore",
+    message="Parsed a serial number which wasn't positive",
+    category=UserWarning,
+    module="certctl",
+)
 
 if TYPE_CHECKING:
     from certctl.pki.crl import (
