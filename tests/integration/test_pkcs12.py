@@ -217,3 +217,25 @@ def test_reissue_in_the_other_format_replaces_the_old_files(pki: Pki, tmp_path: 
     ok(run("openssl", "verify", "-CAfile", chain.root / "ca.crt", "-untrusted",
            chain.inter / "ca.crt", out / "tls.crt"))  # fmt: skip
     assert _fingerprint(out / "tls.crt") != _fingerprint(in_p12)
+
+
+def test_password_file_is_read_as_openssl_reads_it(pki: Pki, tmp_path: Path) -> None:
+    # openssl -passin file: takes the first line. A wrapped `openssl rand -base64 64` file
+    # made a keystore from both lines that openssl then could not open: it is refused.
+    inter = pki.chain("ec-p256").inter
+    one_line, two_lines = tmp_path / "one", tmp_path / "two"
+    one_line.write_text("x" * 64 + "\n")
+    two_lines.write_text("x" * 64 + "\n" + "yz==\n")
+    refused = run("certctl", "cert", "issue", "--ca", inter, "--cn", "p.example", "--p12",
+                  "--password-file", two_lines, "--out", tmp_path / "refused")  # fmt: skip
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        f"certctl: error: {two_lines}: password file holds more than one line (openssl and "
+        "keytool read only the first); put the password on one line\n",
+    )
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "p12"
+    certctl_ok("cert", "issue", "--ca", inter, "--cn", "p.example", "--p12",
+               "--password-file", one_line, "--out", out)  # fmt: skip
+    ok(run("openssl", "pkcs12", "-in", out / "tls.p12", "-passin", f"file:{one_line}",
+           "-noout"))  # fmt: skip

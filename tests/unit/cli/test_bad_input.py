@@ -110,6 +110,14 @@ CASES = [
         1,
         "empty-pw.txt: password file is empty",
     ),
+    _c(
+        # openssl rand -base64 64 > pw: openssl -passin file: would use the first line only.
+        "ca-create-two-line-key-password",
+        "ca create --out new --key-password-file two-line-pw.txt",
+        1,
+        "certctl: error: two-line-pw.txt: password file holds more than one line (openssl and "
+        "keytool read only the first); put the password on one line",
+    ),
     _c("ca-create-missing-out", "ca create --cn x", 2, "Missing option '--out'"),
     _c(
         "ca-create-unknown-option",
@@ -774,6 +782,7 @@ def inputs() -> dict[str, bytes]:
         "ca.p12": to_pkcs12("ca", ca_key, ca_cert, [], b"changeit"),
         "pw.txt": b"changeit\n",
         "empty-pw.txt": b"\n",
+        "two-line-pw.txt": b"uD5mHk0yWQ2nFJ1p+Oq7cXvL3bA9sRtYeZ4iG8hK6wN0aMdCfEjBxUlVoSrT\nM3w=\n",
         "garbage.pem": b"this is not PEM, DER or PKCS#12\n",
         "empty.pem": b"",
         "truncated.pem": ca_pem[: len(ca_pem) // 2],
