@@ -14,8 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests._tools import ok, require, run
-from tests.integration.conftest import certctl_exe
+from tests._tools import free_port, ok, require, run, stop
+from tests.integration.conftest import certctl_exe, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -294,6 +294,47 @@ def test_a_serial_of_zero_is_one_warning_line(files: Path, tmp_path: Path) -> No
     verified = ok(run("certctl", "verify", "--ca", ca_dir / "ca.crt", tmp_path / "leaf/tls.crt",
                       "--hostname", "z.example"))  # fmt: skip
     assert verified.stderr == ""
+
+
+def test_openssl_self_signed_server_certificate_verifies_as_curl_accepts_it(
+    tmp_path: Path,
+) -> None:
+    # `openssl req -x509` marks the certificate CA:TRUE (openssl.cnf's v3_ca). Trusted as
+    # itself, curl accepts it for the server that presents it; certctl verify refused it:
+    # "basicConstraints.cA must not be asserted in an EE certificate".
+    key, cert = tmp_path / "k.pem", tmp_path / "self.crt"
+    ok(run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-nodes", "-keyout", key, "-subj", "/CN=self.example", "-addext",
+           "subjectAltName=DNS:self.example", "-days", "5", "-out", cert))  # fmt: skip
+    assert "CA:TRUE" in ok(run("openssl", "x509", "-in", cert, "-noout", "-ext",
+                               "basicConstraints")).stdout  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen(
+        [require("openssl"), "s_server", "-quiet", "-www", "-accept", f"127.0.0.1:{port}",
+         "-cert", cert, "-key", key],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, alive=lambda: server.poll() is None)
+        fetched = run("curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}",
+                      "--cacert", cert, "--resolve", f"self.example:{port}:127.0.0.1",
+                      f"https://self.example:{port}/", timeout=20)  # fmt: skip
+        assert (fetched.returncode, fetched.stdout) == (0, "200"), fetched.stderr
+    finally:
+        stop(server)
+    verified = ok(run("certctl", "verify", "--ca", cert, cert, "--hostname", "self.example"))
+    assert verified.stdout == f"{cert}: OK (server for self.example): CN=self.example\n"
+    # The negative twins: another name, and a bundle without the certificate.
+    other = run("certctl", "verify", "--ca", cert, cert, "--hostname", "other.example")
+    assert other.returncode == 1
+    assert "other.example is not in the certificate's SANs" in other.stderr
+    stranger = tmp_path / "stranger.crt"
+    ok(run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-nodes", "-keyout", tmp_path / "k2.pem", "-subj", "/CN=self.example", "-days", "5",
+           "-out", stranger))  # fmt: skip
+    refused = run("certctl", "verify", "--ca", stranger, cert, "--hostname", "self.example")
+    assert refused.returncode == 1
+    assert "verification failed" in refused.stderr
 
 
 def test_help_documents_json(files: Path) -> None:

@@ -93,9 +93,13 @@ def verify_certificate(
         # 2.5.29.17 = subjectAltName. Client certificates commonly carry only a CN, and
         # OpenSSL/nginx accept them; cryptography's client policy insists on a SAN.
         client_without_san = purpose == "client" and "2.5.29.17" in message
+        # `openssl req -x509` marks the self-signed certificate it makes CA:TRUE (its
+        # v3_ca section); trusted as itself, openssl, curl and Python accept it as a server
+        # certificate. cryptography refuses a CA as an end entity.
+        trusted_self = leaf in trust and "cA must not be asserted in an EE" in message
         if "no matching subjectAltName" in message:
             raise _not_in_sans(leaf, name) from exc
-        if eddsa or client_without_san or _WEB_PKI_ONLY.search(message):
+        if eddsa or client_without_san or trusted_self or _WEB_PKI_ONLY.search(message):
             # cryptography's verifier follows the CA/B Forum web policy, which forbids EdDSA;
             # RFC 8410 allows it for private PKIs. It also wants keyUsage on every CA, an
             # authorityKeyIdentifier on every leaf and a critical basicConstraints, which
@@ -268,6 +272,8 @@ def _verify_rfc5280(
     pool = list(untrusted)
     current = leaf
     for _ in range(8):
+        if current in trust and is_self_signed(current):
+            return VerifiedChain(tuple(chain), purpose, name)  # trusted as it is
         for anchor in trust:
             if _issued_by(current, anchor):
                 _check_window(anchor, now, f"verification failed: {_anchor_name(anchor)}")

@@ -433,3 +433,29 @@ def test_issuer_chain_follows_signatures_whatever_the_order(
     assert issuer_chain(inter, [impostor]) == ((), (impostor,))
     assert issuer_chain(root, [inter]) == ((), (inter,))  # a root has nothing above it
     assert issuer_chain(inter, []) == ((), ())
+
+
+def test_self_signed_ca_true_server_certificate_trusted_as_itself() -> None:
+    # What `openssl req -x509 -addext subjectAltName=…` makes: CA:TRUE, a SAN, no EKU.
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "self.example")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("self.example")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    result = verify_certificate(cert, trust=[cert], hostname="self.example", now=NOW)
+    assert result.chain == (cert,)
+    with pytest.raises(
+        VerificationFailed, match=r"other\.example is not in the certificate.s SANs"
+    ):
+        verify_certificate(cert, trust=[cert], hostname="other.example", now=NOW)
+    with pytest.raises(VerificationFailed, match="expired"):
+        verify_certificate(cert, trust=[cert], now=NOW + timedelta(days=2))
