@@ -80,6 +80,13 @@ def verify_command(
     leaf_certs = read(cert, "certificate")
     if not leaf_certs:
         raise InvalidRequest(f"{cert}: holds no certificate")
+    if _is_ca(leaf_certs[0]) and any(not _is_ca(c) for c in leaf_certs[1:]):
+        # A chain file with the CA first: nginx and openssl take the first certificate as the
+        # server's, and the checks below would judge the CA as the leaf.
+        raise InvalidRequest(
+            f"{cert}: the first certificate, {leaf_certs[0].subject.rfc4514_string()}, is a CA "
+            "certificate: put the leaf first (then its intermediates), as servers send them"
+        )
     trust = read(ca, "CA bundle")
     if not trust:
         raise InvalidRequest(f"{ca}: holds no certificate")
@@ -99,3 +106,12 @@ def verify_command(
     path = " <- ".join(c.subject.rfc4514_string() for c in result.chain)
     checked = f" for {result.name}" if hostname else ""
     typer.echo(f"{cert}: OK ({purpose}{checked}): {path}")
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    from cryptography import x509 as _x509
+
+    try:
+        return bool(cert.extensions.get_extension_for_class(_x509.BasicConstraints).value.ca)
+    except _x509.ExtensionNotFound:
+        return False

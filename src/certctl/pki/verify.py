@@ -99,6 +99,9 @@ def verify_certificate(
         trusted_self = leaf in trust and "cA must not be asserted in an EE" in message
         if "no matching subjectAltName" in message:
             raise _not_in_sans(leaf, name) from exc
+        if "leaf server certificate has no subjectAltName" in message:
+            # As without --hostname: say what the certificate is (a CA given as CERT?).
+            raise VerificationFailed(f"verification failed: {_no_host_name(leaf)}") from exc
         if eddsa or client_without_san or trusted_self or _WEB_PKI_ONLY.search(message):
             # cryptography's verifier follows the CA/B Forum web policy, which forbids EdDSA;
             # RFC 8410 allows it for private PKIs. It also wants keyUsage on every CA, an

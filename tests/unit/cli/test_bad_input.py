@@ -682,6 +682,21 @@ CASES = [
         "certctl: error: ca is a CA directory: --ca takes the CA certificate here (--ca ca/ca.crt)",
     ),
     _c(
+        # A chain file with the CA first: the CA was judged as the leaf ("leaf server
+        # certificate has no subjectAltName" with --hostname).
+        "verify-ca-first-in-chain-file",
+        "verify --ca ca/ca.crt ca-first.pem --hostname web.example",
+        1,
+        "ca-first.pem: the first certificate, CN=Bad Input Root, is a CA certificate: put the "
+        "leaf first (then its intermediates), as servers send them",
+    ),
+    _c(
+        "verify-ca-as-server-with-hostname",
+        "verify --ca ca/ca.crt inter/ca-chain.crt --hostname web.example",
+        1,
+        "is a CA certificate, not a server certificate",
+    ),
+    _c(
         "verify-ca-as-server",
         "verify --ca ca/ca.crt ca/ca.crt",
         1,
@@ -775,6 +790,7 @@ def inputs() -> dict[str, bytes]:
         "badkey/ca.key": b"this is not a key\n",
         "nokey/ca.crt": ca_pem,
         "leaf.crt": leaf_pem,
+        "ca-first.pem": ca_pem + leaf_pem,
         "leaf.key": key_to_pem(leaf_key),
         "other.key": key_to_pem(other_key),
         "other-ca.crt": certs_to_pem([other_cert]),
