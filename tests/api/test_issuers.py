@@ -23,6 +23,7 @@ from tests._tools import ok, run
 from tests.api.conftest import Api, assert_problem
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
     from httpx2 import Response
 from tests.unit.pki.conftest import ca_without_usage
 
@@ -298,6 +299,32 @@ def test_import_refuses_a_ca_that_cannot_issue_now(api: Api) -> None:
     assert api.counts() == before
 
 
+def _root_and_intermediate(
+    root_cn: str, inter_cn: str, now: datetime
+) -> tuple[CertificateAuthority, x509.Certificate, CertificateIssuerPrivateKeyTypes]:
+    """A 90-day root and a 30-day intermediate it signed, with the intermediate's key."""
+    from certctl.pki import get_profile
+
+    root_key, inter_key = (
+        generate_private_key(KeyType.EC_P256),
+        generate_private_key(KeyType.EC_P256),
+    )
+    root = CertificateAuthority(
+        create_root_ca(
+            root_key, common_name_dn(root_cn), validity=timedelta(days=90), now=now
+        ).certificate,
+        root_key,
+    )
+    inter = root.issue(
+        inter_key.public_key(),
+        common_name_dn(inter_cn),
+        profile=get_profile("intermediate"),
+        validity=timedelta(days=30),
+        now=now,
+    ).certificate
+    return root, inter, inter_key
+
+
 def test_import_finds_the_issuer_in_a_chain_in_any_order(api: Api, tmp_path: Path) -> None:
     """The chain is built by signature from the bundle, whatever its order, or refused.
 
@@ -306,26 +333,8 @@ def test_import_finds_the_issuer_in_a_chain_in_any_order(api: Api, tmp_path: Pat
     with every certificate (and listed by ca.pem?chain=true), and a root-first bundle, the
     order many CAs hand out, was refused as a key mismatch.
     """
-    from certctl.pki import CertificateAuthority, get_profile
-
     now = api.clock()
-    root_key, inter_key = (
-        generate_private_key(KeyType.EC_P256),
-        generate_private_key(KeyType.EC_P256),
-    )
-    root = CertificateAuthority(
-        create_root_ca(
-            root_key, common_name_dn("Chain Root"), validity=timedelta(days=90), now=now
-        ).certificate,
-        root_key,
-    )
-    inter = root.issue(
-        inter_key.public_key(),
-        common_name_dn("Chain Inter"),
-        profile=get_profile("intermediate"),
-        validity=timedelta(days=30),
-        now=now,
-    ).certificate
+    root, inter, inter_key = _root_and_intermediate("Chain Root", "Chain Inter", now)
 
     def another_root(name: str) -> x509.Certificate:
         key = generate_private_key(KeyType.EC_P256)
@@ -383,26 +392,8 @@ def test_import_of_an_intermediate_without_its_root_says_what_is_served(api: Api
     Before, nothing was said, and certificates of the issuer came without the intermediate,
     so clients trusting the root could not verify them.
     """
-    from certctl.pki import get_profile
-
     now = api.clock()
-    root_key, inter_key = (
-        generate_private_key(KeyType.EC_P256),
-        generate_private_key(KeyType.EC_P256),
-    )
-    root = CertificateAuthority(
-        create_root_ca(
-            root_key, common_name_dn("Far Root"), validity=timedelta(days=90), now=now
-        ).certificate,
-        root_key,
-    )
-    inter = root.issue(
-        inter_key.public_key(),
-        common_name_dn("Lone Inter"),
-        profile=get_profile("intermediate"),
-        validity=timedelta(days=30),
-        now=now,
-    ).certificate
+    _, inter, inter_key = _root_and_intermediate("Far Root", "Lone Inter", now)
     r = api.post(
         ISSUERS,
         api.admin_key,
