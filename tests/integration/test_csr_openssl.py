@@ -22,13 +22,15 @@ GREEDY_EXTENSIONS = [
 ]  # fmt: skip
 
 
-def openssl_csr(directory: Path, *key_args: str, extra: list[str] | None = None) -> Path:
-    """``openssl req -new`` with a fresh key; returns the PEM CSR."""
+def openssl_csr(
+    directory: Path, *key_args: str, subject: str = "/CN=x", extra: list[str] | None = None
+) -> Path:
+    """``openssl req -new`` with a fresh key (``directory``/req.key); returns the PEM CSR."""
     directory.mkdir(parents=True, exist_ok=True)
     csr = directory / "req.csr"
     result = run(
         "openssl", "req", "-new", *key_args, "-nodes", "-keyout", directory / "req.key",
-        "-out", csr, "-subj", "/CN=x", *(extra or []),
+        "-out", csr, "-subj", subject, *(extra or []),
     )  # fmt: skip
     ok(result)
     return csr
@@ -169,13 +171,9 @@ def test_sign_makes_an_address_common_name_the_ip_san(pki: Pki, tmp_path: Path) 
     # A hand-rolled script's `openssl req -subj /CN=127.0.0.1` with no SANs: openssl matches
     # an address against IP SANs only. Before, the CN became no SAN at all (a DNS name was
     # tried and refused) and no client could reach the server by that address.
-    key, csr, out = tmp_path / "k.pem", tmp_path / "r.csr", tmp_path / "signed"
-    ok(
-        run(
-            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1",
-        )
-    )  # fmt: skip
+    out = tmp_path / "signed"
+    csr = openssl_csr(tmp_path / "ip", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                      subject="/CN=127.0.0.1")  # fmt: skip
     chain = pki.chain("ec-p256")
     result = certctl_exe("csr", "sign", "--ca", chain.inter, "--csr", csr, "--out", out)
     assert result.returncode == 0, result.stderr
