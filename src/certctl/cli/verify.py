@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from certctl.cli._common import utcnow
+from certctl.cli._common import utcnow, warn
 from certctl.cli.inspect import read_protected
 
 if TYPE_CHECKING:
@@ -43,15 +43,37 @@ def verify_command(
     password: str = typer.Option(
         None, "--password", help="Password on the command line (demos only)."
     ),
+    crl: list[Path] = typer.Option(
+        [],
+        "--crl",
+        metavar="<path>",
+        help=(
+            "CRL file (PEM or DER; a PEM file may hold several), repeatable: the leaf must "
+            "not be revoked, and a CRL from its issuer, signed by it and current, is required "
+            "(openssl verify -crl_check). CRLs of other issuers are ignored with a warning."
+        ),
+    ),
+    crl_check_all: bool = typer.Option(
+        False,
+        "--crl-check-all",
+        help=(
+            "With --crl: check every certificate of the chain, intermediates too, each "
+            "against a CRL from its issuer (openssl verify -crl_check_all)."
+        ),
+    ),
 ) -> None:
     """Verify a certificate the way a TLS client or server would.
 
     The certificate, --ca and --untrusted may be PEM, DER, PKCS#7 or PKCS#12 files; a PKCS#12
     file is opened with --password-file, --password or else CERTCTL_PASSWORD (one
     password for all of them). Keys in the files are not used.
+
+    With --crl, revocation is checked too: the leaf (or, with --crl-check-all, every
+    certificate up to the root) must not be listed in a CRL of its issuer, and each needs
+    one that its issuer signed and that is current (thisUpdate past, nextUpdate not).
     """
     from certctl.errors import InvalidRequest
-    from certctl.pki import parse_hostname, verify_certificate
+    from certctl.pki import check_revocation, parse_hostname, verify_certificate
 
     if purpose not in ("server", "client"):
         raise typer.BadParameter(f"{purpose}: choose server or client", param_hint="--purpose")
@@ -65,6 +87,8 @@ def verify_command(
             parse_hostname(hostname)
         except InvalidRequest as exc:
             raise typer.BadParameter(exc.detail, param_hint="--hostname") from None
+    if crl_check_all and not crl:
+        raise typer.BadParameter("--crl-check-all needs the CRLs to check with (--crl FILE)")
 
     def read(path: Path, what: str) -> list[x509.Certificate]:
         # Only the certificates matter here: a password is for PKCS#12, and a plain key
@@ -95,17 +119,40 @@ def verify_command(
         extra = read(untrusted, "intermediates")
         if not extra:  # as for --ca: a key or a CSR given by mistake is no intermediate
             raise InvalidRequest(f"{untrusted}: holds no certificate")
+    crls = _read_crls(crl)
+    now = utcnow()
     result = verify_certificate(
         leaf_certs[0],
         trust=trust,
         untrusted=[*leaf_certs[1:], *extra],
         hostname=hostname,
         purpose=purpose,
-        now=utcnow(),
+        now=now,
     )
+    if crls:
+        check_revocation(result.chain, crls, now=now, check_all=crl_check_all, warn=warn)
     path = " <- ".join(c.subject.rfc4514_string() for c in result.chain)
     checked = f" for {result.name}" if hostname else ""
-    typer.echo(f"{cert}: OK ({purpose}{checked}): {path}")
+    revocation = ""
+    if crls:
+        revocation = ", not revoked" if not crl_check_all else ", none revoked"
+    typer.echo(f"{cert}: OK ({purpose}{checked}{revocation}): {path}")
+
+
+def _read_crls(paths: list[Path]) -> list[tuple[str, x509.CertificateRevocationList]]:
+    """The CRLs of each file, labelled by the file (and their place in it when several)."""
+    from certctl.cli._common import read_material
+    from certctl.errors import InvalidRequest
+
+    crls = []
+    for path in paths:
+        found = read_material(path, None, "CRL").crls
+        if not found:
+            raise InvalidRequest(f"{path}: holds no CRL (--crl takes a PEM or DER CRL file)")
+        for index, item in enumerate(found, 1):
+            label = str(path) if len(found) == 1 else f"{path} (CRL {index} of {len(found)})"
+            crls.append((label, item))
+    return crls
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

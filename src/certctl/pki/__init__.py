@@ -63,6 +63,7 @@ if TYPE_CHECKING:
         parse_dn,
     )
     from certctl.pki.profiles import LEAF_PROFILES, PROFILES, Profile, get_profile
+    from certctl.pki.revocation import check_revocation
     from certctl.pki.validity import format_duration, parse_duration
     from certctl.pki.verify import (
         VerificationFailed,
@@ -106,6 +107,7 @@ _SOURCES = {
     "common_name_dn": "names",
     "format_dn": "names",
     "parse_dn": "names",
+    "check_revocation": "revocation",
     "LEAF_PROFILES": "profiles",
     "PROFILES": "profiles",
     "Profile": "profiles",
@@ -135,6 +137,7 @@ __all__ = [
     "VerifiedChain",
     "certs_to_pem",
     "check_public_key",
+    "check_revocation",
     "common_name_dn",
     "create_crl",
     "create_csr",

@@ -21,6 +21,7 @@ from certctl.pki import (
     CertificateAuthority,
     certs_to_pem,
     common_name_dn,
+    create_crl,
     create_csr,
     create_root_ca,
     generate_private_key,
@@ -629,6 +630,37 @@ CASES = [
         1,
         "nope.crt: certificate not found",
     ),
+    _c(
+        "verify-garbage-crl",
+        "verify leaf.crt --ca ca/ca.crt --crl garbage.pem",
+        1,
+        "garbage.pem: not a recognised PEM, DER or PKCS#12 file",
+    ),
+    _c(
+        "verify-truncated-crl",
+        "verify leaf.crt --ca ca/ca.crt --crl truncated.crl",
+        1,
+        "truncated.crl: malformed PEM: no complete BEGIN/END block",
+    ),
+    _c(
+        "verify-corrupted-crl",
+        "verify leaf.crt --ca ca/ca.crt --crl corrupted.crl",
+        1,
+        "corrupted.crl: malformed PEM x509 crl block",
+    ),
+    _c(
+        "verify-certificate-as-crl",
+        "verify leaf.crt --ca ca/ca.crt --crl leaf.crt",
+        1,
+        "leaf.crt: holds no CRL (--crl takes a PEM or DER CRL file)",
+    ),
+    _c("verify-missing-crl", "verify leaf.crt --ca ca/ca.crt --crl nope.crl", 1, "nope.crl: CRL"),
+    _c(
+        "verify-crl-check-all-without-crl",
+        "verify leaf.crt --ca ca/ca.crt --crl-check-all",
+        2,
+        "--crl-check-all needs the CRLs to check with (--crl FILE)",
+    ),
     # --- crl create --------------------------------------------------------------------
     _c(
         "crl-bad-serial",
@@ -771,6 +803,7 @@ def inputs() -> dict[str, bytes]:
     ca_pem = certs_to_pem([ca_cert])
     leaf_pem = certs_to_pem([leaf_cert])
     good_csr_pem = good_csr.public_bytes(PEM)
+    crl_pem = create_crl(ca, [], now=now).public_bytes(PEM)
     return {
         "ca/ca.crt": ca_pem,
         "ca/ca.key": key_to_pem(ca_key),
@@ -821,6 +854,8 @@ def inputs() -> dict[str, bytes]:
         "existing/tls.key": b"old key\n",
         "existing.zip": b"old zip\n",
         "exists.crl": b"old crl\n",
+        "truncated.crl": crl_pem[: len(crl_pem) // 2],
+        "corrupted.crl": crl_pem[:80] + crl_pem[120:],
     }
 
 
@@ -888,7 +923,13 @@ SUBPROCESS_CASES = [
     c
     for c in CASES
     if c.id
-    in {"issue-bad-ip", "csr-sign-tampered", "ca-create-unknown-option", "issue-certutil-days"}
+    in {
+        "issue-bad-ip",
+        "csr-sign-tampered",
+        "ca-create-unknown-option",
+        "issue-certutil-days",
+        "verify-corrupted-crl",
+    }
 ]
 
 

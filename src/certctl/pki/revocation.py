@@ -1,0 +1,142 @@
+"""Revocation checks of a verified chain against CRLs, as ``openssl verify -crl_check``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+
+from certctl.pki.formats import format_serial
+from certctl.pki.verify import VerificationFailed
+
+__all__ = ["check_revocation"]
+
+_TIME = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def check_revocation(
+    chain: Sequence[x509.Certificate],
+    crls: Sequence[tuple[str, x509.CertificateRevocationList]],
+    *,
+    now: datetime,
+    check_all: bool = False,
+    warn: Callable[[str], None] = lambda _message: None,
+) -> None:
+    """Refuse a chain (leaf first, as verified) whose leaf, or any certificate, is revoked.
+
+    As ``openssl verify -crl_check`` (the leaf) and ``-crl_check_all`` (every certificate;
+    the trust anchor too when it is self-signed, as openssl 3 does: listed in its own CRL,
+    it is revoked). A CRL counts for a certificate only when it names the certificate's
+    issuer and that issuer's key signed it; of several, the newest one in its validity
+    window is used, as openssl prefers. Each certificate checked needs one.
+
+    Args:
+        chain: the verified path, leaf first, up to the trust anchor.
+        crls: the CRLs given, each with a label (its file) that messages name it by.
+        now: the verification time.
+        check_all: check every certificate of the chain, not only the leaf.
+        warn: called with a one-line message for each CRL that is not used, before any
+            failure is raised (a CRL of another CA, a bad signature, a delta CRL).
+
+    Raises:
+        VerificationFailed: a checked certificate is revoked, has no usable CRL, or its
+            CRL is expired or not yet valid.
+    """
+    depth = len(chain) if check_all else 1
+    checked: list[tuple[x509.Certificate, x509.Certificate]] = []
+    for index, cert in enumerate(chain[:depth]):
+        if index + 1 < len(chain):
+            checked.append((cert, chain[index + 1]))
+        elif cert.issuer == cert.subject:
+            # A self-signed anchor (or leaf trusted as itself) is its own CRL issuer.
+            checked.append((cert, cert))
+        # else: an anchor that is not self-signed; its issuer is not here to check a CRL.
+    by_issuer: dict[int, list[tuple[str, x509.CertificateRevocationList]]] = {}
+    for label, crl in crls:
+        issuers = [issuer for _, issuer in checked if issuer.subject == crl.issuer]
+        problem = _unusable(crl, issuers[0]) if issuers else _unrelated(crl, chain, check_all)
+        if problem is not None:
+            warn(f"{label}: CRL ignored: {problem}")
+            continue
+        by_issuer.setdefault(id(issuers[0]), []).append((label, crl))
+    for cert, issuer in checked:
+        _check_one(cert, issuer, by_issuer.get(id(issuer), []), now, is_leaf=cert is chain[0])
+
+
+def _unusable(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> str | None:
+    """Why ``crl``, naming ``issuer``, cannot be used (openssl's checks), or None."""
+    name = issuer.subject.rfc4514_string()
+    try:
+        usage = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    if usage is not None and not usage.crl_sign:
+        # RFC 5280 4.2.1.3: a CA whose keyUsage lacks cRLSign may not sign CRLs.
+        return f"its issuer {name} may not sign CRLs (no cRLSign key usage)"
+    try:
+        valid = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+    except (UnsupportedAlgorithm, TypeError, ValueError):
+        valid = False
+    if not valid:
+        return f"its signature does not verify with the key of {name} (another CA of that name?)"
+    try:
+        crl.extensions.get_extension_for_class(x509.DeltaCRLIndicator)
+    except x509.ExtensionNotFound:
+        return None
+    return "a delta CRL, which lists changes only: give the full CRL"
+
+
+def _unrelated(
+    crl: x509.CertificateRevocationList, chain: Sequence[x509.Certificate], check_all: bool
+) -> str:
+    issuer = crl.issuer.rfc4514_string() or "an empty name"
+    if not check_all and any(c.subject == crl.issuer for c in chain[1:]):
+        return f"issued by {issuer}, not the leaf's issuer (--crl-check-all checks CAs too)"
+    return f"issued by {issuer}, which issued no certificate of the chain"
+
+
+def _check_one(
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    crls: Sequence[tuple[str, x509.CertificateRevocationList]],
+    now: datetime,
+    *,
+    is_leaf: bool,
+) -> None:
+    subject = cert.subject.rfc4514_string()
+    what = "certificate" if is_leaf else "CA certificate"
+    if not crls:
+        raise VerificationFailed(
+            f"verification failed: no CRL from {issuer.subject.rfc4514_string()} "
+            f"to check the {what} {subject} (give it with --crl)"
+        )
+    # openssl prefers a CRL in its validity window, then the newest of those.
+    ranked = sorted(crls, key=lambda item: item[1].last_update_utc, reverse=True)
+    current = [item for item in ranked if _window_problem(item[1], now) is None]
+    if not current:
+        label, crl = ranked[0]
+        raise VerificationFailed(f"verification failed: {label}: CRL {_window_problem(crl, now)}")
+    label, crl = current[0]
+    entry = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+    if entry is None:
+        return
+    try:
+        reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        because = f", reason {reason.value}"
+    except x509.ExtensionNotFound:
+        because = ""
+    raise VerificationFailed(
+        f"verification failed: {what} {subject} (serial {format_serial(cert.serial_number)}) "
+        f"was revoked on {entry.revocation_date_utc:{_TIME}}{because} ({label})"
+    )
+
+
+def _window_problem(crl: x509.CertificateRevocationList, now: datetime) -> str | None:
+    if crl.last_update_utc > now:
+        return f"is not valid yet: thisUpdate {crl.last_update_utc:{_TIME}}"
+    next_update = crl.next_update_utc
+    if next_update is not None and next_update < now:
+        return f"has expired: nextUpdate {next_update:{_TIME}}"
+    return None

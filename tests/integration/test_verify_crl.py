@@ -1,0 +1,277 @@
+"""``certctl verify --crl`` agrees with ``openssl verify -crl_check`` (and ``-crl_check_all``).
+
+CRLs come from certctl's own ``crl create`` and from ``openssl ca -gencrl`` / ``-revoke``
+with a minimal ``openssl ca`` set-up over the CA directories certctl wrote.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from tests._tools import ok, run
+from tests.integration.conftest import Pki, certctl, certctl_ok
+
+pytestmark = pytest.mark.integration
+
+OPENSSL_CA_CONF = """\
+[ ca ]
+default_ca = CA_default
+
+[ CA_default ]
+dir = {dir}
+database = $dir/index.txt
+crlnumber = $dir/crlnumber
+new_certs_dir = $dir
+certificate = {cert}
+private_key = {key}
+default_md = sha256
+default_crl_days = 1
+policy = policy_any
+
+[ policy_any ]
+commonName = supplied
+"""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """root -> intermediate -> leaves, each CA also run by ``openssl ca``; an unrelated root."""
+
+    root: Path
+    inter: Path
+    good: Path  # leaf listed in no CRL
+    gone: Path  # leaf revoked (keyCompromise)
+    other: Path  # another root CA
+    tmp: Path
+
+    def openssl_ca(self, ca_dir: Path, *args: str | Path) -> None:
+        """Run ``openssl ca`` for ``ca_dir``'s CA with its own index and CRL number."""
+        state = self.tmp / f"openssl-{ca_dir.name}"
+        if not state.exists():
+            state.mkdir()
+            (state / "index.txt").write_text("")
+            (state / "crlnumber").write_text("1000\n")
+            (state / "ca.cnf").write_text(
+                OPENSSL_CA_CONF.format(dir=state, cert=ca_dir / "ca.crt", key=ca_dir / "ca.key")
+            )
+        ok(run("openssl", "ca", "-batch", "-config", state / "ca.cnf", *args))
+
+    def openssl_crl(self, ca_dir: Path, name: str, *args: str) -> Path:
+        """``openssl ca -gencrl`` for ``ca_dir`` into ``name``."""
+        out = self.tmp / name
+        self.openssl_ca(ca_dir, "-gencrl", "-out", out, *args)
+        return out
+
+
+def serial_of(cert: Path) -> int:
+    return x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+
+
+def hex_serial(cert: Path) -> str:
+    """The serial as ``openssl x509 -serial`` prints it, in lower case as certctl does."""
+    out = ok(run("openssl", "x509", "-in", cert, "-noout", "-serial")).stdout
+    return out.strip().removeprefix("serial=").lower()
+
+
+@pytest.fixture(scope="module")
+def setup(pki: Pki, other_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Setup:
+    tmp = tmp_path_factory.mktemp("verify-crl")
+    root = pki.root("crl-root", cn="CRL Test Root")
+    inter = tmp / "inter"
+    certctl_ok("ca", "create", "--out", inter, "--parent", root, "--cn", "CRL Test Issuing CA")
+    good = pki.issue(inter, "crl-good", dns=["good.example.com"]) / "tls.crt"
+    gone = pki.issue(inter, "crl-gone", dns=["gone.example.com"]) / "tls.crt"
+    setup = Setup(root, inter, good, gone, other_root, tmp)
+    # openssl ca revokes what it never issued too: it adds the certificate to its index.
+    setup.openssl_ca(inter, "-revoke", gone, "-crl_reason", "keyCompromise")
+    return setup
+
+
+def openssl_verify(s: Setup, cert: Path, crls: list[Path], *, check_all: bool = False) -> str:
+    """openssl's verdict: "OK" or its error string ("certificate revoked", …)."""
+    args: list[str | Path] = ["-crl_check_all" if check_all else "-crl_check"]
+    for crl in crls:
+        args += ["-CRLfile", crl]
+    result = run(
+        "openssl", "verify", *args, "-CAfile", s.root / "ca.crt", "-untrusted", s.inter / "ca.crt",
+        cert,
+    )  # fmt: skip
+    if result.returncode == 0:
+        return "OK"
+    match = re.search(r"error \d+ at \d+ depth lookup: (.*)", result.stdout + result.stderr)
+    assert match is not None, result.stdout + result.stderr
+    return match[1].strip()
+
+
+def certctl_verify(
+    s: Setup, cert: Path, crls: list[Path], *, check_all: bool = False
+) -> tuple[int, str, str]:
+    """certctl's exit code, its stdout and its stderr for the same check."""
+    args: list[str | Path] = ["verify", "--ca", s.root / "ca.crt", cert]
+    for crl in crls:
+        args += ["--crl", crl]
+    if check_all:
+        args.append("--crl-check-all")
+    result = certctl(*args)
+    assert "Traceback" not in result.err
+    return result.code, result.out, result.err
+
+
+def agree(s: Setup, cert: Path, crls: list[Path], *, check_all: bool = False) -> tuple[str, str]:
+    """Both verdicts, asserting they agree; returns (openssl's error or OK, certctl's stderr)."""
+    verdict = openssl_verify(s, cert, crls, check_all=check_all)
+    code, out, err = certctl_verify(s, cert, crls, check_all=check_all)
+    if verdict == "OK":
+        assert code == 0, err
+        assert "OK (server" in out
+    else:
+        assert code == 1, out
+        assert err.splitlines()[-1].startswith("certctl: error: verification failed: "), err
+    return verdict, err
+
+
+@pytest.mark.parametrize("maker", ["certctl", "openssl"])
+def test_a_leaf_in_no_crl_verifies(setup: Setup, maker: str) -> None:
+    s = setup
+    if maker == "certctl":
+        crl = s.tmp / "certctl-inter.crl"
+        certctl_ok("crl", "create", "--ca", s.inter, "--out", crl, "--revoked", "0x1234")
+    else:
+        crl = s.openssl_crl(s.inter, "openssl-inter.crl")
+    verdict, err = agree(s, s.good, [crl])
+    assert verdict == "OK"
+    assert err == ""
+    _, out, _ = certctl_verify(s, s.good, [crl])
+    assert "not revoked" in out
+
+
+@pytest.mark.parametrize("maker", ["certctl", "openssl"])
+def test_a_revoked_leaf_fails_naming_serial_date_and_reason(setup: Setup, maker: str) -> None:
+    s = setup
+    serial = serial_of(s.gone)
+    if maker == "certctl":
+        crl = s.tmp / "certctl-revoked.crl"
+        certctl_ok(
+            "crl", "create", "--ca", s.inter, "--out", crl, "--revoked", f"{serial:x}",
+            "--reason", "keyCompromise", "--der",
+        )  # fmt: skip
+    else:
+        crl = s.openssl_crl(s.inter, "openssl-revoked.crl")
+    verdict, err = agree(s, s.gone, [crl])
+    assert verdict == "certificate revoked"
+    (entry,) = [e for e in _load_crl(crl) if e.serial_number == serial]
+    assert f"(serial {hex_serial(s.gone)})" in err
+    assert f"revoked on {entry.revocation_date_utc:%Y-%m-%dT%H:%M:%SZ}" in err
+    assert "reason keyCompromise" in err
+    assert str(crl) in err
+    assert len(err.splitlines()) == 1
+    # The other leaf of that CA is not in the list.
+    assert agree(s, s.good, [crl])[0] == "OK"
+
+
+def test_a_crl_of_another_ca_does_not_count(setup: Setup) -> None:
+    s = setup
+    foreign = s.tmp / "foreign.crl"
+    certctl_ok("crl", "create", "--ca", s.other, "--out", foreign)
+    verdict, err = agree(s, s.good, [foreign])
+    assert verdict == "unable to get certificate CRL"
+    warning, error = err.splitlines()
+    assert warning.startswith(f"certctl: warning: {foreign}: CRL ignored: issued by CN=")
+    assert "no CRL from CN=CRL Test Issuing CA" in error
+    # Beside the right one it is only ignored.
+    right = s.openssl_crl(s.inter, "right.crl")
+    assert agree(s, s.good, [foreign, right])[0] == "OK"
+
+
+def test_a_crl_with_the_issuers_name_but_another_key_does_not_count(setup: Setup, pki: Pki) -> None:
+    s = setup
+    impostor = pki.root("crl-impostor", cn="CRL Test Issuing CA")
+    crl = s.tmp / "impostor.crl"
+    certctl_ok("crl", "create", "--ca", impostor, "--out", crl)
+    verdict, err = agree(s, s.good, [crl])
+    assert verdict in ("unable to get certificate CRL", "CRL signature failure")
+    assert "its signature does not verify with the key of CN=CRL Test Issuing CA" in err
+    assert "no CRL from CN=CRL Test Issuing CA" in err
+
+
+def test_an_expired_crl_fails_naming_its_next_update(setup: Setup) -> None:
+    s = setup
+    crl = s.openssl_crl(
+        s.inter, "expired.crl", "-crl_lastupdate", "20200101000000Z",
+        "-crl_nextupdate", "20200102000000Z",
+    )  # fmt: skip
+    verdict, err = agree(s, s.good, [crl])
+    assert verdict == "CRL has expired"
+    assert f"{crl}: CRL has expired: nextUpdate 2020-01-02T00:00:00Z" in err
+    # A current CRL beside it is used instead (openssl prefers one in its window too).
+    current = s.openssl_crl(s.inter, "current.crl")
+    assert agree(s, s.good, [crl, current])[0] == "OK"
+
+
+def test_a_crl_from_the_future_fails_naming_its_this_update(setup: Setup) -> None:
+    s = setup
+    crl = s.openssl_crl(
+        s.inter, "future.crl", "-crl_lastupdate", "20990101000000Z",
+        "-crl_nextupdate", "20990102000000Z",
+    )  # fmt: skip
+    verdict, err = agree(s, s.good, [crl])
+    assert verdict == "CRL is not yet valid"
+    assert f"{crl}: CRL is not valid yet: thisUpdate 2099-01-01T00:00:00Z" in err
+
+
+@pytest.mark.parametrize("maker", ["certctl", "openssl"])
+def test_a_revoked_intermediate_fails_with_crl_check_all(setup: Setup, maker: str) -> None:
+    s = setup
+    inter_cert = s.inter / "ca.crt"
+    serial = serial_of(inter_cert)
+    leaf_crl = s.openssl_crl(s.inter, f"leaf-{maker}.crl")
+    if maker == "certctl":
+        root_crl = s.tmp / "certctl-root.crl"
+        certctl_ok(
+            "crl", "create", "--ca", s.root, "--out", root_crl, "--revoked", f"{serial:x}",
+            "--reason", "cACompromise",
+        )  # fmt: skip
+    else:
+        s.openssl_ca(s.root, "-revoke", inter_cert, "-crl_reason", "CACompromise")
+        root_crl = s.openssl_crl(s.root, "openssl-root.crl")
+    verdict, err = agree(s, s.good, [leaf_crl, root_crl], check_all=True)
+    assert verdict == "certificate revoked"
+    assert f"CA certificate CN=CRL Test Issuing CA (serial {hex_serial(inter_cert)})" in err
+    assert "reason cACompromise" in err
+    # Without --crl-check-all only the leaf is checked, by both; certctl says so.
+    verdict, err = agree(s, s.good, [leaf_crl, root_crl])
+    assert verdict == "OK"
+    assert err == (
+        f"certctl: warning: {root_crl}: CRL ignored: issued by CN=CRL Test Root, not the "
+        "leaf's issuer (--crl-check-all checks CAs too)\n"
+    )
+    # With --crl-check-all and no CRL from the root, both refuse.
+    verdict, err = agree(s, s.good, [leaf_crl], check_all=True)
+    assert verdict == "unable to get certificate CRL"
+    assert "no CRL from CN=CRL Test Root to check the CA certificate CN=CRL Test Issuing CA" in err
+
+
+def test_one_pem_file_may_hold_several_crls(setup: Setup) -> None:
+    s = setup
+    leaf_crl = s.openssl_crl(s.inter, "several-leaf.crl")
+    root_crl = s.tmp / "several-root.crl"
+    certctl_ok("crl", "create", "--ca", s.root, "--out", root_crl)
+    both = s.tmp / "both.pem"
+    both.write_bytes(leaf_crl.read_bytes() + root_crl.read_bytes())
+    assert agree(s, s.good, [both], check_all=True)[0] == "OK"
+    # Checking the leaf only, the root's CRL is of no use: said, not an error.
+    code, _, err = certctl_verify(s, s.good, [both])
+    assert code == 0
+    assert f"{both} (CRL 2 of 2): CRL ignored: issued by CN=CRL Test Root" in err
+
+
+def _load_crl(path: Path) -> x509.CertificateRevocationList:
+    data = path.read_bytes()
+    if data.startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_crl(data)
+    return x509.load_der_x509_crl(data)
