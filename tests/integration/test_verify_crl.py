@@ -35,6 +35,24 @@ policy = policy_any
 
 [ policy_any ]
 commonName = supplied
+
+[ user_only ]
+issuingDistributionPoint = critical, @idp_user
+[ idp_user ]
+onlyuser = TRUE
+
+[ ca_only ]
+issuingDistributionPoint = critical, @idp_ca
+[ idp_ca ]
+onlyCA = TRUE
+
+[ dp_x ]
+issuingDistributionPoint = critical, @idp_x
+[ idp_x ]
+fullname = URI:http://x.example/ca.crl
+
+[ unknown_critical ]
+1.2.3.4 = critical, ASN1:NULL
 """
 
 
@@ -113,6 +131,7 @@ def certctl_verify(
 ) -> tuple[int, str, str]:
     """certctl's exit code, its stdout and its stderr for the same check."""
     args: list[str | Path] = ["verify", "--ca", s.root / "ca.crt", cert]
+    args += ["--untrusted", s.inter / "ca.crt"]
     for crl in crls:
         args += ["--crl", crl]
     if check_all:
@@ -275,3 +294,57 @@ def _load_crl(path: Path) -> x509.CertificateRevocationList:
     if data.startswith(b"-----BEGIN"):
         return x509.load_pem_x509_crl(data)
     return x509.load_der_x509_crl(data)
+
+
+def openssl_leaf(s: Setup, name: str, extensions: str) -> Path:
+    """A leaf signed by the intermediate with ``openssl x509 -req`` and ``extensions``."""
+    key, csr, cert = s.tmp / f"{name}.key", s.tmp / f"{name}.csr", s.tmp / f"{name}.crt"
+    ok(
+        run(
+            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={name}.example.com",
+        )
+    )  # fmt: skip
+    ext = s.tmp / f"{name}.ext"
+    ext.write_text(
+        f"subjectAltName=DNS:{name}.example.com\nextendedKeyUsage=serverAuth\n{extensions}"
+    )
+    ok(
+        run(
+            "openssl", "x509", "-req", "-in", csr, "-CA", s.inter / "ca.crt",
+            "-CAkey", s.inter / "ca.key", "-out", cert, "-days", "1", "-extfile", ext,
+        )
+    )  # fmt: skip
+    return cert
+
+
+@pytest.mark.parametrize(
+    ("leaf", "section", "openssl_says", "certctl_says"),
+    [
+        ("certctl", "user_only", "OK", ""),
+        ("certctl", "ca_only", "different CRL scope", "lists CA certificates only"),
+        ("certctl", "dp_x", "different CRL scope", "a distribution point the certificate does"),
+        ("dp-x", "dp_x", "OK", ""),
+        ("dp-y", "dp_x", "different CRL scope", "is for another distribution point than"),
+        ("dp-x", "user_only", "OK", ""),
+        (
+            "certctl",
+            "unknown_critical",
+            "unhandled critical CRL extension",
+            "critical extension certctl does not handle (1.2.3.4)",
+        ),
+    ],
+)
+def test_the_scope_of_a_crl_is_honoured_as_openssl_does(
+    setup: Setup, leaf: str, section: str, openssl_says: str, certctl_says: str
+) -> None:
+    """issuingDistributionPoint (RFC 5280 5.2.5) and unknown critical extensions."""
+    s = setup
+    crl = s.openssl_crl(s.inter, f"{section}.crl", "-crlexts", section)
+    cert = s.good
+    if leaf.startswith("dp-"):
+        host = leaf.removeprefix("dp-")
+        cert = openssl_leaf(s, leaf, f"crlDistributionPoints=URI:http://{host}.example/ca.crl\n")
+    verdict, err = agree(s, cert, [crl])
+    assert verdict == openssl_says
+    assert certctl_says in err

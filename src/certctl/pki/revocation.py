@@ -7,13 +7,21 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
 from certctl.pki.formats import format_serial
-from certctl.pki.verify import VerificationFailed
+from certctl.pki.verify import VerificationFailed, oid_name
 
 __all__ = ["check_revocation"]
 
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
+# The critical CRL extensions openssl handles (crl_cb in crypto/x509/x_crl.c); a CRL with
+# another one fails its -crl_check ("unhandled critical CRL extension").
+_HANDLED_CRITICAL = {
+    ExtensionOID.ISSUING_DISTRIBUTION_POINT,
+    ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+    ExtensionOID.DELTA_CRL_INDICATOR,
+}
 
 
 def check_revocation(
@@ -81,11 +89,83 @@ def _unusable(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> 
         valid = False
     if not valid:
         return f"its signature does not verify with the key of {name} (another CA of that name?)"
+    if any(ext.oid == ExtensionOID.DELTA_CRL_INDICATOR for ext in crl.extensions):
+        return "a delta CRL, which lists changes only: give the full CRL"
+    critical = [e.oid for e in crl.extensions if e.critical and e.oid not in _HANDLED_CRITICAL]
+    critical += [
+        ext.oid
+        for entry in crl
+        for ext in entry.extensions
+        if ext.critical and ext.oid != CRLEntryExtensionOID.CERTIFICATE_ISSUER
+    ]
+    if critical:
+        return f"it has a critical extension certctl does not handle ({oid_name(critical[0])})"
+    return None
+
+
+def _out_of_scope(crl: x509.CertificateRevocationList, cert: x509.Certificate) -> str | None:
+    """Why ``crl``'s issuingDistributionPoint excludes ``cert`` (RFC 5280 5.2.5), or None."""
     try:
-        crl.extensions.get_extension_for_class(x509.DeltaCRLIndicator)
+        idp = crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint).value
     except x509.ExtensionNotFound:
         return None
-    return "a delta CRL, which lists changes only: give the full CRL"
+    if idp.only_contains_user_certs and _is_ca(cert):
+        return "lists end-entity certificates only"
+    if idp.only_contains_ca_certs and not _is_ca(cert):
+        return "lists CA certificates only"
+    if idp.only_contains_attribute_certs:
+        return "lists attribute certificates only"
+    if idp.indirect_crl:
+        return "is an indirect CRL, which certctl does not read"
+    if idp.only_some_reasons is not None:
+        return "lists only some revocation reasons"
+    return _other_distribution_point(crl, idp, cert)
+
+
+def _other_distribution_point(
+    crl: x509.CertificateRevocationList,
+    idp: x509.IssuingDistributionPoint,
+    cert: x509.Certificate,
+) -> str | None:
+    """Why a CRL for a named distribution point is not the one ``cert`` points to, or None.
+
+    As openssl's crl_crldp_check: a CRL naming its distribution point covers the
+    certificates whose cRLDistributionPoints name it (RFC 5280 6.3.3 (b)(2)(i)).
+    """
+    names = _dp_names(idp.full_name, idp.relative_name, crl.issuer)
+    if not names:
+        return None
+    try:
+        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except x509.ExtensionNotFound:
+        return "is for a distribution point the certificate does not name"
+    for point in points:
+        if point.crl_issuer is not None and not any(
+            isinstance(n, x509.DirectoryName) and n.value == crl.issuer for n in point.crl_issuer
+        ):
+            continue
+        wanted = _dp_names(point.full_name, point.relative_name, cert.issuer)
+        if not wanted or wanted & names:
+            return None
+    return "is for another distribution point than the certificate's"
+
+
+def _dp_names(
+    full_name: list[x509.GeneralName] | None,
+    relative_name: x509.RelativeDistinguishedName | None,
+    issuer: x509.Name,
+) -> set[x509.GeneralName]:
+    # RFC 5280 4.2.1.13: a relative name is appended to the CRL issuer's name.
+    if relative_name is not None:
+        return {x509.DirectoryName(x509.Name([*issuer.rdns, relative_name]))}
+    return set(full_name or ())
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
 
 
 def _unrelated(
@@ -107,10 +187,14 @@ def _check_one(
 ) -> None:
     subject = cert.subject.rfc4514_string()
     what = "certificate" if is_leaf else "CA certificate"
+    scopes = [(label, _out_of_scope(crl, cert)) for label, crl in crls]
+    outside = "; ".join(f"{label} {scope}" for label, scope in scopes if scope is not None)
+    crls = [item for item, (_, scope) in zip(crls, scopes, strict=True) if scope is None]
     if not crls:
+        # openssl: "unable to get certificate CRL", or "different CRL scope".
         raise VerificationFailed(
             f"verification failed: no CRL from {issuer.subject.rfc4514_string()} "
-            f"to check the {what} {subject} (give it with --crl)"
+            f"to check the {what} {subject} ({outside or 'give it with --crl'})"
         )
     # openssl prefers a CRL in its validity window, then the newest of those.
     ranked = sorted(crls, key=lambda item: item[1].last_update_utc, reverse=True)
@@ -124,9 +208,11 @@ def _check_one(
         return
     try:
         reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
-        because = f", reason {reason.value}"
     except x509.ExtensionNotFound:
-        because = ""
+        reason = None
+    if reason is x509.ReasonFlags.remove_from_crl:
+        return  # RFC 5280 5.3.1: for delta CRLs; openssl takes it as not revoked too
+    because = f", reason {reason.value}" if reason is not None else ""
     raise VerificationFailed(
         f"verification failed: {what} {subject} (serial {format_serial(cert.serial_number)}) "
         f"was revoked on {entry.revocation_date_utc:{_TIME}}{because} ({label})"

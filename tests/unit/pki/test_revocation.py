@@ -162,3 +162,27 @@ def test_expired_and_future_crls_name_their_dates(
     when = f"{now + timedelta(hours=1):%Y-%m-%dT%H:%M:%SZ}"
     with pytest.raises(VerificationFailed, match=f"crl0: CRL is not valid yet: thisUpdate {when}"):
         _check(chain, [future], now)
+
+
+def test_an_entry_marked_remove_from_crl_is_not_revoked(
+    intermediate_ca: CertificateAuthority, root_ca: CertificateAuthority, now: datetime
+) -> None:
+    # RFC 5280 5.3.1: removeFromCRL belongs to delta CRLs; openssl takes it as not revoked.
+    leaf = _leaf(intermediate_ca, now)
+    chain = [leaf, intermediate_ca.certificate, root_ca.certificate]
+    entry = (
+        x509.RevokedCertificateBuilder()
+        .serial_number(leaf.serial_number)
+        .revocation_date(now)
+        .add_extension(x509.CRLReason(x509.ReasonFlags.remove_from_crl), critical=False)
+        .build()
+    )
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(intermediate_ca.certificate.subject)
+        .last_update(now - timedelta(hours=1))
+        .next_update(now + timedelta(days=1))
+        .add_revoked_certificate(entry)
+        .sign(intermediate_ca.private_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    assert _check(chain, [crl], now) == []
