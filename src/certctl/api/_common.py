@@ -6,6 +6,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -20,6 +21,7 @@ __all__ = [
     "ApiRoute",
     "Handler",
     "caller_of",
+    "created",
     "json_bytes",
     "json_response",
     "page_limit",
@@ -59,6 +61,27 @@ def json_bytes(data: Any) -> bytes:
 def json_response(data: Any, status: int = 200) -> Response:
     """A JSON response."""
     return Response(json_bytes(data), status, media_type="application/json")
+
+
+def created(data: Any, collection: str, ident: str | None = None) -> Response:
+    """A 201 JSON response whose ``Location`` names what the request created (RFC 9110 10.2.2).
+
+    Args:
+        data: the response body.
+        collection: the collection's path, such as ``/api/v1/auth/roles``.
+        ident: the new member's id, percent-encoded into the last segment (a role ``a b``
+            lives at ``/api/v1/auth/roles/a%20b``); None when ``collection`` itself is what
+            to read back.
+
+    Returns:
+        The response. ``Location`` is a path, not an absolute URL: a client resolves it
+        against the URL it called, which stays right behind a TLS-terminating proxy, where
+        the ``Host`` this server sees may not be the one the client used.
+    """
+    location = collection if ident is None else f"{collection}/{quote(ident, safe='')}"
+    response = json_response(data, 201)
+    response.headers["Location"] = location
+    return response
 
 
 async def read_body(request: Request, model: type[BaseModel]) -> Any:

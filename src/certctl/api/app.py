@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from certctl.api import schemas
 from certctl.api._common import AUTHENTICATED, PUBLIC, ApiRoute, json_bytes
 from certctl.api._common import caller_of as _caller
+from certctl.api._common import created as _created
 from certctl.api._common import json_response as _json
 from certctl.api._common import page_limit as _limit
 from certctl.api._common import read_body as _body
@@ -202,7 +203,7 @@ async def create_role(request: Request, principal: Principal | None) -> Response
     role = rbac.create_role(
         _services(request), _caller(principal), body.id, body.name, body.permissions
     )
-    return _json(_role_json(role), 201)
+    return _created(_role_json(role), "/api/v1/auth/roles", role.id)
 
 
 async def update_role(request: Request, principal: Principal | None) -> Response:
@@ -250,7 +251,7 @@ async def create_actor(request: Request, principal: Principal | None) -> Respons
     actor = rbac.create_actor(
         _services(request), _caller(principal), body.id, body.name, body.roles
     )
-    return _json(_actor_json(actor), 201)
+    return _created(_actor_json(actor), "/api/v1/auth/actors", actor.id)
 
 
 async def patch_actor(request: Request, principal: Principal | None) -> Response:
@@ -306,7 +307,7 @@ async def create_apikey(request: Request, principal: Principal | None) -> Respon
     data["key_value"] = result.minted.value  # shown once, here only
     data.pop("last_used_at")
     data.pop("revoked_at")
-    return _json(data, 201)
+    return _created(data, "/api/v1/auth/apikeys", result.row.id)
 
 
 async def revoke_apikey(request: Request, principal: Principal | None) -> Response:
@@ -383,7 +384,9 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
             )
         )
     # As for certificates: a validity clipped to the parent's notAfter is said, not silent.
-    return _json({**schemas.issuer_json(row), "warnings": list(warnings)}, 201)
+    return _created(
+        {**schemas.issuer_json(row), "warnings": list(warnings)}, "/api/v1/issuers", row.id
+    )
 
 
 async def issuer_ca_pem(request: Request, principal: Principal | None) -> Response:
@@ -487,7 +490,7 @@ async def issue_certificate(request: Request, principal: Principal | None) -> Re
     # Committed together with the rows of concurrent requests: one fsync for the group.
     await services.commits.add(list(pending.rows))
     result = pending.finish()
-    return _json(_issue_json(result, services.clock()), 201)
+    return _created(_issue_json(result, services.clock()), "/api/v1/certificates", result.record.id)
 
 
 async def list_certificates(request: Request, principal: Principal | None) -> Response:
@@ -586,7 +589,7 @@ async def renew_certificate(request: Request, principal: Principal | None) -> Re
             services, _caller(principal), request.path_params["id"], validity
         )
     )
-    return _json(_issue_json(result, services.clock()), 201)
+    return _created(_issue_json(result, services.clock()), "/api/v1/certificates", result.record.id)
 
 
 async def list_audit(request: Request, principal: Principal | None) -> Response:

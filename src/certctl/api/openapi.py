@@ -265,6 +265,16 @@ _SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
 # Success codes besides the route's own: PUT of a service answers 201 when it created it.
 _ALSO_SUCCESS = {("PUT", "/api/v1/services/{name}"): "201"}
 
+# Every 201 names what it created (RFC 9110 10.2.2), as a path resolved against the request
+# URL; adding service clients names the client list, the clients have no URL of their own.
+_LOCATION = {
+    "Location": {
+        "required": True,
+        "description": "path of the created resource (RFC 9110 10.2.2)",
+        "schema": {"type": "string", "pattern": "^/api/v1/"},
+    }
+}
+
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {
@@ -373,9 +383,15 @@ def build_openapi(routes: Sequence[ApiRoute]) -> dict[str, Any]:
         success: dict[str, Any] = {"description": "success"}
         if key in _SUCCESS:
             success["content"] = _SUCCESS[key]
+        if route.success == 201:
+            success["headers"] = _LOCATION
         responses: dict[str, Any] = {str(route.success): success}
         if key in _ALSO_SUCCESS:
-            responses[_ALSO_SUCCESS[key]] = {"description": "created", **success}
+            responses[_ALSO_SUCCESS[key]] = {
+                **success,
+                "description": "created",
+                "headers": _LOCATION,
+            }
         for status in _problems(route):
             responses[status] = _problem_response(status)
         op: dict[str, Any] = {

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from certctl.api._common import ApiRoute, caller_of, json_response, read_body, services_of
+from certctl.api._common import (
+    ApiRoute,
+    caller_of,
+    created,
+    json_response,
+    read_body,
+    services_of,
+)
 from certctl.errors import InvalidRequest, NotFound
 from certctl.services import tls_services
 from certctl.services.context import Principal
@@ -77,7 +85,9 @@ async def put_service(request: Request, principal: Principal | None) -> Response
     if dry_run == "false":
         _wake(request)
     # A dry run answers as the write would (201: it would create the service).
-    return json_response(tls_services.service_json(row), 200 if existed else 201)
+    if existed:
+        return json_response(tls_services.service_json(row))
+    return created(tls_services.service_json(row), "/api/v1/services", row.name)
 
 
 async def delete_service(request: Request, principal: Principal | None) -> Response:
@@ -122,16 +132,17 @@ def _client_json(client: Any) -> dict[str, Any]:
 
 
 async def add_client(request: Request, principal: Principal | None) -> Response:
-    body = await read_body(request, ServiceClientAdd)
+    request_body = await read_body(request, ServiceClientAdd)
+    name = request.path_params["name"]
     added = tls_services.add_client(
-        services_of(request),
-        caller_of(principal),
-        request.path_params["name"],
-        body.certificate_pem,
+        services_of(request), caller_of(principal), name, request_body.certificate_pem
     )
     _wake(request)
-    warnings = tls_services.client_trust_warnings(services_of(request), request.path_params["name"])
-    return json_response({"items": [_client_json(c) for c in added], "warnings": warnings}, 201)
+    warnings = tls_services.client_trust_warnings(services_of(request), name)
+    body = {"items": [_client_json(c) for c in added], "warnings": warnings}
+    # The clients added have no URL of their own to GET (there may be several, one per
+    # certificate in the PEM): Location names the list that shows them.
+    return created(body, f"/api/v1/services/{quote(name, safe='')}/clients")
 
 
 async def remove_client(request: Request, principal: Principal | None) -> Response:

@@ -1,0 +1,114 @@
+"""Every 201 names what it created in ``Location`` (RFC 9110 10.2.2), and a GET of it finds it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from certctl.api.app import ROUTES
+from tests.api.conftest import Api, assert_problem
+
+
+def _created(api: Api, method: str, path: str, body: dict[str, Any]) -> tuple[str, Any]:
+    r = api.request(method, path, api.admin_key, json=body)
+    assert r.status_code == 201, r.text
+    location = r.headers["location"]
+    found = api.get(location, api.admin_key)
+    assert found.status_code == 200, (location, found.text)
+    return location, found.json()
+
+
+def test_every_201_has_a_location_that_answers_a_get(api: Api) -> None:
+    seen: set[tuple[str, str]] = set()
+
+    location, role = _created(
+        api, "POST", "/api/v1/auth/roles", {"id": "ops.team-1", "name": "ops", "permissions": []}
+    )
+    assert (location, role["id"]) == ("/api/v1/auth/roles/ops.team-1", "ops.team-1")
+    seen.add(("POST", "/api/v1/auth/roles"))
+
+    location, actor = _created(
+        api, "POST", "/api/v1/auth/actors", {"id": "ci", "name": "ci", "roles": ["r-viewer"]}
+    )
+    assert (location, actor["id"]) == ("/api/v1/auth/actors/ci", "ci")
+    seen.add(("POST", "/api/v1/auth/actors"))
+
+    r = api.post("/api/v1/auth/apikeys", api.admin_key, json={"actor_id": "ci", "name": "ci"})
+    assert r.status_code == 201, r.text
+    key_id = r.json()["id"]
+    assert r.headers["location"] == f"/api/v1/auth/apikeys/{key_id}"
+    shown = api.get(r.headers["location"], api.admin_key).json()
+    assert shown["id"] == key_id
+    assert "key_value" not in shown
+    seen.add(("POST", "/api/v1/auth/apikeys"))
+
+    location, issuer = _created(api, "POST", "/api/v1/issuers", {"id": "ops-ca"})
+    assert (location, issuer["id"]) == ("/api/v1/issuers/ops-ca", "ops-ca")
+    seen.add(("POST", "/api/v1/issuers"))
+
+    body = {"issuer": "ops-ca", "common_name": "svc.example.com", "dns_names": ["svc.example.com"]}
+    r = api.post("/api/v1/certificates", api.admin_key, json=body)
+    assert r.status_code == 201, r.text
+    cert_id = r.json()["id"]
+    assert r.headers["location"] == f"/api/v1/certificates/{cert_id}"
+    shown = api.get(r.headers["location"], api.admin_key).json()
+    assert (shown["id"], shown["serial"]) == (cert_id, r.json()["serial"])
+    seen.add(("POST", "/api/v1/certificates"))
+
+    r = api.post(f"/api/v1/certificates/{cert_id}/renew", api.admin_key)
+    assert r.status_code == 201, r.text
+    renewed = r.json()["id"]
+    assert renewed != cert_id
+    assert r.headers["location"] == f"/api/v1/certificates/{renewed}"
+    assert api.get(r.headers["location"], api.admin_key).json()["renewed_from"] == cert_id
+    seen.add(("POST", "/api/v1/certificates/{id}/renew"))
+
+    doc = {
+        "apiVersion": "certctl.io/v1",
+        "kind": "TLSService",
+        "metadata": {"name": "web"},
+        "spec": {"http": {"tls": {"selfSignedCertificate": {"subjectAltNames": []}}}},
+    }
+    location, service = _created(api, "PUT", "/api/v1/services/web", doc)
+    assert (location, service["name"]) == ("/api/v1/services/web", "web")
+    # Twin: replacing it creates nothing, so 200 and no Location.
+    again = api.request("PUT", "/api/v1/services/web", api.admin_key, json=doc)
+    assert again.status_code == 200, again.text
+    assert "location" not in again.headers
+
+    pem = issuer["certificate_pem"]  # trust the clients of the ops-ca issuer
+    location, clients = _created(
+        api, "POST", "/api/v1/services/web/clients", {"certificate_pem": pem}
+    )
+    # The clients have no URL of their own: Location is the list that shows them.
+    assert location == "/api/v1/services/web/clients"
+    assert [c["subject"] for c in clients["items"]] == [issuer["subject"]]
+    seen.add(("POST", "/api/v1/services/{name}/clients"))
+
+    # A new 201 route fails here until it is covered above.
+    assert seen == {(r.method, r.path) for r in ROUTES if r.success == 201}
+
+
+def test_a_refused_create_has_no_location(api: Api) -> None:
+    r = api.post(
+        "/api/v1/auth/roles", api.admin_key, json={"id": "r-admin", "name": "x", "permissions": []}
+    )
+    assert_problem(r, 409)
+    assert "location" not in r.headers
+
+
+def test_openapi_documents_location_on_every_201(api: Api) -> None:
+    doc = api.get("/api/v1/openapi.json").json()
+    created = {
+        (method.upper(), path): op["responses"]["201"]
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+        if "201" in op["responses"]
+    }
+    assert set(created) == {(r.method, r.path) for r in ROUTES if r.success == 201} | {
+        ("PUT", "/api/v1/services/{name}")
+    }
+    for key, response in created.items():
+        assert response["headers"]["Location"]["required"] is True, key
+    # A 200 says nothing of Location.
+    put = doc["paths"]["/api/v1/services/{name}"]["put"]["responses"]["200"]
+    assert "headers" not in put
