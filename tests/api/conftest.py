@@ -78,14 +78,15 @@ class PostgresCluster:
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self) -> str:
-        """A new empty database; returns its name."""
+    def create_database(self, locale: str | None = None) -> str:
+        """A new empty database (UTF-8 in ``locale``, else the cluster's); returns its name."""
         import psycopg
 
         name = f"certctl_{next(self._counter)}"
         dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        options = f" ENCODING 'UTF8' LOCALE '{locale}'" if locale else ""
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0{options}')
         return name
 
 
@@ -368,7 +369,7 @@ class Api:
 
 
 @contextmanager
-def _running_app(backend: str, data_dir: Path, database_url: str | None) -> Iterator[Api]:
+def running_app(backend: str, data_dir: Path, database_url: str | None) -> Iterator[Api]:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings: dict[str, Any] = {"data-dir": str(data_dir), "database-url": database_url}
     booted = bootstrap(ServerConfig.model_validate(settings))
@@ -399,7 +400,7 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
         template: Path = request.getfixturevalue("sqlite_template")
         data_dir.mkdir(mode=0o700)
         shutil.copyfile(template, data_dir / "certctl.db")
-    with _running_app(request.param, data_dir, url) as app:
+    with running_app(request.param, data_dir, url) as app:
         yield app
 
 
@@ -417,5 +418,5 @@ def module_api(
     if request.param == "postgresql":
         cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
         url = cluster.url(cluster.create_database())
-    with _running_app(request.param, data_dir, url) as app:
+    with running_app(request.param, data_dir, url) as app:
         yield app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import event, insert, select
+from sqlalchemy import event, insert, literal, select, text
 
 from certctl.pki import (
     KeyType,
@@ -29,9 +30,9 @@ from certctl.pki import (
 )
 from certctl.services import issuance
 from certctl.services.context import Services
-from certctl.store.db import create_store_engine, session_factory
+from certctl.store.db import create_store_engine, session_factory, unicode_lower
 from tests._tools import ok, run
-from tests.api.conftest import Api, assert_problem
+from tests.api.conftest import BACKENDS, Api, PostgresCluster, assert_problem, running_app
 
 CERTS = "/api/v1/certificates"
 ISSUERS = "/api/v1/issuers"
@@ -275,6 +276,72 @@ def test_q_folds_non_ascii_letters_on_every_backend(api: Api) -> None:
     assert ids("straße") == {street["id"]}
     assert ids("gateway") == {gateway["id"]}  # ASCII q: the built-in lower() as before
     assert ids("Ö%") == set()  # still a substring, not a pattern
+
+
+@pytest.fixture(params=BACKENDS)
+def c_locale_api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+    """As ``api``; on PostgreSQL a database of its own in the "C" locale (as initdb
+    --locale=C and many managed databases make them), whose lower() folds ASCII only."""
+    url = None
+    if request.param == "postgresql":
+        cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+        url = cluster.url(cluster.create_database(locale="C"))
+    with running_app(request.param, tmp_path / "data", url) as app:
+        yield app
+
+
+def test_q_folds_as_python_does_whatever_the_postgresql_locale(c_locale_api: Api) -> None:
+    """Before, PostgreSQL's lower() in a "C" database left "ÉCOLE" as "École" while SQLite
+    folded it with Python's str.lower: q=école found the certificate on SQLite only."""
+    api = c_locale_api
+    if api.backend == "postgresql":
+        with api.services.engine.connect() as conn:
+            # The condition of the bug: this database's own lower() folds ASCII only.
+            assert conn.scalar(text("SHOW lc_ctype")) == "C"
+            assert conn.scalar(text("SELECT lower('ÉCOLE')")) == "École"
+    school = api.issue(common_name="ÉCOLE Centrale", dns_names=["ecole.example.com"])
+    street = api.issue(common_name="STRAẞE Nord", dns_names=["nord.example.com"])
+    athens = api.issue(common_name="ΑΘΗΝΑ Gateway", dns_names=["athens.example.com"])
+
+    def ids(q: str) -> set[str]:
+        r = api.get(CERTS, api.admin_key, params={"q": q})
+        assert r.status_code == 200, r.text
+        return {item["id"] for item in r.json()["items"]}
+
+    for q in ("école", "ÉCOLE", "École cent", "ÉCOLE CENTRALE"):
+        assert ids(q) == {school["id"]}, q
+    assert ids("straße") == {street["id"]}  # ẞ folds to ß, as str.lower does
+    assert ids("αθηνα") == {athens["id"]}
+    assert ids("Αθηνα gate") == {athens["id"]}
+    # Folding, not ß → ss or accent stripping: no match on either backend.
+    assert ids("STRASSE") == set()
+    assert ids("ecole") == set()
+
+
+def test_q_on_a_postgresql_without_icu_falls_back_to_lower_and_says_so(
+    postgres_cluster: PostgresCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A server built without ICU, as far as this database can tell: the collation is gone.
+    database = postgres_cluster.create_database(locale="C")
+    engine = create_store_engine(postgres_cluster.url(database))
+    try:
+        with engine.connect() as conn:  # the first connection finds the collation
+            conn.exec_driver_sql('DROP COLLATION pg_catalog."und-x-icu"')
+            conn.commit()
+    finally:
+        engine.dispose()
+    engine = create_store_engine(postgres_cluster.url(database))
+    try:
+        with caplog.at_level(logging.WARNING, "certctl.store"), engine.connect() as conn:
+            # The search keeps working, with lower(): ASCII letters only.
+            folded = conn.scalar(select(unicode_lower(literal("ÉCOLE Gateway"))))
+    finally:
+        engine.dispose()
+    assert folded == "École gateway"
+    assert [r.getMessage() for r in caplog.records] == [
+        "PostgreSQL has no ICU collation und-x-icu in this database (LC_CTYPE C): "
+        "certificate search (q) folds the case of ASCII letters only"
+    ]
 
 
 def test_revoke(api: Api) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, String, create_engine, event, make_url, text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
@@ -56,6 +58,48 @@ def _unicode_lower_sqlite(element: unicode_lower, compiler: SQLCompiler, **kw: A
     return f"certctl_lower({compiler.process(element.clauses, **kw)})"
 
 
+# PostgreSQL engines whose database has the ICU root collation (set on first connect).
+_ICU_DIALECTS: weakref.WeakSet[Dialect] = weakref.WeakSet()
+
+
+@compiles(unicode_lower, "postgresql")
+def _unicode_lower_postgresql(element: unicode_lower, compiler: SQLCompiler, **kw: Any) -> str:
+    # lower() folds by the database's LC_CTYPE: under "C" (initdb --locale=C, many managed
+    # databases) ASCII letters only, so "ÉCOLE" stayed "École" and q=école found nothing
+    # that SQLite found. ICU's root locale folds every letter as Python's str.lower does.
+    arg = compiler.process(element.clauses, **kw)
+    if compiler.dialect in _ICU_DIALECTS:
+        return f'lower(({arg}) COLLATE "und-x-icu")'
+    return f"lower({arg})"
+
+
+def _pg_case_folding(engine: Engine, dbapi_connection: Any) -> None:
+    """Use ICU for ``unicode_lower`` when the database has it, or warn once where it falls short.
+
+    Without ICU (a server built without it; Debian's, Red Hat's and the Docker images have
+    it) or in a database that is not UTF-8 (ICU refuses SQL_ASCII), ``unicode_lower`` falls
+    back to lower(): right under a UTF-8 LC_CTYPE, ASCII letters only under "C".
+    """
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True  # no transaction left open on the pooled connection
+    try:
+        has_icu, ctype = dbapi_connection.execute(
+            "SELECT EXISTS (SELECT FROM pg_collation WHERE collname = 'und-x-icu' "
+            "AND collprovider = 'i') AND current_setting('server_encoding') = 'UTF8', "
+            "current_setting('lc_ctype')"
+        ).fetchone()
+    finally:
+        dbapi_connection.autocommit = autocommit
+    if has_icu:
+        _ICU_DIALECTS.add(engine.dialect)
+    elif ctype in ("C", "POSIX"):
+        log.warning(
+            "PostgreSQL has no ICU collation und-x-icu in this database (LC_CTYPE %s): "
+            "certificate search (q) folds the case of ASCII letters only",
+            ctype,
+        )
+
+
 def _python_lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
@@ -99,6 +143,10 @@ def create_store_engine(url: str) -> Engine:
         hide_parameters=True,
         connect_args=_pg_timeouts(make_url(url).query),
     )
+
+    @event.listens_for(engine, "first_connect")
+    def _pg_first_connect(dbapi_connection: Any, _record: object) -> None:
+        _pg_case_folding(engine, dbapi_connection)
 
     @event.listens_for(engine, "connect")
     def _pg_session_timeouts(dbapi_connection: Any, _record: object) -> None:
