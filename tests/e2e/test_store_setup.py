@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+import os
+import re
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
-from tests._tools import failed, free_port, run
+from certctl.store import db
+from tests._tools import failed, free_port, require, run
 from tests.e2e.conftest import CertctlServer, _spawn, _wait_ready
 
 pytestmark = pytest.mark.e2e
@@ -86,3 +90,57 @@ def test_two_first_starts_at_once_share_one_kek_and_ca(tmp_path: Path) -> None:
     finally:
         for server in servers:
             server.stop()
+
+
+def _serve_on_one_stream(data: Path, log: Path) -> CertctlServer:
+    """``certctl serve`` with stdout and stderr in one file, as a terminal shows them."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    argv = [require("certctl"), "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+        )
+    server = CertctlServer(proc, port, data, data / "tls" / "ca.crt", log, log, None)
+    try:
+        assert _wait_ready(server)
+    finally:
+        server.stop()
+    return server
+
+
+def test_first_start_banner_is_not_buried_under_alembic_lines(tmp_path: Path) -> None:
+    """Before, ``make run`` printed ten Alembic INFO lines ("Context impl SQLiteImpl.", one
+    "Running upgrade" per revision) ahead of the banner with the admin key."""
+    data = tmp_path / "data"
+    first = _serve_on_one_stream(data, tmp_path / "first.log")
+    lines = first.logs()[0].splitlines()
+    assert not [line for line in lines if "alembic" in line.lower()], lines
+    start = lines.index(
+        f"certctl is starting. Admin API key (shown once; also saved 0600 in "
+        f"{data / 'admin-api-key'}):"
+    )
+    ca = data / "tls" / "ca.crt"
+    assert lines[start + 1 : start + 4] == [
+        f"  {(data / 'admin-api-key').read_text().strip()}",
+        "",
+        f"CA certificate: {ca}",
+    ]
+    assert lines[start + 4].startswith(f"Try: curl --cacert {ca} "), lines
+    # Above it, certctl's own log lines only, one of them for the whole migration.
+    above = lines[:start]
+    assert above[-1] == "", above
+    assert all(re.fullmatch(r"\S+ \S+ INFO certctl\.\w+: .+", line) for line in above[:-1]), above
+    head = db._head_revision()
+    migrated = [line for line in above if "database schema" in line]
+    assert len(migrated) == 1, above
+    assert migrated[0].endswith(
+        f" INFO certctl.store: created the database schema: applied 0001 to {head}"
+    )
+
+    # At head already: nothing migrated, nothing said about it.
+    again = _serve_on_one_stream(data, tmp_path / "again.log").logs()[0]
+    assert "database schema" not in again
+    assert "alembic" not in again.lower()
+    assert f"certctl is starting. Admin API key: see {data / 'admin-api-key'}\n" in again

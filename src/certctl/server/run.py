@@ -494,8 +494,6 @@ def serve(config: ServerConfig) -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None
-    # Alembic announces every plugin at INFO; only migrations are worth a line.
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     # httpx logs every Kubernetes API call (TokenReview, Secret writes) at INFO.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     host, _port = config.host_port

@@ -318,8 +318,9 @@ def migrate(engine: Engine) -> None:
             f"migration made (this certctl's newest is {head}): check database-url, or "
             "restore the database from a backup"
         )
-    from alembic import command
-    from alembic.config import Config
+    with _alembic_quiet():
+        from alembic import command
+        from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
@@ -331,7 +332,11 @@ def migrate(engine: Engine) -> None:
                         f"SET LOCAL lock_timeout = {int(PG_MIGRATION_LOCK_TIMEOUT_MS)}"
                     )
                 config.attributes["connection"] = connection
-                command.upgrade(config, "head")
+                applied: list[str] = []
+                config.attributes["applied"] = applied
+                with _alembic_quiet():
+                    command.upgrade(config, "head")
+            _log_applied(stored, applied)
             return
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) != _PG_LOCK_NOT_AVAILABLE:
@@ -345,6 +350,33 @@ def migrate(engine: Engine) -> None:
         f"session{holders} (a long transaction, pg_dump, an open psql); let it end, then "
         "start again"
     )
+
+
+@contextlib.contextmanager
+def _alembic_quiet() -> Iterator[None]:
+    """Only Alembic's warnings and errors pass.
+
+    Its INFO lines ("Context impl SQLiteImpl.", one "Running upgrade" per revision, a line per
+    plugin it imports) came before, and buried, the first start's banner with the admin key;
+    ``_log_applied`` says in one line what was migrated.
+    """
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    alembic_log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        alembic_log.setLevel(level)
+
+
+def _log_applied(stored: list[str], applied: list[str]) -> None:
+    if not applied:
+        return
+    names = applied[0] if len(applied) == 1 else f"{applied[0]} to {applied[-1]}"
+    if stored:
+        log.info("migrated the database schema from %s: applied %s", stored[0], names)
+    else:
+        log.info("created the database schema: applied %s", names)
 
 
 # A migration's ALTER TABLE waits for every transaction that has read the table (pg_dump, a

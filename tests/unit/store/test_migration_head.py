@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -83,6 +84,38 @@ def test_migrate_skips_alembic_only_at_head(tmp_path: Path) -> None:
         names = set(indexes)
     assert "ix_certificates_counts" in names
     assert "ix_certificates_issuer_status_not_after" not in names
+
+
+def test_migrate_says_in_one_line_what_it_applied(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    head = db._head_revision()
+    with caplog.at_level(logging.DEBUG):
+        db.migrate(engine)
+        _to_0004(engine)
+        caplog.clear()  # the downgrade's own Alembic lines
+        db.migrate(engine)
+        db.migrate(engine)  # at head: nothing to say
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            "certctl.store",
+            logging.INFO,
+            f"migrated the database schema from 0004: applied 0005 to {head}",
+        )
+    ]
+
+
+def test_migrate_from_an_empty_database_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    with caplog.at_level(logging.INFO):
+        db.migrate(engine)
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [
+        ("certctl.store", f"created the database schema: applied 0001 to {db._head_revision()}")
+    ]
+    assert logging.getLogger("alembic").level == logging.NOTSET  # put back as it was
 
 
 def test_0005_back_fills_the_successor_of_each_renewed_certificate(tmp_path: Path) -> None:
