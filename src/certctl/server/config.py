@@ -24,6 +24,11 @@ def _checked_duration(value: str) -> str:
     return value
 
 
+_MIN_WORKERS = 1
+_MAX_WORKERS = 64
+_WORKERS_RULE = f"expected a whole number of server processes from {_MIN_WORKERS} to {_MAX_WORKERS}"
+
+
 def _is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
@@ -242,7 +247,7 @@ class ServerConfig(_Section):
     secrets_dir: Path | None = Field(default=None, alias="secrets-dir")
     reconcile_interval: str = Field(default="10s", alias="reconcile-interval")
     # Processes serving the listeners (one event loop each); background work runs in one.
-    workers: int = Field(default=1, ge=1, le=64)
+    workers: int = Field(default=1, ge=_MIN_WORKERS, le=_MAX_WORKERS)
     notifications: NotificationsConfig = Field(default_factory=lambda: NotificationsConfig())
     services: ServicesConfig = Field(default_factory=ServicesConfig)
 
@@ -250,6 +255,18 @@ class ServerConfig(_Section):
     def effective_secrets_dir(self) -> Path:
         """``secrets-dir``, or ``<data-dir>/secrets``."""
         return self.secrets_dir or self.data_dir / "secrets"
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        # In the words of the setting: pydantic said "Input should be a valid integer, unable
+        # to parse string as an integer" for CERTCTL_WORKERS=four.
+        text = str(value).strip() if isinstance(value, str | int) else ""
+        if isinstance(value, bool) or not (text.isascii() and text.isdigit()):
+            raise ValueError(_WORKERS_RULE)
+        if not _MIN_WORKERS <= int(text) <= _MAX_WORKERS:
+            raise ValueError(_WORKERS_RULE)
+        return int(text)
 
     @field_validator(
         "ca_cert_validity",
@@ -367,19 +384,43 @@ def load_config(file: Path | None, overrides: dict[str, Any]) -> ServerConfig:
         if loaded is not None and not isinstance(loaded, dict):
             raise InvalidRequest(f"{file}: the config must be a mapping")
         doc = loaded or {}
+    from_env: dict[tuple[str, ...], str] = {}
     for env, path in _ENV_KEYS.items():
         if os.environ.get(env):
             _set(doc, path, os.environ[env])
+            from_env[path] = env
     for dotted, value in overrides.items():
         if value is not None:
             _set(doc, tuple(dotted.split(".")), value)
+            from_env.pop(tuple(dotted.split(".")), None)
     try:
         return ServerConfig.model_validate(doc)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         message = first["msg"].removeprefix("Value error, ")  # pydantic's, for ValueError
+        loc = tuple(first["loc"])
+        variable = next((e for p, e in from_env.items() if loc[: len(p)] == p), None)
+        if variable is not None:
+            # The value came from the environment: "config workers" named no file or flag.
+            raise InvalidRequest(f"{_env_setting(variable)}: {message}") from None
         raise InvalidRequest(f"config {where}: {message}{_number_hint(first)}") from None
+
+
+def _env_setting(env: str) -> str:
+    """``NAME=value`` for a message, the value shell-quoted; the name alone for a database URL.
+
+    A database URL may hold a password, so its value is never shown.
+    """
+    import shlex
+
+    if env == "CERTCTL_DATABASE_URL":
+        return env
+    value = os.environ[env]
+    shown = value if len(value) <= 100 else value[:99] + "…"
+    if not shown.isprintable():
+        shown = ascii(shown)[1:-1]  # control characters (a pasted escape) as \x1b, not raw
+    return f"{env}={shlex.quote(shown)}"
 
 
 def _number_hint(error: Any) -> str:

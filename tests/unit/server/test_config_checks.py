@@ -7,6 +7,7 @@ the admin key (and printed the key, which is shown once): a bad ``tls.reload-int
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +207,54 @@ def test_a_bad_listen_address_says_what_is_wrong(
     assert result.stderr == f"certctl: error: {message}\n"
     assert result.stdout == ""
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("four", "four"), ("0", "0"), ("65", "65"), ("1.5", "1.5"), (" ", "' '"), ("2 x", "'2 x'")],
+)
+def test_a_bad_certctl_workers_names_the_variable_and_its_value(
+    tmp_path: Path, value: str, shown: str
+) -> None:
+    # Before: "config workers: Input should be a valid integer, unable to parse string as an
+    # integer", naming neither the variable nor the value, with no config file in sight.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    result = failed(
+        run("certctl", "serve", "--data-dir", tmp_path / "d", env=env | {"CERTCTL_WORKERS": value})
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"certctl: error: CERTCTL_WORKERS={shown}: expected a whole number of server processes "
+        "from 1 to 64\n"
+    )
+    assert result.stdout == ""
+    assert not (tmp_path / "d").exists()
+
+
+def test_workers_from_the_file_or_a_flag_is_still_named_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CERTCTL_WORKERS", raising=False)
+    file = tmp_path / "certctl.yaml"
+    file.write_text("workers: lots\n")
+    rule = "expected a whole number of server processes from 1 to 64"
+    with pytest.raises(InvalidRequest, match=rf"^config workers: {rule}$"):
+        load_config(file, {})
+    # A flag wins over the environment: the bad variable is not what was refused, nor used.
+    monkeypatch.setenv("CERTCTL_WORKERS", "lots")
+    assert load_config(file, {"workers": 3}).workers == 3
+
+
+def test_other_environment_values_are_named_too_but_never_a_database_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CERTCTL_TLS_MODE", "plain")
+    with pytest.raises(InvalidRequest, match=r"^CERTCTL_TLS_MODE=plain: Input should be "):
+        load_config(None, {})
+    monkeypatch.delenv("CERTCTL_TLS_MODE")
+    url = "postgresql+psycopg://certctl:hu@nt:hunter2@db/certctl"  # a password with @ and :
+    monkeypatch.setenv("CERTCTL_DATABASE_URL", url)
+    with pytest.raises(InvalidRequest) as refused:
+        load_config(None, {})
+    assert refused.value.detail.startswith("CERTCTL_DATABASE_URL: postgresql+psycopg://…: ")
+    assert "hunter2" not in refused.value.detail
