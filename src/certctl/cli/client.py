@@ -321,6 +321,9 @@ def _connect_failure(exc: Exception, timeout: float) -> str:
         if isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER":
             hint = "the server is not speaking TLS: for plain HTTP use http:// in CERTCTL_URL"
             return f"{cause} ({hint})"
+    if any(isinstance(cause, ConnectionRefusedError) for cause in _cause_chain(exc)):
+        # Nothing listens there: the usual cause is no server, or CERTCTL_URL unset or wrong.
+        return f"{exc} ({_refused_hint()})"
     if isinstance(exc, httpx.ConnectTimeout):
         # httpx says "_ssl.c:989: The handshake operation timed out" or nothing at all.
         return f"no connection within {_seconds(timeout)} (TCP or TLS handshake)"
@@ -345,6 +348,16 @@ def _connect_failure(exc: Exception, timeout: float) -> str:
                 "CERTCTL_CLIENT_KEY)"
             )
     return message
+
+
+def _refused_hint() -> str:
+    """Where the URL came from, and what should listen there, for a refused connection."""
+    if os.environ.get("CERTCTL_URL", "").strip():
+        return "the URL in CERTCTL_URL: is 'certctl serve' running there?"
+    return (
+        "CERTCTL_URL is not set, so this is the default: start 'certctl serve', or set "
+        "CERTCTL_URL to the server's URL"
+    )
 
 
 def _content_type(response: Any) -> str:

@@ -434,8 +434,37 @@ def test_refused_connection_shows_the_url_only() -> None:
         "certs", "list", env={"CERTCTL_URL": f"https://127.0.0.1:{port}/", "CERTCTL_API_KEY": KEY}
     )
     assert_error(
-        proc, f"cannot reach https://127.0.0.1:{port}: [Errno 111] Connection refused", [KEY]
+        proc,
+        f"cannot reach https://127.0.0.1:{port}: [Errno 111] Connection refused "
+        "(the URL in CERTCTL_URL: is 'certctl serve' running there?)",
+        [KEY],
     )
+
+
+def test_refused_connection_to_the_default_url_says_it_is_the_default(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In-process: the real default (127.0.0.1:8443) may be a server someone runs on this machine.
+    from certctl.cli import client
+    from certctl.cli.main import run
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for name in [n for n in os.environ if n.startswith("CERTCTL_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(client, "DEFAULT_URL", f"https://127.0.0.1:{port}")
+    for url in (None, "", " \n"):  # unset, or set to nothing: the default either way
+        if url is not None:
+            monkeypatch.setenv("CERTCTL_URL", url)
+        assert run(["auth", "apikeys", "list"]) == 1
+        out, err = capsys.readouterr()
+        assert out == ""
+        assert err == (
+            f"certctl: error: cannot reach https://127.0.0.1:{port}: [Errno 111] Connection "
+            "refused (CERTCTL_URL is not set, so this is the default: start 'certctl serve', "
+            "or set CERTCTL_URL to the server's URL)\n"
+        )
 
 
 # --- 4. answers that are not certctl's ---------------------------------------------------
