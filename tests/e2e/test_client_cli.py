@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
+import select
+import shlex
 import signal
 import socket
 import subprocess
@@ -18,8 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests._poll import wait_until
 from tests._tools import ok, require, run
-from tests.e2e.conftest import CertctlServer, StartServer
+from tests.e2e.conftest import CertctlServer, StartServer, secret_of
 
 pytestmark = pytest.mark.e2e
 
@@ -786,3 +791,196 @@ def test_whoami_checks_the_settings(default_server: CertctlServer) -> None:
     assert wrong.returncode == 1
     assert wrong.stderr.startswith("certctl: error: HTTP 401: "), wrong.stderr
     assert len(wrong.stderr.splitlines()) == 1
+
+
+# --- list commands: a table on a terminal, the server's JSON unchanged elsewhere ----------
+
+
+def _api_json(server: CertctlServer, path: str, **params: str) -> str:
+    """The server's answer as the list commands have always printed it (json.dumps, indent 2)."""
+    with server.client(server.admin_key) as client:
+        response = client.get(path, params=params)
+    assert response.status_code == 200, response.text
+    return json.dumps(response.json(), indent=2) + "\n"
+
+
+def _apply_service(server: CertctlServer, tmp_path: Path, name: str) -> None:
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(
+        f"apiVersion: certctl.io/v1\nkind: TLSService\nmetadata: {{name: {name}}}\n"
+        "spec: {http: {tls: {selfSignedCertificate: {subjectAltNames: [{dns: x.example}]}}}}\n"
+    )
+    ok(_certctl(server, "apply", "-f", str(spec), **_admin_env(server)))
+
+
+def _service_serial(server: CertctlServer, name: str) -> str | None:
+    with server.client(server.admin_key) as client:
+        serial = client.get(f"/api/v1/services/{name}").json()["status"]["serial"]
+    return serial if isinstance(serial, str) else None
+
+
+def test_list_commands_piped_or_with_o_json_print_the_json_they_always_did(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    env = _admin_env(default_server)
+    for n in (1, 2):
+        name = f"list-json-{n}.example.internal"
+        ok(_certctl(default_server, "certs", "issue", "--cn", name, "--dns", name, **env))
+    _apply_service(default_server, tmp_path, "list-json")
+    wait_until(lambda: _service_serial(default_server, "list-json") is not None, "a serial", 30)
+    cases = [
+        (["certs", "list", "-q", "list-json-", "--limit", "1"], "/api/v1/certificates",
+         {"q": "list-json-", "limit": "1"}),
+        (["auth", "apikeys", "list"], "/api/v1/auth/apikeys", {}),
+        (["auth", "roles", "list"], "/api/v1/auth/roles", {}),
+        (["auth", "actors", "list"], "/api/v1/auth/actors", {}),
+        (["services", "list"], "/api/v1/services", {}),
+        (["services", "clients", "list", "list-json"], "/api/v1/services/list-json/clients", {}),
+    ]  # fmt: skip
+    for argv, path, params in cases:
+        piped = ok(_certctl(default_server, *argv, **env)).stdout
+        assert piped == _api_json(default_server, path, **params), argv
+        for option in ("-o", "--output"):
+            for value in ("json", "JSON"):
+                chosen = ok(_certctl(default_server, *argv, option, value, **env)).stdout
+                assert chosen == piped, (argv, option, value)
+    assert json.loads(piped)["items"] == []
+    bad = _certctl(default_server, "certs", "list", "-o", "yaml", **env)
+    assert bad.returncode == 2
+    assert bad.stderr.startswith(
+        "certctl: error: Invalid value for '--output' / '-o': yaml: expected table or json"
+    ), bad.stderr
+
+
+def _rows(stdout: str) -> list[list[str]]:
+    """A table's lines split into cells (two or more blanks apart)."""
+    return [re.split(r"\s{2,}", line.strip()) for line in stdout.splitlines()]
+
+
+def test_certs_list_table_shows_the_useful_columns_and_the_next_page(
+    default_server: CertctlServer,
+) -> None:
+    env = _admin_env(default_server)
+    ids = []
+    for n in (1, 2):
+        name = f"list-table-{n}.example.internal"
+        issued = ok(_certctl(default_server, "certs", "issue", "--cn", name, **env)).stdout
+        ids.append(json.loads(issued)["id"])
+    first = ok(
+        _certctl(default_server, "certs", "list", "-q", "list-table-", "--limit", "1", "-o",
+                 "table", **env)
+    ).stdout  # fmt: skip
+    header, row, more = _rows(first)
+    assert header == ["ID", "COMMON NAME", "STATUS", "NOT AFTER", "ISSUER", "PROFILE"]
+    # Newest first: the second certificate; 90 days from now is 89 days and some hours left.
+    assert row[:3] == [ids[1], "list-table-2.example.internal", "active"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \(in 89 days\)", row[3]), row
+    assert row[4:] == ["default", "server"]
+    assert "BEGIN CERTIFICATE" not in first
+    # The last line is the command for the next page, with the same filters.
+    next_cursor = json.loads(_api_json(default_server, "/api/v1/certificates",
+                                       q="list-table-", limit="1"))["next_cursor"]  # fmt: skip
+    assert more == [
+        f"more certificates: certctl certs list --query list-table- --limit 1 -o table "
+        f"--cursor {next_cursor}"
+    ]
+    second = ok(_certctl(default_server, *shlex.split(more[0])[3:], **env)).stdout
+    assert [row[:2] for row in _rows(second)[1:]] == [[ids[0], "list-table-1.example.internal"]]
+    empty = ok(_certctl(default_server, "certs", "list", "-q", "no-such-cn", "-o", "table", **env))
+    assert empty.stdout == "no certificates match\n"
+
+
+def test_apikeys_roles_actors_and_services_tables(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    env = _admin_env(default_server)
+    ok(_certctl(default_server, "auth", "actors", "create", "list-table", "-r", "r-viewer",
+                "--name", "List Table", **env))  # fmt: skip
+    created = ok(
+        _certctl(default_server, "auth", "apikeys", "create", "list-table", "--name", "lt-v1",
+                 "--expires-at", "2099-01-01T00:00:00Z", **env)
+    ).stdout  # fmt: skip
+    key = json.loads(created)
+    listing = ["auth", "apikeys", "list", "--actor", "list-table", "-o", "table"]
+    table = ok(_certctl(default_server, *listing, **env)).stdout
+    _assert_no_key(ok(_certctl(default_server, *listing, **env)), secret_of(key["key_value"]))
+    assert _rows(table)[0] == ["ID", "NAME", "ACTOR", "STATUS", "EXPIRES", "LAST USED"]
+    [row] = _rows(table)[1:]
+    assert row[:4] == [key["id"], "lt-v1", "list-table", "active"]
+    assert re.fullmatch(r"2099-01-01 \(in \d+ days\)", row[4]), row
+    assert row[5] == "never"
+    whoami = _certctl(default_server, "auth", "whoami", CERTCTL_API_KEY=key["key_value"],
+                      CERTCTL_CA_CERT=str(default_server.ca))  # fmt: skip
+    ok(whoami)
+    ok(_certctl(default_server, "auth", "apikeys", "revoke", key["id"], **env))
+    [row] = _rows(ok(_certctl(default_server, *listing, **env)).stdout)[1:]
+    assert row[3] == "revoked"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", row[5]), row
+    ok(_certctl(default_server, "auth", "actors", "create", "list-table-nokeys", **env))
+    nokeys = ["auth", "apikeys", "list", "--actor", "list-table-nokeys", "-o", "table"]
+    assert ok(_certctl(default_server, *nokeys, **env)).stdout == "no API keys\n"
+
+    roles = _rows(
+        ok(_certctl(default_server, "auth", "roles", "list", "-o", "table", **env)).stdout
+    )
+    assert roles[0] == ["ID", "NAME", "BUILT IN", "PERMISSIONS"]
+    assert ["r-auditor", "Auditor", "yes", "audit.read"] in roles
+    actors = _rows(
+        ok(_certctl(default_server, "auth", "actors", "list", "-o", "table", **env)).stdout
+    )
+    assert actors[0] == ["ID", "NAME", "ROLES", "CREATED"]
+    [mine] = [row for row in actors if row[0] == "list-table"]
+    assert mine[1:3] == ["List Table", "r-viewer"]
+
+    _apply_service(default_server, tmp_path, "list-table")
+    wait_until(lambda: _service_serial(default_server, "list-table") is not None, "a serial", 30)
+    serial = _service_serial(default_server, "list-table")
+    services = _rows(ok(_certctl(default_server, "services", "list", "-o", "table", **env)).stdout)
+    assert services[0] == ["NAME", "READY", "FAILED", "SERIAL", "NOT AFTER", "TARGETS", "MESSAGE"]
+    [service] = [row for row in services if row[0] == "list-table"]
+    assert service[1:4] == ["True", "False", serial]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \(in 36[45] days\)", service[4]), service
+    clients = ["services", "clients", "list", "list-table", "-o", "table"]
+    assert ok(_certctl(default_server, *clients, **env)).stdout == (
+        "no client certificates trusted by list-table\n"
+    )
+
+
+def test_list_on_a_terminal_is_a_table_by_default(default_server: CertctlServer) -> None:
+    # As gh does: a terminal gets the table without -o; the JSON is for pipes and files.
+    master, terminal = pty.openpty()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    env = clean | _admin_env(default_server) | {"CERTCTL_URL": default_server.url}
+    try:
+        proc = subprocess.Popen(
+            [require("certctl"), "auth", "roles", "list"],
+            stdin=subprocess.DEVNULL,
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            env=env | {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"},
+        )
+    finally:
+        os.close(terminal)
+    output = b""
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([master], [], [], 1)[0]:
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the program ended and closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(master)
+    assert proc.wait(timeout=60) == 0
+    assert proc.stderr is not None
+    assert proc.stderr.read() == b""
+    proc.stderr.close()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", output.decode().replace("\r\n", "\n"))
+    assert _rows(text)[0] == ["ID", "NAME", "BUILT IN", "PERMISSIONS"], text
+    assert ["r-metrics-read", "Metrics reader", "yes", "metrics.read"] in _rows(text)
+    assert "{" not in text

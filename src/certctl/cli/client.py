@@ -1,8 +1,9 @@
 """API client commands: ``certctl auth roles|actors|apikeys …`` and ``certctl certs …``.
 
 They read ``CERTCTL_URL``, ``CERTCTL_API_KEY`` and ``CERTCTL_CA_CERT`` and print JSON, so they
-compose with ``jq``. ``services.py`` (``certctl services …``, ``certctl apply``) sends its
-requests through :func:`_request` too.
+compose with ``jq`` (the list commands print a table instead on a terminal: ``--output``).
+``services.py`` (``certctl services …``, ``certctl apply``) sends its requests through
+:func:`_request` too.
 
 Error messages built here never hold the API key or anything of ``CERTCTL_URL`` but its scheme,
 host, port and path: the URL is refused with a user name, password, query or fragment, and every
@@ -21,11 +22,13 @@ from urllib.parse import quote, urlsplit
 
 import typer
 
+from certctl.cli._listing import OUTPUT_HELP, Column, check_output
 from certctl.errors import CertctlError, InvalidRequest, NotFound
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
+    from datetime import datetime
 
 __all__ = ["ENV_HELP", "PRIVATE_KEY_PEM", "auth_app", "certs_app"]
 
@@ -41,6 +44,10 @@ ENV_HELP = (
 # Per network operation (connect, each read or write), not for the whole command.
 TIMEOUT_S = 30
 _MAX_TIMEOUT_S = 3600
+# --output/-o of every list command (certctl.cli._listing); one instance, as Typer only reads it.
+OUTPUT_OPTION: Any = typer.Option(
+    None, "--output", "-o", metavar="table|json", callback=check_output, help=OUTPUT_HELP
+)
 CA_HINT = "set CERTCTL_CA_CERT to the server's CA file, e.g. certctl-data/tls/ca.crt"
 # Any PEM private key: PKCS#8 (plain or encrypted), PKCS#1 RSA, SEC1 EC, OpenSSH.
 PRIVATE_KEY_PEM = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
@@ -545,6 +552,93 @@ def _print(data: Any) -> None:
         typer.echo(json.dumps(data, indent=2))
 
 
+def _print_list(
+    data: Any,
+    output: str | None,
+    *,
+    path: str,
+    columns: Sequence[Column],
+    empty: str,
+    more: Callable[[str], str] | None = None,
+) -> None:
+    """A list answer as a table (``-o table``, or a terminal), else as the JSON it always was.
+
+    ``more`` makes the line saying how to get the next page from the answer's next_cursor.
+    """
+    from certctl.cli._listing import print_table, wants_table
+
+    if not wants_table(output):
+        _print(data)
+        return
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        # Whatever answers at CERTCTL_URL may not be certctl: one line, not a KeyError.
+        raise _unexpected(path, "no list of items")
+    cursor = data.get("next_cursor")
+    hint = more(cursor) if more is not None and isinstance(cursor, str) and cursor else None
+    print_table(items, columns, empty=empty, more=hint)
+
+
+def _text(value: object) -> str:
+    """A JSON value as a cell: lists joined by commas, booleans as yes/no, nothing as -."""
+    if value is None or value == "" or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def _field(name: str) -> Callable[[dict[str, Any], datetime], str]:
+    return lambda item, _now: _text(item.get(name))
+
+
+def _certificate_name(item: dict[str, Any], _now: datetime) -> str:
+    """The common name, or the first SAN of a certificate without one."""
+    if item.get("common_name"):
+        return _text(item["common_name"])
+    sans = item.get("sans")
+    names = [n for values in sans.values() for n in values] if isinstance(sans, dict) else []
+    return _text(names[:1])
+
+
+def _certificate_columns() -> list[Column]:
+    from certctl.cli._listing import date_and_days
+
+    return [
+        Column("ID", _field("id"), key=True),
+        Column("COMMON NAME", _certificate_name),
+        Column("STATUS", _field("status")),
+        Column("NOT AFTER", lambda item, now: date_and_days(item.get("not_after"), now)),
+        Column("ISSUER", _field("issuer")),
+        Column("PROFILE", _field("profile")),
+    ]
+
+
+def _apikey_status(item: dict[str, Any], now: datetime) -> str:
+    from certctl.cli._listing import is_past
+
+    if item.get("revoked_at"):
+        return "revoked"
+    return "expired" if is_past(item.get("expires_at"), now) else "active"
+
+
+def _apikey_columns() -> list[Column]:
+    from certctl.cli._listing import date_and_days, timestamp
+
+    return [
+        Column("ID", _field("id"), key=True),
+        Column("NAME", _field("name")),
+        Column("ACTOR", _field("actor_id")),
+        Column("STATUS", _apikey_status),
+        Column(
+            "EXPIRES", lambda item, now: date_and_days(item.get("expires_at"), now, none="never")
+        ),
+        Column("LAST USED", lambda item, _now: timestamp(item.get("last_used_at"), none="never")),
+    ]
+
+
 @auth_app.command("whoami")
 def whoami() -> None:
     """Show the actor, roles and permissions your credentials give."""
@@ -556,9 +650,19 @@ def whoami() -> None:
 
 
 @roles_app.command("list")
-def roles_list() -> None:
-    """List roles."""
-    _print(_request("GET", "/api/v1/auth/roles"))
+def roles_list(output: str | None = OUTPUT_OPTION) -> None:
+    """List roles.
+
+    On a terminal a table: id, name, built in or not, permissions.
+    """
+    path = "/api/v1/auth/roles"
+    columns = [
+        Column("ID", _field("id"), key=True),
+        Column("NAME", _field("name")),
+        Column("BUILT IN", _field("builtin")),
+        Column("PERMISSIONS", _field("permissions")),
+    ]
+    _print_list(_request("GET", path), output, path=path, columns=columns, empty="no roles")
 
 
 @roles_app.command("get")
@@ -634,9 +738,21 @@ def roles_delete(
 
 
 @actors_app.command("list")
-def actors_list() -> None:
-    """List actors."""
-    _print(_request("GET", "/api/v1/auth/actors"))
+def actors_list(output: str | None = OUTPUT_OPTION) -> None:
+    """List actors.
+
+    On a terminal a table: id, name, roles, created.
+    """
+    from certctl.cli._listing import timestamp
+
+    path = "/api/v1/auth/actors"
+    columns = [
+        Column("ID", _field("id"), key=True),
+        Column("NAME", _field("name")),
+        Column("ROLES", _field("roles")),
+        Column("CREATED", lambda item, _now: timestamp(item.get("created_at"))),
+    ]
+    _print_list(_request("GET", path), output, path=path, columns=columns, empty="no actors")
 
 
 @actors_app.command("get")
@@ -705,9 +821,20 @@ def actors_delete(
 @apikeys_app.command("list")
 def apikeys_list(
     actor: str = typer.Option(None, "--actor", help="Only this actor's keys."),
+    output: str | None = OUTPUT_OPTION,
 ) -> None:
-    """List API keys (never their values)."""
-    _print(_request("GET", "/api/v1/auth/apikeys", params={"actor_id": actor}))
+    """List API keys (never their values).
+
+    On a terminal a table: id, name, actor, active, expired or revoked, expiry, last use.
+    """
+    path = "/api/v1/auth/apikeys"
+    _print_list(
+        _request("GET", path, params={"actor_id": actor}),
+        output,
+        path=path,
+        columns=_apikey_columns(),
+        empty="no API keys",
+    )
 
 
 @apikeys_app.command("create")
@@ -984,21 +1111,53 @@ def certs_list(
     q: str = typer.Option(None, "--q", hidden=True),
     limit: int = typer.Option(50, "--limit", help="Page size (1-500)."),
     cursor: str = typer.Option(None, "--cursor", help="next_cursor from a previous page."),
+    output: str | None = OUTPUT_OPTION,
 ) -> None:
-    """List certificates (one page; follow next_cursor for more)."""
-    _print(
-        _request(
-            "GET",
-            "/api/v1/certificates",
-            params={
-                "status": status,
-                "issuer": issuer,
-                "expiring_within": expiring_within,
-                "q": query if query is not None else q,
-                "limit": limit,
-                "cursor": cursor,
-            },
-        )
+    """List certificates (one page; follow next_cursor for more).
+
+    On a terminal a table: id, common name, status, notAfter (the date, and the days left),
+    issuer and profile; its last line, when there are more, is the command for the next page.
+    """
+    import shlex
+
+    path = "/api/v1/certificates"
+    search = query if query is not None else q
+    filters = {
+        "--status": status,
+        "--issuer": issuer,
+        "--expiring-within": expiring_within,
+        "--query": search,
+    }
+
+    def more(next_cursor: str) -> str:
+        # The same filters: a cursor continues the listing it came from.
+        words = ["certctl", "certs", "list"]
+        for option, value in filters.items():
+            words += [option, value] if value is not None else []
+        words += ["--limit", str(limit)] if limit != 50 else []
+        words += ["-o", output] if output is not None else []
+        return f"more certificates: {shlex.join([*words, '--cursor', next_cursor])}"
+
+    data = _request(
+        "GET",
+        path,
+        params={
+            "status": status,
+            "issuer": issuer,
+            "expiring_within": expiring_within,
+            "q": search,
+            "limit": limit,
+            "cursor": cursor,
+        },
+    )
+    chosen = any(value is not None for value in filters.values())
+    _print_list(
+        data,
+        output,
+        path=path,
+        columns=_certificate_columns(),
+        empty="no certificates match" if chosen else "no certificates",
+        more=more,
     )
 
 

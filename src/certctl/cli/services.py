@@ -9,19 +9,26 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from certctl.cli._listing import Column
 from certctl.cli.client import (
     ENV_HELP,
+    OUTPUT_OPTION,
     PRIVATE_KEY_PEM,
     RemoteError,
+    _field,
     _not_empty,
     _print,
+    _print_list,
     _request,
     _seg,
+    _text,
     _unexpected,
     _warn_about,
 )
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from certctl.services.tls_spec import TLSServiceSpec
 
 __all__ = ["APPLY_HELP", "apply_command", "services_app"]
@@ -233,10 +240,57 @@ def status(
         typer.echo(_status_line(item, width))
 
 
+def _condition(name: str) -> Any:
+    def cell(item: dict[str, Any], _now: datetime) -> str:
+        status = item.get("status")
+        conditions = status.get("conditions") if isinstance(status, dict) else None
+        condition = conditions.get(name) if isinstance(conditions, dict) else None
+        return "True" if isinstance(condition, dict) and condition.get("status") else "False"
+
+    return cell
+
+
+def _status_field(name: str) -> Any:
+    def cell(item: dict[str, Any], now: datetime) -> str:
+        from certctl.cli._listing import date_and_days
+
+        status = item.get("status")
+        value = status.get(name) if isinstance(status, dict) else None
+        return date_and_days(value, now) if name == "not_after" else _text(value)
+
+    return cell
+
+
+def _failure_message(item: dict[str, Any], now: datetime) -> str:
+    if _condition("Failed")(item, now) != "True":
+        return ""
+    return _text(item["status"]["conditions"]["Failed"].get("message"))
+
+
+def _target_count(item: dict[str, Any], _now: datetime) -> str:
+    spec = item.get("spec")
+    targets = spec.get("targets") if isinstance(spec, dict) else None
+    return str(len(targets)) if isinstance(targets, list) else "-"
+
+
 @services_app.command("list")
-def list_services() -> None:
-    """List services as JSON."""
-    _print(_request("GET", "/api/v1/services"))
+def list_services(output: str | None = OUTPUT_OPTION) -> None:
+    """List services.
+
+    On a terminal a table: name, Ready, Failed, serial, notAfter (the date, and the days
+    left), the number of targets and, when Failed, why.
+    """
+    path = "/api/v1/services"
+    columns = [
+        Column("NAME", _field("name"), key=True),
+        Column("READY", _condition("Ready")),
+        Column("FAILED", _condition("Failed")),
+        Column("SERIAL", _status_field("serial")),
+        Column("NOT AFTER", _status_field("not_after")),
+        Column("TARGETS", _target_count),
+        Column("MESSAGE", _failure_message),
+    ]
+    _print_list(_request("GET", path), output, path=path, columns=columns, empty="no services")
 
 
 @services_app.command("get")
@@ -292,9 +346,27 @@ def clients_add(
 @clients_app.command("list")
 def clients_list(
     name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
+    output: str | None = OUTPUT_OPTION,
 ) -> None:
-    """List trusted client certificates."""
-    _print(_request("GET", f"/api/v1/services/{_seg(name)}/clients"))
+    """List trusted client certificates.
+
+    On a terminal a table: fingerprint, subject, CA or not, added.
+    """
+    from certctl.cli._listing import timestamp
+
+    columns = [
+        Column("FINGERPRINT", _field("fingerprint"), key=True),
+        Column("SUBJECT", _field("subject")),
+        Column("CA", _field("is_ca")),
+        Column("ADDED", lambda item, _now: timestamp(item.get("added_at"))),
+    ]
+    _print_list(
+        _request("GET", f"/api/v1/services/{_seg(name)}/clients"),
+        output,
+        path="/api/v1/services/{name}/clients",
+        columns=columns,
+        empty=f"no client certificates trusted by {name}",
+    )
 
 
 @clients_app.command("remove", short_help="Stop trusting a client certificate.")

@@ -505,6 +505,33 @@ def test_json_of_the_wrong_shape(listener: Listener) -> None:
     )
 
 
+def test_a_table_of_an_answer_of_the_wrong_shape_is_one_line(listener: Listener) -> None:
+    # Piped, the JSON is printed as it came (as before); a table needs a list of items.
+    listener.answers["/api/v1/auth/roles"] = Answer(body=b'{"items": {"r-x": {}}}')
+    env = {"CERTCTL_URL": listener.url}
+    assert (
+        certctl("auth", "roles", "list", env=env).stdout
+        == '{\n  "items": {\n    "r-x": {}\n  }\n}\n'
+    )
+    assert_error(
+        certctl("auth", "roles", "list", "-o", "table", env=env),
+        f"unexpected response from {listener.url}/api/v1/auth/roles: no list of items",
+    )
+
+
+def test_a_table_shows_control_characters_escaped(listener: Listener) -> None:
+    # A common name is the requester's text: a terminal escape must not reach the terminal.
+    item = {"id": "c1", "common_name": "\x1b[2Jevil\x07.example", "status": "active"}
+    listener.answers["/api/v1/certificates"] = Answer(
+        body=json.dumps({"items": [item], "next_cursor": None}).encode()
+    )
+    proc = certctl("certs", "list", "-o", "table", env={"CERTCTL_URL": listener.url})
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout
+    assert "\x07" not in proc.stdout
+    assert "c1  \\x1b[2Jevil\\x07.example  active  -" in proc.stdout
+
+
 def test_apikey_create_without_a_key_in_the_answer(listener: Listener, tmp_path: Path) -> None:
     listener.answers["/api/v1/auth/apikeys"] = Answer(body=b'{"id": "k1"}')
     proc = certctl(

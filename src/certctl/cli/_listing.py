@@ -1,0 +1,167 @@
+"""The list commands' ``--output/-o``: a readable table (Rich) or the server's JSON unchanged.
+
+As ``gh`` does, the default is a table on a terminal and JSON otherwise, so a script piping
+``certctl certs list`` into ``jq`` gets exactly the answer it always got.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+__all__ = [
+    "OUTPUT_HELP",
+    "Column",
+    "check_output",
+    "date_and_days",
+    "is_past",
+    "print_table",
+    "timestamp",
+    "wants_table",
+]
+
+OUTPUT_HELP = (
+    "table or json. Default: table when stdout is a terminal, else json (the server's answer "
+    "as is, for jq and scripts)."
+)
+
+
+_OUTPUTS = ("table", "json")
+
+
+def check_output(value: str | None) -> str | None:
+    """``--output`` checked (a Typer callback): table or json, any case; None when not given."""
+    if value is None:
+        return None
+    if value.strip().lower() not in _OUTPUTS:
+        import typer
+
+        raise typer.BadParameter(f"{value}: expected table or json")
+    return value.strip().lower()
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: its header, how a cell is drawn from an item (and the time now).
+
+    ``key``: the value a user copies into the next command (an id): never folded, however
+    narrow the terminal; the other columns fold instead.
+    """
+
+    header: str
+    cell: Callable[[dict[str, Any], datetime], str]
+    key: bool = False
+
+
+def wants_table(output: str | None) -> bool:
+    """Whether to print a table: asked for, or not asked and stdout is a terminal."""
+    if output is not None:
+        return output == "table"
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # no stdout, or a closed one
+        return False
+
+
+def _parse(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def is_past(value: object, now: datetime) -> bool:
+    """Whether the API time ``value`` (ISO 8601) is at or before ``now``; False when unset."""
+    when = _parse(value)
+    return when is not None and when <= now
+
+
+def _days(count: int) -> str:
+    return f"{count} day" if count == 1 else f"{count} days"
+
+
+def date_and_days(value: object, now: datetime, *, none: str = "-") -> str:
+    """``2027-03-04 (in 89 days)``, ``2026-01-02 (expired 3 days ago)``; ``none`` when unset."""
+    when = _parse(value)
+    if when is None:
+        return none if value is None else str(value)
+    left = when - now
+    if left.total_seconds() <= 0:
+        ago = (now - when).days
+        relative = "expired today" if ago == 0 else f"expired {_days(ago)} ago"
+    elif left.days == 0:
+        relative = "in less than a day"
+    else:
+        relative = f"in {_days(left.days)}"
+    return f"{when:%Y-%m-%d} ({relative})"
+
+
+def timestamp(value: object, *, none: str = "-") -> str:
+    """``2026-12-04 14:05 UTC``; ``none`` when unset."""
+    when = _parse(value)
+    if when is None:
+        return none if value is None else str(value)
+    return f"{when:%Y-%m-%d %H:%M} UTC"
+
+
+def _printable(text: str) -> str:
+    # A certificate's common name is the requester's text: a terminal escape sequence in it
+    # must show as \x1b, not act on the user's terminal.
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def print_table(
+    items: Sequence[dict[str, Any]],
+    columns: Sequence[Column],
+    *,
+    empty: str,
+    more: str | None = None,
+) -> None:
+    """Print ``items`` as a table on stdout (``empty`` when there are none), then ``more``.
+
+    On a terminal the table fits its width, folding long cells; elsewhere (``-o table`` into a
+    file) no line is folded, so each row stays on one line for grep.
+    """
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    now = datetime.now(UTC)
+    terminal = sys.stdout.isatty()
+    buffer = io.StringIO()
+    console = (
+        Console(highlight=False, soft_wrap=False)
+        if terminal
+        else Console(file=buffer, width=100_000, color_system=None, highlight=False)
+    )
+    if items:
+        rows = [[_printable(column.cell(item, now)) for column in columns] for item in items]
+        table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
+        for index, column in enumerate(columns):
+            widest = max(len(column.header), *(len(row[index]) for row in rows))
+            table.add_column(
+                column.header,
+                overflow="fold",
+                no_wrap=column.key,
+                min_width=widest if column.key else None,
+            )
+        for row in rows:
+            table.add_row(*(Text(cell) for cell in row))
+        console.print(table)
+    else:
+        console.print(Text(empty))
+    if more:
+        console.print(Text(_printable(more), style="dim"))
+    if not terminal:
+        # Rich pads every cell to its column: no trailing blanks in a file.
+        sys.stdout.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
