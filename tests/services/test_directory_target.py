@@ -489,6 +489,45 @@ def test_pkcs12_opens_with_openssl(env: Env) -> None:
     assert "mac verify error" in refused.stderr.lower()
 
 
+def test_a_password_file_of_more_than_one_line_fails_the_service_and_delivers_nothing(
+    env: Env,
+) -> None:
+    # As the CLI refuses it: openssl -passin file: and keytool's :file read the first line
+    # only, so a keystore written with every line (a wrapped `openssl rand -base64 64`) did
+    # not open in them. Before, the reconciler used every line and reported Ready.
+    first, second = "x" * 64, "yz=="
+    password, target, spec = _p12_target(env, f"{first}\n{second}\n")
+    env.put(service_doc("web", targets=[spec]))
+    row = env.reconcile("web")
+    message = row.conditions["Failed"]["message"]
+    assert row.conditions["Failed"]["status"] is True, row.conditions
+    assert message == (
+        f"dir:{target}: passwordFile {password} holds more than one line (openssl and keytool "
+        "read only the first); put the password on one line"
+    )
+    assert first not in message
+    assert second not in message
+    assert not target.exists()
+    assert row.delivered == {}
+
+    # Fixed to one line: delivered, and opens with it.
+    password.write_text(f"{first}\n")
+    row = env.reconcile("web", env.now + MINUTE)
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    opens = ("openssl", "pkcs12", "-in", target / "tls.p12", "-noout", "-passin")
+    ok(run(*opens, f"pass:{first}"))
+    delivered = os.readlink(target)
+
+    # A second line added later: Failed again, and the keystore delivered stays as it was,
+    # under the password that opens it.
+    password.write_text(f"{first}\n{second}\n")
+    row = env.reconcile("web", env.now + tls_services.RESYNC_INTERVAL + MINUTE)
+    assert row.conditions["Failed"]["status"] is True, row.conditions
+    assert "holds more than one line" in row.conditions["Failed"]["message"]
+    assert os.readlink(target) == delivered
+    ok(run(*opens, f"pass:{first}"))
+
+
 def test_pkcs12_target_holds_the_service_ca_as_a_java_trusted_entry(env: Env) -> None:
     # As cert issue --p12 and elasticsearch-certutil write keystores: Java (keytool,
     # Elasticsearch's truststore.path) sees the CA only as a trustedCertEntry; before, the

@@ -105,17 +105,12 @@ def read_password(
     lines is refused.
     """
     if password_file is not None:
-        data = read_file(password_file, "password file", MAX_PASSWORD_BYTES).rstrip(b"\r\n")
+        from certctl.pki.formats import password_file_line
+
+        raw = read_file(password_file, "password file", MAX_PASSWORD_BYTES)
+        data = password_file_line(raw, f"{password_file}: password file")
         if not data:
             raise InvalidRequest(f"{password_file}: password file is empty")
-        if b"\n" in data:
-            # `openssl rand -base64 64 > pw` wraps at 64 characters. openssl's -passin file:
-            # and keytool's :file read the first line only, so a key or keystore written with
-            # all of it did not open in them (the README shows openssl pkey -passin file:).
-            raise InvalidRequest(
-                f"{password_file}: password file holds more than one line (openssl and keytool "
-                "read only the first); put the password on one line"
-            )
         return _utf8_password(data, str(password_file))
     if password is not None:
         if not password:

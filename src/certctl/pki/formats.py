@@ -30,6 +30,7 @@ __all__ = [
     "key_to_pem",
     "load_material",
     "load_private_key",
+    "password_file_line",
     "pkcs12_password_warning",
     "to_pkcs12",
 ]
@@ -344,6 +345,33 @@ def key_to_pem(key: CertificateIssuerPrivateKeyTypes, password: bytes | None = N
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
+
+
+def password_file_line(data: bytes, source: str) -> bytes:
+    """The password a password file holds: its one line, trailing newline dropped.
+
+    ``echo secret > pw`` works. A file of more lines is refused: ``openssl rand -base64 64``
+    wraps at 64 characters, and openssl's ``-passin file:`` and keytool's ``:file`` read the
+    first line only, so a key or keystore written with all of it did not open in them. The
+    CLI's password files and a managed service's ``passwordFile`` follow this one rule.
+
+    Args:
+        data: the file's bytes.
+        source: what the message names, e.g. ``"pw.txt: password file"``.
+
+    Returns:
+        The password (possibly empty: each caller has its own rule for that).
+
+    Raises:
+        InvalidRequest: more than one line; the message names ``source``, never the password.
+    """
+    data = data.rstrip(b"\r\n")
+    if b"\n" in data:
+        raise InvalidRequest(
+            f"{source} holds more than one line (openssl and keytool read only the first); "
+            "put the password on one line"
+        )
+    return data
 
 
 def pkcs12_password_warning(password: bytes) -> str | None:

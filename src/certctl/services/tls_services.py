@@ -1420,15 +1420,19 @@ _MAX_PASSWORD_BYTES = 4096
 
 
 def _read_password(path: Path, policy: TargetPolicy | None) -> bytes:
-    """A PKCS#12 password file: a regular file of at most 4 KiB, trailing newline dropped.
+    """A PKCS#12 password file: a regular file of at most 4 KiB, one line, newline dropped.
 
     A FIFO would block the reconciler and /dev/zero fill its memory; both are refused.
+    A file of more lines is refused as the CLI refuses it (openssl and keytool read the
+    first line only, so a keystore written with every line did not open in them).
 
     Raises:
         DeliveryError: not a regular file, too large, or unreadable.
+        InvalidRequest: more than one line.
     """
     import stat
 
+    from certctl.pki.formats import password_file_line
     from certctl.targets.directory import DeliveryError, opened_path
 
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -1445,7 +1449,7 @@ def _read_password(path: Path, policy: TargetPolicy | None) -> bytes:
         os.close(fd)
     if len(data) > _MAX_PASSWORD_BYTES:
         raise DeliveryError(f"passwordFile {path} is larger than 4 KiB")
-    return data.rstrip(b"\r\n")
+    return password_file_line(data, f"passwordFile {path}")
 
 
 def _delivery_digest(

@@ -436,3 +436,25 @@ def test_repeated_extension_refused_on_load(
             "certificate CN=leaf.example has malformed extensions "
             "(Duplicate 2.5.29.14 extension found)"
         )
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [(b"secret", b"secret"), (b"secret\n", b"secret"), (b"secret\r\n", b"secret"), (b"\n", b"")],
+)
+def test_password_file_line_drops_the_trailing_newline(data: bytes, expected: bytes) -> None:
+    from certctl.pki.formats import password_file_line
+
+    assert password_file_line(data, "pw: password file") == expected
+
+
+@pytest.mark.parametrize("data", [b"first\nsecond", b"first\nsecond\n", b"first\r\nsecond\r\n"])
+def test_password_file_line_refuses_more_lines_without_naming_them(data: bytes) -> None:
+    from certctl.pki.formats import password_file_line
+
+    with pytest.raises(InvalidRequest) as caught:
+        password_file_line(data, "pw: password file")
+    assert caught.value.detail == (
+        "pw: password file holds more than one line (openssl and keytool read only the "
+        "first); put the password on one line"
+    )
