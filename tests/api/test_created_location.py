@@ -112,3 +112,44 @@ def test_openapi_documents_location_on_every_201(api: Api) -> None:
     # A 200 says nothing of Location.
     put = doc["paths"]["/api/v1/services/{name}"]["put"]["responses"]["200"]
     assert "headers" not in put
+
+
+def test_adding_only_clients_already_trusted_answers_200_without_location(api: Api) -> None:
+    # Before, it answered 201 Created with a Location though nothing was created.
+    first = api.post("/api/v1/issuers", api.admin_key, json={"id": "ca-one"}).json()
+    second = api.post("/api/v1/issuers", api.admin_key, json={"id": "ca-two"}).json()
+    doc = {
+        "apiVersion": "certctl.io/v1",
+        "kind": "TLSService",
+        "metadata": {"name": "known-clients"},
+        "spec": {"http": {"tls": {"selfSignedCertificate": {"subjectAltNames": []}}}},
+    }
+    put = api.request("PUT", "/api/v1/services/known-clients", api.admin_key, json=doc)
+    assert put.status_code == 201, put.text
+    route = "/api/v1/services/known-clients/clients"
+    added = api.post(route, api.admin_key, json={"certificate_pem": first["certificate_pem"]})
+    assert added.status_code == 201, added.text
+    assert added.headers["location"] == route
+
+    again = api.post(route, api.admin_key, json={"certificate_pem": first["certificate_pem"]})
+    assert again.status_code == 200, again.text
+    assert "location" not in again.headers
+    assert again.json()["items"] == []
+    assert [c["subject"] for c in api.get(route, api.admin_key).json()["items"]] == [
+        first["subject"]
+    ]
+
+    # One new among known ones: created, and only the new one is listed as added.
+    both = first["certificate_pem"] + second["certificate_pem"]
+    mixed = api.post(route, api.admin_key, json={"certificate_pem": both})
+    assert mixed.status_code == 201, mixed.text
+    assert mixed.headers["location"] == route
+    assert [c["subject"] for c in mixed.json()["items"]] == [second["subject"]]
+
+
+def test_openapi_documents_the_200_of_adding_known_clients(api: Api) -> None:
+    doc = api.get("/api/v1/openapi.json").json()
+    responses = doc["paths"]["/api/v1/services/{name}/clients"]["post"]["responses"]
+    assert responses["201"]["headers"]["Location"]["required"] is True
+    assert "headers" not in responses["200"]
+    assert responses["200"]["content"] == responses["201"]["content"]

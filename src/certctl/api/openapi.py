@@ -262,8 +262,16 @@ _SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/v1/services/{name}/outputs/{output}"): _json("ServiceOutput"),
 }
 
-# Success codes besides the route's own: PUT of a service answers 201 when it created it.
-_ALSO_SUCCESS = {("PUT", "/api/v1/services/{name}"): "201"}
+# Success codes besides the route's own, with what they mean: PUT of a service answers 201
+# when it created it; adding service clients answers 200 (no Location) when every
+# certificate given was trusted already, so nothing was created.
+_ALSO_SUCCESS = {
+    ("PUT", "/api/v1/services/{name}"): ("201", "created"),
+    ("POST", "/api/v1/services/{name}/clients"): (
+        "200",
+        "every certificate was trusted already: nothing added",
+    ),
+}
 
 # Every 201 names what it created (RFC 9110 10.2.2), as a path resolved against the request
 # URL; adding service clients names the client list, the clients have no URL of their own.
@@ -387,11 +395,12 @@ def build_openapi(routes: Sequence[ApiRoute]) -> dict[str, Any]:
             success["headers"] = _LOCATION
         responses: dict[str, Any] = {str(route.success): success}
         if key in _ALSO_SUCCESS:
-            responses[_ALSO_SUCCESS[key]] = {
-                **success,
-                "description": "created",
-                "headers": _LOCATION,
-            }
+            code, description = _ALSO_SUCCESS[key]
+            also = {k: v for k, v in success.items() if k != "headers"}
+            also["description"] = description
+            if code == "201":
+                also["headers"] = _LOCATION
+            responses[code] = also
         for status in _problems(route):
             responses[status] = _problem_response(status)
         op: dict[str, Any] = {

@@ -140,6 +140,10 @@ async def add_client(request: Request, principal: Principal | None) -> Response:
     _wake(request)
     warnings = tls_services.client_trust_warnings(services_of(request), name)
     body = {"items": [_client_json(c) for c in added], "warnings": warnings}
+    if not added:
+        # Every certificate was trusted already: nothing was created, so no 201 and no
+        # Location (RFC 9110 15.3.2); the empty items say so too.
+        return json_response(body)
     # The clients added have no URL of their own to GET (there may be several, one per
     # certificate in the PEM): Location names the list that shows them.
     return created(body, f"/api/v1/services/{quote(name, safe='')}/clients")
