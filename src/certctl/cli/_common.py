@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from certctl.pki import CertificateAuthority, Material
 
 __all__ = [
+    "is_stdin",
     "load_ca_dir",
     "not_stdout",
     "read_file",
@@ -36,6 +37,9 @@ CA_CHAIN = "ca-chain.crt"
 # reading until MemoryError. 16 MiB holds any certificate bundle or CRL certctl meets.
 MAX_INPUT_BYTES = 16 * 1024 * 1024
 MAX_PASSWORD_BYTES = 4096
+# Standard input as read by a password option ("-"), with the stream it came from: verify
+# asks for the password once per file, and a stream can be read only once.
+_stdin_password: list[tuple[object, bytes]] = []
 
 
 def not_stdout(value: Path | None) -> Path | None:
@@ -96,22 +100,33 @@ def read_file(path: Path, what: str = "file", limit: int = MAX_INPUT_BYTES) -> b
     return data
 
 
+def is_stdin(password_file: Path | None) -> bool:
+    """Whether a password-file option says ``-``: the password comes on standard input."""
+    return password_file is not None and str(password_file) == "-"
+
+
 def read_password(
     password_file: Path | None, password: str | None = None, *, env: str = "CERTCTL_PASSWORD"
 ) -> bytes | None:
     """Return a password from ``--password-file``, ``--password`` or the environment.
 
     A trailing newline in the file is dropped (``echo secret > pw`` works); a file of more
-    lines is refused.
+    lines is refused. A ``password_file`` of ``-`` is standard input (as openssl's
+    ``-passin stdin``), read once whatever the number of calls, under the same rule.
     """
     if password_file is not None:
         from certctl.pki.formats import password_file_line
 
-        raw = read_file(password_file, "password file", MAX_PASSWORD_BYTES)
-        data = password_file_line(raw, f"{password_file}: password file")
+        if is_stdin(password_file):
+            raw, source = _read_stdin_password(), "standard input"
+            label = source
+        else:
+            raw = read_file(password_file, "password file", MAX_PASSWORD_BYTES)
+            source, label = str(password_file), f"{password_file}: password file"
+        data = password_file_line(raw, label)
         if not data:
-            raise InvalidRequest(f"{password_file}: password file is empty")
-        return _utf8_password(data, str(password_file))
+            raise InvalidRequest(f"{label} is empty")
+        return _utf8_password(data, source)
     if password is not None:
         if not password:
             raise InvalidRequest("--password is empty")
@@ -120,6 +135,27 @@ def read_password(
         return _utf8_password(password.encode("utf-8", "surrogateescape"), "--password")
     value = os.environ.get(env)
     return _utf8_password(value.encode("utf-8", "surrogateescape"), env) if value else None
+
+
+def _read_stdin_password() -> bytes:
+    # Once per stream: a command reading the password for each of its inputs (verify) gets
+    # the same one each time, not an empty second read.
+    stream = sys.stdin
+    for seen, kept in _stdin_password:
+        if seen is stream:
+            return kept
+    if stream is None:
+        raise InvalidRequest("standard input is closed: no password to read")
+    # A terminal: the line typed, as openssl -passin stdin reads it (Enter, not Ctrl-D, ends).
+    # Otherwise all of it (bounded), so that a second line is refused, not silently dropped.
+    source = getattr(stream, "buffer", stream)  # bytes; a text stream in tests has none
+    reader = source.readline if stream.isatty() else source.read
+    read = reader(MAX_PASSWORD_BYTES + 1)
+    data = read.encode("utf-8", "surrogateescape") if isinstance(read, str) else bytes(read)
+    if len(data) > MAX_PASSWORD_BYTES:
+        raise InvalidRequest("standard input: the password is larger than 4 KiB")
+    _stdin_password[:] = [(stream, data)]
+    return data
 
 
 def _utf8_password(data: bytes, source: str) -> bytes:

@@ -14,6 +14,7 @@ from certctl.cli._common import (
     CA_CERT,
     CA_CHAIN,
     CA_KEY,
+    is_stdin,
     not_stdout,
     open_ca_dir,
     read_material,
@@ -21,6 +22,7 @@ from certctl.cli._common import (
     utcnow,
     warn,
 )
+from certctl.cli._stdin import STDIN_HELP, password_file_option
 
 __all__ = ["app"]
 
@@ -65,13 +67,15 @@ def create(
     key_password_file: Path = typer.Option(
         None,
         "--key-password-file",
+        callback=password_file_option,
         help="Encrypt ca.key with the password in this file (default: CERTCTL_CA_PASSWORD, "
-        "if set).",
+        "if set)." + STDIN_HELP,
     ),
     parent_password_file: Path = typer.Option(
         None,
         "--parent-password-file",
-        help="Password of the parent's ca.key (default: $CERTCTL_CA_PASSWORD).",
+        callback=password_file_option,
+        help="Password of the parent's ca.key (default: $CERTCTL_CA_PASSWORD)." + STDIN_HELP,
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:
@@ -169,7 +173,10 @@ def import_ca(
         None, "--p12", help="PKCS#12 file holding the CA key and certificate."
     ),
     password_file: Path = typer.Option(
-        None, "--password-file", help="Password of the key or PKCS#12 file."
+        None,
+        "--password-file",
+        callback=password_file_option,
+        help="Password of the key or PKCS#12 file." + STDIN_HELP,
     ),
     password: str = typer.Option(
         None, "--password", help="Password on the command line (demos only)."
@@ -177,9 +184,10 @@ def import_ca(
     key_password_file: Path = typer.Option(
         None,
         "--key-password-file",
+        callback=password_file_option,
         help="Encrypt ca.key with the password in this file (default: CERTCTL_CA_PASSWORD, "
         "if set); needed when the input is password-protected (the same file as "
-        "--password-file keeps its password).",
+        "--password-file keeps its password)." + STDIN_HELP,
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:
@@ -225,7 +233,12 @@ def import_ca(
     if material.key_encrypted and key_password is None:
         # The key was protected in the input: writing ca.key unencrypted would drop that
         # protection without a word.
-        same = "a file holding CERTCTL_PASSWORD" if from_env else "the --password-file file"
+        if from_env:
+            same = "a file holding CERTCTL_PASSWORD"
+        elif is_stdin(password_file):
+            same = "a file holding the password given on standard input"
+        else:
+            same = "the --password-file file"
         raise typer.BadParameter(
             "the input is password-protected: give --key-password-file (or CERTCTL_CA_PASSWORD) "
             f"to keep the imported ca.key encrypted ({same} will do)"
@@ -285,6 +298,8 @@ def _issuer_chain(
 
 def _key_password_source(key_password_file: Path | None) -> str:
     """Where the password of a written ca.key came from (never the password)."""
+    if is_stdin(key_password_file):
+        return "the password given on standard input"
     if key_password_file is not None:
         return f"the password in {key_password_file}"
     return "the password from CERTCTL_CA_PASSWORD"

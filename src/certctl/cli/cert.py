@@ -13,6 +13,7 @@ import typer
 from certctl.cli import _issue
 from certctl.cli._common import not_stdout
 from certctl.cli._issue import leaf_files
+from certctl.cli._stdin import STDIN_HELP, password_file_option
 
 __all__ = ["app", "leaf_files"]
 
@@ -61,7 +62,10 @@ def issue(
         False, "--p12-legacy", help="PKCS#12 with 3DES/SHA-1 for old Java and Windows."
     ),
     password_file: Path = typer.Option(
-        None, "--password-file", help="PKCS#12 password file (or CERTCTL_PASSWORD)."
+        None,
+        "--password-file",
+        callback=password_file_option,
+        help="PKCS#12 password file (or CERTCTL_PASSWORD)." + STDIN_HELP,
     ),
     password: str = typer.Option(
         None, "--password", help="PKCS#12 password on the command line (demos only)."
@@ -69,7 +73,8 @@ def issue(
     ca_password_file: Path = typer.Option(
         None,
         "--ca-password-file",
-        help="Password of an encrypted ca.key (default: $CERTCTL_CA_PASSWORD).",
+        callback=password_file_option,
+        help="Password of an encrypted ca.key (default: $CERTCTL_CA_PASSWORD)." + STDIN_HELP,
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from certctl.cli._common import not_stdout, open_ca_dir, read_file, split_commas, utcnow, warn
+from certctl.cli._stdin import STDIN_HELP, password_file_option
 
 __all__ = ["app"]
 
@@ -92,7 +93,8 @@ def sign(
     ca_password_file: Path = typer.Option(
         None,
         "--ca-password-file",
-        help="Password of an encrypted ca.key (default: $CERTCTL_CA_PASSWORD).",
+        callback=password_file_option,
+        help="Password of an encrypted ca.key (default: $CERTCTL_CA_PASSWORD)." + STDIN_HELP,
     ),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:

@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from certctl.cli._common import CA_KEY, load_ca_dir, not_stdout, read_password, utcnow, warn
+from certctl.cli._common import (
+    CA_KEY,
+    is_stdin,
+    load_ca_dir,
+    not_stdout,
+    read_password,
+    utcnow,
+    warn,
+)
+from certctl.cli._stdin import STDIN_HELP, password_file_option
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -76,9 +85,10 @@ def http_command(
     ca_password_file: Path | None = typer.Option(
         None,
         "--ca-password-file",
+        callback=password_file_option,
         help="With --ca: the password of its encrypted ca.key. Without: encrypt the new CA's "
         "ca/ca.key with this password and add ca/ca.p12 (or CERTCTL_CA_PASSWORD; "
-        "without either, ca/ca.key is not encrypted).",
+        "without either, ca/ca.key is not encrypted)." + STDIN_HELP,
     ),
     ca_cn: str | None = typer.Option(
         None,
@@ -124,7 +134,10 @@ def http_command(
         False, "--pem", help="Write http.crt + http.key instead of a PKCS#12 http.p12."
     ),
     password_file: Path | None = typer.Option(
-        None, "--password-file", help="http.p12 password file (or CERTCTL_PASSWORD)."
+        None,
+        "--password-file",
+        callback=password_file_option,
+        help="http.p12 password file (or CERTCTL_PASSWORD)." + STDIN_HELP,
     ),
     password: str | None = typer.Option(
         None, "--password", help="http.p12 password on the command line (demos only)."
@@ -177,6 +190,18 @@ def http_command(
         p12_legacy=p12_legacy,
         profile=profile,
     )
+    wizard = not non_interactive and sys.stdin.isatty()
+    for option, value in (
+        ("--ca-password-file", ca_password_file),
+        ("--password-file", password_file),
+    ):
+        if wizard and is_stdin(value):
+            # Checked before anything is read: the wizard's answers and the password would
+            # both come from the terminal.
+            raise typer.BadParameter(
+                f"{option} -: the wizard reads its answers from standard input; give the "
+                "password in a file, pipe it in, or add --non-interactive"
+            )
     choices.ca_password = read_password(ca_password_file, env="CERTCTL_CA_PASSWORD")
     choices.ca_password_hint = _password_hint(ca_password_file, None, env="CERTCTL_CA_PASSWORD")
     choices.password = read_password(password_file, password)
@@ -185,7 +210,7 @@ def http_command(
     outputs = OutputSet(force=force)
     outputs.add(out, b"", secret=True)
     outputs.check()
-    if not non_interactive and sys.stdin.isatty():
+    if wizard:
         choices = _Wizard(out).run(choices)
     else:
         if not choices.nodes and not choices.shared:
@@ -366,6 +391,8 @@ def _split_by_node(
 def _password_hint(
     password_file: Path | None, password: str | None, *, env: str = "CERTCTL_PASSWORD"
 ) -> str:
+    if is_stdin(password_file):
+        return "the password given on standard input"
     if password_file is not None:
         return f"the password in the file {password_file.name}"
     if password is not None:

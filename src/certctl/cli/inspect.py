@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from certctl.cli._common import read_material, read_password
+from certctl.cli._stdin import STDIN_HELP, password_file_option
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -382,7 +383,8 @@ def inspect_command(
     password_file: Path = typer.Option(
         None,
         "--password-file",
-        help="Password for PKCS#12 or an encrypted key (default: $CERTCTL_PASSWORD).",
+        callback=password_file_option,
+        help="Password for PKCS#12 or an encrypted key (default: $CERTCTL_PASSWORD)." + STDIN_HELP,
     ),
     password: str = typer.Option(
         None, "--password", help="Password on the command line (demos only)."

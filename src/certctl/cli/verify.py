@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from certctl.cli._common import utcnow, warn
+from certctl.cli._stdin import STDIN_HELP, password_file_option
 from certctl.cli.inspect import read_protected
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ def verify_command(
     password_file: Path = typer.Option(
         None,
         "--password-file",
-        help="Password of PKCS#12 inputs (default: $CERTCTL_PASSWORD).",
+        callback=password_file_option,
+        help="Password of PKCS#12 inputs (default: $CERTCTL_PASSWORD)." + STDIN_HELP,
     ),
     password: str = typer.Option(
         None, "--password", help="Password on the command line (demos only)."

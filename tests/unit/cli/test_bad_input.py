@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import subprocess
 import sys
@@ -953,3 +954,27 @@ def test_console_script(case: Case, workdir: Path) -> None:
     assert proc.returncode == case.code
     assert proc.stdout == ""
     assert _snapshot(workdir) == before
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_password_on_stdin_is_read_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from certctl.cli._common import read_password
+
+    # verify reads the password for each PKCS#12 input: the second read gets the same one,
+    # not an empty stream.
+    piped = io.StringIO("s3cret\n")
+    monkeypatch.setattr(sys, "stdin", piped)
+    assert read_password(Path("-")) == b"s3cret"
+    assert read_password(Path("-")) == b"s3cret"
+    # A terminal: the line typed (Enter ends it, as for openssl -passin stdin).
+    typed = _Terminal("typed\nnot read\n")
+    monkeypatch.setattr(sys, "stdin", typed)
+    assert read_password(Path("-")) == b"typed"
+    assert typed.read() == "not read\n"
+    # A file called '-' is named by its full path.
+    (tmp_path / "-").write_text("in-a-file\n")
+    assert read_password(tmp_path / "-") == b"in-a-file"

@@ -391,6 +391,25 @@ class _FakeTTY(io.StringIO):
         return True
 
 
+@pytest.mark.parametrize("option", ["--password-file", "--ca-password-file"])
+def test_a_password_on_stdin_does_not_go_with_the_wizard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    # On a terminal the wizard reads its answers from stdin: a password there too would
+    # take the first answer (or the wizard the password). Refused before anything is read.
+    stdin = _FakeTTY("typed-password\n")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    out = tmp_path / "b.zip"
+    assert run(["http", "--out", str(out), "--node", "es1", option, "-"]) == 2
+    assert capsys.readouterr().err == (
+        f"certctl: error: Invalid value: {option} -: the wizard reads its answers from standard "
+        "input; give the password in a file, pipe it in, or add --non-interactive "
+        "(see 'certctl http --help')\n"
+    )
+    assert stdin.tell() == 0  # nothing read
+    assert not out.exists()
+
+
 def _script_wizard(monkeypatch: pytest.MonkeyPatch, answers: Iterator[str]) -> list[str]:
     """Answer the wizard's prompts from ``answers`` (through rich's input hook, on a fake TTY).
 
