@@ -37,7 +37,17 @@ from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
 from certctl.services.context import Services
 from certctl.store.db import create_store_engine, migrate
-from certctl.store.models import Actor, ApiKey, AuditEvent, CertificateRecord, Issuer, Role
+from certctl.store.models import (
+    Actor,
+    ApiKey,
+    AuditEvent,
+    CertificateRecord,
+    Issuer,
+    ManagedService,
+    OutboxEvent,
+    Role,
+    ServiceClient,
+)
 
 if TYPE_CHECKING:
     # Starlette's TestClient prefers httpx2 (a dev dependency) over httpx.
@@ -53,6 +63,11 @@ TABLES = {
     "api_keys": ApiKey,
     "issuers": Issuer,
     "audit_events": AuditEvent,
+    # The managed-service tables too: left out, a service one PostgreSQL test created was
+    # still there in the next, and counts() could not show a service call changing nothing.
+    "managed_services": ManagedService,
+    "service_clients": ServiceClient,
+    "outbox_events": OutboxEvent,
 }
 PROBLEM_TYPE = "application/problem+json"
 
