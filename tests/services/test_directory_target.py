@@ -489,6 +489,21 @@ def test_pkcs12_opens_with_openssl(env: Env) -> None:
     assert "mac verify error" in refused.stderr.lower()
 
 
+@pytest.mark.parametrize("text", ["", "\n", "\r\n"])
+def test_an_empty_password_file_fails_the_service_and_delivers_nothing(env: Env, text: str) -> None:
+    # As the CLI refuses an empty password file. Before, the service was Ready with a
+    # keystore under the empty password: one any reader of the file could open.
+    password, target, spec = _p12_target(env, text)
+    env.put(service_doc("web", targets=[spec]))
+    row = env.reconcile("web")
+    assert row.conditions["Failed"]["status"] is True, row.conditions
+    assert row.conditions["Failed"]["message"] == (
+        f"dir:{target}: passwordFile {password} is empty; put the password on one line"
+    )
+    assert not target.exists()
+    assert row.delivered == {}
+
+
 def test_a_password_file_of_more_than_one_line_fails_the_service_and_delivers_nothing(
     env: Env,
 ) -> None:

@@ -1428,7 +1428,7 @@ def _read_password(path: Path, policy: TargetPolicy | None) -> bytes:
 
     Raises:
         DeliveryError: not a regular file, too large, or unreadable.
-        InvalidRequest: more than one line.
+        InvalidRequest: empty, or more than one line.
     """
     import stat
 
@@ -1449,7 +1449,12 @@ def _read_password(path: Path, policy: TargetPolicy | None) -> bytes:
         os.close(fd)
     if len(data) > _MAX_PASSWORD_BYTES:
         raise DeliveryError(f"passwordFile {path} is larger than 4 KiB")
-    return password_file_line(data, f"passwordFile {path}")
+    password = password_file_line(data, f"passwordFile {path}")
+    if not password:
+        # As the CLI refuses an empty password file: most often a Secret not filled in yet,
+        # and a keystore under the empty password is readable by anyone who gets the file.
+        raise InvalidRequest(f"passwordFile {path} is empty; put the password on one line")
+    return password
 
 
 def _delivery_digest(
