@@ -10,6 +10,18 @@ import typer
 __all__ = ["admin_key_command", "kek_app", "serve_command"]
 
 
+# The flag setting each config key, named with its value when the value is refused.
+_FLAGS = {
+    "data-dir": "--data-dir",
+    "listen": "--listen",
+    "database-url": "--database-url",
+    "tls.mode": "--tls-mode",
+    "tls.cert-dir": "--tls-cert-dir",
+    "allow-insecure": "--allow-insecure",
+    "workers": "--workers",
+}
+
+
 def serve_command(
     config: Path = typer.Option(
         None,
@@ -63,7 +75,7 @@ def serve_command(
         "allow-insecure": True if allow_insecure else None,
         "workers": workers,
     }
-    settings = load_config(config, overrides)
+    settings = load_config(config, overrides, _FLAGS)
     metrics_dir = None
     if settings.workers > 1:
         # Before prometheus_client is imported: it picks its multi-process value store then.
@@ -128,6 +140,7 @@ def admin_key_command(
             "data-dir": str(data_dir) if data_dir else None,
             "database-url": database_url,
         },
+        _FLAGS,
     )
     target = out if out is not None else settings.data_dir / "admin-api-key"
     if target.exists() and not force:
@@ -174,6 +187,7 @@ def kek_rotate_command(
             "data-dir": str(data_dir) if data_dir else None,
             "database-url": database_url,
         },
+        _FLAGS,
     )
     shown = False
 

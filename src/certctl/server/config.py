@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import os
 from pathlib import Path
@@ -88,6 +89,13 @@ class MetricsConfig(_Section):
 
     listen: str | None = None
     secure: bool = True
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            _host_port(value)
+        return value
 
 
 class ServicesConfig(_Section):
@@ -256,6 +264,14 @@ class ServerConfig(_Section):
         """``secrets-dir``, or ``<data-dir>/secrets``."""
         return self.secrets_dir or self.data_dir / "secrets"
 
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        # Checked here, not first at start: only here does the message know where the value
+        # came from (a flag, a variable, the file).
+        _host_port(value)
+        return value
+
     @field_validator("workers", mode="before")
     @classmethod
     def _workers(cls, value: Any) -> Any:
@@ -321,14 +337,26 @@ _DATABASE_SCHEMES = ("sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psyc
 
 
 def split_host_port(value: str, key: str) -> tuple[str, int]:
-    """Split ``host:port`` / ``[v6]:port``."""
+    """Split ``host:port`` / ``[v6]:port``.
+
+    Raises:
+        InvalidRequest: not ``HOST:PORT``; the message names ``key=value``.
+    """
+    try:
+        return _host_port(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"{key}={value}: {exc}") from None
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    """``split_host_port`` raising ``ValueError`` with the rule alone, for a validator."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()):
         # A bare port (`--listen 9443`) is the usual slip: show it with a host.
-        example = f"127.0.0.1:{value}" if value.isdigit() else "127.0.0.1:8443"
-        raise InvalidRequest(f"{key}={value}: expected HOST:PORT, e.g. {example}")
+        example = f"127.0.0.1:{value}" if value.isascii() and value.isdigit() else "127.0.0.1:8443"
+        raise ValueError(f"expected HOST:PORT, e.g. {example}")
     if int(port) > 65535:
-        raise InvalidRequest(f"{key}={value}: port {int(port)} is not in 0-65535")
+        raise ValueError(f"port {int(port)} is not in 0-65535")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
@@ -348,21 +376,32 @@ _ENV_KEYS = {
 }
 
 
-def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any, file: Path | None) -> None:
     for depth, part in enumerate(path[:-1]):
         if doc.get(part) is None:  # absent, or "tls:" with nothing under it
             doc[part] = {}
         doc = doc[part]
         if not isinstance(doc, dict):
-            raise InvalidRequest(f"config {'.'.join(path[: depth + 1])}: expected a mapping")
+            # Only the file holds anything but mappings on the way to a key.
+            raise InvalidRequest(f"{_in_file(file, path[: depth + 1])}: expected a mapping")
     doc[path[-1]] = value
 
 
-def load_config(file: Path | None, overrides: dict[str, Any]) -> ServerConfig:
+def load_config(
+    file: Path | None, overrides: dict[str, Any], flags: dict[str, str] | None = None
+) -> ServerConfig:
     """Merge YAML file, environment and flag overrides (dotted keys) into a config.
 
+    Args:
+        file: The YAML config file, if any.
+        overrides: Values by dotted key (``tls.mode``); ``None`` leaves a key alone.
+        flags: The command-line flag each override came from (``{"tls.mode": "--tls-mode"}``),
+            named with its value when the value is refused.
+
     Raises:
-        InvalidRequest: unreadable YAML or an invalid key/value; the message names the key.
+        InvalidRequest: unreadable YAML or an invalid key/value; the message names where the
+            value came from as the user gave it: ``--workers 0``, ``CERTCTL_LISTEN=foo`` or
+            ``FILE: KEY``.
     """
     import yaml
 
@@ -384,43 +423,75 @@ def load_config(file: Path | None, overrides: dict[str, Any]) -> ServerConfig:
         if loaded is not None and not isinstance(loaded, dict):
             raise InvalidRequest(f"{file}: the config must be a mapping")
         doc = loaded or {}
-    from_env: dict[tuple[str, ...], str] = {}
+    in_file = copy.deepcopy(doc)
+    # Where each value not from the file came from, as the user wrote it.
+    given: dict[tuple[str, ...], str] = {}
     for env, path in _ENV_KEYS.items():
         if os.environ.get(env):
-            _set(doc, path, os.environ[env])
-            from_env[path] = env
+            _set(doc, path, os.environ[env], file)
+            given[path] = _setting(env, os.environ[env], "=")
     for dotted, value in overrides.items():
         if value is not None:
-            _set(doc, tuple(dotted.split(".")), value)
-            from_env.pop(tuple(dotted.split(".")), None)
+            path = tuple(dotted.split("."))
+            _set(doc, path, value, file)
+            flag = (flags or {}).get(dotted)
+            if flag is not None:
+                given[path] = _setting(flag, value, " ")
+            else:  # set by the caller, not the user: named by its key
+                given.pop(path, None)
     try:
         return ServerConfig.model_validate(doc)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
         message = first["msg"].removeprefix("Value error, ")  # pydantic's, for ValueError
-        loc = tuple(first["loc"])
-        variable = next((e for p, e in from_env.items() if loc[: len(p)] == p), None)
-        if variable is not None:
-            # The value came from the environment: "config workers" named no file or flag.
-            raise InvalidRequest(f"{_env_setting(variable)}: {message}") from None
-        raise InvalidRequest(f"config {where}: {message}{_number_hint(first)}") from None
+        loc = tuple(str(part) for part in first["loc"])
+        where = _source(loc, given, file, in_file)
+        raise InvalidRequest(f"{where}: {message}{_number_hint(first)}") from None
 
 
-def _env_setting(env: str) -> str:
-    """``NAME=value`` for a message, the value shell-quoted; the name alone for a database URL.
+def _source(
+    loc: tuple[str, ...],
+    given: dict[tuple[str, ...], str],
+    file: Path | None,
+    in_file: dict[str, Any],
+) -> str:
+    """Where the value refused at ``loc`` came from: a flag, a variable, the file."""
+    named = next((label for path, label in given.items() if loc[: len(path)] == path), None)
+    if named is not None:
+        return named
+    # A check of a whole section ("tls: client-auth required needs tls.client-ca"): the
+    # file when it has that section, else the flags and variables that made it.
+    node: Any = in_file
+    for part in loc:
+        node = node.get(part) if isinstance(node, dict) else None
+    under = [label for path, label in given.items() if path[: len(loc)] == loc]
+    if under and node is None:
+        return ", ".join(under)
+    return _in_file(file, loc)
+
+
+def _in_file(file: Path | None, loc: tuple[str, ...]) -> str:
+    """``FILE: KEY``; ``config KEY`` for a value given by the caller, with no file."""
+    key = ".".join(loc)
+    return f"{file}: {key}" if file is not None else f"config {key}"
+
+
+def _setting(name: str, value: Any, sep: str) -> str:
+    """``NAME=value`` or ``--flag value``, the value shell-quoted; the name alone for a URL.
 
     A database URL may hold a password, so its value is never shown.
     """
     import shlex
 
-    if env == "CERTCTL_DATABASE_URL":
-        return env
-    value = os.environ[env]
-    shown = value if len(value) <= 100 else value[:99] + "…"
+    if name in ("CERTCTL_DATABASE_URL", "--database-url"):
+        return name
+    if value is True:  # an on/off flag: --allow-insecure
+        return name
+    text = str(value)
+    shown = text if len(text) <= 100 else text[:99] + "…"
     if not shown.isprintable():
         shown = ascii(shown)[1:-1]  # control characters (a pasted escape) as \x1b, not raw
-    return f"{env}={shlex.quote(shown)}"
+    return f"{name}{sep}{shlex.quote(shown)}"
 
 
 def _number_hint(error: Any) -> str:
