@@ -946,6 +946,44 @@ def test_apikeys_roles_actors_and_services_tables(
     )
 
 
+def test_services_status_shows_whole_serials_and_takes_o_json(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    env = _admin_env(default_server)
+    _apply_service(default_server, tmp_path, "status-serial")
+    wait_until(lambda: _service_serial(default_server, "status-serial") is not None, "a serial", 30)
+    serial = _service_serial(default_server, "status-serial")
+    assert serial is not None
+    assert len(serial) > 16  # before, cut to 15 characters and an ellipsis
+    # The table as it always was by default, piped too (scripts grep it), and with -o table.
+    for argv in ([], ["-o", "table"], ["--output", "TABLE"], ["status-serial", "-o", "table"]):
+        table = ok(_certctl(default_server, "services", "status", *argv, **env)).stdout
+        header, *lines = table.splitlines()
+        assert header.split()[:5] == ["NAME", "READY", "RENEWING", "FAILED", "SERIAL"], argv
+        [row] = [line.split() for line in lines if line.split()[0] == "status-serial"]
+        assert row[1:5] == ["True", "False", "False", serial], (argv, row)
+        assert "…" not in table
+        # The column fits the whole serial: NOT AFTER starts where its header does.
+        line = next(line for line in lines if line.startswith("status-serial "))
+        assert line[header.index("NOT AFTER") - 1 : header.index("NOT AFTER")] == " "
+        assert line[header.index("NOT AFTER")].isdigit(), line
+    # -o json: the server's answer as is, as the list commands print it.
+    for argv, path in [
+        (["-o", "json"], "/api/v1/services"),
+        (["--output", "JSON"], "/api/v1/services"),
+        (["status-serial", "-o", "json"], "/api/v1/services/status-serial"),
+    ]:
+        shown = ok(_certctl(default_server, "services", "status", *argv, **env)).stdout
+        assert shown == _api_json(default_server, path), argv
+    assert json.loads(shown)["status"]["serial"] == serial
+    bad = _certctl(default_server, "services", "status", "-o", "yaml", **env)
+    assert bad.returncode == 2
+    assert bad.stdout == ""
+    assert bad.stderr.startswith(
+        "certctl: error: Invalid value for '--output' / '-o': yaml: expected table or json"
+    ), bad.stderr
+
+
 def test_list_on_a_terminal_is_a_table_by_default(default_server: CertctlServer) -> None:
     # As gh does: a terminal gets the table without -o; the JSON is for pipes and files.
     master, terminal = pty.openpty()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from certctl.cli._listing import Column
+from certctl.cli._listing import Column, check_output
 from certctl.cli.client import (
     ENV_HELP,
     OUTPUT_OPTION,
@@ -189,7 +189,7 @@ def _read_stdin() -> bytes:
     return data
 
 
-def _status_line(item: dict[str, Any], width: int = 24) -> str:
+def _status_line(item: dict[str, Any], width: int = 24, serial_width: int = 16) -> str:
     status = item.get("status", {})
     conditions = status.get("conditions", {})
 
@@ -199,11 +199,11 @@ def _status_line(item: dict[str, Any], width: int = 24) -> str:
     message = conditions.get("Failed", {}).get("message") or conditions.get("Ready", {}).get(
         "message", ""
     )
+    # Whole: a serial is what users paste into other commands (certs get, revoke).
     serial = str(status.get("serial") or "-")
-    serial = serial if len(serial) <= 16 else serial[:15] + "…"  # enough to see it change
     return (
         f"{item['name']:<{width}} {flag('Ready'):<6} {flag('Renewing'):<9} {flag('Failed'):<7} "
-        f"{serial:<17} {_utc(status.get('not_after')):<21} "
+        f"{serial:<{serial_width}} {_utc(status.get('not_after')):<21} "
         f"{_utc(status.get('next_renewal')):<21} {message}"
     )
 
@@ -213,6 +213,18 @@ def _utc(value: object) -> str:
     return f"{value[:19]}Z" if isinstance(value, str) and len(value) >= 19 else "-"
 
 
+# The list commands' -o and its check; the default stays the table, piped too, as this command
+# always printed (scripts grep it), where a list command's default piped is its JSON.
+_STATUS_OUTPUT: Any = typer.Option(
+    None,
+    "--output",
+    "-o",
+    metavar="table|json",
+    callback=check_output,
+    help="table (default, also when piped) or json (the server's answer as is, for jq).",
+)
+
+
 @services_app.command(
     "status", short_help="Ready, Renewing, Failed, serial, NotAfter, next renewal."
 )
@@ -220,24 +232,31 @@ def status(
     name: str = typer.Argument(
         None, callback=_not_empty, metavar="NAME", help="One service (default: all)."
     ),
+    output: str | None = _STATUS_OUTPUT,
 ) -> None:
     """Conditions (Ready, Renewing, Failed), serial, NotAfter and next renewal (UTC)."""
     path = f"/api/v1/services/{_seg(name)}" if name else "/api/v1/services"
     data = _request("GET", path)
+    if output == "json":
+        _print(data)
+        return
     items = [data] if name else data.get("items") if isinstance(data, dict) else None
     # Whatever answers at CERTCTL_URL may not be certctl: one line, not a KeyError.
     if not isinstance(items, list) or not all(
         isinstance(item, dict) and isinstance(item.get("name"), str) for item in items
     ):
         raise _unexpected(path, "not a TLSService" if name else "no list of TLSServices")
-    # Names run to 53 characters: the column widens so the others stay aligned.
+    # Names run to 53 characters, serials to 40 hex digits: the columns widen so the others
+    # stay aligned.
     width = max([24, *(len(item["name"]) for item in items)])
+    serials = [str((item.get("status") or {}).get("serial") or "-") for item in items]
+    serial_width = max([16, *(len(serial) for serial in serials)])
     typer.echo(
-        f"{'NAME':<{width}} {'READY':<6} {'RENEWING':<9} {'FAILED':<7} {'SERIAL':<17} "
-        f"{'NOT AFTER':<21} {'NEXT RENEWAL':<21} MESSAGE"
+        f"{'NAME':<{width}} {'READY':<6} {'RENEWING':<9} {'FAILED':<7} "
+        f"{'SERIAL':<{serial_width}} {'NOT AFTER':<21} {'NEXT RENEWAL':<21} MESSAGE"
     )
     for item in items:
-        typer.echo(_status_line(item, width))
+        typer.echo(_status_line(item, width, serial_width))
 
 
 def _condition(name: str) -> Any:
