@@ -384,9 +384,13 @@ class Api:
 
 
 @contextmanager
-def running_app(backend: str, data_dir: Path, database_url: str | None) -> Iterator[Api]:
+def running_app(
+    backend: str, data_dir: Path, database_url: str | None, **config: Any
+) -> Iterator[Api]:
+    """The app bootstrapped from a ServerConfig; ``config``: more keys (``public_url=…``)."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings: dict[str, Any] = {"data-dir": str(data_dir), "database-url": database_url}
+    settings.update(config)
     booted = bootstrap(ServerConfig.model_validate(settings))
     assert booted.admin_key is not None  # a first start on an empty store
     clock = FakeClock()

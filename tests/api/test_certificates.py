@@ -1036,3 +1036,70 @@ def test_a_csr_whose_subject_holds_bidi_controls_is_refused(api: Api) -> None:
     r = api.post(CERTS, api.admin_key, json={"common_name": "moc.elgoog\u202e"})
     assert "bidirectional control characters" in assert_problem(r, 400)["detail"]
     assert api.counts() == before
+
+
+# --- public-url: cRLDistributionPoints --------------------------------------------------------
+
+PUBLIC_URL = "https://certctl.example.internal:8443"
+
+
+@pytest.fixture(params=BACKENDS)
+def public_url_api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+    """As ``api``, bootstrapped with ``public-url`` set (a trailing / to drop)."""
+    url = None
+    if request.param == "postgresql":
+        cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+        url = cluster.url(cluster.create_database())
+    with running_app(request.param, tmp_path / "data", url, public_url=PUBLIC_URL + "/") as app:
+        yield app
+
+
+def _crl_points(pem: str) -> list[list[str]] | None:
+    """The fullName URIs of each distribution point, None without the extension."""
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+    except x509.ExtensionNotFound:
+        return None
+    assert not ext.critical
+    return [[str(n.value) for n in p.full_name or ()] for p in ext.value]
+
+
+def _issue_every_way(api: Api, issuer: str) -> list[dict[str, Any]]:
+    """A certificate with a server-made key, one from a CSR, and the renewal of each."""
+    keygen = api.issue(issuer=issuer, common_name="web.example.com")
+    r = api.post(
+        CERTS, api.admin_key, json={"issuer": issuer, "csr": _csr_pem("csr.example.com")[0]}
+    )
+    assert r.status_code == 201, r.text
+    issued = [keygen, r.json()]
+    for cert in list(issued):
+        r = api.post(f"{CERTS}/{cert['id']}/renew", api.admin_key, json={})
+        assert r.status_code == 201, r.text
+        issued.append(r.json())
+    return issued
+
+
+def test_public_url_puts_the_issuers_crl_in_every_leaf(public_url_api: Api) -> None:
+    api = public_url_api
+    r = api.post(ISSUERS, api.admin_key, json={"id": "team-a", "common_name": "Team A CA"})
+    assert r.status_code == 201, r.text
+    for issuer in ("default", "team-a"):
+        expected = [[f"{PUBLIC_URL}/api/v1/issuers/{issuer}/crl"]]
+        for cert in _issue_every_way(api, issuer):
+            assert _crl_points(cert["certificate_pem"]) == expected, issuer
+    # The URL is the public CRL route: fetched without credentials, it lists a revocation.
+    leaf = api.issue(issuer="team-a", common_name="gone.example.com")
+    r = api.post(f"{CERTS}/{leaf['id']}/revoke", api.admin_key, json={})
+    assert r.status_code == 200, r.text
+    url = _crl_points(leaf["certificate_pem"])[0][0]  # type: ignore[index]
+    r = api.get(url.removeprefix(PUBLIC_URL))
+    assert r.status_code == 200, r.text
+    crl = x509.load_der_x509_crl(r.content)
+    serial = x509.load_pem_x509_certificate(leaf["certificate_pem"].encode()).serial_number
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+
+
+def test_without_public_url_no_leaf_carries_a_distribution_point(api: Api) -> None:
+    for cert in _issue_every_way(api, "default"):
+        assert _crl_points(cert["certificate_pem"]) is None

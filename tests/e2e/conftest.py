@@ -206,14 +206,19 @@ def _spawn(
     ca: Path | None,
     client_cert: tuple[Path, Path] | None,
 ) -> CertctlServer:
-    """Start ``certctl serve`` on a free port, its output in ``base/serve-<n>.std*``."""
+    """Start ``certctl serve`` on a free port, its output in ``base/serve-<n>.std*``.
+
+    ``{port}`` in a configuration value is replaced by that port.
+    """
     run_no = len(list(base.glob("serve-*.stdout"))) + 1
     stdout, stderr = base / f"serve-{run_no}.stdout", base / f"serve-{run_no}.stderr"
     config_file = None
+    port = free_port()
     if config is not None:
         config_file = base / f"certctl-{run_no}.yaml"
-        config_file.write_text(yaml.safe_dump(config() if callable(config) else config))
-    port = free_port()
+        text = yaml.safe_dump(config() if callable(config) else config)
+        # "{port}" in a value is the main port, picked just now (public-url names it).
+        config_file.write_text(text.replace("{port}", str(port)))
     argv = [require("certctl"), "serve", "--data-dir", str(data_dir)]
     argv += ["--listen", f"127.0.0.1:{port}", *(str(a) for a in args)]
     if config_file is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -135,6 +136,7 @@ def sign_csr(
     verified: bool = False,
     public_key: CertificatePublicKeyTypes | None = None,
     max_names: int | None = None,
+    crl_urls: Sequence[str] = (),
 ) -> IssuedCertificate:
     """Issue a certificate for a verified CSR; only its subject and SANs carry over.
 
@@ -143,7 +145,8 @@ def sign_csr(
     ``verified=True`` skips the signature check for a CSR that ``load_csr`` returned (it
     verified it; a second ECDSA verification costs ~0.1 ms per issuance). ``public_key`` is
     the CSR's key when the caller has it already (``load_csr_with_key``). ``max_names``
-    caps the SANs of each type (DNS, IP, email, URI) the CSR may ask for.
+    caps the SANs of each type (DNS, IP, email, URI) the CSR may ask for. ``crl_urls``: see
+    ``CertificateAuthority.issue``.
 
     Raises:
         BadSignature: the CSR's signature does not verify.
@@ -173,6 +176,7 @@ def sign_csr(
         validity=validity,
         now=now,
         sans=sans,
+        crl_urls=crl_urls,
     )
     notes = []
     if ignored:

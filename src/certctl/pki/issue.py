@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -86,6 +87,10 @@ class CertificateAuthority:
     _encoded_extensions: dict[
         tuple[Profile, bool], tuple[tuple[Extension, ...], tuple[Extension, ...]]
     ] = field(init=False, repr=False, compare=False, default_factory=dict)
+    # URLs -> their cRLDistributionPoints extension, encoded once (a server has one set).
+    _encoded_crl_points: dict[tuple[str, ...], Extension] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         check_public_key(self.certificate.public_key())
@@ -178,6 +183,7 @@ class CertificateAuthority:
         validity: timedelta,
         now: datetime,
         sans: SubjectAltNames | None = None,
+        crl_urls: Sequence[str] = (),
     ) -> IssuedCertificate:
         """Sign a certificate for ``public_key``; the profile decides every extension.
 
@@ -188,6 +194,10 @@ class CertificateAuthority:
             validity: requested lifetime; clipped to the issuer's notAfter with a warning.
             now: the issuing time (aware UTC), passed in so callers control the clock.
             sans: subject alternative names; ignored for CA profiles.
+            crl_urls: where clients fetch this issuer's CRL (checked by the caller with
+                ``distribution.check_crl_url``): a non-critical cRLDistributionPoints
+                extension with one distribution point naming them, after the SANs. None:
+                no extension.
 
         Raises:
             WeakKey: the key is below policy.
@@ -252,6 +262,8 @@ class CertificateAuthority:
             if sans:
                 # RFC 5280 4.2.1.6: critical when the subject is empty.
                 extensions.append(encode_extension(sans.to_extension(), critical=not subject))
+            if crl_urls:
+                extensions.append(self._crl_points(tuple(crl_urls)))
             certificate = template.sign(
                 subject_der=subject.public_bytes(),
                 spki_der=spki,
@@ -267,6 +279,8 @@ class CertificateAuthority:
         )
         if sans:
             builder = builder.add_extension(sans.to_extension(), critical=not subject)
+        if crl_urls:
+            builder = builder.add_extension(_distribution_points(crl_urls), critical=False)
         certificate = builder.sign(self.private_key, self.signature_hash)
         return IssuedCertificate(certificate, tuple(warnings), sans, subject)
 
@@ -316,9 +330,23 @@ class CertificateAuthority:
         encoded = self._encoded_extensions[profile, rsa_key] = (head, tuple(tail))
         return encoded
 
+    def _crl_points(self, urls: tuple[str, ...]) -> Extension:
+        cached = self._encoded_crl_points.get(urls)
+        if cached is None:
+            cached = encode_extension(_distribution_points(urls), critical=False)
+            self._encoded_crl_points[urls] = cached
+        return cached
+
     def _path_length(self) -> int | None:
         constraints = self.certificate.extensions.get_extension_for_class(x509.BasicConstraints)
         return constraints.value.path_length
+
+
+def _distribution_points(urls: Sequence[str]) -> x509.CRLDistributionPoints:
+    # One distribution point, every URL a fullName of it (RFC 5280 4.2.1.13: names of the
+    # same CRL); no reasons, no cRLIssuer: the issuer's full CRL.
+    names = [x509.UniformResourceIdentifier(url) for url in urls]
+    return x509.CRLDistributionPoints([x509.DistributionPoint(names, None, None, None)])
 
 
 def _to_minutes(lifetime: timedelta) -> timedelta:

@@ -258,6 +258,9 @@ class ServerConfig(_Section):
     workers: int = Field(default=1, ge=_MIN_WORKERS, le=_MAX_WORKERS)
     notifications: NotificationsConfig = Field(default_factory=lambda: NotificationsConfig())
     services: ServicesConfig = Field(default_factory=ServicesConfig)
+    # The URL clients reach this server at; leaves issued through the API then carry a
+    # cRLDistributionPoints URI <public-url>/api/v1/issuers/<id>/crl.
+    public_url: str | None = Field(default=None, alias="public-url")
 
     @property
     def effective_secrets_dir(self) -> Path:
@@ -294,6 +297,18 @@ class ServerConfig(_Section):
     @classmethod
     def _duration(cls, value: str) -> str:
         return _checked_duration(value)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        from certctl.pki.distribution import check_crl_url
+
+        if value is None:
+            return None
+        try:
+            return check_crl_url(value, base=True)
+        except InvalidRequest as exc:
+            raise ValueError(exc.detail) from None
 
     @field_validator("database_url")
     @classmethod
@@ -373,6 +388,7 @@ _ENV_KEYS = {
     "CERTCTL_LOG_FORMAT": ("log-format",),
     "CERTCTL_WORKERS": ("workers",),
     "CERTCTL_KUBECONFIG": ("kubernetes", "kubeconfig"),
+    "CERTCTL_PUBLIC_URL": ("public-url",),
 }
 
 

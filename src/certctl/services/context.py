@@ -58,6 +58,8 @@ class Services:
     sessions: sessionmaker[Session]
     wrapper: KeyWrapper
     clock: Callable[[], datetime] = utcnow
+    # The ``public-url`` setting, checked: leaves then name their issuer's CRL under it.
+    crl_url_base: str | None = None
     _issuers: dict[str, CertificateAuthority] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # Issuer id -> the last CRL signed here; replaced whole, so no lock is needed.
@@ -67,6 +69,17 @@ class Services:
     def __post_init__(self) -> None:
         # Issuance rows of concurrent API requests share commits (see store.groupcommit).
         self.commits = GroupCommit(self.engine)
+
+    def crl_urls(self, issuer_id: str) -> tuple[str, ...]:
+        """Where clients fetch ``issuer_id``'s CRL, for its leaves' cRLDistributionPoints.
+
+        Empty without ``public-url``: certificates then carry no such extension.
+        """
+        if self.crl_url_base is None:
+            return ()
+        from certctl.pki.distribution import crl_url_for
+
+        return (crl_url_for(self.crl_url_base, issuer_id),)
 
     def cached_issuer(self, issuer_id: str) -> CertificateAuthority | None:
         """The loaded CA for ``issuer_id`` if already cached."""

@@ -621,6 +621,7 @@ def prepare_from_csr(
             verified=True,
             public_key=public_key,
             max_names=MAX_NAMES_PER_TYPE,
+            crl_urls=services.crl_urls(issuer_id),
         )
     except (InvalidRequest, Conflict):
         ISSUANCE.labels(issuer_id, "error").inc()
@@ -687,7 +688,13 @@ def prepare_with_key(
         _unexpired(ca, issuer_id, now)  # before the key: an RSA key takes up to seconds
         key = generate_private_key(kt)
         issued = ca.issue(
-            key.public_key(), subject, profile=prof, validity=validity, now=now, sans=sans
+            key.public_key(),
+            subject,
+            profile=prof,
+            validity=validity,
+            now=now,
+            sans=sans,
+            crl_urls=services.crl_urls(issuer_id),
         )
     except (InvalidRequest, Conflict):
         # Counted as prepare_from_csr counts it: the issuer refused to sign (e.g. expired).
@@ -1223,6 +1230,7 @@ def renew_certificate(
             validity=lifetime,
             now=now,
             sans=sans,
+            crl_urls=services.crl_urls(old.issuer_id),
         )
     except InvalidRequest:
         RENEWALS.labels("error").inc()

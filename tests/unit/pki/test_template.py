@@ -96,6 +96,8 @@ def _both(
     validity=st.timedeltas(timedelta(seconds=1), timedelta(days=365 * 30)),
     serial=st.integers(1, 2**159 - 1),
     now=st.datetimes(datetime(2024, 1, 1), datetime(2050, 1, 1), timezones=st.just(UTC)),
+    # public-url / --crl-url: none (the usual case) or a cRLDistributionPoints extension.
+    crl_urls=st.lists(st.builds("http://{}/{}.crl".format, _dns, _label), max_size=3),
 )
 def test_template_matches_builder_byte_for_byte(
     ca_name: str,
@@ -106,6 +108,7 @@ def test_template_matches_builder_byte_for_byte(
     validity: timedelta,
     serial: int,
     now: datetime,
+    crl_urls: list[str],
 ) -> None:
     ca = CAS[ca_name]
     if profile == "intermediate" and not subject:
@@ -121,9 +124,15 @@ def test_template_matches_builder_byte_for_byte(
         validity=validity,
         now=min(now, ca.certificate.not_valid_after_utc - timedelta(seconds=1)),
         sans=sans,
+        crl_urls=crl_urls,
     )
     assert ca._template is not None
     assert fast.tbs_certificate_bytes == slow.tbs_certificate_bytes
+    points = [e.value for e in fast.extensions if isinstance(e.value, x509.CRLDistributionPoints)]
+    if crl_urls:
+        assert [[n.value for n in p.full_name or ()] for p in points[0]] == [crl_urls]
+    else:
+        assert points == []
     assert fast.signature_algorithm_oid == slow.signature_algorithm_oid
     fast.verify_directly_issued_by(ca.certificate)
 

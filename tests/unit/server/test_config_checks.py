@@ -77,7 +77,61 @@ REFUSED = {
         """{file}: listen: Input should be a valid string (8443 is a YAML number: quote it, """
         """"8443")""",
     ),
+    # public-url: leaves name <public-url>/api/v1/issuers/<id>/crl, so it must be a base
+    # URL a client can fetch from.
+    "public-url without a scheme": (
+        {"public-url": "certctl.example.internal:8443"},
+        "{file}: public-url: expected an absolute http:// or https:// URL with a host",
+    ),
+    "public-url of another scheme": (
+        {"public-url": "ldap://certctl.example.internal"},
+        "{file}: public-url: expected an absolute http:// or https:// URL with a host",
+    ),
+    "public-url with a query": (
+        {"public-url": "https://certctl.example.internal/?x=1"},
+        "{file}: public-url: a base URL has no ?query",
+    ),
+    "public-url with a fragment": (
+        {"public-url": "https://certctl.example.internal/#top"},
+        "{file}: public-url: a URL clients fetch has no #fragment",
+    ),
+    "public-url with a bad port": (
+        {"public-url": "https://certctl.example.internal:84x3"},
+        "{file}: public-url: not a URL (check the host and port)",
+    ),
 }
+
+
+@pytest.mark.parametrize(
+    ("given", "loaded"),
+    [
+        ("https://certctl.example.internal:8443", "https://certctl.example.internal:8443"),
+        ("https://certctl.example.internal:8443/", "https://certctl.example.internal:8443"),
+        (
+            "http://crl-mirror.example.internal/certctl/",
+            "http://crl-mirror.example.internal/certctl",
+        ),
+        ("https://[::1]:8443", "https://[::1]:8443"),
+    ],
+)
+def test_public_url_loads_without_a_trailing_slash(
+    monkeypatch: pytest.MonkeyPatch, given: str, loaded: str
+) -> None:
+    assert load_config(None, {"public-url": given}).public_url == loaded
+    monkeypatch.setenv("CERTCTL_PUBLIC_URL", given)
+    assert load_config(None, {}).public_url == loaded
+    monkeypatch.delenv("CERTCTL_PUBLIC_URL")
+    assert load_config(None, {}).public_url is None
+
+
+def test_a_bad_certctl_public_url_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CERTCTL_PUBLIC_URL", "ftp://x")
+    with pytest.raises(InvalidRequest) as info:
+        load_config(None, {})
+    assert info.value.detail == (
+        "CERTCTL_PUBLIC_URL=ftp://x: expected an absolute http:// or https:// URL with a host, "
+        "e.g. https://certctl.example.internal:8443"
+    )
 
 
 @pytest.mark.parametrize(("doc", "message"), REFUSED.values(), ids=REFUSED.keys())

@@ -1,0 +1,58 @@
+"""CRL distribution point URLs: checked once where they are given, then carried as data.
+
+A leaf carrying a cRLDistributionPoints extension (RFC 5280 4.2.1.13) tells a client that
+checks revocation (Java with revocation checking, Windows schannel, ``openssl verify
+-crl_download``) where to fetch its issuer's CRL. The server derives the URL from its
+``public-url`` setting; the offline CLI takes it as ``--crl-url``.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlsplit
+
+from certctl.errors import InvalidRequest
+
+__all__ = ["check_crl_url", "crl_url_for"]
+
+_SCHEMES = ("http", "https")
+
+
+def check_crl_url(value: str, *, base: bool = False) -> str:
+    """``value`` if it is an absolute http(s) URL a certificate can carry, else refuse it.
+
+    ``base``: a server base URL (``https://certctl.example.internal:8443``, maybe with a
+    path prefix), to which ``/api/v1/issuers/<id>/crl`` is appended: a query or a fragment
+    would end up in the middle of the URL, so both are refused; a trailing ``/`` is dropped.
+    A full CRL URL may have a query (a fragment is never sent to a server).
+
+    Raises:
+        InvalidRequest: the rule broken, without naming the setting (the caller does).
+    """
+    if not value or not value.isascii() or not value.isprintable() or " " in value:
+        # An X.509 URI is an IA5String; a URI has no spaces or control characters.
+        raise InvalidRequest(
+            "expected an absolute http:// or https:// URL in ASCII without spaces "
+            "(percent-encode other characters)"
+        )
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # a port that is no number raises here
+    except ValueError:
+        raise InvalidRequest("not a URL (check the host and port)") from None
+    if parts.scheme.lower() not in _SCHEMES or not parts.hostname:
+        raise InvalidRequest(
+            "expected an absolute http:// or https:// URL with a host, "
+            "e.g. https://certctl.example.internal:8443"
+        )
+    if port == 0:
+        raise InvalidRequest("port 0 is not a port clients can connect to")
+    if parts.fragment or value.endswith("#"):
+        raise InvalidRequest("a URL clients fetch has no #fragment")
+    if base and (parts.query or "?" in value):
+        raise InvalidRequest("a base URL has no ?query: /api/v1/issuers/<id>/crl is appended to it")
+    return value.rstrip("/") if base else value
+
+
+def crl_url_for(base: str, issuer_id: str) -> str:
+    """The URL of ``GET /api/v1/issuers/{issuer_id}/crl`` under ``base`` (checked)."""
+    return f"{base}/api/v1/issuers/{quote(issuer_id, safe='')}/crl"

@@ -1,0 +1,122 @@
+"""``public-url``: issued leaves name their issuer's CRL, and a client following it finds a
+revocation there (curl fetches the URL the certificate carries, openssl checks against it)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests._tools import ok, run
+from tests.e2e.conftest import CertctlServer, StartServer
+
+pytestmark = pytest.mark.e2e
+
+
+def distribution_points(pem: str, tmp: Path) -> list[str]:
+    """The URIs ``openssl x509 -text`` shows under X509v3 CRL Distribution Points."""
+    path = tmp / "c.pem"
+    path.write_text(pem)
+    text = ok(run("openssl", "x509", "-in", path, "-noout", "-text")).stdout
+    if "X509v3 CRL Distribution Points" not in text:
+        return []
+    section = text.split("X509v3 CRL Distribution Points:", 1)[1]
+    section = re.split(r"\n\s*X509v3 |\n\s*Signature Algorithm", section, maxsplit=1)[0]
+    return re.findall(r"URI:(\S+)", section)
+
+
+def fetch(url: str, server: CertctlServer, out: Path) -> Path:
+    """``curl`` the URL as a client following the certificate would (no credentials)."""
+    ok(run("curl", "-sS", "--fail", "--cacert", server.ca, "-o", out, url))
+    return out
+
+
+def openssl_verdict(cert_pem: str, crl: Path, ca: Path, tmp: Path) -> str:
+    cert = tmp / "leaf.pem"
+    cert.write_text(cert_pem)
+    result = run(
+        "openssl", "verify", "-crl_check", "-CRLfile", crl, "-CAfile", ca, cert
+    )  # fmt: skip
+    if result.returncode == 0:
+        return "OK"
+    match = re.search(r"error \d+ at \d+ depth lookup: (.*)", result.stdout + result.stderr)
+    assert match is not None, result.stdout + result.stderr
+    return match.group(1).strip()
+
+
+def test_issued_leaves_name_a_crl_that_shows_their_revocation(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = start_server(config={"public-url": "https://127.0.0.1:{port}/"})
+    expected = f"https://127.0.0.1:{server.port}/api/v1/issuers/default/crl"
+    key, csr = tmp_path / "req.key", tmp_path / "req.csr"
+    ok(
+        run(
+            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=csr.example.com",
+        )
+    )  # fmt: skip
+    with server.client(server.admin_key) as client:
+        keygen = client.post(
+            "/api/v1/certificates",
+            json={"common_name": "web.example.com", "dns_names": ["web.example.com"]},
+        )
+        assert keygen.status_code == 201, keygen.text
+        from_csr = client.post("/api/v1/certificates", json={"csr": csr.read_text()})
+        assert from_csr.status_code == 201, from_csr.text
+        renewed = client.post(f"/api/v1/certificates/{keygen.json()['id']}/renew", json={})
+        assert renewed.status_code == 201, renewed.text
+        ca_pem = client.get("/api/v1/issuers/default/ca.pem")
+        assert ca_pem.status_code == 200, ca_pem.text
+    for issued in (keygen, from_csr, renewed):
+        assert distribution_points(issued.json()["certificate_pem"], tmp_path) == [expected]
+    issuer_ca = tmp_path / "issuer.pem"
+    issuer_ca.write_text(ca_pem.text)
+    leaf = from_csr.json()
+    url = distribution_points(leaf["certificate_pem"], tmp_path)[0]
+
+    before = fetch(url, server, tmp_path / "before.crl")
+    assert openssl_verdict(leaf["certificate_pem"], before, issuer_ca, tmp_path) == "OK"
+
+    with server.client(server.admin_key) as client:
+        revoked = client.post(
+            f"/api/v1/certificates/{leaf['id']}/revoke", json={"reason": "keyCompromise"}
+        )
+        assert revoked.status_code == 200, revoked.text
+    after = fetch(url, server, tmp_path / "after.crl")
+    verdict = openssl_verdict(leaf["certificate_pem"], after, issuer_ca, tmp_path)
+    assert verdict == "certificate revoked"
+    # The other leaf (same CRL) still verifies: the CRL lists the revoked serial only.
+    other = renewed.json()["certificate_pem"]
+    assert openssl_verdict(other, after, issuer_ca, tmp_path) == "OK"
+
+
+def test_without_public_url_leaves_carry_no_distribution_point(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    with default_server.client(default_server.admin_key) as client:
+        issued = client.post(
+            "/api/v1/certificates",
+            json={"common_name": "plain.example.com", "dns_names": ["plain.example.com"]},
+        )
+    assert issued.status_code == 201, issued.text
+    path = tmp_path / "c.pem"
+    path.write_text(issued.json()["certificate_pem"])
+    text = ok(run("openssl", "x509", "-in", path, "-noout", "-text")).stdout
+    assert "X509v3 Subject Alternative Name" in text  # the -text output has extensions
+    assert "CRL Distribution Points" not in text
+
+
+def test_a_bad_public_url_is_refused_at_start_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("public-url: certctl.example.internal:8443\n")
+    data_dir = tmp_path / "data"
+    result = run("certctl", "serve", "--config", config, "--data-dir", data_dir)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"certctl: error: {config}: public-url: expected an absolute http:// or https:// URL "
+        "with a host, e.g. https://certctl.example.internal:8443"
+    ], result.stderr
+    assert not data_dir.exists()  # refused before the data directory is made
