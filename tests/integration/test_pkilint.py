@@ -127,6 +127,35 @@ def test_lint_pkix_cert_cli_reports_a_single_label_name(pki: Pki, tmp_path: Path
     assert code == 1
 
 
+@pytest.mark.parametrize("key_type", ["ec-p256", "rsa-2048", "ed25519"])
+def test_a_leaf_with_crl_distribution_points_passes_pkilint(
+    pki: Pki, pkix_validator: Any, tmp_path: Path, key_type: str
+) -> None:
+    # cRLDistributionPoints as `--crl-url` (and the server's public-url) adds it: one
+    # distribution point, http and https fullName URIs, not critical.
+    leaf = pki.issue(
+        pki.chain(key_type).inter,
+        f"lint-cdp-{key_type}",
+        key_type=key_type,
+        dns=["cdp-1.example.com"],
+        extra=[
+            "--crl-url", "http://pki.example.com/crl/inter.crl",
+            "--crl-url", "https://certctl.example.com:8443/api/v1/issuers/default/crl",
+        ],
+    )  # fmt: skip
+    cert = x509.load_pem_x509_certificates((leaf / "tls.crt").read_bytes())[0]
+    points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+    assert not points.critical
+    assert len(points.value) == 1
+    found = findings(pkix_validator, leaf / "tls.crt")
+    assert [f for f in found if f[0] in ("FATAL", "ERROR", "WARNING")] == [], found
+    path = first_certificate(leaf / "tls.crt", tmp_path / "cdp.pem")
+    code, out, err = lint_cli({"cdp": path}, "WARNING")["cdp"]
+    results = json.loads(out)["results"]
+    assert [d for r in results for d in r["finding_descriptions"]] == [], out
+    assert code == 0, err
+
+
 def lint_crl(path: Path) -> list[tuple[str, str]]:
     """``(severity, code)`` of every WARNING or worse ``lint_crl`` (RFC 5280 profile) reports."""
     result = subprocess.run(

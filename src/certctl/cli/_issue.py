@@ -40,7 +40,14 @@ if TYPE_CHECKING:
     from certctl.pki.instances import Instance
     from certctl.pki.names import SubjectAltNames
 
-__all__ = ["IssueOptions", "UsageProblem", "issue", "leaf_files", "parse_fast_argv"]
+__all__ = [
+    "IssueOptions",
+    "UsageProblem",
+    "checked_crl_urls",
+    "issue",
+    "leaf_files",
+    "parse_fast_argv",
+]
 
 
 class UsageProblem(Exception):
@@ -64,6 +71,7 @@ class IssueOptions:
     ip: Sequence[str] = ()
     email: Sequence[str] = ()
     uri: Sequence[str] = ()
+    crl_url: Sequence[str] = ()
     profile: str = "server"
     validity: str = "90D"
     key_type: str = "ec-p256"
@@ -94,7 +102,13 @@ _VALUES = {
     "--ca-password-file": "ca_password_file",
 }
 _PATHS = {"ca_dir", "out", "instances", "password_file", "ca_password_file"}
-_LISTS = {"--dns": "dns", "--ip": "ip", "--email": "email", "--uri": "uri"}
+_LISTS = {
+    "--dns": "dns",
+    "--ip": "ip",
+    "--email": "email",
+    "--uri": "uri",
+    "--crl-url": "crl_url",
+}
 _FLAGS = {"--pem": "pem", "--p12": "p12", "--p12-legacy": "p12_legacy", "--force": "force"}
 
 
@@ -205,6 +219,7 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
         )
     kt = KeyType.parse(opts.key_type)
     lifetime = parse_duration(opts.validity)
+    crl_urls = checked_crl_urls(opts.crl_url)
     if opts.instances is not None:
         named = opts.cn is not None or opts.subject is not None  # an empty one too
         if named or opts.dns or opts.ip or opts.email or opts.uri:
@@ -216,7 +231,7 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
                 "(or use --pem)"
             )
         _warn_about_password(p12_password)
-        _issue_batch(opts, opts.instances, prof, lifetime, kt, p12_password, out)
+        _issue_batch(opts, opts.instances, prof, lifetime, kt, p12_password, out, crl_urls)
         return
     if opts.cn is None and opts.subject is None:
         raise UsageProblem("give --cn or --subject (or --in for a batch)")
@@ -236,7 +251,13 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     ca = open_ca_dir(opts.ca_dir, opts.ca_password_file)
     key = generate_private_key(kt)
     issued = ca.issue(
-        key.public_key(), name, profile=prof, validity=lifetime, now=utcnow(), sans=sans
+        key.public_key(),
+        name,
+        profile=prof,
+        validity=lifetime,
+        now=utcnow(),
+        sans=sans,
+        crl_urls=crl_urls,
     )
     for message in issued.warnings:
         warn(message)
@@ -255,6 +276,29 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     )
     for path in outputs.paths:
         out(f"  {path}")
+
+
+def checked_crl_urls(values: Sequence[str]) -> tuple[str, ...]:
+    """The ``--crl-url`` values, each checked; the first bad one is refused naming itself.
+
+    Raises:
+        InvalidRequest: ``--crl-url VALUE: why`` (exit status 1, before any file is written).
+    """
+    import shlex
+
+    from certctl.errors import InvalidRequest
+    from certctl.pki.distribution import check_crl_url
+
+    checked: list[str] = []
+    for value in values:
+        try:
+            url = check_crl_url(value)
+        except InvalidRequest as exc:
+            shown = ascii(value)[1:-1] if not value.isprintable() else value
+            raise InvalidRequest(f"--crl-url {shlex.quote(shown)}: {exc.detail}") from None
+        if url not in checked:
+            checked.append(url)
+    return tuple(checked)
 
 
 def _remove_other_format(
@@ -356,6 +400,7 @@ def _issue_batch(
     kt: KeyType,
     p12_password: bytes | None,
     out: Callable[[str], None],
+    crl_urls: tuple[str, ...] = (),
 ) -> None:
     from certctl.cli._storedzip import StoredZip, dos_stamp
     from certctl.files import OutputSet
@@ -404,6 +449,7 @@ def _issue_batch(
         stamp=stamp,
         # Keep the chunk count within what the worker pool takes at once.
         chunk=max(_CHUNK, -(-len(todo) // _MAX_CHUNKS)),
+        crl_urls=crl_urls,
     )
     warned: set[str] = set()
     chunks = _run_batch(job)
@@ -449,6 +495,7 @@ class _BatchJob:
     # Set for zip output: workers then return ready-made zip entries.
     stamp: tuple[int, int] | None = None
     chunk: int = 32
+    crl_urls: tuple[str, ...] = ()
 
 
 @dataclass
@@ -496,6 +543,7 @@ def _issue_chunk(job: _BatchJob, number: int) -> _Chunk:
             validity=job.validity,
             now=job.now,
             sans=inst.sans,
+            crl_urls=job.crl_urls,
         )
         warnings.update(dict.fromkeys(issued.warnings))
         name = "tls" if job.p12_password is None else inst.filename

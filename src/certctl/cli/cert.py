@@ -46,6 +46,12 @@ def issue(
     uri: list[str] = typer.Option(
         [], "--uri", metavar="URI", help="URI SAN, e.g. spiffe://… (repeatable)."
     ),
+    crl_url: list[str] = typer.Option(
+        [],
+        "--crl-url",
+        metavar="URL",
+        help="CRL distribution point: http(s) URL where clients fetch the CA's CRL (repeatable).",
+    ),
     profile: str = typer.Option("server", "--profile", help="server, client or server+client."),
     validity: str = typer.Option("90D", "--validity", help="Lifetime: 90D, 2160h, 1Y …"),
     key_type: str = typer.Option(
@@ -88,6 +94,7 @@ def issue(
         ip=ip,
         email=email,
         uri=uri,
+        crl_url=crl_url,
         profile=profile,
         validity=validity,
         key_type=key_type,

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from certctl.cli._common import not_stdout, open_ca_dir, read_file, split_commas, utcnow, warn
+from certctl.cli._issue import checked_crl_urls
 from certctl.cli._stdin import STDIN_HELP, password_file_option
 
 __all__ = ["app"]
@@ -90,6 +91,12 @@ def sign(
         "server", "--profile", help="server, client, server+client or intermediate."
     ),
     validity: str = typer.Option("90D", "--validity", help="Lifetime: 90D, 2160h, 1Y …"),
+    crl_url: list[str] = typer.Option(
+        [],
+        "--crl-url",
+        metavar="URL",
+        help="CRL distribution point: http(s) URL where clients fetch the CA's CRL (repeatable).",
+    ),
     ca_password_file: Path = typer.Option(
         None,
         "--ca-password-file",
@@ -117,6 +124,7 @@ def sign(
             "a root CA is self-signed; use 'certctl ca create'", param_hint="--profile"
         )
     lifetime = parse_duration(validity)
+    crl_urls = checked_crl_urls(crl_url)
     data = read_file(csr_path, "CSR")  # its errors name the file already
     try:
         csr = load_csr(data)
@@ -126,7 +134,7 @@ def sign(
     outputs.add(out / "tls.crt", b"")
     outputs.check()
     ca = open_ca_dir(ca_dir, ca_password_file)
-    issued = sign_csr(ca, csr, profile=prof, validity=lifetime, now=utcnow())
+    issued = sign_csr(ca, csr, profile=prof, validity=lifetime, now=utcnow(), crl_urls=crl_urls)
     for message in issued.warnings:
         warn(message)
     outputs.add(out / "tls.crt", certs_to_pem([issued.certificate, *ca.chain_below_root]))

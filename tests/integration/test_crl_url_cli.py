@@ -1,0 +1,160 @@
+"""``cert issue --crl-url`` / ``csr sign --crl-url``: the URL openssl shows, and follows.
+
+``openssl verify -crl_download`` fetches the CRL the certificate names over HTTP (a plain
+``http.server`` here, as a static mirror would serve it) and reports the revocation that
+``certctl crl create`` wrote there.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests._tools import ok, run
+from tests.integration.conftest import Pki, certctl_exe, certctl_ok
+
+pytestmark = pytest.mark.integration
+
+
+def crl_uris(cert: Path) -> list[str]:
+    """The URIs under X509v3 CRL Distribution Points in ``openssl x509 -text``."""
+    text = ok(run("openssl", "x509", "-in", cert, "-noout", "-text")).stdout
+    if "X509v3 CRL Distribution Points" not in text:
+        return []
+    section = text.split("X509v3 CRL Distribution Points:", 1)[1]
+    section = re.split(r"\n\s*X509v3 |\n\s*Signature Algorithm", section, maxsplit=1)[0]
+    return re.findall(r"URI:(\S+)", section)
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A directory served over plain HTTP on 127.0.0.1: (directory, base URL)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_cert_issue_crl_url_is_followed_by_openssl_crl_download(
+    pki: Pki, tmp_path: Path, mirror: tuple[Path, str]
+) -> None:
+    root, base = mirror
+    ca = pki.root("crl-url-ca")
+    url = f"{base}/ca.crl"
+    out = tmp_path / "leaf"
+    ok(
+        certctl_exe(
+            "cert", "issue", "--ca", ca, "--out", out, "--cn", "dl.example.com",
+            "--crl-url", url, "--crl-url", "https://crl.example.com/ca.crl?format=der",
+        )
+    )  # fmt: skip
+    assert crl_uris(out / "tls.crt") == [url, "https://crl.example.com/ca.crl?format=der"]
+
+    def verdict() -> str:
+        result = run(
+            "openssl", "verify", "-crl_check", "-crl_download", "-CAfile", ca / "ca.crt",
+            out / "tls.crt",
+        )  # fmt: skip
+        if result.returncode == 0:
+            return "OK"
+        match = re.search(r"error \d+ at \d+ depth lookup: (.*)", result.stdout + result.stderr)
+        assert match is not None, result.stdout + result.stderr
+        return match.group(1).strip()
+
+    assert verdict() == "unable to get certificate CRL"  # nothing at the URL yet
+    certctl_ok("crl", "create", "--ca", ca, "--out", root / "ca.crl", "--der")
+    assert verdict() == "OK"
+    serial = ok(run("openssl", "x509", "-in", out / "tls.crt", "-noout", "-serial")).stdout
+    certctl_ok(
+        "crl", "create", "--ca", ca, "--out", root / "ca.crl", "--der", "--force",
+        "--revoked", serial.strip().split("=", 1)[1],
+    )  # fmt: skip
+    assert verdict() == "certificate revoked"
+
+
+def test_csr_sign_and_batch_issue_carry_the_crl_url(pki: Pki, tmp_path: Path) -> None:
+    ca = pki.root("crl-url-ca")
+    key, csr = tmp_path / "req.key", tmp_path / "req.csr"
+    ok(
+        run(
+            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=signed.example.com",
+        )
+    )  # fmt: skip
+    url = "http://pki.example.com/crl/ca.crl"
+    ok(
+        certctl_exe(
+            "csr", "sign", "--ca", ca, "--csr", csr, "--out", tmp_path / "s", "--crl-url", url
+        )
+    )
+    assert crl_uris(tmp_path / "s" / "tls.crt") == [url]
+    instances = tmp_path / "instances.yml"
+    instances.write_text(
+        "instances:\n  - name: a\n    dns: [a.example.com]\n  - name: b\n    dns: [b.example.com]\n"
+    )
+    batch = tmp_path / "batch"
+    ok(
+        certctl_exe(
+            "cert", "issue", "--ca", ca, "--in", instances, "--pem", "--out", batch,
+            "--crl-url", url,
+        )
+    )  # fmt: skip
+    for name in ("a", "b"):
+        assert crl_uris(batch / name / "tls.crt") == [url]
+    # Without the option: no extension, as before.
+    ok(certctl_exe("csr", "sign", "--ca", ca, "--csr", csr, "--out", tmp_path / "plain"))
+    assert crl_uris(tmp_path / "plain" / "tls.crt") == []
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (
+            "ftp://crl.example.com/ca.crl",
+            "expected an absolute http:// or https:// URL with a host",
+        ),
+        ("crl.example.com/ca.crl", "expected an absolute http:// or https:// URL with a host"),
+        ("http://crl.example.com/ca.crl#x", "a URL clients fetch has no #fragment"),
+        ("http://crl.example.com:http/ca.crl", "not a URL (check the host and port)"),
+        ("http://crl.example.com/é.crl", "expected an absolute http:// or https:// URL in ASCII"),
+    ],
+)
+@pytest.mark.parametrize("command", ["cert issue", "csr sign"])
+def test_a_bad_crl_url_is_one_line_and_writes_nothing(
+    pki: Pki, tmp_path: Path, command: str, value: str, why: str
+) -> None:
+    ca = pki.root("crl-url-ca")
+    out = tmp_path / "out"
+    if command == "cert issue":
+        args: list[str | Path] = ["cert", "issue", "--ca", ca, "--cn", "x.example.com"]
+    else:
+        csr = tmp_path / "req.csr"
+        ok(
+            run(
+                "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+                "ec_paramgen_curve:P-256", "-nodes", "-keyout", tmp_path / "req.key", "-out",
+                csr, "-subj", "/CN=x.example.com",
+            )
+        )  # fmt: skip
+        args = ["csr", "sign", "--ca", ca, "--csr", csr]
+    result = certctl_exe(*args, "--out", out, "--crl-url", value)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("certctl: error: --crl-url "), lines[0]
+    assert why in lines[0]
+    assert not out.exists()
