@@ -131,6 +131,7 @@ def test_csr_sign_and_batch_issue_carry_the_crl_url(pki: Pki, tmp_path: Path) ->
         ("http://crl.example.com/ca.crl#x", "a URL clients fetch has no #fragment"),
         ("http://crl.example.com:http/ca.crl", "not a URL (check the host and port)"),
         ("http://crl.example.com/é.crl", "expected an absolute http:// or https:// URL in ASCII"),
+        ("http://crl:s3cret@crl.example.com/ca.crl", "has no user:password@"),
     ],
 )
 @pytest.mark.parametrize("command", ["cert issue", "csr sign"])

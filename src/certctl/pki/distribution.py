@@ -46,6 +46,13 @@ def check_crl_url(value: str, *, base: bool = False) -> str:
         )
     if port == 0:
         raise InvalidRequest("port 0 is not a port clients can connect to")
+    if "@" in parts.netloc:
+        # Every certificate carries the URL to every client that sees it: a user:password@
+        # in it would publish that password.
+        raise InvalidRequest(
+            "a URL certificates carry has no user:password@ (every client that sees the "
+            "certificate would read it)"
+        )
     if parts.fragment or value.endswith("#"):
         raise InvalidRequest("a URL clients fetch has no #fragment")
     if base and (parts.query or "?" in value):

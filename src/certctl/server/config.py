@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -504,6 +505,9 @@ def _setting(name: str, value: Any, sep: str) -> str:
     if value is True:  # an on/off flag: --allow-insecure
         return name
     text = str(value)
+    if "://" in text and "@" in text:
+        # A URL's user:password@ (public-url given one by mistake) is not repeated in logs.
+        text = re.sub(r"://[^/?#]*@", "://…@", text, count=1)
     shown = text if len(text) <= 100 else text[:99] + "…"
     if not shown.isprintable():
         shown = ascii(shown)[1:-1]  # control characters (a pasted escape) as \x1b, not raw

@@ -95,6 +95,10 @@ REFUSED = {
         {"public-url": "https://certctl.example.internal/#top"},
         "{file}: public-url: a URL clients fetch has no #fragment",
     ),
+    "public-url with a user and password": (
+        {"public-url": "https://admin:s3cret@certctl.example.internal"},
+        "{file}: public-url: a URL certificates carry has no user:password@",
+    ),
     "public-url with a bad port": (
         {"public-url": "https://certctl.example.internal:84x3"},
         "{file}: public-url: not a URL (check the host and port)",
@@ -131,6 +135,20 @@ def test_a_bad_certctl_public_url_names_the_variable(monkeypatch: pytest.MonkeyP
     assert info.value.detail == (
         "CERTCTL_PUBLIC_URL=ftp://x: expected an absolute http:// or https:// URL with a host, "
         "e.g. https://certctl.example.internal:8443"
+    )
+
+
+def test_a_certctl_public_url_with_a_password_is_refused_without_showing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # It would be published in every certificate; the refusal does not log it either.
+    monkeypatch.setenv("CERTCTL_PUBLIC_URL", "https://admin:s3cret@certctl.example.internal/?x")
+    with pytest.raises(InvalidRequest) as info:
+        load_config(None, {})
+    assert "s3cret" not in info.value.detail
+    assert info.value.detail == (
+        "CERTCTL_PUBLIC_URL='https://…@certctl.example.internal/?x': a URL certificates carry "
+        "has no user:password@ (every client that sees the certificate would read it)"
     )
 
 
