@@ -132,6 +132,11 @@ def test_csr_sign_and_batch_issue_carry_the_crl_url(pki: Pki, tmp_path: Path) ->
         ("http://crl.example.com:http/ca.crl", "not a URL (check the host and port)"),
         ("http://crl.example.com/é.crl", "expected an absolute http:// or https:// URL in ASCII"),
         ("http://crl:s3cret@crl.example.com/ca.crl", "has no user:password@"),
+        # Not URI characters: pkilint calls such a certificate invalid_uri_syntax.
+        ('http://crl.example.com/a"b.crl', "'\"' may not appear in a URL: percent-encode it (%22)"),
+        ("http://crl.example.com\\ca.crl", "'\\' may not appear in a URL: percent-encode it (%5C)"),
+        ("http://crl.example.com/{id}.crl", "'{' may not appear in a URL"),
+        ("http://crl.example.com/100%.crl", "'%' that does not start a %XX escape"),
     ],
 )
 @pytest.mark.parametrize("command", ["cert issue", "csr sign"])

@@ -8,6 +8,7 @@ checks revocation (Java with revocation checking, Windows schannel, ``openssl ve
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote, urlsplit
 
 from certctl.errors import InvalidRequest
@@ -15,6 +16,8 @@ from certctl.errors import InvalidRequest
 __all__ = ["check_crl_url", "crl_url_for"]
 
 _SCHEMES = ("http", "https")
+# A character outside RFC 3986's unreserved and reserved sets, or a '%' not starting %XX.
+_NOT_URI = re.compile(r"[^A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]|%(?![0-9A-Fa-f]{2})")
 
 
 def check_crl_url(value: str, *, base: bool = False) -> str:
@@ -33,6 +36,17 @@ def check_crl_url(value: str, *, base: bool = False) -> str:
         raise InvalidRequest(
             "expected an absolute http:// or https:// URL in ASCII without spaces "
             "(percent-encode other characters)"
+        )
+    bad = _NOT_URI.search(value)
+    if bad is not None:
+        # RFC 5280 4.2.1.13 wants a URI (RFC 3986): '"', '\\', '{', '|' … make the
+        # certificate malformed (pkilint: invalid_uri_syntax) and clients parse it each
+        # their own way.
+        char = bad.group()
+        if char.startswith("%"):
+            raise InvalidRequest("'%' that does not start a %XX escape: write it as %25")
+        raise InvalidRequest(
+            f"'{char}' may not appear in a URL: percent-encode it (%{ord(char):02X})"
         )
     try:
         parts = urlsplit(value)

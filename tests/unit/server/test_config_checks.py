@@ -99,6 +99,10 @@ REFUSED = {
         {"public-url": "https://admin:s3cret@certctl.example.internal"},
         "{file}: public-url: a URL certificates carry has no user:password@",
     ),
+    "public-url with a character a URI may not hold": (
+        {"public-url": "https://certctl.example.internal/a|b"},
+        "{file}: public-url: '|' may not appear in a URL: percent-encode it (%7C)",
+    ),
     "public-url with a bad port": (
         {"public-url": "https://certctl.example.internal:84x3"},
         "{file}: public-url: not a URL (check the host and port)",
