@@ -21,6 +21,7 @@ __all__ = [
     "date_and_days",
     "is_past",
     "print_table",
+    "printable",
     "timestamp",
     "wants_table",
 ]
@@ -112,7 +113,8 @@ def timestamp(value: object, *, none: str = "-") -> str:
     return f"{when:%Y-%m-%d %H:%M} UTC"
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
+    """``text`` with the characters a terminal would act on shown escaped, as ascii() does."""
     # A certificate's common name is the requester's text: a terminal escape sequence in it
     # must show as \x1b, not act on the user's terminal.
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
@@ -145,7 +147,7 @@ def print_table(
         else Console(file=buffer, width=100_000, color_system=None, highlight=False)
     )
     if items:
-        rows = [[_printable(column.cell(item, now)) for column in columns] for item in items]
+        rows = [[printable(column.cell(item, now)) for column in columns] for item in items]
         table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
         for index, column in enumerate(columns):
             widest = max(len(column.header), *(len(row[index]) for row in rows))
@@ -161,7 +163,7 @@ def print_table(
     else:
         console.print(Text(empty))
     if more:
-        console.print(Text(_printable(more), style="dim"))
+        console.print(Text(printable(more), style="dim"))
     if not terminal:
         # Rich pads every cell to its column: no trailing blanks in a file.
         sys.stdout.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from certctl.cli._listing import Column, check_output
+from certctl.cli._listing import Column, check_output, printable
 from certctl.cli.client import (
     ENV_HELP,
     OUTPUT_OPTION,
@@ -200,9 +200,12 @@ def _status_line(item: dict[str, Any], width: int = 24, serial_width: int = 16) 
         "message", ""
     )
     # Whole: a serial is what users paste into other commands (certs get, revoke).
-    serial = str(status.get("serial") or "-")
+    serial = printable(str(status.get("serial") or "-"))
+    # The message quotes the spec (a path, a command): escaped, as a table's cells are.
+    message = printable(str(message))
+    name = printable(item["name"])
     return (
-        f"{item['name']:<{width}} {flag('Ready'):<6} {flag('Renewing'):<9} {flag('Failed'):<7} "
+        f"{name:<{width}} {flag('Ready'):<6} {flag('Renewing'):<9} {flag('Failed'):<7} "
         f"{serial:<{serial_width}} {_utc(status.get('not_after')):<21} "
         f"{_utc(status.get('next_renewal')):<21} {message}"
     )
@@ -248,8 +251,8 @@ def status(
         raise _unexpected(path, "not a TLSService" if name else "no list of TLSServices")
     # Names run to 53 characters, serials to 40 hex digits: the columns widen so the others
     # stay aligned.
-    width = max([24, *(len(item["name"]) for item in items)])
-    serials = [str((item.get("status") or {}).get("serial") or "-") for item in items]
+    width = max([24, *(len(printable(item["name"])) for item in items)])
+    serials = [printable(str((item.get("status") or {}).get("serial") or "-")) for item in items]
     serial_width = max([16, *(len(serial) for serial in serials)])
     typer.echo(
         f"{'NAME':<{width}} {'READY':<6} {'RENEWING':<9} {'FAILED':<7} "

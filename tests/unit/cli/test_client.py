@@ -1080,3 +1080,26 @@ def test_issue_without_a_name_is_a_usage_error(listener: Listener, tmp_path: Pat
         assert proc.stdout == ""
     assert listener.seen == []
     assert not (tmp_path / "out").exists()
+
+
+def test_services_status_shows_control_characters_escaped(listener: Listener) -> None:
+    # A Failed message quotes the spec's text (a passwordFile path is any absolute path): a
+    # terminal escape in it must not reach the terminal of whoever runs services status.
+    item = {
+        "name": "web",
+        "status": {
+            "conditions": {
+                "Failed": {"status": True, "message": "passwordFile /x/\x1b]0;pwned\x07 is empty"}
+            },
+            "serial": "0a\x1b[2J",
+        },
+    }
+    listener.answers["/api/v1/services"] = Answer(
+        body=json.dumps({"items": [item], "next_cursor": None}).encode()
+    )
+    proc = certctl("services", "status", env={"CERTCTL_URL": listener.url})
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout
+    assert "\x07" not in proc.stdout
+    assert "passwordFile /x/\\x1b]0;pwned\\x07 is empty" in proc.stdout
+    assert "0a\\x1b[2J" in proc.stdout
