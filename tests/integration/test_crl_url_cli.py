@@ -137,6 +137,10 @@ def test_csr_sign_and_batch_issue_carry_the_crl_url(pki: Pki, tmp_path: Path) ->
         ("http://crl.example.com\\ca.crl", "'\\' may not appear in a URL: percent-encode it (%5C)"),
         ("http://crl.example.com/{id}.crl", "'{' may not appear in a URL"),
         ("http://crl.example.com/100%.crl", "'%' that does not start a %XX escape"),
+        # Typos no client resolves, carried by every certificate issued.
+        ("http://crl..example.com/ca.crl", "crl..example.com: not a host name"),
+        ("http://crl.example.com;/ca.crl", "crl.example.com;: not a host name"),
+        ("http://crl.example.com:/ca.crl", "a ':' with no port after it"),
     ],
 )
 @pytest.mark.parametrize("command", ["cert issue", "csr sign"])

@@ -17,6 +17,7 @@ __all__ = ["check_crl_url", "crl_url_for"]
 
 _SCHEMES = ("http", "https")
 # A character outside RFC 3986's unreserved and reserved sets, or a '%' not starting %XX.
+_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _NOT_URI = re.compile(r"[^A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]|%(?![0-9A-Fa-f]{2})")
 
 
@@ -58,6 +59,13 @@ def check_crl_url(value: str, *, base: bool = False) -> str:
             "expected an absolute http:// or https:// URL with a host, "
             "e.g. https://certctl.example.internal:8443"
         )
+    if not _host_ok(parts.hostname):
+        raise InvalidRequest(
+            f"{parts.hostname}: not a host name (letters, digits, '-' and '_' in labels "
+            "separated by single dots) nor an IP address"
+        )
+    if parts.netloc.endswith(":"):
+        raise InvalidRequest("a ':' with no port after it: give the port or drop the ':'")
     if port == 0:
         raise InvalidRequest("port 0 is not a port clients can connect to")
     if "@" in parts.netloc:
@@ -72,6 +80,18 @@ def check_crl_url(value: str, *, base: bool = False) -> str:
     if base and (parts.query or "?" in value):
         raise InvalidRequest("a base URL has no ?query: /api/v1/issuers/<id>/crl is appended to it")
     return value.rstrip("/") if base else value
+
+
+def _host_ok(host: str) -> bool:
+    # A typo such as crl..example.com or crl.example.com; is a valid RFC 3986 reg-name, but
+    # no client resolves it, and every certificate issued would carry it.
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return all(_LABEL.fullmatch(label) for label in host.removesuffix(".").split("."))
+    return True
 
 
 def crl_url_for(base: str, issuer_id: str) -> str:

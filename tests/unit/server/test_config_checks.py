@@ -103,6 +103,10 @@ REFUSED = {
         {"public-url": "https://certctl.example.internal/a|b"},
         "{file}: public-url: '|' may not appear in a URL: percent-encode it (%7C)",
     ),
+    "public-url with an empty label": (
+        {"public-url": "https://certctl..example.internal"},
+        "{file}: public-url: certctl..example.internal: not a host name",
+    ),
     "public-url with a bad port": (
         {"public-url": "https://certctl.example.internal:84x3"},
         "{file}: public-url: not a URL (check the host and port)",
