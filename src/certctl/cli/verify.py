@@ -75,7 +75,7 @@ def verify_command(
     one that its issuer signed and that is current (thisUpdate past, nextUpdate not).
     """
     from certctl.errors import InvalidRequest
-    from certctl.pki import check_revocation, parse_hostname, verify_certificate
+    from certctl.pki import asserts_ca, check_revocation, parse_hostname, verify_certificate
 
     if purpose not in ("server", "client"):
         raise typer.BadParameter(f"{purpose}: choose server or client", param_hint="--purpose")
@@ -106,7 +106,7 @@ def verify_command(
     leaf_certs = read(cert, "certificate")
     if not leaf_certs:
         raise InvalidRequest(f"{cert}: holds no certificate")
-    if _is_ca(leaf_certs[0]) and any(not _is_ca(c) for c in leaf_certs[1:]):
+    if asserts_ca(leaf_certs[0]) and any(not asserts_ca(c) for c in leaf_certs[1:]):
         # A chain file with the CA first: nginx and openssl take the first certificate as the
         # server's, and the checks below would judge the CA as the leaf.
         raise InvalidRequest(
@@ -155,12 +155,3 @@ def _read_crls(paths: list[Path]) -> list[tuple[str, x509.CertificateRevocationL
             label = str(path) if len(found) == 1 else f"{path} (CRL {index} of {len(found)})"
             crls.append((label, item))
     return crls
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    from cryptography import x509 as _x509
-
-    try:
-        return bool(cert.extensions.get_extension_for_class(_x509.BasicConstraints).value.ca)
-    except _x509.ExtensionNotFound:
-        return False

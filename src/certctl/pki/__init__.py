@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from certctl.pki.verify import (
         VerificationFailed,
         VerifiedChain,
+        asserts_ca,
         is_self_signed,
         issuer_chain,
         parse_hostname,
@@ -117,6 +118,7 @@ _SOURCES = {
     "VerificationFailed": "verify",
     "VerifiedChain": "verify",
     "verify_certificate": "verify",
+    "asserts_ca": "verify",
     "is_self_signed": "verify",
     "issuer_chain": "verify",
 }
@@ -135,6 +137,7 @@ __all__ = [
     "SubjectAltNames",
     "VerificationFailed",
     "VerifiedChain",
+    "asserts_ca",
     "certs_to_pem",
     "check_public_key",
     "check_revocation",

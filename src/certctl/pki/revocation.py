@@ -10,7 +10,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
 from certctl.pki.formats import format_serial
-from certctl.pki.verify import VerificationFailed, oid_name
+from certctl.pki.verify import VerificationFailed, asserts_ca, oid_name
 
 __all__ = ["check_revocation"]
 
@@ -109,9 +109,9 @@ def _out_of_scope(crl: x509.CertificateRevocationList, cert: x509.Certificate) -
         idp = crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint).value
     except x509.ExtensionNotFound:
         return None
-    if idp.only_contains_user_certs and _is_ca(cert):
+    if idp.only_contains_user_certs and asserts_ca(cert):
         return "lists end-entity certificates only"
-    if idp.only_contains_ca_certs and not _is_ca(cert):
+    if idp.only_contains_ca_certs and not asserts_ca(cert):
         return "lists CA certificates only"
     if idp.only_contains_attribute_certs:
         return "lists attribute certificates only"
@@ -159,13 +159,6 @@ def _dp_names(
     if relative_name is not None:
         return {x509.DirectoryName(x509.Name([*issuer.rdns, relative_name]))}
     return set(full_name or ())
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
 
 
 def _unrelated(

@@ -19,6 +19,7 @@ from certctl.pki.names import validate_dns_name
 __all__ = [
     "VerificationFailed",
     "VerifiedChain",
+    "asserts_ca",
     "eku_name",
     "is_self_signed",
     "issuer_chain",
@@ -186,6 +187,14 @@ def _may_issue(cert: x509.Certificate) -> bool:
         return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
         return cert.version is x509.Version.v1 and is_self_signed(cert)
+
+
+def asserts_ca(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` carries basicConstraints cA=TRUE (no keyUsage check: see _is_ca)."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
 
 
 def is_self_signed(cert: x509.Certificate) -> bool:
@@ -411,11 +420,7 @@ def _no_host_name(leaf: x509.Certificate) -> str:
     """Why a certificate without SANs is no server certificate, in the user's terms."""
     # An empty subject (`openssl req -subj /`) would leave a gap where the name goes.
     subject = leaf.subject.rfc4514_string() or "with an empty subject"
-    try:
-        is_ca = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        is_ca = False
-    if is_ca:
+    if asserts_ca(leaf):
         # A ca.crt given as CERT: "no SubjectAlternativeName" sent users looking for SANs.
         return f"the certificate {subject} is a CA certificate, not a server certificate"
     return (

@@ -34,6 +34,7 @@ from certctl.pki import (
     Material,
     Profile,
     SubjectAltNames,
+    asserts_ca,
     certs_to_pem,
     common_name_dn,
     create_root_ca,
@@ -349,7 +350,7 @@ def add_client(services: Services, caller: Principal, name: str, pem: str) -> li
     material = load_material(pem.encode())
     if not material.certificates or material.csrs or material.crls:
         raise InvalidRequest("client trust takes PEM certificates only")
-    kinds = [(cert, _is_ca(cert)) for cert in material.certificates]
+    kinds = [(cert, asserts_ca(cert)) for cert in material.certificates]
     if len({is_ca for _, is_ca in kinds}) > 1:
         # A fullchain.pem (client certificate + its CA): trusting the CA too would let in
         # every certificate it ever issued, which is seldom what "add this client" means.
@@ -463,13 +464,6 @@ def remove_client(services: Services, caller: Principal, name: str, fingerprint:
         session.delete(client)
         _trust_changed(row, now)
         record_call(session, caller, now, "service.client.remove", name, detail=fingerprint[:16])
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
 
 
 def _trust_changed(row: ManagedService, now: datetime) -> None:
@@ -815,7 +809,7 @@ def _check_server_certificate(secret: str, leaf: x509.Certificate) -> None:
         names_hosts = True
     except x509.ExtensionNotFound:
         names_hosts = False
-    if _is_ca(leaf) and not (names_hosts and is_self_signed(leaf)):
+    if asserts_ca(leaf) and not (names_hosts and is_self_signed(leaf)):
         raise InvalidRequest(
             f"secret {secret}: tls.crt is a CA certificate, not a server certificate (to have "
             "certctl issue the service's certificate from this CA, name its files ca.crt and "
