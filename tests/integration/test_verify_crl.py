@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -110,9 +111,13 @@ def setup(pki: Pki, other_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     return setup
 
 
-def openssl_verify(s: Setup, cert: Path, crls: list[Path], *, check_all: bool = False) -> str:
+def openssl_verify(
+    s: Setup, cert: Path, crls: list[Path], *, check_all: bool = False, at: datetime | None = None
+) -> str:
     """openssl's verdict: "OK" or its error string ("certificate revoked", …)."""
     args: list[str | Path] = ["-crl_check_all" if check_all else "-crl_check"]
+    if at is not None:
+        args += ["-attime", str(int(at.timestamp()))]
     for crl in crls:
         args += ["-CRLfile", crl]
     result = run(
@@ -127,10 +132,12 @@ def openssl_verify(s: Setup, cert: Path, crls: list[Path], *, check_all: bool = 
 
 
 def certctl_verify(
-    s: Setup, cert: Path, crls: list[Path], *, check_all: bool = False
+    s: Setup, cert: Path, crls: list[Path], *, check_all: bool = False, at: datetime | None = None
 ) -> tuple[int, str, str]:
     """certctl's exit code, its stdout and its stderr for the same check."""
     args: list[str | Path] = ["verify", "--ca", s.root / "ca.crt", cert]
+    if at is not None:
+        args += ["--at", f"{at:%Y-%m-%dT%H:%M:%SZ}"]
     args += ["--untrusted", s.inter / "ca.crt"]
     for crl in crls:
         args += ["--crl", crl]
@@ -141,10 +148,12 @@ def certctl_verify(
     return result.code, result.out, result.err
 
 
-def agree(s: Setup, cert: Path, crls: list[Path], *, check_all: bool = False) -> tuple[str, str]:
+def agree(
+    s: Setup, cert: Path, crls: list[Path], *, check_all: bool = False, at: datetime | None = None
+) -> tuple[str, str]:
     """Both verdicts, asserting they agree; returns (openssl's error or OK, certctl's stderr)."""
-    verdict = openssl_verify(s, cert, crls, check_all=check_all)
-    code, out, err = certctl_verify(s, cert, crls, check_all=check_all)
+    verdict = openssl_verify(s, cert, crls, check_all=check_all, at=at)
+    code, out, err = certctl_verify(s, cert, crls, check_all=check_all, at=at)
     if verdict == "OK":
         assert code == 0, err
         assert "OK (server" in out
@@ -241,6 +250,25 @@ def test_a_crl_from_the_future_fails_naming_its_this_update(setup: Setup) -> Non
     verdict, err = agree(s, s.good, [crl])
     assert verdict == "CRL is not yet valid"
     assert f"{crl}: CRL is not valid yet: thisUpdate 2099-01-01T00:00:00Z" in err
+
+
+def test_crl_windows_are_judged_at_the_time_given(setup: Setup) -> None:
+    """--at moves the CRL checks as openssl's -attime does: thisUpdate and nextUpdate."""
+    s = setup
+    now = datetime.now(UTC).replace(microsecond=0)
+    crl = s.tmp / "week.crl"
+    certctl_ok("crl", "create", "--ca", s.inter, "--out", crl)  # nextUpdate in 7 days
+    assert agree(s, s.good, [crl], at=now + timedelta(days=6))[0] == "OK"
+    verdict, err = agree(s, s.good, [crl], at=now + timedelta(days=8))
+    assert verdict == "CRL has expired"
+    assert f"{crl}: CRL has expired: nextUpdate " in err
+    # A CRL signed for tomorrow: not yet valid now, current the day after.
+    tomorrow = s.openssl_crl(
+        s.inter, "tomorrow.crl", "-crl_lastupdate", f"{now + timedelta(days=1):%Y%m%d%H%M%SZ}",
+        "-crl_nextupdate", f"{now + timedelta(days=8):%Y%m%d%H%M%SZ}",
+    )  # fmt: skip
+    assert agree(s, s.good, [tomorrow])[0] == "CRL is not yet valid"
+    assert agree(s, s.good, [tomorrow], at=now + timedelta(days=2))[0] == "OK"
 
 
 @pytest.mark.parametrize("maker", ["certctl", "openssl"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,16 @@ def verify_command(
             "against a CRL from its issuer (openssl verify -crl_check_all)."
         ),
     ),
+    at: str = typer.Option(
+        None,
+        "--at",
+        metavar="TIME",
+        help=(
+            "Verify as at this time instead of now: an ISO 8601 date or time (2027-01-01, "
+            "2027-01-01T00:00:00Z; without a zone, UTC). Certificate and CRL validity "
+            "windows are judged then (openssl verify -attime)."
+        ),
+    ),
 ) -> None:
     """Verify a certificate the way a TLS client or server would.
 
@@ -73,6 +84,9 @@ def verify_command(
     With --crl, revocation is checked too: the leaf (or, with --crl-check-all, every
     certificate up to the root) must not be listed in a CRL of its issuer, and each needs
     one that its issuer signed and that is current (thisUpdate past, nextUpdate not).
+
+    With --at, all of it is judged at that time, not now: whether a certificate will
+    still verify on a given day, or did verify when it was used.
     """
     from certctl.errors import InvalidRequest
     from certctl.pki import asserts_ca, check_revocation, parse_hostname, verify_certificate
@@ -91,6 +105,7 @@ def verify_command(
             raise typer.BadParameter(exc.detail, param_hint="--hostname") from None
     if crl_check_all and not crl:
         raise typer.BadParameter("--crl-check-all needs the CRLs to check with (--crl FILE)")
+    when = _parse_at(at) if at is not None else None
 
     def read(path: Path, what: str) -> list[x509.Certificate]:
         # Only the certificates matter here: a password is for PKCS#12, and a plain key
@@ -122,7 +137,7 @@ def verify_command(
         if not extra:  # as for --ca: a key or a CSR given by mistake is no intermediate
             raise InvalidRequest(f"{untrusted}: holds no certificate")
     crls = _read_crls(crl)
-    now = utcnow()
+    now = when or utcnow()
     result = verify_certificate(
         leaf_certs[0],
         trust=trust,
@@ -138,7 +153,27 @@ def verify_command(
     revocation = ""
     if crls:
         revocation = ", not revoked" if not crl_check_all else ", none revoked"
-    typer.echo(f"{cert}: OK ({purpose}{checked}{revocation}): {path}")
+    # Said when given: an OK for another day must not read as an OK for today.
+    moment = f", at {when:%Y-%m-%dT%H:%M:%SZ}" if when is not None else ""
+    typer.echo(f"{cert}: OK ({purpose}{checked}{revocation}{moment}): {path}")
+
+
+def _parse_at(value: str) -> datetime:
+    """``--at``: an ISO 8601 date or date and time, aware UTC (a naive one is taken as UTC).
+
+    Raises:
+        typer.BadParameter: not ISO 8601, or outside the years datetime holds.
+    """
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+        # Naive means UTC, as openssl -attime and certificates count time.
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        # OverflowError: an offset that moves 9999-12-31 or 0001-01-01 out of range.
+        raise typer.BadParameter(
+            f"{value!r}: not an ISO 8601 date or time (2027-01-01, 2027-01-01T00:00:00Z)",
+            param_hint="--at",
+        ) from None
 
 
 def _read_crls(paths: list[Path]) -> list[tuple[str, x509.CertificateRevocationList]]:
