@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 
 from tests._tools import ok, run
-from tests.integration.conftest import Pki, certctl, certctl_ok
+from tests.integration.conftest import CliResult, Pki, certctl, certctl_ok
 
 pytestmark = pytest.mark.integration
 
@@ -315,6 +315,57 @@ def test_one_pem_file_may_hold_several_crls(setup: Setup) -> None:
     code, _, err = certctl_verify(s, s.good, [both])
     assert code == 0
     assert f"{both} (CRL 2 of 2): CRL ignored: issued by CN=CRL Test Root" in err
+
+
+def test_crls_in_the_ca_bundle_are_used_as_openssl_reads_them_from_the_cafile(
+    setup: Setup,
+) -> None:
+    """``openssl verify -crl_check -CAfile F`` takes the X509 CRL blocks of F; so does --ca."""
+    s = setup
+    leaf_crl = s.openssl_crl(s.inter, "in-bundle-leaf.crl")  # lists s.gone
+    root_crl = s.tmp / "in-bundle-root.crl"
+    certctl_ok("crl", "create", "--ca", s.root, "--out", root_crl)
+    bundle = s.tmp / "bundle-with-crls.pem"
+    bundle.write_bytes((s.root / "ca.crt").read_bytes() + leaf_crl.read_bytes())
+
+    def both(cert: Path, ca: Path, *flags: str) -> tuple[str, CliResult]:
+        openssl_flags = [
+            f.replace("--crl-check", "-crl_check").replace("-all", "_all") for f in flags
+        ]
+        result = run(
+            "openssl", "verify", *openssl_flags, "-CAfile", ca, "-untrusted", s.inter / "ca.crt",
+            cert,
+        )  # fmt: skip
+        found = re.search(r"error \d+ at \d+ depth lookup: (.*)", result.stdout + result.stderr)
+        verdict = "OK" if result.returncode == 0 else found[1].strip() if found else "?"
+        mine = certctl("verify", "--ca", ca, "--untrusted", s.inter / "ca.crt", *flags, cert)
+        assert "Traceback" not in mine.err
+        assert (mine.code == 0) == (verdict == "OK"), (verdict, mine)
+        return verdict, mine
+
+    verdict, mine = both(s.gone, bundle, "--crl-check")
+    assert verdict == "certificate revoked"
+    (line,) = mine.err.splitlines()
+    assert line.startswith("certctl: error: verification failed: certificate CN=gone.example.com")
+    assert f"reason keyCompromise ({bundle})" in line
+    verdict, mine = both(s.good, bundle, "--crl-check")
+    assert verdict == "OK"
+    assert "OK (server, not revoked)" in mine.out
+    # Negative twin: no CRL check asked, none made, by either.
+    verdict, mine = both(s.gone, bundle)
+    assert verdict == "OK"
+    assert "revoked" not in mine.out
+    # Every certificate of the chain, each CA's CRL from the bundle.
+    bundle.write_bytes(bundle.read_bytes() + root_crl.read_bytes())
+    verdict, mine = both(s.good, bundle, "--crl-check-all")
+    assert verdict == "OK"
+    assert "OK (server, none revoked)" in mine.out
+    # No CRL anywhere: openssl fails the check, certctl says what is missing.
+    verdict, mine = both(s.good, s.root / "ca.crt", "--crl-check")
+    assert verdict == "unable to get certificate CRL"
+    assert mine.code == 2
+    (line,) = mine.err.splitlines()
+    assert "--crl-check needs the CRLs to check with (--crl FILE, or X509 CRL blocks in" in line
 
 
 def _load_crl(path: Path) -> x509.CertificateRevocationList:

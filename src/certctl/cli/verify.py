@@ -15,6 +15,8 @@ from certctl.cli.inspect import read_protected
 if TYPE_CHECKING:
     from cryptography import x509
 
+    from certctl.pki.formats import Material
+
 __all__ = ["verify_command"]
 
 
@@ -53,15 +55,24 @@ def verify_command(
         help=(
             "CRL file (PEM or DER; a PEM file may hold several), repeatable: the leaf must "
             "not be revoked, and a CRL from its issuer, signed by it and current, is required "
-            "(openssl verify -crl_check). CRLs of other issuers are ignored with a warning."
+            "(openssl verify -crl_check -CRLfile). CRLs of other issuers are ignored with a "
+            "warning. Implies --crl-check."
+        ),
+    ),
+    crl_check: bool = typer.Option(
+        False,
+        "--crl-check",
+        help=(
+            "Check the leaf against the CRLs of --crl and those in the --ca bundle (X509 CRL "
+            "blocks), as openssl verify -crl_check reads them from its -CAfile."
         ),
     ),
     crl_check_all: bool = typer.Option(
         False,
         "--crl-check-all",
         help=(
-            "With --crl: check every certificate of the chain, intermediates too, each "
-            "against a CRL from its issuer (openssl verify -crl_check_all)."
+            "Check every certificate of the chain, intermediates too, each against a CRL "
+            "from its issuer, from --crl or the --ca bundle (openssl verify -crl_check_all)."
         ),
     ),
     at: str = typer.Option(
@@ -81,9 +92,10 @@ def verify_command(
     file is opened with --password-file, --password or else CERTCTL_PASSWORD (one
     password for all of them). Keys in the files are not used.
 
-    With --crl, revocation is checked too: the leaf (or, with --crl-check-all, every
-    certificate up to the root) must not be listed in a CRL of its issuer, and each needs
-    one that its issuer signed and that is current (thisUpdate past, nextUpdate not).
+    With --crl or --crl-check, revocation is checked too: the leaf (or, with
+    --crl-check-all, every certificate up to the root) must not be listed in a CRL of its
+    issuer, and each needs one that its issuer signed and that is current (thisUpdate
+    past, nextUpdate not). The CRLs come from --crl and from the --ca bundle.
 
     With --at, all of it is judged at that time, not now: whether a certificate will
     still verify on a given day, or did verify when it was used.
@@ -103,15 +115,15 @@ def verify_command(
             parse_hostname(hostname)
         except InvalidRequest as exc:
             raise typer.BadParameter(exc.detail, param_hint="--hostname") from None
-    if crl_check_all and not crl:
-        raise typer.BadParameter("--crl-check-all needs the CRLs to check with (--crl FILE)")
     when = _parse_at(at) if at is not None else None
 
     def read(path: Path, what: str) -> list[x509.Certificate]:
-        # Only the certificates matter here: a password is for PKCS#12, and a plain key
-        # next to the certificates opens without one.
-        material = read_protected(path, password_file, password, what, optional=True)
-        return material.certificates
+        return read_all(path, what).certificates
+
+    def read_all(path: Path, what: str) -> Material:
+        # A password is for PKCS#12, and a plain key next to the certificates opens without
+        # one: keys are not used.
+        return read_protected(path, password_file, password, what, optional=True)
 
     if ca.is_dir() and (ca / "ca.crt").is_file():
         # `cert issue --ca DIR` takes the CA directory; here --ca is the trust bundle file.
@@ -128,7 +140,8 @@ def verify_command(
             f"{cert}: the first certificate, {leaf_certs[0].subject.rfc4514_string()}, is a CA "
             "certificate: put the leaf first (then its intermediates), as servers send them"
         )
-    trust = read(ca, "CA bundle")
+    bundle = read_all(ca, "CA bundle")
+    trust = bundle.certificates
     if not trust:
         raise InvalidRequest(f"{ca}: holds no certificate")
     extra = []
@@ -136,7 +149,19 @@ def verify_command(
         extra = read(untrusted, "intermediates")
         if not extra:  # as for --ca: a key or a CSR given by mistake is no intermediate
             raise InvalidRequest(f"{untrusted}: holds no certificate")
+    checking = bool(crl) or crl_check or crl_check_all
     crls = _read_crls(crl)
+    if checking:
+        # As openssl's -CAfile: its X509 CRL blocks are CRLs to check with (-crl_check),
+        # unused without a check asked for. Before, they were ignored, and a CRL revoking
+        # the leaf, kept with the CA certificate, let it verify where openssl refused it.
+        crls += _labelled(ca, bundle.crls)
+        if not crls:
+            flag = "--crl-check-all" if crl_check_all else "--crl-check"
+            raise typer.BadParameter(
+                f"{flag} needs the CRLs to check with (--crl FILE, or X509 CRL blocks in the "
+                "--ca bundle)"
+            )
     now = when or utcnow()
     result = verify_certificate(
         leaf_certs[0],
@@ -146,12 +171,12 @@ def verify_command(
         purpose=purpose,
         now=now,
     )
-    if crls:
+    if checking:
         check_revocation(result.chain, crls, now=now, check_all=crl_check_all, warn=warn)
     path = " <- ".join(c.subject.rfc4514_string() for c in result.chain)
     checked = f" for {result.name}" if hostname else ""
     revocation = ""
-    if crls:
+    if checking:
         revocation = ", not revoked" if not crl_check_all else ", none revoked"
     # Said when given: an OK for another day must not read as an OK for today.
     moment = f", at {when:%Y-%m-%dT%H:%M:%SZ}" if when is not None else ""
@@ -186,7 +211,15 @@ def _read_crls(paths: list[Path]) -> list[tuple[str, x509.CertificateRevocationL
         found = read_material(path, None, "CRL").crls
         if not found:
             raise InvalidRequest(f"{path}: holds no CRL (--crl takes a PEM or DER CRL file)")
-        for index, item in enumerate(found, 1):
-            label = str(path) if len(found) == 1 else f"{path} (CRL {index} of {len(found)})"
-            crls.append((label, item))
+        crls += _labelled(path, found)
     return crls
+
+
+def _labelled(
+    path: Path, found: list[x509.CertificateRevocationList]
+) -> list[tuple[str, x509.CertificateRevocationList]]:
+    """``found``, read from ``path``, each named by the file (and its place when several)."""
+    return [
+        (str(path) if len(found) == 1 else f"{path} (CRL {index} of {len(found)})", item)
+        for index, item in enumerate(found, 1)
+    ]

@@ -660,7 +660,8 @@ CASES = [
         "verify-crl-check-all-without-crl",
         "verify leaf.crt --ca ca/ca.crt --crl-check-all",
         2,
-        "--crl-check-all needs the CRLs to check with (--crl FILE)",
+        "--crl-check-all needs the CRLs to check with (--crl FILE, or X509 CRL blocks in the --ca "
+        "bundle)",
     ),
     # --- crl create --------------------------------------------------------------------
     _c(
