@@ -768,3 +768,54 @@ def test_a_custom_ca_given_without_its_root_is_served_with_the_leaf(
     assert env.reconcile("web", env.now + timedelta(minutes=1)).serial == row.serial
     served = x509.load_pem_x509_certificates((target / "tls.crt").read_bytes())
     assert served[1:] == x509.load_pem_x509_certificates(renewed)
+
+
+def test_a_pass_that_changes_nothing_writes_nothing_and_keeps_the_condition_times(
+    env: Env,
+) -> None:
+    # A custom certificate is reconciled on every scheduler pass (10 s). The conditions'
+    # "at" was rewritten by each, one UPDATE per pass per such service, and no longer said
+    # when a condition changed: it is now when its status or message last changed.
+    from sqlalchemy import event
+
+    from certctl.server.scheduler import Scheduler
+
+    _ca, files = good_files(env.now)
+    write_secret(env.secrets_dir, "custom", files)
+    env.put(service_doc("web", dns=NAMES, secret="custom"))
+    scheduler = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
+    assert scheduler.tick() == 1
+    first = env.row("web")
+    assert first.conditions["Ready"]["at"] == env.now.isoformat()
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(env.services.engine, "before_cursor_execute", record)
+    try:
+        for _ in range(2):
+            env.at(env.now + timedelta(seconds=10))
+            assert scheduler.tick() == 1  # still read on every pass
+    finally:
+        event.remove(env.services.engine, "before_cursor_execute", record)
+    # The SQLite write lock (an UPDATE matching no row) is taken, nothing is written.
+    writes = [
+        s
+        for s in statements
+        if s.split(" ", 1)[0] in ("INSERT", "UPDATE", "DELETE") and not s.endswith("WHERE 0")
+    ]
+    assert writes == []
+    assert any(s.startswith("SELECT") for s in statements)  # negative twin: it did run
+    assert env.row("web").conditions == first.conditions
+
+    # A change moves the time of the conditions that changed, and only theirs.
+    del files["ca.crt"]
+    write_secret(env.secrets_dir, "custom", files)
+    later = env.at(env.now + timedelta(seconds=10))
+    assert scheduler.tick() == 1
+    conditions = env.row("web").conditions
+    assert conditions["Ready"]["message"].startswith("secret custom has no ca.crt")
+    assert conditions["Ready"]["at"] == later.isoformat()
+    assert conditions["Failed"] == first.conditions["Failed"]
+    assert conditions["Renewing"] == first.conditions["Renewing"]

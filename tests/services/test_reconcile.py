@@ -633,6 +633,27 @@ def test_client_changes_reach_the_targets_at_the_next_scheduler_pass(env: Env) -
     assert env.row("api").conditions["Ready"]["status"] is True
 
 
+def test_the_resync_clock_is_the_last_pass_not_the_condition_times(env: Env) -> None:
+    """Conditions keep the time they changed; the scheduler resyncs from its last pass."""
+    from certctl.server.scheduler import Scheduler
+
+    env.put(service_doc("web", targets=[{"directory": str(env.tmp / "tls")}]))
+    scheduler = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
+    assert scheduler.tick() == 1
+    ready = env.row("web").conditions["Ready"]
+    for _ in range(2):
+        env.at(env.now + tls_services.RESYNC_INTERVAL)
+        assert scheduler.tick() == 1  # resynced
+        env.at(env.now + MINUTE)
+        assert scheduler.tick() == 0  # and not again at once, though "at" did not move
+    assert env.row("web").conditions["Ready"] == ready
+    # A scheduler that has not reconciled the service (a new leader) goes by the conditions'
+    # time, the latest a pass left: due, as that is older than the resync interval.
+    assert Scheduler(env.services, env.settings, 10, clock=lambda: env.now).tick() == 1
+    assert not tls_services.due(env.row("web"), env.now, resync=tls_services.RESYNC_INTERVAL,
+                                last_pass=env.now - MINUTE)  # fmt: skip
+
+
 def test_a_service_deleted_during_its_reconcile_is_one_info_line(
     env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -130,6 +130,11 @@ class Scheduler:
     _crashed: dict[str, tuple[int, datetime, tuple[int, datetime | None]]] = field(
         default_factory=dict
     )
+    # When this scheduler last reconciled each service: the resync clock (due()'s
+    # last_pass). In memory, not in the row: written by every pass, it was one UPDATE per
+    # pass for services read on every pass (custom certificates). A new leader or a restart
+    # starts from the conditions' time, which resyncs sooner, never later.
+    _passes: dict[str, datetime] = field(default_factory=dict)
     _dispatcher: threading.Thread | None = None
     # What the last leadership check of the tick thread said; the dispatcher thread reads
     # it before each event (Leadership itself is not for two threads).
@@ -156,8 +161,11 @@ class Scheduler:
         with self.services.sessions() as session:
             rows = list(session.scalars(select(ManagedService).order_by(ManagedService.name)))
         done = 0
-        for gone in self._crashed.keys() - {row.name for row in rows}:
+        names = {row.name for row in rows}
+        for gone in self._crashed.keys() - names:
             del self._crashed[gone]
+        for gone in self._passes.keys() - names:
+            del self._passes[gone]
         for row in rows:
             asked = (row.generation, row.renew_at)
             crashed = self._crashed.get(row.name)
@@ -165,7 +173,8 @@ class Scheduler:
                 crashed = None  # changed since it crashed: a fresh start
             if crashed is not None and now < crashed[1]:
                 continue
-            if tls_services.due(row, now, resync=tls_services.RESYNC_INTERVAL):
+            last_pass = self._passes.get(row.name)
+            if tls_services.due(row, now, resync=tls_services.RESYNC_INTERVAL, last_pass=last_pass):
                 # Re-checked per service: a leader whose lock session was lost mid-pass (network
                 # cut, pg_terminate_backend) stops at once instead of racing its successor.
                 if not leadership.check():
@@ -177,6 +186,7 @@ class Scheduler:
                         self.services, self.settings, row.name, now
                     )
                     done += 1
+                    self._passes[row.name] = now
                     self._crashed.pop(row.name, None)
                 except NotFound:
                     # Deleted while it was being reconciled (a slow reload): nothing to do.

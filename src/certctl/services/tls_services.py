@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -947,7 +947,7 @@ def reconcile_service(
     # A client added or removed while this pass runs sets next_attempt_at anew: that later
     # request must survive this pass's "done" (its trust bundle may predate the change).
     asked_at = row.next_attempt_at
-    last_pass = (row.serial, row.conditions or {})
+    was_renewing = bool((row.conditions or {}).get("Renewing", {}).get("status"))
     try:
         spec = parse_service(row.spec, stored=True)
     except InvalidRequest as exc:
@@ -989,9 +989,14 @@ def reconcile_service(
             detail = "; ".join(failures)
             # Still renewing while a retry fails to deliver what an earlier pass issued:
             # Renewing + Failed say "issued, not yet delivered everywhere" (README).
-            renewing = reason is not None or bool(last_pass[1].get("Renewing", {}).get("status"))
+            renewing = reason is not None or was_renewing
             conditions = _conditions(
-                ready=False, renewing=renewing, failed=detail, message=message, now=now
+                current.conditions,
+                ready=False,
+                renewing=renewing,
+                failed=detail,
+                message=message,
+                now=now,
             )
             if not _failure_told(current.conditions, detail):
                 _event(session, now, "failed", name, {"reason": detail})
@@ -1003,36 +1008,31 @@ def reconcile_service(
             if spec.disabled:
                 ready_msg = "TLS disabled: plain HTTP" + (f"; {message}" if message else "")
             conditions = _conditions(
-                ready=True, renewing=False, failed=None, message=ready_msg, now=now
+                current.conditions,
+                ready=True,
+                renewing=False,
+                failed=None,
+                message=ready_msg,
+                now=now,
             )
             if (
                 not spec.disabled
                 and current.not_after is not None
                 and current.not_after - now <= settings.cert_rotate_before
-                and not _expiring_told(last_pass, current, settings)
+                and current.expiring_serial != current.serial
             ):
+                # Once per certificate: a custom one (which certctl does not renew) is
+                # reconciled on every pass, and each used to send the event again, thousands
+                # a day to the webhook. The column holds across restarts and replicas.
                 _event(session, now, "expiring", name, {"not_after": current.not_after.isoformat()})
-        current.conditions = conditions
+                current.expiring_serial = current.serial
+        if conditions != current.conditions:
+            # Assigned only when changed: a pass that changes nothing writes nothing (a
+            # custom certificate is reconciled every 10 s).
+            current.conditions = conditions
         session.flush()
         session.expunge(current)
     return current
-
-
-def _expiring_told(
-    last_pass: tuple[str | None, dict[str, Any]], current: ManagedService, settings: ServiceSettings
-) -> bool:
-    """Whether the previous pass already sent ``expiring`` for the certificate served now.
-
-    Once per certificate: a custom one (which certctl does not renew) is reconciled on every
-    pass, and each used to send the event again, thousands a day to the webhook.
-    """
-    serial, conditions = last_pass
-    at = conditions.get("Ready", {}).get("at")
-    if serial != current.serial or not isinstance(at, str) or current.not_after is None:
-        return False
-    if conditions.get("Failed", {}).get("status"):
-        return False  # a failed pass sends "failed", not "expiring"
-    return datetime.fromisoformat(at) >= current.not_after - settings.cert_rotate_before
 
 
 def _service_ca_renew_at(
@@ -1502,14 +1502,42 @@ def backoff(attempts: int) -> timedelta:
 
 
 def _conditions(
-    *, ready: bool, renewing: bool, failed: str | None, message: str, now: datetime
+    previous: dict[str, Any] | None,
+    *,
+    ready: bool,
+    renewing: bool,
+    failed: str | None,
+    message: str,
+    now: datetime,
 ) -> dict[str, Any]:
-    at = now.isoformat()
-    return {
-        "Ready": {"status": ready, "message": message if ready else (failed or ""), "at": at},
-        "Renewing": {"status": renewing, "message": "", "at": at},
-        "Failed": {"status": failed is not None, "message": failed or "", "at": at},
-    }
+    return _transitions(
+        previous,
+        {
+            "Ready": (ready, message if ready else (failed or "")),
+            "Renewing": (renewing, ""),
+            "Failed": (failed is not None, failed or ""),
+        },
+        now,
+    )
+
+
+def _transitions(
+    previous: dict[str, Any] | None, wanted: dict[str, tuple[bool, str]], now: datetime
+) -> dict[str, Any]:
+    """The conditions ``wanted`` (name: status, message), each ``at`` when it last changed.
+
+    As Kubernetes' lastTransitionTime: a condition whose status and message are those stored
+    keeps its time. Stamped with every pass, the times said nothing of when the service
+    changed, and a service reconciled on every pass (a custom certificate) was written each
+    10 s. The scheduler keeps its resync clock itself (``due``'s ``last_pass``).
+    """
+    conditions: dict[str, Any] = {}
+    for name, (status, message) in wanted.items():
+        old = (previous or {}).get(name, {})
+        same = old.get("status") is status and old.get("message") == message
+        at = old.get("at") if same and isinstance(old.get("at"), str) else now.isoformat()
+        conditions[name] = {"status": status, "message": message, "at": at}
+    return conditions
 
 
 def _fail(
@@ -1536,11 +1564,13 @@ def _fail(
             message = f"the last good certificate expired on {current.not_after:%Y-%m-%dT%H:%M:%SZ}"
         if not _failure_told(current.conditions, detail):
             _event(session, now, "failed", row.name, {"reason": detail, "stage": stage})
-        current.conditions = {
-            "Ready": {"status": serving, "message": message, "at": now.isoformat()},
-            "Renewing": {"status": False, "message": "", "at": now.isoformat()},
-            "Failed": {"status": True, "message": detail, "at": now.isoformat()},
-        }
+        conditions = _transitions(
+            current.conditions,
+            {"Ready": (serving, message), "Renewing": (False, ""), "Failed": (True, detail)},
+            now,
+        )
+        if conditions != current.conditions:
+            current.conditions = conditions
         session.flush()
         session.expunge(current)
     return current
@@ -1571,12 +1601,22 @@ def _event(session: Any, now: datetime, event: str, service: str, payload: dict[
     )
 
 
-def due(row: ManagedService, now: datetime, *, resync: timedelta | None = None) -> bool:
+def due(
+    row: ManagedService,
+    now: datetime,
+    *,
+    resync: timedelta | None = None,
+    last_pass: datetime | None = None,
+) -> bool:
     """Whether the scheduler should reconcile this service now.
 
     ``resync``: also when the last reconcile is at least this old (the scheduler passes
     ``RESYNC_INTERVAL``), so a target deleted or overwritten by hand is delivered again
     soon, not at the next renewal months later; as Kubernetes controllers resync.
+    ``last_pass``: when the caller last reconciled it; unknown (a scheduler that has not
+    yet, after a start or a change of leader), the latest condition time, which no pass
+    since moved: the latest pass that changed something, so a resync comes sooner, never
+    later. Kept apart from the conditions, which change only when the service does.
     """
     if row.generation != row.reconciled_generation:
         return True  # new or changed spec
@@ -1588,8 +1628,17 @@ def due(row: ManagedService, now: datetime, *, resync: timedelta | None = None) 
         return True
     if resync is None:
         return False
-    last = (row.conditions or {}).get("Ready", {}).get("at")
-    return not isinstance(last, str) or now - datetime.fromisoformat(last) >= resync
+    last = last_pass or _last_transition(row)
+    return last is None or now - last >= resync
+
+
+def _last_transition(row: ManagedService) -> datetime | None:
+    times = [c.get("at") for c in (row.conditions or {}).values() if isinstance(c, dict)]
+    try:
+        parsed = [datetime.fromisoformat(t) for t in times if isinstance(t, str)]
+    except ValueError:  # edited in the database: resync rather than fail every pass
+        return None
+    return max((t if t.tzinfo else t.replace(tzinfo=UTC) for t in parsed), default=None)
 
 
 def service_json(row: ManagedService) -> dict[str, Any]:

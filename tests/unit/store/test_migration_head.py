@@ -225,6 +225,34 @@ def test_0008_adds_the_crl_number_counter_to_an_sqlite_store(tmp_path: Path) -> 
     upgrade_from_0007_numbers_crls(engine)
 
 
+def test_0009_adds_the_expiring_serial_to_services_and_takes_it_back(tmp_path: Path) -> None:
+    """Services stored before 0009 keep their row and start with no "expiring" sent."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    db.migrate(engine)
+    downgrade_store(engine, "0008")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO managed_services (name, spec, generation, created_at, updated_at,"
+                " reconciled_generation, conditions, delivered, attempts, serial) VALUES"
+                " ('web', '{}', 1, '2026-01-01 00:00:00', '2026-01-01 00:00:00', 1, '{}', '{}',"
+                " 0, 'ab')"
+            )
+        )
+    db.migrate(engine)
+    assert _at_head(engine)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT name, serial, expiring_serial FROM managed_services")
+        )
+        assert rows.all() == [("web", "ab", None)]
+    downgrade_store(engine, "0008")
+    with engine.connect() as connection:
+        columns = connection.execute(text("PRAGMA table_info(managed_services)")).all()
+    assert "expiring_serial" not in {c[1] for c in columns}
+    assert {"name", "serial"} <= {c[1] for c in columns}  # negative twin: the table is read
+
+
 def test_a_database_from_a_newer_certctl_is_refused_with_what_to_do(tmp_path: Path) -> None:
     # A rollback after an upgrade: Alembic alone said "Can't locate revision '0099'".
     engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
