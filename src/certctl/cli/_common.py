@@ -78,8 +78,11 @@ def utcnow() -> datetime:
 
 
 def warn(message: str) -> None:
-    """Print a one-line warning on stderr."""
-    sys.stderr.write(f"certctl: warning: {message}\n")
+    """Print ``message`` as a one-line warning on stderr, control characters escaped."""
+    # A warning may quote a server's answer or a requester's name: as certctl: error: lines.
+    from certctl.cli._listing import printable
+
+    sys.stderr.write(f"certctl: warning: {printable(' '.join(message.split()))}\n")
 
 
 def read_file(path: Path, what: str = "file", limit: int = MAX_INPUT_BYTES) -> bytes:

@@ -542,7 +542,7 @@ def _warn_about(data: Any) -> None:
     warnings = data.get("warnings") if isinstance(data, dict) else None
     for message in warnings if isinstance(warnings, list) else []:
         if isinstance(message, str) and message.strip():
-            warn(" ".join(message.split()))
+            warn(message)
 
 
 def _print(data: Any) -> None:

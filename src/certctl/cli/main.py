@@ -67,8 +67,12 @@ def _usage_message(exc: UsageError) -> str:
 
 
 def _fail(message: str, code: int) -> int:
-    # One line on stderr, whatever the message held: no tracebacks, no multi-line dumps.
-    line = " ".join(message.split())
+    # One line on stderr, whatever the message held: no tracebacks, no multi-line dumps. A
+    # message may quote a server's problem detail or a stored name: a terminal escape in it
+    # shows as \x1b, as in the list tables, instead of acting on the user's terminal.
+    from certctl.cli._listing import printable
+
+    line = printable(" ".join(message.split()))
     sys.stderr.write(f"certctl: error: {line}\n")
     return code
 

@@ -1103,3 +1103,36 @@ def test_services_status_shows_control_characters_escaped(listener: Listener) ->
     assert "\x07" not in proc.stdout
     assert "passwordFile /x/\\x1b]0;pwned\\x07 is empty" in proc.stdout
     assert "0a\\x1b[2J" in proc.stdout
+
+
+def test_server_text_on_stderr_shows_control_characters_escaped(
+    listener: Listener, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A problem detail quotes the request's names; a broken server or proxy may send anything:
+    # a terminal escape must not act on the user's terminal, and the error stays one line.
+    # In-process (main.run): the stderr lines are what this checks, not the process.
+    from certctl.cli.main import run
+
+    for name in [k for k in os.environ if k.startswith("CERTCTL_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CERTCTL_URL", listener.url)
+    detail = "name \x1b]0;pwned\x07web\x1b[2J\r\nis taken\x9b"
+    listener.answers["/api/v1/certificates"] = Answer(
+        409, "application/problem+json", json.dumps({"detail": detail}).encode()
+    )
+    assert run(["certs", "list"]) == 1
+    assert capsys.readouterr() == (
+        "",
+        "certctl: error: HTTP 409: name \\x1b]0;pwned\\x07web\\x1b[2J is taken\\x9b\n",
+    )
+    listener.answers["/api/v1/auth/roles"] = Answer(502, "text/plain", b"down\x1b[31m")
+    assert run(["auth", "roles", "list"]) == 1
+    assert capsys.readouterr().err == (
+        f"certctl: error: HTTP 502 Bad Gateway from {listener.url}/api/v1/auth/roles "
+        "(content-type text/plain: down\\x1b[31m)\n"
+    )
+    # The answer's warnings go to stderr too.
+    warned = {"id": "c1", "warnings": ["validity \x1b[8mclipped\nto 30 days"]}
+    listener.answers["/api/v1/certificates"] = Answer(body=json.dumps(warned).encode())
+    assert run(["certs", "issue", "--cn", "web.example"]) == 0
+    assert capsys.readouterr().err == "certctl: warning: validity \\x1b[8mclipped to 30 days\n"
