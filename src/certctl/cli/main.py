@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     import typer
@@ -84,6 +84,36 @@ def run(argv: list[str] | None = None) -> int:
 
 def _run(args: list[str]) -> tuple[int, bool]:
     """The exit code, and whether the Typer-free ``cert issue`` route ran the command."""
+    code, fast = _run_command(args)
+    return _flush_stdout(code), fast
+
+
+def _flush_stdout(code: int) -> int:
+    """``code``, or 1 when stdout's last output cannot be written (quietly: its reader left)."""
+    # A table is one write that stays in the buffer; flushed only at the interpreter's exit,
+    # a failure printed "Exception ignored … BrokenPipeError" and exited 120.
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except OSError as exc:
+        _quiet_stdio()  # else the interpreter's own last flush fails the same way
+        if code == 0 and exc.errno != errno.EPIPE:
+            return _fail(f"cannot write to stdout: {exc.strerror or exc}", 1)
+        # `certctl certs list | head -0`: nobody to tell; status 1, as Typer says it.
+        return code or 1
+    return code
+
+
+def _stdout_fails() -> bool:
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except OSError:
+        return True
+    return False
+
+
+def _run_command(args: list[str]) -> tuple[int, bool]:
     from certctl.errors import CertctlError
 
     fast = False
@@ -97,6 +127,9 @@ def _run(args: list[str]) -> tuple[int, bool]:
         return _fail("interrupted", 130), fast
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
+        if not where and _stdout_fails():
+            # Typer's echo flushes each line: a full disk behind `> file` fails in the command.
+            where = "cannot write to stdout: "
         return _fail(f"{where}{exc.strerror or exc}", 1), fast
     except Exception as exc:
         if os.environ.get("CERTCTL_DEBUG"):
@@ -169,8 +202,20 @@ def _run_typer(args: list[str]) -> int:
     return result if isinstance(result, int) else 0
 
 
+def _stdout_without_reader() -> TextIO:
+    """A stdout whose every write fails as a pipe's does when its reader has gone."""
+    # stdout closed (`certctl … >&-`): Python sets sys.stdout to None, and a print was an
+    # internal error (AttributeError) or silently dropped with status 0. A pipe nobody reads
+    # makes it what `certctl … | head -0` is.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    return open(write_end, "w", encoding="utf-8")
+
+
 def main() -> None:
     """Console-script entry point."""
+    if sys.stdout is None:
+        sys.stdout = _stdout_without_reader()
     code, fast = _run(sys.argv[1:])
     if fast:
         # The Typer-free route leaves no thread, child process or atexit work behind, and its

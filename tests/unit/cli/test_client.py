@@ -519,6 +519,48 @@ def test_a_table_of_an_answer_of_the_wrong_shape_is_one_line(listener: Listener)
     )
 
 
+def test_a_list_whose_stdout_fails_ends_quietly_or_in_one_line(listener: Listener) -> None:
+    # `certctl certs list -o table | head -0`: a table is one write, left in Python's buffer
+    # for the interpreter's exit, which printed "Exception ignored … BrokenPipeError" with
+    # status 120; a closed stdout (>&-) was an internal error (table) or status 0 with the
+    # answer lost (JSON); a full disk printed "Exception ignored" too. Now a gone reader (or
+    # none) ends quietly with status 1, as Typer and `certctl cert issue` do, and a failed
+    # write is one line.
+    listener.answers["/api/v1/certificates"] = Answer(
+        body=json.dumps({"items": [{"id": "c1", "common_name": "web"}]}).encode()
+    )
+    # Unbuffered, every write would fail at once and the buffered case would not be tried.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CERTCTL_", "PYTHON"))}
+    env = clean | {"CERTCTL_URL": listener.url}
+    read_end, gone = os.pipe()
+    os.close(read_end)
+    full_line = "certctl: error: cannot write to stdout: No space left on device\n"
+    expected: dict[tuple[str, str], tuple[int, str]] = {}
+    runs = {}
+    # Started together: five interpreters at once cost about the time of two.
+    with open("/dev/full", "w") as full:
+        for output, case, stdout, ends in (
+            ("table", "gone", gone, (1, "")),
+            ("table", "closed", None, (1, "")),
+            ("json", "closed", None, (1, "")),
+            ("table", "full", full, (1, full_line)),
+            ("json", "full", full, (1, full_line)),
+        ):
+            argv = [str(CERTCTL), "certs", "list", "-o", output]
+            if case == "closed":
+                argv = ["sh", "-c", 'exec "$@" >&-', "sh", *argv]
+            expected[output, case] = ends
+            runs[output, case] = subprocess.Popen(
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+    os.close(gone)
+    ended = {}
+    for key, run in runs.items():
+        ended[key] = (run.wait(timeout=60), run.communicate()[1])
+    assert ended == expected
+
+
 def test_a_table_shows_control_characters_escaped(listener: Listener) -> None:
     # A common name is the requester's text: a terminal escape must not reach the terminal.
     item = {"id": "c1", "common_name": "\x1b[2Jevil\x07.example", "status": "active"}
