@@ -461,6 +461,10 @@ def load_config(
     except ValidationError as exc:
         first = exc.errors()[0]
         message = first["msg"].removeprefix("Value error, ")  # pydantic's, for ValueError
+        if first["type"] in ("model_type", "dict_type"):
+            # `tls: 5`: pydantic names its class ("instance of TLSConfig"); said as _set says
+            # it when a variable or flag meets the same section.
+            message = "expected a mapping"
         loc = tuple(str(part) for part in first["loc"])
         where = _source(loc, given, file, in_file)
         raise InvalidRequest(f"{where}: {message}{_number_hint(first)}") from None

@@ -55,6 +55,18 @@ REFUSED = {
         {"database-url": "db.example.internal/certctl"},
         "{file}: database-url: not a URL: use sqlite:///PATH",
     ),
+    # A whole section of another type said "Input should be a valid dictionary or instance
+    # of TLSConfig" (a class name), where the same mistake under a variable said this.
+    "section not a mapping": ({"tls": 5}, "{file}: tls: expected a mapping"),
+    "section a list": ({"auth": [1]}, "{file}: auth: expected a mapping"),
+    "nested section not a mapping": (
+        {"auth": {"kubernetes": "yes"}},
+        "{file}: auth.kubernetes: expected a mapping",
+    ),
+    "list item not a mapping": (
+        {"auth": {"client-cert-mappings": ["CN=a"]}},
+        "{file}: auth.client-cert-mappings.0: expected a mapping",
+    ),
     # An unquoted number said only "Input should be a valid string" (or "'1.2' or '1.3'"
     # for 1.3): the hint says what the docs do, at any depth.
     "bare number for a duration": (
