@@ -15,7 +15,17 @@ from typing import Any
 
 import pytest
 
-__all__ = ["INSTALL", "VENV_BIN", "failed", "free_port", "ok", "require", "run"]
+__all__ = [
+    "EC_P256",
+    "INSTALL",
+    "VENV_BIN",
+    "failed",
+    "free_port",
+    "ok",
+    "openssl_req",
+    "require",
+    "run",
+]
 
 VENV_BIN = Path(sys.executable).parent
 RUN_TIMEOUT_S = 60.0
@@ -89,6 +99,30 @@ def failed(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProc
         f"{' '.join(map(str, result.args))} unexpectedly succeeded\nstdout: {result.stdout}"
     )
     return result
+
+
+# `openssl req`'s options for a new P-256 key, as the openssl and Elastic docs spell it.
+EC_P256 = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256")
+
+
+def openssl_req(
+    key: str | Path,
+    out: str | Path,
+    subject: str,
+    *options: str | Path,
+    x509: bool = False,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``openssl req`` with a new unencrypted P-256 key written to ``key``: a CSR at ``out``,
+    or with ``x509`` a self-signed certificate (openssl.cnf's v3_ca: CA:TRUE unless
+    ``options`` say otherwise). ``options`` (-addext, -days, -config …) are passed on; the
+    test fails if openssl does."""
+    return ok(
+        run(
+            "openssl", "req", "-x509" if x509 else "-new", *EC_P256, "-nodes",
+            "-keyout", key, "-out", out, "-subj", subject, *options, cwd=cwd,
+        )
+    )  # fmt: skip
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from certctl.pki import KeyType, SubjectAltNames, common_name_dn, create_csr, generate_private_key
-from tests._tools import ok, run
+from tests._tools import openssl_req
 from tests.api.conftest import Api, assert_problem
 
 JSON = {"content-type": "application/json"}
@@ -50,14 +50,10 @@ def _tampered_csr_pem() -> str:
 def _duplicate_san_csr_pem() -> str:
     """A validly signed CSR with two subjectAltName extensions, as `openssl req` writes one."""
     with tempfile.TemporaryDirectory() as tmp:
-        ok(
-            run(
-                "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                "-nodes", "-keyout", f"{tmp}/k.pem", "-subj", "/CN=dup.example.com",
-                "-addext", "subjectAltName=DNS:dup.example.com",
-                "-addext", "2.5.29.17=DER:300F820D622E6578616D706C652E636F6D",
-                "-out", f"{tmp}/r.csr",
-            )
+        openssl_req(
+            f"{tmp}/k.pem", f"{tmp}/r.csr", "/CN=dup.example.com",
+            "-addext", "subjectAltName=DNS:dup.example.com",
+            "-addext", "2.5.29.17=DER:300F820D622E6578616D706C652E636F6D",
         )  # fmt: skip
         return Path(f"{tmp}/r.csr").read_text()
 

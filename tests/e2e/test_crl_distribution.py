@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._tools import ok, run
+from tests._tools import ok, openssl_req, run
 from tests.e2e.conftest import CertctlServer, StartServer
 
 pytestmark = pytest.mark.e2e
@@ -51,12 +51,7 @@ def test_issued_leaves_name_a_crl_that_shows_their_revocation(
     server = start_server(config={"public-url": "https://127.0.0.1:{port}/"})
     expected = f"https://127.0.0.1:{server.port}/api/v1/issuers/default/crl"
     key, csr = tmp_path / "req.key", tmp_path / "req.csr"
-    ok(
-        run(
-            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=csr.example.com",
-        )
-    )  # fmt: skip
+    openssl_req(key, csr, "/CN=csr.example.com")
     with server.client(server.admin_key) as client:
         keygen = client.post(
             "/api/v1/certificates",

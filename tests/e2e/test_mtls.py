@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 
 from tests._poll import wait_until
-from tests._tools import run
+from tests._tools import openssl_req, run
 from tests.e2e.conftest import CertctlServer, certctl_cli, launch, tls_context
 
 pytestmark = pytest.mark.e2e
@@ -300,9 +300,7 @@ def test_an_administrator_renewing_an_operators_csr_certificate_does_not_raise_i
         "tls": {"client-auth": "optional", "client-ca": str(tmp_path / "team-ca" / "ca.crt")},
         "auth": {"client-cert-mappings": [{"subject": "CN=ci-admin", "roles": ["r-admin"]}]},
     }
-    run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-        "-nodes", "-keyout", tmp_path / "ci.key", "-out", tmp_path / "ci.csr",
-        "-subj", "/CN=ci-admin", timeout=20)  # fmt: skip
+    openssl_req(tmp_path / "ci.key", tmp_path / "ci.csr", "/CN=ci-admin")
     csr = (tmp_path / "ci.csr").read_text()
 
     def permissions(cert_pem: str) -> object:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from certctl.cli.main import run as certctl_run
-from tests._tools import RUN_TIMEOUT_S, ok, run
+from tests._tools import RUN_TIMEOUT_S, ok, openssl_req, run
 
 KEY_TYPES = ("ec-p256", "ec-p384", "ed25519", "rsa-2048", "rsa-3072", "rsa-4096")
 LEAF_PROFILES = ("server", "client", "server+client")
@@ -58,12 +58,7 @@ def openssl_server_certificate(ca_dir: Path, out: Path) -> Path:
     ``openssl verify`` then refuses.
     """
     key, csr, crt = out / "k.pem", out / "r.csr", out / "c.pem"
-    ok(
-        run(
-            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=web.example.com",
-        )
-    )  # fmt: skip
+    openssl_req(key, csr, "/CN=web.example.com")
     extensions = out / "ext.cnf"
     extensions.write_text("subjectAltName=DNS:web.example.com\nextendedKeyUsage=serverAuth\n")
     ok(

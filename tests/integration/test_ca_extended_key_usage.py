@@ -11,22 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from tests._tools import ok, run
+from tests._tools import openssl_req, run
 from tests.integration.conftest import certctl, certctl_ok, openssl_server_certificate
 
 pytestmark = pytest.mark.integration
 
 
 def _imported_ca(base: Path, eku: str) -> Path:
-    ok(
-        run(
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-keyout", base / "ca.key", "-out", base / "ca.crt", "-days", "30",
-            "-subj", f"/CN={eku} CA",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            "-addext", f"extendedKeyUsage={eku}",
-        )
+    openssl_req(
+        base / "ca.key", base / "ca.crt", f"/CN={eku} CA", "-days", "30",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-addext", f"extendedKeyUsage={eku}",
+        x509=True,
     )  # fmt: skip
     out = base / "ca"
     certctl_ok("ca", "import", "--cert", base / "ca.crt", "--key", base / "ca.key", "--out", out)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._tools import ok, run
+from tests._tools import ok, openssl_req, run
 from tests.integration.conftest import Pki, certctl_exe, certctl_ok
 
 pytestmark = pytest.mark.integration
@@ -89,12 +89,7 @@ def test_cert_issue_crl_url_is_followed_by_openssl_crl_download(
 def test_csr_sign_and_batch_issue_carry_the_crl_url(pki: Pki, tmp_path: Path) -> None:
     ca = pki.root("crl-url-ca")
     key, csr = tmp_path / "req.key", tmp_path / "req.csr"
-    ok(
-        run(
-            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=signed.example.com",
-        )
-    )  # fmt: skip
+    openssl_req(key, csr, "/CN=signed.example.com")
     url = "http://pki.example.com/crl/ca.crl"
     ok(
         certctl_exe(
@@ -153,13 +148,7 @@ def test_a_bad_crl_url_is_one_line_and_writes_nothing(
         args: list[str | Path] = ["cert", "issue", "--ca", ca, "--cn", "x.example.com"]
     else:
         csr = tmp_path / "req.csr"
-        ok(
-            run(
-                "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
-                "ec_paramgen_curve:P-256", "-nodes", "-keyout", tmp_path / "req.key", "-out",
-                csr, "-subj", "/CN=x.example.com",
-            )
-        )  # fmt: skip
+        openssl_req(tmp_path / "req.key", csr, "/CN=x.example.com")
         args = ["csr", "sign", "--ca", ca, "--csr", csr]
     result = certctl_exe(*args, "--out", out, "--crl-url", value)
     assert result.returncode == 1, result.stdout + result.stderr

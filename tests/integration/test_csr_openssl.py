@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._tools import ok, run
+from tests._tools import EC_P256, ok, run
 from tests.integration.conftest import Pki, certctl_exe, certctl_ok
 from tests.integration.test_openssl_x509 import x509_extensions
 
@@ -50,9 +50,7 @@ def tamper(csr: Path, out: Path) -> Path:
 
 def test_sign_drops_requested_ca_extensions(pki: Pki, tmp_path: Path) -> None:
     chain = pki.chain("ec-p256")
-    csr = openssl_csr(
-        tmp_path, "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", extra=GREEDY_EXTENSIONS
-    )
+    csr = openssl_csr(tmp_path, *EC_P256, extra=GREEDY_EXTENSIONS)
     out = tmp_path / "signed"
     result = certctl_exe(
         "csr", "sign", "--ca", chain.inter, "--csr", csr, "--profile", "server", "--out", out
@@ -98,7 +96,7 @@ def test_sign_accepts_an_rsa_2048_csr(pki: Pki, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "key_args",
-    [["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"], ["-newkey", "rsa:2048"]],
+    [list(EC_P256), ["-newkey", "rsa:2048"]],
     ids=["ec", "rsa"],
 )
 def test_sign_refuses_a_tampered_csr(pki: Pki, tmp_path: Path, key_args: list[str]) -> None:
@@ -141,7 +139,7 @@ def test_sign_names_the_requested_names_it_leaves_out(pki: Pki, tmp_path: Path) 
         "[req]\ndistinguished_name=dn\n[dn]\n[dir_sect]\nCN=Directory Name\n"
     )
     csr = openssl_csr(
-        tmp_path, "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+        tmp_path, *EC_P256,
         extra=["-config", str(tmp_path / "req.cnf"), "-addext",
                "subjectAltName=DNS:x.example.com,otherName:1.3.6.1.4.1.311.20.2.3;UTF8:u@corp,"
                "RID:1.2.3.4,dirName:dir_sect,email:u@corp.example"],
@@ -160,8 +158,7 @@ def test_sign_names_the_requested_names_it_leaves_out(pki: Pki, tmp_path: Path) 
     assert shown.split("\n", 1)[1].strip() == "DNS:x.example.com, email:u@corp.example"
     # Its twin: a request of those four types only is signed without a word.
     names = "subjectAltName=DNS:x.example.com,IP:10.0.0.1,URI:spiffe://x/y"
-    plain = openssl_csr(tmp_path / "plain", "-newkey", "ec", "-pkeyopt",
-                        "ec_paramgen_curve:P-256", extra=["-addext", names])  # fmt: skip
+    plain = openssl_csr(tmp_path / "plain", *EC_P256, extra=["-addext", names])  # fmt: skip
     result = certctl_exe("csr", "sign", "--ca", pki.chain("ec-p256").inter, "--csr", plain,
                          "--out", tmp_path / "plain-signed")  # fmt: skip
     assert (result.returncode, result.stderr) == (0, "")
@@ -172,8 +169,7 @@ def test_sign_makes_an_address_common_name_the_ip_san(pki: Pki, tmp_path: Path) 
     # an address against IP SANs only. Before, the CN became no SAN at all (a DNS name was
     # tried and refused) and no client could reach the server by that address.
     out = tmp_path / "signed"
-    csr = openssl_csr(tmp_path / "ip", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                      subject="/CN=127.0.0.1")  # fmt: skip
+    csr = openssl_csr(tmp_path / "ip", *EC_P256, subject="/CN=127.0.0.1")
     chain = pki.chain("ec-p256")
     result = certctl_exe("csr", "sign", "--ca", chain.inter, "--csr", csr, "--out", out)
     assert result.returncode == 0, result.stderr
@@ -237,7 +233,7 @@ def test_csr_commands_warn_when_they_leave_a_mismatched_pair(pki: Pki, tmp_path:
     assert (signed.returncode, signed.stderr) == (0, "")
     assert _pair_matches(live)
     # Another CSR signed into it leaves the key of the first beside the new certificate.
-    other = openssl_csr(tmp_path / "other", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256")
+    other = openssl_csr(tmp_path / "other", *EC_P256)
     mixed = certctl_exe("csr", "sign", "--ca", inter, "--csr", other, "--out", live, "--force")
     assert mixed.returncode == 0, mixed.stderr
     assert not _pair_matches(live)
@@ -251,7 +247,7 @@ def test_a_csr_with_a_repeated_extension_is_refused_in_one_line(pki: Pki, tmp_pa
     # openssl req writes two subjectAltName extensions when asked (-addext under two names);
     # before, inspect and csr sign failed with "internal error (DuplicateExtension: …)".
     csr = openssl_csr(
-        tmp_path, "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+        tmp_path, *EC_P256,
         extra=["-addext", "subjectAltName=DNS:x.example.com",
                "-addext", "2.5.29.17=DER:300F820D622E6578616D706C652E636F6D"],
     )  # fmt: skip

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests._tools import free_port, ok, require, run, stop
+from tests._tools import EC_P256, free_port, ok, openssl_req, require, run, stop
 from tests.integration.conftest import certctl_exe, wait_for_port
 
 pytestmark = pytest.mark.integration
@@ -277,9 +277,8 @@ def test_a_serial_of_zero_is_one_warning_line(files: Path, tmp_path: Path) -> No
     # came before certctl's own output in inspect, verify and cert issue alike.
     ca_dir = tmp_path / "ca"
     ca_dir.mkdir()
-    ok(run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-           "-nodes", "-keyout", ca_dir / "ca.key", "-subj", "/CN=Zero CA", "-days", "30",
-           "-set_serial", "0", "-out", ca_dir / "ca.crt"))  # fmt: skip
+    openssl_req(ca_dir / "ca.key", ca_dir / "ca.crt", "/CN=Zero CA", "-days", "30",
+                "-set_serial", "0", x509=True)  # fmt: skip
     shown = ok(run("certctl", "inspect", ca_dir / "ca.crt"))
     assert shown.stderr == (
         "certctl: warning: certificate CN=Zero CA: serial number 00 is not positive, which "
@@ -303,9 +302,8 @@ def test_openssl_self_signed_server_certificate_verifies_as_curl_accepts_it(
     # itself, curl accepts it for the server that presents it; certctl verify refused it:
     # "basicConstraints.cA must not be asserted in an EE certificate".
     key, cert = tmp_path / "k.pem", tmp_path / "self.crt"
-    ok(run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-           "-nodes", "-keyout", key, "-subj", "/CN=self.example", "-addext",
-           "subjectAltName=DNS:self.example", "-days", "5", "-out", cert))  # fmt: skip
+    openssl_req(key, cert, "/CN=self.example", "-addext", "subjectAltName=DNS:self.example",
+                "-days", "5", x509=True)  # fmt: skip
     assert "CA:TRUE" in ok(run("openssl", "x509", "-in", cert, "-noout", "-ext",
                                "basicConstraints")).stdout  # fmt: skip
     port = free_port()
@@ -329,9 +327,7 @@ def test_openssl_self_signed_server_certificate_verifies_as_curl_accepts_it(
     assert other.returncode == 1
     assert "other.example is not in the certificate's SANs" in other.stderr
     stranger = tmp_path / "stranger.crt"
-    ok(run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-           "-nodes", "-keyout", tmp_path / "k2.pem", "-subj", "/CN=self.example", "-days", "5",
-           "-out", stranger))  # fmt: skip
+    openssl_req(tmp_path / "k2.pem", stranger, "/CN=self.example", "-days", "5", x509=True)
     refused = run("certctl", "verify", "--ca", stranger, cert, "--hostname", "self.example")
     assert refused.returncode == 1
     assert "verification failed" in refused.stderr
@@ -450,11 +446,10 @@ def test_leaf_is_not_its_own_trust_anchor(files: Path) -> None:
 def test_self_signed_leaf_trusted_as_itself_as_openssl_does(files: Path) -> None:
     # ca.crt = tls.crt, as Kubernetes secrets of self-signed servers often have it.
     cert = files / "self.crt"
-    ok(run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-           "-nodes", "-keyout", files / "self.key", "-out", cert, "-subj", "/CN=self.example",
-           "-addext", "basicConstraints=critical,CA:FALSE",
-           "-addext", "subjectAltName=DNS:self.example",
-           "-addext", "extendedKeyUsage=serverAuth"))  # fmt: skip
+    openssl_req(files / "self.key", cert, "/CN=self.example",
+                "-addext", "basicConstraints=critical,CA:FALSE",
+                "-addext", "subjectAltName=DNS:self.example",
+                "-addext", "extendedKeyUsage=serverAuth", x509=True)  # fmt: skip
     ok(run("openssl", "verify", "-CAfile", cert, cert))
     ok(certctl_exe("verify", cert, "--ca", cert, "--hostname", "self.example"))
 
@@ -562,9 +557,7 @@ def test_any_extended_key_usage_is_no_tls_purpose_as_for_openssl(files: Path) ->
         "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
         "authorityKeyIdentifier=keyid\n"
     )
-    ok(run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-           "-nodes", "-keyout", files / "any.key", "-subj", "/CN=any.example",
-           "-out", files / "any.csr"))  # fmt: skip
+    openssl_req(files / "any.key", files / "any.csr", "/CN=any.example")
     ok(run("openssl", "x509", "-req", "-in", files / "any.csr", "-CA", files / "ca1/ca.crt",
            "-CAkey", files / "ca1/ca.key", "-set_serial", "0x0abc", "-days", "2",
            "-extfile", ext, "-out", files / "any.crt"))  # fmt: skip
@@ -646,8 +639,7 @@ def _openssl_ca_sign(
 
     ``openssl ca`` is the one openssl 3.0 command that sets any notBefore and notAfter.
     """
-    keygen = ["-newkey", "ed25519"] if algorithm == "ed25519" else [
-        "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]  # fmt: skip
+    keygen = ["-newkey", "ed25519"] if algorithm == "ed25519" else list(EC_P256)
     ok(run("openssl", "req", *keygen, "-nodes", "-subj", f"/CN={name}",
            "-keyout", d / f"{name}.key", "-out", d / f"{name}.csr"))  # fmt: skip
     (d / "db").mkdir(exist_ok=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._tools import ok, run
+from tests._tools import openssl_req, run
 from tests.integration.conftest import certctl, certctl_ok, openssl_server_certificate
 
 pytestmark = pytest.mark.integration
@@ -26,15 +26,12 @@ CONSTRAINTS = (
 def constrained_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An imported root limited to .corp.example (DNS, URI hosts), 10/8, @corp.example."""
     base = tmp_path_factory.mktemp("constrained")
-    ok(
-        run(
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-keyout", base / "ca.key", "-out", base / "ca.crt", "-days", "30",
-            "-subj", "/CN=Corp Constrained CA",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            "-addext", CONSTRAINTS,
-        )
+    openssl_req(
+        base / "ca.key", base / "ca.crt", "/CN=Corp Constrained CA", "-days", "30",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-addext", CONSTRAINTS,
+        x509=True,
     )  # fmt: skip
     out = base / "ca"
     certctl_ok("ca", "import", "--cert", base / "ca.crt", "--key", base / "ca.key", "--out", out)
@@ -165,13 +162,9 @@ def test_a_directory_name_constraint_holds_the_subject(tmp_path: Path) -> None:
         "nameConstraints = critical,permitted;dirName:corp\n"
         "[corp]\nC = US\nO = Example Corp\n"
     )
-    ok(
-        run(
-            "openssl", "req", "-x509", "-config", config, "-extensions", "ext",
-            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", tmp_path / "ca.key", "-out", tmp_path / "ca.crt", "-days", "30",
-            "-subj", "/C=US/O=Example Corp/CN=Corp DN CA",
-        )
+    openssl_req(
+        tmp_path / "ca.key", tmp_path / "ca.crt", "/C=US/O=Example Corp/CN=Corp DN CA",
+        "-config", config, "-extensions", "ext", "-days", "30", x509=True,
     )  # fmt: skip
     ca = tmp_path / "ca"
     certctl_ok(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests._tools import ok, run
+from tests._tools import ok, openssl_req, run
 from tests.integration.conftest import CliResult, Pki, certctl, certctl_ok
 
 pytestmark = pytest.mark.integration
@@ -378,12 +378,7 @@ def _load_crl(path: Path) -> x509.CertificateRevocationList:
 def openssl_leaf(s: Setup, name: str, extensions: str) -> Path:
     """A leaf signed by the intermediate with ``openssl x509 -req`` and ``extensions``."""
     key, csr, cert = s.tmp / f"{name}.key", s.tmp / f"{name}.csr", s.tmp / f"{name}.crt"
-    ok(
-        run(
-            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-keyout", key, "-out", csr, "-subj", f"/CN={name}.example.com",
-        )
-    )  # fmt: skip
+    openssl_req(key, csr, f"/CN={name}.example.com")
     ext = s.tmp / f"{name}.ext"
     ext.write_text(
         f"subjectAltName=DNS:{name}.example.com\nextendedKeyUsage=serverAuth\n{extensions}"

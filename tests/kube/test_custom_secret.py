@@ -14,7 +14,7 @@ from pathlib import Path
 
 from certctl.server.config import ServerConfig
 from certctl.server.run import _custom_secret_reader
-from tests._tools import ok, run
+from tests._tools import ok, openssl_req, run
 from tests.kube.conftest import NAMESPACE
 from tests.kube.fake_apiserver import FakeApiServer
 from tests.services.conftest import Env, service_doc, snapshot, write_secret
@@ -42,9 +42,8 @@ def _config(apiserver: FakeApiServer, sa_dir: Path, env: Env) -> ServerConfig:
 def _self_signed(tmp: Path) -> dict[str, bytes]:
     """ECK's documented example: openssl req -x509 with the service's names."""
     sans = "subjectAltName=DNS:web,DNS:web.example.internal"
-    ok(run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-           "-nodes", "-days", "30", "-subj", "/CN=web", "-addext", sans,
-           "-keyout", tmp / "tls.key", "-out", tmp / "tls.crt"))  # fmt: skip
+    openssl_req(tmp / "tls.key", tmp / "tls.crt", "/CN=web", "-days", "30", "-addext", sans,
+                x509=True)  # fmt: skip
     return {"tls.crt": (tmp / "tls.crt").read_bytes(), "tls.key": (tmp / "tls.key").read_bytes()}
 
 

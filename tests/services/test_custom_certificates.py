@@ -32,7 +32,7 @@ from certctl.pki import (
 )
 from certctl.services import tls_services
 from certctl.store.models import Issuer
-from tests._tools import ok, run
+from tests._tools import ok, openssl_req, run
 from tests.e2e.conftest import launch
 from tests.services.conftest import (
     SETTINGS,
@@ -567,9 +567,7 @@ def test_custom_certificate_without_ca_crt(env: Env, tmp_path: Path) -> None:
     key = tmp_path / "tls.key"
     crt = tmp_path / "tls.crt"
     sans = "subjectAltName=DNS:web,DNS:web.example.internal"
-    ok(run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-           "-nodes", "-days", "30", "-subj", "/CN=web", "-addext", sans,
-           "-keyout", key, "-out", crt))  # fmt: skip
+    openssl_req(key, crt, "/CN=web", "-days", "30", "-addext", sans, x509=True)
     write_secret(
         env.secrets_dir, "custom", {"tls.crt": crt.read_bytes(), "tls.key": key.read_bytes()}
     )

@@ -165,26 +165,9 @@ def test_a_service_ca_issues_only_for_its_service(env: Env, tmp_path: Path) -> N
     env.put(service_doc("web"))
     env.reconcile("web")
     csr_key = tmp_path / "k"
-    from tests._tools import ok, run
+    from tests._tools import openssl_req
 
-    ok(
-        run(
-            "openssl",
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            csr_key,
-            "-subj",
-            "/CN=web",
-            "-out",
-            tmp_path / "csr",
-        )
-    )
+    openssl_req(csr_key, tmp_path / "csr", "/CN=web")
     with env.client() as client:
         for body in (
             {"issuer": "svc.web", "csr": (tmp_path / "csr").read_text()},

@@ -29,6 +29,7 @@ from certctl.pki import (
     key_to_pem,
     to_pkcs12,
 )
+from tests._tools import openssl_req
 from tests._tools import run as run_tool
 from tests.unit.cli.test_bad_input import _snapshot
 
@@ -626,21 +627,18 @@ def test_rsa_pss_ca_key_is_refused_in_one_line(workdir: Path) -> None:
 def test_import_of_an_intermediate_without_its_root_warns(workdir: Path) -> None:
     # An intermediate imported alone makes itself the ca.crt of what it issues, which
     # openssl verify (and Python's ssl) refuse as a CA file: before, not a word was said.
-    ec_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
     (workdir / "v3.ext").write_text(
         "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
         "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
     )
-    for args in (
-        ["req", "-x509", *ec_key, "-keyout", "root.key", "-out", "root.crt",
-         "-subj", "/CN=Corp Root", "-days", "30",
-         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-        ["req", *ec_key, "-keyout", "int.key", "-out", "int.csr", "-subj", "/CN=Corp Issuing"],
-        ["x509", "-req", "-in", "int.csr", "-CA", "root.crt", "-CAkey", "root.key",
-         "-days", "20", "-extfile", "v3.ext", "-out", "int.crt"],
-    ):  # fmt: skip
-        made = run_tool("openssl", *args, cwd=workdir)
-        assert made.returncode == 0, made.stderr
+    openssl_req("root.key", "root.crt", "/CN=Corp Root", "-days", "30",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign", x509=True,
+                cwd=workdir)  # fmt: skip
+    openssl_req("int.key", "int.csr", "/CN=Corp Issuing", cwd=workdir)
+    made = run_tool("openssl", "x509", "-req", "-in", "int.csr", "-CA", "root.crt",
+                    "-CAkey", "root.key", "-days", "20", "-extfile", "v3.ext",
+                    "-out", "int.crt", cwd=workdir)  # fmt: skip
+    assert made.returncode == 0, made.stderr
     proc = _run(workdir, *"ca import -o alone --cert int.crt --key int.key".split())
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == (

@@ -11,6 +11,7 @@ from cryptography import x509
 
 from certctl.pki.placeholder import PLACEHOLDER_CN_PREFIX, no_client_trust_anchor
 from certctl.store.keywrap import KeyWrapper
+from tests._tools import openssl_req
 
 
 def test_stable_for_one_seed_and_name_and_distinct_otherwise() -> None:
@@ -32,11 +33,7 @@ def test_a_client_certificate_does_not_verify_against_it(tmp_path: Path) -> None
     anchor = tmp_path / "trust.pem"
     anchor.write_bytes(no_client_trust_anchor(os.urandom(32), "web"))
     key, cert = tmp_path / "c.key", tmp_path / "c.crt"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-keyout", key, "-out", cert, "-subj", "/CN=mallory", "-days", "1"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    openssl_req(key, cert, "/CN=mallory", "-days", "1", x509=True)
     result = subprocess.run(
         ["openssl", "verify", "-purpose", "sslclient", "-CAfile", anchor, cert],
         capture_output=True,
