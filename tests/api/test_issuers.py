@@ -1,4 +1,4 @@
-"""/api/v1/issuers: the default CA, new roots and intermediates, imports, public ca.pem."""
+"""/api/v1/issuers: the default CA, new roots and intermediates, imports, public ca.pem/ca.der."""
 
 from __future__ import annotations
 
@@ -57,13 +57,28 @@ def test_default_issuer_exists(api: Api) -> None:
     assert_problem(api.get(f"{ISSUERS}/nope", api.admin_key), 404)
 
 
-def test_ca_pem_is_public(api: Api) -> None:
-    r = api.get(f"{ISSUERS}/default/ca.pem")
-    assert r.status_code == 200
-    assert r.headers["content-type"] == "application/x-pem-file"
+def test_ca_pem_and_ca_der_are_public(api: Api, tmp_path: Path) -> None:
+    pem = api.get(f"{ISSUERS}/default/ca.pem")
+    assert pem.status_code == 200
+    assert pem.headers["content-type"] == "application/x-pem-file"
     default = api.get(f"{ISSUERS}/default", api.admin_key).json()
-    assert r.text == default["certificate_pem"]
+    assert pem.text == default["certificate_pem"]
     assert_problem(api.get(f"{ISSUERS}/nope/ca.pem"), 404)
+    # ca.der: what a caIssuers URI names (RFC 5280 4.2.2.1): one certificate, DER, pkix-cert.
+    r = api.get(f"{ISSUERS}/default/ca.der")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/pkix-cert"
+    assert r.content == _cert(pem.text).public_bytes(Encoding.DER)
+    der = tmp_path / "ca.der"
+    der.write_bytes(r.content)
+    # openssl reads it as DER, and writes back the very certificate ca.pem serves.
+    assert ok(run("openssl", "x509", "-inform", "DER", "-in", der)).stdout == pem.text
+    # The same caching as ca.pem: none said anonymously, no-store with a key.
+    for key in (None, api.admin_key):
+        der_headers = api.get(f"{ISSUERS}/default/ca.der", key).headers
+        pem_headers = api.get(f"{ISSUERS}/default/ca.pem", key).headers
+        assert der_headers.get("cache-control") == pem_headers.get("cache-control"), key
+    assert_problem(api.get(f"{ISSUERS}/nope/ca.der"), 404)
 
 
 def test_create_root_and_intermediate(api: Api) -> None:
@@ -132,6 +147,7 @@ def test_create_root_and_intermediate(api: Api) -> None:
     )
     # The public ca.pem of the intermediate is its own certificate.
     assert _cert(api.get(f"{ISSUERS}/issuing-1/ca.pem").text) == inter_cert
+    assert api.get(f"{ISSUERS}/issuing-1/ca.der").content == inter_cert.public_bytes(Encoding.DER)
 
 
 def test_create_issuer_conflicts_and_bad_input(api: Api) -> None:

@@ -30,6 +30,7 @@ DESIGN_ROUTES = {
     ("POST", "/api/v1/issuers"): "issuer.create",
     ("GET", "/api/v1/issuers/{id}"): "issuer.read",
     ("GET", "/api/v1/issuers/{id}/ca.pem"): PUBLIC,
+    ("GET", "/api/v1/issuers/{id}/ca.der"): PUBLIC,
     ("GET", "/api/v1/issuers/{id}/crl"): PUBLIC,
     ("GET", "/api/v1/certificates"): "cert.read",
     ("POST", "/api/v1/certificates"): "cert.issue",

@@ -61,6 +61,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, Any]] = {
     ("POST", "/api/v1/issuers"): ("issuer.create", {"id": "m-ca", "common_name": "Matrix CA"}),
     ("GET", "/api/v1/issuers/{id}"): ("issuer.read", None),
     ("GET", "/api/v1/issuers/{id}/ca.pem"): (PUBLIC, None),
+    ("GET", "/api/v1/issuers/{id}/ca.der"): (PUBLIC, None),
     ("GET", "/api/v1/issuers/{id}/crl"): (PUBLIC, None),
     ("GET", "/api/v1/certificates"): ("cert.read", None),
     ("POST", "/api/v1/certificates"): ("cert.issue", {"common_name": "m.example.com"}),

@@ -401,6 +401,15 @@ async def issuer_ca_pem(request: Request, principal: Principal | None) -> Respon
     return Response(certs_to_pem(certs), media_type="application/x-pem-file")
 
 
+async def issuer_ca_der(request: Request, principal: Principal | None) -> Response:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    ca = issuance.load_issuer(_services(request), request.path_params["id"])
+    # What a caIssuers URI names (RFC 5280 4.2.2.1): one DER certificate, application/pkix-cert
+    # (RFC 2585 4.1); the client follows it to build a path, so never a chain or PEM.
+    return Response(ca.certificate.public_bytes(Encoding.DER), media_type="application/pkix-cert")
+
+
 async def issuer_crl(request: Request, principal: Principal | None) -> Response:
     from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -747,6 +756,13 @@ _CORE_ROUTES: tuple[ApiRoute, ...] = (
     ApiRoute("GET", "/api/v1/issuers/{id}", "issuer.read", get_issuer, "Get an issuer"),
     ApiRoute(
         "GET", "/api/v1/issuers/{id}/ca.pem", PUBLIC, issuer_ca_pem, "Issuer CA certificate (PEM)"
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/issuers/{id}/ca.der",
+        PUBLIC,
+        issuer_ca_der,
+        "Issuer CA certificate (DER: what a certificate's caIssuers URI names)",
     ),
     ApiRoute(
         "GET", "/api/v1/issuers/{id}/crl", PUBLIC, issuer_crl, "Issuer CRL (DER; ?format=pem)"

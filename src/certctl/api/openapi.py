@@ -241,6 +241,9 @@ _SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/issuers"): _json("CreatedIssuer"),
     ("GET", "/api/v1/issuers/{id}"): _json("Issuer"),
     ("GET", "/api/v1/issuers/{id}/ca.pem"): {_PEM: {"schema": _STR}},
+    ("GET", "/api/v1/issuers/{id}/ca.der"): {
+        "application/pkix-cert": {"schema": {"type": "string", "format": "binary"}}
+    },
     ("GET", "/api/v1/issuers/{id}/crl"): {
         "application/pkix-crl": {"schema": {"type": "string", "format": "binary"}},
         _PEM: {"schema": _STR},
