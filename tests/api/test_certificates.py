@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import event, insert, literal, select, text
 
@@ -1038,7 +1038,7 @@ def test_a_csr_whose_subject_holds_bidi_controls_is_refused(api: Api) -> None:
     assert api.counts() == before
 
 
-# --- public-url: cRLDistributionPoints --------------------------------------------------------
+# --- public-url: cRLDistributionPoints, authorityInfoAccess caIssuers ----------------------
 
 PUBLIC_URL = "https://certctl.example.internal:8443"
 
@@ -1065,6 +1065,19 @@ def _crl_points(pem: str) -> list[list[str]] | None:
     return [[str(n.value) for n in p.full_name or ()] for p in ext.value]
 
 
+def _ca_issuers(pem: str) -> list[str] | None:
+    """The caIssuers URIs of the authorityInfoAccess, None without the extension."""
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+    except x509.ExtensionNotFound:
+        return None
+    assert not ext.critical
+    # No OCSP: certctl runs no responder, and a URI nobody answers makes clients wait.
+    assert {d.access_method for d in ext.value} == {AuthorityInformationAccessOID.CA_ISSUERS}
+    return [str(d.access_location.value) for d in ext.value]
+
+
 def _issue_every_way(api: Api, issuer: str) -> list[dict[str, Any]]:
     """A certificate with a server-made key, one from a CSR, and the renewal of each."""
     keygen = api.issue(issuer=issuer, common_name="web.example.com")
@@ -1080,14 +1093,23 @@ def _issue_every_way(api: Api, issuer: str) -> list[dict[str, Any]]:
     return issued
 
 
-def test_public_url_puts_the_issuers_crl_in_every_leaf(public_url_api: Api) -> None:
+def test_public_url_puts_the_issuers_crl_and_certificate_in_every_leaf(
+    public_url_api: Api,
+) -> None:
     api = public_url_api
     r = api.post(ISSUERS, api.admin_key, json={"id": "team-a", "common_name": "Team A CA"})
     assert r.status_code == 201, r.text
     for issuer in ("default", "team-a"):
         expected = [[f"{PUBLIC_URL}/api/v1/issuers/{issuer}/crl"]]
+        ca_der = f"{PUBLIC_URL}/api/v1/issuers/{issuer}/ca.der"
         for cert in _issue_every_way(api, issuer):
             assert _crl_points(cert["certificate_pem"]) == expected, issuer
+            assert _ca_issuers(cert["certificate_pem"]) == [ca_der], issuer
+        # The caIssuers URL is the public DER route: the certificate that signed the leaf.
+        leaf = x509.load_pem_x509_certificate(cert["certificate_pem"].encode())
+        r = api.get(ca_der.removeprefix(PUBLIC_URL))
+        assert r.status_code == 200, r.text
+        leaf.verify_directly_issued_by(x509.load_der_x509_certificate(r.content))
     # The URL is the public CRL route: fetched without credentials, it lists a revocation.
     leaf = api.issue(issuer="team-a", common_name="gone.example.com")
     r = api.post(f"{CERTS}/{leaf['id']}/revoke", api.admin_key, json={})
@@ -1100,6 +1122,7 @@ def test_public_url_puts_the_issuers_crl_in_every_leaf(public_url_api: Api) -> N
     assert crl.get_revoked_certificate_by_serial_number(serial) is not None
 
 
-def test_without_public_url_no_leaf_carries_a_distribution_point(api: Api) -> None:
+def test_without_public_url_no_leaf_carries_a_distribution_point_nor_aia(api: Api) -> None:
     for cert in _issue_every_way(api, "default"):
         assert _crl_points(cert["certificate_pem"]) is None
+        assert _ca_issuers(cert["certificate_pem"]) is None

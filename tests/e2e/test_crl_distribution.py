@@ -1,5 +1,7 @@
 """``public-url``: issued leaves name their issuer's CRL, and a client following it finds a
-revocation there (curl fetches the URL the certificate carries, openssl checks against it)."""
+revocation there (curl fetches the URL the certificate carries, openssl checks against it);
+they also name their issuer's certificate (authorityInfoAccess caIssuers), which curl fetches
+as the DER certificate openssl builds the chain with."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests._tools import ok, openssl_req, run
 from tests.e2e.conftest import CertctlServer, StartServer
@@ -22,8 +26,19 @@ def distribution_points(pem: str, tmp: Path) -> list[str]:
     if "X509v3 CRL Distribution Points" not in text:
         return []
     section = text.split("X509v3 CRL Distribution Points:", 1)[1]
-    section = re.split(r"\n\s*X509v3 |\n\s*Signature Algorithm", section, maxsplit=1)[0]
+    # Up to the next extension (openssl names AIA without "X509v3") or the signature.
+    section = re.split(
+        r"\n\s*(?:X509v3 |Authority Information Access|Signature Algorithm)", section, maxsplit=1
+    )[0]
     return re.findall(r"URI:(\S+)", section)
+
+
+def ca_issuers(pem: str, tmp: Path) -> list[str]:
+    """The URIs ``openssl x509 -text`` shows as ``CA Issuers - URI:``."""
+    path = tmp / "c.pem"
+    path.write_text(pem)
+    text = ok(run("openssl", "x509", "-in", path, "-noout", "-text")).stdout
+    return re.findall(r"CA Issuers - URI:(\S+)", text)
 
 
 def fetch(url: str, server: CertctlServer, out: Path) -> Path:
@@ -45,11 +60,12 @@ def openssl_verdict(cert_pem: str, crl: Path, ca: Path, tmp: Path) -> str:
     return match.group(1).strip()
 
 
-def test_issued_leaves_name_a_crl_that_shows_their_revocation(
+def test_issued_leaves_name_their_issuer_and_a_crl_that_shows_their_revocation(
     start_server: StartServer, tmp_path: Path
 ) -> None:
     server = start_server(config={"public-url": "https://127.0.0.1:{port}/"})
     expected = f"https://127.0.0.1:{server.port}/api/v1/issuers/default/crl"
+    expected_aia = f"https://127.0.0.1:{server.port}/api/v1/issuers/default/ca.der"
     key, csr = tmp_path / "req.key", tmp_path / "req.csr"
     openssl_req(key, csr, "/CN=csr.example.com")
     with server.client(server.admin_key) as client:
@@ -66,9 +82,21 @@ def test_issued_leaves_name_a_crl_that_shows_their_revocation(
         assert ca_pem.status_code == 200, ca_pem.text
     for issued in (keygen, from_csr, renewed):
         assert distribution_points(issued.json()["certificate_pem"], tmp_path) == [expected]
-    issuer_ca = tmp_path / "issuer.pem"
-    issuer_ca.write_text(ca_pem.text)
+        assert ca_issuers(issued.json()["certificate_pem"], tmp_path) == [expected_aia]
     leaf = from_csr.json()
+    # The caIssuers URL, followed without credentials: one DER certificate (RFC 5280
+    # 4.2.2.1), which openssl reads as DER; it is the issuer, so it anchors the checks below.
+    aia = ca_issuers(leaf["certificate_pem"], tmp_path)[0]
+    got = ok(
+        run("curl", "-sS", "--fail", "--cacert", server.ca, "-o", tmp_path / "issuer.der",
+            "-w", "%{content_type}", aia)
+    )  # fmt: skip
+    assert got.stdout == "application/pkix-cert"
+    der = (tmp_path / "issuer.der").read_bytes()
+    assert der == x509.load_pem_x509_certificate(ca_pem.content).public_bytes(Encoding.DER)
+    issuer_ca = tmp_path / "issuer.pem"
+    ok(run("openssl", "x509", "-inform", "DER", "-in", tmp_path / "issuer.der", "-out", issuer_ca))
+    assert issuer_ca.read_text() == ca_pem.text
     url = distribution_points(leaf["certificate_pem"], tmp_path)[0]
 
     before = fetch(url, server, tmp_path / "before.crl")
@@ -87,7 +115,7 @@ def test_issued_leaves_name_a_crl_that_shows_their_revocation(
     assert openssl_verdict(other, after, issuer_ca, tmp_path) == "OK"
 
 
-def test_without_public_url_leaves_carry_no_distribution_point(
+def test_without_public_url_leaves_carry_no_distribution_point_nor_aia(
     default_server: CertctlServer, tmp_path: Path
 ) -> None:
     with default_server.client(default_server.admin_key) as client:
@@ -101,6 +129,7 @@ def test_without_public_url_leaves_carry_no_distribution_point(
     text = ok(run("openssl", "x509", "-in", path, "-noout", "-text")).stdout
     assert "X509v3 Subject Alternative Name" in text  # the -text output has extensions
     assert "CRL Distribution Points" not in text
+    assert "Authority Information Access" not in text
 
 
 def test_a_bad_public_url_is_refused_at_start_in_one_line(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""``cert issue --crl-url`` / ``csr sign --crl-url``: the URL openssl shows, and follows.
+"""``cert issue`` / ``csr sign`` ``--crl-url`` and ``--ca-issuers-url``: the URLs openssl shows,
+and the CRL one it follows.
 
 ``openssl verify -crl_download`` fetches the CRL the certificate names over HTTP (a plain
 ``http.server`` here, as a static mirror would serve it) and reports the revocation that
@@ -28,8 +29,17 @@ def crl_uris(cert: Path) -> list[str]:
     if "X509v3 CRL Distribution Points" not in text:
         return []
     section = text.split("X509v3 CRL Distribution Points:", 1)[1]
-    section = re.split(r"\n\s*X509v3 |\n\s*Signature Algorithm", section, maxsplit=1)[0]
+    # Up to the next extension (openssl names AIA without "X509v3") or the signature.
+    section = re.split(
+        r"\n\s*(?:X509v3 |Authority Information Access|Signature Algorithm)", section, maxsplit=1
+    )[0]
     return re.findall(r"URI:(\S+)", section)
+
+
+def ca_issuers_uris(cert: Path) -> list[str]:
+    """The URIs ``openssl x509 -text`` shows as ``CA Issuers - URI:``."""
+    text = ok(run("openssl", "x509", "-in", cert, "-noout", "-text")).stdout
+    return re.findall(r"CA Issuers - URI:(\S+)", text)
 
 
 @pytest.fixture
@@ -86,17 +96,23 @@ def test_cert_issue_crl_url_is_followed_by_openssl_crl_download(
     assert verdict() == "certificate revoked"
 
 
-def test_csr_sign_and_batch_issue_carry_the_crl_url(pki: Pki, tmp_path: Path) -> None:
+def test_csr_sign_and_batch_issue_carry_the_crl_and_ca_issuers_urls(
+    pki: Pki, tmp_path: Path
+) -> None:
     ca = pki.root("crl-url-ca")
     key, csr = tmp_path / "req.key", tmp_path / "req.csr"
     openssl_req(key, csr, "/CN=signed.example.com")
     url = "http://pki.example.com/crl/ca.crl"
+    issuers = ["http://pki.example.com/ca.der", "https://certctl.example.com/api/v1/ca.der"]
+    aia = [arg for issuer in issuers for arg in ("--ca-issuers-url", issuer)]
     ok(
         certctl_exe(
-            "csr", "sign", "--ca", ca, "--csr", csr, "--out", tmp_path / "s", "--crl-url", url
+            "csr", "sign", "--ca", ca, "--csr", csr, "--out", tmp_path / "s", "--crl-url", url,
+            *aia,
         )
-    )
+    )  # fmt: skip
     assert crl_uris(tmp_path / "s" / "tls.crt") == [url]
+    assert ca_issuers_uris(tmp_path / "s" / "tls.crt") == issuers
     instances = tmp_path / "instances.yml"
     instances.write_text(
         "instances:\n  - name: a\n    dns: [a.example.com]\n  - name: b\n    dns: [b.example.com]\n"
@@ -105,14 +121,25 @@ def test_csr_sign_and_batch_issue_carry_the_crl_url(pki: Pki, tmp_path: Path) ->
     ok(
         certctl_exe(
             "cert", "issue", "--ca", ca, "--in", instances, "--pem", "--out", batch,
-            "--crl-url", url,
+            "--crl-url", url, *aia,
         )
     )  # fmt: skip
     for name in ("a", "b"):
         assert crl_uris(batch / name / "tls.crt") == [url]
-    # Without the option: no extension, as before.
+        assert ca_issuers_uris(batch / name / "tls.crt") == issuers
+    # One certificate, and --ca-issuers-url alone (no CRL URL).
+    ok(
+        certctl_exe(
+            "cert", "issue", "--ca", ca, "--cn", "one.example.com", "--out", tmp_path / "one",
+            "--ca-issuers-url", issuers[0],
+        )
+    )  # fmt: skip
+    assert ca_issuers_uris(tmp_path / "one" / "tls.crt") == issuers[:1]
+    assert crl_uris(tmp_path / "one" / "tls.crt") == []
+    # Without the options: no extension, as before.
     ok(certctl_exe("csr", "sign", "--ca", ca, "--csr", csr, "--out", tmp_path / "plain"))
     assert crl_uris(tmp_path / "plain" / "tls.crt") == []
+    assert ca_issuers_uris(tmp_path / "plain" / "tls.crt") == []
 
 
 @pytest.mark.parametrize(

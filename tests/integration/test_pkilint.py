@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from tests._tools import ok, openssl_req, require, run
 from tests.integration.conftest import KEY_TYPES, LEAF_PROFILES, Pki, certctl_ok
@@ -128,11 +130,12 @@ def test_lint_pkix_cert_cli_reports_a_single_label_name(pki: Pki, tmp_path: Path
 
 
 @pytest.mark.parametrize("key_type", ["ec-p256", "rsa-2048", "ed25519"])
-def test_a_leaf_with_crl_distribution_points_passes_pkilint(
+def test_a_leaf_with_crl_distribution_points_and_aia_passes_pkilint(
     pki: Pki, pkix_validator: Any, tmp_path: Path, key_type: str
 ) -> None:
     # cRLDistributionPoints as `--crl-url` (and the server's public-url) adds it: one
-    # distribution point, http and https fullName URIs, not critical.
+    # distribution point, http and https fullName URIs, not critical; authorityInfoAccess
+    # as `--ca-issuers-url` (and public-url) adds it: caIssuers URIs only, not critical.
     leaf = pki.issue(
         pki.chain(key_type).inter,
         f"lint-cdp-{key_type}",
@@ -141,12 +144,17 @@ def test_a_leaf_with_crl_distribution_points_passes_pkilint(
         extra=[
             "--crl-url", "http://pki.example.com/crl/inter.crl",
             "--crl-url", "https://certctl.example.com:8443/api/v1/issuers/default/crl",
+            "--ca-issuers-url", "http://pki.example.com/ca/inter.der",
+            "--ca-issuers-url", "https://certctl.example.com:8443/api/v1/issuers/default/ca.der",
         ],
     )  # fmt: skip
     cert = x509.load_pem_x509_certificates((leaf / "tls.crt").read_bytes())[0]
     points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints)
     assert not points.critical
     assert len(points.value) == 1
+    aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+    assert not aia.critical
+    assert len(aia.value) == 2
     found = findings(pkix_validator, leaf / "tls.crt")
     assert [f for f in found if f[0] in ("FATAL", "ERROR", "WARNING")] == [], found
     path = first_certificate(leaf / "tls.crt", tmp_path / "cdp.pem")
@@ -154,6 +162,42 @@ def test_a_leaf_with_crl_distribution_points_passes_pkilint(
     results = json.loads(out)["results"]
     assert [d for r in results for d in r["finding_descriptions"]] == [], out
     assert code == 0, err
+
+
+def test_pkilint_reports_a_critical_aia(pki: Pki, pkix_validator: Any, tmp_path: Path) -> None:
+    # Negative twin: the linter does read authorityInfoAccess (RFC 5280 4.2.2.1: MUST be
+    # non-critical), so "no finding" above says something about certctl's.
+    from cryptography.hazmat.primitives import serialization
+
+    inter = pki.chain("ec-p256").inter
+    key = serialization.load_pem_private_key((inter / "ca.key").read_bytes(), None)
+    leaf = x509.load_pem_x509_certificates(
+        (pki.issue(inter, "lint-aia-critical", dns=["aia-1.example.com"]) / "tls.crt").read_bytes()
+    )[0]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(leaf.subject)
+        .issuer_name(leaf.issuer)
+        .public_key(leaf.public_key())
+        .serial_number(leaf.serial_number)
+        .not_valid_before(leaf.not_valid_before_utc)
+        .not_valid_after(leaf.not_valid_after_utc)
+    )
+    for ext in leaf.extensions:
+        builder = builder.add_extension(ext.value, ext.critical)
+    uri = x509.UniformResourceIdentifier("http://pki.example.com/ca/inter.der")
+    builder = builder.add_extension(
+        x509.AuthorityInformationAccess(
+            [x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS, uri)]
+        ),
+        critical=True,
+    )
+    path = tmp_path / "critical-aia.pem"
+    path.write_bytes(builder.sign(key, hashes.SHA256()).public_bytes(Encoding.PEM))  # type: ignore[arg-type]
+    found = findings(pkix_validator, path)
+    assert ("ERROR", "pkix.authority_information_access_extension_critical") in [
+        f[:2] for f in found
+    ], found
 
 
 def lint_crl(path: Path) -> list[tuple[str, str]]:

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 __all__ = [
     "IssueOptions",
     "UsageProblem",
-    "checked_crl_urls",
+    "checked_urls",
     "issue",
     "leaf_files",
     "parse_fast_argv",
@@ -72,6 +72,7 @@ class IssueOptions:
     email: Sequence[str] = ()
     uri: Sequence[str] = ()
     crl_url: Sequence[str] = ()
+    ca_issuers_url: Sequence[str] = ()
     profile: str = "server"
     validity: str = "90D"
     key_type: str = "ec-p256"
@@ -108,6 +109,7 @@ _LISTS = {
     "--email": "email",
     "--uri": "uri",
     "--crl-url": "crl_url",
+    "--ca-issuers-url": "ca_issuers_url",
 }
 _FLAGS = {"--pem": "pem", "--p12": "p12", "--p12-legacy": "p12_legacy", "--force": "force"}
 
@@ -219,7 +221,8 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
         )
     kt = KeyType.parse(opts.key_type)
     lifetime = parse_duration(opts.validity)
-    crl_urls = checked_crl_urls(opts.crl_url)
+    crl_urls = checked_urls(opts.crl_url, "--crl-url")
+    ca_issuers_urls = checked_urls(opts.ca_issuers_url, "--ca-issuers-url")
     if opts.instances is not None:
         named = opts.cn is not None or opts.subject is not None  # an empty one too
         if named or opts.dns or opts.ip or opts.email or opts.uri:
@@ -231,7 +234,17 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
                 "(or use --pem)"
             )
         _warn_about_password(p12_password)
-        _issue_batch(opts, opts.instances, prof, lifetime, kt, p12_password, out, crl_urls)
+        _issue_batch(
+            opts,
+            opts.instances,
+            prof,
+            lifetime,
+            kt,
+            p12_password,
+            out,
+            crl_urls,
+            ca_issuers_urls,
+        )
         return
     if opts.cn is None and opts.subject is None:
         raise UsageProblem("give --cn or --subject (or --in for a batch)")
@@ -258,6 +271,7 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
         now=utcnow(),
         sans=sans,
         crl_urls=crl_urls,
+        ca_issuers_urls=ca_issuers_urls,
     )
     for message in issued.warnings:
         warn(message)
@@ -278,11 +292,15 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
         out(f"  {path}")
 
 
-def checked_crl_urls(values: Sequence[str]) -> tuple[str, ...]:
-    """The ``--crl-url`` values, each checked; the first bad one is refused naming itself.
+def checked_urls(values: Sequence[str], option: str) -> tuple[str, ...]:
+    """The values of ``option`` (``--crl-url``, ``--ca-issuers-url``), each checked.
+
+    Both are URLs every client that sees the certificate may fetch, so one rule set
+    (``distribution.check_crl_url``); repeated values are given once.
 
     Raises:
-        InvalidRequest: ``--crl-url VALUE: why`` (exit status 1, before any file is written).
+        InvalidRequest: ``OPTION VALUE: why`` for the first bad one (exit status 1, before
+            any file is written).
     """
     import shlex
 
@@ -295,7 +313,7 @@ def checked_crl_urls(values: Sequence[str]) -> tuple[str, ...]:
             url = check_crl_url(value)
         except InvalidRequest as exc:
             shown = ascii(value)[1:-1] if not value.isprintable() else value
-            raise InvalidRequest(f"--crl-url {shlex.quote(shown)}: {exc.detail}") from None
+            raise InvalidRequest(f"{option} {shlex.quote(shown)}: {exc.detail}") from None
         if url not in checked:
             checked.append(url)
     return tuple(checked)
@@ -401,6 +419,7 @@ def _issue_batch(
     p12_password: bytes | None,
     out: Callable[[str], None],
     crl_urls: tuple[str, ...] = (),
+    ca_issuers_urls: tuple[str, ...] = (),
 ) -> None:
     from certctl.cli._storedzip import StoredZip, dos_stamp
     from certctl.files import OutputSet
@@ -450,6 +469,7 @@ def _issue_batch(
         # Keep the chunk count within what the worker pool takes at once.
         chunk=max(_CHUNK, -(-len(todo) // _MAX_CHUNKS)),
         crl_urls=crl_urls,
+        ca_issuers_urls=ca_issuers_urls,
     )
     warned: set[str] = set()
     chunks = _run_batch(job)
@@ -496,6 +516,7 @@ class _BatchJob:
     stamp: tuple[int, int] | None = None
     chunk: int = 32
     crl_urls: tuple[str, ...] = ()
+    ca_issuers_urls: tuple[str, ...] = ()
 
 
 @dataclass
@@ -544,6 +565,7 @@ def _issue_chunk(job: _BatchJob, number: int) -> _Chunk:
             now=job.now,
             sans=inst.sans,
             crl_urls=job.crl_urls,
+            ca_issuers_urls=job.ca_issuers_urls,
         )
         warnings.update(dict.fromkeys(issued.warnings))
         name = "tls" if job.p12_password is None else inst.filename

@@ -52,6 +52,13 @@ def issue(
         metavar="URL",
         help="CRL distribution point: http(s) URL where clients fetch the CA's CRL (repeatable).",
     ),
+    ca_issuers_url: list[str] = typer.Option(
+        [],
+        "--ca-issuers-url",
+        metavar="URL",
+        help="Authority Information Access caIssuers: http(s) URL where clients fetch the "
+        "CA's certificate as DER (repeatable).",
+    ),
     profile: str = typer.Option("server", "--profile", help="server, client or server+client."),
     validity: str = typer.Option("90D", "--validity", help="Lifetime: 90D, 2160h, 1Y …"),
     key_type: str = typer.Option(
@@ -95,6 +102,7 @@ def issue(
         email=email,
         uri=uri,
         crl_url=crl_url,
+        ca_issuers_url=ca_issuers_url,
         profile=profile,
         validity=validity,
         key_type=key_type,

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from certctl.cli._common import not_stdout, open_ca_dir, read_file, split_commas, utcnow, warn
-from certctl.cli._issue import checked_crl_urls
+from certctl.cli._issue import checked_urls
 from certctl.cli._stdin import STDIN_HELP, password_file_option
 
 __all__ = ["app"]
@@ -97,6 +97,13 @@ def sign(
         metavar="URL",
         help="CRL distribution point: http(s) URL where clients fetch the CA's CRL (repeatable).",
     ),
+    ca_issuers_url: list[str] = typer.Option(
+        [],
+        "--ca-issuers-url",
+        metavar="URL",
+        help="Authority Information Access caIssuers: http(s) URL where clients fetch the "
+        "CA's certificate as DER (repeatable).",
+    ),
     ca_password_file: Path = typer.Option(
         None,
         "--ca-password-file",
@@ -124,7 +131,8 @@ def sign(
             "a root CA is self-signed; use 'certctl ca create'", param_hint="--profile"
         )
     lifetime = parse_duration(validity)
-    crl_urls = checked_crl_urls(crl_url)
+    crl_urls = checked_urls(crl_url, "--crl-url")
+    ca_issuers_urls = checked_urls(ca_issuers_url, "--ca-issuers-url")
     data = read_file(csr_path, "CSR")  # its errors name the file already
     try:
         csr = load_csr(data)
@@ -134,7 +142,15 @@ def sign(
     outputs.add(out / "tls.crt", b"")
     outputs.check()
     ca = open_ca_dir(ca_dir, ca_password_file)
-    issued = sign_csr(ca, csr, profile=prof, validity=lifetime, now=utcnow(), crl_urls=crl_urls)
+    issued = sign_csr(
+        ca,
+        csr,
+        profile=prof,
+        validity=lifetime,
+        now=utcnow(),
+        crl_urls=crl_urls,
+        ca_issuers_urls=ca_issuers_urls,
+    )
     for message in issued.warnings:
         warn(message)
     outputs.add(out / "tls.crt", certs_to_pem([issued.certificate, *ca.chain_below_root]))

@@ -137,6 +137,7 @@ def sign_csr(
     public_key: CertificatePublicKeyTypes | None = None,
     max_names: int | None = None,
     crl_urls: Sequence[str] = (),
+    ca_issuers_urls: Sequence[str] = (),
 ) -> IssuedCertificate:
     """Issue a certificate for a verified CSR; only its subject and SANs carry over.
 
@@ -145,8 +146,8 @@ def sign_csr(
     ``verified=True`` skips the signature check for a CSR that ``load_csr`` returned (it
     verified it; a second ECDSA verification costs ~0.1 ms per issuance). ``public_key`` is
     the CSR's key when the caller has it already (``load_csr_with_key``). ``max_names``
-    caps the SANs of each type (DNS, IP, email, URI) the CSR may ask for. ``crl_urls``: see
-    ``CertificateAuthority.issue``.
+    caps the SANs of each type (DNS, IP, email, URI) the CSR may ask for. ``crl_urls``,
+    ``ca_issuers_urls``: see ``CertificateAuthority.issue``.
 
     Raises:
         BadSignature: the CSR's signature does not verify.
@@ -177,6 +178,7 @@ def sign_csr(
         now=now,
         sans=sans,
         crl_urls=crl_urls,
+        ca_issuers_urls=ca_issuers_urls,
     )
     notes = []
     if ignored:

@@ -1,9 +1,12 @@
-"""CRL distribution point URLs: checked once where they are given, then carried as data.
+"""URLs certificates carry for clients to fetch: checked once where given, then carried as data.
 
 A leaf carrying a cRLDistributionPoints extension (RFC 5280 4.2.1.13) tells a client that
 checks revocation (Java with revocation checking, Windows schannel, ``openssl verify
--crl_download``) where to fetch its issuer's CRL. The server derives the URL from its
-``public-url`` setting; the offline CLI takes it as ``--crl-url``.
+-crl_download``) where to fetch its issuer's CRL; an authorityInfoAccess caIssuers URI
+(4.2.2.1) tells a client that lacks the issuing CA's certificate (a server that sends no
+chain) where to fetch it. The server derives both from its ``public-url`` setting; the
+offline CLI takes them as ``--crl-url`` and ``--ca-issuers-url``. Both obey one rule set,
+:func:`check_crl_url`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from urllib.parse import quote, urlsplit
 
 from certctl.errors import InvalidRequest
 
-__all__ = ["check_crl_url", "crl_url_for"]
+__all__ = ["ca_issuers_url_for", "check_crl_url", "crl_url_for"]
 
 _SCHEMES = ("http", "https")
 # A character outside RFC 3986's unreserved and reserved sets, or a '%' not starting %XX.
@@ -24,10 +27,11 @@ _NOT_URI = re.compile(r"[^A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]|%(?![0-9A-Fa-f]{2
 def check_crl_url(value: str, *, base: bool = False) -> str:
     """``value`` if it is an absolute http(s) URL a certificate can carry, else refuse it.
 
-    ``base``: a server base URL (``https://certctl.example.internal:8443``, maybe with a
-    path prefix), to which ``/api/v1/issuers/<id>/crl`` is appended: a query or a fragment
+    For a CRL distribution point and a caIssuers URI alike. ``base``: a server base URL
+    (``https://certctl.example.internal:8443``, maybe with a path prefix), to which
+    ``/api/v1/issuers/<id>/crl`` and ``…/ca.der`` are appended: a query or a fragment
     would end up in the middle of the URL, so both are refused; a trailing ``/`` is dropped.
-    A full CRL URL may have a query (a fragment is never sent to a server).
+    A full URL may have a query (a fragment is never sent to a server).
 
     Raises:
         InvalidRequest: the rule broken, without naming the setting (the caller does).
@@ -78,7 +82,9 @@ def check_crl_url(value: str, *, base: bool = False) -> str:
     if parts.fragment or value.endswith("#"):
         raise InvalidRequest("a URL clients fetch has no #fragment")
     if base and (parts.query or "?" in value):
-        raise InvalidRequest("a base URL has no ?query: /api/v1/issuers/<id>/crl is appended to it")
+        raise InvalidRequest(
+            "a base URL has no ?query: /api/v1/issuers/<id>/crl and …/ca.der are appended to it"
+        )
     return value.rstrip("/") if base else value
 
 
@@ -97,3 +103,12 @@ def _host_ok(host: str) -> bool:
 def crl_url_for(base: str, issuer_id: str) -> str:
     """The URL of ``GET /api/v1/issuers/{issuer_id}/crl`` under ``base`` (checked)."""
     return f"{base}/api/v1/issuers/{quote(issuer_id, safe='')}/crl"
+
+
+def ca_issuers_url_for(base: str, issuer_id: str) -> str:
+    """The URL of ``GET /api/v1/issuers/{issuer_id}/ca.der`` under ``base`` (checked).
+
+    The DER route, not ca.pem: RFC 5280 4.2.2.1 wants an HTTP caIssuers URI to name one
+    DER certificate (or a certs-only CMS), and Windows' and Java's fetchers read nothing else.
+    """
+    return f"{base}/api/v1/issuers/{quote(issuer_id, safe='')}/ca.der"

@@ -7,6 +7,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -15,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
 )
-from cryptography.x509.oid import PublicKeyAlgorithmOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, PublicKeyAlgorithmOID
 
 from certctl.errors import InvalidRequest
 from certctl.pki.constraints import (
@@ -87,8 +88,9 @@ class CertificateAuthority:
     _encoded_extensions: dict[
         tuple[Profile, bool], tuple[tuple[Extension, ...], tuple[Extension, ...]]
     ] = field(init=False, repr=False, compare=False, default_factory=dict)
-    # URLs -> their cRLDistributionPoints extension, encoded once (a server has one set).
-    _encoded_crl_points: dict[tuple[str, ...], Extension] = field(
+    # (kind, URLs) -> their cRLDistributionPoints ("crl") or authorityInfoAccess ("aia")
+    # extension, encoded once (a server has one set per issuer).
+    _encoded_url_extensions: dict[tuple[str, tuple[str, ...]], Extension] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
 
@@ -184,6 +186,7 @@ class CertificateAuthority:
         now: datetime,
         sans: SubjectAltNames | None = None,
         crl_urls: Sequence[str] = (),
+        ca_issuers_urls: Sequence[str] = (),
     ) -> IssuedCertificate:
         """Sign a certificate for ``public_key``; the profile decides every extension.
 
@@ -198,6 +201,10 @@ class CertificateAuthority:
                 ``distribution.check_crl_url``): a non-critical cRLDistributionPoints
                 extension with one distribution point naming them, after the SANs. None:
                 no extension.
+            ca_issuers_urls: where clients fetch this issuer's certificate (DER), checked as
+                ``crl_urls``: a non-critical authorityInfoAccess extension with one caIssuers
+                access description per URL, after the cRLDistributionPoints. None: no
+                extension.
 
         Raises:
             WeakKey: the key is below policy.
@@ -263,7 +270,9 @@ class CertificateAuthority:
                 # RFC 5280 4.2.1.6: critical when the subject is empty.
                 extensions.append(encode_extension(sans.to_extension(), critical=not subject))
             if crl_urls:
-                extensions.append(self._crl_points(tuple(crl_urls)))
+                extensions.append(self._url_extension("crl", tuple(crl_urls)))
+            if ca_issuers_urls:
+                extensions.append(self._url_extension("aia", tuple(ca_issuers_urls)))
             certificate = template.sign(
                 subject_der=subject.public_bytes(),
                 spki_der=spki,
@@ -281,6 +290,10 @@ class CertificateAuthority:
             builder = builder.add_extension(sans.to_extension(), critical=not subject)
         if crl_urls:
             builder = builder.add_extension(_distribution_points(crl_urls), critical=False)
+        if ca_issuers_urls:
+            builder = builder.add_extension(
+                _authority_information_access(ca_issuers_urls), critical=False
+            )
         certificate = builder.sign(self.private_key, self.signature_hash)
         return IssuedCertificate(certificate, tuple(warnings), sans, subject)
 
@@ -330,11 +343,15 @@ class CertificateAuthority:
         encoded = self._encoded_extensions[profile, rsa_key] = (head, tuple(tail))
         return encoded
 
-    def _crl_points(self, urls: tuple[str, ...]) -> Extension:
-        cached = self._encoded_crl_points.get(urls)
+    def _url_extension(self, kind: Literal["crl", "aia"], urls: tuple[str, ...]) -> Extension:
+        cached = self._encoded_url_extensions.get((kind, urls))
         if cached is None:
-            cached = encode_extension(_distribution_points(urls), critical=False)
-            self._encoded_crl_points[urls] = cached
+            value = (
+                _distribution_points(urls) if kind == "crl" else _authority_information_access(urls)
+            )
+            cached = self._encoded_url_extensions[kind, urls] = encode_extension(
+                value, critical=False
+            )
         return cached
 
     def _path_length(self) -> int | None:
@@ -347,6 +364,19 @@ def _distribution_points(urls: Sequence[str]) -> x509.CRLDistributionPoints:
     # same CRL); no reasons, no cRLIssuer: the issuer's full CRL.
     names = [x509.UniformResourceIdentifier(url) for url in urls]
     return x509.CRLDistributionPoints([x509.DistributionPoint(names, None, None, None)])
+
+
+def _authority_information_access(urls: Sequence[str]) -> x509.AuthorityInformationAccess:
+    # RFC 5280 4.2.2.1: caIssuers only; certctl runs no OCSP responder, and an id-ad-ocsp
+    # URI nobody answers makes clients that try it wait, then soft-fail.
+    return x509.AuthorityInformationAccess(
+        [
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(url)
+            )
+            for url in urls
+        ]
+    )
 
 
 def _to_minutes(lifetime: timedelta) -> timedelta:

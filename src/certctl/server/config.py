@@ -260,7 +260,8 @@ class ServerConfig(_Section):
     notifications: NotificationsConfig = Field(default_factory=lambda: NotificationsConfig())
     services: ServicesConfig = Field(default_factory=ServicesConfig)
     # The URL clients reach this server at; leaves issued through the API then carry a
-    # cRLDistributionPoints URI <public-url>/api/v1/issuers/<id>/crl.
+    # cRLDistributionPoints URI <public-url>/api/v1/issuers/<id>/crl and an
+    # authorityInfoAccess caIssuers URI <public-url>/api/v1/issuers/<id>/ca.der.
     public_url: str | None = Field(default=None, alias="public-url")
 
     @property

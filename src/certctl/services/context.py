@@ -58,7 +58,8 @@ class Services:
     sessions: sessionmaker[Session]
     wrapper: KeyWrapper
     clock: Callable[[], datetime] = utcnow
-    # The ``public-url`` setting, checked: leaves then name their issuer's CRL under it.
+    # The ``public-url`` setting, checked: leaves then name their issuer's CRL and its
+    # certificate (authorityInfoAccess caIssuers) under it.
     crl_url_base: str | None = None
     _issuers: dict[str, CertificateAuthority] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -80,6 +81,17 @@ class Services:
         from certctl.pki.distribution import crl_url_for
 
         return (crl_url_for(self.crl_url_base, issuer_id),)
+
+    def ca_issuers_urls(self, issuer_id: str) -> tuple[str, ...]:
+        """Where clients fetch ``issuer_id``'s certificate (DER), for its leaves' caIssuers.
+
+        Empty without ``public-url``: certificates then carry no authorityInfoAccess.
+        """
+        if self.crl_url_base is None:
+            return ()
+        from certctl.pki.distribution import ca_issuers_url_for
+
+        return (ca_issuers_url_for(self.crl_url_base, issuer_id),)
 
     def cached_issuer(self, issuer_id: str) -> CertificateAuthority | None:
         """The loaded CA for ``issuer_id`` if already cached."""

@@ -622,6 +622,7 @@ def prepare_from_csr(
             public_key=public_key,
             max_names=MAX_NAMES_PER_TYPE,
             crl_urls=services.crl_urls(issuer_id),
+            ca_issuers_urls=services.ca_issuers_urls(issuer_id),
         )
     except (InvalidRequest, Conflict):
         ISSUANCE.labels(issuer_id, "error").inc()
@@ -695,6 +696,7 @@ def prepare_with_key(
             now=now,
             sans=sans,
             crl_urls=services.crl_urls(issuer_id),
+            ca_issuers_urls=services.ca_issuers_urls(issuer_id),
         )
     except (InvalidRequest, Conflict):
         # Counted as prepare_from_csr counts it: the issuer refused to sign (e.g. expired).
@@ -1231,6 +1233,7 @@ def renew_certificate(
             now=now,
             sans=sans,
             crl_urls=services.crl_urls(old.issuer_id),
+            ca_issuers_urls=services.ca_issuers_urls(old.issuer_id),
         )
     except InvalidRequest:
         RENEWALS.labels("error").inc()

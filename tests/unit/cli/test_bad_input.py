@@ -340,6 +340,21 @@ CASES = [
         "existing/tls.crt already exists; use --force",
     ),
     _c("issue-no-name", "cert issue --ca ca --out o", 2, "give --cn or --subject"),
+    # --ca-issuers-url: the --crl-url rules (every client may fetch it), named as given.
+    _c(
+        "issue-ca-issuers-url-no-scheme",
+        "cert issue --ca ca --cn web --ca-issuers-url pki.example.com/ca.der --out o",
+        1,
+        "certctl: error: --ca-issuers-url pki.example.com/ca.der: expected an absolute "
+        "http:// or https:// URL with a host",
+    ),
+    _c(
+        "issue-batch-ca-issuers-url-password",
+        "cert issue --ca ca --in instances.yml --pem --out o "
+        "--ca-issuers-url http://u:s3cret@pki.example.com/ca.der",
+        1,
+        "has no user:password@",
+    ),
     _c(
         "issue-bad-subject",
         ["cert", "issue", "--ca", "ca", "--subject", "CN=a,,O=b", "--out", "o"],
@@ -513,6 +528,13 @@ CASES = [
         "csr sign --ca ca --csr bad-san.csr --out o",
         1,
         "-bad-.example: invalid DNS name",
+    ),
+    _c(
+        "csr-sign-ca-issuers-url-fragment",
+        "csr sign --ca ca --csr good.csr --ca-issuers-url http://pki.example.com/ca.der#x --out o",
+        1,
+        "certctl: error: --ca-issuers-url 'http://pki.example.com/ca.der#x': a URL clients "
+        "fetch has no #fragment",
     ),
     _c(
         "csr-sign-root-profile",

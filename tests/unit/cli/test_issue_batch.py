@@ -188,6 +188,25 @@ def test_routes_agree_on_pkcs12(
     assert listings[0][0] == ("node-0000/node-0000.p12", (stat.S_IFREG | 0o600) << 16)
 
 
+def test_routes_agree_on_crl_and_ca_issuers_urls(
+    ca_dir: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Both the Typer-free route and Typer read the repeatable URL options, a repeat once.
+    urls = ["http://pki.example.com/ca.der", "https://pki.example.com/ca.der"]
+    argv = ["cert", "issue", "--ca", str(ca_dir), "--cn", "web.example.com"]
+    argv += ["--crl-url", "http://pki.example.com/ca.crl"]
+    argv += [arg for url in [*urls, urls[0]] for arg in ("--ca-issuers-url", url)]
+    assert run([*argv, "--out", "fast"]) == 0
+    _typer_only(monkeypatch)
+    assert run([*argv, "--out", "typer"]) == 0
+    capsys.readouterr()
+    for name in ("fast", "typer"):
+        cert = x509.load_pem_x509_certificate((workdir / name / "tls.crt").read_bytes())
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+        assert [d.access_location.value for d in aia.value] == urls, name
+        assert cert.extensions.get_extension_for_class(x509.CRLDistributionPoints), name
+
+
 def test_warnings_are_printed_once(
     ca_dir: Path, workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

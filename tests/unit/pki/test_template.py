@@ -9,6 +9,7 @@ from unittest import mock
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.x509.oid import AuthorityInformationAccessOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -98,6 +99,8 @@ def _both(
     now=st.datetimes(datetime(2024, 1, 1), datetime(2050, 1, 1), timezones=st.just(UTC)),
     # public-url / --crl-url: none (the usual case) or a cRLDistributionPoints extension.
     crl_urls=st.lists(st.builds("http://{}/{}.crl".format, _dns, _label), max_size=3),
+    # public-url / --ca-issuers-url: none or an authorityInfoAccess with caIssuers URIs.
+    ca_issuers_urls=st.lists(st.builds("http://{}/{}.der".format, _dns, _label), max_size=3),
 )
 def test_template_matches_builder_byte_for_byte(
     ca_name: str,
@@ -109,6 +112,7 @@ def test_template_matches_builder_byte_for_byte(
     serial: int,
     now: datetime,
     crl_urls: list[str],
+    ca_issuers_urls: list[str],
 ) -> None:
     ca = CAS[ca_name]
     if profile == "intermediate" and not subject:
@@ -125,6 +129,7 @@ def test_template_matches_builder_byte_for_byte(
         now=min(now, ca.certificate.not_valid_after_utc - timedelta(seconds=1)),
         sans=sans,
         crl_urls=crl_urls,
+        ca_issuers_urls=ca_issuers_urls,
     )
     assert ca._template is not None
     assert fast.tbs_certificate_bytes == slow.tbs_certificate_bytes
@@ -133,6 +138,15 @@ def test_template_matches_builder_byte_for_byte(
         assert [[n.value for n in p.full_name or ()] for p in points[0]] == [crl_urls]
     else:
         assert points == []
+    aia = [e for e in fast.extensions if isinstance(e.value, x509.AuthorityInformationAccess)]
+    if ca_issuers_urls:
+        assert not aia[0].critical
+        assert [(d.access_method, d.access_location.value) for d in aia[0].value] == [
+            (AuthorityInformationAccessOID.CA_ISSUERS, url) for url in ca_issuers_urls
+        ]
+        assert fast.extensions[-1] == aia[0]  # last: after the SANs and CRL points
+    else:
+        assert aia == []
     assert fast.signature_algorithm_oid == slow.signature_algorithm_oid
     fast.verify_directly_issued_by(ca.certificate)
 
