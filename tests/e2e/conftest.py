@@ -208,7 +208,7 @@ def _spawn(
 ) -> CertctlServer:
     """Start ``certctl serve`` on a free port, its output in ``base/serve-<n>.std*``.
 
-    ``{port}`` in a configuration value is replaced by that port.
+    ``{port}`` in a configuration value or an argument is replaced by that port.
     """
     run_no = len(list(base.glob("serve-*.stdout"))) + 1
     stdout, stderr = base / f"serve-{run_no}.stdout", base / f"serve-{run_no}.stderr"
@@ -220,7 +220,7 @@ def _spawn(
         # "{port}" in a value is the main port, picked just now (public-url names it).
         config_file.write_text(text.replace("{port}", str(port)))
     argv = [require("certctl"), "serve", "--data-dir", str(data_dir)]
-    argv += ["--listen", f"127.0.0.1:{port}", *(str(a) for a in args)]
+    argv += ["--listen", f"127.0.0.1:{port}", *(str(a).replace("{port}", str(port)) for a in args)]
     if config_file is not None:
         argv += ["--config", str(config_file)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}

@@ -63,7 +63,11 @@ def openssl_verdict(cert_pem: str, crl: Path, ca: Path, tmp: Path) -> str:
 def test_issued_leaves_name_their_issuer_and_a_crl_that_shows_their_revocation(
     start_server: StartServer, tmp_path: Path
 ) -> None:
-    server = start_server(config={"public-url": "https://127.0.0.1:{port}/"})
+    # The flag wins over the file (flags > CERTCTL_* > file): the file's URL names no server.
+    server = start_server(
+        config={"public-url": "https://file.invalid"},
+        args=["--public-url", "https://127.0.0.1:{port}/"],
+    )
     expected = f"https://127.0.0.1:{server.port}/api/v1/issuers/default/crl"
     expected_aia = f"https://127.0.0.1:{server.port}/api/v1/issuers/default/ca.der"
     key, csr = tmp_path / "req.key", tmp_path / "req.csr"

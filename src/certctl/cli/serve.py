@@ -19,6 +19,7 @@ _FLAGS = {
     "tls.cert-dir": "--tls-cert-dir",
     "allow-insecure": "--allow-insecure",
     "workers": "--workers",
+    "public-url": "--public-url",
 }
 
 
@@ -58,6 +59,13 @@ def serve_command(
         "--workers",
         help="Server processes (default 1; env CERTCTL_WORKERS); use one per core to scale.",
     ),
+    public_url: str = typer.Option(
+        None,
+        "--public-url",
+        metavar="URL",
+        help="Base URL clients reach this server at: issued leaves then name "
+        "<URL>/api/v1/issuers/<id>/crl and …/ca.der (env CERTCTL_PUBLIC_URL).",
+    ),
 ) -> None:
     """Run the control-plane server (HTTPS with a self-signed certificate by default).
 
@@ -74,6 +82,7 @@ def serve_command(
         "tls.cert-dir": str(tls_cert_dir) if tls_cert_dir else None,
         "allow-insecure": True if allow_insecure else None,
         "workers": workers,
+        "public-url": public_url,
     }
     settings = load_config(config, overrides, _FLAGS)
     metrics_dir = None

@@ -380,6 +380,13 @@ SOURCES = {
         None,
         f"--workers 99: {WORKERS_RULE}",
     ),
+    # --public-url wins over CERTCTL_PUBLIC_URL and the file's public-url (good ones both).
+    "flag public-url over variable and file": (
+        ["--public-url", "ftp://pki.example.com"],
+        {"CERTCTL_PUBLIC_URL": "https://variable.example.com"},
+        "public-url: https://file.example.com\n",
+        "--public-url ftp://pki.example.com: expected an absolute http:// or https:// URL",
+    ),
     # Before: "listen=foo: …": split_host_port ran after the check that knew the variable.
     "variable listen": ([], {"CERTCTL_LISTEN": "foo"}, None, "CERTCTL_LISTEN=foo: expected "),
     "variable metrics listen": (

@@ -96,6 +96,7 @@ def test_serve_help_names_the_variable_of_each_flag() -> None:
         "--tls-mode": "tls.mode",
         "--tls-cert-dir": "tls.cert-dir",
         "--workers": "workers",
+        "--public-url": "public-url",
     }
     assert set(flags) <= set(helps)
     variables = {".".join(path): name for name, path in config_module._ENV_KEYS.items()}
