@@ -210,6 +210,15 @@ CASES = [
     ),
     Case("unknown-field-cert", "POST", CERTS, 400, "private_key", _issue(private_key="x")),
     Case(
+        "misspelt-field-cert",
+        "POST",
+        CERTS,
+        400,
+        "dns_name: unknown key (did you mean dns_names?)",
+        _issue(dns_name=["a.example.com"]),
+    ),
+    Case("array-for-object", "POST", CERTS, 400, "body: expected a JSON object", {"json": [1]}),
+    Case(
         "unknown-field-apikey",
         "POST",
         "/api/v1/auth/apikeys",

@@ -57,11 +57,11 @@ INVALID = {
     ),
     "unknown field": (
         _with(f"{SSC}.subjectAltName", []),
-        f"{SSC}.subjectAltName: Extra inputs are not permitted",
+        f"{SSC}.subjectAltName: unknown key (did you mean subjectAltNames?)",
     ),
     "unknown top-level field": (
         _with("status", {}),
-        "status: Extra inputs are not permitted",
+        "status: unknown key (known here: apiVersion, kind, metadata, spec)",
     ),
     "wrong kind": (_with("kind", "Service"), "kind: Input should be 'TLSService'"),
     "pkcs12 without passwordFile": (
@@ -85,7 +85,7 @@ INVALID = {
     ),
     "unknown target field": (
         _with("spec.targets", [{"directory": "/etc/web/tls", "reloadCommand": "x"}]),
-        "spec.targets.0.reloadCommand: Extra inputs are not permitted",
+        "spec.targets.0.reloadCommand: unknown key (did you mean reload?)",
     ),
     "owner beyond uid_t": (
         _with("spec.targets", [{"directory": "/etc/web/tls", "owner": 2**70}]),

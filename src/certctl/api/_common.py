@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from certctl import schema_errors
 from certctl.errors import CertctlError, InvalidRequest
 from certctl.services.context import Principal, Services
 
@@ -108,7 +109,8 @@ async def read_body(request: Request, model: type[BaseModel]) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidRequest(f"{where}: {first['msg']}") from None
+        message = schema_errors.message(model, first, mapping="a JSON object")
+        raise InvalidRequest(f"{where}: {message}") from None
 
 
 class _RepeatedMember(Exception):

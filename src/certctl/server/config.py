@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from certctl import schema_errors
 from certctl.errors import InvalidRequest
 from certctl.pki import DNPattern, SubjectAltNames, parse_duration
 
@@ -461,11 +462,9 @@ def load_config(
         return ServerConfig.model_validate(doc)
     except ValidationError as exc:
         first = exc.errors()[0]
-        message = first["msg"].removeprefix("Value error, ")  # pydantic's, for ValueError
-        if first["type"] in ("model_type", "dict_type"):
-            # `tls: 5`: pydantic names its class ("instance of TLSConfig"); said as _set says
-            # it when a variable or flag meets the same section.
-            message = "expected a mapping"
+        # `tls: 5` reads "expected a mapping", as _set says it when a variable or flag meets
+        # the same section; a misspelt key names the closest known one.
+        message = schema_errors.message(ServerConfig, first)
         loc = tuple(str(part) for part in first["loc"])
         where = _source(loc, given, file, in_file)
         raise InvalidRequest(f"{where}: {message}{_number_hint(first)}") from None
@@ -533,24 +532,12 @@ def _number_hint(error: Any) -> str:
 
 def _is_duration(loc: tuple[Any, ...]) -> bool:
     """Whether the key at ``loc`` (YAML spelling) is checked as a duration (``_duration``)."""
-    model: Any = ServerConfig
-    for depth, part in enumerate(loc):
-        fields = model.model_fields
-        name = next((n for n, f in fields.items() if (f.alias or n) == part), None)
-        if name is None:
-            return False
-        if depth == len(loc) - 1:
-            validators = model.__pydantic_decorators__.field_validators.values()
-            return any(v.cls_var_name == "_duration" and name in v.info.fields for v in validators)
-        annotation = fields[name].annotation
-        model = next(
-            (
-                t
-                for t in (annotation, *getattr(annotation, "__args__", ()))
-                if isinstance(t, type) and issubclass(t, BaseModel)
-            ),
-            None,
-        )
-        if model is None:
-            return False
+    for model in schema_errors.models_at(ServerConfig, loc[:-1]) if loc else []:
+        name = schema_errors.field_name(model, loc[-1])
+        validators = model.__pydantic_decorators__.field_validators.values()
+        if name is not None and any(
+            v.cls_var_name == "_duration" and name in v.info.fields for v in validators
+        ):
+            return True
+    return False
     return False

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from certctl import schema_errors
 from certctl.errors import InvalidRequest
 from certctl.pki.names import validate_dns_name
 
@@ -427,7 +428,7 @@ def parse_service(doc: Any, where: str = "spec", *, stored: bool = False) -> TLS
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"] if p not in _TAGS.values()) or "document"
-        message = str(first["msg"]).removeprefix("Value error, ")
+        message = schema_errors.message(TLSServiceSpec, first)
         raise InvalidRequest(f"{where}: {field}: {message}") from None
     except InvalidRequest as exc:
         raise InvalidRequest(f"{where}: {exc.detail}") from None

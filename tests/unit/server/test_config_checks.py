@@ -55,6 +55,24 @@ REFUSED = {
         {"database-url": "db.example.internal/certctl"},
         "{file}: database-url: not a URL: use sqlite:///PATH",
     ),
+    # A misspelt key said "Extra inputs are not permitted": now the closest key, or the keys
+    # the section takes, at any depth (list items included).
+    "misspelt top-level key": (
+        {"lisen": "127.0.0.1:1"},
+        "{file}: lisen: unknown key (did you mean listen?)",
+    ),
+    "misspelt nested key": (
+        {"tls": {"modee": "custom"}},
+        "{file}: tls.modee: unknown key (did you mean mode?)",
+    ),
+    "misspelt key in a list item": (
+        {"auth": {"client-cert-mappings": [{"subject": "CN=a", "roles": ["r-admin"], "rols": 1}]}},
+        "{file}: auth.client-cert-mappings.0.rols: unknown key (did you mean roles?)",
+    ),
+    "unknown key, nothing close": (
+        {"metrics": {"zzz": 1}},
+        "{file}: metrics.zzz: unknown key (known here: listen, secure)",
+    ),
     # A whole section of another type said "Input should be a valid dictionary or instance
     # of TLSConfig" (a class name), where the same mistake under a variable said this.
     "section not a mapping": ({"tls": 5}, "{file}: tls: expected a mapping"),
