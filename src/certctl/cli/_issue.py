@@ -296,7 +296,7 @@ def checked_urls(values: Sequence[str], option: str) -> tuple[str, ...]:
     """The values of ``option`` (``--crl-url``, ``--ca-issuers-url``), each checked.
 
     Both are URLs every client that sees the certificate may fetch, so one rule set
-    (``distribution.check_crl_url``); repeated values are given once.
+    (``distribution.check_certificate_url``); repeated values are given once.
 
     Raises:
         InvalidRequest: ``OPTION VALUE: why`` for the first bad one (exit status 1, before
@@ -305,12 +305,12 @@ def checked_urls(values: Sequence[str], option: str) -> tuple[str, ...]:
     import shlex
 
     from certctl.errors import InvalidRequest
-    from certctl.pki.distribution import check_crl_url
+    from certctl.pki.distribution import check_certificate_url
 
     checked: list[str] = []
     for value in values:
         try:
-            url = check_crl_url(value)
+            url = check_certificate_url(value)
         except InvalidRequest as exc:
             shown = ascii(value)[1:-1] if not value.isprintable() else value
             raise InvalidRequest(f"{option} {shlex.quote(shown)}: {exc.detail}") from None

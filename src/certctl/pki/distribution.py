@@ -6,7 +6,7 @@ checks revocation (Java with revocation checking, Windows schannel, ``openssl ve
 (4.2.2.1) tells a client that lacks the issuing CA's certificate (a server that sends no
 chain) where to fetch it. The server derives both from its ``public-url`` setting; the
 offline CLI takes them as ``--crl-url`` and ``--ca-issuers-url``. Both obey one rule set,
-:func:`check_crl_url`.
+:func:`check_certificate_url`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from urllib.parse import quote, urlsplit
 
 from certctl.errors import InvalidRequest
 
-__all__ = ["ca_issuers_url_for", "check_crl_url", "crl_url_for"]
+__all__ = ["ca_issuers_url_for", "check_certificate_url", "crl_url_for"]
 
 _SCHEMES = ("http", "https")
 # A character outside RFC 3986's unreserved and reserved sets, or a '%' not starting %XX.
@@ -24,7 +24,7 @@ _LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _NOT_URI = re.compile(r"[^A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]|%(?![0-9A-Fa-f]{2})")
 
 
-def check_crl_url(value: str, *, base: bool = False) -> str:
+def check_certificate_url(value: str, *, base: bool = False) -> str:
     """``value`` if it is an absolute http(s) URL a certificate can carry, else refuse it.
 
     For a CRL distribution point and a caIssuers URI alike. ``base``: a server base URL

@@ -198,7 +198,7 @@ class CertificateAuthority:
             now: the issuing time (aware UTC), passed in so callers control the clock.
             sans: subject alternative names; ignored for CA profiles.
             crl_urls: where clients fetch this issuer's CRL (checked by the caller with
-                ``distribution.check_crl_url``): a non-critical cRLDistributionPoints
+                ``distribution.check_certificate_url``): a non-critical cRLDistributionPoints
                 extension with one distribution point naming them, after the SANs. None:
                 no extension.
             ca_issuers_urls: where clients fetch this issuer's certificate (DER), checked as

@@ -304,12 +304,12 @@ class ServerConfig(_Section):
     @field_validator("public_url")
     @classmethod
     def _public_url(cls, value: str | None) -> str | None:
-        from certctl.pki.distribution import check_crl_url
+        from certctl.pki.distribution import check_certificate_url
 
         if value is None:
             return None
         try:
-            return check_crl_url(value, base=True)
+            return check_certificate_url(value, base=True)
         except InvalidRequest as exc:
             raise ValueError(exc.detail) from None
 
