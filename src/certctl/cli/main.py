@@ -55,6 +55,8 @@ def _usage_message(exc: UsageError) -> str:
     from typer import _click
 
     message = exc.format_message()
+    if isinstance(exc, _click.exceptions.BadParameter):
+        return _plain_words(message)
     if not isinstance(exc, _click.exceptions.NoSuchOption) or exc.ctx is None:
         return message
     known = _CERTUTIL_OPTIONS.get(exc.option_name)
@@ -64,6 +66,27 @@ def _usage_message(exc: UsageError) -> str:
     if not any(option in param.opts for param in exc.ctx.command.params):
         return message  # this command has no equivalent: click's suggestion stands
     return f"No such option: {exc.option_name} ({hint})"
+
+
+# Typer converts option values with pydantic, whose words are for API payloads ("Input should
+# be a valid integer, unable to parse string as an integer").
+_PYDANTIC_WORDS = (
+    ("Input should be a valid integer, unable to parse string as an integer", "not a whole number"),
+    ("Input should be a valid integer", "not a whole number"),
+    ("Input should be a valid number, unable to parse string as a number", "not a number"),
+    ("Input should be less than or equal to", "must be at most"),
+    ("Input should be greater than or equal to", "must be at least"),
+    ("Input should be less than", "must be less than"),
+    ("Input should be greater than", "must be more than"),
+    ("Input should be", "must be"),
+)
+
+
+def _plain_words(message: str) -> str:
+    for pydantic, ours in _PYDANTIC_WORDS:
+        if pydantic in message:
+            return message.replace(pydantic, ours, 1)
+    return message
 
 
 def _fail(message: str, code: int) -> int:

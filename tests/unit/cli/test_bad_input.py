@@ -759,6 +759,26 @@ CASES = [
         "is a CA certificate, not a server certificate",
     ),
     _c("crl-out-is-directory", "crl create --ca ca --out ca", 1, "ca is a directory"),
+    # Typer converts numbers with pydantic, which said "Input should be a valid integer,
+    # unable to parse string as an integer" and "Input should be less than or equal to 10".
+    _c(
+        "ca-create-path-length-word",
+        "ca create --out new --path-length two",
+        2,
+        "Invalid value for '--path-length': not a whole number",
+    ),
+    _c(
+        "ca-create-path-length-11",
+        "ca create --out new --path-length 11",
+        2,
+        "Invalid value for '--path-length': must be at most 10",
+    ),
+    _c(
+        "serve-workers-word",
+        "serve --data-dir data --workers four",
+        2,
+        "Invalid value for '--workers': not a whole number",
+    ),
     _c("crl-missing-ca-option", "crl create --out new.crl", 2, "Missing option '--ca'"),
     # --- --out - (stdout) where stdout cannot take the output --------------------------
     # Both wrote into the current directory: a directory named "-", a file named "-".
