@@ -61,7 +61,11 @@ lint: $(VENV)/.synced
 # tests/reliability stays serial: its secret-hygiene scan reads a ledger the other tests of
 # the directory fill in the same process (xdist_group cannot keep them together: pytest 9
 # ignores the node-id suffix pytest-xdist 3.8 groups by).
-PARALLEL_TESTS := tests/unit tests/api tests/integration tests/helm tests/e2e tests/services tests/kube
+# The files of soak and faults named here time nothing and load nothing: in-process replicas
+# (test_takeover) and PostgreSQL start/KEK-rotation refusals.
+PARALLEL_TESTS := tests/unit tests/api tests/integration tests/helm tests/e2e tests/services \
+	tests/kube tests/soak/test_takeover.py tests/faults/test_pg_start.py \
+	tests/faults/test_pg_kek_rotation.py
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 
 test: system-deps $(VENV)/.synced lint
