@@ -6,6 +6,10 @@ import signal
 
 import pytest
 
+# The stores' session fixtures, registered here once so that every directory shares them: one
+# PostgreSQL cluster, one migrated database on it and one SQLite template per process.
+from tests._stores import postgres_cluster, postgres_url, sqlite_template  # noqa: F401
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # A non-interactive shell starts a background job (`make test &`, a CI wrapper's

@@ -28,7 +28,6 @@ import pytest
 import yaml
 
 from tests._tools import free_port, require
-from tests.api.conftest import PostgresCluster, postgres_cluster  # noqa: F401  (fixture)
 from tests.e2e.conftest import stop_process, tls_context
 
 READY_TIMEOUT_S = 20.0

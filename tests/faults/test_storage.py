@@ -31,8 +31,8 @@ from typing import Any
 import httpx
 import psycopg
 
+from tests._stores import PG_BIN, PostgresCluster, _as_postgres
 from tests._tools import require
-from tests.api.conftest import PG_BIN, PostgresCluster, _as_postgres
 from tests.faults.conftest import FaultServer, run_root, sqlite_integrity
 
 PROBLEM = "application/problem+json"

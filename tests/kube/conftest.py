@@ -23,10 +23,7 @@ from certctl.pki import (
     key_to_pem,
 )
 from tests.kube.fake_apiserver import FakeApiServer
-from tests.services.conftest import (  # noqa: F401  (fixtures, registered by import)
-    env,
-    sqlite_template,
-)
+from tests.services.conftest import env  # noqa: F401  (fixture, registered by import)
 
 CERTCTL_SA_TOKEN = "certctl-serviceaccount-token"  # what certctl itself presents
 NAMESPACE = "certs"

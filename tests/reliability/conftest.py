@@ -35,7 +35,7 @@ from certctl.api.app import ClientCertMapping, create_app
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
 from certctl.services.context import Services
-from tests.api.conftest import FakeClock, bearer, sqlite_template  # noqa: F401  (fixture)
+from tests.api.conftest import FakeClock, bearer
 
 CERT_HEADER = b"x-test-client-cert"
 ADDR_HEADER = b"x-test-client-addr"

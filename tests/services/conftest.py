@@ -40,13 +40,7 @@ from certctl.services.context import Principal, Services
 from certctl.services.tls_services import ServiceSettings
 from certctl.store.db import create_store_engine
 from certctl.store.models import Base, ManagedService, OutboxEvent
-from tests.api.conftest import (  # noqa: F401  (fixtures, registered by import)
-    FakeClock,
-    PostgresCluster,
-    postgres_cluster,
-    postgres_url,
-    sqlite_template,
-)
+from tests.api.conftest import FakeClock
 
 BACKENDS = ("sqlite", "postgresql")
 # Short lifetimes so a test walks through several renewals in a few reconciles.

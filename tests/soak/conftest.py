@@ -24,10 +24,8 @@ import pytest
 import yaml
 
 from tests._nginx import nginx_argv, nginx_conf
+from tests._stores import PostgresCluster  # postgres_cluster: tests/conftest.py
 from tests._tools import free_port, require
-
-# The PostgreSQL cluster fixture is shared with the API tests (session scope, own temp dir).
-from tests.api.conftest import PostgresCluster, postgres_cluster  # noqa: F401
 from tests.e2e.conftest import stop_process
 
 READY_TIMEOUT_S = 20.0
