@@ -1,11 +1,13 @@
 """Rotation under load: real nginx fed by a directory target, zero failed requests.
 
 ``certctl serve`` (SQLite, its own data dir) runs with lifetimes short enough that the
-service's leaf is reissued every ~5 s and its CA is renewed (same key) within the run. nginx
+service's leaf is reissued every ~5 s and its CA is renewed (same key) ~15 s in. nginx
 serves https from the target directory (a symlink certctl swaps atomically) and is reloaded
 by the target's ``reload: kill -HUP <master pid>``. Client threads that trust only the
 *first* ``ca.crt`` open a new TLS connection per request (so every request is a full
 handshake against whatever certificate nginx serves at that moment) and count every failure.
+The load runs until the clients have been served every leaf the test asks for, one of them
+issued after the CA renewal (~30 s; at most 60 s), or for ``CERTCTL_SOAK_SECONDS`` when set.
 
 Requests use ``Connection: close``: a graceful nginx reload closes idle keep-alive
 connections, and a client racing that close fails for reasons unrelated to certificates
@@ -22,6 +24,7 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,25 +47,28 @@ TARGET_RATE = 180.0  # requests/s over all threads; the acceptance floor is 100
 class Profile:
     """Durations of one soak run."""
 
-    load_s: float
+    load_s: float  # the most; the load ends once the counts below are served (unless fixed)
+    fixed: bool  # run load_s whatever the counts (CERTCTL_SOAK_SECONDS)
     min_leaf_rotations: int  # distinct leaf serials seen by clients, minus the first
     min_ca_versions: int  # distinct CA NotAfter values published in the target's ca.crt
     config: dict[str, str]
 
 
 # Leaf: 30 s, renewed 24 s (+ up to 10 % jitter) before NotAfter, at least 5 s after
-# issue: a new leaf every ~5-6 s. CA: 90 s, renewed 60 s ahead, i.e. ~30 s after the service
-# is created; the original CA certificate stays valid for the whole run, so a client holding
-# it verifies leaves signed under the renewed one (same key, same subject and SKI).
+# issue: a new leaf every ~5-6 s. CA: 90 s, renewed 75 s ahead, i.e. ~15 s after the service
+# is created (it was 60 s ahead, ~30 s in, and the load a fixed 60 s: twice as long for the same
+# counts); the original CA certificate stays valid for the whole run (60 s of load at most),
+# so a client holding it verifies leaves signed under the renewed one (same key, subject, SKI).
 FULL = Profile(
     load_s=float(os.environ.get("CERTCTL_SOAK_SECONDS", "60")),
+    fixed="CERTCTL_SOAK_SECONDS" in os.environ,
     min_leaf_rotations=5,
     min_ca_versions=2,
     config={
         "cert-validity": "30s",
         "cert-rotate-before": "24s",
         "ca-cert-validity": "90s",
-        "ca-cert-rotate-before": "60s",
+        "ca-cert-rotate-before": "75s",
         "reconcile-interval": "1s",
     },
 )
@@ -93,10 +99,15 @@ def _request(ctx: ssl.SSLContext, port: int) -> bytes:
     return der
 
 
-def _load(ca: Path, port: int, seconds: float) -> LoadResult:
+def _load(
+    ca: Path, port: int, seconds: float, enough: Callable[[set[bytes]], bool] | None = None
+) -> LoadResult:
+    """Load for ``seconds``, or until ``enough(leaves served so far)`` (checked every 0.2 s)."""
     ctx = ssl.create_default_context(cafile=str(ca))  # trusts the first ca.crt only
     result = LoadResult()
     lock = threading.Lock()
+    served: set[bytes] = set()  # every thread's leaves so far, for ``enough``
+    done = threading.Event()
     per_thread = TARGET_RATE / THREADS
     start = time.monotonic()
     stop = start + seconds
@@ -104,7 +115,7 @@ def _load(ca: Path, port: int, seconds: float) -> LoadResult:
     def worker(index: int) -> None:
         ok, failures, leaves = 0, Counter[str](), Counter[bytes]()
         slot = start + index / TARGET_RATE
-        while True:
+        while not done.is_set():
             now = time.monotonic()
             if now >= stop:
                 break
@@ -112,7 +123,11 @@ def _load(ca: Path, port: int, seconds: float) -> LoadResult:
                 time.sleep(slot - now)
             slot += 1 / per_thread
             try:
-                leaves[_request(ctx, port)] += 1
+                der = _request(ctx, port)
+                if der not in leaves:
+                    with lock:
+                        served.add(der)
+                leaves[der] += 1
                 ok += 1
             except (OSError, ssl.SSLError, ValueError) as exc:
                 failures[f"{type(exc).__name__}: {exc}"[:200]] += 1
@@ -125,6 +140,11 @@ def _load(ca: Path, port: int, seconds: float) -> LoadResult:
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(THREADS)]
     for thread in threads:
         thread.start()
+    while enough is not None and not done.wait(0.2) and time.monotonic() < stop:
+        with lock:
+            so_far = set(served)
+        if enough(so_far):
+            done.set()
     for thread in threads:
         thread.join(timeout=seconds + 30)
         assert not thread.is_alive(), "a load thread hung"
@@ -138,6 +158,7 @@ class TargetWatch:
     def __init__(self, target: Path) -> None:
         self.target = target
         self.ca_not_after: list[datetime] = []
+        self.ca_not_before: list[datetime] = []  # of each version in ca_not_after
         self.leaf_serials: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -150,6 +171,7 @@ class TargetWatch:
             return  # mid-swap: the next sample sees the new version
         if not self.ca_not_after or self.ca_not_after[-1] != ca.not_valid_after_utc:
             self.ca_not_after.append(ca.not_valid_after_utc)
+            self.ca_not_before.append(ca.not_valid_before_utc)
         if not self.leaf_serials or self.leaf_serials[-1] != leaf.serial_number:
             self.leaf_serials.append(leaf.serial_number)
 
@@ -166,6 +188,14 @@ class TargetWatch:
         self._stop.set()
         self._thread.join(timeout=5)
         self._sample()
+
+
+def _under_renewed_ca(served: set[bytes], watch: TargetWatch) -> int:
+    """How many of the ``served`` leaves were issued after the CA's first renewal."""
+    if len(watch.ca_not_before) < 2:
+        return 0
+    renewed = watch.ca_not_before[1]  # both are backdated alike (pki.issue.BACKDATE)
+    return sum(x509.load_der_x509_certificate(d).not_valid_before_utc >= renewed for d in served)
 
 
 def _spec(target: Path, reload: str | None) -> str:
@@ -204,7 +234,15 @@ def _soak(tmp_path: Path, profile: Profile, label: str) -> None:
         specs.write_text(_spec(target, f"kill -HUP {nginx.pid}"))
         server.cli("apply", "-f", specs)
         with TargetWatch(target) as watch:
-            load = _load(first_ca, nginx.port, profile.load_s)
+
+            def enough(served: set[bytes]) -> bool:
+                return (
+                    len(served) - 1 >= profile.min_leaf_rotations
+                    and len(watch.ca_not_before) >= profile.min_ca_versions
+                    and _under_renewed_ca(served, watch) > 0
+                )
+
+            load = _load(first_ca, nginx.port, profile.load_s, None if profile.fixed else enough)
         assert nginx.proc.poll() is None, nginx.error_log()[-2000:]
         status = server.cli("services", "status", SERVICE).stdout
         server_log = server.logs()
@@ -221,6 +259,7 @@ def _soak(tmp_path: Path, profile: Profile, label: str) -> None:
         "leaf_rotations_served": len(served) - 1,
         "leaf_serials_published": len(set(watch.leaf_serials)),
         "ca_not_after_published": [d.strftime("%H:%M:%S") for d in watch.ca_not_after],
+        "leaves_served_under_renewed_ca": _under_renewed_ca(set(load.leaves), watch),
         "issues_logged": reloads,
         "test_s": round(time.monotonic() - started, 1),
     }
@@ -229,10 +268,11 @@ def _soak(tmp_path: Path, profile: Profile, label: str) -> None:
     assert rate >= 100, figures
     assert len(served) - 1 >= profile.min_leaf_rotations, figures
     assert len(set(watch.ca_not_after)) >= profile.min_ca_versions, figures
+    assert figures["leaves_served_under_renewed_ca"] > 0, figures
     assert status.splitlines()[1].split()[:2] == [SERVICE, "True"], status  # Ready
     assert "Traceback" not in server_log, server_log[-4000:]
 
 
 def test_rotation_soak_zero_failed_requests(tmp_path: Path) -> None:
-    """≥ 100 req/s for 60 s, ≥ 5 leaf rotations and a CA renewal, no failed request."""
+    """≥ 100 req/s until ≥ 5 leaf rotations and a CA renewal are served, no failed request."""
     _soak(tmp_path, FULL, "rotation-soak")
