@@ -84,7 +84,10 @@ def _serve(scheme: str, context: ssl.SSLContext | None) -> Iterator[Listener]:
     if context is not None:
         server.socket = context.wrap_socket(server.socket, server_side=True)
     state.url = f"{scheme}://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for the next poll: 0.5 s by default, at the teardown of each test.
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield state
