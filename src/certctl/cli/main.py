@@ -50,13 +50,14 @@ _CERTUTIL_OPTIONS = {
 }
 
 
-def _usage_message(exc: UsageError) -> str:
+def _usage_message(exc: UsageError, args: list[str]) -> str:
     """Click's usage error message, with certctl's equivalent of a certutil option."""
     from typer import _click
 
     message = exc.format_message()
     if isinstance(exc, _click.exceptions.BadParameter):
-        return _plain_words(message)
+        opts = exc.param.opts if exc.param is not None else []
+        return _plain_words(message, _given(args, opts))
     if not isinstance(exc, _click.exceptions.NoSuchOption) or exc.ctx is None:
         return message
     known = _CERTUTIL_OPTIONS.get(exc.option_name)
@@ -82,11 +83,26 @@ _PYDANTIC_WORDS = (
 )
 
 
-def _plain_words(message: str) -> str:
+def _plain_words(message: str, value: str | None) -> str:
+    """``message`` in our words; a number option's refused ``value`` named, as elsewhere."""
     for pydantic, ours in _PYDANTIC_WORDS:
         if pydantic in message:
-            return message.replace(pydantic, ours, 1)
+            # Only number options get here (never a password): the value may be shown.
+            return message.replace(pydantic, f"{value}: {ours}" if value else ours, 1)
     return message
+
+
+def _given(args: list[str], opts: list[str]) -> str | None:
+    """The last value given to an option (``--workers four`` or ``--workers=four``)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg in opts and i + 1 < len(args):
+            value = args[i + 1]
+        elif "=" in arg and arg.split("=", 1)[0] in opts:
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def _fail(message: str, code: int) -> int:
@@ -213,7 +229,7 @@ def _run_typer(args: list[str]) -> int:
         return 2
     except _click.exceptions.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-        return _fail(_usage_message(exc) + hint, 2)
+        return _fail(_usage_message(exc, args) + hint, 2)
     except _click.exceptions.ClickException as exc:
         return _fail(exc.format_message(), exc.exit_code or 1)
     except typer.Abort:

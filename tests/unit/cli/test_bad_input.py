@@ -765,19 +765,19 @@ CASES = [
         "ca-create-path-length-word",
         "ca create --out new --path-length two",
         2,
-        "Invalid value for '--path-length': not a whole number",
+        "Invalid value for '--path-length': two: not a whole number",
     ),
     _c(
         "ca-create-path-length-11",
         "ca create --out new --path-length 11",
         2,
-        "Invalid value for '--path-length': must be at most 10",
+        "Invalid value for '--path-length': 11: must be at most 10",
     ),
     _c(
         "serve-workers-word",
         "serve --data-dir data --workers four",
         2,
-        "Invalid value for '--workers': not a whole number",
+        "Invalid value for '--workers': four: not a whole number",
     ),
     _c("crl-missing-ca-option", "crl create --out new.crl", 2, "Missing option '--ca'"),
     # --- --out - (stdout) where stdout cannot take the output --------------------------

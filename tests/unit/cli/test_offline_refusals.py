@@ -233,7 +233,8 @@ CASES = [
         "ca-create-huge-path-length",
         "ca create -o new --path-length 99999999999999999999",
         2,
-        "certctl: error: Invalid value for '--path-length': must be at most 10 "
+        "certctl: error: Invalid value for '--path-length': 99999999999999999999: must be at "
+        "most 10 "
         "(see 'certctl ca create --help')",
     ),
     _c(
