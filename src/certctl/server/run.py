@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
+import os
 import signal
 import socket
 import sys
@@ -216,7 +218,7 @@ def _announce(
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     url_host = f"[{host}]" if ":" in host else host
     url = f"{scheme}://{url_host}:{port}"
-    out = sys.stdout
+    out = io.StringIO()
     if stored_in is not None:
         out.write(
             f"certctl is starting. Admin API key: in {stored_in}, not printed "
@@ -252,7 +254,32 @@ def _announce(
         f'Try: curl {cacert}-H "Authorization: Bearer $(cat {boot.admin_key_file.resolve()})" '
         f"{url}/api/v1/auth/whoami\n"
     )
-    out.flush()
+    try:
+        sys.stdout.write(out.getvalue())
+        sys.stdout.flush()
+    except OSError as exc:
+        # `certctl serve >&-`, a reader that left, a full disk: the notice is advice (the key
+        # is in its 0600 file), no reason not to serve. Raised, the server exited 1 without a
+        # word, even in the log.
+        _stdout_to_devnull()
+        # Never the notice itself in the log: it may hold the admin key, shown once.
+        where = f"; the admin API key is in {boot.admin_key_file}"
+        log.warning(
+            "cannot print the start-up notice on stdout (%s)%s",
+            exc.strerror or exc,
+            where if boot.admin_key_file.is_file() else "",
+        )
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout's descriptor at /dev/null: the notice left in its buffer goes nowhere."""
+    # Else each later flush (a worker's exit, the interpreter's) fails on it again.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _secret_target_writer(config: ServerConfig) -> Callable[[Any, dict[str, bytes]], bool]:
