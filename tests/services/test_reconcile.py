@@ -1165,3 +1165,21 @@ def test_usages_client_auth_gives_a_certificate_peers_accept_as_a_client(
         "secret own: tls.crt lacks the clientAuth extended key usage that usages asks for"
         in row.conditions["Ready"]["message"]
     )
+
+
+@pytest.mark.parametrize("stored", [["Ready"], {"Ready": "yes", "Renewing": 1, "Failed": None}])
+def test_conditions_edited_into_another_shape_are_written_anew(env: Env, stored: Any) -> None:
+    # Only a hand-edited row holds this; each pass failed on .get (AttributeError) and the
+    # service was backed off for good, instead of its conditions being written again.
+    env.put(service_doc("web"))
+    env.reconcile("web")
+    with env.services.sessions.begin() as session:
+        session.get(ManagedService, "web").conditions = stored
+    assert tls_services.due(env.row("web"), env.now, resync=timedelta(minutes=10))
+    row = env.reconcile("web", env.now + MINUTE)
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    assert row.conditions["Failed"]["status"] is False, row.conditions
+    assert {c["at"] for c in row.conditions.values()} <= {
+        env.now.isoformat(),
+        (env.now + MINUTE).isoformat(),
+    }

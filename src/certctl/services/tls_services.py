@@ -947,7 +947,7 @@ def reconcile_service(
     # A client added or removed while this pass runs sets next_attempt_at anew: that later
     # request must survive this pass's "done" (its trust bundle may predate the change).
     asked_at = row.next_attempt_at
-    was_renewing = bool((row.conditions or {}).get("Renewing", {}).get("status"))
+    was_renewing = bool(_condition(row.conditions, "Renewing").get("status"))
     try:
         spec = parse_service(row.spec, stored=True)
     except InvalidRequest as exc:
@@ -1521,6 +1521,16 @@ def _conditions(
     )
 
 
+def _condition(conditions: Any, name: str) -> dict[str, Any]:
+    """The stored condition ``name``, or ``{}`` where the column holds something else.
+
+    Only a hand-edited row holds a non-mapping there; read as "no condition", the pass
+    writes a fresh one instead of failing every pass on ``.get``.
+    """
+    condition = conditions.get(name) if isinstance(conditions, dict) else None
+    return condition if isinstance(condition, dict) else {}
+
+
 def _transitions(
     previous: dict[str, Any] | None, wanted: dict[str, tuple[bool, str]], now: datetime
 ) -> dict[str, Any]:
@@ -1533,7 +1543,7 @@ def _transitions(
     """
     conditions: dict[str, Any] = {}
     for name, (status, message) in wanted.items():
-        old = (previous or {}).get(name, {})
+        old = _condition(previous, name)
         same = old.get("status") is status and old.get("message") == message
         at = old.get("at") if same and isinstance(old.get("at"), str) else now.isoformat()
         conditions[name] = {"status": status, "message": message, "at": at}
@@ -1582,9 +1592,9 @@ def _failure_told(conditions: dict[str, Any] | None, detail: str) -> bool:
     Sent when a service becomes Failed, or fails for another reason, not on each retry (a
     target that stays unwritable used to page every back-off period, ~288 times a day). The
     stored status is the memory: read under the row lock in the transaction that writes the
-    new one, it holds across restarts and replicas, as ``expiring`` does (``_expiring_told``).
+    new one, it holds across restarts and replicas, as ``expiring``'s column does.
     """
-    failed = (conditions or {}).get("Failed", {})
+    failed = _condition(conditions, "Failed")
     return failed.get("status") is True and failed.get("message") == detail
 
 
@@ -1633,7 +1643,8 @@ def due(
 
 
 def _last_transition(row: ManagedService) -> datetime | None:
-    times = [c.get("at") for c in (row.conditions or {}).values() if isinstance(c, dict)]
+    conditions = row.conditions if isinstance(row.conditions, dict) else {}
+    times = [c.get("at") for c in conditions.values() if isinstance(c, dict)]
     try:
         parsed = [datetime.fromisoformat(t) for t in times if isinstance(t, str)]
     except ValueError:  # edited in the database: resync rather than fail every pass
