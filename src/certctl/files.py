@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # not imported at run time: `cert issue` starts without loggi
 __all__ = [
     "SECRET_MODE",
     "OutputSet",
+    "discard_stdout",
     "fsync_directory",
     "in_memory_file",
     "tighten_secret",
@@ -352,3 +353,19 @@ def _make_parents(directory: Path) -> list[Path]:
     for path in reversed(missing):
         path.mkdir(mode=0o755)  # not 0777 under umask 000: nobody else may swap our files
     return list(reversed(missing))
+
+
+def discard_stdout() -> None:
+    """Point stdout's descriptor at /dev/null, once a write to it has failed.
+
+    What is left in its buffer then goes nowhere: else each later flush (a worker's exit,
+    the interpreter's own at exit) fails the same way and prints "Exception ignored".
+    """
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # no stdout descriptor to point anywhere (closed, or a stand-in without one)

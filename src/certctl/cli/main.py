@@ -205,13 +205,9 @@ def _run_fast(args: list[str]) -> int | None:
 
 
 def _quiet_stdio() -> None:
-    # Point stdout at /dev/null so that the interpreter's final flush cannot fail again.
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
+    from certctl.files import discard_stdout
+
+    discard_stdout()
 
 
 def _run_typer(args: list[str]) -> int:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import io
 import logging
-import os
 import signal
 import socket
 import sys
@@ -23,6 +22,7 @@ from certctl.api.app import METRICS_PATHS, ClientCertMapping, create_app
 from certctl.api.throttle import AuthFailureLimiter
 from certctl.auth.kubernetes import TokenReviewAuthenticator
 from certctl.errors import CertctlError, InvalidRequest
+from certctl.files import discard_stdout
 from certctl.kubeapi import KubeConnection, load_connection
 from certctl.metrics.registry import (
     API_KEYS,
@@ -261,7 +261,7 @@ def _announce(
         # `certctl serve >&-`, a reader that left, a full disk: the notice is advice (the key
         # is in its 0600 file), no reason not to serve. Raised, the server exited 1 without a
         # word, even in the log.
-        _stdout_to_devnull()
+        discard_stdout()  # else later flushes fail on it again
         # Never the notice itself in the log: it may hold the admin key, shown once.
         where = f"; the admin API key is in {boot.admin_key_file}"
         log.warning(
@@ -269,17 +269,6 @@ def _announce(
             exc.strerror or exc,
             where if boot.admin_key_file.is_file() else "",
         )
-
-
-def _stdout_to_devnull() -> None:
-    """Point stdout's descriptor at /dev/null: the notice left in its buffer goes nowhere."""
-    # Else each later flush (a worker's exit, the interpreter's) fails on it again.
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
 
 
 def _secret_target_writer(config: ServerConfig) -> Callable[[Any, dict[str, bytes]], bool]:
