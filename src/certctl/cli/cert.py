@@ -12,6 +12,7 @@ import typer
 
 from certctl.cli import _issue
 from certctl.cli._common import not_stdout
+from certctl.cli._distribution import CA_ISSUERS_URLS, CRL_URLS
 from certctl.cli._issue import leaf_files
 from certctl.cli._stdin import STDIN_HELP, password_file_option
 
@@ -46,19 +47,8 @@ def issue(
     uri: list[str] = typer.Option(
         [], "--uri", metavar="URI", help="URI SAN, e.g. spiffe://… (repeatable)."
     ),
-    crl_url: list[str] = typer.Option(
-        [],
-        "--crl-url",
-        metavar="URL",
-        help="CRL distribution point: http(s) URL where clients fetch the CA's CRL (repeatable).",
-    ),
-    ca_issuers_url: list[str] = typer.Option(
-        [],
-        "--ca-issuers-url",
-        metavar="URL",
-        help="Authority Information Access caIssuers: http(s) URL where clients fetch the "
-        "CA's certificate as DER (repeatable).",
-    ),
+    crl_url: list[str] = CRL_URLS,
+    ca_issuers_url: list[str] = CA_ISSUERS_URLS,
     profile: str = typer.Option("server", "--profile", help="server, client or server+client."),
     validity: str = typer.Option("90D", "--validity", help="Lifetime: 90D, 2160h, 1Y …"),
     key_type: str = typer.Option(

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from certctl.cli._common import not_stdout, open_ca_dir, read_file, split_commas, utcnow, warn
+from certctl.cli._distribution import CA_ISSUERS_URLS, CRL_URLS
 from certctl.cli._issue import checked_urls
 from certctl.cli._stdin import STDIN_HELP, password_file_option
 
@@ -91,19 +92,8 @@ def sign(
         "server", "--profile", help="server, client, server+client or intermediate."
     ),
     validity: str = typer.Option("90D", "--validity", help="Lifetime: 90D, 2160h, 1Y …"),
-    crl_url: list[str] = typer.Option(
-        [],
-        "--crl-url",
-        metavar="URL",
-        help="CRL distribution point: http(s) URL where clients fetch the CA's CRL (repeatable).",
-    ),
-    ca_issuers_url: list[str] = typer.Option(
-        [],
-        "--ca-issuers-url",
-        metavar="URL",
-        help="Authority Information Access caIssuers: http(s) URL where clients fetch the "
-        "CA's certificate as DER (repeatable).",
-    ),
+    crl_url: list[str] = CRL_URLS,
+    ca_issuers_url: list[str] = CA_ISSUERS_URLS,
     ca_password_file: Path = typer.Option(
         None,
         "--ca-password-file",
