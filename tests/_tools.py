@@ -6,6 +6,7 @@ One copy for every suite that drives real tools (e2e, integration, services, soa
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -140,3 +141,32 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate(timeout=timeout)
+
+
+def openssl_crl_uris(cert: Path) -> list[str]:
+    """The URIs under X509v3 CRL Distribution Points in ``openssl x509 -text`` of ``cert``."""
+    text = ok(run("openssl", "x509", "-in", cert, "-noout", "-text")).stdout
+    if "X509v3 CRL Distribution Points" not in text:
+        return []
+    section = text.split("X509v3 CRL Distribution Points:", 1)[1]
+    # Up to the next extension (openssl names AIA without "X509v3") or the signature.
+    section = re.split(
+        r"\n\s*(?:X509v3 |Authority Information Access|Signature Algorithm)", section, maxsplit=1
+    )[0]
+    return re.findall(r"URI:(\S+)", section)
+
+
+def openssl_ca_issuers_uris(cert: Path) -> list[str]:
+    """The URIs ``openssl x509 -text`` of ``cert`` shows as ``CA Issuers - URI:``."""
+    text = ok(run("openssl", "x509", "-in", cert, "-noout", "-text")).stdout
+    return re.findall(r"CA Issuers - URI:(\S+)", text)
+
+
+def openssl_verify(*args: str | Path) -> str:
+    """``openssl verify ARGS``'s verdict: "OK" or its error string ("certificate revoked", …)."""
+    result = run("openssl", "verify", *args)
+    if result.returncode == 0:
+        return "OK"
+    match = re.search(r"error \d+ at \d+ depth lookup: (.*)", result.stdout + result.stderr)
+    assert match is not None, result.stdout + result.stderr
+    return match[1].strip()

@@ -5,14 +5,20 @@ as the DER certificate openssl builds the chain with."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests._tools import ok, openssl_req, run
+from tests._tools import (
+    ok,
+    openssl_ca_issuers_uris,
+    openssl_crl_uris,
+    openssl_req,
+    openssl_verify,
+    run,
+)
 from tests.e2e.conftest import CertctlServer, StartServer
 
 pytestmark = pytest.mark.e2e
@@ -22,23 +28,14 @@ def distribution_points(pem: str, tmp: Path) -> list[str]:
     """The URIs ``openssl x509 -text`` shows under X509v3 CRL Distribution Points."""
     path = tmp / "c.pem"
     path.write_text(pem)
-    text = ok(run("openssl", "x509", "-in", path, "-noout", "-text")).stdout
-    if "X509v3 CRL Distribution Points" not in text:
-        return []
-    section = text.split("X509v3 CRL Distribution Points:", 1)[1]
-    # Up to the next extension (openssl names AIA without "X509v3") or the signature.
-    section = re.split(
-        r"\n\s*(?:X509v3 |Authority Information Access|Signature Algorithm)", section, maxsplit=1
-    )[0]
-    return re.findall(r"URI:(\S+)", section)
+    return openssl_crl_uris(path)
 
 
 def ca_issuers(pem: str, tmp: Path) -> list[str]:
     """The URIs ``openssl x509 -text`` shows as ``CA Issuers - URI:``."""
     path = tmp / "c.pem"
     path.write_text(pem)
-    text = ok(run("openssl", "x509", "-in", path, "-noout", "-text")).stdout
-    return re.findall(r"CA Issuers - URI:(\S+)", text)
+    return openssl_ca_issuers_uris(path)
 
 
 def fetch(url: str, server: CertctlServer, out: Path) -> Path:
@@ -50,14 +47,7 @@ def fetch(url: str, server: CertctlServer, out: Path) -> Path:
 def openssl_verdict(cert_pem: str, crl: Path, ca: Path, tmp: Path) -> str:
     cert = tmp / "leaf.pem"
     cert.write_text(cert_pem)
-    result = run(
-        "openssl", "verify", "-crl_check", "-CRLfile", crl, "-CAfile", ca, cert
-    )  # fmt: skip
-    if result.returncode == 0:
-        return "OK"
-    match = re.search(r"error \d+ at \d+ depth lookup: (.*)", result.stdout + result.stderr)
-    assert match is not None, result.stdout + result.stderr
-    return match.group(1).strip()
+    return openssl_verify("-crl_check", "-CRLfile", crl, "-CAfile", ca, cert)
 
 
 def test_issued_leaves_name_their_issuer_and_a_crl_that_shows_their_revocation(

@@ -9,7 +9,6 @@ and the CRL one it follows.
 from __future__ import annotations
 
 import functools
-import re
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -17,29 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from tests._tools import ok, openssl_req, run
+from tests._tools import (
+    ok,
+    openssl_ca_issuers_uris,
+    openssl_crl_uris,
+    openssl_req,
+    openssl_verify,
+    run,
+)
 from tests.integration.conftest import Pki, certctl_exe, certctl_ok
 
 pytestmark = pytest.mark.integration
-
-
-def crl_uris(cert: Path) -> list[str]:
-    """The URIs under X509v3 CRL Distribution Points in ``openssl x509 -text``."""
-    text = ok(run("openssl", "x509", "-in", cert, "-noout", "-text")).stdout
-    if "X509v3 CRL Distribution Points" not in text:
-        return []
-    section = text.split("X509v3 CRL Distribution Points:", 1)[1]
-    # Up to the next extension (openssl names AIA without "X509v3") or the signature.
-    section = re.split(
-        r"\n\s*(?:X509v3 |Authority Information Access|Signature Algorithm)", section, maxsplit=1
-    )[0]
-    return re.findall(r"URI:(\S+)", section)
-
-
-def ca_issuers_uris(cert: Path) -> list[str]:
-    """The URIs ``openssl x509 -text`` shows as ``CA Issuers - URI:``."""
-    text = ok(run("openssl", "x509", "-in", cert, "-noout", "-text")).stdout
-    return re.findall(r"CA Issuers - URI:(\S+)", text)
 
 
 @pytest.fixture
@@ -75,18 +62,12 @@ def test_cert_issue_crl_url_is_followed_by_openssl_crl_download(
             "--crl-url", url, "--crl-url", "https://crl.example.com/ca.crl?format=der",
         )
     )  # fmt: skip
-    assert crl_uris(out / "tls.crt") == [url, "https://crl.example.com/ca.crl?format=der"]
+    assert openssl_crl_uris(out / "tls.crt") == [url, "https://crl.example.com/ca.crl?format=der"]
 
     def verdict() -> str:
-        result = run(
-            "openssl", "verify", "-crl_check", "-crl_download", "-CAfile", ca / "ca.crt",
-            out / "tls.crt",
-        )  # fmt: skip
-        if result.returncode == 0:
-            return "OK"
-        match = re.search(r"error \d+ at \d+ depth lookup: (.*)", result.stdout + result.stderr)
-        assert match is not None, result.stdout + result.stderr
-        return match.group(1).strip()
+        return openssl_verify(
+            "-crl_check", "-crl_download", "-CAfile", ca / "ca.crt", out / "tls.crt"
+        )
 
     assert verdict() == "unable to get certificate CRL"  # nothing at the URL yet
     certctl_ok("crl", "create", "--ca", ca, "--out", root / "ca.crl", "--der")
@@ -114,8 +95,8 @@ def test_csr_sign_and_batch_issue_carry_the_crl_and_ca_issuers_urls(
             *aia,
         )
     )  # fmt: skip
-    assert crl_uris(tmp_path / "s" / "tls.crt") == [url]
-    assert ca_issuers_uris(tmp_path / "s" / "tls.crt") == issuers
+    assert openssl_crl_uris(tmp_path / "s" / "tls.crt") == [url]
+    assert openssl_ca_issuers_uris(tmp_path / "s" / "tls.crt") == issuers
     instances = tmp_path / "instances.yml"
     instances.write_text(
         "instances:\n  - name: a\n    dns: [a.example.com]\n  - name: b\n    dns: [b.example.com]\n"
@@ -128,8 +109,8 @@ def test_csr_sign_and_batch_issue_carry_the_crl_and_ca_issuers_urls(
         )
     )  # fmt: skip
     for name in ("a", "b"):
-        assert crl_uris(batch / name / "tls.crt") == [url]
-        assert ca_issuers_uris(batch / name / "tls.crt") == issuers
+        assert openssl_crl_uris(batch / name / "tls.crt") == [url]
+        assert openssl_ca_issuers_uris(batch / name / "tls.crt") == issuers
     # One certificate, and --ca-issuers-url alone (no CRL URL).
     ok(
         certctl_exe(
@@ -137,12 +118,12 @@ def test_csr_sign_and_batch_issue_carry_the_crl_and_ca_issuers_urls(
             "--ca-issuers-url", issuers[0],
         )
     )  # fmt: skip
-    assert ca_issuers_uris(tmp_path / "one" / "tls.crt") == issuers[:1]
-    assert crl_uris(tmp_path / "one" / "tls.crt") == []
+    assert openssl_ca_issuers_uris(tmp_path / "one" / "tls.crt") == issuers[:1]
+    assert openssl_crl_uris(tmp_path / "one" / "tls.crt") == []
     # Without the options: no extension, as before.
     ok(certctl_exe("csr", "sign", "--ca", ca, "--csr", csr, "--out", tmp_path / "plain"))
-    assert crl_uris(tmp_path / "plain" / "tls.crt") == []
-    assert ca_issuers_uris(tmp_path / "plain" / "tls.crt") == []
+    assert openssl_crl_uris(tmp_path / "plain" / "tls.crt") == []
+    assert openssl_ca_issuers_uris(tmp_path / "plain" / "tls.crt") == []
 
 
 @pytest.mark.parametrize(

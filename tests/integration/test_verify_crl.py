@@ -15,6 +15,7 @@ import pytest
 from cryptography import x509
 
 from tests._tools import ok, openssl_req, run
+from tests._tools import openssl_verify as openssl_verdict
 from tests.integration.conftest import CliResult, Pki, certctl, certctl_ok
 
 pytestmark = pytest.mark.integration
@@ -120,15 +121,9 @@ def openssl_verify(
         args += ["-attime", str(int(at.timestamp()))]
     for crl in crls:
         args += ["-CRLfile", crl]
-    result = run(
-        "openssl", "verify", *args, "-CAfile", s.root / "ca.crt", "-untrusted", s.inter / "ca.crt",
-        cert,
-    )  # fmt: skip
-    if result.returncode == 0:
-        return "OK"
-    match = re.search(r"error \d+ at \d+ depth lookup: (.*)", result.stdout + result.stderr)
-    assert match is not None, result.stdout + result.stderr
-    return match[1].strip()
+    return openssl_verdict(
+        *args, "-CAfile", s.root / "ca.crt", "-untrusted", s.inter / "ca.crt", cert
+    )
 
 
 def certctl_verify(
