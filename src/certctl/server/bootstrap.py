@@ -302,7 +302,7 @@ def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
         _refuse_lost_database(config)
     # Keys are stored: a missing KEK file is an error, never replaced by a new, useless one.
     kek = settled_kek(data_dir, default, create=not has_issuers)
-    services = Services(engine, sessions, KeyWrapper(kek), crl_url_base=config.public_url)
+    services = Services(engine, sessions, KeyWrapper(kek), public_url=config.public_url)
     if default is not None:
         check_kek(services, default, data_dir)
     rbac.ensure_builtin_roles(services)

@@ -60,7 +60,7 @@ class Services:
     clock: Callable[[], datetime] = utcnow
     # The ``public-url`` setting, checked: leaves then name their issuer's CRL and its
     # certificate (authorityInfoAccess caIssuers) under it.
-    crl_url_base: str | None = None
+    public_url: str | None = None
     _issuers: dict[str, CertificateAuthority] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # Issuer id -> the last CRL signed here; replaced whole, so no lock is needed.
@@ -76,22 +76,22 @@ class Services:
 
         Empty without ``public-url``: certificates then carry no such extension.
         """
-        if self.crl_url_base is None:
+        if self.public_url is None:
             return ()
         from certctl.pki.distribution import crl_url_for
 
-        return (crl_url_for(self.crl_url_base, issuer_id),)
+        return (crl_url_for(self.public_url, issuer_id),)
 
     def ca_issuers_urls(self, issuer_id: str) -> tuple[str, ...]:
         """Where clients fetch ``issuer_id``'s certificate (DER), for its leaves' caIssuers.
 
         Empty without ``public-url``: certificates then carry no authorityInfoAccess.
         """
-        if self.crl_url_base is None:
+        if self.public_url is None:
             return ()
         from certctl.pki.distribution import ca_issuers_url_for
 
-        return (ca_issuers_url_for(self.crl_url_base, issuer_id),)
+        return (ca_issuers_url_for(self.public_url, issuer_id),)
 
     def cached_issuer(self, issuer_id: str) -> CertificateAuthority | None:
         """The loaded CA for ``issuer_id`` if already cached."""
