@@ -8,6 +8,7 @@ every usage error of that command too, goes through the Typer app in ``_app.py``
 from __future__ import annotations
 
 import errno
+import io
 import os
 import sys
 from typing import TYPE_CHECKING, TextIO
@@ -143,6 +144,23 @@ def _flush_stdout(code: int) -> int:
     return code
 
 
+def _buffer_unbuffered_stdout() -> None:
+    """Give stdout a line buffer when PYTHONUNBUFFERED (``python -u``) took its buffer away."""
+    # Common in container images. Unbuffered, a write that fails (a full disk behind `> file`)
+    # keeps nothing to retry, so `_stdout_fails` could not tell it from a failed file write
+    # and the user read a bare "No space left on device". Line buffered, each line still
+    # shows as soon as it is printed (Rich and the key printer flush themselves).
+    out = sys.stdout
+    if isinstance(out, io.TextIOWrapper) and isinstance(out.buffer, io.FileIO):
+        # sys.__stdout__ keeps the old wrapper alive: it never closes the descriptor under us.
+        sys.stdout = io.TextIOWrapper(
+            io.BufferedWriter(out.buffer),
+            encoding=out.encoding,
+            errors=out.errors,
+            line_buffering=True,
+        )
+
+
 def _stdout_fails() -> bool:
     try:
         if sys.stdout is not None:
@@ -251,6 +269,8 @@ def main() -> None:
     """Console-script entry point."""
     if sys.stdout is None:
         sys.stdout = _stdout_without_reader()
+    else:
+        _buffer_unbuffered_stdout()
     code, fast = _run(sys.argv[1:])
     if fast:
         # The Typer-free route leaves no thread, child process or atexit work behind, and its

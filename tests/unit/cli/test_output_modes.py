@@ -134,3 +134,26 @@ def test_sigterm_while_committing_rolls_back_then_ends_the_process(
     )
     assert terminated.returncode == -15, terminated.stderr  # killed by SIGTERM, as before
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_full_stdout_is_named_also_when_python_is_unbuffered(tmp_path: Path) -> None:
+    # PYTHONUNBUFFERED=1 (common in container images) gave stdout no buffer: the failed write
+    # left nothing to retry, the error could not be told from a file's, and `> /dev/full`
+    # printed a bare "certctl: error: No space left on device".
+    runs = []
+    with open("/dev/full", "w") as full:
+        for unbuffered in ("1", None):
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+            if unbuffered:
+                env["PYTHONUNBUFFERED"] = unbuffered
+            for args in (["--help"], ["ca", "create", "--out", str(tmp_path / f"ca{len(runs)}")]):
+                argv = [require("certctl"), *args]
+                runs.append(
+                    subprocess.Popen(argv, env=env, stdout=full, stderr=subprocess.PIPE, text=True)
+                )
+    for proc in runs:
+        _, err = proc.communicate(timeout=60)
+        assert (proc.returncode, err) == (
+            1,
+            "certctl: error: cannot write to stdout: No space left on device\n",
+        ), proc.args
