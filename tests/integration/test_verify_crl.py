@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 
 from tests._tools import ok, openssl_req, run
 from tests._tools import openssl_verify as openssl_verdict
@@ -361,6 +363,36 @@ def test_crls_in_the_ca_bundle_are_used_as_openssl_reads_them_from_the_cafile(
     assert mine.code == 2
     (line,) = mine.err.splitlines()
     assert "--crl-check needs the CRLs to check with (--crl FILE, or X509 CRL blocks in" in line
+
+
+@pytest.mark.parametrize(
+    ("issuer", "openssl_says"),
+    [
+        ("crl test issuing ca", "OK"),
+        ("  CRL  Test\tIssuing CA ", "OK"),
+        ("CRL Test Issuing CAs", "unable to get certificate CRL"),
+    ],
+)
+def test_a_crl_issuer_name_is_compared_as_openssl_compares_it(
+    setup: Setup, issuer: str, openssl_says: str
+) -> None:
+    """openssl matches a CRL to its CA after folding case and spacing (RFC 5280 7.1)."""
+    s = setup
+    key = serialization.load_pem_private_key((s.inter / "ca.key").read_bytes(), None)
+    now = datetime.now(UTC)
+    crl = s.tmp / f"folded-{len(issuer)}.crl"
+    crl.write_bytes(
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .last_update(now - timedelta(hours=1))
+        .next_update(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+        .public_bytes(serialization.Encoding.PEM)
+    )
+    verdict, err = agree(s, s.good, [crl])
+    assert verdict == openssl_says
+    if verdict != "OK":
+        assert "no CRL from CN=CRL Test Issuing CA" in err
 
 
 def _load_crl(path: Path) -> x509.CertificateRevocationList:

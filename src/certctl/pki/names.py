@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import string
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from cryptography import x509
+from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
 from certctl.errors import InvalidRequest
@@ -21,6 +23,7 @@ __all__ = [
     "SubjectAltNames",
     "common_name_dn",
     "format_dn",
+    "names_match",
     "parse_dn",
     "validate_dns_name",
 ]
@@ -114,6 +117,51 @@ def _check_name(name: x509.Name, text: str | None = None) -> None:
             raise InvalidRequest(
                 f"{text or format_dn(name)}: CN is longer than {_CN_MAX_OCTETS} bytes as UTF-8"
             )
+
+
+def names_match(a: x509.Name, b: x509.Name) -> bool:
+    """Whether two names are the same as openssl compares them (``X509_NAME_cmp``).
+
+    RFC 5280 7.1 compares names after folding case and whitespace. openssl does that for
+    the string types of its ASN1_MASK_CANON: the value as UTF-8, ASCII white space at either
+    end dropped and runs of it inside made one space, ASCII letters lower-cased, so a
+    PrintableString and a UTF8String of the same text match. Other types (NumericString,
+    BIT STRING) must match as encoded. ``x509.Name ==`` ignores the string type altogether
+    and folds nothing.
+    """
+    return _canonical(a) == _canonical(b)
+
+
+# openssl's ASN1_MASK_CANON (crypto/x509/x_name.c): the string types it folds.
+_FOLDED_TYPES = frozenset(
+    {
+        _ASN1Type.UTF8String,
+        _ASN1Type.BMPString,
+        _ASN1Type.UniversalString,
+        _ASN1Type.PrintableString,
+        _ASN1Type.T61String,
+        _ASN1Type.IA5String,
+        _ASN1Type.VisibleString,
+    }
+)
+# C isspace() and tolower() in the "C" locale, which openssl applies byte by byte to
+# ASCII only: non-ASCII characters are compared as they are.
+_ASCII_SPACE = re.compile(r"[ \t\n\v\f\r]+")
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def _canonical(name: x509.Name) -> tuple[frozenset[tuple[str, object]], ...]:
+    # An RDN is a SET: its attributes match in any order, as openssl's sorted DER does.
+    return tuple(frozenset(_canonical_value(attr) for attr in rdn) for rdn in name.rdns)
+
+
+def _canonical_value(attr: x509.NameAttribute[str | bytes]) -> tuple[str, object]:
+    # The ASN.1 string type is not public in cryptography; its _type holds it.
+    kind = attr._type
+    if kind in _FOLDED_TYPES and isinstance(attr.value, str):
+        folded = _ASCII_SPACE.sub(" ", attr.value).strip(" ").translate(_ASCII_LOWER)
+        return attr.oid.dotted_string, folded
+    return attr.oid.dotted_string, (kind, attr.value)
 
 
 def format_dn(name: x509.Name) -> str:

@@ -10,6 +10,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
 from certctl.pki.formats import format_serial
+from certctl.pki.names import names_match
 from certctl.pki.verify import VerificationFailed, asserts_ca, oid_name
 
 __all__ = ["check_revocation"]
@@ -38,7 +39,8 @@ def check_revocation(
     the trust anchor too when it is self-signed, as openssl 3 does: listed in its own CRL,
     it is revoked). A CRL counts for a certificate only when it names the certificate's
     issuer and that issuer's key signed it; of several, the newest one in its validity
-    window is used, as openssl prefers. Each certificate checked needs one.
+    window is used, as openssl prefers. Each certificate checked needs one. Names match
+    as openssl and RFC 5280 7.1 compare them, case and spacing folded (``names_match``).
 
     Args:
         chain: the verified path, leaf first, up to the trust anchor.
@@ -63,7 +65,8 @@ def check_revocation(
         # else: an anchor that is not self-signed; its issuer is not here to check a CRL.
     by_issuer: dict[int, list[tuple[str, x509.CertificateRevocationList]]] = {}
     for label, crl in crls:
-        issuers = [issuer for _, issuer in checked if issuer.subject == crl.issuer]
+        # By name as openssl compares them (case and spacing folded): its signature decides.
+        issuers = [issuer for _, issuer in checked if names_match(issuer.subject, crl.issuer)]
         problem = _unusable(crl, issuers[0]) if issuers else _unrelated(crl, chain, check_all)
         if problem is not None:
             warn(f"{label}: CRL ignored: {problem}")
@@ -165,7 +168,7 @@ def _unrelated(
     crl: x509.CertificateRevocationList, chain: Sequence[x509.Certificate], check_all: bool
 ) -> str:
     issuer = crl.issuer.rfc4514_string() or "an empty name"
-    if not check_all and any(c.subject == crl.issuer for c in chain[1:]):
+    if not check_all and any(names_match(c.subject, crl.issuer) for c in chain[1:]):
         return f"issued by {issuer}, not the leaf's issuer (--crl-check-all checks CAs too)"
     return f"issued by {issuer}, which issued no certificate of the chain"
 

@@ -7,6 +7,8 @@ from datetime import datetime, timedelta
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.x509.name import _ASN1Type
+from cryptography.x509.oid import NameOID
 
 from certctl.pki import (
     PROFILES,
@@ -18,6 +20,7 @@ from certctl.pki import (
     create_crl,
     generate_private_key,
 )
+from certctl.pki.names import names_match
 
 from .conftest import ca_without_usage
 
@@ -40,11 +43,12 @@ def _crl(
     last_update: datetime | None = None,
     next_update: datetime | None = None,
     delta: bool = False,
+    issuer: x509.Name | None = None,
 ) -> x509.CertificateRevocationList:
-    """A CRL built by hand: any dates, a delta indicator, a CA without cRLSign."""
+    """A CRL built by hand: any dates, a delta indicator, a CA without cRLSign, any issuer."""
     builder = (
         x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.certificate.subject)
+        .issuer_name(issuer or ca.certificate.subject)
         .last_update(last_update or now - timedelta(hours=1))
     )
     builder = builder.next_update(next_update or now + timedelta(days=1))
@@ -186,3 +190,42 @@ def test_an_entry_marked_remove_from_crl_is_not_revoked(
         .sign(intermediate_ca.private_key, hashes.SHA256())  # type: ignore[arg-type]
     )
     assert _check(chain, [crl], now) == []
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    [
+        # Names openssl's X509_NAME_cmp takes as the CA's (RFC 5280 7.1 comparison).
+        "test intermediate ca",
+        "  TEST   Intermediate\tCA ",
+    ],
+)
+def test_a_crl_naming_its_issuer_in_another_case_or_spacing_counts(
+    intermediate_ca: CertificateAuthority, root_ca: CertificateAuthority, now: datetime, issuer: str
+) -> None:
+    # As openssl verify -crl_check: such a CRL is the CA's (it checks the signature anyway).
+    leaf = _leaf(intermediate_ca, now)
+    chain = [leaf, intermediate_ca.certificate, root_ca.certificate]
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)])
+    assert _check(chain, [_crl(intermediate_ca, now, issuer=name)], now) == []
+    revoked = _crl(intermediate_ca, now, issuer=name, serials=(leaf.serial_number,))
+    with pytest.raises(
+        VerificationFailed, match=r"CN=leaf.example \(serial [0-9a-f]+\) was revoked"
+    ):
+        _check(chain, [revoked], now)
+
+
+def test_a_crl_naming_another_ca_or_another_string_kind_does_not_count(
+    intermediate_ca: CertificateAuthority, root_ca: CertificateAuthority, now: datetime
+) -> None:
+    # Negative twins: one letter more, and a NumericString, which openssl compares as it is
+    # encoded (only the string types of its ASN1_MASK_CANON are folded).
+    leaf = _leaf(intermediate_ca, now)
+    chain = [leaf, intermediate_ca.certificate, root_ca.certificate]
+    other = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test Intermediate CAs")])
+    with pytest.raises(VerificationFailed, match="no CRL from CN=Test Intermediate CA"):
+        _check(chain, [_crl(intermediate_ca, now, issuer=other)], now)
+    utf8 = x509.Name([x509.NameAttribute(NameOID.SERIAL_NUMBER, "42")])
+    numeric = x509.Name([x509.NameAttribute(NameOID.SERIAL_NUMBER, "42", _ASN1Type.NumericString)])
+    assert not names_match(utf8, numeric)
+    assert names_match(utf8, x509.Name([x509.NameAttribute(NameOID.SERIAL_NUMBER, " 42")]))
