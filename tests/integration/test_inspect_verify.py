@@ -14,8 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests._tools import EC_P256, free_port, ok, openssl_req, require, run, stop
-from tests.integration.conftest import certctl_exe, wait_for_port
+from tests._tools import EC_P256, free_port, ok, openssl_req, openssl_verify, require, run, stop
+from tests.integration.conftest import certctl, certctl_exe, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -705,6 +705,65 @@ def test_a_ca_out_of_its_window_is_named_as_openssl_refuses_it(
     assert openssl_says in openssl.stdout + openssl.stderr
     result = certctl_exe("verify", "--ca", ca_file, "--untrusted", inter_file, leaf)
     one_error_line(result, 1, certctl_says)
+
+
+@pytest.mark.parametrize(
+    ("issuer", "openssl_says", "certctl_says"),
+    [
+        ("name ROOT ca", "OK", "differs from CN=Name Root CA in the trust bundle only in case"),
+        ("Name  Root CA ", "OK", "differs from CN=Name Root CA in the trust bundle only in case"),
+        (
+            "Name Root CB",
+            "unable to get local issuer certificate",
+            "CN=Name Root CB, the issuer of CN=web.example.com, is neither in the trust bundle",
+        ),
+    ],
+)
+def test_an_issuer_name_in_another_case_is_refused_though_openssl_accepts_it(
+    tmp_path: Path, issuer: str, openssl_says: str, certctl_says: str
+) -> None:
+    """Pins a known difference: cryptography's verifier matches issuer names as encoded.
+
+    openssl folds case and spacing first (RFC 5280 7.1); cryptography has no way to, so
+    certctl refuses, saying why. Should cryptography fold names one day, this fails: then
+    certctl can accept these as openssl does.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    root_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "Name Root CA")])
+    now = datetime.now(UTC)
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(root_name)
+        .issuer_name(root_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "web.example.com")]))
+        .issuer_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, issuer)]))
+        .public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=10))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("web.example.com")]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    ca_file, leaf_file = tmp_path / "root.crt", tmp_path / "leaf.crt"
+    ca_file.write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    leaf_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    assert openssl_verify("-CAfile", ca_file, leaf_file) == openssl_says
+    result = certctl("verify", "--ca", ca_file, leaf_file)
+    assert result.code == 1
+    (line,) = result.err.splitlines()
+    assert line.startswith("certctl: error: verification failed: ")
+    assert certctl_says in line, line
 
 
 def test_ca_limits_and_signature_algorithm_as_openssl_prints_them(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from certctl.errors import InvalidRequest
-from certctl.pki.names import validate_dns_name
+from certctl.pki.names import names_match, validate_dns_name
 
 __all__ = [
     "VerificationFailed",
@@ -455,7 +455,7 @@ def _missing_link(
     for _ in range(8):
         issuer = current.issuer.rfc4514_string()
         subject = current.subject.rfc4514_string()
-        named = [c for c in trust if c.subject == current.issuer]
+        named = [c for c in trust if _same_encoding(c.subject, current.issuer)]
         if named:
             signers = [c for c in named if _signs(c, current)]
             if not signers:
@@ -468,11 +468,14 @@ def _missing_link(
             if None in problems:
                 return None
             return f"{_anchor_name(signers[0])} {problems[0]}"
-        named = [c for c in pool if c.subject == current.issuer]
+        named = [c for c in pool if _same_encoding(c.subject, current.issuer)]
         # One that signed and is in its window first: a renewed intermediate beside the old.
         usable = (c for c in named if _signs(c, current) and _window_problem(c, now) is None)
         parent = next(usable, named[0] if named else None)
         if parent is None:
+            folded = _folded_issuer(current, trust, pool)
+            if folded is not None:
+                return folded
             return (
                 f"{issuer}, the issuer of {subject}, is neither in the trust bundle nor among "
                 "the intermediates"
@@ -484,6 +487,39 @@ def _missing_link(
             return f"{_intermediate_name(parent)} {problem}"
         pool.remove(parent)
         current = parent
+    return None
+
+
+def _same_encoding(a: x509.Name, b: x509.Name) -> bool:
+    # As cryptography's verifier and verify_directly_issued_by compare issuer names: as
+    # encoded. ``x509.Name ==`` ignores the string type, and then a CA named in a
+    # PrintableString passed for the issuer of a certificate naming it in a UTF8String,
+    # and its refusal was put down to "another key".
+    return a.public_bytes() == b.public_bytes()
+
+
+def _folded_issuer(
+    cert: x509.Certificate,
+    trust: Sequence[x509.Certificate],
+    pool: Sequence[x509.Certificate],
+) -> str | None:
+    """Why a CA whose name matches ``cert``'s issuer only when folded is no issuer, or None.
+
+    openssl compares names after folding case, spacing and string type (RFC 5280 7.1) and
+    accepts such a chain; cryptography's verifier finds issuers by the name as encoded and
+    has no option to fold, so certctl refuses it and says so, instead of calling the CA
+    missing (it is there).
+    """
+    for certs, where in ((trust, "in the trust bundle"), (pool, "among the intermediates")):
+        ca = next((c for c in certs if names_match(c.subject, cert.issuer)), None)
+        if ca is not None:
+            return (
+                f"the issuer name of {cert.subject.rfc4514_string()}, "
+                f"{cert.issuer.rfc4514_string()}, differs from {ca.subject.rfc4514_string()} "
+                f"{where} only in case, spacing or string type: openssl accepts that "
+                "(RFC 5280 7.1), certctl's verifier (pyca/cryptography) does not; reissue "
+                "the certificate with the CA's subject as its issuer name"
+            )
     return None
 
 

@@ -8,6 +8,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.name import _ASN1Type
+from cryptography.x509.oid import NameOID
 
 from certctl.errors import InvalidRequest
 from certctl.pki import (
@@ -115,6 +117,52 @@ def test_same_name_other_key_ca(server_cert: x509.Certificate) -> None:
         r"CN=www.example.com \(a CA of the same name with another key",
     ):
         verify_certificate(server_cert, trust=[regenerated.certificate], now=NOW)
+
+
+def _issued_under(ca: CertificateAuthority, issuer: x509.Name) -> x509.Certificate:
+    """A server certificate signed by ``ca``'s key that names ``issuer`` as its issuer."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return (
+        x509.CertificateBuilder()
+        .subject_name(common_name_dn("www.example.com"))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("www.example.com")]), critical=False
+        )
+        .sign(ca.private_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    [
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "TEST root CA")]),
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, " Test  Root CA")]),
+        x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, "Test Root CA", _ASN1Type.PrintableString)]
+        ),
+    ],
+    ids=["case", "spacing", "PrintableString"],
+)
+def test_an_issuer_name_that_matches_only_when_folded_is_named_so(
+    root_ca: CertificateAuthority, issuer: x509.Name
+) -> None:
+    # openssl verify accepts these (X509_NAME_cmp folds case, spacing and string type);
+    # cryptography's verifier looks issuers up by the name as encoded and refuses them. The
+    # message said "neither in the trust bundle" (or "another key") for a CA that is there.
+    leaf = _issued_under(root_ca, issuer)
+    with pytest.raises(
+        VerificationFailed,
+        match=r"^verification failed: the issuer name of CN=www.example.com, .*, differs from "
+        r"CN=Test Root CA in the trust bundle only in case, spacing or string type: openssl "
+        r"accepts that \(RFC 5280 7.1\), certctl's verifier \(pyca/cryptography\) does not; "
+        r"reissue the certificate with the CA's subject as its issuer name$",
+    ):
+        verify_certificate(leaf, trust=[root_ca.certificate], now=NOW)
 
 
 def test_expired(root_ca: CertificateAuthority, server_cert: x509.Certificate) -> None:
