@@ -365,6 +365,40 @@ def test_crls_in_the_ca_bundle_are_used_as_openssl_reads_them_from_the_cafile(
     assert "--crl-check needs the CRLs to check with (--crl FILE, or X509 CRL blocks in" in line
 
 
+def test_crls_of_other_cas_in_the_ca_bundle_are_skipped_silently_as_by_openssl(
+    setup: Setup,
+) -> None:
+    """A shared trust bundle holds the CRLs of many CAs: one warning each flooded stderr."""
+    s = setup
+    other_crl = s.tmp / "silent-other.crl"
+    certctl_ok("crl", "create", "--ca", s.other, "--out", other_crl)
+    root_crl = s.tmp / "silent-root.crl"  # of the chain, but only the leaf is checked
+    certctl_ok("crl", "create", "--ca", s.root, "--out", root_crl)
+    leaf_crl = s.openssl_crl(s.inter, "silent-leaf.crl")  # lists s.gone
+    bundle = s.tmp / "shared-bundle.pem"
+    bundle.write_bytes(
+        b"".join(p.read_bytes() for p in (s.root / "ca.crt", other_crl, root_crl, leaf_crl))
+    )
+    for cert, openssl_says in ((s.good, "OK"), (s.gone, "certificate revoked")):
+        assert (
+            openssl_verdict("-crl_check", "-CAfile", bundle, "-untrusted", s.inter / "ca.crt", cert)
+            == openssl_says
+        )
+        mine = certctl(
+            "verify", "--ca", bundle, "--untrusted", s.inter / "ca.crt", "--crl-check", cert
+        )
+        assert (mine.code == 0) == (openssl_says == "OK"), mine
+        # No warning: at most the one error line.
+        assert len(mine.err.splitlines()) == (0 if openssl_says == "OK" else 1), mine.err
+        assert "CRL ignored" not in mine.err
+    # The same CRL given with --crl applies to nothing here: that is still said.
+    mine = certctl(
+        "verify", "--ca", bundle, "--untrusted", s.inter / "ca.crt", "--crl", other_crl, s.good
+    )
+    assert mine.code == 0
+    assert mine.err.startswith(f"certctl: warning: {other_crl}: CRL ignored: issued by CN=")
+
+
 @pytest.mark.parametrize(
     ("issuer", "openssl_says"),
     [

@@ -56,7 +56,7 @@ def verify_command(
             "CRL file (PEM or DER; a PEM file may hold several), repeatable: the leaf must "
             "not be revoked, and a CRL from its issuer, signed by it and current, is required "
             "(openssl verify -crl_check -CRLfile). CRLs of other issuers are ignored with a "
-            "warning. Implies --crl-check."
+            "warning (those in the --ca bundle without one). Implies --crl-check."
         ),
     ),
     crl_check: bool = typer.Option(
@@ -151,12 +151,13 @@ def verify_command(
             raise InvalidRequest(f"{untrusted}: holds no certificate")
     checking = bool(crl) or crl_check or crl_check_all
     crls = _read_crls(crl)
+    bundled = []
     if checking:
         # As openssl's -CAfile: its X509 CRL blocks are CRLs to check with (-crl_check),
         # unused without a check asked for. Before, they were ignored, and a CRL revoking
         # the leaf, kept with the CA certificate, let it verify where openssl refused it.
-        crls += _labelled(ca, bundle.crls)
-        if not crls:
+        bundled = _labelled(ca, bundle.crls)
+        if not crls and not bundled:
             flag = "--crl-check-all" if crl_check_all else "--crl-check"
             raise typer.BadParameter(
                 f"{flag} needs the CRLs to check with (--crl FILE, or X509 CRL blocks in the "
@@ -172,7 +173,9 @@ def verify_command(
         now=now,
     )
     if checking:
-        check_revocation(result.chain, crls, now=now, check_all=crl_check_all, warn=warn)
+        check_revocation(
+            result.chain, crls, now=now, check_all=crl_check_all, warn=warn, bundled=bundled
+        )
     path = " <- ".join(c.subject.rfc4514_string() for c in result.chain)
     checked = f" for {result.name}" if hostname else ""
     revocation = ""

@@ -32,6 +32,7 @@ def check_revocation(
     now: datetime,
     check_all: bool = False,
     warn: Callable[[str], None] = lambda _message: None,
+    bundled: Sequence[tuple[str, x509.CertificateRevocationList]] = (),
 ) -> None:
     """Refuse a chain (leaf first, as verified) whose leaf, or any certificate, is revoked.
 
@@ -49,6 +50,9 @@ def check_revocation(
         check_all: check every certificate of the chain, not only the leaf.
         warn: called with a one-line message for each CRL that is not used, before any
             failure is raised (a CRL of another CA, a bad signature, a delta CRL).
+        bundled: CRLs that came with the trust bundle, used as ``crls`` are; those of CAs
+            that issued no certificate checked are skipped without a warning, as openssl
+            skips the CRLs of its -CAfile: a shared bundle holds the CRLs of many CAs.
 
     Raises:
         VerificationFailed: a checked certificate is revoked, has no usable CRL, or its
@@ -64,9 +68,12 @@ def check_revocation(
             checked.append((cert, cert))
         # else: an anchor that is not self-signed; its issuer is not here to check a CRL.
     by_issuer: dict[int, list[tuple[str, x509.CertificateRevocationList]]] = {}
-    for label, crl in crls:
+    given = [(label, crl, False) for label, crl in crls]
+    for label, crl, is_bundled in [*given, *((label, crl, True) for label, crl in bundled)]:
         # By name as openssl compares them (case and spacing folded): its signature decides.
         issuers = [issuer for _, issuer in checked if names_match(issuer.subject, crl.issuer)]
+        if not issuers and is_bundled:
+            continue  # another CA's, or a CA's of the chain not checked (no --crl-check-all)
         problem = _unusable(crl, issuers[0]) if issuers else _unrelated(crl, chain, check_all)
         if problem is not None:
             warn(f"{label}: CRL ignored: {problem}")

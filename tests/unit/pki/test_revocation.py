@@ -229,3 +229,34 @@ def test_a_crl_naming_another_ca_or_another_string_kind_does_not_count(
     numeric = x509.Name([x509.NameAttribute(NameOID.SERIAL_NUMBER, "42", _ASN1Type.NumericString)])
     assert not names_match(utf8, numeric)
     assert names_match(utf8, x509.Name([x509.NameAttribute(NameOID.SERIAL_NUMBER, " 42")]))
+
+
+def test_crls_of_other_cas_in_the_trust_bundle_are_skipped_without_a_warning(
+    intermediate_ca: CertificateAuthority, root_ca: CertificateAuthority, now: datetime
+) -> None:
+    # A shared trust bundle holds the CRLs of many CAs; openssl skips those that do not
+    # apply without a word. One given with --crl that applies to nothing is still named.
+    leaf = _leaf(intermediate_ca, now)
+    chain = [leaf, intermediate_ca.certificate, root_ca.certificate]
+    others = [create_crl(ca_without_usage("key_cert_sign", now), [], now=now) for _ in range(3)]
+    root_crl = create_crl(root_ca, [], now=now)  # a CA of the chain, not checked without -all
+    bundled = [(f"ca.pem (CRL {i})", crl) for i, crl in enumerate([*others, root_crl], 1)]
+    warnings: list[str] = []
+    own = ("leaf.crl", create_crl(intermediate_ca, [], now=now))
+    check_revocation(chain, [own], now=now, warn=warnings.append, bundled=bundled)
+    assert warnings == []
+    check_revocation(chain, [own, ("given.crl", others[0])], now=now, warn=warnings.append)
+    assert warnings == [
+        "given.crl: CRL ignored: issued by CN=Limited CA, which issued no certificate of the chain"
+    ]
+    # A bundled CRL that names the issuer but cannot be used is still reported.
+    warnings.clear()
+    delta = ("ca.pem (CRL 5)", _crl(intermediate_ca, now, delta=True))
+    check_revocation(chain, [own], now=now, warn=warnings.append, bundled=[*bundled, delta])
+    assert warnings == [
+        "ca.pem (CRL 5): CRL ignored: a delta CRL, which lists changes only: give the full CRL"
+    ]
+    # And a revoked leaf is found through a bundled CRL as through a given one.
+    revoked = create_crl(intermediate_ca, [RevokedEntry(leaf.serial_number, now)], now=now)
+    with pytest.raises(VerificationFailed, match=r"was revoked on .* \(ca.pem \(CRL 9\)\)"):
+        check_revocation(chain, [], now=now, bundled=[*bundled, ("ca.pem (CRL 9)", revoked)])
