@@ -399,6 +399,51 @@ def test_crls_of_other_cas_in_the_ca_bundle_are_skipped_silently_as_by_openssl(
     assert mine.err.startswith(f"certctl: warning: {other_crl}: CRL ignored: issued by CN=")
 
 
+@pytest.mark.parametrize("outform", ["PEM", "DER"])
+def test_crls_inside_a_pkcs7_file_are_said_to_be_unread(setup: Setup, outform: str) -> None:
+    """cryptography reads only the certificates of a PKCS#7 file: its CRLs are not skipped
+    in silence (a CRL revoking the leaf would go unseen) but named, with openssl's way out."""
+    s = setup
+    leaf_crl = s.openssl_crl(s.inter, f"p7-leaf-{outform}.crl")  # lists s.gone
+    p7 = s.tmp / f"with-crl-{outform}.p7b"
+    ok(run("openssl", "crl2pkcs7", "-in", leaf_crl, "-certfile", s.root / "ca.crt",
+           "-outform", outform, "-out", p7))  # fmt: skip
+    crl_only = s.tmp / f"crl-only-{outform}.p7b"
+    ok(run("openssl", "crl2pkcs7", "-in", leaf_crl, "-outform", outform, "-out", crl_only))
+    inter = ("--untrusted", s.inter / "ca.crt")
+    unread = "certctl does not read the CRLs inside a PKCS#7 file"
+    # --ca: the certificates are read; without any other CRL the check cannot run.
+    mine = certctl("verify", "--ca", p7, *inter, "--crl-check", s.gone)
+    assert mine.code == 2
+    (line,) = mine.err.splitlines()
+    assert "--crl-check needs the CRLs to check with" in line
+    assert f"{p7}: {unread}" in line
+    # With a CRL given, the check runs, and the unread ones are warned about.
+    mine = certctl("verify", "--ca", p7, *inter, "--crl", leaf_crl, s.gone)
+    assert mine.code == 1
+    warning, error = mine.err.splitlines()
+    assert warning.startswith(f"certctl: warning: {p7}: {unread}")
+    assert error.startswith("certctl: error: verification failed: certificate CN=gone.")
+    # --crl: a PKCS#7 file, with certificates or without, is refused naming why.
+    for given in (p7, crl_only):
+        mine = certctl("verify", "--ca", s.root / "ca.crt", *inter, "--crl", given, s.good)
+        assert mine.code == 1
+        (line,) = mine.err.splitlines()
+        assert f"{given}: {unread}" in line, line
+    if outform == "PEM":  # X509 CRL blocks beside a PKCS7 block are read, with the warning
+        mixed = s.tmp / "mixed.pem"
+        mixed.write_bytes(p7.read_bytes() + leaf_crl.read_bytes())
+        mine = certctl("verify", "--ca", s.root / "ca.crt", *inter, "--crl", mixed, s.good)
+        assert mine.code == 0, mine
+        (line,) = mine.err.splitlines()
+        assert line.startswith(f"certctl: warning: {mixed}: {unread}")
+    # The way out it names works: openssl pkcs7 -print_certs writes the CRLs as PEM.
+    extracted = s.tmp / f"extracted-{outform}.pem"
+    ok(run("openssl", "pkcs7", "-inform", outform, "-in", p7, "-print_certs", "-out", extracted))
+    assert agree(s, s.gone, [extracted])[0] == "certificate revoked"
+    assert agree(s, s.good, [extracted])[0] == "OK"
+
+
 @pytest.mark.parametrize(
     ("issuer", "openssl_says"),
     [

@@ -64,7 +64,8 @@ def verify_command(
         "--crl-check",
         help=(
             "Check the leaf against the CRLs of --crl and those in the --ca bundle (X509 CRL "
-            "blocks), as openssl verify -crl_check reads them from its -CAfile."
+            "blocks), as openssl verify -crl_check reads them from its -CAfile. CRLs inside "
+            "a PKCS#7 file are not read (a warning says so)."
         ),
     ),
     crl_check_all: bool = typer.Option(
@@ -157,12 +158,16 @@ def verify_command(
         # unused without a check asked for. Before, they were ignored, and a CRL revoking
         # the leaf, kept with the CA certificate, let it verify where openssl refused it.
         bundled = _labelled(ca, bundle.crls)
+        # Said, not skipped in silence: a CRL in there revoking the leaf would go unseen.
+        unread = f"; {_pkcs7_crls_unread(ca)}" if bundle.format == "pkcs7" else ""
         if not crls and not bundled:
             flag = "--crl-check-all" if crl_check_all else "--crl-check"
             raise typer.BadParameter(
                 f"{flag} needs the CRLs to check with (--crl FILE, or X509 CRL blocks in the "
-                "--ca bundle)"
+                f"--ca bundle){unread}"
             )
+        if unread:
+            warn(_pkcs7_crls_unread(ca))
     now = when or utcnow()
     result = verify_certificate(
         leaf_certs[0],
@@ -211,11 +216,34 @@ def _read_crls(paths: list[Path]) -> list[tuple[str, x509.CertificateRevocationL
 
     crls = []
     for path in paths:
-        found = read_material(path, None, "CRL").crls
-        if not found:
+        try:
+            material = read_material(path, None, "CRL")
+        except InvalidRequest as exc:
+            if "PKCS#7 file holds no certificate" not in exc.detail:
+                raise
+            raise InvalidRequest(_pkcs7_crls_unread(path)) from exc  # CRLs only, likely
+        if material.format == "pkcs7" and not material.crls:
+            raise InvalidRequest(_pkcs7_crls_unread(path))
+        if material.format == "pkcs7":
+            # A PEM file with X509 CRL blocks beside a PKCS7 block: those are read, its not.
+            warn(_pkcs7_crls_unread(path))
+        if not material.crls:
             raise InvalidRequest(f"{path}: holds no CRL (--crl takes a PEM or DER CRL file)")
-        crls += _labelled(path, found)
+        crls += _labelled(path, material.crls)
     return crls
+
+
+def _pkcs7_crls_unread(path: Path) -> str:
+    """That the CRLs of the PKCS#7 file ``path`` are not read, and how to read them.
+
+    cryptography loads only the certificates of a PKCS#7 file (load_*_pkcs7_certificates);
+    certctl does not parse the ASN.1 itself. openssl extracts them.
+    """
+    return (
+        f"{path}: certctl does not read the CRLs inside a PKCS#7 file (only its "
+        f"certificates): extract them with 'openssl pkcs7 -in {path} -print_certs -out "
+        "crls.pem' (with -inform DER for a binary file) and give that with --crl"
+    )
 
 
 def _labelled(
