@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests._poll import wait_until
-from tests._tools import ok, require, run
+from tests._tools import ok, openssl_verify, require, run
 from tests.e2e.conftest import CertctlServer, StartServer, secret_of
 
 pytestmark = pytest.mark.e2e
@@ -131,6 +131,37 @@ def test_apikey_into_an_unwritable_place_mints_nothing(
         _certctl(default_server, "auth", "apikeys", "list", "--actor", "unwritable-out", **env)
     )
     assert json.loads(listed.stdout)["items"] == []
+
+
+def test_intermediate_created_fetched_and_issued_from_with_the_cli(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    # Before, an intermediate on the server took a curl POST /api/v1/issuers.
+    env = _admin_env(default_server)
+    created = ok(
+        _certctl(default_server, "issuers", "create", "cli-ops", "--parent", "default",
+                 "--cn", "CLI Ops CA", "--name", "CLI Ops", **env)
+    )  # fmt: skip
+    issuer = json.loads(created.stdout)
+    assert (issuer["id"], issuer["subject"]) == ("cli-ops", "CN=CLI Ops CA")
+    # The default issuer lives 8760h: the 5Y default is clipped to it, and stderr says so.
+    assert created.stderr.startswith("certctl: warning: validity 1825D clipped to the issuer's ")
+    chain = tmp_path / "chain.pem"
+    # Public: no API key needed for the CA certificates.
+    ok(
+        _certctl(default_server, "issuers", "ca", "cli-ops", "--chain", "-o", str(chain),
+                 CERTCTL_CA_CERT=str(default_server.ca))
+    )  # fmt: skip
+    assert chain.read_text().count("BEGIN CERTIFICATE") == 2
+    ok(_certctl(default_server, "certs", "issue", "--issuer", "cli-ops", "--cn", "cli-ops-leaf",
+                "--out", str(tmp_path / "leaf"), **env))  # fmt: skip
+    leaf = tmp_path / "leaf" / "tls.crt"
+    assert openssl_verify("-CAfile", chain, leaf) == "OK"
+    # Its negative twin: the root alone, without the intermediate (openssl reads the first
+    # certificate of tls.crt only), does not make the chain.
+    assert openssl_verify("-CAfile", default_server.ca, leaf) == (
+        "unable to get local issuer certificate"
+    )
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,19 @@ from typer import _click
 from typer.core import TyperGroup
 
 from certctl import __version__
-from certctl.cli import ca, cert, client, crl, csr, http, inspect, serve, services, verify
+from certctl.cli import (
+    ca,
+    cert,
+    client,
+    crl,
+    csr,
+    http,
+    inspect,
+    issuers,
+    serve,
+    services,
+    verify,
+)
 
 __all__ = ["app"]
 
@@ -19,7 +31,7 @@ __all__ = ["app"]
 _SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Offline PKI (files only)", ("ca", "cert", "csr", "crl", "http", "inspect", "verify")),
     ("Server (on its host)", ("serve", "admin-key", "kek")),
-    ("Clients of a server", ("auth", "certs", "services", "apply")),
+    ("Clients of a server", ("auth", "certs", "issuers", "services", "apply")),
 )
 
 
@@ -54,7 +66,7 @@ app = typer.Typer(
     help="Self-hosted certificate authority and TLS control plane.\n\n"
     "Offline PKI: create CAs, issue server and client certificates, CSRs, PKCS#12 "
     "keystores and certutil-style HTTP bundles.\n\n"
-    "Server: serve runs one; auth, certs, services and apply are its clients. They read "
+    "Server: serve runs one; auth, certs, issuers, services and apply are its clients. They read "
     f"CERTCTL_URL (default {client.DEFAULT_URL}), CERTCTL_API_KEY (the API key) and "
     "CERTCTL_CA_CERT (the CA file that signed the server's certificate, e.g. "
     "certctl-data/tls/ca.crt); with tls.client-auth on the server, they present "
@@ -86,6 +98,7 @@ app.add_typer(
 )
 app.add_typer(client.auth_app, name="auth")
 app.add_typer(client.certs_app, name="certs")
+app.add_typer(issuers.issuers_app, name="issuers")
 app.command("apply", help=services.APPLY_HELP)(services.apply_command)
 app.add_typer(services.services_app, name="services")
 

@@ -411,9 +411,12 @@ def _request(
     body: dict[str, Any] | None = None,
     params: dict[str, Any] | None = None,
     accept: str | None = None,
+    *,
+    raw: bool = False,
 ) -> Any:
     """Send one request to the server; the decoded JSON (or text for ``accept``), None on 204.
 
+    ``raw``: the body's bytes as they came (a DER certificate or CRL is no text).
     ``path`` must quote what came from the user (:func:`_seg`).
     """
     import httpx
@@ -464,6 +467,8 @@ def _request(
         raise RemoteError(_redact(_redirect(response, endpoint), key))
     if response.status_code == 204:
         return None
+    if raw:
+        return response.content
     if accept and "json" not in accept:
         return response.text
     try:

@@ -45,6 +45,7 @@ class Seen:
     method: str
     path: str
     authorization: str | None
+    body: bytes = b""
 
 
 @dataclass
@@ -62,8 +63,10 @@ def _serve(scheme: str, context: ssl.SSLContext | None) -> Iterator[Listener]:
     class Handler(http.server.BaseHTTPRequestHandler):
         def _answer(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            self.rfile.read(length)
-            state.seen.append(Seen(self.command, self.path, self.headers.get("Authorization")))
+            body = self.rfile.read(length)
+            state.seen.append(
+                Seen(self.command, self.path, self.headers.get("Authorization"), body)
+            )
             answer = state.answers.get(self.path.split("?")[0], Answer(404, "text/html", b"<p>"))
             if answer.side_effect is not None:
                 answer.side_effect()
@@ -620,8 +623,8 @@ def test_ca_cert_file_problems(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["certs"], ["auth"], ["auth", "apikeys"], ["services"], ["apply"]],
-    ids=["top", "certs", "auth", "auth-apikeys", "services", "apply"],
+    [[], ["certs"], ["auth"], ["auth", "apikeys"], ["issuers"], ["services"], ["apply"]],
+    ids=["top", "certs", "auth", "auth-apikeys", "issuers", "services", "apply"],
 )
 def test_help_names_the_environment(argv: list[str]) -> None:
     proc = certctl(*argv, "--help", env={})
@@ -668,8 +671,8 @@ def test_top_level_command_list_marks_the_server_clients() -> None:
     proc = certctl("--help", env={})
     clients = _command_sections(proc.stdout)["Clients of a server"]
     described = {line.split()[0]: line for line in clients if line.strip()}
-    assert list(described) == ["auth", "certs", "services", "apply"]
-    for name in ("auth", "certs", "services", "apply"):
+    assert list(described) == ["auth", "certs", "issuers", "services", "apply"]
+    for name in ("auth", "certs", "issuers", "services", "apply"):
         assert "CERTCTL_URL" in described[name], described[name]
 
 
@@ -681,7 +684,7 @@ def test_top_level_help_groups_the_commands_in_the_readmes_order() -> None:
     assert names == {
         "Offline PKI (files only)": ["ca", "cert", "csr", "crl", "http", "inspect", "verify"],
         "Server (on its host)": ["serve", "admin-key", "kek"],
-        "Clients of a server": ["auth", "certs", "services", "apply"],
+        "Clients of a server": ["auth", "certs", "issuers", "services", "apply"],
     }
     # One column for the summaries, down the whole page.
     columns = {line.index(line.split()[1]) for lines in sections.values() for line in lines}
@@ -1181,3 +1184,291 @@ def test_server_text_on_stderr_shows_control_characters_escaped(
     listener.answers["/api/v1/certificates"] = Answer(body=json.dumps(warned).encode())
     assert run(["certs", "issue", "--cn", "web.example"]) == 0
     assert capsys.readouterr().err == "certctl: warning: validity \\x1b[8mclipped to 30 days\n"
+
+
+# --- issuers -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def in_process(
+    listener: Listener, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Callable[..., int]:
+    """``main.run`` in this process against ``listener``, in ``tmp_path``: no interpreter to
+    start per command (the subprocess cases above check what only a process shows)."""
+    from certctl.cli.main import run
+
+    for name in [k for k in os.environ if k.startswith("CERTCTL_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CERTCTL_URL", listener.url)
+    monkeypatch.setenv("CERTCTL_API_KEY", KEY)
+    monkeypatch.chdir(tmp_path)
+    return lambda *argv: run(list(argv))
+
+
+def _issuer(issuer_id: str, name: str) -> dict[str, Any]:
+    return {
+        "id": issuer_id,
+        "name": name,
+        "subject": f"CN={name}",
+        "key_type": "ec-p256",
+        "not_after": "2999-01-01T00:00:00+00:00",
+        "certificate_pem": "-----BEGIN CERTIFICATE-----\n",
+        "chain_pem": "",
+    }
+
+
+def test_issuers_list_table_and_json(
+    listener: Listener, in_process: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    answer = {"items": [_issuer("ops", "Ops \x1b[2JCA")], "next_cursor": None}
+    listener.answers["/api/v1/issuers"] = Answer(body=json.dumps(answer).encode())
+    assert in_process("issuers", "list", "-o", "json") == 0
+    assert capsys.readouterr().out == json.dumps(answer, indent=2) + "\n"
+    assert in_process("issuers", "list", "-o", "table") == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split("  ")[0] == "ID"
+    assert [c.strip() for c in header.split("  ") if c.strip()] == [
+        "ID", "NAME", "SUBJECT", "KEY TYPE", "NOT AFTER"
+    ]  # fmt: skip
+    assert row.startswith("ops  Ops \\x1b[2JCA  CN=Ops \\x1b[2JCA  ec-p256   2999-01-01 (in ")
+    assert "BEGIN CERTIFICATE" not in row
+    listener.answers["/api/v1/issuers"] = Answer(body=b'{"items": [], "next_cursor": null}')
+    assert in_process("issuers", "list", "-o", "table") == 0
+    assert capsys.readouterr().out == "no issuers\n"
+    assert [seen.path for seen in listener.seen] == ["/api/v1/issuers"] * 3
+
+
+def test_issuers_create_sends_what_was_given_and_prints_the_warnings(
+    listener: Listener, in_process: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    created = _issuer("ops", "Ops CA") | {"warnings": ["validity 1825D clipped\nto the parent"]}
+    listener.answers["/api/v1/issuers"] = Answer(201, body=json.dumps(created).encode())
+    argv = ["issuers", "create", "ops", "--parent", "default", "--cn", "Ops CA"]
+    assert in_process(*argv, "--path-length", "0") == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == created
+    assert err == "certctl: warning: validity 1825D clipped to the parent\n"
+    # The server's defaults (key type aside) are left to it: no validity, subject or name.
+    assert json.loads(listener.seen[-1].body) == {
+        "id": "ops", "name": "", "key_type": "ec-p256", "common_name": "Ops CA",
+        "parent": "default", "path_length": 0,
+    }  # fmt: skip
+    assert in_process("issuers", "create", "root2", "--subject", "CN=R,O=X", "--name", "R",
+                      "--key-type", "rsa-3072", "--validity", "10Y") == 0  # fmt: skip
+    capsys.readouterr()
+    assert json.loads(listener.seen[-1].body) == {
+        "id": "root2", "name": "R", "key_type": "rsa-3072", "subject": "CN=R,O=X",
+        "validity": "10Y",
+    }  # fmt: skip
+    sent = len(listener.seen)
+    for bad, line in (
+        (["--cn", "A", "--subject", "CN=B"], "Invalid value: --cn and --subject exclude each "
+         "other (put the CN in --subject) (see 'certctl issuers create --help')"),
+        (["--path-length", "11"], "Invalid value for '--path-length': 11: must be at most 10 "
+         "(see 'certctl issuers create --help')"),
+        (["--parent", " "], "Invalid value for '--parent': must not be empty "
+         "(see 'certctl issuers create --help')"),
+    ):  # fmt: skip
+        assert in_process("issuers", "create", "x", *bad) == 2
+        assert capsys.readouterr() == ("", f"certctl: error: {line}\n")
+    assert len(listener.seen) == sent  # nothing was sent
+
+
+def test_issuers_import_decrypts_here_and_never_shows_the_key(
+    listener: Listener,
+    in_process: Callable[..., int],
+    capsys: pytest.CaptureFixture[str],
+    pki: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    listener.answers["/api/v1/issuers"] = Answer(201, body=b'{"id": "ext", "warnings": []}')
+    key_pem = (pki / "ca" / "ca.key").read_bytes()
+    key = serialization.load_pem_private_key(key_pem, None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)  # certctl's default key type
+    (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "enc.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"s3cret"),
+        )
+    )
+    # A certificate file with the key in it (ca.crt and ca.key concatenated, a common slip).
+    both = tmp_path / "both.pem"
+    both.write_bytes((pki / "ca" / "ca.crt").read_bytes() + key_pem)
+    cert = str(pki / "ca" / "ca.crt")
+    body_lines = key_pem.decode().splitlines()[1:-1]
+
+    def shown(out: str, err: str) -> bool:
+        return any(line in out + err for line in body_lines)
+
+    for bad, line in (
+        (["--cert", cert, "--key", "enc.key"],
+         "enc.key: the private key is encrypted: give its password (--password-file)"),
+        (["--cert", str(pki / "other-ca" / "ca.crt"), "--key", str(pki / "ca" / "ca.key")],
+         "the private key does not match the CA certificate (nothing was sent)"),
+    ):  # fmt: skip
+        assert in_process("issuers", "import", "ext", *bad) == 1
+        out, err = capsys.readouterr()
+        assert (out, err) == ("", f"certctl: error: {line}\n")
+    assert in_process("issuers", "import", "ext", "--cert", cert) == 2
+    assert "--cert needs --key" in capsys.readouterr().err
+    assert listener.seen == []  # nothing was sent
+
+    assert in_process("issuers", "import", "ext", "--cert", str(both), "--key", "enc.key",
+                      "--password-file", "pw", "--name", "External") == 0  # fmt: skip
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"id": "ext", "warnings": []}
+    assert not shown(out, err)
+    body = json.loads(listener.seen[-1].body)
+    assert set(body) == {"id", "name", "certificate_pem", "private_key_pem"}
+    assert (body["id"], body["name"]) == ("ext", "External")
+    # Sent decrypted (the API takes no password), the certificates alone in certificate_pem.
+    assert body["certificate_pem"] == (pki / "ca" / "ca.crt").read_text()
+    sent_key = serialization.load_pem_private_key(body["private_key_pem"].encode(), None)
+    assert isinstance(sent_key, ec.EllipticCurvePrivateKey)
+    assert sent_key.private_numbers() == key.private_numbers()
+    # A PKCS#12 file, its password from CERTCTL_PASSWORD, as `ca import` reads one.
+    ca_cert = x509.load_pem_x509_certificate((pki / "ca" / "ca.crt").read_bytes())
+    (tmp_path / "ca.p12").write_bytes(
+        pkcs12.serialize_key_and_certificates(
+            b"ca", key, ca_cert, None,
+            serialization.BestAvailableEncryption(b"s3cret"),
+        )
+    )  # fmt: skip
+    monkeypatch.setenv("CERTCTL_PASSWORD", "s3cret")
+    assert in_process("issuers", "import", "ext", "--p12", "ca.p12") == 0
+    assert not shown(*capsys.readouterr())
+    assert json.loads(listener.seen[-1].body) == body | {"name": ""}
+
+
+def test_issuers_ca_and_crl_write_files_or_stdout(
+    listener: Listener,
+    in_process: Callable[..., int],
+    capsys: pytest.CaptureFixture[str],
+    pki: Path,
+    tmp_path: Path,
+) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    chain = (pki / "server" / "tls.crt").read_bytes()  # two certificates: a stand-in chain
+    ca_pem = (pki / "ca" / "ca.crt").read_bytes()
+    ca_der = x509.load_pem_x509_certificate(ca_pem).public_bytes(Encoding.DER)
+    crl_der = _crl(pki)
+    listener.answers["/api/v1/issuers/ops/ca.pem"] = Answer(content_type="x", body=chain)
+    listener.answers["/api/v1/issuers/ops/ca.der"] = Answer(content_type="x", body=ca_der)
+    listener.answers["/api/v1/issuers/ops/crl"] = Answer(content_type="x", body=crl_der)
+
+    assert in_process("issuers", "ca", "ops", "--chain") == 0
+    assert capsys.readouterr() == (chain.decode(), "")
+    assert in_process("issuers", "ca", "ops", "--der", "-o", "ca.der") == 0
+    assert (tmp_path / "ca.der").read_bytes() == ca_der
+    assert in_process("issuers", "crl", "ops", "--out", "ops.crl") == 0
+    assert (tmp_path / "ops.crl").read_bytes() == crl_der
+    assert capsys.readouterr() == ("", "")
+    assert [seen.path for seen in listener.seen] == [
+        "/api/v1/issuers/ops/ca.pem?chain=true",
+        "/api/v1/issuers/ops/ca.der",
+        "/api/v1/issuers/ops/crl",
+    ]
+    # An existing file is refused before the request (a CRL costs the server a signature).
+    assert in_process("issuers", "crl", "ops", "-o", "ops.crl", "--pem") == 1
+    assert capsys.readouterr().err == (
+        "certctl: error: ops.crl already exists; use --force to overwrite\n"
+    )
+    assert len(listener.seen) == 3
+    # What answers at CERTCTL_URL is checked before it lands in a file: one line, no file.
+    listener.answers["/api/v1/issuers/ops/crl"] = Answer(content_type="text/html", body=b"<p>")
+    assert in_process("issuers", "crl", "ops", "-o", "ops.crl", "--pem", "--force") == 1
+    assert capsys.readouterr().err == (
+        f"certctl: error: unexpected response from {listener.url}/api/v1/issuers/{{id}}/crl: "
+        "not a PEM CRL\n"
+    )
+    assert (tmp_path / "ops.crl").read_bytes() == crl_der
+    listener.answers["/api/v1/issuers/ops/ca.pem"] = Answer(content_type="x", body=b"<p>login")
+    assert in_process("issuers", "ca", "ops", "-o", "ca.pem") == 1
+    assert capsys.readouterr().err == (
+        f"certctl: error: unexpected response from {listener.url}/api/v1/issuers/{{id}}/ca.pem: "
+        "no PEM certificate\n"
+    )
+    assert not (tmp_path / "ca.pem").exists()
+    assert in_process("issuers", "ca", "ops", "--chain", "--der") == 2
+    assert capsys.readouterr().err == (
+        "certctl: error: Invalid value: --chain does not go with --der (ca.der is the one "
+        "certificate; the chain is PEM) (see 'certctl issuers ca --help')\n"
+    )
+    assert in_process("issuers", "ca", "no-such") == 1
+    assert capsys.readouterr().err == (
+        f"certctl: error: HTTP 404 Not Found from {listener.url}/api/v1/issuers/no-such/ca.pem "
+        "(content-type text/html)\n"
+    )
+
+
+def _crl(pki: Path) -> bytes:
+    """A real (empty) CRL of the test CA, in DER, made by ``certctl crl create``."""
+    out = pki / "empty.crl"
+    if not out.exists():
+        made = subprocess.run(
+            [str(CERTCTL), "crl", "create", "--ca", str(pki / "ca"), "--der", "--out", str(out)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+    return out.read_bytes()
+
+
+def test_der_on_a_terminal_is_refused_before_the_request(listener: Listener) -> None:
+    import pty
+
+    master, terminal = pty.openpty()
+    try:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+        proc = subprocess.run(
+            [str(CERTCTL), "issuers", "crl", "ops"],
+            env=clean | {"CERTCTL_URL": listener.url}, stdin=subprocess.DEVNULL,
+            stdout=terminal, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(terminal)
+        os.close(master)
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "certctl: error: Invalid value: DER is binary, not for a terminal: give --out FILE, "
+        "redirect stdout, or add --pem (see 'certctl issuers crl --help')\n"
+    )
+    assert listener.seen == []
+
+
+def test_issuers_ca_whose_stdout_fails_ends_quietly_or_in_one_line(
+    listener: Listener, pki: Path
+) -> None:
+    # As the list commands: a reader gone is no error to report (status 1, nothing said), a
+    # full disk is one line naming stdout (it was "No space left on device" alone).
+    listener.answers["/api/v1/issuers/ops/ca.pem"] = Answer(
+        content_type="x",
+        body=(pki / "ca" / "ca.crt").read_bytes() * 200,  # past any buffer
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    argv = [str(CERTCTL), "issuers", "ca", "ops"]
+    read_end, gone = os.pipe()
+    os.close(read_end)
+    env = clean | {"CERTCTL_URL": listener.url}
+    with open("/dev/full", "w") as full:
+        runs = [
+            subprocess.Popen(
+                argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE
+            )
+            for out in (gone, full)
+        ]
+    os.close(gone)
+    ended = [(run.wait(timeout=60), run.communicate()[1]) for run in runs]
+    assert ended == [
+        (1, b""),
+        (1, b"certctl: error: cannot write to stdout: No space left on device\n"),
+    ]

@@ -1,0 +1,349 @@
+"""``certctl issuers …``: the CAs of a server, created, imported, listed and fetched.
+
+Requests go through :func:`certctl.cli.client._request`, so they read ``CERTCTL_URL``,
+``CERTCTL_API_KEY`` and ``CERTCTL_CA_CERT`` and report failures in one line exactly as the
+``certs`` commands do. A private key given to ``issuers import`` is read and checked here and
+sent unencrypted (the API takes no password), over the connection ``CERTCTL_URL`` names;
+nothing prints it.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from certctl.cli._listing import Column
+from certctl.cli._stdin import STDIN_HELP, password_file_option
+from certctl.cli.ca import KEY_TYPES
+from certctl.cli.client import (
+    ENV_HELP,
+    OUTPUT_OPTION,
+    _field,
+    _not_empty,
+    _print,
+    _print_list,
+    _request,
+    _seg,
+    _unexpected,
+    _warn_about,
+)
+from certctl.errors import CertctlError, InvalidRequest
+
+if TYPE_CHECKING:
+    from certctl.files import OutputSet
+
+__all__ = ["issuers_app"]
+
+issuers_app = typer.Typer(
+    help="Issuers: the CAs a server signs with. Create a root or an intermediate, import "
+    f"one, list them, and fetch a CA certificate or CRL.\n\n{ENV_HELP}",
+    short_help="Create, import, list CAs at CERTCTL_URL; their certs, CRLs.",
+    no_args_is_help=True,
+)
+
+_ISSUERS = "/api/v1/issuers"
+ISSUER_ID = typer.Argument(..., callback=_not_empty, metavar="ISSUER_ID", help="Issuer id.")
+OUT_HELP = "Write it to this file (atomically; an existing one only with --force), not stdout."
+
+
+def _issuer_columns() -> list[Column]:
+    from certctl.cli._listing import date_and_days
+
+    return [
+        Column("ID", _field("id"), key=True),
+        Column("NAME", _field("name")),
+        Column("SUBJECT", _field("subject")),
+        Column("KEY TYPE", _field("key_type")),
+        Column("NOT AFTER", lambda item, now: date_and_days(item.get("not_after"), now)),
+    ]
+
+
+@issuers_app.command("list")
+def issuers_list(output: str | None = OUTPUT_OPTION) -> None:
+    """List issuers (all of them: the server does not page this list).
+
+    On a terminal a table: id, name, subject, key type, notAfter (the date, and the days left).
+    """
+    _print_list(
+        _request("GET", _ISSUERS),
+        output,
+        path=_ISSUERS,
+        columns=_issuer_columns(),
+        empty="no issuers",
+    )
+
+
+@issuers_app.command("get")
+def issuers_get(issuer_id: str = ISSUER_ID) -> None:
+    """Show one issuer (never its key)."""
+    _print(_request("GET", f"{_ISSUERS}/{_seg(issuer_id)}"))
+
+
+@issuers_app.command("create", short_help="Create a root CA, or an intermediate under --parent.")
+def issuers_create(
+    issuer_id: str = typer.Argument(
+        ..., callback=_not_empty, metavar="ISSUER_ID", help="Id of the new issuer, e.g. ops-ca."
+    ),
+    name: str = typer.Option("", "--name", help="Display name."),
+    cn: str = typer.Option(None, "--cn", help="Common name (default: 'certctl ISSUER_ID CA')."),
+    subject: str = typer.Option(
+        None, "--subject", help="Full RFC 4514 subject, e.g. 'CN=Ops CA,O=Example'."
+    ),
+    key_type: str = typer.Option("ec-p256", "--key-type", help=f"Key type: {KEY_TYPES}."),
+    validity: str = typer.Option(
+        None,
+        "--validity",
+        help="Lifetime: 5Y, 365D, 8760h … (default: 5Y; the server clips an intermediate to "
+        "its parent's notAfter, with a warning).",
+    ),
+    parent: str = typer.Option(
+        None,
+        "--parent",
+        callback=_not_empty,
+        metavar="ISSUER_ID",
+        help="Issuer that signs this one (makes an intermediate), e.g. default.",
+    ),
+    path_length: int = typer.Option(
+        None,
+        "--path-length",
+        # The range the API takes (schemas.IssuerCreate), as `ca create` has it.
+        min=0,
+        max=10,
+        help="Intermediates below this CA, 0-10 "
+        "(default: unlimited for a root, 0 for an intermediate).",
+    ),
+) -> None:
+    """Create a root CA on the server, or an intermediate signed by issuer --parent.
+
+    The key is generated on the server and stays there (encrypted). Prints the new issuer as
+    JSON; the server's warnings (a clipped validity, a short lifetime) also go to stderr.
+    """
+    if cn is not None and subject is not None:
+        raise typer.BadParameter("--cn and --subject exclude each other (put the CN in --subject)")
+    body: dict[str, Any] = {"id": issuer_id, "name": name, "key_type": key_type}
+    # Only what was given: the server's defaults (its CN, 5Y) are the documented ones.
+    for field, value in (
+        ("common_name", cn),
+        ("subject", subject),
+        ("validity", validity),
+        ("parent", parent),
+        ("path_length", path_length),
+    ):
+        if value is not None:
+            body[field] = value
+    data = _request("POST", _ISSUERS, body)
+    _warn_about(data)
+    _print(data)
+
+
+@issuers_app.command("import", short_help="Import an existing CA (PEM pair or PKCS#12).")
+def issuers_import(
+    issuer_id: str = typer.Argument(
+        ..., callback=_not_empty, metavar="ISSUER_ID", help="Id of the new issuer."
+    ),
+    cert: Path = typer.Option(
+        None,
+        "--cert",
+        help="CA certificate (PEM or DER); extra certificates are the CAs above it, up to the "
+        "root.",
+    ),
+    key: Path = typer.Option(None, "--key", help="CA private key (PEM or DER)."),
+    p12: Path = typer.Option(
+        None, "--p12", help="PKCS#12 file holding the CA key and certificate."
+    ),
+    password_file: Path = typer.Option(
+        None,
+        "--password-file",
+        callback=password_file_option,
+        help="Password of the key or PKCS#12 file (default: $CERTCTL_PASSWORD); the key is "
+        "decrypted here, as the API takes it unencrypted." + STDIN_HELP,
+    ),
+    password: str = typer.Option(
+        None, "--password", help="Password on the command line (demos only)."
+    ),
+    name: str = typer.Option("", "--name", help="Display name."),
+) -> None:
+    """Import an existing CA into the server, after checking key and certificate match.
+
+    The key is read here (decrypted with --password-file or CERTCTL_PASSWORD, as
+    'certctl ca import' reads it) and sent over the TLS connection; the server stores it
+    encrypted. Nothing is sent when the key does not match the certificate.
+    """
+    body = {"id": issuer_id, "name": name, **_import_pem(cert, key, p12, password_file, password)}
+    data = _request("POST", _ISSUERS, body)
+    _warn_about(data)
+    _print(data)
+
+
+def _import_pem(
+    cert: Path | None,
+    key: Path | None,
+    p12: Path | None,
+    password_file: Path | None,
+    password: str | None,
+) -> dict[str, str]:
+    """certificate_pem and private_key_pem for the import body, from the files given."""
+    from certctl.cli._common import read_material, read_password
+    from certctl.pki import certs_to_pem, key_to_pem
+
+    if (p12 is None) == (cert is None):
+        raise typer.BadParameter("give either --cert with --key, or --p12")
+    if cert is not None and key is None:
+        raise typer.BadParameter("--cert needs --key")
+    if p12 is not None and key is not None:
+        raise typer.BadParameter("--key and --p12 exclude each other (the key is in the PKCS#12)")
+    if password is not None and password_file is not None:
+        raise typer.BadParameter("--password and --password-file exclude each other")
+    # As `ca import`: CERTCTL_PASSWORD is a default, and an unencrypted input opens without it.
+    from_env = password is None and password_file is None
+    secret = read_password(password_file, password)
+    try:
+        if p12 is not None:
+            material = read_material(p12, secret, "PKCS#12 file", password_optional=from_env)
+        elif cert is not None and key is not None:
+            # Certificates only from --cert: a key concatenated into it is never sent.
+            certs = read_material(cert, what="CA certificate").certificates
+            material = read_material(key, secret, "CA key", password_optional=from_env)
+            material.certificates = certs
+        else:  # refused above already; this branch only tells mypy so
+            raise typer.BadParameter("give either --cert with --key, or --p12")
+    except InvalidRequest as exc:
+        if from_env and secret is not None and "password" in exc.detail:
+            raise type(exc)(f"{exc.detail} (the password came from CERTCTL_PASSWORD)") from exc
+        raise
+    certs, private_key = material.certificates, material.private_key
+    if not certs:
+        raise InvalidRequest("no CA certificate found in the input (nothing was sent)")
+    if private_key is None:
+        raise InvalidRequest("no CA private key found in the input (nothing was sent)")
+    if not any(c.public_key() == private_key.public_key() for c in certs):
+        # The server would refuse it too, but the key would have left the machine for nothing.
+        raise InvalidRequest("the private key does not match the CA certificate (nothing was sent)")
+    return {
+        "certificate_pem": certs_to_pem(certs).decode("ascii"),
+        "private_key_pem": key_to_pem(private_key, None).decode("ascii"),
+    }
+
+
+# --- public CA certificates and CRLs --------------------------------------------------------
+
+
+def _output(
+    out: str | None, *, force: bool, binary: bool, hint: str
+) -> tuple[OutputSet, Path] | None:
+    """The file ``--out`` names, checked before the request; None for stdout.
+
+    DER on a terminal is refused: its bytes would garble the terminal, and nothing could be
+    done with them there.
+    """
+    from certctl.files import OutputSet
+
+    if out is None or out == "-":
+        if binary and sys.stdout.isatty():
+            raise typer.BadParameter(f"DER is binary, not for a terminal: {hint}")
+        return None
+    outputs = OutputSet(force=force)
+    outputs.add(Path(out), b"")
+    outputs.check()  # an existing file or an unwritable place: refused before the request
+    return outputs, Path(out)
+
+
+def _write(target: tuple[OutputSet, Path] | None, data: bytes) -> None:
+    """``data`` into the file of :func:`_output` (by atomic rename), or onto stdout."""
+    if target is None:
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        except OSError as exc:
+            # As the list commands end (main._flush_stdout): quietly when the reader left
+            # (`| head -c 100`), else in one line naming stdout, the buffer dropped either way.
+            from certctl.files import discard_stdout
+
+            discard_stdout()
+            if exc.errno == errno.EPIPE:
+                raise typer.Exit(1) from None
+            raise CertctlError(f"cannot write to stdout: {exc.strerror or exc}") from None
+        return
+    outputs, path = target
+    outputs.add(path, data)
+    outputs.commit()
+
+
+# A str, not a Path: Path("./-") is Path("-"), and "./-" names the file "-".
+OUT_OPTION: Any = typer.Option(None, "--out", "-o", metavar="FILE", help=OUT_HELP)
+FORCE_OPTION: Any = typer.Option(False, "--force", help="Overwrite an existing --out file.")
+
+
+@issuers_app.command("ca", short_help="Fetch an issuer's CA certificate (public, PEM or --der).")
+def issuers_ca(
+    issuer_id: str = ISSUER_ID,
+    chain: bool = typer.Option(
+        False, "--chain", help="Add the CAs above it, nearest first, ending with the root."
+    ),
+    der: bool = typer.Option(
+        False, "--der", help="The one certificate in DER (what a caIssuers URI names)."
+    ),
+    out: str = OUT_OPTION,
+    force: bool = FORCE_OPTION,
+) -> None:
+    """Fetch an issuer's CA certificate (PEM; public, no API key needed).
+
+    With --chain, an intermediate's CAs up to the root follow it: what 'openssl verify
+    -CAfile' takes for certificates it issued; the last one is the root clients trust.
+    """
+    from cryptography import x509
+
+    if chain and der:
+        raise typer.BadParameter(
+            "--chain does not go with --der (ca.der is the one certificate; the chain is PEM)"
+        )
+    target = _output(out, force=force, binary=der, hint="give --out FILE, redirect stdout, "
+                      "or leave out --der for PEM")  # fmt: skip
+    path = f"{_ISSUERS}/{_seg(issuer_id)}/ca.{'der' if der else 'pem'}"
+    template = f"{_ISSUERS}/{{id}}/ca.{'der' if der else 'pem'}"
+    if der:
+        data = _request("GET", path, accept="application/pkix-cert", raw=True)
+        try:
+            x509.load_der_x509_certificate(data)
+        except ValueError:
+            raise _unexpected(template, "not a DER certificate") from None
+    else:
+        params = {"chain": "true"} if chain else None
+        data = _request("GET", path, params=params, accept="application/x-pem-file", raw=True)
+        try:
+            certs = x509.load_pem_x509_certificates(data)
+        except ValueError:
+            certs = []
+        # Whatever answers at CERTCTL_URL (a login page) must not land in a ca.crt.
+        if not certs:
+            raise _unexpected(template, "no PEM certificate")
+    _write(target, data)
+
+
+@issuers_app.command("crl", short_help="Fetch an issuer's current CRL (public, DER or --pem).")
+def issuers_crl(
+    issuer_id: str = ISSUER_ID,
+    pem: bool = typer.Option(False, "--pem", help="PEM instead of DER."),
+    out: str = OUT_OPTION,
+    force: bool = FORCE_OPTION,
+) -> None:
+    """Fetch an issuer's current CRL (DER by default; public, no API key needed)."""
+    from cryptography import x509
+
+    target = _output(
+        out, force=force, binary=not pem, hint="give --out FILE, redirect stdout, or add --pem"
+    )
+    path = f"{_ISSUERS}/{_seg(issuer_id)}/crl"
+    accept = "application/x-pem-file" if pem else "application/pkix-crl"
+    params = {"format": "pem"} if pem else None
+    data = _request("GET", path, params=params, accept=accept, raw=True)
+    try:
+        (x509.load_pem_x509_crl if pem else x509.load_der_x509_crl)(data)
+    except ValueError:
+        what = f"not a {'PEM' if pem else 'DER'} CRL"
+        raise _unexpected(f"{_ISSUERS}/{{id}}/crl", what) from None
+    _write(target, data)
