@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import re
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from certctl.pki import (
 from certctl.services import issuance
 from certctl.services.context import Services
 from certctl.store.db import create_store_engine, session_factory, unicode_lower
-from tests._tools import ok, run
+from tests._tools import ok, openssl_ca_issuers_uris, openssl_crl_uris, require, run
 from tests.api.conftest import BACKENDS, Api, PostgresCluster, assert_problem, running_app
 
 CERTS = "/api/v1/certificates"
@@ -1126,3 +1127,55 @@ def test_without_public_url_no_leaf_carries_a_distribution_point_nor_aia(api: Ap
     for cert in _issue_every_way(api, "default"):
         assert _crl_points(cert["certificate_pem"]) is None
         assert _ca_issuers(cert["certificate_pem"]) is None
+    # Nor does an intermediate: its extensions are those it always had.
+    r = api.post(ISSUERS, api.admin_key, json={"id": "sub-plain", "parent": "default"})
+    assert r.status_code == 201, r.text
+    inter = _cert(r.json()["certificate_pem"])
+    assert [e.oid._name for e in inter.extensions] == [
+        "basicConstraints",
+        "keyUsage",
+        "subjectKeyIdentifier",
+        "authorityKeyIdentifier",
+    ]
+
+
+def test_public_url_puts_the_parents_crl_and_certificate_in_an_intermediate(
+    public_url_api: Api, tmp_path: Path
+) -> None:
+    # As a public CA's intermediates do: a client checking the whole chain (openssl
+    # -crl_check_all, Windows, Java) finds the parent's CRL, which lists the intermediate
+    # once revoked, and can fetch the parent's certificate.
+    api = public_url_api
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "sub-1",
+            "subject": "CN=Sub 1,O=Example",
+            "parent": "default",
+            "path_length": 1,
+        },
+    )
+    assert r.status_code == 201, r.text
+    pem = r.json()["certificate_pem"]
+    assert _crl_points(pem) == [[f"{PUBLIC_URL}/api/v1/issuers/default/crl"]]
+    assert _ca_issuers(pem) == [f"{PUBLIC_URL}/api/v1/issuers/default/ca.der"]
+    # One level down, the URLs name the intermediate's parent, not the root.
+    r = api.post(ISSUERS, api.admin_key, json={"id": "sub-2", "parent": "sub-1"})
+    assert r.status_code == 201, r.text
+    assert _crl_points(r.json()["certificate_pem"]) == [[f"{PUBLIC_URL}/api/v1/issuers/sub-1/crl"]]
+    assert _ca_issuers(r.json()["certificate_pem"]) == [f"{PUBLIC_URL}/api/v1/issuers/sub-1/ca.der"]
+    # A new root names nothing: it is its own issuer.
+    r = api.post(ISSUERS, api.admin_key, json={"id": "root-2"})
+    assert r.status_code == 201, r.text
+    assert _crl_points(r.json()["certificate_pem"]) is None
+    assert _ca_issuers(r.json()["certificate_pem"]) is None
+    # What openssl shows, and pkilint's RFC 5280 linter finds nothing in it.
+    path = tmp_path / "sub-1.pem"
+    path.write_text(pem)
+    assert openssl_crl_uris(path) == [f"{PUBLIC_URL}/api/v1/issuers/default/crl"]
+    assert openssl_ca_issuers_uris(path) == [f"{PUBLIC_URL}/api/v1/issuers/default/ca.der"]
+    lint = run(require("lint_pkix_cert"), "lint", "-s", "WARNING", "-f", "JSON", path)
+    found = [d for r in json.loads(lint.stdout)["results"] for d in r["finding_descriptions"]]
+    assert found == [], lint.stdout
+    assert lint.returncode == 0, lint.stderr

@@ -188,8 +188,17 @@ def create_issuer(
         profile = PROFILES["intermediate"]
         if path_length is not None:
             profile = profile.with_path_length(path_length)
+        # With public-url, as a leaf names its issuer's: the parent's CRL, which lists this
+        # intermediate once it is revoked (clients checking the whole chain fetch it), and
+        # the parent's certificate, as public CAs' intermediates carry them.
         issued = parent_ca.issue(
-            key.public_key(), name_dn, profile=profile, validity=validity, now=now
+            key.public_key(),
+            name_dn,
+            profile=profile,
+            validity=validity,
+            now=now,
+            crl_urls=services.crl_urls(parent),
+            ca_issuers_urls=services.ca_issuers_urls(parent),
         )
         ca = CertificateAuthority(
             issued.certificate, key, (parent_ca.certificate, *parent_ca.chain)
