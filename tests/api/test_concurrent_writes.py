@@ -20,7 +20,7 @@ from certctl.auth.permissions import PERMISSIONS
 from certctl.errors import CertctlError, Conflict
 from certctl.services import issuance, rbac
 from certctl.services.context import Principal
-from certctl.store.models import Actor, ApiKey, CertificateRecord, Role
+from certctl.store.models import Actor, ApiKey, CertificateRecord, Issuer, Role
 from tests.api.conftest import Api, assert_problem
 from tests.api.test_certificates import _csr_pem
 
@@ -177,6 +177,27 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin(
     with api.services.sessions() as session:
         holders = [a.id for a in session.scalars(select(Actor)) if "r-admin" in a.roles]
     assert len(holders) == 1, holders
+
+
+def test_issuer_revoked_by_another_replica_meanwhile_is_409(api: Api) -> None:
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": "sub", "parent": "default"})
+    assert r.status_code == 201, r.text
+
+    def other_replica(conn: Connection) -> None:
+        conn.execute(
+            update(Issuer)
+            .where(Issuer.id == "sub")
+            .values(revoked_at=NOW, revocation_reason="keyCompromise", parent_id="default")
+        )
+
+    with api.concurrent_write((_AUDIT, "UPDATE issuers"), other_replica) as fired:
+        r = api.post("/api/v1/issuers/sub/revoke", api.admin_key, json={"reason": "superseded"})
+    assert fired
+    assert assert_problem(r, 409)["detail"] == "issuer sub is already revoked"
+    # The first revocation stands: its reason and time are what the parent's CRL carries.
+    stored = api.get("/api/v1/issuers/sub", api.admin_key).json()
+    assert (stored["revocation_reason"], stored["revoked_at"]) == ("keyCompromise", NOW.isoformat())
+    assert _audited(api, "issuer.revoke", "sub") == []
 
 
 def test_certificate_revoked_while_being_renewed_gets_no_successor(api: Api) -> None:

@@ -48,7 +48,15 @@ def test_default_issuer_exists(api: Api) -> None:
         "created_at",
         "certificate_pem",
         "chain_pem",
+        "status",
+        "revoked_at",
+        "revocation_reason",
     }
+    assert (default["status"], default["revoked_at"], default["revocation_reason"]) == (
+        "active",
+        None,
+        None,
+    )
     assert default["key_type"] == "ec-p256"
     assert default["chain_pem"] == ""
     assert "PRIVATE" not in r.text
@@ -540,3 +548,213 @@ def test_import_refuses_an_rsa_pss_ca_key(api: Api, tmp_path: Path) -> None:
     )
     assert "CA key is an RSA-PSS key (id-RSASSA-PSS)" in assert_problem(r, 400)["detail"]
     assert api.counts() == before
+
+
+# --- revoking an intermediate issuer ------------------------------------------------------
+
+CERTS = "/api/v1/certificates"
+
+
+def _crl_entry(api: Api, issuer_id: str, serial: int) -> x509.RevokedCertificate | None:
+    """``serial``'s entry on the public CRL of ``issuer_id``, None if not listed."""
+    r = api.get(f"{ISSUERS}/{issuer_id}/crl")
+    assert r.status_code == 200, r.text
+    return x509.load_der_x509_crl(r.content).get_revoked_certificate_by_serial_number(serial)
+
+
+def _revocations(issuer_id: str) -> float:
+    from certctl.metrics.registry import REGISTRY
+
+    value = REGISTRY.get_sample_value("certctl_revocations_total", {"issuer": issuer_id})
+    return value or 0.0
+
+
+def _csr(cn: str) -> str:
+    key = generate_private_key(KeyType.EC_P256)
+    csr = x509.CertificateSigningRequestBuilder().subject_name(common_name_dn(cn))
+    return csr.sign(key, hashes.SHA256()).public_bytes(Encoding.PEM).decode()
+
+
+def _intermediate(api: Api, issuer_id: str, **body: object) -> x509.Certificate:
+    r = api.post(ISSUERS, api.admin_key, json={"id": issuer_id, "parent": "default", **body})
+    assert r.status_code == 201, r.text
+    assert (r.json()["status"], r.json()["revoked_at"], r.json()["revocation_reason"]) == (
+        "active",
+        None,
+        None,
+    )
+    return _cert(r.json()["certificate_pem"])
+
+
+def test_a_revoked_intermediate_is_on_its_parents_crl_and_issues_no_more(api: Api) -> None:
+    inter = _intermediate(api, "sub", path_length=1)
+    leaf = api.issue(issuer="sub", common_name="a.example.com")
+    assert _crl_entry(api, "default", inter.serial_number) is None  # signed now, reused below
+    counted = _revocations("default")
+
+    r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "cACompromise"})
+
+    assert r.status_code == 200, r.text
+    assert _revocations("default") == counted + 1  # a certificate the parent signed
+    revoked = r.json()
+    assert revoked["status"] == "revoked"
+    assert revoked["revocation_reason"] == "cACompromise"
+    assert datetime.fromisoformat(revoked["revoked_at"]) == api.clock.now
+    assert api.get(f"{ISSUERS}/sub", api.admin_key).json() == revoked
+    # The parent's next CRL lists it with the reason (the CRL signed above is not reused).
+    entry = _crl_entry(api, "default", inter.serial_number)
+    assert entry is not None
+    assert entry.revocation_date_utc == api.clock.now
+    reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    assert reason == x509.ReasonFlags.ca_compromise
+    # It issues nothing more: no certificate (either way), renewal or intermediate.
+    before = api.counts()
+    refusals = [
+        api.post(CERTS, api.admin_key, json={"issuer": "sub", "common_name": "b.example.com"}),
+        api.post(CERTS, api.admin_key, json={"issuer": "sub", "csr": _csr("c.example.com")}),
+        api.post(f"{CERTS}/{leaf['id']}/renew", api.admin_key, json={}),
+        api.post(ISSUERS, api.admin_key, json={"id": "sub-sub", "parent": "sub"}),
+    ]
+    for refused in refusals:
+        detail = assert_problem(refused, 409)["detail"]
+        assert detail.startswith("issuer sub was revoked on "), detail
+        assert "(cACompromise) and issues nothing more" in detail
+    assert api.counts() == before
+    # Its own CRL is still served: what it issued before stays checkable.
+    assert _crl_entry(api, "sub", int(leaf["serial"], 16)) is None
+    # Once only: the first reason and time stand.
+    api.clock.advance(minutes=5)
+    again = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert assert_problem(again, 409)["detail"] == "issuer sub is already revoked"
+    assert api.get(f"{ISSUERS}/sub", api.admin_key).json() == revoked
+    [event] = [e for e in api.audit() if e["action"] == "issuer.revoke"]
+    assert (event["actor"], event["target"], event["detail"]) == ("admin", "sub", "cACompromise")
+    assert event["outcome"] == "success"
+    # The parent and its other intermediates go on issuing.
+    api.issue(issuer="default", common_name="d.example.com")
+    _intermediate(api, "sub-2")
+
+
+def test_what_cannot_be_revoked_is_refused_and_left_as_it_was(api: Api) -> None:
+    from certctl.services import issuance
+
+    _intermediate(api, "sub")
+    # A managed service's CA (an intermediate here, so the refusal is not the root's).
+    issuance.create_issuer(
+        api.services,
+        None,
+        issuer_id="svc.web",
+        name="svc.web",
+        subject=None,
+        common_name="web CA",
+        key_type="ec-p256",
+        validity=timedelta(days=90),
+        parent="default",
+    )
+    # An intermediate whose parent certctl does not hold.
+    _, inter, inter_key = _root_and_intermediate("Outside Root", "Outside Inter", api.clock())
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "outside",
+            "certificate_pem": inter.public_bytes(Encoding.PEM).decode(),
+            "private_key_pem": key_to_pem(inter_key).decode(),
+        },
+    )
+    assert r.status_code == 201, r.text
+    ids = ("default", "sub", "svc.web", "outside")
+    before = {i: api.get(f"{ISSUERS}/{i}", api.admin_key).json() for i in ids}
+
+    def revoke(issuer_id: str, body: object, key: str | None = None) -> Response:
+        return api.post(f"{ISSUERS}/{issuer_id}/revoke", key or api.admin_key, json=body)
+
+    detail = assert_problem(revoke("default", {}), 409)["detail"]
+    assert detail.startswith("issuer default is a root CA (self-signed): no CRL above it")
+    detail = assert_problem(revoke("svc.web", {}), 409)["detail"]
+    assert detail.startswith("issuer svc.web is the CA of managed service web")
+    detail = assert_problem(revoke("outside", {}), 409)["detail"]
+    assert detail == (
+        "issuer outside was signed by CN=Outside Root, which is not a certctl issuer: "
+        "no CRL here can list it; revoke it at that CA"
+    )
+    assert assert_problem(revoke("nope", {}), 404)["detail"] == "issuer nope not found"
+    # The reasons of a certificate's revocation, checked the same way.
+    for reason in ("certificateHold", "removeFromCRL", "compromised"):
+        detail = assert_problem(revoke("sub", {"reason": reason}), 400)["detail"]
+        assert detail.startswith(f"{reason}: unknown revocation reason (one of aACompromise, ")
+    assert_problem(revoke("sub", {"reason": "superseded", "at": "now"}), 400)
+    viewer = api.actor_key("viewer", ["r-viewer"])
+    assert_problem(revoke("sub", {}, viewer), 403)
+    assert_problem(api.post(f"{ISSUERS}/sub/revoke", json={}), 401)
+    assert {i: api.get(f"{ISSUERS}/{i}", api.admin_key).json() for i in ids} == before
+    assert [e for e in api.audit() if e["action"] == "issuer.revoke"] == []
+    # r-operator holds issuer.revoke; no body is reason unspecified, as for certificates.
+    operator = api.actor_key("op", ["r-operator"])
+    r = api.post(f"{ISSUERS}/sub/revoke", operator)
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["revocation_reason"]) == ("revoked", "unspecified")
+
+
+def test_an_imported_intermediate_is_revoked_onto_the_crl_of_the_issuer_that_signed_it(
+    api: Api,
+) -> None:
+    # An import records no parent: it is found by signature, past another CA of the same
+    # name (imported first, under an id that sorts first).
+    now = api.clock()
+    root, inter, inter_key = _root_and_intermediate("Corp Root", "Corp Inter", now)
+    twin_key = generate_private_key(KeyType.EC_P256)
+    twin = create_root_ca(
+        twin_key, common_name_dn("Corp Root"), validity=timedelta(days=9), now=now
+    )
+    for issuer_id, cert, key in (
+        ("a-twin", twin.certificate, twin_key),
+        ("corp-root", root.certificate, root.private_key),
+        ("corp-inter", inter, inter_key),
+    ):
+        r = api.post(
+            ISSUERS,
+            api.admin_key,
+            json={
+                "id": issuer_id,
+                "certificate_pem": cert.public_bytes(Encoding.PEM).decode(),
+                "private_key_pem": key_to_pem(key).decode(),
+            },
+        )
+        assert r.status_code == 201, r.text
+
+    r = api.post(f"{ISSUERS}/corp-inter/revoke", api.admin_key, json={"reason": "superseded"})
+
+    assert r.status_code == 200, r.text
+    entry = _crl_entry(api, "corp-root", inter.serial_number)
+    assert entry is not None
+    reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    assert reason == x509.ReasonFlags.superseded
+    assert _crl_entry(api, "a-twin", inter.serial_number) is None
+    assert _crl_entry(api, "default", inter.serial_number) is None
+
+
+def test_a_revocation_reaches_another_process_at_its_issuer_refresh(api: Api) -> None:
+    # Another worker or replica on the same store, with its own issuer cache: it drops the
+    # revoked issuer at its periodic refresh (as a renewed one), then refuses to issue.
+    from starlette.testclient import TestClient
+
+    from certctl.api.app import create_app
+    from certctl.services import issuance
+    from certctl.services.context import Services
+
+    _intermediate(api, "sub")
+    other = Services(api.services.engine, api.services.sessions, api.services.wrapper, api.clock)
+    body = {"issuer": "sub", "common_name": "o.example.com"}
+    with TestClient(create_app(other), base_url="https://testserver") as client:
+        headers = {"Authorization": f"Bearer {api.admin_key}"}
+        assert client.post(CERTS, headers=headers, json=body).status_code == 201  # cached
+        assert issuance.refresh_cached_issuers(other) == []
+
+        r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
+        assert r.status_code == 200, r.text
+
+        assert issuance.refresh_cached_issuers(other) == ["sub"]
+        refused = client.post(CERTS, headers=headers, json=body)
+        assert "issuer sub was revoked on" in assert_problem(refused, 409)["detail"]
+        assert issuance.refresh_cached_issuers(other) == []  # reloaded, revoked

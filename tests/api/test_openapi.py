@@ -29,6 +29,7 @@ DESIGN_ROUTES = {
     ("GET", "/api/v1/issuers"): "issuer.read",
     ("POST", "/api/v1/issuers"): "issuer.create",
     ("GET", "/api/v1/issuers/{id}"): "issuer.read",
+    ("POST", "/api/v1/issuers/{id}/revoke"): "issuer.revoke",
     ("GET", "/api/v1/issuers/{id}/ca.pem"): PUBLIC,
     ("GET", "/api/v1/issuers/{id}/ca.der"): PUBLIC,
     ("GET", "/api/v1/issuers/{id}/crl"): PUBLIC,

@@ -1,10 +1,13 @@
 """``public-url``: issued leaves name their issuer's CRL, and a client following it finds a
 revocation there (curl fetches the URL the certificate carries, openssl checks against it);
 they also name their issuer's certificate (authorityInfoAccess caIssuers), which curl fetches
-as the DER certificate openssl builds the chain with."""
+as the DER certificate openssl builds the chain with. A revoked intermediate is on its parent's
+CRL, which ``openssl verify -crl_check_all`` then refuses it with."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -138,3 +141,48 @@ def test_a_bad_public_url_is_refused_at_start_in_one_line(tmp_path: Path) -> Non
         "with a host, e.g. https://certctl.example.internal:8443"
     ], result.stderr
     assert not data_dir.exists()  # refused before the data directory is made
+
+
+def test_a_revoked_intermediate_fails_openssl_crl_check_all_with_its_parents_crl(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    # openssl checks every certificate of the chain against its issuer's CRL, both fetched
+    # with curl from the public routes: the parent's lists the intermediate once revoked.
+    server = default_server
+    sub = f"sub-{os.getpid()}-{time.monotonic_ns()}"
+    base = f"https://127.0.0.1:{server.port}/api/v1/issuers"
+    with server.client(server.admin_key) as client:
+        created = client.post("/api/v1/issuers", json={"id": sub, "parent": "default"})
+        assert created.status_code == 201, created.text
+        leaf = client.post(
+            "/api/v1/certificates",
+            json={"issuer": sub, "common_name": "under.example.com"},
+        )
+        assert leaf.status_code == 201, leaf.text
+    (tmp_path / "leaf.pem").write_text(leaf.json()["certificate_pem"])
+    (tmp_path / "sub.pem").write_text(created.json()["certificate_pem"])
+
+    def verify(name: str) -> tuple[str, str]:
+        """openssl's verdict and its whole output, with both CRLs fetched now."""
+        parent_crl = fetch(f"{base}/default/crl?format=pem", server, tmp_path / f"{name}-p.crl")
+        own_crl = fetch(f"{base}/{sub}/crl?format=pem", server, tmp_path / f"{name}-s.crl")
+        args = (
+            "-crl_check_all", "-CAfile", server.ca, "-untrusted", tmp_path / "sub.pem",
+            "-CRLfile", parent_crl, "-CRLfile", own_crl, tmp_path / "leaf.pem",
+        )  # fmt: skip
+        result = run("openssl", "verify", *args)
+        return openssl_verify(*args), result.stdout + result.stderr
+
+    assert verify("before")[0] == "OK"
+    with server.client(server.admin_key) as client:
+        revoked = client.post(f"/api/v1/issuers/{sub}/revoke", json={"reason": "cACompromise"})
+        assert revoked.status_code == 200, revoked.text
+        refused = client.post("/api/v1/certificates", json={"issuer": sub, "common_name": "x"})
+        assert refused.status_code == 409, refused.text
+    verdict, output = verify("after")
+    assert verdict == "certificate revoked"
+    assert "at 1 depth lookup" in output  # the intermediate, not the leaf (depth 0)
+    text = ok(run("openssl", "crl", "-in", tmp_path / "after-p.crl", "-noout", "-text")).stdout
+    inter = x509.load_pem_x509_certificate((tmp_path / "sub.pem").read_bytes())
+    assert f"{inter.serial_number:X}" in text  # "Serial Number: 5A3B…", upper-case hex
+    assert "CA Compromise" in text

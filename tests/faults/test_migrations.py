@@ -34,6 +34,7 @@ from tests.unit.store.test_migration_head import (
     ISSUER_ROW,
     downgrade_store,
     renewed_by,
+    revocable_issuers_from_0009,
     upgrade_from_0007_numbers_crls,
 )
 
@@ -159,6 +160,16 @@ def test_0008_adds_the_crl_number_counter_to_a_postgresql_store(
     engine = db.create_store_engine(postgres_cluster.url(postgres_cluster.create_database()))
     try:
         upgrade_from_0007_numbers_crls(engine)
+    finally:
+        engine.dispose()
+
+
+def test_0010_adds_issuer_revocation_to_a_postgresql_store_and_takes_it_back(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    engine = db.create_store_engine(postgres_cluster.url(postgres_cluster.create_database()))
+    try:
+        revocable_issuers_from_0009(engine)
     finally:
         engine.dispose()
 

@@ -106,6 +106,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
             "/api/v1/issuers/{id}/ca.pem": {"id": "default"},
             "/api/v1/issuers/{id}/ca.der": {"id": "default"},
             "/api/v1/issuers/{id}/crl": {"id": "default"},
+            "/api/v1/issuers/{id}/revoke": {"id": "default"},
             "/api/v1/certificates/{id}": {"id": cert["id"]},
             "/api/v1/certificates/{id}/revoke": {"id": cert["id"]},
             "/api/v1/certificates/{id}/renew": {"id": cert["id"]},

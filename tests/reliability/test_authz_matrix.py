@@ -60,6 +60,8 @@ EXPECTED: dict[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/api/v1/issuers"): ("issuer.read", None),
     ("POST", "/api/v1/issuers"): ("issuer.create", {"id": "m-ca", "common_name": "Matrix CA"}),
     ("GET", "/api/v1/issuers/{id}"): ("issuer.read", None),
+    # The default issuer is a root: an allowed caller gets 409, nothing is revoked.
+    ("POST", "/api/v1/issuers/{id}/revoke"): ("issuer.revoke", {"reason": "cACompromise"}),
     ("GET", "/api/v1/issuers/{id}/ca.pem"): (PUBLIC, None),
     ("GET", "/api/v1/issuers/{id}/ca.der"): (PUBLIC, None),
     ("GET", "/api/v1/issuers/{id}/crl"): (PUBLIC, None),

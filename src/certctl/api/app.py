@@ -321,19 +321,22 @@ async def revoke_apikey(request: Request, principal: Principal | None) -> Respon
 async def list_issuers(request: Request, principal: Principal | None) -> Response:
     from certctl.store.models import Issuer
 
-    with _services(request).sessions() as session:
+    services = _services(request)
+    with services.sessions() as session:
         rows = session.query(Issuer).order_by(Issuer.id).all()
-    return _json({"items": [schemas.issuer_json(r) for r in rows], "next_cursor": None})
+    now = services.clock()
+    return _json({"items": [schemas.issuer_json(r, now) for r in rows], "next_cursor": None})
 
 
 async def get_issuer(request: Request, principal: Principal | None) -> Response:
     from certctl.store.models import Issuer
 
-    with _services(request).sessions() as session:
+    services = _services(request)
+    with services.sessions() as session:
         row = session.get(Issuer, request.path_params["id"])
     if row is None:
         raise _not_found("issuer", request.path_params["id"])
-    return _json(schemas.issuer_json(row))
+    return _json(schemas.issuer_json(row, services.clock()))
 
 
 # IssuerCreate fields that make a new CA and mean nothing to an import.
@@ -385,8 +388,23 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
         )
     # As for certificates: a validity clipped to the parent's notAfter is said, not silent.
     return _created(
-        {**schemas.issuer_json(row), "warnings": list(warnings)}, "/api/v1/issuers", row.id
+        {**schemas.issuer_json(row, services.clock()), "warnings": list(warnings)},
+        "/api/v1/issuers",
+        row.id,
     )
+
+
+async def revoke_issuer(request: Request, principal: Principal | None) -> Response:
+    body = (
+        await _body(request, schemas.IssuerRevoke)
+        if await request.body()
+        else (schemas.IssuerRevoke())
+    )
+    services = _services(request)
+    row = issuance.revoke_issuer(
+        services, _caller(principal), request.path_params["id"], body.reason
+    )
+    return _json(schemas.issuer_json(row, services.clock()))
 
 
 async def issuer_ca_pem(request: Request, principal: Principal | None) -> Response:
@@ -754,6 +772,14 @@ _CORE_ROUTES: tuple[ApiRoute, ...] = (
         201,
     ),
     ApiRoute("GET", "/api/v1/issuers/{id}", "issuer.read", get_issuer, "Get an issuer"),
+    ApiRoute(
+        "POST",
+        "/api/v1/issuers/{id}/revoke",
+        "issuer.revoke",
+        revoke_issuer,
+        "Revoke an intermediate issuer (listed on its parent's CRL; it issues no more)",
+        schemas.IssuerRevoke,
+    ),
     ApiRoute(
         "GET", "/api/v1/issuers/{id}/ca.pem", PUBLIC, issuer_ca_pem, "Issuer CA certificate (PEM)"
     ),

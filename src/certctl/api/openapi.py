@@ -75,6 +75,9 @@ _ISSUER_FIELDS: dict[str, Any] = {
     "created_at": _TIME,
     "certificate_pem": _STR,
     "chain_pem": _STR,
+    "status": {"type": "string", "enum": ["active", "expired", "revoked"]},
+    "revoked_at": _TIME_OR_NULL,
+    "revocation_reason": _STR_OR_NULL,
 }
 
 # A stored certificate as GET and list show it.
@@ -240,6 +243,7 @@ _SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/v1/issuers"): _json("IssuerList"),
     ("POST", "/api/v1/issuers"): _json("CreatedIssuer"),
     ("GET", "/api/v1/issuers/{id}"): _json("Issuer"),
+    ("POST", "/api/v1/issuers/{id}/revoke"): _json("Issuer"),
     ("GET", "/api/v1/issuers/{id}/ca.pem"): {_PEM: {"schema": _STR}},
     ("GET", "/api/v1/issuers/{id}/ca.der"): {
         "application/pkix-cert": {"schema": {"type": "string", "format": "binary"}}
@@ -361,7 +365,7 @@ def query_names(method: str, path: str) -> frozenset[str]:
 
 
 # Bodies that may be left out (the handler then uses the model's defaults).
-_OPTIONAL_BODIES = frozenset({"CertificateRevoke", "CertificateRenew"})
+_OPTIONAL_BODIES = frozenset({"CertificateRevoke", "CertificateRenew", "IssuerRevoke"})
 # Routes that never touch the database, hence never answer 503.
 _NO_STORAGE = frozenset({"/healthz", "/api/v1/openapi.json"})
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})

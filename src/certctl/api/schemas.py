@@ -21,6 +21,7 @@ __all__ = [
     "CertificateRenew",
     "CertificateRevoke",
     "IssuerCreate",
+    "IssuerRevoke",
     "RoleCreate",
     "RoleUpdate",
     "apikey_json",
@@ -114,6 +115,10 @@ class CertificateRevoke(_Body):
     )
 
 
+class IssuerRevoke(CertificateRevoke):
+    """``POST /api/v1/issuers/{id}/revoke``: the reasons a certificate's revocation takes."""
+
+
 class CertificateRenew(_Body):
     """``POST /api/v1/certificates/{id}/renew``."""
 
@@ -147,7 +152,7 @@ def certificate_json(row: CertificateView, status: str) -> dict[str, Any]:
     }
 
 
-def issuer_json(row: Issuer) -> dict[str, Any]:
+def issuer_json(row: Issuer, now: datetime) -> dict[str, Any]:
     """The public view of an issuer (never its key)."""
     return {
         "id": row.id,
@@ -158,7 +163,17 @@ def issuer_json(row: Issuer) -> dict[str, Any]:
         "created_at": _iso(row.created_at),
         "certificate_pem": row.certificate_pem,
         "chain_pem": row.chain_pem,
+        "status": issuer_status(row, now),
+        "revoked_at": _iso(row.revoked_at),
+        "revocation_reason": row.revocation_reason,
     }
+
+
+def issuer_status(row: Issuer, now: datetime) -> str:
+    """``revoked``, ``expired`` (past its notAfter) or ``active``."""
+    if row.revoked_at is not None:
+        return "revoked"
+    return "expired" if row.not_after <= now else "active"
 
 
 def apikey_json(row: ApiKey) -> dict[str, Any]:

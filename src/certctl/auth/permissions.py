@@ -10,6 +10,7 @@ PERMISSIONS: tuple[str, ...] = (
     "cert.revoke",
     "issuer.read",
     "issuer.create",
+    "issuer.revoke",
     "service.read",
     "service.edit",
     "service.delete",

@@ -16,7 +16,7 @@ from certctl.pki import CertificateAuthority
 from certctl.store.groupcommit import GroupCommit
 from certctl.store.keywrap import KeyWrapper
 
-__all__ = ["Principal", "Services", "SignedCrl", "utcnow"]
+__all__ = ["IssuerRevocation", "Principal", "Services", "SignedCrl", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -50,6 +50,14 @@ class SignedCrl:
     crl: x509.CertificateRevocationList
 
 
+@dataclass(frozen=True)
+class IssuerRevocation:
+    """An issuer's revocation as stored: its certificate is on its parent's CRL."""
+
+    revoked_at: datetime
+    reason: str
+
+
 @dataclass
 class Services:
     """Store handles shared by the use cases; issuer keys are loaded once and cached."""
@@ -62,6 +70,9 @@ class Services:
     # certificate (authorityInfoAccess caIssuers) under it.
     public_url: str | None = None
     _issuers: dict[str, CertificateAuthority] = field(default_factory=dict)
+    # Issuer id -> (revoked_at, reason) of the cached issuers that are revoked: loaded and
+    # dropped with the CA, so a revocation reaches other processes as a renewal does.
+    _revoked: dict[str, IssuerRevocation] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # Issuer id -> the last CRL signed here; replaced whole, so no lock is needed.
     signed_crls: dict[str, SignedCrl] = field(default_factory=dict)
@@ -102,12 +113,26 @@ class Services:
         with self._lock:
             return dict(self._issuers)
 
+    def issuer_revocation(self, issuer_id: str) -> IssuerRevocation | None:
+        """When and why cached issuer ``issuer_id`` was revoked; None if not (or not cached)."""
+        return self._revoked.get(issuer_id)
+
     def forget_issuer(self, issuer_id: str) -> None:
-        """Drop a cached CA (its certificate was renewed)."""
+        """Drop a cached CA (its certificate was renewed, or it was revoked)."""
         with self._lock:
             self._issuers.pop(issuer_id, None)
+            self._revoked.pop(issuer_id, None)
 
-    def cache_issuer(self, issuer_id: str, ca: CertificateAuthority) -> None:
-        """Remember a loaded CA (its key is unwrapped once per process)."""
+    def cache_issuer(
+        self,
+        issuer_id: str,
+        ca: CertificateAuthority,
+        revoked: IssuerRevocation | None = None,
+    ) -> None:
+        """Remember a loaded CA (its key is unwrapped once per process), and its revocation."""
         with self._lock:
             self._issuers[issuer_id] = ca
+            if revoked is None:
+                self._revoked.pop(issuer_id, None)
+            else:
+                self._revoked[issuer_id] = revoked

@@ -53,7 +53,7 @@ from certctl.pki import (
 from certctl.pki.crl import RevokedEntry, create_crl
 from certctl.pki.issue import BACKDATE, IssuedCertificate
 from certctl.services.audit import event_values, record
-from certctl.services.context import Principal, Services, SignedCrl
+from certctl.services.context import IssuerRevocation, Principal, Services, SignedCrl
 from certctl.store.db import REVOCATION_LOCK, lock_for_write, unicode_lower
 from certctl.store.groupcommit import Insert, write_rows
 from certctl.store.models import Actor, AuditEvent, CertificateRecord, Issuer
@@ -81,6 +81,7 @@ __all__ = [
     "renew_certificate",
     "renew_root_issuer",
     "revoke_certificate",
+    "revoke_issuer",
 ]
 
 DEFAULT_ISSUER = "default"
@@ -111,6 +112,7 @@ def _store_issuer(
     caller: Principal | None,
     action: str,
     guard: Callable[[Session], None] | None = None,
+    parent_id: str | None = None,
 ) -> Issuer:
     """Store a new issuer; ``guard`` runs first in the same transaction and may refuse it."""
     now = services.clock()
@@ -129,6 +131,7 @@ def _store_issuer(
         key_type=key_type_of(ca.private_key),
         not_after=ca.certificate.not_valid_after_utc,
         created_at=now,
+        parent_id=parent_id,
     )
     with services.sessions.begin() as session:
         if guard is not None:
@@ -185,6 +188,7 @@ def create_issuer(
     else:
         parent_ca = load_issuer(services, _not_managed(parent) if caller else parent)
         _unexpired(parent_ca, parent, now)
+        _unrevoked(services, parent)
         profile = PROFILES["intermediate"]
         if path_length is not None:
             profile = profile.with_path_length(path_length)
@@ -203,7 +207,7 @@ def create_issuer(
         ca = CertificateAuthority(
             issued.certificate, key, (parent_ca.certificate, *parent_ca.chain)
         )
-    row = _store_issuer(services, issuer_id, name, ca, caller, "issuer.create")
+    row = _store_issuer(services, issuer_id, name, ca, caller, "issuer.create", parent_id=parent)
     return row, issued.warnings
 
 
@@ -351,6 +355,20 @@ def _unexpired(ca: CertificateAuthority, issuer_id: str, now: datetime) -> None:
         raise Conflict(f"issuer {issuer_id}: issuing CA expired on {end:%Y-%m-%d %H:%M}Z")
 
 
+def _unrevoked(services: Services, issuer_id: str) -> None:
+    """409 for a revoked issuer (loaded already): what it signed would chain to a revoked CA.
+
+    Read from this process's cache, loaded with the CA: a revocation made by another process
+    or replica reaches it with ``refresh_cached_issuers`` (a minute at most), as a renewal does.
+    """
+    revoked = services.issuer_revocation(issuer_id)
+    if revoked is not None:
+        raise Conflict(
+            f"issuer {issuer_id} was revoked on {revoked.revoked_at:%Y-%m-%d %H:%M}Z "
+            f"({revoked.reason}) and issues nothing more: use another issuer"
+        )
+
+
 def _reserved_id(issuer_id: str) -> None:
     if issuer_id.startswith(MANAGED_ISSUER_PREFIX):
         raise InvalidRequest(
@@ -374,8 +392,13 @@ def load_issuer(services: Services, issuer_id: str) -> CertificateAuthority:
         chain = (
             tuple(x509.load_pem_x509_certificates(row.chain_pem.encode())) if row.chain_pem else ()
         )
+        revoked = (
+            None
+            if row.revoked_at is None
+            else IssuerRevocation(row.revoked_at, row.revocation_reason or "unspecified")
+        )
     ca = CertificateAuthority(cert, key, chain)  # type: ignore[arg-type]  # issuer keys only
-    services.cache_issuer(issuer_id, ca)
+    services.cache_issuer(issuer_id, ca, revoked)
     return ca
 
 
@@ -446,9 +469,25 @@ def forget_if_changed(services: Services, issuer_id: str) -> None:
     if cached is None:
         return
     with services.sessions() as session:
-        stored = session.scalar(select(Issuer.not_after).where(Issuer.id == issuer_id))
-    if stored != cached.certificate.not_valid_after_utc:
+        stored = session.execute(
+            select(Issuer.not_after, Issuer.revoked_at).where(Issuer.id == issuer_id)
+        ).first()
+    if stored is None or _changed(services, issuer_id, cached, *stored):
         services.forget_issuer(issuer_id)
+
+
+def _changed(
+    services: Services,
+    issuer_id: str,
+    cached: CertificateAuthority,
+    not_after: datetime | None,
+    revoked_at: datetime | None,
+) -> bool:
+    """Whether the stored issuer differs from the cached one: renewed, or revoked."""
+    revoked = services.issuer_revocation(issuer_id)
+    return not_after != cached.certificate.not_valid_after_utc or revoked_at != (
+        revoked.revoked_at if revoked else None
+    )
 
 
 def refresh_cached_issuers(services: Services) -> list[str]:
@@ -456,19 +495,22 @@ def refresh_cached_issuers(services: Services) -> list[str]:
 
     Every process caches unwrapped issuer keys; a renewal in one of them (the leader, another
     worker, another replica on PostgreSQL) must reach the others before their cached
-    certificate runs out. Returns the ids dropped.
+    certificate runs out, and a revocation before they issue much more from a revoked CA.
+    Returns the ids dropped.
     """
     cached = services.cached_issuers()
     if not cached:
         return []
     with services.sessions() as session:
         rows = session.execute(
-            select(Issuer.id, Issuer.not_after).where(Issuer.id.in_(list(cached)))
+            select(Issuer.id, Issuer.not_after, Issuer.revoked_at).where(
+                Issuer.id.in_(list(cached))
+            )
         )
-        stored = {issuer_id: not_after for issuer_id, not_after in rows}
+        stored = {issuer_id: (not_after, revoked_at) for issuer_id, not_after, revoked_at in rows}
     stale = []
     for issuer_id, ca in cached.items():
-        if stored.get(issuer_id) != ca.certificate.not_valid_after_utc:
+        if _changed(services, issuer_id, ca, *stored.get(issuer_id, (None, None))):
             services.forget_issuer(issuer_id)
             stale.append(issuer_id)
     return stale
@@ -620,6 +662,7 @@ def prepare_from_csr(
     now = services.clock()
     try:
         _unexpired(ca, issuer_id, now)
+        _unrevoked(services, issuer_id)
         csr, public_key = load_csr_with_key(csr_pem.encode())  # verifies the signature
         issued = sign_csr(
             ca,
@@ -696,6 +739,7 @@ def prepare_with_key(
     now = services.clock()
     try:
         _unexpired(ca, issuer_id, now)  # before the key: an RSA key takes up to seconds
+        _unrevoked(services, issuer_id)
         key = generate_private_key(kt)
         issued = ca.issue(
             key.public_key(),
@@ -887,6 +931,98 @@ def _load_certificate(services: Services, cert_id: str) -> CertificateRecord:
     return row
 
 
+def _check_reason(reason: str | None) -> str:
+    """``reason``, ``unspecified`` when left out; 400 for one outside REVOCATION_REASONS."""
+    reason = reason or "unspecified"
+    if reason not in _REASONS:
+        choices = ", ".join(REVOCATION_REASONS)
+        raise InvalidRequest(f"{reason}: unknown revocation reason (one of {choices})")
+    return reason
+
+
+def revoke_issuer(
+    services: Services, caller: Principal, issuer_id: str, reason: str | None
+) -> Issuer:
+    """Revoke intermediate issuer ``issuer_id``: on its parent's next CRL, it issues no more.
+
+    Nothing more: no certificate, renewal or intermediate below it. Its own CRL stays
+    served, so clients can still check what it issued before. Other processes and replicas
+    that cached it drop it at their next issuer refresh.
+
+    Raises:
+        NotFound: no issuer ``issuer_id``.
+        InvalidRequest: ``reason`` is not one of REVOCATION_REASONS.
+        Conflict: a managed service's CA, a root (no CRL above it can list it), an issuer
+            revoked already, or one whose parent certctl does not hold.
+    """
+    caller.require("issuer.revoke")
+    reason = _check_reason(reason)
+    now = services.clock()
+    with services.sessions.begin() as session:
+        row = session.get(Issuer, issuer_id)
+        if row is None:
+            raise NotFound(f"issuer {issuer_id} not found")
+        if issuer_id.startswith(MANAGED_ISSUER_PREFIX):
+            service = issuer_id.removeprefix(MANAGED_ISSUER_PREFIX)
+            raise Conflict(
+                f"issuer {issuer_id} is the CA of managed service {service}, which only its "
+                "reconciler manages: it cannot be revoked; delete the service to retire it"
+            )
+        cert = x509.load_pem_x509_certificate(row.certificate_pem.encode())
+        if cert.issuer == cert.subject and not row.chain_pem:
+            raise Conflict(
+                f"issuer {issuer_id} is a root CA (self-signed): no CRL above it can list it; "
+                "remove its certificate from the clients' trust stores instead"
+            )
+        if row.revoked_at is not None:
+            raise Conflict(f"issuer {issuer_id} is already revoked")
+        parent_id = row.parent_id or _parent_of(session, issuer_id, cert)
+        if parent_id is None:
+            raise Conflict(
+                f"issuer {issuer_id} was signed by {cert.issuer.rfc4514_string()}, which is "
+                "not a certctl issuer: no CRL here can list it; revoke it at that CA"
+            )
+        # Only if nobody revoked it since it was read (SQLite takes no row lock on a read):
+        # the first revocation, its time and reason, stands; this one is a 409.
+        revoked = session.connection().execute(
+            update(_ISSUERS)
+            .where(_ISSUERS.c.id == issuer_id, _ISSUERS.c.revoked_at.is_(None))
+            .values(revoked_at=now, revocation_reason=reason, parent_id=parent_id)
+        )
+        if revoked.rowcount != 1:
+            raise Conflict(f"issuer {issuer_id} is already revoked")
+        record(
+            session,
+            at=now,
+            actor=caller.actor_id,
+            action="issuer.revoke",
+            target=issuer_id,
+            detail=reason,
+            source=caller.source,
+        )
+        session.expire_all()
+        session.refresh(row)
+    services.forget_issuer(issuer_id)  # reloaded as revoked at its next use here
+    REVOCATIONS.labels(parent_id).inc()  # a certificate the parent signed, now revoked
+    return row
+
+
+def _parent_of(session: Session, issuer_id: str, cert: x509.Certificate) -> str | None:
+    """The issuer whose key signed ``cert`` (an import, or created before migration 0010)."""
+    candidates = session.execute(
+        select(Issuer.id, Issuer.certificate_pem)
+        .where(Issuer.subject == cert.issuer.rfc4514_string(), Issuer.id != issuer_id)
+        .order_by(Issuer.id)
+    )
+    for candidate_id, pem in candidates:
+        try:
+            cert.verify_directly_issued_by(x509.load_pem_x509_certificate(pem.encode()))
+        except (ValueError, TypeError, InvalidSignature):
+            continue  # the same name on another key
+        return str(candidate_id)
+    return None
+
+
 @dataclass(frozen=True)
 class Revocation:
     """A revoked certificate, and the others revoked with it (``also_revoked``, by id).
@@ -912,10 +1048,7 @@ def revoke_certificate(
     revoked: a client checking the reason learns the key is not to be trusted.
     """
     caller.require("cert.revoke")
-    reason = reason or "unspecified"
-    if reason not in _REASONS:
-        choices = ", ".join(REVOCATION_REASONS)
-        raise InvalidRequest(f"{reason}: unknown revocation reason (one of {choices})")
+    reason = _check_reason(reason)
     now = services.clock()
     also: list[str] = []
     with services.sessions.begin() as session:
@@ -1222,6 +1355,7 @@ def renew_certificate(
     now = services.clock()
     try:
         _unexpired(ca, old.issuer_id, now)
+        _unrevoked(services, old.issuer_id)
     except Conflict:
         RENEWALS.labels("error").inc()
         ISSUANCE.labels(old.issuer_id, "error").inc()  # refused by the issuer, as prepare_*
@@ -1430,15 +1564,27 @@ def crl_max_age_s(crl: x509.CertificateRevocationList, now: datetime) -> int:
 
 
 def _revoked_of(connection: Connection, issuer_id: str) -> tuple[tuple[Any, ...], ...]:
-    """(serial, revoked_at, reason) of the issuer's revoked certificates, by serial."""
-    rows = connection.execute(_REVOKED_OF_ISSUER, {"issuer_id": issuer_id}).all()
-    return tuple(tuple(row) for row in rows)
+    """(serial, revoked_at, reason) of the issuer's revoked certificates, by serial.
+
+    Its revoked intermediates included: they are certificates it signed too, kept in the
+    issuers table (few rows; the serial read from the certificate).
+    """
+    rows = [tuple(row) for row in connection.execute(_REVOKED_OF_ISSUER, {"issuer_id": issuer_id})]
+    for pem, revoked_at, reason in connection.execute(_REVOKED_CHILDREN, {"issuer_id": issuer_id}):
+        serial = x509.load_pem_x509_certificate(pem.encode()).serial_number
+        rows.append((format_serial(serial), revoked_at, reason))
+    return tuple(rows)
 
 
 _REVOKED_OF_ISSUER = (
     select(_CERTIFICATES.c.serial, _CERTIFICATES.c.revoked_at, _CERTIFICATES.c.revocation_reason)
     .where(_CERTIFICATES.c.issuer_id == bindparam("issuer_id"), _CERTIFICATES.c.status == "revoked")
     .order_by(_CERTIFICATES.c.serial)  # one order for both reads crl_for compares
+)
+_REVOKED_CHILDREN = (
+    select(_ISSUERS.c.certificate_pem, _ISSUERS.c.revoked_at, _ISSUERS.c.revocation_reason)
+    .where(_ISSUERS.c.parent_id == bindparam("issuer_id"), _ISSUERS.c.revoked_at.is_not(None))
+    .order_by(_ISSUERS.c.id)
 )
 
 

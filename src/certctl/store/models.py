@@ -76,6 +76,13 @@ class Issuer(Base):
     # The number of the last CRL signed for it (RFC 5280 5.2.3: increasing, per issuer);
     # kept here, not taken from a clock, so every process and replica continues the series.
     crl_number: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    # The issuer that signed it, whose CRL lists it once revoked: set when an intermediate
+    # is created below another issuer, found by signature when one without it is revoked
+    # (an import, or an intermediate created before migration 0010). None for a root.
+    parent_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Revoked intermediates issue nothing more and are listed on their parent's CRL.
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revocation_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
 
 class CertificateRecord(Base):

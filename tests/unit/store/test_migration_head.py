@@ -253,6 +253,40 @@ def test_0009_adds_the_expiring_serial_to_services_and_takes_it_back(tmp_path: P
     assert {"name", "serial"} <= {c[1] for c in columns}  # negative twin: the table is read
 
 
+def revocable_issuers_from_0009(engine: Engine) -> None:
+    """Issuers stored before 0010 keep their row, start unrevoked, and lose the columns again."""
+    db.migrate(engine)
+    downgrade_store(engine, "0009")
+    with engine.begin() as connection:
+        connection.execute(text(ISSUER_ROW), {"key": b"\0"})
+    db.migrate(engine)
+    assert _at_head(engine)
+    columns = "id, parent_id, revoked_at, revocation_reason"
+    with engine.begin() as connection:
+        rows = connection.execute(text(f"SELECT {columns} FROM issuers"))
+        assert rows.all() == [("default", None, None, None)]
+        connection.execute(
+            text(
+                "UPDATE issuers SET parent_id = 'root', revocation_reason = 'cACompromise',"
+                " revoked_at = :at"
+            ),
+            {"at": datetime(2026, 6, 1, tzinfo=UTC)},
+        )
+    downgrade_store(engine, "0009")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT id, not_after FROM issuers")).all()  # row kept
+        columns_left = connection.execute(text("SELECT * FROM issuers")).keys()
+    assert not {"parent_id", "revoked_at", "revocation_reason"} & set(columns_left)
+    assert "crl_number" in columns_left  # negative twin: the table's columns are read
+    db.migrate(engine)
+    assert _at_head(engine)
+
+
+def test_0010_adds_issuer_revocation_and_takes_it_back(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    revocable_issuers_from_0009(engine)
+
+
 def test_a_database_from_a_newer_certctl_is_refused_with_what_to_do(tmp_path: Path) -> None:
     # A rollback after an upgrade: Alembic alone said "Can't locate revision '0099'".
     engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
