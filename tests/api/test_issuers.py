@@ -758,3 +758,65 @@ def test_a_revocation_reaches_another_process_at_its_issuer_refresh(api: Api) ->
         refused = client.post(CERTS, headers=headers, json=body)
         assert "issuer sub was revoked on" in assert_problem(refused, 409)["detail"]
         assert issuance.refresh_cached_issuers(other) == []  # reloaded, revoked
+
+
+def test_an_intermediate_below_a_revoked_one_issues_no_more_here_or_elsewhere(api: Api) -> None:
+    # What sub-sub signs chains through sub: once sub is revoked, clients checking the whole
+    # chain refuse it. Before, sub-sub went on issuing (only the revoked issuer refused).
+    from starlette.testclient import TestClient
+
+    from certctl.api.app import create_app
+    from certctl.services import issuance
+    from certctl.services.context import Services
+
+    _intermediate(api, "sub", path_length=1)
+    r = api.post(ISSUERS, api.admin_key, json={"id": "sub-sub", "parent": "sub"})
+    assert r.status_code == 201, r.text
+    api.issue(issuer="sub-sub", common_name="a.example.com")  # cached here
+    other = Services(api.services.engine, api.services.sessions, api.services.wrapper, api.clock)
+    body = {"issuer": "sub-sub", "common_name": "o.example.com"}
+    with TestClient(create_app(other), base_url="https://testserver") as client:
+        headers = {"Authorization": f"Bearer {api.admin_key}"}
+        assert client.post(CERTS, headers=headers, json=body).status_code == 201  # cached there
+
+        r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
+        assert r.status_code == 200, r.text
+
+        before = api.counts()
+        for refused in (
+            api.post(CERTS, api.admin_key, json=body),
+            api.post(CERTS, api.admin_key, json={"issuer": "sub-sub", "csr": _csr("c.example")}),
+        ):
+            detail = assert_problem(refused, 409)["detail"]
+            assert detail.startswith("issuer sub-sub is below issuer sub, revoked on "), detail
+            assert "(keyCompromise), and issues nothing more" in detail
+        assert api.counts() == before
+        # Itself not revoked (its parent's CRL does not list it): the status says so.
+        assert api.get(f"{ISSUERS}/sub-sub", api.admin_key).json()["status"] == "active"
+        # Another process drops it at its refresh, then refuses too; and keeps it after.
+        assert issuance.refresh_cached_issuers(other) == ["sub-sub"]
+        refused = client.post(CERTS, headers=headers, json=body)
+        assert "below issuer sub, revoked on" in assert_problem(refused, 409)["detail"]
+        assert issuance.refresh_cached_issuers(other) == []
+    # The root and other branches go on.
+    api.issue(issuer="default", common_name="d.example.com")
+
+
+def test_a_load_that_read_before_a_revocation_does_not_cache_what_it_read(api: Api) -> None:
+    # A request loading the issuer reads the store, a revocation commits and drops the
+    # cache, then the load caches its stale (unrevoked) copy: it issued from a revoked CA
+    # until the next refresh. Loads taken before a drop are no longer cached.
+    from certctl.services import issuance
+
+    _intermediate(api, "sub")
+    services = api.services
+    services.forget_issuer("sub")
+    version = services.issuer_cache_version()
+    stale = issuance.load_issuer(services, "sub")  # what the slow request read
+    services.forget_issuer("sub")
+    r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={})
+    assert r.status_code == 200, r.text
+    services.cache_issuer("sub", stale, None, version)
+    assert services.cached_issuer("sub") is None
+    refused = api.post(CERTS, api.admin_key, json={"issuer": "sub", "common_name": "x.example"})
+    assert "issuer sub was revoked on" in assert_problem(refused, 409)["detail"]

@@ -52,10 +52,15 @@ class SignedCrl:
 
 @dataclass(frozen=True)
 class IssuerRevocation:
-    """An issuer's revocation as stored: its certificate is on its parent's CRL."""
+    """An issuer's revocation as stored: its certificate is on its parent's CRL.
+
+    ``by``: the issuer revoked, this one or a CA above it (whose revocation leaves nothing
+    below it that verifies).
+    """
 
     revoked_at: datetime
     reason: str
+    by: str
 
 
 @dataclass
@@ -74,6 +79,9 @@ class Services:
     # dropped with the CA, so a revocation reaches other processes as a renewal does.
     _revoked: dict[str, IssuerRevocation] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Counts forget_issuer calls: a load that read the store before one must not cache what
+    # it read (a revocation committed in between would be undone here until the refresh).
+    _forgotten: int = 0
     # Issuer id -> the last CRL signed here; replaced whole, so no lock is needed.
     signed_crls: dict[str, SignedCrl] = field(default_factory=dict)
     commits: GroupCommit = field(init=False)
@@ -120,17 +128,29 @@ class Services:
     def forget_issuer(self, issuer_id: str) -> None:
         """Drop a cached CA (its certificate was renewed, or it was revoked)."""
         with self._lock:
+            self._forgotten += 1
             self._issuers.pop(issuer_id, None)
             self._revoked.pop(issuer_id, None)
+
+    def issuer_cache_version(self) -> int:
+        """Taken before reading an issuer from the store, for ``cache_issuer``."""
+        return self._forgotten
 
     def cache_issuer(
         self,
         issuer_id: str,
         ca: CertificateAuthority,
         revoked: IssuerRevocation | None = None,
+        version: int | None = None,
     ) -> None:
-        """Remember a loaded CA (its key is unwrapped once per process), and its revocation."""
+        """Remember a loaded CA (its key is unwrapped once per process), and its revocation.
+
+        ``version``: ``issuer_cache_version()`` before the store was read; when an issuer was
+        forgotten since, what was read may be stale and is not kept (the next use reloads).
+        """
         with self._lock:
+            if version is not None and version != self._forgotten:
+                return
             self._issuers[issuer_id] = ca
             if revoked is None:
                 self._revoked.pop(issuer_id, None)

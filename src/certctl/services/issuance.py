@@ -362,11 +362,19 @@ def _unrevoked(services: Services, issuer_id: str) -> None:
     or replica reaches it with ``refresh_cached_issuers`` (a minute at most), as a renewal does.
     """
     revoked = services.issuer_revocation(issuer_id)
-    if revoked is not None:
+    if revoked is None:
+        return
+    when = f"{revoked.revoked_at:%Y-%m-%d %H:%M}Z ({revoked.reason})"
+    if revoked.by != issuer_id:
+        # What it signs would chain through a revoked CA: clients checking the whole chain
+        # (openssl -crl_check_all, browsers' CRLSets) refuse it.
         raise Conflict(
-            f"issuer {issuer_id} was revoked on {revoked.revoked_at:%Y-%m-%d %H:%M}Z "
-            f"({revoked.reason}) and issues nothing more: use another issuer"
+            f"issuer {issuer_id} is below issuer {revoked.by}, revoked on {when}, and issues "
+            "nothing more: use another issuer"
         )
+    raise Conflict(
+        f"issuer {issuer_id} was revoked on {when} and issues nothing more: use another issuer"
+    )
 
 
 def _reserved_id(issuer_id: str) -> None:
@@ -382,6 +390,7 @@ def load_issuer(services: Services, issuer_id: str) -> CertificateAuthority:
     cached = services.cached_issuer(issuer_id)
     if cached is not None:
         return cached
+    version = services.issuer_cache_version()
     with services.sessions() as session:
         row = session.get(Issuer, issuer_id)
         if row is None:
@@ -392,14 +401,34 @@ def load_issuer(services: Services, issuer_id: str) -> CertificateAuthority:
         chain = (
             tuple(x509.load_pem_x509_certificates(row.chain_pem.encode())) if row.chain_pem else ()
         )
-        revoked = (
-            None
-            if row.revoked_at is None
-            else IssuerRevocation(row.revoked_at, row.revocation_reason or "unspecified")
-        )
+        if row.revoked_at is not None:
+            revoked: IssuerRevocation | None = IssuerRevocation(
+                row.revoked_at, row.revocation_reason or "unspecified", issuer_id
+            )
+        else:
+            revoked = _revoked_above(session, chain)
     ca = CertificateAuthority(cert, key, chain)  # type: ignore[arg-type]  # issuer keys only
-    services.cache_issuer(issuer_id, ca, revoked)
+    services.cache_issuer(issuer_id, ca, revoked, version)
     return ca
+
+
+def _revoked_above(session: Session, chain: Sequence[x509.Certificate]) -> IssuerRevocation | None:
+    """The revocation of a CA in ``chain`` (the CAs above an issuer) that certctl holds.
+
+    Matched by certificate, not by ``parent_id``: imports and intermediates made before
+    migration 0010 have none. Few rows (revoked issuers), read when an issuer is loaded.
+    """
+    if not chain:
+        return None
+    rows = session.execute(
+        select(Issuer.id, Issuer.certificate_pem, Issuer.revoked_at, Issuer.revocation_reason)
+        .where(Issuer.revoked_at.is_not(None))
+        .order_by(Issuer.id)
+    )
+    for revoked_id, pem, revoked_at, reason in rows:
+        if x509.load_pem_x509_certificate(pem.encode()) in chain:
+            return IssuerRevocation(cast(datetime, revoked_at), reason or "unspecified", revoked_id)
+    return None
 
 
 def renew_root_issuer(
@@ -472,7 +501,12 @@ def forget_if_changed(services: Services, issuer_id: str) -> None:
         stored = session.execute(
             select(Issuer.not_after, Issuer.revoked_at).where(Issuer.id == issuer_id)
         ).first()
-    if stored is None or _changed(services, issuer_id, cached, *stored):
+        revoked = _revoked_certificates(session) if cached.chain else []
+    if (
+        stored is None
+        or _changed(services, issuer_id, cached, *stored)
+        or _newly_below_revoked(services, issuer_id, cached, revoked)
+    ):
         services.forget_issuer(issuer_id)
 
 
@@ -485,9 +519,25 @@ def _changed(
 ) -> bool:
     """Whether the stored issuer differs from the cached one: renewed, or revoked."""
     revoked = services.issuer_revocation(issuer_id)
+    own = revoked if revoked is not None and revoked.by == issuer_id else None
     return not_after != cached.certificate.not_valid_after_utc or revoked_at != (
-        revoked.revoked_at if revoked else None
+        own.revoked_at if own else None
     )
+
+
+def _revoked_certificates(session: Session) -> list[x509.Certificate]:
+    """The certificates of the revoked issuers (few)."""
+    pems = session.scalars(select(Issuer.certificate_pem).where(Issuer.revoked_at.is_not(None)))
+    return [x509.load_pem_x509_certificate(pem.encode()) for pem in pems]
+
+
+def _newly_below_revoked(
+    services: Services, issuer_id: str, ca: CertificateAuthority, revoked: list[x509.Certificate]
+) -> bool:
+    """Whether cached ``ca`` is not yet known to be below a revoked CA, but now is."""
+    if services.issuer_revocation(issuer_id) is not None or not ca.chain:
+        return False
+    return any(cert in ca.chain for cert in revoked)
 
 
 def refresh_cached_issuers(services: Services) -> list[str]:
@@ -508,9 +558,13 @@ def refresh_cached_issuers(services: Services) -> list[str]:
             )
         )
         stored = {issuer_id: (not_after, revoked_at) for issuer_id, not_after, revoked_at in rows}
+        # An intermediate below one revoked elsewhere is dropped too (reloaded as refusing).
+        revoked = _revoked_certificates(session) if any(ca.chain for ca in cached.values()) else []
     stale = []
     for issuer_id, ca in cached.items():
-        if _changed(services, issuer_id, ca, *stored.get(issuer_id, (None, None))):
+        if _changed(
+            services, issuer_id, ca, *stored.get(issuer_id, (None, None))
+        ) or _newly_below_revoked(services, issuer_id, ca, revoked):
             services.forget_issuer(issuer_id)
             stale.append(issuer_id)
     return stale
@@ -1003,6 +1057,9 @@ def revoke_issuer(
         session.expire_all()
         session.refresh(row)
     services.forget_issuer(issuer_id)  # reloaded as revoked at its next use here
+    for other_id, ca in services.cached_issuers().items():
+        if cert in ca.chain:
+            services.forget_issuer(other_id)  # below it: reloaded as refusing too
     REVOCATIONS.labels(parent_id).inc()  # a certificate the parent signed, now revoked
     return row
 
