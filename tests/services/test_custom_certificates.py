@@ -8,6 +8,7 @@ The unit cases reconcile in-process; one test drives ``certctl apply`` and
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -387,6 +388,62 @@ def test_expiring_is_sent_once_per_certificate(env: Env) -> None:
     for _ in range(3):
         env.reconcile("web", env.now + timedelta(seconds=10))
     assert [e.event for e in env.events("web")] == ["issued", "expiring", "renewed", "expiring"]
+
+
+def _as_before_0009(env: Env, name: str, last_pass: datetime, failed: bool = False) -> None:
+    """Take the store back to 0008 with ``name`` as certctl before 0009 left it, then upgrade.
+
+    certctl before 0009 stamped every condition with each pass's time and judged "expiring
+    already sent" by it: the Ready time of the pass before, inside the window, meant sent.
+    """
+    from sqlalchemy import text
+
+    from certctl.store import db
+    from tests.unit.store.test_migration_head import downgrade_store
+
+    row = env.row(name)
+    conditions = {
+        c: {**v, "at": last_pass.isoformat()} for c, v in row.conditions.items() if c != "Failed"
+    }
+    message = "dir:/srv/tls: permission denied" if failed else ""
+    conditions["Failed"] = {"status": failed, "message": message, "at": last_pass.isoformat()}
+    engine = env.services.engine
+    downgrade_store(engine, "0008")
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE managed_services SET conditions = :c WHERE name = :n"),
+            {"c": json.dumps(conditions), "n": name},
+        )
+    db.migrate(engine)
+
+
+@pytest.mark.parametrize(
+    ("last_pass", "failed", "told_again"),
+    [
+        (timedelta(seconds=-10), False, False),  # inside the window: sent before the upgrade
+        (timedelta(minutes=-30), False, True),  # before the window: not yet sent
+        (timedelta(seconds=-10), True, True),  # a failed pass sends "failed", not "expiring"
+    ],
+)
+def test_an_upgrade_to_0009_tells_expiring_only_if_not_told_before(
+    env: Env, last_pass: timedelta, failed: bool, told_again: bool
+) -> None:
+    # expiring_serial started NULL for every stored service: one already told about its
+    # certificate before the upgrade was told again at the first pass after it.
+    ca = make_ca("web-custom-ca", env.now)
+    soon = make_leaf(ca, "web", env.now, dns=("web", *NAMES), validity=timedelta(minutes=50))
+    files = {"tls.crt": soon.cert_pem, "tls.key": soon.key_pem, "ca.crt": ca.cert_pem}
+    write_secret(env.secrets_dir, "custom", files)
+    env.put(service_doc("web", dns=NAMES, secret="custom"))
+    env.reconcile("web")  # issued; 50 min left, the window (cert-rotate-before) is 30 min
+    window = soon.certificate.not_valid_after_utc - SETTINGS["cert_rotate_before"]
+    env.at(window + timedelta(minutes=5))
+    _as_before_0009(env, "web", env.now + last_pass, failed)
+    for _ in range(3):
+        env.reconcile("web", env.now + timedelta(seconds=10))
+    expiring = [e for e in env.events("web") if e.event == "expiring"]
+    assert len(expiring) == (1 if told_again else 0), [e.event for e in env.events("web")]
+    assert env.row("web").expiring_serial == env.row("web").serial  # told, now or before
 
 
 def test_a_custom_ca_about_to_expire_is_not_reissued_from_on_every_pass(env: Env) -> None:

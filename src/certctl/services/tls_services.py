@@ -78,6 +78,9 @@ _MAX_BACKOFF = timedelta(minutes=5)
 _FIRST_BACKOFF = timedelta(seconds=5)
 _MIN_RENEWAL_INTERVAL = timedelta(seconds=5)
 RESYNC_INTERVAL = timedelta(minutes=10)
+# managed_services.expiring_serial of a service stored before Alembic 0009 (which sets it):
+# whether "expiring" was sent for its certificate is judged at its first successful pass.
+EXPIRING_UNKNOWN = "unknown: stored before 0009"
 
 
 @dataclass(frozen=True)
@@ -947,6 +950,7 @@ def reconcile_service(
     # A client added or removed while this pass runs sets next_attempt_at anew: that later
     # request must survive this pass's "done" (its trust bundle may predate the change).
     asked_at = row.next_attempt_at
+    serial_before = row.serial
     was_renewing = bool(_condition(row.conditions, "Renewing").get("status"))
     try:
         spec = parse_service(row.spec, stored=True)
@@ -1015,12 +1019,17 @@ def reconcile_service(
                 message=ready_msg,
                 now=now,
             )
-            if (
+            expiring = (
                 not spec.disabled
                 and current.not_after is not None
                 and current.not_after - now <= settings.cert_rotate_before
-                and current.expiring_serial != current.serial
-            ):
+            )
+            if current.expiring_serial == EXPIRING_UNKNOWN:
+                # Stored before 0009: told by the rule of then, judged once, here.
+                told = expiring and _told_before_0009(settings, current, serial_before)
+                current.expiring_serial = current.serial if told else None
+            if expiring and current.expiring_serial != current.serial:
+                assert current.not_after is not None  # expiring says so
                 # Once per certificate: a custom one (which certctl does not renew) is
                 # reconciled on every pass, and each used to send the event again, thousands
                 # a day to the webhook. The column holds across restarts and replicas.
@@ -1033,6 +1042,32 @@ def reconcile_service(
         session.flush()
         session.expunge(current)
     return current
+
+
+def _told_before_0009(
+    settings: ServiceSettings, current: ManagedService, serial_before: str | None
+) -> bool:
+    """Whether certctl before 0009 sent ``expiring`` for the certificate served now.
+
+    It stamped each condition with every pass's time, and sent the event unless the pass
+    before (the Ready time; this pass has not written its conditions yet) was a successful
+    one inside the window, serving the same certificate. Judged with the
+    ``cert-rotate-before`` of now, as that pass would have been.
+    """
+    if serial_before != current.serial or current.not_after is None:
+        return False  # a certificate issued by this pass: nobody was told of it
+    if _condition(current.conditions, "Failed").get("status"):
+        return False  # a failed pass sent "failed", not "expiring"
+    at = _condition(current.conditions, "Ready").get("at")
+    try:
+        last_pass = datetime.fromisoformat(at) if isinstance(at, str) else None
+    except ValueError:
+        return False
+    if last_pass is None:
+        return False
+    if last_pass.tzinfo is None:
+        last_pass = last_pass.replace(tzinfo=UTC)
+    return last_pass >= current.not_after - settings.cert_rotate_before
 
 
 def _service_ca_renew_at(

@@ -202,7 +202,8 @@ class ManagedService(Base):
     delivered: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    # The serial of the certificate the "expiring" event was sent for: once per certificate.
+    # The serial of the certificate the "expiring" event was sent for: once per certificate
+    # (tls_services.EXPIRING_UNKNOWN: stored before 0009, judged at the next pass).
     expiring_serial: Mapped[str | None] = mapped_column(String(42), nullable=True)
 
 

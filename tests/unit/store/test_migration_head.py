@@ -13,7 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, text
 
 from certctl.errors import CertctlError
-from certctl.services import issuance
+from certctl.services import issuance, tls_services
 from certctl.store import db
 
 
@@ -226,26 +226,38 @@ def test_0008_adds_the_crl_number_counter_to_an_sqlite_store(tmp_path: Path) -> 
 
 
 def test_0009_adds_the_expiring_serial_to_services_and_takes_it_back(tmp_path: Path) -> None:
-    """Services stored before 0009 keep their row and start with no "expiring" sent."""
+    """Services stored before 0009 keep their row; one with a certificate is marked unknown.
+
+    Whether "expiring" was sent for it depends on cert-rotate-before, which no column holds:
+    its first pass decides (tests/services: test_an_upgrade_to_0009_tells_expiring_...).
+    """
     engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
     db.migrate(engine)
     downgrade_store(engine, "0008")
     with engine.begin() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO managed_services (name, spec, generation, created_at, updated_at,"
-                " reconciled_generation, conditions, delivered, attempts, serial) VALUES"
-                " ('web', '{}', 1, '2026-01-01 00:00:00', '2026-01-01 00:00:00', 1, '{}', '{}',"
-                " 0, 'ab')"
+        for name, serial, not_after in (
+            ("web", "ab", "2027-01-01 00:00:00"),
+            ("off", None, None),  # TLS disabled: no certificate
+        ):
+            connection.execute(
+                text(
+                    "INSERT INTO managed_services (name, spec, generation, created_at,"
+                    " updated_at, reconciled_generation, conditions, delivered, attempts,"
+                    " serial, not_after) VALUES (:name, '{}', 1, '2026-01-01 00:00:00',"
+                    " '2026-01-01 00:00:00', 1, '{}', '{}', 0, :serial, :not_after)"
+                ),
+                {"name": name, "serial": serial, "not_after": not_after},
             )
-        )
     db.migrate(engine)
     assert _at_head(engine)
     with engine.connect() as connection:
         rows = connection.execute(
-            text("SELECT name, serial, expiring_serial FROM managed_services")
+            text("SELECT name, serial, expiring_serial FROM managed_services ORDER BY name")
         )
-        assert rows.all() == [("web", "ab", None)]
+        assert rows.all() == [
+            ("off", None, None),
+            ("web", "ab", tls_services.EXPIRING_UNKNOWN),
+        ]
     downgrade_store(engine, "0008")
     with engine.connect() as connection:
         columns = connection.execute(text("PRAGMA table_info(managed_services)")).all()

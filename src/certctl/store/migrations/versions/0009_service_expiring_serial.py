@@ -6,8 +6,11 @@ had sent it. Condition times now change only when the condition does (as Kuberne
 lastTransitionTime), so the memory is this column: the serial of the certificate the event
 was sent for, once per certificate across restarts and replicas.
 
-A nullable column added in place; rows of older stores start without it, and a service
-already told about its certificate before the upgrade is told once more.
+A nullable column added in place. Whether a stored service was told cannot be decided here:
+it depends on ``cert-rotate-before``, a server setting no column holds. So each service with a
+certificate starts with the marker ``UNKNOWN_BEFORE_0009`` instead of NULL (which told it
+once more, one extra webhook per service already inside its window), and its first
+successful pass judges it by the rule of before, with the margin configured then.
 
 Revision ID: 0009
 Revises: 0008
@@ -23,9 +26,18 @@ down_revision = "0008"
 branch_labels = None
 depends_on = None
 
+# Also tls_services.EXPIRING_UNKNOWN; a migration keeps its own copy (it must not change).
+UNKNOWN_BEFORE_0009 = "unknown: stored before 0009"
+
 
 def upgrade() -> None:
     op.add_column("managed_services", sa.Column("expiring_serial", sa.String(42), nullable=True))
+    op.execute(
+        sa.text(
+            "UPDATE managed_services SET expiring_serial = :marker"
+            " WHERE serial IS NOT NULL AND not_after IS NOT NULL"
+        ).bindparams(marker=UNKNOWN_BEFORE_0009)
+    )
 
 
 def downgrade() -> None:
