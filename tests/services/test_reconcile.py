@@ -648,10 +648,62 @@ def test_the_resync_clock_is_the_last_pass_not_the_condition_times(env: Env) -> 
         assert scheduler.tick() == 0  # and not again at once, though "at" did not move
     assert env.row("web").conditions["Ready"] == ready
     # A scheduler that has not reconciled the service (a new leader) goes by the conditions'
-    # time, the latest a pass left: due, as that is older than the resync interval.
-    assert Scheduler(env.services, env.settings, 10, clock=lambda: env.now).tick() == 1
+    # time, the latest a pass left: overdue, so resynced within the interval from its start
+    # (spread, see test_a_new_leader_spreads_...), and not only at its renewal.
+    leader = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
+    end = env.now + tls_services.RESYNC_INTERVAL
+    while "web" not in leader._passes and env.now < end:
+        leader.tick()
+        env.at(env.now + timedelta(seconds=10))
+    assert env.now < end
+    assert tls_services.due(env.row("web"), env.now, resync=tls_services.RESYNC_INTERVAL)
     assert not tls_services.due(env.row("web"), env.now, resync=tls_services.RESYNC_INTERVAL,
                                 last_pass=env.now - MINUTE)  # fmt: skip
+
+
+def test_a_new_leader_spreads_the_first_resyncs_and_does_the_needed_work_at_once(
+    env: Env,
+) -> None:
+    """After a restart (or a change of leader) the resyncs are spread over the interval.
+
+    Every service's conditions were older than the resync interval, so the first pass of a
+    new scheduler reconciled all of them at once (a thousand services: a thousand reloads).
+    """
+    from certctl.server.scheduler import Scheduler
+
+    names = [f"web-{i:02}" for i in range(12)]
+    for name in names:
+        env.put(service_doc(name))
+    assert Scheduler(env.services, env.settings, 10, clock=lambda: env.now).tick() == 12
+    start = env.at(env.now + timedelta(hours=1))  # every resync is overdue
+    tls_services.request_renewal(env.services, env.admin, "web-03")  # work to do
+    env.put(service_doc("web-07", dns=("web-07.example.internal",)))  # a changed spec
+
+    scheduler = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
+    assert scheduler.tick() == 2  # only the services that need work
+    assert set(scheduler._passes) == {"web-03", "web-07"}
+    per_tick = []
+    end = start + tls_services.RESYNC_INTERVAL - timedelta(seconds=1)  # before 03's and 07's
+    while env.now < end:
+        env.at(min(env.now + timedelta(seconds=30), end))
+        per_tick.append(scheduler.tick())
+    # Each of the other ten is resynced once within the interval, in small groups.
+    assert sum(per_tick) == 10, per_tick
+    assert set(scheduler._passes) == set(names)
+    # Where a name's hash lands is fixed: these ten land in seven ticks, four in the last.
+    assert max(per_tick) <= 4, per_tick
+    assert len([n for n in per_tick if n]) >= 5, per_tick
+    # The same service at the same point of the interval after another restart.
+    first = {n: t - start for n, t in scheduler._passes.items() if n not in ("web-03", "web-07")}
+    assert all(t > timedelta(0) for t in first.values()), first
+    later = timedelta(minutes=15)  # before any certificate here is due for renewal
+    env.at(start + later)
+    again = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
+    assert again.tick() == 0
+    while env.now < end + later:
+        env.at(min(env.now + timedelta(seconds=30), end + later))
+        again.tick()
+    assert {n: t - start - later for n, t in again._passes.items() if n in first} == first
 
 
 def test_a_service_deleted_during_its_reconcile_is_one_info_line(

@@ -133,8 +133,10 @@ class Scheduler:
     # When this scheduler last reconciled each service: the resync clock (due()'s
     # last_pass). In memory, not in the row: written by every pass, it was one UPDATE per
     # pass for services read on every pass (custom certificates). A new leader or a restart
-    # starts from the conditions' time, which resyncs sooner, never later.
+    # starts from the conditions' time, with the overdue resyncs spread from _since.
     _passes: dict[str, datetime] = field(default_factory=dict)
+    # When this scheduler last became the leader (its first pass on SQLite): due()'s since.
+    _since: datetime | None = None
     _dispatcher: threading.Thread | None = None
     # What the last leadership check of the tick thread said; the dispatcher thread reads
     # it before each event (Leadership itself is not for two threads).
@@ -154,10 +156,12 @@ class Scheduler:
         leadership = self.leadership or Leadership(self.services)
         self.leadership = leadership
         if not leadership.check():
-            self._leading.clear()
+            self._step_down()
             return 0
         self._leading.set()
         now = (self.clock or self.services.clock)()
+        if self._since is None:
+            self._since = now
         with self.services.sessions() as session:
             rows = list(session.scalars(select(ManagedService).order_by(ManagedService.name)))
         done = 0
@@ -174,11 +178,17 @@ class Scheduler:
             if crashed is not None and now < crashed[1]:
                 continue
             last_pass = self._passes.get(row.name)
-            if tls_services.due(row, now, resync=tls_services.RESYNC_INTERVAL, last_pass=last_pass):
+            if tls_services.due(
+                row,
+                now,
+                resync=tls_services.RESYNC_INTERVAL,
+                last_pass=last_pass,
+                since=self._since,
+            ):
                 # Re-checked per service: a leader whose lock session was lost mid-pass (network
                 # cut, pg_terminate_backend) stops at once instead of racing its successor.
                 if not leadership.check():
-                    self._leading.clear()
+                    self._step_down()
                     log.warning("lost leadership during a reconcile pass; stopping it")
                     return done
                 try:
@@ -217,6 +227,13 @@ class Scheduler:
                 )
                 self._dispatcher.start()
         return done
+
+    def _step_down(self) -> None:
+        self._leading.clear()
+        # Elected again later, it is a new leader: its passes from before are as old as the
+        # time it did not lead, and would all be due in its first pass, a burst again.
+        self._since = None
+        self._passes.clear()
 
     def _dispatch(self) -> None:
         assert self.webhook is not None

@@ -1652,6 +1652,7 @@ def due(
     *,
     resync: timedelta | None = None,
     last_pass: datetime | None = None,
+    since: datetime | None = None,
 ) -> bool:
     """Whether the scheduler should reconcile this service now.
 
@@ -1660,8 +1661,13 @@ def due(
     soon, not at the next renewal months later; as Kubernetes controllers resync.
     ``last_pass``: when the caller last reconciled it; unknown (a scheduler that has not
     yet, after a start or a change of leader), the latest condition time, which no pass
-    since moved: the latest pass that changed something, so a resync comes sooner, never
-    later. Kept apart from the conditions, which change only when the service does.
+    since moved: the latest pass that changed something. Kept apart from the conditions,
+    which change only when the service does.
+    ``since``: when the caller started reconciling (its start, or its election as leader).
+    A service it has not reconciled yet and whose resync is due by the conditions' time
+    then gets it at a point of ``[since, since + resync)`` fixed by its name: most services
+    are, and all of them in the first pass was a burst of reconciles and reloads at every
+    restart. A service with work to do (above) is never held back.
     """
     if row.generation != row.reconciled_generation:
         return True  # new or changed spec
@@ -1673,8 +1679,27 @@ def due(
         return True
     if resync is None:
         return False
-    last = last_pass or _last_transition(row)
-    return last is None or now - last >= resync
+    if last_pass is not None:
+        return now - last_pass >= resync
+    last = _last_transition(row)
+    natural = None if last is None else last + resync
+    if since is None:
+        return natural is None or now >= natural
+    first = since + _resync_offset(row.name, resync)
+    if natural is not None and natural > since:
+        first = min(first, natural)  # due later anyway: kept, or spread sooner
+    return now >= first
+
+
+def _resync_offset(name: str, resync: timedelta) -> timedelta:
+    """Where in the resync interval a new scheduler first resyncs ``name``.
+
+    From a hash of the name, so every restart and every replica puts it at the same point
+    and the services spread evenly, however many there are.
+    """
+    digest = int.from_bytes(hashlib.sha256(f"resync:{name}".encode()).digest()[:8], "big")
+    span = resync // timedelta(microseconds=1)
+    return timedelta(microseconds=digest % span) if span > 0 else timedelta(0)
 
 
 def _last_transition(row: ManagedService) -> datetime | None:
