@@ -33,7 +33,7 @@ from certctl.pki import (
 )
 from certctl.services import tls_services
 from certctl.store.models import Issuer
-from tests._tools import ok, openssl_req, run
+from tests._tools import ok, openssl_req, openssl_verify, run
 from tests.e2e.conftest import launch
 from tests.services.conftest import (
     SETTINGS,
@@ -298,6 +298,77 @@ def test_custom_ca_issues_the_leaf(env: Env) -> None:
     leaf = x509.load_pem_x509_certificate(env.outputs("web")["certs-internal"]["tls.crt"])
     verify_certificate(leaf, trust=[same_name.certificate], now=env.now)
     assert env.events("web")[-1].payload["reason"] == "issuer key changed"
+
+
+def test_a_replaced_custom_ca_stays_in_ca_crt_for_the_overlap(env: Env) -> None:
+    """A custom CA replaced by another (new key) is trusted along with it for a while.
+
+    The targets got the new CA alone as ca.crt with the new leaf: a server not yet reloaded
+    (another node, a failed reload) still presented a leaf under the old CA, which peers
+    holding the new ca.crt refused at once. A renewed service CA keeps its key, so leaves
+    under its previous certificate verify for as long as that certificate is valid: the CA
+    renewal margin; a replaced custom CA stays in ca.crt as long, or until the leaf certctl
+    issued under it expires.
+    """
+    settings = {"cert_validity": timedelta(hours=8)}  # the margin (3 h) ends the overlap
+    target = env.tmp / "out" / "web"
+    target.parent.mkdir()
+    old_ca, old_files = good_ca_files(env.now)
+    write_secret(env.secrets_dir, "issuer", old_files)
+    env.put(service_doc("web", dns=NAMES, secret="issuer", targets=[{"directory": str(target)}]))
+    env.reconcile("web", **settings)
+    old_leaf = env.tmp / "old-leaf.crt"
+    old_leaf.write_bytes((target / "tls.crt").read_bytes())  # a node not reloaded yet
+
+    new_ca, new_files = good_ca_files(env.now, "web-next")  # another name, another key
+    write_secret(env.secrets_dir, "issuer", new_files)
+    swap = env.now + timedelta(minutes=1)
+    row = env.reconcile("web", swap, **settings)
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    new_leaf = target / "tls.crt"
+    bundle = target / "ca.crt"
+    assert bundle.read_bytes() == new_ca.cert_pem + old_ca.cert_pem  # the new CA first
+    assert env.outputs("web")["certs-public"]["ca.crt"] == bundle.read_bytes()
+    at = ("-attime", str(int(swap.timestamp())))
+    assert openssl_verify(*at, "-CAfile", bundle, new_leaf) == "OK"
+    assert openssl_verify(*at, "-CAfile", bundle, old_leaf) == "OK"
+    # What this cannot help: a client holding only the old ca.crt refuses the new leaf.
+    old_ca_file = env.tmp / "old-ca.crt"
+    old_ca_file.write_bytes(old_ca.cert_pem)
+    assert openssl_verify(*at, "-CAfile", old_ca_file, new_leaf) != "OK"
+
+    until = swap + env.settings_with(**settings).ca_renewal_margin
+    env.reconcile("web", until - timedelta(seconds=1), **settings)
+    assert bundle.read_bytes() == new_ca.cert_pem + old_ca.cert_pem
+    env.reconcile("web", until, **settings)
+    assert bundle.read_bytes() == new_ca.cert_pem
+    at = ("-attime", str(int(until.timestamp())))
+    assert openssl_verify(*at, "-CAfile", bundle, new_leaf) == "OK"
+    no_issuer = "unable to get local issuer certificate"
+    assert openssl_verify(*at, "-CAfile", bundle, old_leaf) == no_issuer
+    assert [e.event for e in env.events("web")] == ["issued", "renewed"]  # nothing more
+
+
+def test_a_switch_from_a_custom_ca_to_the_service_ca_keeps_the_old_one_until_its_leaf_ends(
+    env: Env,
+) -> None:
+    old_ca, old_files = good_ca_files(env.now)
+    write_secret(env.secrets_dir, "issuer", old_files)
+    env.put(service_doc("web", dns=NAMES, secret="issuer"))
+    old_end = env.reconcile("web").not_after
+    assert old_end is not None
+    env.put(service_doc("web", dns=NAMES))  # self-signed: the service's own CA
+    longer = {"cert_validity": timedelta(hours=8)}  # the new leaf is not due meanwhile
+    env.reconcile("web", env.now + timedelta(minutes=1), **longer)
+    service_ca = env.outputs("web")["ca-internal"]["ca.crt"]
+    assert env.outputs("web")["certs-internal"]["ca.crt"] == service_ca + old_ca.cert_pem
+    # Here the leaf issued under the old CA (2 h) ends before the renewal margin (3 h).
+    assert env.row("web").retired_ca_until == old_end
+    assert not tls_services.due(env.row("web"), old_end - timedelta(seconds=1))
+    assert tls_services.due(env.row("web"), old_end)  # its end is work to do: redelivery
+    env.reconcile("web", old_end, **longer)
+    assert env.outputs("web")["certs-internal"]["ca.crt"] == service_ca
+    assert not tls_services.due(env.row("web"), old_end + timedelta(minutes=1))
 
 
 def test_a_secret_file_that_is_no_small_regular_file_fails_at_once(env: Env) -> None:
@@ -748,7 +819,10 @@ def test_public_outputs_answer_while_a_switch_to_self_signed_waits_for_its_recon
         env.reconcile("web", env.now + timedelta(minutes=1))
         switched = client.get("/api/v1/services/web/outputs/certs-public").json()["data"]
     assert switched["tls.crt"] != files["tls.crt"].decode()
-    assert switched["ca.crt"] == env.outputs("web")["ca-internal"]["ca.crt"].decode()
+    # The custom certificate's CA after the service's own, while servers not reloaded yet
+    # may still present that certificate (test_a_replaced_custom_ca_stays_in_ca_crt_...).
+    service_ca = env.outputs("web")["ca-internal"]["ca.crt"]
+    assert switched["ca.crt"] == (service_ca + files["ca.crt"]).decode()
 
 
 def test_a_chain_without_ca_crt_reaches_a_directory_without_ca_crt(

@@ -968,6 +968,8 @@ def reconcile_service(
     if reason is not None:
         row = _store_issue(services, settings, row, spec, desired, reason, now)
         asked_at = row.next_attempt_at  # its "delivery pending" mark, cleared below
+    if row.retired_ca_until is not None and now >= row.retired_ca_until:
+        row.retired_ca_pem = row.retired_ca_until = None  # the overlap is over
     bundle = outputs_for(services, row, spec)
     failures = _deliver(services, settings, row, spec, bundle, warnings)
     message = "; ".join(warnings)
@@ -978,6 +980,8 @@ def reconcile_service(
             raise NotFound(f"service {name} was deleted")
         current.delivered = dict(row.delivered)
         current.reconciled_generation = row.generation
+        if current.retired_ca_until is not None and now >= current.retired_ca_until:
+            current.retired_ca_pem = current.retired_ca_until = None  # delivered without it
         current.ca_renew_at = _service_ca_renew_at(services, settings, spec)
         if desired.as_is or spec.disabled:
             # A renewal asked for (`services renew`) that no pass can do (only the owner of
@@ -1173,6 +1177,54 @@ def _current(services: Services, row: ManagedService) -> _Desired:
     return _Desired(row.certificate_pem, row.chain_pem or "", row.ca_pem or "", key)
 
 
+# What _needs_leaf says when another CA issues the service's certificate from now on: the
+# leaves served until now do not chain to the new CA.
+_CA_REPLACED = ("issuer changed", "issuer key changed")
+
+
+def _retire_ca(
+    settings: ServiceSettings,
+    row: ManagedService,
+    desired: _Desired,
+    reason: str,
+    now: datetime,
+) -> None:
+    """Keep the CA being replaced in ``ca.crt`` for a while, or forget one no longer kept.
+
+    ``row`` still holds what was served. A CA replaced by another (a custom ``ca.crt`` +
+    ``ca.key`` with a new key or name) used to leave the targets' ``ca.crt`` at once: a
+    server not reloaded yet (another node, a reload failing) presented a leaf under the old
+    CA, which peers holding the new ``ca.crt`` refused. A service CA is renewed with its
+    key, so leaves under its previous certificate verify as long as that one is valid, the
+    CA renewal margin: the replaced CA stays as long, and no longer than the leaf certctl
+    issued under it.
+    """
+    old_ca = row.ca_pem or ""
+    old_end = row.not_after
+    if (
+        reason in _CA_REPLACED
+        and old_ca.strip()
+        and old_ca != desired.ca_pem
+        and old_end is not None
+        and now < old_end
+    ):
+        row.retired_ca_pem = old_ca
+        row.retired_ca_until = min(now + settings.ca_renewal_margin, old_end)
+    elif desired.certificate_pem is None or desired.as_is or desired.ca_pem == row.retired_ca_pem:
+        # TLS disabled, or a certificate served as is (its owner's ca.crt says whom to
+        # trust), or back to the CA being retired: nothing more to keep.
+        row.retired_ca_pem = row.retired_ca_until = None
+
+
+def _with_retired(ca_pem: str, retired_pem: str | None) -> str:
+    """``ca_pem``, then the certificates of a CA being retired that it does not hold."""
+    if not retired_pem:
+        return ca_pem
+    have = set(x509.load_pem_x509_certificates(ca_pem.encode())) if ca_pem.strip() else set()
+    extra = [c for c in x509.load_pem_x509_certificates(retired_pem.encode()) if c not in have]
+    return ca_pem + certs_to_pem(extra).decode()
+
+
 def _store_issue(
     services: Services,
     settings: ServiceSettings,
@@ -1195,6 +1247,7 @@ def _store_issue(
             session.expunge(current)
             return current
         first = current.certificate_pem is None
+        _retire_ca(settings, current, desired, reason, now)
         # Delivery pending: if this process dies before delivering, due() sees it and
         # whichever replica reconciles next delivers (the final commit clears it).
         current.next_attempt_at = now
@@ -1259,7 +1312,8 @@ def outputs_for(
     leaf = (current.certificate_pem or "").encode() + current.chain_pem.encode()
     # No ca.crt at all for a custom certificate whose CA is not given (as ECK's public
     # Secret): an empty file is refused by the servers and clients that read it.
-    ca = {"ca.crt": current.ca_pem.encode()} if current.ca_pem.strip() else {}
+    ca_pem = _with_retired(current.ca_pem, row.retired_ca_pem)
+    ca = {"ca.crt": ca_pem.encode()} if ca_pem.strip() else {}
     outputs: dict[str, dict[str, bytes]] = {
         "certs-internal": {"tls.crt": leaf, "tls.key": current.key_pem or b"", **ca},
         "certs-public": {"tls.crt": leaf, **ca},
@@ -1675,7 +1729,9 @@ def due(
         return now >= row.next_attempt_at  # retrying after a failure, with back-off
     if row.spec.get("spec", {}).get("http", {}).get("tls", {}).get("certificate"):
         return True  # a custom secret can change at any time; reading it is cheap
-    if any(t is not None and now >= t for t in (row.renew_at, row.ca_renew_at)):
+    if any(
+        t is not None and now >= t for t in (row.renew_at, row.ca_renew_at, row.retired_ca_until)
+    ):
         return True
     if resync is None:
         return False

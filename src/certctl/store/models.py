@@ -205,6 +205,10 @@ class ManagedService(Base):
     # The serial of the certificate the "expiring" event was sent for: once per certificate
     # (tls_services.EXPIRING_UNKNOWN: stored before 0009, judged at the next pass).
     expiring_serial: Mapped[str | None] = mapped_column(String(42), nullable=True)
+    # A CA replaced by another (new key): still trusted in ca.crt, after the new one, until
+    # retired_ca_until, as servers not yet reloaded present leaves under it (Alembic 0011).
+    retired_ca_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    retired_ca_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class ServiceClient(Base):

@@ -299,6 +299,34 @@ def test_0010_adds_issuer_revocation_and_takes_it_back(tmp_path: Path) -> None:
     revocable_issuers_from_0009(engine)
 
 
+def test_0011_adds_the_retired_ca_to_services_and_takes_it_back(tmp_path: Path) -> None:
+    """Services stored before 0011 keep their row, with no CA being retired."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    db.migrate(engine)
+    downgrade_store(engine, "0010")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO managed_services (name, spec, generation, created_at, updated_at,"
+                " reconciled_generation, conditions, delivered, attempts, ca_pem) VALUES"
+                " ('web', '{}', 1, '2026-01-01 00:00:00', '2026-01-01 00:00:00', 1, '{}', '{}',"
+                " 0, 'pem')"
+            )
+        )
+    db.migrate(engine)
+    assert _at_head(engine)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT name, ca_pem, retired_ca_pem, retired_ca_until FROM managed_services")
+        )
+        assert rows.all() == [("web", "pem", None, None)]
+    downgrade_store(engine, "0010")
+    with engine.connect() as connection:
+        columns = {c[1] for c in connection.execute(text("PRAGMA table_info(managed_services)"))}
+    assert not columns & {"retired_ca_pem", "retired_ca_until"}
+    assert {"name", "ca_pem"} <= columns
+
+
 def test_a_database_from_a_newer_certctl_is_refused_with_what_to_do(tmp_path: Path) -> None:
     # A rollback after an upgrade: Alembic alone said "Can't locate revision '0099'".
     engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
