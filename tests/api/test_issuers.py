@@ -135,12 +135,27 @@ def test_create_root_and_intermediate(api: Api) -> None:
     assert long.json()["not_after"] == root.json()["not_after"]
     assert [w for w in long.json()["warnings"] if "clipped to the issuer's notAfter" in w]
     assert "warnings" not in api.get(f"{ISSUERS}/issuing-2", api.admin_key).json()
+    # Asked for no validity, an intermediate gets 5Y or what its parent has left, silently
+    # (the 5Y default was clipped with a warning under any parent of less than 5 years).
+    short = api.post(ISSUERS, api.admin_key, json={"id": "short-root", "validity": "400D"})
+    assert short.status_code == 201, short.text
+    for parent, ends in (("short-root", short.json()["not_after"]), ("root-2", None)):
+        child = api.post(ISSUERS, api.admin_key, json={"id": f"{parent}-sub", "parent": parent})
+        assert child.status_code == 201, child.text
+        assert child.json()["warnings"] == []
+        end = datetime.fromisoformat(child.json()["not_after"])
+        assert end == (
+            datetime.fromisoformat(ends) if ends else api.clock() + timedelta(days=5 * 365)
+        )
 
     assert {i["id"] for i in api.get(ISSUERS, api.admin_key).json()["items"]} == {
         "default",
         "root-2",
         "issuing-1",
         "issuing-2",
+        "short-root",
+        "short-root-sub",
+        "root-2-sub",
     }
     # A leaf from the intermediate chains to the new root.
     leaf = api.issue(issuer="issuing-1", common_name="app.example.com")

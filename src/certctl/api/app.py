@@ -371,7 +371,7 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
             raise InvalidRequest(
                 "common_name and subject exclude each other (put the CN in subject)"
             )
-        validity = parse_duration(body.validity)
+        validity = parse_duration(body.validity) if body.validity is not None else None
         row, warnings = await anyio.to_thread.run_sync(
             lambda: issuance.create_issuer(
                 services,

@@ -81,7 +81,8 @@ class IssuerCreate(_Body):
     common_name: str | None = Field(default=None, max_length=64)
     subject: str | None = Field(default=None, max_length=1000)
     key_type: str = "ec-p256"
-    validity: str = "5Y"
+    # Unset: 5Y for a root; for an intermediate, 5Y or what its parent has left if less.
+    validity: str | None = None
     parent: str | None = None
     path_length: int | None = Field(default=None, ge=0, le=10)
     certificate_pem: str | None = Field(default=None, max_length=200_000)

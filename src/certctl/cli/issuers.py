@@ -97,8 +97,8 @@ def issuers_create(
     validity: str = typer.Option(
         None,
         "--validity",
-        help="Lifetime: 5Y, 365D, 8760h … (default: 5Y; the server clips an intermediate to "
-        "its parent's notAfter, with a warning).",
+        help="Lifetime: 5Y, 365D, 8760h … (default: 5Y; an intermediate at most its "
+        "parent's remaining life; a longer --validity is clipped to it, with a warning).",
     ),
     parent: str = typer.Option(
         None,

@@ -85,6 +85,8 @@ __all__ = [
 ]
 
 DEFAULT_ISSUER = "default"
+# An issuer created through the API without a validity (as `certctl ca create`'s default).
+DEFAULT_CA_VALIDITY = timedelta(days=5 * 365)
 EXPIRING_WINDOW = timedelta(days=30)
 # removeFromCRL belongs to delta CRLs and certificateHold cannot be lifted here: refused.
 _REASONS = {
@@ -160,11 +162,14 @@ def create_issuer(
     subject: str | None,
     common_name: str | None,
     key_type: str,
-    validity: timedelta,
+    validity: timedelta | None,
     parent: str | None = None,
     path_length: int | None = None,
 ) -> tuple[Issuer, tuple[str, ...]]:
     """Create a root CA, or an intermediate signed by issuer ``parent``.
+
+    ``validity`` None: ``DEFAULT_CA_VALIDITY``, and for an intermediate no longer than its
+    parent has left (as ``certctl ca create --parent``), without a warning.
 
     Returns:
         The stored issuer and the warnings raised while signing it (a validity clipped to
@@ -183,12 +188,22 @@ def create_issuer(
     key = generate_private_key(KeyType.parse(key_type))
     now = services.clock()
     if parent is None:
-        issued = create_root_ca(key, name_dn, validity=validity, now=now, path_length=path_length)
+        issued = create_root_ca(
+            key,
+            name_dn,
+            validity=validity or DEFAULT_CA_VALIDITY,
+            now=now,
+            path_length=path_length,
+        )
         ca = CertificateAuthority(issued.certificate, key)
     else:
         parent_ca = load_issuer(services, _not_managed(parent) if caller else parent)
         _unexpired(parent_ca, parent, now)
         _unrevoked(services, parent)
+        if validity is None:
+            # Asked for nothing, told nothing: the default of 5Y clipped to the default
+            # issuer's one year warned on every intermediate made without --validity.
+            validity = min(DEFAULT_CA_VALIDITY, parent_ca.certificate.not_valid_after_utc - now)
         profile = PROFILES["intermediate"]
         if path_length is not None:
             profile = profile.with_path_length(path_length)
