@@ -165,6 +165,16 @@ def test_intermediate_created_fetched_and_issued_from_with_the_cli(
     assert openssl_verify("-CAfile", default_server.ca, leaf) == (
         "unable to get local issuer certificate"
     )
+    # Revoked (its key compromised): it issues nothing more, and the CLI says why in one line.
+    revoked = ok(_certctl(default_server, "issuers", "revoke", "cli-ops", "--reason",
+                          "keyCompromise", **env))  # fmt: skip
+    assert json.loads(revoked.stdout)["status"] == "revoked"
+    refused = _certctl(default_server, "certs", "issue", "--issuer", "cli-ops", "--cn", "late",
+                       "--out", str(tmp_path / "late"), **env)  # fmt: skip
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("certctl: error: HTTP 409: issuer cli-ops was revoked on ")
+    assert refused.stderr.count("\n") == 1
+    assert not (tmp_path / "late").exists()
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,7 @@ def _issuer_columns() -> list[Column]:
 
     return [
         Column("ID", _field("id"), key=True),
+        Column("STATUS", _field("status")),
         Column("NAME", _field("name")),
         Column("SUBJECT", _field("subject")),
         Column("KEY TYPE", _field("key_type")),
@@ -66,7 +67,8 @@ def _issuer_columns() -> list[Column]:
 def issuers_list(output: str | None = OUTPUT_OPTION) -> None:
     """List issuers (all of them: the server does not page this list).
 
-    On a terminal a table: id, name, subject, key type, notAfter (the date, and the days left).
+    On a terminal a table: id, status (active, expired, revoked), name, subject, key type,
+    notAfter (the date, and the days left).
     """
     _print_list(
         _request("GET", _ISSUERS),
@@ -138,6 +140,23 @@ def issuers_create(
     data = _request("POST", _ISSUERS, body)
     _warn_about(data)
     _print(data)
+
+
+@issuers_app.command("revoke", short_help="Revoke an intermediate issuer (onto its parent's CRL).")
+def issuers_revoke(
+    issuer_id: str = ISSUER_ID,
+    reason: str = typer.Option(
+        None, "--reason", help="keyCompromise, cACompromise, superseded, cessationOfOperation …"
+    ),
+) -> None:
+    """Revoke an intermediate issuer: its parent's next CRL lists it.
+
+    From then on it issues nothing (certificates, renewals, intermediates), and neither does
+    any issuer below it; its own CRL stays served. Other server processes and replicas learn
+    of it within a minute. A root cannot be revoked: take it out of the clients' trust stores.
+    Prints the issuer as JSON.
+    """
+    _print(_request("POST", f"{_ISSUERS}/{_seg(issuer_id)}/revoke", {"reason": reason}))
 
 
 @issuers_app.command("import", short_help="Import an existing CA (PEM pair or PKCS#12).")

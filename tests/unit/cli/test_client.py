@@ -1212,6 +1212,7 @@ def _issuer(issuer_id: str, name: str) -> dict[str, Any]:
         "subject": f"CN={name}",
         "key_type": "ec-p256",
         "not_after": "2999-01-01T00:00:00+00:00",
+        "status": "active",
         "certificate_pem": "-----BEGIN CERTIFICATE-----\n",
         "chain_pem": "",
     }
@@ -1228,14 +1229,39 @@ def test_issuers_list_table_and_json(
     header, row = capsys.readouterr().out.splitlines()
     assert header.split("  ")[0] == "ID"
     assert [c.strip() for c in header.split("  ") if c.strip()] == [
-        "ID", "NAME", "SUBJECT", "KEY TYPE", "NOT AFTER"
+        "ID", "STATUS", "NAME", "SUBJECT", "KEY TYPE", "NOT AFTER"
     ]  # fmt: skip
-    assert row.startswith("ops  Ops \\x1b[2JCA  CN=Ops \\x1b[2JCA  ec-p256   2999-01-01 (in ")
+    assert row.startswith(
+        "ops  active  Ops \\x1b[2JCA  CN=Ops \\x1b[2JCA  ec-p256   2999-01-01 (in "
+    )
     assert "BEGIN CERTIFICATE" not in row
     listener.answers["/api/v1/issuers"] = Answer(body=b'{"items": [], "next_cursor": null}')
     assert in_process("issuers", "list", "-o", "table") == 0
     assert capsys.readouterr().out == "no issuers\n"
     assert [seen.path for seen in listener.seen] == ["/api/v1/issuers"] * 3
+
+
+def test_issuers_revoke_sends_the_reason_and_says_the_refusal_in_one_line(
+    listener: Listener, in_process: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    revoked = _issuer("ops", "Ops CA") | {"status": "revoked", "revocation_reason": "keyCompromise"}
+    listener.answers["/api/v1/issuers/ops/revoke"] = Answer(body=json.dumps(revoked).encode())
+    assert in_process("issuers", "revoke", "ops", "--reason", "keyCompromise") == 0
+    assert json.loads(capsys.readouterr().out) == revoked
+    assert (listener.seen[-1].method, json.loads(listener.seen[-1].body)) == (
+        "POST",
+        {"reason": "keyCompromise"},
+    )
+    detail = "issuer default is a root CA (self-signed): no CRL above it can list it"
+    problem = {"type": "about:blank", "title": "Conflict", "status": 409, "detail": detail}
+    listener.answers["/api/v1/issuers/default/revoke"] = Answer(
+        409, body=json.dumps(problem).encode(), content_type="application/problem+json"
+    )
+    assert in_process("issuers", "revoke", "default") == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"certctl: error: HTTP 409: {problem['detail']}\n"
+    assert json.loads(listener.seen[-1].body) == {"reason": None}
 
 
 def test_issuers_create_sends_what_was_given_and_prints_the_warnings(
