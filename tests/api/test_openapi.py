@@ -50,6 +50,7 @@ DESIGN_ROUTES = {
     ("DELETE", "/api/v1/services/{name}"): "service.delete",
     # Beyond DESIGN §4's table, same permissions as the service they act on:
     ("POST", "/api/v1/services/{name}/renew"): "service.edit",
+    ("DELETE", "/api/v1/services/{name}/retired-ca"): "service.edit",
     ("GET", "/api/v1/services/{name}/clients"): "service.read",
     ("POST", "/api/v1/services/{name}/clients"): "service.edit",
     ("DELETE", "/api/v1/services/{name}/clients/{fingerprint}"): "service.edit",

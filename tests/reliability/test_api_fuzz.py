@@ -112,6 +112,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
             "/api/v1/certificates/{id}/renew": {"id": cert["id"]},
             "/api/v1/services/{name}": service,
             "/api/v1/services/{name}/renew": service,
+            "/api/v1/services/{name}/retired-ca": service,
             "/api/v1/services/{name}/clients": service,
             "/api/v1/services/{name}/clients/{fingerprint}": {
                 **service,

@@ -78,6 +78,8 @@ EXPECTED: dict[tuple[str, str], tuple[str, Any]] = {
     ("PUT", "/api/v1/services/{name}"): ("service.edit", _service_doc(SERVICE)),
     ("DELETE", "/api/v1/services/{name}"): ("service.delete", None),
     ("POST", "/api/v1/services/{name}/renew"): ("service.edit", None),
+    # The service keeps no replaced CA: an allowed caller gets 409, nothing changes.
+    ("DELETE", "/api/v1/services/{name}/retired-ca"): ("service.edit", None),
     ("GET", "/api/v1/services/{name}/clients"): ("service.read", None),
     ("POST", "/api/v1/services/{name}/clients"): ("service.edit", "client-pem"),
     ("DELETE", "/api/v1/services/{name}/clients/{fingerprint}"): ("service.edit", None),

@@ -32,6 +32,7 @@ from certctl.pki import (
     verify_certificate,
 )
 from certctl.services import tls_services
+from certctl.services.context import Principal
 from certctl.store.models import Issuer
 from tests._tools import ok, openssl_req, openssl_verify, run
 from tests.e2e.conftest import launch
@@ -347,6 +348,48 @@ def test_a_replaced_custom_ca_stays_in_ca_crt_for_the_overlap(env: Env) -> None:
     no_issuer = "unable to get local issuer certificate"
     assert openssl_verify(*at, "-CAfile", bundle, old_leaf) == no_issuer
     assert [e.event for e in env.events("web")] == ["issued", "renewed"]  # nothing more
+
+
+def test_the_overlap_of_a_replaced_ca_can_be_ended_at_once(env: Env) -> None:
+    # Replaced because its key leaked, the old CA must not stay trusted for a day: the
+    # operator ends the overlap (DELETE /api/v1/services/{name}/retired-ca), the next pass
+    # delivers ca.crt without it, and the status says until when it was kept before.
+    from certctl.errors import Conflict, NotFound, PermissionDenied
+
+    settings = {"cert_validity": timedelta(hours=8)}
+    target = env.tmp / "out" / "web"
+    target.parent.mkdir()
+    old_ca, old_files = good_ca_files(env.now)
+    write_secret(env.secrets_dir, "issuer", old_files)
+    env.put(service_doc("web", dns=NAMES, secret="issuer", targets=[{"directory": str(target)}]))
+    env.reconcile("web", **settings)
+    with pytest.raises(Conflict, match=r"^service web keeps no replaced CA in its ca\.crt$"):
+        tls_services.drop_retired_ca(env.services, env.admin, "web")
+    with pytest.raises(NotFound, match=r"^service nope not found$"):
+        tls_services.drop_retired_ca(env.services, env.admin, "nope")
+    new_ca, new_files = good_ca_files(env.now, "web-next")
+    write_secret(env.secrets_dir, "issuer", new_files)
+    swap = env.now + timedelta(minutes=1)
+    env.reconcile("web", swap, **settings)
+    bundle = target / "ca.crt"
+    assert bundle.read_bytes() == new_ca.cert_pem + old_ca.cert_pem
+    until = swap + env.settings_with(**settings).ca_renewal_margin
+    status = tls_services.service_json(env.row("web"))["status"]
+    assert status["retired_ca_until"] == until.isoformat()
+
+    env.at(swap + timedelta(minutes=1))
+    row = tls_services.drop_retired_ca(env.services, env.admin, "web")
+    assert row.retired_ca_until == env.now
+    assert tls_services.due(env.row("web"), env.now)  # the pass that drops it is due now
+    env.reconcile("web", env.now, **settings)
+    assert bundle.read_bytes() == new_ca.cert_pem
+    assert env.outputs("web")["certs-public"]["ca.crt"] == new_ca.cert_pem
+    assert tls_services.service_json(env.row("web"))["status"]["retired_ca_until"] is None
+    with pytest.raises(Conflict):
+        tls_services.drop_retired_ca(env.services, env.admin, "web")
+    viewer = Principal("v", ("r-viewer",), frozenset({"service.read"}), "test")
+    with pytest.raises(PermissionDenied, match=r"service\.edit"):
+        tls_services.drop_retired_ca(env.services, viewer, "web")
 
 
 def test_a_switch_from_a_custom_ca_to_the_service_ca_keeps_the_old_one_until_its_leaf_ends(

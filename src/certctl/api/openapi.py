@@ -189,6 +189,7 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
                     "serial": _STR_OR_NULL,
                     "not_after": _TIME_OR_NULL,
                     "next_renewal": _TIME_OR_NULL,
+                    "retired_ca_until": _TIME_OR_NULL,
                     "targets": {"type": "object", "additionalProperties": _STR},
                 }
             ),
@@ -264,6 +265,7 @@ _SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/v1/services/{name}"): _json("Service"),
     ("PUT", "/api/v1/services/{name}"): _json("Service"),
     ("POST", "/api/v1/services/{name}/renew"): _json("Service"),
+    ("DELETE", "/api/v1/services/{name}/retired-ca"): _json("Service"),
     ("GET", "/api/v1/services/{name}/clients"): _json("ServiceClientList"),
     ("POST", "/api/v1/services/{name}/clients"): _json("ServiceClientsAdded"),
     ("GET", "/api/v1/services/{name}/outputs/{output}"): _json("ServiceOutput"),

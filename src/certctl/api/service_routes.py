@@ -105,6 +105,14 @@ async def renew_service(request: Request, principal: Principal | None) -> Respon
     return json_response(tls_services.service_json(row), 202)
 
 
+async def drop_retired_ca(request: Request, principal: Principal | None) -> Response:
+    row = tls_services.drop_retired_ca(
+        services_of(request), caller_of(principal), request.path_params["name"]
+    )
+    _wake(request)
+    return json_response(tls_services.service_json(row), 202)
+
+
 async def list_clients(request: Request, principal: Principal | None) -> Response:
     from sqlalchemy import select
 
@@ -213,6 +221,15 @@ SERVICE_ROUTES: tuple[ApiRoute, ...] = (
         "service.edit",
         renew_service,
         "Reissue the service certificate now",
+        None,
+        202,
+    ),
+    ApiRoute(
+        "DELETE",
+        "/api/v1/services/{name}/retired-ca",
+        "service.edit",
+        drop_retired_ca,
+        "Stop trusting the replaced CA now (ends its overlap in ca.crt at the next pass)",
         None,
         202,
     ),

@@ -341,6 +341,22 @@ def renew(
     typer.echo(f"tlsservice/{name} renewal requested")
 
 
+@services_app.command(
+    "drop-retired-ca", short_help="Stop trusting a service's replaced CA now (no overlap)."
+)
+def drop_retired_ca(
+    name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
+) -> None:
+    """End the overlap of a replaced CA: the next pass delivers ca.crt without it.
+
+    When a service's CA is replaced by another (a new custom CA, or a switch to or from its
+    own), ca.crt keeps the old CA after the new one for the CA renewal margin, so servers not
+    reloaded yet stay trusted. If the old CA was replaced because its key leaked, end that now.
+    """
+    _request("DELETE", f"/api/v1/services/{_seg(name)}/retired-ca")
+    typer.echo(f"tlsservice/{name}: the replaced CA leaves ca.crt at the next pass")
+
+
 @clients_app.command("add")
 def clients_add(
     name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),

@@ -338,6 +338,27 @@ def request_renewal(services: Services, caller: Principal, name: str) -> Managed
     return row
 
 
+def drop_retired_ca(services: Services, caller: Principal, name: str) -> ManagedService:
+    """End the overlap of a replaced CA now: the next pass delivers ``ca.crt`` without it.
+
+    The overlap keeps servers not yet reloaded trusted; after a replacement because the old
+    CA's key was compromised, the operator wants it distrusted at once, not a day later.
+    """
+    caller.require("service.edit")
+    now = services.clock()
+    with services.sessions.begin() as session:
+        _lock_service_row(session)
+        row = session.get(ManagedService, name, with_for_update=True)
+        if row is None:
+            raise NotFound(f"service {name} not found")
+        if row.retired_ca_pem is None or row.retired_ca_until is None:
+            raise Conflict(f"service {name} keeps no replaced CA in its ca.crt")
+        # due() takes a passed retired_ca_until as work; that pass drops it and delivers.
+        row.retired_ca_until = min(row.retired_ca_until, now)
+        record_call(session, caller, now, "service.drop-retired-ca", name)
+    return row
+
+
 # --- client trust ------------------------------------------------------------------------
 
 
@@ -1780,6 +1801,8 @@ def service_json(row: ManagedService) -> dict[str, Any]:
             "serial": row.serial,
             "not_after": row.not_after.isoformat() if row.not_after else None,
             "next_renewal": row.renew_at.isoformat() if row.renew_at else None,
+            # A replaced CA still in ca.crt (servers not reloaded stay trusted) until then.
+            "retired_ca_until": row.retired_ca_until.isoformat() if row.retired_ca_until else None,
             "targets": row.delivered or {},
         },
         "created_at": row.created_at.isoformat(),

@@ -1498,3 +1498,27 @@ def test_issuers_ca_whose_stdout_fails_ends_quietly_or_in_one_line(
         (1, b""),
         (1, b"certctl: error: cannot write to stdout: No space left on device\n"),
     ]
+
+
+def test_services_drop_retired_ca_asks_once_and_says_what_happens(
+    listener: Listener, in_process: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    listener.answers["/api/v1/services/web/retired-ca"] = Answer(
+        202, body=json.dumps({"name": "web", "status": {"retired_ca_until": None}}).encode()
+    )
+    assert in_process("services", "drop-retired-ca", "web") == 0
+    assert capsys.readouterr().out == (
+        "tlsservice/web: the replaced CA leaves ca.crt at the next pass\n"
+    )
+    assert [(s.method, s.path) for s in listener.seen] == [
+        ("DELETE", "/api/v1/services/web/retired-ca")
+    ]
+    detail = "service api keeps no replaced CA in its ca.crt"
+    listener.answers["/api/v1/services/api/retired-ca"] = Answer(
+        409,
+        body=json.dumps({"title": "Conflict", "status": 409, "detail": detail}).encode(),
+        content_type="application/problem+json",
+    )
+    assert in_process("services", "drop-retired-ca", "api") == 1
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"certctl: error: HTTP 409: {detail}\n")
