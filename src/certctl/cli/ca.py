@@ -29,6 +29,21 @@ __all__ = ["app"]
 app = typer.Typer(help="Create or import certificate authorities.", no_args_is_help=True)
 
 KEY_TYPES = "ec-p256 (default), ec-p384, ed25519, rsa-2048, rsa-3072, rsa-4096"
+# Shared with `certctl issuers create` (a CA made on the server), where they mean the same.
+SUBJECT_OPTION: str = typer.Option(
+    None, "--subject", help="Full RFC 4514 subject, e.g. 'CN=Ops CA,O=Example'."
+)
+KEY_TYPE_OPTION: str = typer.Option("ec-p256", "--key-type", help=f"Key type: {KEY_TYPES}.")
+PATH_LENGTH_OPTION: int = typer.Option(
+    None,
+    "--path-length",
+    # The range the API takes too (profiles.MAX_PATH_LENGTH, not imported: it would load
+    # cryptography for --help); click refuses anything else, huge numbers included.
+    min=0,
+    max=10,
+    help="Intermediates below this CA, 0-10 "
+    "(default: unlimited for a root, 0 for an intermediate).",
+)
 
 
 @app.command("create")
@@ -41,10 +56,8 @@ def create(
         "--cn",
         help="Common name (default: 'certctl Root CA'; with --parent, 'certctl Intermediate CA').",
     ),
-    subject: str = typer.Option(
-        None, "--subject", help="Full RFC 4514 subject, e.g. 'CN=Ops CA,O=Example'."
-    ),
-    key_type: str = typer.Option("ec-p256", "--key-type", help=f"Key type: {KEY_TYPES}."),
+    subject: str = SUBJECT_OPTION,
+    key_type: str = KEY_TYPE_OPTION,
     validity: str = typer.Option(
         None,
         "--validity",
@@ -54,16 +67,7 @@ def create(
     parent: Path = typer.Option(
         None, "--parent", help="CA directory that signs this one (makes an intermediate)."
     ),
-    path_length: int = typer.Option(
-        None,
-        "--path-length",
-        # The range the API takes too (profiles.MAX_PATH_LENGTH, not imported: it would load
-        # cryptography for --help); click refuses anything else, huge numbers included.
-        min=0,
-        max=10,
-        help="Intermediates below this CA, 0-10 "
-        "(default: unlimited for a root, 0 for an intermediate).",
-    ),
+    path_length: int = PATH_LENGTH_OPTION,
     key_password_file: Path = typer.Option(
         None,
         "--key-password-file",

@@ -18,7 +18,7 @@ import typer
 
 from certctl.cli._listing import Column
 from certctl.cli._stdin import STDIN_HELP, password_file_option
-from certctl.cli.ca import KEY_TYPES
+from certctl.cli.ca import KEY_TYPE_OPTION, PATH_LENGTH_OPTION, SUBJECT_OPTION
 from certctl.cli.client import (
     ENV_HELP,
     OUTPUT_OPTION,
@@ -92,10 +92,8 @@ def issuers_create(
     ),
     name: str = typer.Option("", "--name", help="Display name."),
     cn: str = typer.Option(None, "--cn", help="Common name (default: 'certctl ISSUER_ID CA')."),
-    subject: str = typer.Option(
-        None, "--subject", help="Full RFC 4514 subject, e.g. 'CN=Ops CA,O=Example'."
-    ),
-    key_type: str = typer.Option("ec-p256", "--key-type", help=f"Key type: {KEY_TYPES}."),
+    subject: str = SUBJECT_OPTION,
+    key_type: str = KEY_TYPE_OPTION,
     validity: str = typer.Option(
         None,
         "--validity",
@@ -109,15 +107,7 @@ def issuers_create(
         metavar="ISSUER_ID",
         help="Issuer that signs this one (makes an intermediate), e.g. default.",
     ),
-    path_length: int = typer.Option(
-        None,
-        "--path-length",
-        # The range the API takes (schemas.IssuerCreate), as `ca create` has it.
-        min=0,
-        max=10,
-        help="Intermediates below this CA, 0-10 "
-        "(default: unlimited for a root, 0 for an intermediate).",
-    ),
+    path_length: int = PATH_LENGTH_OPTION,
 ) -> None:
     """Create a root CA on the server, or an intermediate signed by issuer --parent.
 
