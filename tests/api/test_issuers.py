@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,6 +88,63 @@ def test_ca_pem_and_ca_der_are_public(api: Api, tmp_path: Path) -> None:
         pem_headers = api.get(f"{ISSUERS}/default/ca.pem", key).headers
         assert der_headers.get("cache-control") == pem_headers.get("cache-control"), key
     assert_problem(api.get(f"{ISSUERS}/nope/ca.der"), 404)
+
+
+def test_ca_routes_say_how_long_to_cache_and_answer_if_none_match(api: Api) -> None:
+    """ca.pem and ca.der carry explicit freshness and a strong ETag, and revalidate with a 304.
+
+    Before, neither sent Cache-Control nor ETag: every TLS client following a caIssuers URI,
+    and every CDN or proxy in front, fetched the whole certificate again (or kept it for a
+    default of its own).
+    """
+    paths = (f"{ISSUERS}/default/ca.pem", f"{ISSUERS}/default/ca.pem?chain=true",
+             f"{ISSUERS}/default/ca.der")  # fmt: skip
+    tags: dict[str, bytes] = {}
+    for path in paths:
+        r = api.get(path)
+        assert r.status_code == 200, r.text
+        assert r.headers["cache-control"] == "public, max-age=3600", path
+        etag = r.headers["etag"]
+        assert re.fullmatch(r'"[0-9a-f]{64}"', etag), etag  # strong (no W/): a SHA-256
+        assert api.get(path).headers["etag"] == etag  # the same bytes, the same tag
+        tags[etag] = r.content
+        # A client or cache holding it: 304, no body, the same validators and freshness.
+        for held in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+            again = api.get(path, headers={"If-None-Match": held})
+            assert again.status_code == 304, (path, held)
+            assert again.content == b""
+            assert again.headers["etag"] == etag
+            assert again.headers["cache-control"] == "public, max-age=3600"
+            assert "content-type" not in again.headers
+        changed = api.get(path, headers={"If-None-Match": '"other"'})
+        assert changed.status_code == 200
+        assert changed.content == r.content
+        # HEAD (Starlette answers it through the GET route): the same headers, no body.
+        head = api.request("HEAD", path)
+        assert head.status_code == 200
+        assert head.content == b""
+        assert {k: head.headers[k] for k in ("etag", "cache-control", "content-type")} == {
+            k: r.headers[k] for k in ("etag", "cache-control", "content-type")
+        }
+        assert api.request("HEAD", path, headers={"If-None-Match": etag}).status_code == 304
+    # One tag per body: the PEM and the DER differ (a root's chain=true is its ca.pem).
+    assert len(tags) == len(set(tags.values())) == 2
+    # An unknown issuer is still a 404, whatever the client holds.
+    assert_problem(api.get(f"{ISSUERS}/nope/ca.der", headers={"If-None-Match": "*"}), 404)
+
+
+def test_ca_routes_are_never_cached_past_the_certificates_notafter(api: Api) -> None:
+    """Within an hour of its notAfter, max-age ends with the certificate; after it, 0.
+
+    A cache keeping an hour-old copy would keep it past its end, and a client trusting it
+    then would fail its chains while the server already serves the renewed one.
+    """
+    not_after = _cert(api.get(f"{ISSUERS}/default/ca.pem").text).not_valid_after_utc
+    api.clock.now = not_after - timedelta(minutes=10)
+    for path in (f"{ISSUERS}/default/ca.pem", f"{ISSUERS}/default/ca.der"):
+        assert api.get(path).headers["cache-control"] == "public, max-age=600"
+    api.clock.now = not_after + timedelta(seconds=1)
+    assert api.get(f"{ISSUERS}/default/ca.der").headers["cache-control"] == "public, max-age=0"
 
 
 def test_create_root_and_intermediate(api: Api) -> None:

@@ -172,3 +172,20 @@ def test_the_revocation_reasons_are_documented_as_the_ones_taken(api: Api) -> No
         f"/api/v1/certificates/{extra}/revoke", api.admin_key, json={"reason": "certificateHold"}
     )
     assert ", ".join(documented) in assert_problem(refused, 400)["detail"]
+
+
+def test_the_ca_routes_caching_is_documented(api: Api) -> None:
+    """ca.pem/ca.der: If-None-Match, the 304, and Cache-Control and ETag on both answers."""
+    paths = api.get("/api/v1/openapi.json").json()["paths"]
+    for path in ("/api/v1/issuers/{id}/ca.pem", "/api/v1/issuers/{id}/ca.der"):
+        op = paths[path]["get"]
+        assert "If-None-Match" in {p["name"] for p in op["parameters"] if p["in"] == "header"}
+        served = api.get(path.replace("{id}", "default"))
+        held = api.get(path.replace("{id}", "default"), headers={"If-None-Match": "*"})
+        for answer in (served, held):
+            headers = op["responses"][str(answer.status_code)]["headers"]
+            assert {name.lower() for name in headers} == {"cache-control", "etag"}
+            assert {name.lower() for name in headers} <= set(answer.headers)
+        assert "content" not in op["responses"]["304"]
+    crl = paths["/api/v1/issuers/{id}/crl"]["get"]["responses"]["200"]
+    assert set(crl["headers"]) == {"Cache-Control"}

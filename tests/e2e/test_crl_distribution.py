@@ -84,11 +84,18 @@ def test_issued_leaves_name_their_issuer_and_a_crl_that_shows_their_revocation(
     # The caIssuers URL, followed without credentials: one DER certificate (RFC 5280
     # 4.2.2.1), which openssl reads as DER; it is the issuer, so it anchors the checks below.
     aia = ca_issuers(leaf["certificate_pem"], tmp_path)[0]
+    etag = tmp_path / "etag"
     got = ok(
         run("curl", "-sS", "--fail", "--cacert", server.ca, "-o", tmp_path / "issuer.der",
-            "-w", "%{content_type}", aia)
+            "-w", "%{content_type}", "--etag-save", etag, aia)
     )  # fmt: skip
     assert got.stdout == "application/pkix-cert"
+    # A client holding it revalidates through the real server: 304, no body sent again.
+    again = ok(
+        run("curl", "-sS", "--fail", "--cacert", server.ca, "-o", tmp_path / "again.der",
+            "-w", "%{http_code} %{size_download}", "--etag-compare", etag, aia)
+    )  # fmt: skip
+    assert again.stdout == "304 0"
     der = (tmp_path / "issuer.der").read_bytes()
     assert der == x509.load_pem_x509_certificate(ca_pem.content).public_bytes(Encoding.DER)
     issuer_ca = tmp_path / "issuer.pem"

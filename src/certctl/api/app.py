@@ -6,6 +6,7 @@ document and the authorization tests are all generated from that table.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -13,7 +14,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -60,6 +61,9 @@ from certctl.services.context import Principal, Services
 from certctl.services.tls_services import TargetPolicy
 from certctl.store.db import constraint_conflict, storage_error
 from certctl.store.models import Actor, ApiKey, Role
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -416,7 +420,9 @@ async def issuer_ca_pem(request: Request, principal: Principal | None) -> Respon
 
     # chain=true: the CAs above it too, nearest first, ending with the root clients trust.
     certs = [ca.certificate, *ca.chain] if chain == "true" else [ca.certificate]
-    return Response(certs_to_pem(certs), media_type="application/x-pem-file")
+    return _public_certificate(
+        request, certs_to_pem(certs), "application/x-pem-file", ca.certificate
+    )
 
 
 async def issuer_ca_der(request: Request, principal: Principal | None) -> Response:
@@ -425,7 +431,41 @@ async def issuer_ca_der(request: Request, principal: Principal | None) -> Respon
     ca = issuance.load_issuer(_services(request), request.path_params["id"])
     # What a caIssuers URI names (RFC 5280 4.2.2.1): one DER certificate, application/pkix-cert
     # (RFC 2585 4.1); the client follows it to build a path, so never a chain or PEM.
-    return Response(ca.certificate.public_bytes(Encoding.DER), media_type="application/pkix-cert")
+    return _public_certificate(
+        request, ca.certificate.public_bytes(Encoding.DER), "application/pkix-cert", ca.certificate
+    )
+
+
+def _public_certificate(
+    request: Request, body: bytes, media_type: str, certificate: x509.Certificate
+) -> Response:
+    """``body`` with explicit freshness and a strong ETag, or a 304 to a client holding it.
+
+    As nginx or Vault's PKI ``/ca`` answer: a client, CDN or proxy revalidates its copy with
+    ``If-None-Match`` and gets 304 with no body. HEAD takes the GET route (Starlette adds it).
+    """
+    # Strong: the tag names these exact bytes (RFC 9110 8.8.3); ca.pem, ca.pem?chain=true and
+    # ca.der each have their own.
+    etag = f'"{hashlib.sha256(body).hexdigest()}"'
+    max_age = issuance.ca_max_age_s(certificate, _services(request).clock())
+    headers = {"Cache-Control": f"public, max-age={max_age}", "ETag": etag}
+    if _none_match(request.headers.getlist("if-none-match"), etag):
+        # RFC 9110 15.4.5: a 304 carries the ETag and Cache-Control a 200 would have.
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media_type, headers=headers)
+
+
+def _none_match(values: list[str], etag: str) -> bool:
+    """Whether an If-None-Match header (each of several) names ``etag`` or is ``*``.
+
+    RFC 9110 13.1.2: compared weakly, so ``W/"x"`` matches ``"x"``.
+    """
+    for value in values:
+        for tag in value.split(","):
+            tag = tag.strip()
+            if tag == "*" or tag.removeprefix("W/") == etag:
+                return True
+    return False
 
 
 async def issuer_crl(request: Request, principal: Principal | None) -> Response:

@@ -293,6 +293,48 @@ _LOCATION = {
 }
 
 
+def _cache_control(description: str) -> dict[str, Any]:
+    return {
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", "pattern": "^public, max-age=[0-9]+$"},
+    }
+
+
+# The public CA certificate routes: explicit freshness and a validator on every 200 and 304,
+# so a client, CDN or proxy following a caIssuers URI revalidates instead of refetching.
+_FRESHNESS = {
+    "Cache-Control": _cache_control(
+        "public, max-age: an hour at most, never past the certificate's notAfter"
+    ),
+    "ETag": {
+        "required": True,
+        "description": "strong, from the bytes of the body (RFC 9110 8.8.3)",
+        "schema": {"type": "string", "pattern": '^"[0-9a-f]{64}"$'},
+    },
+}
+_REVALIDATED = frozenset(
+    {("GET", "/api/v1/issuers/{id}/ca.pem"), ("GET", "/api/v1/issuers/{id}/ca.der")}
+)
+_IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "ETags held (or *): 304 without a body when one is the current one",
+}
+# The CRL: as long as this server reuses it (no ETag: each CRL signed is new bytes).
+_SUCCESS_HEADERS = {
+    **dict.fromkeys(_REVALIDATED, _FRESHNESS),
+    ("GET", "/api/v1/issuers/{id}/crl"): {
+        "Cache-Control": _cache_control(
+            "public, max-age: as long as this server reuses the CRL (10 minutes at most, "
+            "never past its nextUpdate)"
+        )
+    },
+}
+
+
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {
         "name": name,
@@ -402,7 +444,14 @@ def build_openapi(routes: Sequence[ApiRoute]) -> dict[str, Any]:
             success["content"] = _SUCCESS[key]
         if route.success == 201:
             success["headers"] = _LOCATION
+        if key in _SUCCESS_HEADERS:
+            success["headers"] = _SUCCESS_HEADERS[key]
         responses: dict[str, Any] = {str(route.success): success}
+        if key in _REVALIDATED:
+            responses["304"] = {
+                "description": "not modified: If-None-Match names the current ETag; no body",
+                "headers": _FRESHNESS,
+            }
         if key in _ALSO_SUCCESS:
             code, description = _ALSO_SUCCESS[key]
             also = {k: v for k, v in success.items() if k != "headers"}
@@ -422,6 +471,8 @@ def build_openapi(routes: Sequence[ApiRoute]) -> dict[str, Any]:
             for name in re.findall(r"{(\w+)}", route.path)
         ]
         params += _QUERY.get(key, [])
+        if key in _REVALIDATED:
+            params.append(_IF_NONE_MATCH)
         if params:
             op["parameters"] = params
         if route.permission != "public":

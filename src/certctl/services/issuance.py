@@ -59,12 +59,14 @@ from certctl.store.groupcommit import Insert, write_rows
 from certctl.store.models import Actor, AuditEvent, CertificateRecord, Issuer
 
 __all__ = [
+    "CA_CERT_MAX_AGE",
     "DEFAULT_ISSUER",
     "REVOCATION_REASONS",
     "CertificateView",
     "IssueResult",
     "IssuedRecord",
     "PendingIssue",
+    "ca_max_age_s",
     "create_issuer",
     "crl_for",
     "crl_max_age_s",
@@ -1632,6 +1634,24 @@ def crl_max_age_s(crl: x509.CertificateRevocationList, now: datetime) -> int:
     """
     signed_at = crl.last_update_utc + BACKDATE
     until = min(signed_at + CRL_REUSE, crl.next_update_utc or signed_at + CRL_REUSE)
+    return max(0, int((until - now).total_seconds()))
+
+
+# How long an HTTP cache may keep an issuer's certificate (ca.pem, ca.der). It changes only
+# when the CA is renewed, with the same key and subject, so what it signed verifies under the
+# old copy as under the new one, and ca-cert-rotate-before ahead of its notAfter; or when its
+# issuer is deleted. An hour keeps every TLS client following a caIssuers URI, and every CDN in
+# front, to one revalidation (a 304) an hour; each process sees another's renewal within a
+# minute (ISSUER_CACHE_CHECK_S), well inside it.
+CA_CERT_MAX_AGE = timedelta(hours=1)
+
+
+def ca_max_age_s(certificate: x509.Certificate, now: datetime) -> int:
+    """How long an HTTP cache may keep ``certificate``: an hour, never past its notAfter.
+
+    A copy kept past it would fail every chain while the renewed one is served already.
+    """
+    until = min(now + CA_CERT_MAX_AGE, certificate.not_valid_after_utc)
     return max(0, int((until - now).total_seconds()))
 
 
