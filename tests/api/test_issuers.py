@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import anyio
+import httpx2
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import event, select, update
 
+from certctl.api.app import CA_READ_THREADS
+from certctl.errors import CertctlError
 from certctl.pki import (
     CertificateAuthority,
     KeyType,
@@ -20,6 +29,9 @@ from certctl.pki import (
     key_to_pem,
     verify_certificate,
 )
+from certctl.services import issuance
+from certctl.services.context import Services
+from certctl.store.models import Issuer
 from tests._tools import ok, run
 from tests.api.conftest import Api, assert_problem
 
@@ -145,6 +157,108 @@ def test_ca_routes_are_never_cached_past_the_certificates_notafter(api: Api) -> 
         assert api.get(path).headers["cache-control"] == "public, max-age=600"
     api.clock.now = not_after + timedelta(seconds=1)
     assert api.get(f"{ISSUERS}/default/ca.der").headers["cache-control"] == "public, max-age=0"
+
+
+def test_ca_routes_never_unwrap_the_issuers_key(api: Api) -> None:
+    """ca.pem and ca.der serve the certificate without decrypting the CA key.
+
+    Before, they loaded the whole CA: a process's first request for an issuer unwrapped and
+    parsed its key (0.5 s for RSA-4096) on the event loop, for anyone, and a key that could
+    not be unwrapped (another KEK, a damaged row) made the public certificate a 500.
+    """
+    r = api.post(ISSUERS, api.admin_key, json={"id": "sealed", "validity": "2Y"})
+    assert r.status_code == 201, r.text
+    with api.services.engine.begin() as connection:  # damaged: no KEK opens it now
+        blob = connection.scalar(select(Issuer.wrapped_key).where(Issuer.id == "sealed"))
+        assert blob is not None
+        damaged = blob[:-1] + bytes([blob[-1] ^ 1])
+        connection.execute(update(Issuer).where(Issuer.id == "sealed").values(wrapped_key=damaged))
+    api.services.forget_issuer("sealed")  # as a process that has not loaded it yet
+    with pytest.raises(CertctlError, match="cannot unwrap the stored key"):
+        issuance.load_issuer(api.services, "sealed")
+    pem = api.get(f"{ISSUERS}/sealed/ca.pem")
+    assert pem.status_code == 200, pem.text
+    assert pem.text == r.json()["certificate_pem"]
+    der = api.get(f"{ISSUERS}/sealed/ca.der")
+    assert der.status_code == 200, der.text
+    assert der.content == _cert(pem.text).public_bytes(Encoding.DER)
+    assert api.services.cached_issuer("sealed") is None  # nor cached a CA with its key
+
+
+def test_ca_routes_read_the_store_off_the_event_loop(api: Api) -> None:
+    """The public routes' store reads (a first request, an unknown id) run in a worker thread.
+
+    Before, they ran on the event loop: a burst of anonymous requests for unknown issuers
+    stalled every other request of the process (in-process, PostgreSQL: 300 such requests
+    stalled the loop for 274 ms).
+    """
+    api.services.forget_issuer("default")
+    on_loop: list[str] = []
+
+    def where(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a worker thread
+        on_loop.append(statement)
+
+    event.listen(api.services.engine, "before_cursor_execute", where)
+    try:
+        for path in ("default/ca.der", "default/ca.pem", "nope/ca.der", "nope/ca.pem"):
+            assert api.get(f"{ISSUERS}/{path}").status_code in (200, 404)
+    finally:
+        event.remove(api.services.engine, "before_cursor_execute", where)
+    assert on_loop == []
+
+
+def test_a_flood_of_unknown_issuer_ids_reads_in_a_few_threads(api: Api) -> None:
+    """Anonymous misses use their own few threads, not the pool issuance and CRLs share."""
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def slow_read(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.02)  # a store that answers slowly: the reads overlap
+        with lock:
+            in_flight[0] -= 1
+
+    async def flood() -> list[int]:
+        transport = httpx2.ASGITransport(app=api.client.app)
+        async with httpx2.AsyncClient(transport=transport, base_url="https://t") as client:
+            answers = await asyncio.gather(
+                *(client.get(f"{ISSUERS}/nope-{i}/ca.der") for i in range(12))
+            )
+        return [r.status_code for r in answers]
+
+    event.listen(api.services.engine, "before_cursor_execute", slow_read)
+    try:
+        assert anyio.run(flood) == [404] * 12
+    finally:
+        event.remove(api.services.engine, "before_cursor_execute", slow_read)
+    assert 1 <= most[0] <= CA_READ_THREADS
+
+
+def test_ca_routes_follow_a_renewal_elsewhere(api: Api) -> None:
+    """Another replica renews the CA: this process serves the new certificate after its
+    periodic check (refresh_cached_issuers, every minute), the old one until then."""
+    api.services.forget_issuer("default")  # what this process serves comes from the store
+    old = api.get(f"{ISSUERS}/default/ca.der")
+    other = Services(api.services.engine, api.services.sessions, api.services.wrapper)
+    ca = issuance.load_issuer(other, "default")
+    renewed, wrote = issuance.renew_root_issuer(
+        other, "default", ca, validity=timedelta(days=800), now=api.clock()
+    )
+    assert wrote
+    assert api.get(f"{ISSUERS}/default/ca.der").content == old.content  # not checked yet
+    assert issuance.refresh_cached_issuers(api.services) == ["default"]
+    new = api.get(f"{ISSUERS}/default/ca.der", headers={"If-None-Match": old.headers["etag"]})
+    assert new.status_code == 200
+    assert new.content == renewed.certificate.public_bytes(Encoding.DER)
+    assert new.headers["etag"] != old.headers["etag"]
+    pem = api.get(f"{ISSUERS}/default/ca.pem").text
+    assert _cert(pem) == renewed.certificate
 
 
 def test_create_root_and_intermediate(api: Api) -> None:

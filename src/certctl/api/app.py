@@ -57,7 +57,7 @@ from certctl.metrics.registry import (
 )
 from certctl.pki import DNPattern, parse_duration
 from certctl.services import audit, issuance, rbac
-from certctl.services.context import Principal, Services
+from certctl.services.context import IssuerCertificates, Principal, Services
 from certctl.services.tls_services import TargetPolicy
 from certctl.store.db import constraint_conflict, storage_error
 from certctl.store.models import Actor, ApiKey, Role
@@ -80,6 +80,10 @@ MAX_BODY_BYTES = 1024 * 1024
 # Request line plus headers. uvicorn's h11 parser refuses a larger head only while it is still
 # incomplete (400); one that arrives whole in a single read is refused here (431).
 MAX_HEADER_BYTES = 16 * 1024
+# Worker threads for the public CA routes' store reads (an issuer not cached yet, an unknown
+# id): a few overlap PostgreSQL round trips; more only contend for the GIL with the event
+# loop, and anonymous requests must not take the default pool's 40 from issuance and CRLs.
+CA_READ_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -415,7 +419,7 @@ async def issuer_ca_pem(request: Request, principal: Principal | None) -> Respon
     chain = request.query_params.get("chain", "false")
     if chain not in ("true", "false"):
         raise InvalidRequest(f"chain={chain[:20]}: must be true or false")
-    ca = issuance.load_issuer(_services(request), request.path_params["id"])
+    ca = await _issuer_certificates(request)
     from certctl.pki import certs_to_pem
 
     # chain=true: the CAs above it too, nearest first, ending with the root clients trust.
@@ -428,11 +432,29 @@ async def issuer_ca_pem(request: Request, principal: Principal | None) -> Respon
 async def issuer_ca_der(request: Request, principal: Principal | None) -> Response:
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    ca = issuance.load_issuer(_services(request), request.path_params["id"])
+    ca = await _issuer_certificates(request)
     # What a caIssuers URI names (RFC 5280 4.2.2.1): one DER certificate, application/pkix-cert
     # (RFC 2585 4.1); the client follows it to build a path, so never a chain or PEM.
     return _public_certificate(
         request, ca.certificate.public_bytes(Encoding.DER), "application/pkix-cert", ca.certificate
+    )
+
+
+async def _issuer_certificates(request: Request) -> IssuerCertificates:
+    """The issuer's certificates for its public routes, without its key.
+
+    Held by this process: no store read, no thread. Otherwise (its first request here, or
+    an unknown id) the read runs in a worker thread: these routes answer anyone, and every
+    TLS client following a caIssuers URI may ask at once. At most :data:`CA_READ_THREADS`
+    of them, so a flood of unknown ids leaves the default pool to issuance and CRLs.
+    """
+    services, issuer_id = _services(request), request.path_params["id"]
+    cached = services.cached_certificates(issuer_id)
+    if cached is not None:
+        return cached
+    return await anyio.to_thread.run_sync(
+        lambda: issuance.load_issuer_certificates(services, issuer_id),
+        limiter=request.app.state.ca_reads,
     )
 
 
@@ -1522,5 +1544,6 @@ def create_app(
     app.state.auth_failure_limiter = auth_failure_limiter
     app.state.service_policy = service_policy or TargetPolicy()
     app.state.database_probe = DatabaseProbe(services.engine)
+    app.state.ca_reads = anyio.CapacityLimiter(CA_READ_THREADS)
     app.state.ready = True
     return AccessLogAndLimits(app, json_logs=json_logs)

@@ -16,7 +16,7 @@ from certctl.pki import CertificateAuthority
 from certctl.store.groupcommit import GroupCommit
 from certctl.store.keywrap import KeyWrapper
 
-__all__ = ["IssuerRevocation", "Principal", "Services", "SignedCrl", "utcnow"]
+__all__ = ["IssuerCertificates", "IssuerRevocation", "Principal", "Services", "SignedCrl", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -63,6 +63,14 @@ class IssuerRevocation:
     by: str
 
 
+@dataclass(frozen=True)
+class IssuerCertificates:
+    """An issuer's certificate and the CAs above it (nearest first), without its key."""
+
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+
+
 @dataclass
 class Services:
     """Store handles shared by the use cases; issuer keys are loaded once and cached."""
@@ -78,6 +86,9 @@ class Services:
     # Issuer id -> (revoked_at, reason) of the cached issuers that are revoked: loaded and
     # dropped with the CA, so a revocation reaches other processes as a renewal does.
     _revoked: dict[str, IssuerRevocation] = field(default_factory=dict)
+    # Issuer id -> its certificates, read without the key for the public CA routes (only
+    # ids that exist: an unknown one is never remembered). Dropped with ``_issuers``' entry.
+    _certificates: dict[str, IssuerCertificates] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # Counts forget_issuer calls: a load that read the store before one must not cache what
     # it read (a revocation committed in between would be undone here until the refresh).
@@ -126,11 +137,12 @@ class Services:
         return self._revoked.get(issuer_id)
 
     def forget_issuer(self, issuer_id: str) -> None:
-        """Drop a cached CA (its certificate was renewed, or it was revoked)."""
+        """Drop a cached CA and its cached certificates (renewed, revoked or deleted)."""
         with self._lock:
             self._forgotten += 1
             self._issuers.pop(issuer_id, None)
             self._revoked.pop(issuer_id, None)
+            self._certificates.pop(issuer_id, None)
 
     def issuer_cache_version(self) -> int:
         """Taken before reading an issuer from the store, for ``cache_issuer``."""
@@ -156,3 +168,26 @@ class Services:
                 self._revoked.pop(issuer_id, None)
             else:
                 self._revoked[issuer_id] = revoked
+            self._certificates.pop(issuer_id, None)  # the CA's own are as new or newer
+
+    def cached_certificates(self, issuer_id: str) -> IssuerCertificates | None:
+        """The issuer's certificates if this process holds them (its CA, or them alone)."""
+        ca = self._issuers.get(issuer_id)
+        if ca is not None:
+            return IssuerCertificates(ca.certificate, ca.chain)
+        return self._certificates.get(issuer_id)
+
+    def cached_certificates_only(self) -> dict[str, IssuerCertificates]:
+        """A copy of the certificates cached without their CA: issuer id -> certificates."""
+        with self._lock:
+            return dict(self._certificates)
+
+    def cache_certificates(
+        self, issuer_id: str, certificates: IssuerCertificates, version: int | None = None
+    ) -> None:
+        """Remember an issuer's certificates, read without its key (``version``: as above)."""
+        with self._lock:
+            if version is not None and version != self._forgotten:
+                return  # renewed or deleted while they were read: the next request rereads
+            if issuer_id not in self._issuers:
+                self._certificates[issuer_id] = certificates

@@ -53,7 +53,13 @@ from certctl.pki import (
 from certctl.pki.crl import RevokedEntry, create_crl
 from certctl.pki.issue import BACKDATE, IssuedCertificate
 from certctl.services.audit import event_values, record
-from certctl.services.context import IssuerRevocation, Principal, Services, SignedCrl
+from certctl.services.context import (
+    IssuerCertificates,
+    IssuerRevocation,
+    Principal,
+    Services,
+    SignedCrl,
+)
 from certctl.store.db import REVOCATION_LOCK, lock_for_write, unicode_lower
 from certctl.store.groupcommit import Insert, write_rows
 from certctl.store.models import Actor, AuditEvent, CertificateRecord, Issuer
@@ -77,6 +83,7 @@ __all__ = [
     "issue_with_key",
     "list_certificates",
     "load_issuer",
+    "load_issuer_certificates",
     "prepare_from_csr",
     "prepare_with_key",
     "refresh_cached_issuers",
@@ -448,6 +455,35 @@ def _revoked_above(session: Session, chain: Sequence[x509.Certificate]) -> Issue
     return None
 
 
+def load_issuer_certificates(services: Services, issuer_id: str) -> IssuerCertificates:
+    """The issuer's certificate and chain, what its public routes serve; never its key.
+
+    From this process's caches when there (its CA, or these alone); otherwise one read of
+    two columns, then kept until the issuer changes (:meth:`Services.forget_issuer`, or
+    :func:`refresh_cached_issuers` for a change made by another process or replica).
+
+    Raises:
+        NotFound: no issuer ``issuer_id``.
+    """
+    cached = services.cached_certificates(issuer_id)
+    if cached is not None:
+        return cached
+    version = services.issuer_cache_version()
+    with services.sessions() as session:
+        row = session.execute(
+            select(Issuer.certificate_pem, Issuer.chain_pem).where(Issuer.id == issuer_id)
+        ).one_or_none()
+    if row is None:
+        raise NotFound(f"issuer {issuer_id} not found")
+    certificate_pem, chain_pem = row
+    certificates = IssuerCertificates(
+        x509.load_pem_x509_certificate(certificate_pem.encode()),
+        tuple(x509.load_pem_x509_certificates(chain_pem.encode())) if chain_pem else (),
+    )
+    services.cache_certificates(issuer_id, certificates, version)
+    return certificates
+
+
 def renew_root_issuer(
     services: Services,
     issuer_id: str,
@@ -558,14 +594,18 @@ def _newly_below_revoked(
 
 
 def refresh_cached_issuers(services: Services) -> list[str]:
-    """Drop cached CAs whose stored certificate changed (renewed by another process).
+    """Drop cached CAs and certificates whose stored certificate changed (renewed elsewhere).
 
     Every process caches unwrapped issuer keys; a renewal in one of them (the leader, another
     worker, another replica on PostgreSQL) must reach the others before their cached
     certificate runs out, and a revocation before they issue much more from a revoked CA.
     Returns the ids dropped.
     """
-    cached = services.cached_issuers()
+    # The certificates cached for the public CA routes too: a replica must not serve a
+    # renewed or deleted CA's certificate for longer than this check's period.
+    cached = {i: c.certificate for i, c in services.cached_certificates_only().items()}
+    cached_cas = services.cached_issuers()
+    cached.update((i, ca.certificate) for i, ca in cached_cas.items())
     if not cached:
         return []
     with services.sessions() as session:
@@ -576,12 +616,18 @@ def refresh_cached_issuers(services: Services) -> list[str]:
         )
         stored = {issuer_id: (not_after, revoked_at) for issuer_id, not_after, revoked_at in rows}
         # An intermediate below one revoked elsewhere is dropped too (reloaded as refusing).
-        revoked = _revoked_certificates(session) if any(ca.chain for ca in cached.values()) else []
+        chained = any(ca.chain for ca in cached_cas.values())
+        revoked = _revoked_certificates(session) if chained else []
     stale = []
-    for issuer_id, ca in cached.items():
-        if _changed(
-            services, issuer_id, ca, *stored.get(issuer_id, (None, None))
-        ) or _newly_below_revoked(services, issuer_id, ca, revoked):
+    for issuer_id, certificate in cached.items():
+        ca = cached_cas.get(issuer_id)
+        if ca is None:  # certificates alone, for the public routes: renewed or deleted?
+            changed = stored.get(issuer_id, (None, None))[0] != certificate.not_valid_after_utc
+        else:
+            changed = _changed(
+                services, issuer_id, ca, *stored.get(issuer_id, (None, None))
+            ) or _newly_below_revoked(services, issuer_id, ca, revoked)
+        if changed:
             services.forget_issuer(issuer_id)
             stale.append(issuer_id)
     return stale
