@@ -238,7 +238,9 @@ def test_answers_carrying_secrets_are_not_cached_nor_sniffed(api: Api) -> None:
     assert_problem(refused, 401)
     for response in (ca, refused):
         assert response.headers["x-content-type-options"] == "nosniff"
-        assert "cache-control" not in response.headers
+    # The CA certificate says for how long (test_issuers checks the value), never no-store.
+    assert ca.headers["cache-control"].startswith("public, max-age=")
+    assert "cache-control" not in refused.headers
 
 
 def test_several_authorization_headers_are_refused(api: Api) -> None:
