@@ -242,6 +242,35 @@ def test_a_flood_of_unknown_issuer_ids_reads_in_a_few_threads(api: Api) -> None:
     assert 1 <= most[0] <= CA_READ_THREADS
 
 
+def test_a_flood_of_crl_requests_reads_in_a_few_threads(api: Api) -> None:
+    """Anonymous CRL fetches use their own few threads too (were the shared pool of 40)."""
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def slow_read(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.02)
+        with lock:
+            in_flight[0] -= 1
+
+    async def flood() -> list[int]:
+        transport = httpx2.ASGITransport(app=api.client.app)
+        async with httpx2.AsyncClient(transport=transport, base_url="https://t") as client:
+            answers = await asyncio.gather(
+                *(client.get(f"{ISSUERS}/{issuer}/crl") for issuer in ["default", "nope"] * 6)
+            )
+        return [r.status_code for r in answers]
+
+    event.listen(api.services.engine, "before_cursor_execute", slow_read)
+    try:
+        assert sorted(anyio.run(flood)) == [200] * 6 + [404] * 6
+    finally:
+        event.remove(api.services.engine, "before_cursor_execute", slow_read)
+    assert 1 <= most[0] <= CA_READ_THREADS
+
+
 def test_ca_routes_follow_a_renewal_elsewhere(api: Api) -> None:
     """Another replica renews the CA: this process serves the new certificate after its
     periodic check (refresh_cached_issuers, every minute), the old one until then."""

@@ -83,7 +83,7 @@ MAX_HEADER_BYTES = 16 * 1024
 # Worker threads for the public CA routes' store reads (an issuer not cached yet, an unknown
 # id): a few overlap PostgreSQL round trips; more only contend for the GIL with the event
 # loop, and anonymous requests must not take the default pool's 40 from issuance and CRLs.
-CA_READ_THREADS = 4
+CA_READ_THREADS = 4  # the CRL route has as many of its own
 
 
 @dataclass(frozen=True)
@@ -495,8 +495,12 @@ async def issuer_crl(request: Request, principal: Principal | None) -> Response:
 
     fmt = _format(request, ("der", "pem"))  # before a CRL number is spent
     services, issuer_id = _services(request), request.path_params["id"]
-    # A write (the CRL number), which may wait for SQLite's write lock: off the event loop.
-    crl = await anyio.to_thread.run_sync(lambda: issuance.crl_for(services, issuer_id))
+    # A write (the CRL number), which may wait for SQLite's write lock: off the event loop,
+    # in a few threads of its own: anyone may ask (every client checking revocation), and a
+    # flood must not take the default pool's 40 threads from issuance.
+    crl = await anyio.to_thread.run_sync(
+        lambda: issuance.crl_for(services, issuer_id), limiter=request.app.state.crl_reads
+    )
     # Explicit freshness, as long as this server reuses the CRL: without it a CDN or proxy
     # in front keeps the public CRL for its own default (CloudFront: 24 h), and a revocation
     # stays unseen behind it for that long.
@@ -1545,5 +1549,6 @@ def create_app(
     app.state.service_policy = service_policy or TargetPolicy()
     app.state.database_probe = DatabaseProbe(services.engine)
     app.state.ca_reads = anyio.CapacityLimiter(CA_READ_THREADS)
+    app.state.crl_reads = anyio.CapacityLimiter(CA_READ_THREADS)
     app.state.ready = True
     return AccessLogAndLimits(app, json_logs=json_logs)
