@@ -1038,3 +1038,31 @@ def test_a_load_that_read_before_a_revocation_does_not_cache_what_it_read(api: A
     assert services.cached_issuer("sub") is None
     refused = api.post(CERTS, api.admin_key, json={"issuer": "sub", "common_name": "x.example"})
     assert "issuer sub was revoked on" in assert_problem(refused, 409)["detail"]
+
+
+def test_a_revoked_issuer_loaded_while_another_is_dropped_still_refuses(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The refusal read the revocation from the cache, apart from the load: a load that was
+    # not cached (another issuer dropped meanwhile, as a refresh or a renewal does) left no
+    # revocation to read, and the revoked CA issued. A refresh dropping sub then sub-sub
+    # after a revocation elsewhere is such a time.
+    _intermediate(api, "sub")
+    r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    services = api.services
+    unwrap = services.wrapper.unwrap
+
+    def unwrap_while_dropping(wrapped: bytes, *, context: str) -> bytes:
+        services.forget_issuer("default")  # another thread, between the read and the cache
+        return unwrap(wrapped, context=context)
+
+    monkeypatch.setattr(services.wrapper, "unwrap", unwrap_while_dropping)
+    before = api.counts()
+    for body in (
+        {"issuer": "sub", "common_name": "b.example.com"},
+        {"issuer": "sub", "csr": _csr("c.example.com")},
+    ):
+        refused = api.post(CERTS, api.admin_key, json=body)
+        assert "issuer sub was revoked on" in assert_problem(refused, 409)["detail"]
+    assert api.counts() == before

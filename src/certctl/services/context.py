@@ -127,6 +127,17 @@ class Services:
         """The loaded CA for ``issuer_id`` if already cached."""
         return self._issuers.get(issuer_id)
 
+    def cached_issuer_entry(
+        self, issuer_id: str
+    ) -> tuple[CertificateAuthority, IssuerRevocation | None] | None:
+        """The cached CA for ``issuer_id`` and its revocation, read together; None if absent.
+
+        Together: a drop between two separate reads left a CA without its revocation.
+        """
+        with self._lock:
+            ca = self._issuers.get(issuer_id)
+            return None if ca is None else (ca, self._revoked.get(issuer_id))
+
     def cached_issuers(self) -> dict[str, CertificateAuthority]:
         """A copy of the cache: issuer id -> loaded CA."""
         with self._lock:

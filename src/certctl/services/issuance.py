@@ -84,6 +84,7 @@ __all__ = [
     "list_certificates",
     "load_issuer",
     "load_issuer_certificates",
+    "load_issuer_state",
     "prepare_from_csr",
     "prepare_with_key",
     "refresh_cached_issuers",
@@ -206,9 +207,11 @@ def create_issuer(
         )
         ca = CertificateAuthority(issued.certificate, key)
     else:
-        parent_ca = load_issuer(services, _not_managed(parent) if caller else parent)
+        parent_ca, parent_revoked = load_issuer_state(
+            services, _not_managed(parent) if caller else parent
+        )
         _unexpired(parent_ca, parent, now)
-        _unrevoked(services, parent)
+        _unrevoked(parent_revoked, parent)
         if validity is None:
             # Asked for nothing, told nothing: the default of 5Y clipped to the default
             # issuer's one year warned on every intermediate made without --validity.
@@ -379,13 +382,13 @@ def _unexpired(ca: CertificateAuthority, issuer_id: str, now: datetime) -> None:
         raise Conflict(f"issuer {issuer_id}: issuing CA expired on {end:%Y-%m-%d %H:%M}Z")
 
 
-def _unrevoked(services: Services, issuer_id: str) -> None:
-    """409 for a revoked issuer (loaded already): what it signed would chain to a revoked CA.
+def _unrevoked(revoked: IssuerRevocation | None, issuer_id: str) -> None:
+    """409 for a revoked issuer: what it signed would chain to a revoked CA.
 
-    Read from this process's cache, loaded with the CA: a revocation made by another process
-    or replica reaches it with ``refresh_cached_issuers`` (a minute at most), as a renewal does.
+    ``revoked``: from ``load_issuer_state``, cached with the CA: a revocation made by another
+    process or replica reaches it with ``refresh_cached_issuers`` (a minute at most), as a
+    renewal does.
     """
-    revoked = services.issuer_revocation(issuer_id)
     if revoked is None:
         return
     when = f"{revoked.revoked_at:%Y-%m-%d %H:%M}Z ({revoked.reason})"
@@ -411,7 +414,18 @@ def _reserved_id(issuer_id: str) -> None:
 
 def load_issuer(services: Services, issuer_id: str) -> CertificateAuthority:
     """The CA for ``issuer_id``; its key is unwrapped once per process, then cached."""
-    cached = services.cached_issuer(issuer_id)
+    return load_issuer_state(services, issuer_id)[0]
+
+
+def load_issuer_state(
+    services: Services, issuer_id: str
+) -> tuple[CertificateAuthority, IssuerRevocation | None]:
+    """``load_issuer``, with the revocation of the CA or of one above it (None: none).
+
+    Returned with the CA rather than looked up in the cache after: a load not cached (an
+    issuer dropped meanwhile) or dropped before that lookup would read no revocation.
+    """
+    cached = services.cached_issuer_entry(issuer_id)
     if cached is not None:
         return cached
     version = services.issuer_cache_version()
@@ -433,7 +447,7 @@ def load_issuer(services: Services, issuer_id: str) -> CertificateAuthority:
             revoked = _revoked_above(session, chain)
     ca = CertificateAuthority(cert, key, chain)  # type: ignore[arg-type]  # issuer keys only
     services.cache_issuer(issuer_id, ca, revoked, version)
-    return ca
+    return ca, revoked
 
 
 def _revoked_above(session: Session, chain: Sequence[x509.Certificate]) -> IssuerRevocation | None:
@@ -775,11 +789,11 @@ def prepare_from_csr(
     caller.require("cert.issue")
     started = time.perf_counter()
     prof = _leaf_profile(profile)
-    ca = load_issuer(services, _not_managed(issuer_id))
+    ca, revoked = load_issuer_state(services, _not_managed(issuer_id))
     now = services.clock()
     try:
         _unexpired(ca, issuer_id, now)
-        _unrevoked(services, issuer_id)
+        _unrevoked(revoked, issuer_id)
         csr, public_key = load_csr_with_key(csr_pem.encode())  # verifies the signature
         issued = sign_csr(
             ca,
@@ -852,11 +866,11 @@ def prepare_with_key(
     kt = KeyType.parse(key_type)
     sans = SubjectAltNames.parse(dns=dns_names, ip=ip_addresses)
     subject = common_name_dn(common_name) if common_name else x509.Name([])
-    ca = load_issuer(services, _not_managed(issuer_id))
+    ca, revoked = load_issuer_state(services, _not_managed(issuer_id))
     now = services.clock()
     try:
         _unexpired(ca, issuer_id, now)  # before the key: an RSA key takes up to seconds
-        _unrevoked(services, issuer_id)
+        _unrevoked(revoked, issuer_id)
         key = generate_private_key(kt)
         issued = ca.issue(
             key.public_key(),
@@ -1461,7 +1475,7 @@ def renew_certificate(
         # A CSR-issued successor keeps the requester's key: renewing a certificate revoked
         # for keyCompromise would re-certify the compromised key.
         raise Conflict(f"certificate {cert_id} is revoked and cannot be renewed")
-    ca = load_issuer(services, _not_managed(old.issuer_id))
+    ca, revoked = load_issuer_state(services, _not_managed(old.issuer_id))
     old_cert = x509.load_pem_x509_certificate(old.certificate_pem.encode())
     # notBefore is backdated by BACKDATE at issuance: leave it out, or each renewal would
     # lengthen the lifetime by another BACKDATE.
@@ -1475,7 +1489,7 @@ def renew_certificate(
     now = services.clock()
     try:
         _unexpired(ca, old.issuer_id, now)
-        _unrevoked(services, old.issuer_id)
+        _unrevoked(revoked, old.issuer_id)
     except Conflict:
         RENEWALS.labels("error").inc()
         ISSUANCE.labels(old.issuer_id, "error").inc()  # refused by the issuer, as prepare_*
