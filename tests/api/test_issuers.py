@@ -1066,3 +1066,62 @@ def test_a_revoked_issuer_loaded_while_another_is_dropped_still_refuses(
         refused = api.post(CERTS, api.admin_key, json=body)
         assert "issuer sub was revoked on" in assert_problem(refused, 409)["detail"]
     assert api.counts() == before
+
+
+def test_a_revoked_ca_imported_again_or_below_it_issues_nothing(api: Api) -> None:
+    # The revocation was found by the chain above an issuer only: the same CA imported
+    # under another id (before the revocation) went on issuing under a certificate its
+    # parent's CRL lists, and an import of it, or of a CA it signed, after the revocation
+    # was stored and issued from until the next refresh.
+    from certctl.pki import get_profile
+    from certctl.services import issuance
+
+    sub = _intermediate(api, "sub", path_length=1)
+    sub_ca = issuance.load_issuer(api.services, "sub")
+    root_pem = api.get(f"{ISSUERS}/default/ca.pem").text
+    sub_pem = sub.public_bytes(Encoding.PEM).decode() + root_pem
+    key_pem = key_to_pem(sub_ca.private_key).decode()
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={"id": "sub-copy", "certificate_pem": sub_pem, "private_key_pem": key_pem},
+    )
+    assert r.status_code == 201, r.text
+    body = {"issuer": "sub-copy", "common_name": "a.example.com"}
+    assert api.post(CERTS, api.admin_key, json=body).status_code == 201  # cached
+
+    r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+
+    before = api.counts()
+    for _ in range(2):  # cached when revoked, then loaded again
+        detail = assert_problem(api.post(CERTS, api.admin_key, json=body), 409)["detail"]
+        assert detail.startswith("issuer sub-copy holds the certificate of issuer sub, revoked on ")
+        assert "(keyCompromise), and issues nothing more" in detail
+        api.services.forget_issuer("sub-copy")
+    # Imports of it, or of a CA it signed, are refused; nothing is stored.
+    child_key = generate_private_key(KeyType.EC_P256)
+    child = sub_ca.issue(
+        child_key.public_key(),
+        common_name_dn("Child CA"),
+        profile=get_profile("intermediate"),
+        validity=timedelta(days=30),
+        now=api.clock(),
+    ).certificate
+    for issuer_id, cert_pem, key in (
+        ("sub-again", sub_pem, key_pem),
+        ("child", child.public_bytes(Encoding.PEM).decode() + sub_pem, key_to_pem(child_key)),
+    ):
+        r = api.post(
+            ISSUERS,
+            api.admin_key,
+            json={
+                "id": issuer_id,
+                "certificate_pem": cert_pem,
+                "private_key_pem": key if isinstance(key, str) else key.decode(),
+            },
+        )
+        detail = assert_problem(r, 409)["detail"]
+        assert "issuer sub, revoked on " in detail, detail
+        assert detail.endswith("not imported")
+    assert api.counts() == before

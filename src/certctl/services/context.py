@@ -55,12 +55,14 @@ class IssuerRevocation:
     """An issuer's revocation as stored: its certificate is on its parent's CRL.
 
     ``by``: the issuer revoked, this one or a CA above it (whose revocation leaves nothing
-    below it that verifies).
+    below it that verifies). ``same_certificate``: ``by`` is another issuer holding this
+    one's very certificate (the same CA imported twice), which its parent's CRL lists.
     """
 
     revoked_at: datetime
     reason: str
     by: str
+    same_certificate: bool = False
 
 
 @dataclass(frozen=True)

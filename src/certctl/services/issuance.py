@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Protocol, cast
 
 from cryptography import x509
@@ -287,8 +288,28 @@ def import_issuer(
             f"{ca_cert.subject.rfc4514_string()}; certificate_pem takes the CA and the CAs "
             "above it, up to the root"
         )
-    row = _store_issuer(services, issuer_id, name, ca, caller, "issuer.import")
+    row = _store_issuer(
+        services, issuer_id, name, ca, caller, "issuer.import", guard=partial(_not_revoked, ca)
+    )
     return row, _import_warnings(ca, issuer_id)
+
+
+def _not_revoked(ca: CertificateAuthority, session: Session) -> None:
+    """409 for an import of a revoked issuer's certificate, or of a CA below one.
+
+    Stored, it could issue nothing (loads refuse it), and it was cached here as it came,
+    issuing until the next refresh. Checked in the transaction that stores it.
+    """
+    revoked = _revoked_above(session, ca.certificate, ca.chain)
+    if revoked is None:
+        return
+    subject = ca.certificate.subject.rfc4514_string()
+    how = "is the certificate of" if revoked.same_certificate else "is below"
+    raise Conflict(
+        f"{subject} {how} issuer {revoked.by}, revoked on "
+        f"{revoked.revoked_at:%Y-%m-%d %H:%M}Z ({revoked.reason}): it could issue nothing; "
+        "not imported"
+    )
 
 
 def _import_warnings(ca: CertificateAuthority, issuer_id: str) -> tuple[str, ...]:
@@ -392,6 +413,11 @@ def _unrevoked(revoked: IssuerRevocation | None, issuer_id: str) -> None:
     if revoked is None:
         return
     when = f"{revoked.revoked_at:%Y-%m-%d %H:%M}Z ({revoked.reason})"
+    if revoked.same_certificate:
+        raise Conflict(
+            f"issuer {issuer_id} holds the certificate of issuer {revoked.by}, revoked on "
+            f"{when}, and issues nothing more: use another issuer"
+        )
     if revoked.by != issuer_id:
         # What it signs would chain through a revoked CA: clients checking the whole chain
         # (openssl -crl_check_all, browsers' CRLSets) refuse it.
@@ -444,19 +470,23 @@ def load_issuer_state(
                 row.revoked_at, row.revocation_reason or "unspecified", issuer_id
             )
         else:
-            revoked = _revoked_above(session, chain)
+            revoked = _revoked_above(session, cert, chain)
     ca = CertificateAuthority(cert, key, chain)  # type: ignore[arg-type]  # issuer keys only
     services.cache_issuer(issuer_id, ca, revoked, version)
     return ca, revoked
 
 
-def _revoked_above(session: Session, chain: Sequence[x509.Certificate]) -> IssuerRevocation | None:
+def _revoked_above(
+    session: Session, cert: x509.Certificate, chain: Sequence[x509.Certificate]
+) -> IssuerRevocation | None:
     """The revocation of a CA in ``chain`` (the CAs above an issuer) that certctl holds.
 
-    Matched by certificate, not by ``parent_id``: imports and intermediates made before
-    migration 0010 have none. Few rows (revoked issuers), read when an issuer is loaded.
+    Or of another issuer holding ``cert`` itself (the same CA imported twice): the parent's
+    CRL lists that certificate whichever id was revoked. Matched by certificate, not by
+    ``parent_id``: imports and intermediates made before migration 0010 have none. Few rows
+    (revoked issuers), read when an issuer is loaded.
     """
-    if not chain:
+    if not _may_be_revoked_above(cert, chain):
         return None
     rows = session.execute(
         select(Issuer.id, Issuer.certificate_pem, Issuer.revoked_at, Issuer.revocation_reason)
@@ -464,8 +494,14 @@ def _revoked_above(session: Session, chain: Sequence[x509.Certificate]) -> Issue
         .order_by(Issuer.id)
     )
     for revoked_id, pem, revoked_at, reason in rows:
-        if x509.load_pem_x509_certificate(pem.encode()) in chain:
-            return IssuerRevocation(cast(datetime, revoked_at), reason or "unspecified", revoked_id)
+        revoked_cert = x509.load_pem_x509_certificate(pem.encode())
+        if revoked_cert == cert or revoked_cert in chain:
+            return IssuerRevocation(
+                cast(datetime, revoked_at),
+                reason or "unspecified",
+                revoked_id,
+                same_certificate=revoked_cert == cert,
+            )
     return None
 
 
@@ -496,6 +532,12 @@ def load_issuer_certificates(services: Services, issuer_id: str) -> IssuerCertif
     )
     services.cache_certificates(issuer_id, certificates, version)
     return certificates
+
+
+def _may_be_revoked_above(cert: x509.Certificate, chain: Sequence[x509.Certificate]) -> bool:
+    # A root's certificate is on no CRL (only intermediates are revoked) and has no chain:
+    # the service CAs, checked on every pass, cost no query.
+    return bool(chain) or cert.issuer != cert.subject
 
 
 def renew_root_issuer(
@@ -568,7 +610,11 @@ def forget_if_changed(services: Services, issuer_id: str) -> None:
         stored = session.execute(
             select(Issuer.not_after, Issuer.revoked_at).where(Issuer.id == issuer_id)
         ).first()
-        revoked = _revoked_certificates(session) if cached.chain else []
+        revoked = (
+            _revoked_certificates(session)
+            if _may_be_revoked_above(cached.certificate, cached.chain)
+            else []
+        )
     if (
         stored is None
         or _changed(services, issuer_id, cached, *stored)
@@ -601,10 +647,10 @@ def _revoked_certificates(session: Session) -> list[x509.Certificate]:
 def _newly_below_revoked(
     services: Services, issuer_id: str, ca: CertificateAuthority, revoked: list[x509.Certificate]
 ) -> bool:
-    """Whether cached ``ca`` is not yet known to be below a revoked CA, but now is."""
-    if services.issuer_revocation(issuer_id) is not None or not ca.chain:
+    """Whether cached ``ca`` is not yet known to be (below) a revoked CA, but now is."""
+    if services.issuer_revocation(issuer_id) is not None:
         return False
-    return any(cert in ca.chain for cert in revoked)
+    return any(cert == ca.certificate or cert in ca.chain for cert in revoked)
 
 
 def refresh_cached_issuers(services: Services) -> list[str]:
@@ -630,8 +676,11 @@ def refresh_cached_issuers(services: Services) -> list[str]:
         )
         stored = {issuer_id: (not_after, revoked_at) for issuer_id, not_after, revoked_at in rows}
         # An intermediate below one revoked elsewhere is dropped too (reloaded as refusing).
-        chained = any(ca.chain for ca in cached_cas.values())
-        revoked = _revoked_certificates(session) if chained else []
+        revoked = (
+            _revoked_certificates(session)
+            if any(_may_be_revoked_above(ca.certificate, ca.chain) for ca in cached_cas.values())
+            else []
+        )
     stale = []
     for issuer_id, certificate in cached.items():
         ca = cached_cas.get(issuer_id)
@@ -1135,8 +1184,9 @@ def revoke_issuer(
         session.refresh(row)
     services.forget_issuer(issuer_id)  # reloaded as revoked at its next use here
     for other_id, ca in services.cached_issuers().items():
-        if cert in ca.chain:
-            services.forget_issuer(other_id)  # below it: reloaded as refusing too
+        if cert == ca.certificate or cert in ca.chain:
+            # Below it, or it imported again: reloaded as refusing too.
+            services.forget_issuer(other_id)
     REVOCATIONS.labels(parent_id).inc()  # a certificate the parent signed, now revoked
     return row
 
