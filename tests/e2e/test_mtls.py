@@ -230,6 +230,36 @@ def test_a_client_certificate_revoked_through_the_api_stops_authenticating(
             scrape = admin.get("/api/v1/metrics/prometheus").text
         assert 'certctl_auth_failures_total{reason="revoked"} 1.0' in scrape
 
+        # An intermediate revoked for keyCompromise: a certificate whoever holds its key
+        # signed (unknown to certctl, its chain sent by the client) authenticated still.
+        sub = tmp_path / "team-sub"
+        certctl_cli("ca", "create", "--parent", tmp_path / "team-ca", "--cn", "Team Sub CA",
+                    "--out", sub)  # fmt: skip
+        with server.client(server.admin_key) as admin:
+            imported = admin.post(
+                "/api/v1/issuers",
+                json={
+                    "id": "team-sub",
+                    "certificate_pem": (sub / "ca.crt").read_text()
+                    + (tmp_path / "team-ca" / "ca.crt").read_text(),
+                    "private_key_pem": (sub / "ca.key").read_text(),
+                },
+            )
+            assert imported.status_code == 201, imported.text
+        minted = client_cert(sub, "CN=mallory", tmp_path / "mallory")  # tls.crt: leaf + sub
+        status, _, body = split_response(curl(server, WHOAMI, minted))
+        assert status == 200, body
+        with server.client(server.admin_key) as admin:
+            revoked = admin.post(
+                "/api/v1/issuers/team-sub/revoke", json={"reason": "keyCompromise"}
+            )
+            assert revoked.status_code == 200, revoked.text
+        status, _, body = split_response(curl(server, WHOAMI, minted))
+        assert status == 401, body
+        assert json.loads(body)["detail"] == "client certificate revoked: a CA above it was revoked"
+        status, _, body = split_response(curl(server, WHOAMI, certs["dave"]))  # its root's
+        assert status == 200, body
+
 
 def test_a_client_certificate_certctl_issued_carries_no_more_than_its_requester(
     tmp_path: Path,

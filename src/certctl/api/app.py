@@ -1010,7 +1010,8 @@ def _client_cert_permissions(
     Checked on every request, as an API key's expiry and revocation are: the handshake's
     checks happened once, and a kept-alive connection or a resumed TLS session (up to 2 h)
     outlives them. Expired: by its notAfter. Revoked: by certctl, the certificate being one
-    of its issuers' (the handshake checks ``tls.client-ca`` only, never certctl's CRLs).
+    of its issuers', or a CA of its verified chain being a revoked certctl issuer (the
+    handshake checks ``tls.client-ca`` only, never certctl's CRLs).
 
     A certificate certctl issued carries no more than the actor that had it issued holds now
     (none once that actor is deleted, or when it was no actor): with ``tls.client-ca``
@@ -1021,6 +1022,11 @@ def _client_cert_permissions(
     not_after = tls.get("certctl.client_cert_not_after")
     if isinstance(not_after, float) and services.clock().timestamp() >= not_after:
         return "expired", "client certificate expired"
+    cas = tls.get("certctl.client_cert_cas")
+    if isinstance(cas, tuple) and cas and issuance.revoked_ca_among(services, cas) is not None:
+        # An intermediate revoked (keyCompromise): whoever holds its key can sign any
+        # subject, certificates certctl never saw; the handshake reads no CRL.
+        return "revoked", "client certificate revoked: a CA above it was revoked"
     issuer, serial = tls.get("certctl.client_cert_issuer"), tls.get("certctl.client_cert_serial")
     if not isinstance(issuer, str) or not isinstance(serial, int):
         return permissions  # a server that does not say (tests' fake scopes): nothing to look up

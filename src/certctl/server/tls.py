@@ -466,6 +466,27 @@ class ServerTLS:
 # --- ASGI TLS extension for uvicorn's h11 protocol -----------------------------------------
 
 
+def _verified_cas(ssl_object: ssl.SSLObject) -> tuple[bytes, ...] | None:
+    """The DER certificates above the peer's in the chain the handshake verified; None if unknown.
+
+    ``SSLObject.get_verified_chain`` is public from Python 3.13 (DER bytes); 3.10 to 3.12 have
+    it on the private ``_sslobj`` only (``_ssl.Certificate`` objects).
+    """
+    import _ssl
+
+    getter: Any = getattr(ssl_object, "get_verified_chain", None) or getattr(
+        getattr(ssl_object, "_sslobj", None), "get_verified_chain", None
+    )
+    if getter is None:
+        return None
+    try:
+        chain = getter() or []
+    except (ssl.SSLError, ValueError):
+        return None
+    der: Any = _ssl.ENCODING_DER
+    return tuple(c if isinstance(c, bytes) else bytes(c.public_bytes(der)) for c in chain[1:])
+
+
 def tls_info(ssl_object: ssl.SSLObject) -> dict[str, Any] | None:
     """The ASGI ``tls`` scope extension for a connection with a client certificate, or None."""
     der = ssl_object.getpeercert(binary_form=True)
@@ -482,6 +503,9 @@ def tls_info(ssl_object: ssl.SSLObject) -> dict[str, Any] | None:
         "certctl.client_cert_serial": cert.serial_number,
         # Checked per request: a kept-alive or resumed session outlives the handshake's check.
         "certctl.client_cert_not_after": cert.not_valid_after_utc.timestamp(),
+        # The CAs the handshake verified it under (DER, the leaf left out): a certctl issuer
+        # among them that was revoked refuses it, whoever signed it with that CA's key.
+        "certctl.client_cert_cas": _verified_cas(ssl_object),
         "client_cert_error": None,
         "tls_version": None,
         "cipher_suite": None,

@@ -93,6 +93,7 @@ __all__ = [
     "renew_root_issuer",
     "revoke_certificate",
     "revoke_issuer",
+    "revoked_ca_among",
 ]
 
 DEFAULT_ISSUER = "default"
@@ -532,6 +533,24 @@ def load_issuer_certificates(services: Services, issuer_id: str) -> IssuerCertif
     )
     services.cache_certificates(issuer_id, certificates, version)
     return certificates
+
+
+def revoked_ca_among(services: Services, cas: Sequence[bytes]) -> str | None:
+    """The id of a revoked issuer whose certificate is one of ``cas`` (DER), else None.
+
+    For a client certificate's verified chain, on each request it authenticates: one read
+    of the revoked issuers (few, usually none).
+    """
+    with services.sessions() as session:
+        pems = session.execute(
+            select(Issuer.id, Issuer.certificate_pem).where(Issuer.revoked_at.is_not(None))
+        ).all()
+    wanted = set(cas)
+    for issuer_id, pem in pems:
+        der = x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
+        if der in wanted:
+            return str(issuer_id)
+    return None
 
 
 def _may_be_revoked_above(cert: x509.Certificate, chain: Sequence[x509.Certificate]) -> bool:
