@@ -161,3 +161,43 @@ def test_refusals_of_the_api_and_no_cluster_are_the_services_failure(
         "or a Kubernetes Secret labelled certctl.io/custom-certificate=true, which needs a "
         "Kubernetes connection: "
     ), message
+
+
+def test_a_secret_read_by_each_pass_is_reconciled_only_when_it_changes(
+    apiserver: FakeApiServer, sa_dir: Path, env: Env, tmp_path: Path
+) -> None:
+    # Read through the API at every scheduler pass, as before; reconciled (parsed, verified,
+    # written back) only when what it holds changed, or when it can no longer be read.
+    from certctl.server.scheduler import Scheduler
+
+    settings = env.settings_with(
+        secret_reader=_custom_secret_reader(_config(apiserver, sa_dir, env))
+    )
+    first = tmp_path / "first"
+    first.mkdir()
+    _put(apiserver, "own", _self_signed(first), **LABEL)
+    target = tmp_path / "target"
+    env.put(service_doc("web", dns=NAMES, secret="own", targets=[{"directory": str(target)}]))
+    scheduler = Scheduler(env.services, settings, 10, clock=lambda: env.now)
+    env.at(datetime.now(UTC))  # openssl's notBefore is the real time
+    get = ("GET", f"/api/v1/namespaces/{NAMESPACE}/secrets/own")
+    assert scheduler.tick() == 1
+    apiserver.clear()
+    env.at(env.now + timedelta(seconds=10))
+    assert scheduler.tick() == 0
+    assert apiserver.paths() == [get]  # read, found unchanged
+
+    second = tmp_path / "second"
+    second.mkdir()
+    rotated = _self_signed(second)
+    _put(apiserver, "own", rotated, **LABEL)
+    env.at(env.now + timedelta(seconds=10))
+    assert scheduler.tick() == 1
+    assert (target / "tls.crt").read_bytes() == rotated["tls.crt"]
+
+    # The label taken off, the bytes the same: the next pass says so.
+    apiserver.secrets[(NAMESPACE, "own")]["metadata"]["labels"] = {}
+    env.at(env.now + timedelta(seconds=10))
+    assert scheduler.tick() == 1
+    failed = env.row("web").conditions["Failed"]
+    assert "is not labelled certctl.io/custom-certificate=true" in failed["message"], failed
