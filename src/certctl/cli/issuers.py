@@ -40,8 +40,8 @@ __all__ = ["issuers_app"]
 
 issuers_app = typer.Typer(
     help="Issuers: the CAs a server signs with. Create a root or an intermediate, import "
-    f"one, list them, and fetch a CA certificate or CRL.\n\n{ENV_HELP}",
-    short_help="Create, import, list CAs at CERTCTL_URL; their certs, CRLs.",
+    f"one, list them, revoke an intermediate, and fetch a CA certificate or CRL.\n\n{ENV_HELP}",
+    short_help="Create, import, revoke CAs at CERTCTL_URL; their certs, CRLs.",
     no_args_is_help=True,
 )
 
