@@ -1125,3 +1125,60 @@ def test_a_revoked_ca_imported_again_or_below_it_issues_nothing(api: Api) -> Non
         assert "issuer sub, revoked on " in detail, detail
         assert detail.endswith("not imported")
     assert api.counts() == before
+
+
+@pytest.mark.parametrize("revoked", ["before the store", "after the store"])
+def test_an_intermediate_created_while_its_parent_is_revoked_issues_nothing(
+    api: Api, monkeypatch: pytest.MonkeyPatch, revoked: str
+) -> None:
+    # POST /issuers with parent=sub loads sub, signs, then stores and caches the new CA.
+    # A revocation of sub landing in between (another request, another replica) left the
+    # new intermediate cached as unrevoked: it issued under a revoked CA in this process
+    # until the next refresh. Landing before the store, it was even created (201).
+    from certctl.auth.permissions import PERMISSIONS
+    from certctl.services.context import Principal
+
+    _intermediate(api, "sub", path_length=1)
+    services = api.services
+    admin = Principal("admin", ("r-admin",), frozenset(PERMISSIONS), "api_key", "replica-2")
+    fired: list[str] = []
+
+    def revoke_sub() -> None:
+        if not fired:
+            fired.append(revoked)
+            issuance.revoke_issuer(services, admin, "sub", "keyCompromise")
+
+    if revoked == "before the store":
+        crl_urls = services.crl_urls
+
+        def crl_urls_revoking(issuer_id: str) -> tuple[str, ...]:
+            revoke_sub()  # sub is loaded, sub-sub not signed yet
+            return crl_urls(issuer_id)
+
+        monkeypatch.setattr(services, "crl_urls", crl_urls_revoking)
+    else:
+        cache_issuer = services.cache_issuer
+
+        def cache_issuer_after_revocation(issuer_id: str, *args: Any, **kw: Any) -> None:
+            if issuer_id == "sub-sub":
+                revoke_sub()  # sub-sub stored, not cached yet
+            cache_issuer(issuer_id, *args, **kw)
+
+        monkeypatch.setattr(services, "cache_issuer", cache_issuer_after_revocation)
+
+    r = api.post(ISSUERS, api.admin_key, json={"id": "sub-sub", "parent": "sub"})
+
+    assert fired == [revoked]
+    if revoked == "before the store":
+        detail = assert_problem(r, 409)["detail"]
+        assert " is below issuer sub, revoked on " in detail, detail
+        assert detail.endswith("not created")
+        assert_problem(api.get(f"{ISSUERS}/sub-sub", api.admin_key), 404)
+        assert services.cached_issuer("sub-sub") is None
+        return
+    assert r.status_code == 201, r.text  # stored before the revocation: as any issuer below
+    before = api.counts()
+    refused = api.post(CERTS, api.admin_key, json={"issuer": "sub-sub", "common_name": "a.example"})
+    detail = assert_problem(refused, 409)["detail"]
+    assert detail.startswith("issuer sub-sub is below issuer sub, revoked on "), detail
+    assert api.counts() == before

@@ -130,6 +130,9 @@ def _store_issuer(
 ) -> Issuer:
     """Store a new issuer; ``guard`` runs first in the same transaction and may refuse it."""
     now = services.clock()
+    # Before the guard reads: a revocation committed after that read (of a CA above this
+    # one) drops the cache after it, so what is stored is not cached as unrevoked here.
+    version = services.issuer_cache_version()
     key_der = ca.private_key.private_bytes(
         serialization.Encoding.DER,
         serialization.PrivateFormat.PKCS8,
@@ -161,7 +164,7 @@ def _store_issuer(
             target=issuer_id,
             source=caller.source if caller else "",
         )
-    services.cache_issuer(issuer_id, ca)
+    services.cache_issuer(issuer_id, ca, version=version)
     return row
 
 
@@ -236,7 +239,17 @@ def create_issuer(
         ca = CertificateAuthority(
             issued.certificate, key, (parent_ca.certificate, *parent_ca.chain)
         )
-    row = _store_issuer(services, issuer_id, name, ca, caller, "issuer.create", parent_id=parent)
+    # The parent may have been revoked since it was loaded (another request, a replica).
+    row = _store_issuer(
+        services,
+        issuer_id,
+        name,
+        ca,
+        caller,
+        "issuer.create",
+        guard=partial(_not_revoked, ca, "not created"),
+        parent_id=parent,
+    )
     return row, issued.warnings
 
 
@@ -290,16 +303,24 @@ def import_issuer(
             "above it, up to the root"
         )
     row = _store_issuer(
-        services, issuer_id, name, ca, caller, "issuer.import", guard=partial(_not_revoked, ca)
+        services,
+        issuer_id,
+        name,
+        ca,
+        caller,
+        "issuer.import",
+        guard=partial(_not_revoked, ca, "not imported"),
     )
     return row, _import_warnings(ca, issuer_id)
 
 
-def _not_revoked(ca: CertificateAuthority, session: Session) -> None:
+def _not_revoked(ca: CertificateAuthority, outcome: str, session: Session) -> None:
     """409 for an import of a revoked issuer's certificate, or of a CA below one.
 
     Stored, it could issue nothing (loads refuse it), and it was cached here as it came,
-    issuing until the next refresh. Checked in the transaction that stores it.
+    issuing until the next refresh. Checked in the transaction that stores it; also for
+    an intermediate created below a parent revoked while it was being signed.
+    ``outcome``: the message's end ("not imported").
     """
     revoked = _revoked_above(session, ca.certificate, ca.chain)
     if revoked is None:
@@ -309,7 +330,7 @@ def _not_revoked(ca: CertificateAuthority, session: Session) -> None:
     raise Conflict(
         f"{subject} {how} issuer {revoked.by}, revoked on "
         f"{revoked.revoked_at:%Y-%m-%d %H:%M}Z ({revoked.reason}): it could issue nothing; "
-        "not imported"
+        f"{outcome}"
     )
 
 
