@@ -111,6 +111,11 @@ class ClientCertMapping:
 
 # --- handlers: auth ----------------------------------------------------------------------
 
+# Every mutating route runs its transaction in a worker thread (anyio.to_thread): a write
+# waits for SQLite's write lock while the group commit, a CRL signing or another worker
+# holds it, and on the event loop that wait stalls every other request of the process.
+# Issuance signs on the loop (EC keys) and writes through the group commit, in a thread.
+
 
 # Rendered whoami answers (body and headers) by identity: the same few principals ask again
 # and again, and sorting and encoding ~20 permissions cost more than the rest of the handler.
@@ -208,15 +213,17 @@ def _not_found(what: str, ident: str) -> CertctlError:
 
 async def create_role(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.RoleCreate)
-    role = rbac.create_role(
-        _services(request), _caller(principal), body.id, body.name, body.permissions
+    services, caller = _services(request), _caller(principal)
+    role = await anyio.to_thread.run_sync(
+        rbac.create_role, services, caller, body.id, body.name, body.permissions
     )
     return _created(_role_json(role), "/api/v1/auth/roles", role.id)
 
 
 async def update_role(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.RoleUpdate)
-    role = rbac.update_role(
+    role = await anyio.to_thread.run_sync(
+        rbac.update_role,
         _services(request),
         _caller(principal),
         request.path_params["id"],
@@ -227,7 +234,9 @@ async def update_role(request: Request, principal: Principal | None) -> Response
 
 
 async def delete_role(request: Request, principal: Principal | None) -> Response:
-    rbac.delete_role(_services(request), _caller(principal), request.path_params["id"])
+    await anyio.to_thread.run_sync(
+        rbac.delete_role, _services(request), _caller(principal), request.path_params["id"]
+    )
     return Response(status_code=204)
 
 
@@ -256,22 +265,29 @@ async def get_actor(request: Request, principal: Principal | None) -> Response:
 
 async def create_actor(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.ActorCreate)
-    actor = rbac.create_actor(
-        _services(request), _caller(principal), body.id, body.name, body.roles
+    actor = await anyio.to_thread.run_sync(
+        rbac.create_actor, _services(request), _caller(principal), body.id, body.name, body.roles
     )
     return _created(_actor_json(actor), "/api/v1/auth/actors", actor.id)
 
 
 async def patch_actor(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.ActorPatch)
-    actor = rbac.update_actor(
-        _services(request), _caller(principal), request.path_params["id"], body.name, body.roles
+    actor = await anyio.to_thread.run_sync(
+        rbac.update_actor,
+        _services(request),
+        _caller(principal),
+        request.path_params["id"],
+        body.name,
+        body.roles,
     )
     return _json(_actor_json(actor))
 
 
 async def delete_actor(request: Request, principal: Principal | None) -> Response:
-    rbac.delete_actor(_services(request), _caller(principal), request.path_params["id"])
+    await anyio.to_thread.run_sync(
+        rbac.delete_actor, _services(request), _caller(principal), request.path_params["id"]
+    )
     return Response(status_code=204)
 
 
@@ -308,8 +324,8 @@ async def create_apikey(request: Request, principal: Principal | None) -> Respon
             raise InvalidRequest(
                 "expires_at: out of range (at most 9999-12-31T23:59:59Z)"
             ) from None
-    result = rbac.mint_api_key(
-        _services(request), _caller(principal), body.actor_id, body.name, expires
+    result = await anyio.to_thread.run_sync(
+        rbac.mint_api_key, _services(request), _caller(principal), body.actor_id, body.name, expires
     )
     data = schemas.apikey_json(result.row)
     data["key_value"] = result.minted.value  # shown once, here only
@@ -319,7 +335,9 @@ async def create_apikey(request: Request, principal: Principal | None) -> Respon
 
 
 async def revoke_apikey(request: Request, principal: Principal | None) -> Response:
-    row = rbac.revoke_api_key(_services(request), _caller(principal), request.path_params["id"])
+    row = await anyio.to_thread.run_sync(
+        rbac.revoke_api_key, _services(request), _caller(principal), request.path_params["id"]
+    )
     return _json(schemas.apikey_json(row))
 
 
@@ -365,13 +383,15 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
                 f"{', '.join(ignored)}: not used with an import (the certificate carries the "
                 "name, key and validity; certificate_pem the chain above it)"
             )
-        row, warnings = issuance.import_issuer(
-            services,
-            caller,
-            issuer_id=body.id,
-            name=body.name,
-            certificate_pem=body.certificate_pem,
-            private_key_pem=body.private_key_pem,
+        row, warnings = await anyio.to_thread.run_sync(
+            lambda: issuance.import_issuer(
+                services,
+                caller,
+                issuer_id=body.id,
+                name=body.name,
+                certificate_pem=body.certificate_pem,
+                private_key_pem=body.private_key_pem,
+            )
         )
     else:
         if body.subject and body.common_name:
@@ -409,8 +429,8 @@ async def revoke_issuer(request: Request, principal: Principal | None) -> Respon
         else (schemas.IssuerRevoke())
     )
     services = _services(request)
-    row = issuance.revoke_issuer(
-        services, _caller(principal), request.path_params["id"], body.reason
+    row = await anyio.to_thread.run_sync(
+        issuance.revoke_issuer, services, _caller(principal), request.path_params["id"], body.reason
     )
     return _json(schemas.issuer_json(row, services.clock()))
 
@@ -658,8 +678,12 @@ async def revoke_certificate(request: Request, principal: Principal | None) -> R
         else (schemas.CertificateRevoke())
     )
     services = _services(request)
-    revocation = issuance.revoke_certificate(
-        services, _caller(principal), request.path_params["id"], body.reason
+    revocation = await anyio.to_thread.run_sync(
+        issuance.revoke_certificate,
+        services,
+        _caller(principal),
+        request.path_params["id"],
+        body.reason,
     )
     return _json(
         {
@@ -1438,7 +1462,7 @@ async def _certctl_error(request: Request, exc: Exception) -> Response:
         # A mutation refused for lack of permission is a security event: audit it. Bad input
         # (400/404/409/415) is not recorded, so a refused request leaves the store unchanged.
         # Authentication failures were recorded where they happened (no actor yet).
-        _audit_refusal(request, actor, exc)
+        await anyio.to_thread.run_sync(_audit_refusal, request, actor, exc)
     return problem_from_error(exc)
 
 

@@ -23,7 +23,7 @@ from certctl.errors import InvalidRequest, NotFound
 from certctl.services import tls_services
 from certctl.services.context import Principal
 from certctl.services.tls_spec import TLSServiceSpec
-from certctl.store.models import ManagedService
+from certctl.store.models import ManagedService, ServiceClient
 
 __all__ = ["SERVICE_ROUTES", "ServiceClientAdd"]
 
@@ -69,19 +69,19 @@ async def put_service(request: Request, principal: Principal | None) -> Response
     if dry_run not in ("true", "false"):
         raise InvalidRequest(f"dry_run={dry_run[:40]}: must be true or false")
     body = await read_body(request, _AnyDocument)
-    services = services_of(request)
-    name = request.path_params["name"]
-    # Not get_service: that needs service.read, and this route only needs service.edit.
-    with services.sessions() as session:
-        existed = session.get(ManagedService, name) is not None
-    row = tls_services.put_service(
-        services,
-        caller_of(principal),
-        name,
-        body.model_dump(),
-        request.app.state.service_policy,
-        dry_run=dry_run == "true",
-    )
+    services, caller = services_of(request), caller_of(principal)
+    name, policy = request.path_params["name"], request.app.state.service_policy
+
+    def put() -> tuple[bool, ManagedService]:
+        # Not get_service: that needs service.read, and this route only needs service.edit.
+        with services.sessions() as session:
+            existed = session.get(ManagedService, name) is not None
+        return existed, tls_services.put_service(
+            services, caller, name, body.model_dump(), policy, dry_run=dry_run == "true"
+        )
+
+    # Writes wait for SQLite's write lock: in a worker thread, as every mutating route.
+    existed, row = await anyio.to_thread.run_sync(put)
     if dry_run == "false":
         _wake(request)
     # A dry run answers as the write would (201: it would create the service).
@@ -91,23 +91,32 @@ async def put_service(request: Request, principal: Principal | None) -> Response
 
 
 async def delete_service(request: Request, principal: Principal | None) -> Response:
-    tls_services.delete_service(
-        services_of(request), caller_of(principal), request.path_params["name"]
+    await anyio.to_thread.run_sync(
+        tls_services.delete_service,
+        services_of(request),
+        caller_of(principal),
+        request.path_params["name"],
     )
     return Response(status_code=204)
 
 
 async def renew_service(request: Request, principal: Principal | None) -> Response:
-    row = tls_services.request_renewal(
-        services_of(request), caller_of(principal), request.path_params["name"]
+    row = await anyio.to_thread.run_sync(
+        tls_services.request_renewal,
+        services_of(request),
+        caller_of(principal),
+        request.path_params["name"],
     )
     _wake(request)
     return json_response(tls_services.service_json(row), 202)
 
 
 async def drop_retired_ca(request: Request, principal: Principal | None) -> Response:
-    row = tls_services.drop_retired_ca(
-        services_of(request), caller_of(principal), request.path_params["name"]
+    row = await anyio.to_thread.run_sync(
+        tls_services.drop_retired_ca,
+        services_of(request),
+        caller_of(principal),
+        request.path_params["name"],
     )
     _wake(request)
     return json_response(tls_services.service_json(row), 202)
@@ -115,8 +124,6 @@ async def drop_retired_ca(request: Request, principal: Principal | None) -> Resp
 
 async def list_clients(request: Request, principal: Principal | None) -> Response:
     from sqlalchemy import select
-
-    from certctl.store.models import ServiceClient
 
     services = services_of(request)
     name = request.path_params["name"]
@@ -141,12 +148,15 @@ def _client_json(client: Any) -> dict[str, Any]:
 
 async def add_client(request: Request, principal: Principal | None) -> Response:
     request_body = await read_body(request, ServiceClientAdd)
+    services, caller = services_of(request), caller_of(principal)
     name = request.path_params["name"]
-    added = tls_services.add_client(
-        services_of(request), caller_of(principal), name, request_body.certificate_pem
-    )
+
+    def add() -> tuple[list[ServiceClient], list[str]]:
+        added = tls_services.add_client(services, caller, name, request_body.certificate_pem)
+        return added, tls_services.client_trust_warnings(services, name)
+
+    added, warnings = await anyio.to_thread.run_sync(add)
     _wake(request)
-    warnings = tls_services.client_trust_warnings(services_of(request), name)
     body = {"items": [_client_json(c) for c in added], "warnings": warnings}
     if not added:
         # Every certificate was trusted already: nothing was created, so no 201 and no
@@ -158,7 +168,8 @@ async def add_client(request: Request, principal: Principal | None) -> Response:
 
 
 async def remove_client(request: Request, principal: Principal | None) -> Response:
-    tls_services.remove_client(
+    await anyio.to_thread.run_sync(
+        tls_services.remove_client,
         services_of(request),
         caller_of(principal),
         request.path_params["name"],
