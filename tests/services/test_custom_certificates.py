@@ -341,6 +341,17 @@ def test_a_replaced_custom_ca_stays_in_ca_crt_for_the_overlap(env: Env) -> None:
     until = swap + env.settings_with(**settings).ca_renewal_margin
     env.reconcile("web", until - timedelta(seconds=1), **settings)
     assert bundle.read_bytes() == new_ca.cert_pem + old_ca.cert_pem
+    # The outputs API follows the services clock, not the last pass: from the end of the
+    # overlap, before any pass has cleared it, ca.crt no longer holds the old CA (it did
+    # until the next pass, up to its interval later).
+    with env.client() as client:
+        public = "/api/v1/services/web/outputs/certs-public"
+        served = client.get(public).json()["data"]["ca.crt"]
+        assert served == (new_ca.cert_pem + old_ca.cert_pem).decode()  # the twin: not yet
+        env.at(until)
+        served = client.get(public).json()["data"]["ca.crt"]
+        assert served == new_ca.cert_pem.decode()
+    assert env.outputs("web")["certs-internal"]["ca.crt"] == new_ca.cert_pem
     env.reconcile("web", until, **settings)
     assert bundle.read_bytes() == new_ca.cert_pem
     at = ("-attime", str(int(until.timestamp())))

@@ -1333,7 +1333,11 @@ def outputs_for(
     leaf = (current.certificate_pem or "").encode() + current.chain_pem.encode()
     # No ca.crt at all for a custom certificate whose CA is not given (as ECK's public
     # Secret): an empty file is refused by the servers and clients that read it.
-    ca_pem = _with_retired(current.ca_pem, row.retired_ca_pem)
+    retired = row.retired_ca_pem
+    if row.retired_ca_until is not None and services.clock() >= row.retired_ca_until:
+        # The overlap is over: the API served the old CA until the next pass cleared it.
+        retired = None
+    ca_pem = _with_retired(current.ca_pem, retired)
     ca = {"ca.crt": ca_pem.encode()} if ca_pem.strip() else {}
     outputs: dict[str, dict[str, bytes]] = {
         "certs-internal": {"tls.crt": leaf, "tls.key": current.key_pem or b"", **ca},
