@@ -1182,3 +1182,47 @@ def test_an_intermediate_created_while_its_parent_is_revoked_issues_nothing(
     detail = assert_problem(refused, 409)["detail"]
     assert detail.startswith("issuer sub-sub is below issuer sub, revoked on "), detail
     assert api.counts() == before
+
+
+def test_the_revoked_issuer_of_a_certificate_without_its_chain(api: Api) -> None:
+    """What mTLS checks for a resumed TLS session, which keeps no verified chain.
+
+    The certificate's authorityKeyIdentifier names the revoked issuer's key; without one,
+    its issuer name and signature do. Twins: the same name on another key, a certificate of
+    an issuer that is not revoked.
+    """
+    from certctl.services import issuance
+
+    _intermediate(api, "sub")
+    sub_ca = issuance.load_issuer(api.services, "sub")
+    with_aki = _cert(api.issue(issuer="sub", common_name="a.example.com")["certificate_pem"])
+    of_default = _cert(api.issue(common_name="b.example.com")["certificate_pem"])
+    now = api.clock()
+
+    def without_aki(signer: CertificateIssuerPrivateKeyTypes) -> bytes:
+        key = generate_private_key(KeyType.EC_P256)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(common_name_dn("mallory"))
+            .issuer_name(sub_ca.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + timedelta(days=1))
+            .sign(signer, hashes.SHA256())
+            .public_bytes(Encoding.DER)
+        )
+
+    signed_by_sub = without_aki(sub_ca.private_key)
+    same_name_other_key = without_aki(generate_private_key(KeyType.EC_P256))
+    certificates = (with_aki.public_bytes(Encoding.DER), signed_by_sub, same_name_other_key)
+    assert [issuance.revoked_issuer_of(api.services, c) for c in certificates] == [None] * 3
+
+    r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    assert [issuance.revoked_issuer_of(api.services, c) for c in certificates] == [
+        "sub",
+        "sub",
+        None,
+    ]
+    assert issuance.revoked_issuer_of(api.services, of_default.public_bytes(Encoding.DER)) is None

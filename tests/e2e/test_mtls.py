@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import ssl
 import subprocess
 import time
@@ -44,6 +45,26 @@ def split_response(result: subprocess.CompletedProcess[str]) -> tuple[int, str, 
     text, _, status = result.stdout.rpartition("\n")
     headers, _, body = text.partition("\n\n")  # text mode turned CRLF into LF
     return int(status), headers.lower(), body
+
+
+def s_client_get(
+    server: CertctlServer, path: str, cert: tuple[Path, Path], session: Path, *, resume: bool
+) -> tuple[bool, int]:
+    """GET ``path`` over one TLS 1.2 ``openssl s_client`` connection presenting ``cert``.
+
+    The session is written to ``session``, or resumed from it (``resume``): a resumed
+    session sends no certificate, the server takes the one of the session. Returns
+    (resumed, HTTP status).
+    """
+    request = f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    result = run("openssl", "s_client", "-connect", f"127.0.0.1:{server.port}", "-tls1_2",
+                 "-CAfile", server.ca, "-cert", cert[0], "-key", cert[1], "-cert_chain", cert[0],
+                 "-sess_in" if resume else "-sess_out", session, "-ign_eof",
+                 input=request, timeout=20)  # fmt: skip
+    status = re.search(r"^HTTP/1\.1 (\d{3}) ", result.stdout, re.M)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert status, result.stdout
+    return re.search(r"^Reused, TLSv1\.2,", result.stdout, re.M) is not None, int(status[1])
 
 
 def import_team_issuer(server: CertctlServer, ca_dir: Path) -> None:
@@ -249,6 +270,9 @@ def test_a_client_certificate_revoked_through_the_api_stops_authenticating(
         minted = client_cert(sub, "CN=mallory", tmp_path / "mallory")  # tls.crt: leaf + sub
         status, _, body = split_response(curl(server, WHOAMI, minted))
         assert status == 200, body
+        # A TLS session to resume after the revocation: it has no verified chain to read.
+        session = tmp_path / "mallory.session"
+        assert s_client_get(server, WHOAMI, minted, session, resume=False) == (False, 200)
         with server.client(server.admin_key) as admin:
             revoked = admin.post(
                 "/api/v1/issuers/team-sub/revoke", json={"reason": "keyCompromise"}
@@ -257,6 +281,9 @@ def test_a_client_certificate_revoked_through_the_api_stops_authenticating(
         status, _, body = split_response(curl(server, WHOAMI, minted))
         assert status == 401, body
         assert json.loads(body)["detail"] == "client certificate revoked: a CA above it was revoked"
+        # Resumed, the session still carries the certificate: refused too (was 200 until a
+        # full handshake), matched by its authorityKeyIdentifier.
+        assert s_client_get(server, WHOAMI, minted, session, resume=True) == (True, 401)
         status, _, body = split_response(curl(server, WHOAMI, certs["dave"]))  # its root's
         assert status == 200, body
 

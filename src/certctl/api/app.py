@@ -1035,7 +1035,8 @@ def _client_cert_permissions(
     checks happened once, and a kept-alive connection or a resumed TLS session (up to 2 h)
     outlives them. Expired: by its notAfter. Revoked: by certctl, the certificate being one
     of its issuers', or a CA of its verified chain being a revoked certctl issuer (the
-    handshake checks ``tls.client-ca`` only, never certctl's CRLs).
+    handshake checks ``tls.client-ca`` only, never certctl's CRLs); a resumed session has no
+    verified chain, so there only the issuer that signed it directly is checked.
 
     A certificate certctl issued carries no more than the actor that had it issued holds now
     (none once that actor is deleted, or when it was no actor): with ``tls.client-ca``
@@ -1046,8 +1047,15 @@ def _client_cert_permissions(
     not_after = tls.get("certctl.client_cert_not_after")
     if isinstance(not_after, float) and services.clock().timestamp() >= not_after:
         return "expired", "client certificate expired"
-    cas = tls.get("certctl.client_cert_cas")
-    if isinstance(cas, tuple) and cas and issuance.revoked_ca_among(services, cas) is not None:
+    cas, der = tls.get("certctl.client_cert_cas"), tls.get("certctl.client_cert_der")
+    if isinstance(cas, tuple) and cas:
+        revoked_ca = issuance.revoked_ca_among(services, cas)
+    elif isinstance(der, bytes):
+        # No verified chain (a resumed TLS session): the issuer that signed it directly.
+        revoked_ca = issuance.revoked_issuer_of(services, der)
+    else:
+        revoked_ca = None  # a server that does not say (tests' fake scopes)
+    if revoked_ca is not None:
         # An intermediate revoked (keyCompromise): whoever holds its key can sign any
         # subject, certificates certctl never saw; the handshake reads no CRL.
         return "revoked", "client certificate revoked: a CA above it was revoked"

@@ -470,7 +470,8 @@ def _verified_cas(ssl_object: ssl.SSLObject) -> tuple[bytes, ...] | None:
     """The DER certificates above the peer's in the chain the handshake verified; None if unknown.
 
     ``SSLObject.get_verified_chain`` is public from Python 3.13 (DER bytes); 3.10 to 3.12 have
-    it on the private ``_sslobj`` only (``_ssl.Certificate`` objects).
+    it on the private ``_sslobj`` only (``_ssl.Certificate`` objects). Unknown for a resumed
+    session too: OpenSSL keeps the peer's certificate in the session, not the chain.
     """
     import _ssl
 
@@ -483,6 +484,8 @@ def _verified_cas(ssl_object: ssl.SSLObject) -> tuple[bytes, ...] | None:
         chain = getter() or []
     except (ssl.SSLError, ValueError):
         return None
+    if not chain:
+        return None  # a resumed session
     der: Any = _ssl.ENCODING_DER
     return tuple(c if isinstance(c, bytes) else bytes(c.public_bytes(der)) for c in chain[1:])
 
@@ -506,6 +509,8 @@ def tls_info(ssl_object: ssl.SSLObject) -> dict[str, Any] | None:
         # The CAs the handshake verified it under (DER, the leaf left out): a certctl issuer
         # among them that was revoked refuses it, whoever signed it with that CA's key.
         "certctl.client_cert_cas": _verified_cas(ssl_object),
+        # When they are unknown (a resumed session): the certificate, to find its issuer.
+        "certctl.client_cert_der": der,
         "client_cert_error": None,
         "tls_version": None,
         "cipher_suite": None,

@@ -94,6 +94,7 @@ __all__ = [
     "revoke_certificate",
     "revoke_issuer",
     "revoked_ca_among",
+    "revoked_issuer_of",
 ]
 
 DEFAULT_ISSUER = "default"
@@ -572,6 +573,55 @@ def revoked_ca_among(services: Services, cas: Sequence[bytes]) -> str | None:
         if der in wanted:
             return str(issuer_id)
     return None
+
+
+def revoked_issuer_of(services: Services, certificate_der: bytes) -> str | None:
+    """The id of a revoked issuer that signed ``certificate_der`` (DER) itself, else None.
+
+    For a client certificate whose verified chain is unknown (a resumed TLS session, which
+    keeps the peer's certificate but not its chain): its authorityKeyIdentifier is compared
+    with each revoked issuer's subjectKeyIdentifier; when either is missing, its issuer name
+    and signature are checked against that issuer's certificate instead. Only one level: a
+    certificate under a CA that the revoked issuer signed is not found this way (the full
+    handshake's chain, :func:`revoked_ca_among`, finds it).
+    """
+    with services.sessions() as session:
+        pems = session.execute(
+            select(Issuer.id, Issuer.certificate_pem).where(Issuer.revoked_at.is_not(None))
+        ).all()
+    if not pems:
+        return None  # the usual case: nothing to parse
+    cert = x509.load_der_x509_certificate(certificate_der)
+    aki = _key_identifier(cert, x509.AuthorityKeyIdentifier)
+    for issuer_id, pem in pems:
+        ca = x509.load_pem_x509_certificate(pem.encode())
+        ski = _key_identifier(ca, x509.SubjectKeyIdentifier)
+        if aki is not None and ski is not None:
+            # The key is what was revoked: any certificate naming it as its signer's.
+            if aki == ski:
+                return str(issuer_id)
+            continue
+        if cert.issuer != ca.subject:
+            continue
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue  # the same name on another key
+        return str(issuer_id)
+    return None
+
+
+def _key_identifier(
+    cert: x509.Certificate,
+    kind: type[x509.AuthorityKeyIdentifier] | type[x509.SubjectKeyIdentifier],
+) -> bytes | None:
+    try:
+        value = cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+    if isinstance(value, x509.SubjectKeyIdentifier):
+        return value.digest
+    return value.key_identifier  # None: an AKI naming the issuer and serial only
 
 
 def _may_be_revoked_above(cert: x509.Certificate, chain: Sequence[x509.Certificate]) -> bool:
