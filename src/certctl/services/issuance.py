@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -563,16 +564,28 @@ def revoked_ca_among(services: Services, cas: Sequence[bytes]) -> str | None:
     For a client certificate's verified chain, on each request it authenticates: one read
     of the revoked issuers (few, usually none).
     """
+    wanted = set(cas)
+    for issuer_id, pem in _revoked_issuer_pems(services):
+        if _parsed_ca(pem)[1] in wanted:
+            return issuer_id
+    return None
+
+
+def _revoked_issuer_pems(services: Services) -> list[tuple[str, str]]:
+    # Read at each mTLS request (a revocation on another replica counts at once); usually
+    # no row. Their parsing is cached: the same few PEMs every time.
     with services.sessions() as session:
-        pems = session.execute(
+        rows = session.execute(
             select(Issuer.id, Issuer.certificate_pem).where(Issuer.revoked_at.is_not(None))
         ).all()
-    wanted = set(cas)
-    for issuer_id, pem in pems:
-        der = x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
-        if der in wanted:
-            return str(issuer_id)
-    return None
+    return [(str(issuer_id), pem) for issuer_id, pem in rows]
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_ca(pem: str) -> tuple[x509.Certificate, bytes]:
+    """A revoked issuer's certificate and its DER, parsed once per process."""
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    return cert, cert.public_bytes(serialization.Encoding.DER)
 
 
 def revoked_issuer_of(services: Services, certificate_der: bytes) -> str | None:
@@ -585,16 +598,13 @@ def revoked_issuer_of(services: Services, certificate_der: bytes) -> str | None:
     certificate under a CA that the revoked issuer signed is not found this way (the full
     handshake's chain, :func:`revoked_ca_among`, finds it).
     """
-    with services.sessions() as session:
-        pems = session.execute(
-            select(Issuer.id, Issuer.certificate_pem).where(Issuer.revoked_at.is_not(None))
-        ).all()
+    pems = _revoked_issuer_pems(services)
     if not pems:
         return None  # the usual case: nothing to parse
     cert = x509.load_der_x509_certificate(certificate_der)
     aki = _key_identifier(cert, x509.AuthorityKeyIdentifier)
     for issuer_id, pem in pems:
-        ca = x509.load_pem_x509_certificate(pem.encode())
+        ca = _parsed_ca(pem)[0]
         ski = _key_identifier(ca, x509.SubjectKeyIdentifier)
         if aki is not None and ski is not None:
             # The key is what was revoked: any certificate naming it as its signer's.
@@ -607,7 +617,7 @@ def revoked_issuer_of(services: Services, certificate_der: bytes) -> str | None:
             cert.verify_directly_issued_by(ca)
         except (ValueError, TypeError, InvalidSignature):
             continue  # the same name on another key
-        return str(issuer_id)
+        return issuer_id
     return None
 
 
