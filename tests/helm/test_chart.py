@@ -751,6 +751,15 @@ def test_secret_target_namespaces_get_a_role(render: Callable[..., Rendered]) ->
         ]
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is True
+    # The release namespace listed: custom certificates are read there too, with one LIST
+    # of the labelled Secrets per reconcile pass. Listing is granted there only.
+    objects = render({"secretTargets": {"namespaces": ["apps", NAMESPACE]}})
+    role = objects[("Role", "certctl-secret-target")]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "create", "update"]}
+    ]
+    role = objects[("Role", f"apps/{NAMESPACE}-certctl-secret-target")]
+    assert "list" not in role["rules"][0]["verbs"]
 
 
 # --- schemas -----------------------------------------------------------------------------

@@ -11,7 +11,9 @@ No kube-apiserver can be installed here, so this implements, with their real JSO
 * ``POST /apis/authorization.k8s.io/v1/subjectaccessreviews`` (``allowed`` always present);
 * ``GET``, ``POST``, ``PUT`` on ``/api/v1/namespaces/{ns}/secrets[/{name}]`` with
   ``resourceVersion`` optimistic concurrency (409 Conflict), AlreadyExists, NotFound and the
-  immutable ``type`` (422);
+  immutable ``type`` (422); ``GET`` of the collection is a LIST (a ``SecretList``, by name,
+  items without ``kind``/``apiVersion``), filtered by an equality-based ``labelSelector``
+  (``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``, comma-separated; anything else is 400);
 * errors as ``v1.Status`` objects; callers must present ``Authorization: Bearer`` with one of
   ``accepted_tokens`` or a client certificate from the test CA, else 401;
 * RBAC, when ``rbac`` is set: the rules bound to certctl's ServiceAccount (a Role's in its
@@ -33,6 +35,7 @@ import re
 import ssl
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -198,8 +201,11 @@ class FakeApiServer:
                 return self._token_review(body or {})
             if method == "POST" and path == "/apis/authorization.k8s.io/v1/subjectaccessreviews":
                 return self._access_review(body or {})
-            match = _SECRET.match(path)
+            route, _, query = path.partition("?")
+            match = _SECRET.match(route)
             if match:
+                if method == "GET" and match.group(2) is None:
+                    return self._list_secrets(match.group(1), urllib.parse.parse_qs(query))
                 return self._secret(method, match.group(1), match.group(2), body)
             return 404, status(404, "NotFound", "the server could not find the requested resource")
 
@@ -207,7 +213,7 @@ class FakeApiServer:
         """None when ``rbac`` allows the call, else the API server's Forbidden Status."""
         if self.rbac is None:
             return None
-        match = _SECRET.match(path)
+        match = _SECRET.match(path.partition("?")[0])
         if match:
             group, resource, namespace, name = "", "secrets", match.group(1), match.group(2)
             verb = {"GET": "get" if name else "list", "POST": "create", "PUT": "update"}.get(
@@ -302,6 +308,50 @@ class FakeApiServer:
             "metadata": {"creationTimestamp": None},
             "spec": spec,
             "status": result,
+        }
+
+    def _list_secrets(
+        self, namespace: str, query: dict[str, list[str]]
+    ) -> tuple[int, dict[str, Any]]:
+        requirements: list[tuple[str, str, str | None]] = []  # (op, key, value)
+        for selector in query.get("labelSelector", []):
+            for term in selector.split(","):
+                term = term.strip()
+                found = re.fullmatch(r"([^=!\s]+)\s*(==|=|!=)\s*([^=!\s]*)", term)
+                if found:
+                    op = "!=" if found.group(2) == "!=" else "="
+                    requirements.append((op, found.group(1), found.group(3)))
+                elif re.fullmatch(r"!?[^=!\s,()]+", term):
+                    exists = not term.startswith("!")
+                    requirements.append(("exists" if exists else "absent", term.lstrip("!"), None))
+                else:
+                    return 400, status(400, "BadRequest", f"unable to parse requirement: {term}")
+
+        def selected(obj: dict[str, Any]) -> bool:
+            labels = (obj.get("metadata") or {}).get("labels") or {}
+            for op, key, value in requirements:
+                matches = {
+                    "=": labels.get(key) == value,
+                    "!=": labels.get(key) != value,  # an absent label is not equal
+                    "exists": key in labels,
+                    "absent": key not in labels,
+                }[op]
+                if not matches:
+                    return False
+            return True
+
+        items = []
+        for (ns, _name), obj in sorted(self.secrets.items()):
+            if ns == namespace and selected(obj):
+                item = copy.deepcopy(obj)
+                item.pop("kind", None)  # as the API server lists them
+                item.pop("apiVersion", None)
+                items.append(item)
+        return 200, {
+            "kind": "SecretList",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": self.next_version()},
+            "items": items,
         }
 
     def _secret(

@@ -133,7 +133,7 @@ def test_a_custom_certificate_secret_is_readable_once_its_namespace_is_listed(
     # docs/kubernetes.md: certificate.secretName reads a Secret of the release namespace
     # when secretTargets.namespaces lists it; without, the chart grants no get there.
     from certctl.errors import InvalidRequest
-    from certctl.server.run import _custom_secret_reader
+    from certctl.server.run import _custom_secret_reader, _CustomSecrets
 
     crt, key = pki.leaf("web.example.internal")
     apiserver.put_secret(
@@ -149,6 +149,25 @@ def test_a_custom_certificate_secret_is_readable_once_its_namespace_is_listed(
         read("own")
     apiserver.rbac = chart_rbac({**VALUES, "secretTargets": {"namespaces": ["apps", NAMESPACE]}})
     assert read("own") == {"tls.crt": crt, "tls.key": key}
+
+    # A scheduler pass lists them, one request for all: the chart grants list there.
+    secrets = _CustomSecrets(ServerConfig.model_validate(_config(apiserver, sa_dir)))
+    apiserver.clear()
+    assert secrets.for_pass()("own") == {"tls.crt": crt, "tls.key": key}
+    assert [(r.method, r.path.partition("?")[0]) for r in apiserver.requests] == [
+        ("GET", f"/api/v1/namespaces/{NAMESPACE}/secrets")
+    ]
+    # A Role of before (or one's own) granting get alone: read one by one, as then.
+    apiserver.rbac = [
+        (ns, {**rule, "verbs": [v for v in rule.get("verbs", ()) if v != "list"]})
+        for ns, rule in chart_rbac({**VALUES, "secretTargets": {"namespaces": [NAMESPACE]}})
+    ]
+    apiserver.clear()
+    assert secrets.for_pass()("own") == {"tls.crt": crt, "tls.key": key}
+    assert [(r.method, r.path.partition("?")[0]) for r in apiserver.requests] == [
+        ("GET", f"/api/v1/namespaces/{NAMESPACE}/secrets"),  # 403
+        ("GET", f"/api/v1/namespaces/{NAMESPACE}/secrets/own"),
+    ]
 
 
 def test_a_role_without_update_is_caught(

@@ -302,41 +302,116 @@ def _secret_target_writer(config: ServerConfig) -> Callable[[Any, dict[str, byte
     return write
 
 
-def _custom_secret_reader(config: ServerConfig) -> Callable[[str], dict[str, bytes]]:
-    """Managed services' ``certificate.secretName`` read from a Secret in kubernetes.namespace.
+class _CustomSecrets:
+    """Managed services' ``certificate.secretName`` read from Secrets in kubernetes.namespace.
 
     Used when ``secrets-dir`` has no directory of that name. The connection is built on first
     use, as for Secret targets; every failure is the service's InvalidRequest (its Failed
     condition), never a crash of the pass.
     """
-    from certctl.targets.kubernetes import CUSTOM_CERTIFICATE_LABEL, read_custom_certificate
 
-    connections: list[KubeConnection] = []
+    def __init__(self, config: ServerConfig) -> None:
+        self._config = config
+        self._connection: KubeConnection | None = None
+        # Why the last LIST failed (logged when it changes, not at every 10 s pass).
+        self._list_failure: str | None = None
 
-    def read(name: str) -> dict[str, bytes]:
-        where = config.effective_secrets_dir / name
-        try:
-            if not connections:
-                connections.append(_kube_connection(config))
-        except CertctlError as exc:
-            raise InvalidRequest(
-                f"secret {name} not found (expected a directory {where}, or a Kubernetes Secret "
-                f"labelled {CUSTOM_CERTIFICATE_LABEL}=true, which needs a Kubernetes "
-                f"connection: {exc.detail})"
-            ) from None
-        connection = connections[0]
+    def _connect(self, name: str) -> KubeConnection:
+        if self._connection is None:
+            try:
+                self._connection = _kube_connection(self._config)
+            except CertctlError as exc:
+                from certctl.targets.kubernetes import CUSTOM_CERTIFICATE_LABEL
+
+                where = self._config.effective_secrets_dir / name
+                raise InvalidRequest(
+                    f"secret {name} not found (expected a directory {where}, or a Kubernetes "
+                    f"Secret labelled {CUSTOM_CERTIFICATE_LABEL}=true, which needs a "
+                    f"Kubernetes connection: {exc.detail})"
+                ) from None
+        return self._connection
+
+    def read(self, name: str) -> dict[str, bytes]:
+        """The Secret ``name``, with one GET."""
+        from certctl.targets.kubernetes import read_custom_certificate
+
+        connection = self._connect(name)
         try:
             data = read_custom_certificate(connection, name)
         except CertctlError as exc:
             raise InvalidRequest(f"secret {name}: {exc.detail}") from None
         if data is None:
+            where = self._config.effective_secrets_dir / name
             raise InvalidRequest(
                 f"secret {name} not found: neither a directory {where} nor a Kubernetes Secret "
                 f"{connection.namespace}/{name}"
             )
         return data
 
-    return read
+    def for_pass(self) -> Callable[[str], dict[str, bytes]]:
+        """A ``read`` for one scheduler pass: one LIST of the labelled Secrets, at first use.
+
+        With a GET per service per pass, 1,000 services were ~100 requests/s to the API
+        server. A name the LIST did not return (absent, or not labelled: only a GET tells
+        which, for the service's status) is read alone, once in the pass; so is every name
+        when the LIST fails (a Role granting ``get`` but not ``list``: as before, one GET
+        each).
+        """
+        listed: dict[str, dict[str, bytes] | InvalidRequest] | None = None
+        # A pass reads a secret twice when it reconciles its service (to compare, then to
+        # use): both reads get the same answer, from one request.
+        alone: dict[str, dict[str, bytes] | InvalidRequest] = {}
+
+        def read(name: str) -> dict[str, bytes]:
+            nonlocal listed
+            if listed is None:
+                listed = self._list()
+            found = listed.get(name)
+            if found is None:
+                found = alone.get(name)
+            if found is None:
+                try:
+                    found = alone[name] = self.read(name)
+                except InvalidRequest as exc:
+                    found = alone[name] = exc
+            if isinstance(found, InvalidRequest):
+                raise found
+            return dict(found)
+
+        return read
+
+    def _list(self) -> dict[str, dict[str, bytes] | InvalidRequest]:
+        """Every labelled Secret of the namespace; {} when they cannot be listed."""
+        from certctl.targets.kubernetes import list_custom_certificates
+
+        try:
+            listed = list_custom_certificates(self._connect(""))
+        except InvalidRequest:
+            return {}  # no Kubernetes connection: each read says so
+        except CertctlError as exc:
+            if exc.detail != self._list_failure:
+                log.warning(
+                    "custom certificates: %s; reading each service's Secret on its own "
+                    "(one request per service and pass; grant list on secrets)",
+                    exc.detail,
+                )
+            self._list_failure = exc.detail
+            return {}
+        if self._list_failure is not None:
+            log.info("custom certificates: Secrets are listed again")
+            self._list_failure = None
+        # Worded as read() words them: the service's status does not depend on which ran.
+        return {
+            name: InvalidRequest(f"secret {name}: {found.detail}")
+            if isinstance(found, InvalidRequest)
+            else found
+            for name, found in listed.items()
+        }
+
+
+def _custom_secret_reader(config: ServerConfig) -> Callable[[str], dict[str, bytes]]:
+    """``_CustomSecrets(config).read``: one Secret, one GET."""
+    return _CustomSecrets(config).read
 
 
 def service_settings(config: ServerConfig) -> ServiceSettings:
@@ -345,6 +420,7 @@ def service_settings(config: ServerConfig) -> ServiceSettings:
     Raises:
         InvalidRequest: a lifetime not longer than its renewal margin.
     """
+    custom = _CustomSecrets(config)
     return ServiceSettings(
         ca_validity=parse_duration(config.ca_cert_validity),
         ca_rotate_before=parse_duration(config.ca_cert_rotate_before),
@@ -352,7 +428,8 @@ def service_settings(config: ServerConfig) -> ServiceSettings:
         cert_rotate_before=parse_duration(config.cert_rotate_before),
         secrets_dir=config.effective_secrets_dir,
         secret_writer=_secret_target_writer(config),
-        secret_reader=_custom_secret_reader(config),
+        secret_reader=custom.read,
+        secret_pass_reader=custom.for_pass,
         target_policy=target_policy(config),
     )
 

@@ -164,6 +164,9 @@ class Scheduler:
             return 0
         self._leading.set()
         now = (self.clock or self.services.clock)()
+        # One reader of custom secrets for the pass: Kubernetes Secrets are listed once at
+        # its first read, not fetched one by one (one request per service every 10 s).
+        settings = self.settings.for_pass()
         if self._since is None:
             self._since = now
         with self.services.sessions() as session:
@@ -193,12 +196,12 @@ class Scheduler:
             previous = self._secrets.pop(row.name, None)
             if tls_services.custom_secret_name(row) is not None:
                 try:
-                    seen = tls_services.read_custom_secret(self.settings, row, now, previous)
+                    seen = tls_services.read_custom_secret(settings, row, now, previous)
                 except Exception:
                     # Not this pass's to handle: the reconcile reads it again, and backs
                     # off whatever it raises there, service by service.
                     log.debug("reading the secret of service %s failed", row.name, exc_info=True)
-                unchanged = tls_services.custom_secret_unchanged(self.settings, row, previous, seen)
+                unchanged = tls_services.custom_secret_unchanged(settings, row, previous, seen)
                 only_if_changed = not self._due(row, now, secret_unchanged=True)
                 if unchanged and only_if_changed:
                     assert previous is not None  # unchanged says so
@@ -216,7 +219,7 @@ class Scheduler:
                 log.warning("lost leadership during a reconcile pass; stopping it")
                 return done
             try:
-                row = tls_services.reconcile_service(self.services, self.settings, row.name, now)
+                row = tls_services.reconcile_service(self.services, settings, row.name, now)
                 done += 1
                 if not first_sight:
                     self._passes[row.name] = now

@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -101,8 +101,18 @@ class ServiceSettings:
     # directory: its tls.crt, tls.key, ca.crt, ca.key. Raises InvalidRequest (not found,
     # not labelled for certctl, no cluster configured).
     secret_reader: Callable[[str], dict[str, bytes]] | None = None
+    # A secret_reader for one scheduler pass (``for_pass``): it may read every secret at its
+    # first call (one LIST of the labelled Secrets) and answer the others from that, so a
+    # pass over 1,000 services costs one request to the API server, not 1,000.
+    secret_pass_reader: Callable[[], Callable[[str], dict[str, bytes]]] | None = None
     # Checked again at each delivery: what a stored path resolves to can change.
     target_policy: TargetPolicy | None = None
+
+    def for_pass(self) -> ServiceSettings:
+        """These settings for one scheduler pass: ``secret_pass_reader``'s reader, if any."""
+        if self.secret_pass_reader is None:
+            return self
+        return replace(self, secret_reader=self.secret_pass_reader())
 
     def __post_init__(self) -> None:
         if self.cert_validity <= self.cert_rotate_before:

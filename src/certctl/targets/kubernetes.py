@@ -28,6 +28,7 @@ __all__ = [
     "MANAGED_BY",
     "SecretWriter",
     "WriteResult",
+    "list_custom_certificates",
     "read_custom_certificate",
 ]
 
@@ -266,7 +267,61 @@ def read_custom_certificate(
         ) from None
     if response.status_code == 404:
         return None
-    obj = response_json(response, f"read {what}")
+    return _custom_files(response_json(response, f"read {what}"), what, namespace, name)
+
+
+def list_custom_certificates(
+    connection: KubeConnection,
+    *,
+    namespace: str | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> dict[str, dict[str, bytes] | InvalidRequest]:
+    """Every Secret ``read_custom_certificate`` may read in ``namespace``, with ONE request.
+
+    A LIST with the label selector ``certctl.io/custom-certificate=true``: name → what
+    ``read_custom_certificate`` returns for it, or the InvalidRequest it raises (one certctl
+    writes, a key not base64...). A Secret not listed is absent or not labelled: only its
+    own read tells which. Needs ``list`` on ``secrets`` in the namespace.
+
+    Raises:
+        KubeApiError: the API is unreachable or refuses the LIST.
+    """
+    import httpx
+
+    namespace = namespace or connection.namespace
+    what = f"Secrets of {namespace} labelled {CUSTOM_CERTIFICATE_LABEL}=true"
+    try:
+        with connection.client(transport) as client:
+            response = client.get(
+                f"/api/v1/namespaces/{namespace}/secrets",
+                params={"labelSelector": f"{CUSTOM_CERTIFICATE_LABEL}=true"},
+            )
+    except httpx.HTTPError as exc:
+        raise KubeApiError(
+            f"{what}: cannot reach the Kubernetes API ({transport_error(exc)})"
+        ) from None
+    body = response_json(response, f"list {what}")
+    items = body.get("items") if isinstance(body, dict) else None
+    found: dict[str, dict[str, bytes] | InvalidRequest] = {}
+    for obj in items if isinstance(items, list) else []:
+        metadata = obj.get("metadata") if isinstance(obj, dict) else None
+        name = metadata.get("name") if isinstance(metadata, dict) else None
+        labels = metadata.get("labels") if isinstance(metadata, dict) else None
+        if not isinstance(name, str) or not isinstance(labels, dict):
+            continue
+        if labels.get(CUSTOM_CERTIFICATE_LABEL) != "true":
+            # The selector says it is not there: never read a Secret not labelled, whatever
+            # a server (or a proxy) answered. Its own read then says what it is.
+            continue
+        try:
+            found[name] = _custom_files(obj, f"Secret {namespace}/{name}", namespace, name)
+        except InvalidRequest as exc:
+            found[name] = exc
+    return found
+
+
+def _custom_files(obj: Mapping[str, Any], what: str, namespace: str, name: str) -> dict[str, bytes]:
+    """The custom-certificate keys of the Secret ``obj``, read or listed (see the callers)."""
     labels = (obj.get("metadata") or {}).get("labels") or {}
     if all(labels.get(k) == v for k, v in MANAGED_BY.items()):
         raise InvalidRequest(
