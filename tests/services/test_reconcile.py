@@ -591,6 +591,52 @@ def test_a_service_whose_reconcile_crashes_is_backed_off(
     assert scheduler._crashed == {}
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ["not", "a", "mapping"],
+        {"apiVersion": "certctl.io/v1", "kind": "TLSService", "spec": ["x"]},
+        {"spec": {"http": "x", "targets": []}},
+        {"spec": {"http": {"tls": 5}, "targets": []}},
+        {"spec": {"http": {"tls": {"certificate": ["own"]}}, "targets": []}},
+    ],
+    ids=["list", "spec-list", "http-str", "tls-int", "certificate-list"],
+)
+def test_a_malformed_stored_spec_fails_only_its_service(env: Env, spec: Any) -> None:
+    # Edited by hand in the database: the scheduler read it with .get() outside the
+    # per-service try, and the AttributeError failed every pass, for every service.
+    from certctl.server.scheduler import Scheduler
+
+    env.put(service_doc("bad"))
+    env.put(service_doc("good"))
+    scheduler = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
+    assert scheduler.tick() == 2
+    with env.services.sessions.begin() as session:
+        row = session.get(ManagedService, "bad")
+        assert row is not None
+        row.spec = spec  # the generation unchanged: as a hand edit leaves it
+    env.put(service_doc("good", dns=("good.example.internal",)))  # work to do for the other
+    env.at(env.now + MINUTE)
+    assert scheduler.tick() == 2
+    good = env.row("good")
+    assert good.reconciled_generation == good.generation
+    assert good.conditions["Failed"]["status"] is False
+    failed = env.row("bad").conditions["Failed"]
+    assert failed["status"] is True
+    assert failed["message"].startswith("stored spec no longer valid: "), failed
+    # Backed off as other failures, and still not in the way of the others.
+    env.at(env.now + timedelta(seconds=1))
+    assert scheduler.tick() == 0
+    # Asking for its renewal is no 500 either: it is due, and fails again, backed off.
+    renewed = tls_services.request_renewal(env.services, env.admin, "bad")
+    assert renewed.renew_at == env.now
+    assert scheduler.tick() == 1
+    assert env.row("bad").conditions["Failed"]["status"] is True
+    env.at(env.now + timedelta(minutes=5))
+    env.put(service_doc("good"))
+    assert scheduler.tick() == 2
+
+
 def test_a_stored_spec_that_no_longer_parses_is_a_failed_condition(env: Env) -> None:
     from certctl.store.models import ManagedService
 

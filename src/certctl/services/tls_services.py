@@ -333,13 +333,9 @@ def request_renewal(services: Services, caller: Principal, name: str) -> Managed
         row = session.get(ManagedService, name, with_for_update=True)
         if row is None:
             raise NotFound(f"service {name} not found")
-        if (
-            row.spec.get("spec", {})
-            .get("http", {})
-            .get("tls", {})
-            .get("selfSignedCertificate", {})
-            .get("disabled")
-        ):
+        tls = _stored_tls(row)
+        self_signed = tls.get("selfSignedCertificate") if isinstance(tls, dict) else None
+        if isinstance(self_signed, dict) and self_signed.get("disabled"):
             # Nothing would be issued, and the request would stay due: reconciled every pass.
             raise Conflict(f"service {name} has TLS disabled: there is no certificate to renew")
         row.renew_at = now
@@ -1767,9 +1763,13 @@ def due(
         return True  # new or changed spec
     if row.next_attempt_at is not None:
         return now >= row.next_attempt_at  # retrying after a failure, with back-off
-    if row.spec.get("spec", {}).get("http", {}).get("tls", {}).get("certificate"):
-        if not secret_unchanged:
-            return True  # a custom secret can change at any time
+    certificate = _stored_certificate(row)
+    if certificate is _MALFORMED:
+        # Edited in the database: its reconcile says why (Failed) and backs it off; read
+        # here with .get(), it raised in every pass, for every service.
+        return True
+    if certificate and not secret_unchanged:
+        return True  # a custom secret can change at any time
     if any(
         t is not None and now >= t for t in (row.renew_at, row.ca_renew_at, row.retired_ca_until)
     ):
@@ -1788,11 +1788,33 @@ def due(
     return now >= first
 
 
+# What _stored_certificate returns for a spec one of whose levels is not a mapping.
+_MALFORMED = object()
+
+
+def _stored_tls(row: ManagedService) -> Any:
+    """``spec.http.tls`` of a stored spec, read without parsing it; ``{}`` if absent.
+
+    Every pass reads it for every service, outside the reconcile that parses (and reports)
+    the spec: a level that is not a mapping (a hand edit) is ``_MALFORMED``, never an error.
+    """
+    node: Any = row.spec
+    for key in ("spec", "http", "tls"):
+        if not isinstance(node, dict):
+            return _MALFORMED
+        node = node.get(key, {})
+    return node if isinstance(node, dict) else _MALFORMED
+
+
+def _stored_certificate(row: ManagedService) -> Any:
+    """``spec.http.tls.certificate`` of a stored spec (no parse), None if absent, or _MALFORMED."""
+    tls = _stored_tls(row)
+    return tls.get("certificate") if isinstance(tls, dict) else _MALFORMED
+
+
 def custom_secret_name(row: ManagedService) -> str | None:
     """The ``certificate.secretName`` of a stored spec, read as ``due`` reads it (no parse)."""
-    certificate = row.spec.get("spec", {}).get("http", {}).get("tls", {}).get("certificate")
-    if not certificate:
-        return None
+    certificate = _stored_certificate(row)
     name = certificate.get("secretName") if isinstance(certificate, dict) else None
     return name if isinstance(name, str) and name else None
 
