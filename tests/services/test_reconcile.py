@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -707,6 +708,46 @@ def test_the_resync_clock_is_the_last_pass_not_the_condition_times(env: Env) -> 
                                 last_pass=env.now - MINUTE)  # fmt: skip
 
 
+def test_services_created_together_keep_their_resyncs_spread(env: Env) -> None:
+    # Created (so reconciled) in one pass, they were all resynced in one pass every 10
+    # minutes for good: the spread applied only to a new scheduler's first resyncs. Each
+    # service resyncs at its own fixed point of the interval, and never less often.
+    from certctl.server.scheduler import Scheduler
+
+    names = [f"web-{i:02}" for i in range(12)]
+    scheduler = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
+    assert scheduler.tick() == 0
+    start = env.at(env.now + timedelta(seconds=10))
+    for name in names:
+        env.put(service_doc(name))
+    assert scheduler.tick() == 12  # work to do: at once, all of them
+    passes: dict[str, list[datetime]] = {n: [start] for n in names}
+    per_tick = []
+    end = start + 3 * tls_services.RESYNC_INTERVAL
+    while env.now < end:
+        env.at(env.now + timedelta(seconds=10))
+        per_tick.append(scheduler.tick())
+        for name in names:
+            if scheduler._passes[name] == env.now:
+                passes[name].append(env.now)
+    resyncs = per_tick[len(per_tick) // 3 :]  # the last two intervals, past the first resync
+    # Where a name's hash lands is fixed: nine points an interval, four names in the last.
+    assert max(resyncs) <= 4, [n for n in resyncs if n]
+    assert len([n for n in resyncs if n]) >= 12, resyncs  # was 2 passes of 12
+    for name, times in passes.items():
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert len(gaps) >= 3, (name, times)
+        assert max(gaps) <= tls_services.RESYNC_INTERVAL, (name, gaps)
+        assert min(gaps[1:]) == tls_services.RESYNC_INTERVAL, (name, gaps)  # steady
+
+    # Work is never held for the spread: a changed spec is reconciled at the next pass.
+    env.put(service_doc("web-05", dns=("web-05.example.internal",)))
+    env.at(env.now + timedelta(seconds=10))
+    before = scheduler._passes["web-05"]
+    scheduler.tick()
+    assert scheduler._passes["web-05"] == env.now > before
+
+
 def test_a_new_leader_spreads_the_first_resyncs_and_does_the_needed_work_at_once(
     env: Env,
 ) -> None:
@@ -729,14 +770,16 @@ def test_a_new_leader_spreads_the_first_resyncs_and_does_the_needed_work_at_once
     assert scheduler.tick() == 2  # only the services that need work
     assert set(scheduler._passes) == {"web-03", "web-07"}
     per_tick = []
-    end = start + tls_services.RESYNC_INTERVAL - timedelta(seconds=1)  # before 03's and 07's
+    end = start + tls_services.RESYNC_INTERVAL - timedelta(seconds=1)
     while env.now < end:
         env.at(min(env.now + timedelta(seconds=30), end))
         per_tick.append(scheduler.tick())
-    # Each of the other ten is resynced once within the interval, in small groups.
-    assert sum(per_tick) == 10, per_tick
+    # Each is resynced once within the interval, in small groups: the ten overdue ones, and
+    # 03 and 07 too, at their own points (which keep them apart from the others' for good).
+    assert sum(per_tick) == 12, per_tick
     assert set(scheduler._passes) == set(names)
-    # Where a name's hash lands is fixed: these ten land in seven ticks, four in the last.
+    assert all(scheduler._passes[n] > start for n in ("web-03", "web-07"))
+    # Where a name's hash lands is fixed: never more than four of them in one tick.
     assert max(per_tick) <= 4, per_tick
     assert len([n for n in per_tick if n]) >= 5, per_tick
     # The same service at the same point of the interval after another restart.

@@ -133,7 +133,8 @@ class Scheduler:
     # When this scheduler last reconciled each service: the resync clock (due()'s
     # last_pass). In memory, not in the row: written by every pass, it was one UPDATE per
     # pass for services read on every pass (custom certificates). A new leader or a restart
-    # starts from the conditions' time, with the overdue resyncs spread from _since.
+    # starts from the conditions' time. Resyncs fall at each service's point of the
+    # interval from _since (tls_services.due), so they stay spread.
     _passes: dict[str, datetime] = field(default_factory=dict)
     # The custom certificate's secret of each service as read for its last reconcile: one
     # that still holds the same is not reconciled again (tls_services.SecretSeen). In

@@ -1750,10 +1750,13 @@ def due(
     since moved: the latest pass that changed something. Kept apart from the conditions,
     which change only when the service does.
     ``since``: when the caller started reconciling (its start, or its election as leader).
+    A service's resyncs then fall on ``since`` + an offset fixed by its name + k ``resync``:
+    the first such point after its last pass (never more than ``resync`` after it), so
+    services reconciled in one pass (created together) do not resync together ever after.
     A service it has not reconciled yet and whose resync is due by the conditions' time
-    then gets it at a point of ``[since, since + resync)`` fixed by its name: most services
-    are, and all of them in the first pass was a burst of reconciles and reloads at every
-    restart. A service with work to do (above) is never held back.
+    gets it at its point of ``[since, since + resync)``: most services are, and all of them
+    in the first pass was a burst of reconciles and reloads at every restart. A service
+    with work to do (above) is never held back.
     ``secret_unchanged``: the caller read the custom certificate's secret and it holds what
     it held at its last reconcile, with no validity boundary passed since
     (``custom_secret_unchanged``); the service is then due by the other rules only. Otherwise
@@ -1777,7 +1780,14 @@ def due(
     if resync is None:
         return False
     if last_pass is not None:
-        return now - last_pass >= resync
+        if since is None or resync <= timedelta(0):
+            return now - last_pass >= resync
+        # The resyncs of a service fall on its own points, ``since`` + its offset + k
+        # intervals: at most one interval after its last pass, whatever that pass was for.
+        # Counted from each last pass, services reconciled in one pass (created together,
+        # or a new CA) were resynced together for good, every interval.
+        offset = since + _resync_offset(row.name, resync)
+        return last_pass < offset + (now - offset) // resync * resync
     last = _last_transition(row)
     natural = None if last is None else last + resync
     if since is None:
@@ -1903,7 +1913,7 @@ def custom_secret_unchanged(
 
 
 def _resync_offset(name: str, resync: timedelta) -> timedelta:
-    """Where in the resync interval a new scheduler first resyncs ``name``.
+    """Where in each resync interval of a scheduler ``name`` is resynced.
 
     From a hash of the name, so every restart and every replica puts it at the same point
     and the services spread evenly, however many there are.
