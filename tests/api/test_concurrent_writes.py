@@ -385,3 +385,22 @@ def test_two_key_compromise_revocations_of_one_chain_at_once_leave_one_409(api: 
     for x in (a, b, c):
         got = api.get(f"/api/v1/certificates/{x['id']}", api.admin_key).json()
         assert (got["status"], got["revocation_reason"]) == ("revoked", "keyCompromise")
+
+
+def test_no_free_database_connection_is_a_503_not_a_500(api: Api) -> None:
+    # Every pooled connection busy (writes queued behind SQLite's write lock, now that every
+    # mutating route runs in a thread; a slow PostgreSQL): SQLAlchemy's pool timeout is no
+    # DB-API error, and the request was answered 500 "internal error" with a traceback.
+    engine = api.services.engine
+    pool: Any = engine.pool
+    held = [engine.connect() for _ in range(pool.size() + pool._max_overflow)]
+    saved, pool._timeout = pool._timeout, 0.05
+    try:
+        r = api.get("/api/v1/certificates", api.admin_key)
+        body = assert_problem(r, 503)
+        assert body["detail"] == "storage is busy: no database connection came free in time"
+    finally:
+        pool._timeout = saved
+        for connection in held:
+            connection.close()
+    assert api.get("/api/v1/certificates", api.admin_key).status_code == 200

@@ -59,7 +59,7 @@ from certctl.pki import DNPattern, parse_duration
 from certctl.services import audit, issuance, rbac
 from certctl.services.context import IssuerCertificates, Principal, Services
 from certctl.services.tls_services import TargetPolicy
-from certctl.store.db import constraint_conflict, storage_error
+from certctl.store.db import PoolTimeout, constraint_conflict, storage_error
 from certctl.store.models import Actor, ApiKey, Role
 
 if TYPE_CHECKING:
@@ -1013,7 +1013,7 @@ def _record_failure(auth: _AuthSettings, request: Request, reason: str, detail: 
                 source=source,
                 detail=detail,
             )
-    except DBAPIError as exc:
+    except (DBAPIError, PoolTimeout) as exc:
         fault = storage_error(exc)
         if fault is None:
             raise
@@ -1574,6 +1574,7 @@ def create_app(
         exception_handlers={
             CertctlError: _certctl_error,
             DBAPIError: _database_error,
+            PoolTimeout: _database_error,
             HTTPException: _http_error,
             ClientDisconnect: _client_gone,
             Exception: _unexpected,

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, String, create_engine, event, make_url, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -21,6 +22,7 @@ from sqlalchemy.sql.functions import GenericFunction
 from certctl.errors import CertctlError, Conflict, StorageUnavailable
 
 __all__ = [
+    "PoolTimeout",
     "checkpoint",
     "constraint_conflict",
     "create_store_engine",
@@ -461,11 +463,17 @@ _PG_FAULTS = {
 def storage_error(exc: BaseException) -> StorageUnavailable | None:
     """The typed 503 for a database error caused by the storage, else None (a bug: a 500).
 
+    Also for SQLAlchemy's pool timeout (``PoolTimeout``, no DB-API error): no connection free.
+
     Storage faults are: SQLite full, read-only, I/O error, cannot open, busy; PostgreSQL disk
     full, read-only transaction and every DB-API ``OperationalError`` (connection lost, server
     shutting down, …). SQLite also reports SQL mistakes as ``OperationalError``, so SQLite is
     classified by its result code, never by the exception class.
     """
+    if isinstance(exc, PoolTimeout):
+        # Every pooled connection stayed busy for pool_timeout (writes queued behind SQLite's
+        # write lock, a slow PostgreSQL): an overloaded store, not a bug: 503, to retry.
+        return StorageUnavailable("storage is busy: no database connection came free in time")
     if not isinstance(exc, DBAPIError):
         return None
     orig = exc.orig
