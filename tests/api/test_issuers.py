@@ -1226,3 +1226,15 @@ def test_the_revoked_issuer_of_a_certificate_without_its_chain(api: Api) -> None
         None,
     ]
     assert issuance.revoked_issuer_of(api.services, of_default.public_bytes(Encoding.DER)) is None
+    # An authorityKeyIdentifier cryptography cannot parse (OpenSSL may accept what it refuses):
+    # judged by name and signature (broken by the edit here: not sub's), never a 500.
+    der = with_aki.public_bytes(Encoding.DER)
+    key_id = with_aki.extensions.get_extension_for_class(
+        x509.AuthorityKeyIdentifier
+    ).value.key_identifier
+    assert key_id is not None
+    at = der.index(key_id)
+    garbled = der[: at - 2] + b"\x04" + der[at - 1 :]  # its [0] keyIdentifier tag made 0x04
+    with pytest.raises(ValueError, match="error parsing asn1 value"):
+        _ = x509.load_der_x509_certificate(garbled).extensions
+    assert issuance.revoked_issuer_of(api.services, garbled) is None

@@ -609,7 +609,7 @@ def revoked_issuer_of(services: Services, certificate_der: bytes) -> str | None:
         if aki is not None and ski is not None:
             # The key is what was revoked: any certificate naming it as its signer's.
             if aki == ski:
-                return str(issuer_id)
+                return issuer_id
             continue
         if cert.issuer != ca.subject:
             continue
@@ -627,7 +627,9 @@ def _key_identifier(
 ) -> bytes | None:
     try:
         value = cert.extensions.get_extension_for_class(kind).value
-    except x509.ExtensionNotFound:
+    except (x509.ExtensionNotFound, ValueError):
+        # ValueError: extensions OpenSSL accepted but cryptography cannot parse (a duplicate,
+        # a malformed one): judged by issuer name and signature instead, never a 500.
         return None
     if isinstance(value, x509.SubjectKeyIdentifier):
         return value.digest
