@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,9 @@ import typer
 
 if TYPE_CHECKING:
     from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
+    from certctl.pki.formats import Material
 
 from certctl.cli._common import (
     CA_CERT,
@@ -196,42 +200,14 @@ def import_ca(
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:
     """Import an existing CA (PEM pair or PKCS#12) after checking key and certificate match."""
-    from certctl.errors import InvalidRequest
     from certctl.files import OutputSet
     from certctl.pki import CertificateAuthority, certs_to_pem, key_to_pem
 
-    if (p12 is None) == (cert is None):
-        raise typer.BadParameter("give either --cert with --key, or --p12")
-    if cert is not None and key is None:
-        raise typer.BadParameter("--cert needs --key")
-    if p12 is not None and key is not None:
-        raise typer.BadParameter("--key and --p12 exclude each other (the key is in the PKCS#12)")
-    if password is not None and password_file is not None:
-        raise typer.BadParameter("--password and --password-file exclude each other")
-    # CERTCTL_PASSWORD alone is a default, often exported for other commands: an input
-    # that needs no password opens without it, as in inspect and verify.
-    from_env = password is None and password_file is None
-    secret = read_password(password_file, password)
+    ca_input = read_ca_input(cert, key, p12, password_file, password)
     key_password = read_password(key_password_file, env="CERTCTL_CA_PASSWORD")  # as in create
-    try:
-        if p12 is not None:
-            material = read_material(p12, secret, "PKCS#12 file", password_optional=from_env)
-        else:
-            certs = read_material(cert, what="CA certificate").certificates
-            material = read_material(key, secret, "CA key", password_optional=from_env)
-            material.certificates = certs
-    except InvalidRequest as exc:
-        if from_env and secret is not None and "password" in exc.detail:
-            raise type(exc)(f"{exc.detail} (the password came from CERTCTL_PASSWORD)") from exc
-        raise
-    certs, private_key = material.certificates, material.private_key
-    if not certs:
-        raise InvalidRequest("no CA certificate found in the input")
-    if private_key is None:
-        raise InvalidRequest("no CA private key found in the input")
-    ca_cert = next((c for c in certs if c.public_key() == private_key.public_key()), None)
-    if ca_cert is None:
-        raise InvalidRequest("the private key does not match the CA certificate")
+    material, from_env, ca_cert = ca_input.material, ca_input.from_env, ca_input.certificate
+    private_key = ca_input.private_key
+    certs = material.certificates
     chain = _issuer_chain(ca_cert, [c for c in certs if c is not ca_cert])
     ca = CertificateAuthority(ca_cert, private_key, chain)
     if material.key_encrypted and key_password is None:
@@ -307,3 +283,62 @@ def _key_password_source(key_password_file: Path | None) -> str:
     if key_password_file is not None:
         return f"the password in {key_password_file}"
     return "the password from CERTCTL_CA_PASSWORD"
+
+
+@dataclass(frozen=True)
+class CAInput:
+    """A CA read from --cert/--key or --p12 (``ca import``, ``issuers import``), checked."""
+
+    material: Material
+    certificate: x509.Certificate  # the one of the key (roots often come first in a bundle)
+    private_key: CertificateIssuerPrivateKeyTypes
+    from_env: bool  # the password, if any, was CERTCTL_PASSWORD's
+
+
+def read_ca_input(
+    cert: Path | None,
+    key: Path | None,
+    p12: Path | None,
+    password_file: Path | None,
+    password: str | None,
+    *,
+    nothing_done: str = "",
+) -> CAInput:
+    """Read and check a CA certificate and its key; ``nothing_done`` ends each refusal."""
+    from certctl.errors import InvalidRequest
+
+    if (p12 is None) == (cert is None):
+        raise typer.BadParameter("give either --cert with --key, or --p12")
+    if cert is not None and key is None:
+        raise typer.BadParameter("--cert needs --key")
+    if p12 is not None and key is not None:
+        raise typer.BadParameter("--key and --p12 exclude each other (the key is in the PKCS#12)")
+    if password is not None and password_file is not None:
+        raise typer.BadParameter("--password and --password-file exclude each other")
+    # CERTCTL_PASSWORD alone is a default, often exported for other commands: an input
+    # that needs no password opens without it, as in inspect and verify.
+    from_env = password is None and password_file is None
+    secret = read_password(password_file, password)
+    try:
+        if p12 is not None:
+            material = read_material(p12, secret, "PKCS#12 file", password_optional=from_env)
+        elif cert is not None and key is not None:
+            # Certificates only from --cert: a key concatenated into it is never used.
+            certs = read_material(cert, what="CA certificate").certificates
+            material = read_material(key, secret, "CA key", password_optional=from_env)
+            material.certificates = certs
+        else:  # refused above already; this branch only tells mypy so
+            raise typer.BadParameter("give either --cert with --key, or --p12")
+    except InvalidRequest as exc:
+        if from_env and secret is not None and "password" in exc.detail:
+            raise type(exc)(f"{exc.detail} (the password came from CERTCTL_PASSWORD)") from exc
+        raise
+    certs, private_key = material.certificates, material.private_key
+    if not certs:
+        raise InvalidRequest(f"no CA certificate found in the input{nothing_done}")
+    if private_key is None:
+        raise InvalidRequest(f"no CA private key found in the input{nothing_done}")
+    ca_cert = next((c for c in certs if c.public_key() == private_key.public_key()), None)
+    if ca_cert is None:
+        raise InvalidRequest(f"the private key does not match the CA certificate{nothing_done}")
+    return CAInput(material, ca_cert, private_key, from_env)

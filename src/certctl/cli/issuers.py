@@ -31,7 +31,7 @@ from certctl.cli.client import (
     _unexpected,
     _warn_about,
 )
-from certctl.errors import CertctlError, InvalidRequest
+from certctl.errors import CertctlError
 
 if TYPE_CHECKING:
     from certctl.files import OutputSet
@@ -196,42 +196,15 @@ def _import_pem(
     password: str | None,
 ) -> dict[str, str]:
     """certificate_pem and private_key_pem for the import body, from the files given."""
-    from certctl.cli._common import read_material, read_password
+    from certctl.cli.ca import read_ca_input
     from certctl.pki import certs_to_pem, key_to_pem
 
-    if (p12 is None) == (cert is None):
-        raise typer.BadParameter("give either --cert with --key, or --p12")
-    if cert is not None and key is None:
-        raise typer.BadParameter("--cert needs --key")
-    if p12 is not None and key is not None:
-        raise typer.BadParameter("--key and --p12 exclude each other (the key is in the PKCS#12)")
-    if password is not None and password_file is not None:
-        raise typer.BadParameter("--password and --password-file exclude each other")
-    # As `ca import`: CERTCTL_PASSWORD is a default, and an unencrypted input opens without it.
-    from_env = password is None and password_file is None
-    secret = read_password(password_file, password)
-    try:
-        if p12 is not None:
-            material = read_material(p12, secret, "PKCS#12 file", password_optional=from_env)
-        elif cert is not None and key is not None:
-            # Certificates only from --cert: a key concatenated into it is never sent.
-            certs = read_material(cert, what="CA certificate").certificates
-            material = read_material(key, secret, "CA key", password_optional=from_env)
-            material.certificates = certs
-        else:  # refused above already; this branch only tells mypy so
-            raise typer.BadParameter("give either --cert with --key, or --p12")
-    except InvalidRequest as exc:
-        if from_env and secret is not None and "password" in exc.detail:
-            raise type(exc)(f"{exc.detail} (the password came from CERTCTL_PASSWORD)") from exc
-        raise
-    certs, private_key = material.certificates, material.private_key
-    if not certs:
-        raise InvalidRequest("no CA certificate found in the input (nothing was sent)")
-    if private_key is None:
-        raise InvalidRequest("no CA private key found in the input (nothing was sent)")
-    if not any(c.public_key() == private_key.public_key() for c in certs):
-        # The server would refuse it too, but the key would have left the machine for nothing.
-        raise InvalidRequest("the private key does not match the CA certificate (nothing was sent)")
+    # As `ca import` reads it; the server would refuse a key that does not match too, but
+    # the key would have left the machine for nothing.
+    ca_input = read_ca_input(
+        cert, key, p12, password_file, password, nothing_done=" (nothing was sent)"
+    )
+    certs, private_key = ca_input.material.certificates, ca_input.private_key
     return {
         "certificate_pem": certs_to_pem(certs).decode("ascii"),
         "private_key_pem": key_to_pem(private_key, None).decode("ascii"),
