@@ -329,10 +329,7 @@ def request_renewal(services: Services, caller: Principal, name: str) -> Managed
     caller.require("service.edit")
     now = services.clock()
     with services.sessions.begin() as session:
-        _lock_service_row(session)
-        row = session.get(ManagedService, name, with_for_update=True)
-        if row is None:
-            raise NotFound(f"service {name} not found")
+        row = _locked_service(session, name)
         tls = _stored_tls(row)
         self_signed = tls.get("selfSignedCertificate") if isinstance(tls, dict) else None
         if isinstance(self_signed, dict) and self_signed.get("disabled"):
@@ -353,10 +350,7 @@ def drop_retired_ca(services: Services, caller: Principal, name: str) -> Managed
     caller.require("service.edit")
     now = services.clock()
     with services.sessions.begin() as session:
-        _lock_service_row(session)
-        row = session.get(ManagedService, name, with_for_update=True)
-        if row is None:
-            raise NotFound(f"service {name} not found")
+        row = _locked_service(session, name)
         if row.retired_ca_pem is None or row.retired_ca_until is None:
             raise Conflict(f"service {name} keeps no replaced CA in its ca.crt")
         # due() takes a passed retired_ca_until as work; that pass drops it and delivers.
@@ -391,10 +385,7 @@ def add_client(services: Services, caller: Principal, name: str, pem: str) -> li
     now = services.clock()
     added = []
     with services.sessions.begin() as session:
-        _lock_service_row(session)
-        row = session.get(ManagedService, name, with_for_update=True)
-        if row is None:
-            raise NotFound(f"service {name} not found")
+        row = _locked_service(session, name)
         for cert, is_ca in kinds:
             fingerprint = _fingerprint(cert)
             if session.get(ServiceClient, (name, fingerprint)) is not None:
@@ -605,6 +596,15 @@ def _service_ca(
             renewed.certificate.not_valid_after_utc.isoformat(),
         )
     return renewed, True
+
+
+def _locked_service(session: Any, name: str) -> ManagedService:
+    """Service ``name``, locked for this transaction (as every writer of it locks it)."""
+    _lock_service_row(session)
+    row: ManagedService | None = session.get(ManagedService, name, with_for_update=True)
+    if row is None:
+        raise NotFound(f"service {name} not found")
+    return row
 
 
 def _lock_service_row(session: Any) -> None:
