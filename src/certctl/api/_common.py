@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
+import anyio
+import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,15 +21,18 @@ from certctl.services.context import Principal, Services
 __all__ = [
     "AUTHENTICATED",
     "PUBLIC",
+    "WRITE_THREADS",
     "ApiRoute",
     "Handler",
     "caller_of",
     "created",
+    "in_write_thread",
     "json_bytes",
     "json_response",
     "page_limit",
     "read_body",
     "services_of",
+    "write_limiter",
 ]
 
 PUBLIC = "public"
@@ -174,3 +179,25 @@ def caller_of(principal: Principal | None) -> Principal:
     """The principal of an authenticated route."""
     assert principal is not None  # the router authenticates every non-public route
     return principal
+
+
+T = TypeVar("T")
+# Worker threads for the mutating routes' transactions. Each holds a pooled connection while
+# it waits for SQLite's write lock (one writer at a time anyway): 6, with the CRL route's 4,
+# the group commit and the scheduler, stays under the 15 connections of SQLite's pool, so
+# the reads on the event loop still find one; more would only queue on the lock.
+WRITE_THREADS = 6
+
+
+def write_limiter() -> anyio.CapacityLimiter:
+    """The limiter ``in_write_thread`` uses: one per app (``app.state.writes``)."""
+    return anyio.CapacityLimiter(WRITE_THREADS)
+
+
+async def in_write_thread(request: Request, func: Callable[..., T], *args: Any) -> T:
+    """``func(*args)`` in a worker thread, at most ``WRITE_THREADS`` at once per app.
+
+    Off the event loop: a write that waits for the database's write lock there would stall
+    every other request of the process.
+    """
+    return await anyio.to_thread.run_sync(func, *args, limiter=request.app.state.writes)

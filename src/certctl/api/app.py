@@ -27,7 +27,14 @@ from starlette.routing import Match, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from certctl.api import schemas
-from certctl.api._common import AUTHENTICATED, PUBLIC, ApiRoute, json_bytes
+from certctl.api._common import (
+    AUTHENTICATED,
+    PUBLIC,
+    ApiRoute,
+    in_write_thread,
+    json_bytes,
+    write_limiter,
+)
 from certctl.api._common import caller_of as _caller
 from certctl.api._common import created as _created
 from certctl.api._common import json_response as _json
@@ -214,15 +221,16 @@ def _not_found(what: str, ident: str) -> CertctlError:
 async def create_role(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.RoleCreate)
     services, caller = _services(request), _caller(principal)
-    role = await anyio.to_thread.run_sync(
-        rbac.create_role, services, caller, body.id, body.name, body.permissions
+    role = await in_write_thread(
+        request, rbac.create_role, services, caller, body.id, body.name, body.permissions
     )
     return _created(_role_json(role), "/api/v1/auth/roles", role.id)
 
 
 async def update_role(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.RoleUpdate)
-    role = await anyio.to_thread.run_sync(
+    role = await in_write_thread(
+        request,
         rbac.update_role,
         _services(request),
         _caller(principal),
@@ -234,8 +242,8 @@ async def update_role(request: Request, principal: Principal | None) -> Response
 
 
 async def delete_role(request: Request, principal: Principal | None) -> Response:
-    await anyio.to_thread.run_sync(
-        rbac.delete_role, _services(request), _caller(principal), request.path_params["id"]
+    await in_write_thread(
+        request, rbac.delete_role, _services(request), _caller(principal), request.path_params["id"]
     )
     return Response(status_code=204)
 
@@ -265,15 +273,22 @@ async def get_actor(request: Request, principal: Principal | None) -> Response:
 
 async def create_actor(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.ActorCreate)
-    actor = await anyio.to_thread.run_sync(
-        rbac.create_actor, _services(request), _caller(principal), body.id, body.name, body.roles
+    actor = await in_write_thread(
+        request,
+        rbac.create_actor,
+        _services(request),
+        _caller(principal),
+        body.id,
+        body.name,
+        body.roles,
     )
     return _created(_actor_json(actor), "/api/v1/auth/actors", actor.id)
 
 
 async def patch_actor(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.ActorPatch)
-    actor = await anyio.to_thread.run_sync(
+    actor = await in_write_thread(
+        request,
         rbac.update_actor,
         _services(request),
         _caller(principal),
@@ -285,8 +300,12 @@ async def patch_actor(request: Request, principal: Principal | None) -> Response
 
 
 async def delete_actor(request: Request, principal: Principal | None) -> Response:
-    await anyio.to_thread.run_sync(
-        rbac.delete_actor, _services(request), _caller(principal), request.path_params["id"]
+    await in_write_thread(
+        request,
+        rbac.delete_actor,
+        _services(request),
+        _caller(principal),
+        request.path_params["id"],
     )
     return Response(status_code=204)
 
@@ -324,8 +343,14 @@ async def create_apikey(request: Request, principal: Principal | None) -> Respon
             raise InvalidRequest(
                 "expires_at: out of range (at most 9999-12-31T23:59:59Z)"
             ) from None
-    result = await anyio.to_thread.run_sync(
-        rbac.mint_api_key, _services(request), _caller(principal), body.actor_id, body.name, expires
+    result = await in_write_thread(
+        request,
+        rbac.mint_api_key,
+        _services(request),
+        _caller(principal),
+        body.actor_id,
+        body.name,
+        expires,
     )
     data = schemas.apikey_json(result.row)
     data["key_value"] = result.minted.value  # shown once, here only
@@ -335,8 +360,12 @@ async def create_apikey(request: Request, principal: Principal | None) -> Respon
 
 
 async def revoke_apikey(request: Request, principal: Principal | None) -> Response:
-    row = await anyio.to_thread.run_sync(
-        rbac.revoke_api_key, _services(request), _caller(principal), request.path_params["id"]
+    row = await in_write_thread(
+        request,
+        rbac.revoke_api_key,
+        _services(request),
+        _caller(principal),
+        request.path_params["id"],
     )
     return _json(schemas.apikey_json(row))
 
@@ -383,7 +412,8 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
                 f"{', '.join(ignored)}: not used with an import (the certificate carries the "
                 "name, key and validity; certificate_pem the chain above it)"
             )
-        row, warnings = await anyio.to_thread.run_sync(
+        row, warnings = await in_write_thread(
+            request,
             lambda: issuance.import_issuer(
                 services,
                 caller,
@@ -391,7 +421,7 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
                 name=body.name,
                 certificate_pem=body.certificate_pem,
                 private_key_pem=body.private_key_pem,
-            )
+            ),
         )
     else:
         if body.subject and body.common_name:
@@ -400,7 +430,8 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
                 "common_name and subject exclude each other (put the CN in subject)"
             )
         validity = parse_duration(body.validity) if body.validity is not None else None
-        row, warnings = await anyio.to_thread.run_sync(
+        row, warnings = await in_write_thread(
+            request,
             lambda: issuance.create_issuer(
                 services,
                 caller,
@@ -412,7 +443,7 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
                 validity=validity,
                 parent=body.parent,
                 path_length=body.path_length,
-            )
+            ),
         )
     # As for certificates: a validity clipped to the parent's notAfter is said, not silent.
     return _created(
@@ -429,8 +460,13 @@ async def revoke_issuer(request: Request, principal: Principal | None) -> Respon
         else (schemas.IssuerRevoke())
     )
     services = _services(request)
-    row = await anyio.to_thread.run_sync(
-        issuance.revoke_issuer, services, _caller(principal), request.path_params["id"], body.reason
+    row = await in_write_thread(
+        request,
+        issuance.revoke_issuer,
+        services,
+        _caller(principal),
+        request.path_params["id"],
+        body.reason,
     )
     return _json(schemas.issuer_json(row, services.clock()))
 
@@ -678,7 +714,8 @@ async def revoke_certificate(request: Request, principal: Principal | None) -> R
         else (schemas.CertificateRevoke())
     )
     services = _services(request)
-    revocation = await anyio.to_thread.run_sync(
+    revocation = await in_write_thread(
+        request,
         issuance.revoke_certificate,
         services,
         _caller(principal),
@@ -701,10 +738,11 @@ async def renew_certificate(request: Request, principal: Principal | None) -> Re
     )
     services = _services(request)
     validity = parse_duration(body.validity) if body.validity else None
-    result = await anyio.to_thread.run_sync(
+    result = await in_write_thread(
+        request,
         lambda: issuance.renew_certificate(
             services, _caller(principal), request.path_params["id"], validity
-        )
+        ),
     )
     return _created(_issue_json(result, services.clock()), "/api/v1/certificates", result.record.id)
 
@@ -1470,7 +1508,7 @@ async def _certctl_error(request: Request, exc: Exception) -> Response:
         # A mutation refused for lack of permission is a security event: audit it. Bad input
         # (400/404/409/415) is not recorded, so a refused request leaves the store unchanged.
         # Authentication failures were recorded where they happened (no actor yet).
-        await anyio.to_thread.run_sync(_audit_refusal, request, actor, exc)
+        await in_write_thread(request, _audit_refusal, request, actor, exc)
     return problem_from_error(exc)
 
 
@@ -1589,5 +1627,6 @@ def create_app(
     app.state.database_probe = DatabaseProbe(services.engine)
     app.state.ca_reads = anyio.CapacityLimiter(CA_READ_THREADS)
     app.state.crl_reads = anyio.CapacityLimiter(CA_READ_THREADS)
+    app.state.writes = write_limiter()
     app.state.ready = True
     return AccessLogAndLimits(app, json_logs=json_logs)

@@ -15,6 +15,7 @@ from certctl.api._common import (
     ApiRoute,
     caller_of,
     created,
+    in_write_thread,
     json_response,
     read_body,
     services_of,
@@ -81,7 +82,7 @@ async def put_service(request: Request, principal: Principal | None) -> Response
         )
 
     # Writes wait for SQLite's write lock: in a worker thread, as every mutating route.
-    existed, row = await anyio.to_thread.run_sync(put)
+    existed, row = await in_write_thread(request, put)
     if dry_run == "false":
         _wake(request)
     # A dry run answers as the write would (201: it would create the service).
@@ -91,7 +92,8 @@ async def put_service(request: Request, principal: Principal | None) -> Response
 
 
 async def delete_service(request: Request, principal: Principal | None) -> Response:
-    await anyio.to_thread.run_sync(
+    await in_write_thread(
+        request,
         tls_services.delete_service,
         services_of(request),
         caller_of(principal),
@@ -101,7 +103,8 @@ async def delete_service(request: Request, principal: Principal | None) -> Respo
 
 
 async def renew_service(request: Request, principal: Principal | None) -> Response:
-    row = await anyio.to_thread.run_sync(
+    row = await in_write_thread(
+        request,
         tls_services.request_renewal,
         services_of(request),
         caller_of(principal),
@@ -112,7 +115,8 @@ async def renew_service(request: Request, principal: Principal | None) -> Respon
 
 
 async def drop_retired_ca(request: Request, principal: Principal | None) -> Response:
-    row = await anyio.to_thread.run_sync(
+    row = await in_write_thread(
+        request,
         tls_services.drop_retired_ca,
         services_of(request),
         caller_of(principal),
@@ -155,7 +159,7 @@ async def add_client(request: Request, principal: Principal | None) -> Response:
         added = tls_services.add_client(services, caller, name, request_body.certificate_pem)
         return added, tls_services.client_trust_warnings(services, name)
 
-    added, warnings = await anyio.to_thread.run_sync(add)
+    added, warnings = await in_write_thread(request, add)
     _wake(request)
     body = {"items": [_client_json(c) for c in added], "warnings": warnings}
     if not added:
@@ -168,7 +172,8 @@ async def add_client(request: Request, principal: Principal | None) -> Response:
 
 
 async def remove_client(request: Request, principal: Principal | None) -> Response:
-    await anyio.to_thread.run_sync(
+    await in_write_thread(
+        request,
         tls_services.remove_client,
         services_of(request),
         caller_of(principal),
