@@ -1068,6 +1068,39 @@ def test_a_revoked_issuer_loaded_while_another_is_dropped_still_refuses(
     assert api.counts() == before
 
 
+def test_the_same_intermediate_revoked_under_two_ids_is_listed_once(api: Api) -> None:
+    # Imported twice (sub, sub-copy) and revoked under both ids: the parent's CRL listed the
+    # serial twice (RFC 5280 5.1.2.6: a serial appears once in a CRL); the first
+    # revocation's date and reason stand.
+    from certctl.services import issuance
+
+    sub = _intermediate(api, "sub")
+    sub_ca = issuance.load_issuer(api.services, "sub")
+    root_pem = api.get(f"{ISSUERS}/default/ca.pem").text
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "sub-copy",
+            "certificate_pem": sub.public_bytes(Encoding.PEM).decode() + root_pem,
+            "private_key_pem": key_to_pem(sub_ca.private_key).decode(),
+        },
+    )
+    assert r.status_code == 201, r.text
+    first = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "superseded"})
+    assert first.status_code == 200, first.text
+    api.clock.advance(minutes=5)
+    again = api.post(f"{ISSUERS}/sub-copy/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert again.status_code == 200, again.text
+
+    crl = x509.load_der_x509_crl(api.get(f"{ISSUERS}/default/crl").content)
+    entries = [e for e in crl if e.serial_number == sub.serial_number]
+    assert len(entries) == 1
+    assert entries[0].revocation_date_utc == datetime.fromisoformat(first.json()["revoked_at"])
+    reason = entries[0].extensions.get_extension_for_class(x509.CRLReason).value.reason
+    assert reason == x509.ReasonFlags.superseded
+
+
 def test_a_revoked_ca_imported_again_or_below_it_issues_nothing(api: Api) -> None:
     # The revocation was found by the chain above an issuer only: the same CA imported
     # under another id (before the revocation) went on issuing under a certificate its

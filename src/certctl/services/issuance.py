@@ -1874,9 +1874,15 @@ def _revoked_of(connection: Connection, issuer_id: str) -> tuple[tuple[Any, ...]
     issuers table (few rows; the serial read from the certificate).
     """
     rows = [tuple(row) for row in connection.execute(_REVOKED_OF_ISSUER, {"issuer_id": issuer_id})]
+    listed = {row[0] for row in rows}
     for pem, revoked_at, reason in connection.execute(_REVOKED_CHILDREN, {"issuer_id": issuer_id}):
-        serial = x509.load_pem_x509_certificate(pem.encode()).serial_number
-        rows.append((format_serial(serial), revoked_at, reason))
+        serial = format_serial(x509.load_pem_x509_certificate(pem.encode()).serial_number)
+        if serial in listed:
+            # The same intermediate imported under two ids and revoked under both: a serial
+            # appears once in a CRL (RFC 5280 5.1.2.6); the first revocation stands.
+            continue
+        listed.add(serial)
+        rows.append((serial, revoked_at, reason))
     return tuple(rows)
 
 
@@ -1888,7 +1894,7 @@ _REVOKED_OF_ISSUER = (
 _REVOKED_CHILDREN = (
     select(_ISSUERS.c.certificate_pem, _ISSUERS.c.revoked_at, _ISSUERS.c.revocation_reason)
     .where(_ISSUERS.c.parent_id == bindparam("issuer_id"), _ISSUERS.c.revoked_at.is_not(None))
-    .order_by(_ISSUERS.c.id)
+    .order_by(_ISSUERS.c.revoked_at, _ISSUERS.c.id)  # the first revocation of a twin first
 )
 
 
