@@ -201,6 +201,12 @@ def _status_line(item: dict[str, Any], width: int = 24, serial_width: int = 16) 
     )
     # Whole: a serial is what users paste into other commands (certs get, revoke).
     serial = printable(str(status.get("serial") or "-"))
+    retired = status.get("retired_ca_until")
+    if isinstance(retired, str):
+        # Said where operators look: until then ca.crt also trusts the CA this one replaced
+        # (`services drop-retired-ca` ends that at once).
+        kept = f"the replaced CA stays in ca.crt until {_utc(retired)}"
+        message = f"{message}; {kept}" if message else kept
     # The message quotes the spec (a path, a command): escaped, as a table's cells are.
     message = printable(str(message))
     name = printable(item["name"])

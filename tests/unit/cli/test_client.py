@@ -1153,6 +1153,25 @@ def test_services_status_shows_control_characters_escaped(listener: Listener) ->
     assert "0a\\x1b[2J" in proc.stdout
 
 
+def test_services_status_says_until_when_a_replaced_ca_is_kept(listener: Listener) -> None:
+    # ca.crt still trusting the CA a service's CA replaced was visible only in the JSON.
+    item = {
+        "name": "web",
+        "status": {
+            "conditions": {"Ready": {"status": True, "message": "serving"}},
+            "retired_ca_until": "2026-12-05T21:00:00.123456+00:00",
+        },
+    }
+    listener.answers["/api/v1/services"] = Answer(
+        body=json.dumps({"items": [item, {"name": "api", "status": {}}]}).encode()
+    )
+    proc = certctl("services", "status", env={"CERTCTL_URL": listener.url})
+    assert proc.returncode == 0, proc.stderr
+    web, api = proc.stdout.splitlines()[1:]
+    assert web.endswith("serving; the replaced CA stays in ca.crt until 2026-12-05T21:00:00Z")
+    assert "replaced CA" not in api
+
+
 def test_server_text_on_stderr_shows_control_characters_escaped(
     listener: Listener, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
