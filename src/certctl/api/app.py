@@ -14,10 +14,11 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
+from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -453,12 +454,16 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
     )
 
 
+_OptionalBody = TypeVar("_OptionalBody", bound=BaseModel)
+
+
+async def _optional_body(request: Request, model: type[_OptionalBody]) -> _OptionalBody:
+    """The request's JSON body as ``model``, or its defaults when the body was left out."""
+    return await _body(request, model) if await request.body() else model()
+
+
 async def revoke_issuer(request: Request, principal: Principal | None) -> Response:
-    body = (
-        await _body(request, schemas.IssuerRevoke)
-        if await request.body()
-        else (schemas.IssuerRevoke())
-    )
+    body = await _optional_body(request, schemas.IssuerRevoke)
     services = _services(request)
     row = await in_write_thread(
         request,
@@ -708,11 +713,7 @@ def _accepts_pem(accept: str) -> bool:
 
 
 async def revoke_certificate(request: Request, principal: Principal | None) -> Response:
-    body = (
-        await _body(request, schemas.CertificateRevoke)
-        if await request.body()
-        else (schemas.CertificateRevoke())
-    )
+    body = await _optional_body(request, schemas.CertificateRevoke)
     services = _services(request)
     revocation = await in_write_thread(
         request,
@@ -731,11 +732,7 @@ async def revoke_certificate(request: Request, principal: Principal | None) -> R
 
 
 async def renew_certificate(request: Request, principal: Principal | None) -> Response:
-    body = (
-        await _body(request, schemas.CertificateRenew)
-        if await request.body()
-        else (schemas.CertificateRenew())
-    )
+    body = await _optional_body(request, schemas.CertificateRenew)
     services = _services(request)
     validity = parse_duration(body.validity) if body.validity else None
     result = await in_write_thread(
