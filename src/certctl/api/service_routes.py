@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -22,7 +23,7 @@ from certctl.api._common import (
 )
 from certctl.errors import InvalidRequest, NotFound
 from certctl.services import tls_services
-from certctl.services.context import Principal
+from certctl.services.context import Principal, Services
 from certctl.services.tls_spec import TLSServiceSpec
 from certctl.store.models import ManagedService, ServiceClient
 
@@ -102,28 +103,25 @@ async def delete_service(request: Request, principal: Principal | None) -> Respo
     return Response(status_code=204)
 
 
-async def renew_service(request: Request, principal: Principal | None) -> Response:
+async def _service_action(
+    request: Request,
+    principal: Principal | None,
+    action: Callable[[Services, Principal, str], ManagedService],
+) -> Response:
+    """Mark service ``{name}`` for work (``action``), wake the reconciler: 202 and the service."""
     row = await in_write_thread(
-        request,
-        tls_services.request_renewal,
-        services_of(request),
-        caller_of(principal),
-        request.path_params["name"],
+        request, action, services_of(request), caller_of(principal), request.path_params["name"]
     )
     _wake(request)
     return json_response(tls_services.service_json(row), 202)
+
+
+async def renew_service(request: Request, principal: Principal | None) -> Response:
+    return await _service_action(request, principal, tls_services.request_renewal)
 
 
 async def drop_retired_ca(request: Request, principal: Principal | None) -> Response:
-    row = await in_write_thread(
-        request,
-        tls_services.drop_retired_ca,
-        services_of(request),
-        caller_of(principal),
-        request.path_params["name"],
-    )
-    _wake(request)
-    return json_response(tls_services.service_json(row), 202)
+    return await _service_action(request, principal, tls_services.drop_retired_ca)
 
 
 async def list_clients(request: Request, principal: Principal | None) -> Response:
