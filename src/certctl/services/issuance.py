@@ -518,7 +518,7 @@ def _revoked_above(
         .order_by(Issuer.id)
     )
     for revoked_id, pem, revoked_at, reason in rows:
-        revoked_cert = x509.load_pem_x509_certificate(pem.encode())
+        revoked_cert = _parsed_ca(pem)[0]
         if revoked_cert == cert or revoked_cert in chain:
             return IssuerRevocation(
                 cast(datetime, revoked_at),
@@ -743,7 +743,7 @@ def _changed(
 def _revoked_certificates(session: Session) -> list[x509.Certificate]:
     """The certificates of the revoked issuers (few)."""
     pems = session.scalars(select(Issuer.certificate_pem).where(Issuer.revoked_at.is_not(None)))
-    return [x509.load_pem_x509_certificate(pem.encode()) for pem in pems]
+    return [_parsed_ca(pem)[0] for pem in pems]  # parsed once per process, as for mTLS
 
 
 def _newly_below_revoked(
