@@ -187,6 +187,24 @@ def test_ca_routes_never_unwrap_the_issuers_key(api: Api) -> None:
     assert api.services.cached_issuer("sealed") is None  # nor cached a CA with its key
 
 
+def test_an_rsa_issuer_reloaded_from_the_store_signs_with_its_own_key(api: Api) -> None:
+    """An RSA issuer's key read back from the store (as by a new process) is the CA's key.
+
+    The reload skips OpenSSL's RSA key check (250 ms for RSA-4096, on the request that loads
+    the issuer after every cache drop), relying on the check made at creation and on AES-GCM
+    having authenticated the bytes: what comes back must still be the key of its certificate
+    and sign what the certificate's key verifies.
+    """
+    r = api.post(ISSUERS, api.admin_key, json={"id": "rsa-ca", "key_type": "rsa-2048"})
+    assert r.status_code == 201, r.text
+    api.services.forget_issuer("rsa-ca")  # as a process that has not loaded it yet
+    ca, revoked = issuance.load_issuer_state(api.services, "rsa-ca")
+    assert revoked is None
+    assert ca.private_key.public_key() == ca.certificate.public_key()
+    leaf = _cert(api.issue(issuer="rsa-ca", common_name="rsa-leaf.example.com")["certificate_pem"])
+    leaf.verify_directly_issued_by(_cert(r.json()["certificate_pem"]))
+
+
 def test_ca_routes_read_the_store_off_the_event_loop(api: Api) -> None:
     """The public routes' store reads (a first request, an unknown id) run in a worker thread.
 
