@@ -20,15 +20,18 @@ from certctl.services.context import Principal, Services
 
 __all__ = [
     "AUTHENTICATED",
+    "LIST_THREADS",
     "PUBLIC",
     "WRITE_THREADS",
     "ApiRoute",
     "Handler",
     "caller_of",
     "created",
+    "in_list_thread",
     "in_write_thread",
     "json_bytes",
     "json_response",
+    "list_limiter",
     "page_limit",
     "read_body",
     "services_of",
@@ -183,15 +186,34 @@ def caller_of(principal: Principal | None) -> Principal:
 
 T = TypeVar("T")
 # Worker threads for the mutating routes' transactions. Each holds a pooled connection while
-# it waits for SQLite's write lock (one writer at a time anyway): 6, with the CRL route's 4,
-# the group commit and the scheduler, stays under the 15 connections of SQLite's pool, so
-# the reads on the event loop still find one; more would only queue on the lock.
+# it waits for SQLite's write lock (one writer at a time anyway): 6, with the other routes'
+# threads, the group commit and the scheduler, stays within SQLite's pool (the budget is in
+# store.db.create_store_engine), so the reads on the event loop still find one; more would
+# only queue on the lock.
 WRITE_THREADS = 6
 
 
 def write_limiter() -> anyio.CapacityLimiter:
     """The limiter ``in_write_thread`` uses: one per app (``app.state.writes``)."""
     return anyio.CapacityLimiter(WRITE_THREADS)
+
+
+# Worker threads for the listing routes' queries. A listing is the one read whose cost grows
+# with the store (a ?q= search scans every certificate: 90 ms for 100,000 on SQLite), and on
+# the event loop that long stalls every other request. Two: searches are rare, and each
+# holds a pooled connection (see create_store_engine's budget). Point reads by primary key
+# stay on the loop: a thread hop costs more than they do.
+LIST_THREADS = 2
+
+
+def list_limiter() -> anyio.CapacityLimiter:
+    """The limiter ``in_list_thread`` uses: one per app (``app.state.lists``)."""
+    return anyio.CapacityLimiter(LIST_THREADS)
+
+
+async def in_list_thread(request: Request, func: Callable[..., T], *args: Any) -> T:
+    """``func(*args)`` in a worker thread, at most ``LIST_THREADS`` at once per app."""
+    return await anyio.to_thread.run_sync(func, *args, limiter=request.app.state.lists)
 
 
 async def in_write_thread(request: Request, func: Callable[..., T], *args: Any) -> T:

@@ -6,6 +6,7 @@ document and the authorization tests are all generated from that table.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -32,8 +33,10 @@ from certctl.api._common import (
     AUTHENTICATED,
     PUBLIC,
     ApiRoute,
+    in_list_thread,
     in_write_thread,
     json_bytes,
+    list_limiter,
     write_limiter,
 )
 from certctl.api._common import caller_of as _caller
@@ -72,6 +75,8 @@ from certctl.store.models import Actor, ApiKey, Role
 
 if TYPE_CHECKING:
     from cryptography import x509
+
+    from certctl.store.models import AuditEvent
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -193,8 +198,11 @@ def _role_json(role: Role) -> dict[str, Any]:
 
 
 async def list_roles(request: Request, principal: Principal | None) -> Response:
-    with _services(request).sessions() as session:
-        roles = session.query(Role).order_by(Role.id).all()
+    def read(services: Services) -> list[Role]:
+        with services.sessions() as session:
+            return session.query(Role).order_by(Role.id).all()
+
+    roles = await in_list_thread(request, read, _services(request))
     return _json({"items": [_role_json(r) for r in roles], "next_cursor": None})
 
 
@@ -259,8 +267,11 @@ def _actor_json(actor: Actor) -> dict[str, Any]:
 
 
 async def list_actors(request: Request, principal: Principal | None) -> Response:
-    with _services(request).sessions() as session:
-        actors = session.query(Actor).order_by(Actor.id).all()
+    def read(services: Services) -> list[Actor]:
+        with services.sessions() as session:
+            return session.query(Actor).order_by(Actor.id).all()
+
+    actors = await in_list_thread(request, read, _services(request))
     return _json({"items": [_actor_json(a) for a in actors], "next_cursor": None})
 
 
@@ -315,11 +326,15 @@ async def list_apikeys(request: Request, principal: Principal | None) -> Respons
     actor = request.query_params.get("actor_id")
     if actor == "":  # not "every actor": a script whose variable was unset would see all keys
         raise InvalidRequest("actor_id: empty (leave it out for every actor's keys)")
-    with _services(request).sessions() as session:
-        q = session.query(ApiKey).order_by(ApiKey.created_at)
-        if actor is not None:
-            q = q.filter(ApiKey.actor_id == actor)
-        rows = q.all()
+
+    def read(services: Services) -> list[ApiKey]:
+        with services.sessions() as session:
+            q = session.query(ApiKey).order_by(ApiKey.created_at)
+            if actor is not None:
+                q = q.filter(ApiKey.actor_id == actor)
+            return q.all()
+
+    rows = await in_list_thread(request, read, _services(request))
     return _json({"items": [schemas.apikey_json(r) for r in rows], "next_cursor": None})
 
 
@@ -377,9 +392,12 @@ async def revoke_apikey(request: Request, principal: Principal | None) -> Respon
 async def list_issuers(request: Request, principal: Principal | None) -> Response:
     from certctl.store.models import Issuer
 
+    def read(services: Services) -> list[Issuer]:
+        with services.sessions() as session:
+            return session.query(Issuer).order_by(Issuer.id).all()
+
     services = _services(request)
-    with services.sessions() as session:
-        rows = session.query(Issuer).order_by(Issuer.id).all()
+    rows = await in_list_thread(request, read, services)
     now = services.clock()
     return _json({"items": [schemas.issuer_json(r, now) for r in rows], "next_cursor": None})
 
@@ -661,15 +679,19 @@ async def list_certificates(request: Request, principal: Principal | None) -> Re
             raise InvalidRequest(f"{name}: empty (leave it out for no filter)")
     within = params.get("expiring_within")
     services = _services(request)
-    rows, next_cursor = issuance.list_certificates(
-        services,
-        _caller(principal),
-        status=params.get("status"),
-        issuer=params.get("issuer"),
-        expiring_within=parse_duration(within) if within else None,
-        q=params.get("q"),
-        limit=_limit(request),
-        cursor=cursor,
+    rows, next_cursor = await in_list_thread(
+        request,
+        functools.partial(
+            issuance.list_certificates,
+            services,
+            _caller(principal),
+            status=params.get("status"),
+            issuer=params.get("issuer"),
+            expiring_within=parse_duration(within) if within else None,
+            q=params.get("q"),
+            limit=_limit(request),
+            cursor=cursor,
+        ),
     )
     now = services.clock()
     items = [schemas.certificate_json(r, issuance.effective_status(r, now)) for r in rows]
@@ -750,8 +772,12 @@ async def list_audit(request: Request, principal: Principal | None) -> Response:
     if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
         raise InvalidRequest("cursor: not a cursor returned by this API")
     limit = _limit(request)
-    with _services(request).sessions() as session:
-        rows = audit.list_audit(session, limit=limit + 1, after=int(cursor) if cursor else None)
+
+    def read(services: Services) -> list[AuditEvent]:
+        with services.sessions() as session:
+            return audit.list_audit(session, limit=limit + 1, after=int(cursor) if cursor else None)
+
+    rows = await in_list_thread(request, read, _services(request))
     next_cursor = str(rows[limit - 1].id) if len(rows) > limit else None
     return _json(
         {"items": [schemas.audit_json(r) for r in rows[:limit]], "next_cursor": next_cursor}
@@ -1625,5 +1651,6 @@ def create_app(
     app.state.ca_reads = anyio.CapacityLimiter(CA_READ_THREADS)
     app.state.crl_reads = anyio.CapacityLimiter(CA_READ_THREADS)
     app.state.writes = write_limiter()
+    app.state.lists = list_limiter()
     app.state.ready = True
     return AccessLogAndLimits(app, json_logs=json_logs)

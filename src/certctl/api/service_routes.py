@@ -16,6 +16,7 @@ from certctl.api._common import (
     ApiRoute,
     caller_of,
     created,
+    in_list_thread,
     in_write_thread,
     json_response,
     read_body,
@@ -51,7 +52,9 @@ def _wake(request: Request) -> None:
 
 
 async def list_services(request: Request, principal: Principal | None) -> Response:
-    rows = tls_services.list_services(services_of(request), caller_of(principal))
+    rows = await in_list_thread(
+        request, tls_services.list_services, services_of(request), caller_of(principal)
+    )
     return json_response(
         {"items": [tls_services.service_json(r) for r in rows], "next_cursor": None}
     )

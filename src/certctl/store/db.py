@@ -115,10 +115,19 @@ def create_store_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
+        database = make_url(url).database
+        # Threads that may each hold a connection at once: the write routes (6), the CRL and
+        # the CA-certificate routes (4 each), the listings (2), the group commit, the
+        # scheduler and the event loop: 19. SQLAlchemy's default file pool holds 15, and a
+        # request finding none waits, then answers 503. A SQLite connection is a file handle.
+        pool = (
+            {"pool_size": 5, "max_overflow": 15} if database not in (None, "", ":memory:") else {}
+        )
         engine = create_engine(
             url,
             connect_args={"timeout": 30, "check_same_thread": False},
             hide_parameters=True,
+            **pool,
         )
 
         @event.listens_for(engine, "connect")
