@@ -1289,3 +1289,25 @@ def test_the_revoked_issuer_of_a_certificate_without_its_chain(api: Api) -> None
     with pytest.raises(ValueError, match="error parsing asn1 value"):
         _ = x509.load_der_x509_certificate(garbled).extensions
     assert issuance.revoked_issuer_of(api.services, garbled) is None
+
+
+def test_a_certificates_pem_is_served_without_unwrapping_its_issuers_key(api: Api) -> None:
+    """GET /api/v1/certificates/{id} as PEM sends the leaf and the chain, read key-free.
+
+    Before, it loaded the whole CA for its chain: a process's first such request unwrapped
+    the issuer's key, and a key no KEK opens (a damaged row) made a stored certificate a 500.
+    """
+    r = api.post(ISSUERS, api.admin_key, json={"id": "sub", "parent": "default"})
+    assert r.status_code == 201, r.text
+    issued = api.issue(issuer="sub", common_name="leaf.example.com")
+    with api.services.engine.begin() as connection:  # damaged: no KEK opens it now
+        blob = connection.scalar(select(Issuer.wrapped_key).where(Issuer.id == "sub"))
+        assert blob is not None
+        damaged = blob[:-1] + bytes([blob[-1] ^ 1])
+        connection.execute(update(Issuer).where(Issuer.id == "sub").values(wrapped_key=damaged))
+    api.services.forget_issuer("sub")  # as a process that has not loaded it yet
+    pem = api.get(f"/api/v1/certificates/{issued['id']}?format=pem", api.admin_key)
+    assert pem.status_code == 200, pem.text
+    served = x509.load_pem_x509_certificates(pem.content)
+    assert served == [_cert(issued["certificate_pem"]), _cert(r.json()["certificate_pem"])]
+    assert api.services.cached_issuer("sub") is None

@@ -703,10 +703,12 @@ async def get_certificate(request: Request, principal: Principal | None) -> Resp
     row = issuance.get_certificate(services, _caller(principal), request.path_params["id"])
     fmt = _format(request, ("json", "pem"))
     if fmt == "pem" or (fmt is None and _accepts_pem(request.headers.get("accept", ""))):
-        ca = issuance.load_issuer(services, row.issuer_id)
+        # Key-free: serving a chain needs no CA key (and a key no KEK opens is no 500 here).
+        ca = issuance.load_issuer_certificates(services, row.issuer_id)
         from certctl.pki import certs_to_pem
 
-        pem = row.certificate_pem.encode() + certs_to_pem(ca.chain_below_root)
+        below_root = (ca.certificate, *ca.chain[:-1]) if ca.chain else ()
+        pem = row.certificate_pem.encode() + certs_to_pem(below_root)
         return Response(pem, media_type="application/x-pem-file")
     return _json(schemas.certificate_json(row, issuance.effective_status(row, services.clock())))
 
