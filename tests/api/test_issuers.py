@@ -161,6 +161,17 @@ def test_ca_routes_are_never_cached_past_the_certificates_notafter(api: Api) -> 
     assert api.get(f"{ISSUERS}/default/ca.der").headers["cache-control"] == "public, max-age=0"
 
 
+def _damage_key(api: Api, issuer_id: str) -> None:
+    """Flip a bit of the issuer's wrapped key (no KEK opens it now), then drop it from the
+    cache, as in a process that has not loaded it yet."""
+    with api.services.engine.begin() as connection:
+        blob = connection.scalar(select(Issuer.wrapped_key).where(Issuer.id == issuer_id))
+        assert blob is not None
+        damaged = blob[:-1] + bytes([blob[-1] ^ 1])
+        connection.execute(update(Issuer).where(Issuer.id == issuer_id).values(wrapped_key=damaged))
+    api.services.forget_issuer(issuer_id)
+
+
 def test_ca_routes_never_unwrap_the_issuers_key(api: Api) -> None:
     """ca.pem and ca.der serve the certificate without decrypting the CA key.
 
@@ -170,12 +181,7 @@ def test_ca_routes_never_unwrap_the_issuers_key(api: Api) -> None:
     """
     r = api.post(ISSUERS, api.admin_key, json={"id": "sealed", "validity": "2Y"})
     assert r.status_code == 201, r.text
-    with api.services.engine.begin() as connection:  # damaged: no KEK opens it now
-        blob = connection.scalar(select(Issuer.wrapped_key).where(Issuer.id == "sealed"))
-        assert blob is not None
-        damaged = blob[:-1] + bytes([blob[-1] ^ 1])
-        connection.execute(update(Issuer).where(Issuer.id == "sealed").values(wrapped_key=damaged))
-    api.services.forget_issuer("sealed")  # as a process that has not loaded it yet
+    _damage_key(api, "sealed")
     with pytest.raises(CertctlError, match="cannot unwrap the stored key"):
         issuance.load_issuer(api.services, "sealed")
     pem = api.get(f"{ISSUERS}/sealed/ca.pem")
@@ -1300,12 +1306,7 @@ def test_a_certificates_pem_is_served_without_unwrapping_its_issuers_key(api: Ap
     r = api.post(ISSUERS, api.admin_key, json={"id": "sub", "parent": "default"})
     assert r.status_code == 201, r.text
     issued = api.issue(issuer="sub", common_name="leaf.example.com")
-    with api.services.engine.begin() as connection:  # damaged: no KEK opens it now
-        blob = connection.scalar(select(Issuer.wrapped_key).where(Issuer.id == "sub"))
-        assert blob is not None
-        damaged = blob[:-1] + bytes([blob[-1] ^ 1])
-        connection.execute(update(Issuer).where(Issuer.id == "sub").values(wrapped_key=damaged))
-    api.services.forget_issuer("sub")  # as a process that has not loaded it yet
+    _damage_key(api, "sub")
     pem = api.get(f"/api/v1/certificates/{issued['id']}?format=pem", api.admin_key)
     assert pem.status_code == 200, pem.text
     served = x509.load_pem_x509_certificates(pem.content)
