@@ -943,8 +943,12 @@ def apikeys_revoke(
 @certs_app.command("issue")
 def certs_issue(
     cn: str = typer.Option("", "--cn", help="Common name."),
-    dns: list[str] = typer.Option([], "--dns", metavar="DNS", help="DNS SAN (repeatable)."),
-    ip: list[str] = typer.Option([], "--ip", metavar="IP", help="IP SAN (repeatable)."),
+    dns: list[str] = typer.Option(
+        [], "--dns", metavar="DNS", help="DNS SAN (repeatable, or a comma-separated list)."
+    ),
+    ip: list[str] = typer.Option(
+        [], "--ip", metavar="IP", help="IP SAN (repeatable, or a comma-separated list)."
+    ),
     csr: Path = typer.Option(
         None, "--csr", help="Sign this CSR (PEM or DER) instead of generating a key."
     ),
@@ -966,6 +970,11 @@ def certs_issue(
     Prints the server's answer as JSON; without --out it holds the generated private key
     (private_key_pem), which the server does not keep: use --out to get tls.key as a 0600 file.
     """
+    from certctl.cli._common import split_commas
+
+    # As `cert issue` and `csr create` read them (certutil's lists): the same words issue the
+    # same names offline and on the server.
+    dns, ip = split_commas(dns), split_commas(ip)
     if csr is None and not (cn or dns or ip):
         # Before, the server's words for its JSON fields: "give csr, or common_name/…".
         raise typer.BadParameter("give --cn, --dns or --ip (or --csr FILE)")

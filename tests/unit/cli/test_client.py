@@ -1205,6 +1205,20 @@ def test_server_text_on_stderr_shows_control_characters_escaped(
     assert capsys.readouterr().err == "certctl: warning: validity \\x1b[8mclipped to 30 days\n"
 
 
+def test_certs_issue_takes_comma_separated_names_as_cert_issue_does(
+    listener: Listener, in_process: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `cert issue --dns a,b` (offline, as elasticsearch-certutil) gives two names; the same
+    # words to the server's `certs issue` sent one name "a,b" and got a 400.
+    listener.answers["/api/v1/certificates"] = Answer(body=b'{"id": "c1", "warnings": []}')
+    argv = ["--dns", "a.example,b.example", "--dns", "c.example", "--ip", "10.0.0.1,::1,"]
+    assert in_process("certs", "issue", "--cn", "web.example", *argv) == 0
+    assert capsys.readouterr().err == ""
+    body = json.loads(listener.seen[-1].body)
+    assert body["dns_names"] == ["a.example", "b.example", "c.example"]
+    assert body["ip_addresses"] == ["10.0.0.1", "::1"]
+
+
 # --- issuers -----------------------------------------------------------------------------
 
 
