@@ -214,6 +214,21 @@ def _import_pem(
 # --- public CA certificates and CRLs --------------------------------------------------------
 
 
+def _out(out: str | None, out_short: str | None) -> str | None:
+    """The file of ``--out`` or of its hidden old spelling ``-o``."""
+    if out_short is None:
+        return out
+    if out is not None:
+        raise typer.BadParameter("give --out once (-o is --out here)", param_hint="'-o'")
+    if out_short in ("table", "json"):
+        raise typer.BadParameter(
+            f"{out_short}: -o is --out (a file) here, not --output table|json: these print "
+            f"PEM or DER (a file named so: --out ./{out_short})",
+            param_hint="'-o'",
+        )
+    return out_short
+
+
 def _output(
     out: str | None, *, force: bool, binary: bool, hint: str
 ) -> tuple[OutputSet, Path] | None:
@@ -256,7 +271,11 @@ def _write(target: tuple[OutputSet, Path] | None, data: bytes) -> None:
 
 
 # A str, not a Path: Path("./-") is Path("-"), and "./-" names the file "-".
-OUT_OPTION: Any = typer.Option(None, "--out", "-o", metavar="FILE", help=OUT_HELP)
+OUT_OPTION: Any = typer.Option(None, "--out", metavar="FILE", help=OUT_HELP)
+# -o was these two commands' short --out. Every other client command's -o is --output
+# table|json (`issuers list -o json`), so `issuers ca ID -o json` wrote a file named "json".
+# Kept for the scripts that use it, hidden from the help, and refused with table or json.
+OUT_SHORT_OPTION: Any = typer.Option(None, "-o", hidden=True)
 FORCE_OPTION: Any = typer.Option(False, "--force", help="Overwrite an existing --out file.")
 
 
@@ -270,6 +289,7 @@ def issuers_ca(
         False, "--der", help="The one certificate in DER (what a caIssuers URI names)."
     ),
     out: str = OUT_OPTION,
+    out_short: str = OUT_SHORT_OPTION,
     force: bool = FORCE_OPTION,
 ) -> None:
     """Fetch an issuer's CA certificate (PEM; public, no API key needed).
@@ -283,8 +303,8 @@ def issuers_ca(
         raise typer.BadParameter(
             "--chain does not go with --der (ca.der is the one certificate; the chain is PEM)"
         )
-    target = _output(out, force=force, binary=der, hint="give --out FILE, redirect stdout, "
-                      "or leave out --der for PEM")  # fmt: skip
+    hint = "give --out FILE, redirect stdout, or leave out --der for PEM"
+    target = _output(_out(out, out_short), force=force, binary=der, hint=hint)
     path = f"{_ISSUERS}/{_seg(issuer_id)}/ca.{'der' if der else 'pem'}"
     template = f"{_ISSUERS}/{{id}}/ca.{'der' if der else 'pem'}"
     if der:
@@ -311,13 +331,17 @@ def issuers_crl(
     issuer_id: str = ISSUER_ID,
     pem: bool = typer.Option(False, "--pem", help="PEM instead of DER."),
     out: str = OUT_OPTION,
+    out_short: str = OUT_SHORT_OPTION,
     force: bool = FORCE_OPTION,
 ) -> None:
     """Fetch an issuer's current CRL (DER by default; public, no API key needed)."""
     from cryptography import x509
 
     target = _output(
-        out, force=force, binary=not pem, hint="give --out FILE, redirect stdout, or add --pem"
+        _out(out, out_short),
+        force=force,
+        binary=not pem,
+        hint="give --out FILE, redirect stdout, or add --pem",
     )
     path = f"{_ISSUERS}/{_seg(issuer_id)}/crl"
     accept = "application/x-pem-file" if pem else "application/pkix-crl"

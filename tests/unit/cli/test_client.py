@@ -1407,6 +1407,41 @@ def test_issuers_import_decrypts_here_and_never_shows_the_key(
     assert json.loads(listener.seen[-1].body) == body | {"name": ""}
 
 
+@pytest.mark.parametrize("command", ["ca", "crl"])
+def test_issuers_ca_and_crl_keep_o_for_out_hidden_and_refuse_o_json(
+    command: str,
+    listener: Listener,
+    in_process: Callable[..., int],
+    capsys: pytest.CaptureFixture[str],
+    pki: Path,
+    tmp_path: Path,
+) -> None:
+    # In every other client command -o is --output table|json (`issuers list -o json`); here
+    # it was --out, so `issuers ca ID -o json` wrote the CA certificate into a file named
+    # "json". The help now shows --out alone; -o FILE still works for the scripts using it.
+    listener.answers["/api/v1/issuers/ops/ca.pem"] = Answer(
+        content_type="x", body=(pki / "ca" / "ca.crt").read_bytes()
+    )
+    listener.answers["/api/v1/issuers/ops/crl"] = Answer(content_type="x", body=_crl(pki))
+    options = certctl("issuers", command, "--help", env={}).stdout.split("Options:")[1]
+    assert "--out FILE" in options
+    assert "-o" not in options.replace("--", "")
+    for output in ("json", "table"):
+        assert in_process("issuers", command, "ops", "-o", output) == 2
+        assert capsys.readouterr() == (
+            "",
+            f"certctl: error: Invalid value for '-o': {output}: -o is --out (a file) here, "
+            "not --output table|json: these print PEM or DER (a file named so: --out "
+            f"./{output}) (see 'certctl issuers {command} --help')\n",
+        )
+    assert listener.seen == []
+    assert list(tmp_path.iterdir()) == []
+    assert in_process("issuers", command, "ops", "-o", "a", "--out", "b") == 2
+    assert "give --out once" in capsys.readouterr().err
+    assert in_process("issuers", command, "ops", "-o", "old-spelling") == 0
+    assert (tmp_path / "old-spelling").stat().st_size > 0
+
+
 def test_issuers_ca_and_crl_write_files_or_stdout(
     listener: Listener,
     in_process: Callable[..., int],
