@@ -233,3 +233,18 @@ def test_role_create_refuses_bad_input(api: Api, body: dict[str, object], fragme
     before = api.counts()
     assert fragment in assert_problem(api.post(ROLES, api.admin_key, json=body), 400)["detail"]
     assert api.counts() == before
+
+
+def test_unknown_permission_names_the_closest_or_the_known_ones(api: Api) -> None:
+    # Before: "unknown permission(s): metrics.reed", and nothing in the CLI lists the names.
+    body = {"id": "x", "permissions": ["metrics.reed", "cert.read", "cert.fly"]}
+    detail = assert_problem(api.post(ROLES, api.admin_key, json=body), 400)["detail"]
+    assert detail == (
+        "unknown permission(s): cert.fly, metrics.reed (did you mean metrics.read?); "
+        f"known: {', '.join(sorted(ALL_PERMISSIONS))}"
+    )
+    assert api.post(ROLES, api.admin_key, json={"id": "x", "permissions": []}).status_code == 201
+    body = {"permissions": ["metrics.reed"]}
+    r = api.request("PUT", f"{ROLES}/x", api.admin_key, json=body)
+    detail = assert_problem(r, 400)["detail"]
+    assert detail == "unknown permission(s): metrics.reed (did you mean metrics.read?)"

@@ -689,7 +689,8 @@ def roles_create(
         "-p",
         metavar="PERMISSION",
         callback=_no_blank,
-        help="Permission (repeatable).",
+        help="Permission, e.g. metrics.read or cert.issue (repeatable; r-admin holds every "
+        "one: 'certctl auth roles get r-admin').",
     ),
     name: str = typer.Option("", "--name", help="Display name."),
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 import mmap
 import os
@@ -75,7 +76,15 @@ def _check_id(value: str, what: str) -> str:
 def _check_permissions(permissions: list[str]) -> list[str]:
     unknown = sorted(set(permissions) - set(PERMISSIONS))
     if unknown:
-        raise InvalidRequest(f"unknown permission(s): {', '.join(unknown)}")
+        # The CLI has no command listing the names, so the refusal says them: the closest to
+        # a typo, else all of them (23, one line).
+        named, all_close = [], True
+        for permission in unknown:
+            close = difflib.get_close_matches(permission, PERMISSIONS, n=1, cutoff=0.8)
+            named.append(f"{permission} (did you mean {close[0]}?)" if close else permission)
+            all_close = all_close and bool(close)
+        hint = "" if all_close else f"; known: {', '.join(sorted(PERMISSIONS))}"
+        raise InvalidRequest(f"unknown permission(s): {', '.join(named)}{hint}")
     return sorted(set(permissions))
 
 
