@@ -15,6 +15,7 @@ help:
 	@echo "make run    - set up .venv and start certctl serve (HTTPS, SQLite in ./certctl-data)"
 	@echo "make demo   - offline PKI demo: a CA, certificates and an HTTP bundle in ./certctl-demo"
 	@echo "make test   - lint + the whole test suite (installs the system tools it drives)"
+	@echo "make test-fast - tests/unit only, two workers (installs nothing, no lint)"
 	@echo "make lint   - ruff + mypy (strict on src/)"
 	@echo "make bench  - benchmarks with ratios against references measured in the same run"
 	@echo "make fuzz   - coverage-guided parser fuzzing (atheris), FUZZ_SECONDS (60) per target"
