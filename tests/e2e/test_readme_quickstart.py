@@ -155,6 +155,32 @@ def test_readme_names_every_built_in_role(start_server: StartServer, tmp_path: P
     assert all(p.endswith(".read") for p in roles["r-viewer"]["permissions"])
 
 
+def test_readme_issuers_walk_through_works_verbatim(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    """ "Issuers on the server", as pasted with `.venv/bin` on the PATH, on the shared server.
+
+    The issuer is renamed (ops-ca is another test's name on the shared server); nothing else.
+    """
+    text = README.read_text()
+    section = text[text.index("### Issuers on the server") :]
+    [block] = re.findall(r"```sh\n(.*?)```", section[: section.index("\n### ")], re.S)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    env |= {
+        "PATH": f"{ROOT / '.venv' / 'bin'}:{env['PATH']}",
+        "CERTCTL_URL": default_server.url,
+        "CERTCTL_CA_CERT": str(default_server.ca),
+        "CERTCTL_API_KEY": default_server.admin_key,
+    }
+    script = block.replace("ops-ca", "readme-ops")
+    result = ok(run("bash", "-euo", "pipefail", "-c", script, cwd=tmp_path, env=env))
+    assert "web-2/tls.crt: OK" in result.stdout
+    assert (tmp_path / "ops-chain.pem").read_text().count("BEGIN CERTIFICATE") == 2
+    # `issuers crl … --out` wrote the DER CRL, and the revocation went through.
+    assert (tmp_path / "readme-ops.crl").read_bytes()[:1] == b"\x30"
+    assert '"status": "revoked"' in result.stdout
+
+
 TOUR = "## Five-minute tour"
 
 
