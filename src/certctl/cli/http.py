@@ -118,7 +118,7 @@ def http_command(
         [],
         "--ip",
         metavar="IP",
-        help="IP address: NODE=ADDR for one node, plain ADDR for every certificate.",
+        help="IP address: NODE=ADDR for one node, plain ADDR for every certificate (repeatable).",
     ),
     shared: bool = typer.Option(
         False, "--shared", help="One certificate holding the names of every node."
