@@ -1,4 +1,4 @@
-"""The mutating routes reach the store from worker threads, never from the event loop.
+"""The mutating routes and authentication reach the store from worker threads, never the loop.
 
 A write may wait for SQLite's write lock (held by the group commit, a CRL being signed,
 another worker): on the event loop, that wait stalls every other request of the process.
@@ -18,39 +18,31 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import event
 from sqlalchemy.pool import QueuePool
 
-import certctl.api.app as app_module
 from certctl.pki import KeyType, common_name_dn, create_root_ca, generate_private_key, key_to_pem
+from certctl.services import rbac
 from tests.api.conftest import Api, assert_problem
 from tests.api.test_certificates import _csr_pem
 
 
 @contextmanager
 def statements_on_the_loop(api: Api, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Collect the statements the app sends from the event loop thread.
+    """Collect the statements the app sends from the event loop thread, authentication's too.
 
-    Authentication's own are left out: a key not cached (on PostgreSQL, every key) is read
-    there, and its ``last_used_at`` written once a minute (kept on the loop: the hot path).
+    Except, on PostgreSQL, the reads of a presented API key (and its roles): there every
+    request reads its key, and a thread hop per request costs more than the round trips.
     """
     on_loop: list[str] = []
-    authenticating = [0]
-    authenticate = app_module.authenticate
-
-    def counted(*args: Any) -> Any:
-        authenticating[0] += 1
-        try:
-            return authenticate(*args)
-        finally:
-            authenticating[0] -= 1
+    key_reads = ("SELECT api_keys.secret_sha256,", "SELECT roles.permissions \nFROM roles")
 
     def where(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return  # a worker thread
-        if not authenticating[0]:
-            on_loop.append(statement)
+        if api.backend == "postgresql" and statement.startswith(key_reads):
+            return
+        on_loop.append(statement)
 
-    monkeypatch.setattr(app_module, "authenticate", counted)
     event.listen(api.services.engine, "before_cursor_execute", where)
     try:
         yield on_loop
@@ -132,7 +124,38 @@ def test_mutating_routes_use_the_store_off_the_event_loop(
     assert on_loop == []
 
 
-def test_a_burst_of_mutations_holds_at_most_write_threads_connections(api: Api) -> None:
+def test_authentication_uses_the_store_off_the_event_loop(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key read from the store (SQLite), its ``last_used_at`` write, a refused key's audit.
+
+    Before, a key not in the in-memory cache was read, its ``last_used_at`` written once a
+    minute (on SQLite: waiting for the write lock while an issuance held it) and every refused
+    key audited, all on the event loop.
+    """
+    viewer = api.key_with_permissions("viewer", ["cert.read"])  # never used: not cached
+    key_id = viewer.split("_")[1]
+    wrong = f"cctl_{key_id}_{'B' * 43}"
+    unknown = f"cctl_{'0' * 16}_{'x' * 43}"
+    failures_before = sum(e["action"] == "auth.failure" for e in api.audit())
+    with statements_on_the_loop(api, monkeypatch) as on_loop:
+        assert api.get("/api/v1/auth/whoami", viewer).json()["actor_id"] == "viewer"
+        api.clock.advance(minutes=1)  # last_used_at due again: written on the next use
+        assert api.get("/api/v1/auth/whoami", viewer).status_code == 200
+        for refused in (wrong, unknown, None):
+            assert_problem(api.get("/api/v1/auth/whoami", refused), 401)
+    assert on_loop == []
+    # What moved still happened: the key's last use saved, the refusals audited.
+    r = api.get(f"/api/v1/auth/apikeys/{key_id}", api.admin_key)
+    assert r.json()["last_used_at"] is not None
+    events = [e for e in api.audit() if e["action"] == "auth.failure"]
+    assert len(events) - failures_before == 3
+    assert [e["outcome"] for e in events[:3]] == ["missing", "invalid", "invalid"]
+
+
+def test_a_burst_of_mutations_holds_at_most_write_threads_connections(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Queued writes wait on the loop, not each in a thread holding a pooled connection.
 
     In the default pool (40 threads) 20 writes blocked behind SQLite's write lock took 15
@@ -148,10 +171,21 @@ def test_a_burst_of_mutations_holds_at_most_write_threads_connections(api: Api) 
 
     in_flight, most = [0], [0]
     lock = threading.Lock()
+    # Authentication reads the key in threads of its own (SQLite: the first request of each)
+    # or on the loop (PostgreSQL): not in the write pool.
+    authenticating = threading.local()
+    from_store = rbac.api_key_from_store
+
+    def marked(*args: Any, **kwargs: Any) -> Any:
+        authenticating.now = True
+        try:
+            return from_store(*args, **kwargs)
+        finally:
+            authenticating.now = False
 
     def slow(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if threading.current_thread() is threading.main_thread():
-            return  # the loop (authentication): not a write thread
+        if getattr(authenticating, "now", False):
+            return
         with lock:
             in_flight[0] += 1
             most[0] = max(most[0], in_flight[0])
@@ -175,6 +209,7 @@ def test_a_burst_of_mutations_holds_at_most_write_threads_connections(api: Api) 
             )
         return [r.status_code for r in answers]
 
+    monkeypatch.setattr(rbac, "api_key_from_store", marked)
     event.listen(api.services.engine, "before_cursor_execute", slow)
     try:
         assert anyio.run(burst) == [201] * 16
@@ -219,18 +254,75 @@ def test_listings_read_the_store_off_the_event_loop(
 
 
 def test_sqlite_pool_holds_every_thread_that_may_read_or_write_at_once(tmp_path: Path) -> None:
-    """The write, CRL, CA-certificate and listing threads, the group commit, the scheduler
-    and the loop each find a connection: one more thread than the pool holds waits for a
-    free connection, then answers 503 "storage is busy".
+    """The write, CRL, CA-certificate, listing and authentication threads, the group commit,
+    the scheduler and the loop each find a connection: one more thread than the pool holds
+    waits for a free connection, then answers 503 "storage is busy".
     """
     from certctl.api._common import LIST_THREADS, WRITE_THREADS
+    from certctl.api.app import AUTH_READ_THREADS, CA_READ_THREADS, FAILURE_AUDIT_THREADS
     from certctl.store.db import create_store_engine
 
     engine = create_store_engine(f"sqlite:///{tmp_path / 'pool.db'}")
     try:
         pool = engine.pool
         assert isinstance(pool, QueuePool)
-        threads = WRITE_THREADS + 2 * app_module.CA_READ_THREADS + LIST_THREADS + 3
+        threads = (
+            WRITE_THREADS
+            + 2 * CA_READ_THREADS
+            + LIST_THREADS
+            + AUTH_READ_THREADS
+            + FAILURE_AUDIT_THREADS
+            + 3
+        )
         assert pool.size() + pool._max_overflow >= threads
     finally:
         engine.dispose()
+
+
+def test_a_flood_of_bad_keys_writes_its_audit_rows_one_at_a_time(api: Api) -> None:
+    """Refused keys' audit rows take one thread of their own, never the write pool's six.
+
+    A flood from many addresses (the per-address throttle does not bound their number) then
+    holds one pooled connection and one turn at the write lock; its 401s wait for their rows.
+    """
+    import threading
+    import time
+
+    import anyio
+    import httpx2
+
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def slow(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not statement.startswith("INSERT INTO audit_events"):
+            return
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.01)  # a store that answers slowly: the rows would overlap
+        with lock:
+            in_flight[0] -= 1
+
+    async def flood() -> list[int]:
+        transport = httpx2.ASGITransport(app=api.client.app)
+        async with httpx2.AsyncClient(transport=transport, base_url="https://t") as client:
+            answers = await asyncio.gather(
+                *(
+                    client.get(
+                        "/api/v1/auth/whoami",
+                        headers={"Authorization": f"Bearer cctl_{i:016x}_{'x' * 43}"},
+                    )
+                    for i in range(12)
+                )
+            )
+        return [r.status_code for r in answers]
+
+    before = sum(e["action"] == "auth.failure" for e in api.audit())
+    event.listen(api.services.engine, "before_cursor_execute", slow)
+    try:
+        assert anyio.run(flood) == [401] * 12
+    finally:
+        event.remove(api.services.engine, "before_cursor_execute", slow)
+    assert most[0] == 1
+    assert sum(e["action"] == "auth.failure" for e in api.audit()) - before == 12

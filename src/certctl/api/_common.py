@@ -189,7 +189,8 @@ T = TypeVar("T")
 # it waits for SQLite's write lock (one writer at a time anyway): 6, with the other routes'
 # threads, the group commit and the scheduler, stays within SQLite's pool (the budget is in
 # store.db.create_store_engine), so the reads on the event loop still find one; more would
-# only queue on the lock.
+# only queue on the lock. (Authentication's threads, app.AUTH_READ_THREADS and
+# app.FAILURE_AUDIT_THREADS, may wait for it too.)
 WRITE_THREADS = 6
 
 

@@ -1026,8 +1026,37 @@ class _AuthSettings:
     limiter: AuthFailureLimiter | None
     client_cert_mappings: tuple[ClientCertMapping, ...]
     kubernetes: TokenReviewAuthenticator | None
-    # When each address last had a request without credentials audited (see _record_failure).
+    # When each address last had a request without credentials audited (see _count_failure).
     missing_audited: dict[str, datetime] = field(default_factory=dict)
+    # PostgreSQL: API keys are read on the event loop (see AUTH_READ_THREADS).
+    keys_read_on_loop: bool = False
+    # The worker threads of authentication's store reads and of its failures' audit rows.
+    reads: anyio.CapacityLimiter = field(
+        default_factory=lambda: anyio.CapacityLimiter(AUTH_READ_THREADS)
+    )
+    audits: anyio.CapacityLimiter = field(
+        default_factory=lambda: anyio.CapacityLimiter(FAILURE_AUDIT_THREADS)
+    )
+
+
+# Authentication reads and writes the store off the event loop (a write lock to wait for
+# would stall every request of the process there) when the in-memory key cache (SQLite) cannot
+# answer: a key not cached, stale, or whose last_used_at is due (then written, in the same
+# thread). Threads of its own, not the write pool's: a burst of cache misses (after a role
+# change) must not queue behind issuance, nor hold writes back. Two: a read takes
+# microseconds; each holds a pooled connection (SQLite's 15: see WRITE_THREADS).
+# PostgreSQL has no key cache: every request reads its key, on the event loop. The hop to a
+# thread and back costs more than the reads (session 9: +276 µs CPU per request, and
+# workers-2-postgresql fell from 1.97x to 1.40x; session 19, in-process: +130-290 µs, the two
+# reads on the loop ~55 µs CPU and ~90 µs wall on a local server). Its last_used_at write
+# (once a minute per key) and every refusal's audit row still go to threads.
+AUTH_READ_THREADS = 2
+# The audit rows of refused authentications: one at a time. A flood of bad keys from many
+# addresses (auth.failure-limit throttles each address, not their number) then holds one
+# pooled connection and one turn at SQLite's write lock, whatever its size, so it cannot starve
+# the mutating routes' writes; its own 401s wait for their rows instead (the flood slows down,
+# nothing is dropped).
+FAILURE_AUDIT_THREADS = 1
 
 
 # Requests without any credentials are audited once per address per this interval; every one
@@ -1036,7 +1065,13 @@ MISSING_AUDIT_INTERVAL = timedelta(minutes=1)
 _MISSING_AUDITED_MAX = 10_000
 
 
-def _record_failure(auth: _AuthSettings, request: Request, reason: str, detail: str) -> None:
+# Where _count_failure leaves a refusal's audit row (at, reason, detail, target, source) for
+# _certctl_error to write, off the event loop, before the 401 is sent.
+_FAILURE_AUDIT = "certctl.failure_audit"
+
+
+def _count_failure(auth: _AuthSettings, request: Request, reason: str, detail: str) -> None:
+    """Count a refused authentication and say which audit row it is due (no store here)."""
     AUTH_FAILURES.labels(reason).inc()
     limiter = auth.limiter
     source = _source(request)
@@ -1050,13 +1085,11 @@ def _record_failure(auth: _AuthSettings, request: Request, reason: str, detail: 
             limiter.window_s,
             limiter.window_s,
         )
-    services = auth.services
-    now = services.clock()
+    now = auth.services.clock()
     if reason == "missing":
         # Nothing was tried, and nothing throttles it: without this, every anonymous request
         # (a flood, or a scraper missing its token) was one audit row and one synchronous
-        # commit on the event loop, so anyone who could reach the port could grow the
-        # database without bound and stall every other request.
+        # commit, so anyone who could reach the port could grow the database without bound.
         audited = auth.missing_audited
         last = audited.get(source)
         if last is not None and now - last < MISSING_AUDIT_INTERVAL:
@@ -1064,14 +1097,21 @@ def _record_failure(auth: _AuthSettings, request: Request, reason: str, detail: 
         if len(audited) >= _MISSING_AUDITED_MAX:
             audited.clear()
         audited[source] = now
+    target = f"{request.method} {_logged_path(request.scope)}"[:200]
+    request.scope[_FAILURE_AUDIT] = (now, reason, detail, target, source)
+
+
+def _audit_failure(services: Services, row: tuple[datetime, str, str, str, str]) -> None:
+    """Write a refused authentication's audit row (blocking: a worker thread runs it)."""
+    at, reason, detail, target, source = row
     try:
         with services.sessions.begin() as session:
             audit.record(
                 session,
-                at=now,
+                at=at,
                 actor="anonymous",
                 action="auth.failure",
-                target=f"{request.method} {_logged_path(request.scope)}"[:200],
+                target=target,
                 outcome=reason,
                 source=source,
                 detail=detail,
@@ -1162,10 +1202,15 @@ def _throttled(wait: float) -> TooManyRequests:
     )
 
 
-def authenticate(request: Request, auth: _AuthSettings) -> Principal:
+def authenticate(request: Request, auth: _AuthSettings) -> Principal | None:
     """Bearer API key, else a mapped mTLS client certificate; else 401.
 
     An address over ``auth.failure-limit`` gets 429 first, before any credential is looked at.
+    Synchronous, on the event loop: a cached API key (the common request) is answered here
+    without the store or a thread hop, and on PostgreSQL a key is read here. None when the
+    key must be read from (SQLite) or written to the store: then
+    :func:`authenticate_from_store` decides, in a worker thread. A refusal's audit row is
+    left for ``_certctl_error`` to write (also in a thread).
     """
     scope = request.scope
     client = scope.get("client")  # _source(), inline: this runs on every request
@@ -1175,34 +1220,54 @@ def authenticate(request: Request, auth: _AuthSettings) -> Principal:
     services = auth.services
     header = _authorization(scope)
     if header is _REPEATED:
-        _record_failure(auth, request, "invalid", _REPEATED)
+        _count_failure(auth, request, "invalid", _REPEATED)
         raise Unauthenticated("send one Authorization header, not several")
     if header is not None:
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            _record_failure(auth, request, "invalid", "malformed Authorization header")
+            _count_failure(auth, request, "invalid", "malformed Authorization header")
             raise Unauthenticated("malformed Authorization header (expected 'Bearer <key>')")
         try:
-            return rbac.authenticate_api_key(services, token, source)
+            principal = rbac.cached_api_key(services, token, source)
+            if principal is None and auth.keys_read_on_loop:
+                principal = rbac.api_key_from_store(services, token, source, write=False)
+            return principal
         except rbac.AuthFailure as exc:
-            _record_failure(auth, request, exc.reason, exc.detail)
+            _count_failure(auth, request, exc.reason, exc.detail)
             raise Unauthenticated(exc.detail) from None
     subject = _client_cert_subject(request)
     if subject is not None:
         mappings = auth.client_cert_mappings
         roles = sorted({r for m in mappings if m.matches(subject) for r in m.roles})
         if not roles:
-            _record_failure(auth, request, "invalid", f"unmapped client certificate {subject}")
+            _count_failure(auth, request, "invalid", f"unmapped client certificate {subject}")
             raise Unauthenticated("client certificate subject is not mapped to any role")
         checked = _client_cert_permissions(request, services, rbac.permissions_of(services, roles))
         if isinstance(checked, tuple):
             reason, message = checked
-            _record_failure(auth, request, reason, f"{message}: {subject}")
+            _count_failure(auth, request, reason, f"{message}: {subject}")
             raise Unauthenticated(message)
         return Principal(f"cert:{subject}", tuple(roles), checked, "client_certificate", source)
-    _record_failure(auth, request, "missing", "no credentials")
+    _count_failure(auth, request, "missing", "no credentials")
     raise Unauthenticated("authentication required: send 'Authorization: Bearer <api key>'")
+
+
+async def authenticate_from_store(request: Request, auth: _AuthSettings) -> Principal:
+    """``authenticate`` for a request it could not answer from memory, in a worker thread."""
+    return await anyio.to_thread.run_sync(_from_store, request, auth, limiter=auth.reads)
+
+
+def _from_store(request: Request, auth: _AuthSettings) -> Principal:
+    client = request.scope.get("client")
+    source = str(client[0]) if client else ""
+    # authenticate() returned None for a well-formed bearer API key only.
+    token = (_authorization(request.scope) or "").partition(" ")[2].strip()
+    try:
+        return rbac.api_key_from_store(auth.services, token, source)
+    except rbac.AuthFailure as exc:
+        _count_failure(auth, request, exc.reason, exc.detail)
+        raise Unauthenticated(exc.detail) from None
 
 
 # --- Kubernetes ServiceAccount tokens on the metrics routes (auth.kubernetes) -------------
@@ -1227,7 +1292,8 @@ async def _authenticate_kubernetes(
     authenticator = auth.kubernetes
     token = _kubernetes_token(request) if authenticator is not None else None
     if token is None or authenticator is None:
-        return authenticate(request, auth)
+        principal = authenticate(request, auth)
+        return principal if principal is not None else await authenticate_from_store(request, auth)
     if auth.limiter is not None and (wait := auth.limiter.retry_after(_source(request))) > 0:
         raise _throttled(wait)
     try:
@@ -1236,7 +1302,7 @@ async def _authenticate_kubernetes(
         detail = "Kubernetes TokenReview: not authenticated"
         if exc.review_error:
             detail += f" ({exc.review_error})"
-        _record_failure(auth, request, "invalid", detail)
+        _count_failure(auth, request, "invalid", detail)
         raise
     except AccessDenied as exc:
         request.scope["certctl.actor"] = f"kubernetes:{exc.username}"
@@ -1274,6 +1340,8 @@ def _endpoint(route: ApiRoute, auth: _AuthSettings) -> Callable[[Request], Await
                 principal = await _authenticate_kubernetes(request, route, auth)
             else:
                 principal = authenticate(request, auth)
+                if principal is None:
+                    principal = await authenticate_from_store(request, auth)
             scope["certctl.actor"] = principal.actor_id
             if route.permission != AUTHENTICATED and route.permission not in principal.permissions:
                 raise PermissionDenied(f"missing permission {route.permission}")
@@ -1523,6 +1591,12 @@ _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 async def _certctl_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CertctlError)
+    failure = request.scope.pop(_FAILURE_AUDIT, None)
+    if failure is not None:
+        # A refused authentication's row (see _count_failure), written before the 401 leaves.
+        await anyio.to_thread.run_sync(
+            _audit_failure, _services(request), failure, limiter=_failure_audits(request)
+        )
     actor = request.scope.get("certctl.actor")
     if exc.status == 403:
         # Every refusal of an authenticated caller, wherever it was decided: the route's
@@ -1535,6 +1609,11 @@ async def _certctl_error(request: Request, exc: Exception) -> Response:
         # Authentication failures were recorded where they happened (no actor yet).
         await in_write_thread(request, _audit_refusal, request, actor, exc)
     return problem_from_error(exc)
+
+
+def _failure_audits(request: Request) -> anyio.CapacityLimiter:
+    limiter: anyio.CapacityLimiter = request.app.state.failure_audits
+    return limiter
 
 
 def _audit_refusal(request: Request, actor: str, exc: CertctlError) -> None:
@@ -1625,7 +1704,11 @@ def create_app(
     says which directory targets and reload commands a service editor may set.
     """
     auth = _AuthSettings(
-        services, auth_failure_limiter, client_cert_mappings, kubernetes_authenticator
+        services,
+        auth_failure_limiter,
+        client_cert_mappings,
+        kubernetes_authenticator,
+        keys_read_on_loop=services.engine.dialect.name == "postgresql",
     )
     routes = [
         Route(r.path, _endpoint(r, auth), methods=[r.method])
@@ -1654,5 +1737,7 @@ def create_app(
     app.state.crl_reads = anyio.CapacityLimiter(CA_READ_THREADS)
     app.state.writes = write_limiter()
     app.state.lists = list_limiter()
+    app.state.auth_reads = auth.reads
+    app.state.failure_audits = auth.audits
     app.state.ready = True
     return AccessLogAndLimits(app, json_logs=json_logs)

@@ -14,9 +14,9 @@ import time
 import weakref
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from certctl.auth.apikeys import KEY_ID, MintedKey, key_head, mint_key, parse_key, secret_matches
@@ -29,7 +29,9 @@ from certctl.store.models import Actor, ApiKey, Role
 
 __all__ = [
     "AuthFailure",
+    "api_key_from_store",
     "authenticate_api_key",
+    "cached_api_key",
     "create_actor",
     "create_role",
     "delete_actor",
@@ -137,8 +139,15 @@ _KEY_AND_ACTOR = (
     .select_from(ApiKey.__table__.outerjoin(Actor.__table__, _ACTORS.id == _KEYS.actor_id))
     .where(_KEYS.id == bindparam("key_id"))
 )
+# Conditional: two requests that read the same key at once (worker threads, other processes)
+# both find ``last_used_at`` due; only the first write within the minute changes it.
 _TOUCH_KEY = (
-    update(ApiKey).where(ApiKey.id == bindparam("key_id")).values(last_used_at=bindparam("now"))
+    update(ApiKey)
+    .where(
+        ApiKey.id == bindparam("key_id"),
+        or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at <= bindparam("due")),
+    )
+    .values(last_used_at=bindparam("now"))
 )
 
 
@@ -417,10 +426,26 @@ def revoke_api_key(services: Services, caller: Principal, key_id: str) -> ApiKey
 
 
 def authenticate_api_key(services: Services, presented: str, source: str) -> Principal:
-    """Resolve a presented bearer key to a principal.
+    """Resolve a presented bearer key to a principal: from the cache, else from the store.
 
     Raises:
         AuthFailure: malformed/unknown (``invalid``), ``expired`` or ``revoked``.
+    """
+    principal = cached_api_key(services, presented, source)
+    if principal is None:
+        principal = api_key_from_store(services, presented, source)
+    return principal
+
+
+def cached_api_key(services: Services, presented: str, source: str) -> Principal | None:
+    """The principal of a presented key from memory alone; None when the store must be read.
+
+    Never touches the store (the API server calls it on the event loop, on every request):
+    None when the key is not cached (on PostgreSQL, never), stale, or its ``last_used_at`` is
+    due; then :func:`api_key_from_store`, off the loop, decides.
+
+    Raises:
+        AuthFailure: a cached key that has expired, or a key that is not even well-formed.
     """
     clock = services.clock
     engine = services.engine
@@ -433,6 +458,37 @@ def authenticate_api_key(services: Services, presented: str, source: str) -> Pri
         )
         if principal is not None:
             return principal
+    if parse_key(presented) is None:
+        # Refused here: no store read (and no thread) for what cannot be any key.
+        raise AuthFailure("malformed API key", "invalid")
+    return None
+
+
+@overload
+def api_key_from_store(services: Services, presented: str, source: str) -> Principal: ...
+
+
+@overload
+def api_key_from_store(
+    services: Services, presented: str, source: str, *, write: bool
+) -> Principal | None: ...
+
+
+def api_key_from_store(
+    services: Services, presented: str, source: str, *, write: bool = True
+) -> Principal | None:
+    """Resolve a presented bearer key from the store, writing its ``last_used_at`` when due.
+
+    Blocking (a read, and on SQLite the write waits for the write lock): the API server runs
+    it in a worker thread, except PostgreSQL's reads (see ``api.app``). ``write=False``: None
+    instead of writing a due ``last_used_at`` (call again with ``write=True``, off the event
+    loop). A key found valid is cached for :func:`cached_api_key`.
+
+    Raises:
+        AuthFailure: malformed/unknown (``invalid``), ``expired`` or ``revoked``.
+    """
+    clock = services.clock
+    cache = _key_cache(services.engine)
     version = cache.version() if cache is not None else None  # before the key is read
     now = clock()
     parsed = parse_key(presented)
@@ -453,8 +509,12 @@ def authenticate_api_key(services: Services, presented: str, source: str) -> Pri
         permissions = _role_union(connection, list(roles)) if roles else frozenset()
         last_used = row.last_used_at
         if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
+            if not write:
+                return None
             try:
-                connection.execute(_TOUCH_KEY, {"key_id": key_id, "now": now})
+                connection.execute(
+                    _TOUCH_KEY, {"key_id": key_id, "now": now, "due": now - LAST_USED_RESOLUTION}
+                )
                 connection.commit()
                 last_used = now
             except DBAPIError as exc:
@@ -559,7 +619,7 @@ class _KeyCache:
     the database and on the ``-shm`` file: while the cache lives, no other process can leave
     WAL mode, delete the file or truncate it (SQLite maps the same file itself).
 
-    The generation is read *before* the key (``authenticate_api_key``), so a change landing
+    The generation is read *before* the key (``api_key_from_store``), so a change landing
     between the two makes the next request read the database again: any revocation,
     deletion, role or key change invalidates every entry, while issuing certificates (the
     common write) does not. Expiry is checked against the cached expiry time; an entry whose

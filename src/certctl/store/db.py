@@ -117,11 +117,12 @@ def create_store_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         database = make_url(url).database
         # Threads that may each hold a connection at once: the write routes (6), the CRL and
-        # the CA-certificate routes (4 each), the listings (2), the group commit, the
-        # scheduler and the event loop: 19. SQLAlchemy's default file pool holds 15, and a
-        # request finding none waits, then answers 503. A SQLite connection is a file handle.
+        # the CA-certificate routes (4 each), the listings (2), authentication's reads (2)
+        # and failure audits (1), the group commit, the scheduler and the event loop: 22.
+        # SQLAlchemy's default file pool holds 15, and a request finding none waits, then
+        # answers 503. A SQLite connection is a file handle.
         pool = (
-            {"pool_size": 5, "max_overflow": 15} if database not in (None, "", ":memory:") else {}
+            {"pool_size": 5, "max_overflow": 20} if database not in (None, "", ":memory:") else {}
         )
         engine = create_engine(
             url,

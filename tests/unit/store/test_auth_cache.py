@@ -8,7 +8,7 @@ authentication must see it.
 from __future__ import annotations
 
 import sqlite3
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from certctl.server.bootstrap import bootstrap
 from certctl.server.config import load_config
 from certctl.services import rbac
 from certctl.services.context import Principal, Services
+from certctl.store.models import ApiKey
 
 ADMIN = Principal("admin", ("r-admin",), frozenset({"*"}), "api_key")
 
@@ -187,3 +188,35 @@ def test_the_counter_is_read_again_only_after_a_commit(
     assert len(reads) == 1
     assert rbac.authenticate_api_key(a, key, "").actor_id == "quiet"
     assert len(reads) == 1
+
+
+def test_two_reads_of_a_due_key_write_last_used_at_once(
+    pair: tuple[Services, Services, Principal],
+) -> None:
+    # The API server reads uncached keys in worker threads (and replicas read the same
+    # store): two requests can both find last_used_at due before either writes it. The
+    # later write must not move it again within the minute.
+    a, b, admin = pair
+    key = _mint(b, admin, "twice", ["r-viewer"])
+    start = datetime.now(UTC)
+    a.clock = lambda: start
+    b.clock = lambda: start + timedelta(seconds=30)
+    raced: list[str] = []
+
+    def b_first(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        # A has read the key (last_used_at unset) and is about to write it: B reads it now,
+        # also unset, and writes first.
+        if statement.startswith("UPDATE api_keys") and not raced:
+            raced.append(statement)
+            rbac.api_key_from_store(b, key, "")
+
+    event.listen(a.engine, "before_cursor_execute", b_first)
+    try:
+        rbac.api_key_from_store(a, key, "")
+    finally:
+        event.remove(a.engine, "before_cursor_execute", b_first)
+    assert raced
+    with a.sessions() as session:
+        stored = session.get(ApiKey, key.split("_")[1])
+        assert stored is not None
+        assert stored.last_used_at == start + timedelta(seconds=30)  # B's, not moved back
