@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from cryptography import x509
@@ -23,6 +23,9 @@ from certctl.services.context import Principal
 from certctl.store.models import Actor, ApiKey, CertificateRecord, Issuer, Role
 from tests.api.conftest import Api, assert_problem
 from tests.api.test_certificates import _csr_pem
+
+if TYPE_CHECKING:
+    from httpx2 import Response
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 # The unit of work may flush the audit row first: the race is lost at the first write.
@@ -179,7 +182,10 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin(
     assert len(holders) == 1, holders
 
 
-def test_issuer_revoked_by_another_replica_meanwhile_is_409(api: Api) -> None:
+def _revoked_meanwhile(
+    api: Api, reason: str, reason_meanwhile: str
+) -> tuple[Response, dict[str, Any]]:
+    """Revoke new intermediate ``sub`` for ``reason`` while another replica revokes it."""
     r = api.post("/api/v1/issuers", api.admin_key, json={"id": "sub", "parent": "default"})
     assert r.status_code == 201, r.text
 
@@ -187,17 +193,36 @@ def test_issuer_revoked_by_another_replica_meanwhile_is_409(api: Api) -> None:
         conn.execute(
             update(Issuer)
             .where(Issuer.id == "sub")
-            .values(revoked_at=NOW, revocation_reason="keyCompromise", parent_id="default")
+            .values(revoked_at=NOW, revocation_reason=reason_meanwhile, parent_id="default")
         )
 
     with api.concurrent_write((_AUDIT, "UPDATE issuers"), other_replica) as fired:
-        r = api.post("/api/v1/issuers/sub/revoke", api.admin_key, json={"reason": "superseded"})
+        r = api.post("/api/v1/issuers/sub/revoke", api.admin_key, json={"reason": reason})
     assert fired
-    assert assert_problem(r, 409)["detail"] == "issuer sub is already revoked"
+    return r, api.get("/api/v1/issuers/sub", api.admin_key).json()
+
+
+def test_issuer_revoked_by_another_replica_meanwhile_is_409(api: Api) -> None:
+    r, stored = _revoked_meanwhile(api, "superseded", "keyCompromise")
+    assert assert_problem(r, 409)["detail"] == (
+        "issuer sub is already revoked (keyCompromise, on 2026-01-01 00:00Z): only "
+        "keyCompromise can replace a revocation's reason, and it has that one already"
+    )
     # The first revocation stands: its reason and time are what the parent's CRL carries.
-    stored = api.get("/api/v1/issuers/sub", api.admin_key).json()
     assert (stored["revocation_reason"], stored["revoked_at"]) == ("keyCompromise", NOW.isoformat())
     assert _audited(api, "issuer.revoke", "sub") == []
+
+
+def test_issuer_revoked_by_another_replica_meanwhile_still_gets_key_compromise(api: Api) -> None:
+    # Its reason replaced as if the other revocation had come first (it did): its date kept.
+    r, stored = _revoked_meanwhile(api, "keyCompromise", "cessationOfOperation")
+    assert r.status_code == 200, r.text
+    assert r.json() == stored
+    assert (stored["revocation_reason"], stored["revoked_at"]) == ("keyCompromise", NOW.isoformat())
+    [event] = _audited(api, "issuer.revoke", "sub")
+    assert (
+        event["detail"] == "keyCompromise (reason was cessationOfOperation, revocation date kept)"
+    )
 
 
 def test_certificate_revoked_while_being_renewed_gets_no_successor(api: Api) -> None:

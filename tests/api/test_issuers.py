@@ -864,10 +864,13 @@ def test_a_revoked_intermediate_is_on_its_parents_crl_and_issues_no_more(api: Ap
     assert api.counts() == before
     # Its own CRL is still served: what it issued before stays checkable.
     assert _crl_entry(api, "sub", int(leaf["serial"], 16)) is None
-    # Once only: the first reason and time stand.
+    # Once only (keyCompromise apart, below): the first reason and time stand.
     api.clock.advance(minutes=5)
-    again = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
-    assert assert_problem(again, 409)["detail"] == "issuer sub is already revoked"
+    again = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "superseded"})
+    assert assert_problem(again, 409)["detail"] == (
+        f"issuer sub is already revoked (cACompromise, on {_minute(revoked)}): only "
+        "keyCompromise can replace a revocation's reason (its date stays)"
+    )
     assert api.get(f"{ISSUERS}/sub", api.admin_key).json() == revoked
     [event] = [e for e in api.audit() if e["action"] == "issuer.revoke"]
     assert (event["actor"], event["target"], event["detail"]) == ("admin", "sub", "cACompromise")
@@ -875,6 +878,83 @@ def test_a_revoked_intermediate_is_on_its_parents_crl_and_issues_no_more(api: Ap
     # The parent and its other intermediates go on issuing.
     api.issue(issuer="default", common_name="d.example.com")
     _intermediate(api, "sub-2")
+
+
+def _minute(issuer: dict[str, Any]) -> str:
+    """An issuer's ``revoked_at`` as the 409s name it."""
+    return f"{datetime.fromisoformat(issuer['revoked_at']):%Y-%m-%d %H:%M}Z"
+
+
+def _openssl_crl_entry(api: Api, issuer_id: str, serial: int, tmp_path: Path) -> str:
+    """``serial``'s entry in ``openssl crl -text`` of ``issuer_id``'s public CRL."""
+    path = tmp_path / f"{issuer_id}.crl"
+    path.write_bytes(api.get(f"{ISSUERS}/{issuer_id}/crl").content)
+    text = ok(run("openssl", "crl", "-inform", "DER", "-in", path, "-noout", "-text")).stdout
+    entries = re.split(r"\n\s*Serial Number: ", text)[1:]
+    mine = [e for e in entries if int(e.split()[0], 16) == serial]
+    assert len(mine) == 1, text  # RFC 5280 5.1.2.6: once per CRL
+    return mine[0]
+
+
+def test_key_compromise_of_an_intermediate_revoked_for_another_reason(
+    api: Api, tmp_path: Path
+) -> None:
+    """Its reason becomes keyCompromise, its revocation date stays; nothing else changes.
+
+    Before, a 409 'already revoked': the parent's CRL kept saying 'superseded' for a CA
+    whose key was then found compromised. The CA/B Forum's Baseline Requirements (4.9.1.1)
+    and Mozilla's Root Store Policy (6.1.1) let a revocation's reason become keyCompromise
+    later, as certificates here already do.
+    """
+    inter = _intermediate(api, "sub")
+    first = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "superseded"})
+    assert first.status_code == 200, first.text
+    assert "Superseded" in _openssl_crl_entry(api, "default", inter.serial_number, tmp_path)
+    counted = _revocations("default")
+    api.clock.advance(hours=5)
+
+    r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
+
+    assert r.status_code == 200, r.text
+    assert r.json() == first.json() | {"revocation_reason": "keyCompromise"}
+    assert api.get(f"{ISSUERS}/sub", api.admin_key).json() == r.json()
+    assert _revocations("default") == counted  # a changed reason is no new revocation
+    # The parent's next CRL (a real client reads it): keyCompromise, the first date.
+    entry = _openssl_crl_entry(api, "default", inter.serial_number, tmp_path)
+    assert re.search(r"X509v3 CRL Reason Code: *\n *Key Compromise\n", entry), entry
+    when = datetime.fromisoformat(first.json()["revoked_at"])
+    assert f"Revocation Date: {when:%b} {when.day:2} {when:%H:%M:%S %Y} GMT" in entry, entry
+    [upgrade, _] = [e for e in api.audit() if e["action"] == "issuer.revoke"]
+    assert (upgrade["actor"], upgrade["target"], upgrade["detail"], upgrade["outcome"]) == (
+        "admin",
+        "sub",
+        "keyCompromise (reason was superseded, revocation date kept)",
+        "success",
+    )
+    # Its refusals name the reason it has now, in this process at once.
+    refused = api.post(CERTS, api.admin_key, json={"issuer": "sub", "common_name": "a.example"})
+    assert "(keyCompromise) and issues nothing more" in assert_problem(refused, 409)["detail"]
+
+    # Nothing replaces keyCompromise, not even itself; the store is left as it was.
+    before = api.counts()
+    for reason in ("keyCompromise", "superseded", None):
+        again = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": reason})
+        assert assert_problem(again, 409)["detail"] == (
+            f"issuer sub is already revoked (keyCompromise, on {_minute(first.json())}): only "
+            "keyCompromise can replace a revocation's reason, and it has that one already"
+        )
+    assert api.counts() == before
+    assert api.get(f"{ISSUERS}/sub", api.admin_key).json() == r.json()
+    # Other reasons never replace one: the first reason and date stand.
+    _intermediate(api, "sub-2")
+    gone = api.post(f"{ISSUERS}/sub-2/revoke", api.admin_key, json={"reason": "cACompromise"})
+    for reason in ("superseded", "cessationOfOperation", None):
+        again = api.post(f"{ISSUERS}/sub-2/revoke", api.admin_key, json={"reason": reason})
+        assert assert_problem(again, 409)["detail"] == (
+            f"issuer sub-2 is already revoked (cACompromise, on {_minute(gone.json())}): only "
+            "keyCompromise can replace a revocation's reason (its date stays)"
+        )
+    assert api.get(f"{ISSUERS}/sub-2", api.admin_key).json() == gone.json()
 
 
 def test_what_cannot_be_revoked_is_refused_and_left_as_it_was(api: Api) -> None:
@@ -993,13 +1073,23 @@ def test_a_revocation_reaches_another_process_at_its_issuer_refresh(api: Api) ->
         assert client.post(CERTS, headers=headers, json=body).status_code == 201  # cached
         assert issuance.refresh_cached_issuers(other) == []
 
-        r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
+        r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "superseded"})
         assert r.status_code == 200, r.text
 
         assert issuance.refresh_cached_issuers(other) == ["sub"]
         refused = client.post(CERTS, headers=headers, json=body)
-        assert "issuer sub was revoked on" in assert_problem(refused, 409)["detail"]
+        detail = assert_problem(refused, 409)["detail"]
+        assert detail.startswith("issuer sub was revoked on "), detail
+        assert "(superseded) and issues nothing more" in detail
         assert issuance.refresh_cached_issuers(other) == []  # reloaded, revoked
+        # Its reason changed to keyCompromise there: here too at the refresh (its
+        # refusals named superseded until a restart).
+        r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
+        assert r.status_code == 200, r.text
+        assert issuance.refresh_cached_issuers(other) == ["sub"]
+        refused = client.post(CERTS, headers=headers, json=body)
+        assert "(keyCompromise) and issues nothing more" in assert_problem(refused, 409)["detail"]
+        assert issuance.refresh_cached_issuers(other) == []
 
 
 def test_an_intermediate_below_a_revoked_one_issues_no_more_here_or_elsewhere(api: Api) -> None:
@@ -1092,10 +1182,8 @@ def test_a_revoked_issuer_loaded_while_another_is_dropped_still_refuses(
     assert api.counts() == before
 
 
-def test_the_same_intermediate_revoked_under_two_ids_is_listed_once(api: Api) -> None:
-    # Imported twice (sub, sub-copy) and revoked under both ids: the parent's CRL listed the
-    # serial twice (RFC 5280 5.1.2.6: a serial appears once in a CRL); the first
-    # revocation's date and reason stand.
+def _imported_twice(api: Api) -> x509.Certificate:
+    """Intermediate ``sub``, and the same CA imported again as ``sub-copy``."""
     from certctl.services import issuance
 
     sub = _intermediate(api, "sub")
@@ -1111,6 +1199,15 @@ def test_the_same_intermediate_revoked_under_two_ids_is_listed_once(api: Api) ->
         },
     )
     assert r.status_code == 201, r.text
+    return sub
+
+
+def test_the_same_intermediate_revoked_under_two_ids_is_listed_once(api: Api) -> None:
+    # Imported twice (sub, sub-copy) and revoked under both ids: the parent's CRL listed the
+    # serial twice (RFC 5280 5.1.2.6: a serial appears once in a CRL); the first
+    # revocation's date stands, with keyCompromise once either id was revoked for it (the
+    # same certificate, so the same key).
+    sub = _imported_twice(api)
     first = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "superseded"})
     assert first.status_code == 200, first.text
     api.clock.advance(minutes=5)
@@ -1122,7 +1219,33 @@ def test_the_same_intermediate_revoked_under_two_ids_is_listed_once(api: Api) ->
     assert len(entries) == 1
     assert entries[0].revocation_date_utc == datetime.fromisoformat(first.json()["revoked_at"])
     reason = entries[0].extensions.get_extension_for_class(x509.CRLReason).value.reason
-    assert reason == x509.ReasonFlags.superseded
+    assert reason == x509.ReasonFlags.key_compromise
+
+
+@pytest.mark.parametrize("upgraded", ["sub", "sub-copy"])
+def test_key_compromise_of_either_id_of_an_intermediate_imported_twice_is_on_the_crl(
+    api: Api, tmp_path: Path, upgraded: str
+) -> None:
+    # The parent's CRL lists the certificate once, with the first revocation's data: sub's.
+    # keyCompromise given to sub-copy afterwards (its first revocation, or a changed
+    # reason) was not on it; whichever id says so, the key is compromised.
+    sub = _imported_twice(api)
+    first = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "superseded"})
+    assert first.status_code == 200, first.text
+    api.clock.advance(minutes=5)
+    r = api.post(f"{ISSUERS}/sub-copy/revoke", api.admin_key, json={"reason": "superseded"})
+    assert r.status_code == 200, r.text
+    assert "Superseded" in _openssl_crl_entry(api, "default", sub.serial_number, tmp_path)
+    api.clock.advance(minutes=5)
+
+    r = api.post(f"{ISSUERS}/{upgraded}/revoke", api.admin_key, json={"reason": "keyCompromise"})
+
+    assert r.status_code == 200, r.text
+    assert r.json()["revocation_reason"] == "keyCompromise"
+    entry = _openssl_crl_entry(api, "default", sub.serial_number, tmp_path)
+    assert re.search(r"X509v3 CRL Reason Code: *\n *Key Compromise\n", entry), entry
+    when = datetime.fromisoformat(first.json()["revoked_at"])
+    assert f"Revocation Date: {when:%b} {when.day:2} {when:%H:%M:%S %Y} GMT" in entry, entry
 
 
 def test_a_revoked_ca_imported_again_or_below_it_issues_nothing(api: Api) -> None:

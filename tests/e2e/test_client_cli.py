@@ -165,16 +165,32 @@ def test_intermediate_created_fetched_and_issued_from_with_the_cli(
     assert openssl_verify("-CAfile", default_server.ca, leaf) == (
         "unable to get local issuer certificate"
     )
-    # Revoked (its key compromised): it issues nothing more, and the CLI says why in one line.
+    # Revoked (retired, then found compromised: keyCompromise replaces the reason, the date
+    # stays): it issues nothing more, and the CLI says why in one line.
+    retired = ok(_certctl(default_server, "issuers", "revoke", "cli-ops", "--reason",
+                          "superseded", **env))  # fmt: skip
     revoked = ok(_certctl(default_server, "issuers", "revoke", "cli-ops", "--reason",
                           "keyCompromise", **env))  # fmt: skip
-    assert json.loads(revoked.stdout)["status"] == "revoked"
+    assert json.loads(revoked.stdout) == json.loads(retired.stdout) | {
+        "revocation_reason": "keyCompromise"
+    }
     refused = _certctl(default_server, "certs", "issue", "--issuer", "cli-ops", "--cn", "late",
                        "--out", str(tmp_path / "late"), **env)  # fmt: skip
     assert refused.returncode == 1
     assert refused.stderr.startswith("certctl: error: HTTP 409: issuer cli-ops was revoked on ")
+    assert "(keyCompromise) and issues nothing more" in refused.stderr
     assert refused.stderr.count("\n") == 1
     assert not (tmp_path / "late").exists()
+    again = _certctl(default_server, "issuers", "revoke", "cli-ops", "--reason", "keyCompromise",
+                     **env)  # fmt: skip
+    assert again.returncode == 1
+    assert again.stdout == ""
+    assert again.stderr.startswith(
+        "certctl: error: HTTP 409: issuer cli-ops is already revoked (keyCompromise, on "
+    )
+    assert again.stderr.endswith(
+        "only keyCompromise can replace a revocation's reason, and it has that one already\n"
+    )
 
 
 @pytest.mark.parametrize(

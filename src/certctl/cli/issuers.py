@@ -136,7 +136,10 @@ def issuers_create(
 def issuers_revoke(
     issuer_id: str = ISSUER_ID,
     reason: str = typer.Option(
-        None, "--reason", help="keyCompromise, cACompromise, superseded, cessationOfOperation …"
+        None,
+        "--reason",
+        help="keyCompromise, cACompromise, superseded, cessationOfOperation … (default "
+        "unspecified); keyCompromise also replaces an earlier revocation's reason",
     ),
 ) -> None:
     """Revoke an intermediate issuer: its parent's next CRL lists it.
@@ -144,7 +147,9 @@ def issuers_revoke(
     From then on it issues nothing (certificates, renewals, intermediates), and neither does
     any issuer below it; its own CRL stays served. Other server processes and replicas learn
     of it within a minute. A root cannot be revoked: take it out of the clients' trust stores.
-    Prints the issuer as JSON.
+    Revoking it again is refused, except with --reason keyCompromise when it was revoked for
+    another reason: the reason becomes keyCompromise (on the parent's next CRL too) and the
+    revocation date stays. Prints the issuer as JSON.
     """
     _print(_request("POST", f"{_ISSUERS}/{_seg(issuer_id)}/revoke", {"reason": reason}))
 

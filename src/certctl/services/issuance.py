@@ -714,7 +714,9 @@ def forget_if_changed(services: Services, issuer_id: str) -> None:
         return
     with services.sessions() as session:
         stored = session.execute(
-            select(Issuer.not_after, Issuer.revoked_at).where(Issuer.id == issuer_id)
+            select(Issuer.not_after, Issuer.revoked_at, Issuer.revocation_reason).where(
+                Issuer.id == issuer_id
+            )
         ).first()
         revoked = (
             _revoked_certificates(session)
@@ -735,12 +737,17 @@ def _changed(
     cached: CertificateAuthority,
     not_after: datetime | None,
     revoked_at: datetime | None,
+    revocation_reason: str | None,
 ) -> bool:
-    """Whether the stored issuer differs from the cached one: renewed, or revoked."""
+    """Whether the stored issuer differs from the cached one: renewed, or revoked.
+
+    Or its revocation's reason changed (to keyCompromise): its refusals name the reason.
+    """
     revoked = services.issuer_revocation(issuer_id)
     own = revoked if revoked is not None and revoked.by == issuer_id else None
-    return not_after != cached.certificate.not_valid_after_utc or revoked_at != (
-        own.revoked_at if own else None
+    stored = None if revoked_at is None else (revoked_at, revocation_reason or "unspecified")
+    return not_after != cached.certificate.not_valid_after_utc or stored != (
+        (own.revoked_at, own.reason) if own else None
     )
 
 
@@ -764,8 +771,8 @@ def refresh_cached_issuers(services: Services) -> list[str]:
 
     Every process caches unwrapped issuer keys; a renewal in one of them (the leader, another
     worker, another replica on PostgreSQL) must reach the others before their cached
-    certificate runs out, and a revocation before they issue much more from a revoked CA.
-    Returns the ids dropped.
+    certificate runs out, and a revocation before they issue much more from a revoked CA (a
+    reason changed to keyCompromise too: their refusals name it). Returns the ids dropped.
     """
     # The certificates cached for the public CA routes too: a replica must not serve a
     # renewed or deleted CA's certificate for longer than this check's period.
@@ -776,11 +783,14 @@ def refresh_cached_issuers(services: Services) -> list[str]:
         return []
     with services.sessions() as session:
         rows = session.execute(
-            select(Issuer.id, Issuer.not_after, Issuer.revoked_at).where(
+            select(Issuer.id, Issuer.not_after, Issuer.revoked_at, Issuer.revocation_reason).where(
                 Issuer.id.in_(list(cached))
             )
         )
-        stored = {issuer_id: (not_after, revoked_at) for issuer_id, not_after, revoked_at in rows}
+        stored: dict[str, tuple[datetime | None, datetime | None, str | None]] = {
+            issuer_id: (not_after, revoked_at, reason)
+            for issuer_id, not_after, revoked_at, reason in rows
+        }
         # An intermediate below one revoked elsewhere is dropped too (reloaded as refusing).
         revoked = (
             _revoked_certificates(session)
@@ -788,13 +798,14 @@ def refresh_cached_issuers(services: Services) -> list[str]:
             else []
         )
     stale = []
+    gone = (None, None, None)
     for issuer_id, certificate in cached.items():
         ca = cached_cas.get(issuer_id)
         if ca is None:  # certificates alone, for the public routes: renewed or deleted?
-            changed = stored.get(issuer_id, (None, None))[0] != certificate.not_valid_after_utc
+            changed = stored.get(issuer_id, gone)[0] != certificate.not_valid_after_utc
         else:
             changed = _changed(
-                services, issuer_id, ca, *stored.get(issuer_id, (None, None))
+                services, issuer_id, ca, *stored.get(issuer_id, gone)
             ) or _newly_below_revoked(services, issuer_id, ca, revoked)
         if changed:
             services.forget_issuer(issuer_id)
@@ -1233,13 +1244,17 @@ def revoke_issuer(
 
     Nothing more: no certificate, renewal or intermediate below it. Its own CRL stays
     served, so clients can still check what it issued before. Other processes and replicas
-    that cached it drop it at their next issuer refresh.
+    that cached it drop it at their next issuer refresh. An issuer already revoked for
+    another reason gets keyCompromise as its reason, its revocation date kept, as a
+    certificate does (CA/B Forum Baseline Requirements 4.9.1.1, Mozilla Root Store Policy
+    6.1.1: a reason may later become keyCompromise); no other reason replaces one.
 
     Raises:
         NotFound: no issuer ``issuer_id``.
         InvalidRequest: ``reason`` is not one of REVOCATION_REASONS.
         Conflict: a managed service's CA, a root (no CRL above it can list it), an issuer
-            revoked already, or one whose parent certctl does not hold.
+            revoked already (unless for another reason than keyCompromise, and this one is
+            keyCompromise), or one whose parent certctl does not hold.
     """
     caller.require("issuer.revoke")
     reason = _check_reason(reason)
@@ -1260,41 +1275,92 @@ def revoke_issuer(
                 f"issuer {issuer_id} is a root CA (self-signed): no CRL above it can list it; "
                 "remove its certificate from the clients' trust stores instead"
             )
+        before: str | None = None  # the reason keyCompromise replaced
+        newly_under: str | None = None  # the parent whose CRL lists it from now on
         if row.revoked_at is not None:
-            raise Conflict(f"issuer {issuer_id} is already revoked")
-        parent_id = row.parent_id or _parent_of(session, issuer_id, cert)
-        if parent_id is None:
-            raise Conflict(
-                f"issuer {issuer_id} was signed by {cert.issuer.rfc4514_string()}, which is "
-                "not a certctl issuer: no CRL here can list it; revoke it at that CA"
+            before = _upgrade_to_key_compromise(session, issuer_id, reason)
+        else:
+            parent_id = row.parent_id or _parent_of(session, issuer_id, cert)
+            if parent_id is None:
+                raise Conflict(
+                    f"issuer {issuer_id} was signed by {cert.issuer.rfc4514_string()}, which "
+                    "is not a certctl issuer: no CRL here can list it; revoke it at that CA"
+                )
+            # Only if nobody revoked it since it was read (SQLite takes no row lock on a
+            # read): the first revocation, its time and reason, stands.
+            revoked = session.connection().execute(
+                update(_ISSUERS)
+                .where(_ISSUERS.c.id == issuer_id, _ISSUERS.c.revoked_at.is_(None))
+                .values(revoked_at=now, revocation_reason=reason, parent_id=parent_id)
             )
-        # Only if nobody revoked it since it was read (SQLite takes no row lock on a read):
-        # the first revocation, its time and reason, stands; this one is a 409.
-        revoked = session.connection().execute(
-            update(_ISSUERS)
-            .where(_ISSUERS.c.id == issuer_id, _ISSUERS.c.revoked_at.is_(None))
-            .values(revoked_at=now, revocation_reason=reason, parent_id=parent_id)
-        )
-        if revoked.rowcount != 1:
-            raise Conflict(f"issuer {issuer_id} is already revoked")
+            if revoked.rowcount == 1:
+                newly_under = parent_id
+            else:  # revoked meanwhile: keyCompromise may still replace its reason
+                before = _upgrade_to_key_compromise(session, issuer_id, reason)
+        detail = reason
+        if before is not None:  # worded as for a certificate's (_revoke_key)
+            detail = f"{reason} (reason was {before}, revocation date kept)"
         record(
             session,
             at=now,
             actor=caller.actor_id,
             action="issuer.revoke",
             target=issuer_id,
-            detail=reason,
+            detail=detail,
             source=caller.source,
         )
         session.expire_all()
         session.refresh(row)
+    # Dropped here even for a changed reason: the cached revocation names it in refusals.
     services.forget_issuer(issuer_id)  # reloaded as revoked at its next use here
     for other_id, ca in services.cached_issuers().items():
         if cert == ca.certificate or cert in ca.chain:
             # Below it, or it imported again: reloaded as refusing too.
             services.forget_issuer(other_id)
-    REVOCATIONS.labels(parent_id).inc()  # a certificate the parent signed, now revoked
+    if newly_under is not None:  # a changed reason is no new revocation
+        REVOCATIONS.labels(newly_under).inc()  # a certificate the parent signed, now revoked
     return row
+
+
+def _upgrade_to_key_compromise(session: Session, issuer_id: str, reason: str) -> str:
+    """Give revoked issuer ``issuer_id`` keyCompromise as its reason, its date kept.
+
+    Returns:
+        Its reason before.
+
+    Raises:
+        Conflict: ``reason`` is not keyCompromise, or the issuer has that reason already.
+    """
+    connection = session.connection()
+    revoked_at, before = connection.execute(
+        select(_ISSUERS.c.revoked_at, _ISSUERS.c.revocation_reason).where(
+            _ISSUERS.c.id == issuer_id
+        )
+    ).one()
+    before = before or "unspecified"
+    if reason == "keyCompromise" and before != "keyCompromise":
+        # Only if its reason is still the one read: two upgrades at once write one row and
+        # one audit event; the other gets the 409 below.
+        changed = connection.execute(
+            update(_ISSUERS)
+            .where(
+                _ISSUERS.c.id == issuer_id,
+                _ISSUERS.c.revoked_at.is_not(None),
+                or_(
+                    _ISSUERS.c.revocation_reason.is_(None),
+                    _ISSUERS.c.revocation_reason != "keyCompromise",
+                ),
+            )
+            .values(revocation_reason="keyCompromise")
+        )
+        if changed.rowcount == 1:
+            return str(before)
+        before = "keyCompromise"
+    held = ", and it has that one already" if before == "keyCompromise" else " (its date stays)"
+    raise Conflict(
+        f"issuer {issuer_id} is already revoked ({before}, on {revoked_at:%Y-%m-%d %H:%M}Z): "
+        f"only keyCompromise can replace a revocation's reason{held}"
+    )
 
 
 def _parent_of(session: Session, issuer_id: str, cert: x509.Certificate) -> str | None:
@@ -1879,15 +1945,21 @@ def _revoked_of(connection: Connection, issuer_id: str) -> tuple[tuple[Any, ...]
     """
     rows = [tuple(row) for row in connection.execute(_REVOKED_OF_ISSUER, {"issuer_id": issuer_id})]
     listed = {row[0] for row in rows}
+    children: dict[str, tuple[Any, ...]] = {}
     for pem, revoked_at, reason in connection.execute(_REVOKED_CHILDREN, {"issuer_id": issuer_id}):
         serial = format_serial(x509.load_pem_x509_certificate(pem.encode()).serial_number)
         if serial in listed:
+            continue  # a serial appears once in a CRL (RFC 5280 5.1.2.6)
+        first = children.get(serial)
+        if first is None:
+            children[serial] = (serial, revoked_at, reason)
+        elif reason == "keyCompromise":
             # The same intermediate imported under two ids and revoked under both: a serial
-            # appears once in a CRL (RFC 5280 5.1.2.6); the first revocation stands.
-            continue
-        listed.add(serial)
-        rows.append((serial, revoked_at, reason))
-    return tuple(rows)
+            # appears once in a CRL (RFC 5280 5.1.2.6), with the first revocation's date;
+            # keyCompromise under either id is the key's (the same certificate), and the
+            # most appropriate reason (CA/B Forum BR 7.2.2) whichever id was revoked first.
+            children[serial] = (serial, first[1], reason)
+    return (*rows, *children.values())
 
 
 _REVOKED_OF_ISSUER = (
