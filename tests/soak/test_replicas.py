@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,27 @@ class Db:
             "WHERE datname = current_database() AND state = 'idle in transaction' "
             "AND xact_start < now() - interval '5 seconds'"
         ).fetchall()
+
+    def now(self) -> datetime:
+        """The database's clock (pg_stat_activity's times are on it)."""
+        row = self.conn.execute("SELECT clock_timestamp()").fetchone()
+        assert row is not None
+        now: datetime = row[0]
+        return now
+
+    def tried_lock_since(self, since: datetime) -> bool:
+        """Whether a session opened since ``since`` ran ``pg_try_advisory_lock`` to its end.
+
+        Seen in pg_stat_activity: an idle session shows its last statement (until its replica
+        uses that pooled connection again; a standby tries again every reconcile interval).
+        """
+        row = self.conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_start >= %s AND state = 'idle' "
+            "AND query LIKE '%%pg_try_advisory_lock%%'",
+            (since,),
+        ).fetchone()
+        return bool(row and row[0])
 
     def terminate(self, pid: int) -> bool:
         row = self.conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()
@@ -250,13 +272,19 @@ def test_two_replicas_renew_each_service_once(
         _assert_targets(db, target, "wave 2 (leader SIGKILLed)")
 
         # Wave 3: a new standby c; the leader b loses its lock session mid-wave but runs on.
+        # b leads, and its sessions opened since never try the lock: one that did is c's.
+        before_c = db.now()
+        assert not db.tried_lock_since(before_c)
         c: Replica = stack.enter_context(start_replica(tmp_path, "c", config, env, args))
         c.admin_key = a.admin_key
         client_c = stack.enter_context(c.client())
-        time.sleep(1.5)  # c has tried (and failed) to take the lock at least once
+        t0 = time.monotonic()
+        wait_for("c to try (and fail) to take the lock", lambda: db.tried_lock_since(before_c), 10)
+        figures["standby_tried_s"] = round(time.monotonic() - t0, 2)
         assert not c.is_leader()
         holder = db.lock_holder()
         assert holder is not None
+        assert "stepping down" not in b.logs()  # what the wait after the cut looks for
         _renew_all(client_c)
         at_cut, cut = _cut_mid_wave(db, 3, lambda: db.terminate(holder))
         wait_for(
@@ -270,7 +298,16 @@ def test_two_replicas_renew_each_service_once(
         wait_for("wave 3 after the cut", lambda: _wave_done(db, 3), TAKEOVER_LIMIT_S, 0.05)
         figures["cut_renewed_before"] = at_cut
         figures["cut_finish_s"] = round(time.monotonic() - cut, 2)
-        time.sleep(2)  # a late duplicate from the deposed leader would land by now
+        # A late duplicate from the deposed leader would be its reconcile in flight at the
+        # cut: b's tick checks its lock session between two services (and at each pass),
+        # finds it gone and steps down, so once it logged that, that reconcile has committed.
+        t0 = time.monotonic()
+        wait_for(
+            "b to find its lock session gone",
+            lambda: "leadership check failed; stepping down" in b.logs(),
+            TAKEOVER_LIMIT_S,
+        )
+        figures["deposed_stepped_down_s"] = round(time.monotonic() - t0, 2)
         _assert_once(db, 3, "wave 3 (lock session cut)")
         _assert_targets(db, target, "wave 3 (lock session cut)")
         assert b.proc.poll() is None, "the deposed leader keeps running"
