@@ -869,7 +869,8 @@ def test_a_revoked_intermediate_is_on_its_parents_crl_and_issues_no_more(api: Ap
     again = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "superseded"})
     assert assert_problem(again, 409)["detail"] == (
         f"issuer sub is already revoked (cACompromise, on {_minute(revoked)}): only "
-        "keyCompromise can replace a revocation's reason (its date stays)"
+        "keyCompromise or cACompromise can replace a revocation's reason, and it was revoked "
+        "for a compromise already"
     )
     assert api.get(f"{ISSUERS}/sub", api.admin_key).json() == revoked
     [event] = [e for e in api.audit() if e["action"] == "issuer.revoke"]
@@ -941,20 +942,37 @@ def test_key_compromise_of_an_intermediate_revoked_for_another_reason(
         again = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": reason})
         assert assert_problem(again, 409)["detail"] == (
             f"issuer sub is already revoked (keyCompromise, on {_minute(first.json())}): only "
-            "keyCompromise can replace a revocation's reason, and it has that one already"
+            "keyCompromise or cACompromise can replace a revocation's reason, and it was revoked "
+            "for a compromise already"
         )
     assert api.counts() == before
     assert api.get(f"{ISSUERS}/sub", api.admin_key).json() == r.json()
     # Other reasons never replace one: the first reason and date stand.
-    _intermediate(api, "sub-2")
-    gone = api.post(f"{ISSUERS}/sub-2/revoke", api.admin_key, json={"reason": "cACompromise"})
+    sub2 = _intermediate(api, "sub-2")
+    gone = api.post(f"{ISSUERS}/sub-2/revoke", api.admin_key, json={"reason": "superseded"})
     for reason in ("superseded", "cessationOfOperation", None):
         again = api.post(f"{ISSUERS}/sub-2/revoke", api.admin_key, json={"reason": reason})
         assert assert_problem(again, 409)["detail"] == (
-            f"issuer sub-2 is already revoked (cACompromise, on {_minute(gone.json())}): only "
-            "keyCompromise can replace a revocation's reason (its date stays)"
+            f"issuer sub-2 is already revoked (superseded, on {_minute(gone.json())}): only "
+            "keyCompromise or cACompromise can replace a revocation's reason (its date stays)"
         )
     assert api.get(f"{ISSUERS}/sub-2", api.admin_key).json() == gone.json()
+    # cACompromise, RFC 5280's name for a CA's compromised key (what the README suggests for
+    # issuers), replaces a reason as keyCompromise does; then neither replaces the other.
+    ca_compromise = {"reason": "cACompromise"}
+    r = api.post(f"{ISSUERS}/sub-2/revoke", api.admin_key, json=ca_compromise)
+    assert r.status_code == 200, r.text
+    assert r.json() == gone.json() | {"revocation_reason": "cACompromise"}
+    entry = _openssl_crl_entry(api, "default", sub2.serial_number, tmp_path)
+    assert re.search(r"X509v3 CRL Reason Code: *\n *CA Compromise\n", entry), entry
+    for reason in ("keyCompromise", "cACompromise"):
+        again = api.post(f"{ISSUERS}/sub-2/revoke", api.admin_key, json={"reason": reason})
+        assert assert_problem(again, 409)["detail"] == (
+            f"issuer sub-2 is already revoked (cACompromise, on {_minute(gone.json())}): only "
+            "keyCompromise or cACompromise can replace a revocation's reason, and it was "
+            "revoked for a compromise already"
+        )
+    assert api.get(f"{ISSUERS}/sub-2", api.admin_key).json() == r.json()
 
 
 def test_what_cannot_be_revoked_is_refused_and_left_as_it_was(api: Api) -> None:

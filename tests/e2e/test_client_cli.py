@@ -189,7 +189,8 @@ def test_intermediate_created_fetched_and_issued_from_with_the_cli(
         "certctl: error: HTTP 409: issuer cli-ops is already revoked (keyCompromise, on "
     )
     assert again.stderr.endswith(
-        "only keyCompromise can replace a revocation's reason, and it has that one already\n"
+        "only keyCompromise or cACompromise can replace a revocation's reason, and it was "
+        "revoked for a compromise already\n"
     )
 
 

@@ -139,7 +139,8 @@ def issuers_revoke(
         None,
         "--reason",
         help="keyCompromise, cACompromise, superseded, cessationOfOperation … (default "
-        "unspecified); keyCompromise also replaces an earlier revocation's reason",
+        "unspecified); keyCompromise or cACompromise also replaces an earlier revocation's "
+        "reason that was no compromise",
     ),
 ) -> None:
     """Revoke an intermediate issuer: its parent's next CRL lists it.
@@ -147,9 +148,9 @@ def issuers_revoke(
     From then on it issues nothing (certificates, renewals, intermediates), and neither does
     any issuer below it; its own CRL stays served. Other server processes and replicas learn
     of it within a minute. A root cannot be revoked: take it out of the clients' trust stores.
-    Revoking it again is refused, except with --reason keyCompromise when it was revoked for
-    another reason: the reason becomes keyCompromise (on the parent's next CRL too) and the
-    revocation date stays. Prints the issuer as JSON.
+    Revoking it again is refused, except with --reason keyCompromise or cACompromise when it
+    was revoked for another reason: the reason becomes that one (on the parent's next CRL too)
+    and the revocation date stays. Prints the issuer as JSON.
     """
     _print(_request("POST", f"{_ISSUERS}/{_seg(issuer_id)}/revoke", {"reason": reason}))
 

@@ -1244,17 +1244,18 @@ def revoke_issuer(
 
     Nothing more: no certificate, renewal or intermediate below it. Its own CRL stays
     served, so clients can still check what it issued before. Other processes and replicas
-    that cached it drop it at their next issuer refresh. An issuer already revoked for
-    another reason gets keyCompromise as its reason, its revocation date kept, as a
-    certificate does (CA/B Forum Baseline Requirements 4.9.1.1, Mozilla Root Store Policy
-    6.1.1: a reason may later become keyCompromise); no other reason replaces one.
+    that cached it drop it at their next issuer refresh. An issuer already revoked for a
+    reason other than a compromise gets keyCompromise or cACompromise as its reason, its
+    revocation date kept, as a certificate gets keyCompromise (CA/B Forum Baseline
+    Requirements 4.9.1.1, Mozilla Root Store Policy 6.1.1: a reason may later become
+    keyCompromise); no other reason replaces one.
 
     Raises:
         NotFound: no issuer ``issuer_id``.
         InvalidRequest: ``reason`` is not one of REVOCATION_REASONS.
         Conflict: a managed service's CA, a root (no CRL above it can list it), an issuer
-            revoked already (unless for another reason than keyCompromise, and this one is
-            keyCompromise), or one whose parent certctl does not hold.
+            revoked already (unless for no compromise, and this one is keyCompromise or
+            cACompromise), or one whose parent certctl does not hold.
     """
     caller.require("issuer.revoke")
     reason = _check_reason(reason)
@@ -1322,14 +1323,19 @@ def revoke_issuer(
     return row
 
 
+# The reasons that say an issuer's key is compromised: keyCompromise, and cACompromise, RFC
+# 5280 5.3.1's name for it on a CA certificate (what the README suggests for issuers).
+_COMPROMISE = ("keyCompromise", "cACompromise")
+
+
 def _upgrade_to_key_compromise(session: Session, issuer_id: str, reason: str) -> str:
-    """Give revoked issuer ``issuer_id`` keyCompromise as its reason, its date kept.
+    """Give revoked issuer ``issuer_id`` ``reason``, a compromise, as its reason, its date kept.
 
     Returns:
         Its reason before.
 
     Raises:
-        Conflict: ``reason`` is not keyCompromise, or the issuer has that reason already.
+        Conflict: ``reason`` is no compromise, or the issuer was revoked for one already.
     """
     connection = session.connection()
     revoked_at, before = connection.execute(
@@ -1338,7 +1344,7 @@ def _upgrade_to_key_compromise(session: Session, issuer_id: str, reason: str) ->
         )
     ).one()
     before = before or "unspecified"
-    if reason == "keyCompromise" and before != "keyCompromise":
+    if reason in _COMPROMISE and before not in _COMPROMISE:
         # Only if its reason is still the one read: two upgrades at once write one row and
         # one audit event; the other gets the 409 below.
         changed = connection.execute(
@@ -1348,18 +1354,24 @@ def _upgrade_to_key_compromise(session: Session, issuer_id: str, reason: str) ->
                 _ISSUERS.c.revoked_at.is_not(None),
                 or_(
                     _ISSUERS.c.revocation_reason.is_(None),
-                    _ISSUERS.c.revocation_reason != "keyCompromise",
+                    _ISSUERS.c.revocation_reason.not_in(_COMPROMISE),
                 ),
             )
-            .values(revocation_reason="keyCompromise")
+            .values(revocation_reason=reason)
         )
         if changed.rowcount == 1:
             return str(before)
-        before = "keyCompromise"
-    held = ", and it has that one already" if before == "keyCompromise" else " (its date stays)"
+        before = connection.execute(
+            select(_ISSUERS.c.revocation_reason).where(_ISSUERS.c.id == issuer_id)
+        ).scalar_one()
+    held = (
+        ", and it was revoked for a compromise already"
+        if before in _COMPROMISE
+        else " (its date stays)"
+    )
     raise Conflict(
         f"issuer {issuer_id} is already revoked ({before}, on {revoked_at:%Y-%m-%d %H:%M}Z): "
-        f"only keyCompromise can replace a revocation's reason{held}"
+        f"only keyCompromise or cACompromise can replace a revocation's reason{held}"
     )
 
 
@@ -1953,10 +1965,10 @@ def _revoked_of(connection: Connection, issuer_id: str) -> tuple[tuple[Any, ...]
         first = children.get(serial)
         if first is None:
             children[serial] = (serial, revoked_at, reason)
-        elif reason == "keyCompromise":
+        elif reason in _COMPROMISE and first[2] not in _COMPROMISE:
             # The same intermediate imported under two ids and revoked under both: a serial
             # appears once in a CRL (RFC 5280 5.1.2.6), with the first revocation's date;
-            # keyCompromise under either id is the key's (the same certificate), and the
+            # a compromise under either id is the key's (the same certificate), and the
             # most appropriate reason (CA/B Forum BR 7.2.2) whichever id was revoked first.
             children[serial] = (serial, first[1], reason)
     return (*rows, *children.values())

@@ -644,14 +644,17 @@ def test_issue_help_says_where_the_key_goes() -> None:
     assert "ec-p256, ec-p384, ed25519, rsa-2048|3072|4096" in text
 
 
-def test_issuers_revoke_help_says_keycompromise_replaces_an_earlier_reason() -> None:
+def test_issuers_revoke_help_says_a_compromise_replaces_an_earlier_reason() -> None:
     text = " ".join(certctl("issuers", "revoke", "--help", env={}).stdout.split())
     assert (
-        "Revoking it again is refused, except with --reason keyCompromise when it was revoked "
-        "for another reason: the reason becomes keyCompromise (on the parent's next CRL too) "
-        "and the revocation date stays." in text
+        "Revoking it again is refused, except with --reason keyCompromise or cACompromise when "
+        "it was revoked for another reason: the reason becomes that one (on the parent's next "
+        "CRL too) and the revocation date stays." in text
     )
-    assert "keyCompromise also replaces an earlier revocation's reason" in text
+    assert (
+        "keyCompromise or cACompromise also replaces an earlier revocation's reason that was "
+        "no compromise" in text
+    )
 
 
 @pytest.mark.parametrize(
