@@ -206,7 +206,8 @@ def test_issuer_revoked_by_another_replica_meanwhile_is_409(api: Api) -> None:
     r, stored = _revoked_meanwhile(api, "superseded", "keyCompromise")
     assert assert_problem(r, 409)["detail"] == (
         "issuer sub is already revoked (keyCompromise, on 2026-01-01 00:00Z): only "
-        "keyCompromise can replace a revocation's reason, and it has that one already"
+        "keyCompromise or cACompromise can replace a revocation's reason, and it was revoked "
+        "for a compromise already"
     )
     # The first revocation stands: its reason and time are what the parent's CRL carries.
     assert (stored["revocation_reason"], stored["revoked_at"]) == ("keyCompromise", NOW.isoformat())
