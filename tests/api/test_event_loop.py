@@ -326,3 +326,40 @@ def test_a_flood_of_bad_keys_writes_its_audit_rows_one_at_a_time(api: Api) -> No
         event.remove(api.services.engine, "before_cursor_execute", slow)
     assert most[0] == 1
     assert sum(e["action"] == "auth.failure" for e in api.audit()) - before == 12
+
+
+def test_a_burst_of_bad_keys_from_one_address_is_throttled_at_the_limit(api: Api) -> None:
+    """auth.failure-limit holds for concurrent guesses too, not only for one after another.
+
+    On SQLite a key not in the cache is read in a worker thread; the address's throttle was
+    checked on the loop before the hop, and its failure counted after, so a burst from one
+    address all passed the check before any failure was counted: 12 guesses, 12 keys looked
+    up, where the limit allows 3.
+    """
+    import anyio
+    import httpx2
+
+    from certctl.api.app import AUTH_READ_THREADS, create_app
+    from certctl.api.throttle import AuthFailureLimiter
+
+    limit = 3
+    app = create_app(api.services, auth_failure_limiter=AuthFailureLimiter(limit, 60))
+
+    async def burst() -> list[int]:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="https://t") as client:
+            answers = await asyncio.gather(
+                *(
+                    client.get(
+                        "/api/v1/auth/whoami",
+                        headers={"Authorization": f"Bearer cctl_{i:016x}_{'x' * 43}"},
+                    )
+                    for i in range(12)
+                )
+            )
+        return [r.status_code for r in answers]
+
+    statuses = anyio.run(burst)
+    assert set(statuses) == {401, 429}, statuses
+    # At most the guesses already in authentication's threads when the limit was reached.
+    assert statuses.count(401) <= limit + AUTH_READ_THREADS - 1, statuses

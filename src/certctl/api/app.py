@@ -1261,6 +1261,10 @@ async def authenticate_from_store(request: Request, auth: _AuthSettings) -> Prin
 def _from_store(request: Request, auth: _AuthSettings) -> Principal:
     client = request.scope.get("client")
     source = str(client[0]) if client else ""
+    # Checked again here, not only on the loop before the hop: the guesses of a burst from one
+    # address all passed that check before the first of them was counted, so none was refused.
+    if auth.limiter is not None and (wait := auth.limiter.retry_after(source)) > 0:
+        raise _throttled(wait)
     # authenticate() returned None for a well-formed bearer API key only.
     token = (_authorization(request.scope) or "").partition(" ")[2].strip()
     try:
