@@ -149,8 +149,8 @@ def issuers_revoke(
     any issuer below it; its own CRL stays served. Other server processes and replicas learn
     of it within a minute. A root cannot be revoked: take it out of the clients' trust stores.
     Revoking it again is refused, except with --reason keyCompromise or cACompromise when it
-    was revoked for another reason: the reason becomes that one (on the parent's next CRL too)
-    and the revocation date stays. Prints the issuer as JSON.
+    was revoked for a reason that was no compromise: the reason becomes that one (on the
+    parent's next CRL too) and the revocation date stays. Prints the issuer as JSON.
     """
     _print(_request("POST", f"{_ISSUERS}/{_seg(issuer_id)}/revoke", {"reason": reason}))
 

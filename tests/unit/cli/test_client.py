@@ -648,7 +648,8 @@ def test_issuers_revoke_help_says_a_compromise_replaces_an_earlier_reason() -> N
     text = " ".join(certctl("issuers", "revoke", "--help", env={}).stdout.split())
     assert (
         "Revoking it again is refused, except with --reason keyCompromise or cACompromise when "
-        "it was revoked for another reason: the reason becomes that one (on the parent's next "
+        "it was revoked for a reason that was no compromise: the reason becomes that one (on "
+        "the parent's next "
         "CRL too) and the revocation date stays." in text
     )
     assert (
