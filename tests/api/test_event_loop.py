@@ -272,7 +272,10 @@ def test_sqlite_pool_holds_every_thread_that_may_read_or_write_at_once(tmp_path:
             + LIST_THREADS
             + AUTH_READ_THREADS
             + FAILURE_AUDIT_THREADS
-            + 3
+            + 3  # the group commit, the scheduler, the loop
+            + AUTH_READ_THREADS  # a separate metrics listener's app
+            + FAILURE_AUDIT_THREADS
+            + 2  # the two apps' readiness probes
         )
         assert pool.size() + pool._max_overflow >= threads
     finally:

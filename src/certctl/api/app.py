@@ -1044,7 +1044,7 @@ class _AuthSettings:
 # answer: a key not cached, stale, or whose last_used_at is due (then written, in the same
 # thread). Threads of its own, not the write pool's: a burst of cache misses (after a role
 # change) must not queue behind issuance, nor hold writes back. Two: a read takes
-# microseconds; each holds a pooled connection (SQLite's 15: see WRITE_THREADS).
+# microseconds; each holds a pooled connection (the budget is in store.db.create_store_engine).
 # PostgreSQL has no key cache: every request reads its key, on the event loop. The hop to a
 # thread and back costs more than the reads (session 9: +276 µs CPU per request, and
 # workers-2-postgresql fell from 1.97x to 1.40x; session 19, in-process: +130-290 µs, the two

@@ -118,11 +118,13 @@ def create_store_engine(url: str) -> Engine:
         database = make_url(url).database
         # Threads that may each hold a connection at once: the write routes (6), the CRL and
         # the CA-certificate routes (4 each), the listings (2), authentication's reads (2)
-        # and failure audits (1), the group commit, the scheduler and the event loop: 22.
-        # SQLAlchemy's default file pool holds 15, and a request finding none waits, then
-        # answers 503. A SQLite connection is a file handle.
+        # and failure audits (1), the group commit, the scheduler and the event loop: 22;
+        # a separate metrics listener's app adds its own authentication threads (3) and both
+        # apps' readiness probes one each. SQLAlchemy's default file pool holds 15, and a
+        # request finding none waits, then answers 503. A SQLite connection is a file handle
+        # and at most its page cache: 10 kept open (beyond them one is opened per use).
         pool = (
-            {"pool_size": 5, "max_overflow": 20} if database not in (None, "", ":memory:") else {}
+            {"pool_size": 10, "max_overflow": 20} if database not in (None, "", ":memory:") else {}
         )
         engine = create_engine(
             url,
