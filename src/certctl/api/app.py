@@ -13,9 +13,9 @@ import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
@@ -68,7 +68,7 @@ from certctl.metrics.registry import (
 )
 from certctl.pki import DNPattern, parse_duration
 from certctl.services import audit, issuance, rbac
-from certctl.services.context import IssuerCertificates, Principal, Services
+from certctl.services.context import IssuerCertificates, Principal, Services, utcnow
 from certctl.services.tls_services import TargetPolicy
 from certctl.store.db import PoolTimeout, constraint_conflict, storage_error
 from certctl.store.models import Actor, ApiKey, Role
@@ -1006,12 +1006,30 @@ def _source(request: Request) -> str:
     return str(client[0]) if client else ""
 
 
-def _client_cert_subject(request: Request) -> str | None:
-    tls = request.scope.get("extensions", {}).get("tls")
-    if not tls:
-        return None
-    subject: str | None = tls.get("client_cert_name")
-    return subject
+@dataclass(frozen=True)
+class _CachedCertificate:
+    """What a client certificate may do, as the store said at credential generation ``version``.
+
+    Remembered per app (its ``auth.client-cert-mappings`` are fixed) by what decides the
+    answer: the certificate (subject, DER: its issuer, serial and notAfter) and the CAs the
+    handshake verified it under (None for a resumed session). Valid while the credential
+    generation (``rbac.credential_generation``) stays put: database triggers bump it at every
+    change of a role, an actor, a certificate's revocation or requester, and an issuer's
+    revocation, from any process or replica. Expiry is checked on every request before it.
+    Not ``Services.issuer_cache_version``: it counts this process's changes only, and an
+    issuer revoked by another worker or replica reaches it at the next refresh. Refusals are
+    remembered too (a revoked certificate retrying reads no store; each is still audited).
+    """
+
+    version: int
+    roles: tuple[str, ...]
+    # The permissions it authenticates with, or why it may not: (reason, message).
+    answer: frozenset[str] | tuple[str, str]
+    # For the request that filled the entry (another source gets a copy); None if refused.
+    principal: Principal | None
+
+
+_CACHED_CERTIFICATES_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -1028,8 +1046,11 @@ class _AuthSettings:
     kubernetes: TokenReviewAuthenticator | None
     # When each address last had a request without credentials audited (see _count_failure).
     missing_audited: dict[str, datetime] = field(default_factory=dict)
-    # PostgreSQL: API keys are read on the event loop (see AUTH_READ_THREADS).
-    keys_read_on_loop: bool = False
+    # PostgreSQL: API keys and client certificates are read on the event loop (see
+    # AUTH_READ_THREADS).
+    reads_on_loop: bool = False
+    # Client certificates' answers, by (subject, DER, verified CAs): see _CachedCertificate.
+    client_certs: dict[tuple[Any, ...], _CachedCertificate] = field(default_factory=dict)
     # The worker threads of authentication's store reads and of its failures' audit rows.
     reads: anyio.CapacityLimiter = field(
         default_factory=lambda: anyio.CapacityLimiter(AUTH_READ_THREADS)
@@ -1042,14 +1063,19 @@ class _AuthSettings:
 # Authentication reads and writes the store off the event loop (a write lock to wait for
 # would stall every request of the process there) when the in-memory key cache (SQLite) cannot
 # answer: a key not cached, stale, or whose last_used_at is due (then written, in the same
-# thread). Threads of its own, not the write pool's: a burst of cache misses (after a role
-# change) must not queue behind issuance, nor hold writes back. Two: a read takes
-# microseconds; each holds a pooled connection (the budget is in store.db.create_store_engine).
+# thread); a client certificate not remembered, or remembered at an older credential
+# generation (_CachedCertificate). Threads of their own, not the write pool's: a burst of
+# cache misses (after a role change) must not queue behind issuance, nor hold writes back.
+# Two: a read takes microseconds; each holds a pooled connection (the budget is in
+# store.db.create_store_engine).
 # PostgreSQL has no key cache: every request reads its key, on the event loop. The hop to a
 # thread and back costs more than the reads (session 9: +276 µs CPU per request, and
 # workers-2-postgresql fell from 1.97x to 1.40x; session 19, in-process: +130-290 µs, the two
 # reads on the loop ~55 µs CPU and ~90 µs wall on a local server). Its last_used_at write
-# (once a minute per key) and every refusal's audit row still go to threads.
+# (once a minute per key) and every refusal's audit row still go to threads. A client
+# certificate's answer is remembered there too, checked by one read of the credential
+# generation on the loop (in-process: 228 µs CPU on the loop against 389 µs in a thread); a
+# stale one is read again on the loop, as a key is.
 AUTH_READ_THREADS = 2
 # The audit rows of refused authentications: one at a time. A flood of bad keys from many
 # addresses (auth.failure-limit throttles each address, not their number) then holds one
@@ -1127,29 +1153,29 @@ def _audit_failure(services: Services, row: tuple[datetime, str, str, str, str])
         )
 
 
-def _client_cert_permissions(
-    request: Request, services: Services, permissions: frozenset[str]
-) -> tuple[str, str] | frozenset[str]:
-    """What the verified client certificate may do: at most its mapped ``permissions``.
+def _client_cert_answer(
+    services: Services, tls: dict[str, Any], roles: tuple[str, ...]
+) -> frozenset[str] | tuple[str, str]:
+    """What the verified client certificate may do: at most its mapped ``roles``' permissions.
 
-    Returns (reason, message) when it may not authenticate at all.
+    Returns (reason, message) when it may not authenticate at all. Blocking (the store):
+    called when :func:`_cached_client_cert` cannot answer, in a worker thread (SQLite) or on
+    the event loop (PostgreSQL, as API keys).
 
-    Checked on every request, as an API key's expiry and revocation are: the handshake's
-    checks happened once, and a kept-alive connection or a resumed TLS session (up to 2 h)
-    outlives them. Expired: by its notAfter. Revoked: by certctl, the certificate being one
-    of its issuers', or a CA of its verified chain being a revoked certctl issuer (the
-    handshake checks ``tls.client-ca`` only, never certctl's CRLs); a resumed session has no
-    verified chain, so there only the issuer that signed it directly is checked.
+    Checked on every request (or remembered only until the credential generation moves), as
+    an API key's revocation is: the handshake's checks happened once, and a kept-alive
+    connection or a resumed TLS session (up to 2 h) outlives them. Revoked: by certctl, the
+    certificate being one of its issuers', or a CA of its verified chain being a revoked
+    certctl issuer (the handshake checks ``tls.client-ca`` only, never certctl's CRLs); a
+    resumed session has no verified chain, so there only the issuer that signed it directly
+    is checked. Expiry is the caller's, on every request.
 
     A certificate certctl issued carries no more than the actor that had it issued holds now
     (none once that actor is deleted, or when it was no actor): with ``tls.client-ca``
     trusting one of certctl's issuers, an operator could otherwise have it sign a client
     certificate with an administrator's mapped subject, and log in as one.
     """
-    tls = request.scope.get("extensions", {}).get("tls") or {}
-    not_after = tls.get("certctl.client_cert_not_after")
-    if isinstance(not_after, float) and services.clock().timestamp() >= not_after:
-        return "expired", "client certificate expired"
+    permissions = rbac.permissions_of(services, list(roles))
     cas, der = tls.get("certctl.client_cert_cas"), tls.get("certctl.client_cert_der")
     if isinstance(cas, tuple) and cas:
         revoked_ca = issuance.revoked_ca_among(services, cas)
@@ -1170,9 +1196,81 @@ def _client_cert_permissions(
         return permissions
     if stored.revoked:
         return "revoked", "client certificate revoked"
-    for roles in stored.creator_roles:
-        permissions &= rbac.permissions_of(services, list(roles)) if roles else frozenset()
+    for creator in stored.creator_roles:
+        permissions &= rbac.permissions_of(services, list(creator)) if creator else frozenset()
     return permissions
+
+
+def _client_cert_key(subject: str, tls: dict[str, Any]) -> tuple[Any, ...]:
+    # The DER and the CAs are the connection's own objects (read once per connection):
+    # their hashes are computed once too.
+    return (subject, tls.get("certctl.client_cert_der"), tls.get("certctl.client_cert_cas"))
+
+
+def _cached_client_cert(
+    auth: _AuthSettings, subject: str, tls: dict[str, Any]
+) -> _CachedCertificate | None:
+    """The remembered answer for this certificate if still valid; None: read the store."""
+    entry = auth.client_certs.get(_client_cert_key(subject, tls))
+    if entry is None or entry.version != rbac.credential_generation(auth.services):
+        return None
+    return entry
+
+
+def _client_cert_from_store(
+    auth: _AuthSettings, subject: str, tls: dict[str, Any], roles: tuple[str, ...], source: str
+) -> _CachedCertificate:
+    """Read the store for the certificate's answer and remember it (blocking)."""
+    services = auth.services
+    version = rbac.credential_generation(services)  # before what it vouches for is read
+    answer = _client_cert_answer(services, tls, roles)
+    principal = None
+    if not isinstance(answer, tuple):
+        principal = Principal(f"cert:{subject}", roles, answer, "client_certificate", source)
+    entry = _CachedCertificate(version or 0, roles, answer, principal)
+    if version is not None:
+        cache = auth.client_certs
+        if len(cache) >= _CACHED_CERTIFICATES_MAX:
+            cache.clear()
+        cache[_client_cert_key(subject, tls)] = entry
+    return entry
+
+
+def _client_cert_principal(
+    auth: _AuthSettings, request: Request, subject: str, entry: _CachedCertificate, source: str
+) -> Principal:
+    """The principal of an answered client certificate, or its refusal (counted, audited)."""
+    principal = entry.principal
+    if principal is None:
+        reason, message = cast("tuple[str, str]", entry.answer)
+        _count_failure(auth, request, reason, f"{message}: {subject}")
+        raise Unauthenticated(message)
+    return principal if principal.source == source else replace(principal, source=source)
+
+
+def _client_cert_roles(auth: _AuthSettings, request: Request, subject: str) -> tuple[str, ...]:
+    """The roles ``auth.client-cert-mappings`` give ``subject``; 401 when none does."""
+    roles = tuple(
+        sorted({r for m in auth.client_cert_mappings if m.matches(subject) for r in m.roles})
+    )
+    if not roles:
+        _count_failure(auth, request, "invalid", f"unmapped client certificate {subject}")
+        raise Unauthenticated("client certificate subject is not mapped to any role")
+    return roles
+
+
+def _client_cert_expired(
+    auth: _AuthSettings, request: Request, tls: dict[str, Any], subject: str
+) -> None:
+    """401 for a certificate past its notAfter: on every request, remembered or not."""
+    not_after = tls.get("certctl.client_cert_not_after")
+    if isinstance(not_after, float):
+        clock = auth.services.clock
+        now = time.time() if clock is utcnow else clock().timestamp()
+        if now >= not_after:
+            message = "client certificate expired"
+            _count_failure(auth, request, "expired", f"{message}: {subject}")
+            raise Unauthenticated(message)
 
 
 # What _authorization returns for a request with several Authorization headers: which one
@@ -1206,11 +1304,12 @@ def authenticate(request: Request, auth: _AuthSettings) -> Principal | None:
     """Bearer API key, else a mapped mTLS client certificate; else 401.
 
     An address over ``auth.failure-limit`` gets 429 first, before any credential is looked at.
-    Synchronous, on the event loop: a cached API key (the common request) is answered here
-    without the store or a thread hop, and on PostgreSQL a key is read here. None when the
-    key must be read from (SQLite) or written to the store: then
-    :func:`authenticate_from_store` decides, in a worker thread. A refusal's audit row is
-    left for ``_certctl_error`` to write (also in a thread).
+    Synchronous, on the event loop: a cached API key or client certificate (the common
+    request) is answered here without the store or a thread hop, and on PostgreSQL a key or
+    a certificate is read here. None when the key or the certificate must be read from
+    (SQLite) or written to the store: then :func:`authenticate_from_store` decides, in a
+    worker thread. A refusal's audit row is left for ``_certctl_error`` to write (also in a
+    thread).
     """
     scope = request.scope
     client = scope.get("client")  # _source(), inline: this runs on every request
@@ -1230,25 +1329,23 @@ def authenticate(request: Request, auth: _AuthSettings) -> Principal | None:
             raise Unauthenticated("malformed Authorization header (expected 'Bearer <key>')")
         try:
             principal = rbac.cached_api_key(services, token, source)
-            if principal is None and auth.keys_read_on_loop:
+            if principal is None and auth.reads_on_loop:
                 principal = rbac.api_key_from_store(services, token, source, write=False)
             return principal
         except rbac.AuthFailure as exc:
             _count_failure(auth, request, exc.reason, exc.detail)
             raise Unauthenticated(exc.detail) from None
-    subject = _client_cert_subject(request)
+    tls = scope.get("extensions", {}).get("tls")
+    subject = tls.get("client_cert_name") if tls else None
     if subject is not None:
-        mappings = auth.client_cert_mappings
-        roles = sorted({r for m in mappings if m.matches(subject) for r in m.roles})
-        if not roles:
-            _count_failure(auth, request, "invalid", f"unmapped client certificate {subject}")
-            raise Unauthenticated("client certificate subject is not mapped to any role")
-        checked = _client_cert_permissions(request, services, rbac.permissions_of(services, roles))
-        if isinstance(checked, tuple):
-            reason, message = checked
-            _count_failure(auth, request, reason, f"{message}: {subject}")
-            raise Unauthenticated(message)
-        return Principal(f"cert:{subject}", tuple(roles), checked, "client_certificate", source)
+        entry = _cached_client_cert(auth, subject, tls)  # only mapped subjects are remembered
+        roles = entry.roles if entry is not None else _client_cert_roles(auth, request, subject)
+        _client_cert_expired(auth, request, tls, subject)
+        if entry is None:
+            if not auth.reads_on_loop:
+                return None  # read in a worker thread (authenticate_from_store)
+            entry = _client_cert_from_store(auth, subject, tls, roles, source)
+        return _client_cert_principal(auth, request, subject, entry, source)
     _count_failure(auth, request, "missing", "no credentials")
     raise Unauthenticated("authentication required: send 'Authorization: Bearer <api key>'")
 
@@ -1265,8 +1362,16 @@ def _from_store(request: Request, auth: _AuthSettings) -> Principal:
     # address all passed that check before the first of them was counted, so none was refused.
     if auth.limiter is not None and (wait := auth.limiter.retry_after(source)) > 0:
         raise _throttled(wait)
-    # authenticate() returned None for a well-formed bearer API key only.
-    token = (_authorization(request.scope) or "").partition(" ")[2].strip()
+    # authenticate() returned None for a well-formed bearer API key, or for a mapped client
+    # certificate that has not expired (and no Authorization header).
+    header = _authorization(request.scope)
+    if header is None:
+        tls = request.scope["extensions"]["tls"]
+        subject: str = tls["client_cert_name"]
+        roles = _client_cert_roles(auth, request, subject)
+        entry = _client_cert_from_store(auth, subject, tls, roles, source)
+        return _client_cert_principal(auth, request, subject, entry, source)
+    token = header.partition(" ")[2].strip()
     try:
         return rbac.api_key_from_store(auth.services, token, source)
     except rbac.AuthFailure as exc:
@@ -1712,7 +1817,7 @@ def create_app(
         auth_failure_limiter,
         client_cert_mappings,
         kubernetes_authenticator,
-        keys_read_on_loop=services.engine.dialect.name == "postgresql",
+        reads_on_loop=services.engine.dialect.name == "postgresql",
     )
     routes = [
         Route(r.path, _endpoint(r, auth), methods=[r.method])

@@ -52,6 +52,7 @@ __all__ = [
     "SERVER_CN",
     "ServerTLS",
     "check_files",
+    "client_certificate_extension",
     "ensure_self_signed",
     "listen_sans",
     "server_sans",
@@ -495,6 +496,15 @@ def tls_info(ssl_object: ssl.SSLObject) -> dict[str, Any] | None:
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return None
+    return client_certificate_extension(der, _verified_cas(ssl_object))
+
+
+def client_certificate_extension(der: bytes, cas: tuple[bytes, ...] | None) -> dict[str, Any]:
+    """The ``tls`` extension for the verified client certificate ``der`` under ``cas``.
+
+    ``cas``: the DER certificates above it in the chain the handshake verified, None when
+    unknown (a resumed session).
+    """
     cert = x509.load_der_x509_certificate(der)
     from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -508,7 +518,7 @@ def tls_info(ssl_object: ssl.SSLObject) -> dict[str, Any] | None:
         "certctl.client_cert_not_after": cert.not_valid_after_utc.timestamp(),
         # The CAs the handshake verified it under (DER, the leaf left out): a certctl issuer
         # among them that was revoked refuses it, whoever signed it with that CA's key.
-        "certctl.client_cert_cas": _verified_cas(ssl_object),
+        "certctl.client_cert_cas": cas,
         # When they are unknown (a resumed session): the certificate, to find its issuer.
         "certctl.client_cert_der": der,
         "client_cert_error": None,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, overload
 
-from sqlalchemy import Connection, Engine, bindparam, or_, select, update
+from sqlalchemy import Connection, Engine, bindparam, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from certctl.auth.apikeys import KEY_ID, MintedKey, key_head, mint_key, parse_key, secret_matches
@@ -34,6 +34,7 @@ __all__ = [
     "cached_api_key",
     "create_actor",
     "create_role",
+    "credential_generation",
     "delete_actor",
     "delete_role",
     "ensure_builtin_roles",
@@ -547,6 +548,31 @@ def api_key_from_store(
             ),
         )
     return principal
+
+
+# Migration 0003's counter, bumped by triggers on every change of roles, actors, API keys and
+# (0012) of what decides a client certificate's authentication.
+_GENERATION = text("SELECT value FROM auth_generation WHERE id = 1")
+
+
+def credential_generation(services: Services) -> int | None:
+    """The credential generation now: what remembered authentication answers are valid at.
+
+    Read before whatever an answer is made of, so that a change committed in between makes
+    the next request read again. SQLite: from memory while nothing has been committed since
+    it was last read (see ``_KeyCache``); None when it cannot be read that way (no caching
+    then). PostgreSQL: one read (blocking, short).
+    """
+    engine = services.engine
+    last = _LAST_KEY_CACHE  # _key_cache's own first test, inline: this runs on every request
+    cache = last[1] if last is not None and last[0]() is engine else _key_cache(engine)
+    if cache is not None:
+        return cache.version()
+    if engine.dialect.name != "postgresql":
+        return None
+    with engine.connect() as connection:
+        value = connection.execute(_GENERATION).scalar_one_or_none()
+    return None if value is None else int(value)
 
 
 # --- the API-key cache (SQLite) ----------------------------------------------------------

@@ -1,0 +1,264 @@
+"""Client-certificate (mTLS) authentication in-process: remembered, yet revoked at once.
+
+The TLS listener hands the app the verified certificate in the ASGI ``tls`` extension
+(``certctl.server.tls.client_certificate_extension``); a thin ASGI layer here sets the
+same extension on each request, so the checks run as behind a real handshake (the
+end-to-end tests in tests/e2e/test_mtls.py do it with curl and openssl s_client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy import event, text, update
+from starlette.testclient import TestClient
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from certctl.api.app import ClientCertMapping, create_app
+from certctl.server.tls import client_certificate_extension
+from certctl.services import issuance
+from certctl.store.models import CertificateRecord, Issuer, Role
+from tests.api.conftest import Api, assert_problem
+
+if TYPE_CHECKING:
+    from httpx2 import Response
+
+WHOAMI = "/api/v1/auth/whoami"
+
+
+@dataclass
+class Presenting:
+    """An ASGI layer presenting ``tls`` (a verified client certificate) on every request."""
+
+    app: ASGIApp
+    tls: dict[str, Any] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.tls is not None:
+            scope = {**scope, "extensions": {**(scope.get("extensions") or {}), "tls": self.tls}}
+        await self.app(scope, receive, send)
+
+
+@dataclass
+class Mtls:
+    """The app with ``auth.client-cert-mappings`` CN=* -> r-mtls, and what its store saw."""
+
+    api: Api
+    layer: Presenting
+    client: TestClient
+    # (statement, sent from the event loop) for every statement since the last clear().
+    statements: list[tuple[str, bool]] = field(default_factory=list)
+
+    def present(self, cert_pem: str, *issuers: str, resumed: bool = False) -> None:
+        """Present ``cert_pem``, verified under ``issuers`` (nearest first; None: resumed)."""
+        der = x509.load_pem_x509_certificate(cert_pem.encode()).public_bytes(Encoding.DER)
+        cas = None
+        if not resumed:
+            services = self.api.services
+            cas = tuple(
+                issuance.load_issuer(services, i).certificate.public_bytes(Encoding.DER)
+                for i in issuers
+            )
+        self.layer.tls = client_certificate_extension(der, cas)
+
+    def whoami(self) -> Response:
+        return self.client.get(WHOAMI)
+
+    def permissions(self) -> list[str]:
+        r = self.whoami()
+        assert r.status_code == 200, r.text
+        assert r.json()["auth_method"] == "client_certificate"
+        held: list[str] = r.json()["permissions"]
+        return held
+
+
+@pytest.fixture
+def mtls(api: Api) -> Iterator[Mtls]:
+    api.create_role("r-mtls", ["cert.read"])
+    app = create_app(api.services, client_cert_mappings=(ClientCertMapping("CN=*", ("r-mtls",)),))
+    layer = Presenting(app)
+    with TestClient(layer, base_url="https://testserver", raise_server_exceptions=False) as client:
+        found = Mtls(api, layer, client)
+
+        def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            try:
+                asyncio.get_running_loop()
+                on_loop = True
+            except RuntimeError:
+                on_loop = False  # a worker thread
+            found.statements.append((statement, on_loop))
+
+        event.listen(api.services.engine, "before_cursor_execute", seen)
+        try:
+            yield found
+        finally:
+            event.remove(api.services.engine, "before_cursor_execute", seen)
+
+
+def _client_cert(api: Api, name: str, issuer: str = "default", key: str = "") -> dict[str, Any]:
+    return api.issue(key or None, common_name=name, dns_names=[], issuer=issuer, profile="client")
+
+
+def _elsewhere(api: Api, statement: Any) -> None:
+    """Commit ``statement`` as another worker or replica would: no hook of this process runs."""
+    with api.services.engine.connect() as connection:
+        connection.execute(statement)
+        connection.commit()
+
+
+def test_a_revoked_client_certificate_is_refused_on_the_very_next_request(mtls: Mtls) -> None:
+    api = mtls.api
+    carol, dave = _client_cert(api, "carol"), _client_cert(api, "dave")
+    mtls.present(carol["certificate_pem"], "default")
+    assert mtls.permissions() == ["cert.read"]
+    assert mtls.permissions() == ["cert.read"]  # remembered now
+    r = api.post(f"/api/v1/certificates/{carol['id']}/revoke", api.admin_key, json={})
+    assert r.status_code == 200, r.text
+    body = assert_problem(mtls.whoami(), 401)
+    assert body["detail"] == "client certificate revoked"
+    # Twin: a certificate of the same issuer that was not revoked keeps authenticating.
+    mtls.present(dave["certificate_pem"], "default")
+    assert mtls.permissions() == ["cert.read"]
+    assert mtls.permissions() == ["cert.read"]
+    # Revoked by another worker or replica (no hook of this process ran): refused too.
+    _elsewhere(
+        api,
+        update(CertificateRecord)
+        .where(CertificateRecord.id == dave["id"])
+        .values(status="revoked", revoked_at=api.clock(), revocation_reason="keyCompromise"),
+    )
+    assert assert_problem(mtls.whoami(), 401)["detail"] == "client certificate revoked"
+    assert assert_problem(mtls.whoami(), 401)["detail"] == "client certificate revoked"
+    failures = [e for e in api.audit() if e["action"] == "auth.failure"]
+    assert [e["outcome"] for e in failures] == ["revoked"] * 3  # every refusal audited
+
+
+def test_a_role_change_applies_to_the_very_next_request(mtls: Mtls) -> None:
+    api = mtls.api
+    operator = api.actor_key("op", ["r-operator"])
+    mine = _client_cert(api, "mine", key=operator)
+    mtls.present(mine["certificate_pem"], "default")
+    assert mtls.permissions() == ["cert.read"]
+    r = api.request(
+        "PUT",
+        "/api/v1/auth/roles/r-mtls",
+        api.admin_key,
+        json={"name": "mtls", "permissions": ["cert.read", "metrics.read"]},
+    )
+    assert r.status_code == 200, r.text
+    assert mtls.permissions() == ["cert.read", "metrics.read"]
+    # Changed by another worker or replica.
+    _elsewhere(
+        api, update(Role).where(Role.id == "r-mtls").values(permissions=["auth.role.create"])
+    )
+    assert mtls.permissions() == []  # capped by its requester's r-operator
+    # Its requester's roles cap it: deleted, the certificate carries nothing.
+    assert api.request("DELETE", "/api/v1/auth/actors/op", api.admin_key).status_code == 204
+    _elsewhere(api, update(Role).where(Role.id == "r-mtls").values(permissions=["cert.read"]))
+    assert mtls.permissions() == []
+
+
+def test_a_revoked_issuer_refuses_the_client_certificates_under_it(mtls: Mtls) -> None:
+    api = mtls.api
+    for sub in ("sub", "other"):
+        r = api.post(
+            "/api/v1/issuers",
+            api.admin_key,
+            json={"id": sub, "common_name": sub, "parent": "default"},
+        )
+        assert r.status_code == 201, r.text
+    erin, frank = _client_cert(api, "erin", "sub"), _client_cert(api, "frank", "other")
+    for resumed in (False, True):
+        mtls.present(erin["certificate_pem"], "sub", "default", resumed=resumed)
+        assert mtls.permissions() == ["cert.read"]
+        assert mtls.permissions() == ["cert.read"]
+    r = api.post("/api/v1/issuers/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    revoked = "client certificate revoked: a CA above it was revoked"
+    for resumed in (False, True):
+        mtls.present(erin["certificate_pem"], "sub", "default", resumed=resumed)
+        assert assert_problem(mtls.whoami(), 401)["detail"] == revoked
+    # Revoked by another worker or replica: this process's issuer cache knows nothing of it.
+    for resumed in (False, True):
+        mtls.present(frank["certificate_pem"], "other", "default", resumed=resumed)
+        assert mtls.permissions() == ["cert.read"]
+    _elsewhere(
+        api,
+        update(Issuer)
+        .where(Issuer.id == "other")
+        .values(revoked_at=api.clock(), revocation_reason="keyCompromise"),
+    )
+    for resumed in (False, True):
+        mtls.present(frank["certificate_pem"], "other", "default", resumed=resumed)
+        assert assert_problem(mtls.whoami(), 401)["detail"] == revoked
+
+
+def test_a_remembered_client_certificate_still_expires(mtls: Mtls) -> None:
+    api = mtls.api
+    cert = _client_cert(api, "brief")
+    mtls.present(cert["certificate_pem"], "default")
+    assert mtls.permissions() == ["cert.read"]
+    not_after = x509.load_pem_x509_certificate(cert["certificate_pem"].encode()).not_valid_after_utc
+    api.clock.now = not_after
+    assert assert_problem(mtls.whoami(), 401)["detail"] == "client certificate expired"
+
+
+def test_a_remembered_client_certificate_reads_no_store_on_the_event_loop(mtls: Mtls) -> None:
+    """SQLite: none at all once remembered, and its first request reads in a worker thread.
+
+    PostgreSQL: one read of the credential generation on the loop (a thread hop costs more
+    than the read), instead of the four reads (roles, revoked issuers, the certificate, its
+    requester's roles) of every request before.
+    """
+    api = mtls.api
+    cert = _client_cert(api, "cached")
+    mtls.present(cert["certificate_pem"], "default")
+    mtls.statements.clear()
+    assert mtls.permissions() == ["cert.read"]
+    first = mtls.statements[:]
+    mtls.statements.clear()
+    for _ in range(3):
+        assert mtls.permissions() == ["cert.read"]
+    if api.backend == "sqlite":
+        assert first, "the first request reads the store"
+        assert not any(on_loop for _, on_loop in first), first
+        assert mtls.statements == []
+    else:
+        assert len(mtls.statements) == 3, mtls.statements
+        assert {s for s, _ in mtls.statements} == {"SELECT value FROM auth_generation WHERE id = 1"}
+
+
+def test_the_generation_moves_at_revocations_not_at_issuance_renewal_crls_or_rewraps(
+    api: Api,
+) -> None:
+    """Migration 0012's triggers: what decides a client certificate, and nothing busier.
+
+    An issuance, a renewal (``renewed_by``), a CRL signed (``crl_number``) or a key re-wrapped
+    (a key-encryption-key rotation rewrites every row) must keep the API-key cache.
+    """
+
+    def generation() -> int:
+        with api.services.engine.connect() as connection:
+            read = text("SELECT value FROM auth_generation WHERE id = 1")
+            value: int = connection.execute(read).scalar_one()
+        return value
+
+    before = generation()
+    cert = _client_cert(api, "busy")
+    renewed = api.post(f"/api/v1/certificates/{cert['id']}/renew", api.admin_key, json={})
+    assert renewed.status_code == 201, renewed.text
+    assert api.get("/api/v1/issuers/default/crl").status_code == 200
+    _elsewhere(api, update(CertificateRecord).values(wrapped_key=CertificateRecord.wrapped_key))
+    assert generation() == before
+    r = api.post(f"/api/v1/certificates/{renewed.json()['id']}/revoke", api.admin_key, json={})
+    assert r.status_code == 200, r.text
+    revoked = generation()
+    assert revoked > before
+    _elsewhere(api, update(Issuer).where(Issuer.id == "default").values(revoked_at=api.clock()))
+    assert generation() > revoked
