@@ -449,7 +449,11 @@ def _validate_email(value: str) -> str:
     local, sep, domain = value.strip().rpartition("@")
     if not sep or not domain or not _LOCAL_PART.match(local):
         raise InvalidRequest(f"{value}: not a valid e-mail address")
-    return f"{local}@{validate_dns_name(domain, allow_wildcard=False)}"
+    try:
+        return f"{local}@{validate_dns_name(domain, allow_wildcard=False)}"
+    except InvalidRequest as exc:
+        # Named whole: the domain's own message alone did not say which SAN it came from.
+        raise InvalidRequest(f"{value}: not a valid e-mail address: {exc.detail}") from None
 
 
 def _validate_uri(value: str) -> str:
