@@ -34,6 +34,7 @@ from certctl.services.context import Services
 from certctl.store.db import create_store_engine, session_factory, unicode_lower
 from tests._tools import ok, openssl_ca_issuers_uris, openssl_crl_uris, require, run
 from tests.api.conftest import BACKENDS, Api, PostgresCluster, assert_problem, running_app
+from tests.integration.test_pkilint import build_pkix_validator, findings
 
 CERTS = "/api/v1/certificates"
 ISSUERS = "/api/v1/issuers"
@@ -126,6 +127,132 @@ def test_issue_with_server_side_key(api: Api) -> None:
     assert "PRIVATE KEY" not in listing.text
     pem = api.get(f"{CERTS}/{body['id']}", api.admin_key, params={"format": "pem"})
     assert "PRIVATE KEY" not in pem.text
+
+
+SPIFFE_ID = "spiffe://example.org/ns/payments/sa/api"
+
+
+@pytest.fixture(scope="module")
+def pkix_validator() -> Any:
+    return build_pkix_validator()
+
+
+def _openssl_sans(cert_pem: str, path: Path) -> str:
+    """The X509v3 Subject Alternative Name line of ``openssl x509 -text``."""
+    path.write_text(cert_pem)
+    text = ok(run("openssl", "x509", "-in", path, "-noout", "-text")).stdout
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if "X509v3 Subject Alternative Name" in line)
+    return lines[at + 1].strip()
+
+
+def test_email_and_uri_sans_for_people_and_workloads(
+    api: Api, tmp_path: Path, pkix_validator: Any
+) -> None:
+    # A person's client certificate (e-mail SAN) and a SPIFFE workload identity (URI SAN, no
+    # subject): with server-side key generation, as `cert issue --email/--uri` offline.
+    person = api.issue(
+        common_name="Alice Example",
+        dns_names=[],
+        email_addresses=["alice@example.com"],
+        profile="client",
+    )
+    workload = api.issue(common_name="", dns_names=[], uris=[SPIFFE_ID], profile="server+client")
+    assert person["warnings"] == workload["warnings"] == []
+    expected = {
+        person["id"]: {"dns": [], "ip": [], "email": ["alice@example.com"], "uri": []},
+        workload["id"]: {"dns": [], "ip": [], "email": [], "uri": [SPIFFE_ID]},
+    }
+    assert _openssl_sans(person["certificate_pem"], tmp_path / "person.pem") == (
+        "email:alice@example.com"
+    )
+    assert _openssl_sans(workload["certificate_pem"], tmp_path / "workload.pem") == (
+        f"URI:{SPIFFE_ID}"
+    )
+    workload_cert = _cert(workload["certificate_pem"])
+    assert workload_cert.subject == x509.Name([])
+    # RFC 5280 4.2.1.6: with an empty subject the SAN extension is critical.
+    assert workload_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).critical
+    assert findings(pkix_validator, tmp_path / "person.pem") == []
+    # pkilint 0.13 checks a URI with validators.url, which knows ftp, http(s), git, rtsp, sftp,
+    # ssh and telnet only: any spiffe:// (or urn:) URI is its "invalid_uri_syntax", though
+    # RFC 5280 4.2.1.6 asks for an RFC 3986 URI, which it is. Nothing else is reported.
+    assert [code for _, code, _ in findings(pkix_validator, tmp_path / "workload.pem")] == [
+        "pkix.invalid_uri_syntax"
+    ]
+
+    # The same names asked for in a CSR are kept, stored and shown alike.
+    key = generate_private_key(KeyType.EC_P256)
+    csr = create_csr(
+        key,
+        common_name_dn("bob"),
+        SubjectAltNames.parse(email=["bob@example.com"], uri=["spiffe://example.org/bob"]),
+    )
+    r = api.post(
+        CERTS,
+        api.admin_key,
+        json={"csr": csr.public_bytes(serialization.Encoding.PEM).decode(), "profile": "client"},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["warnings"] == []
+    assert _openssl_sans(r.json()["certificate_pem"], tmp_path / "bob.pem") == (
+        "email:bob@example.com, URI:spiffe://example.org/bob"
+    )
+    expected[r.json()["id"]] = {
+        "dns": [],
+        "ip": [],
+        "email": ["bob@example.com"],
+        "uri": ["spiffe://example.org/bob"],
+    }
+
+    for cert_id, sans in list(expected.items()):
+        assert api.get(f"{CERTS}/{cert_id}", api.admin_key).json()["sans"] == sans
+        # A renewal keeps them, with a fresh key or the requester's.
+        renewed = api.post(f"{CERTS}/{cert_id}/renew", api.admin_key)
+        assert renewed.status_code == 201, renewed.text
+        new_id = renewed.json()["id"]
+        assert api.get(f"{CERTS}/{new_id}", api.admin_key).json()["sans"] == sans
+        new_sans = SubjectAltNames.from_extension(
+            _cert(renewed.json()["certificate_pem"])
+            .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            .value
+        )
+        assert new_sans.as_dict() == sans
+        expected[new_id] = sans
+    listed = {item["id"]: item["sans"] for item in api.get(CERTS, api.admin_key).json()["items"]}
+    assert {k: listed[k] for k in expected} == expected
+
+
+def test_email_and_uri_sans_are_normalised_and_deduplicated(api: Api) -> None:
+    # As SubjectAltNames.parse does offline: the domain part lower-cased, repeats dropped.
+    body = api.issue(
+        common_name="carol",
+        dns_names=[],
+        email_addresses=["carol@EXAMPLE.com", "carol@example.com", " carol@example.com "],
+        uris=[SPIFFE_ID, f" {SPIFFE_ID} "],
+        profile="client",
+    )
+    assert api.get(f"{CERTS}/{body['id']}", api.admin_key).json()["sans"] == {
+        "dns": [],
+        "ip": [],
+        "email": ["carol@example.com"],
+        "uri": [SPIFFE_ID],
+    }
+
+
+def test_a_server_certificate_with_only_a_uri_san_is_issued_as_offline(api: Api) -> None:
+    # The profile rules are pki's, shared with `cert issue` offline: explicit SANs of any type
+    # are what the certificate names; the CN becomes a DNS SAN only when there are none.
+    body = api.issue(common_name="api.example.com", dns_names=[], uris=[SPIFFE_ID])
+    cert = _cert(body["certificate_pem"])
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert list(san) == [x509.UniformResourceIdentifier(SPIFFE_ID)]
+    # Negative twin: without the URI the CN is the DNS name, as before.
+    plain = api.issue(common_name="api.example.com", dns_names=[])
+    san = _cert(plain["certificate_pem"]).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    assert list(san.value) == [x509.DNSName("api.example.com")]
 
 
 def test_get_as_json_and_pem(api: Api) -> None:

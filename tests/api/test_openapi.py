@@ -189,3 +189,19 @@ def test_the_ca_routes_caching_is_documented(api: Api) -> None:
         assert "content" not in op["responses"]["304"]
     crl = paths["/api/v1/issuers/{id}/crl"]["get"]["responses"]["200"]
     assert set(crl["headers"]) == {"Cache-Control"}
+
+
+def test_the_san_fields_are_documented_as_taken_and_as_stored(api: Api) -> None:
+    """The four SAN types of a keygen request, and the four lists a certificate's sans holds."""
+    schemas = api.get("/api/v1/openapi.json").json()["components"]["schemas"]
+    body = schemas["CertificateIssue"]["properties"]
+    for field in ("dns_names", "ip_addresses", "email_addresses", "uris"):
+        assert body[field]["type"] == "array", field
+        assert body[field]["maxItems"] == 100, field
+    assert "spiffe://" in body["uris"]["description"]
+    sans = schemas["Certificate"]["properties"]["sans"]
+    assert sans["required"] == ["dns", "ip", "email", "uri"]
+    assert sans["additionalProperties"] is False
+    stored = api.issue(common_name="doc.example.com", uris=["urn:example:doc"])
+    got = api.get(f"/api/v1/certificates/{stored['id']}", api.admin_key).json()
+    assert list(got["sans"]) == sans["required"]

@@ -40,6 +40,11 @@ def first_certificate(path: Path, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def pkix_validator() -> Any:
     """The validator ``lint_pkix_cert`` runs, built once (the CLI builds it per file)."""
+    return build_pkix_validator()
+
+
+def build_pkix_validator() -> Any:
+    """The validator ``lint_pkix_cert`` runs (~0.4 s with the import: build it once)."""
     from pkilint.pkix import certificate, extension, name
 
     return certificate.create_pkix_certificate_validator_container(

@@ -622,6 +622,8 @@ async def issue_certificate(request: Request, principal: Principal | None) -> Re
                 ("common_name", body.common_name),
                 ("dns_names", body.dns_names),
                 ("ip_addresses", body.ip_addresses),
+                ("email_addresses", body.email_addresses),
+                ("uris", body.uris),
                 ("key_type", body.key_type != "ec-p256"),
             )
             if value
@@ -639,8 +641,16 @@ async def issue_certificate(request: Request, principal: Principal | None) -> Re
             validity=validity,
         )
     else:
-        if not (body.common_name or body.dns_names or body.ip_addresses):
-            raise InvalidRequest("give csr, or common_name/dns_names/ip_addresses")
+        if not (
+            body.common_name
+            or body.dns_names
+            or body.ip_addresses
+            or body.email_addresses
+            or body.uris
+        ):
+            raise InvalidRequest(
+                "give csr, or common_name/dns_names/ip_addresses/email_addresses/uris"
+            )
 
         def work() -> issuance.PendingIssue:
             return issuance.prepare_with_key(
@@ -650,6 +660,8 @@ async def issue_certificate(request: Request, principal: Principal | None) -> Re
                 common_name=body.common_name,
                 dns_names=body.dns_names,
                 ip_addresses=body.ip_addresses,
+                email_addresses=body.email_addresses,
+                uris=body.uris,
                 profile=body.profile,
                 validity=validity,
                 key_type=body.key_type,

@@ -86,7 +86,8 @@ _STORED_CERTIFICATE_FIELDS: dict[str, Any] = {
     "issuer": _STR,
     "common_name": _STR,
     "subject": _STR,
-    "sans": {"type": "object", "additionalProperties": _STRS},
+    # Every stored certificate has the four lists (issuance writes SubjectAltNames.as_dict).
+    "sans": _object({"dns": _STRS, "ip": _STRS, "email": _STRS, "uri": _STRS}),
     "profile": _STR,
     "created_at": _TIME,
     "created_by": _STR,

@@ -95,8 +95,22 @@ class CertificateIssue(_Body):
     issuer: str = "default"
     csr: str | None = Field(default=None, max_length=100_000)
     common_name: str = Field(default="", max_length=64)
-    dns_names: list[str] = Field(default_factory=list, max_length=100)
-    ip_addresses: list[str] = Field(default_factory=list, max_length=100)
+    dns_names: list[str] = Field(
+        default_factory=list, max_length=100, description="DNS SANs ('*.example.com' allowed)"
+    )
+    ip_addresses: list[str] = Field(
+        default_factory=list, max_length=100, description="IP SANs, IPv4 or IPv6"
+    )
+    # Named as Go's x509.Certificate and cert-manager's Certificate name them: an e-mail SAN
+    # for a person's client certificate, a URI SAN for a workload identity.
+    email_addresses: list[str] = Field(
+        default_factory=list, max_length=100, description="e-mail (rfc822Name) SANs"
+    )
+    uris: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="URI SANs, e.g. spiffe://trust-domain/ns/NAMESPACE/sa/ACCOUNT",
+    )
     profile: Literal["server", "client", "server+client"] = "server"
     validity: str = "90D"
     key_type: str = "ec-p256"

@@ -1024,13 +1024,15 @@ def prepare_with_key(
     profile: str,
     validity: timedelta,
     key_type: str,
+    email_addresses: Sequence[str] = (),
+    uris: Sequence[str] = (),
 ) -> PendingIssue:
     """``issue_with_key`` up to (not including) the database write."""
     caller.require("cert.issue")
     started = time.perf_counter()
     prof = _leaf_profile(profile)
     kt = KeyType.parse(key_type)
-    sans = SubjectAltNames.parse(dns=dns_names, ip=ip_addresses)
+    sans = SubjectAltNames.parse(dns=dns_names, ip=ip_addresses, email=email_addresses, uri=uris)
     subject = common_name_dn(common_name) if common_name else x509.Name([])
     ca, revoked = load_issuer_state(services, _not_managed(issuer_id))
     now = services.clock()
@@ -1070,6 +1072,8 @@ def issue_with_key(
     profile: str,
     validity: timedelta,
     key_type: str,
+    email_addresses: Sequence[str] = (),
+    uris: Sequence[str] = (),
 ) -> IssueResult:
     """Generate the key server-side and issue; the key is returned once and stored wrapped."""
     return prepare_with_key(
@@ -1082,6 +1086,8 @@ def issue_with_key(
         profile=profile,
         validity=validity,
         key_type=key_type,
+        email_addresses=email_addresses,
+        uris=uris,
     ).write(services)
 
 
