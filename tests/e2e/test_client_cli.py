@@ -70,6 +70,40 @@ def test_issue_then_find_with_every_query_spelling(
     assert json.loads(shown.stdout)["id"] == cert_id
 
 
+def _san_line(cert: Path) -> str:
+    text = ok(run("openssl", "x509", "-in", cert, "-noout", "-ext", "subjectAltName")).stdout
+    return text.splitlines()[1].strip()
+
+
+def test_issue_a_person_and_a_workload_certificate_and_renew_them(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    # E-mail SANs for people, URI SANs (SPIFFE IDs) for workloads: before, `certs issue` had
+    # neither option and the API neither field.
+    env = _admin_env(default_server)
+    spiffe = "spiffe://example.org/ns/payments/sa/api"
+    ok(
+        _certctl(default_server, "certs", "issue", "--cn", "Alice Example", "--email",
+                 "alice@example.com,alice.ops@example.com", "--profile", "client",
+                 "--out", str(tmp_path / "alice"), **env)
+    )  # fmt: skip
+    assert _san_line(tmp_path / "alice" / "tls.crt") == (
+        "email:alice@example.com, email:alice.ops@example.com"
+    )
+    issued = ok(
+        _certctl(default_server, "certs", "issue", "--uri", spiffe, "--profile", "server+client",
+                 **env)
+    )  # fmt: skip
+    cert_id = json.loads(issued.stdout)["id"]
+    shown = json.loads(ok(_certctl(default_server, "certs", "get", cert_id, **env)).stdout)
+    assert (shown["subject"], shown["sans"]) == (
+        "",
+        {"dns": [], "ip": [], "email": [], "uri": [spiffe]},
+    )
+    ok(_certctl(default_server, "certs", "renew", cert_id, "--out", str(tmp_path / "w"), **env))
+    assert _san_line(tmp_path / "w" / "tls.crt") == f"URI:{spiffe}"
+
+
 def test_wrong_key_is_not_echoed(default_server: CertctlServer) -> None:
     wrong = "cctl_nokey_" + "s3cretPart" * 3
     result = _certctl(

@@ -950,6 +950,20 @@ def certs_issue(
     ip: list[str] = typer.Option(
         [], "--ip", metavar="IP", help="IP SAN (repeatable, or a comma-separated list)."
     ),
+    email: list[str] = typer.Option(
+        [],
+        "--email",
+        metavar="EMAIL",
+        help="E-mail SAN, e.g. for a person's client certificate (repeatable, or a "
+        "comma-separated list).",
+    ),
+    uri: list[str] = typer.Option(
+        [],
+        "--uri",
+        metavar="URI",
+        help="URI SAN, e.g. spiffe://example.org/ns/NS/sa/ACCOUNT (repeatable; not split at "
+        "commas, which a URI may hold).",
+    ),
     csr: Path = typer.Option(
         None, "--csr", help="Sign this CSR (PEM or DER) instead of generating a key."
     ),
@@ -974,11 +988,12 @@ def certs_issue(
     from certctl.cli._common import split_commas
 
     # As `cert issue` and `csr create` read them (certutil's lists): the same words issue the
-    # same names offline and on the server.
-    dns, ip = split_commas(dns), split_commas(ip)
-    if csr is None and not (cn or dns or ip):
+    # same names offline and on the server. A comma is in no DNS name, IP or e-mail address
+    # certctl takes, but may be in a URI (https://example.org/a,b): --uri only repeats.
+    dns, ip, email = split_commas(dns), split_commas(ip), split_commas(email)
+    if csr is None and not (cn or dns or ip or email or uri):
         # Before, the server's words for its JSON fields: "give csr, or common_name/…".
-        raise typer.BadParameter("give --cn, --dns or --ip (or --csr FILE)")
+        raise typer.BadParameter("give --cn, --dns, --ip, --email or --uri (or --csr FILE)")
     _check_out(out, key=csr is None, force=force)
     ca_pem = ""
 
@@ -991,6 +1006,8 @@ def certs_issue(
                 ("--cn", cn),
                 ("--dns", dns),
                 ("--ip", ip),
+                ("--email", email),
+                ("--uri", uri),
                 ("--key-type", key_type != "ec-p256"),
             )
             if given
@@ -1003,6 +1020,10 @@ def certs_issue(
         body["csr"] = _csr_pem(csr)
     else:
         body |= {"common_name": cn, "dns_names": dns, "ip_addresses": ip, "key_type": key_type}
+        # Sent only when given: a server from before these fields refuses them as unknown,
+        # and `certs issue --cn … --dns …` must keep working against it.
+        body |= {"email_addresses": email} if email else {}
+        body |= {"uris": uri} if uri else {}
     if out is not None:
         # Fetched before issuing too: a failure here (an unknown issuer, a proxy's error)
         # must not come after the certificate was issued.

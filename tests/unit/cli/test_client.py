@@ -822,6 +822,47 @@ def test_issue_from_a_csr_refuses_the_options_it_would_drop(
     assert listener.seen == []  # nothing was sent
 
 
+def test_issue_sends_email_and_uri_sans(listener: Listener) -> None:
+    # --email repeats or takes a comma-separated list as --dns does; --uri only repeats, as a
+    # comma may be part of a URI.
+    listener.answers["/api/v1/certificates"] = Answer(201, body=b'{"id": "c1"}')
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": KEY}
+    proc = certctl(
+        "certs", "issue", "--email", "alice@example.com,alice.ops@example.com",
+        "--email", "a@example.org", "--uri", "spiffe://example.org/ns/x/sa/y",
+        "--uri", "https://example.org/people/a,b", "--profile", "client", env=env,
+    )  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    assert json.loads(listener.seen[0].body) == {
+        "issuer": "default",
+        "profile": "client",
+        "validity": "90D",
+        "common_name": "",
+        "dns_names": [],
+        "ip_addresses": [],
+        "email_addresses": ["alice@example.com", "alice.ops@example.com", "a@example.org"],
+        "uris": ["spiffe://example.org/ns/x/sa/y", "https://example.org/people/a,b"],
+        "key_type": "ec-p256",
+    }
+    # Without them the body is as before: a server that predates the fields refuses them.
+    proc = certctl("certs", "issue", "--cn", "web.example", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert not {"email_addresses", "uris"} & set(json.loads(listener.seen[1].body))
+
+
+@pytest.mark.parametrize("option", ["--email", "--uri"])
+def test_issue_from_a_csr_refuses_email_and_uri(
+    listener: Listener, tmp_path: Path, option: str
+) -> None:
+    csr = tmp_path / "x.csr"
+    csr.write_text("-----BEGIN CERTIFICATE REQUEST-----\n")
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": KEY}
+    proc = certctl("certs", "issue", "--csr", str(csr), option, "urn:x", env=env)
+    assert proc.returncode == 2
+    assert f"{option}: not used with --csr" in proc.stderr
+    assert listener.seen == []
+
+
 def test_issue_into_an_existing_directory_is_refused_before_the_request(
     listener: Listener, tmp_path: Path
 ) -> None:
@@ -1136,7 +1177,8 @@ def test_issue_without_a_name_is_a_usage_error(listener: Listener, tmp_path: Pat
         proc = certctl("certs", "issue", *extra, env=env)
         assert proc.returncode == 2
         assert proc.stderr == (
-            "certctl: error: Invalid value: give --cn, --dns or --ip (or --csr FILE) "
+            "certctl: error: Invalid value: give --cn, --dns, --ip, --email or --uri "
+            "(or --csr FILE) "
             "(see 'certctl certs issue --help')\n"
         )
         assert proc.stdout == ""
