@@ -197,12 +197,13 @@ def test_csr_create_splits_comma_separated_names(tmp_path: Path) -> None:
     out = tmp_path / "csr"
     certctl_ok(
         "csr", "create", "--cn", "app.example.com", "--dns", "app.example.com,api.example.com",
-        "--ip", "10.0.0.1,2001:db8::1", "--out", out,
+        "--ip", "10.0.0.1,2001:db8::1", "--email", "ops@example.com,dev@example.com",
+        "--out", out,
     )  # fmt: skip
     result = ok(run("openssl", "req", "-verify", "-noout", "-text", "-in", out / "tls.csr"))
     assert (
         "DNS:app.example.com, DNS:api.example.com, IP Address:10.0.0.1, "
-        "IP Address:2001:DB8:0:0:0:0:0:1"
+        "IP Address:2001:DB8:0:0:0:0:0:1, email:ops@example.com, email:dev@example.com"
     ) in result.stdout
 
 

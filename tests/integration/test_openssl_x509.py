@@ -132,12 +132,16 @@ def test_comma_separated_names_as_certutil_gives_them(pki: Pki, tmp_path: Path) 
     out = tmp_path / "leaf"
     result = run(
         "certctl", "cert", "issue", "--ca", chain.inter, "--cn", "a.example.com",
-        "--dns", "a.example.com,b.example.com", "--ip", "10.0.0.1, ::1", "--out", out,
+        "--dns", "a.example.com,b.example.com", "--ip", "10.0.0.1, ::1",
+        # --email too, as `certs issue` takes it (before: one address, refused); a URI keeps
+        # its comma.
+        "--email", "ops@example.com,dev@example.com", "--uri", "urn:example:a,b", "--out", out,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert x509_extensions(out / "tls.crt")["X509v3 Subject Alternative Name"] == (
         False,
-        "DNS:a.example.com, DNS:b.example.com, IP Address:10.0.0.1, IP Address:0:0:0:0:0:0:0:1",
+        "DNS:a.example.com, DNS:b.example.com, IP Address:10.0.0.1, IP Address:0:0:0:0:0:0:0:1, "
+        "email:ops@example.com, email:dev@example.com, URI:urn:example:a,b",
     )
     for check in (["-verify_hostname", "b.example.com"], ["-verify_ip", "::1"]):
         code, output = verify(chain.root, chain.inter, out / "tls.crt", *check)

@@ -59,10 +59,11 @@ def not_stdout(value: Path | None) -> Path | None:
 
 
 def split_commas(values: Sequence[str]) -> list[str]:
-    """``--dns``/``--ip`` values, comma-separated lists split as elasticsearch-certutil does.
+    """``--dns``/``--ip``/``--email`` values, comma-separated lists split as certutil does.
 
-    ``--dns a.example,b.example`` is certutil's way to give two names (a comma is in no DNS
-    name or IP address). Empty items (``a.example,``) are dropped; a value of commas alone
+    ``--dns a.example,b.example`` is elasticsearch-certutil's way to give two names (a comma
+    is in no DNS name, IP address or e-mail address certctl takes; ``--uri`` is not split, a
+    comma may be part of a URI). Empty items (``a.example,``) are dropped; a value of commas alone
     is kept whole, to be refused as the empty name it is.
     """
     items: list[str] = []

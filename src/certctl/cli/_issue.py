@@ -251,7 +251,10 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     # An empty --cn or --subject is refused by the parsers, not taken for a missing one.
     name = parse_dn(opts.subject) if opts.subject is not None else common_name_dn(opts.cn or "")
     sans = SubjectAltNames.parse(
-        dns=split_commas(opts.dns), ip=split_commas(opts.ip), email=opts.email, uri=opts.uri
+        dns=split_commas(opts.dns),
+        ip=split_commas(opts.ip),
+        email=split_commas(opts.email),
+        uri=opts.uri,  # not split: a comma may be part of a URI
     )
     p12_password = read_password(opts.password_file, opts.password) if opts.p12 else None
     if opts.p12 and p12_password is None:

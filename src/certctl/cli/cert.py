@@ -42,10 +42,13 @@ def issue(
         help="IP SAN, IPv4 or IPv6 (repeatable, or a comma-separated list).",
     ),
     email: list[str] = typer.Option(
-        [], "--email", metavar="EMAIL", help="E-mail SAN (repeatable)."
+        [], "--email", metavar="EMAIL", help="E-mail SAN (repeatable, or a comma-separated list)."
     ),
     uri: list[str] = typer.Option(
-        [], "--uri", metavar="URI", help="URI SAN, e.g. spiffe://… (repeatable)."
+        [],
+        "--uri",
+        metavar="URI",
+        help="URI SAN, e.g. spiffe://… (repeatable; not split at commas).",
     ),
     crl_url: list[str] = CRL_URLS,
     ca_issuers_url: list[str] = CA_ISSUERS_URLS,

@@ -30,9 +30,11 @@ def create(
         [], "--ip", metavar="IP", help="IP SAN (repeatable, or a comma-separated list)."
     ),
     email: list[str] = typer.Option(
-        [], "--email", metavar="EMAIL", help="E-mail SAN (repeatable)."
+        [], "--email", metavar="EMAIL", help="E-mail SAN (repeatable, or a comma-separated list)."
     ),
-    uri: list[str] = typer.Option([], "--uri", metavar="URI", help="URI SAN (repeatable)."),
+    uri: list[str] = typer.Option(
+        [], "--uri", metavar="URI", help="URI SAN (repeatable; not split at commas)."
+    ),
     key_type: str = typer.Option(
         "ec-p256", "--key-type", help="ec-p256, ec-p384, ed25519, rsa-2048|3072|4096."
     ),
@@ -59,7 +61,10 @@ def create(
     kt = KeyType.parse(key_type)
     # An empty --cn or --subject is refused by the parsers, not taken for a missing one.
     name = parse_dn(subject) if subject is not None else common_name_dn(cn)
-    sans = SubjectAltNames.parse(dns=split_commas(dns), ip=split_commas(ip), email=email, uri=uri)
+    # A comma is in no DNS name, IP or e-mail address certctl takes, but may be in a URI.
+    sans = SubjectAltNames.parse(
+        dns=split_commas(dns), ip=split_commas(ip), email=split_commas(email), uri=uri
+    )
     outputs = OutputSet(force=force)
     outputs.add(out / "tls.csr", b"")
     outputs.add(out / "tls.key", b"")
