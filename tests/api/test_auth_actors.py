@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.api.conftest import Api, assert_problem
-from tests.api.test_auth_roles import ALL_PERMISSIONS
+from tests.api.test_auth_roles import ALL_PERMISSIONS, BUILTIN
 
 ACTORS = "/api/v1/auth/actors"
 
@@ -105,6 +105,38 @@ def test_actor_create_refuses_unknown_role_and_bad_id(api: Api) -> None:
     r = api.post(ACTORS, api.admin_key, json={"id": "system", "roles": []})
     assert "reserved (audit rows of the server's own work)" in assert_problem(r, 400)["detail"]
     assert api.counts() == before
+
+
+def test_unknown_role_names_the_closest_or_the_known_ones(api: Api) -> None:
+    # Before: "unknown role(s): r-viewr", naming no role there is; the permissions' refusal
+    # already named the closest or every known one.
+    api.create_role("p-ci", ["cert.read"])
+    r = api.post(ACTORS, api.admin_key, json={"id": "x", "roles": ["r-viewr"]})
+    assert assert_problem(r, 400)["detail"] == "unknown role(s): r-viewr (did you mean r-viewer?)"
+    r = api.request("PATCH", f"{ACTORS}/admin", api.admin_key, json={"roles": ["ci", "r-admin"]})
+    assert assert_problem(r, 400)["detail"] == (
+        "unknown role(s): ci; known: r-admin, r-auditor, r-metrics-read, r-operator, r-viewer, p-ci"
+    )
+    # A caller that may not read roles is told the built-in ones only (DESIGN §4 names them),
+    # not which custom roles exist.
+    key = api.key_with_permissions(
+        "hr", ["auth.actor.create", "auth.role.assign", "cert.read", "audit.read"]
+    )
+    r = api.post(ACTORS, key, json={"id": "y", "roles": ["p-cx"]})
+    assert assert_problem(r, 400)["detail"] == (
+        "unknown role(s): p-cx; built-in: r-admin, r-auditor, r-metrics-read, r-operator, r-viewer "
+        "(custom roles are named to holders of auth.role.read)"
+    )
+    r = api.post(ACTORS, key, json={"id": "y", "roles": ["r-auditr"]})
+    assert assert_problem(r, 400)["detail"] == "unknown role(s): r-auditr (did you mean r-auditor?)"
+    # Past 30 names the line says how many more there are rather than burying the bad one.
+    for i in range(30):
+        api.create_role(f"p-{i:02}", [])
+    r = api.post(ACTORS, api.admin_key, json={"id": "x", "roles": ["zz"]})
+    detail = assert_problem(r, 400)["detail"]
+    # The built-in roles first, then the custom ones (p-ci, p-hr: the key's own, p-00 …).
+    shown = [*sorted(BUILTIN), *(f"p-{i:02}" for i in range(25))]
+    assert detail == f"unknown role(s): zz; known: {', '.join(shown)} and 7 more"
 
 
 def test_cannot_delete_yourself(api: Api) -> None:

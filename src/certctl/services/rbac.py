@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, overload
@@ -76,27 +77,43 @@ def _check_id(value: str, what: str) -> str:
     return value
 
 
-# Unknown permissions of one request that get a "did you mean" (the others are named only).
+# Unknown names of one request that get a "did you mean" (the others are named only):
+# difflib is pure Python, and a 1 MB body of near-misses took seconds of CPU to refuse.
 _SUGGESTED = 5
+# Most names an "unknown …" refusal lists: every permission (23), and the roles of most
+# deployments; past it the line would bury the name that was wrong.
+_MAX_KNOWN_NAMED = 30
+
+
+def _unknown_names(
+    kind: str, unknown: list[str], known: Sequence[str], *, known_as: str = "known", note: str = ""
+) -> InvalidRequest:
+    """The refusal of ``unknown`` names of ``kind``: the closest known name to each, else all.
+
+    A typo gets its correction (the first _SUGGESTED names only); a name with none close
+    (difflib, cutoff 0.8) gets the known names listed in the order given (``known_as: a, b
+    …``, up to _MAX_KNOWN_NAMED, then ``note``), so the caller need not look them up elsewhere.
+    """
+    named, all_close = [], True
+    for index, name in enumerate(unknown):
+        close = (
+            difflib.get_close_matches(name, known, n=1, cutoff=0.8) if index < _SUGGESTED else []
+        )
+        named.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        all_close = all_close and bool(close)
+    hint = ""
+    if not all_close:
+        more = len(known) - _MAX_KNOWN_NAMED
+        shown = ", ".join(known[:_MAX_KNOWN_NAMED]) + (f" and {more} more" if more > 0 else "")
+        hint = f"; {known_as}: {shown}{note}"
+    return InvalidRequest(f"unknown {kind}(s): {', '.join(named)}{hint}")
 
 
 def _check_permissions(permissions: list[str]) -> list[str]:
     unknown = sorted(set(permissions) - set(PERMISSIONS))
     if unknown:
-        # The CLI has no command listing the names, so the refusal says them: the closest to
-        # a typo, else all of them (23, one line). Searched for the first few only: difflib
-        # is pure Python, and a 1 MB body of near-misses took seconds of CPU to refuse.
-        named, all_close = [], True
-        for index, permission in enumerate(unknown):
-            close = (
-                difflib.get_close_matches(permission, PERMISSIONS, n=1, cutoff=0.8)
-                if index < _SUGGESTED
-                else []
-            )
-            named.append(f"{permission} (did you mean {close[0]}?)" if close else permission)
-            all_close = all_close and bool(close)
-        hint = "" if all_close else f"; known: {', '.join(sorted(PERMISSIONS))}"
-        raise InvalidRequest(f"unknown permission(s): {', '.join(named)}{hint}")
+        # The refusal says the names: the closest to a typo, else all of them (23, one line).
+        raise _unknown_names("permission", unknown, sorted(PERMISSIONS))
     return sorted(set(permissions))
 
 
@@ -166,13 +183,26 @@ def _role_union(connection: Connection, role_ids: list[str]) -> frozenset[str]:
     return frozenset(p for (permissions,) in rows for p in permissions)
 
 
-def _role_permissions(services: Services, role_ids: list[str]) -> frozenset[str]:
+def _role_permissions(services: Services, caller: Principal, role_ids: list[str]) -> frozenset[str]:
     with services.sessions() as session:
         found = {r.id: r for r in session.scalars(select(Role).where(Role.id.in_(role_ids)))}
-    missing = sorted(set(role_ids) - set(found))
-    if missing:
-        raise InvalidRequest(f"unknown role(s): {', '.join(missing)}")
-    return frozenset(p for r in found.values() for p in r.permissions)
+        missing = sorted(set(role_ids) - set(found))
+        if not missing:
+            return frozenset(p for r in found.values() for p in r.permissions)
+        builtin = sorted(BUILTIN_ROLES)
+        if "auth.role.read" in caller.permissions:
+            # The built-in roles first: past _MAX_KNOWN_NAMED the custom ones are cut.
+            custom = session.scalars(select(Role.id).where(Role.builtin.is_(False)))
+            raise _unknown_names("role", missing, [*builtin, *sorted(custom)])
+    # Custom roles are for holders of auth.role.read to see (GET /api/v1/auth/roles): others
+    # are told the built-in ones, which DESIGN §4 publishes anyway, and not which others exist.
+    raise _unknown_names(
+        "role",
+        missing,
+        builtin,
+        known_as="built-in",
+        note=" (custom roles are named to holders of auth.role.read)",
+    )
 
 
 def _check_admin_remains(session: Any, losing: str) -> None:
@@ -291,7 +321,7 @@ def create_actor(
         # The roles must still exist when the actor is written: delete_role takes this lock.
         lock_for_write(session, AUTH_LOCK)
         if roles:
-            _no_escalation(caller, _role_permissions(services, roles), "assign these roles")
+            _no_escalation(caller, _role_permissions(services, caller, roles), "assign these roles")
         if session.get(Actor, actor_id) is not None:
             raise Conflict(f"actor {actor_id} already exists")
         actor = Actor(id=actor_id, name=name or actor_id, roles=roles, created_at=now)
@@ -315,7 +345,7 @@ def update_actor(
         # from each other at once would each still see the other holding it.
         lock_for_write(session, AUTH_LOCK)
         if roles is not None:
-            new_perms = _role_permissions(services, roles)
+            new_perms = _role_permissions(services, caller, roles)
         actor = session.get(Actor, actor_id)
         if actor is None:
             raise NotFound(f"actor {actor_id} not found")
