@@ -1032,6 +1032,13 @@ def test_apikeys_roles_actors_and_services_tables(
     )
     assert roles[0] == ["ID", "NAME", "BUILT IN", "PERMISSIONS"]
     assert ["r-auditor", "Auditor", "yes", "audit.read"] in roles
+    # The catalogue `auth roles create -p` takes names from, as a table and as the API's JSON.
+    api_json = _api_json(default_server, "/api/v1/auth/permissions")
+    catalogue = json.loads(api_json)["items"]
+    assert "metrics.read" in catalogue
+    table = ok(_certctl(default_server, "auth", "permissions", "-o", "table", **env)).stdout
+    assert _rows(table) == [["PERMISSION"], *([p] for p in catalogue)]
+    assert ok(_certctl(default_server, "auth", "permissions", **env)).stdout == api_json
     actors = _rows(
         ok(_certctl(default_server, "auth", "actors", "list", "-o", "table", **env)).stdout
     )

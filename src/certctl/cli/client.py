@@ -651,6 +651,26 @@ def whoami() -> None:
     _print(_request("GET", "/api/v1/auth/whoami"))
 
 
+@auth_app.command("permissions")
+def permissions(output: str | None = OUTPUT_OPTION) -> None:
+    """List the permissions a role can hold.
+
+    The server's catalogue (needs auth.role.read), in the words `auth roles create -p` takes.
+    On a terminal a table, one permission a line.
+    """
+    from certctl.cli._listing import wants_table
+
+    path = "/api/v1/auth/permissions"
+    data = _request("GET", path)
+    items = data.get("items") if isinstance(data, dict) else None
+    if wants_table(output) and isinstance(items, list) and all(isinstance(p, str) for p in items):
+        # The API lists names, not objects: one a row. Anything else is left to _print_list,
+        # which refuses it in one line.
+        data = {"items": [{"permission": p} for p in items]}
+    columns = [Column("PERMISSION", _field("permission"), key=True)]
+    _print_list(data, output, path=path, columns=columns, empty="no permissions")
+
+
 # --- roles -------------------------------------------------------------------------------
 
 
@@ -689,8 +709,8 @@ def roles_create(
         "-p",
         metavar="PERMISSION",
         callback=_no_blank,
-        help="Permission, e.g. metrics.read or cert.issue (repeatable; r-admin holds every "
-        "one: 'certctl auth roles get r-admin').",
+        help="Permission, e.g. metrics.read or cert.issue (repeatable; 'certctl auth "
+        "permissions' lists them).",
     ),
     name: str = typer.Option("", "--name", help="Display name."),
 ) -> None:
@@ -711,7 +731,8 @@ def roles_update(
         "-p",
         metavar="PERMISSION",
         callback=_no_blank,
-        help="New permission set, replacing the old one (repeatable).",
+        help="New permission set, replacing the old one (repeatable; 'certctl auth permissions' "
+        "lists them).",
     ),
     no_permissions: bool = typer.Option(
         False, "--no-permissions", help="Remove every permission (the role grants nothing)."

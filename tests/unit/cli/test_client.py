@@ -525,6 +525,23 @@ def test_a_table_of_an_answer_of_the_wrong_shape_is_one_line(listener: Listener)
     )
 
 
+def test_auth_permissions_table_json_and_a_wrong_shape(listener: Listener) -> None:
+    # Before there was no command: the names were in GET /api/v1/auth/permissions only.
+    answer = {"items": ["cert.read", "cert.issue"]}
+    listener.answers["/api/v1/auth/permissions"] = Answer(body=json.dumps(answer).encode())
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": KEY}
+    table = certctl("auth", "permissions", "-o", "table", env=env)
+    assert (table.returncode, table.stderr) == (0, "")
+    assert table.stdout == "PERMISSION\ncert.read\ncert.issue\n"
+    piped = certctl("auth", "permissions", env=env)
+    assert json.loads(piped.stdout) == answer
+    listener.answers["/api/v1/auth/permissions"] = Answer(body=b'{"items": [{"p": 1}, 2]}')
+    assert_error(
+        certctl("auth", "permissions", "-o", "table", env=env),
+        f"unexpected response from {listener.url}/api/v1/auth/permissions: no list of items",
+    )
+
+
 def test_a_list_whose_stdout_fails_ends_quietly_or_in_one_line(listener: Listener) -> None:
     # `certctl certs list -o table | head -0`: a table is one write, left in Python's buffer
     # for the interpreter's exit, which printed "Exception ignored … BrokenPipeError" with
