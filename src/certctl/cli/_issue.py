@@ -224,9 +224,22 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     crl_urls = checked_urls(opts.crl_url, "--crl-url")
     ca_issuers_urls = checked_urls(opts.ca_issuers_url, "--ca-issuers-url")
     if opts.instances is not None:
-        named = opts.cn is not None or opts.subject is not None  # an empty one too
-        if named or opts.dns or opts.ip or opts.email or opts.uri:
-            raise UsageProblem("--in takes names from the file; drop --cn/--subject/--dns/--ip")
+        given = [
+            flag
+            for flag, value in (
+                ("--cn", opts.cn is not None),  # an empty one too
+                ("--subject", opts.subject is not None),
+                ("--dns", opts.dns),
+                ("--ip", opts.ip),
+                ("--email", opts.email),
+                ("--uri", opts.uri),
+            )
+            if value
+        ]
+        if given:
+            # The ones given, not a fixed list: one naming --cn to a command line with --email
+            # alone sent the reader looking for what was not there.
+            raise UsageProblem(f"--in takes names from the file; drop {'/'.join(given)}")
         p12_password = None if opts.pem else read_password(opts.password_file, opts.password)
         if not opts.pem and p12_password is None:
             raise UsageProblem(

@@ -121,7 +121,16 @@ CASES = [
             "",
         ],
         2,
-        _usage("cert issue", "--in takes names from the file; drop --cn/--subject/--dns/--ip"),
+        _usage("cert issue", "--in takes names from the file; drop --cn"),
+    ),
+    _c(
+        "issue-in-with-email-and-uri",
+        [
+            *"cert issue --ca ca1 -o out.zip --in instances.yml --pem".split(),
+            *"--email a@example.com --uri spiffe://example.org/x".split(),
+        ],
+        2,
+        _usage("cert issue", "--in takes names from the file; drop --email/--uri"),
     ),
     # --- cert issue: values ------------------------------------------------------------
     _c(
