@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
+from sqlalchemy import delete, event, update
 
+from certctl.services import rbac
+from certctl.store.models import Actor, ApiKey, Role
 from tests.api.conftest import Api, assert_problem
 
 KEYS = "/api/v1/auth/apikeys"
@@ -123,6 +127,82 @@ def test_revoked_key_is_401_on_next_request(api: Api) -> None:
     assert again.status_code == 200
     assert again.json()["revoked_at"] == r.json()["revoked_at"]
     assert_problem(api.request("DELETE", f"{KEYS}/nope", api.admin_key), 404)
+
+
+def test_a_change_by_another_replica_applies_to_the_next_request(api: Api) -> None:
+    """A key remembered (both backends) is refused or re-read after a direct UPDATE.
+
+    Another worker or replica (or an operator in psql/sqlite3) runs no hook of this process:
+    database triggers bump the credential generation the cache checks.
+    """
+    key = api.key_with_permissions("remote", ["cert.read"])
+    key_id = key.split("_")[1]
+
+    def elsewhere(statement: Any) -> None:
+        with api.services.engine.connect() as connection:
+            connection.execute(statement)
+            connection.commit()
+
+    def permissions() -> list[str]:
+        r = api.get(WHOAMI, key)
+        assert r.status_code == 200, r.text
+        held: list[str] = r.json()["permissions"]
+        return held
+
+    assert permissions() == ["cert.read"]
+    assert permissions() == ["cert.read"]  # remembered now
+    elsewhere(update(Role).where(Role.id == "p-remote").values(permissions=["metrics.read"]))
+    assert permissions() == ["metrics.read"]
+    elsewhere(update(Actor).where(Actor.id == "remote").values(roles=[]))
+    assert permissions() == []
+    elsewhere(update(ApiKey).where(ApiKey.id == key_id).values(revoked_at=api.clock()))
+    assert assert_problem(api.get(WHOAMI, key), 401)["detail"] == "API key revoked"
+    # Its twin, deleted with its actor by another replica.
+    other = api.actor_key("gone", ["r-viewer"])
+    assert api.get(WHOAMI, other).status_code == 200
+    assert api.get(WHOAMI, other).status_code == 200
+    elsewhere(delete(ApiKey).where(ApiKey.actor_id == "gone"))
+    elsewhere(delete(Actor).where(Actor.id == "gone"))
+    assert assert_problem(api.get(WHOAMI, other), 401)["detail"] == "unknown API key"
+
+
+def test_a_remembered_key_reads_only_the_credential_generation(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No read of the key or its roles once it is remembered, on either backend.
+
+    SQLite: no read at all while nothing was committed. PostgreSQL: one read of the counter
+    per request, on a connection of the cache's own (before, the key and its roles: two
+    statements through the pool on every request).
+    """
+    key = api.actor_key("cached", ["r-viewer"])
+    for _ in range(2):  # read, its last_used_at written; then remembered
+        assert api.get(WHOAMI, key).status_code == 200
+    cache = rbac._key_cache(api.services.engine)
+    assert cache is not None
+    reads: list[int | None] = []
+    read = cache._read_generation
+
+    def counted() -> int | None:
+        reads.append(read())
+        return reads[-1]
+
+    monkeypatch.setattr(cache, "_read_generation", counted)
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(api.services.engine, "before_cursor_execute", seen)
+    try:
+        for _ in range(3):
+            assert api.get(WHOAMI, key).json()["actor_id"] == "cached"
+    finally:
+        event.remove(api.services.engine, "before_cursor_execute", seen)
+    assert statements == []
+    # SQLite without the WAL-index map (a test run opens more databases than it keeps mapped)
+    # reads the counter on every request too.
+    assert len(reads) == (0 if cache._wal_index is not None else 3)
 
 
 def test_key_can_revoke_itself(api: Api) -> None:

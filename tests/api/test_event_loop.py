@@ -28,8 +28,9 @@ from tests.api.test_certificates import _csr_pem
 def statements_on_the_loop(api: Api, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """Collect the statements the app sends from the event loop thread, authentication's too.
 
-    Except, on PostgreSQL, the reads of a presented API key (and its roles): there every
-    request reads its key, and a thread hop per request costs more than the round trips.
+    Except, on PostgreSQL, the reads of a presented API key not cached (and its roles): a
+    thread hop per request costs more than the round trips. (A cached key's read of the
+    credential generation goes through a connection of its own, not the engine's events.)
     """
     on_loop: list[str] = []
     key_reads = ("SELECT api_keys.secret_sha256,", "SELECT roles.permissions \nFROM roles")

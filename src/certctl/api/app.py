@@ -1080,14 +1080,14 @@ class _AuthSettings:
 # cache misses (after a role change) must not queue behind issuance, nor hold writes back.
 # Two: a read takes microseconds; each holds a pooled connection (the budget is in
 # store.db.create_store_engine).
-# PostgreSQL has no key cache: every request reads its key, on the event loop. The hop to a
-# thread and back costs more than the reads (session 9: +276 µs CPU per request, and
-# workers-2-postgresql fell from 1.97x to 1.40x; session 19, in-process: +130-290 µs, the two
-# reads on the loop ~55 µs CPU and ~90 µs wall on a local server). Its last_used_at write
-# (once a minute per key) and every refusal's audit row still go to threads. A client
-# certificate's answer is remembered there too, checked by one read of the credential
-# generation on the loop (in-process: 228 µs CPU on the loop against 389 µs in a thread); a
-# stale one is read again on the loop, as a key is.
+# PostgreSQL: a cached key or a remembered client certificate is checked by one read of the
+# credential generation, on the event loop, on a connection of the cache's own
+# (rbac._PostgresCounter: ~25 µs CPU, one round trip). A key not cached or stale is read on
+# the loop too: the hop to a thread and back costs more than the reads (session 9: +276 µs
+# CPU per request, and workers-2-postgresql fell from 1.97x to 1.40x; session 19, in-process:
+# +130-290 µs, the two reads on the loop ~55 µs CPU and ~90 µs wall on a local server). Its
+# last_used_at write (once a minute per key) and every refusal's audit row still go to
+# threads.
 AUTH_READ_THREADS = 2
 # The audit rows of refused authentications: one at a time. A flood of bad keys from many
 # addresses (auth.failure-limit throttles each address, not their number) then holds one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import mmap
@@ -17,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, overload
 
-from sqlalchemy import Connection, Engine, bindparam, or_, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, event, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from certctl.auth.apikeys import KEY_ID, MintedKey, key_head, mint_key, parse_key, secret_matches
@@ -145,9 +146,10 @@ def permissions_of(services: Services, role_ids: list[str]) -> frozenset[str]:
         return _role_union(connection, role_ids)
 
 
-# Core statements on the authentication path (every API request): no ORM identity map, unit of
-# work or instance construction. Read from the database on every request, never cached, so a
-# revocation, an expiry or a role change in any process applies to the very next request.
+# Core statements on the authentication path (a key not cached, stale, or whose last_used_at is
+# due): no ORM identity map, unit of work or instance construction. A cached key is trusted only
+# at the credential generation it was read at (_KeyCache), so a revocation, an expiry or a role
+# change in any process applies to the very next request.
 _ROLES = Role.__table__.c
 _PERMISSIONS_OF = select(_ROLES.permissions).where(
     _ROLES.id.in_(bindparam("role_ids", expanding=True))
@@ -480,9 +482,10 @@ def authenticate_api_key(services: Services, presented: str, source: str) -> Pri
 def cached_api_key(services: Services, presented: str, source: str) -> Principal | None:
     """The principal of a presented key from memory alone; None when the store must be read.
 
-    Never touches the store (the API server calls it on the event loop, on every request):
-    None when the key is not cached (on PostgreSQL, never), stale, or its ``last_used_at`` is
-    due; then :func:`api_key_from_store`, off the loop, decides.
+    Reads nothing but the credential generation (the API server calls it on the event loop, on
+    every request): on SQLite from memory while nothing was committed, on PostgreSQL one read
+    (see ``_KeyCache``). None when the key is not cached, stale, or its ``last_used_at`` is
+    due; then :func:`api_key_from_store` decides (SQLite: off the loop).
 
     Raises:
         AuthFailure: a cached key that has expired, or a key that is not even well-formed.
@@ -580,32 +583,23 @@ def api_key_from_store(
     return principal
 
 
-# Migration 0003's counter, bumped by triggers on every change of roles, actors, API keys and
-# (0012) of what decides a client certificate's authentication.
-_GENERATION = text("SELECT value FROM auth_generation WHERE id = 1")
-
-
 def credential_generation(services: Services) -> int | None:
     """The credential generation now: what remembered authentication answers are valid at.
 
-    Read before whatever an answer is made of, so that a change committed in between makes
-    the next request read again. SQLite: from memory while nothing has been committed since
-    it was last read (see ``_KeyCache``); None when it cannot be read that way (no caching
-    then). PostgreSQL: one read (blocking, short).
+    Migration 0003's counter, bumped by triggers on every change of roles, actors, API keys
+    and (0012) of what decides a client certificate's authentication. Read before whatever an
+    answer is made of, so that a change committed in between makes the next request read
+    again. The same check as a cached API key's (``_KeyCache.version``): SQLite from memory
+    while nothing has been committed since it was last read, PostgreSQL one read on a
+    connection of its own (blocking, short). None when it cannot be read (no caching then).
     """
     engine = services.engine
     last = _LAST_KEY_CACHE  # _key_cache's own first test, inline: this runs on every request
     cache = last[1] if last is not None and last[0]() is engine else _key_cache(engine)
-    if cache is not None:
-        return cache.version()
-    if engine.dialect.name != "postgresql":
-        return None
-    with engine.connect() as connection:
-        value = connection.execute(_GENERATION).scalar_one_or_none()
-    return None if value is None else int(value)
+    return cache.version() if cache is not None else None
 
 
-# --- the API-key cache (SQLite) ----------------------------------------------------------
+# --- the API-key cache -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -669,41 +663,150 @@ def _wal_index(database: str) -> mmap.mmap | None:
     return view
 
 
-class _KeyCache:
-    """Resolved API keys, trusted only while the database reports no credential change.
+class _SQLiteCounter:
+    """The ``auth_generation`` counter of a SQLite database, on a connection that never writes.
 
-    The ``auth_generation`` counter (migration 0003) is bumped by database triggers whenever a
-    role, an actor or an API key's credentials change, from this process or any other; it is
-    read on a connection that never writes. That read costs ~4 µs and two ``fcntl`` calls
-    in a loop, several times that between requests (``PRAGMA data_version`` costs the same),
-    so it is skipped while nothing has been committed since the last one: before reading the
-    counter, the cache copies the 48-byte WAL-index header from a read-only map of the
-    ``-shm`` file (no system call), and while the header is unchanged the counter cannot have
-    moved. Any commit (an issued certificate too) changes the header and costs one counter
-    read. This connection keeps the database open in WAL mode, which holds a shared lock on
-    the database and on the ``-shm`` file: while the cache lives, no other process can leave
-    WAL mode, delete the file or truncate it (SQLite maps the same file itself).
-
-    The generation is read *before* the key (``api_key_from_store``), so a change landing
-    between the two makes the next request read the database again: any revocation,
-    deletion, role or key change invalidates every entry, while issuing certificates (the
-    common write) does not. Expiry is checked against the cached expiry time; an entry whose
-    ``last_used_at`` is a minute old takes the slow path, which writes it. Revoked, expired or
-    unknown keys are never cached.
+    The connection keeps the database open in WAL mode, which holds a shared lock on the
+    database and on the ``-shm`` file: while it lives, no other process can leave WAL mode,
+    delete the file or truncate it (SQLite maps the same file itself, see ``_KeyCache``).
     """
-
-    MAX_ENTRIES = 1024
 
     def __init__(self, database: str) -> None:
         self._connection = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
+        mode = self._connection.execute("PRAGMA journal_mode").fetchone()
+        self.wal = mode is not None and str(mode[0]).lower() == "wal"
+
+    def read(self) -> int | None:
+        try:
+            with self._lock:
+                found = self._connection.execute(_GENERATION_SQL).fetchone()
+        except sqlite3.Error:
+            return None
+        return int(found[0]) if found else None
+
+
+class _PostgresCounter:
+    """The ``auth_generation`` counter of a PostgreSQL database, on a connection of its own.
+
+    In autocommit, one round trip per read (psycopg prepares the statement after a few):
+    ~25 µs CPU in-process, against ~200 µs through the pool (a checkout's ping, BEGIN, the
+    read, the ROLLBACK of the return). Each read is a statement of its own, so it sees every
+    transaction committed before it, from any replica; the key read after it sees at least
+    those. Taken from the engine's pool and detached (its connect arguments and session
+    settings: the timeouts of ``store.db``), so a process holds one connection more than its
+    pool. Closed with the engine's pool (``Engine.dispose``) and opened again when next read.
+    Any failure (a restart, a cut) closes it and answers None, so that the caller reads the
+    store through the pool, which reports the outage. It is opened again a second later, and
+    each failure to open it doubles that wait, up to RETRY_MAX: opening it on the event loop
+    waits as long as a pooled connection does (``connect_timeout``), and during an outage
+    the request that tries pays that wait twice.
+    """
+
+    RETRY_AFTER = 1.0
+    RETRY_MAX = 30.0
+
+    def __init__(self, engine: Engine) -> None:
+        # Weak: the cache is the value of a WeakKeyDictionary keyed by the engine.
+        self._engine = weakref.ref(engine)
+        self._lock = threading.Lock()
+        self._connection: Any = None
+        self._cursor: Any = None
+        self._retry_at = 0.0
+        self._retry_after = self.RETRY_AFTER
+        self._failed = False
+        # What a connection that fails raises: the driver's own errors, SQLAlchemy's wrapped.
+        self._errors: tuple[type[Exception], ...] = (DBAPIError, engine.dialect.loaded_dbapi.Error)
+        event.listen(engine, "engine_disposed", self._disposed)
+
+    def read(self) -> int | None:
+        with self._lock:
+            try:
+                cursor = self._cursor
+                if cursor is None:
+                    cursor = self._connect()
+                    if cursor is None:
+                        return None
+                cursor.execute(_GENERATION_SQL)
+                found = cursor.fetchone()
+            except self._errors as exc:
+                reopening = self._connection is None
+                self._close()
+                self._retry_at = time.monotonic() + self._retry_after
+                if reopening:
+                    self._retry_after = min(2 * self._retry_after, self.RETRY_MAX)
+                if not self._failed:  # once per outage, not once per request
+                    self._failed = True
+                    log.warning("credential generation not read (no caching meanwhile): %s", exc)
+                return None
+            self._failed, self._retry_after = False, self.RETRY_AFTER
+        return int(found[0]) if found else None
+
+    def _connect(self) -> Any:
+        engine = self._engine()
+        if engine is None or time.monotonic() < self._retry_at:
+            return None
+        pooled = engine.raw_connection()
+        connection: Any = pooled.driver_connection
+        pooled.detach()  # the pool forgets it: closed here, never handed to another caller
+        self._connection = connection
+        connection.rollback()  # whatever the checkout's ping began
+        connection.autocommit = True
+        self._cursor = connection.cursor()
+        return self._cursor
+
+    def _close(self) -> None:
+        connection, self._connection, self._cursor = self._connection, None, None
+        if connection is not None:
+            with contextlib.suppress(Exception):  # closing a broken connection
+                connection.close()
+
+    def _disposed(self, _engine: Engine) -> None:
+        with self._lock:
+            self._close()
+
+    def __del__(self) -> None:
+        self._close()
+
+
+_GENERATION_SQL = "SELECT value FROM auth_generation WHERE id = 1"
+
+
+class _KeyCache:
+    """Resolved API keys, trusted only while the database reports no credential change.
+
+    The ``auth_generation`` counter (migration 0003) is bumped by database triggers whenever a
+    role, an actor or an API key's credentials change (and, 0012, what decides a client
+    certificate's authentication), from this process or any other; the cache's counter
+    reads it on a connection of its own. The generation is read *before* the key
+    (``api_key_from_store``), so a change landing between the two makes the next request
+    read the database again: any revocation, deletion, role or key change invalidates every
+    entry, while issuing certificates (the common write) does not. Expiry is checked against
+    the cached expiry time; an entry whose ``last_used_at`` is a minute old takes the slow
+    path, which writes it. Revoked, expired or unknown keys are never cached.
+
+    PostgreSQL: one read of the counter per request (``_PostgresCounter``). SQLite: that read
+    costs ~4 µs and two ``fcntl`` calls in a loop, several times that between requests
+    (``PRAGMA data_version`` costs the same, and changes at every commit), so it is skipped
+    while nothing has been committed since the last one: before reading the counter, the
+    cache copies the 48-byte WAL-index header from a read-only map of the ``-shm`` file (no
+    system call), and while the header is unchanged the counter cannot have moved. Any commit
+    (an issued certificate too) changes the header and costs one counter read.
+    """
+
+    MAX_ENTRIES = 1024
+
+    def __init__(
+        self, counter: _SQLiteCounter | _PostgresCounter, database: str | None = None
+    ) -> None:
+        self._counter = counter
         self._entries: dict[str, _CachedKey] = {}
         # (WAL-index header, generation read after it) at the last read of the counter.
         self._seen: tuple[bytes, int] | None = None
         self._wal_index: mmap.mmap | None = None
-        mode = self._connection.execute("PRAGMA journal_mode").fetchone()
-        if mode is not None and str(mode[0]).lower() == "wal":
-            # After a read in WAL mode: the file exists and this connection holds it open.
+        if database is not None and isinstance(counter, _SQLiteCounter) and counter.wal:
+            # After a read in WAL mode: the file exists and the counter's connection holds
+            # it open.
             self._read_generation()
             self._wal_index = _wal_index(database)
 
@@ -723,14 +826,7 @@ class _KeyCache:
         return generation
 
     def _read_generation(self) -> int | None:
-        try:
-            with self._lock:
-                found = self._connection.execute(
-                    "SELECT value FROM auth_generation WHERE id = 1"
-                ).fetchone()
-        except sqlite3.Error:
-            return None
-        return int(found[0]) if found else None
+        return self._counter.read()
 
     def authenticate(self, presented: str, source: str, timestamp: float) -> Principal | None:
         """The principal of a presented key cached at the current generation, else None.
@@ -776,7 +872,7 @@ _LAST_KEY_CACHE: tuple[weakref.ref[Engine], _KeyCache | None] | None = None
 
 
 def _key_cache(engine: Engine) -> _KeyCache | None:
-    """The engine's key cache: SQLite database files only (PostgreSQL reads every time)."""
+    """The engine's key cache: SQLite database files and PostgreSQL."""
     global _LAST_KEY_CACHE
     last = _LAST_KEY_CACHE
     if last is not None and last[0]() is engine:
@@ -791,11 +887,13 @@ def _key_cache(engine: Engine) -> _KeyCache | None:
 
 
 def _new_key_cache(engine: Engine) -> _KeyCache | None:
-    cache = None
     database = engine.url.database
+    if engine.dialect.name == "postgresql":
+        # Connects at its first read: a database down now must not disable caching for good.
+        return _KeyCache(_PostgresCounter(engine))
     if engine.dialect.name == "sqlite" and database and database != ":memory:":
         try:
-            cache = _KeyCache(database)
+            return _KeyCache(_SQLiteCounter(database), database)
         except sqlite3.Error:
-            cache = None
-    return cache
+            return None
+    return None

@@ -1,40 +1,53 @@
 """The API-key cache (``auth_generation``) never outlives a change made by another process.
 
-Two bootstrapped ``Services`` on one database file stand for two server processes: A
+Two bootstrapped ``Services`` on one database stand for two server processes or replicas: A
 authenticates (and caches), B changes the key, the actor or its role, A's very next
-authentication must see it.
+authentication must see it. On SQLite and on PostgreSQL: both cache keys, and check the
+counter before trusting one.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import load_config
 from certctl.services import rbac
 from certctl.services.context import Principal, Services
 from certctl.store.models import ApiKey
+from tests.api.conftest import BACKENDS, _truncate_all
 
 ADMIN = Principal("admin", ("r-admin",), frozenset({"*"}), "api_key")
 
 
-def _services(data_dir: Path) -> Services:
-    return bootstrap(load_config(None, {"data-dir": str(data_dir)})).services
+def _services(data_dir: Path, url: str | None) -> Services:
+    return bootstrap(load_config(None, {"data-dir": str(data_dir), "database-url": url})).services
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> tuple[Services, Services, Principal]:
-    a = _services(tmp_path)
-    b = _services(tmp_path)
+@pytest.fixture(params=BACKENDS)
+def pair(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Services, Services, Principal]]:
+    url: str | None = None
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        _truncate_all(url)
+    a = _services(tmp_path, url)
+    b = _services(tmp_path, url)
     assert a.engine is not b.engine
     admin = rbac.authenticate_api_key(b, (tmp_path / "admin-api-key").read_text().strip(), "")
-    return a, b, admin
+    try:
+        yield a, b, admin
+    finally:
+        a.engine.dispose()
+        b.engine.dispose()
 
 
 def _mint(services: Services, admin: Principal, actor: str, roles: list[str]) -> str:
@@ -108,20 +121,23 @@ def test_role_permission_change_elsewhere_applies_to_the_next_request(
 
 
 def test_a_manual_sql_revocation_applies_to_the_next_request(
-    pair: tuple[Services, Services, Principal], tmp_path: Path
+    pair: tuple[Services, Services, Principal],
 ) -> None:
-    # Triggers, not application code, bump the generation: an operator's fix in sqlite3 counts.
+    # Triggers, not application code, bump the generation: an operator's fix in sqlite3 or
+    # psql counts, as does another replica's UPDATE.
     a, b, admin = pair
     key = _mint(b, admin, "manual", ["r-viewer"])
     rbac.authenticate_api_key(a, key, "")
     rbac.authenticate_api_key(a, key, "")
     database = a.engine.url.database
     assert database is not None
-    with sqlite3.connect(database) as connection:
-        connection.execute(
-            "UPDATE api_keys SET revoked_at = '2026-01-01 00:00:00.000000' WHERE id = ?",
-            (key.split("_")[1],),
-        )
+    revoke = "UPDATE api_keys SET revoked_at = '2026-01-01 00:00:00.000000' WHERE id = "
+    if a.engine.dialect.name == "sqlite":
+        with sqlite3.connect(database) as connection:
+            connection.execute(revoke + "?", (key.split("_")[1],))
+    else:
+        with b.engine.begin() as connection:
+            connection.execute(text(revoke + ":id"), {"id": key.split("_")[1]})
     with pytest.raises(rbac.AuthFailure) as failure:
         rbac.authenticate_api_key(a, key, "")
     assert failure.value.reason == "revoked"
@@ -162,16 +178,21 @@ def test_issuing_certificates_keeps_the_cache(pair: tuple[Services, Services, Pr
 def test_the_counter_is_read_again_only_after_a_commit(
     pair: tuple[Services, Services, Principal], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # While the WAL-index header is unchanged, a cache hit costs no database read at all.
+    """SQLite: while the WAL-index header is unchanged, a cache hit costs no read at all.
+
+    PostgreSQL: one read of the counter per hit (on a connection of the cache's own), and no
+    read of the key or its roles.
+    """
     # Room for this test's map: a whole test run opens more databases than a server keeps.
     monkeypatch.setattr(rbac, "_WAL_INDEX_MAX", len(rbac._WAL_INDEX_MAPS) + 8)
     a, b, admin = pair
+    sqlite = a.engine.dialect.name == "sqlite"
     key = _mint(b, admin, "quiet", ["r-viewer"])
     rbac.authenticate_api_key(a, key, "")
     rbac.authenticate_api_key(a, key, "")  # cached
     cache = rbac._key_cache(a.engine)
     assert cache is not None
-    assert cache._wal_index is not None
+    assert (cache._wal_index is not None) is sqlite
     reads: list[int | None] = []
     read = cache._read_generation
 
@@ -180,14 +201,18 @@ def test_the_counter_is_read_again_only_after_a_commit(
         return reads[-1]
 
     monkeypatch.setattr(cache, "_read_generation", counted)
+    statements: list[str] = []
+    event.listen(a.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     for _ in range(3):
         assert rbac.authenticate_api_key(a, key, "").actor_id == "quiet"
-    assert reads == []
+    assert len(reads) == (0 if sqlite else 3)
     rbac.create_role(b, admin, "r-other", "other", ["metrics.read"])  # a commit elsewhere
     assert rbac.authenticate_api_key(a, key, "").actor_id == "quiet"
-    assert len(reads) == 1
+    assert len(reads) == (1 if sqlite else 5)  # read again: changed, so the key too
     assert rbac.authenticate_api_key(a, key, "").actor_id == "quiet"
-    assert len(reads) == 1
+    assert len(reads) == (1 if sqlite else 6)
+    # Through the engine's pool: only the key and its roles, once, after the change.
+    assert [s.split()[1] for s in statements] == ["api_keys.secret_sha256,", "roles.permissions"]
 
 
 def test_two_reads_of_a_due_key_write_last_used_at_once(
@@ -220,3 +245,43 @@ def test_two_reads_of_a_due_key_write_last_used_at_once(
         stored = session.get(ApiKey, key.split("_")[1])
         assert stored is not None
         assert stored.last_used_at == start + timedelta(seconds=30)  # B's, not moved back
+
+
+def test_postgresql_a_lost_counter_connection_reads_the_store_then_reconnects(
+    postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The counter's own connection cut (a restart, a failover): answered from the store.
+
+    One warning per outage; the next read after a second opens a new connection, and the
+    keys remembered at the unchanged generation are trusted again. ``Engine.dispose`` closes
+    it (no connection left open per disposed engine).
+    """
+    _truncate_all(postgres_url)
+    a = _services(tmp_path, postgres_url)
+    try:
+        key = (tmp_path / "admin-api-key").read_text().strip()
+        rbac.authenticate_api_key(a, key, "")
+        rbac.authenticate_api_key(a, key, "")  # cached
+        cache = rbac._key_cache(a.engine)
+        assert cache is not None
+        counter = cache._counter
+        assert isinstance(counter, rbac._PostgresCounter)
+        pid = counter._connection.info.backend_pid
+        with a.engine.connect() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        statements: list[str] = []
+        event.listen(a.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+        for _ in range(2):
+            assert rbac.authenticate_api_key(a, key, "").actor_id == "admin"
+        read = ["api_keys.secret_sha256,", "roles.permissions"]
+        assert [s.split()[1] for s in statements] == read * 2  # the key and its roles
+        warned = [r.getMessage() for r in caplog.records if "credential generation" in r.message]
+        assert len(warned) == 1, warned
+        counter._retry_at = 0.0  # a second later
+        statements.clear()
+        assert rbac.authenticate_api_key(a, key, "").actor_id == "admin"
+        assert statements == []  # remembered at the same generation: trusted again
+        assert counter._connection.info.backend_pid != pid
+    finally:
+        a.engine.dispose()
+    assert counter._connection is None
