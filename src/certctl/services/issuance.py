@@ -575,13 +575,20 @@ def revoked_ca_among(services: Services, cas: Sequence[bytes]) -> str | None:
     return None
 
 
+# Core, on a connection: no ORM session (its construction, transaction and close cost more
+# than the read, which usually finds no row).
+_ISSUER_COLUMNS = Issuer.__table__.c
+_REVOKED_ISSUERS = select(_ISSUER_COLUMNS.id, _ISSUER_COLUMNS.certificate_pem).where(
+    _ISSUER_COLUMNS.revoked_at.is_not(None)
+)
+
+
 def _revoked_issuer_pems(services: Services) -> list[tuple[str, str]]:
-    # Read at each mTLS request (a revocation on another replica counts at once); usually
-    # no row. Their parsing is cached: the same few PEMs every time.
-    with services.sessions() as session:
-        rows = session.execute(
-            select(Issuer.id, Issuer.certificate_pem).where(Issuer.revoked_at.is_not(None))
-        ).all()
+    # Read for each client certificate whose answer is not remembered (a revocation on
+    # another replica counts at once); usually no row. Their parsing is cached: the same few
+    # PEMs every time.
+    with services.engine.connect() as connection:
+        rows = connection.execute(_REVOKED_ISSUERS).all()
     return [(str(issuer_id), pem) for issuer_id, pem in rows]
 
 
