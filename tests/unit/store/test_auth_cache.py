@@ -285,3 +285,28 @@ def test_postgresql_a_lost_counter_connection_reads_the_store_then_reconnects(
     finally:
         a.engine.dispose()
     assert counter._connection is None
+
+
+def test_postgresql_a_truncate_elsewhere_applies_to_the_next_request(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """TRUNCATE fires no DELETE trigger: migration 0013's TRUNCATE triggers bump the counter.
+
+    (SQLite has no TRUNCATE: its ``DELETE FROM`` without WHERE fires the DELETE triggers.)
+    """
+    _truncate_all(postgres_url)
+    a = _services(tmp_path, postgres_url)
+    b = _services(tmp_path, postgres_url)
+    try:
+        admin = rbac.authenticate_api_key(b, (tmp_path / "admin-api-key").read_text().strip(), "")
+        key = _mint(b, admin, "emptied", ["r-viewer"])
+        rbac.authenticate_api_key(a, key, "")
+        rbac.authenticate_api_key(a, key, "")  # cached
+        with b.engine.begin() as connection:
+            connection.execute(text("TRUNCATE api_keys"))
+        with pytest.raises(rbac.AuthFailure) as failure:
+            rbac.authenticate_api_key(a, key, "")
+        assert failure.value.reason == "invalid"
+    finally:
+        a.engine.dispose()
+        b.engine.dispose()
