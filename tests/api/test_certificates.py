@@ -406,6 +406,71 @@ def test_q_folds_non_ascii_letters_on_every_backend(api: Api) -> None:
     assert ids("Ö%") == set()  # still a substring, not a pattern
 
 
+def test_q_matches_subject_alternative_names(api: Api) -> None:
+    """Before, q searched the common name, subject and serial only: q=api2.example.com missed
+    the certificate of api.example.com that also covers it, and a SPIFFE workload
+    certificate (no subject, a URI SAN alone) could not be found at all."""
+    host = api.issue(
+        common_name="api.example.com",
+        dns_names=["api.example.com", "api2.example.com"],
+        ip_addresses=["10.20.30.40", "2001:db8::7"],
+    )
+    workload = api.issue(
+        common_name="", dns_names=[], uris=["spiffe://Example.org/ns/Payments/sa/web"]
+    )
+    person = api.issue(
+        common_name="Alice Example",
+        dns_names=[],
+        email_addresses=["Alice.Liddell@example.com"],
+        profile="client",
+    )
+    # Stored as given to DNS: lower-case A-labels (xn--bcher-kva.example, xn--strae-oqa.de).
+    books = api.issue(common_name="", dns_names=["Bücher.example"])
+    street = api.issue(
+        common_name="shop.example.net", dns_names=["shop.example.net", "straße.de", "webmail.de"]
+    )
+    # JSON escapes '"' and '\\' in the stored text; here they spell a key.
+    quoted = api.issue(common_name="", dns_names=[], uris=['urn:x:"uri":a\\b'])
+    stored = api.get(f"{CERTS}/{books['id']}", api.admin_key).json()["sans"]
+    assert stored["dns"] == ["xn--bcher-kva.example"]
+
+    def ids(q: str) -> set[str]:
+        r = api.get(CERTS, api.admin_key, params={"q": q})
+        assert r.status_code == 200, r.text
+        return {item["id"] for item in r.json()["items"]}
+
+    assert ids("api2.example.com") == {host["id"]}
+    assert ids("API2") == {host["id"]}  # folded as the common name is
+    assert ids("10.20.30.40") == {host["id"]}
+    assert ids("0.30.4") == {host["id"]}  # a substring, as everywhere else
+    assert ids("2001:db8::7") == {host["id"]}
+    assert ids("2001:DB8::7") == {host["id"]}
+    # An IP address in another spelling finds it stored in canonical form.
+    assert ids("2001:0db8:0:0:0:0:0:7") == {host["id"]}
+    assert ids("::ffff:10.20.30.40") == {host["id"]}  # stored as the IPv4 address it maps
+    assert ids("spiffe://example.org/ns/payments") == {workload["id"]}
+    assert ids("sa/WEB") == {workload["id"]}
+    assert ids("alice.liddell@example") == {person["id"]}
+    # A unicode name finds the A-label it is stored as; the A-label finds itself.
+    assert ids("bücher.example") == {books["id"]}
+    assert ids("BÜCHER") == {books["id"]}
+    assert ids("xn--bcher") == {books["id"]}
+    assert ids("straße.de") == {street["id"]}
+    assert ids("strasse") == set()  # IDNA 2008: ß is kept, not mapped to ss
+    # Values are matched, never the JSON around them: its keys, quotes, brackets, commas.
+    for q in ("dns", "ip", "email", "[", "]", "{", "}", ",", '", "', "[]", '": ['):
+        assert ids(q) == set(), q
+    assert ids("mail") == {street["id"]}  # webmail.de, not the key "email"
+    # ":" is in the IPv6 address and the URIs, '"' and "uri" in one URI, nowhere else.
+    assert ids(":") == {host["id"], workload["id"], quoted["id"]}
+    assert ids('"') == {quoted["id"]}
+    assert ids("uri") == {quoted["id"]}
+    assert ids('"URI":a\\b') == {quoted["id"]}
+    assert ids('"uri":') == {quoted["id"]}
+    assert ids("api2_") == set()  # still a substring, not a pattern
+    assert ids("api2%") == set()
+
+
 @pytest.fixture(params=BACKENDS)
 def c_locale_api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
     """As ``api``; on PostgreSQL a database of its own in the "C" locale (as initdb
@@ -427,7 +492,7 @@ def test_q_folds_as_python_does_whatever_the_postgresql_locale(c_locale_api: Api
             # The condition of the bug: this database's own lower() folds ASCII only.
             assert conn.scalar(text("SHOW lc_ctype")) == "C"
             assert conn.scalar(text("SELECT lower('ÉCOLE')")) == "École"
-    school = api.issue(common_name="ÉCOLE Centrale", dns_names=["ecole.example.com"])
+    school = api.issue(common_name="ÉCOLE Centrale", dns_names=["school.example.com"])
     street = api.issue(common_name="STRAẞE Nord", dns_names=["nord.example.com"])
     athens = api.issue(common_name="ΑΘΗΝΑ Gateway", dns_names=["athens.example.com"])
 
@@ -441,7 +506,7 @@ def test_q_folds_as_python_does_whatever_the_postgresql_locale(c_locale_api: Api
     assert ids("straße") == {street["id"]}  # ẞ folds to ß, as str.lower does
     assert ids("αθηνα") == {athens["id"]}
     assert ids("Αθηνα gate") == {athens["id"]}
-    # Folding, not ß → ss or accent stripping: no match on either backend.
+    # Folding, not ß → ss or accent stripping: no match on either backend (nor in a SAN).
     assert ids("STRASSE") == set()
     assert ids("ecole") == set()
 

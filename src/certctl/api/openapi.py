@@ -360,7 +360,13 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         _query(
             "expiring_within", _STR, "a duration such as 30D: active, not renewed, ending before"
         ),
-        _query("q", _STR, "substring of the common name, subject or serial"),
+        _query(
+            "q",
+            _STR,
+            "substring, in either case (not a pattern), of the common name, subject, serial or "
+            "a SAN (DNS name, IP address, e-mail address, URI; the values, not their JSON); a "
+            "Unicode host name also finds its A-label, an IP address its canonical form",
+        ),
         _LIMIT,
         _query(
             "cursor",

@@ -1162,7 +1162,10 @@ def certs_list(
     issuer: str = typer.Option(None, "--issuer", help="Issuer id."),
     expiring_within: str = typer.Option(None, "--expiring-within", help="e.g. 30D."),
     query: str = typer.Option(
-        None, "--query", "-q", help="Search in common name, subject or serial."
+        None,
+        "--query",
+        "-q",
+        help="Search in common name, subject, serial and SANs (DNS, IP, e-mail, URI).",
     ),
     # The first spelling, named after the API's `q` parameter; hidden, kept for old scripts.
     q: str = typer.Option(None, "--q", hidden=True),

@@ -19,12 +19,14 @@ from cryptography.x509.oid import NameOID
 from certctl.errors import InvalidRequest
 
 __all__ = [
+    "SAN_KINDS",
     "DNPattern",
     "SubjectAltNames",
     "common_name_dn",
     "format_dn",
     "names_match",
     "parse_dn",
+    "san_search_forms",
     "validate_dns_name",
 ]
 
@@ -468,8 +470,42 @@ def _validate_uri(value: str) -> str:
     return text
 
 
+def san_search_forms(text: str) -> tuple[str, ...]:
+    """What a search for ``text`` looks for in stored SAN values: lower case, ASCII only.
+
+    Stored values are ASCII (DNS names and e-mail domains as A-labels, URIs ASCII, IP
+    addresses in canonical form), so a search spelled otherwise looks for those spellings:
+    ``Bücher.example`` for ``xn--bcher-kva.example``, ``2001:DB8:0::7`` for
+    ``2001:db8::7``, ``::ffff:10.0.0.5`` for ``10.0.0.5``. A non-ASCII label is only found
+    whole: a part of it has another punycode than the label. Empty when ``text`` has no
+    such spelling (non-ASCII and no host name): no SAN can contain it.
+    """
+    forms = []
+    if text.isascii():
+        forms.append(text.lower())
+    else:
+        local, at, domain = text.rpartition("@")
+        if local.isascii():
+            try:
+                forms.append(f"{local}{at}{_to_a_labels(domain, text)}".lower())
+            except InvalidRequest:
+                pass
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        pass
+    else:
+        if not getattr(address, "scope_id", None):
+            forms.append(str(_ipv4_form(address)))
+    return _dedupe(forms)
+
+
 def _dedupe(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
+
+
+# The keys of ``SubjectAltNames.as_dict``, as stored.
+SAN_KINDS = ("dns", "ip", "email", "uri")
 
 
 @dataclass(frozen=True)
@@ -576,7 +612,7 @@ class SubjectAltNames:
         )
 
     def as_dict(self) -> dict[str, list[str]]:
-        """Return ``{"dns", "ip", "email", "uri"}`` lists of strings (for JSON output)."""
+        """Return ``SAN_KINDS`` lists of strings (for JSON output)."""
         return {
             "dns": list(self.dns),
             "ip": [str(a) for a in self.ip],

@@ -54,6 +54,7 @@ from certctl.pki import (
 )
 from certctl.pki.crl import RevokedEntry, create_crl
 from certctl.pki.issue import BACKDATE, IssuedCertificate
+from certctl.pki.names import SAN_KINDS, san_search_forms
 from certctl.services.audit import event_values, record
 from certctl.services.context import (
     IssuerCertificates,
@@ -62,7 +63,13 @@ from certctl.services.context import (
     Services,
     SignedCrl,
 )
-from certctl.store.db import REVOCATION_LOCK, lock_for_write, unicode_lower
+from certctl.store.db import (
+    REVOCATION_LOCK,
+    contains_pattern,
+    json_string_contains,
+    lock_for_write,
+    unicode_lower,
+)
 from certctl.store.groupcommit import Insert, write_rows
 from certctl.store.models import Actor, AuditEvent, CertificateRecord, Issuer
 
@@ -1197,8 +1204,7 @@ def list_certificates(
         )
     if q:
         # q is a substring, not a pattern: "_" and "%" match themselves.
-        escaped = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        like = f"%{escaped}%"
+        like = contains_pattern(q.lower())
         # An ASCII q can only match ASCII letters, which the built-in lower() folds: the
         # Python function SQLite needs for the others is called per row only when needed.
         lower = func.lower if q.isascii() else unicode_lower
@@ -1207,6 +1213,12 @@ def list_certificates(
                 lower(CertificateRecord.common_name).like(like, escape="\\"),
                 lower(CertificateRecord.subject).like(like, escape="\\"),
                 CertificateRecord.serial.in_(_serial_forms(q)),
+                # Every name the certificate covers: its SAN values as stored (A-labels,
+                # canonical IP addresses), which q in another spelling is turned into.
+                *(
+                    json_string_contains(CertificateRecord.sans, form, SAN_KINDS)
+                    for form in san_search_forms(q)
+                ),
             )
         )
     with services.sessions() as session:

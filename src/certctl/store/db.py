@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, String, create_engine, event, make_url, text
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Connection,
+    Engine,
+    SQLColumnExpression,
+    String,
+    and_,
+    create_engine,
+    event,
+    literal,
+    make_url,
+    text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -25,7 +39,9 @@ __all__ = [
     "PoolTimeout",
     "checkpoint",
     "constraint_conflict",
+    "contains_pattern",
     "create_store_engine",
+    "json_string_contains",
     "migrate",
     "session_factory",
     "startup_lock",
@@ -73,6 +89,110 @@ def _unicode_lower_postgresql(element: unicode_lower, compiler: SQLCompiler, **k
     if compiler.dialect in _ICU_DIALECTS:
         return f'lower(({arg}) COLLATE "und-x-icu")'
     return f"lower({arg})"
+
+
+def contains_pattern(text: str) -> str:
+    r"""A LIKE pattern (``ESCAPE '\'``) matching ``text`` anywhere: "_" and "%" as themselves."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class _json_strings_like(GenericFunction[bool]):
+    r"""A string of JSON ``arg0`` (any depth, not a key) contains a needle, in either case.
+
+    ASCII letters fold: ``arg1`` is the needle's LIKE pattern (lower case, ``ESCAPE '\'``),
+    ``arg2`` a jsonpath that finds it.
+    """
+
+    type = Boolean()
+    name = "json_strings_like"
+    inherit_cache = True
+
+
+@compiles(_json_strings_like, "sqlite")
+def _json_strings_like_sqlite(element: _json_strings_like, compiler: SQLCompiler, **kw: Any) -> str:
+    document, pattern, _ = element.clauses
+    # json_tree has a row for every value (keys are a column of their members' rows).
+    return (
+        f"EXISTS (SELECT 1 FROM json_tree({compiler.process(document, **kw)}) AS j "
+        f"WHERE j.type = 'text' AND lower(j.value) LIKE {compiler.process(pattern, **kw)} "
+        "ESCAPE '\\')"
+    )
+
+
+@compiles(_json_strings_like, "postgresql")
+def _json_strings_like_postgresql(
+    element: _json_strings_like, compiler: SQLCompiler, **kw: Any
+) -> str:
+    document, _, path = element.clauses
+    # A scalar function, not a subquery over a set-returning one: the planner costed that at
+    # 17 a row, and at 100,000 rows called in the JIT compiler (130 ms more a search).
+    return (
+        f"jsonb_path_exists(CAST({compiler.process(document, **kw)} AS JSONB), "
+        f"CAST({compiler.process(path, **kw)} AS JSONPATH))"
+    )
+
+
+class _json_text_like(GenericFunction[bool]):
+    """JSON ``arg0``'s text, less the strings ``arg2…``, is LIKE ``arg1``, in either case."""
+
+    type = Boolean()
+    name = "json_text_like"
+    inherit_cache = True
+
+
+def _json_text(document: str, removed: list[str]) -> str:
+    for key in removed:
+        document = f"replace({document}, {key}, '')"
+    return document
+
+
+@compiles(_json_text_like, "sqlite")
+def _json_text_like_sqlite(element: _json_text_like, compiler: SQLCompiler, **kw: Any) -> str:
+    document, pattern, *removed = (compiler.process(c, **kw) for c in element.clauses)
+    # SQLite's LIKE folds ASCII letters itself: lower() on the whole document cost 20 %.
+    return f"{_json_text(document, removed)} LIKE {pattern} ESCAPE '\\'"
+
+
+@compiles(_json_text_like, "postgresql")
+def _json_text_like_postgresql(element: _json_text_like, compiler: SQLCompiler, **kw: Any) -> str:
+    document, pattern, *removed = (compiler.process(c, **kw) for c in element.clauses)
+    # lower() in the "C" collation folds ASCII letters alone, and 4 times faster than ILIKE
+    # or lower() in a UTF-8 locale did.
+    text = _json_text(f"CAST({document} AS TEXT)", removed)
+    return f"lower({text} COLLATE \"C\") LIKE {pattern} ESCAPE '\\'"
+
+
+# A JSON string writes these characters as themselves ('/' too: Python's json module, which
+# SQLAlchemy writes the column with, does not escape it) but for '"' and '\', which every
+# JSON writer escapes as '\"' and '\\'.
+_JSON_PRINTABLE = frozenset(map(chr, range(0x20, 0x7F)))
+
+
+def json_string_contains(
+    document: SQLColumnExpression[Any], needle: str, keys: Iterable[str] = ()
+) -> ColumnElement[bool]:
+    r"""A string value of JSON column ``document`` (not a key) contains ASCII ``needle``.
+
+    Case-insensitive for ASCII letters; ``needle`` is lower case. Keys, quotes, brackets and
+    commas are not in any value, so "dns" or '", "' match nothing they spell.
+
+    Taking each value out of the JSON costs twice what comparing a column does: that is
+    done only for the rows whose JSON text contains ``needle`` as written in JSON at all.
+    Sound for printable ASCII, which JSON writes one character at a time: a value
+    containing ``needle`` has it in the text so written. A needle in a key of ``keys`` and
+    its colon ("mail" in '"email":', or ":") would pass every row: those keys are taken out
+    of the text first. Only keys go: '"email":' in a value is written '"email":'.
+    """
+    # like_regex takes no variable: the needle is written into the path (a JSON string is a
+    # jsonpath string), "q" for a literal, "i" for either case.
+    path = f'$.** ? (@ like_regex {json.dumps(needle)} flag "iq")'
+    exact = _json_strings_like(document, contains_pattern(needle), path)
+    if not _JSON_PRINTABLE.issuperset(needle):
+        return exact
+    written = needle.replace("\\", "\\\\").replace('"', '\\"')
+    removed = [literal(f'"{key}":') for key in keys if written in f'"{key.lower()}":']
+    return and_(_json_text_like(document, contains_pattern(written), *removed), exact)
 
 
 def _pg_case_folding(engine: Engine, dbapi_connection: Any) -> None:

@@ -20,6 +20,7 @@ from certctl.pki.names import (
     common_name_dn,
     format_dn,
     parse_dn,
+    san_search_forms,
     validate_dns_name,
 )
 
@@ -554,3 +555,21 @@ def test_a_labels_that_decode_to_nothing_valid_are_refused(label: str) -> None:
 def test_a_pattern_written_broadest_first_is_recognised(pattern: str, reversed_: bool) -> None:
     # The server logs a warning for these at start: they would silently match nothing.
     assert DNPattern(pattern).looks_reversed is reversed_
+
+
+@pytest.mark.parametrize(
+    ("text", "forms"),
+    [
+        ("API2.Example.com", ("api2.example.com",)),
+        ("Bücher.example", ("xn--bcher-kva.example",)),
+        ("BÜCHER", ("xn--bcher-kva",)),
+        ("jane@Bücher.example", ("jane@xn--bcher-kva.example",)),
+        ("2001:DB8:0:0::7", ("2001:db8:0:0::7", "2001:db8::7")),
+        ("::ffff:10.0.0.5", ("::ffff:10.0.0.5", "10.0.0.5")),
+        ("fe80::1%eth0", ("fe80::1%eth0",)),  # a zone is never stored: no address form
+        ("ÖBB Gateway", ()),  # no host name: no stored SAN can contain it
+        ("jö@example.com", ()),  # a local part is ASCII
+    ],
+)
+def test_san_search_forms_are_spelled_as_sans_are_stored(text: str, forms: tuple[str, ...]) -> None:
+    assert san_search_forms(text) == forms
