@@ -406,6 +406,32 @@ def test_q_folds_non_ascii_letters_on_every_backend(api: Api) -> None:
     assert ids("Ö%") == set()  # still a substring, not a pattern
 
 
+def test_an_empty_subject_has_a_critical_san_however_it_is_issued(api: Api, tmp_path: Path) -> None:
+    """RFC 5280 4.2.1.6: a certificate with an empty subject has its SAN extension critical,
+    as openssl reads it: from names (server-side key), from a CSR without a subject, and
+    in the renewal of such a certificate. The API takes an empty subject where the offline
+    ``cert issue`` asks for --cn: the SPIFFE X.509-SVIDs it issues often have none."""
+    key = generate_private_key(KeyType.EC_P256)
+    csr = create_csr(key, x509.Name([]), SubjectAltNames.parse(dns=["csr.example.com"]))
+    from_csr = api.post(
+        CERTS, api.admin_key, json={"csr": csr.public_bytes(serialization.Encoding.PEM).decode()}
+    )
+    assert from_csr.status_code == 201, from_csr.text
+    generated = api.issue(common_name="", dns_names=["api.example.com"], ip_addresses=["::1"])
+    renewed = api.post(f"{CERTS}/{generated['id']}/renew", api.admin_key, json={})
+    assert renewed.status_code == 201, renewed.text
+    for name, pem in (
+        ("csr", from_csr.json()["certificate_pem"]),
+        ("generated", generated["certificate_pem"]),
+        ("renewed", renewed.json()["certificate_pem"]),
+    ):
+        path = tmp_path / f"{name}.pem"
+        path.write_text(pem)
+        text = ok(run("openssl", "x509", "-in", path, "-noout", "-text")).stdout
+        assert re.search(r"^\s*Subject: *$", text, re.MULTILINE), (name, text)
+        assert "X509v3 Subject Alternative Name: critical" in text, (name, text)
+
+
 def test_q_matches_subject_alternative_names(api: Api) -> None:
     """Before, q searched the common name, subject and serial only: q=api2.example.com missed
     the certificate of api.example.com that also covers it, and a SPIFFE workload
