@@ -11,6 +11,7 @@ from sqlalchemy import delete, event, update
 
 from certctl.services import rbac
 from certctl.store.models import Actor, ApiKey, Role
+from tests._generation import count_generation_reads
 from tests.api.conftest import Api, assert_problem
 
 KEYS = "/api/v1/auth/apikeys"
@@ -180,14 +181,7 @@ def test_a_remembered_key_reads_only_the_credential_generation(
         assert api.get(WHOAMI, key).status_code == 200
     cache = rbac._key_cache(api.services.engine)
     assert cache is not None
-    reads: list[int | None] = []
-    read = cache._read_generation
-
-    def counted() -> int | None:
-        reads.append(read())
-        return reads[-1]
-
-    monkeypatch.setattr(cache, "_read_generation", counted)
+    reads = count_generation_reads(api.services.engine, monkeypatch)
     statements: list[str] = []
 
     def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:

@@ -22,8 +22,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from certctl.api.app import ClientCertMapping, create_app
 from certctl.server.tls import client_certificate_extension
-from certctl.services import issuance, rbac
+from certctl.services import issuance
 from certctl.store.models import CertificateRecord, Issuer, Role
+from tests._generation import count_generation_reads
 from tests.api.conftest import Api, assert_problem
 
 if TYPE_CHECKING:
@@ -225,16 +226,7 @@ def test_a_remembered_client_certificate_reads_no_store_on_the_event_loop(
     assert mtls.permissions() == ["cert.read"]
     first = mtls.statements[:]
     mtls.statements.clear()
-    cache = rbac._key_cache(api.services.engine)
-    assert cache is not None
-    reads: list[int | None] = []
-    read = cache._read_generation
-
-    def counted() -> int | None:
-        reads.append(read())
-        return reads[-1]
-
-    monkeypatch.setattr(cache, "_read_generation", counted)
+    reads = count_generation_reads(api.services.engine, monkeypatch)
     for _ in range(3):
         assert mtls.permissions() == ["cert.read"]
     assert mtls.statements == []  # none through the pool

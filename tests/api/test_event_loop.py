@@ -292,9 +292,6 @@ def test_a_flood_of_bad_keys_writes_its_audit_rows_one_at_a_time(api: Api) -> No
     import threading
     import time
 
-    import anyio
-    import httpx2
-
     in_flight, most = [0], [0]
     lock = threading.Lock()
 
@@ -308,24 +305,10 @@ def test_a_flood_of_bad_keys_writes_its_audit_rows_one_at_a_time(api: Api) -> No
         with lock:
             in_flight[0] -= 1
 
-    async def flood() -> list[int]:
-        transport = httpx2.ASGITransport(app=api.client.app)
-        async with httpx2.AsyncClient(transport=transport, base_url="https://t") as client:
-            answers = await asyncio.gather(
-                *(
-                    client.get(
-                        "/api/v1/auth/whoami",
-                        headers={"Authorization": f"Bearer cctl_{i:016x}_{'x' * 43}"},
-                    )
-                    for i in range(12)
-                )
-            )
-        return [r.status_code for r in answers]
-
     before = sum(e["action"] == "auth.failure" for e in api.audit())
     event.listen(api.services.engine, "before_cursor_execute", slow)
     try:
-        assert anyio.run(flood) == [401] * 12
+        assert _bad_keys_at_once(api.client.app) == [401] * 12
     finally:
         event.remove(api.services.engine, "before_cursor_execute", slow)
     assert most[0] == 1
@@ -340,14 +323,23 @@ def test_a_burst_of_bad_keys_from_one_address_is_throttled_at_the_limit(api: Api
     address all passed the check before any failure was counted: 12 guesses, 12 keys looked
     up, where the limit allows 3.
     """
-    import anyio
-    import httpx2
 
     from certctl.api.app import AUTH_READ_THREADS, create_app
     from certctl.api.throttle import AuthFailureLimiter
 
     limit = 3
     app = create_app(api.services, auth_failure_limiter=AuthFailureLimiter(limit, 60))
+
+    statuses = _bad_keys_at_once(app)
+    assert set(statuses) == {401, 429}, statuses
+    # At most the guesses already in authentication's threads when the limit was reached.
+    assert statuses.count(401) <= limit + AUTH_READ_THREADS - 1, statuses
+
+
+def _bad_keys_at_once(app: Any, n: int = 12) -> list[int]:
+    """The statuses of ``n`` whoami requests sent at once, each with another unknown key."""
+    import anyio
+    import httpx2
 
     async def burst() -> list[int]:
         transport = httpx2.ASGITransport(app=app)
@@ -358,12 +350,9 @@ def test_a_burst_of_bad_keys_from_one_address_is_throttled_at_the_limit(api: Api
                         "/api/v1/auth/whoami",
                         headers={"Authorization": f"Bearer cctl_{i:016x}_{'x' * 43}"},
                     )
-                    for i in range(12)
+                    for i in range(n)
                 )
             )
         return [r.status_code for r in answers]
 
-    statuses = anyio.run(burst)
-    assert set(statuses) == {401, 429}, statuses
-    # At most the guesses already in authentication's threads when the limit was reached.
-    assert statuses.count(401) <= limit + AUTH_READ_THREADS - 1, statuses
+    return anyio.run(burst)

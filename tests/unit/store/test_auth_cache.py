@@ -22,6 +22,7 @@ from certctl.server.config import load_config
 from certctl.services import rbac
 from certctl.services.context import Principal, Services
 from certctl.store.models import ApiKey
+from tests._generation import count_generation_reads
 from tests.api.conftest import BACKENDS, _truncate_all
 
 ADMIN = Principal("admin", ("r-admin",), frozenset({"*"}), "api_key")
@@ -193,14 +194,7 @@ def test_the_counter_is_read_again_only_after_a_commit(
     cache = rbac._key_cache(a.engine)
     assert cache is not None
     assert (cache._wal_index is not None) is sqlite
-    reads: list[int | None] = []
-    read = cache._read_generation
-
-    def counted() -> int | None:
-        reads.append(read())
-        return reads[-1]
-
-    monkeypatch.setattr(cache, "_read_generation", counted)
+    reads = count_generation_reads(a.engine, monkeypatch)
     statements: list[str] = []
     event.listen(a.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     for _ in range(3):
