@@ -783,7 +783,8 @@ class _KeyCache:
     read the database again: any revocation, deletion, role or key change invalidates every
     entry, while issuing certificates (the common write) does not. Expiry is checked against
     the cached expiry time; an entry whose ``last_used_at`` is a minute old takes the slow
-    path, which writes it. Revoked, expired or unknown keys are never cached.
+    path, which writes it. Revoked, expired or unknown keys are never cached. A counter seen
+    to go back (a restore, a failover) trusts nothing remembered before (``_read_generation``).
 
     PostgreSQL: one read of the counter per request (``_PostgresCounter``). SQLite: that read
     costs ~4 µs and two ``fcntl`` calls in a loop, several times that between requests
@@ -801,6 +802,12 @@ class _KeyCache:
     ) -> None:
         self._counter = counter
         self._entries: dict[str, _CachedKey] = {}
+        # What version() hands out: the counter plus _offset, which grows whenever the counter
+        # is seen to go back (_read_generation); _highest is the largest version handed out.
+        self._generation_lock = threading.Lock()
+        self._last_raw = -1
+        self._offset = 0
+        self._highest = -1
         # (WAL-index header, generation read after it) at the last read of the counter.
         self._seen: tuple[bytes, int] | None = None
         self._wal_index: mmap.mmap | None = None
@@ -826,7 +833,27 @@ class _KeyCache:
         return generation
 
     def _read_generation(self) -> int | None:
-        return self._counter.read()
+        raw = self._counter.read()
+        if raw is None:
+            return None
+        with self._generation_lock:
+            if raw < self._last_raw:
+                # The counter went back: a database restored from a backup, a failover to a
+                # standby that lagged, migration 0003 undone and applied again. The rows at a
+                # value it reaches again need not be those an entry was read from, so every
+                # version handed out from now on is above any handed out before (entries and
+                # remembered client certificates compare versions for equality).
+                self._offset = self._highest + 1 - raw
+                log.warning(
+                    "credential generation went back (%d -> %d): remembered keys and client "
+                    "certificates are read again",
+                    self._last_raw,
+                    raw,
+                )
+            self._last_raw = raw
+            version = raw + self._offset
+            self._highest = max(self._highest, version)
+        return version
 
     def authenticate(self, presented: str, source: str, timestamp: float) -> Principal | None:
         """The principal of a presented key cached at the current generation, else None.

@@ -304,3 +304,26 @@ def test_postgresql_a_truncate_elsewhere_applies_to_the_next_request(
     finally:
         a.engine.dispose()
         b.engine.dispose()
+
+
+def test_a_counter_that_went_back_trusts_no_key_remembered_before(
+    pair: tuple[Services, Services, Principal],
+) -> None:
+    """A database restored from a backup, a failover to a standby that lagged, or migration
+    0003 undone and applied again sets the counter back: a key remembered at a value it
+    reaches again must not be trusted, since the rows at that value may be others. Before,
+    a key deleted after it was remembered authenticated again from memory."""
+    a, b, admin = pair
+    key = _mint(b, admin, "restored", ["r-viewer"])
+    rbac.authenticate_api_key(a, key, "")
+    rbac.authenticate_api_key(a, key, "")  # remembered at the counter's value now
+    with b.engine.begin() as connection:
+        remembered = connection.execute(text(rbac._GENERATION_SQL)).scalar_one()
+        connection.execute(text("DELETE FROM api_keys WHERE id = :id"), {"id": key.split("_")[1]})
+    with pytest.raises(rbac.AuthFailure):
+        rbac.authenticate_api_key(a, key, "")  # the counter moved on: read, and refused
+    with b.engine.begin() as connection:  # back to the value the key was remembered at
+        connection.execute(text("UPDATE auth_generation SET value = :v"), {"v": remembered})
+    with pytest.raises(rbac.AuthFailure) as failure:
+        rbac.authenticate_api_key(a, key, "")
+    assert failure.value.reason == "invalid"
