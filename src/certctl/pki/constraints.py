@@ -108,10 +108,10 @@ def _within(value: str | x509.Name, base: x509.GeneralName) -> bool:
         constraint = base.value.lower()
         if "@" in constraint:  # one mailbox
             return value.lower() == constraint
-        return _host_within(value.rpartition("@")[2], constraint)
+        return _host_within(value.rpartition("@")[2], constraint, below=False)
     if isinstance(base, x509.UniformResourceIdentifier):
         host = urlsplit(value).hostname
-        return host is not None and _host_within(host, base.value)
+        return host is not None and _host_within(host, base.value, below=False)
     return False
 
 
@@ -120,14 +120,16 @@ def _canonical(rdn: x509.RelativeDistinguishedName) -> frozenset[tuple[str, str]
     return frozenset((a.oid.dotted_string, " ".join(str(a.value).split()).lower()) for a in rdn)
 
 
-def _host_within(host: str, constraint: str) -> bool:
-    # "corp.example" covers itself and every name below it; ".corp.example" only those below.
+def _host_within(host: str, constraint: str, *, below: bool = True) -> bool:
+    # ".corp.example" covers only the names below it. "corp.example" covers itself and, for
+    # a DNS name, every name below it; for an e-mail address's domain or a URI's host that
+    # host alone (RFC 5280 4.2.1.10, and OpenSSL refuses alice@sub.corp.example under it).
     host, base = host.lower().rstrip("."), constraint.lower().rstrip(".")
     if not base:
         return True
     if base.startswith("."):
         return host.endswith(base)
-    return host == base or host.endswith("." + base)
+    return host == base or (below and host.endswith("." + base))
 
 
 def _host_common_names(subject: x509.Name) -> list[str]:
