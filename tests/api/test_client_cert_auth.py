@@ -165,6 +165,24 @@ def test_a_role_change_applies_to_the_very_next_request(mtls: Mtls) -> None:
     assert mtls.permissions() == []
 
 
+def test_a_counter_set_back_trusts_no_client_certificate_remembered_before(mtls: Mtls) -> None:
+    """A restore or a failover sets the credential counter back: before, a certificate
+    remembered at a value it reached again kept the permissions it had then."""
+    api = mtls.api
+    carol = _client_cert(api, "carol")
+    mtls.present(carol["certificate_pem"], "default")
+    assert mtls.permissions() == ["cert.read"]
+    assert mtls.permissions() == ["cert.read"]  # remembered now
+    with api.services.engine.connect() as connection:
+        remembered = connection.execute(text("SELECT value FROM auth_generation")).scalar_one()
+    _elsewhere(api, update(Role).where(Role.id == "r-mtls").values(permissions=["metrics.read"]))
+    # Another request sees the counter move on while carol is idle (hers would replace
+    # what is remembered); then it goes back to the value carol was remembered at.
+    assert api.get(WHOAMI, api.admin_key).status_code == 200
+    _elsewhere(api, text("UPDATE auth_generation SET value = :v").bindparams(v=remembered))
+    assert mtls.permissions() == ["metrics.read"]
+
+
 def test_a_revoked_issuer_refuses_the_client_certificates_under_it(mtls: Mtls) -> None:
     api = mtls.api
     for sub in ("sub", "other"):
