@@ -105,9 +105,13 @@ def _within(value: str | x509.Name, base: x509.GeneralName) -> bool:
     if isinstance(base, x509.DNSName):
         return _host_within(value, base.value)
     if isinstance(base, x509.RFC822Name):
-        constraint = base.value.lower()
+        constraint = base.value
         if "@" in constraint:  # one mailbox
-            return value.lower() == constraint
+            # The local part as written, the domain in either case (RFC 5280 4.2.1.10 and
+            # OpenSSL, which refuses Alice@corp.example under alice@corp.example).
+            local, _, domain = constraint.rpartition("@")
+            value_local, _, value_domain = value.rpartition("@")
+            return value_local == local and _host_within(value_domain, domain, below=False)
         return _host_within(value.rpartition("@")[2], constraint, below=False)
     if isinstance(base, x509.UniformResourceIdentifier):
         host = urlsplit(value).hostname

@@ -74,3 +74,22 @@ def test_a_host_exclusion_excludes_that_host_alone(
     else:
         with pytest.raises(InvalidRequest, match="excluded by the issuing CA's name constraints"):
             check_name_constraints(constraints, NAME, names)
+
+
+@pytest.mark.parametrize(
+    ("email", "allowed"),
+    [
+        ("alice@corp.example", True),
+        ("alice@CORP.example", True),  # the domain in either case
+        ("Alice@corp.example", False),  # the local part as written: OpenSSL refuses it
+        ("bob@corp.example", False),
+    ],
+)
+def test_a_mailbox_constraint_compares_the_local_part_as_written(email: str, allowed: bool) -> None:
+    constraints = _constraint([x509.RFC822Name("alice@corp.example")], [])
+    names = SubjectAltNames.parse(email=[email])
+    if allowed:
+        check_name_constraints(constraints, NAME, names)
+    else:
+        with pytest.raises(InvalidRequest, match="outside the issuing CA's name constraints"):
+            check_name_constraints(constraints, NAME, names)
