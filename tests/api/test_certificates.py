@@ -456,8 +456,15 @@ def test_q_matches_subject_alternative_names(api: Api) -> None:
     street = api.issue(
         common_name="shop.example.net", dns_names=["shop.example.net", "straße.de", "webmail.de"]
     )
-    # JSON escapes '"' and '\\' in the stored text; here they spell a key.
-    quoted = api.issue(common_name="", dns_names=[], uris=['urn:x:"uri":a\\b'])
+    # JSON escapes '"' and '\\' in the stored text; here they spell a key. No URI SAN holds
+    # them now (RFC 3986: percent-encoded), but a row stored before that may.
+    quoted = api.issue(common_name="", dns_names=[], uris=["urn:x:quoted"])
+    with api.services.engine.begin() as connection:
+        connection.execute(
+            CertificateRecord.__table__.update()
+            .where(CertificateRecord.__table__.c.id == quoted["id"])
+            .values(sans={"dns": [], "ip": [], "email": [], "uri": ['urn:x:"uri":a\\b']})
+        )
     stored = api.get(f"{CERTS}/{books['id']}", api.admin_key).json()["sans"]
     assert stored["dns"] == ["xn--bcher-kva.example"]
 

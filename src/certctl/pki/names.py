@@ -458,10 +458,24 @@ def _validate_email(value: str) -> str:
         raise InvalidRequest(f"{value}: not a valid e-mail address: {exc.detail}") from None
 
 
+# RFC 3986 2.2-2.3: the characters a URI holds unencoded (reserved and unreserved); any other
+# is percent-encoded. Signed as given, a quote, angle bracket, backslash or control character
+# in a URI SAN reached every tool that shows or parses the certificate.
+_URI_CHARACTERS = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?#[]@!$&'()*+,;=%"
+)
+_PERCENT_ENCODED = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
 def _validate_uri(value: str) -> str:
     text = value.strip()
     if not text.isascii() or any(c.isspace() for c in text):
         raise InvalidRequest(f"{value}: URIs must be ASCII without spaces")
+    bad = next((c for c in text if c not in _URI_CHARACTERS), None)
+    if bad is not None:
+        raise InvalidRequest(f"{value}: not a valid URI: {bad!r} must be percent-encoded")
+    if _PERCENT_ENCODED.search(text):
+        raise InvalidRequest(f"{value}: not a valid URI: '%' not followed by two hex digits")
     parts = urlsplit(text)
     if not parts.scheme or not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*$", parts.scheme):
         raise InvalidRequest(f"{value}: URI needs a scheme (e.g. spiffe://, https://)")

@@ -394,6 +394,15 @@ def test_an_ipv4_mapped_address_is_issued_as_ipv4() -> None:
         ({"uri": ["https:"]}, "https:: URI has nothing after the scheme"),
         ({"uri": ["http://a b"]}, "URIs must be ASCII without spaces"),
         ({"uri": ["https://bücher.example/"]}, "URIs must be ASCII without spaces"),
+        # RFC 3986 2: what a URI cannot hold unencoded. Signed as given, such a name reached
+        # every tool that shows or parses the certificate (HTML, quotes, escapes).
+        ({"uri": ['urn:x:"uri"']}, 'urn:x:"uri": not a valid URI: \'"\' must be percent-encoded'),
+        ({"uri": ["https://x.example/<a>"]}, "not a valid URI: '<' must be percent-encoded"),
+        ({"uri": ["urn:x:a\\b"]}, "not a valid URI: '\\\\' must be percent-encoded"),
+        ({"uri": ["https://x.example/{a}|^`"]}, "not a valid URI: '{' must be percent-encoded"),
+        ({"uri": ["urn:x:\x01"]}, "not a valid URI: '\\x01' must be percent-encoded"),
+        ({"uri": ["https://x.example/100%"]}, "not a valid URI: '%' not followed by two hex"),
+        ({"uri": ["https://x.example/%zz"]}, "not a valid URI: '%' not followed by two hex"),
     ],
 )
 def test_san_parse_refuses(kwargs: dict[str, list[str]], message: str) -> None:
@@ -573,3 +582,13 @@ def test_a_pattern_written_broadest_first_is_recognised(pattern: str, reversed_:
 )
 def test_san_search_forms_are_spelled_as_sans_are_stored(text: str, forms: tuple[str, ...]) -> None:
     assert san_search_forms(text) == forms
+
+
+def test_san_parse_keeps_rfc_3986_uris_as_given() -> None:
+    uris = [
+        "https://x.example/a%20b?q=1&r=[2]#frag",
+        "spiffe://example.org/ns/a-b_c.d~e/sa/f",
+        "urn:uuid:0b9e8c5e-3b7a-4c1e-9d5e-4b1a2c3d4e5f",
+        "ldap://[2001:db8::7]/cn=x,dc=example;x=!$'()*+",
+    ]
+    assert SubjectAltNames.parse(uri=uris).uri == tuple(uris)
