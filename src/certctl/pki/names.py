@@ -449,7 +449,10 @@ def _is_a_label(label: str) -> bool:
 
 def _validate_email(value: str) -> str:
     local, sep, domain = value.strip().rpartition("@")
-    if not sep or not domain or not _LOCAL_PART.match(local):
+    # A dot-atom (RFC 5322 3.4.1: no dot first, last or twice) of at most 64 octets (RFC
+    # 5321 4.5.3.1.1): what mail software takes, so what a client certificate should name.
+    dot_atom = not (local.startswith(".") or local.endswith(".") or ".." in local)
+    if not sep or not domain or not _LOCAL_PART.match(local) or not dot_atom or len(local) > 64:
         raise InvalidRequest(f"{value}: not a valid e-mail address")
     try:
         return f"{local}@{validate_dns_name(domain, allow_wildcard=False)}"
@@ -465,12 +468,16 @@ _URI_CHARACTERS = frozenset(
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/?#[]@!$&'()*+,;=%"
 )
 _PERCENT_ENCODED = re.compile(r"%(?![0-9A-Fa-f]{2})")
+# SPIFFE's limit on an ID (2,048 bytes); no URI a certificate names needs more.
+_URI_MAX = 2048
 
 
 def _validate_uri(value: str) -> str:
     text = value.strip()
     if not text.isascii() or any(c.isspace() for c in text):
         raise InvalidRequest(f"{value}: URIs must be ASCII without spaces")
+    if len(text) > _URI_MAX:
+        raise InvalidRequest(f"{text[:40]}…: not a valid URI: longer than {_URI_MAX} characters")
     bad = next((c for c in text if c not in _URI_CHARACTERS), None)
     if bad is not None:
         raise InvalidRequest(f"{value}: not a valid URI: {bad!r} must be percent-encoded")

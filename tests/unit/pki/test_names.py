@@ -403,6 +403,13 @@ def test_an_ipv4_mapped_address_is_issued_as_ipv4() -> None:
         ({"uri": ["urn:x:\x01"]}, "not a valid URI: '\\x01' must be percent-encoded"),
         ({"uri": ["https://x.example/100%"]}, "not a valid URI: '%' not followed by two hex"),
         ({"uri": ["https://x.example/%zz"]}, "not a valid URI: '%' not followed by two hex"),
+        # A dot-atom (RFC 5322 3.4.1) of at most 64 octets (RFC 5321 4.5.3.1.1).
+        ({"email": [".a@example.com"]}, ".a@example.com: not a valid e-mail address"),
+        ({"email": ["a.@example.com"]}, "not a valid e-mail address"),
+        ({"email": ["a..b@example.com"]}, "not a valid e-mail address"),
+        ({"email": [f"{'a' * 65}@example.com"]}, "not a valid e-mail address"),
+        # SPIFFE's limit on an ID; nothing longer belongs in a certificate.
+        ({"uri": [f"urn:x:{'a' * 2043}"]}, "not a valid URI: longer than 2048 characters"),
     ],
 )
 def test_san_parse_refuses(kwargs: dict[str, list[str]], message: str) -> None:
@@ -455,7 +462,7 @@ _dns = st.one_of(_hostname, _hostname.map(lambda h: "*." + h))
 _ip = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str)
 _email = st.builds(
     lambda local, host: f"{local}@{host}",
-    st.from_regex(r"\A[a-zA-Z0-9._%+-]{1,20}\Z"),
+    st.from_regex(r"\A[a-zA-Z0-9_%+-]{1,10}(\.[a-zA-Z0-9_%+-]{1,9})?\Z"),  # a dot-atom
     _hostname,
 )
 _uri = st.builds(
