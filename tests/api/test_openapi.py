@@ -205,3 +205,11 @@ def test_the_san_fields_are_documented_as_taken_and_as_stored(api: Api) -> None:
     stored = api.issue(common_name="doc.example.com", uris=["urn:example:doc"])
     got = api.get(f"/api/v1/certificates/{stored['id']}", api.admin_key).json()
     assert list(got["sans"]) == sans["required"]
+
+
+def test_the_common_name_is_documented_as_optional_beside_a_san(api: Api) -> None:
+    """A SPIFFE workload's request has no common_name: the schema must say when that is taken."""
+    body = api.get("/api/v1/openapi.json").json()["components"]["schemas"]["CertificateIssue"]
+    text = body["properties"]["common_name"]["description"]
+    assert "may be left out when a SAN is given" in text
+    assert "empty subject" in text

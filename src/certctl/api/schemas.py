@@ -94,7 +94,12 @@ class CertificateIssue(_Body):
 
     issuer: str = "default"
     csr: str | None = Field(default=None, max_length=100_000)
-    common_name: str = Field(default="", max_length=64)
+    common_name: str = Field(
+        default="",
+        max_length=64,
+        description="may be left out when a SAN is given: an empty subject, the SAN extension "
+        "critical; a server certificate given no SAN gets it as its DNS or IP SAN",
+    )
     dns_names: list[str] = Field(
         default_factory=list, max_length=100, description="DNS SANs ('*.example.com' allowed)"
     )

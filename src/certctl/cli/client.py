@@ -964,7 +964,11 @@ def apikeys_revoke(
 
 @certs_app.command("issue")
 def certs_issue(
-    cn: str = typer.Option("", "--cn", help="Common name."),
+    cn: str = typer.Option(
+        "",
+        "--cn",
+        help="Common name; may be left out when a SAN is given (the subject is then empty).",
+    ),
     dns: list[str] = typer.Option(
         [], "--dns", metavar="DNS", help="DNS SAN (repeatable, or a comma-separated list)."
     ),
@@ -1165,7 +1169,8 @@ def certs_list(
         None,
         "--query",
         "-q",
-        help="Search in common name, subject, serial and SANs (DNS, IP, e-mail, URI).",
+        help="Substring, in either case (not a pattern), of the common name, subject, serial "
+        "or a SAN (DNS, IP, e-mail, URI).",
     ),
     # The first spelling, named after the API's `q` parameter; hidden, kept for old scripts.
     q: str = typer.Option(None, "--q", hidden=True),

@@ -659,6 +659,8 @@ def test_issue_help_says_where_the_key_goes() -> None:
     assert "without --out it holds the generated private key (private_key_pem)" in text
     assert "Sign this CSR (PEM or DER)" in text
     assert "ec-p256, ec-p384, ed25519, rsa-2048|3072|4096" in text
+    # --uri alone issues a certificate with an empty subject: --cn must not read as required.
+    assert "Common name; may be left out when a SAN is given (the subject is then empty)" in text
 
 
 def test_issuers_revoke_help_says_a_compromise_replaces_an_earlier_reason() -> None:
@@ -793,6 +795,8 @@ def test_certs_list_help_shows_query_not_q() -> None:
     proc = certctl("certs", "list", "--help", env={})
     assert "-q, --query" in proc.stdout
     assert "--q " not in proc.stdout
+    text = " ".join(proc.stdout.split())
+    assert "Substring, in either case (not a pattern), of the common name, subject, serial" in text
 
 
 def test_upper_case_argument_metavars() -> None:
