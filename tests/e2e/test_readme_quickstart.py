@@ -181,6 +181,64 @@ def test_readme_issuers_walk_through_works_verbatim(
     assert '"status": "revoked"' in result.stdout
 
 
+def test_readme_email_and_uri_certificates_work_verbatim(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    """ "Certificates for people and workloads": both CLI examples, then `-q` finds the URI."""
+    section = " ".join(_section().split())
+    section = section[section.index("Certificates for people and workloads") :]
+    commands = re.findall(r"`(certctl certs issue [^`]+)`", section)[:2]
+    assert [c.split()[3] for c in commands] == ["--cn", "--uri"], commands
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    env |= {
+        "PATH": f"{ROOT / '.venv' / 'bin'}:{env['PATH']}",
+        "CERTCTL_URL": default_server.url,
+        "CERTCTL_CA_CERT": str(default_server.ca),
+        "CERTCTL_API_KEY": default_server.admin_key,
+    }
+    ids = [
+        json.loads(ok(run("bash", "-c", c, cwd=tmp_path, env=env)).stdout)["id"] for c in commands
+    ]
+    alice = ok(
+        run(
+            "openssl",
+            "x509",
+            "-in",
+            str(tmp_path / "alice" / "tls.crt"),
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        )
+    )
+    assert "email:alice@example.com" in alice.stdout
+    api = ok(
+        run(
+            "openssl",
+            "x509",
+            "-in",
+            str(tmp_path / "api" / "tls.crt"),
+            "-noout",
+            "-subject",
+            "-ext",
+            "subjectAltName",
+        )
+    )
+    assert "Subject Alternative Name: critical" in api.stdout
+    assert "URI:spiffe://example.org/ns/payments/sa/api" in api.stdout
+    # "`-q spiffe://example.org/ns/payments` the workloads that have no subject"
+    assert "`-q spiffe://example.org/ns/payments`" in " ".join(_section().split())
+    found = ok(
+        run(
+            "bash",
+            "-c",
+            "certctl certs list -q spiffe://example.org/ns/payments",
+            cwd=tmp_path,
+            env=env,
+        )
+    )
+    assert ids[1] in [c["id"] for c in json.loads(found.stdout)["items"]]
+
+
 TOUR = "## Five-minute tour"
 
 
