@@ -468,9 +468,10 @@ def migrate(engine: Engine) -> None:
                 config.attributes["connection"] = connection
                 applied: list[str] = []
                 config.attributes["applied"] = applied
+                started = time.monotonic()
                 with _alembic_quiet():
                     command.upgrade(config, "head")
-            _log_applied(stored, applied)
+            _log_applied(stored, applied, time.monotonic() - started)
             return
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) != _PG_LOCK_NOT_AVAILABLE:
@@ -503,14 +504,18 @@ def _alembic_quiet() -> Iterator[None]:
         alembic_log.setLevel(level)
 
 
-def _log_applied(stored: list[str], applied: list[str]) -> None:
+def _log_applied(stored: list[str], applied: list[str], seconds: float) -> None:
+    # With its duration (commit included): a migration that runs ANALYZE (0014) or rewrites a
+    # table takes a while on a large store, and the operator waiting for the start sees why.
     if not applied:
         return
     names = applied[0] if len(applied) == 1 else f"{applied[0]} to {applied[-1]}"
     if stored:
-        log.info("migrated the database schema from %s: applied %s", stored[0], names)
+        log.info(
+            "migrated the database schema from %s: applied %s in %.2f s", stored[0], names, seconds
+        )
     else:
-        log.info("created the database schema: applied %s", names)
+        log.info("created the database schema: applied %s in %.2f s", names, seconds)
 
 
 # A migration's ALTER TABLE waits for every transaction that has read the table (pg_dump, a
