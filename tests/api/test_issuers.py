@@ -1453,3 +1453,138 @@ def test_a_certificates_pem_is_served_without_unwrapping_its_issuers_key(api: Ap
     served = x509.load_pem_x509_certificates(pem.content)
     assert served == [_cert(issued["certificate_pem"]), _cert(r.json()["certificate_pem"])]
     assert api.services.cached_issuer("sub") is None
+
+
+def _same_key_twins(api: Api) -> tuple[x509.Certificate, x509.Certificate]:
+    """Intermediate ``sub``; ``twin``, another certificate of its key from ``default``;
+    ``cross``, one cross-signed by a root certctl does not hold, with ``cross-sub`` below it;
+    and ``root-twin``, a self-signed one.
+    """
+    from certctl.pki import get_profile
+
+    sub = _intermediate(api, "sub", path_length=1)
+    sub_ca = issuance.load_issuer(api.services, "sub")
+    default = issuance.load_issuer(api.services, "default")
+    key_pem = key_to_pem(sub_ca.private_key).decode()
+    other_root_key = generate_private_key(KeyType.EC_P256)
+    other_root = CertificateAuthority(
+        create_root_ca(
+            other_root_key,
+            common_name_dn("Other Root"),
+            validity=timedelta(days=90),
+            now=api.clock(),
+        ).certificate,
+        other_root_key,
+    )
+    twins = []
+    for issuer_id, parent in (("twin", default), ("cross", other_root)):
+        cert = parent.issue(
+            sub_ca.private_key.public_key(),
+            sub.subject,
+            profile=get_profile("intermediate").with_path_length(1),
+            validity=timedelta(days=60),
+            now=api.clock(),
+        ).certificate
+        pem = (cert, parent.certificate)
+        r = api.post(
+            ISSUERS,
+            api.admin_key,
+            json={
+                "id": issuer_id,
+                "certificate_pem": b"".join(c.public_bytes(Encoding.PEM) for c in pem).decode(),
+                "private_key_pem": key_pem,
+            },
+        )
+        assert r.status_code == 201, r.text
+        twins.append(cert)
+    r = api.post(ISSUERS, api.admin_key, json={"id": "cross-sub", "parent": "cross"})
+    assert r.status_code == 201, r.text
+    # And a root of the key (the root a cross-signed certificate stands for).
+    root = create_root_ca(
+        sub_ca.private_key, sub.subject, validity=timedelta(days=60), now=api.clock()
+    ).certificate
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "root-twin",
+            "certificate_pem": root.public_bytes(Encoding.PEM).decode(),
+            "private_key_pem": key_pem,
+        },
+    )
+    assert r.status_code == 201, r.text
+    return twins[0], twins[1]
+
+
+@pytest.mark.parametrize(
+    "reason", ["keyCompromise", "cACompromise", "superseded, then keyCompromise"]
+)
+def test_a_compromised_intermediates_key_issues_nothing_under_another_certificate(
+    api: Api, reason: str
+) -> None:
+    # A re-issued or cross-signed certificate of a CA revoked for a compromise, imported under
+    # another id, went on signing with the key declared compromised (only the same
+    # certificate, or CAs below it, refused). Now every certificate of the key refuses, here
+    # and in another process at its refresh; the one its certctl parent signed is on that
+    # parent's CRL, as keyCompromise revokes every certificate of a key.
+    twin, cross = _same_key_twins(api)
+    other = Services(api.services.engine, api.services.sessions, api.services.wrapper, api.clock)
+    for issuer_id in ("twin", "cross", "cross-sub", "root-twin"):
+        api.issue(issuer=issuer_id, common_name=f"{issuer_id}.example.com")  # cached here
+        assert issuance.load_issuer_state(other, issuer_id)[1] is None  # and there
+    if reason.startswith("superseded"):
+        r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "superseded"})
+        assert r.status_code == 200, r.text
+        # No compromise: the key's other certificates go on.
+        for issuer_id in ("twin", "cross", "cross-sub", "root-twin"):
+            api.issue(issuer=issuer_id, common_name=f"{issuer_id}.example.com")
+        assert issuance.refresh_cached_issuers(other) == []
+        assert _crl_entry(api, "default", twin.serial_number) is None
+        reason = "keyCompromise"
+        api.clock.advance(minutes=5)
+
+    r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": reason})
+
+    assert r.status_code == 200, r.text
+    before = api.counts()
+    for issuer_id, refusal, why in (
+        ("twin", f"issuer twin was revoked on {api.clock.now:%Y-%m-%d %H:%M}Z ({reason}) and", ""),
+        ("cross", "issuer cross holds the key of issuer sub, revoked on ", "key was compromised"),
+        ("cross-sub", "issuer cross-sub is below issuer sub, revoked on ", ""),
+        ("root-twin", "issuer root-twin holds the key of issuer sub, ", "key was compromised"),
+    ):
+        body = {"issuer": issuer_id, "common_name": "x.example.com"}
+        detail = assert_problem(api.post(CERTS, api.admin_key, json=body), 409)["detail"]
+        assert detail.startswith(refusal), detail
+        assert f"({reason})" in detail, detail
+        assert why in detail, detail
+    assert api.counts() == before
+    # twin is listed on default's CRL with the reason; cross's parent is not certctl's.
+    entry = _crl_entry(api, "default", twin.serial_number)
+    assert entry is not None
+    assert entry.revocation_date_utc == api.clock.now
+    assert api.get(f"{ISSUERS}/twin", api.admin_key).json()["revocation_reason"] == reason
+    assert api.get(f"{ISSUERS}/cross", api.admin_key).json()["status"] == "active"
+    # Another process drops them at its refresh and refuses too.
+    stale = ["cross", "cross-sub", "root-twin", "twin"]
+    assert sorted(issuance.refresh_cached_issuers(other)) == stale
+    for issuer_id in stale:
+        revoked = issuance.load_issuer_state(other, issuer_id)[1]
+        assert revoked is not None
+        assert revoked.reason == reason
+    # A later import of a certificate of the key, as a CA, is refused; nothing stored.
+    sub_ca = issuance.load_issuer(api.services, "cross")
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "cross-again",
+            "certificate_pem": cross.public_bytes(Encoding.PEM).decode()
+            + sub_ca.chain[0].public_bytes(Encoding.PEM).decode(),
+            "private_key_pem": key_to_pem(sub_ca.private_key).decode(),
+        },
+    )
+    detail = assert_problem(r, 409)["detail"]
+    assert "issuer sub, revoked on " in detail, detail
+    assert detail.endswith("not imported")
+    assert api.counts() == before

@@ -57,12 +57,15 @@ class IssuerRevocation:
     ``by``: the issuer revoked, this one or a CA above it (whose revocation leaves nothing
     below it that verifies). ``same_certificate``: ``by`` is another issuer holding this
     one's very certificate (the same CA imported twice), which its parent's CRL lists.
+    ``same_key``: ``by`` holds another certificate of this one's key (re-issued or
+    cross-signed) and was revoked for a compromise: the key signs nothing more.
     """
 
     revoked_at: datetime
     reason: str
     by: str
     same_certificate: bool = False
+    same_key: bool = False
 
 
 @dataclass(frozen=True)

@@ -335,7 +335,13 @@ def _not_revoked(ca: CertificateAuthority, outcome: str, session: Session) -> No
     if revoked is None:
         return
     subject = ca.certificate.subject.rfc4514_string()
-    how = "is the certificate of" if revoked.same_certificate else "is below"
+    how = (
+        "is the certificate of"
+        if revoked.same_certificate
+        else "has the compromised key of"
+        if revoked.same_key
+        else "is below"
+    )
     raise Conflict(
         f"{subject} {how} issuer {revoked.by}, revoked on "
         f"{revoked.revoked_at:%Y-%m-%d %H:%M}Z ({revoked.reason}): it could issue nothing; "
@@ -449,6 +455,11 @@ def _unrevoked(revoked: IssuerRevocation | None, issuer_id: str) -> None:
             f"issuer {issuer_id} holds the certificate of issuer {revoked.by}, revoked on "
             f"{when}, and issues nothing more: use another issuer"
         )
+    if revoked.same_key:
+        raise Conflict(
+            f"issuer {issuer_id} holds the key of issuer {revoked.by}, revoked on {when}: the "
+            "key was compromised, and it issues nothing more: use another issuer"
+        )
     if revoked.by != issuer_id:
         # What it signs would chain through a revoked CA: clients checking the whole chain
         # (openssl -crl_check_all, browsers' CRLSets) refuse it.
@@ -521,13 +532,16 @@ def _revoked_above(
     ``parent_id``: imports and intermediates made before migration 0010 have none. Few rows
     (revoked issuers), read when an issuer is loaded.
     """
-    if not _may_be_revoked_above(cert, chain):
-        return None
-    rows = session.execute(
+    query = (
         select(Issuer.id, Issuer.certificate_pem, Issuer.revoked_at, Issuer.revocation_reason)
         .where(Issuer.revoked_at.is_not(None))
         .order_by(Issuer.id)
     )
+    if not _may_be_revoked_above(cert, chain):
+        # A root is on no CRL, but may hold a key compromised under another certificate
+        # (the root of a cross-signed intermediate). Loaded once per cache drop.
+        query = query.where(Issuer.revocation_reason.in_(_COMPROMISE))
+    rows = session.execute(query).all()
     for revoked_id, pem, revoked_at, reason in rows:
         revoked_cert = _parsed_ca(pem)[0]
         if revoked_cert == cert or revoked_cert in chain:
@@ -537,7 +551,26 @@ def _revoked_above(
                 revoked_id,
                 same_certificate=revoked_cert == cert,
             )
+    # A compromise is the key's, whatever certificate holds it: another certificate of it
+    # (re-issued, cross-signed, imported under another id) signs nothing more, nor do CAs
+    # below one. Other reasons stay with the certificate revoked.
+    keys = {_spki(c) for c in (cert, *chain)}
+    for revoked_id, pem, revoked_at, reason in rows:
+        if reason in _COMPROMISE and _parsed_ca(pem)[2] in keys:
+            return IssuerRevocation(
+                cast(datetime, revoked_at),
+                reason,
+                revoked_id,
+                same_key=_parsed_ca(pem)[2] == _spki(cert),
+            )
     return None
+
+
+def _spki(cert: x509.Certificate) -> bytes:
+    """``cert``'s SubjectPublicKeyInfo (DER): what a key compromise is matched on."""
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def load_issuer_certificates(services: Services, issuer_id: str) -> IssuerCertificates:
@@ -600,10 +633,10 @@ def _revoked_issuer_pems(services: Services) -> list[tuple[str, str]]:
 
 
 @functools.lru_cache(maxsize=256)
-def _parsed_ca(pem: str) -> tuple[x509.Certificate, bytes]:
-    """A revoked issuer's certificate and its DER, parsed once per process."""
+def _parsed_ca(pem: str) -> tuple[x509.Certificate, bytes, bytes]:
+    """A revoked issuer's certificate, its DER and its key's (SPKI), parsed once per process."""
     cert = x509.load_pem_x509_certificate(pem.encode())
-    return cert, cert.public_bytes(serialization.Encoding.DER)
+    return cert, cert.public_bytes(serialization.Encoding.DER), _spki(cert)
 
 
 def revoked_issuer_of(services: Services, certificate_der: bytes) -> str | None:
@@ -726,6 +759,8 @@ def forget_if_changed(services: Services, issuer_id: str) -> None:
     cached = services.cached_issuer(issuer_id)
     if cached is None:
         return
+    # A root is checked for no compromised key here (refresh_cached_issuers does): the
+    # managed services' roots calling this each pass hold keys certctl generated for them.
     with services.sessions() as session:
         stored = session.execute(
             select(Issuer.not_after, Issuer.revoked_at, Issuer.revocation_reason).where(
@@ -765,19 +800,42 @@ def _changed(
     )
 
 
-def _revoked_certificates(session: Session) -> list[x509.Certificate]:
-    """The certificates of the revoked issuers (few)."""
-    pems = session.scalars(select(Issuer.certificate_pem).where(Issuer.revoked_at.is_not(None)))
-    return [_parsed_ca(pem)[0] for pem in pems]  # parsed once per process, as for mTLS
+def _revoked_certificates(session: Session) -> list[tuple[x509.Certificate, bytes | None]]:
+    """The certificates of the revoked issuers (few), with their key (SPKI) if compromised."""
+    rows = session.execute(
+        select(Issuer.certificate_pem, Issuer.revocation_reason).where(
+            Issuer.revoked_at.is_not(None)
+        )
+    )
+    # Parsed once per process, as for mTLS.
+    return [
+        (_parsed_ca(pem)[0], _parsed_ca(pem)[2] if reason in _COMPROMISE else None)
+        for pem, reason in rows
+    ]
 
 
 def _newly_below_revoked(
-    services: Services, issuer_id: str, ca: CertificateAuthority, revoked: list[x509.Certificate]
+    services: Services,
+    issuer_id: str,
+    ca: CertificateAuthority,
+    revoked: list[tuple[x509.Certificate, bytes | None]],
 ) -> bool:
-    """Whether cached ``ca`` is not yet known to be (below) a revoked CA, but now is."""
+    """Whether cached ``ca`` is not yet known to be (below) a revoked CA, but now is.
+
+    Or to hold a key revoked for a compromise under another certificate (or be below one).
+    """
     if services.issuer_revocation(issuer_id) is not None:
         return False
-    return any(cert == ca.certificate or cert in ca.chain for cert in revoked)
+    keys: set[bytes] | None = None
+    for cert, compromised_key in revoked:
+        if cert == ca.certificate or cert in ca.chain:
+            return True
+        if compromised_key is not None:
+            if keys is None:
+                keys = {_spki(c) for c in (ca.certificate, *ca.chain)}
+            if compromised_key in keys:
+                return True
+    return False
 
 
 def refresh_cached_issuers(services: Services) -> list[str]:
@@ -805,12 +863,10 @@ def refresh_cached_issuers(services: Services) -> list[str]:
             issuer_id: (not_after, revoked_at, reason)
             for issuer_id, not_after, revoked_at, reason in rows
         }
-        # An intermediate below one revoked elsewhere is dropped too (reloaded as refusing).
-        revoked = (
-            _revoked_certificates(session)
-            if any(_may_be_revoked_above(ca.certificate, ca.chain) for ca in cached_cas.values())
-            else []
-        )
+        # An intermediate below one revoked elsewhere is dropped too (reloaded as refusing),
+        # and any CA holding a key revoked elsewhere for a compromise, a root too (one read a
+        # minute).
+        revoked = _revoked_certificates(session) if cached_cas else []
     stale = []
     gone = (None, None, None)
     for issuer_id, certificate in cached.items():
@@ -1323,9 +1379,14 @@ def revoke_issuer(
                 newly_under = parent_id
             else:  # revoked meanwhile: keyCompromise may still replace its reason
                 before = _upgrade_to_key_compromise(session, issuer_id, reason)
+        twins: list[tuple[str, str | None]] = []
+        if reason in _COMPROMISE:  # stored as its reason now (else a 409 above)
+            twins = _revoke_twins(session, issuer_id, cert, reason, now)
         detail = reason
         if before is not None:  # worded as for a certificate's (_revoke_key)
             detail = f"{reason} (reason was {before}, revocation date kept)"
+        if twins:
+            detail += f"; also revoked, the same key: {', '.join(t for t, _ in twins)}"
         record(
             session,
             at=now,
@@ -1339,13 +1400,77 @@ def revoke_issuer(
         session.refresh(row)
     # Dropped here even for a changed reason: the cached revocation names it in refusals.
     services.forget_issuer(issuer_id)  # reloaded as revoked at its next use here
+    key = _spki(cert) if reason in _COMPROMISE else None
     for other_id, ca in services.cached_issuers().items():
-        if cert == ca.certificate or cert in ca.chain:
-            # Below it, or it imported again: reloaded as refusing too.
+        if (
+            cert == ca.certificate
+            or cert in ca.chain
+            or (key is not None and key in {_spki(c) for c in (ca.certificate, *ca.chain)})
+        ):
+            # Below it, it imported again, or its compromised key (or below that): reloaded
+            # as refusing too.
             services.forget_issuer(other_id)
-    if newly_under is not None:  # a changed reason is no new revocation
-        REVOCATIONS.labels(newly_under).inc()  # a certificate the parent signed, now revoked
+    for parent_id in (newly_under, *(p for _, p in twins)):
+        if parent_id is not None:  # a changed reason is no new revocation
+            REVOCATIONS.labels(parent_id).inc()  # a certificate the parent signed, now revoked
     return row
+
+
+def _revoke_twins(
+    session: Session, issuer_id: str, cert: x509.Certificate, reason: str, now: datetime
+) -> list[tuple[str, str | None]]:
+    """Revoke, for ``reason`` (a compromise), the other issuers' certificates of ``cert``'s key.
+
+    Re-issued or cross-signed certificates of the compromised key whose parent certctl holds:
+    that parent's CRL lists them from now on (RFC 5280 5.3.1: the key's certificates are
+    all revoked, as ``_revoke_key`` does for a certificate's key). One revoked already for
+    another reason gets this one, its date kept. Those signed elsewhere (or roots) no CRL
+    here can list: they refuse to issue all the same (``_revoked_above`` matches the key).
+
+    Returns:
+        (id, the parent that lists it from now on, None for a changed reason) per issuer.
+    """
+    key = _spki(cert)
+    done: list[tuple[str, str | None]] = []
+    connection = session.connection()
+    rows = connection.execute(
+        select(
+            _ISSUERS.c.id, _ISSUERS.c.certificate_pem, _ISSUERS.c.chain_pem, _ISSUERS.c.parent_id
+        )
+        .where(_ISSUERS.c.id != issuer_id)
+        .order_by(_ISSUERS.c.id)
+    ).all()
+    for twin_id, pem, chain_pem, stored_parent in rows:
+        twin = _parsed_ca(pem)[0]
+        if twin == cert or _parsed_ca(pem)[2] != key or twin_id.startswith(MANAGED_ISSUER_PREFIX):
+            continue  # the same certificate is on the CRL once already
+        if twin.issuer == twin.subject and not chain_pem:
+            continue  # a root: on no CRL
+        parent_id = stored_parent or _parent_of(session, twin_id, twin)
+        if parent_id is None:
+            continue  # signed elsewhere: revoke it at that CA
+        revoked = connection.execute(
+            update(_ISSUERS)
+            .where(_ISSUERS.c.id == twin_id, _ISSUERS.c.revoked_at.is_(None))
+            .values(revoked_at=now, revocation_reason=reason, parent_id=parent_id)
+        )
+        if revoked.rowcount == 1:
+            done.append((twin_id, parent_id))
+            continue
+        upgraded = connection.execute(
+            update(_ISSUERS)
+            .where(
+                _ISSUERS.c.id == twin_id,
+                or_(
+                    _ISSUERS.c.revocation_reason.is_(None),
+                    _ISSUERS.c.revocation_reason.not_in(_COMPROMISE),
+                ),
+            )
+            .values(revocation_reason=reason)
+        )
+        if upgraded.rowcount == 1:
+            done.append((twin_id, None))
+    return done
 
 
 # The reasons that say an issuer's key is compromised: keyCompromise, and cACompromise, RFC
