@@ -1391,9 +1391,13 @@ def test_the_revoked_issuer_of_a_certificate_without_its_chain(api: Api) -> None
     """
     from certctl.services import issuance
 
-    _intermediate(api, "sub")
+    _intermediate(api, "sub", path_length=1)
+    r = api.post(ISSUERS, api.admin_key, json={"id": "sub-sub", "parent": "sub"})
+    assert r.status_code == 201, r.text
     sub_ca = issuance.load_issuer(api.services, "sub")
     with_aki = _cert(api.issue(issuer="sub", common_name="a.example.com")["certificate_pem"])
+    # Two levels below sub: found by walking up certctl's issuers (sub-sub, then sub).
+    deeper = _cert(api.issue(issuer="sub-sub", common_name="d.example.com")["certificate_pem"])
     of_default = _cert(api.issue(common_name="b.example.com")["certificate_pem"])
     now = api.clock()
 
@@ -1413,8 +1417,13 @@ def test_the_revoked_issuer_of_a_certificate_without_its_chain(api: Api) -> None
 
     signed_by_sub = without_aki(sub_ca.private_key)
     same_name_other_key = without_aki(generate_private_key(KeyType.EC_P256))
-    certificates = (with_aki.public_bytes(Encoding.DER), signed_by_sub, same_name_other_key)
-    assert [issuance.revoked_issuer_of(api.services, c) for c in certificates] == [None] * 3
+    certificates = (
+        with_aki.public_bytes(Encoding.DER),
+        signed_by_sub,
+        same_name_other_key,
+        deeper.public_bytes(Encoding.DER),
+    )
+    assert [issuance.revoked_issuer_of(api.services, c) for c in certificates] == [None] * 4
 
     r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
     assert r.status_code == 200, r.text
@@ -1422,6 +1431,7 @@ def test_the_revoked_issuer_of_a_certificate_without_its_chain(api: Api) -> None
         "sub",
         "sub",
         None,
+        "sub",
     ]
     assert issuance.revoked_issuer_of(api.services, of_default.public_bytes(Encoding.DER)) is None
     # An authorityKeyIdentifier cryptography cannot parse (OpenSSL may accept what it refuses):

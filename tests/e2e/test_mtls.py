@@ -22,6 +22,7 @@ from tests.e2e.conftest import CertctlServer, certctl_cli, launch, tls_context
 pytestmark = pytest.mark.e2e
 
 WHOAMI = "/api/v1/auth/whoami"
+ISSUERS = "/api/v1/issuers"
 
 
 def client_cert(ca: Path, subject: str, out: Path) -> tuple[Path, Path]:
@@ -255,10 +256,10 @@ def test_a_client_certificate_revoked_through_the_api_stops_authenticating(
         # signed (unknown to certctl, its chain sent by the client) authenticated still.
         sub = tmp_path / "team-sub"
         certctl_cli("ca", "create", "--parent", tmp_path / "team-ca", "--cn", "Team Sub CA",
-                    "--out", sub)  # fmt: skip
+                    "--path-length", "1", "--out", sub)  # fmt: skip
         with server.client(server.admin_key) as admin:
             imported = admin.post(
-                "/api/v1/issuers",
+                ISSUERS,
                 json={
                     "id": "team-sub",
                     "certificate_pem": (sub / "ca.crt").read_text()
@@ -267,12 +268,27 @@ def test_a_client_certificate_revoked_through_the_api_stops_authenticating(
                 },
             )
             assert imported.status_code == 201, imported.text
+            # And one more level: a certificate two levels below the intermediate revoked.
+            created = admin.post(ISSUERS, json={"id": "team-deeper", "parent": "team-sub"})
+            assert created.status_code == 201, created.text
+            issued = admin.post(
+                "/api/v1/certificates",
+                json={"issuer": "team-deeper", "common_name": "trudy", "profile": "client"},
+            )
+            assert issued.status_code == 201, issued.text
+        (tmp_path / "trudy.crt").write_text(
+            issued.json()["certificate_pem"] + issued.json()["chain_pem"]  # + deeper, sub
+        )
+        (tmp_path / "trudy.key").write_text(issued.json()["private_key_pem"])
+        deep = (tmp_path / "trudy.crt", tmp_path / "trudy.key")
         minted = client_cert(sub, "CN=mallory", tmp_path / "mallory")  # tls.crt: leaf + sub
         status, _, body = split_response(curl(server, WHOAMI, minted))
         assert status == 200, body
-        # A TLS session to resume after the revocation: it has no verified chain to read.
+        # TLS sessions to resume after the revocation: they have no verified chain to read.
         session = tmp_path / "mallory.session"
         assert s_client_get(server, WHOAMI, minted, session, resume=False) == (False, 200)
+        deep_session = tmp_path / "trudy.session"
+        assert s_client_get(server, WHOAMI, deep, deep_session, resume=False) == (False, 200)
         with server.client(server.admin_key) as admin:
             revoked = admin.post(
                 "/api/v1/issuers/team-sub/revoke", json={"reason": "keyCompromise"}
@@ -284,6 +300,9 @@ def test_a_client_certificate_revoked_through_the_api_stops_authenticating(
         # Resumed, the session still carries the certificate: refused too (was 200 until a
         # full handshake), matched by its authorityKeyIdentifier.
         assert s_client_get(server, WHOAMI, minted, session, resume=True) == (True, 401)
+        # Two levels below it (signed by team-deeper, which team-sub signed): found by walking
+        # up certctl's issuers from the certificate (was 200 until a full handshake).
+        assert s_client_get(server, WHOAMI, deep, deep_session, resume=True) == (True, 401)
         status, _, body = split_response(curl(server, WHOAMI, certs["dave"]))  # its root's
         assert status == 200, body
 

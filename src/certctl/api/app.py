@@ -1179,8 +1179,9 @@ def _client_cert_answer(
     connection or a resumed TLS session (up to 2 h) outlives them. Revoked: by certctl, the
     certificate being one of its issuers', or a CA of its verified chain being a revoked
     certctl issuer (the handshake checks ``tls.client-ca`` only, never certctl's CRLs); a
-    resumed session has no verified chain, so there only the issuer that signed it directly
-    is checked. Expiry is the caller's, on every request.
+    resumed session has no verified chain, so there the path up through certctl's own issuers
+    is checked (a CA certctl does not hold breaks it). Expiry is the caller's, on every
+    request.
 
     A certificate certctl issued carries no more than the actor that had it issued holds now
     (none once that actor is deleted, or when it was no actor): with ``tls.client-ca``
@@ -1192,7 +1193,7 @@ def _client_cert_answer(
     if isinstance(cas, tuple) and cas:
         revoked_ca = issuance.revoked_ca_among(services, cas)
     elif isinstance(der, bytes):
-        # No verified chain (a resumed TLS session): the issuer that signed it directly.
+        # No verified chain (a resumed TLS session): walked up through certctl's issuers.
         revoked_ca = issuance.revoked_issuer_of(services, der)
     else:
         revoked_ca = None  # a server that does not say (tests' fake scopes)

@@ -621,6 +621,7 @@ _ISSUER_COLUMNS = Issuer.__table__.c
 _REVOKED_ISSUERS = select(_ISSUER_COLUMNS.id, _ISSUER_COLUMNS.certificate_pem).where(
     _ISSUER_COLUMNS.revoked_at.is_not(None)
 )
+_ISSUER_CERTIFICATES = select(_ISSUER_COLUMNS.certificate_pem)
 
 
 def _revoked_issuer_pems(services: Services) -> list[tuple[str, str]]:
@@ -634,42 +635,78 @@ def _revoked_issuer_pems(services: Services) -> list[tuple[str, str]]:
 
 @functools.lru_cache(maxsize=256)
 def _parsed_ca(pem: str) -> tuple[x509.Certificate, bytes, bytes]:
-    """A revoked issuer's certificate, its DER and its key's (SPKI), parsed once per process."""
+    """An issuer's certificate, its DER and its key's (SPKI), parsed once per process."""
     cert = x509.load_pem_x509_certificate(pem.encode())
     return cert, cert.public_bytes(serialization.Encoding.DER), _spki(cert)
 
 
 def revoked_issuer_of(services: Services, certificate_der: bytes) -> str | None:
-    """The id of a revoked issuer that signed ``certificate_der`` (DER) itself, else None.
+    """The id of a revoked issuer above ``certificate_der`` (DER) among certctl's, else None.
 
     For a client certificate whose verified chain is unknown (a resumed TLS session, which
-    keeps the peer's certificate but not its chain): its authorityKeyIdentifier is compared
-    with each revoked issuer's subjectKeyIdentifier; when either is missing, its issuer name
-    and signature are checked against that issuer's certificate instead. Only one level: a
-    certificate under a CA that the revoked issuer signed is not found this way (the full
-    handshake's chain, :func:`revoked_ca_among`, finds it).
+    keeps the peer's certificate but not its chain). A certificate's signer is known by its
+    authorityKeyIdentifier, compared with the issuer's subjectKeyIdentifier; when either is
+    missing, by its issuer name and signature. The revoked issuers are checked as the signer
+    first; then the walk goes up through certctl's issuers (the one that signed it, the one
+    that signed that one …), so a certificate under a CA the revoked one signed is found too
+    when certctl holds that CA. One signed by a CA certctl does not hold (minted with a
+    compromised key) is found by the full handshake's chain only (:func:`revoked_ca_among`).
     """
-    pems = _revoked_issuer_pems(services)
-    if not pems:
-        return None  # the usual case: nothing to parse
+    revoked = _revoked_issuer_pems(services)
+    if not revoked:
+        return None  # the usual case: nothing to parse, no other read
     cert = x509.load_der_x509_certificate(certificate_der)
-    aki = _key_identifier(cert, x509.AuthorityKeyIdentifier)
-    for issuer_id, pem in pems:
-        ca = _parsed_ca(pem)[0]
-        ski = _key_identifier(ca, x509.SubjectKeyIdentifier)
-        if aki is not None and ski is not None:
-            # The key is what was revoked: any certificate naming it as its signer's.
-            if aki == ski:
-                return issuer_id
-            continue
-        if cert.issuer != ca.subject:
-            continue
-        try:
-            cert.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
-            continue  # the same name on another key
-        return issuer_id
+    revoked_cas = [(issuer_id, _parsed_ca(pem)[0]) for issuer_id, pem in revoked]
+    found = _signer_among(cert, revoked_cas)
+    if found is not None:
+        return found
+    # Deeper: a second read (of every issuer's certificate, few rows, each parsed once per
+    # process), only while some issuer is revoked and the answer is not remembered.
+    with services.engine.connect() as connection:
+        rows = connection.execute(_ISSUER_CERTIFICATES).all()
+    issuers = [_parsed_ca(pem) for (pem,) in rows]
+    seen = {certificate_der}
+    below = [cert]
+    while below:  # breadth first; ``seen`` ends it (a self-signed root signs itself)
+        above = []
+        for signed in below:
+            # Every issuer that signed it: the same CA may be held twice, or renewed on its key.
+            for ca, der, _key in issuers:
+                if der in seen or not _signed_by(signed, ca):
+                    continue
+                seen.add(der)
+                found = _signer_among(ca, revoked_cas)
+                if found is not None:
+                    return found
+                above.append(ca)
+        below = above
     return None
+
+
+def _signer_among(
+    cert: x509.Certificate, cas: Sequence[tuple[str, x509.Certificate]]
+) -> str | None:
+    """The id of the first of ``cas`` that signed ``cert``, else None."""
+    for issuer_id, ca in cas:
+        if _signed_by(cert, ca):
+            return issuer_id
+    return None
+
+
+def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether ``ca``'s key signed ``cert``: by key identifiers, else by name and signature."""
+    aki = _key_identifier(cert, x509.AuthorityKeyIdentifier)
+    ski = _key_identifier(ca, x509.SubjectKeyIdentifier)
+    if aki is not None and ski is not None:
+        # The key is what was revoked: any certificate naming it as its signer's.
+        return aki == ski
+    if cert.issuer != ca.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False  # the same name on another key
+    return True
 
 
 def _key_identifier(
