@@ -1598,3 +1598,21 @@ def test_a_compromised_intermediates_key_issues_nothing_under_another_certificat
     assert "issuer sub, revoked on " in detail, detail
     assert detail.endswith("not imported")
     assert api.counts() == before
+
+
+def test_a_verified_chain_through_another_certificate_of_a_compromised_key_is_refused(
+    api: Api,
+) -> None:
+    # mTLS on a full handshake checks the verified chain against the revoked issuers. It
+    # compared whole certificates: a client certificate signed with the compromised key and
+    # verified through another certificate of it (``cross``, cross-signed by a root certctl
+    # does not hold, so listed on no CRL here) still logged in.
+    _, cross = _same_key_twins(api)
+    chain = [cross.public_bytes(Encoding.DER)]
+    assert issuance.revoked_ca_among(api.services, chain) is None
+    r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "superseded"})
+    assert r.status_code == 200, r.text
+    assert issuance.revoked_ca_among(api.services, chain) is None  # no compromise: its own
+    r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    assert issuance.revoked_ca_among(api.services, chain) == "sub"

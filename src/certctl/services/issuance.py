@@ -605,32 +605,46 @@ def load_issuer_certificates(services: Services, issuer_id: str) -> IssuerCertif
 def revoked_ca_among(services: Services, cas: Sequence[bytes]) -> str | None:
     """The id of a revoked issuer whose certificate is one of ``cas`` (DER), else None.
 
-    For a client certificate's verified chain, on each request it authenticates: one read
-    of the revoked issuers (few, usually none).
+    Or, for one revoked for a compromise, whose key one of ``cas`` holds: a chain verified
+    through another certificate of that key (cross-signed by a CA certctl does not hold, so
+    on no CRL here) is the compromised key's all the same. For a client certificate's
+    verified chain, on each request it authenticates that is not remembered: one read of the
+    revoked issuers (few, usually none).
     """
     wanted = set(cas)
-    for issuer_id, pem in _revoked_issuer_pems(services):
-        if _parsed_ca(pem)[1] in wanted:
+    compromised: dict[bytes, str] = {}
+    for issuer_id, pem, reason in _revoked_issuer_pems(services):
+        _, der, key = _parsed_ca(pem)
+        if der in wanted:
             return issuer_id
+        if reason in _COMPROMISE:
+            compromised.setdefault(key, issuer_id)
+    if compromised:
+        for der in cas:
+            found = compromised.get(_spki(x509.load_der_x509_certificate(der)))
+            if found is not None:
+                return found
     return None
 
 
 # Core, on a connection: no ORM session (its construction, transaction and close cost more
 # than the read, which usually finds no row).
 _ISSUER_COLUMNS = Issuer.__table__.c
-_REVOKED_ISSUERS = select(_ISSUER_COLUMNS.id, _ISSUER_COLUMNS.certificate_pem).where(
-    _ISSUER_COLUMNS.revoked_at.is_not(None)
-)
+_REVOKED_ISSUERS = select(
+    _ISSUER_COLUMNS.id, _ISSUER_COLUMNS.certificate_pem, _ISSUER_COLUMNS.revocation_reason
+).where(_ISSUER_COLUMNS.revoked_at.is_not(None))
+# The first revoked named, the same on every backend: a key's twins are revoked after it.
+_REVOKED_ISSUERS = _REVOKED_ISSUERS.order_by(_ISSUER_COLUMNS.revoked_at, _ISSUER_COLUMNS.id)
 _ISSUER_CERTIFICATES = select(_ISSUER_COLUMNS.certificate_pem)
 
 
-def _revoked_issuer_pems(services: Services) -> list[tuple[str, str]]:
+def _revoked_issuer_pems(services: Services) -> list[tuple[str, str, str | None]]:
     # Read for each client certificate whose answer is not remembered (a revocation on
     # another replica counts at once); usually no row. Their parsing is cached: the same few
     # PEMs every time.
     with services.engine.connect() as connection:
         rows = connection.execute(_REVOKED_ISSUERS).all()
-    return [(str(issuer_id), pem) for issuer_id, pem in rows]
+    return [(str(issuer_id), pem, reason) for issuer_id, pem, reason in rows]
 
 
 @functools.lru_cache(maxsize=256)
@@ -656,7 +670,7 @@ def revoked_issuer_of(services: Services, certificate_der: bytes) -> str | None:
     if not revoked:
         return None  # the usual case: nothing to parse, no other read
     cert = x509.load_der_x509_certificate(certificate_der)
-    revoked_cas = [(issuer_id, _parsed_ca(pem)[0]) for issuer_id, pem in revoked]
+    revoked_cas = [(issuer_id, _parsed_ca(pem)[0]) for issuer_id, pem, _reason in revoked]
     found = _signer_among(cert, revoked_cas)
     if found is not None:
         return found
