@@ -1469,3 +1469,34 @@ def test_public_url_puts_the_parents_crl_and_certificate_in_an_intermediate(
     found = [d for r in json.loads(lint.stdout)["results"] for d in r["finding_descriptions"]]
     assert found == [], lint.stdout
     assert lint.returncode == 0, lint.stderr
+
+
+def test_a_host_cn_no_san_covers_is_warned_about(module_api: Api) -> None:
+    # Any SAN keeps the CN out of the DNS names, and TLS clients match SANs only: the
+    # certificate does not serve api.example.com. Issued all the same, with a warning.
+    fix = {
+        "dns": "add it to dns_names",
+        "csr": "add DNS:api.example.com to the CSR's subjectAltName",
+    }
+    left_out = (
+        "common name api.example.com is not among the certificate's DNS names: clients will "
+        "not accept it for that name; {}"
+    )
+    uri_only = module_api.issue(common_name="api.example.com", dns_names=[], uris=[SPIFFE_ID])
+    assert uri_only["warnings"] == [left_out.format(fix["dns"])]
+    ip = module_api.issue(common_name="10.0.0.1", dns_names=["a.example"])
+    assert ip["warnings"] == [
+        "common name 10.0.0.1 is not among the certificate's IP addresses: clients will not "
+        "accept it for that name; add it to ip_addresses"
+    ]
+    wildcard = module_api.issue(common_name="api.example.com", dns_names=["*.example.com"])
+    assert wildcard["warnings"] == []
+    key = generate_private_key(KeyType.EC_P256)
+    csr = create_csr(key, common_name_dn("api.example.com"), SubjectAltNames.parse(uri=[SPIFFE_ID]))
+    r = module_api.post(
+        CERTS,
+        module_api.admin_key,
+        json={"csr": csr.public_bytes(serialization.Encoding.PEM).decode()},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["warnings"] == [left_out.format(fix["csr"])]

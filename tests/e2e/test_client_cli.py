@@ -256,6 +256,30 @@ def test_blank_id_is_a_usage_error(
     assert result.stdout == ""
 
 
+def test_a_host_cn_no_san_covers_is_warned_about_on_stderr(
+    default_server: CertctlServer,
+) -> None:
+    # `--cn` with a URI SAN only: the CN is no DNS name, so clients refuse the certificate
+    # for it; the server's warning reaches stderr, and the certificate is issued all the same.
+    result = ok(
+        _certctl(
+            default_server,
+            "certs",
+            "issue",
+            "--cn",
+            "cn-left-out.example.com",
+            "--uri",
+            "spiffe://example.org/ns/x/sa/cn-left-out",
+            **_admin_env(default_server),
+        )
+    )
+    assert result.stderr == (
+        "certctl: warning: common name cn-left-out.example.com is not among the certificate's "
+        "DNS names: clients will not accept it for that name; add it to dns_names\n"
+    )
+    assert json.loads(result.stdout)["status"] == "active"
+
+
 def test_server_warnings_reach_stderr(default_server: CertctlServer, tmp_path: Path) -> None:
     # The offline commands print their warnings; the server's were only inside the JSON.
     env = _admin_env(default_server)

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from certctl.files import OutputSet
     from certctl.pki import CertificateAuthority, KeyType, Profile
     from certctl.pki.instances import Instance
-    from certctl.pki.names import SubjectAltNames
 
 __all__ = [
     "IssueOptions",
@@ -208,6 +207,7 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
         CertctlError: bad names, keys, CA directory or outputs (exit status 1).
     """
     from certctl.files import OutputSet
+    from certctl.pki.issue import NameHint
     from certctl.pki.keys import KeyType, generate_private_key
     from certctl.pki.names import SubjectAltNames, common_name_dn, parse_dn
     from certctl.pki.profiles import LEAF_PROFILES, get_profile
@@ -288,11 +288,11 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
         sans=sans,
         crl_urls=crl_urls,
         ca_issuers_urls=ca_issuers_urls,
+        # The flags that add the name: the pki warning names them.
+        name_hint=NameHint("add --dns {name}", "add --ip {name}"),
     )
     for message in issued.warnings:
         warn(message)
-    if prof.is_server and (left_out := _cn_left_out(name, sans)) is not None:
-        warn(left_out)
     for filename, data, secret in leaf_files(
         ca, issued.certificate, key, p12_password=p12_password, p12_legacy=opts.p12_legacy
     ):
@@ -355,42 +355,6 @@ def _warn_about_password(p12_password: bytes | None) -> None:
 
     if p12_password is not None and (message := pkcs12_password_warning(p12_password)):
         warn(message)
-
-
-def _cn_left_out(name: x509.Name, sans: SubjectAltNames) -> str | None:
-    """A warning when the CN is a host name that the SANs given leave out.
-
-    Without SANs the CN becomes the DNS name (as trustme does); with SANs it does not, and
-    TLS clients ignore the CN: ``--cn localhost --ip 127.0.0.1`` serves 127.0.0.1 only.
-    """
-    import ipaddress
-
-    from cryptography.x509.oid import NameOID
-
-    from certctl.errors import CertctlError
-    from certctl.pki.names import validate_dns_name
-
-    cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if not cns or not (sans.dns or sans.ip):
-        return None
-    cn = str(cns[0].value)
-    try:
-        if ipaddress.ip_address(cn) in sans.ip:
-            return None
-        flag = "--ip"
-    except ValueError:
-        if "." not in cn and cn.lower() != "localhost":
-            return None  # "node-1" beside --dns node-1.example.com: a label, not the host
-        try:
-            if validate_dns_name(cn) in sans.dns:
-                return None
-        except CertctlError:
-            return None  # "Web frontend v2.1": not a host name at all
-        flag = "--dns"
-    return (
-        f"common name {cn} is not among the SANs, and TLS clients ignore the common name: "
-        f"this certificate does not serve {cn} (add {flag} {cn})"
-    )
 
 
 def _check_combinations(opts: IssueOptions) -> None:
@@ -560,6 +524,7 @@ _PUBLIC_ZIP_MODE = 0o100644
 
 def _issue_chunk(job: _BatchJob, number: int) -> _Chunk:
     from certctl.cli._storedzip import local_entry
+    from certctl.pki.issue import NameHint
     from certctl.pki.keys import generate_private_key
     from certctl.pki.names import common_name_dn
 
@@ -571,6 +536,8 @@ def _issue_chunk(job: _BatchJob, number: int) -> _Chunk:
     files: list[tuple[str, bytes, bool]] = []
     offset = 0
     ca, stamp = job.ca, job.stamp
+    # The names come from the instances file: its dns and ip lists take the missing one.
+    hint = NameHint("add it to the instance's dns list", "add it to the instance's ip list")
     for inst in job.instances[start:stop]:
         key = generate_private_key(job.key_type)
         issued = ca.issue(
@@ -582,6 +549,7 @@ def _issue_chunk(job: _BatchJob, number: int) -> _Chunk:
             sans=inst.sans,
             crl_urls=job.crl_urls,
             ca_issuers_urls=job.ca_issuers_urls,
+            name_hint=hint,
         )
         warnings.update(dict.fromkeys(issued.warnings))
         name = "tls" if job.p12_password is None else inst.filename

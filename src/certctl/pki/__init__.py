@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from certctl.pki.issue import (
         CertificateAuthority,
         IssuedCertificate,
+        NameHint,
         create_root_ca,
         keys_match,
     )
@@ -97,6 +98,7 @@ _SOURCES = {
     "to_pkcs12": "formats",
     "CertificateAuthority": "issue",
     "IssuedCertificate": "issue",
+    "NameHint": "issue",
     "create_root_ca": "issue",
     "keys_match": "issue",
     "KeyType": "keys",
@@ -131,6 +133,7 @@ __all__ = [
     "IssuedCertificate",
     "KeyType",
     "Material",
+    "NameHint",
     "PreviousCrl",
     "Profile",
     "RevokedEntry",

@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
 
 from certctl.errors import BadSignature, InvalidRequest
 from certctl.pki.formats import check_extensions
-from certctl.pki.issue import CertificateAuthority, IssuedCertificate
+from certctl.pki.issue import CertificateAuthority, IssuedCertificate, NameHint
 from certctl.pki.keys import check_public_key, signature_hash_for
 from certctl.pki.names import SubjectAltNames, _check_name
 from certctl.pki.profiles import Profile
@@ -179,6 +179,7 @@ def sign_csr(
         sans=sans,
         crl_urls=crl_urls,
         ca_issuers_urls=ca_issuers_urls,
+        name_hint=_CSR_HINT,
     )
     notes = []
     if ignored:
@@ -194,6 +195,12 @@ def sign_csr(
     if notes:
         return replace(issued, warnings=(*issued.warnings, *notes))
     return issued
+
+
+# The names come from the CSR: its requester adds the missing one there, on either path.
+_CSR_HINT = NameHint(
+    "add DNS:{name} to the CSR's subjectAltName", "add IP:{name} to the CSR's subjectAltName"
+)
 
 
 def _dropped_sans(csr: x509.CertificateSigningRequest, sans: SubjectAltNames) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -40,6 +41,7 @@ __all__ = [
     "BACKDATE",
     "CertificateAuthority",
     "IssuedCertificate",
+    "NameHint",
     "create_root_ca",
     "keys_match",
 ]
@@ -60,6 +62,21 @@ class IssuedCertificate:
     # them back from a fresh certificate parses its extensions and name again.
     sans: SubjectAltNames | None = None
     subject: x509.Name | None = None
+
+
+@dataclass(frozen=True)
+class NameHint:
+    """How the caller's user adds a DNS or IP SAN, ending the common-name warning.
+
+    The rule is one (in ``CertificateAuthority.issue``); the way to fix it differs: a CLI
+    flag, an API field, the CSR. ``{name}`` stands for the common name.
+    """
+
+    dns: str
+    ip: str
+
+
+GENERIC_HINT = NameHint("add it to the DNS names", "add it to the IP addresses")
 
 
 def keys_match(
@@ -187,6 +204,7 @@ class CertificateAuthority:
         sans: SubjectAltNames | None = None,
         crl_urls: Sequence[str] = (),
         ca_issuers_urls: Sequence[str] = (),
+        name_hint: NameHint = GENERIC_HINT,
     ) -> IssuedCertificate:
         """Sign a certificate for ``public_key``; the profile decides every extension.
 
@@ -205,6 +223,8 @@ class CertificateAuthority:
                 ``crl_urls``: a non-critical authorityInfoAccess extension with one caIssuers
                 access description per URL, after the cRLDistributionPoints. None: no
                 extension.
+            name_hint: how to add the common name to the SANs, for the warning given when
+                a server certificate's host-name CN is among none of them.
 
         Raises:
             WeakKey: the key is below policy.
@@ -239,6 +259,8 @@ class CertificateAuthority:
                     "server certificate without a DNS or IP name: TLS clients match hosts "
                     "against SANs only, and the common name is not a host name"
                 )
+        elif profile.is_server and (left_out := _cn_left_out(subject, sans, name_hint)):
+            warnings.append(left_out)
         if profile.allows_sans:
             sans = _with_subject_emails(subject, sans)
         if not profile.is_ca and not subject and not sans:
@@ -403,6 +425,55 @@ def _sans_from_common_name(subject: x509.Name) -> SubjectAltNames:
         return SubjectAltNames(dns=(validate_dns_name(cns[0].value),))
     except InvalidRequest:
         return SubjectAltNames()
+
+
+def _cn_left_out(subject: x509.Name, sans: SubjectAltNames, hint: NameHint) -> str | None:
+    """A warning when the CN is a host name (or address) that no DNS/IP SAN covers.
+
+    Any SAN (an e-mail or URI one too) keeps the CN out of the DNS names, and TLS clients
+    match SANs only (RFC 6125 6.4.4, CA/B BR 7.1.4.3): ``--cn api.example.com --uri
+    spiffe://…`` made a certificate no client accepts for api.example.com, without a word.
+    Issued all the same: the caller may mean it (a CN kept for display).
+    """
+    cns = subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if not cns or not isinstance(cns[0].value, str):
+        return None
+    cn = cns[0].value
+    try:
+        address = ipaddress.ip_address(cn)
+    except ValueError:
+        pass
+    else:
+        if address in sans.ip:
+            return None
+        return _left_out_message(cn, "IP addresses", hint.ip)
+    if "." not in cn and cn.lower() != "localhost":
+        return None  # "node-1" beside --dns node-1.example.com: a label, not the host
+    try:
+        host = validate_dns_name(cn)
+    except InvalidRequest:
+        return None  # "Web frontend v2.1": not a host name at all
+    if any(_dns_covers(name, host) for name in sans.dns):
+        return None
+    return _left_out_message(cn, "DNS names", hint.dns)
+
+
+def _dns_covers(san: str, host: str) -> bool:
+    # Both in A-label form from validate_dns_name; a wildcard covers one whole left-most
+    # label (RFC 6125 6.4.3), so *.example.com covers api.example.com but not a.b.example.com.
+    if san.lower() == host.lower():
+        return True
+    if not san.startswith("*."):
+        return False
+    label, _, rest = host.partition(".")
+    return bool(label) and label != "*" and rest.lower() == san[2:].lower()
+
+
+def _left_out_message(cn: str, kind: str, fix: str) -> str:
+    return (
+        f"common name {cn} is not among the certificate's {kind}: clients will not accept "
+        f"it for that name; {fix.format(name=cn)}"
+    )
 
 
 def _with_subject_emails(subject: x509.Name, sans: SubjectAltNames) -> SubjectAltNames:

@@ -53,7 +53,7 @@ from certctl.pki import (
     sign_csr,
 )
 from certctl.pki.crl import RevokedEntry, create_crl
-from certctl.pki.issue import BACKDATE, IssuedCertificate
+from certctl.pki.issue import BACKDATE, IssuedCertificate, NameHint
 from certctl.pki.names import SAN_KINDS, san_search_forms
 from certctl.services.audit import event_values, record
 from certctl.services.context import (
@@ -110,6 +110,9 @@ DEFAULT_ISSUER = "default"
 DEFAULT_CA_VALIDITY = timedelta(days=5 * 365)
 EXPIRING_WINDOW = timedelta(days=30)
 # removeFromCRL belongs to delta CRLs and certificateHold cannot be lifted here: refused.
+# The API's fields that add a name: the common-name warning names them (not CLI flags).
+_API_HINT = NameHint("add it to dns_names", "add it to ip_addresses")
+
 _REASONS = {
     r.value: r
     for r in x509.ReasonFlags
@@ -1170,6 +1173,7 @@ def prepare_with_key(
             sans=sans,
             crl_urls=services.crl_urls(issuer_id),
             ca_issuers_urls=services.ca_issuers_urls(issuer_id),
+            name_hint=_API_HINT,
         )
     except (InvalidRequest, Conflict):
         # Counted as prepare_from_csr counts it: the issuer refused to sign (e.g. expired).

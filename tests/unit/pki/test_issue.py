@@ -405,9 +405,46 @@ def test_no_san_from_cn(
 
 def test_explicit_sans_win_over_cn(root_ca: CertificateAuthority, now: datetime) -> None:
     sans = SubjectAltNames.parse(dns=["api.example"], ip=["10.0.0.1", "::1"])
-    cert = _leaf(root_ca, now, cn="www.example.com", sans=sans)
-    value = _ext(cert, x509.SubjectAlternativeName).value
+    issued = root_ca.issue(
+        ec.generate_private_key(ec.SECP256R1()).public_key(),
+        common_name_dn("www.example.com"),
+        profile=PROFILES["server"],
+        validity=timedelta(days=90),
+        now=now,
+        sans=sans,
+    )
+    value = _ext(issued.certificate, x509.SubjectAlternativeName).value
     assert SubjectAltNames.from_extension(value) == sans
+    # Issued as asked, but the CN is served by no name: said once, with the generic fix.
+    assert issued.warnings == (
+        "common name www.example.com is not among the certificate's DNS names: clients will "
+        "not accept it for that name; add it to the DNS names",
+    )
+
+
+@pytest.mark.parametrize(
+    ("cn", "dns", "warned"),
+    [
+        ("api.example.com", ["*.example.com"], False),
+        ("API.Example.com", ["api.example.com"], False),
+        ("bücher.example", ["xn--bcher-kva.example"], False),
+        ("a.b.example.com", ["*.example.com"], True),
+        ("example.com", ["*.example.com"], True),
+        ("*.example.com", ["*.example.com"], False),
+    ],
+)
+def test_a_cn_is_covered_by_an_equal_or_wildcard_dns_name(
+    root_ca: CertificateAuthority, now: datetime, cn: str, dns: list[str], warned: bool
+) -> None:
+    issued = root_ca.issue(
+        ec.generate_private_key(ec.SECP256R1()).public_key(),
+        common_name_dn(cn),
+        profile=PROFILES["server"],
+        validity=timedelta(days=90),
+        now=now,
+        sans=SubjectAltNames.parse(dns=dns),
+    )
+    assert bool(issued.warnings) is warned, issued.warnings
 
 
 def test_empty_subject_makes_san_critical(root_ca: CertificateAuthority, now: datetime) -> None:
