@@ -165,13 +165,7 @@ def test_readme_issuers_walk_through_works_verbatim(
     text = README.read_text()
     section = text[text.index("### Issuers on the server") :]
     [block] = re.findall(r"```sh\n(.*?)```", section[: section.index("\n### ")], re.S)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
-    env |= {
-        "PATH": f"{ROOT / '.venv' / 'bin'}:{env['PATH']}",
-        "CERTCTL_URL": default_server.url,
-        "CERTCTL_CA_CERT": str(default_server.ca),
-        "CERTCTL_API_KEY": default_server.admin_key,
-    }
+    env = _client_env(default_server)
     script = block.replace("ops-ca", "readme-ops")
     result = ok(run("bash", "-euo", "pipefail", "-c", script, cwd=tmp_path, env=env))
     assert "web-2/tls.crt: OK" in result.stdout
@@ -189,13 +183,7 @@ def test_readme_email_and_uri_certificates_work_verbatim(
     section = section[section.index("Certificates for people and workloads") :]
     commands = re.findall(r"`(certctl certs issue [^`]+)`", section)[:2]
     assert [c.split()[3] for c in commands] == ["--cn", "--uri"], commands
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
-    env |= {
-        "PATH": f"{ROOT / '.venv' / 'bin'}:{env['PATH']}",
-        "CERTCTL_URL": default_server.url,
-        "CERTCTL_CA_CERT": str(default_server.ca),
-        "CERTCTL_API_KEY": default_server.admin_key,
-    }
+    env = _client_env(default_server)
     ids = [
         json.loads(ok(run("bash", "-c", c, cwd=tmp_path, env=env)).stdout)["id"] for c in commands
     ]
@@ -283,3 +271,15 @@ def test_what_the_readme_writes_into_the_repository_is_ignored_by_git() -> None:
     )
     missing = [line for line in checked.stdout.splitlines() if line.startswith("::")]
     assert missing == [], missing
+
+
+def _client_env(server: CertctlServer) -> dict[str, str]:
+    """The environment the README's client examples assume: `.venv/bin` on the PATH and the
+    three CERTCTL_ variables naming ``server`` (the caller's own CERTCTL_ ones left out)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    return env | {
+        "PATH": f"{ROOT / '.venv' / 'bin'}:{env['PATH']}",
+        "CERTCTL_URL": server.url,
+        "CERTCTL_CA_CERT": str(server.ca),
+        "CERTCTL_API_KEY": server.admin_key,
+    }
