@@ -1475,7 +1475,7 @@ def test_a_host_cn_no_san_covers_is_warned_about(module_api: Api) -> None:
     # Any SAN keeps the CN out of the DNS names, and TLS clients match SANs only: the
     # certificate does not serve api.example.com. Issued all the same, with a warning.
     fix = {
-        "dns": "add it to dns_names",
+        "dns": "add it to dns_names (certctl certs issue --dns)",
         "csr": "add DNS:api.example.com to the CSR's subjectAltName",
     }
     left_out = (
@@ -1487,7 +1487,7 @@ def test_a_host_cn_no_san_covers_is_warned_about(module_api: Api) -> None:
     ip = module_api.issue(common_name="10.0.0.1", dns_names=["a.example"])
     assert ip["warnings"] == [
         "common name 10.0.0.1 is not among the certificate's IP addresses: clients will not "
-        "accept it for that name; add it to ip_addresses"
+        "accept it for that name; add it to ip_addresses (certctl certs issue --ip)"
     ]
     wildcard = module_api.issue(common_name="api.example.com", dns_names=["*.example.com"])
     assert wildcard["warnings"] == []

@@ -275,7 +275,8 @@ def test_a_host_cn_no_san_covers_is_warned_about_on_stderr(
     )
     assert result.stderr == (
         "certctl: warning: common name cn-left-out.example.com is not among the certificate's "
-        "DNS names: clients will not accept it for that name; add it to dns_names\n"
+        "DNS names: clients will not accept it for that name; add it to dns_names (certctl "
+        "certs issue --dns)\n"
     )
     assert json.loads(result.stdout)["status"] == "active"
 

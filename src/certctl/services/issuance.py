@@ -111,7 +111,11 @@ DEFAULT_CA_VALIDITY = timedelta(days=5 * 365)
 EXPIRING_WINDOW = timedelta(days=30)
 # removeFromCRL belongs to delta CRLs and certificateHold cannot be lifted here: refused.
 # The API's fields that add a name: the common-name warning names them (not CLI flags).
-_API_HINT = NameHint("add it to dns_names", "add it to ip_addresses")
+# Both spellings: the API field, and the flag of `certctl certs issue`, which prints it.
+_API_HINT = NameHint(
+    "add it to dns_names (certctl certs issue --dns)",
+    "add it to ip_addresses (certctl certs issue --ip)",
+)
 
 _REASONS = {
     r.value: r
