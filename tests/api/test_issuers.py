@@ -1448,6 +1448,84 @@ def test_the_revoked_issuer_of_a_certificate_without_its_chain(api: Api) -> None
     assert issuance.revoked_issuer_of(api.services, garbled) is None
 
 
+def test_key_identifiers_alone_never_decide_the_revoked_issuer_of_a_certificate(
+    api: Api,
+) -> None:
+    """A resumed session's walk verifies signatures; key identifiers only pick candidates.
+
+    Key identifiers are extensions whoever makes a certificate writes. Before: an imported
+    root claiming the default issuer's subjectKeyIdentifier and revoked sub's as its
+    authorityKeyIdentifier made every certificate of the (innocent) default issuer "below
+    sub" on resumed sessions; and a certificate sub's key signed under sub's name, whose
+    authorityKeyIdentifier named another key, was found under no revoked issuer.
+    """
+    from certctl.services import issuance
+
+    sub = _intermediate(api, "sub")
+    sub_ca = issuance.load_issuer(api.services, "sub")
+    default = issuance.load_issuer(api.services, "default").certificate
+    now = api.clock()
+
+    def key_id(cert: x509.Certificate) -> bytes:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+
+    forger_key = generate_private_key(KeyType.EC_P256)
+    forger = (
+        x509.CertificateBuilder()
+        .subject_name(common_name_dn("Forged key ids"))
+        .issuer_name(common_name_dn("Forged key ids"))
+        .public_key(forger_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier(key_id(default)), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier(key_id(sub), None, None), critical=False)
+        .sign(forger_key, hashes.SHA256())
+    )
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "forger",
+            "certificate_pem": forger.public_bytes(Encoding.PEM).decode(),
+            "private_key_pem": key_to_pem(forger_key).decode(),
+        },
+    )
+    assert r.status_code == 201, r.text
+    of_default = _cert(api.issue(common_name="b.example.com")["certificate_pem"])
+
+    def signed(issuer: x509.Name, aki: bytes, key: CertificateIssuerPrivateKeyTypes) -> bytes:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(common_name_dn("mallory"))
+            .issuer_name(issuer)
+            .public_key(generate_private_key(KeyType.EC_P256).public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.AuthorityKeyIdentifier(aki, None, None), critical=False)
+            .sign(key, hashes.SHA256())
+            .public_bytes(Encoding.DER)
+        )
+
+    lying_aki = signed(sub.subject, b"\x01" * 20, sub_ca.private_key)
+    # sub's key under another name (a twin certctl does not hold): its AKI and signature.
+    twin_signed = signed(common_name_dn("Twin"), key_id(sub), sub_ca.private_key)
+    forged_aki = signed(common_name_dn("Twin"), key_id(sub), forger_key)
+
+    r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    assert issuance.revoked_issuer_of(api.services, of_default.public_bytes(Encoding.DER)) is None
+    assert issuance.revoked_issuer_of(api.services, lying_aki) == "sub"
+    assert issuance.revoked_issuer_of(api.services, twin_signed) == "sub"
+    assert issuance.revoked_issuer_of(api.services, forged_aki) is None
+
+
 def test_a_certificates_pem_is_served_without_unwrapping_its_issuers_key(api: Api) -> None:
     """GET /api/v1/certificates/{id} as PEM sends the leaf and the chain, read key-free.
 

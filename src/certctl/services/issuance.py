@@ -12,8 +12,9 @@ from functools import partial
 from typing import Any, Protocol, cast
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from sqlalchemy import (
     Connection,
     Integer,
@@ -665,13 +666,14 @@ def revoked_issuer_of(services: Services, certificate_der: bytes) -> str | None:
     """The id of a revoked issuer above ``certificate_der`` (DER) among certctl's, else None.
 
     For a client certificate whose verified chain is unknown (a resumed TLS session, which
-    keeps the peer's certificate but not its chain). A certificate's signer is known by its
-    authorityKeyIdentifier, compared with the issuer's subjectKeyIdentifier; when either is
-    missing, by its issuer name and signature. The revoked issuers are checked as the signer
-    first; then the walk goes up through certctl's issuers (the one that signed it, the one
-    that signed that one …), so a certificate under a CA the revoked one signed is found too
-    when certctl holds that CA. One signed by a CA certctl does not hold (minted with a
-    compromised key) is found by the full handshake's chain only (:func:`revoked_ca_among`).
+    keeps the peer's certificate but not its chain). A certificate's signer is the CA whose
+    key verifies its signature, tried when its issuer name, or else its
+    authorityKeyIdentifier (the CA's subjectKeyIdentifier), points at that CA. The revoked
+    issuers are checked as the signer first; then the walk goes up through certctl's
+    issuers (the one that signed it, the one that signed that one …), so a certificate
+    under a CA the revoked one signed is found too when certctl holds that CA. One signed
+    by a CA certctl does not hold (minted with a compromised key) is found by the full
+    handshake's chain only (:func:`revoked_ca_among`).
     """
     revoked = _revoked_issuer_pems(services)
     if not revoked:
@@ -715,18 +717,47 @@ def _signer_among(
 
 
 def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    """Whether ``ca``'s key signed ``cert``: by key identifiers, else by name and signature."""
+    """Whether ``ca``'s key signed ``cert``: its signature verified with ``ca``'s key.
+
+    Key identifiers and names only pick the candidates: both are what the maker of a
+    certificate wrote (an imported CA may claim any subjectKeyIdentifier). Matched by key
+    identifier alone, a root imported with another issuer's SKI made that issuer's
+    certificates "below" whatever its AKI named; and a compromised key's certificate with an
+    AKI naming another key was below no revoked issuer.
+    """
+    if cert.issuer == ca.subject:
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            return False  # the same name on another key
+        return True
     aki = _key_identifier(cert, x509.AuthorityKeyIdentifier)
-    ski = _key_identifier(ca, x509.SubjectKeyIdentifier)
-    if aki is not None and ski is not None:
-        # The key is what was revoked: any certificate naming it as its signer's.
-        return aki == ski
-    if cert.issuer != ca.subject:
+    if aki is None or aki != _key_identifier(ca, x509.SubjectKeyIdentifier):
         return False
+    # Another name for the same key (a twin re-issued or cross-signed under a new subject):
+    # the key is what was revoked, so its signature is checked without the name.
+    return _signature_verifies(cert, ca.public_key())
+
+
+def _signature_verifies(cert: x509.Certificate, key: object) -> bool:
+    data, signature = cert.tbs_certificate_bytes, cert.signature
     try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False  # the same name on another key
+        parameters = cert.signature_algorithm_parameters
+        if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(parameters, ec.ECDSA):
+            key.verify(signature, data, parameters)
+        elif isinstance(key, rsa.RSAPublicKey) and isinstance(
+            parameters, padding.PKCS1v15 | padding.PSS
+        ):
+            algorithm = cert.signature_hash_algorithm
+            if algorithm is None:
+                return False
+            key.verify(signature, data, parameters, algorithm)
+        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+            key.verify(signature, data)
+        else:
+            return False  # a pairing no issuer key here signs with
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
     return True
 
 
