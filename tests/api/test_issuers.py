@@ -1526,6 +1526,63 @@ def test_key_identifiers_alone_never_decide_the_revoked_issuer_of_a_certificate(
     assert issuance.revoked_issuer_of(api.services, forged_aki) is None
 
 
+def test_a_resumed_sessions_certificate_below_a_compromised_key_under_another_name(
+    api: Api,
+) -> None:
+    """The compromised key is found by its signatures, whatever name and SKI it went by.
+
+    A root of sub's key under another name and its own subjectKeyIdentifier (imported
+    before the compromise; a root is on no CRL, so nothing revokes it): before, neither a
+    certificate it signed nor one below an intermediate created under it was found below
+    sub on a resumed session (the walk matched sub by name or key identifier only).
+    """
+    from certctl.services import issuance
+
+    _intermediate(api, "sub")
+    sub_key = issuance.load_issuer(api.services, "sub").private_key
+    now = api.clock()
+    name = common_name_dn("Twin root")
+    twin = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(sub_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier(b"\x02" * 20), critical=False)
+        .sign(sub_key, hashes.SHA256())
+    )
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "twin",
+            "certificate_pem": twin.public_bytes(Encoding.PEM).decode(),
+            "private_key_pem": key_to_pem(sub_key).decode(),
+        },
+    )
+    assert r.status_code == 201, r.text
+    r = api.post(ISSUERS, api.admin_key, json={"id": "x", "parent": "twin"})
+    assert r.status_code == 201, r.text
+    certificates = [
+        _cert(
+            api.issue(issuer=issuer, common_name="c.example.com")["certificate_pem"]
+        ).public_bytes(Encoding.DER)
+        for issuer in ("twin", "x")
+    ]
+    assert [issuance.revoked_issuer_of(api.services, c) for c in certificates] == [None, None]
+
+    r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    assert [issuance.revoked_issuer_of(api.services, c) for c in certificates] == ["sub", "sub"]
+
+
 def test_a_certificates_pem_is_served_without_unwrapping_its_issuers_key(api: Api) -> None:
     """GET /api/v1/certificates/{id} as PEM sends the leaf and the chain, read key-free.
 

@@ -671,16 +671,24 @@ def revoked_issuer_of(services: Services, certificate_der: bytes) -> str | None:
     authorityKeyIdentifier (the CA's subjectKeyIdentifier), points at that CA. The revoked
     issuers are checked as the signer first; then the walk goes up through certctl's
     issuers (the one that signed it, the one that signed that one …), so a certificate
-    under a CA the revoked one signed is found too when certctl holds that CA. One signed
-    by a CA certctl does not hold (minted with a compromised key) is found by the full
-    handshake's chain only (:func:`revoked_ca_among`).
+    under a CA the revoked one signed is found too when certctl holds that CA. A key
+    revoked for a compromise is also tried on each certificate of the path itself, under
+    whatever name it signed. One below a CA certctl does not hold (minted with a
+    compromised key) is found by the full handshake's chain only (:func:`revoked_ca_among`).
     """
     revoked = _revoked_issuer_pems(services)
     if not revoked:
         return None  # the usual case: nothing to parse, no other read
     cert = x509.load_der_x509_certificate(certificate_der)
     revoked_cas = [(issuer_id, _parsed_ca(pem)[0]) for issuer_id, pem, _reason in revoked]
-    found = _signer_among(cert, revoked_cas)
+    # A compromise is the key's: a certificate it signed under another name and key
+    # identifier (a twin root, which no CRL lists) is tried against the key itself.
+    compromised = [
+        (issuer_id, ca.public_key())
+        for (issuer_id, ca), (_, _, reason) in zip(revoked_cas, revoked, strict=True)
+        if reason in _COMPROMISE
+    ]
+    found = _revoked_signer(cert, revoked_cas, compromised)
     if found is not None:
         return found
     # Deeper: a second read (of every issuer's certificate, few rows, each parsed once per
@@ -698,12 +706,25 @@ def revoked_issuer_of(services: Services, certificate_der: bytes) -> str | None:
                 if der in seen or not _signed_by(signed, ca):
                     continue
                 seen.add(der)
-                found = _signer_among(ca, revoked_cas)
+                found = _revoked_signer(ca, revoked_cas, compromised)
                 if found is not None:
                     return found
                 above.append(ca)
         below = above
     return None
+
+
+def _revoked_signer(
+    cert: x509.Certificate,
+    revoked_cas: Sequence[tuple[str, x509.Certificate]],
+    compromised: Sequence[tuple[str, object]],
+) -> str | None:
+    """The id of the revoked issuer that signed ``cert``, or whose compromised key did."""
+    found = _signer_among(cert, revoked_cas)
+    if found is not None:
+        return found
+    # One verification per compromised key (few), only when the answer is not remembered.
+    return next((i for i, key in compromised if _signature_verifies(cert, key)), None)
 
 
 def _signer_among(
