@@ -1583,6 +1583,62 @@ def test_a_resumed_sessions_certificate_below_a_compromised_key_under_another_na
     assert [issuance.revoked_issuer_of(api.services, c) for c in certificates] == ["sub", "sub"]
 
 
+@pytest.mark.parametrize("where", ["here", "on another replica"])
+def test_an_intermediate_imported_without_its_chain_under_a_compromised_key_issues_nothing(
+    api: Api, where: str
+) -> None:
+    """Below a compromised key is judged by its signature too, not only by the chain given.
+
+    Before: a CA that sub's key signed, imported without sub in its bundle (accepted with a
+    warning), kept issuing after sub was revoked for keyCompromise, in every process; and
+    another one was imported after it.
+    """
+    from certctl.pki import get_profile
+    from certctl.services import issuance
+
+    _intermediate(api, "sub", path_length=1)
+    sub_ca = issuance.load_issuer(api.services, "sub")
+
+    def signed_by_sub(cn: str) -> dict[str, str]:
+        key = generate_private_key(KeyType.EC_P256)
+        cert = sub_ca.issue(
+            key.public_key(),
+            common_name_dn(cn),
+            profile=get_profile("intermediate"),
+            validity=timedelta(days=30),
+            now=api.clock(),
+        ).certificate
+        return {
+            "certificate_pem": cert.public_bytes(Encoding.PEM).decode(),
+            "private_key_pem": key_to_pem(key).decode(),
+        }
+
+    r = api.post(ISSUERS, api.admin_key, json={"id": "x", **signed_by_sub("X CA")})
+    assert r.status_code == 201, r.text
+    api.issue(issuer="x", common_name="a.example.com")  # cached, issuing
+
+    if where == "here":
+        r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
+        assert r.status_code == 200, r.text
+        assert api.services.cached_issuer("x") is None
+    else:  # this process learns it from its refresh
+        with api.services.sessions.begin() as session:
+            session.execute(
+                update(Issuer)
+                .where(Issuer.id == "sub")
+                .values(revoked_at=api.clock(), revocation_reason="keyCompromise")
+            )
+        assert "x" in issuance.refresh_cached_issuers(api.services)
+    before = api.counts()
+    refused = api.post(CERTS, api.admin_key, json={"issuer": "x", "common_name": "b.example"})
+    detail = assert_problem(refused, 409)["detail"]
+    assert detail.startswith("issuer x is below issuer sub, revoked on "), detail
+    r = api.post(ISSUERS, api.admin_key, json={"id": "x2", **signed_by_sub("X2 CA")})
+    detail = assert_problem(r, 409)["detail"]
+    assert " is below issuer sub, revoked on " in detail, detail
+    assert api.counts() == before
+
+
 def test_a_certificates_pem_is_served_without_unwrapping_its_issuers_key(api: Api) -> None:
     """GET /api/v1/certificates/{id} as PEM sends the leaf and the chain, read key-free.
 

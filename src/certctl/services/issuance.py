@@ -564,7 +564,9 @@ def _revoked_above(
     # below one. Other reasons stay with the certificate revoked.
     keys = {_spki(c) for c in (cert, *chain)}
     for revoked_id, pem, revoked_at, reason in rows:
-        if reason in _COMPROMISE and _parsed_ca(pem)[2] in keys:
+        if reason in _COMPROMISE and (
+            _parsed_ca(pem)[2] in keys or _top_signed_by(cert, chain, _parsed_ca(pem)[0])
+        ):
             return IssuerRevocation(
                 cast(datetime, revoked_at),
                 reason,
@@ -572,6 +574,18 @@ def _revoked_above(
                 same_key=_parsed_ca(pem)[2] == _spki(cert),
             )
     return None
+
+
+def _top_signed_by(
+    cert: x509.Certificate, chain: Sequence[x509.Certificate], ca: x509.Certificate
+) -> bool:
+    """Whether the top of ``chain`` (or ``cert``), not a root, was signed by ``ca``'s key.
+
+    An intermediate imported without the CA above it (accepted, with a warning) has no
+    chain to compare: its signature tells whether a compromised key is above it.
+    """
+    top = chain[-1] if chain else cert
+    return top.issuer != top.subject and _signature_verifies(top, ca.public_key())
 
 
 def _spki(cert: x509.Certificate) -> bytes:
@@ -943,7 +957,7 @@ def _newly_below_revoked(
         if compromised_key is not None:
             if keys is None:
                 keys = {_spki(c) for c in (ca.certificate, *ca.chain)}
-            if compromised_key in keys:
+            if compromised_key in keys or _top_signed_by(ca.certificate, ca.chain, cert):
                 return True
     return False
 
@@ -1516,7 +1530,13 @@ def revoke_issuer(
         if (
             cert == ca.certificate
             or cert in ca.chain
-            or (key is not None and key in {_spki(c) for c in (ca.certificate, *ca.chain)})
+            or (
+                key is not None
+                and (
+                    key in {_spki(c) for c in (ca.certificate, *ca.chain)}
+                    or _top_signed_by(ca.certificate, ca.chain, cert)
+                )
+            )
         ):
             # Below it, it imported again, or its compromised key (or below that): reloaded
             # as refusing too.
