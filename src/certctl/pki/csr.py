@@ -8,18 +8,17 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
 )
-from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
+from cryptography.x509.oid import ExtensionOID
 
 from certctl.errors import BadSignature, InvalidRequest
 from certctl.pki.formats import check_extensions
 from certctl.pki.issue import CertificateAuthority, IssuedCertificate, NameHint
-from certctl.pki.keys import check_public_key, signature_hash_for
+from certctl.pki.keys import check_public_key, signature_hash_for, signature_verifies
 from certctl.pki.names import SubjectAltNames, _check_name
 from certctl.pki.profiles import Profile
 
@@ -91,28 +90,15 @@ def _self_signed(csr: x509.CertificateSigningRequest, public_key: object) -> boo
     The signature algorithm must belong to the key's type; any other pairing, or a key type
     not listed here, goes to ``is_signature_valid``, which decides as before.
     """
-    parameters = csr.signature_algorithm_parameters
-    data, signature = csr.tbs_certrequest_bytes, csr.signature
-    try:
-        if isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(parameters, ec.ECDSA):
-            public_key.verify(signature, data, parameters)
-        elif isinstance(public_key, rsa.RSAPublicKey) and isinstance(
-            parameters, padding.PKCS1v15 | padding.PSS
-        ):
-            algorithm = csr.signature_hash_algorithm
-            if algorithm is None:
-                return csr.is_signature_valid
-            public_key.verify(signature, data, parameters, algorithm)
-        elif (
-            isinstance(public_key, ed25519.Ed25519PublicKey)
-            and csr.signature_algorithm_oid == SignatureAlgorithmOID.ED25519
-        ):
-            public_key.verify(signature, data)
-        else:
-            return csr.is_signature_valid
-    except InvalidSignature:
-        return False
-    return True
+    verified = signature_verifies(
+        public_key,
+        csr.signature,
+        csr.tbs_certrequest_bytes,
+        csr.signature_algorithm_parameters,
+        csr.signature_hash_algorithm,
+        csr.signature_algorithm_oid,
+    )
+    return csr.is_signature_valid if verified is None else verified
 
 
 def csr_sans(csr: x509.CertificateSigningRequest) -> SubjectAltNames:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import enum
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
 )
+from cryptography.x509.oid import SignatureAlgorithmOID
 
 from certctl.errors import InvalidRequest, WeakKey
 
@@ -19,6 +22,7 @@ __all__ = [
     "generate_private_key",
     "key_type_of",
     "signature_hash_for",
+    "signature_verifies",
 ]
 
 MIN_RSA_BITS = 2048
@@ -109,3 +113,41 @@ def signature_hash_for(
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
         return hashes.SHA384()
     return hashes.SHA256()
+
+
+def signature_verifies(
+    key: object,
+    signature: bytes,
+    data: bytes,
+    parameters: object,
+    hash_algorithm: hashes.HashAlgorithm | None,
+    algorithm: x509.ObjectIdentifier,
+) -> bool | None:
+    """Whether ``key`` made ``signature`` over ``data`` (a TBS certificate or request).
+
+    With a key already loaded (pyca's ``verify_directly_issued_by`` wants the issuer's
+    certificate and matches its name; ``is_signature_valid`` parses the key again). The
+    signature algorithm must belong to the key's type.
+
+    Returns:
+        True or False; None for a pairing of key and algorithm not handled here (the caller
+        decides: another check, or a refusal).
+    """
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(parameters, ec.ECDSA):
+            key.verify(signature, data, parameters)
+        elif isinstance(key, rsa.RSAPublicKey) and isinstance(
+            parameters, padding.PKCS1v15 | padding.PSS
+        ):
+            if hash_algorithm is None:
+                return None
+            key.verify(signature, data, parameters, hash_algorithm)
+        elif (
+            isinstance(key, ed25519.Ed25519PublicKey) and algorithm == SignatureAlgorithmOID.ED25519
+        ) or (isinstance(key, ed448.Ed448PublicKey) and algorithm == SignatureAlgorithmOID.ED448):
+            key.verify(signature, data)
+        else:
+            return None
+    except InvalidSignature:
+        return False
+    return True

@@ -14,7 +14,6 @@ from typing import Any, Protocol, cast
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from sqlalchemy import (
     Connection,
     Integer,
@@ -55,6 +54,7 @@ from certctl.pki import (
 )
 from certctl.pki.crl import RevokedEntry, create_crl
 from certctl.pki.issue import BACKDATE, IssuedCertificate, NameHint
+from certctl.pki.keys import signature_verifies
 from certctl.pki.names import SAN_KINDS, san_search_forms
 from certctl.services.audit import event_values, record
 from certctl.services.context import (
@@ -775,25 +775,18 @@ def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 
 
 def _signature_verifies(cert: x509.Certificate, key: object) -> bool:
-    data, signature = cert.tbs_certificate_bytes, cert.signature
     try:
-        parameters = cert.signature_algorithm_parameters
-        if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(parameters, ec.ECDSA):
-            key.verify(signature, data, parameters)
-        elif isinstance(key, rsa.RSAPublicKey) and isinstance(
-            parameters, padding.PKCS1v15 | padding.PSS
-        ):
-            algorithm = cert.signature_hash_algorithm
-            if algorithm is None:
-                return False
-            key.verify(signature, data, parameters, algorithm)
-        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-            key.verify(signature, data)
-        else:
-            return False  # a pairing no issuer key here signs with
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
+        verified = signature_verifies(
+            key,
+            cert.signature,
+            cert.tbs_certificate_bytes,
+            cert.signature_algorithm_parameters,
+            cert.signature_hash_algorithm,
+            cert.signature_algorithm_oid,
+        )
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False  # an algorithm cryptography cannot name (an imported CA's odd one)
+    return bool(verified)  # None: a pairing no issuer key here signs with
 
 
 def _key_identifier(
