@@ -1470,33 +1470,9 @@ def test_key_identifiers_alone_never_decide_the_revoked_issuer_of_a_certificate(
         return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
 
     forger_key = generate_private_key(KeyType.EC_P256)
-    forger = (
-        x509.CertificateBuilder()
-        .subject_name(common_name_dn("Forged key ids"))
-        .issuer_name(common_name_dn("Forged key ids"))
-        .public_key(forger_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier(key_id(default)), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier(key_id(sub), None, None), critical=False)
-        .sign(forger_key, hashes.SHA256())
+    _import_self_signed(
+        api, "forger", "Forged key ids", forger_key, ski=key_id(default), aki=key_id(sub)
     )
-    r = api.post(
-        ISSUERS,
-        api.admin_key,
-        json={
-            "id": "forger",
-            "certificate_pem": forger.public_bytes(Encoding.PEM).decode(),
-            "private_key_pem": key_to_pem(forger_key).decode(),
-        },
-    )
-    assert r.status_code == 201, r.text
     of_default = _cert(api.issue(common_name="b.example.com")["certificate_pem"])
 
     def signed(issuer: x509.Name, aki: bytes, key: CertificateIssuerPrivateKeyTypes) -> bytes:
@@ -1540,34 +1516,7 @@ def test_a_resumed_sessions_certificate_below_a_compromised_key_under_another_na
 
     _intermediate(api, "sub")
     sub_key = issuance.load_issuer(api.services, "sub").private_key
-    now = api.clock()
-    name = common_name_dn("Twin root")
-    twin = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(sub_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier(b"\x02" * 20), critical=False)
-        .sign(sub_key, hashes.SHA256())
-    )
-    r = api.post(
-        ISSUERS,
-        api.admin_key,
-        json={
-            "id": "twin",
-            "certificate_pem": twin.public_bytes(Encoding.PEM).decode(),
-            "private_key_pem": key_to_pem(sub_key).decode(),
-        },
-    )
-    assert r.status_code == 201, r.text
+    _import_self_signed(api, "twin", "Twin root", sub_key, ski=b"\x02" * 20)
     r = api.post(ISSUERS, api.admin_key, json={"id": "x", "parent": "twin"})
     assert r.status_code == 201, r.text
     certificates = [
@@ -1807,3 +1756,47 @@ def test_a_verified_chain_through_another_certificate_of_a_compromised_key_is_re
     r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
     assert r.status_code == 200, r.text
     assert issuance.revoked_ca_among(api.services, chain) == "sub"
+
+
+def _import_self_signed(
+    api: Api,
+    issuer_id: str,
+    cn: str,
+    key: CertificateIssuerPrivateKeyTypes,
+    *,
+    ski: bytes,
+    aki: bytes | None = None,
+) -> None:
+    """Import a root CA built by hand, with the key identifiers given (whoever makes a
+    certificate writes them), under ``issuer_id``."""
+    now = api.clock()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(common_name_dn(cn))
+        .issuer_name(common_name_dn(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier(ski), critical=False)
+    )
+    if aki is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier(aki, None, None), critical=False
+        )
+    cert = builder.sign(key, hashes.SHA256())
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": issuer_id,
+            "certificate_pem": cert.public_bytes(Encoding.PEM).decode(),
+            "private_key_pem": key_to_pem(key).decode(),
+        },
+    )
+    assert r.status_code == 201, r.text
