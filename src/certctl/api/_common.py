@@ -11,6 +11,7 @@ from urllib.parse import quote
 import anyio
 import anyio.to_thread
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -32,6 +33,7 @@ __all__ = [
     "json_bytes",
     "json_response",
     "list_limiter",
+    "listed",
     "page_limit",
     "read_body",
     "services_of",
@@ -215,6 +217,16 @@ def list_limiter() -> anyio.CapacityLimiter:
 async def in_list_thread(request: Request, func: Callable[..., T], *args: Any) -> T:
     """``func(*args)`` in a worker thread, at most ``LIST_THREADS`` at once per app."""
     return await anyio.to_thread.run_sync(func, *args, limiter=request.app.state.lists)
+
+
+async def listed(request: Request, read: Callable[[Session], T]) -> T:
+    """``read(session)`` in a listing thread (:func:`in_list_thread`), on a session of its own."""
+
+    def run(services: Services) -> T:
+        with services.sessions() as session:
+            return read(session)
+
+    return await in_list_thread(request, run, services_of(request))
 
 
 async def in_write_thread(request: Request, func: Callable[..., T], *args: Any) -> T:

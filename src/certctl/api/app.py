@@ -37,6 +37,7 @@ from certctl.api._common import (
     in_write_thread,
     json_bytes,
     list_limiter,
+    listed,
     write_limiter,
 )
 from certctl.api._common import caller_of as _caller
@@ -75,8 +76,8 @@ from certctl.store.models import Actor, ApiKey, Role
 
 if TYPE_CHECKING:
     from cryptography import x509
+    from sqlalchemy.orm import Session
 
-    from certctl.store.models import AuditEvent
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -198,11 +199,7 @@ def _role_json(role: Role) -> dict[str, Any]:
 
 
 async def list_roles(request: Request, principal: Principal | None) -> Response:
-    def read(services: Services) -> list[Role]:
-        with services.sessions() as session:
-            return session.query(Role).order_by(Role.id).all()
-
-    roles = await in_list_thread(request, read, _services(request))
+    roles = await listed(request, lambda s: s.query(Role).order_by(Role.id).all())
     return _json({"items": [_role_json(r) for r in roles], "next_cursor": None})
 
 
@@ -267,11 +264,7 @@ def _actor_json(actor: Actor) -> dict[str, Any]:
 
 
 async def list_actors(request: Request, principal: Principal | None) -> Response:
-    def read(services: Services) -> list[Actor]:
-        with services.sessions() as session:
-            return session.query(Actor).order_by(Actor.id).all()
-
-    actors = await in_list_thread(request, read, _services(request))
+    actors = await listed(request, lambda s: s.query(Actor).order_by(Actor.id).all())
     return _json({"items": [_actor_json(a) for a in actors], "next_cursor": None})
 
 
@@ -327,14 +320,13 @@ async def list_apikeys(request: Request, principal: Principal | None) -> Respons
     if actor == "":  # not "every actor": a script whose variable was unset would see all keys
         raise InvalidRequest("actor_id: empty (leave it out for every actor's keys)")
 
-    def read(services: Services) -> list[ApiKey]:
-        with services.sessions() as session:
-            q = session.query(ApiKey).order_by(ApiKey.created_at)
-            if actor is not None:
-                q = q.filter(ApiKey.actor_id == actor)
-            return q.all()
+    def read(session: Session) -> list[ApiKey]:
+        q = session.query(ApiKey).order_by(ApiKey.created_at)
+        if actor is not None:
+            q = q.filter(ApiKey.actor_id == actor)
+        return q.all()
 
-    rows = await in_list_thread(request, read, _services(request))
+    rows = await listed(request, read)
     return _json({"items": [schemas.apikey_json(r) for r in rows], "next_cursor": None})
 
 
@@ -392,13 +384,8 @@ async def revoke_apikey(request: Request, principal: Principal | None) -> Respon
 async def list_issuers(request: Request, principal: Principal | None) -> Response:
     from certctl.store.models import Issuer
 
-    def read(services: Services) -> list[Issuer]:
-        with services.sessions() as session:
-            return session.query(Issuer).order_by(Issuer.id).all()
-
-    services = _services(request)
-    rows = await in_list_thread(request, read, services)
-    now = services.clock()
+    rows = await listed(request, lambda s: s.query(Issuer).order_by(Issuer.id).all())
+    now = _services(request).clock()
     return _json({"items": [schemas.issuer_json(r, now) for r in rows], "next_cursor": None})
 
 
@@ -787,11 +774,8 @@ async def list_audit(request: Request, principal: Principal | None) -> Response:
         raise InvalidRequest("cursor: not a cursor returned by this API")
     limit = _limit(request)
 
-    def read(services: Services) -> list[AuditEvent]:
-        with services.sessions() as session:
-            return audit.list_audit(session, limit=limit + 1, after=int(cursor) if cursor else None)
-
-    rows = await in_list_thread(request, read, _services(request))
+    after = int(cursor) if cursor else None
+    rows = await listed(request, lambda s: audit.list_audit(s, limit=limit + 1, after=after))
     next_cursor = str(rows[limit - 1].id) if len(rows) > limit else None
     return _json(
         {"items": [schemas.audit_json(r) for r in rows[:limit]], "next_cursor": next_cursor}
