@@ -803,11 +803,11 @@ class _KeyCache:
         self._counter = counter
         self._entries: dict[str, _CachedKey] = {}
         # What version() hands out: the counter plus _offset, which grows whenever the counter
-        # is seen to go back (_read_generation); _highest is the largest version handed out.
+        # is seen to go back (_read_generation). Versions never decrease, so the last one
+        # handed out, _last_raw + _offset, is also the largest.
         self._generation_lock = threading.Lock()
         self._last_raw = -1
         self._offset = 0
-        self._highest = -1
         # (WAL-index header, generation read after it) at the last read of the counter.
         self._seen: tuple[bytes, int] | None = None
         self._wal_index: mmap.mmap | None = None
@@ -843,7 +843,7 @@ class _KeyCache:
                 # value it reaches again need not be those an entry was read from, so every
                 # version handed out from now on is above any handed out before (entries and
                 # remembered client certificates compare versions for equality).
-                self._offset = self._highest + 1 - raw
+                self._offset += self._last_raw + 1 - raw
                 log.warning(
                     "credential generation went back (%d -> %d): remembered keys and client "
                     "certificates are read again",
@@ -851,9 +851,7 @@ class _KeyCache:
                     raw,
                 )
             self._last_raw = raw
-            version = raw + self._offset
-            self._highest = max(self._highest, version)
-        return version
+            return raw + self._offset
 
     def authenticate(self, presented: str, source: str, timestamp: float) -> Principal | None:
         """The principal of a presented key cached at the current generation, else None.
