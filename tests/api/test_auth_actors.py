@@ -124,11 +124,14 @@ def test_unknown_role_names_the_closest_or_the_known_ones(api: Api) -> None:
     )
     r = api.post(ACTORS, key, json={"id": "y", "roles": ["p-cx"]})
     assert assert_problem(r, 400)["detail"] == (
-        "unknown role(s): p-cx; built-in: r-admin, r-auditor, r-metrics-read, r-operator, r-viewer "
+        "unknown role(s) or roles needing permissions you lack: p-cx; built-in: r-admin, "
+        "r-auditor, r-metrics-read, r-operator, r-viewer "
         "(custom roles are named to holders of auth.role.read)"
     )
     r = api.post(ACTORS, key, json={"id": "y", "roles": ["r-auditr"]})
-    assert assert_problem(r, 400)["detail"] == "unknown role(s): r-auditr (did you mean r-auditor?)"
+    assert assert_problem(r, 400)["detail"] == (
+        "unknown role(s) or roles needing permissions you lack: r-auditr (did you mean r-auditor?)"
+    )
     # Past 30 names the line says how many more there are rather than burying the bad one.
     for i in range(30):
         api.create_role(f"p-{i:02}", [])
@@ -199,3 +202,45 @@ def test_viewer_cannot_write_actors(api: Api) -> None:
     assert_problem(api.post(ACTORS, key, json={"id": "x"}), 403)
     assert_problem(api.request("PATCH", f"{ACTORS}/admin", key, json={"name": "x"}), 403)
     assert_problem(api.request("DELETE", f"{ACTORS}/admin", key), 403)
+
+
+def test_caller_without_role_read_cannot_tell_hidden_roles_from_unknown_ones(api: Api) -> None:
+    # Before: a custom role the caller may not assign answered 403 naming its permissions,
+    # an unknown name 400, so holders of auth.actor.create could probe custom role names.
+    api.create_role("p-secret", ["cert.issue", "issuer.create"])
+    api.create_role("r-auditorx", ["issuer.create"])  # a near-miss of a built-in name
+    key = api.key_with_permissions(
+        "hr", ["auth.actor.create", "auth.actor.edit", "auth.role.assign", "cert.read"]
+    )
+    api.create_actor("plain", [])
+    before = api.counts()
+    answers = []
+    for names in (["p-secret"], ["p-secrex"], ["r-auditorx"], ["r-auditory"]):
+        created = api.post(ACTORS, key, json={"id": "y", "roles": names})
+        edited = api.request("PATCH", f"{ACTORS}/plain", key, json={"roles": names})
+        for r in (created, edited):
+            detail = assert_problem(r, 400)["detail"]
+            answers.append(detail.replace(names[0], "NAME"))
+            assert "issuer.create" not in detail
+    assert len(set(answers[:4])) == 1, answers
+    assert len(set(answers[4:])) == 1, answers
+    assert answers[0] == (
+        "unknown role(s) or roles needing permissions you lack: NAME; built-in: r-admin, "
+        "r-auditor, r-metrics-read, r-operator, r-viewer "
+        "(custom roles are named to holders of auth.role.read)"
+    )
+    assert answers[4] == (
+        "unknown role(s) or roles needing permissions you lack: NAME (did you mean r-auditor?)"
+    )
+    assert api.counts() == before
+    # Built-in roles are public (DESIGN §4): assigning one beyond the caller is the usual 403.
+    r = api.post(ACTORS, key, json={"id": "y", "roles": ["r-operator"]})
+    assert "cert.issue" in assert_problem(r, 403)["detail"]
+    # A holder of auth.role.read still gets the precise answers.
+    reader = api.key_with_permissions(
+        "reader", ["auth.actor.create", "auth.role.assign", "auth.role.read", "cert.read"]
+    )
+    r = api.post(ACTORS, reader, json={"id": "y", "roles": ["p-secret"]})
+    assert "issuer.create" in assert_problem(r, 403)["detail"]
+    r = api.post(ACTORS, reader, json={"id": "y", "roles": ["p-secrex"]})
+    assert assert_problem(r, 400)["detail"] == "unknown role(s): p-secrex (did you mean p-secret?)"

@@ -87,13 +87,20 @@ _MAX_KNOWN_NAMED = 30
 
 
 def _unknown_names(
-    kind: str, unknown: list[str], known: Sequence[str], *, known_as: str = "known", note: str = ""
+    kind: str,
+    unknown: list[str],
+    known: Sequence[str],
+    *,
+    kind_as: str = "",
+    known_as: str = "known",
+    note: str = "",
 ) -> InvalidRequest:
     """The refusal of ``unknown`` names of ``kind``: the closest known name to each, else all.
 
     A typo gets its correction (the first _SUGGESTED names only); a name with none close
     (difflib, cutoff 0.8) gets the known names listed in the order given (``known_as: a, b
     …``, up to _MAX_KNOWN_NAMED, then ``note``), so the caller need not look them up elsewhere.
+    ``kind_as`` replaces ``{kind}(s)`` after "unknown" when the names are not all unknown.
     """
     named, all_close = [], True
     for index, name in enumerate(unknown):
@@ -107,7 +114,7 @@ def _unknown_names(
         more = len(known) - _MAX_KNOWN_NAMED
         shown = ", ".join(known[:_MAX_KNOWN_NAMED]) + (f" and {more} more" if more > 0 else "")
         hint = f"; {known_as}: {shown}{note}"
-    return InvalidRequest(f"unknown {kind}(s): {', '.join(named)}{hint}")
+    return InvalidRequest(f"unknown {kind_as or kind + '(s)'}: {', '.join(named)}{hint}")
 
 
 def _check_permissions(permissions: list[str]) -> list[str]:
@@ -186,22 +193,40 @@ def _role_union(connection: Connection, role_ids: list[str]) -> frozenset[str]:
 
 
 def _role_permissions(services: Services, caller: Principal, role_ids: list[str]) -> frozenset[str]:
+    """The union of the roles' permissions, refusing names that are not roles.
+
+    A caller without ``auth.role.read`` learns nothing of the custom roles it may not assign:
+    an unknown name and a custom role needing permissions it lacks get the same refusal,
+    which names only the built-in roles (DESIGN §4 publishes them); a 403 listing the
+    role's permissions would otherwise tell which names exist and what they grant.
+    """
     with services.sessions() as session:
         found = {r.id: r for r in session.scalars(select(Role).where(Role.id.in_(role_ids)))}
         missing = sorted(set(role_ids) - set(found))
-        if not missing:
-            return frozenset(p for r in found.values() for p in r.permissions)
         builtin = sorted(BUILTIN_ROLES)
         if "auth.role.read" in caller.permissions:
+            if not missing:
+                return frozenset(p for r in found.values() for p in r.permissions)
             # The built-in roles first: past _MAX_KNOWN_NAMED the custom ones are cut.
             custom = session.scalars(select(Role.id).where(Role.builtin.is_(False)))
             raise _unknown_names("role", missing, [*builtin, *sorted(custom)])
-    # Custom roles are for holders of auth.role.read to see (GET /api/v1/auth/roles): others
-    # are told the built-in ones, which DESIGN §4 publishes anyway, and not which others exist.
+        hidden = sorted(
+            {
+                *missing,
+                *(
+                    r.id
+                    for r in found.values()
+                    if not r.builtin and not set(r.permissions) <= caller.permissions
+                ),
+            }
+        )
+        if not hidden:
+            return frozenset(p for r in found.values() for p in r.permissions)
     raise _unknown_names(
         "role",
-        missing,
+        hidden,
         builtin,
+        kind_as="role(s) or roles needing permissions you lack",
         known_as="built-in",
         note=" (custom roles are named to holders of auth.role.read)",
     )
