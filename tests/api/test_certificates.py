@@ -1484,6 +1484,13 @@ def test_a_host_cn_no_san_covers_is_warned_about(module_api: Api) -> None:
     )
     uri_only = module_api.issue(common_name="api.example.com", dns_names=[], uris=[SPIFFE_ID])
     assert uri_only["warnings"] == [left_out.format(fix["dns"])]
+    # A renewal takes no names (only a validity): the warning, given when the names were
+    # chosen, is not repeated with advice the renewal cannot follow.
+    r = module_api.post(f"{CERTS}/{uri_only['id']}/renew", module_api.admin_key)
+    assert r.status_code == 201, r.text
+    assert r.json()["warnings"] == []
+    renewed = _cert(r.json()["certificate_pem"])
+    assert renewed.subject == _cert(uri_only["certificate_pem"]).subject
     ip = module_api.issue(common_name="10.0.0.1", dns_names=["a.example"])
     assert ip["warnings"] == [
         "common name 10.0.0.1 is not among the certificate's IP addresses: clients will not "

@@ -204,7 +204,7 @@ class CertificateAuthority:
         sans: SubjectAltNames | None = None,
         crl_urls: Sequence[str] = (),
         ca_issuers_urls: Sequence[str] = (),
-        name_hint: NameHint = GENERIC_HINT,
+        name_hint: NameHint | None = GENERIC_HINT,
     ) -> IssuedCertificate:
         """Sign a certificate for ``public_key``; the profile decides every extension.
 
@@ -224,7 +224,11 @@ class CertificateAuthority:
                 access description per URL, after the cRLDistributionPoints. None: no
                 extension.
             name_hint: how to add the common name to the SANs, for the warning given when
-                a server certificate's host-name CN is among none of them.
+                a server certificate's host-name CN is among none of them. None: the names
+                were not chosen in this call (a renewal repeats its predecessor's and takes
+                none), so neither that warning nor the one about a server certificate
+                naming no host is given: they were when the names were chosen, and their
+                advice cannot be followed here.
 
         Raises:
             WeakKey: the key is below policy.
@@ -252,14 +256,18 @@ class CertificateAuthority:
         sans = sans if (sans and profile.allows_sans) else SubjectAltNames()
         if profile.is_server and not sans:
             sans = _sans_from_common_name(subject)
-            if not sans:
+            if not sans and name_hint is not None:
                 # Issued all the same (a CSR may be meant for something else), but no TLS
                 # client will match it to a host: say so where the caller will see it.
                 warnings.append(
                     "server certificate without a DNS or IP name: TLS clients match hosts "
                     "against SANs only, and the common name is not a host name"
                 )
-        elif profile.is_server and (left_out := _cn_left_out(subject, sans, name_hint)):
+        elif (
+            profile.is_server
+            and name_hint is not None
+            and (left_out := _cn_left_out(subject, sans, name_hint))
+        ):
             warnings.append(left_out)
         if profile.allows_sans:
             sans = _with_subject_emails(subject, sans)
