@@ -16,7 +16,15 @@ from cryptography import x509
 from sqlalchemy import select
 
 from certctl.errors import InvalidRequest
-from certctl.pki import PROFILES, CertificateAuthority, common_name_dn, generate_private_key
+from certctl.pki import (
+    PROFILES,
+    CertificateAuthority,
+    certs_to_pem,
+    common_name_dn,
+    generate_private_key,
+    get_profile,
+    key_to_pem,
+)
 from certctl.server import run
 from certctl.server.bootstrap import Bootstrapped
 from certctl.server.config import load_config
@@ -230,3 +238,58 @@ def test_a_leaf_lifetime_inside_its_rotation_margin_is_refused_naming_both_value
     ServiceSettings(
         cert_validity=timedelta(hours=24, seconds=1), cert_rotate_before=timedelta(days=1)
     )
+
+
+def test_a_compromised_internal_ca_key_renews_neither_it_nor_the_server_certificate(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The API refuses to issue from an issuer whose key was revoked for a compromise under
+    # another certificate (409); the server's own renewals went on signing with that key:
+    # its TLS certificate, and the internal CA re-signed by itself.
+    prepared = _prepared(env)
+    prepared.scheduler = run.build_scheduler(prepared.config, env.services)
+    run._renew_internal_ca(prepared, None)  # the start: the files are issued
+    files = ("ca.crt", "tls.crt", "tls.key")
+    before = {name: (prepared.tls_dir / name).read_bytes() for name in files}
+    default = issuance.load_issuer(env.services, DEFAULT)
+    # Another certificate of the internal CA's key (cross-signed by another certctl root),
+    # imported, then revoked for keyCompromise: the key signs nothing more.
+    other = _create(env, "other")
+    twin = other.issue(
+        default.private_key.public_key(),
+        common_name_dn("certctl twin"),
+        profile=get_profile("intermediate"),
+        validity=timedelta(days=30),
+        now=env.now,
+    ).certificate
+    issuance.import_issuer(
+        env.services,
+        env.admin,
+        issuer_id="twin",
+        name="twin",
+        certificate_pem=certs_to_pem([twin, other.certificate]).decode(),
+        private_key_pem=key_to_pem(default.private_key).decode(),
+    )
+    issuance.revoke_issuer(env.services, env.admin, "twin", "keyCompromise")
+    assert issuance.load_issuer_state(env.services, DEFAULT)[1] is not None
+    served = x509.load_pem_x509_certificate(before["tls.crt"])
+
+    for when in (
+        served.not_valid_after_utc - timedelta(hours=1),  # the server certificate is due
+        default.certificate.not_valid_after_utc - timedelta(hours=1),  # the CA too
+    ):
+        env.at(when)
+        caplog.clear()
+        run._renew_internal_ca(prepared, None)
+        run.refresh_issuers(prepared, None, leader=True)
+        # The last good files stay served; nothing re-signed, nothing audited as renewed.
+        assert {name: (prepared.tls_dir / name).read_bytes() for name in files} == before
+        assert issuance.load_issuer(env.services, DEFAULT).certificate == default.certificate
+        assert _renewals(env) == []
+        refusals = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert refusals, caplog.text
+        assert all(
+            "issuer default holds the key of issuer twin, revoked on " in m
+            and "(keyCompromise)" in m
+            for m in refusals
+        ), refusals

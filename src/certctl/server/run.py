@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from cryptography import x509
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
@@ -37,7 +38,7 @@ from certctl.server.logs import configure_logging
 from certctl.server.scheduler import Scheduler
 from certctl.server.tls import ServerTLS, check_files, ensure_self_signed, listen_sans
 from certctl.services import issuance
-from certctl.services.context import Services
+from certctl.services.context import IssuerRevocation, Services
 from certctl.services.tls_services import ServiceSettings, TargetPolicy, ca_renewal_time
 from certctl.store.db import checkpoint, storage_error
 from certctl.store.models import ApiKey, Issuer, ManagedService
@@ -670,7 +671,10 @@ def _renew_internal_ca(prepared: _Prepared, tls: ServerTLS | None) -> None:
     services = prepared.boot.services
     assert prepared.scheduler is not None  # built first in serve()
     settings = prepared.scheduler.settings
-    ca = issuance.load_issuer(services, issuance.DEFAULT_ISSUER)
+    ca, revoked = issuance.load_issuer_state(services, issuance.DEFAULT_ISSUER)
+    if revoked is not None:
+        _refuse_internal_ca(prepared, revoked)
+        return
     renewed, wrote = ca, False
     if services.clock() >= ca_renewal_time(settings, ca):
         renewed, wrote = issuance.renew_root_issuer(
@@ -721,9 +725,38 @@ def self_signed_names(config: ServerConfig) -> list[str]:
     return [*config.tls.subject_alt_names, *listen_sans(hosts)]
 
 
+def _refuse_internal_ca(prepared: _Prepared, revoked: IssuerRevocation) -> None:
+    """Say (at every renewal check) that the internal CA renews nothing, and what is kept.
+
+    As the API refuses to issue from it (409): its key was revoked for a compromise under
+    another certificate, or it is that of a revoked issuer. The files written before keep
+    serving until they expire; a new certificate from the compromised key would be trusted
+    by every client of ``ca.crt`` all the same.
+    """
+    kept = "ca.crt is kept"
+    if prepared.mode == "self-signed":
+        try:
+            served = x509.load_pem_x509_certificate((prepared.tls_dir / "tls.crt").read_bytes())
+            kept = (
+                f"the server certificate in {prepared.tls_dir} (until "
+                f"{served.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}) and ca.crt are kept"
+            )
+        except (OSError, ValueError):
+            kept = f"no usable server certificate in {prepared.tls_dir} is replaced"
+    advice = "serve a certificate from another CA (tls.mode=custom, tls.cert-dir)"
+    log.error(
+        "internal CA not renewed, nor the server certificate: %s; %s",
+        issuance.revocation_refusal(revoked, issuance.DEFAULT_ISSUER, advice),
+        kept,
+    )
+
+
 def _renew_self_signed(prepared: _Prepared, tls: ServerTLS | None) -> None:
     services = prepared.boot.services
-    ca = issuance.load_issuer(services, issuance.DEFAULT_ISSUER)
+    ca, revoked = issuance.load_issuer_state(services, issuance.DEFAULT_ISSUER)
+    if revoked is not None:
+        _refuse_internal_ca(prepared, revoked)
+        return
     if (
         ensure_self_signed(
             prepared.tls_dir,

@@ -100,6 +100,7 @@ __all__ = [
     "refresh_cached_issuers",
     "renew_certificate",
     "renew_root_issuer",
+    "revocation_refusal",
     "revoke_certificate",
     "revoke_issuer",
     "revoked_ca_among",
@@ -455,29 +456,36 @@ def _unrevoked(revoked: IssuerRevocation | None, issuer_id: str) -> None:
     process or replica reaches it with ``refresh_cached_issuers`` (a minute at most), as a
     renewal does.
     """
-    if revoked is None:
-        return
+    if revoked is not None:
+        raise Conflict(revocation_refusal(revoked, issuer_id))
+
+
+def revocation_refusal(
+    revoked: IssuerRevocation, issuer_id: str, advice: str = "use another issuer"
+) -> str:
+    """Why issuer ``issuer_id`` issues nothing more, ending with ``advice``.
+
+    The API's 409, and the server's log line when its own certificate is not renewed.
+    """
     when = f"{revoked.revoked_at:%Y-%m-%d %H:%M}Z ({revoked.reason})"
     if revoked.same_certificate:
-        raise Conflict(
+        return (
             f"issuer {issuer_id} holds the certificate of issuer {revoked.by}, revoked on "
-            f"{when}, and issues nothing more: use another issuer"
+            f"{when}, and issues nothing more: {advice}"
         )
     if revoked.same_key:
-        raise Conflict(
+        return (
             f"issuer {issuer_id} holds the key of issuer {revoked.by}, revoked on {when}: the "
-            "key was compromised, and it issues nothing more: use another issuer"
+            f"key was compromised, and it issues nothing more: {advice}"
         )
     if revoked.by != issuer_id:
         # What it signs would chain through a revoked CA: clients checking the whole chain
         # (openssl -crl_check_all, browsers' CRLSets) refuse it.
-        raise Conflict(
+        return (
             f"issuer {issuer_id} is below issuer {revoked.by}, revoked on {when}, and issues "
-            "nothing more: use another issuer"
+            f"nothing more: {advice}"
         )
-    raise Conflict(
-        f"issuer {issuer_id} was revoked on {when} and issues nothing more: use another issuer"
-    )
+    return f"issuer {issuer_id} was revoked on {when} and issues nothing more: {advice}"
 
 
 def _reserved_id(issuer_id: str) -> None:
