@@ -9,8 +9,11 @@ end-to-end tests in tests/e2e/test_mtls.py do it with curl and openssl s_client)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -283,3 +286,156 @@ def test_the_generation_moves_at_revocations_not_at_issuance_renewal_crls_or_rew
     assert revoked > before
     _elsewhere(api, update(Issuer).where(Issuer.id == "default").values(revoked_at=api.clock()))
     assert generation() > revoked
+
+
+def _unreadable_certificates(api: Api) -> tuple[dict[str, bytes], Any]:
+    """Client certificates from ``default`` that an OpenSSL handshake verifies
+    (:func:`_seen_by_openssl`) and cryptography refuses to parse: a subject PrintableString
+    with ``_`` and ``@`` (old enterprise CAs write them), a tbsCertificate length in long
+    form (BER, not DER), and version 4; and their key.
+    """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca = issuance.load_issuer(api.services, "default")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = api.clock()
+
+    def signed(tbs: bytes) -> bytes:
+        # Certificate ::= SEQUENCE { tbsCertificate, ecdsa-with-SHA256, BIT STRING }.
+        sig = ca.private_key.sign(tbs, ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg]
+        body = tbs + bytes.fromhex("300a06082a8648ce3d040302") + _der(0x03, b"\0" + sig)
+        return _der(0x30, body)
+
+    builder = (
+        x509.CertificateBuilder()
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+    )
+    plain = builder.subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "x")]))
+    tbs = plain.sign(ca.private_key, hashes.SHA256()).tbs_certificate_bytes  # type: ignore[arg-type]
+    content = tbs[2:] if tbs[1] < 0x80 else tbs[2 + (tbs[1] & 0x7F) :]
+    # CN as a PrintableString holding "_" and "@" (cryptography will not encode one either).
+    x = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "x")]).public_bytes()
+    odd = _der(0x30, _der(0x31, _der(0x30, bytes.fromhex("0603550403") + _der(0x13, b"a_b@c"))))
+    assert content.count(x) == 1
+    # The version field [0] { INTEGER 2 } of the tbsCertificate's content, made 3.
+    assert content.startswith(b"\xa0\x03\x02\x01\x02")
+    v4 = b"\xa0\x03\x02\x01\x03" + content[5:]
+    return {
+        "printable": signed(_der(0x30, content.replace(x, odd))),
+        "ber-length": signed(b"\x30\x82" + len(content).to_bytes(2, "big") + content),
+        "v4": signed(_der(0x30, v4)),
+    }, key
+
+
+def _seen_by_openssl(ca: x509.Certificate, der: bytes, key: Any, tmp_path: Path) -> bytes:
+    """What a server requiring client certificates under ``ca`` gets from a client
+    presenting ``der``: a handshake between two in-memory OpenSSL endpoints (as the
+    listener's), raising ssl.SSLError if OpenSSL refuses the certificate."""
+    import ssl
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import NoEncryption, PrivateFormat
+
+    def pem_key(k: Any) -> bytes:
+        return bytes(k.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "server")])
+    server_cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(server_key.public_key())
+        .serial_number(1)
+        .not_valid_before(ca.not_valid_before_utc)
+        .not_valid_after(ca.not_valid_after_utc)
+        .sign(server_key, hashes.SHA256())
+    )
+    files = {
+        "s.crt": server_cert.public_bytes(Encoding.PEM),
+        "s.key": pem_key(server_key),
+        "c.crt": ssl.DER_cert_to_PEM_cert(der).encode(),
+        "c.key": pem_key(key),
+    }
+    for file, content in files.items():
+        (tmp_path / file).write_bytes(content)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tmp_path / "s.crt", tmp_path / "s.key")
+    server.verify_mode = ssl.CERT_REQUIRED
+    server.load_verify_locations(cadata=ca.public_bytes(Encoding.PEM).decode())
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+    client.load_cert_chain(tmp_path / "c.crt", tmp_path / "c.key")
+    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
+    s = server.wrap_bio(s_in, s_out, server_side=True)
+    c = client.wrap_bio(c_in, c_out)
+    for _ in range(4):  # TLS 1.3: the client certificate arrives in the second flight
+        for end, out, peer_in in ((c, c_out, s_in), (s, s_out, c_in)):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                end.do_handshake()
+            peer_in.write(out.read())
+    c.write(b"x")
+    s_in.write(c_out.read())
+    assert s.read(1) == b"x"  # the server verified the client certificate
+    return bytes(s.getpeercert(binary_form=True) or b"")
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    size = (n.bit_length() + 7) // 8
+    length = bytes([n]) if n < 0x80 else bytes([0x80 | size]) + n.to_bytes(size, "big")
+    return bytes([tag]) + length + content
+
+
+def test_a_client_certificate_openssl_accepts_and_cryptography_cannot_read_is_a_401(
+    mtls: Mtls, tmp_path: Path
+) -> None:
+    # Before: building the request's tls extension raised ValueError (InvalidVersion for
+    # v4): a 500 for every request on the connection, an API key's too.
+    api = mtls.api
+    unreadable, key = _unreadable_certificates(api)
+    ca = issuance.load_issuer(api.services, "default").certificate
+    for name, der in unreadable.items():
+        assert _seen_by_openssl(ca, der, key, tmp_path) == der, name
+        with pytest.raises((ValueError, x509.InvalidVersion)):
+            x509.load_der_x509_certificate(der).subject  # noqa: B018  # what certctl used
+        tls = client_certificate_extension(der, None)
+        assert tls["client_cert_name"] is None, name
+        mtls.layer.tls = tls
+        detail = assert_problem(mtls.whoami(), 401)["detail"]
+        assert detail.startswith("client certificate refused: not a readable X.509 certificate"), (
+            name,
+            detail,
+        )
+        # An API key on the same connection is not affected.
+        r = mtls.client.get(WHOAMI, headers={"Authorization": f"Bearer {api.admin_key}"})
+        assert r.status_code == 200, r.text
+
+
+def test_an_unreadable_ca_in_the_verified_chain_is_refused_while_a_key_is_compromised(
+    mtls: Mtls,
+) -> None:
+    # The CAs of the verified chain are parsed only while some issuer's key is revoked for a
+    # compromise (to match its key); one cryptography cannot read made that a 500.
+    api = mtls.api
+    cert = _client_cert(api, "grace")
+    odd_ca = _unreadable_certificates(api)[0]["printable"]
+    der = x509.load_pem_x509_certificate(cert["certificate_pem"].encode()).public_bytes(
+        Encoding.DER
+    )
+    mtls.layer.tls = client_certificate_extension(der, (odd_ca,))
+    assert mtls.permissions() == ["cert.read"]  # nothing compromised: not even parsed
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": "sub", "parent": "default"})
+    assert r.status_code == 201, r.text
+    r = api.post("/api/v1/issuers/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    detail = assert_problem(mtls.whoami(), 401)["detail"]
+    assert detail.startswith("client certificate refused: a CA of its verified chain is not a "), (
+        detail
+    )

@@ -1175,7 +1175,10 @@ def _client_cert_answer(
     permissions = rbac.permissions_of(services, list(roles))
     cas, der = tls.get("certctl.client_cert_cas"), tls.get("certctl.client_cert_der")
     if isinstance(cas, tuple) and cas:
-        revoked_ca = issuance.revoked_ca_among(services, cas)
+        try:
+            revoked_ca = issuance.revoked_ca_among(services, cas)
+        except issuance.UnreadableCertificate as exc:
+            return "invalid", f"client certificate refused: {exc.detail}"
     elif isinstance(der, bytes):
         # No verified chain (a resumed TLS session): walked up through certctl's issuers.
         revoked_ca = issuance.revoked_issuer_of(services, der)
@@ -1343,6 +1346,12 @@ def authenticate(request: Request, auth: _AuthSettings) -> Principal | None:
                 return None  # read in a worker thread (authenticate_from_store)
             entry = _client_cert_from_store(auth, subject, tls, roles, source)
         return _client_cert_principal(auth, request, subject, entry, source)
+    error = tls.get("client_cert_error") if tls else None
+    if isinstance(error, str):
+        # A certificate the handshake verified but certctl cannot read (server.tls).
+        message = f"client certificate refused: {error}"
+        _count_failure(auth, request, "invalid", message)
+        raise Unauthenticated(message)
     _count_failure(auth, request, "missing", "no credentials")
     raise Unauthenticated("authentication required: send 'Authorization: Bearer <api key>'")
 

@@ -505,17 +505,34 @@ def client_certificate_extension(der: bytes, cas: tuple[bytes, ...] | None) -> d
     ``cas``: the DER certificates above it in the chain the handshake verified, None when
     unknown (a resumed session).
     """
-    cert = x509.load_der_x509_certificate(der)
     from cryptography.hazmat.primitives.serialization import Encoding
 
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        pem = cert.public_bytes(Encoding.PEM).decode()
+        subject, issuer = cert.subject.rfc4514_string(), cert.issuer.rfc4514_string()
+        serial, not_after = cert.serial_number, cert.not_valid_after_utc.timestamp()
+    except (ValueError, x509.InvalidVersion) as exc:
+        # OpenSSL verified it, but it is no DER X.509 v1-v3 certificate cryptography reads
+        # (a tbsCertificate length in BER long form, version 4, a PrintableString holding
+        # "_" or "@" ...): no name to map, so it authenticates nothing (a 401 naming why),
+        # and the connection's other requests (an API key's) go on, not a 500 each.
+        return {
+            "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)],
+            "client_cert_name": None,
+            "client_cert_error": f"not a readable X.509 certificate ({str(exc)[:200]})",
+            "tls_version": None,
+            "cipher_suite": None,
+            "server_cert": None,
+        }
     return {
-        "client_cert_chain": [cert.public_bytes(Encoding.PEM).decode()],
-        "client_cert_name": cert.subject.rfc4514_string(),
+        "client_cert_chain": [pem],
+        "client_cert_name": subject,
         # Not in the ASGI spec: what certctl needs to tell whether it revoked this one.
-        "certctl.client_cert_issuer": cert.issuer.rfc4514_string(),
-        "certctl.client_cert_serial": cert.serial_number,
+        "certctl.client_cert_issuer": issuer,
+        "certctl.client_cert_serial": serial,
         # Checked per request: a kept-alive or resumed session outlives the handshake's check.
-        "certctl.client_cert_not_after": cert.not_valid_after_utc.timestamp(),
+        "certctl.client_cert_not_after": not_after,
         # The CAs the handshake verified it under (DER, the leaf left out): a certctl issuer
         # among them that was revoked refuses it, whoever signed it with that CA's key.
         "certctl.client_cert_cas": cas,

@@ -82,6 +82,7 @@ __all__ = [
     "IssueResult",
     "IssuedRecord",
     "PendingIssue",
+    "UnreadableCertificate",
     "ca_max_age_s",
     "create_issuer",
     "crl_for",
@@ -632,6 +633,14 @@ def load_issuer_certificates(services: Services, issuer_id: str) -> IssuerCertif
     return certificates
 
 
+class UnreadableCertificate(Exception):
+    """A certificate OpenSSL verified that cryptography cannot parse; ``detail`` says which."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 def revoked_ca_among(services: Services, cas: Sequence[bytes]) -> str | None:
     """The id of a revoked issuer whose certificate is one of ``cas`` (DER), else None.
 
@@ -651,7 +660,17 @@ def revoked_ca_among(services: Services, cas: Sequence[bytes]) -> str | None:
             compromised.setdefault(key, issuer_id)
     if compromised:
         for der in cas:
-            found = compromised.get(_spki(x509.load_der_x509_certificate(der)))
+            try:
+                key = _spki(x509.load_der_x509_certificate(der))
+            except (ValueError, x509.InvalidVersion):
+                # OpenSSL verified it; cryptography cannot read it (BER, version 4, a
+                # PrintableString with "_" ...), so whether it holds a compromised key
+                # cannot be told: refused rather than a 500, or trusted unchecked.
+                raise UnreadableCertificate(
+                    "a CA of its verified chain is not a readable X.509 certificate, and a "
+                    "compromised issuer key could be in it"
+                ) from None
+            found = compromised.get(key)
             if found is not None:
                 return found
     return None
