@@ -296,8 +296,12 @@ def _failure_message(item: dict[str, Any], now: datetime) -> str:
 
 
 def _target_count(item: dict[str, Any], _now: datetime) -> str:
-    spec = item.get("spec")
-    targets = spec.get("targets") if isinstance(spec, dict) else None
+    # "spec" is the whole TLSService document as applied; its targets are in its own "spec".
+    document = item.get("spec")
+    spec = document.get("spec") if isinstance(document, dict) else None
+    if not isinstance(spec, dict):
+        return "-"
+    targets = spec.get("targets", [])
     return str(len(targets)) if isinstance(targets, list) else "-"
 
 

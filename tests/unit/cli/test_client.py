@@ -1667,3 +1667,29 @@ def test_services_drop_retired_ca_asks_once_and_says_what_happens(
     assert in_process("services", "drop-retired-ca", "api") == 1
     out, err = capsys.readouterr()
     assert (out, err) == ("", f"certctl: error: HTTP 409: {detail}\n")
+
+
+def test_services_list_counts_the_targets_of_the_spec_document(listener: Listener) -> None:
+    # GET /api/v1/services gives each service's whole TLSService document as "spec" (as
+    # service_json does): its targets are under spec.spec. The table read spec.targets, so
+    # TARGETS said "-" for every real service, targets or none.
+    def item(name: str, targets: list[dict[str, str]] | None) -> dict[str, Any]:
+        spec: dict[str, Any] = {"http": {"tls": {"selfSignedCertificate": {"disabled": False}}}}
+        if targets is not None:
+            spec["targets"] = targets
+        return {
+            "name": name,
+            "spec": {"apiVersion": "certctl.io/v1", "kind": "TLSService",
+                     "metadata": {"name": name}, "spec": spec},
+            "generation": 1,
+            "status": {"conditions": {}, "serial": None, "not_after": None, "targets": {}},
+        }  # fmt: skip
+
+    two = [{"directory": "/srv/tls/a"}, {"secret": "b"}]
+    answer = {"items": [item("two", two), item("none", None)], "next_cursor": None}
+    listener.answers["/api/v1/services"] = Answer(body=json.dumps(answer).encode())
+    proc = certctl("services", "list", "-o", "table", env={"CERTCTL_URL": listener.url})
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    assert rows[0] == ["NAME", "READY", "FAILED", "SERIAL", "NOT", "AFTER", "TARGETS", "MESSAGE"]
+    assert {row[0]: row[-1] for row in rows[1:]} == {"two": "2", "none": "0"}
