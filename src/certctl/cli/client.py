@@ -525,15 +525,19 @@ def _not_empty(value: str | None) -> str | None:
 def _no_blank(
     ctx: typer.Context, param: typer.CallbackParam, values: list[str] | None
 ) -> list[str] | None:
-    """A repeatable --permission/--role, refused when one is blank.
+    """A repeatable --permission/--role, refused when one is blank, comma-separated lists split.
 
     ``--role "$ROLE"`` with ROLE unset must not be taken for "no roles", and the server would
-    only answer "unknown role(s): " naming nothing; emptying the set has its own flag.
+    only answer "unknown role(s): " naming nothing; emptying the set has its own flag. No
+    permission or role id holds a comma, so ``-p cert.read,cert.issue`` is two names, as
+    ``--dns`` takes a list: sent whole, the server refused it naming the very permissions given.
     """
     if values and any(not v.strip() for v in values):
         hint = f" (--no-{param.name}s removes them all)" if ctx.info_name == "update" else ""
         raise typer.BadParameter(f"must not be empty{hint}")
-    return values
+    from certctl.cli._common import split_commas
+
+    return split_commas(values) if values else values
 
 
 def _warn_about(data: Any) -> None:
@@ -709,8 +713,8 @@ def roles_create(
         "-p",
         metavar="PERMISSION",
         callback=_no_blank,
-        help="Permission, e.g. metrics.read or cert.issue (repeatable; 'certctl auth "
-        "permissions' lists them).",
+        help="Permission, e.g. metrics.read or cert.issue (repeatable, or a comma-separated "
+        "list; 'certctl auth permissions' lists them).",
     ),
     name: str = typer.Option("", "--name", help="Display name."),
 ) -> None:
@@ -731,8 +735,8 @@ def roles_update(
         "-p",
         metavar="PERMISSION",
         callback=_no_blank,
-        help="New permission set, replacing the old one (repeatable; 'certctl auth permissions' "
-        "lists them).",
+        help="New permission set, replacing the old one (repeatable, or a comma-separated list; "
+        "'certctl auth permissions' lists them).",
     ),
     no_permissions: bool = typer.Option(
         False, "--no-permissions", help="Remove every permission (the role grants nothing)."
@@ -796,7 +800,12 @@ def actors_create(
         ..., callback=_not_empty, metavar="ACTOR_ID", help="Actor id, e.g. prometheus."
     ),
     role: list[str] = typer.Option(
-        [], "--role", "-r", metavar="ROLE", callback=_no_blank, help="Role (repeatable)."
+        [],
+        "--role",
+        "-r",
+        metavar="ROLE",
+        callback=_no_blank,
+        help="Role (repeatable, or a comma-separated list).",
     ),
     name: str = typer.Option("", "--name", help="Display name."),
 ) -> None:
@@ -813,7 +822,7 @@ def actors_update(
         "-r",
         metavar="ROLE",
         callback=_no_blank,
-        help="New role set, replacing the old one (repeatable).",
+        help="New role set, replacing the old one (repeatable, or a comma-separated list).",
     ),
     no_roles: bool = typer.Option(
         False, "--no-roles", help="Remove every role (its keys then grant nothing but whoami)."

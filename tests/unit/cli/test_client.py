@@ -1693,3 +1693,31 @@ def test_services_list_counts_the_targets_of_the_spec_document(listener: Listene
     rows = [line.split() for line in proc.stdout.splitlines()]
     assert rows[0] == ["NAME", "READY", "FAILED", "SERIAL", "NOT", "AFTER", "TARGETS", "MESSAGE"]
     assert {row[0]: row[-1] for row in rows[1:]} == {"two": "2", "none": "0"}
+
+
+def test_permissions_and_roles_take_comma_separated_lists(listener: Listener) -> None:
+    # `-p auth.role.create,auth.apikey.create` was sent as one name and refused as "unknown
+    # permission(s): auth.role.create,auth.apikey.create; known: … auth.role.create …",
+    # naming the very permissions given. No permission or role id holds a comma, so the list
+    # is split as --dns and --email split theirs.
+    for path in ("/api/v1/auth/roles", "/api/v1/auth/actors"):
+        listener.answers[path] = Answer(201, body=b"{}")
+    for path in ("/api/v1/auth/roles/r-x", "/api/v1/auth/actors/a-x"):
+        listener.answers[path] = Answer(body=b"{}")
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": KEY}
+    runs = [
+        ("roles", "create", "r-x", "-p", "cert.read, cert.issue,", "--permission", "audit.read"),
+        ("roles", "update", "r-x", "-p", "metrics.read,audit.read"),
+        ("actors", "create", "a-x", "-r", "r-viewer,r-auditor", "-r", "r-x"),
+        ("actors", "update", "a-x", "--role", "r-viewer,r-x"),
+    ]
+    for argv in runs:
+        proc = certctl("auth", *argv, env=env)
+        assert proc.returncode == 0, (argv, proc.stderr)
+    sent = [json.loads(seen.body) for seen in listener.seen]
+    assert [body.get("permissions", body.get("roles")) for body in sent] == [
+        ["cert.read", "cert.issue", "audit.read"],
+        ["metrics.read", "audit.read"],
+        ["r-viewer", "r-auditor", "r-x"],
+        ["r-viewer", "r-x"],
+    ]
