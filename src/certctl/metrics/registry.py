@@ -156,7 +156,8 @@ class CertificateGauges(Collector):
         """Replace the snapshot.
 
         ``counts``: (issuer, status) → count; ``next_expiry``: issuer → earliest notAfter among
-        its active certificates; ``issuer_not_after``: issuer → its own certificate's notAfter.
+        its unexpired, unrevoked, not renewed certificates (the ``expiring`` ones too);
+        ``issuer_not_after``: issuer → its own certificate's notAfter.
         """
         with self._lock:
             self._counts = dict(counts)
@@ -176,7 +177,8 @@ class CertificateGauges(Collector):
         yield family
         nxt = GaugeMetricFamily(
             "certctl_certificate_next_expiry_timestamp_seconds",
-            "Earliest notAfter among active certificates per issuer",
+            "Earliest notAfter per issuer among its unexpired, unrevoked certificates that were "
+            "not renewed (expiring ones included)",
             labels=["issuer"],
         )
         for issuer, ts in sorted(expiry.items()):
