@@ -398,12 +398,14 @@ def inspect_command(
     Values are never cut to the terminal width: a long one runs on past it.
 
     --json prints a list of objects, each with a "kind" and the file's "format" (pem, der,
-    pkcs12 or pkcs7): one "certificate" object (subject, issuer, serial, validity, sans, key
-    usages, is_ca, path_length, name_constraints, signature_algorithm, fingerprint_sha256)
-    per certificate; a file without certificates lists its
-    "private-key" (key_type, size, curve, encrypted, public_key_fingerprint_sha256: never
-    the key itself), "csr" (subject, sans, key_type, signature_valid) or "crl" (issuer,
-    crl_number, updates, revoked serials) instead. The readable output shows everything.
+    pkcs12 or pkcs7): one "certificate" object (subject, issuer, serial, not_before,
+    not_after, sans, key_type, is_ca, path_length, name_constraints, signature_algorithm,
+    key_usage, extended_key_usage, fingerprint_sha256, public_key_fingerprint_sha256) per
+    certificate; a file without certificates lists its "private-key" (key_type, size, curve,
+    encrypted, public_key_fingerprint_sha256: never the key itself), "csr" (subject, sans,
+    key_type, public_key_fingerprint_sha256, signature_valid) or "crl" (issuer, crl_number,
+    last_update, next_update, revoked) instead, each revoked entry with its serial,
+    revocation_date and reason. The readable output shows everything.
     Serials are lower-case hex with an even number of digits (openssl's digits);
     fingerprints are SHA-256 of the DER, as openssl prints them.
 
