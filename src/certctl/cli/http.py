@@ -17,6 +17,7 @@ from certctl.cli._common import (
     load_ca_dir,
     not_stdout,
     read_password,
+    split_commas,
     utcnow,
     warn,
 )
@@ -111,14 +112,15 @@ def http_command(
         [],
         "--dns",
         metavar="DNS",
-        help="DNS name: NODE=NAME for one node, plain NAME for every certificate (repeatable). "
-        "A node given no names of its own gets its node name.",
+        help="DNS name: NODE=NAME for one node, plain NAME for every certificate (repeatable; "
+        "NODE=A,B or A,B gives several). A node given no names of its own gets its node name.",
     ),
     ip: list[str] = typer.Option(
         [],
         "--ip",
         metavar="IP",
-        help="IP address: NODE=ADDR for one node, plain ADDR for every certificate (repeatable).",
+        help="IP address: NODE=ADDR for one node, plain ADDR for every certificate (repeatable; "
+        "NODE=A,B or A,B gives several).",
     ),
     shared: bool = typer.Option(
         False, "--shared", help="One certificate holding the names of every node."
@@ -367,20 +369,24 @@ def _choices_from_options(
 def _split_by_node(
     values: list[str], nodes: list[str], option: str
 ) -> tuple[dict[str, list[str]], list[str]]:
-    """Sort ``NODE=VALUE`` into per-node lists and plain ``VALUE`` into the common list."""
+    """Sort ``NODE=VALUE`` into per-node lists and plain ``VALUE`` into the common list.
+
+    ``VALUE`` may be a comma-separated list (``NODE=a,b``, ``a,b``), split as ``cert issue``
+    splits ``--dns``/``--ip``, so each item is checked, and named when bad, on its own.
+    """
     per_node: dict[str, list[str]] = {name: [] for name in nodes}
     common: list[str] = []
     for value in values:
         target, sep, item = value.partition("=")
         if not sep:
-            common.append(value)
+            common += split_commas([value])
             continue
         if target.strip() not in per_node:
             known = ", ".join(nodes) or "none; add --node NAME"
             raise typer.BadParameter(
                 f"{value}: {target.strip()!r} is not a --node (nodes: {known})", param_hint=option
             )
-        per_node[target.strip()].append(item)
+        per_node[target.strip()] += split_commas([item])
     if len(nodes) == 1:
         # One node: plain names are simply its names (not "every certificate" extras).
         per_node[nodes[0]] += common

@@ -294,6 +294,55 @@ def test_short_validity_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert len(lines) == 3  # once per condition, not per node
 
 
+def test_comma_lists_per_node_and_shared(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As in `cert issue` and `csr create` (and certutil): NODE=a,b gives the node both names,
+    # a plain a,b gives every certificate both (a comma is in no DNS name or IP address).
+    out = tmp_path / "csr.zip"
+    code = run(
+        [
+            *("http", "--out", str(out), "--csr", "--node", "es1", "--node", "es2"),
+            *("--ip", "es1=10.0.0.1, 10.0.0.2", "--ip", "192.0.2.1,192.0.2.2"),
+            *("--dns", "es2=a.example,b.example", "--dns", "all.example,"),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    archive = zipfile.ZipFile(out)
+    es1 = load_csr(archive.read("elasticsearch/es1/http.csr"))
+    es2 = load_csr(archive.read("elasticsearch/es2/http.csr"))
+    shared_ips = [ipaddress.ip_address("192.0.2.1"), ipaddress.ip_address("192.0.2.2")]
+    sans = {
+        name: SubjectAltNames.from_extension(
+            csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        )
+        for name, csr in (("es1", es1), ("es2", es2))
+    }
+    assert list(sans["es1"].ip) == [
+        ipaddress.ip_address("10.0.0.1"),
+        ipaddress.ip_address("10.0.0.2"),
+        *shared_ips,
+    ]
+    assert list(sans["es1"].dns) == ["all.example"]
+    assert list(sans["es2"].dns) == ["a.example", "b.example", "all.example"]
+    assert list(sans["es2"].ip) == shared_ips
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [(["--ip", "es1=10.0.0.1,10.0.0.300"], "node es1: "), (["--ip", "10.0.0.1,10.0.0.300"], "")],
+)
+def test_comma_list_bad_item_named_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], where: str
+) -> None:
+    out = tmp_path / "b.zip"
+    assert run(["http", "--out", str(out), "--csr", "--node", "es1", "--node", "es2", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"certctl: error: {where}10.0.0.300: not a valid IPv4 or IPv6"), err
+    assert len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 def test_existing_output_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "b.zip"
     out.write_bytes(b"keep me")
