@@ -13,7 +13,11 @@ No kube-apiserver can be installed here, so this implements, with their real JSO
   ``resourceVersion`` optimistic concurrency (409 Conflict), AlreadyExists, NotFound and the
   immutable ``type`` (422); ``GET`` of the collection is a LIST (a ``SecretList``, by name,
   items without ``kind``/``apiVersion``), filtered by an equality-based ``labelSelector``
-  (``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``, comma-separated; anything else is 400);
+  (``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``, comma-separated; anything else is 400), in
+  chunks when the LIST gives ``limit``: at most ``limit`` items (at most ``page_size``, as an
+  API server may return fewer) and ``metadata.continue`` while more remain; a ``continue``
+  token after ``expire_continue`` was set is 410 Expired, as after etcd's compaction (the
+  pages are not one snapshot: a continued LIST sees the Secrets as they are then);
 * errors as ``v1.Status`` objects; callers must present ``Authorization: Bearer`` with one of
   ``accepted_tokens`` or a client certificate from the test CA, else 401;
 * RBAC, when ``rbac`` is set: the rules bound to certctl's ServiceAccount (a Role's in its
@@ -94,6 +98,8 @@ class FakeApiServer:
         self.fail_status: int | None = None  # answer every call with this 5xx
         self.audience_aware = True  # False: TokenReview ignores spec.audiences
         self.before_put: list[Any] = []  # callables run once before the next PUT
+        self.page_size: int | None = None  # a chunked LIST returns at most this many items
+        self.expire_continue = False  # True: the next continue token is 410 Expired
         # A slow API server (APF queueing, etcd latency): each answer waits this long, with
         # the requests waiting meanwhile counted (peak_in_flight: the most at once).
         self.delay_s = 0.0
@@ -340,19 +346,42 @@ class FakeApiServer:
                     return False
             return True
 
+        start = ""
+        token = (query.get("continue") or [""])[0]
+        if token:
+            if self.expire_continue:
+                self.expire_continue = False
+                return 410, status(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list "
+                    "result. You can start a new list without the continue parameter.",
+                )
+            try:
+                start = json.loads(base64.urlsafe_b64decode(token))["start"]
+            except (ValueError, KeyError, TypeError):
+                return 400, status(400, "BadRequest", "continue key is not valid")
+        limit = int((query.get("limit") or ["0"])[0])
+        if limit and self.page_size:
+            limit = min(limit, self.page_size)
         items = []
-        for (ns, _name), obj in sorted(self.secrets.items()):
-            if ns == namespace and selected(obj):
-                item = copy.deepcopy(obj)
-                item.pop("kind", None)  # as the API server lists them
-                item.pop("apiVersion", None)
-                items.append(item)
-        return 200, {
-            "kind": "SecretList",
-            "apiVersion": "v1",
-            "metadata": {"resourceVersion": self.next_version()},
-            "items": items,
-        }
+        more = ""
+        for (ns, name), obj in sorted(self.secrets.items()):
+            if ns != namespace or name <= start or not selected(obj):
+                continue
+            if limit and len(items) == limit:
+                more = base64.urlsafe_b64encode(
+                    json.dumps({"start": items[-1]["metadata"]["name"]}).encode()
+                ).decode()
+                break
+            item = copy.deepcopy(obj)
+            item.pop("kind", None)  # as the API server lists them
+            item.pop("apiVersion", None)
+            items.append(item)
+        metadata = {"resourceVersion": self.next_version()}
+        if more:
+            metadata["continue"] = more
+        return 200, {"kind": "SecretList", "apiVersion": "v1", "metadata": metadata, "items": items}
 
     def _secret(
         self, method: str, namespace: str, name: str | None, body: dict[str, Any] | None

@@ -12,6 +12,7 @@ import base64
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from certctl.kubeapi import KubeConnection
 from certctl.server.config import ServerConfig
 from certctl.server.run import _custom_secret_reader
 from tests._tools import ok, openssl_req, run
@@ -205,7 +206,8 @@ def test_a_secret_read_by_each_pass_is_reconciled_only_when_it_changes(
 
 LIST = (
     "GET",
-    f"/api/v1/namespaces/{NAMESPACE}/secrets?labelSelector=certctl.io%2Fcustom-certificate%3Dtrue",
+    f"/api/v1/namespaces/{NAMESPACE}/secrets"
+    "?labelSelector=certctl.io%2Fcustom-certificate%3Dtrue&limit=500",
 )
 
 
@@ -271,3 +273,56 @@ def test_a_pass_reads_every_custom_secret_with_one_list(
         f"secret ours: Secret {NAMESPACE}/ours is one certctl writes"
     ), failed
     assert {env.row(n).conditions["Ready"]["message"] for n in names} == {"serving"}
+
+
+def _pages(apiserver: FakeApiServer) -> list[dict[str, list[str]]]:
+    """The query of each LIST the fake API server got."""
+    import urllib.parse
+
+    return [
+        urllib.parse.parse_qs(path.partition("?")[2])
+        for method, path in apiserver.paths()
+        if method == "GET" and path.partition("?")[0].endswith("/secrets")
+    ]
+
+
+def test_the_list_is_read_in_chunks(
+    apiserver: FakeApiServer, connection: KubeConnection, pki: KubePki
+) -> None:
+    # A LIST without limit is one answer however large the namespace (and the API server
+    # holds it whole): kubectl and client-go ask 500 at a time and follow metadata.continue.
+    from certctl.targets.kubernetes import list_custom_certificates
+
+    crt, key = pki.leaf("web.example.internal")
+    files = {"tls.crt": crt, "tls.key": key}
+    for i in range(5):
+        _put(apiserver, f"web-{i}-tls", files, **LABEL)
+    _put(apiserver, "unrelated", files)
+    apiserver.page_size = 2  # an API server may return fewer than asked
+    listed = list_custom_certificates(connection)
+    assert sorted(listed) == [f"web-{i}-tls" for i in range(5)]
+    assert all(found == files for found in listed.values())
+    pages = _pages(apiserver)
+    assert [page["limit"] for page in pages] == [["500"]] * 3, pages
+    assert ["continue" in page for page in pages] == [False, True, True]
+
+
+def test_an_expired_continue_token_lists_again_whole(
+    apiserver: FakeApiServer, connection: KubeConnection, pki: KubePki
+) -> None:
+    # etcd compacted between two chunks: the token is 410 Expired. client-go's pager then
+    # lists once without limit (a consistent list, not half of one).
+    from certctl.targets.kubernetes import list_custom_certificates
+
+    crt, key = pki.leaf("web.example.internal")
+    for i in range(5):
+        _put(apiserver, f"web-{i}-tls", {"tls.crt": crt, "tls.key": key}, **LABEL)
+    apiserver.page_size = 2
+    apiserver.expire_continue = True
+    assert sorted(list_custom_certificates(connection)) == [f"web-{i}-tls" for i in range(5)]
+    pages = _pages(apiserver)
+    assert [sorted(page) for page in pages] == [
+        ["labelSelector", "limit"],
+        ["continue", "labelSelector", "limit"],
+        ["labelSelector"],
+    ], pages

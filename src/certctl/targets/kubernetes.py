@@ -44,6 +44,8 @@ _ATTEMPTS = 3
 CUSTOM_CERTIFICATE_LABEL = "certctl.io/custom-certificate"
 _CUSTOM_KEYS = ("tls.crt", "tls.key", "ca.crt", "ca.key")
 _MAX_KEY_BYTES = 1 << 20
+# Items per LIST request: kubectl's --chunk-size and client-go's pager default.
+_LIST_CHUNK = 500
 
 
 class WriteResult(StrEnum):
@@ -276,12 +278,19 @@ def list_custom_certificates(
     namespace: str | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> dict[str, dict[str, bytes] | InvalidRequest]:
-    """Every Secret ``read_custom_certificate`` may read in ``namespace``, with ONE request.
+    """Every Secret ``read_custom_certificate`` may read in ``namespace``, with one LIST.
 
     A LIST with the label selector ``certctl.io/custom-certificate=true``: name → what
     ``read_custom_certificate`` returns for it, or the InvalidRequest it raises (one certctl
     writes, a key not base64...). A Secret not listed is absent or not labelled: only its
     own read tells which. Needs ``list`` on ``secrets`` in the namespace.
+
+    The LIST is read in chunks of ``_LIST_CHUNK`` (one request up to that many labelled
+    Secrets), following ``metadata.continue`` as kubectl and client-go do: unchunked, the API
+    server reads every Secret of the namespace (Helm's releases, ...) at once to filter
+    them, at every pass. A continue token expired meanwhile (410, etcd compacted) is
+    client-go's answer too: the LIST once more, whole, rather than a list half of one moment
+    and half of another.
 
     Raises:
         KubeApiError: the API is unreachable or refuses the LIST.
@@ -290,20 +299,34 @@ def list_custom_certificates(
 
     namespace = namespace or connection.namespace
     what = f"Secrets of {namespace} labelled {CUSTOM_CERTIFICATE_LABEL}=true"
+    selector = {"labelSelector": f"{CUSTOM_CERTIFICATE_LABEL}=true"}
+    url = f"/api/v1/namespaces/{namespace}/secrets"
+    items: list[Any] = []
     try:
         with connection.client(transport) as client:
-            response = client.get(
-                f"/api/v1/namespaces/{namespace}/secrets",
-                params={"labelSelector": f"{CUSTOM_CERTIFICATE_LABEL}=true"},
-            )
+            token = ""
+            while True:
+                params = {**selector, "limit": str(_LIST_CHUNK)}
+                if token:
+                    params["continue"] = token
+                response = client.get(url, params=params)
+                if token and response.status_code == 410:
+                    response = client.get(url, params=selector)
+                    items = _items(response_json(response, f"list {what}"))
+                    break
+                body = response_json(response, f"list {what}")
+                items += _items(body)
+                metadata = body.get("metadata")
+                more = metadata.get("continue") if isinstance(metadata, dict) else None
+                if not isinstance(more, str) or not more:
+                    break
+                token = more
     except httpx.HTTPError as exc:
         raise KubeApiError(
             f"{what}: cannot reach the Kubernetes API ({transport_error(exc)})"
         ) from None
-    body = response_json(response, f"list {what}")
-    items = body.get("items") if isinstance(body, dict) else None
     found: dict[str, dict[str, bytes] | InvalidRequest] = {}
-    for obj in items if isinstance(items, list) else []:
+    for obj in items:
         metadata = obj.get("metadata") if isinstance(obj, dict) else None
         name = metadata.get("name") if isinstance(metadata, dict) else None
         labels = metadata.get("labels") if isinstance(metadata, dict) else None
@@ -318,6 +341,12 @@ def list_custom_certificates(
         except InvalidRequest as exc:
             found[name] = exc
     return found
+
+
+def _items(body: Mapping[str, Any]) -> list[Any]:
+    """The ``items`` of a LIST answer; none when it has no list there."""
+    items = body.get("items")
+    return items if isinstance(items, list) else []
 
 
 def _custom_files(obj: Mapping[str, Any], what: str, namespace: str, name: str) -> dict[str, bytes]:
