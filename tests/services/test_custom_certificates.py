@@ -361,6 +361,100 @@ def test_a_replaced_custom_ca_stays_in_ca_crt_for_the_overlap(env: Env) -> None:
     assert [e.event for e in env.events("web")] == ["issued", "renewed"]  # nothing more
 
 
+def test_a_ca_replaced_twice_in_the_overlap_keeps_each_old_one_for_its_own(env: Env) -> None:
+    # A (served) -> B -> C within a day: a node that reloaded neither still presents the leaf
+    # under A. The second swap kept only B, so A left ca.crt at once, hours before the
+    # retired_ca_until the first swap promised, and peers refused that node.
+    settings = {"cert_validity": timedelta(hours=8)}  # margin 3 h, under the leaves' ends
+    target = env.tmp / "out" / "web"
+    target.parent.mkdir()
+    a_ca, a_files = good_ca_files(env.now, "web-a")
+    write_secret(env.secrets_dir, "issuer", a_files)
+    env.put(service_doc("web", dns=NAMES, secret="issuer", targets=[{"directory": str(target)}]))
+    env.reconcile("web", **settings)
+    a_leaf = env.tmp / "a-leaf.crt"
+    a_leaf.write_bytes((target / "tls.crt").read_bytes())  # a node not reloaded since
+    margin = env.settings_with(**settings).ca_renewal_margin
+
+    b_ca, b_files = good_ca_files(env.now, "web-b")
+    write_secret(env.secrets_dir, "issuer", b_files)
+    first = env.now + timedelta(minutes=1)
+    env.reconcile("web", first, **settings)
+    b_leaf = env.tmp / "b-leaf.crt"
+    b_leaf.write_bytes((target / "tls.crt").read_bytes())
+    c_ca, c_files = good_ca_files(env.now, "web-c")
+    write_secret(env.secrets_dir, "issuer", c_files)
+    second = first + timedelta(hours=1)
+    env.reconcile("web", second, **settings)
+    bundle = target / "ca.crt"
+    assert bundle.read_bytes() == c_ca.cert_pem + b_ca.cert_pem + a_ca.cert_pem
+    at = ("-attime", str(int(second.timestamp())))
+    for leaf in (a_leaf, b_leaf, target / "tls.crt"):
+        assert openssl_verify(*at, "-CAfile", bundle, leaf) == "OK"
+    status = tls_services.service_json(env.row("web"))["status"]
+    assert status["retired_ca_until"] == (second + margin).isoformat()  # the last one kept
+
+    # A leaves at the end of its own overlap (a pass is due then), B at the end of its own.
+    row = env.row("web")
+    assert not tls_services.due(row, first + margin - timedelta(seconds=1), secret_unchanged=True)
+    assert tls_services.due(row, first + margin, secret_unchanged=True)
+    env.reconcile("web", first + margin, **settings)
+    assert bundle.read_bytes() == c_ca.cert_pem + b_ca.cert_pem
+    env.reconcile("web", second + margin, **settings)
+    assert bundle.read_bytes() == c_ca.cert_pem
+    assert tls_services.service_json(env.row("web"))["status"]["retired_ca_until"] is None
+
+
+def test_dropping_the_retired_cas_drops_every_one(env: Env) -> None:
+    target = env.tmp / "out" / "web"
+    target.parent.mkdir()
+    a_ca, a_files = good_ca_files(env.now, "web-a")
+    write_secret(env.secrets_dir, "issuer", a_files)
+    env.put(service_doc("web", dns=NAMES, secret="issuer", targets=[{"directory": str(target)}]))
+    settings = {"cert_validity": timedelta(hours=8)}
+    env.reconcile("web", **settings)
+    cas = [a_ca]
+    for cn in ("web-b", "web-c"):
+        ca, files = good_ca_files(env.now, cn)
+        cas.insert(0, ca)
+        write_secret(env.secrets_dir, "issuer", files)
+        env.reconcile("web", env.now + timedelta(minutes=1), **settings)
+    assert (target / "ca.crt").read_bytes() == b"".join(ca.cert_pem for ca in cas)
+    env.at(env.now + timedelta(minutes=1))
+    tls_services.drop_retired_ca(env.services, env.admin, "web")
+    assert tls_services.due(env.row("web"), env.now)
+    env.reconcile("web", env.now, **settings)
+    assert (target / "ca.crt").read_bytes() == cas[0].cert_pem
+    assert tls_services.service_json(env.row("web"))["status"]["retired_ca_until"] is None
+
+
+def test_a_ca_swapped_back_is_current_and_at_most_four_are_kept(env: Env) -> None:
+    settings = {"cert_validity": timedelta(hours=8)}
+    target = env.tmp / "out" / "web"
+    target.parent.mkdir()
+    cas = {cn: good_ca_files(env.now, cn) for cn in ("a", "b", "c", "d", "e", "f", "g")}
+
+    def swap(cn: str) -> bytes:
+        write_secret(env.secrets_dir, "issuer", cas[cn][1])
+        env.reconcile("web", env.now + timedelta(minutes=1), **settings)
+        return (target / "ca.crt").read_bytes()
+
+    def pems(*cns: str) -> bytes:
+        return b"".join(cas[cn][0].cert_pem for cn in cns)
+
+    write_secret(env.secrets_dir, "issuer", cas["a"][1])
+    env.put(service_doc("web", dns=NAMES, secret="issuer", targets=[{"directory": str(target)}]))
+    env.reconcile("web", **settings)
+    swap("b")
+    assert swap("c") == pems("c", "b", "a")
+    # Back to A: current again, so no longer among those retired (once only in ca.crt).
+    assert swap("a") == pems("a", "c", "b")
+    # A CA swapped every minute: ca.crt keeps the current one and the 4 replaced last.
+    for cn in ("d", "e", "f"):
+        swap(cn)
+    assert swap("g") == pems("g", "f", "e", "d", "a")
+
+
 def test_the_overlap_of_a_replaced_ca_can_be_ended_at_once(env: Env) -> None:
     # Replaced because its key leaked, the old CA must not stay trusted for a day: the
     # operator ends the overlap (DELETE /api/v1/services/{name}/retired-ca), the next pass

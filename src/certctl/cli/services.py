@@ -361,7 +361,8 @@ def drop_retired_ca(
 
     When a service's CA is replaced by another (a new custom CA, or a switch to or from its
     own), ca.crt keeps the old CA after the new one for the CA renewal margin, so servers not
-    reloaded yet stay trusted. If the old CA was replaced because its key leaked, end that now.
+    reloaded yet stay trusted. If the old CA was replaced because its key leaked, end that now
+    (for every old CA kept, when it was replaced more than once within the overlap).
     """
     _request("DELETE", f"/api/v1/services/{_seg(name)}/retired-ca")
     typer.echo(f"tlsservice/{name}: the replaced CA leaves ca.crt at the next pass")

@@ -351,10 +351,12 @@ def drop_retired_ca(services: Services, caller: Principal, name: str) -> Managed
     now = services.clock()
     with services.sessions.begin() as session:
         row = _locked_service(session, name)
-        if row.retired_ca_pem is None or row.retired_ca_until is None:
+        kept = _retired_cas(row)
+        if not kept:
             raise Conflict(f"service {name} keeps no replaced CA in its ca.crt")
-        # due() takes a passed retired_ca_until as work; that pass drops it and delivers.
-        row.retired_ca_until = min(row.retired_ca_until, now)
+        # due() takes a passed end as work; that pass drops them and delivers. Every one:
+        # the CA replaced first may be the one whose key leaked.
+        _keep_retired(row, [(pem, min(until, now)) for pem, until in kept])
         record_call(session, caller, now, "service.drop-retired-ca", name)
     return row
 
@@ -995,8 +997,7 @@ def reconcile_service(
     if reason is not None:
         row = _store_issue(services, settings, row, spec, desired, reason, now)
         asked_at = row.next_attempt_at  # its "delivery pending" mark, cleared below
-    if row.retired_ca_until is not None and now >= row.retired_ca_until:
-        row.retired_ca_pem = row.retired_ca_until = None  # the overlap is over
+    _keep_retired(row, _retired_cas(row, now))  # those whose overlap is over: dropped
     bundle = outputs_for(services, row, spec)
     failures = _deliver(services, settings, row, spec, bundle, warnings)
     message = "; ".join(warnings)
@@ -1007,8 +1008,7 @@ def reconcile_service(
             raise NotFound(f"service {name} was deleted")
         current.delivered = dict(row.delivered)
         current.reconciled_generation = row.generation
-        if current.retired_ca_until is not None and now >= current.retired_ca_until:
-            current.retired_ca_pem = current.retired_ca_until = None  # delivered without it
+        _keep_retired(current, _retired_cas(current, now))  # delivered without those ended
         current.ca_renew_at = _service_ca_renew_at(services, settings, spec)
         if desired.as_is or spec.disabled:
             # A renewal asked for (`services renew`) that no pass can do (only the owner of
@@ -1216,7 +1216,7 @@ def _retire_ca(
     reason: str,
     now: datetime,
 ) -> None:
-    """Keep the CA being replaced in ``ca.crt`` for a while, or forget one no longer kept.
+    """Keep the CA being replaced in ``ca.crt`` for a while, or forget those no longer kept.
 
     ``row`` still holds what was served. A CA replaced by another (a custom ``ca.crt`` +
     ``ca.key`` with a new key or name) used to leave the targets' ``ca.crt`` at once: a
@@ -1224,8 +1224,11 @@ def _retire_ca(
     CA, which peers holding the new ``ca.crt`` refused. A service CA is renewed with its
     key, so leaves under its previous certificate verify as long as that one is valid, the
     CA renewal margin: the replaced CA stays as long, and no longer than the leaf certctl
-    issued under it.
+    issued under it. A CA replaced while an earlier one is still kept (A, B, then C within
+    the overlap) adds to it: A stays until its own end, as a server that reloaded neither
+    time still presents its leaf under A.
     """
+    kept = _retired_cas(row, now)
     old_ca = row.ca_pem or ""
     old_end = row.not_after
     if (
@@ -1235,20 +1238,66 @@ def _retire_ca(
         and old_end is not None
         and now < old_end
     ):
-        row.retired_ca_pem = old_ca
-        row.retired_ca_until = min(now + settings.ca_renewal_margin, old_end)
-    elif desired.certificate_pem is None or desired.as_is or desired.ca_pem == row.retired_ca_pem:
+        ends = min(now + settings.ca_renewal_margin, old_end)
+        earlier = [(pem, until) for pem, until in kept if pem not in (old_ca, desired.ca_pem)]
+        # A bound for a CA swapped every few minutes, whose ca.crt would otherwise grow by
+        # one CA a swap for a day: past it, the oldest goes first.
+        kept = [(old_ca, ends), *earlier][:_MAX_RETIRED_CAS]
+    elif desired.certificate_pem is None or desired.as_is:
         # TLS disabled, or a certificate served as is (its owner's ca.crt says whom to
-        # trust), or back to the CA being retired: nothing more to keep.
-        row.retired_ca_pem = row.retired_ca_until = None
+        # trust): nothing more to keep.
+        kept = []
+    else:
+        # Back to a CA being retired: it is the current one again, no longer one to retire.
+        kept = [(pem, until) for pem, until in kept if pem != desired.ca_pem]
+    _keep_retired(row, kept)
 
 
-def _with_retired(ca_pem: str, retired_pem: str | None) -> str:
-    """``ca_pem``, then the certificates of a CA being retired that it does not hold."""
-    if not retired_pem:
+# The replaced CAs a ca.crt keeps at most (each for at most the CA renewal margin).
+_MAX_RETIRED_CAS = 4
+
+
+def _retired_cas(row: ManagedService, now: datetime | None = None) -> list[tuple[str, datetime]]:
+    """The replaced CAs ``row`` keeps in ``ca.crt``, each with its end, newest first.
+
+    ``now``: only those whose overlap is not over then. An entry of ``earlier_retired_cas``
+    not of the shape stored (edited in the database) is left out: it must not stop the
+    pass of the service.
+    """
+    kept: list[tuple[str, datetime]] = []
+    if row.retired_ca_pem and row.retired_ca_until is not None:
+        kept.append((row.retired_ca_pem, row.retired_ca_until))
+    for entry in row.earlier_retired_cas or []:
+        try:
+            pem, until = entry["pem"], datetime.fromisoformat(entry["until"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if isinstance(pem, str) and pem.strip() and until.tzinfo is not None:
+            kept.append((pem, until))
+    return [(pem, until) for pem, until in kept if now is None or now < until]
+
+
+def _keep_retired(row: ManagedService, kept: list[tuple[str, datetime]]) -> None:
+    """Store ``kept`` (newest first) as ``row``'s replaced CAs (assigned only if changed)."""
+    pem, until = kept[0] if kept else (None, None)
+    earlier = [{"pem": p, "until": u.isoformat()} for p, u in kept[1:]] or None
+    if (row.retired_ca_pem, row.retired_ca_until) != (pem, until):
+        row.retired_ca_pem, row.retired_ca_until = pem, until
+    if row.earlier_retired_cas != earlier:
+        row.earlier_retired_cas = earlier
+
+
+def _with_retired(ca_pem: str, retired_pems: list[str]) -> str:
+    """``ca_pem``, then the certificates of the CAs being retired that it does not hold."""
+    if not retired_pems:
         return ca_pem
     have = set(x509.load_pem_x509_certificates(ca_pem.encode())) if ca_pem.strip() else set()
-    extra = [c for c in x509.load_pem_x509_certificates(retired_pem.encode()) if c not in have]
+    extra = []
+    for pem in retired_pems:
+        for cert in x509.load_pem_x509_certificates(pem.encode()):
+            if cert not in have:
+                have.add(cert)
+                extra.append(cert)
     return ca_pem + certs_to_pem(extra).decode()
 
 
@@ -1339,10 +1388,8 @@ def outputs_for(
     leaf = (current.certificate_pem or "").encode() + current.chain_pem.encode()
     # No ca.crt at all for a custom certificate whose CA is not given (as ECK's public
     # Secret): an empty file is refused by the servers and clients that read it.
-    retired = row.retired_ca_pem
-    if row.retired_ca_until is not None and services.clock() >= row.retired_ca_until:
-        # The overlap is over: the API served the old CA until the next pass cleared it.
-        retired = None
+    # Those whose overlap is over are left out: the API served them until the next pass.
+    retired = [pem for pem, _ in _retired_cas(row, services.clock())]
     ca_pem = _with_retired(current.ca_pem, retired)
     ca = {"ca.crt": ca_pem.encode()} if ca_pem.strip() else {}
     outputs: dict[str, dict[str, bytes]] = {
@@ -1773,9 +1820,8 @@ def due(
         return True
     if certificate and not secret_unchanged:
         return True  # a custom secret can change at any time
-    if any(
-        t is not None and now >= t for t in (row.renew_at, row.ca_renew_at, row.retired_ca_until)
-    ):
+    ends = [until for _, until in _retired_cas(row)]
+    if any(t is not None and now >= t for t in (row.renew_at, row.ca_renew_at, *ends)):
         return True
     if resync is None:
         return False
@@ -1935,6 +1981,7 @@ def _last_transition(row: ManagedService) -> datetime | None:
 
 def service_json(row: ManagedService) -> dict[str, Any]:
     """The API view: spec, status, serving certificate facts (never the key)."""
+    ends = [until for _, until in _retired_cas(row)]
     return {
         "name": row.name,
         "spec": row.spec,
@@ -1945,8 +1992,9 @@ def service_json(row: ManagedService) -> dict[str, Any]:
             "serial": row.serial,
             "not_after": row.not_after.isoformat() if row.not_after else None,
             "next_renewal": row.renew_at.isoformat() if row.renew_at else None,
-            # A replaced CA still in ca.crt (servers not reloaded stay trusted) until then.
-            "retired_ca_until": row.retired_ca_until.isoformat() if row.retired_ca_until else None,
+            # Replaced CAs still in ca.crt (servers not reloaded stay trusted) until then:
+            # the last of their ends.
+            "retired_ca_until": max(ends).isoformat() if ends else None,
             "targets": row.delivered or {},
         },
         "created_at": row.created_at.isoformat(),

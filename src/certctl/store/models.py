@@ -209,6 +209,9 @@ class ManagedService(Base):
     # retired_ca_until, as servers not yet reloaded present leaves under it (Alembic 0011).
     retired_ca_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
     retired_ca_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # CAs replaced before that one and still in their own overlap (a CA replaced twice
+    # within a day): [{"pem": ..., "until": ISO 8601}], newest first (Alembic 0015).
+    earlier_retired_cas: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, nullable=True)
 
 
 class ServiceClient(Base):

@@ -332,6 +332,37 @@ def test_0011_adds_the_retired_ca_to_services_and_takes_it_back(tmp_path: Path) 
     assert {"name", "ca_pem"} <= columns
 
 
+def test_0015_adds_the_earlier_retired_cas_to_services_and_takes_them_back(
+    tmp_path: Path,
+) -> None:
+    """Services stored before 0015 keep their row and their one retired CA."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    db.migrate(engine)
+    downgrade_store(engine, "0014")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO managed_services (name, spec, generation, created_at, updated_at,"
+                " reconciled_generation, conditions, delivered, attempts, ca_pem,"
+                " retired_ca_pem, retired_ca_until) VALUES ('web', '{}', 1,"
+                " '2026-01-01 00:00:00', '2026-01-01 00:00:00', 1, '{}', '{}', 0, 'pem',"
+                " 'old', '2026-01-02 00:00:00')"
+            )
+        )
+    db.migrate(engine)
+    assert _at_head(engine)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT name, retired_ca_pem, earlier_retired_cas FROM managed_services")
+        )
+        assert rows.all() == [("web", "old", None)]
+    downgrade_store(engine, "0014")
+    with engine.connect() as connection:
+        columns = {c[1] for c in connection.execute(text("PRAGMA table_info(managed_services)"))}
+    assert "earlier_retired_cas" not in columns
+    assert {"name", "retired_ca_pem", "retired_ca_until"} <= columns
+
+
 def test_a_database_from_a_newer_certctl_is_refused_with_what_to_do(tmp_path: Path) -> None:
     # A rollback after an upgrade: Alembic alone said "Can't locate revision '0099'".
     engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
