@@ -1047,6 +1047,45 @@ def test_a_custom_ca_given_without_its_root_is_served_with_the_leaf(
     assert served[1:] == x509.load_pem_x509_certificates(renewed)
 
 
+def test_a_ca_crt_with_more_roots_is_a_trust_bundle_not_a_chain(env: Env) -> None:
+    # ca.crt + ca.key where ca.crt is the CA, then another root clients are to keep
+    # trusting (a bundle, as while moving from one root to another). The certificates after
+    # the CA were all taken for its chain: the other root became "the root", targets got it
+    # alone as ca.crt and the CA itself after the leaf, so nothing verified the leaf.
+    target = env.tmp / "out" / "web"
+    target.parent.mkdir()
+    ca, files = good_ca_files(env.now)
+    other = make_ca("web-previous-root", env.now)
+    write_secret(env.secrets_dir, "issuer", {**files, "ca.crt": ca.cert_pem + other.cert_pem})
+    env.put(service_doc("web", dns=NAMES, secret="issuer", targets=[{"directory": str(target)}]))
+    row = env.reconcile("web")
+    assert row.conditions["Ready"]["message"] == "serving", row.conditions
+    assert (target / "ca.crt").read_bytes() == ca.cert_pem + other.cert_pem  # the bundle
+    assert (target / "tls.crt").read_bytes() == row.certificate_pem.encode()  # leaf alone
+    at = ("-attime", str(int(env.now.timestamp())))
+    assert openssl_verify(*at, "-CAfile", target / "ca.crt", target / "tls.crt") == "OK"
+    # Unchanged at the next pass; the extra root taken out: ca.crt follows, same leaf.
+    assert env.reconcile("web", env.now + timedelta(minutes=1)).serial == row.serial
+    write_secret(env.secrets_dir, "issuer", files)
+    assert env.reconcile("web", env.now + timedelta(minutes=1)).serial == row.serial
+    assert (target / "ca.crt").read_bytes() == ca.cert_pem
+    # The CA is the certificate of ca.key wherever ca.crt has it (it was refused unless first).
+    write_secret(env.secrets_dir, "issuer", {**files, "ca.crt": other.cert_pem + ca.cert_pem})
+    assert env.reconcile("web", env.now + timedelta(minutes=1)).serial == row.serial
+    assert (target / "ca.crt").read_bytes() == ca.cert_pem + other.cert_pem
+
+    # A served certificate's ca.crt (tls.crt + tls.key) was a bundle already: every
+    # certificate in it is an anchor, in verification and in what targets get.
+    leaf = make_leaf(ca, "web", env.now, dns=("web", *NAMES))
+    bundle = other.cert_pem + ca.cert_pem
+    write_secret(env.secrets_dir, "own", {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem,
+                                          "ca.crt": bundle})  # fmt: skip
+    env.put(service_doc("web", dns=NAMES, secret="own", targets=[{"directory": str(target)}]))
+    env.reconcile("web", env.now + timedelta(minutes=1))
+    assert (target / "ca.crt").read_bytes() == bundle
+    assert openssl_verify(*at, "-CAfile", target / "ca.crt", target / "tls.crt") == "OK"
+
+
 def test_a_pass_that_changes_nothing_writes_nothing_and_keeps_the_condition_times(
     env: Env,
 ) -> None:

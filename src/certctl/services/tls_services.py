@@ -42,6 +42,7 @@ from certctl.pki import (
     format_serial,
     generate_private_key,
     is_self_signed,
+    issuer_chain,
     key_to_pem,
     keys_match,
     load_material,
@@ -703,8 +704,12 @@ def _read_secret_file(secret: str, path: Path) -> bytes | None:
 
 def _custom_material(
     settings: ServiceSettings, spec: TLSServiceSpec, now: datetime
-) -> tuple[_Desired | None, CertificateAuthority | None, list[str]]:
-    """Validate a custom certificate secret: a certificate to serve as is, or a CA to use."""
+) -> tuple[_Desired | None, CertificateAuthority | None, tuple[x509.Certificate, ...], list[str]]:
+    """Validate a custom certificate secret: a certificate to serve as is, or a CA to use.
+
+    With a CA, also the certificates of its ``ca.crt`` outside its chain: more anchors for
+    the targets' ``ca.crt`` (a trust bundle), never served after the leaf.
+    """
     assert spec.tls.certificate is not None
     secret = spec.tls.certificate.secret_name
     files = _read_secret(settings, secret)
@@ -773,16 +778,23 @@ def _custom_material(
             ca_pem=ca_pem.decode(),
             key_pem=key_to_pem(key),
         )
-        return desired, None, warnings
+        return desired, None, (), warnings
     if "ca.crt" in files and "ca.key" in files:
         certs = _secret_material(secret, "ca.crt", files["ca.crt"]).certificates
         key = _secret_material(secret, "ca.key", files["ca.key"]).private_key
         if not certs or key is None:
             raise InvalidRequest(f"secret {secret}: ca.crt or ca.key holds nothing usable")
-        if not keys_match(key, certs[0]):
+        # The CA is the certificate of the key, its chain the others that issue it in turn
+        # (by name and signature, in any order, as `issuers import` takes a bundle); any
+        # other certificate is one more anchor to trust. All taken for its chain in the
+        # order given, a root kept for the clients (while moving from one root to another)
+        # became "the root": targets got it alone as ca.crt, and the CA after the leaf.
+        ca_cert = next((c for c in certs if keys_match(key, c)), None)
+        if ca_cert is None:
             raise InvalidRequest(f"secret {secret}: ca.key does not match ca.crt")
+        chain, anchors = issuer_chain(ca_cert, [c for c in certs if c is not ca_cert])
         try:
-            ca = CertificateAuthority(certs[0], key, tuple(certs[1:]))
+            ca = CertificateAuthority(ca_cert, key, chain)
         except InvalidRequest as exc:
             raise InvalidRequest(f"secret {secret}: ca.crt is not a CA ({exc.detail})") from None
         if now > ca.certificate.not_valid_after_utc:
@@ -802,7 +814,7 @@ def _custom_material(
                 f"{ca.certificate.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ} and the certificate "
                 "it issues ends with it: renew or replace the CA"
             )
-        return None, ca, warnings
+        return None, ca, anchors, warnings
     raise InvalidRequest(f"secret {secret} holds neither tls.crt+tls.key nor ca.crt+ca.key")
 
 
@@ -1128,7 +1140,7 @@ def _decide(
         reason = "TLS disabled" if row.certificate_pem is not None else None
         return _Desired(), reason, []
     if spec.tls.certificate is not None:
-        served, custom_ca, warnings = _custom_material(settings, spec, now)
+        served, custom_ca, anchors, warnings = _custom_material(settings, spec, now)
         if served is not None:
             # The chain too: an intermediate renewed (or replaced) under the same leaf has to
             # reach the targets, or clients lose the path when the old one expires.
@@ -1143,14 +1155,16 @@ def _decide(
         # A CA renewed by its owner (same key) is published, as a service CA's is; so is an
         # intermediate renewed, or a root added after it, under the same key.
         ca = custom_ca
+        trust_pem = (ca.root_pem + certs_to_pem(anchors)).decode()
         ca_changed = row.ca_pem is not None and (row.ca_pem, row.chain_pem or "") != (
-            ca.root_pem.decode(),
+            trust_pem,
             _served_chain(ca),
         )
     else:
         ca, ca_changed = _ensure_service_ca(services, settings, spec.name, now)
+        trust_pem = ca.root_pem.decode()
         # A renewed CA not yet published for this service (whoever renewed it died first).
-        ca_changed = ca_changed or row.ca_pem not in (None, ca.root_pem.decode())
+        ca_changed = ca_changed or row.ca_pem not in (None, trust_pem)
         warnings = []
     reason = _needs_leaf(row, spec, ca, now)
     if reason is None and not ca_changed:
@@ -1158,7 +1172,7 @@ def _decide(
     if reason is None:
         # The CA certificate was renewed (same key): publish it; the leaf stays valid.
         desired = _current(services, row)
-        desired.ca_pem = certs_to_pem([ca.root]).decode()
+        desired.ca_pem = trust_pem
         desired.chain_pem = _served_chain(ca)
         return desired, "CA renewed", warnings
     key = generate_private_key()
@@ -1175,7 +1189,7 @@ def _decide(
     desired = _Desired(
         certificate_pem=certs_to_pem([issued.certificate]).decode(),
         chain_pem=_served_chain(ca),
-        ca_pem=ca.root_pem.decode(),
+        ca_pem=trust_pem,
         key_pem=key_to_pem(key),
         ends_with_ca=validity < settings.cert_validity,
     )
