@@ -185,7 +185,7 @@ def test_no_escalation_assigning_roles(api: Api) -> None:
     assert_problem(api.request("DELETE", f"{ACTORS}/admin", key), 403)
     # Nor rename it: the name is what the audit log and whoami show for the admin.
     r = api.request("PATCH", f"{ACTORS}/admin", key, json={"name": "Lead's test account"})
-    assert "rename this actor" in assert_problem(r, 403)["detail"]
+    assert "cannot rename actor admin" in assert_problem(r, 403)["detail"]
     api.assert_only_denials_audited(before, 5)
     admin = api.get(f"{ACTORS}/admin", api.admin_key).json()
     assert admin["roles"] == ["r-admin"]
@@ -244,3 +244,52 @@ def test_caller_without_role_read_cannot_tell_hidden_roles_from_unknown_ones(api
     assert "issuer.create" in assert_problem(r, 403)["detail"]
     r = api.post(ACTORS, reader, json={"id": "y", "roles": ["p-secrex"]})
     assert assert_problem(r, 400)["detail"] == "unknown role(s): p-secrex (did you mean p-secret?)"
+
+
+def test_caller_without_actor_read_cannot_tell_stronger_actors_from_unknown_ones(
+    api: Api,
+) -> None:
+    # Before: an unknown actor answered 404 and a stronger one 403 listing the permissions of
+    # its current roles, so holders of auth.actor.edit/delete without auth.actor.read could
+    # tell which actor ids exist and what they hold (an empty PATCH even answered its roles).
+    api.create_role("p-strong", ["cert.read", "issuer.create"])
+    api.create_actor("strong", ["p-strong"])
+    key = api.key_with_permissions(
+        "hr", ["auth.actor.edit", "auth.actor.delete", "auth.role.assign", "cert.read"]
+    )
+    before = api.counts()
+    for body, action in (({"name": "x"}, "rename"), ({"roles": []}, "change"), ({}, "edit")):
+        answers = set()
+        for target in ("strong", "admin", "ghost"):
+            r = api.request("PATCH", f"{ACTORS}/{target}", key, json=body)
+            answers.add(assert_problem(r, 403)["detail"].replace(target, "ID"))
+        assert len(answers) == 1, answers
+        assert answers.pop().startswith(f"cannot {action} actor ID")
+    answers = set()
+    for target in ("strong", "admin", "ghost"):
+        r = api.request("DELETE", f"{ACTORS}/{target}", key)
+        answers.add(assert_problem(r, 403)["detail"].replace(target, "ID"))
+    assert answers == {
+        "cannot delete actor ID: no such actor, or it holds permission(s) you lack "
+        "(auth.actor.read tells which)"
+    }
+    assert api.counts()["actors"] == before["actors"]
+    # Holding auth.actor.read, the caller may tell them apart, but learns which permissions
+    # a custom role grants only with auth.role.read.
+    reader = api.key_with_permissions(
+        "reader", ["auth.actor.read", "auth.actor.delete", "auth.actor.edit", "cert.read"]
+    )
+    assert_problem(api.request("DELETE", f"{ACTORS}/ghost", reader), 404)
+    r = api.request("DELETE", f"{ACTORS}/strong", reader)
+    assert assert_problem(r, 403)["detail"] == (
+        "cannot delete actor strong: it holds permission(s) you lack "
+        "(named to holders of auth.role.read)"
+    )
+    full = api.key_with_permissions(
+        "full", ["auth.actor.read", "auth.role.read", "auth.actor.edit", "cert.read"]
+    )
+    assert_problem(api.request("PATCH", f"{ACTORS}/ghost", full, json={"name": "x"}), 404)
+    r = api.request("PATCH", f"{ACTORS}/strong", full, json={"name": "x"})
+    assert assert_problem(r, 403)["detail"] == (
+        "cannot rename this actor: it needs permission(s) you lack: issuer.create"
+    )

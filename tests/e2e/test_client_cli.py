@@ -778,8 +778,8 @@ def test_a_role_and_an_actor_can_be_emptied_within_the_no_escalation_rules(
     denied = _certctl(default_server, *actor, **editor)
     assert (denied.returncode, denied.stdout) == (1, "")
     assert denied.stderr == (
-        "certctl: error: HTTP 403: cannot change this actor's roles: it needs permission(s) "
-        "you lack: metrics.read\n"
+        "certctl: error: HTTP 403: cannot change actor cli-emptied's roles: no such actor, or "
+        "it holds permission(s) you lack (auth.actor.read tells which)\n"
     )
 
     assert json.loads(ok(_certctl(default_server, *role, **admin)).stdout)["permissions"] == []

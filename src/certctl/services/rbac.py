@@ -247,6 +247,49 @@ def _no_escalation(caller: Principal, permissions: frozenset[str] | set[str], wh
         )
 
 
+def _may_act_on(
+    caller: Principal,
+    kind: str,
+    target_id: str,
+    held: frozenset[str] | None,
+    action: str,
+    *,
+    shown_by: str,
+    named_by: Sequence[str],
+    holder: str = "it",
+) -> None:
+    """Refuse ``action`` on a target missing (``held`` None) or holding more than the caller.
+
+    ``action`` has ``{}`` where the target goes ("delete {}"). Only a caller holding
+    ``shown_by``, the permission that lists such targets, is told a missing one apart (404);
+    to any other both get the same 403, which would otherwise tell it which ids exist. The
+    permissions the caller lacks are named only to a caller holding ``named_by`` too (those
+    that show what the target holds): the refusal must not tell what the caller could not
+    read (DESIGN §4, no escalation).
+    """
+    if shown_by not in caller.permissions:
+        if held is None or not held <= caller.permissions:
+            raise PermissionDenied(
+                f"cannot {action.format(f'{kind} {target_id}')}: no such {kind}, or {holder} "
+                f"holds permission(s) you lack ({shown_by} tells which)"
+            )
+        return
+    if held is None:
+        raise NotFound(f"{kind} {target_id} not found")
+    unread = [p for p in named_by if p not in caller.permissions]
+    if unread and not held <= caller.permissions:
+        raise PermissionDenied(
+            f"cannot {action.format(f'{kind} {target_id}')}: {holder} holds permission(s) you "
+            f"lack (named to holders of {' and '.join(unread)})"
+        )
+    _no_escalation(caller, held, action.format(f"this {kind}"))
+
+
+# What shows an actor and what its roles grant (custom roles: GET /api/v1/auth/roles).
+_ACTOR_READ = "auth.actor.read"
+_ACTOR_NAMED_BY = ("auth.actor.read", "auth.role.read")
+
+
 def _granted(what: str, names: list[str]) -> str:
     """Audit detail of a grant: what an actor or role holds after the call, not before."""
     return f"{what}: {', '.join(names) or '(none)'}"
@@ -374,16 +417,25 @@ def update_actor(
         if roles is not None:
             new_perms = _role_permissions(services, caller, roles)
         actor = session.get(Actor, actor_id)
-        if actor is None:
-            raise NotFound(f"actor {actor_id} not found")
+        # As for deleting it or revoking its keys: a display name is what the audit log and
+        # whoami show, so renaming `admin` to someone else's name needs its power; and even
+        # an empty edit answers the actor's roles.
+        action = "rename {}" if name is not None else "change {}'s roles"
+        _may_act_on(
+            caller,
+            "actor",
+            actor_id,
+            None if actor is None else permissions_of(services, actor.roles),
+            action if name is not None or roles is not None else "edit {}",
+            shown_by=_ACTOR_READ,
+            named_by=_ACTOR_NAMED_BY,
+        )
+        assert actor is not None  # _may_act_on refused a missing one
         changes = []
-        old = permissions_of(services, actor.roles)
-        if name is not None:
-            # As for deleting it or revoking its keys: a display name is what the audit log
-            # and whoami show, so renaming `admin` to someone else's name needs its power.
-            _no_escalation(caller, old, "rename this actor")
         if roles is not None and new_perms is not None:
-            _no_escalation(caller, set(new_perms) | set(old), "change this actor's roles")
+            # The roles the caller names: built-in (public) or custom ones it may read or
+            # holds all of (_role_permissions), so the missing permissions may be named.
+            _no_escalation(caller, new_perms, "change this actor's roles")
             if "r-admin" in actor.roles and "r-admin" not in roles:
                 _check_admin_remains(session, actor_id)
             actor.roles = roles
@@ -404,9 +456,16 @@ def delete_actor(services: Services, caller: Principal, actor_id: str) -> None:
     with services.sessions.begin() as session:
         lock_for_write(session, AUTH_LOCK)  # see update_actor: the last r-admin holder
         actor = session.get(Actor, actor_id)
-        if actor is None:
-            raise NotFound(f"actor {actor_id} not found")
-        _no_escalation(caller, permissions_of(services, actor.roles), "delete this actor")
+        _may_act_on(
+            caller,
+            "actor",
+            actor_id,
+            None if actor is None else permissions_of(services, actor.roles),
+            "delete {}",
+            shown_by=_ACTOR_READ,
+            named_by=_ACTOR_NAMED_BY,
+        )
+        assert actor is not None  # _may_act_on refused a missing one
         if "r-admin" in actor.roles:
             _check_admin_remains(session, actor_id)
         for key in session.scalars(select(ApiKey).where(ApiKey.actor_id == actor_id)):
