@@ -326,3 +326,40 @@ def test_several_authorization_headers_are_refused(api: Api) -> None:
         assert body["detail"] == "send one Authorization header, not several"
     assert api.audit()[0]["detail"] == "repeated Authorization header"
     assert api.get(WHOAMI, api.admin_key).status_code == 200  # one header: fine
+
+
+def test_caller_without_actor_read_cannot_tell_stronger_actors_from_unknown_ones(
+    api: Api,
+) -> None:
+    # Before: minting for an unknown actor answered 404, for a stronger one 403 naming the
+    # permissions it holds, so a holder of auth.apikey.create could probe actor ids.
+    key = api.key_with_permissions("minter", ["auth.apikey.create", "auth.role.create"])
+    before = api.counts()
+    answers = set()
+    for target in ("admin", "ghost"):
+        r = api.post(KEYS, key, json={"actor_id": target})
+        answers.add(assert_problem(r, 403)["detail"].replace(target, "ID"))
+    assert answers == {
+        "cannot mint a key for actor ID: no such actor, or it holds permission(s) you lack "
+        "(auth.actor.read tells which)"
+    }
+    api.assert_only_denials_audited(before, 2)
+    # With auth.actor.read (and auth.role.read for the permissions): the precise answers.
+    reader = api.key_with_permissions(
+        "reader", ["auth.apikey.create", "auth.actor.read", "auth.role.read"]
+    )
+    assert_problem(api.post(KEYS, reader, json={"actor_id": "ghost"}), 404)
+    r = api.post(KEYS, reader, json={"actor_id": "admin"})
+    assert "cert.issue" in assert_problem(r, 403)["detail"]
+    # Revoking: an unknown key id and a stronger actor's key get the same answer too.
+    revoker = api.key_with_permissions("revoker2", ["auth.apikey.revoke"])
+    admin_key_id = api.admin_key.split("_")[1]
+    answers = set()
+    for target in (admin_key_id, "0123456789abcdef"):
+        r = api.request("DELETE", f"{KEYS}/{target}", revoker)
+        answers.add(assert_problem(r, 403)["detail"].replace(target, "ID"))
+    assert answers == {
+        "cannot revoke API key ID: no such API key, or its actor holds permission(s) you lack "
+        "(auth.apikey.read tells which)"
+    }
+    assert api.get(WHOAMI, api.admin_key).status_code == 200

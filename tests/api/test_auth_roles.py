@@ -279,3 +279,28 @@ def test_many_unknown_permissions_are_refused_without_a_suggestion_search_for_ea
     assert detail.startswith("unknown permission(s): cert.iss00000, cert.iss00001")
     assert "cert.iss09999" in detail
     assert detail.endswith(f"; known: {', '.join(sorted(ALL_PERMISSIONS))}")
+
+
+def test_caller_without_role_read_cannot_tell_stronger_roles_from_unknown_ones(
+    api: Api,
+) -> None:
+    # Before: editing or deleting an unknown role answered 404, a stronger custom role 403
+    # naming its permissions, so holders of auth.role.edit/delete could probe role ids.
+    api.create_role("p-strong", ["cert.read", "issuer.create"])
+    key = api.key_with_permissions("editor", ["auth.role.edit", "auth.role.delete", "cert.read"])
+    answers = set()
+    for target in ("p-strong", "p-ghost"):
+        r = api.request("PUT", f"{ROLES}/{target}", key, json={"name": "x"})
+        answers.add(assert_problem(r, 403)["detail"].replace(target, "ID"))
+        r = api.request("DELETE", f"{ROLES}/{target}", key)
+        answers.add(assert_problem(r, 403)["detail"].replace(target, "ID"))
+    assert answers == {
+        f"cannot {verb} role ID: no such role, or it holds permission(s) you lack "
+        "(auth.role.read tells which)"
+        for verb in ("edit", "delete")
+    }
+    # A holder of auth.role.read keeps the precise answers.
+    reader = api.key_with_permissions("reader", ["auth.role.edit", "auth.role.read", "cert.read"])
+    assert_problem(api.request("PUT", f"{ROLES}/p-ghost", reader, json={}), 404)
+    r = api.request("PUT", f"{ROLES}/p-strong", reader, json={})
+    assert "issuer.create" in assert_problem(r, 403)["detail"]

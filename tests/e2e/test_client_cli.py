@@ -771,8 +771,8 @@ def test_a_role_and_an_actor_can_be_emptied_within_the_no_escalation_rules(
     denied = _certctl(default_server, *role, **editor)
     assert (denied.returncode, denied.stdout) == (1, "")
     assert denied.stderr == (
-        "certctl: error: HTTP 403: cannot edit this role: it needs permission(s) you lack: "
-        "metrics.read\n"
+        "certctl: error: HTTP 403: cannot edit role r-cli-emptied: no such role, or it holds "
+        "permission(s) you lack (auth.role.read tells which)\n"
     )
     actor = ("auth", "actors", "update", "cli-emptied", "--no-roles")
     denied = _certctl(default_server, *actor, **editor)

@@ -288,6 +288,12 @@ def _may_act_on(
 # What shows an actor and what its roles grant (custom roles: GET /api/v1/auth/roles).
 _ACTOR_READ = "auth.actor.read"
 _ACTOR_NAMED_BY = ("auth.actor.read", "auth.role.read")
+# What shows a custom role and what it grants.
+_ROLE_READ = "auth.role.read"
+
+
+def _held(role: Role | None) -> frozenset[str] | None:
+    return None if role is None else frozenset(role.permissions)
 
 
 def _granted(what: str, names: list[str]) -> str:
@@ -333,12 +339,19 @@ def update_role(
         # between this read and the UPDATE is a 404 here, not a StaleDataError (500).
         lock_for_write(session, AUTH_LOCK)
         role = session.get(Role, role_id)
-        if role is None:
-            raise NotFound(f"role {role_id} not found")
-        if role.builtin:
+        if role is not None and role.builtin:  # public (DESIGN §4)
             raise Conflict(f"role {role_id} is built in and cannot be changed")
         # DESIGN §4: only a role whose permissions the caller holds may be edited, renamed too.
-        _no_escalation(caller, set(role.permissions), "edit this role")
+        _may_act_on(
+            caller,
+            "role",
+            role_id,
+            _held(role),
+            "edit {}",
+            shown_by=_ROLE_READ,
+            named_by=(_ROLE_READ,),
+        )
+        assert role is not None  # _may_act_on refused a missing one
         changes = []
         if permissions is not None:
             perms = _check_permissions(permissions)
@@ -360,11 +373,18 @@ def delete_role(services: Services, caller: Principal, role_id: str) -> None:
         # No actor may be given the role between the holders check and the delete.
         lock_for_write(session, AUTH_LOCK)
         role = session.get(Role, role_id)
-        if role is None:
-            raise NotFound(f"role {role_id} not found")
-        if role.builtin:
+        if role is not None and role.builtin:  # public (DESIGN §4)
             raise Conflict(f"role {role_id} is built in and cannot be deleted")
-        _no_escalation(caller, set(role.permissions), "delete this role")
+        _may_act_on(
+            caller,
+            "role",
+            role_id,
+            _held(role),
+            "delete {}",
+            shown_by=_ROLE_READ,
+            named_by=(_ROLE_READ,),
+        )
+        assert role is not None  # _may_act_on refused a missing one
         holders = [a.id for a in session.scalars(select(Actor)) if role_id in a.roles]
         if holders:
             raise Conflict(f"role {role_id} is held by {', '.join(holders[:5])}")
@@ -504,11 +524,18 @@ def mint_api_key(
     minted = mint_key()
     with services.sessions.begin() as session:
         actor = session.get(Actor, actor_id)
-        if actor is None:
-            raise NotFound(f"actor {actor_id} not found")
-        if caller is not None:
-            _no_escalation(
-                caller, permissions_of(services, actor.roles), "mint a key for this actor"
+        if caller is None:
+            if actor is None:
+                raise NotFound(f"actor {actor_id} not found")
+        else:
+            _may_act_on(
+                caller,
+                "actor",
+                actor_id,
+                None if actor is None else permissions_of(services, actor.roles),
+                "mint a key for {}",
+                shown_by=_ACTOR_READ,
+                named_by=_ACTOR_NAMED_BY,
             )
         row = ApiKey(
             id=minted.key_id,
@@ -540,11 +567,19 @@ def revoke_api_key(services: Services, caller: Principal, key_id: str) -> ApiKey
         # revocations at once, the second sees the first's revoked_at and keeps it.
         lock_for_write(session, AUTH_LOCK)
         row = session.get(ApiKey, key_id)
-        if row is None:
-            raise NotFound(f"API key {key_id} not found")
-        actor = session.get(Actor, row.actor_id)
-        if actor is not None:
-            _no_escalation(caller, permissions_of(services, actor.roles), "revoke this key")
+        # delete_actor deletes an actor's keys with it: a key's actor exists.
+        actor = None if row is None else session.get(Actor, row.actor_id)
+        _may_act_on(
+            caller,
+            "API key",
+            key_id,
+            None if actor is None else permissions_of(services, actor.roles),
+            "revoke {}",
+            shown_by="auth.apikey.read",
+            named_by=("auth.apikey.read", *_ACTOR_NAMED_BY),
+            holder="its actor",
+        )
+        assert row is not None  # _may_act_on refused a missing one
         if row.revoked_at is None:
             row.revoked_at = now
         record_call(session, caller, now, "apikey.revoke", key_id)
