@@ -28,11 +28,11 @@ from certctl.pki import (
 from certctl.server import run
 from certctl.server.bootstrap import Bootstrapped
 from certctl.server.config import load_config
-from certctl.services import issuance
+from certctl.services import issuance, tls_services
 from certctl.services.context import Services
 from certctl.services.tls_services import ServiceSettings
 from certctl.store.models import AuditEvent, Issuer
-from tests.services.conftest import Env
+from tests.services.conftest import Env, service_doc
 
 DEFAULT = issuance.DEFAULT_ISSUER
 VALIDITY = timedelta(days=400)
@@ -293,3 +293,58 @@ def test_a_compromised_internal_ca_key_renews_neither_it_nor_the_server_certific
             and "(keyCompromise)" in m
             for m in refusals
         ), refusals
+
+
+def test_a_compromised_service_ca_key_signs_neither_leaves_nor_its_renewal(env: Env) -> None:
+    # As the internal CA's: a service CA's key (delivered in ca-internal's ca.key) revoked for
+    # a compromise under another certificate went on signing the service's leaves and the
+    # CA's own renewals, while the API refuses to issue from such a key.
+    env.put(service_doc("web", dns=("web.example.internal",)))
+    first = env.reconcile("web")
+    ca = issuance.load_issuer(env.services, "svc.web")
+    other = _create(env, "other")
+    twin = other.issue(
+        ca.private_key.public_key(),
+        common_name_dn("web twin"),
+        profile=get_profile("intermediate"),
+        validity=timedelta(days=30),
+        now=env.now,
+    ).certificate
+    issuance.import_issuer(
+        env.services,
+        env.admin,
+        issuer_id="twin",
+        name="twin",
+        certificate_pem=certs_to_pem([twin, other.certificate]).decode(),
+        private_key_pem=key_to_pem(ca.private_key).decode(),
+    )
+    issuance.revoke_issuer(env.services, env.admin, "twin", "keyCompromise")
+    served = env.outputs("web")
+    assert first.not_after is not None
+    assert first.renew_at is not None
+    for when in (
+        env.now,  # nothing due: the status says so at once
+        first.renew_at + timedelta(minutes=1),  # the leaf is due
+        ca.certificate.not_valid_after_utc - timedelta(hours=1),  # the CA too
+    ):
+        row = env.reconcile("web", when)
+        assert row.serial == first.serial
+        assert env.outputs("web") == served  # the last good certificate and CA kept
+        assert issuance.load_issuer(env.services, "svc.web").certificate == ca.certificate
+        failed = row.conditions["Failed"]
+        assert failed["status"] is True
+        assert failed["message"].startswith(
+            "issuer svc.web holds the key of issuer twin, revoked on "
+        )
+        assert "(keyCompromise)" in failed["message"]
+        assert row.conditions["Ready"]["status"] is (when < first.not_after)
+    [event] = [e for e in env.events("web") if e.event == "failed"]
+    assert "the key was compromised" in event.payload["reason"]
+    assert _renewals(env) == []
+    # Disabled, the service issues nothing: it is not failed, and its CA stays unrenewed.
+    env.put(service_doc("web", dns=("web.example.internal",), disabled=True))
+    row = env.reconcile("web", ca.certificate.not_valid_after_utc - timedelta(hours=1))
+    assert row.conditions["Failed"]["status"] is False
+    assert issuance.load_issuer(env.services, "svc.web").certificate == ca.certificate
+    assert row.ca_renew_at is None  # nothing renews it: not due at every pass for it
+    assert not tls_services.due(row, ca.certificate.not_valid_after_utc)

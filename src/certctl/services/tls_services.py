@@ -529,6 +529,14 @@ class _Desired:
     as_is: bool = False
 
 
+# What a service whose CA key was compromised can do: its CA cannot be revoked (no CRL lists
+# a root) nor replaced in place, deleting the service deletes it.
+_COMPROMISED_ADVICE = (
+    "serve a certificate of your own (tls.certificate), or delete the service and apply it "
+    "again for a new CA"
+)
+
+
 def _per_service_ca_id(name: str) -> str:
     # issuance.MANAGED_ISSUER_PREFIX: the API neither issues from nor creates these.
     return f"svc.{name}"
@@ -565,7 +573,7 @@ def _service_ca(
     # again would be issued from its deleted CA (stored nowhere) instead of a new one.
     issuance.forget_if_changed(services, issuer_id)
     try:
-        ca = issuance.load_issuer(services, issuer_id)
+        ca, revoked = issuance.load_issuer_state(services, issuer_id)
     except NotFound:
         if not create:
             return None, False
@@ -587,6 +595,15 @@ def _service_ca(
             guard=partial(_service_still_there, name),
         )
         return issuance.load_issuer(services, issuer_id), True
+    if revoked is not None:
+        # Its key revoked for a compromise under another certificate (an import of the
+        # ca.key that ca-internal delivers): as the API refuses to issue from such a key,
+        # it signs neither leaves nor its own renewal. The service fails (its status and
+        # `failed` event say why) and keeps serving what it has; a service not issuing
+        # from its CA (disabled, custom) is not failed for it.
+        if not create:
+            return ca, False
+        raise InvalidRequest(issuance.revocation_refusal(revoked, issuer_id, _COMPROMISED_ADVICE))
     if now < ca_renewal_time(settings, ca):
         return ca, False
     renewed, wrote = issuance.renew_root_issuer(
@@ -1120,11 +1137,12 @@ def _service_ca_renew_at(
     from certctl.services import issuance
 
     try:
-        return ca_renewal_time(
-            settings, issuance.load_issuer(services, _per_service_ca_id(spec.name))
-        )
+        ca, revoked = issuance.load_issuer_state(services, _per_service_ca_id(spec.name))
     except NotFound:
         return None
+    # A compromised key renews nothing (_service_ca): a time past would make the service
+    # due at every pass.
+    return None if revoked is not None else ca_renewal_time(settings, ca)
 
 
 def _decide(
