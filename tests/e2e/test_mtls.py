@@ -150,6 +150,70 @@ def test_certificate_from_another_ca_fails_the_handshake(
     assert "HTTP/" not in result.stdout
 
 
+def _handshake_failures(server: CertctlServer) -> dict[str, float]:
+    """certctl_tls_handshake_failures_total of the main listener, by reason."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with server.client(server.admin_key) as admin:
+        scraped = admin.get("/api/v1/metrics/prometheus")
+    assert scraped.status_code == 200, scraped.text
+    return {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(scraped.text)
+        if family.name == "certctl_tls_handshake_failures"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels["listener"] == "main"
+    }
+
+
+def test_failed_handshakes_are_counted_and_logged_with_what_to_do(
+    mtls_server: CertctlServer, pki: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    # Before: nothing at all showed a failed handshake (no log line, no counter), so a client
+    # certificate from the wrong CA was invisible to the operator.
+    before = _handshake_failures(mtls_server)
+    assert set(before) >= {"client_certificate_missing", "client_certificate_rejected"}
+    assert curl(mtls_server, WHOAMI).returncode != 0
+    assert curl(mtls_server, WHOAMI, pki["mallory"]).returncode != 0
+    server_only = client_cert_with_profile(pki, "CN=srv,OU=ops,O=Example", tmp_path, "server")
+    assert curl(mtls_server, WHOAMI, server_only).returncode != 0
+    # A client not trusting the server's CA: its alert is the server's failure too.
+    untrusting = run("curl", "-sS", "--cacert", pki["ca"][0], "--cert", pki["alice"][0],
+                     "--key", pki["alice"][1], mtls_server.url + WHOAMI, timeout=20)  # fmt: skip
+    assert untrusting.returncode != 0
+    rejected = before.get("server_certificate_rejected", 0)
+    wait_until(  # counted as the server closes, maybe just after curl gave up
+        lambda: _handshake_failures(mtls_server)["server_certificate_rejected"] > rejected,
+        "the untrusting client's failure to be counted",
+        10,
+    )
+    after = _handshake_failures(mtls_server)
+    assert after["client_certificate_missing"] == before["client_certificate_missing"] + 1
+    assert after["client_certificate_rejected"] == before["client_certificate_rejected"] + 2
+    assert after["server_certificate_rejected"] == before["server_certificate_rejected"] + 1
+    log = "".join(mtls_server.logs())
+    assert re.search(
+        r"TLS handshake from 127\.0\.0\.1 failed on the main listener: the client sent no "
+        r"certificate, and tls.client-auth is required",
+        log,
+    ), log[-3000:]
+    assert (
+        "client certificate refused: unable to get local issuer certificate (its CA is not in "
+        "tls.client-ca)" in log
+    ), log[-3000:]
+    assert "the client refused this server's certificate (alert: unknown ca)" in log, log[-3000:]
+    # Once a minute per kind: the second rejected client certificate was counted, not logged.
+    assert log.count("client certificate refused:") == 1, log[-3000:]
+
+
+def client_cert_with_profile(
+    pki: dict[str, tuple[Path, Path]], subject: str, out: Path, profile: str
+) -> tuple[Path, Path]:
+    certctl_cli("cert", "issue", "--ca", pki["ca"][0].parent, "--subject", subject,
+                "--profile", profile, "--out", out / profile)  # fmt: skip
+    return out / profile / "tls.crt", out / profile / "tls.key"
+
+
 def test_mapped_subject_gets_the_mapped_roles(
     mtls_server: CertctlServer, pki: dict[str, tuple[Path, Path]]
 ) -> None:

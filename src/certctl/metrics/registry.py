@@ -44,6 +44,7 @@ __all__ = [
     "REGISTRY",
     "RENEWALS",
     "REVOCATIONS",
+    "TLS_HANDSHAKE_FAILURES",
     "TLS_NOT_AFTER",
     "TLS_RELOADS",
     "CertificateGauges",
@@ -119,6 +120,12 @@ DELIVERIES = Counter(
 )
 TLS_RELOADS = Counter(
     "certctl_tls_reloads", "TLS certificate reloads", ["result"], registry=REGISTRY
+)
+TLS_HANDSHAKE_FAILURES = Counter(
+    "certctl_tls_handshake_failures",
+    "TLS handshakes that failed, by what failed (server.handshake_failures.REASONS)",
+    ["listener", "reason"],
+    registry=REGISTRY,
 )
 Gauge(
     "certctl_build_info",

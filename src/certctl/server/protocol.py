@@ -42,6 +42,8 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+from certctl.server.handshake_failures import HandshakeFailures
+
 __all__ = ["CoalescedWrites", "ConnectionGate", "http_protocol", "listener_protocol"]
 
 log = logging.getLogger("certctl.server")
@@ -429,6 +431,7 @@ def listener_protocol(
     listener: str = "main",
     headroom: int = 0,
     on_plain_http: Callable[[bytes, str], None] | None = None,
+    failures: HandshakeFailures | None = None,
 ) -> Callable[..., asyncio.BaseProtocol]:
     """A protocol factory (``uvicorn.Config(http=...)``): TLS with a deadline, a connection cap.
 
@@ -452,7 +455,8 @@ def listener_protocol(
     a client that sent plain HTTP gets a 400 saying to use https:// instead of a closed
     connection, and what is left of the handshake deadline goes to the SSL protocol.
     ``on_plain_http(first_bytes, client_address)`` is called for each such request (the access
-    log and the request count, which the app never sees it reach).
+    log and the request count, which the app never sees it reach). ``failures`` is told how
+    each TLS connection ended (a failed handshake is counted and logged there).
 
     With a ``gate``, each connection is admitted (``ConnectionGate``) when the loop calls
     ``connection_made`` on the outermost protocol, right after accept, and released by the
@@ -472,22 +476,24 @@ def listener_protocol(
         loop = asyncio.get_running_loop()
         if not made:
             tls_class = _ssl_protocol_class(loop)
+            if failures is not None:
+                tls_class = _observed(tls_class, failures, listener)
             made.append(tls_class if gate is None else _releasing(tls_class, gate))
         tls_class = made[0]
 
-        def start_tls(handshake_left_s: float) -> asyncio.BaseProtocol:
-            return cast(
-                "asyncio.BaseProtocol",
-                tls_class(
-                    loop,
-                    app_protocol,
-                    context(),
-                    None,
-                    server_side=True,
-                    ssl_handshake_timeout=handshake_left_s,
-                    ssl_shutdown_timeout=handshake_timeout_s,
-                ),
+        def start_tls(handshake_left_s: float, transport: Any) -> asyncio.BaseProtocol:
+            tls = tls_class(
+                loop,
+                app_protocol,
+                context(),
+                None,
+                server_side=True,
+                ssl_handshake_timeout=handshake_left_s,
+                ssl_shutdown_timeout=handshake_timeout_s,
             )
+            if failures is not None:
+                tls._certctl_transport = transport  # its peer, asked only if it fails
+            return cast("asyncio.BaseProtocol", tls)
 
         return _FirstBytes(
             loop, start_tls, handshake_timeout_s, gate, listener, headroom, on_plain_http
@@ -545,7 +551,7 @@ class _FirstBytes(asyncio.Protocol):
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        start_tls: Callable[[float], asyncio.BaseProtocol],
+        start_tls: Callable[[float, Any], asyncio.BaseProtocol],
         timeout_s: float,
         gate: ConnectionGate | None,
         listener: str,
@@ -591,7 +597,7 @@ class _FirstBytes(asyncio.Protocol):
             self._deadline = None
         # The handshake deadline counts from accept, not from the first byte.
         left_s = max(self._timeout_s - (self._loop.time() - self._opened), 0.001)
-        tls: Any = self._start_tls(left_s)
+        tls: Any = self._start_tls(left_s, transport)
         self._admitted = False  # the SSL protocol releases the connection from now on
         transport.set_protocol(tls)
         tls.connection_made(transport)
@@ -648,6 +654,24 @@ def _releasing(base: Any, gate: ConnectionGate) -> type:
             super().connection_lost(exc)
 
     return Releasing
+
+
+def _observed(base: Any, failures: HandshakeFailures, listener: str) -> type:
+    """``base`` (a TLS protocol) that tells ``failures`` how its connection ended."""
+
+    class Observed(base):  # type: ignore[misc]
+        _certctl_transport: Any = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if exc is not None:
+                transport, peer = self._certctl_transport, None
+                if transport is not None:
+                    peer = transport.get_extra_info("peername")
+                failures.record(listener, exc, str(peer[0]) if peer else "-")
+            self._certctl_transport = None
+            super().connection_lost(exc)
+
+    return Observed
 
 
 def _gated(base: Any, gate: ConnectionGate, listener: str, headroom: int) -> type:

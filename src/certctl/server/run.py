@@ -28,12 +28,15 @@ from certctl.kubeapi import KubeConnection, load_connection
 from certctl.metrics.registry import (
     API_KEYS,
     HTTP_CONNECTIONS_REFUSED,
+    TLS_HANDSHAKE_FAILURES,
     certificate_gauges,
     service_gauges,
 )
 from certctl.pki import parse_duration
 from certctl.server.bootstrap import Bootstrapped, bootstrap
 from certctl.server.config import ServerConfig, split_host_port
+from certctl.server.handshake_failures import REASONS as HANDSHAKE_FAILURE_REASONS
+from certctl.server.handshake_failures import HandshakeFailures
 from certctl.server.logs import configure_logging
 from certctl.server.scheduler import Scheduler
 from certctl.server.tls import ServerTLS, check_files, ensure_self_signed, listen_sans
@@ -845,6 +848,11 @@ def _serve_process(
         refused=lambda name: HTTP_CONNECTIONS_REFUSED.labels(name).inc(),
     )
 
+    # One for every listener of this process: each kind of failure logged once a minute.
+    failures = HandshakeFailures(
+        counted=lambda name, reason: TLS_HANDSHAKE_FAILURES.labels(name, reason).inc()
+    )
+
     def plain_http(first_bytes: bytes, client: str) -> None:
         plain_http_request(first_bytes, client, json_logs=config.log_format == "json")
 
@@ -854,8 +862,11 @@ def _serve_process(
         context = tls.current_context if (tls is not None and secure) else None
         HTTP_CONNECTIONS_REFUSED.labels(name)  # a 0 from the start, not a series appearing
         headroom = METRICS_HEADROOM if name == "metrics" else 0
+        if context is not None:
+            for reason in HANDSHAKE_FAILURE_REASONS:  # 0s from the start
+                TLS_HANDSHAKE_FAILURES.labels(name, reason)
         factory = listener_protocol(
-            protocol, context, handshake_timeout_s, gate, name, headroom, plain_http
+            protocol, context, handshake_timeout_s, gate, name, headroom, plain_http, failures
         )
         return uvicorn.Server(
             uvicorn.Config(
