@@ -255,6 +255,10 @@ def status(
         isinstance(item, dict) and isinstance(item.get("name"), str) for item in items
     ):
         raise _unexpected(path, "not a TLSService" if name else "no list of TLSServices")
+    if not items:
+        # As `services list` says it: a lone header row read as a broken answer.
+        typer.echo("no services")
+        return
     # Names run to 53 characters, serials to 40 hex digits: the columns widen so the others
     # stay aligned.
     width = max([24, *(len(printable(item["name"])) for item in items)])

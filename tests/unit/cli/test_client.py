@@ -1249,6 +1249,20 @@ def test_services_status_says_until_when_a_replaced_ca_is_kept(listener: Listene
     assert "replaced CA" not in api
 
 
+def test_services_status_with_no_services_says_so_as_services_list_does(
+    listener: Listener, in_process: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An empty status printed only the header row: a user could not tell "none" from "broken".
+    listener.answers["/api/v1/services"] = Answer(body=b'{"items": [], "next_cursor": null}')
+    assert in_process("services", "status") == 0
+    assert capsys.readouterr() == ("no services\n", "")
+    assert in_process("services", "list", "-o", "table") == 0
+    assert capsys.readouterr() == ("no services\n", "")
+    # The JSON stays the server's answer as is.
+    assert in_process("services", "status", "-o", "json") == 0
+    assert json.loads(capsys.readouterr().out) == {"items": [], "next_cursor": None}
+
+
 def test_server_text_on_stderr_shows_control_characters_escaped(
     listener: Listener, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
