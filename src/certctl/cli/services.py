@@ -70,12 +70,17 @@ def apply_command(
     from certctl.services.tls_spec import parse_service_documents
 
     stdin = str(file) == "-"
+    source = "stdin" if stdin else str(file)
     raw = _read_stdin() if stdin else read_file(file, "services file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise InvalidRequest(f"{'stdin' if stdin else file}: not UTF-8 text") from None
-    specs = parse_service_documents(text)
+        raise InvalidRequest(f"{source}: not UTF-8 text") from None
+    try:
+        specs = parse_service_documents(text)
+    except InvalidRequest as exc:
+        # Named as a missing or unreadable file is: apply runs over several files in scripts.
+        raise InvalidRequest(f"{source}: {exc.detail}") from None
     _dry_run(specs)
     for index, spec in enumerate(specs):
         try:

@@ -8,6 +8,7 @@ and that no secret (API key, URL password or token) shows anywhere in the output
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import os
 import socket
@@ -1188,6 +1189,31 @@ def test_apply_to_a_server_without_dry_run_says_so(listener: Listener, tmp_path:
         ("GET", "/api/v1/services/a"),
         ("PUT", "/api/v1/services/a"),
     ]
+
+
+def test_apply_names_the_file_whatever_is_wrong_in_it(
+    listener: Listener,
+    in_process: Callable[..., int],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A missing file was named ("nofile.yaml: services file not found"), one that did not
+    # parse was not ("services file is not valid YAML at line 2"): which file, of several?
+    Path("bad.yaml").write_text("apiVersion: certctl.io/v1\nkind: [TLSService\n")
+    Path("unnamed.yaml").write_text("apiVersion: certctl.io/v1\nkind: TLSService\nspec: {}\n")
+    for argv, line in [
+        (["-f", "nofile.yaml"], "nofile.yaml: services file not found"),
+        (["-f", "bad.yaml"], "bad.yaml: services file is not valid YAML at line 3"),
+        (["-f", "unnamed.yaml"], "unnamed.yaml: document 1: metadata: Field required"),
+    ]:
+        assert in_process("apply", *argv) == 1
+        assert capsys.readouterr() == ("", f"certctl: error: {line}\n")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"kind: [\n")))
+    assert in_process("apply", "-f", "-") == 1
+    assert capsys.readouterr().err == (
+        "certctl: error: stdin: services file is not valid YAML at line 2\n"
+    )
+    assert listener.seen == []
 
 
 def test_issue_without_a_name_is_a_usage_error(listener: Listener, tmp_path: Path) -> None:
