@@ -93,7 +93,10 @@ def test_validity_is_judged_at_the_time_given_as_openssl_attime(
     else:
         assert result.code == 1, result.out
         (line,) = result.err.splitlines()
-        assert line.startswith(f"certctl: error: {certctl_says}"), line
+        assert line.startswith(f"certctl: error: verification failed: {certctl_says}"), line
+        # Judged at --at: the line says when, as the OK line does.
+        checked = f" (checked at {at:%Y-%m-%dT%H:%M:%SZ})" if at is not None else ""
+        assert line.endswith(f"Z{checked}"), line
 
 
 # The values depend on NOW: built in the test, so that xdist workers, which import this

@@ -102,7 +102,13 @@ def verify_command(
     still verify on a given day, or did verify when it was used.
     """
     from certctl.errors import InvalidRequest
-    from certctl.pki import asserts_ca, check_revocation, parse_hostname, verify_certificate
+    from certctl.pki import (
+        VerificationFailed,
+        asserts_ca,
+        check_revocation,
+        parse_hostname,
+        verify_certificate,
+    )
 
     if purpose not in ("server", "client"):
         raise typer.BadParameter(f"{purpose}: choose server or client", param_hint="--purpose")
@@ -169,18 +175,25 @@ def verify_command(
         if unread:
             warn(_pkcs7_crls_unread(ca))
     now = when or utcnow()
-    result = verify_certificate(
-        leaf_certs[0],
-        trust=trust,
-        untrusted=[*leaf_certs[1:], *extra],
-        hostname=hostname,
-        purpose=purpose,
-        now=now,
-    )
-    if checking:
-        check_revocation(
-            result.chain, crls, now=now, check_all=crl_check_all, warn=warn, bundled=bundled
+    try:
+        result = verify_certificate(
+            leaf_certs[0],
+            trust=trust,
+            untrusted=[*leaf_certs[1:], *extra],
+            hostname=hostname,
+            purpose=purpose,
+            now=now,
         )
+        if checking:
+            check_revocation(
+                result.chain, crls, now=now, check_all=crl_check_all, warn=warn, bundled=bundled
+            )
+    except VerificationFailed as exc:
+        if when is None:
+            raise
+        # As the OK line says it: "expired on" a day still ahead reads wrong without the
+        # --at time it was judged at.
+        raise VerificationFailed(f"{exc.detail} (checked at {when:%Y-%m-%dT%H:%M:%SZ})") from None
     path = " <- ".join(c.subject.rfc4514_string() for c in result.chain)
     checked = f" for {result.name}" if hostname else ""
     revocation = ""

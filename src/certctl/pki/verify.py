@@ -288,13 +288,13 @@ def _verify_rfc5280(
             return VerifiedChain(tuple(chain), purpose, name)  # trusted as it is
         for anchor in trust:
             if _issued_by(current, anchor):
-                _check_window(anchor, now, f"verification failed: {_anchor_name(anchor)}")
+                _check_window(anchor, now, _anchor_name(anchor))
                 _check_path_lengths((*chain, anchor))
                 return VerifiedChain((*chain, anchor), purpose, name)
         parent = next((c for c in pool if _issued_by(current, c) and _is_ca(c)), None)
         if parent is None:
             break
-        _check_window(parent, now, f"verification failed: {_intermediate_name(parent)}")
+        _check_window(parent, now, _intermediate_name(parent))
         pool.remove(parent)
         chain.append(parent)
         current = parent
@@ -384,7 +384,8 @@ _SHOWN_SANS = 8
 def _check_window(cert: x509.Certificate, now: datetime, what: str = "certificate") -> None:
     problem = _window_problem(cert, now)
     if problem is not None:
-        raise VerificationFailed(f"{what} {problem}")
+        # Prefixed as every other failure: the leaf's own window once lacked it.
+        raise VerificationFailed(f"verification failed: {what} {problem}")
 
 
 def _anchor_name(cert: x509.Certificate) -> str:

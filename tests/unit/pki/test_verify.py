@@ -166,15 +166,20 @@ def test_an_issuer_name_that_matches_only_when_folded_is_named_so(
 
 
 def test_expired(root_ca: CertificateAuthority, server_cert: x509.Certificate) -> None:
+    # Prefixed as every other failure is (before, the leaf's window alone lacked it).
     later = NOW + timedelta(days=91)
-    with pytest.raises(VerificationFailed, match=r"^certificate expired on 2025-08-30T12:00:00Z$"):
+    with pytest.raises(
+        VerificationFailed,
+        match=r"^verification failed: certificate expired on 2025-08-30T12:00:00Z$",
+    ):
         verify_certificate(server_cert, trust=[root_ca.certificate], now=later)
 
 
 def test_not_yet_valid(root_ca: CertificateAuthority, server_cert: x509.Certificate) -> None:
     earlier = NOW - timedelta(hours=1)
     with pytest.raises(
-        VerificationFailed, match=r"^certificate is not valid before 2025-06-01T11:55:00Z$"
+        VerificationFailed,
+        match=r"^verification failed: certificate is not valid before 2025-06-01T11:55:00Z$",
     ):
         verify_certificate(server_cert, trust=[root_ca.certificate], now=earlier)
 
