@@ -32,7 +32,8 @@ __all__ = ["app"]
 
 app = typer.Typer(help="Create or import certificate authorities.", no_args_is_help=True)
 
-KEY_TYPES = "ec-p256 (default), ec-p384, ed25519, rsa-2048, rsa-3072, rsa-4096"
+# No "(default)" here: Typer shows "[default: ec-p256]" after the help already.
+KEY_TYPES = "ec-p256, ec-p384, ed25519, rsa-2048, rsa-3072, rsa-4096"
 # Shared with `certctl issuers create` (a CA made on the server), where they mean the same.
 SUBJECT_OPTION: str = typer.Option(
     None, "--subject", help="Full RFC 4514 subject, e.g. 'CN=Ops CA,O=Example'."
