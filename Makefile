@@ -44,8 +44,10 @@ system-deps:
 	fi
 
 # The server in the foreground: HTTPS on 127.0.0.1:8443, data in ./certctl-data (SQLite).
+# exec: the server is make's own child, so the SIGTERM make passes on reaches it (not a shell
+# that would die and leave it running); it exits 0 on SIGTERM or Ctrl-C, and make says nothing.
 run: $(VENV)/.synced
-	$(BIN)/certctl serve  # data in ./certctl-data (the default; CERTCTL_CONFIG may say otherwise)
+	exec $(BIN)/certctl serve  # data in ./certctl-data (the default; CERTCTL_CONFIG may say otherwise)
 
 demo: $(VENV)/.synced
 	@bash scripts/demo.sh

@@ -975,16 +975,21 @@ def _serve_process(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    # uvicorn stops gracefully on SIGTERM, then re-raises it, and the default action ended the
-    # process with the last commits only in certctl.db-wal (the API-key cache keeps its own
-    # connection open, so SQLite never checkpoints on close): a copy of certctl.db taken after
-    # a clean stop missed them. Each process checkpoints on its way out.
-    def checkpoint_and_stop(signum: int, _frame: object) -> None:
-        checkpoint(services.engine)
-        signal.signal(signum, signal.SIG_DFL)
-        signal.raise_signal(signum)
+    # uvicorn stops gracefully on SIGTERM or SIGINT, then re-raises the signal to the handler
+    # it found. The default ones ended the process by SIGTERM (no `finally`: the last commits
+    # stayed only in certctl.db-wal, as the API-key cache keeps its own connection open and
+    # SQLite never checkpoints on close) or printed "certctl: error: interrupted" with status
+    # 130, and `make run` added "*** [run] Terminated/Interrupt". A stop asked for is the
+    # normal end of a server: this one stops the listeners (any not yet serving, too), and the
+    # process returns through the `finally` below, which checkpoints, with status 0, as the
+    # --workers supervisor (workers.py) already ends. Raising SystemExit here instead would
+    # leave it in uvicorn's task: "Task exception was never retrieved" in the log.
+    def stop(_signum: int, _frame: object) -> None:
+        for server, _name in servers:
+            server.should_exit = True
 
-    signal.signal(signal.SIGTERM, checkpoint_and_stop)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
     # uvloop: its event loop and TLS transport cost about half of asyncio's per request and
     # per handshake (docs/performance.md).
@@ -992,5 +997,5 @@ def _serve_process(
 
     try:
         uvloop.run(main())
-    finally:  # Ctrl-C (SIGINT re-raised as KeyboardInterrupt) or a listener that failed
+    finally:  # a stop (SIGTERM, Ctrl-C) or a listener that failed
         checkpoint(services.engine)
