@@ -74,6 +74,28 @@ def _create(env: Env, issuer_id: str, **options: Any) -> CertificateAuthority:
     return issuance.load_issuer(env.services, issuer_id)
 
 
+def _compromise(env: Env, ca: CertificateAuthority) -> None:
+    """Import issuer ``twin``, a certificate of ``ca``'s key under another root, and revoke it
+    for keyCompromise: from then on ``ca``'s key must sign nothing."""
+    other = _create(env, "other")
+    twin = other.issue(
+        ca.private_key.public_key(),
+        common_name_dn(f"{ca.certificate.subject.rfc4514_string()} twin"),
+        profile=get_profile("intermediate"),
+        validity=timedelta(days=30),
+        now=env.now,
+    ).certificate
+    issuance.import_issuer(
+        env.services,
+        env.admin,
+        issuer_id="twin",
+        name="twin",
+        certificate_pem=certs_to_pem([twin, other.certificate]).decode(),
+        private_key_pem=key_to_pem(ca.private_key).decode(),
+    )
+    issuance.revoke_issuer(env.services, env.admin, "twin", "keyCompromise")
+
+
 def _second_process(env: Env) -> Services:
     """Another process on the same store: its own issuer cache."""
     return Services(env.services.engine, env.services.sessions, env.services.wrapper, env.clock)
@@ -254,23 +276,7 @@ def test_a_compromised_internal_ca_key_renews_neither_it_nor_the_server_certific
     default = issuance.load_issuer(env.services, DEFAULT)
     # Another certificate of the internal CA's key (cross-signed by another certctl root),
     # imported, then revoked for keyCompromise: the key signs nothing more.
-    other = _create(env, "other")
-    twin = other.issue(
-        default.private_key.public_key(),
-        common_name_dn("certctl twin"),
-        profile=get_profile("intermediate"),
-        validity=timedelta(days=30),
-        now=env.now,
-    ).certificate
-    issuance.import_issuer(
-        env.services,
-        env.admin,
-        issuer_id="twin",
-        name="twin",
-        certificate_pem=certs_to_pem([twin, other.certificate]).decode(),
-        private_key_pem=key_to_pem(default.private_key).decode(),
-    )
-    issuance.revoke_issuer(env.services, env.admin, "twin", "keyCompromise")
+    _compromise(env, default)
     assert issuance.load_issuer_state(env.services, DEFAULT)[1] is not None
     served = x509.load_pem_x509_certificate(before["tls.crt"])
 
@@ -302,23 +308,7 @@ def test_a_compromised_service_ca_key_signs_neither_leaves_nor_its_renewal(env: 
     env.put(service_doc("web", dns=("web.example.internal",)))
     first = env.reconcile("web")
     ca = issuance.load_issuer(env.services, "svc.web")
-    other = _create(env, "other")
-    twin = other.issue(
-        ca.private_key.public_key(),
-        common_name_dn("web twin"),
-        profile=get_profile("intermediate"),
-        validity=timedelta(days=30),
-        now=env.now,
-    ).certificate
-    issuance.import_issuer(
-        env.services,
-        env.admin,
-        issuer_id="twin",
-        name="twin",
-        certificate_pem=certs_to_pem([twin, other.certificate]).decode(),
-        private_key_pem=key_to_pem(ca.private_key).decode(),
-    )
-    issuance.revoke_issuer(env.services, env.admin, "twin", "keyCompromise")
+    _compromise(env, ca)
     served = env.outputs("web")
     assert first.not_after is not None
     assert first.renew_at is not None
