@@ -402,13 +402,19 @@ def _issue_batch(
     ca_issuers_urls: tuple[str, ...] = (),
 ) -> None:
     from certctl.cli._storedzip import StoredZip, dos_stamp
+    from certctl.errors import InvalidRequest
     from certctl.files import OutputSet
     from certctl.pki.instances import parse_instances
 
     try:
-        todo = parse_instances(read_file(instances_path, "instances file").decode("utf-8"))
+        text = read_file(instances_path, "instances file").decode("utf-8")
     except UnicodeDecodeError:
         raise UsageProblem(f"{instances_path}: not UTF-8 text") from None
+    try:
+        todo = parse_instances(text)
+    except InvalidRequest as exc:
+        # Named as a missing or unreadable file is, and as `apply -f FILE` names its file.
+        raise InvalidRequest(f"{instances_path}: {exc.detail}") from None
     as_zip = opts.out.suffix.lower() == ".zip"
     outputs = OutputSet(force=opts.force)
     if as_zip:

@@ -391,38 +391,38 @@ CASES = [
         "batch-invalid-yaml",
         "cert issue --ca ca --in bad-yaml.yml --pem --out certs.zip",
         1,
-        "instances file is not valid YAML at line",
+        "bad-yaml.yml: instances file is not valid YAML at line 3",
     ),
     _c(
         "batch-unquoted-ipv6",
         "cert issue --ca ca --in ipv6.yml --pem --out certs.zip",
         1,
-        "instances file is not valid YAML at line 3; quote IPv6 addresses inside [...] and "
-        '{...}: "::1"',
+        "ipv6.yml: instances file is not valid YAML at line 3; quote IPv6 addresses inside "
+        '[...] and {...}: "::1"',
     ),
     _c(
         "batch-missing-name",
         "cert issue --ca ca --in no-name.yml --pem --out certs.zip",
         1,
-        "instance #1: 'name' is required",
+        "no-name.yml: instance #1: 'name' is required",
     ),
     _c(
         "batch-duplicate-filename",
         "cert issue --ca ca --in duplicate.yml --pem --out certs.zip",
         1,
-        "file name 'node-1' is used twice",
+        "duplicate.yml: instance 'node-2': file name 'node-1' is used twice",
     ),
     _c(
         "batch-unsafe-filename",
         "cert issue --ca ca --in unsafe.yml --pem --out certs.zip",
         1,
-        "'../x' is not a safe file name",
+        "unsafe.yml: instance 'node-1': '../x' is not a safe file name",
     ),
     _c(
         "batch-bad-ip",
         "cert issue --ca ca --in bad-ip.yml --pem --out certs.zip",
         1,
-        "instance 'node-1': 1.2.3.999: not a valid IPv4",
+        "bad-ip.yml: instance 'node-1': 1.2.3.999: not a valid IPv4",
     ),
     _c(
         "batch-not-utf8",
