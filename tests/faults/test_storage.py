@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import os
 import shlex
-import signal
 import sqlite3
 import subprocess
 import time
@@ -393,7 +392,7 @@ def test_read_only_and_down_postgresql(
         assert client.get("/readyz").status_code == 200
     assert fault_server.proc is not None
     assert fault_server.proc.poll() is None  # the same process throughout
-    assert fault_server.stop() in (0, -signal.SIGTERM)
+    assert fault_server.stop() == 0  # a graceful stop by SIGTERM exits 0
     FIGURES["postgresql"] = {
         "read_only_detail": ro_detail,
         "down_detail": down_detail,
