@@ -266,8 +266,10 @@ def test_read_only_disk_sqlite(fault_server: FaultServer, tmp_path: Path) -> Non
             assert issue(client, "after.ro.example.com").status_code == 201
             names = [i["common_name"] for i in client.get("/api/v1/certificates").json()["items"]]
         assert sorted(names) == ["after.ro.example.com", "before.ro.example.com"]
-        fault_server.stop()
-    # Started on a read-only mount: the WAL files certctl leaves let SQLite read, so the
+        # A crash leaves certctl.db-wal and -shm (a clean stop, which exits 0, removes them
+        # as SQLite's last connection closes: see the start that fails below).
+        fault_server.kill()
+    # Started on a read-only mount after a crash: the WAL files left let SQLite read, so the
     # server starts, serves reads and refuses writes.
     with ext4(image, mountpoint, fault_server, "ro"):
         fault_server.start()
@@ -275,7 +277,7 @@ def test_read_only_disk_sqlite(fault_server: FaultServer, tmp_path: Path) -> Non
             assert_storage_problem(issue(client, "ro-start.example.com"), "read-only", "I/O")
             assert client.get(f"/api/v1/certificates/{first.json()['id']}").status_code == 200
         fault_server.stop()
-    # Without the WAL files (checkpointed away, e.g. a restored backup) SQLite cannot open a
+    # Without the WAL files (after a clean stop, or a restored backup) SQLite cannot open a
     # WAL database read-only: one clear line and exit 1, never a traceback.
     with ext4(image, mountpoint, fault_server):
         db = fault_server.data_dir / "certctl.db"
