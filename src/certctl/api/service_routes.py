@@ -246,7 +246,7 @@ SERVICE_ROUTES: tuple[ApiRoute, ...] = (
         "/api/v1/services/{name}/retired-ca",
         "service.edit",
         drop_retired_ca,
-        "Stop trusting the replaced CA now (ends its overlap in ca.crt at the next pass)",
+        "Stop trusting the replaced CAs now (ends their overlap in ca.crt at the next pass)",
         None,
         202,
     ),

@@ -208,9 +208,9 @@ def _status_line(item: dict[str, Any], width: int = 24, serial_width: int = 16) 
     serial = printable(str(status.get("serial") or "-"))
     retired = status.get("retired_ca_until")
     if isinstance(retired, str):
-        # Said where operators look: until then ca.crt also trusts the CA this one replaced
-        # (`services drop-retired-ca` ends that at once).
-        kept = f"the replaced CA stays in ca.crt until {_utc(retired)}"
+        # Said where operators look: until then ca.crt also trusts the CA(s) this one replaced,
+        # each until its own end, the last at this one (`services drop-retired-ca` ends that).
+        kept = f"the replaced CA(s) stay in ca.crt until {_utc(retired)} at the latest"
         message = f"{message}; {kept}" if message else kept
     # The message quotes the spec (a path, a command): escaped, as a table's cells are.
     message = printable(str(message))
@@ -361,20 +361,21 @@ def renew(
 
 
 @services_app.command(
-    "drop-retired-ca", short_help="Stop trusting a service's replaced CA now (no overlap)."
+    "drop-retired-ca", short_help="Stop trusting a service's replaced CAs now (no overlap)."
 )
 def drop_retired_ca(
     name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
 ) -> None:
-    """End the overlap of a replaced CA: the next pass delivers ca.crt without it.
+    """End the overlap of the replaced CAs: the next pass delivers ca.crt without them.
 
     When a service's CA is replaced by another (a new custom CA, or a switch to or from its
     own), ca.crt keeps the old CA after the new one for the CA renewal margin, so servers not
-    reloaded yet stay trusted. If the old CA was replaced because its key leaked, end that now
-    (for every old CA kept, when it was replaced more than once within the overlap).
+    reloaded yet stay trusted; replaced again within that time, it keeps each old CA (up to
+    4). If an old CA was replaced because its key leaked, end that now: every old CA kept
+    leaves ca.crt, as the one replaced first may be the one whose key leaked.
     """
     _request("DELETE", f"/api/v1/services/{_seg(name)}/retired-ca")
-    typer.echo(f"tlsservice/{name}: the replaced CA leaves ca.crt at the next pass")
+    typer.echo(f"tlsservice/{name}: every replaced CA leaves ca.crt at the next pass")
 
 
 @clients_app.command("add")

@@ -343,7 +343,7 @@ def request_renewal(services: Services, caller: Principal, name: str) -> Managed
 
 
 def drop_retired_ca(services: Services, caller: Principal, name: str) -> ManagedService:
-    """End the overlap of a replaced CA now: the next pass delivers ``ca.crt`` without it.
+    """End the overlap of the replaced CAs now: the next pass delivers ``ca.crt`` without them.
 
     The overlap keeps servers not yet reloaded trusted; after a replacement because the old
     CA's key was compromised, the operator wants it distrusted at once, not a day later.

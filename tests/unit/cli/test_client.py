@@ -1271,7 +1271,9 @@ def test_services_status_says_until_when_a_replaced_ca_is_kept(listener: Listene
     proc = certctl("services", "status", env={"CERTCTL_URL": listener.url})
     assert proc.returncode == 0, proc.stderr
     web, api = proc.stdout.splitlines()[1:]
-    assert web.endswith("serving; the replaced CA stays in ca.crt until 2026-12-05T21:00:00Z")
+    assert web.endswith(
+        "serving; the replaced CA(s) stay in ca.crt until 2026-12-05T21:00:00Z at the latest"
+    )
     assert "replaced CA" not in api
 
 
@@ -1693,7 +1695,7 @@ def test_services_drop_retired_ca_asks_once_and_says_what_happens(
     )
     assert in_process("services", "drop-retired-ca", "web") == 0
     assert capsys.readouterr().out == (
-        "tlsservice/web: the replaced CA leaves ca.crt at the next pass\n"
+        "tlsservice/web: every replaced CA leaves ca.crt at the next pass\n"
     )
     assert [(s.method, s.path) for s in listener.seen] == [
         ("DELETE", "/api/v1/services/web/retired-ca")
