@@ -1013,8 +1013,8 @@ def test_a_custom_ca_given_without_its_root_is_served_with_the_leaf(
     row = env.reconcile("web", datetime.now(UTC))
     assert row.conditions["Ready"]["status"] is True, row.conditions
     assert (
-        "secret issuer: ca.crt ends with CN=My Issuing CA, which is not self-signed"
-        in row.conditions["Ready"]["message"]
+        "secret issuer: the CA's chain in ca.crt ends with CN=My Issuing CA, which is not "
+        "self-signed" in row.conditions["Ready"]["message"]
     )
     (tmp_path / "root.pem").write_bytes(root)
     verify = ("openssl", "verify", "-CAfile", tmp_path / "root.pem", "-untrusted",

@@ -818,12 +818,15 @@ def _custom_material(
             raise InvalidRequest(f"secret {secret}: ca.crt expired")
         if not is_self_signed(ca.root):
             # Served after the leaf (_served_chain), but what targets get as ca.crt is no
-            # anchor for nginx, Python and other OpenSSL clients without partial chains.
+            # anchor for nginx, Python and other OpenSSL clients without partial chains. The
+            # chain is the CA's (issuer_chain), not ca.crt's order: another root listed last
+            # is an anchor of its own, so "ca.crt ends with" would name the wrong one.
             warnings.append(
-                f"secret {secret}: ca.crt ends with {ca.root.subject.rfc4514_string()}, which "
-                f"is not self-signed: targets get it as ca.crt, which OpenSSL clients refuse "
-                f"as a trust anchor; add its issuer ({ca.root.issuer.rfc4514_string()}) and "
-                "the rest of the chain up to the root after it in ca.crt"
+                f"secret {secret}: the CA's chain in ca.crt ends with "
+                f"{ca.root.subject.rfc4514_string()}, which is not self-signed: targets get it "
+                "as the CA's root in ca.crt, which OpenSSL clients refuse as a trust anchor; "
+                f"add its issuer ({ca.root.issuer.rfc4514_string()}) and the rest of the chain "
+                "up to the root to ca.crt (in any order)"
             )
         if ca.certificate.not_valid_after_utc - now <= settings.cert_rotate_before:
             warnings.append(
