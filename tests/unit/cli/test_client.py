@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -56,6 +57,8 @@ class Listener:
     url: str
     answers: dict[str, Answer] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
+    # What the handler raised: recorded, not printed (see _serve).
+    errors: list[BaseException] = field(default_factory=list)
 
 
 def _serve(scheme: str, context: ssl.SSLContext | None) -> Iterator[Listener]:
@@ -84,7 +87,14 @@ def _serve(scheme: str, context: ssl.SSLContext | None) -> Iterator[Listener]:
         def log_message(self, format: str, *args: object) -> None:
             pass  # the test output is the client's
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request: object, client_address: object) -> None:
+            # The default prints a traceback to sys.stderr, from a handler thread that may
+            # outlive its test and write into the next one's capsys. A client leaving before
+            # its answer (a timeout, a reader gone) is what several tests do on purpose.
+            state.errors.append(sys.exc_info()[1] or RuntimeError("no exception"))
+
+    server = Server(("127.0.0.1", 0), Handler)
     if context is not None:
         server.socket = context.wrap_socket(server.socket, server_side=True)
     state.url = f"{scheme}://127.0.0.1:{server.server_address[1]}"
@@ -99,6 +109,10 @@ def _serve(scheme: str, context: ssl.SSLContext | None) -> Iterator[Listener]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+    # A client gone (OSError: reset, broken pipe, TLS EOF) is expected; anything else is a
+    # bug in the handler or an answer's side effect, once a traceback nobody had to read.
+    unexpected = [e for e in state.errors if not isinstance(e, OSError)]
+    assert not unexpected, unexpected
 
 
 @pytest.fixture
@@ -156,6 +170,33 @@ def assert_error(
     assert proc.stdout == ""
     for secret in secrets:
         assert secret not in proc.stdout + proc.stderr, secret
+
+
+def test_the_listener_is_quiet_when_a_client_leaves_before_its_answer(
+    listener: Listener, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Clients here leave before their answer on purpose (a timeout, a reader gone): the
+    # handler's write then failed and socketserver printed "Exception occurred during
+    # processing of request" and a traceback to stderr, from a thread that can outlive its
+    # test (the 2 s answer of an unanswered request): it landed in a later test's capsys.
+    left = threading.Event()
+    listener.answers["/leave"] = Answer(side_effect=lambda: left.wait(5))
+    with socket.create_connection(("127.0.0.1", int(listener.url.rsplit(":", 1)[1]))) as sock:
+        sock.sendall(b"GET /leave HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        deadline = time.monotonic() + 5
+        while not listener.seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Closed with a reset: the handler's first write fails, as when a client gave up.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    left.set()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(
+        "process_request_thread" in t.name for t in threading.enumerate()
+    ):
+        time.sleep(0.01)
+    assert [s.path for s in listener.seen] == ["/leave"]
+    assert capfd.readouterr() == ("", "")
+    assert [type(e) for e in listener.errors] in ([BrokenPipeError], [ConnectionResetError])
 
 
 # --- 1. the API key ----------------------------------------------------------------------
