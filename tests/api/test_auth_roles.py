@@ -304,3 +304,22 @@ def test_caller_without_role_read_cannot_tell_stronger_roles_from_unknown_ones(
     assert_problem(api.request("PUT", f"{ROLES}/p-ghost", reader, json={}), 404)
     r = api.request("PUT", f"{ROLES}/p-strong", reader, json={})
     assert "issuer.create" in assert_problem(r, 403)["detail"]
+
+
+def test_deleting_a_held_role_names_its_holders_only_to_holders_of_actor_read(api: Api) -> None:
+    # Before: the 409 listed up to five actor ids holding the role to any holder of
+    # auth.role.delete, so a caller without auth.actor.read learned which actors exist.
+    api.create_role("p-low", ["cert.read"])
+    api.create_actor("secret-bob", ["p-low"])
+    key = api.key_with_permissions("roles", ["auth.role.delete", "cert.read"])
+    detail = assert_problem(api.request("DELETE", f"{ROLES}/p-low", key), 409)["detail"]
+    assert detail == (
+        "role p-low is held by 1 actor(s) (auth.actor.read names them); take it from them first"
+    )
+    # A holder of auth.actor.read may list the actors anyway: it is told which.
+    reader = api.key_with_permissions(
+        "reader", ["auth.role.delete", "auth.actor.read", "cert.read"]
+    )
+    detail = assert_problem(api.request("DELETE", f"{ROLES}/p-low", reader), 409)["detail"]
+    assert detail == "role p-low is held by secret-bob"
+    assert api.get(f"{ROLES}/p-low", api.admin_key).status_code == 200

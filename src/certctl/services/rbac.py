@@ -386,6 +386,12 @@ def delete_role(services: Services, caller: Principal, role_id: str) -> None:
         )
         assert role is not None  # _may_act_on refused a missing one
         holders = [a.id for a in session.scalars(select(Actor)) if role_id in a.roles]
+        if holders and _ACTOR_READ not in caller.permissions:
+            # The actor ids are for holders of auth.actor.read (GET /api/v1/auth/actors).
+            raise Conflict(
+                f"role {role_id} is held by {len(holders)} actor(s) ({_ACTOR_READ} names "
+                "them); take it from them first"
+            )
         if holders:
             raise Conflict(f"role {role_id} is held by {', '.join(holders[:5])}")
         session.delete(role)
