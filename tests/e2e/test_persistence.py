@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests._poll import wait_until
 from tests.e2e.conftest import StartServer, assert_no_secrets, key_traces, secret_of
+from tests.services.conftest import service_doc
 
 pytestmark = pytest.mark.e2e
 
@@ -86,3 +91,32 @@ def test_restart_keeps_certificates_and_admin_key(start_server: StartServer) -> 
     assert "certctl: error" not in second.logs()[1]
     assert_no_secrets(first, secrets, first_start=True, stored=stored)
     assert_no_secrets(second, secrets, first_start=False, stored=stored)
+
+
+def test_a_second_ctrl_c_ends_a_server_waiting_for_work_in_progress(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # Before: after the first Ctrl-C stopped the listeners, the process waited for the
+    # reload command a delivery was running (up to its reloadTimeout, 10 min at most), and
+    # every later Ctrl-C only asked again for the stop under way: nothing but SIGKILL ended it.
+    server = start_server()
+    pid_file = tmp_path / "reload.pid"
+    reload = f"sh -c 'echo $$ > {pid_file}; exec sleep 60'"
+    target = {"directory": str(tmp_path / "out" / "web"), "reload": reload, "reloadTimeout": "2m"}
+    with server.client(server.admin_key) as client:
+        r = client.put("/api/v1/services/web", json=service_doc("web", targets=[target]))
+        assert r.status_code in (200, 201), r.text
+    try:
+        wait_until(lambda: pid_file.is_file() and pid_file.read_text().strip() != "",
+                   "the reload command to start", 20)  # fmt: skip
+        server.proc.send_signal(signal.SIGINT)
+        wait_until(lambda: "Finished server process" in server.logs()[1],
+                   "the listeners to stop", 10)  # fmt: skip
+        assert server.proc.poll() is None  # still waiting for the reload, as it should
+        server.proc.send_signal(signal.SIGINT)
+        server.exit_code = server.proc.wait(timeout=10)
+        assert server.exit_code == -signal.SIGINT
+        assert "second Ctrl-C: exiting without waiting" in server.logs()[1]
+    finally:
+        with contextlib.suppress(ValueError, ProcessLookupError, FileNotFoundError):
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)

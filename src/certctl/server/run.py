@@ -969,6 +969,7 @@ def _serve_process(
             for other, _ in servers:  # one stopped (signal or error): stop the rest
                 other.should_exit = True
             await asyncio.gather(*runs, return_exceptions=True)
+            listeners_stopped.append(True)
         finally:
             for task in tasks:
                 task.cancel()
@@ -984,7 +985,23 @@ def _serve_process(
     # process returns through the `finally` below, which checkpoints, with status 0, as the
     # --workers supervisor (workers.py) already ends. Raising SystemExit here instead would
     # leave it in uvicorn's task: "Task exception was never retrieved" in the log.
-    def stop(_signum: int, _frame: object) -> None:
+    # Once the listeners stopped, what is left is the work in progress (a delivery's reload
+    # command, up to its reloadTimeout; a Kubernetes call), which the loop's shutdown waits
+    # for: a Ctrl-C then is the operator who will not wait, and is obeyed at once, without
+    # the checkpoint (the WAL is replayed at the next start). One while uvicorn still drains
+    # is its own (a second one there: no more waiting for open connections), and re-raised
+    # here only before the listeners count as stopped. SIGTERM never forces: --workers sends
+    # it on top of a terminal's SIGINT, and supervisors escalate with SIGKILL themselves.
+    listeners_stopped: list[bool] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        if signum == signal.SIGINT and listeners_stopped:
+            log.warning(
+                "second Ctrl-C: exiting without waiting for the work in progress (a reload "
+                "command, a delivery)"
+            )
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGINT)
         for server, _name in servers:
             server.should_exit = True
 
