@@ -6,7 +6,8 @@ roles as DESIGN §4 writes them, ``tests.api.test_auth_roles.BUILTIN``). A refus
 get exactly 401 (with ``WWW-Authenticate``) or 403 as problem+json; an allowed caller anything
 but 401/403/5xx (404 or 409 once an earlier allowed caller deleted or created the object; to a
 caller that may not read such objects, a deleted one is the 403 "no such …, or it holds
-permission(s) you lack", accepted only when the admin is told 404).
+permission(s) you lack", accepted only when the admin is told 404 for it: the path's object,
+or the actor a key is minted for).
 Every request comes from its own peer address, so no refusal is a rate-limit side effect.
 """
 
@@ -224,6 +225,13 @@ def test_every_route_has_an_expectation() -> None:
         assert EXPECTED[key][0] == permission, f"{key}: route table says {permission}"
 
 
+def _target(path: str, body: Any) -> str:
+    """The object a request acts on: the actor a key is minted for, else the path's own."""
+    if isinstance(body, dict) and "actor_id" in body:
+        return f"/api/v1/auth/actors/{body['actor_id']}"
+    return path
+
+
 @pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r.method} {r.path}")
 def test_route_authorization(route: Any, world: World) -> None:
     permission, body = EXPECTED[(route.method, route.path)]
@@ -253,7 +261,8 @@ def test_route_authorization(route: Any, world: World) -> None:
             gone = (
                 r.status_code == 403
                 and ": no such " in r.text
-                and world.app.request("GET", path, world.app.admin_key).status_code == 404
+                and world.app.request("GET", _target(path, body), world.app.admin_key).status_code
+                == 404
             )
             if (r.status_code in (401, 403) and not gone) or r.status_code >= 500:
                 problems.append(f"{label}, expected allowed: {r.text[:200]}")
