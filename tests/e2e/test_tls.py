@@ -237,3 +237,29 @@ def test_the_session_ticket_key_rotates(
     # The server kept serving throughout.
     served = run("curl", "-sS", "--cacert", server.ca, f"{server.url}/healthz", timeout=20)
     assert served.stdout == "ok", served.stderr
+
+
+def test_an_error_after_the_handshake_is_no_failed_handshake(
+    default_server: CertctlServer,
+) -> None:
+    # Before: a connection whose handshake succeeded and that then sent a record that does
+    # not decrypt was counted in certctl_tls_handshake_failures_total{reason="other"} and
+    # logged as "TLS handshake from ... failed ... DECRYPTION_FAILED_OR_BAD_RECORD_MAC".
+    from tests.e2e.test_mtls import _handshake_failures
+
+    before = _handshake_failures(default_server)
+    with socket.create_connection(("127.0.0.1", default_server.port), timeout=10) as raw:
+        tls = default_server.ssl_context().wrap_socket(raw, server_hostname="localhost")
+        # The handshake is over on both sides once the server answered a request.
+        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert tls.recv(4096).startswith(b"HTTP/1.1 200")
+        plain = socket.socket(fileno=tls.detach())
+        plain.sendall(b"\x17\x03\x03\x00\x20" + b"A" * 32)  # application data, not decryptable
+        plain.settimeout(10)
+        while plain.recv(4096):  # until the server closes the connection
+            pass
+        plain.close()
+    # The server's side of the close is done before the next request on a new connection.
+    time.sleep(0.2)
+    assert _handshake_failures(default_server) == before
+    assert "DECRYPTION_FAILED_OR_BAD_RECORD_MAC" not in "".join(default_server.logs())

@@ -493,6 +493,7 @@ def listener_protocol(
             )
             if failures is not None:
                 tls._certctl_transport = transport  # its peer, asked only if it fails
+                _forget_transport_at_handshake(app_protocol, tls)
             return cast("asyncio.BaseProtocol", tls)
 
         return _FirstBytes(
@@ -657,21 +658,48 @@ def _releasing(base: Any, gate: ConnectionGate) -> type:
 
 
 def _observed(base: Any, failures: HandshakeFailures, listener: str) -> type:
-    """``base`` (a TLS protocol) that tells ``failures`` how its connection ended."""
+    """``base`` (a TLS protocol) that tells ``failures`` how its handshake failed.
+
+    Only while its handshake is under way (``_certctl_transport`` set, cleared by
+    :func:`_forget_transport_at_handshake`): an SSL error after it (a record that does not
+    decrypt) is no failed handshake, and was counted and logged as one.
+    """
 
     class Observed(base):  # type: ignore[misc]
         _certctl_transport: Any = None
+        _certctl_app: Any = None
 
         def connection_lost(self, exc: Exception | None) -> None:
-            if exc is not None:
-                transport, peer = self._certctl_transport, None
-                if transport is not None:
-                    peer = transport.get_extra_info("peername")
+            transport, app = self._certctl_transport, self._certctl_app
+            if exc is not None and transport is not None:
+                peer = transport.get_extra_info("peername")
                 failures.record(listener, exc, str(peer[0]) if peer else "-")
-            self._certctl_transport = None
+            if app is not None:  # the handshake never completed: its hook goes
+                vars(app).pop("connection_made", None)
+            self._certctl_transport = self._certctl_app = None
             super().connection_lost(exc)
 
     return Observed
+
+
+def _forget_transport_at_handshake(app_protocol: Any, tls: Any) -> None:
+    """Clear ``tls._certctl_transport`` when the handshake completes.
+
+    The SSL protocol hands the application protocol its transport (``connection_made``)
+    once the handshake is done, and only then; the Cython one has no other sign of it that
+    Python can read. The class's own ``connection_made`` is put back then, or when the
+    connection is lost first (no reference cycle left through the hook).
+    """
+    made = app_protocol.connection_made
+
+    def handshake_done(app_transport: Any) -> None:
+        tls._certctl_transport = tls._certctl_app = None
+        del app_protocol.connection_made
+        made(app_transport)
+
+    tls._certctl_app = app_protocol
+
+    app_protocol.connection_made = handshake_done
 
 
 def _gated(base: Any, gate: ConnectionGate, listener: str, headroom: int) -> type:
