@@ -28,6 +28,7 @@ from certctl.server.tls import client_certificate_extension
 from certctl.services import issuance
 from certctl.store.models import CertificateRecord, Issuer, Role
 from tests._generation import count_generation_reads
+from tests._tools import run
 from tests.api.conftest import Api, assert_problem
 
 if TYPE_CHECKING:
@@ -438,4 +439,34 @@ def test_an_unreadable_ca_in_the_verified_chain_is_refused_while_a_key_is_compro
     detail = assert_problem(mtls.whoami(), 401)["detail"]
     assert detail.startswith("client certificate refused: a CA of its verified chain is not a "), (
         detail
+    )
+
+
+def test_a_ca_of_the_verified_chain_whose_key_cryptography_cannot_load_is_a_401(
+    mtls: Mtls, tmp_path: Path
+) -> None:
+    # Before: a CA on a curve cryptography lacks (prime239v1, which OpenSSL verifies chains
+    # through) parsed, but its public_key() raised UnsupportedAlgorithm while a key was
+    # revoked for a compromise: a 500 for every request of such a client.
+    api = mtls.api
+    key = tmp_path / "int.key"
+    run("openssl", "ecparam", "-name", "prime239v1", "-genkey", "-noout", "-out", key)
+    pem = run("openssl", "req", "-x509", "-key", key, "-subj", "/CN=odd curve CA", "-days", "1",
+              "-addext", "basicConstraints=critical,CA:TRUE").stdout  # fmt: skip
+    odd_ca = x509.load_pem_x509_certificate(pem.encode()).public_bytes(Encoding.DER)
+    cert = _client_cert(api, "heidi")
+    der = x509.load_pem_x509_certificate(cert["certificate_pem"].encode()).public_bytes(
+        Encoding.DER
+    )
+    mtls.layer.tls = client_certificate_extension(der, (odd_ca,))
+    assert mtls.permissions() == ["cert.read"]
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": "sub", "parent": "default"})
+    assert r.status_code == 201, r.text
+    r = api.post("/api/v1/issuers/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    detail = assert_problem(mtls.whoami(), 401)["detail"]
+    assert detail == (
+        "client certificate refused: a CA of its verified chain holds a key certctl cannot "
+        "read (Curve 1.2.840.10045.3.1.4 is not supported), and a compromised issuer key "
+        "could be it"
     )

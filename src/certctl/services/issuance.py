@@ -670,6 +670,15 @@ def revoked_ca_among(services: Services, cas: Sequence[bytes]) -> str | None:
                     "a CA of its verified chain is not a readable X.509 certificate, and a "
                     "compromised issuer key could be in it"
                 ) from None
+            except UnsupportedAlgorithm as exc:
+                # Read, but its key is of a kind cryptography lacks (a curve such as
+                # prime239v1 or sect283k1, which OpenSSL verifies chains through). No issuer
+                # key of certctl's is, but a compromised one given in an encoding only
+                # OpenSSL reads would look the same: refused as an unreadable certificate.
+                raise UnreadableCertificate(
+                    f"a CA of its verified chain holds a key certctl cannot read ({exc}), and "
+                    "a compromised issuer key could be it"
+                ) from None
             found = compromised.get(key)
             if found is not None:
                 return found
