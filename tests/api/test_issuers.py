@@ -1800,3 +1800,44 @@ def _import_self_signed(
         },
     )
     assert r.status_code == 201, r.text
+
+
+def _odd_curve_root_and_intermediate(tmp_path: Path) -> tuple[str, str, str]:
+    """(root PEM, intermediate PEM, intermediate key PEM): a root on prime239v1.
+
+    A curve OpenSSL signs and verifies with but cryptography cannot load: the root parses,
+    its public_key() raises UnsupportedAlgorithm. Made by openssl, which alone can sign
+    with it; the intermediate's own key is P-256.
+    """
+    root_key, inter_key = tmp_path / "odd-root.key", tmp_path / "inter.key"
+    ok(run("openssl", "ecparam", "-name", "prime239v1", "-genkey", "-noout", "-out", root_key))
+    ok(run("openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", inter_key))
+    root = ok(run("openssl", "req", "-x509", "-key", root_key, "-subj", "/CN=Odd Curve Root",
+                  "-days", "2", "-addext", "basicConstraints=critical,CA:TRUE",
+                  "-addext", "keyUsage=critical,keyCertSign,cRLSign")).stdout  # fmt: skip
+    (tmp_path / "root.pem").write_text(root)
+    inter = ok(run("openssl", "req", "-x509", "-key", inter_key, "-subj", "/CN=Odd Curve Inter",
+                   "-days", "1", "-CA", tmp_path / "root.pem", "-CAkey", root_key,
+                   "-addext", "basicConstraints=critical,CA:TRUE,pathlen:0",
+                   "-addext", "keyUsage=critical,keyCertSign,cRLSign")).stdout  # fmt: skip
+    return root, inter, inter_key.read_text()
+
+
+def test_import_of_a_chain_with_a_key_cryptography_cannot_load_is_a_400(
+    api: Api, tmp_path: Path
+) -> None:
+    """Before: a 500 'internal error' (UnsupportedAlgorithm) for a bundle listing such a root
+    before the CA, as many bundles do; now a 400 naming the certificate, nothing stored."""
+    root, inter, inter_key = _odd_curve_root_and_intermediate(tmp_path)
+    before = api.counts()
+    for issuer_id, bundle in (("odd-a", root + inter), ("odd-b", inter + root)):
+        r = api.post(
+            ISSUERS,
+            api.admin_key,
+            json={"id": issuer_id, "certificate_pem": bundle, "private_key_pem": inter_key},
+        )
+        detail = assert_problem(r, 400)["detail"]
+        assert "CN=Odd Curve Root" in detail, detail
+        assert "1.2.840.10045.3.1.4 is not supported" in detail, detail
+    assert api.counts() == before
+    assert api.get(f"{ISSUERS}/odd-a", api.admin_key).status_code == 404

@@ -308,6 +308,7 @@ def import_issuer(
     # first), and its chain the others followed by signature up to the root, as
     # 'certctl ca import' takes them: taken in the order given, an unrelated certificate
     # became the chain served with every certificate and the "root" of ca.pem?chain=true.
+    _check_keys_readable(certs)
     public_key = key.public_key()
     ca_cert = next((c for c in certs if c.public_key() == public_key), certs[0])
     chain, left_over = issuer_chain(ca_cert, [c for c in certs if c is not ca_cert])
@@ -331,6 +332,25 @@ def import_issuer(
         guard=partial(_not_revoked, ca, "not imported"),
     )
     return row, _import_warnings(ca, issuer_id)
+
+
+def _check_keys_readable(certs: Sequence[x509.Certificate]) -> None:
+    """Refuse a bundle holding a certificate whose key cryptography cannot load.
+
+    A curve OpenSSL signs with but cryptography lacks (prime239v1, sect283k1, SM2): such a
+    certificate parses, but matching the key to it, building the chain and every later
+    compromise check (which compare keys) raised UnsupportedAlgorithm, a 500 for the
+    import. Checked once here, before anything else reads a key, rather than at each use.
+    """
+    for cert in certs:
+        try:
+            cert.public_key()
+        except UnsupportedAlgorithm as exc:
+            raise InvalidRequest(
+                f"{cert.subject.rfc4514_string()} in certificate_pem holds a key certctl "
+                f"cannot read ({exc}): neither its signatures nor a compromise of its key "
+                "could be checked; not imported"
+            ) from None
 
 
 def _not_revoked(ca: CertificateAuthority, outcome: str, session: Session) -> None:
