@@ -1841,3 +1841,38 @@ def test_import_of_a_chain_with_a_key_cryptography_cannot_load_is_a_400(
         assert "1.2.840.10045.3.1.4 is not supported" in detail, detail
     assert api.counts() == before
     assert api.get(f"{ISSUERS}/odd-a", api.admin_key).status_code == 404
+
+
+def test_a_ca_whose_key_cryptography_cannot_load_signed_nothing_in_the_resumed_session_walk(
+    tmp_path: Path,
+) -> None:
+    """The walk up from a resumed session's certificate (revoked_issuer_of) asks of each CA
+    whether it signed; one whose key cryptography cannot load answers "no", never raises.
+
+    Before: UnsupportedAlgorithm from verify_directly_issued_by (issuer name matched) and
+    from the CA's public_key() (authorityKeyIdentifier matched), a 500 for the request.
+    Imports refuse such CAs now (above), so this guards the walk, not a stored issuer.
+    """
+    root_pem, inter_pem, _ = _odd_curve_root_and_intermediate(tmp_path)
+    root, inter = _cert(root_pem), _cert(inter_pem)
+    now = datetime.now(UTC)
+    key = generate_private_key(KeyType.EC_P256)
+    # Another issuer name, the odd root's key identifier as its authorityKeyIdentifier.
+    same_key_id = (
+        x509.CertificateBuilder()
+        .subject_name(common_name_dn("mallory"))
+        .issuer_name(common_name_dn("Another Name"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    assert issuance._signed_by(inter, root) is False
+    assert issuance._signed_by(same_key_id, root) is False

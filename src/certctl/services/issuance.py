@@ -819,15 +819,22 @@ def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     if cert.issuer == ca.subject:
         try:
             cert.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
-            return False  # the same name on another key
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            # The same name on another key; or a signature or key cryptography cannot check
+            # (UnsupportedAlgorithm: a CA on a curve such as prime239v1): not shown to be
+            # signed by it, so "no" rather than a 500 for the request being authenticated.
+            return False
         return True
     aki = _key_identifier(cert, x509.AuthorityKeyIdentifier)
     if aki is None or aki != _key_identifier(ca, x509.SubjectKeyIdentifier):
         return False
+    try:
+        key = ca.public_key()
+    except UnsupportedAlgorithm:
+        return False  # as above: a key cryptography cannot load verifies nothing here
     # Another name for the same key (a twin re-issued or cross-signed under a new subject):
     # the key is what was revoked, so its signature is checked without the name.
-    return _signature_verifies(cert, ca.public_key())
+    return _signature_verifies(cert, key)
 
 
 def _signature_verifies(cert: x509.Certificate, key: object) -> bool:
