@@ -18,6 +18,7 @@ No kube-apiserver can be installed here, so this implements, with their real JSO
   API server may return fewer) and ``metadata.continue`` while more remain; a ``continue``
   token after ``expire_continue`` was set is 410 Expired, as after etcd's compaction (the
   pages are not one snapshot: a continued LIST sees the Secrets as they are then);
+  ``endless_continue`` makes every chunk carry a continue token, the same or a new one;
 * errors as ``v1.Status`` objects; callers must present ``Authorization: Bearer`` with one of
   ``accepted_tokens`` or a client certificate from the test CA, else 401;
 * RBAC, when ``rbac`` is set: the rules bound to certctl's ServiceAccount (a Role's in its
@@ -100,6 +101,9 @@ class FakeApiServer:
         self.before_put: list[Any] = []  # callables run once before the next PUT
         self.page_size: int | None = None  # a chunked LIST returns at most this many items
         self.expire_continue = False  # True: the next continue token is 410 Expired
+        # A broken API server (or proxy) whose chunked LIST never ends: "same" answers a
+        # continued LIST with the token it was given, "new" with a fresh token each time.
+        self.endless_continue: str | None = None
         # A slow API server (APF queueing, etcd latency): each answer waits this long, with
         # the requests waiting meanwhile counted (peak_in_flight: the most at once).
         self.delay_s = 0.0
@@ -379,6 +383,12 @@ class FakeApiServer:
             item.pop("apiVersion", None)
             items.append(item)
         metadata = {"resourceVersion": self.next_version()}
+        if limit and self.endless_continue:
+            # Each page again from the start, under a token: the one given, else a new one.
+            fresh = json.dumps({"start": "", "n": self.next_version()}).encode()
+            more = (self.endless_continue == "same" and token) or (
+                base64.urlsafe_b64encode(fresh).decode()
+            )
         if more:
             metadata["continue"] = more
         return 200, {"kind": "SecretList", "apiVersion": "v1", "metadata": metadata, "items": items}

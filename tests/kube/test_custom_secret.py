@@ -12,6 +12,8 @@ import base64
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from certctl.kubeapi import KubeConnection
 from certctl.server.config import ServerConfig
 from certctl.server.run import _custom_secret_reader
@@ -326,3 +328,39 @@ def test_an_expired_continue_token_lists_again_whole(
         ["continue", "labelSelector", "limit"],
         ["labelSelector"],
     ], pages
+
+
+@pytest.mark.parametrize("endless", ["same", "new"])
+def test_a_list_that_never_ends_stops_with_an_error(
+    apiserver: FakeApiServer,
+    connection: KubeConnection,
+    pki: KubePki,
+    endless: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before: an API server (or proxy) answering every chunk with a continue token, the one
+    # it was given or a new one, kept certctl's LIST going forever, its items piling up in
+    # memory. Now a repeated token ends it at once, and so does a page count past the bound
+    # (lowered here: 1,000 pages of 500 cost seconds against the fake server).
+    from certctl.kubeapi import KubeApiError
+    from certctl.targets import kubernetes
+
+    monkeypatch.setattr(kubernetes, "_LIST_MAX_PAGES", 5)
+    crt, key = pki.leaf("web.example.internal")
+    _put(apiserver, "web-tls", {"tls.crt": crt, "tls.key": key}, **LABEL)
+    apiserver.endless_continue = endless
+    with pytest.raises(KubeApiError) as raised:
+        kubernetes.list_custom_certificates(connection)
+    pages = len(_pages(apiserver))
+    if endless == "same":
+        assert pages == 2, pages
+        assert raised.value.detail.endswith(
+            "the API server answered a chunk with the continue token it was given (a LIST "
+            "that never ends)"
+        ), raised.value.detail
+    else:
+        assert pages == 5, pages
+        assert raised.value.detail.endswith(
+            "5 chunks of 500 read, and still a continue token (a LIST that never ends?)"
+        ), raised.value.detail
+    assert raised.value.detail.startswith(f"Secrets of {NAMESPACE} labelled "), raised.value.detail

@@ -46,6 +46,10 @@ _CUSTOM_KEYS = ("tls.crt", "tls.key", "ca.crt", "ca.key")
 _MAX_KEY_BYTES = 1 << 20
 # Items per LIST request: kubectl's --chunk-size and client-go's pager default.
 _LIST_CHUNK = 500
+# Chunks one LIST may take: 500,000 labelled Secrets in one namespace, far past any real one.
+# Past it, an API server (or a proxy) handing out continue tokens forever is assumed, rather
+# than a LIST growing in memory without end; the caller reads each Secret on its own then.
+_LIST_MAX_PAGES = 1_000
 
 
 class WriteResult(StrEnum):
@@ -305,7 +309,9 @@ def list_custom_certificates(
     try:
         with connection.client(transport) as client:
             token = ""
+            pages = 0
             while True:
+                pages += 1
                 params = {**selector, "limit": str(_LIST_CHUNK)}
                 if token:
                     params["continue"] = token
@@ -320,6 +326,16 @@ def list_custom_certificates(
                 more = metadata.get("continue") if isinstance(metadata, dict) else None
                 if not isinstance(more, str) or not more:
                     break
+                if more == token:
+                    raise KubeApiError(
+                        f"{what}: the API server answered a chunk with the continue token it "
+                        "was given (a LIST that never ends)"
+                    )
+                if pages >= _LIST_MAX_PAGES:
+                    raise KubeApiError(
+                        f"{what}: {_LIST_MAX_PAGES} chunks of {_LIST_CHUNK} read, and still "
+                        "a continue token (a LIST that never ends?)"
+                    )
                 token = more
     except httpx.HTTPError as exc:
         raise KubeApiError(
