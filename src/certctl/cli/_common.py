@@ -229,7 +229,7 @@ def load_ca_dir(
     ``CERTCTL_PASSWORD`` is for other inputs); a password given with the option for an
     unencrypted key is still refused, since the user meant something else.
     """
-    from certctl.pki import CertificateAuthority
+    from certctl.pki import CertificateAuthority, display_dn
 
     if directory.is_file():
         # elasticsearch-certutil's --ca takes a PKCS#12 file (elastic-stack-ca.p12): say how
@@ -274,8 +274,8 @@ def load_ca_dir(
         for child, parent in itertools.pairwise(listed):
             if child.issuer != parent.subject:
                 raise InvalidRequest(
-                    f"{chain_path}: {parent.subject.rfc4514_string()} did not issue "
-                    f"{child.subject.rfc4514_string()}: the chain is out of order or mixed"
+                    f"{chain_path}: {display_dn(parent.subject)} did not issue "
+                    f"{display_dn(child.subject)}: the chain is out of order or mixed"
                 )
         chain = listed[1:]
     try:

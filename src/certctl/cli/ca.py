@@ -96,6 +96,7 @@ def create(
         certs_to_pem,
         common_name_dn,
         create_root_ca,
+        display_dn,
         generate_private_key,
         key_to_pem,
         parse_dn,
@@ -162,7 +163,7 @@ def create(
         outputs.add(out / CA_CHAIN, certs_to_pem([issued.certificate, *chain]))
     outputs.commit()
     kind = "intermediate CA" if parent else "root CA"
-    typer.echo(f"created {kind} {issued.certificate.subject.rfc4514_string()} in {out}/")
+    typer.echo(f"created {kind} {display_dn(issued.certificate.subject)} in {out}/")
     for path in outputs.paths:
         typer.echo(f"  {path}")
     if key_password is not None:
@@ -202,7 +203,7 @@ def import_ca(
 ) -> None:
     """Import an existing CA (PEM pair or PKCS#12) after checking key and certificate match."""
     from certctl.files import OutputSet
-    from certctl.pki import CertificateAuthority, certs_to_pem, key_to_pem
+    from certctl.pki import CertificateAuthority, certs_to_pem, display_dn, key_to_pem
 
     ca_input = read_ca_input(cert, key, p12, password_file, password)
     key_password = read_password(key_password_file, env="CERTCTL_CA_PASSWORD")  # as in create
@@ -248,13 +249,13 @@ def import_ca(
         # Imported all the same (the root may be in every trust store already), but the
         # ca.crt written next to each certificate is then this top CA, not a root.
         warn(
-            f"{top.issuer.rfc4514_string()}, the issuer of {top.subject.rfc4514_string()}, "
+            f"{display_dn(top.issuer)}, the issuer of {display_dn(top.subject)}, "
             f"was not given: certificates issued from this CA get "
-            f"{top.subject.rfc4514_string()} as ca.crt, which openssl verify and Python refuse "
+            f"{display_dn(top.subject)} as ca.crt, which openssl verify and Python refuse "
             "(unable to get issuer certificate); give the chain up to the root in --cert "
             "(or in the PKCS#12)"
         )
-    typer.echo(f"imported CA {ca.certificate.subject.rfc4514_string()} into {out}/")
+    typer.echo(f"imported CA {display_dn(ca.certificate.subject)} into {out}/")
     if key_password is not None:
         typer.echo(
             f"  {out / CA_KEY} is encrypted with {_key_password_source(key_password_file)}: "
@@ -266,13 +267,13 @@ def _issuer_chain(
     ca_cert: x509.Certificate, others: list[x509.Certificate]
 ) -> tuple[x509.Certificate, ...]:
     """The certificates above ``ca_cert``, nearest first; the others left out with a warning."""
-    from certctl.pki import issuer_chain
+    from certctl.pki import display_dn, issuer_chain
 
     chain, left_over = issuer_chain(ca_cert, others)
     for cert in left_over:
         warn(
-            f"{cert.subject.rfc4514_string()}: not an issuer in the chain of "
-            f"{ca_cert.subject.rfc4514_string()}; left out of {CA_CHAIN}"
+            f"{display_dn(cert.subject)}: not an issuer in the chain of "
+            f"{display_dn(ca_cert.subject)}; left out of {CA_CHAIN}"
         )
     return chain
 

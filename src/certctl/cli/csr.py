@@ -49,6 +49,7 @@ def create(
         SubjectAltNames,
         common_name_dn,
         create_csr,
+        display_dn,
         generate_private_key,
         key_to_pem,
         parse_dn,
@@ -74,7 +75,7 @@ def create(
     outputs.add(out / "tls.csr", csr.public_bytes(serialization.Encoding.PEM))
     outputs.add(out / "tls.key", key_to_pem(key), secret=True)
     outputs.commit()
-    typer.echo(f"created CSR for {name.rfc4514_string()}")
+    typer.echo(f"created CSR for {display_dn(name)}")
     for path in outputs.paths:
         typer.echo(f"  {path}")
     if _holds_another_key(out / "tls.crt", key.public_key()):
@@ -113,6 +114,7 @@ def sign(
     from certctl.pki import (
         LEAF_PROFILES,
         certs_to_pem,
+        display_dn,
         format_serial,
         get_profile,
         load_csr,
@@ -153,7 +155,7 @@ def sign(
     outputs.commit()
     typer.echo(
         f"signed {prof.name} certificate serial {format_serial(issued.certificate.serial_number)} "
-        f"for {issued.certificate.subject.rfc4514_string()}"
+        f"for {display_dn(issued.certificate.subject)}"
     )
     for path in outputs.paths:
         typer.echo(f"  {path}")

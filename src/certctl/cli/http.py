@@ -450,13 +450,15 @@ def _starts_encrypted(key_path: Path) -> bool:
 
 
 def _print_summary(out: Path, plan: HttpBundlePlan, result: BundleResult) -> None:
+    from certctl.pki import display_dn
+
     echo = typer.echo
     what = "CSRs and keys" if plan.mode == "csr" else "certificates and keys"
     echo(f"wrote {out} (mode 0600, {len(result.entries)} files): {what}")
     if result.ca_folder and result.ca_certificate is not None:
         ca_cert = result.ca_certificate
         echo(
-            f"  {result.ca_folder:<28} new CA {ca_cert.subject.rfc4514_string()}, "
+            f"  {result.ca_folder:<28} new CA {display_dn(ca_cert.subject)}, "
             f"valid until {ca_cert.not_valid_after_utc:%Y-%m-%d}"
         )
         if plan.ca_password:
@@ -638,8 +640,10 @@ class _Wizard:
                     given = None
                 continue
             c.ca_dir, c.ca_password = directory, password
+            from certctl.pki import display_dn
+
             self.console.print(
-                f"using CA {c.ca.certificate.subject.rfc4514_string()}, valid until "
+                f"using CA {display_dn(c.ca.certificate.subject)}, valid until "
                 f"{c.ca.certificate.not_valid_after_utc:%Y-%m-%d}"
             )
             return

@@ -174,9 +174,10 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
     key_fields = _key_fields(cert)
     if cert.serial_number <= 0:
         from certctl.cli._common import warn
+        from certctl.pki import display_dn
 
         warn(
-            f"certificate {cert.subject.rfc4514_string()}: serial number "
+            f"certificate {display_dn(cert.subject)}: serial number "
             f"{format_serial(cert.serial_number)} is not positive, which RFC 5280 4.1.2.2 "
             "forbids; some clients refuse it"
         )

@@ -106,6 +106,7 @@ def verify_command(
         VerificationFailed,
         asserts_ca,
         check_revocation,
+        display_dn,
         parse_hostname,
         verify_certificate,
     )
@@ -144,7 +145,7 @@ def verify_command(
         # A chain file with the CA first: nginx and openssl take the first certificate as the
         # server's, and the checks below would judge the CA as the leaf.
         raise InvalidRequest(
-            f"{cert}: the first certificate, {leaf_certs[0].subject.rfc4514_string()}, is a CA "
+            f"{cert}: the first certificate, {display_dn(leaf_certs[0].subject)}, is a CA "
             "certificate: put the leaf first (then its intermediates), as servers send them"
         )
     bundle = read_all(ca, "CA bundle")
@@ -194,7 +195,7 @@ def verify_command(
         # As the OK line says it: "expired on" a day still ahead reads wrong without the
         # --at time it was judged at.
         raise VerificationFailed(f"{exc.detail} (checked at {when:%Y-%m-%dT%H:%M:%SZ})") from None
-    path = " <- ".join(c.subject.rfc4514_string() for c in result.chain)
+    path = " <- ".join(display_dn(c.subject) for c in result.chain)
     checked = f" for {result.name}" if hostname else ""
     revocation = ""
     if checking:

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
         DNPattern,
         SubjectAltNames,
         common_name_dn,
+        display_dn,
         format_dn,
         parse_dn,
     )
@@ -108,6 +109,7 @@ _SOURCES = {
     "DNPattern": "names",
     "SubjectAltNames": "names",
     "common_name_dn": "names",
+    "display_dn": "names",
     "format_dn": "names",
     "parse_dn": "names",
     "check_revocation": "revocation",
@@ -149,6 +151,7 @@ __all__ = [
     "create_csr",
     "create_root_ca",
     "csr_sans",
+    "display_dn",
     "format_dn",
     "format_duration",
     "format_serial",

@@ -23,6 +23,7 @@ __all__ = [
     "DNPattern",
     "SubjectAltNames",
     "common_name_dn",
+    "display_dn",
     "format_dn",
     "names_match",
     "parse_dn",
@@ -169,6 +170,21 @@ def _canonical_value(attr: x509.NameAttribute[str | bytes]) -> tuple[str, object
 def format_dn(name: x509.Name) -> str:
     """Format a name as an RFC 4514 string; ``parse_dn(format_dn(n)) == n``."""
     return name.rfc4514_string()
+
+
+# RFC 4514 gives emailAddress no short name, so rfc4514_string() writes its dotted OID; OpenSSL
+# prints "emailAddress", the name people know it by.
+_DISPLAY_NAMES = {NameOID.EMAIL_ADDRESS: "emailAddress"}
+
+
+def display_dn(name: x509.Name) -> str:
+    """``name`` as RFC 4514 text for people to read: emailAddress named as OpenSSL does.
+
+    For messages and summaries only: stored subjects and the strings client-certificate
+    mappings match stay :func:`format_dn`'s (``rfc4514_string()``), which is what
+    :func:`parse_dn` reads back.
+    """
+    return name.rfc4514_string(_DISPLAY_NAMES)
 
 
 # Attribute type names a DN pattern may use (upper case), by OID: RFC 4514 section 3 and the
