@@ -78,7 +78,8 @@ def parse_dn(text: str) -> x509.Name:
     if not text.strip():
         raise InvalidRequest("empty distinguished name (example: CN=node-1,O=Example)")
     try:
-        name = x509.Name.from_rfc4514_string(text)
+        # emailAddress= as display_dn (and OpenSSL) print it; the dotted OID is read too.
+        name = x509.Name.from_rfc4514_string(text, _READ_NAMES)
     except ValueError as exc:
         reason = f" ({exc})" if str(exc) else ""
         raise InvalidRequest(f"{text}: not a valid RFC 4514 distinguished name{reason}") from exc
@@ -175,6 +176,7 @@ def format_dn(name: x509.Name) -> str:
 # RFC 4514 gives emailAddress no short name, so rfc4514_string() writes its dotted OID; OpenSSL
 # prints "emailAddress", the name people know it by.
 _DISPLAY_NAMES = {NameOID.EMAIL_ADDRESS: "emailAddress"}
+_READ_NAMES = {text: oid for oid, text in _DISPLAY_NAMES.items()}
 
 
 def display_dn(name: x509.Name) -> str:

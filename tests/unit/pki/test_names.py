@@ -18,6 +18,7 @@ from certctl.pki.names import (
     DNPattern,
     SubjectAltNames,
     common_name_dn,
+    display_dn,
     format_dn,
     parse_dn,
     san_search_forms,
@@ -599,3 +600,11 @@ def test_san_parse_keeps_rfc_3986_uris_as_given() -> None:
         "ldap://[2001:db8::7]/cn=x,dc=example;x=!$'()*+",
     ]
     assert SubjectAltNames.parse(uri=uris).uri == tuple(uris)
+
+
+def test_parse_dn_reads_back_what_display_dn_prints() -> None:
+    # The CLI prints emailAddress= (display_dn, as OpenSSL does): --subject must take it back,
+    # as it takes the dotted OID.
+    name = parse_dn("CN=ops,1.2.840.113549.1.9.1=ops@example.com")
+    assert display_dn(name) == "CN=ops,emailAddress=ops@example.com"
+    assert parse_dn(display_dn(name)) == name
