@@ -364,3 +364,30 @@ def test_a_list_that_never_ends_stops_with_an_error(
             "5 chunks of 500 read, and still a continue token (a LIST that never ends?)"
         ), raised.value.detail
     assert raised.value.detail.startswith(f"Secrets of {NAMESPACE} labelled "), raised.value.detail
+
+
+@pytest.mark.parametrize("failure", ["forbidden", "endless"])
+def test_the_list_fallback_advises_rbac_only_when_rbac_refused(
+    apiserver: FakeApiServer,
+    sa_dir: Path,
+    env: Env,
+    failure: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Before: every failed LIST logged "grant list on secrets", also for a LIST that never
+    # ended or an API server answering 500, where no grant helps.
+    from certctl.server.run import _CustomSecrets
+    from certctl.targets import kubernetes
+
+    monkeypatch.setattr(kubernetes, "_LIST_MAX_PAGES", 3)
+    if failure == "forbidden":
+        apiserver.fail_status = 403
+    else:
+        apiserver.endless_continue = "new"
+    with caplog.at_level("WARNING", logger="certctl.server"):
+        assert _CustomSecrets(_config(apiserver, sa_dir, env))._list() == {}
+    [line] = [r.getMessage() for r in caplog.records if "custom certificates:" in r.getMessage()]
+    assert line.endswith("(one request per service and pass; grant list on secrets)") == (
+        failure == "forbidden"
+    ), line

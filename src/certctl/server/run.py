@@ -394,10 +394,14 @@ class _CustomSecrets:
             return {}  # no Kubernetes connection: each read says so
         except CertctlError as exc:
             if exc.detail != self._list_failure:
+                # The RBAC advice only where RBAC refused: an unreachable API server or an
+                # endless LIST is not fixed by granting anything.
+                forbidden = getattr(exc, "status_code", None) == 403
                 log.warning(
                     "custom certificates: %s; reading each service's Secret on its own "
-                    "(one request per service and pass; grant list on secrets)",
+                    "(one request per service and pass%s)",
                     exc.detail,
+                    "; grant list on secrets" if forbidden else "",
                 )
             self._list_failure = exc.detail
             return {}
