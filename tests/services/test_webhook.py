@@ -360,3 +360,76 @@ def test_failed_is_sent_when_a_service_becomes_failed_not_on_each_retry(
     assert received()[4][1].startswith(unmanaged)
     # Every attempt failed and was recorded; only the transitions were sent.
     assert [e.event for e in env.events("web")].count("failed") == 3
+
+
+def _dribbling_receiver(answer: bytes, piece: bytes, every_s: float, for_s: float) -> Any:
+    """A receiver that sends ``answer``, then ``piece`` every ``every_s`` for ``for_s``."""
+    import socket
+    import time
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(5)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            try:
+                conn.sendall(answer)
+                until = time.monotonic() + for_s
+                while time.monotonic() < until:
+                    conn.sendall(piece)
+                    time.sleep(every_s)
+            except OSError:
+                pass  # the sender gave up: what a deadline should do
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.mark.parametrize(
+    ("answer", "piece", "delivered"),
+    [
+        # Each header byte comes within the timeout: httpx's timeout is per read.
+        (b"HTTP/1.1 200 OK\r\n", b"X", False),
+        # A 200 whose body never ends (chunks within the timeout): read into memory whole.
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"10000\r\n" + b"x" * 0x10000 + b"\r\n",
+            True,
+        ),
+    ],
+    ids=["dribbled-headers", "endless-body"],
+)
+def test_a_dribbling_receiver_costs_one_timeout_not_as_long_as_it_likes(
+    env: Env, answer: bytes, piece: bytes, delivered: bool
+) -> None:
+    import time
+
+    env.put(service_doc("web"))
+    env.reconcile("web")
+    server, thread = _dribbling_receiver(answer, piece, every_s=0.1, for_s=4)
+    try:
+        webhook = Webhook(f"http://127.0.0.1:{server.getsockname()[1]}/hook", SECRET, 0.5)
+        started = time.monotonic()
+        sent = dispatch_pending(env.services, webhook)
+        took = time.monotonic() - started
+    finally:
+        server.close()
+    assert took < 1.5, took  # the timeout, not the 4 s the receiver dribbles for
+    (event,) = _outbox(env)
+    if delivered:
+        # The status is all certctl needs: the body is never read.
+        assert sent == 1
+        assert event.delivered_at is not None
+    else:
+        assert sent == 0
+        assert event.attempts == 1
+        assert event.last_error == "Timeout"
+    thread.join(timeout=10)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 
@@ -29,6 +32,63 @@ class Webhook:
     url: str
     secret: bytes
     timeout_s: float = 10.0
+
+
+class _Deadline:
+    """One time limit for a whole POST: connecting, sending and the status line and headers.
+
+    httpx's timeout is per read: a receiver sending a byte every few seconds held the sender
+    (and every event after it) for as long as it liked. When the time is up, the connection's
+    socket is shut down, which ends the read in progress (httpx raises); ``expired`` says why.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        import threading
+
+        self.timeout_s = timeout_s
+        self.expired = False
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self._armed = False
+        self._timer: threading.Timer | None = None
+
+    def trace(self, name: str, info: dict[str, Any]) -> None:
+        """Keep the socket of each new connection (httpcore's ``trace`` extension).
+
+        After TLS too: wrapping the socket detaches the plain one, which then has no descriptor.
+        """
+        if name in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                with self._lock:
+                    self._socket = sock
+
+    def __enter__(self) -> None:
+        import threading
+
+        with self._lock:
+            self.expired, self._armed = False, True
+        self._timer = threading.Timer(self.timeout_s, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            # Disarmed under the lock: a timer firing just now finds nothing to do, and never
+            # shuts down the (pooled) connection the next POST uses.
+            self._armed = False
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            if not self._armed:
+                return
+            self.expired = True
+            if self._socket is not None:
+                with contextlib.suppress(OSError):
+                    self._socket.shutdown(socket.SHUT_RDWR)
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -67,6 +127,7 @@ def dispatch_pending(
             )
         )
     delivered = 0
+    deadline = _Deadline(webhook.timeout_s)
     with httpx.Client(timeout=webhook.timeout_s) as client:
         for index, event in enumerate(pending):
             if leading is not None and not leading():
@@ -75,20 +136,27 @@ def dispatch_pending(
             body = json.dumps({"id": event.id, **event.payload}, sort_keys=True).encode()
             error: str | None = None
             try:
-                response = client.post(
-                    webhook.url,
-                    content=body,
-                    headers={
-                        "Content-Type": "application/json",
-                        SIGNATURE_HEADER: sign(webhook.secret, body),
-                        "X-Certctl-Event": event.event,
-                        "X-Certctl-Delivery": str(event.id),
-                    },
-                )
-                if not 200 <= response.status_code < 300:
-                    error = f"HTTP {response.status_code}"
+                with (
+                    deadline,
+                    client.stream(
+                        "POST",
+                        webhook.url,
+                        content=body,
+                        headers={
+                            "Content-Type": "application/json",
+                            SIGNATURE_HEADER: sign(webhook.secret, body),
+                            "X-Certctl-Event": event.event,
+                            "X-Certctl-Delivery": str(event.id),
+                        },
+                        extensions={"trace": deadline.trace},
+                    ) as response,
+                ):
+                    # The status is the answer; the body is never read (a receiver could
+                    # send one without end, into memory).
+                    if not 200 <= response.status_code < 300:
+                        error = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
-                error = type(exc).__name__
+                error = "Timeout" if deadline.expired else type(exc).__name__
                 unreachable = True
             else:
                 unreachable = False
