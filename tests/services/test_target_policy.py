@@ -242,6 +242,41 @@ def test_a_path_that_stops_resolving_inside_its_delegated_directory_is_not_writt
     assert (target / "tls.crt").is_file()
 
 
+def test_disabling_tls_removes_nothing_where_a_parent_swapped_after_the_check_leads(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from certctl.targets.directory import BundleFile, deliver_to_directory
+
+    delegated = env.tmp / "delegated"
+    (delegated / "web").mkdir(parents=True)
+    # Another service's delivery outside the delegated directory (an administrator's).
+    outside = env.tmp / "outside"
+    deliver_to_directory(outside / "tls", {"tls.key": BundleFile(b"theirs", secret=True)})
+    policy = TargetPolicy(delegated_directories=(delegated,), protected=(env.tmp / "data",))
+    settings = env.settings_with(target_policy=policy)
+    target = {"directory": str(delegated / "web" / "tls")}
+    doc = service_doc("web", targets=[target])
+    tls_services.put_service(env.services, OPERATOR, "web", doc, policy)
+    tls_services.reconcile_service(env.services, settings, "web", env.now)
+    doc = service_doc("web", disabled=True, targets=[target])
+    tls_services.put_service(env.services, OPERATOR, "web", doc, policy)
+    checked = TargetPolicy.delivery_problem
+
+    def check_then_swap(self: TargetPolicy, t: Any) -> str | None:
+        problem = checked(self, t)
+        # Swapped right after the check by someone able to write the delegated directory.
+        (delegated / "web" / "tls").unlink()
+        (delegated / "web" / ".tls.certctl").rename(env.tmp / "moved-away")
+        (delegated / "web").rmdir()
+        (delegated / "web").symlink_to(outside)
+        return problem
+
+    monkeypatch.setattr(TargetPolicy, "delivery_problem", check_then_swap)
+    row = tls_services.reconcile_service(env.services, settings, "web", env.now + timedelta(1))
+    assert (outside / "tls" / "tls.key").read_bytes() == b"theirs"  # not removed
+    assert "no longer resolves inside" in row.conditions["Failed"]["message"]
+
+
 def test_a_password_file_among_the_servers_own_files_is_refused(env: Env) -> None:
     data = env.tmp / "data"
     policy = TargetPolicy(protected=(data,))

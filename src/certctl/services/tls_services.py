@@ -1532,8 +1532,16 @@ def _deliver(
             ):
                 continue
             if isinstance(target, DirectoryTarget):
+                policy = settings.target_policy
+                # Judged on the parent as opened, so nothing swapped in after the check
+                # changes where the files go (or which are removed).
+                check = (
+                    None
+                    if policy is None
+                    else partial(policy.resolved_problem, target.directory, what="directory")
+                )
                 if not files:
-                    remove_directory_target(target.directory)
+                    remove_directory_target(target.directory, check=check)
                 else:
                     if password is not None:
                         certs = load_material(files["tls.crt"][0]).certificates
@@ -1555,21 +1563,12 @@ def _deliver(
                             "tls.p12": (p12, True),
                             **{n: files[n] for n in ("ca.crt", "client-trust.crt") if n in files},
                         }
-                    policy = settings.target_policy
                     deliver_to_directory(
                         target.directory,
                         {n: BundleFile(d, s) for n, (d, s) in files.items()},
                         owner=target.owner,
                         group=target.group,
-                        # Judged on the parent as opened, so nothing swapped in after the
-                        # check changes where the files go.
-                        check=(
-                            None
-                            if policy is None
-                            else partial(
-                                policy.resolved_problem, target.directory, what="directory"
-                            )
-                        ),
+                        check=check,
                     )
                 if target.reload:
                     from certctl.pki import parse_duration

@@ -338,13 +338,45 @@ def directory_intact(path: Path, expected: Mapping[str, bytes | None]) -> bool:
     return True
 
 
-def remove_directory_target(path: Path) -> None:
-    """Remove the symlink and every version (TLS disabled for the service)."""
-    if path.is_symlink() and _ours(path):
-        path.unlink()
-    versions = _versions_dir(path)
-    if versions.is_dir() and not versions.is_symlink():
-        shutil.rmtree(versions, ignore_errors=True)
+def remove_directory_target(
+    path: Path, *, check: Callable[[Path], str | None] | None = None
+) -> None:
+    """Remove the symlink and every version (TLS disabled for the service).
+
+    As ``deliver_to_directory`` writes: relative to the parent opened once, ``check`` judging
+    the path it really is, so a parent swapped for a symlink after the policy's check cannot
+    have another directory's link and versions removed. The versions directory is removed
+    only if it is the server's own (a directory of someone else's is left as it is).
+
+    Raises:
+        DeliveryError: ``check`` refused the path as opened.
+    """
+    try:
+        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return  # nothing was ever delivered there
+    except OSError as exc:
+        raise DeliveryError(f"cannot remove {path}: {exc.strerror or exc}") from exc
+    try:
+        if check is not None:
+            problem = check(opened_path(parent, path.parent) / path.name)
+            if problem is not None:
+                raise DeliveryError(problem)
+        name, versions_name = path.name, _versions_dir(path).name
+        try:
+            link = os.readlink(name, dir_fd=parent)
+        except OSError:
+            link = None  # missing, or not a link: not certctl's to remove
+        if link is not None and _ours_link(link, name):
+            os.unlink(name, dir_fd=parent)
+        try:
+            info = os.lstat(versions_name, dir_fd=parent)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+            shutil.rmtree(versions_name, dir_fd=parent, ignore_errors=True)
+    finally:
+        os.close(parent)
 
 
 # A log line's own time and process id, as nginx writes them to stderr ("2026/12/03 14:41:01
