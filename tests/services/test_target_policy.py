@@ -277,6 +277,31 @@ def test_disabling_tls_removes_nothing_where_a_parent_swapped_after_the_check_le
     assert "no longer resolves inside" in row.conditions["Failed"]["message"]
 
 
+def test_no_directory_is_made_where_a_parent_swapped_after_the_check_leads(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    delegated = env.tmp / "delegated"
+    (delegated / "web").mkdir(parents=True)
+    outside = env.tmp / "outside"
+    outside.mkdir()
+    policy = TargetPolicy(delegated_directories=(delegated,), protected=(env.tmp / "data",))
+    doc = service_doc("web", targets=[{"directory": str(delegated / "web" / "a" / "b" / "tls")}])
+    tls_services.put_service(env.services, OPERATOR, "web", doc, policy)
+    checked = TargetPolicy.delivery_problem
+
+    def check_then_swap(self: TargetPolicy, t: Any) -> str | None:
+        problem = checked(self, t)
+        (delegated / "web").rmdir()
+        (delegated / "web").symlink_to(outside)  # right after the check
+        return problem
+
+    monkeypatch.setattr(TargetPolicy, "delivery_problem", check_then_swap)
+    settings = env.settings_with(target_policy=policy)
+    row = tls_services.reconcile_service(env.services, settings, "web", env.now)
+    assert list(outside.iterdir()) == []  # not even the missing parents
+    assert "no longer resolves inside" in row.conditions["Failed"]["message"]
+
+
 def test_a_password_file_among_the_servers_own_files_is_refused(env: Env) -> None:
     data = env.tmp / "data"
     policy = TargetPolicy(protected=(data,))

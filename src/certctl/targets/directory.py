@@ -100,17 +100,12 @@ def deliver_to_directory(
     version_name = f"{time.time_ns():x}-{digest.hexdigest()[:12]}"
     link_tmp = f".{name}.{os.getpid()}.link"
     try:
-        _make_dirs(path.parent)
-        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        parent = _open_parent(path, check)
     except OSError as exc:
         raise DeliveryError(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from exc
     versions = version = -1
     committed = False
     try:
-        if check is not None:
-            problem = check(opened_path(parent, path.parent) / name)
-            if problem is not None:
-                raise DeliveryError(problem)
         _take_place(parent, name, path)
         versions = _open_versions(parent, versions_name, path)
         os.mkdir(version_name, 0o700, dir_fd=versions)
@@ -279,17 +274,45 @@ def _ours(link: Path) -> bool:
     return _ours_link(os.readlink(link), link.name)
 
 
-def _make_dirs(path: Path) -> None:
-    # Missing parents get 0755 whatever the umask (under umask 000 they were 0777: anyone
-    # could have swapped the target link or planted the versions directory).
-    missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            directory.mkdir(mode=0o755)
-            os.chmod(directory, 0o755)
+def _open_parent(path: Path, check: Callable[[Path], str | None] | None) -> int:
+    """Open ``path``'s parent, making the missing directories, once ``check`` accepts it.
+
+    The deepest existing ancestor is opened and judged as opened (``check`` sees where the
+    target will really be); only then are the missing directories made, each relative to
+    the one before and opened without following a link. A parent swapped for a symlink
+    after the policy's check cannot have even an empty directory made where it leads.
+    Missing parents get 0755 whatever the umask (under umask 000 they were 0777: anyone
+    could have swapped the target link or planted the versions directory).
+
+    Raises:
+        DeliveryError: ``check`` refused the path.
+        OSError: a directory could not be opened or made.
+    """
+    ancestor, missing = path.parent, []
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        missing.append(ancestor.name)
+        ancestor = ancestor.parent
+    fd = os.open(ancestor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if check is not None:
+            problem = check(opened_path(fd, ancestor).joinpath(*reversed(missing), path.name))
+            if problem is not None:
+                raise DeliveryError(problem)
+        for part in reversed(missing):
+            made = True
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+            except FileExistsError:
+                made = False  # made meanwhile (another delivery): used if a real directory
+            step = os.open(part, _DIR_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = step
+            if made:
+                os.fchmod(fd, 0o755)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 _VERSION_NAME = re.compile(r"[0-9a-f]+-[0-9a-f]{12}\Z")
