@@ -302,6 +302,55 @@ def test_no_directory_is_made_where_a_parent_swapped_after_the_check_leads(
     assert "no longer resolves inside" in row.conditions["Failed"]["message"]
 
 
+def test_a_password_file_swapped_after_the_check_is_not_even_opened_where_it_leads(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import threading
+
+    # Opening a device can act (/dev/watchdog starts a timer that reboots the host; a tape
+    # rewinds): a FIFO shows an open, as the writer blocked on it is released by a reader.
+    delegated = env.tmp / "delegated"
+    delegated.mkdir()
+    password = delegated / "pw"
+    password.write_text("p12-password\n")
+    outside = env.tmp / "outside"
+    outside.mkdir()
+    fifo = outside / "device"
+    os.mkfifo(fifo)
+    policy = TargetPolicy(delegated_directories=(delegated,), protected=(env.tmp / "data",))
+    target = {"directory": str(delegated / "app"), "format": "pkcs12",
+              "passwordFile": str(password)}  # fmt: skip
+    doc = service_doc("web", targets=[target])
+    tls_services.put_service(env.services, OPERATOR, "web", doc, policy)
+    checked = TargetPolicy.delivery_problem
+
+    def check_then_swap(self: TargetPolicy, t: Any) -> str | None:
+        problem = checked(self, t)
+        password.unlink()
+        password.symlink_to(fifo)  # right after the check
+        return problem
+
+    monkeypatch.setattr(TargetPolicy, "delivery_problem", check_then_swap)
+    opened = threading.Event()
+
+    def writer() -> None:
+        os.close(os.open(fifo, os.O_WRONLY))  # returns once a reader opened it
+        opened.set()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    row = tls_services.reconcile_service(
+        env.services, env.settings_with(target_policy=policy), "web", env.now
+    )
+    released = opened.wait(0.2)
+    if not released:
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # let the writer go
+    thread.join(5)
+    assert not released  # certctl never opened it
+    assert "no longer resolves inside" in row.conditions["Failed"]["message"], row.conditions
+
+
 def test_a_password_file_among_the_servers_own_files_is_refused(env: Env) -> None:
     data = env.tmp / "data"
     policy = TargetPolicy(protected=(data,))

@@ -1630,18 +1630,35 @@ def _read_password(path: Path, policy: TargetPolicy | None) -> bytes:
     from certctl.pki.formats import password_file_line
     from certctl.targets.directory import DeliveryError, opened_path
 
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    # Located first (O_PATH: nothing is opened for reading), judged, and only then opened:
+    # opening a device can act by itself (/dev/watchdog starts a timer that reboots the
+    # host, a tape rewinds), so a path swapped for a link after the policy's check must not
+    # get that far.
+    where = os.open(path, os.O_PATH | os.O_CLOEXEC)
     try:
+        real = opened_path(where, path)
         if policy is not None:
-            # The file as opened, not the path as checked a moment ago.
-            problem = policy.resolved_problem(path, opened_path(fd, path), "passwordFile")
+            # The file as located, not the path as checked a moment ago.
+            problem = policy.resolved_problem(path, real, "passwordFile")
             if problem is not None:
                 raise DeliveryError(problem)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        located = os.fstat(where)
+        if not stat.S_ISREG(located.st_mode):
             raise DeliveryError(f"passwordFile {path} is not a regular file")
-        data = os.read(fd, _MAX_PASSWORD_BYTES + 1)
+        try:
+            fd = os.open(f"/proc/self/fd/{where}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            # No /proc (some containers): the real path, checked again to be the same file.
+            fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            now = os.fstat(fd)
+            if (now.st_dev, now.st_ino) != (located.st_dev, located.st_ino):
+                raise DeliveryError(f"passwordFile {path} changed while it was being read")
+            data = os.read(fd, _MAX_PASSWORD_BYTES + 1)
+        finally:
+            os.close(fd)
     finally:
-        os.close(fd)
+        os.close(where)
     if len(data) > _MAX_PASSWORD_BYTES:
         raise DeliveryError(f"passwordFile {path} is larger than 4 KiB")
     password = password_file_line(data, f"passwordFile {path}")
