@@ -30,7 +30,9 @@ MINUTE = timedelta(minutes=1)
 
 
 def _versions(target: Path) -> list[str]:
-    return sorted(p.name for p in (target.parent / f".{target.name}.certctl").iterdir())
+    # Not ".service", the name of the service whose versions they are.
+    versions = target.parent / f".{target.name}.certctl"
+    return sorted(p.name for p in versions.iterdir() if p.name != ".service")
 
 
 def _renew(env: Env, name: str) -> None:

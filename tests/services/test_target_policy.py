@@ -351,6 +351,43 @@ def test_a_password_file_swapped_after_the_check_is_not_even_opened_where_it_lea
     assert "no longer resolves inside" in row.conditions["Failed"]["message"], row.conditions
 
 
+def test_a_parent_swapped_for_a_link_to_another_services_directory_leaves_it_alone(
+    env: Env,
+) -> None:
+    delegated = env.tmp / "delegated"
+    (delegated / "a").mkdir(parents=True)
+    (delegated / "b").mkdir()
+    policy = TargetPolicy(delegated_directories=(delegated,), protected=(env.tmp / "data",))
+    settings = env.settings_with(target_policy=policy)
+    for name in ("a", "b"):
+        doc = service_doc(name, targets=[{"directory": str(delegated / name / "tls")}])
+        tls_services.put_service(env.services, OPERATOR, name, doc, policy)
+        tls_services.reconcile_service(env.services, settings, name, env.now)
+    served = (delegated / "a" / "tls" / "tls.key").read_bytes()
+    # Whoever may write delegated/b (team b, in a sticky directory) points it at team a's.
+    (delegated / "b").rename(env.tmp / "b-away")
+    (delegated / "b").symlink_to(delegated / "a")
+    row = tls_services.reconcile_service(env.services, settings, "b", env.now + timedelta(1))
+    assert (delegated / "a" / "tls" / "tls.key").read_bytes() == served  # still a's own
+    assert "is the target of service a" in row.conditions["Failed"]["message"], row.conditions
+    # Nor does turning b's TLS off remove a's files (the link made after the PUT: at the
+    # PUT, b's path resolving to a's target is refused).
+    (delegated / "b").unlink()
+    (env.tmp / "b-away").rename(delegated / "b")
+    doc = service_doc("b", disabled=True, targets=[{"directory": str(delegated / "b" / "tls")}])
+    tls_services.put_service(env.services, OPERATOR, "b", doc, policy)
+    (delegated / "b").rename(env.tmp / "b-away")
+    (delegated / "b").symlink_to(delegated / "a")
+    row = tls_services.reconcile_service(env.services, settings, "b", env.now + timedelta(2))
+    assert (delegated / "a" / "tls" / "tls.key").read_bytes() == served
+    assert "is the target of service a" in row.conditions["Failed"]["message"], row.conditions
+    # Service a deleted: its files are no longer anyone's, and b may take the place.
+    tls_services.delete_service(env.services, env.admin, "a")
+    row = tls_services.reconcile_service(env.services, settings, "b", env.now + timedelta(3))
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    assert not (delegated / "a" / "tls").exists()  # b's TLS is off: removed
+
+
 def test_a_password_file_among_the_servers_own_files_is_refused(env: Env) -> None:
     data = env.tmp / "data"
     policy = TargetPolicy(protected=(data,))

@@ -51,7 +51,7 @@ from certctl.pki import (
 from certctl.pki.placeholder import no_client_trust_anchor
 from certctl.services.audit import record, record_call
 from certctl.services.context import Principal, Services
-from certctl.services.target_policy import TargetPolicy, same_target
+from certctl.services.target_policy import TargetPolicy, same_target, target_identity
 from certctl.services.tls_spec import DirectoryTarget, SecretTarget, TLSServiceSpec, parse_service
 from certctl.store.db import SERVICE_SPECS_LOCK, lock_for_write
 from certctl.store.models import Issuer, ManagedService, OutboxEvent, ServiceClient
@@ -1540,8 +1540,11 @@ def _deliver(
                     if policy is None
                     else partial(policy.resolved_problem, target.directory, what="directory")
                 )
+                keeps = partial(_still_delivers_to, services)
                 if not files:
-                    remove_directory_target(target.directory, check=check)
+                    remove_directory_target(
+                        target.directory, check=check, service=spec.name, keeps=keeps
+                    )
                 else:
                     if password is not None:
                         certs = load_material(files["tls.crt"][0]).certificates
@@ -1569,6 +1572,8 @@ def _deliver(
                         owner=target.owner,
                         group=target.group,
                         check=check,
+                        service=spec.name,
+                        keeps=keeps,
                     )
                 if target.reload:
                     from certctl.pki import parse_duration
@@ -1612,6 +1617,27 @@ def _deliver(
 
 
 _MAX_PASSWORD_BYTES = 4096
+
+
+def _still_delivers_to(services: Services, name: str, real: Path) -> bool:
+    """Whether service ``name`` exists and has a directory target at ``real`` (resolved).
+
+    Asked only when a target's files were claimed by another service: one deleted or aimed
+    elsewhere since gives them up; a spec that no longer parses keeps them (not judged).
+    """
+    with services.sessions() as session:
+        row = session.get(ManagedService, name)
+    if row is None:
+        return False
+    try:
+        targets = parse_service(row.spec, stored=True).spec.targets
+    except InvalidRequest:
+        return True
+    return any(
+        target_identity(t) == ("dir", None, str(real))
+        for t in targets
+        if isinstance(t, DirectoryTarget)
+    )
 
 
 def _read_password(path: Path, policy: TargetPolicy | None) -> bytes:

@@ -23,6 +23,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from certctl.errors import CertctlError
@@ -79,6 +80,8 @@ def deliver_to_directory(
     owner: str | int | None = None,
     group: str | int | None = None,
     check: Callable[[Path], str | None] | None = None,
+    service: str | None = None,
+    keeps: Callable[[str, Path], bool] | None = None,
 ) -> str:
     """Write ``files`` as a new version and switch ``path`` to it atomically.
 
@@ -86,6 +89,8 @@ def deliver_to_directory(
     ``check`` judges the path it really is (``/proc/self/fd``), and a symlink swapped in on
     the way afterwards changes nothing. Only the key file is given to ``owner``/``group``;
     the directories stay the server's, so the owner cannot replace what it reads.
+    ``service`` claims the versions directory for that service (see ``_claim``); ``keeps``
+    says whether the service that claimed it still delivers to that real path.
 
     Returns:
         The version directory's name.
@@ -108,6 +113,9 @@ def deliver_to_directory(
     try:
         _take_place(parent, name, path)
         versions = _open_versions(parent, versions_name, path)
+        if service is not None:
+            real = opened_path(parent, path.parent) / name
+            _claim(versions, service, path, make=True, keeps=partial(_keeps, keeps, real))
         os.mkdir(version_name, 0o700, dir_fd=versions)
         version = os.open(version_name, _DIR_NOFOLLOW, dir_fd=versions)
         for file_name, item in sorted(files.items()):
@@ -229,6 +237,51 @@ def _open_versions(parent: int, versions_name: str, path: Path) -> int:
         os.close(fd)  # never leaked, even on a read-only file system (EROFS each pass)
         raise
     return fd
+
+
+_OWNER_FILE = ".service"
+
+
+def _keeps(keeps: Callable[[str, Path], bool] | None, real: Path, owner: str) -> bool:
+    return True if keeps is None else keeps(owner, real)
+
+
+def _claim(
+    versions: int, service: str, path: Path, *, make: bool, keeps: Callable[[str], bool]
+) -> None:
+    """Refuse a versions directory another service's deliveries made, and still makes.
+
+    Two services never name one target (checked when a spec is stored), but a parent
+    swapped for a link later can make two paths one: a service would replace the other's
+    files (and prune its versions). The directory says whose it is; one made before this
+    file existed, or by a service deleted or aimed elsewhere since (``keeps`` says), is
+    claimed by the next delivery.
+
+    Raises:
+        DeliveryError: the directory belongs to another service.
+    """
+    try:
+        fd = os.open(_OWNER_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=versions)
+    except FileNotFoundError:
+        owner = None
+    else:
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            owner = os.read(fd, 256).decode(errors="replace") if regular else ""
+        finally:
+            os.close(fd)
+    if owner is not None and owner != service and keeps(owner):
+        raise DeliveryError(f"{path} is the target of service {owner[:63]}; not used")
+    if make and owner != service:
+        tmp = f"{_OWNER_FILE}.{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=versions)
+        fd = os.open(tmp, _NEW_FILE, 0o644, dir_fd=versions)
+        try:
+            os.write(fd, service.encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, _OWNER_FILE, src_dir_fd=versions, dst_dir_fd=versions)
 
 
 def opened_path(fd: int, path: Path) -> Path:
@@ -362,7 +415,11 @@ def directory_intact(path: Path, expected: Mapping[str, bytes | None]) -> bool:
 
 
 def remove_directory_target(
-    path: Path, *, check: Callable[[Path], str | None] | None = None
+    path: Path,
+    *,
+    check: Callable[[Path], str | None] | None = None,
+    service: str | None = None,
+    keeps: Callable[[str, Path], bool] | None = None,
 ) -> None:
     """Remove the symlink and every version (TLS disabled for the service).
 
@@ -386,6 +443,10 @@ def remove_directory_target(
             if problem is not None:
                 raise DeliveryError(problem)
         name, versions_name = path.name, _versions_dir(path).name
+        if service is not None:
+            real = opened_path(parent, path.parent) / name
+            keep = partial(_keeps, keeps, real)
+            _claimed_by_another(parent, versions_name, service, path, keep)
         try:
             link = os.readlink(name, dir_fd=parent)
         except OSError:
@@ -400,6 +461,19 @@ def remove_directory_target(
             shutil.rmtree(versions_name, dir_fd=parent, ignore_errors=True)
     finally:
         os.close(parent)
+
+
+def _claimed_by_another(
+    parent: int, versions_name: str, service: str, path: Path, keeps: Callable[[str], bool]
+) -> None:
+    try:
+        versions = os.open(versions_name, _DIR_NOFOLLOW, dir_fd=parent)
+    except OSError:
+        return  # none, or not a directory: nothing of another service's to keep
+    try:
+        _claim(versions, service, path, make=False, keeps=keeps)
+    finally:
+        os.close(versions)
 
 
 # A log line's own time and process id, as nginx writes them to stderr ("2026/12/03 14:41:01
