@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -242,6 +243,18 @@ def test_a_path_that_stops_resolving_inside_its_delegated_directory_is_not_writt
     assert (target / "tls.crt").is_file()
 
 
+def _swap_after_the_check(monkeypatch: pytest.MonkeyPatch, swap: Callable[[], None]) -> None:
+    """Run ``swap()`` right after each real policy check: the race, made deterministic."""
+    checked = TargetPolicy.delivery_problem
+
+    def check_then_swap(self: TargetPolicy, t: Any) -> str | None:
+        problem = checked(self, t)
+        swap()
+        return problem
+
+    monkeypatch.setattr(TargetPolicy, "delivery_problem", check_then_swap)
+
+
 def test_disabling_tls_removes_nothing_where_a_parent_swapped_after_the_check_leads(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -260,18 +273,15 @@ def test_disabling_tls_removes_nothing_where_a_parent_swapped_after_the_check_le
     tls_services.reconcile_service(env.services, settings, "web", env.now)
     doc = service_doc("web", disabled=True, targets=[target])
     tls_services.put_service(env.services, OPERATOR, "web", doc, policy)
-    checked = TargetPolicy.delivery_problem
 
-    def check_then_swap(self: TargetPolicy, t: Any) -> str | None:
-        problem = checked(self, t)
+    def swap() -> None:
         # Swapped right after the check by someone able to write the delegated directory.
         (delegated / "web" / "tls").unlink()
         (delegated / "web" / ".tls.certctl").rename(env.tmp / "moved-away")
         (delegated / "web").rmdir()
         (delegated / "web").symlink_to(outside)
-        return problem
 
-    monkeypatch.setattr(TargetPolicy, "delivery_problem", check_then_swap)
+    _swap_after_the_check(monkeypatch, swap)
     row = tls_services.reconcile_service(env.services, settings, "web", env.now + timedelta(1))
     assert (outside / "tls" / "tls.key").read_bytes() == b"theirs"  # not removed
     assert "no longer resolves inside" in row.conditions["Failed"]["message"]
@@ -287,15 +297,12 @@ def test_no_directory_is_made_where_a_parent_swapped_after_the_check_leads(
     policy = TargetPolicy(delegated_directories=(delegated,), protected=(env.tmp / "data",))
     doc = service_doc("web", targets=[{"directory": str(delegated / "web" / "a" / "b" / "tls")}])
     tls_services.put_service(env.services, OPERATOR, "web", doc, policy)
-    checked = TargetPolicy.delivery_problem
 
-    def check_then_swap(self: TargetPolicy, t: Any) -> str | None:
-        problem = checked(self, t)
+    def swap() -> None:
         (delegated / "web").rmdir()
         (delegated / "web").symlink_to(outside)  # right after the check
-        return problem
 
-    monkeypatch.setattr(TargetPolicy, "delivery_problem", check_then_swap)
+    _swap_after_the_check(monkeypatch, swap)
     settings = env.settings_with(target_policy=policy)
     row = tls_services.reconcile_service(env.services, settings, "web", env.now)
     assert list(outside.iterdir()) == []  # not even the missing parents
@@ -323,15 +330,12 @@ def test_a_password_file_swapped_after_the_check_is_not_even_opened_where_it_lea
               "passwordFile": str(password)}  # fmt: skip
     doc = service_doc("web", targets=[target])
     tls_services.put_service(env.services, OPERATOR, "web", doc, policy)
-    checked = TargetPolicy.delivery_problem
 
-    def check_then_swap(self: TargetPolicy, t: Any) -> str | None:
-        problem = checked(self, t)
+    def swap() -> None:
         password.unlink()
         password.symlink_to(fifo)  # right after the check
-        return problem
 
-    monkeypatch.setattr(TargetPolicy, "delivery_problem", check_then_swap)
+    _swap_after_the_check(monkeypatch, swap)
     opened = threading.Event()
 
     def writer() -> None:
