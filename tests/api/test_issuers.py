@@ -660,15 +660,7 @@ def test_import_of_an_intermediate_without_its_root_says_what_is_served(api: Api
     """
     now = api.clock()
     _, inter, inter_key = _root_and_intermediate("Far Root", "Lone Inter", now)
-    r = api.post(
-        ISSUERS,
-        api.admin_key,
-        json={
-            "id": "lone",
-            "certificate_pem": inter.public_bytes(Encoding.PEM).decode(),
-            "private_key_pem": key_to_pem(inter_key).decode(),
-        },
-    )
+    r = _import_pair(api, "lone", inter, inter_key)
     assert r.status_code == 201, r.text
     (warning,) = r.json()["warnings"]
     assert warning.startswith("CN=Far Root, the issuer of CN=Lone Inter, was not given:")
@@ -679,20 +671,27 @@ def test_import_allows_a_few_minutes_of_clock_skew(api: Api) -> None:
     key = generate_private_key(KeyType.EC_P256)
     ahead = api.clock() + timedelta(minutes=2)  # made on a host whose clock runs ahead
     ca = create_root_ca(key, common_name_dn("Ahead"), validity=timedelta(days=30), now=ahead)
-    r = api.post(
-        ISSUERS,
-        api.admin_key,
-        json={
-            "id": "ahead",
-            "certificate_pem": ca.certificate.public_bytes(Encoding.PEM).decode(),
-            "private_key_pem": key_to_pem(key).decode(),
-        },
-    )
+    r = _import_pair(api, "ahead", ca.certificate, key)
     assert r.status_code == 201, r.text
 
 
 def _pem_pair(ca: CertificateAuthority) -> tuple[str, str]:
     return ca.certificate.public_bytes(Encoding.PEM).decode(), key_to_pem(ca.private_key).decode()
+
+
+def _import_pair(
+    api: Api, issuer_id: str, cert: x509.Certificate, key: CertificateIssuerPrivateKeyTypes
+) -> Response:
+    """POST /api/v1/issuers importing ``cert`` and ``key`` as ``issuer_id`` (as admin)."""
+    return api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": issuer_id,
+            "certificate_pem": cert.public_bytes(Encoding.PEM).decode(),
+            "private_key_pem": key_to_pem(key).decode(),
+        },
+    )
 
 
 def _root_with_usage(now: datetime, *, crl_sign: bool) -> tuple[str, str]:
@@ -993,15 +992,7 @@ def test_what_cannot_be_revoked_is_refused_and_left_as_it_was(api: Api) -> None:
     )
     # An intermediate whose parent certctl does not hold.
     _, inter, inter_key = _root_and_intermediate("Outside Root", "Outside Inter", api.clock())
-    r = api.post(
-        ISSUERS,
-        api.admin_key,
-        json={
-            "id": "outside",
-            "certificate_pem": inter.public_bytes(Encoding.PEM).decode(),
-            "private_key_pem": key_to_pem(inter_key).decode(),
-        },
-    )
+    r = _import_pair(api, "outside", inter, inter_key)
     assert r.status_code == 201, r.text
     ids = ("default", "sub", "svc.web", "outside")
     before = {i: api.get(f"{ISSUERS}/{i}", api.admin_key).json() for i in ids}
@@ -1052,15 +1043,7 @@ def test_an_imported_intermediate_is_revoked_onto_the_crl_of_the_issuer_that_sig
         ("corp-root", root.certificate, root.private_key),
         ("corp-inter", inter, inter_key),
     ):
-        r = api.post(
-            ISSUERS,
-            api.admin_key,
-            json={
-                "id": issuer_id,
-                "certificate_pem": cert.public_bytes(Encoding.PEM).decode(),
-                "private_key_pem": key_to_pem(key).decode(),
-            },
-        )
+        r = _import_pair(api, issuer_id, cert, key)
         assert r.status_code == 201, r.text
 
     r = api.post(f"{ISSUERS}/corp-inter/revoke", api.admin_key, json={"reason": "superseded"})
@@ -1790,15 +1773,7 @@ def _import_self_signed(
             x509.AuthorityKeyIdentifier(aki, None, None), critical=False
         )
     cert = builder.sign(key, hashes.SHA256())
-    r = api.post(
-        ISSUERS,
-        api.admin_key,
-        json={
-            "id": issuer_id,
-            "certificate_pem": cert.public_bytes(Encoding.PEM).decode(),
-            "private_key_pem": key_to_pem(key).decode(),
-        },
-    )
+    r = _import_pair(api, issuer_id, cert, key)
     assert r.status_code == 201, r.text
 
 
