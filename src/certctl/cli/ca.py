@@ -340,21 +340,17 @@ def read_ca_input(
         raise InvalidRequest(f"no CA certificate found in the input{nothing_done}")
     if private_key is None:
         raise InvalidRequest(f"no CA private key found in the input{nothing_done}")
-    from cryptography.exceptions import UnsupportedAlgorithm
+    from certctl.pki import display_dn, unreadable_key
 
-    from certctl.pki import display_dn
-
-    for c in certs:
-        try:
-            c.public_key()
-        except UnsupportedAlgorithm as exc:
-            # A curve OpenSSL signs with but cryptography lacks (prime239v1, sect283k1): the
-            # key match and the chain's signatures below could not be checked. Before, an
-            # "internal error" when such a root came first in the bundle.
-            raise InvalidRequest(
-                f"{display_dn(c.subject)} in the input holds a key certctl cannot read "
-                f"({exc}){nothing_done}"
-            ) from None
+    # The key match and the chain's signatures below could not be checked: before, an
+    # "internal error" when such a root came first in the bundle.
+    unreadable = unreadable_key(certs)
+    if unreadable is not None:
+        holder, why = unreadable
+        raise InvalidRequest(
+            f"{display_dn(holder.subject)} in the input holds a key certctl cannot read "
+            f"({why}){nothing_done}"
+        )
     ca_cert = next((c for c in certs if c.public_key() == private_key.public_key()), None)
     if ca_cert is None:
         raise InvalidRequest(f"the private key does not match the CA certificate{nothing_done}")

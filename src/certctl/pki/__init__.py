@@ -55,7 +55,13 @@ if TYPE_CHECKING:
         create_root_ca,
         keys_match,
     )
-    from certctl.pki.keys import KeyType, check_public_key, generate_private_key, key_type_of
+    from certctl.pki.keys import (
+        KeyType,
+        check_public_key,
+        generate_private_key,
+        key_type_of,
+        unreadable_key,
+    )
     from certctl.pki.names import (
         DNPattern,
         SubjectAltNames,
@@ -106,6 +112,7 @@ _SOURCES = {
     "check_public_key": "keys",
     "generate_private_key": "keys",
     "key_type_of": "keys",
+    "unreadable_key": "keys",
     "DNPattern": "names",
     "SubjectAltNames": "names",
     "common_name_dn": "names",
@@ -173,6 +180,7 @@ __all__ = [
     "parse_serial",
     "sign_csr",
     "to_pkcs12",
+    "unreadable_key",
     "verify_certificate",
 ]
 

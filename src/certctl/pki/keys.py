@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
@@ -23,6 +24,7 @@ __all__ = [
     "key_type_of",
     "signature_hash_for",
     "signature_verifies",
+    "unreadable_key",
 ]
 
 MIN_RSA_BITS = 2048
@@ -151,3 +153,20 @@ def signature_verifies(
     except InvalidSignature:
         return False
     return True
+
+
+def unreadable_key(
+    certs: Sequence[x509.Certificate],
+) -> tuple[x509.Certificate, UnsupportedAlgorithm] | None:
+    """The first of ``certs`` whose public key cryptography cannot load, with why; else None.
+
+    A curve OpenSSL signs with but cryptography lacks (prime239v1, sect283k1, SM2): such a
+    certificate parses, but matching a key to it, checking its signatures and comparing keys
+    for a compromise raise UnsupportedAlgorithm. An import checks once, before any of those.
+    """
+    for cert in certs:
+        try:
+            cert.public_key()
+        except UnsupportedAlgorithm as exc:
+            return cert, exc
+    return None

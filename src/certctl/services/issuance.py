@@ -54,7 +54,7 @@ from certctl.pki import (
 )
 from certctl.pki.crl import RevokedEntry, create_crl
 from certctl.pki.issue import BACKDATE, IssuedCertificate, NameHint
-from certctl.pki.keys import signature_verifies
+from certctl.pki.keys import signature_verifies, unreadable_key
 from certctl.pki.names import SAN_KINDS, san_search_forms
 from certctl.services.audit import event_values, record
 from certctl.services.context import (
@@ -337,20 +337,18 @@ def import_issuer(
 def _check_keys_readable(certs: Sequence[x509.Certificate]) -> None:
     """Refuse a bundle holding a certificate whose key cryptography cannot load.
 
-    A curve OpenSSL signs with but cryptography lacks (prime239v1, sect283k1, SM2): such a
-    certificate parses, but matching the key to it, building the chain and every later
-    compromise check (which compare keys) raised UnsupportedAlgorithm, a 500 for the
-    import. Checked once here, before anything else reads a key, rather than at each use.
+    Matching the key to it, building the chain and every later compromise check (which
+    compare keys) raised UnsupportedAlgorithm, a 500 for the import (``pki.unreadable_key``).
+    Checked once here, before anything else reads a key, rather than at each use.
     """
-    for cert in certs:
-        try:
-            cert.public_key()
-        except UnsupportedAlgorithm as exc:
-            raise InvalidRequest(
-                f"{cert.subject.rfc4514_string()} in certificate_pem holds a key certctl "
-                f"cannot read ({exc}): neither its signatures nor a compromise of its key "
-                "could be checked; not imported"
-            ) from None
+    found = unreadable_key(certs)
+    if found is not None:
+        cert, exc = found
+        raise InvalidRequest(
+            f"{cert.subject.rfc4514_string()} in certificate_pem holds a key certctl "
+            f"cannot read ({exc}): neither its signatures nor a compromise of its key "
+            "could be checked; not imported"
+        )
 
 
 def _not_revoked(ca: CertificateAuthority, outcome: str, session: Session) -> None:
