@@ -186,6 +186,7 @@ _KEYS = st.sampled_from(
         "notifications",
         "webhook",
         "url",
+        "proxy",
     ]
 ) | st.text(max_size=12)
 _TREE = st.recursive(

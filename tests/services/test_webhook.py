@@ -36,6 +36,7 @@ class Received:
     status: int
     headers: dict[str, str]
     body: bytes
+    path: str = "/hook"  # a proxy is sent the absolute URL
 
 
 @dataclass
@@ -59,7 +60,7 @@ def receiver() -> Iterator[Receiver]:
             with lock:
                 status = 500 if state.fail_first > 0 else 200
                 state.fail_first -= status == 500
-                state.requests.append(Received(status, dict(self.headers.items()), body))
+                state.requests.append(Received(status, dict(self.headers.items()), body, self.path))
             self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -209,6 +210,37 @@ def test_a_hanging_receiver_costs_one_timeout_per_pass_and_never_delays_reconcil
     env.clock.advance(seconds=60)
     assert dispatch_pending(env.services, Webhook(receiver.url, SECRET)) == 4
     assert sorted(json.loads(r.body)["service"] for r in receiver.requests) == ["a", "b", "c", "d"]
+
+
+def test_proxy_variables_in_the_environment_are_not_used(
+    env: Env, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: HTTP_PROXY / ALL_PROXY set in certctl's environment (for something else, or by
+    # whoever could set them) sent every notification, secret-signed, through that proxy:
+    # here a closed port, so nothing was delivered (ConnectError).
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    env.put(service_doc("web"))
+    env.reconcile("web")
+    assert dispatch_pending(env.services, Webhook(receiver.url, SECRET, timeout_s=5)) == 1
+    (request,) = receiver.requests
+    assert request.path == "/hook"  # straight to the receiver
+    assert _check_signature(request)
+
+
+def test_an_explicit_proxy_carries_the_posts(env: Env, receiver: Receiver) -> None:
+    # The receiver stands in for the proxy: a proxy is sent the absolute URL, and resolves
+    # the receiver's name itself (.invalid never resolves here).
+    env.put(service_doc("web"))
+    env.reconcile("web")
+    proxy = receiver.url.removesuffix("/hook")
+    webhook = Webhook("http://hooks.invalid/certctl", SECRET, timeout_s=5, proxy=proxy)
+    assert dispatch_pending(env.services, webhook) == 1
+    (request,) = receiver.requests
+    assert request.path == "http://hooks.invalid/certctl"
+    assert _check_signature(request)
 
 
 def test_a_replica_that_stops_leading_stops_sending(env: Env, receiver: Receiver) -> None:

@@ -224,11 +224,37 @@ class WebhookConfig(_Section):
     url: str
     secret_file: Path | None = Field(default=None, alias="secret-file")
     timeout: str = "10s"
+    proxy: str | None = None
 
     @field_validator("timeout")
     @classmethod
     def _duration(cls, value: str) -> str:
         return _checked_duration(value)
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, value: str | None) -> str | None:
+        # Checked here rather than at the first POST (an event's last_error). The value is
+        # never quoted: a proxy URL may carry user:password@.
+        from urllib.parse import urlsplit
+
+        if value is None:
+            return None
+        rule = "expected http://HOST[:PORT] or https://HOST[:PORT]"
+        try:
+            parts = urlsplit(value)
+            _ = parts.port  # a port that is no number raises
+        except ValueError:
+            raise ValueError(rule) from None
+        if (
+            parts.scheme.lower() not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+        ):
+            raise ValueError(rule)
+        return value
 
 
 class NotificationsConfig(_Section):

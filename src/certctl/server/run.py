@@ -492,7 +492,7 @@ def _webhook(config: ServerConfig) -> Webhook | None:
             ) from exc
     if not secret:
         raise InvalidRequest("notifications.webhook needs a non-empty secret-file")
-    return Webhook(hook.url, secret, parse_duration(hook.timeout).total_seconds())
+    return Webhook(hook.url, secret, parse_duration(hook.timeout).total_seconds(), proxy=hook.proxy)
 
 
 def _check_integrations(config: ServerConfig) -> None:

@@ -25,6 +25,19 @@ REFUSED = {
         {"notifications": {"webhook": {"url": "https://h.example/x", "timeout": "-1s"}}},
         "{file}: notifications.webhook.timeout: ",
     ),
+    # Checked at load, not at the first POST; its user:password@ is never repeated.
+    "webhook proxy of another scheme": (
+        {
+            "notifications": {
+                "webhook": {"url": "https://h.example/x", "proxy": "socks5://u:hunter2@p:1080"}
+            }
+        },
+        "{file}: notifications.webhook.proxy: expected http://HOST[:PORT] or https://HOST[:PORT]",
+    ),
+    "webhook proxy with a path": (
+        {"notifications": {"webhook": {"url": "https://h.example/x", "proxy": "http://p/x"}}},
+        "{file}: notifications.webhook.proxy: expected http://HOST[:PORT]",
+    ),
     "client-auth without a CA": (
         {"tls": {"client-auth": "required"}},
         "{file}: tls: client-auth required needs tls.client-ca",
@@ -467,3 +480,22 @@ def test_a_refused_setting_names_where_it_came_from(
     assert "hunter2" not in result.stderr
     assert result.stdout == ""
     assert not (tmp_path / "d").exists()
+
+
+def test_webhook_settings_reach_the_sender(tmp_path: Path) -> None:
+    from certctl.server.run import _webhook
+
+    secret = tmp_path / "webhook-secret"
+    secret.write_text("s3cret\n")
+    hook = {
+        "url": "https://h.example/x",
+        "secret-file": str(secret),
+        "timeout": "3s",
+        "proxy": "http://u:pw@proxy.example:3128",
+    }
+    file = tmp_path / "certctl.yaml"
+    file.write_text(yaml.safe_dump({"notifications": {"webhook": hook}}))
+    webhook = _webhook(load_config(file, {}))
+    assert webhook is not None
+    assert (webhook.url, webhook.secret, webhook.timeout_s) == ("https://h.example/x", b"s3cret", 3)
+    assert webhook.proxy == "http://u:pw@proxy.example:3128"
