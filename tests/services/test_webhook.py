@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import re
 import shutil
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ from certctl.services.notify import SIGNATURE_HEADER, Webhook, dispatch_pending
 from certctl.services.tls_services import ServiceSettings
 from certctl.store.models import OutboxEvent
 from tests.api.conftest import PostgresCluster
-from tests.services.conftest import SETTINGS, Env, service_doc
+from tests.services.conftest import SETTINGS, Env, make_ca, make_leaf, service_doc
 
 SECRET = b"webhook-shared-secret"
 
@@ -49,8 +52,9 @@ class Receiver:
         return [r for r in self.requests if r.status == 200]
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
+@contextlib.contextmanager
+def _receiving(context: ssl.SSLContext | None = None) -> Iterator[Receiver]:
+    """An in-process receiver on 127.0.0.1; HTTPS with ``context`` (its server certificate)."""
     state = Receiver(url="")
     lock = threading.Lock()
 
@@ -69,7 +73,12 @@ def receiver() -> Iterator[Receiver]:
             pass  # keep the test output quiet
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    scheme = "http"
+    if context is not None:
+        # Handshakes happen in accept(); one the client refuses is dropped there (OSError).
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+    state.url = f"{scheme}://127.0.0.1:{server.server_address[1]}/hook"
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
@@ -78,6 +87,12 @@ def receiver() -> Iterator[Receiver]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with _receiving() as state:
+        yield state
 
 
 def _check_signature(request: Received, secret: bytes = SECRET) -> bool:
@@ -241,6 +256,54 @@ def test_an_explicit_proxy_carries_the_posts(env: Env, receiver: Receiver) -> No
     (request,) = receiver.requests
     assert request.path == "http://hooks.invalid/certctl"
     assert _check_signature(request)
+
+
+def test_a_receiver_under_a_private_ca_is_trusted_through_ca_file(
+    env: Env, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: no setting for the receiver's CA; only the bundled public CAs were trusted
+    # (or SSL_CERT_FILE, for every HTTPS client of the process).
+    now = datetime.now(UTC)  # the TLS client checks validity against the real clock
+    ca = make_ca("Webhook receiver CA", now - timedelta(minutes=1))
+    leaf = make_leaf(ca, "localhost", now - timedelta(minutes=1), ip=("127.0.0.1",))
+    (tmp_path / "tls.pem").write_bytes(leaf.cert_pem + leaf.key_pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "tls.pem")
+    ca_file = tmp_path / "receiver-ca.pem"
+    ca_file.write_bytes(ca.cert_pem)
+    other_ca = tmp_path / "other-ca.pem"
+    other_ca.write_bytes(make_ca("Another CA", now - timedelta(minutes=1)).cert_pem)
+    env.put(service_doc("web"))
+    env.reconcile("web")
+    with _receiving(context) as receiver:
+        for trusted in (None, other_ca):
+            webhook = Webhook(receiver.url, SECRET, timeout_s=5, ca_file=trusted)
+            assert dispatch_pending(env.services, webhook) == 0
+            (event,) = _outbox(env)
+            # Named as what it is, not "ConnectError" (which reads like a network outage).
+            assert event.last_error == (
+                "TLS certificate verify failed: unable to get local issuer certificate"
+            )
+            env.at(event.next_attempt_at)
+        assert receiver.requests == []
+        webhook = Webhook(receiver.url, SECRET, timeout_s=5, ca_file=ca_file)
+        assert dispatch_pending(env.services, webhook) == 1
+        (request,) = receiver.requests
+        assert _check_signature(request)
+
+        # Read again at each pass: a file caught half-written keeps the CAs trusted so far...
+        ca_file.write_text("-----BEGIN CERTIFICATE-----\n")
+        env.put(service_doc("api"))
+        env.reconcile("api")
+        with caplog.at_level(logging.WARNING, "certctl.notify"):
+            assert dispatch_pending(env.services, webhook) == 1
+        assert f"notifications.webhook.ca-file {ca_file}: no PEM certificate in it" in caplog.text
+        # ...and another CA replaces them, without a restart.
+        ca_file.write_bytes(other_ca.read_bytes())
+        env.put(service_doc("db"))
+        env.reconcile("db")
+        assert dispatch_pending(env.services, webhook) == 0
+    assert len(receiver.requests) == 2
 
 
 def test_a_replica_that_stops_leading_stops_sending(env: Env, receiver: Receiver) -> None:

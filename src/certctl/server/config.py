@@ -225,6 +225,7 @@ class WebhookConfig(_Section):
     secret_file: Path | None = Field(default=None, alias="secret-file")
     timeout: str = "10s"
     proxy: str | None = None
+    ca_file: Path | None = Field(default=None, alias="ca-file")
 
     @field_validator("timeout")
     @classmethod

@@ -475,7 +475,8 @@ def _webhook(config: ServerConfig) -> Webhook | None:
     """``notifications.webhook``, its HMAC key read; None when not configured.
 
     Raises:
-        InvalidRequest: the secret file is missing, unreadable or empty.
+        InvalidRequest: the secret file is missing, unreadable or empty, or the ca-file
+            cannot be read or holds no PEM certificate.
     """
     from certctl.services.notify import Webhook
 
@@ -492,7 +493,13 @@ def _webhook(config: ServerConfig) -> Webhook | None:
             ) from exc
     if not secret:
         raise InvalidRequest("notifications.webhook needs a non-empty secret-file")
-    return Webhook(hook.url, secret, parse_duration(hook.timeout).total_seconds(), proxy=hook.proxy)
+    return Webhook(
+        hook.url,
+        secret,
+        parse_duration(hook.timeout).total_seconds(),
+        proxy=hook.proxy,
+        ca_file=hook.ca_file,
+    )
 
 
 def _check_integrations(config: ServerConfig) -> None:

@@ -8,21 +8,75 @@ import hmac
 import json
 import logging
 import socket
+import ssl
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
+from certctl.errors import InvalidRequest
 from certctl.services.context import Services
 from certctl.store.models import OutboxEvent
 
-__all__ = ["SIGNATURE_HEADER", "Webhook", "dispatch_pending", "sign"]
+__all__ = ["SIGNATURE_HEADER", "Webhook", "dispatch_pending", "receiver_trust", "sign"]
 
 log = logging.getLogger("certctl.notify")
 SIGNATURE_HEADER = "X-Certctl-Signature"
 _MAX_BACKOFF = timedelta(minutes=10)
+
+
+def receiver_trust(ca_file: Path) -> ssl.SSLContext:
+    """A client context trusting exactly the CAs in ``ca_file`` (PEM), for the receiver.
+
+    Raises:
+        InvalidRequest: the file cannot be read or holds no PEM certificate.
+    """
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except ssl.SSLError:  # before OSError, its base class
+        raise InvalidRequest(
+            f"notifications.webhook.ca-file {ca_file}: no PEM certificate in it"
+        ) from None
+    except OSError as exc:
+        raise InvalidRequest(f"notifications.webhook.ca-file {ca_file}: {exc.strerror}") from None
+
+
+class _Trust:
+    """``ca-file``, read again at each pass: a receiver's renewed CA applies without a restart.
+
+    A file that cannot be used (caught half-written, replaced by mistake) keeps the CAs
+    trusted so far, with one warning per content, as ``tls.client-ca`` does.
+    """
+
+    def __init__(self, ca_file: Path) -> None:
+        self._ca_file = ca_file
+        self._lock = threading.Lock()
+        self._seen = self._read()
+        self._context = receiver_trust(ca_file)  # at start a bad file is an error
+
+    def _read(self) -> bytes | None:
+        try:
+            return self._ca_file.read_bytes()
+        except OSError:
+            return None
+
+    def current(self) -> ssl.SSLContext:
+        content = self._read()
+        with self._lock:
+            if content is None or content == self._seen:
+                return self._context
+            self._seen = content
+            try:
+                self._context = receiver_trust(self._ca_file)
+            except InvalidRequest as exc:
+                log.warning("%s; the CAs it held before are still trusted", exc.detail)
+            else:
+                log.info("%s changed: webhook POSTs now trust it", self._ca_file)
+            return self._context
 
 
 @dataclass(frozen=True)
@@ -33,12 +87,28 @@ class Webhook:
     taken from the environment (``HTTPS_PROXY`` and the like): a proxy set there for other
     programs would see every signed event, and a variable is easier to slip in than a
     setting in the configuration file.
+
+    ``ca_file``: PEM CAs an ``https://`` receiver's certificate must chain to, instead of the
+    public CAs certctl ships with (certifi); for a receiver under a private CA.
+
+    Raises:
+        InvalidRequest: ``ca_file`` cannot be read or holds no PEM certificate.
     """
 
     url: str
     secret: bytes
     timeout_s: float = 10.0
     proxy: str | None = None
+    ca_file: Path | None = None
+    _trust: _Trust | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.ca_file is not None:
+            object.__setattr__(self, "_trust", _Trust(self.ca_file))
+
+    def verify(self) -> ssl.SSLContext | bool:
+        """What httpx verifies the receiver with: ``ca-file``'s CAs, or its default bundle."""
+        return True if self._trust is None else self._trust.current()
 
 
 class _Deadline:
@@ -50,8 +120,6 @@ class _Deadline:
     """
 
     def __init__(self, timeout_s: float) -> None:
-        import threading
-
         self.timeout_s = timeout_s
         self.expired = False
         self._lock = threading.Lock()
@@ -72,8 +140,6 @@ class _Deadline:
                     self._socket = sock
 
     def __enter__(self) -> None:
-        import threading
-
         with self._lock:
             self.expired, self._armed = False, True
         self._timer = threading.Timer(self.timeout_s, self._expire)
@@ -96,6 +162,20 @@ class _Deadline:
             if self._socket is not None:
                 with contextlib.suppress(OSError):
                     self._socket.shutdown(socket.SHUT_RDWR)
+
+
+def _transport_error(exc: BaseException) -> str:
+    """The error's class name; a certificate the receiver's CA does not verify, named so.
+
+    "ConnectError" alone read like a network outage. ``verify_message`` comes from OpenSSL,
+    never from the request, so it holds nothing secret.
+    """
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate verify failed: {cause.verify_message}"
+        cause = cause.__cause__ or cause.__context__
+    return type(exc).__name__
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -133,10 +213,17 @@ def dispatch_pending(
                 .limit(limit)
             )
         )
+    if not pending:
+        return 0  # no client (nor CA bundle loaded) every reconcile-interval for nothing
     delivered = 0
     deadline = _Deadline(webhook.timeout_s)
     # trust_env off: no proxy, CA bundle or credentials from the environment, as kubeapi.
-    with httpx.Client(timeout=webhook.timeout_s, trust_env=False, proxy=webhook.proxy) as client:
+    with httpx.Client(
+        timeout=webhook.timeout_s,
+        trust_env=False,
+        proxy=webhook.proxy,
+        verify=webhook.verify(),
+    ) as client:
         for index, event in enumerate(pending):
             if leading is not None and not leading():
                 # Another replica leads now and sends what is left: stop, or both would.
@@ -164,7 +251,7 @@ def dispatch_pending(
                     if not 200 <= response.status_code < 300:
                         error = f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
-                error = "Timeout" if deadline.expired else type(exc).__name__
+                error = "Timeout" if deadline.expired else _transport_error(exc)
                 unreachable = True
             else:
                 unreachable = False

@@ -499,3 +499,17 @@ def test_webhook_settings_reach_the_sender(tmp_path: Path) -> None:
     assert webhook is not None
     assert (webhook.url, webhook.secret, webhook.timeout_s) == ("https://h.example/x", b"s3cret", 3)
     assert webhook.proxy == "http://u:pw@proxy.example:3128"
+    assert webhook.verify() is True  # no ca-file: httpx's own bundle
+
+    # Refused before the data dir is made (_check_integrations runs this), in one line, as
+    # a bad secret-file is (whose refused start the table above runs end to end).
+    (tmp_path / "junk.pem").write_text("junk\n")
+    for name, why in (
+        ("missing.pem", "No such file or directory"),
+        ("junk.pem", "no PEM certificate in it"),
+    ):
+        hook["ca-file"] = str(tmp_path / name)
+        file.write_text(yaml.safe_dump({"notifications": {"webhook": hook}}))
+        with pytest.raises(InvalidRequest) as refused:
+            _webhook(load_config(file, {}))
+        assert refused.value.detail == f"notifications.webhook.ca-file {tmp_path}/{name}: {why}"
