@@ -306,6 +306,48 @@ def test_a_receiver_under_a_private_ca_is_trusted_through_ca_file(
     assert len(receiver.requests) == 2
 
 
+def test_a_name_lookup_that_does_not_answer_costs_one_timeout(
+    env: Env, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``timeout`` bounds the POST from its first step, the receiver's name lookup.
+
+    Before: the lookup (getaddrinfo, blocking) ran before the deadline had a socket to shut
+    down, so a resolver that did not answer held the pass (and every event after it) for as
+    long as the resolver took, then the POST went out anyway, late.
+    """
+    import socket
+    import time
+
+    # A resolver that does not answer for this one name (until the test ends): getaddrinfo
+    # itself, slowed, whichever thread calls it.
+    answer = threading.Event()
+    real = socket.getaddrinfo
+
+    def lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in ("slow-dns.test", b"slow-dns.test"):  # anyio passes it encoded
+            answer.wait(10)
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    env.put(service_doc("web"))
+    env.reconcile("web")
+    port = receiver.url.split(":")[2].split("/")[0]
+    webhook = Webhook(f"http://slow-dns.test:{port}/hook", SECRET, timeout_s=0.5)
+    started = time.monotonic()
+    try:
+        assert dispatch_pending(env.services, webhook) == 0
+        took = time.monotonic() - started
+    finally:
+        answer.set()
+    assert took < 1.5, took  # the timeout, not the resolver's 10 s
+    (event,) = _outbox(env)
+    assert event.last_error == "Timeout"
+    assert event.attempts == 1
+    time.sleep(0.2)  # the lookup given up on, answered now, sends nothing late
+    assert receiver.requests == []
+
+
 def test_a_replica_that_stops_leading_stops_sending(env: Env, receiver: Receiver) -> None:
     for name in ("a", "b", "c"):
         env.put(service_doc(name))

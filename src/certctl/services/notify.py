@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
-import socket
 import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select
 
@@ -111,59 +109,6 @@ class Webhook:
         return True if self._trust is None else self._trust.current()
 
 
-class _Deadline:
-    """One time limit for a whole POST: connecting, sending and the status line and headers.
-
-    httpx's timeout is per read: a receiver sending a byte every few seconds held the sender
-    (and every event after it) for as long as it liked. When the time is up, the connection's
-    socket is shut down, which ends the read in progress (httpx raises); ``expired`` says why.
-    """
-
-    def __init__(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
-        self.expired = False
-        self._lock = threading.Lock()
-        self._socket: socket.socket | None = None
-        self._armed = False
-        self._timer: threading.Timer | None = None
-
-    def trace(self, name: str, info: dict[str, Any]) -> None:
-        """Keep the socket of each new connection (httpcore's ``trace`` extension).
-
-        After TLS too: wrapping the socket detaches the plain one, which then has no descriptor.
-        """
-        if name in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
-            stream = info.get("return_value")
-            sock = stream.get_extra_info("socket") if stream is not None else None
-            if isinstance(sock, socket.socket):
-                with self._lock:
-                    self._socket = sock
-
-    def __enter__(self) -> None:
-        with self._lock:
-            self.expired, self._armed = False, True
-        self._timer = threading.Timer(self.timeout_s, self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            # Disarmed under the lock: a timer firing just now finds nothing to do, and never
-            # shuts down the (pooled) connection the next POST uses.
-            self._armed = False
-        if self._timer is not None:
-            self._timer.cancel()
-
-    def _expire(self) -> None:
-        with self._lock:
-            if not self._armed:
-                return
-            self.expired = True
-            if self._socket is not None:
-                with contextlib.suppress(OSError):
-                    self._socket.shutdown(socket.SHUT_RDWR)
-
-
 def _transport_error(exc: BaseException) -> str:
     """The error's class name; a certificate the receiver's CA does not verify, named so.
 
@@ -196,13 +141,12 @@ def dispatch_pending(
     so a hanging receiver costs one timeout per pass, not one per event. ``leading`` is asked
     before each event: the pass stops once this replica no longer leads. (Delivery is still
     at least once: an event sent just before the leadership moved may be sent again, with
-    the same ``X-Certctl-Delivery`` id.)
+    the same ``X-Certctl-Delivery`` id.) Blocking: call it from a thread without an event
+    loop of its own (the scheduler's).
 
     Returns:
         How many events were delivered.
     """
-    import httpx
-
     now = services.clock()
     with services.sessions() as session:
         pending = list(
@@ -215,10 +159,29 @@ def dispatch_pending(
         )
     if not pending:
         return 0  # no client (nor CA bundle loaded) every reconcile-interval for nothing
+    # An event loop of this pass's own, closed without waiting for its resolver threads:
+    # asyncio.run would wait for a getaddrinfo the deadline gave up on, as long as the
+    # resolver takes. Such a thread ends when the resolver answers or gives up.
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(_send(services, webhook, pending, leading))
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+async def _send(
+    services: Services,
+    webhook: Webhook,
+    pending: list[OutboxEvent],
+    leading: Callable[[], bool] | None,
+) -> int:
+    import anyio
+    import httpx
+
     delivered = 0
-    deadline = _Deadline(webhook.timeout_s)
     # trust_env off: no proxy, CA bundle or credentials from the environment, as kubeapi.
-    with httpx.Client(
+    async with httpx.AsyncClient(
         timeout=webhook.timeout_s,
         trust_env=False,
         proxy=webhook.proxy,
@@ -230,10 +193,15 @@ def dispatch_pending(
                 break
             body = json.dumps({"id": event.id, **event.payload}, sort_keys=True).encode()
             error: str | None = None
+            unreachable = False
             try:
-                with (
-                    deadline,
-                    client.stream(
+                # One deadline for the whole POST: the name lookup (getaddrinfo, in a
+                # thread; given up on, not waited for), connecting, TLS, sending, and the
+                # status line and headers however slowly they come. httpx's own timeout is
+                # per step and per read: a receiver sending a byte every few seconds held
+                # the sender (and every event after it) as long as it liked.
+                with anyio.fail_after(webhook.timeout_s):
+                    async with client.stream(
                         "POST",
                         webhook.url,
                         content=body,
@@ -243,18 +211,15 @@ def dispatch_pending(
                             "X-Certctl-Event": event.event,
                             "X-Certctl-Delivery": str(event.id),
                         },
-                        extensions={"trace": deadline.trace},
-                    ) as response,
-                ):
-                    # The status is the answer; the body is never read (a receiver could
-                    # send one without end, into memory).
-                    if not 200 <= response.status_code < 300:
-                        error = f"HTTP {response.status_code}"
+                    ) as response:
+                        # The status is the answer; the body is never read (a receiver could
+                        # send one without end, into memory).
+                        if not 200 <= response.status_code < 300:
+                            error = f"HTTP {response.status_code}"
+            except TimeoutError:
+                error, unreachable = "Timeout", True
             except httpx.HTTPError as exc:
-                error = "Timeout" if deadline.expired else _transport_error(exc)
-                unreachable = True
-            else:
-                unreachable = False
+                error, unreachable = _transport_error(exc), True
             with services.sessions.begin() as session:
                 row = session.get(OutboxEvent, event.id, with_for_update=True)
                 if row is None or row.delivered_at is not None:
