@@ -25,7 +25,13 @@ from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
 from certctl.server.scheduler import Scheduler
 from certctl.services import tls_services
-from certctl.services.notify import SIGNATURE_HEADER, Webhook, dispatch_pending
+from certctl.services.notify import (
+    SIGNATURE_HEADER,
+    SIGNATURE_V2_HEADER,
+    TIMESTAMP_HEADER,
+    Webhook,
+    dispatch_pending,
+)
 from certctl.services.tls_services import ServiceSettings
 from certctl.store.models import OutboxEvent
 from tests.api.conftest import PostgresCluster
@@ -102,6 +108,17 @@ def _check_signature(request: Received, secret: bytes = SECRET) -> bool:
     return hmac.compare_digest(header, expected)
 
 
+def _check_timestamped(request: Received, secret: bytes = SECRET) -> bool:
+    """The v2 signature: HMAC-SHA256 over ``<X-Certctl-Timestamp>.<body>``."""
+    timestamp = request.headers[TIMESTAMP_HEADER]
+    assert timestamp.isdigit(), timestamp
+    header = request.headers[SIGNATURE_V2_HEADER]
+    assert re.fullmatch(r"sha256=[0-9a-f]{64}", header), header
+    signed = timestamp.encode() + b"." + request.body
+    expected = "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(header, expected)
+
+
 def _outbox(env: Env) -> list[OutboxEvent]:
     with env.services.sessions() as session:
         return list(session.scalars(select(OutboxEvent).order_by(OutboxEvent.id)))
@@ -172,6 +189,61 @@ def test_each_event_once_signed_retried_after_500(env: Env, receiver: Receiver) 
     # A tampered body no longer matches its signature.
     tampered = Received(200, delivered[0].headers, delivered[0].body.replace(b"web", b"bew"))
     assert not _check_signature(tampered)
+
+
+def test_each_attempt_carries_a_signed_timestamp(env: Env, receiver: Receiver) -> None:
+    """Before: the signature covered the body alone, so a delivery captured once (a proxy's
+    log, a receiver's request dump) could be replayed, still valid, forever."""
+    env.put(service_doc("web"))
+    env.reconcile("web")
+    webhook = Webhook(receiver.url, SECRET, timeout_s=5)
+    receiver.fail_first = 1
+    assert dispatch_pending(env.services, webhook) == 0
+    (event,) = _outbox(env)
+    env.at(event.next_attempt_at + timedelta(seconds=1.5))  # a fractional second: cut off
+    assert dispatch_pending(env.services, webhook) == 1
+    first, retry = receiver.requests
+    # Each attempt is stamped with its own time (Unix seconds) and signed with it; the
+    # delivery id, which is also in the signed body, stays the same.
+    assert first.headers[TIMESTAMP_HEADER] == str(int(event.at.timestamp()))
+    assert retry.headers[TIMESTAMP_HEADER] == str(int(env.now.timestamp()))
+    assert first.headers["X-Certctl-Delivery"] == retry.headers["X-Certctl-Delivery"]
+    for request in (first, retry):
+        assert _check_timestamped(request)
+        assert not _check_timestamped(request, b"another-secret")
+        assert _check_signature(request)  # the v1 header, as documented before, still there
+    # Another timestamp (a replay passed off as new) no longer matches the signature.
+    moved = dict(retry.headers, **{TIMESTAMP_HEADER: first.headers[TIMESTAMP_HEADER]})
+    assert not _check_timestamped(Received(200, moved, retry.body))
+
+
+def test_the_documented_receiver_check(env: Env, receiver: Receiver) -> None:
+    """The verification code docs/configuration.md gives receivers, run as written."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    sample = re.search(r"<!-- webhook-verify -->\n```python\n(.*?)```", text, re.S)
+    assert sample is not None
+    scope: dict[str, Any] = {}
+    exec(sample.group(1), scope)
+    verify = scope["verify"]
+    env.put(service_doc("web"))
+    env.reconcile("web")
+    assert dispatch_pending(env.services, Webhook(receiver.url, SECRET, timeout_s=5)) == 1
+    (request,) = receiver.requests
+    sent_at = int(request.headers[TIMESTAMP_HEADER])
+    # Any header spelling: receivers' frameworks differ (lower case in ASGI, Go's canonical).
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    assert verify(SECRET, headers, request.body, now=sent_at + 5)
+    assert verify(SECRET, headers, request.body, now=sent_at - 5)  # its clock a bit behind
+    assert not verify(b"another-secret", headers, request.body, now=sent_at)
+    assert not verify(SECRET, headers, request.body + b" ", now=sent_at)
+    # Replayed after the tolerance (5 minutes): refused, although the signature matches.
+    assert not verify(SECRET, headers, request.body, now=sent_at + 301)
+    # Replayed with a fresh timestamp: the signature no longer matches.
+    fresh = dict(headers, **{"x-certctl-timestamp": str(sent_at + 400)})
+    assert not verify(SECRET, fresh, request.body, now=sent_at + 400)
+    # Without the new headers (a sender older than them): refused, not an error.
+    old = {k: v for k, v in headers.items() if k == "x-certctl-signature"}
+    assert not verify(SECRET, old, request.body, now=sent_at)
 
 
 def test_unreachable_receiver_backs_off_and_delivers_later(env: Env, receiver: Receiver) -> None:

@@ -1,4 +1,8 @@
-"""Webhook notifications from the outbox: JSON POSTs signed with HMAC-SHA256, retried."""
+"""Webhook notifications from the outbox: JSON POSTs signed with HMAC-SHA256, retried.
+
+Each POST carries two signatures with the same key: v1 (``X-Certctl-Signature``) over the
+body, and v2 (``X-Certctl-Signature-V2``) over ``X-Certctl-Timestamp``, a dot and the body.
+"""
 
 from __future__ import annotations
 
@@ -20,10 +24,25 @@ from certctl.errors import InvalidRequest
 from certctl.services.context import Services
 from certctl.store.models import OutboxEvent
 
-__all__ = ["SIGNATURE_HEADER", "Webhook", "dispatch_pending", "receiver_trust", "sign"]
+__all__ = [
+    "SIGNATURE_HEADER",
+    "SIGNATURE_V2_HEADER",
+    "TIMESTAMP_HEADER",
+    "Webhook",
+    "dispatch_pending",
+    "receiver_trust",
+    "sign",
+    "sign_timestamped",
+]
 
 log = logging.getLogger("certctl.notify")
+# v1, over the body alone: kept because receivers were told to check it; a captured delivery
+# stays valid under it forever, so new receivers check v2 and the timestamp.
 SIGNATURE_HEADER = "X-Certctl-Signature"
+# v2, over "<timestamp>.<body>" (as Stripe and Standard Webhooks sign): the receiver refuses
+# a timestamp too far from its clock, so a captured delivery can be replayed only that long.
+SIGNATURE_V2_HEADER = "X-Certctl-Signature-V2"
+TIMESTAMP_HEADER = "X-Certctl-Timestamp"
 _MAX_BACKOFF = timedelta(minutes=10)
 
 
@@ -128,6 +147,11 @@ def sign(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
+def sign_timestamped(secret: bytes, timestamp: int, body: bytes) -> str:
+    """``sha256=<hex>`` HMAC over ``<timestamp>.<body>``: the v2 signature."""
+    return sign(secret, str(timestamp).encode() + b"." + body)
+
+
 def dispatch_pending(
     services: Services,
     webhook: Webhook,
@@ -192,6 +216,8 @@ async def _send(
                 # Another replica leads now and sends what is left: stop, or both would.
                 break
             body = json.dumps({"id": event.id, **event.payload}, sort_keys=True).encode()
+            # This attempt's time: a retry is stamped (and signed) anew, same delivery id.
+            timestamp = int(services.clock().timestamp())
             error: str | None = None
             unreachable = False
             try:
@@ -208,6 +234,8 @@ async def _send(
                         headers={
                             "Content-Type": "application/json",
                             SIGNATURE_HEADER: sign(webhook.secret, body),
+                            TIMESTAMP_HEADER: str(timestamp),
+                            SIGNATURE_V2_HEADER: sign_timestamped(webhook.secret, timestamp, body),
                             "X-Certctl-Event": event.event,
                             "X-Certctl-Delivery": str(event.id),
                         },
