@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import event
-from sqlalchemy.pool import QueuePool
 
 from certctl.pki import KeyType, common_name_dn, create_root_ca, generate_private_key, key_to_pem
 from certctl.services import rbac
@@ -254,33 +253,80 @@ def test_listings_read_the_store_off_the_event_loop(
     assert on_loop == []
 
 
-def test_sqlite_pool_holds_every_thread_that_may_read_or_write_at_once(tmp_path: Path) -> None:
-    """The write, CRL, CA-certificate, listing and authentication threads, the group commit,
-    the scheduler and the loop each find a connection: one more thread than the pool holds
-    waits for a free connection, then answers 503 "storage is busy".
-    """
+def _connection_holders() -> int:
+    """Threads of one server process that may each hold a pooled connection at the same time."""
     from certctl.api._common import LIST_THREADS, WRITE_THREADS
-    from certctl.api.app import AUTH_READ_THREADS, CA_READ_THREADS, FAILURE_AUDIT_THREADS
-    from certctl.store.db import create_store_engine
+    from certctl.api.app import (
+        AUTH_READ_THREADS,
+        CA_READ_THREADS,
+        FAILURE_AUDIT_THREADS,
+        KEYGEN_THREADS,
+    )
 
-    engine = create_store_engine(f"sqlite:///{tmp_path / 'pool.db'}")
+    main_app = (
+        WRITE_THREADS
+        + 2 * CA_READ_THREADS  # the CA-certificate and the CRL routes
+        + LIST_THREADS  # listings and a service's outputs
+        + AUTH_READ_THREADS
+        + FAILURE_AUDIT_THREADS
+        + KEYGEN_THREADS  # RSA issuance: the issuer's first load
+        + 1  # /readyz's database ping
+    )
+    metrics_app = AUTH_READ_THREADS + FAILURE_AUDIT_THREADS + 1  # a separate metrics listener
+    # The group commit, the scheduler's tick, the webhook dispatcher, the periodic metrics
+    # refresh, CA renewal and issuer-cache refresh (server.run), the leader's advisory lock.
+    background = 7
+    return 1 + main_app + metrics_app + background  # 1: the event loop
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_pool_holds_every_thread_that_may_use_the_store_at_once(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    """Every thread that may hold a connection gets one at once, none waits for the pool.
+
+    Before, PostgreSQL's pool held 20 (SQLite's 30): a burst that kept the write, CRL,
+    CA-certificate, listing and authentication threads, RSA issuances and the background
+    work busy together left the rest waiting pool_timeout (30 s), then failing.
+    """
+    import threading
+
+    from certctl.store.db import POOL_CONNECTIONS, PoolTimeout, create_store_engine
+
+    holders = _connection_holders()
+    assert holders == POOL_CONNECTIONS  # the budget in store.db names these threads
+    url = (
+        request.getfixturevalue("postgres_url")
+        if backend == "postgresql"
+        else f"sqlite:///{tmp_path / 'pool.db'}"
+    )
+    engine = create_store_engine(url)
+    pool: Any = engine.pool
+    pool._timeout = 0.5  # a connection that does not come at once will not come
+    all_hold = threading.Barrier(holders, timeout=20)
+    failures: list[BaseException] = []
+
+    def hold() -> None:
+        try:
+            with engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+                all_hold.wait()
+        except PoolTimeout as exc:
+            failures.append(exc)
+            all_hold.abort()
+        except threading.BrokenBarrierError:
+            pass
+
     try:
-        pool = engine.pool
-        assert isinstance(pool, QueuePool)
-        threads = (
-            WRITE_THREADS
-            + 2 * CA_READ_THREADS
-            + LIST_THREADS
-            + AUTH_READ_THREADS
-            + FAILURE_AUDIT_THREADS
-            + 3  # the group commit, the scheduler, the loop
-            + AUTH_READ_THREADS  # a separate metrics listener's app
-            + FAILURE_AUDIT_THREADS
-            + 2  # the two apps' readiness probes
-        )
-        assert pool.size() + pool._max_overflow >= threads
+        threads = [threading.Thread(target=hold) for _ in range(holders)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
     finally:
         engine.dispose()
+    assert failures == []
+    assert not all_hold.broken
 
 
 def test_a_flood_of_bad_keys_writes_its_audit_rows_one_at_a_time(api: Api) -> None:

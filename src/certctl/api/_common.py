@@ -190,7 +190,7 @@ T = TypeVar("T")
 # Worker threads for the mutating routes' transactions. Each holds a pooled connection while
 # it waits for SQLite's write lock (one writer at a time anyway): 6, with the other routes'
 # threads, the group commit and the scheduler, stays within SQLite's pool (the budget is in
-# store.db.create_store_engine), so the reads on the event loop still find one; more would
+# store.db.POOL_CONNECTIONS), so the reads on the event loop still find one; more would
 # only queue on the lock. (Authentication's threads, app.AUTH_READ_THREADS and
 # app.FAILURE_AUDIT_THREADS, may wait for it too.)
 WRITE_THREADS = 6
@@ -204,7 +204,7 @@ def write_limiter() -> anyio.CapacityLimiter:
 # Worker threads for the listing routes' queries. A listing is the one read whose cost grows
 # with the store (a ?q= search scans every certificate: 90 ms for 100,000 on SQLite), and on
 # the event loop that long stalls every other request. Two: searches are rare, and each
-# holds a pooled connection (see create_store_engine's budget). Point reads by primary key
+# holds a pooled connection (see store.db.POOL_CONNECTIONS). Point reads by primary key
 # stay on the loop: a thread hop costs more than they do.
 LIST_THREADS = 2
 

@@ -657,7 +657,11 @@ async def issue_certificate(request: Request, principal: Principal | None) -> Re
         # RSA key generation takes 50 ms to seconds: never on the event loop. Key types are
         # matched as KeyType.parse does (RSA-4096 is rsa-4096).
         is_rsa = body.key_type.strip().lower().startswith("rsa")
-        pending = await anyio.to_thread.run_sync(work) if is_rsa else work()
+        pending = (
+            await anyio.to_thread.run_sync(work, limiter=request.app.state.keygens)
+            if is_rsa
+            else work()
+        )
     # Committed together with the rows of concurrent requests: one fsync for the group.
     await services.commits.add(list(pending.rows))
     result = pending.finish()
@@ -1063,7 +1067,7 @@ class _AuthSettings:
 # generation (_CachedCertificate). Threads of their own, not the write pool's: a burst of
 # cache misses (after a role change) must not queue behind issuance, nor hold writes back.
 # Two: a read takes microseconds; each holds a pooled connection (the budget is in
-# store.db.create_store_engine).
+# store.db.POOL_CONNECTIONS).
 # PostgreSQL: a cached key or a remembered client certificate is checked by one read of the
 # credential generation, on the event loop, on a connection of the cache's own
 # (rbac._PostgresCounter: ~25 µs CPU, one round trip). A key not cached or stale is read on
@@ -1073,6 +1077,11 @@ class _AuthSettings:
 # last_used_at write (once a minute per key) and every refusal's audit row still go to
 # threads.
 AUTH_READ_THREADS = 2
+# RSA issuances with server-side keys at once: each may read its issuer (a pooled connection)
+# the first time. Unbounded, they took anyio's default 40 threads, and with them more
+# connections than the pool holds (store.db.POOL_CONNECTIONS). Two lose nothing: key
+# generation holds the GIL, so more threads only queue for it.
+KEYGEN_THREADS = 2
 # The audit rows of refused authentications: one at a time. A flood of bad keys from many
 # addresses (auth.failure-limit throttles each address, not their number) then holds one
 # pooled connection and one turn at SQLite's write lock, whatever its size, so it cannot starve
@@ -1852,6 +1861,7 @@ def create_app(
     app.state.crl_reads = anyio.CapacityLimiter(CA_READ_THREADS)
     app.state.writes = write_limiter()
     app.state.lists = list_limiter()
+    app.state.keygens = anyio.CapacityLimiter(KEYGEN_THREADS)
     app.state.auth_reads = auth.reads
     app.state.failure_audits = auth.audits
     app.state.ready = True

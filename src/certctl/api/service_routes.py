@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
@@ -197,7 +196,8 @@ async def get_output(request: Request, principal: Principal | None) -> Response:
             f"{output}: only {', '.join(sorted(_PUBLIC_OUTPUTS))} can be read through the API"
         )
     row = tls_services.get_service(services, caller_of(principal), name)
-    outputs = await anyio.to_thread.run_sync(lambda: tls_services.outputs_for(services, row))
+    # In a listing thread: bounded, as every thread holding a pooled connection is.
+    outputs = await in_list_thread(request, tls_services.outputs_for, services, row)
     if output not in outputs:
         raise NotFound(f"service {name} has no {output} output (yet)")
     files = {k: v.decode() for k, v in outputs[output].items()}

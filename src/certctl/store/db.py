@@ -36,6 +36,8 @@ from sqlalchemy.sql.functions import GenericFunction
 from certctl.errors import CertctlError, Conflict, StorageUnavailable
 
 __all__ = [
+    "POOL_CONNECTIONS",
+    "POOL_KEPT_OPEN",
     "PoolTimeout",
     "checkpoint",
     "constraint_conflict",
@@ -226,6 +228,22 @@ def _python_lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
+# Threads of one server process that may each hold a pooled connection at the same time:
+# the event loop (1); the API's worker threads, each bounded by a limiter (api._common,
+# api.app): the write routes (6), the CA-certificate and the CRL routes (4 each), listings
+# and a service's outputs (2), authentication's reads (2) and failure audits (1), RSA
+# issuance (2: its issuer's first load) and /readyz's ping (1); a separate metrics
+# listener's app: its authentication (3) and /readyz (1); and the background work: the
+# group commit, the scheduler's tick, the webhook dispatcher, the periodic metrics refresh,
+# CA renewal and issuer-cache refresh (server.run), and the leader's advisory lock, held on
+# a pooled connection (7). 34 (tests/api/test_event_loop.py adds them up). A pool smaller
+# than that (PostgreSQL's held 20, SQLite's 30) let a burst that kept them all busy wait
+# pool_timeout (30 s) for a connection, then fail with 503.
+POOL_CONNECTIONS = 34
+# Kept open between uses; the others are opened under load and closed when returned.
+POOL_KEPT_OPEN = 10
+
+
 def create_store_engine(url: str) -> Engine:
     """Create an engine; SQLite gets WAL, a busy timeout and foreign keys.
 
@@ -236,15 +254,12 @@ def create_store_engine(url: str) -> Engine:
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
         database = make_url(url).database
-        # Threads that may each hold a connection at once: the write routes (6), the CRL and
-        # the CA-certificate routes (4 each), the listings (2), authentication's reads (2)
-        # and failure audits (1), the group commit, the scheduler and the event loop: 22;
-        # a separate metrics listener's app adds its own authentication threads (3) and both
-        # apps' readiness probes one each. SQLAlchemy's default file pool holds 15, and a
-        # request finding none waits, then answers 503. A SQLite connection is a file handle
-        # and at most its page cache: 10 kept open (beyond them one is opened per use).
+        # A SQLite connection is a file handle and at most its page cache: POOL_KEPT_OPEN
+        # kept open (beyond them one is opened per use), up to POOL_CONNECTIONS at once.
         pool = (
-            {"pool_size": 10, "max_overflow": 20} if database not in (None, "", ":memory:") else {}
+            {"pool_size": POOL_KEPT_OPEN, "max_overflow": POOL_CONNECTIONS - POOL_KEPT_OPEN}
+            if database not in (None, "", ":memory:")
+            else {}
         )
         engine = create_engine(
             url,
@@ -272,8 +287,8 @@ def create_store_engine(url: str) -> Engine:
     engine = create_engine(
         url,
         pool_pre_ping=True,
-        pool_size=10,
-        max_overflow=10,
+        pool_size=POOL_KEPT_OPEN,
+        max_overflow=POOL_CONNECTIONS - POOL_KEPT_OPEN,
         hide_parameters=True,
         connect_args=_pg_timeouts(make_url(url).query),
     )
