@@ -1046,8 +1046,7 @@ class _AuthSettings:
     kubernetes: TokenReviewAuthenticator | None
     # When each address last had a request without credentials audited (see _count_failure).
     missing_audited: dict[str, datetime] = field(default_factory=dict)
-    # PostgreSQL: API keys and client certificates are read on the event loop (see
-    # AUTH_READ_THREADS).
+    # PostgreSQL: client certificates are read on the event loop (see AUTH_READ_THREADS).
     reads_on_loop: bool = False
     # Client certificates' answers, by (subject, DER, verified CAs): see _CachedCertificate.
     client_certs: dict[tuple[Any, ...], _CachedCertificate] = field(default_factory=dict)
@@ -1070,12 +1069,11 @@ class _AuthSettings:
 # store.db.POOL_CONNECTIONS).
 # PostgreSQL: a cached key or a remembered client certificate is checked by one read of the
 # credential generation, on the event loop, on a connection of the cache's own
-# (rbac._PostgresCounter: ~25 µs CPU, one round trip). A key not cached or stale is read on
-# the loop too: the hop to a thread and back costs more than the reads (session 9: +276 µs
-# CPU per request, and workers-2-postgresql fell from 1.97x to 1.40x; session 19, in-process:
-# +130-290 µs, the two reads on the loop ~55 µs CPU and ~90 µs wall on a local server). Its
-# last_used_at write (once a minute per key) and every refusal's audit row still go to
-# threads.
+# (rbac._PostgresCounter: ~25 µs CPU, one round trip). A key not cached or stale is read in a
+# thread as on SQLite: on the loop, its round trips (and the wait for a pooled connection
+# when the pool is busy, up to pool_timeout) stalled every other request of the process. The
+# hop costs ~130-290 µs (session 19) on a miss only, which the cache makes rare: a key's
+# first use, once a minute for its last_used_at (a thread anyway), after a credential change.
 AUTH_READ_THREADS = 2
 # RSA issuances with server-side keys at once: each may read its issuer (a pooled connection)
 # the first time. Unbounded, they took anyio's default 40 threads, and with them more
@@ -1314,9 +1312,9 @@ def authenticate(request: Request, auth: _AuthSettings) -> Principal | None:
 
     An address over ``auth.failure-limit`` gets 429 first, before any credential is looked at.
     Synchronous, on the event loop: a cached API key or client certificate (the common
-    request) is answered here without the store or a thread hop, and on PostgreSQL a key or
-    a certificate is read here. None when the key or the certificate must be read from
-    (SQLite) or written to the store: then :func:`authenticate_from_store` decides, in a
+    request) is answered here without the store or a thread hop, and on PostgreSQL a
+    certificate is read here. None when the key (on either backend) or the certificate must
+    be read from or written to the store: then :func:`authenticate_from_store` decides, in a
     worker thread. A refusal's audit row is left for ``_certctl_error`` to write (also in a
     thread).
     """
@@ -1337,10 +1335,7 @@ def authenticate(request: Request, auth: _AuthSettings) -> Principal | None:
             _count_failure(auth, request, "invalid", "malformed Authorization header")
             raise Unauthenticated("malformed Authorization header (expected 'Bearer <key>')")
         try:
-            principal = rbac.cached_api_key(services, token, source)
-            if principal is None and auth.reads_on_loop:
-                principal = rbac.api_key_from_store(services, token, source, write=False)
-            return principal
+            return rbac.cached_api_key(services, token, source)
         except rbac.AuthFailure as exc:
             _count_failure(auth, request, exc.reason, exc.detail)
             raise Unauthenticated(exc.detail) from None

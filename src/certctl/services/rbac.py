@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, overload
+from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, event, or_, select, update
 from sqlalchemy.exc import DBAPIError
@@ -610,7 +610,7 @@ def cached_api_key(services: Services, presented: str, source: str) -> Principal
     Reads nothing but the credential generation (the API server calls it on the event loop, on
     every request): on SQLite from memory while nothing was committed, on PostgreSQL one read
     (see ``_KeyCache``). None when the key is not cached, stale, or its ``last_used_at`` is
-    due; then :func:`api_key_from_store` decides (SQLite: off the loop).
+    due; then :func:`api_key_from_store` decides, off the loop.
 
     Raises:
         AuthFailure: a cached key that has expired, or a key that is not even well-formed.
@@ -632,25 +632,11 @@ def cached_api_key(services: Services, presented: str, source: str) -> Principal
     return None
 
 
-@overload
-def api_key_from_store(services: Services, presented: str, source: str) -> Principal: ...
-
-
-@overload
-def api_key_from_store(
-    services: Services, presented: str, source: str, *, write: bool
-) -> Principal | None: ...
-
-
-def api_key_from_store(
-    services: Services, presented: str, source: str, *, write: bool = True
-) -> Principal | None:
+def api_key_from_store(services: Services, presented: str, source: str) -> Principal:
     """Resolve a presented bearer key from the store, writing its ``last_used_at`` when due.
 
     Blocking (a read, and on SQLite the write waits for the write lock): the API server runs
-    it in a worker thread, except PostgreSQL's reads (see ``api.app``). ``write=False``: None
-    instead of writing a due ``last_used_at`` (call again with ``write=True``, off the event
-    loop). A key found valid is cached for :func:`cached_api_key`.
+    it in a worker thread. A key found valid is cached for :func:`cached_api_key`.
 
     Raises:
         AuthFailure: malformed/unknown (``invalid``), ``expired`` or ``revoked``.
@@ -677,8 +663,6 @@ def api_key_from_store(
         permissions = _role_union(connection, list(roles)) if roles else frozenset()
         last_used = row.last_used_at
         if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
-            if not write:
-                return None
             try:
                 connection.execute(
                     _TOUCH_KEY, {"key_id": key_id, "now": now, "due": now - LAST_USED_RESOLUTION}
