@@ -235,7 +235,7 @@ def test_a_remembered_client_certificate_still_expires(mtls: Mtls) -> None:
 def test_a_remembered_client_certificate_reads_no_store_on_the_event_loop(
     mtls: Mtls, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SQLite: none at all once remembered, and its first request reads in a worker thread.
+    """Its first request reads in a worker thread; once remembered, SQLite reads nothing.
 
     PostgreSQL: one read of the credential generation on the loop, on the API-key cache's
     own connection (a thread hop costs more than the read), instead of the four reads
@@ -252,11 +252,49 @@ def test_a_remembered_client_certificate_reads_no_store_on_the_event_loop(
     for _ in range(3):
         assert mtls.permissions() == ["cert.read"]
     assert mtls.statements == []  # none through the pool
-    if api.backend == "sqlite":
-        assert first, "the first request reads the store"
-        assert not any(on_loop for _, on_loop in first), first
-    else:
+    assert first, "the first request reads the store"
+    assert not any(on_loop for _, on_loop in first), first
+    if api.backend == "postgresql":
         assert len(reads) == 3, reads
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_a_client_certificate_not_remembered_is_read_on_one_connection_off_the_loop(
+    mtls: Mtls, resumed: bool
+) -> None:
+    """Its reads (roles, revoked issuers, the certificate, its requester's roles) share one
+    pooled connection, in an authentication thread, on both backends.
+
+    Before, each read checked out a connection of its own (on PostgreSQL a ping, BEGIN and
+    ROLLBACK each: up to four times the round trips), and PostgreSQL read them on the event
+    loop.
+    """
+    api = mtls.api
+    body = {"id": "gone", "common_name": "Gone", "parent": "default"}
+    assert api.post("/api/v1/issuers", api.admin_key, json=body).status_code == 201
+    r = api.post("/api/v1/issuers/gone/revoke", api.admin_key, json={"reason": "superseded"})
+    assert r.status_code == 200, r.text  # a revoked issuer: revoked_issuer_of reads deeper
+    cert = _client_cert(api, "once")
+    assert api.get(WHOAMI, api.admin_key).status_code == 200  # the counter's own connection
+    mtls.present(cert["certificate_pem"], "default", resumed=resumed)
+    checkouts: list[bool] = []
+
+    def checkout(*args: Any) -> None:
+        try:
+            asyncio.get_running_loop()
+            checkouts.append(True)
+        except RuntimeError:
+            checkouts.append(False)  # a worker thread
+
+    event.listen(api.services.engine, "checkout", checkout)
+    mtls.statements.clear()
+    try:
+        assert mtls.permissions() == ["cert.read"]
+    finally:
+        event.remove(api.services.engine, "checkout", checkout)
+    assert len(mtls.statements) >= 4, mtls.statements
+    assert checkouts == [False]
+    assert not any(on_loop for _, on_loop in mtls.statements), mtls.statements
 
 
 def test_the_generation_moves_at_revocations_not_at_issuance_renewal_crls_or_rewraps(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import anyio
 import anyio.to_thread
 from pydantic import BaseModel
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -1046,8 +1047,6 @@ class _AuthSettings:
     kubernetes: TokenReviewAuthenticator | None
     # When each address last had a request without credentials audited (see _count_failure).
     missing_audited: dict[str, datetime] = field(default_factory=dict)
-    # PostgreSQL: client certificates are read on the event loop (see AUTH_READ_THREADS).
-    reads_on_loop: bool = False
     # Client certificates' answers, by (subject, DER, verified CAs): see _CachedCertificate.
     client_certs: dict[tuple[Any, ...], _CachedCertificate] = field(default_factory=dict)
     # The worker threads of authentication's store reads and of its failures' audit rows.
@@ -1069,11 +1068,12 @@ class _AuthSettings:
 # store.db.POOL_CONNECTIONS).
 # PostgreSQL: a cached key or a remembered client certificate is checked by one read of the
 # credential generation, on the event loop, on a connection of the cache's own
-# (rbac._PostgresCounter: ~25 µs CPU, one round trip). A key not cached or stale is read in a
-# thread as on SQLite: on the loop, its round trips (and the wait for a pooled connection
-# when the pool is busy, up to pool_timeout) stalled every other request of the process. The
-# hop costs ~130-290 µs (session 19) on a miss only, which the cache makes rare: a key's
-# first use, once a minute for its last_used_at (a thread anyway), after a credential change.
+# (rbac._PostgresCounter: ~25 µs CPU, one round trip). A key or a certificate not remembered
+# is read in a thread as on SQLite: on the loop, its round trips (and the wait for a pooled
+# connection when the pool is busy, up to pool_timeout) stalled every other request of the
+# process. The hop costs ~130-290 µs (session 19) on a miss only, which the caches make rare:
+# a key's first use, once a minute for its last_used_at (a thread anyway), after a credential
+# change.
 AUTH_READ_THREADS = 2
 # RSA issuances with server-side keys at once: each may read its issuer (a pooled connection)
 # the first time. Unbounded, they took anyio's default 40 threads, and with them more
@@ -1162,8 +1162,9 @@ def _client_cert_answer(
     """What the verified client certificate may do: at most its mapped ``roles``' permissions.
 
     Returns (reason, message) when it may not authenticate at all. Blocking (the store):
-    called when :func:`_cached_client_cert` cannot answer, in a worker thread (SQLite) or on
-    the event loop (PostgreSQL, as API keys).
+    called when :func:`_cached_client_cert` cannot answer, in a worker thread. Its reads
+    (the roles, the revoked issuers, the certificate, its requesters' roles) share one pooled
+    connection: each took one of its own (on PostgreSQL a ping, BEGIN and ROLLBACK each).
 
     Checked on every request (or remembered only until the credential generation moves), as
     an API key's revocation is: the handshake's checks happened once, and a kept-alive
@@ -1179,16 +1180,23 @@ def _client_cert_answer(
     trusting one of certctl's issuers, an operator could otherwise have it sign a client
     certificate with an administrator's mapped subject, and log in as one.
     """
-    permissions = rbac.permissions_of(services, list(roles))
+    with services.engine.connect() as connection:
+        return _client_cert_answer_on(services, connection, tls, roles)
+
+
+def _client_cert_answer_on(
+    services: Services, connection: Connection, tls: dict[str, Any], roles: tuple[str, ...]
+) -> frozenset[str] | tuple[str, str]:
+    permissions = rbac.permissions_of(services, list(roles), connection)
     cas, der = tls.get("certctl.client_cert_cas"), tls.get("certctl.client_cert_der")
     if isinstance(cas, tuple) and cas:
         try:
-            revoked_ca = issuance.revoked_ca_among(services, cas)
+            revoked_ca = issuance.revoked_ca_among(services, cas, connection)
         except issuance.UnreadableCertificate as exc:
             return "invalid", f"client certificate refused: {exc.detail}"
     elif isinstance(der, bytes):
         # No verified chain (a resumed TLS session): walked up through certctl's issuers.
-        revoked_ca = issuance.revoked_issuer_of(services, der)
+        revoked_ca = issuance.revoked_issuer_of(services, der, connection)
     else:
         revoked_ca = None  # a server that does not say (tests' fake scopes)
     if revoked_ca is not None:
@@ -1198,13 +1206,15 @@ def _client_cert_answer(
     issuer, serial = tls.get("certctl.client_cert_issuer"), tls.get("certctl.client_cert_serial")
     if not isinstance(issuer, str) or not isinstance(serial, int):
         return permissions  # a server that does not say (tests' fake scopes): nothing to look up
-    stored = issuance.issued_client_certificate(services, issuer, serial)
+    stored = issuance.issued_client_certificate(services, issuer, serial, connection)
     if stored is None:
         return permissions
     if stored.revoked:
         return "revoked", "client certificate revoked"
     for creator in stored.creator_roles:
-        permissions &= rbac.permissions_of(services, list(creator)) if creator else frozenset()
+        permissions &= (
+            rbac.permissions_of(services, list(creator), connection) if creator else frozenset()
+        )
     return permissions
 
 
@@ -1312,11 +1322,10 @@ def authenticate(request: Request, auth: _AuthSettings) -> Principal | None:
 
     An address over ``auth.failure-limit`` gets 429 first, before any credential is looked at.
     Synchronous, on the event loop: a cached API key or client certificate (the common
-    request) is answered here without the store or a thread hop, and on PostgreSQL a
-    certificate is read here. None when the key (on either backend) or the certificate must
-    be read from or written to the store: then :func:`authenticate_from_store` decides, in a
-    worker thread. A refusal's audit row is left for ``_certctl_error`` to write (also in a
-    thread).
+    request) is answered here without the store or a thread hop. None when the key or the
+    certificate must be read from or written to the store: then
+    :func:`authenticate_from_store` decides, in a worker thread. A refusal's audit row is
+    left for ``_certctl_error`` to write (also in a thread).
     """
     scope = request.scope
     client = scope.get("client")  # _source(), inline: this runs on every request
@@ -1343,12 +1352,11 @@ def authenticate(request: Request, auth: _AuthSettings) -> Principal | None:
     subject = tls.get("client_cert_name") if tls else None
     if subject is not None:
         entry = _cached_client_cert(auth, subject, tls)  # only mapped subjects are remembered
-        roles = entry.roles if entry is not None else _client_cert_roles(auth, request, subject)
+        if entry is None:
+            _client_cert_roles(auth, request, subject)  # an unmapped one: 401, no thread hop
         _client_cert_expired(auth, request, tls, subject)
         if entry is None:
-            if not auth.reads_on_loop:
-                return None  # read in a worker thread (authenticate_from_store)
-            entry = _client_cert_from_store(auth, subject, tls, roles, source)
+            return None  # read in a worker thread (authenticate_from_store)
         return _client_cert_principal(auth, request, subject, entry, source)
     error = tls.get("client_cert_error") if tls else None
     if isinstance(error, str):
@@ -1827,7 +1835,6 @@ def create_app(
         auth_failure_limiter,
         client_cert_mappings,
         kubernetes_authenticator,
-        reads_on_loop=services.engine.dialect.name == "postgresql",
     )
     routes = [
         Route(r.path, _endpoint(r, auth), methods=[r.method])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -659,18 +660,20 @@ class UnreadableCertificate(Exception):
         self.detail = detail
 
 
-def revoked_ca_among(services: Services, cas: Sequence[bytes]) -> str | None:
+def revoked_ca_among(
+    services: Services, cas: Sequence[bytes], connection: Connection | None = None
+) -> str | None:
     """The id of a revoked issuer whose certificate is one of ``cas`` (DER), else None.
 
     Or, for one revoked for a compromise, whose key one of ``cas`` holds: a chain verified
     through another certificate of that key (cross-signed by a CA certctl does not hold, so
     on no CRL here) is the compromised key's all the same. For a client certificate's
     verified chain, on each request it authenticates that is not remembered: one read of the
-    revoked issuers (few, usually none).
+    revoked issuers (few, usually none), on ``connection`` if given.
     """
     wanted = set(cas)
     compromised: dict[bytes, str] = {}
-    for issuer_id, pem, reason in _revoked_issuer_pems(services):
+    for issuer_id, pem, reason in _revoked_issuer_pems(services, connection):
         _, der, key = _parsed_ca(pem)
         if der in wanted:
             return issuer_id
@@ -714,13 +717,24 @@ _REVOKED_ISSUERS = _REVOKED_ISSUERS.order_by(_ISSUER_COLUMNS.revoked_at, _ISSUER
 _ISSUER_CERTIFICATES = select(_ISSUER_COLUMNS.certificate_pem)
 
 
-def _revoked_issuer_pems(services: Services) -> list[tuple[str, str, str | None]]:
+def _revoked_issuer_pems(
+    services: Services, connection: Connection | None
+) -> list[tuple[str, str, str | None]]:
     # Read for each client certificate whose answer is not remembered (a revocation on
     # another replica counts at once); usually no row. Their parsing is cached: the same few
     # PEMs every time.
-    with services.engine.connect() as connection:
-        rows = connection.execute(_REVOKED_ISSUERS).all()
+    with _connected(services, connection) as conn:
+        rows = conn.execute(_REVOKED_ISSUERS).all()
     return [(str(issuer_id), pem, reason) for issuer_id, pem, reason in rows]
+
+
+def _connected(
+    services: Services, connection: Connection | None
+) -> contextlib.AbstractContextManager[Connection]:
+    """``connection`` itself (left open), else a pooled connection of its own (closed after)."""
+    if connection is not None:
+        return contextlib.nullcontext(connection)
+    return services.engine.connect()
 
 
 @functools.lru_cache(maxsize=256)
@@ -730,7 +744,9 @@ def _parsed_ca(pem: str) -> tuple[x509.Certificate, bytes, bytes]:
     return cert, cert.public_bytes(serialization.Encoding.DER), _spki(cert)
 
 
-def revoked_issuer_of(services: Services, certificate_der: bytes) -> str | None:
+def revoked_issuer_of(
+    services: Services, certificate_der: bytes, connection: Connection | None = None
+) -> str | None:
     """The id of a revoked issuer above ``certificate_der`` (DER) among certctl's, else None.
 
     For a client certificate whose verified chain is unknown (a resumed TLS session, which
@@ -743,8 +759,9 @@ def revoked_issuer_of(services: Services, certificate_der: bytes) -> str | None:
     revoked for a compromise is also tried on each certificate of the path itself, under
     whatever name it signed. One below a CA certctl does not hold (minted with a
     compromised key) is found by the full handshake's chain only (:func:`revoked_ca_among`).
+    Its reads use ``connection`` if given.
     """
-    revoked = _revoked_issuer_pems(services)
+    revoked = _revoked_issuer_pems(services, connection)
     if not revoked:
         return None  # the usual case: nothing to parse, no other read
     cert = x509.load_der_x509_certificate(certificate_der)
@@ -761,8 +778,8 @@ def revoked_issuer_of(services: Services, certificate_der: bytes) -> str | None:
         return found
     # Deeper: a second read (of every issuer's certificate, few rows, each parsed once per
     # process), only while some issuer is revoked and the answer is not remembered.
-    with services.engine.connect() as connection:
-        rows = connection.execute(_ISSUER_CERTIFICATES).all()
+    with _connected(services, connection) as conn:
+        rows = conn.execute(_ISSUER_CERTIFICATES).all()
     issuers = [_parsed_ca(pem) for (pem,) in rows]
     seen = {certificate_der}
     below = [cert]
@@ -2165,7 +2182,7 @@ class IssuedClientCertificate:
 
 
 def issued_client_certificate(
-    services: Services, issuer_dn: str, serial: int
+    services: Services, issuer_dn: str, serial: int, connection: Connection | None = None
 ) -> IssuedClientCertificate | None:
     """The stored certificate ``serial`` of one of certctl's issuers (by subject DN), or None.
 
@@ -2173,16 +2190,16 @@ def issued_client_certificate(
     certificate revoked through the API would otherwise keep authenticating until it expires,
     and one that any ``cert.issue`` holder had issued with a mapped subject would carry that
     mapping's roles, whatever its requester held. A certificate certctl did not issue (an
-    offline CA, another PKI) is not known here: None.
+    offline CA, another PKI) is not known here: None. Read on ``connection`` if given.
     """
-    with services.engine.connect() as connection:
-        rows = connection.execute(
+    with _connected(services, connection) as conn:
+        rows = conn.execute(
             _CLIENT_CERT_BY_ISSUER_DN,
             {"issuer": issuer_dn, "serials": _serial_forms(format_serial(serial))},
         ).all()
         creators = [roles for _, roles, _ in rows]
         for _, _, predecessor in rows:
-            creators += _key_holders_before(connection, predecessor)
+            creators += _key_holders_before(conn, predecessor)
     if not rows:
         return None
     return IssuedClientCertificate(

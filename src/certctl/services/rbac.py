@@ -145,12 +145,19 @@ def ensure_builtin_roles(services: Services) -> None:
                 role.permissions, role.builtin = sorted(perms), True
 
 
-def permissions_of(services: Services, role_ids: list[str]) -> frozenset[str]:
-    """The union of the roles' permissions (unknown roles contribute nothing)."""
+def permissions_of(
+    services: Services, role_ids: list[str], connection: Connection | None = None
+) -> frozenset[str]:
+    """The union of the roles' permissions (unknown roles contribute nothing).
+
+    Read on ``connection`` if given, else on a pooled connection of its own.
+    """
     if not role_ids:
         return frozenset()
-    with services.engine.connect() as connection:
+    if connection is not None:
         return _role_union(connection, role_ids)
+    with services.engine.connect() as own:
+        return _role_union(own, role_ids)
 
 
 # Core statements on the authentication path (a key not cached, stale, or whose last_used_at is
