@@ -93,13 +93,28 @@ def test_restart_keeps_certificates_and_admin_key(start_server: StartServer) -> 
     assert_no_secrets(second, secrets, first_start=False, stored=stored)
 
 
-def test_a_second_ctrl_c_ends_a_server_waiting_for_work_in_progress(
-    start_server: StartServer, tmp_path: Path
+@pytest.mark.parametrize(
+    ("sig", "workers", "code", "said"),
+    [
+        (signal.SIGINT, 1, -signal.SIGINT, "second Ctrl-C: exiting without waiting"),
+        (signal.SIGTERM, 1, 0, "SIGTERM during shutdown: exiting without waiting"),
+        (signal.SIGTERM, 2, 0, "SIGTERM during shutdown: stopping the workers at once"),
+    ],
+    ids=["ctrl-c", "sigterm", "sigterm-workers"],
+)
+def test_a_second_stop_signal_ends_a_server_waiting_for_work_in_progress(
+    start_server: StartServer,
+    tmp_path: Path,
+    sig: signal.Signals,
+    workers: int,
+    code: int,
+    said: str,
 ) -> None:
-    # Before: after the first Ctrl-C stopped the listeners, the process waited for the
+    # Before: after the first stop signal stopped the listeners, the process waited for the
     # reload command a delivery was running (up to its reloadTimeout, 10 min at most), and
-    # every later Ctrl-C only asked again for the stop under way: nothing but SIGKILL ended it.
-    server = start_server()
+    # every later Ctrl-C or SIGTERM only asked again for the stop under way: nothing but
+    # SIGKILL ended it. A second SIGTERM now ends it as the first would have (exit 0).
+    server = start_server(config={"workers": workers, "reconcile-interval": "1s"})
     pid_file = tmp_path / "reload.pid"
     reload = f"sh -c 'echo $$ > {pid_file}; exec sleep 60'"
     target = {"directory": str(tmp_path / "out" / "web"), "reload": reload, "reloadTimeout": "2m"}
@@ -109,14 +124,14 @@ def test_a_second_ctrl_c_ends_a_server_waiting_for_work_in_progress(
     try:
         wait_until(lambda: pid_file.is_file() and pid_file.read_text().strip() != "",
                    "the reload command to start", 20)  # fmt: skip
-        server.proc.send_signal(signal.SIGINT)
-        wait_until(lambda: "Finished server process" in server.logs()[1],
+        server.proc.send_signal(sig)
+        wait_until(lambda: server.logs()[1].count("Finished server process") == workers,
                    "the listeners to stop", 10)  # fmt: skip
         assert server.proc.poll() is None  # still waiting for the reload, as it should
-        server.proc.send_signal(signal.SIGINT)
+        server.proc.send_signal(sig)
         server.exit_code = server.proc.wait(timeout=10)
-        assert server.exit_code == -signal.SIGINT
-        assert "second Ctrl-C: exiting without waiting" in server.logs()[1]
+        assert server.exit_code == code
+        assert said in server.logs()[1]
     finally:
         with contextlib.suppress(ValueError, ProcessLookupError, FileNotFoundError):
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)

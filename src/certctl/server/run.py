@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
 import signal
 import socket
 import sys
@@ -1001,8 +1002,12 @@ def _serve_process(
     # for: a Ctrl-C then is the operator who will not wait, and is obeyed at once, without
     # the checkpoint (the WAL is replayed at the next start). One while uvicorn still drains
     # is its own (a second one there: no more waiting for open connections), and re-raised
-    # here only before the listeners count as stopped. SIGTERM never forces: --workers sends
-    # it on top of a terminal's SIGINT, and supervisors escalate with SIGKILL themselves.
+    # here only before the listeners count as stopped. So is a SIGTERM then, ending the
+    # process with the status a stop has (0): before, it was ignored, and only SIGKILL ended a
+    # server waiting for a reload command (up to 10 minutes). Not in a worker of --workers:
+    # there a SIGTERM may be a duplicate of the one stop (the parent forwards it on top of
+    # systemd's to the whole control group); a second one to the parent ends the workers
+    # (workers.Supervisor).
     listeners_stopped: list[bool] = []
 
     def stop(signum: int, _frame: object) -> None:
@@ -1013,6 +1018,16 @@ def _serve_process(
             )
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.raise_signal(signal.SIGINT)
+        if signum == signal.SIGTERM and listeners_stopped and not several:
+            log.warning(
+                "SIGTERM during shutdown: exiting without waiting for the work in progress "
+                "(a reload command, a delivery)"
+            )
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Not SystemExit: the interpreter's exit joins the executor's threads, the very
+            # wait this ends.
+            os._exit(0)
         for server, _name in servers:
             server.should_exit = True
 

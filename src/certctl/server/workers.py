@@ -15,7 +15,9 @@ certificate counts (each refreshed every 10 s from the database).
 The parent restarts a worker that dies (a crash or an OOM kill) after a short pause, and gives
 up, stopping the others, if workers keep dying within seconds of their start. SIGTERM or
 SIGINT to the parent stops every worker gracefully (uvicorn drains open requests); so does
-the parent's death by SIGKILL (an OOM kill, ``kill -9``), on Linux.
+the parent's death by SIGKILL (an OOM kill, ``kill -9``), on Linux. A second SIGTERM or SIGINT
+to the parent ends the workers at once (the work in progress, such as a reload command, is
+not waited for), and the parent exits 0.
 """
 
 from __future__ import annotations
@@ -142,6 +144,7 @@ class Supervisor:
         self.target = target
         self.children: dict[int, tuple[int, float]] = {}  # pid → (index, started)
         self.stopping = False
+        self.signalled = False  # a stop signal came (a second one ends the workers at once)
         self.fast_failures = 0
 
     def run(self) -> int:
@@ -169,7 +172,7 @@ class Supervisor:
                 if self.fast_failures >= MAX_FAST_FAILURES:
                     log.error("workers keep failing at start; stopping")
                     status = 1
-                    self._stop(signal.SIGTERM, None)
+                    self._stop_workers()
                     continue
                 time.sleep(RESTART_PAUSE_S)
                 if not self.stopping:
@@ -204,10 +207,33 @@ class Supervisor:
         log.info("worker %d started (pid %d)", index, pid)
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
+        """A stop signal: the first stops the workers gracefully, a second ends them at once.
+
+        A worker that stopped its listeners waits for the work in progress (a delivery's
+        reload command, up to its reloadTimeout); before, every later signal only asked for
+        the stop under way again, and nothing but SIGKILL ended the parent. The workers
+        themselves cannot tell a second stop from a duplicate of the first (systemd signals
+        the whole control group, and the parent forwards its own), so the parent decides.
+        """
+        if self.signalled:
+            log.warning(
+                "%s during shutdown: stopping the workers at once, without waiting for the work "
+                "in progress (a reload command, a delivery)",
+                signal.Signals(signum).name,
+            )
+            self._signal_workers(signal.SIGKILL)
+            return
+        self.signalled = True
+        self._stop_workers()
+
+    def _stop_workers(self) -> None:
         self.stopping = True
+        self._signal_workers(signal.SIGTERM)
+
+    def _signal_workers(self, signum: int) -> None:
         for pid in list(self.children):
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signum)
             except ProcessLookupError:
                 pass
 
