@@ -293,11 +293,14 @@ class Scheduler:
     async def run(self) -> None:
         """Loop forever; errors are logged and the loop goes on."""
         while True:
+            # Cleared before the pass, not after: a wake() while it runs (the next document
+            # of an apply, a client added) is then seen at once instead of waiting a whole
+            # interval for a pass that reads the store as it was.
+            self._wake.clear()
             try:
                 await asyncio.to_thread(self.tick, dispatch_in_background=True)
             except Exception:
                 log.exception("scheduler tick failed")
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
             except TimeoutError:
