@@ -1161,3 +1161,24 @@ def test_list_on_a_terminal_is_a_table_by_default(default_server: CertctlServer)
     assert _rows(text)[0] == ["ID", "NAME", "BUILT IN", "PERMISSIONS"], text
     assert ["r-metrics-read", "Metrics reader", "yes", "metrics.read"] in _rows(text)
     assert "{" not in text
+
+
+def test_services_renew_says_a_custom_certificate_is_renewed_by_its_owner(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    # "renewal requested", exit 0, and nothing happened: a tls.crt + tls.key served from
+    # certificate.secretName is served as it is, and the request is dropped at the next pass.
+    env = _admin_env(default_server)
+    spec = tmp_path / "svc.yaml"
+    spec.write_text(
+        "---\napiVersion: certctl.io/v1\nkind: TLSService\nmetadata: {name: renew-own}\n"
+        "spec: {http: {tls: {certificate: {secretName: renew-own-cert}}}}\n"
+        "---\napiVersion: certctl.io/v1\nkind: TLSService\nmetadata: {name: renew-self}\n"
+    )
+    ok(_certctl(default_server, "apply", "-f", str(spec), **env))
+    own = ok(_certctl(default_server, "services", "renew", "renew-own", **env))
+    assert own.stdout == "tlsservice/renew-own renewal requested\n"
+    assert "certctl: warning: service renew-own uses secret renew-own-cert" in own.stderr
+    assert "tls.crt + tls.key there is served as it is" in own.stderr
+    self_signed = ok(_certctl(default_server, "services", "renew", "renew-self", **env))
+    assert self_signed.stderr == ""

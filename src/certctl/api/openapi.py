@@ -66,6 +66,25 @@ _CERTIFICATE_FIELDS: dict[str, Any] = {
     "certificate_pem": _STR,
 }
 
+_SERVICE_FIELDS: dict[str, Any] = {
+    "name": _STR,
+    "spec": {"type": "object", "description": "the canonical TLSService document"},
+    "generation": {"type": "integer"},
+    "status": _object(
+        {
+            "conditions": {"type": "object"},
+            "observed_generation": {"type": "integer"},
+            "serial": _STR_OR_NULL,
+            "not_after": _TIME_OR_NULL,
+            "next_renewal": _TIME_OR_NULL,
+            "retired_ca_until": _TIME_OR_NULL,
+            "targets": {"type": "object", "additionalProperties": _STR},
+        }
+    ),
+    "created_at": _TIME,
+    "updated_at": _TIME,
+}
+
 _ISSUER_FIELDS: dict[str, Any] = {
     "id": _STR,
     "name": _STR,
@@ -178,25 +197,10 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
             }
         }
     ),
-    "Service": _object(
-        {
-            "name": _STR,
-            "spec": {"type": "object", "description": "the canonical TLSService document"},
-            "generation": {"type": "integer"},
-            "status": _object(
-                {
-                    "conditions": {"type": "object"},
-                    "observed_generation": {"type": "integer"},
-                    "serial": _STR_OR_NULL,
-                    "not_after": _TIME_OR_NULL,
-                    "next_renewal": _TIME_OR_NULL,
-                    "retired_ca_until": _TIME_OR_NULL,
-                    "targets": {"type": "object", "additionalProperties": _STR},
-                }
-            ),
-            "created_at": _TIME,
-            "updated_at": _TIME,
-        }
+    "Service": _object(_SERVICE_FIELDS),
+    # POST …/renew: the service, and what the renewal cannot do for it (a custom tls.crt).
+    "ServiceRenewal": _object(
+        _SERVICE_FIELDS | {"warnings": {"type": "array", "items": _STR}}, optional=["warnings"]
     ),
     "ServiceList": _page("Service"),
     "ServiceClient": _object(
@@ -265,7 +269,7 @@ _SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/v1/services"): _json("ServiceList"),
     ("GET", "/api/v1/services/{name}"): _json("Service"),
     ("PUT", "/api/v1/services/{name}"): _json("Service"),
-    ("POST", "/api/v1/services/{name}/renew"): _json("Service"),
+    ("POST", "/api/v1/services/{name}/renew"): _json("ServiceRenewal"),
     ("DELETE", "/api/v1/services/{name}/retired-ca"): _json("Service"),
     ("GET", "/api/v1/services/{name}/clients"): _json("ServiceClientList"),
     ("POST", "/api/v1/services/{name}/clients"): _json("ServiceClientsAdded"),

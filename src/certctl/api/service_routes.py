@@ -109,17 +109,23 @@ async def _service_action(
     request: Request,
     principal: Principal | None,
     action: Callable[[Services, Principal, str], ManagedService],
+    warnings: Callable[[ManagedService], list[str]] | None = None,
 ) -> Response:
     """Mark service ``{name}`` for work (``action``), wake the reconciler: 202 and the service."""
     row = await in_write_thread(
         request, action, services_of(request), caller_of(principal), request.path_params["name"]
     )
     _wake(request)
-    return json_response(tls_services.service_json(row), 202)
+    body = tls_services.service_json(row)
+    if warnings is not None and (found := warnings(row)):
+        body["warnings"] = found
+    return json_response(body, 202)
 
 
 async def renew_service(request: Request, principal: Principal | None) -> Response:
-    return await _service_action(request, principal, tls_services.request_renewal)
+    return await _service_action(
+        request, principal, tls_services.request_renewal, tls_services.renewal_warnings
+    )
 
 
 async def drop_retired_ca(request: Request, principal: Principal | None) -> Response:

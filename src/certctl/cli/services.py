@@ -355,9 +355,15 @@ def delete(
 def renew(
     name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
 ) -> None:
-    """Reissue a service's certificate now."""
-    _request("POST", f"/api/v1/services/{_seg(name)}/renew")
+    """Reissue a service's certificate now.
+
+    Its own CA's certificate, or one from the CA (ca.crt + ca.key) in certificate.secretName;
+    a tls.crt + tls.key served from that secret is renewed by whoever issued it (the request
+    is dropped, and a warning says so).
+    """
+    answer = _request("POST", f"/api/v1/services/{_seg(name)}/renew")
     typer.echo(f"tlsservice/{name} renewal requested")
+    _warn_about(answer)
 
 
 @services_app.command(

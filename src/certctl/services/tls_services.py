@@ -69,6 +69,7 @@ __all__ = [
     "put_service",
     "reconcile_service",
     "remove_client",
+    "renewal_warnings",
     "request_renewal",
     "service_json",
 ]
@@ -340,6 +341,23 @@ def request_renewal(services: Services, caller: Principal, name: str) -> Managed
         row.next_attempt_at = None
         record_call(session, caller, now, "service.renew", name)
     return row
+
+
+def renewal_warnings(row: ManagedService) -> list[str]:
+    """What a renewal request cannot do for this service, said with its 202.
+
+    A ``tls.crt`` + ``tls.key`` from ``certificate.secretName`` is served as it is and the
+    request is dropped at the next pass (only its owner renews it); which of that or a CA
+    the secret holds is known only when a pass reads it, so both are named.
+    """
+    secret = custom_secret_name(row)
+    if secret is None:
+        return []
+    return [
+        f"service {row.name} uses secret {secret}: a renewal reissues the certificate from "
+        "its ca.crt + ca.key; a tls.crt + tls.key there is served as it is, renewed by "
+        "whoever issued it (the secret is read at every pass), and this request is dropped"
+    ]
 
 
 def drop_retired_ca(services: Services, caller: Principal, name: str) -> ManagedService:
