@@ -1346,8 +1346,13 @@ def authenticate(request: Request, auth: _AuthSettings) -> Principal | None:
         try:
             return rbac.cached_api_key(services, token, source)
         except rbac.AuthFailure as exc:
-            _count_failure(auth, request, exc.reason, exc.detail)
-            raise Unauthenticated(exc.detail) from None
+            detail = exc.detail
+            if auth.kubernetes is not None and not token.startswith(API_KEY_PREFIX):
+                # A ServiceAccount token on a route that takes API keys only: "malformed API
+                # key" read as a broken token, not as the wrong route for it.
+                detail = _SA_TOKEN_ELSEWHERE
+            _count_failure(auth, request, exc.reason, detail)
+            raise Unauthenticated(detail) from None
     tls = scope.get("extensions", {}).get("tls")
     subject = tls.get("client_cert_name") if tls else None
     if subject is not None:
@@ -1402,6 +1407,11 @@ def _from_store(request: Request, auth: _AuthSettings) -> Principal:
 # The only routes where a bearer token that is not a certctl API key is sent to the API
 # server (TokenReview + SubjectAccessReview on the route's own path, verb get).
 KUBERNETES_TOKEN_PATHS = frozenset({"/api/v1/metrics", "/api/v1/metrics/prometheus"})
+# authenticate's 401 for such a token anywhere else.
+_SA_TOKEN_ELSEWHERE = (
+    "not a certctl API key (cctl_…): ServiceAccount tokens (auth.kubernetes) are accepted on "
+    f"the metrics routes only, {' and '.join(sorted(KUBERNETES_TOKEN_PATHS))}"
+)
 
 
 def _kubernetes_token(request: Request) -> str | None:
