@@ -500,10 +500,22 @@ def test_a_renewal_no_pass_can_do_is_refused_or_dropped(env: Env) -> None:
     (env.secrets_dir / "custom" / "tls.key").write_bytes(leaf.key_pem)
     env.put(service_doc("custom", secret="custom"))
     serial = env.reconcile("custom").serial
-    assert http.post("/api/v1/services/custom/renew").status_code == 202
+    answer = http.post("/api/v1/services/custom/renew")
+    assert answer.status_code == 202
+    # Said with the 202, so `services renew` does not just print "renewal requested".
+    (warning,) = answer.json()["warnings"]
+    assert "a tls.crt + tls.key there is served as it is" in warning
+    assert "this request is dropped" in warning
     row = env.reconcile("custom", env.now + MINUTE)
     assert row.serial == serial
     assert tls_services.service_json(row)["status"]["next_renewal"] is None
+
+    # A certificate certctl issues is renewed: no warning, and no "warnings" key at all.
+    env.put(service_doc("own"))
+    env.reconcile("own")
+    answer = http.post("/api/v1/services/own/renew")
+    assert answer.status_code == 202
+    assert "warnings" not in answer.json()
 
 
 def test_failures_back_off_and_carry_the_message(env: Env) -> None:
