@@ -12,7 +12,7 @@ from sqlalchemy import delete, event, update
 from certctl.services import rbac
 from certctl.store.models import Actor, ApiKey, Role
 from tests._generation import count_generation_reads
-from tests.api.conftest import Api, assert_problem
+from tests.api.conftest import Api, assert_problem, bearer
 
 KEYS = "/api/v1/auth/apikeys"
 WHOAMI = "/api/v1/auth/whoami"
@@ -363,3 +363,28 @@ def test_caller_without_actor_read_cannot_tell_stronger_actors_from_unknown_ones
         "(auth.apikey.read tells which)"
     }
     assert api.get(WHOAMI, api.admin_key).status_code == 200
+
+
+def test_addresses_of_one_ipv6_64_share_the_failure_limit(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fresh address per guess (any IPv6 host has a /64) was never throttled."""
+    from starlette.testclient import TestClient
+
+    from certctl.api.app import create_app
+    from certctl.api.throttle import NETWORK_FACTOR, AuthFailureLimiter
+
+    app = create_app(api.services, auth_failure_limiter=AuthFailureLimiter(1, 60))
+    forged = bearer(f"cctl_{'0' * 16}_{'A' * 43}")
+
+    def whoami(address: str, headers: dict[str, str]) -> int:
+        client = TestClient(app, base_url="https://testserver", client=(address, 50000))
+        return client.get(WHOAMI, headers=headers).status_code
+
+    # Limit 1: each address is blocked at its first failure; the /64 at the 16th address.
+    statuses = [whoami(f"2001:db8:7:7::{n:x}", forged) for n in range(1, NETWORK_FACTOR + 1)]
+    assert statuses == [401] * NETWORK_FACTOR
+    assert whoami("2001:db8:7:7:abcd::1", api.admin) == 429
+    assert "2001:db8:7:7::/64: 16 authentication failures within 60 s" in caplog.text
+    assert whoami("2001:db8:7:8::1", api.admin) == 200
+    assert whoami("192.0.2.1", api.admin) == 200

@@ -1106,11 +1106,16 @@ def _count_failure(auth: _AuthSettings, request: Request, reason: str, detail: s
     source = _source(request)
     # Presented-but-wrong credentials count towards auth.failure-limit; no credentials at all
     # ("missing") is a client that has not tried yet, not one guessing keys.
-    if limiter is not None and source and reason != "missing" and limiter.record_failure(source):
+    if (
+        limiter is not None
+        and source
+        and reason != "missing"
+        and (block := limiter.record(source)) is not None
+    ):
         log.warning(
             "%s: %d authentication failures within %.0f s; refused for %.0f s",
-            source,
-            limiter.limit,
+            block.unit,  # the address, or its IPv6 /64
+            block.failures,
             limiter.window_s,
             limiter.window_s,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from certctl.api.throttle import AuthFailureLimiter
+from certctl.api.throttle import NETWORK_FACTOR, AuthFailureLimiter
 
 
 class Clock:
@@ -63,3 +63,55 @@ def test_memory_is_bounded() -> None:
 def test_refuses_bad_settings(limit: int, window: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         AuthFailureLimiter(limit, window)
+
+
+def _in_64(n: int) -> str:
+    return f"2001:db8:1:2::{n:x}"
+
+
+def test_addresses_of_one_ipv6_64_share_a_budget() -> None:
+    """One IPv6 host holds a whole /64: one failure per address was never throttled."""
+    clock = Clock()
+    limiter = AuthFailureLimiter(3, 60, clock=clock)
+    budget = 3 * NETWORK_FACTOR
+    assert not any(limiter.record_failure(_in_64(n)) for n in range(1, budget))
+    assert limiter.record_failure(_in_64(budget)) is True
+    # Every address of that /64 is refused now, fresh ones too; the next /64 is not.
+    assert limiter.retry_after(_in_64(0xFFFF)) == 60
+    assert limiter.retry_after("2001:db8:1:2:ffff:ffff:ffff:ffff") == 60
+    assert limiter.retry_after("2001:db8:1:3::1") == 0.0
+    clock.now += 60
+    assert limiter.retry_after(_in_64(1)) == 0.0
+
+
+def test_one_ipv6_address_still_has_its_own_limit() -> None:
+    """One client failing again and again is blocked alone, not its /64 (a node's pods)."""
+    limiter = AuthFailureLimiter(3, 60, clock=Clock())
+    assert [limiter.record_failure(_in_64(1)) for _ in range(3)] == [False, False, True]
+    assert limiter.retry_after(_in_64(1)) == 60
+    assert limiter.retry_after(_in_64(2)) == 0.0
+    # Refused requests are not failures: a blocked client adds nothing more to its /64.
+    for n in range(2, NETWORK_FACTOR):
+        assert [limiter.record_failure(_in_64(n)) for _ in range(3)] == [False, False, True]
+    assert limiter.retry_after(_in_64(0xFFFF)) == 0.0
+
+
+@pytest.mark.parametrize("form", ["::ffff:192.0.2.{n}", "192.0.2.{n}"])
+def test_ipv4_clients_are_never_grouped(form: str) -> None:
+    """A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d, all in one IPv6 /64."""
+    limiter = AuthFailureLimiter(3, 60, clock=Clock())
+    for n in range(1, 250):
+        limiter.record_failure(form.format(n=n))
+        limiter.record_failure(form.format(n=n))
+    assert limiter.retry_after(form.format(n=250)) == 0.0
+    assert limiter.retry_after(form.format(n=1)) == 0.0
+    assert limiter.record_failure(form.format(n=1)) is True
+    assert limiter.retry_after(form.format(n=1)) == 60
+    assert limiter.retry_after(form.format(n=2)) == 0.0
+
+
+def test_sources_that_are_no_address_are_counted_as_given() -> None:
+    limiter = AuthFailureLimiter(2, 60, clock=Clock())
+    assert [limiter.record_failure("testclient") for _ in range(2)] == [False, True]
+    assert limiter.retry_after("testclient") == 60
+    assert limiter.retry_after("unix:/run/certctl.sock") == 0.0
