@@ -1507,3 +1507,51 @@ def test_a_host_cn_no_san_covers_is_warned_about(module_api: Api) -> None:
     )
     assert r.status_code == 201, r.text
     assert r.json()["warnings"] == [left_out.format(fix["csr"])]
+
+
+def test_only_a_caller_holding_every_permission_gets_the_servers_own_names(api: Api) -> None:
+    """A server certificate for certctl's own names under its CA impersonates certctl.
+
+    Clients trust ``<data-dir>/tls/ca.crt`` (the ``default`` issuer's root) for the server:
+    an operator holding such a certificate and its key could receive the API keys sent to
+    certctl, an administrator's too (DESIGN §4, no escalation).
+    """
+    names = api.services.server_names
+    assert names is not None
+    assert {"certctl-server", "localhost"} <= set(names.dns)
+    assert {"127.0.0.1", "::1"} <= {str(ip) for ip in names.ip}
+    operator = api.actor_key("op", ["r-operator"])
+    before = api.counts()
+    refused = [
+        {"common_name": "localhost"},  # a server certificate's CN becomes its DNS SAN
+        {"common_name": "web", "dns_names": ["certctl-server"]},
+        {"common_name": "", "ip_addresses": ["::1"]},
+        {"common_name": "", "ip_addresses": ["127.0.0.1"], "profile": "server+client"},
+        {"csr": _csr_pem("localhost")[0]},
+    ]
+    for body in refused:
+        body.setdefault("dns_names", [])
+        if "csr" in body:
+            body = {"csr": body["csr"]}
+        detail = assert_problem(api.post(CERTS, operator, json=body), 403)["detail"]
+        assert "certctl's own" in detail, detail
+        assert "every permission" in detail, detail
+    api.assert_only_denials_audited(before, len(refused))
+    # Names that are not the server's, a client certificate (no serverAuth), and an issuer
+    # that clients do not trust for certctl (another root) are issued as before.
+    api.issue(operator, common_name="web.example.com")
+    api.issue(operator, common_name="localhost", dns_names=[], profile="client")
+    r = api.post(ISSUERS, api.admin_key, json={"id": "other-root", "common_name": "Other"})
+    assert r.status_code == 201, r.text
+    api.issue(operator, common_name="localhost", issuer="other-root")
+    # An intermediate under the internal CA is trusted by the same clients.
+    r = api.post(ISSUERS, api.admin_key, json={"id": "sub", "parent": "default"})
+    assert r.status_code == 201, r.text
+    body = {"issuer": "sub", "common_name": "localhost", "dns_names": []}
+    assert_problem(api.post(CERTS, operator, json=body), 403)
+    # An administrator may; renewing that certificate would hand the renewer a new key for
+    # the names, so it needs every permission too.
+    admins = api.issue(common_name="localhost", dns_names=[])
+    renewed = api.post(f"{CERTS}/{admins['id']}/renew", operator)
+    assert "certctl's own" in assert_problem(renewed, 403)["detail"]
+    assert api.post(f"{CERTS}/{admins['id']}/renew", api.admin_key).status_code == 201

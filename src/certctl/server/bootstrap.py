@@ -22,6 +22,7 @@ from certctl.errors import CertctlError, InvalidRequest, StorageUnavailable
 from certctl.files import SECRET_MODE, fsync_directory, tighten_secret, write_atomic
 from certctl.pki import parse_duration
 from certctl.server.config import ServerConfig
+from certctl.server.tls import own_server_names
 from certctl.services import issuance, rbac
 from certctl.services.context import Services
 from certctl.store.db import (
@@ -302,7 +303,13 @@ def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
         _refuse_lost_database(config)
     # Keys are stored: a missing KEK file is an error, never replaced by a new, useless one.
     kek = settled_kek(data_dir, default, create=not has_issuers)
-    services = Services(engine, sessions, KeyWrapper(kek), public_url=config.public_url)
+    services = Services(
+        engine,
+        sessions,
+        KeyWrapper(kek),
+        public_url=config.public_url,
+        server_names=own_server_names(config),
+    )
     if default is not None:
         check_kek(services, default, data_dir)
     rbac.ensure_builtin_roles(services)

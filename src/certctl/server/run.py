@@ -40,7 +40,12 @@ from certctl.server.handshake_failures import REASONS as HANDSHAKE_FAILURE_REASO
 from certctl.server.handshake_failures import HandshakeFailures
 from certctl.server.logs import configure_logging
 from certctl.server.scheduler import Scheduler
-from certctl.server.tls import ServerTLS, check_files, ensure_self_signed, listen_sans
+from certctl.server.tls import (
+    ServerTLS,
+    check_files,
+    ensure_self_signed,
+    self_signed_names,
+)
 from certctl.services import issuance
 from certctl.services.context import IssuerRevocation, Services
 from certctl.services.tls_services import ServiceSettings, TargetPolicy, ca_renewal_time
@@ -725,19 +730,6 @@ def _renewal_check_s(prepared: _Prepared) -> float:
     assert prepared.scheduler is not None
     margin = min(prepared.rotate_before, prepared.scheduler.settings.ca_rotate_before)
     return min(3600.0, max(1.0, margin.total_seconds() / 10))
-
-
-def self_signed_names(config: ServerConfig) -> list[str]:
-    """``tls.subject-alt-names`` and the hosts of ``listen`` and ``metrics.listen``.
-
-    A client connects to the address certctl was told to listen on, and the start banner's
-    curl line does: with ``listen: 10.0.0.5:8443`` and a certificate without 10.0.0.5, every
-    verifying client (that curl line first) failed with a name mismatch.
-    """
-    hosts = [config.host_port[0]]
-    if config.metrics.listen:
-        hosts.append(split_host_port(config.metrics.listen, "metrics.listen")[0])
-    return [*config.tls.subject_alt_names, *listen_sans(hosts)]
 
 
 def _refuse_internal_ca(prepared: _Prepared, revoked: IssuerRevocation) -> None:

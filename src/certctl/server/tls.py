@@ -47,6 +47,7 @@ from certctl.pki import (
     keys_match,
     load_material,
 )
+from certctl.server.config import ServerConfig, split_host_port
 
 __all__ = [
     "SERVER_CN",
@@ -55,6 +56,8 @@ __all__ = [
     "client_certificate_extension",
     "ensure_self_signed",
     "listen_sans",
+    "own_server_names",
+    "self_signed_names",
     "server_sans",
     "tls_info",
     "warn_if_unprotected",
@@ -123,6 +126,30 @@ def listen_sans(hosts: list[str]) -> list[str]:
             continue
         names.append(host)
     return names
+
+
+def self_signed_names(config: ServerConfig) -> list[str]:
+    """``tls.subject-alt-names`` and the hosts of ``listen`` and ``metrics.listen``.
+
+    A client connects to the address certctl was told to listen on, and the start banner's
+    curl line does: with ``listen: 10.0.0.5:8443`` and a certificate without 10.0.0.5, every
+    verifying client (that curl line first) failed with a name mismatch.
+    """
+    hosts = [config.host_port[0]]
+    if config.metrics.listen:
+        hosts.append(split_host_port(config.metrics.listen, "metrics.listen")[0])
+    return [*config.tls.subject_alt_names, *listen_sans(hosts)]
+
+
+def own_server_names(config: ServerConfig) -> SubjectAltNames | None:
+    """The names of the self-signed server certificate; None in the other ``tls.mode``s.
+
+    Only a caller holding every permission is issued a server certificate for them under
+    the internal CA (``Services.server_names``): clients trust it for certctl itself.
+    """
+    if config.tls.mode != "self-signed":
+        return None
+    return server_sans(self_signed_names(config))
 
 
 def ensure_self_signed(

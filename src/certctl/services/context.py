@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from certctl.errors import PermissionDenied
-from certctl.pki import CertificateAuthority
+from certctl.pki import CertificateAuthority, SubjectAltNames
 from certctl.store.groupcommit import GroupCommit
 from certctl.store.keywrap import KeyWrapper
 
@@ -87,6 +87,10 @@ class Services:
     # The ``public-url`` setting, checked: leaves then name their issuer's CRL and its
     # certificate (authorityInfoAccess caIssuers) under it.
     public_url: str | None = None
+    # The names of certctl's own (self-signed) server certificate, which its clients verify
+    # against the internal CA's root: a server certificate for one of them under that root
+    # is issued to a caller holding every permission only (``issuance``). None: no check.
+    server_names: SubjectAltNames | None = None
     _issuers: dict[str, CertificateAuthority] = field(default_factory=dict)
     # Issuer id -> (revoked_at, reason) of the cached issuers that are revoked: loaded and
     # dropped with the CA, so a revocation reaches other processes as a renewal does.

@@ -32,7 +32,8 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
-from certctl.errors import Conflict, InvalidRequest, NotFound
+from certctl.auth.permissions import PERMISSIONS
+from certctl.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from certctl.metrics.registry import ISSUANCE, ISSUANCE_DURATION, RENEWALS, REVOCATIONS
 from certctl.pki import (
     PROFILES,
@@ -57,6 +58,7 @@ from certctl.pki.crl import RevokedEntry, create_crl
 from certctl.pki.issue import BACKDATE, IssuedCertificate, NameHint
 from certctl.pki.keys import signature_verifies, unreadable_key
 from certctl.pki.names import SAN_KINDS, san_search_forms
+from certctl.pki.profiles import Profile
 from certctl.services.audit import event_values, record
 from certctl.services.context import (
     IssuerCertificates,
@@ -1241,6 +1243,7 @@ def prepare_from_csr(
     except (InvalidRequest, Conflict):
         ISSUANCE.labels(issuer_id, "error").inc()
         raise
+    _check_server_names(services, caller, ca, prof, issued)  # the CSR's key is the caller's
     record, rows = _new_rows(services, caller, issuer_id, issued, prof.name, None)
     return PendingIssue(
         record, rows, issuer_id, _chain_pem(ca), None, tuple(issued.warnings), started
@@ -1276,6 +1279,64 @@ def _leaf_profile(name: str) -> Any:
     if prof.is_ca:
         raise InvalidRequest(f"{name}: use POST /api/v1/issuers for CA certificates")
     return prof
+
+
+_EVERY_PERMISSION = frozenset(PERMISSIONS)
+
+
+def _own_names_covered(own: SubjectAltNames, sans: SubjectAltNames) -> list[str]:
+    """The names of certctl's own server that ``sans`` would let a TLS client accept."""
+    taken = [
+        name
+        for name in own.dns
+        if any(
+            # RFC 6125 6.4.3: a wildcard covers exactly one left-most label.
+            san == name or (san.startswith("*.") and name.partition(".")[2] == san[2:])
+            for san in sans.dns
+        )
+    ]
+    return taken + [str(ip) for ip in own.ip if ip in sans.ip]
+
+
+def _check_server_names(
+    services: Services,
+    caller: Principal,
+    ca: CertificateAuthority,
+    profile: Profile,
+    issued: IssuedCertificate,
+) -> None:
+    """Refuse a server certificate for certctl's own names, under its CA, to most callers.
+
+    Its clients verify certctl's server certificate against the internal CA's root
+    (``<data-dir>/tls/ca.crt``): whoever holds the key of another certificate for one of its
+    names, chained to that root, can pose as certctl and receive the API keys sent to it,
+    an administrator's too. So (DESIGN §4, no escalation) only a caller holding every
+    permission is issued one, as only such a caller may aim a managed service at the host.
+
+    Raises:
+        PermissionDenied: the certificate names one of them and the caller lacks a permission.
+    """
+    own = services.server_names
+    if own is None or not profile.is_server or caller.permissions >= _EVERY_PERMISSION:
+        return
+    sans = issued.sans
+    if sans is None:
+        try:
+            ext = issued.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        except x509.ExtensionNotFound:
+            return
+        sans = SubjectAltNames.from_extension(ext.value)
+    taken = _own_names_covered(own, sans)
+    if not taken:
+        return
+    internal = load_issuer_certificates(services, DEFAULT_ISSUER)
+    if ca.root != (internal.chain[-1] if internal.chain else internal.certificate):
+        return  # another root: certctl's clients do not trust it for certctl
+    raise PermissionDenied(
+        f"{', '.join(taken)}: certctl's own server name(s); a server certificate for them "
+        "under its CA would receive the API keys clients send to certctl, so issuing one "
+        "needs every permission; ask an administrator"
+    )
 
 
 def prepare_with_key(
@@ -1320,6 +1381,7 @@ def prepare_with_key(
         # Counted as prepare_from_csr counts it: the issuer refused to sign (e.g. expired).
         ISSUANCE.labels(issuer_id, "error").inc()
         raise
+    _check_server_names(services, caller, ca, prof, issued)
     key_pem = key_to_pem(key)
     record, rows = _new_rows(services, caller, issuer_id, issued, prof.name, key_pem)
     return PendingIssue(
@@ -2105,6 +2167,10 @@ def renew_certificate(
         RENEWALS.labels("error").inc()
         ISSUANCE.labels(old.issuer_id, "error").inc()
         raise
+    if key_pem is not None:
+        # A new key, returned to the renewer. A renewal that keeps the key certifies it
+        # again for whoever had it issued, and hands the renewer nothing it can pose with.
+        _check_server_names(services, caller, ca, get_profile(old.profile), issued)
     record, rows = _new_rows(
         services, caller, old.issuer_id, issued, old.profile, key_pem, renewed_from=cert_id
     )
