@@ -57,14 +57,18 @@ def write_line(
         log.info("%s %s %s", method, path, status, extra={"fields": fields})
     else:
         # Fields are separated by spaces: a space in the path (``%20``) would let a client
-        # append its own status and actor to the line (``/x 200 actor=admin``).
+        # append its own status and actor to the line (``/x 200 actor=admin``). The actor
+        # too: a client certificate's subject (from a CA in tls.client-ca) may hold spaces,
+        # and newlines that would forge whole lines.
+        if not actor.isprintable():
+            actor = actor.encode("unicode_escape").decode("ascii")
         log.info(
             "%s %s %s %s actor=%s %.1fms",
             client,
             method,
             path.replace(" ", "%20"),
             status,
-            actor,
+            actor.replace(" ", "%20"),
             elapsed_s * 1000,
         )
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from certctl.api.access_log import plain_http_request
+from certctl.api.access_log import plain_http_request, write_line
 from certctl.metrics.registry import HTTP_REQUESTS
 
 
@@ -49,3 +49,27 @@ def test_plain_http_request_is_counted(caplog: pytest.LogCaptureFixture) -> None
     before = series._value.get()
     _line(b"PUT /x HTTP/1.1\r\n", caplog)
     assert series._value.get() == before + 1
+
+
+@pytest.mark.parametrize(
+    ("actor", "shown"),
+    [
+        # A client certificate's subject from a CA in tls.client-ca (certctl's own issuers
+        # refuse control characters): the actor of its requests.
+        (
+            "cert:CN=x\n192.0.2.9 DELETE /api/v1/auth/apikeys/k 200 actor=admin 1.0ms",
+            "cert:CN=x\\n192.0.2.9%20DELETE%20/api/v1/auth/apikeys/k%20200%20actor=admin%201.0ms",
+        ),
+        ("cert:CN=Alice Example,O=Example", "cert:CN=Alice%20Example,O=Example"),
+        ("kubernetes:system:serviceaccount:monitoring:prometheus", None),
+    ],
+)
+def test_an_actor_cannot_forge_a_line_nor_a_field(
+    actor: str, shown: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="certctl.access"):
+        write_line("GET", "/api/v1/auth/whoami", 200, actor, 0.001, "192.0.2.7", json_logs=False)
+    [record] = [r for r in caplog.records if r.name == "certctl.access"]
+    line = record.getMessage()
+    assert line == f"192.0.2.7 GET /api/v1/auth/whoami 200 actor={shown or actor} 1.0ms"
+    assert len(line.split(" ")) == 6
