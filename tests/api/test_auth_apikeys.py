@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -388,3 +389,18 @@ def test_addresses_of_one_ipv6_64_share_the_failure_limit(
     assert "2001:db8:7:7::/64: 16 authentication failures within 60 s" in caplog.text
     assert whoami("2001:db8:7:8::1", api.admin) == 200
     assert whoami("192.0.2.1", api.admin) == 200
+
+
+def test_a_key_pasted_where_its_id_belongs_stays_out_of_the_audit_log(api: Api) -> None:
+    """The refusal names what was sent as the id; its audit row (403s are) must not keep it.
+
+    Revoking a leaked key by pasting the whole key is the likely mistake, and the audit log
+    is read by every holder of audit.read (r-operator, r-auditor).
+    """
+    revoker = api.key_with_permissions("revoker", ["auth.apikey.revoke"])
+    secret = api.admin_key.split("_", 2)[2]
+    assert_problem(api.request("DELETE", f"{KEYS}/{api.admin_key}", revoker), 403)
+    row = api.audit()[0]
+    assert row["outcome"] == "denied"
+    assert secret not in json.dumps(row)
+    assert f"cctl_{api.admin_key.split('_')[1]}_…" in row["detail"]

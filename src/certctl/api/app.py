@@ -53,6 +53,7 @@ from certctl.api.readiness import DatabaseProbe
 from certctl.api.service_routes import SERVICE_ROUTES
 from certctl.api.throttle import AuthFailureLimiter
 from certctl.auth.apikeys import PREFIX as API_KEY_PREFIX
+from certctl.auth.apikeys import redact_keys
 from certctl.auth.kubernetes import AccessDenied, TokenRejected, TokenReviewAuthenticator
 from certctl.auth.permissions import PERMISSIONS
 from certctl.errors import (
@@ -1148,7 +1149,7 @@ def _audit_failure(services: Services, row: tuple[datetime, str, str, str, str])
                 target=target,
                 outcome=reason,
                 source=source,
-                detail=detail,
+                detail=redact_keys(detail),
             )
     except (DBAPIError, PoolTimeout) as exc:
         fault = storage_error(exc)
@@ -1771,7 +1772,9 @@ def _audit_refusal(request: Request, actor: str, exc: CertctlError) -> None:
                 target=_logged_path(request.scope)[:200],
                 outcome=outcome,
                 source=_source(request),
-                detail=exc.detail[:500],
+                # Redacted as the 403's own detail is (api.problems): the refusal may quote
+                # a key pasted where its id belongs (DELETE /api/v1/auth/apikeys/<key>).
+                detail=redact_keys(exc.detail)[:500],
             )
     except Exception:
         # Never turn a 4xx into a 500 because the audit write failed (e.g. storage full).
