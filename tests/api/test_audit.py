@@ -185,3 +185,25 @@ def test_grants_say_what_was_granted(api: Api) -> None:
         ("actor.edit", "roles: deployer, r-admin"),
         ("actor.edit", "roles: (none)"),
     ]
+
+
+def test_requests_without_credentials_from_one_ipv6_64_are_audited_once_a_minute(
+    api: Api,
+) -> None:
+    """An IPv6 client holds a /64: a fresh address per request was an audit row (a commit) each."""
+    from starlette.testclient import TestClient
+
+    def missing_rows() -> list[str]:
+        events = api.audit()
+        return [e["source"] for e in events if e["outcome"] == "missing"]
+
+    app = api.client.app
+    for n in range(1, 21):
+        client = TestClient(app, base_url="https://testserver", client=(f"2001:db8:5::{n:x}", 1))
+        assert_problem(client.get("/api/v1/certificates"), 401)
+    assert missing_rows() == ["2001:db8:5::1"]
+    # Another /64, and IPv4 clients (mapped ones too), each count on their own.
+    for address in ("2001:db8:6::1", "192.0.2.1", "::ffff:192.0.2.2", "::ffff:192.0.2.3"):
+        client = TestClient(app, base_url="https://testserver", client=(address, 1))
+        assert_problem(client.get("/api/v1/certificates"), 401)
+    assert len(missing_rows()) == 5

@@ -51,7 +51,7 @@ from certctl.api.access_log import logged_path, write_line
 from certctl.api.problems import problem, problem_for_status, problem_from_error
 from certctl.api.readiness import DatabaseProbe
 from certctl.api.service_routes import SERVICE_ROUTES
-from certctl.api.throttle import AuthFailureLimiter
+from certctl.api.throttle import AuthFailureLimiter, client_unit
 from certctl.auth.apikeys import PREFIX as API_KEY_PREFIX
 from certctl.auth.apikeys import redact_keys
 from certctl.auth.kubernetes import AccessDenied, TokenRejected, TokenReviewAuthenticator
@@ -1089,8 +1089,9 @@ KEYGEN_THREADS = 2
 FAILURE_AUDIT_THREADS = 1
 
 
-# Requests without any credentials are audited once per address per this interval; every one
-# is still counted in certctl_auth_failures_total{reason="missing"} and has its access-log line.
+# Requests without any credentials are audited once per client (an address, an IPv6 /64) per
+# this interval; every one is still counted in certctl_auth_failures_total{reason="missing"}
+# and has its access-log line.
 MISSING_AUDIT_INTERVAL = timedelta(minutes=1)
 _MISSING_AUDITED_MAX = 10_000
 
@@ -1125,13 +1126,15 @@ def _count_failure(auth: _AuthSettings, request: Request, reason: str, detail: s
         # Nothing was tried, and nothing throttles it: without this, every anonymous request
         # (a flood, or a scraper missing its token) was one audit row and one synchronous
         # commit, so anyone who could reach the port could grow the database without bound.
-        audited = auth.missing_audited
-        last = audited.get(source)
+        # Per client, not per address: an IPv6 client can send each request from another
+        # address of its /64.
+        audited, unit = auth.missing_audited, client_unit(source)
+        last = audited.get(unit)
         if last is not None and now - last < MISSING_AUDIT_INTERVAL:
             return
         if len(audited) >= _MISSING_AUDITED_MAX:
             audited.clear()
-        audited[source] = now
+        audited[unit] = now
     target = f"{request.method} {_logged_path(request.scope)}"[:200]
     request.scope[_FAILURE_AUDIT] = (now, reason, detail, target, source)
 

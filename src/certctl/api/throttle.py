@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["NETWORK_FACTOR", "AuthFailureLimiter", "Block"]
+__all__ = ["NETWORK_FACTOR", "AuthFailureLimiter", "Block", "client_unit"]
 
 MAX_SOURCES = 10_000
 # Failures a whole IPv6 /64 may make, in limits of one address: not 1, or a Kubernetes node
@@ -51,6 +51,11 @@ def _network(source: str) -> str | None:
     host_bits = 128 - IPV6_PREFIX
     network = ipaddress.IPv6Network((int(address) >> host_bits << host_bits, IPV6_PREFIX))
     return str(network)
+
+
+def client_unit(source: str) -> str:
+    """What one client holds: an IPv6 address's /64, else the address (IPv4, mapped too)."""
+    return (_network(source) if ":" in source else None) or source
 
 
 class AuthFailureLimiter:
