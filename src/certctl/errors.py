@@ -16,6 +16,9 @@
 
 Each class carries an HTTP ``status`` and a short ``title``; instances carry a
 human ``detail`` that never contains key material, passwords or tokens.
+
+``cause_chain`` and ``tls_verify_failure`` read a foreign error (httpx, ssl) where it enters,
+for the one line certctl says about it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "WeakKey",
+    "cause_chain",
+    "tls_verify_failure",
 ]
 
 
@@ -115,3 +120,32 @@ class TooManyRequests(CertctlError):
     def __init__(self, detail: str, retry_after_s: int) -> None:
         super().__init__(detail)
         self.retry_after_s = retry_after_s
+
+
+def cause_chain(exc: BaseException) -> list[BaseException]:
+    """``exc``, then what it was raised from (or while handling), and so on, each once.
+
+    Each once: a chain that comes back on itself (``__cause__`` set by hand, a library
+    re-raising what it caught) would otherwise be walked for ever.
+    """
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and not any(current is seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def tls_verify_failure(exc: BaseException) -> str | None:
+    """``TLS certificate verify failed: <why>`` when a certificate check caused ``exc``.
+
+    "ConnectError" alone read like a network outage. The reason comes from OpenSSL, never
+    from the request, so it holds no token or URL.
+    """
+    import ssl  # here: every command imports this module, few ever need ssl
+
+    for cause in cause_chain(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            why = cause.verify_message or cause.reason or "not verified"
+            return f"TLS certificate verify failed: {why}"
+    return None

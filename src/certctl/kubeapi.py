@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # httpx is imported where a request is made: it is slow to import
     import httpx
 
-from certctl.errors import InvalidRequest, Unavailable
+from certctl.errors import InvalidRequest, Unavailable, tls_verify_failure
 from certctl.files import in_memory_file
 
 __all__ = [
@@ -202,11 +202,9 @@ def transport_error(exc: BaseException) -> str:
     named as such: "ConnectError" alone read like a network outage. The text comes from the
     TLS and socket layers, never from a request, so it holds no token.
     """
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"TLS certificate verify failed: {cause.verify_message}"
-        cause = cause.__cause__ or cause.__context__
+    failure = tls_verify_failure(exc)
+    if failure is not None:
+        return failure
     text = " ".join(str(exc).split())[:200]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 import typer
 
 from certctl.cli._listing import OUTPUT_HELP, Column, check_output
-from certctl.errors import CertctlError, InvalidRequest, NotFound
+from certctl.errors import CertctlError, InvalidRequest, NotFound, cause_chain
 
 if TYPE_CHECKING:
     import ssl
@@ -279,15 +279,6 @@ def _redact(text: str, key: str | None) -> str:
     return text.replace(key, "<CERTCTL_API_KEY>") if key else text
 
 
-def _cause_chain(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
-
-
 def _timeout_s() -> float:
     """CERTCTL_TIMEOUT in seconds (a slow link, a server far away), else ``TIMEOUT_S``."""
     text = os.environ.get("CERTCTL_TIMEOUT", "").strip()
@@ -314,7 +305,7 @@ def _connect_failure(exc: Exception, timeout: float) -> str:
 
     import httpx
 
-    for cause in _cause_chain(exc):
+    for cause in cause_chain(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
             reason = cause.verify_message or cause.reason or "verify failed"
             if cause.verify_code == _HOSTNAME_MISMATCH:
@@ -328,7 +319,7 @@ def _connect_failure(exc: Exception, timeout: float) -> str:
         if isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER":
             hint = "the server is not speaking TLS: for plain HTTP use http:// in CERTCTL_URL"
             return f"{cause} ({hint})"
-    if any(isinstance(cause, ConnectionRefusedError) for cause in _cause_chain(exc)):
+    if any(isinstance(cause, ConnectionRefusedError) for cause in cause_chain(exc)):
         # Nothing listens there: the usual cause is no server, or CERTCTL_URL unset or wrong.
         return f"{exc} ({_refused_hint()})"
     if isinstance(exc, httpx.ConnectTimeout):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from certctl.errors import InvalidRequest
+from certctl.errors import InvalidRequest, tls_verify_failure
 from certctl.services.context import Services
 from certctl.store.models import OutboxEvent
 
@@ -131,15 +131,10 @@ class Webhook:
 def _transport_error(exc: BaseException) -> str:
     """The error's class name; a certificate the receiver's CA does not verify, named so.
 
-    "ConnectError" alone read like a network outage. ``verify_message`` comes from OpenSSL,
-    never from the request, so it holds nothing secret.
+    Never the error's text: httpx may quote the URL, whose path can hold a token (Slack's
+    ``/services/T…/B…/<secret>``).
     """
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"TLS certificate verify failed: {cause.verify_message}"
-        cause = cause.__cause__ or cause.__context__
-    return type(exc).__name__
+    return tls_verify_failure(exc) or type(exc).__name__
 
 
 def sign(secret: bytes, body: bytes) -> str:
