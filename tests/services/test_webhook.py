@@ -246,6 +246,39 @@ def test_the_documented_receiver_check(env: Env, receiver: Receiver) -> None:
     assert not verify(SECRET, old, request.body, now=sent_at)
 
 
+def test_the_url_path_and_query_are_never_logged_nor_stored(
+    env: Env, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver URL may hold a token (Slack's ``/services/T…/B…/<secret>``, a ``?token=``):
+    log lines and ``last_error`` name the receiver as scheme://host:port only."""
+    for name in ("a", "b"):
+        env.put(service_doc(name))
+        env.reconcile(name)
+    origin = receiver.url.removesuffix("/hook")
+    secret_url = "/services/T0/B0/s3cr3tpath?token=qu3ry"
+    webhook = Webhook(origin + secret_url, SECRET, timeout_s=5)
+    down = Webhook("http://127.0.0.1:9" + secret_url, SECRET, timeout_s=2)
+    receiver.fail_first = 1
+    # certctl's own lines. (httpx's INFO line quotes the whole URL: certctl serve sets that
+    # logger to WARNING, server/run.py.)
+    with caplog.at_level(logging.DEBUG, "certctl"):
+        assert dispatch_pending(env.services, webhook) == 1  # a: HTTP 500, b: delivered
+        env.clock.advance(seconds=60)
+        env.put(service_doc("c"))
+        env.reconcile("c")
+        assert dispatch_pending(env.services, down) == 0  # a: refused, c waits
+    assert receiver.requests[0].path == secret_url  # the receiver does get it
+    stored = [e.last_error or "" for e in _outbox(env)]
+    assert stored == ["ConnectError", "", ""], stored
+    logged = caplog.text + repr(webhook) + repr(down)
+    for part in ("s3cr3tpath", "qu3ry", "/services", SECRET.decode()):
+        assert part not in logged, logged
+    # The receiver is named all the same: which one failed is what an operator asks first.
+    assert f"to {origin} failed (HTTP 500)" in caplog.text
+    assert "to http://127.0.0.1:9 failed (ConnectError)" in caplog.text
+    assert "webhook receiver http://127.0.0.1:9 unreachable; 1 more events wait" in caplog.text
+
+
 def test_unreachable_receiver_backs_off_and_delivers_later(env: Env, receiver: Receiver) -> None:
     env.put(service_doc("web"))
     env.reconcile("web")

@@ -9,7 +9,15 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from certctl import schema_errors
 from certctl.errors import InvalidRequest
@@ -221,16 +229,61 @@ class HTTPConfig(_Section):
 class WebhookConfig(_Section):
     """``notifications.webhook.*``: JSON POSTs signed with HMAC-SHA256."""
 
+    # Before url: its check reads them (pydantic validates fields in this order).
+    allow_http: bool = Field(default=False, alias="allow-http")
+    proxy: str | None = None
     url: str
     secret_file: Path | None = Field(default=None, alias="secret-file")
     timeout: str = "10s"
-    proxy: str | None = None
     ca_file: Path | None = Field(default=None, alias="ca-file")
 
     @field_validator("timeout")
     @classmethod
     def _duration(cls, value: str) -> str:
         return _checked_duration(value)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str, info: ValidationInfo) -> str:
+        # Checked here rather than at the first POST. Never quoted: a path or query may hold
+        # a token (Slack's /services/T…/B…/<secret>), a netloc a user:password@.
+        from urllib.parse import urlsplit
+
+        if any(char <= " " or char == "\x7f" for char in value):
+            raise ValueError("a space or control character in the URL: percent-encode it")
+        try:
+            parts = urlsplit(value)
+            _ = parts.port  # a port that is no number raises
+        except ValueError:
+            raise ValueError("not a URL (check the host and port)") from None
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected https://HOST[:PORT]/PATH")
+        if "@" in parts.netloc:
+            # httpx sends it as Basic authentication; the signature is what authenticates.
+            raise ValueError(
+                "a user:password@ in the URL is refused (it would go out as Basic "
+                "authentication and show wherever the URL is): receivers authenticate certctl "
+                "by the signature, see notifications.webhook.secret-file"
+            )
+        if scheme == "https" or info.data.get("allow_http"):
+            return value
+        # Plain HTTP carries the signed events (service names, SANs, serials) readable to
+        # anyone on the path: only a receiver on this host, reached without a proxy, or an
+        # explicit opt-in (as tls.mode=disabled beyond loopback needs allow-insecure).
+        if info.data.get("proxy"):
+            raise ValueError(
+                "http:// through notifications.webhook.proxy sends the signed events "
+                "unencrypted to the proxy: use https://, or set "
+                "notifications.webhook.allow-http: true"
+            )
+        host = parts.hostname
+        if host != "localhost" and not (_is_ip(host) and ipaddress.ip_address(host).is_loopback):
+            raise ValueError(
+                f"http:// to {host} (beyond loopback) sends the signed events unencrypted: "
+                "use https://, or set notifications.webhook.allow-http: true"
+            )
+        return value
 
     @field_validator("proxy")
     @classmethod

@@ -608,7 +608,8 @@ def serve(config: ServerConfig) -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None
-    # httpx logs every Kubernetes API call (TokenReview, Secret writes) at INFO.
+    # httpx logs every Kubernetes API call (TokenReview, Secret writes) at INFO, and every
+    # webhook POST with its whole URL, whose path or query may hold the receiver's token.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     host, _port = config.host_port
     mode = config.tls.mode

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
@@ -112,16 +113,29 @@ class Webhook:
         InvalidRequest: ``ca_file`` cannot be read or holds no PEM certificate.
     """
 
-    url: str
-    secret: bytes
+    # Out of repr: the URL's path or query may hold a token (Slack's /services/T…/B…/<secret>),
+    # the proxy a user:password@. Log lines name ``receiver`` instead.
+    url: str = field(repr=False)
+    secret: bytes = field(repr=False)
     timeout_s: float = 10.0
-    proxy: str | None = None
+    proxy: str | None = field(default=None, repr=False)
     ca_file: Path | None = None
     _trust: _Trust | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.ca_file is not None:
             object.__setattr__(self, "_trust", _Trust(self.ca_file))
+
+    @property
+    def receiver(self) -> str:
+        """``scheme://host:port`` of ``url``, all that log lines show of it."""
+        parts = urlsplit(self.url)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:  # not checked here (the configuration checks it at load)
+            port = 0
+        host = parts.hostname or ""
+        return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
 
     def verify(self) -> ssl.SSLContext | bool:
         """What httpx verifies the receiver with: ``ca-file``'s CAs, or its default bundle."""
@@ -256,9 +270,10 @@ async def _send(
                     delay = timedelta(seconds=2) * (2 ** min(row.attempts - 1, 12))
                     row.next_attempt_at = services.clock() + min(delay, _MAX_BACKOFF)
                     log.warning(
-                        "webhook %s for %s failed (%s); retry %d",
+                        "webhook %s for %s to %s failed (%s); retry %d",
                         event.event,
                         event.service,
+                        webhook.receiver,
                         error,
                         row.attempts,
                     )
@@ -267,7 +282,8 @@ async def _send(
                 # due (no attempt counted) and go first on the next pass.
                 if index + 1 < len(pending):
                     log.warning(
-                        "webhook receiver unreachable; %d more events wait for the next pass",
+                        "webhook receiver %s unreachable; %d more events wait for the next pass",
+                        webhook.receiver,
                         len(pending) - index - 1,
                     )
                 break

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from certctl.errors import InvalidRequest
-from certctl.server.config import load_config
+from certctl.server.config import ServerConfig, load_config
 from tests._tools import failed, run
 
 REFUSED = {
@@ -37,6 +37,48 @@ REFUSED = {
     "webhook proxy with a path": (
         {"notifications": {"webhook": {"url": "https://h.example/x", "proxy": "http://p/x"}}},
         "{file}: notifications.webhook.proxy: expected http://HOST[:PORT]",
+    ),
+    # Before, any URL was taken and checked at the first POST, if ever: plain HTTP sent the
+    # signed events (service names, SANs) across the network unencrypted, and a user:pass@
+    # went out as Basic authentication and into wherever the URL was shown.
+    "webhook url plain http beyond loopback": (
+        {"notifications": {"webhook": {"url": "http://hooks.example.internal/certctl"}}},
+        "{file}: notifications.webhook.url: http:// to hooks.example.internal (beyond loopback) "
+        "sends the signed events unencrypted: use https://, or set "
+        "notifications.webhook.allow-http: true",
+    ),
+    "webhook url plain http through a proxy": (
+        {
+            "notifications": {
+                "webhook": {"url": "http://127.0.0.1:8080/x", "proxy": "http://proxy.example:3128"}
+            }
+        },
+        "{file}: notifications.webhook.url: http:// through notifications.webhook.proxy sends "
+        "the signed events unencrypted to the proxy: use https://, or set "
+        "notifications.webhook.allow-http: true",
+    ),
+    "webhook url with a user and password": (
+        {"notifications": {"webhook": {"url": "https://certctl:hunter2@hooks.example/x"}}},
+        "{file}: notifications.webhook.url: a user:password@ in the URL is refused (it would go "
+        "out as Basic authentication and show wherever the URL is): receivers authenticate "
+        "certctl by the signature, see notifications.webhook.secret-file",
+    ),
+    "webhook url of another scheme": (
+        {"notifications": {"webhook": {"url": "ftp://hooks.example/x"}}},
+        "{file}: notifications.webhook.url: expected https://HOST[:PORT]/PATH",
+    ),
+    "webhook url without a host": (
+        {"notifications": {"webhook": {"url": "https:///certctl"}}},
+        "{file}: notifications.webhook.url: expected https://HOST[:PORT]/PATH",
+    ),
+    "webhook url with a bad port": (
+        {"notifications": {"webhook": {"url": "https://hooks.example:hunter2/x"}}},
+        "{file}: notifications.webhook.url: not a URL (check the host and port)",
+    ),
+    "webhook url with a space": (
+        {"notifications": {"webhook": {"url": "https://hooks.example/a b"}}},
+        "{file}: notifications.webhook.url: a space or control character in the URL: "
+        "percent-encode it",
     ),
     "client-auth without a CA": (
         {"tls": {"client-auth": "required"}},
@@ -480,6 +522,26 @@ def test_a_refused_setting_names_where_it_came_from(
     assert "hunter2" not in result.stderr
     assert result.stdout == ""
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [
+        {"url": "https://hooks.slack.com/services/T0/B0/XyZ?token=abc"},
+        {"url": "http://127.0.0.1:8080/certctl"},  # a receiver on the same host
+        {"url": "http://127.8.9.10/certctl"},
+        {"url": "http://[::1]:8080/certctl"},
+        {"url": "http://LocalHost:8080/certctl"},
+        {"url": "http://hooks.example.internal/certctl", "allow-http": True},
+        {"url": "http://127.0.0.1/x", "proxy": "http://proxy.example:3128", "allow-http": True},
+        {"url": "https://hooks.example.internal/x", "proxy": "http://proxy.example:3128"},
+    ],
+    ids=lambda hook: " ".join(f"{k}={v}" for k, v in hook.items()),
+)
+def test_webhook_urls_that_load(hook: dict[str, Any]) -> None:
+    loaded = ServerConfig.model_validate({"notifications": {"webhook": hook}}).notifications.webhook
+    assert loaded is not None
+    assert loaded.url == hook["url"]
 
 
 def test_webhook_settings_reach_the_sender(tmp_path: Path) -> None:
