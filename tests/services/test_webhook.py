@@ -38,6 +38,7 @@ from tests.api.conftest import PostgresCluster
 from tests.services.conftest import SETTINGS, Env, make_ca, make_leaf, service_doc
 
 SECRET = b"webhook-shared-secret"
+NEW_SECRET = b"webhook-shared-secret-2"
 
 
 @dataclass
@@ -244,6 +245,38 @@ def test_the_documented_receiver_check(env: Env, receiver: Receiver) -> None:
     # Without the new headers (a sender older than them): refused, not an error.
     old = {k: v for k, v in headers.items() if k == "x-certctl-signature"}
     assert not verify(SECRET, old, request.body, now=sent_at)
+
+    # A key being rotated: certctl signs with both, a receiver holding either accepts.
+    env.put(service_doc("api"))
+    env.reconcile("api")
+    rotating = Webhook(receiver.url, NEW_SECRET, timeout_s=5, previous_secrets=(SECRET,))
+    assert dispatch_pending(env.services, rotating) == 1
+    request = receiver.requests[-1]
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    sent_at = int(headers["x-certctl-timestamp"])
+    assert verify(SECRET, headers, request.body, now=sent_at)  # the receiver not updated yet
+    assert verify(NEW_SECRET, headers, request.body, now=sent_at)  # the receiver updated
+    assert not verify(b"another-secret", headers, request.body, now=sent_at)
+    assert not verify(NEW_SECRET, headers, request.body + b" ", now=sent_at)
+
+
+def test_a_rotated_key_signs_beside_the_current_one(env: Env, receiver: Receiver) -> None:
+    """Before: one key, so the sender and every receiver had to change it at the same moment
+    (deliveries in between were refused, retried until both matched)."""
+    env.put(service_doc("web"))
+    env.reconcile("web")
+    webhook = Webhook(receiver.url, NEW_SECRET, timeout_s=5, previous_secrets=(SECRET,))
+    assert dispatch_pending(env.services, webhook) == 1
+    (request,) = receiver.requests
+    listed = request.headers[SIGNATURE_V2_HEADER]
+    assert re.fullmatch(r"sha256=[0-9a-f]{64}, sha256=[0-9a-f]{64}", listed), listed
+    current, previous = listed.split(", ")
+    for signature, secret in ((current, NEW_SECRET), (previous, SECRET)):
+        alone = dict(request.headers, **{SIGNATURE_V2_HEADER: signature})
+        assert _check_timestamped(Received(200, alone, request.body), secret)
+    # v1, which a receiver compares whole, carries the current key's signature alone.
+    assert _check_signature(request, NEW_SECRET)
+    assert not _check_signature(request, SECRET)
 
 
 def test_the_url_path_and_query_are_never_logged_nor_stored(

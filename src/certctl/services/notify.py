@@ -1,7 +1,9 @@
 """Webhook notifications from the outbox: JSON POSTs signed with HMAC-SHA256, retried.
 
-Each POST carries two signatures with the same key: v1 (``X-Certctl-Signature``) over the
-body, and v2 (``X-Certctl-Signature-V2``) over ``X-Certctl-Timestamp``, a dot and the body.
+Each POST carries v1 (``X-Certctl-Signature``) over the body, and v2
+(``X-Certctl-Signature-V2``) over ``X-Certctl-Timestamp``, a dot and the body. While a key is
+rotated, v2 lists one signature per key (``sha256=<current>, sha256=<previous>``, as Stripe
+lists its ``v1=``), so receivers switch keys when they like; v1 stays the current key's alone.
 """
 
 from __future__ import annotations
@@ -109,6 +111,9 @@ class Webhook:
     ``ca_file``: PEM CAs an ``https://`` receiver's certificate must chain to, instead of the
     public CAs certctl ships with (certifi); for a receiver under a private CA.
 
+    ``previous_secrets``: keys being retired; v2 is signed with each of them too, after
+    ``secret``, so a receiver still holding one accepts the POST during a rotation.
+
     Raises:
         InvalidRequest: ``ca_file`` cannot be read or holds no PEM certificate.
     """
@@ -120,6 +125,7 @@ class Webhook:
     timeout_s: float = 10.0
     proxy: str | None = field(default=None, repr=False)
     ca_file: Path | None = None
+    previous_secrets: tuple[bytes, ...] = field(default=(), repr=False)
     _trust: _Trust | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -159,6 +165,12 @@ def sign(secret: bytes, body: bytes) -> str:
 def sign_timestamped(secret: bytes, timestamp: int, body: bytes) -> str:
     """``sha256=<hex>`` HMAC over ``<timestamp>.<body>``: the v2 signature."""
     return sign(secret, str(timestamp).encode() + b"." + body)
+
+
+def _signatures_v2(webhook: Webhook, timestamp: int, body: bytes) -> str:
+    # A comma-separated list (RFC 9110 5.6.1), the current key's first.
+    keys = (webhook.secret, *webhook.previous_secrets)
+    return ", ".join(sign_timestamped(key, timestamp, body) for key in keys)
 
 
 def dispatch_pending(
@@ -244,7 +256,7 @@ async def _send(
                             "Content-Type": "application/json",
                             SIGNATURE_HEADER: sign(webhook.secret, body),
                             TIMESTAMP_HEADER: str(timestamp),
-                            SIGNATURE_V2_HEADER: sign_timestamped(webhook.secret, timestamp, body),
+                            SIGNATURE_V2_HEADER: _signatures_v2(webhook, timestamp, body),
                             "X-Certctl-Event": event.event,
                             "X-Certctl-Delivery": str(event.id),
                         },

@@ -562,6 +562,21 @@ def test_webhook_settings_reach_the_sender(tmp_path: Path) -> None:
     assert (webhook.url, webhook.secret, webhook.timeout_s) == ("https://h.example/x", b"s3cret", 3)
     assert webhook.proxy == "http://u:pw@proxy.example:3128"
     assert webhook.verify() is True  # no ca-file: httpx's own bundle
+    assert webhook.previous_secrets == ()
+
+    # Rotating: one key per line, the current one first (blank lines and spaces ignored).
+    secret.write_text("n3w\n\n  s3cret \n")
+    webhook = _webhook(load_config(file, {}))
+    assert webhook is not None
+    assert (webhook.secret, webhook.previous_secrets) == (b"n3w", (b"s3cret",))
+    secret.write_text("n3w\ns3cret\nolder\n")
+    with pytest.raises(InvalidRequest) as refused:
+        _webhook(load_config(file, {}))
+    assert refused.value.detail == (
+        f"notifications.webhook.secret-file {secret}: 3 keys; at most 2, one per line: the "
+        "current one, then the one being retired"
+    )
+    secret.write_text("s3cret\n")
 
     # Refused before the data dir is made (_check_integrations runs this), in one line, as
     # a bad secret-file is (whose refused start the table above runs end to end).
