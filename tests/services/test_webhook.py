@@ -312,6 +312,41 @@ def test_the_url_path_and_query_are_never_logged_nor_stored(
     assert "webhook receiver http://127.0.0.1:9 unreachable; 1 more events wait" in caplog.text
 
 
+def test_a_changed_secret_file_signs_from_the_next_pass_without_a_restart(
+    env: Env, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: the keys were read at start, so each step of a rotation needed a restart of
+    every replica (one left behind, once leader, signed with the old key alone)."""
+    key_file = env.tmp / "webhook-secret"
+    key_file.write_bytes(SECRET + b"\n")
+    webhook = Webhook(receiver.url, SECRET, timeout_s=5, secret_file=key_file)
+
+    def send(name: str) -> Received:
+        env.put(service_doc(name))
+        env.reconcile(name)
+        assert dispatch_pending(env.services, webhook) == 1
+        return receiver.requests[-1]
+
+    key_file.write_bytes(NEW_SECRET + b"\n" + SECRET + b"\n")  # step 1
+    with caplog.at_level(logging.INFO, "certctl.notify"):
+        request = send("a")
+    assert request.headers[SIGNATURE_V2_HEADER].count("sha256=") == 2
+    assert _check_signature(request, NEW_SECRET)
+    assert f"{key_file} changed: webhook POSTs are now signed with 2 keys" in caplog.text
+    # A file that cannot be used (a key wrapped over lines) keeps the keys read before.
+    key_file.write_bytes(b"wrapped-key-part-1\nwrapped-key-part-2\n" + SECRET + b"\n")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "certctl.notify"):
+        request = send("b")
+    assert request.headers[SIGNATURE_V2_HEADER].count("sha256=") == 2
+    assert _check_signature(request, NEW_SECRET)
+    assert f"secret-file {key_file}: 3 keys; at most 2" in caplog.text
+    assert "wrapped-key" not in caplog.text
+    key_file.write_bytes(NEW_SECRET + b"\n")  # step 3
+    request = send("c")
+    assert _check_timestamped(request, NEW_SECRET)  # one signature, the new key's
+
+
 def test_unreachable_receiver_backs_off_and_delivers_later(env: Env, receiver: Receiver) -> None:
     env.put(service_doc("web"))
     env.reconcile("web")

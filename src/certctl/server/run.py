@@ -64,9 +64,6 @@ CA_SECRET_REFRESH_S = 60.0
 # How often each process compares its cached issuers with the store (renewals elsewhere).
 ISSUER_CACHE_CHECK_S = 60.0
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
-# Keys in notifications.webhook.secret-file: the current one and one being retired. Each
-# adds a signature to every POST, and a rotation needs no more than the two.
-_MAX_WEBHOOK_KEYS = 2
 # File descriptors kept back from client connections: listeners, the event loop, log files,
 # SQLite (three per pooled connection) or PostgreSQL, certificate reloads, webhooks, reload
 # commands. About 25 are open at rest.
@@ -487,41 +484,26 @@ def _webhook(config: ServerConfig) -> Webhook | None:
     key being retired (its signature is sent too, so receivers switch when they like).
 
     Raises:
-        InvalidRequest: the secret file is missing, unreadable, empty or holds more than
-            ``_MAX_WEBHOOK_KEYS`` keys, or the ca-file cannot be read or holds no PEM
+        InvalidRequest: the secret file is missing, unreadable, empty or holds more keys
+            than ``notify.MAX_KEYS``, or the ca-file cannot be read or holds no PEM
             certificate.
     """
-    from certctl.services.notify import Webhook
+    from certctl.services.notify import Webhook, load_keys
 
     hook = config.notifications.webhook
     if hook is None:
         return None
-    keys: list[bytes] = []
-    if hook.secret_file is not None:
-        try:
-            content = hook.secret_file.read_bytes()
-        except OSError as exc:
-            raise InvalidRequest(
-                f"notifications.webhook.secret-file: cannot read {hook.secret_file}"
-            ) from exc
-        for line in content.splitlines():
-            if line.strip() and line.strip() not in keys:
-                keys.append(line.strip())
-    if not keys:
+    if hook.secret_file is None:
         raise InvalidRequest("notifications.webhook needs a non-empty secret-file")
-    if len(keys) > _MAX_WEBHOOK_KEYS:
-        # Never a key's text: the count says enough (often a key wrapped over lines).
-        raise InvalidRequest(
-            f"notifications.webhook.secret-file {hook.secret_file}: {len(keys)} keys; at most "
-            f"{_MAX_WEBHOOK_KEYS}, one per line: the current one, then the one being retired"
-        )
+    keys = load_keys(hook.secret_file)
     return Webhook(
         hook.url,
         keys[0],
         parse_duration(hook.timeout).total_seconds(),
         proxy=hook.proxy,
         ca_file=hook.ca_file,
-        previous_secrets=tuple(keys[1:]),
+        previous_secrets=keys[1:],
+        secret_file=hook.secret_file,
     )
 
 

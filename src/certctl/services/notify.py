@@ -28,11 +28,13 @@ from certctl.services.context import Services
 from certctl.store.models import OutboxEvent
 
 __all__ = [
+    "MAX_KEYS",
     "SIGNATURE_HEADER",
     "SIGNATURE_V2_HEADER",
     "TIMESTAMP_HEADER",
     "Webhook",
     "dispatch_pending",
+    "load_keys",
     "receiver_trust",
     "sign",
     "sign_timestamped",
@@ -47,6 +49,40 @@ SIGNATURE_HEADER = "X-Certctl-Signature"
 SIGNATURE_V2_HEADER = "X-Certctl-Signature-V2"
 TIMESTAMP_HEADER = "X-Certctl-Timestamp"
 _MAX_BACKOFF = timedelta(minutes=10)
+# Keys in notifications.webhook.secret-file: the current one and one being retired. Each
+# adds a signature to every POST, and a rotation needs no more than the two.
+MAX_KEYS = 2
+
+
+def load_keys(secret_file: Path) -> tuple[bytes, ...]:
+    """The HMAC keys in ``secret_file``, one per line, the current one first.
+
+    Raises:
+        InvalidRequest: the file cannot be read, holds no key, or more than ``MAX_KEYS``.
+    """
+    try:
+        content = secret_file.read_bytes()
+    except OSError as exc:
+        raise InvalidRequest(
+            f"notifications.webhook.secret-file: cannot read {secret_file}"
+        ) from exc
+    return _parse_keys(secret_file, content)
+
+
+def _parse_keys(secret_file: Path, content: bytes) -> tuple[bytes, ...]:
+    keys: list[bytes] = []
+    for line in content.splitlines():
+        if line.strip() and line.strip() not in keys:
+            keys.append(line.strip())
+    if not keys:
+        raise InvalidRequest("notifications.webhook needs a non-empty secret-file")
+    if len(keys) > MAX_KEYS:
+        # Never a key's text: the count says enough (often one key wrapped over lines).
+        raise InvalidRequest(
+            f"notifications.webhook.secret-file {secret_file}: {len(keys)} keys; at most "
+            f"{MAX_KEYS}, one per line: the current one, then the one being retired"
+        )
+    return tuple(keys)
 
 
 def receiver_trust(ca_file: Path) -> ssl.SSLContext:
@@ -99,6 +135,45 @@ class _Trust:
             return self._context
 
 
+class _Keys:
+    """``secret-file``, read again at each pass: a rotation's steps apply without a restart.
+
+    On every replica, so none left behind can lead and sign with the old key alone. A file
+    that cannot be used (empty, too many lines) keeps the keys read so far, with one warning
+    per content; one that cannot be read keeps them silently, as ``_Trust`` does.
+    """
+
+    def __init__(self, secret_file: Path, keys: tuple[bytes, ...]) -> None:
+        self._secret_file = secret_file
+        self._lock = threading.Lock()
+        self._seen: bytes | None = None  # read at the first pass; logged only if it differs
+        self._keys = keys
+
+    def current(self) -> tuple[bytes, ...]:
+        try:
+            content: bytes | None = self._secret_file.read_bytes()
+        except OSError:
+            content = None
+        with self._lock:
+            if content is None or content == self._seen:
+                return self._keys
+            self._seen = content
+            try:
+                keys = _parse_keys(self._secret_file, content)
+            except InvalidRequest as exc:
+                log.warning("%s; the keys read before still sign", exc.detail)
+                return self._keys
+            if keys != self._keys:
+                self._keys = keys
+                log.info(
+                    "%s changed: webhook POSTs are now signed with %d key%s",
+                    self._secret_file,
+                    len(keys),
+                    "s" if len(keys) > 1 else "",
+                )
+            return self._keys
+
+
 @dataclass(frozen=True)
 class Webhook:
     """Where events go, the shared secret that signs them, and how they get there.
@@ -114,6 +189,9 @@ class Webhook:
     ``previous_secrets``: keys being retired; v2 is signed with each of them too, after
     ``secret``, so a receiver still holding one accepts the POST during a rotation.
 
+    ``secret_file``: where ``secret`` and ``previous_secrets`` were read (``load_keys``); read
+    again at each pass, its keys replace them once it changes.
+
     Raises:
         InvalidRequest: ``ca_file`` cannot be read or holds no PEM certificate.
     """
@@ -126,11 +204,22 @@ class Webhook:
     proxy: str | None = field(default=None, repr=False)
     ca_file: Path | None = None
     previous_secrets: tuple[bytes, ...] = field(default=(), repr=False)
+    secret_file: Path | None = None
     _trust: _Trust | None = field(default=None, init=False, repr=False, compare=False)
+    _keys: _Keys | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.ca_file is not None:
             object.__setattr__(self, "_trust", _Trust(self.ca_file))
+        if self.secret_file is not None:
+            keys = (self.secret, *self.previous_secrets)
+            object.__setattr__(self, "_keys", _Keys(self.secret_file, keys))
+
+    def keys(self) -> tuple[bytes, ...]:
+        """The HMAC keys to sign with now, the current one first."""
+        if self._keys is None:
+            return (self.secret, *self.previous_secrets)
+        return self._keys.current()
 
     @property
     def receiver(self) -> str:
@@ -167,9 +256,8 @@ def sign_timestamped(secret: bytes, timestamp: int, body: bytes) -> str:
     return sign(secret, str(timestamp).encode() + b"." + body)
 
 
-def _signatures_v2(webhook: Webhook, timestamp: int, body: bytes) -> str:
+def _signatures_v2(keys: tuple[bytes, ...], timestamp: int, body: bytes) -> str:
     # A comma-separated list (RFC 9110 5.6.1), the current key's first.
-    keys = (webhook.secret, *webhook.previous_secrets)
     return ", ".join(sign_timestamped(key, timestamp, body) for key in keys)
 
 
@@ -225,6 +313,7 @@ async def _send(
     import httpx
 
     delivered = 0
+    keys = webhook.keys()  # once a pass, as the CAs: every event of it signed alike
     # trust_env off: no proxy, CA bundle or credentials from the environment, as kubeapi.
     async with httpx.AsyncClient(
         timeout=webhook.timeout_s,
@@ -254,9 +343,9 @@ async def _send(
                         content=body,
                         headers={
                             "Content-Type": "application/json",
-                            SIGNATURE_HEADER: sign(webhook.secret, body),
+                            SIGNATURE_HEADER: sign(keys[0], body),
                             TIMESTAMP_HEADER: str(timestamp),
-                            SIGNATURE_V2_HEADER: _signatures_v2(webhook, timestamp, body),
+                            SIGNATURE_V2_HEADER: _signatures_v2(keys, timestamp, body),
                             "X-Certctl-Event": event.event,
                             "X-Certctl-Delivery": str(event.id),
                         },
