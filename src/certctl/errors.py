@@ -106,9 +106,17 @@ class Unavailable(CertctlError):
 
 
 class StorageUnavailable(Unavailable):
-    """The database refuses the operation: disk full, read-only, I/O error, unreachable."""
+    """The database refuses the operation: disk full, read-only, I/O error, unreachable.
+
+    ``retry_after_s``: when the fault passes by itself soon (no pooled connection came free
+    in time), the delay a client is told to wait (``Retry-After``).
+    """
 
     title = "Storage unavailable"
+
+    def __init__(self, detail: str, retry_after_s: int | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
 
 
 class TooManyRequests(CertctlError):

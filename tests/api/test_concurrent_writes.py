@@ -425,6 +425,9 @@ def test_no_free_database_connection_is_a_503_not_a_500(api: Api) -> None:
         r = api.get("/api/v1/certificates", api.admin_key)
         body = assert_problem(r, 503)
         assert body["detail"] == "storage is busy: no database connection came free in time"
+        # A burst passes: the client is told when to come back (database-pool-size smaller
+        # than the threads that may hold a connection makes such bursts expected).
+        assert r.headers["Retry-After"] == "2"
     finally:
         pool._timeout = saved
         for connection in held:

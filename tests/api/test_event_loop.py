@@ -372,6 +372,57 @@ def test_the_pool_holds_every_thread_that_may_use_the_store_at_once(
     assert not all_hold.broken
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])  # the setting is for PostgreSQL
+def test_the_smallest_pool_serves_a_burst_by_waiting(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    """``database-pool-size`` at its minimum: a burst of issuances, listings and writes waits
+    for connections and is answered, none failing (no request holds one while it waits for
+    the group commit's)."""
+    import anyio
+    import httpx2
+
+    from certctl.store.db import POOL_MIN
+    from tests.api.conftest import _truncate_all, running_app
+
+    url = None
+    if backend == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        _truncate_all(url)
+    with running_app(backend, tmp_path / "data", url, **{"database-pool-size": POOL_MIN}) as api:
+        pool: Any = api.services.engine.pool
+        assert pool.size() + pool._max_overflow == POOL_MIN
+
+        async def burst() -> list[int]:
+            transport = httpx2.ASGITransport(app=api.client.app)
+            headers = {"Authorization": f"Bearer {api.admin_key}"}
+            async with httpx2.AsyncClient(transport=transport, base_url="https://t") as client:
+                calls = [
+                    client.post(
+                        "/api/v1/certificates",
+                        headers=headers,
+                        json={
+                            "common_name": f"b{i}.example.com",
+                            "dns_names": [f"b{i}.example.com"],
+                        },
+                    )
+                    for i in range(8)
+                ]
+                calls += [client.get("/api/v1/certificates", headers=headers) for _ in range(6)]
+                calls += [
+                    client.post(
+                        "/api/v1/auth/roles",
+                        headers=headers,
+                        json={"id": f"small-{i}", "permissions": ["cert.read"]},
+                    )
+                    for i in range(6)
+                ]
+                answers = await asyncio.gather(*calls)
+            return [r.status_code for r in answers]
+
+        assert anyio.run(burst) == [201] * 8 + [200] * 6 + [201] * 6
+
+
 def test_a_flood_of_bad_keys_writes_its_audit_rows_one_at_a_time(api: Api) -> None:
     """Refused keys' audit rows take one thread of their own, never the write pool's six.
 

@@ -595,6 +595,7 @@ def readers(*subjects: dict[str, str]) -> dict[str, Any]:
             "additional properties 'existingSecert' not allowed",
         ),
         ({"monitoring": {"port": "9443"}}, "at '/monitoring/port': got string, want integer"),
+        ({"database": {"poolSize": 2}}, "at '/database/poolSize'"),
         ({"service": {"type": "ClusterIp"}}, "at '/service/type'"),
         ({"server": {"tls": {"minVersion": "TLS1.3"}}}, "at '/server/tls/minVersion'"),
         (
@@ -629,6 +630,7 @@ def readers(*subjects: dict[str, str]) -> dict[str, Any]:
         "bearerTokenSecrets",
         "existingSecert",
         "port-as-string",
+        "pool-too-small",
         "service-type-case",
         "min-version",
         "interval",
@@ -687,6 +689,14 @@ def test_postgres_replicas(render: Callable[..., Rendered]) -> None:
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container(existing)["env"]}
     assert env["CERTCTL_DATABASE_URL"] == {"name": "pg", "key": "u"}
     assert ("Secret", "certctl-database") not in existing
+
+
+def test_the_database_pool_size_reaches_the_server(render: Callable[..., Rendered]) -> None:
+    """database.poolSize: a budget that fits PostgreSQL's max_connections (docs/kubernetes.md)."""
+    default = ServerConfig.model_validate(server_config(render(POSTGRES)))
+    assert default.database_pool_size == 34
+    smaller = render(merged(POSTGRES, {"database": {"poolSize": 24}}))
+    assert ServerConfig.model_validate(server_config(smaller)).database_pool_size == 24
 
 
 def test_kubernetes_auth_rbac(render: Callable[..., Rendered]) -> None:

@@ -525,6 +525,14 @@ _HEADERS = {
             "schema": {"type": "integer", "minimum": 0},
         }
     },
+    "503": {
+        "Retry-After": {
+            "required": False,
+            "description": "seconds to wait, when no database connection came free in time "
+            "(a burst beyond database-pool-size)",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    },
 }
 
 

@@ -7,7 +7,7 @@ import json
 from starlette.responses import Response
 
 from certctl.auth.apikeys import redact_keys
-from certctl.errors import CertctlError, TooManyRequests
+from certctl.errors import CertctlError, StorageUnavailable, TooManyRequests
 
 __all__ = ["problem", "problem_from_error"]
 
@@ -64,9 +64,12 @@ def problem(
 
 
 def problem_from_error(exc: CertctlError) -> Response:
-    """Map a CertctlError to its problem response (429 carries ``Retry-After``)."""
+    """Map a CertctlError to its problem response (429 carries ``Retry-After``).
+
+    So does a 503 for a pool with no connection free in time: the burst passes.
+    """
     headers = None
-    if isinstance(exc, TooManyRequests):
+    if isinstance(exc, TooManyRequests | StorageUnavailable) and exc.retry_after_s is not None:
         headers = {"Retry-After": str(exc.retry_after_s)}  # RFC 9110 10.2.3: delay-seconds
     return problem(exc.status, exc.title, exc.detail, headers)
 

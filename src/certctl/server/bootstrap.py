@@ -178,7 +178,7 @@ def _bootstrap_store(config: ServerConfig) -> Bootstrapped:
         with contextlib.suppress(FileExistsError):
             os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE))
         _check_owned(db, Path(f"{db}-wal"), Path(f"{db}-shm"))
-    engine = create_store_engine(config.effective_database_url)
+    engine = create_store_engine(config.effective_database_url, config.database_pool_size)
     try:
         with startup_lock(engine):
             return _prepare_store(config, engine)
@@ -424,7 +424,7 @@ def existing_store(
         # SQLite would create an empty file (readable by all) rather than fail.
         raise InvalidRequest(f"{data_dir / 'certctl.db'}: no such database")
     where = data_dir / "certctl.db" if config.database_url is None else "database-url"
-    engine = create_store_engine(config.effective_database_url)
+    engine = create_store_engine(config.effective_database_url, config.database_pool_size)
     try:
         # An empty certctl.db or another database: without the tables the query below
         # failed as "internal error (… no such table: issuers …)".

@@ -35,6 +35,14 @@ def _checked_duration(value: str) -> str:
     return value
 
 
+# database-pool-size: store.db's POOL_CONNECTIONS and POOL_MIN (not imported: loading the
+# configuration does not load SQLAlchemy; tests/unit/server pins them equal).
+_POOL_DEFAULT = 34
+_POOL_MIN = 3
+_POOL_RULE = (
+    f"expected a whole number of database connections per server process, at least "
+    f"{_POOL_MIN} (the leader's lock, the group commit and one for requests)"
+)
 _MIN_WORKERS = 1
 _MAX_WORKERS = 64
 _WORKERS_RULE = f"expected a whole number of server processes from {_MIN_WORKERS} to {_MAX_WORKERS}"
@@ -322,6 +330,9 @@ class ServerConfig(_Section):
 
     data_dir: Path = Field(default=Path("certctl-data"), alias="data-dir")
     database_url: str | None = Field(default=None, alias="database-url")
+    # Pooled connections per server process (each worker of `workers`); fewer than the
+    # threads that may use the store at once (the default) makes bursts wait.
+    database_pool_size: int = Field(default=_POOL_DEFAULT, alias="database-pool-size")
     listen: str = "127.0.0.1:8443"
     allow_insecure: bool = Field(default=False, alias="allow-insecure")
     tls: TLSConfig = Field(default_factory=TLSConfig)
@@ -357,6 +368,16 @@ class ServerConfig(_Section):
         # came from (a flag, a variable, the file).
         _host_port(value)
         return value
+
+    @field_validator("database_pool_size", mode="before")
+    @classmethod
+    def _pool_size(cls, value: Any) -> Any:
+        text = str(value).strip() if isinstance(value, str | int) else ""
+        if isinstance(value, bool) or not (text.isascii() and text.isdigit()):
+            raise ValueError(_POOL_RULE)
+        if int(text) < _POOL_MIN:
+            raise ValueError(_POOL_RULE)
+        return int(text)
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -461,6 +482,7 @@ def _host_port(value: str) -> tuple[str, int]:
 _ENV_KEYS = {
     "CERTCTL_DATA_DIR": ("data-dir",),
     "CERTCTL_DATABASE_URL": ("database-url",),
+    "CERTCTL_DATABASE_POOL_SIZE": ("database-pool-size",),
     "CERTCTL_LISTEN": ("listen",),
     "CERTCTL_TLS_MODE": ("tls", "mode"),
     "CERTCTL_TLS_CERT_DIR": ("tls", "cert-dir"),

@@ -49,7 +49,7 @@ from certctl.server.tls import (
 from certctl.services import issuance
 from certctl.services.context import IssuerRevocation, Services
 from certctl.services.tls_services import ServiceSettings, TargetPolicy, ca_renewal_time
-from certctl.store.db import checkpoint, storage_error
+from certctl.store.db import PoolTimeout, checkpoint, storage_error
 from certctl.store.models import ApiKey, Issuer, ManagedService
 from certctl.targets.kubernetes import SecretWriter, WriteResult
 
@@ -124,7 +124,7 @@ async def _periodic(interval_s: float, work: Callable[[], Any], what: str) -> No
         await asyncio.sleep(interval_s)
         try:
             await asyncio.to_thread(work)
-        except DBAPIError as exc:
+        except (DBAPIError, PoolTimeout) as exc:  # PoolTimeout: a busy, smaller pool
             fault = storage_error(exc)
             if fault is None:
                 log.exception("%s failed; will retry", what)

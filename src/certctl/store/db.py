@@ -38,6 +38,9 @@ from certctl.errors import CertctlError, Conflict, StorageUnavailable
 __all__ = [
     "POOL_CONNECTIONS",
     "POOL_KEPT_OPEN",
+    "POOL_MIN",
+    "POOL_RETRY_AFTER_S",
+    "POOL_TIMEOUT_S",
     "PoolTimeout",
     "checkpoint",
     "constraint_conflict",
@@ -238,29 +241,47 @@ def _python_lower(value: object) -> object:
 # CA renewal and issuer-cache refresh (server.run), and the leader's advisory lock, held on
 # a pooled connection (7). 34 (tests/api/test_event_loop.py adds them up). A pool smaller
 # than that (PostgreSQL's held 20, SQLite's 30) let a burst that kept them all busy wait
-# pool_timeout (30 s) for a connection, then fail with 503.
+# pool_timeout (30 s) for a connection, then fail with 503. ``database-pool-size`` may set a
+# smaller pool (PostgreSQL's max_connections shared by many processes): a burst then waits.
 POOL_CONNECTIONS = 34
 # Kept open between uses; the others are opened under load and closed when returned.
 POOL_KEPT_OPEN = 10
+# The smallest pool that cannot starve: the leader's advisory lock holds one for the life of
+# the process, the group commit needs one to answer any issuance, and requests and the other
+# background work share the last. Below it, a leader's issuances could wait for ever.
+POOL_MIN = 3
+# How long a checkout waits for a free connection before the request answers 503 (with
+# Retry-After: POOL_RETRY_AFTER_S). Only a pool smaller than the threads that may hold one
+# (``database-pool-size`` below POOL_CONNECTIONS) ever waits; a client would rather retry
+# than hang for SQLAlchemy's default 30 s.
+POOL_TIMEOUT_S = 10.0
+POOL_RETRY_AFTER_S = 2
 
 
-def create_store_engine(url: str) -> Engine:
+def create_store_engine(url: str, pool_size: int = POOL_CONNECTIONS) -> Engine:
     """Create an engine; SQLite gets WAL, a busy timeout and foreign keys.
+
+    ``pool_size``: connections at most at once (``database-pool-size``), POOL_KEPT_OPEN of
+    them (or all, if fewer) kept open between uses.
 
     ``hide_parameters``: a failed statement's error text (logged with its traceback) would
     otherwise quote its parameters: key hashes, wrapped keys, certificates.
     """
+    if pool_size < POOL_MIN:
+        raise ValueError(f"pool_size {pool_size} is below {POOL_MIN}")
+    kept_open = min(POOL_KEPT_OPEN, pool_size)
+    limits = {
+        "pool_size": kept_open,
+        "max_overflow": pool_size - kept_open,
+        "pool_timeout": POOL_TIMEOUT_S,
+    }
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
         database = make_url(url).database
         # A SQLite connection is a file handle and at most its page cache: POOL_KEPT_OPEN
-        # kept open (beyond them one is opened per use), up to POOL_CONNECTIONS at once.
-        pool = (
-            {"pool_size": POOL_KEPT_OPEN, "max_overflow": POOL_CONNECTIONS - POOL_KEPT_OPEN}
-            if database not in (None, "", ":memory:")
-            else {}
-        )
+        # kept open (beyond them one is opened per use), up to pool_size at once.
+        pool = limits if database not in (None, "", ":memory:") else {}
         engine = create_engine(
             url,
             connect_args={"timeout": 30, "check_same_thread": False},
@@ -287,8 +308,7 @@ def create_store_engine(url: str) -> Engine:
     engine = create_engine(
         url,
         pool_pre_ping=True,
-        pool_size=POOL_KEPT_OPEN,
-        max_overflow=POOL_CONNECTIONS - POOL_KEPT_OPEN,
+        **limits,
         hide_parameters=True,
         connect_args=_pg_timeouts(make_url(url).query),
     )
@@ -625,7 +645,10 @@ def storage_error(exc: BaseException) -> StorageUnavailable | None:
     if isinstance(exc, PoolTimeout):
         # Every pooled connection stayed busy for pool_timeout (writes queued behind SQLite's
         # write lock, a slow PostgreSQL): an overloaded store, not a bug: 503, to retry.
-        return StorageUnavailable("storage is busy: no database connection came free in time")
+        return StorageUnavailable(
+            "storage is busy: no database connection came free in time",
+            retry_after_s=POOL_RETRY_AFTER_S,
+        )
     if not isinstance(exc, DBAPIError):
         return None
     orig = exc.orig

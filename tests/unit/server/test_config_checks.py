@@ -590,3 +590,55 @@ def test_webhook_settings_reach_the_sender(tmp_path: Path) -> None:
         with pytest.raises(InvalidRequest) as refused:
             _webhook(load_config(file, {}))
         assert refused.value.detail == f"notifications.webhook.ca-file {tmp_path}/{name}: {why}"
+
+
+POOL_RULE = (
+    "expected a whole number of database connections per server process, at least 3 "
+    "(the leader's lock, the group commit and one for requests)"
+)
+
+
+def test_a_database_pool_too_small_to_serve_is_refused_in_one_line(tmp_path: Path) -> None:
+    # The leader's lock holds one connection for good and the group commit needs one to
+    # answer any issuance: a pool of 2 would leave requests nothing, and issuance hanging.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    env["CERTCTL_DATABASE_POOL_SIZE"] = "2"
+    result = failed(run("certctl", "serve", "--data-dir", tmp_path / "d", env=env))
+    assert result.returncode == 1
+    assert result.stderr == f"certctl: error: CERTCTL_DATABASE_POOL_SIZE=2: {POOL_RULE}\n"
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "ten", "3.5", "true"])
+def test_a_database_pool_size_that_is_no_whole_number_from_3_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.delenv("CERTCTL_DATABASE_POOL_SIZE", raising=False)
+    file = tmp_path / "certctl.yaml"
+    file.write_text(f"database-pool-size: {value}\n")
+    with pytest.raises(InvalidRequest) as refused:
+        load_config(file, {})
+    assert refused.value.detail == f"{file}: database-pool-size: {POOL_RULE}"
+
+
+def test_the_database_pool_size_defaults_to_every_holder_and_may_be_smaller(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from certctl.server import config
+    from certctl.store.db import POOL_CONNECTIONS, POOL_MIN, create_store_engine
+
+    # The configuration does not import the store: its copies of the two are pinned here.
+    assert (config._POOL_DEFAULT, config._POOL_MIN) == (POOL_CONNECTIONS, POOL_MIN)
+    monkeypatch.delenv("CERTCTL_DATABASE_POOL_SIZE", raising=False)
+    assert load_config(None, {}).database_pool_size == POOL_CONNECTIONS
+    file = tmp_path / "certctl.yaml"
+    file.write_text(f"database-pool-size: {POOL_MIN}\n")
+    size = load_config(file, {}).database_pool_size
+    assert size == POOL_MIN
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'pool.db'}", size)
+    pool: Any = engine.pool
+    assert pool.size() + pool._max_overflow == POOL_MIN
+    assert pool.timeout() == 10  # a request waits 10 s for a connection, not 30, then 503
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'pool.db'}")
+    pool = engine.pool
+    assert (pool.size(), pool.size() + pool._max_overflow) == (10, POOL_CONNECTIONS)

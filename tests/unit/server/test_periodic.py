@@ -88,3 +88,22 @@ def test_a_bug_still_logs_its_traceback(caplog: pytest.LogCaptureFixture) -> Non
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert [r.getMessage() for r in errors] == ["metrics failed; will retry"]
     assert errors[0].exc_info is not None
+
+
+def test_no_free_pooled_connection_is_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """A database-pool-size below the threads that may use the store: a pass that waited in
+    vain for a connection is the store busy, not a bug (before: a traceback every pass)."""
+    from certctl.store.db import PoolTimeout
+
+    caplog.set_level(logging.INFO, logger="certctl.server")
+    _run_passes([PoolTimeout("QueuePool limit"), PoolTimeout("QueuePool limit"), None])
+    lines = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
+    assert lines == [
+        (
+            "WARNING",
+            "metrics failed: storage is busy: no database connection came free in time; "
+            "retrying every 0 s",
+            None,
+        ),
+        ("INFO", "metrics works again", None),
+    ]

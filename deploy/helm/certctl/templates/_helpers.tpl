@@ -124,6 +124,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   "data-dir" "/var/lib/certctl"
   "listen" "0.0.0.0:8443"
   "log-format" .Values.server.logFormat
+  "database-pool-size" (int .Values.database.poolSize)
   "tls" $tls
   "auth" (dict "kubernetes" (dict "enabled" (.Values.auth.kubernetes.enabled | default false)))
 }}
