@@ -196,6 +196,65 @@ def test_a_key_read_from_the_store_leaves_the_event_loop_free(api: Api) -> None:
     assert longest_stall < 0.15
 
 
+@pytest.mark.parametrize("api", ["postgresql"], indirect=True)  # SQLite's counter is a file
+def test_reopening_the_credential_counter_leaves_the_event_loop_free(api: Api) -> None:
+    """After a database outage the counter's own connection is opened again in a thread.
+
+    Before, the first request a second after the outage opened it on the event loop: for as
+    long as connecting took (up to connect_timeout, 5 s, against a database that does not
+    answer), every other request of the process waited.
+    """
+    import time
+
+    import httpx2
+
+    api.get("/api/v1/auth/whoami", api.admin_key)
+    api.get("/api/v1/auth/whoami", api.admin_key)  # remembered: the counter is open
+    cache = rbac._key_cache(api.services.engine)
+    assert cache is not None
+    counter: Any = cache._counter
+    assert counter._connection is not None
+    counter._close()  # what a failed read leaves: no connection, reopened when next read
+    counter._retry_at = 0.0  # a second later
+
+    def slow_connect(*args: Any) -> None:
+        time.sleep(0.4)  # a database that takes its time to accept a connection
+
+    async def whoami_while_the_loop_ticks() -> tuple[int, float]:
+        most, ticking = [0.0], [True]
+
+        async def tick() -> None:
+            last = time.monotonic()
+            while ticking[0]:
+                await asyncio.sleep(0.005)
+                now = time.monotonic()
+                most[0], last = max(most[0], now - last), now
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0.02)
+        transport = httpx2.ASGITransport(app=api.client.app)
+        async with httpx2.AsyncClient(transport=transport, base_url="https://t") as client:
+            r = await client.get(
+                "/api/v1/auth/whoami", headers={"Authorization": f"Bearer {api.admin_key}"}
+            )
+        ticking[0] = False
+        await ticker
+        return r.status_code, most[0]
+
+    event.listen(api.services.engine, "do_connect", slow_connect)
+    try:
+        status, longest_stall = asyncio.run(whoami_while_the_loop_ticks())
+        deadline = time.monotonic() + 5
+        while counter._connection is None and time.monotonic() < deadline:
+            time.sleep(0.02)  # opened in its thread meanwhile
+    finally:
+        event.remove(api.services.engine, "do_connect", slow_connect)
+    assert status == 200
+    assert longest_stall < 0.15
+    assert counter._connection is not None
+    assert counter.read() is not None  # and used from then on
+
+
 def test_a_burst_of_mutations_holds_at_most_write_threads_connections(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import difflib
 import logging
@@ -26,7 +27,7 @@ from certctl.auth.permissions import BUILTIN_ROLES, PERMISSIONS
 from certctl.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, Unauthenticated
 from certctl.services.audit import record, record_call
 from certctl.services.context import Principal, Services, utcnow
-from certctl.store.db import AUTH_LOCK, lock_for_write, storage_error
+from certctl.store.db import AUTH_LOCK, PoolTimeout, lock_for_write, storage_error
 from certctl.store.models import Actor, ApiKey, Role
 
 __all__ = [
@@ -814,9 +815,11 @@ class _PostgresCounter:
     pool. Closed with the engine's pool (``Engine.dispose``) and opened again when next read.
     Any failure (a restart, a cut) closes it and answers None, so that the caller reads the
     store through the pool, which reports the outage. It is opened again a second later, and
-    each failure to open it doubles that wait, up to RETRY_MAX: opening it on the event loop
-    waits as long as a pooled connection does (``connect_timeout``), and during an outage
-    the request that tries pays that wait twice.
+    each failure to open it doubles that wait, up to RETRY_MAX. Opening it waits as long as
+    a pooled connection does (up to ``connect_timeout``, 5 s, against a database that does
+    not answer): asked on the event loop, it is opened in a thread of its own and the reads
+    meanwhile answer None (before, the request that reopened it after an outage stalled
+    every other request of the process that long). A worker thread opens it itself.
     """
 
     RETRY_AFTER = 1.0
@@ -831,8 +834,15 @@ class _PostgresCounter:
         self._retry_at = 0.0
         self._retry_after = self.RETRY_AFTER
         self._failed = False
-        # What a connection that fails raises: the driver's own errors, SQLAlchemy's wrapped.
-        self._errors: tuple[type[Exception], ...] = (DBAPIError, engine.dialect.loaded_dbapi.Error)
+        self._opening = False  # a thread is opening the connection
+        self._disposals = 0  # a connection opened before a disposal is not kept
+        # What a connection that fails raises: the driver's own errors, SQLAlchemy's wrapped,
+        # and (opening it) no pooled connection free in time (database-pool-size).
+        self._errors: tuple[type[Exception], ...] = (
+            DBAPIError,
+            PoolTimeout,
+            engine.dialect.loaded_dbapi.Error,
+        )
         event.listen(engine, "engine_disposed", self._disposed)
 
     def read(self) -> int | None:
@@ -846,30 +856,73 @@ class _PostgresCounter:
                 cursor.execute(_GENERATION_SQL)
                 found = cursor.fetchone()
             except self._errors as exc:
-                reopening = self._connection is None
-                self._close()
-                self._retry_at = time.monotonic() + self._retry_after
-                if reopening:
-                    self._retry_after = min(2 * self._retry_after, self.RETRY_MAX)
-                if not self._failed:  # once per outage, not once per request
-                    self._failed = True
-                    log.warning("credential generation not read (no caching meanwhile): %s", exc)
+                self._failure(exc, reopening=self._connection is None)
                 return None
             self._failed, self._retry_after = False, self.RETRY_AFTER
         return int(found[0]) if found else None
 
+    def _failure(self, exc: Exception, *, reopening: bool) -> None:
+        """Under ``_lock``: close, and try again after a while (longer if opening failed)."""
+        self._close()
+        self._retry_at = time.monotonic() + self._retry_after
+        if reopening:
+            self._retry_after = min(2 * self._retry_after, self.RETRY_MAX)
+        if not self._failed:  # once per outage, not once per request
+            self._failed = True
+            log.warning("credential generation not read (no caching meanwhile): %s", exc)
+
     def _connect(self) -> Any:
+        """Under ``_lock``: the cursor, opened here, or None (opening in a thread, or later)."""
         engine = self._engine()
-        if engine is None or time.monotonic() < self._retry_at:
+        if engine is None or self._opening or time.monotonic() < self._retry_at:
             return None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # a worker thread: it may wait for the connection
+            self._connection = self._open(engine)
+            self._cursor = self._connection.cursor()
+            return self._cursor
+        self._opening = True
+        threading.Thread(
+            target=self._open_aside,
+            args=(engine, self._disposals),
+            name="certctl-credential-counter",
+            daemon=True,  # bounded by connect_timeout; nothing to finish at exit
+        ).start()
+        return None
+
+    def _open_aside(self, engine: Engine, disposals: int) -> None:
+        try:
+            connection = self._open(engine)
+        except Exception as exc:
+            with self._lock:
+                self._opening = False
+                if isinstance(exc, self._errors):
+                    self._failure(exc, reopening=True)
+                    return
+            log.exception("credential generation connection not opened")
+            return
+        with self._lock:
+            self._opening = False
+            if disposals == self._disposals and self._connection is None:
+                self._connection, self._cursor = connection, connection.cursor()
+                return
+        with contextlib.suppress(Exception):  # the engine was disposed meanwhile
+            connection.close()
+
+    @staticmethod
+    def _open(engine: Engine) -> Any:
         pooled = engine.raw_connection()
         connection: Any = pooled.driver_connection
         pooled.detach()  # the pool forgets it: closed here, never handed to another caller
-        self._connection = connection
-        connection.rollback()  # whatever the checkout's ping began
-        connection.autocommit = True
-        self._cursor = connection.cursor()
-        return self._cursor
+        try:
+            connection.rollback()  # whatever the checkout's ping began
+            connection.autocommit = True
+        except Exception:
+            with contextlib.suppress(Exception):
+                connection.close()
+            raise
+        return connection
 
     def _close(self) -> None:
         connection, self._connection, self._cursor = self._connection, None, None
@@ -879,6 +932,7 @@ class _PostgresCounter:
 
     def _disposed(self, _engine: Engine) -> None:
         with self._lock:
+            self._disposals += 1
             self._close()
 
     def __del__(self) -> None:
