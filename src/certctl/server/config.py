@@ -224,11 +224,16 @@ class HTTPConfig(_Section):
     header_timeout: str = Field(default="10s", alias="header-timeout")
     body_timeout: str = Field(default="60s", alias="body-timeout")
     send_timeout: str = Field(default="60s", alias="send-timeout")
+    # How long a stop waits for open requests before cancelling them: within Kubernetes'
+    # default terminationGracePeriodSeconds (30 s), with time left for the rest of the stop.
+    shutdown_timeout: str = Field(default="25s", alias="shutdown-timeout")
     # Open connections per process; unset: what the open-file limit leaves room for
     # (certctl.server.run.connection_limit).
     max_connections: int | None = Field(default=None, alias="max-connections", ge=1)
 
-    @field_validator("handshake_timeout", "header_timeout", "body_timeout", "send_timeout")
+    @field_validator(
+        "handshake_timeout", "header_timeout", "body_timeout", "send_timeout", "shutdown_timeout"
+    )
     @classmethod
     def _duration(cls, value: str) -> str:
         return _checked_duration(value)

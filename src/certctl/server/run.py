@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import math
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
 from cryptography import x509
@@ -778,6 +780,17 @@ def _renew_self_signed(prepared: _Prepared, tls: ServerTLS | None) -> None:
         tls.load(services.clock())
 
 
+def _not_a_cancelled_request(record: logging.LogRecord) -> bool:
+    """Drop uvicorn's "Exception in ASGI application" for a request cancelled by a stop.
+
+    Only a stop cancels a request (http.shutdown-timeout passed, a second SIGTERM or Ctrl-C,
+    the loop's end): uvicorn logged its CancelledError as a crash, with a traceback, after
+    its own line (or certctl's) saying it would not wait for it.
+    """
+    exc = record.exc_info
+    return not (exc and exc[0] is not None and issubclass(exc[0], asyncio.CancelledError))
+
+
 def _serve_process(
     prepared: _Prepared, index: int, sockets: dict[str, list[socket.socket]]
 ) -> None:
@@ -860,6 +873,34 @@ def _serve_process(
     def plain_http(first_bytes: bytes, client: str) -> None:
         plain_http_request(first_bytes, client, json_logs=config.log_format == "json")
 
+    logging.getLogger("uvicorn.error").addFilter(_not_a_cancelled_request)
+    # How long a stop waits for open requests (http.shutdown-timeout) before cancelling them.
+    shutdown_s = math.ceil(parse_duration(config.http.shutdown_timeout).total_seconds())
+
+    class Listener(uvicorn.Server):
+        """uvicorn's server, but a second SIGTERM while it drains open requests ends the wait.
+
+        uvicorn forces only on a second SIGINT: a supervisor that escalates with SIGTERM
+        (systemd, docker stop, a script) waited for a slow client up to http.body-timeout.
+        The flag is this listener's own: uvicorn re-raises the signal a listener captured to
+        the handler it replaced (another listener's, then ``stop``), which must not count as
+        a second one. Not in a worker of --workers: there a SIGTERM may be a duplicate of the
+        one stop (the parent forwards it on top of systemd's to the whole control group); a
+        second one to the parent ends the workers (workers.Supervisor).
+        """
+
+        signalled = False
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if sig == signal.SIGTERM and self.signalled and not several and not self.force_exit:
+                log.warning(
+                    "SIGTERM while open requests drain: not waiting for them (%d connections)",
+                    len(self.server_state.connections),
+                )
+                self.force_exit = True
+            self.signalled = True
+            super().handle_exit(sig, frame)
+
     def listener(
         asgi: Any, bind_host: str, bind_port: int, secure: bool, name: str = "main"
     ) -> uvicorn.Server:
@@ -872,7 +913,7 @@ def _serve_process(
         factory = listener_protocol(
             protocol, context, handshake_timeout_s, gate, name, headroom, plain_http, failures
         )
-        return uvicorn.Server(
+        return Listener(
             uvicorn.Config(
                 asgi,
                 host=bind_host,
@@ -891,6 +932,9 @@ def _serve_process(
                 # auth throttle and the audit log see.
                 proxy_headers=False,
                 timeout_keep_alive=30,
+                # Unset, a stop waited for open requests as long as they took (a client
+                # sending its body slowly: up to http.body-timeout, 60 s, each read).
+                timeout_graceful_shutdown=shutdown_s,
             )
         )
 
@@ -993,8 +1037,9 @@ def _serve_process(
     # command, up to its reloadTimeout; a Kubernetes call), which the loop's shutdown waits
     # for: a Ctrl-C then is the operator who will not wait, and is obeyed at once, without
     # the checkpoint (the WAL is replayed at the next start). One while uvicorn still drains
-    # is its own (a second one there: no more waiting for open connections), and re-raised
-    # here only before the listeners count as stopped. So is a SIGTERM then, ending the
+    # is its own (a second Ctrl-C or SIGTERM there: no more waiting for open connections, see
+    # Listener; http.shutdown-timeout bounds that wait anyway), and re-raised here only
+    # before the listeners count as stopped. So is a SIGTERM then, ending the
     # process with the status a stop has (0): before, it was ignored, and only SIGKILL ended a
     # server waiting for a reload command (up to 10 minutes). Not in a worker of --workers:
     # there a SIGTERM may be a duplicate of the one stop (the parent forwards it on top of
