@@ -508,3 +508,48 @@ def test_a_ca_of_the_verified_chain_whose_key_cryptography_cannot_load_is_a_401(
         "read (Curve 1.2.840.10045.3.1.4 is not supported), and a compromised issuer key "
         "could be it"
     )
+
+
+def test_a_mapping_pinned_to_an_issuing_ca_maps_only_certificates_that_ca_signed(
+    api: Api,
+) -> None:
+    """Two CAs in tls.client-ca with the very same subject: a mapping's ``issuer-fingerprint``
+    (resolved to the CA certificate) gives its roles to certificates its key signed only.
+
+    Before, any trusted CA's certificate with the mapped subject got the mapping's roles.
+    """
+    api.create_role("r-mtls", ["cert.read"])
+    api.create_role("r-pinned", ["metrics.read"])
+    for ca in ("team-a", "team-b"):
+        body = {"id": ca, "common_name": "Team CA"}  # one subject for both
+        assert api.post("/api/v1/issuers", api.admin_key, json=body).status_code == 201
+    team_a = issuance.load_issuer(api.services, "team-a").certificate
+    mappings = (
+        ClientCertMapping("CN=alice", ("r-pinned",), issuer=team_a),
+        ClientCertMapping("CN=*", ("r-mtls",)),  # no pin: as before
+        ClientCertMapping("CN=bob", ("r-pinned",), issuer=team_a),
+    )
+    layer = Presenting(create_app(api.services, client_cert_mappings=mappings))
+    with TestClient(layer, base_url="https://testserver", raise_server_exceptions=False) as client:
+        mtls = Mtls(api, layer, client)
+        alice_a, alice_b = (_client_cert(api, "alice", ca) for ca in ("team-a", "team-b"))
+        for resumed in (False, True):
+            mtls.present(alice_a["certificate_pem"], "team-a", resumed=resumed)
+            assert mtls.permissions() == ["cert.read", "metrics.read"]
+            mtls.present(alice_b["certificate_pem"], "team-b", resumed=resumed)
+            assert mtls.permissions() == ["cert.read"]  # the unpinned CN=* only
+    # Only a pinned mapping names it: another CA's certificate is not mapped at all.
+    pinned_only = (ClientCertMapping("CN=bob", ("r-pinned",), issuer=team_a),)
+    layer = Presenting(create_app(api.services, client_cert_mappings=pinned_only))
+    with TestClient(layer, base_url="https://testserver", raise_server_exceptions=False) as client:
+        mtls = Mtls(api, layer, client)
+        bob_a, bob_b = (_client_cert(api, "bob", ca) for ca in ("team-a", "team-b"))
+        mtls.present(bob_a["certificate_pem"], "team-a")
+        assert mtls.permissions() == ["metrics.read"]
+        for resumed in (False, True):
+            mtls.present(bob_b["certificate_pem"], "team-b", resumed=resumed)
+            body = assert_problem(mtls.whoami(), 401)
+            assert body["detail"] == "client certificate subject is not mapped to any role"
+    refused = [e for e in api.audit() if e["action"] == "auth.failure"]
+    assert refused, "the refusals are audited"
+    assert "signed by another CA" in refused[-1]["detail"], refused[-1]

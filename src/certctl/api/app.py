@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
 import anyio.to_thread
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from pydantic import BaseModel
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
@@ -112,6 +114,9 @@ class ClientCertMapping:
 
     subject: str
     roles: tuple[str, ...]
+    # ``issuer-fingerprint``, resolved to its certificate in ``tls.client-ca``: only a
+    # certificate this CA's key signed is mapped. None: any CA the handshake trusts.
+    issuer: x509.Certificate | None = None
     pattern: DNPattern = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -123,6 +128,25 @@ class ClientCertMapping:
         Escapes are resolved first: a CN of ``x,OU=ops`` is one value, never an OU.
         """
         return self.pattern.matches(subject)
+
+    def issued(self, certificate: x509.Certificate | None) -> bool:
+        """True without a pin, or when the pinned CA signed ``certificate`` (None: unknown).
+
+        Its name as the certificate's issuer and its key verifying the signature: another
+        CA of ``tls.client-ca`` may carry the same subject and key identifier, never the key.
+        Checked on the certificate itself, not on the verified chain, which a resumed TLS
+        session does not keep.
+        """
+        if self.issuer is None:
+            return True
+        if certificate is None:
+            return False
+        try:
+            certificate.verify_directly_issued_by(self.issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            # ValueError: another issuer name; TypeError: a key or algorithm it cannot use.
+            return False
+        return True
 
 
 # --- handlers: auth ----------------------------------------------------------------------
@@ -1274,13 +1298,29 @@ def _client_cert_principal(
     return principal if principal.source == source else replace(principal, source=source)
 
 
-def _client_cert_roles(auth: _AuthSettings, request: Request, subject: str) -> tuple[str, ...]:
-    """The roles ``auth.client-cert-mappings`` give ``subject``; 401 when none does."""
-    roles = tuple(
-        sorted({r for m in auth.client_cert_mappings if m.matches(subject) for r in m.roles})
-    )
+def _client_cert_roles(
+    auth: _AuthSettings, request: Request, subject: str, tls: dict[str, Any] | None = None
+) -> tuple[str, ...]:
+    """The roles ``auth.client-cert-mappings`` give ``subject``; 401 when none does.
+
+    With ``tls`` (in a worker thread), a mapping pinned to an issuing CA counts only for a
+    certificate that CA signed (a signature check); without (on the event loop, to refuse
+    an unmapped subject before the thread hop), by its subject alone.
+    """
+    matching = [m for m in auth.client_cert_mappings if m.matches(subject)]
+    pinned_elsewhere = False
+    if tls is not None and any(m.issuer is not None for m in matching):
+        der = tls.get("certctl.client_cert_der")
+        cert = x509.load_der_x509_certificate(der) if isinstance(der, bytes) else None
+        kept = [m for m in matching if m.issued(cert)]
+        pinned_elsewhere = len(kept) < len(matching)
+        matching = kept
+    roles = tuple(sorted({r for m in matching for r in m.roles}))
     if not roles:
-        _count_failure(auth, request, "invalid", f"unmapped client certificate {subject}")
+        why = f"unmapped client certificate {subject}"
+        if pinned_elsewhere:
+            why += " (signed by another CA than its mappings' issuer-fingerprint)"
+        _count_failure(auth, request, "invalid", why)
         raise Unauthenticated("client certificate subject is not mapped to any role")
     return roles
 
@@ -1400,7 +1440,7 @@ def _from_store(request: Request, auth: _AuthSettings) -> Principal:
     if header is None:
         tls = request.scope["extensions"]["tls"]
         subject: str = tls["client_cert_name"]
-        roles = _client_cert_roles(auth, request, subject)
+        roles = _client_cert_roles(auth, request, subject, tls)
         entry = _client_cert_from_store(auth, subject, tls, roles, source)
         return _client_cert_principal(auth, request, subject, entry, source)
     token = header.partition(" ")[2].strip()

@@ -141,6 +141,23 @@ class ClientCertMappingConfig(_Section):
 
     subject: str
     roles: list[str]
+    # SHA-256 of the issuing CA's certificate (in tls.client-ca): only a certificate that
+    # CA signed is mapped. Lower-case hex, without colons, once loaded.
+    issuer_fingerprint: str | None = Field(default=None, alias="issuer-fingerprint")
+
+    @field_validator("issuer_fingerprint")
+    @classmethod
+    def _fingerprint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        # As `openssl x509 -noout -fingerprint -sha256` prints it, its label too.
+        text = re.sub(r"(?i)\Asha-?256\s+fingerprint\s*=\s*", "", value.strip())
+        text = text.replace(":", "").lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", text):
+            raise ValueError(
+                f"{value[:100]!r}: not a SHA-256 fingerprint (64 hex digits, colons allowed)"
+            )
+        return text
 
     @field_validator("subject")
     @classmethod

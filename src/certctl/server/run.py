@@ -562,6 +562,54 @@ def _warn_reversed_mappings(config: ServerConfig) -> None:
             )
 
 
+def client_cert_mappings(config: ServerConfig) -> tuple[ClientCertMapping, ...]:
+    """``auth.client-cert-mappings``, each ``issuer-fingerprint`` resolved in ``tls.client-ca``.
+
+    Read at start: a mapping pinned to a CA maps certificates that CA's key signed, which
+    needs the CA's certificate itself (a resumed TLS session keeps no chain to take it from).
+
+    Raises:
+        InvalidRequest: a fingerprint without ``tls.client-ca``, or of no CA certificate in it.
+    """
+    mappings = config.auth.client_cert_mappings
+    client_ca = config.tls.client_ca
+    cas: dict[str, x509.Certificate] = {}
+    if client_ca is not None and any(m.issuer_fingerprint for m in mappings):
+        from cryptography.hazmat.primitives.hashes import SHA256
+
+        try:
+            found = x509.load_pem_x509_certificates(client_ca.read_bytes())
+        except OSError as exc:
+            raise InvalidRequest(f"tls.client-ca {client_ca}: {exc.strerror}") from None
+        except ValueError:
+            raise InvalidRequest(f"tls.client-ca {client_ca}: no PEM certificate in it") from None
+        cas = {c.fingerprint(SHA256()).hex(): c for c in found}
+    resolved = []
+    for index, m in enumerate(mappings):
+        issuer = None
+        if m.issuer_fingerprint is not None:
+            key = f"auth.client-cert-mappings.{index}.issuer-fingerprint"
+            if client_ca is None:
+                raise InvalidRequest(f"{key} needs tls.client-ca, which holds that CA")
+            issuer = cas.get(m.issuer_fingerprint)
+            if issuer is None:
+                raise InvalidRequest(
+                    f"{key} {m.issuer_fingerprint}: no certificate in tls.client-ca "
+                    f"{client_ca} has it"
+                )
+            try:
+                is_ca = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+            except x509.ExtensionNotFound:
+                is_ca = False
+            if not is_ca:
+                raise InvalidRequest(
+                    f"{key} {m.issuer_fingerprint}: {issuer.subject.rfc4514_string()[:200]} "
+                    "is not a CA certificate"
+                )
+        resolved.append(ClientCertMapping(m.subject, tuple(m.roles), issuer))
+    return tuple(resolved)
+
+
 def _set_state(asgi: Any, name: str, value: object) -> None:
     # create_app wraps the Starlette app in the access-log middleware: set state inside.
     inner = getattr(asgi, "app", asgi)
@@ -632,6 +680,7 @@ def serve(config: ServerConfig) -> None:
     service_settings(config)  # lifetimes checked before the data directory is touched
     _check_integrations(config)
     _warn_reversed_mappings(config)  # once, here: not once per worker
+    client_cert_mappings(config)  # a pin of no CA in tls.client-ca: refused before any file
     max_connections = connection_limit(config)  # inherited by the workers, as is the limit
     if mode != "disabled":
         check_files(
@@ -846,9 +895,7 @@ def _serve_process(
         body_timeout_s=parse_duration(config.http.body_timeout).total_seconds(),
         send_timeout_s=parse_duration(config.http.send_timeout).total_seconds(),
     )
-    mappings = tuple(
-        ClientCertMapping(m.subject, tuple(m.roles)) for m in config.auth.client_cert_mappings
-    )
+    mappings = client_cert_mappings(config)
     app = create_app(
         services,
         client_cert_mappings=mappings,

@@ -93,6 +93,17 @@ REFUSED = {
         {"auth": {"client-cert-mappings": [{"subject": "CN=a;OU=b", "roles": ["r-viewer"]}]}},
         "{file}: auth.client-cert-mappings.0.subject: CN=a;OU=b: ';' in a value must be escaped",
     ),
+    "client-cert mapping pinned to no fingerprint": (
+        {
+            "auth": {
+                "client-cert-mappings": [
+                    {"subject": "CN=a", "roles": ["r-viewer"], "issuer-fingerprint": "AB:CD"}
+                ]
+            }
+        },
+        "{file}: auth.client-cert-mappings.0.issuer-fingerprint: 'AB:CD': not a SHA-256 "
+        "fingerprint (64 hex digits, colons allowed)",
+    ),
     # Not "internal error (ModuleNotFoundError: No module named 'MySQLdb')" at start, and
     # never the password.
     "other database": (
@@ -642,3 +653,60 @@ def test_the_database_pool_size_defaults_to_every_holder_and_may_be_smaller(
     engine = create_store_engine(f"sqlite:///{tmp_path / 'pool.db'}")
     pool = engine.pool
     assert (pool.size(), pool.size() + pool._max_overflow) == (10, POOL_CONNECTIONS)
+
+
+def test_an_issuer_fingerprint_is_resolved_to_its_ca_in_the_client_ca_file(
+    tmp_path: Path,
+) -> None:
+    """As ``openssl x509 -fingerprint -sha256`` prints it; a CA tls.client-ca lacks,
+    or no tls.client-ca at all: refused at start, in one line naming the key."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.hazmat.primitives.hashes import SHA256
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from certctl.pki import generate_private_key, parse_dn
+    from certctl.pki.issue import create_root_ca
+    from certctl.server.run import client_cert_mappings
+
+    now = datetime.now(UTC)
+    a, b, other = (
+        create_root_ca(
+            generate_private_key(), parse_dn("CN=Team CA"), validity=timedelta(days=400), now=now
+        ).certificate
+        for _ in range(3)
+    )
+    bundle = tmp_path / "client-ca.pem"
+    bundle.write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in (a, b)))
+    printed = run("openssl", "x509", "-in", bundle, "-noout", "-fingerprint", "-sha256").stdout
+    assert printed.startswith("sha256 Fingerprint="), printed  # the first: a
+
+    def load(fingerprint: str, client_ca: Path | None = bundle) -> Any:
+        doc: dict[str, Any] = {
+            "auth": {
+                "client-cert-mappings": [
+                    {"subject": "CN=x", "roles": ["r-viewer"]},
+                    {"subject": "CN=x", "roles": ["r-admin"], "issuer-fingerprint": fingerprint},
+                ]
+            }
+        }
+        if client_ca is not None:
+            doc["tls"] = {"client-auth": "optional", "client-ca": str(client_ca)}
+        file = tmp_path / "certctl.yaml"
+        file.write_text(yaml.safe_dump(doc))
+        return client_cert_mappings(load_config(file, {}))
+
+    unpinned, pinned = load(printed.strip())
+    assert unpinned.issuer is None
+    assert pinned.issuer == a
+    assert load(b.fingerprint(SHA256()).hex().upper())[1].issuer == b
+    key = "auth.client-cert-mappings.1.issuer-fingerprint"
+    missing = other.fingerprint(SHA256()).hex()
+    with pytest.raises(InvalidRequest) as refused:
+        load(missing)
+    assert (
+        refused.value.detail == f"{key} {missing}: no certificate in tls.client-ca {bundle} has it"
+    )
+    with pytest.raises(InvalidRequest) as refused:
+        load(missing, client_ca=None)
+    assert refused.value.detail == f"{key} needs tls.client-ca, which holds that CA"
