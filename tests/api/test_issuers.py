@@ -211,6 +211,51 @@ def test_an_rsa_issuer_reloaded_from_the_store_signs_with_its_own_key(api: Api) 
     leaf.verify_directly_issued_by(_cert(r.json()["certificate_pem"]))
 
 
+def test_an_issuer_whose_stored_certificate_is_not_its_keys_signs_nothing(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A certificate swapped in the store (another CA's, a foreign name) is refused at load.
+
+    Before, the issuer was loaded as stored: with write access to the database alone one
+    could put another CA's certificate on an issuer, and certctl signed leaves naming that
+    CA as their issuer, with a key that is not that CA's.
+    """
+    for ca in ("mine", "foreign"):
+        r = api.post(ISSUERS, api.admin_key, json={"id": ca, "common_name": f"{ca} CA"})
+        assert r.status_code == 201, r.text
+    original = api.get(f"{ISSUERS}/mine/ca.pem").text
+    foreign = api.get(f"{ISSUERS}/foreign/ca.pem").text
+    api.issue(issuer="mine", common_name="before.example")  # loaded and cached: as stored
+
+    def store(pem: str) -> None:
+        with api.services.engine.begin() as connection:
+            connection.execute(
+                update(Issuer).where(Issuer.id == "mine").values(certificate_pem=pem)
+            )
+        api.services.forget_issuer("mine")  # as a process loading it afresh
+
+    store(foreign)
+    before = api.counts()
+    caplog.set_level("ERROR", logger="certctl.services")
+    body = {"issuer": "mine", "common_name": "after.example"}
+    for _ in range(2):
+        refused = assert_problem(api.post(CERTS, api.admin_key, json=body), 409)
+        assert refused["detail"] == (
+            "issuer mine: its key does not match its certificate (CN=foreign CA), which was "
+            "changed in the database outside certctl; it signs nothing: restore its "
+            "certificate or use another issuer"
+        )
+    assert api.counts() == before
+    assert api.services.cached_issuer("mine") is None
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors  # once, not once per request
+    assert "issuer mine: its key does not match its certificate" in errors[0].getMessage()
+    # Twin: the certificate restored, the issuer signs again (nothing was remembered).
+    store(original)
+    leaf = _cert(api.issue(issuer="mine", common_name="again.example")["certificate_pem"])
+    leaf.verify_directly_issued_by(_cert(original))
+
+
 def test_ca_routes_read_the_store_off_the_event_loop(api: Api) -> None:
     """The public routes' store reads (a first request, an unknown id) run in a worker thread.
 

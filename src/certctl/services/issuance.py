@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -14,7 +15,8 @@ from typing import Any, Protocol, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from sqlalchemy import (
     Connection,
     Integer,
@@ -546,6 +548,7 @@ def load_issuer_state(
         # just now, so these are the very bytes certctl checked.
         key = serialization.load_der_private_key(key_der, None, unsafe_skip_rsa_key_validation=True)
         cert = x509.load_pem_x509_certificate(row.certificate_pem.encode())
+        _refuse_foreign_certificate(issuer_id, key, cert)
         chain = (
             tuple(x509.load_pem_x509_certificates(row.chain_pem.encode())) if row.chain_pem else ()
         )
@@ -558,6 +561,42 @@ def load_issuer_state(
     ca = CertificateAuthority(cert, key, chain)  # type: ignore[arg-type]  # issuer keys only
     services.cache_issuer(issuer_id, ca, revoked, version)
     return ca, revoked
+
+
+log = logging.getLogger("certctl.services")
+# (issuer id, certificate) pairs already logged by _refuse_foreign_certificate: its ERROR once
+# per process, not once per refused request (nothing is cached, so each one loads it again).
+_FOREIGN_LOGGED: set[tuple[str, bytes]] = set()
+
+
+def _refuse_foreign_certificate(
+    issuer_id: str, key: PrivateKeyTypes, cert: x509.Certificate
+) -> None:
+    """409 (and an ERROR) for an issuer whose stored certificate does not hold its key.
+
+    The key is authenticated by the key-encryption key (AES-GCM, bound to the issuer id);
+    the certificate is a plain column. Whoever can write to the database alone could put
+    another CA's certificate there, and certctl would sign leaves naming that CA as their
+    issuer. Checked once per load into the per-process cache (~10 µs for an EC key, less
+    for RSA: the public halves compared, no signing), never per request. A refusal, not
+    the 400 "CA private key does not match the CA certificate" the CA's own check
+    (``CertificateAuthority``) answered: the caller's request is not at fault, the store is.
+
+    Raises:
+        Conflict: the certificate's public key is not the issuer's key.
+    """
+    if key.public_key() == cert.public_key():
+        return
+    subject = cert.subject.rfc4514_string()[:200]
+    message = (
+        f"issuer {issuer_id}: its key does not match its certificate ({subject}), which was "
+        "changed in the database outside certctl"
+    )
+    seen = (issuer_id, cert.fingerprint(hashes.SHA256()))
+    if seen not in _FOREIGN_LOGGED:
+        _FOREIGN_LOGGED.add(seen)
+        log.error("%s; it signs nothing until its certificate is restored", message)
+    raise Conflict(f"{message}; it signs nothing: restore its certificate or use another issuer")
 
 
 def _revoked_above(
