@@ -1555,3 +1555,51 @@ def test_only_a_caller_holding_every_permission_gets_the_servers_own_names(api: 
     renewed = api.post(f"{CERTS}/{admins['id']}/renew", operator)
     assert "certctl's own" in assert_problem(renewed, 403)["detail"]
     assert api.post(f"{CERTS}/{admins['id']}/renew", api.admin_key).status_code == 201
+
+
+def test_in_custom_mode_the_served_certificates_names_need_every_permission_under_its_root(
+    api: Api, tmp_path: Path
+) -> None:
+    """tls.mode custom, with a tls.crt certctl issued: its names are certctl's own too.
+
+    Clients verify that certificate against the root it chains to; an operator holding
+    another certificate for one of its names under that root could pose as certctl. Before,
+    only the self-signed mode's names were guarded (Services.server_names None here).
+    """
+    from certctl.server.tls import ServerTLS, serve_names_of
+
+    api.services.server_names = None  # as bootstrap leaves it in tls.mode custom
+    for body in ({"id": "corp", "common_name": "Corp"}, {"id": "corp-sub", "parent": "corp"}):
+        r = api.post(ISSUERS, api.admin_key, json=body)
+        assert r.status_code == 201, r.text
+
+    def serve(issuer: str, name: str, *more: str) -> None:
+        served = api.issue(issuer=issuer, common_name=name, dns_names=[name, *more])
+        (tmp_path / "tls.crt").write_text(served["certificate_pem"] + served["chain_pem"])
+        (tmp_path / "tls.key").write_text(served["private_key_pem"])
+        assert tls.load(api.clock())
+
+    tls = ServerTLS(tmp_path, on_serve=serve_names_of(api.services))
+    serve("corp-sub", "certctl.corp.example", "*.api.corp.example")
+    operator = api.actor_key("op", ["r-operator"])
+    before = api.counts()
+    refused = [
+        {"issuer": "corp", "common_name": "certctl.corp.example"},  # the same root
+        {"issuer": "corp-sub", "common_name": "", "dns_names": ["eu.api.corp.example"]},
+        {"issuer": "corp", "common_name": "", "dns_names": ["*.api.corp.example"]},
+    ]
+    for body in refused:
+        body.setdefault("dns_names", [])
+        detail = assert_problem(api.post(CERTS, operator, json=body), 403)["detail"]
+        assert "certctl's own" in detail, detail
+    api.assert_only_denials_audited(before, len(refused))
+    # Another root, a client certificate, other names, the self-signed mode's names: as before.
+    api.issue(operator, issuer="default", common_name="certctl.corp.example")
+    api.issue(operator, issuer="corp", common_name="certctl.corp.example", profile="client")
+    api.issue(operator, issuer="corp", common_name="www.corp.example")
+    api.issue(operator, issuer="corp", common_name="localhost")
+    # Reloaded with a certificate from default: the rule follows the served certificate.
+    serve("default", "certctl-new.corp.example")
+    api.issue(operator, issuer="corp", common_name="certctl.corp.example")
+    body = {"issuer": "default", "common_name": "certctl-new.corp.example", "dns_names": []}
+    assert "certctl's own" in assert_problem(api.post(CERTS, operator, json=body), 403)["detail"]

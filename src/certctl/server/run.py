@@ -47,6 +47,7 @@ from certctl.server.tls import (
     check_files,
     ensure_self_signed,
     self_signed_names,
+    serve_names_of,
 )
 from certctl.services import issuance
 from certctl.services.context import IssuerRevocation, Services
@@ -870,6 +871,9 @@ def _serve_process(
             config.tls.client_auth,
             config.tls.client_ca,
             ticket_key_rotation_s=ticket_s,
+            # The served certificate's names are certctl's own (self-signed: from the config,
+            # at bootstrap), in every worker: each has its Services and its reloads.
+            on_serve=serve_names_of(services) if mode == "custom" else None,
         )
     if tls is not None:
         tls.load(services.clock())

@@ -25,10 +25,11 @@ import ssl
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
@@ -49,6 +50,9 @@ from certctl.pki import (
 )
 from certctl.server.config import ServerConfig, split_host_port
 
+if TYPE_CHECKING:
+    from certctl.services.context import Services
+
 __all__ = [
     "SERVER_CN",
     "ServerTLS",
@@ -58,6 +62,7 @@ __all__ = [
     "listen_sans",
     "own_server_names",
     "self_signed_names",
+    "serve_names_of",
     "server_sans",
     "tls_info",
     "warn_if_unprotected",
@@ -152,6 +157,32 @@ def own_server_names(config: ServerConfig) -> SubjectAltNames | None:
     return server_sans(self_signed_names(config))
 
 
+def serve_names_of(services: Services) -> Callable[[tuple[x509.Certificate, ...]], None]:
+    """``ServerTLS.on_serve`` for tls.mode custom: the served certificate's names guarded.
+
+    Its SANs (its CN without any) become ``Services.server_names`` and the certificates
+    ``Services.server_chain``: a server certificate for one of those names, under the root
+    the served one chains to (a certctl issuer's, when the operator had certctl issue it),
+    is then issued only to a caller holding every permission, as in self-signed mode. The
+    chain is judged from what tls.crt sends, with no store read (reloads run on the event
+    loop); under a root certctl does not hold, nothing it signs is refused.
+    """
+
+    def served(certs: tuple[x509.Certificate, ...]) -> None:
+        leaf = certs[0]
+        try:
+            ext = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            names = SubjectAltNames.from_extension(ext.value)
+        except x509.ExtensionNotFound:
+            cns = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+            names = SubjectAltNames(dns=(str(cns[0].value),) if cns else ())
+        # The chain first: a check seeing the new names sees the chain they belong to.
+        services.server_chain = certs
+        services.server_names = names
+
+    return served
+
+
 def ensure_self_signed(
     tls_dir: Path,
     ca: CertificateAuthority,
@@ -175,7 +206,7 @@ def ensure_self_signed(
             # start at the listener, though this file is ours to replace.
             current = _validate_pair(
                 cert_path.read_bytes(), (tls_dir / "tls.key").read_bytes(), now
-            )
+            )[0]
             sans = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             fresh = now < current.not_valid_after_utc - rotate_before
             same_names = SubjectAltNames.from_extension(sans) == wanted
@@ -259,7 +290,8 @@ def warn_if_unprotected(key_path: Path) -> None:
         )
 
 
-def _validate_pair(cert_pem: bytes, key_pem: bytes, now: datetime) -> x509.Certificate:
+def _validate_pair(cert_pem: bytes, key_pem: bytes, now: datetime) -> tuple[x509.Certificate, ...]:
+    """The certificates of ``tls.crt`` (leaf first) once the pair is usable now."""
     certs = load_material(cert_pem).certificates
     key = load_material(key_pem).private_key
     if not certs:
@@ -270,7 +302,7 @@ def _validate_pair(cert_pem: bytes, key_pem: bytes, now: datetime) -> x509.Certi
         raise InvalidRequest("tls.key does not match tls.crt")
     if not certs[0].not_valid_before_utc <= now <= certs[0].not_valid_after_utc:
         raise InvalidRequest("tls.crt is expired or not yet valid")
-    return certs[0]
+    return tuple(certs)
 
 
 def _client_ca_text(path: Path) -> str:
@@ -300,6 +332,9 @@ class ServerTLS:
     client_ca: Path | None = None
     listener: str = "api"
     ticket_key_rotation_s: float = 3600.0  # tls.ticket-key-rotation's default
+    # Told each certificate (leaf first, then its chain) once it serves: at start and at
+    # every reload (``serve_names_of``).
+    on_serve: Callable[[tuple[x509.Certificate, ...]], None] | None = None
     # The files now served, to rebuild the context around them (``rotate_ticket_key``).
     _served: tuple[bytes, bytes] | None = field(default=None, init=False, repr=False)
 
@@ -440,7 +475,8 @@ class ServerTLS:
         if digest == self._digest:
             return False
         try:
-            leaf = _validate_pair(cert_pem, key_pem, now)
+            served = _validate_pair(cert_pem, key_pem, now)
+            leaf = served[0]
             # Built under the lock: check_client_ca (another thread in self-signed mode) may
             # swap the client CAs meanwhile, and a context built around the old ones and
             # swapped in after it would trust them again, the new file never applied.
@@ -456,6 +492,8 @@ class ServerTLS:
             return self._refuse(digest, detail)
         first = not self._digest
         self._digest = digest
+        if self.on_serve is not None:
+            self.on_serve(served)
         TLS_NOT_AFTER.labels(self.listener).set(leaf.not_valid_after_utc.timestamp())
         if not first:
             TLS_RELOADS.labels("success").inc()

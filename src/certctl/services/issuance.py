@@ -1329,12 +1329,45 @@ def _own_names_covered(own: SubjectAltNames, sans: SubjectAltNames) -> list[str]
         name
         for name in own.dns
         if any(
-            # RFC 6125 6.4.3: a wildcard covers exactly one left-most label.
-            san == name or (san.startswith("*.") and name.partition(".")[2] == san[2:])
+            # RFC 6125 6.4.3: a wildcard covers exactly one left-most label. An own wildcard
+            # (a custom certificate's) stands for every name it covers: a client may reach
+            # certctl by any of them.
+            san == name
+            or (san.startswith("*.") and name.partition(".")[2] == san[2:])
+            or (name.startswith("*.") and san.partition(".")[2] == name[2:])
             for san in sans.dns
         )
     ]
     return taken + [str(ip) for ip in own.ip if ip in sans.ip]
+
+
+def _chains_to_root(served: Sequence[x509.Certificate], ca: CertificateAuthority) -> bool:
+    """Whether the served leaf (``served[0]``) chains up to ``ca``'s root.
+
+    Walked by signature through the served chain and ``ca``'s own path: a client that
+    verifies certctl against that root accepts the served certificate, and so whatever
+    ``ca`` signs for the same names. A certificate with the root's subject and key counts as
+    the root (a re-issued or cross-signed copy).
+    """
+    root = ca.root
+    candidates = [*served[1:], ca.certificate, *ca.chain]
+    current = served[0]
+    for _ in range(len(candidates) + 1):  # each step goes up one CA; no loop is longer
+        if current.subject == root.subject and current.public_key() == root.public_key():
+            return True
+        above = next((c for c in candidates if c is not current and _signed(current, c)), None)
+        if above is None:
+            return False
+        current = above
+    return False
+
+
+def _signed(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):  # another name, key type, signature
+        return False
+    return True
 
 
 def _check_server_names(
@@ -1368,9 +1401,14 @@ def _check_server_names(
     taken = _own_names_covered(own, sans)
     if not taken:
         return
-    internal = load_issuer_certificates(services, DEFAULT_ISSUER)
-    if ca.root != (internal.chain[-1] if internal.chain else internal.certificate):
-        return  # another root: certctl's clients do not trust it for certctl
+    served = services.server_chain
+    if served is not None:
+        if not _chains_to_root(served, ca):
+            return  # the served certificate is under another root
+    else:
+        internal = load_issuer_certificates(services, DEFAULT_ISSUER)
+        if ca.root != (internal.chain[-1] if internal.chain else internal.certificate):
+            return  # another root: certctl's clients do not trust it for certctl
     raise PermissionDenied(
         f"{', '.join(taken)}: certctl's own server name(s); a server certificate for them "
         "under its CA would receive the API keys clients send to certctl, so issuing one "
