@@ -92,4 +92,12 @@ def message(root: type[BaseModel], error: Any, *, mapping: str = "a mapping") ->
     if error["type"] in ("model_type", "dict_type"):
         # `tls: 5`: pydantic names its class ("instance of TLSConfig").
         return f"expected {mapping}"
+    if error["type"] == "bool_type":
+        # A strict boolean (the service spec's switches) given "yes" or 1: pydantic's "Input
+        # should be a valid boolean" did not say that quoting made it a string.
+        value = error.get("input")
+        if isinstance(value, str):
+            return f"{value[:40]!r} is a string; give true or false (unquoted in YAML)"
+        shown = "null" if value is None else str(value)[:40]  # as YAML and JSON spell None
+        return f"{shown} is not a boolean; give true or false"
     return str(error["msg"]).removeprefix("Value error, ")  # pydantic's, for ValueError

@@ -181,6 +181,26 @@ INVALID = {
         _with(f"{SSC}.usages", "server auth"),
         f"{SSC}.usages: Input should be a valid list",
     ),
+    # Read as true before (pydantic's lax mode): a quoted "yes" is a string, not YAML's true,
+    # and a spec meant for strict readers (kubectl, ECK) must not mean something else here.
+    "authentication as a string": (
+        _with("spec.http.tls.client", {"authentication": "yes"}),
+        "spec.http.tls.client.authentication: 'yes' is a string; give true or false "
+        "(unquoted in YAML)",
+    ),
+    "disabled as a number": (
+        _with(f"{SSC}.disabled", 1),
+        f"{SSC}.disabled: 1 is not a boolean; give true or false",
+    ),
+    "authentication left empty": (
+        _with("spec.http.tls.client", {"authentication": None}),
+        "spec.http.tls.client.authentication: null is not a boolean; give true or false",
+    ),
+    # `owner: yes` (YAML's true) was read as uid 1.
+    "owner as a boolean": (
+        _with("spec.targets", [{"directory": "/etc/web/tls", "owner": True}]),
+        "spec.targets.0.owner: true is not a user or group; give a name or a numeric id",
+    ),
     "bad secret name": (
         _with("spec.http.tls.certificate", {"secretName": "../etc"}),
         "spec.http.tls.certificate.secretName: ../etc: secret names are lower-case DNS labels",

@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
     Tag,
     ValidationError,
     ValidationInfo,
@@ -80,7 +81,9 @@ class SelfSignedCertificate(_Model):
     subject_alt_names: list[SubjectAltName] = Field(
         default_factory=list, alias="subjectAltNames", max_length=100
     )
-    disabled: bool = False
+    # Strict, as every switch of the spec: pydantic's lax mode read the string "yes" (quoted
+    # in YAML, or sent as JSON) as true and 1 as true; YAML's own true/false are booleans.
+    disabled: StrictBool = False
     # None: [server auth], as before the field existed (left out of the stored document,
     # so specs stored before it compare equal and are not reconciled again for nothing).
     usages: list[str] | None = Field(default=None, max_length=10)
@@ -118,7 +121,7 @@ class CustomCertificate(_Model):
 class ClientAuthentication(_Model):
     """``client.authentication``: build the ``-client-trust`` bundle."""
 
-    authentication: bool = False
+    authentication: StrictBool = False  # strict: see SelfSignedCertificate.disabled
 
 
 class TLS(_Model):
@@ -238,6 +241,15 @@ class DirectoryTarget(_Model):
                 f"reload runs without a shell, so {' '.join(shell)} would reach the command as "
                 "an argument; wrap it: sh -c '…'"
             )
+        return value
+
+    @field_validator("owner", "group", mode="before")
+    @classmethod
+    def _not_a_switch(cls, value: Any) -> Any:
+        # A bool is an int to pydantic: `owner: yes` (YAML's true) was read as uid 1.
+        if isinstance(value, bool) or not isinstance(value, str | int | None):
+            shown = str(value).lower() if isinstance(value, bool) else repr(value)[:40]
+            raise ValueError(f"{shown} is not a user or group; give a name or a numeric id")
         return value
 
     @field_validator("owner", "group")
