@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,7 +64,24 @@ INVALID = {
         _with("status", {}),
         "status: unknown key (known here: apiVersion, kind, metadata, spec)",
     ),
-    "wrong kind": (_with("kind", "Service"), "kind: Input should be 'TLSService'"),
+    # Pydantic's "Input should be 'TLSService'" did not say what was received.
+    "wrong kind": (_with("kind", "Service"), "kind: got 'Service', expected TLSService"),
+    "wrong apiVersion": (
+        _with("apiVersion", "v1"),
+        "apiVersion: got 'v1', expected certctl.io/v1 (kind TLSService)",
+    ),
+    "no apiVersion": (
+        {k: v for k, v in service_doc("web").items() if k != "apiVersion"},
+        "apiVersion: missing, expected certctl.io/v1 (kind TLSService)",
+    ),
+    # A pasted ECK resource: pointed to what carries over, not told a bare literal.
+    "ECK resource": (
+        _with("kind", "Elasticsearch", _with("apiVersion", "elasticsearch.k8s.elastic.co/v1")),
+        "apiVersion: got elasticsearch.k8s.elastic.co/v1 (kind Elasticsearch), an ECK resource; "
+        "certctl takes apiVersion certctl.io/v1, kind TLSService: keep metadata.name and "
+        "spec.http.tls as they are, leave out the rest of its spec, add spec.targets "
+        "(README.md#managed-tls-for-services, 'Coming from ECK')",
+    ),
     "pkcs12 without passwordFile": (
         _with("spec.targets", [{"directory": "/etc/web/tls", "format": "pkcs12"}]),
         "spec.targets.0: format pkcs12 needs passwordFile",
@@ -271,6 +289,25 @@ def test_services_file_is_refused_whole() -> None:
         parse_service_documents(f"{good}---\n{bad}")
     with pytest.raises(InvalidRequest, match="defines one more than once"):
         parse_service_documents(f"{good}---\n{good}")
+
+
+def test_services_file_with_a_pasted_eck_resource_points_to_the_mapping() -> None:
+    eck = (
+        "apiVersion: kibana.k8s.elastic.co/v1\nkind: Kibana\nmetadata: {name: kb}\n"
+        "spec:\n  version: 8.15.0\n  http:\n    tls:\n      selfSignedCertificate:\n"
+        "        subjectAltNames: [{dns: kb.example.internal}]\n"
+    )
+    with pytest.raises(InvalidRequest) as info:
+        parse_service_documents(eck)
+    assert info.value.detail.startswith(
+        "document 1: apiVersion: got kibana.k8s.elastic.co/v1 (kind Kibana), an ECK resource; "
+    )
+    assert "README.md#managed-tls-for-services" in info.value.detail
+    assert "\n" not in info.value.detail
+    # The anchor named is the README heading's, whose section says what carries over.
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("\n## Managed TLS for services\n") :]
+    assert "Coming from ECK" in section[: section.index("\n## ", 1)]
 
 
 def test_services_file_with_one_target_in_two_documents_is_refused_whole() -> None:

@@ -383,6 +383,7 @@ class Metadata(_Model):
 class TLSServiceSpec(_Model):
     """A whole ``TLSService`` document."""
 
+    # Checked first, with words for what was received, by parse_service (_check_type).
     api_version: Literal["certctl.io/v1"] = Field(alias="apiVersion")
     kind: Literal["TLSService"]
     metadata: Metadata
@@ -424,6 +425,48 @@ class TLSServiceSpec(_Model):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+_API_VERSION, _KIND = "certctl.io/v1", "TLSService"
+# Where the README maps an ECK resource's spec.http.tls onto a TLSService (its heading's
+# anchor, as GitHub and most renderers make it).
+_ECK_MAPPING = "README.md#managed-tls-for-services, 'Coming from ECK'"
+
+
+def _shown(value: Any, *, quoted: bool = True) -> str:
+    """``value`` for one line of a message: quoted (or escaped, if it holds controls), cut."""
+    if isinstance(value, str) and value.isprintable() and not quoted:
+        return value[:60]
+    return repr(value[:60] if isinstance(value, str) else value)[:64]
+
+
+def _check_type(doc: dict[Any, Any]) -> None:
+    """Refuse a document of another type saying what it is and what is expected.
+
+    Pydantic's "apiVersion: Input should be 'certctl.io/v1'" named neither what was received
+    nor, for an ECK resource pasted whole (the model this spec follows), what carries over.
+
+    Raises:
+        InvalidRequest: ``apiVersion`` or ``kind`` is not the TLSService's.
+    """
+    api_version, kind = doc.get("apiVersion"), doc.get("kind")
+    if api_version == _API_VERSION and kind == _KIND:
+        return
+    group = api_version.partition("/")[0] if isinstance(api_version, str) else ""
+    if group.endswith(".k8s.elastic.co"):
+        # Elasticsearch, Kibana, ApmServer, EnterpriseSearch, …: their spec.http.tls is ours.
+        raise InvalidRequest(
+            f"apiVersion: got {_shown(api_version, quoted=False)} "
+            f"(kind {_shown(kind, quoted=False)}), an ECK "
+            f"resource; certctl takes apiVersion {_API_VERSION}, kind {_KIND}: keep "
+            "metadata.name and spec.http.tls as they are, leave out the rest of its spec, add "
+            f"spec.targets ({_ECK_MAPPING})"
+        )
+    if api_version != _API_VERSION:
+        got = "missing" if api_version is None else f"got {_shown(api_version)}"
+        raise InvalidRequest(f"apiVersion: {got}, expected {_API_VERSION} (kind {_KIND})")
+    got = "missing" if kind is None else f"got {_shown(kind)}"
+    raise InvalidRequest(f"kind: {got}, expected {_KIND}")
+
+
 def parse_service(doc: Any, where: str = "spec", *, stored: bool = False) -> TLSServiceSpec:
     """Validate one document; the error names the field.
 
@@ -436,6 +479,7 @@ def parse_service(doc: Any, where: str = "spec", *, stored: bool = False) -> TLS
     if not isinstance(doc, dict):
         raise InvalidRequest(f"{where}: a TLSService document must be a mapping")
     try:
+        _check_type(doc)
         spec = TLSServiceSpec.model_validate(doc, context={"stored": stored})
     except ValidationError as exc:
         first = exc.errors()[0]
