@@ -556,6 +556,28 @@ def test_failures_back_off_and_carry_the_message(env: Env) -> None:
     assert tls_services.service_json(row)["status"]["conditions"] == row.conditions
 
 
+def test_the_status_phase_is_pending_until_the_first_pass_then_ready_or_failed(
+    env: Env,
+) -> None:
+    # Before its first pass a service showed Ready, Renewing and Failed all False and no
+    # message: read as "broken", not as "not looked at yet".
+    env.put(service_doc("web"))
+    env.put(service_doc("broken", secret="missing"))
+    with env.client() as http:
+        dry = http.put("/api/v1/services/new?dry_run=true", json=service_doc("new"))
+        assert dry.json()["status"]["phase"] == "Pending", dry.json()
+        for name in ("web", "broken"):
+            status = http.get(f"/api/v1/services/{name}").json()["status"]
+            assert (status["phase"], status["conditions"]) == ("Pending", {})
+        env.reconcile("web")
+        env.reconcile("broken")
+        items = http.get("/api/v1/services").json()["items"]
+    assert {item["name"]: item["status"]["phase"] for item in items} == {
+        "web": "Ready",
+        "broken": "Failed",
+    }
+
+
 def test_outputs_keys_are_pkcs8_pem(env: Env) -> None:
     env.put(service_doc("web"))
     env.reconcile("web")

@@ -194,16 +194,41 @@ def _read_stdin() -> bytes:
     return data
 
 
+# What the READY column and the message say of a service no reconcile pass has looked at.
+_PENDING, _PENDING_MESSAGE = "Pending", "waiting for the first reconcile pass"
+
+
+def _is_pending(item: dict[str, Any]) -> bool:
+    """Whether no reconcile pass has run for the service yet (``status.phase`` Pending).
+
+    A server from before ``phase`` says it as every pass does not: no condition stored.
+    """
+    status = item.get("status")
+    if not isinstance(status, dict):
+        return True
+    if "phase" in status:
+        return bool(status["phase"] == _PENDING)
+    conditions = status.get("conditions")
+    return not isinstance(conditions, dict) or not conditions
+
+
 def _status_line(item: dict[str, Any], width: int = 24, serial_width: int = 16) -> str:
-    status = item.get("status", {})
-    conditions = status.get("conditions", {})
+    found = item.get("status")
+    status: dict[str, Any] = found if isinstance(found, dict) else {}
+    conditions = status.get("conditions") or {}
+    pending = _is_pending(item)
 
     def flag(name: str) -> str:
+        # Not looked at yet: neither True nor False (all False read as broken).
+        if pending:
+            return _PENDING if name == "Ready" else "-"
         return "True" if conditions.get(name, {}).get("status") else "False"
 
     message = conditions.get("Failed", {}).get("message") or conditions.get("Ready", {}).get(
         "message", ""
     )
+    if pending:
+        message = _PENDING_MESSAGE
     # Whole: a serial is what users paste into other commands (certs get, revoke).
     serial = printable(str(status.get("serial") or "-"))
     retired = status.get("retired_ca_until")
@@ -216,7 +241,7 @@ def _status_line(item: dict[str, Any], width: int = 24, serial_width: int = 16) 
     message = printable(str(message))
     name = printable(item["name"])
     return (
-        f"{name:<{width}} {flag('Ready'):<6} {flag('Renewing'):<9} {flag('Failed'):<7} "
+        f"{name:<{width}} {flag('Ready'):<7} {flag('Renewing'):<9} {flag('Failed'):<7} "
         f"{serial:<{serial_width}} {_utc(status.get('not_after')):<21} "
         f"{_utc(status.get('next_renewal')):<21} {message}"
     )
@@ -240,7 +265,7 @@ _STATUS_OUTPUT: Any = typer.Option(
 
 
 @services_app.command(
-    "status", short_help="Ready, Renewing, Failed, serial, NotAfter, next renewal."
+    "status", short_help="Ready (or Pending), Renewing, Failed, serial, NotAfter, next renewal."
 )
 def status(
     name: str = typer.Argument(
@@ -248,7 +273,11 @@ def status(
     ),
     output: str | None = _STATUS_OUTPUT,
 ) -> None:
-    """Conditions (Ready, Renewing, Failed), serial, NotAfter and next renewal (UTC)."""
+    """Conditions (Ready, Renewing, Failed), serial, NotAfter and next renewal (UTC).
+
+    A service no reconcile pass has looked at yet shows READY Pending (the others "-"):
+    waiting for the first reconcile pass.
+    """
     path = f"/api/v1/services/{_seg(name)}" if name else "/api/v1/services"
     data = _request("GET", path)
     if output == "json":
@@ -270,7 +299,7 @@ def status(
     serials = [printable(str((item.get("status") or {}).get("serial") or "-")) for item in items]
     serial_width = max([16, *(len(serial) for serial in serials)])
     typer.echo(
-        f"{'NAME':<{width}} {'READY':<6} {'RENEWING':<9} {'FAILED':<7} "
+        f"{'NAME':<{width}} {'READY':<7} {'RENEWING':<9} {'FAILED':<7} "
         f"{'SERIAL':<{serial_width}} {'NOT AFTER':<21} {'NEXT RENEWAL':<21} MESSAGE"
     )
     for item in items:
@@ -279,6 +308,8 @@ def status(
 
 def _condition(name: str) -> Any:
     def cell(item: dict[str, Any], _now: datetime) -> str:
+        if _is_pending(item):
+            return _PENDING if name == "Ready" else "-"
         status = item.get("status")
         conditions = status.get("conditions") if isinstance(status, dict) else None
         condition = conditions.get(name) if isinstance(conditions, dict) else None
@@ -299,6 +330,8 @@ def _status_field(name: str) -> Any:
 
 
 def _failure_message(item: dict[str, Any], now: datetime) -> str:
+    if _is_pending(item):
+        return _PENDING_MESSAGE
     if _condition("Failed")(item, now) != "True":
         return ""
     return _text(item["status"]["conditions"]["Failed"].get("message"))

@@ -2074,6 +2074,22 @@ def _last_transition(row: ManagedService) -> datetime | None:
     return max((t if t.tzinfo else t.replace(tzinfo=UTC) for t in parsed), default=None)
 
 
+def _service_phase(conditions: Any) -> str:
+    """One word for the conditions: ``Pending`` until the first pass, then ``Failed``/``Ready``.
+
+    Every pass writes all three conditions, so none stored means none has run yet (a new
+    service, or a dry run's answer); Ready, Renewing and Failed all False read as broken.
+    ``Failed`` wins over ``Ready``: the last good certificate may still be served.
+    """
+    if not isinstance(conditions, dict) or not conditions:
+        return "Pending"
+    if _condition(conditions, "Failed").get("status"):
+        return "Failed"
+    if _condition(conditions, "Ready").get("status"):
+        return "Ready"
+    return "Unknown"  # no pass writes this: a row edited by hand
+
+
 def service_json(row: ManagedService) -> dict[str, Any]:
     """The API view: spec, status, serving certificate facts (never the key)."""
     ends = [until for _, until in _retired_cas(row)]
@@ -2082,6 +2098,7 @@ def service_json(row: ManagedService) -> dict[str, Any]:
         "spec": row.spec,
         "generation": row.generation,
         "status": {
+            "phase": _service_phase(row.conditions),
             "conditions": row.conditions or {},
             "observed_generation": row.reconciled_generation,
             "serial": row.serial,

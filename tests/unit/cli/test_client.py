@@ -1332,6 +1332,41 @@ def test_services_status_with_no_services_says_so_as_services_list_does(
     assert json.loads(capsys.readouterr().out) == {"items": [], "next_cursor": None}
 
 
+def test_services_status_and_list_say_pending_before_the_first_pass(
+    listener: Listener, in_process: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A service not reconciled yet showed Ready, Renewing and Failed all False, no message.
+    pending = {"name": "web", "status": {"phase": "Pending", "conditions": {}, "serial": None}}
+    ready = {
+        "name": "api",
+        "status": {"phase": "Ready", "conditions": {"Ready": {"status": True, "message": "ok"}}},
+    }
+    # A server from before status.phase: no condition stored is the same state.
+    older = {"name": "old", "status": {"conditions": {}}}
+    answer = json.dumps({"items": [pending, ready, older], "next_cursor": None}).encode()
+    listener.answers["/api/v1/services"] = Answer(body=answer)
+    listener.answers["/api/v1/services/web"] = Answer(body=json.dumps(pending).encode())
+    assert in_process("services", "status") == 0
+    header, *lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in lines}
+    for name in ("web", "old"):
+        assert rows[name].split()[1:4] == ["Pending", "-", "-"], rows[name]
+        assert rows[name].endswith(" waiting for the first reconcile pass"), rows[name]
+    assert rows["api"].split()[1:4] == ["True", "False", "False"]
+    # The columns stay aligned: READY widened for "Pending".
+    assert header.index("RENEWING") == rows["web"].index("-")
+    assert in_process("services", "status", "web") == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert line.split()[1:4] == ["Pending", "-", "-"]
+    assert in_process("services", "list", "-o", "table") == 0
+    rows = {row.split()[0]: row for row in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["web"].split()[1:3] == ["Pending", "-"]
+    assert rows["web"].endswith(" waiting for the first reconcile pass")
+    # The JSON stays the server's answer, phase included.
+    assert in_process("services", "status", "web", "-o", "json") == 0
+    assert json.loads(capsys.readouterr().out)["status"]["phase"] == "Pending"
+
+
 def test_server_text_on_stderr_shows_control_characters_escaped(
     listener: Listener, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1765,7 +1800,9 @@ def test_services_list_counts_the_targets_of_the_spec_document(listener: Listene
             "spec": {"apiVersion": "certctl.io/v1", "kind": "TLSService",
                      "metadata": {"name": name}, "spec": spec},
             "generation": 1,
-            "status": {"conditions": {}, "serial": None, "not_after": None, "targets": {}},
+            # Reconciled: a pending service's MESSAGE would end the row instead of TARGETS.
+            "status": {"phase": "Ready", "conditions": {"Ready": {"status": True}},
+                       "serial": None, "not_after": None, "targets": {}},
         }  # fmt: skip
 
     two = [{"directory": "/srv/tls/a"}, {"secret": "b"}]
