@@ -1121,6 +1121,20 @@ def test_services_status_shows_whole_serials_and_takes_o_json(
     assert bad.stderr.startswith(
         "certctl: error: Invalid value for '--output' / '-o': yaml: expected table or json"
     ), bad.stderr
+    # `services outputs` writes what the service's clients trust (before: curl and jq only);
+    # here, on a service already reconciled, rather than waiting for another one.
+    out = tmp_path / "public"
+    result = ok(
+        _certctl(default_server, "services", "outputs", "status-serial", "certs-public",
+                 "--out", str(out), **env)
+    )  # fmt: skip
+    assert result.stdout == f"status-serial-http-certs-public: wrote {out}/ca.crt, {out}/tls.crt\n"
+    assert sorted(p.name for p in out.iterdir()) == ["ca.crt", "tls.crt"]
+    assert openssl_verify("-CAfile", out / "ca.crt", out / "tls.crt") == "OK"
+    # Its own CA, not the server's: the service certificate is not trusted through that one.
+    assert openssl_verify("-CAfile", default_server.ca, out / "tls.crt") == (
+        "unable to get local issuer certificate"
+    )
 
 
 def test_list_on_a_terminal_is_a_table_by_default(default_server: CertctlServer) -> None:

@@ -417,6 +417,113 @@ def drop_retired_ca(
     typer.echo(f"tlsservice/{name}: every replaced CA leaves ca.crt at the next pass")
 
 
+# The outputs the API serves (service_routes._PUBLIC_OUTPUTS) and the files each may hold:
+# one no longer in the answer is removed from DIR with the rest (a ca.crt left behind would
+# contradict the tls.crt of a custom certificate served without one).
+_PUBLIC_OUTPUTS = {"certs-public": ("tls.crt", "ca.crt"), "client-trust": ("ca.crt",)}
+_KEY_OUTPUTS = {
+    "certs-internal": "it holds the service's key, which goes to its targets only",
+    "ca-internal": "it holds the service CA's key, which leaves the server nowhere",
+}
+# A file name of the answer: written into DIR, never beside or below it.
+_FILE_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+
+def _public_output(value: str) -> str:
+    if value in _PUBLIC_OUTPUTS:
+        return value
+    choices = " or ".join(_PUBLIC_OUTPUTS)
+    if value in _KEY_OUTPUTS:
+        raise typer.BadParameter(f"{value}: not served ({_KEY_OUTPUTS[value]}); give {choices}")
+    raise typer.BadParameter(f"{printable(value[:60])}: give {choices}")
+
+
+def _out_directory(value: Path | None) -> Path | None:
+    if value is not None and str(value) == "-":
+        # Several files cannot go to one stdout: a directory named "-" would be made instead.
+        raise typer.BadParameter(
+            "takes a directory, not - (without --out the JSON is printed: "
+            """jq -r '.data["ca.crt"]')"""
+        )
+    return value
+
+
+def _public_files(path: str, data: Any) -> dict[str, str]:
+    """The answer's ``data``: PEM files to write into DIR.
+
+    Whatever answers at CERTCTL_URL may not be certctl: no key may land in a 0644 file, and
+    no name may reach beside or below DIR.
+
+    Raises:
+        RemoteError: the answer is not such files (nothing is written).
+    """
+    files = data.get("data") if isinstance(data, dict) else None
+    why = None
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        why = "no data of PEM files"
+    elif not files:
+        why = "no files"
+    elif bad := [n for n in files if not isinstance(n, str) or not _FILE_NAME.match(n)]:
+        why = f"{printable(repr(bad[0])[:60])} is not a file name"
+    elif any(PRIVATE_KEY_PEM.search(v.encode()) for v in files.values()):
+        why = "holds a private key"
+    if why is not None:
+        raise _unexpected(path, f"{why} (nothing was written)")
+    return files  # type: ignore[return-value]  # checked above: str names, str values
+
+
+@services_app.command(
+    "outputs", short_help="Write a service's public output (certs-public, client-trust)."
+)
+def outputs(
+    name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
+    output: str = typer.Argument(
+        ...,
+        callback=_public_output,
+        metavar="OUTPUT",
+        help="certs-public (tls.crt and ca.crt: what a client of the service trusts) or "
+        "client-trust (ca.crt: the client certificates and CAs the service trusts).",
+    ),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        callback=_out_directory,
+        metavar="DIR",
+        help="Write the output's files into DIR (0644; made if missing). Without it, print "
+        "the server's JSON ({name, data: {file: PEM}}).",
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files in --out."),
+) -> None:
+    """Fetch a public output of a service: certificates only, never a key.
+
+    certs-public holds tls.crt (the service certificate and its chain) and ca.crt (its CA:
+    hand it to the service's clients; a custom certificate without one has no ca.crt);
+    client-trust, with client.authentication, holds ca.crt: the client bundle the service
+    trusts. certs-internal and ca-internal hold keys: they go to the targets only.
+
+    Files in DIR are replaced all together or not at all, and only with --force; e.g.
+    --out quickstart-public writes quickstart-public/tls.crt and quickstart-public/ca.crt.
+    """
+    from certctl.files import OutputSet
+
+    path = f"/api/v1/services/{_seg(name)}/outputs/{output}"
+    data = _request("GET", path)
+    if out is None:
+        _print(data)
+        return
+    files = _public_files(path, data)
+    written = OutputSet(force=force)
+    for file_name in sorted(files):
+        written.add(out / file_name, files[file_name].encode())
+    for gone in _PUBLIC_OUTPUTS[output]:
+        if gone not in files:
+            written.remove(out / gone)
+    paths = written.commit()
+    given = data.get("name")
+    label = given if isinstance(given, str) else output
+    typer.echo(f"{printable(label)}: wrote {', '.join(str(p) for p in paths)}")
+
+
 @clients_app.command("add")
 def clients_add(
     name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),

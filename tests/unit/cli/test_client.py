@@ -1367,6 +1367,104 @@ def test_services_status_and_list_say_pending_before_the_first_pass(
     assert json.loads(capsys.readouterr().out)["status"]["phase"] == "Pending"
 
 
+_PUBLIC = "/api/v1/services/web/outputs/certs-public"
+_LEAF_PEM = "-----BEGIN CERTIFICATE-----\nTEFG\n-----END CERTIFICATE-----\n"
+_CA_PEM = "-----BEGIN CERTIFICATE-----\nQ0E=\n-----END CERTIFICATE-----\n"
+
+
+def _output_answer(files: dict[str, str], output: str = "certs-public") -> Answer:
+    return Answer(body=json.dumps({"name": f"web-http-{output}", "data": files}).encode())
+
+
+def test_services_outputs_writes_the_public_files_and_keeps_them_without_force(
+    listener: Listener,
+    in_process: Callable[..., int],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    # Before, the public outputs were reached with curl and jq only.
+    listener.answers[_PUBLIC] = _output_answer({"tls.crt": _LEAF_PEM, "ca.crt": _CA_PEM})
+    assert in_process("services", "outputs", "web", "certs-public", "--out", "pub") == 0
+    assert capsys.readouterr() == ("web-http-certs-public: wrote pub/ca.crt, pub/tls.crt\n", "")
+    pub = tmp_path / "pub"
+    assert (pub / "tls.crt").read_text() == _LEAF_PEM
+    assert (pub / "ca.crt").read_text() == _CA_PEM
+    assert {(pub / n).stat().st_mode & 0o777 for n in ("tls.crt", "ca.crt")} == {0o644}
+    # Written over only with --force, as every --out of certctl.
+    listener.answers[_PUBLIC] = _output_answer({"tls.crt": _CA_PEM})
+    assert in_process("services", "outputs", "web", "certs-public", "--out", "pub") == 1
+    assert capsys.readouterr().err == (
+        "certctl: error: pub/tls.crt already exists; use --force to overwrite\n"
+    )
+    assert (pub / "tls.crt").read_text() == _LEAF_PEM
+    # Served without a ca.crt now (a custom certificate): the old one, which would
+    # contradict tls.crt, goes with --force.
+    args = ("services", "outputs", "web", "certs-public", "--out", "pub", "--force")
+    assert in_process(*args) == 0
+    assert capsys.readouterr().out == "web-http-certs-public: wrote pub/tls.crt\n"
+    assert sorted(p.name for p in pub.iterdir()) == ["tls.crt"]
+    # Without --out, the server's answer as is (for jq).
+    assert in_process("services", "outputs", "web", "certs-public") == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "name": "web-http-certs-public",
+        "data": {"tls.crt": _CA_PEM},
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["web", "certs-internal"],
+            "Invalid value for 'OUTPUT': certs-internal: not served (it holds the service's "
+            "key, which goes to its targets only); give certs-public or client-trust",
+        ),
+        (["web", "public"], "Invalid value for 'OUTPUT': public: give certs-public or "),
+        (["web", "client-trust", "--out", "-"], "Invalid value for '--out': takes a directory"),
+    ],
+    ids=["key-output", "unknown-output", "stdout"],
+)
+def test_services_outputs_refuses_what_it_cannot_write_asking_nothing(
+    listener: Listener,
+    in_process: Callable[..., int],
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    assert in_process("services", "outputs", *argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"certctl: error: {message}"), err
+    assert listener.seen == []
+
+
+@pytest.mark.parametrize(
+    ("files", "why"),
+    [
+        ({"tls.crt": "-----BEGIN PRIVATE KEY-----\nAA==\n"}, "holds a private key"),
+        ({"../tls.crt": _LEAF_PEM}, "'../tls.crt' is not a file name"),
+        ({}, "no files"),
+    ],
+    ids=["private-key", "path", "empty"],
+)
+def test_services_outputs_writes_nothing_of_an_odd_answer(
+    listener: Listener,
+    in_process: Callable[..., int],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    files: dict[str, str],
+    why: str,
+) -> None:
+    # Whatever answers at CERTCTL_URL may not be certctl: no key lands 0644, nothing outside DIR.
+    listener.answers[_PUBLIC] = _output_answer(files)
+    assert in_process("services", "outputs", "web", "certs-public", "--out", "pub") == 1
+    assert capsys.readouterr().err == (
+        f"certctl: error: unexpected response from {listener.url}{_PUBLIC}: {why} "
+        "(nothing was written)\n"
+    )
+    assert not (tmp_path / "pub").exists()
+    assert not (tmp_path / "tls.crt").exists()
+
+
 def test_server_text_on_stderr_shows_control_characters_escaped(
     listener: Listener, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
