@@ -23,6 +23,7 @@ from sqlalchemy import select, text
 
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
+from certctl.server.run import _webhook
 from certctl.server.scheduler import Scheduler
 from certctl.services import tls_services
 from certctl.services.notify import (
@@ -31,6 +32,8 @@ from certctl.services.notify import (
     TIMESTAMP_HEADER,
     Webhook,
     dispatch_pending,
+    sign,
+    sign_timestamped,
 )
 from certctl.services.tls_services import ServiceSettings
 from certctl.store.models import OutboxEvent
@@ -246,10 +249,19 @@ def test_the_documented_receiver_check(env: Env, receiver: Receiver) -> None:
     old = {k: v for k, v in headers.items() if k == "x-certctl-signature"}
     assert not verify(SECRET, old, request.body, now=sent_at)
 
-    # A key being rotated: certctl signs with both, a receiver holding either accepts.
+    # A key being rotated as documented (the old key in previous-secret-file): certctl signs
+    # with both, a receiver holding either accepts.
     env.put(service_doc("api"))
     env.reconcile("api")
-    rotating = Webhook(receiver.url, NEW_SECRET, timeout_s=5, previous_secrets=(SECRET,))
+    (env.tmp / "webhook-secret").write_bytes(NEW_SECRET + b"\n")
+    (env.tmp / "webhook-secret.previous").write_bytes(SECRET + b"\n")
+    hook = {
+        "url": receiver.url,
+        "secret-file": str(env.tmp / "webhook-secret"),
+        "previous-secret-file": str(env.tmp / "webhook-secret.previous"),
+    }
+    rotating = _webhook(ServerConfig.model_validate({"notifications": {"webhook": hook}}))
+    assert rotating is not None
     assert dispatch_pending(env.services, rotating) == 1
     request = receiver.requests[-1]
     headers = {k.lower(): v for k, v in request.headers.items()}
@@ -312,14 +324,40 @@ def test_the_url_path_and_query_are_never_logged_nor_stored(
     assert "webhook receiver http://127.0.0.1:9 unreachable; 1 more events wait" in caplog.text
 
 
-def test_a_changed_secret_file_signs_from_the_next_pass_without_a_restart(
+def test_a_key_wrapped_over_lines_is_one_key(env: Env, receiver: Receiver) -> None:
+    """Before: secret-file was read as one key per line, so a key ``openssl rand -base64 64``
+    wrapped over two lines became two keys and v1 was signed with its first line: every
+    receiver holding the key refused every delivery, and certctl said nothing."""
+    key_file = env.tmp / "webhook-secret"
+    content = b"  wrapped-key-part-1\nwrapped-key-part-2\n\n"
+    key_file.write_bytes(content)
+    hook = {"url": receiver.url, "secret-file": str(key_file), "timeout": "5s"}
+    webhook = _webhook(ServerConfig.model_validate({"notifications": {"webhook": hook}}))
+    assert webhook is not None
+    env.put(service_doc("web"))
+    env.reconcile("web")
+    assert dispatch_pending(env.services, webhook) == 1  # the file read again at this pass
+    (request,) = receiver.requests
+    key = content.strip()  # the whole file, its inner newline part of the key
+    assert request.headers[SIGNATURE_HEADER] == sign(key, request.body)
+    assert _check_timestamped(request, key)  # one v2 signature, with the same key
+
+
+def test_a_changed_key_file_signs_from_the_next_pass_without_a_restart(
     env: Env, receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Before: the keys were read at start, so each step of a rotation needed a restart of
+    """Before: the key was read at start, so each step of a rotation needed a restart of
     every replica (one left behind, once leader, signed with the old key alone)."""
     key_file = env.tmp / "webhook-secret"
+    previous_file = env.tmp / "webhook-secret.previous"
     key_file.write_bytes(SECRET + b"\n")
-    webhook = Webhook(receiver.url, SECRET, timeout_s=5, secret_file=key_file)
+    webhook = Webhook(
+        receiver.url,
+        SECRET,
+        timeout_s=5,
+        secret_file=key_file,
+        previous_secret_file=previous_file,  # not there yet: no key being retired
+    )
 
     def send(name: str) -> Received:
         env.put(service_doc(name))
@@ -327,24 +365,33 @@ def test_a_changed_secret_file_signs_from_the_next_pass_without_a_restart(
         assert dispatch_pending(env.services, webhook) == 1
         return receiver.requests[-1]
 
-    key_file.write_bytes(NEW_SECRET + b"\n" + SECRET + b"\n")  # step 1
-    with caplog.at_level(logging.INFO, "certctl.notify"):
-        request = send("a")
-    assert request.headers[SIGNATURE_V2_HEADER].count("sha256=") == 2
-    assert _check_signature(request, NEW_SECRET)
-    assert f"{key_file} changed: webhook POSTs are now signed with 2 keys" in caplog.text
-    # A file that cannot be used (a key wrapped over lines) keeps the keys read before.
-    key_file.write_bytes(b"wrapped-key-part-1\nwrapped-key-part-2\n" + SECRET + b"\n")
-    caplog.clear()
+    assert _check_timestamped(send("a"), SECRET)  # one signature
+    previous_file.write_bytes(SECRET + b"\n")  # step 1: the old key kept aside, then
+    key_file.write_bytes(NEW_SECRET + b"\n")  # the new one in its place
     with caplog.at_level(logging.INFO, "certctl.notify"):
         request = send("b")
-    assert request.headers[SIGNATURE_V2_HEADER].count("sha256=") == 2
+    listed = request.headers[SIGNATURE_V2_HEADER].split(", ")
+    timestamp = int(request.headers[TIMESTAMP_HEADER])
+    assert listed == [sign_timestamped(k, timestamp, request.body) for k in (NEW_SECRET, SECRET)]
     assert _check_signature(request, NEW_SECRET)
-    assert f"secret-file {key_file}: 3 keys; at most 2" in caplog.text
-    assert "wrapped-key" not in caplog.text
-    key_file.write_bytes(NEW_SECRET + b"\n")  # step 3
-    request = send("c")
+    changed = f"{key_file} and {previous_file} changed: webhook POSTs are now signed with 2 keys"
+    assert changed in caplog.text
+    # A file that cannot be used (emptied) keeps the keys read before, with one warning.
+    previous_file.write_bytes(b"\n")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "certctl.notify"):
+        for name in ("c", "d"):
+            request = send(name)
+            assert request.headers[SIGNATURE_V2_HEADER].count("sha256=") == 2
+            assert _check_signature(request, NEW_SECRET)
+    assert caplog.text.count(f"previous-secret-file {previous_file} is empty") == 1
+    for key in (SECRET, NEW_SECRET):
+        assert key.decode() not in caplog.text
+    previous_file.unlink()  # step 3
+    with caplog.at_level(logging.INFO, "certctl.notify"):
+        request = send("e")
     assert _check_timestamped(request, NEW_SECRET)  # one signature, the new key's
+    assert f"{previous_file} changed: webhook POSTs are now signed with 1 key" in caplog.text
 
 
 def test_unreachable_receiver_backs_off_and_delivers_later(env: Env, receiver: Receiver) -> None:

@@ -264,6 +264,8 @@ class WebhookConfig(_Section):
     proxy: str | None = None
     url: str
     secret_file: Path | None = Field(default=None, alias="secret-file")
+    # The key being retired: its signature is sent beside the current one's (v2 only).
+    previous_secret_file: Path | None = Field(default=None, alias="previous-secret-file")
     timeout: str = "10s"
     ca_file: Path | None = Field(default=None, alias="ca-file")
 

@@ -483,13 +483,13 @@ def build_scheduler(config: ServerConfig, services: Services) -> Scheduler:
 def _webhook(config: ServerConfig) -> Webhook | None:
     """``notifications.webhook``, its HMAC key read; None when not configured.
 
-    The secret file holds one key per line, the current one first; a second line is the
-    key being retired (its signature is sent too, so receivers switch when they like).
+    The secret file holds the key, the whole file; ``previous-secret-file``, when set and
+    there, the key being retired (its signature is sent too, so receivers switch when they
+    like).
 
     Raises:
-        InvalidRequest: the secret file is missing, unreadable, empty or holds more keys
-            than ``notify.MAX_KEYS``, or the ca-file cannot be read or holds no PEM
-            certificate.
+        InvalidRequest: the secret file is missing, unreadable or empty, the previous one
+            unreadable or empty, or the ca-file cannot be read or holds no PEM certificate.
     """
     from certctl.services.notify import Webhook, load_keys
 
@@ -498,7 +498,7 @@ def _webhook(config: ServerConfig) -> Webhook | None:
         return None
     if hook.secret_file is None:
         raise InvalidRequest("notifications.webhook needs a non-empty secret-file")
-    keys = load_keys(hook.secret_file)
+    keys = load_keys(hook.secret_file, hook.previous_secret_file)
     return Webhook(
         hook.url,
         keys[0],
@@ -507,6 +507,7 @@ def _webhook(config: ServerConfig) -> Webhook | None:
         ca_file=hook.ca_file,
         previous_secrets=keys[1:],
         secret_file=hook.secret_file,
+        previous_secret_file=hook.previous_secret_file,
     )
 
 

@@ -28,7 +28,6 @@ from certctl.services.context import Services
 from certctl.store.models import OutboxEvent
 
 __all__ = [
-    "MAX_KEYS",
     "SIGNATURE_HEADER",
     "SIGNATURE_V2_HEADER",
     "TIMESTAMP_HEADER",
@@ -49,40 +48,53 @@ SIGNATURE_HEADER = "X-Certctl-Signature"
 SIGNATURE_V2_HEADER = "X-Certctl-Signature-V2"
 TIMESTAMP_HEADER = "X-Certctl-Timestamp"
 _MAX_BACKOFF = timedelta(minutes=10)
-# Keys in notifications.webhook.secret-file: the current one and one being retired. Each
-# adds a signature to every POST, and a rotation needs no more than the two.
-MAX_KEYS = 2
+_SECRET = "notifications.webhook.secret-file"
+_PREVIOUS = "notifications.webhook.previous-secret-file"
 
 
-def load_keys(secret_file: Path) -> tuple[bytes, ...]:
-    """The HMAC keys in ``secret_file``, one per line, the current one first.
+def load_keys(secret_file: Path, previous_secret_file: Path | None = None) -> tuple[bytes, ...]:
+    """The HMAC keys to sign with: ``secret_file``'s, then ``previous_secret_file``'s if any.
+
+    Each file is one key, its whole content with surrounding whitespace removed: newlines
+    inside are part of it (``openssl rand -base64 64`` wraps its output), as they were before
+    rotation came in. A ``previous_secret_file`` that does not exist holds no key, so the
+    setting can stay while no key is being retired.
 
     Raises:
-        InvalidRequest: the file cannot be read, holds no key, or more than ``MAX_KEYS``.
+        InvalidRequest: a file cannot be read or is empty (``secret_file`` also missing).
     """
     try:
-        content = secret_file.read_bytes()
+        current = secret_file.read_bytes()
     except OSError as exc:
-        raise InvalidRequest(
-            f"notifications.webhook.secret-file: cannot read {secret_file}"
-        ) from exc
-    return _parse_keys(secret_file, content)
+        raise InvalidRequest(f"{_SECRET}: cannot read {secret_file}") from exc
+    previous = None
+    if previous_secret_file is not None:
+        try:
+            previous = previous_secret_file.read_bytes()
+        except FileNotFoundError:
+            pass  # no key being retired
+        except OSError as exc:
+            raise InvalidRequest(f"{_PREVIOUS}: cannot read {previous_secret_file}") from exc
+    return _parse_keys(current, previous_secret_file, previous)
 
 
-def _parse_keys(secret_file: Path, content: bytes) -> tuple[bytes, ...]:
-    keys: list[bytes] = []
-    for line in content.splitlines():
-        if line.strip() and line.strip() not in keys:
-            keys.append(line.strip())
-    if not keys:
+def _parse_keys(
+    current: bytes, previous_secret_file: Path | None, previous: bytes | None
+) -> tuple[bytes, ...]:
+    # Messages never quote the content: it is key material.
+    key = current.strip()
+    if not key:
         raise InvalidRequest("notifications.webhook needs a non-empty secret-file")
-    if len(keys) > MAX_KEYS:
-        # Never a key's text: the count says enough (often one key wrapped over lines).
+    if previous is None:
+        return (key,)
+    old = previous.strip()
+    if not old:
+        # Refused rather than read as "none": a file emptied by hand or caught half-written
+        # would drop the old key while receivers may still hold only that one.
         raise InvalidRequest(
-            f"notifications.webhook.secret-file {secret_file}: {len(keys)} keys; at most "
-            f"{MAX_KEYS}, one per line: the current one, then the one being retired"
+            f"{_PREVIOUS} {previous_secret_file} is empty: delete it when no key is being retired"
         )
-    return tuple(keys)
+    return (key,) if old == key else (key, old)
 
 
 def receiver_trust(ca_file: Path) -> ssl.SSLContext:
@@ -136,38 +148,57 @@ class _Trust:
 
 
 class _Keys:
-    """``secret-file``, read again at each pass: a rotation's steps apply without a restart.
+    """``secret-file`` and ``previous-secret-file``, read again at each pass.
 
-    On every replica, so none left behind can lead and sign with the old key alone. A file
-    that cannot be used (empty, too many lines) keeps the keys read so far, with one warning
-    per content; one that cannot be read keeps them silently, as ``_Trust`` does.
+    So a rotation's steps apply without a restart, on every replica: none left behind can
+    lead and sign with the old key alone. A file that cannot be used (empty) keeps the keys
+    read so far, with one warning per content; one that cannot be read keeps them silently,
+    as ``_Trust`` does. A ``previous-secret-file`` removed means no key is being retired.
     """
 
-    def __init__(self, secret_file: Path, keys: tuple[bytes, ...]) -> None:
+    def __init__(
+        self, secret_file: Path, previous_secret_file: Path | None, keys: tuple[bytes, ...]
+    ) -> None:
         self._secret_file = secret_file
+        self._previous_secret_file = previous_secret_file
         self._lock = threading.Lock()
-        self._seen: bytes | None = None  # read at the first pass; logged only if it differs
+        # Both contents, read at the first pass; logged only if the keys differ.
+        self._seen: tuple[bytes, bytes | None] | None = None
         self._keys = keys
 
     def current(self) -> tuple[bytes, ...]:
         try:
-            content: bytes | None = self._secret_file.read_bytes()
+            content = self._secret_file.read_bytes()
+            previous = None
+            if self._previous_secret_file is not None:
+                try:
+                    previous = self._previous_secret_file.read_bytes()
+                except FileNotFoundError:
+                    pass  # removed (rotation's last step): no key being retired
         except OSError:
-            content = None
+            return self._keys
         with self._lock:
-            if content is None or content == self._seen:
+            seen, self._seen = self._seen, (content, previous)
+            if seen == self._seen:
                 return self._keys
-            self._seen = content
             try:
-                keys = _parse_keys(self._secret_file, content)
+                keys = _parse_keys(content, self._previous_secret_file, previous)
             except InvalidRequest as exc:
                 log.warning("%s; the keys read before still sign", exc.detail)
                 return self._keys
             if keys != self._keys:
+                changed = [
+                    str(path)
+                    for path, differs in (
+                        (self._secret_file, keys[0] != self._keys[0]),
+                        (self._previous_secret_file, keys[1:] != self._keys[1:]),
+                    )
+                    if differs and path is not None
+                ]
                 self._keys = keys
                 log.info(
                     "%s changed: webhook POSTs are now signed with %d key%s",
-                    self._secret_file,
+                    " and ".join(changed),
                     len(keys),
                     "s" if len(keys) > 1 else "",
                 )
@@ -189,8 +220,8 @@ class Webhook:
     ``previous_secrets``: keys being retired; v2 is signed with each of them too, after
     ``secret``, so a receiver still holding one accepts the POST during a rotation.
 
-    ``secret_file``: where ``secret`` and ``previous_secrets`` were read (``load_keys``); read
-    again at each pass, its keys replace them once it changes.
+    ``secret_file``, ``previous_secret_file``: where ``secret`` and ``previous_secrets`` were
+    read (``load_keys``); read again at each pass, their keys replace them once they change.
 
     Raises:
         InvalidRequest: ``ca_file`` cannot be read or holds no PEM certificate.
@@ -205,6 +236,7 @@ class Webhook:
     ca_file: Path | None = None
     previous_secrets: tuple[bytes, ...] = field(default=(), repr=False)
     secret_file: Path | None = None
+    previous_secret_file: Path | None = None
     _trust: _Trust | None = field(default=None, init=False, repr=False, compare=False)
     _keys: _Keys | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -213,7 +245,8 @@ class Webhook:
             object.__setattr__(self, "_trust", _Trust(self.ca_file))
         if self.secret_file is not None:
             keys = (self.secret, *self.previous_secrets)
-            object.__setattr__(self, "_keys", _Keys(self.secret_file, keys))
+            keyring = _Keys(self.secret_file, self.previous_secret_file, keys)
+            object.__setattr__(self, "_keys", keyring)
 
     def keys(self) -> tuple[bytes, ...]:
         """The HMAC keys to sign with now, the current one first."""

@@ -575,18 +575,49 @@ def test_webhook_settings_reach_the_sender(tmp_path: Path) -> None:
     assert webhook.verify() is True  # no ca-file: httpx's own bundle
     assert webhook.previous_secrets == ()
 
-    # Rotating: one key per line, the current one first (blank lines and spaces ignored).
-    secret.write_text("n3w\n\n  s3cret \n")
+    # The whole file is the key, surrounding whitespace removed: one wrapped over lines (as
+    # openssl rand -base64 64 prints it) keeps its newline, as before rotation came in.
+    secret.write_text("  wrapped-part-1\nwrapped-part-2 \n\n")
     webhook = _webhook(load_config(file, {}))
     assert webhook is not None
-    assert (webhook.secret, webhook.previous_secrets) == (b"n3w", (b"s3cret",))
-    secret.write_text("n3w\ns3cret\nolder\n")
-    with pytest.raises(InvalidRequest) as refused:
-        _webhook(load_config(file, {}))
-    assert refused.value.detail == (
-        f"notifications.webhook.secret-file {secret}: 3 keys; at most 2, one per line: the "
-        "current one, then the one being retired"
+    assert (webhook.secret, webhook.previous_secrets) == (b"wrapped-part-1\nwrapped-part-2", ())
+
+    # Rotating: the key being retired in previous-secret-file, read by the same rules.
+    previous = tmp_path / "webhook-secret.previous"
+    previous.write_text("\ns3cret\nold \n")
+    secret.write_text("n3w\n")
+    hook["previous-secret-file"] = str(previous)
+    file.write_text(yaml.safe_dump({"notifications": {"webhook": hook}}))
+    webhook = _webhook(load_config(file, {}))
+    assert webhook is not None
+    assert (webhook.secret, webhook.previous_secrets) == (b"n3w", (b"s3cret\nold",))
+    assert webhook.previous_secret_file == previous
+    # No key being retired: the file removed (the setting may stay), or the same key.
+    for remove in (lambda: previous.write_text("n3w"), previous.unlink):
+        remove()
+        webhook = _webhook(load_config(file, {}))
+        assert webhook is not None
+        assert (webhook.secret, webhook.previous_secrets) == (b"n3w", ())
+    # One that is there but cannot be used is refused, in one line that quotes no key.
+    empty = (
+        f"notifications.webhook.previous-secret-file {previous} is empty: delete it when no "
+        "key is being retired"
     )
+    for content, why in (
+        (" \n", empty),
+        (None, f"notifications.webhook.previous-secret-file: cannot read {previous}"),
+    ):
+        if content is None:
+            previous.unlink()
+            previous.mkdir()
+        else:
+            previous.write_text(content)
+        with pytest.raises(InvalidRequest) as refused:
+            _webhook(load_config(file, {}))
+        assert refused.value.detail == why
+    previous.rmdir()
+    del hook["previous-secret-file"]
+    file.write_text(yaml.safe_dump({"notifications": {"webhook": hook}}))
     secret.write_text("s3cret\n")
 
     # Refused before the data dir is made (_check_integrations runs this), in one line, as
