@@ -192,7 +192,8 @@ def http_command(
         p12_legacy=p12_legacy,
         profile=profile,
     )
-    wizard = not non_interactive and sys.stdin.isatty()
+    # sys.stdin is None when the descriptor is closed (`<&-`, some service managers).
+    wizard = not non_interactive and sys.stdin is not None and sys.stdin.isatty()
     for option, value in (
         ("--ca-password-file", ca_password_file),
         ("--password-file", password_file),

@@ -435,6 +435,22 @@ def test_no_prompt_without_a_terminal(
     assert "?" not in capsys.readouterr().out
 
 
+def test_closed_stdin_is_no_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `certctl http … <&-` (a service unit, some CI runners): Python's sys.stdin is None.
+    # Before: "internal error (AttributeError: 'NoneType' object has no attribute 'isatty')".
+    monkeypatch.setattr(sys, "stdin", None)
+    out = tmp_path / "b.zip"
+    assert run(["http", "--out", str(out), "--pem"]) == 2
+    assert capsys.readouterr().err == (
+        "certctl: error: Invalid value: give --node NAME (repeatable) or --shared with "
+        "--dns/--ip (standard input is not a terminal: no wizard) (see 'certctl http --help')\n"
+    )
+    assert run(["http", "--out", str(out), "--pem", "--node", "es1"]) == 0
+    assert zipfile.ZipFile(out).namelist()
+
+
 class _FakeTTY(io.StringIO):
     def isatty(self) -> bool:
         return True
