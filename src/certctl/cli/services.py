@@ -188,6 +188,8 @@ def _read_stdin() -> bytes:
     from certctl.cli._common import MAX_INPUT_BYTES
     from certctl.errors import InvalidRequest
 
+    if sys.stdin is None:  # the descriptor is closed (`<&-`)
+        raise InvalidRequest("stdin: standard input is closed: no services file to read")
     data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)  # bounded like every file input
     if len(data) > MAX_INPUT_BYTES:
         raise InvalidRequest(f"stdin: services file is larger than {MAX_INPUT_BYTES >> 20} MiB")

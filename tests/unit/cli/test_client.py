@@ -1254,6 +1254,12 @@ def test_apply_names_the_file_whatever_is_wrong_in_it(
     assert capsys.readouterr().err == (
         "certctl: error: stdin: services file is not valid YAML at line 2\n"
     )
+    # `<&-`: Python's sys.stdin is None. Before: "internal error (AttributeError: …)".
+    monkeypatch.setattr("sys.stdin", None)
+    assert in_process("apply", "-f", "-") == 1
+    assert capsys.readouterr().err == (
+        "certctl: error: stdin: standard input is closed: no services file to read\n"
+    )
     assert listener.seen == []
 
 
