@@ -271,6 +271,11 @@ def main() -> None:
         sys.stdout = _stdout_without_reader()
     else:
         _buffer_unbuffered_stdout()
+    if sys.stderr is None:
+        # stderr closed (`certctl … 2>&-`): a warning or an error line was an AttributeError
+        # that failed the command silently. Discarded, as 2>/dev/null would; the exit
+        # status still tells what happened.
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # kept for the process
     code, fast = _run(sys.argv[1:])
     if fast:
         # The Typer-free route leaves no thread, child process or atexit work behind, and its

@@ -157,3 +157,38 @@ def test_a_full_stdout_is_named_also_when_python_is_unbuffered(tmp_path: Path) -
             1,
             "certctl: error: cannot write to stdout: No space left on device\n",
         ), proc.args
+
+
+def test_a_closed_stderr_changes_nothing_but_where_messages_go(ca: Path, tmp_path: Path) -> None:
+    # `certctl … 2>&-` (a cron line, a daemon's child): Python's sys.stderr is None. Before,
+    # a warning (a short validity) or a batch's progress check was an AttributeError, and
+    # the error that reported it failed too: exit 1, nothing issued, nothing said. Now the
+    # messages go nowhere, as with 2>/dev/null, and the exit status tells what happened.
+    (tmp_path / "instances.yml").write_text("instances:\n  - name: n1\n    dns: [n1.example]\n")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "tls.crt").write_text("kept")
+    issue = ("cert", "issue", "--ca", str(ca))
+    cases = {
+        "short": ((*issue, "--cn", "web", "--validity", "1D", "--out", "short"), 0),
+        "batch": ((*issue, "--in", "instances.yml", "--pem", "--out", "b.zip"), 0),
+        "exists": ((*issue, "--cn", "web", "--out", "taken"), 1),
+    }
+    runs = {
+        name: subprocess.Popen(
+            ["sh", "-c", 'exec "$@" 2>&-', "sh", require("certctl"), *argv],
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        for name, (argv, _) in cases.items()
+    }
+    assert {name: run.wait(timeout=60) for name, run in runs.items()} == {
+        name: code for name, (_, code) in cases.items()
+    }
+    assert sorted(p.name for p in (tmp_path / "short").iterdir()) == [
+        "ca.crt",
+        "tls.crt",
+        "tls.key",
+    ]
+    assert (tmp_path / "b.zip").is_file()
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["tls.crt"]
