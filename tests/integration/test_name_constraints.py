@@ -189,3 +189,84 @@ def test_a_directory_name_constraint_holds_the_subject(tmp_path: Path) -> None:
         "name constraints (permitted: DirName O=Example Corp,C=US): no client would accept "
         "the certificate\n"
     )
+
+
+_LEAF_EXTENSIONS = (
+    "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+    "extendedKeyUsage=serverAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+)
+
+
+def _openssl_chain(
+    tmp_path: Path, key: tuple[str, ...], ca_extensions: str, leaf_subject: str, leaf_san: str
+) -> tuple[Path, Path]:
+    """A root with ``ca_extensions`` and a server leaf it signs, both made by openssl."""
+    config = tmp_path / "ext.cnf"
+    config.write_text(
+        "[req]\ndistinguished_name = dn\n[dn]\n"
+        f"[ca]\nbasicConstraints = critical,CA:TRUE\n{ca_extensions}\n"
+        f"[leaf]\n{_LEAF_EXTENSIONS}subjectAltName = {leaf_san}\n"
+    )
+    ca, leaf = tmp_path / "ca.crt", tmp_path / "tls.crt"
+    for command in (
+        ("req", "-x509", "-newkey", *key, "-nodes", "-keyout", tmp_path / "ca.key", "-out", ca,
+         "-subj", "/O=Example Corp/CN=Constrained Root", "-days", "30", "-config", config,
+         "-extensions", "ca"),
+        ("req", "-new", "-newkey", *key, "-nodes", "-keyout", tmp_path / "tls.key",
+         "-out", tmp_path / "tls.csr", "-subj", leaf_subject, "-config", config),
+        ("x509", "-req", "-in", tmp_path / "tls.csr", "-CA", ca, "-CAkey", tmp_path / "ca.key",
+         "-days", "10", "-extfile", config, "-extensions", "leaf", "-out", leaf),
+    ):  # fmt: skip
+        assert run("openssl", *command).returncode == 0, command
+    return ca, leaf
+
+
+_KU = "keyUsage = critical,keyCertSign,cRLSign\n"
+_EC = ("ec", "-pkeyopt", "ec_paramgen_curve:P-256")
+
+
+@pytest.mark.parametrize(
+    ("key", "ca_extensions", "subject", "san", "refused"),
+    [
+        # Ed25519 (and a CA without keyUsage, below) take certctl's own RFC 5280 path check,
+        # which checked no name constraints: a leaf outside them verified.
+        (("ed25519",), f"{_KU}nameConstraints = critical,permitted;DNS:good.example",
+         "/CN=www.evil.example", "DNS:www.evil.example",
+         "DNS name www.evil.example is outside the name constraints of "
+         "CN=Constrained Root,O=Example Corp (permitted: DNS good.example)"),
+        (("ed25519",), f"{_KU}nameConstraints = critical,permitted;DNS:good.example",
+         "/CN=www.good.example", "DNS:www.good.example", None),
+        (_EC, "nameConstraints = critical,excluded;IP:10.0.0.0/255.0.0.0",
+         "/CN=web.example", "DNS:web.example,IP:10.1.2.3",
+         "IP address 10.1.2.3 is excluded by the name constraints of "
+         "CN=Constrained Root,O=Example Corp (IP 10.0.0.0/8)"),
+        (_EC, "nameConstraints = critical,permitted;dirName:corp\n[corp]\nO = Example Corp",
+         "/O=Other Corp/CN=web.example", "DNS:web.example",
+         "subject CN=web.example,O=Other Corp is outside the name constraints of "
+         "CN=Constrained Root,O=Example Corp (permitted: DirName O=Example Corp)"),
+        # The leading-dot form (OpenSSL's and Windows' own, and what certctl issues under)
+        # is "malformed" to cryptography's verifier: a valid leaf was refused.
+        (_EC, f"{_KU}nameConstraints = critical,permitted;DNS:.corp.example",
+         "/CN=web.corp.example", "DNS:web.corp.example", None),
+        (_EC, f"{_KU}nameConstraints = critical,permitted;DNS:.corp.example",
+         "/CN=corp.example", "DNS:corp.example",
+         "DNS name corp.example is outside the name constraints of "
+         "CN=Constrained Root,O=Example Corp (permitted: DNS .corp.example)"),
+    ],
+)  # fmt: skip
+def test_verify_holds_name_constraints_as_openssl_does(
+    tmp_path: Path,
+    key: tuple[str, ...],
+    ca_extensions: str,
+    subject: str,
+    san: str,
+    refused: str | None,
+) -> None:
+    ca, leaf = _openssl_chain(tmp_path, key, ca_extensions, subject, san)
+    reference = run("openssl", "verify", "-purpose", "sslserver", "-CAfile", ca, leaf)
+    assert (reference.returncode == 0) is (refused is None), reference.stdout + reference.stderr
+    result = certctl("verify", "--ca", ca, leaf)
+    if refused is None:
+        assert (result.code, result.err) == (0, "")
+    else:
+        assert (result.code, result.err) == (1, f"certctl: error: verification failed: {refused}\n")

@@ -42,29 +42,50 @@ def name_constraints_of(
 
 
 def check_name_constraints(
-    constraints: Sequence[x509.NameConstraints], subject: x509.Name, sans: SubjectAltNames
+    constraints: Sequence[x509.NameConstraints],
+    subject: x509.Name,
+    sans: SubjectAltNames,
+    *,
+    holder: x509.Name | None = None,
+    common_name_as_host: bool = True,
 ) -> None:
     """Refuse a subject or SAN outside the permitted, or inside the excluded, subtrees.
 
-    As OpenSSL does, a host-like common name counts as a DNS name when there is no DNS SAN.
+    As OpenSSL does, a host-like common name counts as a DNS name when there is no DNS SAN
+    (``common_name_as_host``; OpenSSL does it for the leaf only).
+
+    Args:
+        constraints: the constraints to hold the names to.
+        subject: the subject of the certificate checked.
+        sans: its subject alternative names.
+        holder: the CA whose constraints these are, named in the message; None for the CA
+            about to issue (the message then says no client would accept the certificate).
+        common_name_as_host: hold a host-like common name to the DNS constraints.
 
     Raises:
         InvalidRequest: the message names the name and the CA's constraint it breaks.
     """
-    dns = list(sans.dns) or _host_common_names(subject)
+    dns = list(sans.dns) or (_host_common_names(subject) if common_name_as_host else [])
     names: list[tuple[str, str, type[x509.GeneralName]]] = [
         *(("DNS name", d, x509.DNSName) for d in dns),
         *(("IP address", str(a), x509.IPAddress) for a in sans.ip),
         *(("e-mail address", e, x509.RFC822Name) for e in sans.email),
         *(("URI", u, x509.UniformResourceIdentifier) for u in sans.uri),
     ]
+    if holder is None:
+        whose, after = (
+            "the issuing CA's name constraints",
+            ": no client would accept the certificate",
+        )
+    else:
+        whose, after = f"the name constraints of {holder.rfc4514_string()}", ""
     for constraint in constraints:
         permitted = list(constraint.permitted_subtrees or ())
         excluded = list(constraint.excluded_subtrees or ())
         for what, value, kind in names:
-            _check(what, value, kind, permitted, excluded)
+            _check(what, value, kind, permitted, excluded, whose, after)
         if subject:
-            _check("subject", subject, x509.DirectoryName, permitted, excluded)
+            _check("subject", subject, x509.DirectoryName, permitted, excluded, whose, after)
 
 
 def _check(
@@ -73,21 +94,19 @@ def _check(
     kind: type[x509.GeneralName],
     permitted: list[x509.GeneralName],
     excluded: list[x509.GeneralName],
+    whose: str,
+    after: str,
 ) -> None:
     shown = value.rfc4514_string() if isinstance(value, x509.Name) else value
     for base in excluded:
         if isinstance(base, kind) and _within(value, base):
             raise InvalidRequest(
-                f"{what} {shown} is excluded by the issuing CA's name constraints "
-                f"({describe_general_name(base)}): no client would accept the certificate"
+                f"{what} {shown} is excluded by {whose} ({describe_general_name(base)}){after}"
             )
     bases = [base for base in permitted if isinstance(base, kind)]
     if bases and not any(_within(value, base) for base in bases):
         allowed = ", ".join(describe_general_name(b) for b in bases)
-        raise InvalidRequest(
-            f"{what} {shown} is outside the issuing CA's name constraints (permitted: "
-            f"{allowed}): no client would accept the certificate"
-        )
+        raise InvalidRequest(f"{what} {shown} is outside {whose} (permitted: {allowed}){after}")
 
 
 def _within(value: str | x509.Name, base: x509.GeneralName) -> bool:

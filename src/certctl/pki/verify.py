@@ -14,7 +14,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from certctl.errors import InvalidRequest
-from certctl.pki.names import names_match, validate_dns_name
+from certctl.pki.constraints import check_name_constraints, name_constraints_of
+from certctl.pki.names import SubjectAltNames, names_match, validate_dns_name
 
 __all__ = [
     "VerificationFailed",
@@ -103,12 +104,15 @@ def verify_certificate(
         if "leaf server certificate has no subjectAltName" in message:
             # As without --hostname: say what the certificate is (a CA given as CERT?).
             raise VerificationFailed(f"verification failed: {_no_host_name(leaf)}") from exc
-        if eddsa or client_without_san or trusted_self or _WEB_PKI_ONLY.search(message):
+        web_only = _WEB_PKI_ONLY.search(message) or _CONSTRAINT_FORMS.search(message)
+        if eddsa or client_without_san or trusted_self or web_only:
             # cryptography's verifier follows the CA/B Forum web policy, which forbids EdDSA;
             # RFC 8410 allows it for private PKIs. It also wants keyUsage on every CA, an
             # authorityKeyIdentifier on every leaf and a critical basicConstraints, which
             # RFC 5280 path validation (openssl, Java, Go) does not: `openssl req -x509`
-            # makes a CA without keyUsage. These cases take a plain RFC 5280 path.
+            # makes a CA without keyUsage. It knows no directoryName or URI name
+            # constraints, nor the ".corp.example" form of a DNS one that OpenSSL and
+            # Windows write. These cases take a plain RFC 5280 path.
             return _verify_rfc5280(leaf, trust, untrusted, hostname, purpose, now)
         missing = _missing_link(leaf, trust, untrusted, now)
         reason = missing if missing is not None else _reason(exc)
@@ -122,6 +126,9 @@ _WEB_PKI_ONLY = re.compile(
     r"invalid extension: 2\.5\.29\.(?:1[45]|35): Certificate is missing required extension"
     r"|invalid extension: 2\.5\.29\.19: Certificate extension has incorrect criticality"
 )
+# Name constraints cryptography's verifier cannot evaluate, which OpenSSL does: any chain
+# under such a CA was refused, inside the constraints or not.
+_CONSTRAINT_FORMS = re.compile(r"malformed DNS name constraint: |unsupported name constraint type")
 _EKU_FOR = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
 
 
@@ -290,6 +297,7 @@ def _verify_rfc5280(
             if _issued_by(current, anchor):
                 _check_window(anchor, now, _anchor_name(anchor))
                 _check_path_lengths((*chain, anchor))
+                _check_name_constraints((*chain, anchor))
                 return VerifiedChain((*chain, anchor), purpose, name)
         parent = next((c for c in pool if _issued_by(current, c) and _is_ca(c)), None)
         if parent is None:
@@ -320,6 +328,37 @@ def _check_path_lengths(chain: Sequence[x509.Certificate]) -> None:
             )
         if cert.issuer != cert.subject:
             below += 1
+
+
+def _check_name_constraints(chain: Sequence[x509.Certificate]) -> None:
+    """Hold each certificate of a path (leaf first) to the name constraints of the CAs above.
+
+    RFC 5280 6.1.3 (b), (c) and 6.1.4 (g), as OpenSSL checks them: the subject and SANs of
+    every certificate below a constrained CA, self-issued intermediates excepted, and a
+    host-like common name of the leaf when it has no DNS SAN.
+    """
+    for index, ca in enumerate(chain[1:], start=1):
+        constraints = name_constraints_of([ca])
+        if not constraints:
+            continue
+        for depth, cert in enumerate(chain[:index]):
+            if depth and cert.issuer == cert.subject:
+                continue
+            try:
+                ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+                sans = SubjectAltNames.from_extension(ext.value)
+            except x509.ExtensionNotFound:
+                sans = SubjectAltNames()
+            try:
+                check_name_constraints(
+                    constraints,
+                    cert.subject,
+                    sans,
+                    holder=ca.subject,
+                    common_name_as_host=not depth,
+                )
+            except InvalidRequest as exc:
+                raise VerificationFailed(f"verification failed: {exc.detail}") from None
 
 
 def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
