@@ -70,6 +70,38 @@ def openssl_server_certificate(ca_dir: Path, out: Path) -> Path:
     return crt
 
 
+def openssl_root_and_leaf(
+    tmp_path: Path,
+    key: Sequence[str],
+    ca_extensions: str,
+    leaf_subject: str,
+    leaf_extensions: str,
+) -> tuple[Path, Path]:
+    """``tmp_path``/ca.crt, a root with ``ca_extensions``, and tls.crt it signs, by openssl.
+
+    ``key`` is ``openssl req -newkey``'s argument (``("ed25519",)``, ``("ec", "-pkeyopt",
+    "ec_paramgen_curve:P-256")``); the extension texts are openssl.cnf lines (more sections
+    may follow), basicConstraints CA:TRUE added to the root's.
+    """
+    config = tmp_path / "ext.cnf"
+    config.write_text(
+        "[req]\ndistinguished_name = dn\n[dn]\n[leaf]\n"
+        f"{leaf_extensions}\n[ca]\nbasicConstraints = critical,CA:TRUE\n{ca_extensions}\n"
+    )
+    ca, leaf = tmp_path / "ca.crt", tmp_path / "tls.crt"
+    for command in (
+        ("req", "-x509", "-newkey", *key, "-nodes", "-keyout", tmp_path / "ca.key", "-out", ca,
+         "-subj", "/O=Example Corp/CN=Constrained Root", "-days", "30", "-config", config,
+         "-extensions", "ca"),
+        ("req", "-new", "-newkey", *key, "-nodes", "-keyout", tmp_path / "tls.key",
+         "-out", tmp_path / "tls.csr", "-subj", leaf_subject, "-config", config),
+        ("x509", "-req", "-in", tmp_path / "tls.csr", "-CA", ca, "-CAkey", tmp_path / "ca.key",
+         "-days", "10", "-extfile", config, "-extensions", "leaf", "-out", leaf),
+    ):  # fmt: skip
+        ok(run("openssl", *command))
+    return ca, leaf
+
+
 def certctl_exe(
     *args: str | Path, timeout: float = RUN_TIMEOUT_S
 ) -> subprocess.CompletedProcess[str]:

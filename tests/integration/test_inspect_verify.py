@@ -15,7 +15,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests._tools import EC_P256, free_port, ok, openssl_req, openssl_verify, require, run, stop
-from tests.integration.conftest import certctl, certctl_exe, wait_for_port
+from tests.integration.conftest import (
+    certctl,
+    certctl_exe,
+    openssl_root_and_leaf,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -630,6 +635,49 @@ def test_a_ca_made_by_openssl_req_x509_verifies_as_with_openssl(tmp_path: Path) 
         1,
         "CN=Tutorial CA in the trust bundle did not sign CN=web",
     )
+
+
+_SERVER_LEAF = (
+    "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+    "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:web.example\n"
+)
+_WITH_AKI = "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+_NO_AKI = "subjectKeyIdentifier=none\nauthorityKeyIdentifier=none\n"
+_ROOT_KU = "keyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n"
+_EC = ("ec", "-pkeyopt", "ec_paramgen_curve:P-256")
+
+
+@pytest.mark.parametrize(
+    ("key", "leaf", "root_eku", "refused"),
+    [
+        # A leaf without authorityKeyIdentifier (a web-PKI rule) or an Ed25519 chain takes
+        # certctl's own RFC 5280 path check, which held no CA to its extendedKeyUsage:
+        # these verified OK where openssl says "unsuitable certificate purpose".
+        (_EC, _NO_AKI, "codeSigning", "codeSigning"),
+        (("ed25519",), _WITH_AKI, "clientAuth", "clientAuth"),
+        (_EC, _WITH_AKI, "clientAuth, emailProtection", "clientAuth, emailProtection"),
+        (_EC, _NO_AKI, "clientAuth, serverAuth", None),
+        (("ed25519",), _WITH_AKI, "serverAuth", None),
+    ],
+)  # fmt: skip
+def test_a_ca_limited_to_other_usages_fails_as_with_openssl(
+    tmp_path: Path, key: tuple[str, ...], leaf: str, root_eku: str, refused: str | None
+) -> None:
+    ca, cert = openssl_root_and_leaf(
+        tmp_path, key, f"{_ROOT_KU}extendedKeyUsage={root_eku}", "/CN=web", _SERVER_LEAF + leaf
+    )
+    reference = run("openssl", "verify", "-purpose", "sslserver", "-CAfile", ca, cert)
+    result = certctl("verify", "--ca", ca, cert)
+    if refused is None:
+        assert reference.returncode == 0, reference.stdout + reference.stderr
+        assert (result.code, result.err) == (0, "")
+    else:
+        assert "unsuitable certificate purpose" in reference.stdout + reference.stderr
+        assert (result.code, result.err) == (
+            1,
+            "certctl: error: verification failed: CA CN=Constrained Root,O=Example Corp "
+            f"limits the certificates below it to {refused}, not serverAuth\n",
+        )
 
 
 def _openssl_ca_sign(

@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from tests._tools import openssl_req, run
-from tests.integration.conftest import certctl, certctl_ok, openssl_server_certificate
+from tests.integration.conftest import (
+    certctl,
+    certctl_ok,
+    openssl_root_and_leaf,
+    openssl_server_certificate,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -200,25 +205,9 @@ _LEAF_EXTENSIONS = (
 def _openssl_chain(
     tmp_path: Path, key: tuple[str, ...], ca_extensions: str, leaf_subject: str, leaf_san: str
 ) -> tuple[Path, Path]:
-    """A root with ``ca_extensions`` and a server leaf it signs, both made by openssl."""
-    config = tmp_path / "ext.cnf"
-    config.write_text(
-        "[req]\ndistinguished_name = dn\n[dn]\n"
-        f"[ca]\nbasicConstraints = critical,CA:TRUE\n{ca_extensions}\n"
-        f"[leaf]\n{_LEAF_EXTENSIONS}subjectAltName = {leaf_san}\n"
+    return openssl_root_and_leaf(
+        tmp_path, key, ca_extensions, leaf_subject, f"{_LEAF_EXTENSIONS}subjectAltName = {leaf_san}"
     )
-    ca, leaf = tmp_path / "ca.crt", tmp_path / "tls.crt"
-    for command in (
-        ("req", "-x509", "-newkey", *key, "-nodes", "-keyout", tmp_path / "ca.key", "-out", ca,
-         "-subj", "/O=Example Corp/CN=Constrained Root", "-days", "30", "-config", config,
-         "-extensions", "ca"),
-        ("req", "-new", "-newkey", *key, "-nodes", "-keyout", tmp_path / "tls.key",
-         "-out", tmp_path / "tls.csr", "-subj", leaf_subject, "-config", config),
-        ("x509", "-req", "-in", tmp_path / "tls.csr", "-CA", ca, "-CAkey", tmp_path / "ca.key",
-         "-days", "10", "-extfile", config, "-extensions", "leaf", "-out", leaf),
-    ):  # fmt: skip
-        assert run("openssl", *command).returncode == 0, command
-    return ca, leaf
 
 
 _KU = "keyUsage = critical,keyCertSign,cRLSign\n"
@@ -236,6 +225,12 @@ _EC = ("ec", "-pkeyopt", "ec_paramgen_curve:P-256")
          "CN=Constrained Root,O=Example Corp (permitted: DNS good.example)"),
         (("ed25519",), f"{_KU}nameConstraints = critical,permitted;DNS:good.example",
          "/CN=www.good.example", "DNS:www.good.example", None),
+        # cryptography's own refusal named neither the name nor the constraint: "candidates
+        # exhausted: excluded name constraint matched SAN".
+        (_EC, f"{_KU}nameConstraints = critical,excluded;DNS:bad.good.example",
+         "/CN=x.bad.good.example", "DNS:x.bad.good.example",
+         "DNS name x.bad.good.example is excluded by the name constraints of "
+         "CN=Constrained Root,O=Example Corp (DNS bad.good.example)"),
         (_EC, "nameConstraints = critical,excluded;IP:10.0.0.0/255.0.0.0",
          "/CN=web.example", "DNS:web.example,IP:10.1.2.3",
          "IP address 10.1.2.3 is excluded by the name constraints of "

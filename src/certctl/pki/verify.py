@@ -114,6 +114,14 @@ def verify_certificate(
             # constraints, nor the ".corp.example" form of a DNS one that OpenSSL and
             # Windows write. These cases take a plain RFC 5280 path.
             return _verify_rfc5280(leaf, trust, untrusted, hostname, purpose, now)
+        if _UNNAMED_FAILURE.search(message):
+            # cryptography names the rule broken, not the certificate, CA or name that broke
+            # it; the own path check names them. Should it find nothing, cryptography's
+            # refusal stands.
+            try:
+                _verify_rfc5280(leaf, trust, untrusted, hostname, purpose, now)
+            except VerificationFailed as own:
+                raise own from exc
         missing = _missing_link(leaf, trust, untrusted, now)
         reason = missing if missing is not None else _reason(exc)
         raise VerificationFailed(f"verification failed: {reason}") from exc
@@ -129,6 +137,10 @@ _WEB_PKI_ONLY = re.compile(
 # Name constraints cryptography's verifier cannot evaluate, which OpenSSL does: any chain
 # under such a CA was refused, inside the constraints or not.
 _CONSTRAINT_FORMS = re.compile(r"malformed DNS name constraint: |unsupported name constraint type")
+_UNNAMED_FAILURE = re.compile(
+    r"Neither EKU nor anyEKU could be found|name constraint matched SAN"
+    r"|path length constraint violated"
+)
 _EKU_FOR = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
 
 
@@ -297,6 +309,7 @@ def _verify_rfc5280(
             if _issued_by(current, anchor):
                 _check_window(anchor, now, _anchor_name(anchor))
                 _check_path_lengths((*chain, anchor))
+                _check_ca_purposes((*chain[1:], anchor), purpose)
                 _check_name_constraints((*chain, anchor))
                 return VerifiedChain((*chain, anchor), purpose, name)
         parent = next((c for c in pool if _issued_by(current, c) and _is_ca(c)), None)
@@ -328,6 +341,28 @@ def _check_path_lengths(chain: Sequence[x509.Certificate]) -> None:
             )
         if cert.issuer != cert.subject:
             below += 1
+
+
+def _check_ca_purposes(cas: Sequence[x509.Certificate], purpose: str) -> None:
+    """Refuse a path through a CA whose extendedKeyUsage leaves out ``purpose``.
+
+    RFC 5280 does not chain EKUs, but OpenSSL ("unsuitable certificate purpose", the trust
+    anchor included), cryptography's verifier, Go and Windows do. anyExtendedKeyUsage
+    lets every purpose through, as in cryptography's verifier.
+    """
+    wanted = _EKU_FOR[purpose]
+    for ca in cas:
+        try:
+            usages = ca.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            continue
+        if wanted in usages or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages:
+            continue
+        names = ", ".join(eku_name(oid) for oid in usages) or "none"
+        raise VerificationFailed(
+            f"verification failed: CA {ca.subject.rfc4514_string()} limits the certificates "
+            f"below it to {names}, not {purpose}Auth"
+        )
 
 
 def _check_name_constraints(chain: Sequence[x509.Certificate]) -> None:
