@@ -680,6 +680,44 @@ def test_a_ca_limited_to_other_usages_fails_as_with_openssl(
         )
 
 
+@pytest.mark.parametrize(
+    ("key_usage", "aki", "purpose", "refused"),
+    [
+        # cryptography's verifier does not look at a leaf's keyUsage for TLS; openssl, and
+        # so every OpenSSL client, refuses a key that may not sign or agree on keys.
+        ("cRLSign", _WITH_AKI, "server", "keyUsage cRLSign"),
+        ("keyCertSign, cRLSign", _NO_AKI, "server", "keyUsage keyCertSign, cRLSign"),
+        ("keyEncipherment", _WITH_AKI, "client", "keyUsage keyEncipherment"),
+        ("keyAgreement", _WITH_AKI, "server", None),
+        ("keyEncipherment", _NO_AKI, "server", None),
+        ("digitalSignature, nonRepudiation", _WITH_AKI, "client", None),
+    ],
+)
+def test_a_leaf_key_usage_that_allows_no_tls_fails_as_with_openssl(
+    tmp_path: Path, key_usage: str, aki: str, purpose: str, refused: str | None
+) -> None:
+    leaf = (
+        f"basicConstraints=critical,CA:FALSE\nkeyUsage=critical,{key_usage}\n"
+        f"extendedKeyUsage={purpose}Auth\nsubjectAltName=DNS:web.example\n{aki}"
+    )
+    ca, cert = openssl_root_and_leaf(tmp_path, _EC, _ROOT_KU, "/CN=web", leaf)
+    reference = run("openssl", "verify", "-purpose", f"ssl{purpose}", "-CAfile", ca, cert)
+    result = certctl("verify", "--purpose", purpose, "--ca", ca, cert)
+    if refused is None:
+        assert reference.returncode == 0, reference.stdout + reference.stderr
+        assert (result.code, result.err) == (0, "")
+    else:
+        assert "unsuitable certificate purpose" in reference.stdout + reference.stderr
+        needs = "digitalSignature, keyEncipherment or keyAgreement"
+        if purpose == "client":
+            needs = "digitalSignature or keyAgreement"
+        assert (result.code, result.err) == (
+            1,
+            f"certctl: error: verification failed: certificate's {refused} allows no TLS "
+            f"{purpose} use (it needs {needs})\n",
+        )
+
+
 def _openssl_ca_sign(
     d: Path, name: str, *, ca: str | None, start: str, end: str, ca_ext: bool, algorithm: str
 ) -> None:

@@ -264,21 +264,62 @@ def _signs(parent: x509.Certificate, child: x509.Certificate) -> bool:
 
 
 def _check_purpose(leaf: x509.Certificate, purpose: str) -> None:
-    """Refuse a certificate whose extended key usage excludes ``purpose``; none allows any.
+    """Refuse a certificate whose extended or plain key usage excludes ``purpose``.
 
+    No extendedKeyUsage allows any purpose, no keyUsage any use of the key (_check_key_usage).
     anyExtendedKeyUsage alone does not do: openssl (-purpose sslserver/sslclient) and
     cryptography's verifier both refuse it for TLS.
     """
     try:
         ekus = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
+        ekus = None
+    if ekus is not None and _EKU_FOR[purpose] not in ekus:
+        names = ", ".join(eku_name(oid) for oid in ekus) or "none"
+        raise VerificationFailed(
+            f"verification failed: certificate lacks the {purpose}Auth extended key usage "
+            f"(it has {names})"
+        )
+    _check_key_usage(leaf, purpose)
+
+
+# The keyUsage bits a TLS server or client key needs one of, as OpenSSL's purpose checks
+# (check_purpose_ssl_server/_client) take them: signing (ECDHE), or RSA key transport or
+# static (EC)DH for a server; signing or key agreement for a client.
+_TLS_KEY_USAGES = {
+    "server": ("digital_signature", "key_encipherment", "key_agreement"),
+    "client": ("digital_signature", "key_agreement"),
+}
+_KEY_USAGE_NAMES = {
+    "digital_signature": "digitalSignature",
+    "content_commitment": "nonRepudiation",
+    "key_encipherment": "keyEncipherment",
+    "data_encipherment": "dataEncipherment",
+    "key_agreement": "keyAgreement",
+    "key_cert_sign": "keyCertSign",
+    "crl_sign": "cRLSign",
+}
+
+
+def _check_key_usage(leaf: x509.Certificate, purpose: str) -> None:
+    """Refuse a leaf whose keyUsage allows none of the uses TLS makes of its key.
+
+    cryptography's verifier does not look at it; OpenSSL (openssl verify -purpose, and so
+    nginx, curl and Python's ssl) refuses such a certificate: "unsuitable certificate
+    purpose". No keyUsage at all allows every use (RFC 5280 4.2.1.3).
+    """
+    try:
+        usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
         return
-    if _EKU_FOR[purpose] in ekus:
+    needed = _TLS_KEY_USAGES[purpose]
+    if any(getattr(usage, attr) for attr in needed):
         return
-    names = ", ".join(eku_name(oid) for oid in ekus) or "none"
+    held = ", ".join(name for attr, name in _KEY_USAGE_NAMES.items() if getattr(usage, attr))
+    names = [_KEY_USAGE_NAMES[attr] for attr in needed]
     raise VerificationFailed(
-        f"verification failed: certificate lacks the {purpose}Auth extended key usage "
-        f"(it has {names})"
+        f"verification failed: certificate's keyUsage {held or 'none'} allows no TLS {purpose} "
+        f"use (it needs {', '.join(names[:-1])} or {names[-1]})"
     )
 
 
