@@ -718,6 +718,38 @@ def test_a_leaf_key_usage_that_allows_no_tls_fails_as_with_openssl(
         )
 
 
+@pytest.mark.parametrize(
+    ("key", "root_extra", "refused"),
+    [
+        # A leaf without authorityKeyIdentifier, or Ed25519, takes certctl's own path check,
+        # which let a CA's unknown critical extension through ("unhandled critical
+        # extension" to openssl, error 34).
+        (_EC, "1.2.3.4.5.6.7 = critical,ASN1:NULL", "1.2.3.4.5.6.7"),
+        (("ed25519",), "1.2.3.4.5.6.7 = critical,ASN1:NULL", "1.2.3.4.5.6.7"),
+        (_EC, "certificatePolicies = critical,2.5.29.32.0", None),
+        (_EC, "1.2.3.4.5.6.7 = ASN1:NULL", None),
+    ],
+)  # fmt: skip
+def test_an_unknown_critical_extension_fails_as_with_openssl(
+    tmp_path: Path, key: tuple[str, ...], root_extra: str, refused: str | None
+) -> None:
+    leaf = _SERVER_LEAF + _NO_AKI
+    ca, cert = openssl_root_and_leaf(tmp_path, key, f"{_ROOT_KU}{root_extra}", "/CN=web", leaf)
+    reference = run("openssl", "verify", "-purpose", "sslserver", "-CAfile", ca, cert)
+    result = certctl("verify", "--ca", ca, cert)
+    if refused is None:
+        assert reference.returncode == 0, reference.stdout + reference.stderr
+        assert (result.code, result.err) == (0, "")
+    else:
+        assert "unhandled critical extension" in reference.stdout + reference.stderr
+        assert (result.code, result.err) == (
+            1,
+            "certctl: error: verification failed: CA CN=Constrained Root,O=Example Corp in "
+            f"the trust bundle has an unknown critical extension ({refused}), which "
+            "verifiers must refuse\n",
+        )
+
+
 def _openssl_ca_sign(
     d: Path, name: str, *, ca: str | None, start: str, end: str, ca_ext: bool, algorithm: str
 ) -> None:

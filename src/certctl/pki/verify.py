@@ -10,7 +10,7 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from certctl.errors import InvalidRequest
@@ -340,6 +340,7 @@ def _verify_rfc5280(
         name = str(subject.value)
         if not _name_matches(leaf, subject):
             raise _not_in_sans(leaf, name)
+    _check_critical_extensions(leaf, "certificate")
     chain = [leaf]
     pool = list(untrusted)
     current = leaf
@@ -349,6 +350,7 @@ def _verify_rfc5280(
         for anchor in trust:
             if _issued_by(current, anchor):
                 _check_window(anchor, now, _anchor_name(anchor))
+                _check_critical_extensions(anchor, _anchor_name(anchor))
                 _check_path_lengths((*chain, anchor))
                 _check_ca_purposes((*chain[1:], anchor), purpose)
                 _check_name_constraints((*chain, anchor))
@@ -357,6 +359,7 @@ def _verify_rfc5280(
         if parent is None:
             break
         _check_window(parent, now, _intermediate_name(parent))
+        _check_critical_extensions(parent, _intermediate_name(parent))
         pool.remove(parent)
         chain.append(parent)
         current = parent
@@ -382,6 +385,46 @@ def _check_path_lengths(chain: Sequence[x509.Certificate]) -> None:
             )
         if cert.issuer != cert.subject:
             below += 1
+
+
+# The extensions OpenSSL's path validation handles (X509_supported_extension): a critical
+# one of any other kind fails it, "unhandled critical extension" (RFC 5280 4.2).
+_HANDLED_EXTENSIONS = frozenset(
+    {
+        ExtensionOID.BASIC_CONSTRAINTS,
+        ExtensionOID.KEY_USAGE,
+        ExtensionOID.EXTENDED_KEY_USAGE,
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+        ExtensionOID.NAME_CONSTRAINTS,
+        ExtensionOID.CERTIFICATE_POLICIES,
+        ExtensionOID.POLICY_CONSTRAINTS,
+        ExtensionOID.POLICY_MAPPINGS,
+        ExtensionOID.INHIBIT_ANY_POLICY,
+        ExtensionOID.CRL_DISTRIBUTION_POINTS,
+        ExtensionOID.OCSP_NO_CHECK,
+        x509.ObjectIdentifier("2.16.840.1.113730.1.1"),  # Netscape cert type
+        x509.ObjectIdentifier("1.3.6.1.5.5.7.1.7"),  # RFC 3779 IP address blocks
+        x509.ObjectIdentifier("1.3.6.1.5.5.7.1.8"),  # RFC 3779 AS identifiers
+        x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14"),  # proxyCertInfo
+    }
+)
+
+
+def _check_critical_extensions(cert: x509.Certificate, what: str) -> None:
+    """Refuse a certificate with a critical extension path validation does not handle."""
+    unknown = [
+        e.oid.dotted_string
+        for e in cert.extensions
+        if e.critical and e.oid not in _HANDLED_EXTENSIONS
+    ]
+    if unknown:
+        kind = (
+            "an unknown critical extension" if len(unknown) == 1 else "unknown critical extensions"
+        )
+        raise VerificationFailed(
+            f"verification failed: {what} has {kind} ({', '.join(unknown)}), which verifiers "
+            "must refuse"
+        )
 
 
 def _check_ca_purposes(cas: Sequence[x509.Certificate], purpose: str) -> None:
