@@ -454,15 +454,36 @@ def _to_a_labels(raw: str, value: str) -> str:
 
 def _is_a_label(label: str) -> bool:
     # The Punycode after xn-- must decode, to something non-ASCII, and encode back to itself
-    # (xn--zz fails). Not the stdlib's IDNA 2003 codec: it refuses names that IDNA 2008 (what
-    # registries use) allows, such as xn--strae-oqa (straße); nor idna's stricter decode, which
-    # would refuse A-labels accepted so far.
+    # (xn--zz fails); what it decodes to must be characters a name may hold (xn--a is the
+    # control character U+0080). Not the stdlib's IDNA 2003 codec: it refuses names that
+    # IDNA 2008 (what registries use) allows, such as xn--strae-oqa (straße); nor idna's
+    # stricter decode, which would refuse A-labels accepted so far.
     encoded = label[4:].lower()
     try:
         decoded = encoded.encode("ascii").decode("punycode")
     except UnicodeError:
         return False
-    return not decoded.isascii() and decoded.encode("punycode").decode("ascii") == encoded
+    if decoded.isascii() or decoded.encode("punycode").decode("ascii") != encoded:
+        return False
+    if not _DOTS.isdisjoint(decoded):
+        return False
+    return decoded.isprintable() or all(map(_may_be_in_a_label, decoded))
+
+
+# Full stops UTS 46 maps to "." (printable): a label holding one would show as two labels.
+_DOTS = frozenset("\u3002\uff0e\uff61")
+_JOINERS = frozenset("\u200c\u200d")  # IDNA 2008's CONTEXTJ: part of Persian or Indic words
+
+
+def _may_be_in_a_label(char: str) -> bool:
+    # No control character, space, line separator or invisible format character (the
+    # bidirectional overrides among them make a name display as another), only the joiners
+    # some scripts need: none of those is in any registrable name. Unassigned code points and
+    # symbols are let through, as IDNA 2003 names (emoji) were accepted so far.
+    category = unicodedata.category(char)
+    if category == "Cf":
+        return char in _JOINERS
+    return category not in ("Cc", "Cs", "Zs", "Zl", "Zp")
 
 
 def _validate_email(value: str) -> str:

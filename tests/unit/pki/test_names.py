@@ -551,10 +551,36 @@ def test_idna_2008_a_labels_are_accepted(name: str) -> None:
     assert validate_dns_name(name) == name.lower()
 
 
-@pytest.mark.parametrize("label", ["xn--zz", "xn--99999999999"])
+@pytest.mark.parametrize(
+    "label",
+    [
+        "xn--zz",
+        "xn--99999999999",
+        # Punycode that decodes, but to what no name may hold: accepted before. A control
+        # character (U+0080), a right-to-left override before "abc" (shown as "cba"), a
+        # zero-width space, a soft hyphen, and full stops that show one label as two.
+        "xn--a",
+        "xn--abc-4q0a",
+        "xn--ab-g1t",
+        "xn--ab-6da",
+        "xn--ab-yu3n",
+        "xn--ab-r13a",
+    ],
+)
 def test_a_labels_that_decode_to_nothing_valid_are_refused(label: str) -> None:
     with pytest.raises(InvalidRequest, match="not a valid IDNA A-label"):
         validate_dns_name(f"{label}.example")
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        "xn--mgbn2ecje63gr19l",  # Persian with a zero-width non-joiner, which IDNA 2008 allows
+        "xn--ls8h",  # an emoji (IDNA 2003 only): accepted so far, and still
+    ],
+)
+def test_a_labels_with_joiners_or_symbols_stay_accepted(label: str) -> None:
+    assert validate_dns_name(f"{label}.example") == f"{label}.example"
 
 
 @pytest.mark.parametrize(
