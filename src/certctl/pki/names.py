@@ -78,9 +78,11 @@ def parse_dn(text: str) -> x509.Name:
     if not text.strip():
         raise InvalidRequest("empty distinguished name (example: CN=node-1,O=Example)")
     try:
-        # emailAddress= as display_dn (and OpenSSL) print it; the dotted OID is read too.
+        # Type names in any case (RFC 4514 3: "cn=" is "CN="), emailAddress= as display_dn
+        # (and OpenSSL) print it; the dotted OID is read too.
         name = x509.Name.from_rfc4514_string(text, _READ_NAMES)
     except ValueError as exc:
+        _name_the_unknown_type(text)
         reason = f" ({exc})" if str(exc) else ""
         raise InvalidRequest(f"{text}: not a valid RFC 4514 distinguished name{reason}") from exc
     _check_name(name, text)
@@ -176,7 +178,6 @@ def format_dn(name: x509.Name) -> str:
 # RFC 4514 gives emailAddress no short name, so rfc4514_string() writes its dotted OID; OpenSSL
 # prints "emailAddress", the name people know it by.
 _DISPLAY_NAMES = {NameOID.EMAIL_ADDRESS: "emailAddress"}
-_READ_NAMES = {text: oid for oid, text in _DISPLAY_NAMES.items()}
 
 
 def display_dn(name: x509.Name) -> str:
@@ -210,6 +211,39 @@ _ATTRIBUTE_OIDS = {
     "EMAILADDRESS": "1.2.840.113549.1.9.1",
 }
 _NUMERIC_OID = re.compile(r"[0-9]+(\.[0-9]+)+\Z")
+_TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*\Z")  # RFC 4512 descr
+
+
+class _AnyCaseNames(dict[str, x509.ObjectIdentifier]):
+    """``from_rfc4514_string``'s attribute type names, looked up in any case."""
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        # The one lookup cryptography's parser makes in the names it is given.
+        return super().get(key.upper(), default)
+
+
+_READ_NAMES = _AnyCaseNames(
+    {name: x509.ObjectIdentifier(oid) for name, oid in _ATTRIBUTE_OIDS.items()}
+)
+
+
+class _UnknownAttributeType(InvalidRequest):
+    def __init__(self, detail: str, name: str) -> None:
+        super().__init__(detail)
+        self.name = name
+
+
+def _name_the_unknown_type(text: str) -> None:
+    """Raise the message naming an unknown attribute type of ``text``, if it has one."""
+    try:
+        _split_rdns(text, wildcards=False)
+    except _UnknownAttributeType as exc:
+        if _TYPE_NAME.match(exc.name):  # not what a stray comma or '=' left as a "type"
+            raise InvalidRequest(exc.detail) from None
+    except InvalidRequest:
+        pass
+
+
 # RFC 4514 section 2.4: what a backslash may precede, besides two hex digits.
 _ESCAPABLE = frozenset(' "#+,;<=>\\')
 _HEX = frozenset("0123456789abcdefABCDEF")
@@ -223,8 +257,9 @@ def _attribute_oid(name: str, text: str) -> str:
         return name
     oid = _ATTRIBUTE_OIDS.get(name.upper())
     if oid is None:
-        raise InvalidRequest(
-            f"{text}: unknown attribute type {name[:40]!r} (use CN, OU, O, ... or a dotted OID)"
+        raise _UnknownAttributeType(
+            f"{text}: unknown attribute type {name[:40]!r} (use CN, OU, O, ... or a dotted OID)",
+            name,
         )
     return oid
 

@@ -53,6 +53,21 @@ def test_parse_dn_multi_valued_rdn_and_escapes() -> None:
     assert parse_dn(format_dn(name)) == name
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "cn=web,ou=ops,o=Example,c=DE",
+        "Cn=web,Ou=ops,O=Example,C=DE",
+        "CN=web,OU=ops,o=Example,c=DE",
+    ],
+)
+def test_parse_dn_takes_attribute_types_in_any_case(text: str) -> None:
+    # RFC 4514 3: type names are case-insensitive; LDAP tools, Java's X500Principal (and so
+    # elasticsearch-certutil --dn) and certctl's own DN patterns take "cn=". Before: "not a
+    # valid RFC 4514 distinguished name".
+    assert parse_dn(text) == parse_dn("CN=web,OU=ops,O=Example,C=DE")
+
+
 def test_parse_dn_domain_components() -> None:
     name = parse_dn("DC=example,DC=com")
     assert [a.value for a in name] == ["com", "example"]
@@ -65,7 +80,9 @@ def test_parse_dn_domain_components() -> None:
         ("   ", "empty distinguished name"),
         ("CN", "CN: not a valid RFC 4514 distinguished name"),
         ("=x", "=x: not a valid RFC 4514 distinguished name"),
-        ("XX=1", "XX=1: not a valid RFC 4514 distinguished name"),
+        # Which attribute type: before, only "XX=1: not a valid RFC 4514 distinguished name".
+        ("XX=1", "XX=1: unknown attribute type 'XX' (use CN, OU, O, ... or a dotted OID)"),
+        ("CN=a,Organisation=b", "unknown attribute type 'Organisation'"),
         ("CN=a,,O=b", "not a valid RFC 4514 distinguished name"),
         ("CN=a\\", "not a valid RFC 4514 distinguished name"),
         ("CN=", "not a valid RFC 4514 distinguished name"),
