@@ -89,6 +89,11 @@ def verify_command(
 ) -> None:
     """Verify a certificate the way a TLS client or server would.
 
+    As openssl verify -purpose sslserver (or sslclient): the path to --ca (signatures,
+    validity, CA flags, path lengths, name constraints, each CA's extended key usage), the
+    certificate's extended and plain key usage and, for a server, the host name
+    (--hostname, else its first SAN).
+
     The certificate, --ca and --untrusted may be PEM, DER, PKCS#7 or PKCS#12 files; a PKCS#12
     file is opened with --password-file, --password or else CERTCTL_PASSWORD (one
     password for all of them). Keys in the files are not used.
