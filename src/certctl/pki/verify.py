@@ -88,6 +88,8 @@ def verify_certificate(
             subject = _subject_for(_first_san(leaf))
         name = str(subject.value)
         chain = builder.build_server_verifier(subject).verify(leaf, list(untrusted))
+        if not _name_matches(leaf, subject):
+            raise _not_in_sans(leaf, name)  # matched only by a wildcard clients refuse
         return VerifiedChain(tuple(chain), purpose, name)
     except VerificationError as exc:
         message = str(exc)
@@ -508,12 +510,20 @@ def _name_matches(leaf: x509.Certificate, wanted: x509.DNSName | x509.IPAddress)
     host = wanted.value
     for pattern in sans.get_values_for_type(x509.DNSName):
         pattern = pattern.lower()
-        if pattern == host:
-            return True
-        # RFC 6125 6.4.3: '*' matches exactly one whole left-most label.
-        if pattern.startswith("*.") and "." in host and host.split(".", 1)[1] == pattern[2:]:
+        if pattern == host or (_wildcard_matches(pattern, host) and _wide_enough(pattern)):
             return True
     return False
+
+
+def _wildcard_matches(pattern: str, host: str) -> bool:
+    # RFC 6125 6.4.3: '*' matches exactly one whole left-most label.
+    return pattern.startswith("*.") and "." in host and host.split(".", 1)[1] == pattern[2:]
+
+
+def _wide_enough(pattern: str) -> bool:
+    # Two labels after '*.', as OpenSSL (X509_check_host), curl and browsers want and
+    # certctl issues: '*.com' stands for every host of a top-level domain, matched by none.
+    return "." in pattern[2:]
 
 
 def _not_in_sans(leaf: x509.Certificate, name: str) -> VerificationFailed:
@@ -526,6 +536,19 @@ def _not_in_sans(leaf: x509.Certificate, name: str) -> VerificationFailed:
         sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         sans = x509.SubjectAlternativeName([])
+    broad = next(
+        (
+            p
+            for p in sans.get_values_for_type(x509.DNSName)
+            if _wildcard_matches(p.lower(), name) and not _wide_enough(p)
+        ),
+        None,
+    )
+    if broad is not None:
+        return VerificationFailed(
+            f"verification failed: {name} matches only the wildcard {broad}, which clients "
+            "refuse (a wildcard needs two labels after '*.')"
+        )
     held = [f"DNS:{v}" for v in sans.get_values_for_type(x509.DNSName)]
     held += [f"IP:{v}" for v in sans.get_values_for_type(x509.IPAddress)]
     shown = ", ".join(held[:_SHOWN_SANS]) or "none for a host"
@@ -567,12 +590,17 @@ def _first_san(leaf: x509.Certificate) -> str:
         ext = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise VerificationFailed(f"verification failed: {_no_host_name(leaf)}") from None
-    for value in ext:
-        if isinstance(value, x509.DNSName):
-            return value.value.replace("*.", "wildcard.", 1)
-        if isinstance(value, x509.IPAddress):
-            return str(value.value)
-    raise VerificationFailed("verification failed: server certificate has no DNS or IP SAN")
+    names = [
+        value.value.replace("*.", "wildcard.", 1)
+        if isinstance(value, x509.DNSName)
+        else str(value.value)
+        for value in ext
+        if isinstance(value, x509.DNSName | x509.IPAddress)
+    ]
+    if not names:
+        raise VerificationFailed("verification failed: server certificate has no DNS or IP SAN")
+    # One a client can match: '*.com' matches nothing, so a name after it is checked.
+    return next((n for n in names if not n.startswith("wildcard.") or "." in n[9:]), names[0])
 
 
 def _no_host_name(leaf: x509.Certificate) -> str:

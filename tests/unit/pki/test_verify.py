@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
@@ -512,3 +513,50 @@ def test_self_signed_ca_true_server_certificate_trusted_as_itself() -> None:
         verify_certificate(cert, trust=[cert], hostname="other.example", now=NOW)
     with pytest.raises(VerificationFailed, match="expired"):
         verify_certificate(cert, trust=[cert], now=NOW + timedelta(days=2))
+
+
+def _hand_made_leaf(ca: CertificateAuthority, *dns: str) -> x509.Certificate:
+    """A server certificate with DNS SANs certctl would not issue (its checks bypassed)."""
+    key = generate_private_key(KeyType.EC_P256)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(common_name_dn("hand made"))
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(minutes=5))
+        .not_valid_after(NOW + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(ca.authority_key_identifier, critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name) for name in dns]), critical=False
+        )
+    )
+    algorithm = None if isinstance(ca.private_key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return builder.sign(ca.private_key, algorithm)
+
+
+@pytest.mark.parametrize("ca_name", ["root_ca", "ed_root"])  # cryptography's path, the own
+def test_a_wildcard_over_a_top_level_domain_matches_nothing(
+    request: pytest.FixtureRequest, ca_name: str
+) -> None:
+    # openssl verify -verify_hostname (and so curl, Python's ssl, nginx as a client) and
+    # browsers match '*.' only with two labels after it; both of certctl's paths matched
+    # '*.com' with foo.com, and the certificate verified, named by its first SAN.
+    ca: CertificateAuthority = request.getfixturevalue(ca_name)
+    cert = _hand_made_leaf(ca, "*.com", "www.example.com")
+    message = (
+        "verification failed: foo.com matches only the wildcard *.com, which clients refuse "
+        "(a wildcard needs two labels after '*.')"
+    )
+    with pytest.raises(VerificationFailed, match=f"^{re.escape(message)}$"):
+        verify_certificate(cert, trust=[ca.certificate], hostname="foo.com", now=NOW)
+    # Another SAN still matches; none given, the first one that can is checked.
+    verify_certificate(cert, trust=[ca.certificate], hostname="www.example.com", now=NOW)
+    assert verify_certificate(cert, trust=[ca.certificate], now=NOW).name == "www.example.com"
+    only = _hand_made_leaf(ca, "*.com")
+    with pytest.raises(VerificationFailed, match=r"wildcard \*\.com, which clients refuse"):
+        verify_certificate(only, trust=[ca.certificate], now=NOW)
