@@ -10,7 +10,7 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, PublicKeyAlgorithmOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from certctl.errors import InvalidRequest
@@ -94,6 +94,10 @@ def verify_certificate(
     except VerificationError as exc:
         message = str(exc)
         eddsa = "Forbidden public key algorithm" in message and "Ed25519" in message
+        # Its last word may be another candidate's ("not valid at validation time" for an
+        # expired intermediate beside its renewed self): a path by names and signatures
+        # holding an Ed25519 key is one it cannot verify, whatever it said.
+        eddsa = eddsa or _eddsa_path(leaf, [*untrusted, *trust])
         # 2.5.29.17 = subjectAltName. Client certificates commonly carry only a CN, and
         # OpenSSL/nginx accept them; cryptography's client policy insists on a SAN.
         client_without_san = purpose == "client" and "2.5.29.17" in message
@@ -357,7 +361,10 @@ def _verify_rfc5280(
                 _check_ca_purposes((*chain[1:], anchor), purpose)
                 _check_name_constraints((*chain, anchor))
                 return VerifiedChain((*chain, anchor), purpose, name)
-        parent = next((c for c in pool if _issued_by(current, c) and _is_ca(c)), None)
+        parents = [c for c in pool if _issued_by(current, c) and _is_ca(c)]
+        # One in its window first, as openssl picks: a renewed intermediate beside the old.
+        parents.sort(key=lambda c: _window_problem(c, now) is not None)
+        parent = parents[0] if parents else None
         if parent is None:
             break
         _check_window(parent, now, _intermediate_name(parent))
@@ -368,6 +375,16 @@ def _verify_rfc5280(
     missing = _missing_link(leaf, trust, untrusted, now)
     reason = missing if missing is not None else "no path to a trusted certificate"
     raise VerificationFailed(f"verification failed: {reason}")
+
+
+def _eddsa_path(leaf: x509.Certificate, others: Sequence[x509.Certificate]) -> bool:
+    """Whether ``leaf`` or a certificate above it (by name and signature) has an Ed25519 key."""
+    try:
+        path = (leaf, *issuer_chain(leaf, others)[0])
+    except VerificationFailed:  # a signature that cannot be checked: reported below
+        path = (leaf,)
+    # By the key's algorithm identifier: loading a key of an unsupported curve would raise.
+    return any(c.public_key_algorithm_oid == PublicKeyAlgorithmOID.ED25519 for c in path)
 
 
 def _check_path_lengths(chain: Sequence[x509.Certificate]) -> None:
