@@ -79,19 +79,35 @@ def verify_certificate(
     # refused for its missing SAN, which is not what is wrong with it.
     _check_purpose(leaf, purpose)
     builder = PolicyBuilder().store(Store(list(trust))).time(now)
-    try:
-        if purpose == "client":
-            verified = builder.build_client_verifier().verify(leaf, list(untrusted))
-            return VerifiedChain(tuple(verified.chain), purpose, None)
+    subject = None
+    if purpose == "server":
         subject = parse_hostname(hostname) if hostname is not None else None
         if subject is None:
             subject = _subject_for(_first_san(leaf))
-        name = str(subject.value)
-        chain = builder.build_server_verifier(subject).verify(leaf, list(untrusted))
+    name = None if subject is None else str(subject.value)
+
+    def verify(intermediates: Sequence[x509.Certificate]) -> VerifiedChain:
+        if subject is None:
+            verified = builder.build_client_verifier().verify(leaf, list(intermediates))
+            return VerifiedChain(tuple(verified.chain), purpose, None)
+        chain = builder.build_server_verifier(subject).verify(leaf, list(intermediates))
         if not _name_matches(leaf, subject):
-            raise _not_in_sans(leaf, name)  # matched only by a wildcard clients refuse
+            raise _not_in_sans(leaf, str(name))  # matched only by a wildcard clients refuse
         return VerifiedChain(tuple(chain), purpose, name)
-    except VerificationError as exc:
+
+    try:
+        return verify(untrusted)
+    except VerificationError as first:
+        exc = first
+        preferred = _preferred_intermediates(leaf, trust, untrusted, now)
+        if "candidates exhausted" in str(exc) and preferred not in (None, list(untrusted)):
+            # cryptography tells why its last candidate failed, maybe an expired intermediate
+            # beside its renewed self, while what decides below is why the path openssl
+            # would take fails (a CA without keyUsage, say): asked again with that path.
+            try:
+                return verify(preferred or ())
+            except VerificationError as again:
+                exc = again
         message = str(exc)
         eddsa = "Forbidden public key algorithm" in message and "Ed25519" in message
         # Its last word may be another candidate's ("not valid at validation time" for an
@@ -106,7 +122,7 @@ def verify_certificate(
         # certificate. cryptography refuses a CA as an end entity.
         trusted_self = leaf in trust and "cA must not be asserted in an EE" in message
         if "no matching subjectAltName" in message:
-            raise _not_in_sans(leaf, name) from exc
+            raise _not_in_sans(leaf, str(name)) from exc
         if "leaf server certificate has no subjectAltName" in message:
             # As without --hostname: say what the certificate is (a CA given as CERT?).
             raise VerificationFailed(f"verification failed: {_no_host_name(leaf)}") from exc
@@ -375,6 +391,34 @@ def _verify_rfc5280(
     missing = _missing_link(leaf, trust, untrusted, now)
     reason = missing if missing is not None else "no path to a trusted certificate"
     raise VerificationFailed(f"verification failed: {reason}")
+
+
+def _preferred_intermediates(
+    leaf: x509.Certificate,
+    trust: Sequence[x509.Certificate],
+    untrusted: Sequence[x509.Certificate],
+    now: datetime,
+) -> list[x509.Certificate] | None:
+    """The intermediates of the path from ``leaf`` to ``trust`` openssl would build.
+
+    By issuer name and signature, a certificate in its validity window first; None when
+    the names and signatures reach no trust anchor.
+    """
+    path: list[x509.Certificate] = []
+    pool = list(untrusted)
+    current = leaf
+    for _ in range(8):
+        if any(_same_encoding(c.subject, current.issuer) and _signs(c, current) for c in trust):
+            return path
+        parents = [c for c in pool if _same_encoding(c.subject, current.issuer)]
+        parents = [c for c in parents if _signs(c, current)]
+        if not parents:
+            return None
+        parents.sort(key=lambda c: _window_problem(c, now) is not None)
+        path.append(parents[0])
+        pool.remove(parents[0])
+        current = parents[0]
+    return None
 
 
 def _eddsa_path(leaf: x509.Certificate, others: Sequence[x509.Certificate]) -> bool:

@@ -562,18 +562,39 @@ def test_a_wildcard_over_a_top_level_domain_matches_nothing(
         verify_certificate(only, trust=[ca.certificate], now=NOW)
 
 
-@pytest.mark.parametrize("key_type", [KeyType.EC_P256, KeyType.ED25519])
+def _root_without_key_usage() -> CertificateAuthority:
+    """A root as `openssl req -x509` makes it: no keyUsage, a web-PKI rule it breaks."""
+    key = generate_private_key(KeyType.EC_P256)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(common_name_dn("Tutorial Root"))
+        .issuer_name(common_name_dn("Tutorial Root"))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=500))
+        .not_valid_after(NOW + timedelta(days=500))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    return CertificateAuthority(cert, key)
+
+
+@pytest.mark.parametrize("root_kind", ["ec", "ed25519", "without keyUsage"])
 @pytest.mark.parametrize("expired_first", [True, False])
 def test_a_renewed_intermediate_beside_its_expired_self_completes_the_path(
-    request: pytest.FixtureRequest, key_type: KeyType, expired_first: bool
+    request: pytest.FixtureRequest, root_kind: str, expired_first: bool
 ) -> None:
     # An intermediate renewed with the same key, both in the bundle (as after a renewal):
     # openssl verify picks the one in its window. For Ed25519 certctl failed either way:
     # the own path check took the first by name (expired), and with the renewed one first
-    # cryptography's last word was the expired one's, so the own check was not even tried.
-    root: CertificateAuthority = request.getfixturevalue(
-        "ed_root" if key_type is KeyType.ED25519 else "root_ca"
-    )
+    # cryptography's last word was the expired one's, so the own check was not even tried;
+    # so too under a root without keyUsage, the renewed one first.
+    if root_kind == "without keyUsage":
+        root = _root_without_key_usage()
+    else:
+        root = request.getfixturevalue("ed_root" if root_kind == "ed25519" else "root_ca")
+    key_type = KeyType.ED25519 if root_kind == "ed25519" else KeyType.EC_P256
     key = generate_private_key(key_type)
 
     def intermediate(start: timedelta, end: timedelta) -> x509.Certificate:
