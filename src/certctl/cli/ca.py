@@ -255,7 +255,9 @@ def import_ca(
             "(unable to get issuer certificate); give the chain up to the root in --cert "
             "(or in the PKCS#12)"
         )
-    typer.echo(f"imported CA {display_dn(ca.certificate.subject)} into {out}/")
+    from certctl.cli._listing import printable  # the subject is the imported file's text
+
+    typer.echo(printable(f"imported CA {display_dn(ca.certificate.subject)} into {out}/"))
     if key_password is not None:
         typer.echo(
             f"  {out / CA_KEY} is encrypted with {_key_password_source(key_password_file)}: "

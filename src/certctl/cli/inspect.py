@@ -421,6 +421,8 @@ def inspect_command(
     from rich.console import Console
     from rich.text import Text
 
+    from certctl.cli._listing import printable
+
     console = Console(highlight=False)
     counts = {kind: sum(1 for i in items if i["kind"] == kind) for kind in _TITLES}
     seen = dict.fromkeys(_TITLES, 0)
@@ -437,4 +439,7 @@ def inspect_command(
             # Text, not markup: a subject holding "[b]" is shown as is. soft_wrap: Rich never
             # cuts or re-wraps a value (a fingerprint is wider than 80 columns); the
             # terminal folds the line, and copying it gives the whole value back.
-            console.print(Text.assemble(("  " + label.ljust(16), "bold"), value), soft_wrap=True)
+            # printable: a certificate is someone else's text, and an escape sequence in
+            # its subject or SANs must show as \x1b, not act on the terminal.
+            line = Text.assemble(("  " + label.ljust(16), "bold"), printable(value))
+            console.print(line, soft_wrap=True)

@@ -207,7 +207,9 @@ def verify_command(
         revocation = ", not revoked" if not crl_check_all else ", none revoked"
     # Said when given: an OK for another day must not read as an OK for today.
     moment = f", at {when:%Y-%m-%dT%H:%M:%SZ}" if when is not None else ""
-    typer.echo(f"{cert}: OK ({purpose}{checked}{revocation}{moment}): {path}")
+    from certctl.cli._listing import printable  # the subjects are the certificates' text
+
+    typer.echo(printable(f"{cert}: OK ({purpose}{checked}{revocation}{moment}): {path}"))
 
 
 def _parse_at(value: str) -> datetime:
