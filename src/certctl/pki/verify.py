@@ -660,8 +660,29 @@ def _first_san(leaf: x509.Certificate) -> str:
     ]
     if not names:
         raise VerificationFailed("verification failed: server certificate has no DNS or IP SAN")
-    # One a client can match: '*.com' matches nothing, so a name after it is checked.
-    return next((n for n in names if not n.startswith("wildcard.") or "." in n[9:]), names[0])
+    # One that is a host name at all (a hand-made "a b.example" is not; cryptography's
+    # verifier raised ValueError for it), and that a client can match: '*.com' matches
+    # nothing, so a name after it is checked.
+    checkable = [n for n in names if _is_host_name(n)]
+    if not checkable:
+        held = [f"DNS:{v}" for v in ext.get_values_for_type(x509.DNSName)]
+        raise VerificationFailed(
+            "verification failed: server certificate has no DNS or IP SAN a client could "
+            f"match (it has {', '.join(held[:_SHOWN_SANS])})"
+        )
+    wide = (n for n in checkable if not n.startswith("wildcard.") or "." in n[9:])
+    return next(wide, checkable[0])
+
+
+def _is_host_name(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        try:
+            validate_dns_name(name, allow_wildcard=False)
+        except InvalidRequest:
+            return False
+    return True
 
 
 def _no_host_name(leaf: x509.Certificate) -> str:

@@ -619,3 +619,22 @@ def test_a_renewed_intermediate_beside_its_expired_self_completes_the_path(
     bundle = [expired, renewed] if expired_first else [renewed, expired]
     result = verify_certificate(leaf, trust=[root.certificate], untrusted=bundle, now=NOW)
     assert result.chain == (leaf, renewed, root.certificate)
+
+
+@pytest.mark.parametrize("ca_name", ["root_ca", "ed_root"])
+def test_a_san_that_is_no_dns_name_is_not_the_one_checked(
+    request: pytest.FixtureRequest, ca_name: str
+) -> None:
+    # Without --hostname the first SAN is checked; one that is no DNS name at all (made
+    # by hand, "b\x1b]0;t") was handed to cryptography, whose ValueError "invalid domain
+    # name" became certctl's "internal error".
+    ca: CertificateAuthority = request.getfixturevalue(ca_name)
+    cert = _hand_made_leaf(ca, "b\x1b]0;t", "www.example.com")
+    assert verify_certificate(cert, trust=[ca.certificate], now=NOW).name == "www.example.com"
+    only = _hand_made_leaf(ca, "a b.example")
+    message = (
+        "verification failed: server certificate has no DNS or IP SAN a client could match "
+        "(it has DNS:a b.example)"
+    )
+    with pytest.raises(VerificationFailed, match=f"^{re.escape(message)}$"):
+        verify_certificate(only, trust=[ca.certificate], now=NOW)
