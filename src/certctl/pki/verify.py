@@ -95,25 +95,31 @@ def verify_certificate(
             raise _not_in_sans(leaf, str(name))  # matched only by a wildcard clients refuse
         return VerifiedChain(tuple(chain), purpose, name)
 
+    # Copies of one certificate (a bundle concatenated twice) are one candidate: each is
+    # otherwise checked again below, signature by signature.
+    untrusted = list(dict.fromkeys(untrusted))
     try:
         return verify(untrusted)
     except VerificationError as first:
         exc = first
-        preferred = _preferred_intermediates(leaf, trust, untrusted, now)
-        if "candidates exhausted" in str(exc) and preferred not in (None, list(untrusted)):
-            # cryptography tells why its last candidate failed, maybe an expired intermediate
-            # beside its renewed self, while what decides below is why the path openssl
-            # would take fails (a CA without keyUsage, say): asked again with that path.
-            try:
-                return verify(preferred or ())
-            except VerificationError as again:
-                exc = again
+        if "candidates exhausted" in str(exc) and len(untrusted) > 1:
+            preferred = _preferred_intermediates(leaf, trust, untrusted, now)
+            if preferred is not None and preferred != untrusted:
+                # cryptography tells why its last candidate failed, maybe an expired
+                # intermediate beside its renewed self, while what decides below is why the
+                # path openssl would take fails (a CA without keyUsage, say): asked again
+                # with that path.
+                try:
+                    return verify(preferred)
+                except VerificationError as again:
+                    exc = again
         message = str(exc)
-        eddsa = "Forbidden public key algorithm" in message and "Ed25519" in message
         # Its last word may be another candidate's ("not valid at validation time" for an
         # expired intermediate beside its renewed self): a path by names and signatures
         # holding an Ed25519 key is one it cannot verify, whatever it said.
-        eddsa = eddsa or _eddsa_path(leaf, [*untrusted, *trust])
+        eddsa = ("Forbidden public key algorithm" in message and "Ed25519" in message) or (
+            "candidates exhausted" in message and _eddsa_path(leaf, [*untrusted, *trust])
+        )
         # 2.5.29.17 = subjectAltName. Client certificates commonly carry only a CN, and
         # OpenSSL/nginx accept them; cryptography's client policy insists on a SAN.
         client_without_san = purpose == "client" and "2.5.29.17" in message
