@@ -577,7 +577,7 @@ def _name_matches(leaf: x509.Certificate, wanted: x509.DNSName | x509.IPAddress)
     host = wanted.value
     for pattern in sans.get_values_for_type(x509.DNSName):
         pattern = pattern.lower()
-        if pattern == host or (_wildcard_matches(pattern, host) and _wide_enough(pattern)):
+        if pattern == host or (_wildcard_matches(pattern, host) and _specific_enough(pattern)):
             return True
     return False
 
@@ -587,7 +587,7 @@ def _wildcard_matches(pattern: str, host: str) -> bool:
     return pattern.startswith("*.") and "." in host and host.split(".", 1)[1] == pattern[2:]
 
 
-def _wide_enough(pattern: str) -> bool:
+def _specific_enough(pattern: str) -> bool:
     # Two labels after '*.', as OpenSSL (X509_check_host), curl and browsers want and
     # certctl issues: '*.com' stands for every host of a top-level domain, matched by none.
     return "." in pattern[2:]
@@ -607,7 +607,7 @@ def _not_in_sans(leaf: x509.Certificate, name: str) -> VerificationFailed:
         (
             p
             for p in sans.get_values_for_type(x509.DNSName)
-            if _wildcard_matches(p.lower(), name) and not _wide_enough(p)
+            if _wildcard_matches(p.lower(), name) and not _specific_enough(p)
         ),
         None,
     )
