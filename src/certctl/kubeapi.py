@@ -24,7 +24,6 @@ import contextlib
 import logging
 import os
 import ssl
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ if TYPE_CHECKING:  # httpx is imported where a request is made: it is slow to im
 
 from certctl.errors import InvalidRequest, Unavailable, tls_verify_failure
 from certctl.files import in_memory_file
+from certctl.reloaded_file import ReloadedFromFile
 
 __all__ = [
     "IN_CLUSTER_DIR",
@@ -66,7 +66,9 @@ class KubeApiError(Unavailable):
         self.reason = reason
 
 
-class _CaFileContext:
+def _ca_file_context(
+    ca_file: Path, cert: tuple[Path, Path] | None
+) -> ReloadedFromFile[ssl.SSLContext]:
     """The SSL context of a CA file, rebuilt when the file's content changes.
 
     The kubelet rotates the ServiceAccount's ``ca.crt`` in place (an atomic symlink swap):
@@ -74,34 +76,13 @@ class _CaFileContext:
     small and read once per client; a new content that cannot be loaded (mid-rotation
     garbage) keeps the previous context, logged once per content.
     """
-
-    def __init__(self, ca_file: Path, cert: tuple[Path, Path] | None) -> None:
-        self._ca_file = ca_file
-        self._cert = cert
-        self._lock = threading.Lock()
-        self._seen = self._read()
-        self._context = _ssl_context(ca_file, None, cert)
-
-    def _read(self) -> bytes | None:
-        try:
-            return self._ca_file.read_bytes()
-        except OSError:
-            return None
-
-    def current(self) -> ssl.SSLContext:
-        content = self._read()
-        if content is None or content == self._seen:
-            return self._context  # unreadable for now: keep what verified so far
-        with self._lock:
-            if content != self._seen:
-                self._seen = content
-                try:
-                    self._context = _ssl_context(self._ca_file, None, self._cert)
-                except InvalidRequest as exc:
-                    log.warning("%s; the previous one is still used", exc.detail)
-                else:
-                    log.info("%s changed: Kubernetes API connections now trust it", self._ca_file)
-            return self._context
+    return ReloadedFromFile(
+        ca_file,
+        lambda: _ssl_context(ca_file, None, cert),
+        log=log,
+        kept="the previous one is still used",
+        changed="Kubernetes API connections now trust it",
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,7 +109,7 @@ class KubeConnection:
     token_file: Path | None = None
     timeout_s: float = DEFAULT_TIMEOUT_S
     tls_server_name: str | None = None
-    ca_reload: _CaFileContext | None = field(default=None, repr=False)
+    ca_reload: ReloadedFromFile[ssl.SSLContext] | None = field(default=None, repr=False)
 
     def current_ssl_context(self) -> ssl.SSLContext:
         """The context a new client verifies with: the CA file's current content, if any."""
@@ -305,7 +286,7 @@ def in_cluster(
             namespace = (service_account_dir / "namespace").read_text().strip() or "default"
         except OSError:
             namespace = "default"
-    ca = _CaFileContext(ca_file or service_account_dir / "ca.crt", None)
+    ca = _ca_file_context(ca_file or service_account_dir / "ca.crt", None)
     return KubeConnection(
         server=api_server.rstrip("/"),
         ssl_context=ca.current(),
@@ -414,7 +395,7 @@ def from_kubeconfig(
         ca_reload = None
         if ca_file and not ca_data and not (cert_data or key_data):
             # Files only (memory files close below): the CA file can be followed.
-            ca_reload = _CaFileContext(file(ca_file), cert)
+            ca_reload = _ca_file_context(file(ca_file), cert)
             context_obj = ca_reload.current()
         else:
             context_obj = _ssl_context(

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 
 from certctl.errors import InvalidRequest, tls_verify_failure
+from certctl.reloaded_file import ReloadedFromFile
 from certctl.services.context import Services
 from certctl.store.models import OutboxEvent
 
@@ -113,47 +114,13 @@ def receiver_trust(ca_file: Path) -> ssl.SSLContext:
         raise InvalidRequest(f"notifications.webhook.ca-file {ca_file}: {exc.strerror}") from None
 
 
-class _Trust:
-    """``ca-file``, read again at each pass: a receiver's renewed CA applies without a restart.
-
-    A file that cannot be used (caught half-written, replaced by mistake) keeps the CAs
-    trusted so far, with one warning per content, as ``tls.client-ca`` does.
-    """
-
-    def __init__(self, ca_file: Path) -> None:
-        self._ca_file = ca_file
-        self._lock = threading.Lock()
-        self._seen = self._read()
-        self._context = receiver_trust(ca_file)  # at start a bad file is an error
-
-    def _read(self) -> bytes | None:
-        try:
-            return self._ca_file.read_bytes()
-        except OSError:
-            return None
-
-    def current(self) -> ssl.SSLContext:
-        content = self._read()
-        with self._lock:
-            if content is None or content == self._seen:
-                return self._context
-            self._seen = content
-            try:
-                self._context = receiver_trust(self._ca_file)
-            except InvalidRequest as exc:
-                log.warning("%s; the CAs it held before are still trusted", exc.detail)
-            else:
-                log.info("%s changed: webhook POSTs now trust it", self._ca_file)
-            return self._context
-
-
 class _Keys:
     """``secret-file`` and ``previous-secret-file``, read again at each pass.
 
     So a rotation's steps apply without a restart, on every replica: none left behind can
     lead and sign with the old key alone. A file that cannot be used (empty) keeps the keys
     read so far, with one warning per content; one that cannot be read keeps them silently,
-    as ``_Trust`` does. A ``previous-secret-file`` removed means no key is being retired.
+    as ``ca-file`` does. A ``previous-secret-file`` removed means no key is being retired.
     """
 
     def __init__(
@@ -237,12 +204,23 @@ class Webhook:
     previous_secrets: tuple[bytes, ...] = field(default=(), repr=False)
     secret_file: Path | None = None
     previous_secret_file: Path | None = None
-    _trust: _Trust | None = field(default=None, init=False, repr=False, compare=False)
+    _trust: ReloadedFromFile[ssl.SSLContext] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
     _keys: _Keys | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.ca_file is not None:
-            object.__setattr__(self, "_trust", _Trust(self.ca_file))
+            ca_file = self.ca_file
+            # Read again at each pass: a receiver's renewed CA applies without a restart.
+            trust = ReloadedFromFile(
+                ca_file,
+                lambda: receiver_trust(ca_file),
+                log=log,
+                kept="the CAs it held before are still trusted",
+                changed="webhook POSTs now trust it",
+            )
+            object.__setattr__(self, "_trust", trust)
         if self.secret_file is not None:
             keys = (self.secret, *self.previous_secrets)
             keyring = _Keys(self.secret_file, self.previous_secret_file, keys)
