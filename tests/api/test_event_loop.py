@@ -149,6 +149,31 @@ def test_authentication_uses_the_store_off_the_event_loop(
     assert [e["outcome"] for e in events[:3]] == ["missing", "invalid", "invalid"]
 
 
+async def _whoami_while_the_loop_ticks(api: Api, key: str) -> tuple[int, float]:
+    """``whoami`` with ``key`` while a task ticks every 5 ms: its status, the longest tick gap."""
+    import time
+
+    import httpx2
+
+    most, ticking = [0.0], [True]
+
+    async def tick() -> None:
+        last = time.monotonic()
+        while ticking[0]:
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            most[0], last = max(most[0], now - last), now
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.02)  # ticking before the request starts
+    transport = httpx2.ASGITransport(app=api.client.app)
+    async with httpx2.AsyncClient(transport=transport, base_url="https://t") as client:
+        r = await client.get("/api/v1/auth/whoami", headers={"Authorization": f"Bearer {key}"})
+    ticking[0] = False
+    await ticker
+    return r.status_code, most[0]
+
+
 def test_a_key_read_from_the_store_leaves_the_event_loop_free(api: Api) -> None:
     """A key not in the cache is read in a worker thread: a slow database stalls no other work.
 
@@ -158,38 +183,15 @@ def test_a_key_read_from_the_store_leaves_the_event_loop_free(api: Api) -> None:
     """
     import time
 
-    import httpx2
-
     viewer = api.key_with_permissions("viewer", ["cert.read"])  # never used: not cached
 
     def slow(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         if statement.startswith("SELECT api_keys.secret_sha256,"):
             time.sleep(0.3)  # a database that answers slowly
 
-    async def whoami_while_the_loop_ticks() -> tuple[int, float]:
-        most, ticking = [0.0], [True]
-
-        async def tick() -> None:
-            last = time.monotonic()
-            while ticking[0]:
-                await asyncio.sleep(0.005)
-                now = time.monotonic()
-                most[0], last = max(most[0], now - last), now
-
-        ticker = asyncio.create_task(tick())
-        await asyncio.sleep(0.02)  # ticking before the request starts
-        transport = httpx2.ASGITransport(app=api.client.app)
-        async with httpx2.AsyncClient(transport=transport, base_url="https://t") as client:
-            r = await client.get(
-                "/api/v1/auth/whoami", headers={"Authorization": f"Bearer {viewer}"}
-            )
-        ticking[0] = False
-        await ticker
-        return r.status_code, most[0]
-
     event.listen(api.services.engine, "before_cursor_execute", slow)
     try:
-        status, longest_stall = asyncio.run(whoami_while_the_loop_ticks())
+        status, longest_stall = asyncio.run(_whoami_while_the_loop_ticks(api, viewer))
     finally:
         event.remove(api.services.engine, "before_cursor_execute", slow)
     assert status == 200
@@ -206,8 +208,6 @@ def test_reopening_the_credential_counter_leaves_the_event_loop_free(api: Api) -
     """
     import time
 
-    import httpx2
-
     api.get("/api/v1/auth/whoami", api.admin_key)
     api.get("/api/v1/auth/whoami", api.admin_key)  # remembered: the counter is open
     cache = rbac._key_cache(api.services.engine)
@@ -220,30 +220,9 @@ def test_reopening_the_credential_counter_leaves_the_event_loop_free(api: Api) -
     def slow_connect(*args: Any) -> None:
         time.sleep(0.4)  # a database that takes its time to accept a connection
 
-    async def whoami_while_the_loop_ticks() -> tuple[int, float]:
-        most, ticking = [0.0], [True]
-
-        async def tick() -> None:
-            last = time.monotonic()
-            while ticking[0]:
-                await asyncio.sleep(0.005)
-                now = time.monotonic()
-                most[0], last = max(most[0], now - last), now
-
-        ticker = asyncio.create_task(tick())
-        await asyncio.sleep(0.02)
-        transport = httpx2.ASGITransport(app=api.client.app)
-        async with httpx2.AsyncClient(transport=transport, base_url="https://t") as client:
-            r = await client.get(
-                "/api/v1/auth/whoami", headers={"Authorization": f"Bearer {api.admin_key}"}
-            )
-        ticking[0] = False
-        await ticker
-        return r.status_code, most[0]
-
     event.listen(api.services.engine, "do_connect", slow_connect)
     try:
-        status, longest_stall = asyncio.run(whoami_while_the_loop_ticks())
+        status, longest_stall = asyncio.run(_whoami_while_the_loop_ticks(api, api.admin_key))
         deadline = time.monotonic() + 5
         while counter._connection is None and time.monotonic() < deadline:
             time.sleep(0.02)  # opened in its thread meanwhile
