@@ -647,6 +647,27 @@ _ROOT_KU = "keyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n"
 _EC = ("ec", "-pkeyopt", "ec_paramgen_curve:P-256")
 
 
+def _same_verdict_as_openssl(
+    ca: Path, cert: Path, purpose: str, openssl_says: str, certctl_says: str | None
+) -> None:
+    """``openssl verify -purpose ssl<purpose>`` and ``certctl verify`` agree on ``cert``.
+
+    ``certctl_says`` None: both accept; else openssl's output holds ``openssl_says`` and
+    certctl fails with ``verification failed: <certctl_says>``.
+    """
+    reference = run("openssl", "verify", "-purpose", f"ssl{purpose}", "-CAfile", ca, cert)
+    result = certctl("verify", "--purpose", purpose, "--ca", ca, cert)
+    if certctl_says is None:
+        assert reference.returncode == 0, reference.stdout + reference.stderr
+        assert (result.code, result.err) == (0, "")
+    else:
+        assert openssl_says in reference.stdout + reference.stderr
+        assert (result.code, result.err) == (
+            1,
+            f"certctl: error: verification failed: {certctl_says}\n",
+        )
+
+
 @pytest.mark.parametrize(
     ("key", "leaf", "root_eku", "refused"),
     [
@@ -666,18 +687,15 @@ def test_a_ca_limited_to_other_usages_fails_as_with_openssl(
     ca, cert = openssl_root_and_leaf(
         tmp_path, key, f"{_ROOT_KU}extendedKeyUsage={root_eku}", "/CN=web", _SERVER_LEAF + leaf
     )
-    reference = run("openssl", "verify", "-purpose", "sslserver", "-CAfile", ca, cert)
-    result = certctl("verify", "--ca", ca, cert)
-    if refused is None:
-        assert reference.returncode == 0, reference.stdout + reference.stderr
-        assert (result.code, result.err) == (0, "")
-    else:
-        assert "unsuitable certificate purpose" in reference.stdout + reference.stderr
-        assert (result.code, result.err) == (
-            1,
-            "certctl: error: verification failed: CA CN=Constrained Root,O=Example Corp "
-            f"limits the certificates below it to {refused}, not serverAuth\n",
-        )
+    _same_verdict_as_openssl(
+        ca,
+        cert,
+        "server",
+        "unsuitable certificate purpose",
+        refused
+        and "CA CN=Constrained Root,O=Example Corp limits the certificates below it to "
+        f"{refused}, not serverAuth",
+    )
 
 
 @pytest.mark.parametrize(
@@ -701,21 +719,16 @@ def test_a_leaf_key_usage_that_allows_no_tls_fails_as_with_openssl(
         f"extendedKeyUsage={purpose}Auth\nsubjectAltName=DNS:web.example\n{aki}"
     )
     ca, cert = openssl_root_and_leaf(tmp_path, _EC, _ROOT_KU, "/CN=web", leaf)
-    reference = run("openssl", "verify", "-purpose", f"ssl{purpose}", "-CAfile", ca, cert)
-    result = certctl("verify", "--purpose", purpose, "--ca", ca, cert)
-    if refused is None:
-        assert reference.returncode == 0, reference.stdout + reference.stderr
-        assert (result.code, result.err) == (0, "")
-    else:
-        assert "unsuitable certificate purpose" in reference.stdout + reference.stderr
-        needs = "digitalSignature, keyEncipherment or keyAgreement"
-        if purpose == "client":
-            needs = "digitalSignature or keyAgreement"
-        assert (result.code, result.err) == (
-            1,
-            f"certctl: error: verification failed: certificate's {refused} allows no TLS "
-            f"{purpose} use (it needs {needs})\n",
-        )
+    needs = "digitalSignature, keyEncipherment or keyAgreement"
+    if purpose == "client":
+        needs = "digitalSignature or keyAgreement"
+    _same_verdict_as_openssl(
+        ca,
+        cert,
+        purpose,
+        "unsuitable certificate purpose",
+        refused and f"certificate's {refused} allows no TLS {purpose} use (it needs {needs})",
+    )
 
 
 @pytest.mark.parametrize(
@@ -735,19 +748,15 @@ def test_an_unknown_critical_extension_fails_as_with_openssl(
 ) -> None:
     leaf = _SERVER_LEAF + _NO_AKI
     ca, cert = openssl_root_and_leaf(tmp_path, key, f"{_ROOT_KU}{root_extra}", "/CN=web", leaf)
-    reference = run("openssl", "verify", "-purpose", "sslserver", "-CAfile", ca, cert)
-    result = certctl("verify", "--ca", ca, cert)
-    if refused is None:
-        assert reference.returncode == 0, reference.stdout + reference.stderr
-        assert (result.code, result.err) == (0, "")
-    else:
-        assert "unhandled critical extension" in reference.stdout + reference.stderr
-        assert (result.code, result.err) == (
-            1,
-            "certctl: error: verification failed: CA CN=Constrained Root,O=Example Corp in "
-            f"the trust bundle has an unknown critical extension ({refused}), which "
-            "verifiers must refuse\n",
-        )
+    _same_verdict_as_openssl(
+        ca,
+        cert,
+        "server",
+        "unhandled critical extension",
+        refused
+        and "CA CN=Constrained Root,O=Example Corp in the trust bundle has an unknown "
+        f"critical extension ({refused}), which verifiers must refuse",
+    )
 
 
 def _openssl_ca_sign(
