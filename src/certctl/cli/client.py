@@ -24,6 +24,7 @@ import typer
 
 from certctl.cli._listing import OUTPUT_HELP, Column, check_output
 from certctl.errors import CertctlError, InvalidRequest, NotFound, cause_chain
+from certctl.hosts import is_loopback
 
 if TYPE_CHECKING:
     import ssl
@@ -145,7 +146,7 @@ def _server_url() -> str:
         raise InvalidRequest(f"CERTCTL_URL has no host ({example})")
     if (
         parts.scheme == "http"
-        and not _loopback(parts.hostname)
+        and not is_loopback(parts.hostname)
         and os.environ.get("CERTCTL_ALLOW_INSECURE") != "1"
     ):
         # As the server refuses plain HTTP beyond loopback without --allow-insecure.
@@ -161,17 +162,6 @@ def _server_url() -> str:
     except httpx.InvalidURL as exc:  # e.g. a bad IDNA host; no credentials are left in url
         raise InvalidRequest(f"CERTCTL_URL is not a valid URL: {exc}") from None
     return url
-
-
-def _loopback(host: str) -> bool:
-    import ipaddress
-
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _api_key() -> str | None:
@@ -425,7 +415,7 @@ def _request(
     # machine, and for http:// the API key would cross the network in clear text, which is
     # what allowing http:// on loopback only is meant to rule out. None: no proxy for it.
     direct = (
-        {f"all://[{host}]" if ":" in host else f"all://{host}": None} if _loopback(host) else {}
+        {f"all://[{host}]" if ":" in host else f"all://{host}": None} if is_loopback(host) else {}
     )
     try:
         with httpx.Client(

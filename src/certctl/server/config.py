@@ -21,6 +21,7 @@ from pydantic import (
 
 from certctl import schema_errors
 from certctl.errors import InvalidRequest
+from certctl.hosts import is_loopback
 from certctl.pki import DNPattern, SubjectAltNames, parse_duration
 
 __all__ = ["ServerConfig", "load_config"]
@@ -310,7 +311,7 @@ class WebhookConfig(_Section):
                 "notifications.webhook.allow-http: true"
             )
         host = parts.hostname
-        if host != "localhost" and not (_is_ip(host) and ipaddress.ip_address(host).is_loopback):
+        if not is_loopback(host):
             raise ValueError(
                 f"http:// to {host} (beyond loopback) sends the signed events unencrypted: "
                 "use https://, or set notifications.webhook.allow-http: true"

@@ -27,6 +27,7 @@ from certctl.api.throttle import AuthFailureLimiter
 from certctl.auth.kubernetes import TokenReviewAuthenticator
 from certctl.errors import CertctlError, InvalidRequest
 from certctl.files import discard_stdout
+from certctl.hosts import is_loopback
 from certctl.kubeapi import KubeConnection, load_connection
 from certctl.metrics.registry import (
     API_KEYS,
@@ -66,7 +67,6 @@ METRICS_REFRESH_S = 10.0
 CA_SECRET_REFRESH_S = 60.0
 # How often each process compares its cached issuers with the store (renewals elsewhere).
 ISSUER_CACHE_CHECK_S = 60.0
-_LOOPBACK = ("127.0.0.1", "::1", "localhost")
 # File descriptors kept back from client connections: listeners, the event loop, log files,
 # SQLite (three per pooled connection) or PostgreSQL, certificate reloads, webhooks, reload
 # commands. About 25 are open at rest.
@@ -649,6 +649,29 @@ def _no_core_dumps() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
 
 
+def _refuse_plain_http_beyond_loopback(config: ServerConfig) -> None:
+    """Refuse a plain-HTTP listener beyond loopback unless ``allow-insecure`` is set.
+
+    Raises:
+        InvalidRequest: the listener and why it is plain HTTP, in one line.
+    """
+    host, _port = config.host_port
+    mode = config.tls.mode
+    if mode == "disabled" and not is_loopback(host) and not config.allow_insecure:
+        raise InvalidRequest(
+            f"tls.mode=disabled on {host}: plain HTTP beyond loopback needs --allow-insecure"
+        )
+    if config.metrics.listen:
+        m_host, _ = split_host_port(config.metrics.listen, "metrics.listen")
+        # With tls.mode=disabled the metrics listener is plain HTTP whatever metrics.secure says.
+        plain = not config.metrics.secure or mode == "disabled"
+        if plain and not is_loopback(m_host) and not config.allow_insecure:
+            why = "metrics.secure=false" if not config.metrics.secure else "tls.mode=disabled"
+            raise InvalidRequest(
+                f"{why}: plain HTTP metrics on {m_host} (beyond loopback) needs --allow-insecure"
+            )
+
+
 def serve(config: ServerConfig) -> None:
     """Run the server until interrupted (``workers`` processes when above 1)."""
     _no_core_dumps()
@@ -662,21 +685,8 @@ def serve(config: ServerConfig) -> None:
     # httpx logs every Kubernetes API call (TokenReview, Secret writes) at INFO, and every
     # webhook POST with its whole URL, whose path or query may hold the receiver's token.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    host, _port = config.host_port
+    _refuse_plain_http_beyond_loopback(config)
     mode = config.tls.mode
-    if mode == "disabled" and host not in _LOOPBACK and not config.allow_insecure:
-        raise InvalidRequest(
-            f"tls.mode=disabled on {host}: plain HTTP beyond loopback needs --allow-insecure"
-        )
-    if config.metrics.listen:
-        m_host, _ = split_host_port(config.metrics.listen, "metrics.listen")
-        # With tls.mode=disabled the metrics listener is plain HTTP whatever metrics.secure says.
-        plain = not config.metrics.secure or mode == "disabled"
-        if plain and m_host not in _LOOPBACK and not config.allow_insecure:
-            why = "metrics.secure=false" if not config.metrics.secure else "tls.mode=disabled"
-            raise InvalidRequest(
-                f"{why}: plain HTTP metrics on {m_host} (beyond loopback) needs --allow-insecure"
-            )
     if mode == "custom" and config.tls.cert_dir is None:
         raise InvalidRequest("tls.mode=custom needs tls.cert-dir")
     service_settings(config)  # lifetimes checked before the data directory is touched

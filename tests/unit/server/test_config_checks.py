@@ -741,3 +741,36 @@ def test_an_issuer_fingerprint_is_resolved_to_its_ca_in_the_client_ca_file(
     with pytest.raises(InvalidRequest) as refused:
         load(missing, client_ca=None)
     assert refused.value.detail == f"{key} needs tls.client-ca, which holds that CA"
+
+
+@pytest.mark.parametrize(
+    "listen",
+    ["127.0.0.1:0", "127.0.0.2:0", "127.8.9.10:0", "[::1]:0", "[0:0:0:0:0:0:0:1]:0", "LOCALHOST:0"],
+)
+def test_plain_http_on_any_loopback_address_needs_no_allow_insecure(listen: str) -> None:
+    # Loopback is 127.0.0.0/8, ::1 and localhost, as for notifications.webhook.url: before,
+    # only the exact spellings 127.0.0.1, ::1 and localhost were, so 127.0.0.2 was refused.
+    from certctl.server.run import _refuse_plain_http_beyond_loopback
+
+    for doc in (
+        {"listen": listen, "tls": {"mode": "disabled"}},
+        {"metrics": {"listen": listen, "secure": False}},
+    ):
+        _refuse_plain_http_beyond_loopback(ServerConfig.model_validate(doc))
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:0", "[::]:0", "10.0.0.1:0", "localhost.example:0"])
+def test_plain_http_beyond_loopback_is_refused_in_process(listen: str) -> None:
+    from certctl.server.run import _refuse_plain_http_beyond_loopback
+
+    host = listen.rpartition(":")[0].strip("[]")
+    with pytest.raises(InvalidRequest, match=f"^tls.mode=disabled on {host}: plain HTTP"):
+        _refuse_plain_http_beyond_loopback(
+            ServerConfig.model_validate({"listen": listen, "tls": {"mode": "disabled"}})
+        )
+    with pytest.raises(
+        InvalidRequest, match=f"^metrics.secure=false: plain HTTP metrics on {host} "
+    ):
+        _refuse_plain_http_beyond_loopback(
+            ServerConfig.model_validate({"metrics": {"listen": listen, "secure": False}})
+        )
