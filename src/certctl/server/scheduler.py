@@ -17,12 +17,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
 from certctl.errors import NotFound
 from certctl.services import tls_services
 from certctl.services.context import Services
 from certctl.services.notify import Webhook, dispatch_pending
-from certctl.store.db import LEADER_LOCK
+from certctl.store.db import LEADER_LOCK, PoolTimeout, storage_error
 from certctl.store.models import ManagedService
 
 __all__ = ["Leadership", "Scheduler"]
@@ -88,6 +89,15 @@ class Leadership:
                 log.info("this replica is now the leader")
                 return True
             connection.close()
+            return False
+        except PoolTimeout as exc:
+            # No pooled connection came free (database-pool-size): the store is busy, not
+            # broken; a line per pass, no traceback. The words before the colon are what
+            # tests/soak/test_replicas.py waits for.
+            fault = storage_error(exc)
+            assert fault is not None  # a pool timeout always is one
+            log.warning("leadership check failed; stepping down: %s", fault.detail)
+            self._release()
             return False
         except Exception:
             log.exception("leadership check failed; stepping down")
@@ -233,6 +243,11 @@ class Scheduler:
                 # Deleted while it was being reconciled (a slow reload): nothing to do.
                 log.info("service %s was deleted during its reconcile", row.name)
                 continue
+            except PoolTimeout:
+                # The store is busy, not this service broken: the pass ends here (each next
+                # service would wait the pool timeout again) and run() logs it in one line;
+                # the services are tried at the next pass, not backed off.
+                raise
             except Exception as exc:
                 # Backed off like a failed delivery, so one broken service neither floods
                 # the log with a traceback every tick nor repeats its side effects.
@@ -287,11 +302,21 @@ class Scheduler:
 
         try:
             dispatch_pending(self.services, self.webhook, leading=leading)
+        except PoolTimeout as exc:
+            fault = storage_error(exc)
+            assert fault is not None  # a pool timeout always is one
+            log.warning("sending webhook events failed: %s; will retry", fault.detail)
         except Exception:
             log.exception("sending webhook events failed; will retry")
 
     async def run(self) -> None:
-        """Loop forever; errors are logged and the loop goes on."""
+        """Loop forever; errors are logged and the loop goes on.
+
+        A pass that fails for the storage (no pooled connection free, the database down) is
+        one warning when it starts (and when its reason changes) and one line when a pass
+        works again, as server.run's other periodic passes: not a traceback every pass.
+        """
+        outage: str | None = None
         while True:
             # Cleared before the pass, not after: a wake() while it runs (the next document
             # of an apply, a client added) is then seen at once instead of waiting a whole
@@ -299,8 +324,23 @@ class Scheduler:
             self._wake.clear()
             try:
                 await asyncio.to_thread(self.tick, dispatch_in_background=True)
+            except (DBAPIError, PoolTimeout) as exc:
+                fault = storage_error(exc)
+                if fault is None:
+                    log.exception("scheduler tick failed")
+                elif fault.detail != outage:
+                    log.warning(
+                        "reconcile pass failed: %s; retrying every %.0f s",
+                        fault.detail,
+                        self.interval_s,
+                    )
+                    outage = fault.detail
             except Exception:
                 log.exception("scheduler tick failed")
+            else:
+                if outage is not None:
+                    log.info("reconcile passes work again")
+                    outage = None
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
             except TimeoutError:
