@@ -256,6 +256,74 @@ def test_an_issuer_whose_stored_certificate_is_not_its_keys_signs_nothing(
     leaf.verify_directly_issued_by(_cert(original))
 
 
+@pytest.mark.parametrize(
+    ("constraints", "reason"),
+    [
+        (
+            x509.BasicConstraints(ca=False, path_length=None),
+            "certificate is not a CA (BasicConstraints CA:FALSE)",
+        ),
+        (None, "CA certificate has no BasicConstraints extension"),
+    ],
+    ids=["CA:FALSE", "no BasicConstraints"],
+)
+def test_an_issuer_whose_stored_certificate_is_no_ca_is_a_conflict_naming_it(
+    api: Api,
+    caplog: pytest.LogCaptureFixture,
+    constraints: x509.BasicConstraints | None,
+    reason: str,
+) -> None:
+    """Its own key's certificate, but not a CA's: the store is at fault, not the request.
+
+    Before, the CA object's own checks answered 400 "Invalid request: certificate is not a
+    CA (BasicConstraints CA:FALSE)", naming no issuer, as if the caller had sent it.
+    """
+    r = api.post(ISSUERS, api.admin_key, json={"id": "mine", "common_name": "mine CA"})
+    assert r.status_code == 201, r.text
+    original = api.get(f"{ISSUERS}/mine/ca.pem").text
+    key = issuance.load_issuer(api.services, "mine").private_key
+    now = datetime.now(UTC)
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "mine CA")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=30))
+    )
+    if constraints is not None:
+        builder = builder.add_extension(constraints, critical=True)
+    not_a_ca = builder.sign(key, hashes.SHA256()).public_bytes(Encoding.PEM).decode()
+
+    def store(pem: str) -> None:
+        with api.services.engine.begin() as connection:
+            connection.execute(
+                update(Issuer).where(Issuer.id == "mine").values(certificate_pem=pem)
+            )
+        api.services.forget_issuer("mine")  # as a process loading it afresh
+
+    store(not_a_ca)
+    before = api.counts()
+    caplog.set_level("ERROR", logger="certctl.services")
+    body = {"issuer": "mine", "common_name": "after.example"}
+    for _ in range(2):
+        refused = assert_problem(api.post(CERTS, api.admin_key, json=body), 409)
+        assert refused["detail"] == (
+            f"issuer mine: its stored certificate (CN=mine CA) cannot sign: {reason}; it "
+            "signs nothing: restore its certificate or use another issuer"
+        )
+    assert api.counts() == before
+    assert api.services.cached_issuer("mine") is None
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1, errors  # once, not once per request
+    assert errors[0].getMessage().startswith("issuer mine: its stored certificate (CN=mine CA)")
+    store(original)
+    leaf = _cert(api.issue(issuer="mine", common_name="again.example")["certificate_pem"])
+    leaf.verify_directly_issued_by(_cert(original))
+
+
 def test_ca_routes_read_the_store_off_the_event_loop(api: Api) -> None:
     """The public routes' store reads (a first request, an unknown id) run in a worker thread.
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, Protocol, cast
+from typing import Any, NoReturn, Protocol, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -558,13 +558,20 @@ def load_issuer_state(
             )
         else:
             revoked = _revoked_above(session, cert, chain)
-    ca = CertificateAuthority(cert, key, chain)  # type: ignore[arg-type]  # issuer keys only
+    try:
+        ca = CertificateAuthority(cert, key, chain)  # type: ignore[arg-type]  # issuer keys only
+    except InvalidRequest as exc:
+        # Not a CA, no BasicConstraints, an RSA-PSS key: what an import refuses with 400
+        # (the request's fault). Stored, it is the store's state, not the caller's request.
+        _refuse_stored_certificate(
+            issuer_id, cert, f"its stored certificate ({_subject(cert)}) cannot sign: {exc.detail}"
+        )
     services.cache_issuer(issuer_id, ca, revoked, version)
     return ca, revoked
 
 
 log = logging.getLogger("certctl.services")
-# (issuer id, certificate) pairs already logged by _refuse_foreign_certificate: its ERROR once
+# (issuer id, certificate) pairs already logged by _refuse_stored_certificate: its ERROR once
 # per process, not once per refused request (nothing is cached, so each one loads it again).
 _FOREIGN_LOGGED: set[tuple[str, bytes]] = set()
 
@@ -587,11 +594,25 @@ def _refuse_foreign_certificate(
     """
     if key.public_key() == cert.public_key():
         return
-    subject = cert.subject.rfc4514_string()[:200]
-    message = (
-        f"issuer {issuer_id}: its key does not match its certificate ({subject}), which was "
-        "changed in the database outside certctl"
+    _refuse_stored_certificate(
+        issuer_id,
+        cert,
+        f"its key does not match its certificate ({_subject(cert)}), which was changed in the "
+        "database outside certctl",
     )
+
+
+def _subject(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string()[:200]
+
+
+def _refuse_stored_certificate(issuer_id: str, cert: x509.Certificate, why: str) -> NoReturn:
+    """409 naming the issuer, and its ERROR once per process and certificate.
+
+    Raises:
+        Conflict: always; ``why`` says what is wrong with the stored certificate.
+    """
+    message = f"issuer {issuer_id}: {why}"
     seen = (issuer_id, cert.fingerprint(hashes.SHA256()))
     if seen not in _FOREIGN_LOGGED:
         _FOREIGN_LOGGED.add(seen)
