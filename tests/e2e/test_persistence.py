@@ -180,3 +180,48 @@ def test_a_stop_does_not_wait_for_ever_for_a_request_held_open(
         assert "Traceback" not in server.logs()[1]
         with contextlib.suppress(OSError, ssl.SSLError):
             held.recv(1)  # closed by the server (no answer due to a request never completed)
+
+
+def test_one_stop_signal_stops_the_main_and_the_metrics_listener_at_once(
+    start_server: StartServer,
+) -> None:
+    # uvicorn's listeners each install their signal handler, the last one (metrics) chaining
+    # to the one it replaced only once it has drained. Before, a SIGTERM while a request held
+    # the metrics listener open stopped only that one: the main listener went on accepting
+    # API requests until metrics had drained (http.shutdown-timeout, 25 s).
+    import socket
+    import ssl
+    import time
+
+    from tests._tools import free_port
+
+    server = start_server(config=lambda: {"metrics": {"listen": f"127.0.0.1:{free_port()}"}})
+    metrics_port = server.configured_port("metrics.listen")
+    raw = socket.create_connection(("127.0.0.1", metrics_port), timeout=5)
+    with server.ssl_context().wrap_socket(raw, server_hostname="localhost") as held:
+        held.sendall(
+            b"GET /api/v1/metrics HTTP/1.1\r\nHost: localhost\r\n"
+            + f"Authorization: Bearer {server.admin_key}\r\n".encode()
+            + b"Content-Length: 100\r\n\r\n{"
+        )
+        time.sleep(0.2)  # the request reached the app
+        server.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "Waiting for connections to close" in server.logs()[1],
+                   "the metrics listener to drain the held request", 10)  # fmt: skip
+
+        def main_refuses() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+
+        wait_until(main_refuses, "the main listener to stop accepting", 5)
+        assert server.proc.poll() is None  # metrics still drains its request
+        server.proc.send_signal(signal.SIGTERM)  # a second one: not waiting for it (Listener)
+        server.exit_code = server.proc.wait(timeout=10)
+        assert server.exit_code == 0
+        assert "SIGTERM while open requests drain: not waiting for them" in server.logs()[1]
+        assert "Traceback" not in server.logs()[1]
+        with contextlib.suppress(OSError, ssl.SSLError):
+            held.recv(1)

@@ -11,11 +11,10 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
 from cryptography import x509
@@ -940,28 +939,18 @@ def _serve_process(
     shutdown_s = math.ceil(parse_duration(config.http.shutdown_timeout).total_seconds())
 
     class Listener(uvicorn.Server):
-        """uvicorn's server, but a second SIGTERM while it drains open requests ends the wait.
+        """uvicorn's server, without its own signal handlers: ``stop`` (below) stops them all.
 
-        uvicorn forces only on a second SIGINT: a supervisor that escalates with SIGTERM
-        (systemd, docker stop, a script) waited for a slow client up to http.body-timeout.
-        The flag is this listener's own: uvicorn re-raises the signal a listener captured to
-        the handler it replaced (another listener's, then ``stop``), which must not count as
-        a second one. Not in a worker of --workers: there a SIGTERM may be a duplicate of the
-        one stop (the parent forwards it on top of systemd's to the whole control group); a
-        second one to the parent ends the workers (workers.Supervisor).
+        uvicorn installs a handler per listener, each replacing the one before, and passes a
+        signal on to the handler it replaced only once it has drained its own connections.
+        With metrics.listen the first SIGTERM or Ctrl-C reached the metrics listener alone
+        (installed last), and the main one went on accepting API requests until metrics had
+        drained (up to http.shutdown-timeout).
         """
 
-        signalled = False
-
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            if sig == signal.SIGTERM and self.signalled and not several and not self.force_exit:
-                log.warning(
-                    "SIGTERM while open requests drain: not waiting for them (%d connections)",
-                    len(self.server_state.connections),
-                )
-                self.force_exit = True
-            self.signalled = True
-            super().handle_exit(sig, frame)
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
 
     def listener(
         asgi: Any, bind_host: str, bind_port: int, secure: bool, name: str = "main"
@@ -1086,28 +1075,29 @@ def _serve_process(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    # uvicorn stops gracefully on SIGTERM or SIGINT, then re-raises the signal to the handler
-    # it found. The default ones ended the process by SIGTERM (no `finally`: the last commits
-    # stayed only in certctl.db-wal, as the API-key cache keeps its own connection open and
-    # SQLite never checkpoints on close) or printed "certctl: error: interrupted" with status
-    # 130, and `make run` added "*** [run] Terminated/Interrupt". A stop asked for is the
-    # normal end of a server: this one stops the listeners (any not yet serving, too), and the
-    # process returns through the `finally` below, which checkpoints, with status 0, as the
-    # --workers supervisor (workers.py) already ends. Raising SystemExit here instead would
-    # leave it in uvicorn's task: "Task exception was never retrieved" in the log.
-    # Once the listeners stopped, what is left is the work in progress (a delivery's reload
-    # command, up to its reloadTimeout; a Kubernetes call), which the loop's shutdown waits
-    # for: a Ctrl-C then is the operator who will not wait, and is obeyed at once, without
-    # the checkpoint (the WAL is replayed at the next start). One while uvicorn still drains
-    # is its own (a second Ctrl-C or SIGTERM there: no more waiting for open connections, see
-    # Listener; http.shutdown-timeout bounds that wait anyway), and re-raised here only
-    # before the listeners count as stopped. So is a SIGTERM then, ending the
-    # process with the status a stop has (0): before, it was ignored, and only SIGKILL ended a
-    # server waiting for a reload command (up to 10 minutes). Not in a worker of --workers:
-    # there a SIGTERM may be a duplicate of the one stop (the parent forwards it on top of
-    # systemd's to the whole control group); a second one to the parent ends the workers
-    # (workers.Supervisor).
+    # The one handler of SIGTERM and SIGINT while the server runs (Listener installs none):
+    # the first stops every listener at once, each draining its open requests. uvicorn's
+    # own handlers re-raised the signal to the handler they found once drained, and the
+    # default ones ended the process by SIGTERM (no `finally`: the last commits stayed only
+    # in certctl.db-wal, as the API-key cache keeps its own connection open and SQLite never
+    # checkpoints on close) or printed "certctl: error: interrupted" with status 130, and
+    # `make run` added "*** [run] Terminated/Interrupt". A stop asked for is the normal end
+    # of a server: this one stops the listeners (any not yet serving, too), and the process
+    # returns through the `finally` below, which checkpoints, with status 0, as the --workers
+    # supervisor (workers.py) already ends. Raising SystemExit here instead would leave it in
+    # uvicorn's task: "Task exception was never retrieved" in the log.
+    # While the listeners drain, a second Ctrl-C or SIGTERM ends that wait (below;
+    # http.shutdown-timeout bounds it anyway). Once the listeners stopped, what is left is
+    # the work in progress (a delivery's reload command, up to its reloadTimeout; a
+    # Kubernetes call), which the loop's shutdown waits for: a Ctrl-C then is the operator
+    # who will not wait, and is obeyed at once, without the checkpoint (the WAL is replayed
+    # at the next start). So is a SIGTERM then, ending the process with the status a stop
+    # has (0): before, it was ignored, and only SIGKILL ended a server waiting for a reload
+    # command (up to 10 minutes). Not in a worker of --workers: there a SIGTERM may be a
+    # duplicate of the one stop (the parent forwards it on top of systemd's to the whole
+    # control group); a second one to the parent ends the workers (workers.Supervisor).
     listeners_stopped: list[bool] = []
+    stop_asked: list[bool] = []
 
     def stop(signum: int, _frame: object) -> None:
         if signum == signal.SIGINT and listeners_stopped:
@@ -1127,6 +1117,23 @@ def _serve_process(
             # Not SystemExit: the interpreter's exit joins the executor's threads, the very
             # wait this ends.
             os._exit(0)
+        if stop_asked and not listeners_stopped and not all(s.force_exit for s, _ in servers):
+            # A second signal while the listeners drain open requests: no more waiting for
+            # them. uvicorn forced only on a second SIGINT, but a supervisor that escalates
+            # with SIGTERM (systemd, docker stop, a script) waited for a slow client up to
+            # http.shutdown-timeout. Not a SIGTERM in a worker of --workers: there it may be
+            # a duplicate of the one stop (the parent forwards it on top of systemd's to the
+            # whole control group); a second one to the parent ends the workers
+            # (workers.Supervisor).
+            if signum == signal.SIGINT or (signum == signal.SIGTERM and not several):
+                if signum == signal.SIGTERM:
+                    log.warning(
+                        "SIGTERM while open requests drain: not waiting for them (%d connections)",
+                        sum(len(s.server_state.connections) for s, _ in servers),
+                    )
+                for server, _name in servers:
+                    server.force_exit = True
+        stop_asked.append(True)
         for server, _name in servers:
             server.should_exit = True
 
