@@ -189,6 +189,7 @@ def verify_command(
             hostname=hostname,
             purpose=purpose,
             now=now,
+            any_eku_in_cas=False,  # as openssl verify -purpose ssl*: nginx and curl refuse it
         )
         if checking:
             check_revocation(

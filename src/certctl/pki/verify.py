@@ -53,6 +53,7 @@ def verify_certificate(
     hostname: str | None = None,
     purpose: str = "server",
     now: datetime,
+    any_eku_in_cas: bool = True,
 ) -> VerifiedChain:
     """Verify ``leaf`` chains to ``trust`` for ``purpose`` at time ``now``.
 
@@ -64,6 +65,9 @@ def verify_certificate(
             a server certificate, its first SAN is used so chain and purpose are still checked.
         purpose: ``server`` (serverAuth) or ``client`` (clientAuth).
         now: the verification time.
+        any_eku_in_cas: a CA listing anyExtendedKeyUsage allows ``purpose`` (Go, and
+            cryptography's verifier); False: it does not, as in OpenSSL's purpose check
+            (``certctl verify``, which answers as openssl verify does).
 
     Raises:
         VerificationFailed: the chain, the name, the purpose or the validity window fails.
@@ -89,10 +93,14 @@ def verify_certificate(
     def verify(intermediates: Sequence[x509.Certificate]) -> VerifiedChain:
         if subject is None:
             verified = builder.build_client_verifier().verify(leaf, list(intermediates))
+            if not any_eku_in_cas:  # cryptography's verifier lets anyExtendedKeyUsage through
+                _check_ca_purposes(verified.chain[1:], purpose, any_eku_in_cas=False)
             return VerifiedChain(tuple(verified.chain), purpose, None)
         chain = builder.build_server_verifier(subject).verify(leaf, list(intermediates))
         if not _name_matches(leaf, subject):
             raise _not_in_sans(leaf, str(name))  # matched only by a wildcard clients refuse
+        if not any_eku_in_cas:  # cryptography's verifier lets anyExtendedKeyUsage through
+            _check_ca_purposes(chain[1:], purpose, any_eku_in_cas=False)
         return VerifiedChain(tuple(chain), purpose, name)
 
     # Copies of one certificate (a bundle concatenated twice) are one candidate: each is
@@ -141,13 +149,13 @@ def verify_certificate(
             # makes a CA without keyUsage. It knows no directoryName or URI name
             # constraints, nor the ".corp.example" form of a DNS one that OpenSSL and
             # Windows write. These cases take a plain RFC 5280 path.
-            return _verify_rfc5280(leaf, trust, untrusted, hostname, purpose, now)
+            return _verify_rfc5280(leaf, trust, untrusted, hostname, purpose, now, any_eku_in_cas)
         if _UNNAMED_FAILURE.search(message):
             # cryptography names the rule broken, not the certificate, CA or name that broke
             # it; the own path check names them. Should it find nothing, cryptography's
             # refusal stands.
             try:
-                _verify_rfc5280(leaf, trust, untrusted, hostname, purpose, now)
+                _verify_rfc5280(leaf, trust, untrusted, hostname, purpose, now, any_eku_in_cas)
             except VerificationFailed as own:
                 raise own from exc
         missing = _missing_link(leaf, trust, untrusted, now)
@@ -358,6 +366,7 @@ def _verify_rfc5280(
     hostname: str | None,
     purpose: str,
     now: datetime,
+    any_eku_in_cas: bool = True,
 ) -> VerifiedChain:
     """A minimal RFC 5280 path check: signatures, CA constraints, windows, EKU, name."""
     name = None
@@ -380,7 +389,7 @@ def _verify_rfc5280(
                 _check_window(anchor, now, _anchor_name(anchor))
                 _check_critical_extensions(anchor, _anchor_name(anchor))
                 _check_path_lengths((*chain, anchor))
-                _check_ca_purposes((*chain[1:], anchor), purpose)
+                _check_ca_purposes((*chain[1:], anchor), purpose, any_eku_in_cas=any_eku_in_cas)
                 _check_name_constraints((*chain, anchor))
                 return VerifiedChain((*chain, anchor), purpose, name)
         parents = [c for c in pool if _issued_by(current, c) and _is_ca(c)]
@@ -496,12 +505,16 @@ def _check_critical_extensions(cert: x509.Certificate, what: str) -> None:
         )
 
 
-def _check_ca_purposes(cas: Sequence[x509.Certificate], purpose: str) -> None:
+def _check_ca_purposes(
+    cas: Sequence[x509.Certificate], purpose: str, *, any_eku_in_cas: bool
+) -> None:
     """Refuse a path through a CA whose extendedKeyUsage leaves out ``purpose``.
 
     RFC 5280 does not chain EKUs, but OpenSSL ("unsuitable certificate purpose", the trust
-    anchor included), cryptography's verifier, Go and Windows do. anyExtendedKeyUsage
-    lets every purpose through, as in cryptography's verifier.
+    anchor included), cryptography's verifier, Go and Windows do. anyExtendedKeyUsage lets
+    every purpose through with ``any_eku_in_cas``, as in Go and cryptography's verifier;
+    without, it does not, as in OpenSSL's check (its XKU_ANYEKU is outside the sslserver
+    and sslclient masks), which nginx and curl apply.
     """
     wanted = _EKU_FOR[purpose]
     for ca in cas:
@@ -509,12 +522,16 @@ def _check_ca_purposes(cas: Sequence[x509.Certificate], purpose: str) -> None:
             usages = ca.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         except x509.ExtensionNotFound:
             continue
-        if wanted in usages or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages:
+        any_eku = ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages
+        if wanted in usages or (any_eku and any_eku_in_cas):
             continue
         names = ", ".join(eku_name(oid) for oid in usages) or "none"
+        note = ""
+        if any_eku:
+            note = " (anyExtendedKeyUsage stands for no TLS purpose in openssl's check of a CA)"
         raise VerificationFailed(
             f"verification failed: CA {ca.subject.rfc4514_string()} limits the certificates "
-            f"below it to {names}, not {purpose}Auth"
+            f"below it to {names}, not {purpose}Auth{note}"
         )
 
 

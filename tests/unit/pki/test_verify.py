@@ -638,3 +638,62 @@ def test_a_san_that_is_no_dns_name_is_not_the_one_checked(
     )
     with pytest.raises(VerificationFailed, match=f"^{re.escape(message)}$"):
         verify_certificate(only, trust=[ca.certificate], now=NOW)
+
+
+def _any_eku_root_and_leaf() -> tuple[x509.Certificate, x509.Certificate]:
+    """A root whose extendedKeyUsage is anyExtendedKeyUsage alone, and a server leaf under it."""
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    root_key, leaf_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    name = common_name_dn("Any EKU Root")
+    usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+    root = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(root_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE]), critical=False
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False
+        )
+        .sign(root_key, hashes.SHA256())
+    )
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(common_name_dn("www.example.com"))
+        .issuer_name(name)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=10))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("www.example.com")]), critical=False
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
+            critical=False,
+        )
+        .sign(root_key, hashes.SHA256())
+    )
+    return root, leaf
+
+
+def test_a_ca_with_any_extended_key_usage_passes_unless_checked_as_openssl() -> None:
+    """Managed services keep Go's reading (anyExtendedKeyUsage allows every purpose);
+    ``certctl verify`` answers as openssl, for which it allows no TLS purpose on a CA.
+    """
+    root, leaf = _any_eku_root_and_leaf()
+    assert verify_certificate(leaf, trust=[root], now=NOW).chain == (leaf, root)
+    with pytest.raises(VerificationFailed, match="limits the certificates below it to any"):
+        verify_certificate(leaf, trust=[root], now=NOW, any_eku_in_cas=False)
