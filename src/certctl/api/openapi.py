@@ -72,6 +72,12 @@ _SERVICE_FIELDS: dict[str, Any] = {
     "generation": {"type": "integer"},
     "status": _object(
         {
+            "phase": {
+                "type": "string",
+                "enum": ["Pending", "Ready", "Failed", "Unknown"],
+                "description": "Pending until the first reconcile pass, Failed while the "
+                "Failed condition is True, else Ready",
+            },
             "conditions": {"type": "object"},
             "observed_generation": {"type": "integer"},
             "serial": _STR_OR_NULL,
