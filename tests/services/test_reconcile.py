@@ -1358,3 +1358,33 @@ def test_conditions_edited_into_another_shape_are_written_anew(env: Env, stored:
         env.now.isoformat(),
         (env.now + MINUTE).isoformat(),
     }
+
+
+def test_a_service_ca_whose_stored_certificate_is_not_its_keys_fails_the_service(
+    env: Env,
+) -> None:
+    """The store's 409 (a CA certificate swapped outside certctl) is the service's Failed.
+
+    Before, the reconcile caught only InvalidRequest: the Conflict went up to the scheduler
+    as a crash of the pass (a traceback, then crash back-off), and the service's status
+    still said Ready while it could not be issued.
+    """
+    from sqlalchemy import update
+
+    from certctl.store.models import Issuer
+
+    env.put(service_doc("web", dns=("web.example.internal",)))
+    env.put(service_doc("other", dns=("other.example.internal",)))
+    assert env.reconcile("web").conditions["Ready"]["status"] is True
+    assert env.reconcile("other").conditions["Ready"]["status"] is True
+    foreign = env.outputs("other")["ca-internal"]["ca.crt"].decode()
+    with env.services.engine.begin() as connection:
+        connection.execute(
+            update(Issuer).where(Issuer.id == "svc.web").values(certificate_pem=foreign)
+        )
+    env.services.forget_issuer("svc.web")
+    env.put(service_doc("web", dns=("web.example.internal", "www.example.internal")))
+    row = env.reconcile("web", env.now + MINUTE)  # a new SAN: the leaf must be issued again
+    failed = row.conditions["Failed"]
+    assert failed["status"] is True, row.conditions
+    assert "issuer svc.web: its key does not match its certificate" in failed["message"]

@@ -1041,7 +1041,9 @@ def reconcile_service(
     row.renew_at = _renewal_by_current_margin(settings, row)
     try:
         result = _decide(services, settings, row, spec, now)
-    except InvalidRequest as exc:
+    except (InvalidRequest, Conflict) as exc:
+        # Conflict: the service's CA cannot sign as stored (its certificate changed in the
+        # database): the service's own problem, shown in its status, not a crashed pass.
         return _fail(services, row, now, exc.detail, stage="issue")
     desired, reason, warnings = result
     if reason is not None:
