@@ -211,6 +211,13 @@ def test_an_rsa_issuer_reloaded_from_the_store_signs_with_its_own_key(api: Api) 
     leaf.verify_directly_issued_by(_cert(r.json()["certificate_pem"]))
 
 
+def _store_certificate(api: Api, issuer_id: str, pem: str) -> None:
+    """Put ``pem`` on the issuer's row behind certctl's back, as a process loading it afresh."""
+    with api.services.engine.begin() as connection:
+        connection.execute(update(Issuer).where(Issuer.id == issuer_id).values(certificate_pem=pem))
+    api.services.forget_issuer(issuer_id)
+
+
 def test_an_issuer_whose_stored_certificate_is_not_its_keys_signs_nothing(
     api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -227,14 +234,7 @@ def test_an_issuer_whose_stored_certificate_is_not_its_keys_signs_nothing(
     foreign = api.get(f"{ISSUERS}/foreign/ca.pem").text
     api.issue(issuer="mine", common_name="before.example")  # loaded and cached: as stored
 
-    def store(pem: str) -> None:
-        with api.services.engine.begin() as connection:
-            connection.execute(
-                update(Issuer).where(Issuer.id == "mine").values(certificate_pem=pem)
-            )
-        api.services.forget_issuer("mine")  # as a process loading it afresh
-
-    store(foreign)
+    _store_certificate(api, "mine", foreign)
     before = api.counts()
     caplog.set_level("ERROR", logger="certctl.services")
     body = {"issuer": "mine", "common_name": "after.example"}
@@ -251,7 +251,7 @@ def test_an_issuer_whose_stored_certificate_is_not_its_keys_signs_nothing(
     assert len(errors) == 1, errors  # once, not once per request
     assert "issuer mine: its key does not match its certificate" in errors[0].getMessage()
     # Twin: the certificate restored, the issuer signs again (nothing was remembered).
-    store(original)
+    _store_certificate(api, "mine", original)
     leaf = _cert(api.issue(issuer="mine", common_name="again.example")["certificate_pem"])
     leaf.verify_directly_issued_by(_cert(original))
 
@@ -297,14 +297,7 @@ def test_an_issuer_whose_stored_certificate_is_no_ca_is_a_conflict_naming_it(
         builder = builder.add_extension(constraints, critical=True)
     not_a_ca = builder.sign(key, hashes.SHA256()).public_bytes(Encoding.PEM).decode()
 
-    def store(pem: str) -> None:
-        with api.services.engine.begin() as connection:
-            connection.execute(
-                update(Issuer).where(Issuer.id == "mine").values(certificate_pem=pem)
-            )
-        api.services.forget_issuer("mine")  # as a process loading it afresh
-
-    store(not_a_ca)
+    _store_certificate(api, "mine", not_a_ca)
     before = api.counts()
     caplog.set_level("ERROR", logger="certctl.services")
     body = {"issuer": "mine", "common_name": "after.example"}
@@ -319,7 +312,7 @@ def test_an_issuer_whose_stored_certificate_is_no_ca_is_a_conflict_naming_it(
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1, errors  # once, not once per request
     assert errors[0].getMessage().startswith("issuer mine: its stored certificate (CN=mine CA)")
-    store(original)
+    _store_certificate(api, "mine", original)
     leaf = _cert(api.issue(issuer="mine", common_name="again.example")["certificate_pem"])
     leaf.verify_directly_issued_by(_cert(original))
 
