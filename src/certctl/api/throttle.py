@@ -6,7 +6,8 @@ that address is refused (429 with ``Retry-After``) on every authenticated route 
 in its /64, which blocks the whole /64 after ``NETWORK_FACTOR`` times ``limit`` failures: one
 host or subscriber is handed a /64, and could otherwise use a fresh address for every guess.
 State is in memory, per process, and bounded: at most ``max_sources`` addresses and networks
-are tracked (the stalest are dropped first).
+are tracked (when full, those with no failure left in the window are dropped, then the one
+seen first), and a new one costs the same however full the table is.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import functools
 import ipaddress
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -82,8 +83,15 @@ class AuthFailureLimiter:
         self.window_s = window_s
         self.max_sources = max_sources
         self._clock = clock
-        self._failures: dict[str, deque[float]] = {}
-        self._blocked: dict[str, float] = {}  # address → monotonic time the block ends
+        # Two orders of one set of units, each dropped from its front in O(1) (a dict's front
+        # is found by skipping the slots deleted before it): ``_failures`` in the order units
+        # were first seen, ``_last_failed`` in the order of their latest failure (the stale
+        # first, as the clock is monotonic). A full table scanned every unit for stale ones
+        # instead: each new address then cost ``max_sources`` steps on the event loop.
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._last_failed: OrderedDict[str, None] = OrderedDict()
+        # address → monotonic time the block ends; in that order, as every block is one window
+        self._blocked: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
 
     def retry_after(self, source: str) -> float:
@@ -125,19 +133,26 @@ class AuthFailureLimiter:
             self._make_room(now)
             times = self._failures[unit] = deque(maxlen=limit)
         times.append(now)
+        self._last_failed[unit] = None
+        self._last_failed.move_to_end(unit)
         if len(times) < limit or times[0] <= now - self.window_s:
             return None
-        del self._failures[unit]
+        del self._failures[unit], self._last_failed[unit]
         self._blocked[unit] = now + self.window_s
         while len(self._blocked) > self.max_sources:
-            del self._blocked[next(iter(self._blocked))]  # the block that ends first
+            self._blocked.popitem(last=False)  # the block that ends first
         return Block(unit, limit)
 
     def _make_room(self, now: float) -> None:
         if len(self._failures) < self.max_sources:
             return
         horizon = now - self.window_s
-        for stale in [s for s, times in self._failures.items() if times[-1] <= horizon]:
-            del self._failures[stale]
+        # Every stale unit, each looked at once: the scan stops at the first that is not.
+        while self._last_failed:
+            stale = next(iter(self._last_failed))
+            if self._failures[stale][-1] > horizon:
+                break
+            del self._failures[stale], self._last_failed[stale]
         while len(self._failures) >= self.max_sources:
-            del self._failures[next(iter(self._failures))]  # the address seen first
+            seen_first, _ = self._failures.popitem(last=False)
+            del self._last_failed[seen_first]

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
 import pytest
 
+from certctl.api import throttle
 from certctl.api.throttle import NETWORK_FACTOR, AuthFailureLimiter
 
 
@@ -54,6 +60,70 @@ def test_memory_is_bounded() -> None:
     for n in range(1000):
         limiter.record_failure(f"192.0.2.{n}")  # one failure each: tracked, not blocked
     assert len(limiter._failures) <= 100
+
+
+def test_a_full_table_drops_the_stale_first_then_the_address_seen_first() -> None:
+    clock = Clock()
+    limiter = AuthFailureLimiter(3, 10, max_sources=3, clock=clock)
+    for source in ("a", "b", "c"):
+        limiter.record_failure(source)
+        clock.now += 1
+    clock.now = 1009  # a fails again: seen first, but no longer stale
+    limiter.record_failure("a")
+    clock.now = 1011.5  # b (failed at 1001) has left the window; c (1002) has not
+    limiter.record_failure("d")
+    assert list(limiter._failures) == ["a", "c", "d"]
+    # Nothing stale: the address seen first goes, however recently it failed.
+    limiter.record_failure("e")
+    assert list(limiter._failures) == ["c", "d", "e"]
+    # Everything stale goes at once, not only what makes room for one.
+    clock.now = 1100
+    limiter.record_failure("f")
+    assert list(limiter._failures) == ["f"]
+
+
+def _lines_run(call: Callable[[], object]) -> int:
+    """Lines of certctl.api.throttle that ``call`` runs (loop iterations each count)."""
+    count = 0
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        nonlocal count
+        count += event == "line"
+        return local
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        return local if frame.f_code.co_filename == throttle.__file__ else None
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        call()
+    finally:
+        sys.settrace(previous)
+    return count
+
+
+@pytest.mark.parametrize(
+    "fresh",
+    [lambda n: f"10.1.{n // 256}.{n % 256}", lambda n: f"2001:db8:{n:x}::1"],
+    ids=["ipv4", "ipv6-two-units-each"],
+)
+def test_a_new_address_costs_the_same_with_a_full_table(fresh: Callable[[int], str]) -> None:
+    """Every new address scanned the whole table once it was full: an attacker rotating
+    addresses made each failed request cost ``max_sources`` steps on the event loop."""
+    clock = Clock()
+    limiter = AuthFailureLimiter(3, 10, max_sources=2000, clock=clock)
+    empty = _lines_run(lambda: limiter.record_failure(fresh(0)))
+    for n in range(1, 2000):  # full: nothing stale, nothing blocked
+        limiter.record_failure(fresh(n))
+    assert len(limiter._failures) == 2000
+    full = [_lines_run(lambda n=n: limiter.record_failure(fresh(n))) for n in range(2000, 2100)]
+    assert max(full) <= 2 * empty, (empty, max(full))
+    # All stale: dropping them costs once, not again for every new address.
+    clock.now += 10
+    stale = [_lines_run(lambda n=n: limiter.record_failure(fresh(n))) for n in range(3000, 3100)]
+    assert sum(stale) <= 100 * 2 * empty + 8 * 2000, (empty, sum(stale))
+    assert len(limiter._failures) <= 2000
 
 
 @pytest.mark.parametrize(
