@@ -1603,3 +1603,38 @@ def test_in_custom_mode_the_served_certificates_names_need_every_permission_unde
     api.issue(operator, issuer="corp", common_name="certctl.corp.example")
     body = {"issuer": "default", "common_name": "certctl-new.corp.example", "dns_names": []}
     assert "certctl's own" in assert_problem(api.post(CERTS, operator, json=body), 403)["detail"]
+
+
+def test_in_custom_mode_a_served_leaf_sent_alone_guards_its_names_under_every_issuer_of_its_root(
+    api: Api, tmp_path: Path
+) -> None:
+    """tls.mode custom, a tls.crt that sends only its leaf (signed by certctl's "sub1").
+
+    Clients complete the chain from the root they trust, so a sibling of sub1 under the same
+    root signs a certificate they accept as certctl's too. Before, the root was walked to
+    through what tls.crt sends and the signing CA's own path only: the leaf alone reached no
+    root from "sub2" (nor from the root itself), and an operator was issued one (201).
+    """
+    from certctl.server.tls import ServerTLS, serve_names_of
+
+    api.services.server_names = None  # as bootstrap leaves it in tls.mode custom
+    for body in (
+        {"id": "corp", "common_name": "Corp"},
+        {"id": "sub1", "parent": "corp"},
+        {"id": "sub2", "parent": "corp"},
+    ):
+        r = api.post(ISSUERS, api.admin_key, json=body)
+        assert r.status_code == 201, r.text
+    served = api.issue(issuer="sub1", common_name="certctl.corp.example")
+    (tmp_path / "tls.crt").write_text(served["certificate_pem"])  # the leaf alone
+    (tmp_path / "tls.key").write_text(served["private_key_pem"])
+    assert ServerTLS(tmp_path, on_serve=serve_names_of(api.services)).load(api.clock())
+    operator = api.actor_key("op", ["r-operator"])
+    before = api.counts()
+    for issuer in ("sub2", "corp", "sub1"):
+        body = {"issuer": issuer, "common_name": "certctl.corp.example", "dns_names": []}
+        detail = assert_problem(api.post(CERTS, operator, json=body), 403)["detail"]
+        assert "certctl's own" in detail, (issuer, detail)
+    api.assert_only_denials_audited(before, 3)
+    # Under another root the name is anyone's, as before.
+    api.issue(operator, issuer="default", common_name="certctl.corp.example")

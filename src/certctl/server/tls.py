@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
+from sqlalchemy.exc import DBAPIError
 
 from certctl.errors import CertctlError, InvalidRequest
 from certctl.files import OutputSet, in_memory_file
@@ -49,6 +50,8 @@ from certctl.pki import (
     load_material,
 )
 from certctl.server.config import ServerConfig, split_host_port
+from certctl.services.issuance import served_chain
+from certctl.store.db import PoolTimeout, storage_error
 
 if TYPE_CHECKING:
     from certctl.services.context import Services
@@ -164,8 +167,9 @@ def serve_names_of(services: Services) -> Callable[[tuple[x509.Certificate, ...]
     ``Services.server_chain``: a server certificate for one of those names, under the root
     the served one chains to (a certctl issuer's, when the operator had certctl issue it),
     is then issued only to a caller holding every permission, as in self-signed mode. The
-    chain is judged from what tls.crt sends, with no store read (reloads run on the event
-    loop); under a root certctl does not hold, nothing it signs is refused.
+    chain is what tls.crt sends, completed from certctl's issuers (one store read per load,
+    in a thread: ``ServerTLS.watch``), so a tls.crt sending its leaf alone guards its names
+    under every issuer of its root; under a root certctl does not hold, nothing is refused.
     """
 
     def served(certs: tuple[x509.Certificate, ...]) -> None:
@@ -176,8 +180,22 @@ def serve_names_of(services: Services) -> Callable[[tuple[x509.Certificate, ...]
         except x509.ExtensionNotFound:
             cns = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
             names = SubjectAltNames(dns=(str(cns[0].value),) if cns else ())
+        try:
+            chain = served_chain(services, certs)
+        except (DBAPIError, PoolTimeout) as exc:
+            fault = storage_error(exc)
+            if fault is None:
+                raise
+            # The certificate serves either way; its names stay guarded under the CAs
+            # tls.crt sends (and any issuer whose own path reaches them) until it changes.
+            log.error(
+                "cannot read certctl's issuers to complete tls.crt's chain: %s; its names "
+                "are guarded only under the CAs it sends until it changes",
+                fault.detail,
+            )
+            chain = certs
         # The chain first: a check seeing the new names sees the chain they belong to.
-        services.server_chain = certs
+        services.server_chain = chain
         services.server_names = names
 
     return served
@@ -525,7 +543,9 @@ class ServerTLS:
         """Poll the files forever, reloading on change."""
         while True:
             await asyncio.sleep(interval_s)
-            self.load(clock())
+            # In a thread: on_serve reads the store (``serve_names_of``), which must not
+            # stall the requests this loop serves.
+            await asyncio.to_thread(self.load, clock())
             self.check_client_ca()
 
 

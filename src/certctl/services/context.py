@@ -91,10 +91,11 @@ class Services:
     # against the internal CA's root: a server certificate for one of them under that root
     # is issued to a caller holding every permission only (``issuance``). None: no check.
     server_names: SubjectAltNames | None = None
-    # tls.mode custom: the served tls.crt (leaf first, then the chain it sends), whose names
-    # ``server_names`` then are, set at each (re)load. A server certificate for one of them
-    # under the root that certificate chains to is guarded as above. None: the internal
-    # CA's root is the one clients trust (self-signed mode).
+    # tls.mode custom: the served tls.crt (leaf first, then the chain it sends, then the CAs
+    # above them that certctl's issuers hold), whose names ``server_names`` then are, set at
+    # each (re)load. A server certificate for one of them under the root that certificate
+    # chains to is guarded as above. None: the internal CA's root is the one clients trust
+    # (self-signed mode).
     server_chain: tuple[x509.Certificate, ...] | None = None
     _issuers: dict[str, CertificateAuthority] = field(default_factory=dict)
     # Issuer id -> (revoked_at, reason) of the cached issuers that are revoked: loaded and

@@ -111,6 +111,7 @@ __all__ = [
     "revoke_issuer",
     "revoked_ca_among",
     "revoked_issuer_of",
+    "served_chain",
 ]
 
 DEFAULT_ISSUER = "default"
@@ -1362,13 +1363,49 @@ def _own_names_covered(own: SubjectAltNames, sans: SubjectAltNames) -> list[str]
     return taken + [str(ip) for ip in own.ip if ip in sans.ip]
 
 
+def served_chain(
+    services: Services, served: Sequence[x509.Certificate]
+) -> tuple[x509.Certificate, ...]:
+    """``served`` (tls.crt: leaf first) with the CAs above it that certctl's issuers hold.
+
+    A tls.crt may send its leaf alone, or stop below the root: its clients complete the
+    path from the root they trust, so every issuer under that root (a sibling of the one
+    that signed it too) signs what they accept for its names. Walked by signature through
+    what tls.crt sends and every stored issuer's certificate and chain: one store read, made
+    when the served certificate is (re)loaded, never per request.
+    """
+    with services.sessions() as session:
+        rows = session.execute(select(Issuer.certificate_pem, Issuer.chain_pem)).all()
+    stored: list[x509.Certificate] = []
+    for certificate_pem, chain_pem in rows:
+        stored.append(_parsed_ca(certificate_pem)[0])
+        if chain_pem:
+            stored.extend(x509.load_pem_x509_certificates(chain_pem.encode()))
+    path = list(served)
+    current = served[0]
+    candidates = [*served[1:], *stored]
+    walked = [current]
+    while True:  # each step goes up to a CA not walked yet: no loop
+        above = next(
+            (c for c in candidates if c not in walked and _signed(current, c)),
+            None,
+        )
+        if above is None:
+            return tuple(path)
+        if above not in path:
+            path.append(above)
+        walked.append(above)
+        current = above
+
+
 def _chains_to_root(served: Sequence[x509.Certificate], ca: CertificateAuthority) -> bool:
     """Whether the served leaf (``served[0]``) chains up to ``ca``'s root.
 
-    Walked by signature through the served chain and ``ca``'s own path: a client that
-    verifies certctl against that root accepts the served certificate, and so whatever
-    ``ca`` signs for the same names. A certificate with the root's subject and key counts as
-    the root (a re-issued or cross-signed copy).
+    Walked by signature through the served chain (completed from certctl's issuers,
+    ``served_chain``) and ``ca``'s own path: a client that verifies certctl against that
+    root accepts the served certificate, and so whatever ``ca`` signs for the same names. A
+    certificate with the root's subject and key counts as the root (a re-issued or
+    cross-signed copy).
     """
     root = ca.root
     candidates = [*served[1:], ca.certificate, *ca.chain]
