@@ -247,6 +247,19 @@ _EC = ("ec", "-pkeyopt", "ec_paramgen_curve:P-256")
          "/CN=corp.example", "DNS:corp.example",
          "DNS name corp.example is outside the name constraints of "
          "CN=Constrained Root,O=Example Corp (permitted: DNS .corp.example)"),
+        # OpenSSL holds an emailAddress attribute of the subject to the rfc822Name
+        # constraints as it does an e-mail SAN; neither cryptography's verifier nor certctl's
+        # own path check did, and these verified.
+        (_EC, f"{_KU}nameConstraints = critical,permitted;email:corp.example",
+         "/CN=web.example/emailAddress=m@evil.example", "DNS:web.example",
+         "subject e-mail address m@evil.example is outside the name constraints of "
+         "CN=Constrained Root,O=Example Corp (permitted: email corp.example)"),
+        (("ed25519",), f"{_KU}nameConstraints = critical,excluded;email:evil.example",
+         "/CN=web.example/emailAddress=m@evil.example", "DNS:web.example",
+         "subject e-mail address m@evil.example is excluded by the name constraints of "
+         "CN=Constrained Root,O=Example Corp (email evil.example)"),
+        (("ed25519",), f"{_KU}nameConstraints = critical,permitted;email:corp.example",
+         "/CN=web.example/emailAddress=alice@corp.example", "DNS:web.example", None),
     ],
 )  # fmt: skip
 def test_verify_holds_name_constraints_as_openssl_does(

@@ -23,6 +23,7 @@ __all__ = [
     "check_name_constraints",
     "describe_general_name",
     "name_constraints_of",
+    "subject_emails",
 ]
 
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -52,7 +53,9 @@ def check_name_constraints(
     """Refuse a subject or SAN outside the permitted, or inside the excluded, subtrees.
 
     As OpenSSL does, a host-like common name counts as a DNS name when there is no DNS SAN
-    (``common_name_as_host``; OpenSSL does it for the leaf only).
+    (``common_name_as_host``; OpenSSL does it for the leaf only), and an emailAddress
+    attribute of the subject is held to the e-mail constraints as an e-mail SAN is, SANs or
+    not (RFC 5280 4.2.1.10 allows it; OpenSSL's NAME_CONSTRAINTS_check does it).
 
     Args:
         constraints: the constraints to hold the names to.
@@ -71,6 +74,7 @@ def check_name_constraints(
         *(("IP address", str(a), x509.IPAddress) for a in sans.ip),
         *(("e-mail address", e, x509.RFC822Name) for e in sans.email),
         *(("URI", u, x509.UniformResourceIdentifier) for u in sans.uri),
+        *(("subject e-mail address", e, x509.RFC822Name) for e in subject_emails(subject)),
     ]
     if holder is None:
         whose, after = (
@@ -86,6 +90,14 @@ def check_name_constraints(
             _check(what, value, kind, permitted, excluded, whose, after)
         if subject:
             _check("subject", subject, x509.DirectoryName, permitted, excluded, whose, after)
+
+
+def subject_emails(subject: x509.Name) -> list[str]:
+    """The emailAddress attributes of ``subject`` (legacy, but OpenSSL constrains them)."""
+    return [
+        str(attribute.value)
+        for attribute in subject.get_attributes_for_oid(x509.NameOID.EMAIL_ADDRESS)
+    ]
 
 
 def _check(

@@ -14,7 +14,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, PublicKeyAl
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from certctl.errors import InvalidRequest
-from certctl.pki.constraints import check_name_constraints, name_constraints_of
+from certctl.pki.constraints import check_name_constraints, name_constraints_of, subject_emails
 from certctl.pki.names import SubjectAltNames, names_match, validate_dns_name
 
 __all__ = [
@@ -95,12 +95,14 @@ def verify_certificate(
             verified = builder.build_client_verifier().verify(leaf, list(intermediates))
             if not any_eku_in_cas:  # cryptography's verifier lets anyExtendedKeyUsage through
                 _check_ca_purposes(verified.chain[1:], purpose, any_eku_in_cas=False)
+            _check_subject_emails(verified.chain)
             return VerifiedChain(tuple(verified.chain), purpose, None)
         chain = builder.build_server_verifier(subject).verify(leaf, list(intermediates))
         if not _name_matches(leaf, subject):
             raise _not_in_sans(leaf, str(name))  # matched only by a wildcard clients refuse
         if not any_eku_in_cas:  # cryptography's verifier lets anyExtendedKeyUsage through
             _check_ca_purposes(chain[1:], purpose, any_eku_in_cas=False)
+        _check_subject_emails(chain)
         return VerifiedChain(tuple(chain), purpose, name)
 
     # Copies of one certificate (a bundle concatenated twice) are one candidate: each is
@@ -539,8 +541,9 @@ def _check_name_constraints(chain: Sequence[x509.Certificate]) -> None:
     """Hold each certificate of a path (leaf first) to the name constraints of the CAs above.
 
     RFC 5280 6.1.3 (b), (c) and 6.1.4 (g), as OpenSSL checks them: the subject and SANs of
-    every certificate below a constrained CA, self-issued intermediates excepted, and a
-    host-like common name of the leaf when it has no DNS SAN.
+    every certificate below a constrained CA, self-issued intermediates excepted, an
+    emailAddress attribute of a subject, and a host-like common name of the leaf when it
+    has no DNS SAN.
     """
     for index, ca in enumerate(chain[1:], start=1):
         constraints = name_constraints_of([ca])
@@ -564,6 +567,17 @@ def _check_name_constraints(chain: Sequence[x509.Certificate]) -> None:
                 )
             except InvalidRequest as exc:
                 raise VerificationFailed(f"verification failed: {exc.detail}") from None
+
+
+def _check_subject_emails(chain: Sequence[x509.Certificate]) -> None:
+    """Hold the names of a path cryptography's verifier accepted to OpenSSL's constraints.
+
+    Its verifier does not hold an emailAddress attribute of a subject to a CA's e-mail
+    constraints; OpenSSL does ("permitted subtree violation"). Only a path with such an
+    attribute is checked again, so every other verdict stays cryptography's.
+    """
+    if any(subject_emails(cert.subject) for cert in chain[:-1]):
+        _check_name_constraints(chain)
 
 
 def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
