@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -767,6 +768,149 @@ def test_an_unknown_critical_extension_fails_as_with_openssl(
         and "CA CN=Constrained Root,O=Example Corp in the trust bundle has an unknown "
         f"critical extension ({refused}), which verifiers must refuse",
     )
+
+
+@pytest.fixture(scope="module")
+def rsa_1024_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One RSA-1024 key for every weak chain of the module."""
+    key = tmp_path_factory.mktemp("weak") / "rsa1024.key"
+    ok(run("openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024",
+           "-out", key))  # fmt: skip
+    return key
+
+
+def _openssl_path(
+    d: Path, links: Sequence[tuple[str, Path | None, str]], leaf_extensions: str
+) -> tuple[Path, tuple[str | Path, ...], Path]:
+    """The root, ``-untrusted`` options for the CAs between, and the leaf, made by openssl.
+
+    ``links``: (subject CN, key file or None for a new P-256 key, digest the certificate is
+    signed with), root first and leaf last.
+    """
+    config = d / "ext.cnf"
+    config.write_text(
+        "[req]\ndistinguished_name = dn\n[dn]\n"
+        f"[leaf]\n{leaf_extensions}\n[ca]\nbasicConstraints = critical,CA:TRUE\n{_ROOT_KU}"
+    )
+    crts: list[Path] = []
+    for depth, (cn, key, digest) in enumerate(links):
+        keyfile, crt = d / f"{depth}.key", d / f"{depth}.crt"
+        keyopts = ("-key", key) if key else (*EC_P256, "-nodes", "-keyout", keyfile)
+        keyfile = key or keyfile
+        section = "leaf" if depth == len(links) - 1 else "ca"
+        if not crts:
+            ok(
+                run(
+                    "openssl",
+                    "req",
+                    "-x509",
+                    *keyopts,
+                    "-out",
+                    crt,
+                    "-subj",
+                    f"/CN={cn}",
+                    f"-{digest}",
+                    "-days",
+                    "30",
+                    "-config",
+                    config,
+                    "-extensions",
+                    section,
+                )
+            )
+        else:
+            ok(
+                run(
+                    "openssl",
+                    "req",
+                    "-new",
+                    *keyopts,
+                    "-out",
+                    d / "r.csr",
+                    "-subj",
+                    f"/CN={cn}",
+                    "-config",
+                    config,
+                )
+            )
+            ok(run("openssl", "x509", "-req", "-in", d / "r.csr", "-CA", crts[-1],
+                   "-CAkey", d / f"{depth - 1}.key", f"-{digest}", "-days", "10",
+                   "-extfile", config, "-extensions", section, "-out", crt))  # fmt: skip
+        if key:
+            (d / f"{depth}.key").write_bytes(key.read_bytes())
+        crts.append(crt)
+    untrusted: tuple[str | Path, ...] = ()
+    if len(crts) > 2:
+        (d / "inter.pem").write_text("".join(c.read_text() for c in crts[1:-1]))
+        untrusted = ("-untrusted", d / "inter.pem")
+    return crts[0], untrusted, crts[-1]
+
+
+_LEVEL_2 = (
+    "which TLS clients refuse at OpenSSL security level 2 (Debian's default; openssl verify "
+    "-auth_level 2): RSA keys need 2048 bits"
+)
+_SHA1 = (
+    "with SHA-1, which OpenSSL 3 refuses from security level 1 on (openssl verify "
+    "-auth_level 1): reissue it with SHA-256"
+)
+
+
+@pytest.mark.parametrize(
+    ("links", "aki", "openssl_says", "certctl_says"),
+    [
+        # certctl's own path check (a leaf without authorityKeyIdentifier) checked no key
+        # size or digest: these verified OK. cryptography's verifier refused the weak CA
+        # key without naming it ("candidates exhausted: RSA key is too weak"), let a weak
+        # leaf key through, and a SHA-1 signature was "another key, same name".
+        ((("Weak Root", "rsa1024", "sha256"), ("web", None, "sha256")), _WITH_AKI,
+         "CA certificate key too weak",
+         f"CA CN=Weak Root in the trust bundle has a 1024-bit RSA key, {_LEVEL_2}"),
+        ((("Weak Root", "rsa1024", "sha256"), ("web", None, "sha256")), _NO_AKI,
+         "CA certificate key too weak",
+         f"CA CN=Weak Root in the trust bundle has a 1024-bit RSA key, {_LEVEL_2}"),
+        ((("Root", None, "sha256"), ("web", "rsa1024", "sha256")), _WITH_AKI,
+         "EE certificate key too weak",
+         f"certificate CN=web has a 1024-bit RSA key, {_LEVEL_2}"),
+        ((("Root", None, "sha256"), ("web", None, "sha1")), _WITH_AKI,
+         "CA signature digest algorithm too weak", f"CA CN=Root signed CN=web {_SHA1}"),
+        ((("Root", None, "sha256"), ("web", None, "sha1")), _NO_AKI,
+         "CA signature digest algorithm too weak", f"CA CN=Root signed CN=web {_SHA1}"),
+        ((("Root", None, "sha256"), ("Inter", None, "sha1"), ("web", None, "sha256")),
+         _NO_AKI, "CA signature digest algorithm too weak",
+         f"CA CN=Root signed CN=Inter {_SHA1}"),
+        # A trust anchor's own signature is not checked: openssl accepts a SHA-1 root.
+        ((("Root", None, "sha1"), ("web", None, "sha256")), _NO_AKI, "OK", None),
+        ((("Root", None, "sha1"), ("web", None, "sha256")), _WITH_AKI, "OK", None),
+    ],
+)  # fmt: skip
+def test_a_weak_key_or_digest_fails_as_with_openssl_at_security_level_2(
+    tmp_path: Path,
+    rsa_1024_key: Path,
+    links: tuple[tuple[str, str | None, str], ...],
+    aki: str,
+    openssl_says: str,
+    certctl_says: str | None,
+) -> None:
+    # Plain `openssl verify` checks no security level; TLS clients do, at the library's
+    # default (2 on Debian: `openssl version -a` shows OPENSSL_TLS_SECURITY_LEVEL=2), and
+    # so does cryptography's verifier for CA keys. certctl answers as those clients.
+    keyed = [(cn, rsa_1024_key if key else None, digest) for cn, key, digest in links]
+    ca, untrusted, cert = _openssl_path(tmp_path, keyed, _SERVER_LEAF + aki)
+    reference = run("openssl", "verify", "-auth_level", "2", "-purpose", "sslserver",
+                    "-CAfile", ca, *untrusted, cert)  # fmt: skip
+    assert openssl_says in reference.stdout + reference.stderr
+    assert (reference.returncode == 0) is (certctl_says is None)
+    result = certctl(
+        "verify", "--ca", ca, *(("--untrusted", untrusted[1]) if untrusted else ()), cert
+    )
+    if certctl_says is None:
+        assert (result.code, result.err) == (0, "")
+    else:
+        assert (result.code, result.err) == (
+            1,
+            f"certctl: error: verification failed: {certctl_says}\n",
+        )
 
 
 def _openssl_ca_sign(

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, PublicKeyAlgorithmOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
@@ -96,6 +97,7 @@ def verify_certificate(
             if not any_eku_in_cas:  # cryptography's verifier lets anyExtendedKeyUsage through
                 _check_ca_purposes(verified.chain[1:], purpose, any_eku_in_cas=False)
             _check_subject_emails(verified.chain)
+            _check_path_strength(verified.chain)
             return VerifiedChain(tuple(verified.chain), purpose, None)
         chain = builder.build_server_verifier(subject).verify(leaf, list(intermediates))
         if not _name_matches(leaf, subject):
@@ -103,6 +105,7 @@ def verify_certificate(
         if not any_eku_in_cas:  # cryptography's verifier lets anyExtendedKeyUsage through
             _check_ca_purposes(chain[1:], purpose, any_eku_in_cas=False)
         _check_subject_emails(chain)
+        _check_path_strength(chain)
         return VerifiedChain(tuple(chain), purpose, name)
 
     # Copies of one certificate (a bundle concatenated twice) are one candidate: each is
@@ -177,7 +180,7 @@ _WEB_PKI_ONLY = re.compile(
 _CONSTRAINT_FORMS = re.compile(r"malformed DNS name constraint: |unsupported name constraint type")
 _UNNAMED_FAILURE = re.compile(
     r"Neither EKU nor anyEKU could be found|name constraint matched SAN"
-    r"|path length constraint violated"
+    r"|path length constraint violated|RSA key is too weak"
 )
 _EKU_FOR = {"server": ExtendedKeyUsageOID.SERVER_AUTH, "client": ExtendedKeyUsageOID.CLIENT_AUTH}
 
@@ -385,9 +388,11 @@ def _verify_rfc5280(
     current = leaf
     for _ in range(8):
         if current in trust and is_self_signed(current):
+            _check_path_strength(chain)
             return VerifiedChain(tuple(chain), purpose, name)  # trusted as it is
         for anchor in trust:
             if _issued_by(current, anchor):
+                _check_path_strength((*chain, anchor))
                 _check_window(anchor, now, _anchor_name(anchor))
                 _check_critical_extensions(anchor, _anchor_name(anchor))
                 _check_path_lengths((*chain, anchor))
@@ -765,6 +770,10 @@ def _missing_link(
         if named:
             signers = [c for c in named if _signs(c, current)]
             if not signers:
+                reasons = (_weakly_signed(c, current) for c in named)
+                found = next((reason for reason in reasons if reason is not None), None)
+                if found is not None:
+                    return found
                 return (
                     f"{issuer} in the trust bundle did not sign {subject} (a CA of the same "
                     "name with another key: is the trust bundle out of date?)"
@@ -787,6 +796,9 @@ def _missing_link(
                 "the intermediates"
             )
         if not _signs(parent, current):
+            weak = _weakly_signed(parent, current)
+            if weak is not None:
+                return weak
             return f"intermediate {issuer} did not sign {subject} (another key, same name)"
         problem = _window_problem(parent, now)
         if problem is not None:
@@ -794,6 +806,80 @@ def _missing_link(
         pool.remove(parent)
         current = parent
     return None
+
+
+# OpenSSL's security level 2 (112-bit security), the default of Debian's build and so of
+# nginx, curl and Python's ssl there (OPENSSL_TLS_SECURITY_LEVEL=2 in `openssl version -a`).
+# cryptography's verifier already refuses a CA key below it, though not a leaf's.
+_MIN_KEY_BITS: tuple[tuple[type[object], str, int], ...] = (
+    (rsa.RSAPublicKey, "RSA", 2048),
+    (dsa.DSAPublicKey, "DSA", 2048),
+    (ec.EllipticCurvePublicKey, "EC", 224),
+)
+# Digests OpenSSL 3 refuses in a signature from security level 1 on (SHA-1 counts as less
+# than 80 bits since 3.0); a trust anchor's signature on itself is not checked.
+_WEAK_DIGESTS = {"sha1": "SHA-1", "md5": "MD5"}
+
+
+def _check_path_strength(chain: Sequence[x509.Certificate]) -> None:
+    """Refuse a path (leaf first, anchor last) holding a key TLS clients find too weak.
+
+    Plain ``openssl verify`` checks no security level; ``-auth_level 2`` and every TLS
+    client at Debian's default level refuse "CA certificate key too weak" (error 67) and
+    "EE certificate key too weak" (66). certctl's own path check looked at no key size.
+    """
+    for depth, cert in enumerate(chain):
+        subject = cert.subject.rfc4514_string()
+        if not depth:
+            what = f"certificate {subject}"
+        elif depth == len(chain) - 1:
+            what = _anchor_name(cert)
+        else:
+            what = _intermediate_name(cert)
+        try:
+            key = cert.public_key()
+        except (UnsupportedAlgorithm, ValueError):
+            continue  # a key cryptography cannot load fails where its signature is checked
+        for kind, label, bits in _MIN_KEY_BITS:
+            size = getattr(key, "key_size", None)
+            if isinstance(key, kind) and isinstance(size, int) and size < bits:
+                raise VerificationFailed(
+                    f"verification failed: {what} has a {size}-bit {label} key, which TLS "
+                    "clients refuse at OpenSSL security level 2 (Debian's default; openssl "
+                    f"verify -auth_level 2): {label} keys need {bits} bits"
+                )
+
+
+def _weakly_signed(parent: x509.Certificate, child: x509.Certificate) -> str | None:
+    """Why ``parent`` is no issuer of ``child`` if it signed it with a weak digest, or None.
+
+    cryptography will not check a SHA-1 or MD5 signature ("Unsupported signature
+    algorithm"), so such a CA passed for "another key, same name"; OpenSSL 3 refuses it
+    ("CA signature digest algorithm too weak", error 68) from security level 1 on.
+    """
+    try:
+        algorithm = child.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        return None
+    if algorithm is None or algorithm.name not in _WEAK_DIGESTS:
+        return None
+    key = parent.public_key()
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(child.signature, child.tbs_certificate_bytes, padding.PKCS1v15(), algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(algorithm))
+        elif isinstance(key, dsa.DSAPublicKey):
+            key.verify(child.signature, child.tbs_certificate_bytes, algorithm)
+        else:
+            return None
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
+        return None
+    return (
+        f"CA {parent.subject.rfc4514_string()} signed {child.subject.rfc4514_string()} with "
+        f"{_WEAK_DIGESTS[algorithm.name]}, which OpenSSL 3 refuses from security level 1 on "
+        "(openssl verify -auth_level 1): reissue it with SHA-256"
+    )
 
 
 def _same_encoding(a: x509.Name, b: x509.Name) -> bool:
