@@ -41,6 +41,7 @@ from certctl.server.config import ServerConfig, split_host_port
 from certctl.server.handshake_failures import REASONS as HANDSHAKE_FAILURE_REASONS
 from certctl.server.handshake_failures import HandshakeFailures
 from certctl.server.logs import configure_logging
+from certctl.server.outage import OutageLog
 from certctl.server.scheduler import Scheduler
 from certctl.server.tls import (
     ServerTLS,
@@ -121,7 +122,7 @@ async def _periodic(interval_s: float, work: Callable[[], Any], what: str) -> No
     # A database outage fails every pass of every worker: one line when it starts (and when
     # its reason changes) and one when it ends, not a traceback every ``interval_s``. So does
     # any error certctl raises on purpose; only bugs keep their traceback.
-    outage: str | None = None
+    outage = OutageLog(log, what, interval_s, f"{what} works again")
     while True:
         await asyncio.sleep(interval_s)
         try:
@@ -130,23 +131,18 @@ async def _periodic(interval_s: float, work: Callable[[], Any], what: str) -> No
             fault = storage_error(exc)
             if fault is None:
                 log.exception("%s failed; will retry", what)
-            elif fault.detail != outage:
-                log.warning("%s failed: %s; retrying every %.0f s", what, fault.detail, interval_s)
-                outage = fault.detail
+            else:
+                outage.failed(fault.detail)
             continue
         except CertctlError as exc:
             # A failure certctl names (the Kubernetes API unreachable or refusing the CA
             # Secret, RBAC not there yet): its reason once, not a traceback every pass.
-            if exc.detail != outage:
-                log.warning("%s failed: %s; retrying every %.0f s", what, exc.detail, interval_s)
-                outage = exc.detail
+            outage.failed(exc.detail)
             continue
         except Exception:
             log.exception("%s failed; will retry", what)
             continue
-        if outage is not None:
-            log.info("%s works again", what)
-            outage = None
+        outage.worked()
 
 
 def _kube_connection(config: ServerConfig) -> KubeConnection:

@@ -20,6 +20,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from certctl.errors import NotFound
+from certctl.server.outage import OutageLog
 from certctl.services import tls_services
 from certctl.services.context import Services
 from certctl.services.notify import Webhook, dispatch_pending
@@ -316,7 +317,7 @@ class Scheduler:
         one warning when it starts (and when its reason changes) and one line when a pass
         works again, as server.run's other periodic passes: not a traceback every pass.
         """
-        outage: str | None = None
+        outage = OutageLog(log, "reconcile pass", self.interval_s, "reconcile passes work again")
         while True:
             # Cleared before the pass, not after: a wake() while it runs (the next document
             # of an apply, a client added) is then seen at once instead of waiting a whole
@@ -328,19 +329,12 @@ class Scheduler:
                 fault = storage_error(exc)
                 if fault is None:
                     log.exception("scheduler tick failed")
-                elif fault.detail != outage:
-                    log.warning(
-                        "reconcile pass failed: %s; retrying every %.0f s",
-                        fault.detail,
-                        self.interval_s,
-                    )
-                    outage = fault.detail
+                else:
+                    outage.failed(fault.detail)
             except Exception:
                 log.exception("scheduler tick failed")
             else:
-                if outage is not None:
-                    log.info("reconcile passes work again")
-                    outage = None
+                outage.worked()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
             except TimeoutError:
