@@ -41,6 +41,7 @@ __all__ = [
     "BACKDATE",
     "CertificateAuthority",
     "IssuedCertificate",
+    "KeyMismatch",
     "NameHint",
     "create_root_ca",
     "keys_match",
@@ -50,6 +51,14 @@ __all__ = [
 BACKDATE = timedelta(minutes=5)
 LEAF_WARN_BELOW = timedelta(days=60)
 CA_WARN_BELOW = timedelta(days=90)
+
+
+class KeyMismatch(InvalidRequest):
+    """The CA private key is not the one of the CA certificate.
+
+    Its own type so a caller loading a *stored* CA can tell the store's fault (a certificate
+    changed in the database) from what an import refuses as the request's.
+    """
 
 
 @dataclass(frozen=True)
@@ -121,7 +130,7 @@ class CertificateAuthority:
                 "use an RSA (rsaEncryption), EC or Ed25519 CA key"
             )
         if not keys_match(self.private_key, self.certificate):
-            raise InvalidRequest("CA private key does not match the CA certificate")
+            raise KeyMismatch("CA private key does not match the CA certificate")
         try:
             constraints = self.certificate.extensions.get_extension_for_class(
                 x509.BasicConstraints

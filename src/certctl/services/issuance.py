@@ -16,7 +16,6 @@ from typing import Any, NoReturn, Protocol, cast
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from sqlalchemy import (
     Connection,
     Integer,
@@ -57,7 +56,7 @@ from certctl.pki import (
     sign_csr,
 )
 from certctl.pki.crl import RevokedEntry, create_crl
-from certctl.pki.issue import BACKDATE, IssuedCertificate, NameHint
+from certctl.pki.issue import BACKDATE, IssuedCertificate, KeyMismatch, NameHint
 from certctl.pki.keys import signature_verifies, unreadable_key
 from certctl.pki.names import SAN_KINDS, san_search_forms
 from certctl.pki.profiles import Profile
@@ -549,7 +548,6 @@ def load_issuer_state(
         # just now, so these are the very bytes certctl checked.
         key = serialization.load_der_private_key(key_der, None, unsafe_skip_rsa_key_validation=True)
         cert = x509.load_pem_x509_certificate(row.certificate_pem.encode())
-        _refuse_foreign_certificate(issuer_id, key, cert)
         chain = (
             tuple(x509.load_pem_x509_certificates(row.chain_pem.encode())) if row.chain_pem else ()
         )
@@ -561,6 +559,17 @@ def load_issuer_state(
             revoked = _revoked_above(session, cert, chain)
     try:
         ca = CertificateAuthority(cert, key, chain)  # type: ignore[arg-type]  # issuer keys only
+    except KeyMismatch:
+        # The key is authenticated by the key-encryption key (AES-GCM, bound to the issuer
+        # id); the certificate is a plain column. Whoever can write to the database alone
+        # could put another CA's certificate there, and certctl would sign leaves naming
+        # that CA as their issuer.
+        _refuse_stored_certificate(
+            issuer_id,
+            cert,
+            f"its key does not match its certificate ({_subject(cert)}), which was changed "
+            "in the database outside certctl",
+        )
     except InvalidRequest as exc:
         # Not a CA, no BasicConstraints, an RSA-PSS key: what an import refuses with 400
         # (the request's fault). Stored, it is the store's state, not the caller's request.
@@ -575,32 +584,6 @@ log = logging.getLogger("certctl.services")
 # (issuer id, certificate) pairs already logged by _refuse_stored_certificate: its ERROR once
 # per process, not once per refused request (nothing is cached, so each one loads it again).
 _FOREIGN_LOGGED: set[tuple[str, bytes]] = set()
-
-
-def _refuse_foreign_certificate(
-    issuer_id: str, key: PrivateKeyTypes, cert: x509.Certificate
-) -> None:
-    """409 (and an ERROR) for an issuer whose stored certificate does not hold its key.
-
-    The key is authenticated by the key-encryption key (AES-GCM, bound to the issuer id);
-    the certificate is a plain column. Whoever can write to the database alone could put
-    another CA's certificate there, and certctl would sign leaves naming that CA as their
-    issuer. Checked once per load into the per-process cache (~10 µs for an EC key, less
-    for RSA: the public halves compared, no signing), never per request. A refusal, not
-    the 400 "CA private key does not match the CA certificate" the CA's own check
-    (``CertificateAuthority``) answered: the caller's request is not at fault, the store is.
-
-    Raises:
-        Conflict: the certificate's public key is not the issuer's key.
-    """
-    if key.public_key() == cert.public_key():
-        return
-    _refuse_stored_certificate(
-        issuer_id,
-        cert,
-        f"its key does not match its certificate ({_subject(cert)}), which was changed in the "
-        "database outside certctl",
-    )
 
 
 def _subject(cert: x509.Certificate) -> str:
