@@ -304,9 +304,14 @@ def test_the_url_path_and_query_are_never_logged_nor_stored(
     webhook = Webhook(origin + secret_url, SECRET, timeout_s=5)
     down = Webhook("http://127.0.0.1:9" + secret_url, SECRET, timeout_s=2)
     receiver.fail_first = 1
-    # certctl's own lines. (httpx's INFO line quotes the whole URL: certctl serve sets that
-    # logger to WARNING, server/run.py.)
-    with caplog.at_level(logging.DEBUG, "certctl"):
+    # Every logger at DEBUG, httpx's and httpcore's too, as a logging configuration of the
+    # user's may set them. Before: httpx's INFO line quoted the whole URL, hidden only by
+    # certctl serve setting that logger to WARNING.
+    with (
+        caplog.at_level(logging.DEBUG),
+        caplog.at_level(logging.DEBUG, "httpx"),
+        caplog.at_level(logging.DEBUG, "httpcore"),
+    ):
         assert dispatch_pending(env.services, webhook) == 1  # a: HTTP 500, b: delivered
         env.clock.advance(seconds=60)
         env.put(service_doc("c"))
@@ -320,6 +325,8 @@ def test_the_url_path_and_query_are_never_logged_nor_stored(
         assert part not in logged, logged
     # The receiver is named all the same: which one failed is what an operator asks first.
     assert f"to {origin} failed (HTTP 500)" in caplog.text
+    # httpx's own line is still there, naming the receiver alone.
+    assert f'HTTP Request: POST {origin} "HTTP/1.0 200 OK"' in caplog.text, caplog.text
     assert "to http://127.0.0.1:9 failed (ConnectError)" in caplog.text
     assert "webhook receiver http://127.0.0.1:9 unreachable; 1 more events wait" in caplog.text
 

@@ -677,8 +677,8 @@ def serve(config: ServerConfig) -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None
-    # httpx logs every Kubernetes API call (TokenReview, Secret writes) at INFO, and every
-    # webhook POST with its whole URL, whose path or query may hold the receiver's token.
+    # httpx logs every Kubernetes API call (TokenReview, Secret writes) at INFO. (Webhook
+    # POSTs are logged by receiver alone whatever this level: services/notify.py.)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     _refuse_plain_http_beyond_loopback(config)
     mode = config.tls.mode

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
@@ -314,6 +315,34 @@ def dispatch_pending(
         loop.close()
 
 
+if TYPE_CHECKING:  # httpx is imported where a request is made: it is slow to import
+    import httpx
+
+
+def _url_hidden_from_log(inner: httpx.AsyncBaseTransport, shown: str) -> httpx.AsyncBaseTransport:
+    """``inner``, leaving each request's URL as ``shown`` once the answer's headers are in.
+
+    httpx logs every request's whole URL at INFO right after its transport returns, and
+    the URL's path or query may hold the receiver's token (Slack's ``/services/T…/B…/<secret>``):
+    this way the line names the receiver alone, whatever level a logging configuration gives
+    the ``httpx`` logger (certctl serve sets WARNING; another caller or the user may not).
+    """
+    import httpx
+
+    class UrlHidden(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await inner.handle_async_request(request)
+            # Sent already: the request is not used again but for httpx's log line (and its
+            # cookie jar, which this client never sends from).
+            request.url = httpx.URL(shown)
+            return response
+
+        async def aclose(self) -> None:
+            await inner.aclose()
+
+    return UrlHidden()
+
+
 async def _send(
     services: Services,
     webhook: Webhook,
@@ -326,11 +355,13 @@ async def _send(
     delivered = 0
     keys = webhook.keys()  # once a pass, as the CAs: every event of it signed alike
     # trust_env off: no proxy, CA bundle or credentials from the environment, as kubeapi.
+    transport = httpx.AsyncHTTPTransport(
+        verify=webhook.verify(), trust_env=False, proxy=webhook.proxy
+    )
     async with httpx.AsyncClient(
         timeout=webhook.timeout_s,
         trust_env=False,
-        proxy=webhook.proxy,
-        verify=webhook.verify(),
+        transport=_url_hidden_from_log(transport, webhook.receiver),
     ) as client:
         for index, event in enumerate(pending):
             if leading is not None and not leading():
