@@ -7,7 +7,7 @@ in its /64, which blocks the whole /64 after ``NETWORK_FACTOR`` times ``limit`` 
 host or subscriber is handed a /64, and could otherwise use a fresh address for every guess.
 State is in memory, per process, and bounded: at most ``max_sources`` addresses and networks
 are tracked (when full, those with no failure left in the window are dropped, then the one
-seen first), and a new one costs the same however full the table is.
+that failed least recently), and a new one costs the same however full the table is.
 """
 
 from __future__ import annotations
@@ -83,13 +83,14 @@ class AuthFailureLimiter:
         self.window_s = window_s
         self.max_sources = max_sources
         self._clock = clock
-        # Two orders of one set of units, each dropped from its front in O(1) (a dict's front
-        # is found by skipping the slots deleted before it): ``_failures`` in the order units
-        # were first seen, ``_last_failed`` in the order of their latest failure (the stale
-        # first, as the clock is monotonic). A full table scanned every unit for stale ones
-        # instead: each new address then cost ``max_sources`` steps on the event loop.
+        # In the order of each unit's latest failure, the stale first (the clock is
+        # monotonic): a full table drops from its front in O(1). A full table scanned every
+        # unit for stale ones once: each new address then cost ``max_sources`` steps on the
+        # event loop. With nothing stale it dropped the unit seen first, however recently it
+        # failed: filling the table with fresh addresses wiped the count of one still
+        # guessing. The unit quiet the longest is now dropped: to wipe a count, every other
+        # unit of the table must fail after it (each failure a guess of its own).
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        self._last_failed: OrderedDict[str, None] = OrderedDict()
         # address → monotonic time the block ends; in that order, as every block is one window
         self._blocked: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
@@ -133,11 +134,10 @@ class AuthFailureLimiter:
             self._make_room(now)
             times = self._failures[unit] = deque(maxlen=limit)
         times.append(now)
-        self._last_failed[unit] = None
-        self._last_failed.move_to_end(unit)
+        self._failures.move_to_end(unit)
         if len(times) < limit or times[0] <= now - self.window_s:
             return None
-        del self._failures[unit], self._last_failed[unit]
+        del self._failures[unit]
         self._blocked[unit] = now + self.window_s
         while len(self._blocked) > self.max_sources:
             self._blocked.popitem(last=False)  # the block that ends first
@@ -148,11 +148,10 @@ class AuthFailureLimiter:
             return
         horizon = now - self.window_s
         # Every stale unit, each looked at once: the scan stops at the first that is not.
-        while self._last_failed:
-            stale = next(iter(self._last_failed))
-            if self._failures[stale][-1] > horizon:
+        while self._failures:
+            stale, times = next(iter(self._failures.items()))
+            if times[-1] > horizon:
                 break
-            del self._failures[stale], self._last_failed[stale]
+            del self._failures[stale]
         while len(self._failures) >= self.max_sources:
-            seen_first, _ = self._failures.popitem(last=False)
-            del self._last_failed[seen_first]
+            self._failures.popitem(last=False)  # the one quiet the longest

@@ -62,7 +62,9 @@ def test_memory_is_bounded() -> None:
     assert len(limiter._failures) <= 100
 
 
-def test_a_full_table_drops_the_stale_first_then_the_address_seen_first() -> None:
+def test_a_full_table_drops_the_stale_first_then_the_least_recently_failing() -> None:
+    """Before: with nothing stale, the address seen first was dropped however recently it
+    failed, so filling the table with fresh addresses wiped the count of one still guessing."""
     clock = Clock()
     limiter = AuthFailureLimiter(3, 10, max_sources=3, clock=clock)
     for source in ("a", "b", "c"):
@@ -72,10 +74,14 @@ def test_a_full_table_drops_the_stale_first_then_the_address_seen_first() -> Non
     limiter.record_failure("a")
     clock.now = 1011.5  # b (failed at 1001) has left the window; c (1002) has not
     limiter.record_failure("d")
-    assert list(limiter._failures) == ["a", "c", "d"]
-    # Nothing stale: the address seen first goes, however recently it failed.
+    assert set(limiter._failures) == {"a", "c", "d"}
+    # Nothing stale: c goes, quiet since 1002; a, failing at 1009, keeps its count.
     limiter.record_failure("e")
-    assert list(limiter._failures) == ["c", "d", "e"]
+    assert set(limiter._failures) == {"a", "d", "e"}
+    clock.now = 1012
+    assert limiter.record_failure("a") is False  # 1000 has left the window: 1009, 1012
+    assert limiter.record_failure("a") is True  # the third within it
+    limiter.record_failure("g")  # full again: d, e, g
     # Everything stale goes at once, not only what makes room for one.
     clock.now = 1100
     limiter.record_failure("f")
