@@ -691,12 +691,86 @@ def test_postgres_replicas(render: Callable[..., Rendered]) -> None:
     assert ("Secret", "certctl-database") not in existing
 
 
-def test_the_database_pool_size_reaches_the_server(render: Callable[..., Rendered]) -> None:
-    """database.poolSize: a budget that fits PostgreSQL's max_connections (docs/kubernetes.md)."""
-    default = ServerConfig.model_validate(server_config(render(POSTGRES)))
-    assert default.database_pool_size == 34
-    smaller = render(merged(POSTGRES, {"database": {"poolSize": 24}}))
-    assert ServerConfig.model_validate(server_config(smaller)).database_pool_size == 24
+def _pool(objects: Rendered) -> int:
+    return ServerConfig.model_validate(server_config(objects)).database_pool_size
+
+
+def _pg(replicas: int, **database: Any) -> dict[str, Any]:
+    return merged(POSTGRES, {"replicaCount": replicas, "database": database})
+
+
+@pytest.mark.parametrize(
+    ("values", "pool"),
+    [
+        # (replicaCount + surge (25 %, rounded up)) × workers × (pool + 1) <= 100 - 13.
+        (_pg(1), 34),  # 2 pods: 43 each; the pool's ceiling (a thread each) is 34
+        (_pg(2), 28),  # 3 pods × 29 = 87: before, 34 (3 × 35 = 105 > 100)
+        (_pg(3), 20),  # 4 pods × 21 = 84
+        (_pg(8), 7),  # 10 pods × 8 = 80
+        (merged(_pg(2), {"server": {"extraConfig": {"workers": 2}}}), 13),  # 6 × 14 = 84
+        (_pg(3, maxConnections=500), 34),
+        (_pg(3, maxConnections=150, reservedConnections=30), 29),  # 4 × 30 = 120
+        (_pg(3, poolSize=20), 20),  # set, and fits
+        (_pg(3, poolSize=34, maxConnections=0), 34),  # 0: not checked
+        (_pg(3, maxConnections=0), 34),
+        ({}, 34),  # SQLite: no PostgreSQL connections to count
+        ({"replicaCount": 0, "database": POSTGRES["database"]}, 34),
+    ],
+    ids=[
+        "one-replica",
+        "two-replicas",
+        "three-replicas",
+        "eight-replicas",
+        "two-workers",
+        "larger-server",
+        "reserved",
+        "set-and-fits",
+        "unchecked",
+        "unchecked-default",
+        "sqlite",
+        "stopped",
+    ],
+)
+def test_the_database_pool_fits_postgresqls_max_connections(
+    render: Callable[..., Rendered], values: dict[str, Any], pool: int
+) -> None:
+    """Before: every pod's pool was 34, so 2 replicas and the pod a rolling update adds held
+    up to 105 connections under load, beyond PostgreSQL's default max_connections (100): the
+    database refused connections (``too many clients``) to the new pod and the old ones."""
+    assert _pool(render(values)) == pool
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            _pg(2, poolSize=34),
+            "database.poolSize 34: 3 server processes during a rolling update (replicaCount 2 "
+            "+ 1 surge, × 1 workers) hold up to 105 PostgreSQL connections (poolSize + 1 "
+            "each), beyond the 87 of database.maxConnections 100 less reservedConnections 13: "
+            "set poolSize 28 or less (0 sizes it), or raise PostgreSQL's max_connections and "
+            "database.maxConnections",
+        ),
+        (
+            _pg(20),
+            "database.maxConnections 100: 25 server processes during a rolling update "
+            "(replicaCount 20 + 5 surge, × 1 workers) need at least 100 PostgreSQL "
+            "connections (a pool of 3 + 1 each), beyond the 87 left after "
+            "reservedConnections 13: raise PostgreSQL's max_connections and "
+            "database.maxConnections, or run fewer replicas or workers",
+        ),
+        (
+            {"server": {"extraConfig": {"database-pool-size": 50}}},
+            "server.extraConfig.database-pool-size is set by the chart: use database.poolSize",
+        ),
+    ],
+    ids=["set-too-large", "too-many-replicas", "extra-config"],
+)
+def test_a_pool_beyond_max_connections_is_refused(
+    chart: Any, helm: Any, values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmError, match=re.escape(message)):
+        chart.render(values, name="certctl", namespace=NAMESPACE, is_install=True)
 
 
 def test_kubernetes_auth_rbac(render: Callable[..., Rendered]) -> None:

@@ -101,6 +101,38 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.persistence.enabled (not (include "certctl.usesPostgres" .)) }}true{{ end }}
 {{- end }}
 
+{{/* database-pool-size: database.poolSize, or (0) the largest up to 34 that fits; refused
+     when the pods of a rolling update could hold more connections than PostgreSQL takes
+     (it then refuses new ones, "too many clients", to the new pod and the old alike). */}}
+{{- define "certctl.poolSize" -}}
+{{- $db := .Values.database }}
+{{- $pool := int $db.poolSize }}
+{{- $max := int $db.maxConnections }}
+{{- $replicas := int .Values.replicaCount }}
+{{- if and (include "certctl.usesPostgres" .) $max (gt $replicas 0) }}
+{{- /* No volume with PostgreSQL: a RollingUpdate, Kubernetes' default maxSurge 25 %. */}}
+{{- $surge := div (add $replicas 3) 4 }}
+{{- $workers := int (dig "workers" 1 (default (dict) .Values.server.extraConfig)) }}
+{{- $processes := mul (add $replicas $surge) $workers }}
+{{- $reserved := int $db.reservedConnections }}
+{{- $budget := sub $max $reserved }}
+{{- $fits := sub (div $budget $processes) 1 }}
+{{- $who := printf "%d server processes during a rolling update (replicaCount %d + %d surge, × %d workers)" $processes $replicas $surge $workers }}
+{{- if and (not $pool) (lt $fits 3) }}
+{{- fail (printf "database.maxConnections %d: %s need at least %d PostgreSQL connections (a pool of 3 + 1 each), beyond the %d left after reservedConnections %d: raise PostgreSQL's max_connections and database.maxConnections, or run fewer replicas or workers" $max $who (mul $processes 4) $budget $reserved) }}
+{{- else if not $pool }}
+{{- $pool = min 34 $fits }}
+{{- else if gt $pool $fits }}
+{{- $fix := "run fewer replicas or workers" }}
+{{- if ge $fits 3 }}
+{{- $fix = printf "set poolSize %d or less (0 sizes it)" $fits }}
+{{- end }}
+{{- fail (printf "database.poolSize %d: %s hold up to %d PostgreSQL connections (poolSize + 1 each), beyond the %d of database.maxConnections %d less reservedConnections %d: %s, or raise PostgreSQL's max_connections and database.maxConnections" $pool $who (mul $processes (add $pool 1)) $budget $max $reserved $fix) }}
+{{- end }}
+{{- end }}
+{{- default 34 $pool }}
+{{- end }}
+
 {{/* certctl.yaml (DESIGN §3) as a dict, with server.extraConfig merged over it. */}}
 {{- define "certctl.config" -}}
 {{- $ns := .Release.Namespace }}
@@ -124,7 +156,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   "data-dir" "/var/lib/certctl"
   "listen" "0.0.0.0:8443"
   "log-format" .Values.server.logFormat
-  "database-pool-size" (int .Values.database.poolSize)
+  "database-pool-size" (int (include "certctl.poolSize" .))
   "tls" $tls
   "auth" (dict "kubernetes" (dict "enabled" (.Values.auth.kubernetes.enabled | default false)))
 }}
@@ -223,6 +255,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   "metrics.listen" "monitoring.port (the container and Service ports follow it)"
   "metrics.secure" "monitoring.port (its listener keeps the API's TLS: the probes and the ServiceMonitor speak https)"
   "auth.admin-key-secret" "adminKeySecret (its Role follows it)"
+  "database-pool-size" "database.poolSize (checked against database.maxConnections)"
   "auth.kubernetes" "auth.kubernetes.enabled and auth.kubernetes.audiences (the chart also creates the RBAC certctl needs)"
 }}
 {{- range $path, $use := $owned }}
