@@ -224,13 +224,13 @@ def populate(data_dir: Path, n: int) -> None:
     from certctl.pki import certs_to_pem as to_pem
     from certctl.server.bootstrap import bootstrap
     from certctl.server.config import load_config
-    from certctl.services import issuance
+    from certctl.services import issuers
     from certctl.store.models import CertificateRecord
 
     boot = bootstrap(load_config(None, {"data-dir": str(data_dir)}))
     services = boot.services
     try:
-        ca = issuance.load_issuer(services, issuance.DEFAULT_ISSUER)
+        ca = issuers.load_issuer(services, issuers.DEFAULT_ISSUER)
         now = datetime.now(UTC)
         pems = []
         for i in range(64):
@@ -258,7 +258,7 @@ def populate(data_dir: Path, n: int) -> None:
             batch.append(
                 {
                     "id": f"{base + i * 1_000:016x}{i:08x}",
-                    "issuer_id": issuance.DEFAULT_ISSUER,
+                    "issuer_id": issuers.DEFAULT_ISSUER,
                     "serial": f"{0x4000000000000000 + i:x}",
                     "common_name": cn,
                     "subject": f"CN={cn}",

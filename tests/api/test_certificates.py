@@ -29,7 +29,7 @@ from certctl.pki import (
     format_serial,
     generate_private_key,
 )
-from certctl.services import issuance
+from certctl.services import certificates, crls, issuance, issuers
 from certctl.services.context import Principal, Services
 from certctl.store.db import create_store_engine, session_factory, unicode_lower
 from certctl.store.models import CertificateRecord
@@ -584,7 +584,7 @@ def test_q_on_postgresql_reads_the_newest_rows_first_when_the_substring_is_frequ
         rows = [
             {
                 "id": f"{i:024x}",
-                "issuer_id": issuance.DEFAULT_ISSUER,
+                "issuer_id": issuers.DEFAULT_ISSUER,
                 "serial": f"{0x4000 + i:x}",
                 "common_name": f"host-{i}.example.com",
                 "subject": f"CN=host-{i}.example.com",
@@ -608,7 +608,7 @@ def test_q_on_postgresql_reads_the_newest_rows_first_when_the_substring_is_frequ
 
         def plan(q: str) -> str:
             statements.clear()
-            issuance.list_certificates(
+            certificates.list_certificates(
                 api.services,
                 reader,
                 status=None,
@@ -696,7 +696,7 @@ def test_crl_says_how_long_a_cache_may_keep_it(api: Api) -> None:
     Before, the public CRL had no Cache-Control: a CDN or proxy in front applied its own
     default (CloudFront: 24 h), hiding a revocation for that long.
     """
-    reuse = int(issuance.CRL_REUSE.total_seconds())
+    reuse = int(crls.CRL_REUSE.total_seconds())
     first = api.get("/api/v1/issuers/default/crl")
     assert first.headers["cache-control"] == f"public, max-age={reuse}"
     api.clock.advance(seconds=240)
@@ -753,11 +753,11 @@ def test_crl_numbers_increase_across_replicas_clock_steps_and_restarts(
 
     started = api.clock()
     numbers = [fetch()]
-    api.clock.advance(seconds=issuance.CRL_REUSE.total_seconds())  # signed anew, not reused
+    api.clock.advance(seconds=crls.CRL_REUSE.total_seconds())  # signed anew, not reused
     numbers.append(fetch())
     behind = replica(-timedelta(hours=1))
     try:
-        der = issuance.crl_for(behind, "default").public_bytes(serialization.Encoding.DER)
+        der = crls.crl_for(behind, "default").public_bytes(serialization.Encoding.DER)
         numbers.append(_crl_number(der, tmp_path))
     finally:
         behind.engine.dispose()
@@ -765,11 +765,11 @@ def test_crl_numbers_increase_across_replicas_clock_steps_and_restarts(
     numbers.append(fetch())
     restarted = replica(timedelta(0))
     try:
-        der = issuance.crl_for(restarted, "default").public_bytes(serialization.Encoding.DER)
+        der = crls.crl_for(restarted, "default").public_bytes(serialization.Encoding.DER)
         numbers.append(_crl_number(der, tmp_path))
     finally:
         restarted.engine.dispose()
-    api.clock.advance(seconds=issuance.CRL_REUSE.total_seconds())
+    api.clock.advance(seconds=crls.CRL_REUSE.total_seconds())
     numbers.append(fetch())
     assert numbers == sorted(set(numbers)), numbers  # strictly increasing
     # Above the numbers the clock gave before (microseconds since the epoch): a client
@@ -826,7 +826,7 @@ def test_an_unchanged_crl_is_served_again_without_a_store_write(api: Api, tmp_pa
     assert reason is x509.ReasonFlags.key_compromise
 
     assert fetch() == compromised
-    api.clock.advance(seconds=issuance.CRL_REUSE.total_seconds())
+    api.clock.advance(seconds=crls.CRL_REUSE.total_seconds())
     later = fetch()
     assert _crl_number(later, tmp_path) > _crl_number(compromised, tmp_path)
 
@@ -1174,7 +1174,7 @@ def test_key_compromise_past_the_limit_is_refused_whole(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """More certificates of one key than a revocation takes: a 409 and nothing revoked."""
-    monkeypatch.setattr(issuance, "_MAX_SAME_KEY", 5)
+    monkeypatch.setattr(certificates, "_MAX_SAME_KEY", 5)
     first = api.post(CERTS, api.admin_key, json={"csr": _csr_pem("old.example.com")[0]}).json()
     chain = _renewed_in_store(api, first, 5)
     before = api.counts()

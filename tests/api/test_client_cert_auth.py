@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from certctl.api.app import ClientCertMapping, create_app
 from certctl.server.tls import client_certificate_extension
-from certctl.services import issuance
+from certctl.services import issuers
 from certctl.store.models import CertificateRecord, Issuer, Role
 from tests._generation import count_generation_reads
 from tests._tools import run
@@ -60,15 +60,15 @@ class Mtls:
     # (statement, sent from the event loop) for every statement since the last clear().
     statements: list[tuple[str, bool]] = field(default_factory=list)
 
-    def present(self, cert_pem: str, *issuers: str, resumed: bool = False) -> None:
-        """Present ``cert_pem``, verified under ``issuers`` (nearest first; None: resumed)."""
+    def present(self, cert_pem: str, *issuer_ids: str, resumed: bool = False) -> None:
+        """Present ``cert_pem``, verified under ``issuer_ids`` (nearest first; None: resumed)."""
         der = x509.load_pem_x509_certificate(cert_pem.encode()).public_bytes(Encoding.DER)
         cas = None
         if not resumed:
             services = self.api.services
             cas = tuple(
-                issuance.load_issuer(services, i).certificate.public_bytes(Encoding.DER)
-                for i in issuers
+                issuers.load_issuer(services, i).certificate.public_bytes(Encoding.DER)
+                for i in issuer_ids
             )
         self.layer.tls = client_certificate_extension(der, cas)
 
@@ -336,7 +336,7 @@ def _unreadable_certificates(api: Api) -> tuple[dict[str, bytes], Any]:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    ca = issuance.load_issuer(api.services, "default")
+    ca = issuers.load_issuer(api.services, "default")
     key = ec.generate_private_key(ec.SECP256R1())
     now = api.clock()
 
@@ -439,7 +439,7 @@ def test_a_client_certificate_openssl_accepts_and_cryptography_cannot_read_is_a_
     # v4): a 500 for every request on the connection, an API key's too.
     api = mtls.api
     unreadable, key = _unreadable_certificates(api)
-    ca = issuance.load_issuer(api.services, "default").certificate
+    ca = issuers.load_issuer(api.services, "default").certificate
     for name, der in unreadable.items():
         assert _seen_by_openssl(ca, der, key, tmp_path) == der, name
         with pytest.raises((ValueError, x509.InvalidVersion)):
@@ -523,7 +523,7 @@ def test_a_mapping_pinned_to_an_issuing_ca_maps_only_certificates_that_ca_signed
     for ca in ("team-a", "team-b"):
         body = {"id": ca, "common_name": "Team CA"}  # one subject for both
         assert api.post("/api/v1/issuers", api.admin_key, json=body).status_code == 201
-    team_a = issuance.load_issuer(api.services, "team-a").certificate
+    team_a = issuers.load_issuer(api.services, "team-a").certificate
     mappings = (
         ClientCertMapping("CN=alice", ("r-pinned",), issuer=team_a),
         ClientCertMapping("CN=*", ("r-mtls",)),  # no pin: as before

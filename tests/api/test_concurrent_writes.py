@@ -18,7 +18,7 @@ from sqlalchemy import Connection, delete, event, insert, select, text, update
 
 from certctl.auth.permissions import PERMISSIONS
 from certctl.errors import CertctlError, Conflict
-from certctl.services import issuance, rbac
+from certctl.services import certificates, rbac
 from certctl.services.context import Principal
 from certctl.store.models import Actor, ApiKey, CertificateRecord, Issuer, Role
 from tests.api.conftest import Api, assert_problem
@@ -333,7 +333,9 @@ def test_key_compromise_revokes_a_renewal_committed_while_it_walked_the_chain(ap
     ) -> None:
         if renewed or not revokes_c(statement, parameters):
             return
-        renewed.append(issuance.renew_certificate(api.services, replica, c["id"], None).record.id)
+        renewed.append(
+            certificates.renew_certificate(api.services, replica, c["id"], None).record.id
+        )
 
     event.listen(api.services.engine, "before_cursor_execute", slip_in)
     try:
@@ -387,7 +389,7 @@ def test_two_key_compromise_revocations_of_one_chain_at_once_leave_one_409(api: 
 
     def revoke(cert_id: str) -> None:
         try:
-            outcomes[cert_id] = issuance.revoke_certificate(
+            outcomes[cert_id] = certificates.revoke_certificate(
                 api.services, replicas[cert_id], cert_id, "keyCompromise"
             )
         except Exception as exc:
@@ -402,8 +404,8 @@ def test_two_key_compromise_revocations_of_one_chain_at_once_leave_one_409(api: 
             thread.join(timeout=60)
     finally:
         event.remove(api.services.engine, "before_cursor_execute", hold_after_the_first_revocation)
-    done = [o for o in outcomes.values() if isinstance(o, issuance.Revocation)]
-    refused = [o for o in outcomes.values() if not isinstance(o, issuance.Revocation)]
+    done = [o for o in outcomes.values() if isinstance(o, certificates.Revocation)]
+    refused = [o for o in outcomes.values() if not isinstance(o, certificates.Revocation)]
     assert len(done) == 1, outcomes
     assert len(refused) == 1, outcomes
     assert isinstance(refused[0], Conflict), refused[0]

@@ -29,7 +29,7 @@ from certctl.pki import (
     key_to_pem,
     verify_certificate,
 )
-from certctl.services import issuance
+from certctl.services import issuer_revocation, issuers, revocation
 from certctl.services.context import Services
 from certctl.store.models import Issuer
 from tests._tools import ok, run
@@ -183,7 +183,7 @@ def test_ca_routes_never_unwrap_the_issuers_key(api: Api) -> None:
     assert r.status_code == 201, r.text
     _damage_key(api, "sealed")
     with pytest.raises(CertctlError, match="cannot unwrap the stored key"):
-        issuance.load_issuer(api.services, "sealed")
+        issuers.load_issuer(api.services, "sealed")
     pem = api.get(f"{ISSUERS}/sealed/ca.pem")
     assert pem.status_code == 200, pem.text
     assert pem.text == r.json()["certificate_pem"]
@@ -204,7 +204,7 @@ def test_an_rsa_issuer_reloaded_from_the_store_signs_with_its_own_key(api: Api) 
     r = api.post(ISSUERS, api.admin_key, json={"id": "rsa-ca", "key_type": "rsa-2048"})
     assert r.status_code == 201, r.text
     api.services.forget_issuer("rsa-ca")  # as a process that has not loaded it yet
-    ca, revoked = issuance.load_issuer_state(api.services, "rsa-ca")
+    ca, revoked = issuers.load_issuer_state(api.services, "rsa-ca")
     assert revoked is None
     assert ca.private_key.public_key() == ca.certificate.public_key()
     leaf = _cert(api.issue(issuer="rsa-ca", common_name="rsa-leaf.example.com")["certificate_pem"])
@@ -281,7 +281,7 @@ def test_an_issuer_whose_stored_certificate_is_no_ca_is_a_conflict_naming_it(
     r = api.post(ISSUERS, api.admin_key, json={"id": "mine", "common_name": "mine CA"})
     assert r.status_code == 201, r.text
     original = api.get(f"{ISSUERS}/mine/ca.pem").text
-    key = issuance.load_issuer(api.services, "mine").private_key
+    key = issuers.load_issuer(api.services, "mine").private_key
     now = datetime.now(UTC)
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "mine CA")])
     builder = (
@@ -407,13 +407,13 @@ def test_ca_routes_follow_a_renewal_elsewhere(api: Api) -> None:
     api.services.forget_issuer("default")  # what this process serves comes from the store
     old = api.get(f"{ISSUERS}/default/ca.der")
     other = Services(api.services.engine, api.services.sessions, api.services.wrapper)
-    ca = issuance.load_issuer(other, "default")
-    renewed, wrote = issuance.renew_root_issuer(
+    ca = issuers.load_issuer(other, "default")
+    renewed, wrote = issuers.renew_root_issuer(
         other, "default", ca, validity=timedelta(days=800), now=api.clock()
     )
     assert wrote
     assert api.get(f"{ISSUERS}/default/ca.der").content == old.content  # not checked yet
-    assert issuance.refresh_cached_issuers(api.services) == ["default"]
+    assert issuers.refresh_cached_issuers(api.services) == ["default"]
     new = api.get(f"{ISSUERS}/default/ca.der", headers={"If-None-Match": old.headers["etag"]})
     assert new.status_code == 200
     assert new.content == renewed.certificate.public_bytes(Encoding.DER)
@@ -1081,11 +1081,11 @@ def test_key_compromise_of_an_intermediate_revoked_for_another_reason(
 
 
 def test_what_cannot_be_revoked_is_refused_and_left_as_it_was(api: Api) -> None:
-    from certctl.services import issuance
+    from certctl.services import issuers
 
     _intermediate(api, "sub")
     # A managed service's CA (an intermediate here, so the refusal is not the root's).
-    issuance.create_issuer(
+    issuers.create_issuer(
         api.services,
         None,
         issuer_id="svc.web",
@@ -1169,7 +1169,7 @@ def test_a_revocation_reaches_another_process_at_its_issuer_refresh(api: Api) ->
     from starlette.testclient import TestClient
 
     from certctl.api.app import create_app
-    from certctl.services import issuance
+    from certctl.services import issuers
     from certctl.services.context import Services
 
     _intermediate(api, "sub")
@@ -1178,25 +1178,25 @@ def test_a_revocation_reaches_another_process_at_its_issuer_refresh(api: Api) ->
     with TestClient(create_app(other), base_url="https://testserver") as client:
         headers = {"Authorization": f"Bearer {api.admin_key}"}
         assert client.post(CERTS, headers=headers, json=body).status_code == 201  # cached
-        assert issuance.refresh_cached_issuers(other) == []
+        assert issuers.refresh_cached_issuers(other) == []
 
         r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "superseded"})
         assert r.status_code == 200, r.text
 
-        assert issuance.refresh_cached_issuers(other) == ["sub"]
+        assert issuers.refresh_cached_issuers(other) == ["sub"]
         refused = client.post(CERTS, headers=headers, json=body)
         detail = assert_problem(refused, 409)["detail"]
         assert detail.startswith("issuer sub was revoked on "), detail
         assert "(superseded) and issues nothing more" in detail
-        assert issuance.refresh_cached_issuers(other) == []  # reloaded, revoked
+        assert issuers.refresh_cached_issuers(other) == []  # reloaded, revoked
         # Its reason changed to keyCompromise there: here too at the refresh (its
         # refusals named superseded until a restart).
         r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
         assert r.status_code == 200, r.text
-        assert issuance.refresh_cached_issuers(other) == ["sub"]
+        assert issuers.refresh_cached_issuers(other) == ["sub"]
         refused = client.post(CERTS, headers=headers, json=body)
         assert "(keyCompromise) and issues nothing more" in assert_problem(refused, 409)["detail"]
-        assert issuance.refresh_cached_issuers(other) == []
+        assert issuers.refresh_cached_issuers(other) == []
 
 
 def test_an_intermediate_below_a_revoked_one_issues_no_more_here_or_elsewhere(api: Api) -> None:
@@ -1205,7 +1205,7 @@ def test_an_intermediate_below_a_revoked_one_issues_no_more_here_or_elsewhere(ap
     from starlette.testclient import TestClient
 
     from certctl.api.app import create_app
-    from certctl.services import issuance
+    from certctl.services import issuers
     from certctl.services.context import Services
 
     _intermediate(api, "sub", path_length=1)
@@ -1233,10 +1233,10 @@ def test_an_intermediate_below_a_revoked_one_issues_no_more_here_or_elsewhere(ap
         # Itself not revoked (its parent's CRL does not list it): the status says so.
         assert api.get(f"{ISSUERS}/sub-sub", api.admin_key).json()["status"] == "active"
         # Another process drops it at its refresh, then refuses too; and keeps it after.
-        assert issuance.refresh_cached_issuers(other) == ["sub-sub"]
+        assert issuers.refresh_cached_issuers(other) == ["sub-sub"]
         refused = client.post(CERTS, headers=headers, json=body)
         assert "below issuer sub, revoked on" in assert_problem(refused, 409)["detail"]
-        assert issuance.refresh_cached_issuers(other) == []
+        assert issuers.refresh_cached_issuers(other) == []
     # The root and other branches go on.
     api.issue(issuer="default", common_name="d.example.com")
 
@@ -1245,13 +1245,13 @@ def test_a_load_that_read_before_a_revocation_does_not_cache_what_it_read(api: A
     # A request loading the issuer reads the store, a revocation commits and drops the
     # cache, then the load caches its stale (unrevoked) copy: it issued from a revoked CA
     # until the next refresh. Loads taken before a drop are no longer cached.
-    from certctl.services import issuance
+    from certctl.services import issuers
 
     _intermediate(api, "sub")
     services = api.services
     services.forget_issuer("sub")
     version = services.issuer_cache_version()
-    stale = issuance.load_issuer(services, "sub")  # what the slow request read
+    stale = issuers.load_issuer(services, "sub")  # what the slow request read
     services.forget_issuer("sub")
     r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={})
     assert r.status_code == 200, r.text
@@ -1291,10 +1291,10 @@ def test_a_revoked_issuer_loaded_while_another_is_dropped_still_refuses(
 
 def _imported_twice(api: Api) -> x509.Certificate:
     """Intermediate ``sub``, and the same CA imported again as ``sub-copy``."""
-    from certctl.services import issuance
+    from certctl.services import issuers
 
     sub = _intermediate(api, "sub")
-    sub_ca = issuance.load_issuer(api.services, "sub")
+    sub_ca = issuers.load_issuer(api.services, "sub")
     root_pem = api.get(f"{ISSUERS}/default/ca.pem").text
     r = api.post(
         ISSUERS,
@@ -1361,10 +1361,10 @@ def test_a_revoked_ca_imported_again_or_below_it_issues_nothing(api: Api) -> Non
     # parent's CRL lists, and an import of it, or of a CA it signed, after the revocation
     # was stored and issued from until the next refresh.
     from certctl.pki import get_profile
-    from certctl.services import issuance
+    from certctl.services import issuers
 
     sub = _intermediate(api, "sub", path_length=1)
-    sub_ca = issuance.load_issuer(api.services, "sub")
+    sub_ca = issuers.load_issuer(api.services, "sub")
     root_pem = api.get(f"{ISSUERS}/default/ca.pem").text
     sub_pem = sub.public_bytes(Encoding.PEM).decode() + root_pem
     key_pem = key_to_pem(sub_ca.private_key).decode()
@@ -1433,7 +1433,7 @@ def test_an_intermediate_created_while_its_parent_is_revoked_issues_nothing(
     def revoke_sub() -> None:
         if not fired:
             fired.append(revoked)
-            issuance.revoke_issuer(services, admin, "sub", "keyCompromise")
+            issuer_revocation.revoke_issuer(services, admin, "sub", "keyCompromise")
 
     if revoked == "before the store":
         crl_urls = services.crl_urls
@@ -1478,12 +1478,12 @@ def test_the_revoked_issuer_of_a_certificate_without_its_chain(api: Api) -> None
     its issuer name and signature do. Twins: the same name on another key, a certificate of
     an issuer that is not revoked.
     """
-    from certctl.services import issuance
+    from certctl.services import issuers, revocation
 
     _intermediate(api, "sub", path_length=1)
     r = api.post(ISSUERS, api.admin_key, json={"id": "sub-sub", "parent": "sub"})
     assert r.status_code == 201, r.text
-    sub_ca = issuance.load_issuer(api.services, "sub")
+    sub_ca = issuers.load_issuer(api.services, "sub")
     with_aki = _cert(api.issue(issuer="sub", common_name="a.example.com")["certificate_pem"])
     # Two levels below sub: found by walking up certctl's issuers (sub-sub, then sub).
     deeper = _cert(api.issue(issuer="sub-sub", common_name="d.example.com")["certificate_pem"])
@@ -1512,17 +1512,17 @@ def test_the_revoked_issuer_of_a_certificate_without_its_chain(api: Api) -> None
         same_name_other_key,
         deeper.public_bytes(Encoding.DER),
     )
-    assert [issuance.revoked_issuer_of(api.services, c) for c in certificates] == [None] * 4
+    assert [revocation.revoked_issuer_of(api.services, c) for c in certificates] == [None] * 4
 
     r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
     assert r.status_code == 200, r.text
-    assert [issuance.revoked_issuer_of(api.services, c) for c in certificates] == [
+    assert [revocation.revoked_issuer_of(api.services, c) for c in certificates] == [
         "sub",
         "sub",
         None,
         "sub",
     ]
-    assert issuance.revoked_issuer_of(api.services, of_default.public_bytes(Encoding.DER)) is None
+    assert revocation.revoked_issuer_of(api.services, of_default.public_bytes(Encoding.DER)) is None
     # An authorityKeyIdentifier cryptography cannot parse (OpenSSL may accept what it refuses):
     # judged by name and signature (broken by the edit here: not sub's), never a 500.
     der = with_aki.public_bytes(Encoding.DER)
@@ -1534,7 +1534,7 @@ def test_the_revoked_issuer_of_a_certificate_without_its_chain(api: Api) -> None
     garbled = der[: at - 2] + b"\x04" + der[at - 1 :]  # its [0] keyIdentifier tag made 0x04
     with pytest.raises(ValueError, match="error parsing asn1 value"):
         _ = x509.load_der_x509_certificate(garbled).extensions
-    assert issuance.revoked_issuer_of(api.services, garbled) is None
+    assert revocation.revoked_issuer_of(api.services, garbled) is None
 
 
 def test_key_identifiers_alone_never_decide_the_revoked_issuer_of_a_certificate(
@@ -1548,11 +1548,11 @@ def test_key_identifiers_alone_never_decide_the_revoked_issuer_of_a_certificate(
     sub" on resumed sessions; and a certificate sub's key signed under sub's name, whose
     authorityKeyIdentifier named another key, was found under no revoked issuer.
     """
-    from certctl.services import issuance
+    from certctl.services import issuers, revocation
 
     sub = _intermediate(api, "sub")
-    sub_ca = issuance.load_issuer(api.services, "sub")
-    default = issuance.load_issuer(api.services, "default").certificate
+    sub_ca = issuers.load_issuer(api.services, "sub")
+    default = issuers.load_issuer(api.services, "default").certificate
     now = api.clock()
 
     def key_id(cert: x509.Certificate) -> bytes:
@@ -1585,10 +1585,10 @@ def test_key_identifiers_alone_never_decide_the_revoked_issuer_of_a_certificate(
 
     r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
     assert r.status_code == 200, r.text
-    assert issuance.revoked_issuer_of(api.services, of_default.public_bytes(Encoding.DER)) is None
-    assert issuance.revoked_issuer_of(api.services, lying_aki) == "sub"
-    assert issuance.revoked_issuer_of(api.services, twin_signed) == "sub"
-    assert issuance.revoked_issuer_of(api.services, forged_aki) is None
+    assert revocation.revoked_issuer_of(api.services, of_default.public_bytes(Encoding.DER)) is None
+    assert revocation.revoked_issuer_of(api.services, lying_aki) == "sub"
+    assert revocation.revoked_issuer_of(api.services, twin_signed) == "sub"
+    assert revocation.revoked_issuer_of(api.services, forged_aki) is None
 
 
 def test_a_resumed_sessions_certificate_below_a_compromised_key_under_another_name(
@@ -1601,10 +1601,10 @@ def test_a_resumed_sessions_certificate_below_a_compromised_key_under_another_na
     certificate it signed nor one below an intermediate created under it was found below
     sub on a resumed session (the walk matched sub by name or key identifier only).
     """
-    from certctl.services import issuance
+    from certctl.services import issuers, revocation
 
     _intermediate(api, "sub")
-    sub_key = issuance.load_issuer(api.services, "sub").private_key
+    sub_key = issuers.load_issuer(api.services, "sub").private_key
     _import_self_signed(api, "twin", "Twin root", sub_key, ski=b"\x02" * 20)
     r = api.post(ISSUERS, api.admin_key, json={"id": "x", "parent": "twin"})
     assert r.status_code == 201, r.text
@@ -1614,11 +1614,11 @@ def test_a_resumed_sessions_certificate_below_a_compromised_key_under_another_na
         ).public_bytes(Encoding.DER)
         for issuer in ("twin", "x")
     ]
-    assert [issuance.revoked_issuer_of(api.services, c) for c in certificates] == [None, None]
+    assert [revocation.revoked_issuer_of(api.services, c) for c in certificates] == [None, None]
 
     r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
     assert r.status_code == 200, r.text
-    assert [issuance.revoked_issuer_of(api.services, c) for c in certificates] == ["sub", "sub"]
+    assert [revocation.revoked_issuer_of(api.services, c) for c in certificates] == ["sub", "sub"]
 
 
 @pytest.mark.parametrize("where", ["here", "on another replica"])
@@ -1632,10 +1632,10 @@ def test_an_intermediate_imported_without_its_chain_under_a_compromised_key_issu
     another one was imported after it.
     """
     from certctl.pki import get_profile
-    from certctl.services import issuance
+    from certctl.services import issuers
 
     _intermediate(api, "sub", path_length=1)
-    sub_ca = issuance.load_issuer(api.services, "sub")
+    sub_ca = issuers.load_issuer(api.services, "sub")
 
     def signed_by_sub(cn: str) -> dict[str, str]:
         key = generate_private_key(KeyType.EC_P256)
@@ -1666,7 +1666,7 @@ def test_an_intermediate_imported_without_its_chain_under_a_compromised_key_issu
                 .where(Issuer.id == "sub")
                 .values(revoked_at=api.clock(), revocation_reason="keyCompromise")
             )
-        assert "x" in issuance.refresh_cached_issuers(api.services)
+        assert "x" in issuers.refresh_cached_issuers(api.services)
     before = api.counts()
     refused = api.post(CERTS, api.admin_key, json={"issuer": "x", "common_name": "b.example"})
     detail = assert_problem(refused, 409)["detail"]
@@ -1702,8 +1702,8 @@ def _same_key_twins(api: Api) -> tuple[x509.Certificate, x509.Certificate]:
     from certctl.pki import get_profile
 
     sub = _intermediate(api, "sub", path_length=1)
-    sub_ca = issuance.load_issuer(api.services, "sub")
-    default = issuance.load_issuer(api.services, "default")
+    sub_ca = issuers.load_issuer(api.services, "sub")
+    default = issuers.load_issuer(api.services, "default")
     key_pem = key_to_pem(sub_ca.private_key).decode()
     other_root_key = generate_private_key(KeyType.EC_P256)
     other_root = CertificateAuthority(
@@ -1770,14 +1770,14 @@ def test_a_compromised_intermediates_key_issues_nothing_under_another_certificat
     other = Services(api.services.engine, api.services.sessions, api.services.wrapper, api.clock)
     for issuer_id in ("twin", "cross", "cross-sub", "root-twin"):
         api.issue(issuer=issuer_id, common_name=f"{issuer_id}.example.com")  # cached here
-        assert issuance.load_issuer_state(other, issuer_id)[1] is None  # and there
+        assert issuers.load_issuer_state(other, issuer_id)[1] is None  # and there
     if reason.startswith("superseded"):
         r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "superseded"})
         assert r.status_code == 200, r.text
         # No compromise: the key's other certificates go on.
         for issuer_id in ("twin", "cross", "cross-sub", "root-twin"):
             api.issue(issuer=issuer_id, common_name=f"{issuer_id}.example.com")
-        assert issuance.refresh_cached_issuers(other) == []
+        assert issuers.refresh_cached_issuers(other) == []
         assert _crl_entry(api, "default", twin.serial_number) is None
         reason = "keyCompromise"
         api.clock.advance(minutes=5)
@@ -1806,13 +1806,13 @@ def test_a_compromised_intermediates_key_issues_nothing_under_another_certificat
     assert api.get(f"{ISSUERS}/cross", api.admin_key).json()["status"] == "active"
     # Another process drops them at its refresh and refuses too.
     stale = ["cross", "cross-sub", "root-twin", "twin"]
-    assert sorted(issuance.refresh_cached_issuers(other)) == stale
+    assert sorted(issuers.refresh_cached_issuers(other)) == stale
     for issuer_id in stale:
-        revoked = issuance.load_issuer_state(other, issuer_id)[1]
+        revoked = issuers.load_issuer_state(other, issuer_id)[1]
         assert revoked is not None
         assert revoked.reason == reason
     # A later import of a certificate of the key, as a CA, is refused; nothing stored.
-    sub_ca = issuance.load_issuer(api.services, "cross")
+    sub_ca = issuers.load_issuer(api.services, "cross")
     r = api.post(
         ISSUERS,
         api.admin_key,
@@ -1838,13 +1838,13 @@ def test_a_verified_chain_through_another_certificate_of_a_compromised_key_is_re
     # does not hold, so listed on no CRL here) still logged in.
     _, cross = _same_key_twins(api)
     chain = [cross.public_bytes(Encoding.DER)]
-    assert issuance.revoked_ca_among(api.services, chain) is None
+    assert revocation.revoked_ca_among(api.services, chain) is None
     r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "superseded"})
     assert r.status_code == 200, r.text
-    assert issuance.revoked_ca_among(api.services, chain) is None  # no compromise: its own
+    assert revocation.revoked_ca_among(api.services, chain) is None  # no compromise: its own
     r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
     assert r.status_code == 200, r.text
-    assert issuance.revoked_ca_among(api.services, chain) == "sub"
+    assert revocation.revoked_ca_among(api.services, chain) == "sub"
 
 
 def _import_self_signed(
@@ -1955,5 +1955,5 @@ def test_a_ca_whose_key_cryptography_cannot_load_signed_nothing_in_the_resumed_s
         )
         .sign(key, hashes.SHA256())
     )
-    assert issuance._signed_by(inter, root) is False
-    assert issuance._signed_by(same_key_id, root) is False
+    assert revocation._signed_by(inter, root) is False
+    assert revocation._signed_by(same_key_id, root) is False

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
 from certctl.server.run import refresh_metrics
-from certctl.services import issuance
+from certctl.services import issuers
 from tests.api.conftest import Api, assert_problem
 
 PROM = "/api/v1/metrics/prometheus"
@@ -182,12 +182,12 @@ def test_issuer_expiry_gauge_follows_each_issuer_and_its_renewal(api: Api) -> No
     def not_after(issuer: str) -> float:
         return samples[("certctl_issuer_not_after_timestamp_seconds", (("issuer", issuer),))]
 
-    default = issuance.load_issuer(api.services, issuance.DEFAULT_ISSUER)
+    default = issuers.load_issuer(api.services, issuers.DEFAULT_ISSUER)
     assert not_after("default") == default.certificate.not_valid_after_utc.timestamp()
     assert abs(not_after("second") - (api.clock().timestamp() + 720 * 3600)) < 1
     # Renewed: the next refresh shows the new notAfter.
     when = api.clock.advance(days=300)
-    renewed, _ = issuance.renew_root_issuer(
+    renewed, _ = issuers.renew_root_issuer(
         api.services, "default", default, validity=timedelta(days=400), now=when
     )
     refresh_metrics(api.services)

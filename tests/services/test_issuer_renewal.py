@@ -1,6 +1,6 @@
 """Root issuers are renewed with their own key; other processes drop their cached copy.
 
-The internal ``default`` CA and the per-service CAs share ``issuance.renew_root_issuer``:
+The internal ``default`` CA and the per-service CAs share ``issuers.renew_root_issuer``:
 the new certificate has the same key, subject and SKI, so certificates signed under either
 version verify under the other, and a process that renewed second (a lost race) uses the
 stored certificate instead of signing another.
@@ -28,13 +28,13 @@ from certctl.pki import (
 from certctl.server import run
 from certctl.server.bootstrap import Bootstrapped
 from certctl.server.config import load_config
-from certctl.services import issuance, tls_services
+from certctl.services import issuer_revocation, issuers, tls_services
 from certctl.services.context import Services
 from certctl.services.tls_services import ServiceSettings
 from certctl.store.models import AuditEvent, Issuer
 from tests.services.conftest import Env, service_doc
 
-DEFAULT = issuance.DEFAULT_ISSUER
+DEFAULT = issuers.DEFAULT_ISSUER
 VALIDITY = timedelta(days=400)
 
 
@@ -60,7 +60,7 @@ def _renewals(env: Env) -> list[AuditEvent]:
 
 def _create(env: Env, issuer_id: str, **options: Any) -> CertificateAuthority:
     """A new issuer (root, or below ``parent``), loaded."""
-    issuance.create_issuer(
+    issuers.create_issuer(
         env.services,
         env.admin,
         issuer_id=issuer_id,
@@ -71,7 +71,7 @@ def _create(env: Env, issuer_id: str, **options: Any) -> CertificateAuthority:
         validity=timedelta(days=100),
         **options,
     )
-    return issuance.load_issuer(env.services, issuer_id)
+    return issuers.load_issuer(env.services, issuer_id)
 
 
 def _compromise(env: Env, ca: CertificateAuthority) -> None:
@@ -85,7 +85,7 @@ def _compromise(env: Env, ca: CertificateAuthority) -> None:
         validity=timedelta(days=30),
         now=env.now,
     ).certificate
-    issuance.import_issuer(
+    issuers.import_issuer(
         env.services,
         env.admin,
         issuer_id="twin",
@@ -93,7 +93,7 @@ def _compromise(env: Env, ca: CertificateAuthority) -> None:
         certificate_pem=certs_to_pem([twin, other.certificate]).decode(),
         private_key_pem=key_to_pem(ca.private_key).decode(),
     )
-    issuance.revoke_issuer(env.services, env.admin, "twin", "keyCompromise")
+    issuer_revocation.revoke_issuer(env.services, env.admin, "twin", "keyCompromise")
 
 
 def _second_process(env: Env) -> Services:
@@ -103,11 +103,11 @@ def _second_process(env: Env) -> Services:
 
 def test_default_ca_renewed_with_its_own_key(any_env: Env) -> None:
     env = any_env
-    old = issuance.load_issuer(env.services, DEFAULT)
+    old = issuers.load_issuer(env.services, DEFAULT)
     before = _leaf(old, env, "before.example")
     when = env.at(old.certificate.not_valid_after_utc - timedelta(hours=1))
 
-    new, wrote = issuance.renew_root_issuer(env.services, DEFAULT, old, validity=VALIDITY, now=when)
+    new, wrote = issuers.renew_root_issuer(env.services, DEFAULT, old, validity=VALIDITY, now=when)
 
     assert wrote
     cert = new.certificate
@@ -120,7 +120,7 @@ def test_default_ca_renewed_with_its_own_key(any_env: Env) -> None:
     before.verify_directly_issued_by(cert)
     _leaf(new, env, "after.example").verify_directly_issued_by(old.certificate)
     # Stored (a fresh process loads the new one) and audited.
-    assert issuance.load_issuer(_second_process(env), DEFAULT).certificate == cert
+    assert issuers.load_issuer(_second_process(env), DEFAULT).certificate == cert
     with env.services.sessions() as session:
         row = session.get(Issuer, DEFAULT)
         assert row is not None
@@ -133,13 +133,13 @@ def test_default_ca_renewed_with_its_own_key(any_env: Env) -> None:
 def test_a_lost_race_uses_the_stored_certificate(any_env: Env) -> None:
     env = any_env
     other = _second_process(env)
-    mine = issuance.load_issuer(env.services, DEFAULT)
-    theirs = issuance.load_issuer(other, DEFAULT)
+    mine = issuers.load_issuer(env.services, DEFAULT)
+    theirs = issuers.load_issuer(other, DEFAULT)
     when = env.at(mine.certificate.not_valid_after_utc - timedelta(hours=1))
-    first, _ = issuance.renew_root_issuer(other, DEFAULT, theirs, validity=VALIDITY, now=when)
+    first, _ = issuers.renew_root_issuer(other, DEFAULT, theirs, validity=VALIDITY, now=when)
 
     later = env.at(when + timedelta(minutes=5))
-    second, wrote = issuance.renew_root_issuer(
+    second, wrote = issuers.renew_root_issuer(
         env.services, DEFAULT, mine, validity=VALIDITY, now=later
     )
 
@@ -151,24 +151,24 @@ def test_a_lost_race_uses_the_stored_certificate(any_env: Env) -> None:
 def test_other_processes_drop_their_cached_copy(any_env: Env) -> None:
     env = any_env
     other = _second_process(env)
-    cached = issuance.load_issuer(other, DEFAULT)
-    assert issuance.refresh_cached_issuers(other) == []  # nothing changed yet
+    cached = issuers.load_issuer(other, DEFAULT)
+    assert issuers.refresh_cached_issuers(other) == []  # nothing changed yet
 
-    ca = issuance.load_issuer(env.services, DEFAULT)
+    ca = issuers.load_issuer(env.services, DEFAULT)
     when = env.at(ca.certificate.not_valid_after_utc - timedelta(hours=1))
-    renewed, _ = issuance.renew_root_issuer(env.services, DEFAULT, ca, validity=VALIDITY, now=when)
+    renewed, _ = issuers.renew_root_issuer(env.services, DEFAULT, ca, validity=VALIDITY, now=when)
 
-    assert issuance.load_issuer(other, DEFAULT) is cached  # still the old copy
-    assert issuance.refresh_cached_issuers(other) == [DEFAULT]
-    assert issuance.load_issuer(other, DEFAULT).certificate == renewed.certificate
-    assert issuance.refresh_cached_issuers(other) == []
+    assert issuers.load_issuer(other, DEFAULT) is cached  # still the old copy
+    assert issuers.refresh_cached_issuers(other) == [DEFAULT]
+    assert issuers.load_issuer(other, DEFAULT).certificate == renewed.certificate
+    assert issuers.refresh_cached_issuers(other) == []
 
 
 def test_an_intermediate_is_not_renewed_as_a_root(env: Env) -> None:
     sub = _create(env, "sub", parent=DEFAULT)
     with pytest.raises(InvalidRequest, match="not a root CA"):
-        issuance.renew_root_issuer(env.services, "sub", sub, validity=VALIDITY, now=env.now)
-    assert issuance.load_issuer(_second_process(env), "sub").certificate == sub.certificate
+        issuers.renew_root_issuer(env.services, "sub", sub, validity=VALIDITY, now=env.now)
+    assert issuers.load_issuer(_second_process(env), "sub").certificate == sub.certificate
     assert _renewals(env) == []
 
 
@@ -176,7 +176,7 @@ def test_a_path_length_limit_is_kept(env: Env) -> None:
     ca = _create(env, "tight", path_length=0)
     when = env.at(ca.certificate.not_valid_after_utc - timedelta(hours=1))
 
-    renewed, _ = issuance.renew_root_issuer(env.services, "tight", ca, validity=VALIDITY, now=when)
+    renewed, _ = issuers.renew_root_issuer(env.services, "tight", ca, validity=VALIDITY, now=when)
 
     constraints = renewed.certificate.extensions.get_extension_for_class(x509.BasicConstraints)
     assert constraints.value.ca
@@ -234,14 +234,14 @@ def test_a_renewal_by_another_replica_reaches_the_server_files(env: Env, leader:
     tls_dir = prepared.tls_dir
     before = {name: (tls_dir / name).read_bytes() for name in ("ca.crt", "tls.crt")}
     other = _second_process(env)
-    ca = issuance.load_issuer(other, DEFAULT)
+    ca = issuers.load_issuer(other, DEFAULT)
     when = env.at(ca.certificate.not_valid_after_utc - timedelta(hours=1))
-    renewed, _ = issuance.renew_root_issuer(other, DEFAULT, ca, validity=VALIDITY, now=when)
+    renewed, _ = issuers.renew_root_issuer(other, DEFAULT, ca, validity=VALIDITY, now=when)
 
     run.refresh_issuers(prepared, None, leader=leader)
 
     # Every process issues under the renewed CA from now on ...
-    assert issuance.load_issuer(env.services, DEFAULT).certificate == renewed.certificate
+    assert issuers.load_issuer(env.services, DEFAULT).certificate == renewed.certificate
     after = {name: (tls_dir / name).read_bytes() for name in before}
     if not leader:  # ... and the leader (alone) rewrites the files, which the others watch.
         assert after == before
@@ -273,11 +273,11 @@ def test_a_compromised_internal_ca_key_renews_neither_it_nor_the_server_certific
     run._renew_internal_ca(prepared, None)  # the start: the files are issued
     files = ("ca.crt", "tls.crt", "tls.key")
     before = {name: (prepared.tls_dir / name).read_bytes() for name in files}
-    default = issuance.load_issuer(env.services, DEFAULT)
+    default = issuers.load_issuer(env.services, DEFAULT)
     # Another certificate of the internal CA's key (cross-signed by another certctl root),
     # imported, then revoked for keyCompromise: the key signs nothing more.
     _compromise(env, default)
-    assert issuance.load_issuer_state(env.services, DEFAULT)[1] is not None
+    assert issuers.load_issuer_state(env.services, DEFAULT)[1] is not None
     served = x509.load_pem_x509_certificate(before["tls.crt"])
 
     for when in (
@@ -290,7 +290,7 @@ def test_a_compromised_internal_ca_key_renews_neither_it_nor_the_server_certific
         run.refresh_issuers(prepared, None, leader=True)
         # The last good files stay served; nothing re-signed, nothing audited as renewed.
         assert {name: (prepared.tls_dir / name).read_bytes() for name in files} == before
-        assert issuance.load_issuer(env.services, DEFAULT).certificate == default.certificate
+        assert issuers.load_issuer(env.services, DEFAULT).certificate == default.certificate
         assert _renewals(env) == []
         refusals = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
         assert refusals, caplog.text
@@ -307,7 +307,7 @@ def test_a_compromised_service_ca_key_signs_neither_leaves_nor_its_renewal(env: 
     # CA's own renewals, while the API refuses to issue from such a key.
     env.put(service_doc("web", dns=("web.example.internal",)))
     first = env.reconcile("web")
-    ca = issuance.load_issuer(env.services, "svc.web")
+    ca = issuers.load_issuer(env.services, "svc.web")
     _compromise(env, ca)
     served = env.outputs("web")
     assert first.not_after is not None
@@ -320,7 +320,7 @@ def test_a_compromised_service_ca_key_signs_neither_leaves_nor_its_renewal(env: 
         row = env.reconcile("web", when)
         assert row.serial == first.serial
         assert env.outputs("web") == served  # the last good certificate and CA kept
-        assert issuance.load_issuer(env.services, "svc.web").certificate == ca.certificate
+        assert issuers.load_issuer(env.services, "svc.web").certificate == ca.certificate
         failed = row.conditions["Failed"]
         assert failed["status"] is True
         assert failed["message"].startswith(
@@ -335,6 +335,6 @@ def test_a_compromised_service_ca_key_signs_neither_leaves_nor_its_renewal(env: 
     env.put(service_doc("web", dns=("web.example.internal",), disabled=True))
     row = env.reconcile("web", ca.certificate.not_valid_after_utc - timedelta(hours=1))
     assert row.conditions["Failed"]["status"] is False
-    assert issuance.load_issuer(env.services, "svc.web").certificate == ca.certificate
+    assert issuers.load_issuer(env.services, "svc.web").certificate == ca.certificate
     assert row.ca_renew_at is None  # nothing renews it: not due at every pass for it
     assert not tls_services.due(row, ca.certificate.not_valid_after_utc)

@@ -26,7 +26,7 @@ from certctl.pki import (
     verify_certificate,
 )
 from certctl.pki.placeholder import PLACEHOLDER_CN_PREFIX
-from certctl.services import issuance, tls_services
+from certctl.services import issuers, tls_services
 from certctl.store.models import ManagedService
 from tests._tools import ok, run
 from tests.services.conftest import (
@@ -381,7 +381,7 @@ def test_an_ipv4_mapped_address_is_issued_as_the_ipv4_address_clients_match(
                tmp_path / "tls.crt"))  # fmt: skip
     # Stored before: the mapped form in the spec and in the certificate, issued by the
     # service CA. Reissued once, for the address clients match.
-    ca = issuance.load_issuer(env.services, "svc.web")
+    ca = issuers.load_issuer(env.services, "svc.web")
     old = ca.issue(
         generate_private_key().public_key(),
         common_name_dn("web"),
@@ -1046,11 +1046,11 @@ def test_a_delete_during_the_ca_write_deletes_that_ca(
     # yet, delete the service and commit; the CA committed after it was an orphan.
     import threading
 
-    from certctl.services import issuance
+    from certctl.services import issuers
 
     env = any_env
     env.put(service_doc("web"))
-    real_record = issuance.record
+    real_record = issuers.record
     in_write, go_on = threading.Event(), threading.Event()
 
     def held(session: Any, **kwargs: Any) -> None:
@@ -1059,7 +1059,7 @@ def test_a_delete_during_the_ca_write_deletes_that_ca(
             in_write.set()  # inside the transaction that stores svc.web
             assert go_on.wait(10)
 
-    monkeypatch.setattr(issuance, "record", held)
+    monkeypatch.setattr(issuers, "record", held)
     outcome: list[BaseException | None] = []
 
     def reconcile() -> None:
@@ -1269,7 +1269,7 @@ def test_the_ca_of_a_service_not_issuing_from_it_is_kept_current(
     assert tls_services.due(row, renew_at + MINUTE)
     row = env.reconcile("web", renew_at + MINUTE)
     assert row.conditions["Ready"]["status"] is True, row.conditions
-    renewed = issuance.load_issuer(env.services, "svc.web").certificate
+    renewed = issuers.load_issuer(env.services, "svc.web").certificate
     assert renewed.not_valid_after_utc == renew_at + MINUTE + SETTINGS["ca_validity"]
     assert renewed.public_key() == _cert(first).public_key()  # the same key: old copies verify
     assert row.ca_renew_at == renewed.not_valid_after_utc - SETTINGS["ca_rotate_before"]

@@ -27,7 +27,7 @@ from certctl.pki import format_serial
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
 from certctl.server.scheduler import Scheduler
-from certctl.services import issuance, tls_services
+from certctl.services import issuers, tls_services
 from certctl.services.context import Principal, Services
 from certctl.services.tls_services import ServiceSettings
 from certctl.store.db import create_store_engine, session_factory
@@ -181,7 +181,7 @@ def test_leader_dying_between_store_and_delivery_is_finished_by_the_next(
 
 
 def test_cached_ca_renewed_by_another_replica_is_not_renewed_again(pair: Pair) -> None:
-    ca = issuance.load_issuer(pair.first, f"svc.{NAME}")  # cached by the first replica
+    ca = issuers.load_issuer(pair.first, f"svc.{NAME}")  # cached by the first replica
     now = pair.at(tls_services.ca_renewal_time(pair.settings, ca) + timedelta(seconds=1))
     tls_services.reconcile_service(pair.second, pair.settings, NAME, now)
     renewed = pair.stored_ca()
@@ -195,7 +195,7 @@ def test_cached_ca_renewed_by_another_replica_is_not_renewed_again(pair: Pair) -
 def test_leader_dying_after_a_ca_renewal_is_published_by_the_next(
     pair: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    loaded = issuance.load_issuer(pair.first, f"svc.{NAME}")
+    loaded = issuers.load_issuer(pair.first, f"svc.{NAME}")
     ca = loaded.certificate
     now = pair.at(tls_services.ca_renewal_time(pair.settings, loaded) + timedelta(seconds=1))
     leaf = pair.row().serial

@@ -72,7 +72,16 @@ from certctl.metrics.registry import (
     exposition_registry,
 )
 from certctl.pki import DNPattern, parse_duration
-from certctl.services import audit, issuance, rbac
+from certctl.services import (
+    audit,
+    certificates,
+    crls,
+    issuance,
+    issuer_revocation,
+    issuers,
+    rbac,
+    revocation,
+)
 from certctl.services.context import IssuerCertificates, Principal, Services, utcnow
 from certctl.services.tls_services import TargetPolicy
 from certctl.store.db import PoolTimeout, constraint_conflict, storage_error
@@ -446,7 +455,7 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
             )
         row, warnings = await in_write_thread(
             request,
-            lambda: issuance.import_issuer(
+            lambda: issuers.import_issuer(
                 services,
                 caller,
                 issuer_id=body.id,
@@ -464,7 +473,7 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
         validity = parse_duration(body.validity) if body.validity is not None else None
         row, warnings = await in_write_thread(
             request,
-            lambda: issuance.create_issuer(
+            lambda: issuers.create_issuer(
                 services,
                 caller,
                 issuer_id=body.id,
@@ -498,7 +507,7 @@ async def revoke_issuer(request: Request, principal: Principal | None) -> Respon
     services = _services(request)
     row = await in_write_thread(
         request,
-        issuance.revoke_issuer,
+        issuer_revocation.revoke_issuer,
         services,
         _caller(principal),
         request.path_params["id"],
@@ -545,7 +554,7 @@ async def _issuer_certificates(request: Request) -> IssuerCertificates:
     if cached is not None:
         return cached
     return await anyio.to_thread.run_sync(
-        lambda: issuance.load_issuer_certificates(services, issuer_id),
+        lambda: issuers.load_issuer_certificates(services, issuer_id),
         limiter=request.app.state.ca_reads,
     )
 
@@ -561,7 +570,7 @@ def _public_certificate(
     # Strong: the tag names these exact bytes (RFC 9110 8.8.3); ca.pem, ca.pem?chain=true and
     # ca.der each have their own.
     etag = f'"{hashlib.sha256(body).hexdigest()}"'
-    max_age = issuance.ca_max_age_s(certificate, _services(request).clock())
+    max_age = crls.ca_max_age_s(certificate, _services(request).clock())
     headers = {"Cache-Control": f"public, max-age={max_age}", "ETag": etag}
     if _none_match(request.headers.getlist("if-none-match"), etag):
         # RFC 9110 15.4.5: a 304 carries the ETag and Cache-Control a 200 would have.
@@ -591,12 +600,12 @@ async def issuer_crl(request: Request, principal: Principal | None) -> Response:
     # in a few threads of its own: anyone may ask (every client checking revocation), and a
     # flood must not take the default pool's 40 threads from issuance.
     crl = await anyio.to_thread.run_sync(
-        lambda: issuance.crl_for(services, issuer_id), limiter=request.app.state.crl_reads
+        lambda: crls.crl_for(services, issuer_id), limiter=request.app.state.crl_reads
     )
     # Explicit freshness, as long as this server reuses the CRL: without it a CDN or proxy
     # in front keeps the public CRL for its own default (CloudFront: 24 h), and a revocation
     # stays unseen behind it for that long.
-    max_age = issuance.crl_max_age_s(crl, services.clock())
+    max_age = crls.crl_max_age_s(crl, services.clock())
     headers = {"Cache-Control": f"public, max-age={max_age}"}
     if fmt == "pem":
         return Response(
@@ -611,7 +620,7 @@ def _issue_json(result: issuance.IssueResult, now: Any) -> dict[str, Any]:
     data = {
         "id": result.record.id,
         "serial": result.record.serial,
-        "status": issuance.effective_status(result.record, now),
+        "status": certificates.effective_status(result.record, now),
         "not_before": result.record.not_before.isoformat(),
         "not_after": result.record.not_after.isoformat(),
         "certificate_pem": result.record.certificate_pem,
@@ -711,7 +720,7 @@ async def list_certificates(request: Request, principal: Principal | None) -> Re
     rows, next_cursor = await in_list_thread(
         request,
         functools.partial(
-            issuance.list_certificates,
+            certificates.list_certificates,
             services,
             _caller(principal),
             status=params.get("status"),
@@ -723,23 +732,25 @@ async def list_certificates(request: Request, principal: Principal | None) -> Re
         ),
     )
     now = services.clock()
-    items = [schemas.certificate_json(r, issuance.effective_status(r, now)) for r in rows]
+    items = [schemas.certificate_json(r, certificates.effective_status(r, now)) for r in rows]
     return _json({"items": items, "next_cursor": next_cursor})
 
 
 async def get_certificate(request: Request, principal: Principal | None) -> Response:
     services = _services(request)
-    row = issuance.get_certificate(services, _caller(principal), request.path_params["id"])
+    row = certificates.get_certificate(services, _caller(principal), request.path_params["id"])
     fmt = _format(request, ("json", "pem"))
     if fmt == "pem" or (fmt is None and _accepts_pem(request.headers.get("accept", ""))):
         # Key-free: serving a chain needs no CA key (and a key no KEK opens is no 500 here).
-        ca = issuance.load_issuer_certificates(services, row.issuer_id)
+        ca = issuers.load_issuer_certificates(services, row.issuer_id)
         from certctl.pki import certs_to_pem
 
         below_root = (ca.certificate, *ca.chain[:-1]) if ca.chain else ()
         pem = row.certificate_pem.encode() + certs_to_pem(below_root)
         return Response(pem, media_type="application/x-pem-file")
-    return _json(schemas.certificate_json(row, issuance.effective_status(row, services.clock())))
+    return _json(
+        schemas.certificate_json(row, certificates.effective_status(row, services.clock()))
+    )
 
 
 def _accepts_pem(accept: str) -> bool:
@@ -770,7 +781,7 @@ async def revoke_certificate(request: Request, principal: Principal | None) -> R
     services = _services(request)
     revocation = await in_write_thread(
         request,
-        issuance.revoke_certificate,
+        certificates.revoke_certificate,
         services,
         _caller(principal),
         request.path_params["id"],
@@ -790,7 +801,7 @@ async def renew_certificate(request: Request, principal: Principal | None) -> Re
     validity = parse_duration(body.validity) if body.validity else None
     result = await in_write_thread(
         request,
-        lambda: issuance.renew_certificate(
+        lambda: certificates.renew_certificate(
             services, _caller(principal), request.path_params["id"], validity
         ),
     )
@@ -1224,12 +1235,12 @@ def _client_cert_answer_on(
     cas, der = tls.get("certctl.client_cert_cas"), tls.get("certctl.client_cert_der")
     if isinstance(cas, tuple) and cas:
         try:
-            revoked_ca = issuance.revoked_ca_among(services, cas, connection)
-        except issuance.UnreadableCertificate as exc:
+            revoked_ca = revocation.revoked_ca_among(services, cas, connection)
+        except revocation.UnreadableCertificate as exc:
             return "invalid", f"client certificate refused: {exc.detail}"
     elif isinstance(der, bytes):
         # No verified chain (a resumed TLS session): walked up through certctl's issuers.
-        revoked_ca = issuance.revoked_issuer_of(services, der, connection)
+        revoked_ca = revocation.revoked_issuer_of(services, der, connection)
     else:
         revoked_ca = None  # a server that does not say (tests' fake scopes)
     if revoked_ca is not None:
@@ -1239,7 +1250,7 @@ def _client_cert_answer_on(
     issuer, serial = tls.get("certctl.client_cert_issuer"), tls.get("certctl.client_cert_serial")
     if not isinstance(issuer, str) or not isinstance(serial, int):
         return permissions  # a server that does not say (tests' fake scopes): nothing to look up
-    stored = issuance.issued_client_certificate(services, issuer, serial, connection)
+    stored = certificates.issued_client_certificate(services, issuer, serial, connection)
     if stored is None:
         return permissions
     if stored.revoked:

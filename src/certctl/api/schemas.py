@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from certctl.services.issuance import REVOCATION_REASONS
+from certctl.services.revocation import REVOCATION_REASONS
 from certctl.store.models import ApiKey, AuditEvent, Issuer
 
 if TYPE_CHECKING:
-    from certctl.services.issuance import CertificateView
+    from certctl.services.certificates import CertificateView
 
 __all__ = [
     "ActorCreate",

@@ -23,7 +23,7 @@ from certctl.files import SECRET_MODE, fsync_directory, tighten_secret, write_at
 from certctl.pki import parse_duration
 from certctl.server.config import ServerConfig
 from certctl.server.tls import own_server_names
-from certctl.services import issuance, rbac
+from certctl.services import issuers, rbac
 from certctl.services.context import Services
 from certctl.store.db import (
     create_store_engine,
@@ -294,7 +294,7 @@ def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
     migrate(engine)
     sessions = session_factory(engine)
     with sessions() as session:
-        default = session.get(Issuer, issuance.DEFAULT_ISSUER)
+        default = session.get(Issuer, issuers.DEFAULT_ISSUER)
         has_issuers = session.scalar(select(Issuer.id).limit(1)) is not None
         # The bootstrap admin is the first actor: created once, on a store without any. One
         # deleted since (other administrators took over) stays deleted.
@@ -314,10 +314,10 @@ def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
         check_kek(services, default, data_dir)
     rbac.ensure_builtin_roles(services)
     if default is None:
-        issuance.create_issuer(
+        issuers.create_issuer(
             services,
             None,
-            issuer_id=issuance.DEFAULT_ISSUER,
+            issuer_id=issuers.DEFAULT_ISSUER,
             name="certctl internal CA",
             subject=None,
             common_name="certctl internal CA",
@@ -432,7 +432,7 @@ def existing_store(
             raise InvalidRequest(f"the database ({where}) holds no certctl data")
         sessions = session_factory(engine)
         with sessions() as session:
-            default = session.get(Issuer, issuance.DEFAULT_ISSUER)
+            default = session.get(Issuer, issuers.DEFAULT_ISSUER)
         if default is None:
             raise InvalidRequest(f"the database ({where}) holds no certctl data")
         yield engine, sessions, default

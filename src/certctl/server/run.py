@@ -50,7 +50,7 @@ from certctl.server.tls import (
     self_signed_names,
     serve_names_of,
 )
-from certctl.services import issuance
+from certctl.services import certificates, issuers
 from certctl.services.context import IssuerRevocation, Services
 from certctl.services.tls_services import ServiceSettings, TargetPolicy, ca_renewal_time
 from certctl.store.db import PoolTimeout, checkpoint, storage_error
@@ -87,7 +87,7 @@ _SERVICE_STATES = select(
 
 def refresh_metrics(services: Services) -> None:
     """Recompute the certificate, managed-service and API-key gauges (off the scrape path)."""
-    counts, nxt = issuance.certificate_counts(services)
+    counts, nxt = certificates.certificate_counts(services)
     now = services.clock()
     with services.sessions() as session:
         issuers = {row.id: row.not_after for row in session.execute(_ISSUER_EXPIRY)}
@@ -749,15 +749,15 @@ def _renew_internal_ca(prepared: _Prepared, tls: ServerTLS | None) -> None:
     services = prepared.boot.services
     assert prepared.scheduler is not None  # built first in serve()
     settings = prepared.scheduler.settings
-    ca, revoked = issuance.load_issuer_state(services, issuance.DEFAULT_ISSUER)
+    ca, revoked = issuers.load_issuer_state(services, issuers.DEFAULT_ISSUER)
     if revoked is not None:
         _refuse_internal_ca(prepared, revoked)
         return
     renewed, wrote = ca, False
     if services.clock() >= ca_renewal_time(settings, ca):
-        renewed, wrote = issuance.renew_root_issuer(
+        renewed, wrote = issuers.renew_root_issuer(
             services,
-            issuance.DEFAULT_ISSUER,
+            issuers.DEFAULT_ISSUER,
             ca,
             validity=settings.ca_validity,
             now=services.clock(),
@@ -777,8 +777,8 @@ def refresh_issuers(prepared: _Prepared, tls: ServerTLS | None, *, leader: bool)
     Another replica renewing the internal CA would otherwise reach this one's ``ca.crt`` and
     server certificate only at its next renewal check (up to an hour with the defaults).
     """
-    stale = issuance.refresh_cached_issuers(prepared.boot.services)
-    if leader and prepared.mode == "self-signed" and issuance.DEFAULT_ISSUER in stale:
+    stale = issuers.refresh_cached_issuers(prepared.boot.services)
+    if leader and prepared.mode == "self-signed" and issuers.DEFAULT_ISSUER in stale:
         log.info("the internal CA was renewed by another replica; following it")
         _renew_self_signed(prepared, tls)
 
@@ -811,14 +811,14 @@ def _refuse_internal_ca(prepared: _Prepared, revoked: IssuerRevocation) -> None:
     advice = "serve a certificate from another CA (tls.mode=custom, tls.cert-dir)"
     log.error(
         "internal CA not renewed, nor the server certificate: %s; %s",
-        issuance.revocation_refusal(revoked, issuance.DEFAULT_ISSUER, advice),
+        issuers.revocation_refusal(revoked, issuers.DEFAULT_ISSUER, advice),
         kept,
     )
 
 
 def _renew_self_signed(prepared: _Prepared, tls: ServerTLS | None) -> None:
     services = prepared.boot.services
-    ca, revoked = issuance.load_issuer_state(services, issuance.DEFAULT_ISSUER)
+    ca, revoked = issuers.load_issuer_state(services, issuers.DEFAULT_ISSUER)
     if revoked is not None:
         _refuse_internal_ca(prepared, revoked)
         return
@@ -866,7 +866,7 @@ def _serve_process(
     several = config.workers > 1
     # A worker restarted by the supervisor is forked from the parent, whose cached CAs date
     # from start-up: one renewed since then is reloaded now, not at the first periodic check.
-    issuance.refresh_cached_issuers(services)
+    issuers.refresh_cached_issuers(services)
     tls: ServerTLS | None = None
     ticket_s = parse_duration(config.tls.ticket_key_rotation).total_seconds()
     cert_dir = prepared.tls_dir if mode == "self-signed" else config.tls.cert_dir

@@ -42,7 +42,7 @@ class Principal:
 
 @dataclass(frozen=True)
 class SignedCrl:
-    """A CRL this process signed, with what it was signed from (see ``issuance.crl_for``)."""
+    """A CRL this process signed, with what it was signed from (see ``crls.crl_for``)."""
 
     ca: CertificateAuthority
     revoked: tuple[tuple[object, ...], ...]

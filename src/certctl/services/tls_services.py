@@ -556,7 +556,7 @@ _COMPROMISED_ADVICE = (
 
 
 def _per_service_ca_id(name: str) -> str:
-    # issuance.MANAGED_ISSUER_PREFIX: the API neither issues from nor creates these.
+    # issuers.MANAGED_ISSUER_PREFIX: the API neither issues from nor creates these.
     return f"svc.{name}"
 
 
@@ -584,14 +584,14 @@ def _keep_service_ca_current(
 def _service_ca(
     services: Services, settings: ServiceSettings, name: str, now: datetime, *, create: bool
 ) -> tuple[CertificateAuthority | None, bool]:
-    from certctl.services import issuance
+    from certctl.services import issuers
 
     issuer_id = _per_service_ca_id(name)
     # The cache outlives a DELETE served by another worker or replica: the service applied
     # again would be issued from its deleted CA (stored nowhere) instead of a new one.
-    issuance.forget_if_changed(services, issuer_id)
+    issuers.forget_if_changed(services, issuer_id)
     try:
-        ca, revoked = issuance.load_issuer_state(services, issuer_id)
+        ca, revoked = issuers.load_issuer_state(services, issuer_id)
     except NotFound:
         if not create:
             return None, False
@@ -603,7 +603,7 @@ def _service_ca(
             ]
         )
         root = create_root_ca(key, subject, validity=settings.ca_validity, now=now)
-        issuance._store_issuer(
+        issuers._store_issuer(
             services,
             issuer_id,
             f"{name} service CA",
@@ -612,7 +612,7 @@ def _service_ca(
             "service.ca",
             guard=partial(_service_still_there, name),
         )
-        return issuance.load_issuer(services, issuer_id), True
+        return issuers.load_issuer(services, issuer_id), True
     if revoked is not None:
         # Its key revoked for a compromise under another certificate (an import of the
         # ca.key that ca-internal delivers): as the API refuses to issue from such a key,
@@ -621,10 +621,10 @@ def _service_ca(
         # from its CA (disabled, custom) is not failed for it.
         if not create:
             return ca, False
-        raise InvalidRequest(issuance.revocation_refusal(revoked, issuer_id, _COMPROMISED_ADVICE))
+        raise InvalidRequest(issuers.revocation_refusal(revoked, issuer_id, _COMPROMISED_ADVICE))
     if now < ca_renewal_time(settings, ca):
         return ca, False
-    renewed, wrote = issuance.renew_root_issuer(
+    renewed, wrote = issuers.renew_root_issuer(
         services, issuer_id, ca, validity=settings.ca_validity, now=now
     )
     if wrote:
@@ -1157,10 +1157,10 @@ def _service_ca_renew_at(
     services: Services, settings: ServiceSettings, spec: TLSServiceSpec
 ) -> datetime | None:
     # Whatever the spec: a disabled service's CA is renewed too (_keep_service_ca_current).
-    from certctl.services import issuance
+    from certctl.services import issuers
 
     try:
-        ca, revoked = issuance.load_issuer_state(services, _per_service_ca_id(spec.name))
+        ca, revoked = issuers.load_issuer_state(services, _per_service_ca_id(spec.name))
     except NotFound:
         return None
     # A compromised key renews nothing (_service_ca): a time past would make the service
@@ -1453,13 +1453,13 @@ def outputs_for(
     }
     service_ca: CertificateAuthority | None = None
     if spec.tls.certificate is None:
-        from certctl.services import issuance
+        from certctl.services import issuers
 
         # Missing for a spec just switched from a custom certificate and not reconciled yet:
         # the row still holds that certificate, whose public outputs are still what is
         # served (they answered 404 "issuer svc.<name> not found" meanwhile).
         with contextlib.suppress(NotFound):
-            service_ca = issuance.load_issuer(services, _per_service_ca_id(spec.name))
+            service_ca = issuers.load_issuer(services, _per_service_ca_id(spec.name))
     if service_ca is not None:
         outputs["ca-internal"] = {
             "ca.crt": service_ca.root_pem,

@@ -403,7 +403,7 @@ def test_pem_round_trip(
 
 
 def test_serial_search_finds_both_stored_forms() -> None:
-    from certctl.services.issuance import _serial_forms
+    from certctl.services.certificates import _serial_forms
 
     # Rows written before serials were kept in whole octets lack the leading zero.
     assert _serial_forms("0DD0:CF") == ["0dd0cf", "dd0cf"]

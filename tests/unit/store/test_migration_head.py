@@ -14,7 +14,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, text
 
 from certctl.errors import CertctlError
-from certctl.services import issuance, tls_services
+from certctl.services import crls, tls_services
 from certctl.store import db
 
 
@@ -219,9 +219,9 @@ def upgrade_from_0007_numbers_crls(engine: Engine) -> None:
     floor = int(now.timestamp()) * 10**6
     with engine.begin() as connection:
         assert connection.execute(text("SELECT crl_number FROM issuers")).scalar() == 0
-        numbers = [issuance._next_crl_number(connection, "default", now) for _ in range(2)]
+        numbers = [crls._next_crl_number(connection, "default", now) for _ in range(2)]
         # A clock stepped back an hour: the count goes on.
-        numbers.append(issuance._next_crl_number(connection, "default", now - timedelta(hours=1)))
+        numbers.append(crls._next_crl_number(connection, "default", now - timedelta(hours=1)))
     assert numbers == [floor, floor + 1, floor + 2]
 
 

@@ -1,0 +1,768 @@
+"""Stored certificates: list, get, revoke, renew; client certificates; counts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, cast
+
+from cryptography import x509
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.orm import Session
+
+from certctl.errors import Conflict, InvalidRequest, NotFound
+from certctl.metrics.registry import ISSUANCE, ISSUANCE_DURATION, RENEWALS, REVOCATIONS
+from certctl.pki import (
+    KeyType,
+    SubjectAltNames,
+    format_serial,
+    generate_private_key,
+    get_profile,
+    key_to_pem,
+    key_type_of,
+)
+from certctl.pki.issue import BACKDATE
+from certctl.pki.names import SAN_KINDS, san_search_forms
+from certctl.services.audit import event_values, record
+from certctl.services.context import Principal, Services
+from certctl.services.issuance import (
+    _AUDIT_EVENTS,
+    _CERTIFICATES,
+    IssueResult,
+    _chain_pem,
+    _check_server_names,
+    _new_rows,
+)
+from certctl.services.issuers import (
+    _ISSUERS,
+    _not_managed,
+    _unexpired,
+    _unrevoked,
+    load_issuer_state,
+)
+from certctl.services.revocation import _check_reason, _connected
+from certctl.store.db import (
+    REVOCATION_LOCK,
+    contains_pattern,
+    json_string_contains,
+    lock_for_write,
+    unicode_lower,
+)
+from certctl.store.groupcommit import write_rows
+from certctl.store.models import Actor, CertificateRecord, Issuer
+
+__all__ = [
+    "CertificateView",
+    "get_certificate",
+    "list_certificates",
+    "renew_certificate",
+    "revoke_certificate",
+]
+EXPIRING_WINDOW = timedelta(days=30)
+
+
+class _HasExpiry(Protocol):
+    @property
+    def status(self) -> str: ...
+    @property
+    def not_after(self) -> datetime: ...
+    @property
+    def renewed_by(self) -> str | None: ...
+
+
+class CertificateView(Protocol):
+    """The public columns of a stored certificate (an ORM object or a Core row)."""
+
+    id: str
+    issuer_id: str
+    serial: str
+    common_name: str
+    subject: str
+    sans: dict[str, list[str]]
+    profile: str
+    status: str
+    not_before: datetime
+    not_after: datetime
+    certificate_pem: str
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+    revocation_reason: str | None
+    renewed_from: str | None
+    renewed_by: str | None
+
+
+def effective_status(row: _HasExpiry, now: datetime) -> str:
+    """``revoked``, ``expired``, ``expiring`` (within 30 days, not renewed) or ``active``."""
+    if row.status == "revoked":
+        return "revoked"
+    if row.not_after <= now:
+        return "expired"
+    if row.not_after - now <= EXPIRING_WINDOW and row.renewed_by is None:
+        return "expiring"
+    return "active"
+
+
+def list_certificates(
+    services: Services,
+    caller: Principal,
+    *,
+    status: str | None,
+    issuer: str | None,
+    expiring_within: timedelta | None,
+    q: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[CertificateRecord], str | None]:
+    """Certificates newest first, keyset-paginated by id."""
+    caller.require("cert.read")
+    now = services.clock()
+    query = select(CertificateRecord).order_by(CertificateRecord.id.desc()).limit(limit + 1)
+    if cursor is not None:
+        query = query.where(CertificateRecord.id < cursor)
+    if issuer is not None:
+        query = query.where(CertificateRecord.issuer_id == issuer)
+    if status == "revoked":
+        query = query.where(CertificateRecord.status == "revoked")
+    elif status == "expired":
+        query = query.where(
+            and_(CertificateRecord.status == "active", CertificateRecord.not_after <= now)
+        )
+    elif status == "expiring":
+        query = query.where(
+            and_(
+                CertificateRecord.status == "active",
+                CertificateRecord.not_after > now,
+                CertificateRecord.not_after <= now + EXPIRING_WINDOW,
+                CertificateRecord.renewed_by.is_(None),
+            )
+        )
+    elif status == "active":
+        query = query.where(
+            and_(
+                CertificateRecord.status == "active",
+                CertificateRecord.not_after > now,
+                or_(
+                    CertificateRecord.not_after > now + EXPIRING_WINDOW,
+                    CertificateRecord.renewed_by.is_not(None),
+                ),
+            )
+        )
+    elif status is not None:
+        raise InvalidRequest(f"{status}: unknown status (active, expiring, expired, revoked)")
+    if expiring_within is not None:
+        query = query.where(
+            and_(
+                CertificateRecord.status == "active",
+                CertificateRecord.not_after <= now + expiring_within,
+                CertificateRecord.renewed_by.is_(None),  # renewed already: nothing to do
+            )
+        )
+    if q:
+        # q is a substring, not a pattern: "_" and "%" match themselves.
+        like = contains_pattern(q.lower())
+        # An ASCII q can only match ASCII letters, which the built-in lower() folds: the
+        # Python function SQLite needs for the others is called per row only when needed.
+        lower = func.lower if q.isascii() else unicode_lower
+        query = query.where(
+            or_(
+                lower(CertificateRecord.common_name).like(like, escape="\\"),
+                lower(CertificateRecord.subject).like(like, escape="\\"),
+                CertificateRecord.serial.in_(_serial_forms(q)),
+                # Every name the certificate covers: its SAN values as stored (A-labels,
+                # canonical IP addresses), which q in another spelling is turned into.
+                *(
+                    json_string_contains(CertificateRecord.sans, form, SAN_KINDS)
+                    for form in san_search_forms(q)
+                ),
+            )
+        )
+    with services.sessions() as session:
+        rows = list(session.scalars(query))
+    next_cursor = rows[limit - 1].id if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+_CERT_COLUMNS = [c for c in _CERTIFICATES.c if c.key != "wrapped_key"]
+_CERT_BY_ID = select(*_CERT_COLUMNS).where(_CERTIFICATES.c.id == bindparam("cert_id"))
+
+
+def get_certificate(services: Services, caller: Principal, cert_id: str) -> CertificateView:
+    """One certificate by id (its public columns).
+
+    A Core row, not an ORM object: loading through a Session cost more than the rest of
+    the request together (``docs/performance.md``).
+    """
+    caller.require("cert.read")
+    with services.engine.connect() as connection:
+        row = connection.execute(_CERT_BY_ID, {"cert_id": cert_id}).first()
+    if row is None:
+        raise NotFound(f"certificate {cert_id} not found")
+    return cast(CertificateView, row)
+
+
+def _load_certificate(services: Services, cert_id: str) -> CertificateRecord:
+    with services.sessions() as session:
+        row = session.get(CertificateRecord, cert_id)
+    if row is None:
+        raise NotFound(f"certificate {cert_id} not found")
+    return row
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """A revoked certificate, and the others revoked with it (``also_revoked``, by id).
+
+    A ``keyCompromise`` revocation also revokes every other certificate certctl issued for
+    the same key: the renewals of a CSR-issued certificate certify the requester's key again.
+    """
+
+    certificate: CertificateRecord
+    also_revoked: tuple[str, ...]
+
+
+def revoke_certificate(
+    services: Services, caller: Principal, cert_id: str, reason: str | None
+) -> Revocation:
+    """Revoke a certificate; it appears on its issuer's next CRL.
+
+    With ``keyCompromise``, the unrevoked certificates of the same key (its renewal chain
+    while renewals kept the CSR's key) are revoked too, in the same transaction: the key is
+    what was compromised, and a successor certifying it would still be trusted. A
+    certificate already revoked for another reason gets keyCompromise as its reason, its
+    revocation date kept (as Let's Encrypt's Boulder does), and the rest of its key is
+    revoked: a client checking the reason learns the key is not to be trusted.
+    """
+    caller.require("cert.revoke")
+    reason = _check_reason(reason)
+    now = services.clock()
+    also: list[str] = []
+    with services.sessions.begin() as session:
+        # One revocation at a time across workers and replicas: two revoking links of one
+        # chain (keyCompromise takes them all) each held its own row and waited for the
+        # other's, and PostgreSQL aborted one as a deadlock (a 503 to its client).
+        lock_for_write(session, REVOCATION_LOCK)
+        row = session.get(CertificateRecord, cert_id)
+        if row is None:
+            raise NotFound(f"certificate {cert_id} not found")
+        if reason == "keyCompromise":
+            also, revoked = _revoke_key(session, caller, row, now)
+        elif row.status == "revoked" or not _revoke_one(session.connection(), row, reason, now):
+            raise Conflict(f"certificate {cert_id} is already revoked")
+        else:
+            revoked = 1
+            record(
+                session,
+                at=now,
+                actor=caller.actor_id,
+                action="certificate.revoke",
+                target=cert_id,
+                detail=reason,
+                source=caller.source,
+            )
+        session.expire_all()
+        session.refresh(row)
+    REVOCATIONS.labels(row.issuer_id).inc(revoked)  # a changed reason is no new revocation
+    return Revocation(row, tuple(also))
+
+
+# Ids per statement in the bulk updates of a keyCompromise revocation: far below SQLite's
+# 32766 bound variables and PostgreSQL's 65535 parameters.
+_BULK = 500
+
+
+def _chunks(ids: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(ids), _BULK):
+        yield ids[start : start + _BULK]
+
+
+def _revoke_key(
+    session: Session, caller: Principal, row: CertificateRecord, now: datetime
+) -> tuple[list[str], int]:
+    """Revoke ``row`` and the other certificates of its key for keyCompromise, and audit it.
+
+    Those already revoked for another reason keep their revocation date and get
+    keyCompromise as their reason. A few statements per pass, whatever the length of the
+    chain: each certificate revoked one at a time (and its predecessors' ``renewed_by``
+    handed over one link at a time) took 9 s for a chain of 256 renewals on PostgreSQL. The
+    chain is walked again after each pass until it holds nothing new: a renewal that another
+    worker or replica committed after a walk listed its predecessor, while this transaction
+    waited for that predecessor's row lock (PostgreSQL), shows up only then; once a link is
+    revoked here, no renewal of it can commit any more.
+
+    Returns:
+        The ids of the other certificates revoked or given keyCompromise, and how many
+        certificates were newly revoked (``row`` included).
+
+    Raises:
+        Conflict: ``row`` is already revoked for keyCompromise, or its key has more
+            certificates than one revocation takes (then nothing is revoked).
+    """
+    if row.status == "revoked" and row.revocation_reason == "keyCompromise":
+        raise Conflict(f"certificate {row.id} is already revoked (keyCompromise)")
+    connection = session.connection()
+    done: set[str] = set()
+    changed: dict[str, str | None] = {}  # id → reason before (None: it was not revoked)
+    while fresh := [i for i in (row.id, *_same_key(connection, row)) if i not in done]:
+        done.update(fresh)
+        changed.update(_revoke_all(connection, fresh, now))
+    if row.wrapped_key is None:
+        # Every certificate of the key is revoked now, and a renewed_by only ever names a
+        # successor of the same key: none of them is renewed by a live certificate any more.
+        for ids in _chunks(sorted(done)):
+            connection.execute(
+                update(_CERTIFICATES)
+                .where(_CERTIFICATES.c.id.in_(ids), _CERTIFICATES.c.renewed_by.is_not(None))
+                .values(renewed_by=None)
+            )
+    elif changed.get(row.id, "") is None:
+        # A key of its own: its renewals have other keys and stay valid; its predecessors
+        # fall back to them as for any other reason.
+        _hand_over(connection, row)
+
+    def detail(cert_id: str) -> str:
+        said = "" if cert_id == row.id else f"same key as {row.id}"
+        before = changed[cert_id]
+        if before is not None:
+            said += f"{'; ' if said else ''}reason was {before}, revocation date kept"
+        return f"keyCompromise ({said})" if said else "keyCompromise"
+
+    connection.execute(
+        insert(_AUDIT_EVENTS),
+        [
+            event_values(
+                at=now,
+                actor=caller.actor_id,
+                action="certificate.revoke",
+                target=cert_id,
+                detail=detail(cert_id),
+                source=caller.source,
+            )
+            for cert_id in (row.id, *sorted(i for i in changed if i != row.id))
+        ],
+    )
+    revoked = sum(1 for before in changed.values() if before is None)
+    return sorted(i for i in changed if i != row.id), revoked
+
+
+def _revoke_all(connection: Connection, ids: list[str], now: datetime) -> dict[str, str | None]:
+    """Revoke the certificates among ``ids`` for keyCompromise.
+
+    The unrevoked ones are revoked now; those revoked for another reason keep their
+    revocation date and get keyCompromise: RFC 5280 5.3.1 and the CA/B Forum's Baseline
+    Requirements 7.2.2 want the most appropriate reason on the CRL, and relying parties
+    that treat keyCompromise apart (back-dating trust decisions) must see it. Read, then
+    written, under REVOCATION_LOCK: no other revocation runs meanwhile, and a renewal
+    changes no status.
+
+    Returns:
+        Each certificate changed, with its reason before (None: it was not revoked).
+    """
+    certs = _CERTIFICATES
+    changed: dict[str, str | None] = {}
+    for chunk in _chunks(ids):
+        rows = connection.execute(
+            select(certs.c.id, certs.c.status, certs.c.revocation_reason).where(
+                certs.c.id.in_(chunk),
+                or_(
+                    certs.c.status != "revoked",
+                    certs.c.revocation_reason.is_(None),
+                    certs.c.revocation_reason != "keyCompromise",
+                ),
+            )
+        )
+        for cert_id, status, before in rows:
+            changed[cert_id] = None if status != "revoked" else (before or "unspecified")
+    fresh = [i for i, before in changed.items() if before is None]
+    for chunk in _chunks(fresh):
+        connection.execute(
+            update(certs)
+            .where(certs.c.id.in_(chunk))
+            .values(status="revoked", revoked_at=now, revocation_reason="keyCompromise")
+        )
+    for chunk in _chunks([i for i, before in changed.items() if before is not None]):
+        connection.execute(
+            update(certs).where(certs.c.id.in_(chunk)).values(revocation_reason="keyCompromise")
+        )
+    return changed
+
+
+def _revoke_one(connection: Connection, row: CertificateRecord, reason: str, now: datetime) -> bool:
+    """Mark ``row`` revoked and hand its renewals back; False if someone revoked it first."""
+    # Only if nobody revoked it since it was read: another worker or replica revoking it
+    # at the same moment would otherwise be overwritten, its reason and time replaced
+    # after a CRL carried them. The first revocation stands; this one is a 409.
+    revoked = connection.execute(
+        update(_CERTIFICATES)
+        .where(_CERTIFICATES.c.id == row.id, _CERTIFICATES.c.status != "revoked")
+        .values(status="revoked", revoked_at=now, revocation_reason=reason)
+    )
+    if revoked.rowcount != 1:
+        return False
+    _hand_over(connection, row)
+    return True
+
+
+def _hand_over(connection: Connection, row: CertificateRecord) -> None:
+    """Point the certificates ``row`` (now revoked) stood for as renewed_by at a live one."""
+    # A revoked successor renews nothing. Each certificate it stood for as renewed_by
+    # (its predecessor, or one further up a chain that handed over to it) falls back to
+    # its own latest unrevoked successor, as migration 0005 back-fills, else to the one
+    # that renewed this certificate in turn (A → B → C, B revoked: C carries the same
+    # names on), else needs renewing again.
+    renewed_by = connection.execute(
+        select(_CERTIFICATES.c.renewed_by).where(_CERTIFICATES.c.id == row.id)
+    ).scalar()
+    ancestors = _ancestors(connection, row.renewed_from)
+    if ancestors:
+        sibling = _CERTIFICATES.alias("sibling")
+        latest = (  # correlated with the row being updated
+            select(func.max(sibling.c.id))
+            .where(sibling.c.renewed_from == _CERTIFICATES.c.id, sibling.c.status != "revoked")
+            .scalar_subquery()
+        )
+        connection.execute(
+            update(_CERTIFICATES)
+            .where(_CERTIFICATES.c.id.in_(ancestors), _CERTIFICATES.c.renewed_by == row.id)
+            .values(renewed_by=func.coalesce(latest, renewed_by))
+        )
+
+
+def _key_family() -> Select[Any]:
+    """The certificates of one key, given one of them (``id``, CSR-issued): one statement.
+
+    Up the chain while each link was CSR-issued, then down through every renewal that kept
+    the key. UNION (not UNION ALL) ends the recursion at a row already found, so even a
+    store edited by hand into a cycle is walked once.
+    """
+    certs = _CERTIFICATES
+    start = select(sql_cast(bindparam("id"), certs.c.id.type).label("id"))
+    up = start.cte("key_up", recursive=True)
+    link = certs.alias("link")
+    up = up.union(
+        select(link.c.renewed_from).where(
+            link.c.id == up.alias().c.id,
+            link.c.wrapped_key.is_(None),
+            link.c.renewed_from.is_not(None),
+        )
+    )
+    down = select(up.c.id).cte("key_down", recursive=True)
+    child = certs.alias("child")
+    down = down.union(
+        select(child.c.id).where(
+            child.c.renewed_from == down.alias().c.id,
+            child.c.renewed_from.is_not(None),  # the partial index's predicate
+            child.c.wrapped_key.is_(None),
+        )
+    )
+    return (
+        select(certs.c.id)
+        .where(certs.c.id.in_(select(down.c.id)), certs.c.id != bindparam("id"))
+        .order_by(certs.c.id)
+        .limit(bindparam("limit"))
+    )
+
+
+_KEY_FAMILY = _key_family()
+
+
+def _same_key(connection: Connection, row: CertificateRecord) -> list[str]:
+    """The other certificates certctl issued for ``row``'s key, oldest first.
+
+    A certificate whose key certctl made has a key of its own (a renewal makes a new one).
+    One issued from a CSR shares its key with the renewals that kept it: up the chain while
+    each link was CSR-issued, then down through every renewal that kept the key. A CSR
+    submitted again outside a renewal is not followed (certctl does not index keys).
+
+    Raises:
+        Conflict: the key has more than ``_MAX_SAME_KEY`` certificates; the caller's
+            transaction must then change nothing.
+    """
+    if row.wrapped_key is not None:
+        return []
+    found = connection.execute(_KEY_FAMILY, {"id": row.id, "limit": _MAX_SAME_KEY})
+    others = [other_id for (other_id,) in found]
+    if len(others) >= _MAX_SAME_KEY:
+        raise Conflict(
+            f"certificate {row.id}: more than {_MAX_SAME_KEY} certificates certify its key "
+            f"(renewals that kept it), and a keyCompromise revocation takes at most "
+            f"{_MAX_SAME_KEY}: nothing was revoked"
+        )
+    return others
+
+
+_MAX_CHAIN = 64  # renewals followed up a chain; a longer one stops there (and a cycle too)
+# Certificates of one key a keyCompromise revocation takes, the first among them: a renewal
+# a day for 27 years. Past it the revocation is refused whole, never cut short: revoking
+# 256 and leaving the older ones valid with nothing said (as before) kept them certifying
+# the compromised key, and an answer flagging it would be missed by a client reading the
+# status alone.
+_MAX_SAME_KEY = 10_000
+_RENEWED_FROM = select(_CERTIFICATES.c.renewed_from).where(_CERTIFICATES.c.id == bindparam("id"))
+
+
+def _ancestors(connection: Connection, first: str | None) -> list[str]:
+    """``first`` and the certificates it renewed in turn, by primary key (never a scan)."""
+    found: list[str] = []
+    while first is not None and first not in found and len(found) < _MAX_CHAIN:
+        found.append(first)
+        first = connection.execute(_RENEWED_FROM, {"id": first}).scalar()
+    return found
+
+
+def renew_certificate(
+    services: Services, caller: Principal, cert_id: str, validity: timedelta | None
+) -> IssueResult:
+    """Issue a successor with the same subject, SANs and profile.
+
+    A certificate whose key certctl generated gets a fresh key (returned once); one issued
+    from a CSR keeps the requester's public key. Counted in ``certctl_renewals_total`` and,
+    as the issuance it is, in ``certctl_issuance_total{issuer}`` and the issuance duration.
+    """
+    caller.require("cert.issue")
+    started = time.perf_counter()
+    # The route needs cert.issue only (DESIGN §4); do not demand cert.read on top.
+    old = _load_certificate(services, cert_id)
+    if old.status == "revoked":
+        # A CSR-issued successor keeps the requester's key: renewing a certificate revoked
+        # for keyCompromise would re-certify the compromised key.
+        raise Conflict(f"certificate {cert_id} is revoked and cannot be renewed")
+    ca, revoked = load_issuer_state(services, _not_managed(old.issuer_id))
+    old_cert = x509.load_pem_x509_certificate(old.certificate_pem.encode())
+    # notBefore is backdated by BACKDATE at issuance: leave it out, or each renewal would
+    # lengthen the lifetime by another BACKDATE.
+    lifetime = validity or (old.not_after - old.not_before - BACKDATE)
+    sans = SubjectAltNames.parse(
+        dns=old.sans.get("dns", []),
+        ip=old.sans.get("ip", []),
+        email=old.sans.get("email", []),
+        uri=old.sans.get("uri", []),
+    )
+    now = services.clock()
+    try:
+        _unexpired(ca, old.issuer_id, now)
+        _unrevoked(revoked, old.issuer_id)
+    except Conflict:
+        RENEWALS.labels("error").inc()
+        ISSUANCE.labels(old.issuer_id, "error").inc()  # refused by the issuer, as prepare_*
+        raise
+    key_pem: bytes | None = None
+    if old.wrapped_key is not None:
+        key = generate_private_key(KeyType(key_type_of(old_cert.public_key())))
+        public_key = key.public_key()
+        key_pem = key_to_pem(key)
+    else:
+        public_key = old_cert.public_key()  # type: ignore[assignment]
+    try:
+        issued = ca.issue(
+            public_key,
+            old_cert.subject,
+            profile=get_profile(old.profile),
+            validity=lifetime,
+            now=now,
+            sans=sans,
+            crl_urls=services.crl_urls(old.issuer_id),
+            ca_issuers_urls=services.ca_issuers_urls(old.issuer_id),
+            # The names are the predecessor's, and a renewal takes none: the warnings about
+            # them were given at issuance, with advice this call cannot follow.
+            name_hint=None,
+        )
+    except InvalidRequest:
+        RENEWALS.labels("error").inc()
+        ISSUANCE.labels(old.issuer_id, "error").inc()
+        raise
+    if key_pem is not None:
+        # A new key, returned to the renewer. A renewal that keeps the key certifies it
+        # again for whoever had it issued, and hands the renewer nothing it can pose with.
+        _check_server_names(services, caller, ca, get_profile(old.profile), issued)
+    record, rows = _new_rows(
+        services, caller, old.issuer_id, issued, old.profile, key_pem, renewed_from=cert_id
+    )
+    with services.engine.begin() as connection:
+        # Still not revoked, checked where it is written: a revocation (keyCompromise) landing
+        # from another request since the read above must not get a successor. This UPDATE
+        # also locks the row (PostgreSQL) or the database (SQLite) until the commit,
+        # so a revocation arriving now waits and follows the renewal.
+        unrevoked = connection.execute(
+            update(_CERTIFICATES)
+            .where(_CERTIFICATES.c.id == cert_id, _CERTIFICATES.c.status != "revoked")
+            .values(renewed_by=record.id)  # renewed: no longer counted as expiring
+        )
+        if unrevoked.rowcount != 1:
+            RENEWALS.labels("error").inc()
+            raise Conflict(f"certificate {cert_id} is revoked and cannot be renewed")
+        write_rows(connection, rows)
+    RENEWALS.labels("success").inc()
+    ISSUANCE.labels(old.issuer_id, "success").inc()
+    ISSUANCE_DURATION.observe(time.perf_counter() - started)
+    return IssueResult(
+        record,
+        _chain_pem(ca),
+        key_pem.decode() if key_pem else None,
+        issued.warnings,
+    )
+
+
+def _serial_forms(q: str) -> list[str]:
+    """How a serial typed as ``q`` may be stored.
+
+    In whole octets (``0dd0…``, as openssl prints it and as rows are written now), or without
+    the leading zero (rows written before).
+    """
+    digits = q.lower().replace(":", "").removeprefix("0x")
+    bare = digits.lstrip("0") or "0"
+    return sorted({bare, bare if len(bare) % 2 == 0 else f"0{bare}"})
+
+
+_ACTORS: Table = Actor.__table__  # type: ignore[assignment]
+_CLIENT_CERT_BY_ISSUER_DN = (
+    select(
+        _CERTIFICATES.c.status,
+        _ACTORS.c.roles,
+        # A renewal that kept the requester's key (a CSR's) names its predecessor here.
+        case((_CERTIFICATES.c.wrapped_key.is_(None), _CERTIFICATES.c.renewed_from), else_=None),
+    )
+    .join(_ISSUERS, _ISSUERS.c.id == _CERTIFICATES.c.issuer_id)
+    .outerjoin(_ACTORS, _ACTORS.c.id == _CERTIFICATES.c.created_by)
+    .where(
+        _ISSUERS.c.subject == bindparam("issuer"),
+        _CERTIFICATES.c.serial.in_(bindparam("serials", expanding=True)),
+    )
+)
+_KEY_PREDECESSOR = (
+    select(
+        _ACTORS.c.roles,
+        case((_CERTIFICATES.c.wrapped_key.is_(None), _CERTIFICATES.c.renewed_from), else_=None),
+    )
+    .select_from(_CERTIFICATES.outerjoin(_ACTORS, _ACTORS.c.id == _CERTIFICATES.c.created_by))
+    .where(_CERTIFICATES.c.id == bindparam("id"))
+)
+
+
+@dataclass(frozen=True)
+class IssuedClientCertificate:
+    """What certctl knows of a client certificate one of its issuers issued."""
+
+    revoked: bool
+    # The roles of the actor that had it issued, as they are now (one tuple per stored row:
+    # two issuers may share a subject DN); None for a creator that is no actor any more, or
+    # never was one (a client-certificate principal).
+    creator_roles: tuple[tuple[str, ...] | None, ...]
+
+
+def issued_client_certificate(
+    services: Services, issuer_dn: str, serial: int, connection: Connection | None = None
+) -> IssuedClientCertificate | None:
+    """The stored certificate ``serial`` of one of certctl's issuers (by subject DN), or None.
+
+    The TLS handshake only checks a client certificate against ``tls.client-ca``: a
+    certificate revoked through the API would otherwise keep authenticating until it expires,
+    and one that any ``cert.issue`` holder had issued with a mapped subject would carry that
+    mapping's roles, whatever its requester held. A certificate certctl did not issue (an
+    offline CA, another PKI) is not known here: None. Read on ``connection`` if given.
+    """
+    with _connected(services, connection) as conn:
+        rows = conn.execute(
+            _CLIENT_CERT_BY_ISSUER_DN,
+            {"issuer": issuer_dn, "serials": _serial_forms(format_serial(serial))},
+        ).all()
+        creators = [roles for _, roles, _ in rows]
+        for _, _, predecessor in rows:
+            creators += _key_holders_before(conn, predecessor)
+    if not rows:
+        return None
+    return IssuedClientCertificate(
+        any(status == "revoked" for status, _, _ in rows),
+        tuple(None if roles is None else tuple(roles) for roles in creators),
+    )
+
+
+def _key_holders_before(connection: Connection, cert_id: str | None) -> list[Any]:
+    """The roles of whoever had each earlier certificate of this key issued, newest first.
+
+    A renewal of a CSR-issued certificate certifies the same key again, which its first
+    requester holds: an administrator renewing an operator's ``CN=ci-admin`` must not make
+    that operator's key an administrator's. Server-made keys are new at each renewal.
+    """
+    found: list[Any] = []
+    seen: set[str] = set()
+    while cert_id is not None and cert_id not in seen:
+        if len(seen) == _MAX_CHAIN:
+            return [*found, None]  # requesters not looked up: as if no actor (no permission)
+        seen.add(cert_id)
+        row = connection.execute(_KEY_PREDECESSOR, {"id": cert_id}).first()
+        if row is None:
+            break
+        found.append(row[0])
+        cert_id = row[1]
+    return found
+
+
+def certificate_counts(
+    services: Services,
+) -> tuple[dict[tuple[str, str], int], dict[str, datetime]]:
+    """Aggregate counts per (issuer, status) and the next expiry per issuer (for metrics)."""
+    now = services.clock()
+    soon = now + EXPIRING_WINDOW
+    status_expr = CertificateRecord.status
+    counts: dict[tuple[str, str], int] = {}
+    nxt: dict[str, datetime] = {}
+    with services.sessions() as session:
+        for issuer_id, status, expired, expiring, total in session.execute(
+            select(
+                CertificateRecord.issuer_id,
+                status_expr,
+                func.sum((CertificateRecord.not_after <= now).cast(Integer)),
+                func.sum(
+                    and_(
+                        CertificateRecord.not_after > now,
+                        CertificateRecord.not_after <= soon,
+                        CertificateRecord.renewed_by.is_(None),  # renewed: active to its end
+                    ).cast(Integer)
+                ),
+                func.count(),
+            ).group_by(CertificateRecord.issuer_id, status_expr)
+        ):
+            if status == "revoked":
+                counts[(issuer_id, "revoked")] = counts.get((issuer_id, "revoked"), 0) + total
+                continue
+            expired, expiring = int(expired or 0), int(expiring or 0)
+            counts[(issuer_id, "expired")] = expired
+            counts[(issuer_id, "expiring")] = expiring
+            counts[(issuer_id, "active")] = total - expired - expiring
+        for issuer_id, earliest in session.execute(
+            select(CertificateRecord.issuer_id, func.min(CertificateRecord.not_after))
+            .where(
+                CertificateRecord.status == "active",
+                CertificateRecord.not_after > now,
+                CertificateRecord.renewed_by.is_(None),
+            )
+            .group_by(CertificateRecord.issuer_id)
+        ):
+            if earliest is not None:
+                # Aggregates bypass the column type: SQLite hands back a naive string/datetime.
+                if isinstance(earliest, str):
+                    earliest = datetime.fromisoformat(earliest)
+                nxt[issuer_id] = (
+                    earliest.replace(tzinfo=UTC) if earliest.tzinfo is None else earliest
+                )
+        for (issuer_id,) in session.execute(select(Issuer.id)):
+            for status in ("active", "expiring", "expired", "revoked"):
+                counts.setdefault((issuer_id, status), 0)
+    return counts, nxt

@@ -1,0 +1,708 @@
+"""Issuers: create, import, load and cache their state, renew a root."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from functools import partial
+from typing import NoReturn
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from sqlalchemy import Table, select
+from sqlalchemy.orm import Session
+
+from certctl.errors import Conflict, InvalidRequest, NotFound
+from certctl.pki import (
+    PROFILES,
+    CertificateAuthority,
+    KeyType,
+    certs_to_pem,
+    common_name_dn,
+    create_root_ca,
+    generate_private_key,
+    issuer_chain,
+    key_type_of,
+    load_material,
+    parse_dn,
+)
+from certctl.pki.issue import KeyMismatch
+from certctl.pki.keys import unreadable_key
+from certctl.services.audit import record
+from certctl.services.context import IssuerCertificates, IssuerRevocation, Principal, Services
+from certctl.services.revocation import (
+    _may_be_revoked_above,
+    _newly_below_revoked,
+    _revoked_above,
+    _revoked_certificates,
+)
+from certctl.store.models import Issuer
+
+__all__ = [
+    "DEFAULT_ISSUER",
+    "create_issuer",
+    "forget_if_changed",
+    "import_issuer",
+    "load_issuer",
+    "load_issuer_certificates",
+    "load_issuer_state",
+    "refresh_cached_issuers",
+    "renew_root_issuer",
+    "revocation_refusal",
+]
+
+DEFAULT_ISSUER = "default"
+# An issuer created through the API without a validity (as `certctl ca create`'s default).
+DEFAULT_CA_VALIDITY = timedelta(days=5 * 365)
+
+
+def _issuer_context(issuer_id: str) -> str:
+    return f"issuer:{issuer_id}"
+
+
+def _store_issuer(
+    services: Services,
+    issuer_id: str,
+    name: str,
+    ca: CertificateAuthority,
+    caller: Principal | None,
+    action: str,
+    guard: Callable[[Session], None] | None = None,
+    parent_id: str | None = None,
+) -> Issuer:
+    """Store a new issuer; ``guard`` runs first in the same transaction and may refuse it."""
+    now = services.clock()
+    # Before the guard reads: a revocation committed after that read (of a CA above this
+    # one) drops the cache after it, so what is stored is not cached as unrevoked here.
+    version = services.issuer_cache_version()
+    key_der = ca.private_key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    row = Issuer(
+        id=issuer_id,
+        name=name or issuer_id,
+        subject=ca.certificate.subject.rfc4514_string(),
+        certificate_pem=certs_to_pem([ca.certificate]).decode(),
+        chain_pem=certs_to_pem(ca.chain).decode(),
+        wrapped_key=services.wrapper.wrap(key_der, context=_issuer_context(issuer_id)),
+        key_type=key_type_of(ca.private_key),
+        not_after=ca.certificate.not_valid_after_utc,
+        created_at=now,
+        parent_id=parent_id,
+    )
+    with services.sessions.begin() as session:
+        if guard is not None:
+            guard(session)
+        if session.get(Issuer, issuer_id) is not None:
+            raise Conflict(f"issuer {issuer_id} already exists")
+        session.add(row)
+        record(
+            session,
+            at=now,
+            actor=caller.actor_id if caller else "system",
+            action=action,
+            target=issuer_id,
+            source=caller.source if caller else "",
+        )
+    services.cache_issuer(issuer_id, ca, version=version)
+    return row
+
+
+def create_issuer(
+    services: Services,
+    caller: Principal | None,
+    *,
+    issuer_id: str,
+    name: str,
+    subject: str | None,
+    common_name: str | None,
+    key_type: str,
+    validity: timedelta | None,
+    parent: str | None = None,
+    path_length: int | None = None,
+) -> tuple[Issuer, tuple[str, ...]]:
+    """Create a root CA, or an intermediate signed by issuer ``parent``.
+
+    ``validity`` None: ``DEFAULT_CA_VALIDITY``, and for an intermediate no longer than its
+    parent has left (as ``certctl ca create --parent``), without a warning.
+
+    Returns:
+        The stored issuer and the warnings raised while signing it (a validity clipped to
+        the parent's notAfter, a short lifetime).
+    """
+    if caller is not None:
+        caller.require("issuer.create")
+    from certctl.services.rbac import _check_id
+
+    _check_id(issuer_id, "issuer")
+    if caller is not None:
+        _reserved_id(issuer_id)
+    name_dn = (
+        parse_dn(subject) if subject else common_name_dn(common_name or f"certctl {issuer_id} CA")
+    )
+    key = generate_private_key(KeyType.parse(key_type))
+    now = services.clock()
+    if parent is None:
+        issued = create_root_ca(
+            key,
+            name_dn,
+            validity=validity or DEFAULT_CA_VALIDITY,
+            now=now,
+            path_length=path_length,
+        )
+        ca = CertificateAuthority(issued.certificate, key)
+    else:
+        parent_ca, parent_revoked = load_issuer_state(
+            services, _not_managed(parent) if caller else parent
+        )
+        _unexpired(parent_ca, parent, now)
+        _unrevoked(parent_revoked, parent)
+        if validity is None:
+            # Asked for nothing, told nothing: the default of 5Y clipped to the default
+            # issuer's one year warned on every intermediate made without --validity.
+            validity = min(DEFAULT_CA_VALIDITY, parent_ca.certificate.not_valid_after_utc - now)
+        profile = PROFILES["intermediate"]
+        if path_length is not None:
+            profile = profile.with_path_length(path_length)
+        # With public-url, as a leaf names its issuer's: the parent's CRL, which lists this
+        # intermediate once it is revoked (clients checking the whole chain fetch it), and
+        # the parent's certificate, as public CAs' intermediates carry them.
+        issued = parent_ca.issue(
+            key.public_key(),
+            name_dn,
+            profile=profile,
+            validity=validity,
+            now=now,
+            crl_urls=services.crl_urls(parent),
+            ca_issuers_urls=services.ca_issuers_urls(parent),
+        )
+        ca = CertificateAuthority(
+            issued.certificate, key, (parent_ca.certificate, *parent_ca.chain)
+        )
+    # The parent may have been revoked since it was loaded (another request, a replica).
+    row = _store_issuer(
+        services,
+        issuer_id,
+        name,
+        ca,
+        caller,
+        "issuer.create",
+        guard=partial(_not_revoked, ca, "not created"),
+        parent_id=parent,
+    )
+    return row, issued.warnings
+
+
+def import_issuer(
+    services: Services,
+    caller: Principal,
+    *,
+    issuer_id: str,
+    name: str,
+    certificate_pem: str,
+    private_key_pem: str,
+) -> tuple[Issuer, tuple[str, ...]]:
+    """Import an existing CA (PEM certificate [+ chain] and key).
+
+    Returns:
+        The stored issuer and warnings about what it will not do well (sign CRLs).
+    """
+    caller.require("issuer.create")
+    from certctl.services.rbac import _check_id
+
+    _check_id(issuer_id, "issuer")
+    _reserved_id(issuer_id)
+    certs = load_material(certificate_pem.encode()).certificates
+    try:
+        key = load_material(private_key_pem.encode()).private_key
+    except InvalidRequest as exc:
+        if "encrypted" not in exc.detail:
+            raise
+        # The loader's hint names the CLI's --password-file; the API takes no password.
+        raise InvalidRequest(
+            "private_key_pem is encrypted: send it unencrypted (over this TLS connection), "
+            "e.g. from 'openssl pkey -in ca.key'"
+        ) from None
+    if not certs or key is None:
+        raise InvalidRequest("import needs a PEM certificate and a PEM private key")
+    # The CA is the certificate of the key wherever the bundle has it (roots often come
+    # first), and its chain the others followed by signature up to the root, as
+    # 'certctl ca import' takes them: taken in the order given, an unrelated certificate
+    # became the chain served with every certificate and the "root" of ca.pem?chain=true.
+    _check_keys_readable(certs)
+    public_key = key.public_key()
+    ca_cert = next((c for c in certs if c.public_key() == public_key), certs[0])
+    chain, left_over = issuer_chain(ca_cert, [c for c in certs if c is not ca_cert])
+    ca = CertificateAuthority(ca_cert, key, chain)
+    _check_importable(ca, services.clock(), left_over)
+    if left_over:
+        # Refused rather than left out with a warning (as the CLI does): an issuer cannot be
+        # deleted or imported again under its id, so a wrong bundle could not be corrected.
+        raise InvalidRequest(
+            f"{left_over[0].subject.rfc4514_string()}: not an issuer in the chain of "
+            f"{ca_cert.subject.rfc4514_string()}; certificate_pem takes the CA and the CAs "
+            "above it, up to the root"
+        )
+    row = _store_issuer(
+        services,
+        issuer_id,
+        name,
+        ca,
+        caller,
+        "issuer.import",
+        guard=partial(_not_revoked, ca, "not imported"),
+    )
+    return row, _import_warnings(ca, issuer_id)
+
+
+def _check_keys_readable(certs: Sequence[x509.Certificate]) -> None:
+    """Refuse a bundle holding a certificate whose key cryptography cannot load.
+
+    Matching the key to it, building the chain and every later compromise check (which
+    compare keys) raised UnsupportedAlgorithm, a 500 for the import (``pki.unreadable_key``).
+    Checked once here, before anything else reads a key, rather than at each use.
+    """
+    found = unreadable_key(certs)
+    if found is not None:
+        cert, exc = found
+        raise InvalidRequest(
+            f"{cert.subject.rfc4514_string()} in certificate_pem holds a key certctl "
+            f"cannot read ({exc}): neither its signatures nor a compromise of its key "
+            "could be checked; not imported"
+        )
+
+
+def _not_revoked(ca: CertificateAuthority, outcome: str, session: Session) -> None:
+    """409 for an import of a revoked issuer's certificate, or of a CA below one.
+
+    Stored, it could issue nothing (loads refuse it), and it was cached here as it came,
+    issuing until the next refresh. Checked in the transaction that stores it; also for
+    an intermediate created below a parent revoked while it was being signed.
+    ``outcome``: the message's end ("not imported").
+    """
+    revoked = _revoked_above(session, ca.certificate, ca.chain)
+    if revoked is None:
+        return
+    subject = ca.certificate.subject.rfc4514_string()
+    how = (
+        "is the certificate of"
+        if revoked.same_certificate
+        else "has the compromised key of"
+        if revoked.same_key
+        else "is below"
+    )
+    raise Conflict(
+        f"{subject} {how} issuer {revoked.by}, revoked on "
+        f"{revoked.revoked_at:%Y-%m-%d %H:%M}Z ({revoked.reason}): it could issue nothing; "
+        f"{outcome}"
+    )
+
+
+def _import_warnings(ca: CertificateAuthority, issuer_id: str) -> tuple[str, ...]:
+    warnings = []
+    top = ca.root
+    if top.issuer != top.subject:
+        # Imported all the same (the root may be in every trust store already), but what
+        # certctl serves stops below it, as 'certctl ca import' warns.
+        warnings.append(
+            f"{top.issuer.rfc4514_string()}, the issuer of {top.subject.rfc4514_string()}, "
+            "was not given: chain_pem stops below it, certificates from this issuer come "
+            f"without {top.subject.rfc4514_string()} and ca.pem?chain=true ends with it, not a "
+            "root; send the chain up to the root in certificate_pem"
+        )
+    if not ca.may_sign_crls:
+        # Issuing works; only a CRL it signed would be refused by every client, so certctl
+        # publishes none for it: a warning rather than a refusal.
+        warnings.append(
+            "the CA certificate's keyUsage lacks cRLSign: clients refuse CRLs it signs, so "
+            f"/api/v1/issuers/{issuer_id}/crl answers 409 and revocations are not published"
+        )
+    return tuple(warnings)
+
+
+# How far ahead of this clock an imported CA's notBefore may be.
+IMPORT_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _check_importable(
+    ca: CertificateAuthority, now: datetime, left_over: Sequence[x509.Certificate] = ()
+) -> None:
+    """Refuse a CA that could not issue a valid certificate now (rather than at first use).
+
+    ``left_over``: the certificates given besides the CA and its chain; one named as the
+    CA's issuer is there because its signature failed.
+    """
+    cert = ca.certificate
+    if cert.not_valid_after_utc <= now:
+        raise InvalidRequest(f"the CA certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+    if cert.not_valid_before_utc > now + IMPORT_CLOCK_SKEW:
+        # Its certificates would start before it does, and fail validation until then. A few
+        # minutes are allowed: a CA made just now on a host whose clock runs ahead.
+        raise InvalidRequest(
+            f"the CA certificate is not valid before {cert.not_valid_before_utc.isoformat()}"
+        )
+    if not ca.may_sign_certificates:
+        # Every certificate it signed would fail validation ("key usage does not include
+        # certificate signing"), so refuse it now rather than at the first issuance.
+        raise InvalidRequest(
+            "the CA certificate's keyUsage lacks keyCertSign: certificates it signs would not "
+            "verify"
+        )
+    if cert.issuer == cert.subject:
+        parent: x509.Certificate | None = cert
+    else:  # the chain's issuer of it, wherever it sits (bundles come root first too)
+        parent = next((c for c in (*ca.chain, *left_over) if c.subject == cert.issuer), None)
+    if parent is None:
+        return  # an intermediate without its issuer: nothing here to check its signature with
+    try:
+        cert.verify_directly_issued_by(parent)
+    except (ValueError, TypeError, InvalidSignature):
+        what = "its own key (self-signed)" if parent is cert else "its issuer in the chain"
+        raise InvalidRequest(
+            f"the CA certificate's signature does not verify with {what}"
+        ) from None
+
+
+# Issuer ids of managed services' CAs (tls_services): only their reconciler issues from them
+# (the service's clients trust them), and nobody may create or import one (a CA imported as
+# svc.<name> before the service exists would be adopted, its key known to the importer).
+MANAGED_ISSUER_PREFIX = "svc."
+
+
+def _not_managed(issuer_id: str) -> str:
+    if issuer_id.startswith(MANAGED_ISSUER_PREFIX):
+        raise Conflict(
+            f"issuer {issuer_id} is the CA of managed service "
+            f"{issuer_id.removeprefix(MANAGED_ISSUER_PREFIX)}; only its reconciler issues from it"
+        )
+    return issuer_id
+
+
+def _unexpired(ca: CertificateAuthority, issuer_id: str, now: datetime) -> None:
+    """409 for an issuer past its notAfter: the request was fine, the issuer is not.
+
+    As ``crl_for`` answers; ``CertificateAuthority.issue`` would refuse with a 400 that
+    names no issuer, telling the client to change a request that has nothing wrong.
+    """
+    end = ca.certificate.not_valid_after_utc
+    if end <= now:
+        raise Conflict(f"issuer {issuer_id}: issuing CA expired on {end:%Y-%m-%d %H:%M}Z")
+
+
+def _unrevoked(revoked: IssuerRevocation | None, issuer_id: str) -> None:
+    """409 for a revoked issuer: what it signed would chain to a revoked CA.
+
+    ``revoked``: from ``load_issuer_state``, cached with the CA: a revocation made by another
+    process or replica reaches it with ``refresh_cached_issuers`` (a minute at most), as a
+    renewal does.
+    """
+    if revoked is not None:
+        raise Conflict(revocation_refusal(revoked, issuer_id))
+
+
+def revocation_refusal(
+    revoked: IssuerRevocation, issuer_id: str, advice: str = "use another issuer"
+) -> str:
+    """Why issuer ``issuer_id`` issues nothing more, ending with ``advice``.
+
+    The API's 409, and the server's log line when its own certificate is not renewed.
+    """
+    when = f"{revoked.revoked_at:%Y-%m-%d %H:%M}Z ({revoked.reason})"
+    if revoked.same_certificate:
+        return (
+            f"issuer {issuer_id} holds the certificate of issuer {revoked.by}, revoked on "
+            f"{when}, and issues nothing more: {advice}"
+        )
+    if revoked.same_key:
+        return (
+            f"issuer {issuer_id} holds the key of issuer {revoked.by}, revoked on {when}: the "
+            f"key was compromised, and it issues nothing more: {advice}"
+        )
+    if revoked.by != issuer_id:
+        # What it signs would chain through a revoked CA: clients checking the whole chain
+        # (openssl -crl_check_all, browsers' CRLSets) refuse it.
+        return (
+            f"issuer {issuer_id} is below issuer {revoked.by}, revoked on {when}, and issues "
+            f"nothing more: {advice}"
+        )
+    return f"issuer {issuer_id} was revoked on {when} and issues nothing more: {advice}"
+
+
+def _reserved_id(issuer_id: str) -> None:
+    if issuer_id.startswith(MANAGED_ISSUER_PREFIX):
+        raise InvalidRequest(
+            f"{issuer_id!r}: issuer ids starting with {MANAGED_ISSUER_PREFIX!r} are reserved "
+            "for managed services' CAs"
+        )
+
+
+def load_issuer(services: Services, issuer_id: str) -> CertificateAuthority:
+    """The CA for ``issuer_id``; its key is unwrapped once per process, then cached."""
+    return load_issuer_state(services, issuer_id)[0]
+
+
+def load_issuer_state(
+    services: Services, issuer_id: str
+) -> tuple[CertificateAuthority, IssuerRevocation | None]:
+    """``load_issuer``, with the revocation of the CA or of one above it (None: none).
+
+    Returned with the CA rather than looked up in the cache after: a load not cached (an
+    issuer dropped meanwhile) or dropped before that lookup would read no revocation.
+    """
+    cached = services.cached_issuer_entry(issuer_id)
+    if cached is not None:
+        return cached
+    version = services.issuer_cache_version()
+    with services.sessions() as session:
+        row = session.get(Issuer, issuer_id)
+        if row is None:
+            raise NotFound(f"issuer {issuer_id} not found")
+        key_der = services.wrapper.unwrap(row.wrapped_key, context=_issuer_context(issuer_id))
+        # OpenSSL 3's RSA key check costs 250 ms for a 4,096-bit key, on the request that
+        # (re)loads the issuer (after every cache drop, in every worker). Safe to skip for this
+        # key only: it was checked when created or imported, and AES-GCM authenticated it
+        # just now, so these are the very bytes certctl checked.
+        key = serialization.load_der_private_key(key_der, None, unsafe_skip_rsa_key_validation=True)
+        cert = x509.load_pem_x509_certificate(row.certificate_pem.encode())
+        chain = (
+            tuple(x509.load_pem_x509_certificates(row.chain_pem.encode())) if row.chain_pem else ()
+        )
+        if row.revoked_at is not None:
+            revoked: IssuerRevocation | None = IssuerRevocation(
+                row.revoked_at, row.revocation_reason or "unspecified", issuer_id
+            )
+        else:
+            revoked = _revoked_above(session, cert, chain)
+    try:
+        ca = CertificateAuthority(cert, key, chain)  # type: ignore[arg-type]  # issuer keys only
+    except KeyMismatch:
+        # The key is authenticated by the key-encryption key (AES-GCM, bound to the issuer
+        # id); the certificate is a plain column. Whoever can write to the database alone
+        # could put another CA's certificate there, and certctl would sign leaves naming
+        # that CA as their issuer.
+        _refuse_stored_certificate(
+            issuer_id,
+            cert,
+            f"its key does not match its certificate ({_subject(cert)}), which was changed "
+            "in the database outside certctl",
+        )
+    except InvalidRequest as exc:
+        # Not a CA, no BasicConstraints, an RSA-PSS key: what an import refuses with 400
+        # (the request's fault). Stored, it is the store's state, not the caller's request.
+        _refuse_stored_certificate(
+            issuer_id, cert, f"its stored certificate ({_subject(cert)}) cannot sign: {exc.detail}"
+        )
+    services.cache_issuer(issuer_id, ca, revoked, version)
+    return ca, revoked
+
+
+log = logging.getLogger("certctl.services")
+# (issuer id, certificate) pairs already logged by _refuse_stored_certificate: its ERROR once
+# per process, not once per refused request (nothing is cached, so each one loads it again).
+_FOREIGN_LOGGED: set[tuple[str, bytes]] = set()
+
+
+def _subject(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string()[:200]
+
+
+def _refuse_stored_certificate(issuer_id: str, cert: x509.Certificate, why: str) -> NoReturn:
+    """409 naming the issuer, and its ERROR once per process and certificate.
+
+    Raises:
+        Conflict: always; ``why`` says what is wrong with the stored certificate.
+    """
+    message = f"issuer {issuer_id}: {why}"
+    seen = (issuer_id, cert.fingerprint(hashes.SHA256()))
+    if seen not in _FOREIGN_LOGGED:
+        _FOREIGN_LOGGED.add(seen)
+        log.error("%s; it signs nothing until its certificate is restored", message)
+    raise Conflict(f"{message}; it signs nothing: restore its certificate or use another issuer")
+
+
+def load_issuer_certificates(services: Services, issuer_id: str) -> IssuerCertificates:
+    """The issuer's certificate and chain, what its public routes serve; never its key.
+
+    From this process's caches when there (its CA, or these alone); otherwise one read of
+    two columns, then kept until the issuer changes (:meth:`Services.forget_issuer`, or
+    :func:`refresh_cached_issuers` for a change made by another process or replica).
+
+    Raises:
+        NotFound: no issuer ``issuer_id``.
+    """
+    cached = services.cached_certificates(issuer_id)
+    if cached is not None:
+        return cached
+    version = services.issuer_cache_version()
+    with services.sessions() as session:
+        row = session.execute(
+            select(Issuer.certificate_pem, Issuer.chain_pem).where(Issuer.id == issuer_id)
+        ).one_or_none()
+    if row is None:
+        raise NotFound(f"issuer {issuer_id} not found")
+    certificate_pem, chain_pem = row
+    certificates = IssuerCertificates(
+        x509.load_pem_x509_certificate(certificate_pem.encode()),
+        tuple(x509.load_pem_x509_certificates(chain_pem.encode())) if chain_pem else (),
+    )
+    services.cache_certificates(issuer_id, certificates, version)
+    return certificates
+
+
+def renew_root_issuer(
+    services: Services,
+    issuer_id: str,
+    ca: CertificateAuthority,
+    *,
+    validity: timedelta,
+    now: datetime,
+) -> tuple[CertificateAuthority, bool]:
+    """Re-sign root issuer ``issuer_id``'s certificate with its own key, for ``validity``.
+
+    Same key, same subject, same SKI (and path length): certificates signed under the old CA
+    certificate verify under the new one and the other way round, so clients holding either
+    ``ca.crt`` keep working, and CRLs stay valid for both. ``ca`` is the caller's loaded copy;
+    when the stored certificate is no longer that one (another process or replica renewed it
+    first), nothing is signed and the stored one is returned.
+
+    Returns:
+        The CA as now stored, and whether this call renewed it.
+
+    Raises:
+        InvalidRequest: ``ca`` is not self-signed (an intermediate needs its parent).
+    """
+    if ca.chain or ca.certificate.issuer != ca.certificate.subject:
+        raise InvalidRequest(f"issuer {issuer_id} is not a root CA: renew it from its parent")
+    try:
+        path_length = ca.certificate.extensions.get_extension_for_class(
+            x509.BasicConstraints
+        ).value.path_length
+    except x509.ExtensionNotFound:
+        path_length = None
+    renewed = create_root_ca(
+        ca.private_key,
+        ca.certificate.subject,
+        validity=validity,
+        now=now,
+        path_length=path_length,
+    )
+    wrote = False
+    with services.sessions.begin() as session:
+        row = session.get(Issuer, issuer_id, with_for_update=True)
+        if row is None:
+            raise NotFound(f"issuer {issuer_id} not found")
+        if x509.load_pem_x509_certificate(row.certificate_pem.encode()) == ca.certificate:
+            wrote = True
+            row.certificate_pem = certs_to_pem([renewed.certificate]).decode()
+            row.not_after = renewed.certificate.not_valid_after_utc
+            record(
+                session,
+                at=now,
+                actor="system",
+                action="issuer.renew",
+                target=f"{issuer_id} until {row.not_after.isoformat()}",
+            )
+    services.forget_issuer(issuer_id)
+    return load_issuer(services, issuer_id), wrote
+
+
+def forget_if_changed(services: Services, issuer_id: str) -> None:
+    """Drop the cached CA ``issuer_id`` if the stored one is another or gone (one lookup).
+
+    For callers about to rely on one CA's cache now, not at the next periodic
+    ``refresh_cached_issuers``: another process may have deleted or replaced it.
+    """
+    cached = services.cached_issuer(issuer_id)
+    if cached is None:
+        return
+    # A root is checked for no compromised key here (refresh_cached_issuers does): the
+    # managed services' roots calling this each pass hold keys certctl generated for them.
+    with services.sessions() as session:
+        stored = session.execute(
+            select(Issuer.not_after, Issuer.revoked_at, Issuer.revocation_reason).where(
+                Issuer.id == issuer_id
+            )
+        ).first()
+        revoked = (
+            _revoked_certificates(session)
+            if _may_be_revoked_above(cached.certificate, cached.chain)
+            else []
+        )
+    if (
+        stored is None
+        or _changed(services, issuer_id, cached, *stored)
+        or _newly_below_revoked(services, issuer_id, cached, revoked)
+    ):
+        services.forget_issuer(issuer_id)
+
+
+def _changed(
+    services: Services,
+    issuer_id: str,
+    cached: CertificateAuthority,
+    not_after: datetime | None,
+    revoked_at: datetime | None,
+    revocation_reason: str | None,
+) -> bool:
+    """Whether the stored issuer differs from the cached one: renewed, or revoked.
+
+    Or its revocation's reason changed (to keyCompromise): its refusals name the reason.
+    """
+    revoked = services.issuer_revocation(issuer_id)
+    own = revoked if revoked is not None and revoked.by == issuer_id else None
+    stored = None if revoked_at is None else (revoked_at, revocation_reason or "unspecified")
+    return not_after != cached.certificate.not_valid_after_utc or stored != (
+        (own.revoked_at, own.reason) if own else None
+    )
+
+
+def refresh_cached_issuers(services: Services) -> list[str]:
+    """Drop cached CAs and certificates whose stored certificate changed (renewed elsewhere).
+
+    Every process caches unwrapped issuer keys; a renewal in one of them (the leader, another
+    worker, another replica on PostgreSQL) must reach the others before their cached
+    certificate runs out, and a revocation before they issue much more from a revoked CA (a
+    reason changed to keyCompromise too: their refusals name it). Returns the ids dropped.
+    """
+    # The certificates cached for the public CA routes too: a replica must not serve a
+    # renewed or deleted CA's certificate for longer than this check's period.
+    cached = {i: c.certificate for i, c in services.cached_certificates_only().items()}
+    cached_cas = services.cached_issuers()
+    cached.update((i, ca.certificate) for i, ca in cached_cas.items())
+    if not cached:
+        return []
+    with services.sessions() as session:
+        rows = session.execute(
+            select(Issuer.id, Issuer.not_after, Issuer.revoked_at, Issuer.revocation_reason).where(
+                Issuer.id.in_(list(cached))
+            )
+        )
+        stored: dict[str, tuple[datetime | None, datetime | None, str | None]] = {
+            issuer_id: (not_after, revoked_at, reason)
+            for issuer_id, not_after, revoked_at, reason in rows
+        }
+        # An intermediate below one revoked elsewhere is dropped too (reloaded as refusing),
+        # and any CA holding a key revoked elsewhere for a compromise, a root too (one read a
+        # minute).
+        revoked = _revoked_certificates(session) if cached_cas else []
+    stale = []
+    gone = (None, None, None)
+    for issuer_id, certificate in cached.items():
+        ca = cached_cas.get(issuer_id)
+        if ca is None:  # certificates alone, for the public routes: renewed or deleted?
+            changed = stored.get(issuer_id, gone)[0] != certificate.not_valid_after_utc
+        else:
+            changed = _changed(
+                services, issuer_id, ca, *stored.get(issuer_id, gone)
+            ) or _newly_below_revoked(services, issuer_id, ca, revoked)
+        if changed:
+            services.forget_issuer(issuer_id)
+            stale.append(issuer_id)
+    return stale
+
+
+_ISSUERS: Table = Issuer.__table__  # type: ignore[assignment]

@@ -1,0 +1,390 @@
+"""Revocation reasons, and whether a revoked CA certctl holds is above a certificate."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Sequence
+from datetime import datetime
+from typing import cast
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import Connection, select
+from sqlalchemy.orm import Session
+
+from certctl.errors import InvalidRequest
+from certctl.pki import CertificateAuthority
+from certctl.pki.keys import signature_verifies
+from certctl.services.context import IssuerRevocation, Services
+from certctl.store.models import Issuer
+
+__all__ = [
+    "REVOCATION_REASONS",
+    "UnreadableCertificate",
+    "revoked_ca_among",
+    "revoked_issuer_of",
+]
+
+
+# removeFromCRL belongs to delta CRLs and certificateHold cannot be lifted here: refused.
+_REASONS = {
+    r.value: r
+    for r in x509.ReasonFlags
+    if r not in (x509.ReasonFlags.remove_from_crl, x509.ReasonFlags.certificate_hold)
+}
+REVOCATION_REASONS = tuple(sorted(_REASONS))
+
+
+def _revoked_above(
+    session: Session, cert: x509.Certificate, chain: Sequence[x509.Certificate]
+) -> IssuerRevocation | None:
+    """The revocation of a CA in ``chain`` (the CAs above an issuer) that certctl holds.
+
+    Or of another issuer holding ``cert`` itself (the same CA imported twice): the parent's
+    CRL lists that certificate whichever id was revoked. Matched by certificate, not by
+    ``parent_id``: imports and intermediates made before migration 0010 have none. Few rows
+    (revoked issuers), read when an issuer is loaded.
+    """
+    query = (
+        select(Issuer.id, Issuer.certificate_pem, Issuer.revoked_at, Issuer.revocation_reason)
+        .where(Issuer.revoked_at.is_not(None))
+        .order_by(Issuer.id)
+    )
+    if not _may_be_revoked_above(cert, chain):
+        # A root is on no CRL, but may hold a key compromised under another certificate
+        # (the root of a cross-signed intermediate). Loaded once per cache drop.
+        query = query.where(Issuer.revocation_reason.in_(_COMPROMISE))
+    rows = session.execute(query).all()
+    for revoked_id, pem, revoked_at, reason in rows:
+        revoked_cert = _parsed_ca(pem)[0]
+        if revoked_cert == cert or revoked_cert in chain:
+            return IssuerRevocation(
+                cast(datetime, revoked_at),
+                reason or "unspecified",
+                revoked_id,
+                same_certificate=revoked_cert == cert,
+            )
+    # A compromise is the key's, whatever certificate holds it: another certificate of it
+    # (re-issued, cross-signed, imported under another id) signs nothing more, nor do CAs
+    # below one. Other reasons stay with the certificate revoked.
+    keys = {_spki(c) for c in (cert, *chain)}
+    for revoked_id, pem, revoked_at, reason in rows:
+        if reason in _COMPROMISE and (
+            _parsed_ca(pem)[2] in keys or _top_signed_by(cert, chain, _parsed_ca(pem)[0])
+        ):
+            return IssuerRevocation(
+                cast(datetime, revoked_at),
+                reason,
+                revoked_id,
+                same_key=_parsed_ca(pem)[2] == _spki(cert),
+            )
+    return None
+
+
+def _top_signed_by(
+    cert: x509.Certificate, chain: Sequence[x509.Certificate], ca: x509.Certificate
+) -> bool:
+    """Whether the top of ``chain`` (or ``cert``), not a root, was signed by ``ca``'s key.
+
+    An intermediate imported without the CA above it (accepted, with a warning) has no
+    chain to compare: its signature tells whether a compromised key is above it.
+    """
+    top = chain[-1] if chain else cert
+    return top.issuer != top.subject and _signature_verifies(top, ca.public_key())
+
+
+def _spki(cert: x509.Certificate) -> bytes:
+    """``cert``'s SubjectPublicKeyInfo (DER): what a key compromise is matched on."""
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+class UnreadableCertificate(Exception):
+    """A certificate OpenSSL verified that cryptography cannot parse; ``detail`` says which."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def revoked_ca_among(
+    services: Services, cas: Sequence[bytes], connection: Connection | None = None
+) -> str | None:
+    """The id of a revoked issuer whose certificate is one of ``cas`` (DER), else None.
+
+    Or, for one revoked for a compromise, whose key one of ``cas`` holds: a chain verified
+    through another certificate of that key (cross-signed by a CA certctl does not hold, so
+    on no CRL here) is the compromised key's all the same. For a client certificate's
+    verified chain, on each request it authenticates that is not remembered: one read of the
+    revoked issuers (few, usually none), on ``connection`` if given.
+    """
+    wanted = set(cas)
+    compromised: dict[bytes, str] = {}
+    for issuer_id, pem, reason in _revoked_issuer_pems(services, connection):
+        _, der, key = _parsed_ca(pem)
+        if der in wanted:
+            return issuer_id
+        if reason in _COMPROMISE:
+            compromised.setdefault(key, issuer_id)
+    if compromised:
+        for der in cas:
+            try:
+                key = _spki(x509.load_der_x509_certificate(der))
+            except (ValueError, x509.InvalidVersion):
+                # OpenSSL verified it; cryptography cannot read it (BER, version 4, a
+                # PrintableString with "_" ...), so whether it holds a compromised key
+                # cannot be told: refused rather than a 500, or trusted unchecked.
+                raise UnreadableCertificate(
+                    "a CA of its verified chain is not a readable X.509 certificate, and a "
+                    "compromised issuer key could be in it"
+                ) from None
+            except UnsupportedAlgorithm as exc:
+                # Read, but its key is of a kind cryptography lacks (a curve such as
+                # prime239v1 or sect283k1, which OpenSSL verifies chains through). No issuer
+                # key of certctl's is, but a compromised one given in an encoding only
+                # OpenSSL reads would look the same: refused as an unreadable certificate.
+                raise UnreadableCertificate(
+                    f"a CA of its verified chain holds a key certctl cannot read ({exc}), and "
+                    "a compromised issuer key could be it"
+                ) from None
+            found = compromised.get(key)
+            if found is not None:
+                return found
+    return None
+
+
+# Core, on a connection: no ORM session (its construction, transaction and close cost more
+# than the read, which usually finds no row).
+_ISSUER_COLUMNS = Issuer.__table__.c
+_REVOKED_ISSUERS = select(
+    _ISSUER_COLUMNS.id, _ISSUER_COLUMNS.certificate_pem, _ISSUER_COLUMNS.revocation_reason
+).where(_ISSUER_COLUMNS.revoked_at.is_not(None))
+# The first revoked named, the same on every backend: a key's twins are revoked after it.
+_REVOKED_ISSUERS = _REVOKED_ISSUERS.order_by(_ISSUER_COLUMNS.revoked_at, _ISSUER_COLUMNS.id)
+_ISSUER_CERTIFICATES = select(_ISSUER_COLUMNS.certificate_pem)
+
+
+def _revoked_issuer_pems(
+    services: Services, connection: Connection | None
+) -> list[tuple[str, str, str | None]]:
+    # Read for each client certificate whose answer is not remembered (a revocation on
+    # another replica counts at once); usually no row. Their parsing is cached: the same few
+    # PEMs every time.
+    with _connected(services, connection) as conn:
+        rows = conn.execute(_REVOKED_ISSUERS).all()
+    return [(str(issuer_id), pem, reason) for issuer_id, pem, reason in rows]
+
+
+def _connected(
+    services: Services, connection: Connection | None
+) -> contextlib.AbstractContextManager[Connection]:
+    """``connection`` itself (left open), else a pooled connection of its own (closed after)."""
+    if connection is not None:
+        return contextlib.nullcontext(connection)
+    return services.engine.connect()
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_ca(pem: str) -> tuple[x509.Certificate, bytes, bytes]:
+    """An issuer's certificate, its DER and its key's (SPKI), parsed once per process."""
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    return cert, cert.public_bytes(serialization.Encoding.DER), _spki(cert)
+
+
+def revoked_issuer_of(
+    services: Services, certificate_der: bytes, connection: Connection | None = None
+) -> str | None:
+    """The id of a revoked issuer above ``certificate_der`` (DER) among certctl's, else None.
+
+    For a client certificate whose verified chain is unknown (a resumed TLS session, which
+    keeps the peer's certificate but not its chain). A certificate's signer is the CA whose
+    key verifies its signature, tried when its issuer name, or else its
+    authorityKeyIdentifier (the CA's subjectKeyIdentifier), points at that CA. The revoked
+    issuers are checked as the signer first; then the walk goes up through certctl's
+    issuers (the one that signed it, the one that signed that one …), so a certificate
+    under a CA the revoked one signed is found too when certctl holds that CA. A key
+    revoked for a compromise is also tried on each certificate of the path itself, under
+    whatever name it signed. One below a CA certctl does not hold (minted with a
+    compromised key) is found by the full handshake's chain only (:func:`revoked_ca_among`).
+    Its reads use ``connection`` if given.
+    """
+    revoked = _revoked_issuer_pems(services, connection)
+    if not revoked:
+        return None  # the usual case: nothing to parse, no other read
+    cert = x509.load_der_x509_certificate(certificate_der)
+    revoked_cas = [(issuer_id, _parsed_ca(pem)[0]) for issuer_id, pem, _reason in revoked]
+    # A compromise is the key's: a certificate it signed under another name and key
+    # identifier (a twin root, which no CRL lists) is tried against the key itself.
+    compromised = [
+        (issuer_id, ca.public_key())
+        for (issuer_id, ca), (_, _, reason) in zip(revoked_cas, revoked, strict=True)
+        if reason in _COMPROMISE
+    ]
+    found = _revoked_signer(cert, revoked_cas, compromised)
+    if found is not None:
+        return found
+    # Deeper: a second read (of every issuer's certificate, few rows, each parsed once per
+    # process), only while some issuer is revoked and the answer is not remembered.
+    with _connected(services, connection) as conn:
+        rows = conn.execute(_ISSUER_CERTIFICATES).all()
+    issuers = [_parsed_ca(pem) for (pem,) in rows]
+    seen = {certificate_der}
+    below = [cert]
+    while below:  # breadth first; ``seen`` ends it (a self-signed root signs itself)
+        above = []
+        for signed in below:
+            # Every issuer that signed it: the same CA may be held twice, or renewed on its key.
+            for ca, der, _key in issuers:
+                if der in seen or not _signed_by(signed, ca):
+                    continue
+                seen.add(der)
+                found = _revoked_signer(ca, revoked_cas, compromised)
+                if found is not None:
+                    return found
+                above.append(ca)
+        below = above
+    return None
+
+
+def _revoked_signer(
+    cert: x509.Certificate,
+    revoked_cas: Sequence[tuple[str, x509.Certificate]],
+    compromised: Sequence[tuple[str, object]],
+) -> str | None:
+    """The id of the revoked issuer that signed ``cert``, or whose compromised key did."""
+    found = _signer_among(cert, revoked_cas)
+    if found is not None:
+        return found
+    # One verification per compromised key (few), only when the answer is not remembered.
+    return next((i for i, key in compromised if _signature_verifies(cert, key)), None)
+
+
+def _signer_among(
+    cert: x509.Certificate, cas: Sequence[tuple[str, x509.Certificate]]
+) -> str | None:
+    """The id of the first of ``cas`` that signed ``cert``, else None."""
+    for issuer_id, ca in cas:
+        if _signed_by(cert, ca):
+            return issuer_id
+    return None
+
+
+def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether ``ca``'s key signed ``cert``: its signature verified with ``ca``'s key.
+
+    Key identifiers and names only pick the candidates: both are what the maker of a
+    certificate wrote (an imported CA may claim any subjectKeyIdentifier). Matched by key
+    identifier alone, a root imported with another issuer's SKI made that issuer's
+    certificates "below" whatever its AKI named; and a compromised key's certificate with an
+    AKI naming another key was below no revoked issuer.
+    """
+    if cert.issuer == ca.subject:
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+            # The same name on another key; or a signature or key cryptography cannot check
+            # (UnsupportedAlgorithm: a CA on a curve such as prime239v1): not shown to be
+            # signed by it, so "no" rather than a 500 for the request being authenticated.
+            return False
+        return True
+    aki = _key_identifier(cert, x509.AuthorityKeyIdentifier)
+    if aki is None or aki != _key_identifier(ca, x509.SubjectKeyIdentifier):
+        return False
+    try:
+        key = ca.public_key()
+    except UnsupportedAlgorithm:
+        return False  # as above: a key cryptography cannot load verifies nothing here
+    # Another name for the same key (a twin re-issued or cross-signed under a new subject):
+    # the key is what was revoked, so its signature is checked without the name.
+    return _signature_verifies(cert, key)
+
+
+def _signature_verifies(cert: x509.Certificate, key: object) -> bool:
+    try:
+        verified = signature_verifies(
+            key,
+            cert.signature,
+            cert.tbs_certificate_bytes,
+            cert.signature_algorithm_parameters,
+            cert.signature_hash_algorithm,
+            cert.signature_algorithm_oid,
+        )
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False  # an algorithm cryptography cannot name (an imported CA's odd one)
+    return bool(verified)  # None: a pairing no issuer key here signs with
+
+
+def _key_identifier(
+    cert: x509.Certificate,
+    kind: type[x509.AuthorityKeyIdentifier] | type[x509.SubjectKeyIdentifier],
+) -> bytes | None:
+    try:
+        value = cert.extensions.get_extension_for_class(kind).value
+    except (x509.ExtensionNotFound, ValueError):
+        # ValueError: extensions OpenSSL accepted but cryptography cannot parse (a duplicate,
+        # a malformed one): judged by issuer name and signature instead, never a 500.
+        return None
+    if isinstance(value, x509.SubjectKeyIdentifier):
+        return value.digest
+    return value.key_identifier  # None: an AKI naming the issuer and serial only
+
+
+def _may_be_revoked_above(cert: x509.Certificate, chain: Sequence[x509.Certificate]) -> bool:
+    # A root's certificate is on no CRL (only intermediates are revoked) and has no chain:
+    # the service CAs, checked on every pass, cost no query.
+    return bool(chain) or cert.issuer != cert.subject
+
+
+def _revoked_certificates(session: Session) -> list[tuple[x509.Certificate, bytes | None]]:
+    """The certificates of the revoked issuers (few), with their key (SPKI) if compromised."""
+    rows = session.execute(
+        select(Issuer.certificate_pem, Issuer.revocation_reason).where(
+            Issuer.revoked_at.is_not(None)
+        )
+    )
+    # Parsed once per process, as for mTLS.
+    return [
+        (_parsed_ca(pem)[0], _parsed_ca(pem)[2] if reason in _COMPROMISE else None)
+        for pem, reason in rows
+    ]
+
+
+def _newly_below_revoked(
+    services: Services,
+    issuer_id: str,
+    ca: CertificateAuthority,
+    revoked: list[tuple[x509.Certificate, bytes | None]],
+) -> bool:
+    """Whether cached ``ca`` is not yet known to be (below) a revoked CA, but now is.
+
+    Or to hold a key revoked for a compromise under another certificate (or be below one).
+    """
+    if services.issuer_revocation(issuer_id) is not None:
+        return False
+    keys: set[bytes] | None = None
+    for cert, compromised_key in revoked:
+        if cert == ca.certificate or cert in ca.chain:
+            return True
+        if compromised_key is not None:
+            if keys is None:
+                keys = {_spki(c) for c in (ca.certificate, *ca.chain)}
+            if compromised_key in keys or _top_signed_by(ca.certificate, ca.chain, cert):
+                return True
+    return False
+
+
+def _check_reason(reason: str | None) -> str:
+    """``reason``, ``unspecified`` when left out; 400 for one outside REVOCATION_REASONS."""
+    reason = reason or "unspecified"
+    if reason not in _REASONS:
+        choices = ", ".join(REVOCATION_REASONS)
+        raise InvalidRequest(f"{reason}: unknown revocation reason (one of {choices})")
+    return reason
+
+
+# The reasons that say an issuer's key is compromised: keyCompromise, and cACompromise, RFC
+# 5280 5.3.1's name for it on a CA certificate (what the README suggests for issuers).
+_COMPROMISE = ("keyCompromise", "cACompromise")
