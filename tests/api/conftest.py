@@ -290,6 +290,7 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
         template: Path = request.getfixturevalue("sqlite_template")
         data_dir.mkdir(mode=0o700)
         shutil.copyfile(template, data_dir / "certctl.db")
+        (data_dir / "certctl.db").chmod(0o600)  # as a server makes it (0644 warns)
     with running_app(request.param, data_dir, url) as app:
         yield app
 

@@ -247,6 +247,7 @@ def running_app(
     """Bootstrap a store in ``data_dir`` and serve it in-process until the block ends."""
     data_dir.mkdir(mode=0o700, parents=True)
     shutil.copyfile(template, data_dir / "certctl.db")
+    (data_dir / "certctl.db").chmod(0o600)  # as a server makes it (0644 warns)
     booted = bootstrap(ServerConfig.model_validate({"data-dir": str(data_dir)}))
     assert booted.admin_key is not None
     LEDGER.api_key(booted.admin_key, "bootstrap admin key")

@@ -240,6 +240,7 @@ def _make_env(request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> I
         template: Path = request.getfixturevalue("sqlite_template")
         data_dir.mkdir(mode=0o700)
         shutil.copyfile(template, data_dir / "certctl.db")
+        (data_dir / "certctl.db").chmod(0o600)  # as a server makes it (0644 warns)
     booted = bootstrap(
         ServerConfig.model_validate({"data-dir": str(data_dir), "database-url": url})
     )

@@ -177,7 +177,13 @@ def _bootstrap_store(config: ServerConfig) -> Bootstrapped:
             _refuse_lost_database(config)
         with contextlib.suppress(FileExistsError):
             os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE))
-        _check_owned(db, Path(f"{db}-wal"), Path(f"{db}-shm"))
+        sqlite_files = (db, Path(f"{db}-wal"), Path(f"{db}-shm"))
+        _check_owned(*sqlite_files)
+        for path in sqlite_files:
+            # A restored copy (cp, tar under umask 022) keeps 0644, and SQLite gives the
+            # -wal and -shm it makes the database's mode: tightened as the kek beside it is.
+            with contextlib.suppress(FileNotFoundError):
+                tighten_secret(path, log)
     engine = create_store_engine(config.effective_database_url, config.database_pool_size)
     try:
         with startup_lock(engine):

@@ -87,6 +87,31 @@ def test_an_admin_key_file_readable_by_others_is_tightened(
     assert "admin-api-key" not in caplog.text
 
 
+def test_a_database_readable_by_others_is_tightened(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The kek and the admin key beside it were tightened after a careless restore (cp, tar
+    # under umask 022); certctl.db stayed 0644 and SQLite gave its -wal and -shm the same
+    # mode: API key hashes, wrapped keys and the audit log readable by every local user.
+    data = tmp_path / "restored"
+    booted = bootstrap(ServerConfig.model_validate({"data-dir": str(data)}))
+    booted.services.engine.dispose()
+    os.chmod(data / "certctl.db", 0o644)
+    (data / "certctl.db-wal").write_bytes(b"")  # as left by a server killed mid-write
+    os.chmod(data / "certctl.db-wal", 0o644)
+    booted = bootstrap(ServerConfig.model_validate({"data-dir": str(data)}))
+    booted.services.engine.dispose()
+    for name in ("certctl.db", "certctl.db-wal", "certctl.db-shm"):
+        if (data / name).exists():
+            assert _mode(data / name) == 0o600, name
+    assert "certctl.db was mode 0644; made it 0600" in caplog.text
+    assert "certctl.db-wal was mode 0644; made it 0600" in caplog.text
+    caplog.clear()
+    booted = bootstrap(ServerConfig.model_validate({"data-dir": str(data)}))  # negative twin
+    booted.services.engine.dispose()
+    assert "certctl.db" not in caplog.text
+
+
 def _as_nobody(code: str) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in this venv's Python as uid/gid 65534, no capabilities (setpriv)."""
     argv = [require("setpriv"), "--reuid", "65534", "--regid", "65534", "--clear-groups",
