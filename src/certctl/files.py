@@ -68,7 +68,7 @@ def write_atomic(path: Path, data: bytes, mode: int = PUBLIC_MODE, *, replace: b
         raise
 
 
-def _link_or_rename(tmp: str, path: Path) -> None:
+def _link_or_rename(tmp: str, path: Path | str) -> None:
     try:
         os.link(tmp, path)
     except OSError as exc:
@@ -230,12 +230,22 @@ class OutputSet:
             for path in [*(path for _, path in staged), *self._removals]:
                 current = path
                 if os.path.lexists(path):
+                    if not self.force:
+                        raise _AppearedMeanwhile
                     backup = f"{path.parent}/.{path.name}.{os.getpid()}.bak"
                     os.replace(path, backup)
                     backups.append((backup, path))
             for tmp, path in staged:
                 current = path
-                os.replace(tmp, path)
+                if self.force:
+                    os.replace(tmp, path)
+                else:
+                    # A link, not a rename: never over a file another process (another
+                    # certctl run on the same --out) put there since the check above.
+                    try:
+                        _link_or_rename(tmp, str(path))
+                    except FileExistsError:
+                        raise _AppearedMeanwhile from None
                 renamed.append(path)
             # The renames, removals and new directories are entries of their directories:
             # without syncing those, a power cut after "issued …" could bring the machine
@@ -251,6 +261,8 @@ class OutputSet:
             # Ctrl-C (KeyboardInterrupt) too: it would otherwise leave the staged keys in
             # temp files and, with --force, the previous files moved aside under .bak names.
             _rollback(staged, renamed, backups, created_dirs)
+            if isinstance(exc, _AppearedMeanwhile):
+                raise Conflict(f"{current} already exists; use --force to overwrite") from None
             if isinstance(exc, OSError):
                 raise OutputError(f"cannot write {current}: {exc.strerror or exc}") from exc
             raise
@@ -258,6 +270,10 @@ class OutputSet:
             with contextlib.suppress(OSError):
                 os.unlink(backup)
         return list(self._files)
+
+
+class _AppearedMeanwhile(Exception):
+    """Without ``force``, an output appeared between the check and the rename."""
 
 
 class _Terminated(BaseException):
@@ -333,7 +349,13 @@ def _rollback(
     for path in renamed:
         with contextlib.suppress(OSError):
             os.unlink(path)
-    for tmp, _ in staged:
+    done = set(renamed)
+    for tmp, path in staged:
+        with contextlib.suppress(OSError):
+            if path not in done and os.path.samestat(os.stat(tmp), os.lstat(path)):
+                # Linked into place, interrupted before it was counted: ours, not a file
+                # another process put there.
+                os.unlink(path)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
     for backup, path in backups:

@@ -87,6 +87,35 @@ def test_check_refuses_before_writing(tmp_path: Path) -> None:
         out.check()
 
 
+@pytest.mark.parametrize("theirs", [("tls.crt", "tls.key"), ("tls.key",)])
+def test_a_file_written_meanwhile_is_never_replaced_without_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, theirs: tuple[str, ...]
+) -> None:
+    # Two `certctl cert issue --out d` at once both passed the check, then both renamed
+    # their files: the second replaced the first's without --force, and an interleaving
+    # left tls.crt of one run beside tls.key of the other, both saying they succeeded.
+    other = OutputSet()
+    for name in theirs:
+        other.add(tmp_path / name, f"their {name}".encode(), secret=name == "tls.key")
+    mine = OutputSet()
+    mine.add(tmp_path / "tls.crt", b"my cert")
+    mine.add(tmp_path / "tls.key", b"my key", secret=True)
+    real_check = OutputSet.check
+
+    def check_then_the_other_commits(self: OutputSet) -> None:
+        real_check(self)
+        if self is mine:
+            other.commit()  # the other run, between this one's check and its renames
+
+    monkeypatch.setattr(OutputSet, "check", check_then_the_other_commits)
+    with pytest.raises(Conflict, match=rf"{theirs[0]} already exists; use --force to overwrite"):
+        mine.commit()
+    assert _tree(tmp_path) == sorted(theirs)  # none of mine, not even tls.crt beside theirs
+    for name in theirs:
+        assert (tmp_path / name).read_bytes() == f"their {name}".encode()
+    assert _mode(tmp_path / "tls.key") == 0o600
+
+
 def test_force_overwrites_and_tightens_mode(tmp_path: Path) -> None:
     key = tmp_path / "tls.key"
     key.write_bytes(b"old")
@@ -170,17 +199,18 @@ def test_write_failure_cleans_temp_files(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_rename_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without --force the files are linked into place (never over one made meanwhile).
     calls = 0
-    real_replace = os.replace
+    real_link = os.link
 
-    def failing_replace(src: str, dst: Path) -> None:
+    def failing_link(src: str, dst: str) -> None:
         nonlocal calls
         calls += 1
         if calls == 2:
             raise OSError(5, "Input/output error", str(dst))
-        real_replace(src, dst)
+        real_link(src, dst)
 
-    monkeypatch.setattr(os, "replace", failing_replace)
+    monkeypatch.setattr(os, "link", failing_link)
     out = OutputSet()
     out.add(tmp_path / "tls.crt", b"cert")
     out.add(tmp_path / "tls.key", b"key", secret=True)

@@ -55,13 +55,14 @@ def test_a_dangling_symlink_at_an_output_needs_force(tmp_path: Path) -> None:
 
 
 # Sends the process a real signal (SIGINT unless SIGNAL says) from inside its N-th rename
-# (os.replace raises the "os.rename" audit event): it lands at a chosen step of the commit.
+# (os.replace raises the "os.rename" audit event; without --force the files are linked into
+# place, "os.link"): it lands at a chosen step of the commit.
 _INTERRUPT_AT_RENAME = """
 import os, signal, sys
 renames = 0
 def hook(event, args):
     global renames
-    if event == "os.rename":
+    if event in ("os.rename", "os.link"):
         renames += 1
         if renames == int(os.environ["INTERRUPT_AT"]):
             os.kill(os.getpid(), getattr(signal, os.environ.get("SIGNAL", "SIGINT")))
