@@ -23,6 +23,7 @@ import binascii
 import contextlib
 import logging
 import os
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ IN_CLUSTER_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_TIMEOUT_S = 5.0
 
 log = logging.getLogger("certctl.kubeapi")
+# What a bearer token may hold (visible ASCII, RFC 6750's b64token and more): anything else
+# cannot go into an Authorization header.
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]*\Z")
 
 
 class KubeApiError(Unavailable):
@@ -123,16 +127,29 @@ class KubeConnection:
         """The token to send now: the file's current content, else the static token.
 
         Raises:
-            KubeApiError: the token file cannot be read.
+            KubeApiError: the token file cannot be read, or the token holds a character an
+                HTTP header cannot carry (named, never quoted).
         """
+        token: str | None
         if self.token_file is not None:
             try:
-                return self.token_file.read_text().strip()
+                token = self.token_file.read_text().strip()
             except OSError as exc:
                 raise KubeApiError(
                     f"{self.token_file}: cannot read the Kubernetes token ({exc.strerror})"
                 ) from None
-        return self.token
+            where = str(self.token_file)
+        else:
+            token, where = self.token, "kubeconfig token"
+        if token is not None and not _HEADER_TOKEN.match(token):
+            # Checked here: h11 refuses such a header with a message quoting its value,
+            # which would carry the token into the log and the service's status.
+            raise KubeApiError(
+                f"{where}: the Kubernetes token holds a line break, a space or a control "
+                "character, which an Authorization header cannot carry; put the token alone "
+                "on one line"
+            )
+        return token
 
     def _headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": "certctl"}
@@ -181,11 +198,16 @@ def transport_error(exc: BaseException) -> str:
 
     A certificate the connection does not trust (a wrong ``kubernetes.ca-file``, a proxy) is
     named as such: "ConnectError" alone read like a network outage. The text comes from the
-    TLS and socket layers, never from a request, so it holds no token.
+    TLS and socket layers; a request refused before it was sent (h11 quotes the header it
+    refused, the Authorization header among them) is named without it.
     """
+    import httpx
+
     failure = tls_verify_failure(exc)
     if failure is not None:
         return failure
+    if isinstance(exc, httpx.LocalProtocolError):
+        return f"{type(exc).__name__}: the request could not be sent (an invalid header)"
     text = " ".join(str(exc).split())[:200]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
@@ -409,7 +431,8 @@ def from_kubeconfig(
         ssl_context=context_obj,
         ca_reload=ca_reload,
         namespace=namespace or str(ctx.get("namespace") or "default"),
-        token=str(user["token"]) if user.get("token") else None,
+        # Stripped as a tokenFile is: "token: |" (a YAML block) ends it with a newline.
+        token=str(user["token"]).strip() or None if user.get("token") else None,
         token_file=token_file,
         timeout_s=timeout_s,
         # Clusters reached by an address their certificate does not name (a load balancer's

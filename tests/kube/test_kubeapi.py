@@ -20,6 +20,7 @@ from certctl.kubeapi import (
     from_kubeconfig,
     in_cluster,
     load_connection,
+    transport_error,
 )
 from certctl.pki import KeyType, certs_to_pem, common_name_dn, create_root_ca, generate_private_key
 from certctl.targets.kubernetes import SecretWriter, WriteResult
@@ -203,6 +204,56 @@ def test_kubeconfig_with_token_file_and_relative_ca(
     conn = from_kubeconfig(path, namespace=NAMESPACE)
     SecretWriter(conn).write("x", {"a": b"1"})
     assert {r.bearer for r in apiserver.requests} == {CERTCTL_SA_TOKEN}
+
+
+def test_a_token_a_header_cannot_carry_is_never_quoted(
+    apiserver: FakeApiServer,
+    connection: KubeConnection,
+    sa_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A token file of two lines (a second token pasted below the first): h11 refused the
+    # header and its message, "Illegal header value b'Bearer <token>...'", became the
+    # Secret target's error, in the log and in the service's status for every reader.
+    (sa_dir / "token").write_text(f"{CERTCTL_SA_TOKEN}\nsecond-line-secret\n")
+    with pytest.raises(KubeApiError) as caught:
+        SecretWriter(connection).write("x", {"a": b"1"})
+    assert caught.value.detail == (
+        f"{sa_dir / 'token'}: the Kubernetes token holds a line break, a space or a control "
+        "character, which an Authorization header cannot carry; put the token alone on one line"
+    )
+    assert CERTCTL_SA_TOKEN not in caplog.text
+    assert apiserver.requests == []
+
+
+def test_a_request_refused_before_sending_is_named_without_its_headers() -> None:
+    # Whatever header h11 refuses, its message quotes the value: never in a log line.
+    refused = httpx.LocalProtocolError("Illegal header value b'Bearer the-token\\n'")
+    assert transport_error(refused) == (
+        "LocalProtocolError: the request could not be sent (an invalid header)"
+    )
+
+
+def test_a_kubeconfig_token_is_taken_without_surrounding_whitespace(
+    apiserver: FakeApiServer, pki: KubePki, tmp_path: Path
+) -> None:
+    # "token: |" (a YAML block) ends the token with a newline: kubectl strips a tokenFile's,
+    # and the header with it was refused, quoting the token.
+    path = tmp_path / "config"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+        f"clusters: [{{name: k, cluster: {{server: '{apiserver.url}', "
+        f"certificate-authority: '{pki.ca_file}'}}}}]\n"
+        f"users:\n- name: u\n  user:\n    token: |\n      {CERTCTL_SA_TOKEN}\n"
+    )
+    conn = from_kubeconfig(path, namespace=NAMESPACE)
+    SecretWriter(conn).write("x", {"a": b"1"})
+    assert {r.bearer for r in apiserver.requests} == {CERTCTL_SA_TOKEN}
+    # Negative twin: a token with a line break inside is refused, named, never quoted.
+    path.write_text(path.read_text().replace(f"      {CERTCTL_SA_TOKEN}\n", "      a\n      b\n"))
+    with pytest.raises(KubeApiError, match=r"^kubeconfig token: the Kubernetes token holds"):
+        SecretWriter(from_kubeconfig(path, namespace=NAMESPACE)).write("x", {"a": b"1"})
 
 
 def test_kubeconfig_tls_server_name_is_the_name_verified(
