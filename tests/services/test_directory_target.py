@@ -135,6 +135,28 @@ def test_readers_never_see_a_mixed_or_partial_set(tmp_path: Path) -> None:
     assert len(_versions(target)) == 2
 
 
+def test_the_swap_is_synced_before_delivery_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The files and the version directory were synced, but not the versions directory
+    # holding the new version's entry, nor the parent holding the swapped link: a power cut
+    # after "delivered" (and the reload) could bring the host back with the old key, or a
+    # link to a version that no longer exists.
+    target = tmp_path / "tls"  # a first delivery: the link exists once swapped in
+    synced: list[tuple[str, bool]] = []  # (what was synced, whether the link was there)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), target.is_symlink()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    deliver_to_directory(target, {"tls.key": BundleFile(b"key", True)})
+    versions = str(tmp_path / ".tls.certctl")
+    assert (versions, False) in synced  # the new version's entry, before the link names it
+    assert synced[-1] == (str(tmp_path), True)  # the link itself, once swapped
+
+
 def test_unmanaged_directory_is_refused_and_reported(env: Env) -> None:
     target = env.tmp / "tls"
     target.mkdir()

@@ -133,11 +133,15 @@ def deliver_to_directory(
                 os.close(fd)
         os.fchmod(version, 0o755)  # readable once complete; tls.key inside stays 0600/0640
         os.fsync(version)
+        _fsync_directory(versions)  # the new version's entry, before a link names it
         with contextlib.suppress(FileNotFoundError):
             os.unlink(link_tmp, dir_fd=parent)
         os.symlink(f"{versions_name}/{version_name}", link_tmp, dir_fd=parent)
         os.replace(link_tmp, name, src_dir_fd=parent, dst_dir_fd=parent)  # the commit point
         committed = True
+        # The swap itself: without it a power cut after "delivered" (and the reload) could
+        # bring the host back serving the previous key.
+        _fsync_directory(parent)
         with contextlib.suppress(OSError):
             _prune(versions, keep=version_name)  # best effort: the delivery is done
     except OSError as exc:
@@ -166,6 +170,14 @@ def deliver_to_directory(
             if fd >= 0:
                 os.close(fd)
     return version_name
+
+
+def _fsync_directory(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # file systems without dir fsync
+            raise
 
 
 def _secret_mode(gid: int) -> int:
