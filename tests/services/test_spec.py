@@ -223,6 +223,12 @@ INVALID = {
         _with("spec.http.tls.certificate", {"secretName": "../etc"}),
         "spec.http.tls.certificate.secretName: ../etc: secret names are lower-case DNS labels",
     ),
+    # "$" matched before a final newline: "web\n" was stored, became the file name of a
+    # secrets-dir lookup and a raw line break in the service's messages and log lines.
+    "secret name with a trailing newline": (
+        _with("spec.http.tls.certificate", {"secretName": "web\n"}),
+        "spec.http.tls.certificate.secretName: 'web\\n': secret names are lower-case DNS labels",
+    ),
 }
 
 

@@ -113,8 +113,10 @@ class CustomCertificate(_Model):
     @field_validator("secret_name")
     @classmethod
     def _safe(cls, value: str) -> str:
-        if not re.match(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$", value):
-            raise ValueError(f"{value}: secret names are lower-case DNS labels")
+        # \Z, not $: "$" matches before a final newline, and "web\n" was taken.
+        if not re.match(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?\Z", value):
+            shown = value if value.isprintable() else repr(value)
+            raise ValueError(f"{shown}: secret names are lower-case DNS labels")
         return value
 
 
