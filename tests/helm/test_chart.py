@@ -702,14 +702,15 @@ def _pg(replicas: int, **database: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("values", "pool"),
     [
-        # (replicaCount + surge (25 %, rounded up)) × workers × (pool + 1) <= 100 - 13.
+        # (replicaCount + surge (25 %, rounded up)) × workers × (pool + 1) + 1 <= 100 - 13,
+        # + 1: the leader's listening connection.
         (_pg(1), 34),  # 2 pods: 43 each; the pool's ceiling (a thread each) is 34
-        (_pg(2), 28),  # 3 pods × 29 = 87: before, 34 (3 × 35 = 105 > 100)
-        (_pg(3), 20),  # 4 pods × 21 = 84
-        (_pg(8), 7),  # 10 pods × 8 = 80
-        (merged(_pg(2), {"server": {"extraConfig": {"workers": 2}}}), 13),  # 6 × 14 = 84
+        (_pg(2), 27),  # 3 pods × 28 + 1 = 85: before, 34 (3 × 35 = 105 > 100)
+        (_pg(3), 20),  # 4 pods × 21 + 1 = 85
+        (_pg(8), 7),  # 10 pods × 8 + 1 = 81
+        (merged(_pg(2), {"server": {"extraConfig": {"workers": 2}}}), 13),  # 6 × 14 + 1 = 85
         (_pg(3, maxConnections=500), 34),
-        (_pg(3, maxConnections=150, reservedConnections=30), 29),  # 4 × 30 = 120
+        (_pg(3, maxConnections=150, reservedConnections=30), 28),  # 4 × 29 + 1 = 117
         (_pg(3, poolSize=20), 20),  # set, and fits
         (_pg(3, poolSize=34, maxConnections=0), 34),  # 0: not checked
         (_pg(3, maxConnections=0), 34),
@@ -746,16 +747,17 @@ def test_the_database_pool_fits_postgresqls_max_connections(
         (
             _pg(2, poolSize=34),
             "database.poolSize 34: 3 server processes during a rolling update (replicaCount 2 "
-            "+ 1 surge, × 1 workers) hold up to 105 PostgreSQL connections (poolSize + 1 "
-            "each), beyond the 87 of database.maxConnections 100 less reservedConnections 13: "
-            "set poolSize 28 or less (0 sizes it), or raise PostgreSQL's max_connections and "
-            "database.maxConnections",
+            "+ 1 surge, × 1 workers) hold up to 106 PostgreSQL connections (poolSize + 1 "
+            "each, and 1 the leader listens on), beyond the 87 of database.maxConnections 100 "
+            "less reservedConnections 13: set poolSize 27 or less (0 sizes it), or raise "
+            "PostgreSQL's max_connections and database.maxConnections",
         ),
         (
             _pg(20),
             "database.maxConnections 100: 25 server processes during a rolling update "
-            "(replicaCount 20 + 5 surge, × 1 workers) need at least 100 PostgreSQL "
-            "connections (a pool of 3 + 1 each), beyond the 87 left after "
+            "(replicaCount 20 + 5 surge, × 1 workers) need at least 101 PostgreSQL "
+            "connections (a pool of 3 + 1 each, and 1 the leader listens on), beyond the 87 "
+            "left after "
             "reservedConnections 13: raise PostgreSQL's max_connections and "
             "database.maxConnections, or run fewer replicas or workers",
         ),

@@ -472,7 +472,7 @@ def build_scheduler(config: ServerConfig, services: Services) -> Scheduler:
     """The managed-services reconciler configured from DESIGN §3 keys."""
     settings = service_settings(config)
     interval = parse_duration(config.reconcile_interval).total_seconds()
-    return Scheduler(services, settings, interval, _webhook(config))
+    return Scheduler(services, settings, interval, _webhook(config), watch_changes=True)
 
 
 def _webhook(config: ServerConfig) -> Webhook | None:

@@ -4,11 +4,15 @@ With PostgreSQL several replicas share one database; exactly one of them (the ho
 session-level advisory lock) reconciles services and sends webhooks. The lock lives on a
 dedicated connection: if the leader dies, PostgreSQL drops its session and the lock, and
 another replica takes over on its next attempt. SQLite means a single process: it leads.
+(With ``--workers``, on either backend, only worker 0 runs a scheduler.) A service change
+answered by another process reaches the leader through the database within about a second
+(``server.service_changes``); the periodic pass is the safety net.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -20,6 +24,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from certctl.errors import NotFound
+from certctl.server import service_changes
 from certctl.server.outage import OutageLog
 from certctl.services import tls_services
 from certctl.services.context import Services
@@ -134,6 +139,9 @@ class Scheduler:
     webhook: Webhook | None = None
     clock: Callable[[], datetime] | None = None
     leadership: Leadership | None = None
+    # Whether run() also watches the store for service changes that other processes commit
+    # (server.service_changes): certctl serve's does; a test of the loop alone need not.
+    watch_changes: bool = False
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     # Services whose reconcile raised something unexpected (a bug, not a delivery failure,
     # which the service's own status and backoff record): name → (failures, retry at, what
@@ -157,9 +165,11 @@ class Scheduler:
     # What the last leadership check of the tick thread said; the dispatcher thread reads
     # it before each event (Leadership itself is not for two threads).
     _leading: threading.Event = field(default_factory=threading.Event)
+    # Service changes committed by other processes (server.service_changes), while run() runs.
+    _changes: service_changes.ChangeWatch | None = None
 
     def wake(self) -> None:
-        """Reconcile soon (a spec changed)."""
+        """Reconcile soon (a spec changed; changes through other processes wake it too)."""
         self._wake.set()
 
     def tick(self, *, dispatch_in_background: bool = False) -> int:
@@ -318,6 +328,28 @@ class Scheduler:
         works again, as server.run's other periodic passes: not a traceback every pass.
         """
         outage = OutageLog(log, "reconcile pass", self.interval_s, "reconcile passes work again")
+        loop = asyncio.get_running_loop()
+
+        def woken() -> None:  # from the watch's thread
+            # The loop may have closed since this run() ended: no pass is left to wake then.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake.set)
+
+        # Changes answered by other workers or replicas wake this loop too (their API request
+        # could only wake their own scheduler), while this process leads.
+        if self.watch_changes:
+            self._changes = service_changes.watch_changes(
+                self.services.engine, woken, self._leading.is_set
+            )
+        try:
+            if self._changes is not None:
+                await asyncio.to_thread(self._changes.start)  # before the first pass reads
+            await self._loop(outage)
+        finally:
+            if self._changes is not None:
+                self._changes.stop()
+
+    async def _loop(self, outage: OutageLog) -> None:
         while True:
             # Cleared before the pass, not after: a wake() while it runs (the next document
             # of an apply, a client added) is then seen at once instead of waiting a whole

@@ -371,6 +371,10 @@ AUTH_LOCK = 0x63657274_0002  # "cert", 2
 STARTUP_LOCK = 0x63657274_0003  # "cert", 3
 # The scheduler's leadership (session-level, held by the replica that reconciles): "certctl".
 LEADER_LOCK = int.from_bytes(b"certctl", "big")
+# What migration 0016's triggers notify on PostgreSQL when a service changes, and the counter
+# they bump on SQLite: the reconciling process listens or polls (server.service_changes).
+SERVICE_CHANGES_CHANNEL = "certctl_services"
+SERVICE_GENERATION_SQL = "SELECT value FROM service_generation WHERE id = 1"
 # Certificate revocations: a keyCompromise one revokes a whole renewal chain, row by row, and
 # another revocation in the same chain taking its rows in another order deadlocked with it.
 REVOCATION_LOCK = 0x63657274_0004  # "cert", 4

@@ -363,6 +363,31 @@ def test_0015_adds_the_earlier_retired_cas_to_services_and_takes_them_back(
     assert {"name", "retired_ca_pem", "retired_ca_until"} <= columns
 
 
+def test_0016_counts_service_changes_on_sqlite_and_takes_the_counter_back(
+    tmp_path: Path,
+) -> None:
+    """Stores from before 0016 get the counter at 0; a service inserted bumps it."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    db.migrate(engine)
+    downgrade_store(engine, "0015")
+    with engine.connect() as connection:
+        names = {r[0] for r in connection.execute(text("SELECT name FROM sqlite_master"))}
+    assert "service_generation" not in names
+    assert not {n for n in names if n.startswith("service_generation_")}
+    db.migrate(engine)
+    assert _at_head(engine)
+    with engine.begin() as connection:
+        assert connection.execute(text(db.SERVICE_GENERATION_SQL)).scalar_one() == 0
+        connection.execute(
+            text(
+                "INSERT INTO managed_services (name, spec, generation, created_at, updated_at,"
+                " reconciled_generation, conditions, delivered, attempts) VALUES ('web', '{}',"
+                " 1, '2026-01-01 00:00:00', '2026-01-01 00:00:00', 0, '{}', '{}', 0)"
+            )
+        )
+        assert connection.execute(text(db.SERVICE_GENERATION_SQL)).scalar_one() == 1
+
+
 def test_a_database_from_a_newer_certctl_is_refused_with_what_to_do(tmp_path: Path) -> None:
     # A rollback after an upgrade: Alembic alone said "Can't locate revision '0099'".
     engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")

@@ -116,10 +116,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $processes := mul (add $replicas $surge) $workers }}
 {{- $reserved := int $db.reservedConnections }}
 {{- $budget := sub $max $reserved }}
-{{- $fits := sub (div $budget $processes) 1 }}
+{{- /* - 1: the leader's own connection, on which it LISTENs for service changes (one for
+     the release, outside its pool: server/service_changes.py). */}}
+{{- $fits := sub (div (sub $budget 1) $processes) 1 }}
 {{- $who := printf "%d server processes during a rolling update (replicaCount %d + %d surge, × %d workers)" $processes $replicas $surge $workers }}
 {{- if and (not $pool) (lt $fits 3) }}
-{{- fail (printf "database.maxConnections %d: %s need at least %d PostgreSQL connections (a pool of 3 + 1 each), beyond the %d left after reservedConnections %d: raise PostgreSQL's max_connections and database.maxConnections, or run fewer replicas or workers" $max $who (mul $processes 4) $budget $reserved) }}
+{{- fail (printf "database.maxConnections %d: %s need at least %d PostgreSQL connections (a pool of 3 + 1 each, and 1 the leader listens on), beyond the %d left after reservedConnections %d: raise PostgreSQL's max_connections and database.maxConnections, or run fewer replicas or workers" $max $who (add (mul $processes 4) 1) $budget $reserved) }}
 {{- else if not $pool }}
 {{- $pool = min 34 $fits }}
 {{- else if gt $pool $fits }}
@@ -127,7 +129,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if ge $fits 3 }}
 {{- $fix = printf "set poolSize %d or less (0 sizes it)" $fits }}
 {{- end }}
-{{- fail (printf "database.poolSize %d: %s hold up to %d PostgreSQL connections (poolSize + 1 each), beyond the %d of database.maxConnections %d less reservedConnections %d: %s, or raise PostgreSQL's max_connections and database.maxConnections" $pool $who (mul $processes (add $pool 1)) $budget $max $reserved $fix) }}
+{{- fail (printf "database.poolSize %d: %s hold up to %d PostgreSQL connections (poolSize + 1 each, and 1 the leader listens on), beyond the %d of database.maxConnections %d less reservedConnections %d: %s, or raise PostgreSQL's max_connections and database.maxConnections" $pool $who (add (mul $processes (add $pool 1)) 1) $budget $max $reserved $fix) }}
 {{- end }}
 {{- end }}
 {{- default 34 $pool }}

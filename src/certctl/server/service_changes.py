@@ -1,0 +1,253 @@
+"""Service changes made by other processes, told to the one that reconciles.
+
+An API request that changes a managed service wakes the scheduler of the process that
+answered it. With ``--workers`` or several replicas the reconciling process (worker 0; on
+PostgreSQL the holder of the leader lock) is often another one, which used to see the change
+only at its next periodic pass (``reconcile-interval``). Migration 0016's triggers mark every
+such change in the database, whichever process (or ``psql``) made it, and the reconciling
+process watches for them:
+
+* SQLite (``--workers`` on one host): it reads the ``service_generation`` counter every
+  second on a connection of its own (a few microseconds; no writes, no pool connection).
+* PostgreSQL: it LISTENs on ``certctl_services`` on a connection of its own, opened only
+  while it leads (one connection for the whole deployment, outside ``database-pool-size``),
+  and reopened when it drops.
+
+The periodic pass stays the safety net: a change made while the connection was down, or
+that the counter could not be read for, is reconciled at the latest then (and a reconnected
+listener wakes one pass itself, for what it may have missed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+
+from certctl.server.outage import OutageLog
+from certctl.store.db import (
+    SERVICE_CHANGES_CHANNEL,
+    SERVICE_GENERATION_SQL,
+    PoolTimeout,
+    storage_error,
+)
+
+__all__ = ["POLL_S", "ChangeWatch", "watch_changes"]
+
+log = logging.getLogger("certctl.scheduler")
+
+# How often the SQLite counter is read, and how often the PostgreSQL listener looks up from
+# its wait to check it still should listen (leadership) or stop.
+POLL_S = 1.0
+# A listening connection that cannot be opened is tried again after this, doubling up to
+# RETRY_MAX_S while it keeps failing.
+RETRY_S = 1.0
+RETRY_MAX_S = 30.0
+
+
+class ChangeWatch:
+    """Calls ``wake`` soon after a service change commits, from any process; a thread.
+
+    ``leading`` says whether this process reconciles now: a follower has nothing to be woken
+    for (and on PostgreSQL holds no listening connection meanwhile).
+    """
+
+    def __init__(self, wake: Callable[[], None], leading: Callable[[], bool]) -> None:
+        self._wake = wake
+        self._leading = leading
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Begin watching. Blocking (a first read): call it before the first pass.
+
+        Changes committed from then on wake a pass; the first pass reads what came before.
+        """
+        self._prime()
+        self._thread = threading.Thread(
+            target=self._run, name="certctl-service-changes", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching; the thread closes its connection and ends within ``POLL_S``.
+
+        Not waited for: a stopping server would wait up to ``POLL_S`` for a wait that
+        changes nothing (the thread is a daemon; the database drops a closed session).
+        """
+        self._stop.set()
+
+    def join(self, timeout_s: float) -> bool:
+        """Wait for the thread to end after ``stop()``; True when it has."""
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            return not self._thread.is_alive()
+        return True
+
+    def _run(self) -> None:
+        try:
+            self._watch()
+        except Exception:
+            # A bug, not the store failing (each watch handles those): the periodic pass
+            # goes on reconciling every change, later.
+            log.exception("watching for service changes stopped")
+        finally:
+            self._close()
+
+    def _prime(self) -> None:
+        """Read where changes stand now (SQLite), before the first pass."""
+
+    def _watch(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Close the watch's own connection, if open."""
+
+
+class _SQLiteWatch(ChangeWatch):
+    """Polls migration 0016's ``service_generation`` counter every ``POLL_S``."""
+
+    def __init__(
+        self, database: str, wake: Callable[[], None], leading: Callable[[], bool]
+    ) -> None:
+        super().__init__(wake, leading)
+        self._database = database
+        self._connection: sqlite3.Connection | None = None
+        self._seen: int | None = None
+        self._outage = OutageLog(
+            log,
+            "watching for service changes from other workers",
+            POLL_S,
+            "service changes from other workers are watched again",
+        )
+
+    def _read(self) -> int | None:
+        try:
+            if self._connection is None:
+                # Autocommit and never writing, outside the pool (as the credential counter's,
+                # services.rbac): between reads it holds no snapshot that would keep a
+                # checkpoint from finishing. Opened by start() and read by the watch thread.
+                self._connection = sqlite3.connect(
+                    self._database, check_same_thread=False, isolation_level=None, timeout=5
+                )
+            found = self._connection.execute(SERVICE_GENERATION_SQL).fetchone()
+        except sqlite3.Error as exc:
+            # Changes are then reconciled at the periodic pass, as before this watch.
+            self._outage.failed(str(exc))
+            self._close()
+            return None
+        self._outage.worked()
+        return int(found[0]) if found else None
+
+    def _prime(self) -> None:
+        self._seen = self._read()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(POLL_S):
+            if not self._leading():
+                continue
+            value = self._read()
+            if value is not None and value != self._seen:
+                if self._seen is not None:
+                    self._wake()
+                self._seen = value
+
+    def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(sqlite3.Error):
+                connection.close()
+
+
+class _PostgresWatch(ChangeWatch):
+    """LISTENs on ``certctl_services`` while this process leads; reconnects when cut."""
+
+    def __init__(self, engine: Engine, wake: Callable[[], None], leading: Callable[[], bool]):
+        super().__init__(wake, leading)
+        self._engine = engine
+        self._connection: Any = None  # the watch thread's alone
+        self._failed = False
+        self._retry_s = RETRY_S
+        self._errors: tuple[type[Exception], ...] = (
+            DBAPIError,
+            PoolTimeout,
+            engine.dialect.loaded_dbapi.Error,
+        )
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            if not self._leading():
+                self._close()  # a follower holds no connection for this
+                self._stop.wait(POLL_S)
+                continue
+            try:
+                if self._connection is None:
+                    self._listen()
+                    self._retry_s = RETRY_S
+                    if self._failed:
+                        self._failed = False
+                        log.info("listening for service changes again")
+                    # What committed between the last pass's read and this LISTEN (or while
+                    # the connection was down) sent its notification to nobody: one pass.
+                    self._wake()
+                for _ in self._connection.notifies(timeout=POLL_S):
+                    self._wake()
+            except self._errors as exc:
+                self._failure(exc)
+                self._stop.wait(self._retry_s)
+                self._retry_s = min(2 * self._retry_s, RETRY_MAX_S)
+
+    def _listen(self) -> None:
+        # Taken from the engine's pool and detached, as the credential counter's connection
+        # (services.rbac): the engine's connect arguments and session timeouts (keepalives:
+        # a silent cut ends it within seconds), outside database-pool-size.
+        pooled = self._engine.raw_connection()
+        connection: Any = pooled.driver_connection
+        pooled.detach()
+        try:
+            connection.rollback()  # whatever the checkout's ping began
+            connection.autocommit = True
+            connection.execute(f"LISTEN {SERVICE_CHANGES_CHANNEL}")
+        except Exception:
+            with contextlib.suppress(Exception):
+                connection.close()
+            raise
+        self._connection = connection
+
+    def _failure(self, exc: Exception) -> None:
+        self._close()
+        if not self._failed:  # once per outage
+            self._failed = True
+            # The driver's own message (a raw connection: not wrapped by SQLAlchemy) names
+            # the host and the failure, never the password.
+            fault = storage_error(exc)
+            reason = fault.detail if fault is not None else str(exc).strip().split("\n")[0]
+            reason = reason or type(exc).__name__
+            log.warning(
+                "listening for service changes failed (%s); changes made through other "
+                "workers or replicas wait for the periodic pass until it works again",
+                reason,
+            )
+
+    def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):  # closing a broken connection
+                connection.close()
+
+
+def watch_changes(
+    engine: Engine, wake: Callable[[], None], leading: Callable[[], bool]
+) -> ChangeWatch | None:
+    """The watch for this store's backend; None where there is nothing to watch."""
+    if engine.dialect.name == "postgresql":
+        return _PostgresWatch(engine, wake, leading)
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        return _SQLiteWatch(engine.url.database, wake, leading)
+    return None
