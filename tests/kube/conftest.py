@@ -27,6 +27,9 @@ from tests.services.conftest import env  # noqa: F401  (fixture, registered by i
 
 CERTCTL_SA_TOKEN = "certctl-serviceaccount-token"  # what certctl itself presents
 NAMESPACE = "certs"
+# Two certctl installations (each its own database): the id each records on its Secrets.
+INSTALLATION = "6f1c2a7e-0d3b-4e58-9a41-2b7c5d8e9f10"
+OTHER_INSTALLATION = "0a9b8c7d-6e5f-4a3b-8c2d-1e0f9a8b7c6d"
 NOW = datetime.now(UTC)
 
 

@@ -99,6 +99,7 @@ class FakeApiServer:
         self.fail_status: int | None = None  # answer every call with this 5xx
         self.audience_aware = True  # False: TokenReview ignores spec.audiences
         self.before_put: list[Any] = []  # callables run once before the next PUT
+        self.before_post: list[Any] = []  # callables run once before the next Secret POST
         self.page_size: int | None = None  # a chunked LIST returns at most this many items
         self.expire_continue = False  # True: the next continue token is 410 Expired
         # A broken API server (or proxy) whose chunked LIST never ends: "same" answers a
@@ -412,6 +413,8 @@ class FakeApiServer:
                 return 400, status(400, "BadRequest", "illegal base64 data")
         meta = body.get("metadata") or {}
         if method == "POST" and name is None:
+            while self.before_post:
+                self.before_post.pop(0)()
             new_name = str(meta.get("name") or "")
             if (namespace, new_name) in self.secrets:
                 return 409, status(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+from certctl.store.db import create_store_engine, installation_id
 from tests.e2e.conftest import launch
 from tests.kube.conftest import NAMESPACE
 from tests.kube.fake_apiserver import FakeApiServer
@@ -31,6 +32,13 @@ def test_first_start_stores_the_admin_key_in_a_secret_and_prints_none(
         assert key == server.admin_key  # the file copy, as before
         assert key.startswith("cctl_")
         assert secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "certctl"
+        # Claimed for this installation: the id its database holds.
+        engine = create_store_engine(f"sqlite:///{tmp_path / 'a' / 'data' / 'certctl.db'}")
+        try:
+            owner = installation_id(engine)
+        finally:
+            engine.dispose()
+        assert secret["metadata"]["annotations"] == {"certctl.io/owner": owner}
         with server.client(key) as client:
             assert client.get("/api/v1/auth/whoami").json()["actor_id"] == "admin"
     out = "".join(p.read_text() for p in (tmp_path / "a").glob("serve-*.std*"))

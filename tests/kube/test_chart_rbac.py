@@ -23,7 +23,7 @@ from certctl.services.tls_spec import SecretTarget
 from certctl.targets.directory import DeliveryError
 from tests.e2e.conftest import launch
 from tests.helm.conftest import CHART, RELEASE
-from tests.kube.conftest import NAMESPACE, KubePki
+from tests.kube.conftest import INSTALLATION, NAMESPACE, KubePki
 from tests.kube.fake_apiserver import FakeApiServer, KubeUser
 
 SERVICE_ACCOUNT = {"kind": "ServiceAccount", "name": "certctl", "namespace": NAMESPACE}
@@ -97,7 +97,7 @@ def test_ca_and_secret_targets_work_under_the_charts_rbac(
     config = ServerConfig.model_validate(
         _config(apiserver, sa_dir, tls={"publish-ca-secret": "certctl-ca"})
     )
-    _, publish = _kubernetes_features(config, ca_file)
+    _, publish = _kubernetes_features(config, ca_file, INSTALLATION)
     assert publish is not None
     publish()  # GET (404), POST
     ca_file.write_bytes(b"renewed CA\n")
@@ -105,7 +105,7 @@ def test_ca_and_secret_targets_work_under_the_charts_rbac(
     stored = apiserver.secrets[(NAMESPACE, "certctl-ca")]["data"]["ca.crt"]
     assert base64.b64decode(stored) == b"renewed CA\n"
 
-    write = _secret_target_writer(config)
+    write = _secret_target_writer(config, INSTALLATION)
     target = SecretTarget(secret="web-tls", namespace="apps")
     crt, key = pki.leaf("web.example.internal")
     files = {"tls.crt": crt, "tls.key": key, "ca.crt": b"ca"}
@@ -180,7 +180,7 @@ def test_a_role_without_update_is_caught(
         (ns, {**rule, "verbs": [v for v in rule.get("verbs", ()) if v != "update"]})
         for ns, rule in chart_rbac(VALUES)
     ]
-    writer = SecretWriter(connection, namespace="apps")
+    writer = SecretWriter(connection, namespace="apps", owner=INSTALLATION)
     crt, key = pki.leaf("web.example.internal")
     writer.write_tls("web-tls", certificate_pem=crt, private_key_pem=key, ca_pem=b"")
     crt2, key2 = pki.leaf("web.example.internal")

@@ -24,7 +24,7 @@ from certctl.kubeapi import (
 )
 from certctl.pki import KeyType, certs_to_pem, common_name_dn, create_root_ca, generate_private_key
 from certctl.targets.kubernetes import SecretWriter, WriteResult
-from tests.kube.conftest import CERTCTL_SA_TOKEN, NAMESPACE, NOW, KubePki
+from tests.kube.conftest import CERTCTL_SA_TOKEN, INSTALLATION, NAMESPACE, NOW, KubePki
 from tests.kube.fake_apiserver import FakeApiServer
 
 
@@ -34,11 +34,11 @@ def test_in_cluster_reads_the_serviceaccount_mount(
     assert connection.server == apiserver.url
     assert connection.namespace == NAMESPACE
     assert CERTCTL_SA_TOKEN not in repr(connection)
-    SecretWriter(connection).write("one", {"a": b"1"})
+    SecretWriter(connection, owner=INSTALLATION).write("one", {"a": b"1"})
     # Projected tokens rotate: the next call must send the file's new content.
     (sa_dir / "token").write_text("rotated-token\n")
     apiserver.accepted_tokens.add("rotated-token")
-    SecretWriter(connection).write("two", {"a": b"1"})
+    SecretWriter(connection, owner=INSTALLATION).write("two", {"a": b"1"})
     assert [r.bearer for r in apiserver.requests] == [CERTCTL_SA_TOKEN] * 2 + ["rotated-token"] * 2
 
 
@@ -56,7 +56,7 @@ def test_in_cluster_verifies_the_api_server(
     # The reason is named: before, "(ConnectError)" read like a network outage.
     match = r"cannot reach the Kubernetes API \(TLS certificate verify failed: "
     with pytest.raises(KubeApiError, match=match):
-        SecretWriter(conn).write("x", {"a": b"1"})
+        SecretWriter(conn, owner=INSTALLATION).write("x", {"a": b"1"})
     assert apiserver.requests == []
 
 
@@ -89,7 +89,7 @@ def test_a_rotated_cluster_ca_is_trusted_without_a_restart(
     _kubelet_swap(sa_dir, old_pem, 1)  # the pod started while the old CA was current
     env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(apiserver.port)}
     conn = in_cluster(environ=env, service_account_dir=sa_dir)
-    writer = SecretWriter(conn)
+    writer = SecretWriter(conn, owner=INSTALLATION)
     with pytest.raises(KubeApiError, match="TLS certificate verify failed"):
         writer.write("x", {"a": b"1"})
     # Rotation: the bundle carries both CAs for a while, then the new one alone.
@@ -136,9 +136,9 @@ def test_a_kubeconfig_ca_file_is_followed_too(
     (tmp_path / "ca.pem").write_bytes(certs_to_pem([other.certificate]))
     conn = from_kubeconfig(path, namespace=NAMESPACE)
     with pytest.raises(KubeApiError, match="TLS certificate verify failed"):
-        SecretWriter(conn).write("x", {"a": b"1"})
+        SecretWriter(conn, owner=INSTALLATION).write("x", {"a": b"1"})
     (tmp_path / "ca.pem").write_bytes(pki.ca_file.read_bytes())
-    assert SecretWriter(conn).write("x", {"a": b"1"}) == WriteResult.CREATED
+    assert SecretWriter(conn, owner=INSTALLATION).write("x", {"a": b"1"}) == WriteResult.CREATED
 
 
 def test_in_cluster_outside_a_cluster(sa_dir: Path) -> None:
@@ -184,7 +184,7 @@ def test_kubeconfig_with_client_certificate_data(
     )
     conn = load_connection(kubeconfig=path)
     assert conn.namespace == "payments"
-    SecretWriter(conn).write("x", {"a": b"1"})
+    SecretWriter(conn, owner=INSTALLATION).write("x", {"a": b"1"})
     assert {(r.bearer, r.client_cn) for r in apiserver.requests} == {
         (None, "certctl-kubeconfig-user")
     }
@@ -202,7 +202,7 @@ def test_kubeconfig_with_token_file_and_relative_ca(
         {"server": apiserver.url, "certificate-authority": "ca.pem"},
     )
     conn = from_kubeconfig(path, namespace=NAMESPACE)
-    SecretWriter(conn).write("x", {"a": b"1"})
+    SecretWriter(conn, owner=INSTALLATION).write("x", {"a": b"1"})
     assert {r.bearer for r in apiserver.requests} == {CERTCTL_SA_TOKEN}
 
 
@@ -217,7 +217,7 @@ def test_a_token_a_header_cannot_carry_is_never_quoted(
     # Secret target's error, in the log and in the service's status for every reader.
     (sa_dir / "token").write_text(f"{CERTCTL_SA_TOKEN}\nsecond-line-secret\n")
     with pytest.raises(KubeApiError) as caught:
-        SecretWriter(connection).write("x", {"a": b"1"})
+        SecretWriter(connection, owner=INSTALLATION).write("x", {"a": b"1"})
     assert caught.value.detail == (
         f"{sa_dir / 'token'}: the Kubernetes token holds a line break, a space or a control "
         "character, which an Authorization header cannot carry; put the token alone on one line"
@@ -248,12 +248,14 @@ def test_a_kubeconfig_token_is_taken_without_surrounding_whitespace(
         f"users:\n- name: u\n  user:\n    token: |\n      {CERTCTL_SA_TOKEN}\n"
     )
     conn = from_kubeconfig(path, namespace=NAMESPACE)
-    SecretWriter(conn).write("x", {"a": b"1"})
+    SecretWriter(conn, owner=INSTALLATION).write("x", {"a": b"1"})
     assert {r.bearer for r in apiserver.requests} == {CERTCTL_SA_TOKEN}
     # Negative twin: a token with a line break inside is refused, named, never quoted.
     path.write_text(path.read_text().replace(f"      {CERTCTL_SA_TOKEN}\n", "      a\n      b\n"))
     with pytest.raises(KubeApiError, match=r"^kubeconfig token: the Kubernetes token holds"):
-        SecretWriter(from_kubeconfig(path, namespace=NAMESPACE)).write("x", {"a": b"1"})
+        SecretWriter(from_kubeconfig(path, namespace=NAMESPACE), owner=INSTALLATION).write(
+            "x", {"a": b"1"}
+        )
 
 
 def test_kubeconfig_tls_server_name_is_the_name_verified(
@@ -270,7 +272,7 @@ def test_kubeconfig_tls_server_name_is_the_name_verified(
         path = _kubeconfig(
             tmp_path / "config", {"tokenFile": "tok"}, {**cluster, "tls-server-name": name}
         )
-        return SecretWriter(from_kubeconfig(path, namespace=NAMESPACE))
+        return SecretWriter(from_kubeconfig(path, namespace=NAMESPACE), owner=INSTALLATION)
 
     with pytest.raises(KubeApiError, match="TLS certificate verify failed: Hostname mismatch"):
         writer("kube-apiserver.example.internal").write("x", {"a": b"1"})

@@ -12,7 +12,13 @@ from certctl.errors import Conflict, InvalidRequest
 from certctl.kubeapi import KubeApiError, KubeConnection
 from certctl.server.config import ServerConfig
 from certctl.targets.kubernetes import SecretWriter, WriteResult
-from tests.kube.conftest import CERTCTL_SA_TOKEN, NAMESPACE, KubePki
+from tests.kube.conftest import (
+    CERTCTL_SA_TOKEN,
+    INSTALLATION,
+    NAMESPACE,
+    OTHER_INSTALLATION,
+    KubePki,
+)
 from tests.kube.fake_apiserver import FakeApiServer
 from tests.services.conftest import Env
 
@@ -27,7 +33,7 @@ def b64(data: bytes) -> str:
 def test_create_then_update_in_place_then_unchanged(
     apiserver: FakeApiServer, connection: KubeConnection, pki: KubePki
 ) -> None:
-    writer = SecretWriter(connection)
+    writer = SecretWriter(connection, owner=INSTALLATION)
     crt, key = pki.leaf("svc.example.internal")
     ca = pki.ca_file.read_bytes()
     result = writer.write_tls(
@@ -50,6 +56,7 @@ def test_create_then_update_in_place_then_unchanged(
             "name": "svc-http-certs-internal",
             "namespace": NAMESPACE,
             "labels": {"app.kubernetes.io/managed-by": "certctl", "certctl.io/service": "svc"},
+            "annotations": {"certctl.io/owner": INSTALLATION},
         },
         "type": "kubernetes.io/tls",
         "data": {"ca.crt": b64(ca), "tls.crt": b64(crt), "tls.key": b64(key)},
@@ -58,7 +65,7 @@ def test_create_then_update_in_place_then_unchanged(
     uid, version = stored["metadata"]["uid"], stored["metadata"]["resourceVersion"]
 
     # Someone else annotates and labels the Secret; certctl renews the certificate.
-    stored["metadata"]["annotations"] = {"reloader.stakater.com/match": "true"}
+    stored["metadata"]["annotations"]["reloader.stakater.com/match"] = "true"
     stored["metadata"]["labels"]["team"] = "payments"
     apiserver.clear()
     crt2, key2 = pki.leaf("svc.example.internal")
@@ -88,7 +95,10 @@ def test_create_then_update_in_place_then_unchanged(
     stored = apiserver.secrets[(NAMESPACE, "svc-http-certs-internal")]
     assert stored["metadata"]["uid"] == uid  # the same object, updated in place
     assert stored["metadata"]["resourceVersion"] != version
-    assert stored["metadata"]["annotations"] == {"reloader.stakater.com/match": "true"}
+    assert stored["metadata"]["annotations"] == {
+        "reloader.stakater.com/match": "true",
+        "certctl.io/owner": INSTALLATION,
+    }
     assert stored["metadata"]["labels"] == {
         "app.kubernetes.io/managed-by": "certctl",
         "certctl.io/service": "svc",
@@ -139,7 +149,7 @@ def test_concurrent_change_is_retried_on_the_fresh_object(
         obj["metadata"]["labels"] = {**obj["metadata"]["labels"], "touched": "yes"}
 
     apiserver.before_put.append(someone_else_writes)
-    result = SecretWriter(connection).write_tls(
+    result = SecretWriter(connection, owner=INSTALLATION).write_tls(
         "a-tls", certificate_pem=crt, private_key_pem=key, ca_pem=b"ca"
     )
     assert result is WriteResult.UPDATED
@@ -167,7 +177,7 @@ def test_a_secret_certctl_does_not_manage_is_left_alone_until_labelled(
         data=dict(theirs),
     )
     crt, key = pki.leaf("web.example.internal")
-    writer = SecretWriter(connection)
+    writer = SecretWriter(connection, owner=INSTALLATION)
     # Labelling it alone, as this said before, left cert-manager re-issuing into it (its
     # names, key and issuer annotations no longer matched the Certificate): a tug of war.
     with pytest.raises(Conflict) as info:
@@ -209,7 +219,7 @@ def test_a_secret_deleted_between_read_and_write_is_created(
     )
     apiserver.before_put.append(lambda: apiserver.secrets.pop((NAMESPACE, "gone-tls")))
     crt, key = pki.leaf("gone.example.internal")
-    result = SecretWriter(connection).write_tls(
+    result = SecretWriter(connection, owner=INSTALLATION).write_tls(
         "gone-tls", certificate_pem=crt, private_key_pem=key, ca_pem=b"ca"
     )
     assert result is WriteResult.CREATED
@@ -225,7 +235,7 @@ def test_a_managed_by_label_from_the_spec_does_not_lock_certctl_out(
     Before, it replaced certctl's own marker on the created Secret, so every later write
     failed with "exists and is not managed by certctl" on a Secret certctl had made.
     """
-    writer = SecretWriter(connection)
+    writer = SecretWriter(connection, owner=INSTALLATION)
     labels = {"app.kubernetes.io/managed-by": "argocd", "app": "web"}
     crt, key = pki.leaf("web.example.internal")
     tls = {"certificate_pem": crt, "private_key_pem": key, "ca_pem": b""}
@@ -247,7 +257,7 @@ def test_secret_of_another_type_is_not_touched(
     apiserver.put_secret(NAMESPACE, "db-password", data={"password": b64(b"hunter2")})
     crt, key = pki.leaf("db.example.internal")
     with pytest.raises(Conflict, match=r"has type Opaque, not kubernetes\.io/tls"):
-        SecretWriter(connection).write_tls(
+        SecretWriter(connection, owner=INSTALLATION).write_tls(
             "db-password", certificate_pem=crt, private_key_pem=key, ca_pem=b""
         )
     assert [m for m, _ in apiserver.paths()] == ["GET"]
@@ -260,19 +270,19 @@ def test_api_refusals_and_outages_are_kube_api_errors(
     crt, key = pki.leaf("x.example.internal")
     apiserver.accepted_tokens.clear()  # certctl's ServiceAccount token is no longer valid
     with pytest.raises(KubeApiError, match="answered 401 Unauthorized") as info:
-        SecretWriter(connection).write_tls(
+        SecretWriter(connection, owner=INSTALLATION).write_tls(
             "x", certificate_pem=crt, private_key_pem=key, ca_pem=b""
         )
     assert (info.value.status_code, info.value.status) == (401, 503)
     apiserver.accepted_tokens.add("certctl-serviceaccount-token")
     apiserver.fail_status = 500
     with pytest.raises(KubeApiError, match="answered 500 InternalError"):
-        SecretWriter(connection).write_tls(
+        SecretWriter(connection, owner=INSTALLATION).write_tls(
             "x", certificate_pem=crt, private_key_pem=key, ca_pem=b""
         )
     apiserver.stop()
     with pytest.raises(KubeApiError, match=r"cannot reach the Kubernetes API \(ConnectError: "):
-        SecretWriter(connection).write_tls(
+        SecretWriter(connection, owner=INSTALLATION).write_tls(
             "x", certificate_pem=crt, private_key_pem=key, ca_pem=b""
         )
 
@@ -296,19 +306,204 @@ def test_bad_input_is_refused_before_any_call(
     message: str,
 ) -> None:
     with pytest.raises(InvalidRequest, match=message):
-        SecretWriter(connection).write(name, data, labels=labels)
+        SecretWriter(connection, owner=INSTALLATION).write(name, data, labels=labels)
     with pytest.raises(InvalidRequest, match="must not be empty"):
-        SecretWriter(connection).write_tls(
+        SecretWriter(connection, owner=INSTALLATION).write_tls(
             "ok", certificate_pem=b"", private_key_pem=b"k", ca_pem=b""
         )
     assert apiserver.requests == []
 
 
 def test_other_namespace(apiserver: FakeApiServer, connection: KubeConnection) -> None:
-    writer = SecretWriter(connection, namespace="payments")
+    writer = SecretWriter(connection, namespace="payments", owner=INSTALLATION)
     assert writer.write("trust", {"ca.crt": b"pem"}) is WriteResult.CREATED
     assert apiserver.paths()[-1] == ("POST", "/api/v1/namespaces/payments/secrets")
     assert ("payments", "trust") in apiserver.secrets
+
+
+OWNER = "certctl.io/owner"
+
+
+def test_a_secret_claimed_by_another_installation_is_refused_never_overwritten(
+    apiserver: FakeApiServer, connection: KubeConnection, pki: KubePki
+) -> None:
+    """Two certctl installations delivering into one namespace, one Secret name.
+
+    Before, the label managed-by=certctl was the only mark: release B's service took over
+    release A's Secret (B's key served A's pods) and the two swapped it at every reconcile.
+    """
+    ours = SecretWriter(connection, owner=INSTALLATION)
+    theirs = SecretWriter(connection, owner=OTHER_INSTALLATION)
+    crt, key = pki.leaf("web.example.internal")
+    assert ours.write_tls("web-tls", certificate_pem=crt, private_key_pem=key, ca_pem=b"ca") is (
+        WriteResult.CREATED
+    )
+    stored = apiserver.secrets[(NAMESPACE, "web-tls")]
+    assert stored["metadata"]["annotations"] == {OWNER: INSTALLATION}
+    data = dict(stored["data"])
+
+    apiserver.clear()
+    crt2, key2 = pki.leaf("web.example.internal")
+    with pytest.raises(Conflict) as info:
+        theirs.write_tls("web-tls", certificate_pem=crt2, private_key_pem=key2, ca_pem=b"ca")
+    assert info.value.detail == (
+        f"Secret {NAMESPACE}/web-tls belongs to another certctl installation (annotation "
+        f"{OWNER}); not overwritten: choose another Secret name, or, if that installation no "
+        f"longer delivers there, remove the annotation (kubectl annotate secret -n {NAMESPACE} "
+        f"web-tls {OWNER}-) to let this one take it over"
+    )
+    assert INSTALLATION not in info.value.detail  # the other one's id is not handed out
+    assert [m for m, _ in apiserver.paths()] == ["GET"]
+    assert apiserver.secrets[(NAMESPACE, "web-tls")]["data"] == data
+    # Negative twin: the owner itself keeps writing it.
+    assert ours.write_tls("web-tls", certificate_pem=crt2, private_key_pem=key2, ca_pem=b"ca") is (
+        WriteResult.UPDATED
+    )
+    assert apiserver.secrets[(NAMESPACE, "web-tls")]["metadata"]["annotations"] == {
+        OWNER: INSTALLATION
+    }
+    # Another writer's plain data write (publish_ca's write) is refused the same way.
+    with pytest.raises(Conflict, match="belongs to another certctl installation"):
+        theirs.write("web-tls", {"tls.crt": b"x", "tls.key": b"y"}, secret_type=TLS)
+
+
+TLS = "kubernetes.io/tls"
+
+
+def test_a_secret_of_an_older_certctl_is_adopted_by_the_first_installation_writing_it(
+    apiserver: FakeApiServer, connection: KubeConnection, pki: KubePki
+) -> None:
+    """Labelled managed-by=certctl, no owner: written before certctl recorded one."""
+    apiserver.put_secret(
+        NAMESPACE,
+        "old-tls",
+        type=TLS,
+        metadata={
+            "labels": {"app.kubernetes.io/managed-by": "certctl"},
+            "annotations": {"reloader.stakater.com/match": "true"},
+        },
+        data={"tls.crt": b64(b"old"), "tls.key": b64(b"old")},
+    )
+    crt, key = pki.leaf("old.example.internal")
+    ours = SecretWriter(connection, owner=INSTALLATION)
+    assert ours.write_tls("old-tls", certificate_pem=crt, private_key_pem=key, ca_pem=b"") is (
+        WriteResult.UPDATED
+    )
+    stored = apiserver.secrets[(NAMESPACE, "old-tls")]
+    assert stored["metadata"]["annotations"] == {
+        "reloader.stakater.com/match": "true",
+        OWNER: INSTALLATION,
+    }
+    # The same data already there: the claim alone is written, once.
+    apiserver.put_secret(
+        NAMESPACE,
+        "same-tls",
+        type=TLS,
+        metadata={"labels": {"app.kubernetes.io/managed-by": "certctl"}},
+        data={"tls.crt": b64(crt), "tls.key": b64(key)},
+    )
+    apiserver.clear()
+    tls = {"certificate_pem": crt, "private_key_pem": key, "ca_pem": b""}
+    assert ours.write_tls("same-tls", **tls) is WriteResult.UPDATED
+    assert ours.write_tls("same-tls", **tls) is WriteResult.UNCHANGED
+    assert [m for m, _ in apiserver.paths()] == ["GET", "PUT", "GET"]
+    with pytest.raises(Conflict, match="belongs to another certctl installation"):
+        SecretWriter(connection, owner=OTHER_INSTALLATION).write_tls("same-tls", **tls)
+
+
+def test_two_installations_racing_for_an_unclaimed_secret_cannot_both_win(
+    apiserver: FakeApiServer, connection: KubeConnection, pki: KubePki
+) -> None:
+    """The claim goes with the read's resourceVersion: the loser's PUT is a 409, re-read."""
+    apiserver.put_secret(
+        NAMESPACE,
+        "race-tls",
+        type=TLS,
+        metadata={"labels": {"app.kubernetes.io/managed-by": "certctl"}},
+        data={"tls.crt": b64(b"old"), "tls.key": b64(b"old")},
+    )
+    theirs = {"tls.crt": b64(b"theirs"), "tls.key": b64(b"theirs")}
+
+    def the_other_installation_claims_it() -> None:
+        # What the other installation's PUT, from the same read, did just before ours.
+        obj = apiserver.secrets[(NAMESPACE, "race-tls")]
+        obj["metadata"]["resourceVersion"] = apiserver.next_version()
+        obj["metadata"]["annotations"] = {OWNER: OTHER_INSTALLATION}
+        obj["data"] = dict(theirs)
+
+    apiserver.before_put.append(the_other_installation_claims_it)
+    crt, key = pki.leaf("race.example.internal")
+    with pytest.raises(Conflict, match="belongs to another certctl installation"):
+        SecretWriter(connection, owner=INSTALLATION).write_tls(
+            "race-tls", certificate_pem=crt, private_key_pem=key, ca_pem=b""
+        )
+    assert [m for m, _ in apiserver.paths()] == ["GET", "PUT", "GET"]  # 409, then refused
+    stored = apiserver.secrets[(NAMESPACE, "race-tls")]
+    assert stored["data"] == theirs
+    assert stored["metadata"]["annotations"] == {OWNER: OTHER_INSTALLATION}
+
+    # Created by the other one between our read (404) and our create: refused the same way.
+    def the_other_installation_creates_it() -> None:
+        apiserver.put_secret(
+            NAMESPACE,
+            "new-tls",
+            type=TLS,
+            metadata={
+                "labels": {"app.kubernetes.io/managed-by": "certctl"},
+                "annotations": {OWNER: OTHER_INSTALLATION},
+            },
+            data=dict(theirs),
+        )
+
+    apiserver.clear()
+    apiserver.before_post.append(the_other_installation_creates_it)
+    with pytest.raises(Conflict, match="belongs to another certctl installation"):
+        SecretWriter(connection, owner=INSTALLATION).write_tls(
+            "new-tls", certificate_pem=crt, private_key_pem=key, ca_pem=b""
+        )
+    assert [m for m, _ in apiserver.paths()] == ["GET", "POST", "GET"]  # AlreadyExists
+    assert apiserver.secrets[(NAMESPACE, "new-tls")]["data"] == theirs
+
+
+def test_a_service_whose_secret_another_installation_owns_says_so_in_its_status(
+    apiserver: FakeApiServer, sa_dir: Path, env: Env
+) -> None:
+    """Through the server's hook: the installation id comes from the store, the refusal
+    reaches the service's Failed condition, and the Secret keeps the other one's key."""
+    from certctl.server.run import _secret_target_writer
+    from certctl.services import tls_services
+    from certctl.store.db import installation_id
+    from tests.services.conftest import service_doc
+
+    ours = installation_id(env.services.engine)
+    assert ours not in (INSTALLATION, OTHER_INSTALLATION)
+    settings = env.settings_with(
+        secret_writer=_secret_target_writer(_server_config(apiserver, sa_dir), ours)
+    )
+    theirs = {"tls.crt": b64(b"theirs"), "tls.key": b64(b"theirs")}
+    apiserver.put_secret(
+        "apps",
+        "web-tls",
+        type=TLS,
+        metadata={
+            "labels": {"app.kubernetes.io/managed-by": "certctl"},
+            "annotations": {OWNER: OTHER_INSTALLATION},
+        },
+        data=dict(theirs),
+    )
+    env.put(service_doc("web", targets=[{"secret": "web-tls", "namespace": "apps"}]))
+    row = tls_services.reconcile_service(env.services, settings, "web", env.now)
+    assert row.conditions["Ready"]["status"] is False, row.conditions
+    assert (
+        "secret:apps/web-tls: Secret apps/web-tls belongs to another certctl installation"
+        in (row.conditions["Failed"]["message"])
+    )
+    assert OTHER_INSTALLATION not in str(row.conditions)
+    assert apiserver.secrets[("apps", "web-tls")]["data"] == theirs
+    # Its own Secret, in the same pass of another service: claimed with the store's id.
+    env.put(service_doc("api", targets=[{"secret": "api-tls", "namespace": "apps"}]))
+    tls_services.reconcile_service(env.services, settings, "api", env.now)
+    assert apiserver.secrets[("apps", "api-tls")]["metadata"]["annotations"] == {OWNER: ours}
 
 
 def _server_config(apiserver: FakeApiServer, sa_dir: Path) -> ServerConfig:
@@ -334,7 +529,7 @@ def test_managed_service_secret_target(
     from certctl.targets.directory import DeliveryError
 
     config = _server_config(apiserver, sa_dir)
-    write = _secret_target_writer(config)
+    write = _secret_target_writer(config, INSTALLATION)
     target = SecretTarget(secret="quickstart-tls", namespace="apps", labels={"app": "quickstart"})
     crt, key = pki.leaf("quickstart.example.internal")
     files = {"tls.crt": crt, "tls.key": key, "ca.crt": b"ca", "client-trust.crt": b"trust"}
@@ -369,7 +564,7 @@ def test_a_secret_target_deleted_or_edited_by_hand_is_restored_at_the_next_resyn
     from tests.services.conftest import service_doc
 
     config = _server_config(apiserver, sa_dir)
-    settings = env.settings_with(secret_writer=_secret_target_writer(config))
+    settings = env.settings_with(secret_writer=_secret_target_writer(config, INSTALLATION))
     target = {"secret": "web-tls", "namespace": "apps", "labels": {"app": "web"}}
     env.put(service_doc("web", dns=("web.example.internal",), targets=[target]))
     scheduler = Scheduler(env.services, settings, 10, clock=lambda: env.now)
@@ -425,7 +620,7 @@ def test_tls_disabled_leaves_the_secret_and_the_service_ready(
     from tests.services.conftest import service_doc
 
     settings = env.settings_with(
-        secret_writer=_secret_target_writer(_server_config(apiserver, sa_dir))
+        secret_writer=_secret_target_writer(_server_config(apiserver, sa_dir), INSTALLATION)
     )
     target = {"secret": "web-tls", "namespace": "apps"}
     where = ("apps", "web-tls")
@@ -469,7 +664,7 @@ def test_a_custom_certificate_without_ca_crt_reaches_the_secret_without_ca_crt(
     from tests.services.conftest import make_ca, make_leaf, service_doc, write_secret
 
     settings = env.settings_with(
-        secret_writer=_secret_target_writer(_server_config(apiserver, sa_dir))
+        secret_writer=_secret_target_writer(_server_config(apiserver, sa_dir), INSTALLATION)
     )
     leaf = make_leaf(make_ca("public-ca", env.now), "web", env.now, dns=("web",))
     write_secret(env.secrets_dir, "custom", {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem})

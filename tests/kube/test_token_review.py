@@ -36,7 +36,7 @@ from certctl.metrics.registry import REGISTRY
 from certctl.server.bootstrap import Bootstrapped, bootstrap
 from certctl.server.config import ServerConfig
 from certctl.store.models import AuditEvent
-from tests.kube.conftest import CERTCTL_SA_TOKEN, FakeClock
+from tests.kube.conftest import CERTCTL_SA_TOKEN, INSTALLATION, FakeClock
 from tests.kube.fake_apiserver import FakeApiServer, KubeUser
 
 PROM = "/api/v1/metrics/prometheus"
@@ -408,7 +408,9 @@ def test_audiences_reach_the_authenticator_from_the_config(
             "token-file": str(sa_dir / "token"),
         },
     }
-    auth, _ = _kubernetes_features(ServerConfig.model_validate(settings), tmp_path / "ca.crt")
+    auth, _ = _kubernetes_features(
+        ServerConfig.model_validate(settings), tmp_path / "ca.crt", INSTALLATION
+    )
     assert auth is not None
     assert auth.audiences == (AUDIENCE,)
     with pytest.raises(TokenRejected):
@@ -638,7 +640,9 @@ def test_server_publishes_the_ca_secret(kube: FakeApiServer, sa_dir: Path, tmp_p
             "namespace": "certs",
         },
     }
-    auth, publish = _kubernetes_features(ServerConfig.model_validate(settings), ca_file)
+    auth, publish = _kubernetes_features(
+        ServerConfig.model_validate(settings), ca_file, INSTALLATION
+    )
     assert auth is None
     assert publish is not None
     publish()
@@ -650,4 +654,4 @@ def test_server_publishes_the_ca_secret(kube: FakeApiServer, sa_dir: Path, tmp_p
     assert secret["metadata"]["labels"]["app.kubernetes.io/component"] == "ca"
     settings["tls"]["mode"] = "custom"
     with pytest.raises(InvalidRequest, match=r"needs tls\.mode=self-signed"):
-        _kubernetes_features(ServerConfig.model_validate(settings), ca_file)
+        _kubernetes_features(ServerConfig.model_validate(settings), ca_file, INSTALLATION)

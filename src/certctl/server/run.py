@@ -53,7 +53,7 @@ from certctl.server.tls import (
 from certctl.services import certificates, issuers
 from certctl.services.context import IssuerRevocation, Services
 from certctl.services.tls_services import ServiceSettings, TargetPolicy, ca_renewal_time
-from certctl.store.db import PoolTimeout, checkpoint, storage_error
+from certctl.store.db import PoolTimeout, checkpoint, installation_id, storage_error
 from certctl.store.models import ApiKey, Issuer, ManagedService
 from certctl.targets.kubernetes import SecretWriter, WriteResult
 
@@ -158,11 +158,12 @@ def _kube_connection(config: ServerConfig) -> KubeConnection:
 
 
 def _kubernetes_features(
-    config: ServerConfig, ca_file: Path
+    config: ServerConfig, ca_file: Path, installation: str
 ) -> tuple[TokenReviewAuthenticator | None, Callable[[], None] | None]:
     """The TokenReview authenticator and the CA Secret publisher, each None when unused.
 
-    ``auth.kubernetes.enabled`` turns on the first, ``tls.publish-ca-secret`` the second.
+    ``auth.kubernetes.enabled`` turns on the first, ``tls.publish-ca-secret`` the second;
+    ``installation`` (``store.db.installation_id``) owns the Secrets written.
     """
     secret = config.tls.publish_ca_secret
     if secret and config.tls.mode != "self-signed":
@@ -178,7 +179,7 @@ def _kubernetes_features(
     )
     if not secret:
         return authenticator, None
-    writer = SecretWriter(connection)
+    writer = SecretWriter(connection, owner=installation)
 
     def publish_ca() -> None:
         result = writer.write(
@@ -192,7 +193,7 @@ def _kubernetes_features(
     return authenticator, publish_ca
 
 
-def _store_admin_key(boot: Bootstrapped, config: ServerConfig) -> str | None:
+def _store_admin_key(boot: Bootstrapped, config: ServerConfig, installation: str) -> str | None:
     """Write a freshly minted admin key to ``auth.admin-key-secret``; where it went, or None.
 
     On failure the key is printed as without the setting: it exists nowhere else once this
@@ -202,7 +203,7 @@ def _store_admin_key(boot: Bootstrapped, config: ServerConfig) -> str | None:
     if name is None or boot.admin_key is None:
         return None
     try:
-        writer = SecretWriter(_kube_connection(config))
+        writer = SecretWriter(_kube_connection(config), owner=installation)
         writer.write(
             name,
             {"api-key": boot.admin_key.encode()},
@@ -279,8 +280,10 @@ def _announce(
         )
 
 
-def _secret_target_writer(config: ServerConfig) -> Callable[[Any, dict[str, bytes]], bool]:
-    """Managed-services Secret targets through ``targets.kubernetes``.
+def _secret_target_writer(
+    config: ServerConfig, installation: str
+) -> Callable[[Any, dict[str, bytes]], bool]:
+    """Managed-services Secret targets through ``targets.kubernetes``, owned by ``installation``.
 
     The Kubernetes connection (``kubernetes.*``) is built on first use, so a server without
     Secret targets never needs one; every failure becomes a DeliveryError for that target.
@@ -295,7 +298,8 @@ def _secret_target_writer(config: ServerConfig) -> Callable[[Any, dict[str, byte
         try:
             if not connections:
                 connections.append(_kube_connection(config))
-            result = SecretWriter(connections[0], namespace=target.namespace).write_tls(
+            writer = SecretWriter(connections[0], namespace=target.namespace, owner=installation)
+            result = writer.write_tls(
                 target.secret,
                 certificate_pem=files["tls.crt"],
                 private_key_pem=files["tls.key"],
@@ -426,8 +430,11 @@ def _custom_secret_reader(config: ServerConfig) -> Callable[[str], dict[str, byt
     return _CustomSecrets(config).read
 
 
-def service_settings(config: ServerConfig) -> ServiceSettings:
+def service_settings(config: ServerConfig, installation: str | None = None) -> ServiceSettings:
     """Lifetimes and margins (DESIGN §3) of the internal CA and the managed services.
+
+    Secret targets are written for ``installation`` (``store.db.installation_id``); without
+    one (the configuration checked before the store is opened) there is no Secret writer.
 
     Raises:
         InvalidRequest: a lifetime not longer than its renewal margin.
@@ -439,7 +446,7 @@ def service_settings(config: ServerConfig) -> ServiceSettings:
         cert_validity=parse_duration(config.cert_validity),
         cert_rotate_before=parse_duration(config.cert_rotate_before),
         secrets_dir=config.effective_secrets_dir,
-        secret_writer=_secret_target_writer(config),
+        secret_writer=None if installation is None else _secret_target_writer(config, installation),
         secret_reader=custom.read,
         secret_pass_reader=custom.for_pass,
         target_policy=target_policy(config),
@@ -470,7 +477,7 @@ def _default_namespace(config: ServerConfig) -> str | None:
 
 def build_scheduler(config: ServerConfig, services: Services) -> Scheduler:
     """The managed-services reconciler configured from DESIGN §3 keys."""
-    settings = service_settings(config)
+    settings = service_settings(config, installation_id(services.engine))
     interval = parse_duration(config.reconcile_interval).total_seconds()
     return Scheduler(services, settings, interval, _webhook(config), watch_changes=True)
 
@@ -719,9 +726,12 @@ def serve(config: ServerConfig) -> None:
         prepared.ca_path = str(ca_file.resolve()) if ca_file.exists() else None
     elif mode == "self-signed":
         prepared.ca_path = str((tls_dir / "ca.crt").resolve())
-    prepared.kube_auth, prepared.publish_ca = _kubernetes_features(config, tls_dir / "ca.crt")
+    installation = installation_id(boot.services.engine)
+    prepared.kube_auth, prepared.publish_ca = _kubernetes_features(
+        config, tls_dir / "ca.crt", installation
+    )
     scheme = "https" if mode != "disabled" else "http"
-    stored_in = _store_admin_key(boot, config)
+    stored_in = _store_admin_key(boot, config, installation)
     if config.workers == 1:
         # Printed before the listener opens, so whoever sees /readyz succeed can read the key.
         _announce(boot, config, scheme, prepared.ca_path, stored_in)

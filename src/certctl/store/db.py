@@ -46,6 +46,7 @@ __all__ = [
     "constraint_conflict",
     "contains_pattern",
     "create_store_engine",
+    "installation_id",
     "json_string_contains",
     "migrate",
     "session_factory",
@@ -460,6 +461,27 @@ def _stored_revisions(engine: Engine) -> list[str]:
     except DBAPIError:
         return []  # a new database: no alembic_version table yet
     return [r[0] for r in rows]
+
+
+def installation_id(engine: Engine) -> str:
+    """This installation's id (migration 0016): the same for every replica of one database.
+
+    Recorded on the Kubernetes Secrets certctl writes, so another installation delivering
+    into the same namespace never overwrites them.
+
+    Raises:
+        CertctlError: the row is gone (deleted by hand): a new id would disown every Secret
+            written so far, so none is made up.
+    """
+    with engine.connect() as connection:
+        uid = connection.execute(text("SELECT uid FROM installation WHERE id = 1")).scalar()
+    if not isinstance(uid, str) or not uid:
+        raise CertctlError(
+            "the database holds no installation id (table installation is empty); restore "
+            "that row from a backup (the id is on the Secrets certctl wrote, annotation "
+            "certctl.io/owner)"
+        )
+    return uid
 
 
 def migrate(engine: Engine) -> None:

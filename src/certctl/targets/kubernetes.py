@@ -6,6 +6,16 @@ then swaps all keys together. Writes are ``GET`` then ``POST`` (absent) or ``PUT
 ``resourceVersion`` read (present), so a concurrent writer makes the ``PUT`` fail with 409
 and the write is retried on the fresh object instead of overwriting it blindly. certctl owns
 the Secret's ``data``; labels and annotations set by others are kept.
+
+Every Secret written carries the label ``app.kubernetes.io/managed-by=certctl`` and the
+annotation ``certctl.io/owner``: the id of the certctl installation that wrote it (its
+database's, ``store.db.installation_id``). The label alone told certctl from others
+(cert-manager) but not one certctl installation from another delivering into the same
+namespace: their services took each other's Secret, each pod served the other's key in turn.
+A Secret another installation owns is refused; one with the label and no owner (written by a
+certctl before the annotation) is claimed by the first installation writing it, through the
+same ``resourceVersion``-guarded ``PUT``, so of two racing for it one wins and the other,
+re-reading, finds it taken.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ __all__ = [
     "CLIENT_TRUST_KEY",
     "CUSTOM_CERTIFICATE_LABEL",
     "MANAGED_BY",
+    "OWNER_ANNOTATION",
     "SecretWriter",
     "WriteResult",
     "list_custom_certificates",
@@ -35,6 +46,8 @@ __all__ = [
 TLS_TYPE = "kubernetes.io/tls"
 CLIENT_TRUST_KEY = "client-trust.crt"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "certctl"}
+# The annotation naming the installation that owns a Secret (its id, store.db.installation_id).
+OWNER_ANNOTATION = "certctl.io/owner"
 # The annotation cert-manager puts on the Secret of each of its Certificates.
 _CERT_MANAGER_CERTIFICATE = "cert-manager.io/certificate-name"
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
@@ -89,6 +102,8 @@ class SecretWriter:
         connection: API server and credentials (needs ``get``, ``create``, ``update`` on
             ``secrets`` in the namespace).
         namespace: target namespace; default: the connection's.
+        owner: this installation's id, recorded on each Secret (``OWNER_ANNOTATION``);
+            a Secret recording another is never written.
         transport: an httpx transport for tests; None for the network.
     """
 
@@ -96,11 +111,15 @@ class SecretWriter:
         self,
         connection: KubeConnection,
         *,
+        owner: str,
         namespace: str | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        if not owner:
+            raise ValueError("SecretWriter needs the installation id as owner")
         self.connection = connection
         self.namespace = namespace or connection.namespace
+        self.owner = owner
         self._transport = transport
 
     def write_tls(
@@ -121,7 +140,8 @@ class SecretWriter:
 
         Raises:
             InvalidRequest: a bad name, label or empty certificate/key.
-            Conflict: a Secret of another type already has this name.
+            Conflict: a Secret of another type, not managed by certctl or owned by another
+                certctl installation already has this name.
             KubeApiError: the API is unreachable or refuses the write.
         """
         if not certificate_pem.strip() or not private_key_pem.strip():
@@ -145,7 +165,8 @@ class SecretWriter:
 
         Raises:
             InvalidRequest: a bad name, data key or label.
-            Conflict: a Secret of another type already has this name (type is immutable).
+            Conflict: a Secret of another type already has this name (type is immutable),
+                or one not managed by certctl, or one another certctl installation owns.
             KubeApiError: the API is unreachable, refuses the call, or keeps conflicting.
         """
         import httpx
@@ -178,19 +199,18 @@ class SecretWriter:
                                     "name": name,
                                     "namespace": self.namespace,
                                     "labels": wanted_labels,
+                                    "annotations": {OWNER_ANNOTATION: self.owner},
                                 },
                                 "type": secret_type,
                                 "data": encoded,
                             },
                         )
-                        if created.status_code == 409:  # created meanwhile: update it
+                        if created.status_code == 409:  # created meanwhile: read it again
                             continue
                         response_json(created, f"create {what}")
                         return WriteResult.CREATED
                     obj = response_json(current, f"read {what}")
-                    result = self._update(
-                        client, f"{base}/{name}", what, obj, secret_type, encoded, wanted_labels
-                    )
+                    result = self._update(client, name, obj, secret_type, encoded, wanted_labels)
                     if result is not None:
                         return result
         except httpx.HTTPError as exc:
@@ -199,17 +219,18 @@ class SecretWriter:
             ) from None
         raise KubeApiError(f"{what}: still conflicting after {_ATTEMPTS} attempts", 409, "Conflict")
 
-    @staticmethod
     def _update(
+        self,
         client: httpx.Client,
-        url: str,
-        what: str,
+        name: str,
         obj: dict[str, Any],
         secret_type: str,
         encoded: dict[str, str],
         labels: dict[str, str],
     ) -> WriteResult | None:
         """PUT the new data over ``obj``; None when another writer got there first (409)."""
+        url = f"/api/v1/namespaces/{self.namespace}/secrets/{name}"
+        what = f"Secret {self.namespace}/{name}"
         current_type = obj.get("type") or "Opaque"
         if current_type != secret_type:
             raise Conflict(
@@ -223,10 +244,28 @@ class SecretWriter:
             # would start a tug of war and drop its other keys. Taking it over is a choice
             # made in Kubernetes, by someone allowed to label it.
             raise Conflict(f"{what} exists and is not managed by certctl; {_handover(metadata)}")
-        if (obj.get("data") or {}) == encoded and all(
-            current_labels.get(k) == v for k, v in labels.items()
+        annotations = metadata.get("annotations") or {}
+        claimed = annotations.get(OWNER_ANNOTATION)
+        if claimed and claimed != self.owner:
+            # Another installation's (another release delivering here): writing would hand
+            # its pods this installation's key, and it would write back at its next pass.
+            # Its id is not named: a service editor here has no business with it.
+            raise Conflict(
+                f"{what} belongs to another certctl installation (annotation "
+                f"{OWNER_ANNOTATION}); not overwritten: choose another Secret name, or, if that "
+                "installation no longer delivers there, remove the annotation (kubectl "
+                f"annotate secret -n {self.namespace} {name} {OWNER_ANNOTATION}-) to let this "
+                "one take it over"
+            )
+        if (
+            claimed == self.owner
+            and (obj.get("data") or {}) == encoded
+            and all(current_labels.get(k) == v for k, v in labels.items())
         ):
             return WriteResult.UNCHANGED
+        # Unclaimed (an older certctl's): claimed now, by the PUT carrying the resourceVersion
+        # read, so an installation claiming it meanwhile makes this one 409 and re-read.
+        metadata["annotations"] = {**annotations, OWNER_ANNOTATION: self.owner}
         metadata["labels"] = {**current_labels, **labels}
         obj["data"] = encoded
         obj.pop("stringData", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -413,3 +414,25 @@ def test_a_revision_no_certctl_made_is_not_called_newer(tmp_path: Path) -> None:
         CertctlError, match=r"^the database schema is at revision ae1027a6acf, which no certctl "
     ):
         db.migrate(engine)
+
+
+def test_each_database_holds_one_installation_id_kept_across_starts(tmp_path: Path) -> None:
+    """0016: the id every replica of one database records on its Kubernetes Secrets."""
+    ids = []
+    for name in ("a", "b"):
+        engine = create_engine(f"sqlite:///{tmp_path / f'{name}.db'}")
+        try:
+            db.migrate(engine)
+            first = db.installation_id(engine)
+            assert str(uuid.UUID(first)) == first
+            db.migrate(engine)  # the next start (or another replica) reads the same one
+            assert db.installation_id(engine) == first
+            ids.append(first)
+            if name == "b":
+                with engine.begin() as connection:
+                    connection.execute(text("DELETE FROM installation"))
+                with pytest.raises(CertctlError, match="holds no installation id"):
+                    db.installation_id(engine)  # never made up anew: it owns Secrets
+        finally:
+            engine.dispose()
+    assert ids[0] != ids[1]  # two installations, two ids
