@@ -464,7 +464,7 @@ def _stored_revisions(engine: Engine) -> list[str]:
 
 
 def installation_id(engine: Engine) -> str:
-    """This installation's id (migration 0016): the same for every replica of one database.
+    """This installation's id (migration 0017): the same for every replica of one database.
 
     Recorded on the Kubernetes Secrets certctl writes, so another installation delivering
     into the same namespace never overwrites them.

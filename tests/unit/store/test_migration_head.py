@@ -417,7 +417,7 @@ def test_a_revision_no_certctl_made_is_not_called_newer(tmp_path: Path) -> None:
 
 
 def test_each_database_holds_one_installation_id_kept_across_starts(tmp_path: Path) -> None:
-    """0016: the id every replica of one database records on its Kubernetes Secrets."""
+    """0017: the id every replica of one database records on its Kubernetes Secrets."""
     ids = []
     for name in ("a", "b"):
         engine = create_engine(f"sqlite:///{tmp_path / f'{name}.db'}")

@@ -11,8 +11,8 @@ lock), so every replica and worker of one installation reads the same id, and a 
 restored from a backup keeps it. Nothing already stored could serve: the default CA's
 fingerprint changes when the CA is renewed or replaced.
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import uuid
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0016"
-down_revision = "0015"
+revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
