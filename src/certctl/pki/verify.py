@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,6 +134,12 @@ def verify_certificate(
         eddsa = ("Forbidden public key algorithm" in message and "Ed25519" in message) or (
             "candidates exhausted" in message and _eddsa_path(leaf, [*untrusted, *trust])
         )
+        # The web policy allows RSASSA-PSS only with a salt as long as the digest, and no
+        # key of the RSASSA-PSS type; openssl signs with the longest salt by default, and
+        # OpenSSL verifies any. Its refusal was printed as Rust debug text.
+        rsa_pss = "Forbidden signature algorithm" in message or (
+            "Forbidden public key algorithm" in message and "RsaPss" in message
+        )
         # 2.5.29.17 = subjectAltName. Client certificates commonly carry only a CN, and
         # OpenSSL/nginx accept them; cryptography's client policy insists on a SAN.
         client_without_san = purpose == "client" and "2.5.29.17" in message
@@ -146,14 +153,14 @@ def verify_certificate(
             # As without --hostname: say what the certificate is (a CA given as CERT?).
             raise VerificationFailed(f"verification failed: {_no_host_name(leaf)}") from exc
         web_only = _WEB_PKI_ONLY.search(message) or _CONSTRAINT_FORMS.search(message)
-        if eddsa or client_without_san or trusted_self or web_only:
-            # cryptography's verifier follows the CA/B Forum web policy, which forbids EdDSA;
-            # RFC 8410 allows it for private PKIs. It also wants keyUsage on every CA, an
-            # authorityKeyIdentifier on every leaf and a critical basicConstraints, which
-            # RFC 5280 path validation (openssl, Java, Go) does not: `openssl req -x509`
-            # makes a CA without keyUsage. It knows no directoryName or URI name
-            # constraints, nor the ".corp.example" form of a DNS one that OpenSSL and
-            # Windows write. These cases take a plain RFC 5280 path.
+        if eddsa or rsa_pss or client_without_san or trusted_self or web_only:
+            # cryptography's verifier follows the CA/B Forum web policy, which forbids EdDSA
+            # (RFC 8410 allows it for private PKIs) and most RSASSA-PSS parameters. It also
+            # wants keyUsage on every CA, an authorityKeyIdentifier on every leaf and a
+            # critical basicConstraints, which RFC 5280 path validation (openssl, Java, Go)
+            # does not: `openssl req -x509` makes a CA without keyUsage. It knows no
+            # directoryName or URI name constraints, nor the ".corp.example" form of a DNS
+            # one that OpenSSL and Windows write. These cases take a plain RFC 5280 path.
             return _verify_rfc5280(leaf, trust, untrusted, hostname, purpose, now, any_eku_in_cas)
         if _UNNAMED_FAILURE.search(message):
             # cryptography names the rule broken, not the certificate, CA or name that broke
@@ -822,12 +829,18 @@ _WEAK_DIGESTS = {"sha1": "SHA-1", "md5": "MD5"}
 
 
 def _check_path_strength(chain: Sequence[x509.Certificate]) -> None:
-    """Refuse a path (leaf first, anchor last) holding a key TLS clients find too weak.
+    """Refuse a path (leaf first, anchor last) holding a key or digest TLS clients refuse.
 
     Plain ``openssl verify`` checks no security level; ``-auth_level 2`` and every TLS
-    client at Debian's default level refuse "CA certificate key too weak" (error 67) and
-    "EE certificate key too weak" (66). certctl's own path check looked at no key size.
+    client at Debian's default level refuse "CA certificate key too weak" (error 67),
+    "EE certificate key too weak" (66) and "CA signature digest algorithm too weak" (68).
+    certctl's own path check looked at no key size, and cryptography checks an RSASSA-PSS
+    signature over SHA-1 (not a PKCS#1 one: see _weakly_signed), so such a path verified.
     """
+    for child, parent in itertools.pairwise(chain):
+        weak = _weak_digest(child)
+        if weak is not None:
+            raise VerificationFailed(f"verification failed: {_weak_message(parent, child, weak)}")
     for depth, cert in enumerate(chain):
         subject = cert.subject.rfc4514_string()
         if not depth:
@@ -857,16 +870,18 @@ def _weakly_signed(parent: x509.Certificate, child: x509.Certificate) -> str | N
     algorithm"), so such a CA passed for "another key, same name"; OpenSSL 3 refuses it
     ("CA signature digest algorithm too weak", error 68) from security level 1 on.
     """
-    try:
-        algorithm = child.signature_hash_algorithm
-    except UnsupportedAlgorithm:
+    weak = _weak_digest(child)
+    if weak is None:
         return None
-    if algorithm is None or algorithm.name not in _WEAK_DIGESTS:
-        return None
+    algorithm = child.signature_hash_algorithm
+    assert algorithm is not None  # _weak_digest named one
     key = parent.public_key()
     try:
         if isinstance(key, rsa.RSAPublicKey):
-            key.verify(child.signature, child.tbs_certificate_bytes, padding.PKCS1v15(), algorithm)
+            pad = child.signature_algorithm_parameters
+            if not isinstance(pad, padding.PSS | padding.PKCS1v15):
+                return None
+            key.verify(child.signature, child.tbs_certificate_bytes, pad, algorithm)
         elif isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(child.signature, child.tbs_certificate_bytes, ec.ECDSA(algorithm))
         elif isinstance(key, dsa.DSAPublicKey):
@@ -875,9 +890,25 @@ def _weakly_signed(parent: x509.Certificate, child: x509.Certificate) -> str | N
             return None
     except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
         return None
+    return _weak_message(parent, child, weak)
+
+
+def _weak_digest(cert: x509.Certificate) -> str | None:
+    """The weak digest ``cert`` is signed with (``SHA-1``, ``SHA-1 (RSASSA-PSS)``), or None."""
+    try:
+        algorithm = cert.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        return None
+    if algorithm is None or algorithm.name not in _WEAK_DIGESTS:
+        return None
+    pss = cert.signature_algorithm_oid == x509.SignatureAlgorithmOID.RSASSA_PSS
+    return _WEAK_DIGESTS[algorithm.name] + (" (RSASSA-PSS)" if pss else "")
+
+
+def _weak_message(parent: x509.Certificate, child: x509.Certificate, digest: str) -> str:
     return (
         f"CA {parent.subject.rfc4514_string()} signed {child.subject.rfc4514_string()} with "
-        f"{_WEAK_DIGESTS[algorithm.name]}, which OpenSSL 3 refuses from security level 1 on "
+        f"{digest}, which OpenSSL 3 refuses from security level 1 on "
         "(openssl verify -auth_level 1): reissue it with SHA-256"
     )
 
