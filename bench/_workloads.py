@@ -32,6 +32,7 @@ __all__ = [
     "openssl_loop",
     "raw_files",
     "raw_issue",
+    "write_bundle",
     "write_instances",
     "write_openssl_script",
 ]
@@ -335,3 +336,37 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def write_bundle(path: Path, ca: BenchCA, items: list[Host]) -> Path:
+    """One PEM file of a leaf per instance, as ``raw_issue`` makes them (the inspect rows).
+
+    Eight keys serve all the leaves: what is timed is reading and printing certificates,
+    and making 10,000 keys would only slow the set-up.
+    """
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(8)]
+    now = datetime.now(UTC)
+    with path.open("wb") as out:
+        for index, h in enumerate(items):
+            public_key = keys[index % len(keys)].public_key()
+            sans = x509.SubjectAlternativeName(
+                [*(x509.DNSName(d) for d in h.dns), x509.IPAddress(h.ip)]
+            )
+            cert = (
+                x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, h.name)]))
+                .issuer_name(ca.certificate.subject)
+                .public_key(public_key)
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - BACKDATE)
+                .not_valid_after(now + LEAF_VALIDITY)
+                .add_extension(_LEAF_CONSTRAINTS, critical=True)
+                .add_extension(_LEAF_KEY_USAGE, critical=True)
+                .add_extension(_SERVER_EKU, critical=False)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
+                .add_extension(ca.aki, critical=False)
+                .add_extension(sans, critical=False)
+                .sign(ca.key, hashes.SHA256())
+            )
+            out.write(cert.public_bytes(serialization.Encoding.PEM))
+    return path

@@ -45,6 +45,7 @@ from _workloads import (
     openssl_loop,
     raw_files,
     raw_issue,
+    write_bundle,
     write_instances,
     write_openssl_script,
 )
@@ -54,6 +55,7 @@ DEFAULT_JSON = BENCH_DIR / "results" / "latest.json"
 SCRIPTS = Path(sysconfig.get_path("scripts"))
 CERTCTL = SCRIPTS / "certctl"
 WARMUP_N = 20
+INSPECT_ROWS = ("inspect-bundle", "inspect-bundle-json")
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,57 @@ def bench_help(rounds: int, timeout_s: float) -> dict[str, Any]:
     )
 
 
+def bench_inspect(
+    work: Path, ca: BenchCA, n: int, rounds: int, timeout_s: float
+) -> list[dict[str, Any]]:
+    """``certctl inspect`` (readable and ``--json``) on a PEM bundle of ``n`` leaves.
+
+    Reference: ``openssl storeutl -noout -text -certs``, which reads every certificate of
+    the file and prints each in full (more text than certctl's summary).
+    """
+    bundle = write_bundle(work / f"bundle-{n}.pem", ca, hosts(n))
+    variants = [
+        Variant(
+            "text",
+            n,
+            lambda: time_command([str(CERTCTL), "inspect", str(bundle)], timeout_s=timeout_s),
+        ),
+        Variant(
+            "json",
+            n,
+            lambda: time_command(
+                [str(CERTCTL), "inspect", "--json", str(bundle)], timeout_s=timeout_s
+            ),
+        ),
+        Variant(
+            "openssl",
+            n,
+            lambda: time_command(
+                ["openssl", "storeutl", "-noout", "-text", "-certs", str(bundle)],
+                timeout_s=timeout_s,
+            ),
+        ),
+    ]
+    samples = interleave(variants, rounds, warmup=variants)
+    label = f"{n:,} P-256 leaves in one PEM file"
+    rows = [
+        time_row(
+            row_id,
+            f"certctl inspect{flag} ({label}) vs openssl storeutl -noout -text -certs (wall time)",
+            samples,
+            kind,
+            "openssl",
+            target=target,
+        )
+        for row_id, flag, kind, target in zip(
+            INSPECT_ROWS, ("", " --json"), ("text", "json"), (1.5, None), strict=True
+        )
+    ]
+    for row in rows:
+        row["n"] = n
+    return rows
+
+
 def _fmt(value: float, unit: str) -> str:
     if unit == "s":
         return f"{value * 1000:.0f} ms"
@@ -419,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench_offline(work: Path, ca: BenchCA, plan: Plan) -> list[dict[str, Any]]:
-    """The ``certctl cert issue`` and ``--help`` rows."""
+    """The ``certctl cert issue``, ``--help`` and ``inspect`` rows."""
     check_certctl_zip(
         CERTCTL,
         ca,
@@ -441,7 +494,12 @@ def bench_offline(work: Path, ca: BenchCA, plan: Plan) -> list[dict[str, Any]]:
             openssl_n=plan.openssl_n if has_openssl else None,
         )
         if not has_openssl:
-            rows.append({"id": "issue-zip-large-vs-openssl", "skipped": "no openssl"})
+            rows += [
+                {"id": row_id, "skipped": "no openssl"}
+                for row_id in ("issue-zip-large-vs-openssl", *INSPECT_ROWS)
+            ]
+        else:
+            rows += bench_inspect(work, ca, plan.large_n, plan.large_rounds, plan.timeout_s)
     return rows
 
 

@@ -24,7 +24,10 @@ OFFLINE_ROWS = {
     "issue-dir-large",
     "issue-dir-large-vs-files",
     "issue-zip-large-vs-openssl",
+    "inspect-bundle",
+    "inspect-bundle-json",
 }
+OPENSSL_ROWS = {"issue-zip-large-vs-openssl", "inspect-bundle", "inspect-bundle-json"}
 # ``certctl serve`` rows (bench/_server_bench.py); --quick's stores hold 200/1,000/2,000 rows.
 ASGI_ROWS = {
     "asgi-handshake-uvicorn-vs-granian",
@@ -76,7 +79,7 @@ def test_quick_run_writes_every_row(tmp_path: Path) -> None:
         if "skipped" in row:
             # The openssl reference only when openssl is missing; granian only when its venv
             # (made by ``make bench``) is.
-            if row_id == "issue-zip-large-vs-openssl":
+            if row_id in OPENSSL_ROWS:
                 assert shutil.which("openssl") is None
             else:
                 assert row_id in ASGI_ROWS, row

@@ -117,6 +117,8 @@ def printable(text: str) -> str:
     """``text`` with the characters a terminal would act on shown escaped, as ascii() does."""
     # A certificate's common name is the requester's text: a terminal escape sequence in it
     # must show as \x1b, not act on the user's terminal.
+    if text.isprintable():  # nearly always: one C call instead of a generator per character
+        return text
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
