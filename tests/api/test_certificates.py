@@ -302,6 +302,29 @@ def test_get_as_json_and_pem(api: Api) -> None:
     )
 
 
+def test_subject_attributes_are_named_as_openssl_names_them(api: Api) -> None:
+    # The details and the list showed "CN=mail.example.com,2.5.4.5=42,
+    # 1.2.840.113549.1.9.1=ops@example.com"; openssl -nameopt RFC2253 and inspect name them.
+    key = generate_private_key(KeyType.EC_P256)
+    subject = x509.Name(
+        [
+            x509.NameAttribute(x509.NameOID.EMAIL_ADDRESS, "ops@example.com"),
+            x509.NameAttribute(x509.NameOID.SERIAL_NUMBER, "42"),
+            x509.NameAttribute(x509.NameOID.COMMON_NAME, "mail.example.com"),
+        ]
+    )
+    csr = create_csr(key, subject, SubjectAltNames.parse(dns=["mail.example.com"]))
+    r = api.post(
+        CERTS, api.admin_key, json={"csr": csr.public_bytes(serialization.Encoding.PEM).decode()}
+    )
+    assert r.status_code == 201, r.text
+    shown = "CN=mail.example.com,serialNumber=42,emailAddress=ops@example.com"
+    assert _cert(r.json()["certificate_pem"]).subject == subject
+    assert api.get(f"{CERTS}/{r.json()['id']}", api.admin_key).json()["subject"] == shown
+    listed = api.get(CERTS, api.admin_key, params={"q": "mail.example.com"}).json()["items"]
+    assert [item["subject"] for item in listed] == [shown]
+
+
 def test_pem_of_intermediate_leaf_includes_chain(api: Api) -> None:
     r = api.post("/api/v1/issuers", api.admin_key, json={"id": "sub", "parent": "default"})
     assert r.status_code == 201, r.text

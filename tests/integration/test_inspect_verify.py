@@ -1155,3 +1155,27 @@ def test_leaf_and_unlimited_ca_show_no_limits(files: Path) -> None:
     assert "  CA              yes (no path length limit)" in (
         ok(certctl_exe("inspect", files / "ca1/ca.crt")).stdout.splitlines()
     )
+
+
+_MANY_ATTRIBUTES = (
+    "/DC=org/DC=example/C=DE/ST=Berlin/L=Berlin/street=Main St 1/postalCode=10115/O=Org/OU=Unit"
+    "/title=Dr/SN=Surname/GN=Given/initials=GX/pseudonym=Psd/generationQualifier=III"
+    "/dnQualifier=dq1/serialNumber=12345/UID=jdoe/emailAddress=ops@example.com"
+    "/businessCategory=Private Organization/jurisdictionC=DE/jurisdictionST=Berlin"
+    "/jurisdictionL=Berlin/organizationIdentifier=VATDE-123/description=desc/name=Name"
+    "/CN=host.example"
+)
+
+
+def test_subject_attributes_are_named_as_openssl_names_them(tmp_path: Path) -> None:
+    # inspect printed "…,1.2.840.113549.1.9.1=ops@example.com,…,2.5.4.5=12345,…" where
+    # openssl prints emailAddress= and serialNumber=.
+    cert = tmp_path / "n.crt"
+    openssl_req(tmp_path / "n.key", cert, _MANY_ATTRIBUTES, "-days", "1", x509=True)
+    expected = ok(run("openssl", "x509", "-in", cert, "-noout", "-subject", "-nameopt",
+                      "RFC2253")).stdout.strip().removeprefix("subject=")  # fmt: skip
+    assert "emailAddress=ops@example.com" in expected
+    (item,) = inspect_json(cert)
+    assert item["subject"] == item["issuer"] == expected
+    text = ok(certctl_exe("inspect", cert)).stdout
+    assert f"  subject         {expected}" in text.splitlines()

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from certctl.pki import display_dn_text
 from certctl.services.revocation import REVOCATION_REASONS
 from certctl.store.models import ApiKey, AuditEvent, Issuer
 
@@ -157,7 +158,9 @@ def certificate_json(row: CertificateView, status: str) -> dict[str, Any]:
         "serial": row.serial,
         "status": status,
         "common_name": row.common_name,
-        "subject": row.subject,
+        # Stored as rfc4514_string() writes it (issuers are matched by it); shown with the
+        # attribute names openssl prints (emailAddress=, not 1.2.840.113549.1.9.1=).
+        "subject": display_dn_text(row.subject),
         "sans": row.sans,
         "profile": row.profile,
         "not_before": _iso(row.not_before),
@@ -177,7 +180,7 @@ def issuer_json(row: Issuer, now: datetime) -> dict[str, Any]:
     return {
         "id": row.id,
         "name": row.name,
-        "subject": row.subject,
+        "subject": display_dn_text(row.subject),
         "key_type": row.key_type,
         "not_after": _iso(row.not_after),
         "created_at": _iso(row.created_at),

@@ -144,7 +144,7 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
     from cryptography import x509 as _x509
     from cryptography.hazmat.primitives import serialization
 
-    from certctl.pki import format_serial
+    from certctl.pki import display_dn, format_serial
     from certctl.pki.verify import eku_name
 
     ext = cert.extensions
@@ -177,7 +177,6 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
     key_fields = _key_fields(cert)
     if cert.serial_number <= 0:
         from certctl.cli._common import warn
-        from certctl.pki import display_dn
 
         warn(
             f"certificate {display_dn(cert.subject)}: serial number "
@@ -186,8 +185,9 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
         )
     return {
         "kind": "certificate",
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
+        # Attribute types as openssl names them (emailAddress=, not 1.2.840.113549.1.9.1=).
+        "subject": display_dn(cert.subject),
+        "issuer": display_dn(cert.issuer),
         "serial": format_serial(cert.serial_number),
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": cert.not_valid_after_utc.isoformat(),
@@ -226,6 +226,7 @@ def private_key_summary(
 def csr_summary(csr: x509.CertificateSigningRequest) -> dict[str, Any]:
     """The JSON view of a certificate signing request."""
     from certctl.errors import InvalidRequest
+    from certctl.pki import display_dn
 
     try:
         sans = _sans(csr.extensions)
@@ -234,7 +235,7 @@ def csr_summary(csr: x509.CertificateSigningRequest) -> dict[str, Any]:
     key_fields = _key_fields(csr)
     return {
         "kind": "csr",
-        "subject": csr.subject.rfc4514_string(),
+        "subject": display_dn(csr.subject),
         "sans": sans,
         "key_type": key_fields["key_type"],
         # None: the key is of a kind the signature cannot be checked with.
@@ -249,7 +250,7 @@ def crl_summary(crl: x509.CertificateRevocationList) -> dict[str, Any]:
     """The JSON view of a CRL, every revoked serial included."""
     from cryptography import x509 as _x509
 
-    from certctl.pki import format_serial
+    from certctl.pki import display_dn, format_serial
 
     try:
         number: int | None = crl.extensions.get_extension_for_class(
@@ -275,7 +276,7 @@ def crl_summary(crl: x509.CertificateRevocationList) -> dict[str, Any]:
     next_update = crl.next_update_utc
     return {
         "kind": "crl",
-        "issuer": crl.issuer.rfc4514_string(),
+        "issuer": display_dn(crl.issuer),
         "crl_number": number,
         "last_update": crl.last_update_utc.isoformat(),
         "next_update": next_update.isoformat() if next_update else None,

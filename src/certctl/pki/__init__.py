@@ -67,6 +67,7 @@ if TYPE_CHECKING:
         SubjectAltNames,
         common_name_dn,
         display_dn,
+        display_dn_text,
         format_dn,
         parse_dn,
     )
@@ -117,6 +118,7 @@ _SOURCES = {
     "SubjectAltNames": "names",
     "common_name_dn": "names",
     "display_dn": "names",
+    "display_dn_text": "names",
     "format_dn": "names",
     "parse_dn": "names",
     "check_revocation": "revocation",
@@ -159,6 +161,7 @@ __all__ = [
     "create_root_ca",
     "csr_sans",
     "display_dn",
+    "display_dn_text",
     "format_dn",
     "format_duration",
     "format_serial",

@@ -24,6 +24,7 @@ __all__ = [
     "SubjectAltNames",
     "common_name_dn",
     "display_dn",
+    "display_dn_text",
     "format_dn",
     "names_match",
     "parse_dn",
@@ -175,9 +176,35 @@ def format_dn(name: x509.Name) -> str:
     return name.rfc4514_string()
 
 
-# RFC 4514 gives emailAddress no short name, so rfc4514_string() writes its dotted OID; OpenSSL
-# prints "emailAddress", the name people know it by.
-_DISPLAY_NAMES = {NameOID.EMAIL_ADDRESS: "emailAddress"}
+# RFC 4514 names only CN, L, ST, O, OU, C, STREET, DC and UID, so rfc4514_string() writes
+# every other type as its dotted OID ("1.2.840.113549.1.9.1=ops@example.com"); these are the
+# names `openssl x509 -subject -nameopt RFC2253` prints, the ones people know them by.
+_DISPLAY_NAMES = {
+    NameOID.EMAIL_ADDRESS: "emailAddress",
+    NameOID.SERIAL_NUMBER: "serialNumber",
+    NameOID.SURNAME: "SN",
+    NameOID.GIVEN_NAME: "GN",
+    NameOID.TITLE: "title",
+    NameOID.INITIALS: "initials",
+    NameOID.PSEUDONYM: "pseudonym",
+    NameOID.GENERATION_QUALIFIER: "generationQualifier",
+    NameOID.DN_QUALIFIER: "dnQualifier",
+    NameOID.POSTAL_CODE: "postalCode",
+    NameOID.STREET_ADDRESS: "street",
+    NameOID.BUSINESS_CATEGORY: "businessCategory",
+    NameOID.JURISDICTION_COUNTRY_NAME: "jurisdictionC",
+    NameOID.JURISDICTION_STATE_OR_PROVINCE_NAME: "jurisdictionST",
+    NameOID.JURISDICTION_LOCALITY_NAME: "jurisdictionL",
+    NameOID.ORGANIZATION_IDENTIFIER: "organizationIdentifier",
+    x509.ObjectIdentifier("2.5.4.13"): "description",
+    x509.ObjectIdentifier("2.5.4.41"): "name",
+    x509.ObjectIdentifier("2.5.4.45"): "x500UniqueIdentifier",
+}
+# The dotted forms rfc4514_string() writes for them ("STREET" is a name there already).
+_DISPLAY_BY_TYPE = {
+    (oid.dotted_string if oid != NameOID.STREET_ADDRESS else "STREET"): name
+    for oid, name in _DISPLAY_NAMES.items()
+}
 
 
 def display_dn(name: x509.Name) -> str:
@@ -188,6 +215,38 @@ def display_dn(name: x509.Name) -> str:
     :func:`parse_dn` reads back.
     """
     return name.rfc4514_string(_DISPLAY_NAMES)
+
+
+def display_dn_text(text: str) -> str:
+    """A stored :func:`format_dn` string with its attribute types named as :func:`display_dn`.
+
+    For what is kept as text (a certificate record's subject): ``display_dn_text(
+    format_dn(n)) == display_dn(n)``, without parsing the name again.
+    """
+    if "=" not in text or not any(kind in text for kind in _DISPLAY_BY_TYPE):
+        return text  # nearly always: CN, O, OU ... only
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        # At the start of an attribute: its type runs to the first '=' (a type holds none).
+        eq = text.find("=", i)
+        if eq < 0:
+            out.append(text[i:])
+            break
+        out += (_DISPLAY_BY_TYPE.get(text[i:eq], text[i:eq]), "=")
+        i = eq + 1
+        # The value runs to the first ',' or '+' not escaped by a backslash.
+        while i < n:
+            c = text[i]
+            if c == "\\":
+                out.append(text[i : i + 2])
+                i += 2
+                continue
+            out.append(c)
+            i += 1
+            if c in ",+":
+                break
+    return "".join(out)
 
 
 # Attribute type names a DN pattern may use (upper case), by OID: RFC 4514 section 3 and the
@@ -209,6 +268,19 @@ _ATTRIBUTE_OIDS = {
     "UID": "0.9.2342.19200300.100.1.1",
     "E": "1.2.840.113549.1.9.1",
     "EMAILADDRESS": "1.2.840.113549.1.9.1",
+    # The other names display_dn prints (OpenSSL's), so that what is shown can be given back.
+    "INITIALS": "2.5.4.43",
+    "PSEUDONYM": "2.5.4.65",
+    "GENERATIONQUALIFIER": "2.5.4.44",
+    "DNQUALIFIER": "2.5.4.46",
+    "POSTALCODE": "2.5.4.17",
+    "BUSINESSCATEGORY": "2.5.4.15",
+    "JURISDICTIONC": "1.3.6.1.4.1.311.60.2.1.3",
+    "JURISDICTIONST": "1.3.6.1.4.1.311.60.2.1.2",
+    "JURISDICTIONL": "1.3.6.1.4.1.311.60.2.1.1",
+    "ORGANIZATIONIDENTIFIER": "2.5.4.97",
+    "DESCRIPTION": "2.5.4.13",
+    "NAME": "2.5.4.41",
 }
 _NUMERIC_OID = re.compile(r"[0-9]+(\.[0-9]+)+\Z")
 _TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*\Z")  # RFC 4512 descr

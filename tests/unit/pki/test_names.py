@@ -19,6 +19,7 @@ from certctl.pki.names import (
     SubjectAltNames,
     common_name_dn,
     display_dn,
+    display_dn_text,
     format_dn,
     parse_dn,
     san_search_forms,
@@ -651,3 +652,60 @@ def test_parse_dn_reads_back_what_display_dn_prints() -> None:
     name = parse_dn("CN=ops,1.2.840.113549.1.9.1=ops@example.com")
     assert display_dn(name) == "CN=ops,emailAddress=ops@example.com"
     assert parse_dn(display_dn(name)) == name
+
+
+# Attribute types cryptography's rfc4514_string() writes as dotted OIDs and OpenSSL names
+# (`openssl x509 -subject -nameopt RFC2253`), one value each.
+_OPENSSL_NAMED = (
+    (NameOID.EMAIL_ADDRESS, "emailAddress", "ops@example.com"),
+    (NameOID.SERIAL_NUMBER, "serialNumber", "12345"),
+    (NameOID.SURNAME, "SN", "Surname"),
+    (NameOID.GIVEN_NAME, "GN", "Given"),
+    (NameOID.TITLE, "title", "Dr"),
+    (NameOID.INITIALS, "initials", "GX"),
+    (NameOID.PSEUDONYM, "pseudonym", "Psd"),
+    (NameOID.GENERATION_QUALIFIER, "generationQualifier", "III"),
+    (NameOID.DN_QUALIFIER, "dnQualifier", "dq1"),
+    (NameOID.POSTAL_CODE, "postalCode", "10115"),
+    (NameOID.STREET_ADDRESS, "street", "Main St 1"),
+    (NameOID.BUSINESS_CATEGORY, "businessCategory", "Private Organization"),
+    (NameOID.JURISDICTION_COUNTRY_NAME, "jurisdictionC", "DE"),
+    (NameOID.JURISDICTION_STATE_OR_PROVINCE_NAME, "jurisdictionST", "Berlin"),
+    (NameOID.JURISDICTION_LOCALITY_NAME, "jurisdictionL", "Berlin"),
+    (NameOID.ORGANIZATION_IDENTIFIER, "organizationIdentifier", "VATDE-123"),
+    (x509.ObjectIdentifier("2.5.4.13"), "description", "desc"),
+    (x509.ObjectIdentifier("2.5.4.41"), "name", "Name"),
+)
+
+
+def test_display_dn_names_the_attributes_openssl_names() -> None:
+    # inspect --json and the API printed "1.2.840.113549.1.9.1=ops@example.com,2.5.4.5=12345"
+    # where openssl prints "emailAddress=ops@example.com,serialNumber=12345".
+    name = x509.Name(
+        [x509.NameAttribute(oid, value) for oid, _, value in _OPENSSL_NAMED]
+        + [x509.NameAttribute(NameOID.COMMON_NAME, "web")]
+    )
+    expected = ",".join(["CN=web", *(f"{n}={v}" for _, n, v in reversed(_OPENSSL_NAMED))])
+    assert display_dn(name) == expected
+    # What is printed can be given back (--subject, client-certificate mappings).
+    assert parse_dn(display_dn(name)) == name
+
+
+@FAST
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([NameOID.COMMON_NAME, NameOID.EMAIL_ADDRESS, NameOID.SERIAL_NUMBER]),
+            st.text(st.sampled_from('a ,+\\=#"<>;1.2.840.113549.1.9.1'), min_size=1, max_size=30),
+        ),
+        min_size=0,
+        max_size=4,
+    )
+)
+@example([(NameOID.COMMON_NAME, "x,1.2.840.113549.1.9.1=y\\"), (NameOID.EMAIL_ADDRESS, "+")])
+def test_display_dn_text_renames_stored_subjects_as_display_dn(
+    attributes: list[tuple[x509.ObjectIdentifier, str]],
+) -> None:
+    # Stored subjects are rfc4514_string()'s; the API shows them as display_dn would.
+    name = x509.Name([x509.NameAttribute(oid, value) for oid, value in attributes])
+    assert display_dn_text(format_dn(name)) == display_dn(name)
