@@ -71,7 +71,7 @@ def test_openssl_refuses_a_server_certificate_below_a_client_auth_ca(tmp_path: P
 
 
 def test_a_ca_allowing_both_usages_issues_every_profile(tmp_path: Path) -> None:
-    # (anyExtendedKeyUsage is let through too, as Go reads it; OpenSSL 3.0 refuses it.)
+    # (anyExtendedKeyUsage is let through too, as Go reads it, with a warning: see below.)
     ca = _imported_ca(tmp_path, "serverAuth,clientAuth")
     out = tmp_path / "peer"
     certctl_ok(
@@ -80,3 +80,34 @@ def test_a_ca_allowing_both_usages_issues_every_profile(tmp_path: Path) -> None:
     )  # fmt: skip
     assert _purpose_verifies(ca, out / "tls.crt", "sslserver")
     assert _purpose_verifies(ca, out / "tls.crt", "sslclient")
+
+
+def test_a_ca_listing_only_any_extended_key_usage_issues_with_a_warning(tmp_path: Path) -> None:
+    # Go reads anyExtendedKeyUsage on a CA as every usage; OpenSSL's purpose check (nginx,
+    # curl, Python's ssl, certctl verify) as none. certctl issued below such a CA without a
+    # word, and openssl clients then refused the certificate: now it says so as it issues.
+    ca = _imported_ca(tmp_path, "anyExtendedKeyUsage")
+    out = tmp_path / "web"
+    result = certctl(
+        "cert", "issue", "--ca", ca, "--out", out, "--cn", "web.example.com",
+        "--dns", "web.example.com",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    # (The CA's 30 days also clip the leaf's validity: warned about on the lines before.)
+    assert result.err.splitlines()[-1] == (
+        "certctl: warning: CN=anyExtendedKeyUsage CA lists anyExtendedKeyUsage, not "
+        "serverAuth: OpenSSL-based clients (nginx, curl, Python's ssl; certctl verify) refuse "
+        "the certificates below it as of an unsuitable purpose (Go's accept them)"
+    )
+    # The warning's claim, checked: openssl refuses, and so does certctl verify.
+    assert not _purpose_verifies(ca, out / "tls.crt", "sslserver")
+    refused = certctl("verify", "--ca", ca / "ca.crt", out / "tls.crt")
+    assert refused.code == 1
+    assert "anyExtendedKeyUsage stands for no TLS purpose" in refused.err
+    # A CA that also lists the usage: no warning.
+    both = tmp_path / "both"
+    both.mkdir()
+    ca = _imported_ca(both, "anyExtendedKeyUsage,serverAuth")
+    result = certctl("cert", "issue", "--ca", ca, "--out", both / "web", "--cn", "web.example.com")
+    assert result.code == 0, result.err
+    assert "anyExtendedKeyUsage" not in result.err

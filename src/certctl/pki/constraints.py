@@ -19,6 +19,7 @@ from certctl.errors import InvalidRequest
 from certctl.pki.names import SubjectAltNames, validate_dns_name
 
 __all__ = [
+    "any_usage_warning",
     "check_extended_key_usage",
     "check_name_constraints",
     "describe_general_name",
@@ -218,6 +219,33 @@ def check_extended_key_usage(
                 f"{_usage_names(usages)}, not {_usage_names(missing)}: no client would "
                 "accept the certificate"
             )
+
+
+def any_usage_warning(
+    certificates: Iterable[x509.Certificate], wanted: Sequence[x509.ObjectIdentifier]
+) -> str | None:
+    """The warning for a CA that allows ``wanted`` only through anyExtendedKeyUsage, or None.
+
+    Go (and cryptography's verifier) read anyExtendedKeyUsage on a CA as every usage, so
+    :func:`check_extended_key_usage` lets it through; OpenSSL's purpose check reads it as
+    none ("unsuitable certificate purpose"), and so do nginx, curl, Python's ssl and
+    ``certctl verify``. Refusing would lock out the users whose clients are Go's; issuing
+    without a word left the others with certificates their clients refuse.
+    """
+    for certificate in certificates:
+        try:
+            usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            continue
+        missing = [oid for oid in wanted if oid not in usages]
+        if ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages and missing:
+            return (
+                f"{certificate.subject.rfc4514_string()} lists anyExtendedKeyUsage, not "
+                f"{_usage_names(missing)}: OpenSSL-based clients (nginx, curl, Python's ssl; "
+                "certctl verify) refuse the certificates below it as of an unsuitable purpose "
+                "(Go's accept them)"
+            )
+    return None
 
 
 _USAGE_NAMES = {

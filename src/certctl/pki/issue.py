@@ -21,6 +21,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, PublicKeyAlgori
 
 from certctl.errors import InvalidRequest
 from certctl.pki.constraints import (
+    any_usage_warning,
     check_extended_key_usage,
     check_name_constraints,
     name_constraints_of,
@@ -287,7 +288,10 @@ class CertificateAuthority:
         if self._name_constraints:
             check_name_constraints(self._name_constraints, subject, sans)
         if self._has_extended_key_usage and not profile.is_ca:
-            check_extended_key_usage((self.certificate, *self.chain), profile.extended_key_usage)
+            above = (self.certificate, *self.chain)
+            check_extended_key_usage(above, profile.extended_key_usage)
+            if (any_usage := any_usage_warning(above, profile.extended_key_usage)) is not None:
+                warnings.append(any_usage)
         if profile.is_ca:
             # RFC 5280 4.2.1.9: a CA with pathLen N may be followed by at most N CAs.
             parent_len = self._path_length()
