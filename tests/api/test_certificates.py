@@ -323,6 +323,10 @@ def test_subject_attributes_are_named_as_openssl_names_them(api: Api) -> None:
     assert api.get(f"{CERTS}/{r.json()['id']}", api.admin_key).json()["subject"] == shown
     listed = api.get(CERTS, api.admin_key, params={"q": "mail.example.com"}).json()["items"]
     assert [item["subject"] for item in listed] == [shown]
+    # What is shown can be searched for: the stored subject keeps the dotted types.
+    for q in ("emailAddress=ops@example.com", "SERIALNUMBER=42,EMAILADDRESS=ops", shown):
+        found = api.get(CERTS, api.admin_key, params={"q": q}).json()["items"]
+        assert [item["id"] for item in found] == [r.json()["id"]], q
 
 
 def test_pem_of_intermediate_leaf_includes_chain(api: Api) -> None:

@@ -249,6 +249,30 @@ def display_dn_text(text: str) -> str:
     return "".join(out)
 
 
+# A displayed type at the start of a search or after "," or "+", in any case: the stored
+# (format_dn) type it stands for, lower-cased as the search compares.
+_STORED_BY_DISPLAYED = {name.lower(): kind.lower() for kind, name in _DISPLAY_BY_TYPE.items()}
+_DISPLAYED_TYPE = re.compile(
+    r"(^|[,+])("
+    + "|".join(sorted(map(re.escape, _STORED_BY_DISPLAYED), key=len, reverse=True))
+    + r")=",
+    re.IGNORECASE,
+)
+
+
+def stored_dn_search(q: str) -> str | None:
+    """``q`` (a search of subjects) with display_dn's type names as stored, lower-cased.
+
+    Subjects are stored as :func:`format_dn` writes them (``1.2.840.113549.1.9.1=…``) and
+    shown as :func:`display_dn` does (``emailAddress=…``): what a user copies from the
+    display must find the certificate too. None when ``q`` names no such type.
+    """
+    stored = _DISPLAYED_TYPE.sub(
+        lambda m: f"{m[1]}{_STORED_BY_DISPLAYED[m[2].lower()]}=", q.lower()
+    )
+    return stored if stored != q.lower() else None
+
+
 # Attribute type names a DN pattern may use (upper case), by OID: RFC 4514 section 3 and the
 # ones cryptography and OpenSSL print. Any other attribute is written as its dotted OID.
 _ATTRIBUTE_OIDS = {

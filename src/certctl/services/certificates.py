@@ -38,7 +38,7 @@ from certctl.pki import (
     key_type_of,
 )
 from certctl.pki.issue import BACKDATE
-from certctl.pki.names import SAN_KINDS, san_search_forms
+from certctl.pki.names import SAN_KINDS, san_search_forms, stored_dn_search
 from certctl.services.audit import event_values, record
 from certctl.services.context import Principal, Services
 from certctl.services.issuance import (
@@ -180,10 +180,22 @@ def list_certificates(
         # An ASCII q can only match ASCII letters, which the built-in lower() folds: the
         # Python function SQLite needs for the others is called per row only when needed.
         lower = func.lower if q.isascii() else unicode_lower
+        # Subjects are shown with emailAddress=, serialNumber= … but stored with the dotted
+        # types: a subject copied from the display is looked for as stored as well.
+        stored = stored_dn_search(q)
         query = query.where(
             or_(
                 lower(CertificateRecord.common_name).like(like, escape="\\"),
                 lower(CertificateRecord.subject).like(like, escape="\\"),
+                *(
+                    ()
+                    if stored is None
+                    else (
+                        lower(CertificateRecord.subject).like(
+                            contains_pattern(stored), escape="\\"
+                        ),
+                    )
+                ),
                 CertificateRecord.serial.in_(_serial_forms(q)),
                 # Every name the certificate covers: its SAN values as stored (A-labels,
                 # canonical IP addresses), which q in another spelling is turned into.
