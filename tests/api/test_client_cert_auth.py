@@ -23,7 +23,8 @@ from sqlalchemy import event, text, update
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from certctl.api.app import ClientCertMapping, create_app
+from certctl.api.app import create_app
+from certctl.api.authentication import ClientCertMapping
 from certctl.server.tls import client_certificate_extension
 from certctl.services import issuers
 from certctl.store.models import CertificateRecord, Issuer, Role

@@ -337,12 +337,9 @@ def test_listings_read_the_store_off_the_event_loop(
 def _connection_holders() -> int:
     """Threads of one server process that may each hold a pooled connection at the same time."""
     from certctl.api._common import LIST_THREADS, WRITE_THREADS
-    from certctl.api.app import (
-        AUTH_READ_THREADS,
-        CA_READ_THREADS,
-        FAILURE_AUDIT_THREADS,
-        KEYGEN_THREADS,
-    )
+    from certctl.api.authentication import AUTH_READ_THREADS, FAILURE_AUDIT_THREADS
+    from certctl.api.certificate_routes import KEYGEN_THREADS
+    from certctl.api.issuer_routes import CA_READ_THREADS
 
     main_app = (
         WRITE_THREADS
@@ -502,7 +499,8 @@ def test_a_burst_of_bad_keys_from_one_address_is_throttled_at_the_limit(api: Api
     up, where the limit allows 3.
     """
 
-    from certctl.api.app import AUTH_READ_THREADS, create_app
+    from certctl.api.app import create_app
+    from certctl.api.authentication import AUTH_READ_THREADS
     from certctl.api.throttle import AuthFailureLimiter
 
     limit = 3

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import event, select, update
 
-from certctl.api.app import CA_READ_THREADS
+from certctl.api.issuer_routes import CA_READ_THREADS
 from certctl.errors import CertctlError
 from certctl.pki import (
     CertificateAuthority,

@@ -21,7 +21,8 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from certctl.api.app import METRICS_PATHS, create_app
+from certctl.api.app import create_app
+from certctl.api.metrics_routes import METRICS_PATHS
 from certctl.auth.kubernetes import (
     MAX_CONCURRENT_REVIEWS,
     SUBJECT_ACCESS_REVIEWS,

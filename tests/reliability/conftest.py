@@ -31,7 +31,8 @@ from sqlalchemy import text
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from certctl.api.app import ClientCertMapping, create_app
+from certctl.api.app import create_app
+from certctl.api.authentication import ClientCertMapping
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
 from certctl.services.context import Services

@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 
 from certctl.api._common import AUTHENTICATED, PUBLIC
-from certctl.api.app import ROUTES, ClientCertMapping
+from certctl.api.app import ROUTES
+from certctl.api.authentication import ClientCertMapping
 from tests.api.conftest import assert_problem, bearer
 from tests.api.test_auth_roles import ALL_PERMISSIONS, BUILTIN
 from tests.reliability.conftest import LEDGER, RelApp, from_address, mtls, running_app

@@ -34,7 +34,10 @@ __all__ = [
     "json_response",
     "list_limiter",
     "listed",
+    "not_found",
+    "optional_body",
     "page_limit",
+    "query_format",
     "read_body",
     "services_of",
     "write_limiter",
@@ -186,13 +189,34 @@ def caller_of(principal: Principal | None) -> Principal:
     return principal
 
 
+def query_format(request: Request, choices: tuple[str, ...]) -> str | None:
+    value = request.query_params.get("format")
+    if value is not None and value not in choices:
+        raise InvalidRequest(f"format={value[:20]}: must be one of {', '.join(choices)}")
+    return value
+
+
+def not_found(what: str, ident: str) -> CertctlError:
+    from certctl.errors import NotFound
+
+    return NotFound(f"{what} {ident} not found")
+
+
+_OptionalBody = TypeVar("_OptionalBody", bound=BaseModel)
+
+
+async def optional_body(request: Request, model: type[_OptionalBody]) -> _OptionalBody:
+    """The request's JSON body as ``model``, or its defaults when the body was left out."""
+    return await read_body(request, model) if await request.body() else model()
+
+
 T = TypeVar("T")
 # Worker threads for the mutating routes' transactions. Each holds a pooled connection while
 # it waits for SQLite's write lock (one writer at a time anyway): 6, with the other routes'
 # threads, the group commit and the scheduler, stays within SQLite's pool (the budget is in
 # store.db.POOL_CONNECTIONS), so the reads on the event loop still find one; more would
-# only queue on the lock. (Authentication's threads, app.AUTH_READ_THREADS and
-# app.FAILURE_AUDIT_THREADS, may wait for it too.)
+# only queue on the lock. (Authentication's threads, authentication.AUTH_READ_THREADS and
+# authentication.FAILURE_AUDIT_THREADS, may wait for it too.)
 WRITE_THREADS = 6
 
 
@@ -229,6 +253,10 @@ async def listed(request: Request, read: Callable[[Session], T]) -> T:
     return await in_list_thread(request, run, services_of(request))
 
 
+# Every mutating route runs its transaction in a worker thread (anyio.to_thread): a write
+# waits for SQLite's write lock while the group commit, a CRL signing or another worker
+# holds it, and on the event loop that wait stalls every other request of the process.
+# Issuance signs on the loop (EC keys) and writes through the group commit, in a thread.
 async def in_write_thread(request: Request, func: Callable[..., T], *args: Any) -> T:
     """``func(*args)`` in a worker thread, at most ``WRITE_THREADS`` at once per app.
 

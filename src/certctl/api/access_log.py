@@ -7,12 +7,16 @@ the one request it answers itself: plain HTTP sent to an HTTPS port.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from certctl.auth.apikeys import redact_keys
 from certctl.metrics.registry import HTTP_REQUESTS
 
-__all__ = ["logged_path", "plain_http_request", "write_line"]
+if TYPE_CHECKING:
+    from starlette.types import Scope
+
+__all__ = ["logged_path", "logged_path_of", "plain_http_request", "write_line"]
 
 log = logging.getLogger("certctl.access")
 
@@ -31,6 +35,11 @@ def logged_path(path: str) -> str:
     if not path.isprintable():
         path = path.encode("unicode_escape").decode("ascii")
     return redact_keys(path)
+
+
+def logged_path_of(scope: Scope) -> str:
+    """:func:`logged_path` of an ASGI request's path."""
+    return logged_path(scope.get("path", ""))
 
 
 def write_line(

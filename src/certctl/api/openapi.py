@@ -16,7 +16,7 @@ from certctl import __version__
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from certctl.api.app import ApiRoute
+    from certctl.api._common import ApiRoute
 
 __all__ = ["build_openapi"]
 

@@ -21,7 +21,9 @@ from cryptography import x509
 from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
-from certctl.api.app import METRICS_PATHS, ClientCertMapping, create_app
+from certctl.api.app import create_app
+from certctl.api.authentication import ClientCertMapping
+from certctl.api.metrics_routes import METRICS_PATHS
 from certctl.api.throttle import AuthFailureLimiter
 from certctl.auth.kubernetes import TokenReviewAuthenticator
 from certctl.errors import CertctlError, InvalidRequest

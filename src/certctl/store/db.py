@@ -234,9 +234,10 @@ def _python_lower(value: object) -> object:
 
 # Threads of one server process that may each hold a pooled connection at the same time:
 # the event loop (1); the API's worker threads, each bounded by a limiter (api._common,
-# api.app): the write routes (6), the CA-certificate and the CRL routes (4 each), listings
-# and a service's outputs (2), authentication's reads (2) and failure audits (1), RSA
-# issuance (2: its issuer's first load) and /readyz's ping (1); a separate metrics
+# api.issuer_routes, api.certificate_routes, api.authentication): the write routes (6), the
+# CA-certificate and the CRL routes (4 each), listings and a service's outputs (2),
+# authentication's reads (2) and failure audits (1), RSA issuance (2: its issuer's first
+# load) and /readyz's ping (1); a separate metrics
 # listener's app: its authentication (3) and /readyz (1); and the background work: the
 # group commit, the scheduler's tick, the webhook dispatcher, the periodic metrics refresh,
 # CA renewal and issuer-cache refresh (server.run), and the leader's advisory lock, held on
