@@ -17,7 +17,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from certctl.errors import InvalidRequest
 from certctl.pki.constraints import check_name_constraints, name_constraints_of, subject_emails
-from certctl.pki.names import SubjectAltNames, names_match, validate_dns_name
+from certctl.pki.names import SubjectAltNames, display_dn, names_match, validate_dns_name
 
 __all__ = [
     "VerificationFailed",
@@ -244,7 +244,7 @@ def _anchors(leaf: x509.Certificate, trust: Sequence[x509.Certificate]) -> list[
     if not anchors:
         raise VerificationFailed(
             "verification failed: the trust bundle holds no CA certificate "
-            f"({trust[0].subject.rfc4514_string()} is not a CA: no basicConstraints CA:TRUE)"
+            f"({display_dn(trust[0].subject)} is not a CA: no basicConstraints CA:TRUE)"
         )
     return anchors
 
@@ -305,7 +305,7 @@ def _signs(parent: x509.Certificate, child: x509.Certificate) -> bool:
         # cannot be checked at all. Before, "internal error (UnsupportedAlgorithm: …)".
         raise VerificationFailed(
             f"verification failed: cannot check the signature on "
-            f"{child.subject.rfc4514_string()}: the key of {parent.subject.rfc4514_string()} "
+            f"{display_dn(child.subject)}: the key of {display_dn(parent.subject)} "
             f"is not supported ({exc})"
         ) from exc
     return True
@@ -472,7 +472,7 @@ def _check_path_lengths(chain: Sequence[x509.Certificate]) -> None:
         if limit is not None and below > limit:
             raise VerificationFailed(
                 f"verification failed: path length constraint exceeded ({below} "
-                f"CA{'s' if below > 1 else ''} below {cert.subject.rfc4514_string()}, "
+                f"CA{'s' if below > 1 else ''} below {display_dn(cert.subject)}, "
                 f"which allows {limit})"
             )
         if cert.issuer != cert.subject:
@@ -544,7 +544,7 @@ def _check_ca_purposes(
         if any_eku:
             note = " (anyExtendedKeyUsage stands for no TLS purpose in openssl's check of a CA)"
         raise VerificationFailed(
-            f"verification failed: CA {ca.subject.rfc4514_string()} limits the certificates "
+            f"verification failed: CA {display_dn(ca.subject)} limits the certificates "
             f"below it to {names}, not {purpose}Auth{note}"
         )
 
@@ -680,11 +680,11 @@ def _check_window(cert: x509.Certificate, now: datetime, what: str = "certificat
 
 
 def _anchor_name(cert: x509.Certificate) -> str:
-    return f"CA {cert.subject.rfc4514_string()} in the trust bundle"
+    return f"CA {display_dn(cert.subject)} in the trust bundle"
 
 
 def _intermediate_name(cert: x509.Certificate) -> str:
-    return f"intermediate CA {cert.subject.rfc4514_string()}"
+    return f"intermediate CA {display_dn(cert.subject)}"
 
 
 def _window_problem(cert: x509.Certificate, now: datetime) -> str | None:
@@ -737,7 +737,7 @@ def _is_host_name(name: str) -> bool:
 def _no_host_name(leaf: x509.Certificate) -> str:
     """Why a certificate without SANs is no server certificate, in the user's terms."""
     # An empty subject (`openssl req -subj /`) would leave a gap where the name goes.
-    subject = leaf.subject.rfc4514_string() or "with an empty subject"
+    subject = display_dn(leaf.subject) or "with an empty subject"
     if asserts_ca(leaf):
         # A ca.crt given as CERT: "no SubjectAlternativeName" sent users looking for SANs.
         return f"the certificate {subject} is a CA certificate, not a server certificate"
@@ -771,8 +771,8 @@ def _missing_link(
     current = leaf
     pool = list(untrusted)
     for _ in range(8):
-        issuer = current.issuer.rfc4514_string()
-        subject = current.subject.rfc4514_string()
+        issuer = display_dn(current.issuer)
+        subject = display_dn(current.subject)
         named = [c for c in trust if _same_encoding(c.subject, current.issuer)]
         if named:
             signers = [c for c in named if _signs(c, current)]
@@ -842,7 +842,7 @@ def _check_path_strength(chain: Sequence[x509.Certificate]) -> None:
         if weak is not None:
             raise VerificationFailed(f"verification failed: {_weak_message(parent, child, weak)}")
     for depth, cert in enumerate(chain):
-        subject = cert.subject.rfc4514_string()
+        subject = display_dn(cert.subject)
         if not depth:
             what = f"certificate {subject}"
         elif depth == len(chain) - 1:
@@ -907,7 +907,7 @@ def _weak_digest(cert: x509.Certificate) -> str | None:
 
 def _weak_message(parent: x509.Certificate, child: x509.Certificate, digest: str) -> str:
     return (
-        f"CA {parent.subject.rfc4514_string()} signed {child.subject.rfc4514_string()} with "
+        f"CA {display_dn(parent.subject)} signed {display_dn(child.subject)} with "
         f"{digest}, which OpenSSL 3 refuses from security level 1 on "
         "(openssl verify -auth_level 1): reissue it with SHA-256"
     )
@@ -937,8 +937,8 @@ def _folded_issuer(
         ca = next((c for c in certs if names_match(c.subject, cert.issuer)), None)
         if ca is not None:
             return (
-                f"the issuer name of {cert.subject.rfc4514_string()}, "
-                f"{cert.issuer.rfc4514_string()}, differs from {ca.subject.rfc4514_string()} "
+                f"the issuer name of {display_dn(cert.subject)}, "
+                f"{display_dn(cert.issuer)}, differs from {display_dn(ca.subject)} "
                 f"{where} only in case, spacing or string type: openssl accepts that "
                 "(RFC 5280 7.1), certctl's verifier (pyca/cryptography) does not; reissue "
                 "the certificate with the CA's subject as its issuer name"

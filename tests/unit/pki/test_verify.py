@@ -110,6 +110,32 @@ def test_wrong_ca(other_root: CertificateAuthority, server_cert: x509.Certificat
         verify_certificate(server_cert, trust=[other_root.certificate], now=NOW)
 
 
+def test_messages_name_subject_attributes_as_openssl(
+    root_ca: CertificateAuthority, other_root: CertificateAuthority
+) -> None:
+    # Named as inspect and openssl -nameopt RFC2253 name them, not as dotted OIDs
+    # ("1.2.840.113549.1.9.1=ops@example.com").
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.EMAIL_ADDRESS, "ops@example.com"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "www.example.com"),
+        ]
+    )
+    leaf = root_ca.issue(
+        generate_private_key(KeyType.EC_P256).public_key(),
+        subject,
+        profile=PROFILES["server"],
+        validity=timedelta(days=90),
+        now=NOW,
+        sans=SubjectAltNames.parse(dns=["www.example.com"]),
+    ).certificate
+    with pytest.raises(
+        VerificationFailed,
+        match=r"the issuer of CN=www.example.com,emailAddress=ops@example.com, is neither",
+    ):
+        verify_certificate(leaf, trust=[other_root.certificate], now=NOW)
+
+
 def test_same_name_other_key_ca(server_cert: x509.Certificate) -> None:
     regenerated = _root("Test Root CA")  # e.g. a data directory created anew
     with pytest.raises(
