@@ -951,6 +951,31 @@ def test_registering_clients_for_a_service_without_client_authentication_warns(
     assert (again.status_code, again.json()["warnings"]) == (200, [])
 
 
+def test_client_subjects_are_named_as_certificate_subjects_are(env: Env) -> None:
+    # Listed as "1.2.840.113549.1.9.1=ops@example.com,CN=clients" while certificates and
+    # issuers show emailAddress= (openssl -nameopt RFC2253).
+    from certctl.pki import KeyType, create_root_ca
+
+    http = env.client()
+    env.put(service_doc("web", client_auth=True))
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, "clients"),
+            x509.NameAttribute(NameOID.EMAIL_ADDRESS, "ops@example.com"),
+        ]
+    )
+    key = generate_private_key(KeyType.EC_P256)
+    ca = create_root_ca(key, name, validity=timedelta(days=365), now=env.now).certificate
+    added = http.post(
+        "/api/v1/services/web/clients", json={"certificate_pem": certs_to_pem([ca]).decode()}
+    )
+    assert added.status_code == 201, added.text
+    listed = http.get("/api/v1/services/web/clients").json()["items"]
+    shown = "emailAddress=ops@example.com,CN=clients"
+    assert [c["subject"] for c in added.json()["items"]] == [c["subject"] for c in listed]
+    assert [c["subject"] for c in listed] == [shown]
+
+
 def test_registering_clients_servers_will_refuse_warns(env: Env) -> None:
     from tests._tools import run
 

@@ -22,6 +22,7 @@ from certctl.api._common import (
     services_of,
 )
 from certctl.errors import InvalidRequest, NotFound
+from certctl.pki import display_dn_text
 from certctl.services import tls_services
 from certctl.services.context import Principal, Services
 from certctl.services.tls_spec import TLSServiceSpec
@@ -150,7 +151,7 @@ async def list_clients(request: Request, principal: Principal | None) -> Respons
 def _client_json(client: Any) -> dict[str, Any]:
     return {
         "fingerprint": client.fingerprint,
-        "subject": client.subject,
+        "subject": display_dn_text(client.subject),  # named as certificates' subjects are
         "is_ca": client.is_ca,
         "added_at": client.added_at.isoformat(),
     }
