@@ -39,11 +39,18 @@ def _keys(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, Any]]
 
 
 def _rows() -> dict[str, list[str]]:
-    """Each table row of the reference, by its key: [default, env var, meaning]."""
+    """Each row of the reference's key tables, by its key: [default, env var, meaning]."""
     rows: dict[str, list[str]] = {}
+    in_key_table = False
     for line in REFERENCE.read_text().splitlines():
+        if not line.startswith("|"):
+            in_key_table = False
+        elif line == "| key | default | env var | meaning |":
+            in_key_table = True
+        # Only rows of a key table count: a key's row pasted into another table (the flags
+        # table) renders there as a flag that does not exist, its meaning cut off.
         match = re.match(r"\| `([a-z][a-z.-]*)` \|(.*)\|$", line)
-        if match:
+        if match and in_key_table:
             rows[match.group(1)] = [cell.strip() for cell in match.group(2).split(" | ")]
     return rows
 
