@@ -6,8 +6,10 @@ import io
 import os
 import signal
 import stat
+import struct
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -397,6 +399,51 @@ def test_fork_map_reaps_workers_when_closed_early(monkeypatch: pytest.MonkeyPatc
     for pid in pids:
         with pytest.raises(ChildProcessError):  # already reaped
             os.waitpid(pid, os.WNOHANG)
+
+
+def _sleep(index: int) -> int:
+    time.sleep(60)
+    return index
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie no longer does: an orphan may wait for a reaper)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_fork_map_workers_end_with_their_parent() -> None:
+    # `kill PID` (SIGTERM) or the OOM killer ends the batch's process without its finally:
+    # before, its workers went on signing the rest of their chunk, orphaned, minutes of CPU
+    # with RSA-4096 keys. Here the parent dies by SIGKILL, which no handler can catch.
+    read_end, write_end = os.pipe()
+    parent = os.fork()
+    if parent == 0:  # pragma: no cover - the stand-in for the batch's process
+        try:
+            os.close(read_end)
+            real_fork = os.fork
+
+            def fork() -> int:
+                pid = real_fork()
+                if pid:
+                    os.write(write_end, struct.pack("<i", pid))
+                return pid
+
+            os.fork = fork  # type: ignore[assignment]
+            list(_forkpool.fork_map(_sleep, 4, 2))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pids_pipe:
+        workers = [struct.unpack("<i", pids_pipe.read(4))[0] for _ in range(2)]
+    assert all(_running(pid) for pid in workers)
+    os.kill(parent, signal.SIGKILL)
+    os.waitpid(parent, 0)
+    wait_until(lambda: not any(map(_running, workers)), "the workers to end with it", 5)
 
 
 # --- the stored zip writer ----------------------------------------------------------------
