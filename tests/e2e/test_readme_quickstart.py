@@ -239,6 +239,9 @@ def test_readme_five_minute_tour_works_verbatim(tmp_path: Path) -> None:
     env["PATH"] = f"{ROOT / '.venv' / 'bin'}:{env['PATH']}"
     result = ok(run("bash", "-euo", "pipefail", "-c", block, cwd=tmp_path, env=env))
     assert "node-1/tls.crt: OK (server for 10.0.0.5)" in result.stdout
+    # openssl's own check, as a user makes it: `openssl verify -CAfile node-1/ca.crt
+    # node-1/tls.crt` alone fails (it reads the leaf only, not the intermediate after it).
+    assert "\nnode-1/tls.crt: OK\n" in result.stdout
     assert "subject         CN=node-1.example.com" in result.stdout
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert written == [
