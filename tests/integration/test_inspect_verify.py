@@ -389,6 +389,8 @@ def verify(files: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
 def test_client_certificate_checked_as_server_names_its_purpose(files: Path) -> None:
     result = verify(files, files / "client/tls.crt")
     one_error_line(result, 1, "lacks the serverAuth extended key usage (it has clientAuth)")
+    # --purpose is server unless given: the line says which flag checks it as what it is.
+    assert result.stderr.endswith(": a client certificate, check it with --purpose client\n")
     openssl = run("openssl", "verify", "-purpose", "sslserver", "-CAfile", files / "ca1/ca.crt",
                   files / "client/tls.crt")  # fmt: skip
     assert openssl.returncode != 0

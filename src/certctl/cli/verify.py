@@ -196,11 +196,21 @@ def verify_command(
                 result.chain, crls, now=now, check_all=crl_check_all, warn=warn, bundled=bundled
             )
     except VerificationFailed as exc:
-        if when is None:
+        detail = exc.detail
+        other = "client" if purpose == "server" else "server"
+        if f"lacks the {purpose}Auth extended key usage" in detail and _for_purpose(
+            leaf_certs[0], other
+        ):
+            # --purpose defaults to server: a client certificate checked as it was given
+            # failed naming only the usage, and a new user did not know which flag to add.
+            detail += f": a {other} certificate, check it with --purpose {other}"
+        if when is not None:
+            # As the OK line says it: "expired on" a day still ahead reads wrong without the
+            # --at time it was judged at.
+            detail += f" (checked at {when:%Y-%m-%dT%H:%M:%SZ})"
+        if detail == exc.detail:
             raise
-        # As the OK line says it: "expired on" a day still ahead reads wrong without the
-        # --at time it was judged at.
-        raise VerificationFailed(f"{exc.detail} (checked at {when:%Y-%m-%dT%H:%M:%SZ})") from None
+        raise VerificationFailed(detail) from None
     path = " <- ".join(display_dn(c.subject) for c in result.chain)
     checked = f" for {result.name}" if hostname else ""
     revocation = ""
@@ -211,6 +221,22 @@ def verify_command(
     from certctl.cli._listing import printable  # the subjects are the certificates' text
 
     typer.echo(printable(f"{cert}: OK ({purpose}{checked}{revocation}{moment}): {path}"))
+
+
+def _for_purpose(cert: x509.Certificate, purpose: str) -> bool:
+    """Whether ``cert``'s extendedKeyUsage names ``purpose`` (serverAuth or clientAuth)."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    wanted = {
+        "server": ExtendedKeyUsageOID.SERVER_AUTH,
+        "client": ExtendedKeyUsageOID.CLIENT_AUTH,
+    }[purpose]
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return wanted in usages
 
 
 def _parse_at(value: str) -> datetime:
