@@ -117,6 +117,19 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _fail_after_keypress(message: str, code: int) -> int:
+    """``_fail`` for Ctrl-C: on a line of its own on a terminal."""
+    # The terminal echoes ^C where the cursor is, after a wizard's prompt: the error ran on
+    # behind it, "CA common name (Elasticsearch HTTP CA): ^Ccertctl: error: interrupted".
+    try:
+        on_terminal = sys.stderr.isatty()
+    except ValueError:  # a closed stderr
+        on_terminal = False
+    if on_terminal:
+        sys.stderr.write("\n")
+    return _fail(message, code)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (0 ok, 1 failure, 2 usage error)."""
     return _run(sys.argv[1:] if argv is None else list(argv))[0]
@@ -181,7 +194,7 @@ def _run_command(args: list[str]) -> tuple[int, bool]:
     except CertctlError as exc:
         return _fail(exc.detail, 1), fast
     except KeyboardInterrupt:
-        return _fail("interrupted", 130), fast
+        return _fail_after_keypress("interrupted", 130), fast
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         if not where and _stdout_fails():
@@ -212,7 +225,7 @@ def _run_fast(args: list[str]) -> int | None:
         # reports the problem in its own words (exit status 2).
         return None
     except KeyboardInterrupt:
-        return _fail("interrupted", 130)  # as the Typer route says it (_run_typer)
+        return _fail_after_keypress("interrupted", 130)  # as the Typer route says it (_run_typer)
     except OSError as exc:
         if exc.errno != errno.EPIPE:
             raise
@@ -251,7 +264,7 @@ def _run_typer(args: list[str]) -> int:
     if result == _INTERRUPTED:
         # Typer turns Ctrl-C into a silent typer.Exit(130) (no command returns 130 itself):
         # one line says the command did not finish, e.g. that a request may have gone out.
-        return _fail("interrupted", _INTERRUPTED)
+        return _fail_after_keypress("interrupted", _INTERRUPTED)
     return result if isinstance(result, int) else 0
 
 

@@ -632,6 +632,28 @@ def test_wizard_declined_writes_nothing(
     assert not out.exists()
 
 
+class _TerminalStderr(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_wizard_left_with_ctrl_c_says_so_on_a_line_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The terminal echoes ^C where the cursor is, behind the prompt: the error line ran on
+    # after it, "CA common name (Elasticsearch HTTP CA): ^Ccertctl: error: interrupted".
+    def answers() -> Iterator[str]:
+        yield ""  # the profile
+        raise KeyboardInterrupt
+
+    _script_wizard(monkeypatch, answers())
+    stderr = _TerminalStderr()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    assert run(["http", "--out", str(tmp_path / "b.zip"), "--node", "es1"]) == 130
+    assert stderr.getvalue() == "\ncertctl: error: interrupted\n"
+    assert not (tmp_path / "b.zip").exists()
+
+
 # --- the wizard on a real pseudo-terminal --------------------------------------------------
 
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
