@@ -16,6 +16,8 @@ import json
 import os
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
@@ -492,6 +494,33 @@ def _seg(value: str) -> str:
     return quote(value, safe="")
 
 
+# The shapes of the ids the server makes (services.issuance.new_id, auth.apikeys): a 404 for
+# a value of another shape is a name given where an id goes, and says where the id is.
+_CERT_ID = re.compile(r"[0-9a-f]{24}")
+_KEY_ID = re.compile(r"[0-9a-f]{16}")
+
+
+@contextmanager
+def _id_hint(value: str, shape: re.Pattern[str], hint: str) -> Iterator[None]:
+    """Add ``hint`` to a 404 for ``value`` when ``value`` is not shaped like an id."""
+    try:
+        yield
+    except RemoteError as exc:
+        if not exc.detail.startswith("HTTP 404:") or shape.fullmatch(value):
+            raise
+        raise RemoteError(f"{exc.detail} ({hint})") from None
+
+
+def _cert_id_hint(cert_id: str) -> AbstractContextManager[None]:
+    # `certs issue --out web-1`, then `certs renew web-1`: the directory's name is no id.
+    return _id_hint(
+        cert_id,
+        _CERT_ID,
+        "CERT_ID is a certificate's id, as 'certctl certs list' shows it; "
+        f"'certctl certs list -q {cert_id}' finds certificates by name",
+    )
+
+
 def _not_empty(value: str | None) -> str | None:
     """An id argument, refused when blank.
 
@@ -946,7 +975,9 @@ def apikeys_revoke(
             "(the key is in your shell history now: revoking it is right)",
             err=True,
         )
-    _print(_request("DELETE", f"/api/v1/auth/apikeys/{_seg(key_id)}"))
+    hint = "KEY_ID is a key's id, as 'certctl auth apikeys list' shows it beside its name"
+    with _id_hint(key_id, _KEY_ID, hint):
+        _print(_request("DELETE", f"/api/v1/auth/apikeys/{_seg(key_id)}"))
 
 
 # --- certificates ------------------------------------------------------------------------
@@ -1224,14 +1255,9 @@ def certs_get(
     pem: bool = typer.Option(False, "--pem", help="Print the certificate and chain as PEM."),
 ) -> None:
     """Show one certificate."""
-    if pem:
-        _print(
-            _request(
-                "GET", f"/api/v1/certificates/{_seg(cert_id)}", accept="application/x-pem-file"
-            )
-        )
-    else:
-        _print(_request("GET", f"/api/v1/certificates/{_seg(cert_id)}"))
+    accept = "application/x-pem-file" if pem else None
+    with _cert_id_hint(cert_id):
+        _print(_request("GET", f"/api/v1/certificates/{_seg(cert_id)}", accept=accept))
 
 
 @certs_app.command("revoke")
@@ -1244,7 +1270,9 @@ def certs_revoke(
     ),
 ) -> None:
     """Revoke a certificate."""
-    _print(_request("POST", f"/api/v1/certificates/{_seg(cert_id)}/revoke", {"reason": reason}))
+    with _cert_id_hint(cert_id):
+        path = f"/api/v1/certificates/{_seg(cert_id)}/revoke"
+        _print(_request("POST", path, {"reason": reason}))
 
 
 @certs_app.command("renew")
@@ -1270,12 +1298,14 @@ def certs_renew(
     ca_pem = ""
     if out is not None:
         # Its issuer, for ca.crt, found before renewing: see certs issue.
-        current = _request("GET", f"/api/v1/certificates/{_seg(cert_id)}")
+        with _cert_id_hint(cert_id):
+            current = _request("GET", f"/api/v1/certificates/{_seg(cert_id)}")
         if not isinstance(current, dict) or not isinstance(current.get("issuer"), str):
             raise _unexpected("/api/v1/certificates/{id}", "no issuer")
         ca_pem = _issuer_root_pem(current["issuer"])
     path = f"/api/v1/certificates/{_seg(cert_id)}/renew"
-    data = _request("POST", path, {"validity": validity})
+    with _cert_id_hint(cert_id):
+        data = _request("POST", path, {"validity": validity})
     _warn_about(data)
     if out is not None:
         data = _save_issued(data, out, ca_pem, force=force, path="/api/v1/certificates/{id}/renew")

@@ -1945,3 +1945,39 @@ def test_permissions_and_roles_take_comma_separated_lists(listener: Listener) ->
         ["r-viewer", "r-auditor", "r-x"],
         ["r-viewer", "r-x"],
     ]
+
+
+def _not_found(what: str) -> Answer:
+    return Answer(404, "application/problem+json", json.dumps({"detail": what}).encode())
+
+
+@pytest.mark.parametrize(
+    ("argv", "path", "detail", "hint"),
+    [
+        (
+            ["certs", "renew", "web-1"],
+            "/api/v1/certificates/web-1/renew",
+            "certificate web-1 not found",
+            "CERT_ID is a certificate's id, as 'certctl certs list' shows it; "
+            "'certctl certs list -q web-1' finds certificates by name",
+        ),
+        (
+            ["auth", "apikeys", "revoke", "prometheus-v1"],
+            "/api/v1/auth/apikeys/prometheus-v1",
+            "API key prometheus-v1 not found",
+            "KEY_ID is a key's id, as 'certctl auth apikeys list' shows it beside its name",
+        ),
+    ],
+)
+def test_a_name_given_for_an_id_is_told_where_the_id_is(
+    listener: Listener, argv: list[str], path: str, detail: str, hint: str
+) -> None:
+    # `certs issue --out web-1`, then `certs renew web-1`; `apikeys create --name
+    # prometheus-v1`, then `apikeys revoke prometheus-v1`: both said only "not found".
+    listener.answers[path] = _not_found(detail)
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": KEY}
+    assert_error(certctl(*argv, env=env), f"HTTP 404: {detail} ({hint})", [KEY])
+    # An id of the right shape that the server does not hold: the 404 alone says it.
+    listener.answers["/api/v1/certificates/18ee44d9f3390e0c3e18b778/revoke"] = _not_found("x")
+    proc = certctl("certs", "revoke", "18ee44d9f3390e0c3e18b778", env=env)
+    assert_error(proc, "HTTP 404: x", [KEY])
