@@ -109,6 +109,7 @@ def verify_command(
     from certctl.errors import InvalidRequest
     from certctl.pki import (
         VerificationFailed,
+        WrongPurpose,
         asserts_ca,
         check_revocation,
         display_dn,
@@ -197,13 +198,10 @@ def verify_command(
             )
     except VerificationFailed as exc:
         detail = exc.detail
-        other = "client" if purpose == "server" else "server"
-        if f"lacks the {purpose}Auth extended key usage" in detail and _for_purpose(
-            leaf_certs[0], other
-        ):
+        if isinstance(exc, WrongPurpose) and exc.suits is not None:
             # --purpose defaults to server: a client certificate checked as it was given
             # failed naming only the usage, and a new user did not know which flag to add.
-            detail += f": a {other} certificate, check it with --purpose {other}"
+            detail += f": a {exc.suits} certificate, check it with --purpose {exc.suits}"
         if when is not None:
             # As the OK line says it: "expired on" a day still ahead reads wrong without the
             # --at time it was judged at.
@@ -221,22 +219,6 @@ def verify_command(
     from certctl.cli._listing import printable  # the subjects are the certificates' text
 
     typer.echo(printable(f"{cert}: OK ({purpose}{checked}{revocation}{moment}): {path}"))
-
-
-def _for_purpose(cert: x509.Certificate, purpose: str) -> bool:
-    """Whether ``cert``'s extendedKeyUsage names ``purpose`` (serverAuth or clientAuth)."""
-    from cryptography import x509
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    wanted = {
-        "server": ExtendedKeyUsageOID.SERVER_AUTH,
-        "client": ExtendedKeyUsageOID.CLIENT_AUTH,
-    }[purpose]
-    try:
-        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return False
-    return wanted in usages
 
 
 def _parse_at(value: str) -> datetime:

@@ -77,6 +77,7 @@ if TYPE_CHECKING:
     from certctl.pki.verify import (
         VerificationFailed,
         VerifiedChain,
+        WrongPurpose,
         asserts_ca,
         is_self_signed,
         issuer_chain,
@@ -130,6 +131,7 @@ _SOURCES = {
     "parse_duration": "validity",
     "VerificationFailed": "verify",
     "VerifiedChain": "verify",
+    "WrongPurpose": "verify",
     "verify_certificate": "verify",
     "asserts_ca": "verify",
     "is_self_signed": "verify",
@@ -151,6 +153,7 @@ __all__ = [
     "SubjectAltNames",
     "VerificationFailed",
     "VerifiedChain",
+    "WrongPurpose",
     "asserts_ca",
     "certs_to_pem",
     "check_public_key",

@@ -22,6 +22,7 @@ from certctl.pki.names import SubjectAltNames, display_dn, names_match, validate
 __all__ = [
     "VerificationFailed",
     "VerifiedChain",
+    "WrongPurpose",
     "asserts_ca",
     "eku_name",
     "is_self_signed",
@@ -36,6 +37,18 @@ class VerificationFailed(InvalidRequest):
     """The certificate does not verify against the trust bundle for the purpose asked."""
 
     title = "Verification failed"
+
+
+class WrongPurpose(VerificationFailed):
+    """The leaf's extendedKeyUsage excludes the purpose asked.
+
+    ``suits`` is the other TLS purpose (``server`` or ``client``) it names, if any: a caller
+    can then say which purpose to check it for instead.
+    """
+
+    def __init__(self, detail: str, suits: str | None) -> None:
+        super().__init__(detail)
+        self.suits = suits
 
 
 @dataclass(frozen=True)
@@ -324,9 +337,11 @@ def _check_purpose(leaf: x509.Certificate, purpose: str) -> None:
         ekus = None
     if ekus is not None and _EKU_FOR[purpose] not in ekus:
         names = ", ".join(eku_name(oid) for oid in ekus) or "none"
-        raise VerificationFailed(
+        suits = next((other for other, eku in _EKU_FOR.items() if eku in ekus), None)
+        raise WrongPurpose(
             f"verification failed: certificate lacks the {purpose}Auth extended key usage "
-            f"(it has {names})"
+            f"(it has {names})",
+            suits,
         )
     _check_key_usage(leaf, purpose)
 
