@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["DuplicateKey", "ipv6_hint", "load", "load_all", "problem"]
+__all__ = ["DuplicateKey", "load", "load_all", "syntax_error"]
 
 # Line breaks as PyYAML's reader counts them for its marks.
 _LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
@@ -92,22 +92,40 @@ def load_all(text: str) -> list[Any]:
     return list(yaml.load_all(text, Loader=_StrictLoader))
 
 
-def problem(exc: yaml.YAMLError) -> str:
-    """What went wrong, for one line of a message: ``line N: …`` when known."""
+def syntax_error(text: str, exc: yaml.YAMLError) -> str:
+    """What is wrong with ``text``, for one line of a message.
+
+    ``not valid YAML at line N (what PyYAML found)``, and a hint where one helps. What PyYAML
+    found ("found character that cannot start any token", "did not find expected key") names
+    a character, a token kind, a tag or an alias, never a value; "not valid YAML at line 7"
+    alone left a user looking for a tab they could not see.
+    """
     if isinstance(exc, DuplicateKey):
         return str(exc)
     mark = getattr(exc, "problem_mark", None)
-    return f"line {mark.line + 1}: not valid YAML" if mark is not None else "not valid YAML"
+    where = f" at line {mark.line + 1}" if mark is not None else ""
+    found = getattr(exc, "problem", None)
+    what = f" ({found})" if isinstance(found, str) and found else ""
+    return f"not valid YAML{where}{what}{_tab_hint(text, mark) or _ipv6_hint(text, mark)}"
 
 
-def ipv6_hint(text: str, exc: yaml.YAMLError) -> str:
+def _tab_hint(text: str, mark: Any) -> str:
+    """A hint when YAML stopped at a tab: it indents with spaces only, and a tab looks alike."""
+    if mark is None:
+        return ""
+    lines = _LINE_BREAK.split(text)
+    if mark.line < len(lines) and lines[mark.line][mark.column : mark.column + 1] == "\t":
+        return f"; a tab at column {mark.column + 1}: YAML indents with spaces, not tabs"
+    return ""
+
+
+def _ipv6_hint(text: str, mark: Any) -> str:
     """A hint to quote IPv6 addresses when the line YAML failed on holds one unquoted, or "".
 
     Inside ``[…]`` or ``{…}`` a ``:`` is a key indicator, so ``ip: [::1]`` (or any address
     starting with ``::``) is a syntax error; the bare "not valid YAML at line N" did not
     say why, although the address in that line reads fine in block style.
     """
-    mark = getattr(exc, "problem_mark", None)
     if mark is None:
         return ""
     lines = _LINE_BREAK.split(text)

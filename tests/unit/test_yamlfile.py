@@ -113,6 +113,7 @@ def test_the_loader_still_reads_yaml_as_pyyaml_does() -> None:
 
 
 IPV6_HINT = '; quote IPv6 addresses inside [...] and {...}: "'
+FOUND = " (did not find expected node content)"  # what libyaml says of it
 
 
 @pytest.mark.parametrize(
@@ -128,7 +129,7 @@ def test_an_unquoted_ipv6_address_in_flow_style_gets_a_hint(line: str, address: 
     with pytest.raises(InvalidRequest) as instances:
         parse_instances(text)
     assert instances.value.detail == (
-        f'instances file is not valid YAML at line 3{IPV6_HINT}{address}"'
+        f'instances file is not valid YAML at line 3{FOUND}{IPV6_HINT}{address}"'
     )
     service = SERVICE.replace("  targets: [{directory: /srv/b}]\n", "").replace(
         "  targets:",
@@ -137,7 +138,8 @@ def test_an_unquoted_ipv6_address_in_flow_style_gets_a_hint(line: str, address: 
     with pytest.raises(InvalidRequest) as services:
         parse_service_documents(service)
     assert (
-        services.value.detail == f'services file is not valid YAML at line 6{IPV6_HINT}{address}"'
+        services.value.detail
+        == f'services file is not valid YAML at line 6{FOUND}{IPV6_HINT}{address}"'
     )
     # Quoted, the same address reads.
     (only,) = parse_instances(text.replace(address, f'"{address}"'))
@@ -160,4 +162,26 @@ def test_an_unquoted_ipv6_address_in_flow_style_gets_a_hint(line: str, address: 
 def test_no_ipv6_hint_without_an_unquoted_address_on_the_failing_line(text: str) -> None:
     with pytest.raises(yaml.YAMLError) as exc:
         yamlfile.load(text)
-    assert yamlfile.ipv6_hint(text, exc.value) == ""
+    assert "quote IPv6" not in yamlfile.syntax_error(text, exc.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (
+            "metadata:\n\tname: web\n",
+            "line 2 (found character that cannot start any token); a tab at column 1",
+        ),
+        (
+            "a: 1\nb:\n  - x\n  -\ty\n",
+            "line 4 (found character that cannot start any token); a tab at column 4",
+        ),
+    ],
+)
+def test_a_tab_where_yaml_wants_spaces_is_named(text: str, line: str) -> None:
+    # Before: "not valid YAML at line 2", and a tab looks like spaces in every editor.
+    with pytest.raises(yaml.YAMLError) as exc:
+        yamlfile.load(text)
+    assert yamlfile.syntax_error(text, exc.value) == (
+        f"not valid YAML at {line}: YAML indents with spaces, not tabs"
+    )

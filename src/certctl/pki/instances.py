@@ -143,10 +143,7 @@ def _load_yaml(text: str) -> Any:
     except yamlfile.DuplicateKey as exc:
         raise InvalidRequest(f"instances file: {exc}") from exc
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        hint = yamlfile.ipv6_hint(text, exc)
-        raise InvalidRequest(f"instances file is not valid YAML{where}{hint}") from exc
+        raise InvalidRequest(f"instances file is {yamlfile.syntax_error(text, exc)}") from exc
     except RecursionError:
         # The composer recurses per nesting level: "[[[[…" reaches Python's limit.
         raise InvalidRequest("instances file is nested too deeply") from None

@@ -556,13 +556,14 @@ def load_config(
     doc: dict[str, Any] = {}
     if file is not None:
         try:
-            loaded = yamlfile.load(file.read_text())
+            text = file.read_text()
+            loaded = yamlfile.load(text)
         except OSError as exc:
             raise InvalidRequest(f"{file}: cannot read config ({exc.strerror})") from None
         except UnicodeDecodeError:
             raise InvalidRequest(f"{file}: not UTF-8 text") from None
         except yaml.YAMLError as exc:
-            raise InvalidRequest(f"{file}: {yamlfile.problem(exc)}") from None
+            raise InvalidRequest(f"{file}: {yamlfile.syntax_error(text, exc)}") from None
         except RecursionError:
             # PyYAML's pure-Python parser recurses per nesting level: "[[[[…" reaches the limit.
             raise InvalidRequest(f"{file}: nested too deeply") from None

@@ -520,10 +520,7 @@ def parse_service_documents(text: str) -> list[TLSServiceSpec]:
     except yamlfile.DuplicateKey as exc:
         raise InvalidRequest(f"services file: {exc}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        hint = yamlfile.ipv6_hint(text, exc)
-        raise InvalidRequest(f"services file is not valid YAML{where}{hint}") from None
+        raise InvalidRequest(f"services file is {yamlfile.syntax_error(text, exc)}") from None
     except RecursionError:
         # PyYAML's pure-Python parser recurses per nesting level: "[[[[…" reaches the limit.
         raise InvalidRequest("services file is nested too deeply") from None

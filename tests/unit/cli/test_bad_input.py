@@ -397,8 +397,8 @@ CASES = [
         "batch-unquoted-ipv6",
         "cert issue --ca ca --in ipv6.yml --pem --out certs.zip",
         1,
-        "ipv6.yml: instances file is not valid YAML at line 3; quote IPv6 addresses inside "
-        '[...] and {...}: "::1"',
+        "ipv6.yml: instances file is not valid YAML at line 3 (did not find expected node "
+        'content); quote IPv6 addresses inside [...] and {...}: "::1"',
     ),
     _c(
         "batch-missing-name",

@@ -1244,7 +1244,11 @@ def test_apply_names_the_file_whatever_is_wrong_in_it(
     Path("unnamed.yaml").write_text("apiVersion: certctl.io/v1\nkind: TLSService\nspec: {}\n")
     for argv, line in [
         (["-f", "nofile.yaml"], "nofile.yaml: services file not found"),
-        (["-f", "bad.yaml"], "bad.yaml: services file is not valid YAML at line 3"),
+        (
+            ["-f", "bad.yaml"],
+            "bad.yaml: services file is not valid YAML at line 3 (did not find expected ',' "
+            "or ']')",
+        ),
         (["-f", "unnamed.yaml"], "unnamed.yaml: document 1: metadata: Field required"),
     ]:
         assert in_process("apply", *argv) == 1
@@ -1252,7 +1256,8 @@ def test_apply_names_the_file_whatever_is_wrong_in_it(
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"kind: [\n")))
     assert in_process("apply", "-f", "-") == 1
     assert capsys.readouterr().err == (
-        "certctl: error: stdin: services file is not valid YAML at line 2\n"
+        "certctl: error: stdin: services file is not valid YAML at line 2 (did not find "
+        "expected node content)\n"
     )
     # `<&-`: Python's sys.stdin is None. Before: "internal error (AttributeError: …)".
     monkeypatch.setattr("sys.stdin", None)
