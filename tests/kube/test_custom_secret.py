@@ -70,9 +70,9 @@ def test_a_labelled_secret_is_served_and_followed(
     env.put(service_doc("web", dns=NAMES, secret="own", targets=[{"directory": str(target)}]))
 
     def reconcile(when: datetime) -> dict[str, dict[str, object]]:
-        from certctl.services import tls_services
+        from certctl.services import service_reconcile
 
-        row = tls_services.reconcile_service(env.services, settings, "web", env.at(when))
+        row = service_reconcile.reconcile_service(env.services, settings, "web", env.at(when))
         return row.conditions
 
     # Created with kubectl, not labelled yet: the status says what to do, nothing is served.

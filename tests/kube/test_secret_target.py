@@ -471,7 +471,7 @@ def test_a_service_whose_secret_another_installation_owns_says_so_in_its_status(
     """Through the server's hook: the installation id comes from the store, the refusal
     reaches the service's Failed condition, and the Secret keeps the other one's key."""
     from certctl.server.run import _secret_target_writer
-    from certctl.services import tls_services
+    from certctl.services import service_reconcile
     from certctl.store.db import installation_id
     from tests.services.conftest import service_doc
 
@@ -492,7 +492,7 @@ def test_a_service_whose_secret_another_installation_owns_says_so_in_its_status(
         data=dict(theirs),
     )
     env.put(service_doc("web", targets=[{"secret": "web-tls", "namespace": "apps"}]))
-    row = tls_services.reconcile_service(env.services, settings, "web", env.now)
+    row = service_reconcile.reconcile_service(env.services, settings, "web", env.now)
     assert row.conditions["Ready"]["status"] is False, row.conditions
     assert (
         "secret:apps/web-tls: Secret apps/web-tls belongs to another certctl installation"
@@ -502,7 +502,7 @@ def test_a_service_whose_secret_another_installation_owns_says_so_in_its_status(
     assert apiserver.secrets[("apps", "web-tls")]["data"] == theirs
     # Its own Secret, in the same pass of another service: claimed with the store's id.
     env.put(service_doc("api", targets=[{"secret": "api-tls", "namespace": "apps"}]))
-    tls_services.reconcile_service(env.services, settings, "api", env.now)
+    service_reconcile.reconcile_service(env.services, settings, "api", env.now)
     assert apiserver.secrets[("apps", "api-tls")]["metadata"]["annotations"] == {OWNER: ours}
 
 
@@ -560,7 +560,7 @@ def test_a_secret_target_deleted_or_edited_by_hand_is_restored_at_the_next_resyn
     """
     from certctl.server.run import _secret_target_writer
     from certctl.server.scheduler import Scheduler
-    from certctl.services import tls_services
+    from certctl.services import service_schedule
     from tests.services.conftest import service_doc
 
     config = _server_config(apiserver, sa_dir)
@@ -580,20 +580,20 @@ def test_a_secret_target_deleted_or_edited_by_hand_is_restored_at_the_next_resyn
     env.at(env.now + timedelta(minutes=1))
     assert scheduler.tick() == 0  # negative twin: not due before the resync interval
     assert where not in apiserver.secrets
-    env.at(env.now + tls_services.RESYNC_INTERVAL)
+    env.at(env.now + service_schedule.RESYNC_INTERVAL)
     assert scheduler.tick() == 1
     assert apiserver.secrets[where]["data"] == data
     assert apiserver.secrets[where]["metadata"]["labels"]["app"] == "web"
 
     # Edited by hand (a key swapped in): the delivered bundle is put back.
     apiserver.secrets[where]["data"]["tls.key"] = b64(b"not the key\n")
-    env.at(env.now + tls_services.RESYNC_INTERVAL)
+    env.at(env.now + service_schedule.RESYNC_INTERVAL)
     assert scheduler.tick() == 1
     assert apiserver.secrets[where]["data"] == data
 
     # Nothing changed: a resync reads the Secret and writes nothing.
     apiserver.clear()
-    env.at(env.now + tls_services.RESYNC_INTERVAL)
+    env.at(env.now + service_schedule.RESYNC_INTERVAL)
     assert scheduler.tick() == 1
     assert apiserver.paths() == [("GET", f"{url}/web-tls")]
 
@@ -616,7 +616,7 @@ def test_tls_disabled_leaves_the_secret_and_the_service_ready(
     it is": Ready false (the alert), a failed event, retried with back-off for good.
     """
     from certctl.server.run import _secret_target_writer
-    from certctl.services import tls_services
+    from certctl.services import service_reconcile
     from tests.services.conftest import service_doc
 
     settings = env.settings_with(
@@ -625,12 +625,14 @@ def test_tls_disabled_leaves_the_secret_and_the_service_ready(
     target = {"secret": "web-tls", "namespace": "apps"}
     where = ("apps", "web-tls")
     env.put(service_doc("web", targets=[target]))
-    tls_services.reconcile_service(env.services, settings, "web", env.now)
+    service_reconcile.reconcile_service(env.services, settings, "web", env.now)
     data = dict(apiserver.secrets[where]["data"])
 
     env.put(service_doc("web", disabled=True, targets=[target]))
     apiserver.clear()
-    row = tls_services.reconcile_service(env.services, settings, "web", env.at(env.now + MINUTE))
+    row = service_reconcile.reconcile_service(
+        env.services, settings, "web", env.at(env.now + MINUTE)
+    )
     assert row.conditions["Ready"]["status"] is True, row.conditions
     assert row.conditions["Failed"]["status"] is False, row.conditions
     assert row.conditions["Ready"]["message"] == (
@@ -645,7 +647,9 @@ def test_tls_disabled_leaves_the_secret_and_the_service_ready(
 
     # Enabled again: a new certificate reaches the Secret.
     env.put(service_doc("web", targets=[target]))
-    row = tls_services.reconcile_service(env.services, settings, "web", env.at(env.now + MINUTE))
+    row = service_reconcile.reconcile_service(
+        env.services, settings, "web", env.at(env.now + MINUTE)
+    )
     assert row.conditions["Ready"]["status"] is True, row.conditions
     assert "TLS disabled" not in row.conditions["Ready"]["message"]
     assert apiserver.secrets[where]["data"]["tls.crt"] != data["tls.crt"]
@@ -660,7 +664,7 @@ def test_a_custom_certificate_without_ca_crt_reaches_the_secret_without_ca_crt(
     (Elasticsearch: "failed to initialize SSL TrustManager"; nginx: no certificate in it).
     """
     from certctl.server.run import _secret_target_writer
-    from certctl.services import tls_services
+    from certctl.services import service_reconcile
     from tests.services.conftest import make_ca, make_leaf, service_doc, write_secret
 
     settings = env.settings_with(
@@ -669,7 +673,7 @@ def test_a_custom_certificate_without_ca_crt_reaches_the_secret_without_ca_crt(
     leaf = make_leaf(make_ca("public-ca", env.now), "web", env.now, dns=("web",))
     write_secret(env.secrets_dir, "custom", {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem})
     env.put(service_doc("web", secret="custom", targets=[{"secret": "web-tls"}]))
-    row = tls_services.reconcile_service(env.services, settings, "web", env.now)
+    row = service_reconcile.reconcile_service(env.services, settings, "web", env.now)
     assert row.conditions["Ready"]["status"] is True, row.conditions
     data = apiserver.secrets[(NAMESPACE, "web-tls")]["data"]
     assert set(data) == {"tls.crt", "tls.key"}

@@ -35,9 +35,9 @@ from certctl.pki import (
 )
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
-from certctl.services import tls_services
+from certctl.services import service_delivery, service_reconcile, service_specs
 from certctl.services.context import Principal, Services
-from certctl.services.tls_services import ServiceSettings
+from certctl.services.service_settings import ServiceSettings
 from certctl.store.db import create_store_engine
 from certctl.store.models import Base, ManagedService, OutboxEvent
 from tests.api.conftest import FakeClock
@@ -179,12 +179,12 @@ class Env:
         return when
 
     def put(self, doc: dict[str, Any]) -> ManagedService:
-        return tls_services.put_service(self.services, self.admin, doc["metadata"]["name"], doc)
+        return service_specs.put_service(self.services, self.admin, doc["metadata"]["name"], doc)
 
     def reconcile(self, name: str, now: datetime | None = None, **settings: Any) -> ManagedService:
         when = self.at(now) if now is not None else self.now
         cfg = self.settings if not settings else _replace(self.settings, **settings)
-        return tls_services.reconcile_service(self.services, cfg, name, when)
+        return service_reconcile.reconcile_service(self.services, cfg, name, when)
 
     def row(self, name: str) -> ManagedService:
         with self.services.sessions() as session:
@@ -193,7 +193,7 @@ class Env:
         return row
 
     def outputs(self, name: str) -> dict[str, dict[str, bytes]]:
-        return tls_services.outputs_for(self.services, self.row(name))
+        return service_delivery.outputs_for(self.services, self.row(name))
 
     def events(self, name: str | None = None) -> list[OutboxEvent]:
         with self.services.sessions() as session:

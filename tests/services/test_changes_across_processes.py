@@ -29,7 +29,7 @@ from sqlalchemy import text
 from certctl.server import service_changes
 from certctl.server.scheduler import Scheduler
 from certctl.server.service_changes import _PostgresWatch, watch_changes
-from certctl.services import tls_services
+from certctl.services import service_clients, service_specs
 from certctl.services.context import Services
 from certctl.store.db import SERVICE_GENERATION_SQL, create_store_engine, session_factory
 from tests.services.conftest import Env, _make_env, make_ca, service_doc
@@ -122,20 +122,20 @@ def test_changes_through_another_process_are_delivered_within_seconds(
                 _waited("the leader to listen", lambda: watch._connection is not None)
             time.sleep(0.2)
 
-            tls_services.put_service(other, env.admin, "web", doc)
+            service_specs.put_service(other, env.admin, "web", doc)
             latencies["create"] = _waited("a created service", lambda: _served(target))
 
             doc["spec"]["http"]["tls"]["selfSignedCertificate"]["subjectAltNames"].append(
                 {"dns": "www.example.com"}
             )
-            tls_services.put_service(other, env.admin, "web", doc)
+            service_specs.put_service(other, env.admin, "web", doc)
             latencies["edit"] = _waited(
                 "an edited spec", lambda: "www.example.com" in _dns_names(_served(target))
             )
 
             served = _served(target)
             assert served is not None
-            tls_services.request_renewal(other, env.admin, "web")
+            service_specs.request_renewal(other, env.admin, "web")
             latencies["renew"] = _waited(
                 "a renewal request",
                 lambda: (
@@ -216,16 +216,16 @@ def test_what_makes_a_service_due_is_signalled_and_a_pass_s_own_writes_are_not(
         assert signals.taken() == 1, "first issue"
         env.reconcile("web")
         assert signals.taken() == 0, "a pass that changes nothing"
-        tls_services.request_renewal(env.services, env.admin, "web")
+        service_specs.request_renewal(env.services, env.admin, "web")
         assert signals.taken() == 1, "renewal requested"
         env.reconcile("web")
         assert signals.taken() == 0, "the renewal done: renew_at moves later"
         client = make_ca("Client CA", env.now)
-        added = tls_services.add_client(env.services, env.admin, "web", client.cert_pem.decode())
+        added = service_clients.add_client(env.services, env.admin, "web", client.cert_pem.decode())
         assert signals.taken() == 1, "client trusted"
         env.reconcile("web")
         assert signals.taken() == 0, "the new trust bundle delivered"
-        tls_services.remove_client(env.services, env.admin, "web", added[0].fingerprint)
+        service_clients.remove_client(env.services, env.admin, "web", added[0].fingerprint)
         assert signals.taken() == 1, "client no longer trusted"
         # drop-retired-ca brings retired_ca_until forward; a CA replacement sets it later.
         until = env.now + timedelta(hours=1)
@@ -237,7 +237,7 @@ def test_what_makes_a_service_due_is_signalled_and_a_pass_s_own_writes_are_not(
         with env.services.engine.begin() as connection:
             connection.execute(update, {"until": env.now})
         assert signals.taken() == 1, "the replaced CAs dropped"
-        tls_services.delete_service(env.services, env.admin, "web")
+        service_specs.delete_service(env.services, env.admin, "web")
         assert signals.taken() == 1, "deleted"
     finally:
         signals.close()

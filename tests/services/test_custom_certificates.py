@@ -31,7 +31,7 @@ from certctl.pki import (
     generate_private_key,
     verify_certificate,
 )
-from certctl.services import tls_services
+from certctl.services import service_schedule, service_specs, service_status
 from certctl.services.context import Principal
 from certctl.store.models import Issuer
 from tests._tools import ok, openssl_req, openssl_verify, run
@@ -163,7 +163,7 @@ def test_custom_error_fails_keeping_deployed_files(env: Env, case: str) -> None:
     # The status formatting of `certctl services status` shows it.
     from certctl.cli.services import _status_line
 
-    line = _status_line(tls_services.service_json(row))
+    line = _status_line(service_status.service_json(row))
     assert line.split()[:4] == ["web", "True", "False", "True"]
     assert message in line
 
@@ -259,7 +259,7 @@ def test_custom_certificate_served_as_is(env: Env) -> None:
     # Replaced by its owner: picked up on the next pass, as a renewal.
     _, newer = good_files(env.now)
     write_secret(env.secrets_dir, "custom", newer)
-    assert tls_services.due(env.row("web"), env.now)
+    assert service_schedule.due(env.row("web"), env.now)
     row = env.reconcile("web", env.now + timedelta(minutes=1))
     assert env.outputs("web")["certs-internal"]["tls.crt"] == newer["tls.crt"]
     assert [e.event for e in env.events("web")] == ["issued", "renewed"]
@@ -391,18 +391,20 @@ def test_a_ca_replaced_twice_in_the_overlap_keeps_each_old_one_for_its_own(env: 
     at = ("-attime", str(int(second.timestamp())))
     for leaf in (a_leaf, b_leaf, target / "tls.crt"):
         assert openssl_verify(*at, "-CAfile", bundle, leaf) == "OK"
-    status = tls_services.service_json(env.row("web"))["status"]
+    status = service_status.service_json(env.row("web"))["status"]
     assert status["retired_ca_until"] == (second + margin).isoformat()  # the last one kept
 
     # A leaves at the end of its own overlap (a pass is due then), B at the end of its own.
     row = env.row("web")
-    assert not tls_services.due(row, first + margin - timedelta(seconds=1), secret_unchanged=True)
-    assert tls_services.due(row, first + margin, secret_unchanged=True)
+    assert not service_schedule.due(
+        row, first + margin - timedelta(seconds=1), secret_unchanged=True
+    )
+    assert service_schedule.due(row, first + margin, secret_unchanged=True)
     env.reconcile("web", first + margin, **settings)
     assert bundle.read_bytes() == c_ca.cert_pem + b_ca.cert_pem
     env.reconcile("web", second + margin, **settings)
     assert bundle.read_bytes() == c_ca.cert_pem
-    assert tls_services.service_json(env.row("web"))["status"]["retired_ca_until"] is None
+    assert service_status.service_json(env.row("web"))["status"]["retired_ca_until"] is None
 
 
 def test_dropping_the_retired_cas_drops_every_one(env: Env) -> None:
@@ -421,11 +423,11 @@ def test_dropping_the_retired_cas_drops_every_one(env: Env) -> None:
         env.reconcile("web", env.now + timedelta(minutes=1), **settings)
     assert (target / "ca.crt").read_bytes() == b"".join(ca.cert_pem for ca in cas)
     env.at(env.now + timedelta(minutes=1))
-    tls_services.drop_retired_ca(env.services, env.admin, "web")
-    assert tls_services.due(env.row("web"), env.now)
+    service_specs.drop_retired_ca(env.services, env.admin, "web")
+    assert service_schedule.due(env.row("web"), env.now)
     env.reconcile("web", env.now, **settings)
     assert (target / "ca.crt").read_bytes() == cas[0].cert_pem
-    assert tls_services.service_json(env.row("web"))["status"]["retired_ca_until"] is None
+    assert service_status.service_json(env.row("web"))["status"]["retired_ca_until"] is None
 
 
 def test_a_ca_swapped_back_is_current_and_at_most_four_are_kept(env: Env) -> None:
@@ -469,9 +471,9 @@ def test_the_overlap_of_a_replaced_ca_can_be_ended_at_once(env: Env) -> None:
     env.put(service_doc("web", dns=NAMES, secret="issuer", targets=[{"directory": str(target)}]))
     env.reconcile("web", **settings)
     with pytest.raises(Conflict, match=r"^service web keeps no replaced CA in its ca\.crt$"):
-        tls_services.drop_retired_ca(env.services, env.admin, "web")
+        service_specs.drop_retired_ca(env.services, env.admin, "web")
     with pytest.raises(NotFound, match=r"^service nope not found$"):
-        tls_services.drop_retired_ca(env.services, env.admin, "nope")
+        service_specs.drop_retired_ca(env.services, env.admin, "nope")
     new_ca, new_files = good_ca_files(env.now, "web-next")
     write_secret(env.secrets_dir, "issuer", new_files)
     swap = env.now + timedelta(minutes=1)
@@ -479,22 +481,22 @@ def test_the_overlap_of_a_replaced_ca_can_be_ended_at_once(env: Env) -> None:
     bundle = target / "ca.crt"
     assert bundle.read_bytes() == new_ca.cert_pem + old_ca.cert_pem
     until = swap + env.settings_with(**settings).ca_renewal_margin
-    status = tls_services.service_json(env.row("web"))["status"]
+    status = service_status.service_json(env.row("web"))["status"]
     assert status["retired_ca_until"] == until.isoformat()
 
     env.at(swap + timedelta(minutes=1))
-    row = tls_services.drop_retired_ca(env.services, env.admin, "web")
+    row = service_specs.drop_retired_ca(env.services, env.admin, "web")
     assert row.retired_ca_until == env.now
-    assert tls_services.due(env.row("web"), env.now)  # the pass that drops it is due now
+    assert service_schedule.due(env.row("web"), env.now)  # the pass that drops it is due now
     env.reconcile("web", env.now, **settings)
     assert bundle.read_bytes() == new_ca.cert_pem
     assert env.outputs("web")["certs-public"]["ca.crt"] == new_ca.cert_pem
-    assert tls_services.service_json(env.row("web"))["status"]["retired_ca_until"] is None
+    assert service_status.service_json(env.row("web"))["status"]["retired_ca_until"] is None
     with pytest.raises(Conflict):
-        tls_services.drop_retired_ca(env.services, env.admin, "web")
+        service_specs.drop_retired_ca(env.services, env.admin, "web")
     viewer = Principal("v", ("r-viewer",), frozenset({"service.read"}), "test")
     with pytest.raises(PermissionDenied, match=r"service\.edit"):
-        tls_services.drop_retired_ca(env.services, viewer, "web")
+        service_specs.drop_retired_ca(env.services, viewer, "web")
 
 
 def test_a_switch_from_a_custom_ca_to_the_service_ca_keeps_the_old_one_until_its_leaf_ends(
@@ -512,11 +514,11 @@ def test_a_switch_from_a_custom_ca_to_the_service_ca_keeps_the_old_one_until_its
     assert env.outputs("web")["certs-internal"]["ca.crt"] == service_ca + old_ca.cert_pem
     # Here the leaf issued under the old CA (2 h) ends before the renewal margin (3 h).
     assert env.row("web").retired_ca_until == old_end
-    assert not tls_services.due(env.row("web"), old_end - timedelta(seconds=1))
-    assert tls_services.due(env.row("web"), old_end)  # its end is work to do: redelivery
+    assert not service_schedule.due(env.row("web"), old_end - timedelta(seconds=1))
+    assert service_schedule.due(env.row("web"), old_end)  # its end is work to do: redelivery
     env.reconcile("web", old_end, **longer)
     assert env.outputs("web")["certs-internal"]["ca.crt"] == service_ca
-    assert not tls_services.due(env.row("web"), old_end + timedelta(minutes=1))
+    assert not service_schedule.due(env.row("web"), old_end + timedelta(minutes=1))
 
 
 def test_a_secret_file_that_is_no_small_regular_file_fails_at_once(env: Env) -> None:
@@ -1224,7 +1226,7 @@ def test_a_custom_secret_is_reconciled_again_only_when_it_or_the_time_says_so(en
     env.at(env.now + step)
     assert scheduler.tick() == 0
     assert not target.exists()
-    env.at(env.now + tls_services.RESYNC_INTERVAL)
+    env.at(env.now + service_schedule.RESYNC_INTERVAL)
     assert scheduler.tick() == 1
     assert (target / "tls.crt").read_bytes() == fresh.cert_pem
 
@@ -1264,7 +1266,7 @@ def test_a_new_leader_reads_every_custom_secret_then_spreads_their_resyncs(env: 
     env.at(env.now + timedelta(seconds=10))
     assert scheduler.tick() == 0
     per_tick = []
-    end = start + tls_services.RESYNC_INTERVAL
+    end = start + service_schedule.RESYNC_INTERVAL
     while env.now < end:
         env.at(min(env.now + timedelta(seconds=30), end))
         per_tick.append(scheduler.tick())

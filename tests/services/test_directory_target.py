@@ -20,7 +20,7 @@ import pytest
 from cryptography import x509
 
 from certctl.pki import keys_match, load_private_key
-from certctl.services import tls_services
+from certctl.services import service_clients, service_schedule, service_specs, service_status
 from certctl.store.models import ManagedService
 from certctl.targets.directory import BundleFile, DeliveryError, deliver_to_directory
 from tests._tools import ok, run
@@ -36,7 +36,7 @@ def _versions(target: Path) -> list[str]:
 
 
 def _renew(env: Env, name: str) -> None:
-    tls_services.request_renewal(env.services, env.admin, name)
+    service_specs.request_renewal(env.services, env.admin, name)
     env.reconcile(name, env.now + MINUTE)
 
 
@@ -45,7 +45,7 @@ def test_bundle_swapped_atomically_previous_kept_older_pruned(env: Env) -> None:
     target.parent.mkdir(parents=True)
     target.mkdir()  # an empty placeholder directory is taken over
     env.put(service_doc("web", client_auth=True, targets=[{"directory": str(target)}]))
-    tls_services.add_client(
+    service_clients.add_client(
         env.services, env.admin, "web", make_ca("clients", env.now).cert_pem.decode()
     )
     env.reconcile("web")
@@ -278,7 +278,7 @@ def test_a_key_given_to_a_group_is_readable_by_that_group_only(env: Env, public_
         row = session.get(ManagedService, "web")
         assert row is not None
         row.delivered = {f"dir:{target}": old.hexdigest()}
-    env.reconcile("web", env.now + tls_services.RESYNC_INTERVAL)
+    env.reconcile("web", env.now + service_schedule.RESYNC_INTERVAL)
     assert stat.S_IMODE(key.stat().st_mode) == 0o640
     assert _read_as("nobody", group, key)
 
@@ -416,8 +416,8 @@ def test_reload_timeout_fails_and_retries_with_backoff(env: Env) -> None:
     assert row.attempts == 1
     assert row.next_attempt_at is not None
     first_delay = row.next_attempt_at - env.now
-    assert not tls_services.due(row, row.next_attempt_at - timedelta(seconds=1))
-    assert tls_services.due(row, row.next_attempt_at)
+    assert not service_schedule.due(row, row.next_attempt_at - timedelta(seconds=1))
+    assert service_schedule.due(row, row.next_attempt_at)
     assert [e.event for e in env.events("web")] == ["issued", "failed"]
     assert env.events("web")[-1].payload["reason"] == message
     assert f"dir:{target}" not in row.delivered  # not recorded: redelivered next time
@@ -560,7 +560,7 @@ def test_a_password_file_of_more_than_one_line_fails_the_service_and_delivers_no
     # A second line added later: Failed again, and the keystore delivered stays as it was,
     # under the password that opens it.
     password.write_text(f"{first}\n{second}\n")
-    row = env.reconcile("web", env.now + tls_services.RESYNC_INTERVAL + MINUTE)
+    row = env.reconcile("web", env.now + service_schedule.RESYNC_INTERVAL + MINUTE)
     assert row.conditions["Failed"]["status"] is True, row.conditions
     assert "holds more than one line" in row.conditions["Failed"]["message"]
     assert os.readlink(target) == delivered
@@ -652,7 +652,7 @@ def test_a_changed_format_or_password_or_a_deleted_target_is_delivered_again(env
     # A new password (same spec): written again at the next resync, under the new one.
     password.write_text("second-password\n")
     first = os.readlink(target)
-    env.at(env.now + tls_services.RESYNC_INTERVAL)
+    env.at(env.now + service_schedule.RESYNC_INTERVAL)
     assert scheduler.tick() == 1
     assert os.readlink(target) != first
     ok(run(*opens, f"file:{password}"))
@@ -664,13 +664,13 @@ def test_a_changed_format_or_password_or_a_deleted_target_is_delivered_again(env
     env.at(env.now + MINUTE)
     assert scheduler.tick() == 0  # negative twin: not due before the resync interval
     assert not target.exists()
-    env.at(env.now + tls_services.RESYNC_INTERVAL)
+    env.at(env.now + service_schedule.RESYNC_INTERVAL)
     assert scheduler.tick() == 1
     assert sorted(p.name for p in target.iterdir()) == ["ca.crt", "tls.p12"]
     assert os.readlink(target) != link
     # Nothing changed: a resync writes nothing.
     link = os.readlink(target)
-    env.at(env.now + tls_services.RESYNC_INTERVAL)
+    env.at(env.now + service_schedule.RESYNC_INTERVAL)
     assert scheduler.tick() == 1
     assert os.readlink(target) == link
 
@@ -733,7 +733,7 @@ def test_a_file_edited_by_hand_is_restored_at_the_next_resync(env: Env) -> None:
     good = (target / "ca.crt").read_bytes()
     link = os.readlink(target)
     (target / "ca.crt").write_bytes(b"overwritten by hand\n")
-    env.at(env.now + tls_services.RESYNC_INTERVAL)
+    env.at(env.now + service_schedule.RESYNC_INTERVAL)
     assert scheduler.tick() == 1
     assert (target / "ca.crt").read_bytes() == good
     assert os.readlink(target) != link  # a new version, swapped in whole
@@ -924,7 +924,7 @@ def test_a_target_taken_out_of_the_spec_leaves_the_status(env: Env) -> None:
     env.put(service_doc("web", targets=[{"directory": str(new)}]))
     row = env.reconcile("web", env.now + MINUTE)
     # It used to stay in status.targets for good, with a digest no longer kept current.
-    assert list(tls_services.service_json(row)["status"]["targets"]) == [f"dir:{new}"]
+    assert list(service_status.service_json(row)["status"]["targets"]) == [f"dir:{new}"]
     assert (old / "tls.crt").read_bytes() == (new / "tls.crt").read_bytes()  # files stay
     env.put(service_doc("web", targets=[{"directory": str(old)}, {"directory": str(new)}]))
     row = env.reconcile("web", env.now + MINUTE)

@@ -28,9 +28,9 @@ from certctl.pki import (
 from certctl.server import run
 from certctl.server.bootstrap import Bootstrapped
 from certctl.server.config import load_config
-from certctl.services import issuer_revocation, issuers, tls_services
+from certctl.services import issuer_revocation, issuers, service_schedule
 from certctl.services.context import Services
-from certctl.services.tls_services import ServiceSettings
+from certctl.services.service_settings import ServiceSettings
 from certctl.store.models import AuditEvent, Issuer
 from tests.services.conftest import Env, service_doc
 
@@ -337,4 +337,4 @@ def test_a_compromised_service_ca_key_signs_neither_leaves_nor_its_renewal(env: 
     assert row.conditions["Failed"]["status"] is False
     assert issuers.load_issuer(env.services, "svc.web").certificate == ca.certificate
     assert row.ca_renew_at is None  # nothing renews it: not due at every pass for it
-    assert not tls_services.due(row, ca.certificate.not_valid_after_utc)
+    assert not service_schedule.due(row, ca.certificate.not_valid_after_utc)

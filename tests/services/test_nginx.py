@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from certctl.services import tls_services
+from certctl.services import service_specs
 from tests._nginx import loopback_listener, nginx_conf, port_of, start_nginx, wait_serving
 from tests._poll import wait_until
 from tests._tools import ok, require, run, stop
@@ -317,7 +317,7 @@ def test_renewals_and_a_ca_rollover_under_load_lose_no_request(served: Served) -
         # Steps of 20 s: issued certificates are back-dated 5 min, so each is valid now.
         step = timedelta(seconds=20)
         for _ in range(3):
-            tls_services.request_renewal(env.services, env.admin, "web")
+            service_specs.request_renewal(env.services, env.admin, "web")
             serials.append(env.reconcile("web", env.now + step).serial)
             time.sleep(1)
         ca_before = (served.tls / "ca.crt").read_bytes()
@@ -328,7 +328,7 @@ def test_renewals_and_a_ca_rollover_under_load_lose_no_request(served: Served) -
         assert rollover.conditions["Ready"]["status"] is True, rollover.conditions
         assert (served.tls / "ca.crt").read_bytes() != ca_before
         time.sleep(1)
-        tls_services.request_renewal(env.services, env.admin, "web")
+        service_specs.request_renewal(env.services, env.admin, "web")
         serials.append(env.reconcile("web", env.now + step).serial)
         _wait(served.settled, "nginx to finish its last reload")
         time.sleep(1)

@@ -26,7 +26,15 @@ from certctl.pki import (
     verify_certificate,
 )
 from certctl.pki.placeholder import PLACEHOLDER_CN_PREFIX
-from certctl.services import issuers, tls_services
+from certctl.services import (
+    issuers,
+    service_ca,
+    service_clients,
+    service_reconcile,
+    service_schedule,
+    service_specs,
+    service_status,
+)
 from certctl.store.models import ManagedService
 from tests._tools import ok, run
 from tests.services.conftest import (
@@ -115,8 +123,8 @@ def test_client_trust_output_only_with_client_authentication(env: Env) -> None:
     assert env.outputs("api")["client-trust"]["ca.crt"] == placeholder
     one, two = make_ca("client-ca-1", env.now), make_ca("client-ca-2", env.now)
     # Registered out of order and one twice: the bundle is sorted and deduplicated.
-    added = tls_services.add_client(env.services, env.admin, "api", (two.cert_pem).decode())
-    added += tls_services.add_client(
+    added = service_clients.add_client(env.services, env.admin, "api", (two.cert_pem).decode())
+    added += service_clients.add_client(
         env.services, env.admin, "api", (one.cert_pem + two.cert_pem).decode()
     )
     bundle = env.outputs("api")["client-trust"]["ca.crt"]
@@ -126,19 +134,19 @@ def test_client_trust_output_only_with_client_authentication(env: Env) -> None:
     from certctl.errors import InvalidRequest
 
     with pytest.raises(InvalidRequest, match="private key"):
-        tls_services.add_client(env.services, env.admin, "api", one.key_pem.decode())
+        service_clients.add_client(env.services, env.admin, "api", one.key_pem.decode())
     # A client certificate with its CA (a fullchain.pem) is refused whole: trusting the CA
     # would let in everything it issued. Each alone is fine.
     alice = make_leaf(one, "alice", env.now)
     before = env.outputs("api")["client-trust"]["ca.crt"]
     with pytest.raises(InvalidRequest, match="holds client certificates and CA certificates"):
-        tls_services.add_client(
+        service_clients.add_client(
             env.services, env.admin, "api", (alice.cert_pem + one.cert_pem).decode()
         )
     assert env.outputs("api")["client-trust"]["ca.crt"] == before
     # Every client removed: the placeholder again.
     for fingerprint in {c.fingerprint for c in added}:
-        tls_services.remove_client(env.services, env.admin, "api", fingerprint)
+        service_clients.remove_client(env.services, env.admin, "api", fingerprint)
     assert env.outputs("api")["client-trust"]["ca.crt"] == placeholder
     # Turned off: no client-trust output at all.
     env.put(service_doc("api"))
@@ -151,7 +159,7 @@ def test_a_short_cert_validity_is_no_renewal_advice_in_the_status(env: Env) -> N
     env.put(service_doc("web"))
     row = env.reconcile("web")
     assert row.conditions["Ready"]["message"] == "serving", row.conditions
-    tls_services.request_renewal(env.services, env.admin, "web")
+    service_specs.request_renewal(env.services, env.admin, "web")
     row = env.reconcile("web", env.now + MINUTE)
     assert env.events("web")[-1].event == "renewed"
     assert row.conditions["Ready"]["message"] == "serving", row.conditions
@@ -166,23 +174,25 @@ def test_leaf_reissued_after_rotate_before_not_earlier(env: Env) -> None:
     assert first.renew_at is not None
     # Renewal is cert-rotate-before ahead, pulled earlier by at most 10 % jitter.
     assert not_after - ROTATE - JITTER <= first.renew_at <= not_after - ROTATE
-    assert tls_services.service_json(first)["status"]["next_renewal"] == first.renew_at.isoformat()
+    assert (
+        service_status.service_json(first)["status"]["next_renewal"] == first.renew_at.isoformat()
+    )
 
     # Just before the earliest jittered time: not due, not reissued.
     early = not_after - ROTATE - JITTER - timedelta(seconds=1)
-    assert not tls_services.due(env.row("web"), early)
+    assert not service_schedule.due(env.row("web"), early)
     assert env.reconcile("web", early).serial == first.serial
     # Just before its own renewal time: still not.
     before = first.renew_at - timedelta(seconds=1)
-    assert not tls_services.due(env.row("web"), before)
+    assert not service_schedule.due(env.row("web"), before)
     assert env.reconcile("web", before).serial == first.serial
     # Past NotAfter - cert-rotate-before: due, reissued whatever the jitter.
     late = not_after - ROTATE + timedelta(seconds=1)
-    assert tls_services.due(env.row("web"), late)
+    assert service_schedule.due(env.row("web"), late)
     second = env.reconcile("web", late)
     assert second.serial != first.serial
     assert second.not_after == late + SETTINGS["cert_validity"]
-    assert not tls_services.due(env.row("web"), late + MINUTE)
+    assert not service_schedule.due(env.row("web"), late + MINUTE)
     assert [e.event for e in env.events("web")] == ["issued", "renewed"]
     renewed = env.events("web")[-1].payload
     assert renewed["serial"] == second.serial
@@ -214,7 +224,7 @@ def test_a_raised_cert_rotate_before_applies_to_certificates_issued_before(
         <= kept.renew_at
         <= first.not_after - timedelta(minutes=90)
     )
-    assert tls_services.due(env.row("web"), kept.renew_at)
+    assert service_schedule.due(env.row("web"), kept.renew_at)
 
     # Inside it: renewed, delivered, and no "expiring" for the certificate replaced.
     inside = first.not_after - timedelta(minutes=60)
@@ -298,13 +308,13 @@ def test_ca_renewed_ahead_with_same_key_and_ski_both_ways_trusted(any_env: Env) 
     assert _cert(env.outputs("web")["ca-internal"]["ca.crt"]) == old_ca
 
     # One second before ca-cert-rotate-before: the CA stays.
-    assert not tls_services.due(env.row("web"), ca_renew_at - timedelta(seconds=1))
+    assert not service_schedule.due(env.row("web"), ca_renew_at - timedelta(seconds=1))
     env.reconcile("web", ca_renew_at - timedelta(seconds=1))
     assert _cert(env.outputs("web")["ca-internal"]["ca.crt"]) == old_ca
 
     # Past it: renewed with the same key, subject and SKI; the leaf is not reissued.
     when = ca_renew_at + MINUTE
-    assert tls_services.due(env.row("web"), when)
+    assert service_schedule.due(env.row("web"), when)
     row = env.reconcile("web", when)
     outputs = env.outputs("web")
     new_ca = _cert(outputs["ca-internal"]["ca.crt"])
@@ -317,7 +327,7 @@ def test_ca_renewed_ahead_with_same_key_and_ski_both_ways_trusted(any_env: Env) 
     assert outputs["certs-internal"]["ca.crt"] == outputs["ca-internal"]["ca.crt"]
     assert _cert(outputs["certs-internal"]["tls.crt"]) == old_leaf
     assert row.ca_renew_at == new_ca.not_valid_after_utc - SETTINGS["ca_rotate_before"]
-    assert not tls_services.due(env.row("web"), when + MINUTE)
+    assert not service_schedule.due(env.row("web"), when + MINUTE)
     # The old leaf verifies against the new CA certificate.
     verify_certificate(old_leaf, trust=[new_ca], now=when)
 
@@ -341,7 +351,7 @@ def test_changed_sans_reissue(env: Env) -> None:
     first = env.reconcile("web")
     doc = service_doc("web", dns=("a.example.internal", "b.example.internal"), ip=("10.1.2.3",))
     assert env.put(doc).generation == 2
-    assert tls_services.due(env.row("web"), env.now)
+    assert service_schedule.due(env.row("web"), env.now)
     second = env.reconcile("web", env.now + MINUTE)
     assert second.serial != first.serial
     leaf = _cert(env.outputs("web")["certs-internal"]["tls.crt"])
@@ -425,20 +435,20 @@ def test_disabled_removes_certificates_and_reports_plain_http(env: Env) -> None:
         "message": "TLS disabled: plain HTTP",
         "at": env.now.isoformat(),
     }
-    status = tls_services.service_json(row)["status"]
+    status = service_status.service_json(row)["status"]
     assert status["not_after"] is None
     assert status["next_renewal"] is None
     # Only its CA's renewal makes it due while disabled (kept current, as ECK does).
     ca_renew_at = row.ca_renew_at
     assert ca_renew_at is not None
-    assert not tls_services.due(env.row("web"), ca_renew_at - timedelta(seconds=1))
+    assert not service_schedule.due(env.row("web"), ca_renew_at - timedelta(seconds=1))
 
     # A service that starts disabled never issues anything, nor has a CA to renew.
     env.put(service_doc("plain", disabled=True))
     row = env.reconcile("plain")
     assert row.certificate_pem is None
     assert row.ca_renew_at is None
-    assert not tls_services.due(env.row("plain"), env.now + timedelta(days=400))
+    assert not service_schedule.due(env.row("plain"), env.now + timedelta(days=400))
     assert row.conditions["Ready"]["message"] == "TLS disabled: plain HTTP"
     assert [e.event for e in env.events("plain")] == []
 
@@ -450,21 +460,21 @@ def test_disabled_removes_certificates_and_reports_plain_http(env: Env) -> None:
 
 def test_due_semantics(env: Env) -> None:
     row = env.put(service_doc("web"))
-    assert tls_services.due(row, env.now)  # new spec
+    assert service_schedule.due(row, env.now)  # new spec
     row = env.reconcile("web")
     assert row.renew_at is not None
     assert row.ca_renew_at is not None
-    assert not tls_services.due(row, env.now)
-    assert not tls_services.due(row, row.renew_at - timedelta(seconds=1))
-    assert tls_services.due(row, row.renew_at)
+    assert not service_schedule.due(row, env.now)
+    assert not service_schedule.due(row, row.renew_at - timedelta(seconds=1))
+    assert service_schedule.due(row, row.renew_at)
     assert row.ca_renew_at > row.renew_at
     env.put(service_doc("web", dns=("x.example.internal",)))
-    assert tls_services.due(env.row("web"), env.now)  # changed spec
+    assert service_schedule.due(env.row("web"), env.now)  # changed spec
 
     # Forced renewal (POST …/renew): due at once and reissued.
     row = env.reconcile("web", env.now + MINUTE)
-    tls_services.request_renewal(env.services, env.admin, "web")
-    assert tls_services.due(env.row("web"), env.now)
+    service_specs.request_renewal(env.services, env.admin, "web")
+    assert service_schedule.due(env.row("web"), env.now)
     assert env.reconcile("web").serial != row.serial
 
     # A custom certificate is re-read on every pass (its owner may replace it any time).
@@ -477,7 +487,7 @@ def test_due_semantics(env: Env) -> None:
     row = env.reconcile("custom")
     assert row.conditions["Ready"]["status"] is True, row.conditions
     assert row.renew_at is None
-    assert tls_services.due(row, env.now)
+    assert service_schedule.due(row, env.now)
 
 
 def test_a_renewal_no_pass_can_do_is_refused_or_dropped(env: Env) -> None:
@@ -489,7 +499,7 @@ def test_a_renewal_no_pass_can_do_is_refused_or_dropped(env: Env) -> None:
     answer = http.post("/api/v1/services/plain/renew")
     assert answer.status_code == 409, answer.text
     assert "has TLS disabled: there is no certificate to renew" in answer.json()["detail"]
-    assert not tls_services.due(env.row("plain"), env.now + MINUTE, resync=timedelta(hours=1))
+    assert not service_schedule.due(env.row("plain"), env.now + MINUTE, resync=timedelta(hours=1))
 
     # A custom certificate served as is: only its owner renews it; the request is dropped at
     # the next pass instead of showing as the next renewal, in the past, for good.
@@ -508,7 +518,7 @@ def test_a_renewal_no_pass_can_do_is_refused_or_dropped(env: Env) -> None:
     assert "this request is dropped" in warning
     row = env.reconcile("custom", env.now + MINUTE)
     assert row.serial == serial
-    assert tls_services.service_json(row)["status"]["next_renewal"] is None
+    assert service_status.service_json(row)["status"]["next_renewal"] is None
 
     # A certificate certctl issues is renewed: no warning, and no "warnings" key at all.
     env.put(service_doc("own"))
@@ -531,8 +541,8 @@ def test_failures_back_off_and_carry_the_message(env: Env) -> None:
         assert failed["status"] is True
         assert "secret missing not found" in failed["message"]
         assert row.conditions["Ready"]["status"] is False
-        assert not tls_services.due(row, row.next_attempt_at - timedelta(seconds=1))
-        assert tls_services.due(row, row.next_attempt_at)
+        assert not service_schedule.due(row, row.next_attempt_at - timedelta(seconds=1))
+        assert service_schedule.due(row, row.next_attempt_at)
         now = row.next_attempt_at
     assert delays == sorted(delays), delays
     assert len(set(delays)) == 4, delays
@@ -553,7 +563,7 @@ def test_failures_back_off_and_carry_the_message(env: Env) -> None:
     assert row.conditions["Failed"] == {"status": False, "message": "", "at": now.isoformat()}
     assert row.conditions["Ready"]["status"] is True
     assert [e.event for e in env.events("web")][-1] == "issued"
-    assert tls_services.service_json(row)["status"]["conditions"] == row.conditions
+    assert service_status.service_json(row)["status"]["conditions"] == row.conditions
 
 
 def test_the_status_phase_is_pending_until_the_first_pass_then_ready_or_failed(
@@ -586,7 +596,7 @@ def test_outputs_keys_are_pkcs8_pem(env: Env) -> None:
         assert data.startswith(b"-----BEGIN PRIVATE KEY-----")
         serialization.load_pem_private_key(data, None)
     # The API view never carries key material.
-    assert b"PRIVATE KEY" not in repr(tls_services.service_json(env.row("web"))).encode()
+    assert b"PRIVATE KEY" not in repr(service_status.service_json(env.row("web"))).encode()
 
 
 def test_a_service_whose_reconcile_crashes_is_backed_off(
@@ -601,7 +611,7 @@ def test_a_service_whose_reconcile_crashes_is_backed_off(
         calls.append(now)
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(tls_services, "reconcile_service", crash)
+    monkeypatch.setattr(service_reconcile, "reconcile_service", crash)
     scheduler = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
     start = env.now
     for seconds in (0, 1, 4):  # inside the first 5 s backoff: tried once
@@ -663,7 +673,7 @@ def test_a_malformed_stored_spec_fails_only_its_service(env: Env, spec: Any) -> 
     env.at(env.now + timedelta(seconds=1))
     assert scheduler.tick() == 0
     # Asking for its renewal is no 500 either: it is due, and fails again, backed off.
-    renewed = tls_services.request_renewal(env.services, env.admin, "bad")
+    renewed = service_specs.request_renewal(env.services, env.admin, "bad")
     assert renewed.renew_at == env.now
     assert scheduler.tick() == 1
     assert env.row("bad").conditions["Failed"]["status"] is True
@@ -703,12 +713,14 @@ def test_client_changes_reach_the_targets_at_the_next_scheduler_pass(env: Env) -
     assert scheduler.tick() == 0  # nothing due: the negative twin of what follows
 
     client_ca = make_ca("client-ca", env.now)
-    (added,) = tls_services.add_client(env.services, env.admin, "api", client_ca.cert_pem.decode())
+    (added,) = service_clients.add_client(
+        env.services, env.admin, "api", client_ca.cert_pem.decode()
+    )
     assert scheduler.tick() == 1  # due at once, not at the next renewal
     assert (target / "client-trust.crt").read_bytes() == client_ca.cert_pem
     assert scheduler.tick() == 0
 
-    tls_services.remove_client(env.services, env.admin, "api", added.fingerprint)
+    service_clients.remove_client(env.services, env.admin, "api", added.fingerprint)
     assert scheduler.tick() == 1  # a removed client stops being trusted now
     assert (target / "client-trust.crt").read_bytes() == placeholder
     assert env.row("api").conditions["Ready"]["status"] is True
@@ -723,7 +735,7 @@ def test_the_resync_clock_is_the_last_pass_not_the_condition_times(env: Env) -> 
     assert scheduler.tick() == 1
     ready = env.row("web").conditions["Ready"]
     for _ in range(2):
-        env.at(env.now + tls_services.RESYNC_INTERVAL)
+        env.at(env.now + service_schedule.RESYNC_INTERVAL)
         assert scheduler.tick() == 1  # resynced
         env.at(env.now + MINUTE)
         assert scheduler.tick() == 0  # and not again at once, though "at" did not move
@@ -732,14 +744,15 @@ def test_the_resync_clock_is_the_last_pass_not_the_condition_times(env: Env) -> 
     # time, the latest a pass left: overdue, so resynced within the interval from its start
     # (spread, see test_a_new_leader_spreads_...), and not only at its renewal.
     leader = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
-    end = env.now + tls_services.RESYNC_INTERVAL
+    end = env.now + service_schedule.RESYNC_INTERVAL
     while "web" not in leader._passes and env.now < end:
         leader.tick()
         env.at(env.now + timedelta(seconds=10))
     assert env.now < end
-    assert tls_services.due(env.row("web"), env.now, resync=tls_services.RESYNC_INTERVAL)
-    assert not tls_services.due(env.row("web"), env.now, resync=tls_services.RESYNC_INTERVAL,
-                                last_pass=env.now - MINUTE)  # fmt: skip
+    assert service_schedule.due(env.row("web"), env.now, resync=service_schedule.RESYNC_INTERVAL)
+    assert not service_schedule.due(env.row("web"), env.now,
+                                    resync=service_schedule.RESYNC_INTERVAL,
+                                    last_pass=env.now - MINUTE)  # fmt: skip
 
 
 def test_services_created_together_keep_their_resyncs_spread(env: Env) -> None:
@@ -757,7 +770,7 @@ def test_services_created_together_keep_their_resyncs_spread(env: Env) -> None:
     assert scheduler.tick() == 12  # work to do: at once, all of them
     passes: dict[str, list[datetime]] = {n: [start] for n in names}
     per_tick = []
-    end = start + 3 * tls_services.RESYNC_INTERVAL
+    end = start + 3 * service_schedule.RESYNC_INTERVAL
     while env.now < end:
         env.at(env.now + timedelta(seconds=10))
         per_tick.append(scheduler.tick())
@@ -771,8 +784,8 @@ def test_services_created_together_keep_their_resyncs_spread(env: Env) -> None:
     for name, times in passes.items():
         gaps = [b - a for a, b in itertools.pairwise(times)]
         assert len(gaps) >= 3, (name, times)
-        assert max(gaps) <= tls_services.RESYNC_INTERVAL, (name, gaps)
-        assert min(gaps[1:]) == tls_services.RESYNC_INTERVAL, (name, gaps)  # steady
+        assert max(gaps) <= service_schedule.RESYNC_INTERVAL, (name, gaps)
+        assert min(gaps[1:]) == service_schedule.RESYNC_INTERVAL, (name, gaps)  # steady
 
     # Work is never held for the spread: a changed spec is reconciled at the next pass.
     env.put(service_doc("web-05", dns=("web-05.example.internal",)))
@@ -797,14 +810,14 @@ def test_a_new_leader_spreads_the_first_resyncs_and_does_the_needed_work_at_once
         env.put(service_doc(name))
     assert Scheduler(env.services, env.settings, 10, clock=lambda: env.now).tick() == 12
     start = env.at(env.now + timedelta(hours=1))  # every resync is overdue
-    tls_services.request_renewal(env.services, env.admin, "web-03")  # work to do
+    service_specs.request_renewal(env.services, env.admin, "web-03")  # work to do
     env.put(service_doc("web-07", dns=("web-07.example.internal",)))  # a changed spec
 
     scheduler = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
     assert scheduler.tick() == 2  # only the services that need work
     assert set(scheduler._passes) == {"web-03", "web-07"}
     per_tick = []
-    end = start + tls_services.RESYNC_INTERVAL - timedelta(seconds=1)
+    end = start + service_schedule.RESYNC_INTERVAL - timedelta(seconds=1)
     while env.now < end:
         env.at(min(env.now + timedelta(seconds=30), end))
         per_tick.append(scheduler.tick())
@@ -835,7 +848,7 @@ def test_a_service_deleted_during_its_reconcile_is_one_info_line(
     from certctl.server.scheduler import Scheduler
 
     def delete_while_reloading(command: str, timeout_s: float) -> None:
-        tls_services.delete_service(env.services, env.admin, "web")
+        service_specs.delete_service(env.services, env.admin, "web")
 
     target = {"directory": str(env.tmp / "tls"), "reload": "true"}
     env.put(service_doc("web", targets=[target]))
@@ -874,7 +887,9 @@ def test_a_client_removed_during_a_reconcile_is_dropped_at_the_next_pass(env: En
     target = env.tmp / "api-tls"
     env.put(service_doc("api", client_auth=True, targets=[{"directory": str(target)}]))
     client_ca = make_ca("client-ca", env.now)
-    (added,) = tls_services.add_client(env.services, env.admin, "api", client_ca.cert_pem.decode())
+    (added,) = service_clients.add_client(
+        env.services, env.admin, "api", client_ca.cert_pem.decode()
+    )
 
     removed = []
 
@@ -882,7 +897,7 @@ def test_a_client_removed_during_a_reconcile_is_dropped_at_the_next_pass(env: En
         # The bundle with the client is already written; the client goes away now.
         if not removed:
             env.at(env.now + timedelta(seconds=1))
-            tls_services.remove_client(env.services, env.admin, "api", added.fingerprint)
+            service_clients.remove_client(env.services, env.admin, "api", added.fingerprint)
             removed.append(True)
 
     env.put(service_doc("api", client_auth=True,
@@ -891,7 +906,7 @@ def test_a_client_removed_during_a_reconcile_is_dropped_at_the_next_pass(env: En
     scheduler = Scheduler(env.services, settings, 10, clock=lambda: env.now)
     assert scheduler.tick() == 1
     assert client_ca.cert_pem in (target / "client-trust.crt").read_bytes()
-    assert tls_services.due(env.row("api"), env.now)  # the removal asked for another pass
+    assert service_schedule.due(env.row("api"), env.now)  # the removal asked for another pass
     assert scheduler.tick() == 1
     assert client_ca.cert_pem not in (target / "client-trust.crt").read_bytes()
 
@@ -1036,14 +1051,14 @@ def test_a_service_deleted_before_its_reconcile_stores_the_ca_leaves_no_ca(
     env = any_env
     env.put(service_doc("web"))
     http = env.client()
-    real_create_root_ca = tls_services.create_root_ca
+    real_create_root_ca = service_ca.create_root_ca
 
     def delete_meanwhile(*args: Any, **kwargs: Any) -> Any:
         # Between the reconcile's read of the service and its write of the CA.
         assert http.delete("/api/v1/services/web").status_code == 204
         return real_create_root_ca(*args, **kwargs)
 
-    monkeypatch.setattr(tls_services, "create_root_ca", delete_meanwhile)
+    monkeypatch.setattr(service_ca, "create_root_ca", delete_meanwhile)
     scheduler = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
     caplog.set_level("INFO", logger="certctl")
     try:
@@ -1055,7 +1070,7 @@ def test_a_service_deleted_before_its_reconcile_stores_the_ca_leaves_no_ca(
         assert http.get("/api/v1/services/web").status_code == 404
 
         # Negative twin: applied again, the service gets its CA as usual.
-        monkeypatch.setattr(tls_services, "create_root_ca", real_create_root_ca)
+        monkeypatch.setattr(service_ca, "create_root_ca", real_create_root_ca)
         env.put(service_doc("web"))
         assert scheduler.tick() == 1
         assert _service_ca_rows(env) == ["svc.web"]
@@ -1099,7 +1114,7 @@ def test_a_delete_during_the_ca_write_deletes_that_ca(
     try:
         assert in_write.wait(10)
         deleter = threading.Thread(
-            target=tls_services.delete_service, args=(env.services, env.admin, "web")
+            target=service_specs.delete_service, args=(env.services, env.admin, "web")
         )
         deleter.start()
         # The DELETE waits for the CA transaction (before: it was done by now).
@@ -1129,20 +1144,20 @@ def test_a_delete_during_the_reconciles_last_write_waits_for_it(
 
     env = any_env
     env.put(service_doc("web"))
-    real = tls_services._service_ca_renew_at
+    real = service_reconcile.service_ca_renew_at
     deleters: list[threading.Thread] = []
 
     def delete_meanwhile(*args: Any) -> Any:
         # Inside the last transaction, after the row was read.
         deleter = threading.Thread(
-            target=tls_services.delete_service, args=(env.services, env.admin, "web")
+            target=service_specs.delete_service, args=(env.services, env.admin, "web")
         )
         deleter.start()
         deleter.join(0.5)  # before: done by now, on SQLite
         deleters.append(deleter)
         return real(*args)
 
-    monkeypatch.setattr(tls_services, "_service_ca_renew_at", delete_meanwhile)
+    monkeypatch.setattr(service_reconcile, "service_ca_renew_at", delete_meanwhile)
     scheduler = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
     caplog.set_level("INFO", logger="certctl")
     try:
@@ -1177,8 +1192,8 @@ def test_a_service_deleted_and_applied_again_through_another_worker_gets_a_new_c
     env.reconcile("web")
     old_ca = _cert(env.outputs("web")["ca-internal"]["ca.crt"])
 
-    tls_services.delete_service(worker, env.admin, "web")
-    tls_services.put_service(worker, env.admin, "web", service_doc("web"))
+    service_specs.delete_service(worker, env.admin, "web")
+    service_specs.put_service(worker, env.admin, "web", service_doc("web"))
     env.reconcile("web", env.now + MINUTE)  # the leader, at once
     with leader.sessions() as session:
         stored = session.scalar(select(Issuer.certificate_pem).where(Issuer.id == "svc.web"))
@@ -1209,7 +1224,7 @@ def test_a_delete_racing_a_service_change_waits_for_it(
     http = env.client()
     fingerprint = ""
     if change == "remove client":
-        (added,) = tls_services.add_client(
+        (added,) = service_clients.add_client(
             env.services, env.admin, "web", client_ca.cert_pem.decode()
         )
         fingerprint = added.fingerprint
@@ -1223,7 +1238,7 @@ def test_a_delete_racing_a_service_change_waits_for_it(
             if action in (kwargs.get("action"), *args[2:4]):
                 # Inside the change's transaction, after it read the service.
                 deleter = threading.Thread(
-                    target=tls_services.delete_service, args=(env.services, env.admin, "web")
+                    target=service_specs.delete_service, args=(env.services, env.admin, "web")
                 )
                 deleter.start()
                 deleter.join(0.5)  # before: done by now, on SQLite
@@ -1232,8 +1247,9 @@ def test_a_delete_racing_a_service_change_waits_for_it(
 
         return record
 
-    monkeypatch.setattr(tls_services, "record", hooked(audit.record))
-    monkeypatch.setattr(tls_services, "record_call", hooked(audit.record_call))
+    for owner in (service_clients, service_specs):  # client changes; renew
+        monkeypatch.setattr(owner, "record", hooked(audit.record))
+        monkeypatch.setattr(owner, "record_call", hooked(audit.record_call))
     if change == "add client":
         response = http.post(
             "/api/v1/services/web/clients", json={"certificate_pem": client_ca.cert_pem.decode()}
@@ -1290,8 +1306,8 @@ def test_the_ca_of_a_service_not_issuing_from_it_is_kept_current(
     renew_at = _cert(first).not_valid_after_utc - SETTINGS["ca_rotate_before"]
     assert row.ca_renew_at == renew_at
     if mode == "disabled":  # a custom certificate is read on every pass anyway
-        assert not tls_services.due(row, renew_at - timedelta(seconds=1))
-    assert tls_services.due(row, renew_at + MINUTE)
+        assert not service_schedule.due(row, renew_at - timedelta(seconds=1))
+    assert service_schedule.due(row, renew_at + MINUTE)
     row = env.reconcile("web", renew_at + MINUTE)
     assert row.conditions["Ready"]["status"] is True, row.conditions
     renewed = issuers.load_issuer(env.services, "svc.web").certificate
@@ -1375,7 +1391,7 @@ def test_conditions_edited_into_another_shape_are_written_anew(env: Env, stored:
     env.reconcile("web")
     with env.services.sessions.begin() as session:
         session.get(ManagedService, "web").conditions = stored
-    assert tls_services.due(env.row("web"), env.now, resync=timedelta(minutes=10))
+    assert service_schedule.due(env.row("web"), env.now, resync=timedelta(minutes=10))
     row = env.reconcile("web", env.now + MINUTE)
     assert row.conditions["Ready"]["status"] is True, row.conditions
     assert row.conditions["Failed"]["status"] is False, row.conditions

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
 from certctl.server.scheduler import Leadership, Scheduler
-from certctl.services import tls_services
+from certctl.services import service_reconcile
 from certctl.services.context import Services
 from certctl.store.db import PoolTimeout
 from tests.services.conftest import Env, _make_env, service_doc
@@ -53,7 +53,7 @@ def test_a_pool_timeout_ends_the_pass_without_a_traceback(
 ) -> None:
     env.put(service_doc("a"))
     env.put(service_doc("b"))
-    real = tls_services.reconcile_service
+    real = service_reconcile.reconcile_service
     tried: list[str] = []
 
     def busy(services: Services, settings: Any, name: str, now: datetime) -> Any:
@@ -62,7 +62,7 @@ def test_a_pool_timeout_ends_the_pass_without_a_traceback(
         with _every_connection_taken(services.engine):
             return real(services, settings, name, now)
 
-    monkeypatch.setattr(tls_services, "reconcile_service", busy)
+    monkeypatch.setattr(service_reconcile, "reconcile_service", busy)
     scheduler = Scheduler(env.services, env.settings, 10, clock=lambda: env.now)
     with pytest.raises(PoolTimeout):
         scheduler.tick()  # for run() to log, once

@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from certctl.metrics.registry import REGISTRY
 from certctl.server.run import refresh_metrics
-from certctl.services import tls_services
+from certctl.services import service_specs
 from tests.services.conftest import Env, service_doc
 
 SERVICE_FAMILIES = (
@@ -48,7 +48,7 @@ def test_service_gauges_follow_the_store_and_drop_a_deleted_service(env: Env) ->
 
     # Deleted: its series go at the next refresh instead of reporting "web" until a restart
     # (an alert on certctl_service_ready == 0 would otherwise never clear for "api").
-    tls_services.delete_service(env.services, env.admin, "api")
+    service_specs.delete_service(env.services, env.admin, "api")
     refresh_metrics(env.services)
     samples = _service_samples()
     assert {name for _, name in samples} == {"web"}

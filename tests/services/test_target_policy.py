@@ -11,9 +11,9 @@ import pytest
 
 from certctl.auth.permissions import BUILTIN_ROLES
 from certctl.errors import InvalidRequest, PermissionDenied
-from certctl.services import tls_services
+from certctl.services import service_reconcile, service_specs
 from certctl.services.context import Principal
-from certctl.services.tls_services import TargetPolicy
+from certctl.services.target_policy import TargetPolicy
 from tests.services.conftest import Env, service_doc
 
 OPERATOR = Principal("ops", ("r-operator",), BUILTIN_ROLES["r-operator"][1], "test")
@@ -31,7 +31,7 @@ def test_an_operator_cannot_set_a_reload_command_or_a_directory_outside_the_dele
     policy = TargetPolicy(delegated_directories=(delegated,))
 
     def put(targets: list[dict[str, Any]], caller: Principal = OPERATOR) -> None:
-        tls_services.put_service(
+        service_specs.put_service(
             env.services, caller, "web", service_doc("web", targets=targets), policy
         )
 
@@ -80,7 +80,7 @@ def test_an_operator_cannot_set_a_reload_command_or_a_directory_outside_the_dele
     admin_target = {"directory": str(env.tmp / "elsewhere"), "reload": "true"}
     put([admin_target], caller=env.admin)
     doc = service_doc("web", dns=("web.example.internal",), targets=[admin_target])
-    row = tls_services.put_service(env.services, OPERATOR, "web", doc, policy)
+    row = service_specs.put_service(env.services, OPERATOR, "web", doc, policy)
     assert row.spec["spec"]["http"]["tls"]["selfSignedCertificate"]["subjectAltNames"] == [
         {"dns": "web.example.internal"}
     ]
@@ -109,9 +109,9 @@ def test_no_caller_may_aim_a_target_at_the_servers_own_files(env: Env) -> None:
     for directory in (data / "tls", data, env.tmp):  # inside, equal, holding it
         doc = service_doc("web", targets=[{"directory": str(directory)}])
         with pytest.raises(InvalidRequest, match="overlaps the server's own files"):
-            tls_services.put_service(env.services, env.admin, "web", doc, policy)
+            service_specs.put_service(env.services, env.admin, "web", doc, policy)
     doc = service_doc("web", targets=[{"directory": str(env.tmp / "web-tls")}])
-    tls_services.put_service(env.services, env.admin, "web", doc, policy)
+    service_specs.put_service(env.services, env.admin, "web", doc, policy)
 
 
 def test_the_api_answers_403_and_the_server_config_delegates(env: Env, tmp_path: Path) -> None:
@@ -224,11 +224,11 @@ def test_a_path_that_stops_resolving_inside_its_delegated_directory_is_not_writt
     policy = TargetPolicy(delegated_directories=(delegated,), protected=(env.tmp / "data",))
     target = delegated / "web" / "tls"
     doc = service_doc("web", targets=[{"directory": str(target)}])
-    tls_services.put_service(env.services, OPERATOR, "web", doc, policy)
+    service_specs.put_service(env.services, OPERATOR, "web", doc, policy)
     # After the PUT, someone able to write the delegated directory swaps a parent for a link.
     (delegated / "web").rmdir()
     (delegated / "web").symlink_to(outside)
-    row = tls_services.reconcile_service(
+    row = service_reconcile.reconcile_service(
         env.services, env.settings_with(target_policy=policy), "web", env.now
     )
     assert "no longer resolves inside" in row.conditions["Failed"]["message"]
@@ -236,7 +236,7 @@ def test_a_path_that_stops_resolving_inside_its_delegated_directory_is_not_writt
     # Pointed back inside: delivered.
     (delegated / "web").unlink()
     (delegated / "web").mkdir()
-    row = tls_services.reconcile_service(
+    row = service_reconcile.reconcile_service(
         env.services, env.settings_with(target_policy=policy), "web", env.now + timedelta(minutes=1)
     )
     assert row.conditions["Ready"]["status"] is True, row.conditions
@@ -269,10 +269,10 @@ def test_disabling_tls_removes_nothing_where_a_parent_swapped_after_the_check_le
     settings = env.settings_with(target_policy=policy)
     target = {"directory": str(delegated / "web" / "tls")}
     doc = service_doc("web", targets=[target])
-    tls_services.put_service(env.services, OPERATOR, "web", doc, policy)
-    tls_services.reconcile_service(env.services, settings, "web", env.now)
+    service_specs.put_service(env.services, OPERATOR, "web", doc, policy)
+    service_reconcile.reconcile_service(env.services, settings, "web", env.now)
     doc = service_doc("web", disabled=True, targets=[target])
-    tls_services.put_service(env.services, OPERATOR, "web", doc, policy)
+    service_specs.put_service(env.services, OPERATOR, "web", doc, policy)
 
     def swap() -> None:
         # Swapped right after the check by someone able to write the delegated directory.
@@ -282,7 +282,7 @@ def test_disabling_tls_removes_nothing_where_a_parent_swapped_after_the_check_le
         (delegated / "web").symlink_to(outside)
 
     _swap_after_the_check(monkeypatch, swap)
-    row = tls_services.reconcile_service(env.services, settings, "web", env.now + timedelta(1))
+    row = service_reconcile.reconcile_service(env.services, settings, "web", env.now + timedelta(1))
     assert (outside / "tls" / "tls.key").read_bytes() == b"theirs"  # not removed
     assert "no longer resolves inside" in row.conditions["Failed"]["message"]
 
@@ -296,7 +296,7 @@ def test_no_directory_is_made_where_a_parent_swapped_after_the_check_leads(
     outside.mkdir()
     policy = TargetPolicy(delegated_directories=(delegated,), protected=(env.tmp / "data",))
     doc = service_doc("web", targets=[{"directory": str(delegated / "web" / "a" / "b" / "tls")}])
-    tls_services.put_service(env.services, OPERATOR, "web", doc, policy)
+    service_specs.put_service(env.services, OPERATOR, "web", doc, policy)
 
     def swap() -> None:
         (delegated / "web").rmdir()
@@ -304,7 +304,7 @@ def test_no_directory_is_made_where_a_parent_swapped_after_the_check_leads(
 
     _swap_after_the_check(monkeypatch, swap)
     settings = env.settings_with(target_policy=policy)
-    row = tls_services.reconcile_service(env.services, settings, "web", env.now)
+    row = service_reconcile.reconcile_service(env.services, settings, "web", env.now)
     assert list(outside.iterdir()) == []  # not even the missing parents
     assert "no longer resolves inside" in row.conditions["Failed"]["message"]
 
@@ -329,7 +329,7 @@ def test_a_password_file_swapped_after_the_check_is_not_even_opened_where_it_lea
     target = {"directory": str(delegated / "app"), "format": "pkcs12",
               "passwordFile": str(password)}  # fmt: skip
     doc = service_doc("web", targets=[target])
-    tls_services.put_service(env.services, OPERATOR, "web", doc, policy)
+    service_specs.put_service(env.services, OPERATOR, "web", doc, policy)
 
     def swap() -> None:
         password.unlink()
@@ -344,7 +344,7 @@ def test_a_password_file_swapped_after_the_check_is_not_even_opened_where_it_lea
 
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
-    row = tls_services.reconcile_service(
+    row = service_reconcile.reconcile_service(
         env.services, env.settings_with(target_policy=policy), "web", env.now
     )
     released = opened.wait(0.2)
@@ -365,13 +365,13 @@ def test_a_parent_swapped_for_a_link_to_another_services_directory_leaves_it_alo
     settings = env.settings_with(target_policy=policy)
     for name in ("a", "b"):
         doc = service_doc(name, targets=[{"directory": str(delegated / name / "tls")}])
-        tls_services.put_service(env.services, OPERATOR, name, doc, policy)
-        tls_services.reconcile_service(env.services, settings, name, env.now)
+        service_specs.put_service(env.services, OPERATOR, name, doc, policy)
+        service_reconcile.reconcile_service(env.services, settings, name, env.now)
     served = (delegated / "a" / "tls" / "tls.key").read_bytes()
     # Whoever may write delegated/b (team b, in a sticky directory) points it at team a's.
     (delegated / "b").rename(env.tmp / "b-away")
     (delegated / "b").symlink_to(delegated / "a")
-    row = tls_services.reconcile_service(env.services, settings, "b", env.now + timedelta(1))
+    row = service_reconcile.reconcile_service(env.services, settings, "b", env.now + timedelta(1))
     assert (delegated / "a" / "tls" / "tls.key").read_bytes() == served  # still a's own
     assert "is the target of service a" in row.conditions["Failed"]["message"], row.conditions
     # Nor does turning b's TLS off remove a's files (the link made after the PUT: at the
@@ -379,15 +379,15 @@ def test_a_parent_swapped_for_a_link_to_another_services_directory_leaves_it_alo
     (delegated / "b").unlink()
     (env.tmp / "b-away").rename(delegated / "b")
     doc = service_doc("b", disabled=True, targets=[{"directory": str(delegated / "b" / "tls")}])
-    tls_services.put_service(env.services, OPERATOR, "b", doc, policy)
+    service_specs.put_service(env.services, OPERATOR, "b", doc, policy)
     (delegated / "b").rename(env.tmp / "b-away")
     (delegated / "b").symlink_to(delegated / "a")
-    row = tls_services.reconcile_service(env.services, settings, "b", env.now + timedelta(2))
+    row = service_reconcile.reconcile_service(env.services, settings, "b", env.now + timedelta(2))
     assert (delegated / "a" / "tls" / "tls.key").read_bytes() == served
     assert "is the target of service a" in row.conditions["Failed"]["message"], row.conditions
     # Service a deleted: its files are no longer anyone's, and b may take the place.
-    tls_services.delete_service(env.services, env.admin, "a")
-    row = tls_services.reconcile_service(env.services, settings, "b", env.now + timedelta(3))
+    service_specs.delete_service(env.services, env.admin, "a")
+    row = service_reconcile.reconcile_service(env.services, settings, "b", env.now + timedelta(3))
     assert row.conditions["Ready"]["status"] is True, row.conditions
     assert not (delegated / "a" / "tls").exists()  # b's TLS is off: removed
 
@@ -398,7 +398,7 @@ def test_a_password_file_among_the_servers_own_files_is_refused(env: Env) -> Non
     target = {"directory": str(env.tmp / "p12"), "format": "pkcs12",
               "passwordFile": str(data / "admin-api-key")}  # fmt: skip
     with pytest.raises(InvalidRequest, match=r"passwordFile: .* is among the server's own files"):
-        tls_services.put_service(
+        service_specs.put_service(
             env.services, env.admin, "web", service_doc("web", targets=[target]), policy
         )
 
@@ -450,13 +450,13 @@ def test_the_delivery_check_holds_through_a_symlinked_delegated_directory(env: E
     policy = TargetPolicy(delegated_directories=(env.tmp / "srv" / "tls",), protected=(data,))
     target = {"directory": str(env.tmp / "srv" / "tls" / "team" / "app"), "format": "pkcs12",
               "passwordFile": str(password)}  # fmt: skip
-    tls_services.put_service(
+    service_specs.put_service(
         env.services, OPERATOR, "web", service_doc("web", targets=[target]), policy
     )
     settings = env.settings_with(target_policy=policy)
     (real / "tls" / "team").rmdir()
     (real / "tls" / "team").symlink_to(outside)
-    row = tls_services.reconcile_service(env.services, settings, "web", env.now)
+    row = service_reconcile.reconcile_service(env.services, settings, "web", env.now)
     assert "no longer resolves inside" in row.conditions["Failed"]["message"], row.conditions
     assert list(outside.iterdir()) == []
     # The password file swapped for a link to the key-encryption key: not read.
@@ -466,7 +466,7 @@ def test_the_delivery_check_holds_through_a_symlinked_delegated_directory(env: E
     (data / "kek").write_text("secret\n")
     password.unlink()
     password.symlink_to(data / "kek")
-    row = tls_services.reconcile_service(
+    row = service_reconcile.reconcile_service(
         env.services, settings, "web", env.now + timedelta(minutes=1)
     )
     assert "passwordFile" in row.conditions["Failed"]["message"]
@@ -495,8 +495,8 @@ def test_a_known_server_namespace_tells_secrets_apart(env: Env) -> None:
     policy = TargetPolicy(default_namespace="default")
     env.put(service_doc("web", targets=[{"secret": "web-tls"}]))
     doc = service_doc("api", targets=[{"secret": "web-tls", "namespace": "apps"}])
-    tls_services.put_service(env.services, env.admin, "api", doc, policy)  # another Secret
-    tls_services.put_service(env.services, env.admin, "api", doc, policy)  # re-applied as is
+    service_specs.put_service(env.services, env.admin, "api", doc, policy)  # another Secret
+    service_specs.put_service(env.services, env.admin, "api", doc, policy)  # re-applied as is
     same = service_doc("other", targets=[{"secret": "web-tls", "namespace": "default"}])
     with pytest.raises(Conflict, match="secret:default/web-tls is already a target of service"):
-        tls_services.put_service(env.services, env.admin, "other", same, policy)
+        service_specs.put_service(env.services, env.admin, "other", same, policy)

@@ -25,7 +25,7 @@ from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
 from certctl.server.run import _webhook
 from certctl.server.scheduler import Scheduler
-from certctl.services import tls_services
+from certctl.services import service_specs
 from certctl.services.notify import (
     SIGNATURE_HEADER,
     SIGNATURE_V2_HEADER,
@@ -35,7 +35,7 @@ from certctl.services.notify import (
     sign,
     sign_timestamped,
 )
-from certctl.services.tls_services import ServiceSettings
+from certctl.services.service_settings import ServiceSettings
 from certctl.store.models import OutboxEvent
 from tests.api.conftest import PostgresCluster
 from tests.services.conftest import SETTINGS, Env, make_ca, make_leaf, service_doc
@@ -717,7 +717,7 @@ def test_failed_is_sent_when_a_service_becomes_failed_not_on_each_retry(
     target.unlink()
     target.mkdir()
     (target / "server.pem").write_text("someone else's again\n")
-    tls_services.request_renewal(env.services, env.admin, "web")
+    service_specs.request_renewal(env.services, env.admin, "web")
     assert scheduler.tick() == 1
     retry(scheduler, 3)
     assert [e for e, _ in received()] == ["issued", "failed", "failed", "renewed", "failed"]

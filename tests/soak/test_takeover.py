@@ -27,9 +27,9 @@ from certctl.pki import format_serial
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
 from certctl.server.scheduler import Scheduler
-from certctl.services import issuers, tls_services
+from certctl.services import issuers, service_ca, service_reconcile, service_specs
 from certctl.services.context import Principal, Services
-from certctl.services.tls_services import ServiceSettings
+from certctl.services.service_settings import ServiceSettings
 from certctl.store.db import create_store_engine, session_factory
 from certctl.store.keywrap import KeyWrapper, load_or_create_kek
 from certctl.store.models import Issuer, ManagedService, OutboxEvent
@@ -110,8 +110,8 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
         "metadata": {"name": NAME},
         "spec": {"targets": [{"directory": str(target), "reload": "reload web"}]},
     }
-    tls_services.put_service(booted.services, ADMIN, NAME, doc)
-    tls_services.reconcile_service(booted.services, settings, NAME, clock.now)
+    service_specs.put_service(booted.services, ADMIN, NAME, doc)
+    service_reconcile.reconcile_service(booted.services, settings, NAME, clock.now)
     try:
         yield Pair(booted.services, second, clock, settings, target, reloads)
     finally:
@@ -122,7 +122,7 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
 def _force_renewal(pair: Pair) -> datetime:
     """``POST /renew`` a minute after the first issue; returns the reconcile time."""
     pair.at(pair.clock.now + timedelta(minutes=1))
-    tls_services.request_renewal(pair.first, ADMIN, NAME)
+    service_specs.request_renewal(pair.first, ADMIN, NAME)
     return pair.at(pair.clock.now + timedelta(seconds=1))
 
 
@@ -135,7 +135,7 @@ def test_two_replicas_deciding_together_store_one_renewal(
 ) -> None:
     before = pair.row()
     now = _force_renewal(pair)
-    decide = tls_services._decide
+    decide = service_reconcile._decide
     raced: list[ManagedService] = []
 
     def racing(services: Services, *args: Any) -> Any:
@@ -143,11 +143,11 @@ def test_two_replicas_deciding_together_store_one_renewal(
         if services is pair.first and not raced:
             # The second replica (now the leader) renews the same service, start to finish,
             # after the first one decided and issued but before it stores.
-            raced.append(tls_services.reconcile_service(pair.second, pair.settings, NAME, now))
+            raced.append(service_reconcile.reconcile_service(pair.second, pair.settings, NAME, now))
         return result
 
-    monkeypatch.setattr(tls_services, "_decide", racing)
-    tls_services.reconcile_service(pair.first, pair.settings, NAME, now)
+    monkeypatch.setattr(service_reconcile, "_decide", racing)
+    service_reconcile.reconcile_service(pair.first, pair.settings, NAME, now)
     assert raced
     after = pair.row()
     assert after.serial == raced[0].serial != before.serial
@@ -166,9 +166,9 @@ def test_leader_dying_between_store_and_delivery_is_finished_by_the_next(
         raise Crash
 
     with monkeypatch.context() as patch:
-        patch.setattr(tls_services, "_deliver", crash)
+        patch.setattr(service_reconcile, "deliver", crash)
         with pytest.raises(Crash):
-            tls_services.reconcile_service(pair.first, pair.settings, NAME, now)
+            service_reconcile.reconcile_service(pair.first, pair.settings, NAME, now)
     stored = pair.row().serial
     assert stored != before.serial
     assert format_serial(pair.served().serial_number) == before.serial  # not delivered yet
@@ -182,11 +182,11 @@ def test_leader_dying_between_store_and_delivery_is_finished_by_the_next(
 
 def test_cached_ca_renewed_by_another_replica_is_not_renewed_again(pair: Pair) -> None:
     ca = issuers.load_issuer(pair.first, f"svc.{NAME}")  # cached by the first replica
-    now = pair.at(tls_services.ca_renewal_time(pair.settings, ca) + timedelta(seconds=1))
-    tls_services.reconcile_service(pair.second, pair.settings, NAME, now)
+    now = pair.at(service_ca.ca_renewal_time(pair.settings, ca) + timedelta(seconds=1))
+    service_reconcile.reconcile_service(pair.second, pair.settings, NAME, now)
     renewed = pair.stored_ca()
     assert renewed.not_valid_after_utc > ca.certificate.not_valid_after_utc
-    tls_services.reconcile_service(pair.first, pair.settings, NAME, now)
+    service_reconcile.reconcile_service(pair.first, pair.settings, NAME, now)
     assert pair.stored_ca() == renewed
     assert pair.served("ca.crt") == renewed
     assert pair.renewed() == 0  # the leaf was not due
@@ -197,16 +197,16 @@ def test_leader_dying_after_a_ca_renewal_is_published_by_the_next(
 ) -> None:
     loaded = issuers.load_issuer(pair.first, f"svc.{NAME}")
     ca = loaded.certificate
-    now = pair.at(tls_services.ca_renewal_time(pair.settings, loaded) + timedelta(seconds=1))
+    now = pair.at(service_ca.ca_renewal_time(pair.settings, loaded) + timedelta(seconds=1))
     leaf = pair.row().serial
 
     def crash(*_args: Any) -> Any:
         raise Crash
 
     with monkeypatch.context() as patch:
-        patch.setattr(tls_services, "_store_issue", crash)
+        patch.setattr(service_reconcile, "_store_issue", crash)
         with pytest.raises(Crash):
-            tls_services.reconcile_service(pair.first, pair.settings, NAME, now)
+            service_reconcile.reconcile_service(pair.first, pair.settings, NAME, now)
     renewed = pair.stored_ca()
     assert renewed != ca  # renewed, not published
     assert pair.served("ca.crt") == ca

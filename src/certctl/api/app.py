@@ -61,7 +61,7 @@ from certctl.errors import CertctlError, InvalidRequest, PermissionDenied
 from certctl.metrics.registry import AUTH_FAILURES, HTTP_DURATION, HTTP_REQUESTS
 from certctl.services import audit
 from certctl.services.context import Principal, Services
-from certctl.services.tls_services import TargetPolicy
+from certctl.services.target_policy import TargetPolicy
 from certctl.store.db import PoolTimeout, constraint_conflict, storage_error
 
 __all__ = [

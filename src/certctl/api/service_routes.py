@@ -23,7 +23,7 @@ from certctl.api._common import (
 )
 from certctl.errors import InvalidRequest, NotFound
 from certctl.pki import display_dn_text
-from certctl.services import tls_services
+from certctl.services import service_clients, service_delivery, service_specs, service_status
 from certctl.services.context import Principal, Services
 from certctl.services.tls_spec import TLSServiceSpec
 from certctl.store.models import ManagedService, ServiceClient
@@ -53,18 +53,18 @@ def _wake(request: Request) -> None:
 
 async def list_services(request: Request, principal: Principal | None) -> Response:
     rows = await in_list_thread(
-        request, tls_services.list_services, services_of(request), caller_of(principal)
+        request, service_specs.list_services, services_of(request), caller_of(principal)
     )
     return json_response(
-        {"items": [tls_services.service_json(r) for r in rows], "next_cursor": None}
+        {"items": [service_status.service_json(r) for r in rows], "next_cursor": None}
     )
 
 
 async def get_service(request: Request, principal: Principal | None) -> Response:
-    row = tls_services.get_service(
+    row = service_specs.get_service(
         services_of(request), caller_of(principal), request.path_params["name"]
     )
-    return json_response(tls_services.service_json(row))
+    return json_response(service_status.service_json(row))
 
 
 async def put_service(request: Request, principal: Principal | None) -> Response:
@@ -81,7 +81,7 @@ async def put_service(request: Request, principal: Principal | None) -> Response
         # Not get_service: that needs service.read, and this route only needs service.edit.
         with services.sessions() as session:
             existed = session.get(ManagedService, name) is not None
-        return existed, tls_services.put_service(
+        return existed, service_specs.put_service(
             services, caller, name, body.model_dump(), policy, dry_run=dry_run == "true"
         )
 
@@ -91,14 +91,14 @@ async def put_service(request: Request, principal: Principal | None) -> Response
         _wake(request)
     # A dry run answers as the write would (201: it would create the service).
     if existed:
-        return json_response(tls_services.service_json(row))
-    return created(tls_services.service_json(row), "/api/v1/services", row.name)
+        return json_response(service_status.service_json(row))
+    return created(service_status.service_json(row), "/api/v1/services", row.name)
 
 
 async def delete_service(request: Request, principal: Principal | None) -> Response:
     await in_write_thread(
         request,
-        tls_services.delete_service,
+        service_specs.delete_service,
         services_of(request),
         caller_of(principal),
         request.path_params["name"],
@@ -117,7 +117,7 @@ async def _service_action(
         request, action, services_of(request), caller_of(principal), request.path_params["name"]
     )
     _wake(request)
-    body = tls_services.service_json(row)
+    body = service_status.service_json(row)
     if warnings is not None and (found := warnings(row)):
         body["warnings"] = found
     return json_response(body, 202)
@@ -125,12 +125,12 @@ async def _service_action(
 
 async def renew_service(request: Request, principal: Principal | None) -> Response:
     return await _service_action(
-        request, principal, tls_services.request_renewal, tls_services.renewal_warnings
+        request, principal, service_specs.request_renewal, service_specs.renewal_warnings
     )
 
 
 async def drop_retired_ca(request: Request, principal: Principal | None) -> Response:
-    return await _service_action(request, principal, tls_services.drop_retired_ca)
+    return await _service_action(request, principal, service_specs.drop_retired_ca)
 
 
 async def list_clients(request: Request, principal: Principal | None) -> Response:
@@ -138,7 +138,7 @@ async def list_clients(request: Request, principal: Principal | None) -> Respons
 
     services = services_of(request)
     name = request.path_params["name"]
-    tls_services.get_service(services, caller_of(principal), name)
+    service_specs.get_service(services, caller_of(principal), name)
     with services.sessions() as session:
         rows = session.scalars(
             select(ServiceClient)
@@ -163,8 +163,8 @@ async def add_client(request: Request, principal: Principal | None) -> Response:
     name = request.path_params["name"]
 
     def add() -> tuple[list[ServiceClient], list[str]]:
-        added = tls_services.add_client(services, caller, name, request_body.certificate_pem)
-        return added, tls_services.client_trust_warnings(services, name)
+        added = service_clients.add_client(services, caller, name, request_body.certificate_pem)
+        return added, service_clients.client_trust_warnings(services, name)
 
     added, warnings = await in_write_thread(request, add)
     _wake(request)
@@ -181,7 +181,7 @@ async def add_client(request: Request, principal: Principal | None) -> Response:
 async def remove_client(request: Request, principal: Principal | None) -> Response:
     await in_write_thread(
         request,
-        tls_services.remove_client,
+        service_clients.remove_client,
         services_of(request),
         caller_of(principal),
         request.path_params["name"],
@@ -202,9 +202,9 @@ async def get_output(request: Request, principal: Principal | None) -> Response:
         raise InvalidRequest(
             f"{output}: only {', '.join(sorted(_PUBLIC_OUTPUTS))} can be read through the API"
         )
-    row = tls_services.get_service(services, caller_of(principal), name)
+    row = service_specs.get_service(services, caller_of(principal), name)
     # In a listing thread: bounded, as every thread holding a pooled connection is.
-    outputs = await in_list_thread(request, tls_services.outputs_for, services, row)
+    outputs = await in_list_thread(request, service_delivery.outputs_for, services, row)
     if output not in outputs:
         raise NotFound(f"service {name} has no {output} output (yet)")
     files = {k: v.decode() for k, v in outputs[output].items()}

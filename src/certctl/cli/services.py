@@ -55,7 +55,7 @@ APPLY_HELP = (
     "says which, and the exit status is 1.\n\n" + ENV_HELP
 )
 _SERVICE = "/api/v1/services/{name}"
-# The server's 409 for a target another service has (tls_services._check_targets_unique).
+# The server's 409 for a target another service has (service_specs._check_targets_unique).
 _TAKEN_BY = re.compile(r"\AHTTP 409: .* is already a target of service (\S+)\Z")
 
 

@@ -54,7 +54,9 @@ from certctl.server.tls import (
 )
 from certctl.services import certificates, issuers
 from certctl.services.context import IssuerRevocation, Services
-from certctl.services.tls_services import ServiceSettings, TargetPolicy, ca_renewal_time
+from certctl.services.service_ca import ca_renewal_time
+from certctl.services.service_settings import ServiceSettings
+from certctl.services.target_policy import TargetPolicy
 from certctl.store.db import PoolTimeout, checkpoint, installation_id, storage_error
 from certctl.store.models import ApiKey, Issuer, ManagedService
 from certctl.targets.kubernetes import SecretWriter, WriteResult

@@ -26,7 +26,13 @@ from sqlalchemy.exc import DBAPIError
 from certctl.errors import NotFound
 from certctl.server import service_changes
 from certctl.server.outage import OutageLog
-from certctl.services import tls_services
+from certctl.services import (
+    custom_certificates,
+    service_reconcile,
+    service_rows,
+    service_schedule,
+    service_settings,
+)
 from certctl.services.context import Services
 from certctl.services.notify import Webhook, dispatch_pending
 from certctl.store.db import LEADER_LOCK, PoolTimeout, storage_error
@@ -134,7 +140,7 @@ class Scheduler:
     """Reconciles due services every ``interval_s`` (or sooner when woken)."""
 
     services: Services
-    settings: tls_services.ServiceSettings
+    settings: service_settings.ServiceSettings
     interval_s: float
     webhook: Webhook | None = None
     clock: Callable[[], datetime] | None = None
@@ -153,12 +159,12 @@ class Scheduler:
     # last_pass). In memory, not in the row: written by every pass, it was one UPDATE per
     # pass for services read on every pass (custom certificates). A new leader or a restart
     # starts from the conditions' time. Resyncs fall at each service's point of the
-    # interval from _since (tls_services.due), so they stay spread.
+    # interval from _since (service_schedule.due), so they stay spread.
     _passes: dict[str, datetime] = field(default_factory=dict)
     # The custom certificate's secret of each service as read for its last reconcile: one
-    # that still holds the same is not reconciled again (tls_services.SecretSeen). In
+    # that still holds the same is not reconciled again (custom_certificates.SecretSeen). In
     # memory too: a restart or a new leader reconciles each such service once.
-    _secrets: dict[str, tls_services.SecretSeen] = field(default_factory=dict)
+    _secrets: dict[str, custom_certificates.SecretSeen] = field(default_factory=dict)
     # When this scheduler last became the leader (its first pass on SQLite): due()'s since.
     _since: datetime | None = None
     _dispatcher: threading.Thread | None = None
@@ -216,14 +222,16 @@ class Scheduler:
             seen = None
             first_sight = False
             previous = self._secrets.pop(row.name, None)
-            if tls_services.custom_secret_name(row) is not None:
+            if service_rows.custom_secret_name(row) is not None:
                 try:
-                    seen = tls_services.read_custom_secret(settings, row, now, previous)
+                    seen = custom_certificates.read_custom_secret(settings, row, now, previous)
                 except Exception:
                     # Not this pass's to handle: the reconcile reads it again, and backs
                     # off whatever it raises there, service by service.
                     log.debug("reading the secret of service %s failed", row.name, exc_info=True)
-                unchanged = tls_services.custom_secret_unchanged(settings, row, previous, seen)
+                unchanged = custom_certificates.custom_secret_unchanged(
+                    settings, row, previous, seen
+                )
                 only_if_changed = not self._due(row, now, secret_unchanged=True)
                 if unchanged and only_if_changed:
                     assert previous is not None  # unchanged says so
@@ -241,7 +249,7 @@ class Scheduler:
                 log.warning("lost leadership during a reconcile pass; stopping it")
                 return done
             try:
-                row = tls_services.reconcile_service(self.services, settings, row.name, now)
+                row = service_reconcile.reconcile_service(self.services, settings, row.name, now)
                 done += 1
                 if not first_sight:
                     self._passes[row.name] = now
@@ -263,7 +271,7 @@ class Scheduler:
                 # Backed off like a failed delivery, so one broken service neither floods
                 # the log with a traceback every tick nor repeats its side effects.
                 failures = (crashed[0] if crashed else 0) + 1
-                retry = now + tls_services.backoff(failures)
+                retry = now + service_schedule.backoff(failures)
                 self._crashed[row.name] = (failures, retry, asked)
                 if failures == 1:
                     log.exception("reconciling service %s failed", row.name)
@@ -286,10 +294,10 @@ class Scheduler:
         return done
 
     def _due(self, row: ManagedService, now: datetime, *, secret_unchanged: bool = False) -> bool:
-        return tls_services.due(
+        return service_schedule.due(
             row,
             now,
-            resync=tls_services.RESYNC_INTERVAL,
+            resync=service_schedule.RESYNC_INTERVAL,
             last_pass=self._passes.get(row.name),
             since=self._since,
             secret_unchanged=secret_unchanged,

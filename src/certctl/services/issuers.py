@@ -367,7 +367,7 @@ def _check_importable(
         ) from None
 
 
-# Issuer ids of managed services' CAs (tls_services): only their reconciler issues from them
+# Issuer ids of managed services' CAs (service_ca): only their reconciler issues from them
 # (the service's clients trust them), and nobody may create or import one (a CA imported as
 # svc.<name> before the service exists would be adopted, its key known to the importer).
 MANAGED_ISSUER_PREFIX = "svc."

@@ -203,7 +203,7 @@ class ManagedService(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # The serial of the certificate the "expiring" event was sent for: once per certificate
-    # (tls_services.EXPIRING_UNKNOWN: stored before 0009, judged at the next pass).
+    # (service_reconcile.EXPIRING_UNKNOWN: stored before 0009, judged at the next pass).
     expiring_serial: Mapped[str | None] = mapped_column(String(42), nullable=True)
     # A CA replaced by another (new key): still trusted in ca.crt, after the new one, until
     # retired_ca_until, as servers not yet reloaded present leaves under it (Alembic 0011).

@@ -15,7 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, text
 
 from certctl.errors import CertctlError
-from certctl.services import crls, tls_services
+from certctl.services import crls, service_reconcile
 from certctl.store import db
 
 
@@ -262,7 +262,7 @@ def test_0009_adds_the_expiring_serial_to_services_and_takes_it_back(tmp_path: P
         )
         assert rows.all() == [
             ("off", None, None),
-            ("web", "ab", tls_services.EXPIRING_UNKNOWN),
+            ("web", "ab", service_reconcile.EXPIRING_UNKNOWN),
         ]
     downgrade_store(engine, "0008")
     with engine.connect() as connection:

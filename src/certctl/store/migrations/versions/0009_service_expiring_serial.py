@@ -26,7 +26,7 @@ down_revision = "0008"
 branch_labels = None
 depends_on = None
 
-# Also tls_services.EXPIRING_UNKNOWN; a migration keeps its own copy (it must not change).
+# Also service_reconcile.EXPIRING_UNKNOWN; a migration keeps its own copy (it must not change).
 UNKNOWN_BEFORE_0009 = "unknown: stored before 0009"
 
 

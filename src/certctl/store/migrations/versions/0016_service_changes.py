@@ -13,7 +13,7 @@ replica, a fix made in ``sqlite3`` or ``psql``) is told:
   LISTENs on a connection of its own. No counter row there: every change would update one row
   and hold its lock until commit, serialising unrelated services' writes for nothing.
 
-What counts is what makes a service due (``tls_services.due``), and not what the reconciler
+What counts is what makes a service due (``service_schedule.due``), and not what the reconciler
 itself writes after a pass, or each pass would wake the next: a row inserted or deleted, a new
 spec ``generation``, a ``renew_at`` brought forward (``services renew``; a first issue sets it
 too, which costs one pass with nothing to do), a ``retired_ca_until`` brought forward

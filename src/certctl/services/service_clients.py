@@ -1,0 +1,158 @@
+"""Client trust of a service: the client certificates and CAs it accepts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from sqlalchemy import select
+
+from certctl.errors import InvalidRequest, NotFound
+from certctl.pki import (
+    asserts_ca,
+    certs_to_pem,
+    is_self_signed,
+    load_material,
+)
+from certctl.services.audit import record, record_call
+from certctl.services.context import Principal, Services
+from certctl.services.service_certificates import extended_key_usages
+from certctl.services.service_rows import lock_service_row, locked_service
+from certctl.services.tls_spec import parse_service
+from certctl.store.models import ManagedService, ServiceClient
+
+__all__ = ["add_client", "client_trust_warnings", "remove_client"]
+
+
+def _fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def add_client(services: Services, caller: Principal, name: str, pem: str) -> list[ServiceClient]:
+    """Register client certificates or CAs (PEM certificates only) for a service."""
+    caller.require("service.edit")
+    if "PRIVATE KEY" in pem:
+        raise InvalidRequest("client trust takes certificates only; never send a private key")
+    material = load_material(pem.encode())
+    if not material.certificates or material.csrs or material.crls:
+        raise InvalidRequest("client trust takes PEM certificates only")
+    kinds = [(cert, asserts_ca(cert)) for cert in material.certificates]
+    if len({is_ca for _, is_ca in kinds}) > 1:
+        # A fullchain.pem (client certificate + its CA): trusting the CA too would let in
+        # every certificate it ever issued, which is seldom what "add this client" means.
+        raise InvalidRequest(
+            "the PEM holds client certificates and CA certificates: register either the "
+            "client certificate(s) alone, or the CA(s) whose every certificate is to be trusted"
+        )
+    now = services.clock()
+    added = []
+    with services.sessions.begin() as session:
+        row = locked_service(session, name)
+        for cert, is_ca in kinds:
+            fingerprint = _fingerprint(cert)
+            if session.get(ServiceClient, (name, fingerprint)) is not None:
+                continue
+            client = ServiceClient(
+                service=name,
+                fingerprint=fingerprint,
+                subject=cert.subject.rfc4514_string(),
+                certificate_pem=certs_to_pem([cert]).decode(),
+                is_ca=is_ca,
+                added_at=now,
+            )
+            session.add(client)
+            added.append(client)
+        if added:
+            _trust_changed(row, now)
+        record(
+            session,
+            at=now,
+            actor=caller.actor_id,
+            action="service.client.add",
+            target=name,
+            detail=",".join(c.fingerprint[:16] for c in added),
+            source=caller.source,
+        )
+    return added
+
+
+def client_trust_warnings(services: Services, name: str) -> list[str]:
+    """Registered client certificates and CAs that OpenSSL-based servers will not honour.
+
+    nginx, HAProxy and curl build a chain up to a self-signed anchor: a registered leaf or
+    intermediate whose issuer is not registered too lets nobody in there (Java accepts it).
+    """
+    with services.sessions() as session:
+        service = session.get(ManagedService, name)
+        rows = session.scalars(select(ServiceClient).where(ServiceClient.service == name)).all()
+    subjects = {r.subject for r in rows if r.is_ca}
+    now = services.clock()
+    warnings = []
+    try:
+        client_auth = (
+            service is None or parse_service(service.spec, stored=True).tls.client.authentication
+        )
+    except InvalidRequest:
+        client_auth = True  # a stored spec that no longer parses is its Failed condition
+    if not client_auth:
+        # Registered all the same (the switch may come next), but nothing else says that
+        # no client-trust bundle reaches the targets meanwhile.
+        warnings.append(
+            f"service {name} has client authentication off (spec.http.tls.client."
+            "authentication): its targets get no client-trust bundle until it is on"
+        )
+    for row in rows:
+        cert = x509.load_pem_x509_certificate(row.certificate_pem.encode())
+        what = "CA" if row.is_ca else "client certificate"
+        # Registered as they are; these let nobody in, and nothing else says so.
+        if now > cert.not_valid_after_utc:
+            warnings.append(
+                f"{what} {row.subject} expired on {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}: "
+                "servers refuse every client certificate that chains to it"
+            )
+        elif now < cert.not_valid_before_utc:
+            warnings.append(
+                f"{what} {row.subject} is not valid before "
+                f"{cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}: servers refuse it until then"
+            )
+        if not row.is_ca:
+            ekus = extended_key_usages(cert)
+            if ekus is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in ekus:
+                warnings.append(
+                    f"client certificate {row.subject} lacks the clientAuth extended key "
+                    "usage: servers refuse it as a client certificate"
+                )
+        issuer = cert.issuer.rfc4514_string()
+        # Up to a self-signed certificate: an intermediate alone fails there too (nginx
+        # sets no partial-chain flag).
+        if not is_self_signed(cert) and issuer not in subjects:
+            warnings.append(
+                f"{what} {row.subject} is registered without its issuer ({issuer}): nginx "
+                "and other OpenSSL servers accept its clients only once the chain up to a "
+                "self-signed CA is registered; Java servers accept it alone"
+            )
+    return warnings
+
+
+def remove_client(services: Services, caller: Principal, name: str, fingerprint: str) -> None:
+    """Deregister a client certificate; the next reconcile drops it from the trust bundle."""
+    caller.require("service.edit")
+    now = services.clock()
+    with services.sessions.begin() as session:
+        lock_service_row(session)
+        row = session.get(ManagedService, name, with_for_update=True)
+        client = session.get(ServiceClient, (name, fingerprint.lower().replace(":", "")))
+        if row is None or client is None:
+            raise NotFound(f"client {fingerprint} of service {name} not found")
+        session.delete(client)
+        _trust_changed(row, now)
+        record_call(session, caller, now, "service.client.remove", name, detail=fingerprint[:16])
+
+
+def _trust_changed(row: ManagedService, now: datetime) -> None:
+    # The trust bundle is part of what targets receive, but due() only looks at the spec
+    # and renewal times: without this a removed client stayed trusted until the next renewal.
+    # Due now, back-off included: the caller asked for a change, as with a new spec.
+    row.attempts, row.next_attempt_at = 0, now
