@@ -1169,7 +1169,7 @@ def _renewed_in_store(api: Api, first: dict[str, Any], links: int) -> list[dict[
     As ``certs renew`` would store them (same certificate PEM, new serials): hundreds of
     renewals through the API take minutes.
     """
-    table = issuance._CERTIFICATES
+    table = issuance.CERTIFICATES
     with api.services.engine.begin() as conn:
         row = dict(conn.execute(select(table).where(table.c.id == first["id"])).one()._mapping)
         chain = [first]

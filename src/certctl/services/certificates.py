@@ -40,23 +40,23 @@ from certctl.pki import (
 from certctl.pki.issue import BACKDATE
 from certctl.pki.names import SAN_KINDS, san_search_forms, stored_dn_search
 from certctl.services.audit import event_values, record
-from certctl.services.context import Principal, Services
+from certctl.services.context import Principal, Services, connected
 from certctl.services.issuance import (
-    _AUDIT_EVENTS,
-    _CERTIFICATES,
+    AUDIT_EVENTS,
+    CERTIFICATES,
     IssueResult,
-    _chain_pem,
-    _check_server_names,
-    _new_rows,
+    ca_chain_pem,
+    check_server_names,
+    new_rows,
 )
 from certctl.services.issuers import (
-    _ISSUERS,
-    _not_managed,
-    _unexpired,
-    _unrevoked,
+    ISSUERS,
+    check_not_managed,
+    check_unexpired,
+    check_unrevoked,
     load_issuer_state,
 )
-from certctl.services.revocation import _check_reason, _connected
+from certctl.services.revocation import check_reason
 from certctl.store.db import (
     REVOCATION_LOCK,
     contains_pattern,
@@ -68,8 +68,14 @@ from certctl.store.groupcommit import write_rows
 from certctl.store.models import Actor, CertificateRecord, Issuer
 
 __all__ = [
+    "EXPIRING_WINDOW",
     "CertificateView",
+    "IssuedClientCertificate",
+    "Revocation",
+    "certificate_counts",
+    "effective_status",
     "get_certificate",
+    "issued_client_certificate",
     "list_certificates",
     "renew_certificate",
     "revoke_certificate",
@@ -211,8 +217,8 @@ def list_certificates(
     return rows[:limit], next_cursor
 
 
-_CERT_COLUMNS = [c for c in _CERTIFICATES.c if c.key != "wrapped_key"]
-_CERT_BY_ID = select(*_CERT_COLUMNS).where(_CERTIFICATES.c.id == bindparam("cert_id"))
+_CERT_COLUMNS = [c for c in CERTIFICATES.c if c.key != "wrapped_key"]
+_CERT_BY_ID = select(*_CERT_COLUMNS).where(CERTIFICATES.c.id == bindparam("cert_id"))
 
 
 def get_certificate(services: Services, caller: Principal, cert_id: str) -> CertificateView:
@@ -262,7 +268,7 @@ def revoke_certificate(
     revoked: a client checking the reason learns the key is not to be trusted.
     """
     caller.require("cert.revoke")
-    reason = _check_reason(reason)
+    reason = check_reason(reason)
     now = services.clock()
     also: list[str] = []
     with services.sessions.begin() as session:
@@ -339,8 +345,8 @@ def _revoke_key(
         # successor of the same key: none of them is renewed by a live certificate any more.
         for ids in _chunks(sorted(done)):
             connection.execute(
-                update(_CERTIFICATES)
-                .where(_CERTIFICATES.c.id.in_(ids), _CERTIFICATES.c.renewed_by.is_not(None))
+                update(CERTIFICATES)
+                .where(CERTIFICATES.c.id.in_(ids), CERTIFICATES.c.renewed_by.is_not(None))
                 .values(renewed_by=None)
             )
     elif changed.get(row.id, "") is None:
@@ -356,7 +362,7 @@ def _revoke_key(
         return f"keyCompromise ({said})" if said else "keyCompromise"
 
     connection.execute(
-        insert(_AUDIT_EVENTS),
+        insert(AUDIT_EVENTS),
         [
             event_values(
                 at=now,
@@ -386,7 +392,7 @@ def _revoke_all(connection: Connection, ids: list[str], now: datetime) -> dict[s
     Returns:
         Each certificate changed, with its reason before (None: it was not revoked).
     """
-    certs = _CERTIFICATES
+    certs = CERTIFICATES
     changed: dict[str, str | None] = {}
     for chunk in _chunks(ids):
         rows = connection.execute(
@@ -421,8 +427,8 @@ def _revoke_one(connection: Connection, row: CertificateRecord, reason: str, now
     # at the same moment would otherwise be overwritten, its reason and time replaced
     # after a CRL carried them. The first revocation stands; this one is a 409.
     revoked = connection.execute(
-        update(_CERTIFICATES)
-        .where(_CERTIFICATES.c.id == row.id, _CERTIFICATES.c.status != "revoked")
+        update(CERTIFICATES)
+        .where(CERTIFICATES.c.id == row.id, CERTIFICATES.c.status != "revoked")
         .values(status="revoked", revoked_at=now, revocation_reason=reason)
     )
     if revoked.rowcount != 1:
@@ -439,19 +445,19 @@ def _hand_over(connection: Connection, row: CertificateRecord) -> None:
     # that renewed this certificate in turn (A → B → C, B revoked: C carries the same
     # names on), else needs renewing again.
     renewed_by = connection.execute(
-        select(_CERTIFICATES.c.renewed_by).where(_CERTIFICATES.c.id == row.id)
+        select(CERTIFICATES.c.renewed_by).where(CERTIFICATES.c.id == row.id)
     ).scalar()
     ancestors = _ancestors(connection, row.renewed_from)
     if ancestors:
-        sibling = _CERTIFICATES.alias("sibling")
+        sibling = CERTIFICATES.alias("sibling")
         latest = (  # correlated with the row being updated
             select(func.max(sibling.c.id))
-            .where(sibling.c.renewed_from == _CERTIFICATES.c.id, sibling.c.status != "revoked")
+            .where(sibling.c.renewed_from == CERTIFICATES.c.id, sibling.c.status != "revoked")
             .scalar_subquery()
         )
         connection.execute(
-            update(_CERTIFICATES)
-            .where(_CERTIFICATES.c.id.in_(ancestors), _CERTIFICATES.c.renewed_by == row.id)
+            update(CERTIFICATES)
+            .where(CERTIFICATES.c.id.in_(ancestors), CERTIFICATES.c.renewed_by == row.id)
             .values(renewed_by=func.coalesce(latest, renewed_by))
         )
 
@@ -463,7 +469,7 @@ def _key_family() -> Select[Any]:
     the key. UNION (not UNION ALL) ends the recursion at a row already found, so even a
     store edited by hand into a cycle is walked once.
     """
-    certs = _CERTIFICATES
+    certs = CERTIFICATES
     start = select(sql_cast(bindparam("id"), certs.c.id.type).label("id"))
     up = start.cte("key_up", recursive=True)
     link = certs.alias("link")
@@ -526,7 +532,7 @@ _MAX_CHAIN = 64  # renewals followed up a chain; a longer one stops there (and a
 # the compromised key, and an answer flagging it would be missed by a client reading the
 # status alone.
 _MAX_SAME_KEY = 10_000
-_RENEWED_FROM = select(_CERTIFICATES.c.renewed_from).where(_CERTIFICATES.c.id == bindparam("id"))
+_RENEWED_FROM = select(CERTIFICATES.c.renewed_from).where(CERTIFICATES.c.id == bindparam("id"))
 
 
 def _ancestors(connection: Connection, first: str | None) -> list[str]:
@@ -555,7 +561,7 @@ def renew_certificate(
         # A CSR-issued successor keeps the requester's key: renewing a certificate revoked
         # for keyCompromise would re-certify the compromised key.
         raise Conflict(f"certificate {cert_id} is revoked and cannot be renewed")
-    ca, revoked = load_issuer_state(services, _not_managed(old.issuer_id))
+    ca, revoked = load_issuer_state(services, check_not_managed(old.issuer_id))
     old_cert = x509.load_pem_x509_certificate(old.certificate_pem.encode())
     # notBefore is backdated by BACKDATE at issuance: leave it out, or each renewal would
     # lengthen the lifetime by another BACKDATE.
@@ -568,8 +574,8 @@ def renew_certificate(
     )
     now = services.clock()
     try:
-        _unexpired(ca, old.issuer_id, now)
-        _unrevoked(revoked, old.issuer_id)
+        check_unexpired(ca, old.issuer_id, now)
+        check_unrevoked(revoked, old.issuer_id)
     except Conflict:
         RENEWALS.labels("error").inc()
         ISSUANCE.labels(old.issuer_id, "error").inc()  # refused by the issuer, as prepare_*
@@ -602,8 +608,8 @@ def renew_certificate(
     if key_pem is not None:
         # A new key, returned to the renewer. A renewal that keeps the key certifies it
         # again for whoever had it issued, and hands the renewer nothing it can pose with.
-        _check_server_names(services, caller, ca, get_profile(old.profile), issued)
-    record, rows = _new_rows(
+        check_server_names(services, caller, ca, get_profile(old.profile), issued)
+    record, rows = new_rows(
         services, caller, old.issuer_id, issued, old.profile, key_pem, renewed_from=cert_id
     )
     with services.engine.begin() as connection:
@@ -612,8 +618,8 @@ def renew_certificate(
         # also locks the row (PostgreSQL) or the database (SQLite) until the commit,
         # so a revocation arriving now waits and follows the renewal.
         unrevoked = connection.execute(
-            update(_CERTIFICATES)
-            .where(_CERTIFICATES.c.id == cert_id, _CERTIFICATES.c.status != "revoked")
+            update(CERTIFICATES)
+            .where(CERTIFICATES.c.id == cert_id, CERTIFICATES.c.status != "revoked")
             .values(renewed_by=record.id)  # renewed: no longer counted as expiring
         )
         if unrevoked.rowcount != 1:
@@ -625,7 +631,7 @@ def renew_certificate(
     ISSUANCE_DURATION.observe(time.perf_counter() - started)
     return IssueResult(
         record,
-        _chain_pem(ca),
+        ca_chain_pem(ca),
         key_pem.decode() if key_pem else None,
         issued.warnings,
     )
@@ -645,25 +651,25 @@ def _serial_forms(q: str) -> list[str]:
 _ACTORS: Table = Actor.__table__  # type: ignore[assignment]
 _CLIENT_CERT_BY_ISSUER_DN = (
     select(
-        _CERTIFICATES.c.status,
+        CERTIFICATES.c.status,
         _ACTORS.c.roles,
         # A renewal that kept the requester's key (a CSR's) names its predecessor here.
-        case((_CERTIFICATES.c.wrapped_key.is_(None), _CERTIFICATES.c.renewed_from), else_=None),
+        case((CERTIFICATES.c.wrapped_key.is_(None), CERTIFICATES.c.renewed_from), else_=None),
     )
-    .join(_ISSUERS, _ISSUERS.c.id == _CERTIFICATES.c.issuer_id)
-    .outerjoin(_ACTORS, _ACTORS.c.id == _CERTIFICATES.c.created_by)
+    .join(ISSUERS, ISSUERS.c.id == CERTIFICATES.c.issuer_id)
+    .outerjoin(_ACTORS, _ACTORS.c.id == CERTIFICATES.c.created_by)
     .where(
-        _ISSUERS.c.subject == bindparam("issuer"),
-        _CERTIFICATES.c.serial.in_(bindparam("serials", expanding=True)),
+        ISSUERS.c.subject == bindparam("issuer"),
+        CERTIFICATES.c.serial.in_(bindparam("serials", expanding=True)),
     )
 )
 _KEY_PREDECESSOR = (
     select(
         _ACTORS.c.roles,
-        case((_CERTIFICATES.c.wrapped_key.is_(None), _CERTIFICATES.c.renewed_from), else_=None),
+        case((CERTIFICATES.c.wrapped_key.is_(None), CERTIFICATES.c.renewed_from), else_=None),
     )
-    .select_from(_CERTIFICATES.outerjoin(_ACTORS, _ACTORS.c.id == _CERTIFICATES.c.created_by))
-    .where(_CERTIFICATES.c.id == bindparam("id"))
+    .select_from(CERTIFICATES.outerjoin(_ACTORS, _ACTORS.c.id == CERTIFICATES.c.created_by))
+    .where(CERTIFICATES.c.id == bindparam("id"))
 )
 
 
@@ -689,7 +695,7 @@ def issued_client_certificate(
     mapping's roles, whatever its requester held. A certificate certctl did not issue (an
     offline CA, another PKI) is not known here: None. Read on ``connection`` if given.
     """
-    with _connected(services, connection) as conn:
+    with connected(services, connection) as conn:
         rows = conn.execute(
             _CLIENT_CERT_BY_ISSUER_DN,
             {"issuer": issuer_dn, "serials": _serial_forms(format_serial(serial))},

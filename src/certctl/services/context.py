@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cryptography import x509
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from certctl.errors import PermissionDenied
@@ -16,7 +17,15 @@ from certctl.pki import CertificateAuthority, SubjectAltNames
 from certctl.store.groupcommit import GroupCommit
 from certctl.store.keywrap import KeyWrapper
 
-__all__ = ["IssuerCertificates", "IssuerRevocation", "Principal", "Services", "SignedCrl", "utcnow"]
+__all__ = [
+    "IssuerCertificates",
+    "IssuerRevocation",
+    "Principal",
+    "Services",
+    "SignedCrl",
+    "connected",
+    "utcnow",
+]
 
 
 def utcnow() -> datetime:
@@ -217,3 +226,12 @@ class Services:
                 return  # renewed or deleted while they were read: the next request rereads
             if issuer_id not in self._issuers:
                 self._certificates[issuer_id] = certificates
+
+
+def connected(
+    services: Services, connection: Connection | None
+) -> contextlib.AbstractContextManager[Connection]:
+    """``connection`` itself (left open), else a pooled connection of its own (closed after)."""
+    if connection is not None:
+        return contextlib.nullcontext(connection)
+    return services.engine.connect()

@@ -13,16 +13,11 @@ from certctl.pki import format_serial
 from certctl.pki.crl import RevokedEntry, create_crl
 from certctl.pki.issue import BACKDATE
 from certctl.services.context import Services, SignedCrl
-from certctl.services.issuance import _CERTIFICATES
-from certctl.services.issuers import _ISSUERS, load_issuer
-from certctl.services.revocation import _COMPROMISE, _REASONS
+from certctl.services.issuance import CERTIFICATES
+from certctl.services.issuers import ISSUERS, load_issuer
+from certctl.services.revocation import COMPROMISE, REASONS
 
-__all__ = [
-    "CA_CERT_MAX_AGE",
-    "ca_max_age_s",
-    "crl_for",
-    "crl_max_age_s",
-]
+__all__ = ["CA_CERT_MAX_AGE", "CRL_REUSE", "ca_max_age_s", "crl_for", "crl_max_age_s"]
 
 
 # How long a signed CRL is served again while its list and its CA stay the same. The CRL
@@ -63,7 +58,7 @@ def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationLis
         number = _next_crl_number(connection, issuer_id, now)
         revoked = _revoked_of(connection, issuer_id)
     entries = [
-        RevokedEntry(int(serial, 16), revoked_at, _REASONS.get(reason or "unspecified"))
+        RevokedEntry(int(serial, 16), revoked_at, REASONS.get(reason or "unspecified"))
         for serial, revoked_at, reason in revoked
         if revoked_at is not None
     ]
@@ -116,7 +111,7 @@ def _revoked_of(connection: Connection, issuer_id: str) -> tuple[tuple[Any, ...]
         first = children.get(serial)
         if first is None:
             children[serial] = (serial, revoked_at, reason)
-        elif reason in _COMPROMISE and first[2] not in _COMPROMISE:
+        elif reason in COMPROMISE and first[2] not in COMPROMISE:
             # The same intermediate imported under two ids and revoked under both: a serial
             # appears once in a CRL (RFC 5280 5.1.2.6), with the first revocation's date;
             # a compromise under either id is the key's (the same certificate), and the
@@ -126,14 +121,14 @@ def _revoked_of(connection: Connection, issuer_id: str) -> tuple[tuple[Any, ...]
 
 
 _REVOKED_OF_ISSUER = (
-    select(_CERTIFICATES.c.serial, _CERTIFICATES.c.revoked_at, _CERTIFICATES.c.revocation_reason)
-    .where(_CERTIFICATES.c.issuer_id == bindparam("issuer_id"), _CERTIFICATES.c.status == "revoked")
-    .order_by(_CERTIFICATES.c.serial)  # one order for both reads crl_for compares
+    select(CERTIFICATES.c.serial, CERTIFICATES.c.revoked_at, CERTIFICATES.c.revocation_reason)
+    .where(CERTIFICATES.c.issuer_id == bindparam("issuer_id"), CERTIFICATES.c.status == "revoked")
+    .order_by(CERTIFICATES.c.serial)  # one order for both reads crl_for compares
 )
 _REVOKED_CHILDREN = (
-    select(_ISSUERS.c.certificate_pem, _ISSUERS.c.revoked_at, _ISSUERS.c.revocation_reason)
-    .where(_ISSUERS.c.parent_id == bindparam("issuer_id"), _ISSUERS.c.revoked_at.is_not(None))
-    .order_by(_ISSUERS.c.revoked_at, _ISSUERS.c.id)  # the first revocation of a twin first
+    select(ISSUERS.c.certificate_pem, ISSUERS.c.revoked_at, ISSUERS.c.revocation_reason)
+    .where(ISSUERS.c.parent_id == bindparam("issuer_id"), ISSUERS.c.revoked_at.is_not(None))
+    .order_by(ISSUERS.c.revoked_at, ISSUERS.c.id)  # the first revocation of a twin first
 )
 
 
@@ -150,12 +145,12 @@ def _next_crl_number(connection: Connection, issuer_id: str, now: datetime) -> i
         NotFound: no issuer ``issuer_id``.
     """
     floor = (now - _EPOCH) // timedelta(microseconds=1)
-    following = _ISSUERS.c.crl_number + 1
+    following = ISSUERS.c.crl_number + 1
     number = connection.execute(
-        update(_ISSUERS)
-        .where(_ISSUERS.c.id == issuer_id)
+        update(ISSUERS)
+        .where(ISSUERS.c.id == issuer_id)
         .values(crl_number=case((following > floor, following), else_=floor))
-        .returning(_ISSUERS.c.crl_number)
+        .returning(ISSUERS.c.crl_number)
     ).scalar()
     if number is None:  # deleted since it was loaded
         raise NotFound(f"issuer {issuer_id} not found")

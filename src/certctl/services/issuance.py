@@ -35,22 +35,29 @@ from certctl.services.audit import event_values
 from certctl.services.context import Principal, Services
 from certctl.services.issuers import (
     DEFAULT_ISSUER,
-    _not_managed,
-    _unexpired,
-    _unrevoked,
+    check_not_managed,
+    check_unexpired,
+    check_unrevoked,
     load_issuer_certificates,
     load_issuer_state,
 )
-from certctl.services.revocation import _parsed_ca
+from certctl.services.revocation import parsed_ca
 from certctl.store.groupcommit import Insert, write_rows
 from certctl.store.models import AuditEvent, CertificateRecord, Issuer
 
 __all__ = [
+    "AUDIT_EVENTS",
+    "CERTIFICATES",
+    "MAX_NAMES_PER_TYPE",
     "IssueResult",
     "IssuedRecord",
     "PendingIssue",
+    "ca_chain_pem",
+    "check_server_names",
     "issue_from_csr",
     "issue_with_key",
+    "new_id",
+    "new_rows",
     "prepare_from_csr",
     "prepare_with_key",
     "served_chain",
@@ -91,11 +98,11 @@ class IssueResult:
     warnings: tuple[str, ...]
 
 
-_CERTIFICATES: Table = CertificateRecord.__table__  # type: ignore[assignment]
-_AUDIT_EVENTS: Table = AuditEvent.__table__  # type: ignore[assignment]
+CERTIFICATES: Table = CertificateRecord.__table__  # type: ignore[assignment]
+AUDIT_EVENTS: Table = AuditEvent.__table__  # type: ignore[assignment]
 
 
-def _new_rows(
+def new_rows(
     services: Services,
     caller: Principal,
     issuer_id: str,
@@ -160,7 +167,7 @@ def _new_rows(
         target=f"{cert_id} serial {serial}" + (f" renewing {renewed_from}" if renewed_from else ""),
         source=caller.source,
     )
-    return record, ((_CERTIFICATES, row), (_AUDIT_EVENTS, audit_row))
+    return record, ((CERTIFICATES, row), (AUDIT_EVENTS, audit_row))
 
 
 @dataclass(frozen=True)
@@ -210,11 +217,11 @@ def prepare_from_csr(
     caller.require("cert.issue")
     started = time.perf_counter()
     prof = _leaf_profile(profile)
-    ca, revoked = load_issuer_state(services, _not_managed(issuer_id))
+    ca, revoked = load_issuer_state(services, check_not_managed(issuer_id))
     now = services.clock()
     try:
-        _unexpired(ca, issuer_id, now)
-        _unrevoked(revoked, issuer_id)
+        check_unexpired(ca, issuer_id, now)
+        check_unrevoked(revoked, issuer_id)
         csr, public_key = load_csr_with_key(csr_pem.encode())  # verifies the signature
         issued = sign_csr(
             ca,
@@ -231,10 +238,10 @@ def prepare_from_csr(
     except (InvalidRequest, Conflict):
         ISSUANCE.labels(issuer_id, "error").inc()
         raise
-    _check_server_names(services, caller, ca, prof, issued)  # the CSR's key is the caller's
-    record, rows = _new_rows(services, caller, issuer_id, issued, prof.name, None)
+    check_server_names(services, caller, ca, prof, issued)  # the CSR's key is the caller's
+    record, rows = new_rows(services, caller, issuer_id, issued, prof.name, None)
     return PendingIssue(
-        record, rows, issuer_id, _chain_pem(ca), None, tuple(issued.warnings), started
+        record, rows, issuer_id, ca_chain_pem(ca), None, tuple(issued.warnings), started
     )
 
 
@@ -258,7 +265,8 @@ def issue_from_csr(
     ).write(services)
 
 
-def _chain_pem(ca: CertificateAuthority) -> str:
+def ca_chain_pem(ca: CertificateAuthority) -> str:
+    """The CA's chain below its root, as PEM: what follows a leaf it issues."""
     return ca.chain_below_root_pem.decode()  # encoded once per CA
 
 
@@ -305,7 +313,7 @@ def served_chain(
         rows = session.execute(select(Issuer.certificate_pem, Issuer.chain_pem)).all()
     stored: list[x509.Certificate] = []
     for certificate_pem, chain_pem in rows:
-        stored.append(_parsed_ca(certificate_pem)[0])
+        stored.append(parsed_ca(certificate_pem)[0])
         if chain_pem:
             stored.extend(x509.load_pem_x509_certificates(chain_pem.encode()))
     path = list(served)
@@ -355,7 +363,7 @@ def _signed(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
-def _check_server_names(
+def check_server_names(
     services: Services,
     caller: Principal,
     ca: CertificateAuthority,
@@ -422,11 +430,11 @@ def prepare_with_key(
     kt = KeyType.parse(key_type)
     sans = SubjectAltNames.parse(dns=dns_names, ip=ip_addresses, email=email_addresses, uri=uris)
     subject = common_name_dn(common_name) if common_name else x509.Name([])
-    ca, revoked = load_issuer_state(services, _not_managed(issuer_id))
+    ca, revoked = load_issuer_state(services, check_not_managed(issuer_id))
     now = services.clock()
     try:
-        _unexpired(ca, issuer_id, now)  # before the key: an RSA key takes up to seconds
-        _unrevoked(revoked, issuer_id)
+        check_unexpired(ca, issuer_id, now)  # before the key: an RSA key takes up to seconds
+        check_unrevoked(revoked, issuer_id)
         key = generate_private_key(kt)
         issued = ca.issue(
             key.public_key(),
@@ -443,11 +451,11 @@ def prepare_with_key(
         # Counted as prepare_from_csr counts it: the issuer refused to sign (e.g. expired).
         ISSUANCE.labels(issuer_id, "error").inc()
         raise
-    _check_server_names(services, caller, ca, prof, issued)
+    check_server_names(services, caller, ca, prof, issued)
     key_pem = key_to_pem(key)
-    record, rows = _new_rows(services, caller, issuer_id, issued, prof.name, key_pem)
+    record, rows = new_rows(services, caller, issuer_id, issued, prof.name, key_pem)
     return PendingIssue(
-        record, rows, issuer_id, _chain_pem(ca), key_pem.decode(), tuple(issued.warnings), started
+        record, rows, issuer_id, ca_chain_pem(ca), key_pem.decode(), tuple(issued.warnings), started
     )
 
 

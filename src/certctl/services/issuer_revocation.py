@@ -13,13 +13,13 @@ from certctl.errors import Conflict, NotFound
 from certctl.metrics.registry import REVOCATIONS
 from certctl.services.audit import record
 from certctl.services.context import Principal, Services
-from certctl.services.issuers import _ISSUERS, MANAGED_ISSUER_PREFIX
+from certctl.services.issuers import ISSUERS, MANAGED_ISSUER_PREFIX
 from certctl.services.revocation import (
-    _COMPROMISE,
-    _check_reason,
-    _parsed_ca,
-    _spki,
-    _top_signed_by,
+    COMPROMISE,
+    check_reason,
+    parsed_ca,
+    spki,
+    top_signed_by,
 )
 from certctl.store.models import Issuer
 
@@ -49,7 +49,7 @@ def revoke_issuer(
             cACompromise), or one whose parent certctl does not hold.
     """
     caller.require("issuer.revoke")
-    reason = _check_reason(reason)
+    reason = check_reason(reason)
     now = services.clock()
     with services.sessions.begin() as session:
         row = session.get(Issuer, issuer_id)
@@ -81,8 +81,8 @@ def revoke_issuer(
             # Only if nobody revoked it since it was read (SQLite takes no row lock on a
             # read): the first revocation, its time and reason, stands.
             revoked = session.connection().execute(
-                update(_ISSUERS)
-                .where(_ISSUERS.c.id == issuer_id, _ISSUERS.c.revoked_at.is_(None))
+                update(ISSUERS)
+                .where(ISSUERS.c.id == issuer_id, ISSUERS.c.revoked_at.is_(None))
                 .values(revoked_at=now, revocation_reason=reason, parent_id=parent_id)
             )
             if revoked.rowcount == 1:
@@ -90,7 +90,7 @@ def revoke_issuer(
             else:  # revoked meanwhile: keyCompromise may still replace its reason
                 before = _upgrade_to_key_compromise(session, issuer_id, reason)
         twins: list[tuple[str, str | None]] = []
-        if reason in _COMPROMISE:  # stored as its reason now (else a 409 above)
+        if reason in COMPROMISE:  # stored as its reason now (else a 409 above)
             twins = _revoke_twins(session, issuer_id, cert, reason, now)
         detail = reason
         if before is not None:  # worded as for a certificate's (_revoke_key)
@@ -110,7 +110,7 @@ def revoke_issuer(
         session.refresh(row)
     # Dropped here even for a changed reason: the cached revocation names it in refusals.
     services.forget_issuer(issuer_id)  # reloaded as revoked at its next use here
-    key = _spki(cert) if reason in _COMPROMISE else None
+    key = spki(cert) if reason in COMPROMISE else None
     for other_id, ca in services.cached_issuers().items():
         if (
             cert == ca.certificate
@@ -118,8 +118,8 @@ def revoke_issuer(
             or (
                 key is not None
                 and (
-                    key in {_spki(c) for c in (ca.certificate, *ca.chain)}
-                    or _top_signed_by(ca.certificate, ca.chain, cert)
+                    key in {spki(c) for c in (ca.certificate, *ca.chain)}
+                    or top_signed_by(ca.certificate, ca.chain, cert)
                 )
             )
         ):
@@ -141,24 +141,22 @@ def _revoke_twins(
     that parent's CRL lists them from now on (RFC 5280 5.3.1: the key's certificates are
     all revoked, as ``_revoke_key`` does for a certificate's key). One revoked already for
     another reason gets this one, its date kept. Those signed elsewhere (or roots) no CRL
-    here can list: they refuse to issue all the same (``_revoked_above`` matches the key).
+    here can list: they refuse to issue all the same (``revoked_above`` matches the key).
 
     Returns:
         (id, the parent that lists it from now on, None for a changed reason) per issuer.
     """
-    key = _spki(cert)
+    key = spki(cert)
     done: list[tuple[str, str | None]] = []
     connection = session.connection()
     rows = connection.execute(
-        select(
-            _ISSUERS.c.id, _ISSUERS.c.certificate_pem, _ISSUERS.c.chain_pem, _ISSUERS.c.parent_id
-        )
-        .where(_ISSUERS.c.id != issuer_id)
-        .order_by(_ISSUERS.c.id)
+        select(ISSUERS.c.id, ISSUERS.c.certificate_pem, ISSUERS.c.chain_pem, ISSUERS.c.parent_id)
+        .where(ISSUERS.c.id != issuer_id)
+        .order_by(ISSUERS.c.id)
     ).all()
     for twin_id, pem, chain_pem, stored_parent in rows:
-        twin = _parsed_ca(pem)[0]
-        if twin == cert or _parsed_ca(pem)[2] != key or twin_id.startswith(MANAGED_ISSUER_PREFIX):
+        twin = parsed_ca(pem)[0]
+        if twin == cert or parsed_ca(pem)[2] != key or twin_id.startswith(MANAGED_ISSUER_PREFIX):
             continue  # the same certificate is on the CRL once already
         if twin.issuer == twin.subject and not chain_pem:
             continue  # a root: on no CRL
@@ -166,20 +164,20 @@ def _revoke_twins(
         if parent_id is None:
             continue  # signed elsewhere: revoke it at that CA
         revoked = connection.execute(
-            update(_ISSUERS)
-            .where(_ISSUERS.c.id == twin_id, _ISSUERS.c.revoked_at.is_(None))
+            update(ISSUERS)
+            .where(ISSUERS.c.id == twin_id, ISSUERS.c.revoked_at.is_(None))
             .values(revoked_at=now, revocation_reason=reason, parent_id=parent_id)
         )
         if revoked.rowcount == 1:
             done.append((twin_id, parent_id))
             continue
         upgraded = connection.execute(
-            update(_ISSUERS)
+            update(ISSUERS)
             .where(
-                _ISSUERS.c.id == twin_id,
+                ISSUERS.c.id == twin_id,
                 or_(
-                    _ISSUERS.c.revocation_reason.is_(None),
-                    _ISSUERS.c.revocation_reason.not_in(_COMPROMISE),
+                    ISSUERS.c.revocation_reason.is_(None),
+                    ISSUERS.c.revocation_reason.not_in(COMPROMISE),
                 ),
             )
             .values(revocation_reason=reason)
@@ -200,22 +198,20 @@ def _upgrade_to_key_compromise(session: Session, issuer_id: str, reason: str) ->
     """
     connection = session.connection()
     revoked_at, before = connection.execute(
-        select(_ISSUERS.c.revoked_at, _ISSUERS.c.revocation_reason).where(
-            _ISSUERS.c.id == issuer_id
-        )
+        select(ISSUERS.c.revoked_at, ISSUERS.c.revocation_reason).where(ISSUERS.c.id == issuer_id)
     ).one()
     before = before or "unspecified"
-    if reason in _COMPROMISE and before not in _COMPROMISE:
+    if reason in COMPROMISE and before not in COMPROMISE:
         # Only if its reason is still the one read: two upgrades at once write one row and
         # one audit event; the other gets the 409 below.
         changed = connection.execute(
-            update(_ISSUERS)
+            update(ISSUERS)
             .where(
-                _ISSUERS.c.id == issuer_id,
-                _ISSUERS.c.revoked_at.is_not(None),
+                ISSUERS.c.id == issuer_id,
+                ISSUERS.c.revoked_at.is_not(None),
                 or_(
-                    _ISSUERS.c.revocation_reason.is_(None),
-                    _ISSUERS.c.revocation_reason.not_in(_COMPROMISE),
+                    ISSUERS.c.revocation_reason.is_(None),
+                    ISSUERS.c.revocation_reason.not_in(COMPROMISE),
                 ),
             )
             .values(revocation_reason=reason)
@@ -223,11 +219,11 @@ def _upgrade_to_key_compromise(session: Session, issuer_id: str, reason: str) ->
         if changed.rowcount == 1:
             return str(before)
         before = connection.execute(
-            select(_ISSUERS.c.revocation_reason).where(_ISSUERS.c.id == issuer_id)
+            select(ISSUERS.c.revocation_reason).where(ISSUERS.c.id == issuer_id)
         ).scalar_one()
     held = (
         ", and it was revoked for a compromise already"
-        if before in _COMPROMISE
+        if before in COMPROMISE
         else " (its date stays)"
     )
     raise Conflict(

@@ -33,15 +33,22 @@ from certctl.pki.keys import unreadable_key
 from certctl.services.audit import record
 from certctl.services.context import IssuerCertificates, IssuerRevocation, Principal, Services
 from certctl.services.revocation import (
-    _may_be_revoked_above,
-    _newly_below_revoked,
-    _revoked_above,
-    _revoked_certificates,
+    may_be_revoked_above,
+    newly_below_revoked,
+    revoked_above,
+    revoked_certificates,
 )
 from certctl.store.models import Issuer
 
 __all__ = [
+    "DEFAULT_CA_VALIDITY",
     "DEFAULT_ISSUER",
+    "IMPORT_CLOCK_SKEW",
+    "ISSUERS",
+    "MANAGED_ISSUER_PREFIX",
+    "check_not_managed",
+    "check_unexpired",
+    "check_unrevoked",
     "create_issuer",
     "forget_if_changed",
     "import_issuer",
@@ -51,18 +58,20 @@ __all__ = [
     "refresh_cached_issuers",
     "renew_root_issuer",
     "revocation_refusal",
+    "store_issuer",
 ]
 
 DEFAULT_ISSUER = "default"
 # An issuer created through the API without a validity (as `certctl ca create`'s default).
 DEFAULT_CA_VALIDITY = timedelta(days=5 * 365)
+ISSUERS: Table = Issuer.__table__  # type: ignore[assignment]
 
 
 def _issuer_context(issuer_id: str) -> str:
     return f"issuer:{issuer_id}"
 
 
-def _store_issuer(
+def store_issuer(
     services: Services,
     issuer_id: str,
     name: str,
@@ -157,10 +166,10 @@ def create_issuer(
         ca = CertificateAuthority(issued.certificate, key)
     else:
         parent_ca, parent_revoked = load_issuer_state(
-            services, _not_managed(parent) if caller else parent
+            services, check_not_managed(parent) if caller else parent
         )
-        _unexpired(parent_ca, parent, now)
-        _unrevoked(parent_revoked, parent)
+        check_unexpired(parent_ca, parent, now)
+        check_unrevoked(parent_revoked, parent)
         if validity is None:
             # Asked for nothing, told nothing: the default of 5Y clipped to the default
             # issuer's one year warned on every intermediate made without --validity.
@@ -184,7 +193,7 @@ def create_issuer(
             issued.certificate, key, (parent_ca.certificate, *parent_ca.chain)
         )
     # The parent may have been revoked since it was loaded (another request, a replica).
-    row = _store_issuer(
+    row = store_issuer(
         services,
         issuer_id,
         name,
@@ -247,7 +256,7 @@ def import_issuer(
             f"{ca_cert.subject.rfc4514_string()}; certificate_pem takes the CA and the CAs "
             "above it, up to the root"
         )
-    row = _store_issuer(
+    row = store_issuer(
         services,
         issuer_id,
         name,
@@ -284,7 +293,7 @@ def _not_revoked(ca: CertificateAuthority, outcome: str, session: Session) -> No
     an intermediate created below a parent revoked while it was being signed.
     ``outcome``: the message's end ("not imported").
     """
-    revoked = _revoked_above(session, ca.certificate, ca.chain)
+    revoked = revoked_above(session, ca.certificate, ca.chain)
     if revoked is None:
         return
     subject = ca.certificate.subject.rfc4514_string()
@@ -373,7 +382,8 @@ def _check_importable(
 MANAGED_ISSUER_PREFIX = "svc."
 
 
-def _not_managed(issuer_id: str) -> str:
+def check_not_managed(issuer_id: str) -> str:
+    """``issuer_id``, unless it is a managed service's CA (409: only its reconciler issues)."""
     if issuer_id.startswith(MANAGED_ISSUER_PREFIX):
         raise Conflict(
             f"issuer {issuer_id} is the CA of managed service "
@@ -382,7 +392,7 @@ def _not_managed(issuer_id: str) -> str:
     return issuer_id
 
 
-def _unexpired(ca: CertificateAuthority, issuer_id: str, now: datetime) -> None:
+def check_unexpired(ca: CertificateAuthority, issuer_id: str, now: datetime) -> None:
     """409 for an issuer past its notAfter: the request was fine, the issuer is not.
 
     As ``crl_for`` answers; ``CertificateAuthority.issue`` would refuse with a 400 that
@@ -393,7 +403,7 @@ def _unexpired(ca: CertificateAuthority, issuer_id: str, now: datetime) -> None:
         raise Conflict(f"issuer {issuer_id}: issuing CA expired on {end:%Y-%m-%d %H:%M}Z")
 
 
-def _unrevoked(revoked: IssuerRevocation | None, issuer_id: str) -> None:
+def check_unrevoked(revoked: IssuerRevocation | None, issuer_id: str) -> None:
     """409 for a revoked issuer: what it signed would chain to a revoked CA.
 
     ``revoked``: from ``load_issuer_state``, cached with the CA: a revocation made by another
@@ -476,7 +486,7 @@ def load_issuer_state(
                 row.revoked_at, row.revocation_reason or "unspecified", issuer_id
             )
         else:
-            revoked = _revoked_above(session, cert, chain)
+            revoked = revoked_above(session, cert, chain)
     try:
         ca = CertificateAuthority(cert, key, chain)  # type: ignore[arg-type]  # issuer keys only
     except KeyMismatch:
@@ -628,14 +638,14 @@ def forget_if_changed(services: Services, issuer_id: str) -> None:
             )
         ).first()
         revoked = (
-            _revoked_certificates(session)
-            if _may_be_revoked_above(cached.certificate, cached.chain)
+            revoked_certificates(session)
+            if may_be_revoked_above(cached.certificate, cached.chain)
             else []
         )
     if (
         stored is None
         or _changed(services, issuer_id, cached, *stored)
-        or _newly_below_revoked(services, issuer_id, cached, revoked)
+        or newly_below_revoked(services, issuer_id, cached, revoked)
     ):
         services.forget_issuer(issuer_id)
 
@@ -688,7 +698,7 @@ def refresh_cached_issuers(services: Services) -> list[str]:
         # An intermediate below one revoked elsewhere is dropped too (reloaded as refusing),
         # and any CA holding a key revoked elsewhere for a compromise, a root too (one read a
         # minute).
-        revoked = _revoked_certificates(session) if cached_cas else []
+        revoked = revoked_certificates(session) if cached_cas else []
     stale = []
     gone = (None, None, None)
     for issuer_id, certificate in cached.items():
@@ -698,11 +708,8 @@ def refresh_cached_issuers(services: Services) -> list[str]:
         else:
             changed = _changed(
                 services, issuer_id, ca, *stored.get(issuer_id, gone)
-            ) or _newly_below_revoked(services, issuer_id, ca, revoked)
+            ) or newly_below_revoked(services, issuer_id, ca, revoked)
         if changed:
             services.forget_issuer(issuer_id)
             stale.append(issuer_id)
     return stale
-
-
-_ISSUERS: Table = Issuer.__table__  # type: ignore[assignment]

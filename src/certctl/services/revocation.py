@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Sequence
 from datetime import datetime
@@ -17,27 +16,37 @@ from sqlalchemy.orm import Session
 from certctl.errors import InvalidRequest
 from certctl.pki import CertificateAuthority
 from certctl.pki.keys import signature_verifies
-from certctl.services.context import IssuerRevocation, Services
+from certctl.services.context import IssuerRevocation, Services, connected
 from certctl.store.models import Issuer
 
 __all__ = [
+    "COMPROMISE",
+    "REASONS",
     "REVOCATION_REASONS",
     "UnreadableCertificate",
+    "check_reason",
+    "may_be_revoked_above",
+    "newly_below_revoked",
+    "parsed_ca",
+    "revoked_above",
     "revoked_ca_among",
+    "revoked_certificates",
     "revoked_issuer_of",
+    "spki",
+    "top_signed_by",
 ]
 
 
 # removeFromCRL belongs to delta CRLs and certificateHold cannot be lifted here: refused.
-_REASONS = {
+REASONS = {
     r.value: r
     for r in x509.ReasonFlags
     if r not in (x509.ReasonFlags.remove_from_crl, x509.ReasonFlags.certificate_hold)
 }
-REVOCATION_REASONS = tuple(sorted(_REASONS))
+REVOCATION_REASONS = tuple(sorted(REASONS))
 
 
-def _revoked_above(
+def revoked_above(
     session: Session, cert: x509.Certificate, chain: Sequence[x509.Certificate]
 ) -> IssuerRevocation | None:
     """The revocation of a CA in ``chain`` (the CAs above an issuer) that certctl holds.
@@ -52,13 +61,13 @@ def _revoked_above(
         .where(Issuer.revoked_at.is_not(None))
         .order_by(Issuer.id)
     )
-    if not _may_be_revoked_above(cert, chain):
+    if not may_be_revoked_above(cert, chain):
         # A root is on no CRL, but may hold a key compromised under another certificate
         # (the root of a cross-signed intermediate). Loaded once per cache drop.
-        query = query.where(Issuer.revocation_reason.in_(_COMPROMISE))
+        query = query.where(Issuer.revocation_reason.in_(COMPROMISE))
     rows = session.execute(query).all()
     for revoked_id, pem, revoked_at, reason in rows:
-        revoked_cert = _parsed_ca(pem)[0]
+        revoked_cert = parsed_ca(pem)[0]
         if revoked_cert == cert or revoked_cert in chain:
             return IssuerRevocation(
                 cast(datetime, revoked_at),
@@ -69,21 +78,21 @@ def _revoked_above(
     # A compromise is the key's, whatever certificate holds it: another certificate of it
     # (re-issued, cross-signed, imported under another id) signs nothing more, nor do CAs
     # below one. Other reasons stay with the certificate revoked.
-    keys = {_spki(c) for c in (cert, *chain)}
+    keys = {spki(c) for c in (cert, *chain)}
     for revoked_id, pem, revoked_at, reason in rows:
-        if reason in _COMPROMISE and (
-            _parsed_ca(pem)[2] in keys or _top_signed_by(cert, chain, _parsed_ca(pem)[0])
+        if reason in COMPROMISE and (
+            parsed_ca(pem)[2] in keys or top_signed_by(cert, chain, parsed_ca(pem)[0])
         ):
             return IssuerRevocation(
                 cast(datetime, revoked_at),
                 reason,
                 revoked_id,
-                same_key=_parsed_ca(pem)[2] == _spki(cert),
+                same_key=parsed_ca(pem)[2] == spki(cert),
             )
     return None
 
 
-def _top_signed_by(
+def top_signed_by(
     cert: x509.Certificate, chain: Sequence[x509.Certificate], ca: x509.Certificate
 ) -> bool:
     """Whether the top of ``chain`` (or ``cert``), not a root, was signed by ``ca``'s key.
@@ -95,7 +104,7 @@ def _top_signed_by(
     return top.issuer != top.subject and _signature_verifies(top, ca.public_key())
 
 
-def _spki(cert: x509.Certificate) -> bytes:
+def spki(cert: x509.Certificate) -> bytes:
     """``cert``'s SubjectPublicKeyInfo (DER): what a key compromise is matched on."""
     return cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -124,15 +133,15 @@ def revoked_ca_among(
     wanted = set(cas)
     compromised: dict[bytes, str] = {}
     for issuer_id, pem, reason in _revoked_issuer_pems(services, connection):
-        _, der, key = _parsed_ca(pem)
+        _, der, key = parsed_ca(pem)
         if der in wanted:
             return issuer_id
-        if reason in _COMPROMISE:
+        if reason in COMPROMISE:
             compromised.setdefault(key, issuer_id)
     if compromised:
         for der in cas:
             try:
-                key = _spki(x509.load_der_x509_certificate(der))
+                key = spki(x509.load_der_x509_certificate(der))
             except (ValueError, x509.InvalidVersion):
                 # OpenSSL verified it; cryptography cannot read it (BER, version 4, a
                 # PrintableString with "_" ...), so whether it holds a compromised key
@@ -173,25 +182,16 @@ def _revoked_issuer_pems(
     # Read for each client certificate whose answer is not remembered (a revocation on
     # another replica counts at once); usually no row. Their parsing is cached: the same few
     # PEMs every time.
-    with _connected(services, connection) as conn:
+    with connected(services, connection) as conn:
         rows = conn.execute(_REVOKED_ISSUERS).all()
     return [(str(issuer_id), pem, reason) for issuer_id, pem, reason in rows]
 
 
-def _connected(
-    services: Services, connection: Connection | None
-) -> contextlib.AbstractContextManager[Connection]:
-    """``connection`` itself (left open), else a pooled connection of its own (closed after)."""
-    if connection is not None:
-        return contextlib.nullcontext(connection)
-    return services.engine.connect()
-
-
 @functools.lru_cache(maxsize=256)
-def _parsed_ca(pem: str) -> tuple[x509.Certificate, bytes, bytes]:
+def parsed_ca(pem: str) -> tuple[x509.Certificate, bytes, bytes]:
     """An issuer's certificate, its DER and its key's (SPKI), parsed once per process."""
     cert = x509.load_pem_x509_certificate(pem.encode())
-    return cert, cert.public_bytes(serialization.Encoding.DER), _spki(cert)
+    return cert, cert.public_bytes(serialization.Encoding.DER), spki(cert)
 
 
 def revoked_issuer_of(
@@ -215,22 +215,22 @@ def revoked_issuer_of(
     if not revoked:
         return None  # the usual case: nothing to parse, no other read
     cert = x509.load_der_x509_certificate(certificate_der)
-    revoked_cas = [(issuer_id, _parsed_ca(pem)[0]) for issuer_id, pem, _reason in revoked]
+    revoked_cas = [(issuer_id, parsed_ca(pem)[0]) for issuer_id, pem, _reason in revoked]
     # A compromise is the key's: a certificate it signed under another name and key
     # identifier (a twin root, which no CRL lists) is tried against the key itself.
     compromised = [
         (issuer_id, ca.public_key())
         for (issuer_id, ca), (_, _, reason) in zip(revoked_cas, revoked, strict=True)
-        if reason in _COMPROMISE
+        if reason in COMPROMISE
     ]
     found = _revoked_signer(cert, revoked_cas, compromised)
     if found is not None:
         return found
     # Deeper: a second read (of every issuer's certificate, few rows, each parsed once per
     # process), only while some issuer is revoked and the answer is not remembered.
-    with _connected(services, connection) as conn:
+    with connected(services, connection) as conn:
         rows = conn.execute(_ISSUER_CERTIFICATES).all()
-    issuers = [_parsed_ca(pem) for (pem,) in rows]
+    issuers = [parsed_ca(pem) for (pem,) in rows]
     seen = {certificate_der}
     below = [cert]
     while below:  # breadth first; ``seen`` ends it (a self-signed root signs itself)
@@ -332,13 +332,14 @@ def _key_identifier(
     return value.key_identifier  # None: an AKI naming the issuer and serial only
 
 
-def _may_be_revoked_above(cert: x509.Certificate, chain: Sequence[x509.Certificate]) -> bool:
+def may_be_revoked_above(cert: x509.Certificate, chain: Sequence[x509.Certificate]) -> bool:
+    """Whether a revoked issuer could be above ``cert`` (not a root without a chain)."""
     # A root's certificate is on no CRL (only intermediates are revoked) and has no chain:
     # the service CAs, checked on every pass, cost no query.
     return bool(chain) or cert.issuer != cert.subject
 
 
-def _revoked_certificates(session: Session) -> list[tuple[x509.Certificate, bytes | None]]:
+def revoked_certificates(session: Session) -> list[tuple[x509.Certificate, bytes | None]]:
     """The certificates of the revoked issuers (few), with their key (SPKI) if compromised."""
     rows = session.execute(
         select(Issuer.certificate_pem, Issuer.revocation_reason).where(
@@ -347,12 +348,12 @@ def _revoked_certificates(session: Session) -> list[tuple[x509.Certificate, byte
     )
     # Parsed once per process, as for mTLS.
     return [
-        (_parsed_ca(pem)[0], _parsed_ca(pem)[2] if reason in _COMPROMISE else None)
+        (parsed_ca(pem)[0], parsed_ca(pem)[2] if reason in COMPROMISE else None)
         for pem, reason in rows
     ]
 
 
-def _newly_below_revoked(
+def newly_below_revoked(
     services: Services,
     issuer_id: str,
     ca: CertificateAuthority,
@@ -370,16 +371,16 @@ def _newly_below_revoked(
             return True
         if compromised_key is not None:
             if keys is None:
-                keys = {_spki(c) for c in (ca.certificate, *ca.chain)}
-            if compromised_key in keys or _top_signed_by(ca.certificate, ca.chain, cert):
+                keys = {spki(c) for c in (ca.certificate, *ca.chain)}
+            if compromised_key in keys or top_signed_by(ca.certificate, ca.chain, cert):
                 return True
     return False
 
 
-def _check_reason(reason: str | None) -> str:
+def check_reason(reason: str | None) -> str:
     """``reason``, ``unspecified`` when left out; 400 for one outside REVOCATION_REASONS."""
     reason = reason or "unspecified"
-    if reason not in _REASONS:
+    if reason not in REASONS:
         choices = ", ".join(REVOCATION_REASONS)
         raise InvalidRequest(f"{reason}: unknown revocation reason (one of {choices})")
     return reason
@@ -387,4 +388,4 @@ def _check_reason(reason: str | None) -> str:
 
 # The reasons that say an issuer's key is compromised: keyCompromise, and cACompromise, RFC
 # 5280 5.3.1's name for it on a CA certificate (what the README suggests for issuers).
-_COMPROMISE = ("keyCompromise", "cACompromise")
+COMPROMISE = ("keyCompromise", "cACompromise")

@@ -92,7 +92,7 @@ def _service_ca(
             ]
         )
         root = create_root_ca(key, subject, validity=settings.ca_validity, now=now)
-        issuers._store_issuer(
+        issuers.store_issuer(
             services,
             issuer_id,
             f"{name} service CA",
