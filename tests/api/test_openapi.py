@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from certctl.api.app import AUTHENTICATED, PUBLIC, ROUTES
+from certctl.api._common import AUTHENTICATED, PUBLIC
+from certctl.api.app import ROUTES
 from tests.api.conftest import Api, assert_problem
 from tests.api.test_auth_roles import ALL_PERMISSIONS
 

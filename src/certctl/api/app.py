@@ -1,17 +1,15 @@
-"""The ASGI application: the route table, authorization, problem+json errors, access log.
+"""The ASGI application: the route table, problem+json errors, access log, limits.
 
 Each route is declared once, with its permission, in the module of its resource
 (``auth_routes``, ``issuer_routes``, ``certificate_routes``, ``audit_routes``,
-``metrics_routes``, ``service_routes``); ``ROUTES`` joins them, and the router, the OpenAPI
-document and the authorization tests are all generated from that table.
+``metrics_routes``, ``service_routes``); ``ROUTES`` joins them, and the router (``router``),
+the OpenAPI document and the authorization tests are all generated from that table.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -20,12 +18,11 @@ from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import RedirectResponse, Response
-from starlette.routing import Match, Route, Router
+from starlette.responses import Response
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from certctl.api._common import (
-    AUTHENTICATED,
     PUBLIC,
     ApiRoute,
     in_write_thread,
@@ -39,13 +36,9 @@ from certctl.api.audit_routes import AUDIT_ROUTES
 from certctl.api.auth_routes import AUTH_ROUTES
 from certctl.api.authentication import (
     FAILURE_AUDIT,
-    KUBERNETES_TOKEN_PATHS,
     AuthSettings,
     ClientCertMapping,
     audit_failure,
-    authenticate,
-    authenticate_from_store,
-    authenticate_kubernetes,
     source_of,
 )
 from certctl.api.certificate_routes import CERTIFICATE_ROUTES, KEYGEN_THREADS
@@ -53,11 +46,12 @@ from certctl.api.issuer_routes import CA_READ_THREADS, ISSUER_ROUTES
 from certctl.api.metrics_routes import HEALTH_ROUTES, METRICS_ROUTES
 from certctl.api.problems import problem, problem_for_status, problem_from_error
 from certctl.api.readiness import DatabaseProbe
+from certctl.api.router import ApiRouter, route_endpoint
 from certctl.api.service_routes import SERVICE_ROUTES
 from certctl.api.throttle import AuthFailureLimiter
 from certctl.auth.apikeys import redact_keys
 from certctl.auth.kubernetes import TokenReviewAuthenticator
-from certctl.errors import CertctlError, InvalidRequest, PermissionDenied
+from certctl.errors import CertctlError
 from certctl.metrics.registry import AUTH_FAILURES, HTTP_DURATION, HTTP_REQUESTS
 from certctl.services import audit
 from certctl.services.context import Principal, Services
@@ -93,124 +87,6 @@ ROUTES: tuple[ApiRoute, ...] = (
     *METRICS_ROUTES,
     *SERVICE_ROUTES,
 )
-
-
-# --- routing -----------------------------------------------------------------------------
-
-
-def _endpoint(route: ApiRoute, auth: AuthSettings) -> Callable[[Request], Awaitable[Response]]:
-    kubernetes = route.path in KUBERNETES_TOKEN_PATHS
-    from certctl.api.openapi import query_names
-
-    allowed_query = query_names(route.method, route.path)
-
-    async def endpoint(request: Request) -> Response:
-        scope = request.scope
-        scope["certctl.route"] = route.path
-        # From the scope, not request.url / query_params: building those costs more than a
-        # cached API-key check. The path is already percent-decoded, the query is not.
-        query = scope.get("query_string", b"")
-        if "\x00" in scope["path"] or (query and (b"\x00" in query or b"%00" in query)):
-            raise InvalidRequest("NUL character in the request path or query")
-        principal: Principal | None = None
-        if route.permission != PUBLIC:
-            if kubernetes:
-                principal = await authenticate_kubernetes(request, route, auth)
-            else:
-                principal = authenticate(request, auth)
-                if principal is None:
-                    principal = await authenticate_from_store(request, auth)
-            scope["certctl.actor"] = principal.actor_id
-            if route.permission != AUTHENTICATED and route.permission not in principal.permissions:
-                raise PermissionDenied(f"missing permission {route.permission}")
-        if query and allowed_query:
-            # A misspelt filter (?stauts=revoked) must not silently return everything. Routes
-            # without filters ignore a query: probes and scrapers add their own (?_=1,
-            # Prometheus params). After authentication, as a body is checked: a caller
-            # without a valid key gets its 401 (audited), one without the permission its 403.
-            unknown = set(request.query_params) - allowed_query
-            if unknown:
-                names = ", ".join(sorted(n[:40] for n in unknown))
-                raise InvalidRequest(f"unknown query parameter(s): {names}")
-            # Starlette reads the last of a repeated parameter, a proxy or a client library
-            # may read the first, and a client may mean both (?status=expiring&status=expired):
-            # whichever is taken, some caller silently gets another answer than it asked for.
-            given = Counter(name for name, _ in request.query_params.multi_items())
-            repeated = sorted(name for name, times in given.items() if times > 1)
-            if repeated:
-                raise InvalidRequest(f"{', '.join(repeated)} given more than once")
-        return await route.handler(request, principal)
-
-    endpoint.__name__ = route.handler.__name__
-    return endpoint
-
-
-class _Router(Router):
-    """Starlette's router with a dictionary in front for the paths without parameters.
-
-    Starlette tries each route's regular expression in turn (~0.4 µs each, and
-    ``/api/v1/audit`` is route 40). A request whose (path, method) is a route without path
-    parameters that no earlier route would have taken goes straight to it; anything else
-    (templated paths, 404, 405) takes Starlette's scan as before.
-
-    A path that matches a route once its trailing slashes are dropped gets a 307 to that
-    path, as Starlette's own redirect gives, but with a relative ``Location``: Starlette
-    builds an absolute one from the request's Host header, which a client or a cache in
-    front could be made to follow to another host.
-    """
-
-    def __init__(self, routes: list[Route]) -> None:
-        super().__init__(routes=routes, redirect_slashes=False)
-        self._static: dict[tuple[str, str], Route] = {}
-        for index, route in enumerate(routes):
-            if route.param_convertors:
-                continue
-            for method in route.methods or ():
-                key = (route.path, method)
-                if key not in self._static and not any(
-                    earlier.path_regex.match(route.path)
-                    and (earlier.methods is None or method in earlier.methods)
-                    for earlier in routes[:index]
-                ):
-                    self._static[key] = route
-
-    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope.get("root_path"):
-            route = self._static.get((scope["path"], scope["method"]))
-            if route is not None:
-                # What Router.app sets for a full match without path parameters.
-                scope.setdefault("router", self)
-                scope["route"] = route
-                scope["endpoint"] = route.endpoint
-                scope["path_params"] = dict(scope.get("path_params", {}))
-                await route.handle(scope, receive, send)
-                return
-            location = self._without_trailing_slash(scope)
-            if location is not None:
-                await RedirectResponse(location, status_code=307)(scope, receive, send)
-                return
-        await super().app(scope, receive, send)
-
-    def _without_trailing_slash(self, scope: Scope) -> str | None:
-        """Where a path with trailing slashes that no route takes goes, else None."""
-        path: str = scope["path"]
-        if len(path) < 2 or not path.endswith("/"):
-            return None
-        stripped = {**scope, "path": path.rstrip("/") or "/"}
-        routes = self.routes
-        if any(r.matches(scope)[0] != Match.NONE for r in routes) or not any(
-            r.matches(stripped)[0] != Match.NONE for r in routes
-        ):
-            return None
-        raw: bytes = scope.get("raw_path") or path.encode()
-        if not raw.endswith(b"/"):
-            # The slash was sent encoded (/certificates%2F): the Location built from the raw
-            # path would be the request's own, and a client following it would loop.
-            return None
-        # One leading slash: "//host/x" would be a network-path reference to another host.
-        location = "/" + raw.decode("latin-1").strip("/")
-        query: bytes = scope.get("query_string", b"")
-        return f"{location}?{query.decode('latin-1')}" if query else location
 
 
 # --- middleware --------------------------------------------------------------------------
@@ -486,7 +362,7 @@ def create_app(
         kubernetes_authenticator,
     )
     routes = [
-        Route(r.path, _endpoint(r, auth), methods=[r.method])
+        Route(r.path, route_endpoint(r, auth), methods=[r.method])
         for r in ROUTES
         if only_paths is None or r.path in only_paths
     ]
@@ -501,7 +377,7 @@ def create_app(
             Exception: _unexpected,
         },
     )
-    app.router = _Router(routes)
+    app.router = ApiRouter(routes)
     app.state.services = services
     app.state.client_cert_mappings = client_cert_mappings
     app.state.kubernetes_authenticator = kubernetes_authenticator
