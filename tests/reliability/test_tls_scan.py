@@ -37,6 +37,10 @@ from certctl.pki import (
 from tests.e2e.conftest import CertctlServer, launch
 from tests.reliability.conftest import LEDGER, Ledger
 
+# Longer than the suite's 300 s: the first test builds sslyze's venv (two steps of up to
+# 300 s each with pip, where uv is missing) before its own scans of up to 120 s.
+pytestmark = pytest.mark.timeout(900)
+
 REPO = Path(__file__).resolve().parents[2]
 SSLYZE_VENV = REPO / ".venv-sslyze"
 SSLYZE = SSLYZE_VENV / "bin" / "sslyze"

@@ -273,6 +273,9 @@ def _soak(tmp_path: Path, profile: Profile, label: str) -> None:
     assert "Traceback" not in server_log, server_log[-4000:]
 
 
+# The load itself, plus the server's start, the waits after the load and the checks: the
+# suite's 300 s limit would cut a longer CERTCTL_SOAK_SECONDS.
+@pytest.mark.timeout(FULL.load_s + 240)
 def test_rotation_soak_zero_failed_requests(tmp_path: Path) -> None:
     """≥ 100 req/s until ≥ 5 leaf rotations and a CA renewal are served, no failed request."""
     _soak(tmp_path, FULL, "rotation-soak")
