@@ -104,7 +104,7 @@ def test_a_ca_lifetime_inside_its_renewal_margin_is_refused(tmp_path: Path) -> N
         "certctl", "serve", "--config", config, "--data-dir", data_dir,
         "--listen", "127.0.0.1:0", timeout=30,
     )  # fmt: skip
-    assert result.returncode != 0
+    assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "ca-cert-validity (1D) must be longer than the CA renewal margin (26h24m5s" in lines[0]

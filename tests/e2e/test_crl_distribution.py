@@ -141,7 +141,7 @@ def test_a_bad_public_url_is_refused_at_start_in_one_line(tmp_path: Path) -> Non
     config.write_text("public-url: certctl.example.internal:8443\n")
     data_dir = tmp_path / "data"
     result = run("certctl", "serve", "--config", config, "--data-dir", data_dir)
-    assert result.returncode != 0
+    assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines == [
         f"certctl: error: {config}: public-url: expected an absolute http:// or https:// URL "

@@ -63,7 +63,8 @@ def _rotate(data_dir: Path, **env: str) -> object:
     )
 
 
-def _service(server: CertctlServer, targets: list[Path]) -> None:
+def _service(server: CertctlServer, targets: list[Path], status: int) -> None:
+    """PUT the service ``web`` delivered to ``targets``: 201 when new, 200 when changed."""
     doc = {
         "apiVersion": "certctl.io/v1",
         "kind": "TLSService",
@@ -77,7 +78,7 @@ def _service(server: CertctlServer, targets: list[Path]) -> None:
     }
     with server.client(server.admin_key) as client:
         response = client.put("/api/v1/services/web", json=doc)
-    assert response.status_code in (200, 201), response.text
+    assert response.status_code == status, response.text
     for target in targets:
         wait_until(lambda t=target: (t / "tls.key").is_file(), f"{target}/tls.key", 60)
 
@@ -98,7 +99,7 @@ def test_rotation_reencrypts_every_key_and_the_server_goes_on(
     first = start_server()
     admin_key = first.admin_key
     _issue(first, admin_key, "before.example.com")
-    _service(first, [tmp_path / "web-a"])
+    _service(first, [tmp_path / "web-a"], 201)
     service_key = (tmp_path / "web-a" / "tls.key").read_bytes()
     # Refused while the server runs: it would go on encrypting with the old key.
     running = failed(_rotate(first.data_dir))
@@ -132,7 +133,7 @@ def test_rotation_reencrypts_every_key_and_the_server_goes_on(
     # key (re-encrypted) still signs.
     _issue(second, admin_key, "after.example.com").verify_directly_issued_by(ca)
     # The service key, re-encrypted, is delivered to a new target as it was.
-    _service(second, [tmp_path / "web-a", tmp_path / "web-b"])
+    _service(second, [tmp_path / "web-a", tmp_path / "web-b"], 200)
     assert (tmp_path / "web-b" / "tls.key").read_bytes() == service_key
     with second.client(admin_key) as client:
         events = client.get("/api/v1/audit", params={"limit": 200}).json()["items"]
