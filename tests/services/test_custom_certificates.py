@@ -1028,6 +1028,8 @@ def test_a_custom_ca_given_without_its_root_is_served_with_the_leaf(
     (tmp_path / "other.pem").write_bytes(other.cert_pem)
     refused = run(*verify[:3], tmp_path / "other.pem", *verify[4:])
     assert refused.returncode != 0, refused.stdout
+    # The intermediate's issuer is not found: the other root has the same name, not the key.
+    assert "error 20 at 1 depth lookup: unable to get local issuer certificate" in refused.stderr
 
     # The root added after the intermediate: ca.crt becomes the root, the leaf stays.
     write_secret(env.secrets_dir, "issuer", {**issuer, "ca.crt": intermediate + root})

@@ -1030,6 +1030,7 @@ def test_registering_clients_servers_will_refuse_warns(env: Env) -> None:
     refused = run("openssl", "verify", "-purpose", "sslclient", "-CAfile", env.tmp / "ca.pem",
                   env.tmp / "leaf.pem")  # fmt: skip
     assert refused.returncode != 0
+    assert "error 26 at 0 depth lookup: unsuitable certificate purpose" in refused.stderr
 
 
 def _service_ca_rows(env: Env) -> list[str]:
