@@ -214,7 +214,10 @@ def test_not_yet_valid(root_ca: CertificateAuthority, server_cert: x509.Certific
 def test_backdating_tolerates_small_skew(
     root_ca: CertificateAuthority, server_cert: x509.Certificate
 ) -> None:
-    verify_certificate(server_cert, trust=[root_ca.certificate], now=NOW - timedelta(minutes=4))
+    result = verify_certificate(
+        server_cert, trust=[root_ca.certificate], now=NOW - timedelta(minutes=4)
+    )
+    assert result.chain == (server_cert, root_ca.certificate)
 
 
 def test_server_cert_is_not_a_client_cert(
@@ -243,8 +246,9 @@ def test_client_ok_and_not_a_server(root_ca: CertificateAuthority) -> None:
 
 def test_server_client_profile_serves_both(root_ca: CertificateAuthority) -> None:
     cert = _leaf(root_ca, profile="server+client", cn="node-1.example")
-    verify_certificate(cert, trust=[root_ca.certificate], purpose="server", now=NOW)
-    verify_certificate(cert, trust=[root_ca.certificate], purpose="client", now=NOW)
+    for purpose in ("server", "client"):
+        result = verify_certificate(cert, trust=[root_ca.certificate], purpose=purpose, now=NOW)
+        assert (result.purpose, result.chain) == (purpose, (cert, root_ca.certificate))
 
 
 def test_server_cert_without_san(root_ca: CertificateAuthority) -> None:
@@ -417,7 +421,12 @@ def test_ed25519_through_intermediate(ed_root: CertificateAuthority) -> None:
 
 def test_client_cert_without_san_verifies(root_ca: CertificateAuthority) -> None:
     client = _leaf(root_ca, profile="client", cn="alice")
-    verify_certificate(client, trust=[root_ca.certificate], purpose="client", now=NOW)
+    result = verify_certificate(client, trust=[root_ca.certificate], purpose="client", now=NOW)
+    assert (result.purpose, result.name, result.chain) == (
+        "client",
+        None,
+        (client, root_ca.certificate),
+    )
 
 
 # --- path length: the RFC 5280 fallback holds CAs to it, as openssl does (error 25) ----------
