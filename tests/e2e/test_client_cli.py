@@ -356,8 +356,10 @@ def test_server_warnings_reach_stderr(default_server: CertctlServer, tmp_path: P
             **env,
         )
     )
-    assert added.stderr.startswith("certctl: warning: "), added.stderr
-    assert json.loads(added.stdout)["warnings"]
+    # Each warning of the answer on its own stderr line, and nothing else there.
+    warnings = json.loads(added.stdout)["warnings"]
+    assert warnings, added.stdout
+    assert added.stderr == "".join(f"certctl: warning: {w}\n" for w in warnings), added.stderr
 
 
 def test_clients_add_never_sends_a_private_key(
