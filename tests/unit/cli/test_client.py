@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from tests._tools import reaped
+
 CERTCTL = Path(sys.executable).with_name("certctl")
 KEY = "cctl_k1_ck_secretVALUE0123456789"
 DEFAULT_URL = "https://127.0.0.1:8443"
@@ -357,7 +359,8 @@ def test_timeouts_say_what_timed_out() -> None:
             )
             for scheme in ("https", "http")
         }
-        results = {scheme: proc.communicate(timeout=90) for scheme, proc in runs.items()}
+        with reaped(runs.values()):
+            results = {scheme: proc.communicate(timeout=90) for scheme, proc in runs.items()}
     url = f"127.0.0.1:{port}"
     assert results["https"] == (
         "",
@@ -621,8 +624,9 @@ def test_a_list_whose_stdout_fails_ends_quietly_or_in_one_line(listener: Listene
             )  # fmt: skip
     os.close(gone)
     ended = {}
-    for key, run in runs.items():
-        ended[key] = (run.wait(timeout=60), run.communicate()[1])
+    with reaped(runs.values()):
+        for key, run in runs.items():
+            ended[key] = (run.wait(timeout=60), run.communicate()[1])
     assert ended == expected
 
 
@@ -1865,7 +1869,8 @@ def test_issuers_ca_whose_stdout_fails_ends_quietly_or_in_one_line(
             for out in (gone, full)
         ]
     os.close(gone)
-    ended = [(run.wait(timeout=60), run.communicate()[1]) for run in runs]
+    with reaped(runs):
+        ended = [(run.wait(timeout=60), run.communicate()[1]) for run in runs]
     assert ended == [
         (1, b""),
         (1, b"certctl: error: cannot write to stdout: No space left on device\n"),

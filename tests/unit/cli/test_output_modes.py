@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._tools import ok, require
+from tests._tools import ok, reaped, require
 
 
 def _certctl_umask0(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -152,12 +152,13 @@ def test_a_full_stdout_is_named_also_when_python_is_unbuffered(tmp_path: Path) -
                 runs.append(
                     subprocess.Popen(argv, env=env, stdout=full, stderr=subprocess.PIPE, text=True)
                 )
-    for proc in runs:
-        _, err = proc.communicate(timeout=60)
-        assert (proc.returncode, err) == (
-            1,
-            "certctl: error: cannot write to stdout: No space left on device\n",
-        ), proc.args
+    with reaped(runs):
+        for proc in runs:
+            _, err = proc.communicate(timeout=60)
+            assert (proc.returncode, err) == (
+                1,
+                "certctl: error: cannot write to stdout: No space left on device\n",
+            ), proc.args
 
 
 def test_a_closed_stderr_changes_nothing_but_where_messages_go(ca: Path, tmp_path: Path) -> None:
@@ -183,9 +184,9 @@ def test_a_closed_stderr_changes_nothing_but_where_messages_go(ca: Path, tmp_pat
         )
         for name, (argv, _) in cases.items()
     }
-    assert {name: run.wait(timeout=60) for name, run in runs.items()} == {
-        name: code for name, (_, code) in cases.items()
-    }
+    with reaped(runs.values()):
+        ended = {name: run.wait(timeout=60) for name, run in runs.items()}
+    assert ended == {name: code for name, (_, code) in cases.items()}
     assert sorted(p.name for p in (tmp_path / "short").iterdir()) == [
         "ca.crt",
         "tls.crt",
