@@ -218,3 +218,38 @@ def test_the_common_name_is_documented_as_optional_beside_a_san(api: Api) -> Non
     text = body["properties"]["common_name"]["description"]
     assert "may be left out when a SAN is given" in text
     assert "empty subject" in text
+
+
+def test_every_list_answers_items_and_next_cursor(api: Api) -> None:
+    """DESIGN §4: lists return {"items": [...], "next_cursor": …|null}, documented as such.
+
+    GET /api/v1/auth/permissions answered {"items"} alone, so a client paging every list the
+    same way (until next_cursor is null) failed on that one.
+    """
+    spec = {
+        "apiVersion": "certctl.io/v1",
+        "kind": "TLSService",
+        "metadata": {"name": "listed"},
+        "spec": {"http": {"tls": {"selfSignedCertificate": {"disabled": True}}}},
+    }
+    created = api.request("PUT", "/api/v1/services/listed", api.admin_key, json=spec)
+    assert created.status_code == 201, created.text
+    doc = api.get("/api/v1/openapi.json").json()
+    lists = [
+        route
+        for route in ROUTES
+        if route.method == "GET"
+        and doc["paths"][route.path]["get"]["responses"]["200"]["content"]
+        .get("application/json", {})
+        .get("schema", {})
+        .get("$ref", "")
+        .endswith("List")
+    ]
+    assert len(lists) >= 8
+    for route in lists:
+        ref = doc["paths"][route.path]["get"]["responses"]["200"]["content"]["application/json"]
+        schema = doc["components"]["schemas"][ref["schema"]["$ref"].rsplit("/", 1)[1]]
+        assert set(schema["required"]) == {"items", "next_cursor"}, route.path
+        r = api.get(route.path.replace("{name}", "listed"), api.admin_key)
+        assert r.status_code == 200, (route.path, r.text)
+        assert set(r.json()) == {"items", "next_cursor"}, route.path

@@ -83,7 +83,8 @@ async def whoami(request: Request, principal: Principal | None) -> Response:
 
 
 async def list_permissions(request: Request, principal: Principal | None) -> Response:
-    return _json({"items": list(PERMISSIONS)})
+    # One page, but the shape of every list: a client pages them all alike (DESIGN §4).
+    return _json({"items": list(PERMISSIONS), "next_cursor": None})
 
 
 def _role_json(role: Role) -> dict[str, Any]:

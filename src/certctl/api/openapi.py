@@ -128,7 +128,7 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
     "WhoAmI": _object(
         {"actor_id": _STR, "roles": _STRS, "permissions": _STRS, "auth_method": _STR}
     ),
-    "PermissionList": _object({"items": _STRS}),
+    "PermissionList": _object({"items": _STRS, "next_cursor": {"type": "null"}}),
     "Role": _object(
         {"id": _STR, "name": _STR, "permissions": _STRS, "builtin": {"type": "boolean"}}
     ),
