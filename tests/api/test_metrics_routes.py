@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
@@ -19,23 +20,32 @@ from certctl.services import issuers
 from tests.api.conftest import Api, assert_problem
 
 PROM = "/api/v1/metrics/prometheus"
-DESIGN_METRICS = {
-    # family name as the parser reports it (counters without the _total suffix)
-    "certctl_certificates",
-    "certctl_certificate_next_expiry_timestamp_seconds",
-    "certctl_issuer_not_after_timestamp_seconds",
-    "certctl_issuance",
-    "certctl_issuance_duration_seconds",
-    "certctl_revocations",
-    "certctl_renewals",
-    "certctl_http_requests",
-    "certctl_http_request_duration_seconds",
-    "certctl_auth_failures",
-    "certctl_api_keys",
-    "certctl_tls_certificate_not_after_timestamp_seconds",
-    "certctl_tls_reloads",
-    "certctl_build_info",
+# DESIGN §5 (and the issuer expiry gauge beyond it): family name as the parser reports it
+# (counters without the _total suffix) -> (type, label names).
+DESIGN_METRICS: dict[str, tuple[str, frozenset[str]]] = {
+    "certctl_certificates": ("gauge", frozenset({"issuer", "status"})),
+    "certctl_certificate_next_expiry_timestamp_seconds": ("gauge", frozenset({"issuer"})),
+    "certctl_issuer_not_after_timestamp_seconds": ("gauge", frozenset({"issuer"})),
+    "certctl_issuance": ("counter", frozenset({"issuer", "result"})),
+    "certctl_issuance_duration_seconds": ("histogram", frozenset()),
+    "certctl_revocations": ("counter", frozenset({"issuer"})),
+    "certctl_renewals": ("counter", frozenset({"result"})),
+    "certctl_http_requests": ("counter", frozenset({"method", "route", "status"})),
+    "certctl_http_request_duration_seconds": ("histogram", frozenset({"route"})),
+    "certctl_auth_failures": ("counter", frozenset({"reason"})),
+    "certctl_api_keys": ("gauge", frozenset({"state"})),
+    "certctl_tls_certificate_not_after_timestamp_seconds": ("gauge", frozenset({"listener"})),
+    "certctl_tls_reloads": ("counter", frozenset({"result"})),
+    "certctl_build_info": ("gauge", frozenset({"version"})),
 }
+
+
+def _metric_objects() -> dict[str, object]:
+    """The prometheus_client metrics of certctl.metrics.registry, by family name."""
+    from certctl.metrics import registry
+
+    found = (getattr(registry, name) for name in registry.__all__)
+    return {m._name: m for m in found if isinstance(m, Counter | Gauge | Histogram)}
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -65,14 +75,25 @@ def test_prometheus_output_parses_and_names_design_metrics(api: Api) -> None:
     key = api.actor_key("prom", ["r-metrics-read"])
     cert = api.issue()
     api.post(f"/api/v1/certificates/{cert['id']}/revoke", api.admin_key, json={})
+    api.issue(common_name="kept.example.com")  # a next expiry to show
     refresh_metrics(api.services)
     r = api.get(PROM, key)
     families = {f.name: f for f in text_string_to_metric_families(r.text)}
-    missing = DESIGN_METRICS - set(families)
+    missing = set(DESIGN_METRICS) - set(families)
     assert not missing, missing
-    assert families["certctl_certificates"].type == "gauge"
-    assert families["certctl_issuance"].type == "counter"
-    assert families["certctl_issuance_duration_seconds"].type == "histogram"
+    for name, (kind, labels) in DESIGN_METRICS.items():
+        assert families[name].type == kind, name
+        # A family without a child yet (no listener in-process) has its label names only
+        # on the metric object.
+        shown = {label for sample in families[name].samples for label in sample.labels} - {"le"}
+        declared = set(getattr(_metric_objects().get(name), "_labelnames", ()))
+        assert (shown or declared) == labels, name
+    assert {s.labels["status"] for s in families["certctl_certificates"].samples} == {
+        "active",
+        "expiring",
+        "expired",
+        "revoked",
+    }
     # Bounded cardinality: no label carries a certificate id, serial or key.
     for family in families.values():
         for sample in family.samples:
