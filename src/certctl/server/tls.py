@@ -348,7 +348,8 @@ class ServerTLS:
     min_version: str = "1.2"
     client_auth: str = "none"
     client_ca: Path | None = None
-    listener: str = "api"
+    # As the other per-listener metrics name it (run.py, workers.py): "main".
+    listener: str = "main"
     ticket_key_rotation_s: float = 3600.0  # tls.ticket-key-rotation's default
     # Told each certificate (leaf first, then its chain) once it serves: at start and at
     # every reload (``serve_names_of``).

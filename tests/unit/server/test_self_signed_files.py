@@ -177,3 +177,21 @@ def test_the_listen_addresses_are_in_the_self_signed_certificate(tmp_path: Path)
         assert self_signed_names(load_config(None, {"listen": listen})) == []
     named = load_config(None, {"listen": "certctl.example.internal:8443"})
     assert self_signed_names(named) == ["certctl.example.internal"]
+
+
+def test_the_served_certificate_gauge_names_the_listener_as_the_other_tls_metrics(
+    tmp_path: Path,
+) -> None:
+    # certctl_tls_certificate_not_after_timestamp_seconds said listener="api" while
+    # certctl_tls_handshake_failures_total and certctl_http_connections_refused_total say
+    # listener="main" (and "metrics"): a dashboard filtering or joining on listener found
+    # nothing for one of them.
+    from certctl.metrics.registry import REGISTRY
+
+    tls_dir = tmp_path / "tls"
+    assert _ensure(tls_dir, _ca("gauge CA"))
+    ServerTLS(tls_dir).load(NOW)
+    leaf = load_material((tls_dir / "tls.crt").read_bytes()).certificates[0]
+    name = "certctl_tls_certificate_not_after_timestamp_seconds"
+    served = REGISTRY.get_sample_value(name, {"listener": "main"})
+    assert served == leaf.not_valid_after_utc.timestamp()
