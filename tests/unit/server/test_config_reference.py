@@ -131,3 +131,35 @@ def test_the_example_configurations_load(tmp_path: Path) -> None:
         assert config.listen == "0.0.0.0:8443", name
         assert config.workers == 2, name
         assert config.tls.client_auth == "optional", name
+
+
+# DESIGN §3's table: key -> default as the model holds it (None: unset, derived at start).
+DESIGN_KEYS: dict[str, Any] = {
+    "data-dir": Path("certctl-data"),  # ./certctl-data
+    "database-url": None,
+    "listen": "127.0.0.1:8443",
+    "tls.mode": "self-signed",
+    "tls.cert-dir": None,
+    "tls.subject-alt-names": [],
+    "tls.min-version": "1.2",
+    "tls.client-auth": "none",
+    "tls.client-ca": None,
+    "ca-cert-validity": "8760h",
+    "ca-cert-rotate-before": "24h",
+    "cert-validity": "8760h",
+    "cert-rotate-before": "24h",
+    "metrics.listen": None,
+    "metrics.secure": True,
+    "auth.client-cert-mappings": [],
+    "auth.kubernetes.enabled": False,
+}
+
+
+def test_design_keys_are_read_with_their_defaults(tmp_path: Path) -> None:
+    keys = dict(_keys(ServerConfig))
+    for key, default in DESIGN_KEYS.items():
+        assert key in keys, key
+        assert keys[key] == default, (key, keys[key])
+    # The derived default DESIGN names: SQLite in the data dir.
+    config = ServerConfig.model_validate({"data-dir": str(tmp_path)})
+    assert config.effective_database_url == f"sqlite:///{tmp_path.resolve()}/certctl.db"
