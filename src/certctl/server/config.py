@@ -668,4 +668,3 @@ def _is_duration(loc: tuple[Any, ...]) -> bool:
         ):
             return True
     return False
-    return False
