@@ -148,6 +148,33 @@ _LEAF_CONSTRAINTS = x509.BasicConstraints(ca=False, path_length=None)
 _SERVER_EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])
 
 
+def _raw_leaf(
+    ca: BenchCA,
+    issuer: x509.Name,
+    h: Host,
+    public_key: ec.EllipticCurvePublicKey,
+    now: datetime,
+) -> x509.Certificate:
+    """``h``'s server leaf as the raw reference makes it, signed by ``ca``'s key."""
+    sans = x509.SubjectAlternativeName([*(x509.DNSName(d) for d in h.dns), x509.IPAddress(h.ip)])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, h.name)]))
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + LEAF_VALIDITY)
+        .add_extension(_LEAF_CONSTRAINTS, critical=True)
+        .add_extension(_LEAF_KEY_USAGE, critical=True)
+        .add_extension(_SERVER_EKU, critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(ca.aki, critical=False)
+        .add_extension(sans, critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+
+
 def raw_issue(ca: BenchCA, items: list[Host]) -> float:
     """The reference: the minimal in-process cryptography work per certificate; wall seconds.
 
@@ -160,26 +187,7 @@ def raw_issue(ca: BenchCA, items: list[Host]) -> float:
     total = 0
     for h in items:
         key = ec.generate_private_key(ec.SECP256R1())
-        public_key = key.public_key()
-        sans = x509.SubjectAlternativeName(
-            [*(x509.DNSName(d) for d in h.dns), x509.IPAddress(h.ip)]
-        )
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, h.name)]))
-            .issuer_name(issuer)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(now + LEAF_VALIDITY)
-            .add_extension(_LEAF_CONSTRAINTS, critical=True)
-            .add_extension(_LEAF_KEY_USAGE, critical=True)
-            .add_extension(_SERVER_EKU, critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .add_extension(ca.aki, critical=False)
-            .add_extension(sans, critical=False)
-            .sign(ca.key, hashes.SHA256())
-        )
+        cert = _raw_leaf(ca, issuer, h, key.public_key(), now)
         total += len(cert.public_bytes(serialization.Encoding.PEM))
         total += len(
             key.private_bytes(
@@ -349,24 +357,6 @@ def write_bundle(path: Path, ca: BenchCA, items: list[Host]) -> Path:
     with path.open("wb") as out:
         for index, h in enumerate(items):
             public_key = keys[index % len(keys)].public_key()
-            sans = x509.SubjectAlternativeName(
-                [*(x509.DNSName(d) for d in h.dns), x509.IPAddress(h.ip)]
-            )
-            cert = (
-                x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, h.name)]))
-                .issuer_name(ca.certificate.subject)
-                .public_key(public_key)
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - BACKDATE)
-                .not_valid_after(now + LEAF_VALIDITY)
-                .add_extension(_LEAF_CONSTRAINTS, critical=True)
-                .add_extension(_LEAF_KEY_USAGE, critical=True)
-                .add_extension(_SERVER_EKU, critical=False)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
-                .add_extension(ca.aki, critical=False)
-                .add_extension(sans, critical=False)
-                .sign(ca.key, hashes.SHA256())
-            )
+            cert = _raw_leaf(ca, ca.certificate.subject, h, public_key, now)
             out.write(cert.public_bytes(serialization.Encoding.PEM))
     return path
