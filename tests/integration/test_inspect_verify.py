@@ -904,21 +904,7 @@ def test_a_weak_key_or_digest_fails_as_with_openssl_at_security_level_2(
     # default (2 on Debian: `openssl version -a` shows OPENSSL_TLS_SECURITY_LEVEL=2), and
     # so does cryptography's verifier for CA keys. certctl answers as those clients.
     keyed = [(cn, rsa_1024_key if key else None, digest) for cn, key, digest in links]
-    ca, untrusted, cert = _openssl_path(tmp_path, keyed, _SERVER_LEAF + aki)
-    reference = run("openssl", "verify", "-auth_level", "2", "-purpose", "sslserver",
-                    "-CAfile", ca, *untrusted, cert)  # fmt: skip
-    assert openssl_says in reference.stdout + reference.stderr
-    assert (reference.returncode == 0) is (certctl_says is None)
-    result = certctl(
-        "verify", "--ca", ca, *(("--untrusted", untrusted[1]) if untrusted else ()), cert
-    )
-    if certctl_says is None:
-        assert (result.code, result.err) == (0, "")
-    else:
-        assert (result.code, result.err) == (
-            1,
-            f"certctl: error: verification failed: {certctl_says}\n",
-        )
+    _verify_as_openssl_at_level_2(tmp_path, keyed, aki, openssl_says, certctl_says)
 
 
 @pytest.fixture(scope="module")
@@ -963,6 +949,17 @@ def test_rsa_pss_signatures_verify_as_with_openssl_at_security_level_2(
     certctl_says: str | None,
 ) -> None:
     keyed = [(cn, None if key is None else rsa_keys[key], digest) for cn, key, digest in links]
+    _verify_as_openssl_at_level_2(tmp_path, keyed, aki, openssl_says, certctl_says)
+
+
+def _verify_as_openssl_at_level_2(
+    tmp_path: Path,
+    keyed: list[tuple[str, Path | None, str]],
+    aki: str,
+    openssl_says: str,
+    certctl_says: str | None,
+) -> None:
+    """Build the path ``keyed`` with openssl; certctl verify must answer as openssl does."""
     ca, untrusted, cert = _openssl_path(tmp_path, keyed, _SERVER_LEAF + aki)
     reference = run("openssl", "verify", "-auth_level", "2", "-purpose", "sslserver",
                     "-CAfile", ca, *untrusted, cert)  # fmt: skip
