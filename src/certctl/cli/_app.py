@@ -11,9 +11,11 @@ from typer.core import TyperGroup
 
 from certctl import __version__
 from certctl.cli import (
+    _api,
+    auth,
     ca,
     cert,
-    client,
+    certs,
     crl,
     csr,
     http,
@@ -67,7 +69,7 @@ app = typer.Typer(
     "Offline PKI: create CAs, issue server and client certificates, CSRs, PKCS#12 "
     "keystores and certutil-style HTTP bundles.\n\n"
     "Server: serve runs one; auth, certs, issuers, services and apply are its clients. They read "
-    f"CERTCTL_URL (default {client.DEFAULT_URL}), CERTCTL_API_KEY (the API key) and "
+    f"CERTCTL_URL (default {_api.DEFAULT_URL}), CERTCTL_API_KEY (the API key) and "
     "CERTCTL_CA_CERT (the CA file that signed the server's certificate, e.g. "
     "certctl-data/tls/ca.crt); with tls.client-auth on the server, they present "
     "CERTCTL_CLIENT_CERT and CERTCTL_CLIENT_KEY (PEM files).",
@@ -96,8 +98,8 @@ app.command("admin-key", short_help="Mint an admin API key when every one is los
 app.add_typer(
     serve.kek_app, name="kek", short_help="Rotate the key-encryption key of the stored keys."
 )
-app.add_typer(client.auth_app, name="auth")
-app.add_typer(client.certs_app, name="certs")
+app.add_typer(auth.auth_app, name="auth")
+app.add_typer(certs.certs_app, name="certs")
 app.add_typer(issuers.issuers_app, name="issuers")
 app.command("apply", help=services.APPLY_HELP)(services.apply_command)
 app.add_typer(services.services_app, name="services")

@@ -1,6 +1,6 @@
 """``certctl issuers …``: the CAs of a server, created, imported, listed and fetched.
 
-Requests go through :func:`certctl.cli.client._request`, so they read ``CERTCTL_URL``,
+Requests go through :func:`certctl.cli._api._request`, so they read ``CERTCTL_URL``,
 ``CERTCTL_API_KEY`` and ``CERTCTL_CA_CERT`` and report failures in one line exactly as the
 ``certs`` commands do. A private key given to ``issuers import`` is read and checked here and
 sent unencrypted (the API takes no password), over the connection ``CERTCTL_URL`` names;
@@ -16,10 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from certctl.cli._listing import Column
-from certctl.cli._stdin import STDIN_HELP, password_file_option
-from certctl.cli.ca import KEY_TYPE_OPTION, PATH_LENGTH_OPTION, SUBJECT_OPTION
-from certctl.cli.client import (
+from certctl.cli._api import (
     ENV_HELP,
     OUTPUT_OPTION,
     _field,
@@ -31,6 +28,9 @@ from certctl.cli.client import (
     _unexpected,
     _warn_about,
 )
+from certctl.cli._listing import Column
+from certctl.cli._stdin import STDIN_HELP, password_file_option
+from certctl.cli.ca import KEY_TYPE_OPTION, PATH_LENGTH_OPTION, SUBJECT_OPTION
 from certctl.errors import CertctlError
 
 if TYPE_CHECKING:

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from certctl.cli._listing import Column, check_output, printable
-from certctl.cli.client import (
+from certctl.cli._api import (
     ENV_HELP,
     OUTPUT_OPTION,
     PRIVATE_KEY_PEM,
@@ -25,6 +24,7 @@ from certctl.cli.client import (
     _unexpected,
     _warn_about,
 )
+from certctl.cli._listing import Column, check_output, printable
 
 if TYPE_CHECKING:
     from datetime import datetime

@@ -496,7 +496,7 @@ def test_refused_connection_to_the_default_url_says_it_is_the_default(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # In-process: the real default (127.0.0.1:8443) may be a server someone runs on this machine.
-    from certctl.cli import client
+    from certctl.cli import _api
     from certctl.cli.main import run
 
     with socket.socket() as sock:
@@ -504,7 +504,7 @@ def test_refused_connection_to_the_default_url_says_it_is_the_default(
         port = sock.getsockname()[1]
     for name in [n for n in os.environ if n.startswith("CERTCTL_")]:
         monkeypatch.delenv(name)
-    monkeypatch.setattr(client, "DEFAULT_URL", f"https://127.0.0.1:{port}")
+    monkeypatch.setattr(_api, "DEFAULT_URL", f"https://127.0.0.1:{port}")
     for url in (None, "", " \n"):  # unset, or set to nothing: the default either way
         if url is not None:
             monkeypatch.setenv("CERTCTL_URL", url)

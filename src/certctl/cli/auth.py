@@ -1,0 +1,424 @@
+"""``certctl auth …``: whoami, permissions, roles, actors and API keys on a certctl server.
+
+Requests go through :func:`certctl.cli._api._request` (``CERTCTL_URL``, ``CERTCTL_API_KEY``,
+``CERTCTL_CA_CERT``); answers are printed as JSON, lists as a table on a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from certctl.cli._api import (
+    _KEY_ID,
+    OUTPUT_OPTION,
+    _field,
+    _group_help,
+    _id_hint,
+    _not_empty,
+    _print,
+    _print_list,
+    _request,
+    _seg,
+    _unexpected,
+)
+from certctl.cli._listing import Column
+from certctl.errors import CertctlError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from datetime import datetime
+
+__all__ = ["auth_app"]
+
+
+auth_app = typer.Typer(
+    help=_group_help("Manage roles, actors and API keys on a certctl server."),
+    short_help="Roles, actors and API keys on the server at CERTCTL_URL.",
+    no_args_is_help=True,
+)
+roles_app = typer.Typer(
+    help=_group_help("Roles: named permission sets."),
+    short_help="Roles: named permission sets.",
+    no_args_is_help=True,
+)
+actors_app = typer.Typer(
+    help=_group_help("Actors: users and machines holding roles."),
+    short_help="Actors: users and machines holding roles.",
+    no_args_is_help=True,
+)
+apikeys_app = typer.Typer(
+    help=_group_help("API keys (the value is shown once, at creation)."),
+    short_help="API keys (the value is shown once, at creation).",
+    no_args_is_help=True,
+)
+auth_app.add_typer(roles_app, name="roles")
+auth_app.add_typer(actors_app, name="actors")
+auth_app.add_typer(apikeys_app, name="apikeys")
+
+
+def _no_blank(
+    ctx: typer.Context, param: typer.CallbackParam, values: list[str] | None
+) -> list[str] | None:
+    """A repeatable --permission/--role, refused when one is blank, comma-separated lists split.
+
+    ``--role "$ROLE"`` with ROLE unset must not be taken for "no roles", and the server would
+    only answer "unknown role(s): " naming nothing; emptying the set has its own flag. No
+    permission or role id holds a comma, so ``-p cert.read,cert.issue`` is two names, as
+    ``--dns`` takes a list: sent whole, the server refused it naming the very permissions given.
+    """
+    if values and any(not v.strip() for v in values):
+        hint = f" (--no-{param.name}s removes them all)" if ctx.info_name == "update" else ""
+        raise typer.BadParameter(f"must not be empty{hint}")
+    from certctl.cli._common import split_commas
+
+    return split_commas(values) if values else values
+
+
+def _apikey_status(item: dict[str, Any], now: datetime) -> str:
+    from certctl.cli._listing import is_past
+
+    if item.get("revoked_at"):
+        return "revoked"
+    return "expired" if is_past(item.get("expires_at"), now) else "active"
+
+
+def _apikey_columns() -> list[Column]:
+    from certctl.cli._listing import date_and_days, timestamp
+
+    return [
+        Column("ID", _field("id"), key=True),
+        Column("NAME", _field("name")),
+        Column("ACTOR", _field("actor_id")),
+        Column("STATUS", _apikey_status),
+        Column(
+            "EXPIRES", lambda item, now: date_and_days(item.get("expires_at"), now, none="never")
+        ),
+        Column("LAST USED", lambda item, _now: timestamp(item.get("last_used_at"), none="never")),
+    ]
+
+
+@auth_app.command("whoami")
+def whoami() -> None:
+    """Show the actor, roles and permissions your credentials give."""
+    # The README's first curl line, for a user checking the CERTCTL_* settings with the CLI.
+    _print(_request("GET", "/api/v1/auth/whoami"))
+
+
+@auth_app.command("permissions")
+def permissions(output: str | None = OUTPUT_OPTION) -> None:
+    """List the permissions a role can hold.
+
+    The server's catalogue (needs auth.role.read), in the words `auth roles create -p` takes.
+    On a terminal a table, one permission a line.
+    """
+    from certctl.cli._listing import wants_table
+
+    path = "/api/v1/auth/permissions"
+    data = _request("GET", path)
+    items = data.get("items") if isinstance(data, dict) else None
+    if wants_table(output) and isinstance(items, list) and all(isinstance(p, str) for p in items):
+        # The API lists names, not objects: one a row. Anything else is left to _print_list,
+        # which refuses it in one line.
+        data = {"items": [{"permission": p} for p in items]}
+    columns = [Column("PERMISSION", _field("permission"), key=True)]
+    _print_list(data, output, path=path, columns=columns, empty="no permissions")
+
+
+# --- roles -------------------------------------------------------------------------------
+
+
+@roles_app.command("list")
+def roles_list(output: str | None = OUTPUT_OPTION) -> None:
+    """List roles.
+
+    On a terminal a table: id, name, built in or not, permissions.
+    """
+    path = "/api/v1/auth/roles"
+    columns = [
+        Column("ID", _field("id"), key=True),
+        Column("NAME", _field("name")),
+        Column("BUILT IN", _field("builtin")),
+        Column("PERMISSIONS", _field("permissions")),
+    ]
+    _print_list(_request("GET", path), output, path=path, columns=columns, empty="no roles")
+
+
+@roles_app.command("get")
+def roles_get(
+    role_id: str = typer.Argument(..., callback=_not_empty, metavar="ROLE_ID", help="Role id."),
+) -> None:
+    """Show one role."""
+    _print(_request("GET", f"/api/v1/auth/roles/{_seg(role_id)}"))
+
+
+@roles_app.command("create")
+def roles_create(
+    role_id: str = typer.Argument(
+        ..., callback=_not_empty, metavar="ROLE_ID", help="Role id, e.g. r-prometheus."
+    ),
+    permission: list[str] = typer.Option(
+        [],
+        "--permission",
+        "-p",
+        metavar="PERMISSION",
+        callback=_no_blank,
+        help="Permission, e.g. metrics.read or cert.issue (repeatable, or a comma-separated "
+        "list; 'certctl auth permissions' lists them).",
+    ),
+    name: str = typer.Option("", "--name", help="Display name."),
+) -> None:
+    """Create a custom role."""
+    _print(
+        _request(
+            "POST", "/api/v1/auth/roles", {"id": role_id, "name": name, "permissions": permission}
+        )
+    )
+
+
+@roles_app.command("update")
+def roles_update(
+    role_id: str = typer.Argument(..., callback=_not_empty, metavar="ROLE_ID", help="Role id."),
+    permission: list[str] = typer.Option(
+        None,
+        "--permission",
+        "-p",
+        metavar="PERMISSION",
+        callback=_no_blank,
+        help="New permission set, replacing the old one (repeatable, or a comma-separated list; "
+        "'certctl auth permissions' lists them).",
+    ),
+    no_permissions: bool = typer.Option(
+        False, "--no-permissions", help="Remove every permission (the role grants nothing)."
+    ),
+    name: str = typer.Option(None, "--name", help="New display name."),
+) -> None:
+    """Change a custom role's name or permissions."""
+    body: dict[str, Any] = {}
+    if permission and no_permissions:
+        raise typer.BadParameter("--permission and --no-permissions contradict each other")
+    if permission or no_permissions:
+        body["permissions"] = permission or []
+    if name is not None:
+        body["name"] = name
+    if not body:
+        raise typer.BadParameter("nothing to change: give --permission, --no-permissions or --name")
+    _print(_request("PUT", f"/api/v1/auth/roles/{_seg(role_id)}", body))
+
+
+@roles_app.command("delete")
+def roles_delete(
+    role_id: str = typer.Argument(..., callback=_not_empty, metavar="ROLE_ID", help="Role id."),
+) -> None:
+    """Delete a custom role."""
+    _request("DELETE", f"/api/v1/auth/roles/{_seg(role_id)}")
+    typer.echo(f"deleted role {role_id}")
+
+
+# --- actors ------------------------------------------------------------------------------
+
+
+@actors_app.command("list")
+def actors_list(output: str | None = OUTPUT_OPTION) -> None:
+    """List actors.
+
+    On a terminal a table: id, name, roles, created.
+    """
+    from certctl.cli._listing import timestamp
+
+    path = "/api/v1/auth/actors"
+    columns = [
+        Column("ID", _field("id"), key=True),
+        Column("NAME", _field("name")),
+        Column("ROLES", _field("roles")),
+        Column("CREATED", lambda item, _now: timestamp(item.get("created_at"))),
+    ]
+    _print_list(_request("GET", path), output, path=path, columns=columns, empty="no actors")
+
+
+@actors_app.command("get")
+def actors_get(
+    actor_id: str = typer.Argument(..., callback=_not_empty, metavar="ACTOR_ID", help="Actor id."),
+) -> None:
+    """Show one actor."""
+    _print(_request("GET", f"/api/v1/auth/actors/{_seg(actor_id)}"))
+
+
+@actors_app.command("create")
+def actors_create(
+    actor_id: str = typer.Argument(
+        ..., callback=_not_empty, metavar="ACTOR_ID", help="Actor id, e.g. prometheus."
+    ),
+    role: list[str] = typer.Option(
+        [],
+        "--role",
+        "-r",
+        metavar="ROLE",
+        callback=_no_blank,
+        help="Role (repeatable, or a comma-separated list).",
+    ),
+    name: str = typer.Option("", "--name", help="Display name."),
+) -> None:
+    """Create an actor."""
+    _print(_request("POST", "/api/v1/auth/actors", {"id": actor_id, "name": name, "roles": role}))
+
+
+@actors_app.command("update")
+def actors_update(
+    actor_id: str = typer.Argument(..., callback=_not_empty, metavar="ACTOR_ID", help="Actor id."),
+    role: list[str] = typer.Option(
+        None,
+        "--role",
+        "-r",
+        metavar="ROLE",
+        callback=_no_blank,
+        help="New role set, replacing the old one (repeatable, or a comma-separated list).",
+    ),
+    no_roles: bool = typer.Option(
+        False, "--no-roles", help="Remove every role (its keys then grant nothing but whoami)."
+    ),
+    name: str = typer.Option(None, "--name", help="New display name."),
+) -> None:
+    """Rename an actor or replace its roles."""
+    body: dict[str, Any] = {}
+    if role and no_roles:
+        raise typer.BadParameter("--role and --no-roles contradict each other")
+    if role or no_roles:
+        body["roles"] = role or []
+    if name is not None:
+        body["name"] = name
+    if not body:
+        raise typer.BadParameter("nothing to change: give --role, --no-roles or --name")
+    _print(_request("PATCH", f"/api/v1/auth/actors/{_seg(actor_id)}", body))
+
+
+@actors_app.command("delete")
+def actors_delete(
+    actor_id: str = typer.Argument(..., callback=_not_empty, metavar="ACTOR_ID", help="Actor id."),
+) -> None:
+    """Delete an actor (its keys stop working)."""
+    _request("DELETE", f"/api/v1/auth/actors/{_seg(actor_id)}")
+    typer.echo(f"deleted actor {actor_id}")
+
+
+# --- API keys ----------------------------------------------------------------------------
+
+
+@apikeys_app.command("list")
+def apikeys_list(
+    actor: str = typer.Option(None, "--actor", help="Only this actor's keys."),
+    output: str | None = OUTPUT_OPTION,
+) -> None:
+    """List API keys (never their values).
+
+    On a terminal a table: id, name, actor, active, expired or revoked, expiry, last use.
+    """
+    path = "/api/v1/auth/apikeys"
+    _print_list(
+        _request("GET", path, params={"actor_id": actor}),
+        output,
+        path=path,
+        columns=_apikey_columns(),
+        empty="no API keys",
+    )
+
+
+@apikeys_app.command("create")
+def apikeys_create(
+    actor_id: str = typer.Argument(
+        ..., callback=_not_empty, metavar="ACTOR_ID", help="Actor the key authenticates as."
+    ),
+    name: str = typer.Option("", "--name", help="Key name, e.g. prometheus-v1."),
+    expires_at: str = typer.Option(
+        None, "--expires-at", help="ISO 8601 expiry, e.g. 2027-01-01T00:00:00Z."
+    ),
+    # A str, not a Path: Path("./-") is Path("-"), and "./-" names the file "-".
+    out: str = typer.Option(
+        None,
+        "--out",
+        metavar="<path>",
+        help="Write the key value to this file (0600) instead of into the JSON on stdout; "
+        "with -, print only the key on stdout and the JSON (without the key) on stderr.",
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
+) -> None:
+    """Mint an API key; its value is printed (or written) once."""
+    from certctl.files import OutputSet
+
+    to_stdout = out == "-"
+    out_file = None if out is None or to_stdout else Path(out)
+    if out_file is not None:
+        # Before the request: a key minted for a file that is then refused is lost.
+        pending = OutputSet(force=force)
+        pending.add(out_file, b"")
+        pending.check()
+    path = "/api/v1/auth/apikeys"
+    data = _request("POST", path, {"actor_id": actor_id, "name": name, "expires_at": expires_at})
+    if not isinstance(data, dict) or not isinstance(data.get("key_value"), str):
+        raise _unexpected(path, "no key_value")
+    if to_stdout:
+        # As every Unix tool reads "-": what --out FILE would hold, on stdout and alone there
+        # (for "> file" or a pipe); the rest of the answer, with the id that revokes the key,
+        # on stderr. Before, a file named "-" was written in the current directory.
+        key_value = data.pop("key_value")
+        typer.echo(json.dumps(data, indent=2), err=True)
+        _key_to_stdout(data.get("id"), lambda: sys.stdout.write(key_value + "\n"))
+        return
+    if out_file is not None:
+        outputs = OutputSet(force=force)
+        outputs.add(out_file, (data.pop("key_value") + "\n").encode(), secret=True)
+        try:
+            outputs.commit()
+        except CertctlError as exc:
+            raise CertctlError(
+                f"{exc.detail} (API key {data.get('id')} was created but not saved: "
+                f"revoke it with 'certctl auth apikeys revoke {data.get('id')}')"
+            ) from exc
+        data["key_value_file"] = out  # as given: "-" alone would read as stdout
+        _print(data)
+        return
+    _key_to_stdout(data.get("id"), lambda: _print(data))
+
+
+def _key_to_stdout(key_id: object, write: Callable[[], object]) -> None:
+    """Write a minted key to stdout, or say which key to revoke when stdout fails.
+
+    The key exists once the server answered: a full disk behind ``> file`` or a closed stdout
+    (``>&-``) lost it with "No space left on device" (or an internal error) and no word of
+    the key id, so it stayed valid, unknown and unrevoked.
+    """
+    try:
+        write()
+        sys.stdout.flush()
+    except (OSError, ValueError, AttributeError) as exc:  # AttributeError: sys.stdout is None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "stdout is closed"
+        raise CertctlError(
+            f"cannot write the API key to stdout: {reason} (API key {key_id} was created but "
+            f"not saved: revoke it with 'certctl auth apikeys revoke {key_id}')"
+        ) from None
+
+
+@apikeys_app.command("revoke")
+def apikeys_revoke(
+    key_id: str = typer.Argument(..., callback=_not_empty, metavar="KEY_ID", help="Key id."),
+) -> None:
+    """Revoke an API key; it fails on its next use."""
+    from certctl.auth.apikeys import parse_key
+
+    parsed = parse_key(key_id.strip())
+    if parsed is not None:
+        # The whole key, secret included: send only its id (the secret would reach the
+        # server's URL handling), and revoke it, since it is now in the shell history.
+        key_id = parsed[0]
+        typer.echo(
+            f"note: that was a whole API key; revoking it by its id {key_id} "
+            "(the key is in your shell history now: revoking it is right)",
+            err=True,
+        )
+    hint = "KEY_ID is a key's id, as 'certctl auth apikeys list' shows it beside its name"
+    with _id_hint(key_id, _KEY_ID, hint):
+        _print(_request("DELETE", f"/api/v1/auth/apikeys/{_seg(key_id)}"))

@@ -1,0 +1,403 @@
+"""``certctl certs …``: issue, list, get, revoke and renew certificates on a certctl server.
+
+Requests go through :func:`certctl.cli._api._request` (``CERTCTL_URL``, ``CERTCTL_API_KEY``,
+``CERTCTL_CA_CERT``). The offline ``certctl cert issue`` (files only) is ``cert.py``.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from certctl.cli._api import (
+    _CERT_ID,
+    OUTPUT_OPTION,
+    PRIVATE_KEY_PEM,
+    _field,
+    _group_help,
+    _id_hint,
+    _not_empty,
+    _print,
+    _print_list,
+    _request,
+    _seg,
+    _text,
+    _unexpected,
+    _warn_about,
+)
+from certctl.cli._listing import Column
+from certctl.errors import CertctlError, InvalidRequest
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+__all__ = ["certs_app"]
+certs_app = typer.Typer(
+    help=_group_help("Issue, list, get, revoke and renew certificates on a server."),
+    short_help="Issue, list, revoke, renew certificates at CERTCTL_URL.",
+    no_args_is_help=True,
+)
+
+
+def _cert_id_hint(cert_id: str) -> AbstractContextManager[None]:
+    # `certs issue --out web-1`, then `certs renew web-1`: the directory's name is no id.
+    return _id_hint(
+        cert_id,
+        _CERT_ID,
+        "CERT_ID is a certificate's id, as 'certctl certs list' shows it; "
+        f"'certctl certs list -q {cert_id}' finds certificates by name",
+    )
+
+
+def _certificate_name(item: dict[str, Any], _now: datetime) -> str:
+    """The common name, or the first SAN of a certificate without one."""
+    if item.get("common_name"):
+        return _text(item["common_name"])
+    sans = item.get("sans")
+    names = [n for values in sans.values() for n in values] if isinstance(sans, dict) else []
+    return _text(names[:1])
+
+
+def _certificate_columns() -> list[Column]:
+    from certctl.cli._listing import date_and_days
+
+    return [
+        Column("ID", _field("id"), key=True),
+        Column("COMMON NAME", _certificate_name),
+        Column("STATUS", _field("status")),
+        Column("NOT AFTER", lambda item, now: date_and_days(item.get("not_after"), now)),
+        Column("ISSUER", _field("issuer")),
+        Column("PROFILE", _field("profile")),
+    ]
+
+
+@certs_app.command("issue")
+def certs_issue(
+    cn: str = typer.Option(
+        "",
+        "--cn",
+        help="Common name; may be left out when a SAN is given (the subject is then empty).",
+    ),
+    dns: list[str] = typer.Option(
+        [], "--dns", metavar="DNS", help="DNS SAN (repeatable, or a comma-separated list)."
+    ),
+    ip: list[str] = typer.Option(
+        [], "--ip", metavar="IP", help="IP SAN (repeatable, or a comma-separated list)."
+    ),
+    email: list[str] = typer.Option(
+        [],
+        "--email",
+        metavar="EMAIL",
+        help="E-mail SAN, e.g. for a person's client certificate (repeatable, or a "
+        "comma-separated list).",
+    ),
+    uri: list[str] = typer.Option(
+        [],
+        "--uri",
+        metavar="URI",
+        help="URI SAN, e.g. spiffe://example.org/ns/NS/sa/ACCOUNT (repeatable; not split at "
+        "commas, which a URI may hold).",
+    ),
+    csr: Path = typer.Option(
+        None, "--csr", help="Sign this CSR (PEM or DER) instead of generating a key."
+    ),
+    issuer: str = typer.Option("default", "--issuer", help="Issuer id."),
+    profile: str = typer.Option("server", "--profile", help="server, client or server+client."),
+    validity: str = typer.Option("90D", "--validity", help="Lifetime, e.g. 90D."),
+    key_type: str = typer.Option(
+        "ec-p256",
+        "--key-type",
+        help="Key type for server-side generation: ec-p256, ec-p384, ed25519, rsa-2048|3072|4096.",
+    ),
+    out: Path = typer.Option(
+        None, "--out", help="Write tls.crt, tls.key, ca.crt into this directory."
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files in --out."),
+) -> None:
+    """Issue a certificate (server-side key generation, or from --csr).
+
+    Prints the server's answer as JSON; without --out it holds the generated private key
+    (private_key_pem), which the server does not keep: use --out to get tls.key as a 0600 file.
+    """
+    from certctl.cli._common import split_commas
+
+    # As `cert issue` and `csr create` read them (certutil's lists): the same words issue the
+    # same names offline and on the server. A comma is in no DNS name, IP or e-mail address
+    # certctl takes, but may be in a URI (https://example.org/a,b): --uri only repeats.
+    dns, ip, email = split_commas(dns), split_commas(ip), split_commas(email)
+    if csr is None and not (cn or dns or ip or email or uri):
+        # Before, the server's words for its JSON fields: "give csr, or common_name/…".
+        raise typer.BadParameter("give --cn, --dns, --ip, --email or --uri (or --csr FILE)")
+    _check_out(out, key=csr is None, force=force)
+    ca_pem = ""
+
+    body: dict[str, Any] = {"issuer": issuer, "profile": profile, "validity": validity}
+    if csr is not None:
+        # The CSR carries the names and the key; the server refuses fields it would ignore.
+        ignored = [
+            option
+            for option, given in (
+                ("--cn", cn),
+                ("--dns", dns),
+                ("--ip", ip),
+                ("--email", email),
+                ("--uri", uri),
+                ("--key-type", key_type != "ec-p256"),
+            )
+            if given
+        ]
+        if ignored:
+            raise typer.BadParameter(
+                f"{', '.join(ignored)}: not used with --csr (the CSR carries the names and key)",
+                param_hint="'--csr'",
+            )
+        body["csr"] = _csr_pem(csr)
+    else:
+        body |= {"common_name": cn, "dns_names": dns, "ip_addresses": ip, "key_type": key_type}
+        # Sent only when given: a server from before these fields refuses them as unknown,
+        # and `certs issue --cn … --dns …` must keep working against it.
+        body |= {"email_addresses": email} if email else {}
+        body |= {"uris": uri} if uri else {}
+    if out is not None:
+        # Fetched before issuing too: a failure here (an unknown issuer, a proxy's error)
+        # must not come after the certificate was issued.
+        ca_pem = _issuer_root_pem(issuer)
+    data = _request("POST", "/api/v1/certificates", body)
+    _warn_about(data)
+    if out is not None:
+        data = _save_issued(data, out, ca_pem, force=force, path="/api/v1/certificates")
+    _print(data)
+
+
+def _check_out(out: Path | None, *, key: bool, force: bool) -> None:
+    """Refuse ``--out -`` and files ``--out`` cannot take, before anything is issued.
+
+    The server returns a generated key once, so an output refused afterwards would leave an
+    issued certificate whose key is gone.
+    """
+    from certctl.files import OutputSet
+
+    if out is None:
+        return
+    if str(out) == "-":
+        # Three files cannot go to one stdout: a directory named "-" was created instead.
+        raise typer.BadParameter(
+            "takes a directory, not - (without --out the answer, with the generated key, "
+            "is printed on stdout as JSON)",
+            param_hint="'--out'",
+        )
+    outputs = OutputSet(force=force)
+    for name in ("tls.crt", "tls.key", "ca.crt") if key else ("tls.crt", "ca.crt"):
+        outputs.add(out / name, b"")
+    outputs.check()
+
+
+def _issuer_root_pem(issuer: str) -> str:
+    """The issuer's root, for ca.crt (fetched before issuing: see ``_root_pem``)."""
+    return _root_pem(
+        _request(
+            "GET",
+            f"/api/v1/issuers/{_seg(issuer)}/ca.pem",
+            params={"chain": "true"},
+            accept="application/x-pem-file",
+        )
+    )
+
+
+def _save_issued(data: Any, out: Path, ca_pem: str, *, force: bool, path: str) -> dict[str, Any]:
+    """Write an issue or renew answer into ``out``; the answer without its PEM, plus ``out``."""
+    from certctl.files import OutputSet
+
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), str) for k in ("certificate_pem", "chain_pem")
+    ):
+        raise _unexpected(path, "no certificate_pem")
+    outputs = OutputSet(force=force)
+    outputs.add(out / "tls.crt", (data["certificate_pem"] + data["chain_pem"]).encode())
+    if data.get("private_key_pem"):
+        outputs.add(out / "tls.key", data.pop("private_key_pem").encode(), secret=True)
+    outputs.add(out / "ca.crt", ca_pem.encode())
+    try:
+        outputs.commit()
+    except CertctlError as exc:
+        # The certificate exists on the server now; its generated key is not kept there.
+        raise CertctlError(
+            f"{exc.detail} (certificate {data.get('id')} was issued but not saved: "
+            f"revoke it with 'certctl certs revoke {data.get('id')}')"
+        ) from exc
+    return {k: v for k, v in data.items() if not k.endswith("_pem")} | {"out": str(out)}
+
+
+def _root_pem(chain_pem: Any) -> str:
+    """The last certificate of an issuer's ``ca.pem?chain=true``: the root clients trust.
+
+    ca.crt is the trust anchor, as ``cert issue`` and the managed services write it; the
+    issuer's own certificate, for an intermediate, is already in tls.crt, and OpenSSL (nginx,
+    curl, Python) refuses a chain that ends at an intermediate given as the CA file.
+    """
+    from cryptography import x509
+
+    from certctl.pki import certs_to_pem
+
+    try:
+        certs = x509.load_pem_x509_certificates(str(chain_pem).encode())
+    except ValueError:
+        certs = []
+    if not certs:
+        raise _unexpected("/api/v1/issuers/{id}/ca.pem", "no PEM certificate")
+    return certs_to_pem(certs[-1:]).decode()
+
+
+def _csr_pem(path: Path) -> str:
+    """The CSR in ``path`` (PEM or DER, as ``csr sign`` takes) as the PEM the API takes.
+
+    Loaded here, and only the CSR is sent: a private key given by mistake (``tls.key`` for
+    ``tls.csr``, or a file holding both) never leaves the machine, and DER is converted.
+    """
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from certctl.cli._common import read_file
+    from certctl.pki import load_csr
+
+    data = read_file(path, "CSR")
+    if PRIVATE_KEY_PEM.search(data) and b"CERTIFICATE REQUEST-----" not in data:
+        raise InvalidRequest(f"{path}: holds a private key, not a CSR (nothing was sent)")
+    try:
+        request = load_csr(data)
+    except CertctlError as exc:
+        raise type(exc)(f"{path}: {exc.detail}") from exc
+    return request.public_bytes(Encoding.PEM).decode("ascii")
+
+
+@certs_app.command("list")
+def certs_list(
+    status: str = typer.Option(None, "--status", help="active, expiring, expired or revoked."),
+    issuer: str = typer.Option(None, "--issuer", help="Issuer id."),
+    expiring_within: str = typer.Option(None, "--expiring-within", help="e.g. 30D."),
+    query: str = typer.Option(
+        None,
+        "--query",
+        "-q",
+        help="Substring, in either case (not a pattern), of the common name, subject, serial "
+        "or a SAN (DNS, IP, e-mail, URI).",
+    ),
+    # The first spelling, named after the API's `q` parameter; hidden, kept for old scripts.
+    q: str = typer.Option(None, "--q", hidden=True),
+    limit: int = typer.Option(50, "--limit", help="Page size (1-500)."),
+    cursor: str = typer.Option(None, "--cursor", help="next_cursor from a previous page."),
+    output: str | None = OUTPUT_OPTION,
+) -> None:
+    """List certificates (one page; follow next_cursor for more).
+
+    On a terminal a table: id, common name, status, notAfter (the date, and the days left),
+    issuer and profile; its last line, when there are more, is the command for the next page.
+    """
+    import shlex
+
+    path = "/api/v1/certificates"
+    search = query if query is not None else q
+    filters = {
+        "--status": status,
+        "--issuer": issuer,
+        "--expiring-within": expiring_within,
+        "--query": search,
+    }
+
+    def more(next_cursor: str) -> str:
+        # The same filters: a cursor continues the listing it came from.
+        words = ["certctl", "certs", "list"]
+        for option, value in filters.items():
+            words += [option, value] if value is not None else []
+        words += ["--limit", str(limit)] if limit != 50 else []
+        words += ["-o", output] if output is not None else []
+        return f"more certificates: {shlex.join([*words, '--cursor', next_cursor])}"
+
+    data = _request(
+        "GET",
+        path,
+        params={
+            "status": status,
+            "issuer": issuer,
+            "expiring_within": expiring_within,
+            "q": search,
+            "limit": limit,
+            "cursor": cursor,
+        },
+    )
+    chosen = any(value is not None for value in filters.values())
+    _print_list(
+        data,
+        output,
+        path=path,
+        columns=_certificate_columns(),
+        empty="no certificates match" if chosen else "no certificates",
+        more=more,
+    )
+
+
+@certs_app.command("get")
+def certs_get(
+    cert_id: str = typer.Argument(
+        ..., callback=_not_empty, metavar="CERT_ID", help="Certificate id."
+    ),
+    pem: bool = typer.Option(False, "--pem", help="Print the certificate and chain as PEM."),
+) -> None:
+    """Show one certificate."""
+    accept = "application/x-pem-file" if pem else None
+    with _cert_id_hint(cert_id):
+        _print(_request("GET", f"/api/v1/certificates/{_seg(cert_id)}", accept=accept))
+
+
+@certs_app.command("revoke")
+def certs_revoke(
+    cert_id: str = typer.Argument(
+        ..., callback=_not_empty, metavar="CERT_ID", help="Certificate id."
+    ),
+    reason: str = typer.Option(
+        None, "--reason", help="keyCompromise, superseded, cessationOfOperation …"
+    ),
+) -> None:
+    """Revoke a certificate."""
+    with _cert_id_hint(cert_id):
+        path = f"/api/v1/certificates/{_seg(cert_id)}/revoke"
+        _print(_request("POST", path, {"reason": reason}))
+
+
+@certs_app.command("renew")
+def certs_renew(
+    cert_id: str = typer.Argument(
+        ..., callback=_not_empty, metavar="CERT_ID", help="Certificate id."
+    ),
+    validity: str = typer.Option(None, "--validity", help="New lifetime (default: as before)."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="Write tls.crt, ca.crt and, when the server made a new key, tls.key into this "
+        "directory (reads the certificate first: needs cert.read too).",
+    ),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files in --out."),
+) -> None:
+    """Issue a successor with the same names and profile.
+
+    Prints the server's answer as JSON. A certificate whose key the server generated gets a
+    fresh key, returned once (private_key_pem): use --out to get tls.key as a 0600 file.
+    """
+    _check_out(out, key=True, force=force)
+    ca_pem = ""
+    if out is not None:
+        # Its issuer, for ca.crt, found before renewing: see certs issue.
+        with _cert_id_hint(cert_id):
+            current = _request("GET", f"/api/v1/certificates/{_seg(cert_id)}")
+        if not isinstance(current, dict) or not isinstance(current.get("issuer"), str):
+            raise _unexpected("/api/v1/certificates/{id}", "no issuer")
+        ca_pem = _issuer_root_pem(current["issuer"])
+    path = f"/api/v1/certificates/{_seg(cert_id)}/renew"
+    with _cert_id_hint(cert_id):
+        data = _request("POST", path, {"validity": validity})
+    _warn_about(data)
+    if out is not None:
+        data = _save_issued(data, out, ca_pem, force=force, path="/api/v1/certificates/{id}/renew")
+    _print(data)
