@@ -79,6 +79,27 @@ def _no_blank(
     return split_commas(values) if values else values
 
 
+def _update_body(
+    option: str, values: list[str] | None, remove_all: bool, name: str | None
+) -> dict[str, Any]:
+    """The request body of ``roles update`` and ``actors update``.
+
+    ``values`` is the new set (``--{option}``), ``remove_all`` empties it (``--no-{option}s``);
+    the set's field is the option's plural (``permissions``, ``roles``), as in the API. Both
+    at once, or nothing to change, is a usage error.
+    """
+    body: dict[str, Any] = {}
+    if values and remove_all:
+        raise typer.BadParameter(f"--{option} and --no-{option}s contradict each other")
+    if values or remove_all:
+        body[f"{option}s"] = values or []
+    if name is not None:
+        body["name"] = name
+    if not body:
+        raise typer.BadParameter(f"nothing to change: give --{option}, --no-{option}s or --name")
+    return body
+
+
 def _apikey_status(item: dict[str, Any], now: datetime) -> str:
     from certctl.cli._listing import is_past
 
@@ -198,15 +219,7 @@ def roles_update(
     name: str = typer.Option(None, "--name", help="New display name."),
 ) -> None:
     """Change a custom role's name or permissions."""
-    body: dict[str, Any] = {}
-    if permission and no_permissions:
-        raise typer.BadParameter("--permission and --no-permissions contradict each other")
-    if permission or no_permissions:
-        body["permissions"] = permission or []
-    if name is not None:
-        body["name"] = name
-    if not body:
-        raise typer.BadParameter("nothing to change: give --permission, --no-permissions or --name")
+    body = _update_body("permission", permission, no_permissions, name)
     _print(_request("PUT", f"/api/v1/auth/roles/{_seg(role_id)}", body))
 
 
@@ -284,15 +297,7 @@ def actors_update(
     name: str = typer.Option(None, "--name", help="New display name."),
 ) -> None:
     """Rename an actor or replace its roles."""
-    body: dict[str, Any] = {}
-    if role and no_roles:
-        raise typer.BadParameter("--role and --no-roles contradict each other")
-    if role or no_roles:
-        body["roles"] = role or []
-    if name is not None:
-        body["name"] = name
-    if not body:
-        raise typer.BadParameter("nothing to change: give --role, --no-roles or --name")
+    body = _update_body("role", role, no_roles, name)
     _print(_request("PATCH", f"/api/v1/auth/actors/{_seg(actor_id)}", body))
 
 
