@@ -288,7 +288,7 @@ def refresh_cost_s(data_dir: Path) -> Callable[[], float]:
     """A callable timing one ``refresh_metrics`` (CPU seconds) against ``data_dir``'s store."""
     from certctl.server.bootstrap import bootstrap
     from certctl.server.config import load_config
-    from certctl.server.run import refresh_metrics
+    from certctl.server.periodic import refresh_metrics
 
     services = bootstrap(load_config(None, {"data-dir": str(data_dir)})).services
 

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from certctl.server.run import refresh_metrics
+from certctl.server.periodic import refresh_metrics
 from certctl.services import issuers
 from tests.api.conftest import Api, assert_problem
 

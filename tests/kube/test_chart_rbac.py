@@ -89,7 +89,7 @@ def test_rbac_rules_are_read_from_the_chart() -> None:
 def test_ca_and_secret_targets_work_under_the_charts_rbac(
     apiserver: FakeApiServer, sa_dir: Path, tmp_path: Path, pki: KubePki
 ) -> None:
-    from certctl.server.run import _kubernetes_features, _secret_target_writer
+    from certctl.server.kubernetes import _kubernetes_features, _secret_target_writer
 
     apiserver.rbac = chart_rbac(VALUES)
     ca_file = tmp_path / "ca.crt"
@@ -133,7 +133,7 @@ def test_a_custom_certificate_secret_is_readable_once_its_namespace_is_listed(
     # docs/kubernetes.md: certificate.secretName reads a Secret of the release namespace
     # when secretTargets.namespaces lists it; without, the chart grants no get there.
     from certctl.errors import InvalidRequest
-    from certctl.server.run import _custom_secret_reader, _CustomSecrets
+    from certctl.server.kubernetes import _custom_secret_reader, _CustomSecrets
 
     crt, key = pki.leaf("web.example.internal")
     apiserver.put_secret(

@@ -16,7 +16,7 @@ import pytest
 
 from certctl.kubeapi import KubeConnection
 from certctl.server.config import ServerConfig
-from certctl.server.run import _custom_secret_reader
+from certctl.server.kubernetes import _custom_secret_reader
 from tests._tools import ok, openssl_req, run
 from tests.kube.conftest import NAMESPACE, KubePki
 from tests.kube.fake_apiserver import FakeApiServer
@@ -218,8 +218,8 @@ def test_a_pass_reads_every_custom_secret_with_one_list(
 ) -> None:
     # One GET per service per pass (every 10 s): 1,000 services were ~100 requests/s to the
     # API server, for Secrets that rarely change. One LIST of the labelled ones per pass.
-    from certctl.server.run import service_settings
     from certctl.server.scheduler import Scheduler
+    from certctl.server.service_settings import service_settings
 
     settings = service_settings(_config(apiserver, sa_dir, env))
     crt, key = pki.leaf("web.example.internal")
@@ -377,7 +377,7 @@ def test_the_list_fallback_advises_rbac_only_when_rbac_refused(
 ) -> None:
     # Before: every failed LIST logged "grant list on secrets", also for a LIST that never
     # ended or an API server answering 500, where no grant helps.
-    from certctl.server.run import _CustomSecrets
+    from certctl.server.kubernetes import _CustomSecrets
     from certctl.targets import kubernetes
 
     monkeypatch.setattr(kubernetes, "_LIST_MAX_PAGES", 3)

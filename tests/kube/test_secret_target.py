@@ -470,7 +470,7 @@ def test_a_service_whose_secret_another_installation_owns_says_so_in_its_status(
 ) -> None:
     """Through the server's hook: the installation id comes from the store, the refusal
     reaches the service's Failed condition, and the Secret keeps the other one's key."""
-    from certctl.server.run import _secret_target_writer
+    from certctl.server.kubernetes import _secret_target_writer
     from certctl.services import service_reconcile
     from certctl.store.db import installation_id
     from tests.services.conftest import service_doc
@@ -524,7 +524,7 @@ def test_managed_service_secret_target(
     apiserver: FakeApiServer, sa_dir: Path, pki: KubePki
 ) -> None:
     """The server's hook for TLSService Secret targets writes through SecretWriter."""
-    from certctl.server.run import _secret_target_writer
+    from certctl.server.kubernetes import _secret_target_writer
     from certctl.services.tls_spec import SecretTarget
     from certctl.targets.directory import DeliveryError
 
@@ -558,7 +558,7 @@ def test_a_secret_target_deleted_or_edited_by_hand_is_restored_at_the_next_resyn
     Before, a bundle delivered once was never looked at again until the next renewal (months
     later): a Secret deleted by ``kubectl delete`` stayed gone and pods could not start.
     """
-    from certctl.server.run import _secret_target_writer
+    from certctl.server.kubernetes import _secret_target_writer
     from certctl.server.scheduler import Scheduler
     from certctl.services import service_schedule
     from tests.services.conftest import service_doc
@@ -615,7 +615,7 @@ def test_tls_disabled_leaves_the_secret_and_the_service_ready(
     Before, each pass failed with "no certificate to deliver (TLS disabled); Secret left as
     it is": Ready false (the alert), a failed event, retried with back-off for good.
     """
-    from certctl.server.run import _secret_target_writer
+    from certctl.server.kubernetes import _secret_target_writer
     from certctl.services import service_reconcile
     from tests.services.conftest import service_doc
 
@@ -663,7 +663,7 @@ def test_a_custom_certificate_without_ca_crt_reaches_the_secret_without_ca_crt(
     Before, it got an empty one, which a pod mounting it read as a CA file and refused
     (Elasticsearch: "failed to initialize SSL TrustManager"; nginx: no certificate in it).
     """
-    from certctl.server.run import _secret_target_writer
+    from certctl.server.kubernetes import _secret_target_writer
     from certctl.services import service_reconcile
     from tests.services.conftest import make_ca, make_leaf, service_doc, write_secret
 

@@ -399,7 +399,7 @@ def test_an_answer_without_our_audience_is_401(
 def test_audiences_reach_the_authenticator_from_the_config(
     kube: FakeApiServer, sa_dir: Path, tmp_path: Path
 ) -> None:
-    from certctl.server.run import _kubernetes_features
+    from certctl.server.kubernetes import _kubernetes_features
 
     settings: dict[str, Any] = {
         "auth": {"kubernetes": {"enabled": True, "audiences": [AUDIENCE]}},
@@ -628,7 +628,7 @@ def test_disabled_means_api_keys_only(booted: Bootstrapped, kube: FakeApiServer)
 def test_server_publishes_the_ca_secret(kube: FakeApiServer, sa_dir: Path, tmp_path: Path) -> None:
     """``tls.publish-ca-secret``: what the chart's ServiceMonitor trusts by default."""
     from certctl.errors import InvalidRequest
-    from certctl.server.run import _kubernetes_features
+    from certctl.server.kubernetes import _kubernetes_features
 
     ca_file = tmp_path / "ca.crt"
     ca_file.write_bytes(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")

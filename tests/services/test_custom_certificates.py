@@ -566,7 +566,7 @@ def test_a_custom_certificate_left_to_expire_is_not_ready(env: Env) -> None:
     from prometheus_client import generate_latest
 
     from certctl.metrics.registry import REGISTRY
-    from certctl.server.run import refresh_metrics
+    from certctl.server.periodic import refresh_metrics
 
     ca = make_ca("web-custom-ca", env.now)
     leaf = make_leaf(ca, "web", env.now, dns=("web", *NAMES), validity=timedelta(hours=1))

@@ -915,7 +915,7 @@ def test_deleting_a_service_deletes_its_ca_and_its_issuer_series(env: Env) -> No
     from prometheus_client import generate_latest
 
     from certctl.metrics.registry import REGISTRY
-    from certctl.server.run import refresh_metrics
+    from certctl.server.periodic import refresh_metrics
 
     target = env.tmp / "tls"
     env.put(service_doc("web", targets=[{"directory": str(target)}]))

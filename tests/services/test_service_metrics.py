@@ -6,7 +6,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from certctl.metrics.registry import REGISTRY
-from certctl.server.run import refresh_metrics
+from certctl.server.periodic import refresh_metrics
 from certctl.services import service_specs
 from tests.services.conftest import Env, service_doc
 

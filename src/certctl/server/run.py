@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import math
 import os
@@ -15,11 +14,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from cryptography import x509
-from sqlalchemy import func, select
-from sqlalchemy.exc import DBAPIError
 
 from certctl.api.app import create_app
 from certctl.api.authentication import ClientCertMapping
@@ -27,24 +24,24 @@ from certctl.api.metrics_routes import METRICS_PATHS
 from certctl.api.throttle import AuthFailureLimiter
 from certctl.auth.kubernetes import TokenReviewAuthenticator
 from certctl.errors import CertctlError, InvalidRequest
-from certctl.files import discard_stdout
 from certctl.hosts import is_loopback
-from certctl.kubeapi import KubeConnection, load_connection
-from certctl.metrics.registry import (
-    API_KEYS,
-    HTTP_CONNECTIONS_REFUSED,
-    TLS_HANDSHAKE_FAILURES,
-    certificate_gauges,
-    service_gauges,
-)
+from certctl.metrics.registry import HTTP_CONNECTIONS_REFUSED, TLS_HANDSHAKE_FAILURES
 from certctl.pki import parse_duration
 from certctl.server.bootstrap import Bootstrapped, bootstrap
 from certctl.server.config import ServerConfig, split_host_port
 from certctl.server.handshake_failures import REASONS as HANDSHAKE_FAILURE_REASONS
 from certctl.server.handshake_failures import HandshakeFailures
+from certctl.server.kubernetes import _kube_connection, _kubernetes_features
 from certctl.server.logs import configure_logging
-from certctl.server.outage import OutageLog
+from certctl.server.periodic import _periodic, refresh_metrics
 from certctl.server.scheduler import Scheduler
+from certctl.server.service_settings import (
+    _webhook,
+    build_scheduler,
+    service_settings,
+    target_policy,
+)
+from certctl.server.startup_notice import _announce, _store_admin_key
 from certctl.server.tls import (
     ServerTLS,
     check_files,
@@ -52,17 +49,10 @@ from certctl.server.tls import (
     self_signed_names,
     serve_names_of,
 )
-from certctl.services import certificates, issuers
-from certctl.services.context import IssuerRevocation, Services
+from certctl.services import issuers
+from certctl.services.context import IssuerRevocation
 from certctl.services.service_ca import ca_renewal_time
-from certctl.services.service_settings import ServiceSettings
-from certctl.services.target_policy import TargetPolicy
-from certctl.store.db import PoolTimeout, checkpoint, installation_id, storage_error
-from certctl.store.models import ApiKey, Issuer, ManagedService
-from certctl.targets.kubernetes import SecretWriter, WriteResult
-
-if TYPE_CHECKING:  # imported where a webhook is configured
-    from certctl.services.notify import Webhook
+from certctl.store.db import checkpoint, installation_id
 
 __all__ = ["serve"]
 
@@ -78,443 +68,6 @@ FD_RESERVE = 100
 # Connections the metrics listener may open beyond http.max-connections (out of FD_RESERVE):
 # Prometheus still gets in while the main listener is full.
 METRICS_HEADROOM = 16
-
-
-_ISSUER_EXPIRY = select(Issuer.id, Issuer.not_after)
-_SERVICE_STATES = select(
-    ManagedService.name,
-    ManagedService.conditions,
-    ManagedService.not_after,
-    ManagedService.renew_at,
-)
-
-
-def refresh_metrics(services: Services) -> None:
-    """Recompute the certificate, managed-service and API-key gauges (off the scrape path)."""
-    counts, nxt = certificates.certificate_counts(services)
-    now = services.clock()
-    with services.sessions() as session:
-        issuers = {row.id: row.not_after for row in session.execute(_ISSUER_EXPIRY)}
-        certificate_gauges.update(counts, nxt, issuers)
-        service_gauges.update(
-            (
-                row.name,
-                bool((row.conditions or {}).get("Ready", {}).get("status")),
-                row.not_after,
-                row.renew_at,
-            )
-            for row in session.execute(_SERVICE_STATES)
-        )
-        revoked = session.scalar(select(func.count()).where(ApiKey.revoked_at.is_not(None))) or 0
-        expired = (
-            session.scalar(
-                select(func.count()).where(
-                    ApiKey.revoked_at.is_(None),
-                    ApiKey.expires_at.is_not(None),
-                    ApiKey.expires_at <= now,
-                )
-            )
-            or 0
-        )
-        total = session.scalar(select(func.count()).select_from(ApiKey)) or 0
-    API_KEYS.labels("active").set(total - revoked - expired)
-    API_KEYS.labels("expired").set(expired)
-    API_KEYS.labels("revoked").set(revoked)
-
-
-async def _periodic(interval_s: float, work: Callable[[], Any], what: str) -> None:
-    # A database outage fails every pass of every worker: one line when it starts (and when
-    # its reason changes) and one when it ends, not a traceback every ``interval_s``. So does
-    # any error certctl raises on purpose; only bugs keep their traceback.
-    outage = OutageLog(log, what, interval_s, f"{what} works again")
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            await asyncio.to_thread(work)
-        except (DBAPIError, PoolTimeout) as exc:  # PoolTimeout: a busy, smaller pool
-            fault = storage_error(exc)
-            if fault is None:
-                log.exception("%s failed; will retry", what)
-            else:
-                outage.failed(fault.detail)
-            continue
-        except CertctlError as exc:
-            # A failure certctl names (the Kubernetes API unreachable or refusing the CA
-            # Secret, RBAC not there yet): its reason once, not a traceback every pass.
-            outage.failed(exc.detail)
-            continue
-        except Exception:
-            log.exception("%s failed; will retry", what)
-            continue
-        outage.worked()
-
-
-def _kube_connection(config: ServerConfig) -> KubeConnection:
-    k = config.kubernetes
-    return load_connection(
-        kubeconfig=k.kubeconfig,
-        context=k.context,
-        api_server=k.api_server,
-        ca_file=k.ca_file,
-        token_file=k.token_file,
-        namespace=k.namespace,
-    )
-
-
-def _kubernetes_features(
-    config: ServerConfig, ca_file: Path, installation: str
-) -> tuple[TokenReviewAuthenticator | None, Callable[[], None] | None]:
-    """The TokenReview authenticator and the CA Secret publisher, each None when unused.
-
-    ``auth.kubernetes.enabled`` turns on the first, ``tls.publish-ca-secret`` the second;
-    ``installation`` (``store.db.installation_id``) owns the Secrets written.
-    """
-    secret = config.tls.publish_ca_secret
-    if secret and config.tls.mode != "self-signed":
-        raise InvalidRequest("tls.publish-ca-secret needs tls.mode=self-signed")
-    if not (config.auth.kubernetes.enabled or secret):
-        return None, None
-    connection = _kube_connection(config)
-    kube_auth = config.auth.kubernetes
-    authenticator = (
-        TokenReviewAuthenticator(connection, audiences=kube_auth.audiences)
-        if kube_auth.enabled
-        else None
-    )
-    if not secret:
-        return authenticator, None
-    writer = SecretWriter(connection, owner=installation)
-
-    def publish_ca() -> None:
-        result = writer.write(
-            secret,
-            {"ca.crt": ca_file.read_bytes()},
-            labels={"app.kubernetes.io/name": "certctl", "app.kubernetes.io/component": "ca"},
-        )
-        if result != "unchanged":
-            log.info("CA certificate %s in Secret %s/%s", result, writer.namespace, secret)
-
-    return authenticator, publish_ca
-
-
-def _store_admin_key(boot: Bootstrapped, config: ServerConfig, installation: str) -> str | None:
-    """Write a freshly minted admin key to ``auth.admin-key-secret``; where it went, or None.
-
-    On failure the key is printed as without the setting: it exists nowhere else once this
-    first start is over.
-    """
-    name = config.auth.admin_key_secret
-    if name is None or boot.admin_key is None:
-        return None
-    try:
-        writer = SecretWriter(_kube_connection(config), owner=installation)
-        writer.write(
-            name,
-            {"api-key": boot.admin_key.encode()},
-            labels={"app.kubernetes.io/name": "certctl", "app.kubernetes.io/component": "admin"},
-        )
-    except CertctlError as exc:
-        log.error("cannot store the admin API key in Secret %s: %s; printing it", name, exc.detail)
-        return None
-    return f"Secret {writer.namespace}/{name} (key api-key)"
-
-
-def _announce(
-    boot: Bootstrapped,
-    config: ServerConfig,
-    scheme: str,
-    ca_path: str | None,
-    stored_in: str | None = None,
-) -> None:
-    host, port = config.host_port
-    # A wildcard address is no place to connect to, and not in the certificate: loopback is.
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    url_host = f"[{host}]" if ":" in host else host
-    url = f"{scheme}://{url_host}:{port}"
-    out = io.StringIO()
-    if stored_in is not None:
-        out.write(
-            f"certctl is starting. Admin API key: in {stored_in}, not printed "
-            f"(also saved 0600 in {boot.admin_key_file})\n"
-        )
-    elif boot.admin_key is not None:
-        out.write(
-            "\n".join(
-                [
-                    "",
-                    "certctl is starting. Admin API key (shown once; also saved 0600 in "
-                    f"{boot.admin_key_file}):",
-                    f"  {boot.admin_key}",
-                    "",
-                ]
-            )
-            + "\n"
-        )
-    elif boot.admin_key_file.is_file():
-        out.write(f"certctl is starting. Admin API key: see {boot.admin_key_file}\n")
-    else:
-        out.write(
-            f"certctl is starting. Admin API key: {boot.admin_key_file} is missing; "
-            f"`certctl admin-key --data-dir {config.data_dir}` mints a new one\n"
-        )
-    if ca_path:
-        out.write(f"CA certificate: {ca_path}\n")
-    cacert = f"--cacert {ca_path} " if ca_path else ""
-    # Without a client certificate the handshake fails before the key is even sent.
-    if config.tls.mode != "disabled" and config.tls.client_auth == "required":
-        cacert += "--cert client.crt --key client.key "
-    out.write(
-        f'Try: curl {cacert}-H "Authorization: Bearer $(cat {boot.admin_key_file.resolve()})" '
-        f"{url}/api/v1/auth/whoami\n"
-    )
-    try:
-        sys.stdout.write(out.getvalue())
-        sys.stdout.flush()
-    except OSError as exc:
-        # `certctl serve >&-`, a reader that left, a full disk: the notice is advice (the key
-        # is in its 0600 file), no reason not to serve. Raised, the server exited 1 without a
-        # word, even in the log.
-        discard_stdout()  # else later flushes fail on it again
-        # Never the notice itself in the log: it may hold the admin key, shown once.
-        where = f"; the admin API key is in {boot.admin_key_file}"
-        log.warning(
-            "cannot print the start-up notice on stdout (%s)%s",
-            exc.strerror or exc,
-            where if boot.admin_key_file.is_file() else "",
-        )
-
-
-def _secret_target_writer(
-    config: ServerConfig, installation: str
-) -> Callable[[Any, dict[str, bytes]], bool]:
-    """Managed-services Secret targets through ``targets.kubernetes``, owned by ``installation``.
-
-    The Kubernetes connection (``kubernetes.*``) is built on first use, so a server without
-    Secret targets never needs one; every failure becomes a DeliveryError for that target.
-    """
-    from certctl.targets.directory import DeliveryError
-
-    connections: list[KubeConnection] = []
-
-    def write(target: Any, files: dict[str, bytes]) -> bool:
-        if "tls.crt" not in files or "tls.key" not in files:
-            raise DeliveryError("no certificate to deliver (TLS disabled); Secret left as it is")
-        try:
-            if not connections:
-                connections.append(_kube_connection(config))
-            writer = SecretWriter(connections[0], namespace=target.namespace, owner=installation)
-            result = writer.write_tls(
-                target.secret,
-                certificate_pem=files["tls.crt"],
-                private_key_pem=files["tls.key"],
-                ca_pem=files.get("ca.crt"),
-                client_trust_pem=files.get("client-trust.crt"),
-                labels=target.labels,
-            )
-        except CertctlError as exc:
-            raise DeliveryError(exc.detail) from None
-        return result is not WriteResult.UNCHANGED
-
-    return write
-
-
-class _CustomSecrets:
-    """Managed services' ``certificate.secretName`` read from Secrets in kubernetes.namespace.
-
-    Used when ``secrets-dir`` has no directory of that name. The connection is built on first
-    use, as for Secret targets; every failure is the service's InvalidRequest (its Failed
-    condition), never a crash of the pass.
-    """
-
-    def __init__(self, config: ServerConfig) -> None:
-        self._config = config
-        self._connection: KubeConnection | None = None
-        # Why the last LIST failed (logged when it changes, not at every 10 s pass).
-        self._list_failure: str | None = None
-
-    def _connect(self, name: str) -> KubeConnection:
-        if self._connection is None:
-            try:
-                self._connection = _kube_connection(self._config)
-            except CertctlError as exc:
-                from certctl.targets.kubernetes import CUSTOM_CERTIFICATE_LABEL
-
-                where = self._config.effective_secrets_dir / name
-                raise InvalidRequest(
-                    f"secret {name} not found (expected a directory {where}, or a Kubernetes "
-                    f"Secret labelled {CUSTOM_CERTIFICATE_LABEL}=true, which needs a "
-                    f"Kubernetes connection: {exc.detail})"
-                ) from None
-        return self._connection
-
-    def read(self, name: str) -> dict[str, bytes]:
-        """The Secret ``name``, with one GET."""
-        from certctl.targets.kubernetes import read_custom_certificate
-
-        connection = self._connect(name)
-        try:
-            data = read_custom_certificate(connection, name)
-        except CertctlError as exc:
-            raise InvalidRequest(f"secret {name}: {exc.detail}") from None
-        if data is None:
-            where = self._config.effective_secrets_dir / name
-            raise InvalidRequest(
-                f"secret {name} not found: neither a directory {where} nor a Kubernetes Secret "
-                f"{connection.namespace}/{name}"
-            )
-        return data
-
-    def for_pass(self) -> Callable[[str], dict[str, bytes]]:
-        """A ``read`` for one scheduler pass: one LIST of the labelled Secrets, at first use.
-
-        With a GET per service per pass, 1,000 services were ~100 requests/s to the API
-        server. A name the LIST did not return (absent, or not labelled: only a GET tells
-        which, for the service's status) is read alone, once in the pass; so is every name
-        when the LIST fails (a Role granting ``get`` but not ``list``: as before, one GET
-        each).
-        """
-        listed: dict[str, dict[str, bytes] | InvalidRequest] | None = None
-        # A pass reads a secret twice when it reconciles its service (to compare, then to
-        # use): both reads get the same answer, from one request.
-        alone: dict[str, dict[str, bytes] | InvalidRequest] = {}
-
-        def read(name: str) -> dict[str, bytes]:
-            nonlocal listed
-            if listed is None:
-                listed = self._list()
-            found = listed.get(name)
-            if found is None:
-                found = alone.get(name)
-            if found is None:
-                try:
-                    found = alone[name] = self.read(name)
-                except InvalidRequest as exc:
-                    found = alone[name] = exc
-            if isinstance(found, InvalidRequest):
-                raise found
-            return dict(found)
-
-        return read
-
-    def _list(self) -> dict[str, dict[str, bytes] | InvalidRequest]:
-        """Every labelled Secret of the namespace; {} when they cannot be listed."""
-        from certctl.targets.kubernetes import list_custom_certificates
-
-        try:
-            listed = list_custom_certificates(self._connect(""))
-        except InvalidRequest:
-            return {}  # no Kubernetes connection: each read says so
-        except CertctlError as exc:
-            if exc.detail != self._list_failure:
-                # The RBAC advice only where RBAC refused: an unreachable API server or an
-                # endless LIST is not fixed by granting anything.
-                forbidden = getattr(exc, "status_code", None) == 403
-                log.warning(
-                    "custom certificates: %s; reading each service's Secret on its own "
-                    "(one request per service and pass%s)",
-                    exc.detail,
-                    "; grant list on secrets" if forbidden else "",
-                )
-            self._list_failure = exc.detail
-            return {}
-        if self._list_failure is not None:
-            log.info("custom certificates: Secrets are listed again")
-            self._list_failure = None
-        # Worded as read() words them: the service's status does not depend on which ran.
-        return {
-            name: InvalidRequest(f"secret {name}: {found.detail}")
-            if isinstance(found, InvalidRequest)
-            else found
-            for name, found in listed.items()
-        }
-
-
-def _custom_secret_reader(config: ServerConfig) -> Callable[[str], dict[str, bytes]]:
-    """``_CustomSecrets(config).read``: one Secret, one GET."""
-    return _CustomSecrets(config).read
-
-
-def service_settings(config: ServerConfig, installation: str | None = None) -> ServiceSettings:
-    """Lifetimes and margins (DESIGN §3) of the internal CA and the managed services.
-
-    Secret targets are written for ``installation`` (``store.db.installation_id``); without
-    one (the configuration checked before the store is opened) there is no Secret writer.
-
-    Raises:
-        InvalidRequest: a lifetime not longer than its renewal margin.
-    """
-    custom = _CustomSecrets(config)
-    return ServiceSettings(
-        ca_validity=parse_duration(config.ca_cert_validity),
-        ca_rotate_before=parse_duration(config.ca_cert_rotate_before),
-        cert_validity=parse_duration(config.cert_validity),
-        cert_rotate_before=parse_duration(config.cert_rotate_before),
-        secrets_dir=config.effective_secrets_dir,
-        secret_writer=None if installation is None else _secret_target_writer(config, installation),
-        secret_reader=custom.read,
-        secret_pass_reader=custom.for_pass,
-        target_policy=target_policy(config),
-    )
-
-
-def target_policy(config: ServerConfig) -> TargetPolicy:
-    """Who may set which directory targets: ``services.target-directories``, never ours."""
-    own = [config.data_dir, config.effective_secrets_dir]
-    if config.tls.cert_dir is not None:
-        own.append(config.tls.cert_dir)
-    return TargetPolicy(
-        delegated_directories=tuple(config.services.target_directories),
-        protected=tuple(own),
-        default_namespace=_default_namespace(config),
-    )
-
-
-def _default_namespace(config: ServerConfig) -> str | None:
-    """Where Secret targets without ``namespace`` go, if this server talks to a cluster."""
-    if config.kubernetes.namespace:
-        return config.kubernetes.namespace
-    try:
-        return _kube_connection(config).namespace
-    except CertctlError:
-        return None  # no cluster configured: such targets fail at delivery anyway
-
-
-def build_scheduler(config: ServerConfig, services: Services) -> Scheduler:
-    """The managed-services reconciler configured from DESIGN §3 keys."""
-    settings = service_settings(config, installation_id(services.engine))
-    interval = parse_duration(config.reconcile_interval).total_seconds()
-    return Scheduler(services, settings, interval, _webhook(config), watch_changes=True)
-
-
-def _webhook(config: ServerConfig) -> Webhook | None:
-    """``notifications.webhook``, its HMAC key read; None when not configured.
-
-    The secret file holds the key, the whole file; ``previous-secret-file``, when set and
-    there, the key being retired (its signature is sent too, so receivers switch when they
-    like).
-
-    Raises:
-        InvalidRequest: the secret file is missing, unreadable or empty, the previous one
-            unreadable or empty, or the ca-file cannot be read or holds no PEM certificate.
-    """
-    from certctl.services.notify import Webhook, load_keys
-
-    hook = config.notifications.webhook
-    if hook is None:
-        return None
-    if hook.secret_file is None:
-        raise InvalidRequest("notifications.webhook needs a non-empty secret-file")
-    keys = load_keys(hook.secret_file, hook.previous_secret_file)
-    return Webhook(
-        hook.url,
-        keys[0],
-        parse_duration(hook.timeout).total_seconds(),
-        proxy=hook.proxy,
-        ca_file=hook.ca_file,
-        previous_secrets=keys[1:],
-        secret_file=hook.secret_file,
-        previous_secret_file=hook.previous_secret_file,
-    )
 
 
 def _check_integrations(config: ServerConfig) -> None:

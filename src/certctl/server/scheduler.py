@@ -333,7 +333,7 @@ class Scheduler:
 
         A pass that fails for the storage (no pooled connection free, the database down) is
         one warning when it starts (and when its reason changes) and one line when a pass
-        works again, as server.run's other periodic passes: not a traceback every pass.
+        works again, as the other periodic passes (server.periodic): not a traceback every pass.
         """
         outage = OutageLog(log, "reconcile pass", self.interval_s, "reconcile passes work again")
         loop = asyncio.get_running_loop()

@@ -13,7 +13,7 @@ import pytest
 
 from certctl.server.bootstrap import Bootstrapped
 from certctl.server.config import ServerConfig
-from certctl.server.run import _announce
+from certctl.server.startup_notice import _announce
 from certctl.services.context import Services
 
 

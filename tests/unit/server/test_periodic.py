@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from certctl.server.run import _periodic
+from certctl.server.periodic import _periodic
 
 
 def _down() -> OperationalError:

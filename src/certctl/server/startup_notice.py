@@ -1,0 +1,105 @@
+"""The start-up notice: where the admin API key is (printed, or in a Secret), how to try it."""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+
+from certctl.errors import CertctlError
+from certctl.files import discard_stdout
+from certctl.server.bootstrap import Bootstrapped
+from certctl.server.config import ServerConfig
+from certctl.server.kubernetes import _kube_connection
+from certctl.targets.kubernetes import SecretWriter
+
+__all__: list[str] = []
+
+log = logging.getLogger("certctl.server")
+
+
+def _store_admin_key(boot: Bootstrapped, config: ServerConfig, installation: str) -> str | None:
+    """Write a freshly minted admin key to ``auth.admin-key-secret``; where it went, or None.
+
+    On failure the key is printed as without the setting: it exists nowhere else once this
+    first start is over.
+    """
+    name = config.auth.admin_key_secret
+    if name is None or boot.admin_key is None:
+        return None
+    try:
+        writer = SecretWriter(_kube_connection(config), owner=installation)
+        writer.write(
+            name,
+            {"api-key": boot.admin_key.encode()},
+            labels={"app.kubernetes.io/name": "certctl", "app.kubernetes.io/component": "admin"},
+        )
+    except CertctlError as exc:
+        log.error("cannot store the admin API key in Secret %s: %s; printing it", name, exc.detail)
+        return None
+    return f"Secret {writer.namespace}/{name} (key api-key)"
+
+
+def _announce(
+    boot: Bootstrapped,
+    config: ServerConfig,
+    scheme: str,
+    ca_path: str | None,
+    stored_in: str | None = None,
+) -> None:
+    host, port = config.host_port
+    # A wildcard address is no place to connect to, and not in the certificate: loopback is.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    url_host = f"[{host}]" if ":" in host else host
+    url = f"{scheme}://{url_host}:{port}"
+    out = io.StringIO()
+    if stored_in is not None:
+        out.write(
+            f"certctl is starting. Admin API key: in {stored_in}, not printed "
+            f"(also saved 0600 in {boot.admin_key_file})\n"
+        )
+    elif boot.admin_key is not None:
+        out.write(
+            "\n".join(
+                [
+                    "",
+                    "certctl is starting. Admin API key (shown once; also saved 0600 in "
+                    f"{boot.admin_key_file}):",
+                    f"  {boot.admin_key}",
+                    "",
+                ]
+            )
+            + "\n"
+        )
+    elif boot.admin_key_file.is_file():
+        out.write(f"certctl is starting. Admin API key: see {boot.admin_key_file}\n")
+    else:
+        out.write(
+            f"certctl is starting. Admin API key: {boot.admin_key_file} is missing; "
+            f"`certctl admin-key --data-dir {config.data_dir}` mints a new one\n"
+        )
+    if ca_path:
+        out.write(f"CA certificate: {ca_path}\n")
+    cacert = f"--cacert {ca_path} " if ca_path else ""
+    # Without a client certificate the handshake fails before the key is even sent.
+    if config.tls.mode != "disabled" and config.tls.client_auth == "required":
+        cacert += "--cert client.crt --key client.key "
+    out.write(
+        f'Try: curl {cacert}-H "Authorization: Bearer $(cat {boot.admin_key_file.resolve()})" '
+        f"{url}/api/v1/auth/whoami\n"
+    )
+    try:
+        sys.stdout.write(out.getvalue())
+        sys.stdout.flush()
+    except OSError as exc:
+        # `certctl serve >&-`, a reader that left, a full disk: the notice is advice (the key
+        # is in its 0600 file), no reason not to serve. Raised, the server exited 1 without a
+        # word, even in the log.
+        discard_stdout()  # else later flushes fail on it again
+        # Never the notice itself in the log: it may hold the admin key, shown once.
+        where = f"; the admin API key is in {boot.admin_key_file}"
+        log.warning(
+            "cannot print the start-up notice on stdout (%s)%s",
+            exc.strerror or exc,
+            where if boot.admin_key_file.is_file() else "",
+        )
