@@ -568,9 +568,14 @@ def test_url_with_a_path_certctl_does_not_serve_says_so(
         "certctl: error: HTTP 404: Not Found (no such route: CERTCTL_URL should be the "
         f"server's base URL without {path.rstrip('/')}: {default_server.url})\n"
     )
-    # An unknown id is the server's own 404 and says so: no hint about the URL there.
+    # An unknown id is the server's own 404 and says so: no hint about the URL there, one
+    # about what an id is (a name given where the id goes: not shaped like one).
     missing = _certctl(default_server, "certs", "get", "no-such-id", **_admin_env(default_server))
-    assert missing.stderr == "certctl: error: HTTP 404: certificate no-such-id not found\n"
+    assert missing.stderr == (
+        "certctl: error: HTTP 404: certificate no-such-id not found (CERT_ID is a "
+        "certificate's id, as 'certctl certs list' shows it; 'certctl certs list -q "
+        "no-such-id' finds certificates by name)\n"
+    )
 
 
 def test_issue_from_a_csr_sends_the_csr_only(default_server: CertctlServer, tmp_path: Path) -> None:

@@ -219,7 +219,7 @@ def test_a_pass_reads_every_custom_secret_with_one_list(
     # One GET per service per pass (every 10 s): 1,000 services were ~100 requests/s to the
     # API server, for Secrets that rarely change. One LIST of the labelled ones per pass.
     from certctl.server.scheduler import Scheduler
-    from certctl.server.service_settings import service_settings
+    from certctl.server.service_setup import service_settings
 
     settings = service_settings(_config(apiserver, sa_dir, env))
     crt, key = pki.leaf("web.example.internal")

@@ -25,7 +25,7 @@ from certctl.pki import (
     get_profile,
     key_to_pem,
 )
-from certctl.server import run, service_settings
+from certctl.server import run, service_setup
 from certctl.server.bootstrap import Bootstrapped
 from certctl.server.config import load_config
 from certctl.services import issuer_revocation, issuers, service_schedule
@@ -269,7 +269,7 @@ def test_a_compromised_internal_ca_key_renews_neither_it_nor_the_server_certific
     # another certificate (409); the server's own renewals went on signing with that key:
     # its TLS certificate, and the internal CA re-signed by itself.
     prepared = _prepared(env)
-    prepared.scheduler = service_settings.build_scheduler(prepared.config, env.services)
+    prepared.scheduler = service_setup.build_scheduler(prepared.config, env.services)
     run._renew_internal_ca(prepared, None)  # the start: the files are issued
     files = ("ca.crt", "tls.crt", "tls.key")
     before = {name: (prepared.tls_dir / name).read_bytes() for name in files}

@@ -116,7 +116,7 @@ def test_no_caller_may_aim_a_target_at_the_servers_own_files(env: Env) -> None:
 
 def test_the_api_answers_403_and_the_server_config_delegates(env: Env, tmp_path: Path) -> None:
     from certctl.server.config import load_config
-    from certctl.server.service_settings import target_policy
+    from certctl.server.service_setup import target_policy
 
     with pytest.raises(InvalidRequest, match=r"services\.target-directories: relative: target"):
         load_config(None, {"services.target-directories": ["relative"]})

@@ -24,7 +24,7 @@ from sqlalchemy import select, text
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
 from certctl.server.scheduler import Scheduler
-from certctl.server.service_settings import _webhook
+from certctl.server.service_setup import _webhook
 from certctl.services import service_specs
 from certctl.services.notify import (
     SIGNATURE_HEADER,

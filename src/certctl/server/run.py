@@ -35,7 +35,7 @@ from certctl.server.kubernetes import _kube_connection, _kubernetes_features
 from certctl.server.logs import configure_logging
 from certctl.server.periodic import _periodic, refresh_metrics
 from certctl.server.scheduler import Scheduler
-from certctl.server.service_settings import (
+from certctl.server.service_setup import (
     _webhook,
     build_scheduler,
     service_settings,

@@ -556,7 +556,7 @@ def test_webhook_urls_that_load(hook: dict[str, Any]) -> None:
 
 
 def test_webhook_settings_reach_the_sender(tmp_path: Path) -> None:
-    from certctl.server.service_settings import _webhook
+    from certctl.server.service_setup import _webhook
 
     secret = tmp_path / "webhook-secret"
     secret.write_text("s3cret\n")
