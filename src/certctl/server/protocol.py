@@ -44,7 +44,13 @@ from typing import Any, cast
 
 from certctl.server.handshake_failures import HandshakeFailures
 
-__all__ = ["CoalescedWrites", "ConnectionGate", "http_protocol", "listener_protocol"]
+__all__ = [
+    "CoalescedWrites",
+    "ConnectionGate",
+    "HandshakeAlerts",
+    "http_protocol",
+    "listener_protocol",
+]
 
 log = logging.getLogger("certctl.server")
 
@@ -485,7 +491,7 @@ def listener_protocol(
             tls = tls_class(
                 loop,
                 app_protocol,
-                context(),
+                _ConnectionContext(context(), transport),
                 None,
                 server_side=True,
                 ssl_handshake_timeout=handshake_left_s,
@@ -501,6 +507,77 @@ def listener_protocol(
         )
 
     return make
+
+
+class HandshakeAlerts(ssl.SSLObject):
+    """An ``SSLObject`` that sends the alert of a failed handshake before the connection ends.
+
+    Set as a server context's ``sslobject_class`` (``ServerTLS``). When OpenSSL fails a
+    handshake (no client certificate with ``tls.client-auth: required``, one from a CA not in
+    ``tls.client-ca``) it writes the alert saying why into the outgoing memory BIO, then
+    raises. The loop's SSL protocol (uvloop's, and asyncio's in Python 3.11) closes the
+    transport on that exception without sending what the BIO still holds: the client got a
+    bare end of stream (curl: "Empty reply from server", openssl: "unexpected eof while
+    reading") instead of "alert certificate required" or "alert unknown ca". Here the
+    pending bytes go to the TCP transport first, before the protocol closes it; a write of a
+    few bytes to an idle socket is sent at once, so the close that follows does not lose it.
+
+    The BIO and the transport come from ``_ConnectionContext.wrap_bio``; they are dropped
+    once the handshake is over, so nothing outlives it.
+    """
+
+    _certctl_link: tuple[ssl.MemoryBIO, Any] | None = None
+
+    def do_handshake(self) -> None:
+        """``SSLObject.do_handshake``; on a failure, the pending alert goes out first."""
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise  # more bytes to come: the handshake goes on
+        except ssl.SSLError:
+            link, self._certctl_link = self._certctl_link, None
+            if link is not None:
+                outgoing, transport = link
+                alert = outgoing.read()
+                if alert and not transport.is_closing():
+                    transport.write(alert)
+            raise
+        self._certctl_link = None
+
+
+class _ConnectionContext:
+    """One connection's handle on its listener's ``SSLContext``, as the SSL protocol takes it.
+
+    The protocol asks it for the connection's ``SSLObject`` (``wrap_bio``); a
+    ``HandshakeAlerts`` is told the BIO it writes into and the connection's TCP transport,
+    to send a failed handshake's alert. Everything else is the context's own.
+    """
+
+    __slots__ = ("_context", "_transport")
+
+    def __init__(self, context: ssl.SSLContext, transport: Any) -> None:
+        self._context = context
+        self._transport = transport
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        ssl_object = self._context.wrap_bio(
+            incoming, outgoing, server_side, server_hostname, session
+        )
+        if isinstance(ssl_object, HandshakeAlerts):
+            ssl_object._certctl_link = (outgoing, self._transport)
+        self._transport = None  # one SSLObject per connection: no reference kept past it
+        return ssl_object
+
+    def __getattr__(self, name: str) -> Any:
+        # verify_mode, get_ca_certs …: the context's own (``get_extra_info("sslcontext")``).
+        return getattr(self._context, name)
 
 
 def _plain_http_answer() -> bytes:

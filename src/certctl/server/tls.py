@@ -50,6 +50,7 @@ from certctl.pki import (
     load_material,
 )
 from certctl.server.config import ServerConfig, split_host_port
+from certctl.server.protocol import HandshakeAlerts
 from certctl.services.issuance import served_chain
 from certctl.store.db import PoolTimeout, storage_error
 
@@ -382,6 +383,8 @@ class ServerTLS:
         context.set_ciphers(TLS12_CIPHERS)
         context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
         context.set_alpn_protocols(["http/1.1"])
+        # A failed handshake's alert reaches the client (the loop's SSL protocol drops it).
+        context.sslobject_class = HandshakeAlerts
         if self._client_ca_pem is not None:
             context.load_verify_locations(cadata=self._client_ca_pem)
             context.verify_mode = (
