@@ -22,6 +22,9 @@ What uvicorn does not bound, this class does:
   (or ``431``) waits for their responses: uvicorn writes it at once and closes, so a client
   that pipelined a good request and then a bad one got the ``400`` as the answer to the good
   one, whose response was lost although it had run (a role created, a certificate issued).
+- **Transfer codings other than chunked** (``gzip, chunked``) get a ``501`` (RFC 9112 6.1),
+  refused as a malformed head is: llhttp undoes only chunked and passed the rest on as if it
+  were the body.
 - **Size of a head.** llhttp has no limit of its own (httptools buffers a header value until
   it is complete), so bytes received while a head is open are counted and a head over
   ``max_head_bytes`` gets ``431`` and a closed connection.
@@ -70,6 +73,36 @@ _BAD_REQUEST = (
     b"connection: close\r\n"
     b"content-length: %d\r\n\r\n%s"
 )
+
+
+_NOT_IMPLEMENTED = (
+    b"HTTP/1.1 501 Not Implemented\r\n"
+    b"%scontent-type: application/problem+json\r\n"
+    b"x-content-type-options: nosniff\r\n"
+    b"connection: close\r\n"
+    b"content-length: %d\r\n\r\n%s"
+)
+
+
+class _UnknownTransferCoding(Exception):
+    """Raised in llhttp's headers-complete callback: the parser stops as on a bad head."""
+
+
+def _unknown_transfer_coding(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether ``Transfer-Encoding`` names a coding other than chunked, ahead of a final chunked.
+
+    With chunked not last, llhttp itself refuses the request (400: its length is unknown,
+    RFC 9112 6.3). With it last, llhttp undoes chunked and passes on a body still in the
+    other coding (gzip …), which the app read as if it were not.
+    """
+    codings = [
+        coding.strip().lower()
+        for name, value in headers
+        if name == b"transfer-encoding"
+        for coding in value.split(b",")
+    ]
+    codings = [coding for coding in codings if coding]
+    return codings[-1:] == [b"chunked"] and any(c != b"chunked" for c in codings[:-1])
 
 
 def _problem_body(kind: str, title: str, status: int, detail: str) -> bytes:
@@ -153,6 +186,14 @@ def http_protocol(
         "malformed HTTP request (request line, a header or the body framing)",
     )
     bad_request = (_BAD_REQUEST, len(bad_body), bad_body)
+    coding_body = _problem_body(
+        "not-implemented",
+        "Not implemented",
+        501,
+        "transfer coding not supported: send the body with Transfer-Encoding: chunked alone, "
+        "or with a Content-Length",
+    )
+    not_implemented = (_NOT_IMPLEMENTED, len(coding_body), coding_body)
 
     base: Any = HttpToolsProtocol
 
@@ -167,6 +208,7 @@ def http_protocol(
         _body_deadline: asyncio.TimerHandle | None = None
         _send_deadline: asyncio.TimerHandle | None = None
         _running: Any = None  # the request whose application task was started last
+        _unknown_coding = False  # Transfer-Encoding named a coding besides chunked (501)
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -220,7 +262,9 @@ def http_protocol(
         def send_400_response(self, msg: str) -> None:
             # llhttp refused the request (a Content-Length of "abc", a control byte in a
             # header): the problem+json every other error has, not uvicorn's text/plain.
-            self._refuse(bad_request)
+            # Or on_headers_complete did, for a transfer coding it does not know: RFC 9112
+            # 6.1 says 501 (what nginx answers too).
+            self._refuse(not_implemented if self._unknown_coding else bad_request)
 
         def _refuse(self, answer: tuple[bytes, int, bytes]) -> None:
             """Answer ``answer`` and close, once the requests before this one are answered."""
@@ -272,6 +316,11 @@ def http_protocol(
             super().on_message_begin()
 
         def on_headers_complete(self) -> None:
+            if _unknown_transfer_coding(self.headers):
+                # Refused as a bad head is, before its request exists: llhttp stops parsing
+                # and uvicorn calls send_400_response, which answers 501 for this.
+                self._unknown_coding = True
+                raise _UnknownTransferCoding
             self._in_head = False
             self._head_bytes = 0
             self._disarm()
