@@ -201,6 +201,9 @@ class OutputSet:
     def _commit(self) -> list[Path]:
         created_dirs: list[Path] = []
         staged: list[tuple[str, Path]] = []
+        # Each staged file's (device, inode): the rollback knows it in its place by that, even
+        # when its temp name is already gone (a signal just after the link or rename).
+        made: dict[Path, tuple[int, int]] = {}
         backups: list[tuple[str, Path]] = []
         renamed: list[Path] = []
         current = Path()
@@ -216,6 +219,7 @@ class OutputSet:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
                 staged.append((tmp, path))
                 try:
+                    made[path] = _identity(os.fstat(fd))
                     os.fchmod(fd, mode)  # the umask must not loosen or tighten what we chose
                     _write_all(fd, data)
                     if not batch:
@@ -260,7 +264,7 @@ class OutputSet:
         except BaseException as exc:
             # Ctrl-C (KeyboardInterrupt) too: it would otherwise leave the staged keys in
             # temp files and, with --force, the previous files moved aside under .bak names.
-            _rollback(staged, renamed, backups, created_dirs)
+            _rollback(staged, made, renamed, backups, created_dirs)
             if isinstance(exc, _AppearedMeanwhile):
                 raise Conflict(f"{current} already exists; use --force to overwrite") from None
             if isinstance(exc, OSError):
@@ -340,8 +344,13 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
 def _rollback(
     staged: list[tuple[str, Path]],
+    made: dict[Path, tuple[int, int]],
     renamed: list[Path],
     backups: list[tuple[str, Path]],
     created_dirs: list[Path],
@@ -352,9 +361,9 @@ def _rollback(
     done = set(renamed)
     for tmp, path in staged:
         with contextlib.suppress(OSError):
-            if path not in done and os.path.samestat(os.stat(tmp), os.lstat(path)):
-                # Linked into place, interrupted before it was counted: ours, not a file
-                # another process put there.
+            if path not in done and made.get(path) == _identity(os.lstat(path)):
+                # Linked or renamed into place, interrupted before it was counted (its temp
+                # name may be gone already): ours, not a file another process put there.
                 os.unlink(path)
         with contextlib.suppress(OSError):
             os.unlink(tmp)

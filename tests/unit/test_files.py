@@ -219,6 +219,42 @@ def test_rename_failure_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     assert _tree(tmp_path) == []
 
 
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_an_interrupt_just_after_a_file_is_in_place_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool
+) -> None:
+    # Ctrl-C (or SIGTERM, raised as _Terminated) lands after tls.crt is in its place and its
+    # temp name is gone, before the commit counted it: the rollback must still remove it, or
+    # tls.crt of this run stays without its tls.key.
+    real_unlink = os.unlink
+
+    def no_link(src: str, dst: str) -> None:
+        raise OSError(1, "Operation not permitted", str(dst))  # as some FUSE and SMB mounts
+
+    def unlink(path: str) -> None:
+        real_unlink(path)
+        if str(path).endswith(".tmp"):  # the temp name of the file linked into place
+            raise KeyboardInterrupt
+
+    if not links:
+        monkeypatch.setattr(os, "link", no_link)
+        real_replace = os.replace
+
+        def replace(src: str, dst: str) -> None:
+            real_replace(src, dst)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(os, "replace", replace)
+    else:
+        monkeypatch.setattr(os, "unlink", unlink)
+    out = OutputSet()
+    out.add(tmp_path / "tls.crt", b"cert")
+    out.add(tmp_path / "tls.key", b"key", secret=True)
+    with pytest.raises(KeyboardInterrupt):
+        out.commit()
+    assert _tree(tmp_path) == []
+
+
 def _fail_replace_call(monkeypatch: pytest.MonkeyPatch, failing: int) -> None:
     """Make the ``failing``-th ``os.replace`` call fail with EIO; the others go through."""
     calls = 0
