@@ -765,8 +765,19 @@ def test_the_database_pool_fits_postgresqls_max_connections(
             {"server": {"extraConfig": {"database-pool-size": 50}}},
             "server.extraConfig.database-pool-size is set by the chart: use database.poolSize",
         ),
+        # The pool is divided among the processes: before, Helm's 'integer divide by zero'.
+        (
+            merged(_pg(2), {"server": {"extraConfig": {"workers": 0}}}),
+            "server.extraConfig.workers 0: expected a whole number of server processes from 1 "
+            "to 64",
+        ),
+        (
+            merged(_pg(2), {"server": {"extraConfig": {"workers": "two"}}}),
+            "server.extraConfig.workers two: expected a whole number of server processes from 1 "
+            "to 64",
+        ),
     ],
-    ids=["set-too-large", "too-many-replicas", "extra-config"],
+    ids=["set-too-large", "too-many-replicas", "extra-config", "no-workers", "workers-word"],
 )
 def test_a_pool_beyond_max_connections_is_refused(
     chart: Any, helm: Any, values: dict[str, Any], message: str

@@ -101,6 +101,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and .Values.persistence.enabled (not (include "certctl.usesPostgres" .)) }}true{{ end }}
 {{- end }}
 
+{{/* server.extraConfig.workers (1 if unset), refused as certctl refuses it: the pool sizing
+     divides by it, and a 0 failed as Helm's "integer divide by zero". */}}
+{{- define "certctl.workers" -}}
+{{- $workers := dig "workers" 1 (default (dict) .Values.server.extraConfig) }}
+{{- $text := trim (toString $workers) }}
+{{- if or (kindIs "bool" $workers) (not (regexMatch "^[0-9]+$" $text)) (lt (atoi $text) 1) (gt (atoi $text) 64) }}
+{{- fail (printf "server.extraConfig.workers %v: expected a whole number of server processes from 1 to 64" $workers) }}
+{{- end }}
+{{- atoi $text }}
+{{- end }}
+
 {{/* database-pool-size: database.poolSize, or (0) the largest up to 34 that fits; refused
      when the pods of a rolling update could hold more connections than PostgreSQL takes
      (it then refuses new ones, "too many clients", to the new pod and the old alike). */}}
@@ -112,7 +123,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if and (include "certctl.usesPostgres" .) $max (gt $replicas 0) }}
 {{- /* No volume with PostgreSQL: a RollingUpdate, Kubernetes' default maxSurge 25 %. */}}
 {{- $surge := div (add $replicas 3) 4 }}
-{{- $workers := int (dig "workers" 1 (default (dict) .Values.server.extraConfig)) }}
+{{- $workers := int (include "certctl.workers" .) }}
 {{- $processes := mul (add $replicas $surge) $workers }}
 {{- $reserved := int $db.reservedConnections }}
 {{- $budget := sub $max $reserved }}
