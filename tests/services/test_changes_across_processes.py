@@ -220,6 +220,21 @@ def test_what_makes_a_service_due_is_signalled_and_a_pass_s_own_writes_are_not(
         assert signals.taken() == 1, "renewal requested"
         env.reconcile("web")
         assert signals.taken() == 0, "the renewal done: renew_at moves later"
+        # A renewal that failed (its renew_at past, backing off): asked again once the cause
+        # is fixed, renew_at moves later but the back-off is lifted, so it is due at once.
+        with env.services.engine.begin() as connection:
+            connection.execute(
+                text(
+                    "UPDATE managed_services SET renew_at = :past, attempts = 3,"
+                    " next_attempt_at = :later"
+                ),
+                {"past": env.now - timedelta(hours=1), "later": env.now + timedelta(hours=1)},
+            )
+        signals.taken()  # renew_at brought forward, by hand
+        service_specs.request_renewal(env.services, env.admin, "web")
+        assert signals.taken() == 1, "a failed renewal asked again: the back-off lifted"
+        env.reconcile("web")
+        assert signals.taken() == 0, "the renewal done, its failures forgotten"
         client = make_ca("Client CA", env.now)
         added = service_clients.add_client(env.services, env.admin, "web", client.cert_pem.decode())
         assert signals.taken() == 1, "client trusted"
