@@ -300,3 +300,32 @@ def test_the_listener_comes_back_when_its_connection_is_cut(
     messages = [r.getMessage() for r in caplog.records if r.name == "certctl.scheduler"]
     assert any(m.startswith("listening for service changes failed") for m in messages), messages
     assert "listening for service changes again" in messages
+
+
+def test_an_idle_session_timeout_does_not_cut_the_listener(
+    pg_env: Env, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL 14+'s idle_session_timeout, set for the role or database (here through the
+    # URL's options), ended the listening connection, idle by design, each time it expired:
+    # a warning and a reconnection every period, changes waiting meanwhile.
+    monkeypatch.setattr(service_changes, "RETRY_S", 0.1)
+    monkeypatch.setattr(service_changes, "POLL_S", 0.2)
+    caplog.set_level(logging.INFO, "certctl.scheduler")
+    url = pg_env.services.engine.url.update_query_dict({"options": "-c idle_session_timeout=300"})
+    engine = create_store_engine(url.render_as_string(hide_password=False))
+    wakes: list[float] = []
+    watch = watch_changes(engine, lambda: wakes.append(time.monotonic()), lambda: True)
+    assert watch is not None
+    watch.start()
+    try:
+        _waited("the listener to connect", lambda: bool(wakes))
+        time.sleep(1.0)  # over three idle_session_timeout periods
+        before = len(wakes)
+        pg_env.put(service_doc("web", dns=("web.example.com",)))
+        _waited("a wake from the same connection", lambda: len(wakes) > before)
+    finally:
+        watch.stop()
+        assert watch.join(10)
+        engine.dispose()
+    messages = [r.getMessage() for r in caplog.records if r.name == "certctl.scheduler"]
+    assert not [m for m in messages if m.startswith("listening for service changes")], messages

@@ -49,6 +49,8 @@ POLL_S = 1.0
 # RETRY_MAX_S while it keeps failing.
 RETRY_S = 1.0
 RETRY_MAX_S = 30.0
+# server_version_num of PostgreSQL 14, which added idle_session_timeout.
+IDLE_SESSION_TIMEOUT_SINCE = 140000
 
 
 class ChangeWatch:
@@ -213,6 +215,11 @@ class _PostgresWatch(ChangeWatch):
         try:
             connection.rollback()  # whatever the checkout's ping began
             connection.autocommit = True
+            if connection.info.server_version >= IDLE_SESSION_TIMEOUT_SINCE:
+                # Idle by design: an idle_session_timeout set for the role or database
+                # (PostgreSQL 14+) would end it at every period, each time a warning and a
+                # reconnection, the changes made meanwhile waiting for the periodic pass.
+                connection.execute("SET idle_session_timeout = 0")
             connection.execute(f"LISTEN {SERVICE_CHANGES_CHANNEL}")
         except Exception:
             with contextlib.suppress(Exception):
