@@ -51,12 +51,18 @@ class Column:
     """A table column: its header, how a cell is drawn from an item (and the time now).
 
     ``key``: the value a user copies into the next command (an id): never folded, however
-    narrow the terminal; the other columns fold instead.
+    narrow the terminal; the other columns wrap at spaces instead.
+
+    ``label``: a name or subject, shown in full by ``get`` and ``-o json``: a word too long for
+    the column ends in "…", not broken in two ("CN=Elastic…", never "CN=Elastics" over
+    "earch", which reads as two words). The other columns (messages, serials, dates) fold
+    such a word: cut, a message or serial would lose what the user came to read.
     """
 
     header: str
     cell: Callable[[dict[str, Any], datetime], str]
     key: bool = False
+    label: bool = False
 
 
 def wants_table(output: str | None) -> bool:
@@ -155,7 +161,7 @@ def print_table(
             widest = max(len(column.header), *(len(row[index]) for row in rows))
             table.add_column(
                 column.header,
-                overflow="fold",
+                overflow="ellipsis" if column.label else "fold",
                 no_wrap=column.key,
                 min_width=widest if column.key else None,
             )

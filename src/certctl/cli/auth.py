@@ -113,7 +113,7 @@ def _apikey_columns() -> list[Column]:
 
     return [
         Column("ID", _field("id"), key=True),
-        Column("NAME", _field("name")),
+        Column("NAME", _field("name"), label=True),
         Column("ACTOR", _field("actor_id")),
         Column("STATUS", _apikey_status),
         Column(
@@ -162,7 +162,7 @@ def roles_list(output: str | None = OUTPUT_OPTION) -> None:
     path = "/api/v1/auth/roles"
     columns = [
         Column("ID", _field("id"), key=True),
-        Column("NAME", _field("name")),
+        Column("NAME", _field("name"), label=True),
         Column("BUILT IN", _field("builtin")),
         Column("PERMISSIONS", _field("permissions")),
     ]
@@ -246,7 +246,7 @@ def actors_list(output: str | None = OUTPUT_OPTION) -> None:
     path = "/api/v1/auth/actors"
     columns = [
         Column("ID", _field("id"), key=True),
-        Column("NAME", _field("name")),
+        Column("NAME", _field("name"), label=True),
         Column("ROLES", _field("roles")),
         Column("CREATED", lambda item, _now: timestamp(item.get("created_at"))),
     ]

@@ -66,7 +66,7 @@ def _certificate_columns() -> list[Column]:
 
     return [
         Column("ID", _field("id"), key=True),
-        Column("COMMON NAME", _certificate_name),
+        Column("COMMON NAME", _certificate_name, label=True),
         Column("STATUS", _field("status")),
         Column("NOT AFTER", lambda item, now: date_and_days(item.get("not_after"), now)),
         Column("ISSUER", _field("issuer")),

@@ -56,8 +56,8 @@ def _issuer_columns() -> list[Column]:
     return [
         Column("ID", _field("id"), key=True),
         Column("STATUS", _field("status")),
-        Column("NAME", _field("name")),
-        Column("SUBJECT", _field("subject")),
+        Column("NAME", _field("name"), label=True),
+        Column("SUBJECT", _field("subject"), label=True),
         Column("KEY TYPE", _field("key_type")),
         Column("NOT AFTER", lambda item, now: date_and_days(item.get("not_after"), now)),
     ]

@@ -563,7 +563,7 @@ def clients_list(
 
     columns = [
         Column("FINGERPRINT", _field("fingerprint"), key=True),
-        Column("SUBJECT", _field("subject")),
+        Column("SUBJECT", _field("subject"), label=True),
         Column("CA", _field("is_ca")),
         Column("ADDED", lambda item, _now: timestamp(item.get("added_at"))),
     ]
