@@ -118,7 +118,7 @@ def _fail(message: str, code: int) -> int:
 
 
 def _fail_after_keypress(message: str, code: int) -> int:
-    """``_fail`` for Ctrl-C: on a line of its own on a terminal."""
+    """``_fail`` for Ctrl-C or Ctrl-D: on a line of its own on a terminal."""
     # The terminal echoes ^C where the cursor is, after a wizard's prompt: the error ran on
     # behind it, "CA common name (Elasticsearch HTTP CA): ^Ccertctl: error: interrupted".
     try:
@@ -259,7 +259,12 @@ def _run_typer(args: list[str]) -> int:
         return _fail(_usage_message(exc, args) + hint, 2)
     except _click.exceptions.ClickException as exc:
         return _fail(exc.format_message(), exc.exit_code or 1)
-    except typer.Abort:
+    except typer.Abort as exc:
+        if isinstance(exc.__context__, EOFError):
+            # Ctrl-D at a prompt (the wizard raises Abort while handling the EOFError) echoes
+            # nothing: the cursor is still behind the prompt. A "no" answered with Enter
+            # left it at the start of a line: no blank line then.
+            return _fail_after_keypress("aborted", 1)
         return _fail("aborted", 1)
     if result == _INTERRUPTED:
         # Typer turns Ctrl-C into a silent typer.Exit(130) (no command returns 130 itself):

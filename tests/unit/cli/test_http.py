@@ -654,6 +654,35 @@ def test_a_wizard_left_with_ctrl_c_says_so_on_a_line_of_its_own(
     assert not (tmp_path / "b.zip").exists()
 
 
+def test_a_wizard_left_with_ctrl_d_says_so_on_a_line_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-D echoes nothing: the error line ran on after the prompt, "CA common name
+    # (Elasticsearch HTTP CA): certctl: error: aborted".
+    def answers() -> Iterator[str]:
+        yield ""  # the profile
+        raise EOFError
+
+    _script_wizard(monkeypatch, answers())
+    stderr = _TerminalStderr()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    assert run(["http", "--out", str(tmp_path / "b.zip"), "--node", "es1"]) == 1
+    assert stderr.getvalue() == "\ncertctl: error: aborted\n"
+    assert not (tmp_path / "b.zip").exists()
+
+
+def test_a_wizard_declined_on_a_terminal_adds_no_blank_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "n" + Enter left the cursor at the start of a line: the error line follows directly.
+    answers = iter(["", "y", "", "", "", "", "", "", "n"])
+    _script_wizard(monkeypatch, answers)
+    stderr = _TerminalStderr()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    assert run(["http", "--out", str(tmp_path / "b.zip"), "--node", "es1"]) == 1
+    assert stderr.getvalue() == "certctl: error: aborted\n"
+
+
 # --- the wizard on a real pseudo-terminal --------------------------------------------------
 
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
