@@ -57,6 +57,10 @@ def _usage_message(exc: UsageError, args: list[str]) -> str:
 
     message = exc.format_message()
     if isinstance(exc, _click.exceptions.BadParameter):
+        if exc.param is None and exc.param_hint is None:
+            # A command's own check of its options together ("--p12 needs a password …"):
+            # click's "Invalid value: " would call a combination of options a bad value.
+            return exc.message
         opts = exc.param.opts if exc.param is not None else []
         return _plain_words(message, _given(args, opts))
     if not isinstance(exc, _click.exceptions.NoSuchOption) or exc.ctx is None:

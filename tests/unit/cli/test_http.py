@@ -419,7 +419,7 @@ def test_no_node(
     assert run(["http", "--out", str(out), *args]) == 2
     err = capsys.readouterr().err
     assert err == (
-        f"certctl: error: Invalid value: give --node NAME (repeatable) or --shared with "
+        f"certctl: error: give --node NAME (repeatable) or --shared with "
         f"--dns/--ip{why} (see 'certctl http --help')\n"
     )
     assert not out.exists()
@@ -444,7 +444,7 @@ def test_closed_stdin_is_no_terminal(
     out = tmp_path / "b.zip"
     assert run(["http", "--out", str(out), "--pem"]) == 2
     assert capsys.readouterr().err == (
-        "certctl: error: Invalid value: give --node NAME (repeatable) or --shared with "
+        "certctl: error: give --node NAME (repeatable) or --shared with "
         "--dns/--ip (standard input is not a terminal: no wizard) (see 'certctl http --help')\n"
     )
     assert run(["http", "--out", str(out), "--pem", "--node", "es1"]) == 0
@@ -467,7 +467,7 @@ def test_a_password_on_stdin_does_not_go_with_the_wizard(
     out = tmp_path / "b.zip"
     assert run(["http", "--out", str(out), "--node", "es1", option, "-"]) == 2
     assert capsys.readouterr().err == (
-        f"certctl: error: Invalid value: {option} -: the wizard reads its answers from standard "
+        f"certctl: error: {option} -: the wizard reads its answers from standard "
         "input; give the password in a file, pipe it in, or add --non-interactive "
         "(see 'certctl http --help')\n"
     )
