@@ -9,7 +9,7 @@ from starlette.responses import Response
 from certctl.auth.apikeys import redact_keys
 from certctl.errors import CertctlError, StorageUnavailable, TooManyRequests
 
-__all__ = ["problem", "problem_from_error"]
+__all__ = ["problem", "problem_for_status", "problem_from_error", "problem_json"]
 
 _SLUGS = {
     400: "invalid-request",
@@ -23,26 +23,28 @@ _SLUGS = {
     429: "too-many-requests",
     431: "request-header-fields-too-large",
     500: "internal-error",
+    501: "not-implemented",
     503: "unavailable",
 }
 # Details quote the input they refuse; a 500 kB field must not come back as a 500 kB error.
 MAX_DETAIL = 500
 
+# One title per status, in the sentence case of CertctlError's titles (certctl.errors): the
+# listener's own refusals (server/protocol.py) take theirs from here too.
 _TITLES = {
+    400: "Invalid request",
     404: "Not found",
     405: "Method not allowed",
     413: "Payload too large",
     415: "Unsupported media type",
     429: "Too many requests",
     431: "Request header fields too large",
+    501: "Not implemented",
     503: "Service unavailable",
 }
 
 
-def problem(
-    status: int, title: str, detail: str, headers: dict[str, str] | None = None
-) -> Response:
-    """Build a problem+json response (the detail clipped, and no API key secret in it)."""
+def _body(status: int, title: str, detail: str) -> bytes:
     detail = redact_keys(detail)
     if len(detail) > MAX_DETAIL:
         detail = detail[: MAX_DETAIL - 15] + "… (truncated)"
@@ -52,11 +54,18 @@ def problem(
         "status": status,
         "detail": detail,
     }
+    return json.dumps(body).encode()
+
+
+def problem(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None
+) -> Response:
+    """Build a problem+json response (the detail clipped, and no API key secret in it)."""
     all_headers = dict(headers or {})
     if status == 401:
         all_headers.setdefault("WWW-Authenticate", 'Bearer realm="certctl"')
     return Response(
-        json.dumps(body),
+        _body(status, title, detail),
         status_code=status,
         headers=all_headers,
         media_type="application/problem+json",
@@ -74,6 +83,15 @@ def problem_from_error(exc: CertctlError) -> Response:
     return problem(exc.status, exc.title, exc.detail, headers)
 
 
+def _title(status: int) -> str:
+    return _TITLES.get(status, _SLUGS.get(status, "error"))
+
+
 def problem_for_status(status: int, detail: str) -> Response:
     """A problem for a bare HTTP status (404 route, 405, 413 …)."""
-    return problem(status, _TITLES.get(status, _SLUGS.get(status, "error")), detail)
+    return problem(status, _title(status), detail)
+
+
+def problem_json(status: int, detail: str) -> bytes:
+    """The body of :func:`problem_for_status`, for an answer written below the app."""
+    return _body(status, _title(status), detail)

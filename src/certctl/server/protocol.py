@@ -105,19 +105,6 @@ def _unknown_transfer_coding(headers: list[tuple[bytes, bytes]]) -> bool:
     return codings[-1:] == [b"chunked"] and any(c != b"chunked" for c in codings[:-1])
 
 
-def _problem_body(kind: str, title: str, status: int, detail: str) -> bytes:
-    """The problem+json body of an answer written below the app (its shape, DESIGN §4)."""
-    import json
-
-    problem = {
-        "type": f"urn:certctl:problem:{kind}",
-        "title": title,
-        "status": status,
-        "detail": detail,
-    }
-    return json.dumps(problem).encode()
-
-
 class CoalescedWrites:
     """A response's head held until its body is written, so both leave in one TLS record.
 
@@ -170,25 +157,17 @@ def http_protocol(
     """The listener's protocol class (pass as ``uvicorn.Config(http=...)``)."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+    # The app's problem type and title for each status (DESIGN §4): one wording, not two.
+    from certctl.api.problems import problem_json
     from certctl.server.tls import tls_info
 
-    body = _problem_body(
-        "request-header-fields-too-large",
-        "Request Header Fields Too Large",
-        431,
-        f"request line and headers over {max_head_bytes} bytes",
-    )
+    body = problem_json(431, f"request line and headers over {max_head_bytes} bytes")
     too_large = (_TOO_LARGE, len(body), body)
-    bad_body = _problem_body(
-        "invalid-request",
-        "Bad request",
-        400,
-        "malformed HTTP request (request line, a header or the body framing)",
+    bad_body = problem_json(
+        400, "malformed HTTP request (request line, a header or the body framing)"
     )
     bad_request = (_BAD_REQUEST, len(bad_body), bad_body)
-    coding_body = _problem_body(
-        "not-implemented",
-        "Not implemented",
+    coding_body = problem_json(
         501,
         "transfer coding not supported: send the body with Transfer-Encoding: chunked alone, "
         "or with a Content-Length",
@@ -633,11 +612,10 @@ def _plain_http_answer() -> bytes:
     """The 400 to a plain-HTTP request on a TLS listener (``_FirstBytes``)."""
     from email.utils import formatdate
 
-    body = _problem_body(
-        "invalid-request",
-        "Bad request",
-        400,
-        "plain HTTP request sent to an HTTPS port: use https:// instead of http://",
+    from certctl.api.problems import problem_json
+
+    body = problem_json(
+        400, "plain HTTP request sent to an HTTPS port: use https:// instead of http://"
     )
     date = b"date: " + formatdate(usegmt=True).encode() + b"\r\n"
     return _BAD_REQUEST % (date, len(body), body)
