@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import sqlite3
 import stat
 import subprocess
 from pathlib import Path
@@ -140,8 +141,19 @@ def test_first_start_banner_is_not_buried_under_alembic_lines(tmp_path: Path) ->
         migrated[0],
     ), migrated[0]
 
+    # The installation id (annotation certctl.io/owner on its Secrets) was in the database
+    # alone: docs/kubernetes.md sent users to SQL for it. Said once, at every start.
+    with sqlite3.connect(data / "certctl.db") as connection:
+        (uid,) = connection.execute("SELECT uid FROM installation").fetchone()
+    said = f" INFO certctl.server: installation id {uid} (annotation certctl.io/owner on "
+    assert [line for line in above if "installation id" in line] == [
+        line for line in above if said in line
+    ]
+    assert len([line for line in above if said in line]) == 1, above
+
     # At head already: nothing migrated, nothing said about it.
     again = _serve_on_one_stream(data, tmp_path / "again.log").logs()[0]
     assert "database schema" not in again
     assert "alembic" not in again.lower()
     assert f"certctl is starting. Admin API key: see {data / 'admin-api-key'}\n" in again
+    assert again.count(said) == 1, again

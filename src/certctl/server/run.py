@@ -284,6 +284,12 @@ def serve(config: ServerConfig) -> None:
     elif mode == "self-signed":
         prepared.ca_path = str((tls_dir / "ca.crt").resolve())
     installation = installation_id(boot.services.engine)
+    # Once per start (not per worker): the id is otherwise only in the database, and telling
+    # two installations' Secrets apart needs it (docs/kubernetes.md).
+    log.info(
+        "installation id %s (annotation certctl.io/owner on the Kubernetes Secrets it writes)",
+        installation,
+    )
     prepared.kube_auth, prepared.publish_ca = _kubernetes_features(
         config, tls_dir / "ca.crt", installation
     )
