@@ -31,6 +31,7 @@ from certctl.server.config import load_config
 from certctl.services import issuer_revocation, issuers, service_schedule
 from certctl.services.context import Services
 from certctl.services.service_settings import ServiceSettings
+from certctl.store.db import installation_id
 from certctl.store.models import AuditEvent, Issuer
 from tests.services.conftest import Env, service_doc
 
@@ -269,7 +270,9 @@ def test_a_compromised_internal_ca_key_renews_neither_it_nor_the_server_certific
     # another certificate (409); the server's own renewals went on signing with that key:
     # its TLS certificate, and the internal CA re-signed by itself.
     prepared = _prepared(env)
-    prepared.scheduler = service_setup.build_scheduler(prepared.config, env.services)
+    prepared.scheduler = service_setup.build_scheduler(
+        prepared.config, env.services, installation_id(env.services.engine)
+    )
     run._renew_internal_ca(prepared, None)  # the start: the files are issued
     files = ("ca.crt", "tls.crt", "tls.key")
     before = {name: (prepared.tls_dir / name).read_bytes() for name in files}

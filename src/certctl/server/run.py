@@ -275,15 +275,15 @@ def serve(config: ServerConfig) -> None:
         parse_duration(config.cert_validity),
         max_connections=max_connections,
     )
+    installation = installation_id(boot.services.engine)
     # Built before the key is announced, so their configuration errors surface first.
-    prepared.scheduler = build_scheduler(config, boot.services)
+    prepared.scheduler = build_scheduler(config, boot.services, installation)
     _renew_internal_ca(prepared, None)
     if mode == "custom" and config.tls.cert_dir is not None:
         ca_file = config.tls.cert_dir / "ca.crt"
         prepared.ca_path = str(ca_file.resolve()) if ca_file.exists() else None
     elif mode == "self-signed":
         prepared.ca_path = str((tls_dir / "ca.crt").resolve())
-    installation = installation_id(boot.services.engine)
     # Once per start (not per worker): the id is otherwise only in the database, and telling
     # two installations' Secrets apart needs it (docs/kubernetes.md).
     log.info(

@@ -12,7 +12,6 @@ from certctl.server.scheduler import Scheduler
 from certctl.services.context import Services
 from certctl.services.service_settings import ServiceSettings
 from certctl.services.target_policy import TargetPolicy
-from certctl.store.db import installation_id
 
 if TYPE_CHECKING:  # imported where a webhook is configured
     from certctl.services.notify import Webhook
@@ -55,9 +54,12 @@ def target_policy(config: ServerConfig) -> TargetPolicy:
     )
 
 
-def build_scheduler(config: ServerConfig, services: Services) -> Scheduler:
-    """The managed-services reconciler configured from DESIGN §3 keys."""
-    settings = service_settings(config, installation_id(services.engine))
+def build_scheduler(config: ServerConfig, services: Services, installation: str) -> Scheduler:
+    """The managed-services reconciler configured from DESIGN §3 keys.
+
+    ``installation`` is the store's ``store.db.installation_id``, read once at start.
+    """
+    settings = service_settings(config, installation)
     interval = parse_duration(config.reconcile_interval).total_seconds()
     return Scheduler(services, settings, interval, _webhook(config), watch_changes=True)
 
