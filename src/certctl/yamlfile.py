@@ -106,32 +106,30 @@ def syntax_error(text: str, exc: yaml.YAMLError) -> str:
     where = f" at line {mark.line + 1}" if mark is not None else ""
     found = getattr(exc, "problem", None)
     what = f" ({found})" if isinstance(found, str) and found else ""
-    return f"not valid YAML{where}{what}{_tab_hint(text, mark) or _ipv6_hint(text, mark)}"
+    hint = ""
+    if mark is not None:
+        lines = _LINE_BREAK.split(text)
+        if mark.line < len(lines):
+            line = lines[mark.line]
+            hint = _tab_hint(line, mark.column) or _ipv6_hint(line)
+    return f"not valid YAML{where}{what}{hint}"
 
 
-def _tab_hint(text: str, mark: Any) -> str:
+def _tab_hint(line: str, column: int) -> str:
     """A hint when YAML stopped at a tab: it indents with spaces only, and a tab looks alike."""
-    if mark is None:
-        return ""
-    lines = _LINE_BREAK.split(text)
-    if mark.line < len(lines) and lines[mark.line][mark.column : mark.column + 1] == "\t":
-        return f"; a tab at column {mark.column + 1}: YAML indents with spaces, not tabs"
+    if line[column : column + 1] == "\t":
+        return f"; a tab at column {column + 1}: YAML indents with spaces, not tabs"
     return ""
 
 
-def _ipv6_hint(text: str, mark: Any) -> str:
+def _ipv6_hint(line: str) -> str:
     """A hint to quote IPv6 addresses when the line YAML failed on holds one unquoted, or "".
 
     Inside ``[…]`` or ``{…}`` a ``:`` is a key indicator, so ``ip: [::1]`` (or any address
     starting with ``::``) is a syntax error; the bare "not valid YAML at line N" did not
     say why, although the address in that line reads fine in block style.
     """
-    if mark is None:
-        return ""
-    lines = _LINE_BREAK.split(text)
-    if mark.line >= len(lines):
-        return ""
-    for token in _FLOW_TOKEN.findall(lines[mark.line]):
+    for token in _FLOW_TOKEN.findall(line):
         if token[0] in "\"'" or token.count(":") < 2:
             continue
         try:
