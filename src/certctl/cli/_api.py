@@ -2,8 +2,8 @@
 
 ``auth.py`` (``certctl auth …``), ``certs.py`` (``certctl certs …``), ``issuers.py`` and
 ``services.py`` (``certctl services …``, ``certctl apply``) send their requests through
-:func:`_request`. They read ``CERTCTL_URL``, ``CERTCTL_API_KEY`` and ``CERTCTL_CA_CERT`` and print
-JSON, so they compose with ``jq`` (the list commands print a table instead on a terminal:
+:func:`send_request`. They read ``CERTCTL_URL``, ``CERTCTL_API_KEY`` and ``CERTCTL_CA_CERT`` and
+print JSON, so they compose with ``jq`` (the list commands print a table instead on a terminal:
 ``--output``).
 
 Error messages built here never hold the API key or anything of ``CERTCTL_URL`` but its scheme,
@@ -34,7 +34,26 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from datetime import datetime
 
-__all__ = ["DEFAULT_URL", "ENV_HELP", "OUTPUT_OPTION", "PRIVATE_KEY_PEM", "RemoteError"]
+__all__ = [
+    "CERT_ID",
+    "DEFAULT_URL",
+    "ENV_HELP",
+    "KEY_ID",
+    "OUTPUT_OPTION",
+    "PRIVATE_KEY_PEM",
+    "RemoteError",
+    "cell_text",
+    "field_cell",
+    "group_help",
+    "id_hint",
+    "not_empty",
+    "path_segment",
+    "print_answer",
+    "print_list",
+    "send_request",
+    "unexpected_response",
+    "warn_about",
+]
 
 DEFAULT_URL = "https://127.0.0.1:8443"
 # Shown in the help of every command group that talks to a server (and of `certctl` itself).
@@ -59,7 +78,8 @@ PRIVATE_KEY_PEM = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 _HOSTNAME_MISMATCH = 62
 
 
-def _group_help(summary: str) -> str:
+def group_help(summary: str) -> str:
+    """A command group's help: ``summary``, then the environment the commands read."""
     return f"{summary}\n\n{ENV_HELP}"
 
 
@@ -359,7 +379,7 @@ def _failure(response: Any, endpoint: str, key_set: bool) -> str:
     return message
 
 
-def _request(
+def send_request(
     method: str,
     path: str,
     body: dict[str, Any] | None = None,
@@ -371,7 +391,7 @@ def _request(
     """Send one request to the server; the decoded JSON (or text for ``accept``), None on 204.
 
     ``raw``: the body's bytes as they came (a DER certificate or CRL is no text).
-    ``path`` must quote what came from the user (:func:`_seg`).
+    ``path`` must quote what came from the user (:func:`path_segment`).
     """
     import httpx
 
@@ -455,24 +475,24 @@ def _redirect(response: Any, endpoint: str) -> str:
     return f"{message}: redirected to {base}{target.path}, not followed"
 
 
-def _unexpected(path: str, what: str) -> RemoteError:
+def unexpected_response(path: str, what: str) -> RemoteError:
     """A JSON answer of the wrong shape (a proxy or another service at CERTCTL_URL)."""
     return RemoteError(f"unexpected response from {_server_url()}{path}: {what}")
 
 
-def _seg(value: str) -> str:
+def path_segment(value: str) -> str:
     """``value`` as one path segment: an id holding '/', '?' or a newline stays an id."""
     return quote(value, safe="")
 
 
 # The shapes of the ids the server makes (services.issuance.new_id, auth.apikeys): a 404 for
 # a value of another shape is a name given where an id goes, and says where the id is.
-_CERT_ID = re.compile(r"[0-9a-f]{24}")
-_KEY_ID = re.compile(r"[0-9a-f]{16}")
+CERT_ID = re.compile(r"[0-9a-f]{24}")
+KEY_ID = re.compile(r"[0-9a-f]{16}")
 
 
 @contextmanager
-def _id_hint(value: str, shape: re.Pattern[str], hint: str) -> Iterator[None]:
+def id_hint(value: str, shape: re.Pattern[str], hint: str) -> Iterator[None]:
     """Add ``hint`` to a 404 for ``value`` when ``value`` is not shaped like an id."""
     try:
         yield
@@ -482,7 +502,7 @@ def _id_hint(value: str, shape: re.Pattern[str], hint: str) -> Iterator[None]:
         raise RemoteError(f"{exc.detail} ({hint})") from None
 
 
-def _not_empty(value: str | None) -> str | None:
+def not_empty(value: str | None) -> str | None:
     """An id argument, refused when blank.
 
     A blank id (``$(jq -r .id)`` of nothing) would send the request to the collection's URL
@@ -493,7 +513,7 @@ def _not_empty(value: str | None) -> str | None:
     return value
 
 
-def _warn_about(data: Any) -> None:
+def warn_about(data: Any) -> None:
     """The answer's ``warnings`` on stderr, one line each, as the offline commands print theirs.
 
     A clipped validity or a short lifetime must not hide in the JSON (or, with ``--out``, in
@@ -507,14 +527,15 @@ def _warn_about(data: Any) -> None:
             warn(message)
 
 
-def _print(data: Any) -> None:
+def print_answer(data: Any) -> None:
+    """The server's answer on stdout: text as it came, JSON indented, nothing for a 204."""
     if isinstance(data, str):
         sys.stdout.write(data)
     elif data is not None:
         typer.echo(json.dumps(data, indent=2))
 
 
-def _print_list(
+def print_list(
     data: Any,
     output: str | None,
     *,
@@ -530,18 +551,18 @@ def _print_list(
     from certctl.cli._listing import print_table, wants_table
 
     if not wants_table(output):
-        _print(data)
+        print_answer(data)
         return
     items = data.get("items") if isinstance(data, dict) else None
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         # Whatever answers at CERTCTL_URL may not be certctl: one line, not a KeyError.
-        raise _unexpected(path, "no list of items")
+        raise unexpected_response(path, "no list of items")
     cursor = data.get("next_cursor")
     hint = more(cursor) if more is not None and isinstance(cursor, str) and cursor else None
     print_table(items, columns, empty=empty, more=hint)
 
 
-def _text(value: object) -> str:
+def cell_text(value: object) -> str:
     """A JSON value as a cell: lists joined by commas, booleans as yes/no, nothing as -."""
     if value is None or value == "" or value == []:
         return "-"
@@ -552,5 +573,6 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def _field(name: str) -> Callable[[dict[str, Any], datetime], str]:
-    return lambda item, _now: _text(item.get(name))
+def field_cell(name: str) -> Callable[[dict[str, Any], datetime], str]:
+    """A table column's cell maker: the item's ``name`` field as :func:`cell_text`."""
+    return lambda item, _now: cell_text(item.get(name))

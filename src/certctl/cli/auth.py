@@ -1,6 +1,6 @@
 """``certctl auth …``: whoami, permissions, roles, actors and API keys on a certctl server.
 
-Requests go through :func:`certctl.cli._api._request` (``CERTCTL_URL``, ``CERTCTL_API_KEY``,
+Requests go through :func:`certctl.cli._api.send_request` (``CERTCTL_URL``, ``CERTCTL_API_KEY``,
 ``CERTCTL_CA_CERT``); answers are printed as JSON, lists as a table on a terminal.
 """
 
@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from certctl.cli._api import (
-    _KEY_ID,
+    KEY_ID,
     OUTPUT_OPTION,
-    _field,
-    _group_help,
-    _id_hint,
-    _not_empty,
-    _print,
-    _print_list,
-    _request,
-    _seg,
-    _unexpected,
+    field_cell,
+    group_help,
+    id_hint,
+    not_empty,
+    path_segment,
+    print_answer,
+    print_list,
+    send_request,
+    unexpected_response,
 )
 from certctl.cli._listing import Column
 from certctl.errors import CertctlError
@@ -37,22 +37,22 @@ __all__ = ["auth_app"]
 
 
 auth_app = typer.Typer(
-    help=_group_help("Manage roles, actors and API keys on a certctl server."),
+    help=group_help("Manage roles, actors and API keys on a certctl server."),
     short_help="Roles, actors and API keys on the server at CERTCTL_URL.",
     no_args_is_help=True,
 )
 roles_app = typer.Typer(
-    help=_group_help("Roles: named permission sets."),
+    help=group_help("Roles: named permission sets."),
     short_help="Roles: named permission sets.",
     no_args_is_help=True,
 )
 actors_app = typer.Typer(
-    help=_group_help("Actors: users and machines holding roles."),
+    help=group_help("Actors: users and machines holding roles."),
     short_help="Actors: users and machines holding roles.",
     no_args_is_help=True,
 )
 apikeys_app = typer.Typer(
-    help=_group_help("API keys (the value is shown once, at creation)."),
+    help=group_help("API keys (the value is shown once, at creation)."),
     short_help="API keys (the value is shown once, at creation).",
     no_args_is_help=True,
 )
@@ -112,9 +112,9 @@ def _apikey_columns() -> list[Column]:
     from certctl.cli._listing import date_and_days, timestamp
 
     return [
-        Column("ID", _field("id"), key=True),
-        Column("NAME", _field("name"), label=True),
-        Column("ACTOR", _field("actor_id")),
+        Column("ID", field_cell("id"), key=True),
+        Column("NAME", field_cell("name"), label=True),
+        Column("ACTOR", field_cell("actor_id")),
         Column("STATUS", _apikey_status),
         Column(
             "EXPIRES", lambda item, now: date_and_days(item.get("expires_at"), now, none="never")
@@ -127,7 +127,7 @@ def _apikey_columns() -> list[Column]:
 def whoami() -> None:
     """Show the actor, roles and permissions your credentials give."""
     # The README's first curl line, for a user checking the CERTCTL_* settings with the CLI.
-    _print(_request("GET", "/api/v1/auth/whoami"))
+    print_answer(send_request("GET", "/api/v1/auth/whoami"))
 
 
 @auth_app.command("permissions")
@@ -140,14 +140,14 @@ def permissions(output: str | None = OUTPUT_OPTION) -> None:
     from certctl.cli._listing import wants_table
 
     path = "/api/v1/auth/permissions"
-    data = _request("GET", path)
+    data = send_request("GET", path)
     items = data.get("items") if isinstance(data, dict) else None
     if wants_table(output) and isinstance(items, list) and all(isinstance(p, str) for p in items):
-        # The API lists names, not objects: one a row. Anything else is left to _print_list,
+        # The API lists names, not objects: one a row. Anything else is left to print_list,
         # which refuses it in one line.
         data = {"items": [{"permission": p} for p in items]}
-    columns = [Column("PERMISSION", _field("permission"), key=True)]
-    _print_list(data, output, path=path, columns=columns, empty="no permissions")
+    columns = [Column("PERMISSION", field_cell("permission"), key=True)]
+    print_list(data, output, path=path, columns=columns, empty="no permissions")
 
 
 # --- roles -------------------------------------------------------------------------------
@@ -161,26 +161,26 @@ def roles_list(output: str | None = OUTPUT_OPTION) -> None:
     """
     path = "/api/v1/auth/roles"
     columns = [
-        Column("ID", _field("id"), key=True),
-        Column("NAME", _field("name"), label=True),
-        Column("BUILT IN", _field("builtin")),
-        Column("PERMISSIONS", _field("permissions")),
+        Column("ID", field_cell("id"), key=True),
+        Column("NAME", field_cell("name"), label=True),
+        Column("BUILT IN", field_cell("builtin")),
+        Column("PERMISSIONS", field_cell("permissions")),
     ]
-    _print_list(_request("GET", path), output, path=path, columns=columns, empty="no roles")
+    print_list(send_request("GET", path), output, path=path, columns=columns, empty="no roles")
 
 
 @roles_app.command("get")
 def roles_get(
-    role_id: str = typer.Argument(..., callback=_not_empty, metavar="ROLE_ID", help="Role id."),
+    role_id: str = typer.Argument(..., callback=not_empty, metavar="ROLE_ID", help="Role id."),
 ) -> None:
     """Show one role."""
-    _print(_request("GET", f"/api/v1/auth/roles/{_seg(role_id)}"))
+    print_answer(send_request("GET", f"/api/v1/auth/roles/{path_segment(role_id)}"))
 
 
 @roles_app.command("create")
 def roles_create(
     role_id: str = typer.Argument(
-        ..., callback=_not_empty, metavar="ROLE_ID", help="Role id, e.g. r-prometheus."
+        ..., callback=not_empty, metavar="ROLE_ID", help="Role id, e.g. r-prometheus."
     ),
     permission: list[str] = typer.Option(
         [],
@@ -194,8 +194,8 @@ def roles_create(
     name: str = typer.Option("", "--name", help="Display name."),
 ) -> None:
     """Create a custom role."""
-    _print(
-        _request(
+    print_answer(
+        send_request(
             "POST", "/api/v1/auth/roles", {"id": role_id, "name": name, "permissions": permission}
         )
     )
@@ -203,7 +203,7 @@ def roles_create(
 
 @roles_app.command("update")
 def roles_update(
-    role_id: str = typer.Argument(..., callback=_not_empty, metavar="ROLE_ID", help="Role id."),
+    role_id: str = typer.Argument(..., callback=not_empty, metavar="ROLE_ID", help="Role id."),
     permission: list[str] = typer.Option(
         None,
         "--permission",
@@ -220,15 +220,15 @@ def roles_update(
 ) -> None:
     """Change a custom role's name or permissions."""
     body = _update_body("permission", permission, no_permissions, name)
-    _print(_request("PUT", f"/api/v1/auth/roles/{_seg(role_id)}", body))
+    print_answer(send_request("PUT", f"/api/v1/auth/roles/{path_segment(role_id)}", body))
 
 
 @roles_app.command("delete")
 def roles_delete(
-    role_id: str = typer.Argument(..., callback=_not_empty, metavar="ROLE_ID", help="Role id."),
+    role_id: str = typer.Argument(..., callback=not_empty, metavar="ROLE_ID", help="Role id."),
 ) -> None:
     """Delete a custom role."""
-    _request("DELETE", f"/api/v1/auth/roles/{_seg(role_id)}")
+    send_request("DELETE", f"/api/v1/auth/roles/{path_segment(role_id)}")
     typer.echo(f"deleted role {role_id}")
 
 
@@ -245,26 +245,26 @@ def actors_list(output: str | None = OUTPUT_OPTION) -> None:
 
     path = "/api/v1/auth/actors"
     columns = [
-        Column("ID", _field("id"), key=True),
-        Column("NAME", _field("name"), label=True),
-        Column("ROLES", _field("roles")),
+        Column("ID", field_cell("id"), key=True),
+        Column("NAME", field_cell("name"), label=True),
+        Column("ROLES", field_cell("roles")),
         Column("CREATED", lambda item, _now: timestamp(item.get("created_at"))),
     ]
-    _print_list(_request("GET", path), output, path=path, columns=columns, empty="no actors")
+    print_list(send_request("GET", path), output, path=path, columns=columns, empty="no actors")
 
 
 @actors_app.command("get")
 def actors_get(
-    actor_id: str = typer.Argument(..., callback=_not_empty, metavar="ACTOR_ID", help="Actor id."),
+    actor_id: str = typer.Argument(..., callback=not_empty, metavar="ACTOR_ID", help="Actor id."),
 ) -> None:
     """Show one actor."""
-    _print(_request("GET", f"/api/v1/auth/actors/{_seg(actor_id)}"))
+    print_answer(send_request("GET", f"/api/v1/auth/actors/{path_segment(actor_id)}"))
 
 
 @actors_app.command("create")
 def actors_create(
     actor_id: str = typer.Argument(
-        ..., callback=_not_empty, metavar="ACTOR_ID", help="Actor id, e.g. prometheus."
+        ..., callback=not_empty, metavar="ACTOR_ID", help="Actor id, e.g. prometheus."
     ),
     role: list[str] = typer.Option(
         [],
@@ -277,12 +277,14 @@ def actors_create(
     name: str = typer.Option("", "--name", help="Display name."),
 ) -> None:
     """Create an actor."""
-    _print(_request("POST", "/api/v1/auth/actors", {"id": actor_id, "name": name, "roles": role}))
+    print_answer(
+        send_request("POST", "/api/v1/auth/actors", {"id": actor_id, "name": name, "roles": role})
+    )
 
 
 @actors_app.command("update")
 def actors_update(
-    actor_id: str = typer.Argument(..., callback=_not_empty, metavar="ACTOR_ID", help="Actor id."),
+    actor_id: str = typer.Argument(..., callback=not_empty, metavar="ACTOR_ID", help="Actor id."),
     role: list[str] = typer.Option(
         None,
         "--role",
@@ -298,15 +300,15 @@ def actors_update(
 ) -> None:
     """Rename an actor or replace its roles."""
     body = _update_body("role", role, no_roles, name)
-    _print(_request("PATCH", f"/api/v1/auth/actors/{_seg(actor_id)}", body))
+    print_answer(send_request("PATCH", f"/api/v1/auth/actors/{path_segment(actor_id)}", body))
 
 
 @actors_app.command("delete")
 def actors_delete(
-    actor_id: str = typer.Argument(..., callback=_not_empty, metavar="ACTOR_ID", help="Actor id."),
+    actor_id: str = typer.Argument(..., callback=not_empty, metavar="ACTOR_ID", help="Actor id."),
 ) -> None:
     """Delete an actor (its keys stop working)."""
-    _request("DELETE", f"/api/v1/auth/actors/{_seg(actor_id)}")
+    send_request("DELETE", f"/api/v1/auth/actors/{path_segment(actor_id)}")
     typer.echo(f"deleted actor {actor_id}")
 
 
@@ -323,8 +325,8 @@ def apikeys_list(
     On a terminal a table: id, name, actor, active, expired or revoked, expiry, last use.
     """
     path = "/api/v1/auth/apikeys"
-    _print_list(
-        _request("GET", path, params={"actor_id": actor}),
+    print_list(
+        send_request("GET", path, params={"actor_id": actor}),
         output,
         path=path,
         columns=_apikey_columns(),
@@ -335,7 +337,7 @@ def apikeys_list(
 @apikeys_app.command("create")
 def apikeys_create(
     actor_id: str = typer.Argument(
-        ..., callback=_not_empty, metavar="ACTOR_ID", help="Actor the key authenticates as."
+        ..., callback=not_empty, metavar="ACTOR_ID", help="Actor the key authenticates as."
     ),
     name: str = typer.Option("", "--name", help="Key name, e.g. prometheus-v1."),
     expires_at: str = typer.Option(
@@ -362,9 +364,11 @@ def apikeys_create(
         pending.add(out_file, b"")
         pending.check()
     path = "/api/v1/auth/apikeys"
-    data = _request("POST", path, {"actor_id": actor_id, "name": name, "expires_at": expires_at})
+    data = send_request(
+        "POST", path, {"actor_id": actor_id, "name": name, "expires_at": expires_at}
+    )
     if not isinstance(data, dict) or not isinstance(data.get("key_value"), str):
-        raise _unexpected(path, "no key_value")
+        raise unexpected_response(path, "no key_value")
     if to_stdout:
         # As every Unix tool reads "-": what --out FILE would hold, on stdout and alone there
         # (for "> file" or a pipe); the rest of the answer, with the id that revokes the key,
@@ -384,9 +388,9 @@ def apikeys_create(
                 f"revoke it with 'certctl auth apikeys revoke {data.get('id')}')"
             ) from exc
         data["key_value_file"] = out  # as given: "-" alone would read as stdout
-        _print(data)
+        print_answer(data)
         return
-    _key_to_stdout(data.get("id"), lambda: _print(data))
+    _key_to_stdout(data.get("id"), lambda: print_answer(data))
 
 
 def _key_to_stdout(key_id: object, write: Callable[[], object]) -> None:
@@ -409,7 +413,7 @@ def _key_to_stdout(key_id: object, write: Callable[[], object]) -> None:
 
 @apikeys_app.command("revoke")
 def apikeys_revoke(
-    key_id: str = typer.Argument(..., callback=_not_empty, metavar="KEY_ID", help="Key id."),
+    key_id: str = typer.Argument(..., callback=not_empty, metavar="KEY_ID", help="Key id."),
 ) -> None:
     """Revoke an API key; it fails on its next use."""
     from certctl.auth.apikeys import parse_key
@@ -425,5 +429,5 @@ def apikeys_revoke(
             err=True,
         )
     hint = "KEY_ID is a key's id, as 'certctl auth apikeys list' shows it beside its name"
-    with _id_hint(key_id, _KEY_ID, hint):
-        _print(_request("DELETE", f"/api/v1/auth/apikeys/{_seg(key_id)}"))
+    with id_hint(key_id, KEY_ID, hint):
+        print_answer(send_request("DELETE", f"/api/v1/auth/apikeys/{path_segment(key_id)}"))

@@ -1,6 +1,6 @@
 """``certctl certs …``: issue, list, get, revoke and renew certificates on a certctl server.
 
-Requests go through :func:`certctl.cli._api._request` (``CERTCTL_URL``, ``CERTCTL_API_KEY``,
+Requests go through :func:`certctl.cli._api.send_request` (``CERTCTL_URL``, ``CERTCTL_API_KEY``,
 ``CERTCTL_CA_CERT``). The offline ``certctl cert issue`` (files only) is ``cert.py``.
 """
 
@@ -13,20 +13,20 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from certctl.cli._api import (
-    _CERT_ID,
+    CERT_ID,
     OUTPUT_OPTION,
     PRIVATE_KEY_PEM,
-    _field,
-    _group_help,
-    _id_hint,
-    _not_empty,
-    _print,
-    _print_list,
-    _request,
-    _seg,
-    _text,
-    _unexpected,
-    _warn_about,
+    cell_text,
+    field_cell,
+    group_help,
+    id_hint,
+    not_empty,
+    path_segment,
+    print_answer,
+    print_list,
+    send_request,
+    unexpected_response,
+    warn_about,
 )
 from certctl.cli._listing import Column
 from certctl.errors import CertctlError, InvalidRequest
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["certs_app"]
 certs_app = typer.Typer(
-    help=_group_help("Issue, list, get, revoke and renew certificates on a server."),
+    help=group_help("Issue, list, get, revoke and renew certificates on a server."),
     short_help="Issue, list, revoke, renew certificates at CERTCTL_URL.",
     no_args_is_help=True,
 )
@@ -44,9 +44,9 @@ certs_app = typer.Typer(
 
 def _cert_id_hint(cert_id: str) -> AbstractContextManager[None]:
     # `certs issue --out web-1`, then `certs renew web-1`: the directory's name is no id.
-    return _id_hint(
+    return id_hint(
         cert_id,
-        _CERT_ID,
+        CERT_ID,
         "CERT_ID is a certificate's id, as 'certctl certs list' shows it; "
         f"'certctl certs list -q {cert_id}' finds certificates by name",
     )
@@ -55,22 +55,22 @@ def _cert_id_hint(cert_id: str) -> AbstractContextManager[None]:
 def _certificate_name(item: dict[str, Any], _now: datetime) -> str:
     """The common name, or the first SAN of a certificate without one."""
     if item.get("common_name"):
-        return _text(item["common_name"])
+        return cell_text(item["common_name"])
     sans = item.get("sans")
     names = [n for values in sans.values() for n in values] if isinstance(sans, dict) else []
-    return _text(names[:1])
+    return cell_text(names[:1])
 
 
 def _certificate_columns() -> list[Column]:
     from certctl.cli._listing import date_and_days
 
     return [
-        Column("ID", _field("id"), key=True),
+        Column("ID", field_cell("id"), key=True),
         Column("COMMON NAME", _certificate_name, label=True),
-        Column("STATUS", _field("status")),
+        Column("STATUS", field_cell("status")),
         Column("NOT AFTER", lambda item, now: date_and_days(item.get("not_after"), now)),
-        Column("ISSUER", _field("issuer")),
-        Column("PROFILE", _field("profile")),
+        Column("ISSUER", field_cell("issuer")),
+        Column("PROFILE", field_cell("profile")),
     ]
 
 
@@ -165,11 +165,11 @@ def certs_issue(
         # Fetched before issuing too: a failure here (an unknown issuer, a proxy's error)
         # must not come after the certificate was issued.
         ca_pem = _issuer_root_pem(issuer)
-    data = _request("POST", "/api/v1/certificates", body)
-    _warn_about(data)
+    data = send_request("POST", "/api/v1/certificates", body)
+    warn_about(data)
     if out is not None:
         data = _save_issued(data, out, ca_pem, force=force, path="/api/v1/certificates")
-    _print(data)
+    print_answer(data)
 
 
 def _check_out(out: Path | None, *, key: bool, force: bool) -> None:
@@ -198,9 +198,9 @@ def _check_out(out: Path | None, *, key: bool, force: bool) -> None:
 def _issuer_root_pem(issuer: str) -> str:
     """The issuer's root, for ca.crt (fetched before issuing: see ``_root_pem``)."""
     return _root_pem(
-        _request(
+        send_request(
             "GET",
-            f"/api/v1/issuers/{_seg(issuer)}/ca.pem",
+            f"/api/v1/issuers/{path_segment(issuer)}/ca.pem",
             params={"chain": "true"},
             accept="application/x-pem-file",
         )
@@ -214,7 +214,7 @@ def _save_issued(data: Any, out: Path, ca_pem: str, *, force: bool, path: str) -
     if not isinstance(data, dict) or not all(
         isinstance(data.get(k), str) for k in ("certificate_pem", "chain_pem")
     ):
-        raise _unexpected(path, "no certificate_pem")
+        raise unexpected_response(path, "no certificate_pem")
     outputs = OutputSet(force=force)
     outputs.add(out / "tls.crt", (data["certificate_pem"] + data["chain_pem"]).encode())
     if data.get("private_key_pem"):
@@ -247,7 +247,7 @@ def _root_pem(chain_pem: Any) -> str:
     except ValueError:
         certs = []
     if not certs:
-        raise _unexpected("/api/v1/issuers/{id}/ca.pem", "no PEM certificate")
+        raise unexpected_response("/api/v1/issuers/{id}/ca.pem", "no PEM certificate")
     return certs_to_pem(certs[-1:]).decode()
 
 
@@ -315,7 +315,7 @@ def certs_list(
         words += ["-o", output] if output is not None else []
         return f"more certificates: {shlex.join([*words, '--cursor', next_cursor])}"
 
-    data = _request(
+    data = send_request(
         "GET",
         path,
         params={
@@ -328,7 +328,7 @@ def certs_list(
         },
     )
     chosen = any(value is not None for value in filters.values())
-    _print_list(
+    print_list(
         data,
         output,
         path=path,
@@ -341,20 +341,22 @@ def certs_list(
 @certs_app.command("get")
 def certs_get(
     cert_id: str = typer.Argument(
-        ..., callback=_not_empty, metavar="CERT_ID", help="Certificate id."
+        ..., callback=not_empty, metavar="CERT_ID", help="Certificate id."
     ),
     pem: bool = typer.Option(False, "--pem", help="Print the certificate and chain as PEM."),
 ) -> None:
     """Show one certificate."""
     accept = "application/x-pem-file" if pem else None
     with _cert_id_hint(cert_id):
-        _print(_request("GET", f"/api/v1/certificates/{_seg(cert_id)}", accept=accept))
+        print_answer(
+            send_request("GET", f"/api/v1/certificates/{path_segment(cert_id)}", accept=accept)
+        )
 
 
 @certs_app.command("revoke")
 def certs_revoke(
     cert_id: str = typer.Argument(
-        ..., callback=_not_empty, metavar="CERT_ID", help="Certificate id."
+        ..., callback=not_empty, metavar="CERT_ID", help="Certificate id."
     ),
     reason: str = typer.Option(
         None, "--reason", help="keyCompromise, superseded, cessationOfOperation …"
@@ -362,14 +364,14 @@ def certs_revoke(
 ) -> None:
     """Revoke a certificate."""
     with _cert_id_hint(cert_id):
-        path = f"/api/v1/certificates/{_seg(cert_id)}/revoke"
-        _print(_request("POST", path, {"reason": reason}))
+        path = f"/api/v1/certificates/{path_segment(cert_id)}/revoke"
+        print_answer(send_request("POST", path, {"reason": reason}))
 
 
 @certs_app.command("renew")
 def certs_renew(
     cert_id: str = typer.Argument(
-        ..., callback=_not_empty, metavar="CERT_ID", help="Certificate id."
+        ..., callback=not_empty, metavar="CERT_ID", help="Certificate id."
     ),
     validity: str = typer.Option(None, "--validity", help="New lifetime (default: as before)."),
     out: Path = typer.Option(
@@ -390,14 +392,14 @@ def certs_renew(
     if out is not None:
         # Its issuer, for ca.crt, found before renewing: see certs issue.
         with _cert_id_hint(cert_id):
-            current = _request("GET", f"/api/v1/certificates/{_seg(cert_id)}")
+            current = send_request("GET", f"/api/v1/certificates/{path_segment(cert_id)}")
         if not isinstance(current, dict) or not isinstance(current.get("issuer"), str):
-            raise _unexpected("/api/v1/certificates/{id}", "no issuer")
+            raise unexpected_response("/api/v1/certificates/{id}", "no issuer")
         ca_pem = _issuer_root_pem(current["issuer"])
-    path = f"/api/v1/certificates/{_seg(cert_id)}/renew"
+    path = f"/api/v1/certificates/{path_segment(cert_id)}/renew"
     with _cert_id_hint(cert_id):
-        data = _request("POST", path, {"validity": validity})
-    _warn_about(data)
+        data = send_request("POST", path, {"validity": validity})
+    warn_about(data)
     if out is not None:
         data = _save_issued(data, out, ca_pem, force=force, path="/api/v1/certificates/{id}/renew")
-    _print(data)
+    print_answer(data)

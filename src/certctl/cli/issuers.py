@@ -1,6 +1,6 @@
 """``certctl issuers …``: the CAs of a server, created, imported, listed and fetched.
 
-Requests go through :func:`certctl.cli._api._request`, so they read ``CERTCTL_URL``,
+Requests go through :func:`certctl.cli._api.send_request`, so they read ``CERTCTL_URL``,
 ``CERTCTL_API_KEY`` and ``CERTCTL_CA_CERT`` and report failures in one line exactly as the
 ``certs`` commands do. A private key given to ``issuers import`` is read and checked here and
 sent unencrypted (the API takes no password), over the connection ``CERTCTL_URL`` names;
@@ -19,14 +19,14 @@ import typer
 from certctl.cli._api import (
     ENV_HELP,
     OUTPUT_OPTION,
-    _field,
-    _not_empty,
-    _print,
-    _print_list,
-    _request,
-    _seg,
-    _unexpected,
-    _warn_about,
+    field_cell,
+    not_empty,
+    path_segment,
+    print_answer,
+    print_list,
+    send_request,
+    unexpected_response,
+    warn_about,
 )
 from certctl.cli._listing import Column
 from certctl.cli._stdin import STDIN_HELP, password_file_option
@@ -46,7 +46,7 @@ issuers_app = typer.Typer(
 )
 
 _ISSUERS = "/api/v1/issuers"
-ISSUER_ID = typer.Argument(..., callback=_not_empty, metavar="ISSUER_ID", help="Issuer id.")
+ISSUER_ID = typer.Argument(..., callback=not_empty, metavar="ISSUER_ID", help="Issuer id.")
 OUT_HELP = "Write it to this file (atomically; an existing one only with --force), not stdout."
 
 
@@ -54,11 +54,11 @@ def _issuer_columns() -> list[Column]:
     from certctl.cli._listing import date_and_days
 
     return [
-        Column("ID", _field("id"), key=True),
-        Column("STATUS", _field("status")),
-        Column("NAME", _field("name"), label=True),
-        Column("SUBJECT", _field("subject"), label=True),
-        Column("KEY TYPE", _field("key_type")),
+        Column("ID", field_cell("id"), key=True),
+        Column("STATUS", field_cell("status")),
+        Column("NAME", field_cell("name"), label=True),
+        Column("SUBJECT", field_cell("subject"), label=True),
+        Column("KEY TYPE", field_cell("key_type")),
         Column("NOT AFTER", lambda item, now: date_and_days(item.get("not_after"), now)),
     ]
 
@@ -70,8 +70,8 @@ def issuers_list(output: str | None = OUTPUT_OPTION) -> None:
     On a terminal a table: id, status (active, expired, revoked), name, subject, key type,
     notAfter (the date, and the days left).
     """
-    _print_list(
-        _request("GET", _ISSUERS),
+    print_list(
+        send_request("GET", _ISSUERS),
         output,
         path=_ISSUERS,
         columns=_issuer_columns(),
@@ -82,13 +82,13 @@ def issuers_list(output: str | None = OUTPUT_OPTION) -> None:
 @issuers_app.command("get")
 def issuers_get(issuer_id: str = ISSUER_ID) -> None:
     """Show one issuer (never its key)."""
-    _print(_request("GET", f"{_ISSUERS}/{_seg(issuer_id)}"))
+    print_answer(send_request("GET", f"{_ISSUERS}/{path_segment(issuer_id)}"))
 
 
 @issuers_app.command("create", short_help="Create a root CA, or an intermediate under --parent.")
 def issuers_create(
     issuer_id: str = typer.Argument(
-        ..., callback=_not_empty, metavar="ISSUER_ID", help="Id of the new issuer, e.g. ops-ca."
+        ..., callback=not_empty, metavar="ISSUER_ID", help="Id of the new issuer, e.g. ops-ca."
     ),
     name: str = typer.Option("", "--name", help="Display name."),
     cn: str = typer.Option(None, "--cn", help="Common name (default: 'certctl ISSUER_ID CA')."),
@@ -103,7 +103,7 @@ def issuers_create(
     parent: str = typer.Option(
         None,
         "--parent",
-        callback=_not_empty,
+        callback=not_empty,
         metavar="ISSUER_ID",
         help="Issuer that signs this one (makes an intermediate), e.g. default.",
     ),
@@ -127,9 +127,9 @@ def issuers_create(
     ):
         if value is not None:
             body[field] = value
-    data = _request("POST", _ISSUERS, body)
-    _warn_about(data)
-    _print(data)
+    data = send_request("POST", _ISSUERS, body)
+    warn_about(data)
+    print_answer(data)
 
 
 @issuers_app.command("revoke", short_help="Revoke an intermediate issuer (onto its parent's CRL).")
@@ -152,13 +152,15 @@ def issuers_revoke(
     was revoked for a reason that was no compromise: the reason becomes that one (on the
     parent's next CRL too) and the revocation date stays. Prints the issuer as JSON.
     """
-    _print(_request("POST", f"{_ISSUERS}/{_seg(issuer_id)}/revoke", {"reason": reason}))
+    print_answer(
+        send_request("POST", f"{_ISSUERS}/{path_segment(issuer_id)}/revoke", {"reason": reason})
+    )
 
 
 @issuers_app.command("import", short_help="Import an existing CA (PEM pair or PKCS#12).")
 def issuers_import(
     issuer_id: str = typer.Argument(
-        ..., callback=_not_empty, metavar="ISSUER_ID", help="Id of the new issuer."
+        ..., callback=not_empty, metavar="ISSUER_ID", help="Id of the new issuer."
     ),
     cert: Path = typer.Option(
         None,
@@ -189,9 +191,9 @@ def issuers_import(
     encrypted. Nothing is sent when the key does not match the certificate.
     """
     body = {"id": issuer_id, "name": name, **_import_pem(cert, key, p12, password_file, password)}
-    data = _request("POST", _ISSUERS, body)
-    _warn_about(data)
-    _print(data)
+    data = send_request("POST", _ISSUERS, body)
+    warn_about(data)
+    print_answer(data)
 
 
 def _import_pem(
@@ -311,24 +313,24 @@ def issuers_ca(
         )
     hint = "give --out FILE, redirect stdout, or leave out --der for PEM"
     target = _output(_out(out, out_short), force=force, binary=der, hint=hint)
-    path = f"{_ISSUERS}/{_seg(issuer_id)}/ca.{'der' if der else 'pem'}"
+    path = f"{_ISSUERS}/{path_segment(issuer_id)}/ca.{'der' if der else 'pem'}"
     template = f"{_ISSUERS}/{{id}}/ca.{'der' if der else 'pem'}"
     if der:
-        data = _request("GET", path, accept="application/pkix-cert", raw=True)
+        data = send_request("GET", path, accept="application/pkix-cert", raw=True)
         try:
             x509.load_der_x509_certificate(data)
         except ValueError:
-            raise _unexpected(template, "not a DER certificate") from None
+            raise unexpected_response(template, "not a DER certificate") from None
     else:
         params = {"chain": "true"} if chain else None
-        data = _request("GET", path, params=params, accept="application/x-pem-file", raw=True)
+        data = send_request("GET", path, params=params, accept="application/x-pem-file", raw=True)
         try:
             certs = x509.load_pem_x509_certificates(data)
         except ValueError:
             certs = []
         # Whatever answers at CERTCTL_URL (a login page) must not land in a ca.crt.
         if not certs:
-            raise _unexpected(template, "no PEM certificate")
+            raise unexpected_response(template, "no PEM certificate")
     _write(target, data)
 
 
@@ -349,13 +351,13 @@ def issuers_crl(
         binary=not pem,
         hint="give --out FILE, redirect stdout, or add --pem",
     )
-    path = f"{_ISSUERS}/{_seg(issuer_id)}/crl"
+    path = f"{_ISSUERS}/{path_segment(issuer_id)}/crl"
     accept = "application/x-pem-file" if pem else "application/pkix-crl"
     params = {"format": "pem"} if pem else None
-    data = _request("GET", path, params=params, accept=accept, raw=True)
+    data = send_request("GET", path, params=params, accept=accept, raw=True)
     try:
         (x509.load_pem_x509_crl if pem else x509.load_der_x509_crl)(data)
     except ValueError:
         what = f"not a {'PEM' if pem else 'DER'} CRL"
-        raise _unexpected(f"{_ISSUERS}/{{id}}/crl", what) from None
+        raise unexpected_response(f"{_ISSUERS}/{{id}}/crl", what) from None
     _write(target, data)

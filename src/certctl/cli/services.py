@@ -14,15 +14,15 @@ from certctl.cli._api import (
     OUTPUT_OPTION,
     PRIVATE_KEY_PEM,
     RemoteError,
-    _field,
-    _not_empty,
-    _print,
-    _print_list,
-    _request,
-    _seg,
-    _text,
-    _unexpected,
-    _warn_about,
+    cell_text,
+    field_cell,
+    not_empty,
+    path_segment,
+    print_answer,
+    print_list,
+    send_request,
+    unexpected_response,
+    warn_about,
 )
 from certctl.cli._listing import Column, check_output, printable
 
@@ -125,9 +125,9 @@ def _dry_run(specs: list[TLSServiceSpec]) -> None:
         return
     numbers = {spec.name: number for number, spec in enumerate(specs, start=1)}
     for number, spec in enumerate(specs, start=1):
-        path = _SERVICE.format(name=_seg(spec.name))
+        path = _SERVICE.format(name=path_segment(spec.name))
         try:
-            _request("PUT", path, spec.to_document(), params={"dry_run": "true"})
+            send_request("PUT", path, spec.to_document(), params={"dry_run": "true"})
         except RemoteError as exc:
             # Each dry run compares with the services stored now, not with the file: a target
             # the file moves from an earlier document's service to this one is still that
@@ -150,7 +150,7 @@ def _dry_run(specs: list[TLSServiceSpec]) -> None:
 
 
 def _offers_dry_run() -> bool:
-    document = _request("GET", "/api/v1/openapi.json")
+    document = send_request("GET", "/api/v1/openapi.json")
     try:
         parameters = document["paths"][_SERVICE]["put"].get("parameters", [])
     except (KeyError, TypeError, AttributeError):
@@ -163,15 +163,15 @@ def _offers_dry_run() -> bool:
 
 def _apply(spec: TLSServiceSpec) -> str:
     """PUT one document; the line saying what it did (kubectl's created, configured, unchanged)."""
-    path = _SERVICE.format(name=_seg(spec.name))
+    path = _SERVICE.format(name=path_segment(spec.name))
     try:
         # Only to say what the PUT did: created, configured or unchanged.
-        before = _request("GET", path)
+        before = send_request("GET", path)
     except RemoteError:
         before = None  # not there yet, or the key may edit but not read services
-    data = _request("PUT", path, spec.to_document())
+    data = send_request("PUT", path, spec.to_document())
     if not isinstance(data, dict):
-        error = _unexpected(path, "not a TLSService")
+        error = unexpected_response(path, "not a TLSService")
         error.may_have_taken_effect = True  # a 2xx answered the PUT
         raise error
     generation = data.get("generation")
@@ -271,7 +271,7 @@ _STATUS_OUTPUT: Any = typer.Option(
 )
 def status(
     name: str = typer.Argument(
-        None, callback=_not_empty, metavar="NAME", help="One service (default: all)."
+        None, callback=not_empty, metavar="NAME", help="One service (default: all)."
     ),
     output: str | None = _STATUS_OUTPUT,
 ) -> None:
@@ -280,17 +280,17 @@ def status(
     A service no reconcile pass has looked at yet shows READY Pending (the others "-"):
     waiting for the first reconcile pass.
     """
-    path = f"/api/v1/services/{_seg(name)}" if name else "/api/v1/services"
-    data = _request("GET", path)
+    path = f"/api/v1/services/{path_segment(name)}" if name else "/api/v1/services"
+    data = send_request("GET", path)
     if output == "json":
-        _print(data)
+        print_answer(data)
         return
     items = [data] if name else data.get("items") if isinstance(data, dict) else None
     # Whatever answers at CERTCTL_URL may not be certctl: one line, not a KeyError.
     if not isinstance(items, list) or not all(
         isinstance(item, dict) and isinstance(item.get("name"), str) for item in items
     ):
-        raise _unexpected(path, "not a TLSService" if name else "no list of TLSServices")
+        raise unexpected_response(path, "not a TLSService" if name else "no list of TLSServices")
     if not items:
         # As `services list` says it: a lone header row read as a broken answer.
         typer.echo("no services")
@@ -326,7 +326,7 @@ def _status_field(name: str) -> Any:
 
         status = item.get("status")
         value = status.get(name) if isinstance(status, dict) else None
-        return date_and_days(value, now) if name == "not_after" else _text(value)
+        return date_and_days(value, now) if name == "not_after" else cell_text(value)
 
     return cell
 
@@ -336,7 +336,7 @@ def _failure_message(item: dict[str, Any], now: datetime) -> str:
         return _PENDING_MESSAGE
     if _condition("Failed")(item, now) != "True":
         return ""
-    return _text(item["status"]["conditions"]["Failed"].get("message"))
+    return cell_text(item["status"]["conditions"]["Failed"].get("message"))
 
 
 def _target_count(item: dict[str, Any], _now: datetime) -> str:
@@ -358,7 +358,7 @@ def list_services(output: str | None = OUTPUT_OPTION) -> None:
     """
     path = "/api/v1/services"
     columns = [
-        Column("NAME", _field("name"), key=True),
+        Column("NAME", field_cell("name"), key=True),
         Column("READY", _condition("Ready")),
         Column("FAILED", _condition("Failed")),
         Column("SERIAL", _status_field("serial")),
@@ -366,29 +366,29 @@ def list_services(output: str | None = OUTPUT_OPTION) -> None:
         Column("TARGETS", _target_count),
         Column("MESSAGE", _failure_message),
     ]
-    _print_list(_request("GET", path), output, path=path, columns=columns, empty="no services")
+    print_list(send_request("GET", path), output, path=path, columns=columns, empty="no services")
 
 
 @services_app.command("get")
 def get(
-    name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
+    name: str = typer.Argument(..., callback=not_empty, metavar="NAME", help="Service name."),
 ) -> None:
     """Show a service's spec and status as JSON."""
-    _print(_request("GET", f"/api/v1/services/{_seg(name)}"))
+    print_answer(send_request("GET", f"/api/v1/services/{path_segment(name)}"))
 
 
 @services_app.command("delete", short_help="Forget a service, its CA and its clients.")
 def delete(
-    name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
+    name: str = typer.Argument(..., callback=not_empty, metavar="NAME", help="Service name."),
 ) -> None:
     """Forget a service, its CA and its clients (delivered files stay; re-applied: a new CA)."""
-    _request("DELETE", f"/api/v1/services/{_seg(name)}")
+    send_request("DELETE", f"/api/v1/services/{path_segment(name)}")
     typer.echo(f"tlsservice/{name} deleted")
 
 
 @services_app.command("renew")
 def renew(
-    name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
+    name: str = typer.Argument(..., callback=not_empty, metavar="NAME", help="Service name."),
 ) -> None:
     """Reissue a service's certificate now.
 
@@ -396,16 +396,16 @@ def renew(
     a tls.crt + tls.key served from that secret is renewed by whoever issued it (the request
     is dropped, and a warning says so).
     """
-    answer = _request("POST", f"/api/v1/services/{_seg(name)}/renew")
+    answer = send_request("POST", f"/api/v1/services/{path_segment(name)}/renew")
     typer.echo(f"tlsservice/{name} renewal requested")
-    _warn_about(answer)
+    warn_about(answer)
 
 
 @services_app.command(
     "drop-retired-ca", short_help="Stop trusting a service's replaced CAs now (no overlap)."
 )
 def drop_retired_ca(
-    name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
+    name: str = typer.Argument(..., callback=not_empty, metavar="NAME", help="Service name."),
 ) -> None:
     """End the overlap of the replaced CAs: the next pass delivers ca.crt without them.
 
@@ -415,7 +415,7 @@ def drop_retired_ca(
     4). If an old CA was replaced because its key leaked, end that now: every old CA kept
     leaves ca.crt, as the one replaced first may be the one whose key leaked.
     """
-    _request("DELETE", f"/api/v1/services/{_seg(name)}/retired-ca")
+    send_request("DELETE", f"/api/v1/services/{path_segment(name)}/retired-ca")
     typer.echo(f"tlsservice/{name}: every replaced CA leaves ca.crt at the next pass")
 
 
@@ -470,7 +470,7 @@ def _public_files(path: str, data: Any) -> dict[str, str]:
     elif any(PRIVATE_KEY_PEM.search(v.encode()) for v in files.values()):
         why = "holds a private key"
     if why is not None:
-        raise _unexpected(path, f"{why} (nothing was written)")
+        raise unexpected_response(path, f"{why} (nothing was written)")
     return files  # type: ignore[return-value]  # checked above: str names, str values
 
 
@@ -478,7 +478,7 @@ def _public_files(path: str, data: Any) -> dict[str, str]:
     "outputs", short_help="Write a service's public output (certs-public, client-trust)."
 )
 def outputs(
-    name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
+    name: str = typer.Argument(..., callback=not_empty, metavar="NAME", help="Service name."),
     output: str = typer.Argument(
         ...,
         callback=_public_output,
@@ -508,10 +508,10 @@ def outputs(
     """
     from certctl.files import OutputSet
 
-    path = f"/api/v1/services/{_seg(name)}/outputs/{output}"
-    data = _request("GET", path)
+    path = f"/api/v1/services/{path_segment(name)}/outputs/{output}"
+    data = send_request("GET", path)
     if out is None:
-        _print(data)
+        print_answer(data)
         return
     files = _public_files(path, data)
     written = OutputSet(force=force)
@@ -528,7 +528,7 @@ def outputs(
 
 @clients_app.command("add")
 def clients_add(
-    name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
+    name: str = typer.Argument(..., callback=not_empty, metavar="NAME", help="Service name."),
     cert: Path = typer.Option(..., "--cert", help="PEM file with client certificate(s) or CA(s)."),
 ) -> None:
     """Trust client certificates or CAs (PEM certificates only)."""
@@ -545,14 +545,16 @@ def clients_add(
     if b"-----BEGIN CERTIFICATE-----" not in data:
         raise InvalidRequest(f"{cert}: no PEM certificate in it (convert DER or PKCS#12 to PEM)")
     pem = data.decode("ascii", "replace")
-    answer = _request("POST", f"/api/v1/services/{_seg(name)}/clients", {"certificate_pem": pem})
-    _warn_about(answer)
-    _print(answer)
+    answer = send_request(
+        "POST", f"/api/v1/services/{path_segment(name)}/clients", {"certificate_pem": pem}
+    )
+    warn_about(answer)
+    print_answer(answer)
 
 
 @clients_app.command("list")
 def clients_list(
-    name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
+    name: str = typer.Argument(..., callback=not_empty, metavar="NAME", help="Service name."),
     output: str | None = OUTPUT_OPTION,
 ) -> None:
     """List trusted client certificates.
@@ -562,13 +564,13 @@ def clients_list(
     from certctl.cli._listing import timestamp
 
     columns = [
-        Column("FINGERPRINT", _field("fingerprint"), key=True),
-        Column("SUBJECT", _field("subject"), label=True),
-        Column("CA", _field("is_ca")),
+        Column("FINGERPRINT", field_cell("fingerprint"), key=True),
+        Column("SUBJECT", field_cell("subject"), label=True),
+        Column("CA", field_cell("is_ca")),
         Column("ADDED", lambda item, _now: timestamp(item.get("added_at"))),
     ]
-    _print_list(
-        _request("GET", f"/api/v1/services/{_seg(name)}/clients"),
+    print_list(
+        send_request("GET", f"/api/v1/services/{path_segment(name)}/clients"),
         output,
         path="/api/v1/services/{name}/clients",
         columns=columns,
@@ -578,14 +580,16 @@ def clients_list(
 
 @clients_app.command("remove", short_help="Stop trusting a client certificate.")
 def clients_remove(
-    name: str = typer.Argument(..., callback=_not_empty, metavar="NAME", help="Service name."),
+    name: str = typer.Argument(..., callback=not_empty, metavar="NAME", help="Service name."),
     fingerprint: str = typer.Argument(
         ...,
-        callback=_not_empty,
+        callback=not_empty,
         metavar="FINGERPRINT",
         help="SHA-256 fingerprint (hex) from 'clients list'.",
     ),
 ) -> None:
     """Stop trusting a client certificate; takes effect at the next reconcile."""
-    _request("DELETE", f"/api/v1/services/{_seg(name)}/clients/{_seg(fingerprint)}")
+    send_request(
+        "DELETE", f"/api/v1/services/{path_segment(name)}/clients/{path_segment(fingerprint)}"
+    )
     typer.echo(f"removed client {fingerprint[:16]}… from {name}")
