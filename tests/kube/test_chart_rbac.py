@@ -89,7 +89,7 @@ def test_rbac_rules_are_read_from_the_chart() -> None:
 def test_ca_and_secret_targets_work_under_the_charts_rbac(
     apiserver: FakeApiServer, sa_dir: Path, tmp_path: Path, pki: KubePki
 ) -> None:
-    from certctl.server.kubernetes import _kubernetes_features, _secret_target_writer
+    from certctl.server.kubernetes import kubernetes_features, secret_target_writer
 
     apiserver.rbac = chart_rbac(VALUES)
     ca_file = tmp_path / "ca.crt"
@@ -97,7 +97,7 @@ def test_ca_and_secret_targets_work_under_the_charts_rbac(
     config = ServerConfig.model_validate(
         _config(apiserver, sa_dir, tls={"publish-ca-secret": "certctl-ca"})
     )
-    _, publish = _kubernetes_features(config, ca_file, INSTALLATION)
+    _, publish = kubernetes_features(config, ca_file, INSTALLATION)
     assert publish is not None
     publish()  # GET (404), POST
     ca_file.write_bytes(b"renewed CA\n")
@@ -105,7 +105,7 @@ def test_ca_and_secret_targets_work_under_the_charts_rbac(
     stored = apiserver.secrets[(NAMESPACE, "certctl-ca")]["data"]["ca.crt"]
     assert base64.b64decode(stored) == b"renewed CA\n"
 
-    write = _secret_target_writer(config, INSTALLATION)
+    write = secret_target_writer(config, INSTALLATION)
     target = SecretTarget(secret="web-tls", namespace="apps")
     crt, key = pki.leaf("web.example.internal")
     files = {"tls.crt": crt, "tls.key": key, "ca.crt": b"ca"}
@@ -133,7 +133,7 @@ def test_a_custom_certificate_secret_is_readable_once_its_namespace_is_listed(
     # docs/kubernetes.md: certificate.secretName reads a Secret of the release namespace
     # when secretTargets.namespaces lists it; without, the chart grants no get there.
     from certctl.errors import InvalidRequest
-    from certctl.server.kubernetes import _custom_secret_reader, _CustomSecrets
+    from certctl.server.kubernetes import CustomSecrets
 
     crt, key = pki.leaf("web.example.internal")
     apiserver.put_secret(
@@ -143,7 +143,7 @@ def test_a_custom_certificate_secret_is_readable_once_its_namespace_is_listed(
         metadata={"labels": {"certctl.io/custom-certificate": "true"}},
         data={"tls.crt": base64.b64encode(crt).decode(), "tls.key": base64.b64encode(key).decode()},
     )
-    read = _custom_secret_reader(ServerConfig.model_validate(_config(apiserver, sa_dir)))
+    read = CustomSecrets(ServerConfig.model_validate(_config(apiserver, sa_dir))).read
     apiserver.rbac = chart_rbac(VALUES)
     with pytest.raises(InvalidRequest, match='403 Forbidden: secrets "own" is forbidden'):
         read("own")
@@ -151,7 +151,7 @@ def test_a_custom_certificate_secret_is_readable_once_its_namespace_is_listed(
     assert read("own") == {"tls.crt": crt, "tls.key": key}
 
     # A scheduler pass lists them, one request for all: the chart grants list there.
-    secrets = _CustomSecrets(ServerConfig.model_validate(_config(apiserver, sa_dir)))
+    secrets = CustomSecrets(ServerConfig.model_validate(_config(apiserver, sa_dir)))
     apiserver.clear()
     assert secrets.for_pass()("own") == {"tls.crt": crt, "tls.key": key}
     assert [(r.method, r.path.partition("?")[0]) for r in apiserver.requests] == [

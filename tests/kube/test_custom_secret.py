@@ -16,7 +16,7 @@ import pytest
 
 from certctl.kubeapi import KubeConnection
 from certctl.server.config import ServerConfig
-from certctl.server.kubernetes import _custom_secret_reader
+from certctl.server.kubernetes import CustomSecrets
 from tests._tools import ok, openssl_req, run
 from tests.kube.conftest import NAMESPACE, KubePki
 from tests.kube.fake_apiserver import FakeApiServer
@@ -63,9 +63,7 @@ def _put(apiserver: FakeApiServer, name: str, files: dict[str, bytes], **labels:
 def test_a_labelled_secret_is_served_and_followed(
     apiserver: FakeApiServer, sa_dir: Path, env: Env, tmp_path: Path
 ) -> None:
-    settings = env.settings_with(
-        secret_reader=_custom_secret_reader(_config(apiserver, sa_dir, env))
-    )
+    settings = env.settings_with(secret_reader=CustomSecrets(_config(apiserver, sa_dir, env)).read)
     target = tmp_path / "target"
     env.put(service_doc("web", dns=NAMES, secret="own", targets=[{"directory": str(target)}]))
 
@@ -132,7 +130,7 @@ def test_a_secret_certctl_writes_is_not_a_source(
 ) -> None:
     # Another service's Secret target holds that service's key: naming it as a source would
     # copy the key into this service's targets.
-    read = _custom_secret_reader(_config(apiserver, sa_dir, env))
+    read = CustomSecrets(_config(apiserver, sa_dir, env)).read
     _put(apiserver, "other-tls", _self_signed(tmp_path), **{
         "app.kubernetes.io/managed-by": "certctl", **LABEL})  # fmt: skip
     env.put(service_doc("web", dns=NAMES, secret="other-tls"))
@@ -149,7 +147,7 @@ def test_refusals_of_the_api_and_no_cluster_are_the_services_failure(
 ) -> None:
     env.put(service_doc("web", dns=NAMES, secret="own"))
     apiserver.fail_status = 403
-    read = _custom_secret_reader(_config(apiserver, sa_dir, env))
+    read = CustomSecrets(_config(apiserver, sa_dir, env)).read
     row = env.reconcile("web", secret_reader=read)
     assert row.conditions["Failed"]["message"].startswith(
         f"secret own: read Secret {NAMESPACE}/own: Kubernetes API answered 403"
@@ -157,7 +155,7 @@ def test_refusals_of_the_api_and_no_cluster_are_the_services_failure(
 
     # A server with no cluster at all: one line saying both places and why neither.
     alone = ServerConfig.model_validate({"data-dir": str(tmp_path / "data2")})
-    row = env.reconcile("web", env.now + MINUTE, secret_reader=_custom_secret_reader(alone))
+    row = env.reconcile("web", env.now + MINUTE, secret_reader=CustomSecrets(alone).read)
     message = row.conditions["Failed"]["message"]
     assert message.startswith(
         f"secret own not found (expected a directory {tmp_path / 'data2' / 'secrets' / 'own'}, "
@@ -173,9 +171,7 @@ def test_a_secret_read_by_each_pass_is_reconciled_only_when_it_changes(
     # written back) only when what it holds changed, or when it can no longer be read.
     from certctl.server.scheduler import Scheduler
 
-    settings = env.settings_with(
-        secret_reader=_custom_secret_reader(_config(apiserver, sa_dir, env))
-    )
+    settings = env.settings_with(secret_reader=CustomSecrets(_config(apiserver, sa_dir, env)).read)
     first = tmp_path / "first"
     first.mkdir()
     _put(apiserver, "own", _self_signed(first), **LABEL)
@@ -377,7 +373,6 @@ def test_the_list_fallback_advises_rbac_only_when_rbac_refused(
 ) -> None:
     # Before: every failed LIST logged "grant list on secrets", also for a LIST that never
     # ended or an API server answering 500, where no grant helps.
-    from certctl.server.kubernetes import _CustomSecrets
     from certctl.targets import kubernetes
 
     monkeypatch.setattr(kubernetes, "_LIST_MAX_PAGES", 3)
@@ -386,7 +381,7 @@ def test_the_list_fallback_advises_rbac_only_when_rbac_refused(
     else:
         apiserver.endless_continue = "new"
     with caplog.at_level("WARNING", logger="certctl.server"):
-        assert _CustomSecrets(_config(apiserver, sa_dir, env))._list() == {}
+        assert CustomSecrets(_config(apiserver, sa_dir, env))._list() == {}
     [line] = [r.getMessage() for r in caplog.records if "custom certificates:" in r.getMessage()]
     assert line.endswith("(one request per service and pass; grant list on secrets)") == (
         failure == "forbidden"

@@ -470,7 +470,7 @@ def test_a_service_whose_secret_another_installation_owns_says_so_in_its_status(
 ) -> None:
     """Through the server's hook: the installation id comes from the store, the refusal
     reaches the service's Failed condition, and the Secret keeps the other one's key."""
-    from certctl.server.kubernetes import _secret_target_writer
+    from certctl.server.kubernetes import secret_target_writer
     from certctl.services import service_reconcile
     from certctl.store.db import installation_id
     from tests.services.conftest import service_doc
@@ -478,7 +478,7 @@ def test_a_service_whose_secret_another_installation_owns_says_so_in_its_status(
     ours = installation_id(env.services.engine)
     assert ours not in (INSTALLATION, OTHER_INSTALLATION)
     settings = env.settings_with(
-        secret_writer=_secret_target_writer(_server_config(apiserver, sa_dir), ours)
+        secret_writer=secret_target_writer(_server_config(apiserver, sa_dir), ours)
     )
     theirs = {"tls.crt": b64(b"theirs"), "tls.key": b64(b"theirs")}
     apiserver.put_secret(
@@ -524,12 +524,12 @@ def test_managed_service_secret_target(
     apiserver: FakeApiServer, sa_dir: Path, pki: KubePki
 ) -> None:
     """The server's hook for TLSService Secret targets writes through SecretWriter."""
-    from certctl.server.kubernetes import _secret_target_writer
+    from certctl.server.kubernetes import secret_target_writer
     from certctl.services.tls_spec import SecretTarget
     from certctl.targets.directory import DeliveryError
 
     config = _server_config(apiserver, sa_dir)
-    write = _secret_target_writer(config, INSTALLATION)
+    write = secret_target_writer(config, INSTALLATION)
     target = SecretTarget(secret="quickstart-tls", namespace="apps", labels={"app": "quickstart"})
     crt, key = pki.leaf("quickstart.example.internal")
     files = {"tls.crt": crt, "tls.key": key, "ca.crt": b"ca", "client-trust.crt": b"trust"}
@@ -558,13 +558,13 @@ def test_a_secret_target_deleted_or_edited_by_hand_is_restored_at_the_next_resyn
     Before, a bundle delivered once was never looked at again until the next renewal (months
     later): a Secret deleted by ``kubectl delete`` stayed gone and pods could not start.
     """
-    from certctl.server.kubernetes import _secret_target_writer
+    from certctl.server.kubernetes import secret_target_writer
     from certctl.server.scheduler import Scheduler
     from certctl.services import service_schedule
     from tests.services.conftest import service_doc
 
     config = _server_config(apiserver, sa_dir)
-    settings = env.settings_with(secret_writer=_secret_target_writer(config, INSTALLATION))
+    settings = env.settings_with(secret_writer=secret_target_writer(config, INSTALLATION))
     target = {"secret": "web-tls", "namespace": "apps", "labels": {"app": "web"}}
     env.put(service_doc("web", dns=("web.example.internal",), targets=[target]))
     scheduler = Scheduler(env.services, settings, 10, clock=lambda: env.now)
@@ -615,12 +615,12 @@ def test_tls_disabled_leaves_the_secret_and_the_service_ready(
     Before, each pass failed with "no certificate to deliver (TLS disabled); Secret left as
     it is": Ready false (the alert), a failed event, retried with back-off for good.
     """
-    from certctl.server.kubernetes import _secret_target_writer
+    from certctl.server.kubernetes import secret_target_writer
     from certctl.services import service_reconcile
     from tests.services.conftest import service_doc
 
     settings = env.settings_with(
-        secret_writer=_secret_target_writer(_server_config(apiserver, sa_dir), INSTALLATION)
+        secret_writer=secret_target_writer(_server_config(apiserver, sa_dir), INSTALLATION)
     )
     target = {"secret": "web-tls", "namespace": "apps"}
     where = ("apps", "web-tls")
@@ -663,12 +663,12 @@ def test_a_custom_certificate_without_ca_crt_reaches_the_secret_without_ca_crt(
     Before, it got an empty one, which a pod mounting it read as a CA file and refused
     (Elasticsearch: "failed to initialize SSL TrustManager"; nginx: no certificate in it).
     """
-    from certctl.server.kubernetes import _secret_target_writer
+    from certctl.server.kubernetes import secret_target_writer
     from certctl.services import service_reconcile
     from tests.services.conftest import make_ca, make_leaf, service_doc, write_secret
 
     settings = env.settings_with(
-        secret_writer=_secret_target_writer(_server_config(apiserver, sa_dir), INSTALLATION)
+        secret_writer=secret_target_writer(_server_config(apiserver, sa_dir), INSTALLATION)
     )
     leaf = make_leaf(make_ca("public-ca", env.now), "web", env.now, dns=("web",))
     write_secret(env.secrets_dir, "custom", {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem})

@@ -399,7 +399,7 @@ def test_an_answer_without_our_audience_is_401(
 def test_audiences_reach_the_authenticator_from_the_config(
     kube: FakeApiServer, sa_dir: Path, tmp_path: Path
 ) -> None:
-    from certctl.server.kubernetes import _kubernetes_features
+    from certctl.server.kubernetes import kubernetes_features
 
     settings: dict[str, Any] = {
         "auth": {"kubernetes": {"enabled": True, "audiences": [AUDIENCE]}},
@@ -409,7 +409,7 @@ def test_audiences_reach_the_authenticator_from_the_config(
             "token-file": str(sa_dir / "token"),
         },
     }
-    auth, _ = _kubernetes_features(
+    auth, _ = kubernetes_features(
         ServerConfig.model_validate(settings), tmp_path / "ca.crt", INSTALLATION
     )
     assert auth is not None
@@ -628,7 +628,7 @@ def test_disabled_means_api_keys_only(booted: Bootstrapped, kube: FakeApiServer)
 def test_server_publishes_the_ca_secret(kube: FakeApiServer, sa_dir: Path, tmp_path: Path) -> None:
     """``tls.publish-ca-secret``: what the chart's ServiceMonitor trusts by default."""
     from certctl.errors import InvalidRequest
-    from certctl.server.kubernetes import _kubernetes_features
+    from certctl.server.kubernetes import kubernetes_features
 
     ca_file = tmp_path / "ca.crt"
     ca_file.write_bytes(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
@@ -641,7 +641,7 @@ def test_server_publishes_the_ca_secret(kube: FakeApiServer, sa_dir: Path, tmp_p
             "namespace": "certs",
         },
     }
-    auth, publish = _kubernetes_features(
+    auth, publish = kubernetes_features(
         ServerConfig.model_validate(settings), ca_file, INSTALLATION
     )
     assert auth is None
@@ -655,4 +655,4 @@ def test_server_publishes_the_ca_secret(kube: FakeApiServer, sa_dir: Path, tmp_p
     assert secret["metadata"]["labels"]["app.kubernetes.io/component"] == "ca"
     settings["tls"]["mode"] = "custom"
     with pytest.raises(InvalidRequest, match=r"needs tls\.mode=self-signed"):
-        _kubernetes_features(ServerConfig.model_validate(settings), ca_file, INSTALLATION)
+        kubernetes_features(ServerConfig.model_validate(settings), ca_file, INSTALLATION)

@@ -24,7 +24,7 @@ from sqlalchemy import select, text
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
 from certctl.server.scheduler import Scheduler
-from certctl.server.service_setup import _webhook
+from certctl.server.service_setup import load_webhook
 from certctl.services import service_specs
 from certctl.services.notify import (
     SIGNATURE_HEADER,
@@ -260,7 +260,7 @@ def test_the_documented_receiver_check(env: Env, receiver: Receiver) -> None:
         "secret-file": str(env.tmp / "webhook-secret"),
         "previous-secret-file": str(env.tmp / "webhook-secret.previous"),
     }
-    rotating = _webhook(ServerConfig.model_validate({"notifications": {"webhook": hook}}))
+    rotating = load_webhook(ServerConfig.model_validate({"notifications": {"webhook": hook}}))
     assert rotating is not None
     assert dispatch_pending(env.services, rotating) == 1
     request = receiver.requests[-1]
@@ -339,7 +339,7 @@ def test_a_key_wrapped_over_lines_is_one_key(env: Env, receiver: Receiver) -> No
     content = b"  wrapped-key-part-1\nwrapped-key-part-2\n\n"
     key_file.write_bytes(content)
     hook = {"url": receiver.url, "secret-file": str(key_file), "timeout": "5s"}
-    webhook = _webhook(ServerConfig.model_validate({"notifications": {"webhook": hook}}))
+    webhook = load_webhook(ServerConfig.model_validate({"notifications": {"webhook": hook}}))
     assert webhook is not None
     env.put(service_doc("web"))
     env.reconcile("web")

@@ -87,3 +87,36 @@ def test_top_level_modules_import_no_package() -> None:
         and module.split(".")[1] in ALLOWED
     ]
     assert not bad, "\n".join(bad)
+
+
+def _is_module(dotted: str) -> bool:
+    path = SRC.parent.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def test_no_private_name_is_used_across_modules() -> None:
+    # A `_name` is the owning module's to change: one another module uses is public, under a
+    # public name in the owner's __all__ (STYLE "Layout"). A `_module` may be imported whole.
+    crossing = []
+    for path in sorted(SRC.rglob("*.py")):
+        text = path.read_text()
+        where = path.relative_to(SRC)
+        modules = set()  # local names bound to certctl modules: `from certctl.cli import _api`
+        for match in _FROM.finditer(text):
+            if not match.group(1).startswith("certctl"):
+                continue
+            line = text.count("\n", 0, match.start()) + 1
+            listed = re.sub(r"#[^\n]*", "", match.group(2)).strip("()")
+            for item in (n.split() for n in listed.split(",") if n.strip()):
+                name, local = item[0], item[-1]
+                if _is_module(f"{match.group(1)}.{name}"):
+                    modules.add(local)
+                elif name.startswith("_") and not name.startswith("__"):
+                    crossing.append(f"{where}:{line}: from {match.group(1)} import {name}")
+        # Comments may name another module's helper (`rbac._PostgresCounter: ~25 µs`).
+        code = re.sub(r"(?m)(^|\s)#[^\n]*", r"\1", text)
+        for local in modules:
+            for match in re.finditer(rf"(?<![\w.]){local}\.(_[A-Za-z]\w*)", code):
+                line = code.count("\n", 0, match.start()) + 1
+                crossing.append(f"{where}:{line}: {local}.{match.group(1)}")
+    assert not crossing, "\n".join(crossing)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 # cryptography warns, with a source line, when it parses a name holding a CN over 64 bytes
 # or a country code not 2 long (it refuses to build one). certctl checks names itself
-# (names._check_name) and reports them in one line; the warning would only precede that
+# (names.check_name) and reports them in one line; the warning would only precede that
 # line. Limited to that message, raised from certctl's own code.
 warnings.filterwarnings(
     "ignore", message="Attribute's length must be", category=UserWarning, module="certctl"

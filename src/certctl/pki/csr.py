@@ -19,7 +19,7 @@ from certctl.errors import BadSignature, InvalidRequest
 from certctl.pki.formats import check_extensions
 from certctl.pki.issue import CertificateAuthority, IssuedCertificate, NameHint
 from certctl.pki.keys import check_public_key, signature_hash_for, signature_verifies
-from certctl.pki.names import SubjectAltNames, _check_name
+from certctl.pki.names import SubjectAltNames, check_name
 from certctl.pki.profiles import Profile
 
 __all__ = ["create_csr", "csr_sans", "load_csr", "load_csr_with_key", "sign_csr"]
@@ -143,7 +143,7 @@ def sign_csr(
     if not verified and not csr.is_signature_valid:
         raise BadSignature("CSR signature does not verify: the request was altered or corrupted")
     subject = csr.subject
-    _check_name(subject)
+    check_name(subject)
     sans = csr_sans(csr) if profile.allows_sans else SubjectAltNames()
     if max_names is not None:
         for kind, values in sans.as_dict().items():

@@ -22,6 +22,7 @@ __all__ = [
     "SAN_KINDS",
     "DNPattern",
     "SubjectAltNames",
+    "check_name",
     "common_name_dn",
     "display_dn",
     "display_dn_text",
@@ -86,11 +87,21 @@ def parse_dn(text: str) -> x509.Name:
         _name_the_unknown_type(text)
         reason = f" ({exc})" if str(exc) else ""
         raise InvalidRequest(f"{text}: not a valid RFC 4514 distinguished name{reason}") from exc
-    _check_name(name, text)
+    check_name(name, text)
     return name
 
 
-def _check_name(name: x509.Name, text: str | None = None) -> None:
+def check_name(name: x509.Name, text: str | None = None) -> None:
+    """Refuse a name certctl will not put in a certificate (a parsed DN or a CSR's subject).
+
+    Args:
+        name: the name to check.
+        text: the name as the user wrote it, for messages; formatted from ``name`` if None.
+
+    Raises:
+        InvalidRequest: a value is binary, holds control or bidirectional control characters,
+            is empty, or is longer than its upper bound (RFC 5280 A; a CN also in UTF-8 bytes).
+    """
     # ``text`` (the DN for messages) is formatted only when there is an error to report.
     for attr in name:
         value = attr.value

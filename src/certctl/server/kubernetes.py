@@ -17,12 +17,23 @@ from certctl.kubeapi import KubeConnection, load_connection
 from certctl.server.config import ServerConfig
 from certctl.targets.kubernetes import SecretWriter, WriteResult
 
-__all__: list[str] = []
+__all__ = [
+    "CustomSecrets",
+    "default_namespace",
+    "kube_connection",
+    "kubernetes_features",
+    "secret_target_writer",
+]
 
 log = logging.getLogger("certctl.server")
 
 
-def _kube_connection(config: ServerConfig) -> KubeConnection:
+def kube_connection(config: ServerConfig) -> KubeConnection:
+    """The Kubernetes API connection ``kubernetes.*`` describes.
+
+    Raises:
+        InvalidRequest: see :func:`certctl.kubeapi.load_connection`.
+    """
     k = config.kubernetes
     return load_connection(
         kubeconfig=k.kubeconfig,
@@ -34,7 +45,7 @@ def _kube_connection(config: ServerConfig) -> KubeConnection:
     )
 
 
-def _kubernetes_features(
+def kubernetes_features(
     config: ServerConfig, ca_file: Path, installation: str
 ) -> tuple[TokenReviewAuthenticator | None, Callable[[], None] | None]:
     """The TokenReview authenticator and the CA Secret publisher, each None when unused.
@@ -47,7 +58,7 @@ def _kubernetes_features(
         raise InvalidRequest("tls.publish-ca-secret needs tls.mode=self-signed")
     if not (config.auth.kubernetes.enabled or secret):
         return None, None
-    connection = _kube_connection(config)
+    connection = kube_connection(config)
     kube_auth = config.auth.kubernetes
     authenticator = (
         TokenReviewAuthenticator(connection, audiences=kube_auth.audiences)
@@ -70,7 +81,7 @@ def _kubernetes_features(
     return authenticator, publish_ca
 
 
-def _secret_target_writer(
+def secret_target_writer(
     config: ServerConfig, installation: str
 ) -> Callable[[Any, dict[str, bytes]], bool]:
     """Managed-services Secret targets through ``targets.kubernetes``, owned by ``installation``.
@@ -87,7 +98,7 @@ def _secret_target_writer(
             raise DeliveryError("no certificate to deliver (TLS disabled); Secret left as it is")
         try:
             if not connections:
-                connections.append(_kube_connection(config))
+                connections.append(kube_connection(config))
             writer = SecretWriter(connections[0], namespace=target.namespace, owner=installation)
             result = writer.write_tls(
                 target.secret,
@@ -104,7 +115,7 @@ def _secret_target_writer(
     return write
 
 
-class _CustomSecrets:
+class CustomSecrets:
     """Managed services' ``certificate.secretName`` read from Secrets in kubernetes.namespace.
 
     Used when ``secrets-dir`` has no directory of that name. The connection is built on first
@@ -121,7 +132,7 @@ class _CustomSecrets:
     def _connect(self, name: str) -> KubeConnection:
         if self._connection is None:
             try:
-                self._connection = _kube_connection(self._config)
+                self._connection = kube_connection(self._config)
             except CertctlError as exc:
                 from certctl.targets.kubernetes import CUSTOM_CERTIFICATE_LABEL
 
@@ -215,16 +226,11 @@ class _CustomSecrets:
         }
 
 
-def _custom_secret_reader(config: ServerConfig) -> Callable[[str], dict[str, bytes]]:
-    """``_CustomSecrets(config).read``: one Secret, one GET."""
-    return _CustomSecrets(config).read
-
-
-def _default_namespace(config: ServerConfig) -> str | None:
+def default_namespace(config: ServerConfig) -> str | None:
     """Where Secret targets without ``namespace`` go, if this server talks to a cluster."""
     if config.kubernetes.namespace:
         return config.kubernetes.namespace
     try:
-        return _kube_connection(config).namespace
+        return kube_connection(config).namespace
     except CertctlError:
         return None  # no cluster configured: such targets fail at delivery anyway

@@ -18,7 +18,7 @@ from certctl.services.context import Services
 from certctl.store.db import PoolTimeout, storage_error
 from certctl.store.models import ApiKey, Issuer, ManagedService
 
-__all__ = ["refresh_metrics"]
+__all__ = ["refresh_metrics", "run_periodically"]
 
 log = logging.getLogger("certctl.server")
 
@@ -65,7 +65,11 @@ def refresh_metrics(services: Services) -> None:
     API_KEYS.labels("revoked").set(revoked)
 
 
-async def _periodic(interval_s: float, work: Callable[[], Any], what: str) -> None:
+async def run_periodically(interval_s: float, work: Callable[[], Any], what: str) -> None:
+    """Run ``work`` in a thread every ``interval_s`` seconds, forever; its failures logged.
+
+    ``what`` names the work in the log lines.
+    """
     # A database outage fails every pass of every worker: one line when it starts (and when
     # its reason changes) and one when it ends, not a traceback every ``interval_s``. So does
     # any error certctl raises on purpose; only bugs keep their traceback.

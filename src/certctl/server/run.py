@@ -31,17 +31,17 @@ from certctl.server.bootstrap import Bootstrapped, bootstrap
 from certctl.server.config import ServerConfig, split_host_port
 from certctl.server.handshake_failures import REASONS as HANDSHAKE_FAILURE_REASONS
 from certctl.server.handshake_failures import HandshakeFailures
-from certctl.server.kubernetes import _kube_connection, _kubernetes_features
+from certctl.server.kubernetes import kube_connection, kubernetes_features
 from certctl.server.logs import configure_logging
-from certctl.server.periodic import _periodic, refresh_metrics
+from certctl.server.periodic import refresh_metrics, run_periodically
 from certctl.server.scheduler import Scheduler
 from certctl.server.service_setup import (
-    _webhook,
     build_scheduler,
+    load_webhook,
     service_settings,
     target_policy,
 )
-from certctl.server.startup_notice import _announce, _store_admin_key
+from certctl.server.startup_notice import announce, store_admin_key
 from certctl.server.tls import (
     ServerTLS,
     check_files,
@@ -76,11 +76,11 @@ def _check_integrations(config: ServerConfig) -> None:
     The same checks run again where these are built; here they only come first, so a typo
     in the configuration does not leave a new CA and admin key behind.
     """
-    _webhook(config)
+    load_webhook(config)
     if config.tls.publish_ca_secret and config.tls.mode != "self-signed":
         raise InvalidRequest("tls.publish-ca-secret needs tls.mode=self-signed")
     if config.auth.kubernetes.enabled or config.tls.publish_ca_secret:
-        _kube_connection(config)
+        kube_connection(config)
 
 
 def connection_limit(config: ServerConfig) -> int:
@@ -290,17 +290,17 @@ def serve(config: ServerConfig) -> None:
         "installation id %s (annotation certctl.io/owner on the Kubernetes Secrets it writes)",
         installation,
     )
-    prepared.kube_auth, prepared.publish_ca = _kubernetes_features(
+    prepared.kube_auth, prepared.publish_ca = kubernetes_features(
         config, tls_dir / "ca.crt", installation
     )
     scheme = "https" if mode != "disabled" else "http"
-    stored_in = _store_admin_key(boot, config, installation)
+    stored_in = store_admin_key(boot, config, installation)
     if config.workers == 1:
         # Printed before the listener opens, so whoever sees /readyz succeed can read the key.
-        _announce(boot, config, scheme, prepared.ca_path, stored_in)
+        announce(boot, config, scheme, prepared.ca_path, stored_in)
         _serve_process(prepared, 0, sockets[0])
         return
-    _announce(boot, config, scheme, prepared.ca_path, stored_in)
+    announce(boot, config, scheme, prepared.ca_path, stored_in)
     log.info("starting %d worker processes", config.workers)
     # The SQLite/PostgreSQL connections of the parent must not be used by the children.
     boot.services.engine.dispose()
@@ -583,7 +583,7 @@ def _serve_process(
     async def main() -> None:
         tasks = [
             asyncio.create_task(
-                _periodic(METRICS_REFRESH_S, lambda: refresh_metrics(services), "metrics")
+                run_periodically(METRICS_REFRESH_S, lambda: refresh_metrics(services), "metrics")
             )
         ]
         # Several workers: only the leader renews the self-signed files; the others see the
@@ -593,12 +593,14 @@ def _serve_process(
         elif tls is not None and config.tls.client_auth != "none":
             # No file watch here, but a changed tls.client-ca must still be applied (watch does).
             tasks.append(
-                asyncio.create_task(_periodic(reload_s, tls.check_client_ca, "tls.client-ca check"))
+                asyncio.create_task(
+                    run_periodically(reload_s, tls.check_client_ca, "tls.client-ca check")
+                )
             )
         if tls is not None:
             tasks.append(
                 asyncio.create_task(
-                    _periodic(
+                    run_periodically(
                         min(max(ticket_s / 4, 0.5), 60.0),
                         tls.rotate_ticket_key,
                         "TLS session-ticket key rotation",
@@ -608,7 +610,7 @@ def _serve_process(
         if leader:
             tasks.append(
                 asyncio.create_task(
-                    _periodic(
+                    run_periodically(
                         _renewal_check_s(prepared),
                         lambda: _renew_internal_ca(prepared, tls),
                         "CA and TLS renewal",
@@ -618,7 +620,7 @@ def _serve_process(
         # A CA renewed by the leader (or another replica) replaces this process's cached copy.
         tasks.append(
             asyncio.create_task(
-                _periodic(
+                run_periodically(
                     min(ISSUER_CACHE_CHECK_S, _renewal_check_s(prepared)),
                     lambda: refresh_issuers(prepared, tls if leader else None, leader=leader),
                     "issuer cache refresh",
@@ -629,7 +631,7 @@ def _serve_process(
             tasks.append(asyncio.create_task(scheduler.run()))
         if publish_ca is not None:
             tasks.append(
-                asyncio.create_task(_periodic(CA_SECRET_REFRESH_S, publish_ca, "CA Secret"))
+                asyncio.create_task(run_periodically(CA_SECRET_REFRESH_S, publish_ca, "CA Secret"))
             )
         try:
             runs = [asyncio.create_task(s.serve(sockets=sockets[name])) for s, name in servers]

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from certctl.errors import InvalidRequest
 from certctl.pki import parse_duration
 from certctl.server.config import ServerConfig
-from certctl.server.kubernetes import _CustomSecrets, _default_namespace, _secret_target_writer
+from certctl.server.kubernetes import CustomSecrets, default_namespace, secret_target_writer
 from certctl.server.scheduler import Scheduler
 from certctl.services.context import Services
 from certctl.services.service_settings import ServiceSettings
@@ -16,7 +16,7 @@ from certctl.services.target_policy import TargetPolicy
 if TYPE_CHECKING:  # imported where a webhook is configured
     from certctl.services.notify import Webhook
 
-__all__ = ["build_scheduler", "service_settings", "target_policy"]
+__all__ = ["build_scheduler", "load_webhook", "service_settings", "target_policy"]
 
 
 def service_settings(config: ServerConfig, installation: str | None = None) -> ServiceSettings:
@@ -28,14 +28,14 @@ def service_settings(config: ServerConfig, installation: str | None = None) -> S
     Raises:
         InvalidRequest: a lifetime not longer than its renewal margin.
     """
-    custom = _CustomSecrets(config)
+    custom = CustomSecrets(config)
     return ServiceSettings(
         ca_validity=parse_duration(config.ca_cert_validity),
         ca_rotate_before=parse_duration(config.ca_cert_rotate_before),
         cert_validity=parse_duration(config.cert_validity),
         cert_rotate_before=parse_duration(config.cert_rotate_before),
         secrets_dir=config.effective_secrets_dir,
-        secret_writer=None if installation is None else _secret_target_writer(config, installation),
+        secret_writer=None if installation is None else secret_target_writer(config, installation),
         secret_reader=custom.read,
         secret_pass_reader=custom.for_pass,
         target_policy=target_policy(config),
@@ -50,7 +50,7 @@ def target_policy(config: ServerConfig) -> TargetPolicy:
     return TargetPolicy(
         delegated_directories=tuple(config.services.target_directories),
         protected=tuple(own),
-        default_namespace=_default_namespace(config),
+        default_namespace=default_namespace(config),
     )
 
 
@@ -61,10 +61,10 @@ def build_scheduler(config: ServerConfig, services: Services, installation: str)
     """
     settings = service_settings(config, installation)
     interval = parse_duration(config.reconcile_interval).total_seconds()
-    return Scheduler(services, settings, interval, _webhook(config), watch_changes=True)
+    return Scheduler(services, settings, interval, load_webhook(config), watch_changes=True)
 
 
-def _webhook(config: ServerConfig) -> Webhook | None:
+def load_webhook(config: ServerConfig) -> Webhook | None:
     """``notifications.webhook``, its HMAC key read; None when not configured.
 
     The secret file holds the key, the whole file; ``previous-secret-file``, when set and

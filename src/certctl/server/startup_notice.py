@@ -10,15 +10,15 @@ from certctl.errors import CertctlError
 from certctl.files import discard_stdout
 from certctl.server.bootstrap import Bootstrapped
 from certctl.server.config import ServerConfig
-from certctl.server.kubernetes import _kube_connection
+from certctl.server.kubernetes import kube_connection
 from certctl.targets.kubernetes import SecretWriter
 
-__all__: list[str] = []
+__all__ = ["announce", "store_admin_key"]
 
 log = logging.getLogger("certctl.server")
 
 
-def _store_admin_key(boot: Bootstrapped, config: ServerConfig, installation: str) -> str | None:
+def store_admin_key(boot: Bootstrapped, config: ServerConfig, installation: str) -> str | None:
     """Write a freshly minted admin key to ``auth.admin-key-secret``; where it went, or None.
 
     On failure the key is printed as without the setting: it exists nowhere else once this
@@ -28,7 +28,7 @@ def _store_admin_key(boot: Bootstrapped, config: ServerConfig, installation: str
     if name is None or boot.admin_key is None:
         return None
     try:
-        writer = SecretWriter(_kube_connection(config), owner=installation)
+        writer = SecretWriter(kube_connection(config), owner=installation)
         writer.write(
             name,
             {"api-key": boot.admin_key.encode()},
@@ -40,13 +40,18 @@ def _store_admin_key(boot: Bootstrapped, config: ServerConfig, installation: str
     return f"Secret {writer.namespace}/{name} (key api-key)"
 
 
-def _announce(
+def announce(
     boot: Bootstrapped,
     config: ServerConfig,
     scheme: str,
     ca_path: str | None,
     stored_in: str | None = None,
 ) -> None:
+    """Print the start-up notice: where the admin API key is, the CA file, a curl to try.
+
+    ``stored_in`` is where :func:`store_admin_key` put a fresh key, else it is printed. A
+    stdout that cannot be written is logged (never the notice, which may hold the key).
+    """
     host, port = config.host_port
     # A wildcard address is no place to connect to, and not in the certificate: loopback is.
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)

@@ -145,9 +145,9 @@ def create_issuer(
     """
     if caller is not None:
         caller.require("issuer.create")
-    from certctl.services.rbac import _check_id
+    from certctl.services.rbac import check_id
 
-    _check_id(issuer_id, "issuer")
+    check_id(issuer_id, "issuer")
     if caller is not None:
         _reserved_id(issuer_id)
     name_dn = (
@@ -221,9 +221,9 @@ def import_issuer(
         The stored issuer and warnings about what it will not do well (sign CRLs).
     """
     caller.require("issuer.create")
-    from certctl.services.rbac import _check_id
+    from certctl.services.rbac import check_id
 
-    _check_id(issuer_id, "issuer")
+    check_id(issuer_id, "issuer")
     _reserved_id(issuer_id)
     certs = load_material(certificate_pem.encode()).certificates
     try:

@@ -35,6 +35,7 @@ __all__ = [
     "api_key_from_store",
     "authenticate_api_key",
     "cached_api_key",
+    "check_id",
     "create_actor",
     "create_role",
     "credential_generation",
@@ -71,7 +72,13 @@ RESERVED_ACTORS = {
 }
 
 
-def _check_id(value: str, what: str) -> str:
+def check_id(value: str, what: str) -> str:
+    """``value`` if it is a valid ``what`` (role, actor, issuer) id.
+
+    Raises:
+        InvalidRequest: not 1-64 lower-case letters, digits, '.', '_' or '-' (first a letter
+            or digit).
+    """
     if not _ID.match(value):
         raise InvalidRequest(
             f"{value!r}: {what} id must be 1-64 lower-case letters, digits, '.', '_' or '-'"
@@ -317,7 +324,7 @@ def create_role(
 ) -> Role:
     """Create a custom role holding only permissions the caller holds."""
     caller.require("auth.role.create")
-    _check_id(role_id, "role")
+    check_id(role_id, "role")
     perms = _check_permissions(permissions)
     _no_escalation(caller, set(perms), "create this role")
     now = services.clock()
@@ -414,7 +421,7 @@ def create_actor(
 ) -> Actor:
     """Create an actor; giving it roles also needs ``auth.role.assign`` and no escalation."""
     caller.require("auth.actor.create")
-    _check_id(actor_id, "actor")
+    check_id(actor_id, "actor")
     if actor_id in RESERVED_ACTORS:
         raise InvalidRequest(f"{actor_id!r} is reserved ({RESERVED_ACTORS[actor_id]})")
     roles = sorted(set(roles))

@@ -13,7 +13,7 @@ import pytest
 
 from certctl.server.bootstrap import Bootstrapped
 from certctl.server.config import ServerConfig
-from certctl.server.startup_notice import _announce
+from certctl.server.startup_notice import announce
 from certctl.services.context import Services
 
 
@@ -33,7 +33,7 @@ def test_a_stdout_nobody_reads_is_warned_about_and_the_server_goes_on(
     monkeypatch.setattr(sys, "stdout", gone)
     try:
         with caplog.at_level(logging.WARNING, logger="certctl.server"):
-            _announce(boot, config, "https", None)
+            announce(boot, config, "https", None)
         # Nothing left for the interpreter's last flush to fail on ("Exception ignored").
         gone.flush()
     finally:

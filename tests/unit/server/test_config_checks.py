@@ -556,7 +556,7 @@ def test_webhook_urls_that_load(hook: dict[str, Any]) -> None:
 
 
 def test_webhook_settings_reach_the_sender(tmp_path: Path) -> None:
-    from certctl.server.service_setup import _webhook
+    from certctl.server.service_setup import load_webhook
 
     secret = tmp_path / "webhook-secret"
     secret.write_text("s3cret\n")
@@ -568,7 +568,7 @@ def test_webhook_settings_reach_the_sender(tmp_path: Path) -> None:
     }
     file = tmp_path / "certctl.yaml"
     file.write_text(yaml.safe_dump({"notifications": {"webhook": hook}}))
-    webhook = _webhook(load_config(file, {}))
+    webhook = load_webhook(load_config(file, {}))
     assert webhook is not None
     assert (webhook.url, webhook.secret, webhook.timeout_s) == ("https://h.example/x", b"s3cret", 3)
     assert webhook.proxy == "http://u:pw@proxy.example:3128"
@@ -578,7 +578,7 @@ def test_webhook_settings_reach_the_sender(tmp_path: Path) -> None:
     # The whole file is the key, surrounding whitespace removed: one wrapped over lines (as
     # openssl rand -base64 64 prints it) keeps its newline, as before rotation came in.
     secret.write_text("  wrapped-part-1\nwrapped-part-2 \n\n")
-    webhook = _webhook(load_config(file, {}))
+    webhook = load_webhook(load_config(file, {}))
     assert webhook is not None
     assert (webhook.secret, webhook.previous_secrets) == (b"wrapped-part-1\nwrapped-part-2", ())
 
@@ -588,14 +588,14 @@ def test_webhook_settings_reach_the_sender(tmp_path: Path) -> None:
     secret.write_text("n3w\n")
     hook["previous-secret-file"] = str(previous)
     file.write_text(yaml.safe_dump({"notifications": {"webhook": hook}}))
-    webhook = _webhook(load_config(file, {}))
+    webhook = load_webhook(load_config(file, {}))
     assert webhook is not None
     assert (webhook.secret, webhook.previous_secrets) == (b"n3w", (b"s3cret\nold",))
     assert webhook.previous_secret_file == previous
     # No key being retired: the file removed (the setting may stay), or the same key.
     for remove in (lambda: previous.write_text("n3w"), previous.unlink):
         remove()
-        webhook = _webhook(load_config(file, {}))
+        webhook = load_webhook(load_config(file, {}))
         assert webhook is not None
         assert (webhook.secret, webhook.previous_secrets) == (b"n3w", ())
     # One that is there but cannot be used is refused, in one line that quotes no key.
@@ -613,7 +613,7 @@ def test_webhook_settings_reach_the_sender(tmp_path: Path) -> None:
         else:
             previous.write_text(content)
         with pytest.raises(InvalidRequest) as refused:
-            _webhook(load_config(file, {}))
+            load_webhook(load_config(file, {}))
         assert refused.value.detail == why
     previous.rmdir()
     del hook["previous-secret-file"]
@@ -630,7 +630,7 @@ def test_webhook_settings_reach_the_sender(tmp_path: Path) -> None:
         hook["ca-file"] = str(tmp_path / name)
         file.write_text(yaml.safe_dump({"notifications": {"webhook": hook}}))
         with pytest.raises(InvalidRequest) as refused:
-            _webhook(load_config(file, {}))
+            load_webhook(load_config(file, {}))
         assert refused.value.detail == f"notifications.webhook.ca-file {tmp_path}/{name}: {why}"
 
 

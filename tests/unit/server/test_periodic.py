@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from certctl.server.periodic import _periodic
+from certctl.server.periodic import run_periodically
 
 
 def _down() -> OperationalError:
@@ -21,7 +21,7 @@ def _down() -> OperationalError:
 
 
 def _run_passes(outcomes: list[BaseException | None]) -> None:
-    """Run ``_periodic`` until every outcome (raise it, or succeed on None) has been played."""
+    """Run ``run_periodically`` until every outcome (raise it, or succeed on None) was played."""
     played = iter(outcomes)
     done = asyncio.Event()
 
@@ -35,7 +35,7 @@ def _run_passes(outcomes: list[BaseException | None]) -> None:
             raise outcome
 
     async def run() -> None:
-        task = asyncio.create_task(_periodic(0.001, work, "metrics"))
+        task = asyncio.create_task(run_periodically(0.001, work, "metrics"))
         await asyncio.wait_for(done.wait(), timeout=10)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
