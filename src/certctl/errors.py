@@ -14,8 +14,10 @@
     └── Unavailable       503  a dependency (the Kubernetes API) is unreachable or failing
         └── StorageUnavailable  the database is full, read-only, failing or unreachable
 
-Each class carries an HTTP ``status`` and a short ``title``; instances carry a
-human ``detail`` that never contains key material, passwords or tokens.
+Each class carries an HTTP ``status`` and the ``title`` of that status's problem type
+(``api.problems.PROBLEM_TYPES``): a subclass keeps its parent's, as RFC 9457 fixes a title per
+type. Instances carry a human ``detail``, which says what happened (a weak key, a storage
+fault) and never contains key material, passwords or tokens.
 
 ``cause_chain`` and ``tls_verify_failure`` read a foreign error (httpx, ssl) where it enters,
 for the one line certctl says about it.
@@ -61,13 +63,9 @@ class InvalidRequest(CertctlError):
 class WeakKey(InvalidRequest):
     """A key's algorithm or size is below policy (RSA < 2048, DSA, unknown curve)."""
 
-    title = "Weak or unsupported key"
-
 
 class BadSignature(InvalidRequest):
     """A signature over a CSR or certificate does not verify."""
-
-    title = "Bad signature"
 
 
 class Unauthenticated(CertctlError):
@@ -111,8 +109,6 @@ class StorageUnavailable(Unavailable):
     ``retry_after_s``: when the fault passes by itself soon (no pooled connection came free
     in time), the delay a client is told to wait (``Retry-After``).
     """
-
-    title = "Storage unavailable"
 
     def __init__(self, detail: str, retry_after_s: int | None = None) -> None:
         super().__init__(detail)

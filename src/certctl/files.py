@@ -39,8 +39,6 @@ PUBLIC_MODE = 0o644
 class OutputError(CertctlError):
     """An output file could not be written (permissions, disk full, not a directory)."""
 
-    title = "Cannot write output"
-
 
 def write_atomic(path: Path, data: bytes, mode: int = PUBLIC_MODE, *, replace: bool = True) -> None:
     """Write ``data`` to ``path`` by temp file + fsync + rename, created with ``mode``.

@@ -146,7 +146,10 @@ def test_host_is_required_once_in_http_1_1(fault_server: FaultServer) -> None:
         assert head.split(b" ", 2)[1] == status, (request, head)
         if status == b"400":
             assert b"content-type: application/problem+json" in head
-            assert json.loads(body)["detail"] == "an HTTP/1.1 request needs exactly one Host header"
+            problem = json.loads(body)
+            assert problem["detail"] == "an HTTP/1.1 request needs exactly one Host header"
+            # Titled as every invalid-request is: it said "Bad request".
+            assert problem["title"] == "Invalid request"
 
 
 def test_a_slow_body_and_an_unread_response_are_dropped(fault_server: FaultServer) -> None:

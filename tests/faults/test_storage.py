@@ -105,7 +105,7 @@ def assert_storage_problem(response: httpx.Response, *words: str) -> str:
     assert response.headers["content-type"].split(";")[0] == PROBLEM
     body = response.json()
     assert body["type"] == "urn:certctl:problem:unavailable"
-    assert body["title"] == "Storage unavailable"
+    assert body["title"] == "Service unavailable"  # the detail names the storage
     detail: str = body["detail"]
     assert detail.startswith("storage "), detail
     assert any(w in detail for w in words), detail

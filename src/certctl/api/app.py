@@ -44,7 +44,7 @@ from certctl.api.authentication import (
 from certctl.api.certificate_routes import CERTIFICATE_ROUTES, KEYGEN_THREADS
 from certctl.api.issuer_routes import CA_READ_THREADS, ISSUER_ROUTES
 from certctl.api.metrics_routes import HEALTH_ROUTES, METRICS_ROUTES
-from certctl.api.problems import problem, problem_for_status, problem_from_error
+from certctl.api.problems import problem, problem_from_error
 from certctl.api.readiness import DatabaseProbe
 from certctl.api.router import ApiRouter, route_endpoint
 from certctl.api.service_routes import SERVICE_ROUTES
@@ -153,21 +153,21 @@ class AccessLogAndLimits:
             await send(message)
 
         if _head_size(scope) > MAX_HEADER_BYTES:
-            await problem_for_status(
-                431, f"request line and headers over {MAX_HEADER_BYTES} bytes"
-            )(scope, receive, capture_send)
+            await problem(431, f"request line and headers over {MAX_HEADER_BYTES} bytes")(
+                scope, receive, capture_send
+            )
             self._log(scope, 431, started)
             return
         if hosts > 1 or (hosts == 0 and scope.get("http_version") not in _HOSTLESS_VERSIONS):
             # RFC 9112 3.2: an HTTP/1.1 request without Host, or any with two, MUST get 400;
             # a proxy in front may route by one Host and certctl would see another.
-            await problem(400, "Bad request", "an HTTP/1.1 request needs exactly one Host header")(
+            await problem(400, "an HTTP/1.1 request needs exactly one Host header")(
                 scope, receive, capture_send
             )
             self._log(scope, 400, started)
             return
         if too_large:
-            await problem_for_status(413, f"request body over {MAX_BODY_BYTES} bytes")(
+            await problem(413, f"request body over {MAX_BODY_BYTES} bytes")(
                 scope, receive, capture_send
             )
             self._log(scope, 413, started)
@@ -177,7 +177,7 @@ class AccessLogAndLimits:
             await self.app(scope, limited_receive, capture_send)
         except _TooLarge:
             status_holder[0] = 413
-            await problem_for_status(413, f"request body over {MAX_BODY_BYTES} bytes")(
+            await problem(413, f"request body over {MAX_BODY_BYTES} bytes")(
                 scope, receive, capture_send
             )
         except Exception:
@@ -309,7 +309,7 @@ async def _database_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    response = problem_for_status(exc.status_code, exc.detail or "error")
+    response = problem(exc.status_code, exc.detail or "error")
     if exc.status_code == 405:
         # RFC 9110 15.5.6: a 405 lists the methods the resource has. Starlette's lists those
         # of the first route matching the path, but each of ours has one method.
@@ -329,14 +329,14 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
     logging.getLogger("certctl.api").info(
         "client disconnected during %s %s", request.method, logged_path_of(request.scope)
     )
-    return problem(499, "Client closed request", "the client closed the connection")
+    return problem(499, "the client closed the connection")
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     logging.getLogger("certctl.api").exception(
         "unhandled error on %s %s", request.method, logged_path_of(request.scope)
     )
-    return problem(500, "Internal error", "internal error; see the server log")
+    return problem(500, "internal error; see the server log")
 
 
 def create_app(

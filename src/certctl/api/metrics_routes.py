@@ -7,7 +7,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from certctl.api._common import PUBLIC, ApiRoute
 from certctl.api._common import json_response as _json
-from certctl.api.problems import problem_for_status
+from certctl.api.problems import problem
 from certctl.metrics.registry import exposition_registry
 from certctl.services.context import Principal
 
@@ -41,9 +41,9 @@ async def readyz(request: Request, principal: Principal | None) -> Response:
     # load balancer or Kubernetes sends clients elsewhere instead of to a stream of 503s.
     # /healthz stays up: restarting the process would not bring the database back.
     if not getattr(request.app.state, "ready", False):
-        return problem_for_status(503, "not ready")
+        return problem(503, "not ready")
     if not await request.app.state.database_probe.reachable():
-        return problem_for_status(503, "not ready")
+        return problem(503, "not ready")
     return PlainTextResponse("ready")
 
 

@@ -89,8 +89,6 @@ class RemoteError(CertctlError):
     ``may_have_taken_effect``: a change was sent and no answer came, so it may have been made.
     """
 
-    title = "Server error"
-
     def __init__(self, detail: str, *, may_have_taken_effect: bool = False) -> None:
         super().__init__(detail)
         self.may_have_taken_effect = may_have_taken_effect

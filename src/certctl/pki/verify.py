@@ -36,8 +36,6 @@ __all__ = [
 class VerificationFailed(InvalidRequest):
     """The certificate does not verify against the trust bundle for the purpose asked."""
 
-    title = "Verification failed"
-
 
 class WrongPurpose(VerificationFailed):
     """The leaf's extendedKeyUsage excludes the purpose asked.

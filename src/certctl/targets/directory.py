@@ -43,8 +43,6 @@ KEEP_VERSIONS = 2
 class DeliveryError(CertctlError):
     """A bundle could not be delivered (write, swap or reload failed)."""
 
-    title = "Delivery failed"
-
 
 @dataclass(frozen=True)
 class BundleFile:

@@ -13,7 +13,7 @@ import socket
 
 from starlette.types import Receive, Scope, Send
 
-from certctl.api.problems import problem_for_status
+from certctl.api import problems
 from certctl.errors import InvalidRequest
 from tests.unit.server.test_send_deadline import _serving
 
@@ -48,11 +48,11 @@ def test_the_listeners_own_problems_have_the_apps_titles() -> None:
         for status, request in requests.items():
             got, problem = _answer(port, request)
             assert (got, problem["status"]) == (status, status), problem
-            app = json.loads(bytes(problem_for_status(status, "x").body))
+            app = json.loads(bytes(problems.problem(status, "x").body))
             assert (problem["type"], problem["title"]) == (app["type"], app["title"])
-    invalid = json.loads(bytes(problem_for_status(400, "x").body))
+    invalid = json.loads(bytes(problems.problem(400, "x").body))
     assert invalid["title"] == InvalidRequest.title == "Invalid request"
-    assert json.loads(bytes(problem_for_status(431, "x").body))["title"] == (
+    assert json.loads(bytes(problems.problem(431, "x").body))["title"] == (
         "Request header fields too large"
     )
 
