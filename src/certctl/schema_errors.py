@@ -93,8 +93,9 @@ def message(root: type[BaseModel], error: Any, *, mapping: str = "a mapping") ->
         # `tls: 5`: pydantic names its class ("instance of TLSConfig").
         return f"expected {mapping}"
     if error["type"] == "bool_type":
-        # A strict boolean (the service spec's switches) given "yes" or 1: pydantic's "Input
-        # should be a valid boolean" did not say that quoting made it a string.
+        # A strict boolean (a switch of the service spec or of the server config) given "yes"
+        # or 1: pydantic's "Input should be a valid boolean" did not say that quoting made it
+        # a string.
         value = error.get("input")
         if isinstance(value, str):
             return f"{value[:40]!r} is a string; give true or false (unquoted in YAML)"

@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -107,7 +108,10 @@ class MetricsConfig(_Section):
     """``metrics.*`` keys."""
 
     listen: str | None = None
-    secure: bool = True
+    # Strict, as every switch here and in the service spec: pydantic's lax mode read a
+    # quoted "yes", "off", the letters y and n and the numbers 1 and 0 as booleans, so a
+    # typo could turn a switch on. YAML's true and false (yes/no/on/off: YAML 1.1) only.
+    secure: StrictBool = True
 
     @field_validator("listen")
     @classmethod
@@ -174,7 +178,7 @@ class ClientCertMappingConfig(_Section):
 class KubernetesAuthConfig(_Section):
     """``auth.kubernetes.*`` keys."""
 
-    enabled: bool = False
+    enabled: StrictBool = False  # strict: see MetricsConfig.secure
     # Sent in each TokenReview and required back in status.audiences (kube-rbac-proxy's
     # --auth-token-audiences); empty: the API server's own audience, i.e. any token it accepts.
     audiences: list[str] = Field(default_factory=list)
@@ -261,7 +265,7 @@ class WebhookConfig(_Section):
     """``notifications.webhook.*``: JSON POSTs signed with HMAC-SHA256."""
 
     # Before url: its check reads them (pydantic validates fields in this order).
-    allow_http: bool = Field(default=False, alias="allow-http")
+    allow_http: StrictBool = Field(default=False, alias="allow-http")  # see MetricsConfig
     proxy: str | None = None
     url: str
     secret_file: Path | None = Field(default=None, alias="secret-file")
@@ -359,7 +363,7 @@ class ServerConfig(_Section):
     # threads that may use the store at once (the default) makes bursts wait.
     database_pool_size: int = Field(default=_POOL_DEFAULT, alias="database-pool-size")
     listen: str = "127.0.0.1:8443"
-    allow_insecure: bool = Field(default=False, alias="allow-insecure")
+    allow_insecure: StrictBool = Field(default=False, alias="allow-insecure")  # see MetricsConfig
     tls: TLSConfig = Field(default_factory=TLSConfig)
     ca_cert_validity: str = Field(default="8760h", alias="ca-cert-validity")
     ca_cert_rotate_before: str = Field(default="24h", alias="ca-cert-rotate-before")

@@ -8,11 +8,13 @@ the admin key (and printed the key, which is shown once): a bad ``tls.reload-int
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from certctl.errors import InvalidRequest
 from certctl.server.config import ServerConfig, load_config
@@ -774,3 +776,57 @@ def test_plain_http_beyond_loopback_is_refused_in_process(listen: str) -> None:
         _refuse_plain_http_beyond_loopback(
             ServerConfig.model_validate({"metrics": {"listen": listen, "secure": False}})
         )
+
+
+# Every on/off key, with what else its section needs to load.
+_SWITCHES = {
+    "allow-insecure": "allow-insecure: {}\n",
+    "metrics.secure": "metrics:\n  secure: {}\n",
+    "auth.kubernetes.enabled": "auth:\n  kubernetes:\n    enabled: {}\n",
+    "notifications.webhook.allow-http": (
+        "notifications:\n  webhook:\n    url: https://h.example/x\n    allow-http: {}\n"
+    ),
+}
+
+
+def _switches(model: type[ServerConfig] | Any, prefix: str = "") -> Iterator[str]:
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        for t in (field.annotation, *getattr(field.annotation, "__args__", ())):
+            if t is bool:
+                yield key
+            elif isinstance(t, type) and issubclass(t, BaseModel):
+                yield from _switches(t, key + ".")
+
+
+def test_every_switch_is_checked_below() -> None:
+    assert sorted(_switches(ServerConfig)) == sorted(_SWITCHES)
+
+
+@pytest.mark.parametrize("key", _SWITCHES)
+def test_a_switch_takes_a_yaml_boolean_only(tmp_path: Path, key: str) -> None:
+    # Before: pydantic's lax mode read a quoted "yes", "t", "off", the letters y and n and the
+    # numbers 1, 0 and 1.0 as booleans, which docs/configuration.md never promised; a typo
+    # such as `secure: y` turned a switch on. Now: YAML's true and false (YAML 1.1 also
+    # spells them yes/no/on/off unquoted), else one line naming the key.
+    file = tmp_path / "certctl.yaml"
+    path = key.split(".")
+
+    def loaded(value: str) -> Any:
+        file.write_text(_SWITCHES[key].format(value))
+        node: Any = load_config(file, {})
+        for part in path:
+            node = getattr(node, part.replace("-", "_"))
+        return node
+
+    for value, expected in (("true", True), ("false", False), ("yes", True), ("off", False)):
+        assert loaded(value) is expected, value
+    for value, words in (
+        ('"yes"', "'yes' is a string; give true or false (unquoted in YAML)"),
+        ("y", "'y' is a string; give true or false (unquoted in YAML)"),
+        ("1", "1 is not a boolean; give true or false"),
+        ("0.0", "0.0 is not a boolean; give true or false"),
+    ):
+        with pytest.raises(InvalidRequest) as info:
+            loaded(value)
+        assert info.value.detail == f"{file}: {key}: {words}"
