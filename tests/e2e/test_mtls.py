@@ -635,3 +635,10 @@ def test_a_changed_client_ca_file_applies_to_new_connections(
         time.sleep(1.0)  # three more polls of the same content at least: no second line
         assert server.logs()[1].count(refused) == 1
         assert split_response(curl(server, WHOAMI, pki["mallory"]))[0] == 200
+        # A second CA next to mallory's would let either mint the unpinned mapping's subject.
+        client_ca.write_bytes(
+            (pki["mallory"][0].parent / "ca.crt").read_bytes() + pki["ca"][0].read_bytes()
+        )
+        unpinned = "auth.client-cert-mappings.0 (subject 'CN=*,OU=ops,O=Example') has no"
+        wait_until(lambda: unpinned in server.logs()[1], "the two-CA refusal", 15.0)
+        refused_in_handshake(curl(server, WHOAMI, pki["alice"]), "unknown ca")

@@ -123,6 +123,76 @@ def _warn_reversed_mappings(config: ServerConfig) -> None:
             )
 
 
+def _may_issue(certificate: x509.Certificate) -> bool:
+    """True unless the certificate says it signs none (CA:FALSE, no keyCertSign usage).
+
+    The listener verifies without X509_STRICT, where OpenSSL also takes a v1 root, or one
+    with keyCertSign but no basicConstraints, as an issuer: counted as one too.
+    """
+    extensions = certificate.extensions
+    try:
+        if not extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return False
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        return extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        return True
+
+
+def _issuers_in(certificates: list[x509.Certificate]) -> list[x509.Certificate]:
+    """The issuers among ``tls.client-ca``'s certificates, each once.
+
+    One issuer is a subject and a key: a CA certificate renewed with the same key and
+    subject (as certctl renews its CAs) next to the old one signs nothing the old could not,
+    and a pin to either maps both (``ClientCertMapping.issued``).
+    """
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    found = {
+        (
+            c.subject.public_bytes(),
+            c.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+        ): c
+        for c in certificates
+        if _may_issue(c)
+    }
+    return list(found.values())
+
+
+def refuse_unpinned_mappings(config: ServerConfig, certificates: list[x509.Certificate]) -> None:
+    """Refuse a mapping without ``issuer-fingerprint`` when ``tls.client-ca`` has several CAs.
+
+    Such a mapping matches the subject alone: every CA the handshake trusts could mint that
+    subject and get its roles. With one CA (the usual case) that CA is the only one that can,
+    and no pin is needed. Checked at start and at each reload of ``tls.client-ca``, so a CA
+    added to the file later cannot widen the mapping either.
+
+    Raises:
+        InvalidRequest: the first such mapping, the CAs and what to do, in one line.
+    """
+    from cryptography.hazmat.primitives.hashes import SHA256
+
+    issuers = _issuers_in(certificates)
+    if len(issuers) < 2:
+        return
+    for index, mapping in enumerate(config.auth.client_cert_mappings):
+        if mapping.issuer_fingerprint is None:
+            named = "; ".join(
+                f"{c.subject.rfc4514_string()[:100]} {c.fingerprint(SHA256()).hex()}"
+                for c in issuers[:4]
+            )
+            if len(issuers) > 4:
+                named += f"; {len(issuers) - 4} more"
+            raise InvalidRequest(
+                f"auth.client-cert-mappings.{index} (subject {mapping.subject[:200]!r}) has no "
+                f"issuer-fingerprint, and tls.client-ca {config.tls.client_ca} holds "
+                f"{len(issuers)} CAs that could each issue that subject ({named}): pin the "
+                "mapping to the CA that issues it (for several, one mapping per CA)"
+            )
+
+
 def client_cert_mappings(config: ServerConfig) -> tuple[ClientCertMapping, ...]:
     """``auth.client-cert-mappings``, each ``issuer-fingerprint`` resolved in ``tls.client-ca``.
 
@@ -130,12 +200,13 @@ def client_cert_mappings(config: ServerConfig) -> tuple[ClientCertMapping, ...]:
     needs the CA's certificate itself (a resumed TLS session keeps no chain to take it from).
 
     Raises:
-        InvalidRequest: a fingerprint without ``tls.client-ca``, or of no CA certificate in it.
+        InvalidRequest: a fingerprint without ``tls.client-ca``, or of no CA certificate in it;
+            a mapping without one while ``tls.client-ca`` holds several CAs.
     """
     mappings = config.auth.client_cert_mappings
     client_ca = config.tls.client_ca
     cas: dict[str, x509.Certificate] = {}
-    if client_ca is not None and any(m.issuer_fingerprint for m in mappings):
+    if client_ca is not None and mappings:
         from cryptography.hazmat.primitives.hashes import SHA256
 
         try:
@@ -144,6 +215,7 @@ def client_cert_mappings(config: ServerConfig) -> tuple[ClientCertMapping, ...]:
             raise InvalidRequest(f"tls.client-ca {client_ca}: {exc.strerror}") from None
         except ValueError:
             raise InvalidRequest(f"tls.client-ca {client_ca}: no PEM certificate in it") from None
+        refuse_unpinned_mappings(config, found)
         cas = {c.fingerprint(SHA256()).hex(): c for c in found}
     resolved = []
     for index, m in enumerate(mappings):
@@ -158,11 +230,7 @@ def client_cert_mappings(config: ServerConfig) -> tuple[ClientCertMapping, ...]:
                     f"{key} {m.issuer_fingerprint}: no certificate in tls.client-ca "
                     f"{client_ca} has it"
                 )
-            try:
-                is_ca = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-            except x509.ExtensionNotFound:
-                is_ca = False
-            if not is_ca:
+            if not _may_issue(issuer):
                 raise InvalidRequest(
                     f"{key} {m.issuer_fingerprint}: {issuer.subject.rfc4514_string()[:200]} "
                     "is not a CA certificate"
@@ -450,6 +518,7 @@ def _serve_process(
             config.tls.client_auth,
             config.tls.client_ca,
             ticket_key_rotation_s=ticket_s,
+            vet_client_ca=lambda cas: refuse_unpinned_mappings(config, cas),
             # The served certificate's names are certctl's own (self-signed: from the config,
             # at bootstrap), in every worker: each has its Services and its reloads.
             on_serve=serve_names_of(services) if mode == "custom" else None,

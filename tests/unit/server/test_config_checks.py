@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -714,11 +715,13 @@ def test_an_issuer_fingerprint_is_resolved_to_its_ca_in_the_client_ca_file(
     printed = run("openssl", "x509", "-in", bundle, "-noout", "-fingerprint", "-sha256").stdout
     assert printed.startswith("sha256 Fingerprint="), printed  # the first: a
 
+    b_print = b.fingerprint(SHA256()).hex()
+
     def load(fingerprint: str, client_ca: Path | None = bundle) -> Any:
         doc: dict[str, Any] = {
             "auth": {
                 "client-cert-mappings": [
-                    {"subject": "CN=x", "roles": ["r-viewer"]},
+                    {"subject": "CN=x", "roles": ["r-viewer"], "issuer-fingerprint": b_print},
                     {"subject": "CN=x", "roles": ["r-admin"], "issuer-fingerprint": fingerprint},
                 ]
             }
@@ -729,8 +732,8 @@ def test_an_issuer_fingerprint_is_resolved_to_its_ca_in_the_client_ca_file(
         file.write_text(yaml.safe_dump(doc))
         return client_cert_mappings(load_config(file, {}))
 
-    unpinned, pinned = load(printed.strip())
-    assert unpinned.issuer is None
+    to_b, pinned = load(printed.strip())
+    assert to_b.issuer == b
     assert pinned.issuer == a
     assert load(b.fingerprint(SHA256()).hex().upper())[1].issuer == b
     key = "auth.client-cert-mappings.1.issuer-fingerprint"
@@ -742,7 +745,84 @@ def test_an_issuer_fingerprint_is_resolved_to_its_ca_in_the_client_ca_file(
     )
     with pytest.raises(InvalidRequest) as refused:
         load(missing, client_ca=None)
-    assert refused.value.detail == f"{key} needs tls.client-ca, which holds that CA"
+    first = "auth.client-cert-mappings.0.issuer-fingerprint"
+    assert refused.value.detail == f"{first} needs tls.client-ca, which holds that CA"
+
+
+def _root(cn: str) -> Any:
+    from certctl.pki import CertificateAuthority, generate_private_key, parse_dn
+    from certctl.pki.issue import create_root_ca
+
+    key = generate_private_key()
+    root = create_root_ca(key, parse_dn(cn), validity=timedelta(days=400), now=datetime.now(UTC))
+    return CertificateAuthority(root.certificate, key)
+
+
+def test_a_mapping_without_issuer_fingerprint_needs_a_client_ca_of_one_ca(
+    tmp_path: Path,
+) -> None:
+    """Unpinned, a mapping matched the subject only: with two CAs in tls.client-ca, either
+    could mint the mapped subject and get its roles. Refused at start, in one line naming
+    the mapping and the CAs (their fingerprints, to pin it with); one CA needs no pin."""
+    from cryptography.hazmat.primitives.hashes import SHA256
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from certctl.pki import PROFILES, generate_private_key, parse_dn
+    from certctl.pki.issue import create_root_ca
+    from certctl.server.run import client_cert_mappings
+
+    team, other = _root("CN=Team CA"), _root("CN=Other CA")
+    # A client certificate trusted as itself (CA:FALSE) can mint nothing: not counted.
+    leaf = team.issue(
+        generate_private_key().public_key(),
+        parse_dn("CN=bot"),
+        profile=PROFILES["client"],
+        validity=timedelta(days=30),
+        now=datetime.now(UTC),
+    ).certificate
+    a, b = team.certificate, other.certificate
+    bundle = tmp_path / "client-ca.pem"
+
+    def load(*cas: Any, pins: tuple[Any, ...] = (None,)) -> Any:
+        bundle.write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in cas))
+        mappings = [{"subject": "CN=x", "roles": ["r-viewer"]}]
+        for pin in pins:
+            mappings.append({"subject": "CN=*,O=Example", "roles": ["r-admin"]})
+            if pin is not None:
+                mappings[-1]["issuer-fingerprint"] = pin.fingerprint(SHA256()).hex()
+        doc = {
+            "tls": {"client-auth": "optional", "client-ca": str(bundle)},
+            "auth": {"client-cert-mappings": mappings},
+        }
+        file = tmp_path / "certctl.yaml"
+        file.write_text(yaml.safe_dump(doc))
+        return client_cert_mappings(load_config(file, {}))
+
+    assert [m.issuer for m in load(a)] == [None, None]
+    assert [m.issuer for m in load(a, a, leaf)] == [None, None]  # the same CA twice: one
+    # Renewed with the same key and subject (as certctl renews its CAs): still one issuer.
+    renewed = create_root_ca(
+        team.private_key, a.subject, validity=timedelta(days=800), now=datetime.now(UTC)
+    ).certificate
+    assert renewed != a
+    assert [m.issuer for m in load(a, renewed)] == [None, None]
+    with pytest.raises(InvalidRequest) as refused:
+        load(a, b)
+    fingerprints = [c.fingerprint(SHA256()).hex() for c in (a, b)]
+    assert refused.value.detail == (
+        "auth.client-cert-mappings.0 (subject 'CN=x') has no issuer-fingerprint, and "
+        f"tls.client-ca {bundle} holds 2 CAs that could each issue that subject "
+        f"(CN=Team CA {fingerprints[0]}; CN=Other CA {fingerprints[1]}): pin the mapping "
+        "to the CA that issues it (for several, one mapping per CA)"
+    )
+    # Pinned to every CA in turn (one mapping each), the same subject maps from both.
+    with pytest.raises(InvalidRequest, match=r"^auth.client-cert-mappings.0 \(subject 'CN=x'\)"):
+        load(a, b, pins=(a, b))
+    bundle_doc = yaml.safe_load((tmp_path / "certctl.yaml").read_text())
+    bundle_doc["auth"]["client-cert-mappings"][0]["issuer-fingerprint"] = fingerprints[0]
+    (tmp_path / "certctl.yaml").write_text(yaml.safe_dump(bundle_doc))
+    pinned = client_cert_mappings(load_config(tmp_path / "certctl.yaml", {}))
+    assert [m.issuer for m in pinned] == [a, a, b]
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
 from certctl.pki import (
     CertificateAuthority,
@@ -195,3 +196,41 @@ def test_the_served_certificate_gauge_names_the_listener_as_the_other_tls_metric
     name = "certctl_tls_certificate_not_after_timestamp_seconds"
     served = REGISTRY.get_sample_value(name, {"listener": "main"})
     assert served == leaf.not_valid_after_utc.timestamp()
+
+
+def test_a_client_ca_file_the_mappings_cannot_use_is_refused_at_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Start refuses a mapping without issuer-fingerprint when tls.client-ca holds several
+    # CAs; a second CA added to the file afterwards was trusted at the next poll, and could
+    # then mint that mapping's subject. The file is now refused as an unusable one is.
+    from certctl.server.run import refuse_unpinned_mappings
+
+    tls_dir = tmp_path / "tls"
+    _ensure(tls_dir, _ca("server CA"))
+    client_ca = tmp_path / "clients.crt"
+    team, rogue = _ca("team CA").certificate, _ca("rogue CA").certificate
+    client_ca.write_bytes(certs_to_pem([team]))
+    doc = {
+        "tls": {"client-auth": "optional", "client-ca": str(client_ca)},
+        "auth": {"client-cert-mappings": [{"subject": "CN=*", "roles": ["r-admin"]}]},
+    }
+    (tmp_path / "certctl.yaml").write_text(yaml.safe_dump(doc))
+    config = load_config(tmp_path / "certctl.yaml", {})
+    tls = ServerTLS(
+        tls_dir,
+        client_auth="optional",
+        client_ca=client_ca,
+        vet_client_ca=lambda cas: refuse_unpinned_mappings(config, cas),
+    )
+    tls.load(NOW)
+    client_ca.write_bytes(certs_to_pem([team, rogue]))
+    for _ in range(3):
+        assert not tls.check_client_ca()
+    assert caplog.text.count("cannot be used") == 1
+    assert "auth.client-cert-mappings.0 (subject 'CN=*') has no issuer-fingerprint" in caplog.text
+    trusted = [dict(rdn[0] for rdn in ca["subject"]) for ca in tls.context.get_ca_certs()]
+    assert trusted == [{"commonName": "team CA"}]
+    # Twin: one CA again (the rogue one replacing the team's) is applied.
+    client_ca.write_bytes(certs_to_pem([rogue]))
+    assert tls.check_client_ca()
