@@ -15,6 +15,7 @@ can move time (API-key expiry, ``last_used_at`` resolution).
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -95,6 +96,9 @@ class FakeClock:
         return self.now
 
 
+_KEY_NUMBERS = itertools.count(1)
+
+
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
@@ -163,7 +167,8 @@ class Api:
         r = self.post(
             "/api/v1/auth/apikeys",
             self.admin_key,
-            json={"actor_id": actor_id, "name": f"{actor_id}-key", **extra},
+            # A name of its own: an actor's live keys each have theirs (rbac._name_taken).
+            json={"actor_id": actor_id, "name": f"{actor_id}-key-{next(_KEY_NUMBERS)}", **extra},
         )
         assert r.status_code == 201, r.text
         body: dict[str, Any] = r.json()

@@ -102,6 +102,49 @@ def test_mint_for_unknown_actor_is_404(api: Api) -> None:
     assert api.counts() == before
 
 
+def test_a_name_is_one_live_key_of_its_actor(api: Api) -> None:
+    """Rotation finds the old key by its name (README, docs/kubernetes.md: mint prometheus-v2,
+    revoke v1's id from the listing): a second live key of the same name made that a guess,
+    and revoking the wrong one keeps the key being retired alive. 409, store unchanged."""
+    api.create_actor("prometheus", ["r-metrics-read"])
+    v1 = api.post(KEYS, api.admin_key, json={"actor_id": "prometheus", "name": "prometheus-v1"})
+    assert v1.status_code == 201, v1.text
+    before = api.counts()
+    again = {"actor_id": "prometheus", "name": "prometheus-v1"}
+    detail = assert_problem(api.post(KEYS, api.admin_key, json=again), 409)["detail"]
+    v1_id = v1.json()["id"]
+    assert detail == (
+        f"actor prometheus already has a live API key named 'prometheus-v1' (id {v1_id}): "
+        "give the new key another name (e.g. prometheus-v2), and revoke the old one by its id "
+        "once the new one is in use"
+    )
+    assert v1.json()["key_value"] not in detail
+    assert api.counts() == before
+    # A caller that may not list keys is not told the existing key's id.
+    minter = api.key_with_permissions("minter", ["auth.apikey.create", "metrics.read"])
+    detail = assert_problem(api.post(KEYS, minter, json=again), 409)["detail"]
+    assert v1_id not in detail
+    assert "auth.apikey.read lists it" in detail
+    # The runbook's rotation: another name while v1 lives; v1's name again once it is gone.
+    v2 = api.post(KEYS, api.admin_key, json={"actor_id": "prometheus", "name": "prometheus-v2"})
+    assert v2.status_code == 201, v2.text
+    assert api.request("DELETE", f"{KEYS}/{v1_id}", api.admin_key).status_code == 200
+    assert api.post(KEYS, api.admin_key, json=again).status_code == 201
+    # Names are per actor; an expired key's name is free; unnamed keys (named "key") are many.
+    api.create_actor("other", ["r-metrics-read"])
+    assert api.post(KEYS, api.admin_key, json={**again, "actor_id": "other"}).status_code == 201
+    soon = _iso(api.clock() + timedelta(minutes=5))
+    short = {"actor_id": "other", "name": "short", "expires_at": soon}
+    assert api.post(KEYS, api.admin_key, json=short).status_code == 201
+    assert_problem(api.post(KEYS, api.admin_key, json={**short, "expires_at": None}), 409)
+    api.clock.advance(minutes=5)
+    assert api.post(KEYS, api.admin_key, json={**short, "expires_at": None}).status_code == 201
+    for _ in range(2):
+        unnamed = api.post(KEYS, api.admin_key, json={"actor_id": "other"})
+        assert unnamed.status_code == 201, unnamed.text
+        assert unnamed.json()["name"] == "key"
+
+
 def test_expired_key_is_401(api: Api) -> None:
     api.create_actor("bot", ["r-viewer"])
     key = api.mint_key("bot", expires_at=_iso(api.clock() + timedelta(hours=1)))["key_value"]

@@ -91,7 +91,8 @@ def test_issuer_created_by_another_replica_first_is_409(api: Api) -> None:
     assert api.get("/api/v1/issuers/team-ca", api.admin_key).json()["name"] == "other"
 
 
-def test_key_minted_for_an_actor_deleted_meanwhile_is_409(api: Api) -> None:
+def test_key_minted_for_an_actor_deleted_meanwhile_is_404(api: Api) -> None:
+    # Minting takes the lock delete_actor takes: the deletion lands before the actor is read.
     api.create_actor("ci", [])
 
     def other_replica(conn: Connection) -> None:
@@ -99,11 +100,39 @@ def test_key_minted_for_an_actor_deleted_meanwhile_is_409(api: Api) -> None:
         conn.execute(delete(Actor).where(Actor.id == "ci"))
 
     before = api.counts()
-    with api.concurrent_write((_AUDIT, "INSERT INTO api_keys"), other_replica) as fired:
+    with api.concurrent_write((*_LOCK, _AUDIT, "INSERT INTO api_keys"), other_replica) as fired:
         r = api.post("/api/v1/auth/apikeys", api.admin_key, json={"actor_id": "ci"})
     assert fired
-    assert "deleted by a concurrent request" in assert_problem(r, 409)["detail"]
+    assert assert_problem(r, 404)["detail"] == "actor ci not found"
     assert api.counts()["api_keys"] == before["api_keys"]
+
+
+def test_key_named_as_one_another_replica_minted_meanwhile_is_409(api: Api) -> None:
+    # Two mints of one name at once both found it free and both wrote a live key.
+    api.create_actor("ci", [])
+
+    def other_replica(conn: Connection) -> None:
+        conn.execute(
+            insert(ApiKey).values(
+                id="0123456789abcdef",
+                actor_id="ci",
+                name="deploy",
+                secret_sha256=b"\0" * 32,
+                created_at=NOW,
+            )
+        )
+
+    with api.concurrent_write((*_LOCK, _AUDIT, "INSERT INTO api_keys"), other_replica) as fired:
+        body = {"actor_id": "ci", "name": "deploy"}
+        r = api.post("/api/v1/auth/apikeys", api.admin_key, json=body)
+    assert fired
+    assert "(id 0123456789abcdef)" in assert_problem(r, 409)["detail"]
+    assert [
+        k["id"]
+        for k in api.get("/api/v1/auth/apikeys", api.admin_key, params={"actor_id": "ci"}).json()[
+            "items"
+        ]
+    ] == ["0123456789abcdef"]
 
 
 def test_certificate_revoked_by_another_replica_meanwhile_is_409(api: Api) -> None:

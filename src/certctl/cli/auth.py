@@ -339,7 +339,11 @@ def apikeys_create(
     actor_id: str = typer.Argument(
         ..., callback=not_empty, metavar="ACTOR_ID", help="Actor the key authenticates as."
     ),
-    name: str = typer.Option("", "--name", help="Key name, e.g. prometheus-v1."),
+    name: str = typer.Option(
+        "",
+        "--name",
+        help="Key name, e.g. prometheus-v1: one live key of the actor per name (rotate to -v2).",
+    ),
     expires_at: str = typer.Option(
         None, "--expires-at", help="ISO 8601 expiry, e.g. 2027-01-01T00:00:00Z."
     ),

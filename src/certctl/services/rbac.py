@@ -536,7 +536,10 @@ def mint_api_key(
     name: str,
     expires_at: datetime | None,
 ) -> MintResult:
-    """Mint a key for ``actor_id``; ``caller=None`` only for the bootstrap admin key."""
+    """Mint a key for ``actor_id``; ``caller=None`` only for the server's own keys.
+
+    A name the caller gives is one live key of that actor: see ``_name_taken``.
+    """
     now = services.clock()
     if caller is not None:
         caller.require("auth.apikey.create")
@@ -544,6 +547,10 @@ def mint_api_key(
         raise InvalidRequest("expires_at must be in the future")
     minted = mint_key()
     with services.sessions.begin() as session:
+        # One mint at a time: two of the same name at once would both find it free. And
+        # delete_actor (which deletes the actor's keys) takes it too: a key minted meanwhile
+        # for the actor being deleted is a 404 here, not a key left without its actor.
+        lock_for_write(session, AUTH_LOCK)
         actor = session.get(Actor, actor_id)
         if caller is None:
             if actor is None:
@@ -558,6 +565,8 @@ def mint_api_key(
                 shown_by=_ACTOR_READ,
                 named_by=_ACTOR_NAMED_BY,
             )
+            if name:
+                _name_taken(session, caller, actor_id, name, now)
         row = ApiKey(
             id=minted.key_id,
             actor_id=actor_id,
@@ -576,6 +585,42 @@ def mint_api_key(
             source=caller.source if caller else "",
         )
     return MintResult(row, minted)
+
+
+def _name_taken(session: Any, caller: Principal, actor_id: str, name: str, now: datetime) -> None:
+    """Refuse a second live key (not revoked, not expired) of ``actor_id`` named ``name``.
+
+    Rotation finds the key to retire by its name in the listing (mint ``prometheus-v2``,
+    revoke v1's id): with two live keys of one name that is a guess, and revoking the wrong
+    one leaves the key being retired valid. Unnamed keys (``key``) and the server's own
+    (``bootstrap``, ``local``: the way back in must never be refused) are exempt.
+    """
+    taken = session.scalars(
+        select(ApiKey.id).where(
+            ApiKey.actor_id == actor_id,
+            ApiKey.name == name,
+            ApiKey.revoked_at.is_(None),
+            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+        )
+    ).first()
+    if taken is None:
+        return
+    # The id is for holders of auth.apikey.read, who may list it anyway.
+    readable = "auth.apikey.read" in caller.permissions
+    which = f"id {taken}" if readable else "auth.apikey.read lists it"
+    raise Conflict(
+        f"actor {actor_id} already has a live API key named {name!r} ({which}): give the new "
+        f"key another name (e.g. {_next_name(name)}), and revoke the old one by its id once the "
+        "new one is in use"
+    )
+
+
+def _next_name(name: str) -> str:
+    """``prometheus-v1`` → ``prometheus-v2``; any other name gets ``-v2``."""
+    match = re.fullmatch(r"(.*?)(\d+)", name)
+    if match is None:
+        return f"{name}-v2"[:200]
+    return f"{match.group(1)}{int(match.group(2)) + 1}"[:200]
 
 
 def revoke_api_key(services: Services, caller: Principal, key_id: str) -> ApiKey:
