@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from certctl.api._common import AUTHENTICATED, PUBLIC
 from certctl.api.app import ROUTES
@@ -226,6 +227,15 @@ def test_every_route_has_an_expectation() -> None:
         assert EXPECTED[key][0] == permission, f"{key}: route table says {permission}"
 
 
+_MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _audit_rows(world: World) -> int:
+    """How many audit rows the store holds (DESIGN §4: every mutating call is one)."""
+    with world.app.services.engine.connect() as connection:
+        return int(connection.execute(text("SELECT count(*) FROM audit_events")).scalar_one())
+
+
 def _target(path: str, body: Any) -> str:
     """The object a request acts on: the actor a key is minted for, else the path's own."""
     if isinstance(body, dict) and "actor_id" in body:
@@ -256,8 +266,13 @@ def test_route_authorization(route: Any, world: World) -> None:
         kwargs: dict[str, Any] = {"headers": headers}
         if body is not None:
             kwargs["json"] = body
+        # Only an allowed caller can change anything (DESIGN §4: each change is audited).
+        audits = route.method in _MUTATING and want is None
+        audited = _audit_rows(world) if audits else 0
         r = world.app.client.request(route.method, path, **kwargs)
         label = f"{caller.name}: {route.method} {path} → {r.status_code}"
+        if audits and r.status_code < 300 and _audit_rows(world) <= audited:
+            problems.append(f"{label}: a mutation without an audit row")
         if want is None:
             gone = (
                 r.status_code == 403
