@@ -69,6 +69,39 @@ def _serving_worker(server: CertctlServer, workers: list[int]) -> int:
         connection.close()
 
 
+def _whoami_in(server: CertctlServer, key: str, workers: list[int]) -> tuple[int, int]:
+    """GET whoami with ``key`` on a new connection: (status, the worker that answered)."""
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", server.port, context=server.ssl_context(), timeout=30
+    )
+    try:
+        connection.request("GET", "/api/v1/auth/whoami", headers={"Authorization": f"Bearer {key}"})
+        response = connection.getresponse()
+        response.read()
+        target = f"socket:[{_server_socket_inode(server.port, connection.sock.getsockname()[1])}]"
+        for pid in workers:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):  # closed while we looked
+                    if os.readlink(fd) == target:
+                        return response.status, pid
+        raise AssertionError(f"no worker of {workers} holds {target}")
+    finally:
+        connection.close()
+
+
+def _answers_per_worker(
+    server: CertctlServer, key: str, workers: list[int], times: int
+) -> dict[int, Counter[int]]:
+    """Whoami with ``key`` until every worker answered it ``times`` times: statuses by worker."""
+    seen: dict[int, Counter[int]] = {pid: Counter() for pid in workers}
+    for _ in range(200):
+        status, pid = _whoami_in(server, key, workers)
+        seen[pid][status] += 1
+        if all(sum(c.values()) >= times for c in seen.values()):
+            return seen
+    raise AssertionError(f"a worker never answered {times} times: {seen}")
+
+
 def _issued_total(server: CertctlServer) -> float:
     with server.client(server.admin_key) as client:  # a new connection: any worker answers
         response = client.get("/api/v1/metrics/prometheus")
@@ -151,6 +184,27 @@ def test_two_workers_share_the_work_and_the_metrics(
     # and worker 0 saw it at its next pass (reconcile-interval).
     delays = _service_delivery_delays(server, tmp_path / "targets")
     print(f"service created -> files delivered, s: {delays}")
+
+    # A key each worker remembers (answered from its memory after the first use) fails in
+    # both on the very next request once another worker revokes it; so does a key whose actor
+    # another worker deletes.
+    with server.client(server.admin_key) as client:
+        client.post("/api/v1/auth/actors", json={"id": "w-bot", "roles": ["r-viewer"]})
+        keys = [
+            client.post("/api/v1/auth/apikeys", json={"actor_id": actor}).json()
+            for actor in ("w-bot", "w-bot")
+        ]
+    for key in keys:
+        seen = _answers_per_worker(server, key["key_value"], workers, 3)
+        assert all(set(c) == {200} for c in seen.values()), seen
+    with server.client(server.admin_key) as client:
+        assert client.delete(f"/api/v1/auth/apikeys/{keys[0]['id']}").status_code == 200
+    seen = _answers_per_worker(server, keys[0]["key_value"], workers, 2)
+    assert all(set(c) == {401} for c in seen.values()), seen
+    with server.client(server.admin_key) as client:
+        assert client.delete("/api/v1/auth/actors/w-bot").status_code == 204
+    seen = _answers_per_worker(server, keys[1]["key_value"], workers, 2)
+    assert all(set(c) == {401} for c in seen.values()), seen
 
     # A new certificate reaches every worker: 20 new connections all see it.
     second = issue_localhost(ca, tmp_path / "second")
