@@ -447,3 +447,32 @@ def test_a_key_pasted_where_its_id_belongs_stays_out_of_the_audit_log(api: Api) 
     assert row["outcome"] == "denied"
     assert secret not in json.dumps(row)
     assert f"cctl_{api.admin_key.split('_')[1]}_…" in row["detail"]
+
+
+def test_a_name_holding_an_api_key_is_refused_without_echoing_it(api: Api) -> None:
+    """A key pasted where a name belongs was stored and listed to every holder of the read
+    permission (a key is a secret; its name is not). 400, naming the key by its id only."""
+    key = api.actor_key("bot", ["r-viewer"])
+    key_id, secret = key.split("_")[1], key.split("_", 2)[2]
+    before = api.counts()
+    attempts = [
+        ("POST", KEYS, {"actor_id": "bot", "name": key}),
+        ("POST", KEYS, {"actor_id": "bot", "name": f"ci {key}"}),
+        ("POST", "/api/v1/auth/actors", {"id": "x", "name": key}),
+        ("PATCH", "/api/v1/auth/actors/bot", {"name": key}),
+        ("POST", "/api/v1/auth/roles", {"id": "x", "name": key}),
+    ]
+    for method, path, body in attempts:
+        r = api.request(method, path, api.admin_key, json=body)
+        detail = assert_problem(r, 400)["detail"]
+        assert secret not in r.text
+        assert detail == (
+            f"name holds an API key (cctl_{key_id}_…): names are listed to other callers; "
+            "revoke that key"
+        )
+    assert api.counts() == before
+    # Twin: a name that merely starts like one is a name.
+    assert (
+        api.post(KEYS, api.admin_key, json={"actor_id": "bot", "name": "cctl_ci"}).status_code
+        == 201
+    )

@@ -22,7 +22,15 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, event, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
-from certctl.auth.apikeys import KEY_ID, MintedKey, key_head, mint_key, parse_key, secret_matches
+from certctl.auth.apikeys import (
+    KEY_ID,
+    MintedKey,
+    key_head,
+    mint_key,
+    parse_key,
+    redact_keys,
+    secret_matches,
+)
 from certctl.auth.permissions import BUILTIN_ROLES, PERMISSIONS
 from certctl.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, Unauthenticated
 from certctl.services.audit import record, record_call
@@ -84,6 +92,23 @@ def check_id(value: str, what: str) -> str:
             f"{value!r}: {what} id must be 1-64 lower-case letters, digits, '.', '_' or '-'"
         )
     return value
+
+
+def _check_name(name: str | None) -> None:
+    """Refuse a display name holding an API key, a key pasted in the wrong field.
+
+    Names are listed to every holder of the read permission (and stored for good): the key
+    would be readable by all of them. The refusal names the key by its id only.
+    """
+    if name is None:
+        return
+    redacted = redact_keys(name)
+    if redacted != name:
+        shown = re.search(r"[A-Za-z0-9_]*…", redacted)
+        raise InvalidRequest(
+            f"name holds an API key ({shown.group(0) if shown else '…'}): names are listed to "
+            "other callers; revoke that key"
+        )
 
 
 # Unknown names of one request that get a "did you mean" (the others are named only):
@@ -325,6 +350,7 @@ def create_role(
     """Create a custom role holding only permissions the caller holds."""
     caller.require("auth.role.create")
     check_id(role_id, "role")
+    _check_name(name)
     perms = _check_permissions(permissions)
     _no_escalation(caller, set(perms), "create this role")
     now = services.clock()
@@ -348,6 +374,7 @@ def update_role(
 ) -> Role:
     """Change a custom role; built-in roles are immutable."""
     caller.require("auth.role.edit")
+    _check_name(name)
     now = services.clock()
     with services.sessions.begin() as session:
         # delete_role takes this lock too: a role deleted by another worker or replica
@@ -422,6 +449,7 @@ def create_actor(
     """Create an actor; giving it roles also needs ``auth.role.assign`` and no escalation."""
     caller.require("auth.actor.create")
     check_id(actor_id, "actor")
+    _check_name(name)
     if actor_id in RESERVED_ACTORS:
         raise InvalidRequest(f"{actor_id!r} is reserved ({RESERVED_ACTORS[actor_id]})")
     roles = sorted(set(roles))
@@ -446,6 +474,7 @@ def update_actor(
 ) -> Actor:
     """Rename an actor or change its roles (role changes need ``auth.role.assign``)."""
     caller.require("auth.actor.edit")
+    _check_name(name)
     now = services.clock()
     new_perms: frozenset[str] | None = None
     if roles is not None:
@@ -545,6 +574,7 @@ def mint_api_key(
         caller.require("auth.apikey.create")
     if expires_at is not None and expires_at <= now:
         raise InvalidRequest("expires_at must be in the future")
+    _check_name(name)
     minted = mint_key()
     with services.sessions.begin() as session:
         # One mint at a time: two of the same name at once would both find it free. And
