@@ -211,6 +211,53 @@ def test_a_change_by_another_replica_applies_to_the_next_request(api: Api) -> No
     assert assert_problem(api.get(WHOAMI, other), 401)["detail"] == "unknown API key"
 
 
+def test_a_key_another_worker_remembers_fails_there_on_its_next_request(api: Api) -> None:
+    """Two workers (processes) each remember a key in their own cache: a revocation, an
+    expiry cut short or an actor deleted through one is refused by the other at once.
+
+    The other worker is an app on an engine of its own (its own key cache and, on
+    PostgreSQL, its own counter connection), on the same database.
+    """
+    from starlette.testclient import TestClient
+
+    from certctl.api.app import create_app
+    from certctl.services.context import Services
+    from certctl.store.db import create_store_engine, session_factory
+
+    engine = create_store_engine(api.services.engine.url.render_as_string(hide_password=False))
+    other = Services(engine, session_factory(engine), api.services.wrapper, clock=api.clock)
+    keys = [api.actor_key(actor, ["r-viewer"]) for actor in ("w1", "w2", "w3")]
+    try:
+        with TestClient(create_app(other), base_url="https://testserver") as worker:
+
+            def there(key: str) -> Any:
+                return worker.get(WHOAMI, headers=bearer(key))
+
+            for key in keys:
+                for _ in range(2):  # read, its last_used_at written; then remembered
+                    assert there(key).status_code == 200
+                    assert api.get(WHOAMI, key).status_code == 200
+            cache = rbac._key_cache(engine)
+            assert cache is not None
+            assert cache is not rbac._key_cache(api.services.engine)
+            assert {k.split("_")[1] for k in keys} <= set(cache._entries)  # remembered there
+            revoke = api.request("DELETE", f"{KEYS}/{keys[0].split('_')[1]}", api.admin_key)
+            assert revoke.status_code == 200
+            assert assert_problem(there(keys[0]), 401)["detail"] == "API key revoked"
+            with api.services.engine.connect() as connection:  # as psql or sqlite3 would
+                connection.execute(
+                    update(ApiKey)
+                    .where(ApiKey.id == keys[1].split("_")[1])
+                    .values(expires_at=api.clock() - timedelta(seconds=1))
+                )
+                connection.commit()
+            assert assert_problem(there(keys[1]), 401)["detail"] == "API key expired"
+            assert api.request("DELETE", "/api/v1/auth/actors/w3", api.admin_key).status_code == 204
+            assert assert_problem(there(keys[2]), 401)["detail"] == "unknown API key"
+    finally:
+        engine.dispose()
+
+
 def test_a_remembered_key_reads_only_the_credential_generation(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
