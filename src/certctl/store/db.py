@@ -282,8 +282,13 @@ def create_store_engine(url: str, pool_size: int = POOL_CONNECTIONS) -> Engine:
     if url.startswith("sqlite"):
         database = make_url(url).database
         # A SQLite connection is a file handle and at most its page cache: POOL_KEPT_OPEN
-        # kept open (beyond them one is opened per use), up to pool_size at once.
-        pool = limits if database not in (None, "", ":memory:") else {}
+        # kept open (beyond them one is opened per use), up to pool_size at once. The one
+        # returned last is handed out first (LIFO): SQLite drops a connection's whole page
+        # cache when it finds that another connection has written since its last
+        # transaction, so in turn (FIFO) every group commit started cold and read its B-tree
+        # pages again (29 KB and 8 reads per issued certificate under load, 5 KB and 2 now).
+        file = database not in (None, "", ":memory:")
+        pool = {**limits, "pool_use_lifo": True} if file else {}
         engine = create_engine(
             url,
             connect_args={"timeout": 30, "check_same_thread": False},

@@ -51,3 +51,19 @@ def test_a_transaction_left_open_delays_the_stop_by_seconds_not_the_busy_timeout
     with engine.connect() as connection:
         # The engine's own busy timeout is back for whatever still runs.
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30_000
+
+
+def test_the_connection_returned_last_is_handed_out_first(tmp_path: Path) -> None:
+    # It wrote last, so its page cache is still good: another connection would throw its own
+    # away and read the pages again (store/db.py, create_store_engine).
+    engine = create_store_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    first, second = engine.connect(), engine.connect()
+    first_dbapi, second_dbapi = (
+        first.connection.dbapi_connection,
+        second.connection.dbapi_connection,
+    )
+    first.close()
+    second.close()
+    with engine.connect() as again:
+        assert again.connection.dbapi_connection is second_dbapi
+        assert again.connection.dbapi_connection is not first_dbapi
