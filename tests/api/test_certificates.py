@@ -682,6 +682,48 @@ def test_revoke(api: Api) -> None:
     assert r.json()["revocation_reason"] == "unspecified"
 
 
+def test_a_certificate_is_not_revoked_for_a_ca_or_attribute_authority_compromise(
+    api: Api,
+) -> None:
+    """RFC 5280 5.3.1: cACompromise is a CA certificate's reason, aACompromise an attribute
+    authority's (CA/B Forum BR 7.2.2 forbids both on a subscriber's; pkilint's BR profile
+    says cabf.crl_prohibited_reason_code). Both were taken for a leaf: its issuer's CRL then
+    said a CA was compromised, and cACompromise did not revoke the key's other certificates
+    as keyCompromise does. An issuer takes cACompromise, but no more aACompromise."""
+    cert = api.issue()
+    r = api.post(ISSUERS, api.admin_key, json={"id": "sub", "parent": "default"})
+    assert r.status_code == 201, r.text
+    before = api.counts()
+    refusals = {
+        f"{CERTS}/{cert['id']}/revoke": {
+            "cACompromise": "cACompromise: the reason for a CA's certificate (RFC 5280 5.3.1); "
+            "a certificate's compromised key is keyCompromise",
+            "aACompromise": "aACompromise: the reason for an attribute authority's "
+            "certificate (RFC 5280 5.3.1), which certctl does not issue; a certificate's "
+            "compromised key is keyCompromise",
+        },
+        f"{ISSUERS}/sub/revoke": {
+            "aACompromise": "aACompromise: the reason for an attribute authority's "
+            "certificate (RFC 5280 5.3.1), which certctl does not issue; an issuer's "
+            "compromised key is cACompromise",
+        },
+    }
+    for path, reasons in refusals.items():
+        for reason, detail in reasons.items():
+            refused = api.post(path, api.admin_key, json={"reason": reason})
+            assert assert_problem(refused, 400)["detail"] == detail
+    assert api.counts() == before
+    assert api.get(f"{CERTS}/{cert['id']}", api.admin_key).json()["status"] == "active"
+    schemas = api.get("/api/v1/openapi.json").json()["components"]["schemas"]
+    for name, absent in (("CertificateRevoke", refusals[f"{CERTS}/{cert['id']}/revoke"]),
+                         ("IssuerRevoke", refusals[f"{ISSUERS}/sub/revoke"])):  # fmt: skip
+        documented = schemas[name]["properties"]["reason"]["enum"]
+        assert "keyCompromise" in documented
+        assert not set(absent) & set(documented), (name, documented)
+    r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "cACompromise"})
+    assert r.status_code == 200, r.text
+
+
 def test_crl_lists_revoked_serials(api: Api) -> None:
     ca = _ca(api)
     empty = api.get("/api/v1/issuers/default/crl")

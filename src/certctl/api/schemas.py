@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from certctl.pki import display_dn_text
-from certctl.services.revocation import REVOCATION_REASONS
+from certctl.services.revocation import ISSUER_REVOCATION_REASONS, REVOCATION_REASONS
 from certctl.store.models import ApiKey, AuditEvent, Issuer
 
 if TYPE_CHECKING:
@@ -136,8 +136,16 @@ class CertificateRevoke(_Body):
     )
 
 
-class IssuerRevoke(CertificateRevoke):
-    """``POST /api/v1/issuers/{id}/revoke``: the reasons a certificate's revocation takes."""
+class IssuerRevoke(_Body):
+    """``POST /api/v1/issuers/{id}/revoke``: a certificate's reasons, and cACompromise."""
+
+    reason: str | None = Field(
+        default=None,
+        json_schema_extra={
+            "enum": [*ISSUER_REVOCATION_REASONS, None],
+            "description": "RFC 5280 CRLReason; none is unspecified",
+        },
+    )
 
 
 class CertificateRenew(_Body):

@@ -43,13 +43,13 @@ def revoke_issuer(
 
     Raises:
         NotFound: no issuer ``issuer_id``.
-        InvalidRequest: ``reason`` is not one of REVOCATION_REASONS.
+        InvalidRequest: ``reason`` is not one of ISSUER_REVOCATION_REASONS.
         Conflict: a managed service's CA, a root (no CRL above it can list it), an issuer
             revoked already (unless for no compromise, and this one is keyCompromise or
             cACompromise), or one whose parent certctl does not hold.
     """
     caller.require("issuer.revoke")
-    reason = check_reason(reason)
+    reason = check_reason(reason, issuer=True)
     now = services.clock()
     with services.sessions.begin() as session:
         row = session.get(Issuer, issuer_id)

@@ -21,6 +21,7 @@ from certctl.store.models import Issuer
 
 __all__ = [
     "COMPROMISE",
+    "ISSUER_REVOCATION_REASONS",
     "REASONS",
     "REVOCATION_REASONS",
     "UnreadableCertificate",
@@ -38,12 +39,19 @@ __all__ = [
 
 
 # removeFromCRL belongs to delta CRLs and certificateHold cannot be lifted here: refused.
+# Every reason a revocation was ever stored with (a CRL says each one).
 REASONS = {
     r.value: r
     for r in x509.ReasonFlags
     if r not in (x509.ReasonFlags.remove_from_crl, x509.ReasonFlags.certificate_hold)
 }
-REVOCATION_REASONS = tuple(sorted(REASONS))
+# RFC 5280 5.3.1 (after X.509): cACompromise revokes a CA's certificate, aACompromise an
+# attribute authority's, which certctl does not issue. On a leaf, a CRL saying either told
+# its clients a CA was compromised (CA/B Forum BR 7.2.2 forbids both on a subscriber's).
+_CA_ONLY = ("cACompromise",)
+_NEVER = ("aACompromise",)
+REVOCATION_REASONS = tuple(sorted(r for r in REASONS if r not in (*_CA_ONLY, *_NEVER)))
+ISSUER_REVOCATION_REASONS = tuple(sorted(r for r in REASONS if r not in _NEVER))
 
 
 def revoked_above(
@@ -377,13 +385,33 @@ def newly_below_revoked(
     return False
 
 
-def check_reason(reason: str | None) -> str:
-    """``reason``, ``unspecified`` when left out; 400 for one outside REVOCATION_REASONS."""
+def check_reason(reason: str | None, *, issuer: bool = False) -> str:
+    """``reason``, ``unspecified`` when left out.
+
+    Raises:
+        InvalidRequest: not one of REVOCATION_REASONS, or of ISSUER_REVOCATION_REASONS
+            for an ``issuer``.
+    """
     reason = reason or "unspecified"
-    if reason not in REASONS:
-        choices = ", ".join(REVOCATION_REASONS)
-        raise InvalidRequest(f"{reason}: unknown revocation reason (one of {choices})")
-    return reason
+    allowed = ISSUER_REVOCATION_REASONS if issuer else REVOCATION_REASONS
+    if reason in allowed:
+        return reason
+    instead = (
+        "an issuer's compromised key is cACompromise"
+        if issuer
+        else "a certificate's compromised key is keyCompromise"
+    )
+    if reason in _CA_ONLY:
+        raise InvalidRequest(
+            f"{reason}: the reason for a CA's certificate (RFC 5280 5.3.1); {instead}"
+        )
+    if reason in _NEVER:
+        raise InvalidRequest(
+            f"{reason}: the reason for an attribute authority's certificate (RFC 5280 5.3.1), "
+            f"which certctl does not issue; {instead}"
+        )
+    choices = ", ".join(allowed)
+    raise InvalidRequest(f"{reason}: unknown revocation reason (one of {choices})")
 
 
 # The reasons that say an issuer's key is compromised: keyCompromise, and cACompromise, RFC
