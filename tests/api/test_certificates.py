@@ -29,6 +29,7 @@ from certctl.pki import (
     format_serial,
     generate_private_key,
 )
+from certctl.server.periodic import refresh_metrics
 from certctl.services import certificates, crls, issuance, issuers
 from certctl.services.context import Principal, Services
 from certctl.store.db import create_store_engine, session_factory, unicode_lower
@@ -722,6 +723,56 @@ def test_a_certificate_is_not_revoked_for_a_ca_or_attribute_authority_compromise
         assert not set(absent) & set(documented), (name, documented)
     r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={"reason": "cACompromise"})
     assert r.status_code == 200, r.text
+
+
+def test_a_certificate_under_a_revoked_issuer_says_so(api: Api) -> None:
+    """Its own status stays (its issuer's CRL does not list it), but it no longer verifies.
+
+    A leaf under an intermediate revoked, or below one revoked above its issuer, listed as
+    ``active`` with nothing more, and counted so in ``certctl_certificates``: yet every
+    client checking the chain's CRLs (``openssl verify -crl_check_all``, Windows, Java)
+    refuses it. ``issuer_revoked`` names the revocation; a gauge counts them per issuer.
+    """
+    for body in ({"id": "mid", "parent": "default", "path_length": 1},
+                 {"id": "low", "parent": "mid"}):  # fmt: skip
+        r = api.post(ISSUERS, api.admin_key, json=body)
+        assert r.status_code == 201, r.text
+    low = api.issue(issuer="low", common_name="low.example.com")
+    mid = api.issue(issuer="mid", common_name="mid.example.com")
+    gone = api.issue(issuer="mid", common_name="gone.example.com")
+    elsewhere = api.issue(common_name="elsewhere.example.com")
+    assert api.post(f"{CERTS}/{gone['id']}/revoke", api.admin_key, json={}).status_code == 200
+    unrevoked = api.get(f"{CERTS}/{low['id']}", api.admin_key).json()
+    assert unrevoked["issuer_revoked"] is None
+    r = api.post(f"{ISSUERS}/mid/revoke", api.admin_key, json={"reason": "cessationOfOperation"})
+    assert r.status_code == 200, r.text
+    revocation = {
+        "issuer": "mid",
+        "revoked_at": r.json()["revoked_at"],
+        "reason": "cessationOfOperation",
+    }
+    listed = {c["id"]: c for c in api.get(CERTS, api.admin_key).json()["items"]}
+    for cert in (low, mid, gone, elsewhere):
+        shown = api.get(f"{CERTS}/{cert['id']}", api.admin_key).json()
+        assert listed[cert["id"]] == shown
+        expected = None if cert is elsewhere else revocation
+        assert (shown["status"], shown["issuer_revoked"]) == (
+            "revoked" if cert is gone else "active",
+            expected,
+        ), cert["common_name"]
+    revoked = api.post(f"{CERTS}/{low['id']}/revoke", api.admin_key, json={})
+    assert revoked.json()["issuer_revoked"] == revocation  # the revoke answer shows it too
+
+    refresh_metrics(api.services)
+    key = api.actor_key("prom", ["r-metrics-read"])
+    text = api.get("/api/v1/metrics/prometheus", key).text
+    gauge = {
+        sample.labels["issuer"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "certctl_certificates_under_revoked_issuer"
+        for sample in family.samples
+    }
+    assert gauge == {"default": 0, "mid": 1, "low": 0}  # low's one is revoked now
 
 
 def test_crl_lists_revoked_serials(api: Api) -> None:

@@ -23,7 +23,7 @@ from certctl.api._common import services_of as _services
 from certctl.errors import InvalidRequest
 from certctl.pki import parse_duration
 from certctl.services import certificates, issuance, issuers
-from certctl.services.context import Principal
+from certctl.services.context import IssuerRevocation, Principal
 
 __all__ = ["CERTIFICATE_ROUTES", "KEYGEN_THREADS"]
 
@@ -135,28 +135,36 @@ async def list_certificates(request: Request, principal: Principal | None) -> Re
             raise InvalidRequest(f"{name}: empty (leave it out for no filter)")
     within = params.get("expiring_within")
     services = _services(request)
-    rows, next_cursor = await in_list_thread(
-        request,
-        functools.partial(
-            certificates.list_certificates,
-            services,
-            _caller(principal),
-            status=params.get("status"),
-            issuer=params.get("issuer"),
-            expiring_within=parse_duration(within) if within else None,
-            q=params.get("q"),
-            limit=_limit(request),
-            cursor=cursor,
-        ),
+    listing = functools.partial(
+        certificates.list_certificates,
+        services,
+        _caller(principal),
+        status=params.get("status"),
+        issuer=params.get("issuer"),
+        expiring_within=parse_duration(within) if within else None,
+        q=params.get("q"),
+        limit=_limit(request),
+        cursor=cursor,
     )
+
+    def work() -> tuple[list[Any], str | None, dict[str, IssuerRevocation]]:
+        rows, next_cursor = listing()
+        return rows, next_cursor, certificates.issuer_revocations(services)
+
+    rows, next_cursor, revoked = await in_list_thread(request, work)
     now = services.clock()
-    items = [schemas.certificate_json(r, certificates.effective_status(r, now)) for r in rows]
+    items = [
+        schemas.certificate_json(r, certificates.effective_status(r, now), revoked.get(r.issuer_id))
+        for r in rows
+    ]
     return _json({"items": items, "next_cursor": next_cursor})
 
 
 async def get_certificate(request: Request, principal: Principal | None) -> Response:
     services = _services(request)
-    row = certificates.get_certificate(services, _caller(principal), request.path_params["id"])
+    row, revoked = certificates.get_certificate(
+        services, _caller(principal), request.path_params["id"]
+    )
     fmt = _format(request, ("json", "pem"))
     if fmt == "pem" or (fmt is None and _accepts_pem(request.headers.get("accept", ""))):
         # Key-free: serving a chain needs no CA key (and a key no KEK opens is no 500 here).
@@ -167,7 +175,7 @@ async def get_certificate(request: Request, principal: Principal | None) -> Resp
         pem = row.certificate_pem.encode() + certs_to_pem(below_root)
         return Response(pem, media_type="application/x-pem-file")
     return _json(
-        schemas.certificate_json(row, certificates.effective_status(row, services.clock()))
+        schemas.certificate_json(row, certificates.effective_status(row, services.clock()), revoked)
     )
 
 
@@ -207,7 +215,9 @@ async def revoke_certificate(request: Request, principal: Principal | None) -> R
     )
     return _json(
         {
-            **schemas.certificate_json(revocation.certificate, "revoked"),
+            **schemas.certificate_json(
+                revocation.certificate, "revoked", revocation.issuer_revoked
+            ),
             "also_revoked": list(revocation.also_revoked),
         }
     )

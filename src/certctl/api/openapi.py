@@ -120,6 +120,13 @@ _STORED_CERTIFICATE_FIELDS: dict[str, Any] = {
     "revocation_reason": _STR_OR_NULL,
     "renewed_from": _STR_OR_NULL,
     "renewed_by": _STR_OR_NULL,
+    # Its issuer's revocation, or a CA's above it: clients checking the chain refuse it.
+    "issuer_revoked": {
+        "oneOf": [
+            {"type": "null"},
+            _object({"issuer": _STR, "revoked_at": _TIME, "reason": _STR}),
+        ]
+    },
 }
 
 # Response bodies, named once in components.schemas.

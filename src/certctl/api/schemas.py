@@ -13,6 +13,7 @@ from certctl.store.models import ApiKey, AuditEvent, Issuer
 
 if TYPE_CHECKING:
     from certctl.services.certificates import CertificateView
+    from certctl.services.context import IssuerRevocation
 
 __all__ = [
     "ActorCreate",
@@ -158,8 +159,15 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def certificate_json(row: CertificateView, status: str) -> dict[str, Any]:
-    """The public view of a certificate record (never its key)."""
+def certificate_json(
+    row: CertificateView, status: str, issuer_revoked: IssuerRevocation | None
+) -> dict[str, Any]:
+    """The public view of a certificate record (never its key).
+
+    ``issuer_revoked``: the revocation of its issuer, or of a CA above it. Its own status
+    stays (its issuer's CRL does not list it), but clients checking the CRLs of the whole
+    chain refuse it.
+    """
     return {
         "id": row.id,
         "issuer": row.issuer_id,
@@ -179,6 +187,13 @@ def certificate_json(row: CertificateView, status: str) -> dict[str, Any]:
         "revocation_reason": row.revocation_reason,
         "renewed_from": row.renewed_from,
         "renewed_by": row.renewed_by,
+        "issuer_revoked": None
+        if issuer_revoked is None
+        else {
+            "issuer": issuer_revoked.by,
+            "revoked_at": _iso(issuer_revoked.revoked_at),
+            "reason": issuer_revoked.reason,
+        },
         "certificate_pem": row.certificate_pem,
     }
 

@@ -61,13 +61,23 @@ def _certificate_name(item: dict[str, Any], _now: datetime) -> str:
     return cell_text(names[:1])
 
 
+def _certificate_status(item: dict[str, Any], _now: datetime) -> str:
+    """Its status, and whether its issuer (or a CA above it) is revoked while it is live."""
+    status = cell_text(item.get("status"))
+    revoked = item.get("issuer_revoked")
+    if isinstance(revoked, dict) and item.get("status") in ("active", "expiring"):
+        # Its own CRL does not list it, but clients checking the chain's CRLs refuse it.
+        return f"{status} (issuer {cell_text(revoked.get('issuer'))} revoked)"
+    return status
+
+
 def _certificate_columns() -> list[Column]:
     from certctl.cli._listing import date_and_days
 
     return [
         Column("ID", field_cell("id"), key=True),
         Column("COMMON NAME", _certificate_name, label=True),
-        Column("STATUS", field_cell("status")),
+        Column("STATUS", _certificate_status),
         Column("NOT AFTER", lambda item, now: date_and_days(item.get("not_after"), now)),
         Column("ISSUER", field_cell("issuer")),
         Column("PROFILE", field_cell("profile")),

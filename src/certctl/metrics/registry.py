@@ -153,29 +153,33 @@ class CertificateGauges(Collector):
         self._counts: dict[tuple[str, str], int] = {}
         self._next_expiry: dict[str, float] = {}
         self._issuer_not_after: dict[str, float] = {}
+        self._revoked_issuers: frozenset[str] = frozenset()
 
     def update(
         self,
         counts: dict[tuple[str, str], int],
         next_expiry: dict[str, datetime],
         issuer_not_after: dict[str, datetime],
+        revoked_issuers: Iterable[str] = (),
     ) -> None:
         """Replace the snapshot.
 
         ``counts``: (issuer, status) → count; ``next_expiry``: issuer → earliest notAfter among
         its unexpired, unrevoked, not renewed certificates (the ``expiring`` ones too);
-        ``issuer_not_after``: issuer → its own certificate's notAfter.
+        ``issuer_not_after``: issuer → its own certificate's notAfter; ``revoked_issuers``:
+        the issuers revoked, or below a revoked CA.
         """
         with self._lock:
             self._counts = dict(counts)
             self._next_expiry = {k: v.timestamp() for k, v in next_expiry.items()}
             self._issuer_not_after = {k: v.timestamp() for k, v in issuer_not_after.items()}
+            self._revoked_issuers = frozenset(revoked_issuers)
 
     def collect(self) -> Iterable[Metric]:
         """Yield the gauges from the snapshot."""
         with self._lock:
             counts, expiry = self._counts, self._next_expiry
-            issuers = self._issuer_not_after
+            issuers, revoked = self._issuer_not_after, self._revoked_issuers
         family = GaugeMetricFamily(
             "certctl_certificates", "Certificates by issuer and status", labels=["issuer", "status"]
         )
@@ -200,6 +204,18 @@ class CertificateGauges(Collector):
         for issuer, ts in sorted(issuers.items()):
             own.add_metric([issuer], ts)
         yield own
+        # certctl_certificates counts each certificate by its own status (its issuer's CRL
+        # does not list those below a revoked CA): what to re-issue elsewhere, counted apart.
+        under = GaugeMetricFamily(
+            "certctl_certificates_under_revoked_issuer",
+            "Unexpired, unrevoked certificates whose issuer, or a CA above it, is revoked "
+            "(clients checking the whole chain's CRLs refuse them)",
+            labels=["issuer"],
+        )
+        for issuer in sorted({issuer for issuer, _ in counts}):
+            live = counts.get((issuer, "active"), 0) + counts.get((issuer, "expiring"), 0)
+            under.add_metric([issuer], live if issuer in revoked else 0)
+        yield under
 
     def describe(self) -> Iterable[Metric]:
         """Describe without collecting (keeps registration cheap)."""

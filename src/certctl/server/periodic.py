@@ -35,10 +35,11 @@ _SERVICE_STATES = select(
 def refresh_metrics(services: Services) -> None:
     """Recompute the certificate, managed-service and API-key gauges (off the scrape path)."""
     counts, nxt = certificates.certificate_counts(services)
+    revoked_issuers = certificates.issuer_revocations(services)
     now = services.clock()
     with services.sessions() as session:
         issuers = {row.id: row.not_after for row in session.execute(_ISSUER_EXPIRY)}
-        certificate_gauges.update(counts, nxt, issuers)
+        certificate_gauges.update(counts, nxt, issuers, revoked_issuers)
         service_gauges.update(
             (
                 row.name,

@@ -40,7 +40,7 @@ from certctl.pki import (
 from certctl.pki.issue import BACKDATE
 from certctl.pki.names import SAN_KINDS, san_search_forms, stored_dn_search
 from certctl.services.audit import event_values, record
-from certctl.services.context import Principal, Services, connected
+from certctl.services.context import IssuerRevocation, Principal, Services, connected
 from certctl.services.issuance import (
     AUDIT_EVENTS,
     CERTIFICATES,
@@ -56,7 +56,7 @@ from certctl.services.issuers import (
     check_unrevoked,
     load_issuer_state,
 )
-from certctl.services.revocation import check_reason
+from certctl.services.revocation import check_reason, revocations_by_issuer
 from certctl.store.db import (
     REVOCATION_LOCK,
     contains_pattern,
@@ -76,6 +76,7 @@ __all__ = [
     "effective_status",
     "get_certificate",
     "issued_client_certificate",
+    "issuer_revocations",
     "list_certificates",
     "renew_certificate",
     "revoke_certificate",
@@ -221,18 +222,28 @@ _CERT_COLUMNS = [c for c in CERTIFICATES.c if c.key != "wrapped_key"]
 _CERT_BY_ID = select(*_CERT_COLUMNS).where(CERTIFICATES.c.id == bindparam("cert_id"))
 
 
-def get_certificate(services: Services, caller: Principal, cert_id: str) -> CertificateView:
-    """One certificate by id (its public columns).
+def get_certificate(
+    services: Services, caller: Principal, cert_id: str
+) -> tuple[CertificateView, IssuerRevocation | None]:
+    """One certificate by id (its public columns), and the revocation of its issuer if any.
 
     A Core row, not an ORM object: loading through a Session cost more than the rest of
-    the request together (``docs/performance.md``).
+    the request together (``docs/performance.md``). The issuer's revocation (its own, or a
+    CA's above it) is read on the same connection: usually no issuer is revoked.
     """
     caller.require("cert.read")
     with services.engine.connect() as connection:
         row = connection.execute(_CERT_BY_ID, {"cert_id": cert_id}).first()
-    if row is None:
-        raise NotFound(f"certificate {cert_id} not found")
-    return cast(CertificateView, row)
+        if row is None:
+            raise NotFound(f"certificate {cert_id} not found")
+        revoked = revocations_by_issuer(connection).get(row.issuer_id)
+    return cast(CertificateView, row), revoked
+
+
+def issuer_revocations(services: Services) -> dict[str, IssuerRevocation]:
+    """The issuers revoked, or below a revoked CA, with that revocation (see get_certificate)."""
+    with services.engine.connect() as connection:
+        return revocations_by_issuer(connection)
 
 
 def _load_certificate(services: Services, cert_id: str) -> CertificateRecord:
@@ -253,6 +264,7 @@ class Revocation:
 
     certificate: CertificateRecord
     also_revoked: tuple[str, ...]
+    issuer_revoked: IssuerRevocation | None = None
 
 
 def revoke_certificate(
@@ -297,7 +309,7 @@ def revoke_certificate(
         session.expire_all()
         session.refresh(row)
     REVOCATIONS.labels(row.issuer_id).inc(revoked)  # a changed reason is no new revocation
-    return Revocation(row, tuple(also))
+    return Revocation(row, tuple(also), issuer_revocations(services).get(row.issuer_id))
 
 
 # Ids per statement in the bulk updates of a keyCompromise revocation: far below SQLite's

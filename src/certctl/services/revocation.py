@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -29,6 +29,7 @@ __all__ = [
     "may_be_revoked_above",
     "newly_below_revoked",
     "parsed_ca",
+    "revocations_by_issuer",
     "revoked_above",
     "revoked_ca_among",
     "revoked_certificates",
@@ -73,7 +74,16 @@ def revoked_above(
         # A root is on no CRL, but may hold a key compromised under another certificate
         # (the root of a cross-signed intermediate). Loaded once per cache drop.
         query = query.where(Issuer.revocation_reason.in_(COMPROMISE))
-    rows = session.execute(query).all()
+    rows = [tuple(row) for row in session.execute(query)]
+    return _revoked_among(rows, cert, chain)
+
+
+def _revoked_among(
+    rows: Sequence[tuple[Any, ...]], cert: x509.Certificate, chain: Sequence[x509.Certificate]
+) -> IssuerRevocation | None:
+    """:func:`revoked_above` on ``rows`` (id, PEM, revoked_at, reason) of revoked issuers."""
+    if not may_be_revoked_above(cert, chain):
+        rows = [row for row in rows if row[3] in COMPROMISE]
     for revoked_id, pem, revoked_at, reason in rows:
         revoked_cert = parsed_ca(pem)[0]
         if revoked_cert == cert or revoked_cert in chain:
@@ -98,6 +108,44 @@ def revoked_above(
                 same_key=parsed_ca(pem)[2] == spki(cert),
             )
     return None
+
+
+_REVOKED_ISSUER_ROWS = (
+    select(Issuer.id, Issuer.certificate_pem, Issuer.revoked_at, Issuer.revocation_reason)
+    .where(Issuer.revoked_at.is_not(None))
+    .order_by(Issuer.id)
+)
+_ISSUER_CHAINS = select(
+    Issuer.id, Issuer.certificate_pem, Issuer.chain_pem, Issuer.revoked_at, Issuer.revocation_reason
+)
+
+
+def revocations_by_issuer(connection: Connection) -> dict[str, IssuerRevocation]:
+    """Each issuer that signs nothing more, revoked itself or below a revoked CA.
+
+    Judged as :func:`revoked_above` judges the issuer loaded to sign (its certificate, a CA
+    above it, the same certificate or a compromised key under another id), for what the
+    certificates it issued cannot do any more: verify where clients check the CRLs of the
+    whole chain. One read of the revoked issuers, usually none, and then nothing more;
+    else one of every issuer's certificates (few rows, each parsed once per process).
+    """
+    revoked = [tuple(row) for row in connection.execute(_REVOKED_ISSUER_ROWS)]
+    if not revoked:
+        return {}
+    found: dict[str, IssuerRevocation] = {}
+    for issuer_id, pem, chain_pem, revoked_at, reason in connection.execute(_ISSUER_CHAINS):
+        if revoked_at is not None:
+            found[issuer_id] = IssuerRevocation(revoked_at, reason or "unspecified", issuer_id)
+            continue
+        above = _revoked_among(revoked, parsed_ca(pem)[0], _parsed_chain(chain_pem or ""))
+        if above is not None:
+            found[issuer_id] = above
+    return found
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_chain(pem: str) -> tuple[x509.Certificate, ...]:
+    return tuple(x509.load_pem_x509_certificates(pem.encode())) if pem else ()
 
 
 def top_signed_by(

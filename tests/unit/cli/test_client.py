@@ -1582,6 +1582,31 @@ def test_issuers_list_table_and_json(
     assert [seen.path for seen in listener.seen] == ["/api/v1/issuers"] * 3
 
 
+def test_certs_list_table_says_a_live_certificate_under_a_revoked_issuer(
+    listener: Listener, in_process: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Its own status stays "active" (its issuer's CRL does not list it): the table says why
+    # it no longer verifies; a revoked one needs nothing more.
+    under = {"issuer": "mid", "revoked_at": "2026-01-01T00:00:00+00:00", "reason": "superseded"}
+    items = [
+        {"id": f"c{n}", "common_name": f"c{n}.example.com", "status": status,
+         "not_after": "2999-01-01T00:00:00+00:00", "issuer": issuer, "profile": "server",
+         "issuer_revoked": revoked}
+        for n, (status, issuer, revoked) in enumerate(
+            [("active", "low", under), ("revoked", "mid", under), ("active", "default", None)]
+        )
+    ]  # fmt: skip
+    answer = {"items": items, "next_cursor": None}
+    listener.answers["/api/v1/certificates"] = Answer(body=json.dumps(answer).encode())
+    assert in_process("certs", "list", "-o", "table") == 0
+    _, *rows = capsys.readouterr().out.splitlines()
+    assert [[c.strip() for c in row.split("  ") if c.strip()][2] for row in rows] == [
+        "active (issuer mid revoked)",
+        "revoked",
+        "active",
+    ]
+
+
 def test_issuers_revoke_sends_the_reason_and_says_the_refusal_in_one_line(
     listener: Listener, in_process: Callable[..., int], capsys: pytest.CaptureFixture[str]
 ) -> None:
