@@ -751,6 +751,14 @@ def test_a_certificate_under_a_revoked_issuer_says_so(api: Api) -> None:
         "revoked_at": r.json()["revoked_at"],
         "reason": "cessationOfOperation",
     }
+    # An issuer below it too: it keeps its status, and says why it issues nothing more.
+    shown_issuers = {i["id"]: i for i in api.get(ISSUERS, api.admin_key).json()["items"]}
+    assert {i: (v["status"], v["issuer_revoked"]) for i, v in shown_issuers.items()} == {
+        "default": ("active", None),
+        "mid": ("revoked", None),
+        "low": ("active", revocation),
+    }
+    assert api.get(f"{ISSUERS}/low", api.admin_key).json() == shown_issuers["low"]
     listed = {c["id"]: c for c in api.get(CERTS, api.admin_key).json()["items"]}
     for cert in (low, mid, gone, elsewhere):
         shown = api.get(f"{CERTS}/{cert['id']}", api.admin_key).json()

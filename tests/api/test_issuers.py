@@ -64,7 +64,9 @@ def test_default_issuer_exists(api: Api) -> None:
         "status",
         "revoked_at",
         "revocation_reason",
+        "issuer_revoked",
     }
+    assert default["issuer_revoked"] is None
     assert (default["status"], default["revoked_at"], default["revocation_reason"]) == (
         "active",
         None,

@@ -24,6 +24,7 @@ from certctl.errors import InvalidRequest
 from certctl.pki import parse_duration
 from certctl.services import certificates, issuance, issuers
 from certctl.services.context import IssuerRevocation, Principal
+from certctl.services.revocation import issuer_revocations
 
 __all__ = ["CERTIFICATE_ROUTES", "KEYGEN_THREADS"]
 
@@ -149,7 +150,7 @@ async def list_certificates(request: Request, principal: Principal | None) -> Re
 
     def work() -> tuple[list[Any], str | None, dict[str, IssuerRevocation]]:
         rows, next_cursor = listing()
-        return rows, next_cursor, certificates.issuer_revocations(services)
+        return rows, next_cursor, issuer_revocations(services)
 
     rows, next_cursor, revoked = await in_list_thread(request, work)
     now = services.clock()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
@@ -22,8 +23,11 @@ from certctl.api._common import read_body as _body
 from certctl.api._common import services_of as _services
 from certctl.errors import InvalidRequest
 from certctl.pki import parse_duration
-from certctl.services import crls, issuer_revocation, issuers
-from certctl.services.context import IssuerCertificates, Principal
+from certctl.services import crls, issuer_revocation, issuers, revocation
+from certctl.services.context import IssuerCertificates, IssuerRevocation, Principal
+
+if TYPE_CHECKING:
+    from certctl.store.models import Issuer
 
 __all__ = ["CA_READ_THREADS", "ISSUER_ROUTES"]
 
@@ -36,9 +40,16 @@ CA_READ_THREADS = 4  # the CRL route has as many of its own
 async def list_issuers(request: Request, principal: Principal | None) -> Response:
     from certctl.store.models import Issuer
 
-    rows = await listed(request, lambda s: s.query(Issuer).order_by(Issuer.id).all())
+    rows, revoked = await listed(
+        request,
+        lambda s: (
+            s.query(Issuer).order_by(Issuer.id).all(),
+            revocation.revocations_by_issuer(s.connection()),
+        ),
+    )
     now = _services(request).clock()
-    return _json({"items": [schemas.issuer_json(r, now) for r in rows], "next_cursor": None})
+    items = [schemas.issuer_json(r, now, revoked.get(r.id)) for r in rows]
+    return _json({"items": items, "next_cursor": None})
 
 
 async def get_issuer(request: Request, principal: Principal | None) -> Response:
@@ -47,9 +58,10 @@ async def get_issuer(request: Request, principal: Principal | None) -> Response:
     services = _services(request)
     with services.sessions() as session:
         row = session.get(Issuer, request.path_params["id"])
-    if row is None:
-        raise _not_found("issuer", request.path_params["id"])
-    return _json(schemas.issuer_json(row, services.clock()))
+        if row is None:
+            raise _not_found("issuer", request.path_params["id"])
+        revoked = revocation.revocations_by_issuer(session.connection()).get(row.id)
+    return _json(schemas.issuer_json(row, services.clock(), revoked))
 
 
 # IssuerCreate fields that make a new CA and mean nothing to an import.
@@ -104,8 +116,9 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
             ),
         )
     # As for certificates: a validity clipped to the parent's notAfter is said, not silent.
+    # No CA above a new one is revoked: one below a revoked CA is refused (409).
     return _created(
-        {**schemas.issuer_json(row, services.clock()), "warnings": list(warnings)},
+        {**schemas.issuer_json(row, services.clock(), None), "warnings": list(warnings)},
         "/api/v1/issuers",
         row.id,
     )
@@ -114,15 +127,15 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
 async def revoke_issuer(request: Request, principal: Principal | None) -> Response:
     body = await _optional_body(request, schemas.IssuerRevoke)
     services = _services(request)
-    row = await in_write_thread(
-        request,
-        issuer_revocation.revoke_issuer,
-        services,
-        _caller(principal),
-        request.path_params["id"],
-        body.reason,
-    )
-    return _json(schemas.issuer_json(row, services.clock()))
+
+    def work() -> tuple[Issuer, IssuerRevocation | None]:
+        row = issuer_revocation.revoke_issuer(
+            services, _caller(principal), request.path_params["id"], body.reason
+        )
+        return row, revocation.issuer_revocations(services).get(row.id)
+
+    row, revoked = await in_write_thread(request, work)
+    return _json(schemas.issuer_json(row, services.clock(), revoked))
 
 
 async def issuer_ca_pem(request: Request, principal: Principal | None) -> Response:

@@ -91,6 +91,10 @@ _SERVICE_FIELDS: dict[str, Any] = {
     "updated_at": _TIME,
 }
 
+_ISSUER_REVOKED: dict[str, Any] = {
+    "oneOf": [{"type": "null"}, _object({"issuer": _STR, "revoked_at": _TIME, "reason": _STR})]
+}
+
 _ISSUER_FIELDS: dict[str, Any] = {
     "id": _STR,
     "name": _STR,
@@ -103,6 +107,8 @@ _ISSUER_FIELDS: dict[str, Any] = {
     "status": {"type": "string", "enum": ["active", "expired", "revoked"]},
     "revoked_at": _TIME_OR_NULL,
     "revocation_reason": _STR_OR_NULL,
+    # Another issuer's revocation (a CA above it) that leaves it signing nothing.
+    "issuer_revoked": _ISSUER_REVOKED,
 }
 
 # A stored certificate as GET and list show it.
@@ -121,12 +127,7 @@ _STORED_CERTIFICATE_FIELDS: dict[str, Any] = {
     "renewed_from": _STR_OR_NULL,
     "renewed_by": _STR_OR_NULL,
     # Its issuer's revocation, or a CA's above it: clients checking the chain refuse it.
-    "issuer_revoked": {
-        "oneOf": [
-            {"type": "null"},
-            _object({"issuer": _STR, "revoked_at": _TIME, "reason": _STR}),
-        ]
-    },
+    "issuer_revoked": _ISSUER_REVOKED,
 }
 
 # Response bodies, named once in components.schemas.

@@ -187,19 +187,24 @@ def certificate_json(
         "revocation_reason": row.revocation_reason,
         "renewed_from": row.renewed_from,
         "renewed_by": row.renewed_by,
-        "issuer_revoked": None
-        if issuer_revoked is None
-        else {
-            "issuer": issuer_revoked.by,
-            "revoked_at": _iso(issuer_revoked.revoked_at),
-            "reason": issuer_revoked.reason,
-        },
+        "issuer_revoked": _revocation_json(issuer_revoked),
         "certificate_pem": row.certificate_pem,
     }
 
 
-def issuer_json(row: Issuer, now: datetime) -> dict[str, Any]:
-    """The public view of an issuer (never its key)."""
+def _revocation_json(revoked: IssuerRevocation | None) -> dict[str, Any] | None:
+    if revoked is None:
+        return None
+    return {"issuer": revoked.by, "revoked_at": _iso(revoked.revoked_at), "reason": revoked.reason}
+
+
+def issuer_json(row: Issuer, now: datetime, revoked: IssuerRevocation | None) -> dict[str, Any]:
+    """The public view of an issuer (never its key).
+
+    ``revoked``: the revocation that leaves it signing nothing (revocations_by_issuer); shown
+    as ``issuer_revoked`` when it is another issuer's (a CA above it, or a twin): its own is
+    its status, revoked_at and revocation_reason.
+    """
     return {
         "id": row.id,
         "name": row.name,
@@ -212,6 +217,9 @@ def issuer_json(row: Issuer, now: datetime) -> dict[str, Any]:
         "status": issuer_status(row, now),
         "revoked_at": _iso(row.revoked_at),
         "revocation_reason": row.revocation_reason,
+        "issuer_revoked": _revocation_json(
+            None if revoked is None or revoked.by == row.id else revoked
+        ),
     }
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "print_answer",
     "print_list",
     "send_request",
+    "status_cell",
     "unexpected_response",
     "warn_about",
 ]
@@ -574,3 +575,13 @@ def cell_text(value: object) -> str:
 def field_cell(name: str) -> Callable[[dict[str, Any], datetime], str]:
     """A table column's cell maker: the item's ``name`` field as :func:`cell_text`."""
     return lambda item, _now: cell_text(item.get(name))
+
+
+def status_cell(item: dict[str, Any], _now: datetime) -> str:
+    """A certificate's or issuer's status, and the revoked CA above it while it is live."""
+    status = cell_text(item.get("status"))
+    revoked = item.get("issuer_revoked")
+    if isinstance(revoked, dict) and item.get("status") in ("active", "expiring"):
+        # Its own status stays (no CRL lists it), but clients checking the chain refuse it.
+        return f"{status} (issuer {cell_text(revoked.get('issuer'))} revoked)"
+    return status

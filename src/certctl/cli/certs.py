@@ -25,6 +25,7 @@ from certctl.cli._api import (
     print_answer,
     print_list,
     send_request,
+    status_cell,
     unexpected_response,
     warn_about,
 )
@@ -61,23 +62,13 @@ def _certificate_name(item: dict[str, Any], _now: datetime) -> str:
     return cell_text(names[:1])
 
 
-def _certificate_status(item: dict[str, Any], _now: datetime) -> str:
-    """Its status, and whether its issuer (or a CA above it) is revoked while it is live."""
-    status = cell_text(item.get("status"))
-    revoked = item.get("issuer_revoked")
-    if isinstance(revoked, dict) and item.get("status") in ("active", "expiring"):
-        # Its own CRL does not list it, but clients checking the chain's CRLs refuse it.
-        return f"{status} (issuer {cell_text(revoked.get('issuer'))} revoked)"
-    return status
-
-
 def _certificate_columns() -> list[Column]:
     from certctl.cli._listing import date_and_days
 
     return [
         Column("ID", field_cell("id"), key=True),
         Column("COMMON NAME", _certificate_name, label=True),
-        Column("STATUS", _certificate_status),
+        Column("STATUS", status_cell),
         Column("NOT AFTER", lambda item, now: date_and_days(item.get("not_after"), now)),
         Column("ISSUER", field_cell("issuer")),
         Column("PROFILE", field_cell("profile")),

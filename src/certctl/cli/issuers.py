@@ -25,6 +25,7 @@ from certctl.cli._api import (
     print_answer,
     print_list,
     send_request,
+    status_cell,
     unexpected_response,
     warn_about,
 )
@@ -55,7 +56,7 @@ def _issuer_columns() -> list[Column]:
 
     return [
         Column("ID", field_cell("id"), key=True),
-        Column("STATUS", field_cell("status")),
+        Column("STATUS", status_cell),
         Column("NAME", field_cell("name"), label=True),
         Column("SUBJECT", field_cell("subject"), label=True),
         Column("KEY TYPE", field_cell("key_type")),

@@ -13,7 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from certctl.errors import CertctlError
 from certctl.metrics.registry import API_KEYS, certificate_gauges, service_gauges
 from certctl.server.outage import OutageLog
-from certctl.services import certificates
+from certctl.services import certificates, revocation
 from certctl.services.context import Services
 from certctl.store.db import PoolTimeout, storage_error
 from certctl.store.models import ApiKey, Issuer, ManagedService
@@ -35,7 +35,7 @@ _SERVICE_STATES = select(
 def refresh_metrics(services: Services) -> None:
     """Recompute the certificate, managed-service and API-key gauges (off the scrape path)."""
     counts, nxt = certificates.certificate_counts(services)
-    revoked_issuers = certificates.issuer_revocations(services)
+    revoked_issuers = revocation.issuer_revocations(services)
     now = services.clock()
     with services.sessions() as session:
         issuers = {row.id: row.not_after for row in session.execute(_ISSUER_EXPIRY)}

@@ -56,7 +56,7 @@ from certctl.services.issuers import (
     check_unrevoked,
     load_issuer_state,
 )
-from certctl.services.revocation import check_reason, revocations_by_issuer
+from certctl.services.revocation import check_reason, issuer_revocations, revocations_by_issuer
 from certctl.store.db import (
     REVOCATION_LOCK,
     contains_pattern,
@@ -76,7 +76,6 @@ __all__ = [
     "effective_status",
     "get_certificate",
     "issued_client_certificate",
-    "issuer_revocations",
     "list_certificates",
     "renew_certificate",
     "revoke_certificate",
@@ -238,12 +237,6 @@ def get_certificate(
             raise NotFound(f"certificate {cert_id} not found")
         revoked = revocations_by_issuer(connection).get(row.issuer_id)
     return cast(CertificateView, row), revoked
-
-
-def issuer_revocations(services: Services) -> dict[str, IssuerRevocation]:
-    """The issuers revoked, or below a revoked CA, with that revocation (see get_certificate)."""
-    with services.engine.connect() as connection:
-        return revocations_by_issuer(connection)
 
 
 def _load_certificate(services: Services, cert_id: str) -> CertificateRecord:

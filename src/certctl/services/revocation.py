@@ -26,6 +26,7 @@ __all__ = [
     "REVOCATION_REASONS",
     "UnreadableCertificate",
     "check_reason",
+    "issuer_revocations",
     "may_be_revoked_above",
     "newly_below_revoked",
     "parsed_ca",
@@ -141,6 +142,12 @@ def revocations_by_issuer(connection: Connection) -> dict[str, IssuerRevocation]
         if above is not None:
             found[issuer_id] = above
     return found
+
+
+def issuer_revocations(services: Services) -> dict[str, IssuerRevocation]:
+    """:func:`revocations_by_issuer` on a pooled connection of its own."""
+    with services.engine.connect() as connection:
+        return revocations_by_issuer(connection)
 
 
 @functools.lru_cache(maxsize=256)

@@ -1605,6 +1605,16 @@ def test_certs_list_table_says_a_live_certificate_under_a_revoked_issuer(
         "revoked",
         "active",
     ]
+    # So does an issuer below a revoked one (it issues nothing more).
+    low = _issuer("low", "Low CA") | {"issuer_revoked": under}
+    answer = {"items": [low, _issuer("mid", "Mid CA") | {"status": "revoked"}]}
+    listener.answers["/api/v1/issuers"] = Answer(body=json.dumps(answer).encode())
+    assert in_process("issuers", "list", "-o", "table") == 0
+    _, *rows = capsys.readouterr().out.splitlines()
+    assert [row.split("  ")[1].strip() for row in rows] == [
+        "active (issuer mid revoked)",
+        "revoked",
+    ]
 
 
 def test_issuers_revoke_sends_the_reason_and_says_the_refusal_in_one_line(
