@@ -770,6 +770,12 @@ def test_a_certificate_under_a_revoked_issuer_says_so(api: Api) -> None:
         ), cert["common_name"]
     revoked = api.post(f"{CERTS}/{low['id']}/revoke", api.admin_key, json={})
     assert revoked.json()["issuer_revoked"] == revocation  # the revoke answer shows it too
+    # A reason changed to a compromise shows at once (the judgement is remembered per
+    # process until the revocations change).
+    r = api.post(f"{ISSUERS}/mid/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    shown = api.get(f"{CERTS}/{mid['id']}", api.admin_key).json()["issuer_revoked"]
+    assert shown == revocation | {"reason": "keyCompromise"}
 
     refresh_metrics(api.services)
     key = api.actor_key("prom", ["r-metrics-read"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import threading
+import weakref
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -10,7 +12,7 @@ from typing import Any, cast
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.orm import Session
 
 from certctl.errors import InvalidRequest
@@ -97,11 +99,10 @@ def _revoked_among(
     # A compromise is the key's, whatever certificate holds it: another certificate of it
     # (re-issued, cross-signed, imported under another id) signs nothing more, nor do CAs
     # below one. Other reasons stay with the certificate revoked.
-    keys = {spki(c) for c in (cert, *chain)}
-    for revoked_id, pem, revoked_at, reason in rows:
-        if reason in COMPROMISE and (
-            parsed_ca(pem)[2] in keys or top_signed_by(cert, chain, parsed_ca(pem)[0])
-        ):
+    compromised = [row for row in rows if row[3] in COMPROMISE]
+    keys = {spki(c) for c in (cert, *chain)} if compromised else set()
+    for revoked_id, pem, revoked_at, reason in compromised:
+        if parsed_ca(pem)[2] in keys or top_signed_by(cert, chain, parsed_ca(pem)[0]):
             return IssuerRevocation(
                 cast(datetime, revoked_at),
                 reason,
@@ -116,9 +117,22 @@ _REVOKED_ISSUER_ROWS = (
     .where(Issuer.revoked_at.is_not(None))
     .order_by(Issuer.id)
 )
+# The revocations the judgement below depends on, in small columns. Not the other issuers:
+# none is added below a revoked CA (a creation or an import there is refused, also while
+# the revocation lands), and a renewal keeps a CA's key, subject and the CAs above it.
+_REVOCATIONS = (
+    select(Issuer.id, Issuer.revoked_at, Issuer.revocation_reason)
+    .where(Issuer.revoked_at.is_not(None))
+    .order_by(Issuer.id)
+)
 _ISSUER_CHAINS = select(
     Issuer.id, Issuer.certificate_pem, Issuer.chain_pem, Issuer.revoked_at, Issuer.revocation_reason
 )
+# The last judgement per engine, with the revocations it was made on: made again only when
+# they changed (each compromised key costs a signature check per issuer).
+_JUDGED: weakref.WeakKeyDictionary[Engine, tuple[tuple[Any, ...], dict[str, IssuerRevocation]]]
+_JUDGED = weakref.WeakKeyDictionary()
+_JUDGED_LOCK = threading.Lock()
 
 
 def revocations_by_issuer(connection: Connection) -> dict[str, IssuerRevocation]:
@@ -127,12 +141,17 @@ def revocations_by_issuer(connection: Connection) -> dict[str, IssuerRevocation]
     Judged as :func:`revoked_above` judges the issuer loaded to sign (its certificate, a CA
     above it, the same certificate or a compromised key under another id), for what the
     certificates it issued cannot do any more: verify where clients check the CRLs of the
-    whole chain. One read of the revoked issuers, usually none, and then nothing more;
-    else one of every issuer's certificates (few rows, each parsed once per process).
+    whole chain. One small read of the revocations (usually none); the issuers'
+    certificates are read only when those changed since the last call.
     """
-    revoked = [tuple(row) for row in connection.execute(_REVOKED_ISSUER_ROWS)]
-    if not revoked:
+    states = tuple(tuple(row) for row in connection.execute(_REVOCATIONS))
+    if not states:
         return {}
+    with _JUDGED_LOCK:
+        judged = _JUDGED.get(connection.engine)
+    if judged is not None and judged[0] == states:
+        return dict(judged[1])
+    revoked = [tuple(row) for row in connection.execute(_REVOKED_ISSUER_ROWS)]
     found: dict[str, IssuerRevocation] = {}
     for issuer_id, pem, chain_pem, revoked_at, reason in connection.execute(_ISSUER_CHAINS):
         if revoked_at is not None:
@@ -141,7 +160,9 @@ def revocations_by_issuer(connection: Connection) -> dict[str, IssuerRevocation]
         above = _revoked_among(revoked, parsed_ca(pem)[0], _parsed_chain(chain_pem or ""))
         if above is not None:
             found[issuer_id] = above
-    return found
+    with _JUDGED_LOCK:
+        _JUDGED[connection.engine] = (states, found)
+    return dict(found)
 
 
 def issuer_revocations(services: Services) -> dict[str, IssuerRevocation]:
