@@ -725,6 +725,23 @@ def test_a_certificate_is_not_revoked_for_a_ca_or_attribute_authority_compromise
     assert r.status_code == 200, r.text
 
 
+def test_hold_and_remove_from_crl_are_refused_saying_why(api: Api) -> None:
+    """Both are RFC 5280 reasons: "unknown revocation reason" told the caller a lie."""
+    cert = api.issue()
+    before = api.counts()
+    said = {
+        "certificateHold": "certificateHold: a hold is lifted by taking the certificate off "
+        "the CRL, which certctl never does (a revocation is final); one of ",
+        "removeFromCRL": "removeFromCRL: a reason for delta CRLs only (RFC 5280 5.3.1), "
+        "which certctl does not publish; one of ",
+    }
+    for reason, start in said.items():
+        r = api.post(f"{CERTS}/{cert['id']}/revoke", api.admin_key, json={"reason": reason})
+        detail = assert_problem(r, 400)["detail"]
+        assert detail.startswith(start + "affiliationChanged, cessationOfOperation, "), detail
+    assert api.counts() == before
+
+
 def test_a_certificate_under_a_revoked_issuer_says_so(api: Api) -> None:
     """Its own status stays (its issuer's CRL does not list it), but it no longer verifies.
 

@@ -1122,9 +1122,9 @@ def test_what_cannot_be_revoked_is_refused_and_left_as_it_was(api: Api) -> None:
     # The reasons of a certificate's revocation, checked the same way.
     for reason in ("certificateHold", "removeFromCRL", "compromised"):
         detail = assert_problem(revoke("sub", {"reason": reason}), 400)["detail"]
-        assert detail.startswith(
-            f"{reason}: unknown revocation reason (one of affiliationChanged, cACompromise, "
-        )
+        assert detail.startswith(f"{reason}: "), detail
+        assert "one of affiliationChanged, cACompromise, " in detail, detail
+    assert "unknown revocation reason" in detail  # "compromised"
     assert_problem(revoke("sub", {"reason": "superseded", "at": "now"}), 400)
     viewer = api.actor_key("viewer", ["r-viewer"])
     assert_problem(revoke("sub", {}, viewer), 403)

@@ -487,7 +487,18 @@ def check_reason(reason: str | None, *, issuer: bool = False) -> str:
             f"which certctl does not issue; {instead}"
         )
     choices = ", ".join(allowed)
+    refused = _REFUSED.get(reason)
+    if refused is not None:  # RFC 5280 reasons, but not for a revocation here
+        raise InvalidRequest(f"{reason}: {refused}; one of {choices}")
     raise InvalidRequest(f"{reason}: unknown revocation reason (one of {choices})")
+
+
+_REFUSED = {
+    x509.ReasonFlags.certificate_hold.value: "a hold is lifted by taking the certificate off "
+    "the CRL, which certctl never does (a revocation is final)",
+    x509.ReasonFlags.remove_from_crl.value: "a reason for delta CRLs only (RFC 5280 5.3.1), "
+    "which certctl does not publish",
+}
 
 
 # The reasons that say an issuer's key is compromised: keyCompromise, and cACompromise, RFC
