@@ -305,6 +305,11 @@ class Scheduler:
 
     def _step_down(self) -> None:
         self._leading.clear()
+        # The listener closed before the pass returns: another replica, taking the lock now,
+        # listens on the deployment's one listening connection (the Helm chart counts one),
+        # not next to this one for up to a second.
+        if self._changes is not None and not self._changes.step_down(service_changes.STOP_WAIT_S):
+            log.debug("the listening connection was still opening when this replica stepped down")
         # Elected again later, it is a new leader: its passes from before are as old as the
         # time it did not lead, and would all be due in its first pass, a burst again.
         self._since = None
@@ -356,6 +361,10 @@ class Scheduler:
         finally:
             if self._changes is not None:
                 self._changes.stop()
+                # Closed when run() returns (a stopping server then waits for reload
+                # commands, webhooks...), not up to a second later. Bounded: a thread still
+                # opening a connection to a database that does not answer is a daemon.
+                await asyncio.to_thread(self._changes.join, service_changes.STOP_WAIT_S)
 
     async def _loop(self, outage: OutageLog) -> None:
         while True:

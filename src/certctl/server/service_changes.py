@@ -11,7 +11,7 @@ process watches for them:
   second on a connection of its own (a few microseconds; no writes, no pool connection).
 * PostgreSQL: it LISTENs on ``certctl_services`` on a connection of its own, opened only
   while it leads (one connection for the whole deployment, outside ``database-pool-size``),
-  and reopened when it drops.
+  reopened when it drops, and closed before a leader that steps down or stops goes on.
 
 The periodic pass stays the safety net: a change made while the connection was down, or
 that the counter could not be read for, is reconciled at the latest then (and a reconnected
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
+import socket
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -38,13 +40,17 @@ from certctl.store.db import (
     storage_error,
 )
 
-__all__ = ["POLL_S", "ChangeWatch", "watch_changes"]
+__all__ = ["POLL_S", "STOP_WAIT_S", "ChangeWatch", "watch_changes"]
 
 log = logging.getLogger("certctl.scheduler")
 
 # How often the SQLite counter is read, and how often the PostgreSQL listener looks up from
 # its wait to check it still should listen (leadership) or stop.
 POLL_S = 1.0
+# How long a leader that steps down or stops waits for its listening connection to close:
+# milliseconds, unless the thread is opening one to a database that does not answer
+# (connect_timeout), which a stop need not wait for.
+STOP_WAIT_S = 2.0
 # A listening connection that cannot be opened is tried again after this, doubling up to
 # RETRY_MAX_S while it keeps failing.
 RETRY_S = 1.0
@@ -65,6 +71,10 @@ class ChangeWatch:
         self._leading = leading
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Set while the watch holds no connection it would have to close for a follower
+        # (always on SQLite: a file, no session counted against a connection budget).
+        self._idle = threading.Event()
+        self._idle.set()
 
     def start(self) -> None:
         """Begin watching. Blocking (a first read): call it before the first pass.
@@ -78,12 +88,9 @@ class ChangeWatch:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop watching; the thread closes its connection and ends within ``POLL_S``.
-
-        Not waited for: a stopping server would wait up to ``POLL_S`` for a wait that
-        changes nothing (the thread is a daemon; the database drops a closed session).
-        """
+        """Stop watching: the thread closes its connection and ends at once (``join()``)."""
         self._stop.set()
+        self._interrupt()
 
     def join(self, timeout_s: float) -> bool:
         """Wait for the thread to end after ``stop()``; True when it has."""
@@ -91,6 +98,21 @@ class ChangeWatch:
             self._thread.join(timeout_s)
             return not self._thread.is_alive()
         return True
+
+    def step_down(self, timeout_s: float) -> bool:
+        """This process stopped leading (``leading()`` says so now): close the connection.
+
+        Waits for it, up to ``timeout_s`` (the thread may be opening one to a database that
+        does not answer). True once the watch holds none, so neither will it open one while
+        ``leading()`` stays false: a new leader's listener is then the deployment's only one.
+        """
+        if self._idle.is_set():
+            return True
+        self._interrupt()
+        return self._idle.wait(timeout_s)
+
+    def _interrupt(self) -> None:
+        """End the thread's current wait for a change, so it looks up at once."""
 
     def _run(self) -> None:
         try:
@@ -174,6 +196,11 @@ class _PostgresWatch(ChangeWatch):
         super().__init__(wake, leading)
         self._engine = engine
         self._connection: Any = None  # the watch thread's alone
+        # Written to by stop() and step_down() to end the thread's wait for a notification
+        # (psycopg's notifies() has no way to be interrupted).
+        self._poke_r, self._poke_w = socket.socketpair()
+        self._poke_r.setblocking(False)
+        self._poke_w.setblocking(False)
         self._failed = False
         self._retry_s = RETRY_S
         self._errors: tuple[type[Exception], ...] = (
@@ -184,6 +211,10 @@ class _PostgresWatch(ChangeWatch):
 
     def _watch(self) -> None:
         while not self._stop.is_set():
+            if self._connection is None:
+                # Cleared before leading() is asked: a step_down() that found it set saw no
+                # connection, and none is opened once leading() said no.
+                self._idle.clear()
             if not self._leading():
                 self._close()  # a follower holds no connection for this
                 self._stop.wait(POLL_S)
@@ -198,12 +229,39 @@ class _PostgresWatch(ChangeWatch):
                     # What committed between the last pass's read and this LISTEN (or while
                     # the connection was down) sent its notification to nobody: one pass.
                     self._wake()
-                for _ in self._connection.notifies(timeout=POLL_S):
-                    self._wake()
+                if self._wait_readable(POLL_S):
+                    # timeout=0: what arrived, without waiting again.
+                    for _ in self._connection.notifies(timeout=0):
+                        self._wake()
             except self._errors as exc:
                 self._failure(exc)
                 self._stop.wait(self._retry_s)
                 self._retry_s = min(2 * self._retry_s, RETRY_MAX_S)
+
+    def _run(self) -> None:
+        try:
+            super()._run()
+        finally:
+            self._poke_r.close()
+            self._poke_w.close()  # a later stop() or step_down() finds it closed: no-op
+
+    def _wait_readable(self, timeout_s: float) -> bool:
+        """Wait until the connection has input or the watch is interrupted; True for input."""
+        # poll(), not select(): a server's descriptors go past 1023 under load (run.py).
+        waiting = select.poll()
+        waiting.register(self._connection.fileno(), select.POLLIN)
+        waiting.register(self._poke_r, select.POLLIN)
+        ready = {fd for fd, _events in waiting.poll(timeout_s * 1000)}
+        if self._poke_r.fileno() in ready:
+            with contextlib.suppress(OSError):  # BlockingIOError: drained
+                while self._poke_r.recv(64):
+                    pass
+            return False  # the loop looks up first; input waits for the next round
+        return bool(ready)
+
+    def _interrupt(self) -> None:
+        with contextlib.suppress(OSError):  # BlockingIOError: a poke is pending already
+            self._poke_w.send(b"x")
 
     def _listen(self) -> None:
         # Taken from the engine's pool and detached, as the credential counter's connection
@@ -247,6 +305,7 @@ class _PostgresWatch(ChangeWatch):
         if connection is not None:
             with contextlib.suppress(Exception):  # closing a broken connection
                 connection.close()
+        self._idle.set()
 
 
 def watch_changes(
