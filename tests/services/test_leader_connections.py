@@ -1,9 +1,11 @@
 """The PostgreSQL connections a leader holds: the leader lock's and the service-change listener's.
 
 The Helm chart's connection budget counts one listening connection for the whole deployment
-(docs/kubernetes.md). Here: a leader that steps down or stops has closed its listener by the
-time it says so (before, the listener saw it at its next look-up, up to ``POLL_S`` later,
-while a new leader could already listen).
+(docs/kubernetes.md), and the leader lock lives exactly as long as its session. Here: a
+leader that steps down or stops has closed its listener by the time it says so (before, the
+listener saw it at its next look-up, up to ``POLL_S`` later, while a new leader could already
+listen), and an ``idle_session_timeout`` shorter than the reconcile interval no longer ends
+the sessions that hold the advisory locks (before, it ended the leadership every pass).
 """
 
 from __future__ import annotations
@@ -18,14 +20,27 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import Engine, text
 
 from certctl.server import service_changes
-from certctl.server.scheduler import Scheduler
+from certctl.server.kek_rotation import _no_leader
+from certctl.server.scheduler import Leadership, Scheduler
 from certctl.server.service_changes import _PostgresWatch, watch_changes
+from certctl.services.context import Services
+from certctl.store.db import (
+    LEADER_LOCK,
+    STARTUP_LOCK,
+    create_store_engine,
+    session_factory,
+    startup_lock,
+)
 from tests.services.conftest import Env, _make_env
 
 # Far longer than the test: only what the test asks for makes a pass.
 INTERVAL_S = 120.0
+# The idle_session_timeout the tests give their sessions (ms), as a role or database setting
+# would: far shorter than any reconcile interval.
+IDLE_MS = 200
 
 
 @pytest.fixture
@@ -109,3 +124,58 @@ def test_a_stopped_scheduler_has_closed_its_listener_when_run_returns(
         loop.close()
         if scheduler.leadership is not None:
             scheduler.leadership.release()
+
+
+def _short_idle_engine(env: Env) -> Engine:
+    # As an idle_session_timeout set for the role or database (ALTER ROLE/DATABASE ... SET)
+    # would, on every session of this engine, without changing the database other tests share.
+    url = env.services.engine.url.update_query_dict(
+        {"options": f"-c idle_session_timeout={IDLE_MS}"}
+    )
+    return create_store_engine(url.render_as_string(hide_password=False))
+
+
+def _advisory_locks(env: Env) -> set[int]:
+    """The session-level advisory locks held now, by any session (as 64-bit keys)."""
+    with env.services.engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
+                "WHERE locktype = 'advisory' AND granted"
+            )
+        ).all()
+    return {row[0] for row in rows}
+
+
+def test_an_idle_session_timeout_does_not_end_the_leadership(
+    pg_env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = _short_idle_engine(pg_env)
+    caplog.set_level(logging.INFO, "certctl.scheduler")
+    leadership = Leadership(Services(engine, session_factory(engine), pg_env.services.wrapper))
+    try:
+        assert leadership.check() is True
+        # Idle between passes for longer than the timeout, as with any reconcile interval:
+        # before, PostgreSQL ended the session, and the leadership with it, each time.
+        time.sleep(3 * IDLE_MS / 1000)
+        assert leadership.check() is True
+        assert leadership.still_leads() is True
+    finally:
+        leadership.release()
+        engine.dispose()
+    messages = [r.getMessage() for r in caplog.records if r.name == "certctl.scheduler"]
+    assert messages == ["this replica is now the leader"], messages
+
+
+def test_an_idle_session_timeout_does_not_end_the_start_up_or_rotation_locks(
+    pg_env: Env,
+) -> None:
+    # Both are held on a session of their own, idle while the work goes on on others
+    # (migrations and bootstrap; a KEK rotation's re-encryption).
+    engine = _short_idle_engine(pg_env)
+    try:
+        with startup_lock(engine), _no_leader(engine):
+            time.sleep(3 * IDLE_MS / 1000)
+            assert {STARTUP_LOCK, LEADER_LOCK} <= _advisory_locks(pg_env)
+    finally:
+        engine.dispose()

@@ -30,7 +30,14 @@ from certctl.server.bootstrap import (
 from certctl.server.config import ServerConfig
 from certctl.services import audit
 from certctl.services.context import Services
-from certctl.store.db import AUTH_LOCK, LEADER_LOCK, lock_for_write, startup_lock, storage_error
+from certctl.store.db import (
+    AUTH_LOCK,
+    LEADER_LOCK,
+    exempt_from_idle_session_timeout,
+    lock_for_write,
+    startup_lock,
+    storage_error,
+)
 from certctl.store.keywrap import MASTER_KEY_ENV, NEXT_KEK, KeyWrapper, encode_kek, kek_source
 from certctl.store.models import CertificateRecord, Issuer, ManagedService
 
@@ -225,6 +232,9 @@ def _no_leader(engine: Engine) -> Iterator[None]:
         yield
         return
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        # Idle while the re-encryption runs on another connection (invalidated after: the
+        # setting never reaches the pool).
+        exempt_from_idle_session_timeout(connection)
         got = connection.execute(
             text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK}
         ).scalar()

@@ -35,7 +35,12 @@ from certctl.services import (
 )
 from certctl.services.context import Services
 from certctl.services.notify import Webhook, dispatch_pending
-from certctl.store.db import LEADER_LOCK, PoolTimeout, storage_error
+from certctl.store.db import (
+    LEADER_LOCK,
+    PoolTimeout,
+    exempt_from_idle_session_timeout,
+    storage_error,
+)
 from certctl.store.models import ManagedService
 
 __all__ = ["Leadership", "Scheduler"]
@@ -97,7 +102,10 @@ class Leadership:
                 text("SELECT pg_try_advisory_lock(:key)"), {"key": _LOCK_KEY}
             ).scalar()
             if got:
-                self._connection = connection
+                self._connection = connection  # first: a failure below invalidates it
+                # Pinged once a pass only: an idle_session_timeout shorter than
+                # reconcile-interval would end the session, and the leadership, every pass.
+                exempt_from_idle_session_timeout(connection)
                 log.info("this replica is now the leader")
                 return True
             connection.close()

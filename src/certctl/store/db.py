@@ -46,6 +46,7 @@ __all__ = [
     "constraint_conflict",
     "contains_pattern",
     "create_store_engine",
+    "exempt_from_idle_session_timeout",
     "installation_id",
     "json_string_contains",
     "migrate",
@@ -387,6 +388,19 @@ SERVICE_GENERATION_SQL = "SELECT value FROM service_generation WHERE id = 1"
 REVOCATION_LOCK = 0x63657274_0004  # "cert", 4
 
 
+def exempt_from_idle_session_timeout(connection: Connection) -> None:
+    """PostgreSQL 14+: ``idle_session_timeout`` no longer ends this session.
+
+    For the sessions that hold a session-level advisory lock (leadership, start-up, a KEK
+    rotation): idle by design between their statements, for longer than a timeout set for
+    the role or database may be, and the lock ends with the session. Only on a connection
+    that is never returned to the pool: ``SET`` lasts as long as the session.
+    """
+    # PostgreSQL 14 added the setting; SET of an unknown one is an error before it.
+    if (connection.dialect.server_version_info or (0,)) >= (14,):
+        connection.execute(text("SET idle_session_timeout = 0"))
+
+
 @contextlib.contextmanager
 def startup_lock(engine: Engine) -> Iterator[None]:
     """Hold the start-up lock: replicas starting together migrate and bootstrap in turn.
@@ -402,6 +416,8 @@ def startup_lock(engine: Engine) -> Iterator[None]:
         yield
         return
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        # Idle while the migrations and the bootstrap run on other connections.
+        exempt_from_idle_session_timeout(connection)
         connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STARTUP_LOCK})
         try:
             yield
