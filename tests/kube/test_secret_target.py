@@ -346,11 +346,14 @@ def test_a_secret_claimed_by_another_installation_is_refused_never_overwritten(
     crt2, key2 = pki.leaf("web.example.internal")
     with pytest.raises(Conflict) as info:
         theirs.write_tls("web-tls", certificate_pem=crt2, private_key_pem=key2, ca_pem=b"ca")
+    # This installation's own id is named (before, only its start-up log had it): whoever
+    # reads the status can compare it with the annotation, and tell which release it is.
     assert info.value.detail == (
-        f"Secret {NAMESPACE}/web-tls belongs to another certctl installation (annotation "
-        f"{OWNER}); not overwritten: choose another Secret name, or, if that installation no "
-        f"longer delivers there, remove the annotation (kubectl annotate secret -n {NAMESPACE} "
-        f"web-tls {OWNER}-) to let this one take it over"
+        f"Secret {NAMESPACE}/web-tls belongs to another certctl installation (its annotation "
+        f"{OWNER} is not this installation's id, {OTHER_INSTALLATION}); not overwritten: "
+        "choose another Secret name, or, if that installation no longer delivers there, "
+        f"remove the annotation (kubectl annotate secret -n {NAMESPACE} web-tls {OWNER}-) to "
+        "let this one take it over"
     )
     assert INSTALLATION not in info.value.detail  # the other one's id is not handed out
     assert [m for m, _ in apiserver.paths()] == ["GET"]
@@ -499,6 +502,7 @@ def test_a_service_whose_secret_another_installation_owns_says_so_in_its_status(
         in (row.conditions["Failed"]["message"])
     )
     assert OTHER_INSTALLATION not in str(row.conditions)
+    assert f"this installation's id, {ours})" in row.conditions["Failed"]["message"]
     assert apiserver.secrets[("apps", "web-tls")]["data"] == theirs
     # Its own Secret, in the same pass of another service: claimed with the store's id.
     env.put(service_doc("api", targets=[{"secret": "api-tls", "namespace": "apps"}]))

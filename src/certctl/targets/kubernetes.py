@@ -249,13 +249,15 @@ class SecretWriter:
         if claimed and claimed != self.owner:
             # Another installation's (another release delivering here): writing would hand
             # its pods this installation's key, and it would write back at its next pass.
-            # Its id is not named: a service editor here has no business with it.
+            # Its id is not named: a service editor here has no business with it. This
+            # installation's is, the one to compare the annotation with (otherwise only in
+            # the start-up log, which a service editor may not read).
             raise Conflict(
-                f"{what} belongs to another certctl installation (annotation "
-                f"{OWNER_ANNOTATION}); not overwritten: choose another Secret name, or, if that "
-                "installation no longer delivers there, remove the annotation (kubectl "
-                f"annotate secret -n {self.namespace} {name} {OWNER_ANNOTATION}-) to let this "
-                "one take it over"
+                f"{what} belongs to another certctl installation (its annotation "
+                f"{OWNER_ANNOTATION} is not this installation's id, {self.owner}); not "
+                "overwritten: choose another Secret name, or, if that installation no longer "
+                "delivers there, remove the annotation (kubectl annotate secret -n "
+                f"{self.namespace} {name} {OWNER_ANNOTATION}-) to let this one take it over"
             )
         if (
             claimed == self.owner
