@@ -27,6 +27,7 @@ from certctl.server.kek_rotation import _no_leader
 from certctl.server.scheduler import Leadership, Scheduler
 from certctl.server.service_changes import _PostgresWatch, watch_changes
 from certctl.services.context import Services
+from certctl.services.rbac import _PostgresCounter
 from certctl.store.db import (
     LEADER_LOCK,
     STARTUP_LOCK,
@@ -179,3 +180,25 @@ def test_an_idle_session_timeout_does_not_end_the_start_up_or_rotation_locks(
             assert {STARTUP_LOCK, LEADER_LOCK} <= _advisory_locks(pg_env)
     finally:
         engine.dispose()
+
+
+def test_an_idle_session_timeout_does_not_end_the_credential_counters_session(
+    pg_env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The counter's connection is held for the life of the process and idle whenever no
+    # request comes: before, a quiet spell longer than the timeout ended it, the next read
+    # answered None (no key caching) with a warning, and it was opened again a second later.
+    engine = _short_idle_engine(pg_env)
+    caplog.set_level(logging.WARNING, "certctl")
+    counter = _PostgresCounter(engine)
+    try:
+        first = counter.read()
+        assert first is not None
+        pid = counter._connection.info.backend_pid
+        time.sleep(3 * IDLE_MS / 1000)
+        assert counter.read() == first
+        assert counter._connection.info.backend_pid == pid
+    finally:
+        counter._close()
+        engine.dispose()
+    assert not [r.getMessage() for r in caplog.records], "no warning expected"

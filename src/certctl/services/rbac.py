@@ -1000,6 +1000,11 @@ class _PostgresCounter:
         try:
             connection.rollback()  # whatever the checkout's ping began
             connection.autocommit = True
+            # Held for the life of the process and idle whenever no request comes: an
+            # idle_session_timeout set for the role or database would end it at each quiet
+            # spell (a warning, no key caching for a second). PostgreSQL 14 added the setting.
+            if (engine.dialect.server_version_info or (0,)) >= (14,):
+                connection.execute("SET idle_session_timeout = 0")
         except Exception:
             with contextlib.suppress(Exception):
                 connection.close()
