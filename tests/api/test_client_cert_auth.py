@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -25,6 +26,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from certctl.api.app import create_app
 from certctl.api.authentication import ClientCertMapping
+from certctl.server.config import ServerConfig
+from certctl.server.run import warn_unknown_mapped_roles
 from certctl.server.tls import client_certificate_extension
 from certctl.services import issuers
 from certctl.store.models import CertificateRecord, Issuer, Role
@@ -554,3 +557,65 @@ def test_a_mapping_pinned_to_an_issuing_ca_maps_only_certificates_that_ca_signed
     refused = [e for e in api.audit() if e["action"] == "auth.failure"]
     assert refused, "the refusals are audited"
     assert "signed by another CA" in refused[-1]["detail"], refused[-1]
+
+
+def test_a_403_names_a_mapped_role_that_does_not_exist(api: Api) -> None:
+    """A typo in a mapping's roles (``r-opertor``) gave certificates no permissions from it
+    and 403s saying only ``missing permission …``: the 403 now says which of its own mapped
+    roles does not exist; a certificate whose roles all exist gets the plain refusal."""
+    api.create_role("r-mtls", ["cert.read"])
+    mappings = (
+        ClientCertMapping("CN=typo", ("r-mtls", "r-opertor")),
+        ClientCertMapping("CN=fine", ("r-mtls",)),
+    )
+    layer = Presenting(create_app(api.services, client_cert_mappings=mappings))
+    with TestClient(layer, base_url="https://testserver", raise_server_exceptions=False) as client:
+        mtls = Mtls(api, layer, client)
+        typo, fine = _client_cert(api, "typo"), _client_cert(api, "fine")
+        mtls.present(typo["certificate_pem"], "default")
+        assert mtls.permissions() == ["cert.read"]
+        for _ in range(2):  # read from the store, then remembered
+            detail = assert_problem(client.get("/api/v1/issuers"), 403)["detail"]
+            assert detail == (
+                "missing permission issuer.read (role r-opertor of this client certificate's "
+                "mapping does not exist)"
+            )
+        mtls.present(fine["certificate_pem"], "default")
+        detail = assert_problem(client.get("/api/v1/issuers"), 403)["detail"]
+        assert detail == "missing permission issuer.read"
+        # Created later through the API, the role applies from the next request on.
+        api.create_role("r-opertor", ["issuer.read"])
+        mtls.present(typo["certificate_pem"], "default")
+        assert client.get("/api/v1/issuers").status_code == 200
+        detail = assert_problem(client.get("/api/v1/audit"), 403)["detail"]
+        assert detail == "missing permission audit.read"
+
+
+def test_a_mapped_role_that_does_not_exist_is_warned_about_at_start(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    api.create_role("r-mtls-readers", ["cert.read"])
+    config = ServerConfig.model_validate(
+        {
+            "auth": {
+                "client-cert-mappings": [
+                    {"subject": "CN=*,OU=ops", "roles": ["r-opertor", "r-viewer"]},
+                    {"subject": "CN=ci", "roles": ["r-mtls-reader", "zzz"]},
+                    {"subject": "CN=ok", "roles": ["r-mtls-readers"]},
+                ]
+            }
+        }
+    )
+    with caplog.at_level(logging.WARNING, logger="certctl.server"):
+        warn_unknown_mapped_roles(config, api.services)
+    assert [r.getMessage() for r in caplog.records] == [
+        "auth.client-cert-mappings.0 (subject 'CN=*,OU=ops') names role r-opertor, which does "
+        "not exist (did you mean r-operator?): certificates it maps get no permissions from "
+        "it until a role of that name is created",
+        "auth.client-cert-mappings.1 (subject 'CN=ci') names role r-mtls-reader, which does "
+        "not exist (did you mean r-mtls-readers or r-metrics-read?): certificates it maps get "
+        "no permissions from it until a role of that name is created",
+        "auth.client-cert-mappings.1 (subject 'CN=ci') names role zzz, which does not exist "
+        "(roles: r-admin, r-auditor, r-metrics-read, r-mtls-readers, r-operator, r-viewer): "
+        "certificates it maps get no permissions from it until a role of that name is created",
+    ]

@@ -259,11 +259,12 @@ def audit_failure(services: Services, row: tuple[datetime, str, str, str, str]) 
 
 def _client_cert_answer(
     services: Services, tls: dict[str, Any], roles: tuple[str, ...]
-) -> frozenset[str] | tuple[str, str]:
+) -> tuple[frozenset[str] | tuple[str, str], tuple[str, ...]]:
     """What the verified client certificate may do: at most its mapped ``roles``' permissions.
 
-    Returns (reason, message) when it may not authenticate at all. Blocking (the store):
-    called when :func:`_cached_client_cert` cannot answer, in a worker thread. Its reads
+    Returns (reason, message) when it may not authenticate at all; with either, those of
+    ``roles`` that are no role (its 403s name them). Blocking (the store): called when
+    :func:`_cached_client_cert` cannot answer, in a worker thread. Its reads
     (the roles, the revoked issuers, the certificate, its requesters' roles) share one pooled
     connection: each took one of its own (on PostgreSQL a ping, BEGIN and ROLLBACK each).
 
@@ -287,8 +288,14 @@ def _client_cert_answer(
 
 def _client_cert_answer_on(
     services: Services, connection: Connection, tls: dict[str, Any], roles: tuple[str, ...]
+) -> tuple[frozenset[str] | tuple[str, str], tuple[str, ...]]:
+    permissions, missing = rbac.roles_and_missing(connection, list(roles))
+    return _client_cert_permissions(services, connection, tls, permissions), missing
+
+
+def _client_cert_permissions(
+    services: Services, connection: Connection, tls: dict[str, Any], permissions: frozenset[str]
 ) -> frozenset[str] | tuple[str, str]:
-    permissions = rbac.permissions_of(services, list(roles), connection)
     cas, der = tls.get("certctl.client_cert_cas"), tls.get("certctl.client_cert_der")
     if isinstance(cas, tuple) and cas:
         try:
@@ -341,10 +348,12 @@ def _client_cert_from_store(
     """Read the store for the certificate's answer and remember it (blocking)."""
     services = auth.services
     version = rbac.credential_generation(services)  # before what it vouches for is read
-    answer = _client_cert_answer(services, tls, roles)
+    answer, missing = _client_cert_answer(services, tls, roles)
     principal = None
     if not isinstance(answer, tuple):
-        principal = Principal(f"cert:{subject}", roles, answer, "client_certificate", source)
+        principal = Principal(
+            f"cert:{subject}", roles, answer, "client_certificate", source, missing
+        )
     entry = _CachedCertificate(version or 0, roles, answer, principal)
     if version is not None:
         cache = auth.client_certs

@@ -18,7 +18,7 @@ from certctl.api.authentication import (
     authenticate_from_store,
     authenticate_kubernetes,
 )
-from certctl.errors import InvalidRequest, PermissionDenied
+from certctl.errors import InvalidRequest
 from certctl.services.context import Principal
 
 __all__ = ["ApiRouter", "route_endpoint"]
@@ -49,7 +49,7 @@ def route_endpoint(route: ApiRoute, auth: AuthSettings) -> Callable[[Request], A
                     principal = await authenticate_from_store(request, auth)
             scope["certctl.actor"] = principal.actor_id
             if route.permission != AUTHENTICATED and route.permission not in principal.permissions:
-                raise PermissionDenied(f"missing permission {route.permission}")
+                raise principal.denied(route.permission)
         if query and allowed_query:
             # A misspelt filter (?stauts=revoked) must not silently return everything. Routes
             # without filters ignore a query: probes and scrapers add their own (?_=1,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import logging
 import math
 import os
@@ -49,8 +50,8 @@ from certctl.server.tls import (
     self_signed_names,
     serve_names_of,
 )
-from certctl.services import issuers
-from certctl.services.context import IssuerRevocation
+from certctl.services import issuers, rbac
+from certctl.services.context import IssuerRevocation, Services
 from certctl.services.service_ca import ca_renewal_time
 from certctl.store.db import checkpoint, installation_id
 
@@ -120,6 +121,44 @@ def _warn_reversed_mappings(config: ServerConfig) -> None:
                 "prints names; certctl compares RFC 4514 order, most specific first (CN=…,O=…), "
                 "so it matches only certificates encoded in the reverse order",
                 mapping.subject,
+            )
+
+
+# Most existing roles a warning lists when none is close to the unknown name.
+_ROLES_LISTED = 30
+
+
+def warn_unknown_mapped_roles(config: ServerConfig, services: Services) -> None:
+    """Warn of each ``auth.client-cert-mappings`` role that is no role, with close names.
+
+    Not refused: a custom role may be created through the API after the start, and applies
+    from the next request on. Unwarned, a typo (``r-opertor``) silently gave the mapped
+    certificates nothing from that role, and the user saw 403s only.
+    """
+    mappings = config.auth.client_cert_mappings
+    if not mappings:
+        return
+    existing = rbac.role_ids(services)
+    known = set(existing)
+    for index, mapping in enumerate(mappings):
+        for role in dict.fromkeys(mapping.roles):
+            if role in known:
+                continue
+            close = difflib.get_close_matches(role, existing, n=3, cutoff=0.6)
+            if close:
+                hint = f"did you mean {' or '.join(close)}?"
+            else:
+                more = len(existing) - _ROLES_LISTED
+                hint = "roles: " + ", ".join(existing[:_ROLES_LISTED])
+                hint += f" and {more} more" if more > 0 else ""
+            log.warning(
+                "auth.client-cert-mappings.%d (subject %r) names role %s, which does not exist "
+                "(%s): certificates it maps get no permissions from it until a role of that "
+                "name is created",
+                index,
+                mapping.subject[:200],
+                role[:100],
+                hint,
             )
 
 
@@ -332,6 +371,7 @@ def serve(config: ServerConfig) -> None:
     # An address in use fails here, before the first start creates the CA and the admin key.
     sockets = bind_listeners(config, config.workers)
     boot = bootstrap(config)
+    warn_unknown_mapped_roles(config, boot.services)  # after bootstrap: the roles are stored
     tls_dir = config.data_dir / "tls"
     prepared = _Prepared(
         config,

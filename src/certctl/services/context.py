@@ -42,11 +42,29 @@ class Principal:
     permissions: frozenset[str]
     auth_method: str
     source: str = ""
+    # Roles of ``roles`` that are no role (a client certificate mapping's typo): its 403s
+    # say so, or the caller saw only "missing permission" and no reason why.
+    missing_roles: tuple[str, ...] = ()
 
     def require(self, permission: str) -> None:
         """Raise PermissionDenied unless the caller holds ``permission``."""
         if permission not in self.permissions:
-            raise PermissionDenied(f"missing permission {permission}")
+            raise self.denied(permission)
+
+    def denied(self, permission: str) -> PermissionDenied:
+        """The refusal of ``permission``, naming the caller's own roles that do not exist.
+
+        Only the caller's own roles (``whoami`` lists them): nothing of other roles.
+        """
+        detail = f"missing permission {permission}"
+        missing = self.missing_roles
+        if missing:
+            names = ", ".join(missing)
+            if len(missing) == 1:
+                detail += f" (role {names} of this client certificate's mapping does not exist)"
+            else:
+                detail += f" (roles {names} of this client certificate's mappings do not exist)"
+        return PermissionDenied(detail)
 
 
 @dataclass(frozen=True)

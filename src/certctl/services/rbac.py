@@ -53,6 +53,8 @@ __all__ = [
     "mint_api_key",
     "permissions_of",
     "revoke_api_key",
+    "role_ids",
+    "roles_and_missing",
     "update_actor",
     "update_role",
 ]
@@ -201,6 +203,9 @@ _ROLES = Role.__table__.c
 _PERMISSIONS_OF = select(_ROLES.permissions).where(
     _ROLES.id.in_(bindparam("role_ids", expanding=True))
 )
+_ROLES_AND_PERMISSIONS = select(_ROLES.id, _ROLES.permissions).where(
+    _ROLES.id.in_(bindparam("role_ids", expanding=True))
+)
 _KEYS = ApiKey.__table__.c
 _ACTORS = Actor.__table__.c
 _KEY_AND_ACTOR = (
@@ -225,6 +230,28 @@ _TOUCH_KEY = (
     )
     .values(last_used_at=bindparam("now"))
 )
+
+
+def roles_and_missing(
+    connection: Connection, role_ids: list[str]
+) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The union of the roles' permissions, and the names of ``role_ids`` that are no role.
+
+    A client certificate mapping may name a role that does not exist (yet, or a typo): its
+    403s name it (``Principal.missing_roles``). One read, as ``permissions_of``.
+    """
+    if not role_ids:
+        return frozenset(), ()
+    rows = connection.execute(_ROLES_AND_PERMISSIONS, {"role_ids": list(role_ids)}).all()
+    found = {role_id for role_id, _ in rows}
+    missing = tuple(sorted(set(role_ids) - found))
+    return frozenset(p for _, permissions in rows for p in permissions), missing
+
+
+def role_ids(services: Services) -> list[str]:
+    """Every role's id, sorted."""
+    with services.engine.connect() as connection:
+        return sorted(connection.scalars(select(_ROLES.id)))
 
 
 def _role_union(connection: Connection, role_ids: list[str]) -> frozenset[str]:
