@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -44,6 +44,9 @@ from certctl.services.issuers import (
 from certctl.services.revocation import parsed_ca
 from certctl.store.groupcommit import Insert, write_rows
 from certctl.store.models import AuditEvent, CertificateRecord, Issuer
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
 
 __all__ = [
     "AUDIT_EVENTS",
@@ -170,6 +173,20 @@ def new_rows(
     return record, ((CERTIFICATES, row), (AUDIT_EVENTS, audit_row))
 
 
+# certctl_issuance_total's series, by (issuer, result): labels() takes a lock and builds
+# tuples on each call (~1.4 µs, against ~0.5 µs for a cached child). Bounded by the issuers.
+_ISSUANCE_SERIES: dict[tuple[str, str], Counter] = {}
+
+
+def _issuance_counter(issuer_id: str, result: str) -> Counter:
+    key = (issuer_id, result)
+    series = _ISSUANCE_SERIES.get(key)
+    if series is None:
+        # Two threads may both get here: labels() hands both the same child.
+        series = _ISSUANCE_SERIES[key] = ISSUANCE.labels(issuer_id, result)
+    return series
+
+
 @dataclass(frozen=True)
 class PendingIssue:
     """A signed certificate whose rows are not written yet (``issue_*`` write them at once).
@@ -188,7 +205,7 @@ class PendingIssue:
 
     def finish(self) -> IssueResult:
         """Count the issuance (after the commit) and build the result."""
-        ISSUANCE.labels(self.issuer_id, "success").inc()
+        _issuance_counter(self.issuer_id, "success").inc()
         ISSUANCE_DURATION.observe(time.perf_counter() - self.started)
         return IssueResult(self.record, self.chain_pem, self.private_key_pem, self.warnings)
 
@@ -236,7 +253,7 @@ def prepare_from_csr(
             ca_issuers_urls=services.ca_issuers_urls(issuer_id),
         )
     except (InvalidRequest, Conflict):
-        ISSUANCE.labels(issuer_id, "error").inc()
+        _issuance_counter(issuer_id, "error").inc()
         raise
     check_server_names(services, caller, ca, prof, issued)  # the CSR's key is the caller's
     record, rows = new_rows(services, caller, issuer_id, issued, prof.name, None)
@@ -449,7 +466,7 @@ def prepare_with_key(
         )
     except (InvalidRequest, Conflict):
         # Counted as prepare_from_csr counts it: the issuer refused to sign (e.g. expired).
-        ISSUANCE.labels(issuer_id, "error").inc()
+        _issuance_counter(issuer_id, "error").inc()
         raise
     check_server_names(services, caller, ca, prof, issued)
     key_pem = key_to_pem(key)
