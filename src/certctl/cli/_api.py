@@ -359,12 +359,12 @@ def _failure(response: Any, endpoint: str, key_set: bool) -> str:
         # Not a certctl problem report (a proxy, another service): a page of HTML is no help.
         message = f"HTTP {code} {response.reason_phrase} from {endpoint} ({_content_type(response)}"
         if _content_type(response) == "content-type text/plain" and response.text.strip():
-            message += f": {response.text[:200]}"
+            message += f": {response.text[:200].strip()}"
         message += ")"
-    retry_after = str(response.headers.get("retry-after", "")).strip()
-    if code in (429, 503) and retry_after.isdigit():
-        # How long to wait is only in the header (RFC 9110 delay-seconds).
-        message += f" (Retry-After: {int(retry_after)} s)"
+    delay_s = _retry_after_s(response) if code in (429, 503) else None
+    if delay_s is not None:
+        # How long to wait is only in the header.
+        message += f" (Retry-After: {delay_s} s)"
     base = urlsplit(_server_url())
     if code == 404 and detail == "Not Found" and base.path:
         # The server's answer for a route it does not have (an unknown id names the id): the
@@ -376,6 +376,38 @@ def _failure(response: Any, endpoint: str, key_set: bool) -> str:
     if code == 401 and not key_set:
         message += " (set CERTCTL_API_KEY to an API key, e.g. $(cat certctl-data/admin-api-key))"
     return message
+
+
+def _retry_after_s(response: Any) -> int | None:
+    """The seconds ``Retry-After`` asks to wait (RFC 9110 10.2.3), None if absent or unreadable.
+
+    Either delay-seconds (certctl sends those) or an HTTP-date (proxies and load balancers
+    do): counted from the answer's own Date when it has one, so a client clock that is off
+    does not change the delay, else from this machine's clock.
+    """
+    import math
+    import time
+
+    value = str(response.headers.get("retry-after", "")).strip()
+    if value.isdigit():
+        return int(value)
+    at = _http_date(value)
+    if at is None:
+        return None
+    now = _http_date(str(response.headers.get("date", "")))
+    return max(0, math.ceil(at - (time.time() if now is None else now)))
+
+
+def _http_date(value: str) -> float | None:
+    """An HTTP-date as a POSIX timestamp (GMT when no zone is given); None if it is none."""
+    from datetime import UTC
+    from email.utils import parsedate_to_datetime
+
+    try:
+        at = parsedate_to_datetime(value)
+        return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def send_request(

@@ -7,6 +7,7 @@ and that no secret (API key, URL password or token) shows anywhere in the output
 
 from __future__ import annotations
 
+import email.utils
 import http.server
 import io
 import json
@@ -664,6 +665,52 @@ def test_html_error_page(listener: Listener) -> None:
         certctl("certs", "get", "abc", env={"CERTCTL_URL": listener.url}),
         f"HTTP 404 Not Found from {listener.url}/api/v1/certificates/abc (content-type text/html)",
     )
+
+
+def test_conflicts_and_busy_answers_are_one_line_with_the_delay_to_wait(
+    listener: Listener,
+) -> None:
+    """A 409 is its problem detail; a 429 or 503 says how long Retry-After asks to wait.
+
+    Before, a Retry-After given as an HTTP-date (RFC 9110 10.2.3 allows it; proxies send it)
+    was dropped, and a text/plain body's trailing newline left "slow down )".
+    """
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": KEY}
+    conflict = (
+        "actor bot already has a live API key named 'ci' (k1): give the new key another "
+        "name (e.g. ci-2), and revoke the old one by its id once the new one is in use"
+    )
+    listener.answers["/api/v1/auth/apikeys"] = Answer(409, body=_problem(409, conflict))
+    proc = certctl("auth", "apikeys", "create", "bot", "--name", "ci", env=env)
+    assert_error(proc, f"HTTP 409: {conflict}", [KEY])
+
+    busy = Answer(503, body=_problem(503, "storage is busy"))
+
+    def two_minutes_from_now() -> None:
+        # Counted from the answer's Date, not the client's clock (which may be off).
+        busy.headers["Retry-After"] = email.utils.formatdate(time.time() + 120, usegmt=True)
+
+    busy.side_effect = two_minutes_from_now
+    listener.answers["/api/v1/services/q"] = busy
+    proc = certctl("services", "get", "q", env=env)
+    assert proc.stderr in {
+        f"certctl: error: HTTP 503: storage is busy (Retry-After: {s} s)\n" for s in (119, 120)
+    }, proc.stderr
+    assert (proc.returncode, proc.stdout) == (1, "")
+
+    listener.answers["/api/v1/services/q"] = Answer(
+        429, "text/plain", b"slow down\n", headers={"Retry-After": "30"}
+    )
+    assert_error(
+        certctl("services", "get", "q", env=env),
+        f"HTTP 429 Too Many Requests from {listener.url}/api/v1/services/q (content-type "
+        "text/plain: slow down) (Retry-After: 30 s)",
+    )
+
+
+def _problem(status: int, detail: str) -> bytes:
+    body = {"type": "about:blank", "title": "x", "status": status, "detail": detail}
+    return json.dumps(body).encode()
 
 
 # --- 5. CERTCTL_CA_CERT ------------------------------------------------------------------
