@@ -198,13 +198,10 @@ def _check_out(out: Path | None, *, key: bool, force: bool) -> None:
 
 def _issuer_root_pem(issuer: str) -> str:
     """The issuer's root, for ca.crt (fetched before issuing: see ``_root_pem``)."""
+    path = f"/api/v1/issuers/{path_segment(issuer)}/ca.pem"
     return _root_pem(
-        send_request(
-            "GET",
-            f"/api/v1/issuers/{path_segment(issuer)}/ca.pem",
-            params={"chain": "true"},
-            accept="application/x-pem-file",
-        )
+        send_request("GET", path, params={"chain": "true"}, accept="application/x-pem-file"),
+        path,
     )
 
 
@@ -232,7 +229,7 @@ def _save_issued(data: Any, out: Path, ca_pem: str, *, force: bool, path: str) -
     return {k: v for k, v in data.items() if not k.endswith("_pem")} | {"out": str(out)}
 
 
-def _root_pem(chain_pem: Any) -> str:
+def _root_pem(chain_pem: Any, path: str) -> str:
     """The last certificate of an issuer's ``ca.pem?chain=true``: the root clients trust.
 
     ca.crt is the trust anchor, as ``cert issue`` and the managed services write it; the
@@ -248,7 +245,7 @@ def _root_pem(chain_pem: Any) -> str:
     except ValueError:
         certs = []
     if not certs:
-        raise unexpected_response("/api/v1/issuers/{id}/ca.pem", "no PEM certificate")
+        raise unexpected_response(path, "no PEM certificate")
     return certs_to_pem(certs[-1:]).decode()
 
 

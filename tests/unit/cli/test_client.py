@@ -1072,6 +1072,17 @@ def test_issue_whose_ca_certificate_cannot_be_fetched_issues_nothing(
     )
     assert [seen.method for seen in listener.seen] == ["GET"]
     assert not (tmp_path / "web-1").exists()
+    # A 200 that is no PEM (another service at CERTCTL_URL): the line names the issuer's
+    # path, not the route's template (before: /api/v1/issuers/{id}/ca.pem).
+    listener.answers["/api/v1/issuers/default/ca.pem"] = Answer(200, "text/plain", b"hello\n")
+    proc = certctl("certs", "issue", "--cn", "web-1", "--out", "web-1", env=env, cwd=tmp_path)
+    assert_error(
+        proc,
+        f"unexpected response from {listener.url}/api/v1/issuers/default/ca.pem: "
+        "no PEM certificate",
+    )
+    assert [seen.method for seen in listener.seen] == ["GET", "GET"]
+    assert not (tmp_path / "web-1").exists()
 
 
 def test_apikey_create_into_an_existing_file_is_refused_before_minting(
