@@ -60,9 +60,11 @@ DEFAULT_URL = "https://127.0.0.1:8443"
 # Shown in the help of every command group that talks to a server (and of `certctl` itself).
 ENV_HELP = (
     f"Talks to the server at CERTCTL_URL (default {DEFAULT_URL}) with the API key in "
-    "CERTCTL_API_KEY, trusting the CA file in CERTCTL_CA_CERT (e.g. certctl-data/tls/ca.crt). "
+    "CERTCTL_API_KEY, trusting the CA file in CERTCTL_CA_CERT (e.g. certctl-data/tls/ca.crt; "
+    "unset: the system's trust store). "
     "http:// is refused beyond loopback unless CERTCTL_ALLOW_INSECURE=1. A client certificate "
-    "(tls.client-auth on the server) comes from CERTCTL_CLIENT_CERT and CERTCTL_CLIENT_KEY. "
+    "(tls.client-auth on the server) comes from CERTCTL_CLIENT_CERT and CERTCTL_CLIENT_KEY "
+    "(PEM files). "
     "CERTCTL_TIMEOUT: seconds per connect, read or write (default 30)."
 )
 # Per network operation (connect, each read or write), not for the whole command.

@@ -68,11 +68,11 @@ app = typer.Typer(
     help="Self-hosted certificate authority and TLS control plane.\n\n"
     "Offline PKI: create CAs, issue server and client certificates, CSRs, PKCS#12 "
     "keystores and certutil-style HTTP bundles.\n\n"
-    "Server: serve runs one; auth, certs, issuers, services and apply are its clients. They read "
-    f"CERTCTL_URL (default {_api.DEFAULT_URL}), CERTCTL_API_KEY (the API key) and "
-    "CERTCTL_CA_CERT (the CA file that signed the server's certificate, e.g. "
-    "certctl-data/tls/ca.crt); with tls.client-auth on the server, they present "
-    "CERTCTL_CLIENT_CERT and CERTCTL_CLIENT_KEY (PEM files).",
+    "Server: serve runs one; auth, certs, issuers, services and apply are its clients. Each "
+    # The client groups' own text: before, this one named neither CERTCTL_TIMEOUT nor when
+    # http:// is refused.
+    + _api.ENV_HELP[0].lower()
+    + _api.ENV_HELP[1:],
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -29,42 +29,59 @@ def serve_command(
         "--config",
         "-c",
         envvar="CERTCTL_CONFIG",
-        help="YAML config file (every key: docs/configuration.md).",
+        show_envvar=False,  # named in the text, as the other options name theirs
+        help="YAML config file; every key: docs/configuration.md (default: none, every key "
+        "at its default; env CERTCTL_CONFIG).",
     ),
     data_dir: Path = typer.Option(
         None, "--data-dir", help="Data directory (default: ./certctl-data; env CERTCTL_DATA_DIR)."
     ),
     listen: str = typer.Option(
-        None, "--listen", help="HOST:PORT (default: 127.0.0.1:8443; env CERTCTL_LISTEN)."
+        None,
+        "--listen",
+        help="HOST:PORT, IPv6 in brackets ([::]:8443) (default: 127.0.0.1:8443; env "
+        "CERTCTL_LISTEN).",
     ),
     database_url: str = typer.Option(
         None,
         "--database-url",
-        help="postgresql+psycopg://… for several replicas. With a password, prefer "
-        "CERTCTL_DATABASE_URL: a flag is visible to every user in ps.",
+        help="SQLAlchemy URL (default: SQLite, <data-dir>/certctl.db; env "
+        "CERTCTL_DATABASE_URL); postgresql+psycopg://… for several replicas. With a password, "
+        "prefer the variable: a flag is visible to every user in ps.",
     ),
     tls_mode: str = typer.Option(
-        None, "--tls-mode", help="self-signed (default), custom or disabled (env CERTCTL_TLS_MODE)."
+        None,
+        "--tls-mode",
+        help="self-signed (default: certctl's own certificate under its CA), custom (from "
+        "--tls-cert-dir) or disabled (plain HTTP) (env CERTCTL_TLS_MODE).",
     ),
     tls_cert_dir: Path = typer.Option(
         None,
         "--tls-cert-dir",
-        help="Directory with tls.crt, tls.key (custom mode; env CERTCTL_TLS_CERT_DIR).",
+        help="Directory with tls.crt, tls.key and optionally ca.crt, for --tls-mode custom "
+        "(default: none; env CERTCTL_TLS_CERT_DIR).",
     ),
     allow_insecure: bool = typer.Option(
-        False, "--allow-insecure", help="Allow plain HTTP beyond loopback."
+        False,
+        "--allow-insecure",
+        help="Allow plain HTTP (--tls-mode disabled, metrics.secure: false) on an address "
+        "beyond loopback, refused by default (config key allow-insecure; no environment "
+        "variable).",
+        show_default=False,
     ),
     workers: int = typer.Option(
         None,
         "--workers",
-        help="Server processes (default 1; env CERTCTL_WORKERS); use one per core to scale.",
+        help="Server processes, 1 to 64 (default 1; env CERTCTL_WORKERS); use one per core "
+        "to scale.",
     ),
     public_url: str = typer.Option(
         None,
         "--public-url",
         metavar="URL",
         help="Base URL clients reach this server at: issued leaves then name "
-        "<URL>/api/v1/issuers/<id>/crl and …/ca.der (env CERTCTL_PUBLIC_URL).",
+        "<URL>/api/v1/issuers/<id>/crl and …/ca.der (default: none, no such URLs; env "
+        "CERTCTL_PUBLIC_URL).",
     ),
 ) -> None:
     """Run the control-plane server (HTTPS with a self-signed certificate by default).

@@ -741,10 +741,12 @@ def test_help_names_the_environment(argv: list[str]) -> None:
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stdout.split())  # help is wrapped at 80 columns
     words = ("CERTCTL_URL", "CERTCTL_API_KEY", "CERTCTL_CA_CERT", DEFAULT_URL)
-    for word in (*words, "CERTCTL_CLIENT_CERT", "CERTCTL_CLIENT_KEY"):
+    for word in (*words, "CERTCTL_CLIENT_CERT", "CERTCTL_CLIENT_KEY", "CERTCTL_TIMEOUT"):
         assert word in text, (word, proc.stdout)
-    if argv:  # every client command, apply included, says when http:// is refused
-        assert "http:// is refused beyond loopback unless CERTCTL_ALLOW_INSECURE=1" in text
+    # Every client command, apply included, and `certctl --help` (before, it named neither
+    # this nor CERTCTL_TIMEOUT) say when http:// is refused.
+    assert "http:// is refused beyond loopback unless CERTCTL_ALLOW_INSECURE=1" in text
+    assert "unset: the system's trust store" in text
 
 
 def test_issue_help_says_where_the_key_goes() -> None:

@@ -33,3 +33,19 @@ def test_no_option_states_its_default_twice() -> None:
         if "[default:" in text and re.search(r"\bdefault\b", text.split("[default:")[0], re.I)
     ]
     assert twice == []
+
+
+def test_every_serve_option_names_its_default_and_its_environment_variable() -> None:
+    # A new user reads `certctl serve --help` alone: --database-url did not say that SQLite in
+    # the data dir is the default, --allow-insecure neither what it allows nor its default,
+    # --public-url what happens without it, --config its variable in another form.
+    shown = _option_help(typer.main.get_command(app), ["certctl"])
+    serve = [(o, t) for o, t in shown if o.startswith("certctl serve ") and "--help" not in o]
+    assert len(serve) == 9, serve
+    lacking = [
+        f"{option}: {text}"
+        for option, text in serve
+        if not re.search(r"\bdefault\b", text, re.I)
+        or not re.search(r"\bCERTCTL_[A-Z_]+\b|\bno environment variable\b", text)
+    ]
+    assert lacking == []
