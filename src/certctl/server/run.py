@@ -200,12 +200,68 @@ def _issuers_in(certificates: list[x509.Certificate]) -> list[x509.Certificate]:
     return list(found.values())
 
 
+def _hierarchies(certificates: list[x509.Certificate]) -> int:
+    """How many separate hierarchies the issuers in ``certificates`` form.
+
+    A root and the intermediates it signed (a chain bundle) are one: the root alone already
+    accepts every certificate such an intermediate signs, the client sending it in its chain,
+    so the intermediate in the file lets no one else mint a subject. An intermediate signed
+    by two roots (cross-signed) joins nothing: each root still counts.
+    """
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    def identity(c: x509.Certificate) -> tuple[bytes, bytes]:
+        spki = c.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        return c.subject.public_bytes(), spki
+
+    # Every certificate that may issue, a renewed CA's older one too: any of them may be
+    # the one a parent in the file signed.
+    issuing = [c for c in certificates if _may_issue(c)]
+    by_subject: dict[bytes, list[x509.Certificate]] = {}
+    for c in issuing:
+        by_subject.setdefault(c.subject.public_bytes(), []).append(c)
+    Identity = tuple[bytes, bytes]
+    parents: dict[Identity, set[Identity]] = {identity(c): set() for c in issuing}
+    for c in issuing:
+        own = identity(c)
+        for parent in by_subject.get(c.issuer.public_bytes(), []):
+            if identity(parent) == own:
+                continue  # self-signed, or its own renewal
+            try:
+                c.verify_directly_issued_by(parent)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            parents[own].add(identity(parent))
+
+    def above(start: Identity) -> set[Identity]:
+        seen: set[Identity] = set()
+        todo = list(parents[start])
+        while todo:
+            node = todo.pop()
+            if node not in seen:
+                seen.add(node)
+                todo.extend(parents[node])
+        return seen
+
+    ancestors = {node: above(node) for node in parents}
+    # A hierarchy's top: every issuer above it is also below it (itself, or CAs that signed
+    # one another: they vouch for one another). Each group of such tops is one hierarchy.
+    tops = {
+        frozenset({node} | ancestors[node])
+        for node in parents
+        if all(node in ancestors[up] for up in ancestors[node])
+    }
+    return len(tops)
+
+
 def refuse_unpinned_mappings(config: ServerConfig, certificates: list[x509.Certificate]) -> None:
     """Refuse a mapping without ``issuer-fingerprint`` when ``tls.client-ca`` has several CAs.
 
     Such a mapping matches the subject alone: every CA the handshake trusts could mint that
-    subject and get its roles. With one CA (the usual case) that CA is the only one that can,
-    and no pin is needed. Checked at start and at each reload of ``tls.client-ca``, so a CA
+    subject and get its roles. With one CA (the usual case), or a root and intermediates it
+    signed, that CA (the root) and those it chose are the only ones that can, and no pin is
+    needed. Checked at start and at each reload of ``tls.client-ca``, so a CA
     added to the file later cannot widen the mapping either.
 
     Raises:
@@ -214,7 +270,7 @@ def refuse_unpinned_mappings(config: ServerConfig, certificates: list[x509.Certi
     from cryptography.hazmat.primitives.hashes import SHA256
 
     issuers = _issuers_in(certificates)
-    if len(issuers) < 2:
+    if _hierarchies(certificates) < 2:
         return
     for index, mapping in enumerate(config.auth.client_cert_mappings):
         if mapping.issuer_fingerprint is None:

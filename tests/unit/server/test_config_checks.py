@@ -825,6 +825,84 @@ def test_a_mapping_without_issuer_fingerprint_needs_a_client_ca_of_one_ca(
     assert [m.issuer for m in pinned] == [a, a, b]
 
 
+def test_a_root_and_the_intermediates_it_signed_are_one_ca_for_an_unpinned_mapping(
+    tmp_path: Path,
+) -> None:
+    """A chain bundle (root + intermediate) in tls.client-ca was refused as "2 CAs" for a
+    mapping without issuer-fingerprint. The root alone accepts everything that intermediate
+    signs (clients send it in their chain), so the bundle lets no one else mint the mapped
+    subject: one CA, as the root alone. A second root is still a second CA."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from certctl.pki import PROFILES, CertificateAuthority, generate_private_key, parse_dn
+    from certctl.server.run import client_cert_mappings, refuse_unpinned_mappings
+
+    now = datetime.now(UTC)
+    root, other = _root("CN=Root CA"), _root("CN=Other Root CA")
+
+    def sub(parent: Any, cn: str, profile: str = "intermediate") -> Any:
+        key = generate_private_key()
+        issued = parent.issue(
+            key.public_key(),
+            parse_dn(cn),
+            profile=PROFILES[profile],
+            validity=timedelta(days=200),
+            now=now,
+        )
+        return CertificateAuthority(issued.certificate, key)
+
+    issuing = sub(root, "CN=Issuing CA", "ca")  # a path below it: it signs another CA
+    team = sub(issuing, "CN=Team CA")
+    bundle = tmp_path / "client-ca.pem"
+    doc = {
+        "tls": {"client-auth": "optional", "client-ca": str(bundle)},
+        "auth": {"client-cert-mappings": [{"subject": "CN=x", "roles": ["r-viewer"]}]},
+    }
+    (tmp_path / "certctl.yaml").write_text(yaml.safe_dump(doc))
+    config = load_config(tmp_path / "certctl.yaml", {})
+
+    def load(*cas: Any) -> Any:
+        bundle.write_bytes(b"".join(c.certificate.public_bytes(Encoding.PEM) for c in cas))
+        return client_cert_mappings(config)
+
+    # In any order: the chain under one root is one CA.
+    assert [m.issuer for m in load(root, issuing)] == [None]
+    assert [m.issuer for m in load(team, issuing, root)] == [None]
+    # Another root beside it (or an intermediate of another root) is a second CA.
+    with pytest.raises(InvalidRequest, match="holds 3 CAs that could each issue"):
+        load(root, issuing, other)
+    with pytest.raises(InvalidRequest, match="holds 3 CAs that could each issue"):
+        load(root, issuing, sub(other, "CN=Partner CA"))
+    # An intermediate of one root cross-signed by another joins two roots: still two.
+    cross = other.issue(
+        team.certificate.public_key(),
+        team.certificate.subject,
+        profile=PROFILES["intermediate"],
+        validity=timedelta(days=100),
+        now=now,
+    ).certificate
+    with pytest.raises(InvalidRequest, match="could each issue"):
+        refuse_unpinned_mappings(
+            config, [root.certificate, team.certificate, cross, other.certificate]
+        )
+    # Two roots that cross-signed each other vouch for each other: one. A third beside them
+    # is a second.
+    a_by_other, other_by_a = (
+        signer.issue(
+            ca.certificate.public_key(),
+            ca.certificate.subject,
+            profile=PROFILES["ca"],
+            validity=timedelta(days=100),
+            now=now,
+        ).certificate
+        for signer, ca in ((other, root), (root, other))
+    )
+    pair = [root.certificate, other.certificate, a_by_other, other_by_a]
+    refuse_unpinned_mappings(config, pair)
+    with pytest.raises(InvalidRequest, match="holds 3 CAs that could each issue"):
+        refuse_unpinned_mappings(config, [*pair, _root("CN=Third Root CA").certificate])
+
+
 @pytest.mark.parametrize(
     "listen",
     ["127.0.0.1:0", "127.0.0.2:0", "127.8.9.10:0", "[::1]:0", "[0:0:0:0:0:0:0:1]:0", "LOCALHOST:0"],
