@@ -8,10 +8,11 @@ import difflib
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -255,7 +256,11 @@ def _hierarchies(certificates: list[x509.Certificate]) -> int:
     return len(tops)
 
 
-def refuse_unpinned_mappings(config: ServerConfig, certificates: list[x509.Certificate]) -> None:
+def refuse_unpinned_mappings(
+    config: ServerConfig,
+    certificates: list[x509.Certificate],
+    unreadable: Sequence[bytes] = (),
+) -> None:
     """Refuse a mapping without ``issuer-fingerprint`` when ``tls.client-ca`` has several CAs.
 
     Such a mapping matches the subject alone: every CA the handshake trusts could mint that
@@ -264,28 +269,78 @@ def refuse_unpinned_mappings(config: ServerConfig, certificates: list[x509.Certi
     needed. Checked at start and at each reload of ``tls.client-ca``, so a CA
     added to the file later cannot widen the mapping either.
 
+    ``unreadable``: the DER of certificates OpenSSL reads and ``cryptography`` cannot (an
+    old CA encoding a default value, which DER forbids): each counted as a CA of its own.
+
     Raises:
         InvalidRequest: the first such mapping, the CAs and what to do, in one line.
     """
+    import hashlib
+
     from cryptography.hazmat.primitives.hashes import SHA256
 
-    issuers = _issuers_in(certificates)
-    if _hierarchies(certificates) < 2:
+    unread = sorted({hashlib.sha256(der).hexdigest() for der in unreadable})
+    if _hierarchies(certificates) + len(unread) < 2:
         return
+    named_each = [
+        f"{c.subject.rfc4514_string()[:100]} {c.fingerprint(SHA256()).hex()}"
+        for c in _issuers_in(certificates)
+    ] + [f"a certificate certctl cannot parse {fingerprint}" for fingerprint in unread]
     for index, mapping in enumerate(config.auth.client_cert_mappings):
         if mapping.issuer_fingerprint is None:
-            named = "; ".join(
-                f"{c.subject.rfc4514_string()[:100]} {c.fingerprint(SHA256()).hex()}"
-                for c in issuers[:4]
-            )
-            if len(issuers) > 4:
-                named += f"; {len(issuers) - 4} more"
+            named = "; ".join(named_each[:4])
+            if len(named_each) > 4:
+                named += f"; {len(named_each) - 4} more"
             raise InvalidRequest(
                 f"auth.client-cert-mappings.{index} (subject {mapping.subject[:200]!r}) has no "
                 f"issuer-fingerprint, and tls.client-ca {config.tls.client_ca} holds "
-                f"{len(issuers)} CAs that could each issue that subject ({named}): pin the "
+                f"{len(named_each)} CAs that could each issue that subject ({named}): pin the "
                 "mapping to the CA that issues it (for several, one mapping per CA)"
             )
+
+
+def read_certificates(pem: bytes) -> tuple[list[x509.Certificate], list[bytes]]:
+    """The certificates of a PEM file, and the DER of those ``cryptography`` cannot parse.
+
+    One at a time: OpenSSL, which verifies the handshakes, reads certificates that
+    ``cryptography`` refuses (a real CA encoding a default value, which DER forbids), and
+    one such CA in ``tls.client-ca`` must not refuse the file.
+    """
+    import base64
+    import binascii
+
+    found: list[x509.Certificate] = []
+    unreadable: list[bytes] = []
+    for block in _PEM_CERTIFICATE.finditer(pem):
+        try:
+            der = base64.b64decode(block.group(1))
+        except (binascii.Error, ValueError):
+            continue  # no certificate: OpenSSL skips it too (or refuses the file first)
+        try:
+            found.append(x509.load_der_x509_certificate(der))
+        except ValueError:
+            unreadable.append(der)
+    return found, unreadable
+
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN (?:X509 )?CERTIFICATE-----(.*?)-----END (?:X509 )?CERTIFICATE-----", re.DOTALL
+)
+
+
+def client_ca_vet(config: ServerConfig) -> Callable[[bytes], None] | None:
+    """What judges ``tls.client-ca`` at start and at each reload (``ServerTLS.vet_client_ca``).
+
+    None while every mapping is pinned: nothing then depends on how many CAs the file holds,
+    and a file ``cryptography`` cannot parse serves as it did.
+    """
+    if all(m.issuer_fingerprint is not None for m in config.auth.client_cert_mappings):
+        return None
+
+    def vet(pem: bytes) -> None:
+        refuse_unpinned_mappings(config, *read_certificates(pem))
+
+    return vet
 
 
 def client_cert_mappings(config: ServerConfig) -> tuple[ClientCertMapping, ...]:
@@ -305,12 +360,13 @@ def client_cert_mappings(config: ServerConfig) -> tuple[ClientCertMapping, ...]:
         from cryptography.hazmat.primitives.hashes import SHA256
 
         try:
-            found = x509.load_pem_x509_certificates(client_ca.read_bytes())
+            found, unreadable = read_certificates(client_ca.read_bytes())
         except OSError as exc:
             raise InvalidRequest(f"tls.client-ca {client_ca}: {exc.strerror}") from None
-        except ValueError:
-            raise InvalidRequest(f"tls.client-ca {client_ca}: no PEM certificate in it") from None
-        refuse_unpinned_mappings(config, found)
+        if not found and not unreadable:
+            raise InvalidRequest(f"tls.client-ca {client_ca}: no PEM certificate in it")
+        if any(m.issuer_fingerprint is None for m in mappings):
+            refuse_unpinned_mappings(config, found, unreadable)
         cas = {c.fingerprint(SHA256()).hex(): c for c in found}
     resolved = []
     for index, m in enumerate(mappings):
@@ -614,7 +670,7 @@ def _serve_process(
             config.tls.client_auth,
             config.tls.client_ca,
             ticket_key_rotation_s=ticket_s,
-            vet_client_ca=lambda cas: refuse_unpinned_mappings(config, cas),
+            vet_client_ca=client_ca_vet(config),
             # The served certificate's names are certctl's own (self-signed: from the config,
             # at bootstrap), in every worker: each has its Services and its reloads.
             on_serve=serve_names_of(services) if mode == "custom" else None,

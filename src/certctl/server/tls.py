@@ -324,13 +324,13 @@ def _validate_pair(cert_pem: bytes, key_pem: bytes, now: datetime) -> tuple[x509
     return tuple(certs)
 
 
-def _client_ca_text(path: Path, vet: Callable[[list[x509.Certificate]], None] | None = None) -> str:
+def _client_ca_text(path: Path, vet: Callable[[bytes], None] | None = None) -> str:
     """``tls.client-ca``'s certificates, read once: every context (a rotation too) gets these.
 
     The file is checked as OpenSSL reads a CA file. Its text (PEM certificates, and what
     OpenSSL skips around them: comments, other blocks) then becomes ``cadata``; bytes
     outside ASCII can only be in what is skipped, so they are dropped first. ``vet`` judges
-    its certificates too (it raises InvalidRequest to refuse them).
+    that text too (it raises InvalidRequest to refuse it).
     """
     probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     probe.load_verify_locations(cafile=str(path))
@@ -340,13 +340,7 @@ def _client_ca_text(path: Path, vet: Callable[[list[x509.Certificate]], None] | 
     if again.cert_store_stats()["x509"] != probe.cert_store_stats()["x509"]:
         raise InvalidRequest(f"tls.client-ca {path}: cannot read every certificate in it")
     if vet is not None:
-        try:
-            certificates = x509.load_pem_x509_certificates(text.encode())
-        except ValueError:
-            raise InvalidRequest(
-                f"tls.client-ca {path}: cannot read every certificate in it"
-            ) from None
-        vet(certificates)
+        vet(text.encode())
     return text
 
 
@@ -364,9 +358,9 @@ class ServerTLS:
     # Told each certificate (leaf first, then its chain) once it serves: at start and at
     # every reload (``serve_names_of``).
     on_serve: Callable[[tuple[x509.Certificate, ...]], None] | None = None
-    # Judges tls.client-ca's certificates at start and at each reload, raising InvalidRequest
-    # to refuse them (run.refuse_unpinned_mappings).
-    vet_client_ca: Callable[[list[x509.Certificate]], None] | None = None
+    # Judges tls.client-ca's text (PEM) at start and at each reload, raising InvalidRequest
+    # to refuse it (run.client_ca_vet).
+    vet_client_ca: Callable[[bytes], None] | None = None
     # The files now served, to rebuild the context around them (``rotate_ticket_key``).
     _served: tuple[bytes, bytes] | None = field(default=None, init=False, repr=False)
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
 
+from certctl.errors import InvalidRequest
 from certctl.pki import (
     CertificateAuthority,
     certs_to_pem,
@@ -204,7 +206,7 @@ def test_a_client_ca_file_the_mappings_cannot_use_is_refused_at_reload(
     # Start refuses a mapping without issuer-fingerprint when tls.client-ca holds several
     # CAs; a second CA added to the file afterwards was trusted at the next poll, and could
     # then mint that mapping's subject. The file is now refused as an unusable one is.
-    from certctl.server.run import refuse_unpinned_mappings
+    from certctl.server.run import client_ca_vet
 
     tls_dir = tmp_path / "tls"
     _ensure(tls_dir, _ca("server CA"))
@@ -221,7 +223,7 @@ def test_a_client_ca_file_the_mappings_cannot_use_is_refused_at_reload(
         tls_dir,
         client_auth="optional",
         client_ca=client_ca,
-        vet_client_ca=lambda cas: refuse_unpinned_mappings(config, cas),
+        vet_client_ca=client_ca_vet(config),
     )
     tls.load(NOW)
     client_ca.write_bytes(certs_to_pem([team, rogue]))
@@ -234,3 +236,75 @@ def test_a_client_ca_file_the_mappings_cannot_use_is_refused_at_reload(
     # Twin: one CA again (the rogue one replacing the team's) is applied.
     client_ca.write_bytes(certs_to_pem([rogue]))
     assert tls.check_client_ca()
+
+
+def unparsable_ca(cn: str) -> bytes:
+    """A CA certificate (PEM) OpenSSL reads and ``cryptography`` cannot.
+
+    Its country (a PrintableString) holds '@', which PrintableString does not allow: real
+    CAs break DER rules OpenSSL tolerates (an email in a PrintableString, a default value
+    encoded). Its signature no longer verifies; OpenSSL never checks a trust anchor's own.
+    """
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = _ca(f"{cn},C=FR").certificate.public_bytes(Encoding.DER)
+    country = b"\x06\x03\x55\x04\x06\x13\x02"
+    assert der.count(country + b"FR") == 2  # subject and issuer
+    pem = ssl.DER_cert_to_PEM_cert(der.replace(country + b"FR", country + b"F@")).encode()
+    with pytest.raises(ValueError, match="PrintableString"):
+        x509.load_pem_x509_certificate(pem)
+    return pem
+
+
+def test_a_client_ca_cryptography_cannot_parse_serves_as_openssl_reads_it(tmp_path: Path) -> None:
+    # Judging tls.client-ca for the mappings parsed it with cryptography, stricter than
+    # OpenSSL: such a CA (no mapping at all, or one unpinned mapping and that CA alone) made
+    # the start fail with "cannot read every certificate in it". It serves again.
+    from certctl.server.run import client_ca_vet
+
+    tls_dir = tmp_path / "tls"
+    _ensure(tls_dir, _ca("server CA"))
+    client_ca = tmp_path / "clients.crt"
+    client_ca.write_bytes(unparsable_ca("Old CA"))
+    for mappings in ([], [{"subject": "CN=*", "roles": ["r-viewer"]}]):
+        doc = {
+            "tls": {"client-auth": "optional", "client-ca": str(client_ca)},
+            "auth": {"client-cert-mappings": mappings},
+        }
+        (tmp_path / "certctl.yaml").write_text(yaml.safe_dump(doc))
+        config = load_config(tmp_path / "certctl.yaml", {})
+        tls = ServerTLS(
+            tls_dir,
+            client_auth="optional",
+            client_ca=client_ca,
+            vet_client_ca=client_ca_vet(config),
+        )
+        tls.load(NOW)
+        trusted = [dict(rdn[0] for rdn in ca["subject"]) for ca in tls.context.get_ca_certs()]
+        assert trusted == [{"commonName": "Old CA", "countryName": "F@"}], mappings
+
+
+def test_an_unparsable_ca_counts_as_a_ca_of_its_own_for_the_mappings(tmp_path: Path) -> None:
+    # At start it read "no PEM certificate in it" when an unpinned mapping was configured.
+    import hashlib
+
+    from certctl.server.run import client_cert_mappings
+
+    old = unparsable_ca("Old CA")
+    client_ca = tmp_path / "clients.crt"
+    client_ca.write_bytes(old)
+    doc = {
+        "tls": {"client-auth": "optional", "client-ca": str(client_ca)},
+        "auth": {"client-cert-mappings": [{"subject": "CN=*", "roles": ["r-viewer"]}]},
+    }
+    (tmp_path / "certctl.yaml").write_text(yaml.safe_dump(doc))
+    config = load_config(tmp_path / "certctl.yaml", {})
+    assert [m.issuer for m in client_cert_mappings(config)] == [None]
+    # Beside another CA it may be a second one: refused, named by its fingerprint.
+    client_ca.write_bytes(old + certs_to_pem([_ca("team CA").certificate]))
+    with pytest.raises(InvalidRequest) as refused:
+        client_cert_mappings(config)
+    der = ssl.PEM_cert_to_DER_cert(old.decode())
+    unread = f"a certificate certctl cannot parse {hashlib.sha256(der).hexdigest()}"
+    assert "holds 2 CAs that could each issue that subject (CN=team CA " in refused.value.detail
+    assert f"; {unread}): pin the mapping" in refused.value.detail
