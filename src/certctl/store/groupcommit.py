@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Engine, Table, insert
+from sqlalchemy import Connection, Engine, Table, insert
 
 from certctl.store.db import storage_error
 
@@ -144,9 +144,9 @@ def write_rows(connection: Connection, rows: Sequence[Insert]) -> None:
     groups: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = {}
     for table, values in rows:
         groups.setdefault((table, tuple(values)), []).append(values)
-    dialect = connection.dialect
+    sqlite = connection.dialect.name == "sqlite"
     for (table, columns), params in groups.items():
-        plan = _plan(dialect, table, columns) if dialect.name == "sqlite" else None
+        plan = _plan(connection.engine, table, columns) if sqlite else None
         if plan is not None:
             try:
                 bound = [plan.bind(values) for values in params]
@@ -184,22 +184,24 @@ class _Plan:
         )
 
 
-# Per engine's dialect (its processors may depend on the engine's settings), at most a few
-# tables and column sets each: never evicted.
-_plans: weakref.WeakKeyDictionary[Dialect, dict[tuple[Table, tuple[str, ...]], _Plan | None]] = (
+# Per engine (its dialect's processors may depend on the engine's settings), at most a few
+# tables and column sets each, dropped with the engine. Not keyed by the dialect: the plans'
+# processors hold it, so a weak key to it never died and kept every engine's plans for good.
+_plans: weakref.WeakKeyDictionary[Engine, dict[tuple[Table, tuple[str, ...]], _Plan | None]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _plan(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> _Plan | None:
+def _plan(engine: Engine, table: Table, columns: tuple[str, ...]) -> _Plan | None:
     """The compiled ``INSERT`` of ``columns`` into ``table``, or None where Core must run it.
 
     None when the compiled statement takes any parameter beyond ``columns`` (a column left
     out whose Python-side default Core computes per row) or names one differently.
     """
-    plans = _plans.get(dialect)
+    dialect = engine.dialect
+    plans = _plans.get(engine)
     if plans is None:
-        plans = _plans[dialect] = {}
+        plans = _plans[engine] = {}
     key = (table, columns)
     if key in plans:
         return plans[key]

@@ -84,7 +84,7 @@ def test_the_plan_stores_what_core_stores(tmp_path: Path) -> None:
     planned, core = _engine(tmp_path / "planned.db"), _engine(tmp_path / "core.db")
     # The fast path is the one taken for the issuance rows (else this compares Core to Core).
     for table, values in rows[:2]:
-        assert _plan(planned.dialect, table, tuple(values)) is not None
+        assert _plan(planned, table, tuple(values)) is not None
     with planned.begin() as connection:
         write_rows(connection, rows[:2])  # one request's rows: single-row execute
         write_rows(connection, rows[2:])  # a group: executemany
@@ -122,3 +122,24 @@ def test_a_value_its_type_refuses_fails_as_with_core(tmp_path: Path) -> None:
         errors.append((type(raised.value), str(raised.value.orig)))
     assert errors[0] == errors[1]
     assert "naive datetime" in errors[0][1]
+
+
+def test_an_engine_let_go_leaves_no_plan_behind(tmp_path: Path) -> None:
+    # The plans were kept in a WeakKeyDictionary keyed by the dialect, whose values (the
+    # types' bind processors) hold that dialect: no entry was ever dropped, and every engine
+    # that wrote rows kept its dialect and plans in memory for good.
+    import gc
+    import weakref
+
+    from certctl.store import groupcommit
+
+    engine = _engine(tmp_path / "gone.db")
+    with engine.begin() as connection:
+        write_rows(connection, _rows(1))
+    dialect = weakref.ref(engine.dialect)
+    assert any(e.dialect is dialect() for e in groupcommit._plans)
+    engine.dispose()
+    del engine, connection
+    for _ in range(2):  # the entry goes with the engine; its plans (and dialect) at the next
+        gc.collect()
+    assert dialect() is None  # the plans hold it: they are gone too
