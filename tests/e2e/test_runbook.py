@@ -318,8 +318,7 @@ def test_kubernetes_runbook_secret_works_as_prometheus_operator_passes_it(
     Operator copies a Secret's bytes into ``authorization.credentials`` as they are, and
     Prometheus sends them as they are: with 'jq -r' (the docs before) the key ended in a
     newline and every scrape failed with 'invalid header field value for "Authorization"'."""
-    docs = (Path(__file__).resolve().parents[2] / "docs" / "kubernetes.md").read_text()
-    (command,) = re.findall(r"\| (jq [^|>\n]*\.key_value) > prometheus\.key", docs)
+    command = _kubernetes_key_command()
     made = run("bash", "-c", f"{command} apikey-v2.json", cwd=runbook.dir, timeout=30)
     assert made.returncode == 0, made.stderr
     secret_value = made.stdout  # the Secret's api-key, byte for byte
@@ -341,6 +340,37 @@ def test_kubernetes_runbook_secret_works_as_prometheus_operator_passes_it(
     target = targets.get("servicemonitor", {})
     assert target.get("health") == "up", f"{json.dumps(targets, indent=1)}\n{log}"
     assert secret_value == runbook.json("apikey-v2.json")["key_value"]
+
+
+def _kubernetes_key_command() -> str:
+    """The jq command of docs/kubernetes.md section 2 that writes the key file."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "kubernetes.md").read_text()
+    (command,) = re.findall(r"\| (jq [^|>\n]*) > prometheus\.key", docs)
+    return command
+
+
+def test_kubernetes_runbook_key_file_is_never_a_refusal(runbook: Runbook) -> None:
+    """Section 2 run again (prometheus.key lost, the guide followed twice) now gets a 409:
+    the actor already has a live key of that name. `jq -j .key_value` wrote "null" into
+    prometheus.key and printed nothing, and the Secret made from it failed every scrape
+    with 401. The docs' command must say why and write no key."""
+    server = runbook.server
+    with server.client(server.admin_key) as client:
+        refused = client.post(
+            "/api/v1/auth/apikeys", json={"actor_id": "prometheus", "name": "prometheus-v2"}
+        )
+    assert refused.status_code == 409, refused.text
+    made = subprocess.run(
+        ["bash", "-c", _kubernetes_key_command()],
+        input=refused.text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert made.returncode != 0
+    assert made.stdout == ""  # nothing for the Secret
+    assert "already has a live API key named 'prometheus-v2'" in made.stderr
 
 
 def test_secrets_hygiene_after_runbook_and_issuance(runbook: Runbook) -> None:
