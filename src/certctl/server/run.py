@@ -279,12 +279,16 @@ def refuse_unpinned_mappings(
 
     from cryptography.hazmat.primitives.hashes import SHA256
 
+    # A CA past its notAfter verifies nothing (OpenSSL checks the trust anchor's validity
+    # too) and never will again: an old root left in the file after a rotation is no CA.
+    now = datetime.now(UTC)
+    live = [c for c in certificates if c.not_valid_after_utc > now]
     unread = sorted({hashlib.sha256(der).hexdigest() for der in unreadable})
-    if _hierarchies(certificates) + len(unread) < 2:
+    if _hierarchies(live) + len(unread) < 2:
         return
     named_each = [
         f"{c.subject.rfc4514_string()[:100]} {c.fingerprint(SHA256()).hex()}"
-        for c in _issuers_in(certificates)
+        for c in _issuers_in(live)
     ] + [f"a certificate certctl cannot parse {fingerprint}" for fingerprint in unread]
     for index, mapping in enumerate(config.auth.client_cert_mappings):
         if mapping.issuer_fingerprint is None:

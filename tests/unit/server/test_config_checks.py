@@ -903,6 +903,36 @@ def test_a_root_and_the_intermediates_it_signed_are_one_ca_for_an_unpinned_mappi
         refuse_unpinned_mappings(config, [*pair, _root("CN=Third Root CA").certificate])
 
 
+def test_an_expired_ca_left_in_the_client_ca_file_is_no_second_ca(tmp_path: Path) -> None:
+    """A CA past its notAfter verifies no client certificate (OpenSSL checks every
+    certificate of the chain, the trust anchor too) and never will again; an old root left
+    in the file after a rotation made a mapping without issuer-fingerprint refuse the start,
+    the refusal naming it among the CAs "that could each issue that subject"."""
+    from certctl.pki import CertificateAuthority, generate_private_key, parse_dn
+    from certctl.pki.issue import create_root_ca
+    from certctl.server.run import refuse_unpinned_mappings
+
+    key = generate_private_key()
+    expired = create_root_ca(
+        key,
+        parse_dn("CN=Old Root CA"),
+        validity=timedelta(days=30),
+        now=datetime.now(UTC) - timedelta(days=60),
+    )
+    old = CertificateAuthority(expired.certificate, key).certificate
+    current, partner = _root("CN=Current Root CA").certificate, _root("CN=Partner CA").certificate
+    doc = {"auth": {"client-cert-mappings": [{"subject": "CN=x", "roles": ["r-viewer"]}]}}
+    (tmp_path / "certctl.yaml").write_text(yaml.safe_dump(doc))
+    config = load_config(tmp_path / "certctl.yaml", {})
+    refuse_unpinned_mappings(config, [old, current])
+    with pytest.raises(InvalidRequest) as refused:
+        refuse_unpinned_mappings(config, [old, current, partner])
+    assert "holds 2 CAs that could each issue that subject (CN=Current Root CA " in (
+        refused.value.detail
+    )
+    assert "Old Root CA" not in refused.value.detail
+
+
 @pytest.mark.parametrize(
     "listen",
     ["127.0.0.1:0", "127.0.0.2:0", "127.8.9.10:0", "[::1]:0", "[0:0:0:0:0:0:0:1]:0", "LOCALHOST:0"],
