@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -478,7 +479,10 @@ def _print_summary(out: Path, plan: HttpBundlePlan, result: BundleResult) -> Non
     else:
         echo(f"  {result.client_folder:<28} CA certificate and sample client settings")
     echo("next steps:")
-    echo(f"  1. unzip {out.name}; every folder has a README.txt saying what goes where")
+    # The path as written (quoted for a shell): its bare name failed from another directory.
+    echo(
+        f"  1. unzip {shlex.quote(str(out))}; every folder has a README.txt saying what goes where"
+    )
     step = 2
     if plan.mode == "csr":
         echo(f"  {step}. have your CA sign each http.csr and save the result as http.crt")

@@ -138,6 +138,20 @@ def test_pem_generic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     )
 
 
+def test_next_steps_unzip_the_path_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `make demo` wrote certctl-demo/http-bundle.zip and then said `unzip http-bundle.zip`,
+    # which fails from the directory the command ran in: the step names the path written.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my bundles").mkdir()
+    code = run(["http", "--out", "my bundles/web.zip", "--pem", "--node", "web1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "wrote my bundles/web.zip " in captured.out
+    assert "  1. unzip 'my bundles/web.zip'; every folder has a README.txt" in captured.out
+
+
 def test_existing_ca(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ca_dir = tmp_path / "ca"
     assert run(["ca", "create", "--out", str(ca_dir), "--cn", "Ops CA"]) == 0
