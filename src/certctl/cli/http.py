@@ -488,7 +488,12 @@ def _print_summary(out: Path, plan: HttpBundlePlan, result: BundleResult) -> Non
         echo(f"  {step}. have your CA sign each http.csr and save the result as http.crt")
         step += 1
     server = "Elasticsearch node" if plan.profile == "elasticsearch" else "server"
-    echo(f"  {step}. install each node folder on its {server}; add the sample settings")
+    if plan.shared:  # one folder holds the certificate every node serves
+        echo(
+            f"  {step}. install {result.nodes[0].folder} on every {server}; add the sample settings"
+        )
+    else:
+        echo(f"  {step}. install each node folder on its {server}; add the sample settings")
     if plan.mode == "csr":
         echo(f"  {step + 1}. give clients the certificate of the CA that signed the CSRs")
     else:

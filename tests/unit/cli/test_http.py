@@ -196,7 +196,11 @@ def test_shared(tmp_path: Path, password_file: Path, capsys: pytest.CaptureFixtu
             *("--ip", "10.0.0.9", "--password-file", str(password_file)),
         ]
     )
-    assert code == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    # One folder for all of them: "each node folder on its node" had the user look for more.
+    assert "  2. install elasticsearch/http/ on every Elasticsearch node;" in captured.out
+    assert "each node folder" not in captured.out
     archive = zipfile.ZipFile(out)
     p12s = [n for n in archive.namelist() if n.endswith(".p12")]
     assert p12s == ["elasticsearch/http/http.p12"]
