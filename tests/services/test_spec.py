@@ -56,6 +56,21 @@ INVALID = {
         _with(f"{SSC}.subjectAltNames", [{}]),
         f"{SSC}.subjectAltNames.0: give exactly one of dns or ip",
     ),
+    # cert-manager's dnsNames and ECK's docs list bare names: "expected a mapping" did not
+    # say which mapping.
+    "SAN given as a bare host name": (
+        _with(f"{SSC}.subjectAltNames", ["web.example.internal"]),
+        f"{SSC}.subjectAltNames.0: 'web.example.internal' is a bare value; give "
+        "{dns: web.example.internal}",
+    ),
+    "SAN given as a bare address": (
+        _with(f"{SSC}.subjectAltNames", ["10.0.0.5"]),
+        f"{SSC}.subjectAltNames.0: '10.0.0.5' is a bare value; give {{ip: 10.0.0.5}}",
+    ),
+    "SAN given as a number": (
+        _with(f"{SSC}.subjectAltNames", [5]),
+        f"{SSC}.subjectAltNames.0: expected a mapping ({{dns: NAME}} or {{ip: ADDRESS}})",
+    ),
     "unknown field": (
         _with(f"{SSC}.subjectAltName", []),
         f"{SSC}.subjectAltName: unknown key (did you mean subjectAltNames?)",

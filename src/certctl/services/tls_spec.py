@@ -41,6 +41,23 @@ class SubjectAltName(_Model):
     dns: str | None = None
     ip: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, data: Any) -> Any:
+        # cert-manager's dnsNames and ipAddresses are lists of bare values, and a user copying
+        # them got pydantic's "expected a mapping" without being shown which one.
+        if isinstance(data, dict):
+            return data
+        if not isinstance(data, str):
+            raise ValueError("expected a mapping ({dns: NAME} or {ip: ADDRESS})")
+        try:
+            ipaddress.ip_address(data)
+            key = "ip"
+        except ValueError:
+            key = "dns"
+        shown = data if data.isprintable() and len(data) <= 253 else key.upper()
+        raise ValueError(f"{data[:60]!r} is a bare value; give {{{key}: {shown}}}")
+
     @model_validator(mode="after")
     def _one(self) -> SubjectAltName:
         if (self.dns is None) == (self.ip is None):
