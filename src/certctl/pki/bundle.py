@@ -600,7 +600,9 @@ def _node_readme(
             "  Send http.csr to your CA and ask for a TLS server certificate (serverAuth)",
             "  with the names above. With a certctl CA directory:",
             "    certctl csr sign --ca CA_DIR --csr http.csr --profile server --out signed/",
-            "  Save the certificate, then any intermediates, as http.crt (PEM).",
+            "  Save the certificate, then any intermediates, as http.crt (PEM); certctl",
+            "  writes them so in signed/tls.crt (cp signed/tls.crt http.crt), and the CA",
+            "  certificate clients trust in signed/ca.crt.",
             "",
             "Install",
         ]

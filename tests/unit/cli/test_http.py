@@ -186,6 +186,19 @@ def test_csr_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     key = load_material(archive.read("elasticsearch/es1/http.key")).private_key
     assert key is not None
     assert key.public_key() == csr.public_key()
+    # The README's certctl steps, as written: signed/tls.crt is the http.crt to install.
+    readme = archive.read("elasticsearch/es1/README.txt").decode()
+    assert "--csr http.csr --profile server --out signed/" in readme
+    assert "(cp signed/tls.crt http.crt)" in readme
+    (tmp_path / "http.csr").write_bytes(archive.read("elasticsearch/es1/http.csr"))
+    assert run(["ca", "create", "--out", str(tmp_path / "ca"), "--cn", "Ext CA"]) == 0
+    signed = tmp_path / "signed"
+    sign = ["--csr", str(tmp_path / "http.csr"), "--profile", "server", "--out", str(signed)]
+    assert run(["csr", "sign", "--ca", str(tmp_path / "ca"), *sign]) == 0
+    http_crt = x509.load_pem_x509_certificate((signed / "tls.crt").read_bytes())
+    assert http_crt.public_key() == key.public_key()
+    trusted = x509.load_pem_x509_certificate((signed / "ca.crt").read_bytes())
+    verify_certificate(http_crt, trust=[trusted], hostname="10.1.1.1", now=_now())
 
 
 def test_shared(tmp_path: Path, password_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
