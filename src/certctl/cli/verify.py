@@ -108,6 +108,7 @@ def verify_command(
     """
     from certctl.errors import InvalidRequest
     from certctl.pki import (
+        IssuerNotFound,
         VerificationFailed,
         WrongPurpose,
         asserts_ca,
@@ -202,6 +203,13 @@ def verify_command(
             # --purpose defaults to server: a client certificate checked as it was given
             # failed naming only the usage, and a new user did not know which flag to add.
             detail += f": a {exc.suits} certificate, check it with --purpose {exc.suits}"
+        if isinstance(exc, IssuerNotFound):
+            # A leaf copied without its intermediate, or the wrong --ca: the message did not
+            # say where either goes (openssl: "unable to get local issuer certificate").
+            detail += (
+                f"; give an intermediate CA with --untrusted FILE (or after the certificate "
+                f"in {cert}), a root in --ca"
+            )
         if when is not None:
             # As the OK line says it: "expired on" a day still ahead reads wrong without the
             # --at time it was judged at.

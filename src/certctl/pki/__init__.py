@@ -75,6 +75,7 @@ if TYPE_CHECKING:
     from certctl.pki.revocation import check_revocation
     from certctl.pki.validity import format_duration, parse_duration
     from certctl.pki.verify import (
+        IssuerNotFound,
         VerificationFailed,
         VerifiedChain,
         WrongPurpose,
@@ -129,6 +130,7 @@ _SOURCES = {
     "get_profile": "profiles",
     "format_duration": "validity",
     "parse_duration": "validity",
+    "IssuerNotFound": "verify",
     "VerificationFailed": "verify",
     "VerifiedChain": "verify",
     "WrongPurpose": "verify",
@@ -144,6 +146,7 @@ __all__ = [
     "CertificateAuthority",
     "DNPattern",
     "IssuedCertificate",
+    "IssuerNotFound",
     "KeyType",
     "Material",
     "NameHint",

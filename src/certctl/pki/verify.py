@@ -20,6 +20,7 @@ from certctl.pki.constraints import check_name_constraints, name_constraints_of,
 from certctl.pki.names import SubjectAltNames, display_dn, names_match, validate_dns_name
 
 __all__ = [
+    "IssuerNotFound",
     "VerificationFailed",
     "VerifiedChain",
     "WrongPurpose",
@@ -35,6 +36,20 @@ __all__ = [
 
 class VerificationFailed(InvalidRequest):
     """The certificate does not verify against the trust bundle for the purpose asked."""
+
+
+class IssuerNotFound(VerificationFailed):
+    """The path breaks off: an issuer is neither in the trust bundle nor an intermediate given.
+
+    Typed so that a caller reading the certificates from a user's files can say where each
+    goes (``certctl verify``: --untrusted or after the leaf, a root in --ca).
+    """
+
+
+class _IssuerAbsent(str):
+    """``_missing_link``'s reason when it is an issuer found nowhere (-> ``IssuerNotFound``)."""
+
+    __slots__ = ()
 
 
 class WrongPurpose(VerificationFailed):
@@ -181,9 +196,7 @@ def verify_certificate(
                 _verify_rfc5280(leaf, trust, untrusted, hostname, purpose, now, any_eku_in_cas)
             except VerificationFailed as own:
                 raise own from exc
-        missing = _missing_link(leaf, trust, untrusted, now)
-        reason = missing if missing is not None else _reason(exc)
-        raise VerificationFailed(f"verification failed: {reason}") from exc
+        raise _path_failure(_missing_link(leaf, trust, untrusted, now), _reason(exc)) from exc
 
 
 # Rules of the web policy only (named by cryptography as "invalid extension: <oid>: ..."):
@@ -430,9 +443,18 @@ def _verify_rfc5280(
         pool.remove(parent)
         chain.append(parent)
         current = parent
-    missing = _missing_link(leaf, trust, untrusted, now)
-    reason = missing if missing is not None else "no path to a trusted certificate"
-    raise VerificationFailed(f"verification failed: {reason}")
+    raise _path_failure(
+        _missing_link(leaf, trust, untrusted, now), "no path to a trusted certificate"
+    )
+
+
+def _path_failure(missing: str | None, otherwise: str) -> VerificationFailed:
+    """The failure for a path that did not verify: ``missing`` (``_missing_link``'s) first."""
+    if isinstance(missing, _IssuerAbsent):
+        return IssuerNotFound(f"verification failed: {missing}")
+    return VerificationFailed(
+        f"verification failed: {missing if missing is not None else otherwise}"
+    )
 
 
 def _preferred_intermediates(
@@ -811,7 +833,7 @@ def _missing_link(
             folded = _folded_issuer(current, trust, pool)
             if folded is not None:
                 return folded
-            return (
+            return _IssuerAbsent(
                 f"{issuer}, the issuer of {subject}, is neither in the trust bundle nor among "
                 "the intermediates"
             )
