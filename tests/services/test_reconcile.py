@@ -112,6 +112,33 @@ def test_first_reconcile_issues_service_ca_and_leaf(any_env: Env) -> None:
     assert [e.event for e in env.events("web")] == ["issued"]
 
 
+def test_a_missing_output_answers_why(env: Env) -> None:
+    # Before: "service api has no client-trust output (yet)" whatever the cause, and the
+    # "(yet)" had a user wait for an output that its spec never produces.
+    from tests.api.conftest import assert_problem
+
+    env.put(service_doc("api"))
+    env.put(service_doc("off", disabled=True))
+    with env.client() as client:
+        pending = assert_problem(client.get("/api/v1/services/api/outputs/certs-public"), 404)
+        assert pending["detail"] == (
+            "service api has no certs-public output yet: waiting for the first reconcile pass"
+        )
+        env.reconcile("api")
+        env.reconcile("off")
+        trust = assert_problem(client.get("/api/v1/services/api/outputs/client-trust"), 404)
+        assert trust["detail"] == (
+            "service api has no client-trust output: its client authentication is off "
+            "(spec.http.tls.client.authentication)"
+        )
+        off = assert_problem(client.get("/api/v1/services/off/outputs/certs-public"), 404)
+        assert off["detail"] == (
+            "service off has no certs-public output: its TLS is disabled "
+            "(spec.http.tls.selfSignedCertificate.disabled)"
+        )
+        assert client.get("/api/v1/services/api/outputs/certs-public").status_code == 200
+
+
 def test_client_trust_output_only_with_client_authentication(env: Env) -> None:
     env.put(service_doc("api", client_auth=True))
     env.reconcile("api")

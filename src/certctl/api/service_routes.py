@@ -206,7 +206,7 @@ async def get_output(request: Request, principal: Principal | None) -> Response:
     # In a listing thread: bounded, as every thread holding a pooled connection is.
     outputs = await in_list_thread(request, service_delivery.outputs_for, services, row)
     if output not in outputs:
-        raise NotFound(f"service {name} has no {output} output (yet)")
+        raise NotFound(service_delivery.why_no_output(row, output))
     files = {k: v.decode() for k, v in outputs[output].items()}
     return Response(
         json.dumps({"name": f"{name}-http-{output}", "data": files}), media_type="application/json"

@@ -28,7 +28,7 @@ from certctl.services.target_policy import TargetPolicy, target_identity
 from certctl.services.tls_spec import DirectoryTarget, SecretTarget, TLSServiceSpec, parse_service
 from certctl.store.models import ManagedService, ServiceClient
 
-__all__ = ["OUTPUTS", "deliver", "outputs_for"]
+__all__ = ["OUTPUTS", "deliver", "outputs_for", "why_no_output"]
 
 log = logging.getLogger("certctl.services")
 
@@ -88,6 +88,22 @@ def outputs_for(
     if spec.tls.client.authentication:
         outputs["client-trust"] = {"ca.crt": _client_trust(services, spec.name)}
     return outputs
+
+
+def why_no_output(row: ManagedService, output: str) -> str:
+    """Why ``outputs_for`` holds no ``output`` for the service, in the words of its 404.
+
+    A plain "(yet)" had a user wait for an output that the spec never produces.
+    """
+    spec = parse_service(row.spec, stored=True)
+    head = f"service {spec.name} has no {output} output"
+    if spec.disabled:
+        return f"{head}: its TLS is disabled (spec.http.tls.selfSignedCertificate.disabled)"
+    if output == "client-trust" and not spec.tls.client.authentication:
+        return f"{head}: its client authentication is off (spec.http.tls.client.authentication)"
+    if row.certificate_pem is None:
+        return f"{head} yet: waiting for the first reconcile pass"
+    return f"{head} (yet)"
 
 
 def _target_key(target: DirectoryTarget | SecretTarget) -> str:
