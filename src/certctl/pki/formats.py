@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import io
 import re
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -151,7 +153,31 @@ def check_extensions(
         raise InvalidRequest(f"{what}{name} has malformed extensions ({exc})") from exc
 
 
+def _is_zip(data: bytes) -> bool:
+    """A zip archive: its magic first, and it opens with an entry (or is the empty zip).
+
+    The magic alone is not enough: text before a PEM block is ignored, and it may start so.
+    """
+    if data[:4] not in (b"PK\x03\x04", b"PK\x05\x06"):  # a local file header, an empty zip
+        return False
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return bool(archive.infolist()) or len(data) == _EMPTY_ZIP_SIZE
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError):
+        return False
+
+
+_EMPTY_ZIP_SIZE = 22  # its end-of-central-directory record alone
+
+
 def _load_material(data: bytes, password: bytes | None, password_optional: bool) -> Material:
+    if _is_zip(data):
+        # Before the PEM check: a zip storing its PEM files uncompressed (cert issue --in
+        # writes them so) was read as a PEM file holding every ca.crt in it.
+        raise InvalidRequest(
+            "a zip archive: unzip it and give one of the files inside (certctl http and "
+            "cert issue --in write zips)"
+        )
     if b"-----BEGIN" in data:
         return _load_pem(data, password, password_optional)
     if _looks_like_pkcs12(data):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import re
+import zipfile
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -212,6 +214,34 @@ def test_x25519_key_refused() -> None:
 def test_load_refuses(data: bytes, message: str) -> None:
     with pytest.raises(InvalidRequest, match=re.escape(message)):
         load_material(data)
+
+
+def test_a_zip_is_refused_as_one_not_read_as_the_pem_stored_in_it(
+    root_ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    # `cert issue --in … --out certs.zip` stores its ca.crt files uncompressed: inspect read
+    # the zip as a PEM file and listed the CA once per instance, as if that were the file;
+    # with --pem it failed with "more than one private key in one file".
+    archive = tmp_path / "certs.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("node1/ca.crt", certs_to_pem([root_ca.certificate]))
+        zf.writestr("node2/ca.crt", certs_to_pem([root_ca.certificate]))
+    empty = tmp_path / "empty.zip"
+    zipfile.ZipFile(empty, "w").close()
+    for path in (archive, empty):
+        with pytest.raises(InvalidRequest) as info:
+            load_material(path.read_bytes())
+        assert info.value.detail == (
+            "a zip archive: unzip it and give one of the files inside (certctl http and "
+            "cert issue --in write zips)"
+        )
+
+
+def test_text_starting_as_a_zip_does_before_a_pem_block(root_ca: CertificateAuthority) -> None:
+    # Text around PEM blocks is ignored (test_pem_round_trip); a zip's magic in it is no zip.
+    pem = certs_to_pem([root_ca.certificate])
+    for junk in (b"PK\x03\x04", b"PK\x05\x06" + b"\x00" * 18):
+        assert load_material(junk + b"\n" + pem + junk).certificates == [root_ca.certificate]
 
 
 def test_old_and_openssl_certificate_labels(root_ca: CertificateAuthority) -> None:
