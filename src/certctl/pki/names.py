@@ -85,10 +85,34 @@ def parse_dn(text: str) -> x509.Name:
         name = x509.Name.from_rfc4514_string(text, _READ_NAMES)
     except ValueError as exc:
         _name_the_unknown_type(text)
-        reason = f" ({exc})" if str(exc) else ""
+        reason = f" ({exc})" if str(exc) else _rewritten(text)
         raise InvalidRequest(f"{text}: not a valid RFC 4514 distinguished name{reason}") from exc
     check_name(name, text)
     return name
+
+
+def _rewritten(text: str) -> str:
+    """`` (…: CN=a,O=b)``: a form users paste from OpenSSL or Java, as RFC 4514 writes it.
+
+    ``-subj /C=US/O=Example/CN=a`` (OpenSSL's, most general first) and ``CN = a, O = b``
+    (what ``openssl x509 -subject`` and keytool print) were refused without a word on why.
+    Offered only when the rewrite parses; empty otherwise.
+    """
+    if "\\" in text:
+        return ""  # escapes: not a paste of those forms, and not safe to rewrite
+    if text.startswith("/") and "," not in text:
+        what = "OpenSSL's -subj form; RFC 4514 writes the most specific first"
+        candidate = ",".join(reversed([part.strip() for part in text[1:].split("/")]))
+    elif re.search(r"\s[,=+]|[,=+]\s", text.strip()):
+        what = "no spaces around ',' and '='"
+        candidate = re.sub(r"\s*([,=+])\s*", r"\1", text.strip())
+    else:
+        return ""
+    try:
+        x509.Name.from_rfc4514_string(candidate, _READ_NAMES)
+    except ValueError:
+        return ""
+    return f" ({what}: {candidate})"
 
 
 def check_name(name: x509.Name, text: str | None = None) -> None:

@@ -89,6 +89,22 @@ def test_parse_dn_domain_components() -> None:
         ("CN=", "not a valid RFC 4514 distinguished name"),
         ("C=USA", "not a valid RFC 4514 distinguished name"),
         ("CN=" + "a" * 65, "not a valid RFC 4514 distinguished name"),
+        # OpenSSL's -subj form and openssl/Java display forms, pasted: shown how to write them.
+        (
+            "/C=US/O=Example/CN=Ops CA",
+            "/C=US/O=Example/CN=Ops CA: not a valid RFC 4514 distinguished name (OpenSSL's "
+            "-subj form; RFC 4514 writes the most specific first: CN=Ops CA,O=Example,C=US)",
+        ),
+        (
+            "CN=Ops CA, O=Example",
+            "CN=Ops CA, O=Example: not a valid RFC 4514 distinguished name (no spaces around "
+            "',' and '=': CN=Ops CA,O=Example)",
+        ),
+        (
+            "CN = Ops CA, O = Example",
+            "not a valid RFC 4514 distinguished name (no spaces around ',' and '=': "
+            "CN=Ops CA,O=Example)",
+        ),
         ("L=" + "a" * 129, "L is longer than 128 characters"),
         ("ST=" + "a" * 129, "ST is longer than 128 characters"),
     ],
