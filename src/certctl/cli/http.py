@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -64,12 +65,28 @@ class _Choices:
     ca: CertificateAuthority | None = field(default=None, repr=False)
 
 
+def _zip_out(value: str) -> str:
+    """``--out``: refused when it is ``-`` or names a directory (a Typer callback).
+
+    Typed ``str``, not ``Path``, so that a trailing ``/`` survives to be seen: ``--out
+    bundle/``, as ``cert issue --out`` takes a directory, wrote a zip file called ``bundle``.
+    """
+    not_stdout(Path(value))
+    if value.endswith(("/", os.sep)) or Path(value).is_dir():
+        example = f"{value.rstrip('/' + os.sep) or value}/http-bundle.zip"
+        raise typer.BadParameter(
+            f"{value} is a directory: --out names the zip file to write, e.g. {example}"
+        )
+    return value
+
+
 def http_command(
-    out: Path = typer.Option(
+    out_arg: str = typer.Option(
         ...,
         "--out",
         "-o",
-        callback=not_stdout,
+        callback=_zip_out,
+        metavar="<path>",
         help="Zip file to write (it holds private keys: written 0600).",
     ),
     non_interactive: bool = typer.Option(
@@ -159,6 +176,7 @@ def http_command(
 
     On a terminal a wizard asks each question, offering the options' values as defaults.
     """
+    out = Path(out_arg)  # a str until here: the callback saw a trailing "/"
     from certctl.files import OutputSet
     from certctl.pki.bundle import build_http_bundle
 

@@ -152,6 +152,29 @@ def test_next_steps_unzip_the_path_written(
     assert "  1. unzip 'my bundles/web.zip'; every folder has a README.txt" in captured.out
 
 
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_directory_out_is_refused_naming_a_zip_in_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    existing: bool,
+) -> None:
+    # `--out bundle/`, as cert issue takes a directory, wrote a zip file named "bundle"; an
+    # existing directory was refused as "bundle is a directory", saying nothing of a zip.
+    monkeypatch.chdir(tmp_path)
+    if existing:
+        (tmp_path / "bundle").mkdir()
+    code = run(["http", "--out", "bundle/", "--pem", "--node", "web1"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "certctl: error: Invalid value for '--out' / '-o': bundle/ is a directory: --out names "
+        "the zip file to write, e.g. bundle/http-bundle.zip (see 'certctl http --help')\n"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == (["bundle"] if existing else [])
+    if existing:
+        assert not any((tmp_path / "bundle").iterdir())
+
+
 def test_existing_ca(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ca_dir = tmp_path / "ca"
     assert run(["ca", "create", "--out", str(ca_dir), "--cn", "Ops CA"]) == 0
