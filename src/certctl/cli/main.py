@@ -49,6 +49,13 @@ _CERTUTIL_OPTIONS = {
     "--multiple": ("--in", "several certificates come from an instances file: --in FILE"),
     "--silent": ("--non-interactive", "certctl http --non-interactive never prompts"),
 }
+# Where a command has none of those equivalents: what to do instead of click's guess by
+# spelling (cert issue --silent got "Possible options: --in").
+_CA_FIRST = "certctl ca create --subject DN --out DIR, then --ca DIR"
+_CERTUTIL_ELSEWHERE = {
+    "--ca-dn": f"certctl makes the CA first: {_CA_FIRST}",
+    "--silent": "this command never prompts: leave --silent out",
+}
 
 
 def _usage_message(exc: UsageError, args: list[str]) -> str:
@@ -69,8 +76,20 @@ def _usage_message(exc: UsageError, args: list[str]) -> str:
     if known is None:
         return message
     option, hint = known
-    if not any(option in param.opts for param in exc.ctx.command.params):
-        return message  # this command has no equivalent: click's suggestion stands
+    taken = {opt for param in exc.ctx.command.params for opt in param.opts}
+    equivalent = option in taken
+    if exc.option_name == "--ca-dn" and not exc.ctx.command_path.endswith(" ca create"):
+        # Elsewhere --subject is the leaf's, not the new CA's; a command signing with --ca
+        # takes a CA made first (certctl http also names a new one with --ca-cn).
+        equivalent = False
+        if "--ca" not in taken:
+            return message
+        if "--ca-cn" in taken:
+            return f"No such option: --ca-dn (--ca-cn NAME names the new CA; for a DN: {_CA_FIRST})"
+    if not equivalent:
+        hint = _CERTUTIL_ELSEWHERE.get(exc.option_name, "")
+        if not hint:
+            return message  # this command has no equivalent: click's suggestion stands
     return f"No such option: {exc.option_name} ({hint})"
 
 

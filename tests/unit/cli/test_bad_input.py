@@ -148,6 +148,29 @@ CASES = [
         2,
         "No such option: --ca-dn (certutil's --ca-dn DN is --subject DN)",
     ),
+    # cert issue's --subject is the leaf's: certutil's --ca-dn (its new CA's DN) is not it.
+    _c(
+        "issue-certutil-ca-dn",
+        "cert issue --ca ca --cn web --ca-dn CN=x --out o",
+        2,
+        "No such option: --ca-dn (certctl makes the CA first: certctl ca create --subject DN "
+        "--out DIR, then --ca DIR) (see 'certctl cert issue --help')",
+    ),
+    _c(
+        "http-certutil-ca-dn",
+        "http --out b.zip --node n --ca-dn CN=x",
+        2,
+        "No such option: --ca-dn (--ca-cn NAME names the new CA; for a DN: certctl ca create "
+        "--subject DN --out DIR, then --ca DIR)",
+    ),
+    # Click's guess by spelling was "Possible options: --in".
+    _c(
+        "issue-certutil-silent",
+        "cert issue --ca ca --cn web --silent --out o",
+        2,
+        "No such option: --silent (this command never prompts: leave --silent out) "
+        "(see 'certctl cert issue --help')",
+    ),
     _c(
         "csr-sign-certutil-ca-pass",
         "csr sign --ca ca --csr good.csr --ca-pass x --out o",
