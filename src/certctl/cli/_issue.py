@@ -483,7 +483,8 @@ def _issue_batch(
         outputs.add(opts.out, archive.getvalue(), secret=True)
     outputs.commit()
     what = "zip" if as_zip else "directory"
-    out(f"issued {len(todo)} certificates into {what} {opts.out}")
+    noun = "certificate" if len(todo) == 1 else "certificates"
+    out(f"issued {len(todo)} {noun} into {what} {opts.out}")
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,15 @@ def test_zip_output(
     assert run([*argv, "--force", "--pem"]) == 0
 
 
+def test_one_instance_is_one_certificate(
+    ca_dir: Path, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    instances = _instances(workdir / "in.yml", 1)
+    argv = ["cert", "issue", "--ca", str(ca_dir), "--in", str(instances), "--out", "certs"]
+    assert run([*argv, "--pem"]) == 0
+    assert capsys.readouterr().out == "issued 1 certificate into directory certs\n"
+
+
 @pytest.mark.parametrize("count", [3, 250])
 def test_directory_output(
     count: int, ca_dir: Path, workdir: Path, capsys: pytest.CaptureFixture[str]
