@@ -171,6 +171,10 @@ _EMPTY_ZIP_SIZE = 22  # its end-of-central-directory record alone
 
 
 def _load_material(data: bytes, password: bytes | None, password_optional: bool) -> Material:
+    if not data.strip():
+        # 0 bytes (a redirect that failed, a copy that did not happen) read as "not a
+        # recognised PEM, DER or PKCS#12 file", which sent the user looking at its format.
+        raise InvalidRequest("an empty file: no certificate, key, CSR or CRL in it")
     if _is_zip(data):
         # Before the PEM check: a zip storing its PEM files uncompressed (cert issue --in
         # writes them so) was read as a PEM file holding every ca.crt in it.

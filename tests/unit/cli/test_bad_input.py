@@ -614,7 +614,9 @@ CASES = [
         "inspect-empty-file",
         "inspect empty.pem",
         1,
-        "empty.pem: not a recognised PEM, DER or PKCS#12 file",
+        # Said as it is: "not a recognised PEM, DER or PKCS#12 file" before, for 0 bytes (a
+        # redirect that failed, a copy that did not happen).
+        "empty.pem: an empty file: no certificate, key, CSR or CRL in it",
     ),
     _c("inspect-p12-wrong-password", "inspect ca.p12 --password wrong", 1, "wrong password"),
     _c("inspect-p12-no-password", "inspect ca.p12", 1, "PKCS#12 file is password-protected"),

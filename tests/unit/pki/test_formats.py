@@ -184,7 +184,8 @@ def test_x25519_key_refused() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b"", "not a recognised PEM, DER or PKCS#12 file"),
+        (b"", "an empty file: no certificate, key, CSR or CRL in it"),
+        (b" \n\n", "an empty file: no certificate, key, CSR or CRL in it"),
         (b"garbage", "not a recognised PEM, DER or PKCS#12 file"),
         (b"\x30\x82\x01\x00" + b"\x00" * 16, "not a recognised PEM, DER or PKCS#12 file"),
         (b"-----BEGIN CERTIFICATE-----\nMIIB", "malformed PEM: no complete BEGIN/END block"),
