@@ -694,7 +694,13 @@ def _node_readme(
     out += [""]
     out += textwrap.wrap(
         f"Renew before {certificate.not_valid_after_utc:%Y-%m-%d}: run certctl http again "
-        "with the same CA (or certctl cert issue --ca CA_DIR) and replace the files.",
+        "with the same CA and replace the files, or run certctl cert issue --ca CA_DIR with "
+        # cert issue names its files tls.*: replaced as they come, the samples found none.
+        + (
+            "the same names and --p12, saving its tls.p12 as http.p12."
+            if p12
+            else "the same names, saving its tls.crt and tls.key as http.crt and http.key."
+        ),
         _WIDTH,
     )
     return "\n".join(out) + "\n"

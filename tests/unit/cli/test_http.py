@@ -113,6 +113,8 @@ def test_new_ca_p12(
         readme = archive.read(f"elasticsearch/{node}/README.txt").decode()
         assert PASSWORD not in readme
         assert "the password in the file pw" in " ".join(readme.split())
+        # cert issue writes tls.p12: the README says which name the samples expect.
+        assert "--p12, saving its tls.p12 as http.p12." in " ".join(readme.split())
 
 
 def test_pem_generic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
