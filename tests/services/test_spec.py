@@ -75,6 +75,13 @@ INVALID = {
         _with(f"{SSC}.subjectAltName", []),
         f"{SSC}.subjectAltName: unknown key (did you mean subjectAltNames?)",
     ),
+    # ECK's spec.http also holds the Kubernetes Service's settings: copied along with tls,
+    # they got "unknown key (known here: tls)".
+    "ECK's http.service": (
+        _with("spec.http.service", {"spec": {"type": "LoadBalancer"}}),
+        "spec.http.service: unknown key (ECK's Kubernetes Service settings have no "
+        "counterpart here: copy spec.http.tls alone)",
+    ),
     "unknown top-level field": (
         _with("status", {}),
         "status: unknown key (known here: apiVersion, kind, metadata, spec)",
