@@ -155,7 +155,9 @@ def sign(
     outputs.commit()
     typer.echo(
         f"signed {prof.name} certificate serial {format_serial(issued.certificate.serial_number)} "
-        f"for {display_dn(issued.certificate.subject)}"
+        f"for {display_dn(issued.certificate.subject)}, "
+        # As cert issue says it: when to renew is what the user needs to know next.
+        f"valid until {issued.certificate.not_valid_after_utc:%Y-%m-%d}"
     )
     for path in outputs.paths:
         typer.echo(f"  {path}")

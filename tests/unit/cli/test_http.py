@@ -27,6 +27,7 @@ from certctl.cli.main import run
 from certctl.errors import CertctlError
 from certctl.pki import (
     SubjectAltNames,
+    format_serial,
     keys_match,
     load_csr,
     load_material,
@@ -219,8 +220,14 @@ def test_csr_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["ca", "create", "--out", str(tmp_path / "ca"), "--cn", "Ext CA"]) == 0
     signed = tmp_path / "signed"
     sign = ["--csr", str(tmp_path / "http.csr"), "--profile", "server", "--out", str(signed)]
+    capsys.readouterr()
     assert run(["csr", "sign", "--ca", str(tmp_path / "ca"), *sign]) == 0
     http_crt = x509.load_pem_x509_certificate((signed / "tls.crt").read_bytes())
+    # Its expiry said, as cert issue says it (before: "... for CN=es1" alone).
+    assert capsys.readouterr().out.startswith(
+        f"signed server certificate serial {format_serial(http_crt.serial_number)} for CN=es1, "
+        f"valid until {http_crt.not_valid_after_utc:%Y-%m-%d}\n"
+    )
     assert http_crt.public_key() == key.public_key()
     trusted = x509.load_pem_x509_certificate((signed / "ca.crt").read_bytes())
     verify_certificate(http_crt, trust=[trusted], hostname="10.1.1.1", now=_now())
