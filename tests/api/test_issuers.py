@@ -1962,3 +1962,54 @@ def test_a_ca_whose_key_cryptography_cannot_load_signed_nothing_in_the_resumed_s
     )
     assert revocation._signed_by(inter, root) is False
     assert revocation._signed_by(same_key_id, root) is False
+
+
+def test_a_service_ca_made_again_after_its_key_was_compromised_is_not_shown_revoked(
+    api: Api,
+) -> None:
+    # The advice for a service CA whose key was revoked under another certificate: delete the
+    # service and apply it again, for a new CA under the same id (svc.web). The issuer views
+    # remember who is below a revoked CA per process until the revocations change; the
+    # deletion and the new CA changed none, so the new CA was shown below the old key's
+    # revocation (here and in every other process) until some revocation changed.
+    from certctl.pki import get_profile
+    from certctl.services.service_ca import ensure_service_ca
+    from certctl.services.service_settings import ServiceSettings
+
+    doc = {
+        "apiVersion": "certctl.io/v1",
+        "kind": "TLSService",
+        "metadata": {"name": "web"},
+        "spec": {"http": {"tls": {"selfSignedCertificate": {"subjectAltNames": []}}}},
+    }
+
+    def apply_web() -> CertificateAuthority:
+        r = api.request("PUT", "/api/v1/services/web", api.admin_key, json=doc)
+        assert r.status_code == 201, r.text
+        # What the reconciler's pass does first for the service.
+        return ensure_service_ca(api.services, ServiceSettings(), "web", api.clock())[0]
+
+    old = apply_web()
+    # Its key leaked: imported under a certificate default signed, then revoked there.
+    leaked = issuers.load_issuer(api.services, "default").issue(
+        old.private_key.public_key(),
+        common_name_dn("leaked web CA"),
+        profile=get_profile("intermediate"),
+        validity=timedelta(days=30),
+        now=api.clock(),
+    )
+    assert _import_pair(api, "leaked", leaked.certificate, old.private_key).status_code == 201
+    r = api.post(f"{ISSUERS}/leaked/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    shown = api.get(f"{ISSUERS}/svc.web", api.admin_key).json()["issuer_revoked"]
+    assert shown is not None
+    assert shown["issuer"] == "leaked"
+
+    assert api.request("DELETE", "/api/v1/services/web", api.admin_key).status_code == 204
+    api.clock.advance(minutes=1)
+    new = apply_web()
+    assert new.certificate.public_key() != old.certificate.public_key()
+
+    listed = {i["id"]: i for i in api.get(ISSUERS, api.admin_key).json()["items"]}
+    assert listed["svc.web"]["issuer_revoked"] is None
+    assert api.get(f"{ISSUERS}/svc.web", api.admin_key).json()["issuer_revoked"] is None

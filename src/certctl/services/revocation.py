@@ -12,7 +12,7 @@ from typing import Any, cast
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.orm import Session
 
 from certctl.errors import InvalidRequest
@@ -117,11 +117,23 @@ _REVOKED_ISSUER_ROWS = (
     .where(Issuer.revoked_at.is_not(None))
     .order_by(Issuer.id)
 )
-# The revocations the judgement below depends on, in small columns. Not the other issuers:
-# none is added below a revoked CA (a creation or an import there is refused, also while
+# The revocations the judgement below depends on, in small columns, and what tells that an
+# issuer was added or deleted: the number of issuers and the latest created_at (computed only
+# when some issuer is revoked: no row, no subquery). An id judged below a revoked CA may be
+# deleted and made again, a new CA with a new key (a managed service's, svc.NAME, after its
+# key was revoked under another certificate: the advice is to delete the service and apply
+# it again); before, it stayed "below" that revocation until some revocation changed. No
+# issuer is added below a revoked CA (a creation or an import there is refused, also while
 # the revocation lands), and a renewal keeps a CA's key, subject and the CAs above it.
+_EVERY_ISSUER = Issuer.__table__.alias("every_issuer")
 _REVOCATIONS = (
-    select(Issuer.id, Issuer.revoked_at, Issuer.revocation_reason)
+    select(
+        Issuer.id,
+        Issuer.revoked_at,
+        Issuer.revocation_reason,
+        select(func.count()).select_from(_EVERY_ISSUER).scalar_subquery(),
+        select(func.max(_EVERY_ISSUER.c.created_at)).scalar_subquery(),
+    )
     .where(Issuer.revoked_at.is_not(None))
     .order_by(Issuer.id)
 )
@@ -142,7 +154,8 @@ def revocations_by_issuer(connection: Connection) -> dict[str, IssuerRevocation]
     above it, the same certificate or a compromised key under another id), for what the
     certificates it issued cannot do any more: verify where clients check the CRLs of the
     whole chain. One small read of the revocations (usually none); the issuers'
-    certificates are read only when those changed since the last call.
+    certificates are read only when those changed since the last call, or an issuer was
+    added or deleted.
     """
     states = tuple(tuple(row) for row in connection.execute(_REVOCATIONS))
     if not states:
