@@ -391,8 +391,11 @@ def _retry_after_s(response: Any) -> int | None:
     import time
 
     value = str(response.headers.get("retry-after", "")).strip()
-    if value.isdigit():
-        return int(value)
+    if value.isascii() and value.isdigit():  # RFC 9110 DIGIT: not "²" nor another script's
+        try:
+            return int(value)
+        except ValueError:  # past Python's 4300-digit limit: no delay to show
+            return None
     at = _http_date(value)
     if at is None:
         return None

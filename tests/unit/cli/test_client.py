@@ -708,6 +708,33 @@ def test_conflicts_and_busy_answers_are_one_line_with_the_delay_to_wait(
     )
 
 
+def test_a_retry_after_that_is_no_delay_is_left_out_not_an_internal_error(
+    listener: Listener,
+) -> None:
+    """Retry-After is ASCII digits (RFC 9110 delay-seconds) or an HTTP-date; else left out.
+
+    Before, a value str.isdigit() accepts but int() does not (a superscript two, as a proxy
+    writing Latin-1 may send) or past Python's 4300-digit limit replaced the 503's line with
+    "internal error (ValueError: ...)"; another script's digits (Arabic-Indic three) were
+    taken as a delay.
+    """
+    import httpx
+
+    from certctl.cli._api import _retry_after_s
+
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": KEY}
+    listener.answers["/api/v1/services/q"] = Answer(
+        503, body=_problem(503, "storage is busy"), headers={"Retry-After": "\u00b2"}
+    )
+    assert_error(certctl("services", "get", "q", env=env), "HTTP 503: storage is busy")
+    for raw in ("\u00b2".encode(), "\u0663".encode(), b"9" * 5000, b"-1", b"1.5", b"0x10"):
+        answer = httpx.Response(503, headers=[(b"retry-after", raw)])
+        assert _retry_after_s(answer) is None, raw[:20]
+    # A delay as large as digits say, and a date past, are still read.
+    for raw, delay_s in ((b"9" * 30, int("9" * 30)), (b"Wed, 21 Oct 2015 07:28:00 GMT", 0)):
+        assert _retry_after_s(httpx.Response(429, headers=[(b"retry-after", raw)])) == delay_s
+
+
 def _problem(status: int, detail: str) -> bytes:
     body = {"type": "about:blank", "title": "x", "status": status, "detail": detail}
     return json.dumps(body).encode()
