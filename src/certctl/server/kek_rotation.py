@@ -232,13 +232,13 @@ def _no_leader(engine: Engine) -> Iterator[None]:
         yield
         return
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        # Idle while the re-encryption runs on another connection (invalidated after: the
-        # setting never reaches the pool).
-        exempt_from_idle_session_timeout(connection)
-        got = connection.execute(
-            text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK}
-        ).scalar()
         try:
+            # Idle while the re-encryption runs on another connection (invalidated after, even
+            # when the SET or the lock failed: the setting never reaches the pool).
+            exempt_from_idle_session_timeout(connection)
+            got = connection.execute(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK}
+            ).scalar()
             if not got:
                 raise InvalidRequest(
                     "a certctl serve replica is running on this database (it holds the "

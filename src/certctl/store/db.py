@@ -416,10 +416,11 @@ def startup_lock(engine: Engine) -> Iterator[None]:
         yield
         return
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        # Idle while the migrations and the bootstrap run on other connections.
-        exempt_from_idle_session_timeout(connection)
-        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STARTUP_LOCK})
         try:
+            # Idle while the migrations and the bootstrap run on other connections. Inside
+            # the try: a session whose SET or lock failed must not go back to the pool either.
+            exempt_from_idle_session_timeout(connection)
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STARTUP_LOCK})
             yield
         finally:
             # Invalidated, not pooled: a session still holding the lock must not be reused.
