@@ -509,6 +509,8 @@ CASES = [
     ),
     Case("crl-bad-format", "GET", "/api/v1/issuers/default/crl?format=PEM", 400, "der, pem"),
     Case("cert-bad-format", "GET", "{cert}?format=bogus", 400, "format=bogus: must be one of"),
+    # The certificate is looked up (and the caller's permission checked) before the format.
+    Case("cert-missing-bad-format", "GET", "/api/v1/certificates/nope?format=bogus", 404),
     # A repeated filter was read as its last value: ?status=expiring&status=expired listed
     # the expired certificates only, and a client meaning both never knew.
     Case(

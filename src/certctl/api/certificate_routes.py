@@ -163,11 +163,13 @@ async def list_certificates(request: Request, principal: Principal | None) -> Re
 
 async def get_certificate(request: Request, principal: Principal | None) -> Response:
     services = _services(request)
+    fmt = request.query_params.get("format")  # checked below: a 403 or 404 comes first
+    as_pem = fmt == "pem" or (fmt is None and _accepts_pem(request.headers.get("accept", "")))
     row, revoked = certificates.get_certificate(
-        services, _caller(principal), request.path_params["id"]
+        services, _caller(principal), request.path_params["id"], issuer_revoked=not as_pem
     )
-    fmt = _format(request, ("json", "pem"))
-    if fmt == "pem" or (fmt is None and _accepts_pem(request.headers.get("accept", ""))):
+    _format(request, ("json", "pem"))
+    if as_pem:
         # Key-free: serving a chain needs no CA key (and a key no KEK opens is no 500 here).
         ca = issuers.load_issuer_certificates(services, row.issuer_id)
         from certctl.pki import certs_to_pem

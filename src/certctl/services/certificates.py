@@ -222,20 +222,21 @@ _CERT_BY_ID = select(*_CERT_COLUMNS).where(CERTIFICATES.c.id == bindparam("cert_
 
 
 def get_certificate(
-    services: Services, caller: Principal, cert_id: str
+    services: Services, caller: Principal, cert_id: str, *, issuer_revoked: bool = True
 ) -> tuple[CertificateView, IssuerRevocation | None]:
     """One certificate by id (its public columns), and the revocation of its issuer if any.
 
     A Core row, not an ORM object: loading through a Session cost more than the rest of
     the request together (``docs/performance.md``). The issuer's revocation (its own, or a
-    CA's above it) is read on the same connection: usually no issuer is revoked.
+    CA's above it) is read on the same connection: usually no issuer is revoked. Not read
+    with ``issuer_revoked=False`` (always ``None`` then): a PEM download does not show it.
     """
     caller.require("cert.read")
     with services.engine.connect() as connection:
         row = connection.execute(_CERT_BY_ID, {"cert_id": cert_id}).first()
         if row is None:
             raise NotFound(f"certificate {cert_id} not found")
-        revoked = revocations_by_issuer(connection).get(row.issuer_id)
+        revoked = revocations_by_issuer(connection).get(row.issuer_id) if issuer_revoked else None
     return cast(CertificateView, row), revoked
 
 
