@@ -26,8 +26,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from certctl.api.app import create_app
 from certctl.api.authentication import ClientCertMapping
+from certctl.server.client_mappings import warn_unknown_mapped_roles
 from certctl.server.config import ServerConfig
-from certctl.server.run import warn_unknown_mapped_roles
 from certctl.server.tls import client_certificate_extension
 from certctl.services import issuers
 from certctl.store.models import CertificateRecord, Issuer, Role

@@ -359,7 +359,7 @@ class ServerTLS:
     # every reload (``serve_names_of``).
     on_serve: Callable[[tuple[x509.Certificate, ...]], None] | None = None
     # Judges tls.client-ca's text (PEM) at start and at each reload, raising InvalidRequest
-    # to refuse it (run.client_ca_vet).
+    # to refuse it (client_mappings.client_ca_vet).
     vet_client_ca: Callable[[bytes], None] | None = None
     # The files now served, to rebuild the context around them (``rotate_ticket_key``).
     _served: tuple[bytes, bytes] | None = field(default=None, init=False, repr=False)

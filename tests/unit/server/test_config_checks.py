@@ -701,7 +701,7 @@ def test_an_issuer_fingerprint_is_resolved_to_its_ca_in_the_client_ca_file(
 
     from certctl.pki import generate_private_key, parse_dn
     from certctl.pki.issue import create_root_ca
-    from certctl.server.run import client_cert_mappings
+    from certctl.server.client_mappings import client_cert_mappings
 
     now = datetime.now(UTC)
     a, b, other = (
@@ -769,7 +769,7 @@ def test_a_mapping_without_issuer_fingerprint_needs_a_client_ca_of_one_ca(
 
     from certctl.pki import PROFILES, generate_private_key, parse_dn
     from certctl.pki.issue import create_root_ca
-    from certctl.server.run import client_cert_mappings
+    from certctl.server.client_mappings import client_cert_mappings
 
     team, other = _root("CN=Team CA"), _root("CN=Other CA")
     # A client certificate trusted as itself (CA:FALSE) can mint nothing: not counted.
@@ -835,7 +835,7 @@ def test_a_root_and_the_intermediates_it_signed_are_one_ca_for_an_unpinned_mappi
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from certctl.pki import PROFILES, CertificateAuthority, generate_private_key, parse_dn
-    from certctl.server.run import client_cert_mappings, refuse_unpinned_mappings
+    from certctl.server.client_mappings import client_cert_mappings, refuse_unpinned_mappings
 
     now = datetime.now(UTC)
     root, other = _root("CN=Root CA"), _root("CN=Other Root CA")
@@ -910,7 +910,7 @@ def test_an_expired_ca_left_in_the_client_ca_file_is_no_second_ca(tmp_path: Path
     the refusal naming it among the CAs "that could each issue that subject"."""
     from certctl.pki import CertificateAuthority, generate_private_key, parse_dn
     from certctl.pki.issue import create_root_ca
-    from certctl.server.run import refuse_unpinned_mappings
+    from certctl.server.client_mappings import refuse_unpinned_mappings
 
     key = generate_private_key()
     expired = create_root_ca(

@@ -206,7 +206,7 @@ def test_a_client_ca_file_the_mappings_cannot_use_is_refused_at_reload(
     # Start refuses a mapping without issuer-fingerprint when tls.client-ca holds several
     # CAs; a second CA added to the file afterwards was trusted at the next poll, and could
     # then mint that mapping's subject. The file is now refused as an unusable one is.
-    from certctl.server.run import client_ca_vet
+    from certctl.server.client_mappings import client_ca_vet
 
     tls_dir = tmp_path / "tls"
     _ensure(tls_dir, _ca("server CA"))
@@ -260,7 +260,7 @@ def test_a_client_ca_cryptography_cannot_parse_serves_as_openssl_reads_it(tmp_pa
     # Judging tls.client-ca for the mappings parsed it with cryptography, stricter than
     # OpenSSL: such a CA (no mapping at all, or one unpinned mapping and that CA alone) made
     # the start fail with "cannot read every certificate in it". It serves again.
-    from certctl.server.run import client_ca_vet
+    from certctl.server.client_mappings import client_ca_vet
 
     tls_dir = tmp_path / "tls"
     _ensure(tls_dir, _ca("server CA"))
@@ -288,7 +288,7 @@ def test_an_unparsable_ca_counts_as_a_ca_of_its_own_for_the_mappings(tmp_path: P
     # At start it read "no PEM certificate in it" when an unpinned mapping was configured.
     import hashlib
 
-    from certctl.server.run import client_cert_mappings
+    from certctl.server.client_mappings import client_cert_mappings
 
     old = unparsable_ca("Old CA")
     client_ca = tmp_path / "clients.crt"
