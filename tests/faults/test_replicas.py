@@ -4,6 +4,8 @@
   run once and one bootstrap creates one ``default`` CA and one admin key. "The same moment"
   is made exact by a TCP gate in front of PostgreSQL that holds the replicas' first
   connections until both have arrived.
+* A replica told to stop (SIGTERM: a rolling update) gives up the leadership at once, while
+  it still drains its open requests, not when its process ends.
 * A replica cut off from its database (open connections end, new ones are never answered:
   a firewall or a dead host) answers 503 problem+json within seconds, not after the
   kernel's ~15-minute retransmission timeout; ``/readyz`` says 503 meanwhile, ``/healthz``
@@ -17,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -28,9 +31,10 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from certctl.store.db import PG_SERVER_TIMEOUTS, PG_TIMEOUTS, create_store_engine
+from certctl.store.db import LEADER_LOCK, PG_SERVER_TIMEOUTS, PG_TIMEOUTS, create_store_engine
 from tests._tools import free_port, require
 from tests.api.conftest import PostgresCluster
+from tests.e2e.conftest import tls_context
 from tests.faults.conftest import FaultServer
 from tests.faults.test_storage import assert_storage_problem, issue
 
@@ -254,3 +258,52 @@ def test_sessions_are_given_up_by_both_ends_of_a_silent_cut(
     }
     assert client["connect_timeout"] == "7"  # the URL's own value wins
     assert (client["tcp_user_timeout"], client["keepalives_idle"]) == ("15000", "10")
+
+
+def _leader_lock_held(cluster: PostgresCluster, database: str) -> bool:
+    url = f"postgresql://postgres@127.0.0.1:{cluster.port}/{database}"
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND ((classid::bigint << 32) | objid::bigint) = %s",
+            (LEADER_LOCK,),
+        ).fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
+def test_a_stopping_replica_gives_up_the_leadership_while_its_requests_drain(
+    fault_server: FaultServer, postgres_cluster: PostgresCluster
+) -> None:
+    database = postgres_cluster.create_database()
+    fault_server.config = {
+        "database-url": f"postgresql+psycopg://postgres@127.0.0.1:{postgres_cluster.port}/{database}",
+        "http": {"shutdown-timeout": "20s"},
+    }
+    fault_server.start()
+    deadline = time.monotonic() + 10
+    while not _leader_lock_held(postgres_cluster, database):  # its first pass takes it
+        assert time.monotonic() < deadline, "the replica never took the leadership"
+        time.sleep(0.05)
+    # A request whose body is still coming: the stop drains it, for up to 20 s.
+    raw = socket.create_connection(("127.0.0.1", fault_server.port))
+    with tls_context(fault_server.ca).wrap_socket(raw, server_hostname="127.0.0.1") as slow:
+        slow.sendall(
+            b"POST /api/v1/certificates HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + f"Authorization: Bearer {fault_server.admin_key}\r\n".encode()
+            + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        time.sleep(0.2)  # read by the server: open when the stop comes
+        os.kill(fault_server.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while _leader_lock_held(postgres_cluster, database):
+            # Before, the lock went only with the process, after the drain.
+            assert time.monotonic() < deadline, "the stopping replica kept the leadership"
+            time.sleep(0.05)
+        assert fault_server.proc is not None
+        assert fault_server.proc.poll() is None, "the replica was expected still draining"
+    assert fault_server.proc.wait(timeout=20) == 0
+    assert "stopping: gave up the leadership; another replica can take it over" in (
+        fault_server.log()
+    )

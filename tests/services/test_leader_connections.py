@@ -35,7 +35,7 @@ from certctl.store.db import (
     session_factory,
     startup_lock,
 )
-from tests.services.conftest import Env, _make_env
+from tests.services.conftest import Env, _make_env, service_doc
 
 # Far longer than the test: only what the test asks for makes a pass.
 INTERVAL_S = 120.0
@@ -95,17 +95,35 @@ def test_a_leader_that_steps_down_has_closed_its_listener_when_its_pass_returns(
             scheduler.leadership.release()
 
 
-def test_a_stopped_scheduler_has_closed_its_listener_when_run_returns(
-    pg_env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(service_changes, "POLL_S", 0.2)  # becoming leader: listens sooner
-    scheduler = Scheduler(pg_env.services, pg_env.settings, INTERVAL_S, watch_changes=True)
+def _run(scheduler: Scheduler) -> tuple[asyncio.AbstractEventLoop, asyncio.Task[None], Any]:
+    """``scheduler.run()`` in an event loop of its own thread, as certctl serve runs it."""
     loop = asyncio.new_event_loop()
     task = loop.create_task(scheduler.run())
     thread = threading.Thread(
         target=lambda: loop.run_until_complete(asyncio.wait([task])), daemon=True
     )
     thread.start()
+    return loop, task, thread
+
+
+def _end(scheduler: Scheduler, loop: asyncio.AbstractEventLoop, task: Any, thread: Any) -> None:
+    """What a test's ``_run`` left: stopped, its threads done, its lock given back."""
+    if thread.is_alive():  # the test failed before stopping it
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join(timeout=30)
+    # A pass in flight when cancelled goes on in its thread: done before the store goes.
+    loop.run_until_complete(loop.shutdown_default_executor())
+    loop.close()
+    if scheduler.leadership is not None:
+        scheduler.leadership.release()
+
+
+def test_a_stopped_scheduler_has_closed_its_listener_when_run_returns(
+    pg_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service_changes, "POLL_S", 0.2)  # becoming leader: listens sooner
+    scheduler = Scheduler(pg_env.services, pg_env.settings, INTERVAL_S, watch_changes=True)
+    loop, task, thread = _run(scheduler)
     try:
         _waited(
             "the leader to listen",
@@ -125,6 +143,78 @@ def test_a_stopped_scheduler_has_closed_its_listener_when_run_returns(
         loop.close()
         if scheduler.leadership is not None:
             scheduler.leadership.release()
+
+
+def test_a_stopped_scheduler_gives_up_the_leadership_when_run_returns(
+    pg_env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A rolling update: the old leader is told to stop, and its process then goes on for a
+    # while (open requests drain for up to http.shutdown-timeout, then the work in progress).
+    caplog.set_level(logging.INFO, "certctl.scheduler")
+    scheduler = Scheduler(pg_env.services, pg_env.settings, INTERVAL_S)
+    successor = Leadership(pg_env.services)
+    loop, task, thread = _run(scheduler)
+    try:
+        _waited("the scheduler to lead", scheduler._leading.is_set)
+        assert successor.check() is False
+        loop.call_soon_threadsafe(scheduler.stop)
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "run() did not return when stopped"
+        # Before, the lock stayed with the stopped scheduler until its process ended: no
+        # replica reconciled or sent webhooks meanwhile. (Released by ending the session:
+        # its backend frees the lock as it exits, milliseconds later.)
+        _waited("another replica to take the lock", successor.check, timeout_s=2)
+    finally:
+        successor.release()
+        _end(scheduler, loop, task, thread)
+    messages = [r.getMessage() for r in caplog.records if r.name == "certctl.scheduler"]
+    assert "stopping: gave up the leadership; another replica can take it over" in messages
+
+
+def _script(path: Path, body: str) -> str:
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_a_scheduler_stopped_mid_pass_leads_until_its_reconcile_ends_then_gives_up(
+    pg_env: Env,
+) -> None:
+    # Stopped while a service's reload command runs (a delivery as leader): the leadership
+    # is kept until that reconcile ends (a successor would reconcile the service beside it),
+    # no other service is started, and then the leadership is given up at once.
+    tmp = pg_env.tmp
+    started, go = tmp / "started", tmp / "go"
+    # Bounded: a test that fails leaves no command waiting for ever.
+    reload = _script(
+        tmp / "reload.sh",
+        f"touch {started}; i=0; while [ ! -e {go} ] && [ $i -lt 200 ]; do sleep 0.05; "
+        "i=$((i+1)); done",
+    )
+    (tmp / "a").mkdir()
+    (tmp / "b").mkdir()
+    pg_env.put(service_doc("a", targets=[{"directory": str(tmp / "a" / "tls"), "reload": reload}]))
+    pg_env.put(service_doc("b", targets=[{"directory": str(tmp / "b" / "tls")}]))
+    scheduler = Scheduler(pg_env.services, pg_env.settings, INTERVAL_S)
+    successor = Leadership(pg_env.services)
+    loop, task, thread = _run(scheduler)
+    try:
+        _waited("the reload command of service a to run", started.exists)
+        # As certctl serve's own stop, once its listeners drained: the task is cancelled.
+        loop.call_soon_threadsafe(task.cancel)
+        time.sleep(0.3)
+        assert thread.is_alive(), "run() returned while a reconcile was still running"
+        assert successor.check() is False, "leadership given up during a reconcile"
+        go.touch()
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "run() did not return once the reconcile ended"
+        _waited("another replica to take the lock", successor.check, timeout_s=2)
+    finally:
+        go.touch()
+        successor.release()
+        _end(scheduler, loop, task, thread)
+    assert pg_env.row("a").certificate_pem is not None
+    assert pg_env.row("b").certificate_pem is None, "a stopping scheduler began another service"
 
 
 def _short_idle_engine(env: Env) -> Engine:

@@ -529,6 +529,7 @@ def _serve_process(
         _set_state(app, "scheduler", scheduler)
 
     async def main() -> None:
+        running.append(asyncio.get_running_loop())
         tasks = [
             asyncio.create_task(
                 run_periodically(METRICS_REFRESH_S, lambda: refresh_metrics(services), "metrics")
@@ -586,11 +587,16 @@ def _serve_process(
             await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
             for other, _ in servers:  # one stopped (signal or error): stop the rest
                 other.should_exit = True
+            if scheduler is not None:
+                scheduler.stop()  # as a signal does (stop() below)
             await asyncio.gather(*runs, return_exceptions=True)
             listeners_stopped.append(True)
         finally:
+            # All cancelled before any is waited for: the scheduler's task waits for its
+            # reconcile in progress (then gives up the leadership), the others need not.
             for task in tasks:
                 task.cancel()
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
@@ -617,6 +623,7 @@ def _serve_process(
     # control group); a second one to the parent ends the workers (workers.Supervisor).
     listeners_stopped: list[bool] = []
     stop_asked: list[bool] = []
+    running: list[asyncio.AbstractEventLoop] = []  # main()'s, once it runs
 
     def stop(signum: int, _frame: object) -> None:
         if signum == signal.SIGINT and listeners_stopped:
@@ -655,6 +662,13 @@ def _serve_process(
         stop_asked.append(True)
         for server, _name in servers:
             server.should_exit = True
+        # The scheduler stops at once, not once the listeners drained (http.shutdown-timeout):
+        # its leadership goes to another replica while this one still answers open requests.
+        # Through the loop: stop() sets the loop's own event, and this handler may have
+        # interrupted the loop anywhere.
+        if scheduler is not None and running:
+            with contextlib.suppress(RuntimeError):  # the loop closed already: nothing runs
+                running[0].call_soon_threadsafe(scheduler.stop)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

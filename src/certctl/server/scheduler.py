@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -124,23 +126,25 @@ class Leadership:
             self._release()
             return False
 
-    def release(self) -> None:
-        """Give up leadership: end the session, which releases the lock.
+    def release(self) -> bool:
+        """Give up leadership: end the session, which releases the lock. True if it held it.
 
         The connection is invalidated, not returned to the pool: a pooled session would keep
         holding the lock, and no replica could lead while it sits there.
         """
         with self._lock:
-            self._release()
+            return self._release()
 
-    def _release(self) -> None:
-        if self._connection is not None:
-            try:
-                self._connection.invalidate()
-                self._connection.close()
-            except Exception:
-                log.debug("closing the leader connection failed", exc_info=True)
-            self._connection = None
+    def _release(self) -> bool:
+        if self._connection is None:
+            return False
+        try:
+            self._connection.invalidate()
+            self._connection.close()
+        except Exception:
+            log.debug("closing the leader connection failed", exc_info=True)
+        self._connection = None
+        return True
 
 
 @dataclass
@@ -181,9 +185,26 @@ class Scheduler:
     _leading: threading.Event = field(default_factory=threading.Event)
     # Service changes committed by other processes (server.service_changes), while run() runs.
     _changes: service_changes.ChangeWatch | None = None
+    # Set when run() is told to stop (stop(), or its task cancelled): the pass in progress
+    # reconciles no further service and the dispatcher sends no further event, so the
+    # leadership can be given up once they end, while the process goes on stopping.
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    # The pass run() is waiting for (the tick in its thread), kept apart from run()'s own
+    # await: a cancelled run() still knows when that thread stops writing as the leader.
+    _pass: asyncio.Future[int] | None = None
 
     def wake(self) -> None:
         """Reconcile soon (a spec changed; changes through other processes wake it too)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """End run(): no further pass nor service; then the leadership is given up.
+
+        From run()'s event loop (``call_soon_threadsafe`` elsewhere). A stopping server asks
+        this at its first signal, so another replica takes over while it drains its requests
+        and finishes its work in progress, not once its process has ended.
+        """
+        self._stopping.set()
         self._wake.set()
 
     def tick(self, *, dispatch_in_background: bool = False) -> int:
@@ -193,6 +214,8 @@ class Scheduler:
         ``dispatch_in_background`` in a thread of their own (at most one at a time) so a slow
         receiver never delays the next pass's reconciles.
         """
+        if self._stopping.is_set():
+            return 0  # run() stops: not the lock taken again as it is being given up
         leadership = self.leadership or Leadership(self.services)
         self.leadership = leadership
         if not leadership.check():
@@ -250,6 +273,9 @@ class Scheduler:
                 # spread over the interval from _since as the others' do, instead of all
                 # falling in one pass every 10 minutes.
                 first_sight = previous is None and seen is not None and only_if_changed
+            if self._stopping.is_set():
+                log.info("stopping: the reconcile pass ends before service %s", row.name)
+                return done
             # Re-checked per service: a leader whose lock session was lost mid-pass (network
             # cut, pg_terminate_backend) stops at once instead of racing its successor.
             if not leadership.check():
@@ -330,7 +356,9 @@ class Scheduler:
         leadership = self.leadership
 
         def leading() -> bool:
-            return self._leading.is_set() and leadership.still_leads()
+            return (
+                self._leading.is_set() and not self._stopping.is_set() and leadership.still_leads()
+            )
 
         try:
             dispatch_pending(self.services, self.webhook, leading=leading)
@@ -367,21 +395,52 @@ class Scheduler:
                 await asyncio.to_thread(self._changes.start)  # before the first pass reads
             await self._loop(outage)
         finally:
+            # Stopped (stop()) or cancelled (a stopping server's last step): the pass in
+            # progress, if any, ends after its current service.
+            self._stopping.set()
             if self._changes is not None:
                 self._changes.stop()
                 # Closed when run() returns (a stopping server then waits for reload
                 # commands, webhooks...), not up to a second later. Bounded: a thread still
                 # opening a connection to a database that does not answer is a daemon.
                 await asyncio.to_thread(self._changes.join, service_changes.STOP_WAIT_S)
+            await self._resign()
+
+    async def _resign(self) -> None:
+        """Give up the leadership once nothing writes as the leader any more.
+
+        Before, the lock stayed until the process ended: after its requests drained (up to
+        http.shutdown-timeout) and its work in progress, no replica reconciled nor sent
+        webhooks. Never while a pass or a webhook event is still on its way: the successor
+        would reconcile the same service, or send the same event, beside it. Cancelled
+        again meanwhile (a stop that will not wait), the lock goes with the process.
+        """
+        if self._pass is not None and not self._pass.done():
+            log.info("stopping: waiting for the reconcile in progress before giving up leadership")
+            try:
+                await asyncio.shield(self._pass)
+            except Exception:
+                log.exception("scheduler tick failed")
+        if self._dispatcher is not None and self._dispatcher.is_alive():
+            # Its current event at most (one webhook timeout): it asks leading() before each.
+            await asyncio.to_thread(self._dispatcher.join)
+        self._leading.clear()
+        if self.leadership is not None and await asyncio.to_thread(self.leadership.release):
+            log.info("stopping: gave up the leadership; another replica can take it over")
 
     async def _loop(self, outage: OutageLog) -> None:
-        while True:
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
             # Cleared before the pass, not after: a wake() while it runs (the next document
             # of an apply, a client added) is then seen at once instead of waiting a whole
             # interval for a pass that reads the store as it was.
             self._wake.clear()
             try:
-                await asyncio.to_thread(self.tick, dispatch_in_background=True)
+                # As asyncio.to_thread, but shielded: cancelling run() leaves self._pass
+                # pending until the thread's pass has really ended (_resign waits for it).
+                tick = functools.partial(self.tick, dispatch_in_background=True)
+                self._pass = loop.run_in_executor(None, contextvars.copy_context().run, tick)
+                await asyncio.shield(self._pass)
             except (DBAPIError, PoolTimeout) as exc:
                 fault = storage_error(exc)
                 if fault is None:
