@@ -4,7 +4,9 @@ The Helm chart's connection budget counts one listening connection for the whole
 (docs/kubernetes.md), and the leader lock lives exactly as long as its session. Here: a
 leader that steps down or stops has closed its listener by the time it says so (before, the
 listener saw it at its next look-up, up to ``POLL_S`` later, while a new leader could already
-listen), and an ``idle_session_timeout`` shorter than the reconcile interval no longer ends
+listen), a leader whose lock session is ended from outside steps down at once while another
+replica takes over (before, it went on saying it led until its next pass), and an
+``idle_session_timeout`` shorter than the reconcile interval no longer ends
 the sessions that hold the advisory locks (before, it ended the leadership every pass).
 """
 
@@ -30,6 +32,7 @@ from certctl.services.context import Services
 from certctl.services.rbac import _PostgresCounter
 from certctl.store.db import (
     LEADER_LOCK,
+    SERVICE_CHANGES_CHANNEL,
     STARTUP_LOCK,
     create_store_engine,
     session_factory,
@@ -42,6 +45,8 @@ INTERVAL_S = 120.0
 # The idle_session_timeout the tests give their sessions (ms), as a role or database setting
 # would: far shorter than any reconcile interval.
 IDLE_MS = 200
+# A follower's reconcile interval where a test needs one to take over soon.
+FOLLOWER_S = 0.2
 
 
 @pytest.fixture
@@ -93,6 +98,80 @@ def test_a_leader_that_steps_down_has_closed_its_listener_when_its_pass_returns(
         assert scheduler._changes.join(10)
         if scheduler.leadership is not None:
             scheduler.leadership.release()
+
+
+def test_a_leader_whose_lock_session_ends_steps_down_at_once_and_another_leads(
+    pg_env: Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two replicas, as certctl serve runs them (run(), with the change watch). The leader's
+    # lock session is ended from outside (pg_terminate_backend; a cut seen by its keepalives
+    # is the same end, later): it must stop acting as leader before its next pass, here
+    # reconcile-interval (2 minutes) away, while the other replica takes over.
+    monkeypatch.setattr(service_changes, "POLL_S", 0.2)  # becoming leader: listens sooner
+    caplog.set_level(logging.INFO, "certctl.scheduler")
+    leader = Scheduler(pg_env.services, pg_env.settings, INTERVAL_S, watch_changes=True)
+    lead_run = _run(leader)
+    # A follower that tries the lock every FOLLOWER_S: it takes over at its next pass.
+    follower = Scheduler(pg_env.services, pg_env.settings, FOLLOWER_S, watch_changes=True)
+    follow_run: tuple[asyncio.AbstractEventLoop, asyncio.Task[None], Any] | None = None
+    try:
+        _waited(
+            "the leader to listen",
+            lambda: leader._changes is not None and bool(_listener(leader)),
+        )
+        follow_run = _run(follower)
+        _waited("the follower's first pass", lambda: follower.leadership is not None)
+        time.sleep(3 * FOLLOWER_S)
+        assert not follower._leading.is_set(), "two leaders before the lock session ended"
+        listening = _listener(leader)
+        leadership = leader.leadership
+        assert leadership is not None
+        lock_pid = leadership._connection.connection.driver_connection.info.backend_pid
+        admin_url = pg_env.services.engine.url.set(drivername="postgresql")
+        with psycopg.connect(admin_url.render_as_string(hide_password=False)) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (lock_pid,))
+        # Before, the old leader found out at its next pass: its listener stayed open next
+        # to the new leader's, and its webhook dispatcher went on asking a lock it had not.
+        # Now the watch sees the lock's session end, and the pass it wakes steps down.
+        _waited("the old leader to stop leading", lambda: not leader._leading.is_set(), 3)
+        _waited("the old leader to close its listener", lambda: listening.closed, 3)
+        _waited("the old leader to step down", lambda: leader._since is None, 3)
+        _waited("the other replica to lead", follower._leading.is_set, 5)
+        _waited(
+            "the other replica to listen",
+            lambda: follower._changes is not None and bool(_listener(follower)),
+            5,
+        )
+        # One leader, and one listening connection for the deployment, from then on: the
+        # old one does not take the lock back.
+        _waited("one listener left", lambda: _listeners(pg_env) == 1, 3)
+        deadline = time.monotonic() + 5 * FOLLOWER_S
+        while time.monotonic() < deadline:
+            assert not leader._leading.is_set(), "the old leader leads again"
+            assert follower._leading.is_set(), "the new leader stepped down"
+            time.sleep(0.02)
+        assert _listeners(pg_env) == 1
+    finally:
+        if follow_run is not None:
+            _end(follower, *follow_run)
+        _end(leader, *lead_run)
+    messages = [r.getMessage() for r in caplog.records if r.name == "certctl.scheduler"]
+    assert "leadership check failed; stepping down" in messages
+    assert messages.count("this replica is now the leader") == 2, messages
+
+
+def _listeners(env: Env) -> int:
+    """The sessions of this database LISTENing for service changes (their last statement)."""
+    with env.services.engine.connect() as connection:
+        return int(
+            connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query = :listen"
+                ),
+                {"listen": f"LISTEN {SERVICE_CHANGES_CHANNEL}"},
+            ).scalar_one()
+        )
 
 
 def _run(scheduler: Scheduler) -> tuple[asyncio.AbstractEventLoop, asyncio.Task[None], Any]:

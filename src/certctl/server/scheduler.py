@@ -89,6 +89,21 @@ class Leadership:
                 return False
             return True
 
+    def session_fd(self) -> int | None:
+        """The socket of the lock's session while this process leads, else None.
+
+        For the change watch's thread, which waits on it for the session's end (a cut,
+        ``pg_terminate_backend``). Not under the lock, which a check may hold for as long as
+        a connection takes to open: what the watch sees is confirmed by the next check().
+        """
+        connection = self._connection
+        if connection is None:
+            return None
+        try:
+            return int(connection.connection.driver_connection.fileno())
+        except Exception:  # released or invalidated meanwhile
+            return None
+
     def _check(self) -> bool:
         try:
             if self._connection is not None:
@@ -386,9 +401,20 @@ class Scheduler:
 
         # Changes answered by other workers or replicas wake this loop too (their API request
         # could only wake their own scheduler), while this process leads.
+        def session_ended() -> None:  # from the watch's thread
+            # The lock's session is gone (or going): not leading, so the watch closes its
+            # listener at once and the dispatcher sends no further event; the woken pass
+            # checks the lock and steps down (a later pass takes it again if it is free).
+            self._leading.clear()
+            woken()
+
         if self.watch_changes:
             self._changes = service_changes.watch_changes(
-                self.services.engine, woken, self._leading.is_set
+                self.services.engine,
+                woken,
+                self._leading.is_set,
+                lock_session=lambda: self.leadership.session_fd() if self.leadership else None,
+                session_ended=session_ended,
             )
         try:
             if self._changes is not None:

@@ -11,7 +11,9 @@ process watches for them:
   second on a connection of its own (a few microseconds; no writes, no pool connection).
 * PostgreSQL: it LISTENs on ``certctl_services`` on a connection of its own, opened only
   while it leads (one connection for the whole deployment, outside ``database-pool-size``),
-  reopened when it drops, and closed before a leader that steps down or stops goes on.
+  reopened when it drops, and closed before a leader that steps down or stops goes on. Its
+  wait also watches the leader lock's session: one ended from outside (a cut,
+  ``pg_terminate_backend``) is seen at once, not at the next pass.
 
 The periodic pass stays the safety net: a change made while the connection was down, or
 that the counter could not be read for, is reconciled at the latest then (and a reconnected
@@ -55,6 +57,9 @@ STOP_WAIT_S = 2.0
 # RETRY_MAX_S while it keeps failing.
 RETRY_S = 1.0
 RETRY_MAX_S = 30.0
+# Linux's "the peer closed its side" poll event; elsewhere a lost lock session is found at
+# the next leadership check, as before.
+_RDHUP: int = getattr(select, "POLLRDHUP", 0)
 # server_version_num of PostgreSQL 14, which added idle_session_timeout.
 IDLE_SESSION_TIMEOUT_SINCE = 140000
 
@@ -192,9 +197,19 @@ class _SQLiteWatch(ChangeWatch):
 class _PostgresWatch(ChangeWatch):
     """LISTENs on ``certctl_services`` while this process leads; reconnects when cut."""
 
-    def __init__(self, engine: Engine, wake: Callable[[], None], leading: Callable[[], bool]):
+    def __init__(
+        self,
+        engine: Engine,
+        wake: Callable[[], None],
+        leading: Callable[[], bool],
+        *,
+        lock_session: Callable[[], int | None] | None = None,
+        session_ended: Callable[[], None] | None = None,
+    ):
         super().__init__(wake, leading)
         self._engine = engine
+        self._lock_session = lock_session
+        self._session_ended = session_ended
         self._connection: Any = None  # the watch thread's alone
         # Written to by stop() and step_down() to end the thread's wait for a notification
         # (psycopg's notifies() has no way to be interrupted).
@@ -246,12 +261,32 @@ class _PostgresWatch(ChangeWatch):
             self._poke_w.close()  # a later stop() or step_down() finds it closed: no-op
 
     def _wait_readable(self, timeout_s: float) -> bool:
-        """Wait until the connection has input or the watch is interrupted; True for input."""
+        """Wait until the connection has input or the watch is interrupted; True for input.
+
+        The leader lock's session is watched too: the server closing it (its half of the
+        TCP connection shut: POLLRDHUP) or it failing (POLLHUP, POLLERR) calls
+        ``session_ended``. Not its input (POLLIN): every answer to the scheduler's own
+        statements would wake this wait. Before, a leader whose lock session was ended from
+        outside found out at its next pass (``reconcile-interval``), its listener open next
+        to its successor's meanwhile.
+        """
         # poll(), not select(): a server's descriptors go past 1023 under load (run.py).
         waiting = select.poll()
-        waiting.register(self._connection.fileno(), select.POLLIN)
+        listening = self._connection.fileno()
+        waiting.register(listening, select.POLLIN)
         waiting.register(self._poke_r, select.POLLIN)
+        session = self._lock_session() if self._lock_session is not None else None
+        if session is not None and session != listening and _RDHUP:
+            # Only the hang-up: POLLHUP, POLLERR and POLLNVAL are always reported.
+            waiting.register(session, _RDHUP)
+        else:
+            session = None
         ready = {fd for fd, _events in waiting.poll(timeout_s * 1000)}
+        if session in ready and self._session_ended is not None:
+            # Confirmed by the scheduler's next leadership check: the descriptor may be
+            # another connection's by now, the lock released and taken again since.
+            self._session_ended()
+            return False  # the loop looks up first: leading() may say no now
         if self._poke_r.fileno() in ready:
             with contextlib.suppress(OSError):  # BlockingIOError: drained
                 while self._poke_r.recv(64):
@@ -309,11 +344,23 @@ class _PostgresWatch(ChangeWatch):
 
 
 def watch_changes(
-    engine: Engine, wake: Callable[[], None], leading: Callable[[], bool]
+    engine: Engine,
+    wake: Callable[[], None],
+    leading: Callable[[], bool],
+    *,
+    lock_session: Callable[[], int | None] | None = None,
+    session_ended: Callable[[], None] | None = None,
 ) -> ChangeWatch | None:
-    """The watch for this store's backend; None where there is nothing to watch."""
+    """The watch for this store's backend; None where there is nothing to watch.
+
+    On PostgreSQL, ``lock_session`` gives the socket of the leader lock's session, and
+    ``session_ended`` is called (from the watch's thread) when that socket says the server
+    closed it or it failed.
+    """
     if engine.dialect.name == "postgresql":
-        return _PostgresWatch(engine, wake, leading)
+        return _PostgresWatch(
+            engine, wake, leading, lock_session=lock_session, session_ended=session_ended
+        )
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         return _SQLiteWatch(engine.url.database, wake, leading)
     return None
