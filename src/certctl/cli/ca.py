@@ -258,6 +258,8 @@ def import_ca(
     from certctl.cli._listing import printable  # the subject is the imported file's text
 
     typer.echo(printable(f"imported CA {display_dn(ca.certificate.subject)} into {out}/"))
+    for path in outputs.paths:  # named as ca create names them
+        typer.echo(f"  {path}")
     if key_password is not None:
         typer.echo(
             f"  {out / CA_KEY} is encrypted with {_key_password_source(key_password_file)}: "

@@ -113,3 +113,15 @@ def test_help_gives_the_default_name_of_an_intermediate(
         f"Common name (default: 'certctl Root CA'; with --parent, '{name.removeprefix('CN=')}')."
     )
     assert name == "CN=certctl Intermediate CA"
+
+
+def test_ca_import_lists_the_files_it_wrote_as_ca_create_does(
+    intermediate_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # ca create named every file it wrote; ca import said only the directory.
+    out = tmp_path / "imported"
+    capsys.readouterr()
+    _ok("ca", "import", "--cert", intermediate_dir / "ca-chain.crt",
+        "--key", intermediate_dir / "ca.key", "--out", out)  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == [f"  {out / 'ca.crt'}", f"  {out / 'ca.key'}", f"  {out / 'ca-chain.crt'}"]
