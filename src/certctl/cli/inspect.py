@@ -34,6 +34,12 @@ __all__ = [
 ]
 
 
+# Tried in this order when no password is given: the variable of PKCS#12 files and keys,
+# then the one every CA command reads, so a ca.key (or the ca.p12 of certctl http) written
+# with CERTCTL_CA_PASSWORD opens in the shell that wrote it.
+PASSWORD_VARIABLES = ("CERTCTL_PASSWORD", "CERTCTL_CA_PASSWORD")
+
+
 def read_protected(
     path: Path,
     password_file: Path | None,
@@ -42,22 +48,50 @@ def read_protected(
     *,
     optional: bool = False,
 ) -> Material:
-    """Read ``path`` with the password given on the command line, or else CERTCTL_PASSWORD.
+    """Read ``path`` with the password given on the command line, or else from the variables.
 
-    The variable is a default, often set for other commands (``cert issue --p12``): a file
-    that needs no password opens without it, and a wrong one says where it came from.
-    ``optional``: a file that needs no password opens without even a password given.
+    Without --password-file or --password, CERTCTL_PASSWORD is tried, then
+    CERTCTL_CA_PASSWORD (``PASSWORD_VARIABLES``). They are defaults, often set for other
+    commands: a file that needs no password opens without them, and a wrong one says where
+    it came from. ``optional``: a file that needs no password opens without even a password
+    given.
     """
     from certctl.errors import InvalidRequest
 
-    from_env = password_file is None and password is None
-    secret = read_password(password_file, password)
-    try:
-        return read_material(path, secret, what, password_optional=from_env or optional)
-    except InvalidRequest as exc:
-        if from_env and secret is not None and "password" in exc.detail:
-            raise type(exc)(f"{exc.detail} (the password came from CERTCTL_PASSWORD)") from exc
-        raise
+    if password_file is not None or password is not None:
+        secret = read_password(password_file, password)
+        return read_material(path, secret, what, password_optional=optional)
+    tried: list[str] = []
+    failure: InvalidRequest | None = None
+    seen: set[bytes] = set()
+    for env in PASSWORD_VARIABLES:
+        secret = read_password(None, env=env)
+        if secret is None or secret in seen:
+            continue
+        seen.add(secret)
+        try:
+            return read_material(path, secret, what, password_optional=True)
+        except InvalidRequest as exc:
+            if "password" not in exc.detail:
+                raise
+            tried.append(env)
+            failure = failure or exc
+    if failure is None:
+        try:
+            return read_material(path, None, what, password_optional=True)
+        except InvalidRequest as exc:
+            # Name the variables where the message names the option (a key's "give its
+            # password (--password-file)", a PKCS#12 file's "give --password-file").
+            hint = f"--password-file, or {' or '.join(PASSWORD_VARIABLES)}"
+            detail = exc.detail.replace("(--password-file)", f"({hint})").replace(
+                "give --password-file", f"give {hint}"
+            )
+            if detail == exc.detail:
+                raise
+            raise type(exc)(detail) from exc
+    source = " and ".join(tried)
+    came = "passwords came" if len(tried) > 1 else "password came"
+    raise type(failure)(f"{failure.detail} (the {came} from {source})") from failure
 
 
 def _fingerprint(data: bytes) -> str:
@@ -389,7 +423,8 @@ def inspect_command(
         None,
         "--password-file",
         callback=password_file_option,
-        help="Password for PKCS#12 or an encrypted key (default: $CERTCTL_PASSWORD)." + STDIN_HELP,
+        help="Password for PKCS#12 or an encrypted key "
+        "(default: $CERTCTL_PASSWORD, then $CERTCTL_CA_PASSWORD)." + STDIN_HELP,
     ),
     password: str = typer.Option(
         None, "--password", help="Password on the command line (demos only)."
@@ -415,7 +450,8 @@ def inspect_command(
     fingerprints are SHA-256 of the DER, as openssl prints them.
 
     The password of an encrypted key or a PKCS#12 file is read from --password-file,
-    --password, or else the CERTCTL_PASSWORD environment variable.
+    --password, or else the CERTCTL_PASSWORD environment variable, then CERTCTL_CA_PASSWORD
+    (the one the CA commands read): the first that opens the file is used.
     """
     material = read_protected(file, password_file, password)
     with _collector_paused():

@@ -43,7 +43,8 @@ def verify_command(
         None,
         "--password-file",
         callback=password_file_option,
-        help="Password of PKCS#12 inputs (default: $CERTCTL_PASSWORD)." + STDIN_HELP,
+        help="Password of PKCS#12 inputs (default: $CERTCTL_PASSWORD, then $CERTCTL_CA_PASSWORD)."
+        + STDIN_HELP,
     ),
     password: str = typer.Option(
         None, "--password", help="Password on the command line (demos only)."
@@ -95,8 +96,8 @@ def verify_command(
     (--hostname, else its first SAN).
 
     The certificate, --ca and --untrusted may be PEM, DER, PKCS#7 or PKCS#12 files; a PKCS#12
-    file is opened with --password-file, --password or else CERTCTL_PASSWORD (one
-    password for all of them). Keys in the files are not used.
+    file is opened with --password-file, --password or else CERTCTL_PASSWORD, then
+    CERTCTL_CA_PASSWORD (one password for all of them). Keys in the files are not used.
 
     With --crl or --crl-check, revocation is checked too: the leaf (or, with
     --crl-check-all, every certificate up to the root) must not be listed in a CRL of its

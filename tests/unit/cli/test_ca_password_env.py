@@ -6,6 +6,7 @@ key: a CA written in clear while it was exported could not be used until it was 
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,63 @@ def test_help_names_the_variable_as_the_default(
     text = " ".join(capsys.readouterr().out.split())
     helped = text.split(option, 1)[1].split(" --", 1)[0]
     assert "(default: $CERTCTL_CA_PASSWORD)" in helped
+
+
+def test_inspect_opens_a_ca_key_with_either_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The CA commands read CERTCTL_CA_PASSWORD; inspect read only CERTCTL_PASSWORD, so the
+    # ca.key they had just written "is encrypted: give its password" in the same shell.
+    monkeypatch.delenv("CERTCTL_PASSWORD", raising=False)
+    monkeypatch.setenv("CERTCTL_CA_PASSWORD", PASSWORD)
+    _ok("ca", "create", "--out", tmp_path / "ca", "--cn", "Env CA")
+    key = tmp_path / "ca" / "ca.key"
+    capsys.readouterr()
+    _ok("inspect", key)
+    assert "encrypted       yes" in capsys.readouterr().out
+    # CERTCTL_PASSWORD is tried first; exported for a PKCS#12 it does not stop the other.
+    monkeypatch.setenv("CERTCTL_PASSWORD", "for-the-p12")
+    _ok("inspect", key)
+    # Both wrong: the error names both variables tried, never a password.
+    monkeypatch.setenv("CERTCTL_CA_PASSWORD", "for-another-ca")
+    assert run(["inspect", str(key)]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"certctl: error: {key}: cannot decrypt the private key: wrong password "
+        "(the passwords came from CERTCTL_PASSWORD and CERTCTL_CA_PASSWORD)\n"
+    )
+    # Neither set: the hint names both.
+    monkeypatch.delenv("CERTCTL_PASSWORD")
+    monkeypatch.delenv("CERTCTL_CA_PASSWORD")
+    assert run(["inspect", str(key)]) == 1
+    assert capsys.readouterr().err == (
+        f"certctl: error: {key}: the private key is encrypted: give its password "
+        "(--password-file, or CERTCTL_PASSWORD or CERTCTL_CA_PASSWORD)\n"
+    )
+
+
+def test_inspect_and_verify_open_a_pkcs12_with_the_ca_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A PKCS#12 file whose password is CERTCTL_CA_PASSWORD's (the ca.p12 of certctl http)
+    # opened in the shell that exported it; before, only CERTCTL_PASSWORD was read.
+    monkeypatch.delenv("CERTCTL_PASSWORD", raising=False)
+    monkeypatch.delenv("CERTCTL_CA_PASSWORD", raising=False)
+    _ok("ca", "create", "--out", tmp_path / "ca")
+    _ok("cert", "issue", "--ca", tmp_path / "ca", "--cn", "a.example", "--pem",
+        "--out", tmp_path / "a")  # fmt: skip
+    p12 = tmp_path / "a.p12"
+    crt, key = tmp_path / "a" / "tls.crt", tmp_path / "a" / "tls.key"
+    export = ["openssl", "pkcs12", "-export", "-in", str(crt), "-inkey", str(key)]
+    subprocess.run([*export, "-out", str(p12), "-passout", f"pass:{PASSWORD}"], check=True)
+    capsys.readouterr()
+    # Neither variable: the hint names the option and both variables.
+    assert run(["inspect", str(p12)]) == 1
+    assert capsys.readouterr().err == (
+        f"certctl: error: {p12}: PKCS#12 file is password-protected: give --password-file, "
+        "or CERTCTL_PASSWORD or CERTCTL_CA_PASSWORD\n"
+    )
+    monkeypatch.setenv("CERTCTL_CA_PASSWORD", PASSWORD)
+    _ok("inspect", p12)
+    assert "subject         CN=a.example" in capsys.readouterr().out
+    _ok("verify", "--ca", tmp_path / "ca" / "ca.crt", p12)
