@@ -414,6 +414,26 @@ def test_clients_add_never_sends_a_private_key(
         )
     )
     assert f"POST {route} 201" in default_server.logs()[1]
+    # The same CA again: nothing to add, said in one line beside the empty items (before:
+    # '"items": []' alone, as if the file had been ignored).
+    again = ok(
+        _certctl(
+            default_server,
+            "services",
+            "clients",
+            "add",
+            "keyless-clients",
+            "--cert",
+            str(tmp_path / "ca" / "ca.crt"),
+            **env,
+        )
+    )
+    assert json.loads(again.stdout)["items"] == []
+    assert again.stderr == (
+        f"note: keyless-clients already trusts every certificate in {tmp_path / 'ca' / 'ca.crt'}"
+        "; nothing was added\n"
+    )
+    assert f"POST {route} 200" in default_server.logs()[1]
 
 
 def test_services_status_columns_stay_aligned_with_long_names(

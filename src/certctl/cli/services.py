@@ -550,6 +550,15 @@ def clients_add(
     )
     warn_about(answer)
     print_answer(answer)
+    if isinstance(answer, dict) and answer.get("items") == []:
+        # Adding again is no error (the server answers 200, not 201), but '"items": []'
+        # alone read as if the file had been ignored or the add had failed.
+        typer.echo(
+            printable(
+                f"note: {name} already trusts every certificate in {cert}; nothing was added"
+            ),
+            err=True,
+        )
 
 
 @clients_app.command("list")
