@@ -58,6 +58,7 @@ def create(
     from certctl.pki import (
         RevokedEntry,
         create_crl,
+        format_days,
         load_previous_crl,
         parse_duration,
         parse_serial,
@@ -103,7 +104,8 @@ def create(
         # renewed CA, so clients should fetch it by then (as cert issue clips a validity).
         warn(
             f"next update {next_update.strip()} clipped to the CA's notAfter "
-            f"{ca_end:%Y-%m-%dT%H:%M:%SZ}"
+            f"{ca_end:%Y-%m-%dT%H:%M:%SZ}: {format_days(ca_end - now)} instead of "
+            f"{format_days(interval)}"
         )
         interval = ca_end - now
     # A serial listed before keeps its first revocation date and reason.

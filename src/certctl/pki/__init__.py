@@ -73,7 +73,7 @@ if TYPE_CHECKING:
     )
     from certctl.pki.profiles import LEAF_PROFILES, PROFILES, Profile, get_profile
     from certctl.pki.revocation import check_revocation
-    from certctl.pki.validity import format_duration, parse_duration
+    from certctl.pki.validity import format_days, format_duration, parse_duration
     from certctl.pki.verify import (
         IssuerNotFound,
         VerificationFailed,
@@ -128,6 +128,7 @@ _SOURCES = {
     "PROFILES": "profiles",
     "Profile": "profiles",
     "get_profile": "profiles",
+    "format_days": "validity",
     "format_duration": "validity",
     "parse_duration": "validity",
     "IssuerNotFound": "verify",
@@ -168,6 +169,7 @@ __all__ = [
     "csr_sans",
     "display_dn",
     "display_dn_text",
+    "format_days",
     "format_dn",
     "format_duration",
     "format_serial",

@@ -36,7 +36,7 @@ from certctl.pki.template import (
     spki_of,
     subject_key_identifier,
 )
-from certctl.pki.validity import format_duration
+from certctl.pki.validity import format_days, format_duration
 
 __all__ = [
     "BACKDATE",
@@ -251,9 +251,12 @@ class CertificateAuthority:
         not_before = now - BACKDATE
         not_after = now + validity
         if not_after > issuer_end:
+            # Both lifetimes in days: "5Y clipped to <date>" left the reader to work out
+            # what the certificate got instead.
             warnings.append(
                 f"validity {format_duration(validity)} clipped to the issuer's notAfter "
-                f"{issuer_end:%Y-%m-%dT%H:%M:%SZ}"
+                f"{issuer_end:%Y-%m-%dT%H:%M:%SZ}: {format_days(issuer_end - now)} instead "
+                f"of {format_days(validity)}"
             )
             not_after = issuer_end
         floor = CA_WARN_BELOW if profile.is_ca else LEAF_WARN_BELOW

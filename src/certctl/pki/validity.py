@@ -20,7 +20,7 @@ from decimal import Decimal, InvalidOperation
 
 from certctl.errors import InvalidRequest
 
-__all__ = ["MAX_DURATION", "format_duration", "parse_duration"]
+__all__ = ["MAX_DURATION", "format_days", "format_duration", "parse_duration"]
 
 MAX_DURATION = timedelta(days=365 * 100)
 
@@ -112,3 +112,19 @@ def format_duration(value: timedelta) -> str:
     if micros:
         parts.append(f"{micros}us")
     return "".join(parts)
+
+
+def format_days(value: timedelta) -> str:
+    """A lifetime in days for people: ``90 days``, ``29.5 days``, ``1 day``; under a day, hours.
+
+    For warnings that compare two lifetimes (a validity clipped to its issuer's notAfter):
+    ``5Y`` against ``8760h`` made the reader do the arithmetic, the same unit does not.
+    Rounded to a tenth, so a lifetime a few seconds short of 30 days reads ``30 days``.
+    """
+    days = value / timedelta(days=1)
+    if days >= 1:
+        count, unit = round(days, 1), "day"
+    else:
+        count, unit = round(value / timedelta(hours=1), 1), "hour"
+    text = f"{count:g}"
+    return f"{text} {unit}" if text == "1" else f"{text} {unit}s"

@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from certctl.errors import InvalidRequest
-from certctl.pki.validity import MAX_DURATION, format_duration, parse_duration
+from certctl.pki.validity import MAX_DURATION, format_days, format_duration, parse_duration
 
 FAST = settings(max_examples=200, deadline=None)
 
@@ -168,3 +168,21 @@ def test_grammar_strings_parse_and_format_back(
     canonical = format_duration(parsed)
     assert parse_duration(canonical) == parsed
     assert format_duration(parse_duration(canonical)) == canonical
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (timedelta(days=90), "90 days"),
+        (timedelta(days=1), "1 day"),
+        (timedelta(days=29, hours=12), "29.5 days"),
+        # A lifetime clipped a few seconds after its issuer was made: no 29.99993 days.
+        (timedelta(days=30) - timedelta(seconds=7), "30 days"),
+        (timedelta(days=36500), "36500 days"),
+        (timedelta(hours=23), "23 hours"),
+        (timedelta(minutes=30), "0.5 hours"),
+        (timedelta(hours=1), "1 hour"),
+    ],
+)
+def test_format_days_names_the_unit(value: timedelta, text: str) -> None:
+    assert format_days(value) == text
