@@ -630,7 +630,12 @@ def test_issue_from_a_csr_sends_the_csr_only(default_server: CertctlServer, tmp_
                 **env,
             )
         )
-        assert json.loads(issued.stdout)["out"] == str(tmp_path / source.stem)
+        answer = json.loads(issued.stdout)
+        assert answer["out"] == str(tmp_path / source.stem)
+        # The files written, named (no tls.key: the CSR's key stays where it is).
+        written = tmp_path / source.stem
+        assert answer["files"] == [str(written / "tls.crt"), str(written / "ca.crt")]
+        assert sorted(p.name for p in written.iterdir()) == ["ca.crt", "tls.crt"]
         # The certificate is for the CSR's key.
         cert_key = ok(
             run("openssl", "x509", "-in", tmp_path / source.stem / "tls.crt", "-pubkey", "-noout")
@@ -876,8 +881,16 @@ def test_issue_from_an_intermediate_writes_the_root_as_ca_crt(
     assert ok(run(*verify, *trust, out / "tls.crt")).stdout == f"{out / 'tls.crt'}: OK\n"
     # The default issuer is a root: its ca.crt is the same file as before.
     root_out = tmp_path / "root-leaf"
-    ok(_certctl(default_server, "certs", "issue", "--cn", name, "--out", str(root_out), **env))
+    issued = ok(
+        _certctl(default_server, "certs", "issue", "--cn", name, "--out", str(root_out), **env)
+    )
     assert (root_out / "ca.crt").read_text() == default_server.ca.read_text()
+    # The files it wrote, named as ca create and cert issue name theirs (in the JSON).
+    assert json.loads(issued.stdout)["files"] == [
+        str(root_out / "tls.crt"),
+        str(root_out / "tls.key"),
+        str(root_out / "ca.crt"),
+    ]
 
 
 def _public_key(path: Path) -> str:
@@ -912,6 +925,7 @@ def test_renew_into_the_issue_directory(default_server: CertctlServer, tmp_path:
     )
     answer = json.loads(renewed.stdout)
     assert answer["out"] == str(out)
+    assert answer["files"] == [str(out / n) for n in ("tls.crt", "tls.key", "ca.crt")]
     assert not any(k.endswith("_pem") for k in answer), answer
     assert "PRIVATE KEY" not in renewed.stdout + renewed.stderr
     assert (out / "tls.key").stat().st_mode & 0o777 == 0o600

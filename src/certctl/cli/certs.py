@@ -206,7 +206,12 @@ def _issuer_root_pem(issuer: str) -> str:
 
 
 def _save_issued(data: Any, out: Path, ca_pem: str, *, force: bool, path: str) -> dict[str, Any]:
-    """Write an issue or renew answer into ``out``; the answer without its PEM, plus ``out``."""
+    """Write an issue or renew answer into ``out``; the answer without its PEM, plus ``out``.
+
+    And ``files``, the paths written, as ``ca create`` and ``cert issue`` name theirs: a
+    certificate from --csr has no tls.key, which ``out`` alone did not say. In the JSON,
+    not as lines after it, so that stdout stays one document for jq.
+    """
     from certctl.files import OutputSet
 
     if not isinstance(data, dict) or not all(
@@ -219,14 +224,15 @@ def _save_issued(data: Any, out: Path, ca_pem: str, *, force: bool, path: str) -
         outputs.add(out / "tls.key", data.pop("private_key_pem").encode(), secret=True)
     outputs.add(out / "ca.crt", ca_pem.encode())
     try:
-        outputs.commit()
+        written = outputs.commit()
     except CertctlError as exc:
         # The certificate exists on the server now; its generated key is not kept there.
         raise CertctlError(
             f"{exc.detail} (certificate {data.get('id')} was issued but not saved: "
             f"revoke it with 'certctl certs revoke {data.get('id')}')"
         ) from exc
-    return {k: v for k, v in data.items() if not k.endswith("_pem")} | {"out": str(out)}
+    answer = {k: v for k, v in data.items() if not k.endswith("_pem")}
+    return answer | {"out": str(out), "files": [str(path) for path in written]}
 
 
 def _root_pem(chain_pem: Any, path: str) -> str:
