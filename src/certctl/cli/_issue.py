@@ -259,6 +259,14 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
             ca_issuers_urls,
         )
         return
+    if opts.out.suffix.lower() == ".zip" and not opts.out.is_dir():
+        # Only a batch is zipped: `--out app.zip` made a directory called app.zip, which a
+        # script then tried to unzip. As `certctl http --out` refuses a directory for its
+        # zip, the other way round; an app.zip directory made before is still written into.
+        raise UsageProblem(
+            f"--out {opts.out}: only --in (a batch) writes a zip; one certificate goes into "
+            f"a directory, e.g. --out {opts.out.with_suffix('')}"
+        )
     if opts.cn is None and opts.subject is None:
         raise UsageProblem("give --cn or --subject (or --in for a batch)")
     # An empty --cn or --subject is refused by the parsers, not taken for a missing one.

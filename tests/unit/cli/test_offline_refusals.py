@@ -68,6 +68,17 @@ CASES = [
         2,
         _usage("cert issue", "--p12 needs a password: --password-file or CERTCTL_PASSWORD"),
     ),
+    _c(
+        # Only a batch is zipped: this made a directory called out.zip.
+        "issue-one-certificate-into-a-zip",
+        "cert issue --ca ca1 -o out.zip --cn x --pem",
+        2,
+        _usage(
+            "cert issue",
+            "--out out.zip: only --in (a batch) writes a zip; one certificate goes into a "
+            "directory, e.g. --out out",
+        ),
+    ),
     # --- cert issue: options that would be dropped without a word ----------------------
     _c(
         "issue-password-without-p12",

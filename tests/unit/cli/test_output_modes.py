@@ -194,3 +194,17 @@ def test_a_closed_stderr_changes_nothing_but_where_messages_go(ca: Path, tmp_pat
     ]
     assert (tmp_path / "b.zip").is_file()
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["tls.crt"]
+
+
+def test_a_directory_called_zip_made_before_is_still_written_into(ca: Path, tmp_path: Path) -> None:
+    # `cert issue --out app.zip` is refused now (only --in writes a zip); the app.zip
+    # directory it made before is still written into, as scripts reissue into it.
+    made = tmp_path / "app.zip"
+    made.mkdir()
+    ok(_certctl_umask0("cert", "issue", "--ca", ca, "--cn", "app", "--out", made))
+    assert sorted(p.name for p in made.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
+    fresh = tmp_path / "new.zip"
+    refused = _certctl_umask0("cert", "issue", "--ca", ca, "--cn", "app", "--out", fresh)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(f"certctl: error: --out {fresh}: only --in (a batch)")
+    assert not fresh.exists()
