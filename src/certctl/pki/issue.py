@@ -250,7 +250,8 @@ class CertificateAuthority:
         issuer_end = self.certificate.not_valid_after_utc
         not_before = now - BACKDATE
         not_after = now + validity
-        if not_after > issuer_end:
+        clipped = not_after > issuer_end
+        if clipped:
             # Both lifetimes in days: "5Y clipped to <date>" left the reader to work out
             # what the certificate got instead.
             warnings.append(
@@ -262,9 +263,15 @@ class CertificateAuthority:
         floor = CA_WARN_BELOW if profile.is_ca else LEAF_WARN_BELOW
         if not_after - now < floor:
             kind = "CA" if profile.is_ca else "certificate"
+            # Clipped, the lifetime is no longer the one asked for in its unit, and read
+            # "719h58m is under 60 days": then in days, as the clipping warning says it.
+            lifetime = (
+                format_days(not_after - now)
+                if clipped
+                else format_duration(_to_minutes(not_after - now))
+            )
             warnings.append(
-                f"{kind} lifetime {format_duration(_to_minutes(not_after - now))} is under "
-                f"{floor.days} days; plan its renewal"
+                f"{kind} lifetime {lifetime} is under {floor.days} days; plan its renewal"
             )
         sans = sans if (sans and profile.allows_sans) else SubjectAltNames()
         if profile.is_server and not sans:

@@ -259,7 +259,27 @@ def test_leaf_clipped_short_warns_twice(
     assert len(issued.warnings) == 2
     # Both lifetimes in days, the one granted rounded (10 days less the jitter).
     assert issued.warnings[0].endswith(": 10 days instead of 90 days"), issued.warnings
-    assert issued.warnings[1] == "certificate lifetime 10D is under 60 days; plan its renewal"
+    assert issued.warnings[1] == "certificate lifetime 10 days is under 60 days; plan its renewal"
+
+
+def test_a_lifetime_clipped_to_part_of_a_day_is_said_in_days(
+    root_ca: CertificateAuthority,
+) -> None:
+    # Both warnings in one unit: before, "validity 90D clipped to …" then "certificate
+    # lifetime 719h58m is under 60 days" (a CA made minutes before its leaf).
+    end = root_ca.certificate.not_valid_after_utc
+    issued = root_ca.issue(
+        ec.generate_private_key(ec.SECP256R1()).public_key(),
+        common_name_dn("half.example"),
+        profile=PROFILES["server"],
+        validity=timedelta(days=90),
+        now=end - timedelta(days=29, hours=12),
+    )
+    assert issued.warnings == (
+        f"validity 90D clipped to the issuer's notAfter {end:%Y-%m-%dT%H:%M:%SZ}: "
+        "29.5 days instead of 90 days",
+        "certificate lifetime 29.5 days is under 60 days; plan its renewal",
+    )
 
 
 def test_ca_without_key_cert_sign_refuses_to_issue(now: datetime) -> None:
