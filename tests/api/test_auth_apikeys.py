@@ -523,3 +523,38 @@ def test_a_name_holding_an_api_key_is_refused_without_echoing_it(api: Api) -> No
         api.post(KEYS, api.admin_key, json={"actor_id": "bot", "name": "cctl_ci"}).status_code
         == 201
     )
+
+
+def test_a_key_without_its_prefix_is_refused_but_a_long_name_after_a_date_is_a_name(
+    api: Api,
+) -> None:
+    """The check reused the access log's masking, whose bare form (6+ hex digits, "_", 40
+    characters with a capital) refused names like a date-prefixed one as "holds an API key"."""
+    key = api.actor_key("bot", ["r-viewer"])
+    key_id, secret = key.split("_")[1], key.split("_", 2)[2]
+    before = api.counts()
+    # A whole key with "cctl_" dropped is still a key.
+    r = api.post(KEYS, api.admin_key, json={"actor_id": "bot", "name": f"{key_id}_{secret}"})
+    assert assert_problem(r, 400)["detail"] == (
+        f"name holds an API key ({key_id}_…): names are listed to other callers; revoke that key"
+    )
+    assert secret not in r.text
+    assert api.counts() == before
+    names = [
+        "20241205_Quarterly-Rotation-Production-Cluster-Scraper-Key-EU1",
+        "facade_Frontend-Gateway-Production-Certificates-West-Europe-1",
+    ]
+    for number, name in enumerate(names):
+        minted = api.post(KEYS, api.admin_key, json={"actor_id": "bot", "name": name})
+        assert minted.status_code == 201, minted.text
+        assert minted.json()["name"] == name
+        actor = api.post(
+            "/api/v1/auth/actors", api.admin_key, json={"id": f"a{number}", "name": name}
+        )
+        assert actor.status_code == 201, actor.text
+        role = api.post(
+            "/api/v1/auth/roles",
+            api.admin_key,
+            json={"id": f"r{number}", "name": name, "permissions": ["metrics.read"]},
+        )
+        assert role.status_code == 201, role.text

@@ -22,6 +22,7 @@ __all__ = [
     "MintedKey",
     "hash_secret",
     "key_head",
+    "key_in_name",
     "mint_key",
     "parse_key",
     "redact_keys",
@@ -102,6 +103,23 @@ def redact_keys(text: str) -> str:
     if PREFIX in text:
         text = _IN_TEXT.sub(r"\1…", text)
     return _BARE.sub(_bare_secret, text)
+
+
+# A key in a display name: its prefix and id with anything after (a whole key, or one cut
+# short), or a whole key without its prefix. Not redact_keys's looser bare form (6 hex digits,
+# "_" and 40 characters with a capital): masking a log line that only looks like a key costs
+# nothing, but refusing a name does, and "20241205_Quarterly-Rotation-Production-Scraper-Key"
+# or "facade_…" are names people give things.
+_IN_NAME = re.compile(
+    r"(cctl_[0-9a-f]{16}_)[A-Za-z0-9_-]"
+    r"|(?<![A-Za-z0-9_-])([0-9a-f]{16}_)[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])"
+)
+
+
+def key_in_name(name: str) -> str | None:
+    """The head (``cctl_<id>_`` or ``<id>_``) of an API key written in ``name``, or None."""
+    match = _IN_NAME.search(name)
+    return None if match is None else match.group(1) or match.group(2)
 
 
 def _bare_secret(match: re.Match[str]) -> str:

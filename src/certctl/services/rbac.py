@@ -26,9 +26,9 @@ from certctl.auth.apikeys import (
     KEY_ID,
     MintedKey,
     key_head,
+    key_in_name,
     mint_key,
     parse_key,
-    redact_keys,
     secret_matches,
 )
 from certctl.auth.permissions import BUILTIN_ROLES, PERMISSIONS
@@ -104,12 +104,10 @@ def _check_name(name: str | None) -> None:
     """
     if name is None:
         return
-    redacted = redact_keys(name)
-    if redacted != name:
-        shown = re.search(r"[A-Za-z0-9_]*…", redacted)
+    head = key_in_name(name)
+    if head is not None:
         raise InvalidRequest(
-            f"name holds an API key ({shown.group(0) if shown else '…'}): names are listed to "
-            "other callers; revoke that key"
+            f"name holds an API key ({head}…): names are listed to other callers; revoke that key"
         )
 
 
