@@ -139,6 +139,25 @@ def test_a_missing_output_answers_why(env: Env) -> None:
         assert client.get("/api/v1/services/api/outputs/certs-public").status_code == 200
 
 
+def test_an_output_of_a_service_whose_first_pass_failed_says_so(env: Env) -> None:
+    # Before: "... yet: waiting for the first reconcile pass" after that pass had run and
+    # failed (here: the custom certificate's secret is missing), every pass since.
+    from tests.api.conftest import assert_problem
+
+    env.put(service_doc("web", secret="nosuch"))
+    row = env.reconcile("web")
+    assert row.certificate_pem is None
+    failed = row.conditions["Failed"]
+    assert failed["status"] is True
+    assert failed["message"].startswith("secret nosuch not found"), failed
+    with env.client() as client:
+        answer = assert_problem(client.get("/api/v1/services/web/outputs/certs-public"), 404)
+    assert answer["detail"] == (
+        f"service web has no certs-public output yet: its last reconcile pass failed: "
+        f"{failed['message']}"
+    )
+
+
 def test_client_trust_output_only_with_client_authentication(env: Env) -> None:
     env.put(service_doc("api", client_auth=True))
     env.reconcile("api")

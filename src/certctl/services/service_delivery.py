@@ -102,6 +102,13 @@ def why_no_output(row: ManagedService, output: str) -> str:
     if output == "client-trust" and not spec.tls.client.authentication:
         return f"{head}: its client authentication is off (spec.http.tls.client.authentication)"
     if row.certificate_pem is None:
+        from certctl.services.service_status import stored_condition
+
+        # A pass that ran and failed (a custom certificate's secret missing): "waiting for
+        # the first pass" had a user wait for one that had come and gone.
+        failed = stored_condition(row.conditions, "Failed")
+        if failed.get("status"):
+            return f"{head} yet: its last reconcile pass failed: {failed.get('message') or '?'}"
         return f"{head} yet: waiting for the first reconcile pass"
     return f"{head} (yet)"
 
