@@ -52,6 +52,8 @@ _CERTUTIL_OPTIONS = {
 # Where a command has none of those equivalents: what to do instead of click's guess by
 # spelling (cert issue --silent got "Possible options: --in").
 _CA_FIRST = "certctl ca create --subject DN --out DIR, then --ca DIR"
+# The commands whose --subject is the DN of the CA they make, as certutil's --ca-dn is.
+_MAKES_A_CA = (" ca create", " issuers create")
 _CERTUTIL_ELSEWHERE = {
     "--ca-dn": f"certctl makes the CA first: {_CA_FIRST}",
     "--silent": "this command never prompts: leave --silent out",
@@ -78,7 +80,7 @@ def _usage_message(exc: UsageError, args: list[str]) -> str:
     option, hint = known
     taken = {opt for param in exc.ctx.command.params for opt in param.opts}
     equivalent = option in taken
-    if exc.option_name == "--ca-dn" and not exc.ctx.command_path.endswith(" ca create"):
+    if exc.option_name == "--ca-dn" and not exc.ctx.command_path.endswith(_MAKES_A_CA):
         # Elsewhere --subject is the leaf's, not the new CA's; a command signing with --ca
         # takes a CA made first (certctl http also names a new one with --ca-cn).
         equivalent = False

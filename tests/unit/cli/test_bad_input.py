@@ -148,6 +148,14 @@ CASES = [
         2,
         "No such option: --ca-dn (certutil's --ca-dn DN is --subject DN)",
     ),
+    # issuers create makes a CA too: its --subject is that CA's DN (click guessed --cn).
+    _c(
+        "issuers-create-certutil-ca-dn",
+        "issuers create ops --ca-dn CN=x",
+        2,
+        "No such option: --ca-dn (certutil's --ca-dn DN is --subject DN) "
+        "(see 'certctl issuers create --help')",
+    ),
     # cert issue's --subject is the leaf's: certutil's --ca-dn (its new CA's DN) is not it.
     _c(
         "issue-certutil-ca-dn",
