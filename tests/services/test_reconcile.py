@@ -1012,6 +1012,21 @@ def test_registering_clients_for_a_service_without_client_authentication_warns(
     assert (again.status_code, again.json()["warnings"]) == (200, [])
 
 
+def test_an_empty_client_certificate_field_is_refused_as_a_field_not_a_file(env: Env) -> None:
+    # Before: 400 "an empty file: no certificate, key, CSR or CRL in it", the loader's words
+    # for the CLI's files, to an API caller who sent no file.
+    from tests.api.conftest import assert_problem
+
+    http = env.client()
+    env.put(service_doc("web", client_auth=True))
+    for empty in (" ", "\n\n"):  # "" is the body schema's (minLength 1)
+        refused = http.post("/api/v1/services/web/clients", json={"certificate_pem": empty})
+        assert assert_problem(refused, 400)["detail"] == (
+            "certificate_pem is empty: send one or more PEM certificates"
+        )
+    assert http.get("/api/v1/services/web/clients").json()["items"] == []
+
+
 def test_client_subjects_are_named_as_certificate_subjects_are(env: Env) -> None:
     # Listed as "1.2.840.113549.1.9.1=ops@example.com,CN=clients" while certificates and
     # issuers show emailAddress= (openssl -nameopt RFC2253).

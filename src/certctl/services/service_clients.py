@@ -35,6 +35,9 @@ def add_client(services: Services, caller: Principal, name: str, pem: str) -> li
     caller.require("service.edit")
     if "PRIVATE KEY" in pem:
         raise InvalidRequest("client trust takes certificates only; never send a private key")
+    if not pem.strip():
+        # The loader's words ("an empty file") are for the CLI's files; here it is a field.
+        raise InvalidRequest("certificate_pem is empty: send one or more PEM certificates")
     material = load_material(pem.encode())
     if not material.certificates or material.csrs or material.crls:
         raise InvalidRequest("client trust takes PEM certificates only")
