@@ -16,6 +16,7 @@ def test_whoami_admin(api: Api) -> None:
         "roles": ["r-admin"],
         "permissions": sorted(ALL_PERMISSIONS),
         "auth_method": "api_key",
+        "missing_roles": [],
     }
 
 

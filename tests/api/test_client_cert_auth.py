@@ -619,3 +619,33 @@ def test_a_mapped_role_that_does_not_exist_is_warned_about_at_start(
         "(roles: r-admin, r-auditor, r-metrics-read, r-mtls-readers, r-operator, r-viewer): "
         "certificates it maps get no permissions from it until a role of that name is created",
     ]
+
+
+def test_whoami_lists_the_mapped_roles_that_do_not_exist(api: Api) -> None:
+    """whoami listed a mapping's typo (``r-opertor``) among the roles with nothing saying it is
+    no role: ``missing_roles`` names it, and empties once the role is created (even one with
+    no permissions, which leaves the rest of the answer as it was)."""
+    api.create_role("r-mtls", ["cert.read"])
+    mappings = (
+        ClientCertMapping("CN=typo", ("r-mtls", "r-opertor")),
+        ClientCertMapping("CN=fine", ("r-mtls",)),
+    )
+    layer = Presenting(create_app(api.services, client_cert_mappings=mappings))
+    with TestClient(layer, base_url="https://testserver", raise_server_exceptions=False) as client:
+        mtls = Mtls(api, layer, client)
+        typo, fine = _client_cert(api, "typo"), _client_cert(api, "fine")
+        mtls.present(typo["certificate_pem"], "default")
+        for _ in range(2):  # read from the store, then remembered
+            assert mtls.whoami().json() == {
+                "actor_id": "cert:CN=typo",
+                "roles": ["r-mtls", "r-opertor"],
+                "permissions": ["cert.read"],
+                "auth_method": "client_certificate",
+                "missing_roles": ["r-opertor"],
+            }
+        mtls.present(fine["certificate_pem"], "default")
+        assert mtls.whoami().json()["missing_roles"] == []
+        api.create_role("r-opertor", [])
+        mtls.present(typo["certificate_pem"], "default")
+        body = mtls.whoami().json()
+        assert (body["roles"], body["missing_roles"]) == (["r-mtls", "r-opertor"], [])

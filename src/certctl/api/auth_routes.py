@@ -30,7 +30,7 @@ __all__ = ["AUTH_ROUTES"]
 
 # Rendered whoami answers (body and headers) by identity: the same few principals ask again
 # and again, and sorting and encoding ~20 permissions cost more than the rest of the handler.
-_WhoamiKey = tuple[str, tuple[str, ...], frozenset[str], str]
+_WhoamiKey = tuple[str, tuple[str, ...], frozenset[str], str, tuple[str, ...]]
 _WhoamiAnswer = tuple[bytes, tuple[tuple[bytes, bytes], ...]]
 _WHOAMI_ANSWERS: dict[_WhoamiKey, _WhoamiAnswer] = {}
 _WHOAMI_MAX = 1024
@@ -52,7 +52,7 @@ class _Rendered(Response):
 
 
 def _whoami_answer(p: Principal) -> _WhoamiAnswer:
-    key = (p.actor_id, p.roles, p.permissions, p.auth_method)
+    key = (p.actor_id, p.roles, p.permissions, p.auth_method, p.missing_roles)
     answer = _WHOAMI_ANSWERS.get(key)
     if answer is None:
         body = json_bytes(
@@ -61,6 +61,9 @@ def _whoami_answer(p: Principal) -> _WhoamiAnswer:
                 "roles": list(p.roles),
                 "permissions": sorted(p.permissions),
                 "auth_method": p.auth_method,
+                # A client-cert mapping's roles that are no role (a typo): "roles" lists
+                # them as mapped, and only this said they grant nothing.
+                "missing_roles": list(p.missing_roles),
             }
         )
         answer = (body, tuple(Response(body, media_type="application/json").raw_headers))

@@ -134,7 +134,13 @@ _STORED_CERTIFICATE_FIELDS: dict[str, Any] = {
 _SCHEMAS: dict[str, dict[str, Any]] = {
     "Problem": _PROBLEM,
     "WhoAmI": _object(
-        {"actor_id": _STR, "roles": _STRS, "permissions": _STRS, "auth_method": _STR}
+        {
+            "actor_id": _STR,
+            "roles": _STRS,
+            "permissions": _STRS,
+            "auth_method": _STR,
+            "missing_roles": _STRS,
+        }
     ),
     "PermissionList": _object({"items": _STRS, "next_cursor": {"type": "null"}}),
     "Role": _object(

@@ -26,6 +26,7 @@ from certctl.cli._api import (
     send_request,
     unexpected_response,
 )
+from certctl.cli._common import warn
 from certctl.cli._listing import Column
 from certctl.errors import CertctlError
 
@@ -127,7 +128,17 @@ def _apikey_columns() -> list[Column]:
 def whoami() -> None:
     """Show the actor, roles and permissions your credentials give."""
     # The README's first curl line, for a user checking the CERTCTL_* settings with the CLI.
-    print_answer(send_request("GET", "/api/v1/auth/whoami"))
+    answer = send_request("GET", "/api/v1/auth/whoami")
+    print_answer(answer)
+    # "roles" lists a client-cert mapping's typo like any role: say on stderr (stdout stays
+    # the server's JSON) that it grants nothing. An older server sends no missing_roles.
+    missing = answer.get("missing_roles") if isinstance(answer, dict) else None
+    for role in missing if isinstance(missing, list) else ():
+        if isinstance(role, str):
+            warn(
+                f"role {role} of this client certificate's mapping does not exist: it gives "
+                "no permissions until a role of that name is created"
+            )
 
 
 @auth_app.command("permissions")

@@ -588,6 +588,35 @@ def test_auth_permissions_table_json_and_a_wrong_shape(listener: Listener) -> No
     )
 
 
+def test_whoami_warns_of_mapped_roles_that_do_not_exist(listener: Listener) -> None:
+    # `auth whoami` printed a mapping's typo (r-opertor) among the roles with no word that it
+    # grants nothing: stdout stays the server's JSON, stderr names each such role.
+    answer = {
+        "actor_id": "cert:CN=ci",
+        "roles": ["r-opertor", "r-viewer", "zz\x1b"],
+        "permissions": ["cert.read"],
+        "auth_method": "client_certificate",
+        "missing_roles": ["r-opertor", "zz\x1b"],
+    }
+    listener.answers["/api/v1/auth/whoami"] = Answer(body=json.dumps(answer).encode())
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": KEY}
+    proc = certctl("auth", "whoami", env=env)
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout) == answer
+    assert proc.stderr == (
+        "certctl: warning: role r-opertor of this client certificate's mapping does not "
+        "exist: it gives no permissions until a role of that name is created\n"
+        "certctl: warning: role zz\\x1b of this client certificate's mapping does not "
+        "exist: it gives no permissions until a role of that name is created\n"
+    )
+    # A wrong shape warns of nothing (not of each letter); one run: each costs ~1 s.
+    listener.answers["/api/v1/auth/whoami"] = Answer(
+        body=json.dumps(answer | {"missing_roles": "r-x"}).encode()
+    )
+    proc = certctl("auth", "whoami", env=env)
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
 def test_a_list_whose_stdout_fails_ends_quietly_or_in_one_line(listener: Listener) -> None:
     # `certctl certs list -o table | head -0`: a table is one write, left in Python's buffer
     # for the interpreter's exit, which printed "Exception ignored … BrokenPipeError" with
