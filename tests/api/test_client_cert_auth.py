@@ -649,3 +649,25 @@ def test_whoami_lists_the_mapped_roles_that_do_not_exist(api: Api) -> None:
         mtls.present(typo["certificate_pem"], "default")
         body = mtls.whoami().json()
         assert (body["roles"], body["missing_roles"]) == (["r-mtls", "r-opertor"], [])
+
+
+def test_a_services_403_names_a_mapped_role_that_does_not_exist(api: Api) -> None:
+    """Only the route's own check said the mapping's role does not exist: a service's refusal
+    (creating a role above the caller's permissions) said "you lack" and no more. Every 403
+    of such a certificate now says it, and its audit row too."""
+    api.create_role("r-mtls-maker", ["auth.role.create"])
+    mappings = (ClientCertMapping("CN=typo", ("r-mtls-maker", "r-opertor")),)
+    layer = Presenting(create_app(api.services, client_cert_mappings=mappings))
+    with TestClient(layer, base_url="https://testserver", raise_server_exceptions=False) as client:
+        mtls = Mtls(api, layer, client)
+        mtls.present(_client_cert(api, "typo")["certificate_pem"], "default")
+        role = {"id": "r-x", "name": "x", "permissions": ["audit.read"]}
+        detail = assert_problem(client.post("/api/v1/auth/roles", json=role), 403)["detail"]
+        hint = "(role r-opertor of this client certificate's mapping does not exist)"
+        lack = "cannot create this role: it needs permission(s) you lack: audit.read"
+        assert detail == f"{lack} {hint}"
+        refused = [e for e in api.audit() if e["action"] == "POST /api/v1/auth/roles"]
+        assert refused[0]["detail"] == detail, refused  # newest first
+        # The route's own check, once: not twice.
+        detail = assert_problem(client.get("/api/v1/issuers"), 403)["detail"]
+        assert detail == f"missing permission issuer.read {hint}"

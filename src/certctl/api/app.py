@@ -46,12 +46,12 @@ from certctl.api.issuer_routes import CA_READ_THREADS, ISSUER_ROUTES
 from certctl.api.metrics_routes import HEALTH_ROUTES, METRICS_ROUTES
 from certctl.api.problems import problem, problem_from_error
 from certctl.api.readiness import DatabaseProbe
-from certctl.api.router import ApiRouter, route_endpoint
+from certctl.api.router import PRINCIPAL, ApiRouter, route_endpoint
 from certctl.api.service_routes import SERVICE_ROUTES
 from certctl.api.throttle import AuthFailureLimiter
 from certctl.auth.apikeys import redact_keys
 from certctl.auth.kubernetes import TokenReviewAuthenticator
-from certctl.errors import CertctlError
+from certctl.errors import CertctlError, PermissionDenied
 from certctl.metrics.registry import AUTH_FAILURES, HTTP_DURATION, HTTP_REQUESTS
 from certctl.services import audit
 from certctl.services.context import Principal, Services
@@ -249,6 +249,11 @@ async def _certctl_error(request: Request, exc: Exception) -> Response:
         )
     actor = request.scope.get("certctl.actor")
     if exc.status == 403:
+        principal = request.scope.get(PRINCIPAL)
+        if isinstance(principal, Principal):
+            # Here, not where each is raised: the route's check and every service's alike
+            # (a service's refusal said "you lack" with no word of the role that is no role).
+            exc = PermissionDenied(principal.explained(exc.detail))
         # Every refusal of an authenticated caller, wherever it was decided: the route's
         # permission, or a service's check (a role or key above the caller's own permissions,
         # a directory target the policy refuses). Escalation attempts are the ones to alert on.

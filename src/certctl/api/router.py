@@ -18,10 +18,14 @@ from certctl.api.authentication import (
     authenticate_from_store,
     authenticate_kubernetes,
 )
-from certctl.errors import InvalidRequest
+from certctl.errors import InvalidRequest, PermissionDenied
 from certctl.services.context import Principal
 
-__all__ = ["ApiRouter", "route_endpoint"]
+__all__ = ["PRINCIPAL", "ApiRouter", "route_endpoint"]
+
+# The scope key of a caller whose 403s have more to say: a client certificate mapping's roles
+# that do not exist (Principal.missing_roles), which the error handler names in each of them.
+PRINCIPAL = "certctl.principal"
 
 
 def route_endpoint(route: ApiRoute, auth: AuthSettings) -> Callable[[Request], Awaitable[Response]]:
@@ -48,8 +52,11 @@ def route_endpoint(route: ApiRoute, auth: AuthSettings) -> Callable[[Request], A
                 if principal is None:
                     principal = await authenticate_from_store(request, auth)
             scope["certctl.actor"] = principal.actor_id
+            if principal.missing_roles:
+                # For its 403s, wherever raised, to name them (see _certctl_error).
+                scope[PRINCIPAL] = principal
             if route.permission != AUTHENTICATED and route.permission not in principal.permissions:
-                raise principal.denied(route.permission)
+                raise PermissionDenied(f"missing permission {route.permission}")
         if query and allowed_query:
             # A misspelt filter (?stauts=revoked) must not silently return everything. Routes
             # without filters ignore a query: probes and scrapers add their own (?_=1,

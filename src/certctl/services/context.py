@@ -49,22 +49,22 @@ class Principal:
     def require(self, permission: str) -> None:
         """Raise PermissionDenied unless the caller holds ``permission``."""
         if permission not in self.permissions:
-            raise self.denied(permission)
+            raise PermissionDenied(f"missing permission {permission}")
 
-    def denied(self, permission: str) -> PermissionDenied:
-        """The refusal of ``permission``, naming the caller's own roles that do not exist.
+    def explained(self, detail: str) -> str:
+        """A refusal's ``detail``, naming the caller's own roles that do not exist.
 
-        Only the caller's own roles (``whoami`` lists them): nothing of other roles.
+        The one place this is said: the API applies it to every 403 of this caller, the
+        route's check and each service's alike. Only the caller's own roles (``whoami``
+        lists them): nothing of other roles.
         """
-        detail = f"missing permission {permission}"
         missing = self.missing_roles
-        if missing:
-            names = ", ".join(missing)
-            if len(missing) == 1:
-                detail += f" (role {names} of this client certificate's mapping does not exist)"
-            else:
-                detail += f" (roles {names} of this client certificate's mappings do not exist)"
-        return PermissionDenied(detail)
+        if not missing:
+            return detail
+        names = ", ".join(missing)
+        if len(missing) == 1:
+            return f"{detail} (role {names} of this client certificate's mapping does not exist)"
+        return f"{detail} (roles {names} of this client certificate's mappings do not exist)"
 
 
 @dataclass(frozen=True)
