@@ -73,6 +73,10 @@ app = typer.Typer(
     # http:// is refused.
     + _api.ENV_HELP[0].lower()
     + _api.ENV_HELP[1:],
+    # Where a user who hit "internal error (…)" looks: before, docs/configuration.md alone
+    # named the variable.
+    epilog="An error is one line on stderr. An internal error (a bug) shows its traceback "
+    "with CERTCTL_DEBUG=1, for a bug report.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -120,8 +120,16 @@ def serve_command(
 
 
 # The options of the commands run beside a server, on its store (admin-key, kek rotate).
+# Their settings' help says what serve's does, in its form: the variable in the text, not
+# Typer's "[env var: …]".
 _SERVER_CONFIG = typer.Option(
-    None, "--config", "-c", envvar="CERTCTL_CONFIG", help="The server's YAML config file."
+    None,
+    "--config",
+    "-c",
+    envvar="CERTCTL_CONFIG",
+    show_envvar=False,
+    help="The server's YAML config file (default: none, every key at its default; env "
+    "CERTCTL_CONFIG).",
 )
 _SERVER_DATA_DIR = typer.Option(
     None,
@@ -129,7 +137,11 @@ _SERVER_DATA_DIR = typer.Option(
     help="The server's data directory (default: ./certctl-data; env CERTCTL_DATA_DIR).",
 )
 _SERVER_DATABASE_URL = typer.Option(
-    None, "--database-url", help="The server's database (prefer CERTCTL_DATABASE_URL)."
+    None,
+    "--database-url",
+    help="The server's database, an SQLAlchemy URL (default: SQLite, <data-dir>/certctl.db; "
+    "env CERTCTL_DATABASE_URL). With a password, prefer the variable: a flag is visible to "
+    "every user in ps.",
 )
 
 

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from certctl.cli._app import app
 
@@ -49,3 +50,42 @@ def test_every_serve_option_names_its_default_and_its_environment_variable() -> 
         or not re.search(r"\bCERTCTL_[A-Z_]+\b|\bno environment variable\b", text)
     ]
     assert lacking == []
+
+
+def test_the_commands_beside_a_server_name_its_settings_as_serve_does() -> None:
+    # `admin-key` and `kek rotate` read the server's settings: --config showed Typer's
+    # "[env var: CERTCTL_CONFIG]" (serve says "env CERTCTL_CONFIG" in its text) and
+    # --database-url did not say that SQLite in the data dir is the default.
+    shown = dict(_option_help(typer.main.get_command(app), ["certctl"]))
+    settings = ("--config", "--data-dir", "--database-url")
+    for command in ("certctl admin-key", "certctl kek rotate"):
+        texts = {
+            setting: text
+            for option, text in shown.items()
+            for setting in settings
+            if option.startswith(f"{command} ") and setting in option.split()
+        }
+        assert len(texts) == 3, (command, texts)
+        lacking = [
+            text
+            for text in texts.values()
+            if "[env var:" in text
+            or not re.search(r"\bdefault\b", text, re.I)
+            or not re.search(r"\benv CERTCTL_[A-Z_]+\b", text)
+        ]
+        assert lacking == [], command
+    assert not [f"{o}: {t}" for o, t in shown.items() if "[env var:" in t]
+
+
+def test_the_top_level_help_says_how_to_see_an_internal_errors_traceback() -> None:
+    # An internal error is one line ("set CERTCTL_DEBUG=1 for details"); the variable was in
+    # docs/configuration.md only, not in any --help.
+    command = typer.main.get_command(app)
+    context = command.context_class(command, info_name="certctl")
+    formatter = context.make_formatter()
+    # Click's own layout, as `certctl --help` shows it (main sets TYPER_USE_RICH off; this
+    # process may not have).
+    super(TyperGroup, command).format_help(context, formatter)
+    text = " ".join(formatter.getvalue().split())
+    assert "CERTCTL_DEBUG=1" in text
+    assert "traceback" in text
