@@ -648,7 +648,11 @@ def test_throttled_client_is_told_how_long_to_wait(start_server: StartServer) ->
     server = start_server(config={"auth": {"failure-limit": 1, "failure-window": "90s"}})
     env = _admin_env(server)
     wrong = _certctl(server, "certs", "list", **(env | {"CERTCTL_API_KEY": "cctl_x_" + "y" * 30}))
-    assert wrong.stderr == "certctl: error: HTTP 401: malformed API key\n"
+    assert wrong.stderr == (
+        f"certctl: error: HTTP 401: malformed API key (CERTCTL_API_KEY is no key of the server "
+        f"at {server.url}: give a whole key, as 'certctl auth apikeys create' printed it or "
+        "admin-api-key holds it)\n"
+    )
     blocked = _certctl(server, "certs", "list", **env)
     assert blocked.returncode == 1
     prefix = "certctl: error: HTTP 429: too many failed authentications from this address; "

@@ -377,7 +377,30 @@ def _failure(response: Any, endpoint: str, key_set: bool) -> str:
         )
     if code == 401 and not key_set:
         message += " (set CERTCTL_API_KEY to an API key, e.g. $(cat certctl-data/admin-api-key))"
+    elif code == 401 and detail in _KEY_REFUSALS:
+        # The server's words for the key sent (services.rbac): say where it came from and
+        # how to get a working one. Another server's words get no hint, not a wrong one.
+        hint = _KEY_REFUSALS[detail]
+        message += f" ({hint.format(url=f'{base.scheme}://{base.netloc}{base.path}')})"
     return message
+
+
+_RENEW_KEY = (
+    "the key in CERTCTL_API_KEY: mint another with 'certctl auth apikeys create ACTOR' under a "
+    "working key, or with 'certctl admin-key' on the server's host"
+)
+_WRONG_KEY = (
+    "CERTCTL_API_KEY is no key of the server at {url}: give a whole key, as 'certctl auth "
+    "apikeys create' printed it or admin-api-key holds it"
+)
+# A 401's detail when the API key sent was refused -> what to do about it.
+_KEY_REFUSALS = {
+    "malformed API key": _WRONG_KEY,
+    "unknown API key": _WRONG_KEY,
+    "API key expired": _RENEW_KEY,
+    "API key revoked": _RENEW_KEY,
+    "API key's actor no longer exists": _RENEW_KEY,
+}
 
 
 def _retry_after_s(response: Any) -> int | None:

@@ -422,6 +422,37 @@ def test_401_without_a_key_says_which_variable(listener: Listener) -> None:
     )
 
 
+def test_401_of_the_key_that_was_sent_says_what_to_do(listener: Listener) -> None:
+    # "HTTP 401: API key expired" said nothing of where the key came from or how to get
+    # another; a 401 about something else (a client certificate) gets no word of the key.
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": KEY}
+    refusals = {
+        "/api/v1/certificates": "API key expired",
+        "/api/v1/services": "unknown API key",
+        "/api/v1/issuers": "client certificate revoked",
+    }
+    for path, detail in refusals.items():
+        listener.answers[path] = Answer(
+            401, "application/problem+json", json.dumps({"detail": detail}).encode()
+        )
+    assert_error(
+        certctl("certs", "list", env=env),
+        "HTTP 401: API key expired (the key in CERTCTL_API_KEY: mint another with "
+        "'certctl auth apikeys create ACTOR' under a working key, or with 'certctl admin-key' "
+        "on the server's host)",
+        secrets=[KEY],
+    )
+    assert_error(
+        certctl("services", "list", env=env),
+        f"HTTP 401: unknown API key (CERTCTL_API_KEY is no key of the server at {listener.url}: "
+        "give a whole key, as 'certctl auth apikeys create' printed it or admin-api-key holds it)",
+        secrets=[KEY],
+    )
+    assert_error(
+        certctl("issuers", "list", env=env), "HTTP 401: client certificate revoked", secrets=[KEY]
+    )
+
+
 # --- 2. and 3. CERTCTL_URL ---------------------------------------------------------------
 
 
