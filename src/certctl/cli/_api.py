@@ -285,6 +285,7 @@ def _seconds(value: float) -> str:
 
 def _connect_failure(exc: Exception, timeout: float) -> str:
     """Why a request failed before any response, in one line, with a hint when there is one."""
+    import socket
     import ssl
 
     import httpx
@@ -303,6 +304,13 @@ def _connect_failure(exc: Exception, timeout: float) -> str:
         if isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER":
             hint = "the server is not speaking TLS: for plain HTTP use http:// in CERTCTL_URL"
             return f"{cause} ({hint})"
+    if any(isinstance(cause, socket.gaierror) for cause in cause_chain(exc)):
+        # "[Errno -2] Name or service not known" alone does not say which name.
+        host = urlsplit(_server_url()).hostname
+        return (
+            f"{exc} ({host}, the host name in CERTCTL_URL, does not resolve: a typo, or a name "
+            "only another network knows?)"
+        )
     if any(isinstance(cause, ConnectionRefusedError) for cause in cause_chain(exc)):
         # Nothing listens there: the usual cause is no server, or CERTCTL_URL unset or wrong.
         return f"{exc} ({_refused_hint()})"

@@ -550,6 +550,27 @@ def test_refused_connection_to_the_default_url_says_it_is_the_default(
         )
 
 
+def test_a_host_name_that_does_not_resolve_says_it_is_the_one_in_certctl_url(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In-process (cheap). "[Errno -2] Name or service not known" alone did not say which
+    # name: the one in CERTCTL_URL (RFC 6761: .invalid never resolves).
+    from certctl.cli.main import run
+
+    for name in [n for n in os.environ if n.startswith("CERTCTL_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CERTCTL_URL", "https://certctl.example.invalid:8443")
+    assert run(["auth", "whoami"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("certctl: error: cannot reach https://certctl.example.invalid:8443: ")
+    assert err.endswith(
+        " (certctl.example.invalid, the host name in CERTCTL_URL, does not resolve: a typo, "
+        "or a name only another network knows?)\n"
+    )
+    assert err.count("\n") == 1
+
+
 # --- 4. answers that are not certctl's ---------------------------------------------------
 
 
