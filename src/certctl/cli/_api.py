@@ -305,11 +305,16 @@ def _connect_failure(exc: Exception, timeout: float) -> str:
             hint = "the server is not speaking TLS: for plain HTTP use http:// in CERTCTL_URL"
             return f"{cause} ({hint})"
     if any(isinstance(cause, socket.gaierror) for cause in cause_chain(exc)):
-        # "[Errno -2] Name or service not known" alone does not say which name.
-        host = urlsplit(_server_url()).hostname
+        # "[Errno -2] Name or service not known" alone does not say which name. Through a
+        # proxy, the only name resolved here is the proxy's (it resolves CERTCTL_URL's host).
+        url = _server_url()
+        proxy = _proxy_of(url)
+        if proxy is not None:
+            variable, proxy_host = proxy
+            return f"{exc} ({proxy_host}, the host of the proxy in {variable}, does not resolve)"
         return (
-            f"{exc} ({host}, the host name in CERTCTL_URL, does not resolve: a typo, or a name "
-            "only another network knows?)"
+            f"{exc} ({urlsplit(url).hostname}, the host name in CERTCTL_URL, does not resolve: "
+            "a typo, a name only another network knows, or no name server reachable?)"
         )
     if any(isinstance(cause, ConnectionRefusedError) for cause in cause_chain(exc)):
         # Nothing listens there: the usual cause is no server, or CERTCTL_URL unset or wrong.
@@ -338,6 +343,30 @@ def _connect_failure(exc: Exception, timeout: float) -> str:
                 "CERTCTL_CLIENT_KEY)"
             )
     return message
+
+
+def _proxy_of(url: str) -> tuple[str, str] | None:
+    """The variable naming the proxy a request to ``url`` goes through, and the proxy's host.
+
+    As httpx picks it: ``<scheme>_proxy`` then ``all_proxy`` (either case), unless ``no_proxy``
+    names the host; never for loopback (see send_request). The host only: the variable's
+    value may hold a password.
+    """
+    import urllib.request
+
+    host = urlsplit(url).hostname or ""
+    if is_loopback(host) or urllib.request.proxy_bypass(host):
+        return None
+    scheme = urlsplit(url).scheme
+    for variable in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY", "all_proxy", "ALL_PROXY"):
+        value = os.environ.get(variable, "").strip()
+        if value:
+            try:
+                proxy_host = urlsplit(value if "://" in value else f"http://{value}").hostname
+            except ValueError:
+                return None
+            return (variable, proxy_host) if proxy_host else None
+    return None
 
 
 def _refused_hint() -> str:

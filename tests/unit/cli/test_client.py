@@ -566,9 +566,24 @@ def test_a_host_name_that_does_not_resolve_says_it_is_the_one_in_certctl_url(
     assert err.startswith("certctl: error: cannot reach https://certctl.example.invalid:8443: ")
     assert err.endswith(
         " (certctl.example.invalid, the host name in CERTCTL_URL, does not resolve: a typo, "
-        "or a name only another network knows?)\n"
+        "a name only another network knows, or no name server reachable?)\n"
     )
     assert err.count("\n") == 1
+    # Through a proxy the name resolved here is the proxy's, not CERTCTL_URL's (which the
+    # proxy resolves): that one is named, without the rest of the variable (a password).
+    for name in [n for n in os.environ if n.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:secret@proxy.example.invalid:3128")
+    assert run(["auth", "whoami"]) == 1
+    err = capsys.readouterr().err
+    assert err.endswith(
+        " (proxy.example.invalid, the host of the proxy in HTTPS_PROXY, does not resolve)\n"
+    )
+    assert "secret" not in err
+    # ... unless NO_PROXY exempts CERTCTL_URL's host, as httpx does.
+    monkeypatch.setenv("NO_PROXY", "example.invalid")
+    assert run(["auth", "whoami"]) == 1
+    assert "the host name in CERTCTL_URL, does not resolve" in capsys.readouterr().err
 
 
 # --- 4. answers that are not certctl's ---------------------------------------------------
