@@ -5,7 +5,8 @@
   is made exact by a TCP gate in front of PostgreSQL that holds the replicas' first
   connections until both have arrived.
 * A replica told to stop (SIGTERM: a rolling update) gives up the leadership at once, while
-  it still drains its open requests, not when its process ends.
+  it still drains its open requests, not when its process ends, nor after a webhook
+  receiver that never answers.
 * A replica cut off from its database (open connections end, new ones are never answered:
   a firewall or a dead host) answers 503 problem+json within seconds, not after the
   kernel's ~15-minute retransmission timeout; ``/readyz`` says 503 meanwhile, ``/healthz``
@@ -307,3 +308,77 @@ def test_a_stopping_replica_gives_up_the_leadership_while_its_requests_drain(
     assert "stopping: gave up the leadership; another replica can take it over" in (
         fault_server.log()
     )
+
+
+class _SilentReceiver:
+    """A webhook receiver that accepts connections and never answers (a hung one)."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.posted = threading.Event()
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            self._held.append(client)
+            with contextlib.suppress(OSError):
+                client.settimeout(5)
+                if client.recv(65536).startswith(b"POST "):
+                    self.posted.set()
+
+    def close(self) -> None:
+        self._listener.close()
+        for client in self._held:
+            client.close()
+
+
+def test_a_stopping_leader_does_not_wait_for_a_webhook_receiver_that_never_answers(
+    fault_server: FaultServer, postgres_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    database = postgres_cluster.create_database()
+    receiver = _SilentReceiver()
+    secret = tmp_path / "webhook.key"
+    secret.write_text("0123456789abcdef0123456789abcdef\n")
+    fault_server.config = {
+        "database-url": f"postgresql+psycopg://postgres@127.0.0.1:{postgres_cluster.port}/{database}",
+        "reconcile-interval": "1s",
+        "notifications": {
+            "webhook": {
+                "url": f"http://127.0.0.1:{receiver.port}/hook",
+                "secret-file": str(secret),
+                "timeout": "60s",
+            }
+        },
+    }
+    try:
+        fault_server.start()
+        sans = [{"dns": "a.test"}]
+        doc = {
+            "apiVersion": "certctl.io/v1",
+            "kind": "TLSService",
+            "metadata": {"name": "web"},
+            "spec": {
+                "http": {"tls": {"selfSignedCertificate": {"subjectAltNames": sans}}},
+                "targets": [{"directory": str(tmp_path / "web" / "tls")}],
+            },
+        }
+        with fault_server.client() as client:
+            assert client.put("/api/v1/services/web", json=doc).status_code == 201
+        # Its "issued" event is on its way to a receiver that will not answer for a minute.
+        assert receiver.posted.wait(15), "the webhook event was never sent"
+        started = time.monotonic()
+        os.kill(fault_server.pid, signal.SIGTERM)
+        assert fault_server.proc is not None
+        # Before, the stop waited for the event in flight, up to the webhook timeout (a
+        # minute here), the leadership held meanwhile: no replica reconciled nor sent.
+        assert fault_server.proc.wait(timeout=70) == 0
+        assert time.monotonic() - started < 10, "the stop waited for the webhook receiver"
+        assert not _leader_lock_held(postgres_cluster, database)
+    finally:
+        receiver.close()

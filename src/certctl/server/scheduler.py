@@ -50,6 +50,9 @@ __all__ = ["Leadership", "Scheduler"]
 log = logging.getLogger("certctl.scheduler")
 # pg_advisory_lock key: "certctl" as an integer, so other applications rarely collide.
 _LOCK_KEY = LEADER_LOCK
+# How long a stopping leader waits for the webhook event in flight (most receivers answer in
+# milliseconds) before giving up the leadership without its answer.
+DISPATCH_STOP_WAIT_S = 2.0
 
 
 class Leadership:
@@ -448,8 +451,19 @@ class Scheduler:
             except Exception:
                 log.exception("scheduler tick failed")
         if self._dispatcher is not None and self._dispatcher.is_alive():
-            # Its current event at most (one webhook timeout): it asks leading() before each.
-            await asyncio.to_thread(self._dispatcher.join)
+            # Its current event at most: it asks leading() before each. Not for as long as
+            # that takes (notifications.webhook.timeout): a receiver that never answers held
+            # the leadership and the process's end for all of it, where the process used to
+            # end at once. Left then, unanswered, the event stays pending in the store and
+            # the next leader sends it, with the same delivery id (at least once, as around
+            # any hand-over).
+            await asyncio.to_thread(self._dispatcher.join, DISPATCH_STOP_WAIT_S)
+            if self._dispatcher.is_alive():
+                log.warning(
+                    "stopping: not waiting longer than %g s for the webhook receiver to "
+                    "answer the event in flight; the next leader sends it again",
+                    DISPATCH_STOP_WAIT_S,
+                )
         self._leading.clear()
         if self.leadership is not None and await asyncio.to_thread(self.leadership.release):
             log.info("stopping: gave up the leadership; another replica can take it over")
