@@ -576,8 +576,10 @@ def _serve_process(
                 )
             )
         )
+        scheduler_task = None
         if scheduler is not None:
-            tasks.append(asyncio.create_task(scheduler.run()))
+            scheduler_task = asyncio.create_task(scheduler.run())
+            tasks.append(scheduler_task)
         if publish_ca is not None:
             tasks.append(
                 asyncio.create_task(run_periodically(CA_SECRET_REFRESH_S, publish_ca, "CA Secret"))
@@ -592,10 +594,17 @@ def _serve_process(
             await asyncio.gather(*runs, return_exceptions=True)
             listeners_stopped.append(True)
         finally:
-            # All cancelled before any is waited for: the scheduler's task waits for its
+            # All ended before any is waited for: the scheduler's task waits for its
             # reconcile in progress (then gives up the leadership), the others need not.
+            # The scheduler is stopped, not cancelled: stopped at the first signal, it is
+            # often still giving up (closing its listening connection, waiting for a webhook
+            # event) when the listeners end, and a cancel there left the lock (and its log
+            # line) to the process's end. Its waits are bounded; a second signal ends them.
+            if scheduler is not None:
+                scheduler.stop()
             for task in tasks:
-                task.cancel()
+                if task is not scheduler_task:
+                    task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -222,6 +222,9 @@ class Scheduler:
         this at its first signal, so another replica takes over while it drains its requests
         and finishes its work in progress, not once its process has ended.
         """
+        if not self._stopping.is_set() and self._pass is not None and not self._pass.done():
+            # Said here: run() awaits that pass itself, so _resign finds it ended.
+            log.info("stopping: waiting for the reconcile in progress before giving up leadership")
         self._stopping.set()
         self._wake.set()
 
