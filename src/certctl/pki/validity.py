@@ -14,6 +14,7 @@ Units may be mixed (``1D12h``). Certificate lifetimes are fixed-length on purpos
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
@@ -115,16 +116,25 @@ def format_duration(value: timedelta) -> str:
 
 
 def format_days(value: timedelta) -> str:
-    """A lifetime in days for people: ``90 days``, ``29.5 days``, ``1 day``; under a day, hours.
+    """A lifetime for people in days: ``90 days``, ``29.5 days``, ``1 day``.
 
-    For warnings that compare two lifetimes (a validity clipped to its issuer's notAfter):
-    ``5Y`` against ``8760h`` made the reader do the arithmetic, the same unit does not.
-    Rounded to a tenth, so a lifetime a few seconds short of 30 days reads ``30 days``.
+    Under a day in hours, under an hour in minutes, under a minute in seconds. For warnings
+    that compare two lifetimes (a validity clipped to its issuer's notAfter): ``5Y`` against
+    ``8760h`` made the reader do the arithmetic, the same unit does not. Days and hours are
+    rounded to a tenth, so a lifetime a few seconds short of 30 days reads ``30 days``.
     """
-    days = value / timedelta(days=1)
-    if days >= 1:
-        count, unit = round(days, 1), "day"
-    else:
-        count, unit = round(value / timedelta(hours=1), 1), "hour"
+    # (unit, its size in seconds, decimals shown), largest first.
+    units = (("day", 86400, 1), ("hour", 3600, 1), ("minute", 60, 0), ("second", 1, 0))
+    seconds = value.total_seconds()
+    chosen = units[-1]
+    for unit, lower in itertools.pairwise(units):
+        # The unit the value reaches as the unit below would show it: 23h59m59s is "1 day",
+        # not "24 hours". Minutes and seconds under an hour: "0 hours" was said of a
+        # certificate still valid for minutes (an issuer that ends within the hour).
+        if round(seconds / lower[1], lower[2]) >= unit[1] / lower[1]:
+            chosen = unit
+            break
+    name, size, digits = chosen
+    count = round(seconds / size, digits)
     text = f"{count:g}"
-    return f"{text} {unit}" if text == "1" else f"{text} {unit}s"
+    return f"{text} {name}" if text == "1" else f"{text} {name}s"

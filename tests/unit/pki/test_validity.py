@@ -180,8 +180,19 @@ def test_grammar_strings_parse_and_format_back(
         (timedelta(days=30) - timedelta(seconds=7), "30 days"),
         (timedelta(days=36500), "36500 days"),
         (timedelta(hours=23), "23 hours"),
-        (timedelta(minutes=30), "0.5 hours"),
         (timedelta(hours=1), "1 hour"),
+        # Under an hour (an issuer that ends within it): minutes, then seconds, never
+        # "0 hours" for a certificate that is still valid for minutes.
+        (timedelta(minutes=30), "30 minutes"),
+        (timedelta(minutes=2), "2 minutes"),
+        (timedelta(minutes=1), "1 minute"),
+        (timedelta(seconds=40), "40 seconds"),
+        (timedelta(seconds=1), "1 second"),
+        (timedelta(0), "0 seconds"),
+        # Just short of the next unit: rounded up into it, not "24 hours" or "60 minutes".
+        (timedelta(days=1) - timedelta(seconds=1), "1 day"),
+        (timedelta(hours=1) - timedelta(seconds=1), "1 hour"),
+        (timedelta(minutes=1) - timedelta(milliseconds=200), "1 minute"),
     ],
 )
 def test_format_days_names_the_unit(value: timedelta, text: str) -> None:
