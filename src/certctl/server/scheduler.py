@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
-from certctl.errors import NotFound
+from certctl.errors import NotFound, StorageUnavailable
 from certctl.server import service_changes
 from certctl.server.outage import OutageLog
 from certctl.services import (
@@ -118,9 +118,15 @@ class Leadership:
             connection = self.services.engine.connect().execution_options(
                 isolation_level="AUTOCOMMIT"
             )
-            got = connection.execute(
-                text("SELECT pg_try_advisory_lock(:key)"), {"key": _LOCK_KEY}
-            ).scalar()
+            try:
+                got = connection.execute(
+                    text("SELECT pg_try_advisory_lock(:key)"), {"key": _LOCK_KEY}
+                ).scalar()
+            except BaseException:
+                with contextlib.suppress(Exception):  # a broken session: not kept until GC
+                    connection.invalidate()
+                    connection.close()
+                raise
             if got:
                 self._connection = connection  # first: a failure below invalidates it
                 # Pinged once a pass only: an idle_session_timeout shorter than
@@ -130,13 +136,16 @@ class Leadership:
                 return True
             connection.close()
             return False
-        except PoolTimeout as exc:
-            # No pooled connection came free (database-pool-size): the store is busy, not
-            # broken; a line per pass, no traceback. The words before the colon are what
+        except (PoolTimeout, DBAPIError) as exc:
+            # No pooled connection came free (database-pool-size: the store is busy, not
+            # broken), or the session is gone (pg_terminate_backend, a restart, a cut): a line
+            # per pass, no traceback. The words before the colon are what
             # tests/soak/test_replicas.py waits for.
             fault = storage_error(exc)
-            assert fault is not None  # a pool timeout always is one
-            log.warning("leadership check failed; stepping down: %s", fault.detail)
+            if fault is None:  # a bug, not the storage: its traceback
+                log.exception("leadership check failed; stepping down")
+            else:
+                log.warning("leadership check failed; stepping down: %s", _reason(exc, fault))
             self._release()
             return False
         except Exception:
@@ -163,6 +172,17 @@ class Leadership:
             log.debug("closing the leader connection failed", exc_info=True)
         self._connection = None
         return True
+
+
+def _reason(exc: BaseException, fault: StorageUnavailable) -> str:
+    """Why a leadership check failed, in one line.
+
+    The driver's own first line for a lost session (it names the cause, never a password:
+    "terminating connection due to administrator command"), else the storage fault's.
+    """
+    orig = getattr(exc, "orig", None)
+    first = str(orig).strip().split("\n")[0] if orig is not None else ""
+    return first or fault.detail
 
 
 @dataclass
