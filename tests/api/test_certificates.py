@@ -8,8 +8,9 @@ import ipaddress
 import json
 import logging
 import re
-from collections.abc import Iterator
-from datetime import timedelta
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -896,11 +897,8 @@ def test_crl_numbers_increase_across_replicas_clock_steps_and_restarts(
         return _crl_number(r.content, tmp_path)
 
     def replica(clock_offset: timedelta) -> Services:
-        """Another process or replica on the same store, its clock ``clock_offset`` away."""
-        url = api.services.engine.url.render_as_string(hide_password=False)
-        engine = create_store_engine(url)
         now = api.clock() + clock_offset
-        return Services(engine, session_factory(engine), api.services.wrapper, lambda: now)
+        return _replica(api, lambda: now)
 
     started = api.clock()
     numbers = [fetch()]
@@ -916,8 +914,13 @@ def test_crl_numbers_increase_across_replicas_clock_steps_and_restarts(
     numbers.append(fetch())
     restarted = replica(timedelta(0))
     try:
+        # A process started since serves the CRL just stored, fresh by its clock too.
         der = crls.crl_for(restarted, "default").public_bytes(serialization.Encoding.DER)
-        numbers.append(_crl_number(der, tmp_path))
+        assert _crl_number(der, tmp_path) == numbers[-1]
+        cert = api.issue(common_name="after-restart.example.com")
+        assert api.post(f"{CERTS}/{cert['id']}/revoke", api.admin_key).status_code == 200
+        der = crls.crl_for(restarted, "default").public_bytes(serialization.Encoding.DER)
+        numbers.append(_crl_number(der, tmp_path))  # a revocation: signed there, anew
     finally:
         restarted.engine.dispose()
     api.clock.advance(seconds=crls.CRL_REUSE.total_seconds())
@@ -926,6 +929,113 @@ def test_crl_numbers_increase_across_replicas_clock_steps_and_restarts(
     # Above the numbers the clock gave before (microseconds since the epoch): a client
     # holding a CRL signed before the upgrade takes the next one as newer.
     assert numbers[0] >= int(started.timestamp()) * 10**6
+
+
+def _replica(api: Api, clock: Callable[[], datetime]) -> Services:
+    """Another process or replica on the same store (own caches and engine), on ``clock``."""
+    url = api.services.engine.url.render_as_string(hide_password=False)
+    engine = create_store_engine(url)
+    return Services(engine, session_factory(engine), api.services.wrapper, clock)
+
+
+def _number_and_this_update(der: bytes) -> tuple[int, datetime]:
+    crl = x509.load_der_x509_crl(der)
+    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number, (
+        crl.last_update_utc
+    )
+
+
+def test_processes_on_one_store_serve_one_crl_whose_number_never_goes_down(
+    api: Api, tmp_path: Path
+) -> None:
+    """RFC 5280 5.2.3: a client load-balanced over workers or replicas sees no lower number.
+
+    Each process served the CRL it had signed itself for up to CRL_REUSE: a client fetching
+    from one and then the other saw N_B, N_A, N_B for one unchanged list, and a relying party
+    keeping the highest number seen (Windows, some Java) distrusted N_A. The newest CRL any
+    process signed is served by every process while fresh; thisUpdate goes up with the number.
+    """
+    other = _replica(api, lambda: api.clock())
+
+    def fetch(services: Services) -> bytes:
+        if services is api.services:
+            r = api.get("/api/v1/issuers/default/crl")
+            assert r.status_code == 200, r.text
+            return r.content
+        return crls.crl_for(services, "default").public_bytes(serialization.Encoding.DER)
+
+    try:
+        seen = [fetch(s) for s in (api.services, other) * 3]
+        assert len(set(seen)) == 1  # one CRL while nothing changed, whichever process answers
+        api.clock.advance(seconds=crls.CRL_REUSE.total_seconds())  # stale: one of them signs
+        seen += [fetch(s) for s in (other, api.services) * 3]
+        assert len(set(seen[6:])) == 1
+        # A revocation through one shows on the other at once.
+        cert = api.issue(common_name="gone.example.com")
+        r = api.post(f"{CERTS}/{cert['id']}/revoke", api.admin_key, json={})
+        assert r.status_code == 200, r.text
+        revoked = fetch(other)
+        assert [e.serial_number for e in x509.load_der_x509_crl(revoked)] == [
+            int(cert["serial"], 16)
+        ]
+        seen += [revoked] + [fetch(s) for s in (api.services, other) * 2]
+        assert set(seen[12:]) == {revoked}
+        numbers = [_number_and_this_update(der) for der in seen]
+        assert numbers == sorted(numbers), numbers  # numbers and thisUpdate: never down
+        assert len(set(numbers)) == 3, numbers
+        assert _crl_number(seen[-1], tmp_path) == numbers[-1][0]  # as openssl reads it
+    finally:
+        other.engine.dispose()
+
+
+def test_processes_finding_no_fresh_crl_together_sign_one(api: Api) -> None:
+    """Fetches racing on two processes with no fresh CRL: one signs, the others serve it.
+
+    Each takes the number (the lock) in turn and finds the CRL the first one stored: no
+    second CRL, no number spent (a client given either saw one CRL, not two).
+    """
+    other = _replica(api, lambda: api.clock())
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            served = list(
+                pool.map(
+                    lambda s: crls.crl_for(s, "default").public_bytes(serialization.Encoding.DER),
+                    [api.services, other] * 3,
+                )
+            )
+        assert len(set(served)) == 1
+        with api.services.engine.connect() as connection:
+            counter = connection.execute(
+                select(issuers.ISSUERS.c.crl_number).where(issuers.ISSUERS.c.id == "default")
+            ).scalar_one()
+        assert _number_and_this_update(served[0])[0] == counter  # the only number taken
+    finally:
+        other.engine.dispose()
+
+
+def test_a_crl_numbered_higher_never_carries_an_earlier_this_update(api: Api) -> None:
+    """A process whose clock is a little ahead signed N; the next one signed N+1 earlier.
+
+    thisUpdate follows the newest CRL's within BACKDATE (clocks of replicas a little apart,
+    or the time read before another process took its number), so it never goes backwards
+    as the numbers go up: a relying party comparing either sees the same order.
+    """
+    ahead = _replica(api, lambda: api.clock() + timedelta(seconds=90))
+    signed = []
+    try:
+        for n, services in enumerate((ahead, api.services, ahead, api.services)):
+            cert = api.issue(common_name=f"c{n}.example.com")
+            r = api.post(f"{CERTS}/{cert['id']}/revoke", api.admin_key, json={})
+            assert r.status_code == 200, r.text
+            der = crls.crl_for(services, "default").public_bytes(serialization.Encoding.DER)
+            assert len(x509.load_der_x509_crl(der)) == n + 1  # signed anew: the list changed
+            signed.append(_number_and_this_update(der))
+    finally:
+        ahead.engine.dispose()
+    numbers = [number for number, _ in signed]
+    assert numbers == sorted(set(numbers)), signed
+    this_updates = [this_update for _, this_update in signed]
+    assert this_updates == sorted(this_updates), signed
 
 
 @contextlib.contextmanager

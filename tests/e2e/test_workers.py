@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests._poll import wait_until
@@ -69,24 +70,48 @@ def _serving_worker(server: CertctlServer, workers: list[int]) -> int:
         connection.close()
 
 
-def _whoami_in(server: CertctlServer, key: str, workers: list[int]) -> tuple[int, int]:
-    """GET whoami with ``key`` on a new connection: (status, the worker that answered)."""
+def _get_in(
+    server: CertctlServer, path: str, workers: list[int], headers: dict[str, str] | None = None
+) -> tuple[int, bytes, int]:
+    """GET ``path`` on a new connection: (status, body, the worker that answered)."""
     connection = http.client.HTTPSConnection(
         "127.0.0.1", server.port, context=server.ssl_context(), timeout=30
     )
     try:
-        connection.request("GET", "/api/v1/auth/whoami", headers={"Authorization": f"Bearer {key}"})
+        connection.request("GET", path, headers=headers or {})
         response = connection.getresponse()
-        response.read()
+        body = response.read()
         target = f"socket:[{_server_socket_inode(server.port, connection.sock.getsockname()[1])}]"
         for pid in workers:
             for fd in Path(f"/proc/{pid}/fd").iterdir():
                 with contextlib.suppress(OSError):  # closed while we looked
                     if os.readlink(fd) == target:
-                        return response.status, pid
+                        return response.status, body, pid
         raise AssertionError(f"no worker of {workers} holds {target}")
     finally:
         connection.close()
+
+
+def _whoami_in(server: CertctlServer, key: str, workers: list[int]) -> tuple[int, int]:
+    """GET whoami with ``key`` on a new connection: (status, the worker that answered)."""
+    headers = {"Authorization": f"Bearer {key}"}
+    status, _, pid = _get_in(server, "/api/v1/auth/whoami", workers, headers)
+    return status, pid
+
+
+def _crls_in_turn(server: CertctlServer, workers: list[int], times: int) -> list[tuple[int, bytes]]:
+    """The default CRL on new connections until each worker answered ``times`` times.
+
+    (worker, DER) in the order fetched, as a client load-balanced over the workers sees them.
+    """
+    fetched: list[tuple[int, bytes]] = []
+    for _ in range(200):
+        status, body, pid = _get_in(server, "/api/v1/issuers/default/crl", workers)
+        assert status == 200, body
+        fetched.append((pid, body))
+        if all(sum(p == w for p, _ in fetched) >= times for w in workers):
+            return fetched
+    raise AssertionError(f"a worker never answered {times} times: {[p for p, _ in fetched]}")
 
 
 def _answers_per_worker(
@@ -205,6 +230,21 @@ def test_two_workers_share_the_work_and_the_metrics(
         assert client.delete("/api/v1/auth/actors/w-bot").status_code == 204
     seen = _answers_per_worker(server, keys[1]["key_value"], workers, 2)
     assert all(set(c) == {401} for c in seen.values()), seen
+
+    # Both workers serve the newest CRL either signed: one CRL while nothing changes (each
+    # served its own, and a client saw the number go down and up), and a revocation through
+    # either shows in both at once.
+    fetched = _crls_in_turn(server, workers, 2)
+    assert len({der for _, der in fetched}) == 1, [p for p, _ in fetched]
+    with server.client(server.admin_key) as client:
+        revoked = client.post(f"/api/v1/certificates/{listed[0]['id']}/revoke", json={})
+    assert revoked.status_code == 200, revoked.text
+    after = _crls_in_turn(server, workers, 2)
+    assert len({der for _, der in after}) == 1, [p for p, _ in after]
+    crls = [x509.load_der_x509_crl(der) for der in (fetched[0][1], after[0][1])]
+    assert [e.serial_number for e in crls[1]] == [int(listed[0]["serial"], 16)]
+    numbers = [c.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number for c in crls]
+    assert numbers[1] > numbers[0], numbers
 
     # A new certificate reaches every worker: 20 new connections all see it.
     second = issue_localhost(ca, tmp_path / "second")

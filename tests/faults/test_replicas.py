@@ -30,6 +30,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from cryptography import x509
 from sqlalchemy import text
 
 from certctl.store.db import LEADER_LOCK, PG_SERVER_TIMEOUTS, PG_TIMEOUTS, create_store_engine
@@ -159,8 +160,39 @@ def test_two_replicas_started_together_on_an_empty_database(
         for server in replicas:
             with server.client(holders[0].admin_key) as client:
                 assert client.get("/api/v1/auth/whoami").json()["actor_id"] == "admin"
+        _one_crl_for_both(replicas, holders[0].admin_key)
     finally:
         gate.close()
+
+
+def _one_crl_for_both(replicas: list[FaultServer], admin_key: str) -> None:
+    """Fetched in turn from both, one CRL while nothing changes; a revocation shows in both.
+
+    Each replica served the CRL it had signed itself: a client load-balanced over them saw
+    the number go down and up (RFC 5280 5.2.3: increasing), for one unchanged list.
+    """
+
+    def fetch_in_turn() -> list[bytes]:
+        fetched = []
+        for server in replicas * 2:
+            with server.client(admin_key) as client:
+                r = client.get("/api/v1/issuers/default/crl")
+            assert r.status_code == 200, r.text
+            fetched.append(r.content)
+        return fetched
+
+    before = fetch_in_turn()
+    assert len(set(before)) == 1
+    with replicas[0].client(admin_key) as client:
+        cert = client.post("/api/v1/certificates", json={"common_name": "r.example.com"}).json()
+        r = client.post(f"/api/v1/certificates/{cert['id']}/revoke", json={})
+    assert r.status_code == 200, r.text
+    after = fetch_in_turn()[1:] + fetch_in_turn()  # from the other replica first
+    assert len(set(after)) == 1
+    crls = [x509.load_der_x509_crl(der) for der in (before[0], after[0])]
+    assert [e.serial_number for e in crls[1]] == [int(cert["serial"], 16)]
+    numbers = [c.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number for c in crls]
+    assert numbers[1] > numbers[0], numbers
 
 
 def _start_together(replicas: list[FaultServer], url: str) -> None:

@@ -69,11 +69,9 @@ class Principal:
 
 @dataclass(frozen=True)
 class SignedCrl:
-    """A CRL this process signed, with what it was signed from (see ``crls.crl_for``)."""
+    """The stored CRL this process served last, parsed once (see ``crls.crl_for``)."""
 
-    ca: CertificateAuthority
-    revoked: tuple[tuple[object, ...], ...]
-    signed_at: datetime
+    number: int
     crl: x509.CertificateRevocationList
 
 
@@ -135,7 +133,8 @@ class Services:
     # Counts forget_issuer calls: a load that read the store before one must not cache what
     # it read (a revocation committed in between would be undone here until the refresh).
     _forgotten: int = 0
-    # Issuer id -> the last CRL signed here; replaced whole, so no lock is needed.
+    # Issuer id -> the last stored CRL served here, parsed, while the store holds no newer
+    # one; replaced whole, so no lock is needed.
     signed_crls: dict[str, SignedCrl] = field(default_factory=dict)
     commits: GroupCommit = field(init=False)
 

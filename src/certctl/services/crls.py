@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography import x509
-from sqlalchemy import Connection, bindparam, case, select, update
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from sqlalchemy import Connection, Table, bindparam, case, insert, select, update
 
 from certctl.errors import Conflict, InvalidRequest, NotFound
-from certctl.pki import format_serial
+from certctl.pki import CertificateAuthority, format_serial
 from certctl.pki.crl import RevokedEntry, create_crl
 from certctl.pki.issue import BACKDATE
 from certctl.services.context import Services, SignedCrl
 from certctl.services.issuance import CERTIFICATES
 from certctl.services.issuers import ISSUERS, load_issuer
 from certctl.services.revocation import COMPROMISE, REASONS
+from certctl.store.models import IssuerCrl
 
 __all__ = ["CA_CERT_MAX_AGE", "CRL_REUSE", "ca_max_age_s", "crl_for", "crl_max_age_s"]
 
@@ -29,42 +32,100 @@ CRL_REUSE = timedelta(minutes=10)
 
 
 def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationList:
-    """The issuer's CRL: signed anew, numbered by the store, when its list or CA changed.
+    """The issuer's CRL: the newest one signed, by any process on the store, while fresh.
 
-    Otherwise the CRL this process signed last, for up to :data:`CRL_REUSE` (and never
-    past its nextUpdate, nor once the clock went back before it was signed).
+    Signed anew, numbered by the store, when none is stored, its list or its CA's name or key
+    changed, or it is :data:`CRL_REUSE` old (or past its nextUpdate, or its thisUpdate is
+    ahead of this clock). Every process serves the stored one: each used to serve the CRL
+    it had signed itself, and a client load-balanced over workers or replicas saw the number
+    go down and up again for one unchanged list (RFC 5280 5.2.3 wants it to increase).
     """
     ca = load_issuer(services, issuer_id)
     now = services.clock()
     with services.engine.connect() as connection:
-        revoked = _revoked_of(connection, issuer_id)
-    last = services.signed_crls.get(issuer_id)
-    if (
-        last is not None
-        and last.ca is ca
-        and last.revoked == revoked
-        and last.signed_at <= now < last.signed_at + CRL_REUSE
-        and now < (last.crl.next_update_utc or now)
-    ):
-        return last.crl
+        # The stored CRL before the list: the list read after it is at least as new as the
+        # one it was signed from, so a different digest is a change since, never one older.
+        stored = _stored_crl(connection, issuer_id)
+        basis = _basis(ca, _revoked_of(connection, issuer_id))
+        if stored is not None and stored.basis == basis and _fresh(stored, now):
+            return _served(services, connection, issuer_id, stored.crl_number)
     try:
         # Before the number: a refused CRL is no write (the route is public; never cached).
         ca.check_can_sign(now, crls=True)
+        with services.engine.connect() as connection:
+            with connection.begin() as transaction:
+                crl = _sign(services, connection, ca, issuer_id, now)
+                if crl is None:  # another process signed one meanwhile: no number spent
+                    transaction.rollback()
+            if crl is None:
+                return _served(services, connection, issuer_id, None)
     except InvalidRequest as exc:  # an expired issuer: the request was fine, the issuer is not
         raise Conflict(f"issuer {issuer_id}: {exc.detail}") from None
-    with services.engine.begin() as connection:
-        # The number first: it locks the issuer's row (PostgreSQL) or the database (SQLite)
-        # until the commit, so a CRL numbered higher never lists less than this one.
-        number = _next_crl_number(connection, issuer_id, now)
-        revoked = _revoked_of(connection, issuer_id)
+    # Once committed: a CRL whose commit failed gave its number back, which another process
+    # may store with another list; this one must not be served as that number then.
+    services.signed_crls[issuer_id] = SignedCrl(_number_of(crl), crl)
+    return crl
+
+
+def _sign(
+    services: Services,
+    connection: Connection,
+    ca: CertificateAuthority,
+    issuer_id: str,
+    now: datetime,
+) -> x509.CertificateRevocationList | None:
+    """Sign and store the issuer's next CRL; None if a fresh one is stored now.
+
+    In the caller's transaction, which holds the issuer's CRL number (a row lock on
+    PostgreSQL, the write lock on SQLite) until the CRL is stored: processes that all found
+    the stored one stale sign one after the other, and each after the first finds the CRL
+    the first stored. The signature is made under the lock (a few milliseconds, every
+    CRL_REUSE or revocation, not every fetch): a CRL numbered higher is then never stored
+    before one numbered lower, nor lists less.
+    """
+    number = _next_crl_number(connection, issuer_id, now)
+    stored = _stored_crl(connection, issuer_id)
+    revoked = _revoked_of(connection, issuer_id)
+    basis = _basis(ca, revoked)
+    # The time after the number: read before it, a process that waited for the lock signed
+    # a CRL numbered above one signed meanwhile with an earlier thisUpdate.
+    now = max(now, services.clock())
+    if stored is not None and stored.basis == basis and _fresh(stored, now):
+        return None
+    signed_at = now
+    if stored is not None and now < stored.signed_at <= now + BACKDATE:
+        # Signed by a clock a little ahead of this one (replicas' clocks a few seconds or
+        # minutes apart): thisUpdate follows it, so it never goes backwards as the number
+        # goes up, and stays in the past for clients (thisUpdate is BACKDATE before). One
+        # further ahead is a wrong clock: a CRL following it would be refused as not yet
+        # valid by every client, so this one is signed at this clock's time instead.
+        signed_at = stored.signed_at
     entries = [
         RevokedEntry(int(serial, 16), revoked_at, REASONS.get(reason or "unspecified"))
         for serial, revoked_at, reason in revoked
         if revoked_at is not None
     ]
-    crl = create_crl(ca, entries, now=now, crl_number=number)
-    services.signed_crls[issuer_id] = SignedCrl(ca, revoked, now, crl)
+    crl = create_crl(ca, entries, now=signed_at, crl_number=number)
+    values = {
+        "crl_number": number,
+        "signed_at": signed_at,
+        "next_update": crl.next_update_utc or signed_at,
+        "basis": basis,
+        "der": crl.public_bytes(Encoding.DER),
+    }
+    # Under the number's lock, which every signer takes first: no other process writes the
+    # row between the update and the insert.
+    if stored is None:
+        connection.execute(insert(ISSUER_CRLS).values(issuer_id=issuer_id, **values))
+    else:
+        connection.execute(
+            update(ISSUER_CRLS).where(ISSUER_CRLS.c.issuer_id == issuer_id).values(**values)
+        )
     return crl
+
+
+def _number_of(crl: x509.CertificateRevocationList) -> int:
+    return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
 
 
 def crl_max_age_s(crl: x509.CertificateRevocationList, now: datetime) -> int:
@@ -74,7 +135,9 @@ def crl_max_age_s(crl: x509.CertificateRevocationList, now: datetime) -> int:
     """
     signed_at = crl.last_update_utc + BACKDATE
     until = min(signed_at + CRL_REUSE, crl.next_update_utc or signed_at + CRL_REUSE)
-    return max(0, int((until - now).total_seconds()))
+    # Never above CRL_REUSE: one signed by a clock a little ahead (see _sign) is fresh longer.
+    reuse = int(CRL_REUSE.total_seconds())
+    return max(0, min(reuse, int((until - now).total_seconds())))
 
 
 # How long an HTTP cache may keep an issuer's certificate (ca.pem, ca.der). It changes only
@@ -93,6 +156,90 @@ def ca_max_age_s(certificate: x509.Certificate, now: datetime) -> int:
     """
     until = min(now + CA_CERT_MAX_AGE, certificate.not_valid_after_utc)
     return max(0, int((until - now).total_seconds()))
+
+
+ISSUER_CRLS: Table = IssuerCrl.__table__  # type: ignore[assignment]
+
+
+class _StoredCrl(NamedTuple):
+    crl_number: int
+    signed_at: datetime
+    next_update: datetime
+    basis: str
+
+
+def _stored_crl(connection: Connection, issuer_id: str) -> _StoredCrl | None:
+    """The issuer's stored CRL, without its bytes (read once per CRL and process)."""
+    row = connection.execute(_STORED_CRL, {"issuer_id": issuer_id}).first()
+    return None if row is None else _StoredCrl(*row)
+
+
+_STORED_CRL = select(
+    ISSUER_CRLS.c.crl_number,
+    ISSUER_CRLS.c.signed_at,
+    ISSUER_CRLS.c.next_update,
+    ISSUER_CRLS.c.basis,
+).where(ISSUER_CRLS.c.issuer_id == bindparam("issuer_id"))
+
+
+def _fresh(stored: _StoredCrl, now: datetime) -> bool:
+    """Whether the stored CRL is served at ``now`` (see :func:`crl_for`).
+
+    Not once its thisUpdate (BACKDATE before it was signed) is ahead of this clock: a clock
+    stepped back, or one far ahead that signed it, whose CRL clients refuse as not yet valid.
+    """
+    return (
+        stored.signed_at - BACKDATE <= now < stored.signed_at + CRL_REUSE
+        and now < stored.next_update
+    )
+
+
+def _served(
+    services: Services, connection: Connection, issuer_id: str, number: int | None
+) -> x509.CertificateRevocationList:
+    """The stored CRL numbered ``number`` (None: whichever is stored), parsed once per process.
+
+    Read with its bytes only when this process has not parsed it yet. Replaced meanwhile by
+    a higher-numbered one: that one, which lists at least as much.
+    """
+    last = services.signed_crls.get(issuer_id)
+    if last is not None and number is not None and last.number == number:
+        return last.crl
+    row = connection.execute(_STORED_DER, {"issuer_id": issuer_id}).first()
+    if row is None:  # the issuer deleted since: as _next_crl_number says it
+        raise NotFound(f"issuer {issuer_id} not found")
+    stored_number, der = int(row[0]), bytes(row[1])
+    if last is not None and last.number == stored_number:
+        return last.crl
+    crl = x509.load_der_x509_crl(der)
+    services.signed_crls[issuer_id] = SignedCrl(stored_number, crl)
+    return crl
+
+
+_STORED_DER = select(ISSUER_CRLS.c.crl_number, ISSUER_CRLS.c.der).where(
+    ISSUER_CRLS.c.issuer_id == bindparam("issuer_id")
+)
+
+
+def _basis(ca: CertificateAuthority, revoked: tuple[tuple[Any, ...], ...]) -> str:
+    """SHA-256 (hex) of what a CRL is signed from: the CA's name and key, the revoked list.
+
+    The name, key and authority key identifier, not the certificate: a CA renewed (same key
+    and name) verifies the CRL signed before, and processes still holding the old certificate
+    for up to a minute (ISSUER_CACHE_CHECK_S) would otherwise sign in turn on every fetch.
+    The revocation dates are stored aware UTC on every backend: one text for one list.
+    """
+    digest = hashlib.sha256()
+    certificate = ca.certificate
+    digest.update(certificate.subject.public_bytes())
+    digest.update(
+        certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    )
+    digest.update(ca.authority_key_identifier.key_identifier or b"")
+    for serial, revoked_at, reason in revoked:
+        when = revoked_at.isoformat() if revoked_at is not None else ""
+        digest.update(f"\n{serial}|{when}|{reason}".encode())
+    return digest.hexdigest()
 
 
 def _revoked_of(connection: Connection, issuer_id: str) -> tuple[tuple[Any, ...], ...]:
@@ -123,7 +270,7 @@ def _revoked_of(connection: Connection, issuer_id: str) -> tuple[tuple[Any, ...]
 _REVOKED_OF_ISSUER = (
     select(CERTIFICATES.c.serial, CERTIFICATES.c.revoked_at, CERTIFICATES.c.revocation_reason)
     .where(CERTIFICATES.c.issuer_id == bindparam("issuer_id"), CERTIFICATES.c.status == "revoked")
-    .order_by(CERTIFICATES.c.serial)  # one order for both reads crl_for compares
+    .order_by(CERTIFICATES.c.serial)  # one order for every read whose digest crl_for compares
 )
 _REVOKED_CHILDREN = (
     select(ISSUERS.c.certificate_pem, ISSUERS.c.revoked_at, ISSUERS.c.revocation_reason)

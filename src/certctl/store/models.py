@@ -29,6 +29,7 @@ __all__ = [
     "Base",
     "CertificateRecord",
     "Issuer",
+    "IssuerCrl",
     "ManagedService",
     "OutboxEvent",
     "Role",
@@ -83,6 +84,27 @@ class Issuer(Base):
     # Revoked intermediates issue nothing more and are listed on their parent's CRL.
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revocation_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+class IssuerCrl(Base):
+    """The last CRL signed for an issuer, which every process serves while it is fresh.
+
+    Replaced whole by the process that signs the next one (holding the issuer's CRL number,
+    see ``services.crls``). A cache: without it the next fetch signs anew.
+    """
+
+    __tablename__ = "issuer_crls"
+
+    issuer_id: Mapped[str] = mapped_column(
+        ForeignKey("issuers.id", ondelete="CASCADE"), primary_key=True
+    )
+    crl_number: Mapped[int] = mapped_column(BigInteger)
+    # thisUpdate + BACKDATE: when it was signed, by the signing process's clock.
+    signed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    next_update: Mapped[datetime] = mapped_column(UTCDateTime)
+    # SHA-256 (hex) of what it was signed from: the CA's name and key, the revoked list.
+    basis: Mapped[str] = mapped_column(String(64))
+    der: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class CertificateRecord(Base):
