@@ -1013,6 +1013,27 @@ def test_processes_finding_no_fresh_crl_together_sign_one(api: Api) -> None:
         other.engine.dispose()
 
 
+def test_replicas_whose_clocks_are_far_apart_do_not_sign_on_every_fetch(api: Api) -> None:
+    """Clocks more than CRL_REUSE apart: each found the other's CRL stale, or not yet valid.
+
+    Served in turn, each fetch signed and wrote (the public route). A process that signed
+    less than CRL_REUSE ago serves the newest stored CRL instead: two signatures, then one
+    CRL, whose number never goes down.
+    """
+    ahead = _replica(api, lambda: api.clock() + timedelta(minutes=20))
+    try:
+        served = [
+            _number_and_this_update(
+                crls.crl_for(s, "default").public_bytes(serialization.Encoding.DER)
+            )[0]
+            for s in (api.services, ahead) * 4
+        ]
+    finally:
+        ahead.engine.dispose()
+    assert served == sorted(served), served
+    assert len(set(served)) == 2, served
+
+
 def test_a_crl_numbered_higher_never_carries_an_earlier_this_update(api: Api) -> None:
     """A process whose clock is a little ahead signed N; the next one signed N+1 earlier.
 

@@ -136,6 +136,9 @@ class Services:
     # Issuer id -> the last stored CRL served here, parsed, while the store holds no newer
     # one; replaced whole, so no lock is needed.
     signed_crls: dict[str, SignedCrl] = field(default_factory=dict)
+    # Issuer id -> when (by ``clock``) this process last signed a CRL for it: it signs at most
+    # one per CRL_REUSE while the list stays the same, however far other clocks are.
+    crl_signed_here: dict[str, datetime] = field(default_factory=dict)
     commits: GroupCommit = field(init=False)
 
     def __post_init__(self) -> None:

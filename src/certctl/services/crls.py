@@ -36,7 +36,8 @@ def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationLis
 
     Signed anew, numbered by the store, when none is stored, its list or its CA's name or key
     changed, or it is :data:`CRL_REUSE` old (or past its nextUpdate, or its thisUpdate is
-    ahead of this clock). Every process serves the stored one: each used to serve the CRL
+    ahead of this clock) and this process signed none in the last CRL_REUSE (see
+    :func:`_reused`). Every process serves the stored one: each used to serve the CRL
     it had signed itself, and a client load-balanced over workers or replicas saw the number
     go down and up again for one unchanged list (RFC 5280 5.2.3 wants it to increase).
     """
@@ -47,7 +48,7 @@ def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationLis
         # one it was signed from, so a different digest is a change since, never one older.
         stored = _stored_crl(connection, issuer_id)
         basis = _basis(ca, _revoked_of(connection, issuer_id))
-        if stored is not None and stored.basis == basis and _fresh(stored, now):
+        if stored is not None and _reused(services, issuer_id, stored, basis, now):
             return _served(services, connection, issuer_id, stored.crl_number)
     try:
         # Before the number: a refused CRL is no write (the route is public; never cached).
@@ -64,6 +65,7 @@ def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationLis
     # Once committed: a CRL whose commit failed gave its number back, which another process
     # may store with another list; this one must not be served as that number then.
     services.signed_crls[issuer_id] = SignedCrl(_number_of(crl), crl)
+    services.crl_signed_here[issuer_id] = services.clock()
     return crl
 
 
@@ -90,7 +92,7 @@ def _sign(
     # The time after the number: read before it, a process that waited for the lock signed
     # a CRL numbered above one signed meanwhile with an earlier thisUpdate.
     now = max(now, services.clock())
-    if stored is not None and stored.basis == basis and _fresh(stored, now):
+    if stored is not None and _reused(services, issuer_id, stored, basis, now):
         return None
     signed_at = now
     if stored is not None and now < stored.signed_at <= now + BACKDATE:
@@ -192,6 +194,25 @@ def _fresh(stored: _StoredCrl, now: datetime) -> bool:
         stored.signed_at - BACKDATE <= now < stored.signed_at + CRL_REUSE
         and now < stored.next_update
     )
+
+
+def _reused(
+    services: Services, issuer_id: str, stored: _StoredCrl, basis: str, now: datetime
+) -> bool:
+    """Whether the stored CRL is served rather than one signed anew from ``basis``.
+
+    Never once its list or its CA's name or key changed, nor past its nextUpdate. While
+    fresh by this clock; and, stale or ahead by it, while this process signed one less than
+    CRL_REUSE ago: two replicas whose clocks are more than CRL_REUSE apart each found the
+    other's CRL stale (or not yet valid) and signed, a write and a signature on every fetch
+    of the public route. The stored one is the newest either way.
+    """
+    if stored.basis != basis or now >= stored.next_update:
+        return False
+    if _fresh(stored, now):
+        return True
+    signed_here = services.crl_signed_here.get(issuer_id)
+    return signed_here is not None and signed_here <= now < signed_here + CRL_REUSE
 
 
 def _served(
