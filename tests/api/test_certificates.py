@@ -988,27 +988,38 @@ def test_processes_on_one_store_serve_one_crl_whose_number_never_goes_down(
         other.engine.dispose()
 
 
-def test_processes_finding_no_fresh_crl_together_sign_one(api: Api) -> None:
-    """Fetches racing on two processes with no fresh CRL: one signs, the others serve it.
+def test_fetches_finding_no_fresh_crl_together_sign_one_per_process(api: Api) -> None:
+    """Fetches racing with no fresh CRL: one signature per process, not one per fetch.
 
-    Each takes the number (the lock) in turn and finds the CRL the first one stored: no
-    second CRL, no number spent (a client given either saw one CRL, not two).
+    The threads of a process wait for the one signing and serve what it stored; a process
+    that signed a lower number than one stored meanwhile serves the higher one.
     """
     other = _replica(api, lambda: api.clock())
-    try:
+
+    def race(processes: list[Services]) -> list[int]:
         with ThreadPoolExecutor(6) as pool:
-            served = list(
-                pool.map(
-                    lambda s: crls.crl_for(s, "default").public_bytes(serialization.Encoding.DER),
-                    [api.services, other] * 3,
-                )
-            )
-        assert len(set(served)) == 1
+            return [
+                _number_and_this_update(crl.public_bytes(serialization.Encoding.DER))[0]
+                for crl in pool.map(lambda s: crls.crl_for(s, "default"), processes)
+            ]
+
+    def counter() -> int:
         with api.services.engine.connect() as connection:
-            counter = connection.execute(
-                select(issuers.ISSUERS.c.crl_number).where(issuers.ISSUERS.c.id == "default")
-            ).scalar_one()
-        assert _number_and_this_update(served[0])[0] == counter  # the only number taken
+            return int(
+                connection.execute(
+                    select(issuers.ISSUERS.c.crl_number).where(issuers.ISSUERS.c.id == "default")
+                ).scalar_one()
+            )
+
+    try:
+        served = race([api.services] * 6)
+        assert set(served) == {counter()}  # one number taken, one CRL for all six
+        api.clock.advance(seconds=crls.CRL_REUSE.total_seconds())
+        served = race([api.services, other] * 3)
+        assert len(set(served)) <= 2, served
+        assert max(served) == counter()  # the last number taken is the one stored
+        after = [race([api.services, other]) for _ in range(2)]  # then both serve that one
+        assert set(after[0] + after[1]) == {max(served)}, after
     finally:
         other.engine.dispose()
 

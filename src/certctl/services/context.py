@@ -139,11 +139,21 @@ class Services:
     # Issuer id -> when (by ``clock``) this process last signed a CRL for it: it signs at most
     # one per CRL_REUSE while the list stays the same, however far other clocks are.
     crl_signed_here: dict[str, datetime] = field(default_factory=dict)
+    # Issuer id -> the lock its CRL is signed under in this process (``crl_signer``).
+    _crl_signers: dict[str, threading.Lock] = field(default_factory=dict)
     commits: GroupCommit = field(init=False)
 
     def __post_init__(self) -> None:
         # Issuance rows of concurrent API requests share commits (see store.groupcommit).
         self.commits = GroupCommit(self.engine)
+
+    def crl_signer(self, issuer_id: str) -> threading.Lock:
+        """The lock one thread of this process signs ``issuer_id``'s CRL under at a time.
+
+        Made for issuers that exist only (the CRL route loads the issuer first).
+        """
+        with self._lock:
+            return self._crl_signers.setdefault(issuer_id, threading.Lock())
 
     def crl_urls(self, issuer_id: str) -> tuple[str, ...]:
         """Where clients fetch ``issuer_id``'s CRL, for its leaves' cRLDistributionPoints.

@@ -8,7 +8,9 @@ from typing import Any, NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import Connection, Table, bindparam, case, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, case, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from certctl.errors import Conflict, InvalidRequest, NotFound
 from certctl.pki import CertificateAuthority, format_serial
@@ -42,6 +44,25 @@ def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationLis
     go down and up again for one unchanged list (RFC 5280 5.2.3 wants it to increase).
     """
     ca = load_issuer(services, issuer_id)
+    crl = _stored_if_reused(services, ca, issuer_id)
+    if crl is not None:
+        return crl
+    # One signer per issuer in this process: a flood of fetches finding the CRL stale (the
+    # public route) waits for it and serves what it stored, instead of each signing.
+    with services.crl_signer(issuer_id):
+        crl = _stored_if_reused(services, ca, issuer_id)
+        if crl is not None:
+            return crl
+        try:
+            return _sign(services, ca, issuer_id)
+        except InvalidRequest as exc:  # an expired issuer: the request was fine, the issuer not
+            raise Conflict(f"issuer {issuer_id}: {exc.detail}") from None
+
+
+def _stored_if_reused(
+    services: Services, ca: CertificateAuthority, issuer_id: str
+) -> x509.CertificateRevocationList | None:
+    """The stored CRL if it is served as it is (:func:`_reused`), else None: sign one."""
     now = services.clock()
     with services.engine.connect() as connection:
         # The stored CRL before the list: the list read after it is at least as new as the
@@ -50,50 +71,37 @@ def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationLis
         basis = _basis(ca, _revoked_of(connection, issuer_id))
         if stored is not None and _reused(services, issuer_id, stored, basis, now):
             return _served(services, connection, issuer_id, stored.crl_number)
-    try:
-        # Before the number: a refused CRL is no write (the route is public; never cached).
-        ca.check_can_sign(now, crls=True)
-        with services.engine.connect() as connection:
-            with connection.begin() as transaction:
-                crl = _sign(services, connection, ca, issuer_id, now)
-                if crl is None:  # another process signed one meanwhile: no number spent
-                    transaction.rollback()
-            if crl is None:
-                return _served(services, connection, issuer_id, None)
-    except InvalidRequest as exc:  # an expired issuer: the request was fine, the issuer is not
-        raise Conflict(f"issuer {issuer_id}: {exc.detail}") from None
-    # Once committed: a CRL whose commit failed gave its number back, which another process
-    # may store with another list; this one must not be served as that number then.
-    services.signed_crls[issuer_id] = SignedCrl(_number_of(crl), crl)
-    services.crl_signed_here[issuer_id] = services.clock()
-    return crl
+    return None
 
 
 def _sign(
-    services: Services,
-    connection: Connection,
-    ca: CertificateAuthority,
-    issuer_id: str,
-    now: datetime,
-) -> x509.CertificateRevocationList | None:
-    """Sign and store the issuer's next CRL; None if a fresh one is stored now.
+    services: Services, ca: CertificateAuthority, issuer_id: str
+) -> x509.CertificateRevocationList:
+    """Take the issuer's next number, sign its CRL and store it unless a higher one is.
 
-    In the caller's transaction, which holds the issuer's CRL number (a row lock on
-    PostgreSQL, the write lock on SQLite) until the CRL is stored: processes that all found
-    the stored one stale sign one after the other, and each after the first finds the CRL
-    the first stored. The signature is made under the lock (a few milliseconds, every
-    CRL_REUSE or revocation, not every fetch): a CRL numbered higher is then never stored
-    before one numbered lower, nor lists less.
+    The number and the list are read in one transaction, which holds the number (a row lock
+    on PostgreSQL, the write lock on SQLite) until its commit: a CRL numbered higher never
+    lists less. The signature is made after it (a CRL of 20,000 entries takes over a
+    second, which the lock would have kept issuance waiting on SQLite). Stored only above
+    the stored number: a process that signed a lower one meanwhile serves the higher one.
     """
-    number = _next_crl_number(connection, issuer_id, now)
-    stored = _stored_crl(connection, issuer_id)
-    revoked = _revoked_of(connection, issuer_id)
-    basis = _basis(ca, revoked)
-    # The time after the number: read before it, a process that waited for the lock signed
-    # a CRL numbered above one signed meanwhile with an earlier thisUpdate.
-    now = max(now, services.clock())
-    if stored is not None and _reused(services, issuer_id, stored, basis, now):
-        return None
+    now = services.clock()
+    # Before the number: a refused CRL is no write (the route is public; never cached).
+    ca.check_can_sign(now, crls=True)
+    with services.engine.connect() as connection:
+        with connection.begin() as transaction:
+            number = _next_crl_number(connection, issuer_id, now)
+            stored = _stored_crl(connection, issuer_id)
+            revoked = _revoked_of(connection, issuer_id)
+            basis = _basis(ca, revoked)
+            # The time after the number: read before it, a process that waited for the lock
+            # signed a CRL numbered above one signed meanwhile with an earlier thisUpdate.
+            now = max(now, services.clock())
+            reused = stored is not None and _reused(services, issuer_id, stored, basis, now)
+            if reused:  # another process stored one meanwhile: no number spent
+                transaction.rollback()
+        if reused:
+            return _served(services, connection, issuer_id, None)
     signed_at = now
     if stored is not None and now < stored.signed_at <= now + BACKDATE:
         # Signed by a clock a little ahead of this one (replicas' clocks a few seconds or
@@ -108,6 +116,7 @@ def _sign(
         if revoked_at is not None
     ]
     crl = create_crl(ca, entries, now=signed_at, crl_number=number)
+    services.crl_signed_here[issuer_id] = now
     values = {
         "crl_number": number,
         "signed_at": signed_at,
@@ -115,19 +124,27 @@ def _sign(
         "basis": basis,
         "der": crl.public_bytes(Encoding.DER),
     }
-    # Under the number's lock, which every signer takes first: no other process writes the
-    # row between the update and the insert.
-    if stored is None:
-        connection.execute(insert(ISSUER_CRLS).values(issuer_id=issuer_id, **values))
-    else:
-        connection.execute(
-            update(ISSUER_CRLS).where(ISSUER_CRLS.c.issuer_id == issuer_id).values(**values)
-        )
+    with services.engine.begin() as connection:
+        if not _store(connection, issuer_id, values):
+            return _served(services, connection, issuer_id, None)
+    # Once committed: one whose commit failed must not be served as the stored CRL.
+    services.signed_crls[issuer_id] = SignedCrl(number, crl)
     return crl
 
 
-def _number_of(crl: x509.CertificateRevocationList) -> int:
-    return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+def _store(connection: Connection, issuer_id: str, values: dict[str, Any]) -> bool:
+    """Store the issuer's CRL unless one numbered higher is stored; whether it was.
+
+    One statement (an upsert), as two processes may store at once.
+    """
+    insert = sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert
+    statement = insert(ISSUER_CRLS).values(issuer_id=issuer_id, **values)
+    statement = statement.on_conflict_do_update(
+        index_elements=[ISSUER_CRLS.c.issuer_id],
+        set_=values,
+        where=ISSUER_CRLS.c.crl_number < statement.excluded.crl_number,
+    )
+    return connection.execute(statement.returning(ISSUER_CRLS.c.crl_number)).first() is not None
 
 
 def crl_max_age_s(crl: x509.CertificateRevocationList, now: datetime) -> int:
