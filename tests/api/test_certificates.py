@@ -8,6 +8,7 @@ import ipaddress
 import json
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -981,7 +982,9 @@ def test_processes_on_one_store_serve_one_crl_whose_number_never_goes_down(
         seen += [revoked] + [fetch(s) for s in (api.services, other) * 2]
         assert set(seen[12:]) == {revoked}
         numbers = [_number_and_this_update(der) for der in seen]
-        assert numbers == sorted(numbers), numbers  # numbers and thisUpdate: never down
+        assert numbers == sorted(numbers), numbers  # numbers: never down
+        this_updates = [this_update for _, this_update in numbers]
+        assert this_updates == sorted(this_updates), numbers  # nor thisUpdate
         assert len(set(numbers)) == 3, numbers
         assert _crl_number(seen[-1], tmp_path) == numbers[-1][0]  # as openssl reads it
     finally:
@@ -1048,7 +1051,7 @@ def test_replicas_whose_clocks_are_far_apart_do_not_sign_on_every_fetch(api: Api
 def test_a_crl_numbered_higher_never_carries_an_earlier_this_update(api: Api) -> None:
     """A process whose clock is a little ahead signed N; the next one signed N+1 earlier.
 
-    thisUpdate follows the newest CRL's within BACKDATE (clocks of replicas a little apart,
+    thisUpdate follows the number's time within BACKDATE (clocks of replicas a little apart,
     or the time read before another process took its number), so it never goes backwards
     as the numbers go up: a relying party comparing either sees the same order.
     """
@@ -1068,6 +1071,57 @@ def test_a_crl_numbered_higher_never_carries_an_earlier_this_update(api: Api) ->
     assert numbers == sorted(set(numbers)), signed
     this_updates = [this_update for _, this_update in signed]
     assert this_updates == sorted(this_updates), signed
+
+
+def test_crls_signed_at_once_by_clocks_apart_never_go_back_in_this_update(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signed outside the number's lock, N (a clock 90 s ahead) was stored after N+1 was taken.
+
+    The process taking N+1 found N-1 stored, not N, so it signed at its own time: N+1 carried
+    a thisUpdate 90 s before N's, and a client fetching N then N+1 saw time go back. The time
+    now follows the number itself, which that process took above N.
+    """
+    ahead = _replica(api, lambda: api.clock() + timedelta(seconds=90))
+    ahead_numbered, behind_numbered = threading.Event(), threading.Event()
+    sign = crls.create_crl
+
+    def create_crl(*args: Any, **kwargs: Any) -> x509.CertificateRevocationList:
+        # Each has its number when it signs: ahead signs once behind has taken the next one,
+        # behind once ahead's CRL is stored (ahead's crl_for returned).
+        if threading.current_thread().name == "ahead":
+            ahead_numbered.set()
+            assert behind_numbered.wait(30)
+        else:
+            behind_numbered.set()
+            assert ahead_done.wait(30)
+        return sign(*args, **kwargs)
+
+    crls.crl_for(api.services, "default")  # N-1, stored before
+    cert = api.issue(common_name="stale.example.com")  # both must sign: the list changed
+    assert api.post(f"{CERTS}/{cert['id']}/revoke", api.admin_key, json={}).status_code == 200
+    monkeypatch.setattr(crls, "create_crl", create_crl)
+    ahead_done = threading.Event()
+    served: dict[str, bytes] = {}
+
+    def fetch(services: Services) -> None:
+        crl = crls.crl_for(services, "default")
+        served[threading.current_thread().name] = crl.public_bytes(serialization.Encoding.DER)
+
+    try:
+        first = threading.Thread(target=fetch, args=(ahead,), name="ahead")
+        first.start()
+        assert ahead_numbered.wait(30)
+        second = threading.Thread(target=fetch, args=(api.services,), name="behind")
+        second.start()
+        first.join(30)
+        ahead_done.set()
+        second.join(30)
+    finally:
+        ahead.engine.dispose()
+    signed = [_number_and_this_update(served[name]) for name in ("ahead", "behind")]
+    assert signed[0][0] < signed[1][0], signed  # each stored its own: N, then N+1
+    assert signed[0][1] <= signed[1][1], signed  # thisUpdate never down as the number goes up
 
 
 @contextlib.contextmanager

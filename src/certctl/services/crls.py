@@ -94,22 +94,15 @@ def _sign(
             stored = _stored_crl(connection, issuer_id)
             revoked = _revoked_of(connection, issuer_id)
             basis = _basis(ca, revoked)
-            # The time after the number: read before it, a process that waited for the lock
-            # signed a CRL numbered above one signed meanwhile with an earlier thisUpdate.
+            # The time after the number, for what is judged by this clock once the lock is
+            # held (a process may have waited for it); the CRL's own time follows the number.
             now = max(now, services.clock())
             reused = stored is not None and _reused(services, issuer_id, stored, basis, now)
             if reused:  # another process stored one meanwhile: no number spent
                 transaction.rollback()
         if reused:
             return _served(services, connection, issuer_id, None)
-    signed_at = now
-    if stored is not None and now < stored.signed_at <= now + BACKDATE:
-        # Signed by a clock a little ahead of this one (replicas' clocks a few seconds or
-        # minutes apart): thisUpdate follows it, so it never goes backwards as the number
-        # goes up, and stays in the past for clients (thisUpdate is BACKDATE before). One
-        # further ahead is a wrong clock: a CRL following it would be refused as not yet
-        # valid by every client, so this one is signed at this clock's time instead.
-        signed_at = stored.signed_at
+    signed_at = _signed_at(number, now)
     entries = [
         RevokedEntry(int(serial, 16), revoked_at, REASONS.get(reason or "unspecified"))
         for serial, revoked_at, reason in revoked
@@ -130,6 +123,27 @@ def _sign(
     # Once committed: one whose commit failed must not be served as the stored CRL.
     services.signed_crls[issuer_id] = SignedCrl(number, crl)
     return crl
+
+
+def _signed_at(number: int, now: datetime) -> datetime:
+    """When the CRL numbered ``number`` is signed, at ``now`` by this clock: the number's time.
+
+    A number is the microseconds since 1970 of the clock that took it, or one more than the
+    one before (see :func:`_next_crl_number`), so the time it reads grows with it: a CRL
+    numbered higher never carries an earlier thisUpdate, whichever replica signed it and
+    whatever was stored meanwhile (the CRL stored when the number was taken may be older
+    than the one another process is signing outside the lock; following that one let N+1
+    carry an earlier thisUpdate than N, signed by a clock a little ahead). Up to BACKDATE
+    ahead of this clock, as thisUpdate is BACKDATE before it: still in the past for clients.
+    Further ahead (a clock that was ahead, or stepped back since), a CRL following it would
+    be refused by every client as not yet valid, so it is signed at this clock's time.
+
+    In whole seconds, as thisUpdate says it: CRLs numbered within one second share it, and
+    one signed CRL_REUSE after another is stale then, not a few microseconds later.
+    """
+    if number > (now + BACKDATE - _EPOCH) // timedelta(microseconds=1):
+        return now.replace(microsecond=0)
+    return (_EPOCH + timedelta(microseconds=number)).replace(microsecond=0)
 
 
 def _store(connection: Connection, issuer_id: str, values: dict[str, Any]) -> bool:
