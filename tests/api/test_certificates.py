@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ipaddress
 import json
@@ -1025,6 +1026,39 @@ def test_fetches_finding_no_fresh_crl_together_sign_one_per_process(api: Api) ->
         assert set(after[0] + after[1]) == {max(served)}, after
     finally:
         other.engine.dispose()
+
+
+def test_a_fetch_while_its_process_stores_a_new_crl_serves_that_one(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CRL stale: a fetch while another thread of the process was storing the new one.
+
+    The process counted the new CRL as signed here before it was stored, so the stale one
+    still stored passed for it (a process that signed one less than CRL_REUSE ago serves the
+    stored CRL): served 10 minutes old beside the new one. It waits for that one now.
+    """
+    stale = crls.crl_for(api.services, "default").public_bytes(serialization.Encoding.DER)
+    api.clock.advance(seconds=crls.CRL_REUSE.total_seconds())
+    storing, stored = threading.Event(), threading.Event()
+    store = crls._store
+
+    def slow_store(*args: Any, **kwargs: Any) -> bool:
+        storing.set()
+        stored.wait(2)  # the other fetch answered meanwhile (it did), or waits for this one
+        return store(*args, **kwargs)
+
+    monkeypatch.setattr(crls, "_store", slow_store)
+    with ThreadPoolExecutor(2) as pool:
+        signing = pool.submit(crls.crl_for, api.services, "default")
+        assert storing.wait(30)
+        fetching = pool.submit(crls.crl_for, api.services, "default")
+        concurrent.futures.wait([fetching], timeout=1)
+        stored.set()
+        served = [
+            f.result(30).public_bytes(serialization.Encoding.DER) for f in (signing, fetching)
+        ]
+    assert served[0] != stale
+    assert served[1] == served[0]
 
 
 def test_replicas_whose_clocks_are_far_apart_do_not_sign_on_every_fetch(api: Api) -> None:

@@ -109,7 +109,6 @@ def _sign(
         if revoked_at is not None
     ]
     crl = create_crl(ca, entries, now=signed_at, crl_number=number)
-    services.crl_signed_here[issuer_id] = now
     values = {
         "crl_number": number,
         "signed_at": signed_at,
@@ -118,10 +117,16 @@ def _sign(
         "der": crl.public_bytes(Encoding.DER),
     }
     with services.engine.begin() as connection:
-        if not _store(connection, issuer_id, values):
-            return _served(services, connection, issuer_id, None)
-    # Once committed: one whose commit failed must not be served as the stored CRL.
-    services.signed_crls[issuer_id] = SignedCrl(number, crl)
+        stored_here = _store(connection, issuer_id, values)
+        if not stored_here:
+            crl = _served(services, connection, issuer_id, None)
+    # Once stored (or a higher one found): set before, a thread of this process finding the
+    # CRL stale while this one was signing took the one stored before for one signed here
+    # (see _reused) and served it, 10 minutes old, beside this one.
+    services.crl_signed_here[issuer_id] = now
+    if stored_here:
+        # Once committed: one whose commit failed must not be served as the stored CRL.
+        services.signed_crls[issuer_id] = SignedCrl(number, crl)
     return crl
 
 
