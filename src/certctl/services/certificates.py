@@ -17,6 +17,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    exists,
     func,
     insert,
     or_,
@@ -219,6 +220,12 @@ def list_certificates(
 
 _CERT_COLUMNS = [c for c in CERTIFICATES.c if c.key != "wrapped_key"]
 _CERT_BY_ID = select(*_CERT_COLUMNS).where(CERTIFICATES.c.id == bindparam("cert_id"))
+# The same, and whether any issuer is revoked at all: usually none is, and the judgement of
+# which issuers are below a revocation (revocations_by_issuer, a statement of its own: ~26 µs
+# of a ~72 µs read in-process) is then skipped. It answers {} when no issuer is revoked.
+_CERT_BY_ID_ANY_REVOKED = select(
+    *_CERT_COLUMNS, exists().where(Issuer.revoked_at.is_not(None)).label("any_issuer_revoked")
+).where(CERTIFICATES.c.id == bindparam("cert_id"))
 
 
 def get_certificate(
@@ -233,10 +240,15 @@ def get_certificate(
     """
     caller.require("cert.read")
     with services.engine.connect() as connection:
-        row = connection.execute(_CERT_BY_ID, {"cert_id": cert_id}).first()
+        if not issuer_revoked:
+            row = connection.execute(_CERT_BY_ID, {"cert_id": cert_id}).first()
+        else:
+            row = connection.execute(_CERT_BY_ID_ANY_REVOKED, {"cert_id": cert_id}).first()
         if row is None:
             raise NotFound(f"certificate {cert_id} not found")
-        revoked = revocations_by_issuer(connection).get(row.issuer_id) if issuer_revoked else None
+        revoked = None
+        if issuer_revoked and row.any_issuer_revoked:
+            revoked = revocations_by_issuer(connection).get(row.issuer_id)
     return cast(CertificateView, row), revoked
 
 
