@@ -73,7 +73,8 @@ def _zip_out(value: str) -> str:
     """
     not_stdout(Path(value))
     if value.endswith(("/", os.sep)) or Path(value).is_dir():
-        example = f"{value.rstrip('/' + os.sep) or value}/http-bundle.zip"
+        # str(Path(...)) drops the trailing separator, and the root stays "/" (not "//").
+        example = str(Path(value) / "http-bundle.zip")
         raise typer.BadParameter(
             f"{value} is a directory: --out names the zip file to write, e.g. {example}"
         )

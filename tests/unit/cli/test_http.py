@@ -902,3 +902,12 @@ def test_wizard_on_a_pty(tmp_path: Path) -> None:
     assert cert is not None
     assert list(_sans(cert).dns) == ["es2"]
     assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 365
+
+
+def test_out_root_is_refused_naming_a_zip_in_it_with_one_slash(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The example was built by stripping the trailing "/" and adding "/http-bundle.zip":
+    # for the root it read "//http-bundle.zip".
+    assert run(["http", "--out", "/", "--pem", "--node", "web1"]) == 2
+    assert "e.g. /http-bundle.zip (see" in capsys.readouterr().err
