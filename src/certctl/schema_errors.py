@@ -9,6 +9,7 @@ or lists the keys the section takes. Works on the user's spelling (aliases: ``ce
 from __future__ import annotations
 
 import difflib
+import json
 import typing
 from collections.abc import Sequence
 from typing import Any
@@ -99,6 +100,7 @@ def message(root: type[BaseModel], error: Any, *, mapping: str = "a mapping") ->
         value = error.get("input")
         if isinstance(value, str):
             return f"{value[:40]!r} is a string; give true or false (unquoted in YAML)"
-        shown = "null" if value is None else str(value)[:40]  # as YAML and JSON spell None
+        # As YAML and JSON spell it (null, [true], 1.5), not Python's repr (None, [True]).
+        shown = json.dumps(value, default=str)[:40]
         return f"{shown} is not a boolean; give true or false"
     return str(error["msg"]).removeprefix("Value error, ")  # pydantic's, for ValueError

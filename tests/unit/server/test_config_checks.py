@@ -1014,6 +1014,9 @@ def test_a_switch_takes_a_yaml_boolean_only(tmp_path: Path, key: str) -> None:
         ("y", "'y' is a string; give true or false (unquoted in YAML)"),
         ("1", "1 is not a boolean; give true or false"),
         ("0.0", "0.0 is not a boolean; give true or false"),
+        # As YAML spells it, not Python's [True] / None.
+        ("[yes]", "[true] is not a boolean; give true or false"),
+        ("null", "null is not a boolean; give true or false"),
     ):
         with pytest.raises(InvalidRequest) as info:
             loaded(value)
