@@ -142,6 +142,7 @@ class OutputSet:
     force: bool = False
     _files: dict[Path, tuple[bytes, int]] = field(default_factory=dict)
     _removals: dict[Path, None] = field(default_factory=dict)
+    _removed: list[Path] = field(default_factory=list)
 
     def add(self, path: Path, data: bytes, *, secret: bool = False) -> None:
         """Stage ``data`` for ``path``; ``secret`` files are created 0600."""
@@ -162,6 +163,11 @@ class OutputSet:
     def paths(self) -> list[Path]:
         """The staged paths, in the order added."""
         return list(self._files)
+
+    @property
+    def removed(self) -> list[Path]:
+        """The files :meth:`remove` staged that the last :meth:`commit` removed (they existed)."""
+        return list(self._removed)
 
     def check(self) -> None:
         """Refuse, before anything is written, outputs that exist (unless ``force``).
@@ -271,6 +277,7 @@ class OutputSet:
         for backup, _ in backups:
             with contextlib.suppress(OSError):
                 os.unlink(backup)
+        self._removed = [path for _, path in backups if path in self._removals]
         return list(self._files)
 
 

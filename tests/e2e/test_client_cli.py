@@ -951,6 +951,103 @@ def test_renew_into_the_issue_directory(default_server: CertctlServer, tmp_path:
     assert _public_key(again / "tls.crt") == _public_key(tmp_path / "req" / "tls.key")
 
 
+def test_a_key_of_another_certificate_is_not_left_beside_the_new_one(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    # Before, `certs issue --csr … --out web --force` over a directory of a server-keyed
+    # certificate replaced tls.crt and left its tls.key: nginx refuses that pair.
+    env = _admin_env(default_server)
+    name = "stale-key.example.internal"
+    web = tmp_path / "web"
+    ok(
+        _certctl(
+            default_server, "certs", "issue", "--cn", name, "--dns", name, "--out", str(web), **env
+        )
+    )
+    ok(run("certctl", "csr", "create", "--cn", name, "--dns", name, "--out", tmp_path / "req"))
+    csr = str(tmp_path / "req" / "tls.csr")
+    posts = default_server.logs()[1].count("POST /api/v1/certificates ")
+    # A directory holding only that key: refused without --force, before anything is issued.
+    (web / "tls.crt").unlink()
+    (web / "ca.crt").unlink()
+    refused = _certctl(default_server, "certs", "issue", "--csr", csr, "--out", str(web), **env)
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"certctl: error: {web}/tls.key is the key of another certificate, not the CSR's: "
+        "--force removes it with the certificate it went with\n"
+    )
+    assert default_server.logs()[1].count("POST /api/v1/certificates ") == posts
+    forced = ok(
+        _certctl(
+            default_server, "certs", "issue", "--csr", csr, "--out", str(web), "--force", **env
+        )
+    )
+    answer = json.loads(forced.stdout)
+    assert answer["files"] == [str(web / "tls.crt"), str(web / "ca.crt")]
+    assert answer["removed"] == [str(web / "tls.key")]
+    assert sorted(p.name for p in web.iterdir()) == ["ca.crt", "tls.crt"]
+    assert _public_key(web / "tls.crt") == _public_key(tmp_path / "req" / "tls.key")
+    csr_id = answer["id"]
+
+    # The CSR's own key (csr create, then issue into the same directory) stays: it matches.
+    same = tmp_path / "same"
+    ok(run("certctl", "csr", "create", "--cn", name, "--out", same))
+    kept = ok(
+        _certctl(
+            default_server,
+            "certs",
+            "issue",
+            "--csr",
+            str(same / "tls.csr"),
+            "--out",
+            str(same),
+            **env,
+        )
+    )
+    kept_answer = json.loads(kept.stdout)
+    assert "removed" not in kept_answer
+    assert _public_key(same / "tls.key") == _public_key(same / "tls.crt")
+
+    # Renewing the CSR's certificate into a server-keyed certificate's directory: the same.
+    other = tmp_path / "other"
+    ok(
+        _certctl(
+            default_server,
+            "certs",
+            "issue",
+            "--cn",
+            name,
+            "--dns",
+            name,
+            "--out",
+            str(other),
+            **env,
+        )
+    )
+    renewed = ok(
+        _certctl(default_server, "certs", "renew", csr_id, "--out", str(other), "--force", **env)
+    )
+    answer = json.loads(renewed.stdout)
+    assert answer["files"] == [str(other / "tls.crt"), str(other / "ca.crt")]
+    assert answer["removed"] == [str(other / "tls.key")]
+    assert sorted(p.name for p in other.iterdir()) == ["ca.crt", "tls.crt"]
+    # Renewed into its own directory, beside its key: the key stays.
+    again = ok(
+        _certctl(
+            default_server,
+            "certs",
+            "renew",
+            kept_answer["id"],
+            "--out",
+            str(same),
+            "--force",
+            **env,
+        )
+    )
+    assert "removed" not in json.loads(again.stdout)
+    assert _public_key(same / "tls.key") == _public_key(same / "tls.crt")
+
+
 def test_whoami_checks_the_settings(default_server: CertctlServer) -> None:
     # `certctl auth whoami`: the README's first curl line, through the CLI's CERTCTL_*.
     env = _admin_env(default_server)

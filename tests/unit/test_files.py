@@ -297,9 +297,12 @@ def test_remove_deletes_with_the_writes(tmp_path: Path) -> None:
     out.add(tmp_path / "ca.crt", b"new ca")
     out.remove(tmp_path / "ca-chain.crt")
     out.remove(tmp_path / "absent.crt")  # nothing to remove: fine
+    assert out.removed == []
     assert out.commit() == [tmp_path / "ca.crt"]
     assert _tree(tmp_path) == ["ca.crt"]
     assert (tmp_path / "ca.crt").read_bytes() == b"new ca"
+    # What was there and is gone, for the caller to name (absent.crt was not).
+    assert out.removed == [tmp_path / "ca-chain.crt"]
 
 
 def test_remove_needs_force(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from certctl.pki import CertificateAuthority, Material
 
 __all__ = [
+    "holds_another_key",
     "is_stdin",
     "load_ca_dir",
     "not_stdout",
@@ -282,3 +283,24 @@ def load_ca_dir(
         return CertificateAuthority(certs[0], key, tuple(chain))
     except InvalidRequest as exc:
         raise InvalidRequest(f"{directory}: {exc.detail}") from exc
+
+
+def holds_another_key(path: Path, public_key: object) -> bool:
+    """Whether ``path`` is a certificate or unencrypted key of another key than ``public_key``.
+
+    False when it cannot tell (no such file, an encrypted key, something else).
+    """
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    theirs: object
+    try:
+        data = path.read_bytes()
+        if path.suffix == ".crt":
+            theirs = x509.load_pem_x509_certificate(data).public_key()
+        else:
+            theirs = serialization.load_pem_private_key(data, None).public_key()
+    except (OSError, ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    return theirs != public_key

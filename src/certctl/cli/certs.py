@@ -30,7 +30,7 @@ from certctl.cli._api import (
     warn_about,
 )
 from certctl.cli._listing import Column
-from certctl.errors import CertctlError, InvalidRequest
+from certctl.errors import CertctlError, Conflict, InvalidRequest
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -116,7 +116,12 @@ def certs_issue(
     out: Path = typer.Option(
         None, "--out", help="Write tls.crt, tls.key, ca.crt into this directory."
     ),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing files in --out."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Overwrite existing files in --out (with --csr, also remove a tls.key of another "
+        "key).",
+    ),
 ) -> None:
     """Issue a certificate (server-side key generation, or from --csr).
 
@@ -156,6 +161,13 @@ def certs_issue(
                 param_hint="'--csr'",
             )
         body["csr"] = _csr_pem(csr)
+        if out is not None and not force and _holds_another_key(out, body["csr"].encode()):
+            # Removed with the write (_save_issued), which needs --force as an overwrite does;
+            # found out after the request, the certificate would be issued but not saved.
+            raise Conflict(
+                f"{out / 'tls.key'} is the key of another certificate, not the CSR's: --force "
+                "removes it with the certificate it went with"
+            )
     else:
         body |= {"common_name": cn, "dns_names": dns, "ip_addresses": ip, "key_type": key_type}
         # Sent only when given: a server from before these fields refuses them as unknown,
@@ -196,6 +208,26 @@ def _check_out(out: Path | None, *, key: bool, force: bool) -> None:
     outputs.check()
 
 
+def _holds_another_key(out: Path, pem: bytes) -> bool:
+    """Whether ``out/tls.key`` is a key other than the one of ``pem`` (a CSR or certificate).
+
+    False when it cannot tell: no such file, an encrypted key (``openssl req`` without
+    ``-nodes`` writes one beside its CSR), an unreadable ``pem``.
+    """
+    from cryptography import x509
+
+    from certctl.cli._common import holds_another_key
+
+    try:
+        if b"CERTIFICATE REQUEST-----" in pem:
+            public_key = x509.load_pem_x509_csr(pem).public_key()
+        else:
+            public_key = x509.load_pem_x509_certificate(pem).public_key()
+    except ValueError:
+        return False
+    return holds_another_key(out / "tls.key", public_key)
+
+
 def _issuer_root_pem(issuer: str) -> str:
     """The issuer's root, for ca.crt (fetched before issuing: see ``_root_pem``)."""
     path = f"/api/v1/issuers/{path_segment(issuer)}/ca.pem"
@@ -210,7 +242,10 @@ def _save_issued(data: Any, out: Path, ca_pem: str, *, force: bool, path: str) -
 
     And ``files``, the paths written, as ``ca create`` and ``cert issue`` name theirs: a
     certificate from --csr has no tls.key, which ``out`` alone did not say. In the JSON,
-    not as lines after it, so that stdout stays one document for jq.
+    not as lines after it, so that stdout stays one document for jq. And ``removed``, when
+    a ``tls.key`` of another certificate (one whose key the server made, written there
+    before) was removed: left beside a certificate of the requester's key, it made a pair
+    nginx and Java refuse, and a reader of ``files`` could not tell.
     """
     from certctl.files import OutputSet
 
@@ -222,6 +257,10 @@ def _save_issued(data: Any, out: Path, ca_pem: str, *, force: bool, path: str) -
     outputs.add(out / "tls.crt", (data["certificate_pem"] + data["chain_pem"]).encode())
     if data.get("private_key_pem"):
         outputs.add(out / "tls.key", data.pop("private_key_pem").encode(), secret=True)
+    elif _holds_another_key(out, data["certificate_pem"].encode()):
+        # Removed together with the writes (and put back if they fail). --force was needed
+        # before the request for it: _check_out (issue --csr) or an existing tls.key (renew).
+        outputs.remove(out / "tls.key")
     outputs.add(out / "ca.crt", ca_pem.encode())
     try:
         written = outputs.commit()
@@ -232,7 +271,8 @@ def _save_issued(data: Any, out: Path, ca_pem: str, *, force: bool, path: str) -
             f"revoke it with 'certctl certs revoke {data.get('id')}')"
         ) from exc
     answer = {k: v for k, v in data.items() if not k.endswith("_pem")}
-    return answer | {"out": str(out), "files": [str(path) for path in written]}
+    answer |= {"out": str(out), "files": [str(path) for path in written]}
+    return answer | ({"removed": [str(p) for p in outputs.removed]} if outputs.removed else {})
 
 
 def _root_pem(chain_pem: Any, path: str) -> str:

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from certctl.cli._common import not_stdout, open_ca_dir, read_file, split_commas, utcnow, warn
+from certctl.cli._common import (
+    holds_another_key,
+    not_stdout,
+    open_ca_dir,
+    read_file,
+    split_commas,
+    utcnow,
+    warn,
+)
 from certctl.cli._distribution import CA_ISSUERS_URLS, CRL_URLS
 from certctl.cli._issue import checked_urls
 from certctl.cli._stdin import STDIN_HELP, password_file_option
@@ -78,7 +86,7 @@ def create(
     typer.echo(f"created CSR for {display_dn(name)}")
     for path in outputs.paths:
         typer.echo(f"  {path}")
-    if _holds_another_key(out / "tls.crt", key.public_key()):
+    if holds_another_key(out / "tls.crt", key.public_key()):
         # A renewal made in the live directory (csr create --force): the old certificate
         # stays and no longer goes with the new key; nginx and Java refuse the pair.
         warn(
@@ -161,30 +169,9 @@ def sign(
     )
     for path in outputs.paths:
         typer.echo(f"  {path}")
-    if _holds_another_key(out / "tls.key", csr.public_key()):
+    if holds_another_key(out / "tls.key", csr.public_key()):
         # --out another certificate's directory: its key stays beside the new certificate.
         warn(
             f"{out / 'tls.key'} is not the CSR's key: it does not go with the new "
             f"{out / 'tls.crt'} (put the certificate beside the key the CSR was made with)"
         )
-
-
-def _holds_another_key(path: Path, public_key: object) -> bool:
-    """Whether ``path`` is a certificate or unencrypted key of another key than ``public_key``.
-
-    False when it cannot tell (no such file, an encrypted key, something else).
-    """
-    from cryptography import x509
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-
-    theirs: object
-    try:
-        data = path.read_bytes()
-        if path.suffix == ".crt":
-            theirs = x509.load_pem_x509_certificate(data).public_key()
-        else:
-            theirs = serialization.load_pem_private_key(data, None).public_key()
-    except (OSError, ValueError, TypeError, UnsupportedAlgorithm):
-        return False
-    return theirs != public_key
