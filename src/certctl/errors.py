@@ -5,7 +5,8 @@
     CertctlError          500  exit 1
     ├── InvalidRequest    400  bad CSR, SAN, duration; profile rule broken
     │   ├── WeakKey             key type or size below policy
-    │   └── BadSignature        CSR or certificate signature does not verify
+    │   ├── BadSignature        CSR or certificate signature does not verify
+    │   └── WrongPassword       a key or PKCS#12 file does not open with the password given
     ├── Unauthenticated   401
     ├── PermissionDenied  403
     ├── NotFound          404  also: missing input file
@@ -37,6 +38,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "WeakKey",
+    "WrongPassword",
     "cause_chain",
     "tls_verify_failure",
 ]
@@ -66,6 +68,14 @@ class WeakKey(InvalidRequest):
 
 class BadSignature(InvalidRequest):
     """A signature over a CSR or certificate does not verify."""
+
+
+class WrongPassword(InvalidRequest):
+    """An encrypted key or a PKCS#12 file does not open with the password that was given.
+
+    By type, not by its words: a caller that tried a default password (CERTCTL_PASSWORD)
+    says where it came from, and a message naming a path under ``passwords/`` is no such case.
+    """
 
 
 class Unauthenticated(CertctlError):

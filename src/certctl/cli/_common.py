@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certctl.errors import InvalidRequest, NotFound
+from certctl.errors import InvalidRequest, NotFound, WrongPassword
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -254,10 +254,10 @@ def load_ca_dir(
         sources = f"{password_option} or CERTCTL_CA_PASSWORD"
         detail = exc.detail.replace("(--password-file)", f"({sources})")
         detail = detail.replace("drop the password", f"drop the password ({sources})")
-        if password_from_env and password is not None and "wrong password" in detail:
+        if password_from_env and isinstance(exc, WrongPassword):
             # Exported for another CA, perhaps: the user gave no password to this command.
             detail += " (the password came from CERTCTL_CA_PASSWORD)"
-        raise InvalidRequest(detail) from exc
+        raise type(exc)(detail) from exc
     if key is None:
         raise InvalidRequest(f"{directory / CA_KEY}: holds no private key")
     chain: list[x509.Certificate] = []

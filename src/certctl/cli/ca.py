@@ -311,7 +311,7 @@ def read_ca_input(
     nothing_done: str = "",
 ) -> CAInput:
     """Read and check a CA certificate and its key; ``nothing_done`` ends each refusal."""
-    from certctl.errors import InvalidRequest
+    from certctl.errors import InvalidRequest, WrongPassword
 
     if (p12 is None) == (cert is None):
         raise typer.BadParameter("give either --cert with --key, or --p12")
@@ -335,8 +335,8 @@ def read_ca_input(
             material.certificates = certs
         else:  # refused above already; this branch only tells mypy so
             raise typer.BadParameter("give either --cert with --key, or --p12")
-    except InvalidRequest as exc:
-        if from_env and secret is not None and "password" in exc.detail:
+    except WrongPassword as exc:
+        if from_env:
             raise type(exc)(f"{exc.detail} (the password came from CERTCTL_PASSWORD)") from exc
         raise
     certs, private_key = material.certificates, material.private_key

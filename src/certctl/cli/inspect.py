@@ -56,24 +56,27 @@ def read_protected(
     it came from. ``optional``: a file that needs no password opens without even a password
     given.
     """
-    from certctl.errors import InvalidRequest
+    from certctl.errors import InvalidRequest, WrongPassword
 
     if password_file is not None or password is not None:
         secret = read_password(password_file, password)
         return read_material(path, secret, what, password_optional=optional)
     tried: list[str] = []
-    failure: InvalidRequest | None = None
+    failure: WrongPassword | None = None
     seen: set[bytes] = set()
     for env in PASSWORD_VARIABLES:
         secret = read_password(None, env=env)
-        if secret is None or secret in seen:
+        if secret is None:
+            continue
+        if secret in seen:
+            # The same password failed already (every one tried so far did): not tried
+            # again, but named, as the user may have set this variable for this file.
+            tried.append(env)
             continue
         seen.add(secret)
         try:
             return read_material(path, secret, what, password_optional=True)
-        except InvalidRequest as exc:
-            if "password" not in exc.detail:
-                raise
+        except WrongPassword as exc:
             tried.append(env)
             failure = failure or exc
     if failure is None:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
-from certctl.errors import InvalidRequest
+from certctl.errors import InvalidRequest, WrongPassword
 
 __all__ = [
     "Material",
@@ -210,12 +210,12 @@ def _load_material(data: bytes, password: bytes | None, password_optional: bool)
         key = serialization.load_der_private_key(data, password)
     except TypeError as exc:
         if not (password_optional and password is not None):
-            raise InvalidRequest(_password_message(password)) from exc
+            raise _password_error(password) from exc
         # A password given to a plain key (the other TypeError): load it without one.
         return _load_material(data, None, False)
     except ValueError as exc:
         if password is not None and _looks_like_encrypted_pkcs8(data):
-            raise InvalidRequest(_password_message(password)) from exc
+            raise _password_error(password) from exc
         raise InvalidRequest(
             "not a recognised PEM, DER or PKCS#12 file (certificate, key, CSR or CRL)"
         ) from exc
@@ -234,10 +234,10 @@ def _looks_like_encrypted_pkcs8(data: bytes) -> bool:
     )
 
 
-def _password_message(password: bytes | None) -> str:
+def _password_error(password: bytes | None) -> InvalidRequest:
     if password is None:
-        return "the private key is encrypted: give its password (--password-file)"
-    return "cannot decrypt the private key: wrong password"
+        return InvalidRequest("the private key is encrypted: give its password (--password-file)")
+    return WrongPassword("cannot decrypt the private key: wrong password")
 
 
 def _load_pem(data: bytes, password: bytes | None, password_optional: bool = False) -> Material:
@@ -313,13 +313,13 @@ def _load_pem_key(raw: bytes, password: bytes | None) -> CertificateIssuerPrivat
         return _issuer_key(serialization.load_pem_private_key(raw, password))
     except TypeError as exc:
         if b"ENCRYPTED" in raw or b"Proc-Type: 4,ENCRYPTED" in raw:
-            raise InvalidRequest(_password_message(password)) from exc
+            raise _password_error(password) from exc
         raise InvalidRequest("the private key is not encrypted; drop the password") from exc
     except UnsupportedAlgorithm as exc:
         raise InvalidRequest("private key uses an unsupported algorithm") from exc
     except ValueError as exc:
         if password is not None and b"ENCRYPTED" in raw:
-            raise InvalidRequest(_password_message(password)) from exc
+            raise _password_error(password) from exc
         raise
 
 
@@ -343,7 +343,7 @@ def _load_pkcs12(data: bytes, password: bytes | None, password_optional: bool = 
         )
     if password is None:
         raise InvalidRequest("PKCS#12 file is password-protected: give --password-file") from last
-    raise InvalidRequest("cannot open PKCS#12 file: wrong password or corrupted file") from last
+    raise WrongPassword("cannot open PKCS#12 file: wrong password or corrupted file") from last
 
 
 def load_private_key(

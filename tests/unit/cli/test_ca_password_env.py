@@ -196,3 +196,53 @@ def test_inspect_and_verify_open_a_pkcs12_with_the_ca_variable(
     _ok("inspect", p12)
     assert "subject         CN=a.example" in capsys.readouterr().out
     _ok("verify", "--ca", tmp_path / "ca" / "ca.crt", p12)
+
+
+def test_only_a_password_that_does_not_open_the_file_is_blamed_on_the_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, any refusal whose text held "password" was taken for a wrong password: a
+    # malformed file under ~/passwords/ got "(the password came from CERTCTL_PASSWORD)".
+    monkeypatch.setenv("CERTCTL_PASSWORD", "for-the-p12")
+    monkeypatch.setenv("CERTCTL_CA_PASSWORD", "for-the-ca")
+    folder = tmp_path / "passwords"
+    folder.mkdir()
+    bad = folder / "x.pem"
+    bad.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    malformed = f"certctl: error: {bad}: malformed PEM certificate block\n"
+    assert run(["inspect", str(bad)]) == 1
+    assert capsys.readouterr().err == malformed
+    assert run(["verify", "--ca", str(bad), str(bad)]) == 1
+    assert capsys.readouterr().err == malformed
+    assert run(["ca", "import", "--cert", str(bad), "--key", str(bad), "--out",
+                str(tmp_path / "imported")]) == 1  # fmt: skip
+    assert capsys.readouterr().err == malformed
+    # A CA directory under such a path: a ca.key that is no key is not a wrong password.
+    monkeypatch.delenv("CERTCTL_CA_PASSWORD")
+    ca = tmp_path / "wrong password" / "ca"
+    _ok("ca", "create", "--out", ca)
+    (ca / "ca.key").write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    monkeypatch.setenv("CERTCTL_CA_PASSWORD", "for-the-ca")
+    capsys.readouterr()
+    assert run(["cert", "issue", "--ca", str(ca), "--cn", "a", "--out", str(tmp_path / "a")]) == 1
+    assert capsys.readouterr().err == (
+        f"certctl: error: {ca / 'ca.key'}: malformed PEM private key block\n"
+    )
+
+
+def test_both_variables_holding_the_same_wrong_password_are_both_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The second was skipped as already tried, and only CERTCTL_PASSWORD was named: the
+    # user who had changed CERTCTL_CA_PASSWORD was told nothing of it.
+    monkeypatch.setenv("CERTCTL_CA_PASSWORD", PASSWORD)
+    _ok("ca", "create", "--out", tmp_path / "ca")
+    key = tmp_path / "ca" / "ca.key"
+    capsys.readouterr()
+    monkeypatch.setenv("CERTCTL_PASSWORD", "same-wrong")
+    monkeypatch.setenv("CERTCTL_CA_PASSWORD", "same-wrong")
+    assert run(["inspect", str(key)]) == 1
+    assert capsys.readouterr().err == (
+        f"certctl: error: {key}: cannot decrypt the private key: wrong password "
+        "(the passwords came from CERTCTL_PASSWORD and CERTCTL_CA_PASSWORD)\n"
+    )

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from certctl.errors import InvalidRequest
+from certctl.errors import InvalidRequest, WrongPassword
 from certctl.pki import (
     CertificateAuthority,
     certs_to_pem,
@@ -170,8 +170,10 @@ def test_key_refusals(
     ec_key: ec.EllipticCurvePrivateKey, make: object, password: bytes | None, message: str
 ) -> None:
     data = make(ec_key)  # type: ignore[operator]
-    with pytest.raises(InvalidRequest, match=re.escape(message)):
+    with pytest.raises(InvalidRequest, match=re.escape(message)) as raised:
         load_material(data, password)
+    # By type, for callers that say where a default password came from (not by its words).
+    assert isinstance(raised.value, WrongPassword) == ("wrong password" in message)
 
 
 def test_x25519_key_refused() -> None:
@@ -384,8 +386,9 @@ def test_pkcs12_password_refusals(
 ) -> None:
     cert, key = leaf
     data = to_pkcs12("leaf", key, cert, [], b"changeit")
-    with pytest.raises(InvalidRequest, match=re.escape(message)):
+    with pytest.raises(InvalidRequest, match=re.escape(message)) as raised:
         load_material(data, password)
+    assert isinstance(raised.value, WrongPassword) == (password is not None)
 
 
 def test_pkcs12_corrupted(leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> None:
