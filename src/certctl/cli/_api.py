@@ -310,7 +310,7 @@ def _connect_failure(exc: Exception, timeout: float) -> str:
         url = _server_url()
         proxy = _proxy_of(url)
         if proxy is not None:
-            variable, proxy_host = proxy
+            variable, proxy_host, _ = proxy
             return f"{exc} ({proxy_host}, the host of the proxy in {variable}, does not resolve)"
         return (
             f"{exc} ({urlsplit(url).hostname}, the host name in CERTCTL_URL, does not resolve: "
@@ -318,6 +318,16 @@ def _connect_failure(exc: Exception, timeout: float) -> str:
         )
     if any(isinstance(cause, ConnectionRefusedError) for cause in cause_chain(exc)):
         # Nothing listens there: the usual cause is no server, or CERTCTL_URL unset or wrong.
+        # Through a proxy, "there" is the proxy (one that cannot reach the server answers).
+        proxy = _proxy_of(_server_url())
+        if proxy is not None:
+            variable, proxy_host, port = proxy
+            shown = f"[{proxy_host}]" if ":" in proxy_host else proxy_host
+            shown += f":{port}" if port is not None else ""
+            return (
+                f"{exc} ({shown}, the proxy in {variable}, refuses connections: is the proxy "
+                "running there?)"
+            )
         return f"{exc} ({_refused_hint()})"
     if isinstance(exc, httpx.ConnectTimeout):
         # httpx says "_ssl.c:989: The handshake operation timed out" or nothing at all.
@@ -345,12 +355,12 @@ def _connect_failure(exc: Exception, timeout: float) -> str:
     return message
 
 
-def _proxy_of(url: str) -> tuple[str, str] | None:
-    """The variable naming the proxy a request to ``url`` goes through, and the proxy's host.
+def _proxy_of(url: str) -> tuple[str, str, int | None] | None:
+    """The variable naming the proxy a request to ``url`` goes through, the proxy's host, port.
 
     As httpx picks it: ``<scheme>_proxy`` then ``all_proxy`` (either case), unless ``no_proxy``
-    names the host; never for loopback (see send_request). The host only: the variable's
-    value may hold a password.
+    names the host; never for loopback (see send_request). The host and port only: the
+    variable's value may hold a password.
     """
     import urllib.request
 
@@ -362,10 +372,15 @@ def _proxy_of(url: str) -> tuple[str, str] | None:
         value = os.environ.get(variable, "").strip()
         if value:
             try:
-                proxy_host = urlsplit(value if "://" in value else f"http://{value}").hostname
+                parts = urlsplit(value if "://" in value else f"http://{value}")
+                proxy_host = parts.hostname
             except ValueError:
                 return None
-            return (variable, proxy_host) if proxy_host else None
+            try:
+                port = parts.port
+            except ValueError:  # not a number, or out of range: the host alone is named
+                port = None
+            return (variable, proxy_host, port) if proxy_host else None
     return None
 
 

@@ -524,6 +524,41 @@ def test_refused_connection_shows_the_url_only() -> None:
     )
 
 
+def test_a_proxy_refusing_the_connection_is_named_not_certctl_url(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # In-process (cheap). Through a proxy the refusal is the proxy's: before, the line asked
+    # whether 'certctl serve' ran at CERTCTL_URL, a host this machine never connected to.
+    from certctl.cli.main import run
+
+    with socket.socket() as sock:  # a port that was free a moment ago: no proxy listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for name in [n for n in os.environ if n.startswith("CERTCTL_") or n.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CERTCTL_URL", "https://certctl.example.com:8443")
+    monkeypatch.setenv("CERTCTL_API_KEY", KEY)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://user:secret@127.0.0.1:{port}")
+    assert run(["auth", "whoami"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        "certctl: error: cannot reach https://certctl.example.com:8443: [Errno 111] Connection "
+        f"refused (127.0.0.1:{port}, the proxy in HTTPS_PROXY, refuses connections: is the "
+        "proxy running there?)\n"
+    )
+    assert "secret" not in err
+    assert KEY not in err
+    # ALL_PROXY, lower case, without a scheme: named as httpx reads it.
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setenv("all_proxy", f"127.0.0.1:{port}")
+    assert run(["auth", "whoami"]) == 1
+    assert capsys.readouterr().err.endswith(
+        f"(127.0.0.1:{port}, the proxy in all_proxy, refuses connections: is the proxy "
+        "running there?)\n"
+    )
+
+
 def test_refused_connection_to_the_default_url_says_it_is_the_default(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
