@@ -575,6 +575,10 @@ def delete_actor(services: Services, caller: Principal, actor_id: str) -> None:
 # --- API keys ----------------------------------------------------------------------------
 
 
+# The name of a key minted without one; exempt from the one-live-key-per-name rule.
+_UNNAMED_KEY = "key"
+
+
 @dataclass(frozen=True)
 class MintResult:
     """A minted key: the stored row and the value to show once."""
@@ -620,12 +624,12 @@ def mint_api_key(
                 shown_by=_ACTOR_READ,
                 named_by=_ACTOR_NAMED_BY,
             )
-            if name:
+            if name and name != _UNNAMED_KEY:
                 _name_taken(session, caller, actor_id, name, now)
         row = ApiKey(
             id=minted.key_id,
             actor_id=actor_id,
-            name=name or "key",
+            name=name or _UNNAMED_KEY,
             secret_sha256=minted.secret_sha256,
             created_at=now,
             expires_at=expires_at,
@@ -648,7 +652,9 @@ def _name_taken(session: Any, caller: Principal, actor_id: str, name: str, now: 
     Rotation finds the key to retire by its name in the listing (mint ``prometheus-v2``,
     revoke v1's id): with two live keys of one name that is a guess, and revoking the wrong
     one leaves the key being retired valid. Unnamed keys (``key``) and the server's own
-    (``bootstrap``, ``local``: the way back in must never be refused) are exempt.
+    (``bootstrap``, ``local``: the way back in must never be refused) are exempt. So is the
+    name ``key`` given: stored alike, it cannot be told from an unnamed key, and checking it
+    refused it for the actor's unnamed keys, which the rule leaves alone.
     """
     taken = session.scalars(
         select(ApiKey.id).where(
