@@ -438,8 +438,8 @@ def _failure(response: Any, endpoint: str, key_set: bool) -> str:
 
 
 _RENEW_KEY = (
-    "the key in CERTCTL_API_KEY: mint another with 'certctl auth apikeys create ACTOR' under a "
-    "working key, or with 'certctl admin-key' on the server's host"
+    "the key in CERTCTL_API_KEY: mint another with 'certctl auth apikeys create ACTOR_ID' under "
+    "a working key, or with 'certctl admin-key' on the server's host"
 )
 _WRONG_KEY = (
     "CERTCTL_API_KEY is no key of the server at {url}: give a whole key, as 'certctl auth "

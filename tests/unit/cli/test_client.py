@@ -438,10 +438,13 @@ def test_401_of_the_key_that_was_sent_says_what_to_do(listener: Listener) -> Non
     assert_error(
         certctl("certs", "list", env=env),
         "HTTP 401: API key expired (the key in CERTCTL_API_KEY: mint another with "
-        "'certctl auth apikeys create ACTOR' under a working key, or with 'certctl admin-key' "
+        "'certctl auth apikeys create ACTOR_ID' under a working key, or with 'certctl admin-key' "
         "on the server's host)",
         secrets=[KEY],
     )
+    # The argument as the command's own help names it (before, the hint said ACTOR).
+    usage = certctl("auth", "apikeys", "create", "--help", env={}).stdout.splitlines()[0]
+    assert usage.split()[-1].strip("{}[]") == "ACTOR_ID", usage
     assert_error(
         certctl("services", "list", env=env),
         f"HTTP 401: unknown API key (CERTCTL_API_KEY is no key of the server at {listener.url}: "
