@@ -1212,6 +1212,65 @@ def test_an_unchanged_crl_is_served_again_without_a_store_write(api: Api, tmp_pa
     assert _crl_number(later, tmp_path) > _crl_number(compromised, tmp_path)
 
 
+def _openssl_verifies(der: bytes, ca: x509.Certificate, tmp_path: Path) -> bool:
+    """Whether ``openssl crl -verify`` finds ``der`` signed by ``ca``."""
+    (tmp_path / "checked.crl").write_bytes(der)
+    (tmp_path / "checked-ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    result = run(
+        "openssl", "crl", "-inform", "DER", "-in", tmp_path / "checked.crl", "-noout",
+        "-verify", "-CAfile", tmp_path / "checked-ca.pem",
+    )  # fmt: skip
+    return result.returncode == 0 and "verify OK" in result.stderr + result.stdout
+
+
+def test_a_replica_signs_the_crl_of_a_service_ca_made_again_with_its_new_key(
+    api: Api, tmp_path: Path
+) -> None:
+    """A managed service deleted and applied again has a new CA (a new key) under svc.<name>.
+
+    A replica that had cached the old CA signed the CRL with the old key until its next
+    issuer refresh (a minute): clients refused the CRL, and each fetch from the other
+    process then signed anew, in turn. A process reloads a CA that changed before it signs.
+    """
+    from certctl.services.service_ca import ensure_service_ca
+    from certctl.services.service_settings import ServiceSettings
+
+    doc = {
+        "apiVersion": "certctl.io/v1",
+        "kind": "TLSService",
+        "metadata": {"name": "web"},
+        "spec": {"http": {"tls": {"selfSignedCertificate": {"subjectAltNames": []}}}},
+    }
+
+    def apply_web() -> x509.Certificate:
+        r = api.request("PUT", "/api/v1/services/web", api.admin_key, json=doc)
+        assert r.status_code == 201, r.text
+        # What the reconciler's pass does first for the service.
+        return ensure_service_ca(api.services, ServiceSettings(), "web", api.clock())[0].certificate
+
+    def fetch(services: Services) -> bytes:
+        if services is api.services:
+            r = api.get("/api/v1/issuers/svc.web/crl")
+            assert r.status_code == 200, r.text
+            return r.content
+        return crls.crl_for(services, "svc.web").public_bytes(serialization.Encoding.DER)
+
+    other = _replica(api, lambda: api.clock())
+    try:
+        old = apply_web()
+        assert _openssl_verifies(fetch(other), old, tmp_path)
+        assert api.request("DELETE", "/api/v1/services/web", api.admin_key).status_code == 204
+        api.clock.advance(minutes=1)
+        new = apply_web()
+        assert new.public_key() != old.public_key()
+        served = [fetch(s) for s in (other, api.services, other, api.services)]
+    finally:
+        other.engine.dispose()
+    assert len(set(served)) == 1  # one CRL, not one signed by each in turn
+    assert _openssl_verifies(served[0], new, tmp_path)
+    assert not _openssl_verifies(served[0], old, tmp_path)
+
+
 def test_an_expired_issuer_signs_no_crl(api: Api) -> None:
     r = api.post(ISSUERS, api.admin_key, json={"id": "brief", "validity": "2D"})
     assert r.status_code == 201, r.text

@@ -18,7 +18,7 @@ from certctl.pki.crl import RevokedEntry, create_crl
 from certctl.pki.issue import BACKDATE
 from certctl.services.context import Services, SignedCrl
 from certctl.services.issuance import CERTIFICATES
-from certctl.services.issuers import ISSUERS, load_issuer
+from certctl.services.issuers import ISSUERS, forget_if_changed, load_issuer
 from certctl.services.revocation import COMPROMISE, REASONS
 from certctl.store.models import IssuerCrl
 
@@ -53,6 +53,13 @@ def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationLis
         crl = _stored_if_reused(services, ca, issuer_id)
         if crl is not None:
             return crl
+        # About to sign: with the CA as stored now. Another process may have made a new CA
+        # under this id (a managed service deleted and applied again: a new key), which this
+        # one would drop from its cache only at its next issuer refresh (a minute), signing
+        # with the old key meanwhile: clients refused those CRLs, and the processes holding
+        # the new CA found them changed and signed anew on every fetch, in turn with it.
+        forget_if_changed(services, issuer_id)
+        ca = load_issuer(services, issuer_id)
         try:
             return _sign(services, ca, issuer_id)
         except InvalidRequest as exc:  # an expired issuer: the request was fine, the issuer not
