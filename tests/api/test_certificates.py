@@ -1271,6 +1271,38 @@ def test_a_replica_signs_the_crl_of_a_service_ca_made_again_with_its_new_key(
     assert not _openssl_verifies(served[0], old, tmp_path)
 
 
+@pytest.mark.parametrize("stored", ["garbage", "another issuer's", "an older one"])
+def test_a_stored_crl_that_is_not_the_issuers_latest_is_signed_again(
+    api: Api, tmp_path: Path, stored: str
+) -> None:
+    """The stored CRL is a cache: bytes in it that are no CRL of the issuer numbered so are
+    replaced, not served (a 500 for each fetch until it went stale, or a CRL clients refuse
+    or hold for older than the one they have), by a process that had not read it yet."""
+    r = api.post(ISSUERS, api.admin_key, json={"id": "sub", "parent": "default"})
+    assert r.status_code == 201, r.text
+    older = crls.crl_for(api.services, "default").public_bytes(serialization.Encoding.DER)
+    api.clock.advance(seconds=crls.CRL_REUSE.total_seconds())
+    good = api.get("/api/v1/issuers/default/crl").content
+    number = _crl_number(good, tmp_path)
+    assert number > _crl_number(older, tmp_path)
+    der = {
+        "garbage": good[: len(good) // 2],
+        "another issuer's": api.get("/api/v1/issuers/sub/crl").content,
+        "an older one": older,
+    }[stored]
+    with api.services.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE issuer_crls SET der = :der WHERE issuer_id = 'default'"), {"der": der}
+        )
+    api.services.signed_crls.clear()  # a process that has not read it yet (restarted)
+    r = api.get("/api/v1/issuers/default/crl")
+    assert r.status_code == 200, r.text
+    ca = issuers.load_issuer(api.services, "default").certificate
+    assert _openssl_verifies(r.content, ca, tmp_path)
+    assert _crl_number(r.content, tmp_path) > number
+    assert api.get("/api/v1/issuers/default/crl").content == r.content  # stored, then served
+
+
 def test_an_expired_issuer_signs_no_crl(api: Api) -> None:
     r = api.post(ISSUERS, api.admin_key, json={"id": "brief", "validity": "2D"})
     assert r.status_code == 201, r.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -77,12 +78,12 @@ def _stored_if_reused(
         stored = _stored_crl(connection, issuer_id)
         basis = _basis(ca, _revoked_of(connection, issuer_id))
         if stored is not None and _reused(services, issuer_id, stored, basis, now):
-            return _served(services, connection, issuer_id, stored.crl_number)
+            return _served(services, connection, ca, issuer_id, stored.crl_number)
     return None
 
 
 def _sign(
-    services: Services, ca: CertificateAuthority, issuer_id: str
+    services: Services, ca: CertificateAuthority, issuer_id: str, *, reuse: bool = True
 ) -> x509.CertificateRevocationList:
     """Take the issuer's next number, sign its CRL and store it unless a higher one is.
 
@@ -91,6 +92,7 @@ def _sign(
     lists less. The signature is made after it (a CRL of 20,000 entries takes over a
     second, which the lock would have kept issuance waiting on SQLite). Stored only above
     the stored number: a process that signed a lower one meanwhile serves the higher one.
+    ``reuse`` False: signed even when the stored one is fresh (it is no CRL of ``ca``).
     """
     now = services.clock()
     # Before the number: a refused CRL is no write (the route is public; never cached).
@@ -104,11 +106,17 @@ def _sign(
             # The time after the number, for what is judged by this clock once the lock is
             # held (a process may have waited for it); the CRL's own time follows the number.
             now = max(now, services.clock())
-            reused = stored is not None and _reused(services, issuer_id, stored, basis, now)
+            reused = (
+                reuse and stored is not None and _reused(services, issuer_id, stored, basis, now)
+            )
             if reused:  # another process stored one meanwhile: no number spent
                 transaction.rollback()
         if reused:
-            return _served(services, connection, issuer_id, None)
+            served = _served(services, connection, ca, issuer_id, None)
+            if served is not None:
+                return served
+    if reused:  # what is stored is no CRL of this CA (see _served): one numbered above it
+        return _sign(services, ca, issuer_id, reuse=False)
     signed_at = _signed_at(number, now)
     entries = [
         RevokedEntry(int(serial, 16), revoked_at, REASONS.get(reason or "unspecified"))
@@ -125,8 +133,8 @@ def _sign(
     }
     with services.engine.begin() as connection:
         stored_here = _store(connection, issuer_id, values)
-        if not stored_here:
-            crl = _served(services, connection, issuer_id, None)
+        if not stored_here:  # the higher one, unless it is no CRL of this CA
+            crl = _served(services, connection, ca, issuer_id, None) or crl
     # Once stored (or a higher one found): set before, a thread of this process finding the
     # CRL stale while this one was signing took the one stored before for one signed here
     # (see _reused) and served it, 10 minutes old, beside this one.
@@ -259,12 +267,17 @@ def _reused(
 
 
 def _served(
-    services: Services, connection: Connection, issuer_id: str, number: int | None
-) -> x509.CertificateRevocationList:
+    services: Services,
+    connection: Connection,
+    ca: CertificateAuthority,
+    issuer_id: str,
+    number: int | None,
+) -> x509.CertificateRevocationList | None:
     """The stored CRL numbered ``number`` (None: whichever is stored), parsed once per process.
 
     Read with its bytes only when this process has not parsed it yet. Replaced meanwhile by
-    a higher-numbered one: that one, which lists at least as much.
+    a higher-numbered one: that one, which lists at least as much. None (logged) when its
+    bytes are no CRL ``ca`` signed under its number (see :func:`_checked`): signed anew.
     """
     last = services.signed_crls.get(issuer_id)
     if last is not None and number is not None and last.number == number:
@@ -275,9 +288,45 @@ def _served(
     stored_number, der = int(row[0]), bytes(row[1])
     if last is not None and last.number == stored_number:
         return last.crl
-    crl = x509.load_der_x509_crl(der)
+    crl = _checked(der, ca, stored_number)
+    if crl is None:
+        if (issuer_id, stored_number) not in _UNUSABLE_LOGGED:
+            _UNUSABLE_LOGGED.add((issuer_id, stored_number))
+            log.warning(
+                "issuer %s: the stored CRL numbered %d is not one its CA signed under that "
+                "number (changed outside certctl?); a new one is signed in its place",
+                issuer_id,
+                stored_number,
+            )
+        return None
     services.signed_crls[issuer_id] = SignedCrl(stored_number, crl)
     return crl
+
+
+def _checked(
+    der: bytes, ca: CertificateAuthority, number: int
+) -> x509.CertificateRevocationList | None:
+    """``der`` parsed if it is a CRL ``ca`` signed, numbered ``number``; else None.
+
+    The stored CRL is a cache in a plain column: bytes cut short or written over there (a
+    restore, an edit) made every fetch a 500 until it went stale, and another CA's CRL or
+    an older one of this CA was served as the current one (refused by clients, or numbered
+    below the CRL they hold). Checked once per process and number, as it is parsed.
+    """
+    try:
+        crl = x509.load_der_x509_crl(der)
+        signed = crl.is_signature_valid(ca.private_key.public_key())
+        crl_number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    if not signed or crl.issuer != ca.certificate.subject or crl_number != number:
+        return None
+    return crl
+
+
+log = logging.getLogger("certctl.services")
+# (issuer id, number) of stored CRLs _served found unusable: logged once per process.
+_UNUSABLE_LOGGED: set[tuple[str, int]] = set()
 
 
 _STORED_DER = select(ISSUER_CRLS.c.crl_number, ISSUER_CRLS.c.der).where(
