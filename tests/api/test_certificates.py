@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import event, insert, literal, select, text
+from sqlalchemy import event, insert, inspect, literal, select, text
 
 from certctl.pki import (
     KeyType,
@@ -35,11 +35,12 @@ from certctl.pki import (
 from certctl.server.periodic import refresh_metrics
 from certctl.services import certificates, crls, issuance, issuers
 from certctl.services.context import Principal, Services
-from certctl.store.db import create_store_engine, session_factory, unicode_lower
+from certctl.store.db import create_store_engine, migrate, session_factory, unicode_lower
 from certctl.store.models import CertificateRecord
 from tests._tools import ok, openssl_ca_issuers_uris, openssl_crl_uris, require, run
 from tests.api.conftest import BACKENDS, Api, PostgresCluster, assert_problem, running_app
 from tests.integration.test_pkilint import build_pkix_validator, findings
+from tests.unit.store.test_migration_head import downgrade_store
 
 CERTS = "/api/v1/certificates"
 ISSUERS = "/api/v1/issuers"
@@ -1301,6 +1302,29 @@ def test_a_stored_crl_that_is_not_the_issuers_latest_is_signed_again(
     assert _openssl_verifies(r.content, ca, tmp_path)
     assert _crl_number(r.content, tmp_path) > number
     assert api.get("/api/v1/issuers/default/crl").content == r.content  # stored, then served
+
+
+def test_a_store_taken_back_before_0019_and_upgraded_again_numbers_its_crls_above(
+    api: Api, tmp_path: Path
+) -> None:
+    """Migration 0019 adds the stored CRLs and its downgrade drops them; the number goes on.
+
+    The counter of 0008 stays in the issuers table: the first CRL signed after the upgrade
+    (none stored yet) is numbered above every one signed before it.
+    """
+    before = _crl_number(api.get("/api/v1/issuers/default/crl").content, tmp_path)
+    engine = api.services.engine
+    downgrade_store(engine, "0018")
+    assert "issuer_crls" not in inspect(engine).get_table_names()
+    assert "issuers" in inspect(engine).get_table_names()  # negative twin: tables are listed
+    migrate(engine)
+    assert "issuer_crls" in inspect(engine).get_table_names()
+    api.services.signed_crls.clear()  # a process started on the upgraded store
+    r = api.get("/api/v1/issuers/default/crl")
+    assert r.status_code == 200, r.text
+    assert _crl_number(r.content, tmp_path) > before
+    ca = issuers.load_issuer(api.services, "default").certificate
+    assert _openssl_verifies(r.content, ca, tmp_path)
 
 
 def test_an_expired_issuer_signs_no_crl(api: Api) -> None:
