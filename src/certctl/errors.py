@@ -6,7 +6,8 @@
     ├── InvalidRequest    400  bad CSR, SAN, duration; profile rule broken
     │   ├── WeakKey             key type or size below policy
     │   ├── BadSignature        CSR or certificate signature does not verify
-    │   └── WrongPassword       a key or PKCS#12 file does not open with the password given
+    │   ├── WrongPassword       a key or PKCS#12 file does not open with the password given
+    │   └── PasswordRequired    a key or PKCS#12 file is encrypted and no password was given
     ├── Unauthenticated   401
     ├── PermissionDenied  403
     ├── NotFound          404  also: missing input file
@@ -32,6 +33,7 @@ __all__ = [
     "Conflict",
     "InvalidRequest",
     "NotFound",
+    "PasswordRequired",
     "PermissionDenied",
     "StorageUnavailable",
     "TooManyRequests",
@@ -76,6 +78,21 @@ class WrongPassword(InvalidRequest):
     By type, not by its words: a caller that tried a default password (CERTCTL_PASSWORD)
     says where it came from, and a message naming a path under ``passwords/`` is no such case.
     """
+
+
+class PasswordRequired(InvalidRequest):
+    """An encrypted key or a password-protected PKCS#12 file was given no password.
+
+    By type, not by its words: the server takes no password, so it replaces the loader's
+    advice (``--password-file``, a CLI option) with its own, and a message that merely holds
+    the word "encrypted" (a subject in a malformed certificate's error) is no such case.
+    ``pkcs12``: the file is a PKCS#12 file, not a key (``openssl pkcs12``, not ``pkey``,
+    opens it).
+    """
+
+    def __init__(self, detail: str, *, pkcs12: bool = False) -> None:
+        super().__init__(detail)
+        self.pkcs12 = pkcs12
 
 
 class Unauthenticated(CertctlError):

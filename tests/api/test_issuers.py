@@ -32,7 +32,7 @@ from certctl.pki import (
 from certctl.services import issuer_revocation, issuers, revocation
 from certctl.services.context import Services
 from certctl.store.models import Issuer
-from tests._tools import ok, run
+from tests._tools import ok, openssl_req, run
 from tests.api.conftest import Api, assert_problem
 
 if TYPE_CHECKING:
@@ -877,6 +877,34 @@ def test_import_of_an_encrypted_key_says_what_the_api_needs(api: Api) -> None:
     detail = assert_problem(r, 400)["detail"]
     assert detail.startswith("private_key_pem is encrypted: send it unencrypted")
     assert "--password-file" not in detail  # a CLI flag means nothing to an API caller
+    assert api.counts() == before
+
+
+def test_import_names_a_malformed_certificate_beside_the_key_as_such(
+    api: Api, tmp_path: Path
+) -> None:
+    # Its subject is in the error: the word "encrypted" there made the answer "private_key_pem
+    # is encrypted", sending the caller to decrypt a key that was in clear.
+    key = generate_private_key(KeyType.EC_P256)
+    ca = create_root_ca(key, common_name_dn("R"), validity=timedelta(days=365), now=api.clock())
+    bad_key, bad = tmp_path / "bad.key", tmp_path / "bad.crt"
+    openssl_req(bad_key, bad, "/CN=encrypted.example", "-addext",
+                "2.5.29.17=DER:30078705010203040A", x509=True)  # fmt: skip
+    before = api.counts()
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "bad",
+            "certificate_pem": ca.certificate.public_bytes(Encoding.PEM).decode(),
+            # A key file with a certificate in it, as openssl pkcs12 -nodes writes them.
+            "private_key_pem": key_to_pem(key).decode() + bad.read_text(),
+        },
+    )
+    assert assert_problem(r, 400)["detail"] == (
+        "certificate CN=encrypted.example has malformed extensions "
+        "(b'\\x01\\x02' does not appear to be an IPv4 or IPv6 address)"
+    )
     assert api.counts() == before
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -97,6 +98,23 @@ def bad_files(case: str, now: datetime, cn: str = "web") -> dict[str, bytes]:
             serialization.BestAvailableEncryption(b"pw"),
         )
         return {**files, "tls.crt": leaf.cert_pem, "tls.key": encrypted}
+    if case == "password-protected PKCS#12 tls.key":
+        # The loader's refusal of this file named --password-file, and the server passed it
+        # on: its type, not the word "encrypted", picks the server's own advice.
+        with tempfile.TemporaryDirectory() as tmp:
+            leaf_file = Path(tmp, "leaf.pem")
+            leaf_file.write_bytes(files["tls.key"] + files["tls.crt"])
+            p12 = Path(tmp, "tls.p12")
+            ok(run("openssl", "pkcs12", "-export", "-in", leaf_file, "-out", p12,
+                   "-passout", "pass:secret"))  # fmt: skip
+            return {**files, "tls.key": p12.read_bytes()}
+    if case == "malformed tls.crt of an 'encrypted' host":
+        # Its subject is in the error: the word "encrypted" there made the server call the
+        # certificate an encrypted key. A SAN iPAddress of 2 octets, as openssl signs it.
+        with tempfile.TemporaryDirectory() as tmp:
+            openssl_req(Path(tmp, "k.pem"), Path(tmp, "c.pem"), "/CN=encrypted.example",
+                        "-addext", "2.5.29.17=DER:30078705010203040A", x509=True)  # fmt: skip
+            return {**files, "tls.crt": Path(tmp, "c.pem").read_bytes()}
     if case == "garbage tls.crt":
         return {**files, "tls.crt": b"-----BEGIN CERTIFICATE-----\nnope\n"}
     if case == "tls.crt a CA":  # served as is, its key would go to every target
@@ -120,6 +138,10 @@ ERRORS = {
     # Named by secret and file; the key's advice is not load_material's --password-file.
     "encrypted key": "secret {s}: tls.key is encrypted; certctl reads only unencrypted keys "
     "(openssl pkey -in tls.key -out tls.key.clear)",
+    "password-protected PKCS#12 tls.key": "secret {s}: tls.key is encrypted; certctl reads "
+    "only unencrypted keys (openssl pkcs12 -nodes -in tls.key -out tls.key.clear)",
+    "malformed tls.crt of an 'encrypted' host": "secret {s}: tls.crt: certificate "
+    "CN=encrypted.example has malformed extensions",
     "garbage tls.crt": "secret {s}: tls.crt: malformed PEM",
     "tls.crt a CA": "secret {s}: tls.crt is a CA certificate, not a server certificate",
     "tls.crt for clients": "secret {s}: tls.crt is not a server certificate (its extended key "

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
-from certctl.errors import InvalidRequest, WrongPassword
+from certctl.errors import InvalidRequest, PasswordRequired, WrongPassword
 
 __all__ = [
     "Material",
@@ -113,9 +113,10 @@ def load_material(
     user asked for on this file, so a key or PKCS#12 file that needs none opens without it.
 
     Raises:
-        InvalidRequest: nothing readable was found, a key is encrypted and no or the
-            wrong password was given, a PKCS#12 file cannot be opened, or a certificate,
-            CSR or CRL has malformed or repeated extensions.
+        InvalidRequest: nothing readable was found, a PKCS#12 file cannot be opened, or a
+            certificate, CSR or CRL has malformed or repeated extensions.
+        PasswordRequired: a key or PKCS#12 file is encrypted and no password was given.
+        WrongPassword: it does not open with the password given.
     """
     material = _load_material(data, password, password_optional)
     for cert in material.certificates:
@@ -236,7 +237,7 @@ def _looks_like_encrypted_pkcs8(data: bytes) -> bool:
 
 def _password_error(password: bytes | None) -> InvalidRequest:
     if password is None:
-        return InvalidRequest("the private key is encrypted: give its password (--password-file)")
+        return PasswordRequired("the private key is encrypted: give its password (--password-file)")
     return WrongPassword("cannot decrypt the private key: wrong password")
 
 
@@ -342,7 +343,9 @@ def _load_pkcs12(data: bytes, password: bytes | None, password_optional: bool = 
             key_encrypted=key is not None and bool(attempt),
         )
     if password is None:
-        raise InvalidRequest("PKCS#12 file is password-protected: give --password-file") from last
+        raise PasswordRequired(
+            "PKCS#12 file is password-protected: give --password-file", pkcs12=True
+        ) from last
     raise WrongPassword("cannot open PKCS#12 file: wrong password or corrupted file") from last
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from certctl.errors import InvalidRequest
+from certctl.errors import InvalidRequest, PasswordRequired
 from certctl.pki import (
     CertificateAuthority,
     Material,
@@ -217,14 +217,15 @@ def _secret_material(secret: str, name: str, data: bytes) -> Material:
     """
     try:
         return load_material(data)
+    except PasswordRequired as exc:
+        # By type: load_material's own advice (--password-file) names a CLI option: there is
+        # none here, the reconciler needs the key in clear, as ECK does.
+        opener = "pkcs12 -nodes" if exc.pkcs12 else "pkey"
+        raise InvalidRequest(
+            f"secret {secret}: {name} is encrypted; certctl reads only unencrypted keys "
+            f"(openssl {opener} -in {name} -out {name}.clear)"
+        ) from None
     except InvalidRequest as exc:
-        if "encrypted" in exc.detail:
-            # load_material's own advice (--password-file) names a CLI option: there is
-            # none here, the reconciler needs the key in clear, as ECK does.
-            raise InvalidRequest(
-                f"secret {secret}: {name} is encrypted; certctl reads only unencrypted keys "
-                f"(openssl pkey -in {name} -out {name}.clear)"
-            ) from None
         raise InvalidRequest(f"secret {secret}: {name}: {exc.detail}") from None
 
 

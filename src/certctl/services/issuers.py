@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
 
-from certctl.errors import Conflict, InvalidRequest, NotFound
+from certctl.errors import Conflict, InvalidRequest, NotFound, PasswordRequired
 from certctl.pki import (
     PROFILES,
     CertificateAuthority,
@@ -228,9 +228,7 @@ def import_issuer(
     certs = load_material(certificate_pem.encode()).certificates
     try:
         key = load_material(private_key_pem.encode()).private_key
-    except InvalidRequest as exc:
-        if "encrypted" not in exc.detail:
-            raise
+    except PasswordRequired:
         # The loader's hint names the CLI's --password-file; the API takes no password.
         raise InvalidRequest(
             "private_key_pem is encrypted: send it unencrypted (over this TLS connection), "

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from certctl.errors import InvalidRequest, WrongPassword
+from certctl.errors import InvalidRequest, PasswordRequired, WrongPassword
 from certctl.pki import (
     CertificateAuthority,
     certs_to_pem,
@@ -174,6 +174,8 @@ def test_key_refusals(
         load_material(data, password)
     # By type, for callers that say where a default password came from (not by its words).
     assert isinstance(raised.value, WrongPassword) == ("wrong password" in message)
+    # And the server, which takes no password, gives its own advice for this type alone.
+    assert isinstance(raised.value, PasswordRequired) == ("give its password" in message)
 
 
 def test_x25519_key_refused() -> None:
@@ -389,6 +391,9 @@ def test_pkcs12_password_refusals(
     with pytest.raises(InvalidRequest, match=re.escape(message)) as raised:
         load_material(data, password)
     assert isinstance(raised.value, WrongPassword) == (password is not None)
+    assert isinstance(raised.value, PasswordRequired) == (password is None)
+    if isinstance(raised.value, PasswordRequired):
+        assert raised.value.pkcs12
 
 
 def test_pkcs12_corrupted(leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> None:
