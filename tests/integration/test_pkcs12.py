@@ -197,8 +197,13 @@ def test_reissue_in_the_other_format_replaces_the_old_files(pki: Pki, tmp_path: 
     out = tmp_path / "web"
     issue = ["cert", "issue", "--ca", chain.inter, "--cn", "web.example.com", "--out", out]
     certctl_ok(*issue)
-    certctl_ok(*issue, "--p12", "--password", PASSWORD, "--force")
+    replaced = certctl_ok(*issue, "--p12", "--password", PASSWORD, "--force")
     assert sorted(p.name for p in out.iterdir()) == ["ca.crt", "tls.p12"]
+    # Each removed file is named, as each written one is (before, neither was).
+    assert replaced.out.splitlines()[1:] == [
+        f"  {out}/tls.p12", f"  {out}/ca.crt", f"  removed {out}/tls.crt",
+        f"  removed {out}/tls.key",
+    ]  # fmt: skip
     listed = ok(run("keytool", "-list", "-storetype", "PKCS12", "-keystore", out / "tls.p12",
                     "-storepass", PASSWORD)).stdout  # fmt: skip
     assert "tls, " in listed
@@ -212,8 +217,12 @@ def test_reissue_in_the_other_format_replaces_the_old_files(pki: Pki, tmp_path: 
     assert refused.stderr == (
         f"certctl: error: {out}/tls.p12 already exists; use --force to overwrite\n"
     )
-    certctl_ok(*issue, "--force")
+    back = certctl_ok(*issue, "--force")
     assert sorted(p.name for p in out.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
+    assert back.out.splitlines()[-1] == f"  removed {out}/tls.p12"
+    # Nothing removed, nothing said.
+    again = certctl_ok(*issue, "--force")
+    assert "removed" not in again.out
     ok(run("openssl", "verify", "-CAfile", chain.root / "ca.crt", "-untrusted",
            chain.inter / "ca.crt", out / "tls.crt"))  # fmt: skip
     assert _fingerprint(out / "tls.crt") != _fingerprint(in_p12)

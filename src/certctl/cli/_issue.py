@@ -314,6 +314,9 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     )
     for path in outputs.paths:
         out(f"  {path}")
+    # The other format's files --force removed: before, the user learnt it from ls.
+    for path in outputs.removed:
+        out(f"  removed {path}")
 
 
 def checked_urls(values: Sequence[str], option: str) -> tuple[str, ...]:
@@ -493,6 +496,11 @@ def _issue_batch(
     what = "zip" if as_zip else "directory"
     noun = "certificate" if len(todo) == 1 else "certificates"
     out(f"issued {len(todo)} {noun} into {what} {opts.out}")
+    if removed := len(outputs.removed):
+        # A count, as the files written are: one line per file would be thousands.
+        kind = "PEM" if p12_password is not None else "PKCS#12"
+        files = "file" if removed == 1 else "files"
+        out(f"  removed {removed} {kind} {files} of an earlier run (the other format)")
 
 
 @dataclass(frozen=True)

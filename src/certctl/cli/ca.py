@@ -166,6 +166,7 @@ def create(
     typer.echo(f"created {kind} {display_dn(issued.certificate.subject)} in {out}/")
     for path in outputs.paths:
         typer.echo(f"  {path}")
+    _echo_removed(outputs.removed)
     if key_password is not None:
         typer.echo(f"  {out / CA_KEY} is encrypted with {_key_password_source(key_password_file)}")
 
@@ -260,11 +261,22 @@ def import_ca(
     typer.echo(printable(f"imported CA {display_dn(ca.certificate.subject)} into {out}/"))
     for path in outputs.paths:  # named as ca create names them
         typer.echo(f"  {path}")
+    _echo_removed(outputs.removed)
     if key_password is not None:
         typer.echo(
             f"  {out / CA_KEY} is encrypted with {_key_password_source(key_password_file)}: "
             "give --ca-password-file or CERTCTL_CA_PASSWORD to use it"
         )
+
+
+def _echo_removed(removed: list[Path]) -> None:
+    """One line per file --force removed (the replaced intermediate's ``ca-chain.crt``).
+
+    Before, it went without a word: a script or user copying the listed files elsewhere
+    kept the stale chain there.
+    """
+    for path in removed:
+        typer.echo(f"  removed {path}")
 
 
 def _issuer_chain(

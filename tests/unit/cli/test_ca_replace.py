@@ -42,17 +42,31 @@ def test_root_created_over_an_intermediate_drops_its_chain(
     assert "inter/ca.crt already exists; use --force" in capsys.readouterr().err
     _ok("ca", "create", "--out", intermediate_dir, "--cn", "New Root", "--force")
     assert sorted(p.name for p in intermediate_dir.iterdir()) == ["ca.crt", "ca.key"]
+    # Named as the files written are: before, the chain went without a word.
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        f"  {intermediate_dir / 'ca.crt'}",
+        f"  {intermediate_dir / 'ca.key'}",
+        f"  removed {intermediate_dir / 'ca-chain.crt'}",
+    ]
+    _ok("ca", "create", "--out", intermediate_dir, "--cn", "New Root", "--force")
+    assert "removed" not in capsys.readouterr().out  # nothing left to remove
     _issue_and_verify(intermediate_dir, tmp_path / "leaf")
 
 
 def test_root_imported_over_an_intermediate_drops_its_chain(
-    intermediate_dir: Path, tmp_path: Path
+    intermediate_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _ok("ca", "create", "--out", tmp_path / "other", "--cn", "Other Root")
     other = tmp_path / "other"
+    capsys.readouterr()
     _ok("ca", "import", "--cert", other / "ca.crt", "--key", other / "ca.key",
         "--out", intermediate_dir, "--force")  # fmt: skip
     assert sorted(p.name for p in intermediate_dir.iterdir()) == ["ca.crt", "ca.key"]
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        f"  {intermediate_dir / 'ca.crt'}",
+        f"  {intermediate_dir / 'ca.key'}",
+        f"  removed {intermediate_dir / 'ca-chain.crt'}",
+    ]
     _issue_and_verify(intermediate_dir, tmp_path / "leaf")
 
 

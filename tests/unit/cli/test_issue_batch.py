@@ -137,7 +137,13 @@ def test_directory_output_in_the_other_format_replaces_the_old_files(
     instances = _instances(workdir / "in.yml", 2)
     argv = ["cert", "issue", "--ca", str(ca_dir), "--in", str(instances), "--out", "certs"]
     assert run([*argv, "--pem"]) == 0
+    capsys.readouterr()
     assert run([*argv, "--password", "s3cret-pw", "--force"]) == 0
+    # Counted, as the files written are (before, the removal went without a word).
+    assert capsys.readouterr().out == (
+        "issued 2 certificates into directory certs\n"
+        "  removed 4 PEM files of an earlier run (the other format)\n"
+    )
     for i in range(2):
         folder = workdir / "certs" / f"node-{i:04d}"
         assert sorted(p.name for p in folder.iterdir()) == ["ca.crt", f"node-{i:04d}.p12"]
@@ -149,6 +155,9 @@ def test_directory_output_in_the_other_format_replaces_the_old_files(
     )
     assert {p: p.read_bytes() for p in (workdir / "certs").rglob("*") if p.is_file()} == before
     assert run([*argv, "--pem", "--force"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "  removed 2 PKCS#12 files of an earlier run (the other format)"
+    ]
     for i in range(2):
         folder = workdir / "certs" / f"node-{i:04d}"
         assert sorted(p.name for p in folder.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
