@@ -358,30 +358,95 @@ def _connect_failure(exc: Exception, timeout: float) -> str:
 def _proxy_of(url: str) -> tuple[str, str, int | None] | None:
     """The variable naming the proxy a request to ``url`` goes through, the proxy's host, port.
 
-    As httpx picks it: ``<scheme>_proxy`` then ``all_proxy`` (either case), unless ``no_proxy``
-    names the host; never for loopback (see send_request). The host and port only: the
-    variable's value may hold a password.
+    As httpx picks it: from ``urllib.request.getproxies()`` (``<scheme>_proxy`` then
+    ``all_proxy``, the lower-case one first, an empty one unsetting the other), unless
+    ``no_proxy`` exempts the host as httpx reads it (see ``_exempt``); never for loopback (see
+    send_request). The host and port only: the variable's value may hold a password.
     """
     import urllib.request
 
-    host = urlsplit(url).hostname or ""
-    if is_loopback(host) or urllib.request.proxy_bypass(host):
+    import httpx
+
+    try:
+        target = httpx.URL(url)
+    except httpx.InvalidURL:
         return None
-    scheme = urlsplit(url).scheme
-    for variable in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY", "all_proxy", "ALL_PROXY"):
-        value = os.environ.get(variable, "").strip()
-        if value:
-            try:
-                parts = urlsplit(value if "://" in value else f"http://{value}")
-                proxy_host = parts.hostname
-            except ValueError:
-                return None
-            try:
-                port = parts.port
-            except ValueError:  # not a number, or out of range: the host alone is named
-                port = None
-            return (variable, proxy_host, port) if proxy_host else None
-    return None
+    if is_loopback(target.host):
+        return None
+    proxies = urllib.request.getproxies()
+    kind = next((k for k in (target.scheme, "all") if proxies.get(k)), None)
+    if kind is None or _exempt(target, proxies.get("no", "")):
+        return None
+    value = proxies[kind]
+    # The variable it came from: the lower-case one wins (getproxies), else any other case.
+    names = [n for n in os.environ if n.lower() == f"{kind}_proxy" and os.environ[n] == value]
+    lower = f"{kind}_proxy"
+    variable = lower if lower in names else (names or [lower.upper()])[0]
+    value = value.strip()
+    try:
+        parts = urlsplit(value if "://" in value else f"http://{value}")
+        proxy_host = parts.hostname
+    except ValueError:
+        return None
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range: the host alone is named
+        port = None
+    return (variable, proxy_host, port) if proxy_host else None
+
+
+def _exempt(target: Any, no_proxy: str) -> bool:
+    """Whether ``no_proxy`` sends a request to ``target`` (an httpx URL) past the proxy.
+
+    httpx's reading, not curl's or urllib's: ``.example.com`` exempts the names below it but
+    not example.com itself, ``example.com`` both, ``host:port`` that port only, an address
+    that address (no CIDR), ``*`` everything.
+    """
+    import ipaddress
+    import re
+
+    import httpx
+
+    for entry in (e.strip() for e in no_proxy.split(",")):
+        if entry == "*":
+            return True
+        if not entry:
+            continue
+        address = entry.split("/")[0]
+        if "://" in entry:
+            pattern = entry
+        elif _parses(ipaddress.IPv4Address, address) or entry.lower() == "localhost":
+            pattern = f"all://{entry}"
+        elif _parses(ipaddress.IPv6Address, address):
+            pattern = f"all://[{entry}]"
+        else:
+            pattern = f"all://*{entry}"
+        try:
+            exempt = httpx.URL(pattern)
+        except httpx.InvalidURL:
+            continue
+        host = "" if exempt.host == "*" else exempt.host
+        if host.startswith("*."):
+            regex = rf"^.+\.{re.escape(host[2:])}$"
+        elif host.startswith("*"):
+            regex = rf"^(.+\.)?{re.escape(host[1:])}$"
+        else:
+            regex = rf"^{re.escape(host)}$"
+        if (
+            exempt.scheme in ("all", target.scheme)
+            and (not host or re.match(regex, target.host))
+            and exempt.port in (None, target.port)
+        ):
+            return True
+    return False
+
+
+def _parses(kind: Callable[[str], object], text: str) -> bool:
+    try:
+        kind(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _refused_hint() -> str:

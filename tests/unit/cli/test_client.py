@@ -624,6 +624,57 @@ def test_a_host_name_that_does_not_resolve_says_it_is_the_one_in_certctl_url(
     assert "the host name in CERTCTL_URL, does not resolve" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("variables", "through_proxy"),
+    [
+        # httpx: ".example" exempts the names below it, not the name itself (curl-style
+        # urllib.request.proxy_bypass exempted both, so the proxy's failure was blamed on
+        # CERTCTL_URL's host).
+        ({"NO_PROXY": ".certctl.example.invalid"}, True),
+        ({"NO_PROXY": ".example.invalid"}, False),
+        # A port in NO_PROXY: httpx goes direct to that host and port (proxy_bypass, given
+        # the host alone, did not match, so the proxy was blamed for CERTCTL_URL's host).
+        ({"NO_PROXY": "certctl.example.invalid:8443"}, False),
+        ({"NO_PROXY": "certctl.example.invalid:9443"}, True),
+        # An empty lower-case variable unsets the upper-case one (urllib.request.getproxies).
+        ({"https_proxy": ""}, False),
+    ],
+    ids=["dot-apex", "dot-below", "port", "other-port", "empty-lower-case"],
+)
+def test_the_proxy_blamed_for_a_host_that_does_not_resolve_is_the_one_httpx_used(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variables: dict[str, str],
+    through_proxy: bool,
+) -> None:
+    # In-process (cheap): .invalid never resolves, whichever host httpx looks up.
+    from certctl.cli.main import run
+
+    for name in [n for n in os.environ if n.startswith("CERTCTL_") or n.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CERTCTL_URL", "https://certctl.example.invalid:8443")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.invalid:3128")
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    # What httpx itself does with these variables: the test's own check of the expectation.
+    import httpx
+
+    with httpx.Client() as client:
+        transport = client._transport_for_url(httpx.URL("https://certctl.example.invalid:8443"))
+        assert ("Proxy" in type(transport._pool).__name__) is through_proxy  # type: ignore[attr-defined]
+    assert run(["auth", "whoami"]) == 1
+    err = capsys.readouterr().err
+    if through_proxy:
+        assert err.endswith(
+            " (proxy.example.invalid, the host of the proxy in HTTPS_PROXY, does not resolve)\n"
+        ), err
+    else:
+        assert err.endswith(
+            " (certctl.example.invalid, the host name in CERTCTL_URL, does not resolve: a typo, "
+            "a name only another network knows, or no name server reachable?)\n"
+        ), err
+
+
 # --- 4. answers that are not certctl's ---------------------------------------------------
 
 
