@@ -210,9 +210,12 @@ def _load_material(data: bytes, password: bytes | None, password_optional: bool)
     try:
         key = serialization.load_der_private_key(data, password)
     except TypeError as exc:
-        if not (password_optional and password is not None):
+        if password is None:
             raise _password_error(password) from exc
-        # A password given to a plain key (the other TypeError): load it without one.
+        # A password given to a plain key (the other TypeError; a wrong one is a ValueError):
+        # load it without one, or say so as _load_pem_key does, not "wrong password".
+        if not password_optional:
+            raise InvalidRequest("the private key is not encrypted; drop the password") from exc
         return _load_material(data, None, False)
     except ValueError as exc:
         if password is not None and _looks_like_encrypted_pkcs8(data):

@@ -150,6 +150,10 @@ def _encrypted_der(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def _plain_der(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
 @pytest.mark.parametrize(
     ("make", "password", "message"),
     [
@@ -162,7 +166,10 @@ def _encrypted_der(key: ec.EllipticCurvePrivateKey) -> bytes:
         (_encrypted_traditional, None, "the private key is encrypted: give its password"),
         (_encrypted_traditional, b"wrong", "cannot decrypt the private key: wrong password"),
         (_encrypted_der, None, "the private key is encrypted: give its password"),
+        (_encrypted_der, b"wrong", "cannot decrypt the private key: wrong password"),
         (key_to_pem, b"pw", "the private key is not encrypted; drop the password"),
+        # A plain DER key given a password: before, "wrong password" (a WrongPassword).
+        (_plain_der, b"pw", "the private key is not encrypted; drop the password"),
         (lambda k: key_to_pem(k) * 2, None, "more than one private key in one file"),
     ],
 )
