@@ -341,6 +341,37 @@ def test_a_failing_nginx_reload_fails_with_the_same_message_on_each_retry(env: E
     assert [e.event for e in env.events("web")] == ["issued", "failed"]
 
 
+def test_a_failing_nginx_config_test_names_what_nginx_refused(env: Env) -> None:
+    # The README's reload, `nginx -t && nginx -s reload`, with a configuration nginx refuses
+    # (here a certificate it cannot load, as once TLS is disabled and the target removed):
+    # nginx says why, then ends with "configuration file … test failed". The status showed
+    # that last line only, which names no reason.
+    from tests._tools import require
+
+    nginx = require("nginx")
+    work = env.tmp / "nginx"
+    work.mkdir()
+    missing = work / "missing" / "tls.crt"
+    conf = work / "nginx.conf"
+    conf.write_text(
+        f"pid {work}/nginx.pid;\nerror_log stderr;\nevents {{}}\nhttp {{ server {{ "
+        f"listen 127.0.0.1:1 ssl; ssl_certificate {missing}; ssl_certificate_key {missing}; }} }}\n"
+    )
+    flags = f"-c {conf} -p {work}/ -e stderr"
+    reload = f"sh -c '{nginx} -t {flags} && {nginx} -s reload {flags}'"
+    target = env.tmp / "tls"
+    env.put(service_doc("web", targets=[{"directory": str(target), "reload": reload}]))
+    messages = [env.reconcile("web").conditions["Failed"]["message"]]
+    retry_at = env.row("web").next_attempt_at
+    assert retry_at is not None
+    messages.append(env.reconcile("web", retry_at).conditions["Failed"]["message"])
+    expected = f'dir:{target}: reload command exited 1: [emerg] cannot load certificate "{missing}"'
+    assert messages[0].startswith(expected), messages[0]
+    assert "test failed" not in messages[0]
+    assert messages[1] == messages[0]  # nginx's time and pid left out: the same failure
+    assert [e.event for e in env.events("web")] == ["issued", "failed"]
+
+
 @pytest.mark.parametrize(
     ("last", "shown"),
     [
@@ -377,6 +408,32 @@ def test_a_failing_haproxy_check_fails_with_the_same_message_on_each_retry(
         messages.append(env.reconcile("web", retry_at).conditions["Failed"]["message"])
     assert messages == [f"dir:{target}: reload command exited 1: {shown}"] * 3
     assert [e.event for e in env.events("web")] == ["issued", "failed"]
+
+
+def test_a_failing_reload_shows_the_first_error_line_else_the_last_line(env: Env) -> None:
+    from certctl.targets.directory import run_reload
+
+    haproxy = _script(
+        env.tmp / "haproxy-c.sh",
+        'echo "[NOTICE]   ($$) : haproxy version is 2.6.12-1+deb12u4" >&2\n'
+        'echo "[ALERT]    ($$) : config : parsing [/etc/haproxy/haproxy.cfg:3] : unknown '
+        "keyword 'bind2' in 'frontend' section\" >&2\n"
+        'echo "[ALERT]    ($$) : config : Fatal errors found in configuration." >&2\nexit 1',
+    )
+    with pytest.raises(DeliveryError) as info:
+        run_reload(str(haproxy), 5)
+    assert info.value.detail == (
+        "reload command exited 1: [ALERT] config : parsing [/etc/haproxy/haproxy.cfg:3] : "
+        "unknown keyword 'bind2' in 'frontend' section"
+    )
+    # A warning is no error: without an error line the last line is shown, as before.
+    warned = _script(
+        env.tmp / "warned.sh",
+        'echo "nginx: [warn] the \\"ssl\\" directive is deprecated" >&2\necho "boom" >&2\nexit 2',
+    )
+    with pytest.raises(DeliveryError) as info:
+        run_reload(str(warned), 5)
+    assert info.value.detail == "reload command exited 2: boom"
 
 
 def _script(path: Path, body: str) -> Path:

@@ -498,6 +498,9 @@ _LOG_STAMP = re.compile(
 # configuration." from 2.x, "[ALERT] 337/143512 (25260) : ..." from 1.x, time and pid): a
 # failing `haproxy -c` in a reload command changed the message at each try just the same.
 _HAPROXY_STAMP = re.compile(r"\A(\[[A-Z]+\]) +(?:\d{3}/\d{6} +)?\(\d+\) : ")
+# A line at error level or worse: nginx's "[emerg]", "[alert]", "[crit]" and "[error]"
+# (prefixed "nginx: " or by its time and pid), HAProxy's "[ALERT]"; not a warning or notice.
+_ERROR_LEVEL = re.compile(r"(?:\A|\s)\[(?:emerg|alert|crit|error)\]", re.IGNORECASE)
 
 
 def run_reload(command: str, timeout_s: float) -> None:
@@ -544,8 +547,12 @@ def run_reload(command: str, timeout_s: float) -> None:
         raise DeliveryError(f"reload command timed out after {timeout_s:g}s")
     if returncode == 0:
         return
-    last = tail.decode(errors="replace").strip().splitlines()[-1:]
-    line = _HAPROXY_STAMP.sub(r"\1 ", _LOG_STAMP.sub(r"\1", last[0])) if last else ""
+    lines = tail.decode(errors="replace").strip().splitlines()
+    # The first error a server named, else the last line: `nginx -t && nginx -s reload`
+    # (the README's reload) ends with "configuration file … test failed" and HAProxy with
+    # "Fatal errors found in configuration.", after the line saying what is wrong.
+    chosen = next((x for x in lines if _ERROR_LEVEL.search(x)), lines[-1] if lines else "")
+    line = _HAPROXY_STAMP.sub(r"\1 ", _LOG_STAMP.sub(r"\1", chosen))
     detail = _printable(line)[:200]
     raise DeliveryError(f"reload command exited {returncode}" + (f": {detail}" if detail else ""))
 
