@@ -410,6 +410,35 @@ def test_a_failing_haproxy_check_fails_with_the_same_message_on_each_retry(
     assert [e.event for e in env.events("web")] == ["issued", "failed"]
 
 
+def test_tls_disabled_with_a_failing_reload_is_failed_not_renewing(env: Env) -> None:
+    # The server still reads the removed files (nginx -t fails) until it is switched to
+    # plain HTTP: Failed, as the README says, but Renewing read True, on a service with
+    # no certificate, no serial and nothing to renew.
+    target = env.tmp / "tls"
+    reload = f"sh -c 'test -e {target}/tls.crt || {{ echo no certificate >&2; exit 1; }}'"
+    env.put(service_doc("web", targets=[{"directory": str(target), "reload": reload}]))
+    assert env.reconcile("web").conditions["Ready"]["status"] is True
+    env.put(
+        service_doc("web", disabled=True, targets=[{"directory": str(target), "reload": reload}])
+    )
+    row = env.reconcile("web", env.now + MINUTE)
+    assert not target.exists()
+    assert row.serial is None
+    assert row.conditions["Failed"]["status"] is True
+    assert (
+        row.conditions["Failed"]["message"]
+        == f"dir:{target}: reload command exited 1: no certificate"
+    )
+    assert row.conditions["Renewing"]["status"] is False
+    retry_at = row.next_attempt_at
+    assert retry_at is not None
+    row = env.reconcile("web", retry_at)
+    assert (row.conditions["Failed"]["status"], row.conditions["Renewing"]["status"]) == (
+        True,
+        False,
+    )
+
+
 def test_a_failing_reload_shows_the_first_error_line_else_the_last_line(env: Env) -> None:
     from certctl.targets.directory import run_reload
 

@@ -126,8 +126,9 @@ def reconcile_service(
             current.next_attempt_at = now + backoff(current.attempts)
             detail = "; ".join(failures)
             # Still renewing while a retry fails to deliver what an earlier pass issued:
-            # Renewing + Failed say "issued, not yet delivered everywhere" (README).
-            renewing = reason is not None or was_renewing
+            # Renewing + Failed say "issued, not yet delivered everywhere" (README). Not
+            # for TLS disabled: nothing is issued then, the targets' removal is what failed.
+            renewing = not spec.disabled and (reason is not None or was_renewing)
             conditions = pass_conditions(
                 current.conditions,
                 ready=False,
