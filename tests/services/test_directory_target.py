@@ -463,6 +463,16 @@ def test_a_failing_reload_shows_the_first_error_line_else_the_last_line(env: Env
     with pytest.raises(DeliveryError) as info:
         run_reload(str(warned), 5)
     assert info.value.detail == "reload command exited 2: boom"
+    # Over 4 KiB of output: certctl keeps the tail, whose first line is cut at a point that
+    # moves with what came before; not taken as the error line, so each retry says the same.
+    long = _script(
+        env.tmp / "long.sh",
+        "printf 'x%.0s' $(seq 300); echo ' [error] cut short'\n"
+        "for i in $(seq 38); do printf 'y%.0s' $(seq 99); echo; done\necho boom; exit 1",
+    )
+    with pytest.raises(DeliveryError) as info:
+        run_reload(str(long), 5)
+    assert info.value.detail == "reload command exited 1: boom"
 
 
 def _script(path: Path, body: str) -> Path:

@@ -500,6 +500,7 @@ _LOG_STAMP = re.compile(
 _HAPROXY_STAMP = re.compile(r"\A(\[[A-Z]+\]) +(?:\d{3}/\d{6} +)?\(\d+\) : ")
 # A line at error level or worse: nginx's "[emerg]", "[alert]", "[crit]" and "[error]"
 # (prefixed "nginx: " or by its time and pid), HAProxy's "[ALERT]"; not a warning or notice.
+_TAIL_BYTES = 4096  # of a reload's output kept, for its failure message
 _ERROR_LEVEL = re.compile(r"(?:\A|\s)\[(?:emerg|alert|crit|error)\]", re.IGNORECASE)
 
 
@@ -548,6 +549,10 @@ def run_reload(command: str, timeout_s: float) -> None:
     if returncode == 0:
         return
     lines = tail.decode(errors="replace").strip().splitlines()
+    if len(tail) >= _TAIL_BYTES and len(lines) > 1:
+        # Output cut to its tail: the first line is a part, which differs with the length
+        # of what came before, and so would the message of each retry.
+        lines = lines[1:]
     # The first error a server named, else the last line: `nginx -t && nginx -s reload`
     # (the README's reload) ends with "configuration file … test failed" and HAProxy with
     # "Fatal errors found in configuration.", after the line saying what is wrong.
@@ -578,7 +583,7 @@ def _wait_draining(
                 chunk = os.read(fd, 65536)
             except BlockingIOError:
                 chunk = b""
-            tail = (tail + chunk)[-4096:]
+            tail = (tail + chunk)[-_TAIL_BYTES:]
             if not chunk and returncode is None:
                 # End of output (closed by everyone holding it) but still running: the
                 # pipe stays "readable" for ever, so stop polling it and just wait.
