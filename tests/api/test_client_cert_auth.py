@@ -559,10 +559,12 @@ def test_a_mapping_pinned_to_an_issuing_ca_maps_only_certificates_that_ca_signed
     assert "signed by another CA" in refused[-1]["detail"], refused[-1]
 
 
-def test_a_403_names_a_mapped_role_that_does_not_exist(api: Api) -> None:
-    """A typo in a mapping's roles (``r-opertor``) gave certificates no permissions from it
-    and 403s saying only ``missing permission …``: the 403 now says which of its own mapped
-    roles does not exist; a certificate whose roles all exist gets the plain refusal."""
+@contextlib.contextmanager
+def _typo_mapped(
+    api: Api,
+) -> Iterator[tuple[TestClient, Mtls, dict[str, Any], dict[str, Any]]]:
+    """An app mapping ``CN=typo`` to ``r-mtls`` and the typo ``r-opertor``, ``CN=fine`` to
+    ``r-mtls`` alone (``cert.read``): its client, and a client certificate of each."""
     api.create_role("r-mtls", ["cert.read"])
     mappings = (
         ClientCertMapping("CN=typo", ("r-mtls", "r-opertor")),
@@ -570,8 +572,14 @@ def test_a_403_names_a_mapped_role_that_does_not_exist(api: Api) -> None:
     )
     layer = Presenting(create_app(api.services, client_cert_mappings=mappings))
     with TestClient(layer, base_url="https://testserver", raise_server_exceptions=False) as client:
-        mtls = Mtls(api, layer, client)
-        typo, fine = _client_cert(api, "typo"), _client_cert(api, "fine")
+        yield client, Mtls(api, layer, client), _client_cert(api, "typo"), _client_cert(api, "fine")
+
+
+def test_a_403_names_a_mapped_role_that_does_not_exist(api: Api) -> None:
+    """A typo in a mapping's roles (``r-opertor``) gave certificates no permissions from it
+    and 403s saying only ``missing permission …``: the 403 now says which of its own mapped
+    roles does not exist; a certificate whose roles all exist gets the plain refusal."""
+    with _typo_mapped(api) as (client, mtls, typo, fine):
         mtls.present(typo["certificate_pem"], "default")
         assert mtls.permissions() == ["cert.read"]
         for _ in range(2):  # read from the store, then remembered
@@ -625,15 +633,7 @@ def test_whoami_lists_the_mapped_roles_that_do_not_exist(api: Api) -> None:
     """whoami listed a mapping's typo (``r-opertor``) among the roles with nothing saying it is
     no role: ``missing_roles`` names it, and empties once the role is created (even one with
     no permissions, which leaves the rest of the answer as it was)."""
-    api.create_role("r-mtls", ["cert.read"])
-    mappings = (
-        ClientCertMapping("CN=typo", ("r-mtls", "r-opertor")),
-        ClientCertMapping("CN=fine", ("r-mtls",)),
-    )
-    layer = Presenting(create_app(api.services, client_cert_mappings=mappings))
-    with TestClient(layer, base_url="https://testserver", raise_server_exceptions=False) as client:
-        mtls = Mtls(api, layer, client)
-        typo, fine = _client_cert(api, "typo"), _client_cert(api, "fine")
+    with _typo_mapped(api) as (_client, mtls, typo, fine):
         mtls.present(typo["certificate_pem"], "default")
         for _ in range(2):  # read from the store, then remembered
             assert mtls.whoami().json() == {
