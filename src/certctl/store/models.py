@@ -84,6 +84,9 @@ class Issuer(Base):
     # Revoked intermediates issue nothing more and are listed on their parent's CRL.
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revocation_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # Counts each change to what its CRL lists (migration 0020's triggers, whichever process
+    # or tool made it): a CRL fetch compares it with the stored CRL's instead of the list.
+    revocations: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
 
 class IssuerCrl(Base):
@@ -104,6 +107,10 @@ class IssuerCrl(Base):
     next_update: Mapped[datetime] = mapped_column(UTCDateTime)
     # SHA-256 (hex) of what it was signed from: the CA's name and key, the revoked list.
     basis: Mapped[str] = mapped_column(String(64))
+    # The issuer's ``revocations`` when its list was read, and SHA-256 (hex) of the signing
+    # CA's name and key: what a fetch compares (None: stored by a release before 0020).
+    revocations: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    signer: Mapped[str | None] = mapped_column(String(64), nullable=True)
     der: Mapped[bytes] = mapped_column(LargeBinary)
 
 
