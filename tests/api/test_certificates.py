@@ -875,6 +875,52 @@ def test_crl_says_how_long_a_cache_may_keep_it(api: Api) -> None:
     assert "cache-control" not in api.get("/api/v1/issuers/nope/crl").headers
 
 
+def test_crl_carries_a_strong_etag_and_answers_if_none_match_with_304(api: Api) -> None:
+    """As ca.pem: a client or CDN revalidating after max-age gets a 304 while the CRL is the
+    same, from any worker or replica (they serve the stored CRL's bytes), not the whole list.
+    """
+    crl = "/api/v1/issuers/default/crl"
+    r = api.get(crl)
+    assert r.status_code == 200, r.text
+    etag = r.headers["etag"]
+    assert re.fullmatch(r'"[0-9a-f]{64}"', etag), etag  # strong: a SHA-256 of the bytes
+    for held in (etag, f"W/{etag}", f'"other", {etag}', "*"):
+        again = api.get(crl, headers={"If-None-Match": held})
+        assert again.status_code == 304, held
+        assert again.content == b""
+        assert again.headers["etag"] == etag
+        assert again.headers["cache-control"] == r.headers["cache-control"]
+    assert api.get(crl, headers={"If-None-Match": '"other"'}).content == r.content
+    pem = api.get(crl, params={"format": "pem"})
+    assert pem.headers["etag"] not in (etag, None)  # its own bytes, its own tag
+    assert (
+        api.get(
+            crl, params={"format": "pem"}, headers={"If-None-Match": pem.headers["etag"]}
+        ).status_code
+        == 304
+    )
+    assert api.get(crl, headers={"If-None-Match": pem.headers["etag"]}).status_code == 200
+    head = api.request("HEAD", crl, headers={"If-None-Match": etag})
+    assert head.status_code == 304
+    # Another process on the store serves the same bytes: the same tag, a 304 there too.
+    other = _replica(api, lambda: api.clock())
+    try:
+        assert crls.served_crl(other, "default").der_etag == etag
+    finally:
+        other.engine.dispose()
+    # A revocation is a new CRL: the tag held no longer matches.
+    cert = api.issue()
+    assert api.post(f"{CERTS}/{cert['id']}/revoke", api.admin_key).status_code == 200
+    revoked = api.get(crl, headers={"If-None-Match": etag})
+    assert revoked.status_code == 200
+    assert revoked.headers["etag"] != etag
+    assert len(x509.load_der_x509_crl(revoked.content)) == 1
+    # A refusal carries no ETag, whatever the client holds.
+    missing = api.get("/api/v1/issuers/nope/crl", headers={"If-None-Match": "*"})
+    assert_problem(missing, 404)
+    assert "etag" not in missing.headers
+
+
 def _crl_number(der: bytes, tmp_path: Path) -> int:
     """The CRL Number as ``openssl crl -text`` prints it."""
     path = tmp_path / "crl.der"

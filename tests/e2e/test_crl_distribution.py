@@ -193,3 +193,39 @@ def test_a_revoked_intermediate_fails_openssl_crl_check_all_with_its_parents_crl
     inter = x509.load_pem_x509_certificate((tmp_path / "sub.pem").read_bytes())
     assert f"{inter.serial_number:X}" in text  # "Serial Number: 5A3B…", upper-case hex
     assert "CA Compromise" in text
+
+
+def test_curl_revalidating_the_crl_gets_304_until_a_revocation(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """``curl -H 'If-None-Match: <ETag>'``: 304 with no body while the CRL is the same."""
+    server = start_server()
+    url = f"{server.url}/api/v1/issuers/default/crl"
+
+    def curl(*extra: str) -> tuple[int, dict[str, str], bytes]:
+        headers, body = tmp_path / "headers", tmp_path / "body"
+        body.write_bytes(b"")  # curl writes nothing for a 304: not the last call's body
+        result = ok(run("curl", "-sS", "--cacert", server.ca, "-D", headers, "-o", body,
+                        "-w", "%{http_code}", *extra, url))  # fmt: skip
+        fields = dict(
+            line.split(": ", 1) for line in headers.read_text().splitlines()[1:] if ": " in line
+        )
+        return int(result.stdout), {k.lower(): v for k, v in fields.items()}, body.read_bytes()
+
+    status, headers, first = curl()
+    assert status == 200
+    assert len(x509.load_der_x509_crl(first)) == 0
+    etag = headers["etag"]
+    status, again, body = curl("-H", f"If-None-Match: {etag}")
+    assert (status, body) == (304, b"")
+    assert again["etag"] == etag
+    assert again["cache-control"] == headers["cache-control"]
+    with server.client(server.admin_key) as client:
+        cert = client.post("/api/v1/certificates", json={"common_name": "gone.example.com"})
+        assert cert.status_code == 201, cert.text
+        revoked = client.post(f"/api/v1/certificates/{cert.json()['id']}/revoke", json={})
+        assert revoked.status_code == 200, revoked.text
+    status, after, body = curl("-H", f"If-None-Match: {etag}")
+    assert status == 200
+    assert after["etag"] != etag
+    assert len(x509.load_der_x509_crl(body)) == 1

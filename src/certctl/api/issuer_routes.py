@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING
 
 import anyio
@@ -24,7 +23,12 @@ from certctl.api._common import services_of as _services
 from certctl.errors import InvalidRequest
 from certctl.pki import parse_duration
 from certctl.services import crls, issuer_revocation, issuers, revocation
-from certctl.services.context import IssuerCertificates, IssuerRevocation, Principal
+from certctl.services.context import (
+    IssuerCertificates,
+    IssuerRevocation,
+    Principal,
+    strong_etag,
+)
 
 if TYPE_CHECKING:
     from certctl.store.models import Issuer
@@ -191,8 +195,14 @@ def _public_certificate(
     """
     # Strong: the tag names these exact bytes (RFC 9110 8.8.3); ca.pem, ca.pem?chain=true and
     # ca.der each have their own.
-    etag = f'"{hashlib.sha256(body).hexdigest()}"'
     max_age = crls.ca_max_age_s(certificate, _services(request).clock())
+    return _revalidated(request, body, media_type, max_age, strong_etag(body))
+
+
+def _revalidated(
+    request: Request, body: bytes, media_type: str, max_age: int, etag: str
+) -> Response:
+    """``body`` with ``max_age`` and ``etag``, or a 304 to a client holding that ETag."""
     headers = {"Cache-Control": f"public, max-age={max_age}", "ETag": etag}
     if _none_match(request.headers.getlist("if-none-match"), etag):
         # RFC 9110 15.4.5: a 304 carries the ETag and Cache-Control a 200 would have.
@@ -214,28 +224,24 @@ def _none_match(values: list[str], etag: str) -> bool:
 
 
 async def issuer_crl(request: Request, principal: Principal | None) -> Response:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     fmt = _format(request, ("der", "pem"))  # before a CRL number is spent
     services, issuer_id = _services(request), request.path_params["id"]
     # A write (the CRL number), which may wait for SQLite's write lock: off the event loop,
     # in a few threads of its own: anyone may ask (every client checking revocation), and a
     # flood must not take the default pool's 40 threads from issuance.
-    crl = await anyio.to_thread.run_sync(
-        lambda: crls.crl_for(services, issuer_id), limiter=request.app.state.crl_reads
+    served = await anyio.to_thread.run_sync(
+        lambda: crls.served_crl(services, issuer_id), limiter=request.app.state.crl_reads
     )
     # Explicit freshness, as long as this server reuses the CRL: without it a CDN or proxy
     # in front keeps the public CRL for its own default (CloudFront: 24 h), and a revocation
     # stays unseen behind it for that long.
-    max_age = crls.crl_max_age_s(crl, services.clock())
-    headers = {"Cache-Control": f"public, max-age={max_age}"}
+    max_age = crls.crl_max_age_s(served.crl, services.clock())
+    # A strong ETag, as ca.pem's: every worker and replica serves the stored CRL's very bytes,
+    # so a client or CDN revalidating after max-age gets a 304 until a new CRL is signed
+    # (a revocation, or every CRL_REUSE), instead of the whole list again. Each CRL's own.
     if fmt == "pem":
-        return Response(
-            crl.public_bytes(Encoding.PEM), media_type="application/x-pem-file", headers=headers
-        )
-    return Response(
-        crl.public_bytes(Encoding.DER), media_type="application/pkix-crl", headers=headers
-    )
+        return _revalidated(request, served.pem, "application/x-pem-file", max_age, served.pem_etag)
+    return _revalidated(request, served.der, "application/pkix-crl", max_age, served.der_etag)
 
 
 ISSUER_ROUTES: tuple[ApiRoute, ...] = (

@@ -339,7 +339,11 @@ _FRESHNESS = {
     },
 }
 _REVALIDATED = frozenset(
-    {("GET", "/api/v1/issuers/{id}/ca.pem"), ("GET", "/api/v1/issuers/{id}/ca.der")}
+    {
+        ("GET", "/api/v1/issuers/{id}/ca.pem"),
+        ("GET", "/api/v1/issuers/{id}/ca.der"),
+        ("GET", "/api/v1/issuers/{id}/crl"),
+    }
 )
 _IF_NONE_MATCH = {
     "name": "If-None-Match",
@@ -348,15 +352,18 @@ _IF_NONE_MATCH = {
     "schema": {"type": "string"},
     "description": "ETags held (or *): 304 without a body when one is the current one",
 }
-# The CRL: as long as this server reuses it (no ETag: each CRL signed is new bytes).
+# The CRL: as long as this server reuses it; the same ETag from every worker and replica
+# until a new CRL is signed.
+_CRL_FRESHNESS = {
+    "Cache-Control": _cache_control(
+        "public, max-age: as long as this server reuses the CRL (10 minutes at most, "
+        "never past its nextUpdate)"
+    ),
+    "ETag": _FRESHNESS["ETag"],
+}
 _SUCCESS_HEADERS = {
     **dict.fromkeys(_REVALIDATED, _FRESHNESS),
-    ("GET", "/api/v1/issuers/{id}/crl"): {
-        "Cache-Control": _cache_control(
-            "public, max-age: as long as this server reuses the CRL (10 minutes at most, "
-            "never past its nextUpdate)"
-        )
-    },
+    ("GET", "/api/v1/issuers/{id}/crl"): _CRL_FRESHNESS,
 }
 
 
@@ -481,7 +488,7 @@ def build_openapi(routes: Sequence[ApiRoute]) -> dict[str, Any]:
         if key in _REVALIDATED:
             responses["304"] = {
                 "description": "not modified: If-None-Match names the current ETag; no body",
-                "headers": _FRESHNESS,
+                "headers": _SUCCESS_HEADERS[key],
             }
         if key in _ALSO_SUCCESS:
             code, description = _ALSO_SUCCESS[key]

@@ -23,7 +23,14 @@ from certctl.services.issuers import ISSUERS, forget_if_changed, load_issuer
 from certctl.services.revocation import COMPROMISE, REASONS
 from certctl.store.models import IssuerCrl
 
-__all__ = ["CA_CERT_MAX_AGE", "CRL_REUSE", "ca_max_age_s", "crl_for", "crl_max_age_s"]
+__all__ = [
+    "CA_CERT_MAX_AGE",
+    "CRL_REUSE",
+    "ca_max_age_s",
+    "crl_for",
+    "crl_max_age_s",
+    "served_crl",
+]
 
 
 # How long a signed CRL is served again while its list and its CA stay the same. The CRL
@@ -35,7 +42,14 @@ CRL_REUSE = timedelta(minutes=10)
 
 
 def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationList:
+    """The issuer's CRL (see :func:`served_crl`)."""
+    return served_crl(services, issuer_id).crl
+
+
+def served_crl(services: Services, issuer_id: str) -> SignedCrl:
     """The issuer's CRL: the newest one signed, by any process on the store, while fresh.
+
+    With its bytes, as every process serves them (the route's body and strong ETag).
 
     Signed anew, numbered by the store, when none is stored, its list (the issuer's count of
     changes to it, see :func:`_current`) or its CA's name or key changed, or it is
@@ -70,7 +84,7 @@ def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationLis
 
 def _stored_if_reused(
     services: Services, ca: CertificateAuthority, issuer_id: str
-) -> x509.CertificateRevocationList | None:
+) -> SignedCrl | None:
     """The stored CRL if it is served as it is (:func:`_reused`), else None: sign one."""
     now = services.clock()
     with services.engine.connect() as connection:
@@ -88,7 +102,7 @@ def _stored_if_reused(
 
 def _sign(
     services: Services, ca: CertificateAuthority, issuer_id: str, *, reuse: bool = True
-) -> x509.CertificateRevocationList:
+) -> SignedCrl:
     """Take the issuer's next number, sign its CRL and store it unless a higher one is.
 
     The number and the list are read in one transaction, which holds the number (a row lock
@@ -131,6 +145,7 @@ def _sign(
         if revoked_at is not None
     ]
     crl = create_crl(ca, entries, now=signed_at, crl_number=number)
+    der = crl.public_bytes(Encoding.DER)
     values = {
         "crl_number": number,
         "signed_at": signed_at,
@@ -138,20 +153,21 @@ def _sign(
         "basis": _basis(ca, revoked),  # what a release before 0020 compares
         "revocations": current[0],
         "signer": current[1],
-        "der": crl.public_bytes(Encoding.DER),
+        "der": der,
     }
+    signed = SignedCrl(number, crl, der)
     with services.engine.begin() as connection:
         stored_here = _store(connection, issuer_id, values)
         if not stored_here:  # the higher one, unless it is no CRL of this CA
-            crl = _served(services, connection, ca, issuer_id, None) or crl
+            signed = _served(services, connection, ca, issuer_id, None) or signed
     # Once stored (or a higher one found): set before, a thread of this process finding the
     # CRL stale while this one was signing took the one stored before for one signed here
     # (see _reused) and served it, 10 minutes old, beside this one.
     services.crl_signed_here[issuer_id] = now
     if stored_here:
         # Once committed: one whose commit failed must not be served as the stored CRL.
-        services.signed_crls[issuer_id] = SignedCrl(number, crl)
-    return crl
+        services.signed_crls[issuer_id] = signed
+    return signed
 
 
 def _signed_at(number: int, now: datetime) -> datetime:
@@ -312,7 +328,7 @@ def _served(
     ca: CertificateAuthority,
     issuer_id: str,
     number: int | None,
-) -> x509.CertificateRevocationList | None:
+) -> SignedCrl | None:
     """The stored CRL numbered ``number`` (None: whichever is stored), parsed once per process.
 
     Read with its bytes only when this process has not parsed it yet. Replaced meanwhile by
@@ -321,13 +337,13 @@ def _served(
     """
     last = services.signed_crls.get(issuer_id)
     if last is not None and number is not None and last.number == number:
-        return last.crl
+        return last
     row = connection.execute(_STORED_DER, {"issuer_id": issuer_id}).first()
     if row is None:  # the issuer deleted since: as _next_crl_number says it
         raise NotFound(f"issuer {issuer_id} not found")
     stored_number, der = int(row[0]), bytes(row[1])
     if last is not None and last.number == stored_number:
-        return last.crl
+        return last
     crl = _checked(der, ca, stored_number)
     if crl is None:
         if (issuer_id, stored_number) not in _UNUSABLE_LOGGED:
@@ -339,8 +355,9 @@ def _served(
                 stored_number,
             )
         return None
-    services.signed_crls[issuer_id] = SignedCrl(stored_number, crl)
-    return crl
+    served = SignedCrl(stored_number, crl, der)
+    services.signed_crls[issuer_id] = served
+    return served
 
 
 def _checked(
