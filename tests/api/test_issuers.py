@@ -405,8 +405,9 @@ def test_a_flood_of_crl_requests_reads_in_a_few_threads(api: Api) -> None:
 
 
 def test_ca_routes_follow_a_renewal_elsewhere(api: Api) -> None:
-    """Another replica renews the CA: this process serves the new certificate after its
-    periodic check (refresh_cached_issuers, every minute), the old one until then."""
+    """Another replica renews the CA: this process serves the new certificate at its next
+    request (the credential generation moved), not the old one until its periodic check
+    (refresh_cached_issuers, every minute)."""
     api.services.forget_issuer("default")  # what this process serves comes from the store
     old = api.get(f"{ISSUERS}/default/ca.der")
     other = Services(api.services.engine, api.services.sessions, api.services.wrapper)
@@ -415,14 +416,13 @@ def test_ca_routes_follow_a_renewal_elsewhere(api: Api) -> None:
         other, "default", ca, validity=timedelta(days=800), now=api.clock()
     )
     assert wrote
-    assert api.get(f"{ISSUERS}/default/ca.der").content == old.content  # not checked yet
-    assert issuers.refresh_cached_issuers(api.services) == ["default"]
     new = api.get(f"{ISSUERS}/default/ca.der", headers={"If-None-Match": old.headers["etag"]})
     assert new.status_code == 200
     assert new.content == renewed.certificate.public_bytes(Encoding.DER)
     assert new.headers["etag"] != old.headers["etag"]
     pem = api.get(f"{ISSUERS}/default/ca.pem").text
     assert _cert(pem) == renewed.certificate
+    assert issuers.refresh_cached_issuers(api.services) == []  # nothing left to catch up
 
 
 def test_create_root_and_intermediate(api: Api) -> None:
@@ -2041,3 +2041,63 @@ def test_a_service_ca_made_again_after_its_key_was_compromised_is_not_shown_revo
     listed = {i["id"]: i for i in api.get(ISSUERS, api.admin_key).json()["items"]}
     assert listed["svc.web"]["issuer_revoked"] is None
     assert api.get(f"{ISSUERS}/svc.web", api.admin_key).json()["issuer_revoked"] is None
+
+
+def test_another_process_serves_a_service_ca_made_again_under_its_id_at_once(api: Api) -> None:
+    """A managed service deleted and applied again (through another worker or replica) has a
+    new CA under svc.<name>: a process that had served the old one's ca.pem kept serving it
+    from its cache until its next issuer refresh (a minute), to clients that then failed
+    every chain of the new CA. It checks the stored CA when the store's issuers changed.
+    """
+    from starlette.testclient import TestClient
+
+    from certctl.api.app import create_app
+    from certctl.services.service_ca import ensure_service_ca
+    from certctl.services.service_settings import ServiceSettings
+    from certctl.store.db import create_store_engine, session_factory
+
+    doc = {
+        "apiVersion": "certctl.io/v1",
+        "kind": "TLSService",
+        "metadata": {"name": "web"},
+        "spec": {"http": {"tls": {"selfSignedCertificate": {"subjectAltNames": []}}}},
+    }
+
+    def apply_web() -> x509.Certificate:
+        r = api.request("PUT", "/api/v1/services/web", api.admin_key, json=doc)
+        assert r.status_code == 201, r.text
+        # What the reconciler's pass does first for the service.
+        return ensure_service_ca(api.services, ServiceSettings(), "web", api.clock())[0].certificate
+
+    url = api.services.engine.url.render_as_string(hide_password=False)
+    engine = create_store_engine(url)
+    other = Services(engine, session_factory(engine), api.services.wrapper, api.clock)
+    try:
+        with TestClient(create_app(other), base_url="https://testserver") as worker:
+            old = apply_web()
+            for path, encoded in (("ca.pem", Encoding.PEM), ("ca.der", Encoding.DER)):
+                r = worker.get(f"{ISSUERS}/svc.web/{path}")
+                assert r.content == old.public_bytes(encoded), path
+            assert api.request("DELETE", "/api/v1/services/web", api.admin_key).status_code == 204
+            api.clock.advance(seconds=1)
+            new = apply_web()
+            assert new.public_key() != old.public_key()
+            for path, encoded in (("ca.pem", Encoding.PEM), ("ca.der", Encoding.DER)):
+                r = worker.get(f"{ISSUERS}/svc.web/{path}")
+                assert r.status_code == 200, r.text
+                assert r.content == new.public_bytes(encoded), path
+            # Nothing changed since: served from the cache again, no store read.
+            statements: list[str] = []
+
+            def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+                statements.append(statement)
+
+            event.listen(engine, "before_cursor_execute", seen)
+            try:
+                again = worker.get(f"{ISSUERS}/svc.web/ca.der")
+            finally:
+                event.remove(engine, "before_cursor_execute", seen)
+            assert again.content == new.public_bytes(Encoding.DER)
+            assert not statements, statements
+    finally:
+        engine.dispose()

@@ -281,3 +281,56 @@ def test_two_workers_share_the_work_and_the_metrics(
     assert server.stop() == 0
     for pid in replacement:  # reaped by the parent before it exited
         assert not Path(f"/proc/{pid}").exists(), pid
+
+
+SERVICE_DOC = {
+    "apiVersion": "certctl.io/v1",
+    "kind": "TLSService",
+    "metadata": {"name": "web"},
+    "spec": {"http": {"tls": {"selfSignedCertificate": {"subjectAltNames": []}}}},
+}
+
+
+def test_every_worker_serves_a_service_ca_made_again_at_once(start_server: StartServer) -> None:
+    """A managed service deleted and applied again has a new CA under svc.<name>: the worker
+    that had served the old one's ca.pem served it from its cache for up to a minute more.
+    """
+    server = start_server(config={"workers": 2, "reconcile-interval": "1s"})
+    workers = _children(server.proc.pid)
+    assert len(workers) == 2
+    path = "/api/v1/issuers/svc.web/ca.pem"
+
+    def stored() -> str | None:
+        with server.client(server.admin_key) as c:
+            r = c.get("/api/v1/issuers/svc.web")
+            return r.json()["certificate_pem"] if r.status_code == 200 else None
+
+    def from_both() -> dict[int, bytes]:
+        seen: dict[int, bytes] = {}
+        for _ in range(200):
+            status, body, pid = _get_in(server, path, workers)
+            assert status == 200, body
+            seen[pid] = body
+            if len(seen) == 2:
+                return seen
+        raise AssertionError(seen)
+
+    with server.client(server.admin_key) as c:
+        assert c.put("/api/v1/services/web", json=SERVICE_DOC).status_code == 201
+    deadline = time.monotonic() + 30
+    while (old := stored()) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert set(from_both().values()) == {old.encode()}
+    with server.client(server.admin_key) as c:
+        assert c.delete("/api/v1/services/web").status_code == 204
+        assert c.put("/api/v1/services/web", json=SERVICE_DOC).status_code == 201
+    deadline = time.monotonic() + 30
+    while (new := stored()) in (None, old):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    served = from_both()
+    assert set(served.values()) == {new.encode()}, {
+        pid: ("new" if b == new.encode() else "old" if b == old.encode() else "?")
+        for pid, b in served.items()
+    }

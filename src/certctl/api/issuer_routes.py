@@ -170,17 +170,19 @@ async def issuer_ca_der(request: Request, principal: Principal | None) -> Respon
 async def _issuer_certificates(request: Request) -> IssuerCertificates:
     """The issuer's certificates for its public routes, without its key.
 
-    Held by this process: no store read, no thread. Otherwise (its first request here, or
-    an unknown id) the read runs in a worker thread: these routes answer anyone, and every
+    Held by this process and no issuer changed in the store since (the credential
+    generation, see ``issuers.checked_certificates``): no store read, no thread. Otherwise
+    (its first request here, an issuer changed anywhere, or an unknown id) the read runs in
+    a worker thread: these routes answer anyone, and every
     TLS client following a caIssuers URI may ask at once. At most :data:`CA_READ_THREADS`
     of them, so a flood of unknown ids leaves the default pool to issuance and CRLs.
     """
     services, issuer_id = _services(request), request.path_params["id"]
-    cached = services.cached_certificates(issuer_id)
+    cached = issuers.checked_certificates(services, issuer_id)
     if cached is not None:
         return cached
     return await anyio.to_thread.run_sync(
-        lambda: issuers.load_issuer_certificates(services, issuer_id),
+        lambda: issuers.current_certificates(services, issuer_id),
         limiter=request.app.state.ca_reads,
     )
 

@@ -32,6 +32,7 @@ from certctl.pki.issue import KeyMismatch
 from certctl.pki.keys import unreadable_key
 from certctl.services.audit import record
 from certctl.services.context import IssuerCertificates, IssuerRevocation, Principal, Services
+from certctl.services.rbac import credential_generation
 from certctl.services.revocation import (
     may_be_revoked_above,
     newly_below_revoked,
@@ -49,7 +50,9 @@ __all__ = [
     "check_not_managed",
     "check_unexpired",
     "check_unrevoked",
+    "checked_certificates",
     "create_issuer",
+    "current_certificates",
     "forget_if_changed",
     "import_issuer",
     "load_issuer",
@@ -558,6 +561,50 @@ def load_issuer_certificates(services: Services, issuer_id: str) -> IssuerCertif
         tuple(x509.load_pem_x509_certificates(chain_pem.encode())) if chain_pem else (),
     )
     services.cache_certificates(issuer_id, certificates, version)
+    return certificates
+
+
+def checked_certificates(services: Services, issuer_id: str) -> IssuerCertificates | None:
+    """The issuer's cached certificates, if no issuer changed in the store since checked.
+
+    Checked: found to be the stored ones. None: :func:`current_certificates` (a store read)
+    must say. No store read but the credential generation's (from memory on SQLite while nothing was
+    committed, one round trip on PostgreSQL), for the public CA routes: every process caches
+    them, and another worker or replica may have deleted the issuer and made it again (a
+    managed service deleted and applied again: a new CA, a new key, under svc.<name>), which
+    this one saw only at its next issuer refresh (a minute), serving the old CA meanwhile.
+    """
+    cached = services.cached_certificates(issuer_id)
+    if cached is None:
+        return None
+    generation = credential_generation(services)
+    if generation is None or services.certificates_checked.get(issuer_id) != generation:
+        return None
+    return cached
+
+
+def current_certificates(services: Services, issuer_id: str) -> IssuerCertificates:
+    """The issuer's certificates as stored now, kept while the store's issuers are unchanged.
+
+    The cached ones after one read of the stored certificate, when it is the same; else the
+    cached CA and certificates are dropped and the stored ones read (see
+    :func:`checked_certificates`).
+
+    Raises:
+        NotFound: no issuer ``issuer_id``.
+    """
+    generation = credential_generation(services)  # before the read it vouches for
+    cached = services.cached_certificates(issuer_id)
+    if cached is not None:
+        with services.sessions() as session:
+            pem = session.execute(
+                select(Issuer.certificate_pem).where(Issuer.id == issuer_id)
+            ).scalar()
+        if pem is None or x509.load_pem_x509_certificate(pem.encode()) != cached.certificate:
+            services.forget_issuer(issuer_id)  # deleted, or another CA under its id
+    certificates = load_issuer_certificates(services, issuer_id)
+    if generation is not None:
+        services.certificates_checked[issuer_id] = generation
     return certificates
 
 
