@@ -1048,6 +1048,54 @@ def test_a_key_of_another_certificate_is_not_left_beside_the_new_one(
     assert _public_key(same / "tls.key") == _public_key(same / "tls.crt")
 
 
+def test_a_csr_key_waiting_for_its_certificate_is_never_removed(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    # `csr create --out web --force` over a live directory (a new key and tls.csr beside the
+    # old tls.crt), then `certs renew OLD --out web --force` by mistake for `certs issue
+    # --csr web/tls.csr`: before, the new key was removed (or overwritten) with no way back.
+    env = _admin_env(default_server)
+    name = "pending-key.example.internal"
+    ok(run("certctl", "csr", "create", "--cn", name, "--dns", name, "--out", tmp_path / "req"))
+    other_csr = str(tmp_path / "req" / "tls.csr")
+    from_csr = ok(_certctl(default_server, "certs", "issue", "--csr", other_csr, **env))
+    server_keyed = ok(_certctl(default_server, "certs", "issue", "--cn", name, "--dns", name,
+                               "--out", str(tmp_path / "web"), **env))  # fmt: skip
+    web = tmp_path / "web"
+    ok(run("certctl", "csr", "create", "--cn", name, "--dns", name, "--out", web, "--force"))
+    before = {p.name: p.read_bytes() for p in web.iterdir()}
+    posts = default_server.logs()[1].count("POST /api/v1/")
+    expected = (
+        f"certctl: error: {web}/tls.key is the key of {web}/tls.csr, which has no certificate "
+        f"yet: writing another certificate into {web} would lose it (nothing was issued); "
+        f"'certctl certs issue --csr {web}/tls.csr --out {web} --force' issues the CSR's, or "
+        "give another --out\n"
+    )
+    for command in (
+        ("certs", "renew", json.loads(from_csr.stdout)["id"]),  # tls.key would be removed
+        ("certs", "renew", json.loads(server_keyed.stdout)["id"]),  # tls.key overwritten
+        ("certs", "issue", "--csr", other_csr),
+        ("certs", "issue", "--cn", name),
+    ):
+        for force in ((), ("--force",)):
+            refused = _certctl(default_server, *command, "--out", str(web), *force, **env)
+            assert (refused.returncode, refused.stdout) == (1, ""), (command, force)
+            assert refused.stderr == expected, (command, force)
+    assert default_server.logs()[1].count("POST /api/v1/") == posts
+    assert {p.name: p.read_bytes() for p in web.iterdir()} == before
+
+    # What the message says to run: the CSR's certificate goes beside its key.
+    issued = ok(_certctl(default_server, "certs", "issue", "--csr", str(web / "tls.csr"),
+                         "--out", str(web), "--force", **env))  # fmt: skip
+    assert "removed" not in json.loads(issued.stdout)
+    assert _public_key(web / "tls.crt") == _public_key(web / "tls.key")
+    assert (web / "tls.key").read_bytes() == before["tls.key"]
+    # Certified now: a renewal of another certificate into web is an ordinary overwrite.
+    ok(_certctl(default_server, "certs", "renew", json.loads(server_keyed.stdout)["id"],
+                "--out", str(web), "--force", **env))  # fmt: skip
+    assert _public_key(web / "tls.crt") == _public_key(web / "tls.key")
+
+
 def test_whoami_checks_the_settings(default_server: CertctlServer) -> None:
     # `certctl auth whoami`: the README's first curl line, through the CLI's CERTCTL_*.
     env = _admin_env(default_server)

@@ -137,9 +137,6 @@ def certs_issue(
     if csr is None and not (cn or dns or ip or email or uri):
         # Before, the server's words for its JSON fields: "give csr, or common_name/…".
         raise typer.BadParameter("give --cn, --dns, --ip, --email or --uri (or --csr FILE)")
-    _check_out(out, key=csr is None, force=force)
-    ca_pem = ""
-
     body: dict[str, Any] = {"issuer": issuer, "profile": profile, "validity": validity}
     if csr is not None:
         # The CSR carries the names and the key; the server refuses fields it would ignore.
@@ -161,19 +158,29 @@ def certs_issue(
                 param_hint="'--csr'",
             )
         body["csr"] = _csr_pem(csr)
-        if out is not None and not force and _holds_another_key(out, body["csr"].encode()):
-            # Removed with the write (_save_issued), which needs --force as an overwrite does;
-            # found out after the request, the certificate would be issued but not saved.
-            raise Conflict(
-                f"{out / 'tls.key'} is the key of another certificate, not the CSR's: --force "
-                "removes it with the certificate it went with"
-            )
     else:
         body |= {"common_name": cn, "dns_names": dns, "ip_addresses": ip, "key_type": key_type}
         # Sent only when given: a server from before these fields refuses them as unknown,
         # and `certs issue --cn … --dns …` must keep working against it.
         body |= {"email_addresses": email} if email else {}
         body |= {"uris": uri} if uri else {}
+    if out is not None:
+        # Before _check_out: the --force it asks for must not be what loses the key.
+        _keep_pending_key(out, _public_key_of(body["csr"].encode()) if csr is not None else None)
+    _check_out(out, key=csr is None, force=force)
+    if (
+        csr is not None
+        and out is not None
+        and not force
+        and _holds_another_key(out, body["csr"].encode())
+    ):
+        # Removed with the write (_save_issued), which needs --force as an overwrite does;
+        # found out after the request, the certificate would be issued but not saved.
+        raise Conflict(
+            f"{out / 'tls.key'} is the key of another certificate, not the CSR's: --force "
+            "removes it with the certificate it went with"
+        )
+    ca_pem = ""
     if out is not None:
         # Fetched before issuing too: a failure here (an unknown issuer, a proxy's error)
         # must not come after the certificate was issued.
@@ -208,24 +215,80 @@ def _check_out(out: Path | None, *, key: bool, force: bool) -> None:
     outputs.check()
 
 
+def _public_key_of(pem: bytes) -> object | None:
+    """The public key of ``pem`` (a CSR or certificate); None when it cannot be read."""
+    from cryptography import x509
+
+    try:
+        if b"CERTIFICATE REQUEST-----" in pem:
+            return x509.load_pem_x509_csr(pem).public_key()
+        return x509.load_pem_x509_certificate(pem).public_key()
+    except ValueError:
+        return None
+
+
 def _holds_another_key(out: Path, pem: bytes) -> bool:
     """Whether ``out/tls.key`` is a key other than the one of ``pem`` (a CSR or certificate).
 
     False when it cannot tell: no such file, an encrypted key (``openssl req`` without
     ``-nodes`` writes one beside its CSR), an unreadable ``pem``.
     """
-    from cryptography import x509
-
     from certctl.cli._common import holds_another_key
 
+    public_key = _public_key_of(pem)
+    return public_key is not None and holds_another_key(out / "tls.key", public_key)
+
+
+def _pending_key(out: Path) -> object | None:
+    """The public key of ``out/tls.key`` when it waits for its certificate, else None.
+
+    Waiting: ``out/tls.csr`` is a request of that key and ``out/tls.crt`` is not its
+    certificate (``csr create --out web --force`` over a live directory leaves the old one).
+    None when it cannot tell (no CSR, an encrypted key, files it cannot read).
+    """
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    from certctl.pki import load_csr
+
     try:
-        if b"CERTIFICATE REQUEST-----" in pem:
-            public_key = x509.load_pem_x509_csr(pem).public_key()
-        else:
-            public_key = x509.load_pem_x509_certificate(pem).public_key()
-    except ValueError:
-        return False
-    return holds_another_key(out / "tls.key", public_key)
+        requested = load_csr((out / "tls.csr").read_bytes()).public_key()
+        key = serialization.load_pem_private_key((out / "tls.key").read_bytes(), None)
+    except (OSError, ValueError, TypeError, UnsupportedAlgorithm, CertctlError):
+        return None
+    if key.public_key() != requested:
+        return None
+    try:
+        certified = x509.load_pem_x509_certificate((out / "tls.crt").read_bytes())
+    except (OSError, ValueError):
+        return requested  # none yet, or not one that could go with the key
+    return None if certified.public_key() == requested else requested
+
+
+def _keep_pending_key(out: Path, written_key: object | None) -> None:
+    """Refuse, even with --force, to write a certificate of another key than a waiting tls.key.
+
+    ``certs renew OLD --out web --force`` for ``certs issue --csr web/tls.csr`` would remove
+    the key ``csr create`` made (or overwrite it with a generated one): a key no certificate
+    was issued for yet, which nothing could bring back. ``written_key`` is the public key of
+    the certificate to be written, None when the server makes a new one.
+    """
+    import shlex
+
+    pending = _pending_key(out)
+    if pending is None or pending == written_key:
+        return
+    command = shlex.join(
+        ["certctl", "certs", "issue", "--csr", str(out / "tls.csr"), "--out", str(out)]
+    )
+    # --force for the tls.crt (and ca.crt) of the old certificate, still there.
+    force = " --force" if (out / "tls.crt").exists() or (out / "ca.crt").exists() else ""
+    raise Conflict(
+        f"{out / 'tls.key'} is the key of {out / 'tls.csr'}, which has no certificate yet: "
+        f"writing another certificate into {out} would lose it (nothing was issued); "
+        f"'{command}{force}' issues the CSR's, or give another --out"
+    )
 
 
 def _issuer_root_pem(issuer: str) -> str:
@@ -431,7 +494,10 @@ def certs_renew(
     Prints the server's answer as JSON. A certificate whose key the server generated gets a
     fresh key, returned once (private_key_pem): use --out to get tls.key as a 0600 file.
     """
-    _check_out(out, key=True, force=force)
+    # A waiting CSR key (see _keep_pending_key) is refused below, even with --force.
+    pending = out is not None and _pending_key(out) is not None
+    if not pending:
+        _check_out(out, key=True, force=force)
     ca_pem = ""
     if out is not None:
         # Its issuer, for ca.crt, found before renewing: see certs issue.
@@ -439,6 +505,11 @@ def certs_renew(
             current = send_request("GET", f"/api/v1/certificates/{path_segment(cert_id)}")
         if not isinstance(current, dict) or not isinstance(current.get("issuer"), str):
             raise unexpected_response("/api/v1/certificates/{id}", "no issuer")
+        if pending:
+            # The renewal keeps the key of a CSR-issued certificate; the server makes a new
+            # one for the others (a key it made is not in the CSR: never equal).
+            _keep_pending_key(out, _public_key_of(str(current.get("certificate_pem")).encode()))
+            _check_out(out, key=True, force=force)
         ca_pem = _issuer_root_pem(current["issuer"])
     path = f"/api/v1/certificates/{path_segment(cert_id)}/renew"
     with _cert_id_hint(cert_id):
