@@ -675,6 +675,97 @@ def test_the_proxy_blamed_for_a_host_that_does_not_resolve_is_the_one_httpx_used
         ), err
 
 
+@pytest.mark.parametrize(
+    ("variables", "line"),
+    [
+        # Before: "internal error (ValueError: Unknown scheme for proxy URL …)".
+        (
+            {"HTTPS_PROXY": "ftp://user:secret@proxy.example.invalid:21"},
+            "HTTPS_PROXY: unsupported proxy scheme 'ftp', use http://, https://, socks5:// "
+            "or socks5h://",
+        ),
+        # httpx reads every proxy variable, not only the request's scheme's.
+        (
+            {"http_proxy": "gopher://user:secret@proxy.example.invalid"},
+            "http_proxy: unsupported proxy scheme 'gopher', use http://, https://, socks5:// "
+            "or socks5h://",
+        ),
+        # Before: "internal error (ImportError: Using SOCKS proxy, but the 'socksio' …)".
+        (
+            {"ALL_PROXY": "socks5://user:secret@proxy.example.invalid:1080"},
+            "ALL_PROXY: a socks5:// proxy needs the socksio package, which is not installed "
+            "(pip install 'httpx[socks]')",
+        ),
+        # Before: "cannot reach …: Invalid port: 'secret…'" or a connection to another port.
+        (
+            {"HTTPS_PROXY": "http://user:secret@proxy.example.invalid:secret"},
+            "HTTPS_PROXY has an invalid port, expected 1-65535",
+        ),
+        (
+            {"HTTPS_PROXY": "http://user:secret@proxy.example.invalid:99999"},
+            "HTTPS_PROXY has an invalid port, expected 1-65535",
+        ),
+        (
+            {"https_proxy": "http://user:secret@[::1"},
+            "https_proxy is not a valid URL: Invalid IPv6 URL",
+        ),
+        # Before: "cannot reach …: Invalid port: ':1]'", naming no variable.
+        (
+            {"HTTPS_PROXY": "http://proxy.example.invalid:3128", "NO_PROXY": "localhost,[::1]"},
+            "NO_PROXY: '[::1]' cannot be read (Invalid port): an IPv6 address goes without "
+            "brackets, as ::1",
+        ),
+        (
+            {"no_proxy": "[2001:db8::1]:8443"},
+            "no_proxy: '[2001:db8::1]:8443' cannot be read (Invalid port): an IPv6 address goes "
+            "without brackets, as 2001:db8::1, or with a port as all://[2001:db8::1]:8443",
+        ),
+        (
+            {"NO_PROXY": "example.invalid:port"},
+            "NO_PROXY: 'example.invalid:port' cannot be read (Invalid port)",
+        ),
+        # An entry with a password is not echoed.
+        (
+            {"NO_PROXY": "http://user:secret@example.invalid:x"},
+            "NO_PROXY: an entry with user info cannot be read (Invalid port)",
+        ),
+    ],
+    ids=[
+        "ftp",
+        "other-scheme-variable",
+        "socks-without-socksio",
+        "port-text",
+        "port-range",
+        "ipv6-unclosed",
+        "no-proxy-ipv6",
+        "no-proxy-ipv6-port",
+        "no-proxy-port",
+        "no-proxy-user-info",
+    ],
+)
+def test_a_proxy_setting_httpx_cannot_use_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    variables: dict[str, str],
+    line: str,
+) -> None:
+    # In-process (cheap): refused before any connection, so no proxy or server is needed.
+    from certctl.cli.main import run
+
+    for name in [n for n in os.environ if n.startswith("CERTCTL_") or n.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CERTCTL_URL", "https://certctl.example.invalid:8443")
+    monkeypatch.setenv("CERTCTL_API_KEY", KEY)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    # As where httpx[socks] is not installed (None in sys.modules: its import fails).
+    monkeypatch.setitem(sys.modules, "socksio", None)
+    assert run(["auth", "whoami"]) == 1
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"certctl: error: {line}\n")
+    assert "secret" not in err
+
+
 # --- 4. answers that are not certctl's ---------------------------------------------------
 
 
