@@ -488,7 +488,9 @@ def certctl_env(*args: str | Path, **env: str) -> subprocess.CompletedProcess[st
 def test_verify_opens_pkcs12_with_the_password_its_hint_names(files: Path) -> None:
     p12 = files / "p12/tls.p12"
     result = certctl_env("verify", p12, "--ca", files / "ca1/ca.crt")
-    one_error_line(result, 1, "PKCS#12 file is password-protected: give --password-file")
+    one_error_line(
+        result, 1, "PKCS#12 file is password-protected (or damaged): give --password-file"
+    )
     assert "--password-file" in ok(certctl_exe("verify", "--help")).stdout
     for args, env in (
         (["--password-file", files / "pw.txt"], {}),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-__all__ = ["merge_authenticated_safes"]
+__all__ = ["mac_verifies", "merge_authenticated_safes"]
 
 _SEQUENCE, _INTEGER, _OCTET_STRING, _OID, _CONTEXT_0 = 0x30, 0x02, 0x04, 0x06, 0xA0
 # OID 1.2.840.113549.1.7.1 (id-data), DER-encoded with its tag and length.
@@ -29,6 +29,13 @@ _MAC_HASHES = {
     bytes.fromhex("0609608648016503040203"): ("sha512", 128),
 }
 _MAC_KEY_ID = 3  # RFC 7292 B.3: the KDF's ID byte for MAC keys
+# More MAC iterations than this in a file being diagnosed (mac_verifies) are not computed:
+# the loop is Python's, and a damaged count could ask for billions. OpenSSL writes 2048.
+_MAX_CHECKED_ITERATIONS = 100_000
+
+
+class _IndefiniteLength(ValueError):
+    """A BER element of indefinite length (``30 80``): valid, but not read here."""
 
 
 def _read(data: bytes, offset: int, tag: int) -> tuple[bytes, int]:
@@ -36,6 +43,9 @@ def _read(data: bytes, offset: int, tag: int) -> tuple[bytes, int]:
     if offset + 2 > len(data) or data[offset] != tag:
         raise ValueError(f"PKCS#12: expected tag {tag:#04x} at {offset}")
     length, start = data[offset + 1], offset + 2
+    if length == 0x80:
+        # OpenSSL reads BER PKCS#12 (NSS pk12util writes it); a damaged DER file has none.
+        raise _IndefiniteLength("PKCS#12: BER indefinite length")
     if length & 0x80:
         count = length & 0x7F
         length, start = int.from_bytes(data[start : start + count], "big"), start + count
@@ -82,10 +92,21 @@ def _mac_parameters(mac_data: bytes) -> tuple[bytes, bytes, int]:
     return digest, salt, iterations
 
 
-def _kdf(password: bytes, salt: bytes, iterations: int, hash_name: str, block: int) -> bytes:
-    """RFC 7292 appendix B.2 key derivation of a MAC key (one digest long)."""
+def _kdf(
+    password: bytes,
+    salt: bytes,
+    iterations: int,
+    hash_name: str,
+    block: int,
+    *,
+    terminated: bool = True,
+) -> bytes:
+    """RFC 7292 appendix B.2 key derivation of a MAC key (one digest long).
+
+    ``terminated`` False: OpenSSL's NULL password (no BMPString at all), not ``""``.
+    """
     # The password as a BMPString with a terminating NUL, as OpenSSL and cryptography use.
-    bmp = password.decode("utf-8").encode("utf-16-be") + b"\x00\x00"
+    bmp = password.decode("utf-8").encode("utf-16-be") + (b"\x00\x00" if terminated else b"")
 
     def fill(data: bytes) -> bytes:  # repeated to a whole number of blocks
         size = block * -(-len(data) // block)
@@ -99,11 +120,66 @@ def _kdf(password: bytes, salt: bytes, iterations: int, hash_name: str, block: i
     return digest
 
 
-def _mac_key(password: bytes, mac_data: bytes, algorithm: bytes) -> tuple[bytes, str]:
+def _mac_key(
+    password: bytes, mac_data: bytes, algorithm: bytes, *, terminated: bool = True
+) -> tuple[bytes, str]:
     oid, _ = _read(algorithm, 0, _OID)
     hash_name, block = _MAC_HASHES[_element(_OID, oid)]
     _, salt, iterations = _mac_parameters(mac_data)
-    return _kdf(password, salt, iterations, hash_name, block), hash_name
+    key = _kdf(password, salt, iterations, hash_name, block, terminated=terminated)
+    return key, hash_name
+
+
+def mac_verifies(pfx: bytes, password: bytes | None) -> bool | None:
+    """Whether the integrity MAC of ``pfx`` checks out with ``password``.
+
+    For telling a damaged file from one that wants a password, after OpenSSL opened neither:
+    the MAC covers every byte of the contents, so one that verifies with the password tried
+    means that password was right. None (OpenSSL's two forms of no password, NULL and "")
+    is tried both ways.
+
+    Returns:
+        None when there is no password MAC to check: public-key integrity mode, no MacData
+        (``openssl pkcs12 -nomac``), a digest not known here, too many iterations, BER
+        indefinite lengths (which ``_read`` does not follow).
+
+    Raises:
+        ValueError: ``pfx`` is not a DER PFX: truncated, or its structure is damaged.
+    """
+    try:
+        return _mac_verifies(pfx, password)
+    except _IndefiniteLength:  # BER: not damaged, not checked
+        return None
+
+
+def _mac_verifies(pfx: bytes, password: bytes | None) -> bool | None:
+    body, _ = _read(pfx, 0, _SEQUENCE)
+    _, offset = _read(body, 0, _INTEGER)  # version 3
+    auth_safe, offset = _read(body, offset, _SEQUENCE)
+    if not auth_safe.startswith(_ID_DATA):
+        _read(auth_safe, 0, _OID)  # another content type: a signature, not a MAC, protects it
+        return None
+    explicit, _ = _read(auth_safe, len(_ID_DATA), _CONTEXT_0)
+    signed, _ = _read(explicit, 0, _OCTET_STRING)
+    _read(signed, 0, _SEQUENCE)  # the AuthenticatedSafe
+    if offset == len(body):
+        return None
+    mac_data, _ = _read(body, offset, _SEQUENCE)
+    digest_info, _ = _read(mac_data, 0, _SEQUENCE)
+    algorithm, _ = _read(digest_info, 0, _SEQUENCE)
+    oid, _ = _read(algorithm, 0, _OID)
+    digest, _, iterations = _mac_parameters(mac_data)
+    if _element(_OID, oid) not in _MAC_HASHES or not 0 < iterations <= _MAX_CHECKED_ITERATIONS:
+        return None
+    forms = [(password, True)] if password else [(b"", True), (b"", False)]
+    for secret, terminated in forms:
+        try:
+            key, hash_name = _mac_key(secret, mac_data, algorithm, terminated=terminated)
+        except UnicodeDecodeError:  # not UTF-8: OpenSSL would not take it either
+            return None
+        if hmac.compare_digest(hmac.new(key, signed, hash_name).digest(), digest):
+            return True
+    return False
 
 
 def merge_authenticated_safes(first: bytes, second: bytes, password: bytes) -> bytes:

@@ -345,9 +345,26 @@ def _load_pkcs12(data: bytes, password: bytes | None, password_optional: bool = 
             format="pkcs12",
             key_encrypted=key is not None and bool(attempt),
         )
+    # OpenSSL says "Invalid password or PKCS12 data" either way; the MAC tells them apart
+    # (most of the time: see below).
+    from certctl.pki._pkcs12 import mac_verifies
+
+    try:
+        # None and b"" are the same no-password attempt for the MAC (both forms tried).
+        opened = any(mac_verifies(data, attempt) for attempt in {a or None for a in attempts})
+    except ValueError:
+        raise InvalidRequest("not a readable PKCS#12 file: truncated or corrupted") from last
+    if opened:
+        # The password was right, so it is not what is missing.
+        raise InvalidRequest(
+            "not a readable PKCS#12 file: its integrity check passes, but its contents do not "
+            "load (corrupted, or encrypted with an algorithm this OpenSSL lacks)"
+        ) from last
+    # A MAC that fails without a password: one is needed, or a byte of the file changed,
+    # which the MAC cannot tell apart. Both named.
     if password is None:
         raise PasswordRequired(
-            "PKCS#12 file is password-protected: give --password-file", pkcs12=True
+            "PKCS#12 file is password-protected (or damaged): give --password-file", pkcs12=True
         ) from last
     raise WrongPassword("cannot open PKCS#12 file: wrong password or corrupted file") from last
 

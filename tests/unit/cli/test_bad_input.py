@@ -628,6 +628,13 @@ CASES = [
     ),
     _c("inspect-p12-wrong-password", "inspect ca.p12 --password wrong", 1, "wrong password"),
     _c("inspect-p12-no-password", "inspect ca.p12", 1, "PKCS#12 file is password-protected"),
+    # Cut short: before, "password-protected: give --password-file", which no password fixes.
+    _c(
+        "inspect-p12-truncated",
+        "inspect truncated.p12",
+        1,
+        "truncated.p12: not a readable PKCS#12 file: truncated or corrupted",
+    ),
     _c(
         "inspect-p12-empty-password-file",
         "inspect ca.p12 --password-file empty-pw.txt",
@@ -906,6 +913,7 @@ def inputs() -> dict[str, bytes]:
         "other-ca.crt": certs_to_pem([other_cert]),
         "encrypted.key": key_to_pem(ca_key, b"right"),
         "ca.p12": to_pkcs12("ca", ca_key, ca_cert, [], b"changeit"),
+        "truncated.p12": to_pkcs12("ca", ca_key, ca_cert, [], b"changeit")[:-100],
         "pw.txt": b"changeit\n",
         "empty-pw.txt": b"\n",
         "two-line-pw.txt": b"uD5mHk0yWQ2nFJ1p+Oq7cXvL3bA9sRtYeZ4iG8hK6wN0aMdCfEjBxUlVoSrT\nM3w=\n",

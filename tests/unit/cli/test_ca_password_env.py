@@ -189,7 +189,8 @@ def test_inspect_and_verify_open_a_pkcs12_with_the_ca_variable(
     # Neither variable: the hint names the option and both variables.
     assert run(["inspect", str(p12)]) == 1
     assert capsys.readouterr().err == (
-        f"certctl: error: {p12}: PKCS#12 file is password-protected: give --password-file, "
+        f"certctl: error: {p12}: PKCS#12 file is password-protected (or damaged): give "
+        "--password-file, "
         "or CERTCTL_PASSWORD or CERTCTL_CA_PASSWORD\n"
     )
     monkeypatch.setenv("CERTCTL_CA_PASSWORD", PASSWORD)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import re
 import zipfile
 from datetime import UTC, datetime, timedelta
@@ -381,10 +382,90 @@ def test_pkcs12_truststore_without_key(root_ca: CertificateAuthority) -> None:
     assert material.certificates == [root_ca.certificate]
 
 
+def _no_password_pkcs12(leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> bytes:
+    cert, key = leaf
+    return pkcs12.serialize_key_and_certificates(
+        b"leaf", key, cert, None, serialization.NoEncryption()
+    )
+
+
+@pytest.mark.parametrize("password", [None, b"changeit"])
+def test_a_truncated_pkcs12_file_is_called_unreadable_not_password_protected(
+    leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], password: bytes | None
+) -> None:
+    # Before: "PKCS#12 file is password-protected: give --password-file" (or "wrong
+    # password") for a file cut short, which no password opens.
+    for data in (_no_password_pkcs12(leaf), to_pkcs12("leaf", leaf[1], leaf[0], [], b"x")):
+        with pytest.raises(InvalidRequest) as raised:
+            load_material(data[: len(data) // 2], password)
+        assert raised.value.detail == "not a readable PKCS#12 file: truncated or corrupted"
+        assert not isinstance(raised.value, PasswordRequired | WrongPassword)
+
+
+def test_a_pkcs12_file_whose_integrity_check_passes_but_contents_do_not_load(
+    leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+) -> None:
+    # Its MAC verifies without a password (so a password is not what it lacks), but what it
+    # protects is no list of bags: built as a tool writing a broken file would, MAC and all.
+    from certctl.pki._pkcs12 import _element, _mac_key, _read, _split
+
+    _, _, algorithm, mac_data = _split(_no_password_pkcs12(leaf))
+    _, salt_offset = _read(mac_data, 0, 0x30)  # the DigestInfo; the salt and count follow
+    contents = _element(0x30, _element(0x02, b"\x05"))  # a SEQUENCE of one INTEGER
+    mac_key, hash_name = _mac_key(b"", mac_data, algorithm)
+    mac = hmac.new(mac_key, contents, hash_name).digest()
+    new_mac_data = _element(
+        0x30,
+        _element(0x30, _element(0x30, algorithm) + _element(0x04, mac)) + mac_data[salt_offset:],
+    )
+    id_data = bytes.fromhex("06092a864886f70d010701")
+    auth_safe = _element(0x30, id_data + _element(0xA0, _element(0x04, contents)))
+    data = _element(0x30, _element(0x02, b"\x03") + auth_safe + new_mac_data)
+    with pytest.raises(InvalidRequest) as raised:
+        load_material(data)
+    assert raised.value.detail == (
+        "not a readable PKCS#12 file: its integrity check passes, but its contents do not load "
+        "(corrupted, or encrypted with an algorithm this OpenSSL lacks)"
+    )
+    assert not isinstance(raised.value, PasswordRequired | WrongPassword)
+
+
+# cryptography's warning on its BER fallback (once per process: not asserted here).
+@pytest.mark.filterwarnings("ignore:PKCS#12 bundle could not be parsed as DER")
+def test_a_ber_pkcs12_file_is_not_called_corrupted(
+    leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+) -> None:
+    # Indefinite lengths (BER, as NSS pk12util writes): OpenSSL reads them, the MAC check here
+    # does not, so such a file is not called damaged for want of its password.
+    from certctl.pki._pkcs12 import _read
+
+    body, _ = _read(to_pkcs12("leaf", leaf[1], leaf[0], [], b"changeit"), 0, 0x30)
+    ber = b"\x30\x80" + body + b"\x00\x00"
+    assert load_material(ber, b"changeit").private_key is not None
+    with pytest.raises(PasswordRequired):
+        load_material(ber)
+
+
+def test_a_damaged_pkcs12_file_that_could_be_password_protected_says_both(
+    leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+) -> None:
+    # A byte changed inside: the MAC fails without a password as it does for a file that has
+    # one, so the message covers both (and is a PasswordRequired: the server gives its advice).
+    data = bytearray(_no_password_pkcs12(leaf))
+    data[200] ^= 0xFF
+    with pytest.raises(PasswordRequired) as raised:
+        load_material(bytes(data))
+    assert (
+        raised.value.detail
+        == "PKCS#12 file is password-protected (or damaged): give --password-file"
+    )
+    assert raised.value.pkcs12
+
+
 @pytest.mark.parametrize(
     ("password", "message"),
     [
-        (None, "PKCS#12 file is password-protected: give --password-file"),
+        (None, "PKCS#12 file is password-protected (or damaged): give --password-file"),
         (b"wrong", "cannot open PKCS#12 file: wrong password or corrupted file"),
     ],
 )
@@ -406,7 +487,8 @@ def test_pkcs12_password_refusals(
 def test_pkcs12_corrupted(leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> None:
     cert, key = leaf
     data = to_pkcs12("leaf", key, cert, [], b"changeit")
-    with pytest.raises(InvalidRequest, match="cannot open PKCS#12 file"):
+    # Cut short: no password opens it, so none is blamed.
+    with pytest.raises(InvalidRequest, match="not a readable PKCS#12 file: truncated"):
         load_material(data[:-20], b"changeit")
 
 
