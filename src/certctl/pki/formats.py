@@ -334,7 +334,11 @@ def _load_pkcs12(data: bytes, password: bytes | None, password_optional: bool = 
     last: Exception | None = None
     for attempt in attempts:
         try:
-            key, cert, extra = pkcs12.load_key_and_certificates(data, attempt)
+            with warnings.catch_warnings():
+                # A BER file (some Windows and Java exports): cryptography reads it but warns
+                # on stderr, which would break the one-line output (as for PKCS#7 above).
+                warnings.simplefilter("ignore", UserWarning)
+                key, cert, extra = pkcs12.load_key_and_certificates(data, attempt)
         except ValueError as exc:
             last = exc
             continue
