@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certctl.errors import InvalidRequest, NotFound, WrongPassword
+from certctl.errors import CertctlError, InvalidRequest, NotFound, WrongPassword
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -304,3 +304,30 @@ def holds_another_key(path: Path, public_key: object) -> bool:
     except (OSError, ValueError, TypeError, UnsupportedAlgorithm):
         return False
     return theirs != public_key
+
+
+def pending_csr_key(out: Path) -> object | None:
+    """The public key of ``out/tls.key`` when it waits for its certificate, else None.
+
+    Waiting: ``out/tls.csr`` is a request of that key and ``out/tls.crt`` is not its
+    certificate (``csr create --out web --force`` over a live directory leaves the old one).
+    None when it cannot tell (no CSR, an encrypted key, files it cannot read).
+    """
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    from certctl.pki import load_csr
+
+    try:
+        requested = load_csr((out / "tls.csr").read_bytes()).public_key()
+        key = serialization.load_pem_private_key((out / "tls.key").read_bytes(), None)
+    except (OSError, ValueError, TypeError, UnsupportedAlgorithm, CertctlError):
+        return None
+    if key.public_key() != requested:
+        return None
+    try:
+        certified = x509.load_pem_x509_certificate((out / "tls.crt").read_bytes())
+    except (OSError, ValueError):
+        return requested  # none yet, or not one that could go with the key
+    return None if certified.public_key() == requested else requested

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from certctl.cli._common import (
     open_ca_dir,
+    pending_csr_key,
     read_file,
     read_password,
     split_commas,
@@ -281,6 +282,23 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     if opts.p12 and p12_password is None:
         raise UsageProblem("--p12 needs a password: --password-file or CERTCTL_PASSWORD")
     _warn_about_password(p12_password)
+    if pending_csr_key(opts.out) is not None:
+        # --force too: a key that `csr create` made and no certificate was issued for yet
+        # would be overwritten by the new one, and nothing could bring it back.
+        import shlex
+
+        from certctl.errors import Conflict
+
+        where, csr = opts.out, opts.out / "tls.csr"
+        sign = ["certctl", "csr", "sign", "--ca", str(opts.ca_dir), "--csr", str(csr)]
+        sign += ["--out", str(where)]
+        # --force for the tls.crt (and ca.crt) of an old certificate, still there.
+        sign += ["--force"] if (where / "tls.crt").exists() or (where / "ca.crt").exists() else []
+        raise Conflict(
+            f"{where / 'tls.key'} is the key of {csr}, which has no certificate yet: a new key "
+            f"and certificate in {where} would lose it (nothing was written); "
+            f"'{shlex.join(sign)}' signs the CSR, or give another --out"
+        )
     outputs = OutputSet(force=opts.force)
     outputs.add(opts.out / ("tls.p12" if opts.p12 else "tls.crt"), b"")
     _remove_other_format(outputs, opts.out, p12=opts.p12)

@@ -239,33 +239,6 @@ def _holds_another_key(out: Path, pem: bytes) -> bool:
     return public_key is not None and holds_another_key(out / "tls.key", public_key)
 
 
-def _pending_key(out: Path) -> object | None:
-    """The public key of ``out/tls.key`` when it waits for its certificate, else None.
-
-    Waiting: ``out/tls.csr`` is a request of that key and ``out/tls.crt`` is not its
-    certificate (``csr create --out web --force`` over a live directory leaves the old one).
-    None when it cannot tell (no CSR, an encrypted key, files it cannot read).
-    """
-    from cryptography import x509
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-
-    from certctl.pki import load_csr
-
-    try:
-        requested = load_csr((out / "tls.csr").read_bytes()).public_key()
-        key = serialization.load_pem_private_key((out / "tls.key").read_bytes(), None)
-    except (OSError, ValueError, TypeError, UnsupportedAlgorithm, CertctlError):
-        return None
-    if key.public_key() != requested:
-        return None
-    try:
-        certified = x509.load_pem_x509_certificate((out / "tls.crt").read_bytes())
-    except (OSError, ValueError):
-        return requested  # none yet, or not one that could go with the key
-    return None if certified.public_key() == requested else requested
-
-
 def _keep_pending_key(out: Path, written_key: object | None) -> None:
     """Refuse, even with --force, to write a certificate of another key than a waiting tls.key.
 
@@ -276,7 +249,9 @@ def _keep_pending_key(out: Path, written_key: object | None) -> None:
     """
     import shlex
 
-    pending = _pending_key(out)
+    from certctl.cli._common import pending_csr_key
+
+    pending = pending_csr_key(out)
     if pending is None or pending == written_key:
         return
     command = shlex.join(
@@ -495,7 +470,9 @@ def certs_renew(
     fresh key, returned once (private_key_pem): use --out to get tls.key as a 0600 file.
     """
     # A waiting CSR key (see _keep_pending_key) is refused below, even with --force.
-    pending = out is not None and _pending_key(out) is not None
+    from certctl.cli._common import pending_csr_key
+
+    pending = out is not None and pending_csr_key(out) is not None
     if not pending:
         _check_out(out, key=True, force=force)
     ca_pem = ""

@@ -208,3 +208,28 @@ def test_a_directory_called_zip_made_before_is_still_written_into(ca: Path, tmp_
     assert refused.returncode == 2
     assert refused.stderr.startswith(f"certctl: error: --out {fresh}: only --in (a batch)")
     assert not fresh.exists()
+
+
+def test_cert_issue_force_never_overwrites_a_key_waiting_for_its_csr(
+    ca: Path, tmp_path: Path
+) -> None:
+    # `csr create --out web --force` over a live directory, then `cert issue --out web
+    # --force` (for `csr sign`): the new key, never certified, was overwritten by another.
+    web = tmp_path / "web"
+    ok(_certctl_umask0("cert", "issue", "--ca", ca, "--cn", "web", "--out", web))
+    ok(_certctl_umask0("csr", "create", "--cn", "web", "--out", web, "--force"))
+    waiting = (web / "tls.key").read_bytes()
+    refused = _certctl_umask0("cert", "issue", "--ca", ca, "--cn", "web", "--out", web, "--force")
+    assert refused.returncode == 1
+    sign = f"certctl csr sign --ca {ca} --csr {web / 'tls.csr'} --out {web} --force"
+    assert refused.stderr.endswith(
+        f"certctl: error: {web / 'tls.key'} is the key of {web / 'tls.csr'}, which has no "
+        f"certificate yet: a new key and certificate in {web} would lose it (nothing was "
+        f"written); '{sign}' signs the CSR, or give another --out\n"
+    )
+    assert (web / "tls.key").read_bytes() == waiting
+    # The advice works; once signed, the key is no longer waiting and --force replaces it.
+    ok(_certctl_umask0(*sign.split()[1:]))
+    assert (web / "tls.key").read_bytes() == waiting
+    ok(_certctl_umask0("cert", "issue", "--ca", ca, "--cn", "web", "--out", web, "--force"))
+    assert (web / "tls.key").read_bytes() != waiting
