@@ -1342,6 +1342,15 @@ def test_a_change_to_the_list_made_in_the_store_shows_in_the_next_crl(api: Api) 
         ("INSERT INTO certificates SELECT * FROM copied", {}),
     )
     assert listed() == {serial_b: None, int("7" * 40, 16): None}
+    # Its id changed with its serial (PostgreSQL's count paired old and new rows by id).
+    _in_store(
+        api,
+        (
+            "UPDATE certificates SET id = :new, serial = :serial WHERE id = :old",
+            {"new": "d" * 32, "serial": "6" * 40, "old": "c" * 32},
+        ),
+    )
+    assert listed() == {serial_b: None, int("6" * 40, 16): None}
     # A revoked intermediate is on its parent's CRL: revoked, its reason changed, deleted.
     _in_store(
         api,

@@ -73,10 +73,13 @@ def _per_statement(trigger: str, event: str, listed: str, columns: str) -> None:
             "REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows",
             ("unnest(ARRAY[o.issuer_id, n.issuer_id])"),
         )
-        rows = "old_rows o JOIN new_rows n USING (id)"
+        # FULL: a row whose id changed (by hand) pairs with no row; as a row deleted and one
+        # inserted, it counts (an inner join dropped it, and a serial changed with it).
+        rows = "old_rows o FULL JOIN new_rows n USING (id)"
         where = (
             f"({listed.format(row='o')} OR {listed.format(row='n')}) "
-            f"AND ({_changed(columns, 'IS DISTINCT FROM', 'o', 'n')})"
+            f"AND (o.id IS NULL OR n.id IS NULL "
+            f"OR {_changed(columns, 'IS DISTINCT FROM', 'o', 'n')})"
         )
     op.execute(
         f"CREATE FUNCTION certctl_{trigger}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
