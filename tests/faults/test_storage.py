@@ -358,9 +358,15 @@ def test_read_only_and_down_postgresql(
         # The database goes away: every route that needs it answers 503, /healthz still 200,
         # /readyz 503 (a load balancer stops sending clients here).
         assert client.get("/readyz").status_code == 200
+        ca = {f: client.get(f"/api/v1/issuers/default/ca.{f}") for f in ("pem", "der")}
+        assert all(r.status_code == 200 for r in ca.values())
         opts = _running_options(postgres_cluster)
         _pg_ctl(postgres_cluster, "-m", "immediate", "stop")
         try:
+            # The CA certificates held are still served: TLS clients follow caIssuers URIs.
+            for f, before in ca.items():
+                during = client.get(f"/api/v1/issuers/default/ca.{f}")
+                assert (during.status_code, during.content) == (200, before.content), during.text
             down_detail = assert_storage_problem(issue(client, "down.pg.example.com"), "reached")
             assert_storage_problem(client.get("/api/v1/certificates"), "reached")
             assert client.get("/healthz").status_code == 200

@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy import Table, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from certctl.errors import Conflict, InvalidRequest, NotFound, PasswordRequired
@@ -39,6 +40,7 @@ from certctl.services.revocation import (
     revoked_above,
     revoked_certificates,
 )
+from certctl.store.db import PoolTimeout, storage_error
 from certctl.store.models import Issuer
 
 __all__ = [
@@ -596,10 +598,18 @@ def current_certificates(services: Services, issuer_id: str) -> IssuerCertificat
     generation = credential_generation(services)  # before the read it vouches for
     cached = services.cached_certificates(issuer_id)
     if cached is not None:
-        with services.sessions() as session:
-            pem = session.execute(
-                select(Issuer.certificate_pem).where(Issuer.id == issuer_id)
-            ).scalar()
+        try:
+            with services.sessions() as session:
+                pem = session.execute(
+                    select(Issuer.certificate_pem).where(Issuer.id == issuer_id)
+                ).scalar()
+        except (DBAPIError, PoolTimeout) as exc:
+            if storage_error(exc) is None:
+                raise
+            # The store unreachable: the certificates held, as served before this check
+            # (ca.pem and ca.der answered through an outage; a 503 now failed every TLS
+            # client following a caIssuers URI). Not marked checked: read once it answers.
+            return cached
         if pem is None or x509.load_pem_x509_certificate(pem.encode()) != cached.certificate:
             services.forget_issuer(issuer_id)  # deleted, or another CA under its id
     certificates = load_issuer_certificates(services, issuer_id)
