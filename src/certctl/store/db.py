@@ -680,6 +680,14 @@ _PG_FAULTS = {
     "25006": "storage is read-only: writes are refused",  # read_only_sql_transaction
 }
 
+# Transactions PostgreSQL ends for another's sake (an issuer revocation and a keyCompromise
+# revocation over the same two issuers lock their rows in turn): nothing of them was written.
+_PG_CONFLICTS = {
+    "40P01": "storage is busy: this write deadlocked with a concurrent one and was rolled back",
+    "40001": "storage is busy: this write conflicted with a concurrent one and was rolled back",
+}
+CONFLICT_RETRY_AFTER_S = 1
+
 
 def storage_error(exc: BaseException) -> StorageUnavailable | None:
     """The typed 503 for a database error caused by the storage, else None (a bug: a 500).
@@ -710,6 +718,10 @@ def storage_error(exc: BaseException) -> StorageUnavailable | None:
     sqlstate = getattr(orig, "sqlstate", None)
     if sqlstate in _PG_FAULTS:
         return StorageUnavailable(_PG_FAULTS[sqlstate])
+    if sqlstate in _PG_CONFLICTS:
+        # An OperationalError too, which said "the database cannot be reached": PostgreSQL
+        # ended this transaction (rolled back) for another's sake; the next try goes through.
+        return StorageUnavailable(_PG_CONFLICTS[sqlstate], retry_after_s=CONFLICT_RETRY_AFTER_S)
     if type(orig).__module__.startswith("psycopg") and _is_operational(orig):
         return StorageUnavailable("storage is unavailable: the database cannot be reached")
     return None

@@ -65,6 +65,29 @@ def test_postgresql_faults() -> None:
     assert storage_error(dupe) is None
 
 
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (psycopg.errors.DeadlockDetected("deadlock detected"), "deadlocked with a concurrent"),
+        (
+            psycopg.errors.SerializationFailure("could not serialize"),
+            "conflicted with a concurrent",
+        ),
+    ],
+)
+def test_a_postgresql_transaction_ended_for_another_is_busy_not_unreachable(
+    error: psycopg.Error, words: str
+) -> None:
+    # OperationalErrors both, which said "the database cannot be reached": the database
+    # answered, and rolled this transaction back for another's sake.
+    fault = storage_error(OperationalError("UPDATE …", {}, error))
+    assert fault is not None
+    assert fault.detail.startswith("storage is busy: ")
+    assert words in fault.detail
+    assert "cannot be reached" not in fault.detail
+    assert fault.retry_after_s == 1
+
+
 def test_not_a_database_error() -> None:
     assert storage_error(OSError(28, "No space left on device")) is None
 
