@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     # Starlette's TestClient prefers httpx2 (a dev dependency) over httpx.
     from httpx2 import Response
 
+    from certctl.pki import CertificateAuthority
+
 # The stores' session fixtures (postgres_cluster, postgres_url, sqlite_template) are registered
 # once for every directory by tests/conftest.py: one PostgreSQL cluster per process.
 BACKENDS = ("sqlite", "postgresql")
@@ -192,6 +194,22 @@ class Api:
         assert r.status_code == 201, r.text
         data: dict[str, Any] = r.json()
         return data
+
+    def apply_service_ca(self, name: str) -> CertificateAuthority:
+        """PUT a self-signed TLSService ``name`` (201: a new one), then make its CA as the
+        reconciler's pass does first for the service; the CA made."""
+        from certctl.services.service_ca import ensure_service_ca
+        from certctl.services.service_settings import ServiceSettings
+
+        doc = {
+            "apiVersion": "certctl.io/v1",
+            "kind": "TLSService",
+            "metadata": {"name": name},
+            "spec": {"http": {"tls": {"selfSignedCertificate": {"subjectAltNames": []}}}},
+        }
+        r = self.request("PUT", f"/api/v1/services/{name}", self.admin_key, json=doc)
+        assert r.status_code == 201, r.text
+        return ensure_service_ca(self.services, ServiceSettings(), name, self.clock())[0]
 
     def counts(self) -> dict[str, int]:
         """Row counts of every table."""

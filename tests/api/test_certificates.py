@@ -1387,21 +1387,9 @@ def test_a_replica_signs_the_crl_of_a_service_ca_made_again_with_its_new_key(
     issuer refresh (a minute): clients refused the CRL, and each fetch from the other
     process then signed anew, in turn. A process reloads a CA that changed before it signs.
     """
-    from certctl.services.service_ca import ensure_service_ca
-    from certctl.services.service_settings import ServiceSettings
-
-    doc = {
-        "apiVersion": "certctl.io/v1",
-        "kind": "TLSService",
-        "metadata": {"name": "web"},
-        "spec": {"http": {"tls": {"selfSignedCertificate": {"subjectAltNames": []}}}},
-    }
 
     def apply_web() -> x509.Certificate:
-        r = api.request("PUT", "/api/v1/services/web", api.admin_key, json=doc)
-        assert r.status_code == 201, r.text
-        # What the reconciler's pass does first for the service.
-        return ensure_service_ca(api.services, ServiceSettings(), "web", api.clock())[0].certificate
+        return api.apply_service_ca("web").certificate
 
     def fetch(services: Services) -> bytes:
         if services is api.services:

@@ -2001,21 +2001,9 @@ def test_a_service_ca_made_again_after_its_key_was_compromised_is_not_shown_revo
     # deletion and the new CA changed none, so the new CA was shown below the old key's
     # revocation (here and in every other process) until some revocation changed.
     from certctl.pki import get_profile
-    from certctl.services.service_ca import ensure_service_ca
-    from certctl.services.service_settings import ServiceSettings
-
-    doc = {
-        "apiVersion": "certctl.io/v1",
-        "kind": "TLSService",
-        "metadata": {"name": "web"},
-        "spec": {"http": {"tls": {"selfSignedCertificate": {"subjectAltNames": []}}}},
-    }
 
     def apply_web() -> CertificateAuthority:
-        r = api.request("PUT", "/api/v1/services/web", api.admin_key, json=doc)
-        assert r.status_code == 201, r.text
-        # What the reconciler's pass does first for the service.
-        return ensure_service_ca(api.services, ServiceSettings(), "web", api.clock())[0]
+        return api.apply_service_ca("web")
 
     old = apply_web()
     # Its key leaked: imported under a certificate default signed, then revoked there.
@@ -2052,22 +2040,10 @@ def test_another_process_serves_a_service_ca_made_again_under_its_id_at_once(api
     from starlette.testclient import TestClient
 
     from certctl.api.app import create_app
-    from certctl.services.service_ca import ensure_service_ca
-    from certctl.services.service_settings import ServiceSettings
     from certctl.store.db import create_store_engine, session_factory
 
-    doc = {
-        "apiVersion": "certctl.io/v1",
-        "kind": "TLSService",
-        "metadata": {"name": "web"},
-        "spec": {"http": {"tls": {"selfSignedCertificate": {"subjectAltNames": []}}}},
-    }
-
     def apply_web() -> x509.Certificate:
-        r = api.request("PUT", "/api/v1/services/web", api.admin_key, json=doc)
-        assert r.status_code == 201, r.text
-        # What the reconciler's pass does first for the service.
-        return ensure_service_ca(api.services, ServiceSettings(), "web", api.clock())[0].certificate
+        return api.apply_service_ca("web").certificate
 
     url = api.services.engine.url.render_as_string(hide_password=False)
     engine = create_store_engine(url)
