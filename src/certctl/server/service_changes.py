@@ -39,6 +39,7 @@ from certctl.store.db import (
     SERVICE_CHANGES_CHANNEL,
     SERVICE_GENERATION_SQL,
     PoolTimeout,
+    detached_session,
     storage_error,
 )
 
@@ -60,8 +61,6 @@ RETRY_MAX_S = 30.0
 # Linux's "the peer closed its side" poll event; elsewhere a lost lock session is found at
 # the next leadership check, as before.
 _RDHUP: int = getattr(select, "POLLRDHUP", 0)
-# server_version_num of PostgreSQL 14, which added idle_session_timeout.
-IDLE_SESSION_TIMEOUT_SINCE = 140000
 
 
 class ChangeWatch:
@@ -299,20 +298,11 @@ class _PostgresWatch(ChangeWatch):
             self._poke_w.send(b"x")
 
     def _listen(self) -> None:
-        # Taken from the engine's pool and detached, as the credential counter's connection
-        # (services.rbac): the engine's connect arguments and session timeouts (keepalives:
-        # a silent cut ends it within seconds), outside database-pool-size.
-        pooled = self._engine.raw_connection()
-        connection: Any = pooled.driver_connection
-        pooled.detach()
+        # Outside database-pool-size, as the credential counter's (services.rbac); exempt
+        # from idle_session_timeout, which would end it at every period, each time a warning
+        # and a reconnection, the changes made meanwhile waiting for the periodic pass.
+        connection = detached_session(self._engine)
         try:
-            connection.rollback()  # whatever the checkout's ping began
-            connection.autocommit = True
-            if connection.info.server_version >= IDLE_SESSION_TIMEOUT_SINCE:
-                # Idle by design: an idle_session_timeout set for the role or database
-                # (PostgreSQL 14+) would end it at every period, each time a warning and a
-                # reconnection, the changes made meanwhile waiting for the periodic pass.
-                connection.execute("SET idle_session_timeout = 0")
             connection.execute(f"LISTEN {SERVICE_CHANGES_CHANNEL}")
         except Exception:
             with contextlib.suppress(Exception):

@@ -35,7 +35,13 @@ from certctl.auth.permissions import BUILTIN_ROLES, PERMISSIONS
 from certctl.errors import Conflict, InvalidRequest, NotFound, PermissionDenied, Unauthenticated
 from certctl.services.audit import record, record_call
 from certctl.services.context import Principal, Services, utcnow
-from certctl.store.db import AUTH_LOCK, PoolTimeout, lock_for_write, storage_error
+from certctl.store.db import (
+    AUTH_LOCK,
+    PoolTimeout,
+    detached_session,
+    lock_for_write,
+    storage_error,
+)
 from certctl.store.models import Actor, ApiKey, Role
 
 __all__ = [
@@ -1025,22 +1031,8 @@ class _PostgresCounter:
 
     @staticmethod
     def _open(engine: Engine) -> Any:
-        pooled = engine.raw_connection()
-        connection: Any = pooled.driver_connection
-        pooled.detach()  # the pool forgets it: closed here, never handed to another caller
-        try:
-            connection.rollback()  # whatever the checkout's ping began
-            connection.autocommit = True
-            # Held for the life of the process and idle whenever no request comes: an
-            # idle_session_timeout set for the role or database would end it at each quiet
-            # spell (a warning, no key caching for a second). PostgreSQL 14 added the setting.
-            if (engine.dialect.server_version_info or (0,)) >= (14,):
-                connection.execute("SET idle_session_timeout = 0")
-        except Exception:
-            with contextlib.suppress(Exception):
-                connection.close()
-            raise
-        return connection
+        # Held for the life of the process, idle whenever no request comes.
+        return detached_session(engine)
 
     def _close(self) -> None:
         connection, self._connection, self._cursor = self._connection, None, None

@@ -46,6 +46,7 @@ __all__ = [
     "constraint_conflict",
     "contains_pattern",
     "create_store_engine",
+    "detached_session",
     "exempt_from_idle_session_timeout",
     "installation_id",
     "json_string_contains",
@@ -399,6 +400,31 @@ def exempt_from_idle_session_timeout(connection: Connection) -> None:
     # PostgreSQL 14 added the setting; SET of an unknown one is an error before it.
     if (connection.dialect.server_version_info or (0,)) >= (14,):
         connection.execute(text("SET idle_session_timeout = 0"))
+
+
+def detached_session(engine: Engine) -> Any:
+    """A PostgreSQL driver connection of ``engine``'s, in autocommit, the pool never sees again.
+
+    For the sessions held for the life of a process outside ``database-pool-size`` (the
+    credential counter's, the leader's change listener): the engine's connect arguments and
+    session timeouts (keepalives: a silent cut ends it within seconds), whatever the
+    checkout's ping began rolled back. Idle by design, so exempt from an
+    ``idle_session_timeout`` set for the role or database (PostgreSQL 14+), which would end
+    it at each quiet spell. Closed here when any of that fails; the caller closes it after.
+    """
+    pooled = engine.raw_connection()
+    connection: Any = pooled.driver_connection
+    pooled.detach()  # the pool forgets it: never handed to another caller
+    try:
+        connection.rollback()
+        connection.autocommit = True
+        if (engine.dialect.server_version_info or (0,)) >= (14,):
+            connection.execute("SET idle_session_timeout = 0")
+    except Exception:
+        with contextlib.suppress(Exception):
+            connection.close()
+        raise
+    return connection
 
 
 @contextlib.contextmanager
