@@ -133,15 +133,7 @@ def create_crl(
     number = crl_number if crl_number is not None else (now - _EPOCH) // _MICROSECOND
     if previous_number is not None:
         number = max(number, previous_number + 1)
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.certificate.subject)
-        .last_update(now - BACKDATE)
-        # Never after the CA's notAfter: the next CRL must come from the renewed CA.
-        .next_update(min(now + next_update, ca_end))
-        .add_extension(x509.CRLNumber(number), critical=False)
-        .add_extension(ca.authority_key_identifier, critical=False)
-    )
+    revoked_certificates: list[x509.RevokedCertificate] = []
     for entry in revoked:
         item = (
             x509.RevokedCertificateBuilder()
@@ -150,5 +142,16 @@ def create_crl(
         )
         if entry.reason is not None and entry.reason is not x509.ReasonFlags.unspecified:
             item = item.add_extension(x509.CRLReason(entry.reason), critical=False)
-        builder = builder.add_revoked_certificate(item.build())
+        revoked_certificates.append(item.build())
+    builder = (
+        # The list goes to the constructor: add_revoked_certificate() copies the whole list
+        # into a new builder on every call, which made 100,000 entries take 20-39 s.
+        x509.CertificateRevocationListBuilder(revoked_certificates=revoked_certificates)
+        .issuer_name(ca.certificate.subject)
+        .last_update(now - BACKDATE)
+        # Never after the CA's notAfter: the next CRL must come from the renewed CA.
+        .next_update(min(now + next_update, ca_end))
+        .add_extension(x509.CRLNumber(number), critical=False)
+        .add_extension(ca.authority_key_identifier, critical=False)
+    )
     return builder.sign(ca.private_key, ca.signature_hash)
