@@ -25,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _crl import check_crl, new_serial, write_openssl_ca, write_previous_crl
 from _measure import (
     BenchError,
     Variant,
@@ -56,6 +57,7 @@ SCRIPTS = Path(sysconfig.get_path("scripts"))
 CERTCTL = SCRIPTS / "certctl"
 WARMUP_N = 20
 INSPECT_ROWS = ("inspect-bundle", "inspect-bundle-json")
+CRL_ROW = "crl-create-large"
 
 
 @dataclass(frozen=True)
@@ -70,14 +72,15 @@ class Plan:
     large_rounds: int
     openssl_n: int
     timeout_s: float
+    crl_n: int
 
 
 PLANS = {
-    "quick": Plan("quick", 20, 3, 3, 40, 3, 5, 60),
+    "quick": Plan("quick", 20, 3, 3, 40, 3, 5, 60, 200),
     # The 10,000-certificate rows and the openssl loop are in issue 7's table: ~2.5 minutes,
     # mostly 10,000 files written and synced for issue-dir-large.
-    "default": Plan("default", 1_000, 5, 15, 10_000, 3, 50, 900),
-    "full": Plan("full", 1_000, 9, 25, 10_000, 5, 100, 1800),
+    "default": Plan("default", 1_000, 5, 15, 10_000, 3, 50, 900, 100_000),
+    "full": Plan("full", 1_000, 9, 25, 10_000, 5, 100, 1800, 100_000),
 }
 
 
@@ -347,6 +350,42 @@ def bench_inspect(
     return rows
 
 
+def bench_crl(work: Path, ca: BenchCA, n: int, rounds: int, timeout_s: float) -> dict[str, Any]:
+    """``certctl crl create --from`` a CRL of ``n`` entries, adding one serial.
+
+    Reference: ``openssl ca -gencrl`` over an ``index.txt`` listing the same ``n`` + 1
+    serials. Both sign the same list with the same key; both outputs are checked first.
+    """
+    previous = write_previous_crl(work / f"crl-{n}.pem", ca, n)
+    config = write_openssl_ca(work / f"openssl-ca-{n}", ca, n)
+    certctl_out, openssl_out = work / f"crl-{n}-certctl.pem", work / f"crl-{n}-openssl.pem"
+    certctl_cmd = [
+        str(CERTCTL), "crl", "create", "--ca", str(ca.directory), "--from", str(previous),
+        "--revoked", new_serial(n), "--reason", "keyCompromise", "-o", str(certctl_out), "--force",
+    ]  # fmt: skip
+    openssl_cmd = ["openssl", "ca", "-config", str(config), "-gencrl", "-out", str(openssl_out)]
+    variants = [
+        Variant("certctl", n, lambda: time_command(certctl_cmd, timeout_s=timeout_s)),
+        Variant("openssl", n, lambda: time_command(openssl_cmd, timeout_s=timeout_s)),
+    ]
+    for variant in variants:  # the warm-up run, checked
+        variant.run()
+    check_crl(certctl_out, ca, n)
+    check_crl(openssl_out, ca, n)
+    samples = interleave(variants, rounds)
+    row = time_row(
+        CRL_ROW,
+        f"certctl crl create --from a CRL of {n:,} entries, plus one"
+        " vs openssl ca -gencrl over the same list (wall time)",
+        samples,
+        "certctl",
+        "openssl",
+        target=None,
+    )
+    row["n"] = n
+    return row
+
+
 def _fmt(value: float, unit: str) -> str:
     if unit == "s":
         return f"{value * 1000:.0f} ms"
@@ -496,10 +535,11 @@ def bench_offline(work: Path, ca: BenchCA, plan: Plan) -> list[dict[str, Any]]:
         if not has_openssl:
             rows += [
                 {"id": row_id, "skipped": "no openssl"}
-                for row_id in ("issue-zip-large-vs-openssl", *INSPECT_ROWS)
+                for row_id in ("issue-zip-large-vs-openssl", *INSPECT_ROWS, CRL_ROW)
             ]
         else:
             rows += bench_inspect(work, ca, plan.large_n, plan.large_rounds, plan.timeout_s)
+            rows.append(bench_crl(work, ca, plan.crl_n, plan.large_rounds, plan.timeout_s))
     return rows
 
 

@@ -26,8 +26,14 @@ OFFLINE_ROWS = {
     "issue-zip-large-vs-openssl",
     "inspect-bundle",
     "inspect-bundle-json",
+    "crl-create-large",
 }
-OPENSSL_ROWS = {"issue-zip-large-vs-openssl", "inspect-bundle", "inspect-bundle-json"}
+OPENSSL_ROWS = {
+    "issue-zip-large-vs-openssl",
+    "inspect-bundle",
+    "inspect-bundle-json",
+    "crl-create-large",
+}
 # ``certctl serve`` rows (bench/_server_bench.py); --quick's stores hold 200/1,000/2,000 rows.
 ASGI_ROWS = {
     "asgi-handshake-uvicorn-vs-granian",
