@@ -107,7 +107,7 @@ def _sign(
 
     The number and the list are read in one transaction, which holds the number (a row lock
     on PostgreSQL, the write lock on SQLite) until its commit: a CRL numbered higher never
-    lists less. The signature is made after it (a CRL of 20,000 entries takes over a
+    lists less. The signature is made after it (a CRL of 100,000 entries takes over a
     second, which the lock would have kept issuance waiting on SQLite). Stored only above
     the stored number: a process that signed a lower one meanwhile serves the higher one.
     ``reuse`` False: signed even when the stored one is fresh (it is no CRL of ``ca``).
