@@ -214,6 +214,35 @@ def _is_pending(item: dict[str, Any]) -> bool:
     return not isinstance(conditions, dict) or not conditions
 
 
+def _message(item: dict[str, Any]) -> str:
+    """The MESSAGE of ``services status`` and ``services list``: one wording for both.
+
+    Why it failed; else what the last pass said when Ready ("serving", "TLS disabled: plain
+    HTTP", its warnings), which the list once left out, as if a Ready service had nothing
+    to say; and until when ca.crt keeps the CA(s) this one replaced.
+    """
+    if _is_pending(item):
+        return _PENDING_MESSAGE
+    found = item.get("status")
+    status: dict[str, Any] = found if isinstance(found, dict) else {}
+    found = status.get("conditions")
+    conditions: dict[str, Any] = found if isinstance(found, dict) else {}
+
+    def said(name: str) -> str:
+        condition = conditions.get(name)
+        text = condition.get("message") if isinstance(condition, dict) else None
+        return str(text) if text else ""
+
+    message = said("Failed") or said("Ready")
+    retired = status.get("retired_ca_until")
+    if isinstance(retired, str):
+        # Said where operators look: until then ca.crt also trusts the CA(s) this one replaced,
+        # each until its own end, the last at this one (`services drop-retired-ca` ends that).
+        kept = f"the replaced CA(s) stay in ca.crt until {_utc(retired)} at the latest"
+        message = f"{message}; {kept}" if message else kept
+    return message
+
+
 def _status_line(item: dict[str, Any], width: int = 24, serial_width: int = 16) -> str:
     found = item.get("status")
     status: dict[str, Any] = found if isinstance(found, dict) else {}
@@ -226,21 +255,10 @@ def _status_line(item: dict[str, Any], width: int = 24, serial_width: int = 16) 
             return _PENDING if name == "Ready" else "-"
         return "True" if conditions.get(name, {}).get("status") else "False"
 
-    message = conditions.get("Failed", {}).get("message") or conditions.get("Ready", {}).get(
-        "message", ""
-    )
-    if pending:
-        message = _PENDING_MESSAGE
     # Whole: a serial is what users paste into other commands (certs get, revoke).
     serial = printable(str(status.get("serial") or "-"))
-    retired = status.get("retired_ca_until")
-    if isinstance(retired, str):
-        # Said where operators look: until then ca.crt also trusts the CA(s) this one replaced,
-        # each until its own end, the last at this one (`services drop-retired-ca` ends that).
-        kept = f"the replaced CA(s) stay in ca.crt until {_utc(retired)} at the latest"
-        message = f"{message}; {kept}" if message else kept
     # The message quotes the spec (a path, a command): escaped, as a table's cells are.
-    message = printable(str(message))
+    message = printable(_message(item))
     name = printable(item["name"])
     return (
         f"{name:<{width}} {flag('Ready'):<7} {flag('Renewing'):<9} {flag('Failed'):<7} "
@@ -331,14 +349,6 @@ def _status_field(name: str) -> Any:
     return cell
 
 
-def _failure_message(item: dict[str, Any], now: datetime) -> str:
-    if _is_pending(item):
-        return _PENDING_MESSAGE
-    if _condition("Failed")(item, now) != "True":
-        return ""
-    return cell_text(item["status"]["conditions"]["Failed"].get("message"))
-
-
 def _target_count(item: dict[str, Any], _now: datetime) -> str:
     # "spec" is the whole TLSService document as applied; its targets are in its own "spec".
     document = item.get("spec")
@@ -354,7 +364,7 @@ def list_services(output: str | None = OUTPUT_OPTION) -> None:
     """List services.
 
     On a terminal a table: name, Ready, Failed, serial, notAfter (the date, and the days
-    left), the number of targets and, when Failed, why.
+    left), the number of targets and the message services status shows (when Failed, why).
     """
     path = "/api/v1/services"
     columns = [
@@ -364,7 +374,7 @@ def list_services(output: str | None = OUTPUT_OPTION) -> None:
         Column("SERIAL", _status_field("serial")),
         Column("NOT AFTER", _status_field("not_after")),
         Column("TARGETS", _target_count),
-        Column("MESSAGE", _failure_message),
+        Column("MESSAGE", lambda item, _now: _message(item)),
     ]
     print_list(send_request("GET", path), output, path=path, columns=columns, empty="no services")
 

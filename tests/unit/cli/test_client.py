@@ -1745,6 +1745,51 @@ def test_services_status_and_list_say_pending_before_the_first_pass(
     assert json.loads(capsys.readouterr().out)["status"]["phase"] == "Pending"
 
 
+def test_services_list_says_what_services_status_says_of_each_state(
+    listener: Listener, in_process: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The list's MESSAGE was empty for a Ready service (status said "serving"), and so hid
+    # a Ready pass's warnings and the replaced CAs ca.crt still trusts.
+    def item(name: str, ready: tuple[bool, str], failed: tuple[bool, str]) -> dict[str, Any]:
+        conditions = {
+            "Ready": {"status": ready[0], "message": ready[1]},
+            "Renewing": {"status": False, "message": ""},
+            "Failed": {"status": failed[0], "message": failed[1]},
+        }
+        return {"name": name, "status": {"phase": "Ready", "conditions": conditions}}
+
+    refused = "target /srv/tls/web: permission denied"
+    items = [
+        item("serving", (True, "serving"), (False, "")),
+        item("plain", (True, "TLS disabled: plain HTTP"), (False, "")),
+        item("warned", (True, "renewal request dropped"), (False, "")),
+        item("failing", (True, "serving the last good certificate"), (True, refused)),
+        item("broken", (False, refused), (True, refused)),
+        {"name": "new", "status": {"phase": "Pending", "conditions": {}}},
+    ]
+    items[0]["status"]["retired_ca_until"] = "2026-12-05T21:00:00+00:00"
+    answer = json.dumps({"items": items, "next_cursor": None}).encode()
+    listener.answers["/api/v1/services"] = Answer(body=answer)
+    expected = {
+        "serving": "serving; the replaced CA(s) stay in ca.crt until 2026-12-05T21:00:00Z "
+        "at the latest",
+        "plain": "TLS disabled: plain HTTP",
+        "warned": "renewal request dropped",
+        "failing": refused,
+        "broken": refused,
+        "new": "waiting for the first reconcile pass",
+    }
+    assert in_process("services", "list", "-o", "table") == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert in_process("services", "status") == 0
+    status = capsys.readouterr().out.splitlines()
+    for lines in (listed, status):
+        rows = {line.split()[0]: line for line in lines[1:]}
+        assert set(rows) == set(expected), lines
+        for name, message in expected.items():
+            assert rows[name].endswith(f" {message}"), rows[name]
+
+
 _PUBLIC = "/api/v1/services/web/outputs/certs-public"
 _LEAF_PEM = "-----BEGIN CERTIFICATE-----\nTEFG\n-----END CERTIFICATE-----\n"
 _CA_PEM = "-----BEGIN CERTIFICATE-----\nQ0E=\n-----END CERTIFICATE-----\n"
