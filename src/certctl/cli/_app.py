@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 from typer import _click
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from certctl import __version__
 from certctl.cli import (
@@ -60,6 +60,40 @@ class _SectionedGroup(TyperGroup):
             if rows:
                 with formatter.section(title):
                     formatter.write_dl(rows)
+
+
+class _ClickUsageCommand(TyperCommand):
+    """A command whose usage line names its arguments as Click and man pages do.
+
+    Typer 0.29 wraps a required argument in braces (``certctl auth apikeys create [OPTIONS]
+    {ACTOR_ID}``), where every other tool, certctl's own messages and its README write
+    ``ACTOR_ID``; an optional one stays ``[NAME]``, and one taking several ends in ``...``.
+    """
+
+    def collect_usage_pieces(self, ctx: _click.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.display_name_raw  # its metavar, as the Arguments section shows
+                name = name if param.required else f"[{name}]"
+                pieces.append(name if param.nargs == 1 else f"{name}...")
+            else:
+                pieces.extend(param.get_usage_pieces(ctx))
+        return pieces
+
+
+def _click_usage(typer_app: typer.Typer) -> None:
+    """Make every command of ``typer_app`` and of its groups a ``_ClickUsageCommand``.
+
+    ``cls`` is ``app.command``'s own parameter; set here, where the app is assembled, it
+    reaches each command of every module, and a command added later without it too.
+    """
+    for command in typer_app.registered_commands:
+        if command.cls in (None, TyperCommand):  # Typer's default, not a command's own class
+            command.cls = _ClickUsageCommand
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _click_usage(group.typer_instance)
 
 
 app = typer.Typer(
@@ -122,3 +156,6 @@ def _root(
     ),
 ) -> None:
     """Self-hosted certificate authority and TLS control plane."""
+
+
+_click_usage(app)
