@@ -27,6 +27,8 @@ for the one line certctl says about it.
 
 from __future__ import annotations
 
+from typing import Self
+
 __all__ = [
     "BadSignature",
     "CertctlError",
@@ -55,6 +57,20 @@ class CertctlError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+    def with_detail(self, detail: str) -> Self:
+        """This error, of its own class and attributes, saying ``detail`` instead.
+
+        For a caller that rewords a message (names the file, the variable a password came
+        from): ``type(exc)(detail)`` dropped the attributes a handler inspects
+        (``PasswordRequired.pkcs12``, ``WrongPurpose.suits``) and failed for a class that
+        takes more than the detail. Not ``__init__`` again: copied, as ``copy.copy`` would
+        do, without the traceback and cause (``raise … from exc`` sets the new one's).
+        """
+        reworded = type(self).__new__(type(self), detail)  # BaseException.__new__ sets args
+        reworded.__dict__.update(self.__dict__)
+        reworded.detail = detail
+        return reworded
 
 
 class InvalidRequest(CertctlError):

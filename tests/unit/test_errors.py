@@ -37,3 +37,39 @@ def test_the_verify_failure_is_found_along_the_causes_each_seen_once(
     walker.join(2)
     expected = "OSError: a" if describe is transport_error else "OSError"  # no text: see notify
     assert answers == [expected]
+
+
+def test_a_reworded_error_keeps_its_class_and_attributes() -> None:
+    # The CLI rewords errors (names the file, where a password came from); rebuilt with
+    # type(exc)(detail), they lost what a handler reads: PasswordRequired.pkcs12 was False
+    # again, and WrongPurpose (which takes `suits` too) could not be rebuilt at all.
+    from certctl.errors import (
+        CertctlError,
+        PasswordRequired,
+        StorageUnavailable,
+        TooManyRequests,
+    )
+    from certctl.pki.verify import WrongPurpose
+
+    required = PasswordRequired("encrypted: give --password-file", pkcs12=True)
+    required.add_note("kept")
+    errors: list[tuple[CertctlError, dict[str, object]]] = [
+        (required, {"pkcs12": True, "__notes__": ["kept"]}),
+        (WrongPurpose("not for TLS clients", "server"), {"suits": "server"}),
+        (TooManyRequests("slow down", 7), {"retry_after_s": 7}),
+        (StorageUnavailable("storage is busy", retry_after_s=1), {"retry_after_s": 1}),
+    ]
+    for error, attributes in errors:
+        try:
+            raise ValueError("the cause")
+        except ValueError as cause:
+            error.__cause__ = cause
+        reworded = error.with_detail(f"f.p12: {error.detail}")
+        assert type(reworded) is type(error)
+        assert reworded.detail == str(reworded) == f"f.p12: {error.detail}"
+        assert reworded.args == (reworded.detail,)
+        assert {name: getattr(reworded, name) for name in attributes} == attributes
+        # The original is unchanged, and the copy has none of its history.
+        assert error.detail == str(error) != reworded.detail
+        assert reworded.__cause__ is None
+        assert reworded.__traceback__ is None

@@ -256,7 +256,7 @@ def _client_file(name: str, path: str) -> bytes:
     try:
         return read_file(Path(path), "file")
     except CertctlError as exc:
-        raise type(exc)(f"{name}={exc.detail}") from None
+        raise exc.with_detail(f"{name}={exc.detail}") from None
 
 
 def _redact(text: str, key: str | None) -> str:

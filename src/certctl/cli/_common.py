@@ -189,7 +189,7 @@ def read_material(
     try:
         return load_material(data, password, password_optional=password_optional)
     except InvalidRequest as exc:
-        raise type(exc)(f"{path}: {exc.detail}") from exc
+        raise exc.with_detail(f"{path}: {exc.detail}") from exc
 
 
 def open_ca_dir(
@@ -257,7 +257,7 @@ def load_ca_dir(
         if password_from_env and isinstance(exc, WrongPassword):
             # Exported for another CA, perhaps: the user gave no password to this command.
             detail += " (the password came from CERTCTL_CA_PASSWORD)"
-        raise type(exc)(detail) from exc
+        raise exc.with_detail(detail) from exc
     if key is None:
         raise InvalidRequest(f"{directory / CA_KEY}: holds no private key")
     chain: list[x509.Certificate] = []

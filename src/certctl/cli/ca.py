@@ -349,7 +349,9 @@ def read_ca_input(
             raise typer.BadParameter("give either --cert with --key, or --p12")
     except WrongPassword as exc:
         if from_env:
-            raise type(exc)(f"{exc.detail} (the password came from CERTCTL_PASSWORD)") from exc
+            raise exc.with_detail(
+                f"{exc.detail} (the password came from CERTCTL_PASSWORD)"
+            ) from exc
         raise
     certs, private_key = material.certificates, material.private_key
     if not certs:

@@ -350,7 +350,7 @@ def _csr_pem(path: Path) -> str:
     try:
         request = load_csr(data)
     except CertctlError as exc:
-        raise type(exc)(f"{path}: {exc.detail}") from exc
+        raise exc.with_detail(f"{path}: {exc.detail}") from exc
     return request.public_bytes(Encoding.PEM).decode("ascii")
 
 

@@ -142,7 +142,7 @@ def sign(
     try:
         csr = load_csr(data)
     except InvalidRequest as exc:
-        raise type(exc)(f"{csr_path}: {exc.detail}") from exc
+        raise exc.with_detail(f"{csr_path}: {exc.detail}") from exc
     outputs = OutputSet(force=force)
     outputs.add(out / "tls.crt", b"")
     outputs.check()

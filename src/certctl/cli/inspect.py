@@ -91,10 +91,10 @@ def read_protected(
             )
             if detail == exc.detail:
                 raise
-            raise type(exc)(detail) from exc
+            raise exc.with_detail(detail) from exc
     source = " and ".join(tried)
     came = "passwords came" if len(tried) > 1 else "password came"
-    raise type(failure)(f"{failure.detail} (the {came} from {source})") from failure
+    raise failure.with_detail(f"{failure.detail} (the {came} from {source})") from failure
 
 
 def _fingerprint(data: bytes) -> str:

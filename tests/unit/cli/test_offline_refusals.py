@@ -704,3 +704,39 @@ def test_crl_from_help_says_the_same_file_needs_force(workdir: Path) -> None:
     done = _run(workdir, *again, "--force")
     assert done.returncode == 0, done.stderr
     assert "2 revoked serial(s) (1 kept from c.crl, 1 new)" in done.stdout
+
+
+def test_the_clis_rewording_keeps_what_password_required_says_of_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # read_material names the file, inspect names the variables: rebuilt as type(exc)(…),
+    # the error said pkcs12=False of a PKCS#12 file, and a caller choosing between
+    # `openssl pkcs12` and `openssl pkey` (as the services do) chose wrong.
+    from certctl.cli._common import read_material
+    from certctl.cli.inspect import read_protected
+    from certctl.errors import PasswordRequired
+
+    for name in ("CERTCTL_PASSWORD", "CERTCTL_CA_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    key = generate_private_key()
+    root = create_root_ca(
+        key, common_name_dn("P12 Root"), validity=timedelta(days=30), now=datetime.now(UTC)
+    ).certificate
+    p12 = tmp_path / "ca.p12"
+    p12.write_bytes(to_pkcs12("ca", key, root, [], b"hunter2pw"))
+    pem = tmp_path / "ca.key"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"hunter2pw"),
+        )
+    )
+    for path, is_pkcs12 in ((p12, True), (pem, False)):
+        with pytest.raises(PasswordRequired) as material:
+            read_material(path)
+        with pytest.raises(PasswordRequired) as protected:
+            read_protected(path, None, None)
+        for caught in (material, protected):
+            assert caught.value.detail.startswith(f"{path}: "), caught.value.detail
+            assert caught.value.pkcs12 is is_pkcs12, (path, caught.value.detail)
