@@ -1096,6 +1096,54 @@ def test_a_csr_key_waiting_for_its_certificate_is_never_removed(
     assert _public_key(web / "tls.crt") == _public_key(web / "tls.key")
 
 
+def test_an_encrypted_key_beside_a_csr_waiting_for_its_certificate_is_never_removed(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    # `openssl req` without -nodes over a live directory: an encrypted tls.key beside its
+    # tls.csr. certs issue/renew take no password for it, so it could not be compared with
+    # the CSR, and a renewal into the directory overwrote it, never certified.
+    env = _admin_env(default_server)
+    name = "encrypted-pending.example.internal"
+    web = tmp_path / "web"
+    issued = ok(_certctl(default_server, "certs", "issue", "--cn", name, "--dns", name,
+                         "--out", str(web), **env))  # fmt: skip
+    key, csr = web / "tls.key", web / "tls.csr"
+    ok(run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-keyout", key, "-out", csr, "-subj", f"/CN={name}", "-addext",
+           f"subjectAltName=DNS:{name}", "-passout", "pass:hunter2pw"))  # fmt: skip
+    before = {p.name: p.read_bytes() for p in web.iterdir()}
+    posts = default_server.logs()[1].count("POST /api/v1/")
+    expected = (
+        f"certctl: error: {key} is encrypted and {csr} beside it has no certificate yet: "
+        f"taken for the CSR's key (not checked without its password), writing another "
+        f"certificate into {web} would lose it (nothing was issued); 'certctl certs issue "
+        f"--csr {csr} --out {web} --force' issues the CSR's, or give another --out (if {key} "
+        f"is not the key of {csr}, move the CSR away)\n"
+    )
+    for command in (
+        ("certs", "renew", json.loads(issued.stdout)["id"]),
+        ("certs", "issue", "--cn", name),
+    ):
+        for force in ((), ("--force",)):
+            refused = _certctl(default_server, *command, "--out", str(web), *force, **env)
+            assert (refused.returncode, refused.stdout) == (1, ""), (command, force)
+            assert refused.stderr == expected, (command, force)
+    assert default_server.logs()[1].count("POST /api/v1/") == posts
+    assert {p.name: p.read_bytes() for p in web.iterdir()} == before
+
+    # What the message says to run: the CSR's certificate goes beside its key, kept.
+    from_csr = ok(_certctl(default_server, "certs", "issue", "--csr", str(csr),
+                           "--out", str(web), "--force", **env))  # fmt: skip
+    assert "removed" not in json.loads(from_csr.stdout)
+    assert (web / "tls.key").read_bytes() == before["tls.key"]
+    opened = ok(run("openssl", "pkey", "-in", key, "-passin", "pass:hunter2pw", "-pubout"))
+    assert _public_key(web / "tls.crt") == opened.stdout
+    # Certified now: a renewal of another certificate into web is an ordinary overwrite.
+    ok(_certctl(default_server, "certs", "renew", json.loads(issued.stdout)["id"],
+                "--out", str(web), "--force", **env))  # fmt: skip
+    assert _public_key(web / "tls.crt") == _public_key(web / "tls.key")
+
+
 def test_whoami_checks_the_settings(default_server: CertctlServer) -> None:
     # `certctl auth whoami`: the README's first curl line, through the CLI's CERTCTL_*.
     env = _admin_env(default_server)

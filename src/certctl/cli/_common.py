@@ -7,7 +7,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from certctl.errors import CertctlError, InvalidRequest, NotFound, WrongPassword
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from certctl.pki import CertificateAuthority, Material
 
 __all__ = [
+    "PendingKey",
     "holds_another_key",
     "is_stdin",
     "load_ca_dir",
@@ -306,12 +307,47 @@ def holds_another_key(path: Path, public_key: object) -> bool:
     return theirs != public_key
 
 
-def pending_csr_key(out: Path) -> object | None:
-    """The public key of ``out/tls.key`` when it waits for its certificate, else None.
+class PendingKey(NamedTuple):
+    """``out/tls.key`` waiting for the certificate of ``out/tls.csr`` (``pending_csr_key``).
+
+    ``public_key``: the CSR's. ``encrypted``: the key could not be read without its
+    password, so it was taken for the CSR's key, not checked.
+    """
+
+    public_key: object
+    encrypted: bool
+
+    def refusal(self, out: Path, consequence: str) -> str:
+        """The refusal's words up to the command that certifies the CSR.
+
+        ``consequence``: what writing into ``out`` would do (``writing another certificate
+        into web would lose it (nothing was issued)``).
+        """
+        key, csr = out / "tls.key", out / "tls.csr"
+        if not self.encrypted:
+            return f"{key} is the key of {csr}, which has no certificate yet: {consequence}"
+        return (
+            f"{key} is encrypted and {csr} beside it has no certificate yet: taken for the "
+            f"CSR's key (not checked without its password), {consequence}"
+        )
+
+    def way_out(self, out: Path) -> str:
+        """What the refusal says after its alternatives, when the key was not checked."""
+        if not self.encrypted:
+            return ""
+        return f" (if {out / 'tls.key'} is not the key of {out / 'tls.csr'}, move the CSR away)"
+
+
+def pending_csr_key(out: Path) -> PendingKey | None:
+    """``out/tls.key`` when it waits for its certificate, else None.
 
     Waiting: ``out/tls.csr`` is a request of that key and ``out/tls.crt`` is not its
     certificate (``csr create --out web --force`` over a live directory leaves the old one).
-    None when it cannot tell (no CSR, an encrypted key, files it cannot read).
+    An encrypted key (``openssl req`` without ``-nodes`` writes one beside its CSR) cannot be
+    compared without its password, which none of the commands writing into ``out`` is given
+    (their passwords are a PKCS#12 output's or a CA key's): it is taken for the CSR's, so
+    that it is never lost, rather than for nobody's. None when there is no readable CSR or
+    no such key (a missing, unreadable or other file).
     """
     from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
@@ -321,13 +357,24 @@ def pending_csr_key(out: Path) -> object | None:
 
     try:
         requested = load_csr((out / "tls.csr").read_bytes()).public_key()
-        key = serialization.load_pem_private_key((out / "tls.key").read_bytes(), None)
-    except (OSError, ValueError, TypeError, UnsupportedAlgorithm, CertctlError):
+        data = (out / "tls.key").read_bytes()
+    except (OSError, ValueError, CertctlError):
         return None
-    if key.public_key() != requested:
+    try:
+        key = serialization.load_pem_private_key(data, None)
+    except TypeError:
+        # cryptography's "Password was not given but private key is encrypted": PKCS#8
+        # "ENCRYPTED PRIVATE KEY" or a traditional one with "Proc-Type: 4,ENCRYPTED".
+        encrypted = True
+    except (ValueError, UnsupportedAlgorithm):
         return None
+    else:
+        if key.public_key() != requested:
+            return None
+        encrypted = False
     try:
         certified = x509.load_pem_x509_certificate((out / "tls.crt").read_bytes())
     except (OSError, ValueError):
-        return requested  # none yet, or not one that could go with the key
-    return None if certified.public_key() == requested else requested
+        # None yet, or not one that could go with the key.
+        return PendingKey(requested, encrypted)
+    return None if certified.public_key() == requested else PendingKey(requested, encrypted)

@@ -282,7 +282,7 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     if opts.p12 and p12_password is None:
         raise UsageProblem("--p12 needs a password: --password-file or CERTCTL_PASSWORD")
     _warn_about_password(p12_password)
-    if pending_csr_key(opts.out) is not None:
+    if (pending := pending_csr_key(opts.out)) is not None:
         # --force too: a key that `csr create` made and no certificate was issued for yet
         # would be overwritten by the new one, and nothing could bring it back.
         import shlex
@@ -294,10 +294,10 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
         sign += ["--out", str(where)]
         # --force for the tls.crt (and ca.crt) of an old certificate, still there.
         sign += ["--force"] if (where / "tls.crt").exists() or (where / "ca.crt").exists() else []
+        lose = f"a new key and certificate in {where} would lose it (nothing was written)"
         raise Conflict(
-            f"{where / 'tls.key'} is the key of {csr}, which has no certificate yet: a new key "
-            f"and certificate in {where} would lose it (nothing was written); "
-            f"'{shlex.join(sign)}' signs the CSR, or give another --out"
+            f"{pending.refusal(where, lose)}; '{shlex.join(sign)}' signs the CSR, or give "
+            f"another --out{pending.way_out(where)}"
         )
     outputs = OutputSet(force=opts.force)
     outputs.add(opts.out / ("tls.p12" if opts.p12 else "tls.crt"), b"")

@@ -252,17 +252,17 @@ def _keep_pending_key(out: Path, written_key: object | None) -> None:
     from certctl.cli._common import pending_csr_key
 
     pending = pending_csr_key(out)
-    if pending is None or pending == written_key:
+    if pending is None or pending.public_key == written_key:
         return
     command = shlex.join(
         ["certctl", "certs", "issue", "--csr", str(out / "tls.csr"), "--out", str(out)]
     )
     # --force for the tls.crt (and ca.crt) of the old certificate, still there.
     force = " --force" if (out / "tls.crt").exists() or (out / "ca.crt").exists() else ""
+    lose = f"writing another certificate into {out} would lose it (nothing was issued)"
     raise Conflict(
-        f"{out / 'tls.key'} is the key of {out / 'tls.csr'}, which has no certificate yet: "
-        f"writing another certificate into {out} would lose it (nothing was issued); "
-        f"'{command}{force}' issues the CSR's, or give another --out"
+        f"{pending.refusal(out, lose)}; '{command}{force}' issues the CSR's, or give "
+        f"another --out{pending.way_out(out)}"
     )
 
 

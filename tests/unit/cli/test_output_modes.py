@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._tools import ok, reaped, require
+from tests._tools import ok, reaped, require, run
 
 
 def _certctl_umask0(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -233,3 +233,52 @@ def test_cert_issue_force_never_overwrites_a_key_waiting_for_its_csr(
     assert (web / "tls.key").read_bytes() == waiting
     ok(_certctl_umask0("cert", "issue", "--ca", ca, "--cn", "web", "--out", web, "--force"))
     assert (web / "tls.key").read_bytes() != waiting
+
+
+@pytest.mark.parametrize("traditional", [False, True], ids=["pkcs8", "traditional"])
+def test_cert_issue_force_never_overwrites_an_encrypted_key_beside_a_csr(
+    ca: Path, tmp_path: Path, traditional: bool
+) -> None:
+    # `openssl req` without -nodes over a live directory writes an encrypted tls.key beside
+    # its tls.csr. No password for it reaches cert issue (--password-file is tls.p12's), so
+    # the key could not be compared with the CSR and --force overwrote it, never certified.
+    web = tmp_path / "web"
+    ok(_certctl_umask0("cert", "issue", "--ca", ca, "--cn", "web", "--out", web))
+    key, csr = web / "tls.key", web / "tls.csr"
+    ok(run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-keyout", key, "-out", csr, "-subj", "/CN=web",
+           "-passout", "pass:hunter2pw"))  # fmt: skip
+    if traditional:  # "Proc-Type: 4,ENCRYPTED", as `openssl ec -aes256` and older tools write
+        ok(run("openssl", "pkey", "-in", key, "-passin", "pass:hunter2pw", "-traditional",
+               "-aes256", "-passout", "pass:hunter2pw", "-out", tmp_path / "old.key"))  # fmt: skip
+        (tmp_path / "old.key").replace(key)
+        assert b"Proc-Type: 4,ENCRYPTED" in key.read_bytes()
+    else:
+        assert key.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    waiting = key.read_bytes()
+    sign = f"certctl csr sign --ca {ca} --csr {csr} --out {web} --force"
+    for force in ((), ("--force",)):
+        refused = _certctl_umask0("cert", "issue", "--ca", ca, "--cn", "web", "--out", web, *force)
+        assert (refused.returncode, refused.stdout) == (1, "")
+        assert refused.stderr == (
+            f"certctl: error: {key} is encrypted and {csr} beside it has no certificate yet: "
+            "taken for the CSR's key (not checked without its password), a new key and "
+            f"certificate in {web} would lose it (nothing was written); '{sign}' signs the "
+            f"CSR, or give another --out (if {key} is not the key of {csr}, move the CSR away)\n"
+        )
+        assert key.read_bytes() == waiting
+    # The advice works; once signed, the key is no longer waiting and --force replaces it.
+    ok(_certctl_umask0(*sign.split()[1:]))
+    assert key.read_bytes() == waiting
+    ok(_certctl_umask0("cert", "issue", "--ca", ca, "--cn", "web", "--out", web, "--force"))
+    assert key.read_bytes() != waiting
+    # A stale CSR beside the encrypted key of tls.crt: refused too, until the CSR is moved.
+    ok(_certctl_umask0("csr", "create", "--cn", "old", "--out", tmp_path / "old"))
+    (tmp_path / "old" / "tls.csr").rename(csr)
+    ok(run("openssl", "pkey", "-in", key, "-aes256", "-passout", "pass:hunter2pw",
+           "-out", tmp_path / "encrypted.key"))  # fmt: skip
+    (tmp_path / "encrypted.key").replace(key)
+    assert _certctl_umask0("cert", "issue", "--ca", ca, "--cn", "web", "--out", web,
+                           "--force").returncode == 1  # fmt: skip
+    csr.rename(tmp_path / "stale.csr")
+    ok(_certctl_umask0("cert", "issue", "--ca", ca, "--cn", "web", "--out", web, "--force"))
