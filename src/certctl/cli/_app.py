@@ -5,6 +5,8 @@ Imported through ``main``, which first sets ``TYPER_USE_RICH`` (plain help).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from typer import _click
 from typer.core import TyperArgument, TyperCommand, TyperGroup
@@ -26,6 +28,9 @@ from certctl.cli import (
     verify,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 __all__ = ["app"]
 
 # `certctl --help` lists the commands in these groups, in this order (the README's): Typer
@@ -37,7 +42,46 @@ _SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-class _SectionedGroup(TyperGroup):
+# U+2011, a hyphen no line breaks at: see _HelpFormatter.
+_NO_BREAK_HYPHEN = "\u2011"
+
+
+class _HelpFormatter(_click.HelpFormatter):
+    """Click's help layout, wrapped at spaces only.
+
+    Click's wrapper also breaks a line after a hyphen: "--password-" ended one line and
+    "file" began the next, so an option could not be read (or searched for) whole, nor could
+    "<data-dir>", "comma-separated" or "client-trust". Each hyphen of the text wrapped is a
+    non-breaking one while it is wrapped, and a plain one again on the page.
+    """
+
+    def write_text(self, text: str) -> None:
+        super().write_text(text.replace("-", _NO_BREAK_HYPHEN))
+
+    def write_dl(
+        self, rows: Sequence[tuple[str, str]], col_max: int = 30, col_spacing: int = 2
+    ) -> None:
+        # Only the help is wrapped; the first column (option names) never is.
+        kept = [(term, text.replace("-", _NO_BREAK_HYPHEN)) for term, text in rows]
+        super().write_dl(kept, col_max, col_spacing)
+
+    def getvalue(self) -> str:
+        return super().getvalue().replace(_NO_BREAK_HYPHEN, "-")
+
+
+class _HelpContext(_click.Context):
+    """A context whose help is laid out by ``_HelpFormatter``."""
+
+    formatter_class = _HelpFormatter
+
+
+class _HelpGroup(TyperGroup):
+    """A command group whose help is laid out by ``_HelpFormatter``."""
+
+    context_class = _HelpContext
+
+
+class _SectionedGroup(_HelpGroup):
     """The root group: its commands under the headings of ``_SECTIONS``."""
 
     def list_commands(self, ctx: _click.Context) -> list[str]:
@@ -68,7 +112,10 @@ class _ClickUsageCommand(TyperCommand):
     Typer 0.29 wraps a required argument in braces (``certctl auth apikeys create [OPTIONS]
     {ACTOR_ID}``), where every other tool, certctl's own messages and its README write
     ``ACTOR_ID``; an optional one stays ``[NAME]``, and one taking several ends in ``...``.
+    Its help is laid out by ``_HelpFormatter``.
     """
+
+    context_class = _HelpContext
 
     def collect_usage_pieces(self, ctx: _click.Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -82,18 +129,24 @@ class _ClickUsageCommand(TyperCommand):
         return pieces
 
 
-def _click_usage(typer_app: typer.Typer) -> None:
-    """Make every command of ``typer_app`` and of its groups a ``_ClickUsageCommand``.
+def _certctl_help(typer_app: typer.Typer) -> None:
+    """Make every command of ``typer_app`` a ``_ClickUsageCommand``, every group a ``_HelpGroup``.
 
-    ``cls`` is ``app.command``'s own parameter; set here, where the app is assembled, it
-    reaches each command of every module, and a command added later without it too.
+    ``cls`` is ``app.command``'s and ``app.add_typer``'s own parameter; set here, where the
+    app is assembled, it reaches each command and group of every module, and one added
+    later without it too.
     """
     for command in typer_app.registered_commands:
         if command.cls in (None, TyperCommand):  # Typer's default, not a command's own class
             command.cls = _ClickUsageCommand
     for group in typer_app.registered_groups:
-        if group.typer_instance is not None:
-            _click_usage(group.typer_instance)
+        if group.typer_instance is None:
+            continue
+        # Neither add_typer nor typer.Typer() chose a class (Typer's unset values are
+        # placeholders, not classes): TyperGroup, the default, becomes _HelpGroup.
+        if not isinstance(group.cls, type) and not isinstance(group.typer_instance.info.cls, type):
+            group.cls = _HelpGroup
+        _certctl_help(group.typer_instance)
 
 
 app = typer.Typer(
@@ -158,4 +211,4 @@ def _root(
     """Self-hosted certificate authority and TLS control plane."""
 
 
-_click_usage(app)
+_certctl_help(app)
