@@ -358,7 +358,11 @@ def _csr_pem(path: Path) -> str:
 def certs_list(
     status: str = typer.Option(None, "--status", help="active, expiring, expired or revoked."),
     issuer: str = typer.Option(None, "--issuer", help="Issuer id."),
-    expiring_within: str = typer.Option(None, "--expiring-within", help="e.g. 30D."),
+    expiring_within: str = typer.Option(
+        None,
+        "--expiring-within",
+        help="Only active certificates, not renewed, ending within this time from now, e.g. 30D.",
+    ),
     query: str = typer.Option(
         None,
         "--query",
@@ -441,7 +445,9 @@ def certs_revoke(
         ..., callback=not_empty, metavar="CERT_ID", help="Certificate id."
     ),
     reason: str = typer.Option(
-        None, "--reason", help="keyCompromise, superseded, cessationOfOperation …"
+        None,
+        "--reason",
+        help="keyCompromise, superseded, cessationOfOperation … (default: unspecified).",
     ),
 ) -> None:
     """Revoke a certificate."""

@@ -27,7 +27,8 @@ def create(
     reason: str = typer.Option(
         None,
         "--reason",
-        help="Reason for all entries: keyCompromise, superseded, cessationOfOperation …",
+        help="Reason of the --revoked entries: keyCompromise, superseded, "
+        "cessationOfOperation … (default: unspecified; those from --from keep theirs).",
     ),
     previous: Path = typer.Option(
         None,

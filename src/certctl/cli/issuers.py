@@ -139,9 +139,9 @@ def issuers_revoke(
     reason: str = typer.Option(
         None,
         "--reason",
-        help="keyCompromise, cACompromise, superseded, cessationOfOperation … (default "
+        help="keyCompromise, cACompromise, superseded, cessationOfOperation … (default: "
         "unspecified); keyCompromise or cACompromise also replaces an earlier revocation's "
-        "reason that was no compromise",
+        "reason that was no compromise.",
     ),
 ) -> None:
     """Revoke an intermediate issuer: its parent's next CRL lists it.

@@ -89,3 +89,23 @@ def test_the_top_level_help_says_how_to_see_an_internal_errors_traceback() -> No
     text = " ".join(formatter.getvalue().split())
     assert "CERTCTL_DEBUG=1" in text
     assert "traceback" in text
+
+
+def test_every_reason_option_names_its_default_and_ends_its_sentence() -> None:
+    # certs revoke --reason and crl create --reason named no default, issuers revoke's said
+    # "(default unspecified)" and ended without a full stop; crl create's "Reason for all
+    # entries" was wrong for those --from keeps. certs list --expiring-within said "e.g. 30D."
+    # and nothing of what it selects.
+    shown = _option_help(typer.main.get_command(app), ["certctl"])
+    reasons = {o.removesuffix(" <str>"): t for o, t in shown if o.endswith(" --reason <str>")}
+    assert set(reasons) == {
+        "certctl certs revoke --reason",
+        "certctl issuers revoke --reason",
+        "certctl crl create --reason",
+    }, reasons
+    for option, text in reasons.items():
+        assert "(default: unspecified" in text, option
+        assert text.endswith("."), option
+    assert "--revoked entries" in reasons["certctl crl create --reason"]
+    [expiring] = [t for o, t in shown if o.startswith("certctl certs list --expiring-within ")]
+    assert expiring.startswith("Only active certificates, not renewed, ending within"), expiring
