@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -18,7 +18,8 @@ from sqlalchemy import Connection, delete, event, insert, select, text, update
 
 from certctl.auth.permissions import PERMISSIONS
 from certctl.errors import CertctlError, Conflict
-from certctl.services import certificates, rbac
+from certctl.pki import certs_to_pem, get_profile, key_to_pem
+from certctl.services import certificates, issuers, rbac
 from certctl.services.context import Principal
 from certctl.store.models import Actor, ApiKey, CertificateRecord, Issuer, Role
 from tests.api.conftest import Api, assert_problem
@@ -225,7 +226,11 @@ def _revoked_meanwhile(
             .values(revoked_at=NOW, revocation_reason=reason_meanwhile, parent_id="default")
         )
 
-    with api.concurrent_write((_AUDIT, "UPDATE issuers"), other_replica) as fired:
+    # A replica that takes no revocation lock (an older release): slipped in after this
+    # request read the issuer, before it locks the rows it writes (PostgreSQL), or before
+    # its write lock (SQLite, where it reads under that lock).
+    slip_before = (_LOCK[1], "SELECT id FROM issuers WHERE id = ANY")
+    with api.concurrent_write(slip_before, other_replica) as fired:
         r = api.post("/api/v1/issuers/sub/revoke", api.admin_key, json={"reason": reason})
     assert fired
     return r, api.get("/api/v1/issuers/sub", api.admin_key).json()
@@ -464,3 +469,78 @@ def test_no_free_database_connection_is_a_503_not_a_500(api: Api) -> None:
         for connection in held:
             connection.close()
     assert api.get("/api/v1/certificates", api.admin_key).status_code == 200
+
+
+def _key_twins(api: Api, pair: int) -> tuple[str, str]:
+    """Intermediate ``sub-N`` below ``default``, and ``twin-N``: ``default``'s second
+    certificate of its key, imported (as an intermediate re-issued with its key)."""
+    sub, twin = f"sub-{pair}", f"twin-{pair}"
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": sub, "parent": "default"})
+    assert r.status_code == 201, r.text
+    sub_ca = issuers.load_issuer(api.services, sub)
+    default = issuers.load_issuer(api.services, "default")
+    again = default.issue(
+        sub_ca.private_key.public_key(),
+        sub_ca.certificate.subject,
+        profile=get_profile("intermediate"),
+        validity=timedelta(days=30),
+        now=api.clock(),
+    ).certificate
+    r = api.post(
+        "/api/v1/issuers",
+        api.admin_key,
+        json={
+            "id": twin,
+            "certificate_pem": certs_to_pem([again, default.certificate]).decode(),
+            "private_key_pem": key_to_pem(sub_ca.private_key).decode(),
+        },
+    )
+    assert r.status_code == 201, r.text
+    return sub, twin
+
+
+@pytest.mark.parametrize("first_reason", ["superseded", "keyCompromise"])
+def test_an_issuer_revocation_racing_a_key_compromise_of_its_twin_never_deadlocks(
+    api: Api, first_reason: str
+) -> None:
+    """Two requests at once revoke ``sub`` and, for keyCompromise, ``twin`` (its key's other
+    certificate, the same parent): the second revokes ``sub`` too.
+
+    Each locked its own row, then the parent's (migration 0020's count), then the other's:
+    PostgreSQL found each waiting for the other, rolled one back, and its client got 503
+    'this write deadlocked' (most pairs of requests). Now each takes the issuer rows it
+    writes in one order before the first write: one waits for the other, and is answered
+    200 or 409 from what the first wrote. SQLite: writers queue on its lock, never busy.
+    """
+    pairs = [_key_twins(api, pair) for pair in range(20)]
+    answers: list[tuple[str, int, str]] = []
+
+    def revoke(issuer_id: str, reason: str, start: threading.Barrier) -> None:
+        start.wait(timeout=10)
+        r = api.post(f"/api/v1/issuers/{issuer_id}/revoke", api.admin_key, json={"reason": reason})
+        answers.append((issuer_id, r.status_code, r.text))
+
+    for sub, twin in pairs:
+        start = threading.Barrier(2)
+        threads = [
+            threading.Thread(target=revoke, args=(sub, first_reason, start)),
+            threading.Thread(target=revoke, args=(twin, "keyCompromise", start)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert len(answers) == 2 * len(pairs)
+    busy = [a for a in answers if a[1] not in (200, 409)]
+    assert busy == [], f"{len(busy)} of {len(answers)}: {busy[0]}"
+    for sub, twin in pairs:
+        # Whichever came first, the key is compromised under both ids. The twin's
+        # keyCompromise always lands (revoking it, or upgrading a superseded sub); the
+        # other is a 409 when the first had revoked what it asked already.
+        statuses = {a[0]: a[1] for a in answers if a[0] in (sub, twin)}
+        assert 200 in statuses.values(), answers
+        if first_reason == "superseded":
+            assert statuses[twin] == 200, answers
+        for issuer_id in (sub, twin):
+            got = api.get(f"/api/v1/issuers/{issuer_id}", api.admin_key).json()
+            assert (got["status"], got["revocation_reason"]) == ("revoked", "keyCompromise")

@@ -63,6 +63,7 @@ from certctl.store.db import (
     contains_pattern,
     json_string_contains,
     lock_for_write,
+    lock_issuer_rows,
     unicode_lower,
 )
 from certctl.store.groupcommit import write_rows
@@ -357,6 +358,10 @@ def _revoke_key(
     changed: dict[str, str | None] = {}  # id → reason before (None: it was not revoked)
     while fresh := [i for i in (row.id, *_same_key(connection, row)) if i not in done]:
         done.update(fresh)
+        # Their issuers' rows before theirs (the CRL counts the trigger bumps), in one order:
+        # see store.db.REVOCATION_LOCK. One issuer in practice (a renewal keeps its issuer);
+        # a later pass holds it already.
+        lock_issuer_rows(connection, _issuers_of(connection, fresh))
         changed.update(_revoke_all(connection, fresh, now))
     if row.wrapped_key is None:
         # Every certificate of the key is revoked now, and a renewed_by only ever names a
@@ -395,6 +400,18 @@ def _revoke_key(
     )
     revoked = sum(1 for before in changed.values() if before is None)
     return sorted(i for i in changed if i != row.id), revoked
+
+
+def _issuers_of(connection: Connection, ids: list[str]) -> set[str]:
+    """The issuers of the certificates ``ids``."""
+    found: set[str] = set()
+    for chunk in _chunks(ids):
+        found.update(
+            connection.execute(
+                select(CERTIFICATES.c.issuer_id).where(CERTIFICATES.c.id.in_(chunk)).distinct()
+            ).scalars()
+        )
+    return found
 
 
 def _revoke_all(connection: Connection, ids: list[str], now: datetime) -> dict[str, str | None]:
@@ -443,7 +460,9 @@ def _revoke_one(connection: Connection, row: CertificateRecord, reason: str, now
     """Mark ``row`` revoked and hand its renewals back; False if someone revoked it first."""
     # Only if nobody revoked it since it was read: another worker or replica revoking it
     # at the same moment would otherwise be overwritten, its reason and time replaced
-    # after a CRL carried them. The first revocation stands; this one is a 409.
+    # after a CRL carried them. The first revocation stands; this one is a 409. Its
+    # issuer's row first (the CRL count the trigger bumps): see store.db.REVOCATION_LOCK.
+    lock_issuer_rows(connection, [row.issuer_id])
     revoked = connection.execute(
         update(CERTIFICATES)
         .where(CERTIFICATES.c.id == row.id, CERTIFICATES.c.status != "revoked")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -21,6 +23,7 @@ from certctl.services.revocation import (
     spki,
     top_signed_by,
 )
+from certctl.store.db import REVOCATION_LOCK, lock_for_write, lock_issuer_rows
 from certctl.store.models import Issuer
 
 __all__ = [
@@ -52,6 +55,9 @@ def revoke_issuer(
     reason = check_reason(reason, issuer=True)
     now = services.clock()
     with services.sessions.begin() as session:
+        # One revocation at a time (of certificates too), and the issuer rows it writes locked
+        # in one order before the first write: see _lock_rows. SQLite: the write lock first.
+        lock_for_write(session, REVOCATION_LOCK)
         row = session.get(Issuer, issuer_id)
         if row is None:
             raise NotFound(f"issuer {issuer_id} not found")
@@ -69,15 +75,20 @@ def revoke_issuer(
             )
         before: str | None = None  # the reason keyCompromise replaced
         newly_under: str | None = None  # the parent whose CRL lists it from now on
-        if row.revoked_at is not None:
-            before = _upgrade_to_key_compromise(session, issuer_id, reason)
-        else:
-            parent_id = row.parent_id or _parent_of(session, issuer_id, cert)
+        parent_id = row.parent_id
+        if row.revoked_at is None:
+            parent_id = parent_id or _parent_of(session, issuer_id, cert)
             if parent_id is None:
                 raise Conflict(
                     f"issuer {issuer_id} was signed by {cert.issuer.rfc4514_string()}, which "
                     "is not a certctl issuer: no CRL here can list it; revoke it at that CA"
                 )
+        # Read before any write: what a compromise revokes with it, each under its parent.
+        twins = _twins(session, issuer_id, cert) if reason in COMPROMISE else []
+        _lock_rows(session, (issuer_id, row.parent_id, parent_id), twins)
+        if row.revoked_at is not None:
+            before = _upgrade_to_key_compromise(session, issuer_id, reason)
+        else:
             # Only if nobody revoked it since it was read (SQLite takes no row lock on a
             # read): the first revocation, its time and reason, stands.
             revoked = session.connection().execute(
@@ -89,14 +100,13 @@ def revoke_issuer(
                 newly_under = parent_id
             else:  # revoked meanwhile: keyCompromise may still replace its reason
                 before = _upgrade_to_key_compromise(session, issuer_id, reason)
-        twins: list[tuple[str, str | None]] = []
-        if reason in COMPROMISE:  # stored as its reason now (else a 409 above)
-            twins = _revoke_twins(session, issuer_id, cert, reason, now)
+        # A compromise is stored as its reason now (else a 409 above).
+        revoked_twins = _revoke_twins(session, twins, reason, now)
         detail = reason
         if before is not None:  # worded as for a certificate's (_revoke_key)
             detail = f"{reason} (reason was {before}, revocation date kept)"
-        if twins:
-            detail += f"; also revoked, the same key: {', '.join(t for t, _ in twins)}"
+        if revoked_twins:
+            detail += f"; also revoked, the same key: {', '.join(t for t, _ in revoked_twins)}"
         record(
             session,
             at=now,
@@ -126,30 +136,30 @@ def revoke_issuer(
             # Below it, it imported again, or its compromised key (or below that): reloaded
             # as refusing too.
             services.forget_issuer(other_id)
-    for parent_id in (newly_under, *(p for _, p in twins)):
+    for parent_id in (newly_under, *(p for _, p in revoked_twins)):
         if parent_id is not None:  # a changed reason is no new revocation
             REVOCATIONS.labels(parent_id).inc()  # a certificate the parent signed, now revoked
     return row
 
 
-def _revoke_twins(
-    session: Session, issuer_id: str, cert: x509.Certificate, reason: str, now: datetime
-) -> list[tuple[str, str | None]]:
-    """Revoke, for ``reason`` (a compromise), the other issuers' certificates of ``cert``'s key.
+class _Twin(NamedTuple):
+    id: str
+    stored_parent: str | None  # its parent_id as read (None: unknown until revoked)
+    parent: str  # the issuer whose CRL lists it
+
+
+def _twins(session: Session, issuer_id: str, cert: x509.Certificate) -> list[_Twin]:
+    """The other issuers' certificates of ``cert``'s key that a compromise of it revokes.
 
     Re-issued or cross-signed certificates of the compromised key whose parent certctl holds:
     that parent's CRL lists them from now on (RFC 5280 5.3.1: the key's certificates are
-    all revoked, as ``_revoke_key`` does for a certificate's key). One revoked already for
-    another reason gets this one, its date kept. Those signed elsewhere (or roots) no CRL
-    here can list: they refuse to issue all the same (``revoked_above`` matches the key).
-
-    Returns:
-        (id, the parent that lists it from now on, None for a changed reason) per issuer.
+    all revoked, as ``_revoke_key`` does for a certificate's key). Those signed elsewhere
+    (or roots) no CRL here can list: they refuse to issue all the same (``revoked_above``
+    matches the key). Read under REVOCATION_LOCK: no other revocation changes them meanwhile.
     """
     key = spki(cert)
-    done: list[tuple[str, str | None]] = []
-    connection = session.connection()
-    rows = connection.execute(
+    found: list[_Twin] = []
+    rows = session.execute(
         select(ISSUERS.c.id, ISSUERS.c.certificate_pem, ISSUERS.c.chain_pem, ISSUERS.c.parent_id)
         .where(ISSUERS.c.id != issuer_id)
         .order_by(ISSUERS.c.id)
@@ -163,6 +173,35 @@ def _revoke_twins(
         parent_id = stored_parent or _parent_of(session, twin_id, twin)
         if parent_id is None:
             continue  # signed elsewhere: revoke it at that CA
+        found.append(_Twin(twin_id, stored_parent, parent_id))
+    return found
+
+
+def _lock_rows(session: Session, rows: Iterable[str | None], twins: Iterable[_Twin]) -> None:
+    """Lock every issuer row the revocation writes, in one order, before the first write.
+
+    The issuer and its twins, and their parents: migration 0020's trigger bumps a parent's
+    CRL count in the statement that revokes a child. Written one after the other, an
+    intermediate's revocation and a keyCompromise of its twin (the same parent) each held
+    its own row and waited for the other's (PostgreSQL rolled one back: a 503).
+    """
+    named = [*rows, *(i for twin in twins for i in (twin.id, twin.stored_parent, twin.parent))]
+    lock_issuer_rows(session.connection(), named)
+
+
+def _revoke_twins(
+    session: Session, twins: Iterable[_Twin], reason: str, now: datetime
+) -> list[tuple[str, str | None]]:
+    """Revoke ``twins`` for ``reason`` (a compromise).
+
+    One revoked already for another reason gets this one, its date kept.
+
+    Returns:
+        (id, the parent that lists it from now on, None for a changed reason) per issuer.
+    """
+    done: list[tuple[str, str | None]] = []
+    connection = session.connection()
+    for twin_id, _stored, parent_id in twins:
         revoked = connection.execute(
             update(ISSUERS)
             .where(ISSUERS.c.id == twin_id, ISSUERS.c.revoked_at.is_(None))

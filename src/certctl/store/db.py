@@ -50,6 +50,7 @@ __all__ = [
     "exempt_from_idle_session_timeout",
     "installation_id",
     "json_string_contains",
+    "lock_issuer_rows",
     "migrate",
     "session_factory",
     "startup_lock",
@@ -384,8 +385,12 @@ LEADER_LOCK = int.from_bytes(b"certctl", "big")
 # they bump on SQLite: the reconciling process listens or polls (server.service_changes).
 SERVICE_CHANGES_CHANNEL = "certctl_services"
 SERVICE_GENERATION_SQL = "SELECT value FROM service_generation WHERE id = 1"
-# Certificate revocations: a keyCompromise one revokes a whole renewal chain, row by row, and
-# another revocation in the same chain taking its rows in another order deadlocked with it.
+# Revocations, of certificates and of issuers: a keyCompromise one revokes a whole renewal
+# chain, or every issuer holding the key (and bumps each parent's CRL count), row by row, and
+# another revocation over the same rows taking them in another order deadlocked with it.
+# PostgreSQL's lock order for every write that locks more than one issuer or certificate row:
+# this lock (revocations), then the issuer rows in ascending id (lock_issuer_rows), then the
+# certificate rows.
 REVOCATION_LOCK = 0x63657274_0004  # "cert", 4
 
 
@@ -490,6 +495,29 @@ def lock_for_write(session: Session, key: int) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
     else:
         session.execute(text("UPDATE managed_services SET name = name WHERE 0"))
+
+
+_LOCK_ISSUER_ROWS = text(
+    "SELECT id FROM issuers WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE"
+)
+
+
+def lock_issuer_rows(connection: Connection, ids: Iterable[str | None]) -> None:
+    """PostgreSQL: lock the issuer rows ``ids`` (None left out) in ascending id, at once.
+
+    For a transaction about to write several issuer rows, directly or through migration
+    0020's triggers (a revoked certificate or intermediate bumps its issuer's or parent's
+    CRL count): each UPDATE locked its rows when it ran, so two revocations over the same
+    issuers (an intermediate, and a keyCompromise of its key's other certificate under the
+    same parent) took them in different orders and PostgreSQL rolled one back as a
+    deadlock. Taken in one order before the first write, one waits for the other instead.
+    ``FOR NO KEY UPDATE``, the lock those UPDATEs take: issuance's foreign-key check (``FOR
+    KEY SHARE``) does not wait for it. Rows already held are no new lock. SQLite: nothing,
+    its writers run one at a time (the caller holds the write lock: ``lock_for_write``).
+    """
+    wanted = sorted({i for i in ids if i is not None})
+    if wanted and connection.dialect.name == "postgresql":
+        connection.execute(_LOCK_ISSUER_ROWS, {"ids": wanted})
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -706,8 +734,9 @@ _PG_FAULTS = {
     "25006": "storage is read-only: writes are refused",  # read_only_sql_transaction
 }
 
-# Transactions PostgreSQL ends for another's sake (an issuer revocation and a keyCompromise
-# revocation over the same two issuers lock their rows in turn): nothing of them was written.
+# Transactions PostgreSQL ends for another's sake: nothing of them was written. The writes
+# that lock several rows take them in one order (REVOCATION_LOCK), so none is expected; a
+# safety net for one missed, or a replica of an older release during a rolling update.
 _PG_CONFLICTS = {
     "40P01": "storage is busy: this write deadlocked with a concurrent one and was rolled back",
     "40001": "storage is busy: this write conflicted with a concurrent one and was rolled back",
