@@ -45,12 +45,17 @@ __all__ = ["KekRotation", "RotationUnsettled", "rotate_kek"]
 
 
 # Every wrapped key in the store: its table's key column and the context it is bound to.
+# Rewritten in the order every other write locks these rows (PostgreSQL): a service before
+# its CA's issuer row (a service's deletion, its CA's storing), issuer rows before
+# certificate rows and each table by its key (revocations, store.db.REVOCATION_LOCK). In
+# another order a request served meanwhile could hold one row this waits for while waiting
+# for one this holds: a deadlock, the rotation or the request rolled back.
 _WRAPPED_KEYS = tuple(
     (model.metadata.tables[model.__tablename__], key, prefix)
     for model, key, prefix in (
+        (ManagedService, "name", "service:"),
         (Issuer, "id", "issuer:"),
         (CertificateRecord, "id", "certificate:"),
-        (ManagedService, "name", "service:"),
     )
 )
 
@@ -191,7 +196,9 @@ def _rewrap_all(services: Services, new: KeyWrapper) -> int:
         for table, key, prefix in _WRAPPED_KEYS:
             column = table.c[key]
             rows = connection.execute(
-                select(column, table.c.wrapped_key).where(table.c.wrapped_key.is_not(None))
+                select(column, table.c.wrapped_key)
+                .where(table.c.wrapped_key.is_not(None))
+                .order_by(column)
             ).all()
             values = [
                 {
