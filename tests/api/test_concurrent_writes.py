@@ -21,6 +21,7 @@ from certctl.errors import CertctlError, Conflict
 from certctl.pki import certs_to_pem, get_profile, key_to_pem
 from certctl.services import certificates, issuers, rbac
 from certctl.services.context import Principal
+from certctl.store.db import lock_issuer_rows
 from certctl.store.models import Actor, ApiKey, CertificateRecord, Issuer, Role
 from tests.api.conftest import Api, assert_problem
 from tests.api.test_certificates import _csr_pem
@@ -544,3 +545,33 @@ def test_an_issuer_revocation_racing_a_key_compromise_of_its_twin_never_deadlock
         for issuer_id in (sub, twin):
             got = api.get(f"/api/v1/issuers/{issuer_id}", api.admin_key).json()
             assert (got["status"], got["revocation_reason"]) == ("revoked", "keyCompromise")
+
+
+@pytest.mark.parametrize("api", ["postgresql"], indirect=True)
+def test_issuer_rows_a_revocation_locks_hold_up_crl_numbering_not_issuance(api: Api) -> None:
+    """lock_issuer_rows takes what the revocation's UPDATEs take (FOR NO KEY UPDATE): a CRL
+    numbered under the issuer waits for it; issuance's foreign-key check (FOR KEY SHARE) does
+    not, as it did not wait for those UPDATEs. FOR UPDATE would hold up every issuance under
+    the issuer, and deadlock with a group commit holding one issuer and wanting another."""
+    done: dict[str, int] = {}
+
+    def issue() -> None:
+        done["issue"] = api.post(
+            "/api/v1/certificates", api.admin_key, json={"common_name": "during.example.com"}
+        ).status_code
+
+    def crl() -> None:
+        done["crl"] = api.get("/api/v1/issuers/default/crl").status_code
+
+    with api.services.engine.connect() as holder, holder.begin():
+        lock_issuer_rows(holder, ["default", None])
+        issuing = threading.Thread(target=issue)
+        numbering = threading.Thread(target=crl)
+        issuing.start()
+        numbering.start()
+        issuing.join(10)
+        assert done.get("issue") == 201, done
+        numbering.join(0.5)
+        assert "crl" not in done  # waits for the row
+    numbering.join(10)
+    assert done == {"issue": 201, "crl": 200}
