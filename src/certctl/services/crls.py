@@ -273,7 +273,7 @@ _STORED_CRL = (
 
 
 def _current(connection: Connection, issuer_id: str) -> int:
-    """The issuer's count of changes to what its CRL lists (migration 0020's triggers).
+    """The issuer's count of changes to what its CRL lists (triggers of migrations 0020-0021).
 
     Triggers, so a revocation through any process, replica, older release or a manual
     fix counts; a fetch compares it with the stored CRL's instead of reading the list.

@@ -84,8 +84,8 @@ class Issuer(Base):
     # Revoked intermediates issue nothing more and are listed on their parent's CRL.
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revocation_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    # Counts each change to what its CRL lists (migration 0020's triggers, whichever process
-    # or tool made it): a CRL fetch compares it with the stored CRL's instead of the list.
+    # Counts each change to what its CRL lists (the triggers of migrations 0020 and 0021,
+    # whichever process or tool made it): a CRL fetch compares it with the stored CRL's.
     revocations: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
 
 
