@@ -1483,6 +1483,29 @@ def test_a_store_taken_back_to_0020_counts_revoked_rows_inserted_per_row(api: Ap
         assert _deleted_and_inserted_again(api, revoked) == {"default": 1 if postgresql else 2}
 
 
+def test_the_certificates_emptied_by_hand_leave_every_crl_at_the_next_fetch(api: Api) -> None:
+    """PostgreSQL fires no DELETE trigger for a ``TRUNCATE``: the stored CRLs went on listing
+    every revoked certificate for up to 10 minutes (CRL_REUSE). 0021's TRUNCATE trigger
+    counts a change for every issuer. SQLite has no TRUNCATE: its ``DELETE`` without
+    ``WHERE`` fires the row triggers (a table with triggers is never emptied at once).
+    """
+    r = api.post(ISSUERS, api.admin_key, json={"id": "sub", "parent": "default"})
+    assert r.status_code == 201, r.text
+    for issuer_id in ("default", "sub"):
+        cert = api.issue(issuer=issuer_id, common_name=f"{issuer_id}.example.com")
+        r = api.post(f"{CERTS}/{cert['id']}/revoke", api.admin_key, json={})
+        assert r.status_code == 200, r.text
+        assert _listed_serials(api, issuer_id) == {int(cert["serial"], 16)}
+    r = api.post(f"{ISSUERS}/sub/revoke", api.admin_key, json={})  # on default's CRL
+    assert r.status_code == 200, r.text
+    sub = _cert(api.get(f"{ISSUERS}/sub/ca.pem").text).serial_number
+    assert len(_listed_serials(api, "default")) == 2
+    postgresql = api.services.engine.dialect.name == "postgresql"
+    _in_store(api, ("TRUNCATE certificates" if postgresql else "DELETE FROM certificates", {}))
+    assert _listed_serials(api, "default") == {sub}  # the intermediate is no certificate row
+    assert _listed_serials(api, "sub") == set()
+
+
 def _openssl_verifies(der: bytes, ca: x509.Certificate, tmp_path: Path) -> bool:
     """Whether ``openssl crl -verify`` finds ``der`` signed by ``ca``."""
     (tmp_path / "checked.crl").write_bytes(der)

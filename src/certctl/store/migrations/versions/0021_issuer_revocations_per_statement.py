@@ -1,4 +1,4 @@
-"""the CRL counter of 0020: certificates inserted revoked counted per statement (PostgreSQL)
+"""the CRL counter of 0020 on PostgreSQL: inserts counted per statement, a TRUNCATE counted
 
 0020 counted a certificate inserted revoked once per row on PostgreSQL, as certctl never
 inserts one (it issues, then revokes): but a restore of the table's data (``pg_restore
@@ -9,6 +9,14 @@ machine), 0.49 s without the trigger. Counted per statement now, from the statem
 transition table, once per issuer named, as 0020 already counts updates and deletions:
 0.24-0.49 s. SQLite is unchanged: per row (its triggers have no other kind), and fast there
 (20,000 rows: 0.15-0.4 s, with the trigger or without).
+
+PostgreSQL fires no DELETE trigger for a ``TRUNCATE`` (as 0013 found for the credential
+counter): the certificates emptied by hand left every issuer's count where it was, and its
+stored CRL went on listing what was revoked for up to 10 minutes. A TRUNCATE trigger counts
+a change for every issuer (the rows are gone: which issuers they named is not known). Not
+on ``issuers``: it cannot be emptied without ``certificates`` (their foreign key), whose
+trigger then finds no issuer left to count. SQLite has no TRUNCATE: its ``DELETE`` without
+``WHERE`` fires the row triggers (a table with triggers is never emptied at once).
 
 The cost moves to every insert: the trigger runs for each statement, an issuance's too
 (10-20 us of PostgreSQL's time), where the row trigger's condition kept an active
@@ -28,6 +36,7 @@ branch_labels = None
 depends_on = None
 
 INSERTED = "crl_revocations_certificates_insert"  # 0020's name, kept: its downgrade drops it
+TRUNCATED = "crl_revocations_certificates_truncate"
 BUMP = "UPDATE issuers SET revocations = revocations + 1 WHERE id IN ({ids})"
 
 
@@ -50,10 +59,20 @@ def upgrade() -> None:
     # IN: one write of each issuer named, however many of its rows the statement inserted.
     ids = "SELECT issuer_id FROM new_rows WHERE status = 'revoked'"
     _replace(BUMP.format(ids=ids), "REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT")
+    op.execute(
+        f"CREATE FUNCTION certctl_{TRUNCATED}() RETURNS trigger LANGUAGE plpgsql "
+        "AS $$ BEGIN UPDATE issuers SET revocations = revocations + 1; RETURN NULL; END $$"
+    )
+    op.execute(
+        f"CREATE TRIGGER {TRUNCATED} AFTER TRUNCATE ON certificates "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION certctl_{TRUNCATED}()"
+    )
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
+    op.execute(f"DROP TRIGGER IF EXISTS {TRUNCATED} ON certificates")
+    op.execute(f"DROP FUNCTION IF EXISTS certctl_{TRUNCATED}()")
     # 0020's, as it made it.
     _replace(BUMP.format(ids="NEW.issuer_id"), "FOR EACH ROW WHEN (NEW.status = 'revoked')")
