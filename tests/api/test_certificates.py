@@ -1506,6 +1506,60 @@ def test_the_certificates_emptied_by_hand_leave_every_crl_at_the_next_fetch(api:
     assert _listed_serials(api, "sub") == set()
 
 
+def test_a_stored_serial_no_crl_can_list_is_left_off_with_a_warning_naming_it(
+    api: Api, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """A revoked row stored by hand with a serial of 160 bits, its top bit set, made every
+    CRL fetch of its issuer a 500: RFC 5280 4.1.2.2 allows 20 octets, sign included (so
+    2^159 - 1 at most), and cryptography's RevokedCertificateBuilder refuses more. No CA
+    conforming to it (certctl neither) issues such a serial: the row is left off the CRL,
+    with a warning naming it, and the rest of the list is served. The same for a revoked
+    intermediate whose stored certificate (made by OpenSSL, which allows it) has one.
+    """
+    cert = api.issue(common_name="a.example.com")
+    r = api.post(f"{CERTS}/{cert['id']}/revoke", api.admin_key, json={})
+    assert r.status_code == 200, r.text
+    largest, too_large = "7f" + "ff" * 19, "80" + "00" * 19  # 2^159 - 1 and 2^159
+    for row_id, serial in (("a" * 32, largest), ("b" * 32, too_large), ("c" * 32, "-7f")):
+        _in_store(
+            api,
+            (
+                "CREATE TEMPORARY TABLE copied AS SELECT * FROM certificates WHERE id = :id",
+                {"id": cert["id"]},
+            ),
+            ("UPDATE copied SET id = :id, serial = :serial", {"id": row_id, "serial": serial}),
+            ("INSERT INTO certificates SELECT * FROM copied", {}),
+        )
+    r = api.post(ISSUERS, api.admin_key, json={"id": "sub", "parent": "default"})
+    assert r.status_code == 201, r.text
+    made = run(
+        "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+        "-nodes", "-keyout", tmp_path / "sub.key", "-out", tmp_path / "sub.pem",
+        "-subj", "/CN=sub", "-days", "30", "-set_serial", f"0x{'ff' * 20}",
+    )  # fmt: skip
+    ok(made)
+    _in_store(
+        api,
+        (
+            "UPDATE issuers SET certificate_pem = :pem, revoked_at = :at WHERE id = 'sub'",
+            {"pem": (tmp_path / "sub.pem").read_text(), "at": api.clock().replace(tzinfo=None)},
+        ),
+    )
+    with caplog.at_level(logging.WARNING, "certctl.services"):
+        listed = _listed_serials(api, "default")
+    assert listed == {int(cert["serial"], 16), int(largest, 16)}
+    warnings = sorted(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert warnings == [
+        f"issuer default: {holder} is left off its CRL: its serial '{serial}' is no positive "
+        "number of at most 20 octets (RFC 5280 4.1.2.2)"
+        for holder, serial in (
+            ("certificate " + "b" * 32, too_large),
+            ("certificate " + "c" * 32, "-7f"),
+            ("intermediate sub", "ff" * 20),
+        )
+    ]
+
+
 def _openssl_verifies(der: bytes, ca: x509.Certificate, tmp_path: Path) -> bool:
     """Whether ``openssl crl -verify`` finds ``der`` signed by ``ca``."""
     (tmp_path / "checked.crl").write_bytes(der)

@@ -17,6 +17,7 @@ __all__ = [
     "PreviousCrl",
     "RevokedEntry",
     "create_crl",
+    "is_crl_serial",
     "load_previous_crl",
     "parse_serial",
 ]
@@ -35,6 +36,15 @@ class RevokedEntry:
     reason: x509.ReasonFlags | None = None
 
 
+def is_crl_serial(serial: int) -> bool:
+    """Whether ``serial`` can be listed in a CRL: positive, at most 20 octets in DER.
+
+    RFC 5280 4.1.2.2: 20 octets, the sign bit included, so 2^159 - 1 at most; cryptography's
+    RevokedCertificateBuilder refuses any other (a ValueError from :func:`create_crl`).
+    """
+    return serial > 0 and serial.bit_length() <= 159
+
+
 def parse_serial(text: str) -> int:
     """Parse a serial given as hex (``3f:a1…``, ``0x3fa1``, ``3FA1``) or ``dec:1234``.
 
@@ -49,7 +59,7 @@ def parse_serial(text: str) -> int:
             value = int(raw.removeprefix("0x").replace(":", ""), 16)
     except ValueError:
         raise InvalidRequest(f"{text}: not a serial number (hex, or dec:NNN)") from None
-    if value <= 0 or value.bit_length() > 159:
+    if not is_crl_serial(value):
         raise InvalidRequest(f"{text}: serial numbers are positive and at most 20 octets")
     return value
 

@@ -15,7 +15,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from certctl.errors import Conflict, InvalidRequest, NotFound
 from certctl.pki import CertificateAuthority, format_serial
-from certctl.pki.crl import RevokedEntry, create_crl
+from certctl.pki.crl import RevokedEntry, create_crl, is_crl_serial
 from certctl.pki.issue import BACKDATE
 from certctl.services.context import Services, SignedCrl
 from certctl.services.issuance import CERTIFICATES
@@ -140,9 +140,10 @@ def _sign(
         return _sign(services, ca, issuer_id, reuse=False)
     signed_at = _signed_at(number, now)
     entries = [
-        RevokedEntry(int(serial, 16), revoked_at, REASONS.get(reason or "unspecified"))
-        for serial, revoked_at, reason in revoked
+        RevokedEntry(serial_number, revoked_at, REASONS.get(reason or "unspecified"))
+        for serial, revoked_at, reason, holder in revoked
         if revoked_at is not None
+        and (serial_number := _listed_serial(issuer_id, serial, holder)) is not None
     ]
     crl = create_crl(ca, entries, now=signed_at, crl_number=number)
     der = crl.public_bytes(Encoding.DER)
@@ -412,6 +413,29 @@ def _signer_digest(ca: CertificateAuthority) -> hashlib._Hash:
     return digest
 
 
+def _listed_serial(issuer_id: str, serial: str, holder: str) -> int | None:
+    """``serial`` (hex, as stored) as its CRL entry lists it; None (logged) if none can.
+
+    A serial stored by hand (or imported from a CA that broke RFC 5280's 20 octets) that no
+    CRL entry can carry made every fetch of the issuer's CRL a 500, hiding every other
+    revocation: it is left off instead, and the log names the row to fix.
+    """
+    try:
+        number = int(serial, 16)
+    except ValueError:
+        number = 0
+    if is_crl_serial(number):
+        return number
+    log.warning(
+        "issuer %s: %s is left off its CRL: its serial %r is no positive number "
+        "of at most 20 octets (RFC 5280 4.1.2.2)",
+        issuer_id,
+        holder,
+        serial,
+    )
+    return None
+
+
 def _basis(ca: CertificateAuthority, revoked: tuple[tuple[Any, ...], ...]) -> str:
     """SHA-256 (hex) of the CA's :func:`_signer` and the revoked list, as 0019 stored it.
 
@@ -420,44 +444,59 @@ def _basis(ca: CertificateAuthority, revoked: tuple[tuple[Any, ...], ...]) -> st
     The revocation dates are stored aware UTC on every backend: one text for one list.
     """
     digest = _signer_digest(ca)
-    for serial, revoked_at, reason in revoked:
+    for serial, revoked_at, reason, _holder in revoked:
         when = revoked_at.isoformat() if revoked_at is not None else ""
         digest.update(f"\n{serial}|{when}|{reason}".encode())
     return digest.hexdigest()
 
 
 def _revoked_of(connection: Connection, issuer_id: str) -> tuple[tuple[Any, ...], ...]:
-    """(serial, revoked_at, reason) of the issuer's revoked certificates, by serial.
+    """(serial, revoked_at, reason, holder) of the issuer's revoked certificates, by serial.
 
     Its revoked intermediates included: they are certificates it signed too, kept in the
-    issuers table (few rows; the serial read from the certificate).
+    issuers table (few rows; the serial read from the certificate). ``holder`` names the
+    row for the log (``certificate ID``, ``intermediate ID``).
     """
-    rows = [tuple(row) for row in connection.execute(_REVOKED_OF_ISSUER, {"issuer_id": issuer_id})]
+    rows = [
+        (serial, revoked_at, reason, f"certificate {row_id}")
+        for serial, revoked_at, reason, row_id in connection.execute(
+            _REVOKED_OF_ISSUER, {"issuer_id": issuer_id}
+        )
+    ]
     listed = {row[0] for row in rows}
     children: dict[str, tuple[Any, ...]] = {}
-    for pem, revoked_at, reason in connection.execute(_REVOKED_CHILDREN, {"issuer_id": issuer_id}):
+    for child_id, pem, revoked_at, reason in connection.execute(
+        _REVOKED_CHILDREN, {"issuer_id": issuer_id}
+    ):
         serial = format_serial(x509.load_pem_x509_certificate(pem.encode()).serial_number)
         if serial in listed:
             continue  # a serial appears once in a CRL (RFC 5280 5.1.2.6)
         first = children.get(serial)
         if first is None:
-            children[serial] = (serial, revoked_at, reason)
+            children[serial] = (serial, revoked_at, reason, f"intermediate {child_id}")
         elif reason in COMPROMISE and first[2] not in COMPROMISE:
             # The same intermediate imported under two ids and revoked under both: a serial
             # appears once in a CRL (RFC 5280 5.1.2.6), with the first revocation's date;
             # a compromise under either id is the key's (the same certificate), and the
             # most appropriate reason (CA/B Forum BR 7.2.2) whichever id was revoked first.
-            children[serial] = (serial, first[1], reason)
+            children[serial] = (serial, first[1], reason, first[3])
     return (*rows, *children.values())
 
 
 _REVOKED_OF_ISSUER = (
-    select(CERTIFICATES.c.serial, CERTIFICATES.c.revoked_at, CERTIFICATES.c.revocation_reason)
+    select(
+        CERTIFICATES.c.serial,
+        CERTIFICATES.c.revoked_at,
+        CERTIFICATES.c.revocation_reason,
+        CERTIFICATES.c.id,
+    )
     .where(CERTIFICATES.c.issuer_id == bindparam("issuer_id"), CERTIFICATES.c.status == "revoked")
     .order_by(CERTIFICATES.c.serial)  # one order for every read whose digest crl_for compares
 )
 _REVOKED_CHILDREN = (
-    select(ISSUERS.c.certificate_pem, ISSUERS.c.revoked_at, ISSUERS.c.revocation_reason)
+    select(
+        ISSUERS.c.id, ISSUERS.c.certificate_pem, ISSUERS.c.revoked_at, ISSUERS.c.revocation_reason
+    )
     .where(ISSUERS.c.parent_id == bindparam("issuer_id"), ISSUERS.c.revoked_at.is_not(None))
     .order_by(ISSUERS.c.revoked_at, ISSUERS.c.id)  # the first revocation of a twin first
 )
