@@ -9,6 +9,7 @@ import ipaddress
 import json
 import logging
 import re
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from certctl.services import certificates, crls, issuance, issuers
 from certctl.services.context import Principal, Services
 from certctl.store.db import create_store_engine, migrate, session_factory, unicode_lower
 from certctl.store.models import CertificateRecord
+from tests._stores import PG_BIN
 from tests._tools import ok, openssl_ca_issuers_uris, openssl_crl_uris, require, run
 from tests.api.conftest import BACKENDS, Api, PostgresCluster, assert_problem, running_app
 from tests.integration.test_pkilint import build_pkix_validator, findings
@@ -1558,6 +1560,82 @@ def test_a_stored_serial_no_crl_can_list_is_left_off_with_a_warning_naming_it(
             ("intermediate sub", "ff" * 20),
         )
     ]
+
+
+def _store_tool(api: Api, *args: str | Path, stdin: Path | None = None) -> str:
+    """Run pg_dump or pg_restore (PostgreSQL), or sqlite3, on the store as an operator would:
+    ``args[0]`` names the tool; the database is given after the rest."""
+    url = api.services.engine.url
+    if url.get_backend_name() == "postgresql":
+        target = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        command = [PG_BIN / args[0], *args[1:], "-d", target]
+    else:
+        command = ["sqlite3", "-cmd", ".timeout 10000", str(url.database), *args[1:]]
+    with stdin.open("rb") if stdin is not None else contextlib.nullcontext() as source:
+        result = subprocess.run(
+            command, stdin=source, capture_output=True, text=True, timeout=60, check=False
+        )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+RESTORED = ("issuers", "certificates", "issuer_crls")  # in the order their keys need
+
+
+def test_a_data_only_restore_with_triggers_on_succeeds_and_shows_in_the_crls(
+    api: Api, tmp_path: Path
+) -> None:
+    """``pg_restore --data-only`` empties search_path (CVE-2018-1058) for the whole restore,
+    triggers included: each of certctl's trigger functions named its tables unqualified,
+    so the first row restored into a table they watch failed the restore (``relation
+    "issuers" does not exist``), unless triggers were disabled (a superuser's), which left
+    the CRLs and the credential caches behind what was restored. 0021 pins their
+    search_path. SQLite knows no search_path: the same restore through sqlite3.
+    """
+    r = api.post(ISSUERS, api.admin_key, json={"id": "sub", "parent": "default"})
+    assert r.status_code == 201, r.text
+    revoked: dict[str, set[int]] = {"default": set(), "sub": set()}
+    for n, issuer_id in enumerate(("default", "default", "sub")):
+        cert = api.issue(issuer=issuer_id, common_name=f"r{n}.example.com")
+        r = api.post(f"{CERTS}/{cert['id']}/revoke", api.admin_key, json={})
+        assert r.status_code == 200, r.text
+        revoked[issuer_id].add(int(cert["serial"], 16))
+    r = api.post(ISSUERS, api.admin_key, json={"id": "mid", "parent": "default"})
+    assert r.status_code == 201, r.text
+    assert api.post(f"{ISSUERS}/mid/revoke", api.admin_key, json={}).status_code == 200
+    revoked["default"].add(_cert(api.get(f"{ISSUERS}/mid/ca.pem").text).serial_number)
+    assert {i: _listed_serials(api, i) for i in revoked} == revoked
+    dump = tmp_path / "certctl.dump"
+    postgresql = api.services.engine.dialect.name == "postgresql"
+    if postgresql:
+        tables = [f"--table={t}" for t in RESTORED]
+        _store_tool(api, "pg_dump", "--data-only", "-Fc", "-f", dump, *tables)
+        _in_store(api, (f"TRUNCATE {', '.join(RESTORED)}", {}))
+    else:
+        dump.write_text(
+            "".join(
+                _store_tool(api, "sqlite3", f".mode insert {t}", f"SELECT * FROM {t}")
+                for t in RESTORED
+            )
+        )
+        _in_store(api, *[(f"DELETE FROM {t}", {}) for t in reversed(RESTORED)])
+    if postgresql:
+        _store_tool(api, "pg_restore", "--data-only", "--exit-on-error", dump)
+    else:
+        _store_tool(api, "sqlite3", stdin=dump)
+    assert {i: _listed_serials(api, i) for i in revoked} == revoked
+    if postgresql:  # every trigger function, those this restore calls and the others
+        with api.services.engine.connect() as connection:
+            functions = dict(
+                connection.execute(
+                    text(
+                        "SELECT proname, array_to_string(proconfig, ' ') FROM pg_proc "
+                        "WHERE proname LIKE 'certctl%'"
+                    )
+                ).all()
+            )
+        assert len(functions) >= 5, functions
+        assert set(functions.values()) == {"search_path=public, pg_temp"}, functions
 
 
 def _openssl_verifies(der: bytes, ca: x509.Certificate, tmp_path: Path) -> bool:

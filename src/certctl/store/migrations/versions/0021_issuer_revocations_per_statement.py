@@ -1,4 +1,4 @@
-"""the CRL counter of 0020 on PostgreSQL: inserts counted per statement, a TRUNCATE counted
+"""PostgreSQL: the CRL counter counts inserts per statement and a TRUNCATE; triggers restorable
 
 0020 counted a certificate inserted revoked once per row on PostgreSQL, as certctl never
 inserts one (it issues, then revokes): but a restore of the table's data (``pg_restore
@@ -18,6 +18,14 @@ on ``issuers``: it cannot be emptied without ``certificates`` (their foreign key
 trigger then finds no issuer left to count. SQLite has no TRUNCATE: its ``DELETE`` without
 ``WHERE`` fires the row triggers (a table with triggers is never emptied at once).
 
+``pg_restore`` (and a plain dump run by psql) empties ``search_path`` for the whole restore
+(CVE-2018-1058), triggers included: every certctl trigger function named its tables
+unqualified, so a data-only restore with triggers on failed at its first row of a watched
+table (``relation "issuers" does not exist``); with triggers disabled (a superuser's) it
+left the CRLs and the credential caches behind what it restored. Each ``certctl_*``
+function of the schema gets the schema's search_path (pg_temp last) as its own, so a
+function created by a later migration must set it too.
+
 The cost moves to every insert: the trigger runs for each statement, an issuance's too
 (10-20 us of PostgreSQL's time), where the row trigger's condition kept an active
 certificate from calling anything.
@@ -28,6 +36,7 @@ Revises: 0020
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0021"
@@ -53,6 +62,21 @@ def _replace(body: str, trigger: str) -> None:
     )
 
 
+def _functions() -> list[str]:
+    """certctl's functions in the schema it is migrated in, each as ``name()``."""
+    return list(
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT oid::regprocedure::text FROM pg_proc "
+                "WHERE pronamespace = current_schema()::regnamespace "
+                "AND proname LIKE 'certctl\\_%' ORDER BY 1"
+            )
+        )
+        .scalars()
+    )
+
+
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
@@ -67,11 +91,16 @@ def upgrade() -> None:
         f"CREATE TRIGGER {TRUNCATED} AFTER TRUNCATE ON certificates "
         f"FOR EACH STATEMENT EXECUTE FUNCTION certctl_{TRUNCATED}()"
     )
+    schema = op.get_bind().execute(sa.text("SELECT quote_ident(current_schema())")).scalar()
+    for function in _functions():
+        op.execute(f"ALTER FUNCTION {function} SET search_path = {schema}, pg_temp")
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
+    for function in _functions():
+        op.execute(f"ALTER FUNCTION {function} RESET search_path")
     op.execute(f"DROP TRIGGER IF EXISTS {TRUNCATED} ON certificates")
     op.execute(f"DROP FUNCTION IF EXISTS certctl_{TRUNCATED}()")
     # 0020's, as it made it.
