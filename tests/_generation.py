@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine
 
-from certctl.services import rbac
+from certctl.services import key_authentication
 
 
 def count_generation_reads(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int | None]:
@@ -13,7 +13,7 @@ def count_generation_reads(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> l
 
     The cache must exist already (a key or certificate authenticated once).
     """
-    cache = rbac._key_cache(engine)
+    cache = key_authentication._key_cache(engine)
     assert cache is not None
     reads: list[int | None] = []
     read = cache._read_generation

@@ -169,7 +169,7 @@ class Api:
         r = self.post(
             "/api/v1/auth/apikeys",
             self.admin_key,
-            # A name of its own: an actor's live keys each have theirs (rbac._name_taken).
+            # A name of its own: an actor's live keys each have theirs (api_keys._name_taken).
             json={"actor_id": actor_id, "name": f"{actor_id}-key-{next(_KEY_NUMBERS)}", **extra},
         )
         assert r.status_code == 201, r.text

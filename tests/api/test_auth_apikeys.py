@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, event, update
 
-from certctl.services import rbac
+from certctl.services import key_authentication
 from certctl.store.models import Actor, ApiKey, Role
 from tests._generation import count_generation_reads
 from tests.api.conftest import Api, assert_problem, bearer
@@ -243,9 +243,9 @@ def test_a_key_another_worker_remembers_fails_there_on_its_next_request(api: Api
                 for _ in range(2):  # read, its last_used_at written; then remembered
                     assert there(key).status_code == 200
                     assert api.get(WHOAMI, key).status_code == 200
-            cache = rbac._key_cache(engine)
+            cache = key_authentication._key_cache(engine)
             assert cache is not None
-            assert cache is not rbac._key_cache(api.services.engine)
+            assert cache is not key_authentication._key_cache(api.services.engine)
             assert {k.split("_")[1] for k in keys} <= set(cache._entries)  # remembered there
             revoke = api.request("DELETE", f"{KEYS}/{keys[0].split('_')[1]}", api.admin_key)
             assert revoke.status_code == 200
@@ -276,7 +276,7 @@ def test_a_remembered_key_reads_only_the_credential_generation(
     key = api.actor_key("cached", ["r-viewer"])
     for _ in range(2):  # read, its last_used_at written; then remembered
         assert api.get(WHOAMI, key).status_code == 200
-    cache = rbac._key_cache(api.services.engine)
+    cache = key_authentication._key_cache(api.services.engine)
     assert cache is not None
     reads = count_generation_reads(api.services.engine, monkeypatch)
     statements: list[str] = []

@@ -261,7 +261,7 @@ def test_many_unknown_permissions_are_refused_without_a_suggestion_search_for_ea
     import difflib
 
     from certctl.errors import InvalidRequest
-    from certctl.services import rbac
+    from certctl.services import roles
 
     searched: list[str] = []
     real = difflib.get_close_matches
@@ -273,7 +273,7 @@ def test_many_unknown_permissions_are_refused_without_a_suggestion_search_for_ea
     monkeypatch.setattr(difflib, "get_close_matches", counted)
     names = [f"cert.iss{i:05d}" for i in range(10_000)]
     with pytest.raises(InvalidRequest) as refused:
-        rbac._check_permissions(["metrics.reed", *names])
+        roles._check_permissions(["metrics.reed", *names])
     assert len(searched) <= 5
     detail = refused.value.detail
     assert detail.startswith("unknown permission(s): cert.iss00000, cert.iss00001")

@@ -637,12 +637,12 @@ def _requests_total(api: Api, route: str, status: str) -> float:
 def test_an_unexpected_error_is_one_500_one_traceback_one_access_line(
     api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from certctl.services import rbac
+    from certctl.services import api_keys
 
     def bug(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(rbac, "mint_api_key", bug)
+    monkeypatch.setattr(api_keys, "mint_api_key", bug)
     caplog.set_level(logging.INFO, logger="certctl.access")
     route = "/api/v1/auth/apikeys"
     before = _requests_total(api, route, "500")

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, delete, event, insert, select, text, update
 from certctl.auth.permissions import PERMISSIONS
 from certctl.errors import CertctlError, Conflict
 from certctl.pki import certs_to_pem, get_profile, key_to_pem
-from certctl.services import certificates, issuers, rbac
+from certctl.services import actors, certificates, issuers
 from certctl.services.context import Principal
 from certctl.store.db import lock_issuer_rows
 from certctl.store.models import Actor, ApiKey, CertificateRecord, Issuer, Role
@@ -177,7 +177,7 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin(
         "admin2": Principal("admin2", ("r-admin",), everything, "api_key", "replica-2"),
     }
     both_checked = threading.Barrier(2)
-    check = rbac._check_admin_remains
+    check = actors._check_admin_remains
 
     def check_then_wait(session: Any, losing: str) -> None:
         check(session, losing)
@@ -186,12 +186,12 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin(
         with contextlib.suppress(threading.BrokenBarrierError):
             both_checked.wait(timeout=2)
 
-    monkeypatch.setattr(rbac, "_check_admin_remains", check_then_wait)
+    monkeypatch.setattr(actors, "_check_admin_remains", check_then_wait)
     outcomes: dict[str, object] = {}
 
     def demote(caller: str, target: str) -> None:
         try:
-            rbac.update_actor(api.services, callers[caller], target, None, [])
+            actors.update_actor(api.services, callers[caller], target, None, [])
             outcomes[caller] = "demoted"
         except CertctlError as exc:
             outcomes[caller] = exc

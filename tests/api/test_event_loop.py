@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import event
 
 from certctl.pki import KeyType, common_name_dn, create_root_ca, generate_private_key, key_to_pem
-from certctl.services import rbac
+from certctl.services import key_authentication
 from tests.api.conftest import Api, assert_problem
 from tests.api.test_certificates import _csr_pem
 
@@ -210,7 +210,7 @@ def test_reopening_the_credential_counter_leaves_the_event_loop_free(api: Api) -
 
     api.get("/api/v1/auth/whoami", api.admin_key)
     api.get("/api/v1/auth/whoami", api.admin_key)  # remembered: the counter is open
-    cache = rbac._key_cache(api.services.engine)
+    cache = key_authentication._key_cache(api.services.engine)
     assert cache is not None
     counter: Any = cache._counter
     assert counter._connection is not None
@@ -255,7 +255,7 @@ def test_a_burst_of_mutations_holds_at_most_write_threads_connections(
     # Authentication reads the key in threads of its own (the first request of each): not in
     # the write pool.
     authenticating = threading.local()
-    from_store = rbac.api_key_from_store
+    from_store = key_authentication.api_key_from_store
 
     def marked(*args: Any, **kwargs: Any) -> Any:
         authenticating.now = True
@@ -290,7 +290,7 @@ def test_a_burst_of_mutations_holds_at_most_write_threads_connections(
             )
         return [r.status_code for r in answers]
 
-    monkeypatch.setattr(rbac, "api_key_from_store", marked)
+    monkeypatch.setattr(key_authentication, "api_key_from_store", marked)
     event.listen(api.services.engine, "before_cursor_execute", slow)
     try:
         assert anyio.run(burst) == [201] * 16

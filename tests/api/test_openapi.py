@@ -123,7 +123,7 @@ def test_every_protected_route_enforces_its_permission(api: Api) -> None:
         r = api.request(route.method, path, keys[route.permission])
         # A 403 past the permission check is no refusal of the route: to a caller without
         # the read permission an id that does not exist is a 403 "no such ...", as one it may
-        # not act on (rbac._may_act_on); only "missing permission" is the route shut.
+        # not act on (access_rules.may_act_on); only "missing permission" is the route shut.
         shut = r.status_code == 403 and "missing permission" in r.json()["detail"]
         if r.status_code in (401, 500) or shut:
             problems.append(f"{route.method} {route.path}: own permission gave {r.status_code}")

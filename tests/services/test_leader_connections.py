@@ -29,7 +29,7 @@ from certctl.server.kek_rotation import _no_leader
 from certctl.server.scheduler import Leadership, Scheduler
 from certctl.server.service_changes import _PostgresWatch, watch_changes
 from certctl.services.context import Services
-from certctl.services.rbac import _PostgresCounter
+from certctl.services.credential_counter import PostgresCounter
 from certctl.store.db import (
     LEADER_LOCK,
     SERVICE_CHANGES_CHANNEL,
@@ -367,7 +367,7 @@ def test_an_idle_session_timeout_does_not_end_the_credential_counters_session(
     # answered None (no key caching) with a warning, and it was opened again a second later.
     engine = _short_idle_engine(pg_env)
     caplog.set_level(logging.WARNING, "certctl")
-    counter = _PostgresCounter(engine)
+    counter = PostgresCounter(engine)
     try:
         first = counter.read()
         assert first is not None

@@ -113,7 +113,7 @@ def test_no_private_name_is_used_across_modules() -> None:
                     modules.add(local)
                 elif name.startswith("_") and not name.startswith("__"):
                     crossing.append(f"{where}:{line}: from {match.group(1)} import {name}")
-        # Comments may name another module's helper (`rbac._PostgresCounter: ~25 µs`).
+        # Comments may name another module's helper (`key_authentication._KeyCache`).
         code = re.sub(r"(?m)(^|\s)#[^\n]*", r"\1", text)
         for local in modules:
             for match in re.finditer(rf"(?<![\w.]){local}\.(_[A-Za-z]\w*)", code):

@@ -18,7 +18,7 @@ from certctl.api._common import read_body as _body
 from certctl.api._common import services_of as _services
 from certctl.auth.permissions import PERMISSIONS
 from certctl.errors import InvalidRequest
-from certctl.services import rbac
+from certctl.services import actors, api_keys, roles
 from certctl.services.context import Principal
 from certctl.store.models import Actor, ApiKey, Role
 
@@ -116,7 +116,7 @@ async def create_role(request: Request, principal: Principal | None) -> Response
     body = await _body(request, schemas.RoleCreate)
     services, caller = _services(request), _caller(principal)
     role = await in_write_thread(
-        request, rbac.create_role, services, caller, body.id, body.name, body.permissions
+        request, roles.create_role, services, caller, body.id, body.name, body.permissions
     )
     return _created(_role_json(role), "/api/v1/auth/roles", role.id)
 
@@ -125,7 +125,7 @@ async def update_role(request: Request, principal: Principal | None) -> Response
     body = await _body(request, schemas.RoleUpdate)
     role = await in_write_thread(
         request,
-        rbac.update_role,
+        roles.update_role,
         _services(request),
         _caller(principal),
         request.path_params["id"],
@@ -137,7 +137,11 @@ async def update_role(request: Request, principal: Principal | None) -> Response
 
 async def delete_role(request: Request, principal: Principal | None) -> Response:
     await in_write_thread(
-        request, rbac.delete_role, _services(request), _caller(principal), request.path_params["id"]
+        request,
+        roles.delete_role,
+        _services(request),
+        _caller(principal),
+        request.path_params["id"],
     )
     return Response(status_code=204)
 
@@ -168,7 +172,7 @@ async def create_actor(request: Request, principal: Principal | None) -> Respons
     body = await _body(request, schemas.ActorCreate)
     actor = await in_write_thread(
         request,
-        rbac.create_actor,
+        actors.create_actor,
         _services(request),
         _caller(principal),
         body.id,
@@ -182,7 +186,7 @@ async def patch_actor(request: Request, principal: Principal | None) -> Response
     body = await _body(request, schemas.ActorPatch)
     actor = await in_write_thread(
         request,
-        rbac.update_actor,
+        actors.update_actor,
         _services(request),
         _caller(principal),
         request.path_params["id"],
@@ -195,7 +199,7 @@ async def patch_actor(request: Request, principal: Principal | None) -> Response
 async def delete_actor(request: Request, principal: Principal | None) -> Response:
     await in_write_thread(
         request,
-        rbac.delete_actor,
+        actors.delete_actor,
         _services(request),
         _caller(principal),
         request.path_params["id"],
@@ -241,7 +245,7 @@ async def create_apikey(request: Request, principal: Principal | None) -> Respon
             ) from None
     result = await in_write_thread(
         request,
-        rbac.mint_api_key,
+        api_keys.mint_api_key,
         _services(request),
         _caller(principal),
         body.actor_id,
@@ -258,7 +262,7 @@ async def create_apikey(request: Request, principal: Principal | None) -> Respon
 async def revoke_apikey(request: Request, principal: Principal | None) -> Response:
     row = await in_write_thread(
         request,
-        rbac.revoke_api_key,
+        api_keys.revoke_api_key,
         _services(request),
         _caller(principal),
         request.path_params["id"],

@@ -29,8 +29,9 @@ from certctl.auth.kubernetes import AccessDenied, TokenRejected, TokenReviewAuth
 from certctl.errors import TooManyRequests, Unauthenticated
 from certctl.metrics.registry import AUTH_FAILURES
 from certctl.pki import DNPattern
-from certctl.services import audit, certificates, rbac, revocation
+from certctl.services import audit, certificates, key_authentication, revocation
 from certctl.services.context import Principal, Services, utcnow
+from certctl.services.roles import permissions_of, roles_and_missing
 from certctl.store.db import PoolTimeout, storage_error
 
 if TYPE_CHECKING:
@@ -112,9 +113,10 @@ class _CachedCertificate:
     Remembered per app (its ``auth.client-cert-mappings`` are fixed) by what decides the
     answer: the certificate (subject, DER: its issuer, serial and notAfter) and the CAs the
     handshake verified it under (None for a resumed session). Valid while the credential
-    generation (``rbac.credential_generation``) stays put: database triggers bump it at every
-    change of a role, an actor, a certificate's revocation or requester, and an issuer's
-    revocation, from any process or replica. Expiry is checked on every request before it.
+    generation (``key_authentication.credential_generation``) stays put: database triggers bump
+    it at every change of a role, an actor, a certificate's revocation or requester, and an
+    issuer's revocation, from any process or replica. Expiry is checked on every request before
+    it.
     Not ``Services.issuer_cache_version``: it counts this process's changes only, and an
     issuer revoked by another worker or replica reaches it at the next refresh. Refusals are
     remembered too (a revoked certificate retrying reads no store; each is still audited).
@@ -166,10 +168,10 @@ class AuthSettings:
 # store.db.POOL_CONNECTIONS).
 # PostgreSQL: a cached key or a remembered client certificate is checked by one read of the
 # credential generation, on the event loop, on a connection of the cache's own
-# (rbac._PostgresCounter: ~25 µs CPU, one round trip). A key or a certificate not remembered
-# is read in a thread as on SQLite: on the loop, its round trips (and the wait for a pooled
-# connection when the pool is busy, up to pool_timeout) stalled every other request of the
-# process. The hop costs ~130-290 µs (session 19) on a miss only, which the caches make rare:
+# (credential_counter.PostgresCounter: ~25 µs CPU, one round trip). A key or a certificate not
+# remembered is read in a thread as on SQLite: on the loop, its round trips (and the wait for a
+# pooled connection when the pool is busy, up to pool_timeout) stalled every other request of
+# the process. The hop costs ~130-290 µs (session 19) on a miss only, which the caches make rare:
 # a key's first use, once a minute for its last_used_at (a thread anyway), after a credential
 # change.
 AUTH_READ_THREADS = 2
@@ -289,7 +291,7 @@ def _client_cert_answer(
 def _client_cert_answer_on(
     services: Services, connection: Connection, tls: dict[str, Any], roles: tuple[str, ...]
 ) -> tuple[frozenset[str] | tuple[str, str], tuple[str, ...]]:
-    permissions, missing = rbac.roles_and_missing(connection, list(roles))
+    permissions, missing = roles_and_missing(connection, list(roles))
     return _client_cert_permissions(services, connection, tls, permissions), missing
 
 
@@ -321,7 +323,7 @@ def _client_cert_permissions(
         return "revoked", "client certificate revoked"
     for creator in stored.creator_roles:
         permissions &= (
-            rbac.permissions_of(services, list(creator), connection) if creator else frozenset()
+            permissions_of(services, list(creator), connection) if creator else frozenset()
         )
     return permissions
 
@@ -337,7 +339,7 @@ def _cached_client_cert(
 ) -> _CachedCertificate | None:
     """The remembered answer for this certificate if still valid; None: read the store."""
     entry = auth.client_certs.get(_client_cert_key(subject, tls))
-    if entry is None or entry.version != rbac.credential_generation(auth.services):
+    if entry is None or entry.version != key_authentication.credential_generation(auth.services):
         return None
     return entry
 
@@ -347,7 +349,8 @@ def _client_cert_from_store(
 ) -> _CachedCertificate:
     """Read the store for the certificate's answer and remember it (blocking)."""
     services = auth.services
-    version = rbac.credential_generation(services)  # before what it vouches for is read
+    # Before what it vouches for is read.
+    version = key_authentication.credential_generation(services)
     answer, missing = _client_cert_answer(services, tls, roles)
     principal = None
     if not isinstance(answer, tuple):
@@ -470,8 +473,8 @@ def authenticate(request: Request, auth: AuthSettings) -> Principal | None:
             _count_failure(auth, request, "invalid", "malformed Authorization header")
             raise Unauthenticated("malformed Authorization header (expected 'Bearer <key>')")
         try:
-            return rbac.cached_api_key(services, token, source)
-        except rbac.AuthFailure as exc:
+            return key_authentication.cached_api_key(services, token, source)
+        except key_authentication.AuthFailure as exc:
             detail = exc.detail
             if auth.kubernetes is not None and not token.startswith(API_KEY_PREFIX):
                 # A ServiceAccount token on a route that takes API keys only: "malformed API
@@ -522,8 +525,8 @@ def _from_store(request: Request, auth: AuthSettings) -> Principal:
         return _client_cert_principal(auth, request, subject, entry, source)
     token = header.partition(" ")[2].strip()
     try:
-        return rbac.api_key_from_store(auth.services, token, source)
-    except rbac.AuthFailure as exc:
+        return key_authentication.api_key_from_store(auth.services, token, source)
+    except key_authentication.AuthFailure as exc:
         _count_failure(auth, request, exc.reason, exc.detail)
         raise Unauthenticated(exc.detail) from None
 

@@ -23,7 +23,7 @@ from certctl.files import SECRET_MODE, fsync_directory, tighten_secret, write_at
 from certctl.pki import parse_duration
 from certctl.server.config import ServerConfig
 from certctl.server.tls import own_server_names
-from certctl.services import issuers, rbac
+from certctl.services import actors, api_keys, issuers, roles
 from certctl.services.context import Services
 from certctl.store.db import (
     create_store_engine,
@@ -318,7 +318,7 @@ def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
     )
     if default is not None:
         check_kek(services, default, data_dir)
-    rbac.ensure_builtin_roles(services)
+    roles.ensure_builtin_roles(services)
     if default is None:
         issuers.create_issuer(
             services,
@@ -337,13 +337,13 @@ def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
         with services.sessions.begin() as session:
             session.add(
                 Actor(
-                    id=rbac.BOOTSTRAP_ADMIN,
+                    id=actors.BOOTSTRAP_ADMIN,
                     name="Bootstrap administrator",
                     roles=["r-admin"],
                     created_at=services.clock(),
                 )
             )
-        minted = rbac.mint_api_key(services, None, rbac.BOOTSTRAP_ADMIN, "bootstrap", None)
+        minted = api_keys.mint_api_key(services, None, actors.BOOTSTRAP_ADMIN, "bootstrap", None)
         admin_key = minted.minted.value
         write_atomic(key_file, (admin_key + "\n").encode(), SECRET_MODE)
     elif key_file.is_file():
@@ -390,7 +390,7 @@ def check_kek(services: Services, default: Issuer, data_dir: Path) -> None:
         )
 
 
-def mint_local_key(config: ServerConfig, actor_id: str) -> rbac.MintResult:
+def mint_local_key(config: ServerConfig, actor_id: str) -> api_keys.MintResult:
     """A new API key for ``actor_id``, minted in the store without the API.
 
     The way back in for administrators whose keys are lost (``admin-api-key`` deleted): it
@@ -412,7 +412,7 @@ def mint_local_key(config: ServerConfig, actor_id: str) -> rbac.MintResult:
         kek = settled_kek(config.data_dir, default, create=False)
         services = Services(engine, sessions, KeyWrapper(kek))
         check_kek(services, default, config.data_dir)
-        return rbac.mint_api_key(services, None, actor_id, "local", None)
+        return api_keys.mint_api_key(services, None, actor_id, "local", None)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from cryptography import x509
 from certctl.api.authentication import ClientCertMapping
 from certctl.errors import InvalidRequest
 from certctl.server.config import ServerConfig
-from certctl.services import rbac
+from certctl.services import roles
 from certctl.services.context import Services
 
 # The server's logger, as before these checks moved here: log filters and tests name it.
@@ -52,7 +52,7 @@ def warn_unknown_mapped_roles(config: ServerConfig, services: Services) -> None:
     mappings = config.auth.client_cert_mappings
     if not mappings:
         return
-    existing = rbac.role_ids(services)
+    existing = roles.role_ids(services)
     known = set(existing)
     for index, mapping in enumerate(mappings):
         for role in dict.fromkeys(mapping.roles):

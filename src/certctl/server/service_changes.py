@@ -159,8 +159,8 @@ class _SQLiteWatch(ChangeWatch):
         try:
             if self._connection is None:
                 # Autocommit and never writing, outside the pool (as the credential counter's,
-                # services.rbac): between reads it holds no snapshot that would keep a
-                # checkpoint from finishing. Opened by start() and read by the watch thread.
+                # services.credential_counter): between reads it holds no snapshot that would
+                # keep a checkpoint from finishing. Opened by start() and read by the watch thread.
                 self._connection = sqlite3.connect(
                     self._database, check_same_thread=False, isolation_level=None, timeout=5
                 )
@@ -298,9 +298,9 @@ class _PostgresWatch(ChangeWatch):
             self._poke_w.send(b"x")
 
     def _listen(self) -> None:
-        # Outside database-pool-size, as the credential counter's (services.rbac); exempt
-        # from idle_session_timeout, which would end it at every period, each time a warning
-        # and a reconnection, the changes made meanwhile waiting for the periodic pass.
+        # Outside database-pool-size, as the credential counter's (services.credential_counter);
+        # exempt from idle_session_timeout, which would end it at every period, each time a
+        # warning and a reconnection, the changes made meanwhile waiting for the periodic pass.
         connection = detached_session(self._engine)
         try:
             connection.execute(f"LISTEN {SERVICE_CHANGES_CHANNEL}")

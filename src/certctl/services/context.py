@@ -162,9 +162,10 @@ class Services:
     # Counts forget_issuer calls: a load that read the store before one must not cache what
     # it read (a revocation committed in between would be undone here until the refresh).
     _forgotten: int = 0
-    # Issuer id -> the credential generation (``rbac.credential_generation``, which every
-    # issuer inserted, deleted or given another certificate bumps) at which its cached
-    # certificates were last found to be the stored ones (``issuers.current_certificates``).
+    # Issuer id -> the credential generation (``key_authentication.credential_generation``,
+    # which every issuer inserted, deleted or given another certificate bumps) at which its
+    # cached certificates were last found to be the stored ones
+    # (``issuers.current_certificates``).
     certificates_checked: dict[str, int] = field(default_factory=dict)
     # Issuer id -> the last stored CRL served here, parsed, while the store holds no newer
     # one; replaced whole, so no lock is needed.

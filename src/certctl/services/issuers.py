@@ -33,7 +33,7 @@ from certctl.pki.issue import KeyMismatch
 from certctl.pki.keys import unreadable_key
 from certctl.services.audit import record
 from certctl.services.context import IssuerCertificates, IssuerRevocation, Principal, Services
-from certctl.services.rbac import credential_generation
+from certctl.services.key_authentication import credential_generation
 from certctl.services.revocation import (
     may_be_revoked_above,
     newly_below_revoked,
@@ -150,7 +150,7 @@ def create_issuer(
     """
     if caller is not None:
         caller.require("issuer.create")
-    from certctl.services.rbac import check_id
+    from certctl.services.access_rules import check_id
 
     check_id(issuer_id, "issuer")
     if caller is not None:
@@ -226,7 +226,7 @@ def import_issuer(
         The stored issuer and warnings about what it will not do well (sign CRLs).
     """
     caller.require("issuer.create")
-    from certctl.services.rbac import check_id
+    from certctl.services.access_rules import check_id
 
     check_id(issuer_id, "issuer")
     _reserved_id(issuer_id)

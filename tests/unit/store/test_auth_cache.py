@@ -19,8 +19,12 @@ from sqlalchemy import event, text
 
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import load_config
-from certctl.services import rbac
+from certctl.services import credential_counter, key_authentication
+from certctl.services.actors import create_actor, delete_actor, update_actor
+from certctl.services.api_keys import mint_api_key, revoke_api_key
 from certctl.services.context import Principal, Services
+from certctl.services.key_authentication import AuthFailure, authenticate_api_key
+from certctl.services.roles import create_role, update_role
 from certctl.store.models import ApiKey
 from tests._generation import count_generation_reads
 from tests.api.conftest import BACKENDS, _truncate_all
@@ -43,7 +47,7 @@ def pair(
     a = _services(tmp_path, url)
     b = _services(tmp_path, url)
     assert a.engine is not b.engine
-    admin = rbac.authenticate_api_key(b, (tmp_path / "admin-api-key").read_text().strip(), "")
+    admin = authenticate_api_key(b, (tmp_path / "admin-api-key").read_text().strip(), "")
     try:
         yield a, b, admin
     finally:
@@ -52,8 +56,8 @@ def pair(
 
 
 def _mint(services: Services, admin: Principal, actor: str, roles: list[str]) -> str:
-    rbac.create_actor(services, admin, actor, actor, roles)
-    return rbac.mint_api_key(services, admin, actor, "k", None).minted.value
+    create_actor(services, admin, actor, actor, roles)
+    return mint_api_key(services, admin, actor, "k", None).minted.value
 
 
 def test_revocation_elsewhere_applies_to_the_next_request(
@@ -62,10 +66,10 @@ def test_revocation_elsewhere_applies_to_the_next_request(
     a, b, admin = pair
     key = _mint(b, admin, "scraper", ["r-metrics-read"])
     for _ in range(3):  # the slow path, then cache hits
-        assert rbac.authenticate_api_key(a, key, "").actor_id == "scraper"
-    rbac.revoke_api_key(b, admin, key.split("_")[1])
-    with pytest.raises(rbac.AuthFailure) as failure:
-        rbac.authenticate_api_key(a, key, "")
+        assert authenticate_api_key(a, key, "").actor_id == "scraper"
+    revoke_api_key(b, admin, key.split("_")[1])
+    with pytest.raises(AuthFailure) as failure:
+        authenticate_api_key(a, key, "")
     assert failure.value.reason == "revoked"
 
 
@@ -75,9 +79,9 @@ def test_role_change_elsewhere_applies_to_the_next_request(
     a, b, admin = pair
     key = _mint(b, admin, "ops", ["r-metrics-read"])
     for _ in range(3):
-        assert "cert.issue" not in rbac.authenticate_api_key(a, key, "").permissions
-    rbac.update_actor(b, admin, "ops", None, ["r-operator"])
-    assert "cert.issue" in rbac.authenticate_api_key(a, key, "").permissions
+        assert "cert.issue" not in authenticate_api_key(a, key, "").permissions
+    update_actor(b, admin, "ops", None, ["r-operator"])
+    assert "cert.issue" in authenticate_api_key(a, key, "").permissions
 
 
 def test_deleted_actor_and_wrong_secret_are_refused(
@@ -85,27 +89,27 @@ def test_deleted_actor_and_wrong_secret_are_refused(
 ) -> None:
     a, b, admin = pair
     key = _mint(b, admin, "gone", ["r-viewer"])
-    rbac.authenticate_api_key(a, key, "")
-    rbac.authenticate_api_key(a, key, "")
-    with pytest.raises(rbac.AuthFailure) as failure:
-        rbac.authenticate_api_key(a, key[:-2] + ("AA" if not key.endswith("AA") else "BB"), "")
+    authenticate_api_key(a, key, "")
+    authenticate_api_key(a, key, "")
+    with pytest.raises(AuthFailure) as failure:
+        authenticate_api_key(a, key[:-2] + ("AA" if not key.endswith("AA") else "BB"), "")
     assert failure.value.reason == "invalid"
-    rbac.delete_actor(b, admin, "gone")
-    with pytest.raises(rbac.AuthFailure):
-        rbac.authenticate_api_key(a, key, "")
+    delete_actor(b, admin, "gone")
+    with pytest.raises(AuthFailure):
+        authenticate_api_key(a, key, "")
 
 
 def test_expiry_is_checked_on_a_cache_hit(pair: tuple[Services, Services, Principal]) -> None:
     a, b, admin = pair
-    rbac.create_actor(b, admin, "brief", "brief", ["r-viewer"])
+    create_actor(b, admin, "brief", "brief", ["r-viewer"])
     expires = b.clock() + timedelta(minutes=5)
-    key = rbac.mint_api_key(b, admin, "brief", "k", expires).minted.value
-    rbac.authenticate_api_key(a, key, "")
-    rbac.authenticate_api_key(a, key, "")  # now cached
+    key = mint_api_key(b, admin, "brief", "k", expires).minted.value
+    authenticate_api_key(a, key, "")
+    authenticate_api_key(a, key, "")  # now cached
     later = expires + timedelta(seconds=1)
     a.clock = lambda: later
-    with pytest.raises(rbac.AuthFailure) as failure:
-        rbac.authenticate_api_key(a, key, "")
+    with pytest.raises(AuthFailure) as failure:
+        authenticate_api_key(a, key, "")
     assert failure.value.reason == "expired"
 
 
@@ -113,12 +117,12 @@ def test_role_permission_change_elsewhere_applies_to_the_next_request(
     pair: tuple[Services, Services, Principal],
 ) -> None:
     a, b, admin = pair
-    role = rbac.create_role(b, admin, "r-custom", "custom", ["metrics.read"])
+    role = create_role(b, admin, "r-custom", "custom", ["metrics.read"])
     key = _mint(b, admin, "custom", [role.id])
     for _ in range(3):
-        assert "cert.read" not in rbac.authenticate_api_key(a, key, "").permissions
-    rbac.update_role(b, admin, role.id, None, ["metrics.read", "cert.read"])
-    assert "cert.read" in rbac.authenticate_api_key(a, key, "").permissions
+        assert "cert.read" not in authenticate_api_key(a, key, "").permissions
+    update_role(b, admin, role.id, None, ["metrics.read", "cert.read"])
+    assert "cert.read" in authenticate_api_key(a, key, "").permissions
 
 
 def test_a_manual_sql_revocation_applies_to_the_next_request(
@@ -128,8 +132,8 @@ def test_a_manual_sql_revocation_applies_to_the_next_request(
     # psql counts, as does another replica's UPDATE.
     a, b, admin = pair
     key = _mint(b, admin, "manual", ["r-viewer"])
-    rbac.authenticate_api_key(a, key, "")
-    rbac.authenticate_api_key(a, key, "")
+    authenticate_api_key(a, key, "")
+    authenticate_api_key(a, key, "")
     database = a.engine.url.database
     assert database is not None
     revoke = "UPDATE api_keys SET revoked_at = '2026-01-01 00:00:00.000000' WHERE id = "
@@ -139,19 +143,19 @@ def test_a_manual_sql_revocation_applies_to_the_next_request(
     else:
         with b.engine.begin() as connection:
             connection.execute(text(revoke + ":id"), {"id": key.split("_")[1]})
-    with pytest.raises(rbac.AuthFailure) as failure:
-        rbac.authenticate_api_key(a, key, "")
+    with pytest.raises(AuthFailure) as failure:
+        authenticate_api_key(a, key, "")
     assert failure.value.reason == "revoked"
 
 
 def test_issuing_certificates_keeps_the_cache(pair: tuple[Services, Services, Principal]) -> None:
     a, b, admin = pair
     key = _mint(b, admin, "busy", ["r-operator"])
-    rbac.authenticate_api_key(a, key, "")
-    rbac.authenticate_api_key(a, key, "")  # cached
+    authenticate_api_key(a, key, "")
+    authenticate_api_key(a, key, "")  # cached
     from certctl.services import issuance
 
-    caller = rbac.authenticate_api_key(b, key, "")
+    caller = authenticate_api_key(b, key, "")
     issuance.issue_with_key(
         b,
         caller,
@@ -170,7 +174,7 @@ def test_issuing_certificates_keeps_the_cache(pair: tuple[Services, Services, Pr
 
     event.listen(a.engine, "before_cursor_execute", seen)
     try:
-        assert rbac.authenticate_api_key(a, key, "").actor_id == "busy"
+        assert authenticate_api_key(a, key, "").actor_id == "busy"
     finally:
         event.remove(a.engine, "before_cursor_execute", seen)
     assert statements == [], "a certificate insert emptied the API-key cache"
@@ -185,25 +189,27 @@ def test_the_counter_is_read_again_only_after_a_commit(
     read of the key or its roles.
     """
     # Room for this test's map: a whole test run opens more databases than a server keeps.
-    monkeypatch.setattr(rbac, "_WAL_INDEX_MAX", len(rbac._WAL_INDEX_MAPS) + 8)
+    monkeypatch.setattr(
+        credential_counter, "_WAL_INDEX_MAX", len(credential_counter._WAL_INDEX_MAPS) + 8
+    )
     a, b, admin = pair
     sqlite = a.engine.dialect.name == "sqlite"
     key = _mint(b, admin, "quiet", ["r-viewer"])
-    rbac.authenticate_api_key(a, key, "")
-    rbac.authenticate_api_key(a, key, "")  # cached
-    cache = rbac._key_cache(a.engine)
+    authenticate_api_key(a, key, "")
+    authenticate_api_key(a, key, "")  # cached
+    cache = key_authentication._key_cache(a.engine)
     assert cache is not None
     assert (cache._wal_index is not None) is sqlite
     reads = count_generation_reads(a.engine, monkeypatch)
     statements: list[str] = []
     event.listen(a.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
     for _ in range(3):
-        assert rbac.authenticate_api_key(a, key, "").actor_id == "quiet"
+        assert authenticate_api_key(a, key, "").actor_id == "quiet"
     assert len(reads) == (0 if sqlite else 3)
-    rbac.create_role(b, admin, "r-other", "other", ["metrics.read"])  # a commit elsewhere
-    assert rbac.authenticate_api_key(a, key, "").actor_id == "quiet"
+    create_role(b, admin, "r-other", "other", ["metrics.read"])  # a commit elsewhere
+    assert authenticate_api_key(a, key, "").actor_id == "quiet"
     assert len(reads) == (1 if sqlite else 5)  # read again: changed, so the key too
-    assert rbac.authenticate_api_key(a, key, "").actor_id == "quiet"
+    assert authenticate_api_key(a, key, "").actor_id == "quiet"
     assert len(reads) == (1 if sqlite else 6)
     # Through the engine's pool: only the key and its roles, once, after the change.
     assert [s.split()[1] for s in statements] == ["api_keys.secret_sha256,", "roles.permissions"]
@@ -227,11 +233,11 @@ def test_two_reads_of_a_due_key_write_last_used_at_once(
         # also unset, and writes first.
         if statement.startswith("UPDATE api_keys") and not raced:
             raced.append(statement)
-            rbac.api_key_from_store(b, key, "")
+            key_authentication.api_key_from_store(b, key, "")
 
     event.listen(a.engine, "before_cursor_execute", b_first)
     try:
-        rbac.api_key_from_store(a, key, "")
+        key_authentication.api_key_from_store(a, key, "")
     finally:
         event.remove(a.engine, "before_cursor_execute", b_first)
     assert raced
@@ -254,26 +260,26 @@ def test_postgresql_a_lost_counter_connection_reads_the_store_then_reconnects(
     a = _services(tmp_path, postgres_url)
     try:
         key = (tmp_path / "admin-api-key").read_text().strip()
-        rbac.authenticate_api_key(a, key, "")
-        rbac.authenticate_api_key(a, key, "")  # cached
-        cache = rbac._key_cache(a.engine)
+        authenticate_api_key(a, key, "")
+        authenticate_api_key(a, key, "")  # cached
+        cache = key_authentication._key_cache(a.engine)
         assert cache is not None
         counter = cache._counter
-        assert isinstance(counter, rbac._PostgresCounter)
+        assert isinstance(counter, credential_counter.PostgresCounter)
         pid = counter._connection.info.backend_pid
         with a.engine.connect() as connection:
             connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         statements: list[str] = []
         event.listen(a.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
         for _ in range(2):
-            assert rbac.authenticate_api_key(a, key, "").actor_id == "admin"
+            assert authenticate_api_key(a, key, "").actor_id == "admin"
         read = ["api_keys.secret_sha256,", "roles.permissions"]
         assert [s.split()[1] for s in statements] == read * 2  # the key and its roles
         warned = [r.getMessage() for r in caplog.records if "credential generation" in r.message]
         assert len(warned) == 1, warned
         counter._retry_at = 0.0  # a second later
         statements.clear()
-        assert rbac.authenticate_api_key(a, key, "").actor_id == "admin"
+        assert authenticate_api_key(a, key, "").actor_id == "admin"
         assert statements == []  # remembered at the same generation: trusted again
         assert counter._connection.info.backend_pid != pid
     finally:
@@ -292,14 +298,14 @@ def test_postgresql_a_truncate_elsewhere_applies_to_the_next_request(
     a = _services(tmp_path, postgres_url)
     b = _services(tmp_path, postgres_url)
     try:
-        admin = rbac.authenticate_api_key(b, (tmp_path / "admin-api-key").read_text().strip(), "")
+        admin = authenticate_api_key(b, (tmp_path / "admin-api-key").read_text().strip(), "")
         key = _mint(b, admin, "emptied", ["r-viewer"])
-        rbac.authenticate_api_key(a, key, "")
-        rbac.authenticate_api_key(a, key, "")  # cached
+        authenticate_api_key(a, key, "")
+        authenticate_api_key(a, key, "")  # cached
         with b.engine.begin() as connection:
             connection.execute(text("TRUNCATE api_keys"))
-        with pytest.raises(rbac.AuthFailure) as failure:
-            rbac.authenticate_api_key(a, key, "")
+        with pytest.raises(AuthFailure) as failure:
+            authenticate_api_key(a, key, "")
         assert failure.value.reason == "invalid"
     finally:
         a.engine.dispose()
@@ -315,15 +321,15 @@ def test_a_counter_that_went_back_trusts_no_key_remembered_before(
     a key deleted after it was remembered authenticated again from memory."""
     a, b, admin = pair
     key = _mint(b, admin, "restored", ["r-viewer"])
-    rbac.authenticate_api_key(a, key, "")
-    rbac.authenticate_api_key(a, key, "")  # remembered at the counter's value now
+    authenticate_api_key(a, key, "")
+    authenticate_api_key(a, key, "")  # remembered at the counter's value now
     with b.engine.begin() as connection:
-        remembered = connection.execute(text(rbac._GENERATION_SQL)).scalar_one()
+        remembered = connection.execute(text(credential_counter.GENERATION_SQL)).scalar_one()
         connection.execute(text("DELETE FROM api_keys WHERE id = :id"), {"id": key.split("_")[1]})
-    with pytest.raises(rbac.AuthFailure):
-        rbac.authenticate_api_key(a, key, "")  # the counter moved on: read, and refused
+    with pytest.raises(AuthFailure):
+        authenticate_api_key(a, key, "")  # the counter moved on: read, and refused
     with b.engine.begin() as connection:  # back to the value the key was remembered at
         connection.execute(text("UPDATE auth_generation SET value = :v"), {"v": remembered})
-    with pytest.raises(rbac.AuthFailure) as failure:
-        rbac.authenticate_api_key(a, key, "")
+    with pytest.raises(AuthFailure) as failure:
+        authenticate_api_key(a, key, "")
     assert failure.value.reason == "invalid"

@@ -1,0 +1,234 @@
+"""The credential generation counter (auth_generation), read on a connection of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import mmap
+import os
+import sqlite3
+import sys
+import threading
+import time
+import weakref
+from typing import Any
+
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import DBAPIError
+
+from certctl.store.db import PoolTimeout, detached_session
+
+__all__ = [
+    "GENERATION_SQL",
+    "WAL_INDEX_HEADER",
+    "PostgresCounter",
+    "SQLiteCounter",
+    "wal_index",
+]
+
+log = logging.getLogger("certctl.services")
+
+
+# The WAL-index header (https://sqlite.org/walformat.html, "The WAL-Index Header"): the first
+# 48 bytes of the ``-shm`` file, which SQLite rewrites at every commit, whichever process or
+# connection makes it; its change counter (iChange) grows by one per commit, so equal bytes
+# mean that nothing was committed in between.
+WAL_INDEX_HEADER = 48
+_WAL_INDEX_VERSION = 3007000  # iVersion, in native byte order; isInit (byte 12) is 1
+# Read-only maps of WAL-index files by (device, inode), made once and never closed, nor their
+# descriptors: closing any descriptor of a file drops every POSIX lock this process holds on
+# it, including the locks SQLite's own connections hold on the ``-shm`` file (and a map keeps
+# a descriptor of its own). A server has one database; past _WAL_INDEX_MAX (a test run opens
+# many), a database's cache reads the counter on every request instead.
+_WAL_INDEX_MAPS: dict[tuple[int, int], mmap.mmap | None] = {}
+_WAL_INDEX_MAX = 64
+_WAL_INDEX_FDS: list[int] = []
+_WAL_INDEX_LOCK = threading.Lock()
+
+
+def wal_index(database: str) -> mmap.mmap | None:
+    """A read-only map of the database's WAL-index header; None when there is none."""
+    # SQLite names the file after the database path with symbolic links resolved.
+    path = os.path.realpath(database) + "-shm"
+    with _WAL_INDEX_LOCK:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        key = (st.st_dev, st.st_ino)
+        if key not in _WAL_INDEX_MAPS:
+            if len(_WAL_INDEX_MAPS) >= _WAL_INDEX_MAX:
+                return None
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                return None
+            _WAL_INDEX_FDS.append(fd)
+            try:
+                _WAL_INDEX_MAPS[key] = mmap.mmap(fd, WAL_INDEX_HEADER, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):  # ValueError: the file is shorter than a header
+                _WAL_INDEX_MAPS[key] = None
+        view = _WAL_INDEX_MAPS[key]
+    if view is None:
+        return None
+    header = view[:WAL_INDEX_HEADER]
+    if int.from_bytes(header[:4], sys.byteorder) != _WAL_INDEX_VERSION or header[12] != 1:
+        return None  # not an initialised WAL index: the counter is read on every request
+    return view
+
+
+class SQLiteCounter:
+    """The ``auth_generation`` counter of a SQLite database, on a connection that never writes.
+
+    The connection keeps the database open in WAL mode, which holds a shared lock on the
+    database and on the ``-shm`` file: while it lives, no other process can leave WAL mode,
+    delete the file or truncate it (SQLite maps the same file itself, see
+    ``key_authentication._KeyCache``).
+    """
+
+    def __init__(self, database: str) -> None:
+        self._connection = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        mode = self._connection.execute("PRAGMA journal_mode").fetchone()
+        self.wal = mode is not None and str(mode[0]).lower() == "wal"
+
+    def read(self) -> int | None:
+        """The counter's value; None when it cannot be read now."""
+        try:
+            with self._lock:
+                found = self._connection.execute(GENERATION_SQL).fetchone()
+        except sqlite3.Error:
+            return None
+        return int(found[0]) if found else None
+
+
+class PostgresCounter:
+    """The ``auth_generation`` counter of a PostgreSQL database, on a connection of its own.
+
+    In autocommit, one round trip per read (psycopg prepares the statement after a few):
+    ~25 µs CPU in-process, against ~200 µs through the pool (a checkout's ping, BEGIN, the
+    read, the ROLLBACK of the return). Each read is a statement of its own, so it sees every
+    transaction committed before it, from any replica; the key read after it sees at least
+    those. Taken from the engine's pool and detached (its connect arguments and session
+    settings: the timeouts of ``store.db``), so a process holds one connection more than its
+    pool. Closed with the engine's pool (``Engine.dispose``) and opened again when next read.
+    Any failure (a restart, a cut) closes it and answers None, so that the caller reads the
+    store through the pool, which reports the outage. It is opened again a second later, and
+    each failure to open it doubles that wait, up to RETRY_MAX. Opening it waits as long as
+    a pooled connection does (up to ``connect_timeout``, 5 s, against a database that does
+    not answer): asked on the event loop, it is opened in a thread of its own and the reads
+    meanwhile answer None (before, the request that reopened it after an outage stalled
+    every other request of the process that long). A worker thread opens it itself.
+    """
+
+    RETRY_AFTER = 1.0
+    RETRY_MAX = 30.0
+
+    def __init__(self, engine: Engine) -> None:
+        # Weak: the cache is the value of a WeakKeyDictionary keyed by the engine.
+        self._engine = weakref.ref(engine)
+        self._lock = threading.Lock()
+        self._connection: Any = None
+        self._cursor: Any = None
+        self._retry_at = 0.0
+        self._retry_after = self.RETRY_AFTER
+        self._failed = False
+        self._opening = False  # a thread is opening the connection
+        self._disposals = 0  # a connection opened before a disposal is not kept
+        # What a connection that fails raises: the driver's own errors, SQLAlchemy's wrapped,
+        # and (opening it) no pooled connection free in time (database-pool-size).
+        self._errors: tuple[type[Exception], ...] = (
+            DBAPIError,
+            PoolTimeout,
+            engine.dialect.loaded_dbapi.Error,
+        )
+        event.listen(engine, "engine_disposed", self._disposed)
+
+    def read(self) -> int | None:
+        """The counter's value; None when it cannot be read now."""
+        with self._lock:
+            try:
+                cursor = self._cursor
+                if cursor is None:
+                    cursor = self._connect()
+                    if cursor is None:
+                        return None
+                cursor.execute(GENERATION_SQL)
+                found = cursor.fetchone()
+            except self._errors as exc:
+                self._failure(exc, reopening=self._connection is None)
+                return None
+            self._failed, self._retry_after = False, self.RETRY_AFTER
+        return int(found[0]) if found else None
+
+    def _failure(self, exc: Exception, *, reopening: bool) -> None:
+        """Under ``_lock``: close, and try again after a while (longer if opening failed)."""
+        self._close()
+        self._retry_at = time.monotonic() + self._retry_after
+        if reopening:
+            self._retry_after = min(2 * self._retry_after, self.RETRY_MAX)
+        if not self._failed:  # once per outage, not once per request
+            self._failed = True
+            log.warning("credential generation not read (no caching meanwhile): %s", exc)
+
+    def _connect(self) -> Any:
+        """Under ``_lock``: the cursor, opened here, or None (opening in a thread, or later)."""
+        engine = self._engine()
+        if engine is None or self._opening or time.monotonic() < self._retry_at:
+            return None
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # a worker thread: it may wait for the connection
+            self._connection = self._open(engine)
+            self._cursor = self._connection.cursor()
+            return self._cursor
+        self._opening = True
+        threading.Thread(
+            target=self._open_aside,
+            args=(engine, self._disposals),
+            name="certctl-credential-counter",
+            daemon=True,  # bounded by connect_timeout; nothing to finish at exit
+        ).start()
+        return None
+
+    def _open_aside(self, engine: Engine, disposals: int) -> None:
+        try:
+            connection = self._open(engine)
+        except Exception as exc:
+            with self._lock:
+                self._opening = False
+                if isinstance(exc, self._errors):
+                    self._failure(exc, reopening=True)
+                    return
+            log.exception("credential generation connection not opened")
+            return
+        with self._lock:
+            self._opening = False
+            if disposals == self._disposals and self._connection is None:
+                self._connection, self._cursor = connection, connection.cursor()
+                return
+        with contextlib.suppress(Exception):  # the engine was disposed meanwhile
+            connection.close()
+
+    @staticmethod
+    def _open(engine: Engine) -> Any:
+        # Held for the life of the process, idle whenever no request comes.
+        return detached_session(engine)
+
+    def _close(self) -> None:
+        connection, self._connection, self._cursor = self._connection, None, None
+        if connection is not None:
+            with contextlib.suppress(Exception):  # closing a broken connection
+                connection.close()
+
+    def _disposed(self, _engine: Engine) -> None:
+        with self._lock:
+            self._disposals += 1
+            self._close()
+
+    def __del__(self) -> None:
+        self._close()
+
+
+GENERATION_SQL = "SELECT value FROM auth_generation WHERE id = 1"

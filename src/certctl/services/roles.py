@@ -1,0 +1,260 @@
+"""Roles: the built-in ones, custom ones within the caller's permissions, what roles grant."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, bindparam, select
+
+from certctl.auth.permissions import BUILTIN_ROLES, PERMISSIONS
+from certctl.errors import Conflict
+from certctl.services.access_rules import (
+    ACTOR_READ,
+    check_id,
+    check_name,
+    granted,
+    may_act_on,
+    no_escalation,
+    unknown_names,
+)
+from certctl.services.audit import record_call
+from certctl.services.context import Principal, Services
+from certctl.store.db import AUTH_LOCK, lock_for_write
+from certctl.store.models import Actor, Role
+
+__all__ = [
+    "create_role",
+    "delete_role",
+    "ensure_builtin_roles",
+    "permissions_of",
+    "role_ids",
+    "role_permissions",
+    "role_union",
+    "roles_and_missing",
+    "update_role",
+]
+
+
+def _check_permissions(permissions: list[str]) -> list[str]:
+    unknown = sorted(set(permissions) - set(PERMISSIONS))
+    if unknown:
+        # The refusal says the names: the closest to a typo, else all of them (23, one line).
+        raise unknown_names("permission", unknown, sorted(PERMISSIONS))
+    return sorted(set(permissions))
+
+
+def ensure_builtin_roles(services: Services) -> None:
+    """Create or correct the built-in roles (idempotent, on every start)."""
+    now = services.clock()
+    with services.sessions.begin() as session:
+        for role_id, (name, perms) in BUILTIN_ROLES.items():
+            role = session.get(Role, role_id)
+            if role is None:
+                session.add(
+                    Role(
+                        id=role_id,
+                        name=name,
+                        permissions=sorted(perms),
+                        builtin=True,
+                        created_at=now,
+                    )
+                )
+            elif sorted(role.permissions) != sorted(perms) or not role.builtin:
+                role.permissions, role.builtin = sorted(perms), True
+
+
+def permissions_of(
+    services: Services, role_ids: list[str], connection: Connection | None = None
+) -> frozenset[str]:
+    """The union of the roles' permissions (unknown roles contribute nothing).
+
+    Read on ``connection`` if given, else on a pooled connection of its own.
+    """
+    if not role_ids:
+        return frozenset()
+    if connection is not None:
+        return role_union(connection, role_ids)
+    with services.engine.connect() as own:
+        return role_union(own, role_ids)
+
+
+# Core statements on the authentication path (a key not cached, stale, or whose last_used_at is
+# due) and of the roles a client certificate maps to: no ORM identity map, unit of work or
+# instance construction.
+_ROLES = Role.__table__.c
+_PERMISSIONS_OF = select(_ROLES.permissions).where(
+    _ROLES.id.in_(bindparam("role_ids", expanding=True))
+)
+_ROLES_AND_PERMISSIONS = select(_ROLES.id, _ROLES.permissions).where(
+    _ROLES.id.in_(bindparam("role_ids", expanding=True))
+)
+
+
+def roles_and_missing(
+    connection: Connection, role_ids: list[str]
+) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The union of the roles' permissions, and the names of ``role_ids`` that are no role.
+
+    A client certificate mapping may name a role that does not exist (yet, or a typo): its
+    403s name it (``Principal.missing_roles``). One read, as ``permissions_of``.
+    """
+    if not role_ids:
+        return frozenset(), ()
+    rows = connection.execute(_ROLES_AND_PERMISSIONS, {"role_ids": list(role_ids)}).all()
+    found = {role_id for role_id, _ in rows}
+    missing = tuple(sorted(set(role_ids) - found))
+    return frozenset(p for _, permissions in rows for p in permissions), missing
+
+
+def role_ids(services: Services) -> list[str]:
+    """Every role's id, sorted."""
+    with services.engine.connect() as connection:
+        return sorted(connection.scalars(select(_ROLES.id)))
+
+
+def role_union(connection: Connection, role_ids: list[str]) -> frozenset[str]:
+    """The union of the roles' permissions, read on ``connection``."""
+    rows = connection.execute(_PERMISSIONS_OF, {"role_ids": list(role_ids)})
+    return frozenset(p for (permissions,) in rows for p in permissions)
+
+
+def role_permissions(services: Services, caller: Principal, role_ids: list[str]) -> frozenset[str]:
+    """The union of the roles' permissions, refusing names that are not roles.
+
+    A caller without ``auth.role.read`` learns nothing of the custom roles it may not assign:
+    an unknown name and a custom role needing permissions it lacks get the same refusal,
+    which names only the built-in roles (DESIGN §4 publishes them); a 403 listing the
+    role's permissions would otherwise tell which names exist and what they grant.
+    """
+    with services.sessions() as session:
+        found = {r.id: r for r in session.scalars(select(Role).where(Role.id.in_(role_ids)))}
+        missing = sorted(set(role_ids) - set(found))
+        builtin = sorted(BUILTIN_ROLES)
+        if "auth.role.read" in caller.permissions:
+            if not missing:
+                return frozenset(p for r in found.values() for p in r.permissions)
+            # The built-in roles first: past access_rules._MAX_KNOWN_NAMED the custom ones are cut.
+            custom = session.scalars(select(Role.id).where(Role.builtin.is_(False)))
+            raise unknown_names("role", missing, [*builtin, *sorted(custom)])
+        hidden = sorted(
+            {
+                *missing,
+                *(
+                    r.id
+                    for r in found.values()
+                    if not r.builtin and not set(r.permissions) <= caller.permissions
+                ),
+            }
+        )
+        if not hidden:
+            return frozenset(p for r in found.values() for p in r.permissions)
+    raise unknown_names(
+        "role",
+        hidden,
+        builtin,
+        kind_as="role(s) or roles needing permissions you lack",
+        known_as="built-in",
+        note=" (custom roles are named to holders of auth.role.read)",
+    )
+
+
+# What shows a custom role and what it grants.
+_ROLE_READ = "auth.role.read"
+
+
+def _held(role: Role | None) -> frozenset[str] | None:
+    return None if role is None else frozenset(role.permissions)
+
+
+def create_role(
+    services: Services, caller: Principal, role_id: str, name: str, permissions: list[str]
+) -> Role:
+    """Create a custom role holding only permissions the caller holds."""
+    caller.require("auth.role.create")
+    check_id(role_id, "role")
+    check_name(name)
+    perms = _check_permissions(permissions)
+    no_escalation(caller, set(perms), "create this role")
+    now = services.clock()
+    with services.sessions.begin() as session:
+        if session.get(Role, role_id) is not None:
+            raise Conflict(f"role {role_id} already exists")
+        role = Role(
+            id=role_id, name=name or role_id, permissions=perms, builtin=False, created_at=now
+        )
+        session.add(role)
+        record_call(session, caller, now, "role.create", role_id, granted("permissions", perms))
+    return role
+
+
+def update_role(
+    services: Services,
+    caller: Principal,
+    role_id: str,
+    name: str | None,
+    permissions: list[str] | None,
+) -> Role:
+    """Change a custom role; built-in roles are immutable."""
+    caller.require("auth.role.edit")
+    check_name(name)
+    now = services.clock()
+    with services.sessions.begin() as session:
+        # delete_role takes this lock too: a role deleted by another worker or replica
+        # between this read and the UPDATE is a 404 here, not a StaleDataError (500).
+        lock_for_write(session, AUTH_LOCK)
+        role = session.get(Role, role_id)
+        if role is not None and role.builtin:  # public (DESIGN §4)
+            raise Conflict(f"role {role_id} is built in and cannot be changed")
+        # DESIGN §4: only a role whose permissions the caller holds may be edited, renamed too.
+        may_act_on(
+            caller,
+            "role",
+            role_id,
+            _held(role),
+            "edit {}",
+            shown_by=_ROLE_READ,
+            named_by=(_ROLE_READ,),
+        )
+        assert role is not None  # may_act_on refused a missing one
+        changes = []
+        if permissions is not None:
+            perms = _check_permissions(permissions)
+            no_escalation(caller, set(perms), "edit this role")
+            role.permissions = perms
+            changes.append(granted("permissions", perms))
+        if name is not None:
+            role.name = name
+            changes.append("renamed")
+        record_call(session, caller, now, "role.edit", role_id, "; ".join(changes))
+    return role
+
+
+def delete_role(services: Services, caller: Principal, role_id: str) -> None:
+    """Delete a custom role no actor holds."""
+    caller.require("auth.role.delete")
+    now = services.clock()
+    with services.sessions.begin() as session:
+        # No actor may be given the role between the holders check and the delete.
+        lock_for_write(session, AUTH_LOCK)
+        role = session.get(Role, role_id)
+        if role is not None and role.builtin:  # public (DESIGN §4)
+            raise Conflict(f"role {role_id} is built in and cannot be deleted")
+        may_act_on(
+            caller,
+            "role",
+            role_id,
+            _held(role),
+            "delete {}",
+            shown_by=_ROLE_READ,
+            named_by=(_ROLE_READ,),
+        )
+        assert role is not None  # may_act_on refused a missing one
+        holders = [a.id for a in session.scalars(select(Actor)) if role_id in a.roles]
+        if holders and ACTOR_READ not in caller.permissions:
+            # The actor ids are for holders of auth.actor.read (GET /api/v1/auth/actors).
+            raise Conflict(
+                f"role {role_id} is held by {len(holders)} actor(s) ({ACTOR_READ} names "
+                "them); take it from them first"
+            )
+        if holders:
+            raise Conflict(f"role {role_id} is held by {', '.join(holders[:5])}")
+        session.delete(role)
+        record_call(session, caller, now, "role.delete", role_id)
