@@ -153,7 +153,7 @@ def _sans(extensions: x509.Extensions) -> dict[str, list[str]]:
 
 def _signature_algorithm(oid: x509.ObjectIdentifier) -> str:
     """The signature algorithm as ``openssl x509 -text`` names it, else the dotted OID."""
-    from certctl.pki.verify import oid_name
+    from certctl.pki.purposes import oid_name
 
     name = oid_name(oid)
     # openssl upper-cases the EdDSA names; the others are spelt as pyca spells them.
@@ -182,7 +182,7 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
     from cryptography.hazmat.primitives import serialization
 
     from certctl.pki import display_dn, format_serial
-    from certctl.pki.verify import eku_name
+    from certctl.pki.purposes import eku_name
 
     ext = cert.extensions
     try:

@@ -31,6 +31,7 @@ warnings.filterwarnings(
 )
 
 if TYPE_CHECKING:
+    from certctl.pki.chain_links import asserts_ca, is_self_signed, issuer_chain
     from certctl.pki.crl import (
         PreviousCrl,
         RevokedEntry,
@@ -73,18 +74,10 @@ if TYPE_CHECKING:
     )
     from certctl.pki.profiles import LEAF_PROFILES, PROFILES, Profile, get_profile
     from certctl.pki.revocation import check_revocation
+    from certctl.pki.server_names import parse_hostname
     from certctl.pki.validity import format_days, format_duration, parse_duration
-    from certctl.pki.verify import (
-        IssuerNotFound,
-        VerificationFailed,
-        VerifiedChain,
-        WrongPurpose,
-        asserts_ca,
-        is_self_signed,
-        issuer_chain,
-        parse_hostname,
-        verify_certificate,
-    )
+    from certctl.pki.verdicts import IssuerNotFound, VerificationFailed, VerifiedChain, WrongPurpose
+    from certctl.pki.verify import verify_certificate
 
 # Public name -> the submodule that defines it.
 _SOURCES = {
@@ -93,7 +86,7 @@ _SOURCES = {
     "load_previous_crl": "crl",
     "PreviousCrl": "crl",
     "parse_serial": "crl",
-    "parse_hostname": "verify",
+    "parse_hostname": "server_names",
     "create_csr": "csr",
     "csr_sans": "csr",
     "load_csr": "csr",
@@ -131,14 +124,14 @@ _SOURCES = {
     "format_days": "validity",
     "format_duration": "validity",
     "parse_duration": "validity",
-    "IssuerNotFound": "verify",
-    "VerificationFailed": "verify",
-    "VerifiedChain": "verify",
-    "WrongPurpose": "verify",
+    "IssuerNotFound": "verdicts",
+    "VerificationFailed": "verdicts",
+    "VerifiedChain": "verdicts",
+    "WrongPurpose": "verdicts",
     "verify_certificate": "verify",
-    "asserts_ca": "verify",
-    "is_self_signed": "verify",
-    "issuer_chain": "verify",
+    "asserts_ca": "chain_links",
+    "is_self_signed": "chain_links",
+    "issuer_chain": "chain_links",
 }
 
 __all__ = [

@@ -9,9 +9,11 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
+from certctl.pki.chain_links import asserts_ca
 from certctl.pki.formats import format_serial
 from certctl.pki.names import names_match
-from certctl.pki.verify import VerificationFailed, asserts_ca, oid_name
+from certctl.pki.purposes import oid_name
+from certctl.pki.verdicts import VerificationFailed
 
 __all__ = ["check_revocation"]
 

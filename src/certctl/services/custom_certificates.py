@@ -238,7 +238,7 @@ def _check_server_certificate(secret: str, leaf: x509.Certificate) -> None:
     self-signed one with subjectAltNames (made to be served, as in ECK's example) is accepted;
     an intermediate, or a root naming no host, is a CA.
     """
-    from certctl.pki.verify import eku_name
+    from certctl.pki.purposes import eku_name
 
     try:
         leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)

@@ -23,7 +23,7 @@ _BARE_STATUSES = (400, 404, 405, 413, 431, 499, 500, 501, 503)
 
 
 def _every_error_class() -> set[type[CertctlError]]:
-    # Error classes live next to what raises them (pki.verify, targets.directory, cli._api …):
+    # Error classes live next to what raises them (pki.verdicts, targets.directory, cli._api …):
     # import every module so that each one is seen. The migrations are alembic's to load.
     for module in pkgutil.walk_packages(certctl.__path__, "certctl."):
         if ".migrations" not in module.name:
