@@ -12,7 +12,7 @@ from certctl.cli._common import is_stdin, split_commas
 
 if TYPE_CHECKING:
     from certctl.pki import CertificateAuthority
-    from certctl.pki.bundle import HttpBundlePlan
+    from certctl.pki.bundle_plan import HttpBundlePlan
 
 __all__ = [
     "KEY_TYPES",
@@ -129,7 +129,7 @@ def choices_from_options(
 ) -> Choices:
     """Check every option on its own (cheap checks only: no key, no file read)."""
     from certctl.pki import KeyType, common_name_dn, parse_duration
-    from certctl.pki.bundle import validate_node_name
+    from certctl.pki.bundle_plan import validate_node_name
 
     if profile not in PROFILES:
         raise typer.BadParameter(
@@ -218,7 +218,7 @@ def password_hint(
 
 def bundle_plan(choices: Choices) -> HttpBundlePlan:
     from certctl.pki import KeyType, common_name_dn, parse_duration
-    from certctl.pki.bundle import HttpBundlePlan, NodeSpec
+    from certctl.pki.bundle_plan import HttpBundlePlan, NodeSpec
 
     key_type = KeyType.parse(choices.key_type)
     nodes = tuple(

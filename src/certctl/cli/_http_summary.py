@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
-    from certctl.pki.bundle import BundleResult, HttpBundlePlan
+    from certctl.pki.bundle import BundleResult
+    from certctl.pki.bundle_plan import HttpBundlePlan
 
 __all__ = ["print_summary"]
 

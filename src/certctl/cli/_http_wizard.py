@@ -235,7 +235,7 @@ class Wizard:
         return dns_answer, ip_answer
 
     def _ask_shared(self, c: Choices) -> None:
-        from certctl.pki.bundle import validate_node_name
+        from certctl.pki.bundle_plan import validate_node_name
 
         self.explain("The shared certificate's name: its folder in the zip and its common name.")
         c.shared_name = self._ask_valid("Certificate name", c.shared_name, validate_node_name)
@@ -258,7 +258,7 @@ class Wizard:
 
     def _ask_nodes(self, c: Choices) -> None:
         from certctl.errors import CertctlError
-        from certctl.pki.bundle import validate_node_name
+        from certctl.pki.bundle_plan import validate_node_name
 
         self.explain(
             "Each node gets a folder and a certificate. Give the host names and IP addresses "
@@ -330,7 +330,7 @@ class Wizard:
         c.p12_legacy = self.confirm("Use legacy PKCS#12 encryption?", c.p12_legacy)
 
     def _confirm_plan(self, c: Choices) -> Choices:
-        from certctl.pki.bundle import plan_certificates
+        from certctl.pki.bundle_plan import plan_certificates
 
         targets = plan_certificates(bundle_plan(c))
         self.console.print()

@@ -22,10 +22,10 @@ from certctl.pki import (
     load_material,
     verify_certificate,
 )
-from certctl.pki.bundle import (
+from certctl.pki.bundle import build_http_bundle
+from certctl.pki.bundle_plan import (
     HttpBundlePlan,
     NodeSpec,
-    build_http_bundle,
     plan_certificates,
     validate_node_name,
 )
