@@ -49,7 +49,7 @@ def test_a_reworded_error_keeps_its_class_and_attributes() -> None:
         StorageUnavailable,
         TooManyRequests,
     )
-    from certctl.pki.verify import WrongPurpose
+    from certctl.pki.verdicts import WrongPurpose
 
     required = PasswordRequired("encrypted: give --password-file", pkcs12=True)
     required.add_note("kept")

@@ -402,8 +402,9 @@ def _failure(response: Any, endpoint: str, key_set: bool) -> str:
     if code == 401 and not key_set:
         message += " (set CERTCTL_API_KEY to an API key, e.g. $(cat certctl-data/admin-api-key))"
     elif code == 401 and detail in _KEY_REFUSALS:
-        # The server's words for the key sent (services.rbac): say where it came from and
-        # how to get a working one. Another server's words get no hint, not a wrong one.
+        # The server's words for the key sent (services.key_authentication): say where it
+        # came from and how to get a working one. Another server's words get no hint, not
+        # a wrong one.
         hint = _KEY_REFUSALS[detail]
         message += f" ({hint.format(url=f'{base.scheme}://{base.netloc}{base.path}')})"
     return message
