@@ -543,6 +543,44 @@ def test_a_switch_from_a_custom_ca_to_the_service_ca_keeps_the_old_one_until_its
     assert not service_schedule.due(env.row("web"), old_end + timedelta(minutes=1))
 
 
+@pytest.mark.parametrize("to", ["service CA", "custom CA"])
+def test_a_ca_switch_applied_with_new_sans_keeps_the_old_ca_as_a_switch_alone_does(
+    env: Env, to: str
+) -> None:
+    # One apply that switches the CA and adds a name (certctl's own CA -> a custom one, or
+    # back) reissued for "subject alternative names changed", checked before the issuer, and
+    # only "issuer changed" kept the old CA: ca.crt lost it at once, and a node not reloaded
+    # yet, still presenting its leaf under that CA, was refused by its peers.
+    settings = {"cert_validity": timedelta(hours=8)}  # the new leaf is not due meanwhile
+    target = env.tmp / "out" / "web"
+    target.parent.mkdir()
+    custom_ca, files = good_ca_files(env.now)
+    write_secret(env.secrets_dir, "issuer", files)
+    before = "issuer" if to == "service CA" else None
+    after = None if to == "service CA" else "issuer"
+    dirs = [{"directory": str(target)}]
+    env.put(service_doc("web", dns=NAMES, secret=before, targets=dirs))
+    env.reconcile("web", **settings)
+    old_leaf = env.tmp / "old-leaf.crt"
+    old_leaf.write_bytes((target / "tls.crt").read_bytes())  # a node not reloaded yet
+    old_ca = (target / "ca.crt").read_bytes()
+
+    more = (*NAMES, "web2.example.internal")
+    env.put(service_doc("web", dns=more, secret=after, targets=dirs))
+    swap = env.now + timedelta(minutes=1)
+    row = env.reconcile("web", swap, **settings)
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    new_ca = env.outputs("web")["ca-internal"]["ca.crt"] if to == "service CA" else None
+    new_ca = new_ca or custom_ca.cert_pem
+    assert new_ca != old_ca
+    assert (target / "ca.crt").read_bytes() == new_ca + old_ca  # the new CA first
+    assert row.retired_ca_until is not None
+    at = ("-attime", str(int(swap.timestamp())))
+    bundle = target / "ca.crt"
+    assert openssl_verify(*at, "-CAfile", bundle, target / "tls.crt") == "OK"
+    assert openssl_verify(*at, "-CAfile", bundle, old_leaf) == "OK"
+
+
 def test_a_secret_file_that_is_no_small_regular_file_fails_at_once(env: Env) -> None:
     # A FIFO used to block the reconciler (and so every service) for good, /dev/zero to fill
     # its memory, a directory to crash the pass with a traceback.

@@ -49,6 +49,9 @@ class Desired:
     ends_with_ca: bool = False
     # A custom certificate served as it is: only its owner renews it.
     as_is: bool = False
+    # The certificate served until now does not chain to the CA that issued this one (another
+    # name or key): the old CA is kept in ca.crt for a while, whatever else changed with it.
+    ca_replaced: bool = False
 
 
 def _jitter(settings: ServiceSettings, name: str, serial: str) -> timedelta:
@@ -110,9 +113,7 @@ def needs_leaf(
         return "usages changed"
     if cert.issuer != ca.certificate.subject:
         return "issuer changed"
-    try:
-        cert.verify_directly_issued_by(ca.certificate)
-    except (ValueError, TypeError, Exception):
+    if not issued_by(cert, ca.certificate):
         return "issuer key changed"
     if row.renew_at is None and cert.not_valid_after_utc < ca.certificate.not_valid_after_utc:
         # No renewal date: left without one because its CA was about to expire (_store_issue)
@@ -120,6 +121,17 @@ def needs_leaf(
         # that issued it. Kept, it would never be renewed, and served past its notAfter.
         return "not renewed by certctl yet"
     return None
+
+
+def issued_by(cert: x509.Certificate, ca_certificate: x509.Certificate) -> bool:
+    """Whether ``ca_certificate`` (its name and key) signed ``cert``."""
+    if cert.issuer != ca_certificate.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(ca_certificate)
+    except (ValueError, TypeError, Exception):
+        return False
+    return True
 
 
 def service_profile(spec: TLSServiceSpec) -> Profile:

@@ -36,6 +36,7 @@ from certctl.services.service_ca import (
 )
 from certctl.services.service_certificates import (
     Desired,
+    issued_by,
     needs_leaf,
     renewal_by_current_margin,
     renewal_time,
@@ -272,6 +273,12 @@ def _decide(
         ca_pem=trust_pem,
         key_pem=key_to_pem(key),
         ends_with_ca=validity < settings.cert_validity,
+        # Told from the certificates, not from ``reason``: a switch of CA applied together
+        # with new SANs (checked first) is reissued for those, and lost the overlap.
+        ca_replaced=row.certificate_pem is not None
+        and not issued_by(
+            x509.load_pem_x509_certificate(row.certificate_pem.encode()), ca.certificate
+        ),
     )
     # Not "lifetime ... is under 60 days; plan its renewal": that is advice for a certificate
     # someone renews by hand, and certctl renews this one itself (a cert-validity of 30 days
@@ -280,16 +287,10 @@ def _decide(
     return desired, reason, [*warnings, *advice]
 
 
-# What needs_leaf says when another CA issues the service's certificate from now on: the
-# leaves served until now do not chain to the new CA.
-_CA_REPLACED = ("issuer changed", "issuer key changed")
-
-
 def _retire_ca(
     settings: ServiceSettings,
     row: ManagedService,
     desired: Desired,
-    reason: str,
     now: datetime,
 ) -> None:
     """Keep the CA being replaced in ``ca.crt`` for a while, or forget those no longer kept.
@@ -308,7 +309,7 @@ def _retire_ca(
     old_ca = row.ca_pem or ""
     old_end = row.not_after
     if (
-        reason in _CA_REPLACED
+        desired.ca_replaced
         and old_ca.strip()
         and old_ca != desired.ca_pem
         and old_end is not None
@@ -351,7 +352,7 @@ def _store_issue(
             session.expunge(current)
             return current
         first = current.certificate_pem is None
-        _retire_ca(settings, current, desired, reason, now)
+        _retire_ca(settings, current, desired, now)
         # Delivery pending: if this process dies before delivering, due() sees it and
         # whichever replica reconciles next delivers (the final commit clears it).
         current.next_attempt_at = now
