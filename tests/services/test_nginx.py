@@ -287,6 +287,49 @@ def test_client_trust_registration_and_deregistration(served: Served) -> None:
     assert "emerg" not in (served.directory / "error.log").read_text()
 
 
+def test_a_client_of_another_ca_of_the_same_name_is_warned_about_and_refused(
+    served: Served,
+) -> None:
+    # Two CAs made as the README does (`certctl ca create --out DIR`) share the default name
+    # CN=certctl Root CA. The warning matched issuers by name: a client certificate of the
+    # other CA, registered alone, got none, and nginx refused it all the same.
+    env, base = served.env, served.env.tmp
+    ours, theirs = base / "ours", base / "theirs"
+    for ca in (ours, theirs):
+        ok(run("certctl", "ca", "create", "--out", ca))
+    names = {
+        x509.load_pem_x509_certificate((ca / "ca.crt").read_bytes()).subject
+        for ca in (ours, theirs)
+    }
+    assert len(names) == 1  # the premise: one name, two keys
+    alice, mallory = _cli_client(base, ours, "alice"), _cli_client(base, theirs, "mallory")
+    with env.client() as client:
+        url = "/api/v1/services/web/clients"
+        ca = client.post(url, json={"certificate_pem": (ours / "ca.crt").read_text()})
+        assert ca.status_code == 201, ca.text
+        # alice alone: her CA is registered, nothing to warn about (negative twin).
+        own = client.post(url, json={"certificate_pem": (alice / "tls.crt").read_text()})
+        assert own.status_code == 201, own.text
+        assert own.json()["warnings"] == []
+        other = client.post(url, json={"certificate_pem": (mallory / "tls.crt").read_text()})
+        assert other.status_code == 201, other.text
+        (warning,) = other.json()["warnings"]
+        assert (
+            "client certificate CN=mallory is registered without its issuer (CN=certctl Root "
+            "CA; the registered CA of that name did not sign it): nginx"
+        ) in warning
+    env.reconcile("web", env.now + STEP)
+    mtls = served.mtls_port
+    _wait(
+        lambda: (
+            served.curl(OLD, *_client_args(alice), port=mtls) == (0, "200") and served.settled()
+        ),
+        "the registered CA's client to be accepted",
+    )
+    # What the warning says: nginx refuses mallory, whose certificate is registered.
+    assert served.curl(OLD, *_client_args(mallory), port=mtls) == (0, "400")
+
+
 def test_renewals_and_a_ca_rollover_under_load_lose_no_request(served: Served) -> None:
     # Clients hold the ca.crt of the start throughout: the service CA is renewed with the
     # same key, so it keeps verifying every certificate served after it.

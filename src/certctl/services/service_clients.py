@@ -18,7 +18,7 @@ from certctl.pki import (
 )
 from certctl.services.audit import record, record_call
 from certctl.services.context import Principal, Services
-from certctl.services.service_certificates import extended_key_usages
+from certctl.services.service_certificates import extended_key_usages, issued_by
 from certctl.services.service_rows import lock_service_row, locked_service
 from certctl.services.tls_spec import parse_service
 from certctl.store.models import ManagedService, ServiceClient
@@ -90,7 +90,10 @@ def client_trust_warnings(services: Services, name: str) -> list[str]:
     with services.sessions() as session:
         service = session.get(ManagedService, name)
         rows = session.scalars(select(ServiceClient).where(ServiceClient.service == name)).all()
-    subjects = {r.subject for r in rows if r.is_ca}
+    # Their certificates, not just their names: `certctl ca create` names every CA
+    # "CN=certctl Root CA" unless told otherwise, and a client of another CA of that name
+    # got no warning though nginx refuses it (the signature does not verify).
+    cas = [x509.load_pem_x509_certificate(r.certificate_pem.encode()) for r in rows if r.is_ca]
     now = services.clock()
     warnings = []
     try:
@@ -130,11 +133,13 @@ def client_trust_warnings(services: Services, name: str) -> list[str]:
         issuer = cert.issuer.rfc4514_string()
         # Up to a self-signed certificate: an intermediate alone fails there too (nginx
         # sets no partial-chain flag).
-        if not is_self_signed(cert) and issuer not in subjects:
+        if not is_self_signed(cert) and not any(issued_by(cert, ca) for ca in cas):
+            namesake = any(ca.subject == cert.issuer for ca in cas)
             warnings.append(
-                f"{what} {row.subject} is registered without its issuer ({issuer}): nginx "
-                "and other OpenSSL servers accept its clients only once the chain up to a "
-                "self-signed CA is registered; Java servers accept it alone"
+                f"{what} {row.subject} is registered without its issuer ({issuer}"
+                + ("; the registered CA of that name did not sign it" if namesake else "")
+                + "): nginx and other OpenSSL servers accept its clients only once the chain "
+                "up to a self-signed CA is registered; Java servers accept it alone"
             )
     return warnings
 
