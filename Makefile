@@ -47,7 +47,7 @@ system-deps:
 # exec: the server is make's own child, so the SIGTERM make passes on reaches it (not a shell
 # that would die and leave it running); it exits 0 on SIGTERM or Ctrl-C, and make says nothing.
 run: $(VENV)/.synced
-	exec $(BIN)/certctl serve  # data in ./certctl-data (the default; CERTCTL_CONFIG may say otherwise)
+	exec $(BIN)/certctl serve  # data in ./certctl-data unless CERTCTL_DATA_DIR or CERTCTL_CONFIG says otherwise
 
 demo: $(VENV)/.synced
 	@bash scripts/demo.sh
