@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -336,7 +337,9 @@ def test_jitter_spreads_renewals_within_ten_percent(env: Env) -> None:
     assert len(renew_offsets) > 1  # not all at the same instant
 
 
-def test_ca_renewed_ahead_with_same_key_and_ski_both_ways_trusted(any_env: Env) -> None:
+def test_ca_renewed_ahead_with_same_key_and_ski_both_ways_trusted(
+    any_env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
     env = any_env
     t0 = env.now
     env.put(service_doc("web", dns=("web.example.internal",)))
@@ -361,7 +364,14 @@ def test_ca_renewed_ahead_with_same_key_and_ski_both_ways_trusted(any_env: Env) 
     # Past it: renewed with the same key, subject and SKI; the leaf is not reissued.
     when = ca_renew_at + MINUTE
     assert service_schedule.due(env.row("web"), when)
-    row = env.reconcile("web", when)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="certctl.services"):
+        row = env.reconcile("web", when)
+    # The log says what happened: no certificate was issued (it said "certificate issued").
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("service web:")]
+    assert said == [
+        f"service web: renewed CA certificate delivered, certificate {row.serial} kept (CA renewed)"
+    ]
     outputs = env.outputs("web")
     new_ca = _cert(outputs["ca-internal"]["ca.crt"])
     assert new_ca != old_ca

@@ -397,12 +397,15 @@ def _store_issue(
                     RENEWALS.labels("success").inc()
         session.flush()
         session.expunge(current)
-    log.info(
-        "service %s: %s (%s)",
-        row.name,
-        "certificate issued" if desired.certificate_pem else "certificates removed",
-        reason,
-    )
+    if reason == "CA renewed":
+        # Nothing was issued: the renewed CA certificate goes out beside the same leaf (the
+        # line read "certificate issued (CA renewed)" with the serial unchanged).
+        what = f"renewed CA certificate delivered, certificate {current.serial} kept"
+    elif desired.certificate_pem:
+        what = "certificate issued"
+    else:
+        what = "certificates removed"
+    log.info("service %s: %s (%s)", row.name, what, reason)
     return current
 
 
