@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -258,7 +259,7 @@ def test_a_renewed_intermediate_under_the_same_leaf_is_delivered(env: Env) -> No
     assert env.events("web")[-1].payload["reason"] == "custom certificate changed"
 
 
-def test_custom_certificate_served_as_is(env: Env) -> None:
+def test_custom_certificate_served_as_is(env: Env, caplog: pytest.LogCaptureFixture) -> None:
     _ca, files = good_files(env.now)
     write_secret(env.secrets_dir, "custom", files)
     env.put(service_doc("web", dns=NAMES, secret="custom"))
@@ -282,9 +283,16 @@ def test_custom_certificate_served_as_is(env: Env) -> None:
     _, newer = good_files(env.now)
     write_secret(env.secrets_dir, "custom", newer)
     assert service_schedule.due(env.row("web"), env.now)
-    row = env.reconcile("web", env.now + timedelta(minutes=1))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="certctl.services"):
+        row = env.reconcile("web", env.now + timedelta(minutes=1))
     assert env.outputs("web")["certs-internal"]["tls.crt"] == newer["tls.crt"]
     assert [e.event for e in env.events("web")] == ["issued", "renewed"]
+    # certctl issued nothing: the log said "certificate issued (custom certificate changed)".
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("service web:")]
+    assert said == [
+        f"service web: custom certificate {row.serial} served as it is (custom certificate changed)"
+    ]
 
 
 def test_custom_ca_issues_the_leaf(env: Env) -> None:

@@ -401,6 +401,9 @@ def _store_issue(
         # Nothing was issued: the renewed CA certificate goes out beside the same leaf (the
         # line read "certificate issued (CA renewed)" with the serial unchanged).
         what = f"renewed CA certificate delivered, certificate {current.serial} kept"
+    elif desired.as_is:
+        # Not issued here either: the secret's own certificate, delivered as it is.
+        what = f"custom certificate {current.serial} served as it is"
     elif desired.certificate_pem:
         what = "certificate issued"
     else:
