@@ -73,3 +73,40 @@ def test_the_crl_create_row_names_every_option() -> None:
         if opt.startswith("--") and opt not in ("--help", "--force")
     }
     assert sorted(options - set(re.findall(r"--[a-z-]+", row))) == []
+
+
+def test_the_own_certificate_example_fills_the_secret_the_yaml_names(tmp_path: Path) -> None:
+    # The README named certificate: {secretName: X} and <data-dir>/secrets/X/ but showed no
+    # command filling it, nor where the key goes in the spec: its example now does both, and
+    # the certificate it makes covers the names its YAML gives (else the status warns).
+    import yaml
+    from cryptography import x509
+
+    text = README.read_text()
+    section = text[text.index("**Your own certificate**") :]
+    section = section[: section.index("\n`certificate: {secretName: X}`")]
+    (script,) = re.findall(r"```sh\n(.*?)```", section, re.S)
+    (spec,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    tls = yaml.safe_load(spec)["tls"]
+    secret = tmp_path / "certctl-data" / "secrets" / tls["certificate"]["secretName"]
+    assert sorted(p.name for p in secret.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
+    assert (secret / "tls.key").stat().st_mode & 0o777 == 0o600
+    cert = x509.load_pem_x509_certificate((secret / "tls.crt").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    have = {str(n.value) for n in sans}
+    wanted = {
+        str(v) for name in tls["selfSignedCertificate"]["subjectAltNames"] for v in name.values()
+    }
+    assert wanted <= have
