@@ -419,6 +419,10 @@ def test_list_filters(api: Api) -> None:
     assert ids(status="expired") == {short["id"]}
     listed = api.get(f"{CERTS}/{short['id']}", api.admin_key).json()
     assert listed["status"] == "expired"
+    # expiring_within lists it still, as `certs list --expiring-within` says (expired ones
+    # too), and the revoked one never.
+    assert ids(expiring_within="15D") == {short["id"]}
+    assert ids(expiring_within="2160h") == {short["id"], long["id"], other["id"]}
 
 
 def test_q_folds_non_ascii_letters_on_every_backend(api: Api) -> None:

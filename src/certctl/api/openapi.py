@@ -389,7 +389,10 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         ),
         _query("issuer", _STR, "issuer id"),
         _query(
-            "expiring_within", _STR, "a duration such as 30D: active, not renewed, ending before"
+            "expiring_within",
+            _STR,
+            "a duration such as 30D: neither revoked nor renewed, ending before now plus it "
+            "(expired ones too)",
         ),
         _query(
             "q",

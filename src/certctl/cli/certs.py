@@ -361,7 +361,11 @@ def certs_list(
     expiring_within: str = typer.Option(
         None,
         "--expiring-within",
-        help="Only active certificates, not renewed, ending within this time from now, e.g. 30D.",
+        # Not "active": --status's word for those ending in more than 30 days, while this
+        # lists the expiring and expired ones too (the server's filter: not revoked, not
+        # renewed, notAfter at most now plus the time).
+        help="Only certificates neither revoked nor renewed that end within this time from "
+        "now, expired ones too, e.g. 30D.",
     ),
     query: str = typer.Option(
         None,
