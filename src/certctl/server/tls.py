@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography import x509
 from sqlalchemy.exc import DBAPIError
 
-from certctl.errors import CertctlError, InvalidRequest
+from certctl.errors import CertctlError, InvalidRequest, PasswordRequired
 from certctl.files import OutputSet, in_memory_file
 from certctl.metrics.registry import TLS_NOT_AFTER, TLS_RELOADS
 from certctl.pki import (
@@ -55,6 +55,7 @@ from certctl.services.issuance import served_chain
 from certctl.store.db import PoolTimeout, storage_error
 
 if TYPE_CHECKING:
+    from certctl.pki import Material
     from certctl.services.context import Services
 
 __all__ = [
@@ -311,8 +312,8 @@ def warn_if_unprotected(key_path: Path) -> None:
 
 def _validate_pair(cert_pem: bytes, key_pem: bytes, now: datetime) -> tuple[x509.Certificate, ...]:
     """The certificates of ``tls.crt`` (leaf first) once the pair is usable now."""
-    certs = load_material(cert_pem).certificates
-    key = load_material(key_pem).private_key
+    certs = _unencrypted(cert_pem, "tls.crt").certificates
+    key = _unencrypted(key_pem, "tls.key").private_key
     if not certs:
         raise InvalidRequest("tls.crt holds no certificate")
     if key is None:
@@ -322,6 +323,23 @@ def _validate_pair(cert_pem: bytes, key_pem: bytes, now: datetime) -> tuple[x509
     if not certs[0].not_valid_before_utc <= now <= certs[0].not_valid_after_utc:
         raise InvalidRequest("tls.crt is expired or not yet valid")
     return tuple(certs)
+
+
+def _unencrypted(data: bytes, name: str) -> Material:
+    """``name`` (``tls.crt`` or ``tls.key`` of the cert dir), read; refused when encrypted.
+
+    By type (PasswordRequired): the loader's advice names --password-file, which ``certctl
+    serve`` does not take (a server starting unattended has nobody to ask), as the custom
+    certificates of services are refused likewise.
+    """
+    try:
+        return load_material(data)
+    except PasswordRequired as exc:
+        opener = "pkcs12 -nodes" if exc.pkcs12 else "pkey"
+        raise InvalidRequest(
+            f"{name} is encrypted; certctl serve reads only an unencrypted key "
+            f"(openssl {opener} -in {name} -out {name}.clear)"
+        ) from None
 
 
 def _client_ca_text(path: Path, vet: Callable[[bytes], None] | None = None) -> str:

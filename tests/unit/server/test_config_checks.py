@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from certctl.errors import InvalidRequest
 from certctl.server.config import ServerConfig, load_config
-from tests._tools import failed, run
+from tests._tools import EC_P256, failed, run
 
 REFUSED = {
     "top-level duration": ({"ca-cert-validity": "10x"}, "{file}: ca-cert-validity: 10x: unknown"),
@@ -1021,3 +1021,26 @@ def test_a_switch_takes_a_yaml_boolean_only(tmp_path: Path, key: str) -> None:
         with pytest.raises(InvalidRequest) as info:
             loaded(value)
         assert info.value.detail == f"{file}: {key}: {words}"
+
+
+def test_an_encrypted_tls_key_in_the_cert_dir_is_refused_with_what_serve_can_read(
+    tmp_path: Path,
+) -> None:
+    # `openssl req -x509` without -nodes writes an encrypted key. serve takes no password,
+    # yet the refusal passed on the loader's advice: "give its password (--password-file)",
+    # an option serve does not have.
+    cert_dir = tmp_path / "tls"
+    cert_dir.mkdir()
+    made = run("openssl", "req", "-x509", *EC_P256, "-keyout", cert_dir / "tls.key",
+               "-out", cert_dir / "tls.crt", "-subj", "/CN=localhost", "-days", "30",
+               "-passout", "pass:hunter2pw")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert (cert_dir / "tls.key").read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY")
+    serve = ["certctl", "serve", "--tls-mode", "custom", "--tls-cert-dir", cert_dir]
+    result = failed(run(*serve, "--data-dir", tmp_path / "d"))
+    assert result.stderr == (
+        f"certctl: error: tls.cert-dir {cert_dir}: tls.key is encrypted; certctl serve reads "
+        "only an unencrypted key (openssl pkey -in tls.key -out tls.key.clear)\n"
+    )
+    assert "--password-file" not in result.stderr
+    assert not (tmp_path / "d").exists()
