@@ -225,3 +225,56 @@ def test_a_table_locked_by_another_session_bounds_the_wait_of_every_replica(
             assert revision.scalar() == db._head_revision()
     finally:
         engine.dispose()
+
+
+def test_a_postgresql_store_in_a_schema_whose_name_needs_quotes_migrates_and_back(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    # certctl migrates into the schema its role's search_path names (ALTER ROLE … SET
+    # search_path). 0021 looked its functions up by casting that name to regnamespace, which
+    # reads it as an identifier, folding "Certctl-Store" to certctl-store, which does not
+    # exist: every start failed to migrate (or pinned another schema's functions, if it did).
+    schema = "Certctl-Store"
+    database = postgres_cluster.create_database()
+    dsn = f"postgresql://postgres@127.0.0.1:{postgres_cluster.port}/{database}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        admin.execute(f'ALTER DATABASE "{database}" SET search_path TO "{schema}"')
+    engine = db.create_store_engine(postgres_cluster.url(database))
+    functions = (
+        "SELECT proname, array_to_string(proconfig, ' ') FROM pg_proc p "
+        "JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE nspname = :schema AND proname LIKE 'certctl%'"
+    )
+    try:
+        db.migrate(engine)
+        with engine.connect() as connection:
+            pinned = dict(connection.execute(text(functions), {"schema": schema}).all())
+        assert len(pinned) >= 5, pinned
+        assert set(pinned.values()) == {f'search_path="{schema}", pg_temp'}, pinned
+        # As pg_restore runs them: search_path empty, each name qualified.
+        with psycopg.connect(dsn, autocommit=True) as restore:
+            restore.execute("SET search_path = ''")
+            restore.execute(
+                ISSUER_ROW.replace("issuers", f'"{schema}".issuers').replace(":key", "'\\x00'")
+            )
+            restore.execute(
+                f'INSERT INTO "{schema}".issuers (id, name, subject, certificate_pem, '
+                "chain_pem, wrapped_key, key_type, not_after, created_at, parent_id, revoked_at) "
+                "SELECT 'sub', name, subject, certificate_pem, chain_pem, wrapped_key, key_type, "
+                f'not_after, created_at, id, created_at FROM "{schema}".issuers'
+            )
+            counted = restore.execute(
+                f"SELECT revocations FROM \"{schema}\".issuers WHERE id = 'default'"
+            ).fetchone()
+        assert counted == (1,)  # the revoked intermediate, counted by its trigger
+        downgrade_store(engine, "0020")
+        with engine.connect() as connection:
+            reset = dict(connection.execute(text(functions), {"schema": schema}).all())
+        assert set(reset.values()) == {None}, reset
+        db.migrate(engine)
+        with engine.connect() as connection:
+            again = dict(connection.execute(text(functions), {"schema": schema}).all())
+        assert again == pinned
+    finally:
+        engine.dispose()

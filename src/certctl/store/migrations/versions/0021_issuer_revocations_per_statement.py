@@ -64,13 +64,16 @@ def _replace(body: str, trigger: str) -> None:
 
 def _functions() -> list[str]:
     """certctl's functions in the schema it is migrated in, each as ``name()``."""
+    # By its name, not current_schema()::regnamespace: that cast reads the name as an
+    # identifier, folding a schema "Certctl-Store" to certctl-store (none, or another).
     return list(
         op.get_bind()
         .execute(
             sa.text(
-                "SELECT oid::regprocedure::text FROM pg_proc "
-                "WHERE pronamespace = current_schema()::regnamespace "
-                "AND proname LIKE 'certctl\\_%' ORDER BY 1"
+                "SELECT p.oid::regprocedure::text FROM pg_proc p "
+                "JOIN pg_namespace n ON n.oid = p.pronamespace "
+                "WHERE n.nspname = current_schema() "
+                "AND p.proname LIKE 'certctl\\_%' ORDER BY 1"
             )
         )
         .scalars()
