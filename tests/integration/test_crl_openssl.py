@@ -11,6 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from certctl.pki import format_serial
 from tests._tools import ok, run
 from tests.integration.conftest import Chain, Pki, certctl, certctl_ok
 
@@ -129,6 +130,46 @@ def test_a_crl_made_from_the_previous_one_keeps_its_dates_and_reasons(
     assert refused.code == 1
     assert "was not signed by this CA" in refused.err
     assert crl.read_bytes() == kept
+
+
+def test_a_previous_crl_entry_no_crl_can_carry_is_left_off_with_a_warning(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """``--from`` a CRL ``openssl ca`` signed listing a serial of 160 bits, its top bit set
+    (RFC 5280 4.1.2.2 allows 20 octets, sign included; OpenSSL lists it): cryptography
+    cannot list it, and crl create ended in 'internal error (ValueError …)'. As the server
+    leaves such a revoked row off its CRLs, the entry is left off with a warning naming it,
+    and the others keep their dates and reasons.
+    """
+    chain = pki.chain("ec-p256")
+    kept = serial_of(pki.issue(chain.inter, "kept", dns=["kept.example.com"]) / "tls.crt")
+    too_large = 2**160 - 1
+    index = tmp_path / "index.txt"
+    index.write_text(
+        "".join(
+            f"R\t301231000000Z\t250101000000Z,keyCompromise\t{format_serial(s).upper()}"
+            f"\tunknown\t/CN=s{n}\n"
+            for n, s in enumerate((too_large, kept))
+        )
+    )
+    config = tmp_path / "openssl.cnf"
+    config.write_text(
+        f"[ca]\ndefault_ca = d\n[d]\ndatabase = {index}\ncertificate = {chain.inter}/ca.crt\n"
+        f"private_key = {chain.inter}/ca.key\ndefault_md = sha256\ndefault_crl_days = 7\n"
+    )
+    previous, crl = tmp_path / "openssl.crl", tmp_path / "ca.crl"
+    ok(run("openssl", "ca", "-config", config, "-gencrl", "-out", previous))
+    assert set(_entries(previous)) == {too_large, kept}
+    done = certctl_ok("crl", "create", "--ca", chain.inter, "--from", previous, "--out", crl)
+    assert _entries(crl) == {
+        kept: (datetime(2025, 1, 1, tzinfo=UTC), x509.ReasonFlags.key_compromise)
+    }
+    assert done.err == (
+        f"certctl: warning: --from {previous}: serial {format_serial(too_large)} is left "
+        "off: it is no positive number of at most 20 octets (RFC 5280 4.1.2.2), which no "
+        "CRL certctl signs can list\n"
+    )
+    assert f"1 revoked serial(s) (1 kept from {previous}, 0 new)" in done.out
 
 
 def _entries(crl: Path) -> dict[int, tuple[datetime, x509.ReasonFlags | None]]:

@@ -60,10 +60,12 @@ def create(
         RevokedEntry,
         create_crl,
         format_days,
+        format_serial,
         load_previous_crl,
         parse_duration,
         parse_serial,
     )
+    from certctl.pki.crl import is_crl_serial
 
     serials = list(dict.fromkeys(parse_serial(s) for s in revoked))
     flag = None
@@ -95,6 +97,16 @@ def create(
             kept, previous_number = load_previous_crl(read_file(previous, "CRL"), ca)
         except InvalidRequest as exc:
             raise InvalidRequest(f"--from {previous}: {exc.detail}") from None
+        # OpenSSL lists a serial RFC 5280 forbids (over 20 octets), which cryptography cannot:
+        # left off, as the server leaves such a revoked row off its CRLs, not a traceback.
+        for entry in kept:
+            if not is_crl_serial(entry.serial_number):
+                warn(
+                    f"--from {previous}: serial {format_serial(entry.serial_number)} is left "
+                    "off: it is no positive number of at most 20 octets (RFC 5280 4.1.2.2), "
+                    "which no CRL certctl signs can list"
+                )
+        kept = [entry for entry in kept if is_crl_serial(entry.serial_number)]
     now = utcnow()
     ca_end = ca.certificate.not_valid_after_utc
     if ca_end <= now:
