@@ -776,6 +776,56 @@ def test_import_of_an_intermediate_without_its_root_says_what_is_served(api: Api
     assert "send the chain up to the root in certificate_pem" in warning
 
 
+def test_import_of_an_intermediate_whose_serial_no_crl_can_list_says_so(
+    api: Api, tmp_path: Path
+) -> None:
+    """An intermediate OpenSSL signed with a serial of 160 bits, its top bit set (RFC 5280
+    4.1.2.2 allows 20 octets, sign included): revoked, it answers 200 and issues no more, but
+    its parent's CRL cannot list it (left off with a server log line at each signing). The
+    import said nothing, while another certificate could still be made for it.
+    """
+    now = api.clock()
+    root, _, _ = _root_and_intermediate("Big Root", "unused", now)
+    (tmp_path / "root.pem").write_bytes(root.certificate.public_bytes(Encoding.PEM))
+    (tmp_path / "root.key").write_bytes(key_to_pem(root.private_key))
+    (tmp_path / "ext.cnf").write_text(
+        "basicConstraints = critical, CA:true, pathlen:0\n"
+        "keyUsage = critical, keyCertSign, cRLSign\n"
+        "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n"
+    )
+    openssl_req(tmp_path / "sub.key", tmp_path / "sub.csr", "/CN=Big Sub")
+    ok(
+        run(
+            "openssl", "x509", "-req", "-in", tmp_path / "sub.csr", "-CA", tmp_path / "root.pem",
+            "-CAkey", tmp_path / "root.key", "-set_serial", f"0x{'ff' * 20}", "-days", "20",
+            "-extfile", tmp_path / "ext.cnf", "-out", tmp_path / "sub.pem",
+        )
+    )  # fmt: skip
+    r = _import_pair(api, "big-root", root.certificate, root.private_key)
+    assert r.status_code == 201, r.text
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "big-sub",
+            "certificate_pem": (tmp_path / "sub.pem").read_text()
+            + (tmp_path / "root.pem").read_text(),
+            "private_key_pem": (tmp_path / "sub.key").read_text(),
+        },
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["warnings"] == [
+        f"its serial {'ff' * 20} is no positive number of at most 20 octets (RFC 5280 "
+        "4.1.2.2): no CRL can list it, so if it is revoked, its issuer's CRL leaves it off; "
+        "have CN=Big Root sign it again with a serial of at most 159 bits"
+    ]
+    r = api.post(f"{ISSUERS}/big-sub/revoke", api.admin_key, json={})
+    assert r.status_code == 200, r.text
+    crl = api.get(f"{ISSUERS}/big-root/crl")
+    assert crl.status_code == 200, crl.text
+    assert list(x509.load_der_x509_crl(crl.content)) == []  # what the warning said
+
+
 def test_import_allows_a_few_minutes_of_clock_skew(api: Api) -> None:
     key = generate_private_key(KeyType.EC_P256)
     ahead = api.clock() + timedelta(minutes=2)  # made on a host whose clock runs ahead

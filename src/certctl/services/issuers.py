@@ -23,12 +23,14 @@ from certctl.pki import (
     certs_to_pem,
     common_name_dn,
     create_root_ca,
+    format_serial,
     generate_private_key,
     issuer_chain,
     key_type_of,
     load_material,
     parse_dn,
 )
+from certctl.pki.crl import is_crl_serial
 from certctl.pki.issue import KeyMismatch
 from certctl.pki.keys import unreadable_key
 from certctl.services.audit import record
@@ -325,6 +327,16 @@ def _import_warnings(ca: CertificateAuthority, issuer_id: str) -> tuple[str, ...
             "was not given: chain_pem stops below it, certificates from this issuer come "
             f"without {top.subject.rfc4514_string()} and ca.pem?chain=true ends with it, not a "
             "root; send the chain up to the root in certificate_pem"
+        )
+    cert = ca.certificate
+    if cert.issuer != cert.subject and not is_crl_serial(cert.serial_number):
+        # OpenSSL signs such a serial; cryptography cannot list it, so its revocation (200,
+        # it issues no more) never reaches clients: said now, while it can be signed again.
+        warnings.append(
+            f"its serial {format_serial(cert.serial_number)} is no positive number of at "
+            "most 20 octets (RFC 5280 4.1.2.2): no CRL can list it, so if it is revoked, its "
+            f"issuer's CRL leaves it off; have {cert.issuer.rfc4514_string()} sign it again "
+            "with a serial of at most 159 bits"
         )
     if not ca.may_sign_crls:
         # Issuing works; only a CRL it signed would be refused by every client, so certctl
