@@ -21,12 +21,14 @@ from certctl.errors import CertctlError, Conflict
 from certctl.pki import certs_to_pem, get_profile, key_to_pem
 from certctl.services import actors, certificates, issuers
 from certctl.services.context import Principal
-from certctl.store.db import lock_issuer_rows
+from certctl.store.db import REVOCATION_LOCK, lock_issuer_rows
 from certctl.store.models import Actor, ApiKey, CertificateRecord, Issuer, Role
-from tests.api.conftest import Api, assert_problem
+from tests.api.conftest import Api, PostgresCluster, assert_problem, running_app
 from tests.api.test_certificates import _csr_pem
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from httpx2 import Response
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -575,3 +577,45 @@ def test_issuer_rows_a_revocation_locks_hold_up_crl_numbering_not_issuance(api: 
         assert "crl" not in done  # waits for the row
     numbering.join(10)
     assert done == {"issue": 201, "crl": 200}
+
+
+@pytest.mark.parametrize(
+    ("setting", "words"),
+    [
+        ("lock_timeout", "waited for a lock held longer than the database's lock_timeout"),
+        ("statement_timeout", "ran past the database's statement_timeout"),
+    ],
+)
+def test_a_revocation_waiting_past_the_databases_timeout_is_busy_not_unreachable(
+    postgres_cluster: PostgresCluster, tmp_path: Path, setting: str, words: str
+) -> None:
+    """Revocations run one at a time (REVOCATION_LOCK): an issuer revocation waits for a
+    keyCompromise of a long renewal chain (~6 s at 10,000 certificates). A lock_timeout or
+    statement_timeout set for the role or database (``ALTER ROLE … SET``) ends the wait:
+    it answered 503 'the database cannot be reached', with no Retry-After, though the
+    database answered. Now 'storage is busy', Retry-After 1, nothing of it written."""
+    database = postgres_cluster.create_database()
+    url = postgres_cluster.url(database)
+    with running_app("postgresql", tmp_path / "data", url) as api:
+        r = api.post("/api/v1/issuers", api.admin_key, json={"id": "sub", "parent": "default"})
+        assert r.status_code == 201, r.text
+        engine = api.services.engine
+        with engine.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{database}" SET {setting} = 300'))
+            conn.commit()
+        engine.dispose()  # the pool's next sessions start under the setting
+        before = api.counts()
+        # Another revocation in progress (another replica's long keyCompromise).
+        with engine.connect() as holder, holder.begin():
+            holder.execute(text(f"SET LOCAL {setting} = 0"))
+            holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": REVOCATION_LOCK})
+            r = api.post("/api/v1/issuers/sub/revoke", api.admin_key, json={})
+        problem = assert_problem(r, 503)
+        assert problem["detail"].startswith("storage is busy: "), problem
+        assert words in problem["detail"], problem
+        assert r.headers["Retry-After"] == "1"
+        assert api.counts() == before
+        assert api.get("/api/v1/issuers/sub", api.admin_key).json()["status"] == "active"
+        # Once the other revocation is done, the retry goes through.
+        r = api.post("/api/v1/issuers/sub/revoke", api.admin_key, json={})
+        assert r.status_code == 200, r.text

@@ -741,6 +741,16 @@ _PG_CONFLICTS = {
     "40P01": "storage is busy: this write deadlocked with a concurrent one and was rolled back",
     "40001": "storage is busy: this write conflicted with a concurrent one and was rolled back",
 }
+# Statements PostgreSQL cancels at a limit set for the role or database (ALTER ROLE … SET):
+# a wait for a lock another transaction holds (a revocation waits for the one in progress,
+# a keyCompromise of a long renewal chain takes seconds) or a slow statement. The database
+# answered; psycopg raises them as OperationalErrors, which said it cannot be reached.
+_PG_TIMEOUTS = {
+    "55P03": "storage is busy: this request waited for a lock held longer than the "
+    "database's lock_timeout and was rolled back",
+    "57014": "storage is busy: a statement of this request ran past the database's "
+    "statement_timeout (or was cancelled) and was rolled back",
+}
 CONFLICT_RETRY_AFTER_S = 1
 
 
@@ -750,9 +760,10 @@ def storage_error(exc: BaseException) -> StorageUnavailable | None:
     Also for SQLAlchemy's pool timeout (``PoolTimeout``, no DB-API error): no connection free.
 
     Storage faults are: SQLite full, read-only, I/O error, cannot open, busy; PostgreSQL disk
-    full, read-only transaction and every DB-API ``OperationalError`` (connection lost, server
-    shutting down, …). SQLite also reports SQL mistakes as ``OperationalError``, so SQLite is
-    classified by its result code, never by the exception class.
+    full, read-only transaction, a deadlock, a lock_timeout or statement_timeout run out and
+    every other DB-API ``OperationalError`` (connection lost, server shutting down, …).
+    SQLite also reports SQL mistakes as ``OperationalError``, so SQLite is classified by its
+    result code, never by the exception class.
     """
     if isinstance(exc, PoolTimeout):
         # Every pooled connection stayed busy for pool_timeout (writes queued behind SQLite's
@@ -777,6 +788,8 @@ def storage_error(exc: BaseException) -> StorageUnavailable | None:
         # An OperationalError too, which said "the database cannot be reached": PostgreSQL
         # ended this transaction (rolled back) for another's sake; the next try goes through.
         return StorageUnavailable(_PG_CONFLICTS[sqlstate], retry_after_s=CONFLICT_RETRY_AFTER_S)
+    if sqlstate in _PG_TIMEOUTS:
+        return StorageUnavailable(_PG_TIMEOUTS[sqlstate], retry_after_s=CONFLICT_RETRY_AFTER_S)
     if type(orig).__module__.startswith("psycopg") and _is_operational(orig):
         return StorageUnavailable("storage is unavailable: the database cannot be reached")
     return None

@@ -88,6 +88,32 @@ def test_a_postgresql_transaction_ended_for_another_is_busy_not_unreachable(
     assert fault.retry_after_s == 1
 
 
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (
+            psycopg.errors.LockNotAvailable("canceling statement due to lock timeout"),
+            "held longer than the database's lock_timeout",
+        ),
+        (
+            psycopg.errors.QueryCanceled("canceling statement due to statement timeout"),
+            "ran past the database's statement_timeout",
+        ),
+    ],
+)
+def test_a_postgresql_statement_cancelled_at_its_timeout_is_busy_not_unreachable(
+    error: psycopg.Error, words: str
+) -> None:
+    # OperationalErrors both, which said "the database cannot be reached": it answered, and
+    # cancelled the statement at a limit set for the role or database.
+    fault = storage_error(OperationalError("SELECT pg_advisory_xact_lock …", {}, error))
+    assert fault is not None
+    assert fault.detail.startswith("storage is busy: ")
+    assert words in fault.detail
+    assert "cannot be reached" not in fault.detail
+    assert fault.retry_after_s == 1
+
+
 def test_not_a_database_error() -> None:
     assert storage_error(OSError(28, "No space left on device")) is None
 
