@@ -281,9 +281,19 @@ def load_ca_dir(
                 )
         chain = listed[1:]
     try:
-        return CertificateAuthority(certs[0], key, tuple(chain))
+        ca = CertificateAuthority(certs[0], key, tuple(chain))
     except InvalidRequest as exc:
         raise InvalidRequest(f"{directory}: {exc.detail}") from exc
+    end = ca.certificate.not_valid_after_utc
+    if end <= utcnow():
+        # Every caller signs with the CA, and no client accepts what an expired one signs.
+        # Refused here, naming the directory ("issuing CA expired" named neither it nor a
+        # way out), before the wizard asks its other questions or a batch makes keys.
+        raise InvalidRequest(
+            f"{directory}: the CA certificate expired on {end:%Y-%m-%d %H:%M}Z: it can no "
+            "longer sign certificates or CRLs (create a new CA with 'certctl ca create')"
+        )
+    return ca
 
 
 def holds_another_key(path: Path, public_key: object) -> bool:

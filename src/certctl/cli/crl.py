@@ -108,10 +108,7 @@ def create(
                 )
         kept = [entry for entry in kept if is_crl_serial(entry.serial_number)]
     now = utcnow()
-    ca_end = ca.certificate.not_valid_after_utc
-    if ca_end <= now:
-        # As cert issue: no relying party accepts anything an expired CA signs.
-        raise InvalidRequest(f"issuing CA expired on {ca_end:%Y-%m-%d %H:%M}Z")
+    ca_end = ca.certificate.not_valid_after_utc  # open_ca_dir refused an expired CA
     if now + interval > ca_end:
         # A CRL promising news after its issuer expired: the next one must come from a
         # renewed CA, so clients should fetch it by then (as cert issue clips a validity).

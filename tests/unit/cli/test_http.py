@@ -16,7 +16,7 @@ import termios
 import time
 import zipfile
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,12 @@ from certctl.cli.main import run
 from certctl.errors import CertctlError
 from certctl.pki import (
     SubjectAltNames,
+    certs_to_pem,
+    common_name_dn,
+    create_root_ca,
     format_serial,
+    generate_private_key,
+    key_to_pem,
     keys_match,
     load_csr,
     load_material,
@@ -677,6 +682,44 @@ def test_wizard_existing_ca_when_the_given_ca_password_does_not_fit(
     assert next(remaining, None) is None
     assert len(secret_prompts) == (1 if encrypted else 0)
     assert ("wrong password" in " ".join(captured.out.split())) is encrypted
+    cert = x509.load_pem_x509_certificate(zipfile.ZipFile(out).read("web1/http.crt"))
+    assert cert.issuer == x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes()).subject
+
+
+def test_wizard_refuses_an_expired_ca_at_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An expired CA is refused when its directory is given, not after every other question."""
+
+    expired_dir = tmp_path / "old-ca"
+    expired_dir.mkdir()
+    key = generate_private_key()
+    old = create_root_ca(
+        key,
+        common_name_dn("Old Root"),
+        validity=timedelta(days=1),
+        now=datetime(2020, 1, 1, tzinfo=UTC),
+    ).certificate
+    (expired_dir / "ca.crt").write_bytes(certs_to_pem([old]))
+    (expired_dir / "ca.key").write_bytes(key_to_pem(key))
+    ca_dir = tmp_path / "ca"
+    assert run(["ca", "create", "--out", str(ca_dir)]) == 0
+    capsys.readouterr()
+    # profile, CSRs, existing CA, the expired one (refused), a current one, then node web1.
+    answers = ["generic", "n", "y", str(expired_dir), str(ca_dir)]
+    answers += ["y", "", "", "", "n", "", "", "pem", "y"]
+    remaining = iter(answers)
+    _script_wizard(monkeypatch, remaining)
+    out = tmp_path / "b.zip"
+    code = run(["http", "--out", str(out), "--node", "web1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err + captured.out
+    assert next(remaining, None) is None
+    assert (
+        f"{expired_dir}: the CA certificate expired on 2020-01-02 00:00Z: it can no longer "
+        "sign certificates or CRLs (create a new CA with 'certctl ca create')"
+    ) in " ".join(captured.out.split())
+    assert "using CA CN=Old Root" not in captured.out
     cert = x509.load_pem_x509_certificate(zipfile.ZipFile(out).read("web1/http.crt"))
     assert cert.issuer == x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes()).subject
 

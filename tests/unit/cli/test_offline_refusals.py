@@ -376,11 +376,23 @@ CASES = [
             "CRL, where a serial no longer revoked is simply left out",
         ),
     ),
-    _c(
-        "crl-expired-ca",
-        "crl create --ca expired -o new.crl",
-        1,
-        "certctl: error: issuing CA expired on 2020-01-02 00:00Z",
+    # --- an expired CA: every command that signs with a CA directory ----------------------
+    *(
+        _c(
+            f"{name}-expired-ca",
+            argv,
+            1,
+            "certctl: error: expired: the CA certificate expired on 2020-01-02 00:00Z: it can "
+            "no longer sign certificates or CRLs (create a new CA with 'certctl ca create')",
+        )
+        for name, argv in (
+            ("crl", "crl create --ca expired -o new.crl"),
+            ("issue", "cert issue --ca expired -o out --cn x"),
+            ("batch", "cert issue --ca expired -o out.zip --in instances.yml --pem"),
+            ("csr-sign", "csr sign --ca expired --csr long.csr -o out"),
+            ("intermediate", "ca create --parent expired -o sub"),
+            ("http", "http -o b.zip --node n1 --non-interactive --pem --ca expired"),
+        )
     ),
     # --- http --------------------------------------------------------------------------
     _c(
