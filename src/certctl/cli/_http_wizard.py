@@ -152,8 +152,10 @@ class Wizard:
         # encrypted key only (it may be meant for a new CA): reused after failing, it
         # trapped the wizard asking for the directory again and again.
         given = c.ca_password
+        last = str(c.ca_dir) if c.ca_dir else ""
         while True:
-            answer = self.ask("CA directory", str(c.ca_dir) if c.ca_dir else "")
+            # A refused directory is offered again: after a mistyped password, Enter retries.
+            answer = last = self.ask("CA directory", last)
             if not answer:
                 self.error("give the directory holding ca.crt and ca.key")
                 continue

@@ -578,8 +578,8 @@ def test_wizard_in_process_shared_existing_ca(
             "y",  # existing CA?
             str(tmp_path / "missing"),  # CA directory: refused, asked again
             str(ca_dir),
-            "wrong",  # CA key password: refused, directory and password asked again
-            str(ca_dir),
+            "wrong",  # CA key password: refused, directory (offered) and password asked again
+            "",
             "ca secret",
             "n",  # per node?
             "front",  # shared name
