@@ -336,10 +336,15 @@ class Wizard:
 
         targets = plan_certificates(bundle_plan(c))
         self.console.print()
+        # The answers given since the names, so that a mistyped validity shows before writing.
+        files = (
+            "http.crt + http.key" if c.pem else "legacy http.p12" if c.p12_legacy else "http.p12"
+        )
+        each = f"{c.validity}, {c.key_type}, {files}"
         what = {
-            "csr": "keys and CSRs for an external CA",
-            "new-ca": f"a new CA ({c.ca_cn}, {c.ca_validity}) and certificates",
-            "existing-ca": f"certificates signed by the CA in {c.ca_dir}",
+            "csr": f"{c.key_type} keys and CSRs for an external CA",
+            "new-ca": f"a new CA ({c.ca_cn}, {c.ca_validity}) and certificates ({each})",
+            "existing-ca": f"certificates ({each}) signed by the CA in {c.ca_dir}",
         }[c.mode]
         self.console.print(f"About to write {what}:", markup=False)
         for target in targets:

@@ -599,6 +599,10 @@ def test_wizard_in_process_shared_existing_ca(
     assert next(answers, None) is None
     output = " ".join(captured.out.split())
     assert "CA directory not found" in output
+    # The answers after the names, shown before writing.
+    assert f"certificates (180D, ec-p384, http.crt + http.key) signed by the CA in {ca_dir}:" in (
+        output
+    )
     assert "wrong password" in output
     assert len(secret_prompts) == 2
     assert all("ca.key" in p for p in secret_prompts)
@@ -729,12 +733,14 @@ def test_wizard_declined_writes_nothing(
 ) -> None:
 
     # profile, CSRs: yes, per node, node name, DNS, IPs, another node, key type, write: no
-    answers = iter(["", "y", "", "", "", "", "", "", "n"])
+    answers = iter(["", "y", "", "", "", "", "", "ed25519", "n"])
 
     _script_wizard(monkeypatch, answers)
     out = tmp_path / "b.zip"
     assert run(["http", "--out", str(out), "--node", "es1"]) == 1
-    assert capsys.readouterr().err == "certctl: error: aborted\n"
+    captured = capsys.readouterr()
+    assert captured.err == "certctl: error: aborted\n"
+    assert "About to write ed25519 keys and CSRs for an external CA:" in captured.out
     assert not out.exists()
 
 
@@ -910,6 +916,7 @@ def test_wizard_on_a_pty(tmp_path: Path) -> None:
             ("Password for http.p12:", PASSWORD, True),
             ("Repeat the password:", PASSWORD, True),
             ("Use legacy PKCS#12 encryption?", "", False),
+            ("and certificates (1Y, ec-p256, http.p12):", None, False),
             ("Write w.zip?", "y", False),
         ]
         for text, answer, secret in steps:
