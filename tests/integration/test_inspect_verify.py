@@ -128,6 +128,28 @@ def test_json_certificate(files: Path) -> None:
     }
 
 
+def test_readable_key_usage_names_are_those_openssl_takes(tmp_path: Path) -> None:
+    # It printed cryptography's attribute names (digital_signature, key_cert_sign) beside
+    # serverAuth, where the README's profile table and verify's messages say keyCertSign.
+    usages = (
+        "digitalSignature, nonRepudiation, keyEncipherment, dataEncipherment, keyAgreement, "
+        "keyCertSign, cRLSign"
+    )
+    made = tmp_path / "all.crt"
+    ok(
+        run(
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", tmp_path / "all.key", "-subj", "/CN=all", "-days", "1",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", f"keyUsage=critical,{usages}", "-out", made,
+        )
+    )  # fmt: skip
+    text = ok(certctl_exe("inspect", made)).stdout
+    assert f"  key usage       {usages}\n" in text
+    (item,) = inspect_json(made)
+    assert item["key_usage"][0] == "digital_signature"  # the JSON's values stay as they were
+
+
 def test_json_private_key(files: Path) -> None:
     (item,) = inspect_json(files / "lf/tls.key")
     assert item == {

@@ -371,6 +371,19 @@ def _signature_row(valid: bool | None) -> str:
     return "valid" if valid else "INVALID"
 
 
+# RFC 5280's names, as the extended key usages beside them (serverAuth), openssl's
+# keyUsage= configuration and verify's messages spell them; the JSON keeps its values.
+_KEY_USAGE_NAMES = {
+    "digital_signature": "digitalSignature",
+    "content_commitment": "nonRepudiation",
+    "key_encipherment": "keyEncipherment",
+    "data_encipherment": "dataEncipherment",
+    "key_agreement": "keyAgreement",
+    "key_cert_sign": "keyCertSign",
+    "crl_sign": "cRLSign",
+}
+
+
 def _rows(item: dict[str, Any]) -> list[tuple[str, str]]:
     kind = item["kind"]
     if kind == "certificate":
@@ -383,7 +396,7 @@ def _rows(item: dict[str, Any]) -> list[tuple[str, str]]:
             ("key", item["key_type"]),
             ("CA", _ca_row(item)),
             *_constraint_rows(item["name_constraints"]),
-            ("key usage", ", ".join(item["key_usage"]) or "-"),
+            ("key usage", ", ".join(_KEY_USAGE_NAMES[u] for u in item["key_usage"]) or "-"),
             ("ext. key usage", ", ".join(item["extended_key_usage"]) or "-"),
             ("signature", item["signature_algorithm"]),
             ("SHA-256", item["fingerprint_sha256"]),
