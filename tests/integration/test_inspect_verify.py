@@ -150,6 +150,42 @@ def test_readable_key_usage_names_are_those_openssl_takes(tmp_path: Path) -> Non
     assert item["key_usage"][0] == "digital_signature"  # the JSON's values stay as they were
 
 
+@pytest.mark.parametrize(
+    ("start", "end", "said"),
+    [
+        (-timedelta(days=400), -timedelta(days=30), " (expired)"),
+        (timedelta(days=2), timedelta(days=30), " (not yet valid)"),
+        (-timedelta(days=1), timedelta(days=30), ""),
+    ],
+    ids=["expired", "not-yet-valid", "current"],
+)
+def test_readable_validity_says_expired_or_not_yet_valid(
+    tmp_path: Path, start: timedelta, end: timedelta, said: str
+) -> None:
+    # An expired CA showed its two dates only, like a current one.
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "dated")])
+    now = datetime.now(UTC).replace(microsecond=0)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now + start)
+        .not_valid_after(now + end)
+        .sign(key, hashes.SHA256())
+    )
+    path = tmp_path / "dated.crt"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    text = ok(certctl_exe("inspect", path)).stdout
+    dates = f"{(now + start).isoformat()} → {(now + end).isoformat()}"
+    assert f"  valid           {dates}{said}\n" in text
+    # openssl agrees on which side of now the dates fall.
+    checked = run("openssl", "x509", "-in", path, "-noout", "-checkend", "0")
+    assert (checked.returncode == 0) is (said != " (expired)")
+
+
 def test_json_private_key(files: Path) -> None:
     (item,) = inspect_json(files / "lf/tls.key")
     assert item == {

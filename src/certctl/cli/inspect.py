@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from certctl.cli._common import read_material, read_password
+from certctl.cli._common import read_material, read_password, utcnow
 from certctl.cli._stdin import STDIN_HELP, password_file_option
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric.types import (
         CertificateIssuerPrivateKeyTypes,
@@ -384,14 +386,27 @@ _KEY_USAGE_NAMES = {
 }
 
 
-def _rows(item: dict[str, Any]) -> list[tuple[str, str]]:
+def _validity(item: dict[str, Any], now: datetime) -> str:
+    # Said outright: an expired CA or leaf read like a current one, and the dates alone
+    # had to be compared with today's by eye.
+    from datetime import datetime
+
+    shown = f"{item['not_before']} → {item['not_after']}"
+    if datetime.fromisoformat(item["not_after"]) <= now:
+        return f"{shown} (expired)"
+    if datetime.fromisoformat(item["not_before"]) > now:
+        return f"{shown} (not yet valid)"
+    return shown
+
+
+def _rows(item: dict[str, Any], now: datetime) -> list[tuple[str, str]]:
     kind = item["kind"]
     if kind == "certificate":
         return [
             ("subject", item["subject"]),
             ("issuer", item["issuer"]),
             ("serial", item["serial"]),
-            ("valid", f"{item['not_before']} → {item['not_after']}"),
+            ("valid", _validity(item, now)),
             ("SANs", _names(item["sans"])),
             ("key", item["key_type"]),
             ("CA", _ca_row(item)),
@@ -517,6 +532,7 @@ def _print_readable(items: list[dict[str, Any]], file_format: str) -> None:
     counts = {kind: sum(1 for i in items if i["kind"] == kind) for kind in _TITLES}
     seen = dict.fromkeys(_TITLES, 0)
     write = sys.stdout.write
+    now = utcnow()
     for index, item in enumerate(items):
         kind = item["kind"]
         seen[kind] += 1
@@ -525,7 +541,7 @@ def _print_readable(items: list[dict[str, Any]], file_format: str) -> None:
             title += f" {seen[kind]} of {counts[kind]}"
         lines = ["\n"] if index else []
         lines.append(f"{bold_on}{title} ({file_format}){bold_off}\n")
-        for label, value in _rows(item):
+        for label, value in _rows(item, now):
             # Never cut or re-wrapped (a fingerprint is wider than 80 columns): the terminal
             # folds the line, and copying it gives the whole value back. printable: a
             # certificate is someone else's text, and an escape sequence in its subject or

@@ -113,7 +113,7 @@ def _as_rich_printed(path: Path) -> str:
         if counts[kind] > 1 or kind == "certificate":
             title += f" {seen[kind]} of {counts[kind]}"
         console.print(Text(f"{title} ({material.format})", style="bold"))
-        for label, value in _rows(item):
+        for label, value in _rows(item, NOW):
             line = Text.assemble(("  " + label.ljust(16), "bold"), printable(value))
             console.print(line, soft_wrap=True)
     return out.getvalue()
