@@ -203,6 +203,7 @@ def import_ca(
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:
     """Import an existing CA (PEM pair or PKCS#12) after checking key and certificate match."""
+    from certctl.errors import InvalidRequest
     from certctl.files import OutputSet
     from certctl.pki import CertificateAuthority, certs_to_pem, display_dn, key_to_pem
 
@@ -212,7 +213,10 @@ def import_ca(
     private_key = ca_input.private_key
     certs = material.certificates
     chain = _issuer_chain(ca_cert, [c for c in certs if c is not ca_cert])
-    ca = CertificateAuthority(ca_cert, private_key, chain)
+    try:
+        ca = CertificateAuthority(ca_cert, private_key, chain)
+    except InvalidRequest as exc:  # not a CA, an RSA-PSS key …: say which file
+        raise InvalidRequest(f"{cert or p12}: {exc.detail}") from exc
     if material.key_encrypted and key_password is None:
         # The key was protected in the input: writing ca.key unencrypted would drop that
         # protection without a word.
@@ -371,5 +375,13 @@ def read_ca_input(
         )
     ca_cert = next((c for c in certs if c.public_key() == private_key.public_key()), None)
     if ca_cert is None:
-        raise InvalidRequest(f"the private key does not match the CA certificate{nothing_done}")
+        # Named: with several CA directories at hand, "the private key" left the user to
+        # guess which of the files was the wrong one.
+        if p12 is not None:
+            raise InvalidRequest(
+                f"{p12}: the private key matches none of its certificates{nothing_done}"
+            )
+        raise InvalidRequest(
+            f"{key}: the private key does not match the CA certificate in {cert}{nothing_done}"
+        )
     return CAInput(material, ca_cert, private_key, from_env)

@@ -197,13 +197,19 @@ CASES = [
         "ca-import-key-mismatch",
         "ca import --cert ca/ca.crt --key other.key --out imp",
         1,
-        "the private key does not match the CA certificate",
+        "other.key: the private key does not match the CA certificate in ca/ca.crt",
+    ),
+    _c(
+        "ca-import-p12-key-mismatch",
+        "ca import --p12 mismatched.p12 --out imp",
+        1,
+        "mismatched.p12: the private key matches none of its certificates",
     ),
     _c(
         "ca-import-not-a-ca",
         "ca import --cert leaf.crt --key leaf.key --out imp",
         1,
-        "certificate is not a CA",
+        "leaf.crt: certificate is not a CA",
     ),
     _c(
         "ca-import-garbage-cert",
@@ -914,6 +920,10 @@ def inputs() -> dict[str, bytes]:
         "encrypted.key": key_to_pem(ca_key, b"right"),
         "ca.p12": to_pkcs12("ca", ca_key, ca_cert, [], b"changeit"),
         "truncated.p12": to_pkcs12("ca", ca_key, ca_cert, [], b"changeit")[:-100],
+        # The other root's key beside this CA's certificate (as an extra one).
+        "mismatched.p12": serialization.pkcs12.serialize_key_and_certificates(
+            b"ca", other_key, None, [ca_cert], serialization.NoEncryption()
+        ),
         "pw.txt": b"changeit\n",
         "empty-pw.txt": b"\n",
         "two-line-pw.txt": b"uD5mHk0yWQ2nFJ1p+Oq7cXvL3bA9sRtYeZ4iG8hK6wN0aMdCfEjBxUlVoSrT\nM3w=\n",

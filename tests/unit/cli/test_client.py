@@ -2218,7 +2218,8 @@ def test_issuers_import_decrypts_here_and_never_shows_the_key(
         (["--cert", cert, "--key", "enc.key"],
          "enc.key: the private key is encrypted: give its password (--password-file)"),
         (["--cert", str(pki / "other-ca" / "ca.crt"), "--key", str(pki / "ca" / "ca.key")],
-         "the private key does not match the CA certificate (nothing was sent)"),
+         f"{pki / 'ca' / 'ca.key'}: the private key does not match the CA certificate in "
+         f"{pki / 'other-ca' / 'ca.crt'} (nothing was sent)"),
     ):  # fmt: skip
         assert in_process("issuers", "import", "ext", *bad) == 1
         out, err = capsys.readouterr()

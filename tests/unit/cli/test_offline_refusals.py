@@ -648,7 +648,7 @@ def test_rsa_pss_ca_key_is_refused_in_one_line(workdir: Path) -> None:
     )
     before = _snapshot(workdir)
     for argv, prefix in (
-        ("ca import -o imp --cert pss/ca.crt --key pss/ca.key", ""),
+        ("ca import -o imp --cert pss/ca.crt --key pss/ca.key", "pss/ca.crt: "),
         ("cert issue --ca pss -o leaf --cn a.example --dns a.example", "pss: "),
         ("ca create --parent pss -o inter --cn Inter", "pss: "),
         ("crl create --ca pss -o c.crl", "pss: "),
