@@ -114,7 +114,7 @@ def test_a_crl_made_from_the_previous_one_keeps_its_dates_and_reasons(
         "crl", "create", "--ca", chain.inter, "--from", crl, "--out", crl, "--force",
         "--revoked", f"0x{first:x}", "--revoked", f"0x{second:x}", "--reason", "superseded",
     )  # fmt: skip
-    assert f"2 revoked serial(s) (1 kept from {crl}, 1 new)" in done.out
+    assert f"2 revoked serials (1 kept from {crl}, 1 new)" in done.out
     entries = _entries(crl)
     assert entries[first] == (first_date, x509.ReasonFlags.key_compromise)
     assert entries[second][1] is x509.ReasonFlags.superseded

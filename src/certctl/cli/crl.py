@@ -128,7 +128,8 @@ def create(
     outputs.add(out, crl.public_bytes(encoding))
     outputs.commit()
     carried = f" ({len(kept)} kept from {previous}, {len(added)} new)" if previous else ""
+    total = len(kept) + len(added)
     typer.echo(
-        f"wrote CRL with {len(kept) + len(added)} revoked serial(s){carried} to {out}, "
+        f"wrote CRL with {total} revoked serial{'' if total == 1 else 's'}{carried} to {out}, "
         f"next update {now + interval:%Y-%m-%d %H:%M}Z"
     )

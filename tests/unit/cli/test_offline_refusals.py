@@ -715,7 +715,17 @@ def test_crl_from_help_says_the_same_file_needs_force(workdir: Path) -> None:
     )
     done = _run(workdir, *again, "--force")
     assert done.returncode == 0, done.stderr
-    assert "2 revoked serial(s) (1 kept from c.crl, 1 new)" in done.stdout
+    assert "2 revoked serials (1 kept from c.crl, 1 new)" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("revoked", "said"), [([], "0 revoked serials"), (["--revoked", "0x12"], "1 revoked serial")]
+)
+def test_crl_create_counts_serials_in_words(workdir: Path, revoked: list[str], said: str) -> None:
+    # It said "1 revoked serial(s)".
+    done = _run(workdir, *"crl create --ca ca1 -o c.crl".split(), *revoked)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"wrote CRL with {said} to c.crl, next update ")
 
 
 def test_the_clis_rewording_keeps_what_password_required_says_of_the_file(
