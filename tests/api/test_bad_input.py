@@ -241,6 +241,14 @@ CASES = [
         "csr-garbage", "POST", CERTS, 400, "certificate signing request", {"json": {"csr": "hello"}}
     ),
     Case(
+        "csr-is-a-certificate",
+        "POST",
+        CERTS,
+        400,
+        "not a certificate signing request: a PEM CERTIFICATE block",
+        {"json": {"csr": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}},
+    ),
+    Case(
         "tampered-csr",
         "POST",
         CERTS,

@@ -48,6 +48,15 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
     return load_csr_with_key(data)[0]
 
 
+def _first_pem_label(data: bytes) -> str | None:
+    """The label of the first PEM block (``CERTIFICATE``, ``PRIVATE KEY`` …), if any."""
+    start = data.find(b"-----BEGIN ")
+    end = data.find(b"-----", start + 11) if start >= 0 else -1
+    if end < 0:
+        return None
+    return data[start + 11 : end].decode("ascii", "replace")
+
+
 def load_csr_with_key(
     data: bytes,
 ) -> tuple[x509.CertificateSigningRequest, CertificatePublicKeyTypes]:
@@ -65,6 +74,14 @@ def load_csr_with_key(
         else:
             csr = x509.load_der_x509_csr(data)
     except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
+        label = _first_pem_label(data)
+        if label is not None and "REQUEST" not in label:
+            # tls.crt or tls.key given for tls.csr: say what the file is, not that it is
+            # broken.
+            raise InvalidRequest(
+                f"not a certificate signing request: a PEM {label} block (a CSR is a "
+                "CERTIFICATE REQUEST)"
+            ) from exc
         raise InvalidRequest("not a valid PEM or DER certificate signing request") from exc
     try:
         public_key = csr.public_key()

@@ -553,6 +553,19 @@ CASES = [
         1,
         "not a valid PEM or DER certificate signing request",
     ),
+    _c(
+        "csr-sign-certificate",
+        "csr sign --ca ca --csr leaf.crt --out o",
+        1,
+        "leaf.crt: not a certificate signing request: a PEM CERTIFICATE block (a CSR is a "
+        "CERTIFICATE REQUEST)",
+    ),
+    _c(
+        "csr-sign-key",
+        "csr sign --ca ca --csr leaf.key --out o",
+        1,
+        "leaf.key: not a certificate signing request: a PEM PRIVATE KEY block",
+    ),
     _c("csr-sign-missing", "csr sign --ca ca --csr nope.csr --out o", 1, "nope.csr: CSR not found"),
     _c(
         "csr-sign-csr-is-directory",

@@ -119,6 +119,16 @@ def test_load_refuses_non_csr(data: bytes) -> None:
         load_csr(data)
 
 
+@pytest.mark.parametrize("label", ["CERTIFICATE", "PRIVATE KEY", "X509 CRL"])
+def test_load_names_another_pem_block(label: str) -> None:
+    data = f"-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n".encode()
+    with pytest.raises(InvalidRequest) as raised:
+        load_csr(data)
+    assert raised.value.detail == (
+        f"not a certificate signing request: a PEM {label} block (a CSR is a CERTIFICATE REQUEST)"
+    )
+
+
 def test_load_refuses_truncated_pem(ec_key: ec.EllipticCurvePrivateKey) -> None:
     pem = create_csr(ec_key, common_name_dn("x")).public_bytes(PEM)
     with pytest.raises(InvalidRequest, match="not a valid PEM or DER certificate signing request"):
