@@ -509,6 +509,32 @@ def test_leaf_is_not_its_own_trust_anchor(files: Path) -> None:
     one_error_line(result, 1, "trust bundle holds no CA certificate (CN=lf.example is not a CA")
 
 
+def test_an_intermediate_as_trust_anchor_is_warned_about(tmp_path: Path) -> None:
+    # It said OK alone, where openssl verify (and Python's ssl) refuse the same files.
+    for argv in (
+        ["ca", "create", "-o", tmp_path / "root", "--cn", "Root"],
+        ["ca", "create", "-o", tmp_path / "inter", "--parent", tmp_path / "root", "--cn", "Inter"],
+        ["cert", "issue", "--ca", tmp_path / "inter", "-o", tmp_path / "lf", "--cn", "a.example"],
+    ):
+        ok(certctl_exe(*argv))
+    leaf, inter = tmp_path / "lf/tls.crt", tmp_path / "inter/ca.crt"
+    assert run("openssl", "verify", "-CAfile", inter, leaf).returncode != 0
+    ok(run("openssl", "verify", "-partial_chain", "-CAfile", inter, leaf))
+    result = ok(certctl_exe("verify", "--ca", inter, leaf))
+    assert result.stdout == f"{leaf}: OK (server): CN=a.example <- CN=Inter\n"
+    assert result.stderr == (
+        f"certctl: warning: CN=Inter in {inter} is an intermediate CA, trusted as it is (as "
+        "curl and openssl verify -partial_chain do): plain openssl verify and Python's ssl "
+        "refuse this chain without its root, CN=Root\n"
+    )
+    # With the root in the bundle too, openssl verify accepts it: nothing to warn about.
+    both = tmp_path / "both.crt"
+    both.write_bytes((tmp_path / "root/ca.crt").read_bytes() + inter.read_bytes())
+    ok(run("openssl", "verify", "-CAfile", both, leaf))
+    assert ok(certctl_exe("verify", "--ca", both, leaf)).stderr == ""
+    assert ok(certctl_exe("verify", "--ca", tmp_path / "root/ca.crt", leaf)).stderr == ""
+
+
 def test_self_signed_leaf_trusted_as_itself_as_openssl_does(files: Path) -> None:
     # ca.crt = tls.crt, as Kubernetes secrets of self-signed servers often have it.
     cert = files / "self.crt"

@@ -218,6 +218,16 @@ def verify_command(
         if detail == exc.detail:
             raise
         raise VerificationFailed(detail) from None
+    anchor = result.chain[-1]
+    if anchor.issuer != anchor.subject and all(c.subject != anchor.issuer for c in trust):
+        # cryptography's verifier trusts any certificate of the bundle, as curl and
+        # openssl verify -partial_chain do; plain openssl verify and Python's ssl go on to
+        # the root and refuse. An OK alone let a client of those fail after all.
+        warn(
+            f"{display_dn(anchor.subject)} in {ca} is an intermediate CA, trusted as it is "
+            "(as curl and openssl verify -partial_chain do): plain openssl verify and "
+            f"Python's ssl refuse this chain without its root, {display_dn(anchor.issuer)}"
+        )
     path = " <- ".join(display_dn(c.subject) for c in result.chain)
     checked = f" for {result.name}" if hostname else ""
     revocation = ""
