@@ -46,6 +46,7 @@ PATH_LENGTH_OPTION: int = typer.Option(
     # cryptography for --help); click refuses anything else, huge numbers included.
     min=0,
     max=10,
+    metavar="N",  # not "<int range>"
     help="Intermediates below this CA, 0-10 "
     "(default: unlimited for a root, 0 for an intermediate).",
 )

@@ -113,3 +113,11 @@ def test_every_reason_option_names_its_default_and_ends_its_sentence() -> None:
     assert "active" not in expiring, expiring
     assert "neither revoked nor renewed" in expiring, expiring
     assert "expired ones too" in expiring, expiring
+
+
+def test_no_option_names_a_python_type_for_its_value() -> None:
+    # `ca create --path-length <int range>` read like a type, not like a value to give.
+    shown = _option_help(typer.main.get_command(app), ["certctl"])
+    odd = [option for option, _ in shown if "range>" in option]
+    assert odd == []
+    assert any(option.endswith("ca create --path-length N") for option, _ in shown)
