@@ -34,9 +34,13 @@ class Layout:
     ) -> tuple[str, str]:
         """The server's sample settings for node ``name``: the file name and its text."""
         pem = plan.mode == "csr" or plan.output_format == "pem"
+        # A shared certificate's folder name is no node's ("Elasticsearch node http").
+        who = f"every {self.node_word} (shared certificate {name})" if plan.shared else name
         if self.is_es:
             lines = [
-                f"# Elasticsearch node {name}: HTTP TLS settings for elasticsearch.yml.",
+                f"# Elasticsearch: HTTP TLS settings for elasticsearch.yml on {who}."
+                if plan.shared
+                else f"# Elasticsearch node {name}: HTTP TLS settings for elasticsearch.yml.",
                 "# Paths are relative to the Elasticsearch configuration directory.",
                 "# Elasticsearch 8 writes an 'xpack.security.http.ssl:' block at its first",
                 "# start (security auto-configuration): replace that block with these lines;",
@@ -58,7 +62,7 @@ class Layout:
                     "xpack.security.http.ssl.keystore.secure_password",
                 ]
             return "sample-elasticsearch.yml", "\n".join(lines) + "\n"
-        lines = [f"# nginx: HTTPS for {name}. Copy the files to /etc/nginx/tls/."]
+        lines = [f"# nginx: HTTPS for {who}. Copy the files to /etc/nginx/tls/."]
         if not pem:
             # Options both OpenSSL 1.1.1 and 3.x take: 1.1.1 (RHEL 8, Ubuntu 20.04) knows
             # neither -noenc nor -legacy, and 3.x reads 3DES (--p12-legacy) without -legacy.

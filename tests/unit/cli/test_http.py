@@ -258,6 +258,23 @@ def test_shared(tmp_path: Path, password_file: Path, capsys: pytest.CaptureFixtu
     assert cert is not None
     assert list(_sans(cert).dns) == ["es1", "es2"]
     assert list(_sans(cert).ip) == [ipaddress.ip_address("10.0.0.9")]
+    # It said "Elasticsearch node http", the folder's name, as if a node were called so.
+    sample = archive.read("elasticsearch/http/sample-elasticsearch.yml").decode()
+    assert sample.startswith(
+        "# Elasticsearch: HTTP TLS settings for elasticsearch.yml on every node "
+        "(shared certificate http).\n"
+    )
+
+
+def test_shared_generic_nginx_sample_names_every_server(tmp_path: Path) -> None:
+    out = tmp_path / "shared.zip"
+    argv = ["http", "--out", str(out), "--shared", "--shared-name", "front", "--node", "w1"]
+    assert run([*argv, "--node", "w2", "--profile", "generic", "--pem"]) == 0
+    sample = zipfile.ZipFile(out).read("front/sample-nginx.conf").decode()
+    assert sample.startswith(
+        "# nginx: HTTPS for every server (shared certificate front). Copy the files to "
+        "/etc/nginx/tls/.\n"
+    )
 
 
 def test_password_from_environment(
