@@ -123,7 +123,10 @@ class Wizard:
                 "How long the certificates stay valid: 90D, 1Y, 2160h … Short lifetimes limit the "
                 "damage of a leaked key but need renewal; under 60 days draws a warning."
             )
-            c.validity = self._ask_valid("Certificate validity", c.validity, _check_duration)
+            check: Callable[[str], object] = _check_duration
+            if c.mode == "new-ca":  # refused here, not after the passwords, at the end
+                check = functools.partial(_check_within, ca_validity=c.ca_validity)
+            c.validity = self._ask_valid("Certificate validity", c.validity, check)
         self.explain(
             "ec-p256 is fast and accepted by every current TLS client; rsa-2048 or rsa-3072 suit "
             "very old clients; browsers refuse ed25519 certificates."
@@ -353,6 +356,20 @@ class Wizard:
         if not self.confirm(f"Write {self.out}?", True):
             raise typer.Abort()
         return c
+
+
+def _check_within(text: str, ca_validity: str) -> timedelta:
+    """A certificate lifetime a new CA of ``ca_validity`` outlives (else refused at the end)."""
+    from certctl.errors import InvalidRequest
+
+    lifetime = _check_duration(text)
+    if lifetime > _check_duration(ca_validity):
+        raise InvalidRequest(
+            f"{text} outlives the new CA, valid {ca_validity}: a CA must outlive the "
+            "certificates it signs (give a shorter validity, or start again with a longer one "
+            "for the CA)"
+        )
+    return lifetime
 
 
 def _check_duration(text: str) -> timedelta:

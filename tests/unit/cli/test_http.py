@@ -668,6 +668,27 @@ def test_wizard_new_ca_without_password(
     assert "ca/ca.p12" not in archive.namelist()
 
 
+def test_wizard_refuses_a_validity_the_new_ca_does_not_outlive_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It was taken, and every other question asked, before the end refused the plan.
+    new_ca_node_web1 = ["generic", "n", "n", "", "1Y", "", "y", "", "", "", "n"]
+    validity = ["2Y", "180D"]  # refused, then taken
+    answers = iter([*new_ca_node_web1, *validity, "", "pem", "y"])
+    _script_wizard(monkeypatch, answers)
+    out = tmp_path / "b.zip"
+    code = run(["http", "--out", str(out), "--node", "web1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert next(answers, None) is None
+    assert (
+        "2Y outlives the new CA, valid 1Y: a CA must outlive the certificates it signs (give a "
+        "shorter validity, or start again with a longer one for the CA)"
+    ) in " ".join(captured.out.split())
+    cert = x509.load_pem_x509_certificate(zipfile.ZipFile(out).read("web1/http.crt"))
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 180
+
+
 @pytest.mark.parametrize("encrypted", [True, False])
 def test_wizard_existing_ca_when_the_given_ca_password_does_not_fit(
     tmp_path: Path,
