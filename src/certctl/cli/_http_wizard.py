@@ -358,6 +358,21 @@ class Wizard:
         return c
 
 
+def _check_new_ca_outlives(validity: str, ca_validity: str) -> None:
+    """Name both options (the bundle's "CA validity 1825D is shorter …" named neither)."""
+    from certctl.errors import CertctlError
+
+    try:
+        longer = _check_duration(validity) > _check_duration(ca_validity)
+    except CertctlError:
+        return  # a bad duration is named when the plan is made, as before
+    if longer:
+        raise typer.BadParameter(
+            f"--validity {validity} outlives the new CA (--ca-validity {ca_validity}): a CA "
+            f"must outlive the certificates it signs; give --ca-validity {validity} or more"
+        )
+
+
 def _check_within(text: str, ca_validity: str) -> timedelta:
     """A certificate lifetime a new CA of ``ca_validity`` outlives (else refused at the end)."""
     from certctl.errors import InvalidRequest

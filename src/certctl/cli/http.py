@@ -206,6 +206,8 @@ def http_command(
                 "PKCS#12 output needs a password: --password-file or CERTCTL_PASSWORD "
                 "(or use --pem)"
             )
+        if choices.mode == "new-ca":
+            _check_new_ca_outlives(choices.validity, choices.ca_validity)
         if choices.mode == "existing-ca" and choices.ca_dir is not None:
             choices.ca = load_ca_dir(
                 choices.ca_dir, choices.ca_password, password_from_env=ca_password_file is None

@@ -455,7 +455,17 @@ def test_existing_output_needs_force(tmp_path: Path, capsys: pytest.CaptureFixtu
         (["--profile", "apache"], 2, "apache: choose elasticsearch or generic"),
         (["--csr", "--ca", "somewhere"], 2, "--csr and --ca exclude each other"),
         (["--ca", "no-such-dir"], 1, "no-such-dir: CA directory not found"),
-        (["--validity", "6Y"], 1, "CA validity 1825D is shorter than the certificate validity"),
+        (
+            ["--validity", "6Y"],
+            2,
+            "--validity 6Y outlives the new CA (--ca-validity 5Y): a CA must outlive the "
+            "certificates it signs; give --ca-validity 6Y or more (see 'certctl http --help')",
+        ),
+        (
+            ["--validity", "2Y", "--ca-validity", "400D"],
+            2,
+            "--validity 2Y outlives the new CA (--ca-validity 400D)",
+        ),
     ],
 )
 def test_refusals(
