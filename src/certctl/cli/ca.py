@@ -225,6 +225,8 @@ def import_ca(
             same = "a file holding CERTCTL_PASSWORD"
         elif is_stdin(password_file):
             same = "a file holding the password given on standard input"
+        elif password_file is None:  # --password: there is no file to reuse
+            same = "a file holding the --password value"
         else:
             same = "the --password-file file"
         raise typer.BadParameter(

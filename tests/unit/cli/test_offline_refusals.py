@@ -310,6 +310,18 @@ CASES = [
         ),
     ),
     _c(
+        # There is no --password-file to reuse: it said "(the --password-file file will do)".
+        "ca-import-p12-with-password-kept-plain",
+        "ca import -o imp --p12 ca.p12 --password hunter2pw",
+        2,
+        _usage(
+            "ca import",
+            "the input is password-protected: give --key-password-file (or "
+            "CERTCTL_CA_PASSWORD) to keep the imported ca.key encrypted (a file holding the "
+            "--password value will do)",
+        ),
+    ),
+    _c(
         "ca-import-key-and-p12",
         "ca import -o imp --p12 ca.p12 --key encca/ca.key --password-file pw",
         2,
