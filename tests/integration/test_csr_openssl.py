@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import subprocess
 import textwrap
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,31 @@ def test_a_csr_with_a_repeated_extension_is_refused_in_one_line(pki: Pki, tmp_pa
     assert not out.exists()
     inspected = certctl_exe("inspect", csr)
     assert (inspected.returncode, inspected.stderr) == (1, expected)
+
+
+def test_an_intermediate_gets_a_ca_lifetime_by_default(pki: Pki, tmp_path: Path) -> None:
+    # It got the leaves' 90D, where ca create --parent gives 5Y, at most the parent's life.
+    root = pki.root("long-root")
+    csr = openssl_csr(tmp_path, *EC_P256, subject="/CN=Sub CA")
+    result = certctl_exe(
+        "csr", "sign", "--ca", root, "--csr", csr, "--profile", "intermediate",
+        "--out", tmp_path / "sub",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # clipped to the root's end without a word, as ca create
+    ends = [
+        ok(run("openssl", "x509", "-in", cert, "-noout", "-enddate")).stdout
+        for cert in (root / "ca.crt", tmp_path / "sub" / "tls.crt")
+    ]
+    assert ends[0] == ends[1]
+    ok(run("openssl", "verify", "-CAfile", root / "ca.crt", tmp_path / "sub" / "tls.crt"))
+    # A leaf keeps 90D.
+    leaf = certctl_exe("csr", "sign", "--ca", root, "--csr", csr, "--out", tmp_path / "leaf")
+    assert leaf.returncode == 0, leaf.stderr
+    dates = ok(run("openssl", "x509", "-in", tmp_path / "leaf" / "tls.crt", "-noout", "-dates"))
+    begin, end = (line.split("=", 1)[1] for line in dates.stdout.splitlines())
+    fmt = "%b %d %H:%M:%S %Y GMT"
+    span = datetime.strptime(end.replace("  ", " "), fmt) - datetime.strptime(
+        begin.replace("  ", " "), fmt
+    )
+    assert span.days == 90

@@ -105,7 +105,12 @@ def sign(
     profile: str = typer.Option(
         "server", "--profile", help="server, client, server+client or intermediate."
     ),
-    validity: str = typer.Option("90D", "--validity", help="Lifetime: 90D, 2160h, 1Y …"),
+    validity: str = typer.Option(
+        None,
+        "--validity",
+        help="Lifetime: 90D, 2160h, 1Y … (default: 90D; with --profile intermediate 5Y, at "
+        "most the CA's remaining life, as ca create --parent).",
+    ),
     crl_url: list[str] = CRL_URLS,
     ca_issuers_url: list[str] = CA_ISSUERS_URLS,
     ca_password_file: Path = typer.Option(
@@ -135,7 +140,9 @@ def sign(
         raise typer.BadParameter(
             "a root CA is self-signed; use 'certctl ca create'", param_hint="--profile"
         )
-    lifetime = parse_duration(validity)
+    # An intermediate got the leaves' 90D, where ca create --parent gives a CA 5Y.
+    intermediate = prof.name == "intermediate"
+    lifetime = parse_duration(validity or ("5Y" if intermediate else "90D"))
     crl_urls = checked_urls(crl_url, "--crl-url")
     ca_issuers_urls = checked_urls(ca_issuers_url, "--ca-issuers-url")
     data = read_file(csr_path, "CSR")  # its errors name the file already
@@ -147,12 +154,15 @@ def sign(
     outputs.add(out / "tls.crt", b"")
     outputs.check()
     ca = open_ca_dir(ca_dir, ca_password_file)
+    now = utcnow()
+    if validity is None and intermediate:
+        lifetime = min(lifetime, ca.certificate.not_valid_after_utc - now)  # as ca create
     issued = sign_csr(
         ca,
         csr,
         profile=prof,
         validity=lifetime,
-        now=utcnow(),
+        now=now,
         crl_urls=crl_urls,
         ca_issuers_urls=ca_issuers_urls,
     )
