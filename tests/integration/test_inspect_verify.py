@@ -186,6 +186,27 @@ def test_readable_validity_says_expired_or_not_yet_valid(
     assert (checked.returncode == 0) is (said != " (expired)")
 
 
+def test_readable_next_update_says_a_crl_is_out_of_date(files: Path, tmp_path: Path) -> None:
+    # A CRL past its nextUpdate read like a current one; verify --crl refuses it.
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC).replace(microsecond=0)
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "old")])
+    stale = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(name)
+        .last_update(now - timedelta(days=10))
+        .next_update(now - timedelta(days=3))
+        .sign(key, hashes.SHA256())
+    )
+    path = tmp_path / "stale.crl"
+    path.write_bytes(stale.public_bytes(serialization.Encoding.PEM))
+    text = ok(certctl_exe("inspect", path)).stdout
+    when = (now - timedelta(days=3)).isoformat()
+    assert f"  next update     {when} (passed: the CRL is out of date)\n" in text
+    current = ok(certctl_exe("inspect", files / "ops.crl")).stdout
+    assert "(passed" not in current
+
+
 def test_json_private_key(files: Path) -> None:
     (item,) = inspect_json(files / "lf/tls.key")
     assert item == {

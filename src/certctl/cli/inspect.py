@@ -399,6 +399,17 @@ def _validity(item: dict[str, Any], now: datetime) -> str:
     return shown
 
 
+def _next_update(next_update: str | None, now: datetime) -> str:
+    # As a certificate's "(expired)": verify --crl refuses such a CRL, and clients too.
+    from datetime import datetime
+
+    if next_update is None:
+        return "-"
+    if datetime.fromisoformat(next_update) <= now:
+        return f"{next_update} (passed: the CRL is out of date)"
+    return next_update
+
+
 def _rows(item: dict[str, Any], now: datetime) -> list[tuple[str, str]]:
     kind = item["kind"]
     if kind == "certificate":
@@ -434,7 +445,7 @@ def _rows(item: dict[str, Any], now: datetime) -> list[tuple[str, str]]:
         ("issuer", item["issuer"]),
         ("CRL number", "-" if item["crl_number"] is None else str(item["crl_number"])),
         ("last update", item["last_update"]),
-        ("next update", item["next_update"] or "-"),
+        ("next update", _next_update(item["next_update"], now)),
         ("revoked", str(len(item["revoked"]))),
     ]
     for entry in item["revoked"]:
