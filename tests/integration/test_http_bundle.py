@@ -3,13 +3,21 @@ by ``openssl``, Java's ``keytool`` and certctl itself (the installed console scr
 
 from __future__ import annotations
 
+import socket
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests._nginx import loopback_listener, nginx_conf, port_of, running_nginx
-from tests._tools import failed, ok, run
+from tests._nginx import (
+    loopback_listener,
+    nginx_conf,
+    port_of,
+    running_nginx,
+    start_nginx,
+    wait_serving,
+)
+from tests._tools import failed, ok, run, stop
 from tests.integration.conftest import certctl_exe
 
 pytestmark = pytest.mark.integration
@@ -206,3 +214,36 @@ def test_generic_sample_mutual_tls_lines_work_as_their_comment_says(tmp_path: Pa
         anonymous = run(*curl, "-o", "/dev/null", "-w", "%{http_code}", url, timeout=20)
     assert (alice.returncode, alice.stdout) == (0, "hello\n"), alice.stderr
     assert anonymous.stdout == "400"  # nginx: no required SSL certificate was sent
+
+
+def test_generic_sample_listens_on_ipv6_for_an_ipv6_name(tmp_path: Path) -> None:
+    # The sample listened on IPv4 only: a client given the certificate's IPv6 address
+    # (curl https://[2001:db8::5]/) reached no nginx. Here [::1] stands for that address.
+    ok(certctl_exe("http", "--non-interactive", "--profile", "generic", "--pem", "--node", "web",
+                   "--ip", "web=::1", "--out", tmp_path / "b.zip"))  # fmt: skip
+    ok(run("unzip", "-q", tmp_path / "b.zip", "-d", tmp_path / "b"))
+    web = tmp_path / "b" / "web"
+    sample = (web / "sample-nginx.conf").read_text()
+    assert "    listen 443 ssl;\n    listen [::]:443 ssl;\n" in sample
+    listener = loopback_listener()  # held for nginx: see tests._nginx
+    listener6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    listener6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as nginx binds [::]
+    listener6.bind(("::1", 0))
+    listener6.listen(64)
+    port, port6 = port_of(listener), port_of(listener6)
+    conf = _nginx_from_sample(tmp_path, sample, port, web)
+    conf.write_text(conf.read_text().replace("listen [::]:443 ssl;", f"listen [::1]:{port6} ssl;"))
+    proc = start_nginx(conf, tmp_path, [listener, listener6])
+    try:
+        wait_serving(proc, tmp_path, port)
+        result = run("curl", "-sS", "--max-time", "10", "--cacert", tmp_path / "b/client/ca.crt",
+                     f"https://[::1]:{port6}/", timeout=20)  # fmt: skip
+    finally:
+        stop(proc)
+    assert (result.returncode, result.stdout) == (0, "hello\n"), result.stderr
+    # A certificate without an IPv6 address keeps the one IPv4 listen line (nginx fails to
+    # start on [::] where IPv6 is off).
+    ok(certctl_exe("http", "--non-interactive", "--profile", "generic", "--pem", "--node", "v4",
+                   "--ip", "v4=10.0.0.5", "--out", tmp_path / "v4.zip"))  # fmt: skip
+    ok(run("unzip", "-q", tmp_path / "v4.zip", "-d", tmp_path / "v4"))
+    assert "[::]" not in (tmp_path / "v4" / "v4" / "sample-nginx.conf").read_text()

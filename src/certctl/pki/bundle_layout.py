@@ -75,9 +75,13 @@ class Layout:
         elif plan.mode == "csr":
             lines.append("# http.crt: the certificate your CA returns for http.csr.")
         server_names = " ".join(sans.dns) or "_"
+        # A client given an IPv6 address of the certificate reaches nginx on an IPv6 socket
+        # only; not always there, as nginx does not start where IPv6 is off.
+        v6 = ["    listen [::]:443 ssl;"] if any(a.version == 6 for a in sans.ip) else []
         lines += [
             "server {",
             "    listen 443 ssl;",
+            *v6,
             f"    server_name {server_names};",
             "",
             "    ssl_certificate     /etc/nginx/tls/http.crt;",
