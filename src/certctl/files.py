@@ -331,13 +331,14 @@ def _signals_roll_back() -> Iterator[None]:
 def _check_directory(path: Path) -> None:
     """Refuse ``path`` when its nearest existing ancestor is no writable directory.
 
-    A regular file on the way gets the message :meth:`OutputSet.commit` would give.
+    A regular file on the way is named (:meth:`OutputSet.commit` would say "Not a directory").
     """
     ancestor = path.parent
     while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise OutputError(f"cannot write {path}: {os.strerror(errno.ENOTDIR)}")
+        # Named: "Not a directory" alone left the user to find which part of the path.
+        raise OutputError(f"cannot write {path}: {ancestor} is not a directory")
     # access() asks the kernel: a read-only mount counts too (root ignores modes only).
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {path}: {ancestor} is not writable")

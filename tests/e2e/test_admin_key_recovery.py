@@ -90,7 +90,7 @@ def test_an_unwritable_out_mints_no_key(start_server: StartServer) -> None:
     blocker.write_text("")
     cases = {
         server.data_dir.parent: f"{server.data_dir.parent} is a directory",
-        blocker / "key": f"cannot write {blocker / 'key'}: Not a directory",
+        blocker / "key": f"cannot write {blocker / 'key'}: {blocker} is not a directory",
     }
     for out, message in cases.items():
         argv = ("certctl", "admin-key", "--data-dir", server.data_dir, "--out", out, "--force")

@@ -136,7 +136,7 @@ def test_issue_into_an_unwritable_place_asks_nothing_of_the_server(
         result = _certctl(default_server, "certs", "issue", "--cn", name, "--out", str(out), **env)
         assert result.returncode == 1
         assert result.stderr == (
-            f"certctl: error: cannot write {out}/tls.crt: Not a directory\n"
+            f"certctl: error: cannot write {out}/tls.crt: {afile} is not a directory\n"
         ), result.stderr
         assert result.stdout == ""
     listed = ok(_certctl(default_server, "certs", "list", "--query", name, **env))
@@ -160,7 +160,7 @@ def test_apikey_into_an_unwritable_place_mints_nothing(
         default_server, "auth", "apikeys", "create", "unwritable-out", "--out", str(out), **env
     )
     assert result.returncode == 1
-    assert result.stderr == f"certctl: error: cannot write {out}: Not a directory\n"
+    assert result.stderr == f"certctl: error: cannot write {out}: {afile} is not a directory\n"
     listed = ok(
         _certctl(default_server, "auth", "apikeys", "list", "--actor", "unwritable-out", **env)
     )
