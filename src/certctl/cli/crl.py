@@ -21,7 +21,7 @@ def create(
     revoked: list[str] = typer.Option(
         [],
         "--revoked",
-        metavar="REVOKED",
+        metavar="SERIAL",  # as the README writes it; "REVOKED" named no value
         help="Revoked serial, hex (3f:a1… or 0x3fa1) or dec:NNN (repeatable).",
     ),
     reason: str = typer.Option(

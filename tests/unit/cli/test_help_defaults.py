@@ -121,3 +121,5 @@ def test_no_option_names_a_python_type_for_its_value() -> None:
     odd = [option for option, _ in shown if "range>" in option]
     assert odd == []
     assert any(option.endswith("ca create --path-length N") for option, _ in shown)
+    # "--revoked REVOKED" repeated the option's name where the value is a serial number.
+    assert any(option.endswith("crl create --revoked SERIAL") for option, _ in shown)
