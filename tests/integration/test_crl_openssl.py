@@ -169,7 +169,7 @@ def test_a_previous_crl_entry_no_crl_can_carry_is_left_off_with_a_warning(
         "off: it is no positive number of at most 20 octets (RFC 5280 4.1.2.2), which no "
         "CRL certctl signs can list\n"
     )
-    assert f"1 revoked serial(s) (1 kept from {previous}, 0 new)" in done.out
+    assert f"1 revoked serial (1 kept from {previous}, 0 new)" in done.out
 
 
 def _entries(crl: Path) -> dict[int, tuple[datetime, x509.ReasonFlags | None]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -356,21 +357,6 @@ class Wizard:
         if not self.confirm(f"Write {self.out}?", True):
             raise typer.Abort()
         return c
-
-
-def _check_new_ca_outlives(validity: str, ca_validity: str) -> None:
-    """Name both options (the bundle's "CA validity 1825D is shorter …" named neither)."""
-    from certctl.errors import CertctlError
-
-    try:
-        longer = _check_duration(validity) > _check_duration(ca_validity)
-    except CertctlError:
-        return  # a bad duration is named when the plan is made, as before
-    if longer:
-        raise typer.BadParameter(
-            f"--validity {validity} outlives the new CA (--ca-validity {ca_validity}): a CA "
-            f"must outlive the certificates it signs; give --ca-validity {validity} or more"
-        )
 
 
 def _check_within(text: str, ca_validity: str) -> timedelta:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from pathlib import Path
@@ -226,3 +225,19 @@ def http_command(
     outputs.add(out, result.data, secret=True)
     outputs.commit()
     print_summary(out, plan, result)
+
+
+def _check_new_ca_outlives(validity: str, ca_validity: str) -> None:
+    """Name both options (the bundle's "CA validity 1825D is shorter …" named neither)."""
+    from certctl.errors import CertctlError
+    from certctl.pki import parse_duration
+
+    try:
+        longer = parse_duration(validity) > parse_duration(ca_validity)
+    except CertctlError:
+        return  # a bad duration is named when the plan is made, as before
+    if longer:
+        raise typer.BadParameter(
+            f"--validity {validity} outlives the new CA (--ca-validity {ca_validity}): a CA "
+            f"must outlive the certificates it signs; give --ca-validity {validity} or more"
+        )
