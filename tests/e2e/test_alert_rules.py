@@ -1,0 +1,164 @@
+"""The README's Prometheus alert rules, checked by promtool against a real server's gauges.
+
+The README used to advise alerting 30 days before any issuer's notAfter and 7 days before
+the server certificate's. The internal CA, the managed services' CAs and the self-signed
+server certificate renew themselves 24 h ahead by default, so on a healthy server those
+alerts fired for weeks before every renewal.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests._tools import require, run
+from tests.e2e.conftest import CertctlServer, StartServer
+
+pytestmark = pytest.mark.e2e
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+METRICS = "/api/v1/metrics/prometheus"
+GAUGES_TIMEOUT_S = 40.0  # a reconcile pass, then the 10 s gauge refresh, with room to spare
+
+
+def readme_rules() -> str:
+    """The rules file the README shows (its one YAML block starting with ``groups:``)."""
+    (block,) = re.findall(r"```yaml\n(groups:\n.*?)```", README.read_text(), re.S)
+    return block
+
+
+def promtool_test(tmp_path: Path, series: dict[str, float], firing: list[dict[str, str]]) -> None:
+    """``promtool test rules``: at time 0, with ``series`` constant, exactly ``firing`` fire.
+
+    ``series`` maps a series selector to its value; alerts are given by their labels.
+    """
+    (tmp_path / "rules.yml").write_text(readme_rules())
+    names = re.findall(r"- alert: (\w+)", readme_rules())
+    assert {a["alertname"] for a in firing} <= set(names)
+    test: dict[str, Any] = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": name, "values": f"{value!r}+0x2"} for name, value in series.items()
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "0m",
+                        "alertname": name,
+                        "exp_alerts": [
+                            {"exp_labels": labels}
+                            for labels in firing
+                            if labels["alertname"] == name
+                        ],
+                    }
+                    for name in names
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test, sort_keys=False))
+    result = run(require("promtool"), "test", "rules", "test.yml", cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_accepts_the_readme_rules(tmp_path: Path) -> None:
+    (tmp_path / "rules.yml").write_text(readme_rules())
+    result = run(require("promtool"), "check", "rules", tmp_path / "rules.yml", timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 6 rules found" in result.stdout
+
+
+def _scrape(server: CertctlServer) -> dict[str, float]:
+    """The scrape's gauges and counters as ``name{labels}`` → value."""
+    with server.client(server.admin_key) as http:
+        text = http.get(METRICS).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if not family.name.startswith("certctl_") or family.type not in ("gauge", "counter"):
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}"] = sample.value
+    return out
+
+
+def test_readme_alerts_stay_quiet_while_the_server_renews_its_own(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """A fresh server whose internal CA has 20 days and server certificate 5 days: both renew
+    themselves 24 h before their end, so nothing is wrong and no alert fires; an intermediate
+    created through the API with 10 days left, which nothing renews, does fire."""
+    server = start_server(config={"ca-cert-validity": "20D", "cert-validity": "5D"})
+    with server.client(server.admin_key) as http:
+        made = http.post(
+            "/api/v1/issuers", json={"id": "ops-ca", "parent": "default", "validity": "10D"}
+        )
+        assert made.status_code == 201, made.text
+        web = {
+            "apiVersion": "certctl.io/v1",
+            "kind": "TLSService",
+            "metadata": {"name": "web"},
+            "spec": {
+                "http": {"tls": {"selfSignedCertificate": {"subjectAltNames": [{"dns": "web"}]}}},
+                "targets": [{"directory": str(tmp_path / "web-tls")}],
+            },
+        }
+        applied = http.put("/api/v1/services/web", json=web)
+        assert applied.status_code in (200, 201), applied.text
+    wanted = (
+        'certctl_issuer_not_after_timestamp_seconds{issuer="ops-ca"}',
+        'certctl_issuer_not_after_timestamp_seconds{issuer="svc.web"}',
+        'certctl_service_ready{service="web"}',
+    )
+    deadline = time.monotonic() + GAUGES_TIMEOUT_S
+    scraped = _scrape(server)
+    while not all(name in scraped for name in wanted) or not scraped[wanted[2]]:
+        assert time.monotonic() < deadline, f"gauges never showed {wanted}: {scraped}"
+        time.sleep(0.5)
+        scraped = _scrape(server)
+    now = time.time()
+    # promtool evaluates at time 0: a timestamp gauge becomes "seconds from now".
+    series = {
+        name: value - now if "_timestamp_seconds" in name else value
+        for name, value in scraped.items()
+    }
+    assert 19 * 86400 < series['certctl_issuer_not_after_timestamp_seconds{issuer="default"}']
+    assert series['certctl_tls_certificate_not_after_timestamp_seconds{listener="main"}'] < (
+        5 * 86400
+    )
+    promtool_test(tmp_path, series, [{"alertname": "CertctlIssuerExpiring", "issuer": "ops-ca"}])
+
+
+def test_readme_alerts_fire_once_a_renewal_is_overdue(tmp_path: Path) -> None:
+    """6 h left on what renews itself 24 h ahead: the renewal failed, and the rules say so."""
+    hour = 3600.0
+    series = {
+        'certctl_issuer_not_after_timestamp_seconds{issuer="default"}': 6 * hour,
+        'certctl_issuer_not_after_timestamp_seconds{issuer="svc.web"}': 6 * hour,
+        'certctl_issuer_not_after_timestamp_seconds{issuer="svc.api"}': 20 * hour,
+        'certctl_tls_certificate_not_after_timestamp_seconds{listener="main"}': 6 * hour,
+        'certctl_certificate_next_expiry_timestamp_seconds{issuer="default"}': 3 * 86400,
+        'certctl_service_ready{service="web"}': 0,
+    }
+    promtool_test(
+        tmp_path,
+        series,
+        [
+            {"alertname": "CertctlCARenewalOverdue", "issuer": "default"},
+            {"alertname": "CertctlCARenewalOverdue", "issuer": "svc.web"},
+            {"alertname": "CertctlServerCertificateExpiring", "listener": "main"},
+            {"alertname": "CertctlCertificateExpiring", "issuer": "default"},
+            {"alertname": "CertctlServiceNotReady", "service": "web"},
+        ],
+    )
