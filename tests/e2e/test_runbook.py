@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import re
+import shutil
 import subprocess
+import tempfile
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -259,15 +263,28 @@ def _listening_port(proc: subprocess.Popen[bytes], log: Path) -> int:
 
 
 def _prometheus_targets(
-    tmp_path: Path, config: str, done: Callable[[dict[str, dict[str, Any]]], bool]
+    tmp_path: Path,
+    config: str,
+    done: Callable[[dict[str, dict[str, Any]]], bool],
+    user: str | None = None,
 ) -> tuple[dict[str, dict[str, Any]], str]:
-    """Run a real Prometheus on ``config`` until ``done(targets)``; (targets, its log)."""
+    """Run a real Prometheus on ``config`` until ``done(targets)``; (targets, its log).
+
+    ``user``: run it as that user and its group alone, as the Debian package does; then
+    ``tmp_path`` must be one it can traverse.
+    """
     (tmp_path / "prometheus.yml").write_text(config)
     ok = run("promtool", "check", "config", tmp_path / "prometheus.yml", timeout=30)
     assert ok.returncode == 0, ok.stdout + ok.stderr
 
     log = tmp_path / "prometheus.log"
-    argv = [
+    argv = []
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        (tmp_path / "tsdb").mkdir()
+        os.chown(tmp_path / "tsdb", entry.pw_uid, entry.pw_gid)
+        argv = ["setpriv", f"--reuid={user}", f"--regid={entry.pw_gid}", "--clear-groups"]
+    argv += [
         require("prometheus"),
         f"--config.file={tmp_path / 'prometheus.yml'}",
         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
@@ -309,6 +326,56 @@ def test_real_prometheus_scrapes_with_the_key(runbook: Runbook, tmp_path: Path) 
     assert good.get("lastError") == "", context
     assert anon.get("health") == "down", context
     assert re.search(r"\b401\b", anon.get("lastError", "")), context
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A directory other users can traverse (pytest's tmp_path is 0700): /etc/prometheus."""
+    base = Path(tempfile.mkdtemp(prefix="certctl-prometheus-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _readme_scrape_job() -> tuple[str, str]:
+    """The README's scrape job (YAML) and the commands that give Prometheus its files."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("```yaml\nscrape_configs:")
+    job, install = re.findall(r"```(?:yaml|sh)\n(.*?)```", readme[start:], re.S)[:2]
+    return job, install
+
+
+def test_readme_scrape_job_is_up_as_the_prometheus_user(runbook: Runbook, public_dir: Path) -> None:
+    """The README's scrape job, with the files installed as it says, in a Prometheus running
+    as the Debian package's user. It used to stop at the scrape job: prometheus.key, 0600
+    and the operator's, left that Prometheus with 'permission denied' at every scrape."""
+    if os.geteuid() != 0:
+        pytest.fail("installing files for another user needs root: run the suite as root",
+                    pytrace=False)  # fmt: skip
+    pwd.getpwnam("prometheus")  # the user the Debian package (`make test` installs it) adds
+    job, install = _readme_scrape_job()
+    etc = public_dir / "etc"
+    etc.mkdir(mode=0o755)
+    commands = install.replace("sudo ", "").replace("/etc/prometheus", str(etc))
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "CERTCTL_CA_CERT": str(runbook.server.ca)}
+    installed = run("bash", "-euc", commands, cwd=runbook.dir, env=env, timeout=30)
+    assert installed.returncode == 0, installed.stderr
+    config = yaml.safe_load(job.replace("/etc/prometheus", str(etc)))
+    (scrape,) = config["scrape_configs"]
+    scrape["static_configs"] = [{"targets": [f"127.0.0.1:{runbook.server.port}"]}]
+    config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s"}
+
+    targets, log = _prometheus_targets(
+        public_dir,
+        yaml.safe_dump(config),
+        lambda t: t.get("certctl", {}).get("health") in ("up", "down"),
+        user="prometheus",
+    )
+    target = targets.get("certctl", {})
+    context = f"{json.dumps(targets, indent=1)}\n{log}"
+    assert (target.get("health"), target.get("lastError")) == ("up", ""), context
 
 
 def test_kubernetes_runbook_secret_works_as_prometheus_operator_passes_it(
