@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from certctl.server.config import ServerConfig, split_host_port
-from tests.helm.conftest import KUBERNETES_VERSION, NAMESPACE, Rendered
+from tests.helm.conftest import CHART, KUBERNETES_VERSION, NAMESPACE, Rendered
 
 RUNBOOK: dict[str, Any] = {
     "monitoring": {
@@ -814,6 +814,32 @@ def test_kubernetes_auth_rbac(render: Callable[..., Rendered]) -> None:
     assert reader_binding["subjects"] == KUBE_AUTH["auth"]["kubernetes"]["metricsReaders"]
     assert one(objects, "Deployment")["spec"]["template"]["spec"]["automountServiceAccountToken"]
     assert not [k for k in render() if k[0].startswith("Cluster")]
+
+
+def test_kubernetes_md_names_the_metrics_reader_role_the_chart_renders(chart: Any) -> None:
+    """docs/kubernetes.md said `<ns>-<release>-metrics-reader`; it is the full name's, so the
+    release `mon` binds `certs-mon-certctl-metrics-reader`, which a kubectl line copied from
+    the old wording (`certs-mon-metrics-reader`) did not find."""
+    docs = (CHART.parents[2] / "docs" / "kubernetes.md").read_text()
+    sentence = " ".join(docs[docs.index("`<ns>-<fullname>-metrics-reader`") :].split()[:40])
+    examples = dict(
+        re.findall(r"`([\w-]+-metrics-reader)` for (?:the|a) release `(\w+)`", sentence)
+    )
+    assert examples == {
+        "certs-certctl-metrics-reader": "certctl",
+        "certs-mon-certctl-metrics-reader": "mon",
+    }, sentence
+    for name, release in examples.items():
+        files = chart.render(KUBE_AUTH, name=release, namespace=NAMESPACE, is_install=True)
+        docs_rendered = [
+            d
+            for path, text in files.items()
+            if not path.endswith("NOTES.txt")
+            for d in yaml.safe_load_all(text)
+            if d
+        ]
+        kinds = {d["kind"] for d in docs_rendered if d["metadata"]["name"] == name}
+        assert kinds == {"ClusterRole", "ClusterRoleBinding"}, (release, name)
 
 
 def test_kubernetes_auth_audiences_reach_the_server(
