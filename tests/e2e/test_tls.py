@@ -263,3 +263,32 @@ def test_an_error_after_the_handshake_is_no_failed_handshake(
     time.sleep(0.2)
     assert _handshake_failures(default_server) == before
     assert "DECRYPTION_FAILED_OR_BAD_RECORD_MAC" not in "".join(default_server.logs())
+
+
+def test_an_api_route_on_the_metrics_listener_says_where_the_api_is(
+    start_server: StartServer,
+) -> None:
+    # A key tried against the metrics port (CERTCTL_URL set to it, curl …/whoami) got
+    # 404 "Not Found", as for a typo, with nothing saying that port serves metrics alone.
+    server = start_server(config=lambda: {"metrics": {"listen": f"127.0.0.1:{free_port()}"}})
+    metrics = f"https://127.0.0.1:{server.configured_port('metrics.listen')}"
+    auth = ["-H", f"Authorization: Bearer {server.admin_key}", "--cacert", str(server.ca)]
+    for path in ("/api/v1/auth/whoami", "/api/v1/no-such-route"):
+        answer = run("curl", "-sS", "-i", *auth, metrics + path, timeout=20)
+        head, _, body = answer.stdout.partition("\n\n")
+        assert head.startswith("HTTP/1.1 404 Not Found\n"), answer.stdout + answer.stderr
+        assert "application/problem+json" in head, head
+        assert json.loads(body)["detail"] == (
+            "not found on the metrics listener (metrics.listen), which serves only /healthz, "
+            "/readyz, /api/v1/metrics, /api/v1/metrics/prometheus; the rest of the API is on "
+            "the main listener (listen)"
+        )
+    # The routes it serves are answered; the main listener's 404 stays as it was.
+    scrape = run("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", *auth,
+                 metrics + "/api/v1/metrics/prometheus", timeout=20)  # fmt: skip
+    assert scrape.stdout == "200", scrape.stderr
+    with server.client(server.admin_key) as http:
+        assert http.get("/api/v1/auth/whoami").status_code == 200
+        main_404 = http.get("/api/v1/no-such-route")
+    assert main_404.status_code == 404
+    assert main_404.json()["detail"] == "Not Found"

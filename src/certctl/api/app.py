@@ -314,6 +314,15 @@ async def _database_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 404 and request.app.state.only_paths is not None:
+        # A client pointed at the metrics port (CERTCTL_URL, a curl to test a key) got a
+        # bare "Not Found" for a route the main listener serves: say where it is.
+        served = dict.fromkeys(r.path for r in request.app.router.routes if isinstance(r, Route))
+        return problem(
+            404,
+            "not found on the metrics listener (metrics.listen), which serves only "
+            f"{', '.join(served)}; the rest of the API is on the main listener (listen)",
+        )
     response = problem(exc.status_code, exc.detail or "error")
     if exc.status_code == 405:
         # RFC 9110 15.5.6: a 405 lists the methods the resource has. Starlette's lists those
@@ -384,6 +393,7 @@ def create_app(
     )
     app.router = ApiRouter(routes)
     app.state.services = services
+    app.state.only_paths = only_paths
     app.state.client_cert_mappings = client_cert_mappings
     app.state.kubernetes_authenticator = kubernetes_authenticator
     app.state.auth_failure_limiter = auth_failure_limiter
