@@ -9,7 +9,7 @@ import sys
 from certctl.errors import CertctlError
 from certctl.files import discard_stdout
 from certctl.server.bootstrap import Bootstrapped
-from certctl.server.config import ServerConfig
+from certctl.server.config import ServerConfig, split_host_port
 from certctl.server.kubernetes import kube_connection
 from certctl.targets.kubernetes import SecretWriter
 
@@ -40,6 +40,13 @@ def store_admin_key(boot: Bootstrapped, config: ServerConfig, installation: str)
     return f"Secret {writer.namespace}/{name} (key api-key)"
 
 
+def _url(scheme: str, host: str, port: int) -> str:
+    """The URL to reach a listener on ``host:port`` from this machine."""
+    # A wildcard address is no place to connect to, and not in the certificate: loopback is.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 def announce(
     boot: Bootstrapped,
     config: ServerConfig,
@@ -52,11 +59,7 @@ def announce(
     ``stored_in`` is where :func:`store_admin_key` put a fresh key, else it is printed. A
     stdout that cannot be written is logged (never the notice, which may hold the key).
     """
-    host, port = config.host_port
-    # A wildcard address is no place to connect to, and not in the certificate: loopback is.
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    url_host = f"[{host}]" if ":" in host else host
-    url = f"{scheme}://{url_host}:{port}"
+    url = _url(scheme, *config.host_port)
     out = io.StringIO()
     if stored_in is not None:
         out.write(
@@ -93,6 +96,14 @@ def announce(
         f'Try: curl {cacert}-H "Authorization: Bearer $(cat {boot.admin_key_file.resolve()})" '
         f"{url}/api/v1/auth/whoami\n"
     )
+    if config.metrics.listen:
+        # Else nothing said the second listener was up, nor where to point Prometheus.
+        plain = not config.metrics.secure or config.tls.mode == "disabled"
+        m_host, m_port = split_host_port(config.metrics.listen, "metrics.listen")
+        out.write(
+            f"Metrics listener (metrics.listen, health and metrics only): "
+            f"{_url('http' if plain else 'https', m_host, m_port)}/api/v1/metrics/prometheus\n"
+        )
     try:
         sys.stdout.write(out.getvalue())
         sys.stdout.flush()
