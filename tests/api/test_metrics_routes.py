@@ -328,6 +328,20 @@ def test_readme_lists_every_exported_certctl_metric(api: Api) -> None:
     assert documented == exported
 
 
+def test_readme_example_of_the_json_metrics_route_is_its_shape(api: Api) -> None:
+    """The README shows what GET /api/v1/metrics returns (it did not say before)."""
+    import json
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    (example,) = re.findall(r"\(`(\{\"certificates\": .*?)`, as\n`certctl_certificates`\)", readme)
+    api.issue()
+    refresh_metrics(api.services)
+    key = api.actor_key("prom", ["r-metrics-read"])
+    answer = api.get("/api/v1/metrics", key)
+    assert answer.status_code == 200
+    assert answer.json() == json.loads(example)
+
+
 def test_scrape_has_no_created_series(api: Api) -> None:
     """No ``<counter>_created`` gauges: one more series per child that nothing reads.
 
