@@ -997,6 +997,11 @@ def test_notes_say_what_was_installed(chart: Any) -> None:
     unbound = notes(chart, no_readers)
     assert "--clusterrole=certs-certctl-metrics-reader" in unbound
     assert "metricsReaders is empty" not in notes(chart, KUBE_AUTH)  # negative twin
+    # serviceMonitor.enabled without the master switch rendered no ServiceMonitor, silently.
+    half = {"monitoring": {"serviceMonitor": {"enabled": True}}}
+    assert "No ServiceMonitor: monitoring.serviceMonitor.enabled is set but" in notes(chart, half)
+    assert "No ServiceMonitor" not in notes(chart, RUNBOOK)  # negative twins
+    assert "No ServiceMonitor" not in notes(chart, {})
     ephemeral = "are lost whenever the pod\nis replaced"
     assert ephemeral in notes(chart, {"persistence": {"enabled": False}})
     assert ephemeral not in notes(chart, {})
