@@ -330,6 +330,65 @@ def test_a_client_of_another_ca_of_the_same_name_is_warned_about_and_refused(
     assert served.curl(OLD, *_client_args(mallory), port=mtls) == (0, "400")
 
 
+def test_a_client_of_its_ca_renewed_with_the_name_spelled_in_another_string_type_is_no_stranger(
+    served: Served,
+) -> None:
+    # A CA first made with openssl's string_mask=default (its name a PrintableString) and
+    # renewed with the same key by today's openssl (UTF8String): the clients it signed before
+    # name it in the old encoding. OpenSSL compares names folded (X509_NAME_cmp), so nginx
+    # accepts them under the renewed CA; the check that verified the signature with
+    # pyca's verify_directly_issued_by (which wants the names encoded alike) said "the
+    # registered CA of that name did not sign it" of a certificate it signed.
+    env, base = served.env, served.env.tmp / "renamed"
+    base.mkdir()
+    (base / "old.cnf").write_text(
+        "[req]\ndistinguished_name=dn\nstring_mask=default\nprompt=no\n[dn]\nCN=Clients CA\n"
+        "[v3]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
+        "subjectKeyIdentifier=hash\n"
+    )
+    ca_key, old_ca, new_ca = base / "ca.key", base / "old.crt", base / "new.crt"
+    ok(run("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-out", ca_key))  # fmt: skip
+    ok(run("openssl", "req", "-x509", "-config", base / "old.cnf", "-extensions", "v3",
+           "-key", ca_key, "-days", "30", "-out", old_ca))  # fmt: skip
+    ok(run("openssl", "req", "-x509", "-key", ca_key, "-subj", "/CN=Clients CA", "-days", "60",
+           "-addext", "basicConstraints=critical,CA:TRUE",
+           "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", new_ca))  # fmt: skip
+    alice = base / "alice"
+    alice.mkdir()
+    ok(run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-nodes", "-keyout", alice / "tls.key", "-subj", "/CN=alice",
+           "-out", base / "alice.csr"))  # fmt: skip
+    (base / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    ok(run("openssl", "x509", "-req", "-in", base / "alice.csr", "-CA", old_ca, "-CAkey", ca_key,
+           "-days", "10", "-extfile", base / "client.ext", "-out", alice / "tls.crt"))  # fmt: skip
+    # The premise: one name and key, in two string types, and OpenSSL links them.
+    issuer_types = {
+        re.search(r"(PRINTABLESTRING|UTF8STRING) *:Clients CA", ok(run(
+            "openssl", "asn1parse", "-in", cert)).stdout).group(1)  # type: ignore[union-attr]
+        for cert in (alice / "tls.crt", new_ca)
+    }  # fmt: skip
+    assert issuer_types == {"PRINTABLESTRING", "UTF8STRING"}
+    assert ok(run("openssl", "verify", "-CAfile", new_ca, "-purpose", "sslclient",
+                  alice / "tls.crt")).stdout.strip().endswith("OK")  # fmt: skip
+    with env.client() as client:
+        url = "/api/v1/services/web/clients"
+        ca = client.post(url, json={"certificate_pem": new_ca.read_text()})
+        assert ca.status_code == 201, ca.text
+        added = client.post(url, json={"certificate_pem": (alice / "tls.crt").read_text()})
+        assert added.status_code == 201, added.text
+        assert added.json()["warnings"] == []
+    env.reconcile("web", env.now + STEP)
+    # What the empty warnings promise: nginx lets alice in.
+    _wait(
+        lambda: (
+            served.curl(OLD, *_client_args(alice), port=served.mtls_port) == (0, "200")
+            and served.settled()
+        ),
+        "the renewed CA's older client to be accepted",
+    )
+
+
 def test_renewals_and_a_ca_rollover_under_load_lose_no_request(served: Served) -> None:
     # Clients hold the ca.crt of the start throughout: the service CA is renewed with the
     # same key, so it keeps verifying every certificate served after it.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from sqlalchemy import select
@@ -16,6 +17,8 @@ from certctl.pki import (
     is_self_signed,
     load_material,
 )
+from certctl.pki.keys import signature_verifies
+from certctl.pki.names import names_match
 from certctl.services.audit import record, record_call
 from certctl.services.context import Principal, Services
 from certctl.services.service_certificates import extended_key_usages, issued_by
@@ -133,8 +136,8 @@ def client_trust_warnings(services: Services, name: str) -> list[str]:
         issuer = cert.issuer.rfc4514_string()
         # Up to a self-signed certificate: an intermediate alone fails there too (nginx
         # sets no partial-chain flag).
-        if not is_self_signed(cert) and not any(issued_by(cert, ca) for ca in cas):
-            namesake = any(ca.subject == cert.issuer for ca in cas)
+        if not is_self_signed(cert) and not any(_signed_by(cert, ca) for ca in cas):
+            namesake = any(names_match(ca.subject, cert.issuer) for ca in cas)
             warnings.append(
                 f"{what} {row.subject} is registered without its issuer ({issuer}"
                 + ("; the registered CA of that name did not sign it" if namesake else "")
@@ -142,6 +145,31 @@ def client_trust_warnings(services: Services, name: str) -> list[str]:
                 "up to a self-signed CA is registered; Java servers accept it alone"
             )
     return warnings
+
+
+def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether ``ca`` signed ``cert`` as the OpenSSL servers of the warning judge it.
+
+    Names compared as openssl compares them (``names_match``), then the signature with the
+    CA's key: pyca's ``verify_directly_issued_by`` wants the names encoded alike, and said
+    "did not sign it" of a client whose CA was renewed with its name as a UTF8String where
+    the client's issuer holds the PrintableString of before (nginx accepts it).
+    """
+    if not names_match(cert.issuer, ca.subject):
+        return False
+    try:
+        verified = signature_verifies(
+            ca.public_key(),
+            cert.signature,
+            cert.tbs_certificate_bytes,
+            cert.signature_algorithm_parameters,
+            cert.signature_hash_algorithm,
+            cert.signature_algorithm_oid,
+        )
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False  # a key or algorithm cryptography cannot check: not shown to sign it
+    # None: a key type left to pyca (DSA), whose check needs the names encoded alike.
+    return issued_by(cert, ca) if verified is None else verified
 
 
 def remove_client(services: Services, caller: Principal, name: str, fingerprint: str) -> None:
