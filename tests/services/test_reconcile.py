@@ -21,6 +21,7 @@ from certctl.pki import (
     VerificationFailed,
     certs_to_pem,
     common_name_dn,
+    format_serial,
     generate_private_key,
     keys_match,
     load_private_key,
@@ -1502,3 +1503,31 @@ def test_a_service_ca_whose_stored_certificate_is_not_its_keys_fails_the_service
     failed = row.conditions["Failed"]
     assert failed["status"] is True, row.conditions
     assert "issuer svc.web: its key does not match its certificate" in failed["message"]
+
+
+def test_a_stored_certificate_that_no_longer_parses_is_replaced_by_services_renew(
+    env: Env,
+) -> None:
+    # Edited by hand in the database (or a mangled restore): `services renew` reissued it
+    # ("due for renewal" is told before the stored certificate is read). Whether the CA was
+    # replaced is told from that certificate since d7c5592, and the ValueError crashed every
+    # pass of the service instead, with a traceback, the renewal never done.
+    target = env.tmp / "out" / "web"
+    target.parent.mkdir()
+    env.put(service_doc("web", dns=("web.example.internal",), targets=[{"directory": str(target)}]))
+    first = env.reconcile("web")
+    with env.services.sessions.begin() as session:
+        row = session.get(ManagedService, "web")
+        assert row is not None
+        row.certificate_pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    env.at(env.now + MINUTE)
+    service_specs.request_renewal(env.services, env.admin, "web")
+    row = env.reconcile("web", env.now)
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    assert row.serial != first.serial
+    assert env.events("web")[-1].payload["reason"] == "due for renewal"
+    served = _cert((target / "tls.crt").read_bytes())
+    assert format_serial(served.serial_number) == row.serial
+    # Nothing is kept as a replaced CA: the same CA issues it.
+    assert row.retired_ca_until is None
+    assert (target / "ca.crt").read_bytes() == env.outputs("web")["ca-internal"]["ca.crt"]

@@ -276,15 +276,28 @@ def _decide(
         # Told from the certificates, not from ``reason``: a switch of CA applied together
         # with new SANs (checked first) is reissued for those, and lost the overlap.
         ca_replaced=row.certificate_pem is not None
-        and not issued_by(
-            x509.load_pem_x509_certificate(row.certificate_pem.encode()), ca.certificate
-        ),
+        and not _served_under(row.certificate_pem, ca.certificate),
     )
     # Not "lifetime ... is under 60 days; plan its renewal": that is advice for a certificate
     # someone renews by hand, and certctl renews this one itself (a cert-validity of 30 days
     # put it in the status of every service at each renewal).
     advice = [w for w in issued.warnings if not w.endswith("; plan its renewal")]
     return desired, reason, [*warnings, *advice]
+
+
+def _served_under(certificate_pem: str, ca_certificate: x509.Certificate) -> bool:
+    """Whether the certificate served until now was signed by ``ca_certificate``'s name and key.
+
+    One that no longer parses (edited in the database) is not: which CA signed it is
+    unknown, so a stored ``ca.crt`` other than the new one is kept for the overlap, as for a
+    switch. Raised, the ValueError failed every pass of the service, and the reissue that
+    ``services renew`` asks for (told before the certificate is read) never came.
+    """
+    try:
+        served = x509.load_pem_x509_certificate(certificate_pem.encode())
+    except ValueError:
+        return False
+    return issued_by(served, ca_certificate)
 
 
 def _retire_ca(
