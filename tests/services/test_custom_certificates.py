@@ -33,7 +33,7 @@ from certctl.pki import (
     generate_private_key,
     verify_certificate,
 )
-from certctl.services import service_schedule, service_specs, service_status
+from certctl.services import issuers, service_schedule, service_specs, service_status
 from certctl.services.context import Principal
 from certctl.store.models import Issuer
 from tests._tools import ok, openssl_req, openssl_verify, run
@@ -549,6 +549,48 @@ def test_a_switch_from_a_custom_ca_to_the_service_ca_keeps_the_old_one_until_its
     env.reconcile("web", old_end, **longer)
     assert env.outputs("web")["certs-internal"]["ca.crt"] == service_ca
     assert not service_schedule.due(env.row("web"), old_end + timedelta(minutes=1))
+
+
+def test_a_switch_back_to_the_service_ca_renewed_meanwhile_keeps_no_copy_of_it_as_replaced(
+    env: Env,
+) -> None:
+    # Service CA -> a custom CA (the service CA kept for the overlap) -> back, after the
+    # service CA was renewed (same key, name and SKI) meanwhile: its previous certificate
+    # was compared by its PEM, not by what it is, so ca.crt held the service CA twice and
+    # the status said a replaced CA was kept (the service's own) until the overlap's end.
+    t0 = env.now
+    target = env.tmp / "out" / "web"
+    target.parent.mkdir()
+    dirs = [{"directory": str(target)}]
+    env.put(service_doc("web", dns=NAMES, targets=dirs))
+    env.reconcile("web", t0)
+    # A leaf issued 6 h in (cert-validity 2 h) runs past the CA's renewal (7 h in).
+    env.reconcile("web", t0 + timedelta(hours=6))
+    s_old = issuers.load_issuer(env.services, "svc.web").root_pem
+    s_leaf = env.tmp / "s-leaf.crt"
+    s_leaf.write_bytes((target / "tls.crt").read_bytes())  # a node not reloaded since
+    custom, files = good_ca_files(env.now, "custom")
+    write_secret(env.secrets_dir, "issuer", files)
+    env.put(service_doc("web", dns=NAMES, secret="issuer", targets=dirs))
+    switched = env.reconcile("web", t0 + timedelta(hours=6, minutes=1))
+    assert (target / "ca.crt").read_bytes() == custom.cert_pem + s_old  # the overlap
+    env.reconcile("web", t0 + timedelta(hours=7, minutes=1))  # the service CA renewed
+    s_new = issuers.load_issuer(env.services, "svc.web").root_pem
+    assert s_new != s_old
+    assert (target / "ca.crt").read_bytes() == custom.cert_pem + s_old
+
+    env.put(service_doc("web", dns=NAMES, targets=dirs))
+    back = t0 + timedelta(hours=7, minutes=2)
+    row = env.reconcile("web", back)
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    # The service CA once (its current certificate), then the custom CA, kept for its overlap.
+    assert (target / "ca.crt").read_bytes() == s_new + custom.cert_pem
+    status = service_status.service_json(row)["status"]
+    assert status["retired_ca_until"] == switched.not_after.isoformat()  # the custom leaf's end
+    # The leaf served under the previous certificate still verifies: same name, key and SKI.
+    at = ("-attime", str(int(back.timestamp())))
+    for leaf in (s_leaf, target / "tls.crt"):
+        assert openssl_verify(*at, "-CAfile", target / "ca.crt", leaf) == "OK"
 
 
 @pytest.mark.parametrize("to", ["service CA", "custom CA"])

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from certctl.errors import Conflict, InvalidRequest, NotFound
 from certctl.metrics.registry import RENEWALS
@@ -324,12 +326,16 @@ def _retire_ca(
     if (
         desired.ca_replaced
         and old_ca.strip()
-        and old_ca != desired.ca_pem
+        and not _current_cas(old_ca, desired.ca_pem)
         and old_end is not None
         and now < old_end
     ):
         ends = min(now + settings.ca_renewal_margin, old_end)
-        earlier = [(pem, until) for pem, until in kept if pem not in (old_ca, desired.ca_pem)]
+        earlier = [
+            (pem, until)
+            for pem, until in kept
+            if pem != old_ca and not _current_cas(pem, desired.ca_pem)
+        ]
         # A bound for a CA swapped every few minutes, whose ca.crt would otherwise grow by
         # one CA a swap for a day: past it, the oldest goes first.
         kept = [(old_ca, ends), *earlier][:MAX_RETIRED_CAS]
@@ -339,8 +345,39 @@ def _retire_ca(
         kept = []
     else:
         # Back to a CA being retired: it is the current one again, no longer one to retire.
-        kept = [(pem, until) for pem, until in kept if pem != desired.ca_pem]
+        kept = [(pem, until) for pem, until in kept if not _current_cas(pem, desired.ca_pem)]
     keep_retired(row, kept)
+
+
+def _current_cas(pem: str, current_pem: str) -> bool:
+    """Whether every CA certificate of ``pem`` is one of ``current_pem``'s, maybe renewed.
+
+    Renewed: the same name, key and SKI (as a service CA is renewed), which verifies every
+    leaf the other did. Compared by PEM alone, the service CA's previous certificate, kept
+    while a custom CA was served and then renewed meanwhile, stayed in ``ca.crt`` as a
+    replaced CA beside the renewed one after a switch back.
+    """
+    if pem == current_pem:
+        return True
+    try:
+        mine, current = _ca_identities(pem), _ca_identities(current_pem)
+    except (ValueError, UnsupportedAlgorithm):
+        return False  # not shown to be the current CA: kept, as a replaced one
+    return bool(mine) and mine <= current
+
+
+def _ca_identities(pem: str) -> set[tuple[x509.Name, bytes, bytes | None]]:
+    identities = set()
+    for cert in x509.load_pem_x509_certificates(pem.encode()) if pem.strip() else []:
+        try:
+            ski: bytes | None = cert.extensions.get_extension_for_class(
+                x509.SubjectKeyIdentifier
+            ).value.digest
+        except x509.ExtensionNotFound:
+            ski = None
+        spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        identities.add((cert.subject, spki, ski))
+    return identities
 
 
 def _store_issue(
