@@ -551,6 +551,56 @@ def test_a_switch_from_a_custom_ca_to_the_service_ca_keeps_the_old_one_until_its
     assert not service_schedule.due(env.row("web"), old_end + timedelta(minutes=1))
 
 
+def test_a_custom_ca_renewed_with_its_key_under_another_ski_reissues_and_keeps_the_old_one(
+    env: Env,
+) -> None:
+    # The owner renews the CA of the secret with the same key and name, by a tool that
+    # computes its subjectKeyIdentifier otherwise (Go 1.25's truncated SHA-256, a fixed
+    # value): OpenSSL takes a CA whose SKI is not the leaf's authorityKeyIdentifier for no
+    # issuer of it. Judged by name and signature alone, it was a "CA renewed": the leaf kept,
+    # ca.crt the new CA alone, and peers refused the certificate served (and a node not
+    # reloaded) with "unable to get local issuer certificate".
+    settings = {"cert_validity": timedelta(hours=8)}
+    target = env.tmp / "out" / "web"
+    target.parent.mkdir()
+    ca, files = good_ca_files(env.now)
+    write_secret(env.secrets_dir, "issuer", files)
+    env.put(service_doc("web", dns=NAMES, secret="issuer", targets=[{"directory": str(target)}]))
+    first = env.reconcile("web", **settings)
+    old_leaf = env.tmp / "old-leaf.crt"
+    old_leaf.write_bytes((target / "tls.crt").read_bytes())
+
+    key = env.tmp / "ca.key"
+    key.write_bytes(files["ca.key"])
+    renewed = env.tmp / "renewed.crt"
+    ski = "01:02:03:04:05:06:07:08:09:0a:0b:0c:0d:0e:0f:10:11:12:13:14"
+    ok(run("openssl", "req", "-x509", "-key", key, "-subj", "/CN=web-issuing-ca",
+           "-days", "400", "-addext", "basicConstraints=critical,CA:TRUE",
+           "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+           "-addext", f"subjectKeyIdentifier={ski}", "-addext", "authorityKeyIdentifier=none",
+           "-out", renewed))  # fmt: skip
+    new_ca = x509.load_pem_x509_certificate(renewed.read_bytes())
+    assert (new_ca.subject, new_ca.public_key()) == (ca.certificate.subject, ca.key.public_key())
+    write_secret(
+        env.secrets_dir, "issuer", {"ca.crt": renewed.read_bytes(), "ca.key": files["ca.key"]}
+    )
+    at_swap = env.now + timedelta(minutes=1)
+    at = ("-attime", str(int(at_swap.timestamp())))
+    renewed_only = env.tmp / "renewed-only.crt"
+    renewed_only.write_bytes(renewed.read_bytes())
+    assert openssl_verify(*at, "-CAfile", renewed_only, old_leaf) != "OK"  # the premise
+
+    row = env.reconcile("web", at_swap, **settings)
+    assert row.conditions["Ready"]["status"] is True, row.conditions
+    assert row.serial != first.serial
+    assert env.events("web")[-1].payload["reason"] == "issuer key identifier changed"
+    bundle = target / "ca.crt"
+    assert bundle.read_bytes() == renewed.read_bytes() + ca.cert_pem  # the old one kept
+    assert openssl_verify(*at, "-CAfile", bundle, target / "tls.crt") == "OK"
+    assert openssl_verify(*at, "-CAfile", bundle, old_leaf) == "OK"
+    assert openssl_verify(*at, "-CAfile", renewed_only, target / "tls.crt") == "OK"
+
+
 def test_a_switch_back_to_the_service_ca_renewed_meanwhile_keeps_no_copy_of_it_as_replaced(
     env: Env,
 ) -> None:

@@ -26,6 +26,8 @@ from certctl.store.models import ManagedService
 __all__ = [
     "Desired",
     "extended_key_usages",
+    "issued_by",
+    "key_identifiers_match",
     "needs_leaf",
     "renewal_by_current_margin",
     "renewal_time",
@@ -113,8 +115,12 @@ def needs_leaf(
         return "usages changed"
     if cert.issuer != ca.certificate.subject:
         return "issuer changed"
-    if not issued_by(cert, ca.certificate):
+    if not _signed_with_key_of(cert, ca.certificate):
         return "issuer key changed"
+    if not key_identifiers_match(cert, ca.certificate):
+        # The same key under another subjectKeyIdentifier (a CA renewed by a tool that
+        # computes it otherwise): OpenSSL does not take that CA for the leaf's issuer.
+        return "issuer key identifier changed"
     if row.renew_at is None and cert.not_valid_after_utc < ca.certificate.not_valid_after_utc:
         # No renewal date: left without one because its CA was about to expire (_store_issue)
         # and the CA was renewed since, or served as is from a secret that now holds the CA
@@ -124,14 +130,33 @@ def needs_leaf(
 
 
 def issued_by(cert: x509.Certificate, ca_certificate: x509.Certificate) -> bool:
-    """Whether ``ca_certificate`` (its name and key) signed ``cert``."""
+    """Whether ``ca_certificate`` (its name, key and key identifier) signed ``cert``."""
     if cert.issuer != ca_certificate.subject:
         return False
+    return _signed_with_key_of(cert, ca_certificate) and key_identifiers_match(cert, ca_certificate)
+
+
+def _signed_with_key_of(cert: x509.Certificate, ca_certificate: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(ca_certificate)
     except (ValueError, TypeError, Exception):
         return False
     return True
+
+
+def key_identifiers_match(cert: x509.Certificate, ca_certificate: x509.Certificate) -> bool:
+    """Whether ``cert``'s authorityKeyIdentifier is ``ca_certificate``'s SKI, where both are.
+
+    OpenSSL (X509_check_akid) takes a CA whose SKI is not the leaf's AKI for no issuer of
+    it, whatever signed it: a CA renewed with its key and name under another SKI (Go 1.25
+    computes it by truncated SHA-256) verifies none of the leaves signed under the old one.
+    """
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        ski = ca_certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except (x509.ExtensionNotFound, ValueError):
+        return True  # nothing to compare (ValueError: an extension pyca cannot parse)
+    return aki.key_identifier is None or aki.key_identifier == ski.digest
 
 
 def service_profile(spec: TLSServiceSpec) -> Profile:
