@@ -389,6 +389,67 @@ def test_a_client_of_its_ca_renewed_with_the_name_spelled_in_another_string_type
     )
 
 
+def test_a_client_of_its_ca_renewed_under_another_ski_is_warned_about_and_refused(
+    served: Served,
+) -> None:
+    # The clients' CA renewed with its key and name under another subjectKeyIdentifier (Go
+    # 1.25's truncated SHA-256, a fixed value): OpenSSL (X509_check_akid) takes it for no
+    # issuer of the clients signed before, whose authorityKeyIdentifier names the old SKI.
+    # Name and signature alone said nothing of them, and nginx refused them.
+    env, base = served.env, served.env.tmp / "reski"
+    base.mkdir()
+    ca_key, old_ca, new_ca = base / "ca.key", base / "old.crt", base / "new.crt"
+    ok(run("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-out", ca_key))  # fmt: skip
+    ca_ext = ("-addext", "basicConstraints=critical,CA:TRUE",
+              "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    ok(run("openssl", "req", "-x509", "-key", ca_key, "-subj", "/CN=Clients CA", "-days", "30",
+           *ca_ext, "-out", old_ca))  # fmt: skip
+    ski = "01:02:03:04:05:06:07:08:09:0a:0b:0c:0d:0e:0f:10:11:12:13:14"
+    ok(run("openssl", "req", "-x509", "-key", ca_key, "-subj", "/CN=Clients CA", "-days", "60",
+           *ca_ext, "-addext", f"subjectKeyIdentifier={ski}",
+           "-addext", "authorityKeyIdentifier=none", "-out", new_ca))  # fmt: skip
+    (base / "client.ext").write_text("extendedKeyUsage=clientAuth\nauthorityKeyIdentifier=keyid\n")
+    clients = {}
+    for cn, ca in (("alice", old_ca), ("bob", new_ca)):
+        clients[cn] = base / cn
+        clients[cn].mkdir()
+        ok(run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+               "-nodes", "-keyout", clients[cn] / "tls.key", "-subj", f"/CN={cn}",
+               "-out", base / f"{cn}.csr"))  # fmt: skip
+        ok(run("openssl", "x509", "-req", "-in", base / f"{cn}.csr", "-CA", ca, "-CAkey", ca_key,
+               "-days", "10", "-extfile", base / "client.ext",
+               "-out", clients[cn] / "tls.crt"))  # fmt: skip
+    with env.client() as client:
+        url = "/api/v1/services/web/clients"
+        added = client.post(url, json={"certificate_pem": new_ca.read_text()})
+        assert added.status_code == 201, added.text
+        bob = client.post(url, json={"certificate_pem": (clients["bob"] / "tls.crt").read_text()})
+        assert bob.status_code == 201, bob.text
+        assert bob.json()["warnings"] == []  # signed under the renewed one: nothing to say
+        alice = client.post(
+            url, json={"certificate_pem": (clients["alice"] / "tls.crt").read_text()}
+        )
+        assert alice.status_code == 201, alice.text
+        (warning,) = alice.json()["warnings"]
+        assert warning.startswith(
+            "client certificate CN=alice is registered without its issuer (CN=Clients CA; the "
+            "registered CA of that name has its key under another subjectKeyIdentifier, which "
+            "OpenSSL does not take for the certificate's authorityKeyIdentifier): nginx"
+        ), warning
+    env.reconcile("web", env.now + STEP)
+    mtls = served.mtls_port
+    _wait(
+        lambda: (
+            served.curl(OLD, *_client_args(clients["bob"]), port=mtls) == (0, "200")
+            and served.settled()
+        ),
+        "the renewed CA's own client to be accepted",
+    )
+    # What the warning says: nginx refuses alice, whose certificate is registered.
+    assert served.curl(OLD, *_client_args(clients["alice"]), port=mtls) == (0, "400")
+
+
 def test_renewals_and_a_ca_rollover_under_load_lose_no_request(served: Served) -> None:
     # Clients hold the ca.crt of the start throughout: the service CA is renewed with the
     # same key, so it keeps verifying every certificate served after it.

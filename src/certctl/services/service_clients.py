@@ -21,7 +21,11 @@ from certctl.pki.keys import signature_verifies
 from certctl.pki.names import names_match
 from certctl.services.audit import record, record_call
 from certctl.services.context import Principal, Services
-from certctl.services.service_certificates import extended_key_usages, issued_by
+from certctl.services.service_certificates import (
+    extended_key_usages,
+    issued_by,
+    key_identifiers_match,
+)
 from certctl.services.service_rows import lock_service_row, locked_service
 from certctl.services.tls_spec import parse_service
 from certctl.store.models import ManagedService, ServiceClient
@@ -136,11 +140,22 @@ def client_trust_warnings(services: Services, name: str) -> list[str]:
         issuer = cert.issuer.rfc4514_string()
         # Up to a self-signed certificate: an intermediate alone fails there too (nginx
         # sets no partial-chain flag).
-        if not is_self_signed(cert) and not any(_signed_by(cert, ca) for ca in cas):
-            namesake = any(names_match(ca.subject, cert.issuer) for ca in cas)
+        if not is_self_signed(cert) and not any(
+            _signed_by(cert, ca) and key_identifiers_match(cert, ca) for ca in cas
+        ):
+            namesakes = [ca for ca in cas if names_match(ca.subject, cert.issuer)]
+            why = ""
+            if any(_signed_by(cert, ca) for ca in namesakes):
+                # Its key, renewed under another SKI: OpenSSL (X509_check_akid) refuses it.
+                why = (
+                    "; the registered CA of that name has its key under another "
+                    "subjectKeyIdentifier, which OpenSSL does not take for the certificate's "
+                    "authorityKeyIdentifier"
+                )
+            elif namesakes:
+                why = "; the registered CA of that name did not sign it"
             warnings.append(
-                f"{what} {row.subject} is registered without its issuer ({issuer}"
-                + ("; the registered CA of that name did not sign it" if namesake else "")
+                f"{what} {row.subject} is registered without its issuer ({issuer}{why}"
                 + "): nginx and other OpenSSL servers accept its clients only once the chain "
                 "up to a self-signed CA is registered; Java servers accept it alone"
             )
