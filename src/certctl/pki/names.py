@@ -8,7 +8,7 @@ import re
 import string
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -27,6 +27,7 @@ __all__ = [
     "display_dn",
     "display_dn_text",
     "format_dn",
+    "name_match_key",
     "names_match",
     "parse_dn",
     "san_search_forms",
@@ -172,6 +173,14 @@ def names_match(a: x509.Name, b: x509.Name) -> bool:
     and folds nothing.
     """
     return _canonical(a) == _canonical(b)
+
+
+def name_match_key(name: x509.Name) -> Hashable:
+    """A key equal for two names exactly when ``names_match`` says they match.
+
+    For a lookup among many names: each is folded once, not once per pair.
+    """
+    return _canonical(name)
 
 
 # openssl's ASN1_MASK_CANON (crypto/x509/x_name.c): the string types it folds.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from datetime import datetime
 
 from cryptography import x509
@@ -18,7 +19,7 @@ from certctl.pki import (
     load_material,
 )
 from certctl.pki.keys import signature_verifies
-from certctl.pki.names import names_match
+from certctl.pki.names import name_match_key
 from certctl.services.audit import record, record_call
 from certctl.services.context import Principal, Services
 from certctl.services.service_certificates import (
@@ -101,6 +102,11 @@ def client_trust_warnings(services: Services, name: str) -> list[str]:
     # "CN=certctl Root CA" unless told otherwise, and a client of another CA of that name
     # got no warning though nginx refuses it (the signature does not verify).
     cas = [x509.load_pem_x509_certificate(r.certificate_pem.encode()) for r in rows if r.is_ca]
+    # By name as openssl compares them, each name folded once: folded per pair, 1,000
+    # registered client certificates beside 100 CAs took 0.6 s a registration (0.2-0.3 s).
+    by_name: dict[Hashable, list[x509.Certificate]] = {}
+    for ca in cas:
+        by_name.setdefault(name_match_key(ca.subject), []).append(ca)
     now = services.clock()
     warnings = []
     try:
@@ -140,10 +146,10 @@ def client_trust_warnings(services: Services, name: str) -> list[str]:
         issuer = cert.issuer.rfc4514_string()
         # Up to a self-signed certificate: an intermediate alone fails there too (nginx
         # sets no partial-chain flag).
+        namesakes = by_name.get(name_match_key(cert.issuer), [])
         if not is_self_signed(cert) and not any(
-            _signed_by(cert, ca) and key_identifiers_match(cert, ca) for ca in cas
+            _signed_by(cert, ca) and key_identifiers_match(cert, ca) for ca in namesakes
         ):
-            namesakes = [ca for ca in cas if names_match(ca.subject, cert.issuer)]
             why = ""
             if any(_signed_by(cert, ca) for ca in namesakes):
                 # Its key, renewed under another SKI: OpenSSL (X509_check_akid) refuses it.
@@ -163,15 +169,14 @@ def client_trust_warnings(services: Services, name: str) -> list[str]:
 
 
 def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    """Whether ``ca`` signed ``cert`` as the OpenSSL servers of the warning judge it.
+    """Whether the key of ``ca``, named as ``cert``'s issuer, signed ``cert``.
 
-    Names compared as openssl compares them (``names_match``), then the signature with the
-    CA's key: pyca's ``verify_directly_issued_by`` wants the names encoded alike, and said
-    "did not sign it" of a client whose CA was renewed with its name as a UTF8String where
-    the client's issuer holds the PrintableString of before (nginx accepts it).
+    The names are matched by the caller as openssl compares them (``name_match_key``); the
+    signature is checked with the CA's key: pyca's ``verify_directly_issued_by`` wants the
+    names encoded alike, and said "did not sign it" of a client whose CA was renewed with its
+    name as a UTF8String where the client's issuer holds the PrintableString of before
+    (nginx accepts it).
     """
-    if not names_match(cert.issuer, ca.subject):
-        return False
     try:
         verified = signature_verifies(
             ca.public_key(),

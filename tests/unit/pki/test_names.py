@@ -725,3 +725,50 @@ def test_display_dn_text_renames_stored_subjects_as_display_dn(
     # Stored subjects are rfc4514_string()'s; the API shows them as display_dn would.
     name = x509.Name([x509.NameAttribute(oid, value) for oid, value in attributes])
     assert display_dn_text(format_dn(name)) == display_dn(name)
+
+
+def test_name_match_key_is_equal_exactly_when_names_match() -> None:
+    # A lookup key for many names (client trust warnings fold each name once): it must
+    # agree with names_match, string types, case, spacing and RDN order included.
+    from cryptography.x509.name import _ASN1Type
+
+    from certctl.pki.names import name_match_key, names_match
+
+    def name(*attrs: tuple[x509.ObjectIdentifier, str, _ASN1Type]) -> x509.Name:
+        return x509.Name([x509.NameAttribute(oid, value, kind) for oid, value, kind in attrs])
+
+    cn, o, sn = NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME, NameOID.SERIAL_NUMBER
+    utf8, printable, numeric = (
+        _ASN1Type.UTF8String,
+        _ASN1Type.PrintableString,
+        _ASN1Type.NumericString,
+    )
+    names = [
+        name((cn, "Clients CA", utf8)),
+        name((cn, "Clients CA", printable)),
+        name((cn, "  clients   ca ", utf8)),
+        name((cn, "Clients CB", utf8)),
+        name((o, "Clients CA", utf8)),
+        name((cn, "Clients CA", utf8), (o, "Org", utf8)),
+        name((o, "Org", utf8), (cn, "Clients CA", utf8)),
+        name((sn, "42", printable)),
+        name((sn, "42", numeric)),
+        x509.Name(
+            [
+                x509.RelativeDistinguishedName(
+                    [x509.NameAttribute(cn, "A"), x509.NameAttribute(o, "B")]
+                )
+            ]
+        ),
+        x509.Name(
+            [
+                x509.RelativeDistinguishedName(
+                    [x509.NameAttribute(o, "b"), x509.NameAttribute(cn, "a")]
+                )
+            ]
+        ),
+    ]
+    pairs = [(a, b) for a in names for b in names]
+    assert sum(names_match(a, b) for a, b in pairs) > len(names)  # some fold together
+    for a, b in pairs:
+        assert (name_match_key(a) == name_match_key(b)) == names_match(a, b), (a, b)
