@@ -1531,3 +1531,57 @@ def test_a_stored_certificate_that_no_longer_parses_is_replaced_by_services_rene
     # Nothing is kept as a replaced CA: the same CA issues it.
     assert row.retired_ca_until is None
     assert (target / "ca.crt").read_bytes() == env.outputs("web")["ca-internal"]["ca.crt"]
+
+
+def test_a_client_ca_on_a_curve_cryptography_lacks_is_registered_with_a_warning_not_a_400(
+    env: Env,
+) -> None:
+    # A CA on prime239v1 (OpenSSL, so nginx, verifies its clients; pyca cannot load the
+    # key): the trust check raised "cannot check the signature", so POST .../clients
+    # answered 400 after storing the CA, and every registration for the service after it
+    # answered 400 too, each stored all the same.
+    from tests._tools import run
+
+    base = env.tmp / "odd"
+    base.mkdir()
+    ok(run("openssl", "ecparam", "-name", "prime239v1", "-genkey", "-noout",
+           "-out", base / "ca.key"))  # fmt: skip
+    ok(run("openssl", "req", "-x509", "-key", base / "ca.key", "-subj", "/CN=odd clients CA",
+           "-days", "30", "-addext", "basicConstraints=critical,CA:TRUE",
+           "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+           "-out", base / "ca.crt"))  # fmt: skip
+    ok(run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-nodes", "-keyout", base / "alice.key", "-subj", "/CN=alice",
+           "-out", base / "alice.csr"))  # fmt: skip
+    (base / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    ok(run("openssl", "x509", "-req", "-in", base / "alice.csr", "-CA", base / "ca.crt",
+           "-CAkey", base / "ca.key", "-days", "10", "-extfile", base / "client.ext",
+           "-out", base / "alice.crt"))  # fmt: skip
+    verified = ok(run("openssl", "verify", "-CAfile", base / "ca.crt", "-purpose", "sslclient",
+                      base / "alice.crt"))  # fmt: skip
+    assert verified.stdout.strip().endswith(": OK")  # what nginx will do with her
+
+    env.put(service_doc("web", client_auth=True))
+    url = "/api/v1/services/web/clients"
+    note = (
+        "CA CN=odd clients CA has a key certctl cannot check signatures with (Curve "
+        "1.2.840.10045.3.1.4 is not supported): whether servers accept it and the clients it "
+        "signed is not checked here"
+    )
+    with env.client() as http:
+        added = http.post(url, json={"certificate_pem": (base / "ca.crt").read_text()})
+        assert added.status_code == 201, added.text
+        assert added.json()["warnings"] == [note]
+        # Her issuer is registered, though not checkable here: not "without its issuer".
+        alice = http.post(url, json={"certificate_pem": (base / "alice.crt").read_text()})
+        assert alice.status_code == 201, alice.text
+        assert alice.json()["warnings"] == [note]
+        other = make_ca("clients", env.now)
+        added = http.post(url, json={"certificate_pem": other.cert_pem.decode()})
+        assert added.status_code == 201, added.text
+        listed = http.get(url).json()["items"]
+    assert sorted(item["subject"] for item in listed) == [
+        "CN=alice",
+        "CN=clients",
+        "CN=odd clients CA",
+    ]

@@ -20,6 +20,7 @@ from certctl.pki import (
 )
 from certctl.pki.keys import signature_verifies
 from certctl.pki.names import name_match_key
+from certctl.pki.verdicts import VerificationFailed
 from certctl.services.audit import record, record_call
 from certctl.services.context import Principal, Services
 from certctl.services.service_certificates import (
@@ -147,11 +148,33 @@ def client_trust_warnings(services: Services, name: str) -> list[str]:
         # Up to a self-signed certificate: an intermediate alone fails there too (nginx
         # sets no partial-chain flag).
         namesakes = by_name.get(name_match_key(cert.issuer), [])
-        if not is_self_signed(cert) and not any(
-            _signed_by(cert, ca) and key_identifiers_match(cert, ca) for ca in namesakes
+        unreadable = _unreadable_key(cert) if cert.issuer == cert.subject else None
+        if unreadable is not None:
+            # A key pyca cannot load (a curve such as prime239v1, which OpenSSL verifies):
+            # is_self_signed raised, and the registration, stored, answered 400, as did
+            # every later one for the service.
+            warnings.append(
+                f"{what} {row.subject} has a key certctl cannot check signatures with "
+                f"({unreadable}): whether servers accept it and the clients it signed is not "
+                "checked here"
+            )
+            continue
+        try:
+            self_signed = is_self_signed(cert)
+        except VerificationFailed as exc:
+            # Another signature pyca cannot check (an algorithm it does not know).
+            warnings.append(f"{what} {row.subject} is not checked here: {exc.detail}")
+            continue
+        if self_signed:
+            continue
+        signed = [_signed_by(cert, ca) for ca in namesakes]
+        if None in signed:
+            continue  # an issuer of that name registered, told of above: not "without" it
+        if not any(
+            ok and key_identifiers_match(cert, ca) for ok, ca in zip(signed, namesakes, strict=True)
         ):
             why = ""
-            if any(_signed_by(cert, ca) for ca in namesakes):
+            if any(signed):
                 # Its key, renewed under another SKI: OpenSSL (X509_check_akid) refuses it.
                 why = (
                     "; the registered CA of that name has its key under another "
@@ -168,7 +191,16 @@ def client_trust_warnings(services: Services, name: str) -> list[str]:
     return warnings
 
 
-def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+def _unreadable_key(cert: x509.Certificate) -> str | None:
+    """Why pyca cannot load ``cert``'s key, or None when it can."""
+    try:
+        cert.public_key()
+    except UnsupportedAlgorithm as exc:
+        return str(exc)
+    return None
+
+
+def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool | None:
     """Whether the key of ``ca``, named as ``cert``'s issuer, signed ``cert``.
 
     The names are matched by the caller as openssl compares them (``name_match_key``); the
@@ -177,6 +209,8 @@ def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     name as a UTF8String where the client's issuer holds the PrintableString of before
     (nginx accepts it).
     """
+    if _unreadable_key(ca) is not None:
+        return None  # cannot tell: that CA's own warning says so
     try:
         verified = signature_verifies(
             ca.public_key(),
