@@ -87,6 +87,12 @@ class ApiRouter(Router):
     parameters that no earlier route would have taken goes straight to it; anything else
     (templated paths, 404, 405) takes Starlette's scan as before.
 
+    Any other path is matched against the routes whose literal beginning (the path up to its
+    first parameter) it starts with, in their order, as Starlette's scan would: a route
+    whose beginning differs cannot match (the regular expression is anchored and escapes
+    the literal part). ``GET /api/v1/certificates/{id}`` tried 29 expressions (~17 µs of a
+    ~150 µs request in-process) before its own.
+
     A path that matches a route once its trailing slashes are dropped gets a 307 to that
     path, as Starlette's own redirect gives, but with a relative ``Location``: Starlette
     builds an absolute one from the request's Host header, which a client or a cache in
@@ -96,6 +102,7 @@ class ApiRouter(Router):
     def __init__(self, routes: list[Route]) -> None:
         super().__init__(routes=routes, redirect_slashes=False)
         self._static: dict[tuple[str, str], Route] = {}
+        self._beginnings = [(route.path.split("{", 1)[0], route) for route in routes]
         for index, route in enumerate(routes):
             if route.param_convertors:
                 continue
@@ -124,7 +131,34 @@ class ApiRouter(Router):
             if location is not None:
                 await RedirectResponse(location, status_code=307)(scope, receive, send)
                 return
+            await self._scan(scope, receive, send)
+            return
         await super().app(scope, receive, send)
+
+    async def _scan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Router.app's scan (redirect_slashes off), over the routes that can match."""
+        scope.setdefault("router", self)
+        found = self.route_for(scope)
+        if found is None:
+            await self.default(scope, receive, send)
+            return
+        scope["route"] = found[0]
+        scope.update(found[1])
+        await found[0].handle(scope, receive, send)  # a PARTIAL match answers 405
+
+    def route_for(self, scope: Scope) -> tuple[Route, Scope] | None:
+        """The first full match, else the first partial one (another method), else None."""
+        path: str = scope["path"]
+        partial: tuple[Route, Scope] | None = None
+        for beginning, route in self._beginnings:
+            if not path.startswith(beginning):
+                continue
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                return route, child_scope
+            if match is Match.PARTIAL and partial is None:
+                partial = (route, child_scope)
+        return partial
 
     def _without_trailing_slash(self, scope: Scope) -> str | None:
         """Where a path with trailing slashes that no route takes goes, else None."""
