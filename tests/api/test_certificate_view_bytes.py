@@ -8,13 +8,17 @@ the PEM download and the headers.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, inspect, select, text
 
+from certctl.store.db import create_store_engine, migrate
 from certctl.store.models import CertificateRecord, Issuer
-from tests.api.conftest import Api
+from tests.api.conftest import Api, assert_problem
+from tests.unit.store.test_migration_head import downgrade_store
 
 CERTS = "/api/v1/certificates"
 ISSUERS = "/api/v1/issuers"
@@ -134,3 +138,136 @@ def test_a_certificate_is_served_byte_for_byte_as_stored(api: Api) -> None:
         "email": [],
         "uri": [],
     }
+
+
+def _served(api: Api, cert_id: str, revoked_by: str | None = None) -> dict[str, Any]:
+    """The JSON GET of ``cert_id``, checked byte for byte against its stored row."""
+    r = api.get(f"{CERTS}/{cert_id}", api.admin_key)
+    assert r.status_code == 200, r.text
+    assert r.content == _expected_json(api, cert_id, revoked_by)
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def _certificate_reads(api: Api) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM certificates" in statement:
+            statements.append(statement)
+
+    event.listen(api.services.engine, "before_cursor_execute", seen)
+    try:
+        yield statements
+    finally:
+        event.remove(api.services.engine, "before_cursor_execute", seen)
+
+
+def test_a_change_made_by_another_replica_or_by_hand_shows_on_the_next_get(api: Api) -> None:
+    """Each process remembers the rows it served (migration 0022's counter): any change to
+    what the GET shows, from anywhere, is read again at once; an issuance is not one."""
+    r = api.post(ISSUERS, api.admin_key, json={"id": "mid", "parent": "default"})
+    assert r.status_code == 201, r.text
+    cert = api.issue(common_name="watched.example.com")
+    under = api.issue(issuer="mid", common_name="under.example.com")
+    assert _served(api, cert["id"])["status"] == "active"
+    assert _served(api, under["id"])["issuer_revoked"] is None
+
+    expected = _expected_json(api, cert["id"], None)
+    reads = contextlib.contextmanager(_certificate_reads)(api)
+    with reads as statements:
+        assert api.get(f"{CERTS}/{cert['id']}", api.admin_key).content == expected
+        api.issue(common_name="other.example.com")  # an issuance keeps what was read
+        assert api.get(f"{CERTS}/{cert['id']}", api.admin_key).content == expected
+        pem = api.get(f"{CERTS}/{cert['id']}", api.admin_key, params={"format": "pem"})
+        assert pem.content == cert["certificate_pem"].encode()
+    assert [s for s in statements if s.lstrip().startswith("SELECT")] == []
+
+    url = api.services.engine.url.render_as_string(hide_password=False)
+    replica = create_store_engine(url)
+    at = api.clock().replace(microsecond=0)
+
+    def by_hand(statement: str, **params: Any) -> None:
+        with replica.begin() as connection:
+            connection.execute(text(statement), params)
+
+    try:
+        by_hand(
+            "UPDATE certificates SET status = 'revoked', revoked_at = :at,"
+            " revocation_reason = 'superseded' WHERE id = :id",
+            at=at,
+            id=cert["id"],
+        )
+        shown = _served(api, cert["id"])
+        assert (shown["status"], shown["revocation_reason"]) == ("revoked", "superseded")
+        by_hand(
+            "UPDATE certificates SET revocation_reason = 'keyCompromise' WHERE id = :id",
+            id=cert["id"],
+        )
+        assert _served(api, cert["id"])["revocation_reason"] == "keyCompromise"
+        by_hand("UPDATE certificates SET renewed_by = :by WHERE id = :id", by="x", id=cert["id"])
+        assert _served(api, cert["id"])["renewed_by"] == "x"
+
+        by_hand(
+            "UPDATE issuers SET revoked_at = :at, revocation_reason = 'cessationOfOperation'"
+            " WHERE id = 'mid'",
+            at=at,
+        )
+        shown = _served(api, under["id"], "mid")
+        assert shown["issuer_revoked"]["reason"] == "cessationOfOperation"
+
+        by_hand("DELETE FROM certificates WHERE id = :id", id=cert["id"])
+        assert_problem(api.get(f"{CERTS}/{cert['id']}", api.admin_key), 404)
+        pem_gone = api.get(f"{CERTS}/{cert['id']}", api.admin_key, params={"format": "pem"})
+        assert_problem(pem_gone, 404)
+    finally:
+        replica.dispose()
+
+
+def test_a_renewal_or_revocation_through_the_api_shows_on_the_next_get(api: Api) -> None:
+    old = api.issue(common_name="renew-me.example.com")
+    assert _served(api, old["id"])["renewed_by"] is None
+    r = api.post(f"{CERTS}/{old['id']}/renew", api.admin_key)
+    assert r.status_code == 201, r.text
+    new = r.json()
+    assert _served(api, old["id"])["renewed_by"] == new["id"]
+    assert _served(api, new["id"])["renewed_from"] == old["id"]
+    r = api.post(f"{CERTS}/{new['id']}/revoke", api.admin_key, json={"reason": "superseded"})
+    assert r.status_code == 200, r.text
+    assert _served(api, new["id"])["status"] == "revoked"
+    # Revoking the successor clears the predecessor's renewed_by (it is expiring again).
+    assert _served(api, old["id"])["renewed_by"] == _stored(api, old["id"]).renewed_by
+
+
+def test_a_remembered_certificate_expires_on_time(api: Api) -> None:
+    cert = api.issue(common_name="short.example.com", validity="40D")
+    assert api.get(f"{CERTS}/{cert['id']}", api.admin_key).json()["status"] == "active"
+    api.clock.advance(days=11)
+    assert api.get(f"{CERTS}/{cert['id']}", api.admin_key).json()["status"] == "expiring"
+    api.clock.advance(days=30)
+    assert api.get(f"{CERTS}/{cert['id']}", api.admin_key).json()["status"] == "expired"
+
+
+def test_0022_is_taken_back_and_applied_again(api: Api) -> None:
+    cert = api.issue(common_name="migrated.example.com")
+    engine = api.services.engine
+    downgrade_store(engine, "0021")
+    try:
+        with engine.connect() as connection:
+            assert "certificate_generation" not in inspect(connection).get_table_names()
+            # No trigger left to write a table that is gone.
+            connection.execute(
+                text("UPDATE certificates SET revocation_reason = 'x' WHERE id = :id"),
+                {"id": cert["id"]},
+            )
+            connection.execute(text("UPDATE issuers SET revoked_at = NULL"))
+            connection.rollback()
+    finally:
+        migrate(engine)  # the database other tests share, on PostgreSQL
+    assert _served(api, cert["id"])["revocation_reason"] is None
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE certificates SET revocation_reason = 'superseded' WHERE id = :id"),
+            {"id": cert["id"]},
+        )
+    assert _served(api, cert["id"])["revocation_reason"] == "superseded"

@@ -41,6 +41,7 @@ from certctl.pki import (
 from certctl.pki.issue import BACKDATE
 from certctl.pki.names import SAN_KINDS, san_search_forms, stored_dn_search
 from certctl.services.audit import event_values, record
+from certctl.services.certificate_cache import certificate_cache
 from certctl.services.context import IssuerRevocation, Principal, Services, connected
 from certctl.services.issuance import (
     AUDIT_EVENTS,
@@ -234,23 +235,38 @@ def get_certificate(
 ) -> tuple[CertificateView, IssuerRevocation | None]:
     """One certificate by id (its public columns), and the revocation of its issuer if any.
 
+    Remembered per process (``certificate_cache``) at the certificate generation: a change
+    by any process or replica, or by hand, is seen by the next call.
+
     A Core row, not an ORM object: loading through a Session cost more than the rest of
     the request together (``docs/performance.md``). The issuer's revocation (its own, or a
     CA's above it) is read on the same connection: usually no issuer is revoked. Not read
     with ``issuer_revoked=False`` (always ``None`` then): a PEM download does not show it.
     """
     caller.require("cert.read")
+    # Remembered while migration 0022's counter, read first, stays put: what this GET shows
+    # cannot have changed in any process since (certificate_cache.CertificateCache).
+    cache = certificate_cache(services.engine)
+    version = cache.version() if cache is not None else None
+    if cache is not None and version is not None:
+        found = cache.get(cert_id, version)
+        if found is not None:
+            return found[0], found[1] if issuer_revoked else None
+    # Remembered, the row serves both formats: the JSON's issuer revocation is read too.
+    read_revoked = issuer_revoked or version is not None
     with services.engine.connect() as connection:
-        if not issuer_revoked:
+        if not read_revoked:
             row = connection.execute(_CERT_BY_ID, {"cert_id": cert_id}).first()
         else:
             row = connection.execute(_CERT_BY_ID_ANY_REVOKED, {"cert_id": cert_id}).first()
         if row is None:
             raise NotFound(f"certificate {cert_id} not found")
         revoked = None
-        if issuer_revoked and row.any_issuer_revoked:
+        if read_revoked and row.any_issuer_revoked:
             revoked = revocations_by_issuer(connection).get(row.issuer_id)
-    return cast(CertificateView, row), revoked
+    if cache is not None and version is not None:
+        cache.put(cert_id, version, row, revoked)
+    return cast(CertificateView, row), revoked if issuer_revoked else None
 
 
 def _load_certificate(services: Services, cert_id: str) -> CertificateRecord:

@@ -93,11 +93,11 @@ class SQLiteCounter:
         mode = self._connection.execute("PRAGMA journal_mode").fetchone()
         self.wal = mode is not None and str(mode[0]).lower() == "wal"
 
-    def read(self) -> int | None:
-        """The counter's value; None when it cannot be read now."""
+    def read(self, sql: str | None = None) -> int | None:
+        """The counter's value (or ``sql``'s, another one-row counter); None when unreadable."""
         try:
             with self._lock:
-                found = self._connection.execute(GENERATION_SQL).fetchone()
+                found = self._connection.execute(sql or GENERATION_SQL).fetchone()
         except sqlite3.Error:
             return None
         return int(found[0]) if found else None
@@ -145,8 +145,12 @@ class PostgresCounter:
         )
         event.listen(engine, "engine_disposed", self._disposed)
 
-    def read(self) -> int | None:
-        """The counter's value; None when it cannot be read now."""
+    def read(self, sql: str | None = None) -> int | None:
+        """The counter's value (or ``sql``'s, another one-row counter); None when unreadable.
+
+        Another counter is read on the same connection: a process holds one connection
+        more than its pool, not one per counter.
+        """
         with self._lock:
             try:
                 cursor = self._cursor
@@ -154,7 +158,7 @@ class PostgresCounter:
                     cursor = self._connect()
                     if cursor is None:
                         return None
-                cursor.execute(GENERATION_SQL)
+                cursor.execute(sql or GENERATION_SQL)
                 found = cursor.fetchone()
             except self._errors as exc:
                 self._failure(exc, reopening=self._connection is None)

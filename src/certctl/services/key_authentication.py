@@ -34,6 +34,7 @@ __all__ = [
     "authenticate_api_key",
     "cached_api_key",
     "credential_generation",
+    "generation_counter",
 ]
 
 log = logging.getLogger("certctl.services")
@@ -255,6 +256,14 @@ class _KeyCache:
             self._read_generation()
             self._wal_index = wal_index(database)
 
+    @property
+    def counter(self) -> SQLiteCounter | PostgresCounter:
+        return self._counter
+
+    @property
+    def has_wal_index(self) -> bool:
+        return self._wal_index is not None
+
     def version(self) -> int | None:
         """The credential generation, or None when it cannot be read (no caching then)."""
         header = None
@@ -332,6 +341,20 @@ class _KeyCache:
 _KEY_CACHES: weakref.WeakKeyDictionary[Engine, _KeyCache | None] = weakref.WeakKeyDictionary()
 # The last engine asked about (a server has one): found without WeakKeyDictionary's lookup.
 _LAST_KEY_CACHE: tuple[weakref.ref[Engine], _KeyCache | None] | None = None
+
+
+def generation_counter(engine: Engine) -> tuple[SQLiteCounter | PostgresCounter, str | None] | None:
+    """The connection the credential generation is read on, for another one-row counter.
+
+    With the SQLite database's path when its WAL index can tell that nothing was committed
+    since a read (``wal_index``); None when the engine has no such connection (no caching).
+    """
+    cache = _key_cache(engine)
+    if cache is None:
+        return None
+    counter = cache.counter
+    database = engine.url.database if cache.has_wal_index else None
+    return counter, database
 
 
 def _key_cache(engine: Engine) -> _KeyCache | None:
