@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -14,6 +15,7 @@ from certctl.api import schemas
 from certctl.api._common import ApiRoute, in_list_thread, in_write_thread
 from certctl.api._common import caller_of as _caller
 from certctl.api._common import created as _created
+from certctl.api._common import json_bytes as _json_bytes
 from certctl.api._common import json_response as _json
 from certctl.api._common import optional_body as _optional_body
 from certctl.api._common import page_limit as _limit
@@ -161,14 +163,37 @@ async def list_certificates(request: Request, principal: Principal | None) -> Re
     return _json({"items": items, "next_cursor": next_cursor})
 
 
+# The JSON body last sent for each certificate id, with what it was made of: sent again while
+# the service hands back the same remembered row (certificates.get_certificate, which reads
+# it again after any change), with the same status and issuer revocation. The row is held
+# here, so `is` cannot mistake a new row for it. Bounded as that cache is.
+_BODIES: dict[str, tuple[Any, str, IssuerRevocation | None, bytes]] = {}
+_BODIES_MAX = 1024
+
+
+def _certificate_body(row: Any, status: str, revoked: IssuerRevocation | None) -> bytes:
+    cert_id: str = row.id
+    sent = _BODIES.get(cert_id)
+    if sent is not None and sent[0] is row and sent[1] == status and sent[2] == revoked:
+        return sent[3]
+    body = _json_bytes(schemas.certificate_json(row, status, revoked))
+    if cert_id not in _BODIES and len(_BODIES) >= _BODIES_MAX:
+        with contextlib.suppress(KeyError, RuntimeError, StopIteration):
+            del _BODIES[next(iter(_BODIES))]
+    _BODIES[cert_id] = (row, status, revoked, body)
+    return body
+
+
 async def get_certificate(request: Request, principal: Principal | None) -> Response:
     services = _services(request)
-    fmt = request.query_params.get("format")  # checked below: a 403 or 404 comes first
+    # From the scope: most GETs have no query, and parsing one costs more than the answer.
+    fmt = request.query_params.get("format") if request.scope.get("query_string") else None
     as_pem = fmt == "pem" or (fmt is None and _accepts_pem(request.headers.get("accept", "")))
     row, revoked = certificates.get_certificate(
         services, _caller(principal), request.path_params["id"], issuer_revoked=not as_pem
     )
-    _format(request, ("json", "pem"))
+    if fmt is not None:  # checked here: a 403 or 404 comes first
+        _format(request, ("json", "pem"))
     if as_pem:
         # Key-free: serving a chain needs no CA key (and a key no KEK opens is no 500 here).
         ca = issuers.load_issuer_certificates(services, row.issuer_id)
@@ -177,9 +202,8 @@ async def get_certificate(request: Request, principal: Principal | None) -> Resp
         below_root = (ca.certificate, *ca.chain[:-1]) if ca.chain else ()
         pem = row.certificate_pem.encode() + certs_to_pem(below_root)
         return Response(pem, media_type="application/x-pem-file")
-    return _json(
-        schemas.certificate_json(row, certificates.effective_status(row, services.clock()), revoked)
-    )
+    status = certificates.effective_status(row, services.clock())
+    return Response(_certificate_body(row, status, revoked), media_type="application/json")
 
 
 def _accepts_pem(accept: str) -> bool:
