@@ -127,6 +127,14 @@ def test_a_certificate_is_served_byte_for_byte_as_stored(api: Api) -> None:
                 assert r.content == pem
                 assert list(r.headers.items()) == _headers("application/x-pem-file", pem)
 
+    # The list shows each as its GET does, in the same key order.
+    listed = api.get(CERTS, api.admin_key, params={"limit": 100})
+    assert listed.status_code == 200, listed.text
+    items = {item["id"]: item for item in listed.json()["items"]}
+    for cert_id, revoked_by, _chain in cases:
+        expected_item = json.loads(_expected_json(api, cert_id, revoked_by))
+        assert list(items[cert_id].items()) == list(expected_item.items())
+
     shown = json.loads(_expected_json(api, under["id"], "mid"))
     assert shown["issuer_revoked"]["reason"] == "cessationOfOperation"
     assert json.loads(_expected_json(api, old["id"], None))["renewed_by"] == new["id"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import namedtuple
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -128,6 +129,12 @@ def effective_status(row: _HasExpiry, now: datetime) -> str:
     return "active"
 
 
+_CERT_COLUMNS = [c for c in CERTIFICATES.c if c.key != "wrapped_key"]
+# A listed row as a named tuple: reading a SQLAlchemy Row's columns by name cost the list's
+# JSON more than the ORM objects' did (~2.5 µs an item); a named tuple's cost less.
+_ListedRow = namedtuple("_ListedRow", [c.key for c in _CERT_COLUMNS])  # type: ignore[misc]
+
+
 def list_certificates(
     services: Services,
     caller: Principal,
@@ -138,11 +145,13 @@ def list_certificates(
     q: str | None,
     limit: int,
     cursor: str | None,
-) -> tuple[list[CertificateRecord], str | None]:
-    """Certificates newest first, keyset-paginated by id."""
+) -> tuple[list[CertificateView], str | None]:
+    """Certificates newest first, keyset-paginated by id (their public columns)."""
     caller.require("cert.read")
     now = services.clock()
-    query = select(CertificateRecord).order_by(CertificateRecord.id.desc()).limit(limit + 1)
+    # Core rows of the shown columns, as get_certificate reads: ORM objects (and each one's
+    # wrapped key) cost more than the rest of a list's work per item.
+    query = select(*_CERT_COLUMNS).order_by(CertificateRecord.id.desc()).limit(limit + 1)
     if cursor is not None:
         query = query.where(CertificateRecord.id < cursor)
     if issuer is not None:
@@ -214,13 +223,14 @@ def list_certificates(
                 ),
             )
         )
-    with services.sessions() as session:
-        rows = list(session.scalars(query))
+    with services.engine.connect() as connection:
+        rows = cast(
+            list[CertificateView], [_ListedRow._make(row) for row in connection.execute(query)]
+        )
     next_cursor = rows[limit - 1].id if len(rows) > limit else None
     return rows[:limit], next_cursor
 
 
-_CERT_COLUMNS = [c for c in CERTIFICATES.c if c.key != "wrapped_key"]
 _CERT_BY_ID = select(*_CERT_COLUMNS).where(CERTIFICATES.c.id == bindparam("cert_id"))
 # The same, and whether any issuer is revoked at all: usually none is, and the judgement of
 # which issuers are below a revocation (revocations_by_issuer, a statement of its own: ~26 µs
