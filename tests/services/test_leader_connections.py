@@ -43,8 +43,15 @@ from tests.services.conftest import Env, _make_env, service_doc
 # Far longer than the test: only what the test asks for makes a pass.
 INTERVAL_S = 120.0
 # The idle_session_timeout the tests give their sessions (ms), as a role or database setting
-# would: far shorter than any reconcile interval.
-IDLE_MS = 200
+# would: far shorter than any reconcile interval. It applies from each session's start, so it
+# must also outlast the longest wait between two statements of a session being opened (its
+# connect-time SETs, the lock, the exempting SET): 3-11 ms alone, up to 237 ms measured on the
+# 2-core machine under a load average above 10, where 200 ms ended sessions before the
+# product could exempt them.
+IDLE_MS = 1000
+# Idle for longer than that: a session left under the timeout is ended meanwhile (each test
+# shows it on one of its own), one that is exempt is not.
+IDLE_WAIT_S = 1.5 * IDLE_MS / 1000
 # A follower's reconcile interval where a test needs one to take over soon.
 FOLLOWER_S = 0.2
 
@@ -313,6 +320,24 @@ def _short_idle_engine(env: Env) -> Engine:
     return create_store_engine(url.render_as_string(hide_password=False))
 
 
+def _idle_past_the_timeout(engine: Engine) -> None:
+    """Sleep past ``engine``'s idle_session_timeout; a session nothing exempts ends meanwhile.
+
+    That control shows the wait was long enough: the sessions a test checks after it would
+    have been ended too, had the product not exempted them.
+    """
+    url = engine.url.set(drivername="postgresql", query={})
+    options = str(engine.url.query["options"])  # as is: the rendered URL would quote it
+    dsn = url.render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True, options=options) as control:
+        time.sleep(IDLE_WAIT_S)
+        try:
+            control.execute("SELECT 1")
+        except psycopg.OperationalError:
+            return
+    pytest.fail("a session under the timeout outlived the wait: it shows nothing", pytrace=False)
+
+
 def _advisory_locks(env: Env) -> set[int]:
     """The session-level advisory locks held now, by any session (as 64-bit keys)."""
     with env.services.engine.connect() as connection:
@@ -335,7 +360,7 @@ def test_an_idle_session_timeout_does_not_end_the_leadership(
         assert leadership.check() is True
         # Idle between passes for longer than the timeout, as with any reconcile interval:
         # before, PostgreSQL ended the session, and the leadership with it, each time.
-        time.sleep(3 * IDLE_MS / 1000)
+        _idle_past_the_timeout(engine)
         assert leadership.check() is True
         assert leadership.still_leads() is True
     finally:
@@ -353,7 +378,7 @@ def test_an_idle_session_timeout_does_not_end_the_start_up_or_rotation_locks(
     engine = _short_idle_engine(pg_env)
     try:
         with startup_lock(engine), _no_leader(engine):
-            time.sleep(3 * IDLE_MS / 1000)
+            _idle_past_the_timeout(engine)
             assert {STARTUP_LOCK, LEADER_LOCK} <= _advisory_locks(pg_env)
     finally:
         engine.dispose()
@@ -372,7 +397,7 @@ def test_an_idle_session_timeout_does_not_end_the_credential_counters_session(
         first = counter.read()
         assert first is not None
         pid = counter._connection.info.backend_pid
-        time.sleep(3 * IDLE_MS / 1000)
+        _idle_past_the_timeout(engine)
         assert counter.read() == first
         assert counter._connection.info.backend_pid == pid
     finally:
