@@ -265,6 +265,37 @@ def test_a_stopped_scheduler_gives_up_the_leadership_when_run_returns(
     assert "stopping: gave up the leadership; another replica can take it over" in messages
 
 
+def test_a_scheduler_cancelled_as_it_is_woken_gives_up_the_leadership_when_run_returns(
+    pg_env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The cancel and a wake (a service change, the listener's first LISTEN) handled in the
+    # same turn of the event loop, as happens when it runs late on a loaded machine. Before,
+    # Python 3.11's asyncio.wait_for returned the wake and dropped the cancel: run() went on
+    # for another pass and then a whole reconcile-interval, the lock kept all that time.
+    caplog.set_level(logging.INFO, "certctl.scheduler")
+    scheduler = Scheduler(pg_env.services, pg_env.settings, INTERVAL_S)
+    successor = Leadership(pg_env.services)
+    loop, task, thread = _run(scheduler)
+    try:
+        _waited("the first pass", lambda: scheduler._pass is not None and scheduler._pass.done())
+        assert scheduler._leading.is_set()
+        time.sleep(0.2)  # run() waits for the next wake or interval now
+
+        def woken_and_cancelled() -> None:
+            scheduler.wake()
+            task.cancel()
+
+        loop.call_soon_threadsafe(woken_and_cancelled)
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "run() went on after it was cancelled"
+        _waited("another replica to take the lock", successor.check, timeout_s=2)
+    finally:
+        successor.release()
+        _end(scheduler, loop, task, thread)
+    messages = [r.getMessage() for r in caplog.records if r.name == "certctl.scheduler"]
+    assert "stopping: gave up the leadership; another replica can take it over" in messages
+
+
 def _script(path: Path, body: str) -> str:
     path.write_text(f"#!/bin/sh\n{body}\n")
     path.chmod(0o755)

@@ -514,7 +514,9 @@ class Scheduler:
                 log.exception("scheduler tick failed")
             else:
                 outage.worked()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval_s)
-            except TimeoutError:
-                pass
+            # Not asyncio.wait_for: on Python 3.11 it lost a cancel that came with a wake (a
+            # change seen as the server stops), and run() went on for another pass and a
+            # whole reconcile-interval, still leading. asyncio.timeout passes the cancel on.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
