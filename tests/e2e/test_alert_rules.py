@@ -159,6 +159,62 @@ def test_readme_alerts_fire_once_a_renewal_is_overdue(tmp_path: Path) -> None:
             {"alertname": "CertctlCARenewalOverdue", "issuer": "svc.web"},
             {"alertname": "CertctlServerCertificateExpiring", "listener": "main"},
             {"alertname": "CertctlCertificateExpiring", "issuer": "default"},
-            {"alertname": "CertctlServiceNotReady", "service": "web"},
+            # CertctlServiceNotReady waits 10 minutes (`for:`): pending at time 0; the
+            # test of its first reconcile below sees it fire.
+        ],
+    )
+
+
+def promtool_timeline(
+    tmp_path: Path, series: dict[str, str], checks: list[tuple[str, str, list[dict[str, str]]]]
+) -> None:
+    """``promtool test rules`` on ``series`` (selector → promtool values notation, one a
+    minute): at each (eval time, alert name) exactly the alerts with those labels fire."""
+    (tmp_path / "rules.yml").write_text(readme_rules())
+    names = set(re.findall(r"- alert: (\w+)", readme_rules()))
+    assert {name for _, name, _ in checks} <= names, f"the README's rules have only {names}"
+    test: dict[str, Any] = {
+        "rule_files": ["rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in series.items()],
+                "alert_rule_test": [
+                    {
+                        "eval_time": at,
+                        "alertname": name,
+                        "exp_alerts": [{"exp_labels": labels} for labels in firing],
+                    }
+                    for at, name, firing in checks
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test, sort_keys=False))
+    result = run(require("promtool"), "test", "rules", "test.yml", cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_alert_on_a_service_not_ready_waits_out_its_first_reconcile(
+    tmp_path: Path,
+) -> None:
+    """A service just applied reads Ready 0 until worker 0 reconciles it (the test above
+    waits for it): an alert without `for:` fired at every apply that a scrape caught. One
+    still not Ready 10 minutes on is a failure."""
+    promtool_timeline(
+        tmp_path,
+        {
+            'certctl_service_ready{service="new"}': "0 0 1x20",
+            'certctl_service_ready{service="broken"}': "0x20",
+        },
+        [
+            ("1m", "CertctlServiceNotReady", []),
+            ("5m", "CertctlServiceNotReady", []),
+            (
+                "15m",
+                "CertctlServiceNotReady",
+                [{"alertname": "CertctlServiceNotReady", "service": "broken"}],
+            ),
         ],
     )
