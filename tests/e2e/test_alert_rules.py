@@ -74,7 +74,7 @@ def test_promtool_accepts_the_readme_rules(tmp_path: Path) -> None:
     (tmp_path / "rules.yml").write_text(readme_rules())
     result = run(require("promtool"), "check", "rules", tmp_path / "rules.yml", timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 def _scrape(server: CertctlServer) -> dict[str, float]:
@@ -194,6 +194,44 @@ def promtool_timeline(
     (tmp_path / "test.yml").write_text(yaml.safe_dump(test, sort_keys=False))
     result = run(require("promtool"), "test", "rules", "test.yml", cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_alerts_say_when_prometheus_cannot_scrape_certctl(tmp_path: Path) -> None:
+    """A target that is down (server stopped, key revoked or unreadable: the README's own
+    'permission denied') leaves no certctl_* series, so every other rule goes quiet, an
+    overdue CA renewal included. up == 0 must fire after a few minutes, not at one failed
+    scrape; a job with no target at all (its scrape job dropped) must fire too."""
+    target = {"job": "certctl", "instance": "certctl.example.internal:8443"}
+    labels = ",".join(f'{k}="{v}"' for k, v in target.items())
+    # Up for 2 minutes, then down for good; its CA gauge stops with the last good scrape.
+    series = {
+        f"up{{{labels}}}": "1 1 0x20",
+        f'certctl_issuer_not_after_timestamp_seconds{{issuer="default",{labels}}}': "3600 _x20",
+    }
+    promtool_timeline(
+        tmp_path,
+        series,
+        [
+            ("1m", "CertctlDown", []),
+            ("4m", "CertctlDown", []),  # one blip of a scrape is no page
+            ("8m", "CertctlDown", [{"alertname": "CertctlDown", **target}]),
+            ("8m", "CertctlTargetMissing", []),
+        ],
+    )
+    other = tmp_path / "no-target"
+    other.mkdir()
+    promtool_timeline(
+        other,
+        {'up{job="node",instance="n:9100"}': "1x20"},
+        [
+            ("5m", "CertctlTargetMissing", []),
+            (
+                "15m",
+                "CertctlTargetMissing",
+                [{"alertname": "CertctlTargetMissing", "job": "certctl"}],
+            ),
+        ],
+    )
 
 
 def test_readme_alert_on_a_service_not_ready_waits_out_its_first_reconcile(
