@@ -18,7 +18,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests._tools import require, run
-from tests.e2e.conftest import CertctlServer, StartServer
+from tests.e2e.conftest import CertctlServer, StartServer, certctl_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -74,7 +74,7 @@ def test_promtool_accepts_the_readme_rules(tmp_path: Path) -> None:
     (tmp_path / "rules.yml").write_text(readme_rules())
     result = run(require("promtool"), "check", "rules", tmp_path / "rules.yml", timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 def _scrape(server: CertctlServer) -> dict[str, float]:
@@ -140,6 +140,37 @@ def test_readme_alerts_stay_quiet_while_the_server_renews_its_own(
     promtool_test(tmp_path, series, [{"alertname": "CertctlIssuerExpiring", "issuer": "ops-ca"}])
 
 
+def test_readme_alerts_give_a_week_for_a_custom_server_certificate(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """tls.mode custom: the served certificate is the operator's to renew (cert-manager, a
+    public CA), so 6 days left must fire. The rules gave it 12 h, as for the self-signed
+    one certctl renews itself, unless the operator edited them after reading the prose."""
+    ca, cert_dir = tmp_path / "ca", tmp_path / "certdir"
+    certctl_cli("ca", "create", "--out", ca, "--cn", "Custom Server CA")
+    certctl_cli("cert", "issue", "--ca", ca, "--cn", "localhost", "--dns", "localhost",
+                "--ip", "127.0.0.1", "--validity", "6D", "--out", cert_dir)  # fmt: skip
+    server = start_server(
+        args=["--tls-mode", "custom", "--tls-cert-dir", cert_dir], ca=ca / "ca.crt"
+    )
+    now = time.time()
+    series = {
+        name: value - now if "_timestamp_seconds" in name else value
+        for name, value in _scrape(server).items()
+        if name.startswith("certctl_tls_certificate_")
+    }
+    assert (
+        5 * 86400
+        < series['certctl_tls_certificate_not_after_timestamp_seconds{listener="main"}']
+        <= 6 * 86400
+    )
+    promtool_test(
+        tmp_path,
+        series,
+        [{"alertname": "CertctlServerCertificateExpiring", "listener": "main"}],
+    )
+
+
 def test_readme_alerts_fire_once_a_renewal_is_overdue(tmp_path: Path) -> None:
     """6 h left on what renews itself 24 h ahead: the renewal failed, and the rules say so."""
     hour = 3600.0
@@ -148,6 +179,7 @@ def test_readme_alerts_fire_once_a_renewal_is_overdue(tmp_path: Path) -> None:
         'certctl_issuer_not_after_timestamp_seconds{issuer="svc.web"}': 6 * hour,
         'certctl_issuer_not_after_timestamp_seconds{issuer="svc.api"}': 20 * hour,
         'certctl_tls_certificate_not_after_timestamp_seconds{listener="main"}': 6 * hour,
+        'certctl_tls_certificate_auto_renewed{listener="main"}': 1,
         'certctl_certificate_next_expiry_timestamp_seconds{issuer="default"}': 3 * 86400,
         'certctl_service_ready{service="web"}': 0,
     }
@@ -157,7 +189,7 @@ def test_readme_alerts_fire_once_a_renewal_is_overdue(tmp_path: Path) -> None:
         [
             {"alertname": "CertctlCARenewalOverdue", "issuer": "default"},
             {"alertname": "CertctlCARenewalOverdue", "issuer": "svc.web"},
-            {"alertname": "CertctlServerCertificateExpiring", "listener": "main"},
+            {"alertname": "CertctlServerCertificateRenewalOverdue", "listener": "main"},
             {"alertname": "CertctlCertificateExpiring", "issuer": "default"},
             # CertctlServiceNotReady waits 10 minutes (`for:`): pending at time 0; the
             # test of its first reconcile below sees it fire.

@@ -44,6 +44,7 @@ __all__ = [
     "REGISTRY",
     "RENEWALS",
     "REVOCATIONS",
+    "TLS_AUTO_RENEWED",
     "TLS_HANDSHAKE_FAILURES",
     "TLS_NOT_AFTER",
     "TLS_RELOADS",
@@ -111,6 +112,17 @@ API_KEYS = Gauge(
 TLS_NOT_AFTER = Gauge(
     "certctl_tls_certificate_not_after_timestamp_seconds",
     "NotAfter of the certificate each listener serves",
+    ["listener"],
+    registry=REGISTRY,
+    multiprocess_mode="mostrecent",
+)
+# Beside TLS_NOT_AFTER: an alert on the served certificate needs to know who renews it.
+# certctl renews its self-signed one 24 h ahead (an alert a week ahead fired before every
+# renewal); a custom one is the operator's, who needs the week (12 h ahead was too late).
+TLS_AUTO_RENEWED = Gauge(
+    "certctl_tls_certificate_auto_renewed",
+    "1 when certctl renews the certificate each listener serves (tls.mode self-signed), "
+    "0 when it is the operator's (custom)",
     ["listener"],
     registry=REGISTRY,
     multiprocess_mode="mostrecent",

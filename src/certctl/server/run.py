@@ -396,6 +396,7 @@ def _serve_process(
             config.tls.min_version,
             config.tls.client_auth,
             config.tls.client_ca,
+            auto_renewed=mode == "self-signed",
             ticket_key_rotation_s=ticket_s,
             vet_client_ca=client_ca_vet(config),
             # The served certificate's names are certctl's own (self-signed: from the config,

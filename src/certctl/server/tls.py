@@ -36,7 +36,7 @@ from sqlalchemy.exc import DBAPIError
 
 from certctl.errors import CertctlError, InvalidRequest, PasswordRequired
 from certctl.files import OutputSet, in_memory_file
-from certctl.metrics.registry import TLS_NOT_AFTER, TLS_RELOADS
+from certctl.metrics.registry import TLS_AUTO_RENEWED, TLS_NOT_AFTER, TLS_RELOADS
 from certctl.pki import (
     PROFILES,
     CertificateAuthority,
@@ -372,6 +372,8 @@ class ServerTLS:
     client_ca: Path | None = None
     # As the other per-listener metrics name it (run.py, workers.py): "main".
     listener: str = "main"
+    # certctl renews these files itself (tls.mode self-signed), or the operator does (custom).
+    auto_renewed: bool = False
     ticket_key_rotation_s: float = 3600.0  # tls.ticket-key-rotation's default
     # Told each certificate (leaf first, then its chain) once it serves: at start and at
     # every reload (``serve_names_of``).
@@ -541,6 +543,7 @@ class ServerTLS:
         if self.on_serve is not None:
             self.on_serve(served)
         TLS_NOT_AFTER.labels(self.listener).set(leaf.not_valid_after_utc.timestamp())
+        TLS_AUTO_RENEWED.labels(self.listener).set(1 if self.auto_renewed else 0)
         if not first:
             TLS_RELOADS.labels("success").inc()
             log.info(
