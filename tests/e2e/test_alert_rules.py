@@ -140,6 +140,38 @@ def test_readme_alerts_stay_quiet_while_the_server_renews_its_own(
     promtool_test(tmp_path, series, [{"alertname": "CertctlIssuerExpiring", "issuer": "ops-ca"}])
 
 
+def test_readme_alerts_leave_out_a_revoked_issuer(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """Revoking an intermediate is how one is retired (issuers are never deleted): it signs
+    nothing more, so its notAfter coming near is no news; CertctlIssuerExpiring fired for it
+    all the same, and once it expired fired for good. Its sibling, live, still fires."""
+    server = start_server()
+    with server.client(server.admin_key) as http:
+        for name in ("retired-ca", "live-ca"):
+            made = http.post(
+                "/api/v1/issuers", json={"id": name, "parent": "default", "validity": "10D"}
+            )
+            assert made.status_code == 201, made.text
+        revoked = http.post("/api/v1/issuers/retired-ca/revoke", json={"reason": "superseded"})
+        assert revoked.status_code == 200, revoked.text
+    # The gauges are refreshed every 10 s: wait for one pass after the revocation.
+    wanted = 'certctl_issuer_revoked{issuer="retired-ca"}'
+    deadline = time.monotonic() + GAUGES_TIMEOUT_S
+    scraped = _scrape(server)
+    while scraped.get(wanted) != 1:
+        assert time.monotonic() < deadline, f"gauges never showed {wanted}: {scraped}"
+        time.sleep(0.5)
+        scraped = _scrape(server)
+    now = time.time()
+    series = {
+        name: value - now if "_timestamp_seconds" in name else value
+        for name, value in scraped.items()
+        if name.startswith("certctl_issuer_")
+    }
+    promtool_test(tmp_path, series, [{"alertname": "CertctlIssuerExpiring", "issuer": "live-ca"}])
+
+
 def test_readme_alerts_give_a_week_for_a_custom_server_certificate(
     start_server: StartServer, tmp_path: Path
 ) -> None:

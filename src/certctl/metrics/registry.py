@@ -216,6 +216,17 @@ class CertificateGauges(Collector):
         for issuer, ts in sorted(issuers.items()):
             own.add_metric([issuer], ts)
         yield own
+        # A revoked intermediate (the way to retire one: issuers are never deleted) signs
+        # nothing more, yet an alert on the notAfter above fired for it, and went on firing
+        # once it expired: the rules leave out the issuers this says are revoked.
+        retired = GaugeMetricFamily(
+            "certctl_issuer_revoked",
+            "1 when the issuer is revoked, or below a revoked CA: it signs nothing more",
+            labels=["issuer"],
+        )
+        for issuer in sorted(issuers):
+            retired.add_metric([issuer], 1 if issuer in revoked else 0)
+        yield retired
         # certctl_certificates counts each certificate by its own status (its issuer's CRL
         # does not list those below a revoked CA): what to re-issue elsewhere, counted apart.
         under = GaugeMetricFamily(
