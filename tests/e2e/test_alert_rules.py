@@ -320,3 +320,67 @@ def test_readme_alert_on_a_service_not_ready_waits_out_its_first_reconcile(
             ),
         ],
     )
+
+
+def test_readme_alerts_fire_once_for_what_every_replica_reports(tmp_path: Path) -> None:
+    """The store's gauges are the same in every replica (each its own target, instance and,
+    under the chart's ServiceMonitor, pod): the README says to aggregate them with max, yet
+    its rules fired one alert per replica for one issuer or service. The server certificate
+    each replica serves itself stays per instance."""
+    replicas = [
+        {"job": "certctl", "instance": f"10.0.0.{n}:8443", "pod": f"certctl-{n}"} for n in (1, 2)
+    ]
+
+    def each(selector: str, value: str) -> dict[str, str]:
+        name, _, labels = selector.partition("{")
+        out = {}
+        for replica in replicas:
+            extra = ",".join(f'{k}="{v}"' for k, v in replica.items())
+            out[f"{name}{{{labels.rstrip('}')}{',' if labels.rstrip('}') else ''}{extra}}}"] = value
+        return out
+
+    day = 86400
+    series = {
+        **each('certctl_issuer_not_after_timestamp_seconds{issuer="ops"}', f"{10 * day}x20"),
+        **each('certctl_issuer_revoked{issuer="ops"}', "0x20"),
+        **each('certctl_issuer_not_after_timestamp_seconds{issuer="default"}', f"{6 * 3600}x20"),
+        **each('certctl_certificate_next_expiry_timestamp_seconds{issuer="ops"}', f"{day}x20"),
+        **each('certctl_service_ready{service="web"}', "0x20"),
+        **each('certctl_tls_certificate_not_after_timestamp_seconds{listener="main"}', f"{day}x20"),
+        **each('certctl_tls_certificate_auto_renewed{listener="main"}', "0x20"),
+    }
+    job = {"job": "certctl"}
+    promtool_timeline(
+        tmp_path,
+        series,
+        [
+            (
+                "15m",
+                "CertctlIssuerExpiring",
+                [{"alertname": "CertctlIssuerExpiring", "issuer": "ops", **job}],
+            ),
+            (
+                "15m",
+                "CertctlCARenewalOverdue",
+                [{"alertname": "CertctlCARenewalOverdue", "issuer": "default", **job}],
+            ),
+            (
+                "15m",
+                "CertctlCertificateExpiring",
+                [{"alertname": "CertctlCertificateExpiring", "issuer": "ops", **job}],
+            ),
+            (
+                "15m",
+                "CertctlServiceNotReady",
+                [{"alertname": "CertctlServiceNotReady", "service": "web", **job}],
+            ),
+            (
+                "15m",
+                "CertctlServerCertificateExpiring",
+                [
+                    {"alertname": "CertctlServerCertificateExpiring", "listener": "main", **r}
+                    for r in replicas
+                ],
+            ),
+        ],
+    )
