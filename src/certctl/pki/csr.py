@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -48,13 +49,18 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
     return load_csr_with_key(data)[0]
 
 
+# A label as the PEM types OpenSSL writes spell them, on the BEGIN line itself: up to the
+# next "-----" alone, a BEGIN line missing its dashes put the key's base64 in the error.
+_PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9]+(?: [A-Z0-9]+){0,4})-----")
+
+
 def _first_pem_label(data: bytes) -> str | None:
     """The label of the first PEM block (``CERTIFICATE``, ``PRIVATE KEY`` …), if any."""
     start = data.find(b"-----BEGIN ")
-    end = data.find(b"-----", start + 11) if start >= 0 else -1
-    if end < 0:
-        return None
-    return data[start + 11 : end].decode("ascii", "replace")
+    match = _PEM_LABEL.match(data, start) if start >= 0 else None
+    if match is None or len(match.group(1)) > 40:
+        return None  # not a label: nothing of it is worth repeating (or safe to)
+    return match.group(1).decode("ascii")
 
 
 def load_csr_with_key(

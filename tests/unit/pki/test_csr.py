@@ -129,6 +129,30 @@ def test_load_names_another_pem_block(label: str) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "begin",
+    [
+        b"-----BEGIN PRIVATE KEY\n",  # its closing dashes lost in a copy and paste
+        b"-----BEGIN \x1b[31mPRIVATE KEY-----\n",  # a terminal escape sequence
+        b"-----BEGIN " + b"A" * 200 + b"-----\n",
+    ],
+)
+def test_load_names_no_block_label_but_a_real_one(
+    begin: bytes, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    # The "label" was whatever lay up to the next "-----": a BEGIN line missing its dashes
+    # put the private key's base64 in the error, on the terminal and in the API's answer.
+    body = ec_key.private_bytes(
+        PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    lines = body.splitlines(keepends=True)
+    data = begin + b"".join(lines[1:])
+    with pytest.raises(InvalidRequest) as raised:
+        load_csr(data)
+    assert raised.value.detail == "not a valid PEM or DER certificate signing request"
+    assert lines[1].strip().decode() not in raised.value.detail
+
+
 def test_load_refuses_truncated_pem(ec_key: ec.EllipticCurvePrivateKey) -> None:
     pem = create_csr(ec_key, common_name_dn("x")).public_bytes(PEM)
     with pytest.raises(InvalidRequest, match="not a valid PEM or DER certificate signing request"):
