@@ -221,12 +221,14 @@ def verify_command(
     anchor = result.chain[-1]
     if anchor.issuer != anchor.subject and all(c.subject != anchor.issuer for c in trust):
         # cryptography's verifier trusts any certificate of the bundle, as curl and
-        # openssl verify -partial_chain do; plain openssl verify and Python's ssl go on to
+        # openssl verify -partial_chain do, and Python's ssl since 3.13 (its default context
+        # sets VERIFY_X509_PARTIAL_CHAIN); plain openssl verify and older Pythons go on to
         # the root and refuse. An OK alone let a client of those fail after all.
         warn(
             f"{display_dn(anchor.subject)} in {ca} is an intermediate CA, trusted as it is "
-            "(as curl and openssl verify -partial_chain do): plain openssl verify and "
-            f"Python's ssl refuse this chain without its root, {display_dn(anchor.issuer)}"
+            "(as curl, openssl verify -partial_chain and Python 3.13's ssl do): plain openssl "
+            "verify and Python's ssl before 3.13 refuse this chain without its root, "
+            f"{display_dn(anchor.issuer)}"
         )
     path = " <- ".join(display_dn(c.subject) for c in result.chain)
     checked = f" for {result.name}" if hostname else ""
