@@ -39,15 +39,27 @@ SUBJECT_OPTION: str = typer.Option(
     None, "--subject", help="Full RFC 4514 subject, e.g. 'CN=Ops CA,O=Example'."
 )
 KEY_TYPE_OPTION: str = typer.Option("ec-p256", "--key-type", help=f"Key type: {KEY_TYPES}.")
+# The range the API takes too (profiles.MAX_PATH_LENGTH, not imported: it would load
+# cryptography for --help).
+_MAX_PATH_LENGTH = 10
+
+
+def _path_length_in_range(value: int | None) -> int | None:
+    # Checked here, not with click's min/max: those append "[0<=x<=10]" to the help, which
+    # already says 0-10. Anything else is refused, huge numbers included.
+    if value is not None and value < 0:
+        raise typer.BadParameter(f"{value}: must be at least 0")
+    if value is not None and value > _MAX_PATH_LENGTH:
+        raise typer.BadParameter(f"{value}: must be at most {_MAX_PATH_LENGTH}")
+    return value
+
+
 PATH_LENGTH_OPTION: int = typer.Option(
     None,
     "--path-length",
-    # The range the API takes too (profiles.MAX_PATH_LENGTH, not imported: it would load
-    # cryptography for --help); click refuses anything else, huge numbers included.
-    min=0,
-    max=10,
+    callback=_path_length_in_range,
     metavar="N",  # not "<int range>"
-    help="Intermediates below this CA, 0-10 "
+    help=f"Intermediates below this CA, 0-{_MAX_PATH_LENGTH} "
     "(default: unlimited for a root, 0 for an intermediate).",
 )
 

@@ -833,6 +833,12 @@ CASES = [
         "Invalid value for '--path-length': 11: must be at most 10",
     ),
     _c(
+        "ca-create-path-length-negative",
+        "ca create --out new --path-length -1",
+        2,
+        "Invalid value for '--path-length': -1: must be at least 0",
+    ),
+    _c(
         "serve-workers-word",
         "serve --data-dir data --workers four",
         2,

@@ -123,3 +123,17 @@ def test_no_option_names_a_python_type_for_its_value() -> None:
     assert any(option.endswith("ca create --path-length N") for option, _ in shown)
     # "--revoked REVOKED" repeated the option's name where the value is a serial number.
     assert any(option.endswith("crl create --revoked SERIAL") for option, _ in shown)
+
+
+def test_path_length_states_its_range_once() -> None:
+    # "Intermediates below this CA, 0-10 (…). [0<=x<=10]": metavar N dropped "<int range>",
+    # but click still appended its own notation of the range the text had just given.
+    shown = _option_help(typer.main.get_command(app), ["certctl"])
+    texts = {option: text for option, text in shown if option.endswith("--path-length N")}
+    assert sorted(texts) == [
+        "certctl ca create --path-length N",
+        "certctl issuers create --path-length N",
+    ]
+    for text in texts.values():
+        assert "0-10" in text, text
+        assert "<=" not in text, text
