@@ -27,6 +27,7 @@ __all__ = [
     "read_file",
     "read_material",
     "read_password",
+    "refuse_expired_ca",
     "split_commas",
     "utcnow",
     "warn",
@@ -245,6 +246,7 @@ def load_ca_dir(
     certs = read_material(directory / CA_CERT, what="CA certificate").certificates
     if not certs:
         raise InvalidRequest(f"{directory / CA_CERT}: holds no certificate")
+    refuse_expired_ca(directory, certs[0])
     try:
         key = read_material(
             directory / CA_KEY, password, what="CA key", password_optional=password_from_env
@@ -281,19 +283,36 @@ def load_ca_dir(
                 )
         chain = listed[1:]
     try:
-        ca = CertificateAuthority(certs[0], key, tuple(chain))
+        return CertificateAuthority(certs[0], key, tuple(chain))
     except InvalidRequest as exc:
         raise InvalidRequest(f"{directory}: {exc.detail}") from exc
-    end = ca.certificate.not_valid_after_utc
+
+
+def refuse_expired_ca(directory: Path, certificate: x509.Certificate | None = None) -> None:
+    """Refuse the CA of ``directory`` once its certificate (else its ``ca.crt``) has expired.
+
+    Every caller signs with the CA, and no client accepts what an expired one signs. Refused
+    naming the directory ("issuing CA expired" named neither it nor a way out), before the
+    key's password is asked for or read (its owner went looking for the password of a CA
+    that could no longer sign), and before the wizard asks its other questions or a batch
+    makes keys. Without a readable ``ca.crt`` nothing is said: loading it says why.
+    """
+    if certificate is None:
+        if not (directory / CA_CERT).is_file():
+            return  # a file given for the directory, or no ca.crt: loading it says so
+        try:
+            listed = read_material(directory / CA_CERT, what="CA certificate").certificates
+        except CertctlError:
+            return
+        if not listed:
+            return
+        certificate = listed[0]
+    end = certificate.not_valid_after_utc
     if end <= utcnow():
-        # Every caller signs with the CA, and no client accepts what an expired one signs.
-        # Refused here, naming the directory ("issuing CA expired" named neither it nor a
-        # way out), before the wizard asks its other questions or a batch makes keys.
         raise InvalidRequest(
             f"{directory}: the CA certificate expired on {end:%Y-%m-%d %H:%M}Z: it can no "
             "longer sign certificates or CRLs (create a new CA with 'certctl ca create')"
         )
-    return ca
 
 
 def holds_another_key(path: Path, public_key: object) -> bool:

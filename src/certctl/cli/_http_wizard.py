@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from certctl.cli._common import CA_KEY, load_ca_dir
+from certctl.cli._common import CA_KEY, load_ca_dir, refuse_expired_ca
 from certctl.cli._http_choices import KEY_TYPES, PROFILES, Choices, bundle_plan
 
 if TYPE_CHECKING:
@@ -167,6 +167,13 @@ class Wizard:
             key_path = directory / CA_KEY
             encrypted = key_path.is_file() and _starts_encrypted(key_path)
             password = given if encrypted else None
+            try:
+                # Before its key's password is asked for (or the given one is spent on it):
+                # the CA could not sign anyway.
+                refuse_expired_ca(directory)
+            except CertctlError as exc:
+                self.error(exc.detail)
+                continue
             if encrypted and password is None:
                 password = self.secret(f"Password of {key_path}").encode() or None
             try:

@@ -776,6 +776,64 @@ def test_wizard_refuses_an_expired_ca_at_its_directory(
     assert cert.issuer == x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes()).subject
 
 
+def test_wizard_refuses_an_expired_encrypted_ca_before_asking_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The password of an expired CA's key was asked for, only to refuse the CA after it."""
+
+    expired_dir = tmp_path / "old-ca"
+    expired_dir.mkdir()
+    key = generate_private_key()
+    old = create_root_ca(
+        key,
+        common_name_dn("Old Root"),
+        validity=timedelta(days=1),
+        now=datetime(2020, 1, 1, tzinfo=UTC),
+    ).certificate
+    (expired_dir / "ca.crt").write_bytes(certs_to_pem([old]))
+    (expired_dir / "ca.key").write_bytes(key_to_pem(key, b"old password"))
+    ca_dir = tmp_path / "ca"
+    assert run(["ca", "create", "--out", str(ca_dir)]) == 0
+    capsys.readouterr()
+    # profile, CSRs, existing CA, the expired one (refused, no password asked), a current
+    # one, then node web1.
+    answers = ["generic", "n", "y", str(expired_dir), str(ca_dir)]
+    answers += ["y", "", "", "", "n", "", "", "pem", "y"]
+    remaining = iter(answers)
+    secret_prompts = _script_wizard(monkeypatch, remaining)
+    out = tmp_path / "b.zip"
+    code = run(["http", "--out", str(out), "--node", "web1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err + captured.out
+    assert next(remaining, None) is None
+    assert secret_prompts == []
+    assert (
+        f"{expired_dir}: the CA certificate expired on 2020-01-02 00:00Z: it can no longer "
+        "sign certificates or CRLs (create a new CA with 'certctl ca create')"
+    ) in " ".join(captured.out.split())
+
+
+def test_wizard_given_a_file_for_the_ca_directory_asks_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ca.crt itself, typed for the directory, is named as a file: no internal error."""
+
+    ca_dir = tmp_path / "ca"
+    assert run(["ca", "create", "--out", str(ca_dir)]) == 0
+    capsys.readouterr()
+    answers = ["generic", "n", "y", str(ca_dir / "ca.crt"), str(ca_dir)]
+    answers += ["y", "", "", "", "n", "", "", "pem", "y"]
+    remaining = iter(answers)
+    _script_wizard(monkeypatch, remaining)
+    code = run(["http", "--out", str(tmp_path / "b.zip"), "--node", "web1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err + captured.out
+    assert next(remaining, None) is None
+    assert f"{ca_dir / 'ca.crt'} is a file: --ca takes the CA directory" in " ".join(
+        captured.out.split()
+    )
+
+
 def test_wizard_declined_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

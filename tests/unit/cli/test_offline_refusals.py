@@ -406,6 +406,29 @@ CASES = [
             ("http", "http -o b.zip --node n1 --non-interactive --pem --ca expired"),
         )
     ),
+    # Said before the key's password is asked for: finding the password of a CA that can
+    # no longer sign, only to be told so then, wasted the user's time.
+    *(
+        _c(
+            f"{name}-expired-encrypted-ca",
+            argv,
+            1,
+            "certctl: error: expired-enc: the CA certificate expired on 2020-01-02 00:00Z: it "
+            "can no longer sign certificates or CRLs (create a new CA with 'certctl ca create')",
+        )
+        for name, argv in (
+            ("issue-without-password", "cert issue --ca expired-enc -o out --cn x"),
+            ("crl-without-password", "crl create --ca expired-enc -o new.crl"),
+        )
+    ),
+    _c(
+        "issue-expired-encrypted-ca-wrong-password",
+        "cert issue --ca expired-enc -o out --cn x",
+        1,
+        "certctl: error: expired-enc: the CA certificate expired on 2020-01-02 00:00Z: it can "
+        "no longer sign certificates or CRLs (create a new CA with 'certctl ca create')",
+        CERTCTL_CA_PASSWORD="not-the-password",
+    ),
     # --- http --------------------------------------------------------------------------
     _c(
         "http-ca-and-ca-cn",
@@ -530,6 +553,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     files = {
         "expired/ca.crt": certs_to_pem([expired]),
         "expired/ca.key": key_to_pem(expired_key),
+        "expired-enc/ca.crt": certs_to_pem([expired]),
+        "expired-enc/ca.key": key_to_pem(expired_key, b"hunter2pw"),
         "ca.p12": to_pkcs12("ca", expired_key, expired, [], b"hunter2pw"),
         "plain-ca.p12": pkcs12.serialize_key_and_certificates(
             b"ca", current_key, current, None, serialization.NoEncryption()
