@@ -550,6 +550,23 @@ def test_an_intermediate_as_trust_anchor_is_warned_about(tmp_path: Path) -> None
         "curl, openssl verify -partial_chain and Python 3.13's ssl do): plain openssl verify "
         "and Python's ssl before 3.13 refuse this chain without its root, CN=Root\n"
     )
+    # The root given, but with --untrusted: openssl verify refuses it all the same (a root
+    # is trusted from -CAfile only), and "without its root" read wrong to whoever gave it.
+    root = tmp_path / "root/ca.crt"
+    assert run("openssl", "verify", "-CAfile", inter, "-untrusted", root, leaf).returncode != 0
+    result = ok(certctl_exe("verify", "--ca", inter, "--untrusted", root, leaf))
+    assert result.stderr == (
+        f"certctl: warning: CN=Inter in {inter} is an intermediate CA, trusted as it is (as "
+        "curl, openssl verify -partial_chain and Python 3.13's ssl do): plain openssl verify "
+        "and Python's ssl before 3.13 refuse this chain without its root, CN=Root, in the "
+        "trust bundle: given with --untrusted, it counts as an intermediate; put it in --ca\n"
+    )
+    full = tmp_path / "full.crt"
+    full.write_bytes(leaf.read_bytes() + root.read_bytes())
+    assert ok(certctl_exe("verify", "--ca", inter, full)).stderr.endswith(
+        f"CN=Root, in the trust bundle: given after the certificate in {full}, it counts as "
+        "an intermediate; put it in --ca\n"
+    )
     # With the root in the bundle too, openssl verify accepts it: nothing to warn about.
     both = tmp_path / "both.crt"
     both.write_bytes((tmp_path / "root/ca.crt").read_bytes() + inter.read_bytes())

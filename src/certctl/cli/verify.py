@@ -224,11 +224,29 @@ def verify_command(
         # openssl verify -partial_chain do, and Python's ssl since 3.13 (its default context
         # sets VERIFY_X509_PARTIAL_CHAIN); plain openssl verify and older Pythons go on to
         # the root and refuse. An OK alone let a client of those fail after all.
+        # A root given elsewhere is only an intermediate to openssl (trusted from -CAfile
+        # alone): "without its root" read wrong to whoever had given it.
+        where = next(
+            (
+                given
+                for given, certs in (
+                    ("with --untrusted", extra),
+                    (f"after the certificate in {cert}", leaf_certs[1:]),
+                )
+                if any(c.subject == anchor.issuer for c in certs)
+            ),
+            None,
+        )
+        elsewhere = (
+            f", in the trust bundle: given {where}, it counts as an intermediate; put it in --ca"
+            if where is not None
+            else ""
+        )
         warn(
             f"{display_dn(anchor.subject)} in {ca} is an intermediate CA, trusted as it is "
             "(as curl, openssl verify -partial_chain and Python 3.13's ssl do): plain openssl "
             "verify and Python's ssl before 3.13 refuse this chain without its root, "
-            f"{display_dn(anchor.issuer)}"
+            f"{display_dn(anchor.issuer)}{elsewhere}"
         )
     path = " <- ".join(display_dn(c.subject) for c in result.chain)
     checked = f" for {result.name}" if hostname else ""
