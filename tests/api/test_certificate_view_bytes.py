@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from sqlalchemy import event, inspect, select, text
 
+from certctl.auth.permissions import PERMISSIONS
+from certctl.services import certificates
+from certctl.services.context import Principal
 from certctl.store.db import create_store_engine, migrate
 from certctl.store.models import CertificateRecord, Issuer
 from tests.api.conftest import Api, assert_problem
@@ -279,3 +284,65 @@ def test_0022_is_taken_back_and_applied_again(api: Api) -> None:
             {"id": cert["id"]},
         )
     assert _served(api, cert["id"])["revocation_reason"] == "superseded"
+
+
+@pytest.mark.parametrize("api", ["postgresql"], indirect=True)
+def test_revoking_a_renewal_while_its_predecessor_is_renewed_again_never_deadlocks(
+    api: Api,
+) -> None:
+    """X renewed P. A revocation of X (another replica) has revoked X and is about to hand
+    P's renewed_by back when a renewal of P comes: both are answered, neither is a 503.
+
+    0022's counter was bumped per statement, its row locked until the commit: the revocation
+    held it and waited for P's row, which the renewal held while it waited for the counter.
+    PostgreSQL rolled one back ('this write deadlocked', 503). SQLite: one writer at a time.
+    """
+    p = api.issue(common_name="again.example.com")
+    r = api.post(f"{CERTS}/{p['id']}/renew", api.admin_key)
+    assert r.status_code == 201, r.text
+    x = r.json()
+    assert _served(api, p["id"])["renewed_by"] == x["id"]
+    handing_over = threading.Event()
+    go_on = threading.Event()
+
+    def hold_the_hand_over(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool
+    ) -> None:
+        if statement.startswith("UPDATE certificates SET renewed_by=coalesce("):
+            handing_over.set()
+            go_on.wait(timeout=10)
+
+    outcomes: dict[str, object] = {}
+
+    def revoke() -> None:
+        replica = Principal("admin", ("r-admin",), frozenset(PERMISSIONS), "api_key", "replica")
+        try:
+            outcomes["revoke"] = certificates.revoke_certificate(
+                api.services, replica, x["id"], "superseded"
+            )
+        except Exception as exc:
+            outcomes["revoke"] = exc
+
+    def renew() -> None:
+        outcomes["renew"] = api.post(f"{CERTS}/{p['id']}/renew", api.admin_key)
+
+    event.listen(api.services.engine, "before_cursor_execute", hold_the_hand_over)
+    revoking = threading.Thread(target=revoke)
+    renewing = threading.Thread(target=renew)
+    try:
+        revoking.start()
+        assert handing_over.wait(timeout=10)
+        renewing.start()
+        renewing.join(timeout=5)  # it needs nothing the revocation holds
+        renewed_at_once = not renewing.is_alive()
+    finally:
+        go_on.set()
+        revoking.join(timeout=30)
+        renewing.join(timeout=30)
+        event.remove(api.services.engine, "before_cursor_execute", hold_the_hand_over)
+    assert renewed_at_once, "the renewal waited for the revocation"
+    renewal = outcomes["renew"]
+    assert getattr(renewal, "status_code", None) == 201, getattr(renewal, "text", renewal)
+    assert isinstance(outcomes["revoke"], certificates.Revocation), outcomes["revoke"]
+    assert _served(api, x["id"])["status"] == "revoked"
+    assert _served(api, p["id"])["renewed_by"] == renewal.json()["id"]  # type: ignore[attr-defined]

@@ -59,6 +59,8 @@ ISSUER_COLUMNS = (
     "revocation_reason",
 )
 FUNCTION = "certctl_bump_certificate_generation"
+# Set (transaction-local) once the counter was bumped: one write of its row per transaction.
+BUMPED = "certctl.certificate_generation_bumped"
 
 
 def upgrade() -> None:
@@ -88,22 +90,43 @@ def upgrade() -> None:
                 f"{f' WHEN {when}' if when else ''} BEGIN {BUMP}; END"
             )
     elif dialect == "postgresql":
-        # Per statement: a revocation of a long chain (keyCompromise) bumps once. The
-        # function names its table unqualified, so it gets the schema's search_path (0021).
+        # At the commit (deferred constraint triggers), once per transaction. Bumped per
+        # statement, the counter's row stayed locked from a transaction's first change to
+        # its commit, and two writes took it and a certificate's row in opposite orders: a
+        # revocation of X held it and went on to hand X's predecessor P back (its
+        # renewed_by), while a renewal of P held P's row and waited for it; PostgreSQL rolled
+        # one back (a 503 'deadlocked'). Taken last, it is held by no transaction that waits.
+        # The function names its table unqualified, so it gets the schema's search_path.
         schema = op.get_bind().execute(sa.text("SELECT quote_ident(current_schema())")).scalar()
         op.execute(
             f"CREATE FUNCTION {FUNCTION}() RETURNS trigger LANGUAGE plpgsql "
-            f"SET search_path = {schema}, pg_temp AS $$ BEGIN {BUMP}; RETURN NULL; END $$"
+            f"SET search_path = {schema}, pg_temp AS $$ BEGIN "
+            f"IF current_setting('{BUMPED}', true) IS DISTINCT FROM 'on' THEN "
+            f"{BUMP}; PERFORM set_config('{BUMPED}', 'on', true); END IF; "
+            "RETURN NULL; END $$"
         )
-        for table, columns in (
-            ("certificates", certificate_columns),
-            ("issuers", issuer_columns),
+        for table, columns, inserted in (
+            ("certificates", CERTIFICATE_COLUMNS, ""),
+            ("issuers", ISSUER_COLUMNS, " OR INSERT"),
         ):
-            inserted = " OR INSERT" if table == "issuers" else ""
+            # Row triggers, as constraint triggers must be; a row written with what it held
+            # bumps nothing. json has no equality operator: its text is compared.
+            old_row = ", ".join(f"OLD.{c}{'::text' if c == 'sans' else ''}" for c in columns)
+            new_row = ", ".join(f"NEW.{c}{'::text' if c == 'sans' else ''}" for c in columns)
+            deferred = "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW"
             op.execute(
-                f"CREATE TRIGGER certificate_generation_{table} AFTER UPDATE OF {columns}"
-                f" OR DELETE OR TRUNCATE{inserted} ON {table}"
-                f" FOR EACH STATEMENT EXECUTE FUNCTION {FUNCTION}()"
+                f"CREATE CONSTRAINT TRIGGER certificate_generation_{table}_update AFTER UPDATE"
+                f" OF {', '.join(columns)} ON {table} {deferred}"
+                f" WHEN (({old_row}) IS DISTINCT FROM ({new_row})) EXECUTE FUNCTION {FUNCTION}()"
+            )
+            op.execute(
+                f"CREATE CONSTRAINT TRIGGER certificate_generation_{table} AFTER DELETE{inserted}"
+                f" ON {table} {deferred} EXECUTE FUNCTION {FUNCTION}()"
+            )
+            # A TRUNCATE has no row trigger; it locks the whole table until its commit anyway.
+            op.execute(
+                f"CREATE TRIGGER certificate_generation_{table}_truncate AFTER TRUNCATE"
+                f" ON {table} FOR EACH STATEMENT EXECUTE FUNCTION {FUNCTION}()"
             )
 
 
@@ -120,6 +143,8 @@ def downgrade() -> None:
             op.execute(f"DROP TRIGGER IF EXISTS certificate_generation_{name}")
     elif dialect == "postgresql":
         for table in ("certificates", "issuers"):
-            op.execute(f"DROP TRIGGER IF EXISTS certificate_generation_{table} ON {table}")
+            for suffix in ("", "_update", "_truncate"):
+                name = f"certificate_generation_{table}{suffix}"
+                op.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
         op.execute(f"DROP FUNCTION IF EXISTS {FUNCTION}()")
     op.drop_table("certificate_generation")
