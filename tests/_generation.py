@@ -16,11 +16,12 @@ def count_generation_reads(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> l
     cache = key_authentication._key_cache(engine)
     assert cache is not None
     reads: list[int | None] = []
-    read = cache._read_generation
+    generation = cache._generation
+    read = generation.read
 
     def counted() -> int | None:
         reads.append(read())
         return reads[-1]
 
-    monkeypatch.setattr(cache, "_read_generation", counted)
+    monkeypatch.setattr(generation, "read", counted)
     return reads

@@ -293,7 +293,7 @@ def test_a_remembered_key_reads_only_the_credential_generation(
     assert statements == []
     # SQLite without the WAL-index map (a test run opens more databases than it keeps mapped)
     # reads the counter on every request too.
-    assert len(reads) == (0 if cache._wal_index is not None else 3)
+    assert len(reads) == (0 if cache.has_wal_index else 3)
 
 
 def test_key_can_revoke_itself(api: Api) -> None:

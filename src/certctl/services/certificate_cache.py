@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import mmap
-import threading
 import weakref
 from typing import Any
 
@@ -12,7 +10,7 @@ from sqlalchemy import Engine
 
 from certctl.services.context import IssuerRevocation
 from certctl.services.credential_counter import (
-    WAL_INDEX_HEADER,
+    Generation,
     PostgresCounter,
     SQLiteCounter,
     wal_index,
@@ -43,42 +41,18 @@ class CertificateCache:
     MAX_ENTRIES = 1024
 
     def __init__(self, counter: SQLiteCounter | PostgresCounter, database: str | None) -> None:
-        self._counter = counter
         self._entries: dict[str, tuple[int, Any, IssuerRevocation | None]] = {}
-        self._lock = threading.Lock()
-        self._last_raw = -1
-        self._offset = 0
-        self._seen: tuple[bytes, int] | None = None
-        self._wal_index: mmap.mmap | None = wal_index(database) if database else None
+        self._generation = Generation(
+            counter,
+            sql=CERTIFICATE_GENERATION_SQL,
+            name="certificate generation",
+            forgotten="remembered certificates",
+        )
+        self._generation.wal_index = wal_index(database) if database else None
 
     def version(self) -> int | None:
         """The certificate generation, or None when it cannot be read (no caching then)."""
-        header = None
-        if self._wal_index is not None:
-            header = self._wal_index[:WAL_INDEX_HEADER]
-            seen = self._seen
-            if seen is not None and header == seen[0]:
-                return seen[1]
-        raw = self._counter.read(CERTIFICATE_GENERATION_SQL)
-        if raw is None:
-            return None
-        with self._lock:
-            if raw < self._last_raw:
-                # Versions never go back: rows read at a value reached again are not trusted.
-                self._offset += self._last_raw + 1 - raw
-                log.warning(
-                    "certificate generation went back (%d -> %d): remembered certificates "
-                    "are read again",
-                    self._last_raw,
-                    raw,
-                )
-            self._last_raw = raw
-            generation = raw + self._offset
-        if header is not None:
-            # The header was copied before the counter was read: a commit in between
-            # changes it again, so the pair never vouches for a stale generation.
-            self._seen = (header, generation)
-        return generation
+        return self._generation.version()
 
     def get(self, cert_id: str, version: int) -> tuple[Any, IssuerRevocation | None] | None:
         """The row and issuer revocation read at ``version``, else None."""

@@ -22,6 +22,7 @@ from certctl.store.db import PoolTimeout, detached_session
 __all__ = [
     "GENERATION_SQL",
     "WAL_INDEX_HEADER",
+    "Generation",
     "PostgresCounter",
     "SQLiteCounter",
     "wal_index",
@@ -236,3 +237,71 @@ class PostgresCounter:
 
 
 GENERATION_SQL = "SELECT value FROM auth_generation WHERE id = 1"
+
+
+class Generation:
+    """A one-row store counter read as a version that never goes back, for a cache's entries.
+
+    ``version()`` is the counter plus an offset that grows whenever the counter is seen to go
+    back (a database restored from a backup, a failover to a standby that lagged, its
+    migration undone and applied again): the rows at a value it reaches again need not be
+    those an entry was read from, and entries compare versions for equality. So versions
+    never decrease, and the last one handed out is also the largest.
+
+    With ``wal_index`` (SQLite in WAL mode) the counter is read only when the WAL-index header
+    changed since the last read: any commit changes it, and while it is unchanged the counter
+    cannot have moved. The key cache and the certificate cache each keep one, on the same
+    connection, over their own counters.
+    """
+
+    def __init__(
+        self,
+        counter: SQLiteCounter | PostgresCounter,
+        *,
+        sql: str | None = None,
+        name: str,
+        forgotten: str,
+    ) -> None:
+        self._counter = counter
+        self._sql = sql
+        self._name = name  # "credential generation": for the warning
+        self._forgotten = forgotten  # what is read again after the counter went back
+        self._lock = threading.Lock()
+        self._last_raw = -1
+        self._offset = 0
+        # (WAL-index header, generation read after it) at the last read of the counter.
+        self._seen: tuple[bytes, int] | None = None
+        self.wal_index: mmap.mmap | None = None
+
+    def version(self) -> int | None:
+        """The generation, or None when it cannot be read (no caching then)."""
+        header = None
+        if self.wal_index is not None:
+            header = self.wal_index[:WAL_INDEX_HEADER]
+            seen = self._seen
+            if seen is not None and header == seen[0]:
+                return seen[1]
+        generation = self.read()
+        if generation is not None and header is not None:
+            # The header was copied before the counter was read: a commit in between
+            # changes the header again, so the pair never vouches for a stale generation.
+            self._seen = (header, generation)
+        return generation
+
+    def read(self) -> int | None:
+        """The counter read now (never the WAL-index shortcut), as a version."""
+        raw = self._counter.read(self._sql)
+        if raw is None:
+            return None
+        with self._lock:
+            if raw < self._last_raw:
+                self._offset += self._last_raw + 1 - raw
+                log.warning(
+                    "%s went back (%d -> %d): %s are read again",
+                    self._name,
+                    self._last_raw,
+                    raw,
+                    self._forgotten,
+                )
+            self._last_raw = raw
+            return raw + self._offset

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import mmap
 import sqlite3
-import threading
 import time
 import weakref
 from dataclasses import dataclass, replace
@@ -18,7 +16,7 @@ from certctl.auth.apikeys import KEY_ID, key_head, parse_key, secret_matches
 from certctl.errors import Unauthenticated
 from certctl.services.context import Principal, Services, utcnow
 from certctl.services.credential_counter import (
-    WAL_INDEX_HEADER,
+    Generation,
     PostgresCounter,
     SQLiteCounter,
     wal_index,
@@ -223,7 +221,7 @@ class _KeyCache:
     entry, while issuing certificates (the common write) does not. Expiry is checked against
     the cached expiry time; an entry whose ``last_used_at`` is a minute old takes the slow
     path, which writes it. Revoked, expired or unknown keys are never cached. A counter seen
-    to go back (a restore, a failover) trusts nothing remembered before (``_read_generation``).
+    to go back (a restore, a failover) trusts nothing remembered before (``Generation``).
 
     PostgreSQL: one read of the counter per request (``PostgresCounter``). SQLite: that read
     costs ~4 µs and two ``fcntl`` calls in a loop, several times that between requests
@@ -241,20 +239,16 @@ class _KeyCache:
     ) -> None:
         self._counter = counter
         self._entries: dict[str, _CachedKey] = {}
-        # What version() hands out: the counter plus _offset, which grows whenever the counter
-        # is seen to go back (_read_generation). Versions never decrease, so the last one
-        # handed out, _last_raw + _offset, is also the largest.
-        self._generation_lock = threading.Lock()
-        self._last_raw = -1
-        self._offset = 0
-        # (WAL-index header, generation read after it) at the last read of the counter.
-        self._seen: tuple[bytes, int] | None = None
-        self._wal_index: mmap.mmap | None = None
+        self._generation = Generation(
+            counter,
+            name="credential generation",
+            forgotten="remembered keys and client certificates",
+        )
         if database is not None and isinstance(counter, SQLiteCounter) and counter.wal:
             # After a read in WAL mode: the file exists and the counter's connection holds
             # it open.
-            self._read_generation()
-            self._wal_index = wal_index(database)
+            self._generation.read()
+            self._generation.wal_index = wal_index(database)
 
     @property
     def counter(self) -> SQLiteCounter | PostgresCounter:
@@ -262,43 +256,11 @@ class _KeyCache:
 
     @property
     def has_wal_index(self) -> bool:
-        return self._wal_index is not None
+        return self._generation.wal_index is not None
 
     def version(self) -> int | None:
         """The credential generation, or None when it cannot be read (no caching then)."""
-        header = None
-        if self._wal_index is not None:
-            header = self._wal_index[:WAL_INDEX_HEADER]
-            seen = self._seen
-            if seen is not None and header == seen[0]:
-                return seen[1]
-        generation = self._read_generation()
-        if generation is not None and header is not None:
-            # The header was copied before the counter was read: a commit in between
-            # changes the header again, so the pair never vouches for a stale generation.
-            self._seen = (header, generation)
-        return generation
-
-    def _read_generation(self) -> int | None:
-        raw = self._counter.read()
-        if raw is None:
-            return None
-        with self._generation_lock:
-            if raw < self._last_raw:
-                # The counter went back: a database restored from a backup, a failover to a
-                # standby that lagged, migration 0003 undone and applied again. The rows at a
-                # value it reaches again need not be those an entry was read from, so every
-                # version handed out from now on is above any handed out before (entries and
-                # remembered client certificates compare versions for equality).
-                self._offset += self._last_raw + 1 - raw
-                log.warning(
-                    "credential generation went back (%d -> %d): remembered keys and client "
-                    "certificates are read again",
-                    self._last_raw,
-                    raw,
-                )
-            self._last_raw = raw
-            return raw + self._offset
+        return self._generation.version()
 
     def authenticate(self, presented: str, source: str, timestamp: float) -> Principal | None:
         """The principal of a presented key cached at the current generation, else None.
@@ -312,15 +274,8 @@ class _KeyCache:
         entry = self._entries.get(presented[KEY_ID])
         if entry is None:
             return None
-        # version()'s first test, inline: nothing committed since the counter was last read.
-        seen = self._seen
-        wal_index = self._wal_index
-        if seen is not None and wal_index is not None and wal_index[:WAL_INDEX_HEADER] == seen[0]:
-            version: int | None = seen[1]
-        else:
-            version = self.version()
         if (
-            entry.version != version
+            entry.version != self._generation.version()
             or not presented.startswith(entry.head)
             or not secret_matches(presented[len(entry.head) :], entry.secret_sha256)
         ):

@@ -199,7 +199,7 @@ def test_the_counter_is_read_again_only_after_a_commit(
     authenticate_api_key(a, key, "")  # cached
     cache = key_authentication._key_cache(a.engine)
     assert cache is not None
-    assert (cache._wal_index is not None) is sqlite
+    assert cache.has_wal_index is sqlite
     reads = count_generation_reads(a.engine, monkeypatch)
     statements: list[str] = []
     event.listen(a.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
