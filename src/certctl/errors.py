@@ -69,6 +69,9 @@ class CertctlError(Exception):
         """
         reworded = type(self).__new__(type(self), detail)  # BaseException.__new__ sets args
         reworded.__dict__.update(self.__dict__)
+        if "__notes__" in self.__dict__:
+            # add_note() on the copy must not add to the original's list (and back).
+            reworded.__notes__ = list(self.__notes__)
         reworded.detail = detail
         return reworded
 

@@ -73,3 +73,14 @@ def test_a_reworded_error_keeps_its_class_and_attributes() -> None:
         assert error.detail == str(error) != reworded.detail
         assert reworded.__cause__ is None
         assert reworded.__traceback__ is None
+
+
+def test_with_detail_copies_notes_not_shares_them() -> None:
+    from certctl.errors import InvalidRequest
+
+    error = InvalidRequest("bad")
+    error.add_note("from the original")
+    reworded = error.with_detail("worse")
+    reworded.add_note("only on the copy")
+    assert error.__notes__ == ["from the original"]
+    assert reworded.__notes__ == ["from the original", "only on the copy"]
