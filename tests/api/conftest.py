@@ -16,6 +16,7 @@ can move time (API-key expiry, ``last_used_at`` resolution).
 from __future__ import annotations
 
 import itertools
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ from certctl.store.models import (
     ServiceClient,
 )
 from tests._stores import PostgresCluster
+from tests._tools import ok, run
 
 if TYPE_CHECKING:
     # Starlette's TestClient prefers httpx2 (a dev dependency) over httpx.
@@ -210,6 +212,19 @@ class Api:
         r = self.request("PUT", f"/api/v1/services/{name}", self.admin_key, json=doc)
         assert r.status_code == 201, r.text
         return ensure_service_ca(self.services, ServiceSettings(), name, self.clock())[0]
+
+    def openssl_crl_serials(self, issuer_id: str, tmp_path: Path) -> set[int]:
+        """The serials ``openssl crl -text`` lists on ``issuer_id``'s public CRL, its
+        signature checked by openssl against the issuer's ca.pem (both left in ``tmp_path``).
+        """
+        crl, ca = tmp_path / f"{issuer_id}.crl", tmp_path / f"{issuer_id}-ca.pem"
+        r = self.get(f"/api/v1/issuers/{issuer_id}/crl", params={"format": "pem"})
+        assert r.status_code == 200, r.text
+        crl.write_bytes(r.content)
+        ca.write_text(self.get(f"/api/v1/issuers/{issuer_id}/ca.pem").text)
+        shown = ok(run("openssl", "crl", "-in", crl, "-noout", "-text", "-CAfile", ca))
+        assert "verify OK" in shown.stdout + shown.stderr
+        return {int(s, 16) for s in re.findall(r"Serial Number: ([0-9A-F]+)", shown.stdout)}
 
     def counts(self) -> dict[str, int]:
         """Row counts of every table."""

@@ -33,6 +33,7 @@ from certctl.pki import (
     format_serial,
     generate_private_key,
 )
+from certctl.pki.issue import BACKDATE
 from certctl.server.periodic import refresh_metrics
 from certctl.services import certificates, crls, issuance, issuers
 from certctl.services.context import Principal, Services
@@ -849,6 +850,61 @@ def test_crl_lists_revoked_serials(api: Api) -> None:
     assert_problem(api.get("/api/v1/issuers/nope/crl"), 404)
     assert crl.next_update_utc is not None
     assert crl.next_update_utc <= ca.not_valid_after_utc
+
+
+def test_a_revoked_certificate_leaves_the_crl_a_crl_period_after_it_expired(
+    api: Api, tmp_path: Path
+) -> None:
+    """RFC 5280 3.3: an entry may go once it appeared on a regularly scheduled CRL issued
+    after the certificate expired. Kept forever, a CA's CRL grew with every revocation it
+    ever made (revoked intermediates on their parent's CRL as well).
+    """
+    gone = api.issue(common_name="gone.example.com", validity="1D")
+    kept = api.issue(common_name="kept.example.com", validity="90D")
+    r = api.post(
+        "/api/v1/issuers", api.admin_key, json={"id": "sub", "parent": "default", "validity": "1D"}
+    )
+    assert r.status_code == 201, r.text
+    sub = _cert(r.json()["certificate_pem"])
+    for cert in (gone, kept):
+        assert api.post(f"{CERTS}/{cert['id']}/revoke", api.admin_key).status_code == 200
+    assert api.post("/api/v1/issuers/sub/revoke", api.admin_key, json={}).status_code == 200
+    expired = _cert(gone["certificate_pem"]).not_valid_after_utc
+    assert sub.not_valid_after_utc == expired
+    everyone = {int(gone["serial"], 16), int(kept["serial"], 16), sub.serial_number}
+    assert api.openssl_crl_serials("default", tmp_path) == everyone
+
+    # A CRL whose thisUpdate is one CRL period after their expiry still lists them ...
+    api.clock.now = expired + crls.CRL_PERIOD + BACKDATE
+    assert api.openssl_crl_serials("default", tmp_path) == everyone
+    listing = x509.load_der_x509_crl(api.get("/api/v1/issuers/default/crl").content)
+    assert listing.last_update_utc == expired + crls.CRL_PERIOD
+    # ... the next one, signed once that one is stale, no longer does.
+    api.clock.advance(seconds=crls.CRL_REUSE.total_seconds())
+    assert api.openssl_crl_serials("default", tmp_path) == {int(kept["serial"], 16)}
+    # The unexpired one is still refused by a client checking the CRL.
+    (tmp_path / "kept.pem").write_text(kept["certificate_pem"])
+    refused = run(
+        "openssl", "verify", "-attime", str(int(api.clock.now.timestamp())), "-crl_check",
+        "-CAfile", tmp_path / "default-ca.pem", "-CRLfile", tmp_path / "default.crl",
+        tmp_path / "kept.pem",
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "certificate revoked" in refused.stdout + refused.stderr
+
+    # Never listed again: not by a replica whose clock is a few minutes behind, signing after
+    # a revocation (its thisUpdate follows the CRL number), nor by later CRLs.
+    other = api.issue(common_name="other.example.com")
+    assert api.post(f"{CERTS}/{other['id']}/revoke", api.admin_key).status_code == 200
+    behind = _replica(api, lambda: api.clock() - timedelta(minutes=4))
+    try:
+        crl = crls.crl_for(behind, "default")
+    finally:
+        behind.engine.dispose()
+    listed = {int(kept["serial"], 16), int(other["serial"], 16)}
+    assert {entry.serial_number for entry in crl} == listed
+    api.clock.advance(days=30)
+    assert api.openssl_crl_serials("default", tmp_path) == listed
 
 
 def test_crl_says_how_long_a_cache_may_keep_it(api: Api) -> None:

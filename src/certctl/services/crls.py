@@ -25,6 +25,7 @@ from certctl.store.models import IssuerCrl
 
 __all__ = [
     "CA_CERT_MAX_AGE",
+    "CRL_PERIOD",
     "CRL_REUSE",
     "ca_max_age_s",
     "crl_for",
@@ -39,6 +40,13 @@ __all__ = [
 # they liked, while issuance waited for the lock. A revocation shows at once: it changes
 # the list. The CRL served is at most this old, its nextUpdate days ahead.
 CRL_REUSE = timedelta(minutes=10)
+
+# How far ahead a CRL's nextUpdate is (clipped to its CA's notAfter): the CRL period. A
+# revoked certificate is left off the CRLs whose thisUpdate is more than one period past its
+# notAfter (see :func:`_expired_before`). Its ageing out counts as no change (the issuer's
+# count stays): the stored CRL is served at most CRL_REUSE, and the next one signed leaves
+# it off.
+CRL_PERIOD = timedelta(days=7)
 
 
 def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationList:
@@ -123,10 +131,11 @@ def _sign(
             # least the one counted, so a count found different later is a change since.
             current = (_current(connection, issuer_id), _signer(ca))
             stored = _stored_crl(connection, issuer_id)
-            revoked = _revoked_of(connection, issuer_id)
             # The time after the number, for what is judged by this clock once the lock is
             # held (a process may have waited for it); the CRL's own time follows the number.
             now = max(now, services.clock())
+            signed_at = _signed_at(number, now)
+            revoked = _revoked_of(connection, issuer_id, _expired_before(signed_at))
             reused = (
                 reuse and stored is not None and _reused(services, issuer_id, stored, current, now)
             )
@@ -138,14 +147,13 @@ def _sign(
                 return served
     if reused:  # what is stored is no CRL of this CA (see _served): one numbered above it
         return _sign(services, ca, issuer_id, reuse=False)
-    signed_at = _signed_at(number, now)
     entries = [
         RevokedEntry(serial_number, revoked_at, REASONS.get(reason or "unspecified"))
         for serial, revoked_at, reason, holder in revoked
         if revoked_at is not None
         and (serial_number := _listed_serial(issuer_id, serial, holder)) is not None
     ]
-    crl = create_crl(ca, entries, now=signed_at, crl_number=number)
+    crl = create_crl(ca, entries, now=signed_at, next_update=CRL_PERIOD, crl_number=number)
     der = crl.public_bytes(Encoding.DER)
     values = {
         "crl_number": number,
@@ -190,6 +198,20 @@ def _signed_at(number: int, now: datetime) -> datetime:
     if number > (now + BACKDATE - _EPOCH) // timedelta(microseconds=1):
         return now.replace(microsecond=0)
     return (_EPOCH + timedelta(microseconds=number)).replace(microsecond=0)
+
+
+def _expired_before(signed_at: datetime) -> datetime:
+    """The notAfter before which a revoked certificate is left off the CRL signed at ``signed_at``.
+
+    One CRL period before its thisUpdate: RFC 5280 3.3 lets an entry go once it has
+    appeared on a regularly scheduled CRL issued after the certificate expired, and every CRL
+    whose thisUpdate is in the period after the expiry lists it (a client's CRL from before
+    it is past its nextUpdate by then). Kept forever, a CA's CRL grew with every revocation
+    it ever made. From thisUpdate, which never goes back as the CRL number goes up (see
+    :func:`_signed_at`; unless the CRL before was signed by a clock more than BACKDATE
+    ahead), so no CRL lists again an entry that one numbered below it left off.
+    """
+    return signed_at - BACKDATE - CRL_PERIOD
 
 
 def _store(connection: Connection, issuer_id: str, values: dict[str, Any]) -> bool:
@@ -450,24 +472,24 @@ def _basis(ca: CertificateAuthority, revoked: tuple[tuple[Any, ...], ...]) -> st
     return digest.hexdigest()
 
 
-def _revoked_of(connection: Connection, issuer_id: str) -> tuple[tuple[Any, ...], ...]:
+def _revoked_of(
+    connection: Connection, issuer_id: str, expired_before: datetime
+) -> tuple[tuple[Any, ...], ...]:
     """(serial, revoked_at, reason, holder) of the issuer's revoked certificates, by serial.
 
     Its revoked intermediates included: they are certificates it signed too, kept in the
     issuers table (few rows; the serial read from the certificate). ``holder`` names the
-    row for the log (``certificate ID``, ``intermediate ID``).
+    row for the log (``certificate ID``, ``intermediate ID``). Those whose notAfter is
+    before ``expired_before`` are left out by the query (see :func:`_expired_before`).
     """
+    parameters = {"issuer_id": issuer_id, "expired_before": expired_before}
     rows = [
         (serial, revoked_at, reason, f"certificate {row_id}")
-        for serial, revoked_at, reason, row_id in connection.execute(
-            _REVOKED_OF_ISSUER, {"issuer_id": issuer_id}
-        )
+        for serial, revoked_at, reason, row_id in connection.execute(_REVOKED_OF_ISSUER, parameters)
     ]
     listed = {row[0] for row in rows}
     children: dict[str, tuple[Any, ...]] = {}
-    for child_id, pem, revoked_at, reason in connection.execute(
-        _REVOKED_CHILDREN, {"issuer_id": issuer_id}
-    ):
+    for child_id, pem, revoked_at, reason in connection.execute(_REVOKED_CHILDREN, parameters):
         serial = format_serial(x509.load_pem_x509_certificate(pem.encode()).serial_number)
         if serial in listed:
             continue  # a serial appears once in a CRL (RFC 5280 5.1.2.6)
@@ -490,14 +512,22 @@ _REVOKED_OF_ISSUER = (
         CERTIFICATES.c.revocation_reason,
         CERTIFICATES.c.id,
     )
-    .where(CERTIFICATES.c.issuer_id == bindparam("issuer_id"), CERTIFICATES.c.status == "revoked")
+    .where(
+        CERTIFICATES.c.issuer_id == bindparam("issuer_id"),
+        CERTIFICATES.c.status == "revoked",
+        CERTIFICATES.c.not_after >= bindparam("expired_before"),
+    )
     .order_by(CERTIFICATES.c.serial)  # one order for every read whose digest crl_for compares
 )
 _REVOKED_CHILDREN = (
     select(
         ISSUERS.c.id, ISSUERS.c.certificate_pem, ISSUERS.c.revoked_at, ISSUERS.c.revocation_reason
     )
-    .where(ISSUERS.c.parent_id == bindparam("issuer_id"), ISSUERS.c.revoked_at.is_not(None))
+    .where(
+        ISSUERS.c.parent_id == bindparam("issuer_id"),
+        ISSUERS.c.revoked_at.is_not(None),
+        ISSUERS.c.not_after >= bindparam("expired_before"),
+    )
     .order_by(ISSUERS.c.revoked_at, ISSUERS.c.id)  # the first revocation of a twin first
 )
 
