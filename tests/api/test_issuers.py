@@ -16,7 +16,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import event, select, update
+from sqlalchemy import event, select, text, update
 
 from certctl.api.issuer_routes import CA_READ_THREADS
 from certctl.errors import CertctlError
@@ -1159,6 +1159,46 @@ def test_key_compromise_of_an_intermediate_revoked_for_another_reason(
             "revoked for a compromise already"
         )
     assert api.get(f"{ISSUERS}/sub-2", api.admin_key).json() == r.json()
+
+
+def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_leaves_its_parents_crl_served(
+    api: Api, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its PEM cut short in the database (a restore, a hand edit) made every fetch of its
+    parent's CRL a 500, hiding every other revocation. Its serial is only in that PEM: it is
+    left off with a warning naming it, and the rest is listed.
+    """
+    broken = _intermediate(api, "broken")
+    healthy = _intermediate(api, "healthy")
+    leaf = api.issue(common_name="leaf.example.com")
+    for issuer_id in ("broken", "healthy"):
+        r = api.post(f"{ISSUERS}/{issuer_id}/revoke", api.admin_key, json={})
+        assert r.status_code == 200, r.text
+    assert api.post(f"{CERTS}/{leaf['id']}/revoke", api.admin_key).status_code == 200
+    listed = {broken.serial_number, healthy.serial_number, int(leaf["serial"], 16)}
+    assert api.openssl_crl_serials("default", tmp_path) == listed
+
+    pem = broken.public_bytes(Encoding.PEM).decode()
+    with api.services.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE issuers SET certificate_pem = :pem WHERE id = 'broken'"),
+            {"pem": pem[: len(pem) // 2]},
+        )
+    caplog.set_level("WARNING", logger="certctl.services")
+    for _ in range(2):  # signed anew (the edit counts as a change to the list), then reused
+        assert api.openssl_crl_serials("default", tmp_path) == listed - {broken.serial_number}
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "issuer default: intermediate broken is left off its CRL: its stored certificate "
+        "cannot be read (changed outside certctl?), and its serial is stored nowhere else"
+    ]
+    # A revocation since is listed; the intermediate is again once its certificate is restored.
+    later = api.issue(common_name="later.example.com")
+    assert api.post(f"{CERTS}/{later['id']}/revoke", api.admin_key).status_code == 200
+    listed.add(int(later["serial"], 16))
+    assert api.openssl_crl_serials("default", tmp_path) == listed - {broken.serial_number}
+    _store_certificate(api, "broken", pem)
+    assert api.openssl_crl_serials("default", tmp_path) == listed
 
 
 def test_what_cannot_be_revoked_is_refused_and_left_as_it_was(api: Api) -> None:

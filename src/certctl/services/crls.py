@@ -490,7 +490,22 @@ def _revoked_of(
     listed = {row[0] for row in rows}
     children: dict[str, tuple[Any, ...]] = {}
     for child_id, pem, revoked_at, reason in connection.execute(_REVOKED_CHILDREN, parameters):
-        serial = format_serial(x509.load_pem_x509_certificate(pem.encode()).serial_number)
+        try:
+            certificate = x509.load_pem_x509_certificate(pem.encode())
+        except ValueError:
+            # A PEM cut short or written over in the store (a restore, a hand edit) made
+            # every fetch of this CRL a 500, hiding every other revocation. The serial is
+            # stored nowhere else (the issuers table has no column for it): left off, and
+            # the log names the row to restore.
+            log.warning(
+                "issuer %s: intermediate %s is left off its CRL: its stored certificate "
+                "cannot be read (changed outside certctl?), and its serial is stored "
+                "nowhere else",
+                issuer_id,
+                child_id,
+            )
+            continue
+        serial = format_serial(certificate.serial_number)
         if serial in listed:
             continue  # a serial appears once in a CRL (RFC 5280 5.1.2.6)
         first = children.get(serial)
