@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from certctl.pki import CertificateAuthority, Material
 
 __all__ = [
+    "KEY_TYPES",
+    "KEY_TYPES_HELP",
     "PendingKey",
     "holds_another_key",
     "is_stdin",
@@ -33,6 +35,11 @@ __all__ = [
     "warn",
 ]
 
+# The --key-type values, as KeyType (not imported: it would load cryptography for --help) and
+# its "choose one of" error list them: each named in full, so every command's help and the
+# error read alike (some helps said "rsa-2048|3072|4096", others "rsa-2048, rsa-3072, …").
+KEY_TYPES = ("ec-p256", "ec-p384", "ed25519", "rsa-2048", "rsa-3072", "rsa-4096")
+KEY_TYPES_HELP = ", ".join(KEY_TYPES)
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
 CA_CHAIN = "ca-chain.crt"

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from certctl.cli._common import is_stdin, split_commas
+from certctl.cli._common import KEY_TYPES, is_stdin, split_commas
 
 if TYPE_CHECKING:
     from certctl.pki import CertificateAuthority
@@ -25,7 +25,6 @@ __all__ = [
 ]
 
 
-KEY_TYPES = ("ec-p256", "ec-p384", "ed25519", "rsa-2048", "rsa-3072", "rsa-4096")
 PROFILES = ("elasticsearch", "generic")
 
 

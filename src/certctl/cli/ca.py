@@ -18,6 +18,7 @@ from certctl.cli._common import (
     CA_CERT,
     CA_CHAIN,
     CA_KEY,
+    KEY_TYPES_HELP,
     is_stdin,
     not_stdout,
     open_ca_dir,
@@ -32,13 +33,12 @@ __all__ = ["app"]
 
 app = typer.Typer(help="Create or import certificate authorities.", no_args_is_help=True)
 
-# No "(default)" here: Typer shows "[default: ec-p256]" after the help already.
-KEY_TYPES = "ec-p256, ec-p384, ed25519, rsa-2048, rsa-3072, rsa-4096"
 # Shared with `certctl issuers create` (a CA made on the server), where they mean the same.
 SUBJECT_OPTION: str = typer.Option(
     None, "--subject", help="Full RFC 4514 subject, e.g. 'CN=Ops CA,O=Example'."
 )
-KEY_TYPE_OPTION: str = typer.Option("ec-p256", "--key-type", help=f"Key type: {KEY_TYPES}.")
+# No "(default)" here: Typer shows "[default: ec-p256]" after the help already.
+KEY_TYPE_OPTION: str = typer.Option("ec-p256", "--key-type", help=f"Key type: {KEY_TYPES_HELP}.")
 # The range the API takes too (profiles.MAX_PATH_LENGTH, not imported: it would load
 # cryptography for --help).
 _MAX_PATH_LENGTH = 10

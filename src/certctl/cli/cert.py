@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from certctl.cli import _issue
-from certctl.cli._common import not_stdout
+from certctl.cli._common import KEY_TYPES_HELP, not_stdout
 from certctl.cli._distribution import CA_ISSUERS_URLS, CRL_URLS
 from certctl.cli._issue import leaf_files
 from certctl.cli._stdin import STDIN_HELP, password_file_option
@@ -54,9 +54,7 @@ def issue(
     ca_issuers_url: list[str] = CA_ISSUERS_URLS,
     profile: str = typer.Option("server", "--profile", help="server, client or server+client."),
     validity: str = typer.Option("90D", "--validity", help="Lifetime: 90D, 2160h, 1Y …"),
-    key_type: str = typer.Option(
-        "ec-p256", "--key-type", help="ec-p256, ec-p384, ed25519, rsa-2048|3072|4096."
-    ),
+    key_type: str = typer.Option("ec-p256", "--key-type", help=f"Key type: {KEY_TYPES_HELP}."),
     instances: Path = typer.Option(
         None, "--in", help="certutil instances.yml: issue one certificate per instance."
     ),

@@ -29,6 +29,7 @@ from certctl.cli._api import (
     unexpected_response,
     warn_about,
 )
+from certctl.cli._common import KEY_TYPES_HELP
 from certctl.cli._listing import Column
 from certctl.errors import CertctlError, Conflict, InvalidRequest
 
@@ -111,7 +112,7 @@ def certs_issue(
     key_type: str = typer.Option(
         "ec-p256",
         "--key-type",
-        help="Key type for server-side generation: ec-p256, ec-p384, ed25519, rsa-2048|3072|4096.",
+        help=f"Key type for server-side generation: {KEY_TYPES_HELP}.",
     ),
     out: Path = typer.Option(
         None, "--out", help="Write tls.crt, tls.key, ca.crt into this directory."

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from certctl.cli._common import (
+    KEY_TYPES_HELP,
     holds_another_key,
     not_stdout,
     open_ca_dir,
@@ -43,9 +44,7 @@ def create(
     uri: list[str] = typer.Option(
         [], "--uri", metavar="URI", help="URI SAN (repeatable; not split at commas)."
     ),
-    key_type: str = typer.Option(
-        "ec-p256", "--key-type", help="ec-p256, ec-p384, ed25519, rsa-2048|3072|4096."
-    ),
+    key_type: str = typer.Option("ec-p256", "--key-type", help=f"Key type: {KEY_TYPES_HELP}."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:
     """Create a key and a CSR (tls.key, tls.csr) to send to a CA."""

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import typer
 
-from certctl.cli._common import is_stdin, load_ca_dir, not_stdout, read_password, utcnow, warn
+from certctl.cli._common import (
+    KEY_TYPES_HELP,
+    is_stdin,
+    load_ca_dir,
+    not_stdout,
+    read_password,
+    utcnow,
+    warn,
+)
 from certctl.cli._stdin import STDIN_HELP, password_file_option
 
 __all__ = ["http_command"]
@@ -97,9 +105,7 @@ def http_command(
         "http", "--shared-name", help="Folder and common name of the shared certificate."
     ),
     validity: str = typer.Option("90D", "--validity", help="Certificate lifetime: 90D, 1Y …"),
-    key_type: str = typer.Option(
-        "ec-p256", "--key-type", help="ec-p256, ec-p384, ed25519, rsa-2048|3072|4096."
-    ),
+    key_type: str = typer.Option("ec-p256", "--key-type", help=f"Key type: {KEY_TYPES_HELP}."),
     pem: bool = typer.Option(
         False, "--pem", help="Write http.crt + http.key instead of a PKCS#12 http.p12."
     ),

@@ -1057,7 +1057,7 @@ def test_issue_help_says_where_the_key_goes() -> None:
     text = " ".join(certctl("certs", "issue", "--help", env={}).stdout.split())
     assert "without --out it holds the generated private key (private_key_pem)" in text
     assert "Sign this CSR (PEM or DER)" in text
-    assert "ec-p256, ec-p384, ed25519, rsa-2048|3072|4096" in text
+    assert "ec-p256, ec-p384, ed25519, rsa-2048, rsa-3072, rsa-4096" in text
     # --uri alone issues a certificate with an empty subject: --cn must not read as required.
     assert "Common name; may be left out when a SAN is given (the subject is then empty)" in text
 

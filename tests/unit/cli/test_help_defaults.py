@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
+import pytest
 import typer
 from typer.core import TyperGroup
 
 from certctl.cli._app import app
+from certctl.cli.main import run
+from certctl.pki import KeyType
 
 
 def _option_help(command: Any, path: list[str], parent: Any = None) -> list[tuple[str, str]]:
@@ -137,3 +141,27 @@ def test_path_length_states_its_range_once() -> None:
     for text in texts.values():
         assert "0-10" in text, text
         assert "<=" not in text, text
+
+
+def test_every_key_type_option_lists_the_key_types_as_the_error_does(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # cert issue, csr create, http and certs issue said "rsa-2048|3072|4096", ca create and
+    # issuers create "rsa-2048, rsa-3072, rsa-4096", and a bad value's error the latter.
+    listed = ", ".join(k.value for k in KeyType)
+    shown = _option_help(typer.main.get_command(app), ["certctl"])
+    texts = {o: t for o, t in shown if " --key-type " in f"{o} "}
+    assert sorted(o.split(" --key-type")[0] for o in texts) == [
+        "certctl ca create",
+        "certctl cert issue",
+        "certctl certs issue",
+        "certctl csr create",
+        "certctl http",
+        "certctl issuers create",
+    ]
+    for option, text in texts.items():
+        assert f": {listed}. [default: ec-p256]" in text, option
+        assert "|" not in text, option
+    monkeypatch.chdir(tmp_path)
+    assert run(["csr", "create", "--cn", "x", "--out", "o", "--key-type", "rsa-1"]) == 1
+    assert f"rsa-1: key type not allowed (choose one of {listed})" in capsys.readouterr().err
