@@ -31,6 +31,7 @@ __all__ = [
     "read_password",
     "refuse_expired_ca",
     "split_commas",
+    "split_names",
     "utcnow",
     "warn",
 ]
@@ -80,6 +81,26 @@ def split_commas(values: Sequence[str]) -> list[str]:
     for value in values:
         parts = [part.strip() for part in value.split(",") if part.strip()]
         items += parts if parts and "," in value else [value]
+    return items
+
+
+def split_names(values: Sequence[str]) -> list[str]:
+    """``--dns``/``--ip``/``--email`` values as ``split_commas`` splits them, none holding a space.
+
+    Commas separate names, as in elasticsearch-certutil; a space is in no DNS name, IP or
+    e-mail address, so ``"a.example b.example"`` is a list typed the wrong way, named as such
+    rather than as "invalid DNS name" (or split silently, as the http wizard did).
+
+    Raises:
+        InvalidRequest: an item holds whitespace; the message names it and the list with commas.
+    """
+    items = split_commas(values)
+    for item in items:
+        if len(item.split()) > 1:
+            raise InvalidRequest(
+                f"{item!r}: separate names and addresses with commas, not spaces "
+                f"({','.join(item.split())})"
+            )
     return items
 
 

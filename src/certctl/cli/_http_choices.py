@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from certctl.cli._common import KEY_TYPES, is_stdin, split_commas
+from certctl.cli._common import KEY_TYPES, is_stdin, split_names
+from certctl.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from certctl.pki import CertificateAuthority
@@ -188,14 +189,18 @@ def _split_by_node(
     for value in values:
         target, sep, item = value.partition("=")
         if not sep:
-            common += split_commas([value])
+            common += split_names([value])
             continue
         if target.strip() not in per_node:
             known = ", ".join(nodes) or "none; add --node NAME"
             raise typer.BadParameter(
                 f"{value}: {target.strip()!r} is not a --node (nodes: {known})", param_hint=option
             )
-        per_node[target.strip()] += split_commas([item])
+        try:
+            per_node[target.strip()] += split_names([item])
+        except InvalidRequest as exc:
+            # As the names' other errors read ("node es1: …", bundle_plan).
+            raise InvalidRequest(f"node {target.strip()}: {exc.detail}") from None
     if len(nodes) == 1:
         # One node: plain names are simply its names (not "every certificate" extras).
         per_node[nodes[0]] += common

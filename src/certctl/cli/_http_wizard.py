@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from certctl.cli._common import CA_KEY, load_ca_dir, refuse_expired_ca
+from certctl.cli._common import CA_KEY, load_ca_dir, refuse_expired_ca, split_names
 from certctl.cli._http_choices import KEY_TYPES, PROFILES, Choices, bundle_plan
 
 if TYPE_CHECKING:
@@ -228,18 +228,18 @@ class Wizard:
         from certctl.pki import SubjectAltNames
 
         while True:
-            dns_answer = _split(self.ask(f"DNS names for {what} (comma-separated)", ",".join(dns)))
+            answer = self.ask(f"DNS names for {what} (comma-separated)", ",".join(dns))
             try:
+                dns_answer = _names(answer)
                 SubjectAltNames.parse(dns=dns_answer)
             except CertctlError as exc:
                 self.error(exc.detail)
                 continue
             break
         while True:
-            ip_answer = _split(
-                self.ask(f"IP addresses for {what} (comma-separated)", ",".join(ips))
-            )
+            answer = self.ask(f"IP addresses for {what} (comma-separated)", ",".join(ips))
             try:
+                ip_answer = _names(answer)
                 SubjectAltNames.parse(ip=ip_answer)
             except CertctlError as exc:
                 self.error(exc.detail)
@@ -386,8 +386,10 @@ def _check_duration(text: str) -> timedelta:
     return parse_duration(text)
 
 
-def _split(text: str) -> list[str]:
-    return [item.strip() for item in text.replace(" ", ",").split(",") if item.strip()]
+def _names(answer: str) -> list[str]:
+    # Commas separate names, as in --dns a,b; a space is refused naming the entry (it split
+    # names silently before, where --dns "a b" was refused). An empty answer is no names.
+    return split_names([answer]) if answer.strip() else []
 
 
 def _unique(items: list[str]) -> list[str]:

@@ -25,7 +25,7 @@ from certctl.cli._common import (
     pending_csr_key,
     read_file,
     read_password,
-    split_commas,
+    split_names,
     utcnow,
     warn,
 )
@@ -273,9 +273,9 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     # An empty --cn or --subject is refused by the parsers, not taken for a missing one.
     name = parse_dn(opts.subject) if opts.subject is not None else common_name_dn(opts.cn or "")
     sans = SubjectAltNames.parse(
-        dns=split_commas(opts.dns),
-        ip=split_commas(opts.ip),
-        email=split_commas(opts.email),
+        dns=split_names(opts.dns),
+        ip=split_names(opts.ip),
+        email=split_names(opts.email),
         uri=opts.uri,  # not split: a comma may be part of a URI
     )
     p12_password = read_password(opts.password_file, opts.password) if opts.p12 else None

@@ -129,12 +129,12 @@ def certs_issue(
     Prints the server's answer as JSON; without --out it holds the generated private key
     (private_key_pem), which the server does not keep: use --out to get tls.key as a 0600 file.
     """
-    from certctl.cli._common import split_commas
+    from certctl.cli._common import split_names
 
     # As `cert issue` and `csr create` read them (certutil's lists): the same words issue the
     # same names offline and on the server. A comma is in no DNS name, IP or e-mail address
     # certctl takes, but may be in a URI (https://example.org/a,b): --uri only repeats.
-    dns, ip, email = split_commas(dns), split_commas(ip), split_commas(email)
+    dns, ip, email = split_names(dns), split_names(ip), split_names(email)
     if csr is None and not (cn or dns or ip or email or uri):
         # Before, the server's words for its JSON fields: "give csr, or common_name/…".
         raise typer.BadParameter("give --cn, --dns, --ip, --email or --uri (or --csr FILE)")

@@ -12,7 +12,7 @@ from certctl.cli._common import (
     not_stdout,
     open_ca_dir,
     read_file,
-    split_commas,
+    split_names,
     utcnow,
     warn,
 )
@@ -71,7 +71,7 @@ def create(
     name = parse_dn(subject) if subject is not None else common_name_dn(cn)
     # A comma is in no DNS name, IP or e-mail address certctl takes, but may be in a URI.
     sans = SubjectAltNames.parse(
-        dns=split_commas(dns), ip=split_commas(ip), email=split_commas(email), uri=uri
+        dns=split_names(dns), ip=split_names(ip), email=split_names(email), uri=uri
     )
     outputs = OutputSet(force=force)
     outputs.add(out / "tls.csr", b"")

@@ -287,6 +287,23 @@ CASES = [
         "certctl: error: -bad-.example: invalid DNS name",
     ),
     _c(
+        "issue-email-with-a-space",
+        [
+            "cert",
+            "issue",
+            "--ca",
+            "ca",
+            "--cn",
+            "web",
+            "--out",
+            "o",
+            "--email",
+            "a@x.example b@x.example",
+        ],
+        1,
+        "'a@x.example b@x.example': separate names and addresses with commas, not spaces",
+    ),
+    _c(
         "issue-bad-dns",
         "cert issue --ca ca --cn web --dns=-bad-.example --out o",
         1,
@@ -521,6 +538,13 @@ CASES = [
         "csr create --out o --cn web --dns=-bad-.example",
         1,
         "-bad-.example: invalid DNS name",
+    ),
+    _c(
+        "csr-create-dns-with-a-space",
+        ["csr", "create", "--out", "o", "--cn", "web", "--dns", "a.example b.example"],
+        1,
+        "'a.example b.example': separate names and addresses with commas, not spaces "
+        "(a.example,b.example)",
     ),
     _c("csr-create-no-name", "csr create --out o", 2, "give --cn or --subject"),
     _c(

@@ -428,6 +428,57 @@ def test_comma_list_bad_item_named_alone(
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "where", "entry"),
+    [
+        (["--dns", "es1=a.example b.example"], "node es1: ", "a.example b.example"),
+        (["--ip", "10.0.0.1 10.0.0.2"], "", "10.0.0.1 10.0.0.2"),
+    ],
+)
+def test_a_space_separated_list_is_refused_naming_the_entry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], where: str, entry: str
+) -> None:
+    # Commas separate names, as certutil's; the message said "invalid DNS name (labels are …)"
+    # of the whole entry (the wizard instead split it at the space, unannounced).
+    out = tmp_path / "b.zip"
+    assert run(["http", "--out", str(out), "--csr", "--node", "es1", "--node", "es2", *args]) == 1
+    err = capsys.readouterr().err
+    commas = ",".join(entry.split())
+    assert err == (
+        f"certctl: error: {where}{entry!r}: separate names and addresses with commas, not "
+        f"spaces ({commas})\n"
+    )
+    assert not out.exists()
+
+
+def test_wizard_asks_again_for_names_separated_by_spaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "a.example b.example" was split at the space, where --dns "a.example b.example" is
+    # refused: a name holding a space is no name, so the answer is refused and asked again.
+    csr_node_web1 = ["generic", "y", "y", ""]  # profile, CSRs, per node, node name (web1)
+    names = ["a.example b.example", "a.example, b.example", "10.0.0.1 10.0.0.2", "10.0.0.1"]
+    answers = iter([*csr_node_web1, *names, "n", "", "y"])  # another node?, key type, write
+    _script_wizard(monkeypatch, answers)
+    out = tmp_path / "b.zip"
+    code = run(["http", "--out", str(out), "--node", "web1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert next(answers, None) is None
+    said = " ".join(captured.out.split())
+    assert (
+        "'a.example b.example': separate names and addresses with commas, not spaces "
+        "(a.example,b.example)"
+    ) in said
+    assert "'10.0.0.1 10.0.0.2': separate names and addresses with commas" in said
+    csr = load_csr(zipfile.ZipFile(out).read("web1/http.csr"))
+    sans = SubjectAltNames.from_extension(
+        csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    )
+    assert list(sans.dns) == ["a.example", "b.example"]
+    assert list(sans.ip) == [ipaddress.ip_address("10.0.0.1")]
+
+
 def test_existing_output_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "b.zip"
     out.write_bytes(b"keep me")
