@@ -224,28 +224,39 @@ class Wizard:
             return
 
     def _ask_names(self, what: str, dns: list[str], ips: list[str]) -> tuple[list[str], list[str]]:
+        return self._ask_list("DNS names", what, dns), self._ask_list("IP addresses", what, ips)
+
+    def _ask_list(self, kind: str, what: str, default: list[str]) -> list[str]:
+        """DNS names or IP addresses: comma-separated, or one per line up to an empty line.
+
+        elasticsearch-certutil http asks for one name per line: a list typed (or pasted) that
+        way went, after its first line, into the next questions. The default taken as offered
+        (Enter) ends the list at once, as does a first answer left empty.
+        """
         from certctl.errors import CertctlError
         from certctl.pki import SubjectAltNames
 
+        field = "dns" if kind == "DNS names" else "ip"
+        offered = ",".join(default)
+        question = f"{kind} for {what}, comma-separated or one per line"
+        items: list[str] = []
+        answer = self.ask(question, offered)
         while True:
-            answer = self.ask(f"DNS names for {what} (comma-separated)", ",".join(dns))
             try:
-                dns_answer = _names(answer)
-                SubjectAltNames.parse(dns=dns_answer)
+                line = _names(answer)
+                SubjectAltNames.parse(**{field: [*items, *line]})
             except CertctlError as exc:
-                self.error(exc.detail)
-                continue
-            break
-        while True:
-            answer = self.ask(f"IP addresses for {what} (comma-separated)", ",".join(ips))
-            try:
-                ip_answer = _names(answer)
-                SubjectAltNames.parse(ip=ip_answer)
-            except CertctlError as exc:
-                self.error(exc.detail)
-                continue
-            break
-        return dns_answer, ip_answer
+                self.error(exc.detail)  # this line only: the lines before it stay
+                if not items:
+                    answer = self.ask(question, offered)
+                    continue
+            else:
+                if not items and (not line or answer == offered):
+                    return line  # nothing, or the default taken: no more lines asked
+                items += line
+            answer = self.ask(f"More {kind} for {what} (empty line: done)", "")
+            if not answer:
+                return items
 
     def _ask_shared(self, c: Choices) -> None:
         from certctl.pki.bundle_plan import validate_node_name

@@ -456,8 +456,13 @@ def test_wizard_asks_again_for_names_separated_by_spaces(
 ) -> None:
     # "a.example b.example" was split at the space, where --dns "a.example b.example" is
     # refused: a name holding a space is no name, so the answer is refused and asked again.
+    # Names come comma-separated or one per line (as certutil asks), up to an empty line.
     csr_node_web1 = ["generic", "y", "y", ""]  # profile, CSRs, per node, node name (web1)
-    names = ["a.example b.example", "a.example, b.example", "10.0.0.1 10.0.0.2", "10.0.0.1"]
+    names = [
+        # Refused (asked again), one per line (a line refused: the line asked again), done.
+        *("a.example b.example", "a.example", "b.example c.example", "b.example", ""),
+        *("10.0.0.1 10.0.0.2", "10.0.0.1, 10.0.0.2", ""),  # refused, a comma list, done
+    ]
     answers = iter([*csr_node_web1, *names, "n", "", "y"])  # another node?, key type, write
     _script_wizard(monkeypatch, answers)
     out = tmp_path / "b.zip"
@@ -475,8 +480,9 @@ def test_wizard_asks_again_for_names_separated_by_spaces(
     sans = SubjectAltNames.from_extension(
         csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     )
+    assert "'b.example c.example': separate names and addresses with commas" in said
     assert list(sans.dns) == ["a.example", "b.example"]
-    assert list(sans.ip) == [ipaddress.ip_address("10.0.0.1")]
+    assert list(sans.ip) == [ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("10.0.0.2")]
 
 
 def test_existing_output_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -662,6 +668,7 @@ def test_wizard_in_process_shared_existing_ca(
             "n",  # per node?
             "front",  # shared name
             "www.example.com, api.example.com",  # DNS
+            "",  # more DNS names: none
             "",  # IPs
             "180D",  # validity
             "ec-p384",  # key type
@@ -1061,14 +1068,19 @@ def test_wizard_on_a_pty(tmp_path: Path) -> None:
             ("Repeat the password:", CA_PASSWORD, True),
             ("Generate a certificate per node?", "", False),
             ("Node #1 name (es1):", "", False),
-            ("DNS names for es1 (comma-separated) (es1):", "es1.example.com, es1", False),
-            ("IP addresses for es1 (comma-separated):", "10.0.0.1", False),
+            ("DNS names for es1, comma-separated or one per line (es1):", "es1.example.com", False),
+            # One per line, as elasticsearch-certutil asks; an empty line ends the list.
+            ("More DNS names for es1 (empty line: done):", "es1", False),
+            ("More DNS names for es1 (empty line: done):", "", False),
+            ("IP addresses for es1, comma-separated or one per line:", "10.0.0.1", False),
+            ("More IP addresses for es1 (empty line: done):", "", False),
             ("Add another node?", "y", False),
             ("Node #2 name:", "es2", False),
-            ("DNS names for es2 (comma-separated) (es2):", "", False),
-            ("IP addresses for es2 (comma-separated):", "not-an-ip", False),
+            ("DNS names for es2, comma-separated or one per line (es2):", "", False),
+            ("IP addresses for es2, comma-separated or one per line:", "not-an-ip", False),
             ("not-an-ip: not a valid IPv4 or IPv6 address", None, False),
-            ("IP addresses for es2 (comma-separated):", "10.0.0.2", False),
+            ("IP addresses for es2, comma-separated or one per line:", "10.0.0.2", False),
+            ("More IP addresses for es2 (empty line: done):", "", False),
             ("Add another node?", "n", False),
             ("Certificate validity (90D):", "1Y", False),
             ("Key type [ec-p256/ec-p384/ed25519/rsa-2048/rsa-3072/rsa-4096] (ec-p256):", "", False),
@@ -1114,6 +1126,11 @@ def test_wizard_on_a_pty(tmp_path: Path) -> None:
     )
     assert cert is not None
     assert list(_sans(cert).dns) == ["es2"]
+    _, cert, _ = pkcs12.load_key_and_certificates(
+        archive.read("elasticsearch/es1/http.p12"), PASSWORD.encode()
+    )
+    assert cert is not None
+    assert list(_sans(cert).dns) == ["es1.example.com", "es1"]
     assert (cert.not_valid_after_utc - cert.not_valid_before_utc).days == 365
 
 
