@@ -39,6 +39,7 @@ def _zip_out(value: str) -> str:
 
 
 def http_command(
+    ctx: typer.Context,
     out_arg: str = typer.Option(
         ...,
         "--out",
@@ -212,7 +213,12 @@ def http_command(
                 "(or use --pem)"
             )
         if choices.mode == "new-ca":
-            _check_new_ca_outlives(choices.validity, choices.ca_validity)
+            _check_new_ca_outlives(
+                choices.validity,
+                choices.ca_validity,
+                validity_given=_given(ctx, "validity"),
+                ca_validity_given=ca_validity is not None,
+            )
         if choices.mode == "existing-ca" and choices.ca_dir is not None:
             choices.ca = load_ca_dir(
                 choices.ca_dir, choices.ca_password, password_from_env=ca_password_file is None
@@ -233,8 +239,21 @@ def http_command(
     print_summary(out, plan, result)
 
 
-def _check_new_ca_outlives(validity: str, ca_validity: str) -> None:
-    """Name both options (the bundle's "CA validity 1825D is shorter …" named neither)."""
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given, not left at its default."""
+    from typer._click.core import ParameterSource
+
+    return ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+
+
+def _check_new_ca_outlives(
+    validity: str, ca_validity: str, *, validity_given: bool, ca_validity_given: bool
+) -> None:
+    """Name both options (the bundle's "CA validity 1825D is shorter …" named neither).
+
+    A value left at its default is called one, with the option that changes it: `--ca-validity
+    60D` alone was refused as if the user had given "--validity 90D".
+    """
     from certctl.errors import CertctlError
     from certctl.pki import parse_duration
 
@@ -242,8 +261,13 @@ def _check_new_ca_outlives(validity: str, ca_validity: str) -> None:
         longer = parse_duration(validity) > parse_duration(ca_validity)
     except CertctlError:
         return  # a bad duration is named when the plan is made, as before
-    if longer:
-        raise typer.BadParameter(
-            f"--validity {validity} outlives the new CA (--ca-validity {ca_validity}): a CA "
-            f"must outlive the certificates it signs; give --ca-validity {validity} or more"
-        )
+    if not longer:
+        return
+    leaf = f"--validity {validity}" if validity_given else f"the default validity {validity}"
+    ca = f"--ca-validity {ca_validity}" + ("" if ca_validity_given else ", the default")
+    fix = f"give --ca-validity {validity} or more"
+    if not validity_given:
+        fix = f"give --validity {ca_validity} or less, or --ca-validity {validity} or more"
+    raise typer.BadParameter(
+        f"{leaf} outlives the new CA ({ca}): a CA must outlive the certificates it signs; {fix}"
+    )

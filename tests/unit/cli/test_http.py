@@ -515,8 +515,23 @@ def test_existing_output_needs_force(tmp_path: Path, capsys: pytest.CaptureFixtu
         (
             ["--validity", "6Y"],
             2,
-            "--validity 6Y outlives the new CA (--ca-validity 5Y): a CA must outlive the "
-            "certificates it signs; give --ca-validity 6Y or more (see 'certctl http --help')",
+            "--validity 6Y outlives the new CA (--ca-validity 5Y, the default): a CA must "
+            "outlive the certificates it signs; give --ca-validity 6Y or more (see 'certctl "
+            "http --help')",
+        ),
+        (
+            # It read "--validity 90D outlives …", a value the user had not given.
+            ["--ca-validity", "60D"],
+            2,
+            "the default validity 90D outlives the new CA (--ca-validity 60D): a CA must "
+            "outlive the certificates it signs; give --validity 60D or less, or --ca-validity "
+            "90D or more (see 'certctl http --help')",
+        ),
+        (
+            ["--validity", "90D", "--ca-validity", "60D"],
+            2,
+            "--validity 90D outlives the new CA (--ca-validity 60D): a CA must outlive the "
+            "certificates it signs; give --ca-validity 90D or more (see",
         ),
         (
             ["--validity", "2Y", "--ca-validity", "400D"],
