@@ -151,6 +151,40 @@ def test_readable_key_usage_names_are_those_openssl_takes(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(
+    ("usages", "values"),
+    [
+        ("keyAgreement, encipherOnly", ["key_agreement", "encipher_only"]),
+        ("keyAgreement, decipherOnly", ["key_agreement", "decipher_only"]),
+        (
+            "digitalSignature, keyAgreement, encipherOnly, decipherOnly",
+            ["digital_signature", "key_agreement", "encipher_only", "decipher_only"],
+        ),
+        ("keyAgreement", ["key_agreement"]),  # neither bit: nothing read that raises
+        ("digitalSignature", ["digital_signature"]),  # no keyAgreement: the bits not read
+    ],
+)
+def test_encipher_only_and_decipher_only_are_shown_with_key_agreement(
+    tmp_path: Path, usages: str, values: list[str]
+) -> None:
+    # They were left out: a keyAgreement-only-for-encipherment key read as any keyAgreement.
+    made = tmp_path / "ka.crt"
+    ok(
+        run(
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", tmp_path / "ka.key", "-subj", "/CN=ka", "-days", "1",
+            "-addext", f"keyUsage=critical,{usages}", "-out", made,
+        )
+    )  # fmt: skip
+    text = ok(certctl_exe("inspect", made)).stdout
+    assert f"  key usage       {usages}\n" in text
+    (item,) = inspect_json(made)
+    assert item["key_usage"] == values
+    shown = ok(run("openssl", "x509", "-in", made, "-noout", "-ext", "keyUsage")).stdout
+    for name in ("Encipher Only", "Decipher Only"):
+        assert (name in shown) == (name.replace(" ", "").lower() in usages.lower())
+
+
+@pytest.mark.parametrize(
     ("start", "end", "said"),
     [
         (-timedelta(days=400), -timedelta(days=30), " (expired)"),

@@ -207,6 +207,11 @@ def certificate_summary(cert: x509.Certificate) -> dict[str, Any]:
         ):
             if getattr(ku, attr):
                 usages.append(attr)
+        # RFC 5280 4.2.1.3: encipherOnly/decipherOnly mean something only with keyAgreement,
+        # and cryptography raises ValueError on reading them without it (a certificate with
+        # either bit but no keyAgreement is refused when loaded, as malformed).
+        if ku.key_agreement:
+            usages += [attr for attr in ("encipher_only", "decipher_only") if getattr(ku, attr)]
     except _x509.ExtensionNotFound:
         pass
     try:
@@ -383,6 +388,8 @@ _KEY_USAGE_NAMES = {
     "key_agreement": "keyAgreement",
     "key_cert_sign": "keyCertSign",
     "crl_sign": "cRLSign",
+    "encipher_only": "encipherOnly",
+    "decipher_only": "decipherOnly",
 }
 
 
