@@ -5,11 +5,12 @@ Imported through ``main``, which first sets ``TYPER_USE_RICH`` (plain help).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, get_args
 
 import typer
 from typer import _click
-from typer.core import TyperArgument, TyperCommand, TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from certctl import __version__
 from certctl.cli import (
@@ -69,6 +70,32 @@ class _HelpFormatter(_click.HelpFormatter):
         return super().getvalue().replace(_NO_BREAK_HYPHEN, "-")
 
 
+# Typer 0.29 shows an option's value as its Python type, lower-case in brackets ("--out
+# <path>", "--ca-cn <str>"), beside the names given where a word says more ("--dns DNS",
+# "--out FILE", "--path-length N") and the upper-case words of the usage line, the README
+# and the messages ("give --password-file FILE"). One style: upper case, Click's words for
+# an option that names none of its own.
+_METAVARS = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "path": "PATH"}
+
+
+def _upper_case_metavars(params: Sequence[_click.Parameter]) -> None:
+    """Give each option taking a value, and naming no metavar of its own, Click's word."""
+    for param in params:
+        if not isinstance(param, TyperOption) or param.metavar is not None:
+            continue
+        if param.is_flag or param.count:
+            continue
+        described = param.type_descriptor
+        if described.is_choice or described.is_tuple:
+            continue  # "a|b", "a,b": their own notation, kept
+        if described.is_list:  # a repeated option: its one value's word ("--crl PATH")
+            (item,) = get_args(described.annotation)
+            label = "path" if item is Path else getattr(item, "__name__", "")
+        else:
+            label = described.path_type if described.is_path else param.bare_type()
+        param.metavar = _METAVARS.get(label)
+
+
 class _HelpContext(_click.Context):
     """A context whose help is laid out by ``_HelpFormatter``."""
 
@@ -116,6 +143,29 @@ class _ClickUsageCommand(TyperCommand):
     """
 
     context_class = _HelpContext
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _upper_case_metavars(self.params)
+
+    def format_options(self, ctx: _click.Context, formatter: _click.HelpFormatter) -> None:
+        # As Typer lays them out, but an argument is its name alone ("FILE", not "FILE <path>":
+        # the name is what the usage line and the messages write; see _upper_case_metavars).
+        args, opts = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if isinstance(param, TyperArgument):
+                shown = param.display_type_rich(ctx)
+                term = record[0].removesuffix(f" {shown}") if shown else record[0]
+                args.append((term, record[1]))
+            else:
+                opts.append(record)
+        for title, rows in (("Arguments", args), ("Options", opts)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
 
     def collect_usage_pieces(self, ctx: _click.Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []

@@ -362,7 +362,7 @@ def apikeys_create(
     out: str = typer.Option(
         None,
         "--out",
-        metavar="<path>",
+        metavar="FILE",
         help="Write the key value to this file (0600) instead of into the JSON on stdout; "
         "with -, print only the key on stdout and the JSON (without the key) on stderr.",
     ),

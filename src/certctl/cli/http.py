@@ -45,7 +45,7 @@ def http_command(
         "--out",
         "-o",
         callback=_zip_out,
-        metavar="<path>",
+        metavar="FILE",
         help="Zip file to write (it holds private keys: written 0600).",
     ),
     non_interactive: bool = typer.Option(

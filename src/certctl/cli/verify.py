@@ -52,7 +52,7 @@ def verify_command(
     crl: list[Path] = typer.Option(
         [],
         "--crl",
-        metavar="<path>",
+        metavar="FILE",
         help=(
             "CRL file (PEM or DER; a PEM file may hold several), repeatable: the leaf must "
             "not be revoked, and a CRL from its issuer, signed by it and current, is required "

@@ -122,7 +122,7 @@ def test_help_gives_the_default_name_of_an_intermediate(
     capsys.readouterr()
     assert run(["ca", "create", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    helped = text.split("--cn <str> ", 1)[1].split(" --subject", 1)[0]
+    helped = text.split("--cn TEXT ", 1)[1].split(" --subject", 1)[0]
     assert helped == (
         f"Common name (default: 'certctl Root CA'; with --parent, '{name.removeprefix('CN=')}')."
     )

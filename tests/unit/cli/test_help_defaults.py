@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import typer
+from typer import _click
 from typer.core import TyperGroup
 
 from certctl.cli._app import app
@@ -101,7 +102,7 @@ def test_every_reason_option_names_its_default_and_ends_its_sentence() -> None:
     # entries" was wrong for those --from keeps. certs list --expiring-within said "e.g. 30D."
     # and nothing of what it selects.
     shown = _option_help(typer.main.get_command(app), ["certctl"])
-    reasons = {o.removesuffix(" <str>"): t for o, t in shown if o.endswith(" --reason <str>")}
+    reasons = {o.removesuffix(" TEXT"): t for o, t in shown if o.endswith(" --reason TEXT")}
     assert set(reasons) == {
         "certctl certs revoke --reason",
         "certctl issuers revoke --reason",
@@ -165,3 +166,41 @@ def test_every_key_type_option_lists_the_key_types_as_the_error_does(
     monkeypatch.chdir(tmp_path)
     assert run(["csr", "create", "--cn", "x", "--out", "o", "--key-type", "rsa-1"]) == 1
     assert f"rsa-1: key type not allowed (choose one of {listed})" in capsys.readouterr().err
+
+
+def _every_help(command: Any, path: list[str], parent: Any = None) -> dict[str, str]:
+    """``certctl … --help`` of every command and group, as main shows it (Click's layout)."""
+    context = command.context_class(command, info_name=path[-1], parent=parent)
+    formatter = context.make_formatter()
+    _click.Command.format_help(command, context, formatter)
+    found = {" ".join(path): formatter.getvalue()}
+    for name, sub in (getattr(command, "commands", None) or {}).items():
+        found |= _every_help(sub, [*path, name], context)
+    return found
+
+
+def test_every_value_placeholder_is_an_upper_case_word() -> None:
+    # Typer's own were Python types ("--out <path>", "--ca-cn <str>", "FILE <path>" for an
+    # argument), beside "--dns DNS", "--out FILE" and the usage line's and README's words.
+    helps = _every_help(typer.main.get_command(app), ["certctl"])
+    assert len(helps) > 50  # every subcommand reached
+    typed = {
+        f"{command}: {line.strip()}"
+        for command, text in helps.items()
+        for line in text.splitlines()
+        if re.search(r"<(str|path|int|float|file|directory)>", line)
+    }
+    assert typed == set()
+    placeholders = {
+        line.split()[1 if line.split()[0].startswith("--") else 2]
+        for text in helps.values()
+        for line in text.split("Options:\n", 1)[-1].splitlines()
+        # An option's first line: "  --ca PATH  Sign with …", "  -o, --out FILE  Zip …".
+        if re.match(r"  (-\w, )?--[\w-]+ [^- ]\S*(  |$)", line)
+    }
+    assert {p for p in placeholders if not p.isupper()} == {"table|json"}  # the values
+    assert {"TEXT", "PATH", "INTEGER", "FILE", "DNS", "N"} <= placeholders
+    inspect_help = helps["certctl inspect"]
+    assert "\n  FILE  PEM, DER, PKCS#12 or PKCS#7" in inspect_help
+    assert "--password-file PATH " in inspect_help
+    assert "-o, --out FILE " in helps["certctl http"]
