@@ -150,13 +150,28 @@ def _private(data_dir: Path) -> None:
     log.warning("data directory %s was mode %04o; made it %04o", data_dir, mode, wanted)
 
 
+def _why_not_made(data_dir: Path, exc: OSError) -> str:
+    """Why ``data_dir`` could not be made: a file in its place or on its way is named.
+
+    As ``cert issue --out`` names one: ``"Not a directory"`` alone left the user to find
+    which part of ``afile/sub`` was the file.
+    """
+    if data_dir.exists():
+        return "not a directory"
+    ancestor = data_dir.parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if os.path.lexists(ancestor) and not ancestor.is_dir():
+        return f"{ancestor} is not a directory"
+    return exc.strerror or str(exc)
+
+
 def _bootstrap(config: ServerConfig) -> Bootstrapped:
     data_dir = config.data_dir
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:  # a file of that name ("File exists"), no permission, read-only
-        problem = "not a directory" if data_dir.exists() else exc.strerror or str(exc)
-        raise InvalidRequest(f"data-dir {data_dir}: {problem}") from None
+        raise InvalidRequest(f"data-dir {data_dir}: {_why_not_made(data_dir, exc)}") from None
     _private(data_dir)
     lock = data_dir_lock(data_dir)
     if lock is not None:

@@ -171,8 +171,29 @@ def test_a_data_dir_that_is_a_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("")
     with pytest.raises(InvalidRequest, match=r"^data-dir .*/afile: not a directory$"):
         bootstrap(ServerConfig.model_validate({"data-dir": str(tmp_path / "afile")}))
-    with pytest.raises(InvalidRequest, match=r"^data-dir .*/afile/sub: Not a directory$"):
-        bootstrap(ServerConfig.model_validate({"data-dir": str(tmp_path / "afile" / "sub")}))
+    # "afile/sub: Not a directory" left the user to find which part was the file.
+    for below in ("sub", "sub/deeper"):
+        data_dir = tmp_path / "afile" / below
+        with pytest.raises(InvalidRequest) as refused:
+            bootstrap(ServerConfig.model_validate({"data-dir": str(data_dir)}))
+        assert (
+            refused.value.detail == f"data-dir {data_dir}: {tmp_path / 'afile'} is not a directory"
+        )
+    # As the command says it: one line, exit 1, nothing made.
+    argv = [sys.executable, "-c", "from certctl.cli.main import main; main()"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    result = subprocess.run(
+        [*argv, "serve", "--data-dir", "afile/sub"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == "certctl: error: data-dir afile/sub: afile is not a directory\n"
+    assert (tmp_path / "afile").read_text() == ""
 
 
 def test_database_files_of_another_user_are_named(open_tmp: Path) -> None:
