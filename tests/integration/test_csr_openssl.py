@@ -245,6 +245,57 @@ def test_csr_commands_warn_when_they_leave_a_mismatched_pair(pki: Pki, tmp_path:
     )
 
 
+def test_csr_create_force_keeps_a_key_waiting_for_its_certificate(pki: Pki, tmp_path: Path) -> None:
+    # csr create --force replaced it without a word: the CSR may be at a CA already, and the
+    # certificate it sends back then goes with no key. Refused, as cert issue refuses it.
+    inter = pki.chain("ec-p256").inter
+    web = tmp_path / "web"
+    certctl_ok("csr", "create", "--cn", "web.example.com", "--out", web)
+    before = {name: (web / name).read_bytes() for name in ("tls.csr", "tls.key")}
+    for force in ([], ["--force"]):  # without --force, not "use --force" (that led here)
+        again = certctl_exe("csr", "create", "--cn", "web.example.com", "--out", web, *force)
+        assert (again.returncode, again.stdout) == (1, "")
+        assert again.stderr == (
+            f"certctl: error: {web}/tls.key is the key of {web}/tls.csr, which has no "
+            f"certificate yet: a new key and CSR in {web} would lose it (nothing was written); "
+            f"get its certificate first ('certctl csr sign --ca CA_DIR --csr {web}/tls.csr "
+            f"--out {web}', or from the CA it went to), or give another --out; to give the "
+            f"request up, delete {web}/tls.csr\n"
+        )
+        assert {name: (web / name).read_bytes() for name in before} == before
+    # The command it names, with the CA, certifies the kept key: the pair loads.
+    certctl_ok("csr", "sign", "--ca", inter, "--csr", web / "tls.csr", "--out", web)
+    assert _pair_matches(web)
+    # Certified, the key waits for nothing: a renewal in place is the --force it was.
+    certctl_ok("csr", "create", "--cn", "web.example.com", "--out", web, "--force")
+    # That new request waits in turn; with the old tls.crt there, the command adds --force.
+    refused = certctl_exe("csr", "create", "--cn", "web.example.com", "--out", web, "--force")
+    assert refused.returncode == 1
+    assert f"--out {web} --force', or from the CA it went to)" in refused.stderr
+    # Given up deliberately (its CSR deleted), the directory takes a new key and CSR.
+    (web / "tls.csr").unlink()
+    certctl_ok("csr", "create", "--cn", "web.example.com", "--out", web, "--force")
+    # openssl req without -nodes: an encrypted key beside its CSR, not readable here, is kept.
+    enc = tmp_path / "enc"
+    enc.mkdir()
+    ok(
+        run(
+            "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-passout", "pass:secret", "-keyout", enc / "tls.key", "-subj", "/CN=enc",
+            "-out", enc / "tls.csr",
+        )
+    )  # fmt: skip
+    assert b"ENCRYPTED" in (enc / "tls.key").read_bytes()
+    kept = certctl_exe("csr", "create", "--cn", "enc", "--out", enc, "--force")
+    assert kept.returncode == 1
+    assert kept.stderr.startswith(
+        f"certctl: error: {enc}/tls.key is encrypted and {enc}/tls.csr beside it has no "
+        "certificate yet: taken for the CSR's key (not checked without its password), a new "
+        f"key and CSR in {enc} would lose it (nothing was written)"
+    )
+    assert b"ENCRYPTED" in (enc / "tls.key").read_bytes()
+
+
 def test_a_csr_with_a_repeated_extension_is_refused_in_one_line(pki: Pki, tmp_path: Path) -> None:
     # openssl req writes two subjectAltName extensions when asked (-addext under two names);
     # before, inspect and csr sign failed with "internal error (DuplicateExtension: …)".

@@ -11,6 +11,7 @@ from certctl.cli._common import (
     holds_another_key,
     not_stdout,
     open_ca_dir,
+    pending_csr_key,
     read_file,
     split_names,
     utcnow,
@@ -45,11 +46,18 @@ def create(
         [], "--uri", metavar="URI", help="URI SAN (repeatable; not split at commas)."
     ),
     key_type: str = typer.Option("ec-p256", "--key-type", help=f"Key type: {KEY_TYPES_HELP}."),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Overwrite existing files (not a tls.key whose tls.csr has no certificate yet).",
+    ),
 ) -> None:
     """Create a key and a CSR (tls.key, tls.csr) to send to a CA."""
+    import shlex
+
     from cryptography.hazmat.primitives import serialization
 
+    from certctl.errors import Conflict
     from certctl.files import OutputSet
     from certctl.pki import (
         KeyType,
@@ -73,6 +81,22 @@ def create(
     sans = SubjectAltNames.parse(
         dns=split_names(dns), ip=split_names(ip), email=split_names(email), uri=uri
     )
+    if (pending := pending_csr_key(out)) is not None:
+        # --force too, as cert issue and certs issue refuse to write there: the CSR may be
+        # with a CA already, and its certificate would then go with no key. No prompt (no
+        # command but the http wizard asks anything); giving the request up is a deliberate
+        # act of its own. Checked before "already exists; use --force", which led here.
+        csr_path = out / "tls.csr"
+        sign = ["certctl", "csr", "sign", "--ca", "CA_DIR", "--csr", str(csr_path), "--out"]
+        # --force for the tls.crt (and ca.crt) of an old certificate, still there.
+        old = (out / "tls.crt").exists() or (out / "ca.crt").exists()
+        sign = [*sign, str(out), *(["--force"] if old else [])]
+        lose = f"a new key and CSR in {out} would lose it (nothing was written)"
+        raise Conflict(
+            f"{pending.refusal(out, lose)}; get its certificate first ('{shlex.join(sign)}', "
+            f"or from the CA it went to), or give another --out; to give the request up, "
+            f"delete {csr_path}"
+        )
     outputs = OutputSet(force=force)
     outputs.add(out / "tls.csr", b"")
     outputs.add(out / "tls.key", b"")
