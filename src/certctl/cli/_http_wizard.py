@@ -25,6 +25,12 @@ def _starts_encrypted(key_path: Path) -> bool:
         return b"ENCRYPTED" in fh.read(4096)
 
 
+class _Offered(str):
+    """A prompt's default, told apart by identity from the same text typed (``ask_or_take``)."""
+
+    __slots__ = ()
+
+
 class Wizard:
     """The interactive questions, each with a short explanation, defaults from the options."""
 
@@ -52,6 +58,21 @@ class Wizard:
             ).strip()
         except EOFError:
             raise typer.Abort() from None
+
+    def ask_or_take(self, question: str, offered: str) -> str | None:
+        """``ask``, but None when Enter took ``offered``, told apart from the same text typed."""
+        from rich.prompt import Prompt
+
+        # Rich returns the default object itself for an empty line: a str of our own class is
+        # recognised by identity, where "es1" typed and Enter on "(es1)" compare equal.
+        marker = _Offered(offered)
+        try:
+            answer = Prompt.ask(
+                question, default=marker, show_default=bool(offered), console=self.console
+            )
+        except EOFError:
+            raise typer.Abort() from None
+        return None if answer is marker else answer.strip()
 
     def confirm(self, question: str, default: bool) -> bool:
         from rich.prompt import Confirm
@@ -240,19 +261,21 @@ class Wizard:
         offered = ",".join(default)
         question = f"{kind} for {what}, comma-separated or one per line"
         items: list[str] = []
-        answer = self.ask(question, offered)
+        # None: Enter on the offered list. The same list typed may be the first of several
+        # lines ("es1", then "es1.example.com"): only Enter ends the list at once.
+        answer = self.ask_or_take(question, offered)
         while True:
             try:
-                line = _names(answer)
+                line = _names(offered if answer is None else answer)
                 SubjectAltNames.parse(**{field: [*items, *line]})
             except CertctlError as exc:
                 self.error(exc.detail)  # this line only: the lines before it stay
                 if not items:
-                    answer = self.ask(question, offered)
+                    answer = self.ask_or_take(question, offered)
                     continue
             else:
-                if not items and (not line or answer == offered):
-                    return line  # nothing, or the default taken: no more lines asked
+                if not items and (not line or answer is None):
+                    return line  # nothing, or the offered list taken: no more lines asked
                 items += line
             answer = self.ask(f"More {kind} for {what} (empty line: done)", "")
             if not answer:

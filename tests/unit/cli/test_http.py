@@ -485,6 +485,28 @@ def test_wizard_asks_again_for_names_separated_by_spaces(
     assert list(sans.ip) == [ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("10.0.0.2")]
 
 
+def test_wizard_names_typed_one_per_line_may_begin_with_the_offered_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "web1" typed (the offered name) ended the list as Enter does: the next line,
+    # "www.example", went to the IP question, was refused there and was in no certificate.
+    csr_node_web1 = ["generic", "y", "y", ""]  # profile, CSRs, per node, node name (web1)
+    names = ["web1", "www.example", "", "", ""]  # DNS one per line, done; IPs: none
+    answers = iter([*csr_node_web1, *names, "n", "", "y"])  # another node?, key type, write
+    _script_wizard(monkeypatch, answers)
+    out = tmp_path / "b.zip"
+    code = run(["http", "--out", str(out), "--node", "web1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert next(answers, None) is None
+    assert "not a valid IPv4 or IPv6 address" not in captured.out
+    csr = load_csr(zipfile.ZipFile(out).read("web1/http.csr"))
+    sans = SubjectAltNames.from_extension(
+        csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    )
+    assert (list(sans.dns), list(sans.ip)) == (["web1", "www.example"], [])
+
+
 def test_existing_output_needs_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "b.zip"
     out.write_bytes(b"keep me")
