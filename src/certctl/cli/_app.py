@@ -1,16 +1,18 @@
 """The Typer application behind ``certctl``: every command, its help and its usage errors.
 
-Imported through ``main``, which first sets ``TYPER_USE_RICH`` (plain help).
+Its help is Click's plain layout unless ``TYPER_USE_RICH`` asks for Rich's (``_markup_mode``).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
 import typer
 from typer import _click
-from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+from typer.core import MarkupMode, TyperArgument, TyperCommand, TyperGroup, TyperOption
+from typer.utils import parse_boolean_env_var
 
 from certctl import __version__
 from certctl.cli import (
@@ -199,6 +201,17 @@ def _certctl_help(typer_app: typer.Typer) -> None:
         _certctl_help(group.typer_instance)
 
 
+def _markup_mode() -> MarkupMode:
+    """Rich's help layout when ``TYPER_USE_RICH`` asks for it, else None: Click's plain one.
+
+    Typer reads the variable once, when it is first imported, and main sets it to 0 before
+    that; but typer imported earlier (this module imported before main, as a test file may)
+    turned Rich's help on for the whole process. The app's own setting is read whatever the
+    order; each command and group takes the root app's.
+    """
+    return "rich" if parse_boolean_env_var(os.environ.get("TYPER_USE_RICH"), False) else None
+
+
 app = typer.Typer(
     cls=_SectionedGroup,
     name="certctl",
@@ -215,6 +228,7 @@ app = typer.Typer(
     epilog="An error is one line on stderr. An internal error (a bug) shows its traceback "
     "with CERTCTL_DEBUG=1, for a bug report.",
     no_args_is_help=True,
+    rich_markup_mode=_markup_mode(),
     pretty_exceptions_enable=False,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},

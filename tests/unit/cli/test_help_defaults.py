@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +207,44 @@ def test_every_value_placeholder_is_an_upper_case_word() -> None:
     assert "\n  FILE  PEM, DER, PKCS#12 or PKCS#7" in inspect_help
     assert "--password-file PATH " in inspect_help
     assert "-o, --out FILE " in helps["certctl http"]
+
+
+# `certctl ca create --help` in a fresh process, after the imports given (typer or the app
+# module before certctl.cli.main, which sets TYPER_USE_RICH: a test file importing
+# certctl.cli._app first made every later help in that pytest worker a Rich one).
+_HELP_AFTER = """
+import sys
+{imports}
+from certctl.cli.main import run
+sys.exit(run(["ca", "create", "--help"]))
+"""
+
+
+def _help_after(imports: str, env: dict[str, str]) -> str:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CERTCTL_", "TYPER_"))}
+    proc = subprocess.run(
+        [sys.executable, "-c", _HELP_AFTER.format(imports=imports)],
+        env=clean | {"COLUMNS": "100"} | env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize(
+    "imports", ["import typer", "import certctl.cli._app", "from certctl.cli._app import app"]
+)
+def test_help_is_plain_whatever_was_imported_first(imports: str) -> None:
+    plain = _help_after("", {})
+    assert plain.startswith("Usage: certctl ca create [OPTIONS]\n")
+    assert "  --cn TEXT " in plain
+    assert "│" not in plain
+    assert _help_after(imports, {}) == plain
+    # Rich's layout only when asked for, as main.py's comment and the README say.
+    rich = _help_after(imports, {"TYPER_USE_RICH": "1"})
+    assert "╭─ Options " in rich, rich
+    assert _help_after(imports, {"TYPER_USE_RICH": "0"}) == plain
