@@ -296,6 +296,26 @@ def test_csr_create_force_keeps_a_key_waiting_for_its_certificate(pki: Pki, tmp_
     assert b"ENCRYPTED" in (enc / "tls.key").read_bytes()
 
 
+def test_a_der_certificate_of_the_key_is_its_certificate(pki: Pki, tmp_path: Path) -> None:
+    # A CA may return DER (a Windows CA's .cer): saved as tls.crt, the key was still taken
+    # for one waiting for its certificate, and the renewal in place refused.
+    inter = pki.chain("ec-p256").inter
+    web = tmp_path / "web"
+    certctl_ok("csr", "create", "--cn", "web.example.com", "--out", web)
+    ok(
+        run(
+            "openssl", "x509", "-req", "-in", web / "tls.csr", "-CA", inter / "ca.crt",
+            "-CAkey", inter / "ca.key", "-days", "30", "-outform", "DER", "-out", web / "tls.crt",
+        )
+    )  # fmt: skip
+    assert not (web / "tls.crt").read_bytes().startswith(b"-----")
+    certctl_ok("csr", "create", "--cn", "web.example.com", "--out", web, "--force")
+    # The new key's request waits in turn: a DER certificate of another key changes nothing.
+    again = certctl_exe("csr", "create", "--cn", "web.example.com", "--out", web, "--force")
+    assert again.returncode == 1
+    assert "which has no certificate yet" in again.stderr
+
+
 def test_a_csr_with_a_repeated_extension_is_refused_in_one_line(pki: Pki, tmp_path: Path) -> None:
     # openssl req writes two subjectAltName extensions when asked (-addext under two names);
     # before, inspect and csr sign failed with "internal error (DuplicateExtension: …)".

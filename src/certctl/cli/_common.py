@@ -430,7 +430,15 @@ def pending_csr_key(out: Path) -> PendingKey | None:
             return None
         encrypted = False
     try:
-        certified = x509.load_pem_x509_certificate((out / "tls.crt").read_bytes())
+        held = (out / "tls.crt").read_bytes()
+        # PEM as certctl writes it, or DER as some CAs return one (a Windows CA's .cer): the
+        # DER certificate of the key was taken for none, and the key for one still waiting.
+        load = (
+            x509.load_pem_x509_certificate
+            if b"-----BEGIN" in held
+            else x509.load_der_x509_certificate
+        )
+        certified = load(held)
     except (OSError, ValueError):
         # None yet, or not one that could go with the key.
         return PendingKey(requested, encrypted)
