@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -12,6 +13,7 @@ from pathlib import Path
 import typer
 
 from certctl.cli._app import app
+from tests.unit.cli.test_http import _Terminal
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 HTTP_SECTION = "### Elasticsearch / Kibana: `certctl http`"
@@ -58,6 +60,23 @@ def test_the_http_example_runs_as_written_and_the_folders_are_those_it_names(
     assert said is not None
     assert "`<node>/`" in said.group(1)
     assert "`client/`" in said.group(1)
+
+
+def test_the_http_wizard_line_starts_the_wizard(tmp_path: Path) -> None:
+    # "certctl http   # interactive" was refused at once: Missing option '--out' / '-o'.
+    (block,) = re.findall(r"```sh\n(.*?)```", _http_section(), re.S)
+    (line,) = [line for line in block.splitlines() if "# interactive" in line]
+    argv = shlex.split(line.split("#", 1)[0])
+    assert argv[:2] == ["certctl", "http"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    env.update(TERM="xterm", NO_COLOR="1", COLUMNS="200", LINES="50")
+    command = [sys.executable, "-c", "from certctl.cli.main import main; main()", *argv[1:]]
+    term = _Terminal(command, tmp_path, env)
+    try:
+        term.expect("Which server will use the certificates?")
+    finally:
+        term.kill()
+        term.wait(5)
 
 
 def test_the_crl_create_row_names_every_option() -> None:
