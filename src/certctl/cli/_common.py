@@ -89,19 +89,36 @@ def split_names(values: Sequence[str]) -> list[str]:
 
     Commas separate names, as in elasticsearch-certutil; a space is in no DNS name, IP or
     e-mail address, so ``"a.example b.example"`` is a list typed the wrong way, named as such
-    rather than as "invalid DNS name" (or split silently, as the http wizard did).
+    rather than as "invalid DNS name" (or split silently, as the http wizard did). An item
+    whose words are not all names (``"Alice <a@x.example>"``) is no list: it is left whole,
+    for the caller's parser to refuse in its own words.
 
     Raises:
-        InvalidRequest: an item holds whitespace; the message names it and the list with commas.
+        InvalidRequest: an item is names separated by whitespace; the message names it and
+            the list with commas.
     """
     items = split_commas(values)
     for item in items:
-        if len(item.split()) > 1:
+        words = item.split()
+        if len(words) > 1 and all(map(_is_a_name, words)):
             raise InvalidRequest(
                 f"{item!r}: separate names and addresses with commas, not spaces "
-                f"({','.join(item.split())})"
+                f"({','.join(words)})"
             )
     return items
+
+
+def _is_a_name(word: str) -> bool:
+    """Whether ``word`` is a DNS name, an IP address or an e-mail address certctl takes."""
+    from certctl.pki import SubjectAltNames
+
+    for field in ("dns", "ip", "email"):
+        try:
+            SubjectAltNames.parse(**{field: [word]})
+        except CertctlError:
+            continue
+        return True
+    return False
 
 
 def utcnow() -> datetime:

@@ -304,6 +304,25 @@ CASES = [
         "'a@x.example b@x.example': separate names and addresses with commas, not spaces",
     ),
     _c(
+        # A display name is no list: "separate … with commas (Alice,B,<a@x.example>)" told
+        # the user to write three entries, none of them an address.
+        "issue-email-with-a-display-name",
+        [
+            "cert",
+            "issue",
+            "--ca",
+            "ca",
+            "--cn",
+            "web",
+            "--out",
+            "o",
+            "--email",
+            "Alice B <a@x.example>",
+        ],
+        1,
+        "certctl: error: Alice B <a@x.example>: not a valid e-mail address",
+    ),
+    _c(
         "issue-bad-dns",
         "cert issue --ca ca --cn web --dns=-bad-.example --out o",
         1,
