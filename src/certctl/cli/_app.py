@@ -80,12 +80,26 @@ class _HelpFormatter(_click.HelpFormatter):
 _METAVARS = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "path": "PATH"}
 
 
+class _NamedArgument(TyperArgument):
+    """An argument shown by its name alone ("FILE", not "FILE <path>"), in either help layout."""
+
+    def display_type_rich(self, ctx: _click.Context) -> str | None:
+        return None
+
+
 def _upper_case_metavars(params: Sequence[_click.Parameter]) -> None:
-    """Give each option taking a value, and naming no metavar of its own, Click's word."""
+    """Give each option taking a value, and naming no metavar of its own, Click's word.
+
+    A flag gets an empty one (Rich's help showed "--json <bool>"; Click's shows none), and an
+    argument its name alone (``_NamedArgument``: Typer makes them, with no class to choose).
+    """
     for param in params:
+        if type(param) is TyperArgument:
+            param.__class__ = _NamedArgument
         if not isinstance(param, TyperOption) or param.metavar is not None:
             continue
         if param.is_flag or param.count:
+            param.metavar = ""
             continue
         described = param.type_descriptor
         if described.is_choice or described.is_tuple:
@@ -104,10 +118,24 @@ class _HelpContext(_click.Context):
     formatter_class = _HelpFormatter
 
 
+def _flag_help_option(option: TyperOption | None) -> TyperOption | None:
+    """``--help`` as ``_upper_case_metavars`` makes any flag: no "<bool>" in Rich's help."""
+    if option is not None and option.metavar is None:
+        option.metavar = ""
+    return option
+
+
 class _HelpGroup(TyperGroup):
     """A command group whose help is laid out by ``_HelpFormatter``."""
 
     context_class = _HelpContext
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _upper_case_metavars(self.params)
+
+    def get_help_option(self, ctx: _click.Context) -> TyperOption | None:
+        return _flag_help_option(super().get_help_option(ctx))
 
 
 class _SectionedGroup(_HelpGroup):
@@ -150,24 +178,8 @@ class _ClickUsageCommand(TyperCommand):
         super().__init__(*args, **kwargs)
         _upper_case_metavars(self.params)
 
-    def format_options(self, ctx: _click.Context, formatter: _click.HelpFormatter) -> None:
-        # As Typer lays them out, but an argument is its name alone ("FILE", not "FILE <path>":
-        # the name is what the usage line and the messages write; see _upper_case_metavars).
-        args, opts = [], []
-        for param in self.get_params(ctx):
-            record = param.get_help_record(ctx)
-            if record is None:
-                continue
-            if isinstance(param, TyperArgument):
-                shown = param.display_type_rich(ctx)
-                term = record[0].removesuffix(f" {shown}") if shown else record[0]
-                args.append((term, record[1]))
-            else:
-                opts.append(record)
-        for title, rows in (("Arguments", args), ("Options", opts)):
-            if rows:
-                with formatter.section(title):
-                    formatter.write_dl(rows)
+    def get_help_option(self, ctx: _click.Context) -> TyperOption | None:
+        return _flag_help_option(super().get_help_option(ctx))
 
     def collect_usage_pieces(self, ctx: _click.Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []

@@ -248,3 +248,28 @@ def test_help_is_plain_whatever_was_imported_first(imports: str) -> None:
     rich = _help_after(imports, {"TYPER_USE_RICH": "1"})
     assert "╭─ Options " in rich, rich
     assert _help_after(imports, {"TYPER_USE_RICH": "0"}) == plain
+
+
+def test_rich_help_shows_no_python_types_either() -> None:
+    # With TYPER_USE_RICH=1 an argument read "FILE <path>" and every flag "--json <bool>",
+    # "--help -h <bool>", where the plain help writes FILE and --json alone.
+    code = "from certctl.cli.main import main; main()"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CERTCTL_", "TYPER_"))}
+    shown = {}
+    for command in ("inspect", "cert issue", "verify", "services outputs"):
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *command.split(), "--help"],
+            env=clean | {"COLUMNS": "120", "TYPER_USE_RICH": "1"},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+        assert "╭─ Options " in proc.stdout
+        assert re.findall(r"<\w+>", proc.stdout) == [], proc.stdout
+        shown[command] = proc.stdout
+    assert re.search(r"│ \*\s+FILE\s+PEM, DER", shown["inspect"]), shown["inspect"]
+    assert re.search(r"│\s+--json\s+Print JSON", shown["inspect"]), shown["inspect"]
+    assert re.search(r"│\s+--dns\s+DNS\s", shown["cert issue"]), shown["cert issue"]
