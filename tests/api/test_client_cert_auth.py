@@ -553,7 +553,10 @@ def test_a_mapping_pinned_to_an_issuing_ca_maps_only_certificates_that_ca_signed
         for resumed in (False, True):
             mtls.present(bob_b["certificate_pem"], "team-b", resumed=resumed)
             body = assert_problem(mtls.whoami(), 401)
-            assert body["detail"] == "client certificate subject is not mapped to any role"
+            assert body["detail"] == (
+                "client certificate subject CN=bob is not mapped to any role by "
+                "auth.client-cert-mappings"
+            )
     refused = [e for e in api.audit() if e["action"] == "auth.failure"]
     assert refused, "the refusals are audited"
     assert "signed by another CA" in refused[-1]["detail"], refused[-1]

@@ -667,11 +667,15 @@ def test_client_certificate_from_the_environment(start_server: StartServer, tmp_
     # present a certificate, so client-cert-mappings were out of the CLI's reach too.
     ok(run("certctl", "ca", "create", "--out", tmp_path / "clients", "--cn", "CLI Clients CA"))
     ok(run("certctl", "ca", "create", "--out", tmp_path / "rogue", "--cn", "CLI Clients CA"))
-    for ca, name in (("clients", "alice"), ("rogue", "mallory")):
+    for ca, name, subject in (
+        ("clients", "alice", "CN=alice,OU=ops,O=Example"),
+        ("rogue", "mallory", "CN=mallory,OU=ops,O=Example"),
+        ("clients", "bob", "O=Example,OU=ops,CN=bob"),
+    ):
         ok(
             run(
                 "certctl", "cert", "issue", "--ca", tmp_path / ca, "--profile", "client",
-                "--subject", f"CN={name},OU=ops,O=Example", "--out", tmp_path / name,
+                "--subject", subject, "--out", tmp_path / name,
             )
         )  # fmt: skip
     alice = (tmp_path / "alice" / "tls.crt", tmp_path / "alice" / "tls.key")
@@ -721,6 +725,21 @@ def test_client_certificate_from_the_environment(start_server: StartServer, tmp_
     assert rogue.stderr.endswith(
         " (the server may not trust the certificate in CERTCTL_CLIENT_CERT)\n"
     ), rogue.stderr
+    # Encoded CN first, as `openssl req -subj /CN=bob/OU=ops/O=Example` does: the mapping
+    # CN=*,OU=ops,O=Example does not match it. The refusal said "subject is not mapped" and
+    # sent the user to CERTCTL_API_KEY; it names the subject as certctl compares it now.
+    bob = _certctl(
+        server, "auth", "whoami", **trust,
+        CERTCTL_CLIENT_CERT=str(tmp_path / "bob" / "tls.crt"),
+        CERTCTL_CLIENT_KEY=str(tmp_path / "bob" / "tls.key"),
+    )  # fmt: skip
+    assert (bob.returncode, bob.stdout) == (1, "")
+    assert bob.stderr == (
+        "certctl: error: HTTP 401: client certificate subject O=Example,OU=ops,CN=bob is not "
+        "mapped to any role by auth.client-cert-mappings (a mapping's subject matches it only "
+        "written in this order, RDN by RDN, '*' for any one value; or set CERTCTL_API_KEY to an "
+        "API key)\n"
+    )
 
 
 @pytest.mark.parametrize(

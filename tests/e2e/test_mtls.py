@@ -299,7 +299,10 @@ def test_a_comma_in_the_cn_does_not_forge_an_ou(
     # Split on every comma, this read as CN=x\ / OU=ops / O=Example and got r-operator.
     status, _, body = split_response(curl(mtls_server, WHOAMI, pki["forger"]))
     assert status == 401, body
-    assert json.loads(body)["detail"] == "client certificate subject is not mapped to any role"
+    assert json.loads(body)["detail"] == (
+        r"client certificate subject CN=x\,OU=ops,O=Example is not mapped to any role by "
+        "auth.client-cert-mappings"
+    )
 
 
 def test_an_escaped_comma_in_a_mapping_matches_that_cn(

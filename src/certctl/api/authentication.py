@@ -401,8 +401,25 @@ def _client_cert_roles(
         if pinned_elsewhere:
             why += " (signed by another CA than its mappings' issuer-fingerprint)"
         _count_failure(auth, request, "invalid", why)
-        raise Unauthenticated("client certificate subject is not mapped to any role")
+        # The subject as certctl reads it (RFC 4514, most specific first): a mapping written in
+        # openssl's order, or a certificate encoded the other way round, shows at once. The
+        # client holds the certificate, so its subject tells it nothing new; which mappings
+        # exist is not said.
+        raise Unauthenticated(
+            f"client certificate subject {_shown_subject(subject)} is not mapped to any role "
+            "by auth.client-cert-mappings"
+        )
     return roles
+
+
+_SHOWN_SUBJECT_MAX = 200
+
+
+def _shown_subject(subject: str) -> str:
+    """``subject`` for a one-line refusal: a long one (many RDNs) cut, with an ellipsis."""
+    if len(subject) <= _SHOWN_SUBJECT_MAX:
+        return subject
+    return subject[: _SHOWN_SUBJECT_MAX - 1] + "…"
 
 
 def _client_cert_expired(

@@ -399,7 +399,14 @@ def _failure(response: Any, endpoint: str, key_set: bool) -> str:
             f" (no such route: CERTCTL_URL should be the server's base URL without "
             f"{base.path}: {base.scheme}://{base.netloc})"
         )
-    if code == 401 and not key_set:
+    if code == 401 and not key_set and _unmapped_certificate(detail):
+        # The certificate was sent on purpose, instead of a key: what to change is the server's
+        # mappings (or, failing that, the key).
+        message += (
+            " (a mapping's subject matches it only written in this order, RDN by RDN, '*' for "
+            "any one value; or set CERTCTL_API_KEY to an API key)"
+        )
+    elif code == 401 and not key_set:
         message += " (set CERTCTL_API_KEY to an API key, e.g. $(cat certctl-data/admin-api-key))"
     elif code == 401 and detail in _KEY_REFUSALS:
         # The server's words for the key sent (services.key_authentication): say where it
@@ -408,6 +415,16 @@ def _failure(response: Any, endpoint: str, key_set: bool) -> str:
         hint = _KEY_REFUSALS[detail]
         message += f" ({hint.format(url=f'{base.scheme}://{base.netloc}{base.path}')})"
     return message
+
+
+def _unmapped_certificate(detail: object) -> bool:
+    """Whether a 401's detail is certctl's refusal of a client certificate it maps to no role."""
+    return (
+        isinstance(detail, str)
+        and bool(os.environ.get("CERTCTL_CLIENT_CERT"))
+        and detail.startswith("client certificate subject ")
+        and " is not mapped to any role" in detail
+    )
 
 
 _RENEW_KEY = (
