@@ -725,6 +725,23 @@ def test_client_certificate_from_the_environment(start_server: StartServer, tmp_
     assert rogue.stderr.endswith(
         " (the server may not trust the certificate in CERTCTL_CLIENT_CERT)\n"
     ), rogue.stderr
+    # A server certificate of the trusted CA: the server's OpenSSL refuses its purpose with an
+    # "unsupported certificate" alert, which the CLI took for a CA the server may not trust.
+    server_only = tmp_path / "server-only"
+    ok(run("certctl", "cert", "issue", "--ca", tmp_path / "clients", "--profile", "server",
+           "--cn", "srv.example", "--out", server_only))  # fmt: skip
+    wrong_purpose = _certctl(
+        server, "certs", "list", **trust,
+        CERTCTL_CLIENT_CERT=str(server_only / "tls.crt"),
+        CERTCTL_CLIENT_KEY=str(server_only / "tls.key"),
+    )  # fmt: skip
+    assert wrong_purpose.returncode == 1
+    assert "unsupported certificate" in wrong_purpose.stderr, wrong_purpose.stderr
+    assert wrong_purpose.stderr.endswith(
+        f" (the certificate in CERTCTL_CLIENT_CERT={server_only / 'tls.crt'} is no client "
+        "certificate: its extendedKeyUsage lacks clientAuth; issue one with --profile client "
+        "or server+client)\n"
+    ), wrong_purpose.stderr
     # Encoded CN first, as `openssl req -subj /CN=bob/OU=ops/O=Example` does: the mapping
     # CN=*,OU=ops,O=Example does not match it. The refusal said "subject is not mapped" and
     # sent the user to CERTCTL_API_KEY; it names the subject as certctl compares it now.

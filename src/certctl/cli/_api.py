@@ -337,6 +337,13 @@ def _connect_failure(exc: Exception, timeout: float) -> str:
         return f"the request could not be sent within {_seconds(timeout)}"
     # Some httpx errors have an empty message: their class name says it then.
     message = str(exc) or type(exc).__name__
+    client_cert = os.environ.get("CERTCTL_CLIENT_CERT")
+    if client_cert and "UNSUPPORTED_CERTIFICATE" in message.upper():
+        # OpenSSL's alert for a client certificate of the wrong purpose (TLS 1.2 during the
+        # handshake, 1.3 at the first read): "may not trust" sent users to the CA instead.
+        purpose = _client_cert_purpose_problem(client_cert)
+        if purpose is not None:
+            return f"{message} ({purpose})"
     if _server_url().startswith("http://") and isinstance(
         exc, httpx.RemoteProtocolError | httpx.ReadError
     ):
@@ -354,6 +361,30 @@ def _connect_failure(exc: Exception, timeout: float) -> str:
                 "CERTCTL_CLIENT_KEY)"
             )
     return message
+
+
+def _client_cert_purpose_problem(path: str) -> str | None:
+    """Why the certificate in ``path`` cannot be a TLS client's, None if it can or is unreadable.
+
+    An extendedKeyUsage without clientAuth (a server certificate), as the server's OpenSSL
+    refuses it.
+    """
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    try:
+        certificate = x509.load_pem_x509_certificate(Path(path).read_bytes())
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return None
+    if ExtendedKeyUsageOID.CLIENT_AUTH in usages or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in (
+        usages
+    ):
+        return None
+    return (
+        f"the certificate in CERTCTL_CLIENT_CERT={path} is no client certificate: its "
+        "extendedKeyUsage lacks clientAuth; issue one with --profile client or server+client"
+    )
 
 
 def _refused_hint() -> str:
