@@ -1468,3 +1468,45 @@ def test_services_renew_says_a_custom_certificate_is_renewed_by_its_owner(
     assert "certctl: warning: service renew-own uses secret renew-own-cert" in own.stderr
     assert "tls.crt + tls.key there is served as it is" in own.stderr
     # The service's own certificate gets no warning: tests/services/test_reconcile.py.
+
+
+def test_a_mistyped_issuer_id_is_answered_with_the_closest_one(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    # `--issuer client-ca` for clients-ca: a bare "issuer client-ca not found" left the user
+    # to find `certctl issuers list` alone.
+    env = _admin_env(default_server)
+    ok(_certctl(default_server, "issuers", "create", "typo-clients-ca", **env))
+    typo = "typo-client-ca"
+    expected = (
+        f"certctl: error: HTTP 404: issuer {typo} not found (did you mean typo-clients-ca?)\n"
+    )
+    for command in (
+        ["certs", "issue", "--cn", "t", "--profile", "client", "--issuer", typo],
+        ["certs", "issue", "--cn", "t", "--issuer", typo, "--out", str(tmp_path / "t")],
+        ["issuers", "get", typo],
+        ["issuers", "create", "typo-sub", "--parent", typo],
+        ["issuers", "revoke", typo],
+        ["issuers", "ca", typo],
+        ["issuers", "crl", typo, "--pem"],
+    ):
+        result = _certctl(default_server, *command, **env)
+        assert (result.returncode, result.stdout, result.stderr) == (1, "", expected), command
+    assert not (tmp_path / "t").exists()
+    # Only a caller that may list the issuers (issuer.read) is shown their ids.
+    ok(_certctl(default_server, "auth", "roles", "create", "r-typo-issue", "-p", "cert.issue",
+                **env))  # fmt: skip
+    ok(_certctl(default_server, "auth", "actors", "create", "typo-issuer", "-r", "r-typo-issue",
+                **env))  # fmt: skip
+    key = ok(_certctl(default_server, "auth", "apikeys", "create", "typo-issuer", "--out", "-",
+                      **env)).stdout.strip()  # fmt: skip
+    for credentials in ({"CERTCTL_API_KEY": key}, {}):  # none: `issuers crl` is public
+        command = ["certs", "issue", "--cn", "t", "--issuer", typo] if credentials else []
+        command = command or ["issuers", "crl", typo, "--pem"]
+        result = _certctl(
+            default_server, *command, CERTCTL_CA_CERT=str(default_server.ca), **credentials
+        )
+        assert result.stderr == (
+            f"certctl: error: HTTP 404: issuer {typo} not found ('certctl issuers list' shows "
+            "the issuer ids)\n"
+        ), command

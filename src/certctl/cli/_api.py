@@ -47,6 +47,7 @@ __all__ = [
     "field_cell",
     "group_help",
     "id_hint",
+    "issuer_hint",
     "not_empty",
     "path_segment",
     "print_answer",
@@ -635,6 +636,44 @@ def id_hint(value: str, shape: re.Pattern[str], hint: str) -> Iterator[None]:
         if not exc.detail.startswith("HTTP 404:") or shape.fullmatch(value):
             raise
         raise RemoteError(f"{exc.detail} ({hint})") from None
+
+
+@contextmanager
+def issuer_hint(issuer_id: str) -> Iterator[None]:
+    """Add to the server's 404 ``issuer ID not found`` the issuer ids closest to ``issuer_id``.
+
+    Asked of the server's issuer list with the caller's own credentials, so only a caller
+    who may list issuers (``issuer.read``) is shown any; others are pointed at the list.
+    """
+    try:
+        yield
+    except RemoteError as exc:
+        if exc.detail != f"HTTP 404: issuer {issuer_id} not found":
+            raise
+        raise RemoteError(f"{exc.detail} ({_issuer_suggestion(issuer_id)})") from None
+
+
+_LISTED_ISSUERS_MAX = 8
+
+
+def _issuer_suggestion(issuer_id: str) -> str:
+    import difflib
+
+    listing = "'certctl issuers list' shows the issuer ids"
+    if not (_api_key() or os.environ.get("CERTCTL_CLIENT_CERT")):
+        return listing  # a public command run without credentials: the list would be a 401
+    try:
+        answer = send_request("GET", "/api/v1/issuers")
+    except CertctlError:
+        return listing  # no issuer.read, or the server went away: the hint alone
+    items = answer.get("items") if isinstance(answer, dict) else None
+    ids = [str(i["id"]) for i in items or [] if isinstance(i, dict) and "id" in i]
+    close = difflib.get_close_matches(issuer_id, ids, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]}?"
+    if ids and len(ids) <= _LISTED_ISSUERS_MAX:
+        return f"the issuers are {', '.join(sorted(ids))}"
+    return listing
 
 
 def not_empty(value: str | None) -> str | None:

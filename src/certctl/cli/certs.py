@@ -20,6 +20,7 @@ from certctl.cli._api import (
     field_cell,
     group_help,
     id_hint,
+    issuer_hint,
     not_empty,
     path_segment,
     print_answer,
@@ -182,11 +183,12 @@ def certs_issue(
             "removes it with the certificate it went with"
         )
     ca_pem = ""
-    if out is not None:
-        # Fetched before issuing too: a failure here (an unknown issuer, a proxy's error)
-        # must not come after the certificate was issued.
-        ca_pem = _issuer_root_pem(issuer)
-    data = send_request("POST", "/api/v1/certificates", body)
+    with issuer_hint(issuer):
+        if out is not None:
+            # Fetched before issuing too: a failure here (an unknown issuer, a proxy's error)
+            # must not come after the certificate was issued.
+            ca_pem = _issuer_root_pem(issuer)
+        data = send_request("POST", "/api/v1/certificates", body)
     warn_about(data)
     if out is not None:
         data = _save_issued(data, out, ca_pem, force=force, path="/api/v1/certificates")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from certctl.cli._api import (
     ENV_HELP,
     OUTPUT_OPTION,
     field_cell,
+    issuer_hint,
     not_empty,
     path_segment,
     print_answer,
@@ -83,7 +85,8 @@ def issuers_list(output: str | None = OUTPUT_OPTION) -> None:
 @issuers_app.command("get")
 def issuers_get(issuer_id: str = ISSUER_ID) -> None:
     """Show one issuer (never its key)."""
-    print_answer(send_request("GET", f"{_ISSUERS}/{path_segment(issuer_id)}"))
+    with issuer_hint(issuer_id):
+        print_answer(send_request("GET", f"{_ISSUERS}/{path_segment(issuer_id)}"))
 
 
 @issuers_app.command("create", short_help="Create a root CA, or an intermediate under --parent.")
@@ -128,7 +131,8 @@ def issuers_create(
     ):
         if value is not None:
             body[field] = value
-    data = send_request("POST", _ISSUERS, body)
+    with issuer_hint(parent) if parent is not None else nullcontext():
+        data = send_request("POST", _ISSUERS, body)
     warn_about(data)
     print_answer(data)
 
@@ -153,9 +157,9 @@ def issuers_revoke(
     was revoked for a reason that was no compromise: the reason becomes that one (on the
     parent's next CRL too) and the revocation date stays. Prints the issuer as JSON.
     """
-    print_answer(
-        send_request("POST", f"{_ISSUERS}/{path_segment(issuer_id)}/revoke", {"reason": reason})
-    )
+    with issuer_hint(issuer_id):
+        path = f"{_ISSUERS}/{path_segment(issuer_id)}/revoke"
+        print_answer(send_request("POST", path, {"reason": reason}))
 
 
 @issuers_app.command("import", short_help="Import an existing CA (PEM pair or PKCS#12).")
@@ -317,14 +321,18 @@ def issuers_ca(
     path = f"{_ISSUERS}/{path_segment(issuer_id)}/ca.{'der' if der else 'pem'}"
     template = f"{_ISSUERS}/{{id}}/ca.{'der' if der else 'pem'}"
     if der:
-        data = send_request("GET", path, accept="application/pkix-cert", raw=True)
+        with issuer_hint(issuer_id):
+            data = send_request("GET", path, accept="application/pkix-cert", raw=True)
         try:
             x509.load_der_x509_certificate(data)
         except ValueError:
             raise unexpected_response(template, "not a DER certificate") from None
     else:
         params = {"chain": "true"} if chain else None
-        data = send_request("GET", path, params=params, accept="application/x-pem-file", raw=True)
+        with issuer_hint(issuer_id):
+            data = send_request(
+                "GET", path, params=params, accept="application/x-pem-file", raw=True
+            )
         try:
             certs = x509.load_pem_x509_certificates(data)
         except ValueError:
@@ -355,7 +363,8 @@ def issuers_crl(
     path = f"{_ISSUERS}/{path_segment(issuer_id)}/crl"
     accept = "application/x-pem-file" if pem else "application/pkix-crl"
     params = {"format": "pem"} if pem else None
-    data = send_request("GET", path, params=params, accept=accept, raw=True)
+    with issuer_hint(issuer_id):
+        data = send_request("GET", path, params=params, accept=accept, raw=True)
     try:
         (x509.load_pem_x509_crl if pem else x509.load_der_x509_crl)(data)
     except ValueError:
