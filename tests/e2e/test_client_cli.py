@@ -1493,6 +1493,22 @@ def test_a_mistyped_issuer_id_is_answered_with_the_closest_one(
         result = _certctl(default_server, *command, **env)
         assert (result.returncode, result.stdout, result.stderr) == (1, "", expected), command
     assert not (tmp_path / "t").exists()
+    # A listing filtered by it printed "no certificates match" and nothing else, as for an
+    # issuer without certificates; the listing is the same (piped scripts), with a warning.
+    for output, shown in (("table", "no certificates match\n"), ("json", None)):
+        listed = ok(_certctl(default_server, "certs", "list", "--issuer", typo, "-o", output,
+                             **env))  # fmt: skip
+        if shown is None:
+            assert json.loads(listed.stdout) == {"items": [], "next_cursor": None}
+        else:
+            assert listed.stdout == shown
+        assert listed.stderr == (
+            f"certctl: warning: issuer {typo} not found (did you mean typo-clients-ca?): "
+            f"--issuer {typo} matches nothing\n"
+        )
+    empty_issuer = ok(_certctl(default_server, "certs", "list", "--issuer", "typo-clients-ca",
+                               "-o", "table", **env))  # fmt: skip
+    assert (empty_issuer.stdout, empty_issuer.stderr) == ("no certificates match\n", "")
     # Only a caller that may list the issuers (issuer.read) is shown their ids.
     ok(_certctl(default_server, "auth", "roles", "create", "r-typo-issue", "-p", "cert.issue",
                 **env))  # fmt: skip

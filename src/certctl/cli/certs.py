@@ -429,6 +429,29 @@ def certs_list(
         empty="no certificates match" if chosen else "no certificates",
         more=more,
     )
+    items = data.get("items") if isinstance(data, dict) else None
+    if issuer is not None and not items and cursor is None:
+        _warn_if_no_issuer(issuer)
+
+
+def _warn_if_no_issuer(issuer: str) -> None:
+    """Say on stderr when ``--issuer`` names no issuer.
+
+    The server lists nothing for it, as for an issuer without certificates: a mistyped id
+    looked like an empty issuer.
+    """
+    from certctl.cli._api import RemoteError
+    from certctl.cli._common import warn
+
+    try:
+        with issuer_hint(issuer):
+            path = f"/api/v1/issuers/{path_segment(issuer)}/ca.pem"  # public: any caller
+            send_request("GET", path, accept="application/x-pem-file", raw=True)
+    except RemoteError as exc:
+        if exc.detail.startswith(f"HTTP 404: issuer {issuer} not found"):
+            warn(f"{exc.detail.removeprefix('HTTP 404: ')}: --issuer {issuer} matches nothing")
+    except CertctlError:
+        pass  # the listing was answered; a failure of this check changes nothing of it
 
 
 @certs_app.command("get")
