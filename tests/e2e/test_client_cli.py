@@ -1526,3 +1526,27 @@ def test_a_mistyped_issuer_id_is_answered_with_the_closest_one(
             f"certctl: error: HTTP 404: issuer {typo} not found ('certctl issuers list' shows "
             "the issuer ids)\n"
         ), command
+
+
+def test_apikey_expiry_is_checked_by_the_cli_and_a_date_is_utc(
+    default_server: CertctlServer,
+) -> None:
+    # `--expires-at tomorrow` got the server's "expires_at: Input should be a valid datetime
+    # or date, input is too short", and `--expires-at 2099-01-01` "expires_at: needs a time
+    # zone": the JSON field's name in pydantic's words, never the option's.
+    env = _admin_env(default_server)
+    ok(_certctl(default_server, "auth", "actors", "create", "expiry-cli", **env))
+    refused = _certctl(default_server, "auth", "apikeys", "create", "expiry-cli",
+                       "--expires-at", "tomorrow", **env)  # fmt: skip
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == (
+        "certctl: error: Invalid value for '--expires-at': tomorrow: not an ISO 8601 date or "
+        "time (e.g. 2027-01-01 or 2027-01-01T00:00:00Z) (see 'certctl auth apikeys create "
+        "--help')\n"
+    )
+    created = ok(_certctl(default_server, "auth", "apikeys", "create", "expiry-cli",
+                          "--expires-at", "2099-01-01", **env))  # fmt: skip
+    assert json.loads(created.stdout)["expires_at"] == "2099-01-01T00:00:00+00:00"
+    listing = _certctl(default_server, "auth", "apikeys", "list", "--actor", "expiry-cli", **env)
+    listed = json.loads(ok(listing).stdout)
+    assert [k["expires_at"] for k in listed["items"]] == ["2099-01-01T00:00:00+00:00"]

@@ -345,6 +345,26 @@ def apikeys_list(
     )
 
 
+def _iso_time(value: str | None) -> str | None:
+    """``--expires-at`` checked before the request.
+
+    The server's refusal named its JSON field in pydantic's words (``expires_at: Input should
+    be a valid datetime or date, input is too short``), not the option.
+    """
+    from datetime import UTC, datetime
+
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value}: not an ISO 8601 date or time (e.g. 2027-01-01 or 2027-01-01T00:00:00Z)"
+        ) from None
+    # Without a zone, UTC, as `certctl verify --at` reads it (the API wants a zone).
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
+
+
 @apikeys_app.command("create")
 def apikeys_create(
     actor_id: str = typer.Argument(
@@ -356,7 +376,10 @@ def apikeys_create(
         help="Key name, e.g. prometheus-v1: one live key of the actor per name (rotate to -v2).",
     ),
     expires_at: str = typer.Option(
-        None, "--expires-at", help="ISO 8601 expiry, e.g. 2027-01-01T00:00:00Z."
+        None,
+        "--expires-at",
+        callback=_iso_time,
+        help="ISO 8601 expiry, e.g. 2027-01-01T00:00:00Z (without a zone, UTC: 2027-01-01).",
     ),
     # A str, not a Path: Path("./-") is Path("-"), and "./-" names the file "-".
     out: str = typer.Option(
