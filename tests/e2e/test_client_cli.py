@@ -1550,3 +1550,20 @@ def test_apikey_expiry_is_checked_by_the_cli_and_a_date_is_utc(
     listing = _certctl(default_server, "auth", "apikeys", "list", "--actor", "expiry-cli", **env)
     listed = json.loads(ok(listing).stdout)
     assert [k["expires_at"] for k in listed["items"]] == ["2099-01-01T00:00:00+00:00"]
+
+
+def test_certs_issue_checks_the_profile_as_cert_issue_does(default_server: CertctlServer) -> None:
+    # `--profile clien` got "HTTP 400: profile: Input should be 'server', 'client' or
+    # 'server+client'" and `--profile Client`, which `cert issue` takes, the same.
+    env = _admin_env(default_server)
+    name = "profile-cli.example.internal"
+    refused = _certctl(default_server, "certs", "issue", "--cn", name, "--profile", "clien", **env)
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == (
+        "certctl: error: Invalid value for '--profile': clien: unknown profile (choose one of "
+        "server, client, server+client) (see 'certctl certs issue --help')\n"
+    )
+    issued = ok(_certctl(default_server, "certs", "issue", "--cn", name, "--profile", "Client",
+                         **env))  # fmt: skip
+    shown = ok(_certctl(default_server, "certs", "get", json.loads(issued.stdout)["id"], **env))
+    assert json.loads(shown.stdout)["profile"] == "client"

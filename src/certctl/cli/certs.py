@@ -77,6 +77,23 @@ def _certificate_columns() -> list[Column]:
     ]
 
 
+def _leaf_profile(value: str) -> str:
+    """``--profile`` checked before the request, in the offline ``cert issue``'s words.
+
+    The server's refusal named its JSON field in pydantic's (``profile: Input should be
+    'server', 'client' or 'server+client'``).
+    """
+    from certctl.pki.profiles import LEAF_PROFILES
+
+    # In any case, as offline (`--profile Client`); the API takes the lower-case name only.
+    name = value.strip().lower()
+    if name not in LEAF_PROFILES:
+        raise typer.BadParameter(
+            f"{value}: unknown profile (choose one of {', '.join(LEAF_PROFILES)})"
+        )
+    return name
+
+
 @certs_app.command("issue")
 def certs_issue(
     cn: str = typer.Option(
@@ -108,7 +125,9 @@ def certs_issue(
         None, "--csr", help="Sign this CSR (PEM or DER) instead of generating a key."
     ),
     issuer: str = typer.Option("default", "--issuer", help="Issuer id."),
-    profile: str = typer.Option("server", "--profile", help="server, client or server+client."),
+    profile: str = typer.Option(
+        "server", "--profile", callback=_leaf_profile, help="server, client or server+client."
+    ),
     validity: str = typer.Option("90D", "--validity", help="Lifetime, e.g. 90D."),
     key_type: str = typer.Option(
         "ec-p256",
