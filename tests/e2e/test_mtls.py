@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import ssl
 import subprocess
@@ -354,12 +355,25 @@ def test_a_client_certificate_revoked_through_the_api_stops_authenticating(
         status, _, body = split_response(curl(server, WHOAMI, certs["carol"]))
         assert status == 401, body
         assert json.loads(body)["detail"] == "client certificate revoked"
+        # The CLI sent its user to CERTCTL_API_KEY, as if no certificate had been given.
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+        cli = run("certctl", "auth", "whoami", env=clean | {
+            "CERTCTL_URL": server.url, "CERTCTL_CA_CERT": str(server.ca),
+            "CERTCTL_CLIENT_CERT": str(certs["carol"][0]),
+            "CERTCTL_CLIENT_KEY": str(certs["carol"][1]),
+        })  # fmt: skip
+        assert (cli.returncode, cli.stdout) == (1, "")
+        assert cli.stderr == (
+            "certctl: error: HTTP 401: client certificate revoked (the certificate in "
+            f"CERTCTL_CLIENT_CERT={certs['carol'][0]}: use another one, or set CERTCTL_API_KEY "
+            "to an API key)\n"
+        )
         # Twin: a certificate of the same CA that was not revoked keeps working.
         status, _, body = split_response(curl(server, WHOAMI, certs["dave"]))
         assert status == 200, body
         with server.client(server.admin_key) as admin:
             scrape = admin.get("/api/v1/metrics/prometheus").text
-        assert 'certctl_auth_failures_total{reason="revoked"} 1.0' in scrape
+        assert 'certctl_auth_failures_total{reason="revoked"} 2.0' in scrape  # curl, the CLI
 
         # An intermediate revoked for keyCompromise: a certificate whoever holds its key
         # signed (unknown to certctl, its chain sent by the client) authenticated still.

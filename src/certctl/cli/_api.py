@@ -438,6 +438,12 @@ def _failure(response: Any, endpoint: str, key_set: bool) -> str:
             " (a mapping's subject matches it only written in this order, RDN by RDN, '*' for "
             "any one value; or set CERTCTL_API_KEY to an API key)"
         )
+    elif code == 401 and not key_set and _refused_certificate(detail):
+        # Revoked, expired or unreadable: this certificate will not do, whatever the mappings.
+        message += (
+            f" (the certificate in CERTCTL_CLIENT_CERT={os.environ['CERTCTL_CLIENT_CERT']}: "
+            "use another one, or set CERTCTL_API_KEY to an API key)"
+        )
     elif code == 401 and not key_set:
         message += " (set CERTCTL_API_KEY to an API key, e.g. $(cat certctl-data/admin-api-key))"
     elif code == 401 and detail in _KEY_REFUSALS:
@@ -456,6 +462,23 @@ def _unmapped_certificate(detail: object) -> bool:
         and bool(os.environ.get("CERTCTL_CLIENT_CERT"))
         and detail.startswith("client certificate subject ")
         and " is not mapped to any role" in detail
+    )
+
+
+# The server's 401s for a client certificate it will never take (api/authentication.py).
+_CERTIFICATE_REFUSALS = (
+    "client certificate revoked",
+    "client certificate expired",
+    "client certificate refused",
+)
+
+
+def _refused_certificate(detail: object) -> bool:
+    """Whether a 401's detail is certctl's refusal of the client certificate itself."""
+    return (
+        isinstance(detail, str)
+        and bool(os.environ.get("CERTCTL_CLIENT_CERT"))
+        and detail.startswith(_CERTIFICATE_REFUSALS)
     )
 
 
