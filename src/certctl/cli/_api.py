@@ -171,6 +171,12 @@ def _api_key() -> str | None:
     key = os.environ.get("CERTCTL_API_KEY", "").strip()
     if not key:
         return None
+    if key[:7].lower() == "bearer " and all(0x21 <= ord(c) <= 0x7E for c in key[7:].strip()):
+        # Copied from a curl line (-H "Authorization: Bearer …"): the CLI adds the scheme.
+        raise InvalidRequest(
+            "CERTCTL_API_KEY starts with 'Bearer ': give the key alone, the CLI sends the "
+            "Authorization header itself (its value is not shown)"
+        )
     if not all(0x21 <= ord(c) <= 0x7E for c in key):
         raise InvalidRequest(
             "CERTCTL_API_KEY contains spaces, control or non-ASCII characters "

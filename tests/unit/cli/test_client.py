@@ -238,6 +238,20 @@ def test_api_key_refused_without_echo(listener: Listener, key: str) -> None:
     assert listener.seen == []  # refused before anything was sent
 
 
+@pytest.mark.parametrize("key", ["Bearer ck_secretVALUE", "bearer ck_secretVALUE"])
+def test_api_key_copied_with_its_bearer_scheme_says_so(listener: Listener, key: str) -> None:
+    # From a curl line's header: the message was "contains spaces, control or non-ASCII
+    # characters", which did not say which space.
+    proc = certctl("certs", "list", env={"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": key})
+    assert_error(
+        proc,
+        "CERTCTL_API_KEY starts with 'Bearer ': give the key alone, the CLI sends the "
+        "Authorization header itself (its value is not shown)",
+        secrets=["secret", "VALUE"],
+    )
+    assert listener.seen == []
+
+
 def test_api_key_echoed_by_the_server_is_redacted(listener: Listener) -> None:
     # A proxy or a buggy server quoting the Authorization header back in its error.
     listener.answers["/api/v1/certificates"] = Answer(
