@@ -753,6 +753,31 @@ def test_hold_and_remove_from_crl_are_refused_saying_why(api: Api) -> None:
     assert api.counts() == before
 
 
+def test_a_reason_in_another_case_or_misspelt_names_the_one_meant(api: Api) -> None:
+    """`certctl certs revoke ID --reason keycompromise` got the list of seven reasons alone."""
+    cert = api.issue()
+    r = api.post(ISSUERS, api.admin_key, json={"id": "reason-sub", "parent": "default"})
+    assert r.status_code == 201, r.text
+    before = api.counts()
+    reasons = "affiliationChanged, cessationOfOperation, keyCompromise, privilegeWithdrawn, "
+    said = {
+        (f"{CERTS}/{cert['id']}/revoke", "keycompromise"): "keycompromise: unknown revocation "
+        f"reason (did you mean keyCompromise? one of {reasons}superseded, unspecified)",
+        (f"{CERTS}/{cert['id']}/revoke", "superceded"): "superceded: unknown revocation "
+        f"reason (did you mean superseded? one of {reasons}superseded, unspecified)",
+        # A CA's reason for a certificate, in another case: why it is refused, as spelt right.
+        (f"{CERTS}/{cert['id']}/revoke", "cacompromise"): "cACompromise: the reason for a CA's "
+        "certificate (RFC 5280 5.3.1); a certificate's compromised key is keyCompromise",
+        (f"{ISSUERS}/reason-sub/revoke", "CACompromise"): "CACompromise: unknown revocation "
+        "reason (did you mean cACompromise? one of affiliationChanged, cACompromise, "
+        "cessationOfOperation, keyCompromise, privilegeWithdrawn, superseded, unspecified)",
+    }
+    for (path, reason), detail in said.items():
+        r = api.post(path, api.admin_key, json={"reason": reason})
+        assert assert_problem(r, 400)["detail"] == detail, reason
+    assert api.counts() == before
+
+
 def test_a_certificate_under_a_revoked_issuer_says_so(api: Api) -> None:
     """Its own status stays (its issuer's CRL does not list it), but it no longer verifies.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import threading
 import weakref
@@ -503,6 +504,19 @@ def check_reason(reason: str | None, *, issuer: bool = False) -> str:
     refused = _REFUSED.get(reason)
     if refused is not None:  # RFC 5280 reasons, but not for a revocation here
         raise InvalidRequest(f"{reason}: {refused}; one of {choices}")
+    # RFC 5280's spelling, case included: `--reason keycompromise` is a typo, so name the one
+    # meant before the list.
+    known = {r.lower(): r for r in (*_CA_ONLY, *_NEVER, *_REFUSED)}
+    if reason.lower() in known and known[reason.lower()] not in allowed:
+        # cacompromise for a certificate: the words of the reason meant (cACompromise).
+        check_reason(known[reason.lower()], issuer=issuer)
+    by_folded = {r.lower(): r for r in allowed}
+    close = difflib.get_close_matches(reason.lower(), list(by_folded), n=1, cutoff=0.75)
+    if close:
+        raise InvalidRequest(
+            f"{reason}: unknown revocation reason (did you mean {by_folded[close[0]]}? "
+            f"one of {choices})"
+        )
     raise InvalidRequest(f"{reason}: unknown revocation reason (one of {choices})")
 
 
