@@ -379,6 +379,16 @@ def test_list_pagination_is_keyset_newest_first(api: Api) -> None:
     assert second.json()["next_cursor"] is None
 
 
+def test_an_unknown_status_filter_names_the_one_meant(api: Api) -> None:
+    # `certctl certs list --status Revoked` got the list of four statuses alone.
+    for status, meant in (("revokd", "did you mean revoked? "), ("Revoked", "did you mean "
+                          "revoked? "), ("valid", "")):  # fmt: skip
+        r = api.get(CERTS, api.admin_key, params={"status": status})
+        assert assert_problem(r, 400)["detail"] == (
+            f"{status}: unknown status ({meant}active, expiring, expired, revoked)"
+        )
+
+
 def test_list_filters(api: Api) -> None:
     short = api.issue(common_name="short.example.com", validity="10D")
     long = api.issue(common_name="long.example.com", validity="90D")

@@ -183,7 +183,13 @@ def list_certificates(
             )
         )
     elif status is not None:
-        raise InvalidRequest(f"{status}: unknown status (active, expiring, expired, revoked)")
+        import difflib
+
+        statuses = ("active", "expiring", "expired", "revoked")
+        # `--status Revoked` or `revokd`: the one meant, as an unknown revocation reason does.
+        close = difflib.get_close_matches(status.lower(), statuses, n=1, cutoff=0.75)
+        meant = f"did you mean {close[0]}? " if close else ""
+        raise InvalidRequest(f"{status}: unknown status ({meant}{', '.join(statuses)})")
     if expiring_within is not None:
         query = query.where(
             and_(
