@@ -17,7 +17,7 @@ import pytest
 from cryptography import x509
 
 from tests._poll import wait_until
-from tests._tools import openssl_req, run
+from tests._tools import openssl_req, require, run
 from tests.e2e.conftest import CertctlServer, certctl_cli, launch, tls_context
 
 pytestmark = pytest.mark.e2e
@@ -604,6 +604,23 @@ def _first_request_before_expiry(
         if status == 401:
             assert json.loads(body)["detail"] == "client certificate expired", body
     pytest.fail(f"no first request within {BRIEF_LIFETIMES_S[-1]} s of issuing", pytrace=False)
+
+
+def test_the_start_banner_cli_line_works_with_a_client_certificate(
+    mtls_server: CertctlServer, pki: dict[str, tuple[Path, Path]]
+) -> None:
+    # The notice gave a curl line only: the CLI's CERTCTL_* settings were in the README.
+    out, _ = mtls_server.logs()
+    (line,) = [x for x in out.splitlines() if x.startswith("CLI: export ")]
+    assert " CERTCTL_CLIENT_CERT=client.crt CERTCTL_CLIENT_KEY=client.key; " in line
+    cert, key = pki["alice"]
+    command = line.removeprefix("CLI: ").replace("client.crt", str(cert))
+    command = command.replace("client.key", str(key))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    path = f"{Path(require('certctl')).parent}:{clean.get('PATH', '')}"
+    result = run("bash", "-c", command, env=clean | {"PATH": path})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["actor_id"] == "admin"
 
 
 def test_the_start_banner_curl_line_works_with_a_client_certificate(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import logging
+import shlex
 import sys
+from pathlib import Path
 
 from certctl.errors import CertctlError
 from certctl.files import discard_stdout
@@ -45,6 +47,22 @@ def _url(scheme: str, host: str, port: int) -> str:
     # A wildcard address is no place to connect to, and not in the certificate: loopback is.
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _cli_line(config: ServerConfig, url: str, ca_path: str | None, key_file: Path) -> str:
+    """The CLI's settings for this server, one line to paste.
+
+    The curl line alone left a new user to find the CERTCTL_* variables, and the CA file's
+    path, in the README.
+    """
+    words = [f"CERTCTL_URL={shlex.quote(url)}"]
+    if ca_path:
+        # Absolute: the line works from any directory, as the key file's path does.
+        words.append(f"CERTCTL_CA_CERT={shlex.quote(str(Path(ca_path).resolve()))}")
+    words.append(f'CERTCTL_API_KEY="$(cat {shlex.quote(str(key_file))})"')
+    if config.tls.mode != "disabled" and config.tls.client_auth == "required":
+        words.append("CERTCTL_CLIENT_CERT=client.crt CERTCTL_CLIENT_KEY=client.key")
+    return f"CLI: export {' '.join(words)}; certctl auth whoami\n"
 
 
 def announce(
@@ -96,6 +114,7 @@ def announce(
         f'Try: curl {cacert}-H "Authorization: Bearer $(cat {boot.admin_key_file.resolve()})" '
         f"{url}/api/v1/auth/whoami\n"
     )
+    out.write(_cli_line(config, url, ca_path, boot.admin_key_file.resolve()))
     if config.metrics.listen:
         # Else nothing said the second listener was up, nor where to point Prometheus.
         plain = not config.metrics.secure or config.tls.mode == "disabled"
