@@ -10,8 +10,9 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import sys
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     import typer
@@ -60,11 +61,36 @@ _CERTUTIL_ELSEWHERE = {
 }
 
 
+_SUGGESTED_COMMANDS = 3
+
+
+def _commands_below(ctx: Any, name: str) -> list[str]:
+    """``certctl GROUP NAME`` for each group right under ``ctx``'s command that has ``NAME``."""
+    from typer.core import TyperGroup
+
+    group = ctx.command
+    if not isinstance(group, TyperGroup):
+        return []
+    found = []
+    for sub_name in group.list_commands(ctx):
+        sub = group.get_command(ctx, sub_name)
+        if isinstance(sub, TyperGroup) and name in sub.list_commands(ctx):
+            found.append(f"{ctx.command_path} {sub_name} {name}")
+    return found
+
+
 def _usage_message(exc: UsageError, args: list[str]) -> str:
     """Click's usage error message, with certctl's equivalent of a certutil option."""
     from typer import _click
 
     message = exc.format_message()
+    unknown = re.match(r"No such command '([^']+)'\.", message)
+    if unknown and exc.ctx is not None:
+        # `certctl whoami`: the command is one level down (`certctl auth whoami`), which
+        # click's suggestion by spelling ('admin-key' for apikeys) does not look for.
+        below = _commands_below(exc.ctx, unknown[1])
+        if 0 < len(below) <= _SUGGESTED_COMMANDS:
+            return f"No such command '{unknown[1]}': did you mean {' or '.join(below)}?"
     if isinstance(exc, _click.exceptions.BadParameter):
         if exc.param is None and exc.param_hint is None:
             # A command's own check of its options together ("--p12 needs a password …"):

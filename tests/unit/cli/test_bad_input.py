@@ -905,6 +905,25 @@ CASES = [
     # --- top level ---------------------------------------------------------------------
     _c("unknown-command", "frobnicate", 2, "No such command 'frobnicate'"),
     _c("unknown-subcommand", "cert revoke", 2, "No such command 'revoke'"),
+    # One level down: click suggested nothing, or a command spelt alike ('admin-key').
+    _c(
+        "command-of-a-group",
+        "whoami",
+        2,
+        "No such command 'whoami': did you mean certctl auth whoami? (see 'certctl --help')",
+    ),
+    _c(
+        "group-of-a-group",
+        "apikeys",
+        2,
+        "No such command 'apikeys': did you mean certctl auth apikeys? (see 'certctl --help')",
+    ),
+    _c(
+        "command-of-two-groups",
+        "revoke x",
+        2,
+        "No such command 'revoke': did you mean certctl certs revoke or certctl issuers revoke?",
+    ),
 ]
 
 
