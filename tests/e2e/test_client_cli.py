@@ -1544,6 +1544,13 @@ def test_apikey_expiry_is_checked_by_the_cli_and_a_date_is_utc(
         "time (e.g. 2027-01-01 or 2027-01-01T00:00:00Z) (see 'certctl auth apikeys create "
         "--help')\n"
     )
+    past = _certctl(default_server, "auth", "apikeys", "create", "expiry-cli",
+                    "--expires-at", "2020-01-01", **env)  # fmt: skip
+    assert (past.returncode, past.stdout) == (2, "")
+    assert past.stderr == (
+        "certctl: error: Invalid value for '--expires-at': 2020-01-01: in the past; a key must "
+        "expire in the future (see 'certctl auth apikeys create --help')\n"
+    )
     created = ok(_certctl(default_server, "auth", "apikeys", "create", "expiry-cli",
                           "--expires-at", "2099-01-01", **env))  # fmt: skip
     assert json.loads(created.stdout)["expires_at"] == "2099-01-01T00:00:00+00:00"

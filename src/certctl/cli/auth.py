@@ -362,7 +362,12 @@ def _iso_time(value: str | None) -> str | None:
             f"{value}: not an ISO 8601 date or time (e.g. 2027-01-01 or 2027-01-01T00:00:00Z)"
         ) from None
     # Without a zone, UTC, as `certctl verify --at` reads it (the API wants a zone).
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    if when <= datetime.now(UTC):
+        # The server's words were "expires_at must be in the future". A time this clock
+        # still sees ahead is the server's to judge (its clock decides).
+        raise typer.BadParameter(f"{value}: in the past; a key must expire in the future")
+    return when.isoformat()
 
 
 @apikeys_app.command("create")
