@@ -62,6 +62,12 @@ _CERTUTIL_ELSEWHERE = {
 
 
 _SUGGESTED_COMMANDS = 3
+# Commands users look for that certctl does by other steps: what to do instead.
+_NO_SUCH_COMMAND = {
+    ("certctl auth apikeys", "rotate"): "mint the next key (certctl auth apikeys create ACTOR_ID "
+    "--name NAME-v2), switch to it, then revoke the old one (certctl auth apikeys revoke "
+    "KEY_ID)",
+}
 
 
 def _commands_below(ctx: Any, name: str) -> list[str]:
@@ -86,6 +92,9 @@ def _usage_message(exc: UsageError, args: list[str]) -> str:
     message = exc.format_message()
     unknown = re.match(r"No such command '([^']+)'\.", message)
     if unknown and exc.ctx is not None:
+        instead = _NO_SUCH_COMMAND.get((exc.ctx.command_path, unknown[1]))
+        if instead is not None:
+            return f"No such command '{unknown[1]}': {instead}"
         # `certctl whoami`: the command is one level down (`certctl auth whoami`), which
         # click's suggestion by spelling ('admin-key' for apikeys) does not look for.
         below = _commands_below(exc.ctx, unknown[1])

@@ -919,6 +919,14 @@ CASES = [
         "No such command 'apikeys': did you mean certctl auth apikeys? (see 'certctl --help')",
     ),
     _c(
+        "apikeys-rotate",
+        "auth apikeys rotate k",
+        2,
+        "No such command 'rotate': mint the next key (certctl auth apikeys create ACTOR_ID "
+        "--name NAME-v2), switch to it, then revoke the old one (certctl auth apikeys revoke "
+        "KEY_ID)",
+    ),
+    _c(
         "command-of-two-groups",
         "revoke x",
         2,
