@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,54 @@ def test_admin_key_names_the_database_postgresql_refuses_or_an_empty_one(
         mint_local_key(_config(tmp_path / "data", empty), "admin")
     assert str(refused.value) == "the database (database-url) holds no certctl data"
     assert not (tmp_path / "data").exists()
+
+
+def _role(postgres_cluster: PostgresCluster, database: str, *, owner: bool) -> str:
+    """A login role (trust auth, as every role of the cluster) that may connect to ``database``."""
+    import psycopg
+
+    role = f"walk_{secrets.token_hex(4)}"
+    dsn = f"postgresql://postgres@127.0.0.1:{postgres_cluster.port}/postgres"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f'GRANT CONNECT ON DATABASE "{database}" TO {role}')
+        if owner:
+            conn.execute(f'ALTER DATABASE "{database}" OWNER TO {role}')
+    return role
+
+
+def test_a_database_the_role_may_not_write_says_what_to_do(
+    tmp_path: Path, postgres_cluster: PostgresCluster
+) -> None:
+    # A database made by a superuser (PostgreSQL 15: only its owner creates tables in
+    # public), and a dump restored by a superuser, whose tables are then the superuser's,
+    # both said "internal error (ProgrammingError: (psycopg.errors.InsufficientPrivilege) …
+    # [SQL: …] (Background on this error at: https://sqlalche.me/…))".
+    fresh = postgres_cluster.create_database()
+    role = _role(postgres_cluster, fresh, owner=False)
+    url = postgres_cluster.url(fresh).replace("postgres@", f"{role}:pw-not-shown@", 1)
+    with pytest.raises(InvalidRequest) as caught:
+        bootstrap(_config(tmp_path / "a", url))
+    assert str(caught.value) == (
+        f"cannot start: PostgreSQL denied the role {role} a privilege (permission denied for "
+        f"schema public): the database and certctl's tables must belong to it (createdb -O "
+        f"{role}; pg_restore --no-owner --role={role})"
+    )
+    assert "pw-not-shown" not in str(caught.value)
+
+    restored = postgres_cluster.create_database()
+    superuser = bootstrap(_config(tmp_path / "b", postgres_cluster.url(restored)))
+    superuser.services.engine.dispose()  # its tables belong to postgres, as a restore's
+    role = _role(postgres_cluster, restored, owner=True)
+    url = postgres_cluster.url(restored).replace("postgres@", f"{role}@", 1)
+    with pytest.raises(InvalidRequest) as caught:
+        bootstrap(_config(tmp_path / "c", url))
+    assert str(caught.value).startswith(
+        f"cannot start: PostgreSQL denied the role {role} a privilege (permission denied for "
+        "table alembic_version): "
+    )
+    with pytest.raises(InvalidRequest) as refused:  # certctl admin-key and kek rotate
+        mint_local_key(_config(tmp_path / "b", url), "admin")
+    assert str(refused.value).startswith(
+        f"PostgreSQL denied the role {role} a privilege (permission denied for table issuers): "
+    )

@@ -80,7 +80,10 @@ def bootstrap(config: ServerConfig) -> Bootstrapped:
     except DBAPIError as exc:
         fault = storage_error(exc)
         if fault is None:
-            raise
+            refused = _privilege_refusal(exc, config.effective_database_url)
+            if refused is None:
+                raise
+            raise InvalidRequest(f"cannot start: {refused}") from None
         raise StorageUnavailable(f"cannot start: {fault.detail}{_refusal(exc)}") from None
 
 
@@ -117,6 +120,29 @@ def _refusal(exc: DBAPIError) -> str:
         if fatal and reason.strip():
             return f" ({reason.strip()})"
     return ""
+
+
+def _privilege_refusal(exc: DBAPIError, url: str) -> str | None:
+    """What to do when PostgreSQL denied the role a privilege (SQLSTATE 42501), else None.
+
+    Two set-ups end there: a database the role does not own (PostgreSQL 15 lets only the
+    owner create tables in ``public``), and a ``pg_restore`` run as a superuser, whose tables
+    belong to it. Both said "internal error (ProgrammingError: … InsufficientPrivilege …)".
+    Only the role is named, never the URL (it may hold the password).
+    """
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) != "42501":
+        return None
+    from sqlalchemy.engine import make_url
+
+    role = make_url(url).username or "ROLE"
+    diag = getattr(orig, "diag", None)
+    reason = getattr(diag, "message_primary", None) or "permission denied"
+    return (
+        f"PostgreSQL denied the role {role} a privilege ({reason}): the database and "
+        f"certctl's tables must belong to it (createdb -O {role}; pg_restore --no-owner "
+        f"--role={role})"
+    )
 
 
 def _private(data_dir: Path) -> None:
@@ -460,7 +486,10 @@ def existing_store(
     except DBAPIError as exc:
         fault = storage_error(exc)
         if fault is None:
-            raise
+            refused = _privilege_refusal(exc, config.effective_database_url)
+            if refused is None:
+                raise
+            raise InvalidRequest(refused) from None
         # PostgreSQL's reason (no such database or role), as certctl serve says it.
         raise StorageUnavailable(f"{fault.detail}{_refusal(exc)}") from None
     finally:
