@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import socket
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,25 @@ def test_a_database_postgresql_refuses_is_named(
     with pytest.raises(StorageUnavailable) as caught:
         bootstrap(_config(tmp_path / "data", url))
     assert caught.value.detail.endswith('(role "nobody" does not exist)')
+    assert "pw-not-shown" not in caught.value.detail
+    # No server there (a wrong port or host) said nothing more than "cannot be reached".
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))  # bound, never listening: refused until closed
+        port = unused.getsockname()[1]
+        url = f"postgresql+psycopg://certctl:pw-not-shown@127.0.0.1:{port}/certctl"
+        with pytest.raises(StorageUnavailable) as caught:
+            bootstrap(_config(tmp_path / "data", url))
+    assert caught.value.detail == (
+        "cannot start: storage is unavailable: the database cannot be reached (connection to "
+        f'server at "127.0.0.1", port {port} failed: Connection refused)'
+    )
+    url = "postgresql+psycopg://certctl:pw-not-shown@db.invalid/certctl"
+    with pytest.raises(StorageUnavailable) as caught:
+        bootstrap(_config(tmp_path / "data", url))
+    assert caught.value.detail.startswith(
+        "cannot start: storage is unavailable: the database cannot be reached (failed to "
+        "resolve host 'db.invalid': "
+    )
     assert "pw-not-shown" not in caught.value.detail
 
 

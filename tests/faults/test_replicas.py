@@ -256,7 +256,8 @@ def test_start_against_a_database_that_never_answers_fails_in_seconds(
         assert time.monotonic() - started < 4 * CONNECT_TIMEOUT_S
         assert proc.returncode == 1, proc.stderr
         assert proc.stderr.strip().splitlines()[-1] == (
-            "certctl: error: cannot start: storage is unavailable: the database cannot be reached"
+            "certctl: error: cannot start: storage is unavailable: the database cannot be "
+            "reached (no answer within connect_timeout, 5 s unless database-url sets it)"
         )
     finally:
         gate.close()

@@ -115,10 +115,20 @@ def _refusal(exc: DBAPIError) -> str:
     as "cannot be reached". libpq never puts the password in these lines; request errors
     (503s to API clients) keep the bare detail.
     """
-    for line in str(exc.orig).splitlines():
+    lines = str(exc.orig).splitlines()
+    for line in lines:
         _, fatal, reason = line.partition("FATAL:")
         if fatal and reason.strip():
             return f" ({reason.strip()})"
+    # No session at all: libpq's first line names the address and why (refused, timed out, a
+    # host name that does not resolve), where a wrong port or host said nothing more.
+    first = lines[0].strip() if lines else ""
+    for prefix in ("connection failed:", "connection is bad:"):
+        first = first.removeprefix(prefix).strip()
+    if first.startswith(("connection to server", "failed to resolve host")):
+        return f" ({first})"
+    if first == "connection timeout expired":  # psycopg's, naming no address
+        return " (no answer within connect_timeout, 5 s unless database-url sets it)"
     return ""
 
 
