@@ -121,11 +121,38 @@ def pg_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
 def test_a_leadership_check_without_a_free_connection_is_one_warning(
     pg_env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, "certctl.scheduler")
     leadership = Leadership(pg_env.services)
     with _every_connection_taken(pg_env.services.engine):
         assert leadership.check() is False
+        assert leadership.check() is False  # the next pass: nothing more said
     lines = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
-    # "leadership check failed; stepping down" is what tests/soak/test_replicas.py waits for.
-    assert lines == [("WARNING", f"leadership check failed; stepping down: {BUSY}", None)]
+    # A replica that did not lead said "stepping down" at every pass while the store failed.
+    assert lines == [
+        (
+            "WARNING",
+            f"leadership check failed: {BUSY}; this replica does not lead, and tries again at "
+            "every pass (said once it works)",
+            None,
+        )
+    ]
+    caplog.clear()
     assert leadership.check() is True  # a connection free again: it leads
+    assert [r.getMessage() for r in caplog.records] == ["this replica is now the leader"]
     leadership.release()
+    other = Leadership(pg_env.services)
+    assert other.check() is True  # another replica leads now
+    with _every_connection_taken(pg_env.services.engine):
+        assert leadership.check() is False
+    assert leadership.check() is False
+    other.release()
+    lines = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
+    assert lines[-2:] == [
+        (
+            "WARNING",
+            f"leadership check failed: {BUSY}; this replica does not lead, and tries again at "
+            "every pass (said once it works)",
+            None,
+        ),
+        ("INFO", "leadership checks work again; another replica leads", None),
+    ]

@@ -64,6 +64,9 @@ class Leadership:
         self.is_postgres = services.engine.dialect.name == "postgresql"
         # The tick thread and the webhook thread both ask; one lock session, one at a time.
         self._lock = threading.Lock()
+        # Whether the last check failed: while the database is down, a replica that does not
+        # lead says so once, not at every pass (and never "stepping down": it led nothing).
+        self._failing = False
 
     def check(self) -> bool:
         """Try to become (or stay) the leader; True when this process leads."""
@@ -132,9 +135,13 @@ class Leadership:
                 # Pinged once a pass only: an idle_session_timeout shorter than
                 # reconcile-interval would end the session, and the leadership, every pass.
                 exempt_from_idle_session_timeout(connection)
+                self._failing = False
                 log.info("this replica is now the leader")
                 return True
             connection.close()
+            if self._failing:
+                self._failing = False
+                log.info("leadership checks work again; another replica leads")
             return False
         except (PoolTimeout, DBAPIError) as exc:
             # No pooled connection came free (database-pool-size: the store is busy, not
@@ -144,8 +151,15 @@ class Leadership:
             fault = storage_error(exc)
             if fault is None:  # a bug, not the storage: its traceback
                 log.exception("leadership check failed; stepping down")
-            else:
+            elif self._connection is not None:
                 log.warning("leadership check failed; stepping down: %s", _reason(exc, fault))
+            elif not self._failing:
+                log.warning(
+                    "leadership check failed: %s; this replica does not lead, and tries "
+                    "again at every pass (said once it works)",
+                    _reason(exc, fault),
+                )
+            self._failing = fault is not None
             self._release()
             return False
         except Exception:
