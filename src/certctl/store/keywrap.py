@@ -111,12 +111,21 @@ def load_or_create_kek(data_dir: Path, *, create: bool = True) -> bytes:
     # Stripped like the file: a Secret made from the kek file keeps its trailing newline.
     env = os.environ.get(MASTER_KEY_ENV, "").strip()
     if env:
+        # What to set instead, never the value: the stored keys' own key (the content of a
+        # kek file), or for a database without keys yet a new one. "must decode to 32 bytes"
+        # left an operator who pasted a password or a hex string to guess the format.
+        remedy = (
+            "give the key the stored keys were encrypted under (the content of a "
+            "<data-dir>/kek), or for a new database a new one (head -c32 /dev/urandom | base64)"
+        )
         try:
             kek = base64.b64decode(env, validate=True)
         except (binascii.Error, ValueError):
-            raise InvalidRequest(f"{MASTER_KEY_ENV} is not valid base64") from None
+            raise InvalidRequest(
+                f"{MASTER_KEY_ENV} is not valid base64 of 32 bytes: {remedy}"
+            ) from None
         if len(kek) != 32:
-            raise InvalidRequest(f"{MASTER_KEY_ENV} must decode to 32 bytes")
+            raise InvalidRequest(f"{MASTER_KEY_ENV} decodes to {len(kek)} bytes, not 32: {remedy}")
         return kek
     path = data_dir / "kek"
     if path.exists():

@@ -168,5 +168,15 @@ def test_a_master_key_with_the_kek_files_newline_is_accepted(
     (data / "kek").unlink()
     assert _issuers(data) == ["default"]
     monkeypatch.setenv("CERTCTL_MASTER_KEY", "not base64!\n")  # negative twin
-    with pytest.raises(InvalidRequest, match="CERTCTL_MASTER_KEY is not valid base64"):
+    remedy = (
+        "give the key the stored keys were encrypted under (the content of a <data-dir>/kek), "
+        "or for a new database a new one (head -c32 /dev/urandom | base64)"
+    )
+    with pytest.raises(InvalidRequest) as caught:
         _boot(data)
+    assert str(caught.value) == f"CERTCTL_MASTER_KEY is not valid base64 of 32 bytes: {remedy}"
+    # A hex key or a 16-byte one said "must decode to 32 bytes", naming no way to make one.
+    monkeypatch.setenv("CERTCTL_MASTER_KEY", base64.b64encode(b"k" * 16).decode())
+    with pytest.raises(InvalidRequest) as caught:
+        _boot(data)
+    assert str(caught.value) == f"CERTCTL_MASTER_KEY decodes to 16 bytes, not 32: {remedy}"
