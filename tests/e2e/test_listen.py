@@ -133,3 +133,26 @@ def test_a_test_server_whose_metrics_port_was_taken_meanwhile_starts_on_another(
             assert scraped.status_code == 200, scraped.text
     lost = (tmp_path / "server" / "serve-1.stderr").read_text()
     assert f"cannot listen on 127.0.0.1:{taken}: Address already in use" in lost
+
+
+def test_a_server_with_a_metrics_listener_says_once_that_its_process_started_and_finished(
+    tmp_path: Path,
+) -> None:
+    # uvicorn logs these once per listener: with metrics.listen the log said "Started server
+    # process [N]" twice (and "Shutting down", "Finished server process [N]"), as if two
+    # processes had started.
+    config = {"metrics": {"listen": f"127.0.0.1:{free_port()}"}}
+    with launch(tmp_path / "server", config=config) as server:
+        metrics_port = server.configured_port("metrics.listen")
+        with server.client(server.admin_key) as client:
+            scraped = client.get(f"https://127.0.0.1:{metrics_port}/api/v1/metrics/prometheus")
+        assert scraped.status_code == 200, scraped.text
+        assert server.stop() == 0
+        stderr = server.logs()[1]
+    pid = server.proc.pid
+    for line in (
+        f"Started server process [{pid}]",
+        "Shutting down",
+        f"Finished server process [{pid}]",
+    ):
+        assert stderr.count(line) == 1, stderr

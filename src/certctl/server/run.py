@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import os
@@ -367,6 +368,26 @@ def _not_a_cancelled_request(record: logging.LogRecord) -> bool:
     return not (exc and exc[0] is not None and issubclass(exc[0], asyncio.CancelledError))
 
 
+# Which listener the running task serves: set in each listener's own task (a copy of the
+# context), so the lines below, which uvicorn logs once per listener, are kept for the main one.
+_SERVING: contextvars.ContextVar[str] = contextvars.ContextVar("certctl_listener", default="main")
+# uvicorn's lines about the process, not the listener: with metrics.listen each came twice
+# ("Started server process [6563]" two times, as if two processes had started).
+_PROCESS_LINES = frozenset(
+    {"Started server process [%d]", "Shutting down", "Finished server process [%d]"}
+)
+
+
+def _said_once_per_process(record: logging.LogRecord) -> bool:
+    """Drop uvicorn's process lines when a listener other than the main one logs them."""
+    return _SERVING.get() == "main" or record.msg not in _PROCESS_LINES
+
+
+async def _serve_listener(server: Any, name: str, sockets: list[socket.socket]) -> None:
+    _SERVING.set(name)  # this task's context only
+    await server.serve(sockets=sockets)
+
+
 def _serve_process(
     prepared: _Prepared, index: int, sockets: dict[str, list[socket.socket]]
 ) -> None:
@@ -453,6 +474,7 @@ def _serve_process(
         plain_http_request(first_bytes, client, json_logs=config.log_format == "json")
 
     logging.getLogger("uvicorn.error").addFilter(_not_a_cancelled_request)
+    logging.getLogger("uvicorn.error").addFilter(_said_once_per_process)
     # How long a stop waits for open requests (http.shutdown-timeout) before cancelling them.
     shutdown_s = math.ceil(parse_duration(config.http.shutdown_timeout).total_seconds())
 
@@ -586,7 +608,9 @@ def _serve_process(
                 asyncio.create_task(run_periodically(CA_SECRET_REFRESH_S, publish_ca, "CA Secret"))
             )
         try:
-            runs = [asyncio.create_task(s.serve(sockets=sockets[name])) for s, name in servers]
+            runs = [
+                asyncio.create_task(_serve_listener(s, name, sockets[name])) for s, name in servers
+            ]
             await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
             for other, _ in servers:  # one stopped (signal or error): stop the rest
                 other.should_exit = True
