@@ -436,8 +436,9 @@ def check_kek(services: Services, default: Issuer, data_dir: Path) -> None:
     if not kek_opens(services.wrapper, default):
         raise InvalidRequest(
             f"the key-encryption key from {kek_source(data_dir)} does not decrypt the keys "
-            f"in the database: start with the one they were encrypted under "
-            f"({MASTER_KEY_ENV}, or {data_dir / 'kek'} from a backup)"
+            f"in the database: start with the one they were encrypted under (the "
+            f"{MASTER_KEY_ENV} of the replicas already running on it, the value the last "
+            f"`certctl kek rotate` printed, or {data_dir / 'kek'} from a backup)"
         )
 
 
