@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from certctl.errors import InvalidRequest, StorageUnavailable
 from certctl.server.bootstrap import bootstrap, mint_local_key
 from certctl.server.config import ServerConfig
+from tests._tools import ok, run
 from tests.api.conftest import PostgresCluster
 
 
@@ -143,3 +145,28 @@ def test_a_database_the_role_may_not_write_says_what_to_do(
     assert str(refused.value).startswith(
         f"PostgreSQL denied the role {role} a privilege (permission denied for table issuers): "
     )
+
+
+def test_a_password_in_the_database_url_flag_is_warned_of_never_shown(
+    tmp_path: Path, postgres_cluster: PostgresCluster
+) -> None:
+    # `--database-url postgresql+psycopg://certctl:PW@…` put the password in ps for every user
+    # of the host, for as long as the server ran; only --help said so.
+    data = tmp_path / "data"
+    url = postgres_cluster.url(postgres_cluster.create_database())
+    bootstrap(_config(data, url)).services.engine.dispose()
+    with_password = url.replace("postgres@", "postgres:pw-in-the-flag@", 1)  # trust: accepted
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    argv = ["certctl", "admin-key", "--data-dir", data, "--force"]
+    flag = ok(run(*argv, "--database-url", with_password, env=env))
+    assert flag.stderr == (
+        "certctl: warning: --database-url holds a password, which every user of this host can "
+        "read in ps while the command runs: give the URL in CERTCTL_DATABASE_URL or the config "
+        "file's database-url, or the password in ~/.pgpass or PGPASSWORD\n"
+    )
+    assert "pw-in-the-flag" not in flag.stdout + flag.stderr
+    # The same URL from the environment, or a flag without a password: nothing to warn of.
+    quiet = ok(run(*argv, env={**env, "CERTCTL_DATABASE_URL": with_password}))
+    assert quiet.stderr == ""
+    bare = ok(run(*argv, "--database-url", url, env=env))
+    assert bare.stderr == ""

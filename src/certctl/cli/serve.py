@@ -23,6 +23,32 @@ _FLAGS = {
 }
 
 
+def _warn_of_a_password_flag(database_url: str | None) -> None:
+    """Warn (never quoting it) when ``--database-url`` carries a password.
+
+    The help said so, but an operator copying a URL into a unit file's ExecStart never
+    reads it: every user of the host could read the password in ``ps`` for as long as the
+    server ran. Called once the configuration loaded, so a malformed URL is refused first.
+    """
+    if not database_url:
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from certctl.cli._common import warn
+
+    try:
+        password = make_url(database_url).password
+    except (ArgumentError, ValueError):
+        return
+    if password:
+        warn(
+            "--database-url holds a password, which every user of this host can read in ps "
+            "while the command runs: give the URL in CERTCTL_DATABASE_URL or the config "
+            "file's database-url, or the password in ~/.pgpass or PGPASSWORD"
+        )
+
+
 def serve_command(
     config: Path = typer.Option(
         None,
@@ -102,6 +128,7 @@ def serve_command(
         "public-url": public_url,
     }
     settings = load_config(config, overrides, _FLAGS)
+    _warn_of_a_password_flag(database_url)
     metrics_dir = None
     if settings.workers > 1:
         # Before prometheus_client is imported: it picks its multi-process value store then.
@@ -180,6 +207,7 @@ def admin_key_command(
         },
         _FLAGS,
     )
+    _warn_of_a_password_flag(database_url)
     target = out if out is not None else settings.data_dir / "admin-api-key"
     if target.exists() and not force:
         raise Conflict(f"{target} exists (--force replaces it)")
@@ -227,6 +255,7 @@ def kek_rotate_command(
         },
         _FLAGS,
     )
+    _warn_of_a_password_flag(database_url)
     shown = False
 
     def show(value: str) -> None:
