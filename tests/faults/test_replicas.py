@@ -420,3 +420,45 @@ def test_a_stopping_leader_does_not_wait_for_a_webhook_receiver_that_never_answe
         assert "stopping: gave up the leadership; another replica can take it over" in log
     finally:
         receiver.close()
+
+
+def test_replicas_cut_off_from_their_database_say_so_once_each_and_recover(
+    replicas: list[FaultServer], postgres_cluster: PostgresCluster
+) -> None:
+    # The replica that did not lead logged "leadership check failed; stepping down: …" at
+    # every reconcile pass of the outage (it led nothing), and both logged "metrics failed",
+    # as if the metrics endpoint had failed, where the refresh of the gauges from the store had.
+    database = postgres_cluster.create_database()
+    gate = Gate(postgres_cluster.port, hold=len(replicas))
+    try:
+        for server in replicas:
+            server.config = {"database-url": gate_url(gate, database), "reconcile-interval": "1s"}
+        for server in replicas:
+            server.launch()
+        for server in replicas:
+            server.wait_ready()
+        leader_lines = [s.log().count("this replica is now the leader") for s in replicas]
+        assert sorted(leader_lines) == [0, 1], leader_lines
+        follower = replicas[leader_lines.index(0)]
+        gate.cut()
+        # Two checks of the follower at least (each waits connect_timeout) and a metrics pass.
+        wait_for_line = time.monotonic() + 6 * CONNECT_TIMEOUT_S
+        while follower.log().count("metrics refresh failed") == 0:
+            assert time.monotonic() < wait_for_line, follower.log()
+            time.sleep(0.2)
+        time.sleep(1.5 * CONNECT_TIMEOUT_S)  # a second check of the follower, at least
+        gate.restore()
+        wait_for_line = time.monotonic() + 6 * CONNECT_TIMEOUT_S
+        while not all("metrics refresh works again" in s.log() for s in replicas):
+            assert time.monotonic() < wait_for_line, [s.log() for s in replicas]
+            time.sleep(0.2)
+        lines = [line.split(": ", 1)[-1] for line in follower.log().splitlines()]
+        failed = [line for line in lines if line.startswith("leadership check failed")]
+        assert len(failed) == 1, lines  # at the first of its checks in the cut, not each
+        assert "stepping down" not in failed[0]
+        assert failed[0].endswith(
+            "; this replica does not lead, and tries again at every pass (said once it works)"
+        )
+        assert not any(line.startswith("metrics failed") for line in lines), lines
+    finally:
+        gate.close()

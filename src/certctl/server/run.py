@@ -555,7 +555,9 @@ def _serve_process(
         running.append(asyncio.get_running_loop())
         tasks = [
             asyncio.create_task(
-                run_periodically(METRICS_REFRESH_S, lambda: refresh_metrics(services), "metrics")
+                run_periodically(
+                    METRICS_REFRESH_S, lambda: refresh_metrics(services), "metrics refresh"
+                )
             )
         ]
         # Several workers: only the leader renews the self-signed files; the others see the
