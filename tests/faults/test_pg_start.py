@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import socket
@@ -14,6 +15,7 @@ from certctl.server.bootstrap import bootstrap, mint_local_key
 from certctl.server.config import ServerConfig
 from tests._tools import ok, run
 from tests.api.conftest import PostgresCluster
+from tests.faults.conftest import FaultServer
 
 
 def _config(data: Path, url: str) -> ServerConfig:
@@ -170,3 +172,33 @@ def test_a_password_in_the_database_url_flag_is_warned_of_never_shown(
     assert quiet.stderr == ""
     bare = ok(run(*argv, "--database-url", url, env=env))
     assert bare.stderr == ""
+
+
+def test_a_replica_without_admin_api_key_says_how_to_get_one(
+    fault_server: FaultServer, postgres_cluster: PostgresCluster
+) -> None:
+    # A second replica (its data dir has no admin-api-key) said "`certctl admin-key
+    # --data-dir D` mints a new one", which, run as printed, looked for SQLite in D and
+    # failed with "D/certctl.db: no such database".
+    url = postgres_cluster.url(postgres_cluster.create_database())
+    fault_server.config = {"database-url": url}
+    fault_server.env = {"CERTCTL_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
+    fault_server.start()
+    fault_server.stop()
+    key_file = fault_server.data_dir / "admin-api-key"
+    key_file.unlink()
+    fault_server.start()
+    data = fault_server.data_dir
+    assert (
+        f"Admin API key: {key_file} is missing; copy another replica's, or mint one with "
+        f"`certctl admin-key --data-dir {data}` given this server's database-url (its "
+        "--config, --database-url or CERTCTL_DATABASE_URL) and CERTCTL_MASTER_KEY\n"
+    ) in fault_server.stdout(fault_server.runs).read_text()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    alone = run("certctl", "admin-key", "--data-dir", data, env={**env, **fault_server.env})
+    assert alone.returncode == 1
+    assert alone.stderr == f"certctl: error: {data / 'certctl.db'}: no such database\n"
+    given = {**env, **fault_server.env, "CERTCTL_DATABASE_URL": url}
+    ok(run("certctl", "admin-key", "--data-dir", data, env=given))
+    with fault_server.client(key_file.read_text().strip()) as client:
+        assert client.get("/api/v1/auth/whoami").json()["actor_id"] == "admin"

@@ -99,6 +99,16 @@ def announce(
         )
     elif boot.admin_key_file.is_file():
         out.write(f"certctl is starting. Admin API key: see {boot.admin_key_file}\n")
+    elif config.database_url is not None:
+        # A second replica has none (the first start wrote it in the first replica's data
+        # dir), and `certctl admin-key --data-dir D` alone looked for SQLite in D: "no such
+        # database". The URL is never repeated here: it may hold a password.
+        out.write(
+            f"certctl is starting. Admin API key: {boot.admin_key_file} is missing; copy "
+            f"another replica's, or mint one with `certctl admin-key --data-dir "
+            f"{config.data_dir}` given this server's database-url (its --config, "
+            f"--database-url or CERTCTL_DATABASE_URL) and CERTCTL_MASTER_KEY\n"
+        )
     else:
         out.write(
             f"certctl is starting. Admin API key: {boot.admin_key_file} is missing; "
