@@ -360,6 +360,13 @@ def test_read_only_and_down_postgresql(
         assert client.get("/readyz").status_code == 200
         ca = {f: client.get(f"/api/v1/issuers/default/ca.{f}") for f in ("pem", "der")}
         assert all(r.status_code == 200 for r in ca.values())
+        crl = client.get("/api/v1/issuers/default/crl")
+        assert crl.status_code == 200, crl.text
+        other = client.post(
+            "/api/v1/issuers",
+            json={"id": "never-fetched"},
+        )
+        assert other.status_code == 201, other.text
         opts = _running_options(postgres_cluster)
         _pg_ctl(postgres_cluster, "-m", "immediate", "stop")
         try:
@@ -367,6 +374,12 @@ def test_read_only_and_down_postgresql(
             for f, before in ca.items():
                 during = client.get(f"/api/v1/issuers/default/ca.{f}")
                 assert (during.status_code, during.content) == (200, before.content), during.text
+            # So is the CRL served last: nothing can be revoked meanwhile. It answered 503, and
+            # every client checking revocation failed for as long as the database was down.
+            during = client.get("/api/v1/issuers/default/crl")
+            assert (during.status_code, during.content) == (200, crl.content), during.text
+            assert during.headers["etag"] == crl.headers["etag"]
+            assert_storage_problem(client.get("/api/v1/issuers/never-fetched/crl"), "reached")
             down_detail = assert_storage_problem(issue(client, "down.pg.example.com"), "reached")
             assert_storage_problem(client.get("/api/v1/certificates"), "reached")
             assert client.get("/healthz").status_code == 200
@@ -398,6 +411,10 @@ def test_read_only_and_down_postgresql(
         assert r.status_code == 201, r.text
         time.sleep(1.1)  # past the cached /readyz answer (READY_CHECK_TTL_S)
         assert client.get("/readyz").status_code == 200
+        assert client.get("/api/v1/issuers/default/crl").status_code == 200
+    log = fault_server.log()
+    assert log.count("issuer default: serving the CRL numbered") == 1, log  # once an outage
+    assert "issuer default: CRLs come from the store again" in log
     assert fault_server.proc is not None
     assert fault_server.proc.poll() is None  # the same process throughout
     assert fault_server.stop() == 0  # a graceful stop by SIGTERM exits 0

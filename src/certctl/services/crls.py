@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import Connection, Table, bindparam, case, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 
 from certctl.errors import Conflict, InvalidRequest, NotFound
 from certctl.pki import CertificateAuthority, format_serial
@@ -21,6 +22,7 @@ from certctl.services.context import Services, SignedCrl
 from certctl.services.issuance import CERTIFICATES
 from certctl.services.issuers import ISSUERS, forget_if_changed, load_issuer
 from certctl.services.revocation import COMPROMISE, REASONS
+from certctl.store.db import PoolTimeout, storage_error
 from certctl.store.models import IssuerCrl
 
 __all__ = [
@@ -55,6 +57,40 @@ def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationLis
 
 
 def served_crl(services: Services, issuer_id: str) -> SignedCrl:
+    """The issuer's CRL (see :func:`_served_crl`); while the store fails, the last one served.
+
+    A database that cannot be reached (or refuses writes) records no revocation either, so
+    the CRL this process served last is still the newest one: it is served until its
+    nextUpdate, with a warning once per outage and issuer. It answered 503, and a client
+    checking revocation (a TLS server fetching the CRL, a browser) failed closed or gave up
+    its check for as long as the database was down. An issuer this process never served a
+    CRL of still gets the 503.
+    """
+    try:
+        served = _served_crl(services, issuer_id)
+    except (DBAPIError, PoolTimeout) as exc:
+        kept = services.signed_crls.get(issuer_id)
+        fault = storage_error(exc)
+        now = services.clock()
+        if fault is None or kept is None or (kept.crl.next_update_utc or now) <= now:
+            raise
+        if issuer_id not in _KEPT_LOGGED:
+            _KEPT_LOGGED.add(issuer_id)
+            log.warning(
+                "issuer %s: serving the CRL numbered %d served last, until the store answers "
+                "again (%s)",
+                issuer_id,
+                kept.number,
+                fault.detail,
+            )
+        return kept
+    if issuer_id in _KEPT_LOGGED:
+        _KEPT_LOGGED.discard(issuer_id)
+        log.info("issuer %s: CRLs come from the store again", issuer_id)
+    return served
+
+
+def _served_crl(services: Services, issuer_id: str) -> SignedCrl:
     """The issuer's CRL: the newest one signed, by any process on the store, while fresh.
 
     With its bytes, as every process serves them (the route's body and strong ETag).
@@ -407,6 +443,8 @@ def _checked(
 log = logging.getLogger("certctl.services")
 # (issuer id, number) of stored CRLs _served found unusable: logged once per process.
 _UNUSABLE_LOGGED: set[tuple[str, int]] = set()
+# Issuers whose CRL served last is served while the store fails (said once per outage).
+_KEPT_LOGGED: set[str] = set()
 
 
 _STORED_DER = select(ISSUER_CRLS.c.crl_number, ISSUER_CRLS.c.der).where(
