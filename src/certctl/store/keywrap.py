@@ -135,8 +135,10 @@ def load_or_create_kek(data_dir: Path, *, create: bool = True) -> bytes:
         return read_kek_file(path)
     if not create:
         raise InvalidRequest(
-            f"{path} is missing, but the database holds keys encrypted under it: restore it "
-            f"from a backup (or set {MASTER_KEY_ENV} to its content); a new key would open none"
+            f"{path} is missing, but the database holds keys encrypted under it: set "
+            f"{MASTER_KEY_ENV} as the replicas already running on it have it, or restore "
+            f"{path.name} from a backup (or set {MASTER_KEY_ENV} to its content); a new key "
+            f"would open none"
         )
     kek = os.urandom(32)
     try:
