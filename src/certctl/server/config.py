@@ -459,15 +459,17 @@ class ServerConfig(_Section):
             )
         from sqlalchemy.engine import make_url
 
+        encode = "(in a user name or password, write @ as %40, : as %3A and / as %2F)"
         try:
-            make_url(value)
+            parsed = make_url(value)
         except ValueError:
             # SQLAlchemy's own message quotes the "port", which is often the part of a
             # password after an unencoded '@' and ':' (u:p@ss:word@db/certctl).
-            raise ValueError(
-                f"{scheme}://…: the port is not a number (in a user name or password, write "
-                "@ as %40, : as %3A and / as %2F)"
-            ) from None
+            raise ValueError(f"{scheme}://…: the port is not a number {encode}") from None
+        if "@" in (parsed.host or ""):
+            # u:p@ss@db/certctl splits at the first '@': the host "ss@db", the rest of the
+            # password, which a start then quoted ("failed to resolve host 'ss@db'").
+            raise ValueError(f"{scheme}://…: the host holds an '@' {encode}")
         return value
 
     @property

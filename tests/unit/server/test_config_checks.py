@@ -120,6 +120,13 @@ REFUSED = {
         "{file}: database-url: postgresql+psycopg://…: the port is not a number (in a user "
         "name or password, write @ as %40, : as %3A and / as %2F)",
     ),
+    # An unencoded '@' alone: the host became "ss@db", which a start quoted (the rest of the
+    # password) in "failed to resolve host 'ss@db'".
+    "password with @ unencoded": (
+        {"database-url": "postgresql+psycopg://certctl:hunter@2ss@db/certctl"},
+        "{file}: database-url: postgresql+psycopg://…: the host holds an '@' (in a user "
+        "name or password, write @ as %40, : as %3A and / as %2F)",
+    ),
     "database url without a scheme": (
         {"database-url": "db.example.internal/certctl"},
         "{file}: database-url: not a URL: use sqlite:///PATH",
