@@ -59,6 +59,39 @@ def test_a_database_postgresql_refuses_is_named(
     assert "pw-not-shown" not in caught.value.detail
 
 
+def test_a_url_parameter_libpq_refuses_is_named(
+    tmp_path: Path, postgres_cluster: PostgresCluster
+) -> None:
+    # ?connect_timeout=abc and ?foo=bar said "internal error (ProgrammingError: …
+    # (Background on this error at: https://sqlalche.me/…))"; ?sslmode=bogus and a port out
+    # of range only "the database cannot be reached".
+    base = postgres_cluster.url("postgres").replace("postgres@", "certctl:pw-not-shown@", 1)
+    for query, said in [
+        (
+            "?connect_timeout=abc",
+            "cannot start: database-url: bad value for connect_timeout: 'abc'",
+        ),
+        ("?foo=bar", 'cannot start: database-url: invalid connection option "foo"'),
+    ]:
+        with pytest.raises(InvalidRequest) as refused:
+            bootstrap(_config(tmp_path / "data", base + query))
+        assert str(refused.value) == said
+        with pytest.raises(InvalidRequest) as refused:  # certctl admin-key and kek rotate
+            mint_local_key(_config(tmp_path / "data", base + query), "admin")
+        assert str(refused.value) == said.removeprefix("cannot start: ")
+    with pytest.raises(StorageUnavailable) as caught:
+        bootstrap(_config(tmp_path / "data", base + "?sslmode=bogus"))
+    assert caught.value.detail == (
+        "cannot start: storage is unavailable: the database cannot be reached (invalid sslmode "
+        'value: "bogus")'
+    )
+    out_of_range = base.replace(f":{postgres_cluster.port}/", ":99999/")
+    with pytest.raises(StorageUnavailable) as caught:
+        bootstrap(_config(tmp_path / "data", out_of_range))
+    assert caught.value.detail.endswith('(invalid port number: "99999")')
+    assert not (tmp_path / "data" / "admin-api-key").exists()
+
+
 def test_a_data_dir_pointed_at_another_empty_database_is_refused(
     tmp_path: Path, postgres_cluster: PostgresCluster
 ) -> None:

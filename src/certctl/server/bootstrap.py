@@ -80,7 +80,7 @@ def bootstrap(config: ServerConfig) -> Bootstrapped:
     except DBAPIError as exc:
         fault = storage_error(exc)
         if fault is None:
-            refused = _privilege_refusal(exc, config.effective_database_url)
+            refused = _option_refusal(exc) or _privilege_refusal(exc, config.effective_database_url)
             if refused is None:
                 raise
             raise InvalidRequest(f"cannot start: {refused}") from None
@@ -125,11 +125,28 @@ def _refusal(exc: DBAPIError) -> str:
     first = lines[0].strip() if lines else ""
     for prefix in ("connection failed:", "connection is bad:"):
         first = first.removeprefix(prefix).strip()
-    if first.startswith(("connection to server", "failed to resolve host")):
+    # "invalid sslmode value", "invalid port number": a parameter of the URL libpq refused.
+    if first.startswith(("connection to server", "failed to resolve host", "invalid ")):
         return f" ({first})"
     if first == "connection timeout expired":  # psycopg's, naming no address
         return " (no answer within connect_timeout, 5 s unless database-url sets it)"
     return ""
+
+
+def _option_refusal(exc: DBAPIError) -> str | None:
+    """The reason libpq refused a URL parameter for, before connecting; else None.
+
+    ``?connect_timeout=abc`` or ``?foo=bar`` raised psycopg's ProgrammingError (no SQLSTATE:
+    no server answered), which said "internal error (ProgrammingError: …)". libpq's line
+    quotes the parameter and its value, never the password (which it does not check).
+    """
+    orig = exc.orig
+    if exc.statement is not None or getattr(orig, "sqlstate", None) is not None:
+        return None
+    if type(orig).__name__ != "ProgrammingError" or not type(orig).__module__.startswith("psycopg"):
+        return None
+    first = str(orig).strip().split("\n")[0].strip()
+    return f"database-url: {first}" if first else None
 
 
 def _privilege_refusal(exc: DBAPIError, url: str) -> str | None:
@@ -497,7 +514,7 @@ def existing_store(
     except DBAPIError as exc:
         fault = storage_error(exc)
         if fault is None:
-            refused = _privilege_refusal(exc, config.effective_database_url)
+            refused = _option_refusal(exc) or _privilege_refusal(exc, config.effective_database_url)
             if refused is None:
                 raise
             raise InvalidRequest(refused) from None
