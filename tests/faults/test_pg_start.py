@@ -6,6 +6,7 @@ import base64
 import os
 import secrets
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -235,3 +236,54 @@ def test_a_replica_without_admin_api_key_says_how_to_get_one(
     ok(run("certctl", "admin-key", "--data-dir", data, env=given))
     with fault_server.client(key_file.read_text().strip()) as client:
         assert client.get("/api/v1/auth/whoami").json()["actor_id"] == "admin"
+
+
+def test_a_role_refused_under_a_running_server_is_named_in_its_log_not_to_clients(
+    fault_server: FaultServer, postgres_cluster: PostgresCluster
+) -> None:
+    # A password rotated (or a role disabled) in PostgreSQL under running replicas: their log
+    # said only "storage fault on GET …: the database cannot be reached (OperationalError)"
+    # and "the database does not answer", which reads as a network fault.
+    import psycopg
+
+    database = postgres_cluster.create_database()
+    role = _role(postgres_cluster, database, owner=True)
+    fault_server.config = {
+        "database-url": postgres_cluster.url(database).replace("postgres@", f"{role}@", 1)
+    }
+    fault_server.start()
+    admin = f"postgresql://postgres@127.0.0.1:{postgres_cluster.port}/postgres"
+    refused = f'role "{role}" is not permitted to log in'
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"ALTER ROLE {role} NOLOGIN")
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                (role,),
+            )
+        with fault_server.client() as client:
+            listed = client.get("/api/v1/certificates")
+            assert listed.status_code == 503, listed.text
+            # The client's 503 keeps the bare detail (DESIGN: no operational detail).
+            assert listed.json()["detail"] == (
+                "storage is unavailable: the database cannot be reached"
+            )
+            time.sleep(1.1)  # past the cached /readyz answer (READY_CHECK_TTL_S)
+            assert client.get("/readyz").status_code == 503
+        log = fault_server.log()
+        assert (
+            "storage fault on GET /api/v1/certificates: storage is unavailable: the database "
+            f"cannot be reached ({refused}) (OperationalError)"
+        ) in log, log
+        assert f"the database does not answer ({refused}): /readyz reports not ready" in log
+        said = (
+            "metrics refresh failed: storage is unavailable: the database cannot be reached "
+            f"({refused})"
+        )
+        deadline = time.monotonic() + 15  # the gauges are read from the store every 10 s
+        while said not in fault_server.log():
+            assert time.monotonic() < deadline, fault_server.log()
+            time.sleep(0.2)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"ALTER ROLE {role} LOGIN")

@@ -56,7 +56,7 @@ from certctl.metrics.registry import AUTH_FAILURES, HTTP_DURATION, HTTP_REQUESTS
 from certctl.services import audit
 from certctl.services.context import Principal, Services
 from certctl.services.target_policy import TargetPolicy
-from certctl.store.db import PoolTimeout, constraint_conflict, storage_error
+from certctl.store.db import PoolTimeout, connection_reason, constraint_conflict, storage_error
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -302,11 +302,14 @@ async def _database_error(request: Request, exc: Exception) -> Response:
             return problem_from_error(conflict)
         return await _unexpected(request, exc)
     # One line without the statement or its parameters (those may hold key material).
+    # With PostgreSQL's or libpq's reason (a password rotated under the replicas): the log
+    # said only "cannot be reached"; the client's 503 keeps the bare detail.
     logging.getLogger("certctl.api").warning(
-        "storage fault on %s %s: %s (%s)",
+        "storage fault on %s %s: %s%s (%s)",
         request.method,
         logged_path_of(request.scope),
         fault.detail,
+        connection_reason(exc),
         type(getattr(exc, "orig", exc)).__name__,
     )
     return problem_from_error(fault)

@@ -10,6 +10,8 @@ import anyio
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from certctl.store.db import connection_reason
+
 __all__ = ["READY_CHECK_TIMEOUT_S", "READY_CHECK_TTL_S", "DatabaseProbe"]
 
 READY_CHECK_TTL_S = 1.0
@@ -31,6 +33,7 @@ class DatabaseProbe:
         self._reachable = True
         self._checked_at = -math.inf
         self._in_flight_since: float | None = None
+        self._why = ""  # the last failed ping's reason, " (…)" or ""
 
     async def reachable(self) -> bool:
         """The last answer if fresh, else a new one (False while a ping hangs)."""
@@ -48,7 +51,9 @@ class DatabaseProbe:
             if reachable:
                 _ready_log.info("the database answers again: ready")
             else:
-                _ready_log.warning("the database does not answer: /readyz reports not ready")
+                _ready_log.warning(
+                    "the database does not answer%s: /readyz reports not ready", self._why
+                )
         self._reachable, self._checked_at = reachable, time.monotonic()
         return reachable
 
@@ -56,7 +61,9 @@ class DatabaseProbe:
         try:
             with self._engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
-        except SQLAlchemyError:
+        except SQLAlchemyError as exc:
+            # PostgreSQL's or libpq's reason, for the log line (never the probe's answer).
+            self._why = connection_reason(exc)
             return False
         finally:
             self._in_flight_since = None

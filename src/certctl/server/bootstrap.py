@@ -26,6 +26,7 @@ from certctl.server.tls import own_server_names
 from certctl.services import actors, api_keys, issuers, roles
 from certctl.services.context import Services
 from certctl.store.db import (
+    connection_reason,
     create_store_engine,
     migrate,
     session_factory,
@@ -111,26 +112,10 @@ def refuse_in_memory(url: str | None) -> None:
 def _refusal(exc: DBAPIError) -> str:
     """PostgreSQL's own reason for refusing the session, e.g. ``(database "x" does not exist)``.
 
-    Only at start, for the operator: a wrong role, password or database name otherwise read
-    as "cannot be reached". libpq never puts the password in these lines; request errors
-    (503s to API clients) keep the bare detail.
+    At start, for the operator: a wrong role, password, database name, host or port
+    otherwise read as "cannot be reached" (see ``connection_reason``).
     """
-    lines = str(exc.orig).splitlines()
-    for line in lines:
-        _, fatal, reason = line.partition("FATAL:")
-        if fatal and reason.strip():
-            return f" ({reason.strip()})"
-    # No session at all: libpq's first line names the address and why (refused, timed out, a
-    # host name that does not resolve), where a wrong port or host said nothing more.
-    first = lines[0].strip() if lines else ""
-    for prefix in ("connection failed:", "connection is bad:"):
-        first = first.removeprefix(prefix).strip()
-    # "invalid sslmode value", "invalid port number": a parameter of the URL libpq refused.
-    if first.startswith(("connection to server", "failed to resolve host", "invalid ")):
-        return f" ({first})"
-    if first == "connection timeout expired":  # psycopg's, naming no address
-        return " (no answer within connect_timeout, 5 s unless database-url sets it)"
-    return ""
+    return connection_reason(exc)
 
 
 def _option_refusal(exc: DBAPIError) -> str | None:

@@ -15,7 +15,7 @@ from certctl.metrics.registry import API_KEYS, certificate_gauges, service_gauge
 from certctl.server.outage import OutageLog
 from certctl.services import certificates, revocation
 from certctl.services.context import Services
-from certctl.store.db import PoolTimeout, storage_error
+from certctl.store.db import PoolTimeout, connection_reason, storage_error
 from certctl.store.models import ApiKey, Issuer, ManagedService
 
 __all__ = ["refresh_metrics", "run_periodically"]
@@ -84,7 +84,7 @@ async def run_periodically(interval_s: float, work: Callable[[], Any], what: str
             if fault is None:
                 log.exception("%s failed; will retry", what)
             else:
-                outage.failed(fault.detail)
+                outage.failed(fault.detail + connection_reason(exc))  # PostgreSQL's reason too
             continue
         except CertctlError as exc:
             # A failure certctl names (the Kubernetes API unreachable or refusing the CA

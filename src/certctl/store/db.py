@@ -43,6 +43,7 @@ __all__ = [
     "POOL_TIMEOUT_S",
     "PoolTimeout",
     "checkpoint",
+    "connection_reason",
     "constraint_conflict",
     "contains_pattern",
     "create_store_engine",
@@ -793,6 +794,36 @@ def storage_error(exc: BaseException) -> StorageUnavailable | None:
     if type(orig).__module__.startswith("psycopg") and _is_operational(orig):
         return StorageUnavailable("storage is unavailable: the database cannot be reached")
     return None
+
+
+def connection_reason(exc: BaseException) -> str:
+    """Why PostgreSQL or libpq refused the session, as `` (reason)``; else "".
+
+    For the operator (a start, the log), never for API clients (their 503 keeps the bare
+    detail). PostgreSQL's FATAL line (a wrong password or role, no such database), or libpq's
+    first line naming the address and why (refused, a host that does not resolve, a URL
+    parameter it refuses): a password rotated in PostgreSQL under running replicas read only
+    as "the database cannot be reached". libpq never puts the password in these lines.
+    """
+    orig = getattr(exc, "orig", None)
+    if orig is None or not type(orig).__module__.startswith("psycopg"):
+        return ""
+    lines = str(orig).splitlines()
+    for line in lines:
+        _, fatal, reason = line.partition("FATAL:")
+        if fatal and reason.strip():
+            return f" ({reason.strip()})"
+    # No session at all: libpq's first line names the address and why (refused, timed out, a
+    # host name that does not resolve), where a wrong port or host said nothing more.
+    first = lines[0].strip() if lines else ""
+    for prefix in ("connection failed:", "connection is bad:"):
+        first = first.removeprefix(prefix).strip()
+    # "invalid sslmode value", "invalid port number": a parameter of the URL libpq refused.
+    if first.startswith(("connection to server", "failed to resolve host", "invalid ")):
+        return f" ({first})"
+    if first == "connection timeout expired":  # psycopg's, naming no address
+        return " (no answer within connect_timeout, 5 s unless database-url sets it)"
+    return ""
 
 
 def _is_operational(orig: object) -> bool:
