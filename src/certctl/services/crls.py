@@ -72,7 +72,12 @@ def served_crl(services: Services, issuer_id: str) -> SignedCrl:
         kept = services.signed_crls.get(issuer_id)
         fault = storage_error(exc)
         now = services.clock()
-        if fault is None or kept is None or (kept.crl.next_update_utc or now) <= now:
+        if (
+            fault is None
+            or not fault.detail.startswith(_NO_WRITES_ANYWHERE)
+            or kept is None
+            or (kept.crl.next_update_utc or now) <= now
+        ):
             raise
         if issuer_id not in _KEPT_LOGGED:
             _KEPT_LOGGED.add(issuer_id)
@@ -445,6 +450,16 @@ log = logging.getLogger("certctl.services")
 _UNUSABLE_LOGGED: set[tuple[str, int]] = set()
 # Issuers whose CRL served last is served while the store fails (said once per outage).
 _KEPT_LOGGED: set[str] = set()
+# Store faults under which no process can record a revocation either (the database is down,
+# read-only or full), so the CRL served last is still the newest. Not a busy store (a pool,
+# lock or statement timeout): another process may just have committed a revocation, which
+# a CRL kept from before would leave off; that fetch still gets its 503.
+_NO_WRITES_ANYWHERE = (
+    "storage is unavailable",
+    "storage is read-only",
+    "storage is full",
+    "storage I/O error",
+)
 
 
 _STORED_DER = select(ISSUER_CRLS.c.crl_number, ISSUER_CRLS.c.der).where(
