@@ -942,6 +942,38 @@ def test_a_revoked_certificate_leaves_the_crl_a_crl_period_after_it_expired(
     assert api.openssl_crl_serials("default", tmp_path) == listed
 
 
+def test_a_revoked_certificate_leaves_the_crl_only_after_a_crl_issued_past_its_expiry_listed_it(
+    api: Api, tmp_path: Path
+) -> None:
+    """RFC 5280 3.3: an entry MUST NOT be removed until it appears on one CRL issued beyond
+    the certificate's validity period. CRLs are signed when fetched: with none fetched in the
+    CRL period after the expiry (a CA whose CRL is fetched weekly, a quiet month), the next
+    CRL left the entry off, and no CRL issued after the expiry ever listed it.
+    """
+    gone = api.issue(common_name="gone.example.com", validity="1D")
+    r = api.post(
+        "/api/v1/issuers", api.admin_key, json={"id": "sub", "parent": "default", "validity": "1D"}
+    )
+    assert r.status_code == 201, r.text
+    sub = _cert(r.json()["certificate_pem"])
+    assert api.post(f"{CERTS}/{gone['id']}/revoke", api.admin_key).status_code == 200
+    assert api.post("/api/v1/issuers/sub/revoke", api.admin_key, json={}).status_code == 200
+    everyone = {int(gone["serial"], 16), sub.serial_number}
+    assert api.openssl_crl_serials("default", tmp_path) == everyone
+    expired = _cert(gone["certificate_pem"]).not_valid_after_utc
+
+    # Fetched next a month later: the first CRL issued after the expiry still lists them ...
+    api.clock.now = expired + timedelta(days=30)
+    assert api.openssl_crl_serials("default", tmp_path) == everyone
+    listing = x509.load_der_x509_crl(api.get("/api/v1/issuers/default/crl").content)
+    assert listing.last_update_utc > expired
+    # ... the one after it no longer does, nor any later one.
+    api.clock.advance(seconds=crls.CRL_REUSE.total_seconds())
+    assert api.openssl_crl_serials("default", tmp_path) == set()
+    api.clock.advance(days=1)
+    assert api.openssl_crl_serials("default", tmp_path) == set()
+
+
 def test_crl_says_how_long_a_cache_may_keep_it(api: Api) -> None:
     """As long as the server reuses it (CRL_REUSE), never past nextUpdate.
 

@@ -45,9 +45,9 @@ CRL_REUSE = timedelta(minutes=10)
 
 # How far ahead a CRL's nextUpdate is (clipped to its CA's notAfter): the CRL period. A
 # revoked certificate is left off the CRLs whose thisUpdate is more than one period past its
-# notAfter (see :func:`_expired_before`). Its ageing out counts as no change (the issuer's
-# count stays): the stored CRL is served at most CRL_REUSE, and the next one signed leaves
-# it off.
+# notAfter and that follow one issued after it (see :func:`_expired_before`). Its ageing out
+# counts as no change (the issuer's count stays): the stored CRL is served at most
+# CRL_REUSE, and the next one signed leaves it off.
 CRL_PERIOD = timedelta(days=7)
 
 
@@ -176,7 +176,7 @@ def _sign(
             # held (a process may have waited for it); the CRL's own time follows the number.
             now = max(now, services.clock())
             signed_at = _signed_at(number, now)
-            revoked = _revoked_of(connection, issuer_id, _expired_before(signed_at))
+            revoked = _revoked_of(connection, issuer_id, _expired_before(signed_at, stored))
             reused = (
                 reuse and stored is not None and _reused(services, issuer_id, stored, current, now)
             )
@@ -241,18 +241,31 @@ def _signed_at(number: int, now: datetime) -> datetime:
     return (_EPOCH + timedelta(microseconds=number)).replace(microsecond=0)
 
 
-def _expired_before(signed_at: datetime) -> datetime:
+def _expired_before(signed_at: datetime, stored: _StoredCrl | None) -> datetime:
     """The notAfter before which a revoked certificate is left off the CRL signed at ``signed_at``.
 
-    One CRL period before its thisUpdate: RFC 5280 3.3 lets an entry go once it has
-    appeared on a regularly scheduled CRL issued after the certificate expired, and every CRL
-    whose thisUpdate is in the period after the expiry lists it (a client's CRL from before
-    it is past its nextUpdate by then). Kept forever, a CA's CRL grew with every revocation
-    it ever made. From thisUpdate, which never goes back as the CRL number goes up (see
-    :func:`_signed_at`; unless the CRL before was signed by a clock more than BACKDATE
-    ahead), so no CRL lists again an entry that one numbered below it left off.
+    RFC 5280 3.3: an entry MUST NOT go until it has appeared on one CRL issued after the
+    certificate expired. CRLs are signed when fetched, so one CRL period after the expiry
+    (the CRL's thisUpdate minus CRL_PERIOD: a client's CRL from before the expiry is past
+    its nextUpdate by then), and only once ``stored``, the CRL before this one, was issued
+    after it (its thisUpdate past the notAfter): that one listed it, or left it off by the
+    same rule. With none fetched in the period after the expiry (a quiet month), the next
+    CRL left it off, and no CRL issued after the expiry ever listed it. None stored: every
+    revocation is listed. Kept forever, a CA's CRL grew with every revocation it ever made.
+
+    Both bounds go up with the CRL number: thisUpdate never goes back as the number goes up
+    (see :func:`_signed_at`; unless the CRL before was signed by a clock more than BACKDATE
+    ahead), and the stored CRL read under the number's lock is never one numbered lower than
+    the one read by a CRL numbered below. So no CRL lists again an entry that one numbered
+    below it left off.
     """
-    return signed_at - BACKDATE - CRL_PERIOD
+    if stored is None:
+        return _LONG_AGO
+    return min(signed_at - BACKDATE - CRL_PERIOD, stored.signed_at - BACKDATE)
+
+
+# Before any certificate's notAfter (X.509 times start in 1950), on both stores.
+_LONG_AGO = datetime(1, 1, 1, tzinfo=UTC)
 
 
 def _store(connection: Connection, issuer_id: str, values: dict[str, Any]) -> bool:
