@@ -1201,6 +1201,58 @@ def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_leaves_its_parent
     assert api.openssl_crl_serials("default", tmp_path) == listed
 
 
+@pytest.mark.parametrize("column", ["certificate_pem", "chain_pem"])
+def test_an_intermediate_whose_stored_pem_is_unreadable_answers_409_naming_it(
+    api: Api, tmp_path: Path, caplog: pytest.LogCaptureFixture, column: str
+) -> None:
+    """Its own CRL, ca.pem and ca.der (public routes) and issuance from it answered 500
+    "internal error" naming nothing once its stored certificate or chain was cut short in
+    the database: now a 409 naming the issuer and what cannot be read, logged once.
+    """
+    broken = _intermediate(api, "broken")
+    assert api.post(f"{ISSUERS}/broken/revoke", api.admin_key, json={}).status_code == 200
+    assert api.get(f"{ISSUERS}/broken/ca.pem").status_code == 200  # cached as it was
+    with api.services.engine.begin() as connection:
+        stored = connection.execute(select(Issuer.__table__.c[column]).where(Issuer.id == "broken"))
+        pem = stored.scalar_one()
+        assert pem
+        connection.execute(
+            update(Issuer).where(Issuer.id == "broken").values({column: pem[: len(pem) // 2]})
+        )
+    caplog.set_level("ERROR", logger="certctl.services")
+    # This process held its certificates: a changed certificate is seen (the credential
+    # generation moved), the chain it held is served as it was until it loads it afresh.
+    held = api.get(f"{ISSUERS}/broken/ca.pem")
+    assert held.status_code == (409 if column == "certificate_pem" else 200), held.text
+    api.services.forget_issuer("broken")  # as a process loading it afresh
+    before = api.counts()
+    what = "certificate" if column == "certificate_pem" else "chain"
+    restore = f"its {what}"
+    detail = (
+        f"issuer broken: its stored {what} cannot be read (cut short or written over in the "
+        f"database outside certctl); it signs nothing: restore {restore} or use another issuer"
+    )
+    for _ in range(2):
+        for path in ("crl", "crl?format=pem", "ca.pem", "ca.pem?chain=true", "ca.der"):
+            assert assert_problem(api.get(f"{ISSUERS}/broken/{path}"), 409)["detail"] == detail
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        f"issuer broken: its stored {what} cannot be read (cut short or written over in the "
+        f"database outside certctl); it signs nothing until {restore} is restored"
+    ]
+    assert api.counts() == before
+    # Its parent's CRL is served, and lists it while its certificate can be read.
+    listed = api.openssl_crl_serials("default", tmp_path)
+    assert (broken.serial_number in listed) == (column == "chain_pem")
+    # Restored: served again.
+    with api.services.engine.begin() as connection:
+        connection.execute(update(Issuer).where(Issuer.id == "broken").values({column: pem}))
+    api.services.forget_issuer("broken")
+    assert x509.load_pem_x509_certificate(api.get(f"{ISSUERS}/broken/ca.pem").content) == broken
+    crl = x509.load_der_x509_crl(api.get(f"{ISSUERS}/broken/crl").content)
+    assert crl.is_signature_valid(broken.public_key())  # type: ignore[arg-type]
+
+
 def test_what_cannot_be_revoked_is_refused_and_left_as_it_was(api: Api) -> None:
     from certctl.services import issuers
 

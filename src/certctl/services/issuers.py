@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -492,10 +493,7 @@ def load_issuer_state(
         # key only: it was checked when created or imported, and AES-GCM authenticated it
         # just now, so these are the very bytes certctl checked.
         key = serialization.load_der_private_key(key_der, None, unsafe_skip_rsa_key_validation=True)
-        cert = x509.load_pem_x509_certificate(row.certificate_pem.encode())
-        chain = (
-            tuple(x509.load_pem_x509_certificates(row.chain_pem.encode())) if row.chain_pem else ()
-        )
+        cert, chain = _stored_certificates(issuer_id, row.certificate_pem, row.chain_pem)
         if row.revoked_at is not None:
             revoked: IssuerRevocation | None = IssuerRevocation(
                 row.revoked_at, row.revocation_reason or "unspecified", issuer_id
@@ -511,7 +509,7 @@ def load_issuer_state(
         # that CA as their issuer.
         _refuse_stored_certificate(
             issuer_id,
-            cert,
+            cert.fingerprint(hashes.SHA256()),
             f"its key does not match its certificate ({_subject(cert)}), which was changed "
             "in the database outside certctl",
         )
@@ -519,15 +517,18 @@ def load_issuer_state(
         # Not a CA, no BasicConstraints, an RSA-PSS key: what an import refuses with 400
         # (the request's fault). Stored, it is the store's state, not the caller's request.
         _refuse_stored_certificate(
-            issuer_id, cert, f"its stored certificate ({_subject(cert)}) cannot sign: {exc.detail}"
+            issuer_id,
+            cert.fingerprint(hashes.SHA256()),
+            f"its stored certificate ({_subject(cert)}) cannot sign: {exc.detail}",
         )
     services.cache_issuer(issuer_id, ca, revoked, version)
     return ca, revoked
 
 
 log = logging.getLogger("certctl.services")
-# (issuer id, certificate) pairs already logged by _refuse_stored_certificate: its ERROR once
-# per process, not once per refused request (nothing is cached, so each one loads it again).
+# (issuer id, SHA-256 of what is stored) pairs already logged by _refuse_stored_certificate:
+# its ERROR once per process, not once per refused request (nothing is cached, so each one
+# loads it again).
 _FOREIGN_LOGGED: set[tuple[str, bytes]] = set()
 
 
@@ -535,18 +536,53 @@ def _subject(cert: x509.Certificate) -> str:
     return cert.subject.rfc4514_string()[:200]
 
 
-def _refuse_stored_certificate(issuer_id: str, cert: x509.Certificate, why: str) -> NoReturn:
-    """409 naming the issuer, and its ERROR once per process and certificate.
+def _refuse_stored_certificate(
+    issuer_id: str, stored: bytes, why: str, restore: str = "its certificate"
+) -> NoReturn:
+    """409 naming the issuer, and its ERROR once per process and ``stored`` (a digest).
 
     Raises:
         Conflict: always; ``why`` says what is wrong with the stored certificate.
     """
     message = f"issuer {issuer_id}: {why}"
-    seen = (issuer_id, cert.fingerprint(hashes.SHA256()))
+    seen = (issuer_id, stored)
     if seen not in _FOREIGN_LOGGED:
         _FOREIGN_LOGGED.add(seen)
-        log.error("%s; it signs nothing until its certificate is restored", message)
-    raise Conflict(f"{message}; it signs nothing: restore its certificate or use another issuer")
+        log.error("%s; it signs nothing until %s is restored", message, restore)
+    raise Conflict(f"{message}; it signs nothing: restore {restore} or use another issuer")
+
+
+def _stored_certificates(
+    issuer_id: str, certificate_pem: str, chain_pem: str
+) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
+    """The issuer's stored certificate and chain, parsed; a 409 naming it if they cannot be.
+
+    Plain columns: a PEM cut short or written over in the database (a restore, a hand edit)
+    made its CRL, ca.pem and ca.der routes and every load of it a 500 naming nothing.
+
+    Raises:
+        Conflict: the certificate or the chain cannot be read.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(certificate_pem.encode())
+    except ValueError:
+        _refuse_stored_certificate(
+            issuer_id,
+            hashlib.sha256(certificate_pem.encode()).digest(),
+            "its stored certificate cannot be read (cut short or written over in the "
+            "database outside certctl)",
+        )
+    try:
+        chain = tuple(x509.load_pem_x509_certificates(chain_pem.encode())) if chain_pem else ()
+    except ValueError:
+        _refuse_stored_certificate(
+            issuer_id,
+            hashlib.sha256(chain_pem.encode()).digest(),
+            "its stored chain cannot be read (cut short or written over in the database "
+            "outside certctl)",
+            "its chain",
+        )
+    return cert, chain
 
 
 def load_issuer_certificates(services: Services, issuer_id: str) -> IssuerCertificates:
@@ -569,11 +605,7 @@ def load_issuer_certificates(services: Services, issuer_id: str) -> IssuerCertif
         ).one_or_none()
     if row is None:
         raise NotFound(f"issuer {issuer_id} not found")
-    certificate_pem, chain_pem = row
-    certificates = IssuerCertificates(
-        x509.load_pem_x509_certificate(certificate_pem.encode()),
-        tuple(x509.load_pem_x509_certificates(chain_pem.encode())) if chain_pem else (),
-    )
+    certificates = IssuerCertificates(*_stored_certificates(issuer_id, *row))
     services.cache_certificates(issuer_id, certificates, version)
     return certificates
 
@@ -622,12 +654,20 @@ def current_certificates(services: Services, issuer_id: str) -> IssuerCertificat
             # (ca.pem and ca.der answered through an outage; a 503 now failed every TLS
             # client following a caIssuers URI). Not marked checked: read once it answers.
             return cached
-        if pem is None or x509.load_pem_x509_certificate(pem.encode()) != cached.certificate:
-            services.forget_issuer(issuer_id)  # deleted, or another CA under its id
+        if pem is None or _unreadable_or_other(pem, cached.certificate):
+            # Deleted, another CA under its id, or unreadable (reloaded: a 409 naming it).
+            services.forget_issuer(issuer_id)
     certificates = load_issuer_certificates(services, issuer_id)
     if generation is not None:
         services.certificates_checked[issuer_id] = generation
     return certificates
+
+
+def _unreadable_or_other(pem: str, certificate: x509.Certificate) -> bool:
+    try:
+        return x509.load_pem_x509_certificate(pem.encode()) != certificate
+    except ValueError:
+        return True
 
 
 def renew_root_issuer(
