@@ -974,6 +974,33 @@ def test_a_revoked_certificate_leaves_the_crl_only_after_a_crl_issued_past_its_e
     assert api.openssl_crl_serials("default", tmp_path) == set()
 
 
+def test_a_certificate_revoked_long_after_it_expired_is_listed_once_all_the_same(
+    api: Api, tmp_path: Path
+) -> None:
+    """A key compromised after its certificate expired (the expired predecessors of a
+    renewal chain revoked with it): the README says they go onto the CRL, and a relying
+    party checking a signature made while it was valid needs it there. It was left off at
+    once, as expired for longer than a CRL period: it goes as any other entry, once a CRL
+    issued after its expiry, and after its revocation, listed it.
+    """
+    old = api.issue(common_name="old.example.com", validity="1D")
+    expired = _cert(old["certificate_pem"]).not_valid_after_utc
+    api.clock.now = expired + timedelta(days=30)
+    assert api.openssl_crl_serials("default", tmp_path) == set()
+    api.clock.advance(minutes=1)
+    r = api.post(f"{CERTS}/{old['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    listed = x509.load_der_x509_crl(api.get("/api/v1/issuers/default/crl").content)
+    assert {entry.serial_number for entry in listed} == {int(old["serial"], 16)}
+    # Its thisUpdate (BACKDATE before it was signed) is before the revocation: the next
+    # one lists it too, the one after that, issued after both, no longer does.
+    assert listed.last_update_utc < api.clock.now
+    api.clock.advance(seconds=crls.CRL_REUSE.total_seconds())
+    assert api.openssl_crl_serials("default", tmp_path) == {int(old["serial"], 16)}
+    api.clock.advance(seconds=crls.CRL_REUSE.total_seconds())
+    assert api.openssl_crl_serials("default", tmp_path) == set()
+
+
 def test_crl_says_how_long_a_cache_may_keep_it(api: Api) -> None:
     """As long as the server reuses it (CRL_REUSE), never past nextUpdate.
 

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import Connection, Table, bindparam, case, select, update
+from sqlalchemy import Connection, Table, bindparam, case, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -45,7 +45,7 @@ CRL_REUSE = timedelta(minutes=10)
 
 # How far ahead a CRL's nextUpdate is (clipped to its CA's notAfter): the CRL period. A
 # revoked certificate is left off the CRLs whose thisUpdate is more than one period past its
-# notAfter and that follow one issued after it (see :func:`_expired_before`). Its ageing out
+# notAfter and that follow one issued after it (see :func:`_left_off`). Its ageing out
 # counts as no change (the issuer's count stays): the stored CRL is served at most
 # CRL_REUSE, and the next one signed leaves it off.
 CRL_PERIOD = timedelta(days=7)
@@ -176,7 +176,7 @@ def _sign(
             # held (a process may have waited for it); the CRL's own time follows the number.
             now = max(now, services.clock())
             signed_at = _signed_at(number, now)
-            revoked = _revoked_of(connection, issuer_id, _expired_before(signed_at, stored))
+            revoked = _revoked_of(connection, issuer_id, *_left_off(signed_at, stored))
             reused = (
                 reuse and stored is not None and _reused(services, issuer_id, stored, current, now)
             )
@@ -241,17 +241,20 @@ def _signed_at(number: int, now: datetime) -> datetime:
     return (_EPOCH + timedelta(microseconds=number)).replace(microsecond=0)
 
 
-def _expired_before(signed_at: datetime, stored: _StoredCrl | None) -> datetime:
-    """The notAfter before which a revoked certificate is left off the CRL signed at ``signed_at``.
+def _left_off(signed_at: datetime, stored: _StoredCrl | None) -> tuple[datetime, datetime]:
+    """(notAfter, revocation date) before both of which an entry is left off this CRL.
 
-    RFC 5280 3.3: an entry MUST NOT go until it has appeared on one CRL issued after the
-    certificate expired. CRLs are signed when fetched, so one CRL period after the expiry
-    (the CRL's thisUpdate minus CRL_PERIOD: a client's CRL from before the expiry is past
-    its nextUpdate by then), and only once ``stored``, the CRL before this one, was issued
-    after it (its thisUpdate past the notAfter): that one listed it, or left it off by the
-    same rule. With none fetched in the period after the expiry (a quiet month), the next
-    CRL left it off, and no CRL issued after the expiry ever listed it. None stored: every
-    revocation is listed. Kept forever, a CA's CRL grew with every revocation it ever made.
+    The CRL signed at ``signed_at``, following ``stored``. RFC 5280 3.3: an entry MUST NOT
+    go until it has appeared on one CRL issued after the certificate expired. CRLs are
+    signed when fetched, so one CRL period after the expiry (the CRL's thisUpdate minus
+    CRL_PERIOD: a client's CRL from before the expiry is past its nextUpdate by then), and
+    only once ``stored``, the CRL before this one, was issued after it and after its
+    revocation (both before its thisUpdate): that one listed it, or left it off by the same
+    rule. With none fetched in the period after the expiry (a quiet month), the next CRL
+    left it off, and no CRL issued after the expiry ever listed it; one revoked after it
+    expired (a key compromised, with the expired certificates of its renewal chain) was on
+    no CRL at all. None stored: every revocation is listed. Kept forever, a CA's CRL grew
+    with every revocation it ever made.
 
     Both bounds go up with the CRL number: thisUpdate never goes back as the number goes up
     (see :func:`_signed_at`; unless the CRL before was signed by a clock more than BACKDATE
@@ -260,8 +263,9 @@ def _expired_before(signed_at: datetime, stored: _StoredCrl | None) -> datetime:
     below it left off.
     """
     if stored is None:
-        return _LONG_AGO
-    return min(signed_at - BACKDATE - CRL_PERIOD, stored.signed_at - BACKDATE)
+        return _LONG_AGO, _LONG_AGO
+    listed_at = stored.signed_at - BACKDATE  # its thisUpdate
+    return min(signed_at - BACKDATE - CRL_PERIOD, listed_at), listed_at
 
 
 # Before any certificate's notAfter (X.509 times start in 1950), on both stores.
@@ -539,16 +543,21 @@ def _basis(ca: CertificateAuthority, revoked: tuple[tuple[Any, ...], ...]) -> st
 
 
 def _revoked_of(
-    connection: Connection, issuer_id: str, expired_before: datetime
+    connection: Connection, issuer_id: str, expired_before: datetime, revoked_before: datetime
 ) -> tuple[tuple[Any, ...], ...]:
     """(serial, revoked_at, reason, holder) of the issuer's revoked certificates, by serial.
 
     Its revoked intermediates included: they are certificates it signed too, kept in the
     issuers table (few rows; the serial read from the certificate). ``holder`` names the
     row for the log (``certificate ID``, ``intermediate ID``). Those whose notAfter is
-    before ``expired_before`` are left out by the query (see :func:`_expired_before`).
+    before ``expired_before`` and whose revocation is before ``revoked_before`` are left out
+    by the query (see :func:`_left_off`).
     """
-    parameters = {"issuer_id": issuer_id, "expired_before": expired_before}
+    parameters = {
+        "issuer_id": issuer_id,
+        "expired_before": expired_before,
+        "revoked_before": revoked_before,
+    }
     rows = [
         (serial, revoked_at, reason, f"certificate {row_id}")
         for serial, revoked_at, reason, row_id in connection.execute(_REVOKED_OF_ISSUER, parameters)
@@ -596,7 +605,10 @@ _REVOKED_OF_ISSUER = (
     .where(
         CERTIFICATES.c.issuer_id == bindparam("issuer_id"),
         CERTIFICATES.c.status == "revoked",
-        CERTIFICATES.c.not_after >= bindparam("expired_before"),
+        or_(
+            CERTIFICATES.c.not_after >= bindparam("expired_before"),
+            CERTIFICATES.c.revoked_at >= bindparam("revoked_before"),
+        ),
     )
     .order_by(CERTIFICATES.c.serial)  # one order for every read whose digest crl_for compares
 )
@@ -607,7 +619,10 @@ _REVOKED_CHILDREN = (
     .where(
         ISSUERS.c.parent_id == bindparam("issuer_id"),
         ISSUERS.c.revoked_at.is_not(None),
-        ISSUERS.c.not_after >= bindparam("expired_before"),
+        or_(
+            ISSUERS.c.not_after >= bindparam("expired_before"),
+            ISSUERS.c.revoked_at >= bindparam("revoked_before"),
+        ),
     )
     .order_by(ISSUERS.c.revoked_at, ISSUERS.c.id)  # the first revocation of a twin first
 )
