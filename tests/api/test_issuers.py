@@ -1161,6 +1161,53 @@ def test_key_compromise_of_an_intermediate_revoked_for_another_reason(
     assert api.get(f"{ISSUERS}/sub-2", api.admin_key).json() == r.json()
 
 
+def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_under_an_intermediate(
+    api: Api, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its parent an intermediate: that parent's CRL, and issuance from every intermediate,
+    still answered 500, as loading one judges it against every revoked issuer's certificate.
+    The unreadable one is judged by the name stored beside it: a CA below it still signs
+    nothing, the others (its parent among them) sign and serve their CRLs.
+    """
+    r = api.post(ISSUERS, api.admin_key, json={"id": "mid", "parent": "default", "path_length": 2})
+    assert r.status_code == 201, r.text
+    r = api.post(ISSUERS, api.admin_key, json={"id": "broken", "parent": "mid", "path_length": 1})
+    assert r.status_code == 201, r.text
+    broken = _cert(r.json()["certificate_pem"])
+    r = api.post(ISSUERS, api.admin_key, json={"id": "below", "parent": "broken"})
+    assert r.status_code == 201, r.text
+    _intermediate(api, "other")
+    leaf = api.issue(common_name="leaf.example.com", issuer="mid")
+    assert api.post(f"{ISSUERS}/broken/revoke", api.admin_key, json={}).status_code == 200
+    assert api.post(f"{CERTS}/{leaf['id']}/revoke", api.admin_key).status_code == 200
+    listed = {broken.serial_number, int(leaf["serial"], 16)}
+    assert api.openssl_crl_serials("mid", tmp_path) == listed
+
+    pem = broken.public_bytes(Encoding.PEM).decode()
+    with api.services.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE issuers SET certificate_pem = :pem WHERE id = 'broken'"),
+            {"pem": pem[: len(pem) // 2]},
+        )
+    caplog.set_level("WARNING", logger="certctl.services")
+    issuers.refresh_cached_issuers(api.services)  # the periodic check reads them all
+    assert api.openssl_crl_serials("mid", tmp_path) == listed - {broken.serial_number}
+    for issuer_id in ("mid", "other", "below"):
+        api.services.forget_issuer(issuer_id)  # as a process loading them afresh
+    assert api.openssl_crl_serials("mid", tmp_path) == listed - {broken.serial_number}
+    for issuer_id in ("mid", "other"):
+        api.issue(common_name=f"after.{issuer_id}.example", issuer=issuer_id)
+    refused = assert_problem(
+        api.post(CERTS, api.admin_key, json={"issuer": "below", "common_name": "x.example"}), 409
+    )
+    assert refused["detail"].startswith("issuer below is below issuer broken, revoked on ")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert (
+        "issuer mid: intermediate broken is left off its CRL: its stored certificate cannot be "
+        "read (changed outside certctl?), and its serial is stored nowhere else"
+    ) in warnings
+
+
 def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_leaves_its_parents_crl_served(
     api: Api, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

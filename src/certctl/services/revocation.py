@@ -70,7 +70,13 @@ def revoked_above(
     (revoked issuers), read when an issuer is loaded.
     """
     query = (
-        select(Issuer.id, Issuer.certificate_pem, Issuer.revoked_at, Issuer.revocation_reason)
+        select(
+            Issuer.id,
+            Issuer.certificate_pem,
+            Issuer.revoked_at,
+            Issuer.revocation_reason,
+            Issuer.subject,
+        )
         .where(Issuer.revoked_at.is_not(None))
         .order_by(Issuer.id)
     )
@@ -85,11 +91,30 @@ def revoked_above(
 def _revoked_among(
     rows: Sequence[tuple[Any, ...]], cert: x509.Certificate, chain: Sequence[x509.Certificate]
 ) -> IssuerRevocation | None:
-    """:func:`revoked_above` on ``rows`` (id, PEM, revoked_at, reason) of revoked issuers."""
+    """:func:`revoked_above` on ``rows`` (id, PEM, revoked_at, reason, subject) of revoked CAs."""
     if not may_be_revoked_above(cert, chain):
         rows = [row for row in rows if row[3] in COMPROMISE]
-    for revoked_id, pem, revoked_at, reason in rows:
-        revoked_cert = parsed_ca(pem)[0]
+    readable = []
+    for revoked_id, pem, revoked_at, reason, subject in rows:
+        parsed = _readable_ca(pem)
+        if parsed is None:
+            # Its stored certificate cut short or written over (a restore, a hand edit):
+            # each load of any intermediate failed (500), its parent's CRL with it. Judged
+            # by the name stored beside it instead: what names it as its issuer or has it
+            # in its chain (or holds its name) signs nothing, as before; the others sign.
+            # Its key cannot be compared: a compromise shows under its name only.
+            names = {c.rfc4514_string() for c in (cert.subject, cert.issuer)}
+            names.update(c.subject.rfc4514_string() for c in chain)
+            if subject in names:
+                return IssuerRevocation(
+                    cast(datetime, revoked_at),
+                    reason or "unspecified",
+                    revoked_id,
+                    same_certificate=subject == cert.subject.rfc4514_string(),
+                )
+            continue
+        readable.append((revoked_id, pem, revoked_at, reason))
+        revoked_cert = parsed[0]
         if revoked_cert == cert or revoked_cert in chain:
             return IssuerRevocation(
                 cast(datetime, revoked_at),
@@ -100,7 +125,7 @@ def _revoked_among(
     # A compromise is the key's, whatever certificate holds it: another certificate of it
     # (re-issued, cross-signed, imported under another id) signs nothing more, nor do CAs
     # below one. Other reasons stay with the certificate revoked.
-    compromised = [row for row in rows if row[3] in COMPROMISE]
+    compromised = [row for row in readable if row[3] in COMPROMISE]
     keys = {spki(c) for c in (cert, *chain)} if compromised else set()
     for revoked_id, pem, revoked_at, reason in compromised:
         if parsed_ca(pem)[2] in keys or top_signed_by(cert, chain, parsed_ca(pem)[0]):
@@ -114,7 +139,13 @@ def _revoked_among(
 
 
 _REVOKED_ISSUER_ROWS = (
-    select(Issuer.id, Issuer.certificate_pem, Issuer.revoked_at, Issuer.revocation_reason)
+    select(
+        Issuer.id,
+        Issuer.certificate_pem,
+        Issuer.revoked_at,
+        Issuer.revocation_reason,
+        Issuer.subject,
+    )
     .where(Issuer.revoked_at.is_not(None))
     .order_by(Issuer.id)
 )
@@ -285,6 +316,14 @@ def _revoked_issuer_pems(
     return [(str(issuer_id), pem, reason) for issuer_id, pem, reason in rows]
 
 
+def _readable_ca(pem: str) -> tuple[x509.Certificate, bytes, bytes] | None:
+    """:func:`parsed_ca`, or None when the stored PEM cannot be read."""
+    try:
+        return parsed_ca(pem)
+    except ValueError:
+        return None
+
+
 @functools.lru_cache(maxsize=256)
 def parsed_ca(pem: str) -> tuple[x509.Certificate, bytes, bytes]:
     """An issuer's certificate, its DER and its key's (SPKI), parsed once per process."""
@@ -444,10 +483,13 @@ def revoked_certificates(session: Session) -> list[tuple[x509.Certificate, bytes
             Issuer.revoked_at.is_not(None)
         )
     )
-    # Parsed once per process, as for mTLS.
+    # Parsed once per process, as for mTLS. One whose stored certificate cannot be read is
+    # left out: an issuer found below it when loaded (see _revoked_among) stays so, and the
+    # periodic check of every cached issuer failed on it.
     return [
-        (parsed_ca(pem)[0], parsed_ca(pem)[2] if reason in COMPROMISE else None)
+        (parsed[0], parsed[2] if reason in COMPROMISE else None)
         for pem, reason in rows
+        if (parsed := _readable_ca(pem)) is not None
     ]
 
 
