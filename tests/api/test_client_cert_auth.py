@@ -674,3 +674,32 @@ def test_a_services_403_names_a_mapped_role_that_does_not_exist(api: Api) -> Non
         # The route's own check, once: not twice.
         detail = assert_problem(client.get("/api/v1/issuers"), 403)["detail"]
         assert detail == f"missing permission issuer.read {hint}"
+
+
+def test_a_revoked_issuer_whose_stored_certificate_is_unreadable_still_refuses_under_it(
+    mtls: Mtls,
+) -> None:
+    """Its PEM cut short in the database (a restore, a hand edit): every client certificate
+    whose answer was not remembered, under any CA, answered 500. It is judged by the subject
+    stored beside it: those under it are refused, the others authenticate.
+    """
+    api = mtls.api
+    for sub in ("sub", "other"):
+        r = api.post(
+            "/api/v1/issuers",
+            api.admin_key,
+            json={"id": sub, "common_name": sub, "parent": "default"},
+        )
+        assert r.status_code == 201, r.text
+    erin, frank = _client_cert(api, "erin", "sub"), _client_cert(api, "frank", "other")
+    r = api.post("/api/v1/issuers/sub/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    issuers.load_issuer(api.services, "sub")  # held by this process, as presented below
+    pem = api.get("/api/v1/issuers/sub/ca.pem").text
+    _elsewhere(api, update(Issuer).where(Issuer.id == "sub").values(certificate_pem=pem[:100]))
+    revoked = "client certificate revoked: a CA above it was revoked"
+    for resumed in (False, True):
+        mtls.present(erin["certificate_pem"], "sub", "default", resumed=resumed)
+        assert assert_problem(mtls.whoami(), 401)["detail"] == revoked
+        mtls.present(frank["certificate_pem"], "other", "default", resumed=resumed)
+        assert mtls.permissions() == ["cert.read"]

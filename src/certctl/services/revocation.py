@@ -261,12 +261,29 @@ def revoked_ca_among(
     """
     wanted = set(cas)
     compromised: dict[bytes, str] = {}
-    for issuer_id, pem, reason in _revoked_issuer_pems(services, connection):
-        _, der, key = parsed_ca(pem)
+    unreadable: dict[str, str] = {}  # stored subject -> id (see _unreadable_named)
+    for issuer_id, pem, reason, subject in _revoked_issuer_pems(services, connection):
+        parsed = _readable_ca(pem)
+        if parsed is None:
+            unreadable.setdefault(subject, issuer_id)
+            continue
+        _, der, key = parsed
         if der in wanted:
             return issuer_id
         if reason in COMPROMISE:
             compromised.setdefault(key, issuer_id)
+    if unreadable:
+        try:
+            chain = [x509.load_der_x509_certificate(der) for der in cas]
+        except (ValueError, x509.InvalidVersion):
+            raise UnreadableCertificate(
+                "a CA of its verified chain is not a readable X.509 certificate, and a "
+                "revoked issuer could be it"
+            ) from None
+        for ca in chain:
+            found = _unreadable_named(ca, unreadable)
+            if found is not None:
+                return found
     if compromised:
         for der in cas:
             try:
@@ -298,7 +315,10 @@ def revoked_ca_among(
 # than the read, which usually finds no row).
 _ISSUER_COLUMNS = Issuer.__table__.c
 _REVOKED_ISSUERS = select(
-    _ISSUER_COLUMNS.id, _ISSUER_COLUMNS.certificate_pem, _ISSUER_COLUMNS.revocation_reason
+    _ISSUER_COLUMNS.id,
+    _ISSUER_COLUMNS.certificate_pem,
+    _ISSUER_COLUMNS.revocation_reason,
+    _ISSUER_COLUMNS.subject,
 ).where(_ISSUER_COLUMNS.revoked_at.is_not(None))
 # The first revoked named, the same on every backend: a key's twins are revoked after it.
 _REVOKED_ISSUERS = _REVOKED_ISSUERS.order_by(_ISSUER_COLUMNS.revoked_at, _ISSUER_COLUMNS.id)
@@ -307,13 +327,14 @@ _ISSUER_CERTIFICATES = select(_ISSUER_COLUMNS.certificate_pem)
 
 def _revoked_issuer_pems(
     services: Services, connection: Connection | None
-) -> list[tuple[str, str, str | None]]:
+) -> list[tuple[str, str, str | None, str]]:
+    """(id, PEM, reason, subject) of the revoked issuers."""
     # Read for each client certificate whose answer is not remembered (a revocation on
     # another replica counts at once); usually no row. Their parsing is cached: the same few
     # PEMs every time.
     with connected(services, connection) as conn:
         rows = conn.execute(_REVOKED_ISSUERS).all()
-    return [(str(issuer_id), pem, reason) for issuer_id, pem, reason in rows]
+    return [(str(issuer_id), pem, reason, subject) for issuer_id, pem, reason, subject in rows]
 
 
 def _readable_ca(pem: str) -> tuple[x509.Certificate, bytes, bytes] | None:
@@ -352,22 +373,28 @@ def revoked_issuer_of(
     if not revoked:
         return None  # the usual case: nothing to parse, no other read
     cert = x509.load_der_x509_certificate(certificate_der)
-    revoked_cas = [(issuer_id, parsed_ca(pem)[0]) for issuer_id, pem, _reason in revoked]
+    unreadable = {
+        subject: issuer_id
+        for issuer_id, pem, _reason, subject in reversed(revoked)
+        if _readable_ca(pem) is None
+    }
+    readable = [row for row in revoked if _readable_ca(row[1]) is not None]
+    revoked_cas = [(issuer_id, parsed_ca(pem)[0]) for issuer_id, pem, _reason, _ in readable]
     # A compromise is the key's: a certificate it signed under another name and key
     # identifier (a twin root, which no CRL lists) is tried against the key itself.
     compromised = [
         (issuer_id, ca.public_key())
-        for (issuer_id, ca), (_, _, reason) in zip(revoked_cas, revoked, strict=True)
+        for (issuer_id, ca), (_, _, reason, _) in zip(revoked_cas, readable, strict=True)
         if reason in COMPROMISE
     ]
-    found = _revoked_signer(cert, revoked_cas, compromised)
+    found = _revoked_signer(cert, revoked_cas, compromised) or _unreadable_named(cert, unreadable)
     if found is not None:
         return found
     # Deeper: a second read (of every issuer's certificate, few rows, each parsed once per
     # process), only while some issuer is revoked and the answer is not remembered.
     with connected(services, connection) as conn:
         rows = conn.execute(_ISSUER_CERTIFICATES).all()
-    issuers = [parsed_ca(pem) for (pem,) in rows]
+    issuers = [parsed for (pem,) in rows if (parsed := _readable_ca(pem)) is not None]
     seen = {certificate_der}
     below = [cert]
     while below:  # breadth first; ``seen`` ends it (a self-signed root signs itself)
@@ -378,11 +405,28 @@ def revoked_issuer_of(
                 if der in seen or not _signed_by(signed, ca):
                     continue
                 seen.add(der)
-                found = _revoked_signer(ca, revoked_cas, compromised)
+                found = _revoked_signer(ca, revoked_cas, compromised) or _unreadable_named(
+                    ca, unreadable
+                )
                 if found is not None:
                     return found
                 above.append(ca)
         below = above
+    return None
+
+
+def _unreadable_named(cert: x509.Certificate, unreadable: dict[str, str]) -> str | None:
+    """The id of a revoked issuer whose stored certificate cannot be read, judged by name.
+
+    Its PEM cut short or written over in the database (a restore, a hand edit) made every
+    client certificate not remembered answer 500, whatever its CA. ``unreadable`` maps its
+    stored subject to its id: a certificate it could have signed (naming it as issuer) or
+    that holds its name is refused; its key cannot be compared.
+    """
+    for name in (cert.issuer, cert.subject):
+        found = unreadable.get(name.rfc4514_string())
+        if found is not None:
+            return found
     return None
 
 
