@@ -1249,6 +1249,44 @@ def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_leaves_its_parent
 
 
 @pytest.mark.parametrize("column", ["certificate_pem", "chain_pem"])
+def test_an_unreadable_issuer_leaves_the_revocation_judgement_of_the_others_standing(
+    api: Api, column: str
+) -> None:
+    """An issuer (not revoked) whose stored certificate or chain cannot be read, while another
+    is revoked: every process judging the issuers afresh (a restart, another replica) failed
+    on it, the metrics refresh with every gauge, and each certificate view. It signs nothing
+    (a 409 naming it); the others are judged as before.
+    """
+    from starlette.testclient import TestClient
+
+    from certctl.api.app import create_app
+    from certctl.metrics.registry import REGISTRY
+    from certctl.server.periodic import refresh_metrics
+    from tests.api.test_certificates import _replica
+
+    for issuer_id in ("gone", "broken", "kept"):
+        _intermediate(api, issuer_id)
+    leaf = api.issue(common_name="leaf.example.com", issuer="kept")
+    assert api.post(f"{ISSUERS}/gone/revoke", api.admin_key, json={}).status_code == 200
+    with api.services.engine.begin() as connection:
+        connection.execute(update(Issuer).where(Issuer.id == "broken").values({column: "x"}))
+    other = _replica(api, api.clock)  # judges afresh
+    try:
+        assert set(revocation.issuer_revocations(other)) == {"gone"}
+        refresh_metrics(other)
+        for issuer_id, revoked in (("gone", 1), ("kept", 0)):
+            labels = {"issuer": issuer_id}
+            assert REGISTRY.get_sample_value("certctl_issuer_revoked", labels) == revoked
+        with TestClient(create_app(other), base_url="https://testserver") as client:
+            headers = {"Authorization": f"Bearer {api.admin_key}"}
+            r = client.get(f"{CERTS}/{leaf['id']}", headers=headers)
+            assert r.status_code == 200, r.text
+            assert r.json()["issuer_revoked"] is None
+    finally:
+        other.engine.dispose()
+
+
+@pytest.mark.parametrize("column", ["certificate_pem", "chain_pem"])
 def test_an_intermediate_whose_stored_pem_is_unreadable_answers_409_naming_it(
     api: Api, tmp_path: Path, caplog: pytest.LogCaptureFixture, column: str
 ) -> None:

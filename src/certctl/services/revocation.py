@@ -202,7 +202,17 @@ def revocations_by_issuer(connection: Connection) -> dict[str, IssuerRevocation]
         if revoked_at is not None:
             found[issuer_id] = IssuerRevocation(revoked_at, reason or "unspecified", issuer_id)
             continue
-        above = _revoked_among(revoked, parsed_ca(pem)[0], _parsed_chain(chain_pem or ""))
+        parsed = _readable_ca(pem)
+        try:
+            chain = _parsed_chain(chain_pem or "")
+        except ValueError:
+            chain = None
+        if parsed is None or chain is None:
+            # Its stored certificate or chain cut short or written over in the database: it
+            # signs nothing (loading it is a 409 naming it), and failing here failed every
+            # process's judgement of all the others (the metrics, each certificate view).
+            continue
+        above = _revoked_among(revoked, parsed[0], chain)
         if above is not None:
             found[issuer_id] = above
     with _JUDGED_LOCK:
