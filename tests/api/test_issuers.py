@@ -1248,6 +1248,36 @@ def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_leaves_its_parent
     assert api.openssl_crl_serials("default", tmp_path) == listed
 
 
+def test_revocations_while_an_issuers_stored_certificate_is_unreadable(
+    api: Api, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Revoking it answered 500; so did revoking any other issuer for keyCompromise, which
+    looks for the key's other certificates among every issuer's. Revoking it is a 409 naming
+    it (its serial cannot be listed); the compromise is revoked, the unreadable one, which
+    signs nothing, left as it is.
+    """
+    broken = _intermediate(api, "broken")
+    compromised = _intermediate(api, "compromised")
+    pem = broken.public_bytes(Encoding.PEM).decode()
+    _store_certificate(api, "broken", pem[:100])
+    before = api.counts()
+    refused = assert_problem(api.post(f"{ISSUERS}/broken/revoke", api.admin_key, json={}), 409)
+    assert refused["detail"].startswith("issuer broken: its stored certificate cannot be read")
+    assert api.counts() == before
+    caplog.set_level("WARNING", logger="certctl.services")
+    r = api.post(f"{ISSUERS}/compromised/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    assert (
+        "issuer broken: its stored certificate cannot be read, so whether it holds the key "
+        "revoked with issuer compromised cannot be told; restore it and revoke it too if so"
+    ) in [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert api.openssl_crl_serials("default", tmp_path) == {compromised.serial_number}
+    _store_certificate(api, "broken", pem)
+    assert api.post(f"{ISSUERS}/broken/revoke", api.admin_key, json={}).status_code == 200
+    listed = {compromised.serial_number, broken.serial_number}
+    assert api.openssl_crl_serials("default", tmp_path) == listed
+
+
 @pytest.mark.parametrize("column", ["certificate_pem", "chain_pem"])
 def test_an_unreadable_issuer_leaves_the_revocation_judgement_of_the_others_standing(
     api: Api, column: str

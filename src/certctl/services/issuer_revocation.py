@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from datetime import datetime
 from typing import NamedTuple
@@ -15,7 +16,7 @@ from certctl.errors import Conflict, NotFound
 from certctl.metrics.registry import REVOCATIONS
 from certctl.services.audit import record
 from certctl.services.context import Principal, Services
-from certctl.services.issuers import ISSUERS, MANAGED_ISSUER_PREFIX
+from certctl.services.issuers import ISSUERS, MANAGED_ISSUER_PREFIX, stored_certificates
 from certctl.services.revocation import (
     COMPROMISE,
     check_reason,
@@ -29,6 +30,8 @@ from certctl.store.models import Issuer
 __all__ = [
     "revoke_issuer",
 ]
+
+log = logging.getLogger("certctl.services")
 
 
 def revoke_issuer(
@@ -67,7 +70,9 @@ def revoke_issuer(
                 f"issuer {issuer_id} is the CA of managed service {service}, which only its "
                 "reconciler manages: it cannot be revoked; delete the service to retire it"
             )
-        cert = x509.load_pem_x509_certificate(row.certificate_pem.encode())
+        # Unreadable (cut short or written over in the database): a 409 naming it, as its
+        # serial could be listed on no CRL; restored, it is revoked as any other.
+        cert, _ = stored_certificates(issuer_id, row.certificate_pem, row.chain_pem)
         if cert.issuer == cert.subject and not row.chain_pem:
             raise Conflict(
                 f"issuer {issuer_id} is a root CA (self-signed): no CRL above it can list it; "
@@ -165,8 +170,20 @@ def _twins(session: Session, issuer_id: str, cert: x509.Certificate) -> list[_Tw
         .order_by(ISSUERS.c.id)
     ).all()
     for twin_id, pem, chain_pem, stored_parent in rows:
-        twin = parsed_ca(pem)[0]
-        if twin == cert or parsed_ca(pem)[2] != key or twin_id.startswith(MANAGED_ISSUER_PREFIX):
+        try:
+            twin, _, twin_key = parsed_ca(pem)
+        except ValueError:
+            # Its stored certificate cut short or written over in the database (which made
+            # every compromise revocation a 500): its key cannot be compared. It signs
+            # nothing while so (a 409 naming it), and no CRL could list it.
+            log.warning(
+                "issuer %s: its stored certificate cannot be read, so whether it holds the "
+                "key revoked with issuer %s cannot be told; restore it and revoke it too if so",
+                twin_id,
+                issuer_id,
+            )
+            continue
+        if twin == cert or twin_key != key or twin_id.startswith(MANAGED_ISSUER_PREFIX):
             continue  # the same certificate is on the CRL once already
         if twin.issuer == twin.subject and not chain_pem:
             continue  # a root: on no CRL

@@ -67,6 +67,7 @@ __all__ = [
     "renew_root_issuer",
     "revocation_refusal",
     "store_issuer",
+    "stored_certificates",
 ]
 
 DEFAULT_ISSUER = "default"
@@ -493,7 +494,7 @@ def load_issuer_state(
         # key only: it was checked when created or imported, and AES-GCM authenticated it
         # just now, so these are the very bytes certctl checked.
         key = serialization.load_der_private_key(key_der, None, unsafe_skip_rsa_key_validation=True)
-        cert, chain = _stored_certificates(issuer_id, row.certificate_pem, row.chain_pem)
+        cert, chain = stored_certificates(issuer_id, row.certificate_pem, row.chain_pem)
         if row.revoked_at is not None:
             revoked: IssuerRevocation | None = IssuerRevocation(
                 row.revoked_at, row.revocation_reason or "unspecified", issuer_id
@@ -552,7 +553,7 @@ def _refuse_stored_certificate(
     raise Conflict(f"{message}; it signs nothing: restore {restore} or use another issuer")
 
 
-def _stored_certificates(
+def stored_certificates(
     issuer_id: str, certificate_pem: str, chain_pem: str
 ) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
     """The issuer's stored certificate and chain, parsed; a 409 naming it if they cannot be.
@@ -605,7 +606,7 @@ def load_issuer_certificates(services: Services, issuer_id: str) -> IssuerCertif
         ).one_or_none()
     if row is None:
         raise NotFound(f"issuer {issuer_id} not found")
-    certificates = IssuerCertificates(*_stored_certificates(issuer_id, *row))
+    certificates = IssuerCertificates(*stored_certificates(issuer_id, *row))
     services.cache_certificates(issuer_id, certificates, version)
     return certificates
 
