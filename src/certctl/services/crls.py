@@ -533,6 +533,9 @@ def _basis(ca: CertificateAuthority, revoked: tuple[tuple[Any, ...], ...]) -> st
 
     Compared by a release before 0020 (a replica not yet replaced in a rolling update): it
     serves the CRL this one stored while the list is unchanged, not one signed on each fetch.
+    Once an entry is left off (see :func:`_left_off`), such a release, which lists every
+    revocation, finds it changed and signs one of its own, stored over this one's basis but
+    not its count: this release then serves that one while fresh (once per CRL_REUSE each).
     The revocation dates are stored aware UTC on every backend: one text for one list.
     """
     digest = _signer_digest(ca)
