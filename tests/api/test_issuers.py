@@ -1161,13 +1161,22 @@ def test_key_compromise_of_an_intermediate_revoked_for_another_reason(
     assert api.get(f"{ISSUERS}/sub-2", api.admin_key).json() == r.json()
 
 
+def _unlistable(parent: str, child: str) -> str:
+    return (
+        f"issuer {parent}: its revoked intermediate {child} has a stored certificate that cannot "
+        "be read (cut short or written over in the database outside certctl), and its serial is "
+        f"stored nowhere else, so no CRL of {parent} can list it"
+    )
+
+
 def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_under_an_intermediate(
     api: Api, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Its parent an intermediate: that parent's CRL, and issuance from every intermediate,
-    still answered 500, as loading one judges it against every revoked issuer's certificate.
-    The unreadable one is judged by the name stored beside it: a CA below it still signs
-    nothing, the others (its parent among them) sign and serve their CRLs.
+    answered 500, as loading one judges it against every revoked issuer's certificate. The
+    unreadable one is judged by the name stored beside it: a CA below it still signs nothing,
+    the others (its parent among them) sign; its parent's CRL is a 409 naming it (a CRL
+    leaving it off would have clients accept what it signed), the others' CRLs are served.
     """
     r = api.post(ISSUERS, api.admin_key, json={"id": "mid", "parent": "default", "path_length": 2})
     assert r.status_code == 201, r.text
@@ -1191,29 +1200,33 @@ def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_under_an_intermed
         )
     caplog.set_level("WARNING", logger="certctl.services")
     issuers.refresh_cached_issuers(api.services)  # the periodic check reads them all
-    assert api.openssl_crl_serials("mid", tmp_path) == listed - {broken.serial_number}
     for issuer_id in ("mid", "other", "below"):
         api.services.forget_issuer(issuer_id)  # as a process loading them afresh
-    assert api.openssl_crl_serials("mid", tmp_path) == listed - {broken.serial_number}
+    refused = assert_problem(api.get(f"{ISSUERS}/mid/crl"), 409)
+    assert refused["detail"] == (
+        f"{_unlistable('mid', 'broken')}; none is signed: restore intermediate broken's "
+        "certificate from a backup"
+    )
+    for served in ("default", "other"):  # nothing of theirs revoked: served, empty
+        assert api.openssl_crl_serials(served, tmp_path) == set()
     for issuer_id in ("mid", "other"):
         api.issue(common_name=f"after.{issuer_id}.example", issuer=issuer_id)
     refused = assert_problem(
         api.post(CERTS, api.admin_key, json={"issuer": "below", "common_name": "x.example"}), 409
     )
     assert refused["detail"].startswith("issuer below is below issuer broken, revoked on ")
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert (
-        "issuer mid: intermediate broken is left off its CRL: its stored certificate cannot be "
-        "read (changed outside certctl?), and its serial is stored nowhere else"
-    ) in warnings
+    _store_certificate(api, "broken", pem)
+    assert api.openssl_crl_serials("mid", tmp_path) == listed
 
 
-def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_leaves_its_parents_crl_served(
+def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_makes_its_parents_crl_a_409(
     api: Api, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Its PEM cut short in the database (a restore, a hand edit) made every fetch of its
-    parent's CRL a 500, hiding every other revocation. Its serial is only in that PEM: it is
-    left off with a warning naming it, and the rest is listed.
+    parent's CRL a 500 naming nothing. Its serial is only in that PEM, and a CRL leaving it
+    off would have every client checking the chain accept the certificates of a revoked CA:
+    no CRL is signed, a 409 names the row to restore (logged once), and once it is restored
+    the CRL lists it and every revocation made meanwhile.
     """
     broken = _intermediate(api, "broken")
     healthy = _intermediate(api, "healthy")
@@ -1232,18 +1245,21 @@ def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_leaves_its_parent
             {"pem": pem[: len(pem) // 2]},
         )
     caplog.set_level("WARNING", logger="certctl.services")
-    for _ in range(2):  # signed anew (the edit counts as a change to the list), then reused
-        assert api.openssl_crl_serials("default", tmp_path) == listed - {broken.serial_number}
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == [
-        "issuer default: intermediate broken is left off its CRL: its stored certificate "
-        "cannot be read (changed outside certctl?), and its serial is stored nowhere else"
-    ]
-    # A revocation since is listed; the intermediate is again once its certificate is restored.
     later = api.issue(common_name="later.example.com")
     assert api.post(f"{CERTS}/{later['id']}/revoke", api.admin_key).status_code == 200
     listed.add(int(later["serial"], 16))
-    assert api.openssl_crl_serials("default", tmp_path) == listed - {broken.serial_number}
+    before = api.counts()
+    detail = (
+        f"{_unlistable('default', 'broken')}; none is signed: restore intermediate broken's "
+        "certificate from a backup"
+    )
+    for path in ("crl", "crl?format=pem", "crl"):
+        assert assert_problem(api.get(f"{ISSUERS}/default/{path}"), 409)["detail"] == detail
+    assert api.counts() == before
+    logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= 30]
+    assert logged == [
+        ("ERROR", f"{_unlistable('default', 'broken')}; none is signed until it is restored")
+    ]
     _store_certificate(api, "broken", pem)
     assert api.openssl_crl_serials("default", tmp_path) == listed
 
@@ -1356,9 +1372,13 @@ def test_an_intermediate_whose_stored_pem_is_unreadable_answers_409_naming_it(
         f"database outside certctl); it signs nothing until {restore} is restored"
     ]
     assert api.counts() == before
-    # Its parent's CRL is served, and lists it while its certificate can be read.
-    listed = api.openssl_crl_serials("default", tmp_path)
-    assert (broken.serial_number in listed) == (column == "chain_pem")
+    # Its parent's CRL lists it while its certificate can be read, and is a 409 naming it
+    # while it cannot (a CRL leaving a revoked CA off would have clients accept what it signed).
+    if column == "chain_pem":
+        assert broken.serial_number in api.openssl_crl_serials("default", tmp_path)
+    else:
+        refused = assert_problem(api.get(f"{ISSUERS}/default/crl"), 409)
+        assert refused["detail"].startswith(_unlistable("default", "broken"))
     # Restored: served again.
     with api.services.engine.begin() as connection:
         connection.execute(update(Issuer).where(Issuer.id == "broken").values({column: pem}))

@@ -545,6 +545,10 @@ def _basis(ca: CertificateAuthority, revoked: tuple[tuple[Any, ...], ...]) -> st
     return digest.hexdigest()
 
 
+# (issuer, intermediate, digest of its stored text) logged as unreadable: once per process.
+_UNLISTABLE_LOGGED: set[tuple[str, str, bytes]] = set()
+
+
 def _revoked_of(
     connection: Connection, issuer_id: str, expired_before: datetime, revoked_before: datetime
 ) -> tuple[tuple[Any, ...], ...]:
@@ -571,18 +575,26 @@ def _revoked_of(
         try:
             certificate = x509.load_pem_x509_certificate(pem.encode())
         except ValueError:
-            # A PEM cut short or written over in the store (a restore, a hand edit) made
-            # every fetch of this CRL a 500, hiding every other revocation. The serial is
-            # stored nowhere else (the issuers table has no column for it): left off, and
-            # the log names the row to restore.
-            log.warning(
-                "issuer %s: intermediate %s is left off its CRL: its stored certificate "
-                "cannot be read (changed outside certctl?), and its serial is stored "
-                "nowhere else",
-                issuer_id,
-                child_id,
+            # A PEM cut short or written over in the store (a restore, a hand edit). Its
+            # serial is stored nowhere else (the issuers table has no column for it), and a
+            # CRL leaving it off would have every client checking the chain accept the
+            # certificates of a CA revoked (perhaps compromised) with one WARNING in a log:
+            # no CRL is signed, as before (a 500 naming nothing), now a 409 naming the row
+            # to restore, logged once per process and row.
+            message = (
+                f"issuer {issuer_id}: its revoked intermediate {child_id} has a stored "
+                "certificate that cannot be read (cut short or written over in the database "
+                "outside certctl), and its serial is stored nowhere else, so no CRL of "
+                f"{issuer_id} can list it"
             )
-            continue
+            seen = (issuer_id, child_id, hashlib.sha256(pem.encode()).digest())
+            if seen not in _UNLISTABLE_LOGGED:
+                _UNLISTABLE_LOGGED.add(seen)
+                log.error("%s; none is signed until it is restored", message)
+            raise Conflict(
+                f"{message}; none is signed: restore intermediate {child_id}'s certificate "
+                "from a backup"
+            ) from None
         serial = format_serial(certificate.serial_number)
         if serial in listed:
             continue  # a serial appears once in a CRL (RFC 5280 5.1.2.6)
