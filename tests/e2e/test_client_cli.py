@@ -1516,6 +1516,7 @@ def test_a_mistyped_issuer_id_is_answered_with_the_closest_one(
                 **env))  # fmt: skip
     key = ok(_certctl(default_server, "auth", "apikeys", "create", "typo-issuer", "--out", "-",
                       **env)).stdout.strip()  # fmt: skip
+    forbidden_before = _forbidden_count(default_server)
     for credentials in ({"CERTCTL_API_KEY": key}, {}):  # none: `issuers crl` is public
         command = ["certs", "issue", "--cn", "t", "--issuer", typo] if credentials else []
         command = command or ["issuers", "crl", typo, "--pem"]
@@ -1526,6 +1527,18 @@ def test_a_mistyped_issuer_id_is_answered_with_the_closest_one(
             f"certctl: error: HTTP 404: issuer {typo} not found ('certctl issuers list' shows "
             "the issuer ids)\n"
         ), command
+    # Nor did the hint ask for the list to see a 403: each such typo counted as a refused
+    # permission (certctl_auth_failures_total{reason="forbidden"}), the escalation attempts an
+    # operator alerts on.
+    assert _forbidden_count(default_server) == forbidden_before
+
+
+def _forbidden_count(server: CertctlServer) -> float:
+    with server.client(server.admin_key) as admin:
+        scrape = admin.get("/api/v1/metrics/prometheus").text
+    (line,) = [x for x in scrape.splitlines() if x.startswith(
+        'certctl_auth_failures_total{reason="forbidden"} ')]  # fmt: skip
+    return float(line.split()[-1])
 
 
 def test_apikey_expiry_is_checked_by_the_cli_and_a_date_is_utc(

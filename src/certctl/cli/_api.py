@@ -692,9 +692,16 @@ def _issuer_suggestion(issuer_id: str) -> str:
     if not (_api_key() or os.environ.get("CERTCTL_CLIENT_CERT")):
         return listing  # a public command run without credentials: the list would be a 401
     try:
+        # Asked first (any authenticated caller may): the list itself, refused with 403,
+        # counted each typo as a refused permission (certctl_auth_failures_total{reason=
+        # "forbidden"}), what operators alert on as escalation attempts.
+        me = send_request("GET", "/api/v1/auth/whoami")
+        permissions = me.get("permissions") if isinstance(me, dict) else None
+        if not isinstance(permissions, list) or "issuer.read" not in permissions:
+            return listing
         answer = send_request("GET", "/api/v1/issuers")
     except CertctlError:
-        return listing  # no issuer.read, or the server went away: the hint alone
+        return listing  # a refused key, or the server went away: the hint alone
     items = answer.get("items") if isinstance(answer, dict) else None
     ids = [str(i["id"]) for i in items or [] if isinstance(i, dict) and "id" in i]
     close = difflib.get_close_matches(issuer_id, ids, n=1, cutoff=0.6)
