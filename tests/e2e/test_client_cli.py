@@ -1570,6 +1570,11 @@ def test_apikey_expiry_is_checked_by_the_cli_and_a_date_is_utc(
     listing = _certctl(default_server, "auth", "apikeys", "list", "--actor", "expiry-cli", **env)
     listed = json.loads(ok(listing).stdout)
     assert [k["expires_at"] for k in listed["items"]] == ["2099-01-01T00:00:00+00:00"]
+    # An offset with seconds, which Python reads and the API's parser did not: sent in UTC.
+    seconds = ok(_certctl(default_server, "auth", "apikeys", "create", "expiry-cli", "--name",
+                          "expiry-seconds", "--expires-at", "2099-01-01T12:00:00+05:30:30",
+                          **env))  # fmt: skip
+    assert json.loads(seconds.stdout)["expires_at"] == "2099-01-01T06:29:30+00:00"
 
 
 def test_certs_issue_checks_the_profile_as_cert_issue_does(default_server: CertctlServer) -> None:

@@ -367,6 +367,12 @@ def _iso_time(value: str | None) -> str | None:
         # The server's words were "expires_at must be in the future". A time this clock
         # still sees ahead is the server's to judge (its clock decides).
         raise typer.BadParameter(f"{value}: in the past; a key must expire in the future")
+    try:
+        # Sent in UTC: an offset Python reads but the API's parser does not (seconds,
+        # +05:30:30) would come back in pydantic's words, naming expires_at.
+        when = when.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-14:00: past datetime.max in UTC
+        raise typer.BadParameter(f"{value}: out of range (at most 9999-12-31T23:59:59Z)") from None
     return when.isoformat()
 
 

@@ -926,6 +926,14 @@ CASES = [
         "--name NAME-v2), switch to it, then revoke the old one (certctl auth apikeys revoke "
         "KEY_ID)",
     ),
+    # Past datetime.max in UTC: the server's "expires_at: out of range", not the option's.
+    _c(
+        "apikeys-expires-past-datetime-max",
+        ["auth", "apikeys", "create", "a", "--expires-at", "9999-12-31T23:59:59-14:00"],
+        2,
+        "Invalid value for '--expires-at': 9999-12-31T23:59:59-14:00: out of range (at most "
+        "9999-12-31T23:59:59Z)",
+    ),
     _c(
         "command-of-two-groups",
         "revoke x",
