@@ -1493,6 +1493,12 @@ def test_a_mistyped_issuer_id_is_answered_with_the_closest_one(
         result = _certctl(default_server, *command, **env)
         assert (result.returncode, result.stdout, result.stderr) == (1, "", expected), command
     assert not (tmp_path / "t").exists()
+    # Issuer ids are lower case: one typed in capitals is the one meant, however many issuers.
+    shouted = _certctl(default_server, "issuers", "get", "TYPO-CLIENTS-CA", **env)
+    assert shouted.stderr == (
+        "certctl: error: HTTP 404: issuer TYPO-CLIENTS-CA not found (did you mean "
+        "typo-clients-ca?)\n"
+    )
     # A listing filtered by it printed "no certificates match" and nothing else, as for an
     # issuer without certificates; the listing is the same (piped scripts), with a warning.
     for output, shown in (("table", "no certificates match\n"), ("json", None)):

@@ -704,7 +704,8 @@ def _issuer_suggestion(issuer_id: str) -> str:
         return listing  # a refused key, or the server went away: the hint alone
     items = answer.get("items") if isinstance(answer, dict) else None
     ids = [str(i["id"]) for i in items or [] if isinstance(i, dict) and "id" in i]
-    close = difflib.get_close_matches(issuer_id, ids, n=1, cutoff=0.6)
+    # Issuer ids are lower case only: `--issuer CLIENTS-CA` means clients-ca.
+    close = difflib.get_close_matches(issuer_id.lower(), ids, n=1, cutoff=0.6)
     if close:
         return f"did you mean {close[0]}?"
     if ids and len(ids) <= _LISTED_ISSUERS_MAX:
