@@ -1600,23 +1600,30 @@ def test_certs_issue_checks_the_profile_as_cert_issue_does(default_server: Certc
     assert json.loads(shown.stdout)["profile"] == "client"
 
 
+@pytest.mark.parametrize("on_path", [True, False], ids=["certctl-on-path", "venv-off-path"])
 def test_the_start_banner_cli_line_works_as_printed(
-    start_server: StartServer, tmp_path: Path
+    start_server: StartServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, on_path: bool
 ) -> None:
     # The notice gave a curl line only: a new user found the CERTCTL_* settings, and the CA
     # file's path, in the README. A data directory with a space: the paths are quoted.
+    # Off PATH (`make run` runs .venv/bin/certctl, a shell without the venv finds no certctl),
+    # the line said `certctl auth whoami` too: "certctl: command not found" when pasted.
+    certctl = require("certctl")
+    system_path = "/usr/local/bin:/usr/bin:/bin"
+    path = f"{Path(certctl).parent}:{system_path}" if on_path else system_path
+    monkeypatch.setenv("PATH", path)  # the server's, and the shell's the line is pasted in
     server = start_server(data_dir=tmp_path / "data dir")
     out, _ = server.logs()
     (line,) = [x for x in out.splitlines() if x.startswith("CLI: export ")]
     ca, key_file = (shlex.quote(str(p.resolve())) for p in (server.ca, server.data_dir /
                     "admin-api-key"))  # fmt: skip
     assert "'" in ca
+    command = "certctl" if on_path else shlex.quote(str(Path(certctl).resolve()))
     assert line == (
         f"CLI: export CERTCTL_URL={server.url} CERTCTL_CA_CERT={ca} "
-        f'CERTCTL_API_KEY="$(cat {key_file})"; certctl auth whoami'
+        f'CERTCTL_API_KEY="$(cat {key_file})"; {command} auth whoami'
     )
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
-    path = f"{Path(require('certctl')).parent}:{clean.get('PATH', '')}"
     result = run("bash", "-c", line.removeprefix("CLI: "), env=clean | {"PATH": path})
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["actor_id"] == "admin"

@@ -62,7 +62,24 @@ def _cli_line(config: ServerConfig, url: str, ca_path: str | None, key_file: Pat
     words.append(f'CERTCTL_API_KEY="$(cat {shlex.quote(str(key_file))})"')
     if config.tls.mode != "disabled" and config.tls.client_auth == "required":
         words.append("CERTCTL_CLIENT_CERT=client.crt CERTCTL_CLIENT_KEY=client.key")
-    return f"CLI: export {' '.join(words)}; certctl auth whoami\n"
+    return f"CLI: export {' '.join(words)}; {_cli_command()} auth whoami\n"
+
+
+def _cli_command() -> str:
+    """How a shell runs this certctl: ``certctl`` when PATH finds this very one, else its path.
+
+    `make run` starts ``.venv/bin/certctl``, which a shell without the venv does not find:
+    the pasted line ended in "certctl: command not found".
+    """
+    import shutil
+
+    running = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if running is None or running.name != "certctl" or not running.is_file():
+        return "certctl"  # not the console script (an embedding, a test harness): the name
+    found = shutil.which("certctl")
+    if found is not None and Path(found).resolve() == running.resolve():
+        return "certctl"
+    return shlex.quote(str(running.resolve()))
 
 
 def announce(
