@@ -1627,3 +1627,9 @@ def test_the_start_banner_cli_line_works_as_printed(
     result = run("bash", "-c", line.removeprefix("CLI: "), env=clean | {"PATH": path})
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["actor_id"] == "admin"
+    # The curl line above it, pasted the same way: its paths were not quoted, so the space
+    # split them ("curl: (77) error setting certificate file: /…/data").
+    (curl,) = [x for x in out.splitlines() if x.startswith("Try: curl ")]
+    result = run("bash", "-c", f"{curl.removeprefix('Try: ')} -sS --fail", env=clean)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["actor_id"] == "admin"

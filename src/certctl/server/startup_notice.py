@@ -133,12 +133,14 @@ def announce(
         )
     if ca_path:
         out.write(f"CA certificate: {ca_path}\n")
-    cacert = f"--cacert {ca_path} " if ca_path else ""
+    # Quoted as the CLI line's: a data directory with a space split the pasted command.
+    cacert = f"--cacert {shlex.quote(ca_path)} " if ca_path else ""
     # Without a client certificate the handshake fails before the key is even sent.
     if config.tls.mode != "disabled" and config.tls.client_auth == "required":
         cacert += "--cert client.crt --key client.key "
     out.write(
-        f'Try: curl {cacert}-H "Authorization: Bearer $(cat {boot.admin_key_file.resolve()})" '
+        f'Try: curl {cacert}-H "Authorization: Bearer '
+        f'$(cat {shlex.quote(str(boot.admin_key_file.resolve()))})" '
         f"{url}/api/v1/auth/whoami\n"
     )
     out.write(_cli_line(config, url, ca_path, boot.admin_key_file.resolve()))
