@@ -662,6 +662,28 @@ def test_throttled_client_is_told_how_long_to_wait(start_server: StartServer) ->
     assert 0 < int(seconds.removesuffix(" s)\n")) <= 90
 
 
+def test_a_client_certificate_the_server_does_not_ask_for_is_named(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    # tls.client-auth none: the certificate is never sent, and the 401 sent the user to
+    # CERTCTL_API_KEY as if CERTCTL_CLIENT_CERT had not been set.
+    ok(run("certctl", "ca", "create", "--out", tmp_path / "ca", "--cn", "Unasked Clients CA"))
+    ok(run("certctl", "cert", "issue", "--ca", tmp_path / "ca", "--profile", "client",
+           "--cn", "unasked", "--out", tmp_path / "unasked"))  # fmt: skip
+    cert = tmp_path / "unasked" / "tls.crt"
+    result = _certctl(
+        default_server, "auth", "whoami", CERTCTL_CA_CERT=str(default_server.ca),
+        CERTCTL_CLIENT_CERT=str(cert), CERTCTL_CLIENT_KEY=str(tmp_path / "unasked" / "tls.key"),
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        "certctl: error: HTTP 401: authentication required: send 'Authorization: Bearer <api "
+        f"key>' (the server did not ask for the certificate in CERTCTL_CLIENT_CERT={cert}: its "
+        "tls.client-auth is none, or a proxy in front ends TLS; or set CERTCTL_API_KEY to an "
+        "API key)\n"
+    )
+
+
 def test_client_certificate_from_the_environment(start_server: StartServer, tmp_path: Path) -> None:
     # A server with tls.client-auth: required let no client command in: they had no way to
     # present a certificate, so client-cert-mappings were out of the CLI's reach too.

@@ -450,6 +450,14 @@ def _failure(response: Any, endpoint: str, key_set: bool) -> str:
             f" (the certificate in CERTCTL_CLIENT_CERT={os.environ['CERTCTL_CLIENT_CERT']}: "
             "use another one, or set CERTCTL_API_KEY to an API key)"
         )
+    elif code == 401 and not key_set and _certificate_not_asked_for(detail):
+        # The server saw no credentials at all: the certificate was never sent, which the
+        # server decides (TLS asks the client for one), not the CLI.
+        message += (
+            " (the server did not ask for the certificate in "
+            f"CERTCTL_CLIENT_CERT={os.environ['CERTCTL_CLIENT_CERT']}: its tls.client-auth is "
+            "none, or a proxy in front ends TLS; or set CERTCTL_API_KEY to an API key)"
+        )
     elif code == 401 and not key_set:
         message += " (set CERTCTL_API_KEY to an API key, e.g. $(cat certctl-data/admin-api-key))"
     elif code == 401 and detail in _KEY_REFUSALS:
@@ -468,6 +476,15 @@ def _unmapped_certificate(detail: object) -> bool:
         and bool(os.environ.get("CERTCTL_CLIENT_CERT"))
         and detail.startswith("client certificate subject ")
         and " is not mapped to any role" in detail
+    )
+
+
+def _certificate_not_asked_for(detail: object) -> bool:
+    """Whether a 401 says no credentials arrived though CERTCTL_CLIENT_CERT is set."""
+    return (
+        isinstance(detail, str)
+        and bool(os.environ.get("CERTCTL_CLIENT_CERT"))
+        and detail.startswith("authentication required")
     )
 
 
