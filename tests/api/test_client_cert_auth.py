@@ -703,3 +703,40 @@ def test_a_revoked_issuer_whose_stored_certificate_is_unreadable_still_refuses_u
         assert assert_problem(mtls.whoami(), 401)["detail"] == revoked
         mtls.present(frank["certificate_pem"], "other", "default", resumed=resumed)
         assert mtls.permissions() == ["cert.read"]
+
+
+def test_an_unmapped_subject_is_named_with_its_control_characters_escaped(mtls: Mtls) -> None:
+    """A CN is its holder's text: a newline, a terminal escape or a bidi override in it went
+    raw into the 401's detail, for whatever logs or prints that detail (a proxy, a script)."""
+    from datetime import UTC, datetime
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Example"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "a\nINFO forged\x1b[31m\u202ec\\d"),
+        ]
+    )
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    mtls.present(cert.public_bytes(Encoding.PEM).decode(), resumed=True)
+    body = assert_problem(mtls.whoami(), 401)
+    shown = r"CN=a\0AINFO forged\1B[31m\E2\80\AEc\\d,O=Example"
+    assert body["detail"] == (
+        f"client certificate subject {shown} is not mapped to any role by auth.client-cert-mappings"
+    )
+    # RFC 4514 hex escapes: the subject as shown is one a mapping can be written as.
+    assert ClientCertMapping(shown, ("r-mtls",)).matches(name.rfc4514_string())

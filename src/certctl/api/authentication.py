@@ -416,10 +416,26 @@ _SHOWN_SUBJECT_MAX = 200
 
 
 def _shown_subject(subject: str) -> str:
-    """``subject`` for a one-line refusal: a long one (many RDNs) cut, with an ellipsis."""
-    if len(subject) <= _SHOWN_SUBJECT_MAX:
-        return subject
-    return subject[: _SHOWN_SUBJECT_MAX - 1] + "…"
+    r"""``subject`` for a one-line refusal: a long one (many RDNs) cut, with an ellipsis.
+
+    A character that is not printable (a newline, a terminal escape, a bidi override: the
+    certificate holder's text) as RFC 4514 hex escapes of its UTF-8 bytes (``\0A``): raw, it
+    went into whatever logs or prints the detail, and escaped so it is still a subject a
+    mapping can be written as.
+    """
+    pieces = [
+        c if c.isprintable() else "".join(f"\\{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+        for c in subject
+    ]
+    if sum(map(len, pieces)) <= _SHOWN_SUBJECT_MAX:
+        return "".join(pieces)
+    kept, length = [], 0
+    for piece in pieces:  # whole escapes only: a cut one would read as another character
+        if length + len(piece) > _SHOWN_SUBJECT_MAX - 1:
+            break
+        kept.append(piece)
+        length += len(piece)
+    return "".join(kept) + "…"
 
 
 def _client_cert_expired(
