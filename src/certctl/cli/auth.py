@@ -7,6 +7,7 @@ Requests go through :func:`certctl.cli._api.send_request` (``CERTCTL_URL``, ``CE
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -357,7 +358,10 @@ def _iso_time(value: str | None) -> str | None:
         return None
     try:
         when = datetime.fromisoformat(value.strip())
-    except ValueError:
+    except ValueError as exc:
+        # A well-formed date of no day (2027-02-29, no leap year; hour 25) says which field.
+        if re.match(r"(year|month|day|hour|minute|second) ", str(exc)):
+            raise typer.BadParameter(f"{value}: {exc}") from None
         raise typer.BadParameter(
             f"{value}: not an ISO 8601 date or time (e.g. 2027-01-01 or 2027-01-01T00:00:00Z)"
         ) from None

@@ -926,6 +926,19 @@ CASES = [
         "--name NAME-v2), switch to it, then revoke the old one (certctl auth apikeys revoke "
         "KEY_ID)",
     ),
+    # Not a leap year: a well-formed date of no day was "not an ISO 8601 date or time".
+    _c(
+        "apikeys-expires-no-leap-day",
+        "auth apikeys create a --expires-at 2027-02-29",
+        2,
+        "Invalid value for '--expires-at': 2027-02-29: day is out of range for month (see",
+    ),
+    _c(
+        "apikeys-expires-hour-25",
+        "auth apikeys create a --expires-at 2099-01-01T25:00Z",
+        2,
+        "Invalid value for '--expires-at': 2099-01-01T25:00Z: hour must be in 0..23 (see",
+    ),
     # Past datetime.max in UTC: the server's "expires_at: out of range", not the option's.
     _c(
         "apikeys-expires-past-datetime-max",
