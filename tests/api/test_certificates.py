@@ -387,6 +387,10 @@ def test_an_unknown_status_filter_names_the_one_meant(api: Api) -> None:
         assert assert_problem(r, 400)["detail"] == (
             f"{status}: unknown status ({meant}active, expiring, expired, revoked)"
         )
+    # `--status "$STATUS"` with the variable unset: named as an empty issuer filter is, not
+    # as ": unknown status".
+    r = api.get(CERTS, api.admin_key, params={"status": ""})
+    assert assert_problem(r, 400)["detail"] == "status: empty (leave it out for no filter)"
 
 
 def test_list_filters(api: Api) -> None:

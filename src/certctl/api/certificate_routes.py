@@ -131,9 +131,10 @@ async def list_certificates(request: Request, principal: Principal | None) -> Re
         len(cursor) != 24 or any(c not in "0123456789abcdef" for c in cursor)
     ):
         raise InvalidRequest("cursor: not a cursor returned by this API")
-    for name in ("issuer", "expiring_within"):
+    for name in ("issuer", "status", "expiring_within"):
         # Empty is no filter to guess at: ?expiring_within=$WINDOW with the variable unset
-        # listed every certificate as if all were expiring, ?issuer= listed none.
+        # listed every certificate as if all were expiring, ?issuer= listed none, ?status=
+        # was ": unknown status".
         if params.get(name) == "":
             raise InvalidRequest(f"{name}: empty (leave it out for no filter)")
     within = params.get("expiring_within")
