@@ -1,13 +1,85 @@
-"""The CRL served last, while the store fails: only when no process can revoke meanwhile."""
+"""The CRL served last, while the store fails: never one leaving off a revocation for long.
+
+Real PostgreSQL refusing this process's sessions (``ALLOW_CONNECTIONS false``, its backends
+terminated: the database is up, as for the other replicas, and this one is cut off), and the
+CRL read back with ``openssl crl``.
+"""
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from certctl.services import crls
 from certctl.store.db import PoolTimeout
-from tests.services.conftest import Env
+from tests._tools import require
+from tests.services.conftest import Env, _make_env
 from tests.services.test_scheduler_pool import _every_connection_taken
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def pg_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    """A fresh store on PostgreSQL: the backend replicas share."""
+    yield from _make_env(request, tmp_path, "postgresql")
+
+
+def _superuser(env: Env, database: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
+    url = make_url(env.services.engine.url)
+    return psycopg.connect(
+        host=url.host, port=url.port, user=url.username, dbname=database, autocommit=True
+    )
+
+
+@contextmanager
+def _refused(env: Env) -> Iterator[None]:
+    """PostgreSQL up but refusing this database's sessions, the pooled ones ended."""
+    database = make_url(env.services.engine.url).database
+    assert database is not None
+    with _superuser(env) as conn:
+        conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (database,),
+        )
+    try:
+        yield
+    finally:
+        with _superuser(env) as conn:
+            conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+
+
+def _listed(der: bytes, tmp_path: Path) -> set[int]:
+    """The serials ``openssl crl`` reads in a DER CRL."""
+    path = tmp_path / "fetched.crl"
+    path.write_bytes(der)
+    text = subprocess.run(
+        [require("openssl"), "crl", "-inform", "DER", "-noout", "-text", "-in", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    return {
+        int(line.split(":", 1)[1].strip(), 16)
+        for line in text.splitlines()
+        if line.strip().startswith("Serial Number:")
+    }
+
+
+def _issued(env: Env, name: str) -> int:
+    with env.client() as client:
+        r = client.post("/api/v1/certificates", json={"common_name": name})
+    assert r.status_code == 201, r.text
+    return int(r.json()["serial"], 16)
 
 
 def test_a_busy_store_never_serves_a_crl_kept_from_before(any_env: Env) -> None:
@@ -20,3 +92,70 @@ def test_a_busy_store_never_serves_a_crl_kept_from_before(any_env: Env) -> None:
         crls.served_crl(any_env.services, "default")
     again = crls.served_crl(any_env.services, "default")  # a connection free: a new one
     assert again.number > served.number
+
+
+def test_a_revocation_made_here_before_the_store_fails_is_never_left_off(
+    pg_env: Env, tmp_path: Path
+) -> None:
+    # CRLs are signed at a fetch, not at a revocation: the CRL served last, fetched before
+    # the revocation, was served without it (for its 7 days) as soon as the store failed.
+    with pg_env.client() as client:
+        r = client.post("/api/v1/certificates", json={"common_name": "here.example.com"})
+        assert r.status_code == 201, r.text
+        cert = r.json()
+        before = client.get("/api/v1/issuers/default/crl")
+        assert before.status_code == 200, before.text
+        revoked = client.post(f"/api/v1/certificates/{cert['id']}/revoke", json={})
+        assert revoked.status_code == 200, revoked.text
+        with _refused(pg_env):
+            during = client.get("/api/v1/issuers/default/crl")
+            assert during.status_code == 503, (
+                during.status_code,
+                _listed(during.content, tmp_path),
+            )
+            assert during.headers["content-type"].split(";")[0] == PROBLEM
+            assert (
+                during.json()["detail"] == "storage is unavailable: the database cannot be reached"
+            )
+        after = client.get("/api/v1/issuers/default/crl")
+    assert after.status_code == 200, after.text
+    assert _listed(after.content, tmp_path) == {int(cert["serial"], 16)}
+
+
+def test_a_crl_kept_while_cut_off_is_served_as_long_as_a_cache_could_keep_it(
+    pg_env: Env, tmp_path: Path
+) -> None:
+    # Another replica revokes, then this one is cut off (a partition, pg_hba, a password
+    # rotated under it): it cannot know, so the CRL it served last is served only as long
+    # as a CDN in front keeps a CRL anyway (CRL_REUSE after the store last showed it
+    # current), where it was served for its 7 days without the revocation.
+    serial = _issued(pg_env, "other.example.com")
+    with pg_env.client() as client:
+        first = client.get("/api/v1/issuers/default/crl")
+        assert first.status_code == 200, first.text
+        pg_env.clock.advance(minutes=1)
+        shown = client.get("/api/v1/issuers/default/crl")  # the store shows it current
+        assert shown.content == first.content
+        database = make_url(pg_env.services.engine.url).database
+        assert database is not None
+        with _superuser(pg_env, database) as conn:  # another replica, or a fix by hand
+            updated = conn.execute(
+                "UPDATE certificates SET status = 'revoked', revoked_at = now(), "
+                "revocation_reason = 'keyCompromise' WHERE serial = %s",
+                (format(serial, "x"),),
+            )
+            assert updated.rowcount == 1
+        with _refused(pg_env):
+            pg_env.clock.advance(seconds=crls.CRL_REUSE.total_seconds() - 1)
+            kept = client.get("/api/v1/issuers/default/crl")
+            assert (kept.status_code, kept.content) == (200, first.content), kept.text
+            # Signed 10 minutes ago: no cache in front keeps it longer than it would have.
+            assert kept.headers["cache-control"] == "public, max-age=0"
+            assert kept.headers["etag"] == first.headers["etag"]
+            pg_env.clock.advance(seconds=1)
+            ended = client.get("/api/v1/issuers/default/crl")
+            assert ended.status_code == 503, (ended.status_code, _listed(ended.content, tmp_path))
+        after = client.get("/api/v1/issuers/default/crl")
+    assert after.status_code == 200, after.text
+    assert _listed(after.content, tmp_path) == {serial}
+    assert timedelta(minutes=10) == crls.CRL_REUSE  # as README says

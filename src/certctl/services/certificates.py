@@ -322,7 +322,7 @@ def revoke_certificate(
     reason = check_reason(reason)
     now = services.clock()
     also: list[str] = []
-    with services.sessions.begin() as session:
+    with services.revoking(), services.sessions.begin() as session:
         # One revocation at a time across workers and replicas: two revoking links of one
         # chain (keyCompromise takes them all) each held its own row and waited for the
         # other's, and PostgreSQL aborted one as a deadlock (a 503 to its client).

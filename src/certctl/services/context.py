@@ -6,7 +6,7 @@ import contextlib
 import functools
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -170,6 +170,14 @@ class Services:
     # Issuer id -> the last stored CRL served here, parsed, while the store holds no newer
     # one; replaced whole, so no lock is needed.
     signed_crls: dict[str, SignedCrl] = field(default_factory=dict)
+    # Issuer id -> (CRL number, when by ``clock``, ``revocations_here`` then): the store last
+    # showed the CRL of that number to be the issuer's newest at that time, before this
+    # process's revocations counted then. What ``crls.served_crl`` may serve while the store
+    # fails, for a while (see there).
+    crl_confirmed: dict[str, tuple[int, datetime, int]] = field(default_factory=dict)
+    # Revocations this process committed (or tried to): a CRL confirmed before one may leave
+    # it off, as CRLs are signed at a fetch, not at a revocation (``revoking``).
+    revocations_here: int = 0
     # Issuer id -> when (by ``clock``) this process last signed a CRL for it: it signs at most
     # one per CRL_REUSE while the list stays the same, however far other clocks are.
     crl_signed_here: dict[str, datetime] = field(default_factory=dict)
@@ -234,6 +242,21 @@ class Services:
     def issuer_revocation(self, issuer_id: str) -> IssuerRevocation | None:
         """When and why cached issuer ``issuer_id`` was revoked; None if not (or not cached)."""
         return self._revoked.get(issuer_id)
+
+    @contextlib.contextmanager
+    def revoking(self) -> Iterator[None]:
+        """Around a revocation's transaction: counted once it is over, committed or not.
+
+        Or not: a commit whose answer was lost may have landed. Counted after it: a fetch
+        that read the store before the commit confirmed a CRL leaving the revocation off,
+        and took the count before this, so that CRL is no longer served while the store
+        fails (``crls.served_crl``).
+        """
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.revocations_here += 1
 
     def forget_issuer(self, issuer_id: str) -> None:
         """Drop a cached CA and its cached certificates (renewed, revoked or deleted)."""

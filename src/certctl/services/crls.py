@@ -59,13 +59,21 @@ def crl_for(services: Services, issuer_id: str) -> x509.CertificateRevocationLis
 def served_crl(services: Services, issuer_id: str) -> SignedCrl:
     """The issuer's CRL (see :func:`_served_crl`); while the store fails, the last one served.
 
-    A database that cannot be reached (or refuses writes) records no revocation either, so
-    the CRL this process served last is still the newest one: it is served until its
-    nextUpdate, with a warning once per outage and issuer. It answered 503, and a client
+    A database that cannot be reached (or refuses writes) records no revocation through
+    this process, so the CRL the store last showed it to be the newest is served for a
+    while, with a warning once per outage and issuer. It answered 503, and a client
     checking revocation (a TLS server fetching the CRL, a browser) failed closed or gave up
     its check for as long as the database was down. An issuer this process never served a
     CRL of still gets the 503.
+
+    Only while :func:`_kept_current` holds: CRLs are signed at a fetch, not at a
+    revocation, so the CRL served last leaves off what was revoked since; "nothing can be
+    revoked meanwhile" held for no revocation made before the outage (served for its 7 days
+    without it), nor for other replicas when only this one is cut off (a partition, a
+    password or pg_hba refusing it, a failover it has not followed).
     """
+    generation = services.revocations_here  # before the read: see Services.revoking
+    asked = services.clock()
     try:
         served = _served_crl(services, issuer_id)
     except (DBAPIError, PoolTimeout) as exc:
@@ -79,20 +87,56 @@ def served_crl(services: Services, issuer_id: str) -> SignedCrl:
             or (kept.crl.next_update_utc or now) <= now
         ):
             raise
+        if not _kept_current(services, issuer_id, kept, now):
+            if issuer_id in _KEPT_LOGGED and issuer_id not in _KEPT_ENDED:
+                _KEPT_ENDED.add(issuer_id)
+                log.warning(
+                    "issuer %s: no longer serving the CRL numbered %d: the store has not "
+                    "shown it current for %d minutes, or a revocation was made here since; "
+                    "CRL fetches answer 503 until the store answers again",
+                    issuer_id,
+                    kept.number,
+                    CRL_REUSE // timedelta(minutes=1),
+                )
+            raise
         if issuer_id not in _KEPT_LOGGED:
             _KEPT_LOGGED.add(issuer_id)
             log.warning(
-                "issuer %s: serving the CRL numbered %d served last, until the store answers "
-                "again (%s)",
+                "issuer %s: serving the CRL numbered %d served last, for at most %d minutes "
+                "after the store last showed it current, until the store answers again (%s)",
                 issuer_id,
                 kept.number,
+                CRL_REUSE // timedelta(minutes=1),
                 fault.detail,
             )
         return kept
+    services.crl_confirmed[issuer_id] = (served.number, asked, generation)
     if issuer_id in _KEPT_LOGGED:
         _KEPT_LOGGED.discard(issuer_id)
+        _KEPT_ENDED.discard(issuer_id)
         log.info("issuer %s: CRLs come from the store again", issuer_id)
     return served
+
+
+def _kept_current(services: Services, issuer_id: str, kept: SignedCrl, now: datetime) -> bool:
+    """Whether ``kept`` may be served while the store fails: no revocation left off for long.
+
+    The store showed it to be the issuer's newest CRL less than :data:`CRL_REUSE` ago (by
+    a fetch that began then), and this process revoked nothing since that fetch began. A
+    revocation through another process or replica just before the store failed (or while
+    only this process is cut off) is left off for CRL_REUSE at most: as long as a CDN or
+    proxy in front keeps a CRL anyway (its max-age, see :func:`crl_max_age_s`), so the CRL
+    route lags a revocation no longer than it does without an outage.
+    """
+    confirmed = services.crl_confirmed.get(issuer_id)
+    if confirmed is None:
+        return False
+    number, at, generation = confirmed
+    return (
+        number == kept.number
+        and generation == services.revocations_here
+        and at <= now < at + CRL_REUSE
+    )
 
 
 def _served_crl(services: Services, issuer_id: str) -> SignedCrl:
@@ -467,6 +511,8 @@ log = logging.getLogger("certctl.services")
 _UNUSABLE_LOGGED: set[tuple[str, int]] = set()
 # Issuers whose CRL served last is served while the store fails (said once per outage).
 _KEPT_LOGGED: set[str] = set()
+# Those of _KEPT_LOGGED whose CRL served last is no longer served (said once per outage).
+_KEPT_ENDED: set[str] = set()
 # Store faults under which no process can record a revocation either (the database is down,
 # read-only or full), so the CRL served last is still the newest. Not a busy store (a pool,
 # lock or statement timeout): another process may just have committed a revocation, which

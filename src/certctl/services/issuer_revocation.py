@@ -57,7 +57,7 @@ def revoke_issuer(
     caller.require("issuer.revoke")
     reason = check_reason(reason, issuer=True)
     now = services.clock()
-    with services.sessions.begin() as session:
+    with services.revoking(), services.sessions.begin() as session:
         # One revocation at a time (of certificates too), and the issuer rows it writes locked
         # in one order before the first write: see _lock_rows. SQLite: the write lock first.
         lock_for_write(session, REVOCATION_LOCK)
