@@ -93,6 +93,36 @@ def test_a_url_parameter_libpq_refuses_is_named(
     assert not (tmp_path / "data" / "admin-api-key").exists()
 
 
+@pytest.mark.parametrize("rest", ["@ZZb/YYc", "@ZZb?YYc", "@ZZb/YYc?XXd:WWe", "@ZZb?YYc=XXd"])
+def test_no_part_of_a_password_holding_an_unencoded_at_is_ever_shown(
+    tmp_path: Path, postgres_cluster: PostgresCluster, rest: str
+) -> None:
+    # An '@' then a '/' or '?' in the password: the host became "ZZb", the password's part
+    # after its '@', and serve, admin-key and kek rotate said "failed to resolve host 'ZZb'".
+    url = postgres_cluster.url("postgres").replace("postgres@", f"certctl:QQa{rest}@", 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    for command in (["serve", "--listen", "127.0.0.1:0"], ["admin-key"], ["kek", "rotate"]):
+        data = tmp_path / "-".join(command)
+        for given in ({"CERTCTL_DATABASE_URL": url}, None):
+            argv = [*command, "--data-dir", data]
+            if given is None:
+                argv += ["--database-url", url]
+            refused = run("certctl", *argv, env={**env, **(given or {})}, timeout=30)
+            said = refused.stdout + refused.stderr
+            assert refused.returncode != 0, said
+            for part in ("QQa", "ZZb", "YYc", "XXd", "WWe"):
+                assert part not in said, said
+            assert (
+                said.strip()
+                .splitlines()[-1]
+                .endswith(
+                    "postgresql+psycopg://…: an '@' follows the password's end (in a user name or "
+                    "password, write @ as %40, : as %3A and / as %2F)"
+                )
+            ), said
+        assert not data.exists() or not any(data.iterdir())
+
+
 def test_a_data_dir_pointed_at_another_empty_database_is_refused(
     tmp_path: Path, postgres_cluster: PostgresCluster
 ) -> None:

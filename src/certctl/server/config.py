@@ -470,6 +470,15 @@ class ServerConfig(_Section):
             # u:p@ss@db/certctl splits at the first '@': the host "ss@db", the rest of the
             # password, which a start then quoted ("failed to resolve host 'ss@db'").
             raise ValueError(f"{scheme}://…: the host holds an '@' {encode}")
+        if parsed.password is not None:
+            # The password ends at the first '@' after the user name's ':'. Another '@' after
+            # it is one of the password's, with a '/' or '?' before it: u:p@ss/x@db/certctl
+            # split into the password "p", the host "ss" and the database "x@db/certctl", and
+            # a start quoted "ss" ("failed to resolve host 'ss'"). An '@' in a user name
+            # before the ':' (Azure's user@server) stays accepted.
+            rest = value.partition("://")[2].partition(":")[2].partition("@")[2]
+            if "@" in rest:
+                raise ValueError(f"{scheme}://…: an '@' follows the password's end {encode}")
         return value
 
     @property

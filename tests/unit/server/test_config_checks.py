@@ -127,6 +127,18 @@ REFUSED = {
         "{file}: database-url: postgresql+psycopg://…: the host holds an '@' (in a user "
         "name or password, write @ as %40, : as %3A and / as %2F)",
     ),
+    # An unencoded '@' then '/' or '?': the host became "ss", the rest of the password, which
+    # a start quoted in "failed to resolve host 'ss'"; the host held no '@'.
+    "password with @ and / unencoded": (
+        {"database-url": "postgresql+psycopg://certctl:hunter@2ss/x@db/certctl"},
+        "{file}: database-url: postgresql+psycopg://…: an '@' follows the password's end (in "
+        "a user name or password, write @ as %40, : as %3A and / as %2F)",
+    ),
+    "password with @ and ? unencoded": (
+        {"database-url": "postgresql+psycopg://certctl:hunter@2ss?x@db/certctl"},
+        "{file}: database-url: postgresql+psycopg://…: an '@' follows the password's end (in "
+        "a user name or password, write @ as %40, : as %3A and / as %2F)",
+    ),
     "database url without a scheme": (
         {"database-url": "db.example.internal/certctl"},
         "{file}: database-url: not a URL: use sqlite:///PATH",
@@ -284,6 +296,11 @@ def test_refused_at_load_naming_the_key(tmp_path: Path, doc: dict[str, Any], mes
         "sqlite:////var/lib/certctl/x.db",
         "postgresql://u@db/x",
         "postgresql+psycopg://u@db/x",
+        # An '@' in the user name (Azure's user@server), or encoded in the password.
+        "postgresql+psycopg://u@server:pw/x@db/x",
+        "postgresql+psycopg://u:p%40ss%2Fx@db/x?application_name=a%40b",
+        # Without a password, an '@' further on quotes nothing secret.
+        "postgresql+psycopg://u@db/x?application_name=a@b",
     ],
 )
 def test_supported_database_urls_load(tmp_path: Path, url: str) -> None:
