@@ -231,6 +231,10 @@ def test_a_password_in_the_database_url_flag_is_warned_of_never_shown(
         "file's database-url, or the password in ~/.pgpass or PGPASSWORD\n"
     )
     assert "pw-in-the-flag" not in flag.stdout + flag.stderr
+    # As libpq's keyword in the query: no warning, the same password in ps.
+    in_query = ok(run(*argv, "--database-url", f"{url}?password=pw-in-the-query", env=env))
+    assert in_query.stderr == flag.stderr
+    assert "pw-in-the-query" not in in_query.stdout + in_query.stderr
     # The same URL from the environment, or a flag without a password: nothing to warn of.
     quiet = ok(run(*argv, env={**env, "CERTCTL_DATABASE_URL": with_password}))
     assert quiet.stderr == ""

@@ -38,10 +38,12 @@ def _warn_of_a_password_flag(database_url: str | None) -> None:
     from certctl.cli._common import warn
 
     try:
-        password = make_url(database_url).password
+        parsed = make_url(database_url)
     except (ArgumentError, ValueError):
         return
-    if password:
+    # In the query too (?password=, libpq's keyword; ?sslpassword=, the client key's
+    # passphrase): as readable in ps as one before the '@'.
+    if parsed.password or any(parsed.query.get(k) for k in ("password", "sslpassword")):
         warn(
             "--database-url holds a password, which every user of this host can read in ps "
             "while the command runs: give the URL in CERTCTL_DATABASE_URL or the config "
