@@ -152,6 +152,8 @@ def test_a_crl_kept_while_cut_off_is_served_as_long_as_a_cache_could_keep_it(
             # Signed 10 minutes ago: no cache in front keeps it longer than it would have.
             assert kept.headers["cache-control"] == "public, max-age=0"
             assert kept.headers["etag"] == first.headers["etag"]
+            # Not ready meanwhile: a load balancer sends CRL fetches to the other replicas.
+            assert client.get("/readyz").status_code == 503
             pg_env.clock.advance(seconds=1)
             ended = client.get("/api/v1/issuers/default/crl")
             assert ended.status_code == 503, (ended.status_code, _listed(ended.content, tmp_path))
