@@ -412,6 +412,48 @@ def test_read_only_and_down_postgresql(
         time.sleep(1.1)  # past the cached /readyz answer (READY_CHECK_TTL_S)
         assert client.get("/readyz").status_code == 200
         assert client.get("/api/v1/issuers/default/crl").status_code == 200
+        # A revocation, then the database goes away before any CRL fetch: the CRL served
+        # last leaves it off, and was served without it for its 7 days. A 503 instead.
+        revoked = client.post(f"/api/v1/certificates/{first.json()['id']}/revoke", json={})
+        assert revoked.status_code == 200, revoked.text
+        # Fast, not immediate: this cluster runs with synchronous_commit off (tests/_stores.py),
+        # and a crash would lose the revocation's commit.
+        _pg_ctl(postgres_cluster, "-m", "fast", "stop")
+        try:
+            assert_storage_problem(client.get("/api/v1/issuers/default/crl"), "reached")
+        finally:
+            _pg_ctl(
+                postgres_cluster,
+                "-w",
+                "-t",
+                "30",
+                "-l",
+                str(postgres_cluster.base / "log"),
+                "-o",
+                opts,
+                "start",
+            )
+        for _ in range(100):  # bounded: the pool reconnects at once, PostgreSQL may take a moment
+            listed = client.get("/api/v1/issuers/default/crl")
+            if listed.status_code == 200:
+                break
+            time.sleep(0.1)
+        assert listed.status_code == 200, listed.text
+        der = fault_server.data_dir.parent / "after-revocation.crl"
+        der.write_bytes(listed.content)
+        text = subprocess.run(
+            [require("openssl"), "crl", "-inform", "DER", "-noout", "-text", "-in", str(der)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+        listed_serials = {
+            int(line.split(":", 1)[1].strip(), 16)
+            for line in text.splitlines()
+            if line.strip().startswith("Serial Number:")
+        }
+        assert listed_serials == {int(first.json()["serial"], 16)}, text
     log = fault_server.log()
     assert log.count("issuer default: serving the CRL numbered") == 1, log  # once an outage
     assert "issuer default: CRLs come from the store again" in log
