@@ -161,3 +161,25 @@ def test_a_crl_kept_while_cut_off_is_served_as_long_as_a_cache_could_keep_it(
     assert after.status_code == 200, after.text
     assert _listed(after.content, tmp_path) == {serial}
     assert timedelta(minutes=10) == crls.CRL_REUSE  # as README says
+
+
+def test_an_intermediate_revoked_here_before_the_store_fails_is_never_left_off(
+    pg_env: Env, tmp_path: Path
+) -> None:
+    # As a certificate: an intermediate's revocation is listed on its parent's CRL.
+    with pg_env.client() as client:
+        made = client.post("/api/v1/issuers", json={"id": "ops", "parent": "default"})
+        assert made.status_code == 201, made.text
+        before = client.get("/api/v1/issuers/default/crl")
+        assert before.status_code == 200, before.text
+        revoked = client.post("/api/v1/issuers/ops/revoke", json={})
+        assert revoked.status_code == 200, revoked.text
+        with _refused(pg_env):
+            during = client.get("/api/v1/issuers/default/crl")
+            assert during.status_code == 503, (
+                during.status_code,
+                _listed(during.content, tmp_path),
+            )
+        after = client.get("/api/v1/issuers/default/crl")
+    assert after.status_code == 200, after.text
+    assert len(_listed(after.content, tmp_path)) == 1
