@@ -75,11 +75,12 @@ def _listed(der: bytes, tmp_path: Path) -> set[int]:
     }
 
 
-def _issued(env: Env, name: str) -> int:
+def _issued(env: Env, name: str) -> tuple[str, int]:
+    """The id and serial of a certificate issued for ``name``."""
     with env.client() as client:
         r = client.post("/api/v1/certificates", json={"common_name": name})
     assert r.status_code == 201, r.text
-    return int(r.json()["serial"], 16)
+    return r.json()["id"], int(r.json()["serial"], 16)
 
 
 def test_a_busy_store_never_serves_a_crl_kept_from_before(any_env: Env) -> None:
@@ -129,7 +130,7 @@ def test_a_crl_kept_while_cut_off_is_served_as_long_as_a_cache_could_keep_it(
     # rotated under it): it cannot know, so the CRL it served last is served only as long
     # as a CDN in front keeps a CRL anyway (CRL_REUSE after the store last showed it
     # current), where it was served for its 7 days without the revocation.
-    serial = _issued(pg_env, "other.example.com")
+    cert_id, serial = _issued(pg_env, "other.example.com")
     with pg_env.client() as client:
         first = client.get("/api/v1/issuers/default/crl")
         assert first.status_code == 200, first.text
@@ -141,8 +142,8 @@ def test_a_crl_kept_while_cut_off_is_served_as_long_as_a_cache_could_keep_it(
         with _superuser(pg_env, database) as conn:  # another replica, or a fix by hand
             updated = conn.execute(
                 "UPDATE certificates SET status = 'revoked', revoked_at = now(), "
-                "revocation_reason = 'keyCompromise' WHERE serial = %s",
-                (format(serial, "x"),),
+                "revocation_reason = 'keyCompromise' WHERE id = %s",
+                (cert_id,),
             )
             assert updated.rowcount == 1
         with _refused(pg_env):
@@ -183,3 +184,59 @@ def test_an_intermediate_revoked_here_before_the_store_fails_is_never_left_off(
         after = client.get("/api/v1/issuers/default/crl")
     assert after.status_code == 200, after.text
     assert len(_listed(after.content, tmp_path)) == 1
+
+
+@contextmanager
+def _read_only(env: Env) -> Iterator[None]:
+    """The database read-only for new sessions (``default_transaction_read_only``), the
+    pooled ones ended; a superuser's session may still write (``SET … = off``)."""
+    database = make_url(env.services.engine.url).database
+    assert database is not None
+    with _superuser(env) as conn:
+        conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (database,),
+        )
+    try:
+        yield
+    finally:
+        with _superuser(env) as conn:
+            conn.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+            conn.execute(  # sessions keep the default they started with
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (database,),
+            )
+
+
+def test_a_read_only_store_serves_the_kept_crl_while_it_shows_it_current(
+    pg_env: Env, tmp_path: Path
+) -> None:
+    # Reads still work: each fetch asks the store whether the CRL kept is still the newest.
+    # Served past 10 minutes while it is, and a 503 once a revocation shows (a role or
+    # session the store still lets write: another replica), where it was served without it.
+    cert_id, serial = _issued(pg_env, "ro.example.com")
+    with pg_env.client() as client:
+        first = client.get("/api/v1/issuers/default/crl")
+        assert first.status_code == 200, first.text
+        database = make_url(pg_env.services.engine.url).database
+        assert database is not None
+        with _read_only(pg_env):
+            for _ in range(3):  # due to be signed anew each time: the write is refused
+                pg_env.clock.advance(seconds=crls.CRL_REUSE.total_seconds())
+                kept = client.get("/api/v1/issuers/default/crl")
+                assert (kept.status_code, kept.content) == (200, first.content), kept.text
+            with _superuser(pg_env, database) as conn:
+                conn.execute("SET default_transaction_read_only = off")
+                updated = conn.execute(
+                    "UPDATE certificates SET status = 'revoked', revoked_at = now(), "
+                    "revocation_reason = 'keyCompromise' WHERE id = %s",
+                    (cert_id,),
+                )
+                assert updated.rowcount == 1
+            ended = client.get("/api/v1/issuers/default/crl")
+            assert ended.status_code == 503, (ended.status_code, _listed(ended.content, tmp_path))
+            assert ended.json()["detail"] == "storage is read-only: writes are refused"
+        after = client.get("/api/v1/issuers/default/crl")
+    assert after.status_code == 200, after.text
+    assert _listed(after.content, tmp_path) == {serial}

@@ -87,6 +87,18 @@ def served_crl(services: Services, issuer_id: str) -> SignedCrl:
             or (kept.crl.next_update_utc or now) <= now
         ):
             raise
+        # Asked only of a store that answers reads: one that cannot be reached would keep
+        # the fetch waiting for a second connect_timeout.
+        reads = fault.detail.startswith(_READS_ANSWERED)
+        shown = _stored_and_current(services, issuer_id, kept) if reads else None
+        if shown is False:
+            # The store, answering reads (read-only, full), shows a revocation (or another
+            # CRL) since: committed before it failed, or by a role or session it lets write.
+            raise
+        if shown:
+            # The write that failed was signing it anew (10 minutes old): served as long as
+            # reads show it current, not 10 minutes only.
+            services.crl_confirmed[issuer_id] = (kept.number, asked, generation)
         if not _kept_current(services, issuer_id, kept, now):
             if issuer_id in _KEPT_LOGGED and issuer_id not in _KEPT_ENDED:
                 _KEPT_ENDED.add(issuer_id)
@@ -116,6 +128,20 @@ def served_crl(services: Services, issuer_id: str) -> SignedCrl:
         _KEPT_ENDED.discard(issuer_id)
         log.info("issuer %s: CRLs come from the store again", issuer_id)
     return served
+
+
+def _stored_and_current(services: Services, issuer_id: str, kept: SignedCrl) -> bool | None:
+    """Whether the store shows ``kept`` as the issuer's CRL to serve; None: it cannot be read.
+
+    Stored under its number, and the issuer's count of changes to its list what it was
+    when ``kept`` was signed: a revocation committed since is not on it.
+    """
+    try:
+        with services.engine.connect() as connection:
+            row = connection.execute(_STORED_CRL, {"issuer_id": issuer_id}).first()
+    except (DBAPIError, PoolTimeout):
+        return None
+    return row is not None and row[1] == kept.number and row[4] is not None and row[4] == row[0]
 
 
 def _kept_current(services: Services, issuer_id: str, kept: SignedCrl, now: datetime) -> bool:
@@ -517,6 +543,8 @@ _KEPT_ENDED: set[str] = set()
 # read-only or full), so the CRL served last is still the newest. Not a busy store (a pool,
 # lock or statement timeout): another process may just have committed a revocation, which
 # a CRL kept from before would leave off; that fetch still gets its 503.
+# Of those, the faults under which the store still answers reads.
+_READS_ANSWERED = ("storage is read-only", "storage is full")
 _NO_WRITES_ANYWHERE = (
     "storage is unavailable",
     "storage is read-only",
