@@ -207,3 +207,40 @@ def test_requests_without_credentials_from_one_ipv6_64_are_audited_once_a_minute
         client = TestClient(app, base_url="https://testserver", client=(address, 1))
         assert_problem(client.get("/api/v1/certificates"), 401)
     assert len(missing_rows()) == 5
+
+
+def test_refused_api_keys_are_audited_naming_the_key_and_its_actor(api: Api) -> None:
+    # Each was "anonymous ... unknown API key" / "API key revoked" and nothing more: an auditor
+    # could not tell which key was tried, or whose, after a leak. The 401 still says nothing
+    # of whether the id exists.
+    api.actor_key("ci", ["r-viewer"])
+    live = api.mint_key("ci")
+    short = api.mint_key("ci", expires_at=(api.clock() + timedelta(minutes=5)).isoformat())
+    # Used once while valid: its expiry is then decided from the cache too.
+    assert api.get("/api/v1/auth/whoami", short["key_value"]).status_code == 200
+    revoked = api.mint_key("ci")
+    api.request("DELETE", f"/api/v1/auth/apikeys/{revoked['id']}", api.admin_key)
+    api.clock.advance(minutes=10)
+
+    wrong_secret = f"cctl_{live['id']}_{'B' * 43}"
+    no_such_key = f"cctl_{'0' * 16}_{'C' * 43}"
+    tried = [wrong_secret, no_such_key, short["key_value"], revoked["key_value"]]
+    bodies = [assert_problem(api.get("/api/v1/certificates", key), 401) for key in tried]
+    assert [b["detail"] for b in bodies] == [
+        "unknown API key",
+        "unknown API key",
+        "API key expired",
+        "API key revoked",
+    ]
+
+    failures = [e for e in reversed(api.audit()) if e["action"] == "auth.failure"]
+    assert [(e["outcome"], e["detail"]) for e in failures] == [
+        ("invalid", f"unknown API key: key {live['id']} (actor ci) with a wrong secret"),
+        ("invalid", f"unknown API key: no key {'0' * 16}"),
+        ("expired", f"API key expired: key {short['id']} (actor ci)"),
+        ("revoked", f"API key revoked: key {revoked['id']} (actor ci)"),
+    ]
+    assert all(e["actor"] == "anonymous" for e in failures)
+    text = api.get(AUDIT, api.admin_key, params={"limit": 500}).text
+    for key in tried:
+        assert key.split("_", 2)[2] not in text

@@ -508,12 +508,12 @@ def authenticate(request: Request, auth: AuthSettings) -> Principal | None:
         try:
             return key_authentication.cached_api_key(services, token, source)
         except key_authentication.AuthFailure as exc:
-            detail = exc.detail
+            detail, audited = exc.detail, exc.audited
             if auth.kubernetes is not None and not token.startswith(API_KEY_PREFIX):
                 # A ServiceAccount token on a route that takes API keys only: "malformed API
                 # key" read as a broken token, not as the wrong route for it.
-                detail = _SA_TOKEN_ELSEWHERE
-            _count_failure(auth, request, exc.reason, detail)
+                detail = audited = _SA_TOKEN_ELSEWHERE
+            _count_failure(auth, request, exc.reason, audited)
             raise Unauthenticated(detail) from None
     tls = scope.get("extensions", {}).get("tls")
     subject = tls.get("client_cert_name") if tls else None
@@ -560,7 +560,7 @@ def _from_store(request: Request, auth: AuthSettings) -> Principal:
     try:
         return key_authentication.api_key_from_store(auth.services, token, source)
     except key_authentication.AuthFailure as exc:
-        _count_failure(auth, request, exc.reason, exc.detail)
+        _count_failure(auth, request, exc.reason, exc.audited)
         raise Unauthenticated(exc.detail) from None
 
 

@@ -40,11 +40,17 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 class AuthFailure(Unauthenticated):
-    """Authentication failed; ``reason`` is one of missing, invalid, expired, revoked."""
+    """Authentication failed; ``reason`` is one of missing, invalid, expired, revoked.
 
-    def __init__(self, detail: str, reason: str) -> None:
+    ``audited`` is what the audit row says: ``detail`` plus, for a key id the store knows,
+    which key it was and whose. Only the audit log says that (readers holding
+    ``audit.read``), not the 401: the caller must not learn whether an id exists.
+    """
+
+    def __init__(self, detail: str, reason: str, audited: str | None = None) -> None:
         super().__init__(detail)
         self.reason = reason
+        self.audited = audited if audited is not None else detail
 
 
 # Core statements on the authentication path (a key not cached, stale, or whose last_used_at is
@@ -59,6 +65,7 @@ _KEY_AND_ACTOR = (
         _KEYS.revoked_at,
         _KEYS.expires_at,
         _KEYS.last_used_at,
+        _KEYS.actor_id,
         _ACTORS.id,
         _ACTORS.roles,
     )
@@ -136,14 +143,25 @@ def api_key_from_store(services: Services, presented: str, source: str) -> Princ
     key_id, secret = parsed
     with services.engine.connect() as connection:
         row = connection.execute(_KEY_AND_ACTOR, {"key_id": key_id}).first()
-        if row is None or not secret_matches(secret, row.secret_sha256):
-            raise AuthFailure("unknown API key", "invalid")
+        if row is None:
+            raise AuthFailure("unknown API key", "invalid", f"unknown API key: no key {key_id}")
+        # The audit row names the key and its actor (an auditor asks which key was tried, and
+        # whose it is); the 401 does not.
+        which = f"key {key_id} (actor {row.actor_id})"
+        if not secret_matches(secret, row.secret_sha256):
+            raise AuthFailure(
+                "unknown API key", "invalid", f"unknown API key: {which} with a wrong secret"
+            )
         if row.revoked_at is not None:
-            raise AuthFailure("API key revoked", "revoked")
+            raise AuthFailure("API key revoked", "revoked", f"API key revoked: {which}")
         if row.expires_at is not None and row.expires_at <= now:
-            raise AuthFailure("API key expired", "expired")
+            raise AuthFailure("API key expired", "expired", f"API key expired: {which}")
         if row.id is None:
-            raise AuthFailure("API key's actor no longer exists", "invalid")
+            raise AuthFailure(
+                "API key's actor no longer exists",
+                "invalid",
+                f"API key's actor no longer exists: {which}",
+            )
         actor_id, roles = row.id, tuple(row.roles)
         permissions = role_union(connection, list(roles)) if roles else frozenset()
         last_used = row.last_used_at
@@ -281,7 +299,8 @@ class _KeyCache:
         ):
             return None
         if entry.expires_ts is not None and entry.expires_ts <= timestamp:
-            raise AuthFailure("API key expired", "expired")
+            which = f"key {entry.key_id} (actor {entry.principal.actor_id})"
+            raise AuthFailure("API key expired", "expired", f"API key expired: {which}")
         if timestamp >= entry.touch_after_ts:
             return None
         principal = entry.principal
