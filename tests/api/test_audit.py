@@ -244,3 +244,70 @@ def test_refused_api_keys_are_audited_naming_the_key_and_its_actor(api: Api) -> 
     text = api.get(AUDIT, api.admin_key, params={"limit": 500}).text
     for key in tried:
         assert key.split("_", 2)[2] not in text
+
+
+def test_audit_filters_by_actor_action_outcome_target_and_time(api: Api) -> None:
+    # ?actor=ci was a 400 "unknown query parameter(s)": an auditor asking what one actor did,
+    # or what happened to one certificate, had to page through the whole log.
+    ci = api.key_with_permissions("ci", ["cert.issue", "cert.read"])
+    start = api.clock()
+    api.clock.advance(minutes=1)
+    mine = api.issue(ci)
+    api.issue()
+    assert_problem(api.post("/api/v1/issuers", ci, json={"id": "nope"}), 403)
+    api.clock.advance(minutes=1)
+    later = api.clock()
+    api.post(f"/api/v1/certificates/{mine['id']}/revoke", api.admin_key, json={})
+
+    def listed(**params: str) -> list[tuple[str, str, str]]:
+        r = api.get(AUDIT, api.admin_key, params=params)
+        assert r.status_code == 200, r.text
+        return [(e["actor"], e["action"], e["outcome"]) for e in reversed(r.json()["items"])]
+
+    assert listed(actor="ci") == [
+        ("ci", "certificate.issue", "success"),
+        ("ci", "POST /api/v1/issuers", "denied"),
+    ]
+    assert listed(action="certificate.revoke") == [("admin", "certificate.revoke", "success")]
+    assert listed(outcome="denied") == [("ci", "POST /api/v1/issuers", "denied")]
+    assert listed(target=mine["id"]) == [
+        ("ci", "certificate.issue", "success"),
+        ("admin", "certificate.revoke", "success"),
+    ]
+    assert listed(actor="ci", action="certificate.issue") == [
+        ("ci", "certificate.issue", "success")
+    ]
+    window = {"since": (start + timedelta(seconds=30)).isoformat(), "until": later.isoformat()}
+    assert listed(**window) == [
+        ("ci", "certificate.issue", "success"),
+        ("admin", "certificate.issue", "success"),
+        ("ci", "POST /api/v1/issuers", "denied"),
+    ]
+    # A time without a zone is UTC, "Z" is too; "since" is inclusive, "until" exclusive.
+    naive = later.replace(tzinfo=None).isoformat()
+    assert listed(since=naive) == [("admin", "certificate.revoke", "success")]
+    assert listed(until=later.isoformat().replace("+00:00", "Z"))[-1][2] == "denied"
+    assert listed(target="_%") == []  # LIKE wildcards are literal
+
+    # Filters page as the whole log does, the cursor kept with them.
+    first = api.get(AUDIT, api.admin_key, params={"actor": "ci", "limit": 1}).json()
+    assert [e["action"] for e in first["items"]] == ["POST /api/v1/issuers"]
+    rest = api.get(
+        AUDIT, api.admin_key, params={"actor": "ci", "limit": 1, "cursor": first["next_cursor"]}
+    ).json()
+    assert [e["action"] for e in rest["items"]] == ["certificate.issue"]
+    assert rest["next_cursor"] is None
+
+    for params, detail in [
+        ({"actor": ""}, "actor: empty (leave it out for no filter)"),
+        (
+            {"since": "2026-12-05T15:00:00 01:00"},
+            "since=2026-12-05T15:00:00 01:00: not an ISO 8601 time (2026-12-05T15:00:00Z; "
+            "a +01:00 offset must be sent as %2B01:00)",
+        ),
+        ({"until": "yesterday"}, "until=yesterday: not an ISO 8601 time"),
+        ({"since": "0001-01-01T00:00:00+01:00"}, "since=0001-01-01T00:00:00+01:00: out of range"),
+        ({"who": "ci"}, "unknown query parameter(s): who"),
+    ]:
+        body = assert_problem(api.get(AUDIT, api.admin_key, params=params), 400)
+        assert body["detail"].startswith(detail), body

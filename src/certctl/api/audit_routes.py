@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -16,6 +18,47 @@ from certctl.services.context import Principal
 __all__ = ["AUDIT_ROUTES"]
 
 
+def _instant(name: str, value: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        # An unencoded "+" in a query string arrives as a space: say how to send the zone.
+        raise InvalidRequest(
+            f"{name}={value[:40]}: not an ISO 8601 time (2026-12-05T15:00:00Z; a +01:00 "
+            "offset must be sent as %2B01:00)"
+        ) from None
+    # A time without a zone is UTC, as the audit log's own times are.
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:
+        # 0001-01-01T00:00+01:00 is before datetime's first UTC instant: a 400, not a 500.
+        raise InvalidRequest(f"{name}={value[:40]}: out of range") from None
+
+
+def _filter(request: Request) -> audit.AuditFilter | None:
+    params = request.query_params
+    if not any(name in params for name in _FILTERS):
+        return None
+    for name in _FILTERS:
+        # Empty is no filter to guess at (?actor=$WHO with the variable unset).
+        if params.get(name) == "":
+            raise InvalidRequest(f"{name}: empty (leave it out for no filter)")
+    since, until = params.get("since"), params.get("until")
+    return audit.AuditFilter(
+        actor=params.get("actor"),
+        action=params.get("action"),
+        outcome=params.get("outcome"),
+        target=params.get("target"),
+        since=_instant("since", since) if since else None,
+        until=_instant("until", until) if until else None,
+    )
+
+
+_FILTERS = ("actor", "action", "outcome", "target", "since", "until")
+
+
 async def list_audit(request: Request, principal: Principal | None) -> Response:
     cursor = request.query_params.get("cursor")
     # Audit ids are 64-bit integers: anything longer would overflow the database parameter.
@@ -24,7 +67,10 @@ async def list_audit(request: Request, principal: Principal | None) -> Response:
     limit = _limit(request)
 
     after = int(cursor) if cursor else None
-    rows = await listed(request, lambda s: audit.list_audit(s, limit=limit + 1, after=after))
+    where = _filter(request)
+    rows = await listed(
+        request, lambda s: audit.list_audit(s, limit=limit + 1, after=after, where=where)
+    )
     next_cursor = str(rows[limit - 1].id) if len(rows) > limit else None
     return _json(
         {"items": [schemas.audit_json(r) for r in rows[:limit]], "next_cursor": next_cursor}

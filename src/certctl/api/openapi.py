@@ -409,6 +409,30 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         ),
     ],
     ("GET", "/api/v1/audit"): [
+        _query("actor", _STR, "actor id, exactly (anonymous: refused authentications)"),
+        _query(
+            "action",
+            _STR,
+            "action, exactly: certificate.issue, apikey.revoke, auth.failure, or a refused "
+            "call's method and route (POST /api/v1/issuers)",
+        ),
+        _query(
+            "outcome",
+            _STR,
+            "success, denied (403), or a refused authentication's reason: missing, invalid, "
+            "expired, revoked",
+        ),
+        _query("target", _STR, "substring of the target (an id, a serial)"),
+        _query(
+            "since",
+            {"type": "string", "format": "date-time"},
+            "events at or after this ISO 8601 time (UTC without a zone)",
+        ),
+        _query(
+            "until",
+            {"type": "string", "format": "date-time"},
+            "events before this ISO 8601 time (UTC without a zone)",
+        ),
         _LIMIT,
         _query(
             "cursor",

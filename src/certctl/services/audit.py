@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session
 from certctl.services.context import Principal
 from certctl.store.models import AuditEvent
 
-__all__ = ["event_values", "list_audit", "record"]
+__all__ = ["AuditFilter", "event_values", "list_audit", "record"]
 
 
 def record(
@@ -83,9 +84,42 @@ def record_call(
     )
 
 
-def list_audit(session: Session, *, limit: int, after: int | None) -> list[AuditEvent]:
-    """Audit events newest first, keyset-paginated by id."""
+@dataclass(frozen=True)
+class AuditFilter:
+    """Which audit events a listing returns; None is no filter.
+
+    ``actor``, ``action`` and ``outcome`` match exactly; ``target`` is a substring (an id
+    appears in the targets of every event about it: ``<cert id> serial … renewing <id>``);
+    ``since`` is inclusive, ``until`` exclusive, both aware datetimes.
+    """
+
+    actor: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    target: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def list_audit(
+    session: Session, *, limit: int, after: int | None, where: AuditFilter | None = None
+) -> list[AuditEvent]:
+    """Audit events newest first, keyset-paginated by id, matching ``where``."""
     query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
     if after is not None:
         query = query.where(AuditEvent.id < after)
+    if where is not None:
+        if where.actor is not None:
+            query = query.where(AuditEvent.actor == where.actor)
+        if where.action is not None:
+            query = query.where(AuditEvent.action == where.action)
+        if where.outcome is not None:
+            query = query.where(AuditEvent.outcome == where.outcome)
+        if where.target is not None:
+            # autoescape: a "_" or "%" in an id is itself, not a LIKE wildcard.
+            query = query.where(AuditEvent.target.contains(where.target, autoescape=True))
+        if where.since is not None:
+            query = query.where(AuditEvent.at >= where.since)
+        if where.until is not None:
+            query = query.where(AuditEvent.at < where.until)
     return list(session.scalars(query))
