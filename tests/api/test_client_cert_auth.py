@@ -740,3 +740,34 @@ def test_an_unmapped_subject_is_named_with_its_control_characters_escaped(mtls: 
     )
     # RFC 4514 hex escapes: the subject as shown is one a mapping can be written as.
     assert ClientCertMapping(shown, ("r-mtls",)).matches(name.rfc4514_string())
+
+
+def test_a_client_certificate_whose_actor_passes_64_characters_is_served_and_audited(
+    mtls: Mtls,
+) -> None:
+    # cert:CN=<60 characters> is 68: on PostgreSQL the VARCHAR(64) columns refused it, so its
+    # issuance was a 500 and its 403 went unaudited (a warning in the log).
+    api = mtls.api
+    r = api.request(
+        "PUT",
+        "/api/v1/auth/roles/r-mtls",
+        api.admin_key,
+        json={"permissions": ["cert.read", "cert.issue"]},
+    )
+    assert r.status_code == 200, r.text
+    name = "ops-automation-runner-for-prod-cluster-7.example.internal"
+    mtls.present(_client_cert(api, name)["certificate_pem"], "default")
+    actor = f"cert:CN={name}"
+    assert len(actor) > 64
+    r = mtls.client.post(
+        "/api/v1/certificates", json={"issuer": "default", "common_name": "x.example.com"}
+    )
+    assert r.status_code == 201, r.text
+    issued = r.json()["id"]
+    assert mtls.client.get(f"/api/v1/certificates/{issued}").json()["created_by"] == actor
+    assert_problem(mtls.client.post("/api/v1/issuers", json={"id": "nope"}), 403)
+    events = [(e["actor"], e["action"], e["outcome"]) for e in api.audit()[:2]]
+    assert events == [
+        (actor, "POST /api/v1/issuers", "denied"),
+        (actor, "certificate.issue", "success"),
+    ]

@@ -10,6 +10,7 @@ revision did not, and every later start failed on "duplicate column name: renewe
 
 from __future__ import annotations
 
+import re
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +19,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -276,5 +278,60 @@ def test_a_postgresql_store_in_a_schema_whose_name_needs_quotes_migrates_and_bac
         with engine.connect() as connection:
             again = dict(connection.execute(text(functions), {"schema": schema}).all())
         assert again == pinned
+    finally:
+        engine.dispose()
+
+
+def test_0023_widens_the_actor_columns_keeping_the_certificate_trigger_and_takes_it_back(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    # PostgreSQL refuses to retype a column a trigger watches (0022's, on created_by): the
+    # migration drops the triggers naming it and makes them again, as they were.
+    engine = db.create_store_engine(postgres_cluster.url(postgres_cluster.create_database()))
+    triggers = (
+        "SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger "
+        "WHERE tgrelid = 'certificates'::regclass AND NOT tgisinternal ORDER BY 1"
+    )
+    widths = (
+        "SELECT table_name, character_maximum_length FROM information_schema.columns "
+        "WHERE (table_name, column_name) IN "
+        "(('audit_events', 'actor'), ('certificates', 'created_by')) ORDER BY 1"
+    )
+
+    def same(rows: list[Any]) -> list[tuple[str, str]]:
+        # The WHEN clause reads (old.created_by)::text on VARCHAR, old.created_by on TEXT.
+        return [(name, re.sub(r"[()]|::text", "", definition)) for name, definition in rows]
+
+    try:
+        db.migrate(engine)
+        with engine.connect() as connection:
+            at_head = same(connection.execute(text(triggers)).all())
+            assert connection.execute(text(widths)).all() == [
+                ("audit_events", None),
+                ("certificates", None),
+            ]
+            connection.execute(
+                text(
+                    "INSERT INTO audit_events (at, actor, action, target, outcome, source, "
+                    "detail) VALUES (now(), :actor, 'x', '', 'success', '', '')"
+                ),
+                {"actor": "cert:CN=" + "a" * 80},
+            )
+            connection.commit()
+        assert any("created_by" in definition for _, definition in at_head)
+        downgrade_store(engine, "0022")
+        with engine.connect() as connection:
+            assert same(connection.execute(text(triggers)).all()) == at_head
+            assert connection.execute(text(widths)).all() == [
+                ("audit_events", 64),
+                ("certificates", 64),
+            ]
+            assert (
+                connection.execute(text("SELECT max(length(actor)) FROM audit_events")).scalar()
+                == 64
+            )
+        db.migrate(engine)
+        with engine.connect() as connection:
+            assert same(connection.execute(text(triggers)).all()) == at_head
     finally:
         engine.dispose()

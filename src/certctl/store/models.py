@@ -146,7 +146,8 @@ class CertificateRecord(Base):
     certificate_pem: Mapped[str] = mapped_column(Text)
     wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    created_by: Mapped[str] = mapped_column(String(64))
+    # Text: a client certificate's actor is cert:<subject>, longer than 64 (migration 0023).
+    created_by: Mapped[str] = mapped_column(Text)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revocation_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
     renewed_from: Mapped[str | None] = mapped_column(String(32), nullable=True)
@@ -200,7 +201,7 @@ class AuditEvent(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
-    actor: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(Text)  # cert:<subject> and the like (migration 0023)
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(200), default="")
     outcome: Mapped[str] = mapped_column(String(20))
