@@ -1655,3 +1655,83 @@ def test_the_start_banner_cli_line_works_as_printed(
     result = run("bash", "-c", f"{curl.removeprefix('Try: ')} -sS --fail", env=clean)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["actor_id"] == "admin"
+
+
+def test_an_auditor_reads_the_audit_log_with_certctl_audit_list(
+    default_server: CertctlServer,
+) -> None:
+    # There was no `certctl audit`: an auditor had to find the route and page it with curl.
+    admin = {"CERTCTL_API_KEY": default_server.admin_key, "CERTCTL_CA_CERT": str(default_server.ca)}
+    ok(
+        _certctl(
+            default_server, "auth", "actors", "create", "cli-auditor", "-r", "r-auditor", **admin
+        )
+    )
+    minted = ok(
+        _certctl(default_server, "auth", "apikeys", "create", "cli-auditor", "--out", "-", **admin)
+    )
+    auditor = {**admin, "CERTCTL_API_KEY": minted.stdout.strip()}
+    name = "audit-cli.example.internal"
+    by_cli = json.loads(
+        ok(_certctl(default_server, "certs", "issue", "--cn", name, "--dns", name, **admin)).stdout
+    )
+    curl = run(
+        "curl", "-sS", "--cacert", default_server.ca,
+        "-H", f"Authorization: Bearer {default_server.admin_key}",
+        "-H", "Content-Type: application/json",
+        "-d", json.dumps({"issuer": "default", "common_name": name, "dns_names": [name]}),
+        f"{default_server.url}/api/v1/certificates",
+    )  # fmt: skip
+    by_curl = json.loads(ok(curl).stdout)
+
+    listed = ok(
+        _certctl(
+            default_server, "audit", "list", "--target", by_cli["id"], "--actor", "admin",
+            **auditor,
+        )
+    )  # fmt: skip
+    (event,) = json.loads(listed.stdout)["items"]
+    assert event["action"] == "certificate.issue"
+    assert event["target"] == f"{by_cli['id']} serial {by_cli['serial']}"
+    issued = json.loads(
+        ok(
+            _certctl(
+                default_server, "audit", "list", "--action", "certificate.issue", "--limit", "2",
+                **auditor,
+            )
+        ).stdout
+    )  # fmt: skip
+    # The CLI's call and curl's read the same, but for the certificate and the time.
+    events = issued["items"]
+    assert [e["target"].split()[0] for e in events] == [by_curl["id"], by_cli["id"]]
+    fixed = [{k: v for k, v in e.items() if k not in ("id", "at", "target")} for e in events]
+    assert (
+        fixed[0]
+        == fixed[1]
+        == {
+            "actor": "admin",
+            "action": "certificate.issue",
+            "outcome": "success",
+            "source": "127.0.0.1",
+            "detail": "",
+        }
+    )
+
+    table = ok(
+        _certctl(default_server, "audit", "list", "--actor", "admin", "--limit", "1", "-o", "table",
+                 **auditor)
+    )  # fmt: skip
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == [
+        "ID", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "SOURCE", "DETAIL"
+    ]  # fmt: skip
+    assert re.search(r" \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC +admin +certificate\.issue ", lines[1])
+    assert lines[-1].startswith("more events: certctl audit list --actor admin --limit 1 -o table")
+
+    refused = _certctl(default_server, "audit", "list", "--since", "yesterday", **auditor)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("certctl: error: HTTP 400: since=yesterday: not an ISO 8601")
+    # The auditor reads, and changes nothing.
+    denied = _certctl(default_server, "certs", "revoke", by_cli["id"], **auditor)
+    assert denied.returncode == 1
+    assert "missing permission cert.revoke" in denied.stderr

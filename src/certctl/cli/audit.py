@@ -1,0 +1,123 @@
+"""``certctl audit``: the server's audit log (``GET /api/v1/audit``), read-only."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from certctl.cli._api import OUTPUT_OPTION, field_cell, group_help, print_list, send_request
+from certctl.cli._listing import Column
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+__all__ = ["audit_app"]
+
+audit_app = typer.Typer(
+    help=group_help(
+        "Read the server's audit log (needs audit.read, e.g. the built-in r-auditor role)."
+    ),
+    short_help="Read the audit log at CERTCTL_URL (audit.read).",
+    no_args_is_help=True,
+)
+
+
+def _at(item: dict[str, Any], _now: datetime) -> str:
+    # To the second, not timestamp()'s minute: events of one minute must read apart.
+    from datetime import UTC
+    from datetime import datetime as _datetime
+
+    value = item.get("at")
+    try:
+        when = _datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        when = None
+    if when is None:
+        return str(value) if value is not None else "-"
+    return f"{when.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _columns() -> list[Column]:
+    return [
+        Column("ID", field_cell("id"), key=True),
+        Column("TIME", _at),
+        Column("ACTOR", field_cell("actor"), label=True),
+        Column("ACTION", field_cell("action")),
+        Column("TARGET", field_cell("target")),
+        Column("OUTCOME", field_cell("outcome")),
+        Column("SOURCE", field_cell("source")),
+        Column("DETAIL", field_cell("detail")),
+    ]
+
+
+@audit_app.command("list", short_help="List audit events, newest first, with filters.")
+def audit_list(
+    actor: str = typer.Option(None, "--actor", help="Actor id, exactly (anonymous, system …)."),
+    action: str = typer.Option(
+        None, "--action", help="Action, exactly: certificate.issue, auth.failure …"
+    ),
+    outcome: str = typer.Option(
+        None, "--outcome", help="success, denied, or missing, invalid, expired, revoked."
+    ),
+    target: str = typer.Option(None, "--target", help="Substring of the target (an id)."),
+    since: str = typer.Option(
+        None, "--since", help="At or after this ISO 8601 time (UTC without a zone)."
+    ),
+    until: str = typer.Option(
+        None, "--until", help="Before this ISO 8601 time (UTC without a zone)."
+    ),
+    limit: int = typer.Option(50, "--limit", help="Page size (1-500)."),
+    cursor: str = typer.Option(None, "--cursor", help="next_cursor from a previous page."),
+    output: str | None = OUTPUT_OPTION,
+) -> None:
+    """List audit events, newest first (one page; follow next_cursor for more).
+
+    On a terminal a table: id, time (UTC), actor, action, target, outcome, source address and
+    detail; its last line, when there are more, is the command for the next page. Piped, the
+    server's JSON: `jq -c '.items[]'` makes it JSON lines.
+    """
+    import shlex
+
+    path = "/api/v1/audit"
+    filters = {
+        "--actor": actor,
+        "--action": action,
+        "--outcome": outcome,
+        "--target": target,
+        "--since": since,
+        "--until": until,
+    }
+
+    def more(next_cursor: str) -> str:
+        # The same filters: a cursor continues the listing it came from.
+        words = ["certctl", "audit", "list"]
+        for option, value in filters.items():
+            words += [option, value] if value is not None else []
+        words += ["--limit", str(limit)] if limit != 50 else []
+        words += ["-o", output] if output is not None else []
+        return f"more events: {shlex.join([*words, '--cursor', next_cursor])}"
+
+    data = send_request(
+        "GET",
+        path,
+        params={
+            "actor": actor,
+            "action": action,
+            "outcome": outcome,
+            "target": target,
+            "since": since,
+            "until": until,
+            "limit": limit,
+            "cursor": cursor,
+        },
+    )
+    chosen = any(value is not None for value in filters.values())
+    print_list(
+        data,
+        output,
+        path=path,
+        columns=_columns(),
+        empty="no events match" if chosen else "no events",
+        more=more,
+    )
