@@ -51,7 +51,7 @@ def test_mutations_are_audited(api: Api) -> None:
     targets = dict(enumerate(t for _, t in actions))
     assert targets[2] == "deployer"
     assert targets[6] == f"{minted['id']} (ci)"
-    assert targets[7] == minted["id"]
+    assert targets[7] == f"{minted['id']} (ci)"
     assert targets[8].startswith(cert["id"])
     assert cert["serial"] in targets[8]
     assert targets[9] == cert["id"]
@@ -311,3 +311,34 @@ def test_audit_filters_by_actor_action_outcome_target_and_time(api: Api) -> None
     ]:
         body = assert_problem(api.get(AUDIT, api.admin_key, params=params), 400)
         assert body["detail"].startswith(detail), body
+
+
+def test_key_revocations_and_actor_deletions_say_which_keys_whose(api: Api) -> None:
+    # apikey.revoke named the key id alone, a second revocation (a no-op) read as a first,
+    # and actor.delete, which deletes the actor's keys, left no word of which keys ended.
+    api.actor_key("ci", ["r-viewer"])
+    second = api.mint_key("ci")
+    first_key = next(
+        k["id"]
+        for k in api.get("/api/v1/auth/apikeys", api.admin_key).json()["items"]
+        if k["actor_id"] == "ci" and k["id"] != second["id"]
+    )
+    for _ in range(2):
+        r = api.request("DELETE", f"/api/v1/auth/apikeys/{second['id']}", api.admin_key)
+        assert r.status_code == 200, r.text
+    revoked_at = r.json()["revoked_at"]
+    assert api.request("DELETE", "/api/v1/auth/actors/ci", api.admin_key).status_code == 204
+    events = [
+        (e["action"], e["target"], e["detail"])
+        for e in reversed(api.audit())
+        if e["action"] in ("apikey.revoke", "actor.delete")
+    ]
+    assert events == [
+        ("apikey.revoke", f"{second['id']} (ci)", ""),
+        ("apikey.revoke", f"{second['id']} (ci)", f"already revoked at {revoked_at}"),
+        (
+            "actor.delete",
+            "ci",
+            f"API keys deleted: {', '.join(sorted([first_key, second['id']]))}",
+        ),
+    ]

@@ -144,10 +144,14 @@ def delete_actor(services: Services, caller: Principal, actor_id: str) -> None:
         assert actor is not None  # may_act_on refused a missing one
         if "r-admin" in actor.roles:
             _check_admin_remains(session, actor_id)
+        deleted = []
         for key in session.scalars(select(ApiKey).where(ApiKey.actor_id == actor_id)):
+            deleted.append(key.id)
             session.delete(key)
         # No relationship() links the two mappers, so the unit of work does not order these
         # DELETEs by the api_keys.actor_id foreign key: flush the keys first.
         session.flush()
         session.delete(actor)
-        record_call(session, caller, now, "actor.delete", actor_id)
+        # The keys' rows go with it: the audit row is what is left to say which keys ended.
+        detail = f"API keys deleted: {', '.join(sorted(deleted))}" if deleted else ""
+        record_call(session, caller, now, "actor.delete", actor_id, detail)

@@ -156,7 +156,12 @@ def revoke_api_key(services: Services, caller: Principal, key_id: str) -> ApiKey
             holder="its actor",
         )
         assert row is not None  # may_act_on refused a missing one
+        # The target names the actor, as apikey.create's does; a second revocation (a no-op)
+        # says so, or the log read as if the key had been live until then.
+        detail = (
+            "" if row.revoked_at is None else f"already revoked at {row.revoked_at.isoformat()}"
+        )
         if row.revoked_at is None:
             row.revoked_at = now
-        record_call(session, caller, now, "apikey.revoke", key_id)
+        record_call(session, caller, now, "apikey.revoke", f"{key_id} ({row.actor_id})", detail)
     return row
