@@ -342,3 +342,30 @@ def test_key_revocations_and_actor_deletions_say_which_keys_whose(api: Api) -> N
             f"API keys deleted: {', '.join(sorted([first_key, second['id']]))}",
         ),
     ]
+
+
+def test_a_service_written_again_unchanged_is_audited_as_unchanged(api: Api) -> None:
+    # `certctl apply` said "unchanged" while the audit log read service.edit, as for a change.
+    doc = {
+        "apiVersion": "certctl.io/v1",
+        "kind": "TLSService",
+        "metadata": {"name": "web"},
+        "spec": {"http": {"tls": {"selfSignedCertificate": {"subjectAltNames": []}}}},
+    }
+    path = "/api/v1/services/web"
+    assert api.request("PUT", path, api.admin_key, json=doc).status_code == 201
+    assert api.request("PUT", path, api.admin_key, json=doc).status_code == 200
+    doc["spec"]["http"]["tls"]["selfSignedCertificate"]["subjectAltNames"] = [
+        {"dns": "web.example.internal"}
+    ]
+    assert api.request("PUT", path, api.admin_key, json=doc).status_code == 200
+    events = [
+        (e["action"], e["detail"])
+        for e in reversed(api.audit())
+        if e["action"] in ("service.create", "service.edit")
+    ]
+    assert events == [
+        ("service.create", "generation 1"),
+        ("service.edit", "unchanged (generation 1)"),
+        ("service.edit", "generation 2"),
+    ]

@@ -111,14 +111,25 @@ def put_service(
                 attempts=0,
             )
             session.add(row)
-            action = "service.create"
+            action, detail = "service.create", "generation 1"
         else:
+            # The generation says which spec an event made; a re-apply of the same document
+            # (what `certctl apply` answers "unchanged") says so, or it read as a change.
             if row.spec != document:
                 row.spec, row.generation, row.updated_at = document, row.generation + 1, now
                 row.attempts, row.next_attempt_at = 0, None
+                detail = f"generation {row.generation}"
+            else:
+                detail = f"unchanged (generation {row.generation})"
             action = "service.edit"
         record(
-            session, at=now, actor=caller.actor_id, action=action, target=name, source=caller.source
+            session,
+            at=now,
+            actor=caller.actor_id,
+            action=action,
+            target=name,
+            source=caller.source,
+            detail=detail,
         )
     return row
 
