@@ -1585,3 +1585,30 @@ def test_a_client_ca_on_a_curve_cryptography_lacks_is_registered_with_a_warning_
         "CN=clients",
         "CN=odd clients CA",
     ]
+
+
+def test_each_certificate_a_service_is_given_is_audited_by_system(any_env: Env) -> None:
+    # A service's certificates were issued and renewed with no audit row: the CA signed
+    # them on its own, and only the webhook's outbox said so.
+    from sqlalchemy import select
+
+    from certctl.store.models import AuditEvent
+
+    env = any_env
+    env.put(service_doc("web"))
+    first = env.reconcile("web")
+    assert first.not_after is not None
+    late = first.not_after - ROTATE + timedelta(seconds=1)
+    second = env.reconcile("web", late)
+    env.reconcile("web", late + MINUTE)  # nothing due: nothing issued, nothing audited
+    with env.services.sessions() as session:
+        rows = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.action == "service.certificate")
+            .order_by(AuditEvent.id)
+        ).all()
+    assert [(r.actor, r.target, r.detail, r.source) for r in rows] == [
+        ("system", f"web serial {first.serial}", "certificate issued (no certificate yet)", ""),
+        ("system", f"web serial {second.serial}", "certificate issued (due for renewal)", ""),
+    ]
+    assert rows[1].at == late

@@ -26,6 +26,7 @@ from certctl.pki import (
     generate_private_key,
     key_to_pem,
 )
+from certctl.services.audit import record
 from certctl.services.context import Services
 from certctl.services.custom_certificates import custom_material
 from certctl.services.service_ca import (
@@ -445,19 +446,29 @@ def _store_issue(
                 )
                 if not first:
                     RENEWALS.labels("success").inc()
+        if reason == "CA renewed":
+            # Nothing was issued: the renewed CA certificate goes out beside the same leaf (the
+            # line read "certificate issued (CA renewed)" with the serial unchanged).
+            what = f"renewed CA certificate delivered, certificate {current.serial} kept"
+        elif desired.as_is:
+            # Not issued here either: the secret's own certificate, delivered as it is.
+            what = f"custom certificate {current.serial} served as it is"
+        elif desired.certificate_pem:
+            what = "certificate issued"
+        else:
+            what = "certificates removed"
+        # A certificate the server's CA signed on its own is a CA's act like an API
+        # issuance: audited (by system), in the transaction that stores it.
+        record(
+            session,
+            at=now,
+            actor="system",
+            action="service.certificate",
+            target=row.name if current.serial is None else f"{row.name} serial {current.serial}",
+            detail=f"{what} ({reason})",
+        )
         session.flush()
         session.expunge(current)
-    if reason == "CA renewed":
-        # Nothing was issued: the renewed CA certificate goes out beside the same leaf (the
-        # line read "certificate issued (CA renewed)" with the serial unchanged).
-        what = f"renewed CA certificate delivered, certificate {current.serial} kept"
-    elif desired.as_is:
-        # Not issued here either: the secret's own certificate, delivered as it is.
-        what = f"custom certificate {current.serial} served as it is"
-    elif desired.certificate_pem:
-        what = "certificate issued"
-    else:
-        what = "certificates removed"
     log.info("service %s: %s (%s)", row.name, what, reason)
     return current
 
