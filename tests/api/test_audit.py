@@ -369,3 +369,34 @@ def test_a_service_written_again_unchanged_is_audited_as_unchanged(api: Api) -> 
         ("service.edit", "unchanged (generation 1)"),
         ("service.edit", "generation 2"),
     ]
+
+
+def test_each_call_names_the_api_key_that_made_it(api: Api) -> None:
+    # The actor alone was recorded: with two keys for one actor (two machines, a rotation),
+    # what a leaked key had done could not be told from what the other had.
+    ci = api.key_with_permissions("ci", ["cert.issue", "cert.read"])
+    other = api.mint_key("ci")
+    ci_id = ci.split("_")[1]
+    cert = api.issue(ci)
+    r = api.post(f"/api/v1/certificates/{cert['id']}/renew", other["key_value"])
+    assert r.status_code == 201, r.text
+    assert_problem(api.post("/api/v1/issuers", other["key_value"], json={"id": "x"}), 403)
+    admin_id = api.admin_key.split("_")[1]
+    events = [
+        (e["actor"], e["action"], e["credential"])
+        for e in reversed(api.audit())
+        if e["actor"] == "ci" or e["action"] == "apikey.create"
+    ]
+    assert events == [
+        ("system", "apikey.create", ""),  # the bootstrap's: no key made it
+        ("admin", "apikey.create", f"apikey {admin_id}"),
+        ("admin", "apikey.create", f"apikey {admin_id}"),
+        ("ci", "certificate.issue", f"apikey {ci_id}"),
+        ("ci", "certificate.issue", f"apikey {other['id']}"),  # the renewal
+        ("ci", "POST /api/v1/issuers", f"apikey {other['id']}"),
+    ]
+    only = api.get(AUDIT, api.admin_key, params={"credential": f"apikey {other['id']}"})
+    assert [e["action"] for e in only.json()["items"]] == [
+        "POST /api/v1/issuers",
+        "certificate.issue",
+    ]

@@ -1714,6 +1714,7 @@ def test_an_auditor_reads_the_audit_log_with_certctl_audit_list(
             "outcome": "success",
             "source": "127.0.0.1",
             "detail": "",
+            "credential": f"apikey {default_server.admin_key.split('_')[1]}",
         }
     )
 

@@ -274,6 +274,7 @@ def _failure_audits(request: Request) -> anyio.CapacityLimiter:
 def _audit_refusal(request: Request, actor: str, exc: CertctlError) -> None:
     services = _services(request)
     outcome = "denied"
+    credential = request.scope.get("certctl.credential", "")
     try:
         with services.sessions.begin() as session:
             audit.record(
@@ -287,6 +288,7 @@ def _audit_refusal(request: Request, actor: str, exc: CertctlError) -> None:
                 # Redacted as the 403's own detail is (api.problems): the refusal may quote
                 # a key pasted where its id belongs (DELETE /api/v1/auth/apikeys/<key>).
                 detail=redact_keys(exc.detail)[:500],
+                credential=credential if isinstance(credential, str) else "",
             )
     except Exception:
         # Never turn a 4xx into a 500 because the audit write failed (e.g. storage full).

@@ -48,6 +48,7 @@ def _filter(request: Request) -> audit.AuditFilter | None:
     since, until = params.get("since"), params.get("until")
     return audit.AuditFilter(
         actor=params.get("actor"),
+        credential=params.get("credential"),
         action=params.get("action"),
         outcome=params.get("outcome"),
         target=params.get("target"),
@@ -56,7 +57,7 @@ def _filter(request: Request) -> audit.AuditFilter | None:
     )
 
 
-_FILTERS = ("actor", "action", "outcome", "target", "since", "until")
+_FILTERS = ("actor", "credential", "action", "outcome", "target", "since", "until")
 
 
 async def list_audit(request: Request, principal: Principal | None) -> Response:

@@ -202,6 +202,7 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
             "outcome": _STR,
             "source": _STR,
             "detail": _STR,
+            "credential": _STR,
         }
     ),
     "AuditList": _page("AuditEvent"),
@@ -410,6 +411,7 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
     ],
     ("GET", "/api/v1/audit"): [
         _query("actor", _STR, "actor id, exactly (anonymous: refused authentications)"),
+        _query("credential", _STR, "credential, exactly: apikey <key id>"),
         _query(
             "action",
             _STR,

@@ -52,6 +52,7 @@ def route_endpoint(route: ApiRoute, auth: AuthSettings) -> Callable[[Request], A
                 if principal is None:
                     principal = await authenticate_from_store(request, auth)
             scope["certctl.actor"] = principal.actor_id
+            scope["certctl.credential"] = principal.credential  # for a refusal's audit row
             if principal.missing_roles:
                 # For its 403s, wherever raised, to name them (see _certctl_error).
                 scope[PRINCIPAL] = principal

@@ -254,4 +254,5 @@ def audit_json(row: AuditEvent) -> dict[str, Any]:
         "outcome": row.outcome,
         "source": row.source,
         "detail": row.detail,
+        "credential": row.credential,
     }

@@ -54,6 +54,9 @@ def _columns() -> list[Column]:
 @audit_app.command("list", short_help="List audit events, newest first, with filters.")
 def audit_list(
     actor: str = typer.Option(None, "--actor", help="Actor id, exactly (anonymous, system …)."),
+    credential: str = typer.Option(
+        None, "--credential", help="Credential, exactly: apikey <key id>."
+    ),
     action: str = typer.Option(
         None, "--action", help="Action, exactly: certificate.issue, auth.failure …"
     ),
@@ -82,6 +85,7 @@ def audit_list(
     path = "/api/v1/audit"
     filters = {
         "--actor": actor,
+        "--credential": credential,
         "--action": action,
         "--outcome": outcome,
         "--target": target,
@@ -103,6 +107,7 @@ def audit_list(
         path,
         params={
             "actor": actor,
+            "credential": credential,
             "action": action,
             "outcome": outcome,
             "target": target,

@@ -91,6 +91,7 @@ def mint_api_key(
             action="apikey.create",
             target=f"{minted.key_id} ({actor_id})",
             source=caller.source if caller else "",
+            credential=caller.credential if caller else "",
         )
     return MintResult(row, minted)
 

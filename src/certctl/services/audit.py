@@ -25,6 +25,7 @@ def record(
     outcome: str = "success",
     source: str = "",
     detail: str = "",
+    credential: str = "",
 ) -> None:
     """Add an audit event to ``session`` (committed with the caller's transaction)."""
     session.add(
@@ -37,6 +38,7 @@ def record(
                 outcome=outcome,
                 source=source,
                 detail=detail,
+                credential=credential,
             )
         )
     )
@@ -51,8 +53,14 @@ def event_values(
     outcome: str = "success",
     source: str = "",
     detail: str = "",
+    credential: str = "",
 ) -> dict[str, Any]:
-    """The columns of an audit event, for a caller that inserts it with other rows later."""
+    """The columns of an audit event, for a caller that inserts it with other rows later.
+
+    ``credential``: which of the actor's credentials made the call (``apikey <key id>``);
+    empty when the actor says it all (a client certificate's subject, a ServiceAccount,
+    ``system``).
+    """
     return {
         "at": at,
         "actor": actor or "anonymous",
@@ -61,6 +69,7 @@ def event_values(
         "outcome": outcome,
         "source": source[:64],
         "detail": detail,
+        "credential": credential[:64],
     }
 
 
@@ -80,6 +89,7 @@ def record_call(
         action=action,
         target=target,
         source=caller.source,
+        credential=caller.credential,
         detail=detail,
     )
 
@@ -88,12 +98,14 @@ def record_call(
 class AuditFilter:
     """Which audit events a listing returns; None is no filter.
 
-    ``actor``, ``action`` and ``outcome`` match exactly; ``target`` is a substring (an id
-    appears in the targets of every event about it: ``<cert id> serial … renewing <id>``);
+    ``actor``, ``credential``, ``action`` and ``outcome`` match exactly; ``target`` is a
+    substring (an id appears in the targets of every event about it: ``<cert id> serial …
+    renewing <id>``);
     ``since`` is inclusive, ``until`` exclusive, both aware datetimes.
     """
 
     actor: str | None = None
+    credential: str | None = None
     action: str | None = None
     outcome: str | None = None
     target: str | None = None
@@ -111,6 +123,8 @@ def list_audit(
     if where is not None:
         if where.actor is not None:
             query = query.where(AuditEvent.actor == where.actor)
+        if where.credential is not None:
+            query = query.where(AuditEvent.credential == where.credential)
         if where.action is not None:
             query = query.where(AuditEvent.action == where.action)
         if where.outcome is not None:

@@ -344,6 +344,7 @@ def revoke_certificate(
                 target=cert_id,
                 detail=reason,
                 source=caller.source,
+                credential=caller.credential,
             )
         session.expire_all()
         session.refresh(row)
@@ -426,6 +427,7 @@ def _revoke_key(
                 target=cert_id,
                 detail=detail(cert_id),
                 source=caller.source,
+                credential=caller.credential,
             )
             for cert_id in (row.id, *sorted(i for i in changed if i != row.id))
         ],

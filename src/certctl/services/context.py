@@ -49,6 +49,9 @@ class Principal:
     # Roles of ``roles`` that are no role (a client certificate mapping's typo): its 403s
     # say so, or the caller saw only "missing permission" and no reason why.
     missing_roles: tuple[str, ...] = ()
+    # Which credential of the actor authenticated (``apikey <key id>``), for the audit log: an
+    # actor holds several keys, and after a leak the question is what one key did.
+    credential: str = ""
 
     def require(self, permission: str) -> None:
         """Raise PermissionDenied unless the caller holds ``permission``."""

@@ -169,6 +169,7 @@ def new_rows(
         # A renewal names its predecessor: who renewed what is answerable from the log.
         target=f"{cert_id} serial {serial}" + (f" renewing {renewed_from}" if renewed_from else ""),
         source=caller.source,
+        credential=caller.credential,
     )
     return record, ((CERTIFICATES, row), (AUDIT_EVENTS, audit_row))
 

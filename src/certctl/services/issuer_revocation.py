@@ -120,6 +120,7 @@ def revoke_issuer(
             target=issuer_id,
             detail=detail,
             source=caller.source,
+            credential=caller.credential,
         )
         session.expire_all()
         session.refresh(row)

@@ -125,6 +125,7 @@ def store_issuer(
             action=action,
             target=issuer_id,
             source=caller.source if caller else "",
+            credential=caller.credential if caller else "",
         )
     services.cache_issuer(issuer_id, ca, version=version)
     return row

@@ -179,7 +179,9 @@ def api_key_from_store(services: Services, presented: str, source: str) -> Princ
                     raise
                 connection.rollback()
                 log.warning("API key %s: last_used_at not saved: %s", key_id, fault.detail)
-    principal = Principal(actor_id, roles, permissions, "api_key", source)
+    principal = Principal(
+        actor_id, roles, permissions, "api_key", source, credential=f"apikey {key_id}"
+    )
     if cache is not None and version is not None and last_used is not None:
         cache.put(
             _CachedKey(

@@ -86,6 +86,7 @@ def add_client(services: Services, caller: Principal, name: str, pem: str) -> li
             target=name,
             detail=",".join(c.fingerprint[:16] for c in added),
             source=caller.source,
+            credential=caller.credential,
         )
     return added
 

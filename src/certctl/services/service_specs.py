@@ -129,6 +129,7 @@ def put_service(
             action=action,
             target=name,
             source=caller.source,
+            credential=caller.credential,
             detail=detail,
         )
     return row

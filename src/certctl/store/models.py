@@ -207,6 +207,8 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(20))
     source: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+    # apikey <key id>: which of the actor's keys made the call (migration 0024).
+    credential: Mapped[str] = mapped_column(String(64), default="", server_default="")
 
 
 class ManagedService(Base):
