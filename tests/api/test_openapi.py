@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+from typing import Any
+
+from jsonschema import Draft202012Validator
 
 from certctl.api._common import AUTHENTICATED, PUBLIC
 from certctl.api.app import ROUTES
+from certctl.auth.permissions import PERMISSIONS
 from tests.api.conftest import Api, assert_problem
 from tests.api.test_auth_roles import ALL_PERMISSIONS
 
@@ -93,10 +97,11 @@ def test_openapi_lists_every_route_with_its_permission(api: Api) -> None:
         if route.body is not None:
             ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
             assert ref.rsplit("/", 1)[1] in schemas
-        for name in re.findall(r"{(\w+)}", route.path):
-            assert {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} in (
-                op["parameters"]
-            )
+        params = {p["name"]: p for p in op.get("parameters", []) if p["in"] == "path"}
+        assert set(params) == set(re.findall(r"{(\w+)}", route.path)), route.path
+        for param in params.values():
+            assert param["required"] is True
+            assert param["schema"]["type"] == "string"
 
 
 def test_every_protected_route_enforces_its_permission(api: Api) -> None:
@@ -255,3 +260,62 @@ def test_every_list_answers_items_and_next_cursor(api: Api) -> None:
         r = api.get(route.path.replace("{name}", "listed"), api.admin_key)
         assert r.status_code == 200, (route.path, r.text)
         assert set(r.json()) == {"items", "next_cursor"}, route.path
+
+
+def _allows(schema: dict[str, Any], value: object) -> bool:
+    return bool(Draft202012Validator(schema).is_valid(value))
+
+
+def test_document_leaves_out_what_the_server_always_refuses(api: Api) -> None:
+    """A value every request is refused for (400) is outside the document's schema.
+
+    schemathesis (positive_data_acceptance) found these against a live server: the document
+    allowed ``?issuer=``, ``?expiring_within=``, ``?actor_id=`` (refused: empty is no
+    filter), any ``…/outputs/{output}`` (two are readable) and any string as a permission
+    (the catalogue is fixed), so a client generated from it sent them as valid.
+    """
+    doc = api.get("/api/v1/openapi.json").json()
+
+    def query(path: str, name: str) -> dict[str, Any]:
+        params = {p["name"]: p for p in doc["paths"][path]["get"]["parameters"]}
+        schema: dict[str, Any] = params[name]["schema"]
+        return schema
+
+    for path, name, accepted in [
+        ("/api/v1/certificates", "issuer", "default"),
+        ("/api/v1/certificates", "expiring_within", "30D"),
+        ("/api/v1/auth/apikeys", "actor_id", "admin"),
+    ]:
+        assert_problem(api.get(path, api.admin_key, params={name: ""}), 400)
+        assert not _allows(query(path, name), ""), (path, name)
+        r = api.get(path, api.admin_key, params={name: accepted})
+        assert r.status_code == 200, r.text
+        assert _allows(query(path, name), accepted)
+
+    outputs = "/api/v1/services/{name}/outputs/{output}"
+    output = next(
+        p["schema"] for p in doc["paths"][outputs]["get"]["parameters"] if p["name"] == "output"
+    )
+    for refused in ("ca-internal", "certs-internal", "tls"):
+        assert_problem(api.get(f"/api/v1/services/none/outputs/{refused}", api.admin_key), 400)
+        assert not _allows(output, refused)
+    for readable in ("certs-public", "client-trust"):
+        # Past the output check: the service is looked up (and is not there).
+        assert_problem(api.get(f"/api/v1/services/none/outputs/{readable}", api.admin_key), 404)
+        assert _allows(output, readable)
+
+    schemas = doc["components"]["schemas"]
+    for model, method, path in [
+        ("RoleCreate", "POST", "/api/v1/auth/roles"),
+        ("RoleUpdate", "PUT", "/api/v1/auth/roles/doc-role"),
+    ]:
+        permissions = schemas[model]["properties"]["permissions"]
+        body = {"id": "doc-role"} if method == "POST" else {}
+        r = api.request(method, path, api.admin_key, json={**body, "permissions": ["cert.nope"]})
+        assert_problem(r, 400)
+        assert not _allows(permissions, ["cert.nope"]), model
+        assert not _allows(permissions, [""]), model
+        r = api.request(method, path, api.admin_key, json={**body, "permissions": ["cert.read"]})
+        assert r.status_code in (200, 201), r.text
+        assert _allows(permissions, ["cert.read"])
+        assert _allows(permissions, list(PERMISSIONS))

@@ -12,6 +12,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from certctl import __version__
+from certctl.api.service_routes import PUBLIC_OUTPUTS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -378,6 +379,9 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     }
 
 
+# A filter given empty is refused (400), not taken as "no filter": a script whose variable
+# was unset would otherwise list everything (or nothing).
+_NON_EMPTY: dict[str, Any] = {"type": "string", "minLength": 1}
 _LIMIT = _query(
     "limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"
 )
@@ -388,10 +392,10 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
             {"type": "string", "enum": ["active", "expiring", "expired", "revoked"]},
             "effective status (expiring: within 30 days and not renewed)",
         ),
-        _query("issuer", _STR, "issuer id"),
+        _query("issuer", _NON_EMPTY, "issuer id"),
         _query(
             "expiring_within",
-            _STR,
+            _NON_EMPTY,
             "a duration such as 30D: neither revoked nor renewed, ending before now plus it "
             "(expired ones too)",
         ),
@@ -442,7 +446,7 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
             "next_cursor of the previous page",
         ),
     ],
-    ("GET", "/api/v1/auth/apikeys"): [_query("actor_id", _STR, "only this actor's keys")],
+    ("GET", "/api/v1/auth/apikeys"): [_query("actor_id", _NON_EMPTY, "only this actor's keys")],
     ("PUT", "/api/v1/services/{name}"): [
         _query(
             "dry_run",
@@ -467,6 +471,16 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
             "pem: the certificate and its chain (also Accept: application/x-pem-file)",
         ),
     ],
+}
+
+
+# Path parameters narrower than any string; the others are looked up (404 when unknown).
+_PATH: dict[tuple[str, str], dict[str, Any]] = {
+    ("/api/v1/services/{name}/outputs/{output}", "output"): {
+        "type": "string",
+        "enum": list(PUBLIC_OUTPUTS),
+        "description": "the outputs readable through the API (any other: 400)",
+    },
 }
 
 
@@ -534,7 +548,12 @@ def build_openapi(routes: Sequence[ApiRoute]) -> dict[str, Any]:
             "responses": responses,
         }
         params = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": _PATH.get((route.path, name), _STR),
+            }
             for name in re.findall(r"{(\w+)}", route.path)
         ]
         params += _QUERY.get(key, [])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from certctl.auth.permissions import PERMISSIONS
 from certctl.pki import display_dn_text
 from certctl.services.revocation import ISSUER_REVOCATION_REASONS, REVOCATION_REASONS
 from certctl.store.models import ApiKey, AuditEvent, Issuer
@@ -37,19 +38,25 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+# A permission name as the document shows it: one of the catalogue. Only the schema says so;
+# the handler refuses an unknown name itself (400 listing the known ones), which pydantic's
+# enum error would not.
+_Permission = Annotated[str, WithJsonSchema({"type": "string", "enum": list(PERMISSIONS)})]
+
+
 class RoleCreate(_Body):
     """``POST /api/v1/auth/roles``."""
 
     id: str = Field(min_length=1, max_length=64)
     name: str = Field(default="", max_length=200)
-    permissions: list[str] = Field(default_factory=list, max_length=100)
+    permissions: list[_Permission] = Field(default_factory=list, max_length=100)
 
 
 class RoleUpdate(_Body):
     """``PUT /api/v1/auth/roles/{id}``."""
 
     name: str | None = Field(default=None, max_length=200)
-    permissions: list[str] | None = Field(default=None, max_length=100)
+    permissions: list[_Permission] | None = Field(default=None, max_length=100)
 
 
 class ActorCreate(_Body):

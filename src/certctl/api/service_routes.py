@@ -191,16 +191,17 @@ async def remove_client(request: Request, principal: Principal | None) -> Respon
     return Response(status_code=204)
 
 
-_PUBLIC_OUTPUTS = {"certs-public", "client-trust"}
+# The outputs GET …/outputs/{output} serves (the OpenAPI document lists them as its enum).
+PUBLIC_OUTPUTS = ("certs-public", "client-trust")
 
 
 async def get_output(request: Request, principal: Principal | None) -> Response:
     """The public outputs only; keys never leave through the API."""
     services = services_of(request)
     name, output = request.path_params["name"], request.path_params["output"]
-    if output not in _PUBLIC_OUTPUTS:
+    if output not in PUBLIC_OUTPUTS:
         raise InvalidRequest(
-            f"{output}: only {', '.join(sorted(_PUBLIC_OUTPUTS))} can be read through the API"
+            f"{output}: only {', '.join(sorted(PUBLIC_OUTPUTS))} can be read through the API"
         )
     row = service_specs.get_service(services, caller_of(principal), name)
     # In a listing thread: bounded, as every thread holding a pooled connection is.

@@ -429,7 +429,7 @@ def drop_retired_ca(
     typer.echo(f"tlsservice/{name}: every replaced CA leaves ca.crt at the next pass")
 
 
-# The outputs the API serves (service_routes._PUBLIC_OUTPUTS) and the files each may hold:
+# The outputs the API serves (service_routes.PUBLIC_OUTPUTS) and the files each may hold:
 # one no longer in the answer is removed from DIR with the rest (a ca.crt left behind would
 # contradict the tls.crt of a custom certificate served without one).
 _PUBLIC_OUTPUTS = {"certs-public": ("tls.crt", "ca.crt"), "client-trust": ("ca.crt",)}
