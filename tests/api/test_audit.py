@@ -400,3 +400,19 @@ def test_each_call_names_the_api_key_that_made_it(api: Api) -> None:
         "POST /api/v1/issuers",
         "certificate.issue",
     ]
+
+
+def test_a_cursor_beyond_every_audit_id_lists_from_the_newest(api: Api) -> None:
+    """A cursor of up to 18 digits is taken; past every id it is the first page, on both stores.
+
+    schemathesis found ``?cursor=975541824920628737`` answered 500 on PostgreSQL (its audit ids
+    are 32-bit, and the cursor was sent as one: "integer out of range"), 200 on SQLite.
+    """
+    api.create_role("cursor-role", [])
+    first = api.get(AUDIT, api.admin_key, params={"limit": 3})
+    assert first.status_code == 200, first.text
+    for cursor in ("2147483648", "975541824920628737", "999999999999999999"):
+        r = api.get(AUDIT, api.admin_key, params={"limit": 3, "cursor": cursor})
+        assert r.status_code == 200, (cursor, r.text)
+        assert r.json() == first.json()
+    assert_problem(api.get(AUDIT, api.admin_key, params={"cursor": "9" * 19}), 400)

@@ -62,7 +62,8 @@ _FILTERS = ("actor", "credential", "action", "outcome", "target", "since", "unti
 
 async def list_audit(request: Request, principal: Principal | None) -> Response:
     cursor = request.query_params.get("cursor")
-    # Audit ids are 64-bit integers: anything longer would overflow the database parameter.
+    # Compared with the ids as a 64-bit integer (services.audit.list_audit): anything longer
+    # would overflow it.
     if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
         raise InvalidRequest("cursor: not a cursor returned by this API")
     limit = _limit(request)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import BigInteger, literal, select
 from sqlalchemy.orm import Session
 
 from certctl.services.context import Principal
@@ -119,7 +119,9 @@ def list_audit(
     """Audit events newest first, keyset-paginated by id, matching ``where``."""
     query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
     if after is not None:
-        query = query.where(AuditEvent.id < after)
+        # Sent as a 64-bit value: PostgreSQL's ids are 32-bit, and a cursor beyond them bound
+        # as one failed ("integer out of range"); compared as 64-bit, it is past every id.
+        query = query.where(AuditEvent.id < literal(after, BigInteger))
     if where is not None:
         if where.actor is not None:
             query = query.where(AuditEvent.actor == where.actor)
