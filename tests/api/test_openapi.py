@@ -319,3 +319,27 @@ def test_document_leaves_out_what_the_server_always_refuses(api: Api) -> None:
         assert r.status_code in (200, 201), r.text
         assert _allows(permissions, ["cert.read"])
         assert _allows(permissions, list(PERMISSIONS))
+
+
+def test_document_gives_the_duration_grammar(api: Api) -> None:
+    """``expiring_within`` and every ``validity`` carry a pattern the server agrees with.
+
+    schemathesis sent ``?expiring_within=0`` and ``"validity": "n"`` as valid (any string was):
+    the pattern now says what parses; zero and more than 100 years still match it and are
+    refused (400) by the server alone.
+    """
+    doc = api.get("/api/v1/openapi.json").json()
+    params = doc["paths"]["/api/v1/certificates"]["get"]["parameters"]
+    schema = next(p["schema"] for p in params if p["name"] == "expiring_within")
+    pattern = schema["pattern"]
+    for model in ("CertificateIssue", "CertificateRenew", "IssuerCreate"):
+        assert doc["components"]["schemas"][model]["properties"]["validity"]["pattern"] == pattern
+    parsed = ["90D", "8760h", "1Y6M", "P1Y6M", "p2W", "1h30m", "1.5h", " 30D ", "1D12h", "10µs"]
+    refused = ["", " ", "0", "90", "n", "D", "P", "PT1H", "1x", "90 D", "-1D", "1e3h", "30D,"]
+    for value in parsed + refused:
+        r = api.get("/api/v1/certificates", api.admin_key, params={"expiring_within": value})
+        taken = r.status_code == 200
+        if not taken:
+            assert_problem(r, 400)
+        assert taken == (value in parsed), (value, r.text)
+        assert _allows(schema, value) == taken, value

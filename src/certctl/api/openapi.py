@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from certctl import __version__
 from certctl.api.service_routes import PUBLIC_OUTPUTS
+from certctl.pki.validity import DURATION_PATTERN
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -395,7 +396,7 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         _query("issuer", _NON_EMPTY, "issuer id"),
         _query(
             "expiring_within",
-            _NON_EMPTY,
+            {"type": "string", "pattern": DURATION_PATTERN},
             "a duration such as 30D: neither revoked nor renewed, ending before now plus it "
             "(expired ones too)",
         ),

@@ -6,9 +6,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic.config import JsonDict
 
 from certctl.auth.permissions import PERMISSIONS
 from certctl.pki import display_dn_text
+from certctl.pki.validity import DURATION_PATTERN
 from certctl.services.revocation import ISSUER_REVOCATION_REASONS, REVOCATION_REASONS
 from certctl.store.models import ApiKey, AuditEvent, Issuer
 
@@ -42,6 +44,9 @@ class _Body(BaseModel):
 # the handler refuses an unknown name itself (400 listing the known ones), which pydantic's
 # enum error would not.
 _Permission = Annotated[str, WithJsonSchema({"type": "string", "enum": list(PERMISSIONS)})]
+# A validity as the document shows it: the duration grammar (pydantic's own pattern check
+# would replace the handler's 400, which gives examples, with a regex).
+_DURATION: JsonDict = {"pattern": DURATION_PATTERN, "examples": ["90D", "8760h", "1Y6M"]}
 
 
 class RoleCreate(_Body):
@@ -91,7 +96,7 @@ class IssuerCreate(_Body):
     subject: str | None = Field(default=None, max_length=1000)
     key_type: str = "ec-p256"
     # Unset: 5Y for a root; for an intermediate, 5Y or what its parent has left if less.
-    validity: str | None = None
+    validity: str | None = Field(default=None, json_schema_extra=_DURATION)
     parent: str | None = None
     path_length: int | None = Field(default=None, ge=0, le=10)
     certificate_pem: str | None = Field(default=None, max_length=200_000)
@@ -126,7 +131,7 @@ class CertificateIssue(_Body):
         description="URI SANs, e.g. spiffe://trust-domain/ns/NAMESPACE/sa/ACCOUNT",
     )
     profile: Literal["server", "client", "server+client"] = "server"
-    validity: str = "90D"
+    validity: str = Field(default="90D", json_schema_extra=_DURATION)
     key_type: str = "ec-p256"
 
 
@@ -159,7 +164,7 @@ class IssuerRevoke(_Body):
 class CertificateRenew(_Body):
     """``POST /api/v1/certificates/{id}/renew``."""
 
-    validity: str | None = None
+    validity: str | None = Field(default=None, json_schema_extra=_DURATION)
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -21,7 +21,7 @@ from decimal import Decimal, InvalidOperation
 
 from certctl.errors import InvalidRequest
 
-__all__ = ["MAX_DURATION", "format_days", "format_duration", "parse_duration"]
+__all__ = ["DURATION_PATTERN", "MAX_DURATION", "format_days", "format_duration", "parse_duration"]
 
 MAX_DURATION = timedelta(days=365 * 100)
 
@@ -43,6 +43,10 @@ _UNIT_MICROSECONDS: dict[str, int] = {
     "Y": 365 * 86_400 * 1_000_000,
 }
 _TOKEN = re.compile(r"(\d+(?:\.\d+)?)([a-zA-Zµμ]+)")
+# The grammar as a JSON Schema pattern, for the OpenAPI document: what parse_duration reads
+# (surrounding whitespace is stripped). Zero and more than 100 years match it and are refused.
+_UNITS = "|".join(sorted(_UNIT_MICROSECONDS, key=len, reverse=True))
+DURATION_PATTERN = rf"^\s*[Pp]?(?:\d+(?:\.\d+)?(?:{_UNITS}))+\s*$"
 
 
 # Cached: the same few strings ("90D", the config's durations) are parsed on every API
