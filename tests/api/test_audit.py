@@ -416,3 +416,27 @@ def test_a_cursor_beyond_every_audit_id_lists_from_the_newest(api: Api) -> None:
         assert r.status_code == 200, (cursor, r.text)
         assert r.json() == first.json()
     assert_problem(api.get(AUDIT, api.admin_key, params={"cursor": "9" * 19}), 400)
+
+
+def test_the_target_filter_is_a_substring_in_either_case_on_every_backend(api: Api) -> None:
+    # SQLite's LIKE folds ASCII case, PostgreSQL's does not: a serial pasted from `openssl x509
+    # -serial` (upper case) found the certificate's events on SQLite and nothing on PostgreSQL.
+    cert = api.issue()
+    serial = cert["serial"].replace(":", "")
+    api.create_role("ops_x", ["cert.read"])
+    api.create_role("opsyx", ["cert.read"])
+
+    def targets(target: str) -> list[str]:
+        r = api.get(AUDIT, api.admin_key, params={"target": target})
+        assert r.status_code == 200, r.text
+        return [e["target"] for e in r.json()["items"]]
+
+    assert serial.lower() != serial.upper()  # hex letters: the case matters to the test
+    found = targets(serial.upper())
+    assert len(found) == 1, found
+    assert serial.lower() in found[0].lower(), found
+    assert targets(serial.lower()) == found
+    assert targets(cert["id"].upper()) == targets(cert["id"])
+    # "_" and "%" are themselves, not LIKE wildcards, in either case too.
+    assert targets("OPS_X") == ["ops_x"]
+    assert targets("ops%") == []

@@ -429,7 +429,7 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
             "success, denied (403), or a refused authentication's reason: missing, invalid, "
             "expired, revoked",
         ),
-        _query("target", _STR, "substring of the target (an id, a serial)"),
+        _query("target", _STR, "substring of the target, in either case (an id, a serial)"),
         _query(
             "since",
             {"type": "string", "format": "date-time"},

@@ -63,7 +63,9 @@ def audit_list(
     outcome: str = typer.Option(
         None, "--outcome", help="success, denied, or missing, invalid, expired, revoked."
     ),
-    target: str = typer.Option(None, "--target", help="Substring of the target (an id)."),
+    target: str = typer.Option(
+        None, "--target", help="Substring of the target, in either case (an id, a serial)."
+    ),
     since: str = typer.Option(
         None, "--since", help="At or after this ISO 8601 time (UTC without a zone)."
     ),

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, literal, select
+from sqlalchemy import BigInteger, func, literal, select
 from sqlalchemy.orm import Session
 
 from certctl.services.context import Principal
+from certctl.store.db import contains_pattern, unicode_lower
 from certctl.store.models import AuditEvent
 
 __all__ = ["AuditFilter", "event_values", "list_audit", "record"]
@@ -99,8 +100,8 @@ class AuditFilter:
     """Which audit events a listing returns; None is no filter.
 
     ``actor``, ``credential``, ``action`` and ``outcome`` match exactly; ``target`` is a
-    substring (an id appears in the targets of every event about it: ``<cert id> serial …
-    renewing <id>``);
+    substring, in either case (an id appears in the targets of every event about it:
+    ``<cert id> serial … renewing <id>``);
     ``since`` is inclusive, ``until`` exclusive, both aware datetimes.
     """
 
@@ -132,8 +133,14 @@ def list_audit(
         if where.outcome is not None:
             query = query.where(AuditEvent.outcome == where.outcome)
         if where.target is not None:
-            # autoescape: a "_" or "%" in an id is itself, not a LIKE wildcard.
-            query = query.where(AuditEvent.target.contains(where.target, autoescape=True))
+            # In either case on every backend, as `certs list -q`: SQLite's LIKE folds ASCII
+            # letters and PostgreSQL's none, so an upper-case serial (openssl x509 -serial)
+            # found its events on SQLite only. A "_" or "%" is itself, not a wildcard.
+            target = where.target
+            lower = func.lower if target.isascii() else unicode_lower
+            query = query.where(
+                lower(AuditEvent.target).like(contains_pattern(target.lower()), escape="\\")
+            )
         if where.since is not None:
             query = query.where(AuditEvent.at >= where.since)
         if where.until is not None:
