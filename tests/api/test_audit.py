@@ -400,6 +400,19 @@ def test_each_call_names_the_api_key_that_made_it(api: Api) -> None:
         "POST /api/v1/issuers",
         "certificate.issue",
     ]
+    # Any other form matched nothing ("no events" for a key that made three): a 400 saying
+    # the form, never echoing a secret.
+    form = "not a credential as the audit log writes one (apikey <key id>)"
+    meant = f"{form}: did you mean 'apikey {other['id']}'?"
+    for value, says in [
+        (other["id"], meant),
+        (other["key_value"], meant),
+        (f"apikey {other['id'].upper()}", form),
+        ("ci", form),
+    ]:
+        body = assert_problem(api.get(AUDIT, api.admin_key, params={"credential": value}), 400)
+        assert body["detail"].endswith(says), body
+        assert other["key_value"].split("_", 2)[2] not in body["detail"]
 
 
 def test_a_cursor_beyond_every_audit_id_lists_from_the_newest(api: Api) -> None:
