@@ -308,6 +308,16 @@ def test_audit_filters_by_actor_action_outcome_target_and_time(api: Api) -> None
         ({"until": "yesterday"}, "until=yesterday: not an ISO 8601 time"),
         ({"since": "0001-01-01T00:00:00+01:00"}, "since=0001-01-01T00:00:00+01:00: out of range"),
         ({"who": "ci"}, "unknown query parameter(s): who"),
+        # Swapped bounds matched nothing, an empty page read as "nothing happened".
+        (
+            {"since": later.isoformat(), "until": start.isoformat()},
+            f"since={later.isoformat()} is not before until={start.isoformat()}: "
+            "no event can match (since is inclusive, until exclusive)",
+        ),
+        (
+            {"since": "2026-12-05T16:00:00+01:00", "until": "2026-12-05T15:00:00Z"},
+            "since=2026-12-05T16:00:00+01:00 is not before until=2026-12-05T15:00:00Z",
+        ),
     ]:
         body = assert_problem(api.get(AUDIT, api.admin_key, params=params), 400)
         assert body["detail"].startswith(detail), body

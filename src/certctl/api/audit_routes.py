@@ -67,6 +67,14 @@ def _filter(request: Request) -> audit.AuditFilter | None:
         if params.get(name) == "":
             raise InvalidRequest(f"{name}: empty (leave it out for no filter)")
     since, until = params.get("since"), params.get("until")
+    after = _instant("since", since) if since else None
+    before = _instant("until", until) if until else None
+    if after is not None and before is not None and after >= before:
+        # Swapped, or a typo: no event can match, and "no events" read as an answer.
+        raise InvalidRequest(
+            f"since={(since or '')[:40]} is not before until={(until or '')[:40]}: "
+            "no event can match (since is inclusive, until exclusive)"
+        )
     credential = params.get("credential")
     return audit.AuditFilter(
         actor=params.get("actor"),
@@ -74,8 +82,8 @@ def _filter(request: Request) -> audit.AuditFilter | None:
         action=params.get("action"),
         outcome=params.get("outcome"),
         target=params.get("target"),
-        since=_instant("since", since) if since else None,
-        until=_instant("until", until) if until else None,
+        since=after,
+        until=before,
     )
 
 
