@@ -1724,9 +1724,23 @@ def test_an_auditor_reads_the_audit_log_with_certctl_audit_list(
     )  # fmt: skip
     lines = table.stdout.splitlines()
     assert lines[0].split() == [
-        "ID", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "SOURCE", "DETAIL"
+        "ID", "TIME", "ACTOR", "KEY", "ACTION", "TARGET", "OUTCOME", "SOURCE", "DETAIL"
     ]  # fmt: skip
-    assert re.search(r" \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC +admin +certificate\.issue ", lines[1])
+    # Which of admin's keys made the call: the table said only "admin".
+    admin_key_id = default_server.admin_key.split("_")[1]
+    assert re.search(
+        rf" \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC +admin +{admin_key_id} +certificate\.issue ",
+        lines[1],
+    ), lines
+    # --credential takes the id as the KEY column shows it, as the API's form too.
+    for credential in (admin_key_id, f"apikey {admin_key_id}"):
+        by_key = ok(
+            _certctl(default_server, "audit", "list", "--credential", credential, "--action",
+                     "certificate.issue", **auditor)
+        )  # fmt: skip
+        assert [e["target"] for e in json.loads(by_key.stdout)["items"]][:2] == [
+            e["target"] for e in events
+        ]
     assert lines[-1].startswith("more events: certctl audit list --actor admin --limit 1 -o table")
 
     refused = _certctl(default_server, "audit", "list", "--since", "yesterday", **auditor)

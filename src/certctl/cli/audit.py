@@ -6,7 +6,14 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from certctl.cli._api import OUTPUT_OPTION, field_cell, group_help, print_list, send_request
+from certctl.cli._api import (
+    OUTPUT_OPTION,
+    cell_text,
+    field_cell,
+    group_help,
+    print_list,
+    send_request,
+)
 from certctl.cli._listing import Column
 
 if TYPE_CHECKING:
@@ -38,11 +45,21 @@ def _at(item: dict[str, Any], _now: datetime) -> str:
     return f"{when.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
+def _key(item: dict[str, Any], _now: datetime) -> str:
+    # The credential field (apikey <key id>): the actor alone does not say which of its keys
+    # made a call, what an auditor asks after a leak. --credential takes the id as shown.
+    value = item.get("credential")
+    if isinstance(value, str) and value.startswith("apikey "):
+        return value.removeprefix("apikey ")
+    return cell_text(value)
+
+
 def _columns() -> list[Column]:
     return [
         Column("ID", field_cell("id"), key=True),
         Column("TIME", _at),
         Column("ACTOR", field_cell("actor"), label=True),
+        Column("KEY", _key),
         Column("ACTION", field_cell("action")),
         Column("TARGET", field_cell("target")),
         Column("OUTCOME", field_cell("outcome")),
@@ -55,7 +72,9 @@ def _columns() -> list[Column]:
 def audit_list(
     actor: str = typer.Option(None, "--actor", help="Actor id, exactly (anonymous, system …)."),
     credential: str = typer.Option(
-        None, "--credential", help="Credential, exactly: apikey <key id>."
+        None,
+        "--credential",
+        help="Credential, exactly: apikey <key id>, or the key id alone (the KEY column).",
     ),
     action: str = typer.Option(
         None, "--action", help="Action, exactly: certificate.issue, auth.failure …"
@@ -78,12 +97,16 @@ def audit_list(
 ) -> None:
     """List audit events, newest first (one page; follow next_cursor for more).
 
-    On a terminal a table: id, time (UTC), actor, action, target, outcome, source address and
-    detail; its last line, when there are more, is the command for the next page. Piped, the
-    server's JSON: `jq -c '.items[]'` makes it JSON lines.
+    On a terminal a table: id, time (UTC), actor, the API key that made the call, action,
+    target, outcome, source address and detail; its last line, when there are more, is the
+    command for the next page. Piped, the server's JSON: `jq -c '.items[]'` makes it JSON
+    lines.
     """
+    import re
     import shlex
 
+    if credential is not None and re.fullmatch(r"[0-9a-f]{16}", credential):
+        credential = f"apikey {credential}"  # as the table's KEY column shows it
     path = "/api/v1/audit"
     filters = {
         "--actor": actor,
