@@ -343,3 +343,15 @@ def test_document_gives_the_duration_grammar(api: Api) -> None:
             assert_problem(r, 400)
         assert taken == (value in parsed), (value, r.text)
         assert _allows(schema, value) == taken, value
+
+
+def test_the_audit_credential_filter_is_documented_in_the_form_events_carry(api: Api) -> None:
+    # Any other form is a 400: the spec says which, as the events' credential field has it.
+    doc = api.get("/api/v1/openapi.json").json()
+    params = {p["name"]: p for p in doc["paths"]["/api/v1/audit"]["get"]["parameters"]}
+    pattern = params["credential"]["schema"]["pattern"]
+    api.issue()
+    carried = {e["credential"] for e in api.audit() if e["action"] == "certificate.issue"}
+    assert carried == {f"apikey {api.admin_key.split('_')[1]}"}
+    assert all(re.search(pattern, c) for c in carried)
+    assert not re.search(pattern, api.admin_key.split("_")[1])

@@ -416,7 +416,11 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
     ],
     ("GET", "/api/v1/audit"): [
         _query("actor", _STR, "actor id, exactly (anonymous: refused authentications)"),
-        _query("credential", _STR, "credential, exactly: apikey <key id>"),
+        _query(
+            "credential",
+            {"type": "string", "pattern": "^apikey [0-9a-f]{16}$"},
+            "credential, exactly: apikey <key id> (any other form is a 400)",
+        ),
         _query(
             "action",
             _STR,
