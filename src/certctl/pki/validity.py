@@ -42,11 +42,14 @@ _UNIT_MICROSECONDS: dict[str, int] = {
     "y": 365 * 86_400 * 1_000_000,
     "Y": 365 * 86_400 * 1_000_000,
 }
-_TOKEN = re.compile(r"(\d+(?:\.\d+)?)([a-zA-Zµμ]+)")
+# ASCII digits only: str's \d and isdigit() also take ٣ or ３, which no schema's [0-9] (nor a
+# reader) takes for a number.
+_DIGITS = "0123456789"
+_TOKEN = re.compile(r"([0-9]+(?:\.[0-9]+)?)([a-zA-Zµμ]+)")
 # The grammar as a JSON Schema pattern, for the OpenAPI document: what parse_duration reads
 # (surrounding whitespace is stripped). Zero and more than 100 years match it and are refused.
 _UNITS = "|".join(sorted(_UNIT_MICROSECONDS, key=len, reverse=True))
-DURATION_PATTERN = rf"^\s*[Pp]?(?:\d+(?:\.\d+)?(?:{_UNITS}))+\s*$"
+DURATION_PATTERN = rf"^\s*[Pp]?(?:[0-9]+(?:\.[0-9]+)?(?:{_UNITS}))+\s*$"
 
 
 # Cached: the same few strings ("90D", the config's durations) are parsed on every API
@@ -59,7 +62,7 @@ def parse_duration(text: str) -> timedelta:
         InvalidRequest: the text is empty, has an unknown unit, is zero or exceeds 100 years.
     """
     raw = text.strip()
-    body = raw[1:] if raw[:1] in ("P", "p") and len(raw) > 1 and raw[1].isdigit() else raw
+    body = raw[1:] if raw[:1] in ("P", "p") and len(raw) > 1 and raw[1] in _DIGITS else raw
     if not body:
         raise InvalidRequest(f"{text!r}: empty duration (examples: 90D, 8760h, 1Y6M)")
     total_us = Decimal(0)
@@ -83,7 +86,7 @@ def parse_duration(text: str) -> timedelta:
         pos = match.end()
     if pos != len(body):
         rest = body[pos:]
-        if rest and rest[0].isdigit():
+        if rest[0] in _DIGITS:
             raise InvalidRequest(f"{raw}: number without a unit (examples: 90D, 8760h, 1Y6M)")
         raise InvalidRequest(f"{raw}: not a duration (examples: 90D, 8760h, 1Y6M)")
     if total_us > Decimal(MAX_DURATION // timedelta(microseconds=1)):

@@ -197,3 +197,21 @@ def test_grammar_strings_parse_and_format_back(
 )
 def test_format_days_names_the_unit(value: timedelta, text: str) -> None:
     assert format_days(value) == text
+
+
+# str's \d and isdigit() take every decimal digit; a JSON Schema pattern's [0-9] (and a
+# reader) takes ASCII only, so these were taken by the server and refused by openapi.json.
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("٣٠D", "not a duration"),
+        ("３０D", "not a duration"),
+        ("P٣D", "not a duration"),
+        ("p３h", "not a duration"),
+        ("1D٣h", "not a duration"),
+        ("1.٥h", "number without a unit"),
+    ],
+)
+def test_digits_are_ascii(text: str, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        parse_duration(text)
