@@ -48,8 +48,11 @@ _DIGITS = "0123456789"
 _TOKEN = re.compile(r"([0-9]+(?:\.[0-9]+)?)([a-zA-Zµμ]+)")
 # The grammar as a JSON Schema pattern, for the OpenAPI document: what parse_duration reads
 # (surrounding whitespace is stripped). Zero and more than 100 years match it and are refused.
+# No \s: ECMA 262's (JSON Schema's dialect) is not str.strip()'s, which also strips \x1c-\x1f
+# and \x85; the class lists those str.isspace() takes, as escapes every dialect reads alike.
 _UNITS = "|".join(sorted(_UNIT_MICROSECONDS, key=len, reverse=True))
-DURATION_PATTERN = rf"^\s*[Pp]?(?:[0-9]+(?:\.[0-9]+)?(?:{_UNITS}))+\s*$"
+_SPACE = r"[\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+DURATION_PATTERN = rf"^{_SPACE}*[Pp]?(?:[0-9]+(?:\.[0-9]+)?(?:{_UNITS}))+{_SPACE}*$"
 
 
 # Cached: the same few strings ("90D", the config's durations) are parsed on every API
