@@ -2706,3 +2706,25 @@ def test_in_custom_mode_a_served_leaf_sent_alone_guards_its_names_under_every_is
     api.assert_only_denials_audited(before, 3)
     # Under another root the name is anyone's, as before.
     api.issue(operator, issuer="default", common_name="certctl.corp.example")
+
+
+def test_renewal_with_an_empty_validity_is_refused_as_an_issuance_is(api: Api) -> None:
+    """``"validity": ""`` is a 400, as on ``POST /api/v1/certificates`` and on issuers.
+
+    The renewal took it (and blanks) for no validity and renewed for the default, which
+    openapi.json's duration pattern says is refused: a script whose variable was unset
+    renewed for a lifetime it never asked for.
+    """
+    cert = api.issue(validity="2D")
+    before = api.counts()
+    for blank in ("", "  "):
+        for path in (f"{CERTS}/{cert['id']}/renew", CERTS):
+            body = {"validity": blank} | ({} if "renew" in path else {"common_name": "a.test"})
+            problem = assert_problem(api.post(path, api.admin_key, json=body), 400)
+            assert "empty duration" in problem["detail"], problem
+    assert api.counts() == before
+    # Left out, or null, it is the issuer's default.
+    for body in ({}, {"validity": None}):
+        renewed = api.post(f"{CERTS}/{cert['id']}/renew", api.admin_key, json=body)
+        assert renewed.status_code == 201, renewed.text
+        cert = renewed.json()

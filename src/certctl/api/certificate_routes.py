@@ -254,7 +254,8 @@ async def revoke_certificate(request: Request, principal: Principal | None) -> R
 async def renew_certificate(request: Request, principal: Principal | None) -> Response:
     body = await _optional_body(request, schemas.CertificateRenew)
     services = _services(request)
-    validity = parse_duration(body.validity) if body.validity else None
+    # Only left out (or null) is the default: "" is refused, as by issue and issuer create.
+    validity = parse_duration(body.validity) if body.validity is not None else None
     result = await in_write_thread(
         request,
         lambda: certificates.renew_certificate(
