@@ -323,3 +323,21 @@ def test_deleting_a_held_role_names_its_holders_only_to_holders_of_actor_read(ap
     detail = assert_problem(api.request("DELETE", f"{ROLES}/p-low", reader), 409)["detail"]
     assert detail == "role p-low is held by secret-bob"
     assert api.get(f"{ROLES}/p-low", api.admin_key).status_code == 200
+
+
+def test_a_permission_name_is_taken_exactly(api: Api) -> None:
+    """``" cert.read"`` is an unknown permission (400), as openapi.json's enum says.
+
+    The body's blanks were stripped from the names too, so the server took what the document
+    refuses (and what ``certctl role`` never sends); a built-in role's name is no permission.
+    """
+    assert api.post(ROLES, api.admin_key, json={"id": "exact"}).status_code == 201
+    for names in ([" cert.read"], ["cert.read\t"], ["r-viewer"]):
+        for method, path, body in (
+            ("POST", ROLES, {"id": "padded", "permissions": names}),
+            ("PUT", f"{ROLES}/exact", {"permissions": names}),
+        ):
+            detail = assert_problem(api.request(method, path, api.admin_key, json=body), 400)
+            assert detail["detail"].startswith("unknown permission(s): "), detail
+    assert_problem(api.get(f"{ROLES}/padded", api.admin_key), 404)
+    assert api.get(f"{ROLES}/exact", api.admin_key).json()["permissions"] == []

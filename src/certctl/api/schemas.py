@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 from pydantic.config import JsonDict
 
 from certctl.auth.permissions import PERMISSIONS
@@ -43,7 +43,13 @@ class _Body(BaseModel):
 # A permission name as the document shows it: one of the catalogue. Only the schema says so;
 # the handler refuses an unknown name itself (400 listing the known ones), which pydantic's
 # enum error would not.
-_Permission = Annotated[str, WithJsonSchema({"type": "string", "enum": list(PERMISSIONS)})]
+# Not stripped (the model strips every other string): " cert.read" is no name in the enum,
+# and a server taking it would take what the document refuses.
+_Permission = Annotated[
+    str,
+    StringConstraints(strip_whitespace=False),
+    WithJsonSchema({"type": "string", "enum": list(PERMISSIONS)}),
+]
 # A validity as the document shows it: the duration grammar (pydantic's own pattern check
 # would replace the handler's 400, which gives examples, with a regex).
 _DURATION: JsonDict = {"pattern": DURATION_PATTERN, "examples": ["90D", "8760h", "1Y6M"]}
