@@ -45,6 +45,7 @@ INSTALL = {
     "keytool": "apt-get install -y openjdk-17-jre-headless",
     "kill": "apt-get install -y procps",
     "lint_pkix_cert": "uv sync --group dev",
+    "schemathesis": "uv sync --group dev",
     "certctl": "uv sync",
 }
 
