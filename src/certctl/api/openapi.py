@@ -415,7 +415,7 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         ),
     ],
     ("GET", "/api/v1/audit"): [
-        _query("actor", _STR, "actor id, exactly (anonymous: refused authentications)"),
+        _query("actor", _NON_EMPTY, "actor id, exactly (anonymous: refused authentications)"),
         _query(
             "credential",
             {"type": "string", "pattern": "^apikey [0-9a-f]{16}$"},
@@ -423,17 +423,17 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         ),
         _query(
             "action",
-            _STR,
+            _NON_EMPTY,
             "action, exactly: certificate.issue, apikey.revoke, auth.failure, or a refused "
             "call's method and route (POST /api/v1/issuers)",
         ),
         _query(
             "outcome",
-            _STR,
+            _NON_EMPTY,
             "success, denied (403), or a refused authentication's reason: missing, invalid, "
             "expired, revoked",
         ),
-        _query("target", _STR, "substring of the target, in either case (an id, a serial)"),
+        _query("target", _NON_EMPTY, "substring of the target, in either case (an id, a serial)"),
         _query(
             "since",
             {"type": "string", "format": "date-time"},
