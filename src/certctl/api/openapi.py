@@ -383,6 +383,14 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 # A filter given empty is refused (400), not taken as "no filter": a script whose variable
 # was unset would otherwise list everything (or nothing).
 _NON_EMPTY: dict[str, Any] = {"type": "string", "minLength": 1}
+# Not "format": "date-time": RFC 3339 requires the zone, and the server also takes a time
+# without one (UTC) and a date (datetime.fromisoformat): a client validating the format
+# refused those.
+_INSTANT: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "examples": ["2026-12-05T15:00:00Z", "2026-12-05T15:00:00", "2026-12-05"],
+}
 _LIMIT = _query(
     "limit", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}, "page size"
 )
@@ -436,12 +444,12 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         _query("target", _NON_EMPTY, "substring of the target, in either case (an id, a serial)"),
         _query(
             "since",
-            {"type": "string", "format": "date-time"},
+            _INSTANT,
             "events at or after this ISO 8601 time (UTC without a zone)",
         ),
         _query(
             "until",
-            {"type": "string", "format": "date-time"},
+            _INSTANT,
             "events before this ISO 8601 time (UTC without a zone)",
         ),
         _LIMIT,
