@@ -397,3 +397,30 @@ def test_audit_times_are_documented_as_the_server_takes_them(api: Api) -> None:
             assert "format" not in params[name], params[name]
         assert_problem(api.get("/api/v1/audit", api.admin_key, params={name: ""}), 400)
         assert not _allows(params[name], "")
+
+
+def test_ids_are_documented_as_the_server_takes_them(api: Api) -> None:
+    """A role, actor or issuer id the server refuses is outside the document, and the reverse.
+
+    They were documented as 1-64 characters of any kind: schemathesis sent ``"id": "cÑ"`` as
+    valid (refused: lower-case letters, digits, '.', '_' or '-'). Blanks around it are
+    stripped, so they are in the pattern; its length is the stripped one.
+    """
+    doc = api.get("/api/v1/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    taken = ["a", "0.b_c-d", "z" * 64, " padded\u3000", "\tx\n", " " + "y" * 64]
+    refused = ["", " ", "cÑ", "Abc", "-a", ".a", "_a", "a b", "w" * 65, "a/b", "a\x1c", "\ufeffa"]
+    for model, path, extra in (
+        ("RoleCreate", "/api/v1/auth/roles", {}),
+        ("ActorCreate", "/api/v1/auth/actors", {}),
+        # A long id would make a common name too long (certctl ID): that 400 is not the id's.
+        ("IssuerCreate", "/api/v1/issuers", {"common_name": "Id CA"}),
+    ):
+        schema = schemas[model]["properties"]["id"]
+        for value in taken + refused:
+            r = api.post(path, api.admin_key, json={"id": value, **extra})
+            if value in taken:
+                assert r.status_code == 201, (model, value, r.text)
+            else:
+                assert_problem(r, 400)
+            assert _allows(schema, value) == (value in taken), (model, value)

@@ -50,6 +50,22 @@ _Permission = Annotated[
     StringConstraints(strip_whitespace=False),
     WithJsonSchema({"type": "string", "enum": list(PERMISSIONS)}),
 ]
+# A role, actor or issuer id as the document shows it: what services.access_rules.check_id
+# takes, once the body's blanks are stripped (pydantic strips Unicode White_Space, which the
+# class lists). The pattern bounds the length: maxLength 64 would count the blanks too.
+_BODY_SPACE = r"[\t-\r\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+_Id = Annotated[
+    str,
+    Field(min_length=1, max_length=64),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": rf"^{_BODY_SPACE}*[a-z0-9][a-z0-9._-]{{0,63}}{_BODY_SPACE}*$",
+            "description": "1-64 lower-case letters, digits, '.', '_' or '-', first a letter "
+            "or digit",
+        }
+    ),
+]
 # A validity as the document shows it: the duration grammar (pydantic's own pattern check
 # would replace the handler's 400, which gives examples, with a regex).
 _DURATION: JsonDict = {"pattern": DURATION_PATTERN, "examples": ["90D", "8760h", "1Y6M"]}
@@ -58,7 +74,7 @@ _DURATION: JsonDict = {"pattern": DURATION_PATTERN, "examples": ["90D", "8760h",
 class RoleCreate(_Body):
     """``POST /api/v1/auth/roles``."""
 
-    id: str = Field(min_length=1, max_length=64)
+    id: _Id
     name: str = Field(default="", max_length=200)
     permissions: list[_Permission] = Field(default_factory=list, max_length=100)
 
@@ -73,7 +89,7 @@ class RoleUpdate(_Body):
 class ActorCreate(_Body):
     """``POST /api/v1/auth/actors``."""
 
-    id: str = Field(min_length=1, max_length=64)
+    id: _Id
     name: str = Field(default="", max_length=200)
     roles: list[str] = Field(default_factory=list, max_length=50)
 
@@ -96,7 +112,7 @@ class ApiKeyCreate(_Body):
 class IssuerCreate(_Body):
     """``POST /api/v1/issuers``: a new root or intermediate CA, or an import (PEM)."""
 
-    id: str = Field(min_length=1, max_length=64)
+    id: _Id
     name: str = Field(default="", max_length=200)
     common_name: str | None = Field(default=None, max_length=64)
     subject: str | None = Field(default=None, max_length=1000)
