@@ -424,3 +424,24 @@ def test_ids_are_documented_as_the_server_takes_them(api: Api) -> None:
             else:
                 assert_problem(r, 400)
             assert _allows(schema, value) == (value in taken), (model, value)
+
+
+def test_service_names_are_documented_as_the_server_takes_them(api: Api) -> None:
+    """``metadata.name`` of a TLSService carries the pattern the server checks it with.
+
+    It was documented as any string: schemathesis sent ``"metadata": {"name": ""}`` as valid.
+    """
+    doc = api.get("/api/v1/openapi.json").json()
+    schema = doc["components"]["schemas"]["Metadata"]["properties"]["name"]
+    taken = ["a", "0", "web-1", "x" * 53, "a-b-c"]
+    refused = ["", "-a", "a-", "A", "a_b", "a.b", "x" * 54, " a", "a\n", "ñ"]
+    for value in taken + refused:
+        body = {"apiVersion": "certctl.io/v1", "kind": "TLSService", "metadata": {"name": value}}
+        r = api.request(
+            "PUT", "/api/v1/services/x", api.admin_key, json=body, params={"dry_run": "true"}
+        )
+        refused_for_name = r.status_code == 400 and "names are 1-53" in r.text
+        assert refused_for_name == (value in refused), (value, r.status_code, r.text)
+        # Python's re lets $ match before a final newline; ECMA 262 (JSON Schema's) does not.
+        if value != "a\n":
+            assert _allows(schema, value) == (value in taken), value
