@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 __all__ = [
     "OUTPUT_HELP",
@@ -20,6 +20,7 @@ __all__ = [
     "check_output",
     "date_and_days",
     "is_past",
+    "next_page",
     "print_table",
     "printable",
     "timestamp",
@@ -33,6 +34,31 @@ OUTPUT_HELP = (
 
 
 _OUTPUTS = ("table", "json")
+
+
+def next_page(
+    noun: str,
+    command: Sequence[str],
+    filters: Mapping[str, str | None],
+    limit: int,
+    output: str | None,
+) -> Callable[[str], str]:
+    """The table's last line for a next page: ``command`` again with its filters and a cursor.
+
+    The same filters, limit and output: a cursor continues the listing it came from.
+    """
+    import shlex
+
+    words = ["certctl", *command]
+    for option, value in filters.items():
+        words += [option, value] if value is not None else []
+    words += ["--limit", str(limit)] if limit != 50 else []
+    words += ["-o", output] if output is not None else []
+
+    def more(next_cursor: str) -> str:
+        return f"more {noun}: {shlex.join([*words, '--cursor', next_cursor])}"
+
+    return more
 
 
 def check_output(value: str | None) -> str | None:

@@ -14,7 +14,7 @@ from certctl.cli._api import (
     print_list,
     send_request,
 )
-from certctl.cli._listing import Column
+from certctl.cli._listing import Column, next_page
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -103,7 +103,6 @@ def audit_list(
     lines.
     """
     import re
-    import shlex
 
     if credential is not None and re.fullmatch(r"[0-9a-f]{16}", credential):
         credential = f"apikey {credential}"  # as the table's KEY column shows it
@@ -117,15 +116,6 @@ def audit_list(
         "--since": since,
         "--until": until,
     }
-
-    def more(next_cursor: str) -> str:
-        # The same filters: a cursor continues the listing it came from.
-        words = ["certctl", "audit", "list"]
-        for option, value in filters.items():
-            words += [option, value] if value is not None else []
-        words += ["--limit", str(limit)] if limit != 50 else []
-        words += ["-o", output] if output is not None else []
-        return f"more events: {shlex.join([*words, '--cursor', next_cursor])}"
 
     data = send_request(
         "GET",
@@ -149,5 +139,5 @@ def audit_list(
         path=path,
         columns=_columns(),
         empty="no events match" if chosen else "no events",
-        more=more,
+        more=next_page("events", ["audit", "list"], filters, limit, output),
     )

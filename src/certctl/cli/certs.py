@@ -31,7 +31,7 @@ from certctl.cli._api import (
     warn_about,
 )
 from certctl.cli._common import KEY_TYPES_HELP
-from certctl.cli._listing import Column
+from certctl.cli._listing import Column, next_page
 from certctl.errors import CertctlError, Conflict, InvalidRequest
 
 if TYPE_CHECKING:
@@ -407,8 +407,6 @@ def certs_list(
     On a terminal a table: id, common name, status, notAfter (the date, and the days left),
     issuer and profile; its last line, when there are more, is the command for the next page.
     """
-    import shlex
-
     path = "/api/v1/certificates"
     search = query if query is not None else q
     filters = {
@@ -417,15 +415,6 @@ def certs_list(
         "--expiring-within": expiring_within,
         "--query": search,
     }
-
-    def more(next_cursor: str) -> str:
-        # The same filters: a cursor continues the listing it came from.
-        words = ["certctl", "certs", "list"]
-        for option, value in filters.items():
-            words += [option, value] if value is not None else []
-        words += ["--limit", str(limit)] if limit != 50 else []
-        words += ["-o", output] if output is not None else []
-        return f"more certificates: {shlex.join([*words, '--cursor', next_cursor])}"
 
     data = send_request(
         "GET",
@@ -446,7 +435,7 @@ def certs_list(
         path=path,
         columns=_certificate_columns(),
         empty="no certificates match" if chosen else "no certificates",
-        more=more,
+        more=next_page("certificates", ["certs", "list"], filters, limit, output),
     )
     items = data.get("items") if isinstance(data, dict) else None
     if issuer is not None and not items and cursor is None:
