@@ -241,6 +241,19 @@ def test_refused_api_keys_are_audited_naming_the_key_and_its_actor(api: Api) -> 
         ("revoked", f"API key revoked: key {revoked['id']} (actor ci)"),
     ]
     assert all(e["actor"] == "anonymous" for e in failures)
+    # A key whose secret matched (revoked or expired, still in use: its holder has it) is the
+    # call's credential, so ?credential= finds what a leaked key tried after its revocation; a
+    # wrong secret is no one's credential.
+    assert [e["credential"] for e in failures] == [
+        "",
+        "",
+        f"apikey {short['id']}",
+        f"apikey {revoked['id']}",
+    ]
+    for key in (short, revoked):
+        found = api.get(AUDIT, api.admin_key, params={"credential": f"apikey {key['id']}"})
+        assert found.status_code == 200, found.text
+        assert "auth.failure" in [e["action"] for e in found.json()["items"]]
     text = api.get(AUDIT, api.admin_key, params={"limit": 500}).text
     for key in tried:
         assert key.split("_", 2)[2] not in text

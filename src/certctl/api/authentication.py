@@ -195,7 +195,9 @@ _MISSING_AUDITED_MAX = 10_000
 FAILURE_AUDIT = "certctl.failure_audit"
 
 
-def _count_failure(auth: AuthSettings, request: Request, reason: str, detail: str) -> None:
+def _count_failure(
+    auth: AuthSettings, request: Request, reason: str, detail: str, credential: str = ""
+) -> None:
     """Count a refused authentication and say which audit row it is due (no store here)."""
     AUTH_FAILURES.labels(reason).inc()
     limiter = auth.limiter
@@ -230,12 +232,12 @@ def _count_failure(auth: AuthSettings, request: Request, reason: str, detail: st
             audited.clear()
         audited[unit] = now
     target = f"{request.method} {logged_path_of(request.scope)}"[:200]
-    request.scope[FAILURE_AUDIT] = (now, reason, detail, target, source)
+    request.scope[FAILURE_AUDIT] = (now, reason, detail, target, source, credential)
 
 
-def audit_failure(services: Services, row: tuple[datetime, str, str, str, str]) -> None:
+def audit_failure(services: Services, row: tuple[datetime, str, str, str, str, str]) -> None:
     """Write a refused authentication's audit row (blocking: a worker thread runs it)."""
-    at, reason, detail, target, source = row
+    at, reason, detail, target, source, credential = row
     try:
         with services.sessions.begin() as session:
             audit.record(
@@ -247,6 +249,7 @@ def audit_failure(services: Services, row: tuple[datetime, str, str, str, str]) 
                 outcome=reason,
                 source=source,
                 detail=redact_keys(detail),
+                credential=credential,
             )
     except (DBAPIError, PoolTimeout) as exc:
         fault = storage_error(exc)
@@ -513,7 +516,7 @@ def authenticate(request: Request, auth: AuthSettings) -> Principal | None:
                 # A ServiceAccount token on a route that takes API keys only: "malformed API
                 # key" read as a broken token, not as the wrong route for it.
                 detail = audited = _SA_TOKEN_ELSEWHERE
-            _count_failure(auth, request, exc.reason, audited)
+            _count_failure(auth, request, exc.reason, audited, exc.credential)
             raise Unauthenticated(detail) from None
     tls = scope.get("extensions", {}).get("tls")
     subject = tls.get("client_cert_name") if tls else None
@@ -560,7 +563,7 @@ def _from_store(request: Request, auth: AuthSettings) -> Principal:
     try:
         return key_authentication.api_key_from_store(auth.services, token, source)
     except key_authentication.AuthFailure as exc:
-        _count_failure(auth, request, exc.reason, exc.audited)
+        _count_failure(auth, request, exc.reason, exc.audited, exc.credential)
         raise Unauthenticated(exc.detail) from None
 
 

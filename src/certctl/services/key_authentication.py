@@ -47,10 +47,15 @@ class AuthFailure(Unauthenticated):
     ``audit.read``), not the 401: the caller must not learn whether an id exists.
     """
 
-    def __init__(self, detail: str, reason: str, audited: str | None = None) -> None:
+    def __init__(
+        self, detail: str, reason: str, audited: str | None = None, credential: str = ""
+    ) -> None:
         super().__init__(detail)
         self.reason = reason
         self.audited = audited if audited is not None else detail
+        # ``apikey <id>`` when the secret matched (a revoked or expired key still in use: its
+        # holder has it), so ``?credential=`` finds those attempts; "" when it did not.
+        self.credential = credential
 
 
 # Core statements on the authentication path (a key not cached, stale, or whose last_used_at is
@@ -152,15 +157,17 @@ def api_key_from_store(services: Services, presented: str, source: str) -> Princ
             raise AuthFailure(
                 "unknown API key", "invalid", f"unknown API key: {which} with a wrong secret"
             )
+        held = f"apikey {key_id}"  # the secret matched: whoever sent it holds this key
         if row.revoked_at is not None:
-            raise AuthFailure("API key revoked", "revoked", f"API key revoked: {which}")
+            raise AuthFailure("API key revoked", "revoked", f"API key revoked: {which}", held)
         if row.expires_at is not None and row.expires_at <= now:
-            raise AuthFailure("API key expired", "expired", f"API key expired: {which}")
+            raise AuthFailure("API key expired", "expired", f"API key expired: {which}", held)
         if row.id is None:
             raise AuthFailure(
                 "API key's actor no longer exists",
                 "invalid",
                 f"API key's actor no longer exists: {which}",
+                held,
             )
         actor_id, roles = row.id, tuple(row.roles)
         permissions = role_union(connection, list(roles)) if roles else frozenset()
@@ -302,7 +309,9 @@ class _KeyCache:
             return None
         if entry.expires_ts is not None and entry.expires_ts <= timestamp:
             which = f"key {entry.key_id} (actor {entry.principal.actor_id})"
-            raise AuthFailure("API key expired", "expired", f"API key expired: {which}")
+            raise AuthFailure(
+                "API key expired", "expired", f"API key expired: {which}", f"apikey {entry.key_id}"
+            )
         if timestamp >= entry.touch_after_ts:
             return None
         principal = entry.principal
