@@ -190,8 +190,8 @@ MISSING_AUDIT_INTERVAL = timedelta(minutes=1)
 _MISSING_AUDITED_MAX = 10_000
 
 
-# Where _count_failure leaves a refusal's audit row (at, reason, detail, target, source) for
-# _certctl_error to write, off the event loop, before the 401 is sent.
+# Where _count_failure leaves a refusal's audit row (at, reason, detail, target, source,
+# credential) for _certctl_error to write, off the event loop, before the 401 is sent.
 FAILURE_AUDIT = "certctl.failure_audit"
 
 
