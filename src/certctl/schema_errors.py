@@ -8,13 +8,14 @@ or lists the keys the section takes. Works on the user's spelling (aliases: ``ce
 
 from __future__ import annotations
 
-import difflib
 import json
 import typing
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
+
+from certctl.spelling import did_you_mean
 
 
 def key_of(model: type[BaseModel], name: str) -> str:
@@ -76,9 +77,9 @@ def unknown_key(root: type[BaseModel], loc: Sequence[Any]) -> str:
     known = sorted({key_of(m, n) for m in models for n in m.model_fields})
     if not known:
         return "unknown key"
-    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
-    if close:
-        return f"unknown key (did you mean {close[0]}?)"
+    hint = did_you_mean(str(loc[-1]), known)
+    if hint:
+        return f"unknown key ({hint})"
     return "unknown key (known here: " + ", ".join(known) + ")"
 
 

@@ -624,7 +624,7 @@ def test_a_mapped_role_that_does_not_exist_is_warned_about_at_start(
         "not exist (did you mean r-operator?): certificates it maps get no permissions from "
         "it until a role of that name is created",
         "auth.client-cert-mappings.1 (subject 'CN=ci') names role r-mtls-reader, which does "
-        "not exist (did you mean r-mtls-readers or r-metrics-read?): certificates it maps get "
+        "not exist (did you mean r-mtls-readers?): certificates it maps get "
         "no permissions from it until a role of that name is created",
         "auth.client-cert-mappings.1 (subject 'CN=ci') names role zzz, which does not exist "
         "(roles: r-admin, r-auditor, r-metrics-read, r-mtls-readers, r-operator, r-viewer): "

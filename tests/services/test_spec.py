@@ -123,9 +123,15 @@ INVALID = {
         ),
         "spec.targets.0.passwordFile: pw.txt: must be an absolute path",
     ),
+    # Too far from `reload` for a guess (certctl.spelling): the keys there, reload among them.
     "unknown target field": (
         _with("spec.targets", [{"directory": "/etc/web/tls", "reloadCommand": "x"}]),
-        "spec.targets.0.reloadCommand: unknown key (did you mean reload?)",
+        "spec.targets.0.reloadCommand: unknown key (known here: directory, format, group, "
+        "owner, passwordFile, reload, reloadTimeout)",
+    ),
+    "target field in another case": (
+        _with("spec.targets", [{"directory": "/etc/web/tls", "passwordfile": "/p"}]),
+        "spec.targets.0.passwordfile: unknown key (did you mean passwordFile?)",
     ),
     "owner beyond uid_t": (
         _with("spec.targets", [{"directory": "/etc/web/tls", "owner": 2**70}]),

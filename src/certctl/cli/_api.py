@@ -29,6 +29,7 @@ from certctl.cli._listing import OUTPUT_HELP, Column, check_output
 from certctl.cli._proxy import check_proxy_settings, proxy_of, socks_missing
 from certctl.errors import CertctlError, InvalidRequest, NotFound, cause_chain
 from certctl.hosts import is_loopback
+from certctl.spelling import did_you_mean
 
 if TYPE_CHECKING:
     import ssl
@@ -703,8 +704,6 @@ _LISTED_ISSUERS_MAX = 8
 
 
 def _issuer_suggestion(issuer_id: str) -> str:
-    import difflib
-
     listing = "'certctl issuers list' shows the issuer ids"
     if not (_api_key() or os.environ.get("CERTCTL_CLIENT_CERT")):
         return listing  # a public command run without credentials: the list would be a 401
@@ -722,9 +721,9 @@ def _issuer_suggestion(issuer_id: str) -> str:
     items = answer.get("items") if isinstance(answer, dict) else None
     ids = [str(i["id"]) for i in items or [] if isinstance(i, dict) and "id" in i]
     # Issuer ids are lower case only: `--issuer CLIENTS-CA` means clients-ca.
-    close = difflib.get_close_matches(issuer_id.lower(), ids, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean {close[0]}?"
+    hint = did_you_mean(issuer_id, ids)
+    if hint:
+        return hint
     if ids and len(ids) <= _LISTED_ISSUERS_MAX:
         return f"the issuers are {', '.join(sorted(ids))}"
     return listing

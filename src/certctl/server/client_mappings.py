@@ -8,7 +8,6 @@ these in order.
 
 from __future__ import annotations
 
-import difflib
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from certctl.errors import InvalidRequest
 from certctl.server.config import ServerConfig
 from certctl.services import roles
 from certctl.services.context import Services
+from certctl.spelling import did_you_mean
 
 # The server's logger, as before these checks moved here: log filters and tests name it.
 log = logging.getLogger("certctl.server")
@@ -58,10 +58,8 @@ def warn_unknown_mapped_roles(config: ServerConfig, services: Services) -> None:
         for role in dict.fromkeys(mapping.roles):
             if role in known:
                 continue
-            close = difflib.get_close_matches(role, existing, n=3, cutoff=0.6)
-            if close:
-                hint = f"did you mean {' or '.join(close)}?"
-            else:
+            hint = did_you_mean(role, existing)
+            if hint is None:
                 more = len(existing) - _ROLES_LISTED
                 hint = "roles: " + ", ".join(existing[:_ROLES_LISTED])
                 hint += f" and {more} more" if more > 0 else ""

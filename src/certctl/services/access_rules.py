@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Sequence
 
 from certctl.auth.apikeys import key_in_name
 from certctl.errors import InvalidRequest, NotFound, PermissionDenied
 from certctl.services.context import Principal
+from certctl.spelling import did_you_mean
 
 __all__ = [
     "ACTOR_NAMED_BY",
@@ -73,17 +73,15 @@ def unknown_names(
     """The refusal of ``unknown`` names of ``kind``: the closest known name to each, else all.
 
     A typo gets its correction (the first _SUGGESTED names only); a name with none close
-    (difflib, cutoff 0.8) gets the known names listed in the order given (``known_as: a, b
+    (certctl.spelling) gets the known names listed in the order given (``known_as: a, b
     …``, up to _MAX_KNOWN_NAMED, then ``note``), so the caller need not look them up elsewhere.
     ``kind_as`` replaces ``{kind}(s)`` after "unknown" when the names are not all unknown.
     """
     named, all_close = [], True
     for index, name in enumerate(unknown):
-        close = (
-            difflib.get_close_matches(name, known, n=1, cutoff=0.8) if index < _SUGGESTED else []
-        )
-        named.append(f"{name} (did you mean {close[0]}?)" if close else name)
-        all_close = all_close and bool(close)
+        hint = did_you_mean(name, known) if index < _SUGGESTED else None
+        named.append(f"{name} ({hint})" if hint else name)
+        all_close = all_close and bool(hint)
     hint = ""
     if not all_close:
         more = len(known) - _MAX_KNOWN_NAMED

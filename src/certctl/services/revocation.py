@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import functools
 import threading
 import weakref
@@ -20,6 +19,7 @@ from certctl.errors import InvalidRequest
 from certctl.pki import CertificateAuthority
 from certctl.pki.keys import signature_verifies
 from certctl.services.context import IssuerRevocation, Services, connected
+from certctl.spelling import did_you_mean
 from certctl.store.models import Issuer
 
 __all__ = [
@@ -606,13 +606,9 @@ def check_reason(reason: str | None, *, issuer: bool = False) -> str:
     if reason.lower() in known and known[reason.lower()] not in allowed:
         # cacompromise for a certificate: the words of the reason meant (cACompromise).
         check_reason(known[reason.lower()], issuer=issuer)
-    by_folded = {r.lower(): r for r in allowed}
-    close = difflib.get_close_matches(reason.lower(), list(by_folded), n=1, cutoff=0.75)
-    if close:
-        raise InvalidRequest(
-            f"{reason}: unknown revocation reason (did you mean {by_folded[close[0]]}? "
-            f"one of {choices})"
-        )
+    hint = did_you_mean(reason, allowed)
+    if hint:
+        raise InvalidRequest(f"{reason}: unknown revocation reason ({hint} one of {choices})")
     raise InvalidRequest(f"{reason}: unknown revocation reason (one of {choices})")
 
 
