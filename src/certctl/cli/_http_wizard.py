@@ -432,7 +432,7 @@ def _unique(items: list[str]) -> list[str]:
 
 def _is_dns_name(name: str) -> bool:
     from certctl.errors import InvalidRequest
-    from certctl.pki.names import validate_dns_name
+    from certctl.pki.dns_names import validate_dns_name
 
     try:
         validate_dns_name(name, allow_wildcard=False)

@@ -208,10 +208,11 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
         CertctlError: bad names, keys, CA directory or outputs (exit status 1).
     """
     from certctl.files import OutputSet
+    from certctl.pki.distinguished_names import common_name_dn, parse_dn
     from certctl.pki.issue import NameHint
     from certctl.pki.keys import KeyType, generate_private_key
-    from certctl.pki.names import SubjectAltNames, common_name_dn, parse_dn
     from certctl.pki.profiles import LEAF_PROFILES, get_profile
+    from certctl.pki.subject_alt_names import SubjectAltNames
     from certctl.pki.validity import parse_duration
 
     _check_combinations(opts)
@@ -565,9 +566,9 @@ _PUBLIC_ZIP_MODE = 0o100644
 
 def _issue_chunk(job: _BatchJob, number: int) -> _Chunk:
     from certctl.cli._storedzip import local_entry
+    from certctl.pki.distinguished_names import common_name_dn
     from certctl.pki.issue import NameHint
     from certctl.pki.keys import generate_private_key
-    from certctl.pki.names import common_name_dn
 
     start = number * job.chunk
     stop = min(start + job.chunk, len(job.instances))

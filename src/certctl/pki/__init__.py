@@ -40,6 +40,9 @@ if TYPE_CHECKING:
         parse_serial,
     )
     from certctl.pki.csr import create_csr, csr_sans, load_csr, load_csr_with_key, sign_csr
+    from certctl.pki.distinguished_names import common_name_dn, format_dn, parse_dn
+    from certctl.pki.dn_display import display_dn, display_dn_text
+    from certctl.pki.dn_patterns import DNPattern
     from certctl.pki.formats import (
         Material,
         certs_to_pem,
@@ -63,18 +66,10 @@ if TYPE_CHECKING:
         key_type_of,
         unreadable_key,
     )
-    from certctl.pki.names import (
-        DNPattern,
-        SubjectAltNames,
-        common_name_dn,
-        display_dn,
-        display_dn_text,
-        format_dn,
-        parse_dn,
-    )
     from certctl.pki.profiles import LEAF_PROFILES, PROFILES, Profile, get_profile
     from certctl.pki.revocation import check_revocation
     from certctl.pki.server_names import parse_hostname
+    from certctl.pki.subject_alt_names import SubjectAltNames
     from certctl.pki.validity import format_days, format_duration, parse_duration
     from certctl.pki.verdicts import IssuerNotFound, VerificationFailed, VerifiedChain, WrongPurpose
     from certctl.pki.verify import verify_certificate
@@ -109,13 +104,13 @@ _SOURCES = {
     "generate_private_key": "keys",
     "key_type_of": "keys",
     "unreadable_key": "keys",
-    "DNPattern": "names",
-    "SubjectAltNames": "names",
-    "common_name_dn": "names",
-    "display_dn": "names",
-    "display_dn_text": "names",
-    "format_dn": "names",
-    "parse_dn": "names",
+    "DNPattern": "dn_patterns",
+    "SubjectAltNames": "subject_alt_names",
+    "common_name_dn": "distinguished_names",
+    "display_dn": "dn_display",
+    "display_dn_text": "dn_display",
+    "format_dn": "distinguished_names",
+    "parse_dn": "distinguished_names",
     "check_revocation": "revocation",
     "LEAF_PROFILES": "profiles",
     "PROFILES": "profiles",

@@ -36,10 +36,10 @@ from certctl.pki.bundle_layout import PUBLIC, SECRET, Layout
 from certctl.pki.bundle_plan import BundleNode, HttpBundlePlan, plan_certificates
 from certctl.pki.bundle_readmes import ca_readme, client_files, node_readme
 from certctl.pki.csr import create_csr
+from certctl.pki.distinguished_names import common_name_dn
 from certctl.pki.formats import certs_to_pem, key_to_pem, pkcs12_password_warning, to_pkcs12
 from certctl.pki.issue import CertificateAuthority, create_root_ca
 from certctl.pki.keys import KeyType, generate_private_key
-from certctl.pki.names import common_name_dn
 from certctl.pki.profiles import get_profile
 
 __all__ = ["BundleResult", "build_http_bundle"]

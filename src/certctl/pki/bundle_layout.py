@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from certctl.pki.bundle_plan import HttpBundlePlan
-from certctl.pki.names import SubjectAltNames
+from certctl.pki.subject_alt_names import SubjectAltNames
 
 __all__ = ["EXECUTABLE", "PUBLIC", "SECRET", "Layout"]
 

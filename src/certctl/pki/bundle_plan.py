@@ -11,9 +11,10 @@ from typing import Literal
 from cryptography import x509
 
 from certctl.errors import InvalidRequest
+from certctl.pki.dns_names import validate_dns_name
 from certctl.pki.issue import CertificateAuthority
 from certctl.pki.keys import KeyType
-from certctl.pki.names import SubjectAltNames, validate_dns_name
+from certctl.pki.subject_alt_names import SubjectAltNames
 from certctl.pki.validity import format_duration
 
 __all__ = [

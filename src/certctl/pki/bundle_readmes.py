@@ -10,9 +10,10 @@ from cryptography import x509
 
 from certctl.pki.bundle_layout import EXECUTABLE, PUBLIC, Layout
 from certctl.pki.bundle_plan import BundleNode, HttpBundlePlan
+from certctl.pki.distinguished_names import format_dn
 from certctl.pki.formats import certs_to_pem, format_serial
 from certctl.pki.issue import CertificateAuthority
-from certctl.pki.names import SubjectAltNames, format_dn
+from certctl.pki.subject_alt_names import SubjectAltNames
 from certctl.pki.validity import format_duration
 
 __all__ = ["ca_readme", "client_files", "node_readme"]

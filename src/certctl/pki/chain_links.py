@@ -8,7 +8,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
-from certctl.pki.names import display_dn
+from certctl.pki.dn_display import display_dn
 from certctl.pki.verdicts import VerificationFailed
 
 __all__ = [

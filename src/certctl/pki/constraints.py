@@ -16,7 +16,8 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certctl.errors import InvalidRequest
-from certctl.pki.names import SubjectAltNames, validate_dns_name
+from certctl.pki.dns_names import validate_dns_name
+from certctl.pki.subject_alt_names import SubjectAltNames
 
 __all__ = [
     "any_usage_warning",

@@ -17,11 +17,12 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import ExtensionOID
 
 from certctl.errors import BadSignature, InvalidRequest
+from certctl.pki.distinguished_names import check_name
 from certctl.pki.formats import check_extensions
 from certctl.pki.issue import CertificateAuthority, IssuedCertificate, NameHint
 from certctl.pki.keys import check_public_key, signature_hash_for, signature_verifies
-from certctl.pki.names import SubjectAltNames, check_name
 from certctl.pki.profiles import Profile
+from certctl.pki.subject_alt_names import SubjectAltNames
 
 __all__ = ["create_csr", "csr_sans", "load_csr", "load_csr_with_key", "sign_csr"]
 

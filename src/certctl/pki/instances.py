@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from certctl.errors import InvalidRequest
-from certctl.pki.names import SubjectAltNames, parse_dn
+from certctl.pki.distinguished_names import parse_dn
+from certctl.pki.subject_alt_names import SubjectAltNames
 
 if TYPE_CHECKING:
     from cryptography import x509

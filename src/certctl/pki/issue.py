@@ -26,9 +26,10 @@ from certctl.pki.constraints import (
     check_name_constraints,
     name_constraints_of,
 )
+from certctl.pki.dns_names import validate_dns_name
 from certctl.pki.keys import check_public_key, signature_hash_for
-from certctl.pki.names import SubjectAltNames, validate_dns_name
 from certctl.pki.profiles import PROFILES, Profile
+from certctl.pki.subject_alt_names import SubjectAltNames
 from certctl.pki.template import (
     Extension,
     SigningTemplate,

@@ -10,7 +10,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, padding, rsa
 
 from certctl.pki.chain_links import anchor_name, intermediate_name
-from certctl.pki.names import display_dn
+from certctl.pki.dn_display import display_dn
 from certctl.pki.verdicts import VerificationFailed
 
 __all__ = [

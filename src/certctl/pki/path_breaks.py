@@ -14,8 +14,9 @@ from certctl.pki.chain_links import (
     signs,
     window_problem,
 )
+from certctl.pki.distinguished_names import names_match
+from certctl.pki.dn_display import display_dn
 from certctl.pki.key_strength import weakly_signed
-from certctl.pki.names import display_dn, names_match
 from certctl.pki.verdicts import IssuerNotFound, VerificationFailed
 
 __all__ = [

@@ -19,8 +19,8 @@ from certctl.pki.chain_links import (
     window_problem,
 )
 from certctl.pki.constraints import check_name_constraints, name_constraints_of, subject_emails
+from certctl.pki.dn_display import display_dn
 from certctl.pki.key_strength import check_path_strength
-from certctl.pki.names import SubjectAltNames, display_dn
 from certctl.pki.path_breaks import missing_link, path_failure
 from certctl.pki.purposes import check_ca_purposes
 from certctl.pki.server_names import (
@@ -30,6 +30,7 @@ from certctl.pki.server_names import (
     parse_hostname,
     subject_for,
 )
+from certctl.pki.subject_alt_names import SubjectAltNames
 from certctl.pki.verdicts import VerificationFailed, VerifiedChain
 
 __all__ = [

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from certctl.pki.names import display_dn
+from certctl.pki.dn_display import display_dn
 from certctl.pki.verdicts import VerificationFailed, WrongPurpose
 
 __all__ = [

@@ -10,8 +10,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
 from certctl.pki.chain_links import asserts_ca
+from certctl.pki.distinguished_names import names_match
 from certctl.pki.formats import format_serial
-from certctl.pki.names import names_match
 from certctl.pki.purposes import oid_name
 from certctl.pki.verdicts import VerificationFailed
 

@@ -8,7 +8,8 @@ from cryptography import x509
 
 from certctl.errors import InvalidRequest
 from certctl.pki.chain_links import asserts_ca
-from certctl.pki.names import display_dn, validate_dns_name
+from certctl.pki.dn_display import display_dn
+from certctl.pki.dns_names import validate_dns_name
 from certctl.pki.verdicts import VerificationFailed
 
 __all__ = [

@@ -19,8 +19,8 @@ from certctl.pki.chain_links import (
     signs,
     window_problem,
 )
+from certctl.pki.dn_display import display_dn
 from certctl.pki.key_strength import check_path_strength
-from certctl.pki.names import display_dn
 from certctl.pki.path_breaks import missing_link, path_failure
 from certctl.pki.path_validation import check_subject_emails, verify_rfc5280
 from certctl.pki.purposes import check_ca_purposes, check_purpose

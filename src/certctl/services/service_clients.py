@@ -18,8 +18,8 @@ from certctl.pki import (
     is_self_signed,
     load_material,
 )
+from certctl.pki.distinguished_names import name_match_key
 from certctl.pki.keys import signature_verifies
-from certctl.pki.names import name_match_key
 from certctl.pki.verdicts import VerificationFailed
 from certctl.services.audit import record, record_call
 from certctl.services.context import Principal, Services

@@ -24,7 +24,7 @@ from pydantic import (
 
 from certctl import schema_errors
 from certctl.errors import InvalidRequest
-from certctl.pki.names import validate_dns_name
+from certctl.pki.dns_names import validate_dns_name
 
 __all__ = ["TLSServiceSpec", "parse_service", "parse_service_documents"]
 
