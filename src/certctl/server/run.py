@@ -400,7 +400,9 @@ def _serve_process(
 
     from certctl.api.access_log import plain_http_request
     from certctl.api.app import MAX_HEADER_BYTES
-    from certctl.server.protocol import ConnectionGate, http_protocol, listener_protocol
+    from certctl.server.connection_gate import ConnectionGate
+    from certctl.server.http_connection import http_protocol
+    from certctl.server.tls_listener import listener_protocol
 
     config, services, mode = prepared.config, prepared.boot.services, prepared.mode
     leader = index == 0

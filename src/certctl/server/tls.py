@@ -50,7 +50,7 @@ from certctl.pki import (
     load_material,
 )
 from certctl.server.config import ServerConfig, split_host_port
-from certctl.server.protocol import HandshakeAlerts
+from certctl.server.tls_listener import HandshakeAlerts
 from certctl.services.issuance import served_chain
 from certctl.store.db import PoolTimeout, storage_error
 

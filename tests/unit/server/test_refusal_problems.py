@@ -58,9 +58,9 @@ def test_the_listeners_own_problems_have_the_apps_titles() -> None:
 
 
 def test_the_plain_http_refusal_has_the_apps_title() -> None:
-    from certctl.server.protocol import _plain_http_answer
+    from certctl.server.http_connection import plain_http_answer
 
-    head, _, body = _plain_http_answer().partition(b"\r\n\r\n")
+    head, _, body = plain_http_answer().partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 ")
     problem = json.loads(body)
     assert (problem["type"], problem["title"]) == (
