@@ -219,3 +219,24 @@ def test_first_start_writes_the_admin_key_under_the_charts_rbac(
     with launch(tmp_path / "a", config=settings) as server:
         secret = apiserver.secrets[(NAMESPACE, "certctl-admin-key")]
         assert base64.b64decode(secret["data"]["api-key"]).decode() == server.admin_key
+
+
+def test_a_keystore_password_is_readable_where_secret_targets_are(
+    apiserver: FakeApiServer, sa_dir: Path
+) -> None:
+    # docs/kubernetes.md: keystores.pkcs12.passwordSecretRef is read (get) in the target's
+    # namespace under the secretTargets Role; nowhere else.
+    from certctl.server.kubernetes import keystore_password_reader
+
+    apiserver.rbac = chart_rbac(VALUES)
+    read = keystore_password_reader(ServerConfig.model_validate(_config(apiserver, sa_dir)))
+    for namespace in ("apps", "payments"):
+        apiserver.put_secret(
+            namespace,
+            "es-keystore-password",
+            metadata={"labels": {"certctl.io/keystore-password": "true"}},
+            data={"password": base64.b64encode(b"changeit").decode()},
+        )
+    assert read("apps", "es-keystore-password", "password") == b"changeit"
+    with pytest.raises(DeliveryError, match="403 Forbidden"):
+        read("payments", "es-keystore-password", "password")

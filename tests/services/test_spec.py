@@ -10,7 +10,12 @@ import pytest
 from sqlalchemy import func, select
 
 from certctl.errors import InvalidRequest
-from certctl.services.tls_spec import parse_service, parse_service_documents
+from certctl.services.tls_spec import (
+    SecretKeyRef,
+    SecretTarget,
+    parse_service,
+    parse_service_documents,
+)
 from certctl.store.models import AuditEvent, ManagedService
 from tests.api.conftest import assert_problem
 from tests.services.conftest import Env, service_doc
@@ -28,6 +33,15 @@ def _with(path: str, value: Any, doc: dict[str, Any] | None = None) -> dict[str,
 
 
 SSC = "spec.http.tls.selfSignedCertificate"
+P12 = "spec.targets.0.keystores.pkcs12"
+PW_REF = {"name": "es-keystore-password", "key": "password"}
+
+
+def _p12(pkcs12: dict[str, Any]) -> dict[str, Any]:
+    """A service whose one Secret target ``es-tls`` has ``keystores.pkcs12`` ``pkcs12``."""
+    return _with("spec.targets", [{"secret": "es-tls", "keystores": {"pkcs12": pkcs12}}])
+
+
 INVALID = {
     "bad name": (
         _with("metadata.name", "Web_1"),
@@ -257,7 +271,53 @@ INVALID = {
         _with("spec.http.tls.certificate", {"secretName": "web\n"}),
         "spec.http.tls.certificate.secretName: 'web\\n': secret names are lower-case DNS labels",
     ),
+    # Secret targets' PKCS#12 keystores (cert-manager's spec.keystores.pkcs12).
+    "keystore without a password Secret": (
+        _p12({"create": True}),
+        f"{P12}: create: true needs passwordSecretRef (name and key of a Secret)",
+    ),
+    "keystore create left out": (_p12({"passwordSecretRef": PW_REF}), f"{P12}.create: Field"),
+    "keystore create as a string": (
+        _p12({"create": "true", "passwordSecretRef": PW_REF}),
+        f"{P12}.create: 'true' is a string; give true or false",
+    ),
+    "keystore password Secret name": (
+        _p12({"create": True, "passwordSecretRef": {"name": "../x", "key": "password"}}),
+        f"{P12}.passwordSecretRef.name: '../x': Secret names are lower-case DNS subdomains",
+    ),
+    "keystore password Secret key": (
+        _p12({"create": True, "passwordSecretRef": {"name": "es-pw", "key": "a/b"}}),
+        f"{P12}.passwordSecretRef.key: 'a/b': Secret keys are at most 253 letters",
+    ),
+    "keystore password Secret key left out": (
+        _p12({"create": True, "passwordSecretRef": {"name": "es-pw"}}),
+        f"{P12}.passwordSecretRef.key: Field",
+    ),
+    "keystore password in the Secret it locks": (
+        _p12({"create": True, "passwordSecretRef": {"name": "es-tls", "key": "password"}}),
+        "spec.targets.0: keystores.pkcs12.passwordSecretRef names the target Secret itself",
+    ),
+    # cert-manager's literal password: refused, naming where a password goes, never echoed.
+    "keystore literal password": (
+        _p12({"create": True, "password": "hunter2"}),
+        f"{P12}.password: unknown key (a password is never put in a spec: name a Secret "
+        "labelled certctl.io/keystore-password=true in passwordSecretRef)",
+    ),
+    "keystore profile": (
+        _p12({"create": True, "passwordSecretRef": PW_REF, "profile": "LegacyRC2"}),
+        f"{P12}.profile: unknown key (certctl writes one profile, the directory target's",
+    ),
+    "jks keystore": (
+        _with("spec.targets", [{"secret": "es-tls", "keystores": {"jks": {"create": True}}}]),
+        "spec.targets.0.keystores.jks: unknown key (known here: pkcs12)",
+    ),
 }
+
+
+def test_a_literal_keystore_password_is_never_in_the_message() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_service(_p12({"create": True, "password": "hunter2"}))
+    assert "hunter2" not in info.value.detail
 
 
 @pytest.mark.parametrize(("doc", "message"), INVALID.values(), ids=INVALID.keys())
@@ -296,9 +356,23 @@ def test_valid_document_round_trips() -> None:
             {"directory": "/etc/web/tls", "reload": "systemctl reload web", "reloadTimeout": "5s"},
             {"directory": "/etc/web/p12", "format": "pkcs12", "passwordFile": "/etc/web/pw"},
             {"secret": "web-tls", "namespace": "prod"},
+            {
+                "secret": "web-p12",
+                "keystores": {"pkcs12": {"create": True, "passwordSecretRef": PW_REF}},
+            },
+            # Copied with create: false (cert-manager's way to switch them off): no keystores.
+            {"secret": "web-pem", "keystores": {"pkcs12": {"create": False}}},
         ],
     )
     spec = parse_service(doc)
+    p12, pem = spec.spec.targets[3:]
+    assert isinstance(p12, SecretTarget)
+    assert p12.pkcs12 is not None
+    assert p12.pkcs12.password_secret_ref == SecretKeyRef(
+        name="es-keystore-password", key="password"
+    )
+    assert isinstance(pem, SecretTarget)
+    assert pem.pkcs12 is None
     assert spec.dns_names() == ["web", "web.example.internal"]
     assert spec.ip_addresses() == ["10.0.0.5", "::1"]
     assert parse_service(spec.to_document()) == spec

@@ -33,8 +33,10 @@ __all__ = [
     "load_material",
     "load_private_key",
     "password_file_line",
+    "pkcs12_holds",
     "pkcs12_password_warning",
     "to_pkcs12",
+    "to_pkcs12_truststore",
 ]
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.DOTALL)
@@ -466,10 +468,21 @@ def to_pkcs12(
     chain from them too, and Elasticsearch accepts the file as a ``truststore.path``.
     They are public, so they are stored unencrypted (under the file's MAC).
     """
-    if not password:
-        raise InvalidRequest("a PKCS#12 file needs a non-empty password")
     if key is not None and not isinstance(key, _SIGNING_KEY_TYPES):
         raise InvalidRequest(f"{type(key).__name__}: key type cannot be stored in PKCS#12")
+    store = pkcs12.serialize_key_and_certificates(
+        name.encode(), key, certificate, list(cas) or None, _encryption(password, legacy=legacy)
+    )
+    if not trusted:
+        return store
+    from certctl.pki._pkcs12 import merge_authenticated_safes
+
+    return merge_authenticated_safes(store, _java_trust_store(tuple(trusted)), password)
+
+
+def _encryption(password: bytes, *, legacy: bool) -> serialization.KeySerializationEncryption:
+    if not password:
+        raise InvalidRequest("a PKCS#12 file needs a non-empty password")
     builder = serialization.PrivateFormat.PKCS12.encryption_builder()
     if legacy:
         builder = builder.key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC).hmac_hash(
@@ -481,14 +494,59 @@ def to_pkcs12(
             .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
             .hmac_hash(hashes.SHA256())
         )
-    store = pkcs12.serialize_key_and_certificates(
-        name.encode(), key, certificate, list(cas) or None, builder.build(password)
-    )
-    if not trusted:
-        return store
-    from certctl.pki._pkcs12 import merge_authenticated_safes
+    return builder.build(password)
 
-    return merge_authenticated_safes(store, _java_trust_store(tuple(trusted)), password)
+
+def to_pkcs12_truststore(certificates: Sequence[x509.Certificate], password: bytes) -> bytes:
+    """A PKCS#12 trust store: ``certificates`` as Java trusted entries (``ca``, ``ca-2`` …).
+
+    cert-manager's ``truststore.p12``: no key, under ``password`` with ``to_pkcs12``'s
+    settings (keytool and Java before 18 refuse a PKCS#12 file without a password).
+    """
+    entries = [
+        pkcs12.PKCS12Certificate(cert, b"ca" if index == 1 else f"ca-{index}".encode())
+        for index, cert in enumerate(certificates, start=1)
+    ]
+    return pkcs12.serialize_java_truststore(entries, _encryption(password, legacy=False))
+
+
+def pkcs12_holds(
+    data: bytes,
+    password: bytes,
+    *,
+    name: str | None = None,
+    key: CertificateIssuerPrivateKeyTypes | None = None,
+    certificate: x509.Certificate | None = None,
+    others: Sequence[x509.Certificate] = (),
+) -> bool:
+    """Whether ``data`` opens with ``password`` and holds exactly these entries.
+
+    ``others``: the certificates beside the key entry's (its chain and trusted entries),
+    in any order. A PKCS#12 file is encrypted under a random salt and IV, so two written
+    from the same inputs differ: this is how a writer tells one it may keep. False for
+    anything that does not open (another password, a file damaged or edited by hand).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a BER file: see _load_pkcs12
+            found = pkcs12.load_pkcs12(data, password)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    if (found.key is None) != (key is None) or (found.cert is None) != (certificate is None):
+        return False
+    if key is not None and found.key is not None:
+        der = serialization.Encoding.DER, serialization.PrivateFormat.PKCS8
+        plain = serialization.NoEncryption()
+        if found.key.private_bytes(*der, plain) != key.private_bytes(*der, plain):
+            return False
+    if certificate is not None and found.cert is not None:
+        if found.cert.certificate != certificate:
+            return False
+        if name is not None and found.cert.friendly_name != name.encode():
+            return False
+    der_of = serialization.Encoding.DER
+    held = sorted(c.certificate.public_bytes(der_of) for c in found.additional_certs)
+    return held == sorted(c.public_bytes(der_of) for c in others)
 
 
 @functools.lru_cache(maxsize=8)

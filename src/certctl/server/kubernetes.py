@@ -13,19 +13,22 @@ from typing import Any
 
 from certctl.auth.kubernetes import TokenReviewAuthenticator
 from certctl.errors import CertctlError, InvalidRequest
-from certctl.kubeapi import KubeConnection, load_connection
+from certctl.kubeapi import KubeApiError, KubeConnection, load_connection
 from certctl.server.config import ServerConfig
-from certctl.targets.kubernetes import SecretWriter, WriteResult
+from certctl.targets.kubernetes import SecretValue, SecretWriter, WriteResult
 
 __all__ = [
     "CustomSecrets",
     "default_namespace",
+    "keystore_password_reader",
     "kube_connection",
     "kubernetes_features",
     "secret_target_writer",
 ]
 
 log = logging.getLogger("certctl.server")
+# The keys of a Secret target write_tls takes by name; any other (a keystore) is extra.
+_PEM_KEYS = ("tls.crt", "tls.key", "ca.crt", "client-trust.crt")
 
 
 def kube_connection(config: ServerConfig) -> KubeConnection:
@@ -83,7 +86,7 @@ def kubernetes_features(
 
 def secret_target_writer(
     config: ServerConfig, installation: str
-) -> Callable[[Any, dict[str, bytes]], bool]:
+) -> Callable[[Any, dict[str, SecretValue]], bool]:
     """Managed-services Secret targets through ``targets.kubernetes``, owned by ``installation``.
 
     The Kubernetes connection (``kubernetes.*``) is built on first use, so a server without
@@ -93,26 +96,53 @@ def secret_target_writer(
 
     connections: list[KubeConnection] = []
 
-    def write(target: Any, files: dict[str, bytes]) -> bool:
+    def write(target: Any, files: dict[str, SecretValue]) -> bool:
         if "tls.crt" not in files or "tls.key" not in files:
             raise DeliveryError("no certificate to deliver (TLS disabled); Secret left as it is")
         try:
             if not connections:
                 connections.append(kube_connection(config))
             writer = SecretWriter(connections[0], namespace=target.namespace, owner=installation)
+            pem = {n: v for n, v in files.items() if n in _PEM_KEYS and isinstance(v, bytes)}
             result = writer.write_tls(
                 target.secret,
-                certificate_pem=files["tls.crt"],
-                private_key_pem=files["tls.key"],
-                ca_pem=files.get("ca.crt"),
-                client_trust_pem=files.get("client-trust.crt"),
+                certificate_pem=pem["tls.crt"],
+                private_key_pem=pem["tls.key"],
+                ca_pem=pem.get("ca.crt"),
+                client_trust_pem=pem.get("client-trust.crt"),
                 labels=target.labels,
+                extra={n: v for n, v in files.items() if n not in _PEM_KEYS},
             )
         except CertctlError as exc:
             raise DeliveryError(exc.detail) from None
         return result is not WriteResult.UNCHANGED
 
     return write
+
+
+def keystore_password_reader(config: ServerConfig) -> Callable[[str | None, str, str], bytes]:
+    """Secret targets' ``keystores.pkcs12.passwordSecretRef``: (namespace, name, key) → value.
+
+    The connection is built on first use, as for Secret targets; every failure becomes a
+    DeliveryError (API unreachable, no connection) or InvalidRequest (the Secret's fault).
+    """
+    from certctl.targets.directory import DeliveryError
+    from certctl.targets.kubernetes import read_keystore_password
+
+    connections: list[KubeConnection] = []
+
+    def read(namespace: str | None, name: str, key: str) -> bytes:
+        try:
+            if not connections:
+                connections.append(kube_connection(config))
+        except CertctlError as exc:
+            raise DeliveryError(exc.detail) from None
+        try:
+            return read_keystore_password(connections[0], name, key, namespace=namespace)
+        except KubeApiError as exc:
+            raise DeliveryError(exc.detail) from None
+
+    return read
 
 
 class CustomSecrets:

@@ -7,7 +7,12 @@ from typing import TYPE_CHECKING
 from certctl.errors import InvalidRequest
 from certctl.pki import parse_duration
 from certctl.server.config import ServerConfig
-from certctl.server.kubernetes import CustomSecrets, default_namespace, secret_target_writer
+from certctl.server.kubernetes import (
+    CustomSecrets,
+    default_namespace,
+    keystore_password_reader,
+    secret_target_writer,
+)
 from certctl.server.scheduler import Scheduler
 from certctl.services.context import Services
 from certctl.services.service_settings import ServiceSettings
@@ -36,6 +41,7 @@ def service_settings(config: ServerConfig, installation: str | None = None) -> S
         cert_rotate_before=parse_duration(config.cert_rotate_before),
         secrets_dir=config.effective_secrets_dir,
         secret_writer=None if installation is None else secret_target_writer(config, installation),
+        keystore_password_reader=keystore_password_reader(config),
         secret_reader=custom.read,
         secret_pass_reader=custom.for_pass,
         target_policy=target_policy(config),

@@ -7,16 +7,21 @@ import hashlib
 import hmac
 import logging
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from sqlalchemy import select
 
 from certctl.errors import InvalidRequest, NotFound
 from certctl.pki import (
     CertificateAuthority,
     load_material,
+    load_private_key,
     to_pkcs12,
 )
 from certctl.pki.placeholder import no_client_trust_anchor
@@ -27,6 +32,7 @@ from certctl.services.service_settings import ServiceSettings
 from certctl.services.target_policy import TargetPolicy, target_identity
 from certctl.services.tls_spec import DirectoryTarget, SecretTarget, TLSServiceSpec, parse_service
 from certctl.store.models import ManagedService, ServiceClient
+from certctl.targets.kubernetes import SecretValue
 
 __all__ = ["OUTPUTS", "deliver", "outputs_for", "why_no_output"]
 
@@ -148,7 +154,6 @@ def deliver(
 ) -> list[str]:
     """Deliver ``bundle`` to every target; return the failures, append to ``warnings``."""
     from certctl.metrics.registry import DELIVERIES
-    from certctl.pki import load_private_key
     from certctl.pki.formats import pkcs12_password_warning
     from certctl.targets.directory import (
         BundleFile,
@@ -176,6 +181,9 @@ def deliver(
             if isinstance(target, DirectoryTarget) and target.format == "pkcs12" and files:
                 assert target.password_file is not None
                 password = _read_password(target.password_file, settings.target_policy)
+            elif isinstance(target, SecretTarget) and target.pkcs12 is not None and files:
+                password = _secret_password(target, settings)
+            if password is not None:
                 # Delivered all the same (OpenSSL reads it), but the Java services this
                 # format is for answer "keystore password was incorrect": say so in the
                 # status, as cert issue --p12 warns.
@@ -206,23 +214,9 @@ def deliver(
                     )
                 else:
                     if password is not None:
-                        certs = load_material(files["tls.crt"][0]).certificates
-                        # None for a custom certificate from an unnamed (public) CA.
-                        ca_pem = files["ca.crt"][0] if "ca.crt" in files else b""
-                        anchors = load_material(ca_pem).certificates if ca_pem else []
-                        # The CA as a Java trusted entry ("ca"), as cert issue --p12 and
-                        # elasticsearch-certutil write it: Java also builds the key entry's
-                        # chain from it, and a truststore.path needs one.
-                        p12 = to_pkcs12(
-                            spec.name,
-                            load_private_key(files["tls.key"][0]),
-                            certs[0],
-                            certs[1:],
-                            password,
-                            trusted=anchors,
-                        )
+                        entry = _KeyEntry.of(spec.name, files)
                         files = {
-                            "tls.p12": (p12, True),
+                            "tls.p12": (entry.pkcs12(password), True),
                             **{n: files[n] for n in ("ca.crt", "client-trust.crt") if n in files},
                         }
                     deliver_to_directory(
@@ -255,7 +249,10 @@ def deliver(
                 # Written even when this bundle was delivered before: the writer reads the
                 # Secret and changes it only if it differs, so one deleted or edited by hand
                 # (or with changed labels) is restored at the next reconcile or resync.
-                changed = settings.secret_writer(target, {n: d for n, (d, _) in files.items()})
+                data: dict[str, SecretValue] = {n: d for n, (d, _) in files.items()}
+                if password is not None:
+                    data.update(_KeyEntry.of(spec.name, files).secret_keystores(password))
+                changed = settings.secret_writer(target, data)
                 if already:
                     if not changed:
                         continue
@@ -354,6 +351,97 @@ def _read_password(path: Path, policy: TargetPolicy | None) -> bytes:
     return password
 
 
+@dataclass(frozen=True)
+class _KeyEntry:
+    """What a PKCS#12 target's keystore holds: the key entry and the CA as trusted entries."""
+
+    name: str
+    key: CertificateIssuerPrivateKeyTypes
+    certificates: Sequence[x509.Certificate]  # the leaf, then its chain
+    # Empty for a custom certificate from an unnamed (public) CA.
+    anchors: Sequence[x509.Certificate]
+
+    @classmethod
+    def of(cls, name: str, files: dict[str, tuple[bytes, bool]]) -> _KeyEntry:
+        ca_pem = files["ca.crt"][0] if "ca.crt" in files else b""
+        return cls(
+            name,
+            load_private_key(files["tls.key"][0]),
+            load_material(files["tls.crt"][0]).certificates,
+            load_material(ca_pem).certificates if ca_pem else [],
+        )
+
+    def pkcs12(self, password: bytes) -> bytes:
+        # The CA as a Java trusted entry ("ca"), as cert issue --p12 and
+        # elasticsearch-certutil write it: Java also builds the key entry's chain from it,
+        # and a truststore.path needs one.
+        leaf, *chain = self.certificates
+        return to_pkcs12(self.name, self.key, leaf, chain, password, trusted=self.anchors)
+
+    def secret_keystores(self, password: bytes) -> dict[str, SecretValue]:
+        """cert-manager's ``keystore.p12`` and (with a CA) ``truststore.p12``.
+
+        Each is the Secret's current one when that still opens with ``password`` and holds
+        exactly these entries, else written anew: built at every resync, a keystore (random
+        salt and IV) differed from the last, and the Secret and every pod mounting it
+        changed for nothing.
+        """
+        from certctl.pki.formats import pkcs12_holds, to_pkcs12_truststore
+
+        leaf, *chain = self.certificates
+
+        def keystore(current: bytes | None) -> bytes:
+            if current is not None and pkcs12_holds(
+                current,
+                password,
+                name=self.name,
+                key=self.key,
+                certificate=leaf,
+                others=[*chain, *self.anchors],
+            ):
+                return current
+            return self.pkcs12(password)
+
+        values: dict[str, SecretValue] = {"keystore.p12": keystore}
+        if self.anchors:
+
+            def truststore(current: bytes | None) -> bytes:
+                if current is not None and pkcs12_holds(current, password, others=self.anchors):
+                    return current
+                return to_pkcs12_truststore(self.anchors, password)
+
+            values["truststore.p12"] = truststore
+        return values
+
+
+def _secret_password(target: SecretTarget, settings: ServiceSettings) -> bytes:
+    """A Secret target's ``keystores.pkcs12.passwordSecretRef`` value, as a passwordFile's.
+
+    Raises:
+        DeliveryError: no Kubernetes connection, or the API unreachable.
+        InvalidRequest: the Secret is absent, not labelled, or its value empty or of more
+            than one line.
+    """
+    from certctl.pki.formats import password_file_line
+    from certctl.targets.directory import DeliveryError
+
+    p12 = target.pkcs12
+    assert p12 is not None
+    assert p12.password_secret_ref is not None
+    ref = p12.password_secret_ref
+    if settings.keystore_password_reader is None:
+        raise DeliveryError("Kubernetes Secret targets need auth.kubernetes set up")
+    raw = settings.keystore_password_reader(target.namespace, ref.name, ref.key)
+    where = f"keystore password {ref.name}/{ref.key}"
+    # One line, final newline dropped, as a passwordFile: `kubectl create secret generic
+    # --from-file` keeps the newline `echo pw > f` wrote, which keytool's -storepass lacks.
+    password = password_file_line(raw, where)
+    if not password:
+        # As cert-manager refuses it: a keystore under the empty password is no protection.
+        raise InvalidRequest(f"{where} is empty; put the password there")
+    return password
+
+
 def _delivery_digest(
     services: Services,
     target: DirectoryTarget | SecretTarget,
@@ -382,6 +470,12 @@ def _delivery_digest(
             secret = services.wrapper.derive("delivery digest: pkcs12 password")
             settings += b"\0" + hmac.new(secret, password, hashlib.sha256).digest()
         digest.update(b"\0settings\0" + settings)
+    elif isinstance(target, SecretTarget) and password is not None:
+        # The inputs of the keystores, never their bytes (random salt and IV each time they
+        # are written). PEM-only Secret targets add nothing: their digests stay as stored.
+        secret = services.wrapper.derive("delivery digest: pkcs12 password")
+        keyed = hmac.new(secret, password, hashlib.sha256).digest()
+        digest.update(b"\0settings\0keystores.pkcs12\0" + keyed)
     return digest.hexdigest()
 
 

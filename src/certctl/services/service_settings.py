@@ -13,6 +13,7 @@ from certctl.pki import (
 )
 from certctl.services.target_policy import TargetPolicy
 from certctl.services.tls_spec import SecretTarget
+from certctl.targets.kubernetes import SecretValue
 
 __all__ = ["MIN_RENEWAL_INTERVAL", "ServiceSettings"]
 
@@ -33,7 +34,11 @@ class ServiceSettings:
     reload_runner: Callable[[str, float], None] | None = None
     # Writes a Secret target; True when it created or changed the Secret, False when the
     # Secret already held exactly this (the writer reads it first).
-    secret_writer: Callable[[SecretTarget, dict[str, bytes]], bool] | None = None
+    secret_writer: Callable[[SecretTarget, dict[str, SecretValue]], bool] | None = None
+    # Reads a Secret target's keystores.pkcs12.passwordSecretRef: (namespace or None for
+    # kubernetes.namespace, Secret name, key) -> the value. Raises InvalidRequest (absent,
+    # not labelled for certctl) or DeliveryError (the API unreachable).
+    keystore_password_reader: Callable[[str | None, str, str], bytes] | None = None
     # Reads certificate.secretName from a Kubernetes Secret when secrets_dir has no such
     # directory: its tls.crt, tls.key, ca.crt, ca.key. Raises InvalidRequest (not found,
     # not labelled for certctl, no cluster configured).

@@ -304,6 +304,61 @@ _LABEL_NAME = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?\Z")
 _MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
 
+# A key of a Secret's data (apimachinery's IsConfigMapKey).
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+\Z")
+
+
+class SecretKeyRef(_Model):
+    """``passwordSecretRef``: one key of a Secret in the target's namespace (cert-manager's)."""
+
+    name: str
+    key: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if len(value) > 253 or not _K8S_SUBDOMAIN.match(value):
+            raise ValueError(
+                f"{value[:60]!r}: Secret names are lower-case DNS subdomains of at most 253 "
+                "characters (letters, digits, '-', '.')"
+            )
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if len(value) > 253 or not _SECRET_KEY.match(value):
+            raise ValueError(
+                f"{value[:60]!r}: Secret keys are at most 253 letters, digits, '-', '_', '.'"
+            )
+        return value
+
+
+class PKCS12Keystore(_Model):
+    """``keystores.pkcs12``: ``keystore.p12`` and ``truststore.p12`` in the Secret too.
+
+    cert-manager's Certificate ``spec.keystores.pkcs12``, without its literal ``password``
+    (a spec is readable by every service viewer) and its ``profile`` (certctl writes the
+    one Java-compatible set a directory target's ``format: pkcs12`` writes).
+    """
+
+    # Required, as cert-manager's: a keystores block copied with create: false writes none.
+    create: StrictBool
+    password_secret_ref: SecretKeyRef | None = Field(default=None, alias="passwordSecretRef")
+
+    @model_validator(mode="after")
+    def _password(self) -> PKCS12Keystore:
+        if self.create and self.password_secret_ref is None:
+            raise ValueError("create: true needs passwordSecretRef (name and key of a Secret)")
+        return self
+
+
+class Keystores(_Model):
+    """``keystores`` of a Secret target (cert-manager's ``spec.keystores``; PKCS#12 only)."""
+
+    pkcs12: PKCS12Keystore | None = None
+
+
 class SecretTarget(_Model):
     """A Kubernetes Secret receiving the bundle (``type: kubernetes.io/tls``)."""
 
@@ -311,6 +366,26 @@ class SecretTarget(_Model):
     # None: kubernetes.namespace of the server config (the ServiceAccount's namespace).
     namespace: str | None = None
     labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+    keystores: Keystores | None = None
+
+    @property
+    def pkcs12(self) -> PKCS12Keystore | None:
+        """``keystores.pkcs12`` when it creates keystores, else None."""
+        p12 = self.keystores.pkcs12 if self.keystores is not None else None
+        return p12 if p12 is not None and p12.create else None
+
+    @model_validator(mode="after")
+    def _own_password(self) -> SecretTarget:
+        p12 = self.pkcs12
+        if p12 is not None and p12.password_secret_ref is not None:
+            if p12.password_secret_ref.name == self.secret:
+                # certctl replaces that Secret's data (and refuses to read one it writes as a
+                # password): the keystore would be locked with a password it overwrote.
+                raise ValueError(
+                    "keystores.pkcs12.passwordSecretRef names the target Secret itself; "
+                    "keep the password in a Secret of its own"
+                )
+        return self
 
     @field_validator("secret")
     @classmethod
@@ -511,6 +586,17 @@ def parse_service(doc: Any, where: str = "spec", *, stored: bool = False) -> TLS
             message = (
                 "unknown key (ECK's Kubernetes Service settings have no counterpart here: "
                 "copy spec.http.tls alone)"
+            )
+        if field.endswith(".keystores.pkcs12.password") and first["type"] == "extra_forbidden":
+            # cert-manager's literal password: in a spec, every service viewer reads it.
+            message = (
+                "unknown key (a password is never put in a spec: name a Secret labelled "
+                "certctl.io/keystore-password=true in passwordSecretRef)"
+            )
+        elif field.endswith(".keystores.pkcs12.profile") and first["type"] == "extra_forbidden":
+            message = (
+                "unknown key (certctl writes one profile, the directory target's: AES-256-CBC "
+                "with PBKDF2 and an HMAC-SHA256 MAC, as cert-manager's Modern2023; leave it out)"
             )
         raise InvalidRequest(f"{where}: {field}: {message}") from None
     except InvalidRequest as exc:

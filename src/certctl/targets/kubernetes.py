@@ -21,8 +21,9 @@ re-reading, finds it taken.
 from __future__ import annotations
 
 import base64
+import binascii
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -35,12 +36,15 @@ from certctl.kubeapi import KubeApiError, KubeConnection, response_json, transpo
 __all__ = [
     "CLIENT_TRUST_KEY",
     "CUSTOM_CERTIFICATE_LABEL",
+    "KEYSTORE_PASSWORD_LABEL",
     "MANAGED_BY",
     "OWNER_ANNOTATION",
+    "SecretValue",
     "SecretWriter",
     "WriteResult",
     "list_custom_certificates",
     "read_custom_certificate",
+    "read_keystore_password",
 ]
 
 TLS_TYPE = "kubernetes.io/tls"
@@ -57,6 +61,15 @@ _ATTEMPTS = 3
 CUSTOM_CERTIFICATE_LABEL = "certctl.io/custom-certificate"
 _CUSTOM_KEYS = ("tls.crt", "tls.key", "ca.crt", "ca.key")
 _MAX_KEY_BYTES = 1 << 20
+# The label a Secret needs before a Secret target's keystores.pkcs12.passwordSecretRef may
+# read it (as CUSTOM_CERTIFICATE_LABEL, for the same reason: see read_keystore_password).
+KEYSTORE_PASSWORD_LABEL = "certctl.io/keystore-password"
+_MAX_PASSWORD_BYTES = 4096
+# A value of a Secret key made from what the Secret holds there now (None: nothing): a
+# PKCS#12 keystore is encrypted under a random salt and IV, so one built anew at every write
+# differed from the last and the Secret was replaced at every resync. It returns the
+# current value when that still holds what is wanted.
+SecretValue = bytes | Callable[[bytes | None], bytes]
 # Items per LIST request: kubectl's --chunk-size and client-go's pager default.
 _LIST_CHUNK = 500
 # Chunks one LIST may take: 500,000 labelled Secrets in one namespace, far past any real one.
@@ -91,8 +104,21 @@ def _handover(metadata: Mapping[str, Any]) -> str:
     return "delete it, or label it app.kubernetes.io/managed-by=certctl to let certctl take it over"
 
 
-def _encode(data: Mapping[str, bytes]) -> dict[str, str]:
-    return {k: base64.b64encode(v).decode("ascii") for k, v in sorted(data.items())}
+def _encode(
+    data: Mapping[str, SecretValue], current: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """``data`` base64-encoded; a value made from the current one is given that (decoded)."""
+    encoded = {}
+    for key, value in sorted(data.items()):
+        if callable(value):
+            held = (current or {}).get(key)
+            try:
+                now = base64.b64decode(held, validate=True) if isinstance(held, str) else None
+            except (binascii.Error, ValueError):
+                now = None  # edited by hand into something else: made anew
+            value = value(now)
+        encoded[key] = base64.b64encode(value).decode("ascii")
+    return encoded
 
 
 class SecretWriter:
@@ -131,12 +157,14 @@ class SecretWriter:
         ca_pem: bytes | None,
         client_trust_pem: bytes | None = None,
         labels: Mapping[str, str] | None = None,
+        extra: Mapping[str, SecretValue] | None = None,
     ) -> WriteResult:
         """Write a ``kubernetes.io/tls`` Secret with ``tls.crt``, ``tls.key``, ``ca.crt``.
 
         ``ca_pem`` None or blank (a custom certificate whose CA is not given) leaves out
         ``ca.crt``, as ``client_trust_pem`` None leaves out ``client-trust.crt``: a pod mounting
         the Secret gets no file rather than an empty one, which its server would refuse.
+        ``extra`` keys (``keystore.p12``, ``truststore.p12``) are written beside them.
 
         Raises:
             InvalidRequest: a bad name, label or empty certificate/key.
@@ -146,7 +174,8 @@ class SecretWriter:
         """
         if not certificate_pem.strip() or not private_key_pem.strip():
             raise InvalidRequest(f"Secret {name}: tls.crt and tls.key must not be empty")
-        data = {"tls.crt": certificate_pem, "tls.key": private_key_pem}
+        data: dict[str, SecretValue] = {**(extra or {})}
+        data.update({"tls.crt": certificate_pem, "tls.key": private_key_pem})
         if ca_pem is not None and ca_pem.strip():
             data["ca.crt"] = ca_pem
         if client_trust_pem is not None:
@@ -156,12 +185,16 @@ class SecretWriter:
     def write(
         self,
         name: str,
-        data: Mapping[str, bytes],
+        data: Mapping[str, SecretValue],
         *,
         secret_type: str = "Opaque",
         labels: Mapping[str, str] | None = None,
     ) -> WriteResult:
         """Create the Secret, or replace its ``data`` and merge ``labels`` in place.
+
+        A callable value is given the Secret's current value of its key (None when there is
+        none) and returns the value to write, so that one kept as it is leaves the Secret
+        unchanged.
 
         Raises:
             InvalidRequest: a bad name, data key or label.
@@ -182,7 +215,6 @@ class SecretWriter:
         for key, value in wanted_labels.items():
             if not isinstance(key, str) or not isinstance(value, str) or len(value) > 63:
                 raise InvalidRequest(f"label {key}={value}: keys and values must be strings ≤ 63")
-        encoded = _encode(data)
         base = f"/api/v1/namespaces/{self.namespace}/secrets"
         what = f"Secret {self.namespace}/{name}"
         try:
@@ -190,6 +222,7 @@ class SecretWriter:
                 for _attempt in range(_ATTEMPTS):
                     current = client.get(f"{base}/{name}")
                     if current.status_code == 404:
+                        encoded = _encode(data)
                         created = client.post(
                             base,
                             json={
@@ -210,7 +243,7 @@ class SecretWriter:
                         response_json(created, f"create {what}")
                         return WriteResult.CREATED
                     obj = response_json(current, f"read {what}")
-                    result = self._update(client, name, obj, secret_type, encoded, wanted_labels)
+                    result = self._update(client, name, obj, secret_type, data, wanted_labels)
                     if result is not None:
                         return result
         except httpx.HTTPError as exc:
@@ -225,7 +258,7 @@ class SecretWriter:
         name: str,
         obj: dict[str, Any],
         secret_type: str,
-        encoded: dict[str, str],
+        data: Mapping[str, SecretValue],
         labels: dict[str, str],
     ) -> WriteResult | None:
         """PUT the new data over ``obj``; None when another writer got there first (409)."""
@@ -259,9 +292,11 @@ class SecretWriter:
                 "delivers there, remove the annotation (kubectl annotate secret -n "
                 f"{self.namespace} {name} {OWNER_ANNOTATION}-) to let this one take it over"
             )
+        current_data = obj.get("data")
+        encoded = _encode(data, current_data if isinstance(current_data, dict) else None)
         if (
             claimed == self.owner
-            and (obj.get("data") or {}) == encoded
+            and (current_data or {}) == encoded
             and all(current_labels.get(k) == v for k, v in labels.items())
         ):
             return WriteResult.UNCHANGED
@@ -315,6 +350,70 @@ def read_custom_certificate(
     if response.status_code == 404:
         return None
     return _custom_files(response_json(response, f"read {what}"), what, namespace, name)
+
+
+def read_keystore_password(
+    connection: KubeConnection,
+    name: str,
+    key: str,
+    *,
+    namespace: str | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> bytes:
+    """The value of ``key`` in Secret ``name``: a Secret target's PKCS#12 password.
+
+    Only a Secret labelled ``certctl.io/keystore-password=true`` is read, for the reason
+    ``read_custom_certificate`` gives: cert-manager reads any Secret of its Certificate's
+    namespace, whose creator may read them anyway; a passwordSecretRef needs only
+    ``service.edit`` in certctl, and a keystore locked with another Secret's value (a
+    database password) is a way to guess that value offline. The value itself is never in
+    a message.
+
+    Raises:
+        InvalidRequest: the Secret is absent, not labelled, one certctl writes, or its key is
+            missing, not base64 or larger than 4 KiB.
+        KubeApiError: the API is unreachable or refuses the read.
+    """
+    import httpx
+
+    if len(name) > 253 or not _NAME.match(name):
+        raise InvalidRequest(f"{name!r}: a Secret name must be a DNS-1123 subdomain")
+    namespace = namespace or connection.namespace
+    what = f"Secret {namespace}/{name}"
+    try:
+        with connection.client(transport) as client:
+            response = client.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+    except httpx.HTTPError as exc:
+        raise KubeApiError(
+            f"{what}: cannot reach the Kubernetes API ({transport_error(exc)})"
+        ) from None
+    if response.status_code == 404:
+        raise InvalidRequest(
+            f"keystore password: {what} not found (create it, labelled "
+            f"{KEYSTORE_PASSWORD_LABEL}=true)"
+        )
+    obj = response_json(response, f"read {what}")
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    if all(labels.get(k) == v for k, v in MANAGED_BY.items()):
+        raise InvalidRequest(
+            f"keystore password: {what} is one certctl writes (a service's Secret target); "
+            "keep the password in a Secret of its own"
+        )
+    if labels.get(KEYSTORE_PASSWORD_LABEL) != "true":
+        raise InvalidRequest(
+            f"keystore password: {what} is not labelled {KEYSTORE_PASSWORD_LABEL}=true: label "
+            f"it to let Secret targets use it (kubectl label secret -n {namespace} {name} "
+            f"{KEYSTORE_PASSWORD_LABEL}=true)"
+        )
+    value = (obj.get("data") or {}).get(key)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"keystore password: {what} has no key {key}")
+    if len(value) > _MAX_PASSWORD_BYTES * 4 // 3 + 4:
+        raise InvalidRequest(f"keystore password: {what}: {key} is larger than 4 KiB")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"keystore password: {what}: {key} is not base64") from None
 
 
 def list_custom_certificates(
