@@ -418,6 +418,22 @@ def test_services_file_with_a_pasted_eck_resource_points_to_the_mapping() -> Non
     assert "Coming from ECK" in section[: section.index("\n## ", 1)]
 
 
+def test_the_readme_keystores_example_is_a_valid_secret_target() -> None:
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "keystores:" in b]
+    spec = parse_service(service_doc("es", targets=yaml.safe_load(block)["targets"]))
+    (target,) = spec.spec.targets
+    assert isinstance(target, SecretTarget)
+    assert target.pkcs12 is not None
+    assert target.pkcs12.password_secret_ref == SecretKeyRef(
+        name="es-keystore-password", key="password"
+    )
+
+
 def test_services_file_with_one_target_in_two_documents_is_refused_whole() -> None:
     # Before, the second document's PUT got a 409 after the first had been stored.
     def doc(name: str, targets: str) -> str:
