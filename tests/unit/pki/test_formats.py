@@ -31,6 +31,7 @@ from certctl.pki import (
     load_private_key,
     to_pkcs12,
 )
+from certctl.pki.formats import pkcs12_holds, to_pkcs12_truststore
 
 PEM = serialization.Encoding.PEM
 DER = serialization.Encoding.DER
@@ -381,6 +382,88 @@ def test_pkcs12_truststore_without_key(root_ca: CertificateAuthority) -> None:
     material = load_material(data, b"changeit")
     assert material.private_key is None
     assert material.certificates == [root_ca.certificate]
+
+
+def test_pkcs12_holds_exactly_what_it_was_made_from(
+    leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], root_ca: CertificateAuthority
+) -> None:
+    cert, key = leaf
+    data = to_pkcs12("es", key, cert, [], b"changeit", trusted=[root_ca.certificate])
+    same = {"name": "es", "key": key, "certificate": cert, "others": [root_ca.certificate]}
+    assert pkcs12_holds(data, b"changeit", **same)  # type: ignore[arg-type]
+    # Each input changed on its own: not held (the writer makes the keystore anew).
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    other_ca = create_root_ca(
+        other_key, common_name_dn("Other CA"), validity=timedelta(days=1), now=datetime.now(UTC)
+    )
+    for change in (
+        {"name": "kibana"},
+        {"key": other_key},
+        {"certificate": other_ca.certificate},
+        {"others": []},
+        {"others": [root_ca.certificate, other_ca.certificate]},
+    ):
+        assert not pkcs12_holds(data, b"changeit", **{**same, **change}), change  # type: ignore[arg-type]
+    assert not pkcs12_holds(data, b"changeit2", **same)  # type: ignore[arg-type]
+    for damaged in (b"", b"not a keystore", data[:-40], data[:100]):
+        assert not pkcs12_holds(damaged, b"changeit", **same)  # type: ignore[arg-type]
+
+
+def test_pkcs12_truststore_holds_trusted_entries_only(root_ca: CertificateAuthority) -> None:
+    data = to_pkcs12_truststore([root_ca.certificate], b"changeit")
+    loaded = pkcs12.load_pkcs12(data, b"changeit")
+    assert (loaded.key, loaded.cert) == (None, None)
+    assert [(c.certificate, c.friendly_name) for c in loaded.additional_certs] == [
+        (root_ca.certificate, b"ca")
+    ]
+    assert pkcs12_holds(data, b"changeit", others=[root_ca.certificate])
+    assert not pkcs12_holds(data, b"changeit", others=[])
+    with pytest.raises(InvalidRequest, match="needs a non-empty password"):
+        to_pkcs12_truststore([root_ca.certificate], b"")
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    length = len(content)
+    if length < 0x80:
+        return bytes([tag, length]) + content
+    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(octets)]) + octets + content
+
+
+def _children(der: bytes) -> list[bytes]:
+    """The TLVs inside the constructed element ``der`` (DER, definite lengths)."""
+
+    def read(data: bytes, at: int) -> tuple[bytes, int]:
+        length, start = data[at + 1], at + 2
+        if length & 0x80:
+            count = length & 0x7F
+            length, start = int.from_bytes(data[start : start + count], "big"), start + count
+        return data[at : start + length], start + length
+
+    whole, _ = read(der, 0)
+    body = whole[2 + (whole[1] & 0x7F if whole[1] & 0x80 else 0) :]
+    out, at = [], 0
+    while at < len(body):
+        tlv, at = read(body, at)
+        out.append(tlv)
+    return out
+
+
+def test_a_keystore_asking_for_billions_of_mac_iterations_is_not_held_nor_computed(
+    leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+) -> None:
+    # Planted in a Secret by whoever may edit it: OpenSSL would run the 2**31 iterations
+    # before saying the MAC is wrong, and every delivery behind this one would wait.
+    import time
+
+    cert, key = leaf
+    version, auth_safe, mac_data = _children(to_pkcs12("es", key, cert, [], b"changeit"))
+    digest_info, salt, _iterations = _children(mac_data)
+    bomb_mac = _tlv(0x30, digest_info + salt + _tlv(0x02, (2**31 - 1).to_bytes(4, "big")))
+    bomb = _tlv(0x30, version + auth_safe + bomb_mac)
+    started = time.monotonic()
+    assert not pkcs12_holds(bomb, b"changeit", name="es", key=key, certificate=cert)
+    assert time.monotonic() - started < 1
 
 
 def _no_password_pkcs12(leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> bytes:
