@@ -142,6 +142,34 @@ def test_a_data_dir_pointed_at_another_empty_database_is_refused(
     assert (data / "admin-api-key").read_bytes() == key
 
 
+def test_a_malformed_master_key_leaves_a_new_postgresql_database_without_tables(
+    tmp_path: Path, postgres_cluster: PostgresCluster
+) -> None:
+    # The migrations ran before the key was read: the refused first start left certctl's
+    # tables in the database, and the next start (with a good key) took them for its own.
+    import psycopg
+
+    database = postgres_cluster.create_database()
+    url = postgres_cluster.url(database)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    env |= {"CERTCTL_MASTER_KEY": base64.b64encode(os.urandom(16)).decode()}
+    data = tmp_path / "data"
+    argv = ["serve", "--data-dir", data, "--listen", "127.0.0.1:0", "--database-url", url]
+    refused = run("certctl", *argv, env=env, timeout=60)
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.startswith(
+        "certctl: error: CERTCTL_MASTER_KEY decodes to 16 bytes, not 32: "
+    ), refused.stderr
+    assert len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert not data.exists()
+    dsn = f"postgresql://postgres@127.0.0.1:{postgres_cluster.port}/{database}"
+    with psycopg.connect(dsn) as conn:
+        tables = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchall()
+    assert tables == []
+
+
 def test_admin_key_names_the_database_postgresql_refuses_or_an_empty_one(
     tmp_path: Path, postgres_cluster: PostgresCluster
 ) -> None:

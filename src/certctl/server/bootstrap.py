@@ -39,6 +39,7 @@ from certctl.store.keywrap import (
     KeyWrapper,
     kek_source,
     load_or_create_kek,
+    master_key_from_env,
     read_kek_file,
 )
 from certctl.store.models import Actor, Issuer
@@ -72,10 +73,15 @@ def bootstrap(config: ServerConfig) -> Bootstrapped:
     """Prepare the store and the internal CA; idempotent across restarts and replicas.
 
     Raises:
-        InvalidRequest: an in-memory SQLite ``database-url``, a data dir that is not one, …
+        InvalidRequest: an in-memory SQLite ``database-url``, a malformed
+            ``CERTCTL_MASTER_KEY`` (refused before anything is created), a data dir that is
+            not one, …
         StorageUnavailable: the database cannot be opened or written (read-only, full, down).
     """
     refuse_in_memory(config.database_url)
+    # Before the data dir, the database file or a migration: a malformed key found after
+    # them left a refused first start's migrated, empty store (and an upgraded one) behind.
+    master_key_from_env()
     try:
         return _bootstrap(config)
     except DBAPIError as exc:

@@ -27,6 +27,7 @@ __all__ = [
     "encode_kek",
     "kek_source",
     "load_or_create_kek",
+    "master_key_from_env",
     "read_kek_file",
 ]
 
@@ -101,6 +102,37 @@ def kek_source(data_dir: Path) -> str:
     return MASTER_KEY_ENV if os.environ.get(MASTER_KEY_ENV, "").strip() else str(data_dir / "kek")
 
 
+def master_key_from_env() -> bytes | None:
+    """The KEK in ``CERTCTL_MASTER_KEY``, or None when it is unset (or blank).
+
+    Checked by ``certctl serve`` before it creates or migrates anything: a malformed value
+    found only after the migrations left a refused first start's empty store behind.
+
+    Raises:
+        InvalidRequest: the value is not base64 of 32 bytes (never quoted).
+    """
+    # Stripped like the file: a Secret made from the kek file keeps its trailing newline.
+    env = os.environ.get(MASTER_KEY_ENV, "").strip()
+    if not env:
+        return None
+    # What to set instead, never the value: the stored keys' own key (the content of a
+    # kek file), or for a database without keys yet a new one. "must decode to 32 bytes"
+    # left an operator who pasted a password or a hex string to guess the format.
+    remedy = (
+        "give the key the stored keys were encrypted under (the content of a "
+        "<data-dir>/kek), or for a new database a new one (head -c32 /dev/urandom | base64)"
+    )
+    try:
+        kek = base64.b64decode(env, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(
+            f"{MASTER_KEY_ENV} is not valid base64 of 32 bytes: {remedy}"
+        ) from None
+    if len(kek) != 32:
+        raise InvalidRequest(f"{MASTER_KEY_ENV} decodes to {len(kek)} bytes, not 32: {remedy}")
+    return kek
+
+
 def load_or_create_kek(data_dir: Path, *, create: bool = True) -> bytes:
     """Return the KEK from the environment, or ``<data-dir>/kek``, creating it (0600) if absent.
 
@@ -108,25 +140,9 @@ def load_or_create_kek(data_dir: Path, *, create: bool = True) -> bytes:
         InvalidRequest: the key is malformed, or absent while ``create`` is false (the store
             already holds keys wrapped under it: a new one would open none of them).
     """
-    # Stripped like the file: a Secret made from the kek file keeps its trailing newline.
-    env = os.environ.get(MASTER_KEY_ENV, "").strip()
-    if env:
-        # What to set instead, never the value: the stored keys' own key (the content of a
-        # kek file), or for a database without keys yet a new one. "must decode to 32 bytes"
-        # left an operator who pasted a password or a hex string to guess the format.
-        remedy = (
-            "give the key the stored keys were encrypted under (the content of a "
-            "<data-dir>/kek), or for a new database a new one (head -c32 /dev/urandom | base64)"
-        )
-        try:
-            kek = base64.b64decode(env, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidRequest(
-                f"{MASTER_KEY_ENV} is not valid base64 of 32 bytes: {remedy}"
-            ) from None
-        if len(kek) != 32:
-            raise InvalidRequest(f"{MASTER_KEY_ENV} decodes to {len(kek)} bytes, not 32: {remedy}")
-        return kek
+    env_kek = master_key_from_env()
+    if env_kek is not None:
+        return env_kek
     path = data_dir / "kek"
     if path.exists():
         # Restored from a backup or copied by hand: readable by others, it would let them

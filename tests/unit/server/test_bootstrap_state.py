@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from certctl.server.bootstrap import Bootstrapped, bootstrap
 from certctl.server.config import ServerConfig
 from certctl.store.models import Actor, ApiKey, Issuer
 from tests._tools import run
+from tests.unit.store.test_migration_head import downgrade_store
 
 
 def _boot(data: Path) -> Bootstrapped:
@@ -191,3 +193,66 @@ def test_a_master_key_with_the_kek_files_newline_is_accepted(
     with pytest.raises(InvalidRequest) as caught:
         _boot(data)
     assert str(caught.value) == f"CERTCTL_MASTER_KEY decodes to 16 bytes, not 32: {remedy}"
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("not base64!", "CERTCTL_MASTER_KEY is not valid base64 of 32 bytes: "),
+        (base64.b64encode(b"k" * 16).decode(), "CERTCTL_MASTER_KEY decodes to 16 bytes, not 32: "),
+    ],
+)
+def test_a_malformed_master_key_refuses_a_first_start_before_anything_is_made(
+    tmp_path: Path, value: str, says: str
+) -> None:
+    # It was read only after the migrations: the refused start left a data dir with a
+    # migrated, empty certctl.db (and the lock file) that the next start took for its own.
+    data = tmp_path / "data"
+    env = {**os.environ, "CERTCTL_MASTER_KEY": value}
+    proc = run(
+        "certctl", "serve", "--data-dir", data, "--listen", "127.0.0.1:0", env=env, timeout=60
+    )
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith(f"certctl: error: {says}give the key the stored keys"), errors
+    assert value not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not data.exists()
+    # An existing data dir stays empty: no certctl.db, no lock file.
+    data.mkdir(mode=0o700)
+    proc = run(
+        "certctl", "serve", "--data-dir", data, "--listen", "127.0.0.1:0", env=env, timeout=60
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert list(data.iterdir()) == []
+
+
+def test_a_malformed_master_key_leaves_an_older_store_unmigrated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The migrations ran first: an upgrade refused for its key was applied all the same.
+    data = tmp_path / "data"
+    booted = _boot(data)
+    downgrade_store(booted.services.engine, "0023")
+    booted.services.engine.dispose()
+    before = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()}
+    monkeypatch.setenv("CERTCTL_MASTER_KEY", "not base64!")
+    with pytest.raises(InvalidRequest, match="CERTCTL_MASTER_KEY is not valid base64"):
+        _boot(data)
+    assert {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()} == before
+    connection = sqlite3.connect(data / "certctl.db")
+    try:
+        revision = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    finally:
+        connection.close()
+    assert revision == ("0023",)
+    # Negative twin: the key it was made with (the kek file's, in the variable) migrates it.
+    monkeypatch.setenv("CERTCTL_MASTER_KEY", (data / "kek").read_text())
+    assert _issuers(data) == ["default"]
+    connection = sqlite3.connect(data / "certctl.db")
+    try:
+        revision = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+    finally:
+        connection.close()
+    assert revision != ("0023",)
