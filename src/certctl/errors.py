@@ -152,8 +152,9 @@ class Unavailable(CertctlError):
 class StorageUnavailable(Unavailable):
     """The database refuses the operation: disk full, read-only, I/O error, unreachable.
 
-    ``retry_after_s``: when the fault passes by itself soon (no pooled connection came free
-    in time), the delay a client is told to wait (``Retry-After``).
+    ``retry_after_s``: the delay a client is told to wait (``Retry-After``); every fault
+    ``store.db.storage_error`` classifies has one (shorter for those that pass by themselves
+    soon: no pooled connection came free in time, a rolled-back conflict).
     """
 
     def __init__(self, detail: str, retry_after_s: int | None = None) -> None:

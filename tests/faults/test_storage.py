@@ -100,9 +100,11 @@ def issue(client: httpx.Client, name: str) -> httpx.Response:
 
 
 def assert_storage_problem(response: httpx.Response, *words: str) -> str:
-    """A 503 problem whose detail names the storage and one of ``words``."""
+    """A 503 problem whose detail names the storage and one of ``words``, with Retry-After."""
     assert response.status_code == 503, response.text
     assert response.headers["content-type"].split(";")[0] == PROBLEM
+    # It had none: each client retried at its own pace, a fleet of them all at once.
+    assert response.headers.get("retry-after") == "5", response.headers
     body = response.json()
     assert body["type"] == "urn:certctl:problem:unavailable"
     assert body["title"] == "Service unavailable"  # the detail names the storage

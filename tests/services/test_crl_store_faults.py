@@ -118,6 +118,7 @@ def test_a_revocation_made_here_before_the_store_fails_is_never_left_off(
             assert (
                 during.json()["detail"] == "storage is unavailable: the database cannot be reached"
             )
+            assert during.headers["retry-after"] == "5"  # a PostgreSQL restart's few seconds
         after = client.get("/api/v1/issuers/default/crl")
     assert after.status_code == 200, after.text
     assert _listed(after.content, tmp_path) == {int(cert["serial"], 16)}
@@ -237,6 +238,7 @@ def test_a_read_only_store_serves_the_kept_crl_while_it_shows_it_current(
             ended = client.get("/api/v1/issuers/default/crl")
             assert ended.status_code == 503, (ended.status_code, _listed(ended.content, tmp_path))
             assert ended.json()["detail"] == "storage is read-only: writes are refused"
+            assert ended.headers["retry-after"] == "5"
         after = client.get("/api/v1/issuers/default/crl")
     assert after.status_code == 200, after.text
     assert _listed(after.content, tmp_path) == {serial}

@@ -616,8 +616,11 @@ _HEADERS = {
     "503": {
         "Retry-After": {
             "required": False,
-            "description": "seconds to wait, when no database connection came free in time "
-            "(a burst beyond database-pool-size)",
+            "description": "seconds to wait, on every storage fault: 5 when the database is "
+            "full, read-only, failing or cannot be reached, 2 when no database connection "
+            "came free in time (a burst beyond database-pool-size), 1 when it is busy (a "
+            "write rolled back for a concurrent one); absent when /readyz is not ready or "
+            "the Kubernetes API cannot be asked",
             "schema": {"type": "integer", "minimum": 0},
         }
     },

@@ -71,7 +71,7 @@ def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> 
 def problem_from_error(exc: CertctlError) -> Response:
     """Map a CertctlError to its problem response (429 carries ``Retry-After``).
 
-    So does a 503 for a pool with no connection free in time: the burst passes.
+    So does a storage 503 (full, read-only, unreachable, busy): when to try again.
     """
     headers = None
     if isinstance(exc, TooManyRequests | StorageUnavailable) and exc.retry_after_s is not None:

@@ -753,6 +753,11 @@ _PG_TIMEOUTS = {
     "statement_timeout (or was cancelled) and was rolled back",
 }
 CONFLICT_RETRY_AFTER_S = 1
+# Retry-After of every other storage 503 (full, read-only, I/O error, cannot be reached,
+# damaged): without one a client had no pace to retry at but its own, and a fleet of them
+# retried at once; a few seconds spans a PostgreSQL restart or failover, and the first write
+# after space returns goes through (docs/reliability.md).
+STORAGE_RETRY_AFTER_S = 5
 
 
 def storage_error(exc: BaseException) -> StorageUnavailable | None:
@@ -780,11 +785,14 @@ def storage_error(exc: BaseException) -> StorageUnavailable | None:
     if isinstance(name, str):
         for prefix, detail in _SQLITE_FAULTS:
             if name.startswith(prefix):
-                return StorageUnavailable(detail)
+                # Busy: another writer held SQLite's lock past busy_timeout; it passes soon.
+                busy = prefix in ("SQLITE_BUSY", "SQLITE_LOCKED")
+                delay_s = CONFLICT_RETRY_AFTER_S if busy else STORAGE_RETRY_AFTER_S
+                return StorageUnavailable(detail, retry_after_s=delay_s)
         return None
     sqlstate = getattr(orig, "sqlstate", None)
     if sqlstate in _PG_FAULTS:
-        return StorageUnavailable(_PG_FAULTS[sqlstate])
+        return StorageUnavailable(_PG_FAULTS[sqlstate], retry_after_s=STORAGE_RETRY_AFTER_S)
     if sqlstate in _PG_CONFLICTS:
         # An OperationalError too, which said "the database cannot be reached": PostgreSQL
         # ended this transaction (rolled back) for another's sake; the next try goes through.
@@ -792,7 +800,10 @@ def storage_error(exc: BaseException) -> StorageUnavailable | None:
     if sqlstate in _PG_TIMEOUTS:
         return StorageUnavailable(_PG_TIMEOUTS[sqlstate], retry_after_s=CONFLICT_RETRY_AFTER_S)
     if type(orig).__module__.startswith("psycopg") and _is_operational(orig):
-        return StorageUnavailable("storage is unavailable: the database cannot be reached")
+        return StorageUnavailable(
+            "storage is unavailable: the database cannot be reached",
+            retry_after_s=STORAGE_RETRY_AFTER_S,
+        )
     return None
 
 

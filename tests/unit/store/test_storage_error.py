@@ -21,24 +21,27 @@ def _sqlite_error(name: str) -> sqlite3.OperationalError:
 
 
 @pytest.mark.parametrize(
-    ("name", "words"),
+    ("name", "words", "retry_after_s"),
     [
-        ("SQLITE_FULL", "storage is full"),
-        ("SQLITE_READONLY", "storage is read-only"),
-        ("SQLITE_READONLY_DBMOVED", "storage is read-only"),
-        ("SQLITE_IOERR_WRITE", "storage I/O error"),
-        ("SQLITE_IOERR_SHMSIZE", "storage is full"),  # what a full disk gives at start
-        ("SQLITE_CORRUPT", "storage is damaged"),
-        ("SQLITE_CANTOPEN", "cannot open the database file"),
-        ("SQLITE_BUSY", "storage is busy"),
+        ("SQLITE_FULL", "storage is full", 5),
+        ("SQLITE_READONLY", "storage is read-only", 5),
+        ("SQLITE_READONLY_DBMOVED", "storage is read-only", 5),
+        ("SQLITE_IOERR_WRITE", "storage I/O error", 5),
+        ("SQLITE_IOERR_SHMSIZE", "storage is full", 5),  # what a full disk gives at start
+        ("SQLITE_CORRUPT", "storage is damaged", 5),
+        ("SQLITE_CANTOPEN", "cannot open the database file", 5),
+        ("SQLITE_BUSY", "storage is busy", 1),  # another writer past busy_timeout: soon over
+        ("SQLITE_LOCKED", "storage is busy", 1),
     ],
 )
-def test_sqlite_faults(name: str, words: str) -> None:
+def test_sqlite_faults(name: str, words: str, retry_after_s: int) -> None:
     fault = storage_error(OperationalError("INSERT …", {}, _sqlite_error(name)))
     assert isinstance(fault, StorageUnavailable)
     assert fault.status == 503
     assert words in fault.detail
     assert "INSERT" not in fault.detail
+    # Each 503 says when to try again (Retry-After); these had none.
+    assert fault.retry_after_s == retry_after_s
 
 
 def test_sqlite_sql_mistake_is_a_bug() -> None:
@@ -61,6 +64,7 @@ def test_postgresql_faults() -> None:
     down = storage_error(OperationalError("x", {}, psycopg.OperationalError("refused")))
     assert down is not None
     assert "cannot be reached" in down.detail
+    assert (full.retry_after_s, ro.retry_after_s, down.retry_after_s) == (5, 5, 5)
     dupe = IntegrityError("x", {}, psycopg.errors.UniqueViolation("duplicate"))
     assert storage_error(dupe) is None
 
