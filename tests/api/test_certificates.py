@@ -750,6 +750,35 @@ def test_a_certificate_is_not_revoked_for_a_ca_or_attribute_authority_compromise
     assert r.status_code == 200, r.text
 
 
+def test_an_empty_reason_is_refused_naming_the_reasons(api: Api) -> None:
+    """`certctl certs revoke ID --reason ""` (a variable left empty in a script) revoked as
+    unspecified: a keyCompromise meant was published as no compromise, and final. Left out,
+    the reason is still unspecified."""
+    cert = api.issue()
+    r = api.post(ISSUERS, api.admin_key, json={"id": "empty-reason", "parent": "default"})
+    assert r.status_code == 201, r.text
+    before = api.counts()
+    reasons = "affiliationChanged, cessationOfOperation, keyCompromise, privilegeWithdrawn, "
+    said = {
+        f"{CERTS}/{cert['id']}/revoke": "an empty revocation reason: give one of "
+        f"{reasons}superseded, unspecified, or leave the reason out for unspecified",
+        f"{ISSUERS}/empty-reason/revoke": "an empty revocation reason: give one of "
+        "affiliationChanged, cACompromise, cessationOfOperation, keyCompromise, "
+        "privilegeWithdrawn, superseded, unspecified, or leave the reason out for unspecified",
+    }
+    for path, detail in said.items():
+        for empty in ("", " "):
+            r = api.post(path, api.admin_key, json={"reason": empty})
+            assert assert_problem(r, 400)["detail"] == detail, (path, empty)
+    assert api.counts() == before
+    assert api.get(f"{CERTS}/{cert['id']}", api.admin_key).json()["status"] == "active"
+    assert api.get(f"{ISSUERS}/empty-reason", api.admin_key).json()["status"] == "active"
+    # Negative twin: null (as the CLI sends without --reason) is unspecified.
+    r = api.post(f"{CERTS}/{cert['id']}/revoke", api.admin_key, json={"reason": None})
+    assert r.status_code == 200, r.text
+    assert r.json()["revocation_reason"] == "unspecified"
+
+
 def test_hold_and_remove_from_crl_are_refused_saying_why(api: Api) -> None:
     """Both are RFC 5280 reasons: "unknown revocation reason" told the caller a lie."""
     cert = api.issue()

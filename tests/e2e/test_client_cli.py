@@ -123,6 +123,27 @@ def _admin_env(server: CertctlServer) -> dict[str, str]:
     return {"CERTCTL_API_KEY": server.admin_key, "CERTCTL_CA_CERT": str(server.ca)}
 
 
+def test_revoke_with_an_empty_reason_is_refused_and_revokes_nothing(
+    default_server: CertctlServer,
+) -> None:
+    # `--reason "$REASON"` with REASON unset revoked as unspecified, for good.
+    env = _admin_env(default_server)
+    issued = ok(_certctl(default_server, "certs", "issue", "--cn", "empty-reason.example", **env))
+    cert_id = json.loads(issued.stdout)["id"]
+    refused = _certctl(default_server, "certs", "revoke", cert_id, "--reason", "", **env)
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stdout == ""
+    assert refused.stderr.startswith(
+        "certctl: error: HTTP 400: an empty revocation reason: give one of affiliationChanged, "
+    ), refused.stderr
+    assert refused.stderr.endswith(", or leave the reason out for unspecified\n")
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    shown = json.loads(ok(_certctl(default_server, "certs", "get", cert_id, **env)).stdout)
+    assert shown["status"] == "active"
+    revoked = json.loads(ok(_certctl(default_server, "certs", "revoke", cert_id, **env)).stdout)
+    assert (revoked["status"], revoked["revocation_reason"]) == ("revoked", "unspecified")
+
+
 def test_issue_into_an_unwritable_place_asks_nothing_of_the_server(
     default_server: CertctlServer, tmp_path: Path
 ) -> None:

@@ -572,14 +572,22 @@ def newly_below_revoked(
 
 
 def check_reason(reason: str | None, *, issuer: bool = False) -> str:
-    """``reason``, ``unspecified`` when left out.
+    """``reason``, ``unspecified`` when left out (None).
 
     Raises:
-        InvalidRequest: not one of REVOCATION_REASONS, or of ISSUER_REVOCATION_REASONS
-            for an ``issuer``.
+        InvalidRequest: empty, or not one of REVOCATION_REASONS, or of
+            ISSUER_REVOCATION_REASONS for an ``issuer``.
     """
-    reason = reason or "unspecified"
     allowed = ISSUER_REVOCATION_REASONS if issuer else REVOCATION_REASONS
+    if reason is None:
+        return "unspecified"
+    if not reason.strip():
+        # `--reason "$REASON"` with the variable unset: taken as unspecified, a revocation
+        # meant as keyCompromise was published (for good) as no compromise.
+        raise InvalidRequest(
+            f"an empty revocation reason: give one of {', '.join(allowed)}, or leave the "
+            "reason out for unspecified"
+        )
     if reason in allowed:
         return reason
     instead = (
