@@ -93,22 +93,57 @@ def test_two_first_starts_at_once_share_one_kek_and_ca(tmp_path: Path) -> None:
             server.stop()
 
 
-def _serve_on_one_stream(data: Path, log: Path) -> CertctlServer:
-    """``certctl serve`` with stdout and stderr in one file, as a terminal shows them."""
+def _serve_on_one_stream(data: Path, log: Path, cwd: Path | None = None) -> CertctlServer:
+    """``certctl serve`` with stdout and stderr in one file, as a terminal shows them.
+
+    ``data`` as given on the command line: relative to ``cwd`` if it is relative.
+    """
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
     env["PYTHONUNBUFFERED"] = "1"
     argv = [require("certctl"), "serve", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=cwd
         )
+    data = (cwd or Path.cwd()) / data
     server = CertctlServer(proc, port, data, data / "tls" / "ca.crt", log, log, None)
     try:
         assert _wait_ready(server)
     finally:
         server.stop()
     return server
+
+
+def test_a_relative_data_dir_is_printed_absolute_so_its_commands_work_anywhere(
+    tmp_path: Path,
+) -> None:
+    # `certctl serve --data-dir data` said "saved 0600 in data/admin-api-key" and
+    # "`certctl admin-key --data-dir data` mints a new one": wrong from any other directory
+    # (a second terminal, a unit file's WorkingDirectory).
+    home = tmp_path / "home"
+    home.mkdir()
+    data = home / "my data"  # a space: the printed command must quote it
+    key_file = data / "admin-api-key"
+    first = _serve_on_one_stream(Path("my data"), tmp_path / "first.log", cwd=home)
+    assert f"Admin API key (shown once; also saved 0600 in {key_file}):\n" in first.logs()[0]
+    again = _serve_on_one_stream(Path("my data"), tmp_path / "again.log", cwd=home)
+    assert f"certctl is starting. Admin API key: see {key_file}\n" in again.logs()[0]
+    key_file.unlink()
+    lost = _serve_on_one_stream(Path("my data"), tmp_path / "lost.log", cwd=home).logs()[0]
+    said = re.search(r"Admin API key: (.+) is missing; `(certctl admin-key [^`]+)` mints", lost)
+    assert said is not None, lost
+    assert said.group(1) == str(key_file)
+    assert said.group(2) == f"certctl admin-key --data-dir '{data}'"
+    # Pasted in another directory, it mints the key into the server's data dir.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    env["PATH"] = f"{Path(require('certctl')).parent}:{env['PATH']}"
+    minted = run("bash", "-c", said.group(2), cwd=elsewhere, env=env)
+    assert minted.returncode == 0, minted.stderr
+    assert key_file.read_text().startswith("cctl_")
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_first_start_banner_is_not_buried_under_alembic_lines(tmp_path: Path) -> None:

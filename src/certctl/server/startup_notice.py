@@ -95,11 +95,16 @@ def announce(
     stdout that cannot be written is logged (never the notice, which may hold the key).
     """
     url = _url(scheme, *config.host_port)
+    # Absolute, as the CA file's: `--data-dir data` printed data/admin-api-key and
+    # `certctl admin-key --data-dir data`, wrong from any other directory.
+    key_file = boot.admin_key_file.resolve()
+    # Quoted as the curl line's: a data dir with a space split the pasted command.
+    data_dir = shlex.quote(str(config.data_dir.resolve()))
     out = io.StringIO()
     if stored_in is not None:
         out.write(
             f"certctl is starting. Admin API key: in {stored_in}, not printed "
-            f"(also saved 0600 in {boot.admin_key_file})\n"
+            f"(also saved 0600 in {key_file})\n"
         )
     elif boot.admin_key is not None:
         out.write(
@@ -107,29 +112,29 @@ def announce(
                 [
                     "",
                     "certctl is starting. Admin API key (shown once; also saved 0600 in "
-                    f"{boot.admin_key_file}):",
+                    f"{key_file}):",
                     f"  {boot.admin_key}",
                     "",
                 ]
             )
             + "\n"
         )
-    elif boot.admin_key_file.is_file():
-        out.write(f"certctl is starting. Admin API key: see {boot.admin_key_file}\n")
+    elif key_file.is_file():
+        out.write(f"certctl is starting. Admin API key: see {key_file}\n")
     elif config.database_url is not None:
         # A second replica has none (the first start wrote it in the first replica's data
         # dir), and `certctl admin-key --data-dir D` alone looked for SQLite in D: "no such
         # database". The URL is never repeated here: it may hold a password.
         out.write(
-            f"certctl is starting. Admin API key: {boot.admin_key_file} is missing; copy "
+            f"certctl is starting. Admin API key: {key_file} is missing; copy "
             f"another replica's, or mint one with `certctl admin-key --data-dir "
-            f"{config.data_dir}` given this server's database-url (its --config, "
+            f"{data_dir}` given this server's database-url (its --config, "
             f"--database-url or CERTCTL_DATABASE_URL) and CERTCTL_MASTER_KEY\n"
         )
     else:
         out.write(
-            f"certctl is starting. Admin API key: {boot.admin_key_file} is missing; "
-            f"`certctl admin-key --data-dir {config.data_dir}` mints a new one\n"
+            f"certctl is starting. Admin API key: {key_file} is missing; "
+            f"`certctl admin-key --data-dir {data_dir}` mints a new one\n"
         )
     if ca_path:
         out.write(f"CA certificate: {ca_path}\n")
@@ -140,10 +145,10 @@ def announce(
         cacert += "--cert client.crt --key client.key "
     out.write(
         f'Try: curl {cacert}-H "Authorization: Bearer '
-        f'$(cat {shlex.quote(str(boot.admin_key_file.resolve()))})" '
+        f'$(cat {shlex.quote(str(key_file))})" '
         f"{url}/api/v1/auth/whoami\n"
     )
-    out.write(_cli_line(config, url, ca_path, boot.admin_key_file.resolve()))
+    out.write(_cli_line(config, url, ca_path, key_file))
     if config.metrics.listen:
         # Else nothing said the second listener was up, nor where to point Prometheus.
         plain = not config.metrics.secure or config.tls.mode == "disabled"
@@ -161,9 +166,9 @@ def announce(
         # word, even in the log.
         discard_stdout()  # else later flushes fail on it again
         # Never the notice itself in the log: it may hold the admin key, shown once.
-        where = f"; the admin API key is in {boot.admin_key_file}"
+        where = f"; the admin API key is in {key_file}"
         log.warning(
             "cannot print the start-up notice on stdout (%s)%s",
             exc.strerror or exc,
-            where if boot.admin_key_file.is_file() else "",
+            where if key_file.is_file() else "",
         )
