@@ -190,6 +190,29 @@ def test_admin_key_names_the_database_postgresql_refuses_or_an_empty_one(
     assert not (tmp_path / "data").exists()
 
 
+def test_a_replica_without_the_kek_is_told_to_take_the_others_key(
+    tmp_path: Path, postgres_cluster: PostgresCluster
+) -> None:
+    # A second replica started without CERTCTL_MASTER_KEY was told only of a backup.
+    url = postgres_cluster.url(postgres_cluster.create_database())
+    first = bootstrap(_config(tmp_path / "first", url))
+    first.services.engine.dispose()
+    second = tmp_path / "second"
+    second.mkdir()
+    expected = (
+        f"{second / 'kek'} is missing, but the database holds keys encrypted under it: set "
+        "CERTCTL_MASTER_KEY as the replicas already running on it have it, or restore kek from "
+        "a backup (or set CERTCTL_MASTER_KEY to its content); a new key would open none"
+    )
+    with pytest.raises(InvalidRequest) as caught:
+        bootstrap(_config(second, url))
+    assert str(caught.value) == expected
+    with pytest.raises(InvalidRequest) as caught:  # certctl admin-key
+        mint_local_key(_config(second, url), "admin")
+    assert str(caught.value) == expected
+    assert not (second / "kek").exists()
+
+
 def _role(postgres_cluster: PostgresCluster, database: str, *, owner: bool) -> str:
     """A login role (trust auth, as every role of the cluster) that may connect to ``database``."""
     import psycopg

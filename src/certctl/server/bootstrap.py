@@ -367,7 +367,7 @@ def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
     if default is None:
         _refuse_lost_database(config)
     # Keys are stored: a missing KEK file is an error, never replaced by a new, useless one.
-    kek = settled_kek(data_dir, default, create=not has_issuers)
+    kek = settled_kek(data_dir, default, create=not has_issuers, replicas=_replicas(engine))
     services = Services(
         engine,
         sessions,
@@ -469,7 +469,7 @@ def mint_local_key(config: ServerConfig, actor_id: str) -> api_keys.MintResult:
         lock = data_dir_lock(config.data_dir) if config.data_dir.is_dir() else None
         if lock is not None:
             hold_data_dir(lock, config.data_dir, exclusive=False)
-        kek = settled_kek(config.data_dir, default, create=False)
+        kek = settled_kek(config.data_dir, default, create=False, replicas=_replicas(engine))
         services = Services(engine, sessions, KeyWrapper(kek))
         check_kek(services, default, config.data_dir)
         return api_keys.mint_api_key(services, None, actor_id, "local", None)
@@ -515,6 +515,11 @@ def existing_store(
         engine.dispose()
 
 
+def _replicas(engine: Engine) -> bool:
+    """Whether other servers may share this store: PostgreSQL's, not an SQLite file."""
+    return engine.dialect.name != "sqlite"
+
+
 def kek_opens(wrapper: KeyWrapper, default: Issuer) -> bool:
     """Whether ``wrapper``'s KEK opens the stored keys (the internal CA's stands for all)."""
     try:
@@ -524,14 +529,17 @@ def kek_opens(wrapper: KeyWrapper, default: Issuer) -> bool:
     return True
 
 
-def settled_kek(data_dir: Path, default: Issuer | None, *, create: bool) -> bytes:
+def settled_kek(
+    data_dir: Path, default: Issuer | None, *, create: bool, replicas: bool = False
+) -> bytes:
     """The KEK, after settling a rotation interrupted between its commit and its rename.
 
     ``kek.next`` beside ``kek``: if ``kek`` still opens the stored keys the rotation never
     committed, and ``kek.next`` (a key that opens nothing) is deleted; if ``kek.next`` opens
-    them, the crash came after the commit, and the rename is done now.
+    them, the crash came after the commit, and the rename is done now. ``replicas``: see
+    :func:`~certctl.store.keywrap.load_or_create_kek` (true but on SQLite).
     """
-    kek = load_or_create_kek(data_dir, create=create)
+    kek = load_or_create_kek(data_dir, create=create, replicas=replicas)
     pending = data_dir / NEXT_KEK
     if kek_source(data_dir) == MASTER_KEY_ENV or not pending.is_file():
         return kek

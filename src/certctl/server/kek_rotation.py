@@ -95,7 +95,8 @@ def rotate_kek(config: ServerConfig, show_new_key: Callable[[str], None]) -> Kek
         startup_lock(engine),
         _no_leader(engine),
     ):
-        old = settled_kek(data_dir, default, create=False)
+        # Only PostgreSQL's store has replicas to take a missing key from.
+        old = settled_kek(data_dir, default, create=False, replicas=engine.dialect.name != "sqlite")
         services = Services(engine, sessions, KeyWrapper(old))
         check_kek(services, default, data_dir)
         new = os.urandom(32)

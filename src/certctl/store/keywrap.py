@@ -133,8 +133,11 @@ def master_key_from_env() -> bytes | None:
     return kek
 
 
-def load_or_create_kek(data_dir: Path, *, create: bool = True) -> bytes:
+def load_or_create_kek(data_dir: Path, *, create: bool = True, replicas: bool = False) -> bytes:
     """Return the KEK from the environment, or ``<data-dir>/kek``, creating it (0600) if absent.
+
+    ``replicas``: the store may be shared by other servers (PostgreSQL), whose key the
+    refusal of a missing one then names; an SQLite file has no replicas to take it from.
 
     Raises:
         InvalidRequest: the key is malformed, or absent while ``create`` is false (the store
@@ -150,11 +153,15 @@ def load_or_create_kek(data_dir: Path, *, create: bool = True) -> bytes:
         tighten_secret(path, logging.getLogger("certctl.store"))
         return read_kek_file(path)
     if not create:
+        from_replicas = (
+            f"set {MASTER_KEY_ENV} as the replicas already running on it have it, or "
+            if replicas
+            else ""
+        )
         raise InvalidRequest(
-            f"{path} is missing, but the database holds keys encrypted under it: set "
-            f"{MASTER_KEY_ENV} as the replicas already running on it have it, or restore "
-            f"{path.name} from a backup (or set {MASTER_KEY_ENV} to its content); a new key "
-            f"would open none"
+            f"{path} is missing, but the database holds keys encrypted under it: "
+            f"{from_replicas}restore {path.name} from a backup (or set {MASTER_KEY_ENV} to its "
+            f"content); a new key would open none"
         )
     kek = os.urandom(32)
     try:
@@ -162,5 +169,5 @@ def load_or_create_kek(data_dir: Path, *, create: bool = True) -> bytes:
         # stored): both then use the first one written.
         write_atomic(path, encode_kek(kek), SECRET_MODE, replace=False)
     except FileExistsError:
-        return load_or_create_kek(data_dir, create=False)
+        return load_or_create_kek(data_dir, create=False, replicas=replicas)
     return kek

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import delete, select
 
 from certctl.errors import InvalidRequest
-from certctl.server.bootstrap import Bootstrapped, bootstrap
+from certctl.server.bootstrap import Bootstrapped, bootstrap, mint_local_key
 from certctl.server.config import ServerConfig
 from certctl.store.models import Actor, ApiKey, Issuer
 from tests._tools import run
@@ -116,13 +116,17 @@ def test_a_missing_kek_is_not_replaced_while_keys_are_stored(tmp_path: Path) -> 
     (data / "kek").unlink()
     with pytest.raises(InvalidRequest) as caught:
         _boot(data)
-    # A second replica started without CERTCTL_MASTER_KEY was told only of a backup.
+    # An SQLite file has no replicas to take the key from: it named "the replicas already
+    # running on it" all the same (tests/faults/test_pg_start.py: PostgreSQL's do).
     assert str(caught.value) == (
-        f"{data / 'kek'} is missing, but the database holds keys encrypted under it: set "
-        "CERTCTL_MASTER_KEY as the replicas already running on it have it, or restore kek from "
-        "a backup (or set CERTCTL_MASTER_KEY to its content); a new key would open none"
+        f"{data / 'kek'} is missing, but the database holds keys encrypted under it: restore "
+        "kek from a backup (or set CERTCTL_MASTER_KEY to its content); a new key would open none"
     )
     assert not (data / "kek").exists()
+    with pytest.raises(InvalidRequest) as caught:  # certctl admin-key says the same
+        mint_local_key(ServerConfig.model_validate({"data-dir": str(data)}), "admin")
+    assert "replicas" not in str(caught.value)
+    assert str(caught.value).startswith(f"{data / 'kek'} is missing, but the database holds")
 
 
 def test_a_wrong_kek_is_named_and_never_shown(
