@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import secrets
 import socket
 import time
@@ -213,6 +214,10 @@ def test_a_replica_without_the_kek_is_told_to_take_the_others_key(
     assert not (second / "kek").exists()
 
 
+def _superuser(postgres_cluster: PostgresCluster) -> str:
+    return f"postgresql://postgres@127.0.0.1:{postgres_cluster.port}/postgres"
+
+
 def _role(postgres_cluster: PostgresCluster, database: str, *, owner: bool) -> str:
     """A login role (trust auth, as every role of the cluster) that may connect to ``database``."""
     import psycopg
@@ -239,12 +244,24 @@ def test_a_database_the_role_may_not_write_says_what_to_do(
     url = postgres_cluster.url(fresh).replace("postgres@", f"{role}:pw-not-shown@", 1)
     with pytest.raises(InvalidRequest) as caught:
         bootstrap(_config(tmp_path / "a", url))
+    # It said only createdb -O, which fits a database still to be made, not this one.
     assert str(caught.value) == (
         f"cannot start: PostgreSQL denied the role {role} a privilege (permission denied for "
-        f"schema public): the database and certctl's tables must belong to it (createdb -O "
-        f"{role}; pg_restore --no-owner --role={role})"
+        f"schema public): the database and certctl's tables must belong to it (a new "
+        f"database: createdb -O {role}; this one: ALTER DATABASE {fresh} OWNER TO {role}; a "
+        f"restore: pg_restore --no-owner --role={role})"
     )
     assert "pw-not-shown" not in str(caught.value)
+    # Done as said (by postgres), the same start goes through.
+    import psycopg
+
+    alter = re.search(r"this one: (ALTER DATABASE [^;]+);", str(caught.value))
+    assert alter is not None
+    with psycopg.connect(_superuser(postgres_cluster), autocommit=True) as conn:
+        conn.execute(alter.group(1).encode())
+    started = bootstrap(_config(tmp_path / "a", url))
+    started.services.engine.dispose()
+    assert started.admin_key is not None
 
     restored = postgres_cluster.create_database()
     superuser = bootstrap(_config(tmp_path / "b", postgres_cluster.url(restored)))

@@ -9,6 +9,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -153,14 +154,27 @@ def _privilege_refusal(exc: DBAPIError, url: str) -> str | None:
         return None
     from sqlalchemy.engine import make_url
 
-    role = make_url(url).username or "ROLE"
+    parsed = make_url(url)
+    role = parsed.username or "ROLE"
+    database = _identifier(parsed.database or "DATABASE")
     diag = getattr(orig, "diag", None)
     reason = getattr(diag, "message_primary", None) or "permission denied"
+    # createdb -O fits a database still to be made; the one refused already exists (made by
+    # postgres, say), and ALTER DATABASE gives it to the role (PostgreSQL 15's public
+    # schema belongs to the database's owner).
     return (
         f"PostgreSQL denied the role {role} a privilege ({reason}): the database and "
-        f"certctl's tables must belong to it (createdb -O {role}; pg_restore --no-owner "
-        f"--role={role})"
+        f"certctl's tables must belong to it (a new database: createdb -O {role}; this one: "
+        f"ALTER DATABASE {database} OWNER TO {_identifier(role)}; a restore: pg_restore "
+        f"--no-owner --role={role})"
     )
+
+
+def _identifier(name: str) -> str:
+    """``name`` as an SQL identifier to paste: quoted unless plain lower case (folded else)."""
+    if re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+        return name
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _private(data_dir: Path) -> None:
