@@ -25,6 +25,7 @@ from certctl.pki import (
     KeyType,
     common_name_dn,
     create_root_ca,
+    format_serial,
     generate_private_key,
     key_to_pem,
     verify_certificate,
@@ -549,6 +550,23 @@ def test_import_pem_pair(api: Api) -> None:
     leaf = _cert(api.issue(issuer="imported", common_name="imp.example.com")["certificate_pem"])
     leaf.verify_directly_issued_by(ca_cert)
     assert any(e["action"] == "issuer.import" for e in api.audit())
+    assert _stored_serials(api)["imported"] == format_serial(ca_cert.serial_number)
+
+
+def _stored_serials(api: Api) -> dict[str, str | None]:
+    """Each issuer's serial as stored beside its certificate (migration 0025)."""
+    with api.services.engine.connect() as connection:
+        return {i: s for i, s in connection.execute(select(Issuer.id, Issuer.serial))}
+
+
+def test_created_issuers_store_their_serial(api: Api) -> None:
+    """A root, an intermediate and the bootstrapped default: what a parent's CRL lists."""
+    made = {"default": _cert(api.get(f"{ISSUERS}/default/ca.pem").text)}
+    r = api.post(ISSUERS, api.admin_key, json={"id": "root"})
+    assert r.status_code == 201, r.text
+    made["root"] = _cert(r.json()["certificate_pem"])
+    made["sub"] = _intermediate(api, "sub")
+    assert _stored_serials(api) == {i: format_serial(c.serial_number) for i, c in made.items()}
 
 
 def test_import_refuses_incomplete_or_mismatched_material(api: Api) -> None:
@@ -1164,9 +1182,16 @@ def test_key_compromise_of_an_intermediate_revoked_for_another_reason(
 def _unlistable(parent: str, child: str) -> str:
     return (
         f"issuer {parent}: its revoked intermediate {child} has a stored certificate that cannot "
-        "be read (cut short or written over in the database outside certctl), and its serial is "
-        f"stored nowhere else, so no CRL of {parent} can list it"
+        "be read (cut short or written over in the database outside certctl), and its serial was "
+        "not stored (a row from before migration 0025, or written by an older release), so no "
+        f"CRL of {parent} can list it"
     )
+
+
+def _store_serial(api: Api, issuer_id: str, serial: str | None) -> None:
+    """Set the issuer's stored serial behind certctl's back (None: as a row from before 0025)."""
+    with api.services.engine.begin() as connection:
+        connection.execute(update(Issuer).where(Issuer.id == issuer_id).values(serial=serial))
 
 
 def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_under_an_intermediate(
@@ -1175,8 +1200,9 @@ def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_under_an_intermed
     """Its parent an intermediate: that parent's CRL, and issuance from every intermediate,
     answered 500, as loading one judges it against every revoked issuer's certificate. The
     unreadable one is judged by the name stored beside it: a CA below it still signs nothing,
-    the others (its parent among them) sign; its parent's CRL is a 409 naming it (a CRL
-    leaving it off would have clients accept what it signed), the others' CRLs are served.
+    the others (its parent among them) sign; its parent's CRL lists it by the serial stored
+    beside it, and is a 409 naming it while that serial is not stored either (a CRL leaving
+    it off would have clients accept what it signed); the others' CRLs are served.
     """
     r = api.post(ISSUERS, api.admin_key, json={"id": "mid", "parent": "default", "path_length": 2})
     assert r.status_code == 201, r.text
@@ -1202,6 +1228,14 @@ def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_under_an_intermed
     issuers.refresh_cached_issuers(api.services)  # the periodic check reads them all
     for issuer_id in ("mid", "other", "below"):
         api.services.forget_issuer(issuer_id)  # as a process loading them afresh
+    later = api.issue(common_name="later.example.com", issuer="mid")
+    assert api.post(f"{CERTS}/{later['id']}/revoke", api.admin_key).status_code == 200
+    listed.add(int(later["serial"], 16))
+    assert api.openssl_crl_serials("mid", tmp_path) == listed  # signed anew, broken on it
+    _store_serial(api, "broken", None)  # as a row migrated from an unreadable PEM
+    again = api.issue(common_name="again.example.com", issuer="mid")
+    assert api.post(f"{CERTS}/{again['id']}/revoke", api.admin_key).status_code == 200
+    listed.add(int(again["serial"], 16))
     refused = assert_problem(api.get(f"{ISSUERS}/mid/crl"), 409)
     assert refused["detail"] == (
         f"{_unlistable('mid', 'broken')}; none is signed: restore intermediate broken's "
@@ -1219,21 +1253,25 @@ def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_under_an_intermed
     assert api.openssl_crl_serials("mid", tmp_path) == listed
 
 
-def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_makes_its_parents_crl_a_409(
+def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_is_listed_by_its_stored_serial(
     api: Api, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Its PEM cut short in the database (a restore, a hand edit) made every fetch of its
-    parent's CRL a 500 naming nothing. Its serial is only in that PEM, and a CRL leaving it
-    off would have every client checking the chain accept the certificates of a revoked CA:
-    no CRL is signed, a 409 names the row to restore (logged once), and once it is restored
-    the CRL lists it and every revocation made meanwhile.
+    parent's CRL a 500 naming nothing, then a 409 naming the row to restore, its serial
+    being only in that PEM. The serial is stored beside it now (migration 0025): the CRL
+    lists it from there, with its revocation date and reason, and every revocation made
+    since, and nothing is logged. Only a row without a stored serial (one migrated from an
+    unreadable PEM) keeps the 409 naming the row to restore (logged once); a readable PEM
+    gives such a row's serial (a row an older release wrote), and restored, it is listed.
     """
     broken = _intermediate(api, "broken")
     healthy = _intermediate(api, "healthy")
     leaf = api.issue(common_name="leaf.example.com")
-    for issuer_id in ("broken", "healthy"):
-        r = api.post(f"{ISSUERS}/{issuer_id}/revoke", api.admin_key, json={})
-        assert r.status_code == 200, r.text
+    r = api.post(f"{ISSUERS}/broken/revoke", api.admin_key, json={"reason": "cACompromise"})
+    assert r.status_code == 200, r.text
+    revoked_at = datetime.fromisoformat(r.json()["revoked_at"])
+    r = api.post(f"{ISSUERS}/healthy/revoke", api.admin_key, json={})
+    assert r.status_code == 200, r.text
     assert api.post(f"{CERTS}/{leaf['id']}/revoke", api.admin_key).status_code == 200
     listed = {broken.serial_number, healthy.serial_number, int(leaf["serial"], 16)}
     assert api.openssl_crl_serials("default", tmp_path) == listed
@@ -1248,6 +1286,17 @@ def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_makes_its_parents
     later = api.issue(common_name="later.example.com")
     assert api.post(f"{CERTS}/{later['id']}/revoke", api.admin_key).status_code == 200
     listed.add(int(later["serial"], 16))
+    assert api.openssl_crl_serials("default", tmp_path) == listed
+    entry = _openssl_crl_entry(api, "default", broken.serial_number, tmp_path)
+    assert f"Revocation Date: {revoked_at:%b %e %H:%M:%S %Y} GMT" in entry, entry
+    assert re.search(r"X509v3 CRL Reason Code: *\n *CA Compromise$", entry, re.M), entry
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 30] == []
+
+    # No serial stored, as a row migrated from a PEM that could not be read: the 409.
+    _store_serial(api, "broken", None)
+    again = api.issue(common_name="again.example.com")
+    assert api.post(f"{CERTS}/{again['id']}/revoke", api.admin_key).status_code == 200
+    listed.add(int(again["serial"], 16))
     before = api.counts()
     detail = (
         f"{_unlistable('default', 'broken')}; none is signed: restore intermediate broken's "
@@ -1260,6 +1309,7 @@ def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_makes_its_parents
     assert logged == [
         ("ERROR", f"{_unlistable('default', 'broken')}; none is signed until it is restored")
     ]
+    # Restored (its serial still not stored, as an older release writes a row): from its PEM.
     _store_certificate(api, "broken", pem)
     assert api.openssl_crl_serials("default", tmp_path) == listed
 
@@ -1372,13 +1422,8 @@ def test_an_intermediate_whose_stored_pem_is_unreadable_answers_409_naming_it(
         f"database outside certctl); it signs nothing until {restore} is restored"
     ]
     assert api.counts() == before
-    # Its parent's CRL lists it while its certificate can be read, and is a 409 naming it
-    # while it cannot (a CRL leaving a revoked CA off would have clients accept what it signed).
-    if column == "chain_pem":
-        assert broken.serial_number in api.openssl_crl_serials("default", tmp_path)
-    else:
-        refused = assert_problem(api.get(f"{ISSUERS}/default/crl"), 409)
-        assert refused["detail"].startswith(_unlistable("default", "broken"))
+    # Its parent's CRL lists it either way: by the serial stored beside its certificate.
+    assert api.openssl_crl_serials("default", tmp_path) == {broken.serial_number}
     # Restored: served again.
     with api.services.engine.begin() as connection:
         connection.execute(update(Issuer).where(Issuer.id == "broken").values({column: pem}))

@@ -35,6 +35,7 @@ from tests.unit.store.test_migration_head import (
     CERTIFICATE_ROW,
     ISSUER_ROW,
     downgrade_store,
+    issuer_serials_from_0024,
     renewed_by,
     revocable_issuers_from_0009,
     upgrade_from_0007_numbers_crls,
@@ -172,6 +173,16 @@ def test_0010_adds_issuer_revocation_to_a_postgresql_store_and_takes_it_back(
     engine = db.create_store_engine(postgres_cluster.url(postgres_cluster.create_database()))
     try:
         revocable_issuers_from_0009(engine)
+    finally:
+        engine.dispose()
+
+
+def test_0025_fills_the_issuer_serial_on_a_postgresql_store_and_takes_it_back(
+    postgres_cluster: PostgresCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = db.create_store_engine(postgres_cluster.url(postgres_cluster.create_database()))
+    try:
+        issuer_serials_from_0024(engine, caplog)
     finally:
         engine.dispose()
 

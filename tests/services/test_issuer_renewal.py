@@ -21,6 +21,7 @@ from certctl.pki import (
     CertificateAuthority,
     certs_to_pem,
     common_name_dn,
+    format_serial,
     generate_private_key,
     get_profile,
     key_to_pem,
@@ -126,6 +127,8 @@ def test_default_ca_renewed_with_its_own_key(any_env: Env) -> None:
         row = session.get(Issuer, DEFAULT)
         assert row is not None
         assert row.not_after == cert.not_valid_after_utc
+        # What an intermediate's parent CRL would list it by (migration 0025's column).
+        assert row.serial == format_serial(cert.serial_number)
     [event] = _renewals(env)
     assert event.actor == "system"
     assert event.target.startswith("default until ")

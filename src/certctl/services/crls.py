@@ -629,7 +629,7 @@ def _revoked_of(
     """(serial, revoked_at, reason, holder) of the issuer's revoked certificates, by serial.
 
     Its revoked intermediates included: they are certificates it signed too, kept in the
-    issuers table (few rows; the serial read from the certificate). ``holder`` names the
+    issuers table (few rows; the serial stored beside the certificate). ``holder`` names the
     row for the log (``certificate ID``, ``intermediate ID``). Those whose notAfter is
     before ``expired_before`` and whose revocation is before ``revoked_before`` are left out
     by the query (see :func:`_left_off`).
@@ -645,31 +645,13 @@ def _revoked_of(
     ]
     listed = {row[0] for row in rows}
     children: dict[str, tuple[Any, ...]] = {}
-    for child_id, pem, revoked_at, reason in connection.execute(_REVOKED_CHILDREN, parameters):
-        try:
-            certificate = x509.load_pem_x509_certificate(pem.encode())
-        except ValueError:
-            # A PEM cut short or written over in the store (a restore, a hand edit). Its
-            # serial is stored nowhere else (the issuers table has no column for it), and a
-            # CRL leaving it off would have every client checking the chain accept the
-            # certificates of a CA revoked (perhaps compromised) with one WARNING in a log:
-            # no CRL is signed, as before (a 500 naming nothing), now a 409 naming the row
-            # to restore, logged once per process and row.
-            message = (
-                f"issuer {issuer_id}: its revoked intermediate {child_id} has a stored "
-                "certificate that cannot be read (cut short or written over in the database "
-                "outside certctl), and its serial is stored nowhere else, so no CRL of "
-                f"{issuer_id} can list it"
-            )
-            seen = (issuer_id, child_id, hashlib.sha256(pem.encode()).digest())
-            if seen not in _UNLISTABLE_LOGGED:
-                _UNLISTABLE_LOGGED.add(seen)
-                log.error("%s; none is signed until it is restored", message)
-            raise Conflict(
-                f"{message}; none is signed: restore intermediate {child_id}'s certificate "
-                "from a backup"
-            ) from None
-        serial = format_serial(certificate.serial_number)
+    for child_id, stored, pem, revoked_at, reason in connection.execute(
+        _REVOKED_CHILDREN, parameters
+    ):
+        # The serial stored beside its PEM (migration 0025); the PEM is not read. Read from
+        # it, a PEM cut short or written over in the store (a restore, a hand edit) left
+        # nothing to list, and this CRL was a 409 until it was restored.
+        serial = stored if stored is not None else _serial_of(issuer_id, child_id, pem)
         if serial in listed:
             continue  # a serial appears once in a CRL (RFC 5280 5.1.2.6)
         first = children.get(serial)
@@ -682,6 +664,38 @@ def _revoked_of(
             # most appropriate reason (CA/B Forum BR 7.2.2) whichever id was revoked first.
             children[serial] = (serial, first[1], reason, first[3])
     return (*rows, *children.values())
+
+
+def _serial_of(issuer_id: str, child_id: str, pem: str) -> str:
+    """Revoked intermediate ``child_id``'s serial, read from its PEM: none was stored.
+
+    A row stored before migration 0025 whose PEM could not be read then, or one written by
+    an older release (a replica during a rolling update). Its PEM restored, it is listed.
+
+    Raises:
+        Conflict: the PEM cannot be read either, naming the row to restore (logged once per
+            process, row and stored text). A CRL leaving it off would have every client
+            checking the chain accept the certificates of a CA revoked (perhaps
+            compromised) with one WARNING in a log: no CRL is signed.
+    """
+    try:
+        certificate = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError:
+        message = (
+            f"issuer {issuer_id}: its revoked intermediate {child_id} has a stored "
+            "certificate that cannot be read (cut short or written over in the database "
+            "outside certctl), and its serial was not stored (a row from before migration "
+            f"0025, or written by an older release), so no CRL of {issuer_id} can list it"
+        )
+        seen = (issuer_id, child_id, hashlib.sha256(pem.encode()).digest())
+        if seen not in _UNLISTABLE_LOGGED:
+            _UNLISTABLE_LOGGED.add(seen)
+            log.error("%s; none is signed until it is restored", message)
+        raise Conflict(
+            f"{message}; none is signed: restore intermediate {child_id}'s certificate "
+            "from a backup"
+        ) from None
+    return format_serial(certificate.serial_number)
 
 
 _REVOKED_OF_ISSUER = (
@@ -703,7 +717,11 @@ _REVOKED_OF_ISSUER = (
 )
 _REVOKED_CHILDREN = (
     select(
-        ISSUERS.c.id, ISSUERS.c.certificate_pem, ISSUERS.c.revoked_at, ISSUERS.c.revocation_reason
+        ISSUERS.c.id,
+        ISSUERS.c.serial,
+        ISSUERS.c.certificate_pem,
+        ISSUERS.c.revoked_at,
+        ISSUERS.c.revocation_reason,
     )
     .where(
         ISSUERS.c.parent_id == bindparam("issuer_id"),

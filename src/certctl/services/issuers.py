@@ -105,6 +105,7 @@ def store_issuer(
         name=name or issuer_id,
         subject=ca.certificate.subject.rfc4514_string(),
         certificate_pem=certs_to_pem([ca.certificate]).decode(),
+        serial=format_serial(ca.certificate.serial_number),
         chain_pem=certs_to_pem(ca.chain).decode(),
         wrapped_key=services.wrapper.wrap(key_der, context=_issuer_context(issuer_id)),
         key_type=key_type_of(ca.private_key),
@@ -717,6 +718,7 @@ def renew_root_issuer(
         if x509.load_pem_x509_certificate(row.certificate_pem.encode()) == ca.certificate:
             wrote = True
             row.certificate_pem = certs_to_pem([renewed.certificate]).decode()
+            row.serial = format_serial(renewed.certificate.serial_number)
             row.not_after = renewed.certificate.not_valid_after_utc
             record(
                 session,

@@ -69,6 +69,12 @@ class Issuer(Base):
     name: Mapped[str] = mapped_column(String(200))
     subject: Mapped[str] = mapped_column(Text)
     certificate_pem: Mapped[str] = mapped_column(Text)
+    # Its certificate's serial (hex, as certificates.serial), kept beside the PEM (migration
+    # 0025): its parent's CRL lists it from here once it is revoked, so a PEM cut short or
+    # written over in the database no longer blocks that CRL. None: stored before 0025 from a
+    # PEM that could not be read, or by an older release (read from the PEM then). Text: an
+    # imported CA's serial may be longer than RFC 5280's 20 octets.
+    serial: Mapped[str | None] = mapped_column(Text, nullable=True)
     chain_pem: Mapped[str] = mapped_column(Text, default="")
     wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
     key_type: Mapped[str] = mapped_column(String(20))

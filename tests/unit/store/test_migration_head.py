@@ -15,6 +15,14 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, text
 
 from certctl.errors import CertctlError
+from certctl.pki import (
+    KeyType,
+    certs_to_pem,
+    common_name_dn,
+    create_root_ca,
+    format_serial,
+    generate_private_key,
+)
 from certctl.services import crls, service_reconcile
 from certctl.store import db
 
@@ -387,6 +395,96 @@ def test_0016_counts_service_changes_on_sqlite_and_takes_the_counter_back(
             )
         )
         assert connection.execute(text(db.SERVICE_GENERATION_SQL)).scalar_one() == 1
+
+
+def _issuer_pem(name: str) -> tuple[str, str]:
+    """A real CA certificate (PEM) and its serial as certctl prints it."""
+    now = datetime.now(UTC)
+    key = generate_private_key(KeyType.EC_P256)
+    issued = create_root_ca(key, common_name_dn(name), validity=timedelta(days=30), now=now)
+    return certs_to_pem([issued.certificate]).decode(), format_serial(
+        issued.certificate.serial_number
+    )
+
+
+def _issuers_trigger(engine: Engine) -> str:
+    """The definition of 0020's trigger counting the changes to a parent's CRL list."""
+    name = "crl_revocations_issuers_update"
+    query = (
+        "SELECT sql FROM sqlite_master WHERE name = :name"
+        if engine.dialect.name == "sqlite"
+        else "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE tgname = :name"
+    )
+    with engine.connect() as connection:
+        return str(connection.execute(text(query), {"name": name}).scalar_one())
+
+
+def _revocations_of(engine: Engine, issuer_id: str) -> int:
+    with engine.connect() as connection:
+        query = text("SELECT revocations FROM issuers WHERE id = :id")
+        return int(connection.execute(query, {"id": issuer_id}).scalar_one())
+
+
+def issuer_serials_from_0024(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """0025 fills each issuer's serial from its PEM; one that cannot be read gets NULL (a
+    warning naming it) and the migration goes on. The CRL counter watches the serial, and
+    both are taken back as they were."""
+    db.migrate(engine)
+    downgrade_store(engine, "0024")
+    at_0024 = _issuers_trigger(engine)
+    root_pem, root_serial = _issuer_pem("root")
+    child_pem, child_serial = _issuer_pem("child")
+    row = (
+        "INSERT INTO issuers (id, name, subject, certificate_pem, chain_pem, wrapped_key,"
+        " key_type, not_after, created_at, parent_id, revoked_at, revocation_reason) VALUES"
+        " (:id, :id, 'CN=x', :pem, '', :key, 'ec-p256', '2027-01-01 00:00:00',"
+        " '2026-01-01 00:00:00', :parent, :revoked_at, :reason)"
+    )
+    revoked = {"revoked_at": datetime(2026, 6, 1, tzinfo=UTC), "reason": "cACompromise"}
+    unrevoked = {"parent": None, "revoked_at": None, "reason": None}
+    with engine.begin() as connection:
+        for values in (
+            {"id": "root", "pem": root_pem} | unrevoked,
+            {"id": "child", "pem": child_pem, "parent": "root"} | revoked,
+            {"id": "broken", "pem": child_pem[: len(child_pem) // 2], "parent": "root"} | revoked,
+        ):
+            connection.execute(text(row), values | {"key": b"\0"})
+    counted = _revocations_of(engine, "root")
+    with caplog.at_level(logging.WARNING, logger="certctl.store"):
+        db.migrate(engine)
+    assert _at_head(engine)
+    with engine.connect() as connection:
+        serials = dict(connection.execute(text("SELECT id, serial FROM issuers")).all())
+    assert serials == {"root": root_serial, "child": child_serial, "broken": None}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "migration 0025: issuer broken: its stored certificate cannot be read (cut short or "
+        "written over in the database outside certctl), so its serial is not stored; once it "
+        "is revoked, its parent's CRL answers 409 until its certificate is restored from a "
+        "backup"
+    ]
+    assert _revocations_of(engine, "root") == counted  # filling it changed no CRL's list
+    with engine.begin() as connection:  # set by hand: the revoked one's parent CRL changes
+        connection.execute(text("UPDATE issuers SET serial = '01' WHERE id = 'broken'"))
+        connection.execute(text("UPDATE issuers SET serial = '02' WHERE id = 'root'"))
+    assert _revocations_of(engine, "root") == counted + 1
+    downgrade_store(engine, "0024")
+    assert _issuers_trigger(engine) == at_0024
+    with engine.connect() as connection:
+        assert "serial" not in connection.execute(text("SELECT * FROM issuers")).keys()
+        assert len(connection.execute(text("SELECT id FROM issuers")).all()) == 3
+    with engine.begin() as connection:  # 0020's trigger counts a certificate changed still
+        connection.execute(text("UPDATE issuers SET certificate_pem = 'x' WHERE id = 'child'"))
+    assert _revocations_of(engine, "root") == counted + 2
+    db.migrate(engine)
+    assert _at_head(engine)
+
+
+def test_0025_fills_the_issuer_serial_from_each_pem_and_takes_it_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    issuer_serials_from_0024(engine, caplog)
 
 
 def test_a_database_from_a_newer_certctl_is_refused_with_what_to_do(tmp_path: Path) -> None:
