@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import event, select, text, update
 
 from certctl.api.issuer_routes import CA_READ_THREADS
-from certctl.errors import CertctlError
+from certctl.errors import CertctlError, Conflict
 from certctl.pki import (
     CertificateAuthority,
     KeyType,
@@ -30,7 +30,7 @@ from certctl.pki import (
     key_to_pem,
     verify_certificate,
 )
-from certctl.services import issuer_revocation, issuers, revocation
+from certctl.services import crls, issuer_revocation, issuers, revocation
 from certctl.services.context import Services
 from certctl.store.models import Issuer
 from tests._tools import ok, openssl_req, run
@@ -1306,8 +1306,21 @@ def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_is_listed_by_its_
         assert assert_problem(api.get(f"{ISSUERS}/default/{path}"), 409)["detail"] == detail
     assert api.counts() == before
     logged = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= 30]
-    assert logged == [
-        ("ERROR", f"{_unlistable('default', 'broken')}; none is signed until it is restored")
+    error = ("ERROR", f"{_unlistable('default', 'broken')}; none is signed until it is restored")
+    assert logged == [error]
+    # Once per process: another one (a worker, a replica) says it in its own log, once.
+    from tests.api.test_certificates import _replica
+
+    other = _replica(api, api.clock)
+    try:
+        for _ in range(2):
+            with pytest.raises(Conflict, match=re.escape(detail)):
+                crls.crl_for(other, "default")
+    finally:
+        other.engine.dispose()
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= 30] == [
+        error,
+        error,
     ]
     # Restored (its serial still not stored, as an older release writes a row): from its PEM.
     _store_certificate(api, "broken", pem)

@@ -5,17 +5,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NoReturn
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from certctl.errors import PermissionDenied
+from certctl.errors import Conflict, PermissionDenied
 from certctl.pki import CertificateAuthority, SubjectAltNames
 from certctl.store.groupcommit import GroupCommit
 from certctl.store.keywrap import KeyWrapper
@@ -23,6 +25,7 @@ from certctl.store.keywrap import KeyWrapper
 __all__ = [
     "IssuerCertificates",
     "IssuerRevocation",
+    "LoggedOnce",
     "Principal",
     "Services",
     "SignedCrl",
@@ -133,6 +136,57 @@ class IssuerCertificates:
     chain: tuple[x509.Certificate, ...]
 
 
+class LoggedOnce:
+    """What a process said in its log already, so that it says it once.
+
+    A condition every request meets again (a public CRL fetched by every client, a row
+    nothing caches) is one line in the log, not one per request. A key names the condition
+    (its kind first, then what it is about: an issuer, a digest of what is stored). Held by
+    :class:`Services`, so it is per process, as the log is.
+    """
+
+    def __init__(self) -> None:
+        self._said: set[Hashable] = set()
+        self._lock = threading.Lock()
+
+    def first(self, key: Hashable) -> bool:
+        """Whether ``key`` is new (say it now); False until it is :meth:`forget`-ten."""
+        with self._lock:
+            if key in self._said:
+                return False
+            self._said.add(key)
+            return True
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._said
+
+    def forget(self, key: Hashable) -> bool:
+        """The condition ended (said again when it comes back); whether ``key`` was said."""
+        if key not in self._said:  # every CRL fetch asks: no lock for the usual answer
+            return False
+        with self._lock:
+            if key not in self._said:
+                return False
+            self._said.discard(key)
+            return True
+
+    def refuse(self, key: Hashable, message: str, logged: str, refused: str) -> NoReturn:
+        """A 409 ``message; refused``, logged as the ERROR ``message; logged`` once per ``key``.
+
+        For what is stored that certctl cannot use (changed in the database outside it):
+        each request refused reads it again, and the log names it once.
+
+        Raises:
+            Conflict: always.
+        """
+        if self.first(key):
+            _log.error("%s; %s", message, logged)
+        raise Conflict(f"{message}; {refused}")
+
+
+_log = logging.getLogger("certctl.services")
+
+
 @dataclass
 class Services:
     """Store handles shared by the use cases; issuer keys are loaded once and cached."""
@@ -186,6 +240,8 @@ class Services:
     crl_signed_here: dict[str, datetime] = field(default_factory=dict)
     # Issuer id -> the lock its CRL is signed under in this process (``crl_signer``).
     _crl_signers: dict[str, threading.Lock] = field(default_factory=dict)
+    # The warnings and errors said once in this process (see LoggedOnce).
+    logged: LoggedOnce = field(default_factory=LoggedOnce)
     commits: GroupCommit = field(init=False)
 
     def __post_init__(self) -> None:

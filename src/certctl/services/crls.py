@@ -100,8 +100,9 @@ def served_crl(services: Services, issuer_id: str) -> SignedCrl:
             # reads show it current, not 10 minutes only.
             services.crl_confirmed[issuer_id] = (kept.number, asked, generation)
         if not _kept_current(services, issuer_id, kept, now):
-            if issuer_id in _KEPT_LOGGED and issuer_id not in _KEPT_ENDED:
-                _KEPT_ENDED.add(issuer_id)
+            if (_KEPT, issuer_id) in services.logged and services.logged.first(
+                (_KEPT_ENDED, issuer_id)
+            ):
                 log.warning(
                     "issuer %s: no longer serving the CRL numbered %d: the store has not "
                     "shown it current for %d minutes, or a revocation was made here since; "
@@ -111,8 +112,7 @@ def served_crl(services: Services, issuer_id: str) -> SignedCrl:
                     CRL_REUSE // timedelta(minutes=1),
                 )
             raise
-        if issuer_id not in _KEPT_LOGGED:
-            _KEPT_LOGGED.add(issuer_id)
+        if services.logged.first((_KEPT, issuer_id)):
             log.warning(
                 "issuer %s: serving the CRL numbered %d served last, for at most %d minutes "
                 "after the store last showed it current, until the store answers again (%s)",
@@ -123,9 +123,8 @@ def served_crl(services: Services, issuer_id: str) -> SignedCrl:
             )
         return kept
     services.crl_confirmed[issuer_id] = (served.number, asked, generation)
-    if issuer_id in _KEPT_LOGGED:
-        _KEPT_LOGGED.discard(issuer_id)
-        _KEPT_ENDED.discard(issuer_id)
+    if services.logged.forget((_KEPT, issuer_id)):
+        services.logged.forget((_KEPT_ENDED, issuer_id))
         log.info("issuer %s: CRLs come from the store again", issuer_id)
     return served
 
@@ -246,7 +245,7 @@ def _sign(
             # held (a process may have waited for it); the CRL's own time follows the number.
             now = max(now, services.clock())
             signed_at = _signed_at(number, now)
-            revoked = _revoked_of(connection, issuer_id, *_left_off(signed_at, stored))
+            revoked = _revoked_of(services, connection, issuer_id, *_left_off(signed_at, stored))
             reused = (
                 reuse and stored is not None and _reused(services, issuer_id, stored, current, now)
             )
@@ -497,8 +496,7 @@ def _served(
         return last
     crl = _checked(der, ca, stored_number)
     if crl is None:
-        if (issuer_id, stored_number) not in _UNUSABLE_LOGGED:
-            _UNUSABLE_LOGGED.add((issuer_id, stored_number))
+        if services.logged.first(("unusable stored CRL", issuer_id, stored_number)):
             log.warning(
                 "issuer %s: the stored CRL numbered %d is not one its CA signed under that "
                 "number (changed outside certctl?); a new one is signed in its place",
@@ -533,12 +531,10 @@ def _checked(
 
 
 log = logging.getLogger("certctl.services")
-# (issuer id, number) of stored CRLs _served found unusable: logged once per process.
-_UNUSABLE_LOGGED: set[tuple[str, int]] = set()
-# Issuers whose CRL served last is served while the store fails (said once per outage).
-_KEPT_LOGGED: set[str] = set()
-# Those of _KEPT_LOGGED whose CRL served last is no longer served (said once per outage).
-_KEPT_ENDED: set[str] = set()
+# Services.logged keys (with the issuer id): its CRL served last is served while the store
+# fails, and then no longer served; each said once per outage.
+_KEPT = "CRL kept"
+_KEPT_ENDED = "CRL kept no longer"
 # Store faults under which no process can record a revocation either (the database is down,
 # read-only or full), so the CRL served last is still the newest. Not a busy store (a pool,
 # lock or statement timeout): another process may just have committed a revocation, which
@@ -619,12 +615,12 @@ def _basis(ca: CertificateAuthority, revoked: tuple[tuple[Any, ...], ...]) -> st
     return digest.hexdigest()
 
 
-# (issuer, intermediate, digest of its stored text) logged as unreadable: once per process.
-_UNLISTABLE_LOGGED: set[tuple[str, str, bytes]] = set()
-
-
 def _revoked_of(
-    connection: Connection, issuer_id: str, expired_before: datetime, revoked_before: datetime
+    services: Services,
+    connection: Connection,
+    issuer_id: str,
+    expired_before: datetime,
+    revoked_before: datetime,
 ) -> tuple[tuple[Any, ...], ...]:
     """(serial, revoked_at, reason, holder) of the issuer's revoked certificates, by serial.
 
@@ -651,7 +647,7 @@ def _revoked_of(
         # The serial stored beside its PEM (migration 0025); the PEM is not read. Read from
         # it, a PEM cut short or written over in the store (a restore, a hand edit) left
         # nothing to list, and this CRL was a 409 until it was restored.
-        serial = stored if stored is not None else _serial_of(issuer_id, child_id, pem)
+        serial = stored if stored is not None else _serial_of(services, issuer_id, child_id, pem)
         if serial in listed:
             continue  # a serial appears once in a CRL (RFC 5280 5.1.2.6)
         first = children.get(serial)
@@ -666,7 +662,7 @@ def _revoked_of(
     return (*rows, *children.values())
 
 
-def _serial_of(issuer_id: str, child_id: str, pem: str) -> str:
+def _serial_of(services: Services, issuer_id: str, child_id: str, pem: str) -> str:
     """Revoked intermediate ``child_id``'s serial, read from its PEM: none was stored.
 
     A row stored before migration 0025 whose PEM could not be read then, or one written by
@@ -679,23 +675,21 @@ def _serial_of(issuer_id: str, child_id: str, pem: str) -> str:
             compromised) with one WARNING in a log: no CRL is signed.
     """
     try:
-        certificate = x509.load_pem_x509_certificate(pem.encode())
+        return format_serial(x509.load_pem_x509_certificate(pem.encode()).serial_number)
     except ValueError:
-        message = (
-            f"issuer {issuer_id}: its revoked intermediate {child_id} has a stored "
-            "certificate that cannot be read (cut short or written over in the database "
-            "outside certctl), and its serial was not stored (a row from before migration "
-            f"0025, or written by an older release), so no CRL of {issuer_id} can list it"
-        )
-        seen = (issuer_id, child_id, hashlib.sha256(pem.encode()).digest())
-        if seen not in _UNLISTABLE_LOGGED:
-            _UNLISTABLE_LOGGED.add(seen)
-            log.error("%s; none is signed until it is restored", message)
-        raise Conflict(
-            f"{message}; none is signed: restore intermediate {child_id}'s certificate "
-            "from a backup"
-        ) from None
-    return format_serial(certificate.serial_number)
+        pass  # refused below, outside this block: the parser's error is no part of the 409
+    message = (
+        f"issuer {issuer_id}: its revoked intermediate {child_id} has a stored "
+        "certificate that cannot be read (cut short or written over in the database "
+        "outside certctl), and its serial was not stored (a row from before migration "
+        f"0025, or written by an older release), so no CRL of {issuer_id} can list it"
+    )
+    services.logged.refuse(
+        ("unlistable intermediate", issuer_id, child_id, hashlib.sha256(pem.encode()).digest()),
+        message,
+        "none is signed until it is restored",
+        f"none is signed: restore intermediate {child_id}'s certificate from a backup",
+    )
 
 
 _REVOKED_OF_ISSUER = (

@@ -72,7 +72,7 @@ def revoke_issuer(
             )
         # Unreadable (cut short or written over in the database): a 409 naming it, as its
         # serial could be listed on no CRL; restored, it is revoked as any other.
-        cert, _ = stored_certificates(issuer_id, row.certificate_pem, row.chain_pem)
+        cert, _ = stored_certificates(services, issuer_id, row.certificate_pem, row.chain_pem)
         if cert.issuer == cert.subject and not row.chain_pem:
             raise Conflict(
                 f"issuer {issuer_id} is a root CA (self-signed): no CRL above it can list it; "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
@@ -496,7 +495,7 @@ def load_issuer_state(
         # key only: it was checked when created or imported, and AES-GCM authenticated it
         # just now, so these are the very bytes certctl checked.
         key = serialization.load_der_private_key(key_der, None, unsafe_skip_rsa_key_validation=True)
-        cert, chain = stored_certificates(issuer_id, row.certificate_pem, row.chain_pem)
+        cert, chain = stored_certificates(services, issuer_id, row.certificate_pem, row.chain_pem)
         if row.revoked_at is not None:
             revoked: IssuerRevocation | None = IssuerRevocation(
                 row.revoked_at, row.revocation_reason or "unspecified", issuer_id
@@ -511,6 +510,7 @@ def load_issuer_state(
         # could put another CA's certificate there, and certctl would sign leaves naming
         # that CA as their issuer.
         _refuse_stored_certificate(
+            services,
             issuer_id,
             cert.fingerprint(hashes.SHA256()),
             f"its key does not match its certificate ({_subject(cert)}), which was changed "
@@ -520,6 +520,7 @@ def load_issuer_state(
         # Not a CA, no BasicConstraints, an RSA-PSS key: what an import refuses with 400
         # (the request's fault). Stored, it is the store's state, not the caller's request.
         _refuse_stored_certificate(
+            services,
             issuer_id,
             cert.fingerprint(hashes.SHA256()),
             f"its stored certificate ({_subject(cert)}) cannot sign: {exc.detail}",
@@ -528,35 +529,30 @@ def load_issuer_state(
     return ca, revoked
 
 
-log = logging.getLogger("certctl.services")
-# (issuer id, SHA-256 of what is stored) pairs already logged by _refuse_stored_certificate:
-# its ERROR once per process, not once per refused request (nothing is cached, so each one
-# loads it again).
-_FOREIGN_LOGGED: set[tuple[str, bytes]] = set()
-
-
 def _subject(cert: x509.Certificate) -> str:
     return cert.subject.rfc4514_string()[:200]
 
 
 def _refuse_stored_certificate(
-    issuer_id: str, stored: bytes, why: str, restore: str = "its certificate"
+    services: Services, issuer_id: str, stored: bytes, why: str, restore: str = "its certificate"
 ) -> NoReturn:
     """409 naming the issuer, and its ERROR once per process and ``stored`` (a digest).
+
+    Once, not per refused request: nothing is cached, so each one loads it again.
 
     Raises:
         Conflict: always; ``why`` says what is wrong with the stored certificate.
     """
-    message = f"issuer {issuer_id}: {why}"
-    seen = (issuer_id, stored)
-    if seen not in _FOREIGN_LOGGED:
-        _FOREIGN_LOGGED.add(seen)
-        log.error("%s; it signs nothing until %s is restored", message, restore)
-    raise Conflict(f"{message}; it signs nothing: restore {restore} or use another issuer")
+    services.logged.refuse(
+        ("unusable issuer certificate", issuer_id, stored),
+        f"issuer {issuer_id}: {why}",
+        f"it signs nothing until {restore} is restored",
+        f"it signs nothing: restore {restore} or use another issuer",
+    )
 
 
 def stored_certificates(
-    issuer_id: str, certificate_pem: str, chain_pem: str
+    services: Services, issuer_id: str, certificate_pem: str, chain_pem: str
 ) -> tuple[x509.Certificate, tuple[x509.Certificate, ...]]:
     """The issuer's stored certificate and chain, parsed; a 409 naming it if they cannot be.
 
@@ -570,6 +566,7 @@ def stored_certificates(
         cert = x509.load_pem_x509_certificate(certificate_pem.encode())
     except ValueError:
         _refuse_stored_certificate(
+            services,
             issuer_id,
             hashlib.sha256(certificate_pem.encode()).digest(),
             "its stored certificate cannot be read (cut short or written over in the "
@@ -579,6 +576,7 @@ def stored_certificates(
         chain = tuple(x509.load_pem_x509_certificates(chain_pem.encode())) if chain_pem else ()
     except ValueError:
         _refuse_stored_certificate(
+            services,
             issuer_id,
             hashlib.sha256(chain_pem.encode()).digest(),
             "its stored chain cannot be read (cut short or written over in the database "
@@ -608,7 +606,7 @@ def load_issuer_certificates(services: Services, issuer_id: str) -> IssuerCertif
         ).one_or_none()
     if row is None:
         raise NotFound(f"issuer {issuer_id} not found")
-    certificates = IssuerCertificates(*stored_certificates(issuer_id, *row))
+    certificates = IssuerCertificates(*stored_certificates(services, issuer_id, *row))
     services.cache_certificates(issuer_id, certificates, version)
     return certificates
 
