@@ -70,8 +70,9 @@ def revoke_issuer(
                 f"issuer {issuer_id} is the CA of managed service {service}, which only its "
                 "reconciler manages: it cannot be revoked; delete the service to retire it"
             )
-        # Unreadable (cut short or written over in the database): a 409 naming it, as its
-        # serial could be listed on no CRL; restored, it is revoked as any other.
+        # Unreadable (cut short or written over in the database): a 409 naming it. Its
+        # serial is stored beside it (0025), but whether it is a root, which issuer signed
+        # it and what else holds its key are read from it; restored, it is revoked as any other.
         cert, _ = stored_certificates(services, issuer_id, row.certificate_pem, row.chain_pem)
         if cert.issuer == cert.subject and not row.chain_pem:
             raise Conflict(
