@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, func, literal, select
+from sqlalchemy import BigInteger, ColumnElement, func, literal, literal_column, select
 from sqlalchemy.orm import Session
 
 from certctl.services.context import Principal
@@ -95,6 +95,35 @@ def record_call(
     )
 
 
+# How much of ``actor`` (TEXT, any length) its index holds (migration 0026): a PostgreSQL
+# B-tree entry cannot pass 2,704 bytes, and a longer client certificate subject would have
+# made every audited call of its actor fail.
+_ACTOR_INDEXED = 200
+
+
+def _actor_prefix() -> ColumnElement[str]:
+    """``substr(actor, 1, 200)``, as migration 0026 indexes it.
+
+    Literals, not bound parameters: SQLite and PostgreSQL match an index's expression only
+    to the same expression, and ``substr(actor, ?, ?)`` is not that.
+    """
+    return func.substr(AuditEvent.actor, literal_column("1"), literal_column(str(_ACTOR_INDEXED)))
+
+
+def _actor_is(actor: str) -> list[ColumnElement[bool]]:
+    # The indexed first 200 characters, never "actor = ?" itself: given that, SQLite
+    # substitutes the value into substr(actor, …) (constant propagation), which then matches
+    # no index, and scanned the table. Shorter than 200 characters, the prefix is the whole
+    # actor: one condition, whose statistics PostgreSQL has (0026's ANALYZE); a second one
+    # it would take as independent of it, and think a frequent actor rare. substr counts
+    # characters on both backends, as Python's slices do.
+    conditions = [_actor_prefix() == actor[:_ACTOR_INDEXED]]
+    if len(actor) >= _ACTOR_INDEXED:
+        rest = func.substr(AuditEvent.actor, literal_column(str(_ACTOR_INDEXED + 1)))
+        conditions.append(rest == actor[_ACTOR_INDEXED:])
+    return conditions
+
+
 @dataclass(frozen=True)
 class AuditFilter:
     """Which audit events a listing returns; None is no filter.
@@ -125,13 +154,19 @@ def list_audit(
         query = query.where(AuditEvent.id < literal(after, BigInteger))
     if where is not None:
         if where.actor is not None:
-            query = query.where(AuditEvent.actor == where.actor)
+            query = query.where(*_actor_is(where.actor))
         if where.credential is not None:
             query = query.where(AuditEvent.credential == where.credential)
         if where.action is not None:
             query = query.where(AuditEvent.action == where.action)
         if where.outcome is not None:
-            query = query.where(AuditEvent.outcome == where.outcome)
+            outcome: ColumnElement[str] = AuditEvent.outcome.expression
+            if any(f is not None for f in (where.actor, where.credential, where.action)):
+                # Checked on the rows the other filter's index finds: SQLite plans without
+                # statistics and took the outcome's index for ?actor=<rare>&outcome=success,
+                # reading every success (60 ms at 200,000 events, from 25 ms by the table).
+                outcome = outcome.concat("")
+            query = query.where(outcome == where.outcome)
         if where.target is not None:
             # In either case on every backend, as `certs list -q`: SQLite's LIKE folds ASCII
             # letters and PostgreSQL's none, so an upper-case serial (openssl x509 -serial)

@@ -204,6 +204,15 @@ class AuditEvent(Base):
     """One audited action: every mutation and every authentication failure."""
 
     __tablename__ = "audit_events"
+    # The exact filters of GET /api/v1/audit, each with id: a filtered page is read in the
+    # listing's order (id DESC) and stops (migration 0026). The actor's first 200 characters
+    # only: a PostgreSQL B-tree entry cannot pass 2,704 bytes (services.audit._actor_prefix).
+    __table_args__ = (
+        Index("ix_audit_events_actor", text("substr(actor, 1, 200)"), "id"),
+        Index("ix_audit_events_credential", "credential", "id"),
+        Index("ix_audit_events_action", "action", "id"),
+        Index("ix_audit_events_outcome", "outcome", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
