@@ -288,10 +288,10 @@ def test_audit_filters_by_actor_action_outcome_target_and_time(api: Api) -> None
 
     assert listed(actor="ci") == [
         ("ci", "certificate.issue", "success"),
-        ("ci", "POST /api/v1/issuers", "denied"),
+        ("ci", "issuer.create", "denied"),
     ]
     assert listed(action="certificate.revoke") == [("admin", "certificate.revoke", "success")]
-    assert listed(outcome="denied") == [("ci", "POST /api/v1/issuers", "denied")]
+    assert listed(outcome="denied") == [("ci", "issuer.create", "denied")]
     assert listed(target=mine["id"]) == [
         ("ci", "certificate.issue", "success"),
         ("admin", "certificate.revoke", "success"),
@@ -303,7 +303,7 @@ def test_audit_filters_by_actor_action_outcome_target_and_time(api: Api) -> None
     assert listed(**window) == [
         ("ci", "certificate.issue", "success"),
         ("admin", "certificate.issue", "success"),
-        ("ci", "POST /api/v1/issuers", "denied"),
+        ("ci", "issuer.create", "denied"),
     ]
     # A time without a zone is UTC, "Z" is too; "since" is inclusive, "until" exclusive.
     naive = later.replace(tzinfo=None).isoformat()
@@ -313,7 +313,7 @@ def test_audit_filters_by_actor_action_outcome_target_and_time(api: Api) -> None
 
     # Filters page as the whole log does, the cursor kept with them.
     first = api.get(AUDIT, api.admin_key, params={"actor": "ci", "limit": 1}).json()
-    assert [e["action"] for e in first["items"]] == ["POST /api/v1/issuers"]
+    assert [e["action"] for e in first["items"]] == ["issuer.create"]
     rest = api.get(
         AUDIT, api.admin_key, params={"actor": "ci", "limit": 1, "cursor": first["next_cursor"]}
     ).json()
@@ -343,6 +343,50 @@ def test_audit_filters_by_actor_action_outcome_target_and_time(api: Api) -> None
     ]:
         body = assert_problem(api.get(AUDIT, api.admin_key, params=params), 400)
         assert body["detail"].startswith(detail), body
+
+
+def test_one_action_filter_finds_the_successes_and_the_refusals_alike(api: Api) -> None:
+    # A 403 was recorded under its method and route (POST /api/v1/certificates): an auditor
+    # asking ?action=certificate.issue saw the issuances and missed who was refused one.
+    viewer = api.key_with_permissions("viewer", ["cert.read", "auth.role.create"])
+    cert = api.issue()
+    assert_problem(api.post("/api/v1/certificates", viewer, json={"common_name": "x"}), 403)
+    assert_problem(api.post(f"/api/v1/certificates/{cert['id']}/renew", viewer), 403)
+    # A service's refusal too (the route's permission held, the role's permissions not).
+    role = {"id": "r-up", "permissions": ["cert.issue"]}
+    assert_problem(api.post("/api/v1/auth/roles", viewer, json=role), 403)
+    api.create_role("r-fine", ["cert.read"])
+
+    def listed(**params: str) -> list[tuple[str, str, str, str]]:
+        r = api.get(AUDIT, api.admin_key, params=params)
+        assert r.status_code == 200, r.text
+        return [
+            (e["actor"], e["outcome"], e["target"], e["detail"])
+            for e in reversed(r.json()["items"])
+        ]
+
+    issued = listed(action="certificate.issue")
+    assert [(actor, outcome) for actor, outcome, _, _ in issued] == [
+        ("admin", "success"),
+        ("viewer", "denied"),
+        ("viewer", "denied"),  # a renewal is an issuance, refused or not
+    ]
+    # The refused permission in the detail, the request's path in the target, as before.
+    assert issued[1][2:] == ("/api/v1/certificates", "missing permission cert.issue")
+    assert issued[2][2:] == (
+        f"/api/v1/certificates/{cert['id']}/renew",
+        "missing permission cert.issue",
+    )
+    assert listed(action="role.create", outcome="denied") == [
+        (
+            "viewer",
+            "denied",
+            "/api/v1/auth/roles",
+            "cannot create this role: it needs permission(s) you lack: cert.issue",
+        )
+    ]
+    assert [a for a, o, _, _ in listed(action="role.create")] == ["admin", "viewer", "admin"]
+    assert listed(action="POST /api/v1/certificates") == []  # the old form names nothing now
 
 
 def test_key_revocations_and_actor_deletions_say_which_keys_whose(api: Api) -> None:
@@ -425,11 +469,11 @@ def test_each_call_names_the_api_key_that_made_it(api: Api) -> None:
         ("admin", "apikey.create", f"apikey {admin_id}"),
         ("ci", "certificate.issue", f"apikey {ci_id}"),
         ("ci", "certificate.issue", f"apikey {other['id']}"),  # the renewal
-        ("ci", "POST /api/v1/issuers", f"apikey {other['id']}"),
+        ("ci", "issuer.create", f"apikey {other['id']}"),
     ]
     only = api.get(AUDIT, api.admin_key, params={"credential": f"apikey {other['id']}"})
     assert [e["action"] for e in only.json()["items"]] == [
-        "POST /api/v1/issuers",
+        "issuer.create",
         "certificate.issue",
     ]
     # Any other form matched nothing ("no events" for a key that made three): a 400 saying

@@ -669,7 +669,7 @@ def test_a_services_403_names_a_mapped_role_that_does_not_exist(api: Api) -> Non
         hint = "(role r-opertor of this client certificate's mapping does not exist)"
         lack = "cannot create this role: it needs permission(s) you lack: audit.read"
         assert detail == f"{lack} {hint}"
-        refused = [e for e in api.audit() if e["action"] == "POST /api/v1/auth/roles"]
+        refused = [e for e in api.audit() if e["action"] == "role.create"]
         assert refused[0]["detail"] == detail, refused  # newest first
         # The route's own check, once: not twice.
         detail = assert_problem(client.get("/api/v1/issuers"), 403)["detail"]
@@ -768,6 +768,6 @@ def test_a_client_certificate_whose_actor_passes_64_characters_is_served_and_aud
     assert_problem(mtls.client.post("/api/v1/issuers", json={"id": "nope"}), 403)
     events = [(e["actor"], e["action"], e["outcome"]) for e in api.audit()[:2]]
     assert events == [
-        (actor, "POST /api/v1/issuers", "denied"),
+        (actor, "issuer.create", "denied"),
         (actor, "certificate.issue", "success"),
     ]

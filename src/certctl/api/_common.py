@@ -60,6 +60,11 @@ class ApiRoute:
     summary: str
     body: type[BaseModel] | None = None
     success: int = 200
+    # A mutation's audit action, as its success records it (issuer.create): a 403 on this
+    # route is recorded under it too, so one ?action= finds an action's refusals with its
+    # successes. Where the body decides (an import, a service's creation), the one its
+    # permission is named after: a refused call's body is not read.
+    action: str = ""
 
 
 # Starlette's JSONResponse calls json.dumps with non-default options, which builds a new

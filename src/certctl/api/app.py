@@ -46,7 +46,7 @@ from certctl.api.issuer_routes import CA_READ_THREADS, ISSUER_ROUTES
 from certctl.api.metrics_routes import HEALTH_ROUTES, METRICS_ROUTES
 from certctl.api.problems import problem, problem_from_error
 from certctl.api.readiness import DatabaseProbe
-from certctl.api.router import PRINCIPAL, ApiRouter, route_endpoint
+from certctl.api.router import AUDIT_ACTION, PRINCIPAL, ApiRouter, route_endpoint
 from certctl.api.service_routes import SERVICE_ROUTES
 from certctl.api.throttle import AuthFailureLimiter
 from certctl.auth.apikeys import redact_keys
@@ -271,6 +271,18 @@ def _failure_audits(request: Request) -> anyio.CapacityLimiter:
     return limiter
 
 
+def _refused_action(request: Request) -> str:
+    """The action a 403 is recorded under: its route's, as a success records it.
+
+    The method and route only for a route that names none: a refusal recorded as
+    ``POST /api/v1/issuers`` was missed by an auditor filtering on ``issuer.create``.
+    """
+    action = request.scope.get(AUDIT_ACTION)
+    if isinstance(action, str) and action:
+        return action
+    return f"{request.method} {request.scope.get('certctl.route', request.url.path)}"
+
+
 def _audit_refusal(request: Request, actor: str, exc: CertctlError) -> None:
     services = _services(request)
     outcome = "denied"
@@ -281,7 +293,7 @@ def _audit_refusal(request: Request, actor: str, exc: CertctlError) -> None:
                 session,
                 at=services.clock(),
                 actor=actor,
-                action=f"{request.method} {request.scope.get('certctl.route', request.url.path)}",
+                action=_refused_action(request),
                 target=logged_path_of(request.scope)[:200],
                 outcome=outcome,
                 source=source_of(request),

@@ -288,6 +288,7 @@ AUTH_ROUTES: tuple[ApiRoute, ...] = (
         "Create a role",
         schemas.RoleCreate,
         201,
+        action="role.create",
     ),
     ApiRoute("GET", "/api/v1/auth/roles/{id}", "auth.role.read", get_role, "Get a role"),
     ApiRoute(
@@ -297,6 +298,7 @@ AUTH_ROUTES: tuple[ApiRoute, ...] = (
         update_role,
         "Update a role",
         schemas.RoleUpdate,
+        action="role.edit",
     ),
     ApiRoute(
         "DELETE",
@@ -306,6 +308,7 @@ AUTH_ROUTES: tuple[ApiRoute, ...] = (
         "Delete a role",
         None,
         204,
+        action="role.delete",
     ),
     ApiRoute("GET", "/api/v1/auth/actors", "auth.actor.read", list_actors, "List actors"),
     ApiRoute(
@@ -316,6 +319,7 @@ AUTH_ROUTES: tuple[ApiRoute, ...] = (
         "Create an actor",
         schemas.ActorCreate,
         201,
+        action="actor.create",
     ),
     ApiRoute("GET", "/api/v1/auth/actors/{id}", "auth.actor.read", get_actor, "Get an actor"),
     ApiRoute(
@@ -325,6 +329,7 @@ AUTH_ROUTES: tuple[ApiRoute, ...] = (
         patch_actor,
         "Update an actor",
         schemas.ActorPatch,
+        action="actor.edit",
     ),
     ApiRoute(
         "DELETE",
@@ -334,6 +339,7 @@ AUTH_ROUTES: tuple[ApiRoute, ...] = (
         "Delete an actor",
         None,
         204,
+        action="actor.delete",
     ),
     ApiRoute("GET", "/api/v1/auth/apikeys", "auth.apikey.read", list_apikeys, "List API keys"),
     ApiRoute(
@@ -344,6 +350,7 @@ AUTH_ROUTES: tuple[ApiRoute, ...] = (
         "Mint an API key (key_value shown once)",
         schemas.ApiKeyCreate,
         201,
+        action="apikey.create",
     ),
     ApiRoute("GET", "/api/v1/auth/apikeys/{id}", "auth.apikey.read", get_apikey, "Get an API key"),
     ApiRoute(
@@ -352,5 +359,6 @@ AUTH_ROUTES: tuple[ApiRoute, ...] = (
         "auth.apikey.revoke",
         revoke_apikey,
         "Revoke an API key",
+        action="apikey.revoke",
     ),
 )

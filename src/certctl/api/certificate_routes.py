@@ -275,6 +275,7 @@ CERTIFICATE_ROUTES: tuple[ApiRoute, ...] = (
         "Issue a certificate",
         schemas.CertificateIssue,
         201,
+        action="certificate.issue",
     ),
     ApiRoute(
         "GET",
@@ -290,6 +291,7 @@ CERTIFICATE_ROUTES: tuple[ApiRoute, ...] = (
         revoke_certificate,
         "Revoke a certificate",
         schemas.CertificateRevoke,
+        action="certificate.revoke",
     ),
     ApiRoute(
         "POST",
@@ -299,5 +301,6 @@ CERTIFICATE_ROUTES: tuple[ApiRoute, ...] = (
         "Renew a certificate",
         schemas.CertificateRenew,
         201,
+        action="certificate.issue",
     ),
 )

@@ -256,6 +256,7 @@ ISSUER_ROUTES: tuple[ApiRoute, ...] = (
         "Create or import an issuer",
         schemas.IssuerCreate,
         201,
+        action="issuer.create",
     ),
     ApiRoute("GET", "/api/v1/issuers/{id}", "issuer.read", get_issuer, "Get an issuer"),
     ApiRoute(
@@ -265,6 +266,7 @@ ISSUER_ROUTES: tuple[ApiRoute, ...] = (
         revoke_issuer,
         "Revoke an intermediate issuer (listed on its parent's CRL; it issues no more)",
         schemas.IssuerRevoke,
+        action="issuer.revoke",
     ),
     ApiRoute(
         "GET", "/api/v1/issuers/{id}/ca.pem", PUBLIC, issuer_ca_pem, "Issuer CA certificate (PEM)"

@@ -432,8 +432,8 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         _query(
             "action",
             _NON_EMPTY,
-            "action, exactly: certificate.issue, apikey.revoke, auth.failure, or a refused "
-            "call's method and route (POST /api/v1/issuers)",
+            "action, exactly: certificate.issue, apikey.revoke, auth.failure; a call refused "
+            "with 403 is recorded under the action its success records (outcome denied)",
         ),
         _query(
             "outcome",

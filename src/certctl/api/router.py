@@ -21,11 +21,14 @@ from certctl.api.authentication import (
 from certctl.errors import InvalidRequest, PermissionDenied
 from certctl.services.context import Principal
 
-__all__ = ["PRINCIPAL", "ApiRouter", "route_endpoint"]
+__all__ = ["AUDIT_ACTION", "PRINCIPAL", "ApiRouter", "route_endpoint"]
 
 # The scope key of a caller whose 403s have more to say: a client certificate mapping's roles
 # that do not exist (Principal.missing_roles), which the error handler names in each of them.
 PRINCIPAL = "certctl.principal"
+# The scope key of a mutating route's audit action (ApiRoute.action), which its 403 is
+# recorded under: the action its success records, not the method and route.
+AUDIT_ACTION = "certctl.audit_action"
 
 
 def route_endpoint(route: ApiRoute, auth: AuthSettings) -> Callable[[Request], Awaitable[Response]]:
@@ -38,6 +41,8 @@ def route_endpoint(route: ApiRoute, auth: AuthSettings) -> Callable[[Request], A
     async def endpoint(request: Request) -> Response:
         scope = request.scope
         scope["certctl.route"] = route.path
+        if route.action:
+            scope[AUDIT_ACTION] = route.action  # for a refusal's audit row
         # From the scope, not request.url / query_params: building those costs more than a
         # cached API-key check. The path is already percent-decoded, the query is not.
         query = scope.get("query_string", b"")

@@ -230,6 +230,7 @@ SERVICE_ROUTES: tuple[ApiRoute, ...] = (
         put_service,
         "Create or replace a service (TLSService document)",
         TLSServiceSpec,
+        action="service.edit",
     ),
     ApiRoute(
         "DELETE",
@@ -239,6 +240,7 @@ SERVICE_ROUTES: tuple[ApiRoute, ...] = (
         "Delete a service",
         None,
         204,
+        action="service.delete",
     ),
     ApiRoute(
         "POST",
@@ -248,6 +250,7 @@ SERVICE_ROUTES: tuple[ApiRoute, ...] = (
         "Reissue the service certificate now",
         None,
         202,
+        action="service.renew",
     ),
     ApiRoute(
         "DELETE",
@@ -257,6 +260,7 @@ SERVICE_ROUTES: tuple[ApiRoute, ...] = (
         "Stop trusting the replaced CAs now (ends their overlap in ca.crt at the next pass)",
         None,
         202,
+        action="service.drop-retired-ca",
     ),
     ApiRoute(
         "GET",
@@ -273,6 +277,7 @@ SERVICE_ROUTES: tuple[ApiRoute, ...] = (
         "Trust client certificates or CAs",
         ServiceClientAdd,
         201,
+        action="service.client.add",
     ),
     ApiRoute(
         "DELETE",
@@ -282,6 +287,7 @@ SERVICE_ROUTES: tuple[ApiRoute, ...] = (
         "Stop trusting a client certificate",
         None,
         204,
+        action="service.client.remove",
     ),
     ApiRoute(
         "GET",
