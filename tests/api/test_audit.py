@@ -389,6 +389,35 @@ def test_one_action_filter_finds_the_successes_and_the_refusals_alike(api: Api) 
     assert listed(action="POST /api/v1/certificates") == []  # the old form names nothing now
 
 
+def test_an_auditor_role_of_ones_own_looks_up_the_actors_and_keys_events_name(api: Api) -> None:
+    # r-auditor (audit.read alone, DESIGN §4) sees ids it cannot look up; the README's role
+    # for an auditor who must adds the reads of actors, keys and roles, none showing a secret.
+    api.create_role(
+        "r-audit-lookup", ["audit.read", "auth.actor.read", "auth.apikey.read", "auth.role.read"]
+    )
+    auditor = api.actor_key("auditor", ["r-audit-lookup"])
+    ci = api.key_with_permissions("ci", ["cert.issue"])
+    api.issue(ci)
+    r = api.get(AUDIT, auditor, params={"actor": "ci", "action": "certificate.issue"})
+    [event] = r.json()["items"]
+    key_id = event["credential"].removeprefix("apikey ")
+    assert ci.split("_")[1] == key_id
+    key = api.get(f"/api/v1/auth/apikeys/{key_id}", auditor)
+    assert key.status_code == 200, key.text
+    assert key.json()["actor_id"] == "ci"
+    assert "key_value" not in key.json()
+    assert ci.split("_", 2)[2] not in key.text
+    actor = api.get("/api/v1/auth/actors/ci", auditor)
+    assert actor.status_code == 200, actor.text
+    assert actor.json()["roles"] == ["p-ci"]
+    role = api.get("/api/v1/auth/roles/p-ci", auditor).json()
+    assert role["permissions"] == ["cert.issue"]
+    # The built-in r-auditor, as DESIGN §4 has it, may not.
+    plain = api.actor_key("plain-auditor", ["r-auditor"])
+    assert_problem(api.get(f"/api/v1/auth/apikeys/{key_id}", plain), 403)
+    assert_problem(api.get("/api/v1/auth/actors/ci", plain), 403)
+
+
 def test_key_revocations_and_actor_deletions_say_which_keys_whose(api: Api) -> None:
     # apikey.revoke named the key id alone, a second revocation (a no-op) read as a first,
     # and actor.delete, which deletes the actor's keys, left no word of which keys ended.
