@@ -14,7 +14,7 @@ __all__ = ["PROBLEM_TYPES", "problem", "problem_from_error", "problem_json"]
 # Each problem type: its URN slug and its title, by status. RFC 9457 3.1.3: a type's title
 # does not change from occurrence to occurrence; what happened this time is the detail's to
 # say (a weak key, a storage fault, two Host headers). The CertctlError classes carry these
-# titles (tests/unit/api/test_problems.py); the listener's own refusals (server/protocol.py)
+# titles (tests/unit/api/test_problems.py); the listener's own refusals (server/http_connection.py)
 # take theirs from here too.
 PROBLEM_TYPES: dict[int, tuple[str, str]] = {
     400: ("invalid-request", "Invalid request"),

@@ -39,8 +39,9 @@ from certctl.pki import (
     key_to_pem,
     key_type_of,
 )
+from certctl.pki.dn_display import stored_dn_search
 from certctl.pki.issue import BACKDATE
-from certctl.pki.names import SAN_KINDS, san_search_forms, stored_dn_search
+from certctl.pki.subject_alt_names import SAN_KINDS, san_search_forms
 from certctl.services.audit import event_values, record
 from certctl.services.certificate_cache import certificate_cache
 from certctl.services.context import IssuerRevocation, Principal, Services, connected
@@ -60,6 +61,7 @@ from certctl.services.issuers import (
     load_issuer_state,
 )
 from certctl.services.revocation import check_reason, issuer_revocations, revocations_by_issuer
+from certctl.spelling import did_you_mean
 from certctl.store.db import (
     REVOCATION_LOCK,
     contains_pattern,
@@ -183,12 +185,10 @@ def list_certificates(
             )
         )
     elif status is not None:
-        import difflib
-
         statuses = ("active", "expiring", "expired", "revoked")
         # `--status Revoked` or `revokd`: the one meant, as an unknown revocation reason does.
-        close = difflib.get_close_matches(status.lower(), statuses, n=1, cutoff=0.75)
-        meant = f"did you mean {close[0]}? " if close else ""
+        hint = did_you_mean(status, statuses)
+        meant = f"{hint} " if hint else ""
         raise InvalidRequest(f"{status}: unknown status ({meant}{', '.join(statuses)})")
     if expiring_within is not None:
         query = query.where(
