@@ -79,6 +79,13 @@ def create(
             choices = ", ".join(
                 r.value for r in x509.ReasonFlags if r is not x509.ReasonFlags.remove_from_crl
             )
+            if not reason.strip():
+                # `--reason "$REASON"` with the variable unset: said as the server says it,
+                # not as ": unknown reason".
+                raise typer.BadParameter(
+                    f"an empty revocation reason: give one of {choices}, or leave --reason "
+                    "out for unspecified"
+                )
             raise typer.BadParameter(f"{reason}: unknown reason (choose one of {choices})")
         if flag is x509.ReasonFlags.remove_from_crl:
             raise typer.BadParameter(

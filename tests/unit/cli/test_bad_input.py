@@ -807,6 +807,13 @@ CASES = [
         "bogus: unknown reason",
     ),
     _c(
+        # `--reason "$REASON"` with the variable unset: said so, not as ": unknown reason".
+        "crl-empty-reason",
+        ["crl", "create", "--ca", "ca", "--out", "new.crl", "--revoked", "1f", "--reason", ""],
+        2,
+        "an empty revocation reason: give one of unspecified, keyCompromise",
+    ),
+    _c(
         "crl-next-update-90X",
         "crl create --ca ca --out new.crl --next-update 90X",
         1,
