@@ -456,11 +456,17 @@ def _refuse_lost_database(config: ServerConfig) -> None:
 def check_kek(services: Services, default: Issuer, data_dir: Path) -> None:
     """Refuse a KEK that does not open the stored keys, naming where it came from."""
     if not kek_opens(services.wrapper, default):
+        # Replicas share a PostgreSQL store only: an SQLite file has one server (the data
+        # dir's lock), so there it is the key that server ran with.
+        before = (
+            f"the {MASTER_KEY_ENV} of the replicas already running on it"
+            if _replicas(services.engine)
+            else f"the {MASTER_KEY_ENV} it ran with before"
+        )
         raise InvalidRequest(
             f"the key-encryption key from {kek_source(data_dir)} does not decrypt the keys "
-            f"in the database: start with the one they were encrypted under (the "
-            f"{MASTER_KEY_ENV} of the replicas already running on it, the value the last "
-            f"`certctl kek rotate` printed, or {data_dir / 'kek'} from a backup)"
+            f"in the database: start with the one they were encrypted under ({before}, the "
+            f"value the last `certctl kek rotate` printed, or {data_dir / 'kek'} from a backup)"
         )
 
 

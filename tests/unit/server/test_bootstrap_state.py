@@ -140,12 +140,12 @@ def test_a_wrong_kek_is_named_and_never_shown(
     with pytest.raises(InvalidRequest) as caught:
         _boot(data)
     message = str(caught.value)
-    # A second replica started with another value was told only "CERTCTL_MASTER_KEY, or
-    # <data-dir>/kek from a backup": not that every replica needs the same one.
+    # An SQLite file has no replicas (tests/faults/test_pg_start.py shows PostgreSQL's
+    # message naming them): the key this server ran with.
     assert message == (
         "the key-encryption key from CERTCTL_MASTER_KEY does not decrypt the keys in the "
-        "database: start with the one they were encrypted under (the CERTCTL_MASTER_KEY of the "
-        "replicas already running on it, the value the last `certctl kek rotate` printed, or "
+        "database: start with the one they were encrypted under (the CERTCTL_MASTER_KEY it ran "
+        "with before, the value the last `certctl kek rotate` printed, or "
         f"{data / 'kek'} from a backup)"
     )
     assert wrong not in message
