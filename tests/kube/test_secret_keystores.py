@@ -356,3 +356,24 @@ def test_a_value_made_from_the_current_one_leaves_the_secret_unchanged(
     assert write() is WriteResult.UPDATED
     assert seen[-1] is None
     assert apiserver.secrets[(NAMESPACE, "es-tls")]["data"]["x.p12"] == b64(b"made")
+
+
+def test_a_password_that_is_not_utf8_fails_the_target_in_one_line(
+    apiserver: FakeApiServer, sa_dir: Path, env: Env
+) -> None:
+    # `openssl rand 24 > pw; kubectl create secret generic --from-file=password=pw`: bytes
+    # PKCS#12 cannot take (its passwords are text), refused as the other unusable passwords.
+    from certctl.services import service_reconcile
+
+    put_password(apiserver, b"\xff\xfe" + PASSWORD.encode())
+    env.put(service_doc("es", targets=[target()]))
+    row = service_reconcile.reconcile_service(
+        env.services, hooked(env, apiserver, sa_dir), "es", env.now
+    )
+    assert row.conditions["Ready"]["status"] is False, row.conditions
+    assert (
+        "secret:apps/es-http-certs: keystore password es-keystore-password/password: the "
+        "password is not valid UTF-8"
+    ) in row.conditions["Failed"]["message"]
+    assert PASSWORD not in str(row.conditions)
+    assert WHERE not in apiserver.secrets

@@ -305,7 +305,7 @@ def _read_password(path: Path, policy: TargetPolicy | None) -> bytes:
 
     Raises:
         DeliveryError: not a regular file, too large, or unreadable.
-        InvalidRequest: empty, or more than one line.
+        InvalidRequest: empty, more than one line, or not UTF-8.
     """
     import stat
 
@@ -348,6 +348,19 @@ def _read_password(path: Path, policy: TargetPolicy | None) -> bytes:
         # As the CLI refuses an empty password file: most often a Secret not filled in yet,
         # and a keystore under the empty password is readable by anyone who gets the file.
         raise InvalidRequest(f"passwordFile {path} is empty; put the password on one line")
+    return _utf8_password(password, f"passwordFile {path}")
+
+
+def _utf8_password(password: bytes, where: str) -> bytes:
+    """``password`` if it is UTF-8, as PKCS#12 needs (cryptography raises ValueError).
+
+    Raises:
+        InvalidRequest: it is not (``openssl rand 24 > pw``), in the CLI's words.
+    """
+    try:
+        password.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"{where}: the password is not valid UTF-8") from None
     return password
 
 
@@ -419,8 +432,8 @@ def _secret_password(target: SecretTarget, settings: ServiceSettings) -> bytes:
 
     Raises:
         DeliveryError: no Kubernetes connection, or the API unreachable.
-        InvalidRequest: the Secret is absent, not labelled, or its value empty or of more
-            than one line.
+        InvalidRequest: the Secret is absent, not labelled, or its value empty, of more
+            than one line or not UTF-8.
     """
     from certctl.pki.formats import password_file_line
     from certctl.targets.directory import DeliveryError
@@ -439,7 +452,7 @@ def _secret_password(target: SecretTarget, settings: ServiceSettings) -> bytes:
     if not password:
         # As cert-manager refuses it: a keystore under the empty password is no protection.
         raise InvalidRequest(f"{where} is empty; put the password there")
-    return password
+    return _utf8_password(password, where)
 
 
 def _delivery_digest(
