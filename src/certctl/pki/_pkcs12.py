@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-__all__ = ["mac_verifies", "merge_authenticated_safes"]
+__all__ = ["encryption_within", "mac_verifies", "merge_authenticated_safes"]
 
 _SEQUENCE, _INTEGER, _OCTET_STRING, _OID, _CONTEXT_0 = 0x30, 0x02, 0x04, 0x06, 0xA0
 # OID 1.2.840.113549.1.7.1 (id-data), DER-encoded with its tag and length.
@@ -32,6 +32,20 @@ _MAC_KEY_ID = 3  # RFC 7292 B.3: the KDF's ID byte for MAC keys
 # More MAC iterations than this in a file being diagnosed (mac_verifies) are not computed:
 # the loop is Python's, and a damaged count could ask for billions. OpenSSL writes 2048.
 _MAX_CHECKED_ITERATIONS = 100_000
+
+
+# The one password-based encryption certctl writes (to_pkcs12, to_pkcs12_truststore):
+# PBES2 with PBKDF2-HMAC-SHA256 and AES-256-CBC; DER of the OIDs, without tag and length.
+_ID_ENCRYPTED_DATA = bytes.fromhex("2a864886f70d010706")
+_PBES2 = bytes.fromhex("2a864886f70d01050d")
+_PBKDF2 = bytes.fromhex("2a864886f70d01050c")
+_HMAC_SHA256 = bytes.fromhex("2a864886f70d0209")
+_AES_256_CBC = bytes.fromhex("60864801650304012a")
+_CERT_BAG = bytes.fromhex("2a864886f70d010c0a0103")
+_SHROUDED_KEY_BAG = bytes.fromhex("2a864886f70d010c0a0102")
+# PBKDF2 iterations of a whole file, every encrypted part together, that encryption_within
+# accepts: cryptography writes 10,000 for the certificates and as many for the key.
+_MAX_KEY_ITERATIONS = 100_000
 
 
 class _IndefiniteLength(ValueError):
@@ -211,3 +225,118 @@ def merge_authenticated_safes(first: bytes, second: bytes, password: bytes) -> b
         _SEQUENCE, _ID_DATA + _element(_CONTEXT_0, _element(_OCTET_STRING, contents))
     )
     return _element(_SEQUENCE, _element(_INTEGER, b"\x03") + auth_safe + new_mac_data)
+
+
+def encryption_within(pfx: bytes, password: bytes) -> bool:
+    """Whether each encrypted part of ``pfx`` is as certctl writes it, at a bounded cost.
+
+    OpenSSL derives the key of each encrypted part (certificates, each key bag) with as many
+    PBKDF2 iterations as that part asks, and only a MAC that verifies proves nothing here:
+    whoever knows the password can ask for billions. So, before OpenSSL opens a file certctl
+    did not just write: PBES2 (PBKDF2-HMAC-SHA256, AES-256-CBC) only, at most
+    _MAX_KEY_ITERATIONS iterations in all, and only certificate and shrouded-key bags; the
+    encrypted contents are decrypted here (within that bound) to see the bags inside.
+
+    Raises:
+        ValueError: ``pfx`` is not a DER PFX, or its structure is damaged.
+    """
+    _, safes, _, _ = _split(pfx)
+    budget = [_MAX_KEY_ITERATIONS]
+    offset = 0
+    while offset < len(safes):
+        info, offset = _read(safes, offset, _SEQUENCE)
+        content_type, after = _read(info, 0, _OID)
+        explicit, _ = _read(info, after, _CONTEXT_0)
+        if content_type == _ID_DATA[2:]:
+            contents, _ = _read(explicit, 0, _OCTET_STRING)
+        elif content_type == _ID_ENCRYPTED_DATA:
+            encrypted_data, _ = _read(explicit, 0, _SEQUENCE)
+            _, after = _read(encrypted_data, 0, _INTEGER)  # version
+            encrypted_info, _ = _read(encrypted_data, after, _SEQUENCE)
+            _, after = _read(encrypted_info, 0, _OID)  # id-data
+            algorithm, after = _read(encrypted_info, after, _SEQUENCE)
+            ciphertext, _ = _read(encrypted_info, after, 0x80)  # [0] IMPLICIT OCTET STRING
+            plain = _pbes2_decrypt(algorithm, ciphertext, password, budget)
+            if plain is None:
+                return False
+            contents = plain
+        else:
+            return False
+        if not _bags_within(contents, budget):
+            return False
+    return True
+
+
+def _bags_within(contents: bytes, budget: list[int]) -> bool:
+    """Whether a SafeContents holds certificate and shrouded-key bags only, within budget."""
+    bags, end = _read(contents, 0, _SEQUENCE)
+    if end != len(contents):
+        return False
+    offset = 0
+    while offset < len(bags):
+        bag, offset = _read(bags, offset, _SEQUENCE)
+        bag_id, after = _read(bag, 0, _OID)
+        if bag_id == _SHROUDED_KEY_BAG:
+            value, _ = _read(bag, after, _CONTEXT_0)
+            key_info, _ = _read(value, 0, _SEQUENCE)  # EncryptedPrivateKeyInfo
+            algorithm, _ = _read(key_info, 0, _SEQUENCE)
+            if _pbes2_parameters(algorithm, budget) is None:
+                return False
+        elif bag_id != _CERT_BAG:
+            return False  # a key bag, a nested SafeContents …: not what certctl writes
+    return True
+
+
+def _pbes2_parameters(algorithm: bytes, budget: list[int]) -> tuple[bytes, int, bytes] | None:
+    """(salt, iterations, IV) of a PBES2 AlgorithmIdentifier as certctl writes it, or None.
+
+    None too when its iterations exceed what is left of ``budget``; else they are taken off.
+    """
+    oid, after = _read(algorithm, 0, _OID)
+    if oid != _PBES2:
+        return None
+    parameters, _ = _read(algorithm, after, _SEQUENCE)
+    kdf, after = _read(parameters, 0, _SEQUENCE)
+    scheme, _ = _read(parameters, after, _SEQUENCE)
+    kdf_oid, kdf_after = _read(kdf, 0, _OID)
+    cipher, cipher_after = _read(scheme, 0, _OID)
+    if kdf_oid != _PBKDF2 or cipher != _AES_256_CBC:
+        return None
+    iv, _ = _read(scheme, cipher_after, _OCTET_STRING)
+    kdf_parameters, _ = _read(kdf, kdf_after, _SEQUENCE)
+    salt, offset = _read(kdf_parameters, 0, _OCTET_STRING)
+    raw, offset = _read(kdf_parameters, offset, _INTEGER)
+    if offset < len(kdf_parameters) and kdf_parameters[offset] == _INTEGER:
+        _, offset = _read(kdf_parameters, offset, _INTEGER)  # keyLength: AES-256's own
+    if offset == len(kdf_parameters):
+        return None  # no prf: HMAC-SHA1, which certctl does not write
+    prf, _ = _read(kdf_parameters, offset, _SEQUENCE)
+    prf_oid, _ = _read(prf, 0, _OID)
+    iterations = int.from_bytes(raw, "big", signed=True)
+    if prf_oid != _HMAC_SHA256 or len(iv) != 16 or not 0 < iterations <= budget[0]:
+        return None
+    budget[0] -= iterations
+    return salt, iterations, iv
+
+
+def _pbes2_decrypt(
+    algorithm: bytes, ciphertext: bytes, password: bytes, budget: list[int]
+) -> bytes | None:
+    """The plaintext of PBES2-encrypted content (RFC 8018), None if not certctl's or wrong."""
+    from cryptography.hazmat.primitives import hashes, padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+    parameters = _pbes2_parameters(algorithm, budget)
+    if parameters is None or not ciphertext or len(ciphertext) % 16:
+        return None
+    salt, iterations, iv = parameters
+    # PBES2 in PKCS#12 takes the password's bytes as they are (OpenSSL: no BMPString).
+    key = PBKDF2HMAC(hashes.SHA256(), 32, salt, iterations).derive(password)
+    decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+    padded = decryptor.update(ciphertext) + decryptor.finalize()
+    unpadder = padding.PKCS7(128).unpadder()
+    try:
+        return unpadder.update(padded) + unpadder.finalize()
+    except ValueError:  # a wrong password or damaged content: not one certctl wrote
+        return None

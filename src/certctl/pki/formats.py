@@ -526,13 +526,15 @@ def pkcs12_holds(
     from the same inputs differ: this is how a writer tells one it may keep. False for
     anything that does not open (another password, a file damaged or edited by hand).
     """
-    from certctl.pki._pkcs12 import mac_verifies
+    from certctl.pki._pkcs12 import encryption_within, mac_verifies
 
     try:
         # The MAC first, here, where its iteration count is bounded: a file planted with
         # billions of them (by whoever may edit a Secret) held OpenSSL's loop, and every
-        # other service's delivery behind it. Only one made with the password gets past.
-        if mac_verifies(data, password) is not True:
+        # other service's delivery behind it. Only one made with the password gets past;
+        # and as whoever knows the password can ask for billions of key iterations too,
+        # those are bounded before OpenSSL derives them.
+        if mac_verifies(data, password) is not True or not encryption_within(data, password):
             return False
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # a BER file: see _load_pkcs12

@@ -466,6 +466,93 @@ def test_a_keystore_asking_for_billions_of_mac_iterations_is_not_held_nor_comput
     assert time.monotonic() - started < 1
 
 
+def test_a_keystore_made_with_more_pbkdf2_iterations_than_certctl_writes_is_not_held(
+    leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+) -> None:
+    # Its MAC verifies (made with the password) and it holds exactly the entries wanted, but
+    # OpenSSL would derive each of its keys with as many iterations as it asks: made anew.
+    from cryptography.hazmat.primitives import hashes
+
+    cert, key = leaf
+    encryption = (
+        serialization.PrivateFormat.PKCS12.encryption_builder()
+        .kdf_rounds(200_000)
+        .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)
+        .hmac_hash(hashes.SHA256())
+        .build(b"changeit")
+    )
+    slow = pkcs12.serialize_key_and_certificates(b"es", key, cert, None, encryption)
+    assert pkcs12.load_pkcs12(slow, b"changeit").cert is not None  # a sound file
+    assert not pkcs12_holds(slow, b"changeit", name="es", key=key, certificate=cert)
+    # What certctl writes stays held, with a chain and trusted entries too.
+    made = to_pkcs12("es", key, cert, [cert], b"changeit", trusted=[cert])
+    assert pkcs12_holds(made, b"changeit", name="es", key=key, certificate=cert, others=[cert] * 2)
+
+
+def _content(tlv: bytes) -> bytes:
+    return tlv[2 + (tlv[1] & 0x7F if tlv[1] & 0x80 else 0) :]
+
+
+def _with_key_bag_iterations(pfx: bytes, iterations: int) -> bytes:
+    """``pfx`` with the PBKDF2 count of its shrouded key bag replaced (the MAC left stale)."""
+    id_data, shrouded_key_bag = (
+        bytes.fromhex("06092a864886f70d010701"),
+        bytes.fromhex("060b2a864886f70d010c0a0102"),
+    )
+
+    def bag(tlv: bytes) -> bytes:
+        bag_id, value, *attributes = _children(tlv)
+        if bag_id != shrouded_key_bag:
+            return tlv
+        ((algorithm, encrypted),) = [_children(epki) for epki in _children(value)]
+        pbes2, (kdf, scheme) = _children(algorithm)[0], _children(_children(algorithm)[1])
+        pbkdf2, params = _children(kdf)
+        salt, _count, *rest = _children(params)
+        count = _tlv(0x02, iterations.to_bytes((iterations.bit_length() + 8) // 8, "big"))
+        kdf = _tlv(0x30, pbkdf2 + _tlv(0x30, salt + count + b"".join(rest)))
+        algorithm = _tlv(0x30, pbes2 + _tlv(0x30, kdf + scheme))
+        epki = _tlv(0x30, algorithm + encrypted)
+        return _tlv(0x30, bag_id + _tlv(0xA0, epki) + b"".join(attributes))
+
+    def info(tlv: bytes) -> bytes:
+        content_type, explicit = _children(tlv)
+        if content_type != id_data:
+            return tlv
+        (octets,) = _children(explicit)
+        bags = b"".join(bag(b) for b in _children(_content(octets)))
+        return _tlv(0x30, content_type + _tlv(0xA0, _tlv(0x04, _tlv(0x30, bags))))
+
+    version, auth_safe, mac_data = _children(pfx)
+    content_type, explicit = _children(auth_safe)
+    (octets,) = _children(explicit)
+    infos = b"".join(info(i) for i in _children(_content(octets)))
+    auth_safe = _tlv(0x30, content_type + _tlv(0xA0, _tlv(0x04, _tlv(0x30, infos))))
+    return _tlv(0x30, version + auth_safe + mac_data)
+
+
+def test_a_keystore_asking_for_billions_of_key_iterations_is_not_held_nor_computed(
+    leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], root_ca: CertificateAuthority
+) -> None:
+    # Whoever may edit the Secret and read its password can give the key bag 2**31 PBKDF2
+    # iterations under a MAC that verifies: OpenSSL would run them all while every delivery
+    # behind this one waited. (merge_authenticated_safes MACs the bomb anew: the trust
+    # store's contents, then the bomb's, as a forger with the password would.)
+    import time
+
+    from certctl.pki._pkcs12 import merge_authenticated_safes
+
+    cert, key = leaf
+    bomb = _with_key_bag_iterations(to_pkcs12("es", key, cert, [], b"changeit"), 2**31 - 1)
+    planted = merge_authenticated_safes(
+        to_pkcs12_truststore([root_ca.certificate], b"changeit"), bomb, b"changeit"
+    )
+    started = time.monotonic()
+    assert not pkcs12_holds(
+        planted, b"changeit", name="es", key=key, certificate=cert, others=[root_ca.certificate]
+    )
+    assert time.monotonic() - started < 1
+
+
 def _no_password_pkcs12(leaf: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> bytes:
     cert, key = leaf
     return pkcs12.serialize_key_and_certificates(
