@@ -794,6 +794,53 @@ def test_import_of_an_intermediate_without_its_root_says_what_is_served(api: Api
     assert "send the chain up to the root in certificate_pem" in warning
 
 
+def test_import_of_an_intermediate_alone_takes_its_chain_from_the_root_held(
+    api: Api, tmp_path: Path
+) -> None:
+    """An intermediate imported alone under a root imported before gets the root's chain.
+
+    cfssl and openssl keep each CA in a file of its own, so a migration imports the root,
+    then the intermediate's file. Before, the intermediate's chain_pem stayed empty (with
+    a warning): its leaves came without it and a client trusting only the root, which
+    certctl held, refused them (openssl: unable to get local issuer certificate).
+    """
+    now = api.clock()
+    root, inter, inter_key = _root_and_intermediate("Held Root", "Held Inter", now)
+    # The same name on another key, imported first: the signature, not the name, decides.
+    impostor_key = generate_private_key(KeyType.EC_P256)
+    impostor = create_root_ca(
+        impostor_key, common_name_dn("Held Root"), validity=timedelta(days=9), now=now
+    ).certificate
+    assert _import_pair(api, "a-impostor", impostor, impostor_key).status_code == 201
+    r = _import_pair(api, "early", inter, inter_key)
+    assert r.status_code == 201, r.text
+    assert r.json()["chain_pem"] == ""
+    (warning,) = r.json()["warnings"]
+    assert "import the CA that signed it first" in warning
+
+    assert _import_pair(api, "held-root", root.certificate, root.private_key).status_code == 201
+    r = _import_pair(api, "held-inter", inter, inter_key)
+    assert r.status_code == 201, r.text
+    root_pem = root.certificate.public_bytes(Encoding.PEM).decode()
+    assert r.json()["chain_pem"] == root_pem
+    assert r.json()["warnings"] == []
+    assert api.get(f"{ISSUERS}/held-inter/ca.pem", params={"chain": "true"}).text == (
+        inter.public_bytes(Encoding.PEM).decode() + root_pem
+    )
+    leaf = api.issue(issuer="held-inter", common_name="held.example.com")
+    (tmp_path / "root.pem").write_text(root_pem)
+    (tmp_path / "tls.crt").write_text(leaf["certificate_pem"] + leaf["chain_pem"])
+    ok(run("openssl", "verify", "-CAfile", tmp_path / "root.pem",
+           "-untrusted", tmp_path / "tls.crt", tmp_path / "tls.crt"))  # fmt: skip
+    # Its negative twin: the leaf of the intermediate imported before the root came alone.
+    early = api.issue(issuer="early", common_name="early.example.com")
+    assert early["chain_pem"] == ""
+    (tmp_path / "early.crt").write_text(early["certificate_pem"])
+    refused = run("openssl", "verify", "-CAfile", tmp_path / "root.pem", tmp_path / "early.crt")
+    assert refused.returncode != 0
+    assert "unable to get local issuer certificate" in refused.stdout + refused.stderr
+
+
 def test_import_of_an_intermediate_whose_serial_no_crl_can_list_says_so(
     api: Api, tmp_path: Path
 ) -> None:

@@ -30,6 +30,7 @@ from certctl.pki import (
     load_material,
     parse_dn,
 )
+from certctl.pki.chain_links import signs
 from certctl.pki.crl import is_crl_serial
 from certctl.pki.issue import KeyMismatch
 from certctl.pki.keys import unreadable_key
@@ -254,6 +255,7 @@ def import_issuer(
     public_key = key.public_key()
     ca_cert = next((c for c in certs if c.public_key() == public_key), certs[0])
     chain, left_over = issuer_chain(ca_cert, [c for c in certs if c is not ca_cert])
+    chain = (*chain, *_held_chain_above(services, chain[-1] if chain else ca_cert))
     ca = CertificateAuthority(ca_cert, key, chain)
     _check_importable(ca, services.clock(), left_over)
     if left_over:
@@ -274,6 +276,32 @@ def import_issuer(
         guard=partial(_not_revoked, ca, "not imported"),
     )
     return row, _import_warnings(ca, issuer_id)
+
+
+def _held_chain_above(services: Services, top: x509.Certificate) -> tuple[x509.Certificate, ...]:
+    """The chain above ``top`` from the issuer certctl holds that signed it, if any.
+
+    cfssl and openssl keep each CA in its own file, so an intermediate is often imported
+    alone after its root: its leaves then came without it (chain_pem empty) and clients
+    trusting that root refused them, though the root was an issuer here. The signature,
+    not the name, says which issuer it is (a name may be reused on another key).
+    """
+    if top.issuer == top.subject:
+        return ()
+    with services.sessions() as session:
+        candidates = session.execute(
+            select(Issuer.id, Issuer.certificate_pem, Issuer.chain_pem)
+            .where(Issuer.subject == top.issuer.rfc4514_string())
+            .order_by(Issuer.id)
+        ).all()
+    for issuer_id, certificate_pem, chain_pem in candidates:
+        try:
+            cert, chain = stored_certificates(issuer_id, certificate_pem, chain_pem)
+        except Conflict:
+            continue  # unreadable in the store (logged there): the import warns as before
+        if signs(cert, top):
+            return (cert, *chain)
+    return ()
 
 
 def _check_keys_readable(certs: Sequence[x509.Certificate]) -> None:
@@ -329,7 +357,8 @@ def _import_warnings(ca: CertificateAuthority, issuer_id: str) -> tuple[str, ...
             f"{top.issuer.rfc4514_string()}, the issuer of {top.subject.rfc4514_string()}, "
             "was not given: chain_pem stops below it, certificates from this issuer come "
             f"without {top.subject.rfc4514_string()} and ca.pem?chain=true ends with it, not a "
-            "root; send the chain up to the root in certificate_pem"
+            "root; import the CA that signed it first, or send the chain up to the root in "
+            "certificate_pem"
         )
     cert = ca.certificate
     if cert.issuer != cert.subject and not is_crl_serial(cert.serial_number):
