@@ -47,6 +47,8 @@ INSTALL = {
     "lint_pkix_cert": "uv sync --group dev",
     "schemathesis": "uv sync --group dev",
     "certctl": "uv sync",
+    "cfssl": "apt-get install -y golang-cfssl",
+    "cfssljson": "apt-get install -y golang-cfssl",
 }
 
 

@@ -48,6 +48,9 @@ def is_crl_serial(serial: int) -> bool:
 def parse_serial(text: str) -> int:
     """Parse a serial given as hex (``3f:a1…``, ``0x3fa1``, ``3FA1``) or ``dec:1234``.
 
+    Digits alone are hex, as openssl prints serials; a decimal one too long for that (as
+    cfssl prints them) is refused naming its ``dec:`` form rather than guessed at.
+
     Raises:
         InvalidRequest: not a positive number of at most 20 octets.
     """
@@ -60,7 +63,16 @@ def parse_serial(text: str) -> int:
     except ValueError:
         raise InvalidRequest(f"{text}: not a serial number (hex, or dec:NNN)") from None
     if not is_crl_serial(value):
-        raise InvalidRequest(f"{text}: serial numbers are positive and at most 20 octets")
+        hint = ""
+        if raw.isdigit() and is_crl_serial(int(raw, 10)):
+            # cfssl's log and certinfo, and Go's crypto/x509, print serials in decimal: read
+            # as hex, a 159-bit one has 48 digits, some 24 octets, and "at most 20 octets"
+            # alone did not say why a serial straight from cfssl was refused.
+            hint = (
+                f"; read as hex, this one has {(value.bit_length() + 8) // 8}: if it is "
+                f"decimal, as cfssl prints serials, write dec:{raw}"
+            )
+        raise InvalidRequest(f"{text}: serial numbers are positive and at most 20 octets{hint}")
     return value
 
 

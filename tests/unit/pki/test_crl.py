@@ -53,6 +53,12 @@ def test_parse_serial(text: str, value: int) -> None:
         ("dec:-1", "serial numbers are positive and at most 20 octets"),
         ("f" * 40, "serial numbers are positive and at most 20 octets"),
         (f"{MAX_SERIAL + 1:x}", "serial numbers are positive and at most 20 octets"),
+        # A decimal serial as cfssl prints it: digits alone are hex, so it names dec:.
+        (
+            str(MAX_SERIAL),
+            f"{MAX_SERIAL}: serial numbers are positive and at most 20 octets; read as hex, "
+            f"this one has 24: if it is decimal, as cfssl prints serials, write dec:{MAX_SERIAL}",
+        ),
     ],
 )
 def test_parse_serial_refuses(text: str, message: str) -> None:
