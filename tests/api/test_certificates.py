@@ -2154,6 +2154,25 @@ def test_key_compromise_revokes_every_certificate_of_the_same_key(api: Api) -> N
     assert r.json()["also_revoked"] == []
 
 
+def test_key_compromise_does_not_follow_a_csr_submitted_again(api: Api) -> None:
+    """What the README says: renewals are followed, not the same CSR sent twice.
+
+    certctl does not index keys, so a CSR signed again (under another issuer too, as a
+    migration from cfssl may) is another certificate of the key that a keyCompromise
+    revocation leaves valid: the README said it took "every certificate of the key".
+    """
+    csr_pem, _key = _csr_pem("twice.example.com")
+    first = api.post(CERTS, api.admin_key, json={"csr": csr_pem}).json()
+    again = api.post(CERTS, api.admin_key, json={"csr": csr_pem}).json()
+    assert (
+        _cert(first["certificate_pem"]).public_key() == _cert(again["certificate_pem"]).public_key()
+    )
+    r = api.post(f"{CERTS}/{first['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    assert r.json()["also_revoked"] == []
+    assert api.get(f"{CERTS}/{again['id']}", api.admin_key).json()["status"] == "active"
+
+
 def test_key_compromise_of_the_newest_of_a_long_chain_revokes_the_oldest_too(api: Api) -> None:
     # 70 links, past the 64 renewals a chain is followed up elsewhere: revoking the newest
     # left the 6 oldest, still valid, certifying the compromised key.
