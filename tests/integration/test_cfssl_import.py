@@ -82,3 +82,81 @@ def test_a_decimal_serial_as_cfssl_prints_it_is_refused_naming_its_dec_form(
     # The negative twin: cfssl's other leaf is not listed.
     ok(run("openssl", "verify", "-crl_check", "-CRLfile", crl, "-CAfile", d / "ca.pem",
            d / "kept.pem"))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def openssl_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root (PKCS#1 RSA key) and a name-constrained intermediate made with openssl alone,
+    the intermediate's key as SEC1 and as encrypted PKCS#8 (password in pw.txt)."""
+    d = tmp_path_factory.mktemp("openssl")
+    (d / "ext.cnf").write_text(
+        "[root]\nbasicConstraints=critical,CA:TRUE,pathlen:1\n"
+        "keyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n"
+        "[inter]\nbasicConstraints=critical,CA:TRUE,pathlen:0\n"
+        "keyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid:always\n"
+        "nameConstraints=critical,permitted;DNS:.legacy.example\n"
+    )
+    ok(run("openssl", "genrsa", "-traditional", "-out", d / "root.key", "2048"))
+    ok(run("openssl", "req", "-x509", "-new", "-key", d / "root.key", "-subj", "/CN=Legacy Root",
+           "-days", "30", "-config", d / "ext.cnf", "-extensions", "root",
+           "-out", d / "root.crt"))  # fmt: skip
+    ok(run("openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout",
+           "-out", d / "inter.key"))  # fmt: skip
+    ok(run("openssl", "req", "-new", "-key", d / "inter.key", "-subj", "/CN=Legacy Inter",
+           "-out", d / "inter.csr"))  # fmt: skip
+    ok(run("openssl", "x509", "-req", "-in", d / "inter.csr", "-CA", d / "root.crt",
+           "-CAkey", d / "root.key", "-CAcreateserial", "-days", "20",
+           "-extfile", d / "ext.cnf", "-extensions", "inter", "-out", d / "inter.crt"))  # fmt: skip
+    (d / "pw.txt").write_text("legacy password\n")
+    ok(run("openssl", "pkcs8", "-topk8", "-in", d / "inter.key", "-v2", "aes-256-cbc",
+           "-passout", f"file:{d / 'pw.txt'}", "-out", d / "inter-enc.key"))  # fmt: skip
+    (d / "inter-chain.crt").write_text((d / "inter.crt").read_text() + (d / "root.crt").read_text())
+    return d
+
+
+def test_openssl_legacy_keys_import_and_sign_under_their_constraints(
+    openssl_pki: Path, tmp_path: Path
+) -> None:
+    """PKCS#1 and SEC1 keys import as they are; an encrypted PKCS#8 key's refusal names
+    both password options at once (it named --password-file, then refused for want of
+    --key-password-file); what the intermediate signs chains to the openssl root."""
+    d = openssl_pki
+    assert (d / "root.key").read_text().startswith("-----BEGIN RSA PRIVATE KEY-----")
+    assert (d / "inter.key").read_text().startswith("-----BEGIN EC PRIVATE KEY-----")
+    certctl_ok("ca", "import", "--cert", d / "root.crt", "--key", d / "root.key",
+               "--out", tmp_path / "root")  # fmt: skip
+    inter = tmp_path / "inter"
+    refused = certctl("ca", "import", "--cert", d / "inter-chain.crt",
+                      "--key", d / "inter-enc.key", "--out", inter)  # fmt: skip
+    assert refused.code == 1
+    assert refused.err == (
+        f"certctl: error: {d / 'inter-enc.key'}: the private key is encrypted: give its "
+        "password (--password-file), and --key-password-file (or CERTCTL_CA_PASSWORD) to keep "
+        "the imported ca.key encrypted (the same file will do)\n"
+    )
+    assert not inter.exists()
+    pw = d / "pw.txt"
+    certctl_ok("ca", "import", "--cert", d / "inter-chain.crt", "--key", d / "inter-enc.key",
+               "--password-file", pw, "--key-password-file", pw, "--out", inter)  # fmt: skip
+    assert (inter / "ca.key").read_text().startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    outside = certctl("cert", "issue", "--ca", inter, "--ca-password-file", pw,
+                      "--cn", "app.other.example", "--out", tmp_path / "bad")  # fmt: skip
+    assert outside.code == 1
+    assert "outside the issuing CA's name constraints" in outside.err
+    certctl_ok("cert", "issue", "--ca", inter, "--ca-password-file", pw,
+               "--cn", "app.legacy.example", "--out", tmp_path / "app")  # fmt: skip
+    leaf = tmp_path / "app" / "tls.crt"
+    ok(run("openssl", "verify", "-CAfile", d / "root.crt", "-untrusted", leaf, leaf))
+    # The negative twin: openssl itself signs the name certctl refused, and verify fails.
+    other = "app.other.example"
+    ok(run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-nodes", "-keyout", tmp_path / "o.key", "-subj", f"/CN={other}",
+           "-addext", f"subjectAltName=DNS:{other}", "-out", tmp_path / "o.csr"))  # fmt: skip
+    ok(run("openssl", "x509", "-req", "-in", tmp_path / "o.csr", "-CA", d / "inter.crt",
+           "-CAkey", d / "inter.key", "-CAcreateserial", "-days", "5", "-copy_extensions",
+           "copy", "-out", tmp_path / "o.crt"))  # fmt: skip
+    bad = run("openssl", "verify", "-CAfile", d / "root.crt", "-untrusted", d / "inter.crt",
+              tmp_path / "o.crt")  # fmt: skip
+    assert bad.returncode != 0
+    assert "permitted subtree violation" in bad.stdout + bad.stderr

@@ -216,12 +216,22 @@ def import_ca(
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:
     """Import an existing CA (PEM pair or PKCS#12) after checking key and certificate match."""
-    from certctl.errors import InvalidRequest
+    from certctl.errors import InvalidRequest, PasswordRequired
     from certctl.files import OutputSet
     from certctl.pki import CertificateAuthority, certs_to_pem, display_dn, key_to_pem
 
-    ca_input = read_ca_input(cert, key, p12, password_file, password)
     key_password = read_password(key_password_file, env="CERTCTL_CA_PASSWORD")  # as in create
+    try:
+        ca_input = read_ca_input(cert, key, p12, password_file, password)
+    except PasswordRequired as exc:
+        if key_password is not None:
+            raise
+        # Both at once: given only --password-file, as this said, the import then refused
+        # for want of --key-password-file, a second round for an openssl-encrypted key.
+        raise exc.with_detail(
+            f"{exc.detail}, and --key-password-file (or CERTCTL_CA_PASSWORD) to keep the "
+            "imported ca.key encrypted (the same file will do)"
+        ) from exc
     material, from_env, ca_cert = ca_input.material, ca_input.from_env, ca_input.certificate
     private_key = ca_input.private_key
     certs = material.certificates

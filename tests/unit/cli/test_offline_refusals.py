@@ -299,6 +299,15 @@ CASES = [
         ),
     ),
     _c(
+        # Both options named at once: naming --password-file alone led to the refusal above.
+        "ca-import-encrypted-key-without-passwords",
+        "ca import -o imp --cert encca/ca.crt --key encca/ca.key",
+        1,
+        "certctl: error: encca/ca.key: the private key is encrypted: give its password "
+        "(--password-file), and --key-password-file (or CERTCTL_CA_PASSWORD) to keep the "
+        "imported ca.key encrypted (the same file will do)",
+    ),
+    _c(
         "ca-import-p12-kept-plain",
         "ca import -o imp --p12 ca.p12 --password-file pw",
         2,
