@@ -891,6 +891,57 @@ def test_import_of_an_intermediate_whose_serial_no_crl_can_list_says_so(
     assert list(x509.load_der_x509_crl(crl.content)) == []  # what the warning said
 
 
+def test_import_of_an_intermediate_signed_with_sha1_names_the_digest(
+    api: Api, tmp_path: Path
+) -> None:
+    """A legacy openssl intermediate its root signed with SHA-1 (``openssl x509 -req -sha1``).
+
+    cryptography checks no SHA-1 signature, so the root given with it was "its issuer in the
+    chain" whose signature "does not verify", and given alone after the root, it was
+    imported with a warning that the root was not given; OpenSSL 3 refuses the link.
+    """
+    now = api.clock()
+    root, _, _ = _root_and_intermediate("Sha1 Root", "unused", now)
+    (tmp_path / "root.pem").write_bytes(root.certificate.public_bytes(Encoding.PEM))
+    (tmp_path / "root.key").write_bytes(key_to_pem(root.private_key))
+    (tmp_path / "ext.cnf").write_text(
+        "basicConstraints = critical, CA:true, pathlen:0\n"
+        "keyUsage = critical, keyCertSign, cRLSign\n"
+    )
+    openssl_req(tmp_path / "sub.key", tmp_path / "sub.csr", "/CN=Sha1 Sub")
+    ok(
+        run(
+            "openssl", "x509", "-req", "-in", tmp_path / "sub.csr", "-CA", tmp_path / "root.pem",
+            "-CAkey", tmp_path / "root.key", "-CAcreateserial", "-sha1", "-days", "20",
+            "-extfile", tmp_path / "ext.cnf", "-out", tmp_path / "sub.pem",
+        )
+    )  # fmt: skip
+    sub_pem, root_pem = (tmp_path / "sub.pem").read_text(), (tmp_path / "root.pem").read_text()
+    expected = (
+        "CA CN=Sha1 Root signed CN=Sha1 Sub with SHA-1, which OpenSSL 3 refuses from security "
+        "level 1 on (openssl verify -auth_level 1): reissue it with SHA-256; not imported"
+    )
+
+    def post(bundle: str) -> Response:
+        return api.post(
+            ISSUERS,
+            api.admin_key,
+            json={
+                "id": "sha1-sub",
+                "certificate_pem": bundle,
+                "private_key_pem": (tmp_path / "sub.key").read_text(),
+            },
+        )
+
+    before = api.counts()
+    assert assert_problem(post(sub_pem + root_pem), 400)["detail"] == expected
+    assert _import_pair(api, "sha1-root", root.certificate, root.private_key).status_code == 201
+    after_root = api.counts()
+    assert assert_problem(post(sub_pem), 400)["detail"] == expected
+    assert api.counts() == after_root != before
+    assert api.get(f"{ISSUERS}/sha1-sub", api.admin_key).status_code == 404
+
+
 def test_import_allows_a_few_minutes_of_clock_skew(api: Api) -> None:
     key = generate_private_key(KeyType.EC_P256)
     ahead = api.clock() + timedelta(minutes=2)  # made on a host whose clock runs ahead

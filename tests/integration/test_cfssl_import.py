@@ -160,3 +160,35 @@ def test_openssl_legacy_keys_import_and_sign_under_their_constraints(
               tmp_path / "o.crt")  # fmt: skip
     assert bad.returncode != 0
     assert "permitted subtree violation" in bad.stdout + bad.stderr
+
+
+def test_an_intermediate_signed_with_sha1_is_refused_naming_the_digest(
+    openssl_pki: Path, tmp_path: Path
+) -> None:
+    """``openssl x509 -req -sha1``, as old CA scripts signed: cryptography checks no SHA-1
+    signature, so the root given was "not an issuer in the chain" and then "not given",
+    and the import went through; every certificate below it failed in TLS clients."""
+    d = openssl_pki
+    ok(run("openssl", "x509", "-req", "-in", d / "inter.csr", "-CA", d / "root.crt",
+           "-CAkey", d / "root.key", "-CAcreateserial", "-sha1", "-days", "20",
+           "-extfile", d / "ext.cnf", "-extensions", "inter",
+           "-out", tmp_path / "sha1.crt"))  # fmt: skip
+    bundle = tmp_path / "sha1-chain.crt"
+    bundle.write_text((tmp_path / "sha1.crt").read_text() + (d / "root.crt").read_text())
+    out = tmp_path / "sha1-ca"
+    refused = certctl("ca", "import", "--cert", bundle, "--key", d / "inter.key", "--out", out)
+    assert refused.code == 1
+    assert refused.err == (
+        "certctl: error: CA CN=Legacy Root signed CN=Legacy Inter with SHA-1, which OpenSSL 3 "
+        "refuses from security level 1 on (openssl verify -auth_level 1): reissue it with "
+        "SHA-256\n"
+    )
+    assert not out.exists()
+    # openssl agrees at the security level Debian's TLS clients use.
+    judged = run("openssl", "verify", "-auth_level", "1", "-CAfile", d / "root.crt",
+                 tmp_path / "sha1.crt")  # fmt: skip
+    assert judged.returncode != 0
+    assert "digest algorithm too weak" in judged.stdout + judged.stderr
+    # Its negative twin, the same key signed again with SHA-256, imports.
+    certctl_ok("ca", "import", "--cert", d / "inter-chain.crt", "--key", d / "inter.key",
+               "--out", out)  # fmt: skip

@@ -311,10 +311,23 @@ def _echo_removed(removed: list[Path]) -> None:
 def _issuer_chain(
     ca_cert: x509.Certificate, others: list[x509.Certificate]
 ) -> tuple[x509.Certificate, ...]:
-    """The certificates above ``ca_cert``, nearest first; the others left out with a warning."""
+    """The certificates above ``ca_cert``, nearest first; the others left out with a warning.
+
+    Raises:
+        InvalidRequest: the issuer given signed the top of the chain with SHA-1 or MD5.
+    """
+    from certctl.errors import InvalidRequest
     from certctl.pki import display_dn, issuer_chain
+    from certctl.pki.key_strength import weakly_signed
 
     chain, left_over = issuer_chain(ca_cert, others)
+    top = chain[-1] if chain else ca_cert
+    for cert in left_over:
+        # cryptography checks no SHA-1 or MD5 signature, so a legacy openssl root was "not an
+        # issuer in the chain", then "not given": imported, its leaves failed everywhere.
+        weak = weakly_signed(cert, top) if cert.subject == top.issuer else None
+        if weak is not None:
+            raise InvalidRequest(weak)
     for cert in left_over:
         warn(
             f"{display_dn(cert.subject)}: not an issuer in the chain of "

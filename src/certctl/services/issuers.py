@@ -33,6 +33,7 @@ from certctl.pki import (
 from certctl.pki.chain_links import signs
 from certctl.pki.crl import is_crl_serial
 from certctl.pki.issue import KeyMismatch
+from certctl.pki.key_strength import weakly_signed
 from certctl.pki.keys import unreadable_key
 from certctl.services.audit import record
 from certctl.services.context import IssuerCertificates, IssuerRevocation, Principal, Services
@@ -255,6 +256,7 @@ def import_issuer(
     public_key = key.public_key()
     ca_cert = next((c for c in certs if c.public_key() == public_key), certs[0])
     chain, left_over = issuer_chain(ca_cert, [c for c in certs if c is not ca_cert])
+    _refuse_weak_link(chain[-1] if chain else ca_cert, left_over)
     chain = (*chain, *_held_chain_above(services, chain[-1] if chain else ca_cert))
     ca = CertificateAuthority(ca_cert, key, chain)
     _check_importable(ca, services.clock(), left_over)
@@ -301,7 +303,22 @@ def _held_chain_above(services: Services, top: x509.Certificate) -> tuple[x509.C
             continue  # unreadable in the store (logged there): the import warns as before
         if signs(cert, top):
             return (cert, *chain)
+        _refuse_weak_link(top, (cert,))
     return ()
+
+
+def _refuse_weak_link(top: x509.Certificate, candidates: Sequence[x509.Certificate]) -> None:
+    """400 when a candidate issuer of ``top`` signed it with SHA-1 or MD5.
+
+    cryptography checks no such signature, so the issuer given (a legacy openssl CA's
+    root) passed for another CA: "does not verify with its issuer", or a warning that the
+    root was not given. OpenSSL 3 refuses the link from security level 1 on, so every
+    certificate below it would fail too.
+    """
+    for candidate in candidates:
+        weak = weakly_signed(candidate, top) if candidate.subject == top.issuer else None
+        if weak is not None:
+            raise InvalidRequest(f"{weak}; not imported")
 
 
 def _check_keys_readable(certs: Sequence[x509.Certificate]) -> None:
