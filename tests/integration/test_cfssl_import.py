@@ -192,3 +192,21 @@ def test_an_intermediate_signed_with_sha1_is_refused_naming_the_digest(
     # Its negative twin, the same key signed again with SHA-256, imports.
     certctl_ok("ca", "import", "--cert", d / "inter-chain.crt", "--key", d / "inter.key",
                "--out", out)  # fmt: skip
+
+
+def test_a_p521_ca_from_cfssl_is_refused_naming_the_curves_taken(tmp_path: Path) -> None:
+    """docs/migrating-from-cfssl.md: cfssl makes P-521 CAs ("size": 521); certctl signs
+    with P-256 and P-384 only, and says so rather than importing a CA it cannot use."""
+    (tmp_path / "csr.json").write_text(
+        json.dumps({"CN": "P521 Root", "key": {"algo": "ecdsa", "size": 521}})
+    )
+    _cfssl(tmp_path, "p521", "gencert", "-initca", "csr.json")
+    out = tmp_path / "ca"
+    refused = certctl("ca", "import", "--cert", tmp_path / "p521.pem",
+                      "--key", tmp_path / "p521-key.pem", "--out", out)  # fmt: skip
+    assert refused.code == 1
+    assert refused.err == (
+        f"certctl: error: {tmp_path / 'p521.pem'}: ec-secp521r1: only P-256 and P-384 curves "
+        "are allowed\n"
+    )
+    assert not out.exists()
