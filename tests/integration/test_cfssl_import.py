@@ -210,3 +210,26 @@ def test_a_p521_ca_from_cfssl_is_refused_naming_the_curves_taken(tmp_path: Path)
         "are allowed\n"
     )
     assert not out.exists()
+
+
+def test_cfssl_json_output_is_named_with_the_cfssljson_line_that_splits_it(
+    tmp_path: Path,
+) -> None:
+    """``cfssl gencert`` without ``| cfssljson`` prints JSON holding the PEM; given to
+    certctl it was "malformed PEM: no complete BEGIN/END block"."""
+    (tmp_path / "csr.json").write_text(
+        json.dumps({"CN": "Raw Root", "key": {"algo": "ecdsa", "size": 256}})
+    )
+    raw = tmp_path / "raw.json"
+    raw.write_text(ok(run("cfssl", "gencert", "-initca", tmp_path / "csr.json")).stdout)
+    for args in (["inspect", raw], ["ca", "import", "--cert", raw, "--key", raw,
+                                    "--out", tmp_path / "ca"]):  # fmt: skip
+        refused = certctl(*args)
+        assert refused.code == 1
+        assert refused.err == (
+            f"certctl: error: {raw}: a JSON document holding PEM, as cfssl prints it: write the "
+            "PEM files with 'cfssljson -f FILE -bare NAME' (NAME.pem, NAME-key.pem, NAME.csr)\n"
+        )
+    ok(run("cfssljson", "-f", raw, "-bare", "root", cwd=tmp_path))
+    certctl_ok("ca", "import", "--cert", tmp_path / "root.pem",
+               "--key", tmp_path / "root-key.pem", "--out", tmp_path / "ca")  # fmt: skip

@@ -246,10 +246,23 @@ def _password_error(password: bytes | None) -> InvalidRequest:
     return WrongPassword("cannot decrypt the private key: wrong password")
 
 
+# A JSON object whose strings hold PEM with its newlines escaped: "-----BEGIN …-----" and
+# then a backslash and an n.
+_CFSSL_JSON = re.compile(rb'\s*\{.*"-----BEGIN [A-Z0-9 ]+-----\\n', re.S)
+
+
 def _load_pem(data: bytes, password: bytes | None, password_optional: bool = False) -> Material:
     material = Material(format="pem")
     blocks = list(_PEM_BLOCK.finditer(data))
     if not blocks:
+        if _CFSSL_JSON.match(data):
+            # What cfssl gencert/sign print, and its API answers: PEM with escaped newlines
+            # inside JSON, which cfssljson writes out. Named, as "malformed PEM" of a file
+            # cfssl just made left the reader to guess.
+            raise InvalidRequest(
+                "a JSON document holding PEM, as cfssl prints it: write the PEM files with "
+                "'cfssljson -f FILE -bare NAME' (NAME.pem, NAME-key.pem, NAME.csr)"
+            )
         raise InvalidRequest("malformed PEM: no complete BEGIN/END block")
     for block in blocks:
         label, raw = block.group(1), block.group(0)

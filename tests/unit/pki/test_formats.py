@@ -204,6 +204,11 @@ def test_x25519_key_refused() -> None:
         (b"\x30\x82\x01\x00" + b"\x00" * 16, "not a recognised PEM, DER or PKCS#12 file"),
         (b"-----BEGIN CERTIFICATE-----\nMIIB", "malformed PEM: no complete BEGIN/END block"),
         (
+            b'{"cert":"-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n"}',
+            "a JSON document holding PEM, as cfssl prints it: write the PEM files with "
+            "'cfssljson -f FILE -bare NAME' (NAME.pem, NAME-key.pem, NAME.csr)",
+        ),
+        (
             bytes.fromhex("feedfeed00000002") + b"\x00" * 32,
             "a Java keystore (JKS/JCEKS), which certctl does not read; convert it with: keytool "
             "-importkeystore -srckeystore FILE -destkeystore FILE.p12 -deststoretype PKCS12",
