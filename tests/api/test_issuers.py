@@ -794,6 +794,30 @@ def test_import_of_an_intermediate_without_its_root_says_what_is_served(api: Api
     assert "send the chain up to the root in certificate_pem" in warning
 
 
+def test_leaves_of_an_intermediate_imported_without_its_root_carry_it(
+    api: Api, tmp_path: Path
+) -> None:
+    """Its root may be in every client's trust store without certctl holding it.
+
+    Before, the lone intermediate was taken for the root and left out of what follows a
+    leaf (chain_pem ""), so nginx serving tls.crt sent the leaf alone and clients trusting
+    that root refused it (openssl: unable to get local issuer certificate).
+    """
+    now = api.clock()
+    root, inter, inter_key = _root_and_intermediate("Kept Root", "Lone Inter", now)
+    assert _import_pair(api, "lone", inter, inter_key).status_code == 201
+    leaf = api.issue(issuer="lone", common_name="lone.example.com")
+    assert leaf["chain_pem"] == inter.public_bytes(Encoding.PEM).decode()
+    (tmp_path / "root.pem").write_bytes(root.certificate.public_bytes(Encoding.PEM))
+    (tmp_path / "tls.crt").write_text(leaf["certificate_pem"] + leaf["chain_pem"])
+    ok(run("openssl", "verify", "-CAfile", tmp_path / "root.pem",
+           "-untrusted", tmp_path / "tls.crt", tmp_path / "tls.crt"))  # fmt: skip
+    # The negative twin: the leaf alone, as tls.crt was.
+    (tmp_path / "leaf.crt").write_text(leaf["certificate_pem"])
+    refused = run("openssl", "verify", "-CAfile", tmp_path / "root.pem", tmp_path / "leaf.crt")
+    assert "unable to get local issuer certificate" in refused.stdout + refused.stderr
+
+
 def test_import_of_an_intermediate_alone_takes_its_chain_from_the_root_held(
     api: Api, tmp_path: Path
 ) -> None:
@@ -801,8 +825,8 @@ def test_import_of_an_intermediate_alone_takes_its_chain_from_the_root_held(
 
     cfssl and openssl keep each CA in a file of its own, so a migration imports the root,
     then the intermediate's file. Before, the intermediate's chain_pem stayed empty (with
-    a warning): its leaves came without it and a client trusting only the root, which
-    certctl held, refused them (openssl: unable to get local issuer certificate).
+    a warning), and ca.pem?chain=true, the ca.crt 'certctl certs issue --out' writes, ended
+    with the intermediate, which clients do not take as a trust anchor.
     """
     now = api.clock()
     root, inter, inter_key = _root_and_intermediate("Held Root", "Held Inter", now)
@@ -832,13 +856,18 @@ def test_import_of_an_intermediate_alone_takes_its_chain_from_the_root_held(
     (tmp_path / "tls.crt").write_text(leaf["certificate_pem"] + leaf["chain_pem"])
     ok(run("openssl", "verify", "-CAfile", tmp_path / "root.pem",
            "-untrusted", tmp_path / "tls.crt", tmp_path / "tls.crt"))  # fmt: skip
-    # Its negative twin: the leaf of the intermediate imported before the root came alone.
+    # Its negative twin: the intermediate imported before the root has no root to give
+    # (ca.pem?chain=true, the ca.crt of 'certs issue --out', ends with it), which openssl
+    # does not take as a trust anchor.
     early = api.issue(issuer="early", common_name="early.example.com")
-    assert early["chain_pem"] == ""
-    (tmp_path / "early.crt").write_text(early["certificate_pem"])
-    refused = run("openssl", "verify", "-CAfile", tmp_path / "root.pem", tmp_path / "early.crt")
+    (tmp_path / "early.crt").write_text(early["certificate_pem"] + early["chain_pem"])
+    top = api.get(f"{ISSUERS}/early/ca.pem", params={"chain": "true"}).text
+    assert top == inter.public_bytes(Encoding.PEM).decode()
+    (tmp_path / "early-ca.crt").write_text(top)
+    refused = run("openssl", "verify", "-CAfile", tmp_path / "early-ca.crt",
+                  "-untrusted", tmp_path / "early.crt", tmp_path / "early.crt")  # fmt: skip
     assert refused.returncode != 0
-    assert "unable to get local issuer certificate" in refused.stdout + refused.stderr
+    assert "unable to get issuer certificate" in refused.stdout + refused.stderr
 
 
 def test_import_of_an_intermediate_whose_serial_no_crl_can_list_says_so(

@@ -233,3 +233,50 @@ def test_cfssl_json_output_is_named_with_the_cfssljson_line_that_splits_it(
     ok(run("cfssljson", "-f", raw, "-bare", "root", cwd=tmp_path))
     certctl_ok("ca", "import", "--cert", tmp_path / "root.pem",
                "--key", tmp_path / "root-key.pem", "--out", tmp_path / "ca")  # fmt: skip
+
+
+def test_leaves_of_a_cfssl_intermediate_imported_without_its_root_carry_it(
+    cfssl_pki: Path, tmp_path: Path
+) -> None:
+    """cfssl keeps the intermediate in a file of its own; imported alone (with a warning),
+    it was taken for the root: tls.crt held the leaf alone, and nginx serving it failed
+    every client trusting the cfssl root."""
+    d = cfssl_pki
+    (tmp_path / "inter.json").write_text(
+        json.dumps({"CN": "cfssl Inter", "key": {"algo": "ecdsa", "size": 256}})
+    )
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "signing": {
+                    "profiles": {
+                        "intermediate": {
+                            "usages": ["cert sign", "crl sign"],
+                            "expiry": "8760h",
+                            "ca_constraint": {"is_ca": True, "max_path_len": 0,
+                                              "max_path_len_zero": True},
+                        }
+                    }
+                }
+            }
+        )
+    )  # fmt: skip
+    _cfssl(tmp_path, "inter", "genkey", "inter.json")
+    _cfssl(tmp_path, "inter", "sign", "-ca", d / "ca.pem", "-ca-key", d / "ca-key.pem",
+           "-config", "config.json", "-profile", "intermediate", "inter.csr")  # fmt: skip
+    imported = certctl_ok("ca", "import", "--cert", tmp_path / "inter.pem",
+                          "--key", tmp_path / "inter-key.pem",
+                          "--out", tmp_path / "ca")  # fmt: skip
+    assert "CN=cfssl Root, the issuer of CN=cfssl Inter, was not given" in imported.err
+    certctl_ok("cert", "issue", "--ca", tmp_path / "ca", "--cn", "new.example.com",
+               "--out", tmp_path / "new")  # fmt: skip
+    tls = tmp_path / "new" / "tls.crt"
+    assert tls.read_text().count("BEGIN CERTIFICATE") == 2
+    ok(run("openssl", "verify", "-CAfile", d / "ca.pem", "-untrusted", tls, tls))
+    # The negative twin: the leaf alone, as tls.crt was.
+    leaf = tmp_path / "leaf.pem"
+    leaf.write_text(
+        tls.read_text().split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    )
+    refused = run("openssl", "verify", "-CAfile", d / "ca.pem", leaf)
+    assert "unable to get local issuer certificate" in refused.stdout + refused.stderr

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import AuthorityInformationAccessOID, PublicKeyAlgorithmOID
 
 from certctl.errors import InvalidRequest
+from certctl.pki.chain_links import is_self_signed
 from certctl.pki.constraints import (
     any_usage_warning,
     check_extended_key_usage,
@@ -197,12 +198,16 @@ class CertificateAuthority:
         """The trust anchor at the top of this CA's chain."""
         return self.chain[-1] if self.chain else self.certificate
 
-    @property
+    @functools.cached_property
     def chain_below_root(self) -> tuple[x509.Certificate, ...]:
-        """This CA and every intermediate above it, excluding the root (what servers send)."""
-        if not self.chain:
-            return ()
-        return (self.certificate, *self.chain[:-1])
+        """This CA and every intermediate above it, excluding the root (what servers send).
+
+        A top that is not self-signed (an intermediate imported without the CAs above it)
+        is no root: it is sent too, or a client trusting the real root, which certctl was
+        not given, has no way to it (openssl: unable to get local issuer certificate).
+        """
+        path = (self.certificate, *self.chain)
+        return path[:-1] if is_self_signed(path[-1]) else path
 
     def issue(
         self,

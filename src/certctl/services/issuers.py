@@ -372,10 +372,10 @@ def _import_warnings(ca: CertificateAuthority, issuer_id: str) -> tuple[str, ...
         # certctl serves stops below it, as 'certctl ca import' warns.
         warnings.append(
             f"{top.issuer.rfc4514_string()}, the issuer of {top.subject.rfc4514_string()}, "
-            "was not given: chain_pem stops below it, certificates from this issuer come "
-            f"without {top.subject.rfc4514_string()} and ca.pem?chain=true ends with it, not a "
-            "root; import the CA that signed it first, or send the chain up to the root in "
-            "certificate_pem"
+            "was not given: chain_pem stops below it, and ca.pem?chain=true (the ca.crt "
+            f"'certctl certs issue --out' writes) ends with {top.subject.rfc4514_string()}, "
+            "not a root; import the CA that signed it first, or send the chain up to the "
+            "root in certificate_pem"
         )
     cert = ca.certificate
     if cert.issuer != cert.subject and not is_crl_serial(cert.serial_number):

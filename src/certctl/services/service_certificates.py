@@ -14,9 +14,7 @@ from certctl.pki import (
     CertificateAuthority,
     Profile,
     SubjectAltNames,
-    certs_to_pem,
     common_name_dn,
-    is_self_signed,
 )
 from certctl.services.context import Services
 from certctl.services.service_settings import ServiceSettings
@@ -176,10 +174,9 @@ def served_chain(ca: CertificateAuthority) -> str:
     """What targets serve after the leaf: the CA's chain up to, not including, a root.
 
     A custom ``ca.crt`` ending with an intermediate (its root left out) is served too, as
-    ECK serves its CA after the leaf: left out, a client trusting the root had no way to it.
+    ECK serves its CA after the leaf: left out, a client trusting the root had no way to it
+    (``CertificateAuthority.chain_below_root`` keeps such a top).
     """
-    if not is_self_signed(ca.root):
-        return certs_to_pem([*ca.chain_below_root, ca.root]).decode()
     return ca.chain_below_root_pem.decode()
 
 
