@@ -6,10 +6,12 @@ openssl judges what certctl then signs.
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from tests._tools import ok, run
 from tests.integration.conftest import certctl, certctl_ok
@@ -280,3 +282,44 @@ def test_leaves_of_a_cfssl_intermediate_imported_without_its_root_carry_it(
     )
     refused = run("openssl", "verify", "-CAfile", d / "ca.pem", leaf)
     assert "unable to get local issuer certificate" in refused.stdout + refused.stderr
+
+
+def test_a_crl_from_cfssl_gencrl_is_named_and_carried_over_once_decoded(
+    cfssl_pki: Path, tmp_path: Path
+) -> None:
+    """``cfssl gencrl`` prints base64 DER without PEM's lines: certctl said "not a
+    recognised PEM, DER or PKCS#12 file" (inspect, verify --crl) and "not a PEM or DER
+    certificate revocation list" (crl create --from); now it says how to decode it, and the
+    decoded CRL's entries are carried over with their dates."""
+    d = cfssl_pki
+    certctl_ok("ca", "import", "--cert", d / "ca.pem", "--key", d / "ca-key.pem",
+               "--out", tmp_path / "ca")  # fmt: skip
+    serial = json.loads(ok(run("cfssl", "certinfo", "-cert", d / "old.pem")).stdout)
+    (tmp_path / "serials.txt").write_text(serial["serial_number"] + "\n")
+    made = ok(run("cfssl", "gencrl", tmp_path / "serials.txt", d / "ca.pem", d / "ca-key.pem"))
+    crl = tmp_path / "cfssl.crl"
+    crl.write_text(made.stdout)
+    hint = (
+        "base64 without PEM's BEGIN/END lines, as cfssl gencrl writes a CRL: decode it with "
+        "'base64 -d FILE > FILE.der'"
+    )
+    for args, prefix in (
+        (["inspect", crl], f"{crl}"),
+        (["crl", "create", "--ca", tmp_path / "ca", "--from", crl, "--out", tmp_path / "x.crl"],
+         f"--from {crl}"),
+    ):  # fmt: skip
+        refused = certctl(*args)
+        assert refused.code == 1
+        assert refused.err == f"certctl: error: {prefix}: {hint}\n"
+    der = tmp_path / "cfssl.der"
+    der.write_bytes(base64.b64decode(crl.read_text()))
+    new = tmp_path / "new.crl"
+    certctl_ok("crl", "create", "--ca", tmp_path / "ca", "--from", der, "--out", new)
+    kept = x509.load_pem_x509_crl(new.read_bytes())
+    old = x509.load_der_x509_crl(der.read_bytes())
+    assert [(e.serial_number, e.revocation_date_utc) for e in kept] == [
+        (e.serial_number, e.revocation_date_utc) for e in old
+    ]
+    revoked = run("openssl", "verify", "-crl_check", "-CRLfile", new, "-CAfile", d / "ca.pem",
+                  d / "old.pem")  # fmt: skip
+    assert "certificate revoked" in revoked.stdout + revoked.stderr

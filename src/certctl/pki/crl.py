@@ -10,7 +10,7 @@ from typing import NamedTuple
 from cryptography import x509
 
 from certctl.errors import InvalidRequest
-from certctl.pki.formats import load_material
+from certctl.pki.formats import is_bare_base64_der, load_material
 from certctl.pki.issue import BACKDATE, CertificateAuthority
 
 __all__ = [
@@ -97,6 +97,8 @@ def load_previous_crl(data: bytes, ca: CertificateAuthority) -> PreviousCrl:
     try:
         crls = load_material(data).crls
     except InvalidRequest:
+        if is_bare_base64_der(data):
+            raise  # cfssl gencrl's CRL: the loader says how to decode it
         crls = []
     if len(crls) != 1:
         raise InvalidRequest("not a PEM or DER certificate revocation list")

@@ -29,6 +29,7 @@ __all__ = [
     "certs_to_pem",
     "check_extensions",
     "format_serial",
+    "is_bare_base64_der",
     "key_to_pem",
     "load_material",
     "load_private_key",
@@ -195,6 +196,13 @@ def _load_material(data: bytes, password: bytes | None, password_optional: bool)
             "keytool -importkeystore -srckeystore FILE -destkeystore FILE.p12 "
             "-deststoretype PKCS12"
         )
+    if is_bare_base64_der(data):
+        # cfssl gencrl prints its CRL so (base64 DER, no BEGIN/END lines): read as DER it
+        # was "not a recognised PEM, DER or PKCS#12 file", which named no way out.
+        raise InvalidRequest(
+            "base64 without PEM's BEGIN/END lines, as cfssl gencrl writes a CRL: decode it "
+            "with 'base64 -d FILE > FILE.der'"
+        )
     if _looks_like_pkcs7(data):
         return Material(certificates=_load_pkcs7(data, pem=False), format="pkcs7")
     for loader, kind in (
@@ -230,6 +238,20 @@ def _load_material(data: bytes, password: bytes | None, password_optional: bool)
             "not a recognised PEM, DER or PKCS#12 file (certificate, key, CSR or CRL)"
         ) from exc
     return Material(private_key=_issuer_key(key), format="der", key_encrypted=password is not None)
+
+
+_BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]+")
+
+
+def is_bare_base64_der(data: bytes) -> bool:
+    """Whether ``data`` is base64 text (line breaks allowed) of a DER SEQUENCE."""
+    if not _BASE64_TEXT.fullmatch(data):
+        return False
+    try:
+        der = base64.b64decode(b"".join(data.split()), validate=True)
+    except binascii.Error:
+        return False
+    return len(der) > 2 and der[0] == 0x30
 
 
 def _looks_like_encrypted_pkcs8(data: bytes) -> bool:

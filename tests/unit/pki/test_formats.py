@@ -204,6 +204,11 @@ def test_x25519_key_refused() -> None:
         (b"\x30\x82\x01\x00" + b"\x00" * 16, "not a recognised PEM, DER or PKCS#12 file"),
         (b"-----BEGIN CERTIFICATE-----\nMIIB", "malformed PEM: no complete BEGIN/END block"),
         (
+            b"MIIBBDCBrAIBATAKBggqhkjOPQQDAjAv\nMRAwDgYDVQQK\n",
+            "base64 without PEM's BEGIN/END lines, as cfssl gencrl writes a CRL: decode it "
+            "with 'base64 -d FILE > FILE.der'",
+        ),
+        (
             b'{"cert":"-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n"}',
             "a JSON document holding PEM, as cfssl prints it: write the PEM files with "
             "'cfssljson -f FILE -bare NAME' (NAME.pem, NAME-key.pem, NAME.csr)",
