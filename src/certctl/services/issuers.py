@@ -284,9 +284,10 @@ def _held_chain_above(services: Services, top: x509.Certificate) -> tuple[x509.C
     """The chain above ``top`` from the issuer certctl holds that signed it, if any.
 
     cfssl and openssl keep each CA in its own file, so an intermediate is often imported
-    alone after its root: its leaves then came without it (chain_pem empty) and clients
-    trusting that root refused them, though the root was an issuer here. The signature,
-    not the name, says which issuer it is (a name may be reused on another key).
+    alone after its root: its chain_pem stayed empty and ca.pem?chain=true (the ca.crt
+    clients are given) ended with it, not with the root, though the root was an issuer
+    here. The signature, not the name, says which issuer it is (a name may be reused on
+    another key).
     """
     if top.issuer == top.subject:
         return ()
