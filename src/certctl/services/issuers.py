@@ -299,7 +299,7 @@ def _held_chain_above(services: Services, top: x509.Certificate) -> tuple[x509.C
         ).all()
     for issuer_id, certificate_pem, chain_pem in candidates:
         try:
-            cert, chain = stored_certificates(issuer_id, certificate_pem, chain_pem)
+            cert, chain = stored_certificates(services, issuer_id, certificate_pem, chain_pem)
         except Conflict:
             continue  # unreadable in the store (logged there): the import warns as before
         if signs(cert, top):
