@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
+import shutil
 import ssl
 import threading
 import time
@@ -268,3 +270,44 @@ def test_a_world_readable_tls_key_is_warned_about_at_start_and_at_each_reload(
     # … a reload to a world-readable one says it again, with the file's mode.
     assert server.logs()[1].count(warning.replace("0644", "0604")) == 1, server.logs()[1][-3000:]
     assert server.proc.poll() is None
+
+
+def test_the_start_banner_names_a_secret_volumes_ca_crt_by_its_link(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # A Kubernetes Secret volume: tls.crt, tls.key and ca.crt are links through ..data to a
+    # timestamped directory the kubelet deletes once an update swapped ..data. The banner
+    # named the CA file with the links followed (…/..2026_01_01_v1/ca.crt), so its curl and
+    # CLI lines failed after the Secret's first update (curl: (77) error setting certificate).
+    ca = tmp_path / "ca"
+    certctl_cli("ca", "create", "--out", ca, "--cn", "Secret Volume CA")
+    volume = tmp_path / "secret-volume"
+    first = issue_localhost(ca, volume / "..2026_01_01_v1")
+    (volume / "..data").symlink_to("..2026_01_01_v1")
+    for name in ("tls.crt", "tls.key", "ca.crt"):
+        (volume / name).symlink_to(f"..data/{name}")
+    server = start_server(
+        config={"tls": {"reload-interval": RELOAD_INTERVAL}},
+        args=["--tls-mode", "custom", "--tls-cert-dir", volume],
+        ca=volume / "ca.crt",
+    )
+    assert peer_certificate(server.port, server.ca).serial_number == first.serial_number
+    out, _ = server.logs()
+    assert f"CA certificate: {volume / 'ca.crt'}\n" in out, out
+
+    # The kubelet's update: a new directory, ..data swapped to it, the old one deleted.
+    second = issue_localhost(ca, volume / "..2026_02_01_v2")
+    (volume / "..data_tmp").symlink_to("..2026_02_01_v2")
+    os.replace(volume / "..data_tmp", volume / "..data")
+    shutil.rmtree(volume / "..2026_01_01_v1")
+    wait_for_serial(server, server.ca, second.serial_number)
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    (curl,) = [x for x in out.splitlines() if x.startswith("Try: curl ")]
+    result = run("bash", "-c", f"{curl.removeprefix('Try: ')} -sS --fail", env=clean)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["actor_id"] == "admin"
+    (cli,) = [x for x in out.splitlines() if x.startswith("CLI: export ")]
+    result = run("bash", "-c", cli.removeprefix("CLI: "), env=clean)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["actor_id"] == "admin"

@@ -229,7 +229,10 @@ def serve(config: ServerConfig) -> None:
     _renew_internal_ca(prepared, None)
     if mode == "custom" and config.tls.cert_dir is not None:
         ca_file = config.tls.cert_dir / "ca.crt"
-        prepared.ca_path = str(ca_file.resolve()) if ca_file.exists() else None
+        # Absolute, links not followed: in a Kubernetes Secret volume ca.crt is a link
+        # through ..data into a directory the kubelet deletes at the Secret's next update,
+        # and the printed lines must keep working after it.
+        prepared.ca_path = os.path.abspath(ca_file) if ca_file.exists() else None
     elif mode == "self-signed":
         prepared.ca_path = str((tls_dir / "ca.crt").resolve())
     # Once per start (not per worker): the id is otherwise only in the database, and telling

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -57,8 +58,9 @@ def _cli_line(config: ServerConfig, url: str, ca_path: str | None, key_file: Pat
     """
     words = [f"CERTCTL_URL={shlex.quote(url)}"]
     if ca_path:
-        # Absolute: the line works from any directory, as the key file's path does.
-        words.append(f"CERTCTL_CA_CERT={shlex.quote(str(Path(ca_path).resolve()))}")
+        # Absolute: the line works from any directory, as the key file's path does. Links
+        # not followed, as the "CA certificate:" line (a Secret volume's ..data, run.py).
+        words.append(f"CERTCTL_CA_CERT={shlex.quote(os.path.abspath(ca_path))}")
     words.append(f'CERTCTL_API_KEY="$(cat {shlex.quote(str(key_file))})"')
     if config.tls.mode != "disabled" and config.tls.client_auth == "required":
         words.append("CERTCTL_CLIENT_CERT=client.crt CERTCTL_CLIENT_KEY=client.key")
