@@ -365,7 +365,7 @@ def read_ca_input(
     nothing_done: str = "",
 ) -> CAInput:
     """Read and check a CA certificate and its key; ``nothing_done`` ends each refusal."""
-    from certctl.errors import InvalidRequest, WrongPassword
+    from certctl.errors import InvalidRequest, PasswordRequired, WrongPassword
 
     if (p12 is None) == (cert is None):
         raise typer.BadParameter("give either --cert with --key, or --p12")
@@ -395,6 +395,11 @@ def read_ca_input(
                 f"{exc.detail} (the password came from CERTCTL_PASSWORD)"
             ) from exc
         raise
+    except PasswordRequired as exc:
+        # The loader names the option only; the variable opens the input as well.
+        raise exc.with_detail(
+            exc.detail.replace("--password-file", "--password-file or CERTCTL_PASSWORD")
+        ) from exc
     certs, private_key = material.certificates, material.private_key
     if not certs:
         raise InvalidRequest(f"no CA certificate found in the input{nothing_done}")

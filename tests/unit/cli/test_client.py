@@ -2230,7 +2230,8 @@ def test_issuers_import_decrypts_here_and_never_shows_the_key(
 
     for bad, line in (
         (["--cert", cert, "--key", "enc.key"],
-         "enc.key: the private key is encrypted: give its password (--password-file)"),
+         "enc.key: the private key is encrypted: give its password "
+         "(--password-file or CERTCTL_PASSWORD)"),
         (["--cert", str(pki / "other-ca" / "ca.crt"), "--key", str(pki / "ca" / "ca.key")],
          f"{pki / 'ca' / 'ca.key'}: the private key does not match the CA certificate in "
          f"{pki / 'other-ca' / 'ca.crt'} (nothing was sent)"),

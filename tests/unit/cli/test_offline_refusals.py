@@ -654,6 +654,28 @@ def test_import_with_a_wrong_certctl_password_says_where_it_came_from(workdir: P
     assert not (workdir / "imp").exists()
 
 
+@pytest.mark.parametrize(
+    ("source", "refusal"),
+    [
+        ("--p12 ca.p12", "ca.p12: PKCS#12 file is password-protected (or damaged): give "
+                         "--password-file or CERTCTL_PASSWORD"),
+        ("--cert encca/ca.crt --key encca/ca.key", "encca/ca.key: the private key is "
+                                                   "encrypted: give its password "
+                                                   "(--password-file or CERTCTL_PASSWORD)"),
+    ],
+    ids=["p12", "pem"],
+)  # fmt: skip
+def test_import_of_a_protected_input_without_a_password_names_certctl_password(
+    workdir: Path, source: str, refusal: str
+) -> None:
+    # The refusal named --password-file alone, though CERTCTL_PASSWORD opens the input too
+    # (DESIGN.md: passwords come from --password-file or CERTCTL_PASSWORD), as inspect says.
+    proc = _run(workdir, "ca", "import", "-o", "imp", *source.split())
+    assert proc.returncode == 1
+    assert proc.stderr == f"certctl: error: {refusal}\n"
+    assert not (workdir / "imp").exists()
+
+
 def test_import_of_expired_ca_warns(workdir: Path) -> None:
     proc = _run(workdir, *"ca import -o imp --cert expired/ca.crt --key expired/ca.key".split())
     assert proc.returncode == 0
