@@ -134,7 +134,8 @@ def test_openssl_legacy_keys_import_and_sign_under_their_constraints(
     assert refused.code == 1
     assert refused.err == (
         f"certctl: error: {d / 'inter-enc.key'}: the private key is encrypted: give its "
-        "password (--password-file), and --key-password-file (or CERTCTL_CA_PASSWORD) to keep "
+        "password (--password-file or CERTCTL_PASSWORD), and --key-password-file (or "
+        "CERTCTL_CA_PASSWORD) to keep "
         "the imported ca.key encrypted (the same file will do)\n"
     )
     assert not inter.exists()

@@ -304,7 +304,8 @@ CASES = [
         "ca import -o imp --cert encca/ca.crt --key encca/ca.key",
         1,
         "certctl: error: encca/ca.key: the private key is encrypted: give its password "
-        "(--password-file), and --key-password-file (or CERTCTL_CA_PASSWORD) to keep the "
+        "(--password-file or CERTCTL_PASSWORD), and --key-password-file (or CERTCTL_CA_PASSWORD) "
+        "to keep the "
         "imported ca.key encrypted (the same file will do)",
     ),
     _c(
@@ -672,7 +673,11 @@ def test_import_of_a_protected_input_without_a_password_names_certctl_password(
     # (DESIGN.md: passwords come from --password-file or CERTCTL_PASSWORD), as inspect says.
     proc = _run(workdir, "ca", "import", "-o", "imp", *source.split())
     assert proc.returncode == 1
-    assert proc.stderr == f"certctl: error: {refusal}\n"
+    # …and, in the same line, the password to keep the imported ca.key encrypted under.
+    assert proc.stderr == (
+        f"certctl: error: {refusal}, and --key-password-file (or CERTCTL_CA_PASSWORD) to "
+        "keep the imported ca.key encrypted (the same file will do)\n"
+    )
     assert not (workdir / "imp").exists()
 
 
