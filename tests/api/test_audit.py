@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import event as sqlalchemy_event
@@ -11,8 +11,9 @@ from sqlalchemy import insert, text
 
 from certctl.metrics.registry import REGISTRY
 from certctl.services import audit
+from certctl.store.db import create_store_engine, migrate, session_factory
 from certctl.store.models import AuditEvent
-from tests.api.conftest import Api, assert_problem
+from tests.api.conftest import Api, PostgresCluster, assert_problem
 
 AUDIT = "/api/v1/audit"
 
@@ -633,3 +634,38 @@ def test_actors_of_any_length_are_audited_and_found_exactly(api: Api) -> None:
         assert [e["actor"] for e in r.json()["items"]] == [actor]
     r = api.get(AUDIT, api.admin_key, params={"actor": long})
     assert r.json()["items"] == []  # a prefix of them, no actor itself
+
+
+def test_actors_are_found_exactly_in_a_postgresql_database_that_counts_bytes(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    # A SQL_ASCII database (initdb's default under the C locale; certctl reaches it with
+    # ?client_encoding=utf8) cuts substr() in bytes, not characters: the prefix cut in Python
+    # was another, and an actor with accents past 200 bytes was never found.
+    import psycopg
+
+    database = f"certctl_sql_ascii_{secrets.token_hex(4)}"
+    admin = f"postgresql://postgres@127.0.0.1:{postgres_cluster.port}/postgres"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(
+            f"CREATE DATABASE {database} TEMPLATE template0 ENCODING 'SQL_ASCII' LOCALE 'C'"
+        )
+    engine = create_store_engine(f"{postgres_cluster.url(database)}?client_encoding=utf8")
+    try:
+        migrate(engine)
+        sessions = session_factory(engine)
+        accented = "cert:CN=" + "é" * 150  # 158 characters, 308 bytes
+        actors = [accented, accented + "é", "cert:CN=" + "é" * 3000, "cert:CN=" + "x" * 300, "ci"]
+        with sessions.begin() as session:
+            for actor in actors:
+                audit.record(session, at=datetime.now(UTC), actor=actor, action="cert.issue")
+        with sessions() as session:
+            for actor in actors:
+                found = audit.list_audit(
+                    session, limit=10, after=None, where=audit.AuditFilter(actor=actor)
+                )
+                assert [e.actor for e in found] == [actor], len(actor)
+            prefix = audit.AuditFilter(actor=accented[:-1])
+            assert audit.list_audit(session, limit=10, after=None, where=prefix) == []
+    finally:
+        engine.dispose()
