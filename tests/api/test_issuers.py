@@ -1454,6 +1454,31 @@ def test_a_revoked_intermediate_whose_stored_pem_is_unreadable_is_listed_by_its_
     assert api.openssl_crl_serials("default", tmp_path) == listed
 
 
+def test_a_revoked_intermediate_whose_stored_serial_is_garbled_stays_on_its_parents_crl(
+    api: Api, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its serial (migration 0025) written over by hand with what is no serial: the CRL left
+    the revoked CA off with a WARNING, so clients accepted what it signed, where an unreadable
+    PEM was a 409. Its PEM gives the serial then; unreadable too, the 409 naming it."""
+    revoked = _intermediate(api, "garbled")
+    assert api.post(f"{ISSUERS}/garbled/revoke", api.admin_key, json={}).status_code == 200
+    listed = {revoked.serial_number}
+    assert api.openssl_crl_serials("default", tmp_path) == listed
+    caplog.set_level("WARNING", logger="certctl.services")
+    for garbled in ("", "zz", "0a:0b", "-" + format_serial(revoked.serial_number)):
+        _store_serial(api, "garbled", garbled)  # counted: the CRL is signed anew
+        assert api.openssl_crl_serials("default", tmp_path) == listed, garbled
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 30] == []
+    pem = revoked.public_bytes(Encoding.PEM).decode()
+    _store_certificate(api, "garbled", pem[: len(pem) // 2])
+    refused = assert_problem(api.get(f"{ISSUERS}/default/crl"), 409)
+    assert refused["detail"].startswith(
+        "issuer default: its revoked intermediate garbled has a stored certificate that cannot "
+        "be read (cut short or written over in the database outside certctl), and its stored "
+        "serial '-"
+    ), refused["detail"]
+
+
 def test_revocations_while_an_issuers_stored_certificate_is_unreadable(
     api: Api, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

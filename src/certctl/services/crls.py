@@ -646,8 +646,13 @@ def _revoked_of(
     ):
         # The serial stored beside its PEM (migration 0025); the PEM is not read. Read from
         # it, a PEM cut short or written over in the store (a restore, a hand edit) left
-        # nothing to list, and this CRL was a 409 until it was restored.
-        serial = stored if stored is not None else _serial_of(services, issuer_id, child_id, pem)
+        # nothing to list, and this CRL was a 409 until it was restored. One that is no
+        # serial (written over by hand) is not listed either: the PEM's then, or the 409.
+        serial = (
+            stored
+            if stored is not None and _is_listable(stored)
+            else _serial_of(services, issuer_id, child_id, pem, stored)
+        )
         if serial in listed:
             continue  # a serial appears once in a CRL (RFC 5280 5.1.2.6)
         first = children.get(serial)
@@ -662,11 +667,22 @@ def _revoked_of(
     return (*rows, *children.values())
 
 
-def _serial_of(services: Services, issuer_id: str, child_id: str, pem: str) -> str:
-    """Revoked intermediate ``child_id``'s serial, read from its PEM: none was stored.
+def _is_listable(serial: str) -> bool:
+    """Whether ``serial`` (hex, as stored) is one a CRL entry can carry."""
+    try:
+        return is_crl_serial(int(serial, 16))
+    except ValueError:
+        return False
 
-    A row stored before migration 0025 whose PEM could not be read then, or one written by
-    an older release (a replica during a rolling update). Its PEM restored, it is listed.
+
+def _serial_of(
+    services: Services, issuer_id: str, child_id: str, pem: str, stored: str | None
+) -> str:
+    """Revoked intermediate ``child_id``'s serial, read from its PEM: none usable was stored.
+
+    ``stored`` is None or none a CRL can list (written over by hand). A row stored before
+    migration 0025 whose PEM could not be read then, or one written by an older release (a
+    replica during a rolling update). Its PEM restored, it is listed.
 
     Raises:
         Conflict: the PEM cannot be read either, naming the row to restore (logged once per
@@ -678,11 +694,16 @@ def _serial_of(services: Services, issuer_id: str, child_id: str, pem: str) -> s
         return format_serial(x509.load_pem_x509_certificate(pem.encode()).serial_number)
     except ValueError:
         pass  # refused below, outside this block: the parser's error is no part of the 409
+    why = (
+        "its serial was not stored (a row from before migration 0025, or written by an older "
+        "release)"
+        if stored is None
+        else f"its stored serial {stored[:80]!r} is no serial a CRL can list"
+    )
     message = (
         f"issuer {issuer_id}: its revoked intermediate {child_id} has a stored "
         "certificate that cannot be read (cut short or written over in the database "
-        "outside certctl), and its serial was not stored (a row from before migration "
-        f"0025, or written by an older release), so no CRL of {issuer_id} can list it"
+        f"outside certctl), and {why}, so no CRL of {issuer_id} can list it"
     )
     services.logged.refuse(
         ("unlistable intermediate", issuer_id, child_id, hashlib.sha256(pem.encode()).digest()),
