@@ -42,6 +42,7 @@ from certctl.store.keywrap import (
     load_or_create_kek,
     master_key_from_env,
     read_kek_file,
+    refuse_blank_master_key,
 )
 from certctl.store.models import Actor, Issuer
 
@@ -83,6 +84,7 @@ def bootstrap(config: ServerConfig) -> Bootstrapped:
     # Before the data dir, the database file or a migration: a malformed key found after
     # them left a refused first start's migrated, empty store (and an upgraded one) behind.
     master_key_from_env()
+    refuse_blank_master_key(config.data_dir)
     try:
         return _bootstrap(config)
     except DBAPIError as exc:

@@ -29,6 +29,7 @@ __all__ = [
     "load_or_create_kek",
     "master_key_from_env",
     "read_kek_file",
+    "refuse_blank_master_key",
 ]
 
 _VERSION = b"v1"
@@ -133,6 +134,25 @@ def master_key_from_env() -> bytes | None:
     return kek
 
 
+def refuse_blank_master_key(data_dir: Path) -> None:
+    """Refuse a ``CERTCTL_MASTER_KEY`` set to nothing where a new key would be made.
+
+    A blank value counts as unset (a kek file beside it is used), but with no kek file a
+    start made a new key in the data dir: in a pod whose Secret value came out empty, that
+    is an emptyDir lost at the next restart, with every key stored under it.
+
+    Raises:
+        InvalidRequest: the variable is set, blank, and ``<data-dir>/kek`` does not exist.
+    """
+    if os.environ.get(MASTER_KEY_ENV, "x").strip() or (data_dir / "kek").exists():
+        return
+    raise InvalidRequest(
+        f"{MASTER_KEY_ENV} is set but empty (a Secret key or variable with no value?): set it "
+        f"to the key (head -c32 /dev/urandom | base64 for a new one), or unset it to keep a "
+        f"new key in {data_dir / 'kek'}"
+    )
+
+
 def load_or_create_kek(data_dir: Path, *, create: bool = True, replicas: bool = False) -> bytes:
     """Return the KEK from the environment, or ``<data-dir>/kek``, creating it (0600) if absent.
 
@@ -163,6 +183,7 @@ def load_or_create_kek(data_dir: Path, *, create: bool = True, replicas: bool = 
             f"{from_replicas}restore {path.name} from a backup (or set {MASTER_KEY_ENV} to its "
             f"content); a new key would open none"
         )
+    refuse_blank_master_key(data_dir)
     kek = os.urandom(32)
     try:
         # Never over a key another process created meanwhile (one whose keys may already be

@@ -260,3 +260,26 @@ def test_a_malformed_master_key_leaves_an_older_store_unmigrated(
     finally:
         connection.close()
     assert revision != ("0023",)
+
+
+def test_a_blank_master_key_is_refused_where_a_new_key_would_be_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A blank value counts as unset, so a first start made a new kek in the data dir: in a
+    # pod whose master-key Secret came out empty that is an emptyDir, lost at the next
+    # restart with every key stored under it.
+    data = tmp_path / "data"
+    monkeypatch.setenv("CERTCTL_MASTER_KEY", " \n")
+    with pytest.raises(InvalidRequest) as caught:
+        _boot(data)
+    assert str(caught.value) == (
+        "CERTCTL_MASTER_KEY is set but empty (a Secret key or variable with no value?): set it "
+        "to the key (head -c32 /dev/urandom | base64 for a new one), or unset it to keep a new "
+        f"key in {data / 'kek'}"
+    )
+    assert not data.exists()
+    # Where the kek file is there, blank still means "use the file", as before.
+    monkeypatch.delenv("CERTCTL_MASTER_KEY")
+    _boot(data)
+    monkeypatch.setenv("CERTCTL_MASTER_KEY", "")
+    assert _issuers(data) == ["default"]
