@@ -639,8 +639,8 @@ def test_actors_of_any_length_are_audited_and_found_exactly(api: Api) -> None:
 def test_actors_are_found_exactly_in_a_postgresql_database_that_counts_bytes(
     postgres_cluster: PostgresCluster,
 ) -> None:
-    # A SQL_ASCII database (initdb's default under the C locale; certctl reaches it with
-    # ?client_encoding=utf8) cuts substr() in bytes, not characters: the prefix cut in Python
+    # A SQL_ASCII database (initdb's default under the C locale; certctl always asks
+    # for client_encoding utf8) cuts substr() in bytes, not characters: the prefix cut in Python
     # was another, and an actor with accents past 200 bytes was never found.
     import psycopg
 

@@ -8,6 +8,7 @@ import re
 import secrets
 import socket
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -389,3 +390,35 @@ def test_a_role_refused_under_a_running_server_is_named_in_its_log_not_to_client
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"ALTER ROLE {role} LOGIN")
+
+
+def test_a_sql_ascii_database_is_used_in_utf_8(
+    tmp_path: Path, postgres_cluster: PostgresCluster
+) -> None:
+    # initdb under the C locale makes SQL_ASCII databases; reached without
+    # ?client_encoding=utf8, psycopg returned bytes for text and the first start failed with
+    # "internal error (TypeError: cannot use a string pattern on a bytes-like object)".
+    import psycopg
+    from sqlalchemy import select
+
+    from certctl.store.models import Actor
+
+    name = f"certctl_sql_ascii_{secrets.token_hex(4)}"
+    admin = f"postgresql://postgres@127.0.0.1:{postgres_cluster.port}/postgres"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'SQL_ASCII'")
+    url = postgres_cluster.url(name)
+    booted = bootstrap(_config(tmp_path / "data", url))
+    try:
+        with booted.services.sessions.begin() as session:
+            session.add(
+                Actor(id="zoe", name="Zoë Ångström", roles=[], created_at=datetime.now(UTC))
+            )
+        with booted.services.sessions() as session:
+            assert session.scalars(select(Actor.name).where(Actor.id == "zoe")).one() == (
+                "Zoë Ångström"
+            )
+    finally:
+        booted.services.engine.dispose()
+    # A restart on the same database (migrations done, keys stored) reads it back as well.
+    bootstrap(_config(tmp_path / "data", url)).services.engine.dispose()

@@ -321,7 +321,11 @@ def create_store_engine(url: str, pool_size: int = POOL_CONNECTIONS) -> Engine:
         pool_pre_ping=True,
         **limits,
         hide_parameters=True,
-        connect_args=_pg_timeouts(make_url(url).query),
+        # UTF-8 whatever the database's encoding: a SQL_ASCII one (initdb's default under the
+        # C locale, as in many containers) otherwise returned bytes for text, and the first
+        # start failed with "internal error (TypeError …)". Not left to the URL: certctl's
+        # names and subjects are Unicode, another client encoding would garble or refuse them.
+        connect_args={**_pg_timeouts(make_url(url).query), "client_encoding": "utf8"},
     )
 
     @event.listens_for(engine, "first_connect")
