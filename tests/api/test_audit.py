@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event as sqlalchemy_event
@@ -13,7 +14,7 @@ from certctl.metrics.registry import REGISTRY
 from certctl.services import audit
 from certctl.store.db import create_store_engine, migrate, session_factory
 from certctl.store.models import AuditEvent
-from tests.api.conftest import Api, PostgresCluster, assert_problem
+from tests.api.conftest import Api, PostgresCluster, assert_problem, running_app
 
 AUDIT = "/api/v1/audit"
 
@@ -669,3 +670,33 @@ def test_actors_are_found_exactly_in_a_postgresql_database_that_counts_bytes(
             assert audit.list_audit(session, limit=10, after=None, where=prefix) == []
     finally:
         engine.dispose()
+
+
+def _sql_ascii_database(cluster: PostgresCluster) -> str:
+    # initdb's default under the C locale: a VARCHAR(n) there holds n bytes, not characters.
+    import psycopg
+
+    database = f"certctl_sql_ascii_{secrets.token_hex(4)}"
+    admin = f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(
+            f"CREATE DATABASE {database} TEMPLATE template0 ENCODING 'SQL_ASCII' LOCALE 'C'"
+        )
+    return cluster.url(database)
+
+
+def test_a_refusal_on_a_long_path_with_accents_is_audited_in_a_sql_ascii_database(
+    postgres_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    # The audit's target was cut to 200 characters, which a SQL_ASCII database took for 400
+    # bytes of "é": the write failed, the 401 became a 500, and the attempt went unrecorded.
+    path = "/api/v1/auth/actors/" + "é" * 200
+    unknown = "cctl_" + "a" * 16 + "_" + "b" * 43
+    with running_app("postgresql", tmp_path / "data", _sql_ascii_database(postgres_cluster)) as api:
+        assert_problem(api.request("DELETE", path, unknown), 401)
+        assert_problem(api.request("DELETE", path, api.key_with_permissions("idle", [])), 403)
+        refusals = [e for e in api.audit() if e["outcome"] != "success"]
+        assert [e["outcome"] for e in refusals] == ["denied", "invalid"], refusals
+        for refusal in refusals:
+            assert "/api/v1/auth/actors/éé" in refusal["target"]
+            assert len(refusal["target"].encode()) <= 200
