@@ -10,6 +10,7 @@ transaction rolls back) and only *authentication* failures add an audit event, w
 from __future__ import annotations
 
 import logging
+import secrets
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from certctl.pki import KeyType, SubjectAltNames, common_name_dn, create_csr, generate_private_key
 from tests._tools import openssl_req
-from tests.api.conftest import Api, assert_problem
+from tests.api.conftest import Api, PostgresCluster, assert_problem, running_app
 
 JSON = {"content-type": "application/json"}
 BROKEN_CSR = "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
@@ -700,3 +701,41 @@ def test_no_redirect_where_no_route_takes_the_path(api: Api, path: str) -> None:
     r = api.get(path, api.admin_key, follow_redirects=False)
     assert "location" not in r.headers
     assert r.status_code == (200 if path == "/api/v1/auth/whoami" else 404)
+
+
+def _database(cluster: PostgresCluster, encoding: str) -> str:
+    import psycopg
+
+    name = f"certctl_{encoding.lower()}_{secrets.token_hex(4)}"
+    admin = f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(
+            f"CREATE DATABASE {name} TEMPLATE template0 ENCODING '{encoding}' LOCALE 'C'"
+        )
+    return cluster.url(name)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "name", "fragment"),
+    [
+        # 150 characters, 450 bytes: a SQL_ASCII VARCHAR(200) holds 200 bytes.
+        ("SQL_ASCII", "日" * 150, "a value is longer than the database holds"),
+        ("LATIN1", "日本", "the database's encoding (LATIN1) cannot store"),
+    ],
+)
+def test_a_value_the_database_cannot_store_is_a_400_that_changes_nothing(
+    postgres_cluster: PostgresCluster, tmp_path: Path, encoding: str, name: str, fragment: str
+) -> None:
+    # Valid for the API (and stored as it is on SQLite or in a UTF8 database), refused by the
+    # database: answered 500 "internal error", as if certctl had a bug.
+    url = _database(postgres_cluster, encoding)
+    with running_app("postgresql", tmp_path / "data", url) as api:
+        before = api.counts()
+        created = api.post("/api/v1/auth/actors", api.admin_key, json={"id": "a", "name": name})
+        assert fragment in assert_problem(created, 400)["detail"]
+        role = {"id": "r", "name": name, "permissions": []}
+        assert fragment in assert_problem(api.post(ROLES, api.admin_key, json=role), 400)["detail"]
+        assert api.counts() == before
+        # Other characters go through, on the same connections.
+        ok_actor = api.post("/api/v1/auth/actors", api.admin_key, json={"id": "a", "name": "Zoë"})
+        assert ok_actor.status_code == 201, ok_actor.text

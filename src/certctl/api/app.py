@@ -56,7 +56,13 @@ from certctl.metrics.registry import AUTH_FAILURES, HTTP_DURATION, HTTP_REQUESTS
 from certctl.services import audit
 from certctl.services.context import Principal, Services
 from certctl.services.target_policy import TargetPolicy
-from certctl.store.db import PoolTimeout, connection_reason, constraint_conflict, storage_error
+from certctl.store.db import (
+    PoolTimeout,
+    connection_reason,
+    constraint_conflict,
+    storage_error,
+    value_refusal,
+)
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -314,6 +320,17 @@ async def _database_error(request: Request, exc: Exception) -> Response:
         if conflict is not None:
             # A concurrent request (another worker or replica) wrote the same row first.
             return problem_from_error(conflict)
+        refused = value_refusal(exc)
+        if refused is not None:
+            # Nothing was written (the transaction rolled back): the database's encoding or
+            # its byte-counted lengths, not a bug. Named here for the operator, never the value.
+            logging.getLogger("certctl.api").warning(
+                "value refused by the database on %s %s: %s",
+                request.method,
+                logged_path_of(request.scope),
+                refused.detail,
+            )
+            return problem_from_error(refused)
         return await _unexpected(request, exc)
     # One line without the statement or its parameters (those may hold key material).
     # With PostgreSQL's or libpq's reason (a password rotated under the replicas): the log

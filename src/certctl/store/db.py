@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
@@ -33,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import GenericFunction
 
-from certctl.errors import CertctlError, Conflict, StorageUnavailable
+from certctl.errors import CertctlError, Conflict, InvalidRequest, StorageUnavailable
 
 __all__ = [
     "POOL_CONNECTIONS",
@@ -57,6 +58,7 @@ __all__ = [
     "startup_lock",
     "storage_error",
     "unicode_lower",
+    "value_refusal",
 ]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -876,4 +878,40 @@ def constraint_conflict(exc: BaseException) -> Conflict | None:
         return Conflict("a concurrent request created the same record first: it already exists")
     if code in (_SQLITE_FOREIGN_KEY, _PG_FOREIGN_KEY):
         return Conflict("a record this request refers to was deleted by a concurrent request")
+    return None
+
+
+# Values a PostgreSQL database refuses whatever the request's validation said: in a SQL_ASCII
+# database (initdb's default under the C locale) a VARCHAR(200) holds 200 bytes, not
+# characters; in a LATIN1 (or other single-byte) one, a character it has no byte for.
+_PG_TOO_LONG = "22001"  # string_data_right_truncation
+_PG_UNTRANSLATABLE = ("22P05", "22021")  # untranslatable_character, character_not_in_repertoire
+_PG_ENCODING = re.compile(r'encoding "([^"]+)"\s*$')
+
+
+def value_refusal(exc: BaseException) -> InvalidRequest | None:
+    """The 400 for a value the PostgreSQL database cannot store as it is, else None.
+
+    A name of 200 characters beyond ASCII in a SQL_ASCII database, or of characters a LATIN1
+    database has no byte for, answered 500 (an internal error) though nothing was written
+    and the same request succeeds with other characters. Never quotes the value.
+    """
+    if not isinstance(exc, DBAPIError):
+        return None
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None)
+    if code == _PG_TOO_LONG:
+        return InvalidRequest(
+            "a value is longer than the database holds (a SQL_ASCII PostgreSQL database counts "
+            "bytes, 2 to 4 for each character beyond ASCII, where a UTF8 one counts "
+            "characters): give a shorter one"
+        )
+    if code in _PG_UNTRANSLATABLE:
+        found = _PG_ENCODING.search(str(orig).splitlines()[0] if str(orig) else "")
+        encoding = f" ({found.group(1)})" if found else ""
+        return InvalidRequest(
+            f"a value holds a character the database's encoding{encoding} cannot store: "
+            "use other characters, or keep certctl's data in a UTF8 database, which stores "
+            "them all"
+        )
     return None
