@@ -672,15 +672,15 @@ def test_actors_are_found_exactly_in_a_postgresql_database_that_counts_bytes(
         engine.dispose()
 
 
-def _sql_ascii_database(cluster: PostgresCluster) -> str:
+def _sql_ascii_database(cluster: PostgresCluster, encoding: str = "SQL_ASCII") -> str:
     # initdb's default under the C locale: a VARCHAR(n) there holds n bytes, not characters.
     import psycopg
 
-    database = f"certctl_sql_ascii_{secrets.token_hex(4)}"
+    database = f"certctl_{encoding.lower()}_{secrets.token_hex(4)}"
     admin = f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres"
     with psycopg.connect(admin, autocommit=True) as connection:
         connection.execute(
-            f"CREATE DATABASE {database} TEMPLATE template0 ENCODING 'SQL_ASCII' LOCALE 'C'"
+            f"CREATE DATABASE {database} TEMPLATE template0 ENCODING '{encoding}' LOCALE 'C'"
         )
     return cluster.url(database)
 
@@ -700,3 +700,21 @@ def test_a_refusal_on_a_long_path_with_accents_is_audited_in_a_sql_ascii_databas
         for refusal in refusals:
             assert "/api/v1/auth/actors/éé" in refusal["target"]
             assert len(refusal["target"].encode()) <= 200
+
+
+def test_a_refusal_on_a_path_a_latin1_database_cannot_store_is_audited_escaped(
+    postgres_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    # LATIN1 has no byte for "日": the refusal's audit row was refused (22P05), and the 401 or
+    # 403 became a 400 with the attempt unrecorded.
+    path = "/api/v1/auth/actors/日本"
+    url = _sql_ascii_database(postgres_cluster, "LATIN1")
+    with running_app("postgresql", tmp_path / "data", url) as api:
+        assert_problem(api.request("DELETE", path), 401)
+        assert_problem(api.request("DELETE", path, api.key_with_permissions("idle", [])), 403)
+        refusals = [e for e in api.audit() if e["outcome"] != "success"]
+        assert [(e["outcome"], e["target"]) for e in refusals] == [
+            ("denied", "/api/v1/auth/actors/\\u65e5\\u672c"),
+            ("missing", "DELETE /api/v1/auth/actors/\\u65e5\\u672c"),
+        ]
+        assert refusals[0]["detail"] == "missing permission auth.actor.delete"

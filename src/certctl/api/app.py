@@ -294,20 +294,19 @@ def _audit_refusal(request: Request, actor: str, exc: CertctlError) -> None:
     outcome = "denied"
     credential = request.scope.get("certctl.credential", "")
     try:
-        with services.sessions.begin() as session:
-            audit.record(
-                session,
-                at=services.clock(),
-                actor=actor,
-                action=_refused_action(request),
-                target=logged_path_of(request.scope)[:200],
-                outcome=outcome,
-                source=source_of(request),
-                # Redacted as the 403's own detail is (api.problems): the refusal may quote
-                # a key pasted where its id belongs (DELETE /api/v1/auth/apikeys/<key>).
-                detail=redact_keys(exc.detail)[:500],
-                credential=credential if isinstance(credential, str) else "",
-            )
+        audit.record_refusal(
+            services.sessions,
+            at=services.clock(),
+            actor=actor,
+            action=_refused_action(request),
+            target=logged_path_of(request.scope)[:200],
+            outcome=outcome,
+            source=source_of(request),
+            # Redacted as the 403's own detail is (api.problems): the refusal may quote
+            # a key pasted where its id belongs (DELETE /api/v1/auth/apikeys/<key>).
+            detail=redact_keys(exc.detail)[:500],
+            credential=credential if isinstance(credential, str) else "",
+        )
     except Exception:
         # Never turn a 4xx into a 500 because the audit write failed (e.g. storage full).
         logging.getLogger("certctl.api").warning("could not audit a refused request", exc_info=True)

@@ -239,18 +239,17 @@ def audit_failure(services: Services, row: tuple[datetime, str, str, str, str, s
     """Write a refused authentication's audit row (blocking: a worker thread runs it)."""
     at, reason, detail, target, source, credential = row
     try:
-        with services.sessions.begin() as session:
-            audit.record(
-                session,
-                at=at,
-                actor="anonymous",
-                action="auth.failure",
-                target=target,
-                outcome=reason,
-                source=source,
-                detail=redact_keys(detail),
-                credential=credential,
-            )
+        audit.record_refusal(
+            services.sessions,
+            at=at,
+            actor="anonymous",
+            action="auth.failure",
+            target=target,
+            outcome=reason,
+            source=source,
+            detail=redact_keys(detail),
+            credential=credential,
+        )
     except (DBAPIError, PoolTimeout) as exc:
         fault = storage_error(exc)
         if fault is None:

@@ -7,13 +7,14 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, ColumnElement, Text, func, literal, literal_column, select
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
 
 from certctl.services.context import Principal
-from certctl.store.db import contains_pattern, unicode_lower
+from certctl.store.db import contains_pattern, unicode_lower, value_refusal
 from certctl.store.models import AuditEvent
 
-__all__ = ["AuditFilter", "event_values", "list_audit", "record"]
+__all__ = ["AuditFilter", "event_values", "list_audit", "record", "record_refusal"]
 
 
 def record(
@@ -43,6 +44,39 @@ def record(
             )
         )
     )
+
+
+def record_refusal(
+    sessions: sessionmaker[Session],
+    *,
+    at: datetime,
+    actor: str,
+    action: str,
+    target: str,
+    outcome: str,
+    source: str,
+    detail: str,
+    credential: str,
+) -> None:
+    r"""Record a refused request (401, 403) in a transaction of its own.
+
+    A database whose encoding has no byte for a character of the path or the detail (a
+    LATIN1 one given ``/actors/日``) refused the row: the refusal answered 400 instead, and
+    the attempt went unrecorded. Then written again with those characters escaped (``\u65e5``).
+    """
+    values = {"target": target, "detail": detail, "actor": actor, "credential": credential}
+    try:
+        with sessions.begin() as session:
+            record(session, at=at, action=action, outcome=outcome, source=source, **values)
+    except DBAPIError as exc:
+        if value_refusal(exc) is None:
+            raise
+        escaped = {
+            name: value.encode("ascii", "backslashreplace").decode()
+            for name, value in values.items()
+        }
+        with sessions.begin() as session:
+            record(session, at=at, action=action, outcome=outcome, source=source, **escaped)
 
 
 def event_values(
