@@ -146,10 +146,14 @@ def refuse_blank_master_key(data_dir: Path) -> None:
     """
     if os.environ.get(MASTER_KEY_ENV, "x").strip() or (data_dir / "kek").exists():
         return
+    # Checked before the database is opened: it may hold keys already (a kek moved into a
+    # Secret that came out empty, a new replica), where a new key would open none of them.
     raise InvalidRequest(
-        f"{MASTER_KEY_ENV} is set but empty (a Secret key or variable with no value?): set it "
-        f"to the key (head -c32 /dev/urandom | base64 for a new one), or unset it to keep a "
-        f"new key in {data_dir / 'kek'}"
+        f"{MASTER_KEY_ENV} is set but empty (a Secret key or variable with no value?) and "
+        f"{data_dir / 'kek'} does not exist: set it to the key the stored keys are encrypted "
+        f"under (the content of a kek from a backup, the {MASTER_KEY_ENV} of the replicas), "
+        f"or for a new database to a new one (head -c32 /dev/urandom | base64); unset, a "
+        f"first start keeps a new key in {data_dir / 'kek'}"
     )
 
 

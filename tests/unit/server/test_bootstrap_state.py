@@ -273,9 +273,11 @@ def test_a_blank_master_key_is_refused_where_a_new_key_would_be_made(
     with pytest.raises(InvalidRequest) as caught:
         _boot(data)
     assert str(caught.value) == (
-        "CERTCTL_MASTER_KEY is set but empty (a Secret key or variable with no value?): set it "
-        "to the key (head -c32 /dev/urandom | base64 for a new one), or unset it to keep a new "
-        f"key in {data / 'kek'}"
+        "CERTCTL_MASTER_KEY is set but empty (a Secret key or variable with no value?) and "
+        f"{data / 'kek'} does not exist: set it to the key the stored keys are encrypted under "
+        "(the content of a kek from a backup, the CERTCTL_MASTER_KEY of the replicas), or for "
+        "a new database to a new one (head -c32 /dev/urandom | base64); unset, a first start "
+        f"keeps a new key in {data / 'kek'}"
     )
     assert not data.exists()
     # Where the kek file is there, blank still means "use the file", as before.
@@ -283,3 +285,21 @@ def test_a_blank_master_key_is_refused_where_a_new_key_would_be_made(
     _boot(data)
     monkeypatch.setenv("CERTCTL_MASTER_KEY", "")
     assert _issuers(data) == ["default"]
+
+
+def test_a_blank_master_key_over_stored_keys_names_their_key_not_a_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kek moved into a Secret whose value then came out empty: refused before the store
+    # is opened, the refusal said only to make a new key (which opens none of the stored
+    # ones) or to unset the variable (then refused for the missing kek).
+    data = tmp_path / "data"
+    _boot(data)
+    kek = (data / "kek").read_text()
+    (data / "kek").unlink()
+    monkeypatch.setenv("CERTCTL_MASTER_KEY", "")
+    with pytest.raises(InvalidRequest) as caught:
+        _boot(data)
+    assert "set it to the key the stored keys are encrypted under" in str(caught.value)
+    monkeypatch.setenv("CERTCTL_MASTER_KEY", kek)
+    _boot(data)
