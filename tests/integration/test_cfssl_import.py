@@ -324,3 +324,48 @@ def test_a_crl_from_cfssl_gencrl_is_named_and_carried_over_once_decoded(
     revoked = run("openssl", "verify", "-crl_check", "-CRLfile", new, "-CAfile", d / "ca.pem",
                   d / "old.pem")  # fmt: skip
     assert "certificate revoked" in revoked.stdout + revoked.stderr
+
+
+@pytest.fixture(scope="module")
+def sha1_root_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An old openssl root signed on itself with SHA-1 (``openssl req -x509 -sha1``), and an
+    intermediate it signed with SHA-256 (inter.crt; inter-chain.crt with the root)."""
+    d = tmp_path_factory.mktemp("sha1-root")
+    (d / "ext.cnf").write_text(
+        "[root]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
+        "subjectKeyIdentifier=hash\n"
+        "[inter]\nbasicConstraints=critical,CA:TRUE,pathlen:0\n"
+        "keyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n"
+        "authorityKeyIdentifier=keyid:always\n"
+    )
+    ok(run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha1",
+           "-keyout", d / "root.key", "-subj", "/CN=Old SHA-1 Root", "-days", "30",
+           "-config", d / "ext.cnf", "-extensions", "root", "-out", d / "root.crt"))  # fmt: skip
+    ok(run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-nodes", "-keyout", d / "inter.key", "-subj", "/CN=Under Old Root",
+           "-out", d / "inter.csr"))  # fmt: skip
+    ok(run("openssl", "x509", "-req", "-in", d / "inter.csr", "-CA", d / "root.crt",
+           "-CAkey", d / "root.key", "-CAcreateserial", "-sha256", "-days", "20",
+           "-extfile", d / "ext.cnf", "-extensions", "inter", "-out", d / "inter.crt"))  # fmt: skip
+    (d / "inter-chain.crt").write_text((d / "inter.crt").read_text() + (d / "root.crt").read_text())
+    return d
+
+
+def test_a_root_signed_on_itself_with_sha1_stays_out_of_tls_crt(
+    sha1_root_pki: Path, tmp_path: Path
+) -> None:
+    """OpenSSL checks no trust anchor's signature on itself, so such a root (old openssl CA
+    scripts) is a root to it; cryptography checks no SHA-1 signature, so certctl took it
+    for an intermediate and put it in tls.crt after every leaf of the CA below it."""
+    d = sha1_root_pki
+    certctl_ok("ca", "import", "--cert", d / "inter-chain.crt", "--key", d / "inter.key",
+               "--out", tmp_path / "ca")  # fmt: skip
+    certctl_ok("cert", "issue", "--ca", tmp_path / "ca", "--cn", "web.example.com",
+               "--out", tmp_path / "web")  # fmt: skip
+    tls = tmp_path / "web" / "tls.crt"
+    served = x509.load_pem_x509_certificates(tls.read_bytes())
+    assert served[1:] == x509.load_pem_x509_certificates((d / "inter.crt").read_bytes())
+    assert (tmp_path / "web" / "ca.crt").read_bytes() == (d / "root.crt").read_bytes()
+    # What TLS clients at Debian's default level make of it: the root's SHA-1 is no fault.
+    ok(run("openssl", "verify", "-auth_level", "2", "-CAfile", d / "root.crt",
+           "-untrusted", tls, tls))  # fmt: skip

@@ -35,8 +35,20 @@ def asserts_ca(cert: x509.Certificate) -> bool:
 
 
 def is_self_signed(cert: x509.Certificate) -> bool:
-    """Whether ``cert`` names itself as issuer and its own key signed it (a trust anchor)."""
-    return cert.issuer == cert.subject and signs(cert, cert)
+    """Whether ``cert`` names itself as issuer and its own key signed it (a trust anchor).
+
+    A signature on itself over SHA-1 or MD5 counts, though cryptography checks none: no
+    client checks a trust anchor's signature on itself (OpenSSL 3 leaves it out of its
+    digest check), and an old openssl root so signed was taken for an intermediate, sent
+    after every leaf of the CAs below it.
+    """
+    if cert.issuer != cert.subject:
+        return False
+    if signs(cert, cert):
+        return True
+    from certctl.pki.key_strength import weakly_signed  # it imports this module
+
+    return weakly_signed(cert, cert) is not None
 
 
 def issuer_chain(
