@@ -1014,6 +1014,16 @@ def test_a_root_signed_on_itself_with_sha1_is_not_sent_after_leaves(
     (tmp_path / "tls.crt").write_text(leaf["certificate_pem"] + leaf["chain_pem"])
     ok(run("openssl", "verify", "-auth_level", "2", "-CAfile", tmp_path / "root.pem",
            "-untrusted", tmp_path / "tls.crt", tmp_path / "tls.crt"))  # fmt: skip
+    # Given twice, the copy left over was taken for the root's issuer: "CA CN=Old Sha1 Root
+    # signed CN=Old Sha1 Root with SHA-1 … reissue it"; it is refused as any certificate
+    # outside the chain is.
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={"id": "twice", "certificate_pem": inter_pem + root_pem + root_pem,
+              "private_key_pem": inter_key},
+    )  # fmt: skip
+    assert "not an issuer in the chain" in assert_problem(r, 400)["detail"]
 
 
 def test_import_allows_a_few_minutes_of_clock_skew(api: Api) -> None:

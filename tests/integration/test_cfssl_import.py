@@ -369,3 +369,18 @@ def test_a_root_signed_on_itself_with_sha1_stays_out_of_tls_crt(
     # What TLS clients at Debian's default level make of it: the root's SHA-1 is no fault.
     ok(run("openssl", "verify", "-auth_level", "2", "-CAfile", d / "root.crt",
            "-untrusted", tls, tls))  # fmt: skip
+
+
+def test_a_root_signed_on_itself_with_sha1_given_twice_is_no_weak_link(
+    sha1_root_pki: Path, tmp_path: Path
+) -> None:
+    """A bundle holding the root twice (``cat``-ed files) left a copy over, which certctl
+    took for the root's issuer: "CA CN=Old SHA-1 Root signed CN=Old SHA-1 Root with SHA-1
+    … reissue it", though no client checks a root's signature on itself."""
+    d = sha1_root_pki
+    bundle = tmp_path / "twice.crt"
+    bundle.write_text((d / "inter-chain.crt").read_text() + (d / "root.crt").read_text())
+    imported = certctl_ok("ca", "import", "--cert", bundle, "--key", d / "inter.key",
+                          "--out", tmp_path / "ca")  # fmt: skip
+    assert "with SHA-1" not in imported.err
+    assert (tmp_path / "ca" / "ca-chain.crt").read_text() == (d / "inter-chain.crt").read_text()

@@ -324,8 +324,11 @@ def _issuer_chain(
     top = chain[-1] if chain else ca_cert
     for cert in left_over:
         # cryptography checks no SHA-1 or MD5 signature, so a legacy openssl root was "not an
-        # issuer in the chain", then "not given": imported, its leaves failed everywhere.
-        weak = weakly_signed(cert, top) if cert.subject == top.issuer else None
+        # issuer in the chain", then "not given": imported, its leaves failed everywhere. A
+        # root's signature on itself is no link (no client checks it): a copy of it given
+        # too was "CA R signed R with SHA-1".
+        linked = cert.subject == top.issuer != top.subject
+        weak = weakly_signed(cert, top) if linked else None
         if weak is not None:
             raise InvalidRequest(weak)
     for cert in left_over:

@@ -314,10 +314,12 @@ def _refuse_weak_link(top: x509.Certificate, candidates: Sequence[x509.Certifica
     cryptography checks no such signature, so the issuer given (a legacy openssl CA's
     root) passed for another CA: "does not verify with its issuer", or a warning that the
     root was not given. OpenSSL 3 refuses the link from security level 1 on, so every
-    certificate below it would fail too.
+    certificate below it would fail too. A root's signature on itself is no link (no client
+    checks it), so a copy of the root given too is not refused for it.
     """
     for candidate in candidates:
-        weak = weakly_signed(candidate, top) if candidate.subject == top.issuer else None
+        linked = candidate.subject == top.issuer != top.subject
+        weak = weakly_signed(candidate, top) if linked else None
         if weak is not None:
             raise InvalidRequest(f"{weak}; not imported")
 
