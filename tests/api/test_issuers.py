@@ -1026,6 +1026,33 @@ def test_a_root_signed_on_itself_with_sha1_is_not_sent_after_leaves(
     assert "not an issuer in the chain" in assert_problem(r, 400)["detail"]
 
 
+def test_a_root_signed_on_itself_with_sha1_imports_and_issues(api: Api, tmp_path: Path) -> None:
+    """What 'certctl ca import' takes and OpenSSL trusts (it checks no root's signature on
+    itself): the server said "the CA certificate's signature does not verify with its own
+    key (self-signed)", as cryptography checks no SHA-1 signature."""
+    root_pem, root_key, inter_pem, inter_key = _sha1_root_and_intermediate(tmp_path)
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={"id": "old-sha1-root", "certificate_pem": root_pem, "private_key_pem": root_key},
+    )
+    assert r.status_code == 201, r.text
+    leaf = api.issue(issuer="old-sha1-root", common_name="from-old-root.example.com")
+    assert leaf["chain_pem"] == ""
+    (tmp_path / "leaf.crt").write_text(leaf["certificate_pem"])
+    ok(run("openssl", "verify", "-auth_level", "2", "-CAfile", tmp_path / "root.pem",
+           tmp_path / "leaf.crt"))  # fmt: skip
+    # The intermediate it signed, imported alone after it, gets it as its chain.
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={"id": "below-old-root", "certificate_pem": inter_pem, "private_key_pem": inter_key},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["chain_pem"] == root_pem
+    assert r.json()["warnings"] == []
+
+
 def test_import_allows_a_few_minutes_of_clock_skew(api: Api) -> None:
     key = generate_private_key(KeyType.EC_P256)
     ahead = api.clock() + timedelta(minutes=2)  # made on a host whose clock runs ahead
