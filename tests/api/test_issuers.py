@@ -971,6 +971,58 @@ def test_import_of_an_intermediate_signed_with_sha1_names_the_digest(
     assert api.get(f"{ISSUERS}/sha1-sub", api.admin_key).status_code == 404
 
 
+def test_import_of_an_intermediate_signed_with_sha1_under_rsassa_pss_is_refused(
+    api: Api, tmp_path: Path
+) -> None:
+    """cryptography checks an RSASSA-PSS signature over SHA-1 (not a PKCS#1 one), so such
+    an intermediate was taken in silence, given with its root or alone below the root held;
+    OpenSSL 3 refuses the link from security level 1 on, as the PKCS#1 one."""
+    d = tmp_path
+    ok(run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", d / "root.key",
+           "-out", d / "root.pem", "-subj", "/CN=Pss Root", "-days", "30",
+           "-addext", "keyUsage=critical,keyCertSign,cRLSign"))  # fmt: skip
+    (d / "ext.cnf").write_text(
+        "basicConstraints = critical, CA:true, pathlen:0\n"
+        "keyUsage = critical, keyCertSign, cRLSign\n"
+    )
+    openssl_req(d / "sub.key", d / "sub.csr", "/CN=Pss Sub")
+    ok(
+        run(
+            "openssl", "x509", "-req", "-in", d / "sub.csr", "-CA", d / "root.pem",
+            "-CAkey", d / "root.key", "-CAcreateserial", "-sha1",
+            "-sigopt", "rsa_padding_mode:pss", "-days", "20",
+            "-extfile", d / "ext.cnf", "-out", d / "sub.pem",
+        )
+    )  # fmt: skip
+    sub_pem, root_pem = (d / "sub.pem").read_text(), (d / "root.pem").read_text()
+    expected = (
+        "CA CN=Pss Root signed CN=Pss Sub with SHA-1 (RSASSA-PSS), which OpenSSL 3 refuses "
+        "from security level 1 on (openssl verify -auth_level 1): reissue it with SHA-256; "
+        "not imported"
+    )
+
+    def post(bundle: str) -> Response:
+        return api.post(
+            ISSUERS,
+            api.admin_key,
+            json={"id": "pss-sub", "certificate_pem": bundle,
+                  "private_key_pem": (d / "sub.key").read_text()},
+        )  # fmt: skip
+
+    assert assert_problem(post(sub_pem + root_pem), 400)["detail"] == expected
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={"id": "pss-root", "certificate_pem": root_pem,
+              "private_key_pem": (d / "root.key").read_text()},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    before = api.counts()
+    assert assert_problem(post(sub_pem), 400)["detail"] == expected
+    assert api.counts() == before
+    assert api.get(f"{ISSUERS}/pss-sub", api.admin_key).status_code == 404
+
+
 def _sha1_root_and_intermediate(d: Path) -> tuple[str, str, str, str]:
     """An openssl root signed on itself with SHA-1 and an intermediate it signed with
     SHA-256: (root PEM, root key PEM, intermediate PEM, intermediate key PEM)."""

@@ -384,3 +384,31 @@ def test_a_root_signed_on_itself_with_sha1_given_twice_is_no_weak_link(
                           "--out", tmp_path / "ca")  # fmt: skip
     assert "with SHA-1" not in imported.err
     assert (tmp_path / "ca" / "ca-chain.crt").read_text() == (d / "inter-chain.crt").read_text()
+
+
+def test_an_intermediate_signed_with_sha1_under_rsassa_pss_is_refused_too(
+    openssl_pki: Path, tmp_path: Path
+) -> None:
+    """``openssl x509 -req -sha1 -sigopt rsa_padding_mode:pss``: cryptography checks such a
+    signature (not a PKCS#1 one over SHA-1), so the root given took it into the chain and
+    the import went through in silence; OpenSSL 3 refuses the link as the PKCS#1 one."""
+    d = openssl_pki
+    ok(run("openssl", "x509", "-req", "-in", d / "inter.csr", "-CA", d / "root.crt",
+           "-CAkey", d / "root.key", "-CAcreateserial", "-sha1",
+           "-sigopt", "rsa_padding_mode:pss", "-days", "20",
+           "-extfile", d / "ext.cnf", "-extensions", "inter",
+           "-out", tmp_path / "pss.crt"))  # fmt: skip
+    judged = run("openssl", "verify", "-auth_level", "1", "-CAfile", d / "root.crt",
+                 tmp_path / "pss.crt")  # fmt: skip
+    assert "digest algorithm too weak" in judged.stdout + judged.stderr
+    bundle = tmp_path / "pss-chain.crt"
+    bundle.write_text((tmp_path / "pss.crt").read_text() + (d / "root.crt").read_text())
+    out = tmp_path / "pss-ca"
+    refused = certctl("ca", "import", "--cert", bundle, "--key", d / "inter.key", "--out", out)
+    assert refused.code == 1
+    assert refused.err == (
+        "certctl: error: CA CN=Legacy Root signed CN=Legacy Inter with SHA-1 (RSASSA-PSS), "
+        "which OpenSSL 3 refuses from security level 1 on (openssl verify -auth_level 1): "
+        "reissue it with SHA-256\n"
+    )
+    assert not out.exists()

@@ -316,11 +316,19 @@ def _issuer_chain(
     Raises:
         InvalidRequest: the issuer given signed the top of the chain with SHA-1 or MD5.
     """
+    import itertools
+
     from certctl.errors import InvalidRequest
     from certctl.pki import display_dn, issuer_chain
     from certctl.pki.key_strength import weakly_signed
 
     chain, left_over = issuer_chain(ca_cert, others)
+    for child, parent in itertools.pairwise((ca_cert, *chain)):
+        # cryptography checks an RSASSA-PSS signature over SHA-1 (not a PKCS#1 one), so
+        # such a link passed into the chain in silence; OpenSSL 3 refuses it as the other.
+        weak = weakly_signed(parent, child)
+        if weak is not None:
+            raise InvalidRequest(weak)
     top = chain[-1] if chain else ca_cert
     for cert in left_over:
         # cryptography checks no SHA-1 or MD5 signature, so a legacy openssl root was "not an

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
@@ -258,6 +259,10 @@ def import_issuer(
     chain, left_over = issuer_chain(ca_cert, [c for c in certs if c is not ca_cert])
     _refuse_weak_link(chain[-1] if chain else ca_cert, left_over)
     chain = (*chain, *_held_chain_above(services, chain[-1] if chain else ca_cert))
+    for child, parent in itertools.pairwise((ca_cert, *chain)):
+        # cryptography checks an RSASSA-PSS signature over SHA-1 (not a PKCS#1 one), so
+        # such a link passed into the chain in silence; OpenSSL 3 refuses it as the other.
+        _refuse_weak_link(child, (parent,))
     ca = CertificateAuthority(ca_cert, key, chain)
     _check_importable(ca, services.clock(), left_over)
     if left_over:
