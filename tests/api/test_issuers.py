@@ -23,6 +23,7 @@ from certctl.errors import CertctlError, Conflict
 from certctl.pki import (
     CertificateAuthority,
     KeyType,
+    certs_to_pem,
     common_name_dn,
     create_root_ca,
     format_serial,
@@ -868,6 +869,118 @@ def test_import_of_an_intermediate_alone_takes_its_chain_from_the_root_held(
                   "-untrusted", tmp_path / "early.crt", tmp_path / "early.crt")  # fmt: skip
     assert refused.returncode != 0
     assert "unable to get issuer certificate" in refused.stdout + refused.stderr
+
+
+def test_import_of_an_intermediate_alone_takes_the_chain_of_its_issuer_valid_now(
+    api: Api, tmp_path: Path
+) -> None:
+    """A CA renewed on its key is held twice; the first held by id, expired, was taken.
+
+    Both certificates of the parent verify the intermediate's signature, and the expired
+    one became chain_pem: served after every leaf, so TLS clients refused them
+    ("certificate has expired") though the renewed parent was held too.
+    """
+    from certctl.pki import get_profile
+
+    now = api.clock()
+    root, _, _ = _root_and_intermediate("Renewal Root", "unused", now)
+    parent_key, sub_key = (
+        generate_private_key(KeyType.EC_P256),
+        generate_private_key(KeyType.EC_P256),
+    )
+    one_below = get_profile("intermediate").with_path_length(1)
+    old, new = (
+        root.issue(
+            parent_key.public_key(),
+            common_name_dn("Renewed Parent"),
+            profile=one_below,
+            validity=timedelta(days=days),
+            now=now,
+        ).certificate
+        for days in (10, 60)
+    )
+    root_pem = root.certificate.public_bytes(Encoding.PEM).decode()
+    for issuer_id, cert in (("a-old", old), ("b-new", new)):
+        r = api.post(
+            ISSUERS,
+            api.admin_key,
+            json={
+                "id": issuer_id,
+                "certificate_pem": cert.public_bytes(Encoding.PEM).decode() + root_pem,
+                "private_key_pem": key_to_pem(parent_key).decode(),
+            },
+        )
+        assert r.status_code == 201, r.text
+    sub = (
+        CertificateAuthority(new, parent_key, (root.certificate,))
+        .issue(
+            sub_key.public_key(),
+            common_name_dn("Sub Of Renewed"),
+            profile=get_profile("intermediate"),
+            validity=timedelta(days=40),
+            now=now,
+        )
+        .certificate
+    )
+    # One revoked (superseded) was taken as well, and the import refused below it (409).
+    assert _import_pair(api, "root", root.certificate, root.private_key).status_code == 201
+    superseded = root.issue(
+        parent_key.public_key(),
+        common_name_dn("Renewed Parent"),
+        profile=one_below,
+        validity=timedelta(days=50),
+        now=now,
+    ).certificate
+    assert _import_pair(api, "a-revoked", superseded, parent_key).status_code == 201
+    r = api.post(f"{ISSUERS}/a-revoked/revoke", api.admin_key, json={"reason": "superseded"})
+    assert r.status_code == 200, r.text
+    later = api.clock.advance(days=20)  # the old parent has expired
+    r = _import_pair(api, "sub-of-renewed", sub, sub_key)
+    assert r.status_code == 201, r.text
+    assert x509.load_pem_x509_certificates(r.json()["chain_pem"].encode()) == [
+        new,
+        root.certificate,
+    ]
+    leaf = api.issue(issuer="sub-of-renewed", common_name="renewed.example.com")
+    (tmp_path / "root.pem").write_text(root_pem)
+    (tmp_path / "tls.crt").write_text(leaf["certificate_pem"] + leaf["chain_pem"])
+    ok(run("openssl", "verify", "-attime", str(int(later.timestamp())),
+           "-CAfile", tmp_path / "root.pem", "-untrusted", tmp_path / "tls.crt",
+           tmp_path / "tls.crt"))  # fmt: skip
+
+
+def test_import_of_an_intermediate_alone_prefers_the_root_held_to_a_cross_certificate(
+    api: Api,
+) -> None:
+    """A root also held cross-signed by another root (a move from one root to another):
+    taken first by id, the cross-certificate made the other root the one ca.pem?chain=true
+    ends with, the ca.crt clients are given, though the intermediate's own root was held."""
+    from certctl.pki import get_profile
+
+    now = api.clock()
+    root, inter, inter_key = _root_and_intermediate("Crossed Root", "Below Crossed", now)
+    other, _, _ = _root_and_intermediate("Other Root", "unused", now)
+    cross = other.issue(
+        root.private_key.public_key(),
+        root.certificate.subject,
+        profile=get_profile("intermediate").with_path_length(None),
+        validity=timedelta(days=60),
+        now=now,
+    ).certificate
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "a-cross",
+            "certificate_pem": certs_to_pem([cross, other.certificate]).decode(),
+            "private_key_pem": key_to_pem(root.private_key).decode(),
+        },
+    )
+    assert r.status_code == 201, r.text
+    assert _import_pair(api, "z-root", root.certificate, root.private_key).status_code == 201
+    r = _import_pair(api, "below-crossed", inter, inter_key)
+    assert r.status_code == 201, r.text
+    assert r.json()["chain_pem"] == root.certificate.public_bytes(Encoding.PEM).decode()
 
 
 def test_import_of_an_intermediate_whose_serial_no_crl_can_list_says_so(

@@ -31,7 +31,7 @@ from certctl.pki import (
     load_material,
     parse_dn,
 )
-from certctl.pki.chain_links import is_self_signed, signs
+from certctl.pki.chain_links import is_self_signed, signs, window_problem
 from certctl.pki.crl import is_crl_serial
 from certctl.pki.issue import KeyMismatch
 from certctl.pki.key_strength import weakly_signed
@@ -298,19 +298,30 @@ def _held_chain_above(services: Services, top: x509.Certificate) -> tuple[x509.C
         return ()
     with services.sessions() as session:
         candidates = session.execute(
-            select(Issuer.id, Issuer.certificate_pem, Issuer.chain_pem)
+            select(Issuer.id, Issuer.certificate_pem, Issuer.chain_pem, Issuer.revoked_at)
             .where(Issuer.subject == top.issuer.rfc4514_string())
             .order_by(Issuer.id)
         ).all()
-    for issuer_id, certificate_pem, chain_pem in candidates:
+    now = services.clock()
+    # One key may be held under several certificates (a CA renewed on its key, a root also
+    # cross-signed): the first by id could be revoked (the import then refused below it)
+    # or expired (served after every leaf, which clients then refused). One neither comes
+    # first, then the shortest path (a root held over a cross-certificate to another root).
+    ranked: list[tuple[bool, bool, int, tuple[x509.Certificate, ...]]] = []
+    for issuer_id, certificate_pem, chain_pem, revoked_at in candidates:
         try:
             cert, chain = stored_certificates(services, issuer_id, certificate_pem, chain_pem)
         except Conflict:
             continue  # unreadable in the store (logged there): the import warns as before
         if signs(cert, top):
-            return (cert, *chain)
-        _refuse_weak_link(top, (cert,))
-    return ()
+            path = (cert, *chain)
+            expired = any(window_problem(c, now) is not None for c in path)
+            ranked.append((revoked_at is not None, expired, len(path), path))
+        else:
+            _refuse_weak_link(top, (cert,))
+    if not ranked:
+        return ()
+    return min(ranked, key=lambda rank: rank[:3])[3]
 
 
 def _refuse_weak_link(top: x509.Certificate, candidates: Sequence[x509.Certificate]) -> None:
