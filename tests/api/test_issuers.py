@@ -983,6 +983,53 @@ def test_import_of_an_intermediate_alone_prefers_the_root_held_to_a_cross_certif
     assert r.json()["chain_pem"] == root.certificate.public_bytes(Encoding.PEM).decode()
 
 
+def test_import_of_a_ca_below_a_parent_of_path_length_0_is_refused(
+    api: Api, tmp_path: Path
+) -> None:
+    """openssl signs a CA below a pathlen:0 intermediate as asked. Imported, alone below the
+    intermediate held or with the chain, it was taken, and every certificate it signed
+    failed ("path length constraint exceeded"), as one lacking keyCertSign would."""
+    now = api.clock()
+    root, inter, inter_key = _root_and_intermediate("Path Root", "Path Zero Inter", now)
+    root_pem = root.certificate.public_bytes(Encoding.PEM).decode()
+    inter_pem = inter.public_bytes(Encoding.PEM).decode()
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={"id": "path-zero", "certificate_pem": inter_pem + root_pem,
+              "private_key_pem": key_to_pem(inter_key).decode()},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    (tmp_path / "inter.pem").write_text(inter_pem)
+    (tmp_path / "inter.key").write_bytes(key_to_pem(inter_key))
+    (tmp_path / "ext.cnf").write_text(
+        "basicConstraints = critical, CA:true, pathlen:0\nkeyUsage = critical, keyCertSign\n"
+    )
+    openssl_req(tmp_path / "sub.key", tmp_path / "sub.csr", "/CN=Too Deep")
+    ok(
+        run(
+            "openssl", "x509", "-req", "-in", tmp_path / "sub.csr", "-CA", tmp_path / "inter.pem",
+            "-CAkey", tmp_path / "inter.key", "-CAcreateserial", "-days", "10",
+            "-extfile", tmp_path / "ext.cnf", "-out", tmp_path / "sub.pem",
+        )
+    )  # fmt: skip
+    sub_pem = (tmp_path / "sub.pem").read_text()
+    before = api.counts()
+    for bundle in (sub_pem, sub_pem + inter_pem + root_pem):
+        r = api.post(
+            ISSUERS,
+            api.admin_key,
+            json={"id": "too-deep", "certificate_pem": bundle,
+                  "private_key_pem": (tmp_path / "sub.key").read_text()},
+        )  # fmt: skip
+        assert assert_problem(r, 400)["detail"] == (
+            "CN=Path Zero Inter, above it, allows 0 CA certificates below it (pathlen:0) and 1 "
+            "follow: certificates this CA signs would not verify (path length constraint "
+            "exceeded)"
+        )
+    assert api.counts() == before
+
+
 def test_import_of_an_intermediate_whose_serial_no_crl_can_list_says_so(
     api: Api, tmp_path: Path
 ) -> None:

@@ -412,3 +412,39 @@ def test_an_intermediate_signed_with_sha1_under_rsassa_pss_is_refused_too(
         "reissue it with SHA-256\n"
     )
     assert not out.exists()
+
+
+def test_a_ca_below_a_parent_of_path_length_0_is_imported_with_a_warning(
+    openssl_pki: Path, tmp_path: Path
+) -> None:
+    """openssl signs a CA below its pathlen:0 intermediate as asked; imported, it was taken
+    in silence, and every certificate it signed failed ("path length constraint
+    exceeded"). Kept, as an expired CA is, but said at once."""
+    d = openssl_pki
+    (tmp_path / "sub.cnf").write_text(
+        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n"
+    )
+    ok(run("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+           "-nodes", "-keyout", tmp_path / "sub.key", "-subj", "/CN=Below Legacy Inter",
+           "-out", tmp_path / "sub.csr"))  # fmt: skip
+    ok(run("openssl", "x509", "-req", "-in", tmp_path / "sub.csr", "-CA", d / "inter.crt",
+           "-CAkey", d / "inter.key", "-CAcreateserial", "-days", "10",
+           "-extfile", tmp_path / "sub.cnf", "-out", tmp_path / "sub.crt"))  # fmt: skip
+    bundle = tmp_path / "sub-chain.crt"
+    bundle.write_text((tmp_path / "sub.crt").read_text() + (d / "inter-chain.crt").read_text())
+    imported = certctl_ok("ca", "import", "--cert", bundle, "--key", tmp_path / "sub.key",
+                          "--out", tmp_path / "sub")  # fmt: skip
+    assert imported.err == (
+        "certctl: warning: CN=Legacy Inter, above it, allows 0 CA certificates below it "
+        "(pathlen:0) and 1 follow: certificates this CA signs would not verify (path length "
+        "constraint exceeded)\n"
+    )
+    certctl_ok("cert", "issue", "--ca", tmp_path / "sub", "--cn", "app.legacy.example",
+               "--out", tmp_path / "app")  # fmt: skip
+    tls = tmp_path / "app" / "tls.crt"
+    failed = run("openssl", "verify", "-CAfile", d / "root.crt", "-untrusted", tls, tls)
+    assert "path length constraint exceeded" in failed.stdout + failed.stderr
+    # Its negative twin: the intermediate itself, below a root of pathlen:1, is no warning.
+    kept = certctl_ok("ca", "import", "--cert", d / "inter-chain.crt", "--key", d / "inter.key",
+                      "--out", tmp_path / "inter")  # fmt: skip
+    assert kept.err == ""

@@ -219,6 +219,7 @@ def import_ca(
     from certctl.errors import InvalidRequest, PasswordRequired
     from certctl.files import OutputSet
     from certctl.pki import CertificateAuthority, certs_to_pem, display_dn, key_to_pem
+    from certctl.pki.chain_links import chain_problem
 
     key_password = read_password(key_password_file, env="CERTCTL_CA_PASSWORD")  # as in create
     try:
@@ -274,6 +275,10 @@ def import_ca(
     if not ca.may_sign_certificates:
         # Kept for the same reason; cert issue and csr sign refuse it.
         warn("the CA certificate's keyUsage lacks keyCertSign: it cannot sign certificates")
+    problem = chain_problem(ca.certificate, ca.chain)
+    if problem is not None:
+        # Kept too, but what it signs fails everywhere: said now, not by the first client.
+        warn(problem)
     top = ca.root
     if top.issuer != top.subject:
         # Imported all the same (the root may be in every trust store already), but the

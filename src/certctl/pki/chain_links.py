@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -14,6 +15,7 @@ from certctl.pki.verdicts import VerificationFailed
 __all__ = [
     "anchor_name",
     "asserts_ca",
+    "chain_problem",
     "check_window",
     "intermediate_name",
     "is_ca",
@@ -75,6 +77,36 @@ def issuer_chain(
         chain.append(parent)
         current = parent
     return tuple(chain), tuple(pool)
+
+
+def chain_problem(cert: x509.Certificate, chain: Sequence[x509.Certificate]) -> str | None:
+    """Why no certificate CA ``cert`` signs can verify through ``chain``, or None.
+
+    ``chain``: the CAs above it, nearest first, as :func:`issuer_chain` found them by name
+    and signature alone: one that may not issue (no cA, no keyCertSign), or whose
+    pathLenConstraint the CAs below it exceed, fails every path through it (openssl: "invalid
+    CA certificate", "path length constraint exceeded").
+    """
+    below = 0
+    for child, parent in itertools.pairwise((cert, *chain)):
+        if child.issuer != child.subject:  # self-issued CAs do not count (RFC 5280 6.1.4 (l))
+            below += 1
+        if parent.version is x509.Version.v1 and parent.issuer == parent.subject:
+            continue  # an old v1 root (no extensions), which openssl takes for a CA
+        name = display_dn(parent.subject)
+        if not is_ca(parent):
+            return (
+                f"{name}, above it, is no CA that may sign certificates (it lacks basicConstraints "
+                "CA:TRUE or keyCertSign): certificates this CA signs would not verify"
+            )
+        limit = parent.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if limit.path_length is not None and below > limit.path_length:
+            return (
+                f"{name}, above it, allows {limit.path_length} CA certificates below it "
+                f"(pathlen:{limit.path_length}) and {below} follow: certificates this CA signs "
+                "would not verify (path length constraint exceeded)"
+            )
+    return None
 
 
 def signs(parent: x509.Certificate, child: x509.Certificate) -> bool:

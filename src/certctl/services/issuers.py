@@ -31,7 +31,7 @@ from certctl.pki import (
     load_material,
     parse_dn,
 )
-from certctl.pki.chain_links import is_self_signed, signs, window_problem
+from certctl.pki.chain_links import chain_problem, is_self_signed, signs, window_problem
 from certctl.pki.crl import is_crl_serial
 from certctl.pki.issue import KeyMismatch
 from certctl.pki.key_strength import weakly_signed
@@ -444,6 +444,12 @@ def _check_importable(
             "the CA certificate's keyUsage lacks keyCertSign: certificates it signs would not "
             "verify"
         )
+    problem = chain_problem(cert, ca.chain)
+    if problem is not None:
+        # The chain is followed by signature alone (that of an issuer held here too): a
+        # parent of path length 0 or no CA at all made an issuer every certificate of which
+        # failed, as one lacking keyCertSign would.
+        raise InvalidRequest(problem)
     if cert.issuer == cert.subject:
         parent: x509.Certificate | None = cert
     else:  # the chain's issuer of it, wherever it sits (bundles come root first too)
