@@ -448,3 +448,29 @@ def test_a_ca_below_a_parent_of_path_length_0_is_imported_with_a_warning(
     kept = certctl_ok("ca", "import", "--cert", d / "inter-chain.crt", "--key", d / "inter.key",
                       "--out", tmp_path / "inter")  # fmt: skip
     assert kept.err == ""
+
+
+def test_cfssl_api_json_is_named_with_the_jq_line_cfssljson_cannot_replace(
+    tmp_path: Path,
+) -> None:
+    """cfssl serve answers ``{"success": true, "result": {"certificate": …}}`` (Vault
+    ``{"data": {"certificate": …}}``): cfssljson reads top-level members only, so the
+    ``cfssljson -f FILE -bare NAME`` certctl named wrote nothing and said nothing."""
+    (tmp_path / "csr.json").write_text(
+        json.dumps({"CN": "Api Root", "key": {"algo": "ecdsa", "size": 256}})
+    )
+    made = json.loads(ok(run("cfssl", "gencert", "-initca", tmp_path / "csr.json")).stdout)
+    answer = tmp_path / "answer.json"
+    answer.write_text(json.dumps({"success": True, "result": {"certificate": made["cert"]}}))
+    ok(run("cfssljson", "-f", answer, "-bare", "api", cwd=tmp_path))
+    assert not (tmp_path / "api.pem").exists()  # what the old hint led to
+    refused = certctl("inspect", answer)
+    assert refused.code == 1
+    assert refused.err == (
+        f"certctl: error: {answer}: a JSON document holding PEM at .result.certificate, which "
+        "cfssljson does not read: write it out with \"jq -r '.result.certificate' FILE > "
+        'NAME.pem"\n'
+    )
+    pem = ok(run("jq", "-r", ".result.certificate", answer)).stdout
+    (tmp_path / "api.pem").write_text(pem)
+    assert "CN=Api Root" in certctl_ok("inspect", tmp_path / "api.pem").out

@@ -6,6 +6,7 @@ import base64
 import binascii
 import functools
 import io
+import json
 import re
 import warnings
 import zipfile
@@ -273,18 +274,62 @@ def _password_error(password: bytes | None) -> InvalidRequest:
 _CFSSL_JSON = re.compile(rb'\s*\{.*"-----BEGIN [A-Z0-9 ]+-----\\n', re.S)
 
 
+# The members cfssljson (1.2) writes files from: what cfssl gencert, genkey and sign print.
+_CFSSLJSON_MEMBERS = ("cert", "certificate", "key", "csr")
+_JQ_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _json_pem_hint(data: bytes) -> str:
+    """What to do with a JSON document holding PEM: cfssljson where it reads it, else jq.
+
+    cfssljson reads only top-level members: of cfssl's API answer (``result.certificate``)
+    or Vault's (``data.certificate``) it writes nothing and says nothing, so there the jq
+    line that takes the first PEM out is named instead.
+    """
+    cfssl = (
+        "a JSON document holding PEM, as cfssl prints it: write the PEM files with "
+        "'cfssljson -f FILE -bare NAME' (NAME.pem, NAME-key.pem, NAME.csr)"
+    )
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return cfssl
+    if isinstance(document, dict) and any(
+        isinstance(document.get(name), str) and "-----BEGIN" in document[name]
+        for name in _CFSSLJSON_MEMBERS
+    ):
+        return cfssl
+    # Breadth first, so the shallowest PEM is named; iterative, as the document may nest
+    # as deep as json.loads allows.
+    queue: list[tuple[str, object]] = [("", document)]
+    for path, value in queue:
+        if isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
+            where = path or "."
+            if "'" in where:
+                break
+            return (
+                f"a JSON document holding PEM at {where}, which cfssljson does not read: "
+                f"write it out with \"jq -r '{where}' FILE > NAME.pem\""
+            )
+        if isinstance(value, dict):
+            queue.extend(
+                (f"{path}.{k}" if _JQ_NAME.fullmatch(k) else f"{path or '.'}[{json.dumps(k)}]", v)
+                for k, v in value.items()
+            )
+        elif isinstance(value, list):
+            queue.extend((f"{path or '.'}[{i}]", v) for i, v in enumerate(value))
+    return "a JSON document holding PEM: take the PEM out of it (jq -r '.PATH' FILE > NAME.pem)"
+
+
 def _load_pem(data: bytes, password: bytes | None, password_optional: bool = False) -> Material:
     material = Material(format="pem")
     blocks = list(_PEM_BLOCK.finditer(data))
     if not blocks:
         if _CFSSL_JSON.match(data):
-            # What cfssl gencert/sign print, and its API answers: PEM with escaped newlines
-            # inside JSON, which cfssljson writes out. Named, as "malformed PEM" of a file
-            # cfssl just made left the reader to guess.
-            raise InvalidRequest(
-                "a JSON document holding PEM, as cfssl prints it: write the PEM files with "
-                "'cfssljson -f FILE -bare NAME' (NAME.pem, NAME-key.pem, NAME.csr)"
-            )
+            # What cfssl gencert/sign print: PEM with escaped newlines inside JSON, which
+            # cfssljson writes out. Named, as "malformed PEM" of a file cfssl just made left
+            # the reader to guess.
+            raise InvalidRequest(_json_pem_hint(data))
         raise InvalidRequest("malformed PEM: no complete BEGIN/END block")
     for block in blocks:
         label, raw = block.group(1), block.group(0)

@@ -214,6 +214,19 @@ def test_x25519_key_refused() -> None:
             "'cfssljson -f FILE -bare NAME' (NAME.pem, NAME-key.pem, NAME.csr)",
         ),
         (
+            # Vault's answer: cfssljson reads top-level members only, and wrote nothing.
+            b'{"data": {"serial": "1", "certificate": "-----BEGIN CERTIFICATE-----\\nMIIB\\n'
+            b'-----END CERTIFICATE-----\\n"}}',
+            "a JSON document holding PEM at .data.certificate, which cfssljson does not read: "
+            "write it out with \"jq -r '.data.certificate' FILE > NAME.pem\"",
+        ),
+        (
+            b'{"items": [{"x-pem": "-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END '
+            b'CERTIFICATE-----\\n"}]}',
+            'a JSON document holding PEM at .items[0]["x-pem"], which cfssljson does not '
+            'read: write it out with "jq -r \'.items[0]["x-pem"]\' FILE > NAME.pem"',
+        ),
+        (
             bytes.fromhex("feedfeed00000002") + b"\x00" * 32,
             "a Java keystore (JKS/JCEKS), which certctl does not read; convert it with: keytool "
             "-importkeystore -srckeystore FILE -destkeystore FILE.p12 -deststoretype PKCS12",
