@@ -40,6 +40,7 @@ DESIGN_ROUTES = {
     ("GET", "/api/v1/issuers/{id}/crl"): PUBLIC,
     ("GET", "/api/v1/certificates"): "cert.read",
     ("POST", "/api/v1/certificates"): "cert.issue",
+    ("POST", "/api/v1/certificates/import"): "cert.issue",
     ("GET", "/api/v1/certificates/{id}"): "cert.read",
     ("POST", "/api/v1/certificates/{id}/revoke"): "cert.revoke",
     ("POST", "/api/v1/certificates/{id}/renew"): "cert.issue",

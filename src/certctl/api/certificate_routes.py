@@ -1,4 +1,4 @@
-"""Certificates: issue, list, get (JSON or PEM), revoke, renew."""
+"""Certificates: issue, import, list, get (JSON or PEM), revoke, renew."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from certctl.api._common import read_body as _body
 from certctl.api._common import services_of as _services
 from certctl.errors import InvalidRequest
 from certctl.pki import parse_duration
-from certctl.services import certificates, issuance, issuers
+from certctl.services import certificate_import, certificates, issuance, issuers
 from certctl.services.context import IssuerRevocation, Principal
 from certctl.services.revocation import issuer_revocations
 
@@ -122,6 +122,30 @@ async def issue_certificate(request: Request, principal: Principal | None) -> Re
     await services.commits.add(list(pending.rows))
     result = pending.finish()
     return _created(_issue_json(result, services.clock()), "/api/v1/certificates", result.record.id)
+
+
+async def import_certificates(request: Request, principal: Principal | None) -> Response:
+    body = await _body(request, schemas.CertificateImport)
+    services, caller = _services(request), _caller(principal)
+
+    def work() -> list[dict[str, Any]]:
+        imported = certificate_import.import_certificates(services, caller, body.certificate_pem)
+        revoked = issuer_revocations(services)
+        now = services.clock()
+        # Read back as a listing shows them: the same view, in the bundle's order.
+        rows = {
+            row.id: row
+            for row in certificates.certificates_by_id(services, [i.id for i in imported])
+        }
+        return [
+            schemas.certificate_json(
+                rows[i.id], certificates.effective_status(rows[i.id], now), revoked.get(i.issuer_id)
+            )
+            for i in imported
+        ]
+
+    items = await in_write_thread(request, work)
+    return _created({"items": items}, "/api/v1/certificates")
 
 
 async def list_certificates(request: Request, principal: Principal | None) -> Response:
@@ -276,6 +300,16 @@ CERTIFICATE_ROUTES: tuple[ApiRoute, ...] = (
         schemas.CertificateIssue,
         201,
         action="certificate.issue",
+    ),
+    ApiRoute(
+        "POST",
+        "/api/v1/certificates/import",
+        "cert.issue",
+        import_certificates,
+        "Record certificates an issuer held here signed before (a PEM bundle, no key)",
+        schemas.CertificateImport,
+        201,
+        action="certificate.import",
     ),
     ApiRoute(
         "GET",

@@ -236,6 +236,7 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
             "warnings": {"type": "array", "items": _STR},
         }
     ),
+    "ImportedCertificates": _object({"items": {"type": "array", "items": _ref("Certificate")}}),
     "ServiceOutput": _object(
         {"name": _STR, "data": {"type": "object", "additionalProperties": _STR}}
     ),
@@ -283,6 +284,7 @@ _SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("GET", "/api/v1/certificates"): _json("CertificateList"),
     ("POST", "/api/v1/certificates"): _json("IssuedCertificate"),
+    ("POST", "/api/v1/certificates/import"): _json("ImportedCertificates"),
     ("GET", "/api/v1/certificates/{id}"): {**_json("Certificate"), _PEM: {"schema": _STR}},
     ("POST", "/api/v1/certificates/{id}/revoke"): _json("RevokedCertificate"),
     ("POST", "/api/v1/certificates/{id}/renew"): _json("IssuedCertificate"),

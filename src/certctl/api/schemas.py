@@ -22,6 +22,7 @@ __all__ = [
     "ActorCreate",
     "ActorPatch",
     "ApiKeyCreate",
+    "CertificateImport",
     "CertificateIssue",
     "CertificateRenew",
     "CertificateRevoke",
@@ -123,6 +124,16 @@ class IssuerCreate(_Body):
     path_length: int | None = Field(default=None, ge=0, le=10)
     certificate_pem: str | None = Field(default=None, max_length=200_000)
     private_key_pem: str | None = Field(default=None, max_length=100_000)
+
+
+class CertificateImport(_Body):
+    """``POST /api/v1/certificates/import``: certificates an issuer held here signed before."""
+
+    certificate_pem: str = Field(
+        max_length=1_000_000,
+        description="one or more PEM certificates (a bundle), each signed by an issuer "
+        "certctl holds; no key",
+    )
 
 
 class CertificateIssue(_Body):

@@ -44,6 +44,7 @@ from certctl.pki.issue import BACKDATE
 from certctl.pki.subject_alt_names import SAN_KINDS, san_search_forms
 from certctl.services.audit import event_values, record
 from certctl.services.certificate_cache import certificate_cache
+from certctl.services.certificate_import import IMPORTED_PROFILE
 from certctl.services.context import IssuerRevocation, Principal, Services, connected
 from certctl.services.issuance import (
     AUDIT_EVENTS,
@@ -79,6 +80,7 @@ __all__ = [
     "IssuedClientCertificate",
     "Revocation",
     "certificate_counts",
+    "certificates_by_id",
     "effective_status",
     "get_certificate",
     "issued_client_certificate",
@@ -615,6 +617,14 @@ def _ancestors(connection: Connection, first: str | None) -> list[str]:
     return found
 
 
+def certificates_by_id(services: Services, ids: list[str]) -> list[CertificateRecord]:
+    """The records of ``ids`` (those that exist), detached from their session."""
+    with services.sessions() as session:
+        rows = list(session.scalars(select(CertificateRecord).where(CertificateRecord.id.in_(ids))))
+        session.expunge_all()
+    return rows
+
+
 def renew_certificate(
     services: Services, caller: Principal, cert_id: str, validity: timedelta | None
 ) -> IssueResult:
@@ -632,6 +642,14 @@ def renew_certificate(
         # A CSR-issued successor keeps the requester's key: renewing a certificate revoked
         # for keyCompromise would re-certify the compromised key.
         raise Conflict(f"certificate {cert_id} is revoked and cannot be renewed")
+    if old.profile == IMPORTED_PROFILE:
+        # Issued outside certctl: no certctl profile says which extensions its successor
+        # should carry, and re-signing under one would change them without a word.
+        raise Conflict(
+            f"certificate {cert_id} was imported (issued before certctl held its issuer) and "
+            "is not renewed here: issue its successor with POST /api/v1/certificates "
+            "(its CSR, or a key made here), then revoke it if it is to go"
+        )
     ca, revoked = load_issuer_state(services, check_not_managed(old.issuer_id))
     old_cert = x509.load_pem_x509_certificate(old.certificate_pem.encode())
     # notBefore is backdated by BACKDATE at issuance: leave it out, or each renewal would

@@ -1,0 +1,201 @@
+"""Record certificates an issuer signed before certctl held it (a cfssl or openssl CA imported).
+
+Such a certificate is stored as an issued one is (no key), so listing, the metrics counts,
+revocation and its issuer's CRL see it; its ``profile`` is ``imported``: certctl did not issue
+it under one of its profiles, and does not renew it (``certificates.renew_certificate``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from sqlalchemy import select, tuple_
+from sqlalchemy.exc import IntegrityError
+
+from certctl.errors import Conflict, InvalidRequest
+from certctl.pki import format_serial
+from certctl.pki.issue import IssuedCertificate
+from certctl.services.audit import event_values
+from certctl.services.context import Principal, Services
+from certctl.services.issuance import AUDIT_EVENTS, new_rows
+from certctl.services.issuers import check_not_managed
+from certctl.services.revocation import parsed_ca
+from certctl.store.groupcommit import Insert, write_rows
+from certctl.store.models import CertificateRecord, Issuer
+
+__all__ = ["IMPORTED_PROFILE", "ImportedCertificate", "import_certificates"]
+
+# The profile column of an imported certificate: the marker renewal and the listing read.
+IMPORTED_PROFILE = "imported"
+
+_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----(.*?)-----END \1-----", re.DOTALL)
+# The store's column widths (models.CertificateRecord): longer values are refused by name,
+# where PostgreSQL would fail the insert with a 500.
+_MAX_SERIAL = 42
+_MAX_COMMON_NAME = 200
+
+
+@dataclass(frozen=True)
+class ImportedCertificate:
+    """One recorded certificate: its new id, the issuer whose key signed it, its serial."""
+
+    id: str
+    issuer_id: str
+    serial: str
+
+
+def _certificates(pem: str) -> list[x509.Certificate]:
+    """The certificates of a PEM bundle; any other block (a key, a CSR) is refused by number."""
+    blocks = _BLOCK.findall(pem.encode())
+    if not blocks:
+        raise InvalidRequest("no PEM certificate (-----BEGIN CERTIFICATE-----) in it")
+    certs: list[x509.Certificate] = []
+    for number, (label, body) in enumerate(blocks, 1):
+        kind = label.decode()
+        if kind != "CERTIFICATE":
+            # Named by its label only: a key's content never reaches an error or a log.
+            raise InvalidRequest(
+                f"block {number} is a {kind}, not a CERTIFICATE: give certificates only "
+                "(certctl records no key for them)"
+            )
+        try:
+            certs.append(
+                x509.load_pem_x509_certificate(
+                    b"-----BEGIN CERTIFICATE-----" + body + b"-----END CERTIFICATE-----"
+                )
+            )
+        except ValueError:
+            raise InvalidRequest(
+                f"certificate {number}: not a readable X.509 certificate"
+            ) from None
+    return certs
+
+
+def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    if cert.issuer != ca.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(ca)
+    # Another key type, another signature, an algorithm this OpenSSL does not verify.
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
+def _label(number: int, cert: x509.Certificate) -> str:
+    subject = cert.subject.rfc4514_string()[:200]
+    return f"certificate {number} ({subject}, serial {format_serial(cert.serial_number)})"
+
+
+def import_certificates(
+    services: Services, caller: Principal, pem: str
+) -> list[ImportedCertificate]:
+    """Record each certificate of ``pem`` under the held issuer whose key signed it.
+
+    All or nothing: the first certificate that cannot be recorded is named in the error and
+    none is stored. Expired certificates are recorded (they count as ``expired``; one can
+    still be revoked); CA certificates are refused (they are issuers, not leaves).
+
+    Raises:
+        InvalidRequest: not PEM certificates, a CA certificate, one no held issuer signed,
+            the same certificate twice.
+        Conflict: a serial already recorded for that issuer, or a managed service's CA.
+    """
+    caller.require("cert.issue")
+    certs = _certificates(pem)
+    with services.sessions() as session:
+        held = [
+            (issuer_id, parsed_ca(certificate_pem)[0])
+            for issuer_id, certificate_pem in session.execute(
+                select(Issuer.id, Issuer.certificate_pem).order_by(Issuer.id)
+            )
+        ]
+    found: list[tuple[str, x509.Certificate]] = []
+    seen: dict[tuple[str, str], int] = {}
+    for number, cert in enumerate(certs, 1):
+        label = _label(number, cert)
+        try:
+            constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            constraints = None
+        except ValueError:
+            raise InvalidRequest(f"{label}: its extensions cannot be read") from None
+        if constraints is not None and constraints.ca:
+            raise InvalidRequest(
+                f"{label}: a CA certificate; import a CA as an issuer "
+                "(POST /api/v1/issuers, certctl issuers import)"
+            )
+        # The signature decides, not the name: another CA may carry the same subject.
+        issuer_id = next((i for i, ca in held if _signed_by(cert, ca)), None)
+        if issuer_id is None:
+            named = cert.issuer.rfc4514_string()[:200]
+            raise InvalidRequest(
+                f"{label}: signed by no issuer certctl holds (issuer {named}); "
+                "import its CA first (certctl issuers import)"
+            )
+        check_not_managed(issuer_id)
+        serial = format_serial(cert.serial_number)
+        if len(serial) > _MAX_SERIAL:
+            raise InvalidRequest(f"{label}: serial longer than 20 bytes (RFC 5280 4.1.2.2)")
+        cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        if cns and len(str(cns[0].value)) > _MAX_COMMON_NAME:
+            raise InvalidRequest(f"{label}: common name longer than {_MAX_COMMON_NAME} characters")
+        if (issuer_id, serial) in seen:
+            raise InvalidRequest(
+                f"{label}: the same serial as certificate {seen[issuer_id, serial]}"
+            )
+        seen[issuer_id, serial] = number
+        found.append((issuer_id, cert))
+    _check_unrecorded(services, certs, seen)
+    rows: list[Insert] = []
+    imported: list[ImportedCertificate] = []
+    for issuer_id, cert in found:
+        record, (cert_row, _issue_audit) = new_rows(
+            services, caller, issuer_id, IssuedCertificate(cert), IMPORTED_PROFILE, None
+        )
+        rows.append(cert_row)
+        rows.append(
+            (
+                AUDIT_EVENTS,
+                event_values(
+                    at=cert_row[1]["created_at"],
+                    actor=caller.actor_id,
+                    action="certificate.import",
+                    target=f"{record.id} serial {record.serial} issuer {issuer_id}",
+                    source=caller.source,
+                    credential=caller.credential,
+                ),
+            )
+        )
+        imported.append(ImportedCertificate(record.id, issuer_id, record.serial))
+    try:
+        with services.engine.begin() as connection:
+            write_rows(connection, rows)
+    except IntegrityError:
+        # Another request recorded one of these serials since the check: nothing is stored.
+        raise Conflict(
+            "a certificate of this bundle was recorded meanwhile; nothing imported"
+        ) from None
+    return imported
+
+
+def _check_unrecorded(
+    services: Services, certs: list[x509.Certificate], seen: dict[tuple[str, str], int]
+) -> None:
+    """409 naming the first certificate whose (issuer, serial) is already recorded."""
+    with services.sessions() as session:
+        taken = session.execute(
+            select(
+                CertificateRecord.issuer_id, CertificateRecord.serial, CertificateRecord.id
+            ).where(tuple_(CertificateRecord.issuer_id, CertificateRecord.serial).in_(list(seen)))
+        ).all()
+    if taken:
+        first = min(taken, key=lambda row: seen[row.issuer_id, row.serial])
+        number = seen[first.issuer_id, first.serial]
+        raise Conflict(
+            f"{_label(number, certs[number - 1])}: issuer {first.issuer_id}'s serial "
+            f"{first.serial} is already recorded as certificate {first.id}; nothing imported"
+        )

@@ -1,0 +1,213 @@
+"""POST /api/v1/certificates/import: certificates an imported (openssl) CA issued before."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from certctl.pki import format_serial
+from certctl.server.periodic import refresh_metrics
+from certctl.services import certificates
+from tests._tools import ok, openssl_req, openssl_verify, run
+from tests.api.conftest import Api, assert_problem
+
+IMPORT = "/api/v1/certificates/import"
+CA_EXTENSIONS = (
+    "basicConstraints=critical,CA:TRUE\n"
+    "keyUsage=critical,keyCertSign,cRLSign\n"
+    "subjectKeyIdentifier=hash\n"
+    "authorityKeyIdentifier=keyid\n"
+)
+
+
+class OpensslCa:
+    """A CA kept by openssl as cfssl/openssl users keep theirs: ``NAME.crt``, ``NAME.key``."""
+
+    def __init__(self, folder: Path, name: str, subject: str, parent: OpensslCa | None = None):
+        self.folder, self.name = folder, name
+        self.crt, self.key = folder / f"{name}.crt", folder / f"{name}.key"
+        if parent is None:
+            openssl_req(self.key, self.crt, subject, "-days", "3650", x509=True)
+        else:
+            csr = folder / f"{name}.csr"
+            openssl_req(self.key, csr, subject)
+            parent.sign(csr, self.crt, CA_EXTENSIONS, days=1825)
+
+    def sign(self, csr: Path, out: Path, extensions: str, days: int = 90) -> None:
+        ext = out.with_suffix(".ext")
+        ext.write_text(extensions)
+        ok(
+            run(
+                "openssl", "x509", "-req", "-in", csr, "-CA", self.crt, "-CAkey", self.key,
+                "-set_serial", f"0x{os.urandom(8).hex()}",
+                "-days", str(days), "-extfile", ext, "-out", out,
+            )
+        )  # fmt: skip
+
+    def leaf(self, cn: str, eku: str = "serverAuth") -> Path:
+        key, csr, crt = (self.folder / f"{cn}.{s}" for s in ("key", "csr", "crt"))
+        openssl_req(key, csr, f"/CN={cn}")
+        self.sign(
+            csr,
+            crt,
+            f"basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+            f"extendedKeyUsage={eku}\nsubjectAltName=DNS:{cn}\n"
+            "authorityKeyIdentifier=keyid\n",
+        )
+        return crt
+
+
+@pytest.fixture
+def old_pki(tmp_path: Path) -> tuple[OpensslCa, OpensslCa]:
+    root = OpensslCa(tmp_path, "old-root", "/O=Example/CN=Old Root")
+    return root, OpensslCa(tmp_path, "old-inter", "/O=Example/CN=Old Intermediate", root)
+
+
+def _import_ca(api: Api, issuer_id: str, ca: OpensslCa) -> None:
+    r = api.post(
+        "/api/v1/issuers",
+        api.admin_key,
+        json={
+            "id": issuer_id,
+            "certificate_pem": ca.crt.read_text(),
+            "private_key_pem": ca.key.read_text(),
+        },
+    )
+    assert r.status_code == 201, r.text
+
+
+def _serial(crt: Path) -> int:
+    return x509.load_pem_x509_certificate(crt.read_bytes()).serial_number
+
+
+def _import(api: Api, *crts: Path, key: str | None = None) -> Any:
+    pem = "".join(c.read_text() for c in crts)
+    return api.post(IMPORT, key or api.admin_key, json={"certificate_pem": pem})
+
+
+def test_an_imported_leaf_is_listed_counted_revoked_and_on_its_issuers_crl(
+    api: Api, old_pki: tuple[OpensslCa, OpensslCa], tmp_path: Path
+) -> None:
+    root, inter = old_pki
+    _import_ca(api, "old-root", root)
+    _import_ca(api, "old-inter", inter)
+    web, mail = inter.leaf("web.example.com"), inter.leaf("mail.example.com", "clientAuth")
+    r = _import(api, web, mail)
+    assert r.status_code == 201, r.text
+    items = r.json()["items"]
+    assert [i["common_name"] for i in items] == ["web.example.com", "mail.example.com"]
+    assert [i["serial"] for i in items] == [format_serial(_serial(c)) for c in (web, mail)]
+    for item, crt in zip(items, (web, mail), strict=True):
+        assert item["issuer"] == "old-inter"  # by the signature: the intermediate, not its root
+        assert item["profile"] == "imported"
+        assert item["status"] == "active"
+        assert item["created_by"] == "admin"
+        assert item["certificate_pem"] == crt.read_text()
+        assert item["sans"]["dns"] == [item["common_name"]]
+    web_id, mail_id = items[0]["id"], items[1]["id"]
+    listed = api.get("/api/v1/certificates", api.admin_key, params={"issuer": "old-inter"}).json()
+    assert {i["id"] for i in listed["items"]} == {web_id, mail_id}
+    assert api.get(f"/api/v1/certificates/{web_id}", api.admin_key).json() == items[0]
+    imports = [e for e in api.audit() if e["action"] == "certificate.import"]
+    assert sorted(e["target"].split()[0] for e in imports) == sorted([web_id, mail_id])
+    assert {e["actor"] for e in imports} == {"admin"}
+    # Counted by the metrics refresh, as issued certificates are (a scrape reads its snapshot).
+    counts, _ = certificates.certificate_counts(api.services)
+    assert counts[("old-inter", "active")] == 2
+
+    r = api.post(
+        f"/api/v1/certificates/{web_id}/revoke", api.admin_key, json={"reason": "superseded"}
+    )
+    assert r.status_code == 200, r.text
+    assert api.openssl_crl_serials("old-inter", tmp_path) == {_serial(web)}
+    chain = tmp_path / "chain.pem"
+    chain.write_text(root.crt.read_text() + inter.crt.read_text())
+    crl = tmp_path / "old-inter.crl"  # written by openssl_crl_serials
+    args = ("-crl_check", "-CAfile", chain, "-CRLfile", crl)
+    assert openssl_verify(*args, web) == "certificate revoked"
+    assert openssl_verify(*args, mail) == "OK"
+    counts, _ = certificates.certificate_counts(api.services)
+    assert counts[("old-inter", "revoked")] == 1
+    assert counts[("old-inter", "active")] == 1
+    refresh_metrics(api.services)
+    scraped = api.get("/api/v1/metrics/prometheus", api.admin_key).text
+    assert 'certctl_certificates{issuer="old-inter",status="revoked"} 1.0' in scraped
+
+    # Not renewed: no certctl profile says what its successor would carry.
+    before = api.counts()
+    detail = assert_problem(api.post(f"/api/v1/certificates/{mail_id}/renew", api.admin_key), 409)
+    assert "was imported" in detail["detail"]
+    assert "POST /api/v1/certificates" in detail["detail"]
+    assert api.counts()["certificates"] == before["certificates"]
+
+
+def test_bad_imports_are_refused_naming_the_certificate_and_store_nothing(
+    api: Api, old_pki: tuple[OpensslCa, OpensslCa], tmp_path: Path
+) -> None:
+    root, inter = old_pki
+    _import_ca(api, "old-inter", inter)  # its root is not held
+    good = inter.leaf("good.example.com")
+    assert _import(api, good).status_code == 201
+    # Another CA with the intermediate's very name: the name alone would take its leaves.
+    (tmp_path / "other").mkdir()
+    impostor = OpensslCa(tmp_path / "other", "impostor", "/O=Example/CN=Old Intermediate", root)
+    forged = impostor.leaf("forged.example.com")
+    stranger = OpensslCa(tmp_path / "other", "stranger", "/CN=Stranger CA").leaf("s.example.com")
+    fresh = inter.leaf("fresh.example.com")
+    before = api.counts()
+
+    def refused(status: int, body: Any, *needles: str) -> None:
+        r = api.post(IMPORT, api.admin_key, json=body)
+        detail = assert_problem(r, status)["detail"]
+        for needle in needles:
+            assert needle in detail, detail
+        after = api.counts()
+        assert after["certificates"] == before["certificates"]
+
+    refused(400, {"certificate_pem": "not a certificate"}, "no PEM certificate")
+    key_pem = (tmp_path / "good.example.com.key").read_text()
+    refused(400, {"certificate_pem": key_pem}, "block 1 is a PRIVATE KEY")
+    r = api.post(IMPORT, api.admin_key, json={"certificate_pem": key_pem})
+    assert key_pem.splitlines()[1] not in r.text  # the key is never echoed
+    broken = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    refused(400, {"certificate_pem": fresh.read_text() + broken}, "certificate 2: not a readable")
+    refused(
+        400,
+        {"certificate_pem": stranger.read_text()},
+        "certificate 1 (CN=s.example.com",
+        "signed by no issuer",
+    )
+    refused(400, {"certificate_pem": forged.read_text()}, "signed by no issuer")
+    refused(400, {"certificate_pem": inter.crt.read_text()}, "a CA certificate", "/api/v1/issuers")
+    # All or nothing: the fresh leaf first, then one recorded already.
+    refused(
+        409,
+        {"certificate_pem": fresh.read_text() + good.read_text()},
+        "certificate 2 (CN=good.example.com",
+        "already recorded",
+    )
+    refused(
+        400,
+        {"certificate_pem": fresh.read_text() * 2},
+        "certificate 2",
+        "same serial as certificate 1",
+    )
+    refused(400, {}, "certificate_pem")
+    viewer = api.key_with_permissions("viewer", ["cert.read"])
+    assert_problem(_import(api, fresh, key=viewer), 403)
+    assert api.counts()["certificates"] == before["certificates"]
+    # Nothing half-done: the fresh leaf is still to be recorded.
+    assert _import(api, fresh).status_code == 201
+
+
+def test_import_needs_cert_issue_only(api: Api, old_pki: tuple[OpensslCa, OpensslCa]) -> None:
+    _, inter = old_pki
+    _import_ca(api, "old-inter", inter)
+    issuer = api.key_with_permissions("importer", ["cert.issue"])
+    r = _import(api, inter.leaf("a.example.com"), key=issuer)
+    assert r.status_code == 201, r.text
+    assert r.json()["items"][0]["created_by"] == "importer"
