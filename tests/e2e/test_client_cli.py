@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests._poll import wait_until
-from tests._tools import ok, openssl_verify, require, run
+from tests._tools import ok, openssl_req, openssl_verify, require, run
 from tests.e2e.conftest import CertctlServer, StartServer, secret_of
 
 pytestmark = pytest.mark.e2e
@@ -1771,3 +1771,43 @@ def test_an_auditor_reads_the_audit_log_with_certctl_audit_list(
     denied = _certctl(default_server, "certs", "revoke", by_cli["id"], **auditor)
     assert denied.returncode == 1
     assert "missing permission cert.revoke" in denied.stderr
+
+
+def test_certs_import_records_an_openssl_leaf_and_never_sends_a_key(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    """`certs import FILE…` prints what it recorded; a key file is refused before any request."""
+    env = _admin_env(default_server)
+    ca_key, ca_crt = tmp_path / "old-ca.key", tmp_path / "old-ca.crt"
+    openssl_req(ca_key, ca_crt, "/CN=CLI Import Old CA", "-days", "365", x509=True)
+    ok(_certctl(default_server, "issuers", "import", "cli-old-ca", "--cert", str(ca_crt),
+                "--key", str(ca_key), **env))  # fmt: skip
+    leaves = []
+    for name in ("import-a.example.internal", "import-b.example.internal"):
+        key, csr, crt = (tmp_path / f"{name}.{s}" for s in ("key", "csr", "crt"))
+        openssl_req(key, csr, f"/CN={name}")
+        ok(run("openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key,
+               "-CAcreateserial", "-days", "30", "-out", crt))  # fmt: skip
+        leaves.append(crt)
+    key_file = tmp_path / "import-a.example.internal.key"
+    refused = _certctl(default_server, "certs", "import", str(leaves[0]), str(key_file), **env)
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"certctl: error: {key_file}: holds a private key; give certificates only "
+        "(nothing was sent)\n"
+    )
+    assert json.loads(_api_json(default_server, "/api/v1/certificates", issuer="cli-old-ca")) == {
+        "items": [],
+        "next_cursor": None,
+    }
+    table = ok(_certctl(default_server, "certs", "import", *map(str, leaves), "-o", "table", **env))
+    header, *rows = _rows(table.stdout)
+    assert header == ["ID", "COMMON NAME", "STATUS", "NOT AFTER", "ISSUER", "PROFILE"]
+    assert [(r[1], r[2], r[4], r[5]) for r in rows] == [
+        ("import-a.example.internal", "expiring", "cli-old-ca", "imported"),
+        ("import-b.example.internal", "expiring", "cli-old-ca", "imported"),
+    ]
+    again = _certctl(default_server, "certs", "import", str(leaves[1]), **env)
+    assert again.returncode == 1
+    assert "already recorded as certificate" in again.stderr
+    assert len(again.stderr.splitlines()) == 1

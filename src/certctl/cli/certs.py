@@ -1,4 +1,4 @@
-"""``certctl certs …``: issue, list, get, revoke and renew certificates on a certctl server.
+"""``certctl certs …``: issue, import, list, get, revoke and renew certificates on a server.
 
 Requests go through :func:`certctl.cli._api.send_request` (``CERTCTL_URL``, ``CERTCTL_API_KEY``,
 ``CERTCTL_CA_CERT``). The offline ``certctl cert issue`` (files only) is ``cert.py``.
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["certs_app"]
 certs_app = typer.Typer(
-    help=group_help("Issue, list, get, revoke and renew certificates on a server."),
+    help=group_help("Issue, import, list, get, revoke and renew certificates on a server."),
     short_help="Issue, list, revoke, renew certificates at CERTCTL_URL.",
     no_args_is_help=True,
 )
@@ -539,3 +539,43 @@ def certs_renew(
     if out is not None:
         data = _save_issued(data, out, ca_pem, force=force, path="/api/v1/certificates/{id}/renew")
     print_answer(data)
+
+
+@certs_app.command("import")
+def certs_import(
+    files: list[Path] = typer.Argument(
+        ...,
+        metavar="FILE",
+        help="PEM files of certificates (one or more each, a bundle too); no keys.",
+    ),
+    output: str | None = OUTPUT_OPTION,
+) -> None:
+    """Record certificates an issuer issued before it was imported.
+
+    For a CA imported from cfssl or openssl (certctl issuers import): the certificates it
+    issued before are then listed, counted in the metrics, revocable and put on its CRL. All
+    or nothing: the first one the server cannot record is named, and none is recorded. On a
+    terminal a table of what was recorded (id, common name, status, notAfter, issuer).
+    """
+    from certctl.cli._common import read_file
+
+    pem: list[str] = []
+    for path in files:
+        data = read_file(path, "certificate")
+        # Checked here: a key given by mistake (tls.key for tls.crt) never leaves the machine.
+        if PRIVATE_KEY_PEM.search(data):
+            raise InvalidRequest(
+                f"{path}: holds a private key; give certificates only (nothing was sent)"
+            )
+        if b"-----BEGIN CERTIFICATE-----" not in data:
+            raise InvalidRequest(f"{path}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it")
+        pem.append(data.decode("ascii", errors="replace"))
+    path_ = "/api/v1/certificates/import"
+    data = send_request("POST", path_, {"certificate_pem": "\n".join(pem)})
+    print_list(
+        data,
+        output,
+        path=path_,
+        columns=_certificate_columns(),
+        empty="no certificates recorded",
+    )

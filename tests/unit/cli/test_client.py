@@ -1295,11 +1295,13 @@ def test_usage_lines_name_arguments_as_click_does(capsys: pytest.CaptureFixture[
         # The usage line, joined where a long one wraps (up to the blank line after it; Rich's
         # help, where this process has it, pads it with blank lines and spaces).
         usage = " ".join(re.split(r"\n\s*\n", help_text.strip())[0].split())
-        arguments = [
-            param.display_name_raw if param.required else f"[{param.display_name_raw}]"
+        # Click's "FILE..." for an argument taking several (certs import).
+        names = {
+            param: f"{param.display_name_raw}..." if param.nargs == -1 else param.display_name_raw
             for param in command.params
             if isinstance(param, TyperArgument)
-        ]
+        }
+        arguments = [name if param.required else f"[{name}]" for param, name in names.items()]
         expected = " ".join(["Usage: certctl", *argv, "[OPTIONS]", *arguments])
         assert usage == expected, help_text
     assert run(["auth", "apikeys", "create", "--help"]) == 0
