@@ -87,7 +87,10 @@ def test_the_migration_page_works_verbatim(start_server: StartServer, tmp_path: 
     assert app[1:] == [inter]
     assert _certs(home / "app" / "ca.crt") == [root]
     server_crl = x509.load_pem_x509_crl((home / "example-issuing.crl.pem").read_bytes())
-    assert [e.serial_number for e in server_crl] == [app[0].serial_number]
+    # The leaf cfssl issued before, imported into the inventory and revoked through the server.
+    assert {e.serial_number for e in server_crl} == {app[0].serial_number, old_serial}
+    assert "the server's CRL revokes old-web.pem" in out
+    assert "old-web.example.internal" in out  # what `certs import` printed it recorded
     assert "verify OK" in done.stderr  # openssl crl -CAfile intermediate.pem says it there
     # The intermediate the server made under the imported root follows its leaf.
     leaf_2, inter_2 = _certs(home / "web-2" / "tls.crt")
