@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from sqlalchemy import Connection, insert
 
 from certctl.pki import format_serial
 from certctl.server.periodic import refresh_metrics
 from certctl.services import certificates
+from certctl.store.models import CertificateRecord
 from tests._tools import ok, openssl_req, openssl_verify, run
 from tests.api.conftest import Api, assert_problem
 
@@ -211,3 +213,54 @@ def test_import_needs_cert_issue_only(api: Api, old_pki: tuple[OpensslCa, Openss
     r = _import(api, inter.leaf("a.example.com"), key=issuer)
     assert r.status_code == 201, r.text
     assert r.json()["items"][0]["created_by"] == "importer"
+
+
+def test_a_serial_recorded_by_another_replica_meanwhile_is_409_and_stores_nothing(
+    api: Api, old_pki: tuple[OpensslCa, OpensslCa]
+) -> None:
+    _, inter = old_pki
+    _import_ca(api, "old-inter", inter)
+    first, taken = inter.leaf("first.example.com"), inter.leaf("taken.example.com")
+    cert = x509.load_pem_x509_certificate(taken.read_bytes())
+
+    def other_replica(conn: Connection) -> None:
+        conn.execute(
+            insert(CertificateRecord).values(
+                id="0" * 24,
+                issuer_id="old-inter",
+                serial=format_serial(cert.serial_number),
+                subject="CN=taken.example.com",
+                sans={},
+                profile="imported",
+                status="active",
+                not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc,
+                certificate_pem=taken.read_text(),
+                created_at=api.clock(),
+                created_by="other",
+            )
+        )
+
+    with api.concurrent_write(
+        ("INSERT INTO certificates", "INSERT INTO audit_events"), other_replica
+    ) as fired:
+        r = _import(api, first, taken)
+    assert fired
+    assert "recorded meanwhile; nothing imported" in assert_problem(r, 409)["detail"]
+    listed = api.get("/api/v1/certificates", api.admin_key, params={"issuer": "old-inter"})
+    assert [i["id"] for i in listed.json()["items"]] == ["0" * 24]  # not first.example.com
+    assert not [e for e in api.audit() if e["action"] == "certificate.import"]
+
+
+def test_an_expired_certificate_is_recorded_as_expired(
+    api: Api, old_pki: tuple[OpensslCa, OpensslCa]
+) -> None:
+    _, inter = old_pki
+    _import_ca(api, "old-inter", inter)
+    leaf = inter.leaf("gone.example.com")  # 90 days
+    api.clock.advance(days=91)
+    r = _import(api, leaf)
+    assert r.status_code == 201, r.text
+    assert r.json()["items"][0]["status"] == "expired"
+    counts, _ = certificates.certificate_counts(api.services)
+    assert counts[("old-inter", "expired")] == 1
