@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection, insert, update
 
 from certctl.pki import format_serial
 from certctl.server.periodic import refresh_metrics
 from certctl.services import certificates
-from certctl.store.models import CertificateRecord
+from certctl.store.models import CertificateRecord, Issuer
 from tests._tools import ok, openssl_req, openssl_verify, run
 from tests.api.conftest import Api, assert_problem
 
@@ -264,3 +264,16 @@ def test_an_expired_certificate_is_recorded_as_expired(
     assert r.json()["items"][0]["status"] == "expired"
     counts, _ = certificates.certificate_counts(api.services)
     assert counts[("old-inter", "expired")] == 1
+
+
+def test_an_issuer_whose_stored_pem_is_unreadable_is_passed_over(
+    api: Api, old_pki: tuple[OpensslCa, OpensslCa]
+) -> None:
+    """An issuer PEM written over in the store (a restore, a hand edit) stops no import."""
+    _, inter = old_pki
+    _import_ca(api, "old-inter", inter)
+    with api.services.engine.begin() as conn:
+        conn.execute(update(Issuer).where(Issuer.id == "default").values(certificate_pem="x"))
+    r = _import(api, inter.leaf("still.example.com"))
+    assert r.status_code == 201, r.text
+    assert r.json()["items"][0]["issuer"] == "old-inter"

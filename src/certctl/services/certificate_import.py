@@ -107,12 +107,15 @@ def import_certificates(
     caller.require("cert.issue")
     certs = _certificates(pem)
     with services.sessions() as session:
-        held = [
-            (issuer_id, parsed_ca(certificate_pem)[0])
-            for issuer_id, certificate_pem in session.execute(
-                select(Issuer.id, Issuer.certificate_pem).order_by(Issuer.id)
-            )
-        ]
+        stored = session.execute(
+            select(Issuer.id, Issuer.certificate_pem).order_by(Issuer.id)
+        ).all()
+    held: list[tuple[str, x509.Certificate]] = []
+    for held_id, certificate_pem in stored:
+        try:
+            held.append((held_id, parsed_ca(certificate_pem)[0]))
+        except ValueError:
+            continue  # a PEM written over in the store signs nothing here (its routes say so)
     found: list[tuple[str, x509.Certificate]] = []
     seen: dict[tuple[str, str], int] = {}
     for number, cert in enumerate(certs, 1):
@@ -129,14 +132,14 @@ def import_certificates(
                 "(POST /api/v1/issuers, certctl issuers import)"
             )
         # The signature decides, not the name: another CA may carry the same subject.
-        issuer_id = next((i for i, ca in held if _signed_by(cert, ca)), None)
-        if issuer_id is None:
+        signer = next((i for i, ca in held if _signed_by(cert, ca)), None)
+        if signer is None:
             named = cert.issuer.rfc4514_string()[:200]
             raise InvalidRequest(
                 f"{label}: signed by no issuer certctl holds (issuer {named}); "
                 "import its CA first (certctl issuers import)"
             )
-        check_not_managed(issuer_id)
+        issuer_id = check_not_managed(signer)
         serial = format_serial(cert.serial_number)
         if len(serial) > _MAX_SERIAL:
             raise InvalidRequest(f"{label}: serial longer than 20 bytes (RFC 5280 4.1.2.2)")
