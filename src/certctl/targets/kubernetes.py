@@ -313,6 +313,35 @@ class SecretWriter:
         return WriteResult.UPDATED
 
 
+def _get_secret(
+    connection: KubeConnection,
+    name: str,
+    namespace: str,
+    what: str,
+    transport: httpx.BaseTransport | None,
+) -> dict[str, Any] | None:
+    """Secret ``name`` of ``namespace`` as the API returns it; None if absent.
+
+    Raises:
+        InvalidRequest: ``name`` is not a Secret name (it ends up in the URL).
+        KubeApiError: the API is unreachable or refuses the read.
+    """
+    import httpx
+
+    if len(name) > 253 or not _NAME.match(name):
+        raise InvalidRequest(f"{name!r}: a Secret name must be a DNS-1123 subdomain")
+    try:
+        with connection.client(transport) as client:
+            response = client.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+    except httpx.HTTPError as exc:
+        raise KubeApiError(
+            f"{what}: cannot reach the Kubernetes API ({transport_error(exc)})"
+        ) from None
+    if response.status_code == 404:
+        return None
+    return response_json(response, f"read {what}")
+
+
 def read_custom_certificate(
     connection: KubeConnection,
     name: str,
@@ -334,22 +363,10 @@ def read_custom_certificate(
             base64 or larger than 1 MiB.
         KubeApiError: the API is unreachable or refuses the read.
     """
-    import httpx
-
-    if len(name) > 253 or not _NAME.match(name):
-        raise InvalidRequest(f"{name!r}: a Secret name must be a DNS-1123 subdomain")
     namespace = namespace or connection.namespace
     what = f"Secret {namespace}/{name}"
-    try:
-        with connection.client(transport) as client:
-            response = client.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
-    except httpx.HTTPError as exc:
-        raise KubeApiError(
-            f"{what}: cannot reach the Kubernetes API ({transport_error(exc)})"
-        ) from None
-    if response.status_code == 404:
-        return None
-    return _custom_files(response_json(response, f"read {what}"), what, namespace, name)
+    obj = _get_secret(connection, name, namespace, what, transport)
+    return None if obj is None else _custom_files(obj, what, namespace, name)
 
 
 def read_keystore_password(
@@ -374,25 +391,14 @@ def read_keystore_password(
             missing, not base64 or larger than 4 KiB.
         KubeApiError: the API is unreachable or refuses the read.
     """
-    import httpx
-
-    if len(name) > 253 or not _NAME.match(name):
-        raise InvalidRequest(f"{name!r}: a Secret name must be a DNS-1123 subdomain")
     namespace = namespace or connection.namespace
     what = f"Secret {namespace}/{name}"
-    try:
-        with connection.client(transport) as client:
-            response = client.get(f"/api/v1/namespaces/{namespace}/secrets/{name}")
-    except httpx.HTTPError as exc:
-        raise KubeApiError(
-            f"{what}: cannot reach the Kubernetes API ({transport_error(exc)})"
-        ) from None
-    if response.status_code == 404:
+    obj = _get_secret(connection, name, namespace, what, transport)
+    if obj is None:
         raise InvalidRequest(
             f"keystore password: {what} not found (create it, labelled "
             f"{KEYSTORE_PASSWORD_LABEL}=true)"
         )
-    obj = response_json(response, f"read {what}")
     labels = (obj.get("metadata") or {}).get("labels") or {}
     if all(labels.get(k) == v for k, v in MANAGED_BY.items()):
         raise InvalidRequest(
