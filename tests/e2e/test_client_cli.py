@@ -1793,8 +1793,8 @@ def test_certs_import_records_an_openssl_leaf_and_never_sends_a_key(
     refused = _certctl(default_server, "certs", "import", str(leaves[0]), str(key_file), **env)
     assert refused.returncode == 1
     assert refused.stderr == (
-        f"certctl: error: {key_file}: holds a private key; give certificates only "
-        "(nothing was sent)\n"
+        f"certctl: error: {key_file}: holds a private key; certs import takes certificates "
+        "only (nothing was sent)\n"
     )
     assert json.loads(_api_json(default_server, "/api/v1/certificates", issuer="cli-old-ca")) == {
         "items": [],

@@ -53,6 +53,7 @@ __all__ = [
     "path_segment",
     "print_answer",
     "print_list",
+    "read_certificates_pem",
     "send_request",
     "status_cell",
     "unexpected_response",
@@ -82,6 +83,28 @@ CA_HINT = "set CERTCTL_CA_CERT to the server's CA file, e.g. certctl-data/tls/ca
 PRIVATE_KEY_PEM = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 # X509_V_ERR_HOSTNAME_MISMATCH: the chain is trusted, the name is not in the certificate.
 _HOSTNAME_MISMATCH = 62
+
+
+def read_certificates_pem(path: Path, taker: str) -> str:
+    """The PEM certificates in ``path``, to send to the server as text.
+
+    Checked here, not only by the server: a private key given by mistake (tls.key for
+    tls.crt) must not leave this machine, and a DER or PKCS#12 file would arrive as mangled
+    text. ``taker`` names what takes the certificates, for the refusal.
+
+    Raises:
+        InvalidRequest: the file cannot be read, holds a private key, or no PEM certificate.
+    """
+    from certctl.cli._common import read_file
+
+    data = read_file(path, "certificate file")
+    if PRIVATE_KEY_PEM.search(data):
+        raise InvalidRequest(
+            f"{path}: holds a private key; {taker} takes certificates only (nothing was sent)"
+        )
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise InvalidRequest(f"{path}: no PEM certificate in it (convert DER or PKCS#12 to PEM)")
+    return data.decode("ascii", "replace")
 
 
 def group_help(summary: str) -> str:

@@ -25,6 +25,7 @@ from certctl.cli._api import (
     path_segment,
     print_answer,
     print_list,
+    read_certificates_pem,
     send_request,
     status_cell,
     unexpected_response,
@@ -557,19 +558,7 @@ def certs_import(
     or nothing: the first one the server cannot record is named, and none is recorded. On a
     terminal a table of what was recorded (id, common name, status, notAfter, issuer).
     """
-    from certctl.cli._common import read_file
-
-    pem: list[str] = []
-    for path in files:
-        data = read_file(path, "certificate")
-        # Checked here: a key given by mistake (tls.key for tls.crt) never leaves the machine.
-        if PRIVATE_KEY_PEM.search(data):
-            raise InvalidRequest(
-                f"{path}: holds a private key; give certificates only (nothing was sent)"
-            )
-        if b"-----BEGIN CERTIFICATE-----" not in data:
-            raise InvalidRequest(f"{path}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it")
-        pem.append(data.decode("ascii", errors="replace"))
+    pem = [read_certificates_pem(path, "certs import") for path in files]
     path_ = "/api/v1/certificates/import"
     data = send_request("POST", path_, {"certificate_pem": "\n".join(pem)})
     print_list(

@@ -20,6 +20,7 @@ from certctl.cli._api import (
     path_segment,
     print_answer,
     print_list,
+    read_certificates_pem,
     send_request,
     unexpected_response,
     warn_about,
@@ -542,19 +543,7 @@ def clients_add(
     cert: Path = typer.Option(..., "--cert", help="PEM file with client certificate(s) or CA(s)."),
 ) -> None:
     """Trust client certificates or CAs (PEM certificates only)."""
-    from certctl.cli._common import read_file
-    from certctl.errors import InvalidRequest
-
-    data = read_file(cert, "certificate file")
-    # Checked here, not only by the server: a private key must not leave this machine, and a
-    # DER or PKCS#12 file would arrive as mangled text.
-    if PRIVATE_KEY_PEM.search(data):
-        raise InvalidRequest(
-            f"{cert}: holds a private key; client trust takes certificates only (nothing was sent)"
-        )
-    if b"-----BEGIN CERTIFICATE-----" not in data:
-        raise InvalidRequest(f"{cert}: no PEM certificate in it (convert DER or PKCS#12 to PEM)")
-    pem = data.decode("ascii", "replace")
+    pem = read_certificates_pem(cert, "client trust")
     answer = send_request(
         "POST", f"/api/v1/services/{path_segment(name)}/clients", {"certificate_pem": pem}
     )
