@@ -228,7 +228,8 @@ class CertificateAuthority:
             public_key: the subject's key; refused if below policy.
             subject: the subject DN (may be empty when SANs are present).
             profile: ``server``, ``client``, ``server+client``, ``intermediate`` or ``ca``.
-            validity: requested lifetime; clipped to the issuer's notAfter with a warning.
+            validity: requested lifetime; clipped to the issuer's notAfter, with a warning when
+                the lifetimes differ in days to a tenth (or the unit ``format_days`` picks).
             now: the issuing time (aware UTC), passed in so callers control the clock.
             sans: subject alternative names; ignored for CA profiles.
             crl_urls: where clients fetch this issuer's CRL (checked by the caller with
@@ -258,14 +259,17 @@ class CertificateAuthority:
         not_after = now + validity
         clipped = not_after > issuer_end
         if clipped:
-            # Both lifetimes in days: "5Y clipped to <date>" left the reader to work out
-            # what the certificate got instead.
-            warnings.append(
-                f"validity {format_duration(validity)} clipped to the issuer's notAfter "
-                f"{issuer_end:%Y-%m-%dT%H:%M:%SZ}: {format_days(issuer_end - now)} instead "
-                f"of {format_days(validity)}"
-            )
             not_after = issuer_end
+            granted, asked = format_days(issuer_end - now), format_days(validity)
+            # Both lifetimes in days: "5Y clipped to <date>" left the reader to work out
+            # what the certificate got instead. A clip too small to show in that unit (a
+            # 5Y intermediate under a 5Y CA made a minute before) is no news: it read
+            # "1825 days instead of 1825 days" on the most ordinary setup.
+            if granted != asked:
+                warnings.append(
+                    f"validity {format_duration(validity)} clipped to the issuer's notAfter "
+                    f"{issuer_end:%Y-%m-%dT%H:%M:%SZ}: {granted} instead of {asked}"
+                )
         floor = CA_WARN_BELOW if profile.is_ca else LEAF_WARN_BELOW
         if not_after - now < floor:
             kind = "CA" if profile.is_ca else "certificate"

@@ -282,6 +282,41 @@ def test_a_lifetime_clipped_to_part_of_a_day_is_said_in_days(
     )
 
 
+@pytest.mark.parametrize("late", [timedelta(seconds=7), timedelta(hours=1)])
+def test_a_clip_the_lifetimes_in_days_do_not_show_is_not_warned(
+    root_ca: CertificateAuthority, late: timedelta
+) -> None:
+    # The CA's own lifetime asked for, moments after it was made: the warning read
+    # "validity 3650D clipped …: 3650 days instead of 3650 days", which says nothing.
+    start = root_ca.certificate.not_valid_before_utc + timedelta(minutes=5)
+    lifetime = root_ca.certificate.not_valid_after_utc - start
+    issued = root_ca.issue(
+        ec.generate_private_key(ec.SECP256R1()).public_key(),
+        common_name_dn("same.example"),
+        profile=PROFILES["server"],
+        validity=lifetime,
+        now=start + late,
+    )
+    assert issued.certificate.not_valid_after_utc == root_ca.certificate.not_valid_after_utc
+    assert issued.warnings == ()
+
+
+def test_a_clip_a_tenth_of_a_day_shows_is_warned(root_ca: CertificateAuthority) -> None:
+    end = root_ca.certificate.not_valid_after_utc
+    start = end - timedelta(days=90)
+    issued = root_ca.issue(
+        ec.generate_private_key(ec.SECP256R1()).public_key(),
+        common_name_dn("later.example"),
+        profile=PROFILES["server"],
+        validity=timedelta(days=90),
+        now=start + timedelta(hours=3),
+    )
+    assert issued.warnings == (
+        f"validity 90D clipped to the issuer's notAfter {end:%Y-%m-%dT%H:%M:%SZ}: "
+        "89.9 days instead of 90 days",
+    )
+
+
 def test_ca_without_key_cert_sign_refuses_to_issue(now: datetime) -> None:
     # openssl refuses what it signs (error 32): say so instead of writing useless files.
     ca = ca_without_usage("key_cert_sign", now)
