@@ -949,6 +949,64 @@ def test_import_of_an_intermediate_alone_takes_the_chain_of_its_issuer_valid_now
            tmp_path / "tls.crt"))  # fmt: skip
 
 
+def test_import_below_an_expired_held_parent_warns_that_its_leaves_will_not_verify(
+    api: Api, tmp_path: Path
+) -> None:
+    """The only parent held has expired: its chain was attached without a word, and every
+    certificate the new issuer signed then failed verification ("certificate has expired")."""
+    from certctl.pki import get_profile
+
+    now = api.clock()
+    root, _, _ = _root_and_intermediate("Stale Root", "unused", now)
+    parent_key, sub_key = (
+        generate_private_key(KeyType.EC_P256),
+        generate_private_key(KeyType.EC_P256),
+    )
+    # The same parent key under a short certificate (held) and a longer one (not held),
+    # which signed the intermediate: it outlives the parent certctl holds.
+    held, signer = (
+        root.issue(
+            parent_key.public_key(),
+            common_name_dn("Stale Parent"),
+            profile=get_profile("intermediate").with_path_length(1),
+            validity=timedelta(days=days),
+            now=now,
+        ).certificate
+        for days in (10, 60)
+    )
+    sub = (
+        CertificateAuthority(signer, parent_key, (root.certificate,))
+        .issue(
+            sub_key.public_key(),
+            common_name_dn("Sub Of Stale"),
+            profile=get_profile("intermediate"),
+            validity=timedelta(days=40),
+            now=now,
+        )
+        .certificate
+    )
+    assert _import_pair(api, "stale-root", root.certificate, root.private_key).status_code == 201
+    r = _import_pair(api, "stale-parent", held, parent_key)
+    assert r.status_code == 201, r.text
+    assert r.json()["warnings"] == []
+    later = api.clock.advance(days=20)
+    r = _import_pair(api, "sub-of-stale", sub, sub_key)
+    assert r.status_code == 201, r.text
+    assert r.json()["warnings"] == [
+        f"CN=Stale Parent, above it, expired on {held.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}: "
+        "certificates this CA signs will not verify until that CA is renewed"
+    ]
+    # What the warning says: the leaf's chain fails at the held parent.
+    leaf = api.issue(issuer="sub-of-stale", common_name="stale.example.com")
+    (tmp_path / "root.pem").write_text(root.certificate.public_bytes(Encoding.PEM).decode())
+    (tmp_path / "tls.crt").write_text(leaf["certificate_pem"] + leaf["chain_pem"])
+    refused = run("openssl", "verify", "-attime", str(int(later.timestamp())),
+                  "-CAfile", tmp_path / "root.pem", "-untrusted", tmp_path / "tls.crt",
+                  tmp_path / "tls.crt")  # fmt: skip
+    assert refused.returncode != 0
+    assert "certificate has expired" in refused.stdout + refused.stderr
+
+
 def test_import_of_an_intermediate_alone_prefers_the_root_held_to_a_cross_certificate(
     api: Api,
 ) -> None:

@@ -219,7 +219,7 @@ def import_ca(
     from certctl.errors import InvalidRequest, PasswordRequired
     from certctl.files import OutputSet
     from certctl.pki import CertificateAuthority, certs_to_pem, display_dn, key_to_pem
-    from certctl.pki.chain_links import chain_problem
+    from certctl.pki.chain_links import chain_problem, chain_window_problem
 
     key_password = read_password(key_password_file, env="CERTCTL_CA_PASSWORD")  # as in create
     try:
@@ -278,6 +278,9 @@ def import_ca(
     problem = chain_problem(ca.certificate, ca.chain)
     if problem is not None:
         # Kept too, but what it signs fails everywhere: said now, not by the first client.
+        warn(problem)
+    problem = chain_window_problem(ca.chain, utcnow())
+    if problem is not None:
         warn(problem)
     top = ca.root
     if top.issuer != top.subject:

@@ -16,6 +16,7 @@ __all__ = [
     "anchor_name",
     "asserts_ca",
     "chain_problem",
+    "chain_window_problem",
     "check_window",
     "intermediate_name",
     "is_ca",
@@ -105,6 +106,25 @@ def chain_problem(cert: x509.Certificate, chain: Sequence[x509.Certificate]) -> 
                 f"{name}, above it, allows {limit.path_length} CA certificates below it "
                 f"(pathlen:{limit.path_length}) and {below} follow: certificates this CA signs "
                 "would not verify (path length constraint exceeded)"
+            )
+    return None
+
+
+def chain_window_problem(chain: Sequence[x509.Certificate], now: datetime) -> str | None:
+    """Why no certificate a CA below ``chain`` signs verifies at ``now``, or None.
+
+    ``chain``: the CAs above it, nearest first. One of them expired (or not yet valid) is not
+    refused at import: the CA may be imported before its parent is renewed, and its
+    certificate is needed to check what it signed. But every certificate it issues fails
+    verification until then, which an import of an intermediate below an expired root said
+    nowhere.
+    """
+    for parent in chain:
+        problem = window_problem(parent, now)
+        if problem is not None:
+            return (
+                f"{display_dn(parent.subject)}, above it, {problem}: certificates this CA "
+                "signs will not verify until that CA is renewed"
             )
     return None
 

@@ -31,7 +31,13 @@ from certctl.pki import (
     load_material,
     parse_dn,
 )
-from certctl.pki.chain_links import chain_problem, is_self_signed, signs, window_problem
+from certctl.pki.chain_links import (
+    chain_problem,
+    chain_window_problem,
+    is_self_signed,
+    signs,
+    window_problem,
+)
 from certctl.pki.crl import is_crl_serial
 from certctl.pki.issue import KeyMismatch
 from certctl.pki.key_strength import weakly_signed
@@ -282,7 +288,7 @@ def import_issuer(
         "issuer.import",
         guard=partial(_not_revoked, ca, "not imported"),
     )
-    return row, _import_warnings(ca, issuer_id)
+    return row, _import_warnings(ca, issuer_id, services.clock())
 
 
 def _held_chain_above(services: Services, top: x509.Certificate) -> tuple[x509.Certificate, ...]:
@@ -383,8 +389,13 @@ def _not_revoked(ca: CertificateAuthority, outcome: str, session: Session) -> No
     )
 
 
-def _import_warnings(ca: CertificateAuthority, issuer_id: str) -> tuple[str, ...]:
+def _import_warnings(ca: CertificateAuthority, issuer_id: str, now: datetime) -> tuple[str, ...]:
     warnings = []
+    # The chain given, or that of the held parent (_held_chain_above prefers a current one,
+    # but may hold only an expired one): imported all the same, as 'certctl ca import' does.
+    expired_above = chain_window_problem(ca.chain, now)
+    if expired_above is not None:
+        warnings.append(expired_above)
     top = ca.root
     if top.issuer != top.subject:
         # Imported all the same (the root may be in every trust store already), but what

@@ -691,6 +691,45 @@ def test_import_of_expired_ca_warns(workdir: Path) -> None:
     assert (workdir / "imp" / "ca.key").exists()
 
 
+def test_import_below_an_expired_parent_warns_that_its_leaves_will_not_verify(
+    workdir: Path,
+) -> None:
+    # The chain given ends with a root that has expired (the intermediate was signed under
+    # the root's renewed certificate, same key): imported without a word, then every
+    # certificate issued from it failed verification ("certificate has expired").
+    from certctl.pki import PROFILES, CertificateAuthority
+
+    now = datetime.now(UTC)
+    root_key, inter_key = generate_private_key(), generate_private_key()
+    stale, renewed = (
+        create_root_ca(
+            root_key, common_name_dn("Stale Root"), validity=days, now=now - timedelta(days=2)
+        ).certificate
+        for days in (timedelta(days=1), timedelta(days=3650))
+    )
+    inter = (
+        CertificateAuthority(renewed, root_key)
+        .issue(
+            inter_key.public_key(),
+            common_name_dn("Inter"),
+            profile=PROFILES["intermediate"],
+            validity=timedelta(days=30),
+            now=now,
+        )
+        .certificate
+    )
+    (workdir / "bundle.pem").write_bytes(certs_to_pem([inter, stale]))
+    (workdir / "inter.key").write_bytes(key_to_pem(inter_key))
+    proc = _run(workdir, *"ca import -o imp --cert bundle.pem --key inter.key".split())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == (
+        f"certctl: warning: CN=Stale Root, above it, expired on "
+        f"{stale.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}: certificates this CA signs will "
+        "not verify until that CA is renewed\n"
+    )
+    assert certs_to_pem([inter, stale]) == (workdir / "imp" / "ca-chain.crt").read_bytes()
+
+
 def test_crl_next_update_clipped_to_ca(workdir: Path) -> None:
     proc = _run(workdir, *"crl create --ca ca1 -o c.crl --next-update 50Y".split())
     assert proc.returncode == 0, proc.stderr
