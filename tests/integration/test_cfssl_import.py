@@ -301,8 +301,8 @@ def test_a_crl_from_cfssl_gencrl_is_named_and_carried_over_once_decoded(
     crl = tmp_path / "cfssl.crl"
     crl.write_text(made.stdout)
     hint = (
-        "base64 without PEM's BEGIN/END lines, as cfssl gencrl writes a CRL: decode it with "
-        "'base64 -d FILE > FILE.der'"
+        "a CRL in base64 without PEM's BEGIN/END lines, as cfssl gencrl writes one: decode it "
+        "with 'base64 -d FILE > FILE.der'"
     )
     for args, prefix in (
         (["inspect", crl], f"{crl}"),

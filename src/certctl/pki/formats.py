@@ -198,12 +198,10 @@ def _load_material(data: bytes, password: bytes | None, password_optional: bool)
             "-deststoretype PKCS12"
         )
     if is_bare_base64_der(data):
-        # cfssl gencrl prints its CRL so (base64 DER, no BEGIN/END lines): read as DER it
-        # was "not a recognised PEM, DER or PKCS#12 file", which named no way out.
-        raise InvalidRequest(
-            "base64 without PEM's BEGIN/END lines, as cfssl gencrl writes a CRL: decode it "
-            "with 'base64 -d FILE > FILE.der'"
-        )
+        # cfssl gencrl prints its CRL so (base64 DER, no BEGIN/END lines), and a Secret's
+        # or keystore's field holds a certificate or PKCS#12 file so: read as DER it was
+        # "not a recognised PEM, DER or PKCS#12 file", which named no way out.
+        raise InvalidRequest(_bare_base64_hint(base64.b64decode(b"".join(data.split()))))
     if _looks_like_pkcs7(data):
         return Material(certificates=_load_pkcs7(data, pem=False), format="pkcs7")
     for loader, kind in (
@@ -242,6 +240,47 @@ def _load_material(data: bytes, password: bytes | None, password_optional: bool)
 
 
 _BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=\s]+")
+
+
+def _bare_base64_hint(der: bytes) -> str:
+    """How to decode base64 DER without PEM's lines, naming what it holds.
+
+    It said "as cfssl gencrl writes a CRL" of every such file, a base64 certificate or
+    PKCS#12 file (from a Secret's data or a keystore export) too.
+    """
+    what, origin, suffix = "", "", "der"
+    if _looks_like_pkcs12(der):
+        what, suffix = "a PKCS#12 file", "p12"
+    elif _looks_like_pkcs7(der):
+        what, suffix = "a PKCS#7 chain", "p7b"
+    else:
+        for loader, name in (
+            (x509.load_der_x509_certificate, "a certificate"),
+            (x509.load_der_x509_csr, "a CSR"),
+            (x509.load_der_x509_crl, "a CRL"),
+        ):
+            try:
+                loader(der)
+            except (ValueError, x509.InvalidVersion):
+                continue
+            what = name
+            break
+        else:
+            if _looks_like_encrypted_pkcs8(der):
+                what = "an encrypted private key"
+            else:
+                try:
+                    serialization.load_der_private_key(der, None)
+                    what = "a private key"
+                except (ValueError, TypeError, UnsupportedAlgorithm):
+                    pass
+    if what == "a CRL":
+        origin = ", as cfssl gencrl writes one"
+    text = f"{what} in base64" if what else "base64"
+    return (
+        f"{text} without PEM's BEGIN/END lines{origin}: decode it with "
+        f"'base64 -d FILE > FILE.{suffix}'"
+    )
 
 
 def is_bare_base64_der(data: bytes) -> bool:

@@ -204,9 +204,9 @@ def test_x25519_key_refused() -> None:
         (b"\x30\x82\x01\x00" + b"\x00" * 16, "not a recognised PEM, DER or PKCS#12 file"),
         (b"-----BEGIN CERTIFICATE-----\nMIIB", "malformed PEM: no complete BEGIN/END block"),
         (
+            # A fragment of one: no CRL, so no word of cfssl gencrl's.
             b"MIIBBDCBrAIBATAKBggqhkjOPQQDAjAv\nMRAwDgYDVQQK\n",
-            "base64 without PEM's BEGIN/END lines, as cfssl gencrl writes a CRL: decode it "
-            "with 'base64 -d FILE > FILE.der'",
+            "base64 without PEM's BEGIN/END lines: decode it with 'base64 -d FILE > FILE.der'",
         ),
         (
             b'{"cert":"-----BEGIN CERTIFICATE-----\\nMIIB\\n-----END CERTIFICATE-----\\n"}',
@@ -252,6 +252,46 @@ def test_x25519_key_refused() -> None:
 def test_load_refuses(data: bytes, message: str) -> None:
     with pytest.raises(InvalidRequest, match=re.escape(message)):
         load_material(data)
+
+
+@pytest.mark.parametrize(
+    ("kind", "hint"),
+    [
+        ("certificate", "a certificate in base64 without PEM's BEGIN/END lines: decode it "
+                        "with 'base64 -d FILE > FILE.der'"),
+        ("pkcs12", "a PKCS#12 file in base64 without PEM's BEGIN/END lines: decode it with "
+                   "'base64 -d FILE > FILE.p12'"),
+        ("csr", "a CSR in base64 without PEM's BEGIN/END lines: decode it with "
+                "'base64 -d FILE > FILE.der'"),
+        ("key", "a private key in base64 without PEM's BEGIN/END lines: decode it with "
+                "'base64 -d FILE > FILE.der'"),
+        ("crl", "a CRL in base64 without PEM's BEGIN/END lines, as cfssl gencrl writes one: "
+                "decode it with 'base64 -d FILE > FILE.der'"),
+    ],
+)  # fmt: skip
+def test_bare_base64_is_named_by_what_it_holds(
+    root_ca: CertificateAuthority,
+    ec_key: ec.EllipticCurvePrivateKey,
+    now: datetime,
+    kind: str,
+    hint: str,
+) -> None:
+    # A base64 certificate or PKCS#12 file (a Secret's data, a keystore export) was told
+    # it was written "as cfssl gencrl writes a CRL".
+    der = {
+        "certificate": lambda: root_ca.certificate.public_bytes(DER),
+        "pkcs12": lambda: to_pkcs12("x", None, root_ca.certificate, [], b"pw"),
+        "csr": lambda: create_csr(ec_key, common_name_dn("csr.example")).public_bytes(DER),
+        "key": lambda: ec_key.private_bytes(
+            DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+        "crl": lambda: create_crl(root_ca, [], now=now).public_bytes(DER),
+    }[kind]()
+    # Wrapped at 76 columns, as base64(1) writes it.
+    text = base64.encodebytes(der)
+    with pytest.raises(InvalidRequest) as refused:
+        load_material(text)
+    assert refused.value.detail == hint
 
 
 def test_a_zip_is_refused_as_one_not_read_as_the_pem_stored_in_it(
