@@ -193,7 +193,7 @@ def test_admin_key_names_the_database_postgresql_refuses_or_an_empty_one(
 
 
 def test_a_replica_without_the_kek_is_told_to_take_the_others_key(
-    tmp_path: Path, postgres_cluster: PostgresCluster
+    tmp_path: Path, postgres_cluster: PostgresCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A second replica started without CERTCTL_MASTER_KEY was told only of a backup.
     url = postgres_cluster.url(postgres_cluster.create_database())
@@ -213,6 +213,18 @@ def test_a_replica_without_the_kek_is_told_to_take_the_others_key(
         mint_local_key(_config(second, url), "admin")
     assert str(caught.value) == expected
     assert not (second / "kek").exists()
+    # Set, but to nothing (a Secret value that came out empty): "set CERTCTL_MASTER_KEY"
+    # sent the operator to check what was set already.
+    monkeypatch.setenv("CERTCTL_MASTER_KEY", "")
+    with pytest.raises(InvalidRequest) as caught:
+        mint_local_key(_config(second, url), "admin")
+    assert str(caught.value) == (
+        f"CERTCTL_MASTER_KEY is set but empty (a Secret key or variable with no value?) and "
+        f"{second / 'kek'} is missing, but the database holds keys encrypted under it: set "
+        "CERTCTL_MASTER_KEY to their key (the one of the replicas already running on it, or "
+        "the content of a kek from a backup), or restore kek from a backup; a new key would "
+        "open none"
+    )
 
 
 def _superuser(postgres_cluster: PostgresCluster) -> str:

@@ -177,6 +177,16 @@ def load_or_create_kek(data_dir: Path, *, create: bool = True, replicas: bool = 
         tighten_secret(path, logging.getLogger("certctl.store"))
         return read_kek_file(path)
     if not create:
+        if MASTER_KEY_ENV in os.environ:
+            # Blank counts as unset, so the kek file was looked for; "set CERTCTL_MASTER_KEY"
+            # alone sent an operator whose Secret value came out empty to check it was set.
+            replicas_key = "the one of the replicas already running on it, or " if replicas else ""
+            raise InvalidRequest(
+                f"{MASTER_KEY_ENV} is set but empty (a Secret key or variable with no value?) "
+                f"and {path} is missing, but the database holds keys encrypted under it: set "
+                f"{MASTER_KEY_ENV} to their key ({replicas_key}the content of a kek from a "
+                f"backup), or restore {path.name} from a backup; a new key would open none"
+            )
         from_replicas = (
             f"set {MASTER_KEY_ENV} as the replicas already running on it have it, or "
             if replicas

@@ -129,6 +129,25 @@ def test_a_missing_kek_is_not_replaced_while_keys_are_stored(tmp_path: Path) -> 
     assert str(caught.value).startswith(f"{data / 'kek'} is missing, but the database holds")
 
 
+def test_a_missing_kek_with_a_blank_master_key_says_it_is_set_but_empty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "set CERTCTL_MASTER_KEY": it was set, to nothing (a Secret whose value came out empty).
+    data = tmp_path / "data"
+    _boot(data)
+    (data / "kek").unlink()
+    monkeypatch.setenv("CERTCTL_MASTER_KEY", " \n")
+    with pytest.raises(InvalidRequest) as caught:
+        mint_local_key(ServerConfig.model_validate({"data-dir": str(data)}), "admin")
+    assert str(caught.value) == (
+        f"CERTCTL_MASTER_KEY is set but empty (a Secret key or variable with no value?) and "
+        f"{data / 'kek'} is missing, but the database holds keys encrypted under it: set "
+        "CERTCTL_MASTER_KEY to their key (the content of a kek from a backup), or restore kek "
+        "from a backup; a new key would open none"
+    )
+    assert not (data / "kek").exists()
+
+
 def test_a_wrong_kek_is_named_and_never_shown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
