@@ -209,6 +209,13 @@ def test_a_replica_without_the_kek_is_told_to_take_the_others_key(
     with pytest.raises(InvalidRequest) as caught:
         bootstrap(_config(second, url))
     assert str(caught.value) == expected
+    # The refused start leaves the data dir as found: it held certctl.lock, and one made for
+    # it was left behind.
+    assert list(second.iterdir()) == []
+    with pytest.raises(InvalidRequest) as caught:
+        bootstrap(_config(tmp_path / "third", url))
+    assert str(caught.value) == expected.replace(str(second), str(tmp_path / "third"))
+    assert not (tmp_path / "third").exists()
     with pytest.raises(InvalidRequest) as caught:  # certctl admin-key
         mint_local_key(_config(second, url), "admin")
     assert str(caught.value) == expected

@@ -86,6 +86,7 @@ def bootstrap(config: ServerConfig) -> Bootstrapped:
     master_key_from_env()
     refuse_blank_master_key(config.data_dir)
     try:
+        _refuse_missing_kek(config)
         return _bootstrap(config)
     except DBAPIError as exc:
         fault = storage_error(exc)
@@ -95,6 +96,38 @@ def bootstrap(config: ServerConfig) -> Bootstrapped:
                 raise
             raise InvalidRequest(f"cannot start: {refused}") from None
         raise StorageUnavailable(f"cannot start: {fault.detail}{_refusal(exc)}") from None
+
+
+def _refuse_missing_kek(config: ServerConfig) -> None:
+    """Refuse, before the data dir is touched, a replica without the key of a keyed store.
+
+    A new PostgreSQL replica started without ``CERTCTL_MASTER_KEY`` was refused only once
+    its data dir (made for it) held ``certctl.lock``: a refused start should leave the data
+    dir as it found it, as the malformed-key check above does. The check under the start-up
+    lock (``settled_kek``) stays: a store may get its first keys between the two. SQLite's
+    store lives in the data dir, which is there already, and opening it would make its
+    -wal and -shm files before they are tightened: it is checked under the lock only.
+    """
+    data_dir = config.data_dir
+    url = config.effective_database_url
+    if url.lower().startswith("sqlite") or master_key_from_env() is not None:
+        return
+    if (data_dir / "kek").exists():
+        return
+    engine = create_store_engine(url, config.database_pool_size)
+    try:
+        if not inspect(engine).has_table(Issuer.__tablename__):
+            return  # a new database: the first start makes the key
+        with session_factory(engine)() as session:
+            keyed = session.scalar(select(Issuer.id).limit(1)) is not None
+    except DBAPIError:
+        # Unreachable, or a role that may not read it: refused below as before, in the
+        # words of the step that needs it (the migrations' table, not this query's).
+        return
+    finally:
+        engine.dispose()
+    if keyed:
+        load_or_create_kek(data_dir, create=False, replicas=True)  # raises, naming the key
 
 
 def refuse_in_memory(url: str | None) -> None:
