@@ -301,6 +301,39 @@ def test_a_database_the_role_may_not_write_says_what_to_do(
     )
 
 
+def test_a_privilege_refusal_names_the_database_and_role_libpq_defaulted_to(
+    tmp_path: Path, postgres_cluster: PostgresCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A URL naming no database or role printed 'ALTER DATABASE "DATABASE" OWNER TO ROLE':
+    # libpq took them from PGUSER (and the database from the role), and so does the hint.
+    import psycopg
+
+    role = _role(postgres_cluster, "postgres", owner=False)
+    with psycopg.connect(_superuser(postgres_cluster), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {role} TEMPLATE template0")  # the superuser's
+        conn.execute(f"GRANT CONNECT ON DATABASE {role} TO {role}")
+    for name in ("PGDATABASE", "PGSERVICE", "PGPASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PGUSER", role)
+    url = f"postgresql+psycopg://127.0.0.1:{postgres_cluster.port}"
+    with pytest.raises(InvalidRequest) as caught:
+        bootstrap(_config(tmp_path / "a", url))
+    assert str(caught.value) == (
+        f"cannot start: PostgreSQL denied the role {role} a privilege (permission denied for "
+        f"schema public): the database and certctl's tables must belong to it (a new "
+        f"database: createdb -O {role}; this one: ALTER DATABASE {role} OWNER TO {role}; a "
+        f"restore: pg_restore --no-owner --role={role})"
+    )
+    # What it says to run is what lets the same start through.
+    alter = re.search(r"this one: (ALTER DATABASE [^;]+);", str(caught.value))
+    assert alter is not None
+    with psycopg.connect(_superuser(postgres_cluster), autocommit=True) as conn:
+        conn.execute(alter.group(1).encode())
+    started = bootstrap(_config(tmp_path / "a", url))
+    started.services.engine.dispose()
+    assert started.admin_key is not None
+
+
 def test_a_password_in_the_database_url_flag_is_warned_of_never_shown(
     tmp_path: Path, postgres_cluster: PostgresCluster
 ) -> None:

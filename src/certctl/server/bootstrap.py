@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import URL, Engine, inspect, make_url, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -139,8 +139,6 @@ def refuse_in_memory(url: str | None) -> None:
     """
     if url is None or not url.lower().startswith("sqlite"):
         return
-    from sqlalchemy.engine import make_url
-
     parsed = make_url(url)
     database = parsed.database or ""
     if database in ("", ":memory:") or parsed.query.get("mode") == "memory":
@@ -187,11 +185,9 @@ def _privilege_refusal(exc: DBAPIError, url: str) -> str | None:
     orig = exc.orig
     if getattr(orig, "sqlstate", None) != "42501":
         return None
-    from sqlalchemy.engine import make_url
 
-    parsed = make_url(url)
-    role = parsed.username or "ROLE"
-    database = _identifier(parsed.database or "DATABASE")
+    role, database_name = _libpq_names(make_url(url))
+    database = _identifier(database_name)
     diag = getattr(orig, "diag", None)
     reason = getattr(diag, "message_primary", None) or "permission denied"
     # createdb -O fits a database still to be made; the one refused already exists (made by
@@ -205,9 +201,36 @@ def _privilege_refusal(exc: DBAPIError, url: str) -> str | None:
     )
 
 
+def _libpq_names(parsed: URL) -> tuple[str, str]:
+    """The role and database libpq connected to for ``parsed``, as libpq picks them.
+
+    A URL naming neither (``postgresql+psycopg://db.example``) printed ``ALTER DATABASE
+    "DATABASE" OWNER TO …``, for the operator to guess what to put there. libpq takes them
+    from the URL (its path and user, or ``?user=``/``?dbname=``), else ``PGUSER`` and
+    ``PGDATABASE``, the role defaulting to the OS user and the database to the role. A
+    service file (``?service=``, ``PGSERVICE``) may name them too, unread here: then
+    ``<role>`` and ``<database>``, which no one would paste as they are.
+    """
+    import getpass
+
+    def query(name: str) -> str | None:
+        value = parsed.query.get(name)
+        return (value[-1] if isinstance(value, tuple) else value) or None
+
+    service = query("service") or os.environ.get("PGSERVICE")
+    role = parsed.username or query("user") or os.environ.get("PGUSER")
+    if role is None and not service:
+        with contextlib.suppress(OSError, KeyError):  # a uid without a passwd entry
+            role = getpass.getuser()
+    database = parsed.database or query("dbname") or os.environ.get("PGDATABASE")
+    if database is None and not service:
+        database = role
+    return role or "<role>", database or "<database>"
+
+
 def _identifier(name: str) -> str:
     """``name`` as an SQL identifier to paste: quoted unless plain lower case (folded else)."""
-    if re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+    if name in ("<role>", "<database>") or re.fullmatch(r"[a-z_][a-z0-9_]*", name):
         return name
     return '"' + name.replace('"', '""') + '"'
 
