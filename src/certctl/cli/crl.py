@@ -74,12 +74,15 @@ def create(
             raise typer.BadParameter("--reason needs --revoked (it is the reason of each entry)")
         by_name = {r.name.lower(): r for r in x509.ReasonFlags}
         by_name |= {r.value.lower(): r for r in x509.ReasonFlags}
+        # Spaces around it folded away with the case: `--reason "keycompromise "` (a value
+        # pasted or cut from a list) was "unknown" while "KeyCompromise" was taken.
+        reason = reason.strip()
         flag = by_name.get(reason.lower())
         if flag is None:
             choices = ", ".join(
                 r.value for r in x509.ReasonFlags if r is not x509.ReasonFlags.remove_from_crl
             )
-            if not reason.strip():
+            if not reason:
                 # `--reason "$REASON"` with the variable unset: said as the server says it,
                 # not as ": unknown reason".
                 raise typer.BadParameter(

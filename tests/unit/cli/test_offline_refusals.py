@@ -730,6 +730,17 @@ def test_import_below_an_expired_parent_warns_that_its_leaves_will_not_verify(
     assert certs_to_pem([inter, stale]) == (workdir / "imp" / "ca-chain.crt").read_bytes()
 
 
+def test_crl_reason_takes_spaces_around_it_as_it_takes_any_case(workdir: Path) -> None:
+    # "KeyCompromise" was taken and "keycompromise " (pasted with its space) was "unknown".
+    proc = _run(workdir, "crl", "create", "--ca", "ca1", "-o", "r.crl", "--revoked", "1f",
+                "--reason", " keycompromise ")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    shown = run_tool("openssl", "crl", "-in", workdir / "r.crl", "-noout", "-text")
+    assert shown.returncode == 0, shown.stderr
+    assert "Serial Number: 1F\n        Revocation Date:" in shown.stdout
+    assert "X509v3 CRL Reason Code: \n                Key Compromise" in shown.stdout
+
+
 def test_crl_next_update_clipped_to_ca(workdir: Path) -> None:
     proc = _run(workdir, *"crl create --ca ca1 -o c.crl --next-update 50Y".split())
     assert proc.returncode == 0, proc.stderr
