@@ -277,3 +277,27 @@ def test_an_issuer_whose_stored_pem_is_unreadable_is_passed_over(
     r = _import(api, inter.leaf("still.example.com"))
     assert r.status_code == 201, r.text
     assert r.json()["items"][0]["issuer"] == "old-inter"
+
+
+@pytest.mark.parametrize(
+    "serial", ["0", "-5", "0x80" + "00" * 19], ids=["zero", "negative", "160-bit"]
+)
+def test_a_serial_no_crl_can_list_is_refused_as_its_revocation_would_not_reach_clients(
+    api: Api, old_pki: tuple[OpensslCa, OpensslCa], tmp_path: Path, serial: str
+) -> None:
+    """OpenSSL signs such serials; the CRL leaves them off, so "revoked" would fail open."""
+    _, inter = old_pki
+    _import_ca(api, "old-inter", inter)
+    key, csr, crt = tmp_path / "odd.key", tmp_path / "odd.csr", tmp_path / "odd.crt"
+    openssl_req(key, csr, "/CN=odd.example.com")
+    ok(
+        run(
+            "openssl", "x509", "-req", "-in", csr, "-CA", inter.crt, "-CAkey", inter.key,
+            "-set_serial", serial, "-days", "30", "-out", crt,
+        )
+    )  # fmt: skip
+    before = api.counts()
+    detail = assert_problem(_import(api, crt), 400)["detail"]
+    assert "certificate 1 (CN=odd.example.com" in detail
+    assert "no CRL can list it" in detail
+    assert api.counts() == before

@@ -8,15 +8,18 @@ it under one of its profiles, and does not renew it (``certificates.renew_certif
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.utils import CryptographyDeprecationWarning
 from sqlalchemy import select, tuple_
 from sqlalchemy.exc import IntegrityError
 
 from certctl.errors import Conflict, InvalidRequest
 from certctl.pki import format_serial
+from certctl.pki.crl import is_crl_serial
 from certctl.pki.issue import IssuedCertificate
 from certctl.services.audit import event_values
 from certctl.services.context import Principal, Services
@@ -32,9 +35,8 @@ __all__ = ["IMPORTED_PROFILE", "ImportedCertificate", "import_certificates"]
 IMPORTED_PROFILE = "imported"
 
 _BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----(.*?)-----END \1-----", re.DOTALL)
-# The store's column widths (models.CertificateRecord): longer values are refused by name,
+# The store's column width (models.CertificateRecord): a longer name is refused by name,
 # where PostgreSQL would fail the insert with a 500.
-_MAX_SERIAL = 42
 _MAX_COMMON_NAME = 200
 
 
@@ -61,16 +63,28 @@ def _certificates(pem: str) -> list[x509.Certificate]:
                 f"block {number} is a {kind}, not a CERTIFICATE: give certificates only "
                 "(certctl records no key for them)"
             )
-        try:
-            certs.append(
-                x509.load_pem_x509_certificate(
+        with warnings.catch_warnings():
+            # A serial of zero or below (warned about at each read): refused just below.
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            try:
+                cert = x509.load_pem_x509_certificate(
                     b"-----BEGIN CERTIFICATE-----" + body + b"-----END CERTIFICATE-----"
                 )
-            )
-        except ValueError:
+            except ValueError:
+                raise InvalidRequest(
+                    f"certificate {number}: not a readable X.509 certificate"
+                ) from None
+            serial = cert.serial_number
+        if not is_crl_serial(serial):
+            # OpenSSL signs such serials, but no CRL entry can carry one: revoked here, it
+            # would be shown as revoked while its issuer's CRL left it off (crls.py).
+            subject = cert.subject.rfc4514_string()[:200]
             raise InvalidRequest(
-                f"certificate {number}: not a readable X.509 certificate"
-            ) from None
+                f"certificate {number} ({subject}, serial {format_serial(serial)}): its serial "
+                "is no positive number of at most 20 octets (RFC 5280 4.1.2.2), so no CRL can "
+                "list it: revoked here, clients would still accept it"
+            )
+        certs.append(cert)
     return certs
 
 
@@ -141,8 +155,6 @@ def import_certificates(
             )
         issuer_id = check_not_managed(signer)
         serial = format_serial(cert.serial_number)
-        if len(serial) > _MAX_SERIAL:
-            raise InvalidRequest(f"{label}: serial longer than 20 bytes (RFC 5280 4.1.2.2)")
         cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
         if cns and len(str(cns[0].value)) > _MAX_COMMON_NAME:
             raise InvalidRequest(f"{label}: common name longer than {_MAX_COMMON_NAME} characters")
