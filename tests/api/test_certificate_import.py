@@ -301,3 +301,23 @@ def test_a_serial_no_crl_can_list_is_refused_as_its_revocation_would_not_reach_c
     assert "certificate 1 (CN=odd.example.com" in detail
     assert "no CRL can list it" in detail
     assert api.counts() == before
+
+
+def test_a_certificate_recorded_under_another_id_of_its_ca_is_409_not_recorded_twice(
+    api: Api, old_pki: tuple[OpensslCa, OpensslCa]
+) -> None:
+    """The same CA held under two ids: a certificate either recorded is the same certificate."""
+    _, inter = old_pki
+    _import_ca(api, "old-inter", inter)
+    old = inter.leaf("old.example.com")
+    assert _import(api, old).json()["items"][0]["issuer"] == "old-inter"
+    issued = api.issue(issuer="old-inter", common_name="new.example.com", profile="server")
+    _import_ca(api, "a-copy", inter)  # sorts first: the signer an import records under
+    before = api.counts()
+    for pem in (old.read_text(), issued["certificate_pem"]):  # imported, issued by certctl
+        detail = assert_problem(api.post(IMPORT, api.admin_key, json={"certificate_pem": pem}), 409)
+        assert "issuer old-inter's serial" in detail["detail"]
+        assert "already recorded" in detail["detail"]
+    assert api.counts() == before
+    counts, _ = certificates.certificate_counts(api.services)
+    assert counts[("a-copy", "active")] == 0

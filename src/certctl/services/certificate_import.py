@@ -132,6 +132,9 @@ def import_certificates(
             continue  # a PEM written over in the store signs nothing here (its routes say so)
     found: list[tuple[str, x509.Certificate]] = []
     seen: dict[tuple[str, str], int] = {}
+    # (issuer, serial) under every held id of the signing CA: the same CA imported twice
+    # (two ids, one key) has a certificate recorded under either, issued by certctl too.
+    recorded_as: dict[tuple[str, str], int] = {}
     for number, cert in enumerate(certs, 1):
         label = _label(number, cert)
         try:
@@ -146,14 +149,14 @@ def import_certificates(
                 "(POST /api/v1/issuers, certctl issuers import)"
             )
         # The signature decides, not the name: another CA may carry the same subject.
-        signer = next((i for i, ca in held if _signed_by(cert, ca)), None)
-        if signer is None:
+        signers = [i for i, ca in held if _signed_by(cert, ca)]
+        if not signers:
             named = cert.issuer.rfc4514_string()[:200]
             raise InvalidRequest(
                 f"{label}: signed by no issuer certctl holds (issuer {named}); "
                 "import its CA first (certctl issuers import)"
             )
-        issuer_id = check_not_managed(signer)
+        issuer_id = check_not_managed(signers[0])
         serial = format_serial(cert.serial_number)
         cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
         if cns and len(str(cns[0].value)) > _MAX_COMMON_NAME:
@@ -163,8 +166,10 @@ def import_certificates(
                 f"{label}: the same serial as certificate {seen[issuer_id, serial]}"
             )
         seen[issuer_id, serial] = number
+        for signer in signers:
+            recorded_as.setdefault((signer, serial), number)
         found.append((issuer_id, cert))
-    _check_unrecorded(services, certs, seen)
+    _check_unrecorded(services, certs, recorded_as)
     rows: list[Insert] = []
     imported: list[ImportedCertificate] = []
     for issuer_id, cert in found:
@@ -200,7 +205,10 @@ def import_certificates(
 def _check_unrecorded(
     services: Services, certs: list[x509.Certificate], seen: dict[tuple[str, str], int]
 ) -> None:
-    """409 naming the first certificate whose (issuer, serial) is already recorded."""
+    """409 naming the first certificate whose (issuer, serial) is already recorded.
+
+    ``seen`` maps each (issuer, serial) a certificate could be recorded as to its number.
+    """
     with services.sessions() as session:
         taken = session.execute(
             select(
