@@ -771,3 +771,34 @@ def test_a_client_certificate_whose_actor_passes_64_characters_is_served_and_aud
         (actor, "issuer.create", "denied"),
         (actor, "certificate.issue", "success"),
     ]
+
+
+def test_an_imported_client_certificate_keeps_its_mapped_roles_and_is_revocable(
+    mtls: Mtls, tmp_path: Path
+) -> None:
+    """Its importer did not have it issued: recording it must not cut its login to theirs."""
+    from tests.api.test_certificate_import import OpensslCa
+
+    api = mtls.api
+    old = OpensslCa(tmp_path, "old", "/CN=Old Client CA")
+    r = api.post(
+        "/api/v1/issuers",
+        api.admin_key,
+        json={
+            "id": "old",
+            "certificate_pem": old.crt.read_text(),
+            "private_key_pem": old.key.read_text(),
+        },
+    )
+    assert r.status_code == 201, r.text
+    pem = old.leaf("ci-admin", "clientAuth").read_text()
+    mtls.present(pem, "old")
+    assert mtls.permissions() == ["cert.read"]  # signed before: the mapped roles in full
+    importer = api.key_with_permissions("importer", ["cert.issue"])  # no cert.read
+    r = api.post("/api/v1/certificates/import", importer, json={"certificate_pem": pem})
+    assert r.status_code == 201, r.text
+    assert mtls.permissions() == ["cert.read"]
+    cert_id = r.json()["items"][0]["id"]
+    r = api.post(f"/api/v1/certificates/{cert_id}/revoke", api.admin_key, json={})
+    assert r.status_code == 200, r.text
+    assert assert_problem(mtls.whoami(), 401)["detail"] == "client certificate revoked"

@@ -744,6 +744,7 @@ _CLIENT_CERT_BY_ISSUER_DN = (
         _ACTORS.c.roles,
         # A renewal that kept the requester's key (a CSR's) names its predecessor here.
         case((CERTIFICATES.c.wrapped_key.is_(None), CERTIFICATES.c.renewed_from), else_=None),
+        CERTIFICATES.c.profile == IMPORTED_PROFILE,
     )
     .join(ISSUERS, ISSUERS.c.id == CERTIFICATES.c.issuer_id)
     .outerjoin(_ACTORS, _ACTORS.c.id == CERTIFICATES.c.created_by)
@@ -789,13 +790,16 @@ def issued_client_certificate(
             _CLIENT_CERT_BY_ISSUER_DN,
             {"issuer": issuer_dn, "serials": _serial_forms(format_serial(serial))},
         ).all()
-        creators = [roles for _, roles, _ in rows]
-        for _, _, predecessor in rows:
+        # An imported row's creator recorded it, it did not have it issued: its certificate
+        # carries the mapped roles as before the import (as one of a CA certctl does not
+        # hold), where an importer lacking them cut an administrator's login down to theirs.
+        creators = [roles for _, roles, _, imported in rows if not imported]
+        for _, _, predecessor, _ in rows:
             creators += _key_holders_before(conn, predecessor)
     if not rows:
         return None
     return IssuedClientCertificate(
-        any(status == "revoked" for status, _, _ in rows),
+        any(status == "revoked" for status, _, _, _ in rows),
         tuple(None if roles is None else tuple(roles) for roles in creators),
     )
 
