@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -321,3 +322,23 @@ def test_a_certificate_recorded_under_another_id_of_its_ca_is_409_not_recorded_t
     assert api.counts() == before
     counts, _ = certificates.certificate_counts(api.services)
     assert counts[("a-copy", "active")] == 0
+
+
+def test_a_bundle_of_unterminated_blocks_is_refused_at_once_and_a_cut_short_one_named(
+    api: Api, old_pki: tuple[OpensslCa, OpensslCa]
+) -> None:
+    """BEGIN lines without END: each one was matched against the rest of the body (~minutes)."""
+    _, inter = old_pki
+    _import_ca(api, "old-inter", inter)
+    before = api.counts()
+    started = time.monotonic()
+    r = api.post(IMPORT, api.admin_key, json={"certificate_pem": "-----BEGIN A-----" * 58_000})
+    assert time.monotonic() - started < 10
+    assert "block 1 (A) has no -----END A----- line" in assert_problem(r, 400)["detail"]
+    # The last certificate of a bundle cut short is named, not left out of the import.
+    whole = inter.leaf("whole.example.com").read_text()
+    cut = inter.leaf("cut.example.com").read_text()
+    r = api.post(IMPORT, api.admin_key, json={"certificate_pem": whole + cut[: len(cut) // 2]})
+    detail = assert_problem(r, 400)["detail"]
+    assert "block 2 (CERTIFICATE) has no -----END CERTIFICATE----- line" in detail
+    assert api.counts() == before

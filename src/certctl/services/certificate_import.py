@@ -34,7 +34,7 @@ __all__ = ["IMPORTED_PROFILE", "ImportedCertificate", "import_certificates"]
 # The profile column of an imported certificate: the marker renewal and the listing read.
 IMPORTED_PROFILE = "imported"
 
-_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----(.*?)-----END \1-----", re.DOTALL)
+_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----")
 # The store's column width (models.CertificateRecord): a longer name is refused by name,
 # where PostgreSQL would fail the insert with a 500.
 _MAX_COMMON_NAME = 200
@@ -49,9 +49,36 @@ class ImportedCertificate:
     serial: str
 
 
+def _blocks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(label, body) of each PEM block of ``data``, in order; text between them is skipped.
+
+    Scanned once from start to end: a pattern matching BEGIN to its END read the rest of
+    the body again for each BEGIN line lacking one (a 1 MB body of them: minutes of CPU).
+
+    Raises:
+        InvalidRequest: a BEGIN line without its END line (a bundle cut short), named.
+    """
+    blocks: list[tuple[bytes, bytes]] = []
+    position = 0
+    while (begin := _BEGIN.search(data, position)) is not None:
+        label = begin.group(1)
+        end = b"-----END " + label + b"-----"
+        stop = data.find(end, begin.end())
+        if stop < 0:
+            # Refused rather than skipped: the rest of the bundle recorded without the
+            # certificate cut short would look like a complete import.
+            name = label.decode()
+            raise InvalidRequest(
+                f"block {len(blocks) + 1} ({name}) has no -----END {name}----- line: cut short?"
+            )
+        blocks.append((label, data[begin.end() : stop]))
+        position = stop + len(end)
+    return blocks
+
+
 def _certificates(pem: str) -> list[x509.Certificate]:
     """The certificates of a PEM bundle; any other block (a key, a CSR) is refused by number."""
-    blocks = _BLOCK.findall(pem.encode())
+    blocks = _blocks(pem.encode())
     if not blocks:
         raise InvalidRequest("no PEM certificate (-----BEGIN CERTIFICATE-----) in it")
     certs: list[x509.Certificate] = []
