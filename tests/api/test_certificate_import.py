@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+from cryptography.x509.oid import NameOID
 from sqlalchemy import Connection, insert, update
 
 from certctl.pki import format_serial
@@ -342,3 +347,37 @@ def test_a_bundle_of_unterminated_blocks_is_refused_at_once_and_a_cut_short_one_
     detail = assert_problem(r, 400)["detail"]
     assert "block 2 (CERTIFICATE) has no -----END CERTIFICATE----- line" in detail
     assert api.counts() == before
+
+
+def test_a_null_prefix_certificate_is_recorded_its_nul_escaped_and_revocable(
+    api: Api, old_pki: tuple[OpensslCa, OpensslCa], tmp_path: Path
+) -> None:
+    """CN=www.bank.example\\0.evil.example (a null-prefix attack): PostgreSQL stores no NUL."""
+    _, inter = old_pki
+    _import_ca(api, "old-inter", inter)
+    ca = x509.load_pem_x509_certificate(inter.crt.read_bytes())
+    key = load_pem_private_key(inter.key.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    now = api.clock()
+    forged = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "www.bank.example\0.evil.example")])
+        )
+        .issuer_name(ca.subject)
+        .public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    crt = tmp_path / "forged.crt"
+    crt.write_bytes(forged.public_bytes(Encoding.PEM))
+    r = _import(api, crt)
+    assert r.status_code == 201, r.text
+    item = r.json()["items"][0]
+    assert item["common_name"] == "www.bank.example\\00.evil.example"  # as subject shows it
+    assert item["subject"] == "CN=www.bank.example\\00.evil.example"
+    r = api.post(f"/api/v1/certificates/{item['id']}/revoke", api.admin_key, json={})
+    assert r.status_code == 200, r.text
+    assert api.openssl_crl_serials("old-inter", tmp_path) == {forged.serial_number}

@@ -186,7 +186,7 @@ def import_certificates(
         issuer_id = check_not_managed(signers[0])
         serial = format_serial(cert.serial_number)
         cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        if cns and len(str(cns[0].value)) > _MAX_COMMON_NAME:
+        if cns and len(str(cns[0].value).replace("\0", "\\00")) > _MAX_COMMON_NAME:
             raise InvalidRequest(f"{label}: common name longer than {_MAX_COMMON_NAME} characters")
         if (issuer_id, serial) in seen:
             raise InvalidRequest(
@@ -203,6 +203,11 @@ def import_certificates(
         record, (cert_row, _issue_audit) = new_rows(
             services, caller, issuer_id, IssuedCertificate(cert), IMPORTED_PROFILE, None
         )
+        # A NUL (a null-prefix certificate, www.bank.example\0.evil.example) as RFC 4514
+        # writes it, as the subject column holds it: PostgreSQL stores no NUL in text (a 500),
+        # and such a certificate is one to keep on record, to revoke.
+        values = cert_row[1]
+        values["common_name"] = values["common_name"].replace("\0", "\\00")
         rows.append(cert_row)
         rows.append(
             (
