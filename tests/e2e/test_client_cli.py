@@ -406,7 +406,6 @@ def test_clients_add_never_sends_a_private_key(
             both,
             f"{both}: holds a private key; client trust takes certificates only (nothing was sent)",
         ),
-        (der, f"{der}: no PEM certificate in it (convert DER or PKCS#12 to PEM)"),
     ):
         result = _certctl(
             default_server,
@@ -422,18 +421,9 @@ def test_clients_add_never_sends_a_private_key(
         assert result.stderr == f"certctl: error: {line}\n"
     # The access log shows every request: none reached the route.
     assert route not in default_server.logs()[1]
-    ok(
-        _certctl(
-            default_server,
-            "services",
-            "clients",
-            "add",
-            "keyless-clients",
-            "--cert",
-            str(tmp_path / "ca" / "ca.crt"),
-            **env,
-        )
-    )
+    # The CA as DER (a Windows .cer) is sent as PEM (it was "convert DER … to PEM").
+    ok(_certctl(default_server, "services", "clients", "add", "keyless-clients", "--cert",
+                str(der), **env))  # fmt: skip
     assert f"POST {route} 201" in default_server.logs()[1]
     # The same CA again: nothing to add, said in one line beside the empty items (before:
     # '"items": []' alone, as if the file had been ignored).
@@ -1811,3 +1801,41 @@ def test_certs_import_records_an_openssl_leaf_and_never_sends_a_key(
     assert again.returncode == 1
     assert "already recorded as certificate" in again.stderr
     assert len(again.stderr.splitlines()) == 1
+
+
+def test_certs_import_reads_a_der_certificate_and_names_cfssl_json(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    """A DER .cer (as Windows exports it) is recorded; cfssl's JSON gets its cfssljson line."""
+    require("cfssl")
+    env = _admin_env(default_server)
+    ca_key, ca_crt = tmp_path / "der-ca.key", tmp_path / "der-ca.crt"
+    openssl_req(ca_key, ca_crt, "/CN=CLI DER Old CA", "-days", "365", x509=True)
+    ok(_certctl(default_server, "issuers", "import", "cli-der-ca", "--cert", str(ca_crt),
+                "--key", str(ca_key), **env))  # fmt: skip
+    key, csr, der = tmp_path / "d.key", tmp_path / "d.csr", tmp_path / "d.cer"
+    openssl_req(key, csr, "/CN=der.example.internal")
+    ok(run("openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key,
+           "-CAcreateserial", "-days", "30", "-outform", "DER", "-out", der))  # fmt: skip
+    recorded = json.loads(ok(_certctl(default_server, "certs", "import", str(der), **env)).stdout)
+    assert [i["common_name"] for i in recorded["items"]] == ["der.example.internal"]
+    # What `cfssl sign` prints: the PEM inside JSON, its newlines escaped.
+    signed = ok(run("cfssl", "sign", "-ca", ca_crt, "-ca-key", ca_key, csr)).stdout
+    as_json = tmp_path / "signed.json"
+    as_json.write_text(signed)
+    refused = _certctl(default_server, "certs", "import", str(as_json), **env)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"certctl: error: {as_json}: a JSON document holding PEM")
+    assert "cfssljson" in refused.stderr
+    assert len(refused.stderr.splitlines()) == 1
+    # A PKCS#12 file holds the key too: refused before anything is sent, as a PEM key is.
+    pem, p12 = tmp_path / "d.pem", tmp_path / "d.p12"
+    ok(run("openssl", "x509", "-inform", "DER", "-in", der, "-out", pem))
+    ok(run("openssl", "pkcs12", "-export", "-in", pem, "-inkey", key, "-out", p12,
+           "-passout", "pass:"))  # fmt: skip
+    refused = _certctl(default_server, "certs", "import", str(p12), **env)
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"certctl: error: {p12}: holds a private key; certs import takes certificates only "
+        "(nothing was sent)\n"
+    )

@@ -85,26 +85,40 @@ PRIVATE_KEY_PEM = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
 _HOSTNAME_MISMATCH = 62
 
 
+# A PEM certificate's BEGIN line: PEM escaped inside JSON (cfssl's output) has none.
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n")
+
+
 def read_certificates_pem(path: Path, taker: str) -> str:
-    """The PEM certificates in ``path``, to send to the server as text.
+    """The certificates in ``path`` (PEM, or DER as a Windows .cer), as PEM text to send.
 
     Checked here, not only by the server: a private key given by mistake (tls.key for
-    tls.crt) must not leave this machine, and a DER or PKCS#12 file would arrive as mangled
-    text. ``taker`` names what takes the certificates, for the refusal.
+    tls.crt, a PKCS#12 file) must not leave this machine, and a DER file would arrive as
+    mangled text; cfssl's JSON is named with the cfssljson line that writes its PEM out.
+    ``taker`` names what takes the certificates, for the refusal.
 
     Raises:
-        InvalidRequest: the file cannot be read, holds a private key, or no PEM certificate.
+        InvalidRequest: the file cannot be read, holds a private key, or no certificate.
     """
     from certctl.cli._common import read_file
 
     data = read_file(path, "certificate file")
+    refusal = f"{path}: holds a private key; {taker} takes certificates only (nothing was sent)"
     if PRIVATE_KEY_PEM.search(data):
-        raise InvalidRequest(
-            f"{path}: holds a private key; {taker} takes certificates only (nothing was sent)"
-        )
-    if b"-----BEGIN CERTIFICATE-----" not in data:
-        raise InvalidRequest(f"{path}: no PEM certificate in it (convert DER or PKCS#12 to PEM)")
-    return data.decode("ascii", "replace")
+        raise InvalidRequest(refusal)
+    if _PEM_CERTIFICATE.search(data):
+        return data.decode("ascii", "replace")
+    from certctl.pki import certs_to_pem, load_material
+
+    try:
+        material = load_material(data)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{path}: {exc.detail}") from None
+    if material.private_key is not None:  # a DER key, a PKCS#12 file without a password
+        raise InvalidRequest(refusal)
+    if not material.certificates:
+        raise InvalidRequest(f"{path}: no certificate in it (PEM or DER)")
+    return certs_to_pem(material.certificates).decode("ascii")
 
 
 def group_help(summary: str) -> str:

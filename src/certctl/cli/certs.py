@@ -547,7 +547,7 @@ def certs_import(
     files: list[Path] = typer.Argument(
         ...,
         metavar="FILE",
-        help="PEM files of certificates (one or more each, a bundle too); no keys.",
+        help="Files of certificates: PEM (one or more each, a bundle too) or DER; no keys.",
     ),
     output: str | None = OUTPUT_OPTION,
 ) -> None:
