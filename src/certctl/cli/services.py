@@ -540,9 +540,11 @@ def outputs(
 @clients_app.command("add")
 def clients_add(
     name: str = typer.Argument(..., callback=not_empty, metavar="NAME", help="Service name."),
-    cert: Path = typer.Option(..., "--cert", help="PEM file with client certificate(s) or CA(s)."),
+    cert: Path = typer.Option(
+        ..., "--cert", help="File with client certificate(s) or CA(s): PEM, or DER."
+    ),
 ) -> None:
-    """Trust client certificates or CAs (PEM certificates only)."""
+    """Trust client certificates or CAs (PEM or DER; never a key)."""
     pem = read_certificates_pem(cert, "client trust")
     answer = send_request(
         "POST", f"/api/v1/services/{path_segment(name)}/clients", {"certificate_pem": pem}
