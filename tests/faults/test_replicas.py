@@ -259,6 +259,7 @@ def test_start_against_a_database_that_never_answers_fails_in_seconds(
             "certctl: error: cannot start: storage is unavailable: the database cannot be "
             "reached (no answer within connect_timeout, 5 s unless database-url sets it)"
         )
+        assert gate.arrived == 1  # waited for once, not once per step of the start
     finally:
         gate.close()
 

@@ -116,14 +116,18 @@ def _refuse_missing_kek(config: ServerConfig) -> None:
         return
     engine = create_store_engine(url, config.database_pool_size)
     try:
-        if not inspect(engine).has_table(Issuer.__tablename__):
-            return  # a new database: the first start makes the key
-        with session_factory(engine)() as session:
-            keyed = session.scalar(select(Issuer.id).limit(1)) is not None
-    except DBAPIError:
-        # Unreachable, or a role that may not read it: refused below as before, in the
-        # words of the step that needs it (the migrations' table, not this query's).
-        return
+        # A database that cannot be reached is refused here, as the start below would
+        # refuse it: passed over, a host that never answers was waited for twice (two
+        # connect_timeouts before the one line).
+        with engine.connect() as connection:
+            try:
+                if not inspect(connection).has_table(Issuer.__tablename__):
+                    return  # a new database: the first start makes the key
+                keyed = connection.scalar(select(Issuer.id).limit(1)) is not None
+            except DBAPIError:
+                # A role that may not read it: refused below as before, in the words of
+                # the step that needs it (the migrations' table, not this query's).
+                return
     finally:
         engine.dispose()
     if keyed:
