@@ -334,6 +334,26 @@ def test_a_privilege_refusal_names_the_database_and_role_libpq_defaulted_to(
     assert started.admin_key is not None
 
 
+def test_the_role_named_by_default_is_the_one_libpq_connects_as(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # libpq's default role is the effective uid's passwd name, whatever $USER says (a
+    # server started by runuser or su, or an image's ENV USER): the hint named $USER.
+    from psycopg import pq
+    from sqlalchemy import make_url
+
+    from certctl.server.bootstrap import _libpq_names
+
+    for name in ("PGUSER", "PGDATABASE", "PGSERVICE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("USER", "not-this-user")
+    monkeypatch.setenv("LOGNAME", "not-this-user")
+    defaults = {option.keyword: option.val for option in pq.Conninfo.get_defaults()}
+    libpq_role = (defaults[b"user"] or b"").decode()
+    assert libpq_role not in ("", "not-this-user")
+    assert _libpq_names(make_url("postgresql+psycopg://db.example")) == (libpq_role, libpq_role)
+
+
 def test_a_password_in_the_database_url_flag_is_warned_of_never_shown(
     tmp_path: Path, postgres_cluster: PostgresCluster
 ) -> None:

@@ -215,7 +215,7 @@ def _libpq_names(parsed: URL) -> tuple[str, str]:
     service file (``?service=``, ``PGSERVICE``) may name them too, unread here: then
     ``<role>`` and ``<database>``, which no one would paste as they are.
     """
-    import getpass
+    import pwd
 
     def query(name: str) -> str | None:
         value = parsed.query.get(name)
@@ -224,8 +224,11 @@ def _libpq_names(parsed: URL) -> tuple[str, str]:
     service = query("service") or os.environ.get("PGSERVICE")
     role = parsed.username or query("user") or os.environ.get("PGUSER")
     if role is None and not service:
-        with contextlib.suppress(OSError, KeyError):  # a uid without a passwd entry
-            role = getpass.getuser()
+        # The effective uid's passwd name, as libpq takes it: not $USER or $LOGNAME
+        # (getpass's), which a server started by runuser, su or a container image may
+        # carry over from another user.
+        with contextlib.suppress(KeyError):  # a uid without a passwd entry
+            role = pwd.getpwuid(os.geteuid()).pw_name
     database = parsed.database or query("dbname") or os.environ.get("PGDATABASE")
     if database is None and not service:
         database = role
