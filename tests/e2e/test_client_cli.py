@@ -1839,3 +1839,14 @@ def test_certs_import_reads_a_der_certificate_and_names_cfssl_json(
         f"certctl: error: {p12}: holds a private key; certs import takes certificates only "
         "(nothing was sent)\n"
     )
+    # Password-protected, as PKCS#12 files are as a rule: it said "give --password-file",
+    # an option certs import does not have.
+    ok(run("openssl", "pkcs12", "-export", "-in", pem, "-inkey", key, "-out", p12,
+           "-passout", "pass:secret"))  # fmt: skip
+    refused = _certctl(default_server, "certs", "import", str(p12), **env)
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"certctl: error: {p12}: a password-protected PKCS#12 file (or a damaged one); certs "
+        "import takes certificates only (nothing was sent): write them out with openssl "
+        "pkcs12 -in FILE -nokeys -out certs.pem\n"
+    )

@@ -27,7 +27,7 @@ import typer
 
 from certctl.cli._listing import OUTPUT_HELP, Column, check_output
 from certctl.cli._proxy import check_proxy_settings, proxy_of, socks_missing
-from certctl.errors import CertctlError, InvalidRequest, NotFound, cause_chain
+from certctl.errors import CertctlError, InvalidRequest, NotFound, PasswordRequired, cause_chain
 from certctl.hosts import is_loopback
 from certctl.spelling import did_you_mean
 
@@ -112,6 +112,14 @@ def read_certificates_pem(path: Path, taker: str) -> str:
 
     try:
         material = load_material(data)
+    except PasswordRequired:
+        # The loader's hint is "give --password-file", which these commands do not take:
+        # a password-protected PKCS#12 file holds a key as a rule, never to be sent.
+        raise InvalidRequest(
+            f"{path}: a password-protected PKCS#12 file (or a damaged one); {taker} takes "
+            "certificates only (nothing was sent): write them out with openssl pkcs12 -in "
+            "FILE -nokeys -out certs.pem"
+        ) from None
     except InvalidRequest as exc:
         raise InvalidRequest(f"{path}: {exc.detail}") from None
     if material.private_key is not None:  # a DER key, a PKCS#12 file without a password
