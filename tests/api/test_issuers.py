@@ -2920,3 +2920,53 @@ def test_another_process_serves_a_service_ca_made_again_under_its_id_at_once(api
             assert not statements, statements
     finally:
         engine.dispose()
+
+
+def test_import_with_a_bundle_holding_an_expired_root_takes_the_renewed_one_held(
+    api: Api, tmp_path: Path
+) -> None:
+    """A bundle kept from before its root was renewed (same name and key): the renewed root,
+    held, is the chain; it was the expired one, warned of as if nothing it signed verified."""
+    from certctl.pki import get_profile
+
+    now = api.clock()
+    root_key = generate_private_key(KeyType.EC_P256)
+    inter_key = generate_private_key(KeyType.EC_P256)
+    old_root, new_root = (
+        create_root_ca(
+            root_key, common_name_dn("Renewed Root"), validity=timedelta(days=days), now=now
+        ).certificate
+        for days in (10, 365)
+    )
+    inter = (
+        CertificateAuthority(new_root, root_key)
+        .issue(
+            inter_key.public_key(),
+            common_name_dn("Inter Of Renewed"),
+            profile=get_profile("intermediate"),
+            validity=timedelta(days=100),
+            now=now,
+        )
+        .certificate
+    )
+    later = api.clock.advance(days=20)
+    assert _import_pair(api, "renewed-root", new_root, root_key).status_code == 201
+    bundle = inter.public_bytes(Encoding.PEM) + old_root.public_bytes(Encoding.PEM)
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "inter-of-renewed",
+            "certificate_pem": bundle.decode(),
+            "private_key_pem": key_to_pem(inter_key).decode(),
+        },
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["warnings"] == []
+    assert r.json()["chain_pem"] == new_root.public_bytes(Encoding.PEM).decode()
+    leaf = api.issue(issuer="inter-of-renewed", common_name="renewed.example.com")
+    (tmp_path / "root.pem").write_text(new_root.public_bytes(Encoding.PEM).decode())
+    (tmp_path / "tls.crt").write_text(leaf["certificate_pem"] + leaf["chain_pem"])
+    ok(run("openssl", "verify", "-attime", str(int(later.timestamp())), "-x509_strict",
+           "-CAfile", tmp_path / "root.pem", "-untrusted", tmp_path / "tls.crt",
+           tmp_path / "tls.crt"))  # fmt: skip

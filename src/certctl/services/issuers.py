@@ -264,6 +264,7 @@ def import_issuer(
     ca_cert = next((c for c in certs if c.public_key() == public_key), certs[0])
     chain, left_over = issuer_chain(ca_cert, [c for c in certs if c is not ca_cert])
     _refuse_weak_link(chain[-1] if chain else ca_cert, left_over)
+    chain = _cut_at_renewed(services, ca_cert, chain)
     chain = (*chain, *_held_chain_above(services, chain[-1] if chain else ca_cert))
     for child, parent in itertools.pairwise((ca_cert, *chain)):
         # cryptography checks an RSASSA-PSS signature over SHA-1 (not a PKCS#1 one), so
@@ -289,6 +290,28 @@ def import_issuer(
         guard=partial(_not_revoked, ca, "not imported"),
     )
     return row, _import_warnings(ca, issuer_id, services.clock())
+
+
+def _cut_at_renewed(
+    services: Services, ca_cert: x509.Certificate, chain: tuple[x509.Certificate, ...]
+) -> tuple[x509.Certificate, ...]:
+    """``chain`` cut below its first CA out of its validity, where certctl holds it renewed.
+
+    A bundle kept from before its root (or intermediate) was renewed on the same key gives
+    the expired certificate: served after every leaf, and warned of as one no certificate
+    would verify under, though the renewed one, held, is what clients trust. The held
+    chain above the cut (:func:`_held_chain_above`, a current one first) takes its place,
+    only when all of it is current: else the chain given is kept, and warned of.
+    """
+    now = services.clock()
+    for index, cert in enumerate(chain):
+        if window_problem(cert, now) is None:
+            continue
+        held = _held_chain_above(services, chain[index - 1] if index else ca_cert)
+        if held and all(window_problem(c, now) is None for c in held):
+            return chain[:index]
+        return chain
+    return chain
 
 
 def _held_chain_above(services: Services, top: x509.Certificate) -> tuple[x509.Certificate, ...]:
