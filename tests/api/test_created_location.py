@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from certctl.api.app import ROUTES
 from tests.api.conftest import Api, assert_problem
+from tests.api.test_certificate_import import OpensslCa, _import_ca
 
 
 def _created(api: Api, method: str, path: str, body: dict[str, Any]) -> tuple[str, Any]:
@@ -17,7 +19,7 @@ def _created(api: Api, method: str, path: str, body: dict[str, Any]) -> tuple[st
     return location, found.json()
 
 
-def test_every_201_has_a_location_that_answers_a_get(api: Api) -> None:
+def test_every_201_has_a_location_that_answers_a_get(api: Api, tmp_path: Path) -> None:
     seen: set[tuple[str, str]] = set()
 
     location, role = _created(
@@ -83,6 +85,17 @@ def test_every_201_has_a_location_that_answers_a_get(api: Api) -> None:
     assert location == "/api/v1/services/web/clients"
     assert [c["subject"] for c in clients["items"]] == [issuer["subject"]]
     seen.add(("POST", "/api/v1/services/{name}/clients"))
+
+    # Certificates recorded from a bundle have no one URL: Location is the list that shows them.
+    old_ca = OpensslCa(tmp_path, "old-ca", "/CN=Old CA")
+    _import_ca(api, "old-ca", old_ca)
+    leaf = old_ca.leaf("old.example.com")
+    location, listed = _created(
+        api, "POST", "/api/v1/certificates/import", {"certificate_pem": leaf.read_text()}
+    )
+    assert location == "/api/v1/certificates"
+    assert "old.example.com" in [c["common_name"] for c in listed["items"]]
+    seen.add(("POST", "/api/v1/certificates/import"))
 
     # A new 201 route fails here until it is covered above.
     assert seen == {(r.method, r.path) for r in ROUTES if r.success == 201}
