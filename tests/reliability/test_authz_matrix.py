@@ -72,6 +72,8 @@ EXPECTED: dict[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/api/v1/issuers/{id}/crl"): (PUBLIC, None),
     ("GET", "/api/v1/certificates"): ("cert.read", None),
     ("POST", "/api/v1/certificates"): ("cert.issue", {"common_name": "m.example.com"}),
+    # A certificate certctl issued is recorded already: an allowed caller gets 409.
+    ("POST", "/api/v1/certificates/import"): ("cert.issue", "client-pem"),
     ("GET", "/api/v1/certificates/{id}"): ("cert.read", None),
     ("POST", "/api/v1/certificates/{id}/revoke"): ("cert.revoke", {"reason": "superseded"}),
     ("POST", "/api/v1/certificates/{id}/renew"): ("cert.issue", {}),
