@@ -121,12 +121,14 @@ def create(
     ca_end = ca.certificate.not_valid_after_utc  # open_ca_dir refused an expired CA
     if now + interval > ca_end:
         # A CRL promising news after its issuer expired: the next one must come from a
-        # renewed CA, so clients should fetch it by then (as cert issue clips a validity).
-        warn(
-            f"next update {next_update.strip()} clipped to the CA's notAfter "
-            f"{ca_end:%Y-%m-%dT%H:%M:%SZ}: {format_days(ca_end - now)} instead of "
-            f"{format_days(interval)}"
-        )
+        # renewed CA, so clients should fetch it by then (as cert issue clips a validity,
+        # and as there, a clip too small to show in days is no news: "7 days instead of 7").
+        granted, asked = format_days(ca_end - now), format_days(interval)
+        if granted != asked:
+            warn(
+                f"next update {next_update.strip()} clipped to the CA's notAfter "
+                f"{ca_end:%Y-%m-%dT%H:%M:%SZ}: {granted} instead of {asked}"
+            )
         interval = ca_end - now
     # A serial listed before keeps its first revocation date and reason.
     known = {entry.serial_number for entry in kept}

@@ -754,6 +754,12 @@ def test_crl_next_update_clipped_to_ca(workdir: Path) -> None:
     shown = run_tool("openssl", "crl", "-in", workdir / "c.crl", "-noout", "-nextupdate")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.strip() == f"nextUpdate={end:%b %e %H:%M:%S %Y} GMT"
+    # Clipped by the seconds since the CA was made, which days do not show: no warning (it
+    # read "1825 days instead of 1825 days"), the CRL still ends with the CA.
+    proc = _run(workdir, *"crl create --ca ca1 -o d.crl --next-update 1825D".split())
+    assert (proc.returncode, proc.stderr) == (0, "")
+    shown = run_tool("openssl", "crl", "-in", workdir / "d.crl", "-noout", "-nextupdate")
+    assert shown.stdout.strip() == f"nextUpdate={end:%b %e %H:%M:%S %Y} GMT"
 
 
 def test_rsa_pss_ca_key_is_refused_in_one_line(workdir: Path) -> None:
