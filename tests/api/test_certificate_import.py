@@ -16,7 +16,17 @@ from cryptography.hazmat.primitives.serialization import Encoding, load_pem_priv
 from cryptography.x509.oid import NameOID
 from sqlalchemy import Connection, insert, update
 
-from certctl.pki import format_serial
+from certctl.pki import (
+    CertificateAuthority,
+    KeyType,
+    certs_to_pem,
+    common_name_dn,
+    create_root_ca,
+    format_serial,
+    generate_private_key,
+    get_profile,
+    key_to_pem,
+)
 from certctl.server.periodic import refresh_metrics
 from certctl.services import certificates
 from certctl.store.models import CertificateRecord, Issuer
@@ -381,3 +391,68 @@ def test_a_null_prefix_certificate_is_recorded_its_nul_escaped_and_revocable(
     r = api.post(f"/api/v1/certificates/{item['id']}/revoke", api.admin_key, json={})
     assert r.status_code == 200, r.text
     assert api.openssl_crl_serials("old-inter", tmp_path) == {forged.serial_number}
+
+
+def _post_issuer(api: Api, issuer_id: str, pem: str, key_pem: str) -> None:
+    r = api.post(
+        "/api/v1/issuers",
+        api.admin_key,
+        json={"id": issuer_id, "certificate_pem": pem, "private_key_pem": key_pem},
+    )
+    assert r.status_code == 201, r.text
+
+
+def test_a_ca_held_under_several_certificates_records_under_one_fine_for_the_certificate(
+    api: Api,
+) -> None:
+    """One key held under several ids (renewed, superseded, re-imported): the first by id,
+    expired or revoked, took every certificate, which then sat under an issuer that issues
+    nothing more and whose chain clients refuse, though a fine one of the same key was held.
+    The rule is the issuer import's for a parent (issuers.signer_preference)."""
+    now = api.clock()
+    root_key, key = generate_private_key(KeyType.EC_P256), generate_private_key(KeyType.EC_P256)
+    root = CertificateAuthority(
+        create_root_ca(
+            root_key, common_name_dn("Held Root"), validity=timedelta(days=365), now=now
+        ).certificate,
+        root_key,
+    )
+    root_pem = certs_to_pem([root.certificate]).decode()
+    _post_issuer(api, "root", root_pem, key_to_pem(root_key).decode())
+    key_pem = key_to_pem(key).decode()
+
+    def ca_cert(days: int, at: Any) -> x509.Certificate:
+        return root.issue(
+            key.public_key(),
+            common_name_dn("Held Twice"),
+            profile=get_profile("intermediate"),
+            validity=timedelta(days=days),
+            now=at,
+        ).certificate
+
+    short, superseded, renewed = ca_cert(10, now), ca_cert(200, now), ca_cert(300, now)
+    for issuer_id, cert in (("a-short", short), ("b-superseded", superseded), ("c-new", renewed)):
+        _post_issuer(api, issuer_id, certs_to_pem([cert]).decode() + root_pem, key_pem)
+    r = api.post(
+        "/api/v1/issuers/b-superseded/revoke", api.admin_key, json={"reason": "superseded"}
+    )
+    assert r.status_code == 200, r.text
+
+    def leaf(cn: str, at: Any) -> str:
+        issued = CertificateAuthority(renewed, key, (root.certificate,)).issue(
+            generate_private_key(KeyType.EC_P256).public_key(),
+            common_name_dn(cn),
+            profile=get_profile("server"),
+            validity=timedelta(days=60),
+            now=at,
+        )
+        return certs_to_pem([issued.certificate]).decode()
+
+    before = leaf("before.example.com", now)
+    later = api.clock.advance(days=20)  # a-short has expired
+    # Renewed again: current, but not yet valid when before.example.com was signed.
+    _post_issuer(api, "a-later", certs_to_pem([ca_cert(100, later)]).decode() + root_pem, key_pem)
+    after = leaf("after.example.com", later)
+    r = api.post(IMPORT, api.admin_key, json={"certificate_pem": before + after})
+    assert r.status_code == 201, r.text
+    assert [i["issuer"] for i in r.json()["items"]] == ["c-new", "a-later"]

@@ -24,7 +24,7 @@ from certctl.pki.issue import IssuedCertificate
 from certctl.services.audit import event_values
 from certctl.services.context import Principal, Services
 from certctl.services.issuance import AUDIT_EVENTS, new_rows
-from certctl.services.issuers import check_not_managed
+from certctl.services.issuers import check_not_managed, signer_preference
 from certctl.services.revocation import parsed_ca
 from certctl.store.groupcommit import Insert, write_rows
 from certctl.store.models import CertificateRecord, Issuer
@@ -149,14 +149,23 @@ def import_certificates(
     certs = _certificates(pem)
     with services.sessions() as session:
         stored = session.execute(
-            select(Issuer.id, Issuer.certificate_pem).order_by(Issuer.id)
+            select(Issuer.id, Issuer.certificate_pem, Issuer.chain_pem, Issuer.revoked_at).order_by(
+                Issuer.id
+            )
         ).all()
-    held: list[tuple[str, x509.Certificate]] = []
-    for held_id, certificate_pem in stored:
+    # (id, revoked, its certificate then its stored chain), in id order.
+    held: list[tuple[str, bool, tuple[x509.Certificate, ...]]] = []
+    for held_id, certificate_pem, chain_pem, revoked_at in stored:
         try:
-            held.append((held_id, parsed_ca(certificate_pem)[0]))
+            ca = parsed_ca(certificate_pem)[0]
         except ValueError:
             continue  # a PEM written over in the store signs nothing here (its routes say so)
+        try:
+            chain = tuple(x509.load_pem_x509_certificates(chain_pem.encode())) if chain_pem else ()
+        except ValueError:
+            chain = ()  # its own routes name the unreadable chain; it still says who signed
+        held.append((held_id, revoked_at is not None, (ca, *chain)))
+    now = services.clock()
     found: list[tuple[str, x509.Certificate]] = []
     seen: dict[tuple[str, str], int] = {}
     # (issuer, serial) under every held id of the signing CA: the same CA imported twice
@@ -176,14 +185,18 @@ def import_certificates(
                 "(POST /api/v1/issuers, certctl issuers import)"
             )
         # The signature decides, not the name: another CA may carry the same subject.
-        signers = [i for i, ca in held if _signed_by(cert, ca)]
+        signers = [(i, revoked, path) for i, revoked, path in held if _signed_by(cert, path[0])]
         if not signers:
             named = cert.issuer.rfc4514_string()[:200]
             raise InvalidRequest(
                 f"{label}: signed by no issuer certctl holds (issuer {named}); "
                 "import its CA first (certctl issuers import)"
             )
-        issuer_id = check_not_managed(signers[0])
+        # Of several ids holding the signing key (a CA renewed on it, imported again), the
+        # one an issuer import would take as this certificate's parent: the first by id
+        # could be revoked or expired while another is fine.
+        best = min(signers, key=lambda s: signer_preference(s[1], s[2], cert, now))
+        issuer_id = check_not_managed(best[0])
         serial = format_serial(cert.serial_number)
         cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
         if cns and len(str(cns[0].value).replace("\0", "\\00")) > _MAX_COMMON_NAME:
@@ -193,7 +206,7 @@ def import_certificates(
                 f"{label}: the same serial as certificate {seen[issuer_id, serial]}"
             )
         seen[issuer_id, serial] = number
-        for signer in signers:
+        for signer, _, _ in signers:
             recorded_as.setdefault((signer, serial), number)
         found.append((issuer_id, cert))
     _check_unrecorded(services, certs, recorded_as)

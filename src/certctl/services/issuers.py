@@ -74,6 +74,7 @@ __all__ = [
     "refresh_cached_issuers",
     "renew_root_issuer",
     "revocation_refusal",
+    "signer_preference",
     "store_issuer",
     "stored_certificates",
 ]
@@ -332,11 +333,7 @@ def _held_chain_above(services: Services, top: x509.Certificate) -> tuple[x509.C
             .order_by(Issuer.id)
         ).all()
     now = services.clock()
-    # One key may be held under several certificates (a CA renewed on its key, a root also
-    # cross-signed): the first by id could be revoked (the import then refused below it)
-    # or expired (served after every leaf, which clients then refused). One neither comes
-    # first, then the shortest path (a root held over a cross-certificate to another root).
-    ranked: list[tuple[bool, bool, int, tuple[x509.Certificate, ...]]] = []
+    ranked: list[tuple[tuple[bool, bool, bool, bool, int], tuple[x509.Certificate, ...]]] = []
     for issuer_id, certificate_pem, chain_pem, revoked_at in candidates:
         try:
             cert, chain = stored_certificates(services, issuer_id, certificate_pem, chain_pem)
@@ -344,13 +341,33 @@ def _held_chain_above(services: Services, top: x509.Certificate) -> tuple[x509.C
             continue  # unreadable in the store (logged there): the import warns as before
         if signs(cert, top):
             path = (cert, *chain)
-            expired = any(window_problem(c, now) is not None for c in path)
-            ranked.append((revoked_at is not None, expired, len(path), path))
+            ranked.append((signer_preference(revoked_at is not None, path, top, now), path))
         else:
             _refuse_weak_link(top, (cert,))
     if not ranked:
         return ()
-    return min(ranked, key=lambda rank: rank[:3])[3]
+    return min(ranked, key=lambda rank: rank[0])[1]
+
+
+def signer_preference(
+    revoked: bool, path: Sequence[x509.Certificate], signed: x509.Certificate, now: datetime
+) -> tuple[bool, bool, bool, bool, int]:
+    """How a held issuer whose key signed ``signed`` ranks among others holding that key.
+
+    Lowest first; callers keep the issuers in id order and take the first lowest, so the id
+    decides last. ``path``: its certificate, then its stored chain. One key may be held
+    under several certificates (a CA renewed on its key, re-imported, a root also
+    cross-signed): the first by id could be revoked (an import refused below it, a leaf
+    recorded under an issuer that issues nothing) or expired (served after every leaf,
+    which clients then refused). One neither comes first, then one whose validity covers
+    ``signed``'s notBefore (the certificate that issued it), then one whose chain reaches a
+    root (an intermediate held with its chain rather than without), then the shortest path
+    (a root held rather than a cross-certificate to another root).
+    """
+    ca = path[0]
+    expired = any(window_problem(c, now) is not None for c in path)
+    covers = ca.not_valid_before_utc <= signed.not_valid_before_utc <= ca.not_valid_after_utc
+    return (revoked, expired, not covers, not is_self_signed(path[-1]), len(path))
 
 
 def _refuse_weak_link(top: x509.Certificate, candidates: Sequence[x509.Certificate]) -> None:
