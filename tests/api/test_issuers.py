@@ -842,6 +842,18 @@ def test_import_of_an_intermediate_alone_takes_its_chain_from_the_root_held(
     assert r.json()["chain_pem"] == ""
     (warning,) = r.json()["warnings"]
     assert "import the CA that signed it first" in warning
+    # Its negative twin: the intermediate imported before the root has no root to give
+    # (ca.pem?chain=true, the ca.crt of 'certs issue --out', ends with it), which openssl
+    # does not take as a trust anchor (until the root's import completes its chain).
+    early = api.issue(issuer="early", common_name="early.example.com")
+    (tmp_path / "early.crt").write_text(early["certificate_pem"] + early["chain_pem"])
+    top = api.get(f"{ISSUERS}/early/ca.pem", params={"chain": "true"}).text
+    assert top == inter.public_bytes(Encoding.PEM).decode()
+    (tmp_path / "early-ca.crt").write_text(top)
+    refused = run("openssl", "verify", "-CAfile", tmp_path / "early-ca.crt",
+                  "-untrusted", tmp_path / "early.crt", tmp_path / "early.crt")  # fmt: skip
+    assert refused.returncode != 0
+    assert "unable to get issuer certificate" in refused.stdout + refused.stderr
 
     assert _import_pair(api, "held-root", root.certificate, root.private_key).status_code == 201
     r = _import_pair(api, "held-inter", inter, inter_key)
@@ -857,18 +869,90 @@ def test_import_of_an_intermediate_alone_takes_its_chain_from_the_root_held(
     (tmp_path / "tls.crt").write_text(leaf["certificate_pem"] + leaf["chain_pem"])
     ok(run("openssl", "verify", "-CAfile", tmp_path / "root.pem",
            "-untrusted", tmp_path / "tls.crt", tmp_path / "tls.crt"))  # fmt: skip
-    # Its negative twin: the intermediate imported before the root has no root to give
-    # (ca.pem?chain=true, the ca.crt of 'certs issue --out', ends with it), which openssl
-    # does not take as a trust anchor.
-    early = api.issue(issuer="early", common_name="early.example.com")
-    (tmp_path / "early.crt").write_text(early["certificate_pem"] + early["chain_pem"])
-    top = api.get(f"{ISSUERS}/early/ca.pem", params={"chain": "true"}).text
-    assert top == inter.public_bytes(Encoding.PEM).decode()
-    (tmp_path / "early-ca.crt").write_text(top)
-    refused = run("openssl", "verify", "-CAfile", tmp_path / "early-ca.crt",
-                  "-untrusted", tmp_path / "early.crt", tmp_path / "early.crt")  # fmt: skip
-    assert refused.returncode != 0
-    assert "unable to get issuer certificate" in refused.stdout + refused.stderr
+
+
+def test_the_import_of_a_root_completes_the_chains_of_intermediates_imported_before_it(
+    api: Api, tmp_path: Path
+) -> None:
+    """cfssl and openssl keep each CA in its own file, imported in any order: before, an
+    intermediate imported before its root kept no chain (or one stopping below the root)
+    for good, and ca.pem?chain=true, the ca.crt clients are given, ended with no root."""
+    from certctl.pki import get_profile
+
+    now = api.clock()
+    root, _, _ = _root_and_intermediate("Late Root", "unused", now)
+    inter_key, sub_key = (
+        generate_private_key(KeyType.EC_P256),
+        generate_private_key(KeyType.EC_P256),
+    )
+    inter = root.issue(
+        inter_key.public_key(),
+        common_name_dn("Early Inter"),
+        profile=get_profile("intermediate").with_path_length(1),
+        validity=timedelta(days=30),
+        now=now,
+    ).certificate
+    sub = (
+        CertificateAuthority(inter, inter_key, (root.certificate,))
+        .issue(
+            sub_key.public_key(),
+            common_name_dn("Earlier Sub"),
+            profile=get_profile("intermediate"),
+            validity=timedelta(days=20),
+            now=now,
+        )
+        .certificate
+    )
+    root_pem, inter_pem, sub_pem = (
+        c.public_bytes(Encoding.PEM).decode() for c in (root.certificate, inter, sub)
+    )
+    r = _import_pair(api, "a-sub", sub, sub_key)  # alone: nothing above it is held
+    assert r.status_code == 201, r.text
+    assert (r.json()["chain_pem"], r.json()["chains_completed"]) == ("", [])
+    leaf = api.issue(issuer="a-sub", common_name="before-root.example.com")
+    assert leaf["chain_pem"] == sub_pem  # the lone intermediate is sent after the leaf
+    # GET's PEM sends it too, as the issuance did (it sent the leaf alone).
+    got = api.get(f"/api/v1/certificates/{leaf['id']}", api.admin_key, params={"format": "pem"})
+    assert got.text == leaf["certificate_pem"] + sub_pem
+    r = _import_pair(api, "b-inter", inter, inter_key)
+    assert r.status_code == 201, r.text
+    assert r.json()["chains_completed"] == ["a-sub"]  # up to b-inter: all that is held
+    assert api.get(f"{ISSUERS}/a-sub", api.admin_key).json()["chain_pem"] == inter_pem
+    r = _import_pair(api, "c-root", root.certificate, root.private_key)
+    assert r.status_code == 201, r.text
+    assert r.json()["chains_completed"] == ["a-sub", "b-inter"]
+    assert api.get(f"{ISSUERS}/a-sub", api.admin_key).json()["chain_pem"] == inter_pem + root_pem
+    assert api.get(f"{ISSUERS}/b-inter", api.admin_key).json()["chain_pem"] == root_pem
+    assert api.get(f"{ISSUERS}/a-sub/ca.pem", params={"chain": "true"}).text == (
+        sub_pem + inter_pem + root_pem
+    )
+    chained = [e for e in api.audit() if e["action"] == "issuer.chain"]
+    assert sorted((e["target"], e["actor"]) for e in chained) == [
+        ("a-sub", "admin"),
+        ("a-sub", "admin"),
+        ("b-inter", "admin"),
+    ]
+    # The leaf issued before: its PEM is computed from its issuer's chain, now complete.
+    got = api.get(f"/api/v1/certificates/{leaf['id']}", api.admin_key, params={"format": "pem"})
+    assert got.text == leaf["certificate_pem"] + sub_pem + inter_pem
+    (tmp_path / "root.pem").write_text(root_pem)
+    (tmp_path / "tls.crt").write_text(got.text)
+    ok(run("openssl", "verify", "-CAfile", tmp_path / "root.pem",
+           "-untrusted", tmp_path / "tls.crt", tmp_path / "tls.crt"))  # fmt: skip
+    after = api.issue(issuer="a-sub", common_name="after-root.example.com")
+    assert after["chain_pem"] == sub_pem + inter_pem
+    # Another process (a worker, a replica) that cached a-sub as it was drops it at its next
+    # issuer refresh: the chain grew under it.
+    with api.services.engine.begin() as conn:
+        conn.execute(update(Issuer).where(Issuer.id == "a-sub").values(chain_pem=inter_pem))
+    api.services.forget_issuer("a-sub")
+    issuers.load_issuer(api.services, "a-sub")  # cached with the short chain
+    with api.services.engine.begin() as conn:
+        conn.execute(
+            update(Issuer).where(Issuer.id == "a-sub").values(chain_pem=inter_pem + root_pem)
+        )
+    assert "a-sub" in issuers.refresh_cached_issuers(api.services)
+    assert issuers.load_issuer(api.services, "a-sub").chain == (inter, root.certificate)
 
 
 def test_import_of_an_intermediate_alone_takes_the_chain_of_its_issuer_valid_now(

@@ -223,8 +223,13 @@ async def get_certificate(request: Request, principal: Principal | None) -> Resp
         # Key-free: serving a chain needs no CA key (and a key no KEK opens is no 500 here).
         ca = issuers.load_issuer_certificates(services, row.issuer_id)
         from certctl.pki import certs_to_pem
+        from certctl.pki.chain_links import is_self_signed
 
-        below_root = (ca.certificate, *ca.chain[:-1]) if ca.chain else ()
+        # What follows a leaf its issuer signs now (CertificateAuthority.chain_below_root):
+        # a top that is no root (an intermediate imported before its root) is sent too, or
+        # a client trusting that root has no way to it.
+        path = (ca.certificate, *ca.chain)
+        below_root = path[:-1] if is_self_signed(path[-1]) else path
         pem = row.certificate_pem.encode() + certs_to_pem(below_root)
         return Response(pem, media_type="application/x-pem-file")
     status = certificates.effective_status(row, services.clock())

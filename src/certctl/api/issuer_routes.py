@@ -76,6 +76,7 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
     body = await _body(request, schemas.IssuerCreate)
     services, caller = _services(request), _caller(principal)
     warnings: tuple[str, ...] = ()
+    completed: tuple[str, ...] = ()  # issuers imported before this CA that it now chains
     if body.certificate_pem or body.private_key_pem:
         if not (body.certificate_pem and body.private_key_pem):
             raise InvalidRequest("import needs both certificate_pem and private_key_pem")
@@ -86,7 +87,7 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
                 f"{', '.join(ignored)}: not used with an import (the certificate carries the "
                 "name, key and validity; certificate_pem the chain above it)"
             )
-        row, warnings = await in_write_thread(
+        row, warnings, completed = await in_write_thread(
             request,
             lambda: issuers.import_issuer(
                 services,
@@ -122,7 +123,11 @@ async def create_issuer(request: Request, principal: Principal | None) -> Respon
     # As for certificates: a validity clipped to the parent's notAfter is said, not silent.
     # No CA above a new one is revoked: one below a revoked CA is refused (409).
     return _created(
-        {**schemas.issuer_json(row, services.clock(), None), "warnings": list(warnings)},
+        {
+            **schemas.issuer_json(row, services.clock(), None),
+            "warnings": list(warnings),
+            "chains_completed": list(completed),
+        },
         "/api/v1/issuers",
         row.id,
     )

@@ -174,8 +174,9 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         }
     ),
     "Issuer": _object(_ISSUER_FIELDS),
-    # POST's answer: the issuer, and what signing it warned about (a clipped validity).
-    "CreatedIssuer": _object({**_ISSUER_FIELDS, "warnings": _STRS}),
+    # POST's answer: the issuer, what signing it warned about (a clipped validity), and the
+    # held issuers imported before it whose chain an import of it completed.
+    "CreatedIssuer": _object({**_ISSUER_FIELDS, "warnings": _STRS, "chains_completed": _STRS}),
     "IssuerList": _page("Issuer"),
     "Certificate": _object(_STORED_CERTIFICATE_FIELDS),
     "CertificateList": _page("Certificate"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
@@ -12,7 +13,7 @@ from typing import NoReturn
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from sqlalchemy import Table, select
+from sqlalchemy import Table, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -78,6 +79,8 @@ __all__ = [
     "store_issuer",
     "stored_certificates",
 ]
+
+log = logging.getLogger("certctl.services")
 
 DEFAULT_ISSUER = "default"
 # An issuer created through the API without a validity (as `certctl ca create`'s default).
@@ -234,11 +237,12 @@ def import_issuer(
     name: str,
     certificate_pem: str,
     private_key_pem: str,
-) -> tuple[Issuer, tuple[str, ...]]:
+) -> tuple[Issuer, tuple[str, ...], tuple[str, ...]]:
     """Import an existing CA (PEM certificate [+ chain] and key).
 
     Returns:
-        The stored issuer and warnings about what it will not do well (sign CRLs).
+        The stored issuer, warnings about what it will not do well (sign CRLs), and the ids
+        of the held issuers imported before it whose chain it completed.
     """
     caller.require("issuer.create")
     from certctl.services.access_rules import check_id
@@ -290,7 +294,83 @@ def import_issuer(
         "issuer.import",
         guard=partial(_not_revoked, ca, "not imported"),
     )
-    return row, _import_warnings(ca, issuer_id, services.clock())
+    completed = _complete_chains_below(services, caller, issuer_id, ca.certificate)
+    return row, _import_warnings(ca, issuer_id, services.clock()), completed
+
+
+def _complete_chains_below(
+    services: Services, caller: Principal, issuer_id: str, parent: x509.Certificate
+) -> tuple[str, ...]:
+    """Complete the chains of held issuers whose chain stops below CA ``parent``, just stored.
+
+    cfssl and openssl keep each CA in its own file, and an intermediate imported before its
+    root stored what was known then: no chain, or one ending below the root. It kept that
+    for good: ``ca.pem?chain=true`` (the ca.crt clients are given) ended with no root, and
+    the import of the root changed nothing. Each one whose top ``parent``'s key signed is
+    given the chain above that top, as its own import now would (:func:`_held_chain_above`:
+    of several holders of the key, by :func:`signer_preference`), unless that chain could
+    not verify (a revoked CA, a path length exceeded): it is then left as it was. A key
+    certctl generated (``create_issuer``) signed nothing held, so only imports call this.
+
+    Returns:
+        The ids whose chain was completed; each has an ``issuer.chain`` audit event.
+    """
+    with services.sessions() as session:
+        rows = session.execute(
+            select(Issuer.id, Issuer.certificate_pem, Issuer.chain_pem)
+            .where(Issuer.id != issuer_id)
+            # Managed services' CAs are roots certctl made: none waits for a parent.
+            .where(Issuer.id.not_like(f"{MANAGED_ISSUER_PREFIX}%"))
+            .order_by(Issuer.id)
+        ).all()
+    completed: list[str] = []
+    for held_id, certificate_pem, chain_pem in rows:
+        try:
+            cert, chain = stored_certificates(services, held_id, certificate_pem, chain_pem)
+            top = chain[-1] if chain else cert
+            if top.issuer != parent.subject or top.issuer == top.subject:
+                continue
+            if not signs(parent, top):
+                continue
+            above = _held_parent(services, top)
+        except (Conflict, InvalidRequest):  # VerificationFailed too
+            continue  # unreadable in the store, or a weak or unverifiable link: as it was
+        if above is None or above[0]:
+            continue  # a revoked parent: its import below one would have been refused
+        new_chain = (*chain, *above[1])
+        if chain_problem(cert, new_chain) is not None:
+            continue
+        completed_pem = certs_to_pem(new_chain).decode()
+        names = ", ".join(c.subject.rfc4514_string() for c in above[1])
+        with services.sessions.begin() as session:
+            # Only if unchanged since read: another import may have completed it meanwhile.
+            written = session.execute(
+                update(Issuer)
+                .where(Issuer.id == held_id, Issuer.chain_pem == chain_pem)
+                .values(chain_pem=completed_pem)
+            )
+            if written.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult
+                continue
+            record(
+                session,
+                at=services.clock(),
+                actor=caller.actor_id,
+                action="issuer.chain",
+                target=held_id,
+                source=caller.source,
+                credential=caller.credential,
+                detail=f"chain completed by issuer {issuer_id}'s import: {names}",
+            )
+        services.forget_issuer(held_id)
+        log.info(
+            "issuer %s: chain completed by issuer %s's import (%s): what it issues, ca.pem "
+            "and its certificates' PEM now carry it",
+            held_id,
+            issuer_id,
+            names,
+        )
+        completed.append(held_id)
+    return tuple(completed)
 
 
 def _cut_at_renewed(
@@ -324,8 +404,23 @@ def _held_chain_above(services: Services, top: x509.Certificate) -> tuple[x509.C
     here. The signature, not the name, says which issuer it is (a name may be reused on
     another key).
     """
+    held = _held_parent(services, top)
+    return () if held is None else held[1]
+
+
+def _held_parent(
+    services: Services, top: x509.Certificate
+) -> tuple[bool, tuple[x509.Certificate, ...]] | None:
+    """Whether the held issuer preferred as ``top``'s parent is revoked, and its path.
+
+    None: no held issuer signed ``top`` (or it is a root). Of several, by
+    :func:`signer_preference`.
+
+    Raises:
+        InvalidRequest: a candidate signed ``top`` with SHA-1 or MD5.
+    """
     if top.issuer == top.subject:
-        return ()
+        return None
     with services.sessions() as session:
         candidates = session.execute(
             select(Issuer.id, Issuer.certificate_pem, Issuer.chain_pem, Issuer.revoked_at)
@@ -345,8 +440,9 @@ def _held_chain_above(services: Services, top: x509.Certificate) -> tuple[x509.C
         else:
             _refuse_weak_link(top, (cert,))
     if not ranked:
-        return ()
-    return min(ranked, key=lambda rank: rank[0])[1]
+        return None
+    rank, path = min(ranked, key=lambda ranked_path: ranked_path[0])
+    return rank[0], path
 
 
 def signer_preference(
@@ -907,7 +1003,7 @@ def _changed(
 
 
 def refresh_cached_issuers(services: Services) -> list[str]:
-    """Drop cached CAs and certificates whose stored certificate changed (renewed elsewhere).
+    """Drop cached CAs and certificates whose stored certificate or chain changed elsewhere.
 
     Every process caches unwrapped issuer keys; a renewal in one of them (the leader, another
     worker, another replica on PostgreSQL) must reach the others before their cached
@@ -923,23 +1019,34 @@ def refresh_cached_issuers(services: Services) -> list[str]:
         return []
     with services.sessions() as session:
         rows = session.execute(
-            select(Issuer.id, Issuer.not_after, Issuer.revoked_at, Issuer.revocation_reason).where(
-                Issuer.id.in_(list(cached))
-            )
+            select(
+                Issuer.id,
+                Issuer.not_after,
+                Issuer.revoked_at,
+                Issuer.revocation_reason,
+                Issuer.chain_pem,
+            ).where(Issuer.id.in_(list(cached)))
         )
-        stored: dict[str, tuple[datetime | None, datetime | None, str | None]] = {
-            issuer_id: (not_after, revoked_at, reason)
-            for issuer_id, not_after, revoked_at, reason in rows
-        }
+        stored: dict[str, tuple[datetime | None, datetime | None, str | None]] = {}
+        # How many CAs each stored chain holds: a chain changes only when an import of the
+        # CA above its top completes it (_complete_chains_below), which adds to it.
+        chain_lengths: dict[str, int] = {}
+        for issuer_id, not_after, revoked_at, reason, chain_pem in rows:
+            stored[issuer_id] = (not_after, revoked_at, reason)
+            chain_lengths[issuer_id] = chain_pem.count("-----BEGIN CERTIFICATE-----")
         # An intermediate below one revoked elsewhere is dropped too (reloaded as refusing),
         # and any CA holding a key revoked elsewhere for a compromise, a root too (one read a
         # minute).
         revoked = revoked_certificates(session) if cached_cas else []
     stale = []
     gone = (None, None, None)
+    cached_chains = {i: len(c.chain) for i, c in services.cached_certificates_only().items()}
+    cached_chains.update((i, len(ca.chain)) for i, ca in cached_cas.items())
     for issuer_id, certificate in cached.items():
         ca = cached_cas.get(issuer_id)
-        if ca is None:  # certificates alone, for the public routes: renewed or deleted?
+        if chain_lengths.get(issuer_id, 0) > cached_chains[issuer_id]:
+            changed = True  # completed by another process's import of its parent
+        elif ca is None:  # certificates alone, for the public routes: renewed or deleted?
             changed = stored.get(issuer_id, gone)[0] != certificate.not_valid_after_utc
         else:
             changed = _changed(
