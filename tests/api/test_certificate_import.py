@@ -456,3 +456,45 @@ def test_a_ca_held_under_several_certificates_records_under_one_fine_for_the_cer
     r = api.post(IMPORT, api.admin_key, json={"certificate_pem": before + after})
     assert r.status_code == 201, r.text
     assert [i["issuer"] for i in r.json()["items"]] == ["c-new", "a-later"]
+
+
+def test_skip_existing_records_what_is_new_and_names_what_was_recorded_already(
+    api: Api, old_pki: tuple[OpensslCa, OpensslCa]
+) -> None:
+    """A migration run again: without skip_existing its bundle is refused whole (409)."""
+    _, inter = old_pki
+    _import_ca(api, "old-inter", inter)
+    old, new, newer = (inter.leaf(f"{n}.example.com") for n in ("old", "new", "newer"))
+    first = _import(api, old).json()["items"][0]
+    _import_ca(api, "a-copy", inter)  # the same CA under an id sorting first
+    bundle = "".join(c.read_text() for c in (new, old))
+    before = api.counts()
+    assert_problem(api.post(IMPORT, api.admin_key, json={"certificate_pem": bundle}), 409)
+    assert api.counts() == before
+    r = api.post(IMPORT, api.admin_key, json={"certificate_pem": bundle, "skip_existing": True})
+    assert r.status_code == 201, r.text
+    assert [i["common_name"] for i in r.json()["items"]] == ["new.example.com"]
+    assert r.json()["skipped"] == [
+        {
+            "certificate": 2,
+            "id": first["id"],
+            "issuer": "old-inter",
+            "serial": first["serial"],
+            "subject": "CN=old.example.com",
+        }
+    ]
+    assert api.counts()["certificates"] == before["certificates"] + 1
+    imports = [e for e in api.audit() if e["action"] == "certificate.import"]
+    assert len(imports) == 2  # old's first import, then new's: nothing for the skipped one
+    # Everything held already: nothing recorded, every one named.
+    r = api.post(IMPORT, api.admin_key, json={"certificate_pem": bundle, "skip_existing": True})
+    assert r.status_code == 201, r.text
+    assert r.json()["items"] == []
+    assert [s["certificate"] for s in r.json()["skipped"]] == [1, 2]
+    # Without it, as before: a plain import answers skipped [] and refuses what is held.
+    r = _import(api, newer)
+    assert (r.status_code, r.json()["skipped"]) == (201, [])
+    # The bundle's own mistakes are still refused with it.
+    twice = newer.read_text() * 2
+    r = api.post(IMPORT, api.admin_key, json={"certificate_pem": twice, "skip_existing": True})
+    assert "same serial as certificate 1" in assert_problem(r, 400)["detail"]

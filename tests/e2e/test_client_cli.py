@@ -1801,6 +1801,22 @@ def test_certs_import_records_an_openssl_leaf_and_never_sends_a_key(
     assert again.returncode == 1
     assert "already recorded as certificate" in again.stderr
     assert len(again.stderr.splitlines()) == 1
+    # A migration run again: what is new is recorded, what was is named on stderr.
+    key, csr, crt = (tmp_path / f"import-c.example.internal.{s}" for s in ("key", "csr", "crt"))
+    openssl_req(key, csr, "/CN=import-c.example.internal")
+    ok(run("openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key,
+           "-CAcreateserial", "-days", "30", "-out", crt))  # fmt: skip
+    rerun = ok(_certctl(default_server, "certs", "import", "--skip-existing", str(leaves[1]),
+                        str(crt), **env))  # fmt: skip
+    assert [i["common_name"] for i in json.loads(rerun.stdout)["items"]] == [
+        "import-c.example.internal"
+    ]
+    (skipped,) = rerun.stderr.splitlines()
+    assert re.fullmatch(
+        r"certctl: skipped certificate 1 \(CN=import-b\.example\.internal, serial [0-9a-f]+\): "
+        rf"already recorded as {rows[1][0]} \(issuer cli-old-ca\)",
+        skipped,
+    ), skipped
 
 
 def test_certs_import_reads_a_der_certificate_and_names_cfssl_json(

@@ -91,6 +91,8 @@ def test_the_migration_page_works_verbatim(start_server: StartServer, tmp_path: 
     assert {e.serial_number for e in server_crl} == {app[0].serial_number, old_serial}
     assert "the server's CRL revokes old-web.pem" in out
     assert "old-web.example.internal" in out  # what `certs import` printed it recorded
+    # Run again with --skip-existing: nothing recorded twice, old-web.pem named as held.
+    assert "certctl: skipped certificate 1 (CN=old-web.example.internal" in done.stderr
     assert "verify OK" in done.stderr  # openssl crl -CAfile intermediate.pem says it there
     # The intermediate the server made under the imported root follows its leaf.
     leaf_2, inter_2 = _certs(home / "web-2" / "tls.crt")

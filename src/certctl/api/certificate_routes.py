@@ -128,8 +128,10 @@ async def import_certificates(request: Request, principal: Principal | None) -> 
     body = await _body(request, schemas.CertificateImport)
     services, caller = _services(request), _caller(principal)
 
-    def work() -> list[dict[str, Any]]:
-        imported = certificate_import.import_certificates(services, caller, body.certificate_pem)
+    def work() -> dict[str, Any]:
+        imported, skipped = certificate_import.import_certificates(
+            services, caller, body.certificate_pem, skip_existing=body.skip_existing
+        )
         revoked = issuer_revocations(services)
         now = services.clock()
         # Read back as a listing shows them: the same view, in the bundle's order.
@@ -137,15 +139,28 @@ async def import_certificates(request: Request, principal: Principal | None) -> 
             row.id: row
             for row in certificates.certificates_by_id(services, [i.id for i in imported])
         }
-        return [
+        items = [
             schemas.certificate_json(
                 rows[i.id], certificates.effective_status(rows[i.id], now), revoked.get(i.issuer_id)
             )
             for i in imported
         ]
+        return {
+            "items": items,
+            "skipped": [
+                {
+                    "certificate": s.number,
+                    "id": s.id,
+                    "issuer": s.issuer_id,
+                    "serial": s.serial,
+                    "subject": s.subject,
+                }
+                for s in skipped
+            ],
+        }
 
-    items = await in_write_thread(request, work)
-    return _created({"items": items}, "/api/v1/certificates")
+    # 201 even when every certificate was skipped: the import did what was asked.
+    return _created(await in_write_thread(request, work), "/api/v1/certificates")
 
 
 async def list_certificates(request: Request, principal: Principal | None) -> Response:

@@ -237,7 +237,25 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
             "warnings": {"type": "array", "items": _STR},
         }
     ),
-    "ImportedCertificates": _object({"items": {"type": "array", "items": _ref("Certificate")}}),
+    # skipped: with skip_existing, the certificates recorded already (their number in the
+    # bundle, from 1, and the record holding each).
+    "ImportedCertificates": _object(
+        {
+            "items": {"type": "array", "items": _ref("Certificate")},
+            "skipped": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "certificate": {"type": "integer"},
+                        "id": _STR,
+                        "issuer": _STR,
+                        "serial": _STR,
+                        "subject": _STR,
+                    }
+                ),
+            },
+        }
+    ),
     "ServiceOutput": _object(
         {"name": _STR, "data": {"type": "object", "additionalProperties": _STR}}
     ),

@@ -134,6 +134,11 @@ class CertificateImport(_Body):
         description="one or more PEM certificates (a bundle), each signed by an issuer "
         "certctl holds; no key",
     )
+    skip_existing: bool = Field(
+        default=False,
+        description="pass over the certificates recorded already (same CA, same serial), "
+        "listed under skipped, instead of refusing the bundle with 409",
+    )
 
 
 class CertificateIssue(_Body):

@@ -549,18 +549,29 @@ def certs_import(
         metavar="FILE",
         help="Files of certificates: PEM (one or more each, a bundle too) or DER; no keys.",
     ),
+    skip_existing: bool = typer.Option(
+        False,
+        "--skip-existing",
+        help="Pass over certificates recorded already (same CA, same serial), each named on "
+        "stderr, instead of refusing them all: a migration run again records what is new.",
+    ),
     output: str | None = OUTPUT_OPTION,
 ) -> None:
     """Record certificates an issuer issued before it was imported.
 
     For a CA imported from cfssl or openssl (certctl issuers import): the certificates it
     issued before are then listed, counted in the metrics, revocable and put on its CRL. All
-    or nothing: the first one the server cannot record is named, and none is recorded. On a
-    terminal a table of what was recorded (id, common name, status, notAfter, issuer).
+    or nothing: the first one the server cannot record is named, and none is recorded (with
+    --skip-existing, those recorded already are skipped). On a terminal a table of what was
+    recorded (id, common name, status, notAfter, issuer).
     """
     pem = [read_certificates_pem(path, "certs import") for path in files]
     path_ = "/api/v1/certificates/import"
-    data = send_request("POST", path_, {"certificate_pem": "\n".join(pem)})
+    body: dict[str, Any] = {"certificate_pem": "\n".join(pem)}
+    if skip_existing:
+        body["skip_existing"] = True  # only when asked: an older server refuses the field
+    data = send_request("POST", path_, body)
+    _say_skipped(data)
     print_list(
         data,
         output,
@@ -568,3 +579,21 @@ def certs_import(
         columns=_certificate_columns(),
         empty="no certificates recorded",
     )
+
+
+def _say_skipped(data: Any) -> None:
+    """One stderr line per certificate skipped as recorded already (--skip-existing)."""
+    import sys
+
+    from certctl.cli._listing import printable
+
+    skipped = data.get("skipped") if isinstance(data, dict) else None
+    for item in skipped if isinstance(skipped, list) else []:
+        if not isinstance(item, dict):
+            continue
+        line = (
+            f"certctl: skipped certificate {item.get('certificate')} ({item.get('subject')}, "
+            f"serial {item.get('serial')}): already recorded as {item.get('id')} "
+            f"(issuer {item.get('issuer')})"
+        )
+        sys.stderr.write(printable(line) + "\n")

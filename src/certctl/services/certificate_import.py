@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.utils import CryptographyDeprecationWarning
-from sqlalchemy import select, tuple_
+from sqlalchemy import Row, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
 from certctl.errors import Conflict, InvalidRequest
@@ -29,7 +29,12 @@ from certctl.services.revocation import parsed_ca
 from certctl.store.groupcommit import Insert, write_rows
 from certctl.store.models import CertificateRecord, Issuer
 
-__all__ = ["IMPORTED_PROFILE", "ImportedCertificate", "import_certificates"]
+__all__ = [
+    "IMPORTED_PROFILE",
+    "ImportedCertificate",
+    "SkippedCertificate",
+    "import_certificates",
+]
 
 # The profile column of an imported certificate: the marker renewal and the listing read.
 IMPORTED_PROFILE = "imported"
@@ -47,6 +52,17 @@ class ImportedCertificate:
     id: str
     issuer_id: str
     serial: str
+
+
+@dataclass(frozen=True)
+class SkippedCertificate:
+    """A certificate of the bundle recorded already (``skip_existing``): where it is."""
+
+    number: int  # its place in the bundle, from 1
+    id: str  # the certificate record that holds it
+    issuer_id: str
+    serial: str
+    subject: str
 
 
 def _blocks(data: bytes) -> list[tuple[bytes, bytes]]:
@@ -132,18 +148,25 @@ def _label(number: int, cert: x509.Certificate) -> str:
 
 
 def import_certificates(
-    services: Services, caller: Principal, pem: str
-) -> list[ImportedCertificate]:
+    services: Services, caller: Principal, pem: str, *, skip_existing: bool = False
+) -> tuple[list[ImportedCertificate], list[SkippedCertificate]]:
     """Record each certificate of ``pem`` under the held issuer whose key signed it.
 
     All or nothing: the first certificate that cannot be recorded is named in the error and
     none is stored. Expired certificates are recorded (they count as ``expired``; one can
     still be revoked); CA certificates are refused (they are issuers, not leaves).
+    ``skip_existing``: one recorded already (that serial under any id of its CA) is passed
+    over and returned as skipped instead of refusing the bundle, so a migration run again
+    records only what it had not.
+
+    Returns:
+        The certificates recorded, and those skipped (``skip_existing``), in bundle order.
 
     Raises:
         InvalidRequest: not PEM certificates, a CA certificate, one no held issuer signed,
             the same certificate twice.
-        Conflict: a serial already recorded for that issuer, or a managed service's CA.
+        Conflict: a serial already recorded for that issuer (unless ``skip_existing``), or
+            a managed service's CA.
     """
     caller.require("cert.issue")
     certs = _certificates(pem)
@@ -209,10 +232,29 @@ def import_certificates(
         for signer, _, _ in signers:
             recorded_as.setdefault((signer, serial), number)
         found.append((issuer_id, cert))
-    _check_unrecorded(services, certs, recorded_as)
+    taken = _recorded(services, recorded_as)
+    if taken and not skip_existing:
+        number = min(taken)
+        first = taken[number]
+        raise Conflict(
+            f"{_label(number, certs[number - 1])}: issuer {first.issuer_id}'s serial "
+            f"{first.serial} is already recorded as certificate {first.id}; nothing imported"
+        )
+    skipped = [
+        SkippedCertificate(
+            number,
+            row.id,
+            row.issuer_id,
+            row.serial,
+            certs[number - 1].subject.rfc4514_string().replace("\0", "\\00")[:200],
+        )
+        for number, row in sorted(taken.items())
+    ]
     rows: list[Insert] = []
     imported: list[ImportedCertificate] = []
-    for issuer_id, cert in found:
+    for number, (issuer_id, cert) in enumerate(found, 1):
+        if number in taken:
+            continue
         record, (cert_row, _issue_audit) = new_rows(
             services, caller, issuer_id, IssuedCertificate(cert), IMPORTED_PROFILE, None
         )
@@ -244,13 +286,13 @@ def import_certificates(
         raise Conflict(
             "a certificate of this bundle was recorded meanwhile; nothing imported"
         ) from None
-    return imported
+    return imported, skipped
 
 
-def _check_unrecorded(
-    services: Services, certs: list[x509.Certificate], seen: dict[tuple[str, str], int]
-) -> None:
-    """409 naming the first certificate whose (issuer, serial) is already recorded.
+def _recorded(
+    services: Services, seen: dict[tuple[str, str], int]
+) -> dict[int, Row[str, str, str]]:
+    """The record already holding each certificate, by the certificate's number in the bundle.
 
     ``seen`` maps each (issuer, serial) a certificate could be recorded as to its number.
     """
@@ -260,10 +302,7 @@ def _check_unrecorded(
                 CertificateRecord.issuer_id, CertificateRecord.serial, CertificateRecord.id
             ).where(tuple_(CertificateRecord.issuer_id, CertificateRecord.serial).in_(list(seen)))
         ).all()
-    if taken:
-        first = min(taken, key=lambda row: seen[row.issuer_id, row.serial])
-        number = seen[first.issuer_id, first.serial]
-        raise Conflict(
-            f"{_label(number, certs[number - 1])}: issuer {first.issuer_id}'s serial "
-            f"{first.serial} is already recorded as certificate {first.id}; nothing imported"
-        )
+    found: dict[int, Row[str, str, str]] = {}
+    for row in sorted(taken, key=lambda row: (row.issuer_id, row.id)):
+        found.setdefault(seen[row.issuer_id, row.serial], row)
+    return found
