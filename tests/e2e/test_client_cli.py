@@ -1866,3 +1866,30 @@ def test_certs_import_reads_a_der_certificate_and_names_cfssl_json(
         "import takes certificates only (nothing was sent): write them out with openssl "
         "pkcs12 -in FILE -nokeys -out certs.pem\n"
     )
+
+
+def test_certs_import_of_a_bundle_over_the_body_limit_says_to_split_it(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    """The server's 413 came as a bare 'request body over 1048576 bytes', naming no way out."""
+    env = _admin_env(default_server)
+    ca_key, ca_crt = tmp_path / "big-ca.key", tmp_path / "big-ca.crt"
+    openssl_req(ca_key, ca_crt, "/CN=CLI Big Bundle CA", "-days", "365", x509=True)
+    key, csr, crt = tmp_path / "b.key", tmp_path / "b.csr", tmp_path / "b.crt"
+    openssl_req(key, csr, "/CN=big.example.internal")
+    ok(run("openssl", "x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key,
+           "-CAcreateserial", "-days", "30", "-out", crt))  # fmt: skip
+    one = crt.read_text()
+    count = 1024 * 1024 // len(one) + 50  # the same certificate: the size is refused first
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_text(one * count)
+    before = _api_json(default_server, "/api/v1/certificates", q="big.example.internal")
+    refused = _certctl(default_server, "certs", "import", str(bundle), **env)
+    assert refused.returncode == 1
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith("certctl: error: "), line
+    assert "1 MiB" in line, line
+    assert f"{count} certificates" in line, line
+    assert "split them and run certctl certs import once per part" in line, line
+    assert "Traceback" not in refused.stderr
+    assert _api_json(default_server, "/api/v1/certificates", q="big.example.internal") == before

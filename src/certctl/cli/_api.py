@@ -140,9 +140,14 @@ class RemoteError(CertctlError):
     ``may_have_taken_effect``: a change was sent and no answer came, so it may have been made.
     """
 
-    def __init__(self, detail: str, *, may_have_taken_effect: bool = False) -> None:
+    def __init__(
+        self, detail: str, *, may_have_taken_effect: bool = False, http_status: int | None = None
+    ) -> None:
         super().__init__(detail)
         self.may_have_taken_effect = may_have_taken_effect
+        # The HTTP status of the server's error answer; None when none came. Not CertctlError's
+        # status, which is what an API would answer for it.
+        self.http_status = http_status
 
 
 def _server_url() -> str:
@@ -662,7 +667,10 @@ def send_request(
         reason = _redact(_connect_failure(exc, timeout), key)
         raise RemoteError(f"cannot reach {url}: {reason}") from None
     if response.status_code >= 400:
-        raise RemoteError(_redact(_failure(response, endpoint, key is not None), key))
+        raise RemoteError(
+            _redact(_failure(response, endpoint, key is not None), key),
+            http_status=response.status_code,
+        )
     if response.is_redirect:
         # Not followed (the key would go wherever it points): say where CERTCTL_URL should
         # point instead, e.g. a proxy sending http:// to https://.

@@ -6,6 +6,7 @@ Requests go through :func:`certctl.cli._api.send_request` (``CERTCTL_URL``, ``CE
 
 from __future__ import annotations
 
+import re
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from certctl.cli._api import (
     CERT_ID,
     OUTPUT_OPTION,
     PRIVATE_KEY_PEM,
+    RemoteError,
     cell_text,
     field_cell,
     group_help,
@@ -570,7 +572,12 @@ def certs_import(
     body: dict[str, Any] = {"certificate_pem": "\n".join(pem)}
     if skip_existing:
         body["skip_existing"] = True  # only when asked: an older server refuses the field
-    data = send_request("POST", path_, body)
+    try:
+        data = send_request("POST", path_, body)
+    except RemoteError as exc:
+        if exc.http_status != 413:
+            raise
+        raise _too_large(exc, files, body) from None
     _say_skipped(data)
     print_list(
         data,
@@ -597,3 +604,31 @@ def _say_skipped(data: Any) -> None:
             f"(issuer {item.get('issuer')})"
         )
         sys.stderr.write(printable(line) + "\n")
+
+
+_OVER_LIMIT = re.compile(r"over (\d+) bytes")
+
+
+def _too_large(exc: RemoteError, files: list[Path], body: dict[str, Any]) -> RemoteError:
+    """The server's 413 for an import, with what to do: fewer certificates per command.
+
+    Every FILE goes into one request, so splitting the bundle into files is not enough:
+    each part is imported by a command of its own (all or nothing per command).
+    """
+    import json
+
+    sent = len(json.dumps(body).encode())
+    count = str(body["certificate_pem"]).count("-----BEGIN CERTIFICATE-----")
+    found = _OVER_LIMIT.search(str(exc))
+    limit = int(found.group(1)) if found else 1024 * 1024
+    shown = f"{limit // (1024 * 1024)} MiB" if limit % (1024 * 1024) == 0 else f"{limit} bytes"
+    # 90 % of the limit: certificates differ in size, and a part just under it is no help.
+    per_part = max(1, count * limit * 9 // (sent * 10))
+    what = str(files[0]) if len(files) == 1 else f"these {len(files)} files"
+    return RemoteError(
+        f"{what}: {count} certificates, {sent} bytes as sent, over the server's {shown} "
+        f"request limit (HTTP 413): split them and run certctl certs import once per part of "
+        f"at most about {per_part} certificates (--skip-existing lets a part run again); "
+        "nothing was recorded",
+        http_status=413,
+    )
