@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from datetime import timedelta
@@ -498,3 +499,51 @@ def test_skip_existing_records_what_is_new_and_names_what_was_recorded_already(
     twice = newer.read_text() * 2
     r = api.post(IMPORT, api.admin_key, json={"certificate_pem": twice, "skip_existing": True})
     assert "same serial as certificate 1" in assert_problem(r, 400)["detail"]
+
+
+def test_a_bundle_under_the_body_limit_is_imported_and_one_over_it_is_413(
+    api: Api, old_pki: tuple[OpensslCa, OpensslCa]
+) -> None:
+    """certificate_pem stopped at 1,000,000 characters, under the 1 MiB body limit: a bundle
+    in between got a 400 on the field's length, never the 413 'certctl certs import' turns
+    into how many certificates to import per command."""
+    from certctl.api.app import MAX_BODY_BYTES
+
+    _, inter = old_pki
+    _import_ca(api, "old-inter", inter)
+    ca = x509.load_pem_x509_certificate(inter.crt.read_bytes())
+    ca_key = load_pem_private_key(inter.key.read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    now = api.clock()
+    names = [x509.DNSName(f"host-{n:04}.big-bundle.example.internal") for n in range(400)]
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+
+    def leaf(number: int) -> str:
+        cn = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"big-{number}.example.internal")])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(cn)
+            .issuer_name(ca.subject)
+            .public_key(leaf_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        return cert.public_bytes(Encoding.PEM).decode()
+
+    bundle = ""
+    while len(bundle) <= 1_000_000:
+        bundle += leaf(len(bundle))
+    body = {"certificate_pem": bundle}
+    assert len(json.dumps(body)) < MAX_BODY_BYTES  # in between
+    r = api.post(IMPORT, api.admin_key, json=body)
+    assert r.status_code == 201, r.text[:300]
+    assert len(r.json()["items"]) == bundle.count("-----BEGIN CERTIFICATE-----")
+    before = api.counts()
+    while len(json.dumps(body)) <= MAX_BODY_BYTES:
+        body["certificate_pem"] += leaf(len(body["certificate_pem"]))
+    detail = assert_problem(api.post(IMPORT, api.admin_key, json=body), 413)["detail"]
+    assert detail == f"request body over {MAX_BODY_BYTES} bytes"
+    assert api.counts() == before
