@@ -1125,6 +1125,54 @@ def test_import_of_an_intermediate_alone_prefers_the_root_held_to_a_cross_certif
     assert r.json()["chain_pem"] == root.certificate.public_bytes(Encoding.PEM).decode()
 
 
+def test_a_chain_completed_by_a_cross_certificate_never_loops_back_to_the_issuer_itself(
+    api: Api, tmp_path: Path
+) -> None:
+    """Two roots cross-signing each other (B's key by A, A's key by B), each imported as an
+    issuer: the import of A-by-B completed B-by-A's chain with A-by-B and then B-by-A itself,
+    and the import of root A later put root A after that loop: every certificate B-by-A
+    issued came with a copy of its own issuer and a cross-certificate back to it."""
+    from certctl.pki import get_profile
+
+    now = api.clock()
+    root_a, _, _ = _root_and_intermediate("Cross A", "unused", now)
+    root_b, _, _ = _root_and_intermediate("Cross B", "unused", now)
+    cross = get_profile("intermediate").with_path_length(None)
+    b_by_a = root_a.issue(
+        root_b.private_key.public_key(),
+        root_b.certificate.subject,
+        profile=cross,
+        validity=timedelta(days=60),
+        now=now,
+    ).certificate
+    a_by_b = root_b.issue(
+        root_a.private_key.public_key(),
+        root_a.certificate.subject,
+        profile=cross,
+        validity=timedelta(days=60),
+        now=now,
+    ).certificate
+    assert _import_pair(api, "b-by-a", b_by_a, root_b.private_key).status_code == 201
+    r = _import_pair(api, "a-by-b", a_by_b, root_a.private_key)
+    assert r.status_code == 201, r.text
+    assert r.json()["chains_completed"] == []  # A-by-B leads back to B-by-A: no way up
+    assert api.get(f"{ISSUERS}/b-by-a", api.admin_key).json()["chain_pem"] == ""
+    r = _import_pair(api, "root-a", root_a.certificate, root_a.private_key)
+    assert r.status_code == 201, r.text
+    assert "b-by-a" in r.json()["chains_completed"]
+    root_a_pem = root_a.certificate.public_bytes(Encoding.PEM).decode()
+    assert api.get(f"{ISSUERS}/b-by-a", api.admin_key).json()["chain_pem"] == root_a_pem
+    assert api.get(f"{ISSUERS}/b-by-a/ca.pem", params={"chain": "true"}).text == (
+        b_by_a.public_bytes(Encoding.PEM).decode() + root_a_pem
+    )
+    leaf = api.issue(issuer="b-by-a", common_name="crossed.example.com")
+    assert leaf["chain_pem"] == b_by_a.public_bytes(Encoding.PEM).decode()
+    (tmp_path / "root-a.pem").write_text(root_a_pem)
+    (tmp_path / "tls.crt").write_text(leaf["certificate_pem"] + leaf["chain_pem"])
+    ok(run("openssl", "verify", "-CAfile", tmp_path / "root-a.pem",
+           "-untrusted", tmp_path / "tls.crt", tmp_path / "tls.crt"))  # fmt: skip
+
+
 def test_import_of_a_ca_below_a_parent_of_path_length_0_is_refused(
     api: Api, tmp_path: Path
 ) -> None:

@@ -43,6 +43,7 @@ from certctl.pki.crl import is_crl_serial
 from certctl.pki.issue import KeyMismatch
 from certctl.pki.key_strength import weakly_signed
 from certctl.pki.keys import unreadable_key
+from certctl.pki.template import spki_of
 from certctl.services.audit import record
 from certctl.services.context import IssuerCertificates, IssuerRevocation, Principal, Services
 from certctl.services.key_authentication import credential_generation
@@ -332,7 +333,7 @@ def _complete_chains_below(
                 continue
             if not signs(parent, top):
                 continue
-            above = _held_parent(services, top)
+            above = _held_parent(services, top, (cert, *chain))
         except (Conflict, InvalidRequest):  # VerificationFailed too
             continue  # unreadable in the store, or a weak or unverifiable link: as it was
         if above is None or above[0]:
@@ -409,12 +410,14 @@ def _held_chain_above(services: Services, top: x509.Certificate) -> tuple[x509.C
 
 
 def _held_parent(
-    services: Services, top: x509.Certificate
+    services: Services, top: x509.Certificate, below: Sequence[x509.Certificate] = ()
 ) -> tuple[bool, tuple[x509.Certificate, ...]] | None:
     """Whether the held issuer preferred as ``top``'s parent is revoked, and its path.
 
     None: no held issuer signed ``top`` (or it is a root). Of several, by
-    :func:`signer_preference`.
+    :func:`signer_preference`. ``below``: the CAs under ``top`` (``top`` too); a held path
+    holding one of their keys is passed over: it loops back (two roots cross-signing each
+    other), and served after them it repeated a CA below.
 
     Raises:
         InvalidRequest: a candidate signed ``top`` with SHA-1 or MD5.
@@ -428,6 +431,7 @@ def _held_parent(
             .order_by(Issuer.id)
         ).all()
     now = services.clock()
+    keys_below = {spki_of(c.public_key()) for c in below}
     ranked: list[tuple[tuple[bool, bool, bool, bool, int], tuple[x509.Certificate, ...]]] = []
     for issuer_id, certificate_pem, chain_pem, revoked_at in candidates:
         try:
@@ -436,6 +440,8 @@ def _held_parent(
             continue  # unreadable in the store (logged there): the import warns as before
         if signs(cert, top):
             path = (cert, *chain)
+            if any(spki_of(c.public_key()) in keys_below for c in path):
+                continue
             ranked.append((signer_preference(revoked_at is not None, path, top, now), path))
         else:
             _refuse_weak_link(top, (cert,))
