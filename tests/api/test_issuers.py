@@ -3102,3 +3102,36 @@ def test_import_with_a_bundle_holding_an_expired_root_takes_the_renewed_one_held
     ok(run("openssl", "verify", "-attime", str(int(later.timestamp())), "-x509_strict",
            "-CAfile", tmp_path / "root.pem", "-untrusted", tmp_path / "tls.crt",
            tmp_path / "tls.crt"))  # fmt: skip
+
+
+def test_a_cache_refresh_while_a_request_drops_or_loads_a_cached_issuer_completes(
+    api: Api,
+) -> None:
+    """The refresh read the cache again after the store: an issuer dropped meanwhile (a
+    revocation, a renewal in this process), or its certificates cached alone then loaded
+    with its key (an issuance after a ca.pem), failed it with a KeyError, logged as 'issuer
+    cache refresh failed', leaving every other changed CA cached until the next run."""
+    issuers.load_issuer(api.services, "default")
+    assert api.get(f"{ISSUERS}/default/ca.pem").status_code == 200
+    r = api.post(ISSUERS, api.admin_key, json={"id": "public-only", "parent": "default"})
+    assert r.status_code == 201, r.text
+    api.services.forget_issuer("public-only")
+    assert api.get(f"{ISSUERS}/public-only/ca.pem").status_code == 200  # cached alone
+    assert "public-only" in api.services.cached_certificates_only()
+    # Meanwhile, in another thread: "default" dropped, "public-only" loaded with its key.
+    done: list[str] = []
+
+    def meanwhile(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "chain_pem" in statement and "FROM issuers" in statement and not done:
+            done.append(statement)
+            api.services.forget_issuer("default")
+            issuers.load_issuer(api.services, "public-only")
+
+    event.listen(api.services.engine, "before_cursor_execute", meanwhile)
+    try:
+        issuers.refresh_cached_issuers(api.services)
+    finally:
+        event.remove(api.services.engine, "before_cursor_execute", meanwhile)
+    assert done
+    assert "public-only" in api.services.cached_issuers()
+    assert issuers.refresh_cached_issuers(api.services) == []  # nothing changed in the store

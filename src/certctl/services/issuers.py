@@ -1018,7 +1018,10 @@ def refresh_cached_issuers(services: Services) -> list[str]:
     """
     # The certificates cached for the public CA routes too: a replica must not serve a
     # renewed or deleted CA's certificate for longer than this check's period.
-    cached = {i: c.certificate for i, c in services.cached_certificates_only().items()}
+    # One copy of each cache, read once: another thread may drop an issuer or load its key
+    # (moving it from one cache to the other) while the store is read below.
+    cached_only = services.cached_certificates_only()
+    cached = {i: c.certificate for i, c in cached_only.items()}
     cached_cas = services.cached_issuers()
     cached.update((i, ca.certificate) for i, ca in cached_cas.items())
     if not cached:
@@ -1046,7 +1049,7 @@ def refresh_cached_issuers(services: Services) -> list[str]:
         revoked = revoked_certificates(session) if cached_cas else []
     stale = []
     gone = (None, None, None)
-    cached_chains = {i: len(c.chain) for i, c in services.cached_certificates_only().items()}
+    cached_chains = {i: len(c.chain) for i, c in cached_only.items()}
     cached_chains.update((i, len(ca.chain)) for i, ca in cached_cas.items())
     for issuer_id, certificate in cached.items():
         ca = cached_cas.get(issuer_id)
