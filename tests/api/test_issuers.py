@@ -3135,3 +3135,55 @@ def test_a_cache_refresh_while_a_request_drops_or_loads_a_cached_issuer_complete
     assert done
     assert "public-only" in api.services.cached_issuers()
     assert issuers.refresh_cached_issuers(api.services) == []  # nothing changed in the store
+
+
+def test_an_intermediate_imported_while_its_root_is_gets_the_root_as_its_chain(
+    api: Api, tmp_path: Path
+) -> None:
+    """Imported at once (two workers, replicas, a script running imports in parallel): the
+    intermediate looked for its root before the root was stored, and the root for what it
+    completes before the intermediate was: it kept no chain for good, though both are held."""
+    from certctl.auth.permissions import PERMISSIONS
+    from certctl.services.context import Principal
+
+    now = api.clock()
+    root, inter, inter_key = _root_and_intermediate("Racing Root", "Racing Inter", now)
+    replica = Principal("admin", ("r-admin",), frozenset(PERMISSIONS), "api_key", "replica-2")
+    meanwhile: list[tuple[str, ...]] = []
+
+    def import_root(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        # Right after the intermediate's import looked for its parent by subject.
+        if meanwhile or "FROM issuers" not in statement:
+            return
+        if "subject" not in statement.rsplit("WHERE", 1)[-1]:
+            return
+        _, _, completed = issuers.import_issuer(
+            api.services,
+            replica,
+            issuer_id="racing-root",
+            name="racing-root",
+            certificate_pem=root.certificate.public_bytes(Encoding.PEM).decode(),
+            private_key_pem=key_to_pem(root.private_key).decode(),
+        )
+        meanwhile.append(completed)
+
+    event.listen(api.services.engine, "after_cursor_execute", import_root)
+    try:
+        r = _import_pair(api, "racing-inter", inter, inter_key)
+    finally:
+        event.remove(api.services.engine, "after_cursor_execute", import_root)
+    assert meanwhile == [()]  # the root's import did not see the intermediate
+    assert r.status_code == 201, r.text
+    root_pem = root.certificate.public_bytes(Encoding.PEM).decode()
+    assert (r.json()["chain_pem"], r.json()["warnings"]) == (root_pem, [])
+    assert api.get(f"{ISSUERS}/racing-inter", api.admin_key).json()["chain_pem"] == root_pem
+    assert api.get(f"{ISSUERS}/racing-inter/ca.pem", params={"chain": "true"}).text == (
+        inter.public_bytes(Encoding.PEM).decode() + root_pem
+    )
+    (chained,) = [e for e in api.audit() if e["action"] == "issuer.chain"]
+    assert chained["target"] == "racing-inter"
+    leaf = api.issue(issuer="racing-inter", common_name="racing.example.com")
+    (tmp_path / "root.pem").write_text(root_pem)
+    (tmp_path / "tls.crt").write_text(leaf["certificate_pem"] + leaf["chain_pem"])
+    ok(run("openssl", "verify", "-CAfile", tmp_path / "root.pem",
+           "-untrusted", tmp_path / "tls.crt", tmp_path / "tls.crt"))  # fmt: skip

@@ -295,6 +295,22 @@ def import_issuer(
         "issuer.import",
         guard=partial(_not_revoked, ca, "not imported"),
     )
+    # A CA above it imported meanwhile by another request (another worker, replica) looked
+    # for what it completes before this one was stored, and this one for its parent before
+    # that was: one of the two checks made after storing sees the other's CA.
+    own = _complete_chain(
+        services,
+        caller,
+        issuer_id,
+        row.certificate_pem,
+        row.chain_pem,
+        None,
+        "the import of a CA above it meanwhile",
+    )
+    if own is not None:
+        ca = CertificateAuthority(ca.certificate, ca.private_key, own)
+        with services.sessions() as session:
+            row = session.get_one(Issuer, issuer_id)
     completed = _complete_chains_below(services, caller, issuer_id, ca.certificate)
     return row, _import_warnings(ca, issuer_id, services.clock()), completed
 
@@ -326,52 +342,71 @@ def _complete_chains_below(
         ).all()
     completed: list[str] = []
     for held_id, certificate_pem, chain_pem in rows:
-        try:
-            cert, chain = stored_certificates(services, held_id, certificate_pem, chain_pem)
-            top = chain[-1] if chain else cert
-            if top.issuer != parent.subject or top.issuer == top.subject:
-                continue
-            if not signs(parent, top):
-                continue
-            above = _held_parent(services, top, (cert, *chain))
-        except (Conflict, InvalidRequest):  # VerificationFailed too
-            continue  # unreadable in the store, or a weak or unverifiable link: as it was
-        if above is None or above[0]:
-            continue  # a revoked parent: its import below one would have been refused
-        new_chain = (*chain, *above[1])
-        if chain_problem(cert, new_chain) is not None:
-            continue
-        completed_pem = certs_to_pem(new_chain).decode()
-        names = ", ".join(c.subject.rfc4514_string() for c in above[1])
-        with services.sessions.begin() as session:
-            # Only if unchanged since read: another import may have completed it meanwhile.
-            written = session.execute(
-                update(Issuer)
-                .where(Issuer.id == held_id, Issuer.chain_pem == chain_pem)
-                .values(chain_pem=completed_pem)
-            )
-            if written.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult
-                continue
-            record(
-                session,
-                at=services.clock(),
-                actor=caller.actor_id,
-                action="issuer.chain",
-                target=held_id,
-                source=caller.source,
-                credential=caller.credential,
-                detail=f"chain completed by issuer {issuer_id}'s import: {names}",
-            )
-        services.forget_issuer(held_id)
-        log.info(
-            "issuer %s: chain completed by issuer %s's import (%s): what it issues, ca.pem "
-            "and its certificates' PEM now carry it",
-            held_id,
-            issuer_id,
-            names,
-        )
-        completed.append(held_id)
+        why = f"issuer {issuer_id}'s import"
+        if _complete_chain(services, caller, held_id, certificate_pem, chain_pem, parent, why):
+            completed.append(held_id)
     return tuple(completed)
+
+
+def _complete_chain(
+    services: Services,
+    caller: Principal,
+    held_id: str,
+    certificate_pem: str,
+    chain_pem: str,
+    parent: x509.Certificate | None,
+    why: str,
+) -> tuple[x509.Certificate, ...] | None:
+    """Complete held issuer ``held_id``'s chain from the issuer held above its top, if any.
+
+    ``parent``: only when that top is signed by this CA's key (None: by any held one).
+    Returns the completed chain, or None when it is left as it was.
+    """
+    try:
+        cert, chain = stored_certificates(services, held_id, certificate_pem, chain_pem)
+        top = chain[-1] if chain else cert
+        if top.issuer == top.subject:
+            return None
+        if parent is not None and (top.issuer != parent.subject or not signs(parent, top)):
+            return None
+        above = _held_parent(services, top, (cert, *chain))
+    except (Conflict, InvalidRequest):  # VerificationFailed too
+        return None  # unreadable in the store, or a weak or unverifiable link: as it was
+    if above is None or above[0]:
+        return None  # a revoked parent: its import below one would have been refused
+    new_chain = (*chain, *above[1])
+    if chain_problem(cert, new_chain) is not None:
+        return None
+    completed_pem = certs_to_pem(new_chain).decode()
+    names = ", ".join(c.subject.rfc4514_string() for c in above[1])
+    with services.sessions.begin() as session:
+        # Only if unchanged since read: another import may have completed it meanwhile.
+        written = session.execute(
+            update(Issuer)
+            .where(Issuer.id == held_id, Issuer.chain_pem == chain_pem)
+            .values(chain_pem=completed_pem)
+        )
+        if written.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult
+            return None
+        record(
+            session,
+            at=services.clock(),
+            actor=caller.actor_id,
+            action="issuer.chain",
+            target=held_id,
+            source=caller.source,
+            credential=caller.credential,
+            detail=f"chain completed by {why}: {names}",
+        )
+    services.forget_issuer(held_id)
+    log.info(
+        "issuer %s: chain completed by %s (%s): what it issues, ca.pem and its "
+        "certificates' PEM now carry it",
+        held_id,
+        why,
+        names,
+    )
+    return new_chain
 
 
 def _cut_at_renewed(
