@@ -3187,3 +3187,75 @@ def test_an_intermediate_imported_while_its_root_is_gets_the_root_as_its_chain(
     (tmp_path / "tls.crt").write_text(leaf["certificate_pem"] + leaf["chain_pem"])
     ok(run("openssl", "verify", "-CAfile", tmp_path / "root.pem",
            "-untrusted", tmp_path / "tls.crt", tmp_path / "tls.crt"))  # fmt: skip
+
+
+def test_a_chain_completed_by_a_cross_certificate_takes_the_root_once_it_is_imported(
+    api: Api, tmp_path: Path
+) -> None:
+    """An intermediate held alone, then its root's key cross-signed by another root (a move
+    between roots), then that root itself: the cross-certificate completed the chain first
+    and stayed, and the other root's import later made it the root of ca.pem?chain=true, the
+    ca.crt clients are given, though the intermediate's own root was held; its import then
+    would have taken its own root."""
+    from certctl.pki import get_profile
+
+    now = api.clock()
+    root, inter, inter_key = _root_and_intermediate("Own Root", "Crossed Inter", now)
+    other, _, _ = _root_and_intermediate("Other Root", "unused", now)
+    cross = other.issue(
+        root.private_key.public_key(),
+        root.certificate.subject,
+        profile=get_profile("intermediate").with_path_length(None),
+        validity=timedelta(days=60),
+        now=now,
+    ).certificate
+    root_pem, cross_pem, other_pem = (
+        c.public_bytes(Encoding.PEM).decode() for c in (root.certificate, cross, other.certificate)
+    )
+    assert _import_pair(api, "inter", inter, inter_key).status_code == 201
+    r = _import_pair(api, "cross", cross, root.private_key)
+    assert r.status_code == 201, r.text
+    assert r.json()["chains_completed"] == ["inter"]  # the best held then
+    assert api.get(f"{ISSUERS}/inter", api.admin_key).json()["chain_pem"] == cross_pem
+    r = _import_pair(api, "own-root", root.certificate, root.private_key)
+    assert r.status_code == 201, r.text
+    assert r.json()["chains_completed"] == ["inter"]
+    assert api.get(f"{ISSUERS}/inter", api.admin_key).json()["chain_pem"] == root_pem
+    r = _import_pair(api, "other-root", other.certificate, other.private_key)
+    assert r.status_code == 201, r.text
+    assert r.json()["chains_completed"] == ["cross"]  # its own chain: the cross-certificate's
+    assert api.get(f"{ISSUERS}/cross", api.admin_key).json()["chain_pem"] == other_pem
+    assert api.get(f"{ISSUERS}/inter/ca.pem", params={"chain": "true"}).text == (
+        inter.public_bytes(Encoding.PEM).decode() + root_pem
+    )
+    leaf = api.issue(issuer="inter", common_name="own-root.example.com")
+    assert leaf["chain_pem"] == inter.public_bytes(Encoding.PEM).decode()
+    (tmp_path / "root.pem").write_text(root_pem)
+    (tmp_path / "tls.crt").write_text(leaf["certificate_pem"] + leaf["chain_pem"])
+    ok(run("openssl", "verify", "-CAfile", tmp_path / "root.pem",
+           "-untrusted", tmp_path / "tls.crt", tmp_path / "tls.crt"))  # fmt: skip
+    # A chain given with the cross-certificate up to the other root is one that reaches a
+    # root: the import of the intermediate's own root leaves it as given.
+    inter2_key = generate_private_key(KeyType.EC_P256)
+    inter2 = root.issue(
+        inter2_key.public_key(),
+        common_name_dn("Kept Crossed"),
+        profile=get_profile("intermediate"),
+        validity=timedelta(days=20),
+        now=now,
+    ).certificate
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "kept",
+            "certificate_pem": inter2.public_bytes(Encoding.PEM).decode() + cross_pem + other_pem,
+            "private_key_pem": key_to_pem(inter2_key).decode(),
+        },
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["chain_pem"] == cross_pem + other_pem
+    r = _import_pair(api, "own-root-again", root.certificate, root.private_key)
+    assert r.status_code == 201, r.text
+    assert r.json()["chains_completed"] == []
+    assert api.get(f"{ISSUERS}/kept", api.admin_key).json()["chain_pem"] == cross_pem + other_pem

@@ -359,22 +359,36 @@ def _complete_chain(
 ) -> tuple[x509.Certificate, ...] | None:
     """Complete held issuer ``held_id``'s chain from the issuer held above its top, if any.
 
-    ``parent``: only when that top is signed by this CA's key (None: by any held one).
-    Returns the completed chain, or None when it is left as it was.
+    ``parent``: only from a CA this CA's key signed (None: any held one). A chain reaching
+    no root that passes through a cross-certificate of ``parent`` (its key, signed by
+    another root not held) is cut there and completed from the held issuers, when that
+    reaches a root: completed with the cross-certificate before ``parent`` was held, it
+    kept it for good, and ca.pem?chain=true ended with the other root (once held) though
+    the CA's own was held too. Returns the completed chain, or None when left as it was.
     """
     try:
         cert, chain = stored_certificates(services, held_id, certificate_pem, chain_pem)
-        top = chain[-1] if chain else cert
-        if top.issuer == top.subject:
+        path = (cert, *chain)
+        if path[-1].issuer == path[-1].subject:
             return None
-        if parent is not None and (top.issuer != parent.subject or not signs(parent, top)):
-            return None
-        above = _held_parent(services, top, (cert, *chain))
+        below = len(chain)  # the index in path of the CA whose parent is sought: its top
+        if parent is not None:
+            signed = [
+                index
+                for index, c in enumerate(path)
+                if c.issuer != c.subject and c.issuer == parent.subject and signs(parent, c)
+            ]
+            if not signed:
+                return None
+            below = signed[0]
+        above = _held_parent(services, path[below], path[: below + 1])
     except (Conflict, InvalidRequest):  # VerificationFailed too
         return None  # unreadable in the store, or a weak or unverifiable link: as it was
     if above is None or above[0]:
         return None  # a revoked parent: its import below one would have been refused
-    new_chain = (*chain, *above[1])
+    new_chain = (*chain[:below], *above[1])
+    if below < len(chain) and (new_chain == chain or not is_self_signed(new_chain[-1])):
+        return None  # a cross-certificate replaced only by a path reaching a root
     if chain_problem(cert, new_chain) is not None:
         return None
     completed_pem = certs_to_pem(new_chain).decode()
