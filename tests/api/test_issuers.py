@@ -3221,6 +3221,17 @@ def test_a_chain_completed_by_a_cross_certificate_takes_the_root_once_it_is_impo
     assert r.status_code == 201, r.text
     assert r.json()["chains_completed"] == ["inter"]
     assert api.get(f"{ISSUERS}/inter", api.admin_key).json()["chain_pem"] == root_pem
+    # Another process that cached it with the cross-certificate drops it at its next issuer
+    # refresh, though the chain is no longer than it was.
+    with api.services.engine.begin() as conn:
+        conn.execute(update(Issuer).where(Issuer.id == "inter").values(chain_pem=cross_pem))
+    api.services.forget_issuer("inter")
+    assert issuers.load_issuer(api.services, "inter").chain == (cross,)
+    with api.services.engine.begin() as conn:
+        conn.execute(update(Issuer).where(Issuer.id == "inter").values(chain_pem=root_pem))
+    assert "inter" in issuers.refresh_cached_issuers(api.services)
+    assert issuers.load_issuer(api.services, "inter").chain == (root.certificate,)
+    assert issuers.refresh_cached_issuers(api.services) == []
     r = _import_pair(api, "other-root", other.certificate, other.private_key)
     assert r.status_code == 201, r.text
     assert r.json()["chains_completed"] == ["cross"]  # its own chain: the cross-certificate's

@@ -1057,6 +1057,24 @@ def _changed(
     )
 
 
+def _chain_changed(stored_pem: str | None, cached: Sequence[x509.Certificate]) -> bool:
+    """Whether the chain stored (None: no row) holds other certificates than ``cached``.
+
+    Compared certificate by certificate, not as text: a chain stored as given at import
+    may be written otherwise than ``certs_to_pem`` writes it (and then dropped every minute).
+    """
+    if stored_pem is None:
+        return False  # deleted: the other checks say so
+    if stored_pem.count("-----BEGIN CERTIFICATE-----") != len(cached):
+        return True
+    if certs_to_pem(cached).decode() == stored_pem:
+        return False  # as a rule: no certificate to parse each minute
+    try:
+        return tuple(x509.load_pem_x509_certificates(stored_pem.encode())) != tuple(cached)
+    except ValueError:
+        return False  # unreadable in the store: its routes say so, the cached one serves
+
+
 def refresh_cached_issuers(services: Services) -> list[str]:
     """Drop cached CAs and certificates whose stored certificate or chain changed elsewhere.
 
@@ -1086,24 +1104,24 @@ def refresh_cached_issuers(services: Services) -> list[str]:
             ).where(Issuer.id.in_(list(cached)))
         )
         stored: dict[str, tuple[datetime | None, datetime | None, str | None]] = {}
-        # How many CAs each stored chain holds: a chain changes only when an import of the
-        # CA above its top completes it (_complete_chains_below), which adds to it.
-        chain_lengths: dict[str, int] = {}
+        # Each stored chain: an import of a CA above one completes it (_complete_chains_below),
+        # and may replace a cross-certificate in it by a root: no longer, yet changed.
+        chains: dict[str, str] = {}
         for issuer_id, not_after, revoked_at, reason, chain_pem in rows:
             stored[issuer_id] = (not_after, revoked_at, reason)
-            chain_lengths[issuer_id] = chain_pem.count("-----BEGIN CERTIFICATE-----")
+            chains[issuer_id] = chain_pem
         # An intermediate below one revoked elsewhere is dropped too (reloaded as refusing),
         # and any CA holding a key revoked elsewhere for a compromise, a root too (one read a
         # minute).
         revoked = revoked_certificates(session) if cached_cas else []
     stale = []
     gone = (None, None, None)
-    cached_chains = {i: len(c.chain) for i, c in cached_only.items()}
-    cached_chains.update((i, len(ca.chain)) for i, ca in cached_cas.items())
+    cached_chains = {i: c.chain for i, c in cached_only.items()}
+    cached_chains.update((i, ca.chain) for i, ca in cached_cas.items())
     for issuer_id, certificate in cached.items():
         ca = cached_cas.get(issuer_id)
-        if chain_lengths.get(issuer_id, 0) > cached_chains[issuer_id]:
-            changed = True  # completed by another process's import of its parent
+        if _chain_changed(chains.get(issuer_id), cached_chains[issuer_id]):
+            changed = True  # completed by another process's import of a CA above it
         elif ca is None:  # certificates alone, for the public routes: renewed or deleted?
             changed = stored.get(issuer_id, gone)[0] != certificate.not_valid_after_utc
         else:
