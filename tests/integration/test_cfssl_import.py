@@ -70,8 +70,10 @@ def test_a_decimal_serial_as_cfssl_prints_it_is_refused_naming_its_dec_form(
     assert serial.isdigit(), serial
     crl = tmp_path / "ca.crl"
     refused = certctl("crl", "create", "--ca", tmp_path / "ca", "--revoked", serial, "--out", crl)
-    assert refused.code == 1
-    assert refused.err.startswith(f"certctl: error: {serial}: serial numbers are positive")
+    assert refused.code == 2  # a usage error
+    assert refused.err.startswith(
+        f"certctl: error: Invalid value for --revoked: {serial}: serial numbers are positive"
+    )
     assert f"as cfssl prints serials, write dec:{serial}" in refused.err
     assert not crl.exists()
 

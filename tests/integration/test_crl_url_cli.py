@@ -162,7 +162,7 @@ def test_a_bad_crl_url_is_one_line_and_writes_nothing(
         openssl_req(tmp_path / "req.key", csr, "/CN=x.example.com")
         args = ["csr", "sign", "--ca", ca, "--csr", csr]
     result = certctl_exe(*args, "--out", out, "--crl-url", value)
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode == 2, result.stdout + result.stderr  # a usage error
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("certctl: error: --crl-url "), lines[0]

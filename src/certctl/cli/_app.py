@@ -31,6 +31,7 @@ from certctl.cli import (
     services,
     verify,
 )
+from certctl.cli._common import UsageProblem
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -181,6 +182,16 @@ class _ClickUsageCommand(TyperCommand):
 
     def get_help_option(self, ctx: _click.Context) -> TyperOption | None:
         return _flag_help_option(super().get_help_option(ctx))
+
+    def invoke(self, ctx: _click.Context) -> Any:
+        # A usage error the command finds itself (a bad --validity, options that exclude
+        # each other): click's, as those click finds, so it exits 2 with the help hint.
+        try:
+            return super().invoke(ctx)
+        except UsageProblem as exc:
+            raise _click.exceptions.BadParameter(
+                exc.message, ctx=ctx, param_hint=exc.param_hint
+            ) from None
 
     def collect_usage_pieces(self, ctx: _click.Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []

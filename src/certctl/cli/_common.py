@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from certctl.errors import CertctlError, InvalidRequest, NotFound, WrongPassword
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from cryptography import x509
 
@@ -22,10 +23,12 @@ __all__ = [
     "KEY_TYPES",
     "KEY_TYPES_HELP",
     "PendingKey",
+    "UsageProblem",
     "holds_another_key",
     "is_stdin",
     "load_ca_dir",
     "not_stdout",
+    "option_value",
     "read_file",
     "read_material",
     "read_password",
@@ -51,6 +54,39 @@ MAX_PASSWORD_BYTES = 4096
 # Standard input as read by a password option ("-"), with the stream it came from: verify
 # asks for the password once per file, and a stream can be read only once.
 _stdin_password: list[tuple[object, bytes]] = []
+
+
+class UsageProblem(Exception):
+    """A bad command line: a value certctl refuses, options that do not go together.
+
+    Exit status 2, as for the usage errors click finds itself (DESIGN.md: 0 success, 1
+    failure, 2 usage error): a duration "9X" is as much a usage error as "--workers four".
+    Typer-free, so that the fast ``cert issue`` route raises it too; every command's class
+    (``_app``) reports it as click's ``BadParameter``, with the command's help hint.
+    ``param_hint``: the option whose value is refused (``--validity``), named in the message.
+    """
+
+    def __init__(self, message: str, param_hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param_hint = param_hint
+
+
+@contextmanager
+def option_value(option: str | None = None) -> Iterator[None]:
+    """Report an ``InvalidRequest`` raised in the block as a usage error of ``option``.
+
+    For the parsing of a value typed on the command line, or in the variable standing for an
+    option (``CERTCTL_URL``): the parsers (``parse_duration``, ``KeyType.parse``, ``parse_dn``
+    …) raise ``InvalidRequest``, the API's 400, which the CLI reported as a failure (exit 1)
+    like a file that does not verify. Only the parsing goes in the block: what the value
+    names failing later (a file not found, a server's refusal) stays a failure. ``option``:
+    None when the message already names the value and the options are several (--dns, --ip).
+    """
+    try:
+        yield
+    except InvalidRequest as exc:
+        raise UsageProblem(exc.detail, param_hint=option) from None
 
 
 def not_stdout(value: Path | None) -> Path | None:

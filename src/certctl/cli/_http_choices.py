@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from certctl.cli._common import KEY_TYPES, is_stdin, split_names
+from certctl.cli._common import KEY_TYPES, UsageProblem, is_stdin, option_value, split_names
 from certctl.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -135,17 +135,24 @@ def choices_from_options(
         raise typer.BadParameter(
             f"{profile}: choose elasticsearch or generic", param_hint="--profile"
         )
-    KeyType.parse(key_type)
+    with option_value("--key-type"):
+        KeyType.parse(key_type)
     if ca_key_type is not None:
-        KeyType.parse(ca_key_type)
-    parse_duration(validity)
-    parse_duration(ca_validity)
+        with option_value("--ca-key-type"):
+            KeyType.parse(ca_key_type)
+    with option_value("--validity"):
+        parse_duration(validity)
+    with option_value("--ca-validity"):
+        parse_duration(ca_validity)
     if ca_cn is not None:
-        common_name_dn(ca_cn)
-    validate_node_name(shared_name)
+        with option_value("--ca-cn"):
+            common_name_dn(ca_cn)
+    with option_value("--shared-name"):
+        validate_node_name(shared_name)
     seen: set[str] = set()
     for name in nodes:
-        validate_node_name(name)
+        with option_value("--node"):
+            validate_node_name(name)
         if name.lower() in seen:
             raise typer.BadParameter(f"{name}: node given twice", param_hint="--node")
         seen.add(name.lower())
@@ -189,7 +196,8 @@ def _split_by_node(
     for value in values:
         target, sep, item = value.partition("=")
         if not sep:
-            common += split_names([value])
+            with option_value():  # the message names the entry, as cert issue's does
+                common += split_names([value])
             continue
         if target.strip() not in per_node:
             known = ", ".join(nodes) or "none; add --node NAME"
@@ -200,7 +208,7 @@ def _split_by_node(
             per_node[target.strip()] += split_names([item])
         except InvalidRequest as exc:
             # As the names' other errors read ("node es1: …", bundle_plan).
-            raise InvalidRequest(f"node {target.strip()}: {exc.detail}") from None
+            raise UsageProblem(f"node {target.strip()}: {exc.detail}") from None
     if len(nodes) == 1:
         # One node: plain names are simply its names (not "every certificate" extras).
         per_node[nodes[0]] += common

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from certctl.cli._common import (
+    UsageProblem,
     open_ca_dir,
+    option_value,
     pending_csr_key,
     read_file,
     read_password,
@@ -48,15 +50,6 @@ __all__ = [
     "leaf_files",
     "parse_fast_argv",
 ]
-
-
-class UsageProblem(Exception):
-    """A bad combination of options; the Typer command turns it into ``BadParameter``."""
-
-    def __init__(self, message: str, param_hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param_hint = param_hint
 
 
 @dataclass(frozen=True)
@@ -204,8 +197,10 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     """Issue a certificate and key (tls.crt, tls.key, ca.crt), or a batch with ``--in``.
 
     Raises:
-        UsageProblem: options that do not go together (exit status 2 via Typer).
-        CertctlError: bad names, keys, CA directory or outputs (exit status 1).
+        UsageProblem: options that do not go together, or a value given that does not parse
+            (a name, key type, duration: exit status 2 via Typer).
+        CertctlError: the CA directory, the instances file, password files or outputs
+            (exit status 1).
     """
     from certctl.files import OutputSet
     from certctl.pki.distinguished_names import common_name_dn, parse_dn
@@ -216,13 +211,16 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     from certctl.pki.validity import parse_duration
 
     _check_combinations(opts)
-    prof = get_profile(opts.profile, LEAF_PROFILES)
+    with option_value("--profile"):
+        prof = get_profile(opts.profile, LEAF_PROFILES)
     if prof.is_ca:
         raise UsageProblem(
             "use 'certctl ca create --parent' for CA certificates", param_hint="--profile"
         )
-    kt = KeyType.parse(opts.key_type)
-    lifetime = parse_duration(opts.validity)
+    with option_value("--key-type"):
+        kt = KeyType.parse(opts.key_type)
+    with option_value("--validity"):
+        lifetime = parse_duration(opts.validity)
     crl_urls = checked_urls(opts.crl_url, "--crl-url")
     ca_issuers_urls = checked_urls(opts.ca_issuers_url, "--ca-issuers-url")
     if opts.instances is not None:
@@ -272,13 +270,15 @@ def issue(opts: IssueOptions, out: Callable[[str], None] = echo) -> None:
     if opts.cn is None and opts.subject is None:
         raise UsageProblem("give --cn or --subject (or --in for a batch)")
     # An empty --cn or --subject is refused by the parsers, not taken for a missing one.
-    name = parse_dn(opts.subject) if opts.subject is not None else common_name_dn(opts.cn or "")
-    sans = SubjectAltNames.parse(
-        dns=split_names(opts.dns),
-        ip=split_names(opts.ip),
-        email=split_names(opts.email),
-        uri=opts.uri,  # not split: a comma may be part of a URI
-    )
+    with option_value("--subject" if opts.subject is not None else "--cn"):
+        name = parse_dn(opts.subject) if opts.subject is not None else common_name_dn(opts.cn or "")
+    with option_value():  # the message names the value, of --dns, --ip, --email or --uri
+        sans = SubjectAltNames.parse(
+            dns=split_names(opts.dns),
+            ip=split_names(opts.ip),
+            email=split_names(opts.email),
+            uri=opts.uri,  # not split: a comma may be part of a URI
+        )
     p12_password = read_password(opts.password_file, opts.password) if opts.p12 else None
     if opts.p12 and p12_password is None:
         raise UsageProblem("--p12 needs a password: --password-file or CERTCTL_PASSWORD")
@@ -345,7 +345,7 @@ def checked_urls(values: Sequence[str], option: str) -> tuple[str, ...]:
     (``distribution.check_certificate_url``); repeated values are given once.
 
     Raises:
-        InvalidRequest: ``OPTION VALUE: why`` for the first bad one (exit status 1, before
+        UsageProblem: ``OPTION VALUE: why`` for the first bad one (exit status 2, before
             any file is written).
     """
     import shlex
@@ -359,7 +359,7 @@ def checked_urls(values: Sequence[str], option: str) -> tuple[str, ...]:
             url = check_certificate_url(value)
         except InvalidRequest as exc:
             shown = ascii(value)[1:-1] if not value.isprintable() else value
-            raise InvalidRequest(f"{option} {shlex.quote(shown)}: {exc.detail}") from None
+            raise UsageProblem(f"{option} {shlex.quote(shown)}: {exc.detail}") from None
         if url not in checked:
             checked.append(url)
     return tuple(checked)

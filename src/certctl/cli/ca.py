@@ -22,6 +22,7 @@ from certctl.cli._common import (
     is_stdin,
     not_stdout,
     open_ca_dir,
+    option_value,
     read_material,
     read_password,
     utcnow,
@@ -122,13 +123,17 @@ def create(
         raise typer.BadParameter(
             "--parent-password-file needs --parent (a root CA is signed by its own new key)"
         )
-    kt = KeyType.parse(key_type)
-    lifetime = parse_duration(validity or "5Y")
+    with option_value("--key-type"):
+        kt = KeyType.parse(key_type)
+    with option_value("--validity"):
+        lifetime = parse_duration(validity or "5Y")
     # An empty --cn or --subject is refused by the parsers, not replaced by the default name.
     if subject is not None:
-        name = parse_dn(subject)
+        with option_value("--subject"):
+            name = parse_dn(subject)
     elif cn is not None:
-        name = common_name_dn(cn)
+        with option_value("--cn"):
+            name = common_name_dn(cn)
     else:
         name = common_name_dn("certctl Intermediate CA" if parent else "certctl Root CA")
     # CERTCTL_CA_PASSWORD is what every command that loads a CA reads: a key written

@@ -106,7 +106,4 @@ def issue(
         ca_password_file=ca_password_file,
         force=force,
     )
-    try:
-        _issue.issue(options, typer.echo)
-    except _issue.UsageProblem as exc:
-        raise typer.BadParameter(exc.message, param_hint=exc.param_hint) from None
+    _issue.issue(options, typer.echo)  # its UsageProblem: a usage error (_app)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from certctl.cli._common import not_stdout, open_ca_dir, read_file, utcnow, warn
+from certctl.cli._common import not_stdout, open_ca_dir, option_value, read_file, utcnow, warn
 from certctl.cli._stdin import STDIN_HELP, password_file_option
 
 __all__ = ["app"]
@@ -67,7 +67,8 @@ def create(
     )
     from certctl.pki.crl import is_crl_serial
 
-    serials = list(dict.fromkeys(parse_serial(s) for s in revoked))
+    with option_value("--revoked"):
+        serials = list(dict.fromkeys(parse_serial(s) for s in revoked))
     flag = None
     if reason is not None:
         if not revoked:
@@ -95,7 +96,8 @@ def create(
                 f"{reason}: a reason for delta CRLs only (RFC 5280 5.3.1); this is a full "
                 "CRL, where a serial no longer revoked is simply left out"
             )
-    interval = parse_duration(next_update)
+    with option_value("--next-update"):
+        interval = parse_duration(next_update)
     outputs = OutputSet(force=force)
     outputs.add(out, b"")
     outputs.check()

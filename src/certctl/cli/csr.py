@@ -11,6 +11,7 @@ from certctl.cli._common import (
     holds_another_key,
     not_stdout,
     open_ca_dir,
+    option_value,
     pending_csr_key,
     read_file,
     split_names,
@@ -74,13 +75,16 @@ def create(
         raise typer.BadParameter("give --cn or --subject")
     if cn is not None and subject is not None:
         raise typer.BadParameter("--cn and --subject exclude each other (put the CN in --subject)")
-    kt = KeyType.parse(key_type)
+    with option_value("--key-type"):
+        kt = KeyType.parse(key_type)
     # An empty --cn or --subject is refused by the parsers, not taken for a missing one.
-    name = parse_dn(subject) if subject is not None else common_name_dn(cn)
+    with option_value("--subject" if subject is not None else "--cn"):
+        name = parse_dn(subject) if subject is not None else common_name_dn(cn)
     # A comma is in no DNS name, IP or e-mail address certctl takes, but may be in a URI.
-    sans = SubjectAltNames.parse(
-        dns=split_names(dns), ip=split_names(ip), email=split_names(email), uri=uri
-    )
+    with option_value():  # the message names the value, of --dns, --ip, --email or --uri
+        sans = SubjectAltNames.parse(
+            dns=split_names(dns), ip=split_names(ip), email=split_names(email), uri=uri
+        )
     if (pending := pending_csr_key(out)) is not None:
         # --force too, as cert issue and certs issue refuse to write there: the CSR may be
         # with a CA already, and its certificate would then go with no key. No prompt (no
@@ -158,14 +162,16 @@ def sign(
         sign_csr,
     )
 
-    prof = get_profile(profile, (*LEAF_PROFILES, "intermediate"))
+    with option_value("--profile"):
+        prof = get_profile(profile, (*LEAF_PROFILES, "intermediate"))
     if prof.name == "ca":
         raise typer.BadParameter(
             "a root CA is self-signed; use 'certctl ca create'", param_hint="--profile"
         )
     # An intermediate got the leaves' 90D, where ca create --parent gives a CA 5Y.
     intermediate = prof.name == "intermediate"
-    lifetime = parse_duration(validity or ("5Y" if intermediate else "90D"))
+    with option_value("--validity"):
+        lifetime = parse_duration(validity or ("5Y" if intermediate else "90D"))
     crl_urls = checked_urls(crl_url, "--crl-url")
     ca_issuers_urls = checked_urls(ca_issuers_url, "--ca-issuers-url")
     data = read_file(csr_path, "CSR")  # its errors name the file already

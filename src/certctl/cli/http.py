@@ -13,6 +13,7 @@ from certctl.cli._common import (
     is_stdin,
     load_ca_dir,
     not_stdout,
+    option_value,
     read_password,
     utcnow,
     warn,
@@ -224,6 +225,13 @@ def http_command(
                 choices.ca_dir, choices.ca_password, password_from_env=ca_password_file is None
             )
     plan = bundle_plan(choices)
+    if not wizard:
+        from certctl.pki.bundle_plan import plan_certificates
+
+        # Every choice came from the options (the wizard checks each answer as it is
+        # given): a name or node the plan refuses is a usage error, before any key is made.
+        with option_value():
+            plan_certificates(plan)
     result = build_http_bundle(plan, now=utcnow())
     for message in result.warnings:
         warn(message)

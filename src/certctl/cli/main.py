@@ -244,6 +244,7 @@ def _stdout_fails() -> bool:
 
 
 def _run_command(args: list[str]) -> tuple[int, bool]:
+    from certctl.cli._common import UsageProblem
     from certctl.errors import CertctlError
 
     fast = False
@@ -251,6 +252,9 @@ def _run_command(args: list[str]) -> tuple[int, bool]:
         code = _run_fast(args)
         fast = code is not None
         return (_run_typer(args) if code is None else code), fast
+    except UsageProblem as exc:
+        # Raised outside a command's invoke (which makes it click's usage error): still one.
+        return _fail(exc.message, 2), fast
     except CertctlError as exc:
         return _fail(exc.detail, 1), fast
     except KeyboardInterrupt:
@@ -273,7 +277,8 @@ def _run_fast(args: list[str]) -> int | None:
     """``cert issue`` without Typer; None when Typer must handle (or report on) the command."""
     if args[:2] != ["cert", "issue"]:
         return None  # every other command: not even the import below
-    from certctl.cli._issue import UsageProblem, issue, parse_fast_argv
+    from certctl.cli._common import UsageProblem
+    from certctl.cli._issue import issue, parse_fast_argv
 
     options = parse_fast_argv(args)
     if options is None:

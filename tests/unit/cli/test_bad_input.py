@@ -52,34 +52,34 @@ CASES = [
     _c(
         "ca-create-rsa-1024",
         "ca create --out new --key-type rsa-1024",
-        1,
+        2,
         "rsa-1024: key type not allowed",
     ),
-    _c("ca-create-dsa", "ca create --out new --key-type dsa", 1, "dsa: key type not allowed"),
-    _c("ca-create-foo", "ca create --out new --key-type foo", 1, "foo: unknown key type"),
+    _c("ca-create-dsa", "ca create --out new --key-type dsa", 2, "dsa: key type not allowed"),
+    _c("ca-create-foo", "ca create --out new --key-type foo", 2, "foo: unknown key type"),
     _c(
         "ca-create-validity-90X",
         "ca create --out new --validity 90X",
-        1,
+        2,
         "90X: unknown duration unit 'X'",
     ),
     _c(
         "ca-create-validity-0D",
         "ca create --out new --validity 0D",
-        1,
+        2,
         "0D: duration must be positive",
     ),
     _c("ca-create-existing", "ca create --out ca", 1, "already exists; use --force to overwrite"),
     _c(
         "ca-create-bad-subject",
         ["ca", "create", "--out", "new", "--subject", "CN"],
-        1,
+        2,
         "not a valid RFC 4514 distinguished name",
     ),
     _c(
         "ca-create-long-cn",
         ["ca", "create", "--out", "new", "--cn", "x" * 65],
-        1,
+        2,
         "common name is longer than 64 characters",
     ),
     _c(
@@ -270,20 +270,20 @@ CASES = [
     _c(
         "issue-bad-ip",
         "cert issue --ca ca --cn web --ip 1.2.3.999 --out o",
-        1,
+        2,
         "1.2.3.999: not a valid IPv4 or IPv6 address",
     ),
     _c(
         "issue-empty-ip",
         ["cert", "issue", "--ca", "ca", "--cn", "web", "--ip", "", "--out", "o"],
-        1,
+        2,
         "certctl: error: '': empty IP address",
     ),
     _c(
         # A certutil-style list is split; the message names the bad item alone.
         "issue-bad-dns-in-list",
         "cert issue --ca ca --cn web --dns a.example,-bad-.example --out o",
-        1,
+        2,
         "certctl: error: -bad-.example: invalid DNS name",
     ),
     _c(
@@ -300,7 +300,7 @@ CASES = [
             "--email",
             "a@x.example b@x.example",
         ],
-        1,
+        2,
         "'a@x.example b@x.example': separate names and addresses with commas, not spaces",
     ),
     _c(
@@ -319,67 +319,67 @@ CASES = [
             "--email",
             "Alice B <a@x.example>",
         ],
-        1,
+        2,
         "certctl: error: Alice B <a@x.example>: not a valid e-mail address",
     ),
     _c(
         "issue-bad-dns",
         "cert issue --ca ca --cn web --dns=-bad-.example --out o",
-        1,
+        2,
         "-bad-.example: invalid DNS name",
     ),
     _c(
         "issue-wildcard-middle",
         "cert issue --ca ca --cn web --dns a.*.example.com --out o",
-        1,
+        2,
         "a.*.example.com: invalid DNS name",
     ),
     _c(
         "issue-wildcard-tld",
         "cert issue --ca ca --cn web --dns *.com --out o",
-        1,
+        2,
         "a wildcard needs at least two labels",
     ),
     _c(
         "issue-bad-email",
         "cert issue --ca ca --cn web --email nobody --out o",
-        1,
+        2,
         "nobody: not a valid e-mail address",
     ),
     _c(
         "issue-bad-uri",
         "cert issue --ca ca --cn web --uri no-scheme --out o",
-        1,
+        2,
         "no-scheme: URI needs a scheme",
     ),
     _c(
         "issue-validity-90X",
         "cert issue --ca ca --cn web --validity 90X --out o",
-        1,
+        2,
         "90X: unknown duration unit",
     ),
     _c(
         "issue-validity-0D",
         "cert issue --ca ca --cn web --validity 0D --out o",
-        1,
+        2,
         "0D: duration must be positive",
     ),
     _c(
         "issue-validity-too-long",
         "cert issue --ca ca --cn web --validity 101Y --out o",
-        1,
+        2,
         "duration too long",
     ),
     _c(
         "issue-rsa-1024",
         "cert issue --ca ca --cn web --key-type rsa-1024 --out o",
-        1,
+        2,
         "rsa-1024: key type not allowed",
     ),
     _c(
         "issue-unknown-profile",
         "cert issue --ca ca --cn web --profile web --out o",
-        1,
+        2,
         "web: unknown profile",
     ),
     _c(
@@ -417,7 +417,7 @@ CASES = [
     _c(
         "issue-ca-issuers-url-no-scheme",
         "cert issue --ca ca --cn web --ca-issuers-url pki.example.com/ca.der --out o",
-        1,
+        2,
         "certctl: error: --ca-issuers-url pki.example.com/ca.der: expected an absolute "
         "http:// or https:// URL with a host",
     ),
@@ -425,13 +425,13 @@ CASES = [
         "issue-batch-ca-issuers-url-password",
         "cert issue --ca ca --in instances.yml --pem --out o "
         "--ca-issuers-url http://u:s3cret@pki.example.com/ca.der",
-        1,
+        2,
         "has no user:password@",
     ),
     _c(
         "issue-bad-subject",
         ["cert", "issue", "--ca", "ca", "--subject", "CN=a,,O=b", "--out", "o"],
-        1,
+        2,
         "not a valid RFC 4514 distinguished name",
     ),
     _c(
@@ -537,31 +537,31 @@ CASES = [
     _c(
         "csr-create-foo-key",
         "csr create --out o --cn web --key-type foo",
-        1,
+        2,
         "foo: unknown key type",
     ),
     _c(
         "csr-create-dsa-key",
         "csr create --out o --cn web --key-type dsa",
-        1,
+        2,
         "dsa: key type not allowed",
     ),
     _c(
         "csr-create-bad-ip",
         "csr create --out o --cn web --ip 1.2.3.999",
-        1,
+        2,
         "1.2.3.999: not a valid IPv4",
     ),
     _c(
         "csr-create-bad-dns",
         "csr create --out o --cn web --dns=-bad-.example",
-        1,
+        2,
         "-bad-.example: invalid DNS name",
     ),
     _c(
         "csr-create-dns-with-a-space",
         ["csr", "create", "--out", "o", "--cn", "web", "--dns", "a.example b.example"],
-        1,
+        2,
         "'a.example b.example': separate names and addresses with commas, not spaces "
         "(a.example,b.example)",
     ),
@@ -625,7 +625,7 @@ CASES = [
     _c(
         "csr-sign-ca-issuers-url-fragment",
         "csr sign --ca ca --csr good.csr --ca-issuers-url http://pki.example.com/ca.der#x --out o",
-        1,
+        2,
         "certctl: error: --ca-issuers-url 'http://pki.example.com/ca.der#x': a URL clients "
         "fetch has no #fragment",
     ),
@@ -638,13 +638,13 @@ CASES = [
     _c(
         "csr-sign-unknown-profile",
         "csr sign --ca ca --csr good.csr --profile web --out o",
-        1,
+        2,
         "web: unknown profile",
     ),
     _c(
         "csr-sign-validity-0D",
         "csr sign --ca ca --csr good.csr --validity 0D --out o",
-        1,
+        2,
         "0D: duration must be positive",
     ),
     _c(
@@ -791,13 +791,13 @@ CASES = [
     _c(
         "crl-bad-serial",
         "crl create --ca ca --out new.crl --revoked zz",
-        1,
+        2,
         "zz: not a serial number",
     ),
     _c(
         "crl-zero-serial",
         "crl create --ca ca --out new.crl --revoked 0",
-        1,
+        2,
         "serial numbers are positive",
     ),
     _c(
@@ -816,7 +816,7 @@ CASES = [
     _c(
         "crl-next-update-90X",
         "crl create --ca ca --out new.crl --next-update 90X",
-        1,
+        2,
         "90X: unknown duration unit",
     ),
     _c("crl-existing", "crl create --ca ca --out exists.crl", 1, "exists.crl already exists"),

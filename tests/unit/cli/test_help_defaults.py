@@ -167,7 +167,7 @@ def test_every_key_type_option_lists_the_key_types_as_the_error_does(
         assert f": {listed}. [default: ec-p256]" in text, option
         assert "|" not in text, option
     monkeypatch.chdir(tmp_path)
-    assert run(["csr", "create", "--cn", "x", "--out", "o", "--key-type", "rsa-1"]) == 1
+    assert run(["csr", "create", "--cn", "x", "--out", "o", "--key-type", "rsa-1"]) == 2
     assert f"rsa-1: key type not allowed (choose one of {listed})" in capsys.readouterr().err
 
 

@@ -421,7 +421,7 @@ def test_comma_list_bad_item_named_alone(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], where: str
 ) -> None:
     out = tmp_path / "b.zip"
-    assert run(["http", "--out", str(out), "--csr", "--node", "es1", "--node", "es2", *args]) == 1
+    assert run(["http", "--out", str(out), "--csr", "--node", "es1", "--node", "es2", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"certctl: error: {where}10.0.0.300: not a valid IPv4 or IPv6"), err
     assert len(err.splitlines()) == 1
@@ -441,12 +441,12 @@ def test_a_space_separated_list_is_refused_naming_the_entry(
     # Commas separate names, as certutil's; the message said "invalid DNS name (labels are …)"
     # of the whole entry (the wizard instead split it at the space, unannounced).
     out = tmp_path / "b.zip"
-    assert run(["http", "--out", str(out), "--csr", "--node", "es1", "--node", "es2", *args]) == 1
+    assert run(["http", "--out", str(out), "--csr", "--node", "es1", "--node", "es2", *args]) == 2
     err = capsys.readouterr().err
     commas = ",".join(entry.split())
     assert err == (
         f"certctl: error: {where}{entry!r}: separate names and addresses with commas, not "
-        f"spaces ({commas})\n"
+        f"spaces ({commas}) (see 'certctl http --help')\n"
     )
     assert not out.exists()
 
@@ -524,13 +524,13 @@ def test_existing_output_needs_force(tmp_path: Path, capsys: pytest.CaptureFixtu
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--ip", "es1=10.0.0.300"], 1, "10.0.0.300: not a valid IPv4 or IPv6 address"),
-        (["--dns", "es1=bad_name"], 1, "bad_name: invalid DNS name"),
+        (["--ip", "es1=10.0.0.300"], 2, "10.0.0.300: not a valid IPv4 or IPv6 address"),
+        (["--dns", "es1=bad_name"], 2, "bad_name: invalid DNS name"),
         (["--dns", "es9=x.example.com"], 2, "'es9' is not a --node"),
         (["--node", "es1"], 2, "es1: node given twice"),
-        (["--node", "a/b"], 1, "'a/b': invalid node name"),
-        (["--validity", "90X"], 1, "90X: unknown duration unit"),
-        (["--key-type", "rsa-1024"], 1, "rsa-1024: key type not allowed"),
+        (["--node", "a/b"], 2, "'a/b': invalid node name"),
+        (["--validity", "90X"], 2, "90X: unknown duration unit"),
+        (["--key-type", "rsa-1024"], 2, "rsa-1024: key type not allowed"),
         (["--profile", "apache"], 2, "apache: choose elasticsearch or generic"),
         (["--csr", "--ca", "somewhere"], 2, "--csr and --ca exclude each other"),
         (["--ca", "no-such-dir"], 1, "no-such-dir: CA directory not found"),

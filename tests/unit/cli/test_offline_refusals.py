@@ -155,35 +155,43 @@ CASES = [
     _c(
         "issue-email-two-at",
         [*_ISSUE.split(), "--cn", "x", "--email", "a@b@c"],
-        1,
-        "certctl: error: a@b@c: not a valid e-mail address",
+        2,
+        _usage("cert issue", "a@b@c: not a valid e-mail address"),
     ),
     _c(
         "issue-bad-a-label",
         f"{_ISSUE} --cn x --dns xn--zz.example",
-        1,
-        "certctl: error: xn--zz.example: xn--zz is not a valid IDNA A-label (punycode)",
+        2,
+        _usage("cert issue", "xn--zz.example: xn--zz is not a valid IDNA A-label (punycode)"),
     ),
     _c(
         "issue-blank-cn",
         [*_ISSUE.split(), "--cn", "   "],
-        1,
+        2,
         # main._fail folds runs of whitespace into one space.
-        "certctl: error: ' ': blank common name",
+        _usage("cert issue", "Invalid value for --cn: ' ': blank common name"),
     ),
-    _c("issue-empty-cn", [*_ISSUE.split(), "--cn", ""], 1, "certctl: error: empty common name"),
+    _c(
+        "issue-empty-cn",
+        [*_ISSUE.split(), "--cn", ""],
+        2,
+        _usage("cert issue", "Invalid value for --cn: empty common name"),
+    ),
     _c(
         "issue-cn-utf8-too-long",
         [*_ISSUE.split(), "--cn", LONG_UTF8_CN],
-        1,
-        f"certctl: error: {LONG_UTF8_CN}: common name is longer than 64 bytes as UTF-8",
+        2,
+        _usage(
+            "cert issue",
+            f"Invalid value for --cn: {LONG_UTF8_CN}: common name is longer than 64 bytes as UTF-8",
+        ),
     ),
     _c(
         "issue-cn-not-utf8",
         # A byte that is not UTF-8 reaches certctl as a lone surrogate (PEP 383).
         [*_ISSUE.split(), "--cn", os.fsdecode(b"\xff")],
-        1,
-        "certctl: error: '\\udcff': common name is not valid UTF-8",
+        2,
+        _usage("cert issue", "Invalid value for --cn: '\\udcff': common name is not valid UTF-8"),
     ),
     _c(
         "issue-password-not-utf8",
@@ -223,8 +231,12 @@ CASES = [
     _c(
         "issue-unknown-profile",
         f"{_ISSUE} --cn x --profile bogus",
-        1,
-        "certctl: error: bogus: unknown profile (choose one of server, client, server+client)",
+        2,
+        _usage(
+            "cert issue",
+            "Invalid value for --profile: bogus: unknown profile (choose one of server, client, "
+            "server+client)",
+        ),
     ),
     _c(
         # A password file given for a plain key is a mistake to report; CERTCTL_CA_PASSWORD
@@ -268,8 +280,8 @@ CASES = [
     _c(
         "ca-create-empty-cn",
         ["ca", "create", "-o", "new", "--cn", ""],
-        1,
-        "certctl: error: empty common name",
+        2,
+        _usage("ca create", "Invalid value for --cn: empty common name"),
     ),
     _c(
         "ca-create-cn-and-subject",
@@ -347,8 +359,8 @@ CASES = [
     _c(
         "csr-create-email-two-at",
         "csr create -o new --cn x --email a@b@c",
-        1,
-        "certctl: error: a@b@c: not a valid e-mail address",
+        2,
+        _usage("csr create", "a@b@c: not a valid e-mail address"),
     ),
     _c(
         "csr-create-cn-and-subject",
@@ -377,9 +389,12 @@ CASES = [
     _c(
         "csr-sign-unknown-profile",
         "csr sign --ca ca1 --csr long.csr -o new --profile bogus",
-        1,
-        "certctl: error: bogus: unknown profile "
-        "(choose one of server, client, server+client, intermediate)",
+        2,
+        _usage(
+            "csr sign",
+            "Invalid value for --profile: bogus: unknown profile "
+            "(choose one of server, client, server+client, intermediate)",
+        ),
     ),
     # --- crl create --------------------------------------------------------------------
     _c(
