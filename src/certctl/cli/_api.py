@@ -25,6 +25,7 @@ from urllib.parse import quote, urlsplit
 
 import typer
 
+from certctl.cli._common import option_value
 from certctl.cli._listing import OUTPUT_HELP, Column, check_output
 from certctl.cli._proxy import check_proxy_settings, proxy_of, socks_missing
 from certctl.errors import CertctlError, InvalidRequest, NotFound, PasswordRequired, cause_chain
@@ -625,10 +626,16 @@ def send_request(
     """
     import httpx
 
-    url = _server_url()
-    key = _api_key()
+    # The variables stand for options (--url, --timeout a client would take): a value that
+    # does not parse is a usage error (exit 2), checked before any file they name is read.
+    with option_value():
+        url = _server_url()
+        key = _api_key()
+        timeout = _timeout_s()
+        check_proxy_settings()
+        if os.environ.get("CERTCTL_CLIENT_KEY") and not os.environ.get("CERTCTL_CLIENT_CERT"):
+            raise InvalidRequest("CERTCTL_CLIENT_KEY is set without CERTCTL_CLIENT_CERT")
     ca = _tls_context()
-    timeout = _timeout_s()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     if accept:
         headers["Accept"] = accept
@@ -640,7 +647,6 @@ def send_request(
     direct = (
         {f"all://[{host}]" if ":" in host else f"all://{host}": None} if is_loopback(host) else {}
     )
-    check_proxy_settings()
     try:
         client = httpx.Client(verify=ca if ca is not None else True, timeout=timeout, mounts=direct)
     except ImportError:
