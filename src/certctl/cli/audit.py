@@ -91,7 +91,7 @@ def audit_list(
     until: str = typer.Option(
         None, "--until", help="Before this ISO 8601 time (UTC without a zone)."
     ),
-    limit: int = typer.Option(50, "--limit", help="Page size (1-500)."),
+    limit: int = typer.Option(50, "--limit", min=1, max=500, help="Page size (1-500)."),
     cursor: str = typer.Option(None, "--cursor", help="next_cursor from a previous page."),
     output: str | None = OUTPUT_OPTION,
 ) -> None:

@@ -80,6 +80,10 @@ def _certificate_columns() -> list[Column]:
     ]
 
 
+# The --status values the server takes (services.certificates), named before a request.
+_STATUSES = ("active", "expiring", "expired", "revoked")
+
+
 def _leaf_profile(value: str) -> str:
     """``--profile`` checked before the request, in the offline ``cert issue``'s words.
 
@@ -152,15 +156,30 @@ def certs_issue(
     Prints the server's answer as JSON; without --out it holds the generated private key
     (private_key_pem), which the server does not keep: use --out to get tls.key as a 0600 file.
     """
-    from certctl.cli._common import split_names
+    from certctl.cli._common import option_value, split_names
+    from certctl.pki import KeyType, SubjectAltNames, common_name_dn, parse_duration
 
     # As `cert issue` and `csr create` read them (certutil's lists): the same words issue the
     # same names offline and on the server. A comma is in no DNS name, IP or e-mail address
     # certctl takes, but may be in a URI (https://example.org/a,b): --uri only repeats.
-    dns, ip, email = split_names(dns), split_names(ip), split_names(email)
+    with option_value():  # the message names the entry
+        dns, ip, email = split_names(dns), split_names(ip), split_names(email)
     if csr is None and not (cn or dns or ip or email or uri):
         # Before, the server's words for its JSON fields: "give csr, or common_name/…".
         raise typer.BadParameter("give --cn, --dns, --ip, --email or --uri (or --csr FILE)")
+    # Checked here as the offline commands check them, and by the same parsers the server
+    # uses: a value that does not parse is a usage error (exit 2), not the server's 400
+    # (exit 1, a failure), and nothing is sent.
+    with option_value("--validity"):
+        parse_duration(validity)
+    if csr is None:
+        with option_value("--key-type"):
+            KeyType.parse(key_type)
+        if cn:
+            with option_value("--cn"):
+                common_name_dn(cn)
+        with option_value():  # the message names the value, of --dns, --ip, --email or --uri
+            SubjectAltNames.parse(dns=dns, ip=ip, email=email, uri=uri)
     body: dict[str, Any] = {"issuer": issuer, "profile": profile, "validity": validity}
     if csr is not None:
         # The CSR carries the names and the key; the server refuses fields it would ignore.
@@ -401,7 +420,7 @@ def certs_list(
     ),
     # The first spelling, named after the API's `q` parameter; hidden, kept for old scripts.
     q: str = typer.Option(None, "--q", hidden=True),
-    limit: int = typer.Option(50, "--limit", help="Page size (1-500)."),
+    limit: int = typer.Option(50, "--limit", min=1, max=500, help="Page size (1-500)."),
     cursor: str = typer.Option(None, "--cursor", help="next_cursor from a previous page."),
     output: str | None = OUTPUT_OPTION,
 ) -> None:
@@ -410,6 +429,17 @@ def certs_list(
     On a terminal a table: id, common name, status, notAfter (the date, and the days left),
     issuer and profile; its last line, when there are more, is the command for the next page.
     """
+    from certctl.cli._common import option_value
+    from certctl.pki import parse_duration
+
+    if status is not None and status not in _STATUSES:
+        # The server's words, before anything is sent: a usage error, not its 400.
+        raise typer.BadParameter(
+            f"{status}: unknown status ({', '.join(_STATUSES)})", param_hint="--status"
+        )
+    if expiring_within:  # empty: the server's own refusal ("leave it out for no filter")
+        with option_value("--expiring-within"):
+            parse_duration(expiring_within)
     path = "/api/v1/certificates"
     search = query if query is not None else q
     filters = {
@@ -517,8 +547,12 @@ def certs_renew(
     fresh key, returned once (private_key_pem): use --out to get tls.key as a 0600 file.
     """
     # A waiting CSR key (see _keep_pending_key) is refused below, even with --force.
-    from certctl.cli._common import pending_csr_key
+    from certctl.cli._common import option_value, pending_csr_key
+    from certctl.pki import parse_duration
 
+    if validity is not None:
+        with option_value("--validity"):  # a usage error, before anything is sent
+            parse_duration(validity)
     pending = out is not None and pending_csr_key(out) is not None
     if not pending:
         _check_out(out, key=True, force=force)

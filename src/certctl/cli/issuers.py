@@ -120,6 +120,22 @@ def issuers_create(
     """
     if cn is not None and subject is not None:
         raise typer.BadParameter("--cn and --subject exclude each other (put the CN in --subject)")
+    from certctl.cli._common import option_value
+    from certctl.pki import KeyType, common_name_dn, parse_dn, parse_duration
+
+    # By the parsers the server uses, before anything is sent: a value that does not parse is
+    # a usage error (exit 2), as for ca create, not the server's 400 (exit 1).
+    with option_value("--key-type"):
+        KeyType.parse(key_type)
+    if validity is not None:
+        with option_value("--validity"):
+            parse_duration(validity)
+    if subject is not None:
+        with option_value("--subject"):
+            parse_dn(subject)
+    if cn is not None:
+        with option_value("--cn"):
+            common_name_dn(cn)
     body: dict[str, Any] = {"id": issuer_id, "name": name, "key_type": key_type}
     # Only what was given: the server's defaults (its CN, 5Y) are the documented ones.
     for field, value in (
