@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from certctl.server.config import ServerConfig
 
 __all__ = ["admin_key_command", "kek_app", "serve_command"]
 
@@ -49,6 +53,22 @@ def _warn_of_a_password_flag(database_url: str | None) -> None:
             "while the command runs: give the URL in CERTCTL_DATABASE_URL or the config "
             "file's database-url, or the password in ~/.pgpass or PGPASSWORD"
         )
+
+
+def _settings(config: Path | None, overrides: dict[str, Any]) -> ServerConfig:
+    """``load_config`` of the server commands (serve, admin-key, kek rotate).
+
+    A bad flag or CERTCTL_* value is a usage error (exit 2), as a bad option of any other
+    command; a config file that does not read, or holds a bad value, stays a failure (exit 1),
+    as any input file does.
+    """
+    from certctl.cli._common import UsageProblem
+    from certctl.server.config import BadSetting, load_config
+
+    try:
+        return load_config(config, overrides, _FLAGS)
+    except BadSetting as exc:
+        raise UsageProblem(exc.detail) from None
 
 
 def serve_command(
@@ -117,8 +137,6 @@ def serve_command(
     A flag wins over its CERTCTL_* environment variable (named in its help), which wins over
     the --config file. Every key, its default and its variable: docs/configuration.md.
     """
-    from certctl.server.config import load_config
-
     overrides = {
         "data-dir": str(data_dir) if data_dir else None,
         "listen": listen,
@@ -129,7 +147,7 @@ def serve_command(
         "workers": workers,
         "public-url": public_url,
     }
-    settings = load_config(config, overrides, _FLAGS)
+    settings = _settings(config, overrides)
     _warn_of_a_password_flag(database_url)
     metrics_dir = None
     if settings.workers > 1:
@@ -190,24 +208,23 @@ def admin_key_command(
     key-encryption key; the server need not be stopped. The key is written 0600, never
     printed; the key in a replaced admin-api-key stays valid until revoked.
     """
-    from certctl.errors import Conflict, InvalidRequest
+    from certctl.cli._common import UsageProblem
+    from certctl.errors import Conflict
     from certctl.files import OutputSet
     from certctl.server.bootstrap import mint_local_key
-    from certctl.server.config import load_config
 
     if out is not None and str(out) == "-":
         # "-" reads as stdout, which this key never goes to: a file named "-" was written.
-        raise InvalidRequest(
+        raise UsageProblem(
             "--out -: the admin key is never printed; give a file "
             "(default: <data-dir>/admin-api-key)"
         )
-    settings = load_config(
+    settings = _settings(
         config,
         {
             "data-dir": str(data_dir) if data_dir else None,
             "database-url": database_url,
         },
-        _FLAGS,
     )
     _warn_of_a_password_flag(database_url)
     target = out if out is not None else settings.data_dir / "admin-api-key"
@@ -246,16 +263,14 @@ def kek_rotate_command(
     API keys stay valid. The old key opens only backups taken before: keep it with them.
     """
     from certctl.errors import CertctlError
-    from certctl.server.config import load_config
     from certctl.server.kek_rotation import RotationUnsettled, rotate_kek
 
-    settings = load_config(
+    settings = _settings(
         config,
         {
             "data-dir": str(data_dir) if data_dir else None,
             "database-url": database_url,
         },
-        _FLAGS,
     )
     _warn_of_a_password_flag(database_url)
     shown = False

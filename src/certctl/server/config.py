@@ -25,7 +25,15 @@ from certctl.errors import InvalidRequest
 from certctl.hosts import is_loopback
 from certctl.pki import DNPattern, SubjectAltNames, parse_duration
 
-__all__ = ["ServerConfig", "load_config"]
+__all__ = ["BadSetting", "ServerConfig", "load_config"]
+
+
+class BadSetting(InvalidRequest):
+    """A value refused that came from a flag or an environment variable, not the file.
+
+    The CLI reports it as a usage error (exit 2), as any other bad option value; a config
+    file that does not read or holds a bad value is a failure (exit 1), as an input file is.
+    """
 
 
 def _checked_duration(value: str) -> str:
@@ -560,9 +568,9 @@ def load_config(
             named with its value when the value is refused.
 
     Raises:
-        InvalidRequest: unreadable YAML or an invalid key/value; the message names where the
-            value came from as the user gave it: ``--workers 0``, ``CERTCTL_LISTEN=foo`` or
-            ``FILE: KEY``.
+        BadSetting: an invalid value of a flag or variable; the message names it as the user
+            gave it: ``--workers 0``, ``CERTCTL_LISTEN=foo``.
+        InvalidRequest: unreadable YAML or an invalid key/value in the file (``FILE: KEY``).
     """
     import yaml
 
@@ -609,8 +617,9 @@ def load_config(
         # the same section; a misspelt key names the closest known one.
         message = schema_errors.message(ServerConfig, first)
         loc = tuple(str(part) for part in first["loc"])
-        where = _source(loc, given, file, in_file)
-        raise InvalidRequest(f"{where}: {message}{_number_hint(first)}") from None
+        where, from_user = _source(loc, given, file, in_file)
+        refused = BadSetting if from_user else InvalidRequest
+        raise refused(f"{where}: {message}{_number_hint(first)}") from None
 
 
 def _source(
@@ -618,11 +627,11 @@ def _source(
     given: dict[tuple[str, ...], str],
     file: Path | None,
     in_file: dict[str, Any],
-) -> str:
-    """Where the value refused at ``loc`` came from: a flag, a variable, the file."""
+) -> tuple[str, bool]:
+    """Where the value refused at ``loc`` came from, and whether a flag or variable gave it."""
     named = next((label for path, label in given.items() if loc[: len(path)] == path), None)
     if named is not None:
-        return named
+        return named, True
     # A check of a whole section ("tls: client-auth required needs tls.client-ca"): the
     # file when it has that section, else the flags and variables that made it.
     node: Any = in_file
@@ -630,8 +639,8 @@ def _source(
         node = node.get(part) if isinstance(node, dict) else None
     under = [label for path, label in given.items() if path[: len(loc)] == loc]
     if under and node is None:
-        return ", ".join(under)
-    return _in_file(file, loc)
+        return ", ".join(under), True
+    return _in_file(file, loc), False
 
 
 def _in_file(file: Path | None, loc: tuple[str, ...]) -> str:

@@ -906,7 +906,7 @@ CASES = [
     _c(
         "admin-key-out-stdout",
         "admin-key --data-dir data --out -",
-        1,
+        2,
         "--out -: the admin key is never printed; give a file",
     ),
     # --- top level ---------------------------------------------------------------------

@@ -412,8 +412,8 @@ def test_a_bad_listen_address_says_what_is_wrong(
     tmp_path: Path, flags: list[str], message: str
 ) -> None:
     result = failed(run("certctl", "serve", *flags, "--data-dir", tmp_path / "d"))
-    assert result.returncode == 1
-    assert result.stderr == f"certctl: error: {message}\n"
+    assert result.returncode == 2  # a bad flag value: a usage error
+    assert result.stderr == f"certctl: error: {message} (see 'certctl serve --help')\n"
     assert result.stdout == ""
     assert not (tmp_path / "d").exists()
 
@@ -431,10 +431,10 @@ def test_a_bad_certctl_workers_names_the_variable_and_its_value(
     result = failed(
         run("certctl", "serve", "--data-dir", tmp_path / "d", env=env | {"CERTCTL_WORKERS": value})
     )
-    assert result.returncode == 1
+    assert result.returncode == 2  # a bad variable, as a bad flag: a usage error
     assert result.stderr == (
         f"certctl: error: CERTCTL_WORKERS={shown}: expected a whole number of server processes "
-        "from 1 to 64\n"
+        "from 1 to 64 (see 'certctl serve --help')\n"
     )
     assert result.stdout == ""
     assert not (tmp_path / "d").exists()
@@ -554,8 +554,12 @@ def test_a_refused_setting_names_where_it_came_from(
         config.write_text(text)
         flags = [*flags, "--config", str(config)]
     result = failed(run("certctl", "serve", *flags, "--data-dir", tmp_path / "d", env=env))
-    assert result.returncode == 1
+    # A flag or variable refused is a usage error (2); the config file's value a failure (1),
+    # as any input file's content is.
+    from_file = message.startswith("{file}")
+    assert result.returncode == (1 if from_file else 2)
     assert result.stderr.startswith("certctl: error: " + message.replace("{file}", str(config)))
+    assert result.stderr.endswith("\n" if from_file else " (see 'certctl serve --help')\n")
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert "hunter2" not in result.stderr
     assert result.stdout == ""
@@ -673,8 +677,10 @@ def test_a_database_pool_too_small_to_serve_is_refused_in_one_line(tmp_path: Pat
     env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
     env["CERTCTL_DATABASE_POOL_SIZE"] = "2"
     result = failed(run("certctl", "serve", "--data-dir", tmp_path / "d", env=env))
-    assert result.returncode == 1
-    assert result.stderr == f"certctl: error: CERTCTL_DATABASE_POOL_SIZE=2: {POOL_RULE}\n"
+    assert result.returncode == 2  # a bad variable: a usage error
+    assert result.stderr == (
+        f"certctl: error: CERTCTL_DATABASE_POOL_SIZE=2: {POOL_RULE} (see 'certctl serve --help')\n"
+    )
     assert not (tmp_path / "d").exists()
 
 
