@@ -1,0 +1,165 @@
+"""DESIGN.md section 6: exit 0 success, 1 failure, 2 usage error; errors are one line on stderr.
+
+A usage error is a command line certctl cannot take: an unknown option, a value given on the
+command line or in the variable standing for an option (CERTCTL_URL, CERTCTL_LISTEN …) that
+does not parse, or options that do not go together. Before, click's own checks exited 2 and
+certctl's (``--validity 9X``, ``--key-type``, a DN, an IP, ``CERTCTL_URL``) exited 1, as a
+failure of the work does. The work failing (a file not found when read, a wrong password, a
+certificate that does not verify, a server that cannot be reached, a config file with a bad
+value) stays 1. Driven through the installed ``certctl``, as scripts see it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CERTCTL = Path(sys.executable).with_name("certctl")
+# Nothing listens on the discard port: a client command that got as far as a request fails.
+NOWHERE = "https://127.0.0.1:9"
+CLIENT = {"CERTCTL_URL": NOWHERE, "CERTCTL_API_KEY": "ck_test"}
+
+# (id, argv, extra environment)
+USAGE_ERRORS: list[tuple[str, str | list[str], dict[str, str]]] = [
+    # offline commands: values certctl parses itself
+    ("ca-validity", "ca create --out new --validity 9X", {}),
+    ("ca-key-type", "ca create --out new --key-type rsa-1024", {}),
+    ("ca-subject", ["ca", "create", "--out", "new", "--subject", "CN=a,ZZ=b"], {}),
+    ("ca-empty-cn", ["ca", "create", "--out", "new", "--cn", ""], {}),
+    # cert issue runs without Typer when its options look plain: the same status that way
+    ("issue-validity", "cert issue --ca ca --cn web --out new --validity 9X", {}),
+    ("issue-profile", "cert issue --ca ca --cn web --out new --profile bogus", {}),
+    ("issue-ip", "cert issue --ca ca --cn web --out new --ip 10.0.0.300", {}),
+    (
+        "issue-dns-spaces",
+        [*"cert issue --ca ca --cn web --out new --dns".split(), "a.example b.example"],
+        {},
+    ),
+    ("issue-crl-url", "cert issue --ca ca --cn web --out new --crl-url ftp://x/ca.crl", {}),
+    ("issue-cn-and-subject", "cert issue --ca ca --cn a --subject CN=b --out new", {}),
+    ("csr-key-type", "csr create --cn web --out new --key-type foo", {}),
+    ("csr-email", "csr create --cn web --out new --email a@b@c", {}),
+    # checked before the CSR file is looked for
+    ("sign-validity", "csr sign --ca ca --csr missing.csr --out new --validity 9X", {}),
+    ("crl-serial", "crl create --ca ca --out new.crl --revoked zz", {}),
+    ("crl-next-update", "crl create --ca ca --out new.crl --next-update 9X", {}),
+    ("http-dns", "http --non-interactive --out new.zip --pem --node es1 --dns es1=bad_name", {}),
+    ("http-node", "http --non-interactive --out new.zip --pem --node a/b", {}),
+    ("http-validity", "http --non-interactive --out new.zip --pem --node es1 --validity 9X", {}),
+    ("verify-purpose", "verify --ca ca/ca.crt --purpose bogus ca/ca.crt", {}),
+    ("verify-at", "verify --ca ca/ca.crt --at yesterday ca/ca.crt", {}),
+    ("inspect-no-file", "inspect", {}),
+    # client commands: checked before anything is sent (nothing listens at CERTCTL_URL)
+    ("certs-limit", "certs list --limit 0", CLIENT),
+    ("certs-status", "certs list --status bogus", CLIENT),
+    ("certs-expiring", "certs list --expiring-within 9X", CLIENT),
+    ("certs-issue-validity", "certs issue --cn web --validity 9X", CLIENT),
+    ("certs-issue-ip", "certs issue --cn web --ip 1.2", CLIENT),
+    ("certs-issue-key-type", "certs issue --cn web --key-type foo", CLIENT),
+    ("certs-renew-validity", "certs renew c-1 --validity 9X", CLIENT),
+    ("issuers-key-type", "issuers create ops --key-type foo", CLIENT),
+    ("issuers-subject", "issuers create ops --subject garbage", CLIENT),
+    ("audit-limit", "audit list --limit 501", CLIENT),
+    ("apikey-expiry", "auth apikeys create a1 --expires-at tomorrow", CLIENT),
+    ("services-output", "services outputs s1 bogus", CLIENT),
+    # the variables standing for options
+    ("url", "certs list", CLIENT | {"CERTCTL_URL": "ftp://127.0.0.1"}),
+    ("timeout", "certs list", CLIENT | {"CERTCTL_TIMEOUT": "soon"}),
+    ("api-key", "auth whoami", CLIENT | {"CERTCTL_API_KEY": "Bearer ck_test"}),
+    ("client-key-alone", "auth whoami", CLIENT | {"CERTCTL_CLIENT_KEY": "tls.key"}),
+    # the server's flags and variables
+    ("serve-listen", "serve --data-dir data --listen nonsense", {}),
+    ("serve-workers", "serve --data-dir data --workers 0", {}),
+    ("serve-variable", "serve --data-dir data", {"CERTCTL_LISTEN": "foo"}),
+    ("admin-key-out", "admin-key --data-dir data --out -", {}),
+]
+
+FAILURES: list[tuple[str, str | list[str], dict[str, str]]] = [
+    ("inspect-missing", "inspect missing.pem", {}),
+    ("sign-missing-csr", "csr sign --ca ca --csr missing.csr --out new", {}),
+    ("issue-no-ca", "cert issue --ca nowhere --cn web --out new", {}),
+    ("issue-out-exists", "cert issue --ca ca --cn web --out leaf", {}),
+    ("verify-other-ca", "verify --ca other/ca.crt ca/ca.crt", {}),
+    ("p12-wrong-password", "inspect leaf/tls.p12 --password-file wrong.pw", {}),
+    ("server-unreachable", "certs list", CLIENT),
+    ("ca-cert-missing", "certs list", CLIENT | {"CERTCTL_CA_CERT": "missing.pem"}),
+    ("serve-config-value", "serve --data-dir data --config bad.yml", {}),
+]
+
+
+def _certctl(
+    argv: str | list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    args = argv.split() if isinstance(argv, str) else argv
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    return subprocess.run(
+        [str(CERTCTL), *args],
+        cwd=cwd,
+        env=clean | {"COLUMNS": "80"} | (env or {}),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two CAs, a leaf in a PKCS#12 file, a wrong password, a config file with a bad value."""
+    root = tmp_path_factory.mktemp("exit-status")
+    (root / "right.pw").write_text("right horse battery\n")
+    (root / "wrong.pw").write_text("wrong horse battery\n")
+    (root / "bad.yml").write_text("listen: foo\n")
+    for argv in (
+        "ca create --out ca --cn Exit-Status-CA",
+        "ca create --out other --cn Other-CA",
+        "cert issue --ca ca --cn web --out leaf --p12 --password-file right.pw",
+    ):
+        made = _certctl(argv, root)
+        assert made.returncode == 0, made.stderr
+    return root
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def _one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("certctl: error: "), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"), [c[1:] for c in USAGE_ERRORS], ids=[c[0] for c in USAGE_ERRORS]
+)
+def test_a_bad_command_line_is_a_usage_error(
+    work: Path, argv: str | list[str], env: dict[str, str]
+) -> None:
+    before = _snapshot(work)
+    proc = _certctl(argv, work, env)
+    line = _one_error_line(proc)
+    assert proc.returncode == 2, line
+    assert "--help')" in line  # every usage error names the help to read, as click's own do
+    assert _snapshot(work) == before  # refused before anything was written
+    assert not (work / "data").exists()
+
+
+@pytest.mark.parametrize(("argv", "env"), [c[1:] for c in FAILURES], ids=[c[0] for c in FAILURES])
+def test_a_failure_of_the_work_exits_1(
+    work: Path, argv: str | list[str], env: dict[str, str]
+) -> None:
+    before = _snapshot(work)
+    proc = _certctl(argv, work, env)
+    line = _one_error_line(proc)
+    assert proc.returncode == 1, line
+    assert "--help')" not in line
+    assert _snapshot(work) == before
