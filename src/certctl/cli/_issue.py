@@ -439,7 +439,8 @@ def _issue_batch(
     try:
         text = read_file(instances_path, "instances file").decode("utf-8")
     except UnicodeDecodeError:
-        raise UsageProblem(f"{instances_path}: not UTF-8 text") from None
+        # The file's content, not the command line: a failure (exit 1), as `apply -f` says it.
+        raise InvalidRequest(f"{instances_path}: not UTF-8 text") from None
     try:
         todo = parse_instances(text)
     except InvalidRequest as exc:
