@@ -215,14 +215,20 @@ def read_password(
         if not data:
             raise InvalidRequest(f"{label} is empty")
         return _utf8_password(data, source)
+    # From here the password was typed on the command line or exported: one it cannot be is a
+    # usage error (exit 2), where a password file's content is the input's (exit 1).
     if password is not None:
         if not password:
-            raise InvalidRequest("--password is empty")
+            raise UsageProblem("--password is empty")
         # Argument bytes that are not UTF-8 arrive as lone surrogates (PEP 383):
         # surrogateescape gives back the bytes typed, checked below.
-        return _utf8_password(password.encode("utf-8", "surrogateescape"), "--password")
+        with option_value():
+            return _utf8_password(password.encode("utf-8", "surrogateescape"), "--password")
     value = os.environ.get(env)
-    return _utf8_password(value.encode("utf-8", "surrogateescape"), env) if value else None
+    if not value:
+        return None
+    with option_value():
+        return _utf8_password(value.encode("utf-8", "surrogateescape"), env)
 
 
 def _read_stdin_password() -> bytes:

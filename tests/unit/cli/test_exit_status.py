@@ -41,6 +41,16 @@ USAGE_ERRORS: list[tuple[str, str | list[str], dict[str, str]]] = [
     ),
     ("issue-crl-url", "cert issue --ca ca --cn web --out new --crl-url ftp://x/ca.crl", {}),
     ("issue-cn-and-subject", "cert issue --ca ca --cn a --subject CN=b --out new", {}),
+    (
+        "issue-empty-password",
+        [*"cert issue --ca ca --cn w --out new --p12 --password".split(), ""],
+        {},
+    ),
+    (
+        "issue-password-variable",
+        "cert issue --ca ca --cn w --out new --p12",
+        {"CERTCTL_PASSWORD": "\udcff"},
+    ),
     ("csr-key-type", "csr create --cn web --out new --key-type foo", {}),
     ("csr-email", "csr create --cn web --out new --email a@b@c", {}),
     # checked before the CSR file is looked for
@@ -85,6 +95,12 @@ FAILURES: list[tuple[str, str | list[str], dict[str, str]]] = [
     ("issue-out-exists", "cert issue --ca ca --cn web --out leaf", {}),
     ("verify-other-ca", "verify --ca other/ca.crt ca/ca.crt", {}),
     ("p12-wrong-password", "inspect leaf/tls.p12 --password-file wrong.pw", {}),
+    # a password file's content is an input, not the command line
+    (
+        "password-file-empty",
+        "cert issue --ca ca --cn w --out new --p12 --password-file empty.pw",
+        {},
+    ),
     ("server-unreachable", "certs list", CLIENT),
     ("ca-cert-missing", "certs list", CLIENT | {"CERTCTL_CA_CERT": "missing.pem"}),
     ("serve-config-value", "serve --data-dir data --config bad.yml", {}),
@@ -114,6 +130,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("exit-status")
     (root / "right.pw").write_text("right horse battery\n")
     (root / "wrong.pw").write_text("wrong horse battery\n")
+    (root / "empty.pw").write_text("")
     (root / "bad.yml").write_text("listen: foo\n")
     for argv in (
         "ca create --out ca --cn Exit-Status-CA",

@@ -196,8 +196,8 @@ CASES = [
     _c(
         "issue-password-not-utf8",
         [*_ISSUE.split(), "--cn", "x", "--p12", "--password", os.fsdecode(b"\xffpw")],
-        1,
-        "certctl: error: --password: the password is not valid UTF-8",
+        2,
+        _usage("cert issue", "--password: the password is not valid UTF-8"),
     ),
     _c(
         "issue-password-file-not-utf8",
