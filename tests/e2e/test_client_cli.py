@@ -131,12 +131,16 @@ def test_revoke_with_an_empty_reason_is_refused_and_revokes_nothing(
     issued = ok(_certctl(default_server, "certs", "issue", "--cn", "empty-reason.example", **env))
     cert_id = json.loads(issued.stdout)["id"]
     refused = _certctl(default_server, "certs", "revoke", cert_id, "--reason", "", **env)
-    assert refused.returncode == 1, refused.stderr
+    # Refused before it is sent, in the server's words: a usage error (exit 2).
+    assert refused.returncode == 2, refused.stderr
     assert refused.stdout == ""
     assert refused.stderr.startswith(
-        "certctl: error: HTTP 400: an empty revocation reason: give one of affiliationChanged, "
+        "certctl: error: Invalid value for --reason: an empty revocation reason: give one of "
+        "affiliationChanged, "
     ), refused.stderr
-    assert refused.stderr.endswith(", or leave the reason out for unspecified\n")
+    assert refused.stderr.endswith(
+        ", or leave the reason out for unspecified (see 'certctl certs revoke --help')\n"
+    )
     assert refused.stderr.count("\n") == 1, refused.stderr
     shown = json.loads(ok(_certctl(default_server, "certs", "get", cert_id, **env)).stdout)
     assert shown["status"] == "active"

@@ -522,6 +522,13 @@ def certs_revoke(
     ),
 ) -> None:
     """Revoke a certificate."""
+    if reason is not None:
+        from certctl.cli._common import option_value
+        from certctl.services.revocation import check_reason
+
+        # The server's rule, before anything is sent: a usage error (exit 2), not its 400.
+        with option_value("--reason"):
+            check_reason(reason)
     with _cert_id_hint(cert_id):
         path = f"/api/v1/certificates/{path_segment(cert_id)}/revoke"
         print_answer(send_request("POST", path, {"reason": reason}))

@@ -173,6 +173,13 @@ def issuers_revoke(
     was revoked for a reason that was no compromise: the reason becomes that one (on the
     parent's next CRL too) and the revocation date stays. Prints the issuer as JSON.
     """
+    if reason is not None:
+        from certctl.cli._common import option_value
+        from certctl.services.revocation import check_reason
+
+        # The server's rule, before anything is sent: a usage error (exit 2), not its 400.
+        with option_value("--reason"):
+            check_reason(reason, issuer=True)
     with issuer_hint(issuer_id):
         path = f"{_ISSUERS}/{path_segment(issuer_id)}/revoke"
         print_answer(send_request("POST", path, {"reason": reason}))

@@ -73,6 +73,8 @@ USAGE_ERRORS: list[tuple[str, str | list[str], dict[str, str]]] = [
     ("certs-renew-validity", "certs renew c-1 --validity 9X", CLIENT),
     ("issuers-key-type", "issuers create ops --key-type foo", CLIENT),
     ("issuers-subject", "issuers create ops --subject garbage", CLIENT),
+    ("revoke-reason", "certs revoke c-1 --reason cACompromise", CLIENT),
+    ("issuer-revoke-reason", "issuers revoke ops --reason bogus", CLIENT),
     ("audit-limit", "audit list --limit 501", CLIENT),
     ("apikey-expiry", "auth apikeys create a1 --expires-at tomorrow", CLIENT),
     ("services-output", "services outputs s1 bogus", CLIENT),
