@@ -81,6 +81,22 @@ def _no_blank(
     return split_commas(values) if values else values
 
 
+def _known_permissions(permissions: list[str] | None) -> None:
+    """Refuse a permission outside the catalogue before anything is sent, in the server's words.
+
+    A usage error (exit 2), as any value the CLI can check itself; the server's 400 was a
+    failure (exit 1).
+    """
+    from certctl.auth.permissions import PERMISSIONS
+    from certctl.cli._common import UsageProblem
+    from certctl.services.access_rules import unknown_names
+
+    unknown = sorted(set(permissions or ()) - set(PERMISSIONS))
+    if unknown:
+        refusal = unknown_names("permission", unknown, sorted(PERMISSIONS))
+        raise UsageProblem(refusal.detail, "--permission")
+
+
 def _update_body(
     option: str, values: list[str] | None, remove_all: bool, name: str | None
 ) -> dict[str, Any]:
@@ -206,6 +222,7 @@ def roles_create(
     name: str = typer.Option("", "--name", help="Display name."),
 ) -> None:
     """Create a custom role."""
+    _known_permissions(permission)
     print_answer(
         send_request(
             "POST", "/api/v1/auth/roles", {"id": role_id, "name": name, "permissions": permission}
@@ -231,6 +248,7 @@ def roles_update(
     name: str = typer.Option(None, "--name", help="New display name."),
 ) -> None:
     """Change a custom role's name or permissions."""
+    _known_permissions(permission)
     body = _update_body("permission", permission, no_permissions, name)
     print_answer(send_request("PUT", f"/api/v1/auth/roles/{path_segment(role_id)}", body))
 

@@ -75,6 +75,7 @@ USAGE_ERRORS: list[tuple[str, str | list[str], dict[str, str]]] = [
     ("issuers-subject", "issuers create ops --subject garbage", CLIENT),
     ("revoke-reason", "certs revoke c-1 --reason cACompromise", CLIENT),
     ("issuer-revoke-reason", "issuers revoke ops --reason bogus", CLIENT),
+    ("role-permission", "auth roles create r-ops -p cert.raed", CLIENT),
     ("audit-limit", "audit list --limit 501", CLIENT),
     ("apikey-expiry", "auth apikeys create a1 --expires-at tomorrow", CLIENT),
     ("services-output", "services outputs s1 bogus", CLIENT),
