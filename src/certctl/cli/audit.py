@@ -68,6 +68,31 @@ def _columns() -> list[Column]:
     ]
 
 
+def _instant(option: str, value: str | None) -> datetime | None:
+    """``--since``/``--until`` as the server reads them (ISO 8601, UTC without a zone).
+
+    Checked before the request: a time that does not parse is a usage error (exit 2), where
+    the server's 400 was a failure (exit 1). Empty is left to the server, which says so.
+    """
+    from datetime import UTC
+    from datetime import datetime as _datetime
+
+    if not value:
+        return None
+    try:
+        when = _datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value}: not an ISO 8601 time (e.g. 2026-12-05T15:00:00Z)", param_hint=option
+        ) from None
+    if when.tzinfo is None:
+        return when.replace(tzinfo=UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:
+        raise typer.BadParameter(f"{value}: out of range", param_hint=option) from None
+
+
 @audit_app.command("list", short_help="List audit events, newest first, with filters.")
 def audit_list(
     actor: str = typer.Option(None, "--actor", help="Actor id, exactly (anonymous, system …)."),
@@ -104,6 +129,13 @@ def audit_list(
     """
     import re
 
+    after, before = _instant("--since", since), _instant("--until", until)
+    if after is not None and before is not None and after >= before:
+        # As the server refuses them, before a request: options that contradict each other.
+        raise typer.BadParameter(
+            f"--since {since} is not before --until {until}: no event can match (--since is "
+            "inclusive, --until exclusive)"
+        )
     if credential is not None and re.fullmatch(r"[0-9a-f]{16}", credential):
         credential = f"apikey {credential}"  # as the table's KEY column shows it
     path = "/api/v1/audit"

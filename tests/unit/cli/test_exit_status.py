@@ -76,6 +76,8 @@ USAGE_ERRORS: list[tuple[str, str | list[str], dict[str, str]]] = [
     ("revoke-reason", "certs revoke c-1 --reason cACompromise", CLIENT),
     ("issuer-revoke-reason", "issuers revoke ops --reason bogus", CLIENT),
     ("role-permission", "auth roles create r-ops -p cert.raed", CLIENT),
+    ("audit-since", "audit list --since yesterday", CLIENT),
+    ("audit-since-until", "audit list --since 2026-01-02 --until 2026-01-01", CLIENT),
     ("audit-limit", "audit list --limit 501", CLIENT),
     ("apikey-expiry", "auth apikeys create a1 --expires-at tomorrow", CLIENT),
     ("services-output", "services outputs s1 bogus", CLIENT),
