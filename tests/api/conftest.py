@@ -35,6 +35,11 @@ from certctl.server.config import ServerConfig
 from certctl.services.context import Services
 from certctl.store.db import create_store_engine
 from certctl.store.models import (
+    AcmeAccount,
+    AcmeAuthorization,
+    AcmeChallenge,
+    AcmeNonce,
+    AcmeOrder,
     Actor,
     ApiKey,
     AuditEvent,
@@ -69,6 +74,12 @@ TABLES = {
     "managed_services": ManagedService,
     "service_clients": ServiceClient,
     "outbox_events": OutboxEvent,
+    # The ACME endpoint's (migration 0027): a bad ACME request must leave them unchanged too.
+    "acme_accounts": AcmeAccount,
+    "acme_orders": AcmeOrder,
+    "acme_authorizations": AcmeAuthorization,
+    "acme_challenges": AcmeChallenge,
+    "acme_nonces": AcmeNonce,
 }
 PROBLEM_TYPE = "application/problem+json"
 

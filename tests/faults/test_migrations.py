@@ -346,3 +346,22 @@ def test_0023_widens_the_actor_columns_keeping_the_certificate_trigger_and_takes
             assert same(connection.execute(text(triggers)).all()) == at_head
     finally:
         engine.dispose()
+
+
+def test_0027_adds_the_acme_tables_to_a_postgresql_store_and_takes_them_back(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    from sqlalchemy import inspect
+
+    from tests.unit.store.test_acme_migration import ACME_TABLES
+
+    engine = db.create_store_engine(postgres_cluster.url(postgres_cluster.create_database()))
+    try:
+        db.migrate(engine)
+        assert ACME_TABLES <= set(inspect(engine).get_table_names())
+        downgrade_store(engine, "0026")
+        assert not ACME_TABLES & set(inspect(engine).get_table_names())
+        db.migrate(engine)
+        assert ACME_TABLES <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()

@@ -356,6 +356,39 @@ class WebhookConfig(_Section):
         return value
 
 
+class AcmeConfig(_Section):
+    """``acme.*``: the opt-in ACME (RFC 8555) endpoint under ``/acme/``."""
+
+    enabled: StrictBool = False  # strict: see MetricsConfig.secure
+    issuer: str = "default"
+    validity: str = "90D"
+    allowed_names: list[str] = Field(default_factory=list, alias="allowed-names")
+    http_01_port: int = Field(default=80, alias="http-01-port", ge=1, le=65535)
+
+    @field_validator("validity")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        return _checked_duration(value)
+
+    @field_validator("allowed_names")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        # Refused at load, not found to match nothing at the first order: a pattern is a DNS
+        # name, or "*." and one (any name below it, one label or more). Kept lower-case
+        # A-labels, as orders' names are compared.
+        from certctl.pki.dns_names import validate_dns_name
+
+        checked = []
+        for pattern in value:
+            wildcard = pattern.startswith("*.")
+            try:
+                name = validate_dns_name(pattern[2:] if wildcard else pattern, allow_wildcard=False)
+            except InvalidRequest as exc:
+                raise ValueError(exc.detail) from None
+            checked.append(f"*.{name}" if wildcard else name)
+        return checked
+
+
 class NotificationsConfig(_Section):
     """``notifications.*`` keys."""
 
@@ -388,6 +421,7 @@ class ServerConfig(_Section):
     workers: int = Field(default=1, ge=_MIN_WORKERS, le=_MAX_WORKERS)
     notifications: NotificationsConfig = Field(default_factory=lambda: NotificationsConfig())
     services: ServicesConfig = Field(default_factory=ServicesConfig)
+    acme: AcmeConfig = Field(default_factory=AcmeConfig)
     # The URL clients reach this server at; leaves issued through the API then carry a
     # cRLDistributionPoints URI <public-url>/api/v1/issuers/<id>/crl and an
     # authorityInfoAccess caIssuers URI <public-url>/api/v1/issuers/<id>/ca.der.
@@ -542,7 +576,15 @@ _ENV_KEYS = {
     "CERTCTL_WORKERS": ("workers",),
     "CERTCTL_KUBECONFIG": ("kubernetes", "kubeconfig"),
     "CERTCTL_PUBLIC_URL": ("public-url",),
+    "CERTCTL_ACME_ENABLED": ("acme", "enabled"),
+    "CERTCTL_ACME_ISSUER": ("acme", "issuer"),
+    "CERTCTL_ACME_VALIDITY": ("acme", "validity"),
+    "CERTCTL_ACME_HTTP_01_PORT": ("acme", "http-01-port"),
 }
+
+
+# Variables of switches (StrictBool keys).
+_SWITCH_ENV = frozenset({"CERTCTL_ACME_ENABLED"})
 
 
 def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any, file: Path | None) -> None:
@@ -598,7 +640,12 @@ def load_config(
     given: dict[tuple[str, ...], str] = {}
     for env, path in _ENV_KEYS.items():
         if os.environ.get(env):
-            _set(doc, path, os.environ[env], file)
+            raw: Any = os.environ[env]
+            if env in _SWITCH_ENV and raw.strip().lower() in ("true", "false"):
+                # A switch is a strict boolean (see MetricsConfig.secure): its variable's
+                # "true" and "false" are the YAML words; anything else is refused as given.
+                raw = raw.strip().lower() == "true"
+            _set(doc, path, raw, file)
             given[path] = _setting(env, os.environ[env], "=")
     for dotted, value in overrides.items():
         if value is not None:

@@ -23,6 +23,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "AcmeAccount",
+    "AcmeAuthorization",
+    "AcmeChallenge",
+    "AcmeNonce",
+    "AcmeOrder",
     "Actor",
     "ApiKey",
     "AuditEvent",
@@ -291,3 +296,73 @@ class OutboxEvent(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class AcmeAccount(Base):
+    """An ACME account (RFC 8555 7.1.2): one per key, found by its JWK thumbprint."""
+
+    __tablename__ = "acme_accounts"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # RFC 7638 SHA-256 thumbprint, base64url (43 characters): one account per key.
+    thumbprint: Mapped[str] = mapped_column(String(64), unique=True)
+    jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))  # valid | deactivated
+    contact: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AcmeOrder(Base):
+    """An ACME order: the DNS names asked for, and the certificate once finalized."""
+
+    __tablename__ = "acme_orders"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("acme_accounts.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # pending | ready | valid | invalid
+    identifiers: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    expires: Mapped[datetime] = mapped_column(UTCDateTime)
+    certificate_id: Mapped[str | None] = mapped_column(
+        ForeignKey("certificates.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AcmeAuthorization(Base):
+    """One identifier of an order to prove control of (one per order and name)."""
+
+    __tablename__ = "acme_authorizations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    order_id: Mapped[str] = mapped_column(
+        ForeignKey("acme_orders.id", ondelete="CASCADE"), index=True
+    )
+    identifier: Mapped[str] = mapped_column(String(253))  # a DNS name, lower-case A-labels
+    status: Mapped[str] = mapped_column(String(16))  # pending | valid | invalid
+    expires: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AcmeChallenge(Base):
+    """An http-01 challenge of an authorization."""
+
+    __tablename__ = "acme_challenges"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    authorization_id: Mapped[str] = mapped_column(
+        ForeignKey("acme_authorizations.id", ondelete="CASCADE"), index=True
+    )
+    type: Mapped[str] = mapped_column(String(16))
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16))  # pending | processing | valid | invalid
+    validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class AcmeNonce(Base):
+    """An anti-replay nonce (RFC 8555 6.5): stored, so any replica accepts it, once."""
+
+    __tablename__ = "acme_nonces"
+
+    value: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -49,7 +49,7 @@ def _rows() -> dict[str, list[str]]:
             in_key_table = True
         # Only rows of a key table count: a key's row pasted into another table (the flags
         # table) renders there as a flag that does not exist, its meaning cut off.
-        match = re.match(r"\| `([a-z][a-z.-]*)` \|(.*)\|$", line)
+        match = re.match(r"\| `([a-z][a-z0-9.-]*)` \|(.*)\|$", line)
         if match and in_key_table:
             rows[match.group(1)] = [cell.strip() for cell in match.group(2).split(" | ")]
     return rows

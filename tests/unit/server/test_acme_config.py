@@ -1,0 +1,71 @@
+"""The ``acme.*`` keys: defaults, variables, and each refused value naming where it came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from certctl.errors import InvalidRequest
+from certctl.server.config import load_config
+
+
+def test_acme_is_off_by_default_with_the_documented_defaults() -> None:
+    acme = load_config(None, {}).acme
+    assert (acme.enabled, acme.issuer, acme.validity) == (False, "default", "90D")
+    assert (acme.allowed_names, acme.http_01_port) == ([], 80)
+
+
+def test_the_variables_set_the_acme_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CERTCTL_ACME_ENABLED", "true")
+    monkeypatch.setenv("CERTCTL_ACME_ISSUER", "acme-ca")
+    monkeypatch.setenv("CERTCTL_ACME_VALIDITY", "30D")
+    monkeypatch.setenv("CERTCTL_ACME_HTTP_01_PORT", "5002")
+    acme = load_config(None, {}).acme
+    assert (acme.enabled, acme.issuer, acme.validity, acme.http_01_port) == (
+        True,
+        "acme-ca",
+        "30D",
+        5002,
+    )
+    monkeypatch.setenv("CERTCTL_ACME_ENABLED", "false")
+    assert load_config(None, {}).acme.enabled is False
+
+
+def test_a_switch_variable_other_than_true_or_false_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CERTCTL_ACME_ENABLED", "yes please")
+    with pytest.raises(InvalidRequest) as info:
+        load_config(None, {})
+    assert info.value.detail.startswith("CERTCTL_ACME_ENABLED='yes please': "), info.value.detail
+
+
+def test_allowed_names_load_lower_case(tmp_path: Path) -> None:
+    file = tmp_path / "certctl.yaml"
+    file.write_text(yaml.safe_dump({"acme": {"allowed-names": ["Web.Example.Internal", "*.A.B"]}}))
+    assert load_config(file, {}).acme.allowed_names == ["web.example.internal", "*.a.b"]
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"allowed-names": ["a.*.example"]}, "{file}: acme.allowed-names: a.*.example: invalid"),
+        ({"allowed-names": ["*.*.example"]}, "{file}: acme.allowed-names: *.example: wildcards"),
+        ({"allowed-names": ["bad_name.example"]}, "{file}: acme.allowed-names: bad_name"),
+        ({"http-01-port": 0}, "{file}: acme.http-01-port: "),
+        ({"http-01-port": 70000}, "{file}: acme.http-01-port: "),
+        ({"validity": "90X"}, "{file}: acme.validity: 90X: unknown"),
+        ({"enabled": "yes"}, "{file}: acme.enabled: "),
+        ({"issuer-id": "x"}, "{file}: acme.issuer-id: "),
+    ],
+)
+def test_refused_acme_values_name_the_key(
+    tmp_path: Path, doc: dict[str, object], message: str
+) -> None:
+    file = tmp_path / "certctl.yaml"
+    file.write_text(yaml.safe_dump({"acme": doc}))
+    with pytest.raises(InvalidRequest) as info:
+        load_config(file, {})
+    assert info.value.detail.startswith(message.format(file=file)), info.value.detail
