@@ -13,6 +13,7 @@
     ├── NotFound          404  also: missing input file
     ├── Conflict          409  already revoked, name taken, output exists
     ├── TooManyRequests   429  too many failed authentications from one address
+    ├── AcmeError         4xx  an ACME (RFC 8555) refusal: urn:ietf:params:acme:error:<type>
     └── Unavailable       503  a dependency (the Kubernetes API) is unreachable or failing
         └── StorageUnavailable  the database is full, read-only, failing or unreachable
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 from typing import Self
 
 __all__ = [
+    "AcmeError",
     "BadSignature",
     "CertctlError",
     "Conflict",
@@ -112,6 +114,19 @@ class PasswordRequired(InvalidRequest):
     def __init__(self, detail: str, *, pkcs12: bool = False) -> None:
         super().__init__(detail)
         self.pkcs12 = pkcs12
+
+
+class AcmeError(CertctlError):
+    """An ACME request refused (RFC 8555 6.7): ``acme_type`` is the error's last word.
+
+    ``malformed``, ``badNonce``, ``badCSR`` …: the ACME routes answer it as
+    ``urn:ietf:params:acme:error:<acme_type>`` with ``status``.
+    """
+
+    def __init__(self, detail: str, acme_type: str = "malformed", status: int = 400) -> None:
+        super().__init__(detail)
+        self.acme_type = acme_type
+        self.status = status
 
 
 class Unauthenticated(CertctlError):

@@ -7,6 +7,8 @@ from typing import Any
 
 from certctl.api.app import ROUTES
 from tests.api.conftest import Api, assert_problem
+from tests.api.test_acme import Acme, Raw
+from tests.api.test_acme import acme_on as acme_on  # the fixture, shared
 from tests.api.test_certificate_import import OpensslCa, _import_ca
 
 
@@ -166,3 +168,21 @@ def test_openapi_documents_the_200_of_adding_known_clients(api: Api) -> None:
     assert responses["201"]["headers"]["Location"]["required"] is True
     assert "headers" not in responses["200"]
     assert responses["200"]["content"] == responses["201"]["content"]
+
+
+def test_the_acme_201s_have_a_location_that_a_post_as_get_reads(acme_on: Acme) -> None:
+    # The ACME routes are mounted apart from ROUTES (api.acme_routes, with acme.enabled): their
+    # two 201s, new-account and new-order, name an absolute URL (RFC 8555 7.3, 7.4) that the
+    # account reads back with a POST-as-GET.
+    raw = Raw(acme_on)
+    account = raw.register()
+    assert account.startswith(f"{acme_on.base}/acme/account/")
+    shown = raw.post(account.split("/acme/", 1)[1], raw.jws(account, None))
+    assert (shown.status_code, shown.json()["status"]) == (200, "valid")
+    created = raw.new_order(["localhost"])
+    assert created.status_code == 201, created.text
+    order = created.headers["location"]
+    assert order.startswith(f"{acme_on.base}/acme/order/")
+    shown = raw.post(order.split("/acme/", 1)[1], raw.jws(order, None))
+    assert shown.status_code == 200, shown.text
+    assert shown.json() == created.json()

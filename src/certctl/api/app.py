@@ -54,6 +54,7 @@ from certctl.auth.kubernetes import TokenReviewAuthenticator
 from certctl.errors import CertctlError, PermissionDenied
 from certctl.metrics.registry import AUTH_FAILURES, HTTP_DURATION, HTTP_REQUESTS
 from certctl.services import audit
+from certctl.services.acme import AcmeSettings
 from certctl.services.context import Principal, Services
 from certctl.services.target_policy import TargetPolicy
 from certctl.store.db import (
@@ -395,12 +396,14 @@ def create_app(
     kubernetes_authenticator: TokenReviewAuthenticator | None = None,
     auth_failure_limiter: AuthFailureLimiter | None = None,
     service_policy: TargetPolicy | None = None,
+    acme: AcmeSettings | None = None,
 ) -> ASGIApp:
     """Build the ASGI app around ``services``; ``only_paths`` limits it to those routes.
 
     ``auth_failure_limiter`` (shared by every listener of one server) throttles addresses
     that fail to authenticate too often; None turns the throttle off. ``service_policy``
-    says which directory targets and reload commands a service editor may set.
+    says which directory targets and reload commands a service editor may set. ``acme``
+    (``acme.enabled``) mounts the ACME endpoint under ``/acme/``; None leaves it out (404).
     """
     auth = AuthSettings(
         services,
@@ -413,6 +416,10 @@ def create_app(
         for r in ROUTES
         if only_paths is None or r.path in only_paths
     ]
+    if acme is not None and only_paths is None:
+        from certctl.api.acme_routes import acme_routes
+
+        routes += acme_routes()
     app = Starlette(
         routes=routes,
         exception_handlers={
@@ -439,5 +446,11 @@ def create_app(
     app.state.keygens = anyio.CapacityLimiter(KEYGEN_THREADS)
     app.state.auth_reads = auth.reads
     app.state.failure_audits = auth.audits
+    app.state.acme = acme
+    if acme is not None:
+        from certctl.api.acme_routes import VALIDATION_LIMIT
+
+        app.state.acme_validations = anyio.CapacityLimiter(VALIDATION_LIMIT)
+        app.state.acme_tasks = set()
     app.state.ready = True
     return AccessLogAndLimits(app, json_logs=json_logs)

@@ -56,7 +56,8 @@ from certctl.server.tls import (
     serve_names_of,
 )
 from certctl.services import issuers
-from certctl.services.context import IssuerRevocation
+from certctl.services.acme import AcmeSettings, check_issuer
+from certctl.services.context import IssuerRevocation, Services
 from certctl.services.service_ca import ca_renewal_time
 from certctl.store.db import checkpoint, installation_id
 
@@ -140,6 +141,7 @@ class _Prepared:
     kube_auth: TokenReviewAuthenticator | None = None
     publish_ca: Callable[[], None] | None = None
     max_connections: int = 1
+    acme: AcmeSettings | None = None  # acme.enabled: the ACME endpoint's settings
 
 
 def _no_core_dumps() -> None:
@@ -212,6 +214,7 @@ def serve(config: ServerConfig) -> None:
     sockets = bind_listeners(config, config.workers)
     boot = bootstrap(config)
     warn_unknown_mapped_roles(config, boot.services)  # after bootstrap: the roles are stored
+    acme = acme_settings(config, boot.services)
     tls_dir = config.data_dir / "tls"
     prepared = _Prepared(
         config,
@@ -222,6 +225,7 @@ def serve(config: ServerConfig) -> None:
         parse_duration(config.cert_rotate_before),
         parse_duration(config.cert_validity),
         max_connections=max_connections,
+        acme=acme,
     )
     installation = installation_id(boot.services.engine)
     # Built before the key is announced, so their configuration errors surface first.
@@ -260,6 +264,33 @@ def serve(config: ServerConfig) -> None:
     ).run()
     if code:
         raise SystemExit(code)
+
+
+def acme_settings(config: ServerConfig, services: Services) -> AcmeSettings | None:
+    """The ACME endpoint's settings with ``acme.enabled``, its issuer checked; else None.
+
+    Raises:
+        InvalidRequest: ``acme.issuer`` names no issuer.
+    """
+    if not config.acme.enabled:
+        return None
+    settings = AcmeSettings(
+        issuer_id=config.acme.issuer,
+        validity=parse_duration(config.acme.validity),
+        allowed_names=tuple(config.acme.allowed_names),
+        http_01_port=config.acme.http_01_port,
+    )
+    check_issuer(services, settings)
+    names = ", ".join(settings.allowed_names) or "any DNS name that passes http-01"
+    log.info(
+        "ACME endpoint on at /acme/directory: issuer %s, validity %s, names: %s, "
+        "http-01 on port %d",
+        settings.issuer_id,
+        config.acme.validity,
+        names,
+        settings.http_01_port,
+    )
+    return settings
 
 
 def _renew_internal_ca(prepared: _Prepared, tls: ServerTLS | None) -> None:
@@ -454,6 +485,7 @@ def _serve_process(
         send_timeout_s=parse_duration(config.http.send_timeout).total_seconds(),
     )
     mappings = client_cert_mappings(config)
+    acme = prepared.acme
     app = create_app(
         services,
         client_cert_mappings=mappings,
@@ -461,6 +493,7 @@ def _serve_process(
         kubernetes_authenticator=kube_auth,
         auth_failure_limiter=limiter,
         service_policy=target_policy(config),
+        acme=acme,
     )
     host, port = config.host_port
     handshake_timeout_s = parse_duration(config.http.handshake_timeout).total_seconds()

@@ -1004,6 +1004,7 @@ _SWITCHES = {
     "notifications.webhook.allow-http": (
         "notifications:\n  webhook:\n    url: https://h.example/x\n    allow-http: {}\n"
     ),
+    "acme.enabled": "acme:\n  enabled: {}\n",
 }
 
 

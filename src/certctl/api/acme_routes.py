@@ -1,0 +1,530 @@
+"""The ACME (RFC 8555) endpoint under ``/acme/``: the JWS envelope, URLs and answers.
+
+Outside ``/api/v1`` on purpose: ACME clients are given a directory URL, and authenticate by
+JWS (an account key), never by a certctl API key. Mounted only with ``acme.enabled``; off,
+every ``/acme/`` path is a 404. The use cases are ``services.acme``.
+
+Every answer, error or not, carries a fresh ``Replay-Nonce``, ``Link: <directory>;rel="index"``
+and ``Cache-Control: no-store``; errors are problem documents of the ACME types
+(``urn:ietf:params:acme:error:*``) in the DESIGN shape (type, title, status, detail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from certctl.api._common import in_write_thread, json_bytes, services_of
+from certctl.api.access_log import logged_path_of
+from certctl.errors import (
+    AcmeError,
+    CertctlError,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    StorageUnavailable,
+    Unavailable,
+)
+from certctl.pki.jose import (
+    JwsPublicKey,
+    load_jwk,
+    parse_jws,
+    thumbprint,
+    verify_jws,
+)
+from certctl.services import acme
+from certctl.services.acme import AcmeSettings, AuthorizationView, ChallengeView, OrderView
+from certctl.services.acme_validation import fetch_http01
+from certctl.store.models import AcmeAccount
+
+__all__ = ["ACME_PREFIX", "VALIDATION_LIMIT", "acme_routes"]
+
+log = logging.getLogger("certctl.api")
+
+ACME_PREFIX = "/acme"
+# http-01 fetches at once per process: each holds a socket and up to 10 s.
+VALIDATION_LIMIT = 8
+_JOSE = "application/jose+json"
+
+# RFC 9457 3.1.3: one title per type (RFC 8555 6.7's descriptions, shortened).
+_TITLES = {
+    "accountDoesNotExist": "Account does not exist",
+    "alreadyRevoked": "Certificate already revoked",
+    "badCSR": "Bad CSR",
+    "badNonce": "Bad nonce",
+    "badPublicKey": "Bad public key",
+    "badRevocationReason": "Bad revocation reason",
+    "badSignatureAlgorithm": "Bad signature algorithm",
+    "conflict": "Conflict",
+    "connection": "Connection failure",
+    "incorrectResponse": "Incorrect response",
+    "invalidContact": "Invalid contact",
+    "malformed": "Malformed request",
+    "orderNotReady": "Order not ready",
+    "rejectedIdentifier": "Rejected identifier",
+    "serverInternal": "Server internal error",
+    "unauthorized": "Unauthorized",
+    "unsupportedContact": "Unsupported contact",
+    "unsupportedIdentifier": "Unsupported identifier",
+}
+
+
+def _problem(acme_type: str, status: int, detail: str) -> Response:
+    body = {
+        "type": f"urn:ietf:params:acme:error:{acme_type}",
+        "title": _TITLES.get(acme_type, "Error"),
+        "status": status,
+        "detail": detail[:500],
+    }
+    return Response(json_bytes(body), status, media_type="application/problem+json")
+
+
+def _from_error(exc: CertctlError) -> Response:
+    """The ACME problem of a refusal raised below (an AcmeError says its own type)."""
+    if isinstance(exc, AcmeError):
+        return _problem(exc.acme_type, exc.status, exc.detail)
+    if isinstance(exc, NotFound):
+        return _problem("malformed", 404, exc.detail)
+    if isinstance(exc, PermissionDenied):
+        return _problem("unauthorized", 403, exc.detail)
+    if isinstance(exc, Conflict):
+        return _problem("malformed", 409, exc.detail)
+    if isinstance(exc, InvalidRequest) or exc.status == 400:
+        return _problem("malformed", 400, exc.detail)
+    return _problem("serverInternal", exc.status if exc.status >= 500 else 500, exc.detail)
+
+
+def _base(request: Request) -> str:
+    """Where clients reach the server: ``public-url``, else the request's scheme and host."""
+    public = services_of(request).public_url
+    if public is not None:
+        return public.rstrip("/")
+    host = request.headers.get("host", "")
+    return f"{request.url.scheme}://{host}"
+
+
+def _url(request: Request, path: str) -> str:
+    return f"{_base(request)}{ACME_PREFIX}/{path}"
+
+
+def _time(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")  # RFC 3339, as RFC 8555 7.1 asks
+
+
+def _json(data: Any, status: int = 200, location: str | None = None) -> Response:
+    response = Response(json_bytes(data), status, media_type="application/json")
+    if location is not None:
+        response.headers["Location"] = location
+    return response
+
+
+@dataclass(frozen=True)
+class _Signed:
+    """A POST whose JWS verified and whose nonce was accepted."""
+
+    account: AcmeAccount | None  # a kid request's
+    key: JwsPublicKey
+    protected: dict[str, Any]
+    payload: Any  # None: POST-as-GET (empty payload); else the parsed JSON
+    raw_payload: bytes
+
+
+async def _run(request: Request, func: Callable[..., Any], *args: Any) -> Any:
+    return await in_write_thread(request, func, *args)
+
+
+async def _signed(request: Request, *, jwk: bool = False, kid: bool = True) -> _Signed:
+    """Check the JWS envelope (RFC 8555 6.2-6.5): content type, alg, url, key, signature, nonce.
+
+    Raises:
+        AcmeError: 415 for another content type, badSignatureAlgorithm, unauthorized (url),
+            malformed (jwk/kid misuse, bad signature), accountDoesNotExist, badNonce.
+    """
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != _JOSE:
+        raise AcmeError(f"Content-Type must be {_JOSE}", "malformed", 415)
+    message = parse_jws(await request.body())
+    protected = message.protected
+    expected = _base(request) + request.url.path
+    url = protected.get("url")
+    if url != expected:
+        shown = str(url)[:200] if url is not None else "missing"
+        raise AcmeError(
+            f"protected header url {shown} is not this request's URL {expected}",
+            "unauthorized",
+            401,
+        )
+    if ("jwk" in protected) == ("kid" in protected):
+        raise AcmeError("the protected header needs exactly one of jwk and kid")
+    account: AcmeAccount | None = None
+    if "jwk" in protected:
+        if not jwk:
+            raise AcmeError("this resource takes a kid (the account URL), not a jwk")
+        key = load_jwk(protected["jwk"])
+    else:
+        if not kid:
+            raise AcmeError("new-account takes a jwk (the account key), not a kid")
+        given = protected["kid"]
+        prefix = _url(request, "account/")
+        if not isinstance(given, str) or not given.startswith(prefix):
+            raise AcmeError(
+                f"kid {str(given)[:200]} is no account URL of this server", "accountDoesNotExist"
+            )
+        services = services_of(request)
+        account = await anyio.to_thread.run_sync(acme.find_account, services, given[len(prefix) :])
+        key = load_jwk(account.jwk)
+    verify_jws(message, key)
+    await _run(request, acme.consume_nonce, services_of(request), protected.get("nonce"))
+    payload: Any = None
+    if message.payload != b"":
+        try:
+            payload = json.loads(message.payload)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise AcmeError("the JWS payload is not JSON") from None
+        if not isinstance(payload, dict):
+            raise AcmeError("the JWS payload is not a JSON object")
+    if account is not None:
+        request.scope["certctl.actor"] = acme.account_actor(account.id)
+    return _Signed(account, key, protected, payload, message.payload)
+
+
+def _account_of(signed: _Signed) -> AcmeAccount:
+    assert signed.account is not None  # a kid request's
+    return signed.account
+
+
+def _post_as_get(signed: _Signed) -> None:
+    if signed.payload is not None:
+        raise AcmeError("POST-as-GET: the JWS payload must be empty")
+
+
+def _source(request: Request) -> str:
+    client = request.client
+    return client.host if client is not None else ""
+
+
+# --- representations ----------------------------------------------------------------------
+
+
+def _account_json(account: AcmeAccount) -> dict[str, Any]:
+    return {"status": account.status, "contact": list(account.contact)}
+
+
+def _order_json(request: Request, order: OrderView) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "status": order.status,
+        "expires": _time(order.expires),
+        "identifiers": [{"type": "dns", "value": name} for name in order.identifiers],
+        "authorizations": [_url(request, f"authz/{a}") for a in order.authorizations],
+        "finalize": _url(request, f"order/{order.id}/finalize"),
+    }
+    if order.certificate_id is not None and order.status == "valid":
+        data["certificate"] = _url(request, f"cert/{order.certificate_id}")
+    if order.error is not None:
+        data["error"] = order.error
+    return data
+
+
+def _challenge_json(request: Request, challenge: ChallengeView) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "type": challenge.type,
+        "url": _url(request, f"challenge/{challenge.id}"),
+        "token": challenge.token,
+        "status": challenge.status,
+    }
+    if challenge.validated is not None:
+        data["validated"] = _time(challenge.validated)
+    if challenge.error is not None:
+        data["error"] = challenge.error
+    return data
+
+
+def _authz_json(request: Request, authz: AuthorizationView) -> dict[str, Any]:
+    status = "invalid" if authz.status == "expired" else authz.status
+    return {
+        "identifier": {"type": "dns", "value": authz.identifier},
+        "status": status,
+        "expires": _time(authz.expires),
+        "challenges": [_challenge_json(request, c) for c in authz.challenges],
+    }
+
+
+# --- handlers -----------------------------------------------------------------------------
+
+
+async def directory(request: Request) -> Response:
+    return _json(
+        {
+            "newNonce": _url(request, "new-nonce"),
+            "newAccount": _url(request, "new-account"),
+            "newOrder": _url(request, "new-order"),
+            "revokeCert": _url(request, "revoke-cert"),
+            "keyChange": _url(request, "key-change"),
+            "meta": {"externalAccountRequired": False},
+        }
+    )
+
+
+async def new_nonce(request: Request) -> Response:
+    # RFC 8555 7.2: HEAD answers 200, GET 204; the nonce is added with every answer.
+    return Response(status_code=200 if request.method == "HEAD" else 204)
+
+
+async def new_account(request: Request) -> Response:
+    signed = await _signed(request, jwk=True, kid=False)
+    payload = signed.payload if signed.payload is not None else {}
+    account, created = await _run(
+        request,
+        acme.create_account,
+        services_of(request),
+        signed.protected["jwk"],
+        payload,
+        _source(request),
+    )
+    request.scope["certctl.actor"] = acme.account_actor(account.id)
+    location = _url(request, f"account/{account.id}")
+    return _json(_account_json(account), 201 if created else 200, location)
+
+
+async def account(request: Request) -> Response:
+    signed = await _signed(request)
+    own = _account_of(signed)
+    if own.id != request.path_params["id"]:
+        raise AcmeError("the kid names another account than the URL", "unauthorized", 403)
+    current = own
+    if signed.payload is not None:
+        current = await _run(
+            request,
+            acme.update_account,
+            services_of(request),
+            own,
+            signed.payload,
+            _source(request),
+        )
+    return _json(_account_json(current), location=_url(request, f"account/{own.id}"))
+
+
+async def new_order(request: Request) -> Response:
+    signed = await _signed(request)
+    if signed.payload is None:
+        raise AcmeError("new-order needs a payload with identifiers")
+    order = await _run(
+        request,
+        acme.new_order,
+        services_of(request),
+        _settings(request),
+        _account_of(signed),
+        signed.payload,
+        _source(request),
+    )
+    return _json(_order_json(request, order), 201, _url(request, f"order/{order.id}"))
+
+
+async def order(request: Request) -> Response:
+    signed = await _signed(request)
+    _post_as_get(signed)
+    view = await anyio.to_thread.run_sync(
+        acme.order_view, services_of(request), _account_of(signed), request.path_params["id"]
+    )
+    return _json(_order_json(request, view), location=_url(request, f"order/{view.id}"))
+
+
+async def finalize(request: Request) -> Response:
+    signed = await _signed(request)
+    if signed.payload is None:
+        raise AcmeError('finalize takes {"csr": base64url DER}')
+    view = await _run(
+        request,
+        acme.finalize_order,
+        services_of(request),
+        _settings(request),
+        _account_of(signed),
+        request.path_params["id"],
+        signed.payload,
+        _source(request),
+    )
+    return _json(_order_json(request, view), location=_url(request, f"order/{view.id}"))
+
+
+async def authorization(request: Request) -> Response:
+    signed = await _signed(request)
+    _post_as_get(signed)
+    view = await anyio.to_thread.run_sync(
+        acme.authorization_view,
+        services_of(request),
+        _account_of(signed),
+        request.path_params["id"],
+    )
+    return _json(_authz_json(request, view))
+
+
+async def challenge(request: Request) -> Response:
+    signed = await _signed(request)
+    services = services_of(request)
+    own = _account_of(signed)
+    challenge_id = request.path_params["id"]
+    if signed.payload is None:
+        view, _ = await anyio.to_thread.run_sync(acme.challenge_view, services, own, challenge_id)
+    elif signed.payload == {}:
+        view, name = await _run(request, acme.start_challenge, services, own, challenge_id)
+        if name is not None:
+            _spawn_validation(request, view, name, own)
+    else:
+        raise AcmeError("a challenge takes {} (respond) or an empty payload (POST-as-GET)")
+    response = _json(_challenge_json(request, view))
+    response.headers.append("Link", f'<{_url(request, f"authz/{view.authorization_id}")}>;rel="up"')
+    return response
+
+
+async def certificate(request: Request) -> Response:
+    signed = await _signed(request)
+    _post_as_get(signed)
+    pem = await anyio.to_thread.run_sync(
+        acme.certificate_chain, services_of(request), _account_of(signed), request.path_params["id"]
+    )
+    return Response(pem.encode(), 200, media_type="application/pem-certificate-chain")
+
+
+async def revoke_cert(request: Request) -> Response:
+    signed = await _signed(request, jwk=True)
+    if signed.payload is None:
+        raise AcmeError('revoke-cert takes {"certificate": base64url DER}')
+    await _run(
+        request,
+        acme.revoke,
+        services_of(request),
+        signed.account,
+        signed.key if signed.account is None else None,
+        signed.payload,
+        _source(request),
+    )
+    return Response(status_code=200)
+
+
+async def key_change(request: Request) -> Response:
+    """RFC 8555 7.3.5: the outer JWS by the old key (kid), the inner by the new one (jwk)."""
+    signed = await _signed(request)
+    own = _account_of(signed)
+    inner = parse_jws(signed.raw_payload)
+    protected = inner.protected
+    if "jwk" not in protected or "kid" in protected or "nonce" in protected:
+        raise AcmeError("the inner JWS has a jwk (the new key), and neither kid nor nonce")
+    if protected.get("url") != signed.protected["url"]:
+        raise AcmeError("the inner JWS's url is not the outer one's")
+    new_key = load_jwk(protected["jwk"])
+    verify_jws(inner, new_key)
+    try:
+        payload = json.loads(inner.payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise AcmeError("the inner JWS payload is not JSON") from None
+    if not isinstance(payload, dict) or set(payload) != {"account", "oldKey"}:
+        raise AcmeError('the inner payload is {"account": URL, "oldKey": JWK}')
+    if payload["account"] != signed.protected["kid"]:
+        raise AcmeError("the inner payload's account is not the outer kid", "unauthorized", 403)
+    if thumbprint(load_jwk(payload["oldKey"])) != own.thumbprint:
+        raise AcmeError("oldKey is not the account's current key", "unauthorized", 403)
+    changed = await _run(
+        request, acme.change_key, services_of(request), own, new_key, _source(request)
+    )
+    return _json(_account_json(changed), location=_url(request, f"account/{own.id}"))
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+def _settings(request: Request) -> AcmeSettings:
+    settings: AcmeSettings = request.app.state.acme
+    return settings
+
+
+def _spawn_validation(request: Request, view: ChallengeView, name: str, own: AcmeAccount) -> None:
+    """Validate off the request: the client polls the challenge or its authorization."""
+    state = request.app.state
+    services = services_of(request)
+    settings = _settings(request)
+    key_authorization = f"{view.token}.{own.thumbprint}"
+    source = _source(request)
+
+    async def validate() -> None:
+        try:
+            async with state.acme_validations:
+                error = await fetch_http01(
+                    name, settings.http_01_port, view.token, key_authorization
+                )
+            await anyio.to_thread.run_sync(
+                acme.record_validation, services, view.id, error, source, limiter=state.writes
+            )
+        except Exception:
+            # Left processing: the authorization expires (invalid) if nothing records it.
+            log.exception("http-01 validation of challenge %s could not be recorded", view.id)
+
+    task = asyncio.get_running_loop().create_task(validate())
+    tasks: set[asyncio.Task[None]] = state.acme_tasks
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+
+
+# --- routes -------------------------------------------------------------------------------
+
+
+def _endpoint(
+    path: str, handler: Callable[[Request], Awaitable[Response]]
+) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        scope = request.scope
+        scope["certctl.route"] = path
+        if "\x00" in scope["path"]:
+            raise InvalidRequest("NUL character in the request path")
+        try:
+            response = await handler(request)
+        except (StorageUnavailable, Unavailable):
+            raise  # the app's 503, with Retry-After: no nonce can be minted either
+        except CertctlError as exc:
+            if exc.status >= 500:
+                log.warning("ACME %s %s: %s", request.method, logged_path_of(scope), exc.detail)
+            response = _from_error(exc)
+        nonce = await in_write_thread(request, acme.mint_nonce, services_of(request))
+        response.headers["Replay-Nonce"] = nonce
+        response.headers.append("Link", f'<{_url(request, "directory")}>;rel="index"')
+        if "certctl.actor" not in scope:  # else the middleware adds it with the private set
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+_TABLE: tuple[tuple[str, str, Callable[[Request], Awaitable[Response]]], ...] = (
+    ("GET", "/directory", directory),
+    ("GET", "/new-nonce", new_nonce),  # Starlette answers HEAD on a GET route
+    ("POST", "/new-account", new_account),
+    ("POST", "/account/{id}", account),
+    ("POST", "/new-order", new_order),
+    ("POST", "/order/{id}", order),
+    ("POST", "/order/{id}/finalize", finalize),
+    ("POST", "/authz/{id}", authorization),
+    ("POST", "/challenge/{id}", challenge),
+    ("POST", "/cert/{id}", certificate),
+    ("POST", "/revoke-cert", revoke_cert),
+    ("POST", "/key-change", key_change),
+)
+
+
+def acme_routes() -> list[Route]:
+    """The ACME routes, for ``create_app`` to mount when ``acme.enabled``."""
+    return [
+        Route(ACME_PREFIX + path, _endpoint(ACME_PREFIX + path, handler), methods=[method])
+        for method, path, handler in _TABLE
+    ]

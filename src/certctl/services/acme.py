@@ -1,0 +1,881 @@
+"""ACME (RFC 8555) use cases: nonces, accounts, orders, http-01 results, finalize, revocation.
+
+The HTTP side (JWS envelope, URLs, status codes) is ``api.acme_routes``; the http-01 fetch is
+``services.acme_validation``. Everything here is synchronous and store-backed, so any replica
+of a PostgreSQL store answers any step. Certificates are issued by ``issuance`` (the API's CSR
+path, with its key and name policy) and revoked by ``certificates.revoke_certificate``, so
+they are listed, counted, audited and put on the CRL as every other certificate.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import delete, select, update
+
+from certctl.errors import AcmeError, Conflict, InvalidRequest, NotFound, PermissionDenied
+from certctl.pki.dns_names import validate_dns_name
+from certctl.pki.jose import JwsPublicKey, jwk_of, load_jwk, thumbprint
+from certctl.services.audit import record
+from certctl.services.certificates import revoke_certificate
+from certctl.services.context import Principal, Services
+from certctl.services.issuance import MAX_NAMES_PER_TYPE, new_id, prepare_from_csr
+from certctl.services.issuers import load_issuer, load_issuer_certificates
+from certctl.store.groupcommit import write_rows
+from certctl.store.models import (
+    AcmeAccount,
+    AcmeAuthorization,
+    AcmeChallenge,
+    AcmeNonce,
+    AcmeOrder,
+    CertificateRecord,
+)
+
+__all__ = [
+    "ACME_PROFILE",
+    "AcmeSettings",
+    "AuthorizationView",
+    "ChallengeView",
+    "OrderView",
+    "account_actor",
+    "authorization_view",
+    "certificate_chain",
+    "challenge_view",
+    "change_key",
+    "check_issuer",
+    "consume_nonce",
+    "create_account",
+    "finalize_order",
+    "find_account",
+    "mint_nonce",
+    "new_order",
+    "order_view",
+    "record_validation",
+    "revoke",
+    "start_challenge",
+    "update_account",
+]
+
+log = logging.getLogger("certctl.services.acme")
+
+# Leaves issued through ACME are TLS server certificates: the profile http-01 can vouch for.
+ACME_PROFILE = "server"
+NONCE_LIFETIME = timedelta(hours=1)
+ORDER_LIFETIME = timedelta(days=7)
+PENDING_AUTHZ_LIFETIME = timedelta(days=1)
+MAX_CONTACTS = 10
+# Expired nonces are swept by the mint that finds this many minted since the last sweep.
+_SWEEP_EVERY = 256
+_minted = [0]
+
+_REASONS = {
+    0: "unspecified",
+    1: "keyCompromise",
+    3: "affiliationChanged",
+    4: "superseded",
+    5: "cessationOfOperation",
+    6: "certificateHold",
+    9: "privilegeWithdrawn",
+}
+
+
+@dataclass(frozen=True)
+class AcmeSettings:
+    """The ``acme.*`` configuration, checked."""
+
+    issuer_id: str
+    validity: timedelta
+    allowed_names: tuple[str, ...] = ()
+    http_01_port: int = 80
+
+
+def _id() -> str:
+    return new_id()
+
+
+def account_actor(account_id: str) -> str:
+    """The actor an account's audited actions are recorded under."""
+    return f"acme:{account_id}"
+
+
+def _principal(account_id: str, source: str, permission: str) -> Principal:
+    # What the issuance and revocation services check: the ACME account holds exactly the
+    # permission of the one step it takes, and nothing of certctl's own names (issuance).
+    return Principal(account_actor(account_id), (), frozenset({permission}), "acme", source)
+
+
+def check_issuer(services: Services, settings: AcmeSettings) -> None:
+    """Refuse a start with ``acme.issuer`` naming no issuer (a clear line, not a 500 later).
+
+    Raises:
+        InvalidRequest: no such issuer.
+    """
+    try:
+        load_issuer_certificates(services, settings.issuer_id)
+    except NotFound:
+        raise InvalidRequest(
+            f"acme.issuer {settings.issuer_id}: no such issuer; create it "
+            "(POST /api/v1/issuers) or name an existing one (certctl issuers list)"
+        ) from None
+
+
+# --- nonces -------------------------------------------------------------------------------
+
+
+def mint_nonce(services: Services) -> str:
+    """A new nonce, stored, valid for an hour, accepted once by any replica."""
+    value = secrets.token_urlsafe(32)
+    now = services.clock()
+    with services.sessions.begin() as session:
+        session.add(AcmeNonce(value=value, expires=now + NONCE_LIFETIME))
+        _minted[0] += 1
+        if _minted[0] % _SWEEP_EVERY == 0:
+            session.execute(delete(AcmeNonce).where(AcmeNonce.expires <= now))
+    return value
+
+
+def consume_nonce(services: Services, value: object) -> None:
+    """Accept ``value`` once: its row is deleted by the one request that presents it.
+
+    Raises:
+        AcmeError: badNonce (missing, unknown, used already or expired).
+    """
+    if not isinstance(value, str) or not value or len(value) > 64:
+        raise AcmeError("the protected header holds no usable nonce", "badNonce")
+    now = services.clock()
+    with services.sessions.begin() as session:
+        gone = session.execute(
+            delete(AcmeNonce).where(AcmeNonce.value == value, AcmeNonce.expires > now)
+        )
+    if gone.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult's
+        raise AcmeError("nonce unknown, used already or expired; get a fresh one", "badNonce")
+
+
+# --- accounts -----------------------------------------------------------------------------
+
+
+def find_account(services: Services, account_id: str) -> AcmeAccount:
+    """The account ``account_id`` (a kid's last segment).
+
+    Raises:
+        AcmeError: accountDoesNotExist, or unauthorized for a deactivated account.
+    """
+    with services.sessions() as session:
+        account = session.get(AcmeAccount, account_id)
+    if account is None:
+        raise AcmeError(f"account {account_id[:40]} does not exist", "accountDoesNotExist")
+    if account.status != "valid":
+        raise AcmeError(f"account {account_id} is {account.status}", "unauthorized", 401)
+    return account
+
+
+def account_key(account: AcmeAccount) -> JwsPublicKey:
+    """The public key an account's requests are signed with."""
+    return load_jwk(account.jwk)
+
+
+def _checked_contact(contact: object) -> list[str]:
+    if contact is None:
+        return []
+    if not isinstance(contact, list) or not all(isinstance(c, str) for c in contact):
+        raise AcmeError("contact: expected a list of mailto: URLs")
+    if len(contact) > MAX_CONTACTS:
+        raise AcmeError(f"contact: {len(contact)} entries; at most {MAX_CONTACTS}")
+    for item in contact:
+        if not item.lower().startswith("mailto:"):
+            raise AcmeError(f"{item[:60]}: only mailto: contacts", "unsupportedContact")
+        address = item[7:]
+        if (
+            "@" not in address
+            or len(address) > 254
+            or any(c in address for c in ",?<> \t\r\n")
+            or not address.isprintable()
+        ):
+            raise AcmeError(f"{item[:60]}: not one e-mail address", "invalidContact")
+    return list(contact)
+
+
+def create_account(
+    services: Services, jwk: dict[str, Any], payload: dict[str, Any], source: str
+) -> tuple[AcmeAccount, bool]:
+    """The account of ``jwk``'s key, made now unless it exists (RFC 8555 7.3); and whether new.
+
+    Raises:
+        AcmeError: accountDoesNotExist for ``onlyReturnExisting`` without one; malformed,
+            unsupportedContact or invalidContact for a bad ``contact``.
+    """
+    key = load_jwk(jwk)
+    print_ = thumbprint(key)
+    with services.sessions() as session:
+        existing = session.scalar(select(AcmeAccount).where(AcmeAccount.thumbprint == print_))
+    if existing is not None:
+        return existing, False
+    if payload.get("onlyReturnExisting") is True:
+        raise AcmeError("no account for this key", "accountDoesNotExist")
+    contact = _checked_contact(payload.get("contact"))
+    now = services.clock()
+    account = AcmeAccount(
+        id=_id(),
+        thumbprint=print_,
+        jwk=jwk_of(key),
+        status="valid",
+        contact=contact,
+        created_at=now,
+    )
+    with services.sessions.begin() as session:
+        session.add(account)
+        record(
+            session,
+            at=now,
+            actor=account_actor(account.id),
+            action="acme.account.create",
+            target=account.id,
+            source=source,
+            detail=f"thumbprint {print_}",
+        )
+    return account, True
+
+
+def update_account(
+    services: Services, account: AcmeAccount, payload: dict[str, Any], source: str
+) -> AcmeAccount:
+    """Apply an account update (RFC 8555 7.3.2, 7.3.6): ``contact``, ``status: deactivated``.
+
+    An empty payload (``{}`` or POST-as-GET) changes nothing.
+
+    Raises:
+        AcmeError: malformed (another status), or a bad contact.
+    """
+    status = payload.get("status")
+    if status is not None and status != "deactivated":
+        raise AcmeError(f"status: {str(status)[:20]!r}; a client may set deactivated only")
+    contact = _checked_contact(payload["contact"]) if "contact" in payload else None
+    if status is None and contact is None:
+        return account
+    now = services.clock()
+    with services.sessions.begin() as session:
+        row = session.get(AcmeAccount, account.id, with_for_update=True)
+        if row is None or row.status != "valid":
+            raise AcmeError(f"account {account.id} is deactivated", "unauthorized", 401)
+        if contact is not None:
+            row.contact = contact
+        if status is not None:
+            row.status = "deactivated"
+        record(
+            session,
+            at=now,
+            actor=account_actor(account.id),
+            action="acme.account.deactivate" if status else "acme.account.update",
+            target=account.id,
+            source=source,
+        )
+    return row
+
+
+def change_key(
+    services: Services, account: AcmeAccount, new_key: JwsPublicKey, source: str
+) -> AcmeAccount:
+    """Give ``account`` another key (RFC 8555 7.3.5), checked by the caller's nested JWS.
+
+    Raises:
+        AcmeError: conflict (409) when another account holds the new key.
+    """
+    print_ = thumbprint(new_key)
+    now = services.clock()
+    with services.sessions.begin() as session:
+        holder = session.scalar(select(AcmeAccount.id).where(AcmeAccount.thumbprint == print_))
+        if holder is not None:
+            raise AcmeError(f"the new key is account {holder}'s already", "conflict", 409)
+        row = session.get(AcmeAccount, account.id, with_for_update=True)
+        if row is None or row.status != "valid":
+            raise AcmeError(f"account {account.id} is deactivated", "unauthorized", 401)
+        old = row.thumbprint
+        row.thumbprint = print_
+        row.jwk = jwk_of(new_key)
+        record(
+            session,
+            at=now,
+            actor=account_actor(account.id),
+            action="acme.account.key-change",
+            target=account.id,
+            source=source,
+            detail=f"thumbprint {old} -> {print_}",
+        )
+    return row
+
+
+# --- orders -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChallengeView:
+    """A challenge as the client sees it."""
+
+    id: str
+    authorization_id: str
+    type: str
+    token: str
+    status: str
+    validated: datetime | None
+    error: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class AuthorizationView:
+    """An authorization as the client sees it (status after expiry)."""
+
+    id: str
+    order_id: str
+    identifier: str
+    status: str
+    expires: datetime
+    challenges: tuple[ChallengeView, ...]
+
+
+@dataclass(frozen=True)
+class OrderView:
+    """An order as the client sees it (status after expiry)."""
+
+    id: str
+    account_id: str
+    status: str
+    expires: datetime
+    identifiers: tuple[str, ...]
+    authorizations: tuple[str, ...]
+    certificate_id: str | None
+    error: dict[str, Any] | None
+
+
+def _allowed(name: str, patterns: tuple[str, ...]) -> bool:
+    if not patterns:
+        return True
+    for pattern in patterns:
+        if pattern.startswith("*."):
+            if name.endswith(pattern[1:]):  # one label or more below it
+                return True
+        elif name == pattern:
+            return True
+    return False
+
+
+def _checked_identifiers(payload: dict[str, Any], settings: AcmeSettings) -> list[str]:
+    identifiers = payload.get("identifiers")
+    if not isinstance(identifiers, list) or not identifiers:
+        raise AcmeError("identifiers: expected a non-empty list")
+    if len(identifiers) > MAX_NAMES_PER_TYPE:
+        raise AcmeError(f"identifiers: {len(identifiers)}; at most {MAX_NAMES_PER_TYPE}")
+    names: list[str] = []
+    for item in identifiers:
+        if not isinstance(item, dict) or set(item) != {"type", "value"}:
+            raise AcmeError('identifiers: each is {"type": "dns", "value": NAME}')
+        kind, value = item["type"], item["value"]
+        if not isinstance(kind, str) or not isinstance(value, str):
+            raise AcmeError('identifiers: each is {"type": "dns", "value": NAME}')
+        if kind == "ip":
+            raise AcmeError(
+                f"{value[:60]}: IP identifiers are not issued here (http-01 on a name only)",
+                "rejectedIdentifier",
+            )
+        if kind != "dns":
+            raise AcmeError(f"identifier type {kind[:20]!r} not supported", "unsupportedIdentifier")
+        if value.startswith("*"):
+            raise AcmeError(
+                f"{value[:60]}: wildcards need dns-01, which certctl does not offer "
+                "(http-01 cannot prove a wildcard)",
+                "rejectedIdentifier",
+            )
+        try:
+            name = validate_dns_name(value, allow_wildcard=False)
+        except InvalidRequest as exc:
+            raise AcmeError(exc.detail, "rejectedIdentifier") from None
+        if name != value:
+            # RFC 8555 7.1.4: the value as a client would find it in the certificate.
+            raise AcmeError(
+                f"{value[:60]}: give DNS names lower-case, as A-labels, without a final dot"
+                f" ({name})",
+                "rejectedIdentifier",
+            )
+        if not _allowed(name, settings.allowed_names):
+            raise AcmeError(
+                f"{name}: not among the names this server issues for (acme.allowed-names)",
+                "rejectedIdentifier",
+            )
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def new_order(
+    services: Services,
+    settings: AcmeSettings,
+    account: AcmeAccount,
+    payload: dict[str, Any],
+    source: str,
+) -> OrderView:
+    """Make an order, with one pending authorization (one http-01 challenge) per name.
+
+    Raises:
+        AcmeError: malformed (no identifiers, notBefore/notAfter), rejectedIdentifier (a
+            wildcard, an IP, a name outside acme.allowed-names), unsupportedIdentifier.
+    """
+    unknown = set(payload) - {"identifiers", "notBefore", "notAfter"}
+    if unknown:
+        raise AcmeError(f"unknown member(s) {', '.join(sorted(unknown))[:80]} in the order")
+    if "notBefore" in payload or "notAfter" in payload:
+        raise AcmeError(
+            "notBefore and notAfter are not supported: every certificate is valid from its "
+            f"issuance for acme.validity ({settings.validity.days} days)"
+        )
+    names = _checked_identifiers(payload, settings)
+    now = services.clock()
+    order = AcmeOrder(
+        id=_id(),
+        account_id=account.id,
+        status="pending",
+        identifiers=[{"type": "dns", "value": n} for n in names],
+        expires=now + ORDER_LIFETIME,
+        certificate_id=None,
+        error=None,
+        created_at=now,
+    )
+    with services.sessions.begin() as session:
+        session.add(order)
+        session.flush()  # the order before its authorizations (PostgreSQL checks the FK)
+        for name in names:
+            authz = AcmeAuthorization(
+                id=_id(),
+                order_id=order.id,
+                identifier=name,
+                status="pending",
+                expires=now + PENDING_AUTHZ_LIFETIME,
+            )
+            session.add(authz)
+            session.flush()
+            session.add(
+                AcmeChallenge(
+                    id=_id(),
+                    authorization_id=authz.id,
+                    type="http-01",
+                    token=secrets.token_urlsafe(32),
+                    status="pending",
+                    validated_at=None,
+                    error=None,
+                )
+            )
+        record(
+            session,
+            at=now,
+            actor=account_actor(account.id),
+            action="acme.order.create",
+            target=order.id,
+            source=source,
+            detail=", ".join(names)[:400],
+        )
+    return order_view(services, account, order.id)
+
+
+def _owned_order(session: Any, account: AcmeAccount, order_id: str) -> AcmeOrder:
+    order = session.get(AcmeOrder, order_id)
+    if order is None or order.account_id != account.id:
+        # Another account's order is no more visible than one that does not exist.
+        raise AcmeError(f"order {order_id[:40]} not found", "malformed", 404)
+    assert isinstance(order, AcmeOrder)
+    return order
+
+
+def _authz_status(authz: AcmeAuthorization, now: datetime) -> str:
+    if authz.status == "pending" and authz.expires <= now:
+        return "expired"
+    return authz.status
+
+
+def _order_status(order: AcmeOrder, authzs: list[AcmeAuthorization], now: datetime) -> str:
+    if order.status in ("pending", "ready") and order.expires <= now:
+        return "invalid"  # RFC 8555 7.1.6: an expired order is invalid
+    if order.status == "pending" and any(_authz_status(a, now) == "expired" for a in authzs):
+        return "invalid"
+    return order.status
+
+
+def order_view(services: Services, account: AcmeAccount, order_id: str) -> OrderView:
+    """The order ``order_id`` of ``account``, its status as of now.
+
+    Raises:
+        AcmeError: 404 malformed for an order of another account or none.
+    """
+    now = services.clock()
+    with services.sessions() as session:
+        order = _owned_order(session, account, order_id)
+        authzs = list(
+            session.scalars(
+                select(AcmeAuthorization)
+                .where(AcmeAuthorization.order_id == order.id)
+                .order_by(AcmeAuthorization.id)
+            )
+        )
+    return OrderView(
+        id=order.id,
+        account_id=order.account_id,
+        status=_order_status(order, authzs, now),
+        expires=order.expires,
+        identifiers=tuple(i["value"] for i in order.identifiers),
+        authorizations=tuple(a.id for a in authzs),
+        certificate_id=order.certificate_id,
+        error=order.error,
+    )
+
+
+def _challenge_view(challenge: AcmeChallenge, authz_status: str) -> ChallengeView:
+    status = challenge.status
+    if authz_status == "expired" and status in ("pending", "processing"):
+        status = "invalid"
+    return ChallengeView(
+        id=challenge.id,
+        authorization_id=challenge.authorization_id,
+        type=challenge.type,
+        token=challenge.token,
+        status=status,
+        validated=challenge.validated_at,
+        error=challenge.error,
+    )
+
+
+def _owned_authz(session: Any, account: AcmeAccount, authz_id: str) -> AcmeAuthorization:
+    authz = session.get(AcmeAuthorization, authz_id)
+    if authz is not None:
+        order = session.get(AcmeOrder, authz.order_id)
+        if order is not None and order.account_id == account.id:
+            assert isinstance(authz, AcmeAuthorization)
+            return authz
+    raise AcmeError(f"authorization {authz_id[:40]} not found", "malformed", 404)
+
+
+def authorization_view(
+    services: Services, account: AcmeAccount, authz_id: str
+) -> AuthorizationView:
+    """The authorization ``authz_id`` of one of ``account``'s orders, as of now.
+
+    Raises:
+        AcmeError: 404 malformed for another account's or none.
+    """
+    now = services.clock()
+    with services.sessions() as session:
+        authz = _owned_authz(session, account, authz_id)
+        challenges = list(
+            session.scalars(select(AcmeChallenge).where(AcmeChallenge.authorization_id == authz.id))
+        )
+    status = _authz_status(authz, now)
+    return AuthorizationView(
+        id=authz.id,
+        order_id=authz.order_id,
+        identifier=authz.identifier,
+        status=status,
+        expires=authz.expires,
+        challenges=tuple(_challenge_view(c, status) for c in challenges),
+    )
+
+
+def challenge_view(
+    services: Services, account: AcmeAccount, challenge_id: str
+) -> tuple[ChallengeView, str]:
+    """The challenge ``challenge_id`` and its identifier (the name to validate).
+
+    Raises:
+        AcmeError: 404 malformed for another account's or none.
+    """
+    now = services.clock()
+    with services.sessions() as session:
+        challenge = session.get(AcmeChallenge, challenge_id)
+        if challenge is None:
+            raise AcmeError(f"challenge {challenge_id[:40]} not found", "malformed", 404)
+        authz = _owned_authz(session, account, challenge.authorization_id)
+    return _challenge_view(challenge, _authz_status(authz, now)), authz.identifier
+
+
+def start_challenge(
+    services: Services, account: AcmeAccount, challenge_id: str
+) -> tuple[ChallengeView, str | None]:
+    """Mark a pending challenge ``processing`` (RFC 8555 7.5.1).
+
+    Returns:
+        The challenge as now, and the name to validate when this request started it (None
+        when it was started before, or is over: answered as it is).
+
+    Raises:
+        AcmeError: 404 malformed for another account's or none.
+    """
+    view, name = challenge_view(services, account, challenge_id)
+    if view.status != "pending":
+        return view, None
+    with services.sessions.begin() as session:
+        started = session.execute(
+            update(AcmeChallenge)
+            .where(AcmeChallenge.id == challenge_id, AcmeChallenge.status == "pending")
+            .values(status="processing")
+        )
+    if started.rowcount != 1:  # type: ignore[attr-defined]  # another request started it
+        return challenge_view(services, account, challenge_id)[0], None
+    return challenge_view(services, account, challenge_id)[0], name
+
+
+def record_validation(
+    services: Services, challenge_id: str, error: dict[str, Any] | None, source: str
+) -> None:
+    """Record an http-01 result: challenge and authorization valid or invalid, and the order.
+
+    The order becomes ``ready`` once every authorization is valid, ``invalid`` at the first
+    invalid one (RFC 8555 7.1.6).
+    """
+    now = services.clock()
+    with services.sessions.begin() as session:
+        challenge = session.get(AcmeChallenge, challenge_id, with_for_update=True)
+        if challenge is None or challenge.status != "processing":
+            return
+        authz = session.get(AcmeAuthorization, challenge.authorization_id, with_for_update=True)
+        assert authz is not None  # the foreign key
+        order = session.get(AcmeOrder, authz.order_id, with_for_update=True)
+        assert order is not None
+        challenge.status = "invalid" if error else "valid"
+        challenge.error = error
+        if error is None:
+            challenge.validated_at = now
+            authz.status = "valid"
+            authz.expires = order.expires
+        else:
+            authz.status = "invalid"
+        session.flush()
+        if order.status == "pending":
+            statuses = list(
+                session.scalars(
+                    select(AcmeAuthorization.status).where(AcmeAuthorization.order_id == order.id)
+                )
+            )
+            if "invalid" in statuses:
+                order.status = "invalid"
+                order.error = error
+            elif all(s == "valid" for s in statuses):
+                order.status = "ready"
+        account_id = order.account_id
+        record(
+            session,
+            at=now,
+            actor=account_actor(account_id),
+            action="acme.challenge.validate",
+            target=f"{challenge.id} {authz.identifier}",
+            outcome="failure" if error else "success",
+            source=source,
+            detail=str(error.get("detail", ""))[:400] if error else "",
+        )
+
+
+# --- finalize, download, revoke -----------------------------------------------------------
+
+
+def _csr_names(csr: x509.CertificateSigningRequest) -> set[str]:
+    names: set[str] = set()
+    try:
+        ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        san = None
+    except ValueError as exc:
+        raise AcmeError(f"CSR extensions unreadable ({exc})", "badCSR") from None
+    else:
+        san = ext.value
+    if san is not None:
+        for general in san:
+            if not isinstance(general, x509.DNSName):
+                raise AcmeError(
+                    f"CSR names {type(general).__name__} {str(general.value)[:60]}; an order "
+                    "holds DNS names only",
+                    "badCSR",
+                )
+            names.add(general.value.lower())
+    for attr in csr.subject:
+        if attr.oid != x509.NameOID.COMMON_NAME:
+            continue
+        value = attr.value if isinstance(attr.value, str) else attr.value.decode(errors="replace")
+        names.add(value.lower())
+    return names
+
+
+def finalize_order(
+    services: Services,
+    settings: AcmeSettings,
+    account: AcmeAccount,
+    order_id: str,
+    payload: dict[str, Any],
+    source: str,
+) -> OrderView:
+    """Issue the order's certificate from the CSR (RFC 8555 7.4), synchronously.
+
+    The CSR's names (its SAN DNS names and its CN, which may be left out) must be the
+    order's, no more and no fewer. Issuance is the API's CSR path (signature, key policy,
+    certctl's own names), by the account as ``acme:<id>`` holding ``cert.issue``.
+
+    Raises:
+        AcmeError: orderNotReady, badCSR, 404 malformed for another account's order.
+    """
+    from certctl.pki.jose import b64url_decode
+
+    view = order_view(services, account, order_id)
+    if view.status != "ready":
+        raise AcmeError(
+            f"order {order_id} is {view.status}; finalize it once every authorization is valid",
+            "orderNotReady",
+            403,
+        )
+    if set(payload) != {"csr"}:
+        raise AcmeError('finalize takes {"csr": base64url DER}')
+    der = b64url_decode(payload["csr"], "csr")
+    try:
+        csr = x509.load_der_x509_csr(der)
+    except ValueError:
+        raise AcmeError("csr: not a DER certificate signing request", "badCSR") from None
+    names = _csr_names(csr)
+    wanted = set(view.identifiers)
+    if names != wanted:
+        extra, missing = sorted(names - wanted), sorted(wanted - names)
+        said = [f"names {', '.join(extra)[:200]} not in the order"] if extra else []
+        said += [f"leaves out {', '.join(missing)[:200]}"] if missing else []
+        raise AcmeError(f"the CSR {' and '.join(said)}", "badCSR")
+    pem = csr.public_bytes(serialization.Encoding.PEM).decode()
+    principal = _principal(account.id, source, "cert.issue")
+    try:
+        pending = prepare_from_csr(
+            services,
+            principal,
+            issuer_id=settings.issuer_id,
+            csr_pem=pem,
+            profile=ACME_PROFILE,
+            validity=settings.validity,
+        )
+    except PermissionDenied as exc:  # certctl's own server names under its CA
+        raise AcmeError(exc.detail, "rejectedIdentifier", 403) from None
+    except InvalidRequest as exc:  # the signature, a weak key, a name the profile refuses
+        raise AcmeError(exc.detail, "badCSR") from None
+    except Conflict as exc:  # the issuer expired or was revoked: nothing the client can fix
+        raise AcmeError(exc.detail, "serverInternal", 500) from None
+    with services.engine.begin() as connection:
+        write_rows(connection, pending.rows)
+        done = connection.execute(
+            update(AcmeOrder)
+            .where(AcmeOrder.id == order_id, AcmeOrder.status == "ready")
+            .values(status="valid", certificate_id=pending.record.id)
+        )
+        if done.rowcount != 1:
+            # Finalized by a concurrent request: this transaction (its certificate) rolls back.
+            raise AcmeError(f"order {order_id} was finalized already", "orderNotReady", 403)
+    result = pending.finish()
+    for warning in result.warnings:
+        if "clipped" in warning and services.logged.first(("acme-clipped", settings.issuer_id)):
+            log.warning("acme.validity: %s (said once)", warning)
+    return order_view(services, account, order_id)
+
+
+def certificate_chain(services: Services, account: AcmeAccount, cert_id: str) -> str:
+    """The leaf and the chain below the root (as the API's ``chain_pem``), else the root; PEM.
+
+    Raises:
+        AcmeError: 404 malformed for a certificate no order of ``account`` holds.
+    """
+    with services.sessions() as session:
+        owned = session.scalar(
+            select(AcmeOrder.id).where(
+                AcmeOrder.certificate_id == cert_id, AcmeOrder.account_id == account.id
+            )
+        )
+        row = session.get(CertificateRecord, cert_id) if owned else None
+    if row is None:
+        raise AcmeError(f"certificate {cert_id[:40]} not found", "malformed", 404)
+    ca = load_issuer(services, row.issuer_id)
+    chain = ca.chain_below_root_pem
+    if not chain:
+        # A root issuer: its chain below the root is empty, and certbot refuses a fullchain
+        # of fewer than two certificates (cert_and_chain_from_fullchain). The root then.
+        chain = ca.root.public_bytes(serialization.Encoding.PEM)
+    return row.certificate_pem + chain.decode()
+
+
+def _spki(key: Any) -> bytes:
+    return bytes(
+        key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+def revoke(
+    services: Services,
+    account: AcmeAccount | None,
+    key: JwsPublicKey | None,
+    payload: dict[str, Any],
+    source: str,
+) -> None:
+    """Revoke a certificate (RFC 8555 7.6) through the revocation service (CRL, audit).
+
+    Allowed to the account whose order holds it (``account``), or to a request signed by
+    the certificate's own key (``key``, a jwk request).
+
+    Raises:
+        AcmeError: malformed (the body, a certificate certctl did not issue), badRevocationReason,
+            unauthorized (another account's, another key), alreadyRevoked.
+    """
+    from certctl.pki import format_serial
+    from certctl.pki.jose import b64url_decode
+
+    unknown = set(payload) - {"certificate", "reason"}
+    if unknown or "certificate" not in payload:
+        raise AcmeError('revoke-cert takes {"certificate": base64url DER, "reason"?: code}')
+    reason_code = payload.get("reason", 0)
+    if isinstance(reason_code, bool) or not isinstance(reason_code, int):
+        raise AcmeError("reason: expected an RFC 5280 reason code", "badRevocationReason")
+    if reason_code not in _REASONS:
+        raise AcmeError(f"reason {reason_code}: not a reason certctl takes", "badRevocationReason")
+    der = b64url_decode(payload["certificate"], "certificate")
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        raise AcmeError("certificate: not a DER certificate") from None
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    with services.sessions() as session:
+        row = session.scalar(
+            select(CertificateRecord).where(
+                CertificateRecord.serial == format_serial(cert.serial_number),
+                CertificateRecord.certificate_pem == pem,
+            )
+        )
+        orders = (
+            list(
+                session.scalars(
+                    select(AcmeOrder.account_id).where(AcmeOrder.certificate_id == row.id)
+                )
+            )
+            if row is not None
+            else []
+        )
+    if row is None:
+        raise AcmeError("certificate: not one this server issued", "malformed", 404)
+    if account is not None:
+        if account.id not in orders:
+            raise AcmeError(
+                "this account did not order that certificate; sign with its key instead",
+                "unauthorized",
+                403,
+            )
+        actor = account.id
+    else:
+        assert key is not None
+        if _spki(key) != _spki(cert.public_key()):
+            raise AcmeError("the JWS is not signed by the certificate's key", "unauthorized", 403)
+        actor = orders[0] if orders else f"key-{thumbprint(key)[:16]}"
+    principal = _principal(actor, source, "cert.revoke")
+    try:
+        revoke_certificate(services, principal, row.id, _REASONS[reason_code])
+    except Conflict as exc:
+        raise AcmeError(exc.detail, "alreadyRevoked") from None

@@ -1,0 +1,81 @@
+"""http-01 validation (RFC 8555 8.3): fetch the token from the name, compare the answer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+__all__ = ["MAX_BODY", "MAX_REDIRECTS", "TIMEOUT_S", "fetch_http01"]
+
+log = logging.getLogger("certctl.services.acme")
+
+TIMEOUT_S = 10.0
+MAX_BODY = 8 * 1024
+MAX_REDIRECTS = 10
+
+
+def _problem(acme_type: str, detail: str) -> dict[str, Any]:
+    # Stored on the challenge and shown to the client as its "error" (RFC 8555 8).
+    return {"type": f"urn:ietf:params:acme:error:{acme_type}", "detail": detail, "status": 400}
+
+
+async def fetch_http01(
+    name: str, port: int, token: str, key_authorization: str
+) -> dict[str, Any] | None:
+    """GET ``http://name:port/.well-known/acme-challenge/<token>``; None when it answers right.
+
+    At most ``TIMEOUT_S`` in all, ``MAX_BODY`` bytes read and ``MAX_REDIRECTS`` redirects
+    followed (to http or https, whose certificate is not checked: the token is what proves
+    control, as Let's Encrypt does). No proxy from the environment: the name is to be reached
+    as its DNS says, from this server.
+
+    Returns:
+        The ACME problem to record: ``connection`` (nothing answered, a timeout, too many
+        redirects) or ``incorrectResponse`` (a status other than 200, another body).
+    """
+    import anyio
+    import httpx
+
+    port_part = "" if port == 80 else f":{port}"
+    url = f"http://{name}{port_part}/.well-known/acme-challenge/{token}"
+    try:
+        with anyio.fail_after(TIMEOUT_S):
+            async with (
+                httpx.AsyncClient(
+                    follow_redirects=True,
+                    max_redirects=MAX_REDIRECTS,
+                    trust_env=False,
+                    verify=False,  # see above: the token is the proof
+                    timeout=TIMEOUT_S,
+                ) as client,
+                client.stream("GET", url, headers={"Accept": "*/*"}) as response,
+            ):
+                if response.status_code != 200:
+                    return _problem(
+                        "incorrectResponse",
+                        f"{url} answered HTTP {response.status_code}, not 200",
+                    )
+                body = b""
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_BODY:
+                        return _problem(
+                            "incorrectResponse", f"{url} answered over {MAX_BODY} bytes"
+                        )
+    except TimeoutError:
+        return _problem("connection", f"{url}: no answer within {TIMEOUT_S:.0f} s")
+    except httpx.TooManyRedirects:
+        return _problem("connection", f"{url}: more than {MAX_REDIRECTS} redirects")
+    except httpx.HTTPError as exc:
+        reason = str(exc) or type(exc).__name__
+        return _problem("connection", f"{url}: {reason[:200]}")
+    answer = body.decode("utf-8", errors="replace").rstrip()
+    if answer != key_authorization:
+        # The expected value is no secret (the token and the account key's thumbprint), but
+        # a body can be anything: quoted short, never whole.
+        shown = answer[:80] + ("…" if len(answer) > 80 else "")
+        return _problem(
+            "incorrectResponse",
+            f"{url} answered {shown!r}, not the key authorization {key_authorization!r}",
+        )
+    return None

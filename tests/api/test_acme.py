@@ -1,0 +1,723 @@
+"""The ACME endpoint (RFC 8555) against certbot's own ``acme`` client library, on both stores.
+
+The app runs under uvicorn on a loopback port (plain HTTP, in a thread) so that a real client
+library speaks to it, and http-01 is answered by a small real HTTP server on 127.0.0.1. ACME
+certificates come from issuer ``acme-ca`` (a root of its own): ``localhost``, the name that
+resolves to 127.0.0.1, is one of certctl's own server names, which its internal CA signs for
+no ACME account (tested below).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import josepy as jose
+import pytest
+import requests
+import uvicorn
+from acme import challenges, client, crypto_util, errors, messages
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from certctl.api.app import create_app
+from certctl.services.acme import AcmeSettings
+from certctl.services.context import Services
+from certctl.store.db import create_store_engine, session_factory
+from tests._tools import free_port, ok, run
+from tests.api.conftest import Api
+
+ISSUER = "acme-ca"
+NAME = "localhost"
+ERR = "urn:ietf:params:acme:error:"
+
+
+# --- servers ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """``app`` under uvicorn on a free loopback port, in a thread; yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, lifespan="off", access_log=False, log_config=None
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+class Http01Server:
+    """A tiny HTTP server on 127.0.0.1 answering ``/.well-known/acme-challenge/<token>``."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, bytes] = {}
+        self.hits: list[str] = []
+        answers, hits = self.answers, self.hits
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hits.append(self.path)
+                token = self.path.rsplit("/", 1)[-1]
+                body = answers.get(token)
+                if body is None or not self.path.startswith("/.well-known/acme-challenge/"):
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Acme:
+    """The certctl app with ACME on, its base URL, and the http-01 responder."""
+
+    api: Api
+    base: str
+    http01: Http01Server
+    settings: AcmeSettings
+    keys: list[Any] = field(default_factory=list)
+
+    @property
+    def directory_url(self) -> str:
+        return f"{self.base}/acme/directory"
+
+    def client(self, key: jose.JWK | None = None, alg: Any = jose.ES256) -> client.ClientV2:
+        if key is None:
+            key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+        net = client.ClientNetwork(key, alg=alg, user_agent="certctl-tests")
+        return client.ClientV2(client.ClientV2.get_directory(self.directory_url, net), net)
+
+    def register(self, acme_client: client.ClientV2) -> messages.RegistrationResource:
+        return acme_client.new_account(
+            messages.NewRegistration.from_data(
+                email="ops@example.internal", terms_of_service_agreed=True
+            )
+        )
+
+    def order(
+        self, acme_client: client.ClientV2, names: list[str]
+    ) -> tuple[messages.OrderResource, bytes]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        csr = crypto_util.make_csr(key_pem, names)
+        return acme_client.new_order(csr), csr
+
+    def answer(self, acme_client: client.ClientV2, order: messages.OrderResource) -> None:
+        """Serve each authorization's http-01 key authorization and answer the challenge."""
+        key = acme_client.net.key
+        for authz in order.authorizations:
+            body = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01))
+            response, validation = body.response_and_validation(key)
+            self.http01.answers[body.chall.encode("token")] = validation.encode()
+            acme_client.answer_challenge(body, response)
+
+    def issue(
+        self, acme_client: client.ClientV2, names: list[str]
+    ) -> tuple[messages.OrderResource, x509.Certificate]:
+        order, _ = self.order(acme_client, names)
+        self.answer(acme_client, order)
+        deadline = datetime.now() + timedelta(seconds=30)
+        done = acme_client.poll_and_finalize(order, deadline)
+        leaf = x509.load_pem_x509_certificates(done.fullchain_pem.encode())[0]
+        return done, leaf
+
+
+def _issued(api: Api) -> float:
+    """certctl_issuance_total{issuer=acme-ca,result=success} as the metrics route shows it."""
+    text = api.get("/api/v1/metrics/prometheus", api.admin_key).text
+    found = re.search(
+        rf'^certctl_issuance_total{{issuer="{ISSUER}",result="success"}} (\S+)$', text, re.M
+    )
+    return float(found.group(1)) if found else 0.0
+
+
+def _acme_app(api: Api, port: int, **settings: Any) -> Any:
+    acme_settings = AcmeSettings(
+        issuer_id=settings.pop("issuer_id", ISSUER),
+        validity=settings.pop("validity", timedelta(days=90)),
+        allowed_names=settings.pop("allowed_names", ()),
+        http_01_port=port,
+    )
+    return create_app(api.services, acme=acme_settings), acme_settings
+
+
+@pytest.fixture
+def acme_on(api: Api) -> Iterator[Acme]:
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": ISSUER, "common_name": "ACME CA"})
+    assert r.status_code == 201, r.text
+    http01 = Http01Server()
+    app, settings = _acme_app(api, http01.port)
+    try:
+        with serving(app) as base:
+            yield Acme(api, base, http01, settings)
+    finally:
+        http01.close()
+
+
+# --- the flow -----------------------------------------------------------------------------
+
+
+def test_certbot_acme_library_gets_a_certificate_listed_counted_audited_and_revocable(
+    acme_on: Acme, tmp_path: Path
+) -> None:
+    api = acme_on.api
+    acme_client = acme_on.client()
+    regr = acme_on.register(acme_client)
+    account_id = regr.uri.rsplit("/", 1)[1]
+    assert regr.uri == f"{acme_on.base}/acme/account/{account_id}"
+    assert regr.body.status == "valid"
+    assert regr.body.contact == ("mailto:ops@example.internal",)
+    # The same key again: 200 and the same account (onlyReturnExisting too).
+    again = acme_client.query_registration(regr)
+    assert again.uri == regr.uri
+
+    issued_before = _issued(api)
+    order, leaf = acme_on.issue(acme_client, [NAME])
+    assert order.body.status == messages.STATUS_VALID
+    assert acme_on.http01.hits, "the server never fetched the token"
+    # A real chain: openssl verifies the leaf against the issuer's certificate.
+    ca = tmp_path / "ca.pem"
+    ca.write_text(api.get(f"/api/v1/issuers/{ISSUER}/ca.pem").text)
+    cert_file = tmp_path / "leaf.pem"
+    cert_file.write_text(order.fullchain_pem)
+    assert "OK" in ok(run("openssl", "verify", "-CAfile", ca, cert_file)).stdout
+    # acme-ca is a root: the chain certbot needs (two certificates at least) ends with it.
+    chain = x509.load_pem_x509_certificates(order.fullchain_pem.encode())
+    assert [c.subject.rfc4514_string() for c in chain[1:]] == ["CN=ACME CA"]
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == [NAME]
+
+    # An ordinary certificate of acme-ca: listed (made by acme:<account>), counted, audited.
+    listed = api.get("/api/v1/certificates", api.admin_key, params={"issuer": ISSUER}).json()
+    (row,) = listed["items"]
+    assert row["created_by"] == f"acme:{account_id}"
+    assert row["profile"] == "server"
+    assert int(row["serial"].replace(":", ""), 16) == leaf.serial_number
+    assert _issued(api) == issued_before + 1  # the counter is the process's: a difference
+    actions = [(e["action"], e["actor"]) for e in api.audit() if e["actor"] == f"acme:{account_id}"]
+    for action in ("acme.account.create", "acme.order.create", "acme.challenge.validate"):
+        assert (action, f"acme:{account_id}") in actions, actions
+    assert ("certificate.issue", f"acme:{account_id}") in actions
+
+    # Revoked through ACME by its account: on the issuer's CRL, as the API's would be.
+    acme_client.revoke(leaf, 4)
+    assert leaf.serial_number in api.openssl_crl_serials(ISSUER, tmp_path)
+    shown = api.get(f"/api/v1/certificates/{row['id']}", api.admin_key).json()
+    assert (shown["status"], shown["revocation_reason"]) == ("revoked", "superseded")
+    assert ("certificate.revoke", f"acme:{account_id}") in [
+        (e["action"], e["actor"]) for e in api.audit()
+    ]
+    with pytest.raises(errors.Error) as info:
+        acme_client.revoke(leaf, 4)
+    assert isinstance(info.value, messages.Error)
+    assert info.value.typ == ERR + "alreadyRevoked"
+
+
+def test_a_certificate_is_revoked_by_a_request_signed_with_its_own_key(acme_on: Acme) -> None:
+    acme_client = acme_on.client()
+    acme_on.register(acme_client)
+    order, _ = acme_on.order(acme_client, [NAME])
+    acme_on.answer(acme_client, order)
+    # Finalize with a CSR of a known key, then revoke with that key as the JWS key (jwk).
+    key = rsa.generate_private_key(65537, 2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    order = order.update(csr_pem=crypto_util.make_csr(pem, [NAME]))
+    done = acme_client.poll_and_finalize(order, datetime.now() + timedelta(seconds=30))
+    leaf = x509.load_pem_x509_certificates(done.fullchain_pem.encode())[0]
+    stranger = acme_on.client(jose.JWKRSA(key=key), alg=jose.RS256)
+    # Not as an account (no kid): the certificate's key signs the request.
+    stranger.net.account = None
+    stranger.revoke(leaf, 1)
+    api = acme_on.api
+    listed = api.get("/api/v1/certificates", api.admin_key, params={"issuer": ISSUER}).json()
+    assert [(c["status"], c["revocation_reason"]) for c in listed["items"]] == [
+        ("revoked", "keyCompromise")
+    ]
+
+
+def test_another_accounts_certificate_is_not_revoked(acme_on: Acme) -> None:
+    owner = acme_on.client()
+    acme_on.register(owner)
+    _, leaf = acme_on.issue(owner, [NAME])
+    other = acme_on.client()
+    acme_on.register(other)
+    before = acme_on.api.counts()
+    with pytest.raises(messages.Error) as info:
+        other.revoke(leaf, 0)
+    assert (info.value.typ, "unauthorized") == (ERR + "unauthorized", "unauthorized")
+    assert _business(acme_on.api.counts()) == _business(before)
+
+
+def test_the_directory_names_absolute_urls_and_new_nonce_answers_head_and_get(
+    acme_on: Acme,
+) -> None:
+    r = requests.get(acme_on.directory_url, timeout=10)
+    assert r.status_code == 200
+    doc = r.json()
+    assert doc["newNonce"] == f"{acme_on.base}/acme/new-nonce"
+    assert doc["keyChange"] == f"{acme_on.base}/acme/key-change"
+    assert doc["meta"] == {"externalAccountRequired": False}
+    assert r.headers["link"] == f'<{acme_on.base}/acme/directory>;rel="index"'
+    head = requests.head(doc["newNonce"], timeout=10)
+    get = requests.get(doc["newNonce"], timeout=10)
+    assert (head.status_code, get.status_code) == (200, 204)
+    for answer in (head, get):
+        assert answer.headers["cache-control"] == "no-store"
+        assert len(answer.headers["replay-nonce"]) >= 22
+    assert head.headers["replay-nonce"] != get.headers["replay-nonce"]
+
+
+def test_the_directory_uses_public_url_when_set(api: Api) -> None:
+    api.services.public_url = "https://certctl.example.internal:8443"
+    app, _ = _acme_app(api, 80, issuer_id="default")
+    with serving(app) as base:
+        doc = requests.get(f"{base}/acme/directory", timeout=10).json()
+    assert doc["newOrder"] == "https://certctl.example.internal:8443/acme/new-order"
+
+
+def test_acme_off_answers_404_on_every_acme_path(api: Api) -> None:
+    for method, path in (("GET", "/acme/directory"), ("POST", "/acme/new-account")):
+        r = api.request(method, path)
+        assert r.status_code == 404, (path, r.text)
+
+
+def test_an_expired_order_is_invalid_when_read(acme_on: Acme) -> None:
+    acme_client = acme_on.client()
+    acme_on.register(acme_client)
+    order, _ = acme_on.order(acme_client, [NAME])
+    acme_on.api.clock.advance(days=8)
+    fetched = acme_client.poll(order.authorizations[0])[0]
+    assert fetched.body.status == messages.STATUS_INVALID
+    raw = acme_client._post_as_get(order.uri).json()
+    assert raw["status"] == "invalid"
+
+
+# --- http-01 failures ---------------------------------------------------------------------
+
+
+def _poll_authz(acme_client: client.ClientV2, authz: messages.AuthorizationResource) -> Any:
+    deadline = time.monotonic() + 30
+    while True:
+        current, _ = acme_client.poll(authz)
+        if current.body.status not in (messages.STATUS_PENDING, messages.STATUS_PROCESSING):
+            return current
+        assert time.monotonic() < deadline, "validation never finished"
+        time.sleep(0.2)
+
+
+def test_a_wrong_key_authorization_makes_the_order_invalid(acme_on: Acme) -> None:
+    acme_client = acme_on.client()
+    acme_on.register(acme_client)
+    order, csr = acme_on.order(acme_client, [NAME])
+    body = order.authorizations[0].body.challenges[0]
+    response, _ = body.response_and_validation(acme_client.net.key)
+    acme_on.http01.answers[body.chall.encode("token")] = b"not-the-key-authorization"
+    acme_client.answer_challenge(body, response)
+    authz = _poll_authz(acme_client, order.authorizations[0])
+    assert authz.body.status == messages.STATUS_INVALID
+    error = authz.body.challenges[0].error
+    assert error.typ == ERR + "incorrectResponse"
+    assert "not-the-key-authorization" in error.detail
+    raw = acme_client._post_as_get(order.uri).json()
+    assert raw["status"] == "invalid"
+    # Straight to the finalize URL: the library waits out an orderNotReady.
+    request = messages.CertificateRequest(csr=x509.load_pem_x509_csr(csr))
+    with pytest.raises(messages.Error) as info:
+        acme_client._post(order.body.finalize, request)
+    assert info.value.typ == ERR + "orderNotReady"
+
+
+def test_nothing_listening_on_the_port_is_a_connection_error(api: Api) -> None:
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": ISSUER})
+    assert r.status_code == 201, r.text
+    app, settings = _acme_app(api, free_port())  # nothing listens there
+    with serving(app) as base:
+        acme_on = Acme(api, base, Http01Server(), settings)
+        try:
+            acme_client = acme_on.client()
+            acme_on.register(acme_client)
+            order, _ = acme_on.order(acme_client, [NAME])
+            acme_on.answer(acme_client, order)
+            authz = _poll_authz(acme_client, order.authorizations[0])
+        finally:
+            acme_on.http01.close()
+    assert authz.body.status == messages.STATUS_INVALID
+    assert authz.body.challenges[0].error.typ == ERR + "connection"
+
+
+# --- bad input: the right ACME error, the store unchanged ---------------------------------
+
+
+def _business(counts: dict[str, int]) -> dict[str, int]:
+    # Nonces are minted by every answer and spent by every signed request, refused or not.
+    return {k: v for k, v in counts.items() if k != "acme_nonces"}
+
+
+class Raw:
+    """Hand-made JWS requests (josepy signs; certctl's own JWS code plays no part)."""
+
+    def __init__(self, acme_on: Acme, key: jose.JWK | None = None) -> None:
+        self.acme = acme_on
+        self.key = key or jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+        self.kid: str | None = None
+
+    def nonce(self) -> str:
+        r = requests.head(f"{self.acme.base}/acme/new-nonce", timeout=10)
+        return r.headers["replay-nonce"]
+
+    def jws(
+        self,
+        url: str,
+        payload: Any,
+        *,
+        protected: dict[str, Any] | None = None,
+        use_jwk: bool | None = None,
+        alg: str = "ES256",
+        tamper: bool = False,
+    ) -> bytes:
+        header: dict[str, Any] = {"alg": alg, "nonce": self.nonce(), "url": url}
+        if use_jwk or (use_jwk is None and self.kid is None):
+            header["jwk"] = self.key.public_key().to_partial_json()
+        else:
+            header["kid"] = self.kid
+        header.update(protected or {})
+        header = {k: v for k, v in header.items() if v is not None}
+        raw = b"" if payload is None else json.dumps(payload).encode()
+        prot = jose.b64encode(json.dumps(header).encode()).decode()
+        body = jose.b64encode(raw).decode()
+        signing_input = f"{prot}.{body}".encode()
+        signature = jose.ES256.sign(self.key.key, signing_input) if alg == "ES256" else b""
+        if tamper:
+            body = jose.b64encode(
+                json.dumps({"identifiers": [{"type": "dns", "value": "evil.example"}]}).encode()
+            ).decode()
+        return json.dumps(
+            {"protected": prot, "payload": body, "signature": jose.b64encode(signature).decode()}
+        ).encode()
+
+    def post(self, path: str, body: bytes, content_type: str = "application/jose+json") -> Any:
+        return requests.post(
+            f"{self.acme.base}/acme/{path}",
+            data=body,
+            headers={"Content-Type": content_type},
+            timeout=10,
+        )
+
+    def register(self) -> str:
+        r = self.post("new-account", self.jws(f"{self.acme.base}/acme/new-account", {}))
+        assert r.status_code == 201, r.text
+        self.kid = r.headers["location"]
+        return self.kid
+
+    def new_order(self, names: list[str]) -> Any:
+        url = f"{self.acme.base}/acme/new-order"
+        payload = {"identifiers": [{"type": "dns", "value": n} for n in names]}
+        return self.post("new-order", self.jws(url, payload))
+
+
+def _assert_acme_problem(r: Any, status: int, acme_type: str) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = r.json()
+    assert set(body) == {"type", "title", "status", "detail"}, body
+    assert (body["type"], body["status"]) == (ERR + acme_type, status), body
+    assert body["title"]
+    assert body["detail"]
+    assert r.headers["replay-nonce"]
+    assert 'rel="index"' in r.headers["link"]
+    return body
+
+
+def test_each_bad_request_is_answered_with_its_acme_error_and_changes_nothing(
+    acme_on: Acme,
+) -> None:
+    acme_on_allowed = acme_on
+    raw = Raw(acme_on_allowed)
+    raw.register()
+    base = acme_on.base
+    new_order = f"{base}/acme/new-order"
+    order_body = {"identifiers": [{"type": "dns", "value": NAME}]}
+    used = raw.nonce()
+    first = raw.post("new-order", raw.jws(new_order, order_body, protected={"nonce": used}))
+    assert first.status_code == 201, first.text
+    ready_order = first.headers["location"]
+    api = acme_on.api
+    cases: list[tuple[str, bytes, str, int, str]] = [
+        (
+            "reused nonce",
+            raw.jws(new_order, order_body, protected={"nonce": used}),
+            "application/jose+json",
+            400,
+            "badNonce",
+        ),
+        (
+            "no nonce",
+            raw.jws(new_order, order_body, protected={"nonce": None}),
+            "application/jose+json",
+            400,
+            "badNonce",
+        ),
+        (
+            "wrong url",
+            raw.jws(f"{base}/acme/new-account", order_body),
+            "application/jose+json",
+            401,
+            "unauthorized",
+        ),
+        (
+            "alg none",
+            raw.jws(new_order, order_body, alg="none"),
+            "application/jose+json",
+            400,
+            "badSignatureAlgorithm",
+        ),
+        (
+            "alg HS256",
+            raw.jws(new_order, order_body, alg="HS256"),
+            "application/jose+json",
+            400,
+            "badSignatureAlgorithm",
+        ),
+        (
+            "unknown kid",
+            raw.jws(new_order, order_body, protected={"kid": f"{base}/acme/account/0000"}),
+            "application/jose+json",
+            400,
+            "accountDoesNotExist",
+        ),
+        (
+            "tampered payload",
+            raw.jws(new_order, order_body, tamper=True),
+            "application/jose+json",
+            400,
+            "malformed",
+        ),
+        (
+            "jwk and kid",
+            raw.jws(
+                new_order, order_body, protected={"jwk": raw.key.public_key().to_partial_json()}
+            ),
+            "application/jose+json",
+            400,
+            "malformed",
+        ),
+        (
+            "jwk on new-order",
+            raw.jws(new_order, order_body, use_jwk=True, protected={"kid": None}),
+            "application/jose+json",
+            400,
+            "malformed",
+        ),
+        (
+            "wrong content type",
+            raw.jws(new_order, order_body),
+            "application/json",
+            415,
+            "malformed",
+        ),
+        ("not a JWS", b'{"protected": 1}', "application/jose+json", 400, "malformed"),
+        (
+            "wildcard",
+            raw.jws(new_order, {"identifiers": [{"type": "dns", "value": "*.example.internal"}]}),
+            "application/jose+json",
+            400,
+            "rejectedIdentifier",
+        ),
+        (
+            "ip",
+            raw.jws(new_order, {"identifiers": [{"type": "ip", "value": "127.0.0.1"}]}),
+            "application/jose+json",
+            400,
+            "rejectedIdentifier",
+        ),
+        (
+            "email",
+            raw.jws(new_order, {"identifiers": [{"type": "email", "value": "a@b.c"}]}),
+            "application/jose+json",
+            400,
+            "unsupportedIdentifier",
+        ),
+        (
+            "no identifiers",
+            raw.jws(new_order, {"identifiers": []}),
+            "application/jose+json",
+            400,
+            "malformed",
+        ),
+        (
+            "notAfter",
+            raw.jws(new_order, {**order_body, "notAfter": "2030-01-01T00:00:00Z"}),
+            "application/jose+json",
+            400,
+            "malformed",
+        ),
+        (
+            "upper case",
+            raw.jws(new_order, {"identifiers": [{"type": "dns", "value": "LocalHost"}]}),
+            "application/jose+json",
+            400,
+            "rejectedIdentifier",
+        ),
+        (
+            "finalize before ready",
+            raw.jws(f"{ready_order}/finalize", {"csr": "AA"}),
+            "application/jose+json",
+            403,
+            "orderNotReady",
+        ),
+        (
+            "POST-as-GET with a payload",
+            raw.jws(ready_order, {"x": 1}),
+            "application/jose+json",
+            400,
+            "malformed",
+        ),
+    ]
+    paths = {
+        "finalize before ready": ready_order.split("/acme/", 1)[1] + "/finalize",
+        "POST-as-GET with a payload": ready_order.split("/acme/", 1)[1],
+    }
+    before = api.counts()
+    for label, body, content_type, status, acme_type in cases:
+        r = raw.post(paths.get(label, "new-order"), body, content_type)
+        detail = _assert_acme_problem(r, status, acme_type)["detail"]
+        assert "Traceback" not in detail, label
+        assert _business(api.counts()) == _business(before), label
+
+
+def test_a_name_outside_allowed_names_is_a_rejected_identifier(api: Api) -> None:
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": ISSUER})
+    assert r.status_code == 201, r.text
+    app, settings = _acme_app(api, 80, allowed_names=("*.example.internal", "localhost"))
+    with serving(app) as base:
+        raw = Raw(Acme(api, base, Http01Server(), settings))
+        try:
+            raw.register()
+            before = api.counts()
+            refused = raw.new_order(["web.example.com"])
+            detail = _assert_acme_problem(refused, 400, "rejectedIdentifier")["detail"]
+            assert "acme.allowed-names" in detail
+            assert _business(api.counts()) == _business(before)
+            # One label or more below the pattern, and the exact name, are allowed.
+            assert raw.new_order(["a.b.example.internal", "localhost"]).status_code == 201
+            assert raw.new_order(["example.internal"]).status_code == 400
+        finally:
+            raw.acme.http01.close()
+
+
+def test_a_csr_with_an_extra_name_is_a_bad_csr(acme_on: Acme) -> None:
+    acme_client = acme_on.client()
+    acme_on.register(acme_client)
+    order, _ = acme_on.order(acme_client, [NAME])
+    acme_on.answer(acme_client, order)
+    _poll_authz(acme_client, order.authorizations[0])
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    extra = order.update(csr_pem=crypto_util.make_csr(pem, [NAME, "extra.example.internal"]))
+    before = acme_on.api.counts()
+    with pytest.raises(messages.Error) as info:
+        acme_client.finalize_order(extra, datetime.now() + timedelta(seconds=5))
+    assert info.value.typ == ERR + "badCSR"
+    assert "extra.example.internal" in info.value.detail
+    assert _business(acme_on.api.counts()) == _business(before)
+    # The right CSR still finalizes the (still ready) order.
+    right = order.update(csr_pem=crypto_util.make_csr(pem, [NAME]))
+    done = acme_client.finalize_order(right, datetime.now() + timedelta(seconds=30))
+    assert done.fullchain_pem
+
+
+def test_certctls_own_name_under_its_internal_ca_is_refused(api: Api) -> None:
+    http01 = Http01Server()
+    app, settings = _acme_app(api, http01.port, issuer_id="default")
+    try:
+        with serving(app) as base:
+            acme_on = Acme(api, base, http01, settings)
+            acme_client = acme_on.client()
+            acme_on.register(acme_client)
+            order, _ = acme_on.order(acme_client, [NAME])
+            acme_on.answer(acme_client, order)
+            _poll_authz(acme_client, order.authorizations[0])
+            with pytest.raises(messages.Error) as info:
+                acme_client.finalize_order(order, datetime.now() + timedelta(seconds=5))
+    finally:
+        http01.close()
+    assert info.value.typ == ERR + "rejectedIdentifier"
+    assert "certctl's own server name" in info.value.detail
+
+
+# --- replicas -----------------------------------------------------------------------------
+
+
+def test_a_nonce_from_one_replica_is_accepted_once_by_another(api: Api, tmp_path: Path) -> None:
+    # A second app on the same store (its own engine and Services), as a second replica.
+    engine = create_store_engine(str(api.services.engine.url.render_as_string(hide_password=False)))
+    other = Services(engine, session_factory(engine), api.services.wrapper)
+    other.clock = api.services.clock
+    one, _ = _acme_app(api, 80, issuer_id="default")
+    two = create_app(other, acme=AcmeSettings(issuer_id="default", validity=timedelta(days=90)))
+    try:
+        with serving(one) as base_one, serving(two) as base_two:
+            raw = Raw(
+                Acme(api, base_one, Http01Server(), AcmeSettings("default", timedelta(days=1)))
+            )
+            try:
+                nonce = raw.nonce()  # from replica one
+                url = f"{base_two}/acme/new-account"
+                body = raw.jws(url, {}, protected={"nonce": nonce})
+                r = requests.post(
+                    url, data=body, headers={"Content-Type": "application/jose+json"}, timeout=10
+                )
+                assert r.status_code == 201, r.text
+                again = raw.jws(f"{base_one}/acme/new-account", {}, protected={"nonce": nonce})
+                r = requests.post(
+                    f"{base_one}/acme/new-account",
+                    data=again,
+                    headers={"Content-Type": "application/jose+json"},
+                    timeout=10,
+                )
+                _assert_acme_problem(r, 400, "badNonce")
+            finally:
+                raw.acme.http01.close()
+    finally:
+        engine.dispose()
