@@ -721,3 +721,97 @@ def test_a_nonce_from_one_replica_is_accepted_once_by_another(api: Api, tmp_path
                 raw.acme.http01.close()
     finally:
         engine.dispose()
+
+
+# --- account updates and key change -------------------------------------------------------
+
+
+def _inner_jws(key: jose.JWK, url: str, payload: dict[str, Any]) -> dict[str, str]:
+    header = {"alg": "ES256", "jwk": key.public_key().to_partial_json(), "url": url}
+    prot = jose.b64encode(json.dumps(header).encode()).decode()
+    body = jose.b64encode(json.dumps(payload).encode()).decode()
+    signature = jose.ES256.sign(key.key, f"{prot}.{body}".encode())
+    return {"protected": prot, "payload": body, "signature": jose.b64encode(signature).decode()}
+
+
+def test_key_change_moves_the_account_to_the_new_key(acme_on: Acme) -> None:
+    raw = Raw(acme_on)
+    kid = raw.register()
+    url = f"{acme_on.base}/acme/key-change"
+    new_key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+    old_jwk = raw.key.public_key().to_partial_json()
+    # An inner JWS signed by another key than the one it names: refused, nothing changed.
+    forged = _inner_jws(new_key, url, {"account": kid, "oldKey": old_jwk})
+    forged["payload"] = jose.b64encode(b'{"account": "x", "oldKey": {}}').decode()
+    before = acme_on.api.counts()
+    _assert_acme_problem(raw.post("key-change", raw.jws(url, forged)), 400, "malformed")
+    wrong_old = _inner_jws(
+        new_key, url, {"account": kid, "oldKey": new_key.public_key().to_partial_json()}
+    )
+    _assert_acme_problem(raw.post("key-change", raw.jws(url, wrong_old)), 403, "unauthorized")
+    assert _business(acme_on.api.counts()) == _business(before)
+
+    inner = _inner_jws(new_key, url, {"account": kid, "oldKey": old_jwk})
+    r = raw.post("key-change", raw.jws(url, inner))
+    assert r.status_code == 200, r.text
+    assert r.headers["location"] == kid
+    # The old key no longer finds the account; the new one does, as the same account.
+    old_lookup = raw.post(
+        "new-account",
+        raw.jws(f"{acme_on.base}/acme/new-account", {"onlyReturnExisting": True}, use_jwk=True),
+    )
+    _assert_acme_problem(old_lookup, 400, "accountDoesNotExist")
+    renewed = Raw(acme_on, new_key)
+    found = renewed.post(
+        "new-account",
+        renewed.jws(f"{acme_on.base}/acme/new-account", {"onlyReturnExisting": True}),
+    )
+    assert (found.status_code, found.headers["location"]) == (200, kid)
+    renewed.kid = kid
+    assert renewed.new_order([NAME]).status_code == 201
+    # The old key's requests as the account fail (its signature no longer verifies).
+    _assert_acme_problem(raw.new_order([NAME]), 400, "malformed")
+    actions = [e["action"] for e in acme_on.api.audit()]
+    assert "acme.account.key-change" in actions
+
+
+def test_a_deactivated_account_authorizes_nothing_more(acme_on: Acme) -> None:
+    acme_client = acme_on.client()
+    regr = acme_on.register(acme_client)
+    updated = acme_client.update_registration(
+        regr, regr.body.update(contact=("mailto:new@example.internal",))
+    )
+    assert updated.body.contact == ("mailto:new@example.internal",)
+    gone = acme_client.deactivate_registration(updated)
+    assert gone.body.status == "deactivated"
+    with pytest.raises(messages.Error) as info:
+        acme_on.order(acme_client, [NAME])
+    assert info.value.typ == ERR + "unauthorized"
+    with pytest.raises(messages.Error) as info:  # the same key, as a new client would
+        acme_on.register(acme_on.client(acme_client.net.key))
+    assert info.value.typ == ERR + "unauthorized"
+    account_id = regr.uri.rsplit("/", 1)[1]
+    audited = [e["action"] for e in acme_on.api.audit() if e["actor"] == f"acme:{account_id}"]
+    assert {"acme.account.update", "acme.account.deactivate"} <= set(audited)
+
+
+def test_a_bad_contact_is_refused(acme_on: Acme) -> None:
+    raw = Raw(acme_on)
+    url = f"{acme_on.base}/acme/new-account"
+    before = acme_on.api.counts()
+    for contact, acme_type in (
+        (["tel:+1555"], "unsupportedContact"),
+        (["mailto:two@a.example,three@b.example"], "invalidContact"),
+        ("mailto:x@example.internal", "malformed"),
+    ):
+        r = raw.post("new-account", raw.jws(url, {"contact": contact}))
+        _assert_acme_problem(r, 400, acme_type)
+    assert _business(acme_on.api.counts()) == _business(before)
+
+
+def test_a_nonce_expires_after_an_hour(acme_on: Acme) -> None:
+    raw = Raw(acme_on)
+    nonce = raw.nonce()
+    acme_on.api.clock.advance(hours=1, seconds=1)
+    body = raw.jws(f"{acme_on.base}/acme/new-account", {}, protected={"nonce": nonce})
+    _assert_acme_problem(raw.post("new-account", body), 400, "badNonce")

@@ -215,6 +215,9 @@ def create_account(
     with services.sessions() as session:
         existing = session.scalar(select(AcmeAccount).where(AcmeAccount.thumbprint == print_))
     if existing is not None:
+        if existing.status != "valid":
+            # RFC 8555 7.3.6: a deactivated account's key authorizes nothing more.
+            raise AcmeError(f"account {existing.id} is {existing.status}", "unauthorized", 401)
         return existing, False
     if payload.get("onlyReturnExisting") is True:
         raise AcmeError("no account for this key", "accountDoesNotExist")
@@ -253,6 +256,8 @@ def update_account(
         AcmeError: malformed (another status), or a bad contact.
     """
     status = payload.get("status")
+    if status == "valid":
+        status = None  # a client sending the account back as it is (acme's update_registration)
     if status is not None and status != "deactivated":
         raise AcmeError(f"status: {str(status)[:20]!r}; a client may set deactivated only")
     contact = _checked_contact(payload["contact"]) if "contact" in payload else None
