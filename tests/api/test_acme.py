@@ -79,6 +79,13 @@ class Http01Server:
                 hits.append(self.path)
                 token = self.path.rsplit("/", 1)[-1]
                 body = answers.get(token)
+                if body is not None and body.startswith(b"REDIRECT "):
+                    # A redirect to another path of this server (which may redirect again).
+                    self.send_response(302)
+                    self.send_header("Location", body[9:].decode())
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if body is None or not self.path.startswith("/.well-known/acme-challenge/"):
                     self.send_error(404)
                     return
@@ -815,3 +822,83 @@ def test_a_nonce_expires_after_an_hour(acme_on: Acme) -> None:
     acme_on.api.clock.advance(hours=1, seconds=1)
     body = raw.jws(f"{acme_on.base}/acme/new-account", {}, protected={"nonce": nonce})
     _assert_acme_problem(raw.post("new-account", body), 400, "badNonce")
+
+
+# --- http-01 limits -----------------------------------------------------------------------
+
+
+def _validated(acme_on: Acme, serve: Any) -> Any:
+    """Order NAME, let ``serve(token, key_authorization)`` set the answers, return the authz."""
+    acme_client = acme_on.client()
+    acme_on.register(acme_client)
+    order, _ = acme_on.order(acme_client, [NAME])
+    body = order.authorizations[0].body.challenges[0]
+    response, validation = body.response_and_validation(acme_client.net.key)
+    serve(body.chall.encode("token"), validation.encode())
+    acme_client.answer_challenge(body, response)
+    return _poll_authz(acme_client, order.authorizations[0])
+
+
+def test_http01_follows_redirects_and_strips_trailing_whitespace(acme_on: Acme) -> None:
+    answers = acme_on.http01.answers
+
+    def serve(token: str, key_authorization: bytes) -> None:
+        answers[token] = b"REDIRECT /.well-known/acme-challenge/hop1"
+        answers["hop1"] = b"REDIRECT /.well-known/acme-challenge/final"
+        answers["final"] = key_authorization + b"\r\n  \n"
+
+    authz = _validated(acme_on, serve)
+    assert authz.body.status == messages.STATUS_VALID
+    hops = [h.rsplit("/", 1)[1] for h in acme_on.http01.hits]
+    assert hops[-2:] == ["hop1", "final"]
+
+
+def test_http01_gives_up_after_ten_redirects(acme_on: Acme) -> None:
+    answers = acme_on.http01.answers
+
+    def serve(token: str, key_authorization: bytes) -> None:
+        answers[token] = b"REDIRECT /.well-known/acme-challenge/loop"
+        answers["loop"] = b"REDIRECT /.well-known/acme-challenge/loop"
+
+    authz = _validated(acme_on, serve)
+    assert authz.body.status == messages.STATUS_INVALID
+    error = authz.body.challenges[0].error
+    assert (error.typ, "more than 10 redirects" in error.detail) == (ERR + "connection", True)
+
+
+def test_http01_reads_no_more_than_8_kib(acme_on: Acme) -> None:
+    def serve(token: str, key_authorization: bytes) -> None:
+        acme_on.http01.answers[token] = key_authorization + b" " * (9 * 1024)
+
+    authz = _validated(acme_on, serve)
+    assert authz.body.status == messages.STATUS_INVALID
+    error = authz.body.challenges[0].error
+    assert (error.typ, "over 8192 bytes" in error.detail) == (ERR + "incorrectResponse", True)
+
+
+def test_http01_not_found_is_an_incorrect_response(acme_on: Acme) -> None:
+    authz = _validated(acme_on, lambda token, key_authorization: None)
+    error = authz.body.challenges[0].error
+    assert (error.typ, "answered HTTP 404" in error.detail) == (ERR + "incorrectResponse", True)
+
+
+def test_the_access_log_names_the_account_and_never_the_jws(
+    acme_on: Acme, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = Raw(acme_on)
+    with caplog.at_level("INFO", logger="certctl.access"):
+        kid = raw.register()
+        body = raw.jws(
+            f"{acme_on.base}/acme/new-order", {"identifiers": [{"type": "dns", "value": NAME}]}
+        )
+        assert raw.post("new-order", body).status_code == 201
+        account_id = kid.rsplit("/", 1)[1]
+        wanted = f"POST /acme/new-order 201 actor=acme:{account_id}"
+        deadline = time.monotonic() + 10
+        # The line is written once the answer has gone out: wait for it.
+        while not any(wanted in m for m in caplog.messages):
+            assert time.monotonic() < deadline, caplog.messages
+            time.sleep(0.05)
+    signature = json.loads(body)["signature"]
+    protected = json.loads(body)["protected"]
+    assert not any(signature in line or protected in line for line in caplog.messages)
