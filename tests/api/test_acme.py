@@ -902,3 +902,43 @@ def test_the_access_log_names_the_account_and_never_the_jws(
     signature = json.loads(body)["signature"]
     protected = json.loads(body)["protected"]
     assert not any(signature in line or protected in line for line in caplog.messages)
+
+
+# --- start-up and validity ----------------------------------------------------------------
+
+
+def test_a_start_with_acme_on_needs_its_issuer(api: Api) -> None:
+    from certctl.errors import InvalidRequest
+    from certctl.server.config import ServerConfig
+    from certctl.server.run import acme_settings
+
+    off = ServerConfig.model_validate({})
+    assert acme_settings(off, api.services) is None
+    on = ServerConfig.model_validate({"acme": {"enabled": True, "validity": "30D"}})
+    settings = acme_settings(on, api.services)
+    assert settings == AcmeSettings("default", timedelta(days=30), (), 80)
+    unknown = ServerConfig.model_validate({"acme": {"enabled": True, "issuer": "nope"}})
+    with pytest.raises(InvalidRequest, match=r"^acme.issuer nope: no such issuer; create it"):
+        acme_settings(unknown, api.services)
+
+
+def test_a_validity_beyond_the_issuer_is_clipped_and_said_once(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": ISSUER, "validity": "30D"})
+    assert r.status_code == 201, r.text
+    issuer_end = datetime.fromisoformat(r.json()["not_after"])
+    http01 = Http01Server()
+    app, settings = _acme_app(api, http01.port, validity=timedelta(days=90))
+    try:
+        with serving(app) as base, caplog.at_level("WARNING", logger="certctl.services.acme"):
+            acme_on = Acme(api, base, http01, settings)
+            acme_client = acme_on.client()
+            acme_on.register(acme_client)
+            _, first = acme_on.issue(acme_client, [NAME])
+            _, second = acme_on.issue(acme_client, [NAME])
+    finally:
+        http01.close()
+    assert first.not_valid_after_utc == second.not_valid_after_utc == issuer_end
+    said = [m for m in caplog.messages if "acme.validity" in m and "clipped" in m]
+    assert len(said) == 1, caplog.messages
