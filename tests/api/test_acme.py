@@ -942,3 +942,23 @@ def test_a_validity_beyond_the_issuer_is_clipped_and_said_once(
     assert first.not_valid_after_utc == second.not_valid_after_utc == issuer_end
     said = [m for m in caplog.messages if "acme.validity" in m and "clipped" in m]
     assert len(said) == 1, caplog.messages
+
+
+def test_http01_follows_no_redirect_to_another_port(acme_on: Acme) -> None:
+    # Else an account could make this server probe any port it reaches, and quote the answer.
+    elsewhere = Http01Server()
+    try:
+
+        def serve(token: str, key_authorization: bytes) -> None:
+            target = f"http://127.0.0.1:{elsewhere.port}/.well-known/acme-challenge/{token}"
+            acme_on.http01.answers[token] = b"REDIRECT " + target.encode()
+            elsewhere.answers[token] = key_authorization
+
+        authz = _validated(acme_on, serve)
+    finally:
+        elsewhere.close()
+    assert authz.body.status == messages.STATUS_INVALID
+    error = authz.body.challenges[0].error
+    assert error.typ == ERR + "connection"
+    assert f"only http or https on port 80, 443 or {acme_on.http01.port}" in error.detail
+    assert elsewhere.hits == []

@@ -25,48 +25,66 @@ async def fetch_http01(
     """GET ``http://name:port/.well-known/acme-challenge/<token>``; None when it answers right.
 
     At most ``TIMEOUT_S`` in all, ``MAX_BODY`` bytes read and ``MAX_REDIRECTS`` redirects
-    followed (to http or https, whose certificate is not checked: the token is what proves
-    control, as Let's Encrypt does). No proxy from the environment: the name is to be reached
-    as its DNS says, from this server.
+    followed. A redirect may go to http or https (whose certificate is not checked: the
+    token is what proves control, as Let's Encrypt does), on port 80, 443 or ``port`` only:
+    the client picks where this server connects to, and a redirect to any port would let it
+    probe (and quote) services this server reaches that it does not. No proxy from the
+    environment: the name is to be reached as its DNS says, from this server.
 
     Returns:
         The ACME problem to record: ``connection`` (nothing answered, a timeout, too many
-        redirects) or ``incorrectResponse`` (a status other than 200, another body).
+        redirects, a redirect elsewhere) or ``incorrectResponse`` (a status other than 200,
+        another body).
     """
     import anyio
     import httpx
 
     port_part = "" if port == 80 else f":{port}"
-    url = f"http://{name}{port_part}/.well-known/acme-challenge/{token}"
+    first = httpx.URL(f"http://{name}{port_part}/.well-known/acme-challenge/{token}")
+    url = first
+    body = b""
     try:
         with anyio.fail_after(TIMEOUT_S):
-            async with (
-                httpx.AsyncClient(
-                    follow_redirects=True,
-                    max_redirects=MAX_REDIRECTS,
-                    trust_env=False,
-                    verify=False,  # see above: the token is the proof
-                    timeout=TIMEOUT_S,
-                ) as client,
-                client.stream("GET", url, headers={"Accept": "*/*"}) as response,
-            ):
-                if response.status_code != 200:
-                    return _problem(
-                        "incorrectResponse",
-                        f"{url} answered HTTP {response.status_code}, not 200",
-                    )
-                body = b""
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_BODY:
-                        return _problem(
-                            "incorrectResponse", f"{url} answered over {MAX_BODY} bytes"
-                        )
+            async with httpx.AsyncClient(
+                follow_redirects=False,
+                trust_env=False,
+                verify=False,  # see above: the token is the proof
+                timeout=TIMEOUT_S,
+            ) as client:
+                for _hop in range(MAX_REDIRECTS + 1):
+                    async with client.stream("GET", url, headers={"Accept": "*/*"}) as response:
+                        if response.is_redirect:
+                            target = url.join(response.headers["location"])
+                            allowed = (80, 443, port)
+                            if (
+                                target.scheme not in ("http", "https")
+                                or (target.port or (443 if target.scheme == "https" else 80))
+                                not in allowed
+                            ):
+                                return _problem(
+                                    "connection",
+                                    f"{url} redirects to {str(target)[:200]}: only http or "
+                                    f"https on port 80, 443 or {port} is followed",
+                                )
+                            url = target
+                            continue
+                        if response.status_code != 200:
+                            return _problem(
+                                "incorrectResponse",
+                                f"{url} answered HTTP {response.status_code}, not 200",
+                            )
+                        async for chunk in response.aiter_bytes():
+                            body += chunk
+                            if len(body) > MAX_BODY:
+                                return _problem(
+                                    "incorrectResponse", f"{url} answered over {MAX_BODY} bytes"
+                                )
+                        break
+                else:
+                    return _problem("connection", f"{first}: more than {MAX_REDIRECTS} redirects")
     except TimeoutError:
         return _problem("connection", f"{url}: no answer within {TIMEOUT_S:.0f} s")
-    except httpx.TooManyRedirects:
-        return _problem("connection", f"{url}: more than {MAX_REDIRECTS} redirects")
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, KeyError) as exc:
         reason = str(exc) or type(exc).__name__
         return _problem("connection", f"{url}: {reason[:200]}")
     answer = body.decode("utf-8", errors="replace").rstrip()
