@@ -962,3 +962,36 @@ def test_http01_follows_no_redirect_to_another_port(acme_on: Acme) -> None:
     assert error.typ == ERR + "connection"
     assert f"only http or https on port 80, 443 or {acme_on.http01.port}" in error.detail
     assert elsewhere.hits == []
+
+
+def test_concurrent_finalizes_of_one_order_issue_one_certificate(acme_on: Acme) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from certctl.errors import AcmeError
+    from certctl.services import acme as acme_service
+
+    acme_client = acme_on.client()
+    regr = acme_on.register(acme_client)
+    order, csr = acme_on.order(acme_client, [NAME])
+    acme_on.answer(acme_client, order)
+    _poll_authz(acme_client, order.authorizations[0])
+    api = acme_on.api
+    account = acme_service.find_account(api.services, regr.uri.rsplit("/", 1)[1])
+    order_id = order.uri.rsplit("/", 1)[1]
+    der = x509.load_pem_x509_csr(csr).public_bytes(serialization.Encoding.DER)
+    payload = {"csr": jose.b64encode(der).decode()}
+    before = api.counts()["certificates"]
+
+    def finalize() -> str:
+        try:
+            acme_service.finalize_order(
+                api.services, acme_on.settings, account, order_id, payload, "127.0.0.1"
+            )
+        except AcmeError as exc:
+            return exc.acme_type
+        return "issued"
+
+    with ThreadPoolExecutor(4) as pool:
+        results = sorted(pool.map(lambda _: finalize(), range(4)))
+    assert results == ["issued", "orderNotReady", "orderNotReady", "orderNotReady"]
+    assert api.counts()["certificates"] == before + 1
