@@ -95,10 +95,6 @@ class AcmeSettings:
     http_01_port: int = 80
 
 
-def _id() -> str:
-    return new_id()
-
-
 def account_actor(account_id: str) -> str:
     """The actor an account's audited actions are recorded under."""
     return f"acme:{account_id}"
@@ -224,7 +220,7 @@ def create_account(
     contact = _checked_contact(payload.get("contact"))
     now = services.clock()
     account = AcmeAccount(
-        id=_id(),
+        id=new_id(),
         thumbprint=print_,
         jwk=jwk_of(key),
         status="valid",
@@ -440,7 +436,7 @@ def new_order(
     names = _checked_identifiers(payload, settings)
     now = services.clock()
     order = AcmeOrder(
-        id=_id(),
+        id=new_id(),
         account_id=account.id,
         status="pending",
         identifiers=[{"type": "dns", "value": n} for n in names],
@@ -454,7 +450,7 @@ def new_order(
         session.flush()  # the order before its authorizations (PostgreSQL checks the FK)
         for name in names:
             authz = AcmeAuthorization(
-                id=_id(),
+                id=new_id(),
                 order_id=order.id,
                 identifier=name,
                 status="pending",
@@ -464,7 +460,7 @@ def new_order(
             session.flush()
             session.add(
                 AcmeChallenge(
-                    id=_id(),
+                    id=new_id(),
                     authorization_id=authz.id,
                     type="http-01",
                     token=secrets.token_urlsafe(32),

@@ -322,9 +322,10 @@ class AcmeOrder(Base):
     status: Mapped[str] = mapped_column(String(16))  # pending | ready | valid | invalid
     identifiers: Mapped[list[dict[str, str]]] = mapped_column(JSON)
     expires: Mapped[datetime] = mapped_column(UTCDateTime)
-    certificate_id: Mapped[str | None] = mapped_column(
-        ForeignKey("certificates.id", ondelete="SET NULL"), nullable=True, index=True
-    )
+    # No foreign key: ``certificates`` stays a table an operator may empty by hand
+    # (``TRUNCATE certificates``, which a reference would refuse); an order whose row is gone
+    # serves no certificate.
+    certificate_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

@@ -4,7 +4,8 @@ The opt-in ACME server (RFC 8555, ``acme.enabled``) keeps its state in the store
 replica of a PostgreSQL store must see it: an account made through one replica orders through
 another, and a nonce one replica handed out is accepted once by any (a DELETE of its row is
 the one acceptance). Certificates it issues are ordinary ``certificates`` rows; an order names
-its own (``certificate_id``, set to NULL should the row ever go).
+its own (``certificate_id``, no foreign key: ``TRUNCATE certificates`` by hand stays possible,
+and an order whose certificate row is gone serves none).
 
 Revision ID: 0027
 Revises: 0026
@@ -40,12 +41,8 @@ def upgrade() -> None:
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("identifiers", sa.JSON(), nullable=False),
         sa.Column("expires", _TIME, nullable=False),
-        sa.Column(
-            "certificate_id",
-            sa.String(32),
-            sa.ForeignKey("certificates.id", ondelete="SET NULL"),
-            nullable=True,
-        ),
+        # No foreign key: TRUNCATE certificates (0021 counts it) must keep working.
+        sa.Column("certificate_id", sa.String(32), nullable=True),
         sa.Column("error", sa.JSON(), nullable=True),
         sa.Column("created_at", _TIME, nullable=False),
     )
