@@ -995,3 +995,18 @@ def test_concurrent_finalizes_of_one_order_issue_one_certificate(acme_on: Acme) 
         results = sorted(pool.map(lambda _: finalize(), range(4)))
     assert results == ["issued", "orderNotReady", "orderNotReady", "orderNotReady"]
     assert api.counts()["certificates"] == before + 1
+
+
+def test_the_account_lists_its_orders_newest_first_and_to_itself_only(acme_on: Acme) -> None:
+    raw = Raw(acme_on)
+    kid = raw.register()
+    orders = [raw.new_order([NAME]).headers["location"] for _ in range(2)]
+    shown = raw.post(kid.split("/acme/", 1)[1], raw.jws(kid, None)).json()
+    assert shown["orders"] == f"{kid}/orders"
+    listed = raw.post(f"{kid.split('/acme/', 1)[1]}/orders", raw.jws(f"{kid}/orders", None))
+    assert listed.status_code == 200, listed.text
+    assert listed.json() == {"orders": orders[::-1]}
+    other = Raw(acme_on)
+    other.register()
+    refused = other.post(f"{kid.split('/acme/', 1)[1]}/orders", other.jws(f"{kid}/orders", None))
+    _assert_acme_problem(refused, 403, "unauthorized")

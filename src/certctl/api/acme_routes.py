@@ -218,8 +218,12 @@ def _source(request: Request) -> str:
 # --- representations ----------------------------------------------------------------------
 
 
-def _account_json(account: AcmeAccount) -> dict[str, Any]:
-    return {"status": account.status, "contact": list(account.contact)}
+def _account_json(request: Request, account: AcmeAccount) -> dict[str, Any]:
+    return {
+        "status": account.status,
+        "contact": list(account.contact),
+        "orders": _url(request, f"account/{account.id}/orders"),
+    }
 
 
 def _order_json(request: Request, order: OrderView) -> dict[str, Any]:
@@ -295,7 +299,7 @@ async def new_account(request: Request) -> Response:
     )
     request.scope["certctl.actor"] = acme.account_actor(account.id)
     location = _url(request, f"account/{account.id}")
-    return _json(_account_json(account), 201 if created else 200, location)
+    return _json(_account_json(request, account), 201 if created else 200, location)
 
 
 async def account(request: Request) -> Response:
@@ -313,7 +317,17 @@ async def account(request: Request) -> Response:
             signed.payload,
             _source(request),
         )
-    return _json(_account_json(current), location=_url(request, f"account/{own.id}"))
+    return _json(_account_json(request, current), location=_url(request, f"account/{own.id}"))
+
+
+async def account_orders(request: Request) -> Response:
+    signed = await _signed(request)
+    _post_as_get(signed)
+    own = _account_of(signed)
+    if own.id != request.path_params["id"]:
+        raise AcmeError("the kid names another account than the URL", "unauthorized", 403)
+    ids = await anyio.to_thread.run_sync(acme.account_orders, services_of(request), own)
+    return _json({"orders": [_url(request, f"order/{i}") for i in ids]})
 
 
 async def new_order(request: Request) -> Response:
@@ -438,7 +452,7 @@ async def key_change(request: Request) -> Response:
     changed = await _run(
         request, acme.change_key, services_of(request), own, new_key, _source(request)
     )
-    return _json(_account_json(changed), location=_url(request, f"account/{own.id}"))
+    return _json(_account_json(request, changed), location=_url(request, f"account/{own.id}"))
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -511,6 +525,7 @@ _TABLE: tuple[tuple[str, str, Callable[[Request], Awaitable[Response]]], ...] = 
     ("GET", "/new-nonce", new_nonce),  # Starlette answers HEAD on a GET route
     ("POST", "/new-account", new_account),
     ("POST", "/account/{id}", account),
+    ("POST", "/account/{id}/orders", account_orders),
     ("POST", "/new-order", new_order),
     ("POST", "/order/{id}", order),
     ("POST", "/order/{id}/finalize", finalize),

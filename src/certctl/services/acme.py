@@ -44,6 +44,7 @@ __all__ = [
     "ChallengeView",
     "OrderView",
     "account_actor",
+    "account_orders",
     "authorization_view",
     "certificate_chain",
     "challenge_view",
@@ -169,6 +170,24 @@ def find_account(services: Services, account_id: str) -> AcmeAccount:
     if account.status != "valid":
         raise AcmeError(f"account {account_id} is {account.status}", "unauthorized", 401)
     return account
+
+
+# Orders an account's order list shows (RFC 8555 7.1.2.1 allows paging; certctl lists the
+# newest only).
+MAX_LISTED_ORDERS = 1000
+
+
+def account_orders(services: Services, account: AcmeAccount) -> list[str]:
+    """The ids of ``account``'s orders, newest first (at most ``MAX_LISTED_ORDERS``)."""
+    with services.sessions() as session:
+        return list(
+            session.scalars(
+                select(AcmeOrder.id)
+                .where(AcmeOrder.account_id == account.id)
+                .order_by(AcmeOrder.id.desc())
+                .limit(MAX_LISTED_ORDERS)
+            )
+        )
 
 
 def account_key(account: AcmeAccount) -> JwsPublicKey:
