@@ -1010,3 +1010,20 @@ def test_the_account_lists_its_orders_newest_first_and_to_itself_only(acme_on: A
     other.register()
     refused = other.post(f"{kid.split('/acme/', 1)[1]}/orders", other.jws(f"{kid}/orders", None))
     _assert_acme_problem(refused, 403, "unauthorized")
+
+
+def test_a_valid_authorization_is_deactivated_and_its_order_turns_invalid(acme_on: Acme) -> None:
+    acme_client = acme_on.client()
+    acme_on.register(acme_client)
+    order, _ = acme_on.order(acme_client, [NAME])
+    acme_on.answer(acme_client, order)
+    valid = _poll_authz(acme_client, order.authorizations[0])
+    assert valid.body.status == messages.STATUS_VALID
+    gone = acme_client.deactivate_authorization(valid)  # as certbot does after a failure
+    assert gone.body.status == messages.STATUS_DEACTIVATED
+    assert acme_client._post_as_get(order.uri).json()["status"] == "invalid"
+    before = acme_on.api.counts()
+    with pytest.raises(messages.Error) as info:
+        acme_client.deactivate_authorization(gone)
+    assert info.value.typ == ERR + "malformed"
+    assert _business(acme_on.api.counts()) == _business(before)

@@ -374,13 +374,21 @@ async def finalize(request: Request) -> Response:
 
 async def authorization(request: Request) -> Response:
     signed = await _signed(request)
-    _post_as_get(signed)
-    view = await anyio.to_thread.run_sync(
-        acme.authorization_view,
-        services_of(request),
-        _account_of(signed),
-        request.path_params["id"],
-    )
+    authz_id = request.path_params["id"]
+    if signed.payload is not None:
+        view = await _run(
+            request,
+            acme.deactivate_authorization,
+            services_of(request),
+            _account_of(signed),
+            authz_id,
+            signed.payload,
+            _source(request),
+        )
+    else:
+        view = await anyio.to_thread.run_sync(
+            acme.authorization_view, services_of(request), _account_of(signed), authz_id
+        )
     return _json(_authz_json(request, view))
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "check_issuer",
     "consume_nonce",
     "create_account",
+    "deactivate_authorization",
     "finalize_order",
     "find_account",
     "mint_nonce",
@@ -599,6 +600,39 @@ def authorization_view(
         expires=authz.expires,
         challenges=tuple(_challenge_view(c, status) for c in challenges),
     )
+
+
+def deactivate_authorization(
+    services: Services, account: AcmeAccount, authz_id: str, payload: dict[str, Any], source: str
+) -> AuthorizationView:
+    """Deactivate a pending or valid authorization (RFC 8555 7.5.2); its order turns invalid.
+
+    certbot deactivates the valid ones of an order that failed, so that they are not reused.
+
+    Raises:
+        AcmeError: malformed (another payload, an authorization that is neither pending nor
+            valid), 404 malformed for another account's or none.
+    """
+    if payload != {"status": "deactivated"}:
+        raise AcmeError('an authorization takes {"status": "deactivated"} or POST-as-GET')
+    now = services.clock()
+    with services.sessions.begin() as session:
+        authz = _owned_authz(session, account, authz_id)
+        if _authz_status(authz, now) not in ("pending", "valid"):
+            raise AcmeError(f"authorization {authz_id} is {_authz_status(authz, now)}")
+        authz.status = "deactivated"
+        order = session.get(AcmeOrder, authz.order_id, with_for_update=True)
+        if order is not None and order.status in ("pending", "ready"):
+            order.status = "invalid"  # RFC 8555 7.1.6: an authorization of it is deactivated
+        record(
+            session,
+            at=now,
+            actor=account_actor(account.id),
+            action="acme.authorization.deactivate",
+            target=f"{authz.id} {authz.identifier}",
+            source=source,
+        )
+    return authorization_view(services, account, authz_id)
 
 
 def challenge_view(
