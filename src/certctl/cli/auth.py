@@ -89,7 +89,7 @@ def _known_permissions(permissions: list[str] | None) -> None:
     """
     from certctl.auth.permissions import PERMISSIONS
     from certctl.cli._common import UsageProblem
-    from certctl.services.access_rules import unknown_names
+    from certctl.spelling import unknown_names
 
     unknown = sorted(set(permissions or ()) - set(PERMISSIONS))
     if unknown:

@@ -524,7 +524,7 @@ def certs_revoke(
     """Revoke a certificate."""
     if reason is not None:
         from certctl.cli._common import option_value
-        from certctl.services.revocation import check_reason
+        from certctl.pki.revocation_reasons import check_reason
 
         # The server's rule, before anything is sent: a usage error (exit 2), not its 400.
         with option_value("--reason"):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from certctl.auth.apikeys import key_in_name
 from certctl.errors import InvalidRequest, NotFound, PermissionDenied
 from certctl.services.context import Principal
-from certctl.spelling import did_you_mean
+from certctl.spelling import unknown_names
 
 __all__ = [
     "ACTOR_NAMED_BY",
@@ -51,43 +51,6 @@ def check_name(name: str | None) -> None:
         raise InvalidRequest(
             f"name holds an API key ({head}…): names are listed to other callers; revoke that key"
         )
-
-
-# Unknown names of one request that get a "did you mean" (the others are named only):
-# difflib is pure Python, and a 1 MB body of near-misses took seconds of CPU to refuse.
-_SUGGESTED = 5
-# Most names an "unknown …" refusal lists: every permission (23), and the roles of most
-# deployments; past it the line would bury the name that was wrong.
-_MAX_KNOWN_NAMED = 30
-
-
-def unknown_names(
-    kind: str,
-    unknown: list[str],
-    known: Sequence[str],
-    *,
-    kind_as: str = "",
-    known_as: str = "known",
-    note: str = "",
-) -> InvalidRequest:
-    """The refusal of ``unknown`` names of ``kind``: the closest known name to each, else all.
-
-    A typo gets its correction (the first _SUGGESTED names only); a name with none close
-    (certctl.spelling) gets the known names listed in the order given (``known_as: a, b
-    …``, up to _MAX_KNOWN_NAMED, then ``note``), so the caller need not look them up elsewhere.
-    ``kind_as`` replaces ``{kind}(s)`` after "unknown" when the names are not all unknown.
-    """
-    named, all_close = [], True
-    for index, name in enumerate(unknown):
-        hint = did_you_mean(name, known) if index < _SUGGESTED else None
-        named.append(f"{name} ({hint})" if hint else name)
-        all_close = all_close and bool(hint)
-    hint = ""
-    if not all_close:
-        more = len(known) - _MAX_KNOWN_NAMED
-        shown = ", ".join(known[:_MAX_KNOWN_NAMED]) + (f" and {more} more" if more > 0 else "")
-        hint = f"; {known_as}: {shown}{note}"
-    return InvalidRequest(f"unknown {kind_as or kind + '(s)'}: {', '.join(named)}{hint}")
 
 
 def no_escalation(caller: Principal, permissions: frozenset[str] | set[str], what: str) -> None:

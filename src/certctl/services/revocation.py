@@ -15,11 +15,15 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.orm import Session
 
-from certctl.errors import InvalidRequest
 from certctl.pki import CertificateAuthority
 from certctl.pki.keys import signature_verifies
+from certctl.pki.revocation_reasons import (
+    ISSUER_REVOCATION_REASONS,
+    REVOCATION_REASONS,
+    STORED_REASONS,
+    check_reason,
+)
 from certctl.services.context import IssuerRevocation, Services, connected
-from certctl.spelling import did_you_mean
 from certctl.store.models import Issuer
 
 __all__ = [
@@ -43,20 +47,9 @@ __all__ = [
 ]
 
 
-# removeFromCRL belongs to delta CRLs and certificateHold cannot be lifted here: refused.
-# Every reason a revocation was ever stored with (a CRL says each one).
-REASONS = {
-    r.value: r
-    for r in x509.ReasonFlags
-    if r not in (x509.ReasonFlags.remove_from_crl, x509.ReasonFlags.certificate_hold)
-}
-# RFC 5280 5.3.1 (after X.509): cACompromise revokes a CA's certificate, aACompromise an
-# attribute authority's, which certctl does not issue. On a leaf, a CRL saying either told
-# its clients a CA was compromised (CA/B Forum BR 7.2.2 forbids both on a subscriber's).
-_CA_ONLY = ("cACompromise",)
-_NEVER = ("aACompromise",)
-REVOCATION_REASONS = tuple(sorted(r for r in REASONS if r not in (*_CA_ONLY, *_NEVER)))
-ISSUER_REVOCATION_REASONS = tuple(sorted(r for r in REASONS if r not in _NEVER))
+# Every reason a revocation was ever stored with (a CRL says each one); the names and the
+# check of a reason given live in pki, where the CLI checks --reason without this module.
+REASONS = {r: x509.ReasonFlags(r) for r in STORED_REASONS}
 
 
 def revoked_above(
@@ -569,63 +562,6 @@ def newly_below_revoked(
             if compromised_key in keys or top_signed_by(ca.certificate, ca.chain, cert):
                 return True
     return False
-
-
-def check_reason(reason: str | None, *, issuer: bool = False) -> str:
-    """``reason``, ``unspecified`` when left out (None).
-
-    Raises:
-        InvalidRequest: empty, or not one of REVOCATION_REASONS, or of
-            ISSUER_REVOCATION_REASONS for an ``issuer``.
-    """
-    allowed = ISSUER_REVOCATION_REASONS if issuer else REVOCATION_REASONS
-    if reason is None:
-        return "unspecified"
-    if not reason.strip():
-        # `--reason "$REASON"` with the variable unset: taken as unspecified, a revocation
-        # meant as keyCompromise was published (for good) as no compromise.
-        raise InvalidRequest(
-            f"an empty revocation reason: give one of {', '.join(allowed)}, or leave the "
-            "reason out for unspecified"
-        )
-    if reason in allowed:
-        return reason
-    instead = (
-        "an issuer's compromised key is cACompromise"
-        if issuer
-        else "a certificate's compromised key is keyCompromise"
-    )
-    if reason in _CA_ONLY:
-        raise InvalidRequest(
-            f"{reason}: the reason for a CA's certificate (RFC 5280 5.3.1); {instead}"
-        )
-    if reason in _NEVER:
-        raise InvalidRequest(
-            f"{reason}: the reason for an attribute authority's certificate (RFC 5280 5.3.1), "
-            f"which certctl does not issue; {instead}"
-        )
-    choices = ", ".join(allowed)
-    refused = _REFUSED.get(reason)
-    if refused is not None:  # RFC 5280 reasons, but not for a revocation here
-        raise InvalidRequest(f"{reason}: {refused}; one of {choices}")
-    # RFC 5280's spelling, case included: `--reason keycompromise` is a typo, so name the one
-    # meant before the list.
-    known = {r.lower(): r for r in (*_CA_ONLY, *_NEVER, *_REFUSED)}
-    if reason.lower() in known and known[reason.lower()] not in allowed:
-        # cacompromise for a certificate: the words of the reason meant (cACompromise).
-        check_reason(known[reason.lower()], issuer=issuer)
-    hint = did_you_mean(reason, allowed)
-    if hint:
-        raise InvalidRequest(f"{reason}: unknown revocation reason ({hint} one of {choices})")
-    raise InvalidRequest(f"{reason}: unknown revocation reason (one of {choices})")
-
-
-_REFUSED = {
-    x509.ReasonFlags.certificate_hold.value: "a hold is lifted by taking the certificate off "
-    "the CRL, which certctl never does (a revocation is final)",
-    x509.ReasonFlags.remove_from_crl.value: "a reason for delta CRLs only (RFC 5280 5.3.1), "
-    "which certctl does not publish",
-}
 
 
 # The reasons that say an issuer's key is compromised: keyCompromise, and cACompromise, RFC
