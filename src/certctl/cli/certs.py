@@ -431,13 +431,22 @@ def certs_list(
     """
     from certctl.cli._common import option_value
     from certctl.pki import parse_duration
+    from certctl.spelling import did_you_mean
 
+    for option, value in (("--status", status), ("--expiring-within", expiring_within)):
+        if value == "":
+            # `--status "$STATUS"` with the variable unset: no filter to guess at, in the
+            # server's words, and a usage error as any other value refused here.
+            raise typer.BadParameter("empty (leave it out for no filter)", param_hint=option)
     if status is not None and status not in _STATUSES:
-        # The server's words, before anything is sent: a usage error, not its 400.
+        # The server's words, before anything is sent: a usage error, not its 400. `Revoked`
+        # or `revokd`: the one meant first, as the server names it.
+        hint = did_you_mean(status, _STATUSES)
+        meant = f"{hint} " if hint else ""
         raise typer.BadParameter(
-            f"{status}: unknown status ({', '.join(_STATUSES)})", param_hint="--status"
+            f"{status}: unknown status ({meant}{', '.join(_STATUSES)})", param_hint="--status"
         )
-    if expiring_within:  # empty: the server's own refusal ("leave it out for no filter")
+    if expiring_within is not None:
         with option_value("--expiring-within"):
             parse_duration(expiring_within)
     path = "/api/v1/certificates"

@@ -225,3 +225,28 @@ def test_a_client_command_checks_its_values_without_the_server_layers(
     )
     # Refused (2) before a request, or sent to nothing listening (1): checked either way.
     assert proc.stdout.strip() == f"{code} []", proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [
+        # As the server's 400 said it before the check moved to the CLI: the one meant first.
+        ("Revoked", "Revoked: unknown status (did you mean revoked? active, expiring, "),
+        ("expird", "expird: unknown status (did you mean expired? active, "),
+        # `--status "$STATUS"` with the variable unset: said so, not ": unknown status".
+        ("", "--status: empty (leave it out for no filter)"),
+    ],
+)
+def test_an_unknown_status_names_the_one_meant(work: Path, status: str, words: str) -> None:
+    proc = _certctl(["certs", "list", "--status", status], work, CLIENT)
+    line = _one_error_line(proc)
+    assert proc.returncode == 2, line
+    assert words in line
+
+
+def test_an_empty_expiring_within_is_a_usage_error_as_an_empty_status(work: Path) -> None:
+    # Left to the server, it was its 400 (exit 1) where --status "" was refused here (exit 2).
+    proc = _certctl(["certs", "list", "--expiring-within", ""], work, CLIENT)
+    line = _one_error_line(proc)
+    assert proc.returncode == 2, line
+    assert "--expiring-within: empty (leave it out for no filter)" in line
