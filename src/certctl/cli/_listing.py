@@ -21,6 +21,7 @@ __all__ = [
     "date_and_days",
     "is_past",
     "next_page",
+    "no_empty_filter",
     "print_table",
     "printable",
     "timestamp",
@@ -34,6 +35,19 @@ OUTPUT_HELP = (
 
 
 _OUTPUTS = ("table", "json")
+
+
+def no_empty_filter(filters: Mapping[str, str | None]) -> None:
+    """Refuse a filter option given empty (``--actor "$WHO"`` with the variable unset).
+
+    The server refuses it too ("leave it out for no filter"): said here, before a request,
+    it is a usage error (exit 2), as any other value refused before the work, not its 400.
+    """
+    import typer
+
+    for option, value in filters.items():
+        if value == "":
+            raise typer.BadParameter("empty (leave it out for no filter)", param_hint=option)
 
 
 def next_page(

@@ -14,7 +14,7 @@ from certctl.cli._api import (
     print_list,
     send_request,
 )
-from certctl.cli._listing import Column, next_page
+from certctl.cli._listing import Column, next_page, no_empty_filter
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -72,7 +72,7 @@ def _instant(option: str, value: str | None) -> datetime | None:
     """``--since``/``--until`` as the server reads them (ISO 8601, UTC without a zone).
 
     Checked before the request: a time that does not parse is a usage error (exit 2), where
-    the server's 400 was a failure (exit 1). Empty is left to the server, which says so.
+    the server's 400 was a failure (exit 1). Empty is refused before (no_empty_filter).
     """
     from datetime import UTC
     from datetime import datetime as _datetime
@@ -129,16 +129,6 @@ def audit_list(
     """
     import re
 
-    after, before = _instant("--since", since), _instant("--until", until)
-    if after is not None and before is not None and after >= before:
-        # As the server refuses them, before a request: options that contradict each other.
-        raise typer.BadParameter(
-            f"--since {since} is not before --until {until}: no event can match (--since is "
-            "inclusive, --until exclusive)"
-        )
-    if credential is not None and re.fullmatch(r"[0-9a-f]{16}", credential):
-        credential = f"apikey {credential}"  # as the table's KEY column shows it
-    path = "/api/v1/audit"
     filters = {
         "--actor": actor,
         "--credential": credential,
@@ -148,6 +138,18 @@ def audit_list(
         "--since": since,
         "--until": until,
     }
+    no_empty_filter(filters)
+    after, before = _instant("--since", since), _instant("--until", until)
+    if after is not None and before is not None and after >= before:
+        # As the server refuses them, before a request: options that contradict each other.
+        raise typer.BadParameter(
+            f"--since {since} is not before --until {until}: no event can match (--since is "
+            "inclusive, --until exclusive)"
+        )
+    if credential is not None and re.fullmatch(r"[0-9a-f]{16}", credential):
+        credential = f"apikey {credential}"  # as the table's KEY column shows it
+        filters["--credential"] = credential  # and so in the next page's command
+    path = "/api/v1/audit"
 
     data = send_request(
         "GET",

@@ -34,7 +34,7 @@ from certctl.cli._api import (
     warn_about,
 )
 from certctl.cli._common import KEY_TYPES_HELP
-from certctl.cli._listing import Column, next_page
+from certctl.cli._listing import Column, next_page, no_empty_filter
 from certctl.errors import CertctlError, Conflict, InvalidRequest
 
 if TYPE_CHECKING:
@@ -433,11 +433,7 @@ def certs_list(
     from certctl.pki import parse_duration
     from certctl.spelling import did_you_mean
 
-    for option, value in (("--status", status), ("--expiring-within", expiring_within)):
-        if value == "":
-            # `--status "$STATUS"` with the variable unset: no filter to guess at, in the
-            # server's words, and a usage error as any other value refused here.
-            raise typer.BadParameter("empty (leave it out for no filter)", param_hint=option)
+    no_empty_filter({"--status": status, "--issuer": issuer, "--expiring-within": expiring_within})
     if status is not None and status not in _STATUSES:
         # The server's words, before anything is sent: a usage error, not its 400. `Revoked`
         # or `revokd`: the one meant first, as the server names it.

@@ -244,9 +244,31 @@ def test_an_unknown_status_names_the_one_meant(work: Path, status: str, words: s
     assert words in line
 
 
-def test_an_empty_expiring_within_is_a_usage_error_as_an_empty_status(work: Path) -> None:
-    # Left to the server, it was its 400 (exit 1) where --status "" was refused here (exit 2).
-    proc = _certctl(["certs", "list", "--expiring-within", ""], work, CLIENT)
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        ("certs list", "--expiring-within"),
+        ("certs list", "--issuer"),
+        *(
+            ("audit list", option)
+            for option in (
+                "--actor",
+                "--credential",
+                "--action",
+                "--outcome",
+                "--target",
+                "--since",
+                "--until",
+            )
+        ),
+    ],
+)
+def test_an_empty_filter_is_a_usage_error_as_an_empty_status(
+    work: Path, command: str, option: str
+) -> None:
+    # `--actor "$WHO"` with the variable unset. Left to the server, it was its 400 (exit 1)
+    # where --status "" was refused here (exit 2).
+    proc = _certctl([*command.split(), option, ""], work, CLIENT)
     line = _one_error_line(proc)
     assert proc.returncode == 2, line
-    assert "--expiring-within: empty (leave it out for no filter)" in line
+    assert f"{option}: empty (leave it out for no filter)" in line
