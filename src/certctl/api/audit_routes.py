@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 
 from starlette.requests import Request
@@ -12,7 +11,7 @@ from certctl.api import schemas
 from certctl.api._common import ApiRoute, listed
 from certctl.api._common import json_response as _json
 from certctl.api._common import page_limit as _limit
-from certctl.auth.apikeys import redact_keys
+from certctl.auth.apikeys import check_audit_credential
 from certctl.errors import InvalidRequest
 from certctl.services import audit
 from certctl.services.context import Principal
@@ -39,25 +38,6 @@ def _instant(name: str, value: str) -> datetime:
         raise InvalidRequest(f"{name}={value[:40]}: out of range") from None
 
 
-# The one form the credential field has. Exact match: a bare key id (what `certctl auth
-# apikeys list` shows) or a whole key matched nothing, and an auditor read "no events" as
-# the answer about a leaked key.
-_CREDENTIAL = re.compile(r"apikey [0-9a-f]{16}\Z")
-_KEY_ID = re.compile(r"(?<![0-9a-f])[0-9a-f]{16}(?![0-9a-f])")
-
-
-def _credential(value: str) -> str:
-    if _CREDENTIAL.match(value):
-        return value
-    found = _KEY_ID.search(value)
-    meant = f": did you mean 'apikey {found.group()}'?" if found else ""
-    # Redacted: the value may be a whole key, secret and all.
-    raise InvalidRequest(
-        f"credential={redact_keys(value)[:60]}: not a credential as the audit log writes one "
-        f"(apikey <key id>){meant}"
-    )
-
-
 def _filter(request: Request) -> audit.AuditFilter | None:
     params = request.query_params
     if not any(name in params for name in _FILTERS):
@@ -78,7 +58,7 @@ def _filter(request: Request) -> audit.AuditFilter | None:
     credential = params.get("credential")
     return audit.AuditFilter(
         actor=params.get("actor"),
-        credential=_credential(credential) if credential else None,
+        credential=check_audit_credential(credential) if credential else None,
         action=params.get("action"),
         outcome=params.get("outcome"),
         target=params.get("target"),

@@ -17,9 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+from certctl.errors import InvalidRequest
+
 __all__ = [
     "KEY_ID",
     "MintedKey",
+    "check_audit_credential",
     "hash_secret",
     "key_head",
     "key_in_name",
@@ -141,3 +144,30 @@ def secret_matches(secret: str, stored_sha256: bytes) -> bool:
     """Constant-time comparison of a presented secret with the stored hash."""
     # hash_secret, inline: this runs on every authenticated request.
     return _COMPARE(_SHA256(secret.encode()).digest(), stored_sha256)
+
+
+# The one form the audit log's credential field has. Exact match: a bare key id (what `certctl
+# auth apikeys list` shows) or a whole key matched nothing, and an auditor read "no events" as
+# the answer about a leaked key.
+_AUDIT_CREDENTIAL = re.compile(r"apikey [0-9a-f]{16}\Z")
+_BARE_KEY_ID = re.compile(r"(?<![0-9a-f])[0-9a-f]{16}(?![0-9a-f])")
+
+
+def check_audit_credential(value: str, name: str = "credential=") -> str:
+    """``value`` if it is a credential as the audit log writes one (``apikey <key id>``).
+
+    The API's ``credential`` filter, and the CLI's ``--credential`` before it sends one.
+    ``name``: how the refusal names the value (``credential=``, ``--credential ``).
+
+    Raises:
+        InvalidRequest: another form; a key id in it is offered, the key's secret redacted.
+    """
+    if _AUDIT_CREDENTIAL.match(value):
+        return value
+    found = _BARE_KEY_ID.search(value)
+    meant = f": did you mean 'apikey {found.group()}'?" if found else ""
+    # Redacted: the value may be a whole key, secret and all.
+    raise InvalidRequest(
+        f"{name}{redact_keys(value)[:60]}: not a credential as the audit log writes one "
+        f"(apikey <key id>){meant}"
+    )

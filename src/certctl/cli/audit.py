@@ -149,6 +149,13 @@ def audit_list(
     if credential is not None and re.fullmatch(r"[0-9a-f]{16}", credential):
         credential = f"apikey {credential}"  # as the table's KEY column shows it
         filters["--credential"] = credential  # and so in the next page's command
+    if credential is not None:
+        from certctl.auth.apikeys import check_audit_credential
+        from certctl.cli._common import option_value
+
+        # The server's rule and words, before a request: a usage error (exit 2), not its 400.
+        with option_value():
+            check_audit_credential(credential, "--credential ")
     path = "/api/v1/audit"
 
     data = send_request(

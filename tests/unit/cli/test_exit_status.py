@@ -272,3 +272,25 @@ def test_an_empty_filter_is_a_usage_error_as_an_empty_status(
     line = _one_error_line(proc)
     assert proc.returncode == 2, line
     assert f"{option}: empty (leave it out for no filter)" in line
+
+
+@pytest.mark.parametrize(
+    ("credential", "words"),
+    [
+        ("admin", "--credential admin: not a credential as the audit log writes one "),
+        # A whole key pasted: its id named, its secret not shown.
+        (
+            "cctl_043f5b2d112743b8_CZnuDUPKOKDdDRSjZNOj2ZPOh5mwZ5WydGNiPXvtpXI",
+            ": did you mean 'apikey 043f5b2d112743b8'?",
+        ),
+    ],
+)
+def test_a_credential_the_audit_log_never_writes_is_a_usage_error(
+    work: Path, credential: str, words: str
+) -> None:
+    # The server's 400 said it (exit 1) after a request; the form is known here.
+    proc = _certctl(["audit", "list", "--credential", credential], work, CLIENT)
+    line = _one_error_line(proc)
+    assert proc.returncode == 2, line
+    assert words in line
+    assert "CZnuDUPKOKDdDRSj" not in line
