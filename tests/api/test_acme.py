@@ -363,7 +363,8 @@ def test_a_wrong_key_authorization_makes_the_order_invalid(acme_on: Acme) -> Non
     assert authz.body.status == messages.STATUS_INVALID
     error = authz.body.challenges[0].error
     assert error.typ == ERR + "incorrectResponse"
-    assert "not-the-key-authorization" in error.detail
+    # Not quoted: only an answer shaped like a key authorization is (test_acme_security).
+    assert "answered 25 bytes that are no key authorization" in error.detail
     raw = acme_client._post_as_get(order.uri).json()
     assert raw["status"] == "invalid"
     # Straight to the finalize URL: the library waits out an orderNotReady.

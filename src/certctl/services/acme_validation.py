@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 __all__ = ["MAX_BODY", "MAX_REDIRECTS", "TIMEOUT_S", "fetch_http01"]
@@ -12,6 +13,10 @@ log = logging.getLogger("certctl.services.acme")
 TIMEOUT_S = 10.0
 MAX_BODY = 8 * 1024
 MAX_REDIRECTS = 10
+# What a key authorization looks like (RFC 8555 8.1: token "." base64url thumbprint). Only an
+# answer of this shape is quoted back to the account: anything else may be the page of a host
+# it does not control (the name's DNS, or a redirect, may point at any host on port 80 or 443).
+_KEY_AUTHORIZATION = re.compile(r"[A-Za-z0-9_-]{1,128}\.[A-Za-z0-9_-]{1,128}\Z")
 
 
 def _problem(acme_type: str, detail: str) -> dict[str, Any]:
@@ -84,16 +89,26 @@ async def fetch_http01(
                     return _problem("connection", f"{first}: more than {MAX_REDIRECTS} redirects")
     except TimeoutError:
         return _problem("connection", f"{url}: no answer within {TIMEOUT_S:.0f} s")
+    except httpx.ProtocolError as exc:
+        # The parser quotes what it could not parse (an SSH or SMTP banner): not shown.
+        reason = str(exc)
+        if not reason.startswith("Server disconnected"):
+            reason = f"not an HTTP answer ({type(exc).__name__})"
+        return _problem("connection", f"{url}: {reason[:200]}")
     except (httpx.HTTPError, httpx.InvalidURL, KeyError) as exc:
         reason = str(exc) or type(exc).__name__
         return _problem("connection", f"{url}: {reason[:200]}")
     answer = body.decode("utf-8", errors="replace").rstrip()
     if answer != key_authorization:
-        # The expected value is no secret (the token and the account key's thumbprint), but
-        # a body can be anything: quoted short, never whole.
-        shown = answer[:80] + ("…" if len(answer) > 80 else "")
+        # The expected value is no secret (the token and the account key's thumbprint). The
+        # answer is quoted only when it is a key authorization of this token (a stale
+        # account key's, say); else only its length.
+        if _KEY_AUTHORIZATION.match(answer) and answer.startswith(f"{token}."):
+            shown = repr(answer)
+        else:
+            shown = f"{len(body)} bytes that are no key authorization of this token"
         return _problem(
             "incorrectResponse",
-            f"{url} answered {shown!r}, not the key authorization {key_authorization!r}",
+            f"{url} answered {shown}, not the key authorization {key_authorization!r}",
         )
     return None

@@ -1,0 +1,110 @@
+"""The ACME endpoint against what a hostile account (or anyone reaching it) tries.
+
+http-01 makes certctl fetch a URL the account chooses (its identifier's address, and the
+redirects it answers with): what comes back from a host the account does not control must not
+be shown to the account. The servers and helpers are ``test_acme``'s.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+from acme import messages
+
+from tests.api.conftest import Api
+from tests.api.test_acme import (
+    ERR,
+    ISSUER,
+    NAME,
+    Acme,
+    Http01Server,
+    _acme_app,
+    _validated,
+    serving,
+)
+
+
+@pytest.fixture
+def acme_sec(api: Api) -> Iterator[Acme]:
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": ISSUER, "common_name": "ACME CA"})
+    assert r.status_code == 201, r.text
+    http01 = Http01Server()
+    app, settings = _acme_app(api, http01.port)
+    try:
+        with serving(app) as base:
+            yield Acme(api, base, http01, settings)
+    finally:
+        http01.close()
+
+
+def test_http01_does_not_show_the_account_what_another_page_answered(acme_sec: Acme) -> None:
+    # As a redirect to http://169.254.169.254/latest/meta-data/… (port 80 is followed) or a
+    # name whose DNS points at an internal host would: here another page of the responder.
+    answers = acme_sec.http01.answers
+    secret = b"AccessKeyId=ASIAINTERNALSECRET"
+
+    def serve(token: str, key_authorization: bytes) -> None:
+        answers[token] = b"REDIRECT /.well-known/acme-challenge/meta-data"
+        answers["meta-data"] = secret
+
+    authz = _validated(acme_sec, serve)
+    assert authz.body.status == messages.STATUS_INVALID
+    error = authz.body.challenges[0].error
+    assert error.typ == ERR + "incorrectResponse"
+    assert "ASIAINTERNALSECRET" not in error.detail
+    assert f"{len(secret)} bytes" in error.detail
+
+
+def test_http01_quotes_a_key_authorization_for_another_account_key(acme_sec: Acme) -> None:
+    # What a client misconfigured serves (a stale account key's thumbprint): worth showing.
+    wrong = "A" * 43
+
+    def serve(token: str, key_authorization: bytes) -> None:
+        acme_sec.http01.answers[token] = f"{token}.{wrong}".encode()
+
+    authz = _validated(acme_sec, serve)
+    error = authz.body.challenges[0].error
+    assert error.typ == ERR + "incorrectResponse"
+    assert f".{wrong}'" in error.detail
+
+
+def test_http01_does_not_show_the_banner_of_a_service_that_is_not_http(api: Api) -> None:
+    # An SSH (or database, SMTP …) server on the port: its first line reached the account in
+    # the parser's error ("illegal status line: bytearray(b'SSH-2.0-…')").
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": ISSUER})
+    assert r.status_code == 201, r.text
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def banner() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6 db-internal-07 BANNERSECRET\r\n\r\n")
+                stop.wait(1)
+
+    thread = threading.Thread(target=banner, daemon=True)
+    thread.start()
+    app, settings = _acme_app(api, listener.getsockname()[1])
+    http01 = Http01Server()  # unused: the banner server holds the http-01 port
+    try:
+        with serving(app) as base:
+            authz = _validated(Acme(api, base, http01, settings), lambda token, ka: None)
+    finally:
+        stop.set()
+        listener.close()
+        http01.close()
+        thread.join(5)
+    assert authz.body.status == messages.STATUS_INVALID
+    error = authz.body.challenges[0].error
+    assert error.typ == ERR + "connection"
+    assert "BANNERSECRET" not in error.detail
+    assert "db-internal" not in error.detail
+    assert NAME in error.detail
