@@ -10,9 +10,14 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 
+import josepy as jose
 import pytest
-from acme import messages
+from acme import crypto_util, messages
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.api.conftest import Api
 from tests.api.test_acme import (
@@ -108,3 +113,30 @@ def test_http01_does_not_show_the_banner_of_a_service_that_is_not_http(api: Api)
     assert "BANNERSECRET" not in error.detail
     assert "db-internal" not in error.detail
     assert NAME in error.detail
+
+
+def test_a_revocation_signed_by_the_certificate_key_is_not_audited_as_the_ordering_account(
+    acme_sec: Acme,
+) -> None:
+    # Whoever holds the key (the account, or whoever stole the key) revokes without the
+    # account: the audit named the account as if it had, hiding who acted.
+    acme_client = acme_sec.client()
+    account = acme_sec.register(acme_client)
+    account_id = account.uri.rsplit("/", 1)[1]
+    order, _ = acme_sec.order(acme_client, [NAME])
+    acme_sec.answer(acme_client, order)
+    key = rsa.generate_private_key(65537, 2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    order = order.update(csr_pem=crypto_util.make_csr(pem, [NAME]))
+    done = acme_client.poll_and_finalize(order, datetime.now() + timedelta(seconds=30))
+    leaf = x509.load_pem_x509_certificates(done.fullchain_pem.encode())[0]
+    holder_key = jose.JWKRSA(key=key)
+    holder = acme_sec.client(holder_key, alg=jose.RS256)
+    holder.net.account = None  # no kid: the certificate's key signs the request
+    holder.revoke(leaf, 1)
+    actors = [e["actor"] for e in acme_sec.api.audit() if e["action"] == "certificate.revoke"]
+    thumb = jose.b64encode(holder_key.public_key().thumbprint()).decode()
+    assert actors == [f"acme:key-{thumb[:16]}"]
+    assert f"acme:{account_id}" not in actors

@@ -927,7 +927,9 @@ def revoke(
         assert key is not None
         if _spki(key) != _spki(cert.public_key()):
             raise AcmeError("the JWS is not signed by the certificate's key", "unauthorized", 403)
-        actor = orders[0] if orders else f"key-{thumbprint(key)[:16]}"
+        # The key's holder acted, not (necessarily) the account that ordered the certificate:
+        # a stolen key revoking must not be audited as that account's doing.
+        actor = f"key-{thumbprint(key)[:16]}"
     principal = _principal(actor, source, "cert.revoke")
     try:
         revoke_certificate(services, principal, row.id, _REASONS[reason_code])
