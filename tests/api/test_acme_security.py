@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -140,3 +141,57 @@ def test_a_revocation_signed_by_the_certificate_key_is_not_audited_as_the_orderi
     thumb = jose.b64encode(holder_key.public_key().thumbprint()).decode()
     assert actors == [f"acme:key-{thumb[:16]}"]
     assert f"acme:{account_id}" not in actors
+
+
+def test_http01_validations_waiting_are_bounded_and_a_challenge_over_it_stays_pending(
+    api: Api,
+) -> None:
+    # Every challenge answered started a validation task, waiting for one of the 8 fetch
+    # slots: an account answering thousands of challenges on a name that never answers
+    # (10 s each) queued them all in memory and everyone else's validations behind them.
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": ISSUER})
+    assert r.status_code == 201, r.text
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def hang() -> None:  # accepts and never answers
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    thread = threading.Thread(target=hang, daemon=True)
+    thread.start()
+    app, settings = _acme_app(api, listener.getsockname()[1])
+    app.app.state.acme_validation_queue = 1  # the Starlette app inside the access log
+    http01 = Http01Server()  # unused: the silent server holds the http-01 port
+    try:
+        with serving(app) as base:
+            acme_on = Acme(api, base, http01, settings)
+            acme_client = acme_on.client()
+            acme_on.register(acme_client)
+            first, _ = acme_on.order(acme_client, [NAME])
+            second, _ = acme_on.order(acme_client, [NAME])
+            acme_on.answer(acme_client, first)  # its fetch hangs
+            with pytest.raises(messages.Error) as info:
+                acme_on.answer(acme_client, second)
+            assert (info.value.typ, info.value.code) == (ERR + "rateLimited", "rateLimited")
+            authz, _ = acme_client.poll(second.authorizations[0])
+            assert authz.body.challenges[0].status == messages.STATUS_PENDING
+            for conn in held:  # the first fetch fails now, and frees its place
+                conn.close()
+            listener.close()
+            deadline = time.monotonic() + 10
+            while acme_client.poll(first.authorizations[0])[0].body.status == "pending":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            acme_on.answer(acme_client, second)  # accepted now
+            authz, _ = acme_client.poll(second.authorizations[0])
+            assert authz.body.challenges[0].status != messages.STATUS_PENDING
+    finally:
+        for conn in held:
+            conn.close()
+        listener.close()
+        http01.close()
+        thread.join(5)

@@ -49,13 +49,19 @@ from certctl.services.acme import AcmeSettings, AuthorizationView, ChallengeView
 from certctl.services.acme_validation import fetch_http01
 from certctl.store.models import AcmeAccount
 
-__all__ = ["ACME_PREFIX", "VALIDATION_LIMIT", "acme_routes"]
+__all__ = ["ACME_PREFIX", "VALIDATION_LIMIT", "VALIDATION_QUEUE", "acme_routes"]
 
 log = logging.getLogger("certctl.api")
 
 ACME_PREFIX = "/acme"
 # http-01 fetches at once per process: each holds a socket and up to 10 s.
 VALIDATION_LIMIT = 8
+# Validations started and not recorded yet per process (fetching, or waiting for one of those
+# slots). Beyond it a challenge answered stays pending (rateLimited, retried later): each
+# answer queued a task, so an account answering thousands of challenges on a name that never
+# answers held them all in memory and everyone's validations waited behind its hours of them.
+VALIDATION_QUEUE = 256
+RETRY_AFTER_S = 30
 _JOSE = "application/jose+json"
 
 # RFC 9457 3.1.3: one title per type (RFC 8555 6.7's descriptions, shortened).
@@ -73,6 +79,7 @@ _TITLES = {
     "invalidContact": "Invalid contact",
     "malformed": "Malformed request",
     "orderNotReady": "Order not ready",
+    "rateLimited": "Rate limited",
     "rejectedIdentifier": "Rejected identifier",
     "serverInternal": "Server internal error",
     "unauthorized": "Unauthorized",
@@ -400,9 +407,23 @@ async def challenge(request: Request) -> Response:
     if signed.payload is None:
         view, _ = await anyio.to_thread.run_sync(acme.challenge_view, services, own, challenge_id)
     elif signed.payload == {}:
-        view, name = await _run(request, acme.start_challenge, services, own, challenge_id)
-        if name is not None:
-            _spawn_validation(request, view, name, own)
+        state = request.app.state
+        waiting = len(state.acme_tasks)
+        if waiting >= state.acme_validation_queue:
+            view, _ = await anyio.to_thread.run_sync(
+                acme.challenge_view, services, own, challenge_id
+            )
+            if view.status == "pending":  # one under way or over is answered as it is
+                raise AcmeError(
+                    f"{waiting} http-01 validations are under way here; answer the challenge "
+                    f"again in {RETRY_AFTER_S} s",
+                    "rateLimited",
+                    429,
+                )
+        else:
+            view, name = await _run(request, acme.start_challenge, services, own, challenge_id)
+            if name is not None:
+                _spawn_validation(request, view, name, own)
     else:
         raise AcmeError("a challenge takes {} (respond) or an empty payload (POST-as-GET)")
     response = _json(_challenge_json(request, view))
@@ -517,6 +538,8 @@ def _endpoint(
             if exc.status >= 500:
                 log.warning("ACME %s %s: %s", request.method, logged_path_of(scope), exc.detail)
             response = _from_error(exc)
+            if exc.status == 429:
+                response.headers["Retry-After"] = str(RETRY_AFTER_S)
         nonce = await in_write_thread(request, acme.mint_nonce, services_of(request))
         response.headers["Replay-Nonce"] = nonce
         response.headers.append("Link", f'<{_url(request, "directory")}>;rel="index"')

@@ -448,9 +448,10 @@ def create_app(
     app.state.failure_audits = auth.audits
     app.state.acme = acme
     if acme is not None:
-        from certctl.api.acme_routes import VALIDATION_LIMIT
+        from certctl.api.acme_routes import VALIDATION_LIMIT, VALIDATION_QUEUE
 
         app.state.acme_validations = anyio.CapacityLimiter(VALIDATION_LIMIT)
+        app.state.acme_validation_queue = VALIDATION_QUEUE
         app.state.acme_tasks = set()
     app.state.ready = True
     return AccessLogAndLimits(app, json_logs=json_logs)
