@@ -18,7 +18,7 @@ import pytest
 from acme import crypto_util, messages
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.api.conftest import Api
 from tests.api.test_acme import (
@@ -195,3 +195,28 @@ def test_http01_validations_waiting_are_bounded_and_a_challenge_over_it_stays_pe
         listener.close()
         http01.close()
         thread.join(5)
+
+
+def test_a_csr_with_an_account_key_is_a_bad_csr(acme_sec: Acme) -> None:
+    # RFC 8555 11.1: whoever holds the certificate's key (every server it is deployed on)
+    # would hold the ACME account too; another account's key as well.
+    owner_key = ec.generate_private_key(ec.SECP256R1())
+    owner = acme_sec.client(jose.JWKEC(key=owner_key))
+    acme_sec.register(owner)
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    acme_sec.register(acme_sec.client(jose.JWKEC(key=other_key)))
+    for key in (owner_key, other_key):
+        order, _ = acme_sec.order(owner, [NAME])
+        acme_sec.answer(owner, order)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        order = order.update(csr_pem=crypto_util.make_csr(pem, [NAME]))
+        before = acme_sec.api.counts()["certificates"]
+        with pytest.raises(messages.Error) as info:
+            owner.poll_and_finalize(order, datetime.now() + timedelta(seconds=30))
+        assert info.value.typ == ERR + "badCSR"
+        assert "account key" in str(info.value.detail)
+        assert acme_sec.api.counts()["certificates"] == before

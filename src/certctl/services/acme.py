@@ -758,6 +758,33 @@ def _csr_names(csr: x509.CertificateSigningRequest) -> set[str]:
     return names
 
 
+def _check_not_an_account_key(services: Services, csr: x509.CertificateSigningRequest) -> None:
+    """Refuse a CSR for the key of an account, this one's or another's (RFC 8555 11.1).
+
+    Whoever holds a certificate's key (every server it is deployed on) would hold that ACME
+    account too. An account's own key by mistake, or another's: refused alike.
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    try:
+        key = csr.public_key()
+    except ValueError:
+        return  # unreadable: issuance refuses it, saying why
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in ("secp256r1", "secp384r1"):
+            return  # no account key can be on another curve (jose.load_jwk)
+    elif not isinstance(key, rsa.RSAPublicKey | ed25519.Ed25519PublicKey):
+        return
+    print_ = thumbprint(key)
+    with services.sessions() as session:
+        taken = session.scalar(select(AcmeAccount.id).where(AcmeAccount.thumbprint == print_))
+    if taken is not None:
+        raise AcmeError(
+            "the CSR's public key is an ACME account key; a certificate needs a key of its own",
+            "badCSR",
+        )
+
+
 def finalize_order(
     services: Services,
     settings: AcmeSettings,
@@ -798,6 +825,7 @@ def finalize_order(
         said = [f"names {', '.join(extra)[:200]} not in the order"] if extra else []
         said += [f"leaves out {', '.join(missing)[:200]}"] if missing else []
         raise AcmeError(f"the CSR {' and '.join(said)}", "badCSR")
+    _check_not_an_account_key(services, csr)
     pem = csr.public_bytes(serialization.Encoding.PEM).decode()
     principal = _principal(account.id, source, "cert.issue")
     try:
