@@ -17,7 +17,7 @@ import josepy as jose
 import pytest
 from acme import crypto_util, messages
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.api.conftest import Api
@@ -220,3 +220,34 @@ def test_a_csr_with_an_account_key_is_a_bad_csr(acme_sec: Acme) -> None:
         assert info.value.typ == ERR + "badCSR"
         assert "account key" in str(info.value.detail)
         assert acme_sec.api.counts()["certificates"] == before
+
+
+def test_an_acme_certificate_names_no_subject_attribute_the_account_did_not_prove(
+    acme_sec: Acme,
+) -> None:
+    # http-01 proves the DNS names, nothing of O, OU … (which relying parties may authorize
+    # on): they were copied from the CSR. The CN is kept, as the order's name it matched.
+    acme_client = acme_sec.client()
+    acme_sec.register(acme_client)
+    order, _ = acme_sec.order(acme_client, [NAME])
+    acme_sec.answer(acme_client, order)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(x509.NameOID.COMMON_NAME, NAME.upper()),
+            x509.NameAttribute(x509.NameOID.ORGANIZATION_NAME, "certctl"),
+            x509.NameAttribute(x509.NameOID.ORGANIZATIONAL_UNIT_NAME, "admins"),
+        ]
+    )
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(subject)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    order = order.update(csr_pem=csr.public_bytes(serialization.Encoding.PEM))
+    done = acme_client.poll_and_finalize(order, datetime.now() + timedelta(seconds=30))
+    leaf = x509.load_pem_x509_certificates(done.fullchain_pem.encode())[0]
+    assert leaf.subject == x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, NAME)])
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == [NAME]

@@ -148,6 +148,7 @@ def sign_csr(
     max_names: int | None = None,
     crl_urls: Sequence[str] = (),
     ca_issuers_urls: Sequence[str] = (),
+    subject: x509.Name | None = None,
 ) -> IssuedCertificate:
     """Issue a certificate for a verified CSR; only its subject and SANs carry over.
 
@@ -157,7 +158,8 @@ def sign_csr(
     verified it; a second ECDSA verification costs ~0.1 ms per issuance). ``public_key`` is
     the CSR's key when the caller has it already (``load_csr_with_key``). ``max_names``
     caps the SANs of each type (DNS, IP, email, URI) the CSR may ask for. ``crl_urls``,
-    ``ca_issuers_urls``: see ``CertificateAuthority.issue``.
+    ``ca_issuers_urls``: see ``CertificateAuthority.issue``. ``subject`` replaces the CSR's
+    (ACME keeps only what the account proved).
 
     Raises:
         BadSignature: the CSR's signature does not verify.
@@ -166,7 +168,8 @@ def sign_csr(
     """
     if not verified and not csr.is_signature_valid:
         raise BadSignature("CSR signature does not verify: the request was altered or corrupted")
-    subject = csr.subject
+    if subject is None:
+        subject = csr.subject
     check_name(subject)
     sans = csr_sans(csr) if profile.allows_sans else SubjectAltNames()
     if max_names is not None:

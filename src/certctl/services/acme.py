@@ -758,6 +758,21 @@ def _csr_names(csr: x509.CertificateSigningRequest) -> set[str]:
     return names
 
 
+def _proved_subject(csr: x509.CertificateSigningRequest) -> x509.Name:
+    """The CSR's CN alone (lower-case: the order's name it matched), or an empty subject.
+
+    http-01 proves DNS names and nothing of O, OU, C …, which relying parties may authorize
+    on: those are not copied from the CSR, as Let's Encrypt copies none.
+    """
+    for attr in csr.subject:
+        if attr.oid == x509.NameOID.COMMON_NAME:
+            value = attr.value
+            if not isinstance(value, str):
+                value = value.decode(errors="replace")
+            return x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, value.lower())])
+    return x509.Name([])
+
+
 def _check_not_an_account_key(services: Services, csr: x509.CertificateSigningRequest) -> None:
     """Refuse a CSR for the key of an account, this one's or another's (RFC 8555 11.1).
 
@@ -836,6 +851,7 @@ def finalize_order(
             csr_pem=pem,
             profile=ACME_PROFILE,
             validity=settings.validity,
+            subject=_proved_subject(csr),
         )
     except PermissionDenied as exc:  # certctl's own server names under its CA
         raise AcmeError(exc.detail, "rejectedIdentifier", 403) from None

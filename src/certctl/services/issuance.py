@@ -230,8 +230,9 @@ def prepare_from_csr(
     csr_pem: str,
     profile: str,
     validity: timedelta,
+    subject: x509.Name | None = None,
 ) -> PendingIssue:
-    """``issue_from_csr`` up to (not including) the database write."""
+    """``issue_from_csr`` up to (not including) the database write; ``subject``: see sign_csr."""
     caller.require("cert.issue")
     started = time.perf_counter()
     prof = _leaf_profile(profile)
@@ -252,6 +253,7 @@ def prepare_from_csr(
             max_names=MAX_NAMES_PER_TYPE,
             crl_urls=services.crl_urls(issuer_id),
             ca_issuers_urls=services.ca_issuers_urls(issuer_id),
+            subject=subject,
         )
     except (InvalidRequest, Conflict):
         _issuance_counter(issuer_id, "error").inc()
