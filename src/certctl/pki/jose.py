@@ -196,6 +196,10 @@ def parse_jws(body: bytes) -> JwsMessage:
         raise AcmeError("protected header is not JSON") from None
     if not isinstance(protected, dict):
         raise AcmeError("protected header is not a JSON object")
+    if "crit" in protected or "b64" in protected:
+        # RFC 7515 4.1.11: a critical extension not understood is refused, and none is (with
+        # RFC 7797's b64 false the payload would be read otherwise than it was signed).
+        raise AcmeError("protected header: crit and b64 (JWS extensions) are not supported")
     alg = protected.get("alg")
     if alg not in ALGORITHMS:
         shown = str(alg)[:20] if alg is not None else "missing"

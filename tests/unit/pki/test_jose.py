@@ -163,3 +163,13 @@ def test_one_key_has_one_thumbprint_however_its_jwk_is_written() -> None:
     jwk = jwk_of(key)
     padded = {**jwk, "n": b64url_encode(b"\0" + b64url_decode(jwk["n"], "n")), "use": "sig"}
     assert thumbprint(load_jwk(padded)) == thumbprint(key)
+
+
+@pytest.mark.parametrize("header", [{"crit": ["b64"], "b64": False}, {"crit": ["exp"]}])
+def test_a_critical_header_extension_is_refused(header: dict[str, Any]) -> None:
+    # RFC 7515 4.1.11: none is understood here. With b64 false (RFC 7797) the signer signed
+    # the payload as it stands, which was then read as base64url: another payload than signed.
+    key = KEYS["ES256"]()
+    with pytest.raises(AcmeError, match="crit") as info:
+        parse_jws(_signed("ES256", key, header=header))
+    assert info.value.acme_type == "malformed"
