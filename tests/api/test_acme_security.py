@@ -27,6 +27,7 @@ from tests.api.test_acme import (
     NAME,
     Acme,
     Http01Server,
+    Raw,
     _acme_app,
     _validated,
     serving,
@@ -251,3 +252,22 @@ def test_an_acme_certificate_names_no_subject_attribute_the_account_did_not_prov
     assert leaf.subject == x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, NAME)])
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == [NAME]
+
+
+def test_one_nonce_sent_by_concurrent_requests_is_accepted_once(acme_sec: Acme) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    raw = Raw(acme_sec)
+    raw.register()
+    body = raw.jws(
+        f"{acme_sec.base}/acme/new-order", {"identifiers": [{"type": "dns", "value": NAME}]}
+    )
+    before = acme_sec.api.counts()["acme_orders"]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: raw.post("new-order", body), range(8)))
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses == [201] + [400] * 7, [r.text for r in answers]
+    for r in answers:
+        if r.status_code == 400:
+            assert r.json()["type"] == ERR + "badNonce"
+    assert acme_sec.api.counts()["acme_orders"] == before + 1
