@@ -271,3 +271,31 @@ def test_one_nonce_sent_by_concurrent_requests_is_accepted_once(acme_sec: Acme) 
         if r.status_code == 400:
             assert r.json()["type"] == ERR + "badNonce"
     assert acme_sec.api.counts()["acme_orders"] == before + 1
+
+
+def test_an_account_holds_a_bounded_number_of_pending_authorizations(
+    acme_sec: Acme, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each order made up to 100 authorizations and challenges, never deleted: an account
+    # could fill the store by the thousand a second. Let's Encrypt allows 300 pending.
+    from certctl.services import acme
+
+    monkeypatch.setattr(acme, "MAX_PENDING_AUTHORIZATIONS", 3)
+    raw = Raw(acme_sec)
+    raw.register()
+    assert raw.new_order([NAME, "a.example.internal"]).status_code == 201
+    before = acme_sec.api.counts()
+    refused = raw.new_order(["b.example.internal", "c.example.internal"])
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["type"] == ERR + "rateLimited"
+    assert "2 pending" in refused.json()["detail"]
+    assert refused.headers["retry-after"]
+    counts = acme_sec.api.counts()
+    assert {k: counts[k] for k in counts if k != "acme_nonces"} == {
+        k: before[k] for k in before if k != "acme_nonces"
+    }
+    other = Raw(acme_sec)  # another account is not held to this one's
+    other.register()
+    assert other.new_order(["b.example.internal", "c.example.internal"]).status_code == 201
+    acme_sec.api.clock.advance(days=1, seconds=1)  # expired pending ones count no more
+    assert raw.new_order(["b.example.internal", "c.example.internal"]).status_code == 201

@@ -17,7 +17,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 
 from certctl.errors import AcmeError, Conflict, InvalidRequest, NotFound, PermissionDenied
 from certctl.pki.dns_names import validate_dns_name
@@ -72,6 +72,10 @@ NONCE_LIFETIME = timedelta(hours=1)
 ORDER_LIFETIME = timedelta(days=7)
 PENDING_AUTHZ_LIFETIME = timedelta(days=1)
 MAX_CONTACTS = 10
+# Pending (unexpired) authorizations an account may hold: each order makes up to 100, with a
+# challenge each, kept in the store; unbounded, one account could fill it by the thousand a
+# second. Let's Encrypt has the same kind of limit; validated ones do not count.
+MAX_PENDING_AUTHORIZATIONS = 1000
 # Expired nonces are swept by the mint that finds this many minted since the last sweep.
 _SWEEP_EVERY = 256
 _minted = [0]
@@ -466,6 +470,23 @@ def new_order(
         created_at=now,
     )
     with services.sessions.begin() as session:
+        pending = session.scalar(
+            select(func.count(AcmeAuthorization.id))
+            .join(AcmeOrder, AcmeOrder.id == AcmeAuthorization.order_id)
+            .where(
+                AcmeOrder.account_id == account.id,
+                AcmeAuthorization.status == "pending",
+                AcmeAuthorization.expires > now,
+            )
+        )
+        if (pending or 0) + len(names) > MAX_PENDING_AUTHORIZATIONS:
+            raise AcmeError(
+                f"this account holds {pending} pending authorizations and may hold "
+                f"{MAX_PENDING_AUTHORIZATIONS}: answer or deactivate them, or wait for them "
+                f"to expire ({PENDING_AUTHZ_LIFETIME.days} day after their order)",
+                "rateLimited",
+                429,
+            )
         session.add(order)
         session.flush()  # the order before its authorizations (PostgreSQL checks the FK)
         for name in names:
