@@ -7,6 +7,7 @@ be shown to the account. The servers and helpers are ``test_acme``'s.
 
 from __future__ import annotations
 
+import http.server
 import socket
 import threading
 import time
@@ -299,3 +300,55 @@ def test_an_account_holds_a_bounded_number_of_pending_authorizations(
     assert other.new_order(["b.example.internal", "c.example.internal"]).status_code == 201
     acme_sec.api.clock.advance(days=1, seconds=1)  # expired pending ones count no more
     assert raw.new_order(["b.example.internal", "c.example.internal"]).status_code == 201
+
+
+def _gzip(chunks: Iterator[bytes]) -> bytes:
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    return b"".join([*(packer.compress(c) for c in chunks), packer.flush()])
+
+
+def test_http01_does_not_inflate_a_compressed_answer(api: Api) -> None:
+    # 373 bytes of gzip inside gzip are 128 MiB: the client inflated a whole network read at
+    # once before the 8 KiB limit was looked at, so a few KiB of it took the server's memory.
+    import tracemalloc
+
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": ISSUER})
+    assert r.status_code == 201, r.text
+    bomb = _gzip(iter([_gzip(b"\0" * (1 << 20) for _ in range(128))]))
+    asked: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.headers.get("Accept-Encoding"))
+            self.send_response(200)
+            self.send_header("Content-Encoding", "gzip, gzip")
+            self.send_header("Content-Length", str(len(bomb)))
+            self.end_headers()
+            self.wfile.write(bomb)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    app, settings = _acme_app(api, server.server_address[1])
+    http01 = Http01Server()  # unused: the bomb server holds the http-01 port
+    tracemalloc.start()
+    try:
+        with serving(app) as base:
+            authz = _validated(Acme(api, base, http01, settings), lambda token, ka: None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        server.shutdown()
+        server.server_close()
+        http01.close()
+    assert peak < 64 * 1024 * 1024, peak
+    assert authz.body.status == messages.STATUS_INVALID
+    error = authz.body.challenges[0].error
+    assert error.typ == ERR + "incorrectResponse"
+    assert f"answered {len(bomb)} bytes" in error.detail
+    assert asked == ["identity"]
