@@ -123,10 +123,17 @@ class AcmeError(CertctlError):
     ``urn:ietf:params:acme:error:<acme_type>`` with ``status``.
     """
 
-    def __init__(self, detail: str, acme_type: str = "malformed", status: int = 400) -> None:
+    def __init__(
+        self,
+        detail: str,
+        acme_type: str = "malformed",
+        status: int = 400,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(detail)
         self.acme_type = acme_type
         self.status = status
+        self.retry_after = retry_after  # seconds, for a 429
 
 
 class Unauthenticated(CertctlError):

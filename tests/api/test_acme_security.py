@@ -352,3 +352,38 @@ def test_http01_does_not_inflate_a_compressed_answer(api: Api) -> None:
     assert error.typ == ERR + "incorrectResponse"
     assert f"answered {len(bomb)} bytes" in error.detail
     assert asked == ["identity"]
+
+
+def test_accounts_made_from_one_address_are_bounded_per_hour(api: Api) -> None:
+    # Accounts are free (no external account binding): each new-account request added an
+    # account and an audit event for good, as fast as a client could make keys.
+    from certctl.api.throttle import AuthFailureLimiter
+
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": ISSUER})
+    assert r.status_code == 201, r.text
+    http01 = Http01Server()
+    app, settings = _acme_app(api, http01.port)
+    app.app.state.acme_account_limiter = AuthFailureLimiter(2, 3600)
+    try:
+        with serving(app) as base:
+            acme_on = Acme(api, base, http01, settings)
+            first, second = Raw(acme_on), Raw(acme_on)
+            first.register()
+            second.register()
+            before = api.counts()
+            third = Raw(acme_on)
+            refused = third.post("new-account", third.jws(f"{base}/acme/new-account", {}))
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["type"] == ERR + "rateLimited"
+            assert int(refused.headers["retry-after"]) > 0
+            counts = api.counts()
+            assert {k: counts[k] for k in counts if k != "acme_nonces"} == {
+                k: before[k] for k in before if k != "acme_nonces"
+            }
+            # An existing account is still found by its key (a client that lost its URL).
+            again = first.post(
+                "new-account", first.jws(f"{base}/acme/new-account", {}, use_jwk=True)
+            )
+            assert again.status_code == 200, again.text
+    finally:
+        http01.close()

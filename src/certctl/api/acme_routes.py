@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from certctl.api._common import in_write_thread, json_bytes, services_of
 from certctl.api.access_log import logged_path_of
+from certctl.api.throttle import AuthFailureLimiter
 from certctl.errors import (
     AcmeError,
     CertctlError,
@@ -49,7 +50,13 @@ from certctl.services.acme import AcmeSettings, AuthorizationView, ChallengeView
 from certctl.services.acme_validation import fetch_http01
 from certctl.store.models import AcmeAccount
 
-__all__ = ["ACME_PREFIX", "VALIDATION_LIMIT", "VALIDATION_QUEUE", "acme_routes"]
+__all__ = [
+    "ACCOUNTS_PER_HOUR",
+    "ACME_PREFIX",
+    "VALIDATION_LIMIT",
+    "VALIDATION_QUEUE",
+    "acme_routes",
+]
 
 log = logging.getLogger("certctl.api")
 
@@ -62,6 +69,7 @@ VALIDATION_LIMIT = 8
 # answers held them all in memory and everyone's validations waited behind its hours of them.
 VALIDATION_QUEUE = 256
 RETRY_AFTER_S = 30
+ACCOUNTS_PER_HOUR = 20
 _JOSE = "application/jose+json"
 
 # RFC 9457 3.1.3: one title per type (RFC 8555 6.7's descriptions, shortened).
@@ -296,14 +304,21 @@ async def new_nonce(request: Request) -> Response:
 async def new_account(request: Request) -> Response:
     signed = await _signed(request, jwk=True, kid=False)
     payload = signed.payload if signed.payload is not None else {}
+    source = _source(request)
+    # Accounts are free (no external account binding) and kept for good, with an audit
+    # event each: ACCOUNTS_PER_HOUR new ones per address (its IPv6 /64), then an hour's wait.
+    limiter: AuthFailureLimiter = request.app.state.acme_account_limiter
     account, created = await _run(
         request,
         acme.create_account,
         services_of(request),
         signed.protected["jwk"],
         payload,
-        _source(request),
+        source,
+        limiter.retry_after(source),
     )
+    if created:
+        limiter.record(source)
     request.scope["certctl.actor"] = acme.account_actor(account.id)
     location = _url(request, f"account/{account.id}")
     return _json(_account_json(request, account), 201 if created else 200, location)
@@ -539,7 +554,8 @@ def _endpoint(
                 log.warning("ACME %s %s: %s", request.method, logged_path_of(scope), exc.detail)
             response = _from_error(exc)
             if exc.status == 429:
-                response.headers["Retry-After"] = str(RETRY_AFTER_S)
+                retry_after = getattr(exc, "retry_after", None) or RETRY_AFTER_S
+                response.headers["Retry-After"] = str(retry_after)
         nonce = await in_write_thread(request, acme.mint_nonce, services_of(request))
         response.headers["Replay-Nonce"] = nonce
         response.headers.append("Link", f'<{_url(request, "directory")}>;rel="index"')

@@ -448,9 +448,10 @@ def create_app(
     app.state.failure_audits = auth.audits
     app.state.acme = acme
     if acme is not None:
-        from certctl.api.acme_routes import VALIDATION_LIMIT, VALIDATION_QUEUE
+        from certctl.api.acme_routes import ACCOUNTS_PER_HOUR, VALIDATION_LIMIT, VALIDATION_QUEUE
 
         app.state.acme_validations = anyio.CapacityLimiter(VALIDATION_LIMIT)
+        app.state.acme_account_limiter = AuthFailureLimiter(ACCOUNTS_PER_HOUR, 3600)
         app.state.acme_validation_queue = VALIDATION_QUEUE
         app.state.acme_tasks = set()
     app.state.ready = True

@@ -222,13 +222,20 @@ def _checked_contact(contact: object) -> list[str]:
 
 
 def create_account(
-    services: Services, jwk: dict[str, Any], payload: dict[str, Any], source: str
+    services: Services,
+    jwk: dict[str, Any],
+    payload: dict[str, Any],
+    source: str,
+    wait_s: float = 0.0,
 ) -> tuple[AcmeAccount, bool]:
     """The account of ``jwk``'s key, made now unless it exists (RFC 8555 7.3); and whether new.
 
+    ``wait_s``: how long ``source`` is to wait before it may make another account (0: now).
+
     Raises:
         AcmeError: accountDoesNotExist for ``onlyReturnExisting`` without one; malformed,
-            unsupportedContact or invalidContact for a bad ``contact``.
+            unsupportedContact or invalidContact for a bad ``contact``; rateLimited (429)
+            for a new account while ``wait_s``.
     """
     key = load_jwk(jwk)
     print_ = thumbprint(key)
@@ -241,6 +248,14 @@ def create_account(
         return existing, False
     if payload.get("onlyReturnExisting") is True:
         raise AcmeError("no account for this key", "accountDoesNotExist")
+    if wait_s > 0:
+        seconds = int(wait_s) + 1
+        raise AcmeError(
+            f"too many accounts made from {source} lately; try again in {seconds} s",
+            "rateLimited",
+            429,
+            retry_after=seconds,
+        )
     contact = _checked_contact(payload.get("contact"))
     now = services.clock()
     account = AcmeAccount(
