@@ -387,3 +387,29 @@ def test_accounts_made_from_one_address_are_bounded_per_hour(api: Api) -> None:
             assert again.status_code == 200, again.text
     finally:
         http01.close()
+
+
+def test_a_name_removed_from_allowed_names_is_not_issued_by_an_older_order(api: Api) -> None:
+    # An operator narrows acme.allowed-names (say, after abuse) and restarts: orders made and
+    # validated before, ready for a week, were still finalized for the names now refused.
+    from dataclasses import replace
+
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": ISSUER})
+    assert r.status_code == 201, r.text
+    http01 = Http01Server()
+    app, settings = _acme_app(api, http01.port, allowed_names=(NAME,))
+    try:
+        with serving(app) as base:
+            acme_on = Acme(api, base, http01, settings)
+            acme_client = acme_on.client()
+            acme_on.register(acme_client)
+            order, _ = acme_on.order(acme_client, [NAME])
+            acme_on.answer(acme_client, order)
+            app.app.state.acme = replace(settings, allowed_names=("example.internal",))
+            before = api.counts()["certificates"]
+            with pytest.raises(messages.Error) as info:
+                acme_client.poll_and_finalize(order, datetime.now() + timedelta(seconds=30))
+            assert info.value.typ == ERR + "rejectedIdentifier"
+            assert api.counts()["certificates"] == before
+    finally:
+        http01.close()

@@ -864,6 +864,14 @@ def finalize_order(
         )
     if set(payload) != {"csr"}:
         raise AcmeError('finalize takes {"csr": base64url DER}')
+    refused = [n for n in view.identifiers if not _allowed(n, settings.allowed_names)]
+    if refused:
+        # acme.allowed-names narrowed since the order was made: it holds at issuance too.
+        raise AcmeError(
+            f"{', '.join(refused)[:200]}: no longer among the names this server issues for "
+            "(acme.allowed-names)",
+            "rejectedIdentifier",
+        )
     der = b64url_decode(payload["csr"], "csr")
     try:
         csr = x509.load_der_x509_csr(der)
