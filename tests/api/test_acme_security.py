@@ -413,3 +413,31 @@ def test_a_name_removed_from_allowed_names_is_not_issued_by_an_older_order(api: 
             assert api.counts()["certificates"] == before
     finally:
         http01.close()
+
+
+def test_a_certificate_not_issued_through_acme_is_not_revoked_by_its_key(acme_sec: Acme) -> None:
+    # The API's revocation needs cert.revoke: whoever merely holds the key of a certificate
+    # the API (or a managed service, or certctl's own listener) got must not revoke it here.
+    api = acme_sec.api
+    issued = api.issue(issuer=ISSUER, common_name="svc.example.internal")
+    key = serialization.load_pem_private_key(issued["private_key_pem"].encode(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
+    jwk: jose.JWK = (
+        jose.JWKEC(key=key)
+        if isinstance(key, ec.EllipticCurvePrivateKey)
+        else (jose.JWKRSA(key=key))
+    )
+    holder = acme_sec.client(jwk, alg=jose.ES256 if isinstance(jwk, jose.JWKEC) else jose.RS256)
+    holder.net.account = None  # no kid: the certificate's key signs the request
+    leaf = x509.load_pem_x509_certificate(issued["certificate_pem"].encode())
+    before = api.counts()
+    with pytest.raises(messages.Error) as info:
+        holder.revoke(leaf, 1)
+    assert info.value.typ == ERR + "unauthorized"
+    assert "through ACME" in str(info.value.detail)
+    shown = api.get(f"/api/v1/certificates/{issued['id']}", api.admin_key).json()
+    assert shown["status"] == "active"
+    counts = api.counts()
+    assert {k: counts[k] for k in counts if k != "acme_nonces"} == {
+        k: before[k] for k in before if k != "acme_nonces"
+    }

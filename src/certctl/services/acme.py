@@ -962,7 +962,7 @@ def revoke(
     """Revoke a certificate (RFC 8555 7.6) through the revocation service (CRL, audit).
 
     Allowed to the account whose order holds it (``account``), or to a request signed by
-    the certificate's own key (``key``, a jwk request).
+    the certificate's own key (``key``, a jwk request) for a certificate issued through ACME.
 
     Raises:
         AcmeError: malformed (the body, a certificate certctl did not issue), badRevocationReason,
@@ -1015,6 +1015,15 @@ def revoke(
         assert key is not None
         if _spki(key) != _spki(cert.public_key()):
             raise AcmeError("the JWS is not signed by the certificate's key", "unauthorized", 403)
+        if not orders:
+            # Issued by the API, for a managed service or certctl's own listener: revoked
+            # there, by a caller holding cert.revoke, not by whoever holds the key.
+            raise AcmeError(
+                "that certificate was not issued through ACME; revoke it through certctl's "
+                "API (cert.revoke)",
+                "unauthorized",
+                403,
+            )
         # The key's holder acted, not (necessarily) the account that ordered the certificate:
         # a stolen key revoking must not be audited as that account's doing.
         actor = f"key-{thumbprint(key)[:16]}"
