@@ -441,3 +441,37 @@ def test_a_certificate_not_issued_through_acme_is_not_revoked_by_its_key(acme_se
     assert {k: counts[k] for k in counts if k != "acme_nonces"} == {
         k: before[k] for k in before if k != "acme_nonces"
     }
+
+
+def test_an_acme_csr_asking_for_a_ca_or_client_auth_gets_a_server_leaf(acme_sec: Acme) -> None:
+    acme_client = acme_sec.client()
+    acme_sec.register(acme_client)
+    order, _ = acme_sec.order(acme_client, [NAME])
+    acme_sec.answer(acme_client, order)
+    key = ec.generate_private_key(ec.SECP256R1())
+    usage = dict.fromkeys(
+        (
+            "digital_signature content_commitment key_encipherment data_encipherment "
+            "key_agreement encipher_only decipher_only"
+        ).split(),
+        False,
+    )
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(NAME)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(key_cert_sign=True, crl_sign=True, **usage), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    order = order.update(csr_pem=csr.public_bytes(serialization.Encoding.PEM))
+    done = acme_client.poll_and_finalize(order, datetime.now() + timedelta(seconds=30))
+    leaf = x509.load_pem_x509_certificates(done.fullchain_pem.encode())[0]
+    assert leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    ku = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert (ku.key_cert_sign, ku.crl_sign) == (False, False)
+    eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [x509.ExtendedKeyUsageOID.SERVER_AUTH]
