@@ -475,3 +475,54 @@ def test_an_acme_csr_asking_for_a_ca_or_client_auth_gets_a_server_leaf(acme_sec:
     assert (ku.key_cert_sign, ku.crl_sign) == (False, False)
     eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [x509.ExtendedKeyUsageOID.SERVER_AUTH]
+
+
+def test_one_account_reaches_nothing_of_another(acme_sec: Acme) -> None:
+    from tests.api.test_acme import _assert_acme_problem, _inner_jws
+
+    owner = acme_sec.client()
+    acme_sec.register(owner)
+    done, _ = acme_sec.issue(owner, [NAME])
+    pending, _ = acme_sec.order(owner, [NAME])  # its challenge not answered
+    base = f"{acme_sec.base}/acme/"
+    order_url, cert_url = done.uri, done.body.certificate
+    authz_url = pending.authorizations[0].uri
+    challenge_url = pending.authorizations[0].body.challenges[0].uri
+    other = Raw(acme_sec)
+    other.register()
+    before = acme_sec.api.counts()
+
+    def post(url: str, payload: object) -> object:
+        return other.post(url.removeprefix(base), other.jws(url, payload))
+
+    for url, payload in (
+        (order_url, None),
+        (done.body.finalize, {"csr": "AAAA"}),
+        (authz_url, None),
+        (authz_url, {"status": "deactivated"}),
+        (challenge_url, None),
+        (challenge_url, {}),
+        (cert_url, None),
+    ):
+        _assert_acme_problem(post(url, payload), 404, "malformed")
+    owner_kid = owner.net.account.uri
+    _assert_acme_problem(post(owner_kid, {"status": "deactivated"}), 403, "unauthorized")
+    # Its key for another's account: the other account's key is taken.
+    new = jose.JWKEC(key=owner.net.key.key)
+    key_change = f"{base}key-change"
+    inner = _inner_jws(
+        new, key_change, {"account": other.kid, "oldKey": other.key.public_key().to_partial_json()}
+    )
+    _assert_acme_problem(post(key_change, inner), 409, "conflict")
+    counts = acme_sec.api.counts()
+    assert {k: counts[k] for k in counts if k != "acme_nonces"} == {
+        k: before[k] for k in before if k != "acme_nonces"
+    }
+    authz, _ = owner.poll(pending.authorizations[0])
+    assert authz.body.challenges[0].status == messages.STATUS_PENDING
+    assert (
+        acme_sec.http01.hits.count(
+            f"/.well-known/acme-challenge/{authz.body.challenges[0].chall.encode('token')}"
+        )
+        == 0
+    )
