@@ -49,6 +49,7 @@ INSTALL = {
     "certctl": "uv sync",
     "cfssl": "apt-get install -y golang-cfssl",
     "cfssljson": "apt-get install -y golang-cfssl",
+    "lego": "apt-get install -y lego",
 }
 
 

@@ -1,0 +1,87 @@
+"""lego (the Go ACME client Traefik embeds) gets, renews and revokes a certificate.
+
+A second real client next to certbot: lego's JWS, polling and finalize code are its own
+(go-jose), so what certbot's ``acme`` library happens to tolerate is not all that is tested.
+http-01 is answered by lego's own server on 127.0.0.1, for ``localhost`` (it resolves to
+127.0.0.1 without touching /etc/hosts). The certificates come from issuer ``acme-ca``:
+certctl's internal CA signs its own server names (``localhost`` among them) for nobody but
+an administrator.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from certctl.pki import format_serial
+from tests._tools import free_port, ok, run
+from tests.e2e.conftest import CertctlServer, StartServer
+
+pytestmark = pytest.mark.e2e
+
+ISSUER = "acme-ca"
+
+
+def _lego(server: CertctlServer, home: Path, port: int, *command: str) -> str:
+    env = {**os.environ, "LEGO_CA_CERTIFICATES": str(server.ca)}
+    result = run(
+        "lego",
+        "--path", home, "--server", f"{server.url}/acme/directory", "--accept-tos",
+        "--email", "ops@example.internal", "--domains", "localhost",
+        "--http", "--http.port", f"127.0.0.1:{port}",
+        *command,
+        env=env,
+        timeout=120,
+    )  # fmt: skip
+    return ok(result)
+
+
+def test_lego_runs_renews_and_revokes_against_certctl(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    first = start_server()
+    with first.client(first.admin_key) as api:
+        r = api.post("/api/v1/issuers", json={"id": ISSUER, "common_name": "ACME CA"})
+        assert r.status_code == 201, r.text
+    first.stop()
+    http01 = free_port()
+    server = start_server(
+        data_dir=first.data_dir,
+        config={"acme": {"enabled": True, "issuer": ISSUER, "http-01-port": http01}},
+    )
+    home = tmp_path / "lego"
+    root = tmp_path / "acme-ca.pem"
+    with server.client(server.admin_key) as api:
+        root.write_text(api.get(f"/api/v1/issuers/{ISSUER}/ca.pem").text)
+
+    _lego(server, home, http01, "run")
+    crt = home / "certificates" / "localhost.crt"
+    ok(run("openssl", "verify", "-CAfile", root, crt))
+    first_leaf = x509.load_pem_x509_certificate(crt.read_bytes())
+    assert first_leaf.subject.rfc4514_string() == "CN=localhost"
+
+    # --days 365: renew now (the leaf has 90); no random sleep before it (lego's cron habit).
+    _lego(server, home, http01, "renew", "--days", "365", "--no-random-sleep")
+    ok(run("openssl", "verify", "-CAfile", root, crt))
+    renewed = x509.load_pem_x509_certificate(crt.read_bytes())
+    assert renewed.serial_number != first_leaf.serial_number
+
+    _lego(server, home, http01, "revoke")
+    with server.client(server.admin_key) as api:
+        listed = api.get("/api/v1/certificates", params={"issuer": ISSUER}).json()
+        crl = tmp_path / "acme-ca.crl"
+        crl.write_text(api.get(f"/api/v1/issuers/{ISSUER}/crl", params={"format": "pem"}).text)
+    states = {c["serial"]: c["status"] for c in listed["items"]}
+    assert states[format_serial(renewed.serial_number)] == "revoked"
+    assert states[format_serial(first_leaf.serial_number)] == "active"
+    # lego moves a revoked certificate to archives/<unix time>.localhost.crt.
+    [archived] = (home / "archives").glob("*.localhost.crt")
+    assert x509.load_pem_x509_certificate(archived.read_bytes()) == renewed
+    both = tmp_path / "root-and-crl.pem"
+    both.write_text(root.read_text() + crl.read_text())
+    refused = run("openssl", "verify", "-crl_check", "-CAfile", both, archived)
+    assert refused.returncode != 0
+    assert "certificate revoked" in refused.stdout + refused.stderr
