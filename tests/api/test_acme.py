@@ -313,6 +313,26 @@ def test_the_directory_names_absolute_urls_and_new_nonce_answers_head_and_get(
     assert head.headers["replay-nonce"] != get.headers["replay-nonce"]
 
 
+def test_an_unknown_acme_path_or_method_is_an_acme_problem_with_a_nonce(acme_on: Acme) -> None:
+    # RFC 8555 6.5: every answer carries a fresh nonce, so a client retrying after any error
+    # (a typo'd resource, GET on a POST-only one) needs no extra new-nonce round trip.
+    unknown = requests.post(f"{acme_on.base}/acme/no-such-thing", timeout=10)
+    _assert_acme_problem(unknown, 404, "malformed")
+    get = requests.get(f"{acme_on.base}/acme/order/abc", timeout=10)
+    body = _assert_acme_problem(get, 405, "malformed")
+    assert get.headers["allow"] == "POST"
+    assert "POST-as-GET" in body["detail"]
+    post = requests.post(f"{acme_on.base}/acme/directory", timeout=10)
+    _assert_acme_problem(post, 405, "malformed")
+    assert post.headers["allow"] == "GET, HEAD"
+    assert len({r.headers["replay-nonce"] for r in (unknown, get, post)}) == 3
+    # Outside /acme/ the API's own problems, without nonces.
+    other = requests.get(f"{acme_on.base}/api/v1/no-such-thing", timeout=10)
+    assert other.status_code == 404
+    assert other.json()["type"] == "urn:certctl:problem:not-found"
+    assert "replay-nonce" not in other.headers
+
+
 def test_the_directory_uses_public_url_when_set(api: Api) -> None:
     api.services.public_url = "https://certctl.example.internal:8443"
     app, _ = _acme_app(api, 80, issuer_id="default")

@@ -56,6 +56,8 @@ __all__ = [
     "VALIDATION_LIMIT",
     "VALIDATION_QUEUE",
     "acme_routes",
+    "is_acme_path",
+    "routing_problem",
 ]
 
 log = logging.getLogger("certctl.api")
@@ -556,15 +558,41 @@ def _endpoint(
             if exc.status == 429:
                 retry_after = getattr(exc, "retry_after", None) or RETRY_AFTER_S
                 response.headers["Retry-After"] = str(retry_after)
-        nonce = await in_write_thread(request, acme.mint_nonce, services_of(request))
-        response.headers["Replay-Nonce"] = nonce
-        response.headers.append("Link", f'<{_url(request, "directory")}>;rel="index"')
-        if "certctl.actor" not in scope:  # else the middleware adds it with the private set
-            response.headers["Cache-Control"] = "no-store"
-        return response
+        return await _with_acme_headers(request, response)
 
     endpoint.__name__ = handler.__name__
     return endpoint
+
+
+async def _with_acme_headers(request: Request, response: Response) -> Response:
+    nonce = await in_write_thread(request, acme.mint_nonce, services_of(request))
+    response.headers["Replay-Nonce"] = nonce
+    response.headers.append("Link", f'<{_url(request, "directory")}>;rel="index"')
+    if "certctl.actor" not in request.scope:  # else the middleware adds it with the private set
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def is_acme_path(path: str) -> bool:
+    """Whether ``path`` is under the ACME endpoint (its 404 and 405 are ACME problems)."""
+    return path == ACME_PREFIX or path.startswith(ACME_PREFIX + "/")
+
+
+async def routing_problem(request: Request, status: int, allowed: str) -> Response:
+    """The router's 404 or 405 under ``/acme/`` as an ACME problem, with a nonce.
+
+    RFC 8555 6.5: every answer carries a fresh nonce, so that a client retries after any
+    error without another new-nonce request (lego and certbot take the one an error gives).
+    """
+    if status == 405:
+        detail = f"{request.method} {request.url.path[:200]}: allowed {allowed}"
+        if request.method == "GET" and allowed == "POST":
+            detail += "; ACME resources are read with POST-as-GET (RFC 8555 6.3)"
+        response = _problem("malformed", 405, detail)
+        response.headers["Allow"] = allowed
+    else:
+        response = _problem("malformed", status, f"no ACME resource {request.url.path[:200]}")
+    return await _with_acme_headers(request, response)
 
 
 _TABLE: tuple[tuple[str, str, Callable[[Request], Awaitable[Response]]], ...] = (

@@ -357,17 +357,28 @@ async def _http_error(request: Request, exc: Exception) -> Response:
             "not found on the metrics listener (metrics.listen), which serves only "
             f"{', '.join(served)}; the rest of the API is on the main listener (listen)",
         )
-    response = problem(exc.status_code, exc.detail or "error")
+    allowed = ""
     if exc.status_code == 405:
         # RFC 9110 15.5.6: a 405 lists the methods the resource has. Starlette's lists those
         # of the first route matching the path, but each of ours has one method.
-        allowed = {
-            method
-            for route in request.app.router.routes
-            if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE
-            for method in route.methods or ()
-        }
-        response.headers["Allow"] = ", ".join(sorted(allowed))
+        allowed = ", ".join(
+            sorted(
+                {
+                    method
+                    for route in request.app.router.routes
+                    if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE
+                    for method in route.methods or ()
+                }
+            )
+        )
+    if request.app.state.acme is not None and exc.status_code in (404, 405):
+        from certctl.api.acme_routes import is_acme_path, routing_problem
+
+        if is_acme_path(request.url.path):
+            return await routing_problem(request, exc.status_code, allowed)
+    response = problem(exc.status_code, exc.detail or "error")
+    if exc.status_code == 405:
+        response.headers["Allow"] = allowed
     return response
 
 
