@@ -13,6 +13,7 @@ import contextlib
 import http.server
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -46,9 +47,9 @@ ERR = "urn:ietf:params:acme:error:"
 
 
 @contextlib.contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """``app`` under uvicorn on a free loopback port, in a thread; yields its base URL."""
-    port = free_port()
+def serving(app: Any, port: int | None = None) -> Iterator[str]:
+    """``app`` under uvicorn on ``port`` (a free one by default), in a thread; yields its URL."""
+    port = port or free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, lifespan="off", access_log=False, log_config=None
     )
@@ -410,6 +411,45 @@ def test_nothing_listening_on_the_port_is_a_connection_error(api: Api) -> None:
             acme_on.http01.close()
     assert authz.body.status == messages.STATUS_INVALID
     assert authz.body.challenges[0].error.typ == ERR + "connection"
+
+
+def test_a_validation_cut_short_by_a_restart_runs_again_when_polled(api: Api) -> None:
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": ISSUER})
+    assert r.status_code == 201, r.text
+    # Accepts connections (the kernel's backlog) and never answers: the fetch hangs.
+    silent = socket.create_server(("127.0.0.1", 0))
+    http01 = Http01Server()
+    port = free_port()
+    try:
+        app, settings = _acme_app(api, silent.getsockname()[1])
+        with serving(app, port) as base:
+            acme_on = Acme(api, base, http01, settings)
+            acme_client = acme_on.client()
+            acme_on.register(acme_client)
+            order, _ = acme_on.order(acme_client, [NAME])
+            acme_on.answer(acme_client, order)
+            authz = acme_client.poll(order.authorizations[0])[0]
+            assert authz.body.challenges[0].status == messages.STATUS_PROCESSING
+        # The server stopped mid-fetch; the same store served again, on the same URL.
+        app, _ = _acme_app(api, http01.port)
+        with serving(app, port):
+            # A fetch may still be running elsewhere (another replica) for a minute.
+            authz = acme_client.poll(order.authorizations[0])[0]
+            assert authz.body.challenges[0].status == messages.STATUS_PROCESSING
+            assert authz.body.status == messages.STATUS_PENDING
+            api.clock.advance(minutes=2)
+            authz = _poll_authz(acme_client, order.authorizations[0])
+            assert authz.body.status == messages.STATUS_VALID, authz.body.challenges[0].error
+            deadline = datetime.now() + timedelta(seconds=30)
+            done = acme_client.poll_and_finalize(order, deadline)
+    finally:
+        silent.close()
+        http01.close()
+    leaf = x509.load_pem_x509_certificates(done.fullchain_pem.encode())[0]
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == [NAME]
+    validations = [e for e in api.audit() if e["action"] == "acme.challenge.validate"]
+    assert [e["outcome"] for e in validations] == ["success"]
 
 
 # --- bad input: the right ACME error, the store unchanged ---------------------------------

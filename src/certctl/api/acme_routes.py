@@ -265,7 +265,7 @@ def _challenge_json(request: Request, challenge: ChallengeView) -> dict[str, Any
         "token": challenge.token,
         "status": challenge.status,
     }
-    if challenge.validated is not None:
+    if challenge.validated is not None and challenge.status == "valid":
         data["validated"] = _time(challenge.validated)
     if challenge.error is not None:
         data["error"] = challenge.error
@@ -413,6 +413,8 @@ async def authorization(request: Request) -> Response:
         view = await anyio.to_thread.run_sync(
             acme.authorization_view, services_of(request), _account_of(signed), authz_id
         )
+        for polled in view.challenges:
+            await _restart_if_stale(request, polled, _account_of(signed))
     return _json(_authz_json(request, view))
 
 
@@ -443,6 +445,7 @@ async def challenge(request: Request) -> Response:
                 _spawn_validation(request, view, name, own)
     else:
         raise AcmeError("a challenge takes {} (respond) or an empty payload (POST-as-GET)")
+    await _restart_if_stale(request, view, own)
     response = _json(_challenge_json(request, view))
     response.headers.append("Link", f'<{_url(request, f"authz/{view.authorization_id}")}>;rel="up"')
     return response
@@ -507,6 +510,19 @@ async def key_change(request: Request) -> Response:
 def _settings(request: Request) -> AcmeSettings:
     settings: AcmeSettings = request.app.state.acme
     return settings
+
+
+async def _restart_if_stale(request: Request, view: ChallengeView, own: AcmeAccount) -> None:
+    """Validate again a challenge left processing by a server that stopped mid-fetch.
+
+    Clients poll the authorization (certbot, lego) or the challenge: either read starts it.
+    """
+    services = services_of(request)
+    if not view.stale(services.clock()):
+        return
+    claimed = await _run(request, acme.restart_stale_validation, services, own, view.id)
+    if claimed is not None:
+        _spawn_validation(request, claimed[0], claimed[1], own)
 
 
 def _spawn_validation(request: Request, view: ChallengeView, name: str, own: AcmeAccount) -> None:

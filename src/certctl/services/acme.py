@@ -59,6 +59,7 @@ __all__ = [
     "new_order",
     "order_view",
     "record_validation",
+    "restart_stale_validation",
     "revoke",
     "start_challenge",
     "update_account",
@@ -71,6 +72,11 @@ ACME_PROFILE = "server"
 NONCE_LIFETIME = timedelta(hours=1)
 ORDER_LIFETIME = timedelta(days=7)
 PENDING_AUTHZ_LIFETIME = timedelta(days=1)
+# A challenge processing for longer than this lost its validation (the server stopped or was
+# killed mid-fetch: the task lived in that process only). The next read of it or of its
+# authorization starts it again, instead of leaving the order pending until the authorization
+# expires a day later. Well above one fetch (10 s) plus a wait for a validation slot.
+STALE_VALIDATION = timedelta(minutes=1)
 MAX_CONTACTS = 10
 # Pending (unexpired) authorizations an account may hold: each order makes up to 100, with a
 # challenge each, kept in the store; unbounded, one account could fill it by the thousand a
@@ -362,8 +368,14 @@ class ChallengeView:
     type: str
     token: str
     status: str
-    validated: datetime | None
+    validated: datetime | None  # the validation's time when valid, when it began if processing
     error: dict[str, Any] | None
+
+    def stale(self, now: datetime) -> bool:
+        """Processing for longer than a validation takes: its task is gone."""
+        return self.status == "processing" and (
+            self.validated is None or self.validated <= now - STALE_VALIDATION
+        )
 
 
 @dataclass(frozen=True)
@@ -707,10 +719,51 @@ def start_challenge(
         started = session.execute(
             update(AcmeChallenge)
             .where(AcmeChallenge.id == challenge_id, AcmeChallenge.status == "pending")
-            .values(status="processing")
+            .values(status="processing", validated_at=services.clock())
         )
     if started.rowcount != 1:  # type: ignore[attr-defined]  # another request started it
         return challenge_view(services, account, challenge_id)[0], None
+    return challenge_view(services, account, challenge_id)[0], name
+
+
+def restart_stale_validation(
+    services: Services, account: AcmeAccount, challenge_id: str
+) -> tuple[ChallengeView, str] | None:
+    """Claim a challenge whose validation was lost (``ChallengeView.stale``) to run it again.
+
+    Returns:
+        The challenge and the name to validate when this request claimed it; None when it is
+        not stale (any more: another request or replica claimed it first, or it finished).
+
+    Raises:
+        AcmeError: 404 malformed for another account's or none.
+    """
+    view, name = challenge_view(services, account, challenge_id)
+    now = services.clock()
+    if not view.stale(now):
+        return None
+    with services.sessions.begin() as session:
+        # Conditional on the time read: of concurrent polls (any replica), one claims it.
+        claimed = session.execute(
+            update(AcmeChallenge)
+            .where(
+                AcmeChallenge.id == challenge_id,
+                AcmeChallenge.status == "processing",
+                AcmeChallenge.validated_at.is_(None)
+                if view.validated is None
+                else AcmeChallenge.validated_at == view.validated,
+            )
+            .values(validated_at=now)
+        )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    log.warning(
+        "ACME challenge %s (%s) was processing since %s with no validation running "
+        "(a restart?): validating it again",
+        challenge_id,
+        name,
+        view.validated.isoformat() if view.validated else "unknown",
+    )
     return challenge_view(services, account, challenge_id)[0], name
 
 
