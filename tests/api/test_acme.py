@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certctl.api.app import create_app
+from certctl.server.periodic import refresh_metrics
 from certctl.services.acme import AcmeSettings
 from certctl.services.context import Services
 from certctl.store.db import create_store_engine, session_factory
@@ -293,6 +294,72 @@ def test_another_accounts_certificate_is_not_revoked(acme_on: Acme) -> None:
         other.revoke(leaf, 0)
     assert (info.value.typ, "unauthorized") == (ERR + "unauthorized", "unauthorized")
     assert _business(acme_on.api.counts()) == _business(before)
+
+
+def test_an_intermediate_issuers_chain_verifies_and_a_revoked_or_expired_one_is_said_at_finalize(
+    api: Api, tmp_path: Path
+) -> None:
+    for body in (
+        {"id": "acme-root", "common_name": "ACME Root"},
+        {"id": ISSUER, "common_name": "ACME Sub", "parent": "acme-root"},
+        {"id": "short", "common_name": "Short Sub", "parent": "acme-root", "validity": "1D"},
+    ):
+        r = api.post("/api/v1/issuers", api.admin_key, json=body)
+        assert r.status_code == 201, r.text
+    root = tmp_path / "root.pem"
+    root.write_text(api.get("/api/v1/issuers/acme-root/ca.pem").text)
+    http01 = Http01Server()
+    try:
+        app, settings = _acme_app(api, http01.port)
+        with serving(app) as base:
+            acme_on = Acme(api, base, http01, settings)
+            acme_client = acme_on.client()
+            acme_on.register(acme_client)
+            done, _ = acme_on.issue(acme_client, [NAME])
+            # Leaf and intermediate, not the root: what a TLS server sends.
+            chain = x509.load_pem_x509_certificates(done.fullchain_pem.encode())
+            assert [c.subject.rfc4514_string() for c in chain] == ["", "CN=ACME Sub"]
+            full = tmp_path / "fullchain.pem"
+            full.write_text(done.fullchain_pem)
+            ok(run("openssl", "verify", "-CAfile", root, "-untrusted", full, full))
+            refresh_metrics(api.services)
+            scraped = api.get("/api/v1/metrics/prometheus", api.admin_key).text
+            assert f'certctl_certificates{{issuer="{ISSUER}",status="active"}} 1.0' in scraped
+
+            r = api.post(
+                f"/api/v1/issuers/{ISSUER}/revoke",
+                api.admin_key,
+                json={"reason": "cessationOfOperation"},
+            )
+            assert r.status_code == 200, r.text
+            order, _ = acme_on.order(acme_client, [NAME])
+            acme_on.answer(acme_client, order)
+            _poll_authz(acme_client, order.authorizations[0])
+            before = api.counts()
+            with pytest.raises(messages.Error) as info:
+                acme_client.poll_and_finalize(order, datetime.now() + timedelta(seconds=10))
+            assert info.value.typ == ERR + "serverInternal"
+            assert f"issuer {ISSUER} was revoked" in str(info.value.detail)
+            assert api.counts()["certificates"] == before["certificates"]
+            # Nothing the client did wrong: the order stays ready for another try.
+            assert acme_client._post_as_get(order.uri).json()["status"] == "ready"
+
+        api.clock.advance(days=2)  # "short" has expired
+        app, settings = _acme_app(api, http01.port, issuer_id="short")
+        with serving(app) as base:
+            acme_on = Acme(api, base, http01, settings)
+            acme_client = acme_on.client()
+            acme_on.register(acme_client)
+            order, _ = acme_on.order(acme_client, [NAME])
+            acme_on.answer(acme_client, order)
+            _poll_authz(acme_client, order.authorizations[0])
+            with pytest.raises(messages.Error) as info:
+                acme_client.poll_and_finalize(order, datetime.now() + timedelta(seconds=10))
+            assert info.value.typ == ERR + "serverInternal"
+            assert "short" in str(info.value.detail)
+            assert "expire" in str(info.value.detail)
+    finally:
+        http01.close()
 
 
 def test_the_directory_names_absolute_urls_and_new_nonce_answers_head_and_get(
