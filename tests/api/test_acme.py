@@ -858,6 +858,65 @@ def test_a_nonce_from_one_replica_is_accepted_once_by_another(api: Api, tmp_path
         engine.dispose()
 
 
+def test_an_order_made_on_one_replica_is_validated_and_finalized_on_another(api: Api) -> None:
+    # Two replicas behind one name (public-url): each step goes to the other one, as a load
+    # balancer may send it; the validation runs on the replica the challenge was posted to.
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": ISSUER})
+    assert r.status_code == 201, r.text
+    public = "https://acme.example.internal"
+    engine = create_store_engine(str(api.services.engine.url.render_as_string(hide_password=False)))
+    other = Services(engine, session_factory(engine), api.services.wrapper)
+    other.clock = api.services.clock
+    api.services.public_url = other.public_url = public
+    http01 = Http01Server()
+    one, settings = _acme_app(api, http01.port)
+    two = create_app(other, acme=settings)
+    try:
+        with serving(one) as base_one, serving(two) as base_two:
+            raw = Raw(Acme(api, base_one, http01, settings))
+
+            def send(base: str, url: str, payload: Any) -> Any:
+                path = url.removeprefix(f"{public}/acme/")
+                r = requests.post(
+                    f"{base}/acme/{path}",
+                    data=raw.jws(f"{public}/acme/{path}", payload),
+                    headers={"Content-Type": "application/jose+json"},
+                    timeout=10,
+                )
+                assert r.status_code in (200, 201), r.text
+                return r
+
+            raw.kid = send(base_one, "new-account", {}).headers["location"]
+            created = send(base_two, "new-order", {"identifiers": [{"type": "dns", "value": NAME}]})
+            order_url = created.headers["location"]
+            authz = send(base_one, created.json()["authorizations"][0], None).json()
+            challenge = authz["challenges"][0]
+            thumb = jose.b64encode(raw.key.public_key().thumbprint()).decode()
+            http01.answers[challenge["token"]] = f"{challenge['token']}.{thumb}".encode()
+            assert send(base_two, challenge["url"], {}).json()["status"] == "processing"
+            deadline = time.monotonic() + 30
+            while (order := send(base_one, order_url, None).json())["status"] == "pending":
+                assert time.monotonic() < deadline, "never validated"
+                time.sleep(0.2)
+            assert order["status"] == "ready", order
+            key_pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            csr = x509.load_pem_x509_csr(crypto_util.make_csr(key_pem, [NAME]))
+            der = csr.public_bytes(serialization.Encoding.DER)
+            done = send(base_one, order["finalize"], {"csr": jose.b64encode(der).decode()}).json()
+            assert done["status"] == "valid", done
+            chain = send(base_two, done["certificate"], None)
+            assert chain.headers["content-type"] == "application/pem-certificate-chain"
+            leaf = x509.load_pem_x509_certificates(chain.content)[0]
+            assert leaf.public_key() == csr.public_key()
+    finally:
+        http01.close()
+        engine.dispose()
+
+
 # --- account updates and key change -------------------------------------------------------
 
 
