@@ -1107,6 +1107,11 @@ def test_a_start_with_acme_on_needs_its_issuer(api: Api) -> None:
     unknown = ServerConfig.model_validate({"acme": {"enabled": True, "issuer": "nope"}})
     with pytest.raises(InvalidRequest, match=r"^acme.issuer nope: no such issuer; create it"):
         acme_settings(unknown, api.services)
+    # A managed service's CA issues for its reconciler only: every finalize would fail.
+    api.apply_service_ca("web")
+    managed = ServerConfig.model_validate({"acme": {"enabled": True, "issuer": "svc.web"}})
+    with pytest.raises(InvalidRequest, match=r"^acme.issuer svc.web: .*managed service web"):
+        acme_settings(managed, api.services)
 
 
 def test_a_validity_beyond_the_issuer_is_clipped_and_said_once(

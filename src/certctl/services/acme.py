@@ -26,7 +26,7 @@ from certctl.services.audit import record
 from certctl.services.certificates import revoke_certificate
 from certctl.services.context import Principal, Services
 from certctl.services.issuance import MAX_NAMES_PER_TYPE, new_id, prepare_from_csr
-from certctl.services.issuers import load_issuer, load_issuer_certificates
+from certctl.services.issuers import check_not_managed, load_issuer, load_issuer_certificates
 from certctl.store.groupcommit import write_rows
 from certctl.store.models import (
     AcmeAccount,
@@ -119,18 +119,24 @@ def _principal(account_id: str, source: str, permission: str) -> Principal:
 
 
 def check_issuer(services: Services, settings: AcmeSettings) -> None:
-    """Refuse a start with ``acme.issuer`` naming no issuer (a clear line, not a 500 later).
+    """Refuse a start with ``acme.issuer`` naming no issuer, or a managed service's CA.
+
+    A clear line at start-up, not a failed finalize for every order: a managed service's CA
+    issues for its reconciler only.
 
     Raises:
-        InvalidRequest: no such issuer.
+        InvalidRequest: no such issuer, or a managed one.
     """
     try:
+        check_not_managed(settings.issuer_id)
         load_issuer_certificates(services, settings.issuer_id)
     except NotFound:
         raise InvalidRequest(
             f"acme.issuer {settings.issuer_id}: no such issuer; create it "
             "(POST /api/v1/issuers) or name an existing one (certctl issuers list)"
         ) from None
+    except Conflict as exc:
+        raise InvalidRequest(f"acme.issuer {settings.issuer_id}: {exc.detail}") from None
 
 
 # --- nonces -------------------------------------------------------------------------------
