@@ -88,6 +88,9 @@ class Http01Server:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if body is not None and body.startswith(b"SLOW "):
+                    time.sleep(2)  # a fetch still running when the client polls
+                    body = body[5:]
                 if body is None or not self.path.startswith("/.well-known/acme-challenge/"):
                     self.send_error(404)
                     return
@@ -856,6 +859,23 @@ def test_a_nonce_from_one_replica_is_accepted_once_by_another(api: Api, tmp_path
                 raw.acme.http01.close()
     finally:
         engine.dispose()
+
+
+def test_a_slow_validation_still_running_is_not_started_twice(acme_on: Acme) -> None:
+    acme_client = acme_on.client()
+    acme_on.register(acme_client)
+    order, _ = acme_on.order(acme_client, [NAME])
+    body = order.authorizations[0].body.challenges[0]
+    response, validation = body.response_and_validation(acme_client.net.key)
+    acme_on.http01.answers[body.chall.encode("token")] = b"SLOW " + validation.encode()
+    acme_client.answer_challenge(body, response)
+    # Past the minute after which a processing challenge counts as lost, while this
+    # process's fetch (waiting for a slot under load, or slow) is still under way.
+    acme_on.api.clock.advance(minutes=2)
+    acme_client.poll(order.authorizations[0])
+    authz = _poll_authz(acme_client, order.authorizations[0])
+    assert authz.body.status == messages.STATUS_VALID
+    assert len(acme_on.http01.hits) == 1, acme_on.http01.hits
 
 
 def test_an_order_made_on_one_replica_is_validated_and_finalized_on_another(api: Api) -> None:

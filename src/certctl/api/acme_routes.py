@@ -518,8 +518,8 @@ async def _restart_if_stale(request: Request, view: ChallengeView, own: AcmeAcco
     Clients poll the authorization (certbot, lego) or the challenge: either read starts it.
     """
     services = services_of(request)
-    if not view.stale(services.clock()):
-        return
+    if not view.stale(services.clock()) or view.id in request.app.state.acme_tasks:
+        return  # fresh, or this process's fetch is under way (slow, or queued for a slot)
     claimed = await _run(request, acme.restart_stale_validation, services, own, view.id)
     if claimed is not None:
         _spawn_validation(request, claimed[0], claimed[1], own)
@@ -547,9 +547,10 @@ def _spawn_validation(request: Request, view: ChallengeView, name: str, own: Acm
             log.exception("http-01 validation of challenge %s could not be recorded", view.id)
 
     task = asyncio.get_running_loop().create_task(validate())
-    tasks: set[asyncio.Task[None]] = state.acme_tasks
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
+    # By challenge: a stale-looking challenge whose task is alive here is not started again.
+    tasks: dict[str, asyncio.Task[None]] = state.acme_tasks
+    tasks[view.id] = task
+    task.add_done_callback(lambda _: tasks.pop(view.id, None))
 
 
 # --- routes -------------------------------------------------------------------------------

@@ -464,6 +464,6 @@ def create_app(
         app.state.acme_validations = anyio.CapacityLimiter(VALIDATION_LIMIT)
         app.state.acme_account_limiter = AuthFailureLimiter(ACCOUNTS_PER_HOUR, 3600)
         app.state.acme_validation_queue = VALIDATION_QUEUE
-        app.state.acme_tasks = set()
+        app.state.acme_tasks = {}
     app.state.ready = True
     return AccessLogAndLimits(app, json_logs=json_logs)
