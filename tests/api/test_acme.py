@@ -805,6 +805,31 @@ def test_a_csr_with_an_extra_name_is_a_bad_csr(acme_on: Acme) -> None:
     assert done.fullchain_pem
 
 
+def test_a_csr_for_an_account_key_is_a_bad_csr(acme_on: Acme) -> None:
+    # RFC 8555 11.1: a certificate key is no account key, this account's or another's.
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    acme_on.register(acme_on.client(jose.JWKEC(key=other_key)))
+    account_key = ec.generate_private_key(ec.SECP256R1())
+    acme_client = acme_on.client(jose.JWKEC(key=account_key))
+    acme_on.register(acme_client)
+    order, _ = acme_on.order(acme_client, [NAME])
+    acme_on.answer(acme_client, order)
+    _poll_authz(acme_client, order.authorizations[0])
+    for key in (account_key, other_key):
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        bad = order.update(csr_pem=crypto_util.make_csr(pem, [NAME]))
+        before = acme_on.api.counts()
+        with pytest.raises(messages.Error) as info:
+            acme_client.finalize_order(bad, datetime.now() + timedelta(seconds=5))
+        assert info.value.typ == ERR + "badCSR"
+        assert "account key" in info.value.detail
+        assert _business(acme_on.api.counts()) == _business(before)
+
+
 def test_certctls_own_name_under_its_internal_ca_is_refused(api: Api) -> None:
     http01 = Http01Server()
     app, settings = _acme_app(api, http01.port, issuer_id="default")
