@@ -903,6 +903,31 @@ def test_a_slow_validation_still_running_is_not_started_twice(acme_on: Acme) -> 
     assert len(acme_on.http01.hits) == 1, acme_on.http01.hits
 
 
+def test_a_challenge_response_with_extra_fields_starts_the_validation(acme_on: Acme) -> None:
+    # RFC 8555 7.5.1: the server MUST ignore fields it does not know in a challenge response
+    # (clients written against the drafts still send keyAuthorization).
+    raw = Raw(acme_on)
+    raw.register()
+    order = raw.new_order([NAME]).json()
+    authz_url = order["authorizations"][0]
+    authz = raw.post(authz_url.split("/acme/", 1)[1], raw.jws(authz_url, None)).json()
+    challenge = authz["challenges"][0]
+    thumb = jose.b64encode(raw.key.public_key().thumbprint()).decode()
+    key_authorization = f"{challenge['token']}.{thumb}"
+    acme_on.http01.answers[challenge["token"]] = key_authorization.encode()
+    url = challenge["url"]
+    r = raw.post(url.split("/acme/", 1)[1], raw.jws(url, {"keyAuthorization": key_authorization}))
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] in ("processing", "valid")
+    deadline = time.monotonic() + 30
+    while (done := raw.post(url.split("/acme/", 1)[1], raw.jws(url, None)).json())[
+        "status"
+    ] == "processing":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert done["status"] == "valid", done
+
+
 def test_an_order_made_on_one_replica_is_validated_and_finalized_on_another(api: Api) -> None:
     # Two replicas behind one name (public-url): each step goes to the other one, as a load
     # balancer may send it; the validation runs on the replica the challenge was posted to.

@@ -425,7 +425,9 @@ async def challenge(request: Request) -> Response:
     challenge_id = request.path_params["id"]
     if signed.payload is None:
         view, _ = await anyio.to_thread.run_sync(acme.challenge_view, services, own, challenge_id)
-    elif signed.payload == {}:
+    else:
+        # The response ({}). RFC 8555 7.5.1: fields http-01 does not define are ignored, as
+        # the keyAuthorization clients written against the drafts still send.
         state = request.app.state
         waiting = len(state.acme_tasks)
         if waiting >= state.acme_validation_queue:
@@ -443,8 +445,6 @@ async def challenge(request: Request) -> Response:
             view, name = await _run(request, acme.start_challenge, services, own, challenge_id)
             if name is not None:
                 _spawn_validation(request, view, name, own)
-    else:
-        raise AcmeError("a challenge takes {} (respond) or an empty payload (POST-as-GET)")
     await _restart_if_stale(request, view, own)
     response = _json(_challenge_json(request, view))
     response.headers.append("Link", f'<{_url(request, f"authz/{view.authorization_id}")}>;rel="up"')
