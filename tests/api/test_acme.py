@@ -1081,6 +1081,18 @@ def test_a_nonce_expires_after_an_hour(acme_on: Acme) -> None:
     _assert_acme_problem(raw.post("new-account", body), 400, "badNonce")
 
 
+def test_expired_nonces_are_swept_so_the_table_stays_bounded(acme_on: Acme) -> None:
+    from certctl.services import acme
+
+    for _ in range(20):
+        Raw(acme_on).nonce()  # handed out, never used
+    assert acme_on.api.counts()["acme_nonces"] >= 20
+    acme_on.api.clock.advance(hours=2)
+    # One mint in every few hundred sweeps what expired (none is kept past its hour).
+    fresh = [acme.mint_nonce(acme_on.api.services) for _ in range(300)]
+    assert acme_on.api.counts()["acme_nonces"] <= len(fresh)
+
+
 # --- http-01 limits -----------------------------------------------------------------------
 
 
