@@ -928,6 +928,29 @@ def test_a_challenge_response_with_extra_fields_starts_the_validation(acme_on: A
     assert done["status"] == "valid", done
 
 
+def test_concurrent_new_accounts_of_one_key_make_one_account(acme_on: Acme) -> None:
+    # Two issuers of one cert-manager sharing an account key secret, a client retrying a
+    # request that timed out: the same key registers twice at once.
+    raw = Raw(acme_on)
+    url = f"{acme_on.base}/acme/new-account"
+    bodies = [raw.jws(url, {}) for _ in range(6)]
+    barrier = threading.Barrier(len(bodies))
+    answers: list[Any] = []
+
+    def register(body: bytes) -> None:
+        barrier.wait()
+        answers.append(raw.post("new-account", body))
+
+    threads = [threading.Thread(target=register, args=(b,)) for b in bodies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(r.status_code for r in answers) == [200] * 5 + [201], [r.text for r in answers]
+    assert len({r.headers["location"] for r in answers}) == 1
+    assert acme_on.api.counts()["acme_accounts"] == 1
+
+
 def test_an_order_made_on_one_replica_is_validated_and_finalized_on_another(api: Api) -> None:
     # Two replicas behind one name (public-url): each step goes to the other one, as a load
     # balancer may send it; the validation runs on the replica the challenge was posted to.

@@ -18,6 +18,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from certctl.errors import AcmeError, Conflict, InvalidRequest, NotFound, PermissionDenied
 from certctl.pki.dns_names import validate_dns_name
@@ -251,12 +252,8 @@ def create_account(
     """
     key = load_jwk(jwk)
     print_ = thumbprint(key)
-    with services.sessions() as session:
-        existing = session.scalar(select(AcmeAccount).where(AcmeAccount.thumbprint == print_))
+    existing = _account_of_key(services, print_)
     if existing is not None:
-        if existing.status != "valid":
-            # RFC 8555 7.3.6: a deactivated account's key authorizes nothing more.
-            raise AcmeError(f"account {existing.id} is {existing.status}", "unauthorized", 401)
         return existing, False
     if payload.get("onlyReturnExisting") is True:
         raise AcmeError("no account for this key", "accountDoesNotExist")
@@ -278,18 +275,40 @@ def create_account(
         contact=contact,
         created_at=now,
     )
-    with services.sessions.begin() as session:
-        session.add(account)
-        record(
-            session,
-            at=now,
-            actor=account_actor(account.id),
-            action="acme.account.create",
-            target=account.id,
-            source=source,
-            detail=f"thumbprint {print_}",
-        )
+    try:
+        with services.sessions.begin() as session:
+            session.add(account)
+            record(
+                session,
+                at=now,
+                actor=account_actor(account.id),
+                action="acme.account.create",
+                target=account.id,
+                source=source,
+                detail=f"thumbprint {print_}",
+            )
+    except IntegrityError:
+        # A concurrent request (a retry, two issuers sharing the key) registered the key
+        # first: the thumbprint is unique. Its account is this key's, as when found above.
+        existing = _account_of_key(services, print_)
+        if existing is None:
+            raise
+        return existing, False
     return account, True
+
+
+def _account_of_key(services: Services, print_: str) -> AcmeAccount | None:
+    """The account of the key with thumbprint ``print_``, None when there is none.
+
+    Raises:
+        AcmeError: unauthorized for a deactivated account's key.
+    """
+    with services.sessions() as session:
+        existing = session.scalar(select(AcmeAccount).where(AcmeAccount.thumbprint == print_))
+    if existing is not None and existing.status != "valid":
+        # RFC 8555 7.3.6: a deactivated account's key authorizes nothing more.
+        raise AcmeError(f"account {existing.id} is {existing.status}", "unauthorized", 401)
+    return existing
 
 
 def update_account(
