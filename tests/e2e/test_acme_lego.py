@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certctl.pki import format_serial
 from tests._tools import free_port, ok, run
@@ -25,11 +26,15 @@ pytestmark = pytest.mark.e2e
 ISSUER = "acme-ca"
 
 
-def _lego(server: CertctlServer, home: Path, port: int, *command: str) -> str:
+def _lego(
+    server: CertctlServer, home: Path, port: int, *command: str, key_type: str = "ec256"
+) -> str:
     env = {**os.environ, "LEGO_CA_CERTIFICATES": str(server.ca)}
+    # --key-type is the account key's type (the JWS alg) and the certificate key's.
     result = run(
         "lego",
         "--path", home, "--server", f"{server.url}/acme/directory", "--accept-tos",
+        "--key-type", key_type,
         "--email", "ops@example.internal", "--domains", "localhost",
         "--http", "--http.port", f"127.0.0.1:{port}",
         *command,
@@ -85,3 +90,11 @@ def test_lego_runs_renews_and_revokes_against_certctl(
     refused = run("openssl", "verify", "-crl_check", "-CAfile", both, archived)
     assert refused.returncode != 0
     assert "certificate revoked" in refused.stdout + refused.stderr
+
+    # An RSA account (RS256, as go-jose signs it) with an RSA certificate key, and ES384.
+    for key_type, wanted in (("rsa2048", rsa.RSAPublicKey), ("ec384", ec.EllipticCurvePublicKey)):
+        other = tmp_path / f"lego-{key_type}"
+        _lego(server, other, http01, "run", key_type=key_type)
+        got = other / "certificates" / "localhost.crt"
+        ok(run("openssl", "verify", "-CAfile", root, got))
+        assert isinstance(x509.load_pem_x509_certificate(got.read_bytes()).public_key(), wanted)
