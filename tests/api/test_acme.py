@@ -299,6 +299,23 @@ def test_another_accounts_certificate_is_not_revoked(acme_on: Acme) -> None:
     assert _business(acme_on.api.counts()) == _business(before)
 
 
+def test_an_account_holding_valid_authorizations_for_every_name_revokes(
+    acme_on: Acme, tmp_path: Path
+) -> None:
+    # RFC 8555 7.6: besides the account that ordered it, one that holds authorizations for
+    # all of the certificate's names (a lost account key, a new machine) may revoke it.
+    owner = acme_on.client()
+    acme_on.register(owner)
+    _, leaf = acme_on.issue(owner, [NAME])
+    other = acme_on.client()
+    acme_on.register(other)
+    order, _ = acme_on.order(other, [NAME])
+    acme_on.answer(other, order)
+    assert _poll_authz(other, order.authorizations[0]).body.status == messages.STATUS_VALID
+    other.revoke(leaf, 1)
+    assert leaf.serial_number in acme_on.api.openssl_crl_serials(ISSUER, tmp_path)
+
+
 def test_an_intermediate_issuers_chain_verifies_and_a_revoked_or_expired_one_is_said_at_finalize(
     api: Api, tmp_path: Path
 ) -> None:

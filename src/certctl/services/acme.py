@@ -1030,6 +1030,36 @@ def _spki(key: Any) -> bytes:
     )
 
 
+def _holds_authorizations(services: Services, account: AcmeAccount, cert: x509.Certificate) -> bool:
+    """Whether ``account`` holds a valid, unexpired authorization for each of ``cert``'s names.
+
+    RFC 8555 7.6: such an account may revoke the certificate, whoever ordered it (a client
+    that lost its account key proves control of the names again, then revokes).
+    """
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+    names = {name.lower() for name in san.get_values_for_type(x509.DNSName)}
+    if not names or len(san) != len(names):
+        return False  # a name no authorization can cover (an IP, an e-mail ...)
+    now = services.clock()
+    with services.sessions() as session:
+        held = set(
+            session.scalars(
+                select(AcmeAuthorization.identifier)
+                .join(AcmeOrder, AcmeOrder.id == AcmeAuthorization.order_id)
+                .where(
+                    AcmeOrder.account_id == account.id,
+                    AcmeAuthorization.status == "valid",
+                    AcmeAuthorization.expires > now,
+                    AcmeAuthorization.identifier.in_(sorted(names)),
+                )
+            )
+        )
+    return held == names
+
+
 def revoke(
     services: Services,
     account: AcmeAccount | None,
@@ -1082,9 +1112,10 @@ def revoke(
     if row is None:
         raise AcmeError("certificate: not one this server issued", "malformed", 404)
     if account is not None:
-        if account.id not in orders:
+        if account.id not in orders and not _holds_authorizations(services, account, cert):
             raise AcmeError(
-                "this account did not order that certificate; sign with its key instead",
+                "this account neither ordered that certificate nor holds valid "
+                "authorizations for all of its names; sign with the certificate's key instead",
                 "unauthorized",
                 403,
             )
