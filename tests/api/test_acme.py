@@ -74,7 +74,11 @@ class Http01Server:
     def __init__(self) -> None:
         self.answers: dict[str, bytes] = {}
         self.hits: list[str] = []
+        self.peak = 0  # the most SLOW answers under way at once
         answers, hits = self.answers, self.hits
+        slow = [0]
+        lock = threading.Lock()
+        server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -89,7 +93,12 @@ class Http01Server:
                     self.end_headers()
                     return
                 if body is not None and body.startswith(b"SLOW "):
+                    with lock:
+                        slow[0] += 1
+                        server.peak = max(server.peak, slow[0])
                     time.sleep(2)  # a fetch still running when the client polls
+                    with lock:
+                        slow[0] -= 1
                     body = body[5:]
                 if body is None or not self.path.startswith("/.well-known/acme-challenge/"):
                     self.send_error(404)
@@ -918,6 +927,25 @@ def test_a_slow_validation_still_running_is_not_started_twice(acme_on: Acme) -> 
     authz = _poll_authz(acme_client, order.authorizations[0])
     assert authz.body.status == messages.STATUS_VALID
     assert len(acme_on.http01.hits) == 1, acme_on.http01.hits
+
+
+def test_no_more_than_eight_validations_run_at_once(acme_on: Acme) -> None:
+    from certctl.api.acme_routes import VALIDATION_LIMIT
+
+    acme_client = acme_on.client()
+    acme_on.register(acme_client)
+    orders = [acme_on.order(acme_client, [NAME])[0] for _ in range(VALIDATION_LIMIT + 3)]
+    for order in orders:
+        body = order.authorizations[0].body.challenges[0]
+        response, validation = body.response_and_validation(acme_client.net.key)
+        acme_on.http01.answers[body.chall.encode("token")] = b"SLOW " + validation.encode()
+        acme_client.answer_challenge(body, response)
+    for order in orders:  # the last ones waited for a slot, and then passed
+        authz = _poll_authz(acme_client, order.authorizations[0])
+        assert authz.body.status == messages.STATUS_VALID
+    # All were answered within the first fetches' 2 s (exactly the limit when not loaded).
+    assert VALIDATION_LIMIT // 2 < acme_on.http01.peak <= VALIDATION_LIMIT
+    assert len(acme_on.http01.hits) == len(orders)
 
 
 def test_a_challenge_response_with_extra_fields_starts_the_validation(acme_on: Acme) -> None:
