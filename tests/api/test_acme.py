@@ -422,7 +422,9 @@ def test_an_unknown_acme_path_or_method_is_an_acme_problem_with_a_nonce(acme_on:
     post = requests.post(f"{acme_on.base}/acme/directory", timeout=10)
     _assert_acme_problem(post, 405, "malformed")
     assert post.headers["allow"] == "GET, HEAD"
-    assert len({r.headers["replay-nonce"] for r in (unknown, get, post)}) == 3
+    nul = requests.post(f"{acme_on.base}/acme/order/a%00b", timeout=10)
+    _assert_acme_problem(nul, 400, "malformed")
+    assert len({r.headers["replay-nonce"] for r in (unknown, get, post, nul)}) == 4
     # Outside /acme/ the API's own problems, without nonces.
     other = requests.get(f"{acme_on.base}/api/v1/no-such-thing", timeout=10)
     assert other.status_code == 404

@@ -562,9 +562,9 @@ def _endpoint(
     async def endpoint(request: Request) -> Response:
         scope = request.scope
         scope["certctl.route"] = path
-        if "\x00" in scope["path"]:
-            raise InvalidRequest("NUL character in the request path")
         try:
+            if "\x00" in scope["path"]:
+                raise InvalidRequest("NUL character in the request path")
             response = await handler(request)
         except (StorageUnavailable, Unavailable):
             raise  # the app's 503, with Retry-After: no nonce can be minted either
