@@ -356,6 +356,8 @@ class AcmeChallenge(Base):
     type: Mapped[str] = mapped_column(String(16))
     token: Mapped[str] = mapped_column(String(64), unique=True)
     status: Mapped[str] = mapped_column(String(16))  # pending | processing | valid | invalid
+    # When it was validated (valid); while processing, when its validation began, which tells
+    # a validation lost to a restart (services.acme.STALE_VALIDATION) from one under way.
     validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
