@@ -325,6 +325,25 @@ def test_an_account_holding_valid_authorizations_for_every_name_revokes(
     assert leaf.serial_number in acme_on.api.openssl_crl_serials(ISSUER, tmp_path)
 
 
+def test_authorizations_do_not_revoke_a_certificate_the_api_issued(acme_on: Acme) -> None:
+    # An account proving http-01 for a name may revoke ACME's certificates for it, not one an
+    # operator issued through the API (that needs cert.revoke).
+    api = acme_on.api
+    issued = api.issue(issuer=ISSUER, common_name=NAME)
+    leaf = x509.load_pem_x509_certificate(issued["certificate_pem"].encode())
+    other = acme_on.client()
+    acme_on.register(other)
+    order, _ = acme_on.order(other, [NAME])
+    acme_on.answer(other, order)
+    assert _poll_authz(other, order.authorizations[0]).body.status == messages.STATUS_VALID
+    with pytest.raises(messages.Error) as info:
+        other.revoke(leaf, 1)
+    assert info.value.typ == ERR + "unauthorized"
+    assert "not issued through ACME" in str(info.value.detail)
+    shown = api.get(f"/api/v1/certificates/{issued['id']}", api.admin_key).json()
+    assert shown["status"] == "active"
+
+
 def test_an_intermediate_issuers_chain_verifies_and_a_revoked_or_expired_one_is_said_at_finalize(
     api: Api, tmp_path: Path
 ) -> None:

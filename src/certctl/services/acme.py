@@ -1069,8 +1069,9 @@ def revoke(
 ) -> None:
     """Revoke a certificate (RFC 8555 7.6) through the revocation service (CRL, audit).
 
-    Allowed to the account whose order holds it (``account``), or to a request signed by
-    the certificate's own key (``key``, a jwk request) for a certificate issued through ACME.
+    For a certificate issued through ACME only: allowed to the account whose order holds it
+    or one holding valid authorizations for all of its names (``account``), or to a request
+    signed by the certificate's own key (``key``, a jwk request).
 
     Raises:
         AcmeError: malformed (the body, a certificate certctl did not issue), badRevocationReason,
@@ -1112,10 +1113,21 @@ def revoke(
     if row is None:
         raise AcmeError("certificate: not one this server issued", "malformed", 404)
     if account is not None:
-        if account.id not in orders and not _holds_authorizations(services, account, cert):
+        # Authorizations stand in for the ordering account only on certificates ACME issued:
+        # one the API, a managed service or certctl's listener got is revoked by a caller
+        # holding cert.revoke, not by whoever can answer http-01 for its names.
+        if account.id not in orders and not (
+            orders and _holds_authorizations(services, account, cert)
+        ):
             raise AcmeError(
                 "this account neither ordered that certificate nor holds valid "
-                "authorizations for all of its names; sign with the certificate's key instead",
+                "authorizations for all of its names"
+                + (
+                    "; sign with the certificate's key instead"
+                    if orders
+                    else "; it was not issued through ACME: revoke it through certctl's API "
+                    "(cert.revoke)"
+                ),
                 "unauthorized",
                 403,
             )
