@@ -50,6 +50,8 @@ INSTALL = {
     "cfssl": "apt-get install -y golang-cfssl",
     "cfssljson": "apt-get install -y golang-cfssl",
     "lego": "apt-get install -y lego",
+    "certbot": "uv sync --group dev",
+    "setpriv": "apt-get install -y util-linux",
 }
 
 

@@ -1,0 +1,207 @@
+"""docs/acme.md's certbot walk-through, verbatim: the real certbot against a real server.
+
+The page's ``sh`` blocks run as it says: the first (an issuer for ACME, the CA files) by the
+operator in the repository directory, with the CLI's ``CERTCTL_*`` settings; the server is
+then restarted on the page's YAML; the others (certbot certonly, renew, revoke) in one shell
+as an ordinary user (``nobody``), in a directory of its own. Only the ports differ from the
+page's ``127.0.0.1:8443`` and ``8080``. certbot orders ``localhost``: it accepts the name (its
+``certonly -d`` check needs no dot) and it resolves to 127.0.0.1 without touching /etc/hosts.
+What the page says of the result is then checked: the certificates verify against the ACME
+issuer, are in the inventory, renewal makes another one, and the CRL lists the revoked one.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests._tools import free_port, ok, require, run
+from tests.e2e.conftest import StartServer
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGE = ROOT / "docs" / "acme.md"
+DEFAULT_URL = "https://127.0.0.1:8443"
+DEFAULT_HTTP_01_PORT = 8080
+NAME = "localhost"
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+def _blocks(kind: str) -> list[str]:
+    return re.findall(rf"```{kind}\n(.*?)```", PAGE.read_text(), re.S)
+
+
+def _acme_config() -> dict[str, Any]:
+    """The page's server configuration (its other YAML block is cert-manager's)."""
+    configs = [doc for doc in map(yaml.safe_load, _blocks("yaml")) if "acme" in doc]
+    assert len(configs) == 1, configs
+    config: dict[str, Any] = configs[0]
+    assert config["acme"]["http-01-port"] == DEFAULT_HTTP_01_PORT, config
+    return config
+
+
+@pytest.fixture
+def user_dir() -> Iterator[Path]:
+    """A directory of ``nobody``'s own, where that user can reach it (not under pytest's
+    0700 base directory), beside a ``venv/bin`` with a certbot it can run."""
+    with tempfile.TemporaryDirectory(prefix="certctl-acme-e2e-") as top:
+        os.chmod(top, 0o755)
+        base = Path(top)
+        _certbot_for_others(base / "venv")
+        home = base / "home"
+        home.mkdir()
+        nobody = pwd.getpwnam("nobody")
+        os.chown(home, nobody.pw_uid, nobody.pw_gid)
+        yield home  # nobody's files too are removed, as root, with the directory
+
+
+def _certbot_for_others(venv: Path) -> None:
+    """A venv of the system Python that sees the project venv's packages (certbot among them).
+
+    The project venv's interpreter may live under /root (pyenv, uv), which another user cannot
+    run (/work/shared/TEST-TOOLS.md); the system Python is the same minor version on the
+    Debian 12 this project targets, so the project's wheels load in it unchanged.
+    """
+    require("certbot")  # missing: fails naming `uv sync --group dev`
+    version = ok(run(SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])")).stdout
+    assert version.strip() == str(sys.version_info[:2]), (
+        f"{SYSTEM_PYTHON} is {version.strip()}, the project venv {sys.version_info[:2]}: "
+        "the test runs certbot as nobody through the system Python"
+    )
+    ok(run(SYSTEM_PYTHON, "-m", "venv", "--without-pip", venv))
+    site = ok(run(venv / "bin" / "python", "-c", "import sysconfig; "
+                  "print(sysconfig.get_paths()['purelib'])")).stdout.strip()  # fmt: skip
+    (Path(site) / "certctl-project.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    launcher = venv / "bin" / "certbot"
+    body = "import sys\nfrom certbot.main import main\nsys.exit(main())\n"
+    launcher.write_text(f"#!{venv / 'bin' / 'python'}\n{body}")
+    launcher.chmod(0o755)
+
+
+def _operator_env(url: str, ca: Path, key: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    return {**env, "CERTCTL_URL": url, "CERTCTL_CA_CERT": str(ca), "CERTCTL_API_KEY": key}
+
+
+def _as_nobody(script: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """``script`` in bash as ``nobody`` (its own group only) in ``home``, certbot on the PATH."""
+    nobody = pwd.getpwnam("nobody")
+    env = {
+        "PATH": f"{home.parent / 'venv' / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+    }
+    for tool in ("bash", "openssl", "curl"):
+        require(tool)
+    return ok(
+        run("setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+            "bash", "-euo", "pipefail", "-c", script, cwd=home, env=env, timeout=300)
+    )  # fmt: skip
+
+
+def _cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def test_the_certbot_walkthrough_works_verbatim(start_server: StartServer, user_dir: Path) -> None:
+    sh = _blocks("sh")
+    assert len(sh) == 4, sh
+    operator, certbot = sh[0], "\n".join(sh[1:])
+    assert certbot.count(DEFAULT_URL) == 2, "certbot's --server and the CRL's curl"
+    assert certbot.count(f"--http-01-port {DEFAULT_HTTP_01_PORT}") == 1
+    home = user_dir
+
+    # The operator, with ACME off: the issuer ACME will use, the two CA files.
+    first = start_server()
+    (home / "certctl-data").symlink_to(first.data_dir)
+    (home / ".venv").symlink_to(ROOT / ".venv")
+    env = _operator_env(first.url, first.ca, first.admin_key)
+    ok(run("bash", "-euo", "pipefail", "-c", operator, cwd=home, env=env))
+    acme_ca = _cert(home / "acme-ca.pem")
+    assert acme_ca.subject == acme_ca.issuer  # a root of its own, not under `default`
+    assert (home / "certctl-ca.crt").read_bytes() == first.ca.read_bytes()
+    first.stop()
+
+    # The page's configuration, but on a free port for http-01 (8080 may be taken).
+    port = free_port()
+    config = _acme_config()
+    config["acme"]["http-01-port"] = port
+    server = start_server(data_dir=first.data_dir, config=config)
+
+    script = certbot.replace(DEFAULT_URL, server.url)
+    script = script.replace(f"--http-01-port {DEFAULT_HTTP_01_PORT}", f"--http-01-port {port}")
+    done = _as_nobody(script, home)
+
+    live = home / "certbot" / "config" / "live" / NAME
+    archive = home / "certbot" / "config" / "archive" / NAME
+    issued, renewed = _cert(archive / "cert1.pem"), _cert(archive / "cert2.pem")
+    assert _cert(live / "cert.pem") == renewed
+    assert issued.serial_number != renewed.serial_number
+    for leaf in (issued, renewed):
+        assert leaf.issuer == acme_ca.subject
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sans.get_values_for_type(x509.DNSName) == [NAME]
+    # Both verify against the ACME issuer, as the page's openssl lines said (twice).
+    assert done.stdout.count(f"certbot/config/live/{NAME}/cert.pem: OK") == 2, done.stdout
+    # fullchain.pem is the leaf, then what certctl sent after it.
+    chain = x509.load_pem_x509_certificates((live / "fullchain.pem").read_bytes())
+    assert chain[0] == renewed
+    assert chain[1:], "certbot takes a chain of 2 certificates or more"
+    # The key stayed with certbot, which made it (P-256, as the page says) and owns it.
+    public_key = renewed.public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    assert public_key.curve.name == "secp256r1"
+    key = live / "privkey.pem"
+    assert key.resolve().stat().st_uid == pwd.getpwnam("nobody").pw_uid
+
+    # The inventory holds both, under the ACME issuer, made by certbot's one account; the
+    # audit log has that account's creation, both issuances and the revocation.
+    with server.client(server.admin_key) as client:
+        listed = client.get("/api/v1/certificates", params={"issuer": "acme"}).json()["items"]
+        by_serial = {int(item["serial"], 16): item for item in listed}
+        assert set(by_serial) == {issued.serial_number, renewed.serial_number}, listed
+        first_row, renewed_row = by_serial[issued.serial_number], by_serial[renewed.serial_number]
+        actor = first_row["created_by"]
+        assert actor.startswith("acme:"), first_row
+        assert renewed_row["created_by"] == actor
+        assert (first_row["status"], renewed_row["status"]) == ("active", "revoked")
+        assert renewed_row["revocation_reason"] == "superseded"
+        events = client.get("/api/v1/audit", params={"actor": actor, "limit": 200}).json()
+    actions = [event["action"] for event in events["items"]]
+    expected = {"acme.account.create": 1, "certificate.issue": 2, "certificate.revoke": 1}
+    assert {action: actions.count(action) for action in expected} == expected, actions
+
+    # The CRL the page fetched lists the renewed certificate, for the reason certbot gave.
+    crl = x509.load_der_x509_crl((home / "acme.crl").read_bytes())
+    assert crl.is_signature_valid(acme_ca.public_key())  # type: ignore[arg-type]
+    entry = crl.get_revoked_certificate_by_serial_number(renewed.serial_number)
+    assert entry is not None, [e.serial_number for e in crl]
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == (
+        x509.ReasonFlags.superseded
+    )
+    assert crl.get_revoked_certificate_by_serial_number(issued.serial_number) is None
+    # The page's `openssl x509 -serial` line: the serial certctl's CRL lists.
+    shown = re.findall(r"^serial=([0-9A-F]+)$", done.stdout, re.M)
+    assert [int(s, 16) for s in shown] == [renewed.serial_number], done.stdout
+    # openssl agrees: the revoked one is refused with the CRL, the first still verifies.
+    crl_pem = home.parent / "acme-crl.pem"
+    ok(run("openssl", "crl", "-inform", "DER", "-in", home / "acme.crl", "-out", crl_pem))
+    check = ("openssl", "verify", "-crl_check", "-CAfile", home / "acme-ca.pem")
+    refused = run(*check, "-CRLfile", crl_pem, archive / "cert2.pem")
+    assert refused.returncode != 0
+    assert "certificate revoked" in refused.stdout + refused.stderr
+    ok(run(*check, "-CRLfile", crl_pem, archive / "cert1.pem"))
