@@ -2,12 +2,14 @@
 
 The page's ``sh`` blocks run as it says: the first (an issuer for ACME, the CA files) by the
 operator in the repository directory, with the CLI's ``CERTCTL_*`` settings; the server is
-then restarted on the page's YAML; the others (certbot certonly, renew, revoke) in one shell
-as an ordinary user (``nobody``), in a directory of its own. Only the ports differ from the
+then restarted on the page's YAML; the others (certbot certonly, renew, revoke with the
+account's key and with the certificate's, the CRL fetched) in one shell as an ordinary user
+(``nobody``), in a directory of its own. Only the ports differ from the
 page's ``127.0.0.1:8443`` and ``8080``. certbot orders ``localhost``: it accepts the name (its
 ``certonly -d`` check needs no dot) and it resolves to 127.0.0.1 without touching /etc/hosts.
 What the page says of the result is then checked: the certificates verify against the ACME
-issuer, are in the inventory, renewal makes another one, and the CRL lists the revoked one.
+issuer, are in the inventory and the audit log, renewal makes another one, and the CRL lists
+both once revoked, with the reasons given.
 """
 
 from __future__ import annotations
@@ -119,9 +121,9 @@ def _cert(path: Path) -> x509.Certificate:
 
 def test_the_certbot_walkthrough_works_verbatim(start_server: StartServer, user_dir: Path) -> None:
     sh = _blocks("sh")
-    assert len(sh) == 4, sh
+    assert len(sh) == 6, sh
     operator, certbot = sh[0], "\n".join(sh[1:])
-    assert certbot.count(DEFAULT_URL) == 2, "certbot's --server and the CRL's curl"
+    assert certbot.count(DEFAULT_URL) == 3, "certbot's --server (twice) and the CRL's curl"
     assert certbot.count(f"--http-01-port {DEFAULT_HTTP_01_PORT}") == 1
     home = user_dir
 
@@ -178,30 +180,36 @@ def test_the_certbot_walkthrough_works_verbatim(start_server: StartServer, user_
         actor = first_row["created_by"]
         assert actor.startswith("acme:"), first_row
         assert renewed_row["created_by"] == actor
-        assert (first_row["status"], renewed_row["status"]) == ("active", "revoked")
+        assert (first_row["status"], renewed_row["status"]) == ("revoked", "revoked")
         assert renewed_row["revocation_reason"] == "superseded"
+        assert first_row["revocation_reason"] == "keyCompromise"
         events = client.get("/api/v1/audit", params={"actor": actor, "limit": 200}).json()
     actions = [event["action"] for event in events["items"]]
-    expected = {"acme.account.create": 1, "certificate.issue": 2, "certificate.revoke": 1}
+    # The revocation signed by the certificate's key is the account's too: it ordered it.
+    expected = {"acme.account.create": 1, "certificate.issue": 2, "certificate.revoke": 2}
     assert {action: actions.count(action) for action in expected} == expected, actions
 
-    # The CRL the page fetched lists the renewed certificate, for the reason certbot gave.
+    # The CRL the page fetched lists both, for the reasons certbot gave.
     crl = x509.load_der_x509_crl((home / "acme.crl").read_bytes())
     assert crl.is_signature_valid(acme_ca.public_key())  # type: ignore[arg-type]
-    entry = crl.get_revoked_certificate_by_serial_number(renewed.serial_number)
-    assert entry is not None, [e.serial_number for e in crl]
-    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == (
-        x509.ReasonFlags.superseded
-    )
-    assert crl.get_revoked_certificate_by_serial_number(issued.serial_number) is None
-    # The page's `openssl x509 -serial` line: the serial certctl's CRL lists.
-    shown = re.findall(r"^serial=([0-9A-F]+)$", done.stdout, re.M)
-    assert [int(s, 16) for s in shown] == [renewed.serial_number], done.stdout
-    # openssl agrees: the revoked one is refused with the CRL, the first still verifies.
+    reasons = {
+        entry.serial_number: entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+        for entry in crl
+    }
+    assert reasons == {
+        issued.serial_number: x509.ReasonFlags.key_compromise,
+        renewed.serial_number: x509.ReasonFlags.superseded,
+    }
+    # The page's `openssl x509 -serial` lines, then `openssl crl -text` listing them.
+    shown = [int(s, 16) for s in re.findall(r"^serial=([0-9A-F]+)$", done.stdout, re.M)]
+    assert shown == [issued.serial_number, renewed.serial_number], done.stdout
+    listed_by_openssl = re.findall(r"Serial Number: ([0-9A-F]+)", done.stdout)
+    assert sorted(int(s, 16) for s in listed_by_openssl) == sorted(shown), done.stdout
+    # openssl agrees: with the CRL, both are refused as revoked.
     crl_pem = home.parent / "acme-crl.pem"
     ok(run("openssl", "crl", "-inform", "DER", "-in", home / "acme.crl", "-out", crl_pem))
-    check = ("openssl", "verify", "-crl_check", "-CAfile", home / "acme-ca.pem")
-    refused = run(*check, "-CRLfile", crl_pem, archive / "cert2.pem")
-    assert refused.returncode != 0
-    assert "certificate revoked" in refused.stdout + refused.stderr
-    ok(run(*check, "-CRLfile", crl_pem, archive / "cert1.pem"))
+    for leaf_file in (archive / "cert1.pem", archive / "cert2.pem"):
+        refused = run("openssl", "verify", "-crl_check", "-CAfile", home / "acme-ca.pem",
+                      "-CRLfile", crl_pem, leaf_file)  # fmt: skip
+        assert refused.returncode != 0
+        assert "certificate revoked" in refused.stdout + refused.stderr
