@@ -102,17 +102,12 @@ def _operator_env(url: str, ca: Path, key: str) -> dict[str, str]:
 def _as_nobody(script: str, home: Path) -> subprocess.CompletedProcess[str]:
     """``script`` in bash as ``nobody`` (its own group only) in ``home``, certbot on the PATH."""
     nobody = pwd.getpwnam("nobody")
-    env = {
-        "PATH": f"{home.parent / 'venv' / 'bin'}:/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(home),
-        "LANG": "C.UTF-8",
-    }
+    path = f"{home.parent / 'venv' / 'bin'}:/usr/local/bin:/usr/bin:/bin"
+    env = {"PATH": path, "HOME": str(home), "LANG": "C.UTF-8"}
     for tool in ("bash", "openssl", "curl"):
         require(tool)
-    return ok(
-        run("setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
-            "bash", "-euo", "pipefail", "-c", script, cwd=home, env=env, timeout=300)
-    )  # fmt: skip
+    setpriv = ("setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups")
+    return run(*setpriv, "bash", "-euo", "pipefail", "-c", script, cwd=home, env=env, timeout=300)
 
 
 def _cert(path: Path) -> x509.Certificate:
@@ -146,7 +141,7 @@ def test_the_certbot_walkthrough_works_verbatim(start_server: StartServer, user_
 
     script = certbot.replace(DEFAULT_URL, server.url)
     script = script.replace(f"--http-01-port {DEFAULT_HTTP_01_PORT}", f"--http-01-port {port}")
-    done = _as_nobody(script, home)
+    done = ok(_as_nobody(script, home))
 
     live = home / "certbot" / "config" / "live" / NAME
     archive = home / "certbot" / "config" / "archive" / NAME
@@ -205,6 +200,23 @@ def test_the_certbot_walkthrough_works_verbatim(start_server: StartServer, user_
     assert shown == [issued.serial_number, renewed.serial_number], done.stdout
     listed_by_openssl = re.findall(r"Serial Number: ([0-9A-F]+)", done.stdout)
     assert sorted(int(s, 16) for s in listed_by_openssl) == sorted(shown), done.stdout
+    # A name outside acme.allowed-names: certbot exits 1 with the server's reason, on one
+    # line, and nothing more is issued.
+    outside = "app.example.internal"
+    refused = _as_nobody(
+        "REQUESTS_CA_BUNDLE=$PWD/certctl-ca.crt certbot certonly --standalone --non-interactive"
+        f" --server {server.url}/acme/directory --config-dir certbot/config"
+        " --work-dir certbot/work --logs-dir certbot/logs --http-01-address 127.0.0.1"
+        f" --http-01-port {port} -d {outside}",
+        home,
+    )
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    reason = f"{outside}: not among the names this server issues for (acme.allowed-names)"
+    assert f"\nRejected identifier :: {reason}\n" in refused.stderr, refused.stderr
+    assert f"Rejected identifier :: {reason}" in " ".join(PAGE.read_text().split())  # quoted
+    with server.client(server.admin_key) as client:
+        after = client.get("/api/v1/certificates", params={"issuer": "acme"}).json()["items"]
+    assert len(after) == 2, after
     # openssl agrees: with the CRL, both are refused as revoked.
     crl_pem = home.parent / "acme-crl.pem"
     ok(run("openssl", "crl", "-inform", "DER", "-in", home / "acme.crl", "-out", crl_pem))
