@@ -9,11 +9,15 @@ no ACME account (tested below).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.server
 import json
+import os
 import re
 import socket
+import sqlite3
+import string
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +34,7 @@ from acme import challenges, client, crypto_util, errors, messages
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from sqlalchemy import event
 
 from certctl.api.app import create_app
 from certctl.server.periodic import refresh_metrics
@@ -573,7 +578,7 @@ def test_a_validation_cut_short_by_a_restart_runs_again_when_polled(api: Api) ->
 
 
 def _business(counts: dict[str, int]) -> dict[str, int]:
-    # Nonces are minted by every answer and spent by every signed request, refused or not.
+    # A used nonce is recorded by every request whose signature verifies, refused or not.
     return {k: v for k, v in counts.items() if k != "acme_nonces"}
 
 
@@ -1170,16 +1175,135 @@ def test_a_nonce_expires_after_an_hour(acme_on: Acme) -> None:
     _assert_acme_problem(raw.post("new-account", body), 400, "badNonce")
 
 
-def test_expired_nonces_are_swept_so_the_table_stays_bounded(acme_on: Acme) -> None:
+def test_handing_out_nonces_writes_nothing_to_the_store(acme_on: Acme) -> None:
+    # Every ACME answer carries a nonce, errors too: a stored nonce made each anonymous
+    # request a durable commit (one curl loop made ~670 rows/s, competing with every write).
+    api = acme_on.api
+    engine = api.services.engine
+    probe = None
+    if api.backend == "sqlite":
+        # data_version changes when another connection commits (WAL mode too, where the
+        # file header's change counter need not).
+        assert engine.url.database
+        probe = sqlite3.connect(engine.url.database)
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    def data_version() -> int | None:
+        return None if probe is None else int(probe.execute("PRAGMA data_version").fetchone()[0])
+
+    try:
+        before, version = api.counts(), data_version()
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            nonces = {Raw(acme_on).nonce() for _ in range(100)}
+            errors = [
+                requests.get(acme_on.directory_url, timeout=10),
+                requests.post(f"{acme_on.base}/acme/no-such-thing", timeout=10),
+                requests.get(f"{acme_on.base}/acme/new-account", timeout=10),
+            ]
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        nonces |= {r.headers["replay-nonce"] for r in errors}
+        assert len(nonces) == 103
+        assert statements == []
+        assert api.counts() == before
+        assert data_version() == version
+        Raw(acme_on).register()  # the probe sees a commit: a signed request's
+        assert api.counts()["acme_nonces"] == before["acme_nonces"] + 1
+        if probe is not None:
+            assert data_version() != version
+    finally:
+        if probe is not None:
+            probe.close()
+
+
+def _nonce_bytes(nonce: str) -> bytes:
+    return base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
+
+
+def _nonce_text(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def test_a_nonce_is_refused_when_tampered_truncated_aliased_expired_early_or_foreign(
+    acme_on: Acme,
+) -> None:
+    from certctl.services import acme
+    from certctl.store.keywrap import KeyWrapper
+
+    api = acme_on.api
+    raw = Raw(acme_on)
+    url = f"{acme_on.base}/acme/new-account"
+
+    def try_nonce(nonce: str) -> Any:
+        raw.key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))  # a new account
+        return raw.post("new-account", raw.jws(url, {}, protected={"nonce": nonce}))
+
+    good = raw.nonce()
+    decoded = _nonce_bytes(good)
+    stamp = int.from_bytes(decoded[:8], "big")
+    assert abs(stamp - api.clock().timestamp()) < 1
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
+    alias = good[:-1] + alphabet[alphabet.index(good[-1]) ^ 1]  # other padding bits
+    assert _nonce_bytes(alias) == decoded
+    later = (stamp + 600).to_bytes(8, "big")
+    raw.acme.api.clock.advance(minutes=10)
+    early = raw.nonce()  # minted by a replica whose clock runs 10 minutes ahead
+    raw.acme.api.clock.advance(minutes=-10)
+    foreign = acme.mint_nonce(
+        Services(api.services.engine, api.services.sessions, KeyWrapper(os.urandom(32)))
+    )
+    bad = {
+        "MAC tampered": _nonce_text(decoded[:-1] + bytes([decoded[-1] ^ 1])),
+        "timestamp tampered": _nonce_text(later + decoded[8:]),
+        "random part tampered": _nonce_text(decoded[:8] + bytes(16) + decoded[24:]),
+        "truncated": good[:-1],
+        "MAC cut off": _nonce_text(decoded[:24]),
+        "padded": good + "==",
+        "not base64url": good[:-1] + "+",
+        "padding bits set": alias,
+        "from the future": early,
+        "another installation's": foreign,
+    }
+    before = api.counts()
+    for case, nonce in bad.items():
+        r = try_nonce(nonce)
+        assert r.status_code == 400, (case, r.text)
+        assert r.json()["type"] == ERR + "badNonce", case
+        assert ("ahead" in r.json()["detail"]) == (case == "from the future"), (case, r.text)
+    # Nothing written: no account, and no used nonce recorded for a refused one.
+    assert api.counts() == before
+    raw.acme.api.clock.advance(minutes=59)
+    assert try_nonce(good).status_code == 201  # the genuine one, within its hour
+    assert api.counts()["acme_nonces"] == before["acme_nonces"] + 1
+    again = try_nonce(good)
+    _assert_acme_problem(again, 400, "badNonce")
+    assert "used already" in again.json()["detail"]
+    _assert_acme_problem(try_nonce(alias), 400, "badNonce")  # nor under another spelling
+
+
+def test_used_nonces_are_swept_once_expired_so_the_table_stays_bounded(acme_on: Acme) -> None:
+    from certctl.errors import AcmeError
     from certctl.services import acme
 
-    for _ in range(20):
-        Raw(acme_on).nonce()  # handed out, never used
-    assert acme_on.api.counts()["acme_nonces"] >= 20
+    services = acme_on.api.services
+    before = acme_on.api.counts()["acme_nonces"]
+    old = [acme.mint_nonce(services) for _ in range(20)]
+    for nonce in old:
+        acme.consume_nonce(services, nonce)
+    assert acme_on.api.counts()["acme_nonces"] == before + 20
     acme_on.api.clock.advance(hours=2)
-    # One mint in every few hundred sweeps what expired (none is kept past its hour).
-    fresh = [acme.mint_nonce(acme_on.api.services) for _ in range(300)]
-    assert acme_on.api.counts()["acme_nonces"] <= len(fresh)
+    # One use in every few hundred sweeps what expired; a nonce too old to be accepted
+    # needs no row to be refused.
+    for _ in range(300):
+        acme.consume_nonce(services, acme.mint_nonce(services))
+    assert acme_on.api.counts()["acme_nonces"] == 300
+    with pytest.raises(AcmeError) as info:
+        acme.consume_nonce(services, old[0])
+    assert info.value.acme_type == "badNonce"
 
 
 # --- http-01 limits -----------------------------------------------------------------------

@@ -9,10 +9,13 @@ they are listed, counted, audited and put on the CRL as every other certificate.
 
 from __future__ import annotations
 
+import base64
+import hmac
 import logging
+import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -83,9 +86,15 @@ MAX_CONTACTS = 10
 # challenge each, kept in the store; unbounded, one account could fill it by the thousand a
 # second. Let's Encrypt has the same kind of limit; validated ones do not count.
 MAX_PENDING_AUTHORIZATIONS = 1000
-# Expired nonces are swept by the mint that finds this many minted since the last sweep.
+# How far one replica's clock may be ahead of another's: a nonce issued up to this far in
+# the future is accepted, and its use is kept this much longer than its hour.
+NONCE_CLOCK_SKEW = timedelta(minutes=1)
+_NONCE_MAC = 16  # bytes of HMAC-SHA256 kept: forging one is a 2**-128 guess
+# base64url of 8 + 16 + 16 bytes, unpadded: 54 characters (consume_nonce takes up to 64)
+_NONCE_SHAPE = re.compile(r"[A-Za-z0-9_-]{54}")
+# Expired uses are swept by the use that finds this many made since the last sweep.
 _SWEEP_EVERY = 256
-_minted = [0]
+_consumed = [0]
 
 _REASONS = {
     0: "unspecified",
@@ -143,33 +152,81 @@ def check_issuer(services: Services, settings: AcmeSettings) -> None:
 # --- nonces -------------------------------------------------------------------------------
 
 
+def _nonce_key(services: Services) -> bytes:
+    # Derived from the KEK: every replica and worker of one store holds it (they unwrap the
+    # issuer keys with it), nothing public leads to it, and it costs no stored row or read.
+    # A KEK rotation refuses the nonces handed out before it once (badNonce: clients retry
+    # with the nonce of the error). Derived per call: HKDF costs a few microseconds.
+    return services.wrapper.derive("acme nonce: mac")
+
+
+def _nonce_mac(key: bytes, body: bytes) -> bytes:
+    return hmac.digest(key, body, "sha256")[:_NONCE_MAC]
+
+
 def mint_nonce(services: Services) -> str:
-    """A new nonce, stored, valid for an hour, accepted once by any replica."""
-    value = secrets.token_urlsafe(32)
-    now = services.clock()
-    with services.sessions.begin() as session:
-        session.add(AcmeNonce(value=value, expires=now + NONCE_LIFETIME))
-        _minted[0] += 1
-        if _minted[0] % _SWEEP_EVERY == 0:
-            session.execute(delete(AcmeNonce).where(AcmeNonce.expires <= now))
-    return value
+    """A new nonce, valid for an hour, accepted once by any replica; nothing is written.
+
+    Issued-at seconds (8 bytes), 16 random bytes and an HMAC-SHA256 of both under the
+    store's nonce key (16 bytes), base64url: 54 characters. Every ACME answer carries one,
+    errors and anonymous ones too, so handing one out must cost no commit: a stored nonce
+    made each anonymous request a durable write. Its one use is what is stored.
+    """
+    body = int(services.clock().timestamp()).to_bytes(8, "big") + secrets.token_bytes(16)
+    raw = body + _nonce_mac(_nonce_key(services), body)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def consume_nonce(services: Services, value: object) -> None:
-    """Accept ``value`` once: its row is deleted by the one request that presents it.
+    """Accept ``value`` once: made here (its MAC), under an hour old, never used before.
+
+    The use is a row of ``acme_nonces`` kept until the nonce is too old to be accepted: the
+    primary key refuses a second one, on any replica, and of two requests racing with one
+    nonce exactly one commits. A refused nonce writes nothing.
 
     Raises:
-        AcmeError: badNonce (missing, unknown, used already or expired).
+        AcmeError: badNonce (missing, malformed, not made by this store, expired, from the
+            future, or used already).
     """
     if not isinstance(value, str) or not value or len(value) > 64:
         raise AcmeError("the protected header holds no usable nonce", "badNonce")
     now = services.clock()
-    with services.sessions.begin() as session:
-        gone = session.execute(
-            delete(AcmeNonce).where(AcmeNonce.value == value, AcmeNonce.expires > now)
+    issued = _nonce_issued(services, value)
+    if issued is None:
+        raise AcmeError("nonce not issued by this server; get a fresh one", "badNonce")
+    age = now.timestamp() - issued
+    if age >= NONCE_LIFETIME.total_seconds() or age < -NONCE_CLOCK_SKEW.total_seconds():
+        raise AcmeError(
+            "nonce expired (or issued ahead of this clock); get a fresh one", "badNonce"
         )
-    if gone.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult's
-        raise AcmeError("nonce unknown, used already or expired; get a fresh one", "badNonce")
+    # Kept until no replica accepts the nonce any more: its hour, plus the skew allowed
+    # between the clocks of the replica sweeping and of one still accepting it.
+    expires = datetime.fromtimestamp(issued, UTC) + NONCE_LIFETIME + NONCE_CLOCK_SKEW
+    _consumed[0] += 1
+    try:
+        with services.sessions.begin() as session:
+            session.add(AcmeNonce(value=value, expires=expires))
+            session.flush()
+            if _consumed[0] % _SWEEP_EVERY == 0:
+                session.execute(delete(AcmeNonce).where(AcmeNonce.expires <= now))
+    except IntegrityError:
+        raise AcmeError("nonce used already; get a fresh one", "badNonce") from None
+
+
+def _nonce_issued(services: Services, value: str) -> int | None:
+    # The issued-at seconds of a nonce mint_nonce made with this store's key, else None.
+    # Only the one spelling mint_nonce gives is accepted: base64url's last character holds
+    # 4 unused bits, and an alias decoding to the same bytes would be another row, a
+    # second use.
+    if _NONCE_SHAPE.fullmatch(value) is None:
+        return None
+    raw = base64.urlsafe_b64decode(value + "==")
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != value:
+        return None
+    body, mac = raw[:-_NONCE_MAC], raw[-_NONCE_MAC:]
+    if not hmac.compare_digest(mac, _nonce_mac(_nonce_key(services), body)):
+        return None
+    return int.from_bytes(body[:8], "big")
 
 
 # --- accounts -----------------------------------------------------------------------------

@@ -363,7 +363,11 @@ class AcmeChallenge(Base):
 
 
 class AcmeNonce(Base):
-    """An anti-replay nonce (RFC 8555 6.5): stored, so any replica accepts it, once."""
+    """A used anti-replay nonce (RFC 8555 6.5): its row refuses a second use on any replica.
+
+    Nonces are handed out unstored (an HMAC proves them, ``services.acme.mint_nonce``); a
+    row is kept until ``expires``, when the nonce is too old to be accepted anyway.
+    """
 
     __tablename__ = "acme_nonces"
 

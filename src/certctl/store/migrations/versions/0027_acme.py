@@ -2,10 +2,11 @@
 
 The opt-in ACME server (RFC 8555, ``acme.enabled``) keeps its state in the store, as every
 replica of a PostgreSQL store must see it: an account made through one replica orders through
-another, and a nonce one replica handed out is accepted once by any (a DELETE of its row is
-the one acceptance). Certificates it issues are ordinary ``certificates`` rows; an order names
-its own (``certificate_id``, no foreign key: ``TRUNCATE certificates`` by hand stays possible,
-and an order whose certificate row is gone serves none).
+another, and a nonce one replica handed out is accepted once by any (``acme_nonces`` holds
+the used ones: the INSERT of its row is the one acceptance). Certificates it issues are
+ordinary ``certificates`` rows; an order names its own (``certificate_id``, no foreign key:
+``TRUNCATE certificates`` by hand stays possible, and an order whose certificate row is gone
+serves none).
 
 Revision ID: 0027
 Revises: 0026
