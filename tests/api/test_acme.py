@@ -1306,6 +1306,29 @@ def test_used_nonces_are_swept_once_expired_so_the_table_stays_bounded(acme_on: 
     assert info.value.acme_type == "badNonce"
 
 
+def test_a_used_nonce_stays_refused_when_a_replica_sweeping_runs_minutes_ahead(
+    acme_on: Acme, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The row of a use is all that refuses a replay within the nonce's hour; a replica whose
+    # clock runs ahead (5 minutes: what the rest of certctl tolerates, e.g. delivery
+    # timestamps) swept it while one behind still accepted the nonce: replayed, unseen.
+    from certctl.errors import AcmeError
+    from certctl.services import acme
+
+    services = acme_on.api.services
+    ahead = Services(services.engine, services.sessions, services.wrapper)
+    ahead.clock = lambda: services.clock() + timedelta(minutes=5)
+    nonce = acme.mint_nonce(services)
+    acme.consume_nonce(services, nonce)
+    acme_on.api.clock.advance(minutes=57)  # still in its hour here; 62 minutes old ahead
+    monkeypatch.setattr(acme, "_SWEEP_EVERY", 1)  # this use sweeps
+    acme.consume_nonce(ahead, acme.mint_nonce(ahead))
+    with pytest.raises(AcmeError) as info:
+        acme.consume_nonce(services, nonce)
+    assert info.value.acme_type == "badNonce"
+    assert "used already" in info.value.detail
+
+
 # --- http-01 limits -----------------------------------------------------------------------
 
 

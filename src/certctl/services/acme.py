@@ -87,8 +87,13 @@ MAX_CONTACTS = 10
 # second. Let's Encrypt has the same kind of limit; validated ones do not count.
 MAX_PENDING_AUTHORIZATIONS = 1000
 # How far one replica's clock may be ahead of another's: a nonce issued up to this far in
-# the future is accepted, and its use is kept this much longer than its hour.
+# the future is accepted.
 NONCE_CLOCK_SKEW = timedelta(minutes=1)
+# How much longer than its hour a use is kept: the replica sweeping it may run this far ahead
+# of one still accepting the nonce. Wider than NONCE_CLOCK_SKEW (10 minutes, as CRL signing
+# tolerates between replicas): clocks further apart than that show as badNonce refusals,
+# which clients retry, where a row swept too early lets a replay through unseen.
+NONCE_USE_KEPT = timedelta(minutes=10)
 _NONCE_MAC = 16  # bytes of HMAC-SHA256 kept: forging one is a 2**-128 guess
 # base64url of 8 + 16 + 16 bytes, unpadded: 54 characters (consume_nonce takes up to 64)
 _NONCE_SHAPE = re.compile(r"[A-Za-z0-9_-]{54}")
@@ -199,9 +204,9 @@ def consume_nonce(services: Services, value: object) -> None:
         raise AcmeError(
             "nonce expired (or issued ahead of this clock); get a fresh one", "badNonce"
         )
-    # Kept until no replica accepts the nonce any more: its hour, plus the skew allowed
-    # between the clocks of the replica sweeping and of one still accepting it.
-    expires = datetime.fromtimestamp(issued, UTC) + NONCE_LIFETIME + NONCE_CLOCK_SKEW
+    # Kept until no replica accepts the nonce any more: its hour, plus how far the clock of
+    # the replica sweeping may run ahead of one still accepting it (NONCE_USE_KEPT).
+    expires = datetime.fromtimestamp(issued, UTC) + NONCE_LIFETIME + NONCE_USE_KEPT
     _consumed[0] += 1
     try:
         with services.sessions.begin() as session:
