@@ -1329,6 +1329,30 @@ def test_a_used_nonce_stays_refused_when_a_replica_sweeping_runs_minutes_ahead(
     assert "used already" in info.value.detail
 
 
+def test_a_storage_503_carries_a_nonce_the_retry_is_accepted_with(acme_on: Acme) -> None:
+    # RFC 8555 6.5: error answers should carry a nonce too. The 503 had none (a nonce took a
+    # store write); a client then had to ask new-nonce before it could retry.
+    raw = Raw(acme_on)
+    url = f"{acme_on.base}/acme/new-account"
+    body = raw.jws(url, {})
+    pool: Any = acme_on.api.services.engine.pool
+    held = [acme_on.api.services.engine.connect() for _ in range(pool.size() + pool._max_overflow)]
+    saved, pool._timeout = pool._timeout, 0.05
+    try:
+        r = raw.post("new-account", body)
+    finally:
+        pool._timeout = saved
+        for connection in held:
+            connection.close()
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] == "2"
+    assert r.headers["content-type"] == "application/problem+json"
+    again = raw.post(
+        "new-account", raw.jws(url, {}, protected={"nonce": r.headers["replay-nonce"]})
+    )
+    assert again.status_code == 201, again.text
+
+
 # --- http-01 limits -----------------------------------------------------------------------
 
 

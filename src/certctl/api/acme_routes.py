@@ -58,6 +58,7 @@ __all__ = [
     "acme_routes",
     "is_acme_path",
     "routing_problem",
+    "with_acme_headers",
 ]
 
 log = logging.getLogger("certctl.api")
@@ -567,7 +568,9 @@ def _endpoint(
                 raise InvalidRequest("NUL character in the request path")
             response = await handler(request)
         except (StorageUnavailable, Unavailable):
-            raise  # the app's 503 with Retry-After, as every route's while the store fails
+            # The app's 503 with Retry-After, as every route's while the store fails (the
+            # app adds the nonce: app._acme_answer).
+            raise
         except CertctlError as exc:
             if exc.status >= 500:
                 log.warning("ACME %s %s: %s", request.method, logged_path_of(scope), exc.detail)
@@ -575,13 +578,14 @@ def _endpoint(
             if exc.status == 429:
                 retry_after = getattr(exc, "retry_after", None) or RETRY_AFTER_S
                 response.headers["Retry-After"] = str(retry_after)
-        return await _with_acme_headers(request, response)
+        return await with_acme_headers(request, response)
 
     endpoint.__name__ = handler.__name__
     return endpoint
 
 
-async def _with_acme_headers(request: Request, response: Response) -> Response:
+async def with_acme_headers(request: Request, response: Response) -> Response:
+    """``response`` with a nonce, the directory's Link and (anonymous) Cache-Control."""
     # On the loop: a nonce is made by an HMAC, with no store access (acme.mint_nonce).
     response.headers["Replay-Nonce"] = acme.mint_nonce(services_of(request))
     response.headers.append("Link", f'<{_url(request, "directory")}>;rel="index"')
@@ -609,7 +613,7 @@ async def routing_problem(request: Request, status: int, allowed: str) -> Respon
         response.headers["Allow"] = allowed
     else:
         response = _problem("malformed", status, f"no ACME resource {request.url.path[:200]}")
-    return await _with_acme_headers(request, response)
+    return await with_acme_headers(request, response)
 
 
 _TABLE: tuple[tuple[str, str, Callable[[Request], Awaitable[Response]]], ...] = (

@@ -270,7 +270,22 @@ async def _certctl_error(request: Request, exc: Exception) -> Response:
         # (400/404/409/415) is not recorded, so a refused request leaves the store unchanged.
         # Authentication failures were recorded where they happened (no actor yet).
         await in_write_thread(request, _audit_refusal, request, actor, exc)
-    return problem_from_error(exc)
+    return await _acme_answer(request, problem_from_error(exc))
+
+
+async def _acme_answer(request: Request, response: Response) -> Response:
+    """An ACME route's storage 503 with a nonce, as its other answers (RFC 8555 6.5).
+
+    Minting one needs no store (an HMAC): without it, a client had to ask new-nonce again
+    before it could retry.
+    """
+    if request.app.state.acme is None:
+        return response
+    from certctl.api.acme_routes import is_acme_path, with_acme_headers
+
+    return (
+        await with_acme_headers(request, response) if is_acme_path(request.url.path) else response
+    )
 
 
 def _failure_audits(request: Request) -> anyio.CapacityLimiter:
@@ -314,6 +329,10 @@ def _audit_refusal(request: Request, actor: str, exc: CertctlError) -> None:
 
 
 async def _database_error(request: Request, exc: Exception) -> Response:
+    return await _acme_answer(request, await _database_problem(request, exc))
+
+
+async def _database_problem(request: Request, exc: Exception) -> Response:
     fault = storage_error(exc)
     if fault is None:
         conflict = constraint_conflict(exc)
