@@ -86,14 +86,13 @@ MAX_CONTACTS = 10
 # challenge each, kept in the store; unbounded, one account could fill it by the thousand a
 # second. Let's Encrypt has the same kind of limit; validated ones do not count.
 MAX_PENDING_AUTHORIZATIONS = 1000
-# How far one replica's clock may be ahead of another's: a nonce issued up to this far in
-# the future is accepted.
-NONCE_CLOCK_SKEW = timedelta(minutes=1)
-# How much longer than its hour a use is kept: the replica sweeping it may run this far ahead
-# of one still accepting the nonce. Wider than NONCE_CLOCK_SKEW (10 minutes, as CRL signing
-# tolerates between replicas): clocks further apart than that show as badNonce refusals,
-# which clients retry, where a row swept too early lets a replay through unseen.
-NONCE_USE_KEPT = timedelta(minutes=10)
+# How far one replica's clock may be ahead of another's (10 minutes, as CRL signing tolerates
+# between replicas): a nonce issued up to this far in the future is accepted, and its use is
+# kept this much longer than its hour, so a replica sweeping it that runs ahead of one still
+# accepting it sweeps none too early (a replay let through unseen). One minute refused the
+# nonces of a replica ahead by more; certbot's acme library takes no nonce from the badNonce,
+# asks new-nonce again, possibly of the same replica, and its one retry failed as well.
+NONCE_CLOCK_SKEW = timedelta(minutes=10)
 _NONCE_MAC = 16  # bytes of HMAC-SHA256 kept: forging one is a 2**-128 guess
 # base64url of 8 + 16 + 16 bytes, unpadded: 54 characters (consume_nonce takes up to 64)
 _NONCE_SHAPE = re.compile(r"[A-Za-z0-9_-]{54}")
@@ -161,7 +160,7 @@ def _nonce_key(services: Services) -> bytes:
     # Derived from the KEK: every replica and worker of one store holds it (they unwrap the
     # issuer keys with it), nothing public leads to it, and it costs no stored row or read.
     # A KEK rotation refuses the nonces handed out before it once (badNonce: clients retry
-    # with the nonce of the error). Derived per call: HKDF costs a few microseconds.
+    # with a fresh one). Derived per call: HKDF costs a few microseconds.
     return services.wrapper.derive("acme nonce: mac")
 
 
@@ -205,8 +204,8 @@ def consume_nonce(services: Services, value: object) -> None:
             "nonce expired (or issued ahead of this clock); get a fresh one", "badNonce"
         )
     # Kept until no replica accepts the nonce any more: its hour, plus how far the clock of
-    # the replica sweeping may run ahead of one still accepting it (NONCE_USE_KEPT).
-    expires = datetime.fromtimestamp(issued, UTC) + NONCE_LIFETIME + NONCE_USE_KEPT
+    # the replica sweeping may run ahead of one still accepting it.
+    expires = datetime.fromtimestamp(issued, UTC) + NONCE_LIFETIME + NONCE_CLOCK_SKEW
     _consumed[0] += 1
     try:
         with services.sessions.begin() as session:
