@@ -38,6 +38,7 @@ from certctl.store.models import (
     AcmeAccount,
     AcmeAuthorization,
     AcmeChallenge,
+    AcmeEabKey,
     AcmeNonce,
     AcmeOrder,
     Actor,
@@ -80,6 +81,7 @@ TABLES = {
     "acme_authorizations": AcmeAuthorization,
     "acme_challenges": AcmeChallenge,
     "acme_nonces": AcmeNonce,
+    "acme_eab_keys": AcmeEabKey,  # migration 0028
 }
 PROBLEM_TYPE = "application/problem+json"
 

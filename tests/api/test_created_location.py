@@ -99,6 +99,15 @@ def test_every_201_has_a_location_that_answers_a_get(api: Api, tmp_path: Path) -
     assert "old.example.com" in [c["common_name"] for c in listed["items"]]
     seen.add(("POST", "/api/v1/certificates/import"))
 
+    r = api.post("/api/v1/acme/eab-keys", api.admin_key, json={"name": "ci"})
+    assert r.status_code == 201, r.text
+    eab_id = r.json()["id"]
+    assert r.headers["location"] == f"/api/v1/acme/eab-keys/{eab_id}"
+    shown = api.get(r.headers["location"], api.admin_key).json()
+    assert shown["id"] == eab_id
+    assert "hmac_key" not in shown
+    seen.add(("POST", "/api/v1/acme/eab-keys"))
+
     # A new 201 route fails here until it is covered above.
     assert seen == {(r.method, r.path) for r in ROUTES if r.success == 201}
 

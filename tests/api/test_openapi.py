@@ -61,6 +61,11 @@ DESIGN_ROUTES = {
     ("POST", "/api/v1/services/{name}/clients"): "service.edit",
     ("DELETE", "/api/v1/services/{name}/clients/{fingerprint}"): "service.edit",
     ("GET", "/api/v1/services/{name}/outputs/{output}"): "service.read",
+    # ACME External Account Binding keys: a key gets certificates through ACME (cert.issue).
+    ("GET", "/api/v1/acme/eab-keys"): "cert.read",
+    ("POST", "/api/v1/acme/eab-keys"): "cert.issue",
+    ("GET", "/api/v1/acme/eab-keys/{id}"): "cert.read",
+    ("DELETE", "/api/v1/acme/eab-keys/{id}"): "cert.revoke",
 }
 
 

@@ -27,6 +27,7 @@ _CONTEXTS = (
     ("issuers", "id", "issuer:"),
     ("certificates", "id", "certificate:"),
     ("managed_services", "name", "service:"),
+    ("acme_eab_keys", "id", "acme-eab:"),
 )
 
 
@@ -101,6 +102,10 @@ def test_rotation_reencrypts_every_key_and_the_server_goes_on(
     _issue(first, admin_key, "before.example.com")
     _service(first, [tmp_path / "web-a"], 201)
     service_key = (tmp_path / "web-a" / "tls.key").read_bytes()
+    with first.client(admin_key) as client:  # an ACME EAB HMAC key is wrapped too
+        minted = client.post("/api/v1/acme/eab-keys", json={"name": "ci"})
+    assert minted.status_code == 201, minted.text
+    eab_id, eab_hmac = minted.json()["id"], minted.json()["hmac_key"]
     # Refused while the server runs: it would go on encrypting with the old key.
     running = failed(_rotate(first.data_dir))
     assert running.stderr.splitlines() == [
@@ -111,7 +116,7 @@ def test_rotation_reencrypts_every_key_and_the_server_goes_on(
     first.stop()
 
     before = _stored_keys(first.data_dir)
-    assert {c.split(":")[0] for c in before} == {"issuer", "certificate", "service"}
+    assert {c.split(":")[0] for c in before} == {"issuer", "certificate", "service", "acme-eab"}
     plain = _opened_by(old_kek, before)
     assert plain.keys() == before.keys()
 
@@ -126,6 +131,7 @@ def test_rotation_reencrypts_every_key_and_the_server_goes_on(
     assert after.keys() == before.keys()
     assert _opened_by(new_kek, after) == plain  # the same keys, under the new KEK
     assert _opened_by(old_kek, after) == {}  # and none of them under the old one
+    assert base64.urlsafe_b64encode(plain[f"acme-eab:{eab_id}"]).rstrip(b"=").decode() == eab_hmac
 
     second = start_server(data_dir=first.data_dir)
     ca = x509.load_pem_x509_certificate((first.data_dir / "tls" / "ca.crt").read_bytes())

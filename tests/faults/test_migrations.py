@@ -365,3 +365,21 @@ def test_0027_adds_the_acme_tables_to_a_postgresql_store_and_takes_them_back(
         assert ACME_TABLES <= set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
+
+
+def test_0028_adds_the_eab_keys_to_a_postgresql_store_and_takes_them_back(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    from sqlalchemy import inspect
+
+    engine = db.create_store_engine(postgres_cluster.url(postgres_cluster.create_database()))
+    try:
+        db.migrate(engine)
+        assert "acme_eab_keys" in inspect(engine).get_table_names()
+        downgrade_store(engine, "0027")
+        assert "acme_eab_keys" not in inspect(engine).get_table_names()
+        assert "eab_key_id" not in {c["name"] for c in inspect(engine).get_columns("acme_accounts")}
+        db.migrate(engine)
+        assert "eab_key_id" in {c["name"] for c in inspect(engine).get_columns("acme_accounts")}
+    finally:
+        engine.dispose()

@@ -91,6 +91,10 @@ EXPECTED: dict[tuple[str, str], tuple[str, Any]] = {
     ("POST", "/api/v1/services/{name}/clients"): ("service.edit", "client-pem"),
     ("DELETE", "/api/v1/services/{name}/clients/{fingerprint}"): ("service.edit", None),
     ("GET", "/api/v1/services/{name}/outputs/{output}"): ("service.read", None),
+    ("GET", "/api/v1/acme/eab-keys"): ("cert.read", None),
+    ("POST", "/api/v1/acme/eab-keys"): ("cert.issue", {"name": "m-eab"}),
+    ("GET", "/api/v1/acme/eab-keys/{id}"): ("cert.read", None),
+    ("DELETE", "/api/v1/acme/eab-keys/{id}"): ("cert.revoke", None),
 }
 
 
@@ -176,6 +180,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
         app.ok("POST", "/api/v1/auth/roles", 201, json={"id": "t-role", "permissions": []})
         target_key = _mint(app, "t-actor", [])
         cert = app.ok("POST", "/api/v1/certificates", 201, json={"common_name": "t.example.com"})
+        eab = app.ok("POST", "/api/v1/acme/eab-keys", 201, json={"name": "t-eab"})
         app.ok("PUT", f"/api/v1/services/{SERVICE}", 201, json=_service_doc(SERVICE))
         added = app.ok(
             "POST",
@@ -189,6 +194,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
             "apikeys": target_key["id"],
             "issuers": "default",
             "certificates": cert["id"],
+            "acme": eab["id"],  # /api/v1/acme/eab-keys/{id}
             "fingerprint": added["items"][0]["fingerprint"],
         }
         yield World(app, callers, ids, cert["certificate_pem"], lp_keys)

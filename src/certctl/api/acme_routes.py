@@ -85,6 +85,7 @@ _TITLES = {
     "badRevocationReason": "Bad revocation reason",
     "badSignatureAlgorithm": "Bad signature algorithm",
     "conflict": "Conflict",
+    "externalAccountRequired": "External account required",
     "connection": "Connection failure",
     "incorrectResponse": "Incorrect response",
     "invalidContact": "Invalid contact",
@@ -294,7 +295,7 @@ async def directory(request: Request) -> Response:
             "newOrder": _url(request, "new-order"),
             "revokeCert": _url(request, "revoke-cert"),
             "keyChange": _url(request, "key-change"),
-            "meta": {"externalAccountRequired": False},
+            "meta": {"externalAccountRequired": _settings(request).external_account_required},
         }
     )
 
@@ -308,7 +309,7 @@ async def new_account(request: Request) -> Response:
     signed = await _signed(request, jwk=True, kid=False)
     payload = signed.payload if signed.payload is not None else {}
     source = _source(request)
-    # Accounts are free (no external account binding) and kept for good, with an audit
+    # Accounts are free (unless acme.external-account-required) and kept for good, with an audit
     # event each: ACCOUNTS_PER_HOUR new ones per address (its IPv6 /64), then an hour's wait.
     limiter: AuthFailureLimiter = request.app.state.acme_account_limiter
     account, created = await _run(
@@ -319,6 +320,8 @@ async def new_account(request: Request) -> Response:
         payload,
         source,
         limiter.retry_after(source),
+        _url(request, "new-account"),
+        _settings(request).external_account_required,
     )
     if created:
         limiter.record(source)

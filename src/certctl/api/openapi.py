@@ -173,6 +173,32 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
             "key_value": {"type": "string", "description": "shown in this response only"},
         }
     ),
+    "AcmeEabKey": _object(
+        {
+            "id": _STR,
+            "name": _STR,
+            "actor_id": _STR,
+            "created_at": _TIME,
+            "expires_at": _TIME_OR_NULL,
+            "account_id": _STR_OR_NULL,
+            "used_at": _TIME_OR_NULL,
+            "revoked_at": _TIME_OR_NULL,
+        }
+    ),
+    "AcmeEabKeyList": _page("AcmeEabKey"),
+    "AcmeEabKeyCreated": _object(
+        {
+            "id": _STR,
+            "name": _STR,
+            "actor_id": _STR,
+            "created_at": _TIME,
+            "expires_at": _TIME_OR_NULL,
+            "hmac_key": {
+                "type": "string",
+                "description": "base64url of 32 bytes, shown in this response only",
+            },
+        }
+    ),
     "Issuer": _object(_ISSUER_FIELDS),
     # POST's answer: the issuer, what signing it warned about (a clipped validity), and the
     # held issuers imported before it whose chain an import of it completed.
@@ -289,6 +315,10 @@ _SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/auth/apikeys"): _json("ApiKeyCreated"),
     ("GET", "/api/v1/auth/apikeys/{id}"): _json("ApiKey"),
     ("DELETE", "/api/v1/auth/apikeys/{id}"): _json("ApiKey"),
+    ("GET", "/api/v1/acme/eab-keys"): _json("AcmeEabKeyList"),
+    ("POST", "/api/v1/acme/eab-keys"): _json("AcmeEabKeyCreated"),
+    ("GET", "/api/v1/acme/eab-keys/{id}"): _json("AcmeEabKey"),
+    ("DELETE", "/api/v1/acme/eab-keys/{id}"): _json("AcmeEabKey"),
     ("GET", "/api/v1/issuers"): _json("IssuerList"),
     ("POST", "/api/v1/issuers"): _json("CreatedIssuer"),
     ("GET", "/api/v1/issuers/{id}"): _json("Issuer"),

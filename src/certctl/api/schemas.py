@@ -12,13 +12,14 @@ from certctl.auth.permissions import PERMISSIONS
 from certctl.pki import display_dn_text
 from certctl.pki.validity import DURATION_PATTERN
 from certctl.services.revocation import ISSUER_REVOCATION_REASONS, REVOCATION_REASONS
-from certctl.store.models import ApiKey, AuditEvent, Issuer
+from certctl.store.models import AcmeEabKey, ApiKey, AuditEvent, Issuer
 
 if TYPE_CHECKING:
     from certctl.services.certificates import CertificateView
     from certctl.services.context import IssuerRevocation
 
 __all__ = [
+    "AcmeEabCreate",
     "ActorCreate",
     "ActorPatch",
     "ApiKeyCreate",
@@ -33,6 +34,7 @@ __all__ = [
     "apikey_json",
     "audit_json",
     "certificate_json",
+    "eab_key_json",
     "issuer_json",
 ]
 
@@ -107,6 +109,13 @@ class ApiKeyCreate(_Body):
 
     actor_id: str = Field(min_length=1, max_length=64)
     name: str = Field(default="", max_length=200)
+    expires_at: datetime | None = None
+
+
+class AcmeEabCreate(_Body):
+    """``POST /api/v1/acme/eab-keys``."""
+
+    name: str = Field(min_length=1, max_length=200)
     expires_at: datetime | None = None
 
 
@@ -291,6 +300,20 @@ def apikey_json(row: ApiKey) -> dict[str, Any]:
         "created_at": _iso(row.created_at),
         "expires_at": _iso(row.expires_at),
         "last_used_at": _iso(row.last_used_at),
+        "revoked_at": _iso(row.revoked_at),
+    }
+
+
+def eab_key_json(row: AcmeEabKey) -> dict[str, Any]:
+    """A listed ACME EAB key: everything but the HMAC key."""
+    return {
+        "id": row.id,
+        "name": row.name,
+        "actor_id": row.actor_id,
+        "created_at": _iso(row.created_at),
+        "expires_at": _iso(row.expires_at),
+        "account_id": row.account_id,
+        "used_at": _iso(row.used_at),
         "revoked_at": _iso(row.revoked_at),
     }
 

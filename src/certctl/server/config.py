@@ -364,6 +364,7 @@ class AcmeConfig(_Section):
     validity: str = "90D"
     allowed_names: list[str] = Field(default_factory=list, alias="allowed-names")
     http_01_port: int = Field(default=80, alias="http-01-port", ge=1, le=65535)
+    external_account_required: StrictBool = Field(default=False, alias="external-account-required")
 
     @field_validator("validity")
     @classmethod
@@ -580,11 +581,12 @@ _ENV_KEYS = {
     "CERTCTL_ACME_ISSUER": ("acme", "issuer"),
     "CERTCTL_ACME_VALIDITY": ("acme", "validity"),
     "CERTCTL_ACME_HTTP_01_PORT": ("acme", "http-01-port"),
+    "CERTCTL_ACME_EXTERNAL_ACCOUNT_REQUIRED": ("acme", "external-account-required"),
 }
 
 
 # Variables of switches (StrictBool keys).
-_SWITCH_ENV = frozenset({"CERTCTL_ACME_ENABLED"})
+_SWITCH_ENV = frozenset({"CERTCTL_ACME_ENABLED", "CERTCTL_ACME_EXTERNAL_ACCOUNT_REQUIRED"})
 
 
 def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any, file: Path | None) -> None:

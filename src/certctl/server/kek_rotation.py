@@ -39,7 +39,7 @@ from certctl.store.db import (
     storage_error,
 )
 from certctl.store.keywrap import MASTER_KEY_ENV, NEXT_KEK, KeyWrapper, encode_kek, kek_source
-from certctl.store.models import CertificateRecord, Issuer, ManagedService
+from certctl.store.models import AcmeEabKey, CertificateRecord, Issuer, ManagedService
 
 __all__ = ["KekRotation", "RotationUnsettled", "rotate_kek"]
 
@@ -56,6 +56,7 @@ _WRAPPED_KEYS = tuple(
         (ManagedService, "name", "service:"),
         (Issuer, "id", "issuer:"),
         (CertificateRecord, "id", "certificate:"),
+        (AcmeEabKey, "id", "acme-eab:"),  # locked by nothing else that takes these
     )
 )
 

@@ -279,6 +279,7 @@ def acme_settings(config: ServerConfig, services: Services) -> AcmeSettings | No
         validity=parse_duration(config.acme.validity),
         allowed_names=tuple(config.acme.allowed_names),
         http_01_port=config.acme.http_01_port,
+        external_account_required=config.acme.external_account_required,
     )
     check_issuer(services, settings)
     names = ", ".join(settings.allowed_names) or "any DNS name that passes http-01"

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from certctl.errors import AcmeError, Conflict, InvalidRequest, NotFound, PermissionDenied
 from certctl.pki.dns_names import validate_dns_name
 from certctl.pki.jose import JwsPublicKey, jwk_of, load_jwk, thumbprint
+from certctl.services.acme_eab import bind, checked_binding
 from certctl.services.audit import record
 from certctl.services.certificates import revoke_certificate
 from certctl.services.context import Principal, Services
@@ -36,6 +37,7 @@ from certctl.store.models import (
     AcmeAccount,
     AcmeAuthorization,
     AcmeChallenge,
+    AcmeEabKey,
     AcmeNonce,
     AcmeOrder,
     CertificateRecord,
@@ -119,6 +121,7 @@ class AcmeSettings:
     validity: timedelta
     allowed_names: tuple[str, ...] = ()
     http_01_port: int = 80
+    external_account_required: bool = False
 
 
 def account_actor(account_id: str) -> str:
@@ -301,15 +304,20 @@ def create_account(
     payload: dict[str, Any],
     source: str,
     wait_s: float = 0.0,
+    url: str = "",
+    eab_required: bool = False,
 ) -> tuple[AcmeAccount, bool]:
     """The account of ``jwk``'s key, made now unless it exists (RFC 8555 7.3); and whether new.
 
     ``wait_s``: how long ``source`` is to wait before it may make another account (0: now).
+    ``url``: the new-account URL an External Account Binding must name (RFC 8555 7.3.4);
+    a binding given is checked and recorded, and with ``eab_required`` one is needed.
 
     Raises:
         AcmeError: accountDoesNotExist for ``onlyReturnExisting`` without one; malformed,
             unsupportedContact or invalidContact for a bad ``contact``; rateLimited (429)
-            for a new account while ``wait_s``.
+            for a new account while ``wait_s``; externalAccountRequired (403) without a
+            binding when one is required, unauthorized (403) for a binding that does not hold.
     """
     key = load_jwk(jwk)
     print_ = thumbprint(key)
@@ -327,6 +335,17 @@ def create_account(
             retry_after=seconds,
         )
     contact = _checked_contact(payload.get("contact"))
+    binding = payload.get("externalAccountBinding")
+    eab: AcmeEabKey | None = None
+    if binding is not None:
+        eab = checked_binding(services, binding, print_, url)
+    elif eab_required:
+        raise AcmeError(
+            "this server makes accounts only with an External Account Binding "
+            "(an EAB key id and HMAC key from the operator: certctl acme eab create)",
+            "externalAccountRequired",
+            403,
+        )
     now = services.clock()
     account = AcmeAccount(
         id=new_id(),
@@ -335,10 +354,18 @@ def create_account(
         status="valid",
         contact=contact,
         created_at=now,
+        eab_key_id=None if eab is None else eab.id,
     )
+    detail = f"thumbprint {print_}"
+    if eab is not None:
+        # The certctl actor the account answers to: whoever minted the key that bound it.
+        detail += f"; bound by EAB key {eab.id} of {eab.actor_id}"
     try:
         with services.sessions.begin() as session:
             session.add(account)
+            if eab is not None:
+                session.flush()  # the key's account_id references the account row
+                bind(session, eab, account.id, now)
             record(
                 session,
                 at=now,
@@ -346,7 +373,7 @@ def create_account(
                 action="acme.account.create",
                 target=account.id,
                 source=source,
-                detail=f"thumbprint {print_}",
+                detail=detail,
             )
     except IntegrityError:
         # A concurrent request (a retry, two issuers sharing the key) registered the key

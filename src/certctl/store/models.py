@@ -310,6 +310,8 @@ class AcmeAccount(Base):
     status: Mapped[str] = mapped_column(String(16))  # valid | deactivated
     contact: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The External Account Binding key that bound it (None: made without one).
+    eab_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True, default=None)
 
 
 class AcmeOrder(Base):
@@ -373,3 +375,24 @@ class AcmeNonce(Base):
 
     value: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class AcmeEabKey(Base):
+    """An ACME External Account Binding key (RFC 8555 7.3.4): binds one account to its minter."""
+
+    __tablename__ = "acme_eab_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # the EAB "kid"
+    name: Mapped[str] = mapped_column(String(200))
+    # The 32-byte HMAC key, wrapped under the KEK (context "acme-eab:<id>"): the server must
+    # recompute the MAC, so a hash would not do.
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    # Who minted it (no foreign key: an mTLS or Kubernetes caller has no actors row).
+    actor_id: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    account_id: Mapped[str | None] = mapped_column(
+        ForeignKey("acme_accounts.id"), nullable=True, unique=True
+    )
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

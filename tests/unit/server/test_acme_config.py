@@ -69,3 +69,21 @@ def test_refused_acme_values_name_the_key(
     with pytest.raises(InvalidRequest) as info:
         load_config(file, {})
     assert info.value.detail.startswith(message.format(file=file)), info.value.detail
+
+
+def test_external_account_required_is_off_by_default_and_set_by_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_config(None, {}).acme.external_account_required is False
+    monkeypatch.setenv("CERTCTL_ACME_EXTERNAL_ACCOUNT_REQUIRED", "true")
+    assert load_config(None, {}).acme.external_account_required is True
+    monkeypatch.setenv("CERTCTL_ACME_EXTERNAL_ACCOUNT_REQUIRED", "yes please")
+    with pytest.raises(InvalidRequest) as info:
+        load_config(None, {})
+    assert info.value.detail.startswith("CERTCTL_ACME_EXTERNAL_ACCOUNT_REQUIRED='yes please': ")
+
+
+def test_external_account_required_is_read_from_yaml(tmp_path: Path) -> None:
+    config = tmp_path / "certctl.yaml"
+    config.write_text("acme:\n  external-account-required: true\n")
+    assert load_config(config, {}).acme.external_account_required is True

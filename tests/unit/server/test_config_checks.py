@@ -1005,6 +1005,7 @@ _SWITCHES = {
         "notifications:\n  webhook:\n    url: https://h.example/x\n    allow-http: {}\n"
     ),
     "acme.enabled": "acme:\n  enabled: {}\n",
+    "acme.external-account-required": "acme:\n  external-account-required: {}\n",
 }
 
 

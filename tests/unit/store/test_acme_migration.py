@@ -31,3 +31,21 @@ def test_0027_adds_the_acme_tables_and_takes_them_back(tmp_path: Path) -> None:
         assert ACME_TABLES <= set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
+
+
+def test_0028_adds_the_eab_keys_and_takes_them_back(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    try:
+        db.migrate(engine)
+        assert "acme_eab_keys" in inspect(engine).get_table_names()
+        assert "eab_key_id" in {c["name"] for c in inspect(engine).get_columns("acme_accounts")}
+        unique = inspect(engine).get_unique_constraints("acme_eab_keys")
+        assert [c["column_names"] for c in unique] == [["account_id"]]
+        downgrade_store(engine, "0027")
+        assert "acme_eab_keys" not in inspect(engine).get_table_names()
+        assert "eab_key_id" not in {c["name"] for c in inspect(engine).get_columns("acme_accounts")}
+        assert ACME_TABLES <= set(inspect(engine).get_table_names())
+        db.migrate(engine)
+        assert "acme_eab_keys" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
