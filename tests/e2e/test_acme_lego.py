@@ -10,7 +10,9 @@ an administrator.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certctl.pki import format_serial
-from tests._tools import free_port, ok, run
+from tests._tools import failed, free_port, ok, run
 from tests.e2e.conftest import CertctlServer, StartServer
 
 pytestmark = pytest.mark.e2e
@@ -26,22 +28,33 @@ pytestmark = pytest.mark.e2e
 ISSUER = "acme-ca"
 
 
-def _lego(
-    server: CertctlServer, home: Path, port: int, *command: str, key_type: str = "ec256"
-) -> str:
+def _lego_run(
+    server: CertctlServer,
+    home: Path,
+    port: int,
+    *command: str,
+    key_type: str = "ec256",
+    eab: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LEGO_CA_CERTIFICATES": str(server.ca)}
     # --key-type is the account key's type (the JWS alg) and the certificate key's.
-    result = run(
+    return run(
         "lego",
         "--path", home, "--server", f"{server.url}/acme/directory", "--accept-tos",
         "--key-type", key_type,
         "--email", "ops@example.internal", "--domains", "localhost",
         "--http", "--http.port", f"127.0.0.1:{port}",
+        *eab,
         *command,
         env=env,
         timeout=120,
     )  # fmt: skip
-    return ok(result)
+
+
+def _lego(
+    server: CertctlServer, home: Path, port: int, *command: str, key_type: str = "ec256"
+) -> str:
+    return ok(_lego_run(server, home, port, *command, key_type=key_type))
 
 
 def test_lego_runs_renews_and_revokes_against_certctl(
@@ -98,3 +111,56 @@ def test_lego_runs_renews_and_revokes_against_certctl(
         got = other / "certificates" / "localhost.crt"
         ok(run("openssl", "verify", "-CAfile", root, got))
         assert isinstance(x509.load_pem_x509_certificate(got.read_bytes()).public_key(), wanted)
+
+
+def test_lego_binds_its_account_with_an_eab_key_the_cli_minted(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    first = start_server()
+    with first.client(first.admin_key) as api:
+        r = api.post("/api/v1/issuers", json={"id": ISSUER, "common_name": "ACME CA"})
+        assert r.status_code == 201, r.text
+    first.stop()
+    http01 = free_port()
+    acme = {"enabled": True, "issuer": ISSUER, "http-01-port": http01}
+    server = start_server(
+        data_dir=first.data_dir, config={"acme": {**acme, "external-account-required": True}}
+    )
+    # Without a binding lego stops: it reads meta.externalAccountRequired in the directory.
+    refused = failed(_lego_run(server, tmp_path / "no-eab", http01, "run"))
+    assert "Server requires External Account Binding" in refused.stderr
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+    cli_env = clean | {
+        "CERTCTL_URL": server.url,
+        "CERTCTL_CA_CERT": str(server.ca),
+        "CERTCTL_API_KEY": server.admin_key,
+    }
+    minted = ok(run("certctl", "acme", "eab", "create", "--name", "lego", env=cli_env))
+    data = json.loads(minted.stdout)
+    kid, hmac_key = data["id"], data["hmac_key"]
+    assert f"--eab-kid {kid} --eab-hmac-key {hmac_key}" in minted.stderr
+    eab = ("--eab", "--kid", kid, "--hmac", hmac_key)
+    home = tmp_path / "lego"
+    ok(_lego_run(server, home, http01, "run", eab=eab))
+    root = tmp_path / "acme-ca.pem"
+    with server.client(server.admin_key) as api:
+        root.write_text(api.get(f"/api/v1/issuers/{ISSUER}/ca.pem").text)
+    ok(run("openssl", "verify", "-CAfile", root, home / "certificates" / "localhost.crt"))
+
+    listed = ok(run("certctl", "acme", "eab", "list", "-o", "json", env=cli_env))
+    (row,) = json.loads(listed.stdout)["items"]
+    assert row["id"] == kid
+    assert row["account_id"]
+    assert hmac_key not in listed.stdout
+    # The same key for another lego account (its own account key): refused.
+    again = failed(_lego_run(server, tmp_path / "lego-2", http01, "run", eab=eab))
+    assert "already bound" in again.stdout + again.stderr
+    ok(run("certctl", "acme", "eab", "revoke", kid, env=cli_env))
+    # Revoked, the key binds nothing more; the account it bound renews as before (lego wants
+    # the flags whenever the directory says EAB is required; it reuses its saved account).
+    renew = ("renew", "--days", "365", "--no-random-sleep")
+    ok(_lego_run(server, home, http01, *renew, eab=eab))
+    gone = failed(run("certctl", "acme", "eab", "revoke", "nosuchkey", env=cli_env))
+    assert gone.stderr.startswith("certctl: error: ")
+    assert len(gone.stderr.strip().splitlines()) == 1

@@ -17,6 +17,7 @@ from typer.utils import parse_boolean_env_var
 from certctl import __version__
 from certctl.cli import (
     _api,
+    acme,
     audit,
     auth,
     ca,
@@ -43,7 +44,7 @@ __all__ = ["app"]
 _SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Offline PKI (files only)", ("ca", "cert", "csr", "crl", "http", "inspect", "verify")),
     ("Server (on its host)", ("serve", "admin-key", "kek")),
-    ("Clients of a server", ("auth", "certs", "issuers", "services", "apply", "audit")),
+    ("Clients of a server", ("auth", "certs", "issuers", "services", "apply", "audit", "acme")),
 )
 
 
@@ -283,6 +284,7 @@ app.add_typer(issuers.issuers_app, name="issuers")
 app.command("apply", help=services.APPLY_HELP)(services.apply_command)
 app.add_typer(services.services_app, name="services")
 app.add_typer(audit.audit_app, name="audit")
+app.add_typer(acme.acme_app, name="acme")
 
 
 def _version(value: bool) -> None:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from datetime import datetime
 
-__all__ = ["auth_app"]
+__all__ = ["auth_app", "iso_expiry"]
 
 
 auth_app = typer.Typer(
@@ -396,6 +396,10 @@ def _iso_time(value: str | None) -> str | None:
     except OverflowError:  # 9999-12-31T23:59:59-14:00: past datetime.max in UTC
         raise typer.BadParameter(f"{value}: out of range (at most 9999-12-31T23:59:59Z)") from None
     return when.isoformat()
+
+
+# ``--expires-at`` of every minted secret (``certctl acme eab create`` too).
+iso_expiry = _iso_time
 
 
 @apikeys_app.command("create")

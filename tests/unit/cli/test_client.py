@@ -1138,8 +1138,9 @@ def test_top_level_command_list_marks_the_server_clients() -> None:
     proc = certctl("--help", env={})
     clients = _command_sections(proc.stdout)["Clients of a server"]
     described = {line.split()[0]: line for line in clients if line.strip()}
-    assert list(described) == ["auth", "certs", "issuers", "services", "apply", "audit"]
-    for name in ("auth", "certs", "issuers", "services", "apply", "audit"):
+    names = ["auth", "certs", "issuers", "services", "apply", "audit", "acme"]
+    assert list(described) == names
+    for name in names:
         assert "CERTCTL_URL" in described[name], described[name]
 
 
@@ -1151,7 +1152,7 @@ def test_top_level_help_groups_the_commands_in_the_readmes_order() -> None:
     assert names == {
         "Offline PKI (files only)": ["ca", "cert", "csr", "crl", "http", "inspect", "verify"],
         "Server (on its host)": ["serve", "admin-key", "kek"],
-        "Clients of a server": ["auth", "certs", "issuers", "services", "apply", "audit"],
+        "Clients of a server": ["auth", "certs", "issuers", "services", "apply", "audit", "acme"],
     }
     # One column for the summaries, down the whole page.
     columns = {line.index(line.split()[1]) for lines in sections.values() for line in lines}

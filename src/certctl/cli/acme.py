@@ -1,0 +1,124 @@
+"""``certctl acme eab …``: ACME External Account Binding keys on a certctl server.
+
+Requests go through :func:`certctl.cli._api.send_request` (``CERTCTL_URL``, ``CERTCTL_API_KEY``,
+``CERTCTL_CA_CERT``), as ``certctl auth apikeys`` does; the HMAC key is printed once.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from certctl.cli._api import (
+    OUTPUT_OPTION,
+    field_cell,
+    group_help,
+    not_empty,
+    path_segment,
+    print_answer,
+    print_list,
+    send_request,
+    unexpected_response,
+)
+from certctl.cli._listing import Column
+from certctl.cli.auth import iso_expiry
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+__all__ = ["acme_app"]
+
+_PATH = "/api/v1/acme/eab-keys"
+
+acme_app = typer.Typer(
+    help=group_help("The ACME endpoint's External Account Binding keys."),
+    short_help="ACME External Account Binding keys on the server at CERTCTL_URL.",
+    no_args_is_help=True,
+)
+eab_app = typer.Typer(
+    help=group_help(
+        "External Account Binding keys: each lets one ACME account be made "
+        "(the HMAC key is shown once, at creation)."
+    ),
+    short_help="EAB keys (the HMAC key is shown once, at creation).",
+    no_args_is_help=True,
+)
+acme_app.add_typer(eab_app, name="eab")
+
+
+def _status(item: dict[str, Any], now: datetime) -> str:
+    from certctl.cli._listing import is_past
+
+    if item.get("revoked_at"):
+        return "revoked"
+    if item.get("account_id"):
+        return "bound"
+    return "expired" if is_past(item.get("expires_at"), now) else "unused"
+
+
+def _columns() -> list[Column]:
+    from certctl.cli._listing import date_and_days
+
+    return [
+        Column("ID", field_cell("id"), key=True),
+        Column("NAME", field_cell("name"), label=True),
+        Column("ACTOR", field_cell("actor_id")),
+        Column("STATUS", _status),
+        Column("ACCOUNT", lambda item, _now: str(item.get("account_id") or "-")),
+        Column(
+            "EXPIRES", lambda item, now: date_and_days(item.get("expires_at"), now, none="never")
+        ),
+    ]
+
+
+@eab_app.command("create")
+def eab_create(
+    name: str = typer.Option(
+        ..., "--name", callback=not_empty, help="What the key is for, e.g. the ACME client's host."
+    ),
+    expires_at: str = typer.Option(
+        None,
+        "--expires-at",
+        callback=iso_expiry,
+        help="ISO 8601 time after which it binds no account (without a zone, UTC).",
+    ),
+) -> None:
+    """Mint an EAB key: id and HMAC key, printed once.
+
+    The JSON answer goes to stdout; certbot's and lego's flags to stderr.
+    """
+    data = send_request("POST", _PATH, {"name": name, "expires_at": expires_at})
+    if not isinstance(data, dict) or not isinstance(data.get("hmac_key"), str):
+        raise unexpected_response(_PATH, "no hmac_key")
+    print_answer(data)
+    kid, key = shlex.quote(str(data.get("id"))), shlex.quote(data["hmac_key"])
+    typer.echo(
+        f"certbot: --eab-kid {kid} --eab-hmac-key {key}\n"
+        f"lego: --eab --kid {kid} --hmac {key}\n"
+        "(the HMAC key is not shown again; it binds one ACME account)",
+        err=True,
+    )
+
+
+@eab_app.command("list")
+def eab_list(output: str | None = OUTPUT_OPTION) -> None:
+    """List EAB keys, never their HMAC key.
+
+    On a terminal a table: id, name, minter, unused/bound/expired/revoked, account, expiry.
+    """
+    print_list(
+        send_request("GET", _PATH), output, path=_PATH, columns=_columns(), empty="no EAB keys"
+    )
+
+
+@eab_app.command("revoke")
+def eab_revoke(
+    key_id: str = typer.Argument(..., callback=not_empty, metavar="ID", help="EAB key id."),
+) -> None:
+    """Revoke an EAB key: it binds no more accounts.
+
+    An account it bound keeps working.
+    """
+    print_answer(send_request("DELETE", f"{_PATH}/{path_segment(key_id)}"))
