@@ -14,6 +14,7 @@ both once revoked, with the reasons given.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -234,3 +235,39 @@ def test_the_certbot_walkthrough_works_verbatim(start_server: StartServer, user_
                       "-CRLfile", crl_pem, leaf_file)  # fmt: skip
         assert refused.returncode != 0
         assert "certificate revoked" in refused.stdout + refused.stderr
+
+
+def test_certbot_registers_with_an_eab_key_when_the_server_requires_one(
+    start_server: StartServer, user_dir: Path
+) -> None:
+    first = start_server()
+    with first.client(first.admin_key) as client:
+        r = client.post("/api/v1/issuers", json={"id": "acme", "common_name": "ACME CA"})
+        assert r.status_code == 201, r.text
+    first.stop()
+    acme = {"enabled": True, "issuer": "acme", "external-account-required": True}
+    server = start_server(data_dir=first.data_dir, config={"acme": acme})
+    home = user_dir
+    (home / "certctl-ca.crt").write_bytes(server.ca.read_bytes())
+    register = (
+        "REQUESTS_CA_BUNDLE=$PWD/certctl-ca.crt certbot register --non-interactive --agree-tos"
+        f" --email ops@example.internal --server {server.url}/acme/directory"
+        " --config-dir certbot/config --work-dir certbot/work --logs-dir certbot/logs"
+    )
+    refused = _as_nobody(register, home)
+    assert refused.returncode != 0
+    assert "requires external account binding" in refused.stderr.lower(), refused.stderr
+
+    env = _operator_env(server.url, server.ca, server.admin_key)
+    minted = ok(run("certctl", "acme", "eab", "create", "--name", "certbot", env=env))
+    data = json.loads(minted.stdout)
+    flags = f"--eab-kid {data['id']} --eab-hmac-key {data['hmac_key']}"
+    assert flags in minted.stderr  # the line certctl prints for certbot, used as printed
+    ok(_as_nobody(f"{register} {flags}", home))
+    with server.client(server.admin_key) as client:
+        (key,) = client.get("/api/v1/acme/eab-keys").json()["items"]
+        events = client.get("/api/v1/audit", params={"action": "acme.account.create"}).json()
+    assert key["account_id"], key
+    (event,) = events["items"]
+    assert event["actor"] == f"acme:{key['account_id']}"
+    assert event["detail"].endswith(f"bound by EAB key {data['id']} of {key['actor_id']}")
