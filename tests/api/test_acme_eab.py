@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -296,3 +297,29 @@ def test_minting_needs_a_name_and_a_future_expiry(api: Api) -> None:
     naive = "2099-01-01T00:00:00"
     assert_problem(api.post(PATH, api.admin_key, json={"name": "x", "expires_at": naive}), 400)
     assert api.counts() == before
+
+
+def test_concurrent_uses_of_one_key_by_two_account_keys_bind_one_account(required: Acme) -> None:
+    api = required.api
+    minted = _mint(api)
+    clients = [_new_client(required) for _ in range(4)]
+    bindings = [_binding(c, minted["id"], minted["hmac_key"]) for c in clients]
+    before = api.counts()
+    outcomes: list[str] = []
+
+    def use(index: int) -> None:
+        try:
+            _register(clients[index], bindings[index])
+            outcomes.append("bound")
+        except messages.Error as exc:
+            outcomes.append(str(exc.typ))
+
+    threads = [threading.Thread(target=use, args=(i,)) for i in range(len(clients))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes) == ["bound"] + [ERR + "unauthorized"] * 3, outcomes
+    after = api.counts()
+    assert after["acme_accounts"] == before["acme_accounts"] + 1
+    assert _key(api, minted["id"])["account_id"] is not None
