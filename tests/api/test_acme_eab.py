@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -323,3 +324,42 @@ def test_concurrent_uses_of_one_key_by_two_account_keys_bind_one_account(require
     after = api.counts()
     assert after["acme_accounts"] == before["acme_accounts"] + 1
     assert _key(api, minted["id"])["account_id"] is not None
+
+
+def test_required_mode_refuses_accounts_made_without_a_binding_until_one_binds_them(
+    optional: Acme,
+) -> None:
+    """Turning the setting on cuts off the free accounts made before; a binding readmits one."""
+    api = optional.api
+    old = _new_client(optional)
+    regr = _register(old, None)
+    account_id = regr.uri.rsplit("/", 1)[1]
+    settings = dataclasses.replace(optional.settings, external_account_required=True)
+    with serving(create_app(api.services, acme=settings)) as base:
+        required = Acme(api, base, optional.http01, settings)
+        again = required.client(old.net.key)
+        # The client kept its account, as certbot and lego do (this server's URL for it).
+        kept = regr.update(uri=regr.uri.replace(optional.base, base))
+        again.net.account = kept
+        with pytest.raises(messages.Error) as info:
+            required.order(again, [NAME])
+        assert info.value.typ == ERR + "unauthorized", info.value
+        assert "External Account Binding" in str(info.value.detail)
+        again.net.account = None  # new-account is signed with the key (jwk), not the kid
+        before = api.counts()
+        assert "External Account Binding" in _refused(again, None, "externalAccountRequired")
+        assert api.counts() == {**before, "acme_nonces": api.counts()["acme_nonces"]}
+        minted = _mint(api)
+        with pytest.raises(errors.ConflictError) as conflict:  # the library's "it exists"
+            _register(again, _binding(again, minted["id"], minted["hmac_key"]))
+        assert conflict.value.location == kept.uri
+        again.net.account = kept
+        assert _key(api, minted["id"])["account_id"] == account_id
+        order, _ = required.order(again, [NAME])
+        assert order.body.status == messages.STATUS_PENDING
+        events = [(e["action"], e["target"], e["detail"]) for e in api.audit()]
+        assert (
+            "acme.account.bind",
+            account_id,
+            f"bound by EAB key {minted['id']} of {_key(api, minted['id'])['actor_id']}",
+        ) in events

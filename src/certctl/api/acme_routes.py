@@ -202,7 +202,12 @@ async def _signed(request: Request, *, jwk: bool = False, kid: bool = True) -> _
                 f"kid {str(given)[:200]} is no account URL of this server", "accountDoesNotExist"
             )
         services = services_of(request)
-        account = await anyio.to_thread.run_sync(acme.find_account, services, given[len(prefix) :])
+        account = await anyio.to_thread.run_sync(
+            acme.find_account,
+            services,
+            given[len(prefix) :],
+            _settings(request).external_account_required,
+        )
         key = load_jwk(account.jwk)
     verify_jws(message, key)
     await _run(request, acme.consume_nonce, services_of(request), protected.get("nonce"))

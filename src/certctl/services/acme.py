@@ -239,11 +239,15 @@ def _nonce_issued(services: Services, value: str) -> int | None:
 # --- accounts -----------------------------------------------------------------------------
 
 
-def find_account(services: Services, account_id: str) -> AcmeAccount:
+def find_account(services: Services, account_id: str, eab_required: bool = False) -> AcmeAccount:
     """The account ``account_id`` (a kid's last segment).
 
+    ``eab_required`` (``acme.external-account-required``): an account no External Account
+    Binding bound is refused, as new-account refuses to make one.
+
     Raises:
-        AcmeError: accountDoesNotExist, or unauthorized for a deactivated account.
+        AcmeError: accountDoesNotExist, or unauthorized for a deactivated account or an
+            unbound one while a binding is required.
     """
     with services.sessions() as session:
         account = session.get(AcmeAccount, account_id)
@@ -251,7 +255,22 @@ def find_account(services: Services, account_id: str) -> AcmeAccount:
         raise AcmeError(f"account {account_id[:40]} does not exist", "accountDoesNotExist")
     if account.status != "valid":
         raise AcmeError(f"account {account_id} is {account.status}", "unauthorized", 401)
+    if eab_required and account.eab_key_id is None:
+        raise _unbound(account)
     return account
+
+
+def _unbound(account: AcmeAccount) -> AcmeError:
+    # An account made while anyone could make one, before the operator turned the setting
+    # on: left working, it would be the way around the binding (whoever made one then keeps
+    # ordering). Its holder binds it with new-account and a key (create_account).
+    return AcmeError(
+        f"account {account.id} was made without an External Account Binding, which this "
+        "server now requires: send new-account again with one (an EAB key id and HMAC key "
+        "from the operator: certctl acme eab create)",
+        "unauthorized",
+        403,
+    )
 
 
 # Orders an account's order list shows (RFC 8555 7.1.2.1 allows paging; certctl lists the
@@ -323,6 +342,8 @@ def create_account(
     print_ = thumbprint(key)
     existing = _account_of_key(services, print_)
     if existing is not None:
+        if eab_required and existing.eab_key_id is None:
+            return _bind_existing(services, existing, payload, print_, url, source), False
         return existing, False
     if payload.get("onlyReturnExisting") is True:
         raise AcmeError("no account for this key", "accountDoesNotExist")
@@ -383,6 +404,53 @@ def create_account(
             raise
         return existing, False
     return account, True
+
+
+def _bind_existing(
+    services: Services,
+    account: AcmeAccount,
+    payload: dict[str, Any],
+    print_: str,
+    url: str,
+    source: str,
+) -> AcmeAccount:
+    """Bind ``account``, made before a binding was required, with the one ``payload`` holds.
+
+    Raises:
+        AcmeError: externalAccountRequired (403) without a binding, unauthorized (403) for one
+            that does not hold, or for the account bound meanwhile by another key.
+    """
+    binding = payload.get("externalAccountBinding")
+    if binding is None:
+        raise AcmeError(
+            f"account {account.id} was made without an External Account Binding, which this "
+            "server now requires (an EAB key id and HMAC key from the operator: certctl acme "
+            "eab create)",
+            "externalAccountRequired",
+            403,
+        )
+    eab = checked_binding(services, binding, print_, url)
+    now = services.clock()
+    with services.sessions.begin() as session:
+        bound = session.execute(
+            update(AcmeAccount)
+            .where(AcmeAccount.id == account.id, AcmeAccount.eab_key_id.is_(None))
+            .values(eab_key_id=eab.id)
+        )
+        if bound.rowcount != 1:  # type: ignore[attr-defined]
+            raise AcmeError(f"account {account.id} was bound meanwhile", "unauthorized", 403)
+        bind(session, eab, account.id, now)
+        record(
+            session,
+            at=now,
+            actor=account_actor(account.id),
+            action="acme.account.bind",
+            target=account.id,
+            source=source,
+            detail=f"bound by EAB key {eab.id} of {eab.actor_id}",
+        )
+    account.eab_key_id = eab.id
+    return account
 
 
 def _account_of_key(services: Services, print_: str) -> AcmeAccount | None:
