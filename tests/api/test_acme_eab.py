@@ -209,6 +209,9 @@ def test_each_bad_binding_is_refused_with_its_acme_error_and_changes_nothing(
         ("garbled: bad base64", {"protected": "!!", "payload": "x", "signature": "y"}, "malformed")
     )
     cases.append(("wrong kid", _binding(c, "0" * 24, hmac_key), "unauthorized"))
+    # PostgreSQL's text holds no NUL: looked up, the kid was a 500 there (unauthorized here).
+    cases.append(("kid with a NUL", _hand_made(c, kid + "\x00", hmac_key), "unauthorized"))
+    cases.append(("kid too long", _hand_made(c, kid * 300, hmac_key), "unauthorized"))
     cases.append(("wrong HMAC key", _binding(c, kid, other_secret), "unauthorized"))
     cases.append(
         (

@@ -43,6 +43,7 @@ __all__ = [
 # RFC 8555 7.3.4: "MUST indicate an integrity algorithm based on HMAC"; RFC 7518 3.2.
 EAB_ALGORITHMS = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
 _KEY_BYTES = 32
+_ID_MAX = 32  # acme_eab_keys.id's width
 
 
 def eab_context(key_id: str) -> str:
@@ -182,9 +183,12 @@ def checked_binding(
     if thumbprint(load_jwk(payload)) != account_thumbprint:
         raise _refused("externalAccountBinding payload is not this request's account key")
     mac = b64url_decode(parts["signature"], "externalAccountBinding signature")
+    shown = kid[:64]
+    if len(kid) > _ID_MAX or not kid.isprintable():
+        # No key has such an id; looked up, a NUL was a 500 on PostgreSQL (no NUL in text).
+        raise _refused(f"EAB key {shown!r}: no such key")
     with services.sessions() as session:
         row = session.get(AcmeEabKey, kid)
-    shown = kid[:64]
     if row is None:
         raise _refused(f"EAB key {shown}: no such key")
     secret = services.wrapper.unwrap(row.wrapped_key, context=eab_context(row.id))
