@@ -715,6 +715,14 @@ def test_each_bad_request_is_answered_with_its_acme_error_and_changes_nothing(
             "accountDoesNotExist",
         ),
         (
+            # PostgreSQL's text holds no NUL: looked up, the account id was a 500 there.
+            "kid with a NUL",
+            raw.jws(new_order, order_body, protected={"kid": f"{base}/acme/account/0\x00"}),
+            "application/jose+json",
+            400,
+            "accountDoesNotExist",
+        ),
+        (
             "tampered payload",
             raw.jws(new_order, order_body, tamper=True),
             "application/jose+json",
