@@ -14,11 +14,14 @@ import pytest
 from sqlalchemy import select, text
 
 from certctl.errors import InvalidRequest
+from certctl.pki.jose import b64url_encode
 from certctl.server.bootstrap import bootstrap
 from certctl.server.config import ServerConfig
+from certctl.services.acme_eab import eab_context, mint_eab_key
+from certctl.services.context import Principal
 from certctl.store.db import LEADER_LOCK, create_store_engine
 from certctl.store.keywrap import KeyWrapper
-from certctl.store.models import Issuer
+from certctl.store.models import AcmeEabKey, Issuer
 from tests._tools import failed, ok, run
 from tests.api.conftest import PostgresCluster
 
@@ -45,7 +48,11 @@ def test_rotation_waits_for_no_leader_then_rewraps_for_every_replica(
 ) -> None:
     url = postgres_cluster.url(postgres_cluster.create_database())
     data = tmp_path / "replica-1"
-    bootstrap(_config(data, url)).services.engine.dispose()
+    first = bootstrap(_config(data, url)).services
+    # An ACME EAB HMAC key is wrapped under the KEK too: rotation re-wraps it on PostgreSQL.
+    ops = Principal("ops", (), frozenset({"cert.issue"}), "apikey")
+    minted = mint_eab_key(first, ops, "ci", None)
+    first.engine.dispose()
     other = tmp_path / "replica-2"  # another replica's data dir, with the same (old) key
     other.mkdir(mode=0o700)
     shutil.copy2(data / "kek", other / "kek")
@@ -74,6 +81,10 @@ def test_rotation_waits_for_no_leader_then_rewraps_for_every_replica(
         with engine.connect() as connection:
             blob = connection.execute(select(Issuer.wrapped_key)).scalar_one()
         KeyWrapper(new).unwrap(blob, context="issuer:default")
+        with engine.connect() as connection:
+            eab_blob = connection.execute(select(AcmeEabKey.wrapped_key)).scalar_one()
+        unwrapped = KeyWrapper(new).unwrap(eab_blob, context=eab_context(minted.row.id))
+        assert b64url_encode(unwrapped) == minted.hmac_key
     finally:
         engine.dispose()
 
