@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -40,6 +41,7 @@ __all__ = [
     "query_format",
     "read_body",
     "services_of",
+    "utc_expiry",
     "write_limiter",
 ]
 
@@ -269,3 +271,20 @@ async def in_write_thread(request: Request, func: Callable[..., T], *args: Any) 
     every other request of the process.
     """
     return await anyio.to_thread.run_sync(func, *args, limiter=request.app.state.writes)
+
+
+def utc_expiry(expires: datetime | None) -> datetime | None:
+    """A body's ``expires_at`` in UTC (API keys, EAB keys), refused without a time zone.
+
+    Raises:
+        InvalidRequest: no time zone, or past datetime.max once in UTC.
+    """
+    if expires is None:
+        return None
+    if expires.tzinfo is None:
+        raise InvalidRequest("expires_at: needs a time zone (e.g. 2027-01-01T00:00:00Z)")
+    try:
+        # 9999-12-31T23:59:59-14:00 is valid input whose UTC is past datetime.max.
+        return expires.astimezone(UTC)
+    except OverflowError:
+        raise InvalidRequest("expires_at: out of range (at most 9999-12-31T23:59:59Z)") from None

@@ -8,20 +8,17 @@ caller could through the API), listing ``cert.read``, revoking ``cert.revoke``.
 
 from __future__ import annotations
 
-from datetime import UTC
-
 from starlette.requests import Request
 from starlette.responses import Response
 
 from certctl.api import schemas
-from certctl.api._common import ApiRoute, in_write_thread, listed
+from certctl.api._common import ApiRoute, in_write_thread, listed, utc_expiry
 from certctl.api._common import caller_of as _caller
 from certctl.api._common import created as _created
 from certctl.api._common import json_response as _json
 from certctl.api._common import not_found as _not_found
 from certctl.api._common import read_body as _body
 from certctl.api._common import services_of as _services
-from certctl.errors import InvalidRequest
 from certctl.services import acme_eab
 from certctl.services.context import Principal
 from certctl.store.models import AcmeEabKey
@@ -46,16 +43,7 @@ async def get_eab_key(request: Request, principal: Principal | None) -> Response
 
 async def create_eab_key(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.AcmeEabCreate)
-    expires = body.expires_at
-    if expires is not None:
-        if expires.tzinfo is None:
-            raise InvalidRequest("expires_at: needs a time zone (e.g. 2027-01-01T00:00:00Z)")
-        try:
-            expires = expires.astimezone(UTC)
-        except OverflowError:
-            raise InvalidRequest(
-                "expires_at: out of range (at most 9999-12-31T23:59:59Z)"
-            ) from None
+    expires = utc_expiry(body.expires_at)
     minted = await in_write_thread(
         request, acme_eab.mint_eab_key, _services(request), _caller(principal), body.name, expires
     )

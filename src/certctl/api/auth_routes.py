@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from certctl.api import schemas
-from certctl.api._common import AUTHENTICATED, ApiRoute, in_write_thread, json_bytes, listed
+from certctl.api._common import (
+    AUTHENTICATED,
+    ApiRoute,
+    in_write_thread,
+    json_bytes,
+    listed,
+    utc_expiry,
+)
 from certctl.api._common import caller_of as _caller
 from certctl.api._common import created as _created
 from certctl.api._common import json_response as _json
@@ -232,17 +238,7 @@ async def get_apikey(request: Request, principal: Principal | None) -> Response:
 
 async def create_apikey(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.ApiKeyCreate)
-    expires = body.expires_at
-    if expires is not None:
-        if expires.tzinfo is None:
-            raise InvalidRequest("expires_at: needs a time zone (e.g. 2027-01-01T00:00:00Z)")
-        try:
-            # 9999-12-31T23:59:59-14:00 is valid input whose UTC is past datetime.max.
-            expires = expires.astimezone(UTC)
-        except OverflowError:
-            raise InvalidRequest(
-                "expires_at: out of range (at most 9999-12-31T23:59:59Z)"
-            ) from None
+    expires = utc_expiry(body.expires_at)
     result = await in_write_thread(
         request,
         api_keys.mint_api_key,
