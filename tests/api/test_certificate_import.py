@@ -56,18 +56,21 @@ class OpensslCa:
             openssl_req(self.key, csr, subject)
             parent.sign(csr, self.crt, CA_EXTENSIONS, days=1825)
 
-    def sign(self, csr: Path, out: Path, extensions: str, days: int = 90) -> None:
+    def sign(
+        self, csr: Path, out: Path, extensions: str, days: int = 90, serial: int | None = None
+    ) -> None:
         ext = out.with_suffix(".ext")
+        serial_hex = f"{serial:x}" if serial is not None else os.urandom(8).hex()
         ext.write_text(extensions)
         ok(
             run(
                 "openssl", "x509", "-req", "-in", csr, "-CA", self.crt, "-CAkey", self.key,
-                "-set_serial", f"0x{os.urandom(8).hex()}",
+                "-set_serial", f"0x{serial_hex}",
                 "-days", str(days), "-extfile", ext, "-out", out,
             )
         )  # fmt: skip
 
-    def leaf(self, cn: str, eku: str = "serverAuth") -> Path:
+    def leaf(self, cn: str, eku: str = "serverAuth", serial: int | None = None) -> Path:
         key, csr, crt = (self.folder / f"{cn}.{s}" for s in ("key", "csr", "crt"))
         openssl_req(key, csr, f"/CN={cn}")
         self.sign(
@@ -76,6 +79,7 @@ class OpensslCa:
             f"basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
             f"extendedKeyUsage={eku}\nsubjectAltName=DNS:{cn}\n"
             "authorityKeyIdentifier=keyid\n",
+            serial=serial,
         )
         return crt
 
@@ -495,10 +499,34 @@ def test_skip_existing_records_what_is_new_and_names_what_was_recorded_already(
     # Without it, as before: a plain import answers skipped [] and refuses what is held.
     r = _import(api, newer)
     assert (r.status_code, r.json()["skipped"]) == (201, [])
-    # The bundle's own mistakes are still refused with it.
-    twice = newer.read_text() * 2
+    # Files concatenated with overlaps: the very same certificate again is passed over as
+    # held by its first copy, whether that copy is recorded now or was before.
+    newest = inter.leaf("newest.example.com")
+    twice = newest.read_text() + newer.read_text() + newest.read_text()
     r = api.post(IMPORT, api.admin_key, json={"certificate_pem": twice, "skip_existing": True})
+    assert r.status_code == 201, r.text
+    (recorded,) = r.json()["items"]
+    assert recorded["common_name"] == "newest.example.com"
+    held_newer = api.get("/api/v1/certificates?q=newer.example.com", api.admin_key).json()
+    assert [(s["certificate"], s["id"]) for s in r.json()["skipped"]] == [
+        (2, held_newer["items"][0]["id"]),
+        (3, recorded["id"]),
+    ]
+    assert r.json()["skipped"][1]["subject"] == "CN=newest.example.com"
+    # The bundle's own mistakes are still refused with it: another certificate under a serial
+    # the bundle already holds (a CA fault), and without skip_existing any repeat.
+    before = api.counts()
+    serial = x509.load_pem_x509_certificate(newest.read_bytes()).serial_number
+    other = inter.leaf("other.example.com", serial=serial)
+    r = api.post(
+        IMPORT,
+        api.admin_key,
+        json={"certificate_pem": other.read_text() + newest.read_text(), "skip_existing": True},
+    )
     assert "same serial as certificate 1" in assert_problem(r, 400)["detail"]
+    r = api.post(IMPORT, api.admin_key, json={"certificate_pem": newest.read_text() * 2})
+    assert "same serial as certificate 1" in assert_problem(r, 400)["detail"]
+    assert api.counts() == before
 
 
 def test_a_bundle_under_the_body_limit_is_imported_and_one_over_it_is_413(

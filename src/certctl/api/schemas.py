@@ -147,8 +147,9 @@ class CertificateImport(_Body):
     )
     skip_existing: bool = Field(
         default=False,
-        description="pass over the certificates recorded already (same CA, same serial), "
-        "listed under skipped, instead of refusing the bundle with 409",
+        description="pass over the certificates recorded already (same CA, same serial) and "
+        "repeats of one earlier in the bundle, listed under skipped, instead of refusing the "
+        "bundle (409, 400)",
     )
 
 

@@ -155,16 +155,17 @@ def import_certificates(
     All or nothing: the first certificate that cannot be recorded is named in the error and
     none is stored. Expired certificates are recorded (they count as ``expired``; one can
     still be revoked); CA certificates are refused (they are issuers, not leaves).
-    ``skip_existing``: one recorded already (that serial under any id of its CA) is passed
-    over and returned as skipped instead of refusing the bundle, so a migration run again
-    records only what it had not.
+    ``skip_existing``: one recorded already (that serial under any id of its CA), or the
+    very same certificate again later in the bundle, is passed over and returned as skipped
+    instead of refusing the bundle, so a migration run again records only what it had not.
 
     Returns:
         The certificates recorded, and those skipped (``skip_existing``), in bundle order.
 
     Raises:
         InvalidRequest: not PEM certificates, a CA certificate, one no held issuer signed,
-            the same certificate twice.
+            the same certificate twice (unless ``skip_existing``), two certificates with one
+            serial of one issuer.
         Conflict: a serial already recorded for that issuer (unless ``skip_existing``), or
             a managed service's CA.
     """
@@ -191,6 +192,7 @@ def import_certificates(
     now = services.clock()
     found: list[tuple[str, x509.Certificate]] = []
     seen: dict[tuple[str, str], int] = {}
+    copies: dict[int, int] = {}  # a repeated certificate's number -> its first copy's
     # (issuer, serial) under every held id of the signing CA: the same CA imported twice
     # (two ids, one key) has a certificate recorded under either, issued by certctl too.
     recorded_as: dict[tuple[str, str], int] = {}
@@ -225,9 +227,15 @@ def import_certificates(
         if cns and len(str(cns[0].value).replace("\0", "\\00")) > _MAX_COMMON_NAME:
             raise InvalidRequest(f"{label}: common name longer than {_MAX_COMMON_NAME} characters")
         if (issuer_id, serial) in seen:
-            raise InvalidRequest(
-                f"{label}: the same serial as certificate {seen[issuer_id, serial]}"
-            )
+            first_number = seen[issuer_id, serial]
+            if not (skip_existing and cert == certs[first_number - 1]):
+                raise InvalidRequest(f"{label}: the same serial as certificate {first_number}")
+            # The very same certificate again (files concatenated with overlaps): a run meant
+            # to record only what is new passes it over as recorded by its first copy. A
+            # different certificate under the same serial stays refused: a CA fault to show.
+            copies[number] = first_number
+            found.append((issuer_id, cert))
+            continue
         seen[issuer_id, serial] = number
         for signer, _, _ in signers:
             recorded_as.setdefault((signer, serial), number)
@@ -240,20 +248,14 @@ def import_certificates(
             f"{_label(number, certs[number - 1])}: issuer {first.issuer_id}'s serial "
             f"{first.serial} is already recorded as certificate {first.id}; nothing imported"
         )
-    skipped = [
-        SkippedCertificate(
-            number,
-            row.id,
-            row.issuer_id,
-            row.serial,
-            certs[number - 1].subject.rfc4514_string().replace("\0", "\\00")[:200],
-        )
-        for number, row in sorted(taken.items())
-    ]
+    # Where each certificate of the bundle is held: recorded before, or by this import.
+    held_as: dict[int, tuple[str, str, str]] = {
+        number: (row.id, row.issuer_id, row.serial) for number, row in taken.items()
+    }
     rows: list[Insert] = []
     imported: list[ImportedCertificate] = []
     for number, (issuer_id, cert) in enumerate(found, 1):
-        if number in taken:
+        if number in taken or number in copies:
             continue
         record, (cert_row, _issue_audit) = new_rows(
             services, caller, issuer_id, IssuedCertificate(cert), IMPORTED_PROFILE, None
@@ -278,6 +280,17 @@ def import_certificates(
             )
         )
         imported.append(ImportedCertificate(record.id, issuer_id, record.serial))
+        held_as[number] = (record.id, issuer_id, record.serial)
+    for number, first_number in copies.items():
+        held_as[number] = held_as[first_number]
+    skipped = [
+        SkippedCertificate(
+            number,
+            *held_as[number],
+            certs[number - 1].subject.rfc4514_string().replace("\0", "\\00")[:200],
+        )
+        for number in sorted((*taken, *copies))
+    ]
     try:
         with services.engine.begin() as connection:
             write_rows(connection, rows)
