@@ -158,7 +158,7 @@ def test_a_malformed_master_key_leaves_a_new_postgresql_database_without_tables(
     data = tmp_path / "data"
     argv = ["serve", "--data-dir", data, "--listen", "127.0.0.1:0", "--database-url", url]
     refused = run("certctl", *argv, env=env, timeout=60)
-    assert refused.returncode == 1, refused.stderr
+    assert refused.returncode == 2, refused.stderr  # a bad variable: a usage error
     assert refused.stderr.startswith(
         "certctl: error: CERTCTL_MASTER_KEY decodes to 16 bytes, not 32: "
     ), refused.stderr

@@ -58,17 +58,26 @@ def _warn_of_a_password_flag(database_url: str | None) -> None:
 def _settings(config: Path | None, overrides: dict[str, Any]) -> ServerConfig:
     """``load_config`` of the server commands (serve, admin-key, kek rotate).
 
-    A bad flag or CERTCTL_* value is a usage error (exit 2), as a bad option of any other
-    command; a config file that does not read, or holds a bad value, stays a failure (exit 1),
-    as any input file does.
+    A bad flag or CERTCTL_* value (CERTCTL_MASTER_KEY too) is a usage error (exit 2), as a
+    bad option of any other command; a config file that does not read, or holds a bad
+    value, stays a failure (exit 1), as any input file does.
     """
     from certctl.cli._common import UsageProblem
+    from certctl.errors import InvalidRequest
     from certctl.server.config import BadSetting, load_config
+    from certctl.store.keywrap import master_key_from_env
 
     try:
-        return load_config(config, overrides, _FLAGS)
+        settings = load_config(config, overrides, _FLAGS)
     except BadSetting as exc:
         raise UsageProblem(exc.detail) from None
+    try:
+        # A malformed CERTCTL_MASTER_KEY is a bad environment value like any CERTCTL_*
+        # setting's; bootstrap checks it again (it is the one that uses it).
+        master_key_from_env()
+    except InvalidRequest as exc:
+        raise UsageProblem(exc.detail) from None
+    return settings
 
 
 def serve_command(

@@ -90,6 +90,8 @@ USAGE_ERRORS: list[tuple[str, str | list[str], dict[str, str]]] = [
     ("serve-listen", "serve --data-dir data --listen nonsense", {}),
     ("serve-workers", "serve --data-dir data --workers 0", {}),
     ("serve-variable", "serve --data-dir data", {"CERTCTL_LISTEN": "foo"}),
+    ("serve-master-key", "serve --data-dir data", {"CERTCTL_MASTER_KEY": "not base64!"}),
+    ("master-key-length", "admin-key --data-dir data", {"CERTCTL_MASTER_KEY": "c2hvcnQ="}),
     ("admin-key-out", "admin-key --data-dir data --out -", {}),
 ]
 

@@ -235,7 +235,7 @@ def test_a_malformed_master_key_refuses_a_first_start_before_anything_is_made(
     proc = run(
         "certctl", "serve", "--data-dir", data, "--listen", "127.0.0.1:0", env=env, timeout=60
     )
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr  # a bad variable: a usage error (DESIGN §6)
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1, proc.stderr
     assert errors[0].startswith(f"certctl: error: {says}give the key the stored keys"), errors
@@ -247,7 +247,7 @@ def test_a_malformed_master_key_refuses_a_first_start_before_anything_is_made(
     proc = run(
         "certctl", "serve", "--data-dir", data, "--listen", "127.0.0.1:0", env=env, timeout=60
     )
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     assert list(data.iterdir()) == []
 
 
