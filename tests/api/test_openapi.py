@@ -66,6 +66,9 @@ DESIGN_ROUTES = {
     ("POST", "/api/v1/acme/eab-keys"): "cert.issue",
     ("GET", "/api/v1/acme/eab-keys/{id}"): "cert.read",
     ("DELETE", "/api/v1/acme/eab-keys/{id}"): "cert.revoke",
+    ("GET", "/api/v1/acme/accounts"): "cert.read",
+    ("GET", "/api/v1/acme/accounts/{id}"): "cert.read",
+    ("POST", "/api/v1/acme/accounts/{id}/deactivate"): "cert.revoke",
 }
 
 

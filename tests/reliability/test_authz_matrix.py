@@ -27,6 +27,8 @@ from sqlalchemy import text
 from certctl.api._common import AUTHENTICATED, PUBLIC
 from certctl.api.app import ROUTES
 from certctl.api.authentication import ClientCertMapping
+from certctl.services.issuance import new_id
+from certctl.store.models import AcmeAccount
 from tests.api.conftest import assert_problem, bearer
 from tests.api.test_auth_roles import ALL_PERMISSIONS, BUILTIN
 from tests.reliability.conftest import LEDGER, RelApp, from_address, mtls, running_app
@@ -95,6 +97,9 @@ EXPECTED: dict[tuple[str, str], tuple[str, Any]] = {
     ("POST", "/api/v1/acme/eab-keys"): ("cert.issue", {"name": "m-eab"}),
     ("GET", "/api/v1/acme/eab-keys/{id}"): ("cert.read", None),
     ("DELETE", "/api/v1/acme/eab-keys/{id}"): ("cert.revoke", None),
+    ("GET", "/api/v1/acme/accounts"): ("cert.read", None),
+    ("GET", "/api/v1/acme/accounts/{id}"): ("cert.read", None),
+    ("POST", "/api/v1/acme/accounts/{id}/deactivate"): ("cert.revoke", None),
 }
 
 
@@ -117,6 +122,23 @@ class World:
     ids: dict[str, str]
     client_pem: str
     lp_keys: dict[str, str]  # permission ("" for none) → key of a role holding exactly it
+
+
+def _acme_account(app: RelApp) -> str:
+    """An ACME account as new-account stores one (the matrix app serves no ACME): its id."""
+    account_id = new_id()
+    with app.services.sessions.begin() as session:
+        session.add(
+            AcmeAccount(
+                id=account_id,
+                thumbprint=f"matrix-{account_id}",
+                jwk={},
+                status="valid",
+                contact=[],
+                created_at=app.services.clock(),
+            )
+        )
+    return account_id
 
 
 def _mint(app: RelApp, actor: str, roles: list[str], **extra: Any) -> dict[str, Any]:
@@ -181,6 +203,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
         target_key = _mint(app, "t-actor", [])
         cert = app.ok("POST", "/api/v1/certificates", 201, json={"common_name": "t.example.com"})
         eab = app.ok("POST", "/api/v1/acme/eab-keys", 201, json={"name": "t-eab"})
+        account = _acme_account(app)
         app.ok("PUT", f"/api/v1/services/{SERVICE}", 201, json=_service_doc(SERVICE))
         added = app.ok(
             "POST",
@@ -194,7 +217,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
             "apikeys": target_key["id"],
             "issuers": "default",
             "certificates": cert["id"],
-            "acme": eab["id"],  # /api/v1/acme/eab-keys/{id}
+            "eab-keys": eab["id"],
+            "accounts": account,
             "fingerprint": added["items"][0]["fingerprint"],
         }
         yield World(app, callers, ids, cert["certificate_pem"], lp_keys)
@@ -202,7 +226,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> It
 
 def _concrete(path: str, ids: dict[str, str]) -> str:
     resource = path.split("/")[3] if path.startswith("/api/v1/") else ""
-    if resource == "auth":
+    if resource in ("auth", "acme"):
         resource = path.split("/")[4]
     path = path.replace("{id}", ids.get(resource, "missing"))
     path = path.replace("{name}", SERVICE).replace("{fingerprint}", ids["fingerprint"])

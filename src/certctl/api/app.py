@@ -32,6 +32,7 @@ from certctl.api._common import (
 from certctl.api._common import json_response as _json
 from certctl.api._common import services_of as _services
 from certctl.api.access_log import logged_path_of, write_line
+from certctl.api.acme_account_routes import ACME_ACCOUNT_ROUTES
 from certctl.api.acme_eab_routes import ACME_EAB_ROUTES
 from certctl.api.audit_routes import AUDIT_ROUTES
 from certctl.api.auth_routes import AUTH_ROUTES
@@ -95,6 +96,7 @@ ROUTES: tuple[ApiRoute, ...] = (
     *METRICS_ROUTES,
     *SERVICE_ROUTES,
     *ACME_EAB_ROUTES,
+    *ACME_ACCOUNT_ROUTES,
 )
 
 

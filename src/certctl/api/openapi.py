@@ -186,6 +186,26 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         }
     ),
     "AcmeEabKeyList": _page("AcmeEabKey"),
+    "AcmeAccount": _object(
+        {
+            "id": _STR,
+            "status": {"type": "string", "enum": ["valid", "deactivated"]},
+            "contact": _STRS,
+            "created_at": _TIME,
+            "thumbprint": {
+                "type": "string",
+                "description": "RFC 7638 SHA-256 thumbprint of the account key, base64url",
+            },
+            "eab_key_id": _STR_OR_NULL,
+            "orders": {"type": "integer", "minimum": 0},
+            "certificates": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "orders finalized (a certificate issued)",
+            },
+        }
+    ),
+    "AcmeAccountList": _page("AcmeAccount"),
     "AcmeEabKeyCreated": _object(
         {
             "id": _STR,
@@ -319,6 +339,9 @@ _SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/acme/eab-keys"): _json("AcmeEabKeyCreated"),
     ("GET", "/api/v1/acme/eab-keys/{id}"): _json("AcmeEabKey"),
     ("DELETE", "/api/v1/acme/eab-keys/{id}"): _json("AcmeEabKey"),
+    ("GET", "/api/v1/acme/accounts"): _json("AcmeAccountList"),
+    ("GET", "/api/v1/acme/accounts/{id}"): _json("AcmeAccount"),
+    ("POST", "/api/v1/acme/accounts/{id}/deactivate"): _json("AcmeAccount"),
     ("GET", "/api/v1/issuers"): _json("IssuerList"),
     ("POST", "/api/v1/issuers"): _json("CreatedIssuer"),
     ("GET", "/api/v1/issuers/{id}"): _json("Issuer"),
@@ -511,6 +534,15 @@ _QUERY: dict[tuple[str, str], list[dict[str, Any]]] = {
         ),
     ],
     ("GET", "/api/v1/auth/apikeys"): [_query("actor_id", _NON_EMPTY, "only this actor's keys")],
+    ("GET", "/api/v1/acme/accounts"): [
+        _query("status", {"type": "string", "enum": ["valid", "deactivated"]}, "account status"),
+        _LIMIT,
+        _query(
+            "cursor",
+            {"type": "string", "pattern": "^[0-9a-f]{24}$"},
+            "next_cursor of the previous page",
+        ),
+    ],
     ("PUT", "/api/v1/services/{name}"): [
         _query(
             "dry_run",

@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from certctl.errors import AcmeError, Conflict, InvalidRequest, NotFound, PermissionDenied
 from certctl.pki.dns_names import validate_dns_name
 from certctl.pki.jose import JwsPublicKey, jwk_of, load_jwk, thumbprint
+from certctl.services.acme_accounts import cut_off
 from certctl.services.acme_eab import bind, checked_binding
 from certctl.services.audit import record
 from certctl.services.certificates import revoke_certificate
@@ -495,8 +496,7 @@ def update_account(
             raise AcmeError(f"account {account.id} is deactivated", "unauthorized", 401)
         if contact is not None:
             row.contact = contact
-        if status is not None:
-            row.status = "deactivated"
+        cancelled = "" if status is None else cut_off(session, row, now)
         record(
             session,
             at=now,
@@ -504,6 +504,7 @@ def update_account(
             action="acme.account.deactivate" if status else "acme.account.update",
             target=account.id,
             source=source,
+            detail=cancelled,
         )
     return row
 

@@ -1,0 +1,192 @@
+"""Operators list and deactivate ACME accounts (``/api/v1/acme/accounts``), on both stores.
+
+The accounts are made by certbot's ``acme`` library against the app served on 127.0.0.1;
+what the operator's deactivation does is checked by that client's next request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import josepy as jose
+import pytest
+from acme import messages
+from sqlalchemy import select
+
+from certctl.api.app import create_app
+from certctl.services.context import Services
+from certctl.store.db import create_store_engine, session_factory
+from certctl.store.models import AcmeAuthorization, AcmeOrder
+from tests.api.conftest import assert_problem
+from tests.api.test_acme import ERR, NAME, Acme, serving
+from tests.api.test_acme import acme_on as acme_on  # the fixture, shared
+
+PATH = "/api/v1/acme/accounts"
+
+
+def _account_id(regr: messages.RegistrationResource) -> str:
+    return str(regr.uri.rsplit("/", 1)[1])
+
+
+def _statuses(acme_on: Acme, account_id: str) -> tuple[list[str], list[str]]:
+    """The statuses of the account's orders and of their authorizations, as stored."""
+    with acme_on.api.services.sessions() as session:
+        orders = list(
+            session.scalars(
+                select(AcmeOrder.status)
+                .where(AcmeOrder.account_id == account_id)
+                .order_by(AcmeOrder.id)
+            )
+        )
+        authzs = list(
+            session.scalars(
+                select(AcmeAuthorization.status)
+                .join(AcmeOrder, AcmeOrder.id == AcmeAuthorization.order_id)
+                .where(AcmeOrder.account_id == account_id)
+                .order_by(AcmeAuthorization.id)
+            )
+        )
+    return orders, authzs
+
+
+def _audited(acme_on: Acme, action: str, target: str) -> list[dict[str, Any]]:
+    return [e for e in acme_on.api.audit() if e["action"] == action and e["target"] == target]
+
+
+def test_an_account_is_listed_then_deactivated_by_the_operator_and_refused_next(
+    acme_on: Acme,
+) -> None:
+    api = acme_on.api
+    acme_client = acme_on.client()
+    regr = acme_on.register(acme_client)
+    account_id = _account_id(regr)
+    acme_on.issue(acme_client, [NAME])  # an order finalized: a certificate
+    pending, _ = acme_on.order(acme_client, [NAME])  # an order under way
+    assert pending.body.status == messages.STATUS_PENDING
+
+    r = api.get(PATH, api.admin_key)
+    assert r.status_code == 200, r.text
+    (item,) = r.json()["items"]
+    assert r.json()["next_cursor"] is None
+    thumbprint = jose.b64encode(acme_client.net.key.public_key().thumbprint()).decode()
+    assert item == {
+        "id": account_id,
+        "status": "valid",
+        "contact": ["mailto:ops@example.internal"],
+        "created_at": item["created_at"],
+        "thumbprint": thumbprint,
+        "eab_key_id": None,
+        "orders": 2,
+        "certificates": 1,
+    }
+    assert api.get(f"{PATH}/{account_id}", api.admin_key).json() == item
+
+    # Reading takes cert.read, deactivating cert.revoke: a reader changes nothing.
+    reader = api.key_with_permissions("acct-reader", ["cert.read"])
+    assert api.get(PATH, reader).json()["items"] == [item]
+    before = api.counts()
+    assert_problem(api.post(f"{PATH}/{account_id}/deactivate", reader), 403)
+    assert api.counts() == {**before, "audit_events": api.counts()["audit_events"]}
+    assert api.get(f"{PATH}/{account_id}", api.admin_key).json()["status"] == "valid"
+
+    r = api.post(f"{PATH}/{account_id}/deactivate", api.admin_key)
+    assert r.status_code == 200, r.text
+    assert r.json() == {**item, "status": "deactivated"}
+    # RFC 8555 7.3.6: what it had under way is cancelled; the finalized order stays valid.
+    assert _statuses(acme_on, account_id) == (["valid", "invalid"], ["valid", "deactivated"])
+    (event,) = _audited(acme_on, "acme.account.deactivate", account_id)
+    assert event["actor"] == "admin"
+    assert event["outcome"] == "success"
+    assert event["detail"] == "1 pending authorization(s) deactivated, 1 order(s) invalid"
+
+    # Its very next request is refused, and its key makes no new account either.
+    with pytest.raises(messages.Error) as info:
+        acme_on.order(acme_client, [NAME])
+    assert info.value.typ == ERR + "unauthorized", info.value
+    with pytest.raises(messages.Error) as info:
+        acme_on.register(acme_on.client(acme_client.net.key))
+    assert info.value.typ == ERR + "unauthorized", info.value
+
+    # Final: asked again, the same answer, audited as such.
+    again = api.post(f"{PATH}/{account_id}/deactivate", api.admin_key)
+    assert again.status_code == 200, again.text
+    assert again.json() == r.json()
+    details = [e["detail"] for e in _audited(acme_on, "acme.account.deactivate", account_id)]
+    assert details[0] == "already deactivated"
+    assert len(details) == 2
+
+
+def test_the_list_pages_newest_first_and_filters_by_status(acme_on: Acme) -> None:
+    api = acme_on.api
+    made = [_account_id(acme_on.register(acme_on.client())) for _ in range(3)]
+    newest_first = made[::-1]
+
+    first = api.get(PATH, api.admin_key, params={"limit": 2}).json()
+    assert [a["id"] for a in first["items"]] == newest_first[:2]
+    assert first["next_cursor"] == newest_first[1]
+    rest = api.get(PATH, api.admin_key, params={"limit": 2, "cursor": first["next_cursor"]})
+    assert [a["id"] for a in rest.json()["items"]] == newest_first[2:]
+    assert rest.json()["next_cursor"] is None
+
+    assert api.post(f"{PATH}/{made[1]}/deactivate", api.admin_key).status_code == 200
+    off = api.get(PATH, api.admin_key, params={"status": "deactivated"}).json()
+    assert [a["id"] for a in off["items"]] == [made[1]]
+    on = api.get(PATH, api.admin_key, params={"status": "valid"}).json()
+    assert [a["id"] for a in on["items"]] == [made[2], made[0]]
+
+
+def test_bad_requests_are_problems_and_change_nothing(acme_on: Acme) -> None:
+    api = acme_on.api
+    account_id = _account_id(acme_on.register(acme_on.client()))
+    before = api.counts()
+    for params, words in (
+        ({"status": "revokd"}, "unknown status"),
+        ({"status": "Valid"}, "did you mean valid?"),
+        ({"status": ""}, "empty"),
+        ({"cursor": "nope"}, "cursor"),
+        ({"limit": "0"}, "limit"),
+        ({"owner": "x"}, "owner"),
+    ):
+        body = assert_problem(api.get(PATH, api.admin_key, params=params), 400)
+        assert words in body["detail"], (params, body)
+    unknown = "0" * 24
+    assert unknown in assert_problem(api.get(f"{PATH}/{unknown}", api.admin_key), 404)["detail"]
+    assert_problem(api.post(f"{PATH}/{unknown}/deactivate", api.admin_key), 404)
+    assert_problem(api.get(PATH), 401)
+    assert api.counts() == {**before, "audit_events": api.counts()["audit_events"]}
+    assert api.get(f"{PATH}/{account_id}", api.admin_key).json()["status"] == "valid"
+
+
+def test_the_holders_own_deactivation_cancels_its_pending_orders_too(acme_on: Acme) -> None:
+    acme_client = acme_on.client()
+    regr = acme_on.register(acme_client)
+    acme_on.order(acme_client, [NAME])
+    gone = acme_client.deactivate_registration(regr)
+    assert gone.body.status == "deactivated"
+    account_id = _account_id(regr)
+    assert _statuses(acme_on, account_id) == (["invalid"], ["deactivated"])
+    shown = acme_on.api.get(f"{PATH}/{account_id}", acme_on.api.admin_key).json()
+    assert (shown["status"], shown["orders"], shown["certificates"]) == ("deactivated", 1, 0)
+
+
+def test_another_replica_refuses_the_account_at_its_next_request(acme_on: Acme) -> None:
+    # A second app on the same store (its own engine and Services), as a second replica: it
+    # holds no copy of the account that the operator's deactivation on the first would miss.
+    api = acme_on.api
+    url = api.services.engine.url.render_as_string(hide_password=False)
+    engine = create_store_engine(str(url))
+    other = Services(engine, session_factory(engine), api.services.wrapper)
+    other.clock = api.services.clock
+    try:
+        with serving(create_app(other, acme=acme_on.settings)) as base:
+            replica = Acme(api, base, acme_on.http01, acme_on.settings)
+            acme_client = replica.client()
+            account_id = _account_id(replica.register(acme_client))
+            assert replica.order(acme_client, [NAME])[0].body.status == messages.STATUS_PENDING
+            r = api.post(f"{PATH}/{account_id}/deactivate", api.admin_key)
+            assert r.status_code == 200, r.text
+            with pytest.raises(messages.Error) as info:
+                replica.order(acme_client, [NAME])
+            assert info.value.typ == ERR + "unauthorized", info.value
+    finally:
+        engine.dispose()
