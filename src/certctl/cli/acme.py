@@ -1,4 +1,4 @@
-"""``certctl acme eab …``: ACME External Account Binding keys on a certctl server.
+"""``certctl acme eab|accounts …``: ACME External Account Binding keys and accounts on a server.
 
 Requests go through :func:`certctl.cli._api.send_request` (``CERTCTL_URL``, ``CERTCTL_API_KEY``,
 ``CERTCTL_CA_CERT``), as ``certctl auth apikeys`` does; the HMAC key is printed once.
@@ -31,10 +31,12 @@ if TYPE_CHECKING:
 __all__ = ["acme_app"]
 
 _PATH = "/api/v1/acme/eab-keys"
+_ACCOUNTS = "/api/v1/acme/accounts"
+_ACCOUNT_STATUSES = ("valid", "deactivated")
 
 acme_app = typer.Typer(
-    help=group_help("The ACME endpoint's External Account Binding keys."),
-    short_help="ACME External Account Binding keys on the server at CERTCTL_URL.",
+    help=group_help("The ACME endpoint's accounts and External Account Binding keys."),
+    short_help="ACME accounts and EAB keys on the server at CERTCTL_URL.",
     no_args_is_help=True,
 )
 eab_app = typer.Typer(
@@ -46,6 +48,15 @@ eab_app = typer.Typer(
     no_args_is_help=True,
 )
 acme_app.add_typer(eab_app, name="eab")
+accounts_app = typer.Typer(
+    help=group_help(
+        "ACME accounts: listed with what they ordered, and deactivated for good when their "
+        "key leaks (their next request is refused)."
+    ),
+    short_help="ACME accounts (list, get, deactivate).",
+    no_args_is_help=True,
+)
+acme_app.add_typer(accounts_app, name="accounts")
 
 
 def _status(item: dict[str, Any], now: datetime) -> str:
@@ -122,3 +133,84 @@ def eab_revoke(
     An account it bound keeps working.
     """
     print_answer(send_request("DELETE", f"{_PATH}/{path_segment(key_id)}"))
+
+
+def _account_columns() -> list[Column]:
+    from certctl.cli._listing import timestamp
+
+    return [
+        Column("ID", field_cell("id"), key=True),
+        Column("STATUS", field_cell("status")),
+        Column("CONTACT", field_cell("contact"), label=True),
+        Column("EAB KEY", field_cell("eab_key_id")),
+        Column("ORDERS", field_cell("orders")),
+        Column("CERTIFICATES", field_cell("certificates")),
+        Column("CREATED", lambda item, _now: timestamp(item.get("created_at"))),
+    ]
+
+
+@accounts_app.command("list")
+def accounts_list(
+    status: str = typer.Option(None, "--status", help="valid or deactivated."),
+    limit: int = typer.Option(50, "--limit", min=1, max=500, help="Page size (1-500)."),
+    cursor: str = typer.Option(None, "--cursor", help="next_cursor from a previous page."),
+    output: str | None = OUTPUT_OPTION,
+) -> None:
+    """List ACME accounts, newest first (one page).
+
+    On a terminal a table: id, status, contact, the EAB key that bound it, its orders and the
+    certificates they got, when it was made; its last line, when there are more, is the
+    command for the next page.
+    """
+    from certctl.cli._listing import next_page, no_empty_filter
+    from certctl.spelling import did_you_mean
+
+    no_empty_filter({"--status": status})
+    if status is not None and status not in _ACCOUNT_STATUSES:
+        # The server's words, before anything is sent: a usage error, not its 400.
+        hint = did_you_mean(status, _ACCOUNT_STATUSES)
+        meant = f"{hint} " if hint else ""
+        raise typer.BadParameter(
+            f"{status}: unknown status ({meant}{', '.join(_ACCOUNT_STATUSES)})",
+            param_hint="--status",
+        )
+    data = send_request(
+        "GET", _ACCOUNTS, params={"status": status, "limit": limit, "cursor": cursor}
+    )
+    print_list(
+        data,
+        output,
+        path=_ACCOUNTS,
+        columns=_account_columns(),
+        empty="no ACME accounts match" if status is not None else "no ACME accounts",
+        more=next_page(
+            "ACME accounts", ["acme", "accounts", "list"], {"--status": status}, limit, output
+        ),
+    )
+
+
+@accounts_app.command("get")
+def accounts_get(
+    account_id: str = typer.Argument(
+        ..., callback=not_empty, metavar="ID", help="ACME account id."
+    ),
+) -> None:
+    """Show one ACME account."""
+    print_answer(send_request("GET", f"{_ACCOUNTS}/{path_segment(account_id)}"))
+
+
+@accounts_app.command("deactivate")
+def accounts_deactivate(
+    account_id: str = typer.Argument(
+        ..., callback=not_empty, metavar="ID", help="ACME account id."
+    ),
+) -> None:
+    """Deactivate an ACME account for good (RFC 8555 7.3.6).
+
+    Its next request is refused (unauthorized), its pending orders are cancelled, and its key
+    makes no new account. Certificates it got stay valid: revoke them with certctl certs
+    revoke. An account deactivated already is shown as it is.
+    """
+    data = send_request("POST", f"{_ACCOUNTS}/{path_segment(account_id)}/deactivate")
+    print_answer(data)
+    typer.echo(f"ACME account {account_id} is deactivated: its next request is refused", err=True)
