@@ -259,19 +259,51 @@ def test_each_bad_binding_is_refused_with_its_acme_error_and_changes_nothing(
     assert _key(api, kid)["account_id"] == regr.uri.rsplit("/", 1)[1]
 
 
-def test_revoking_a_key_leaves_the_account_it_bound_working(required: Acme) -> None:
+def test_revoking_a_key_deactivates_the_account_it_bound(required: Acme) -> None:
     api = required.api
     minted = _mint(api)
     acme_client = _new_client(required)
-    _register(acme_client, _binding(acme_client, minted["id"], minted["hmac_key"]))
+    regr = _register(acme_client, _binding(acme_client, minted["id"], minted["hmac_key"]))
+    account_id = regr.uri.rsplit("/", 1)[1]
+    order, _ = required.order(acme_client, [NAME])
+    assert order.body.status == messages.STATUS_PENDING
+    account = api.get(f"/api/v1/acme/accounts/{account_id}", api.admin_key).json()
+    assert (account["eab_key_id"], account["status"]) == (minted["id"], "valid")
+    other = _new_client(required)  # bound by another key: left alone
+    another = _mint(api, "other")
+    _register(other, _binding(other, another["id"], another["hmac_key"]))
+
     r = api.request("DELETE", f"{PATH}/{minted['id']}", api.admin_key)
     assert r.status_code == 200, r.text
     assert r.json()["revoked_at"] is not None
+    assert r.json()["account_id"] == account_id
     assert "hmac_key" not in r.json()
-    events = [(e["action"], e["target"]) for e in api.audit()]
-    assert ("acme.eab.revoke", minted["id"]) in events
-    order, _ = required.order(acme_client, [NAME])
+    account = api.get(f"/api/v1/acme/accounts/{account_id}", api.admin_key).json()
+    assert account["status"] == "deactivated"
+    events = [(e["action"], e["target"], e["actor"], e["detail"]) for e in api.audit()]
+    assert ("acme.eab.revoke", minted["id"], "admin", "") in events
+    assert (
+        "acme.account.deactivate",
+        account_id,
+        "admin",
+        f"its EAB key {minted['id']} was revoked; "
+        "1 pending authorization(s) deactivated, 1 order(s) invalid",
+    ) in events
+    # The account's next request is refused, and its key makes no account again.
+    with pytest.raises(messages.Error) as info:
+        required.order(acme_client, [NAME])
+    assert info.value.typ == ERR + "unauthorized", info.value
+    acme_client.net.account = None
+    assert "deactivated" in _refused(acme_client, None, "unauthorized")
+    order, _ = required.order(other, [NAME])
     assert order.body.status == messages.STATUS_PENDING
+
+    # Revoked again: the same answer, the account is deactivated already (no second event).
+    again = api.request("DELETE", f"{PATH}/{minted['id']}", api.admin_key)
+    assert again.status_code == 200, again.text
+    assert again.json()["revoked_at"] == r.json()["revoked_at"]
+    deactivations = [e for e in api.audit() if e["action"] == "acme.account.deactivate"]
+    assert len(deactivations) == 1
     assert_problem(api.request("DELETE", f"{PATH}/nosuchkey", api.admin_key), 404)
 
 

@@ -156,11 +156,17 @@ def test_lego_binds_its_account_with_an_eab_key_the_cli_minted(
     # The same key for another lego account (its own account key): refused.
     again = failed(_lego_run(server, tmp_path / "lego-2", http01, "run", eab=eab))
     assert "already bound" in again.stdout + again.stderr
-    ok(run("certctl", "acme", "eab", "revoke", kid, env=cli_env))
-    # Revoked, the key binds nothing more; the account it bound renews as before (lego wants
-    # the flags whenever the directory says EAB is required; it reuses its saved account).
+    revoked = ok(run("certctl", "acme", "eab", "revoke", kid, env=cli_env))
+    account = row["account_id"]
+    assert f"the ACME account it bound, {account}, is deactivated" in revoked.stderr
+    # Revoked, the key binds nothing more, and the account it bound is cut off: lego's renewal
+    # with its saved account is refused (lego wants the flags whenever the directory says EAB
+    # is required).
     renew = ("renew", "--days", "365", "--no-random-sleep")
-    ok(_lego_run(server, home, http01, *renew, eab=eab))
+    cut = failed(_lego_run(server, home, http01, *renew, eab=eab))
+    assert "urn:ietf:params:acme:error:unauthorized" in cut.stdout + cut.stderr
+    shown = json.loads(ok(run("certctl", "acme", "accounts", "get", account, env=cli_env)).stdout)
+    assert (shown["status"], shown["eab_key_id"], shown["certificates"]) == ("deactivated", kid, 1)
     gone = failed(run("certctl", "acme", "eab", "revoke", "nosuchkey", env=cli_env))
     assert gone.stderr.startswith("certctl: error: ")
     assert len(gone.stderr.strip().splitlines()) == 1

@@ -3,7 +3,8 @@
 Authenticated API routes, unlike ``/acme/``: minting a key is how a certctl caller lets an
 ACME client make an account (``acme.external-account-required``). Permissions: minting takes
 ``cert.issue`` (the key's holder gets certificates of ``acme.issuer`` through ACME, as the
-caller could through the API), listing ``cert.read``, revoking ``cert.revoke``.
+caller could through the API), listing ``cert.read``, revoking ``cert.revoke`` (which also
+deactivates the account the key bound: ``services.acme_accounts``).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ ACME_EAB_ROUTES: tuple[ApiRoute, ...] = (
         _PATH + "/{id}",
         "cert.revoke",
         revoke_eab_key,
-        "Revoke an ACME EAB key (accounts it bound keep working)",
+        "Revoke an ACME EAB key; the account it bound is deactivated",
         action="acme.eab.revoke",
     ),
 )

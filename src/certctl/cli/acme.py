@@ -128,11 +128,18 @@ def eab_list(output: str | None = OUTPUT_OPTION) -> None:
 def eab_revoke(
     key_id: str = typer.Argument(..., callback=not_empty, metavar="ID", help="EAB key id."),
 ) -> None:
-    """Revoke an EAB key: it binds no more accounts.
+    """Revoke an EAB key and deactivate the account it bound.
 
-    An account it bound keeps working.
+    The key binds no more accounts; the account's next request is refused.
     """
-    print_answer(send_request("DELETE", f"{_PATH}/{path_segment(key_id)}"))
+    data = send_request("DELETE", f"{_PATH}/{path_segment(key_id)}")
+    print_answer(data)
+    account = data.get("account_id") if isinstance(data, dict) else None
+    if isinstance(account, str) and account:
+        typer.echo(
+            f"the ACME account it bound, {account}, is deactivated: its next request is refused",
+            err=True,
+        )
 
 
 def _account_columns() -> list[Column]:

@@ -24,10 +24,11 @@ from sqlalchemy.orm import Session
 from certctl.errors import AcmeError, InvalidRequest, NotFound
 from certctl.pki.jose import b64url_decode, b64url_encode, load_jwk, thumbprint
 from certctl.services.access_rules import check_name
+from certctl.services.acme_accounts import cut_off
 from certctl.services.audit import record_call
 from certctl.services.context import Principal, Services
 from certctl.services.issuance import new_id
-from certctl.store.models import AcmeEabKey
+from certctl.store.models import AcmeAccount, AcmeEabKey
 
 __all__ = [
     "EAB_ALGORITHMS",
@@ -90,11 +91,13 @@ def list_eab_keys(session: Session) -> list[AcmeEabKey]:
 
 
 def revoke_eab_key(services: Services, caller: Principal, key_id: str) -> AcmeEabKey:
-    """Revoke an EAB key: it binds no account from now on.
+    """Revoke an EAB key: it binds no account from now on, and the account it bound is cut off.
 
-    An account it bound already keeps working: the binding was checked when the account was
-    made (RFC 8555 7.3.4 makes it a new-account matter). Deactivating that account is the
-    account holder's (RFC 8555 7.3.6).
+    Whoever holds the key's account key ordered under the minter's name; revoking the key is
+    what an operator does when that key leaks, so the account it bound is deactivated in the
+    same transaction (``acme_accounts.cut_off``, audited as ``acme.account.deactivate``),
+    whose next request is refused. Revoking a key again deactivates its account too, should
+    it be valid still (a key revoked before revocation cut accounts off).
     """
     caller.require("cert.revoke")
     now = services.clock()
@@ -108,6 +111,21 @@ def revoke_eab_key(services: Services, caller: Principal, key_id: str) -> AcmeEa
         if row.revoked_at is None:
             row.revoked_at = now
         record_call(session, caller, now, "acme.eab.revoke", key_id, detail)
+        bound = session.scalar(
+            select(AcmeAccount)
+            .where(AcmeAccount.eab_key_id == key_id, AcmeAccount.status == "valid")
+            .with_for_update()
+        )
+        if bound is not None:
+            cancelled = cut_off(session, bound, now)
+            record_call(
+                session,
+                caller,
+                now,
+                "acme.account.deactivate",
+                bound.id,
+                f"its EAB key {key_id} was revoked; {cancelled}",
+            )
     return row
 
 
