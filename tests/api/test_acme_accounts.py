@@ -6,6 +6,7 @@ what the operator's deactivation does is checked by that client's next request.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import josepy as jose
@@ -18,7 +19,7 @@ from certctl.services.context import Services
 from certctl.store.db import create_store_engine, session_factory
 from certctl.store.models import AcmeAuthorization, AcmeOrder
 from tests.api.conftest import assert_problem
-from tests.api.test_acme import ERR, NAME, Acme, serving
+from tests.api.test_acme import ERR, ISSUER, NAME, Acme, serving
 from tests.api.test_acme import acme_on as acme_on  # the fixture, shared
 
 PATH = "/api/v1/acme/accounts"
@@ -91,7 +92,7 @@ def test_an_account_is_listed_then_deactivated_by_the_operator_and_refused_next(
 
     r = api.post(f"{PATH}/{account_id}/deactivate", api.admin_key)
     assert r.status_code == 200, r.text
-    assert r.json() == {**item, "status": "deactivated"}
+    assert r.json() == {**item, "status": "deactivated", "revoked_certificates": []}
     # RFC 8555 7.3.6: what it had under way is cancelled; the finalized order stays valid.
     assert _statuses(acme_on, account_id) == (["valid", "invalid"], ["valid", "deactivated"])
     (event,) = _audited(acme_on, "acme.account.deactivate", account_id)
@@ -155,6 +156,47 @@ def test_bad_requests_are_problems_and_change_nothing(acme_on: Acme) -> None:
     assert_problem(api.get(PATH), 401)
     assert api.counts() == {**before, "audit_events": api.counts()["audit_events"]}
     assert api.get(f"{PATH}/{account_id}", api.admin_key).json()["status"] == "valid"
+
+
+def test_deactivation_revokes_the_accounts_certificates_when_asked(
+    acme_on: Acme, tmp_path: Path
+) -> None:
+    api = acme_on.api
+    acme_client = acme_on.client()
+    account_id = _account_id(acme_on.register(acme_client))
+    _, leaf = acme_on.issue(acme_client, [NAME])
+    (cert,) = api.get("/api/v1/certificates", api.admin_key, params={"issuer": ISSUER}).json()[
+        "items"
+    ]
+    other = acme_on.client()  # another account's certificate stays valid
+    acme_on.register(other)
+    acme_on.issue(other, [NAME])
+    url = f"{PATH}/{account_id}/deactivate"
+
+    before = api.counts()
+    for body, words in (
+        ({"reason": "keyCompromise"}, "only with revoke_certificates"),
+        ({"revoke_certificates": True, "reason": "stolen"}, "stolen"),
+        ({"revoke_certificates": "maybe"}, "revoke_certificates"),
+    ):
+        problem = assert_problem(api.post(url, api.admin_key, json=body), 400)
+        assert words in problem["detail"], (body, problem)
+    assert api.counts() == before
+    assert api.get(f"{PATH}/{account_id}", api.admin_key).json()["status"] == "valid"
+
+    body = {"revoke_certificates": True, "reason": "keyCompromise"}
+    r = api.post(url, api.admin_key, json=body)
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["revoked_certificates"]) == ("deactivated", [cert["id"]])
+    shown = api.get(f"/api/v1/certificates/{cert['id']}", api.admin_key).json()
+    assert (shown["status"], shown["revocation_reason"]) == ("revoked", "keyCompromise")
+    assert api.openssl_crl_serials(ISSUER, tmp_path) == {leaf.serial_number}
+    revocations = [e for e in api.audit() if e["action"] == "certificate.revoke"]
+    assert [(e["actor"], e["target"]) for e in revocations] == [("admin", cert["id"])]
+    # Asked again: nothing left to revoke.
+    again = api.post(url, api.admin_key, json=body)
+    assert again.status_code == 200, again.text
+    assert again.json()["revoked_certificates"] == []
 
 
 def test_the_holders_own_deactivation_cancels_its_pending_orders_too(acme_on: Acme) -> None:

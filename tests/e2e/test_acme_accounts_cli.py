@@ -125,4 +125,19 @@ def test_an_operator_lists_and_deactivates_an_account_with_the_cli(
     assert missing.returncode == 1
     assert "not found" in _one_line_error(missing)
     assert _certctl(server, "acme", "accounts", "get", " ").returncode == 2
+    alone = _certctl(server, "acme", "accounts", "deactivate", kept_id, "--reason", "superseded")
+    assert alone.returncode == 2, alone.stderr
+    assert "--revoke-certificates" in alone.stderr
+    assert (
+        json.loads(ok(_certctl(server, "acme", "accounts", "get", kept_id)).stdout)["status"]
+        == "valid"
+    )
+    with_certs = ok(
+        _certctl(
+            server, "acme", "accounts", "deactivate", kept_id, "--revoke-certificates",
+            "--reason", "cessationOfOperation",
+        )
+    )  # fmt: skip
+    assert json.loads(with_certs.stdout)["revoked_certificates"] == []
+    assert "deactivated: its next request is refused; 0 certificate(s) revoked" in with_certs.stderr
     assert server.admin_key not in done.stdout + done.stderr + missing.stderr

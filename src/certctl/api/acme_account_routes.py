@@ -14,7 +14,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from certctl.api._common import ApiRoute, in_list_thread, in_write_thread
+from certctl.api import schemas
+from certctl.api._common import ApiRoute, in_list_thread, in_write_thread, optional_body
 from certctl.api._common import caller_of as _caller
 from certctl.api._common import json_response as _json
 from certctl.api._common import page_limit as _limit
@@ -75,14 +76,19 @@ async def get_account(request: Request, principal: Principal | None) -> Response
 
 
 async def deactivate_account(request: Request, principal: Principal | None) -> Response:
-    account = await in_write_thread(
+    body = await optional_body(request, schemas.AcmeAccountDeactivate)
+    account, revoked = await in_write_thread(
         request,
-        acme_accounts.deactivate_account,
+        functools.partial(
+            acme_accounts.deactivate_account,
+            revoke_certificates=body.revoke_certificates,
+            reason=body.reason,
+        ),
         _services(request),
         _caller(principal),
         request.path_params["id"],
     )
-    return _json(account_json(account))
+    return _json({**account_json(account), "revoked_certificates": revoked})
 
 
 ACME_ACCOUNT_ROUTES: tuple[ApiRoute, ...] = (
@@ -95,7 +101,8 @@ ACME_ACCOUNT_ROUTES: tuple[ApiRoute, ...] = (
         deactivate_account,
         "Deactivate an ACME account for good (RFC 8555 7.3.6): its next request is refused, "
         "its pending authorizations and orders cancelled; an account deactivated already is "
-        "answered as it is",
+        "answered as it is. revoke_certificates: its certificates too",
+        schemas.AcmeAccountDeactivate,
         action="acme.account.deactivate",
     ),
 )

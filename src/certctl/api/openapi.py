@@ -133,6 +133,25 @@ _STORED_CERTIFICATE_FIELDS: dict[str, Any] = {
 }
 
 # Response bodies, named once in components.schemas.
+_ACME_ACCOUNT_FIELDS: dict[str, Any] = {
+    "id": _STR,
+    "status": {"type": "string", "enum": ["valid", "deactivated"]},
+    "contact": _STRS,
+    "created_at": _TIME,
+    "thumbprint": {
+        "type": "string",
+        "description": "RFC 7638 SHA-256 thumbprint of the account key, base64url",
+    },
+    "eab_key_id": _STR_OR_NULL,
+    "orders": {"type": "integer", "minimum": 0},
+    "certificates": {
+        "type": "integer",
+        "minimum": 0,
+        "description": "orders finalized (a certificate issued)",
+    },
+}
+
+
 _SCHEMAS: dict[str, dict[str, Any]] = {
     "Problem": _PROBLEM,
     "WhoAmI": _object(
@@ -186,26 +205,19 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         }
     ),
     "AcmeEabKeyList": _page("AcmeEabKey"),
-    "AcmeAccount": _object(
+    "AcmeAccount": _object(_ACME_ACCOUNT_FIELDS),
+    "AcmeAccountList": _page("AcmeAccount"),
+    # The deactivation's answer: the account, and the certificates it revoked (if asked to).
+    "DeactivatedAcmeAccount": _object(
         {
-            "id": _STR,
-            "status": {"type": "string", "enum": ["valid", "deactivated"]},
-            "contact": _STRS,
-            "created_at": _TIME,
-            "thumbprint": {
-                "type": "string",
-                "description": "RFC 7638 SHA-256 thumbprint of the account key, base64url",
-            },
-            "eab_key_id": _STR_OR_NULL,
-            "orders": {"type": "integer", "minimum": 0},
-            "certificates": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "orders finalized (a certificate issued)",
+            **_ACME_ACCOUNT_FIELDS,
+            "revoked_certificates": {
+                "type": "array",
+                "items": _STR,
+                "description": "ids of the certificates this call revoked",
             },
         }
     ),
-    "AcmeAccountList": _page("AcmeAccount"),
     "AcmeEabKeyCreated": _object(
         {
             "id": _STR,
@@ -341,7 +353,7 @@ _SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
     ("DELETE", "/api/v1/acme/eab-keys/{id}"): _json("AcmeEabKey"),
     ("GET", "/api/v1/acme/accounts"): _json("AcmeAccountList"),
     ("GET", "/api/v1/acme/accounts/{id}"): _json("AcmeAccount"),
-    ("POST", "/api/v1/acme/accounts/{id}/deactivate"): _json("AcmeAccount"),
+    ("POST", "/api/v1/acme/accounts/{id}/deactivate"): _json("DeactivatedAcmeAccount"),
     ("GET", "/api/v1/issuers"): _json("IssuerList"),
     ("POST", "/api/v1/issuers"): _json("CreatedIssuer"),
     ("GET", "/api/v1/issuers/{id}"): _json("Issuer"),
@@ -586,7 +598,9 @@ def query_names(method: str, path: str) -> frozenset[str]:
 
 
 # Bodies that may be left out (the handler then uses the model's defaults).
-_OPTIONAL_BODIES = frozenset({"CertificateRevoke", "CertificateRenew", "IssuerRevoke"})
+_OPTIONAL_BODIES = frozenset(
+    {"CertificateRevoke", "CertificateRenew", "IssuerRevoke", "AcmeAccountDeactivate"}
+)
 # Routes that never touch the database, hence never answer 503.
 _NO_STORAGE = frozenset({"/healthz", "/api/v1/openapi.json"})
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})

@@ -119,6 +119,21 @@ class AcmeEabCreate(_Body):
     expires_at: datetime | None = None
 
 
+class AcmeAccountDeactivate(_Body):
+    """``POST /api/v1/acme/accounts/{id}/deactivate`` (the body may be left out)."""
+
+    # Its certificates too, each as POST /api/v1/certificates/{id}/revoke would.
+    revoke_certificates: bool = False
+    reason: str | None = Field(
+        default=None,
+        json_schema_extra={
+            "enum": [*REVOCATION_REASONS, None],
+            "description": "RFC 5280 CRLReason of the certificates (with revoke_certificates); "
+            "none is unspecified",
+        },
+    )
+
+
 class IssuerCreate(_Body):
     """``POST /api/v1/issuers``: a new root or intermediate CA, or an import (PEM)."""
 

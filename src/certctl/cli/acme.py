@@ -211,13 +211,34 @@ def accounts_deactivate(
     account_id: str = typer.Argument(
         ..., callback=not_empty, metavar="ID", help="ACME account id."
     ),
+    revoke_certificates: bool = typer.Option(
+        False,
+        "--revoke-certificates",
+        help="Revoke its unrevoked certificates too (each audited, on its issuer's CRL).",
+    ),
+    reason: str = typer.Option(
+        None,
+        "--reason",
+        help="With --revoke-certificates: keyCompromise, cessationOfOperation … "
+        "(default: unspecified).",
+    ),
 ) -> None:
     """Deactivate an ACME account for good (RFC 8555 7.3.6).
 
     Its next request is refused (unauthorized), its pending orders are cancelled, and its key
-    makes no new account. Certificates it got stay valid: revoke them with certctl certs
-    revoke. An account deactivated already is shown as it is.
+    makes no new account. Certificates it got stay valid unless --revoke-certificates is
+    given. An account deactivated already is shown as it is (with --revoke-certificates,
+    what of its certificates is still valid is revoked).
     """
-    data = send_request("POST", f"{_ACCOUNTS}/{path_segment(account_id)}/deactivate")
+    if reason is not None and not revoke_certificates:
+        raise typer.BadParameter("given only with --revoke-certificates", param_hint="--reason")
+    body = {"revoke_certificates": True, "reason": reason} if revoke_certificates else None
+    path = f"{_ACCOUNTS}/{path_segment(account_id)}/deactivate"
+    data = send_request("POST", path, body)
     print_answer(data)
-    typer.echo(f"ACME account {account_id} is deactivated: its next request is refused", err=True)
+    revoked = data.get("revoked_certificates") if isinstance(data, dict) else None
+    count = len(revoked) if isinstance(revoked, list) else 0
+    also = f"; {count} certificate(s) revoked" if revoke_certificates else ""
+    typer.echo(
+        f"ACME account {account_id} is deactivated: its next request is refused{also}", err=True
+    )

@@ -18,11 +18,13 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from certctl.errors import InvalidRequest, NotFound
+from certctl.errors import Conflict, InvalidRequest, NotFound
 from certctl.services.audit import record_call
+from certctl.services.certificates import revoke_certificate
 from certctl.services.context import Principal, Services
+from certctl.services.revocation import check_reason
 from certctl.spelling import did_you_mean
-from certctl.store.models import AcmeAccount, AcmeAuthorization, AcmeOrder
+from certctl.store.models import AcmeAccount, AcmeAuthorization, AcmeOrder, CertificateRecord
 
 __all__ = [
     "ACCOUNT_STATUSES",
@@ -175,17 +177,36 @@ def cut_off(session: Session, account: AcmeAccount, now: datetime) -> str:
     )
 
 
-def deactivate_account(services: Services, caller: Principal, account_id: str) -> AccountSummary:
+def deactivate_account(
+    services: Services,
+    caller: Principal,
+    account_id: str,
+    *,
+    revoke_certificates: bool = False,
+    reason: str | None = None,
+) -> tuple[AccountSummary, list[str]]:
     """Deactivate the account ``account_id`` for good (RFC 8555 7.3.6), audited.
 
     An account deactivated already (by its holder, the operator, or its EAB key's revocation)
     is answered as it is, and the call audited with that said: deactivation is final, so
     asking again has nothing to change.
 
+    ``revoke_certificates``: its unrevoked certificates are revoked too, each as
+    ``POST /api/v1/certificates/{id}/revoke`` would (``reason``; audited, on the CRL), once
+    the account is deactivated: were the store to fail midway, asking again revokes the rest.
+
+    Returns:
+        The account, and the ids of the certificates revoked now.
+
     Raises:
+        InvalidRequest: a ``reason`` without ``revoke_certificates``, or an unknown one
+            (nothing changed).
         NotFound: no such account.
     """
     caller.require("cert.revoke")
+    if reason is not None and not revoke_certificates:
+        raise InvalidRequest("reason: given only with revoke_certificates")
+    reason = check_reason(reason)  # before anything changes
     now = services.clock()
     with services.sessions.begin() as session:
         row = session.get(AcmeAccount, account_id, with_for_update=True)
@@ -196,5 +217,37 @@ def deactivate_account(services: Services, caller: Principal, account_id: str) -
         else:
             detail = f"already {row.status}"
         record_call(session, caller, now, "acme.account.deactivate", account_id, detail)
+    revoked = (
+        _revoke_certificates(services, caller, account_id, reason) if revoke_certificates else []
+    )
     # The answer shows what cert.revoke acted on: no cert.read needed to see it.
-    return _summary(services, account_id)
+    return _summary(services, account_id), revoked
+
+
+def _revoke_certificates(
+    services: Services, caller: Principal, account_id: str, reason: str
+) -> list[str]:
+    """Revoke the unrevoked certificates of ``account_id``'s orders.
+
+    Returns:
+        Their ids, and those keyCompromise revoked with them (the same key's others).
+    """
+    with services.sessions() as session:
+        ids = list(
+            session.scalars(
+                select(CertificateRecord.id)
+                .join(AcmeOrder, AcmeOrder.certificate_id == CertificateRecord.id)
+                .where(AcmeOrder.account_id == account_id, CertificateRecord.status != "revoked")
+                .order_by(CertificateRecord.id)
+            )
+        )
+    revoked: list[str] = []
+    for cert_id in ids:
+        if cert_id in revoked:
+            continue  # revoked with an earlier one of the same key (keyCompromise)
+        try:
+            done = revoke_certificate(services, caller, cert_id, reason)
+        except Conflict:
+            continue  # revoked meanwhile, by another caller
+        revoked += [done.certificate.id, *done.also_revoked]
+    return revoked
