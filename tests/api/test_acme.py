@@ -456,6 +456,35 @@ def test_an_unknown_acme_path_or_method_is_an_acme_problem_with_a_nonce(acme_on:
     assert "replay-nonce" not in other.headers
 
 
+def test_an_unexpected_failure_under_acme_is_server_internal_with_a_nonce(
+    acme_on: Acme, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It was the API's 500 (urn:certctl:problem type, no nonce): a client had to ask
+    # new-nonce again before retrying, and saw no ACME error type (RFC 8555 6.5, 6.7).
+    from certctl.services import acme
+
+    def bug(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    raw = Raw(acme_on)
+    counts = acme_on.api.counts()
+    monkeypatch.setattr(acme, "create_account", bug)
+    r = raw.post("new-account", raw.jws(f"{acme_on.base}/acme/new-account", {}))
+    body = _assert_acme_problem(r, 500, "serverInternal")
+    assert body["detail"] == "internal error; see the server log"
+    assert [rec.name for rec in caplog.records if rec.exc_info] == ["certctl.api"]
+    monkeypatch.undo()
+    # The nonce the 500 gave is good for the retry.
+    retry = raw.post(
+        "new-account",
+        raw.jws(
+            f"{acme_on.base}/acme/new-account", {}, protected={"nonce": r.headers["replay-nonce"]}
+        ),
+    )
+    assert retry.status_code == 201, retry.text
+    assert acme_on.api.counts()["acme_accounts"] == counts["acme_accounts"] + 1
+
+
 def test_the_directory_uses_public_url_when_set(api: Api) -> None:
     api.services.public_url = "https://certctl.example.internal:8443"
     app, _ = _acme_app(api, 80, issuer_id="default")

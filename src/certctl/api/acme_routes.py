@@ -602,6 +602,16 @@ async def with_acme_headers(request: Request, response: Response) -> Response:
     return response
 
 
+async def unexpected_problem(request: Request) -> Response:
+    """A failure no handler expected, under ``/acme/``: ``serverInternal``, with a nonce.
+
+    The API's own 500 carried no nonce and no ACME type: a client retrying took it for a
+    malformed answer and had to ask new-nonce first (RFC 8555 6.5, 6.7).
+    """
+    response = _problem("serverInternal", 500, "internal error; see the server log")
+    return await with_acme_headers(request, response)
+
+
 def is_acme_path(path: str) -> bool:
     """Whether ``path`` is under the ACME endpoint (its 404 and 405 are ACME problems)."""
     return path == ACME_PREFIX or path.startswith(ACME_PREFIX + "/")

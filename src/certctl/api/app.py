@@ -418,6 +418,11 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     logging.getLogger("certctl.api").exception(
         "unhandled error on %s %s", request.method, logged_path_of(request.scope)
     )
+    if request.app.state.acme is not None:
+        from certctl.api.acme_routes import is_acme_path, unexpected_problem
+
+        if is_acme_path(request.url.path):
+            return await unexpected_problem(request)
     return problem(500, "internal error; see the server log")
 
 
