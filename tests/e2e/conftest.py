@@ -110,6 +110,20 @@ class CertctlServer:
             base_url=self.url, verify=self.ssl_context(), headers=headers, timeout=30, **kwargs
         )
 
+    def cli_env(self) -> dict[str, str]:
+        """The environment of a CLI command acting as ``admin`` on this server (the
+        caller's own CERTCTL_ variables left out)."""
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
+        return clean | {
+            "CERTCTL_URL": self.url,
+            "CERTCTL_CA_CERT": str(self.ca),
+            "CERTCTL_API_KEY": self.admin_key,
+        }
+
+    def cli(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
+        """``certctl ARGS`` as ``admin`` on this server (the result, checked by the caller)."""
+        return run("certctl", *args, env=self.cli_env())
+
     def configured_port(self, key: str) -> int:
         """The port of listener ``key`` in the configuration it started on."""
         assert self.config is not None, "started without a configuration"

@@ -7,7 +7,6 @@ operator's ``deactivate`` that client's next new-order is refused ``unauthorized
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from typing import Any
 
@@ -17,7 +16,7 @@ from acme import client, crypto_util, messages
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests._tools import failed, free_port, ok, run
+from tests._tools import failed, free_port, ok
 from tests.e2e.conftest import CertctlServer, StartServer
 
 pytestmark = pytest.mark.e2e
@@ -36,13 +35,7 @@ def _acme_server(start_server: StartServer) -> CertctlServer:
 
 
 def _certctl(server: CertctlServer, *args: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
-    env = clean | {
-        "CERTCTL_URL": server.url,
-        "CERTCTL_CA_CERT": str(server.ca),
-        "CERTCTL_API_KEY": server.admin_key,
-    }
-    return run("certctl", *args, env=env)
+    return server.cli(*args)
 
 
 def _client(server: CertctlServer) -> tuple[client.ClientV2, str]:

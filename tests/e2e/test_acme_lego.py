@@ -130,12 +130,7 @@ def test_lego_binds_its_account_with_an_eab_key_the_cli_minted(
     refused = failed(_lego_run(server, tmp_path / "no-eab", http01, "run"))
     assert "Server requires External Account Binding" in refused.stderr
 
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
-    cli_env = clean | {
-        "CERTCTL_URL": server.url,
-        "CERTCTL_CA_CERT": str(server.ca),
-        "CERTCTL_API_KEY": server.admin_key,
-    }
+    cli_env = server.cli_env()
     minted = ok(run("certctl", "acme", "eab", "create", "--name", "lego", env=cli_env))
     data = json.loads(minted.stdout)
     kid, hmac_key = data["id"], data["hmac_key"]

@@ -11,7 +11,6 @@ an intermediate's CRL alone makes nginx refuse every client.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -38,13 +37,7 @@ NGINX_SERVER = """\
 
 
 def _certctl(server: CertctlServer, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CERTCTL_")}
-    env = clean | {
-        "CERTCTL_URL": server.url,
-        "CERTCTL_CA_CERT": str(server.ca),
-        "CERTCTL_API_KEY": server.admin_key,
-    }
-    return run("certctl", *args, env=env)
+    return server.cli(*args)
 
 
 def _get(port: int, trust: Path, client: Path | None) -> str:
