@@ -6,8 +6,8 @@ BIN := $(VENV)/bin
 # uv lives in its own tool venv so `uv sync` never uninstalls it from the project venv.
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 # Debian packages the tests drive as real clients and servers.
-SYSTEM_PACKAGES := openssl curl nginx-light openjdk-17-jre-headless jq unzip python3-venv prometheus postgresql golang-cfssl wrk sqlite3 lego
-SYSTEM_COMMANDS := openssl curl nginx keytool jq unzip prometheus promtool cfssl wrk sqlite3 lego /usr/lib/postgresql/15/bin/initdb
+SYSTEM_PACKAGES := openssl curl nginx-light openjdk-17-jre-headless jq unzip python3-venv prometheus postgresql golang-cfssl wrk sqlite3 lego bind9
+SYSTEM_COMMANDS := openssl curl nginx keytool jq unzip prometheus promtool cfssl wrk sqlite3 lego /usr/sbin/named /usr/lib/postgresql/15/bin/initdb
 
 .PHONY: help run demo test test-fast lint bench fuzz system-deps clean
 

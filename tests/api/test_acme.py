@@ -200,6 +200,7 @@ def _acme_app(api: Api, port: int, **settings: Any) -> Any:
         validity=settings.pop("validity", timedelta(days=90)),
         allowed_names=settings.pop("allowed_names", ()),
         http_01_port=port,
+        **settings,  # dns_resolvers ...
     )
     return create_app(api.services, acme=acme_settings), acme_settings
 
@@ -1496,6 +1497,10 @@ def test_a_start_with_acme_on_needs_its_issuer(api: Api) -> None:
     on = ServerConfig.model_validate({"acme": {"enabled": True, "validity": "30D"}})
     settings = acme_settings(on, api.services)
     assert settings == AcmeSettings("default", timedelta(days=30), (), 80)
+    resolvers = {"enabled": True, "dns-resolvers": ["127.0.0.1:5353", "::1"]}
+    settings = acme_settings(ServerConfig.model_validate({"acme": resolvers}), api.services)
+    assert settings is not None
+    assert settings.dns_resolvers == (("127.0.0.1", 5353), ("::1", 53))
     unknown = ServerConfig.model_validate({"acme": {"enabled": True, "issuer": "nope"}})
     with pytest.raises(InvalidRequest, match=r"^acme.issuer nope: no such issuer; create it"):
         acme_settings(unknown, api.services)

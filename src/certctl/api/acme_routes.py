@@ -47,7 +47,7 @@ from certctl.pki.jose import (
 )
 from certctl.services import acme
 from certctl.services.acme import AcmeSettings, AuthorizationView, ChallengeView, OrderView
-from certctl.services.acme_validation import fetch_http01
+from certctl.services.acme_validation import fetch_http01, lookup_dns01
 from certctl.store.models import AcmeAccount
 
 __all__ = [
@@ -64,7 +64,8 @@ __all__ = [
 log = logging.getLogger("certctl.api")
 
 ACME_PREFIX = "/acme"
-# http-01 fetches at once per process: each holds a socket and up to 10 s.
+# Validations at once per process (http-01 fetches and dns-01 lookups alike): each holds a
+# socket and up to 10 s (5 s for a lookup).
 VALIDATION_LIMIT = 8
 # Validations started and not recorded yet per process (fetching, or waiting for one of those
 # slots). Beyond it a challenge answered stays pending (rateLimited, retried later): each
@@ -87,6 +88,7 @@ _TITLES = {
     "conflict": "Conflict",
     "externalAccountRequired": "External account required",
     "connection": "Connection failure",
+    "dns": "DNS problem",
     "incorrectResponse": "Incorrect response",
     "invalidContact": "Invalid contact",
     "malformed": "Malformed request",
@@ -445,7 +447,7 @@ async def challenge(request: Request) -> Response:
             )
             if view.status == "pending":  # one under way or over is answered as it is
                 raise AcmeError(
-                    f"{waiting} http-01 validations are under way here; answer the challenge "
+                    f"{waiting} validations are under way here; answer the challenge "
                     f"again in {RETRY_AFTER_S} s",
                     "rateLimited",
                     429,
@@ -545,15 +547,18 @@ def _spawn_validation(request: Request, view: ChallengeView, name: str, own: Acm
     async def validate() -> None:
         try:
             async with state.acme_validations:
-                error = await fetch_http01(
-                    name, settings.http_01_port, view.token, key_authorization
-                )
+                if view.type == "dns-01":
+                    error = await lookup_dns01(name, settings.dns_resolvers, key_authorization)
+                else:
+                    error = await fetch_http01(
+                        name, settings.http_01_port, view.token, key_authorization
+                    )
             await anyio.to_thread.run_sync(
                 acme.record_validation, services, view.id, error, source, limiter=state.writes
             )
         except Exception:
             # Left processing: the authorization expires (invalid) if nothing records it.
-            log.exception("http-01 validation of challenge %s could not be recorded", view.id)
+            log.exception("%s validation of challenge %s could not be recorded", view.type, view.id)
 
     task = asyncio.get_running_loop().create_task(validate())
     # By challenge: a stale-looking challenge whose task is alive here is not started again.

@@ -364,6 +364,7 @@ class AcmeConfig(_Section):
     validity: str = "90D"
     allowed_names: list[str] = Field(default_factory=list, alias="allowed-names")
     http_01_port: int = Field(default=80, alias="http-01-port", ge=1, le=65535)
+    dns_resolvers: list[str] = Field(default_factory=list, alias="dns-resolvers")
     external_account_required: StrictBool = Field(default=False, alias="external-account-required")
 
     @field_validator("validity")
@@ -388,6 +389,45 @@ class AcmeConfig(_Section):
                 raise ValueError(exc.detail) from None
             checked.append(f"*.{name}" if wildcard else name)
         return checked
+
+    @field_validator("dns_resolvers")
+    @classmethod
+    def _resolvers(cls, value: list[str]) -> list[str]:
+        # Addresses, not names: a resolver named by a host name would need a resolver to be
+        # found, and dns-01 would then trust whatever answered that lookup. Kept as given;
+        # ``resolvers`` splits them.
+        for entry in value:
+            dns_resolver(entry)
+        return value
+
+    @property
+    def resolvers(self) -> tuple[tuple[str, int], ...]:
+        """``dns-resolvers`` as (address, port) pairs; empty: the system resolver."""
+        return tuple(dns_resolver(entry) for entry in self.dns_resolvers)
+
+
+def dns_resolver(value: str) -> tuple[str, int]:
+    """``ADDRESS``, ``ADDRESS:PORT``, ``IPv6`` or ``[IPv6]:PORT`` as (address, port 53 default).
+
+    Raises:
+        ValueError: not an IP address with an optional port in 1-65535.
+    """
+    rule = f"{value[:60]}: expected an IP address, with :PORT if not 53 ([IPv6]:PORT)"
+    host, port = value, "53"
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(rule)
+        port = rest[1:] or "53"
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(rule) from None
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise ValueError(rule)
+    return str(address), int(port)
 
 
 class NotificationsConfig(_Section):

@@ -280,16 +280,18 @@ def acme_settings(config: ServerConfig, services: Services) -> AcmeSettings | No
         allowed_names=tuple(config.acme.allowed_names),
         http_01_port=config.acme.http_01_port,
         external_account_required=config.acme.external_account_required,
+        dns_resolvers=config.acme.resolvers,
     )
     check_issuer(services, settings)
     names = ", ".join(settings.allowed_names) or "any DNS name that passes http-01"
     log.info(
         "ACME endpoint on at /acme/directory: issuer %s, validity %s, names: %s, "
-        "http-01 on port %d",
+        "http-01 on port %d, dns-01 through %s",
         settings.issuer_id,
         config.acme.validity,
         names,
         settings.http_01_port,
+        ", ".join(config.acme.dns_resolvers) or "the system resolver",
     )
     return settings
 

@@ -1,10 +1,11 @@
-"""ACME (RFC 8555) use cases: nonces, accounts, orders, http-01 results, finalize, revocation.
+"""ACME (RFC 8555) use cases: nonces, accounts, orders, validation results, finalize, revocation.
 
-The HTTP side (JWS envelope, URLs, status codes) is ``api.acme_routes``; the http-01 fetch is
-``services.acme_validation``. Everything here is synchronous and store-backed, so any replica
-of a PostgreSQL store answers any step. Certificates are issued by ``issuance`` (the API's CSR
-path, with its key and name policy) and revoked by ``certificates.revoke_certificate``, so
-they are listed, counted, audited and put on the CRL as every other certificate.
+The HTTP side (JWS envelope, URLs, status codes) is ``api.acme_routes``; the http-01 fetch and
+the dns-01 lookup are ``services.acme_validation``. Everything here is synchronous and
+store-backed, so any replica of a PostgreSQL store answers any step. Certificates are issued
+by ``issuance`` (the API's CSR path, with its key and name policy) and revoked by
+``certificates.revoke_certificate``, so they are listed, counted, audited and put on the CRL
+as every other certificate.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from certctl.store.models import (
 
 __all__ = [
     "ACME_PROFILE",
+    "CHALLENGE_TYPES",
     "AcmeSettings",
     "AuthorizationView",
     "ChallengeView",
@@ -76,6 +78,9 @@ log = logging.getLogger("certctl.services.acme")
 
 # Leaves issued through ACME are TLS server certificates: the profile http-01 can vouch for.
 ACME_PROFILE = "server"
+# The challenges an authorization of a name offers, in the order listed: http-01 first, as
+# before dns-01 was offered (clients that take the first one they support are unchanged).
+CHALLENGE_TYPES = ("http-01", "dns-01")
 NONCE_LIFETIME = timedelta(hours=1)
 ORDER_LIFETIME = timedelta(days=7)
 PENDING_AUTHZ_LIFETIME = timedelta(days=1)
@@ -123,6 +128,8 @@ class AcmeSettings:
     allowed_names: tuple[str, ...] = ()
     http_01_port: int = 80
     external_account_required: bool = False
+    # dns-01's resolvers, (address, port); empty: the system resolver (/etc/resolv.conf).
+    dns_resolvers: tuple[tuple[str, int], ...] = ()
 
 
 def account_actor(account_id: str) -> str:
@@ -655,7 +662,7 @@ def new_order(
     payload: dict[str, Any],
     source: str,
 ) -> OrderView:
-    """Make an order, with one pending authorization (one http-01 challenge) per name.
+    """Make an order, with one pending authorization (http-01 and dns-01 challenges) per name.
 
     Raises:
         AcmeError: malformed (no identifiers, notBefore/notAfter), rejectedIdentifier (a
@@ -711,17 +718,19 @@ def new_order(
             )
             session.add(authz)
             session.flush()
-            session.add(
-                AcmeChallenge(
-                    id=new_id(),
-                    authorization_id=authz.id,
-                    type="http-01",
-                    token=secrets.token_urlsafe(32),
-                    status="pending",
-                    validated_at=None,
-                    error=None,
+            for kind in CHALLENGE_TYPES:
+                # A token of its own each: one challenge's token tells nothing of another's.
+                session.add(
+                    AcmeChallenge(
+                        id=new_id(),
+                        authorization_id=authz.id,
+                        type=kind,
+                        token=secrets.token_urlsafe(32),
+                        status="pending",
+                        validated_at=None,
+                        error=None,
+                    )
                 )
-            )
         record(
             session,
             at=now,
@@ -800,6 +809,10 @@ def _challenge_view(challenge: AcmeChallenge, authz_status: str) -> ChallengeVie
     )
 
 
+def _challenge_rank(challenge: AcmeChallenge) -> int:
+    return CHALLENGE_TYPES.index(challenge.type) if challenge.type in CHALLENGE_TYPES else 99
+
+
 def _owned_authz(session: Any, account: AcmeAccount, authz_id: str) -> AcmeAuthorization:
     authz = session.get(AcmeAuthorization, authz_id)
     if authz is not None:
@@ -821,8 +834,11 @@ def authorization_view(
     now = services.clock()
     with services.sessions() as session:
         authz = _owned_authz(session, account, authz_id)
-        challenges = list(
-            session.scalars(select(AcmeChallenge).where(AcmeChallenge.authorization_id == authz.id))
+        challenges = sorted(
+            session.scalars(
+                select(AcmeChallenge).where(AcmeChallenge.authorization_id == authz.id)
+            ),
+            key=_challenge_rank,
         )
     status = _authz_status(authz, now)
     return AuthorizationView(
@@ -901,6 +917,21 @@ def start_challenge(
     if view.status != "pending":
         return view, None
     with services.sessions.begin() as session:
+        # The authorization locked (PostgreSQL): of two challenges of it answered at once
+        # (http-01 and dns-01), one is validated; the other stays pending, answered as it is.
+        # One failed try makes the authorization invalid (RFC 8555 7.1.6), one more try
+        # after it would let a client guess on.
+        authz = session.get(
+            AcmeAuthorization, view.authorization_id, with_for_update=True, populate_existing=True
+        )
+        tried = session.scalar(
+            select(func.count(AcmeChallenge.id)).where(
+                AcmeChallenge.authorization_id == view.authorization_id,
+                AcmeChallenge.status != "pending",
+            )
+        )
+        if authz is None or authz.status != "pending" or tried:
+            return challenge_view(services, account, challenge_id)[0], None
         started = session.execute(
             update(AcmeChallenge)
             .where(AcmeChallenge.id == challenge_id, AcmeChallenge.status == "pending")
@@ -955,7 +986,7 @@ def restart_stale_validation(
 def record_validation(
     services: Services, challenge_id: str, error: dict[str, Any] | None, source: str
 ) -> None:
-    """Record an http-01 result: challenge and authorization valid or invalid, and the order.
+    """Record a validation's result: challenge and authorization valid or invalid, the order.
 
     The order becomes ``ready`` once every authorization is valid, ``invalid`` at the first
     invalid one (RFC 8555 7.1.6).
@@ -973,10 +1004,10 @@ def record_validation(
         challenge.error = error
         if error is None:
             challenge.validated_at = now
-            authz.status = "valid"
-            authz.expires = order.expires
-        else:
-            authz.status = "invalid"
+        if authz.status == "pending":  # another challenge of it may have settled it first
+            authz.status = "invalid" if error else "valid"
+            if error is None:
+                authz.expires = order.expires
         session.flush()
         if order.status == "pending":
             statuses = list(

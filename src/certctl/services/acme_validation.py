@@ -1,4 +1,4 @@
-"""http-01 validation (RFC 8555 8.3): fetch the token from the name, compare the answer."""
+"""Challenge validation: http-01 (RFC 8555 8.3) fetches the token, dns-01 (8.4) reads TXT."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import logging
 import re
 from typing import Any
 
-__all__ = ["MAX_BODY", "MAX_REDIRECTS", "TIMEOUT_S", "fetch_http01"]
+__all__ = [
+    "DNS_TIMEOUT_S",
+    "MAX_BODY",
+    "MAX_REDIRECTS",
+    "TIMEOUT_S",
+    "dns01_digest",
+    "fetch_http01",
+    "lookup_dns01",
+]
 
 log = logging.getLogger("certctl.services.acme")
 
@@ -20,6 +28,14 @@ MAX_REDIRECTS = 10
 # gzip became hundreds of MiB at one read, before the body limit was looked at.
 _HEADERS = {"Accept": "*/*", "Accept-Encoding": "identity"}
 _KEY_AUTHORIZATION = re.compile(r"[A-Za-z0-9_-]{1,128}\.[A-Za-z0-9_-]{1,128}\Z")
+# One dns-01 lookup in all (every resolver tried, UDP and a TCP retry of a truncated answer):
+# a few seconds, as a client that set the record waits for it to be visible before answering.
+DNS_TIMEOUT_S = 5.0
+# What a dns-01 TXT value looks like: base64url of a SHA-256 digest (43 characters). Only
+# such a value is quoted back (a stale one, another account's): the lookup follows CNAMEs the
+# name's owner chose, and the TXT records of another name are not the account's to read.
+_DIGEST = re.compile(r"[A-Za-z0-9_-]{43}\Z")
+MAX_TXT_SHOWN = 4
 
 
 def _problem(acme_type: str, detail: str) -> dict[str, Any]:
@@ -116,3 +132,96 @@ async def fetch_http01(
             f"{url} answered {shown}, not the key authorization {key_authorization!r}",
         )
     return None
+
+
+def dns01_digest(key_authorization: str) -> str:
+    """The TXT value dns-01 expects: base64url(SHA-256(key authorization)), unpadded."""
+    import base64
+    import hashlib
+
+    digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+async def lookup_dns01(
+    name: str, resolvers: tuple[tuple[str, int], ...], key_authorization: str
+) -> dict[str, Any] | None:
+    """Look up TXT ``_acme-challenge.<name>``; None when one record is the expected digest.
+
+    ``resolvers``: (address, port) of the DNS servers to ask, in turn; empty: the system's
+    (/etc/resolv.conf). No cache: a client that sets its record after a failed try is seen at
+    once. At most ``DNS_TIMEOUT_S`` in all. CNAMEs are followed as the resolver follows them.
+
+    Returns:
+        The ACME problem to record: ``dns`` (no answer in time, SERVFAIL, a refusal, no
+        resolver configured), ``unauthorized`` (no such name, or no TXT record there) or
+        ``incorrectResponse`` (TXT records, none of them the expected value).
+    """
+    import dns.asyncresolver
+    import dns.exception
+    import dns.nameserver
+    import dns.rdatatype
+    import dns.resolver
+
+    query = f"_acme-challenge.{name}"
+    expected = dns01_digest(key_authorization)
+    where = (
+        "the system resolver"
+        if not resolvers
+        else ", ".join(
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in resolvers
+        )
+    )
+    try:
+        if resolvers:
+            resolver = dns.asyncresolver.Resolver(configure=False)
+            resolver.nameservers = [
+                dns.nameserver.Do53Nameserver(host, port) for host, port in resolvers
+            ]
+        else:
+            resolver = dns.asyncresolver.Resolver()
+        resolver.cache = None
+        resolver.lifetime = DNS_TIMEOUT_S
+        resolver.timeout = DNS_TIMEOUT_S
+        answer = await resolver.resolve(query, "TXT", search=False)
+    except dns.resolver.NXDOMAIN:
+        return _problem("unauthorized", f"no TXT record at {query} ({where}: no such name)")
+    except dns.resolver.NoAnswer:
+        return _problem("unauthorized", f"no TXT record at {query} ({where}: the name has none)")
+    except dns.resolver.LifetimeTimeout:
+        return _problem("dns", f"TXT {query}: no answer from {where} within {DNS_TIMEOUT_S:.0f} s")
+    except dns.resolver.NoNameservers as exc:
+        # Each server refused, failed (SERVFAIL) or could not be reached: said by rcode only.
+        return _problem("dns", f"TXT {query}: {where} gave no answer ({_no_servers(exc)})")
+    except dns.resolver.NoResolverConfiguration:
+        return _problem(
+            "dns", f"TXT {query}: no resolver (none in /etc/resolv.conf, acme.dns-resolvers empty)"
+        )
+    except (dns.exception.DNSException, OSError) as exc:
+        return _problem("dns", f"TXT {query} ({where}): {type(exc).__name__}")
+    values: list[str] = []
+    for rdata in answer:
+        if rdata.rdtype != dns.rdatatype.TXT:
+            continue
+        # A record's strings are one value (RFC 7208 3.3's split of long values).
+        values.append(b"".join(rdata.strings).decode("ascii", errors="replace"))
+    if expected in values:
+        return None
+    shown = [repr(v) for v in values if _DIGEST.match(v)][:MAX_TXT_SHOWN]
+    others = len(values) - len(shown)
+    found = ", ".join(shown)
+    if others:
+        found += f"{' and ' if shown else ''}{others} that {'is' if others == 1 else 'are'} no "
+        found += "dns-01 value"
+    return _problem(
+        "incorrectResponse",
+        f"TXT {query} holds {len(values)} record{'s' if len(values) != 1 else ''} ({found}), "
+        f"not {expected!r} (base64url of SHA-256 of the key authorization)",
+    )
+
+
+def _no_servers(exc: Exception) -> str:
+    # dnspython's message quotes each server's answer: kept to the rcode words (SERVFAIL,
+    # REFUSED) and connection errors' kinds, which say what to fix and nothing of the zone.
+    words = re.findall(r"\b(SERVFAIL|REFUSED|NOTAUTH|NOTIMP|FORMERR|timed out|refused)\b", str(exc))
+    return ", ".join(dict.fromkeys(words)) or "every server failed"

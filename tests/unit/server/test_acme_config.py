@@ -15,6 +15,7 @@ def test_acme_is_off_by_default_with_the_documented_defaults() -> None:
     acme = load_config(None, {}).acme
     assert (acme.enabled, acme.issuer, acme.validity) == (False, "default", "90D")
     assert (acme.allowed_names, acme.http_01_port) == ([], 80)
+    assert (acme.dns_resolvers, acme.resolvers) == ([], ())  # the system resolver
 
 
 def test_the_variables_set_the_acme_keys(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,6 +56,11 @@ def test_allowed_names_load_lower_case(tmp_path: Path) -> None:
         ({"allowed-names": ["*.*.example"]}, "{file}: acme.allowed-names: *.example: wildcards"),
         ({"allowed-names": ["bad_name.example"]}, "{file}: acme.allowed-names: bad_name"),
         ({"http-01-port": 0}, "{file}: acme.http-01-port: "),
+        ({"dns-resolvers": ["dns.example"]}, "{file}: acme.dns-resolvers: dns.example: expected"),
+        ({"dns-resolvers": ["192.0.2.1:0"]}, "{file}: acme.dns-resolvers: 192.0.2.1:0: expected"),
+        ({"dns-resolvers": ["192.0.2.1:65536"]}, "{file}: acme.dns-resolvers: 192.0.2.1:6"),
+        ({"dns-resolvers": ["[2001:db8::1"]}, "{file}: acme.dns-resolvers: [2001:db8::1: exp"),
+        ({"dns-resolvers": "192.0.2.1"}, "{file}: acme.dns-resolvers: "),
         ({"http-01-port": 70000}, "{file}: acme.http-01-port: "),
         ({"validity": "90X"}, "{file}: acme.validity: 90X: unknown"),
         ({"enabled": "yes"}, "{file}: acme.enabled: "),
@@ -87,3 +93,17 @@ def test_external_account_required_is_read_from_yaml(tmp_path: Path) -> None:
     config = tmp_path / "certctl.yaml"
     config.write_text("acme:\n  external-account-required: true\n")
     assert load_config(config, {}).acme.external_account_required is True
+
+
+def test_dns_resolvers_take_addresses_with_an_optional_port(tmp_path: Path) -> None:
+    file = tmp_path / "certctl.yaml"
+    given = ["192.0.2.53", "192.0.2.54:5353", "2001:db8::53", "[2001:DB8::54]:5300"]
+    file.write_text(yaml.safe_dump({"acme": {"dns-resolvers": given}}))
+    acme = load_config(file, {}).acme
+    assert acme.dns_resolvers == given
+    assert acme.resolvers == (
+        ("192.0.2.53", 53),
+        ("192.0.2.54", 5353),
+        ("2001:db8::53", 53),
+        ("2001:db8::54", 5300),
+    )

@@ -1,0 +1,196 @@
+"""dns-01 (RFC 8555 8.4) against certbot's ``acme`` library, with a real BIND 9 holding the TXT.
+
+The app and the client are test_acme.py's; the records are set in a zone of a ``named`` on
+127.0.0.1 by TSIG-signed RFC 2136 updates, as DNS providers set them, and certctl resolves
+them there (``acme.dns-resolvers``). Both stores, as every API test.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from acme import challenges, client, messages
+
+from certctl.services.acme_validation import dns01_digest
+from tests._bind9 import Bind9, running_bind9
+from tests._tools import ok, run
+from tests.api.conftest import Api
+from tests.api.test_acme import (
+    ERR,
+    ISSUER,
+    Acme,
+    Http01Server,
+    _acme_app,
+    _poll_authz,
+    serving,
+)
+
+ZONE = "test.example"
+NAME = f"app.{ZONE}"
+
+
+@dataclass
+class Dns01(Acme):
+    """test_acme's ``Acme`` with a zone its clients set dns-01 records in."""
+
+    bind9: Bind9 | None = None
+
+    def dns_challenge(self, authz: messages.AuthorizationResource) -> messages.ChallengeBody:
+        return next(c for c in authz.body.challenges if isinstance(c.chall, challenges.DNS01))
+
+    def answer_dns(
+        self, acme_client: client.ClientV2, order: messages.OrderResource, value: str | None = None
+    ) -> None:
+        """Set each authorization's TXT record (the right one, or ``value``), answer dns-01."""
+        assert self.bind9 is not None
+        for authz in order.authorizations:
+            body = self.dns_challenge(authz)
+            response, validation = body.response_and_validation(acme_client.net.key)
+            record = body.chall.validation_domain_name(authz.body.identifier.value)
+            self.bind9.set_txt(record, validation if value is None else value)
+            acme_client.answer_challenge(body, response)
+
+
+@pytest.fixture
+def bind9(tmp_path: Path) -> Iterator[Bind9]:
+    with running_bind9(tmp_path / "named", ZONE) as server:
+        yield server
+
+
+def _dns01_app(api: Api, resolvers: tuple[tuple[str, int], ...], **settings: object) -> Dns01:
+    r = api.post("/api/v1/issuers", api.admin_key, json={"id": ISSUER, "common_name": "ACME CA"})
+    assert r.status_code == 201, r.text
+    app, acme_settings = _acme_app(api, 80, dns_resolvers=resolvers, **settings)
+    return app, acme_settings  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def acme_dns(api: Api, bind9: Bind9) -> Iterator[Dns01]:
+    app, settings = _dns01_app(api, (("127.0.0.1", bind9.port),))
+    http01 = Http01Server()
+    try:
+        with serving(app) as base:
+            yield Dns01(api, base, http01, settings, bind9=bind9)
+    finally:
+        http01.close()
+
+
+def test_dns01_gets_a_certificate_from_the_txt_record_in_the_zone(
+    acme_dns: Dns01, tmp_path: Path
+) -> None:
+    acme_client = acme_dns.client()
+    regr = acme_dns.register(acme_client)
+    order, _ = acme_dns.order(acme_client, [NAME])
+    (authz,) = order.authorizations
+    # Each name offers both, http-01 first (clients that take the first they know as before).
+    assert [c.chall.typ for c in authz.body.challenges] == ["http-01", "dns-01"]
+    tokens = [c.chall.encode("token") for c in authz.body.challenges]
+    assert len(set(tokens)) == 2
+    acme_dns.answer_dns(acme_client, order)
+    done = acme_client.poll_and_finalize(order)
+    assert acme_dns.http01.hits == []  # dns-01 alone proved the name
+    ca = tmp_path / "ca.pem"
+    ca.write_text(acme_dns.api.get(f"/api/v1/issuers/{ISSUER}/ca.pem").text)
+    leaf = tmp_path / "leaf.pem"
+    leaf.write_text(done.fullchain_pem)
+    assert "OK" in ok(run("openssl", "verify", "-CAfile", ca, leaf)).stdout
+    polled = _poll_authz(acme_client, authz)
+    statuses = {c.chall.typ: c.status for c in polled.body.challenges}
+    assert statuses == {"http-01": messages.STATUS_PENDING, "dns-01": messages.STATUS_VALID}
+    account = f"acme:{regr.uri.rsplit('/', 1)[1]}"
+    validated = [
+        e
+        for e in acme_dns.api.audit()
+        if (e["actor"], e["action"]) == (account, "acme.challenge.validate")
+    ]
+    assert [(e["outcome"], e["target"].split()[1]) for e in validated] == [("success", NAME)]
+
+
+def test_a_wrong_txt_value_makes_the_authorization_invalid_saying_what_was_found(
+    acme_dns: Dns01,
+) -> None:
+    acme_client = acme_dns.client()
+    acme_dns.register(acme_client)
+    order, _ = acme_dns.order(acme_client, [NAME])
+    stale = dns01_digest("another-token.another-thumbprint")
+    acme_dns.answer_dns(acme_client, order, value=stale)
+    authz = _poll_authz(acme_client, order.authorizations[0])
+    assert authz.body.status == messages.STATUS_INVALID
+    dns = acme_dns.dns_challenge(authz)
+    assert dns.status == messages.STATUS_INVALID
+    assert dns.error.typ == ERR + "incorrectResponse"
+    _, expected = dns.response_and_validation(acme_client.net.key)
+    assert dns.error.detail == (
+        f"TXT _acme-challenge.{NAME} holds 1 record ({stale!r}), not {expected!r} "
+        "(base64url of SHA-256 of the key authorization)"
+    )
+    # One try per authorization: its http-01 is not validated after the failed dns-01.
+    http = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01))
+    response, validation = http.response_and_validation(acme_client.net.key)
+    acme_dns.http01.answers[http.chall.encode("token")] = validation.encode()
+    answered = acme_client.answer_challenge(http, response)
+    assert answered.body.status == messages.STATUS_PENDING
+    assert _poll_authz(acme_client, order.authorizations[0]).body.status == messages.STATUS_INVALID
+    assert acme_dns.http01.hits == []
+    raw = acme_client._post_as_get(order.uri).json()
+    assert (raw["status"], raw["error"]["type"]) == ("invalid", ERR + "incorrectResponse")
+
+
+def test_a_txt_value_that_is_no_digest_is_counted_not_quoted(acme_dns: Dns01) -> None:
+    # The lookup follows the CNAMEs the name's owner set: what another name holds is not read
+    # back to the account, only what looks like a dns-01 value.
+    acme_client = acme_dns.client()
+    acme_dns.register(acme_client)
+    order, _ = acme_dns.order(acme_client, [NAME])
+    acme_dns.answer_dns(acme_client, order, value="v=spf1 include:internal.example -all")
+    error = acme_dns.dns_challenge(_poll_authz(acme_client, order.authorizations[0])).error
+    assert error.typ == ERR + "incorrectResponse"
+    assert "(1 that is no dns-01 value)" in error.detail
+    assert "spf1" not in error.detail
+
+
+def test_no_txt_record_is_unauthorized_naming_the_name_looked_up(acme_dns: Dns01) -> None:
+    acme_client = acme_dns.client()
+    acme_dns.register(acme_client)
+    order, _ = acme_dns.order(acme_client, [NAME])
+    body = acme_dns.dns_challenge(order.authorizations[0])
+    response, _ = body.response_and_validation(acme_client.net.key)
+    acme_client.answer_challenge(body, response)  # no record set
+    authz = _poll_authz(acme_client, order.authorizations[0])
+    assert authz.body.status == messages.STATUS_INVALID
+    error = acme_dns.dns_challenge(authz).error
+    assert error.typ == ERR + "unauthorized"
+    assert acme_dns.bind9 is not None
+    assert acme_dns.bind9.address in error.detail
+    assert error.detail.startswith(f"no TXT record at _acme-challenge.{NAME} (")
+
+
+def test_a_resolver_that_never_answers_is_a_dns_problem_within_seconds(api: Api) -> None:
+    # A UDP socket that reads nothing: the lookup gives up after its timeout (5 s in all).
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    app, settings = _dns01_app(api, (("127.0.0.1", port),))
+    http01 = Http01Server()
+    try:
+        with serving(app) as base:
+            acme_dns = Dns01(api, base, http01, settings)
+            acme_client = acme_dns.client()
+            acme_dns.register(acme_client)
+            order, _ = acme_dns.order(acme_client, [NAME])
+            body = acme_dns.dns_challenge(order.authorizations[0])
+            response, _ = body.response_and_validation(acme_client.net.key)
+            acme_client.answer_challenge(body, response)
+            authz = _poll_authz(acme_client, order.authorizations[0])
+    finally:
+        http01.close()
+        silent.close()
+    error = acme_dns.dns_challenge(authz).error
+    assert error.typ == ERR + "dns"
+    assert error.detail == (
+        f"TXT _acme-challenge.{NAME}: no answer from 127.0.0.1:{port} within 5 s"
+    )
