@@ -784,8 +784,8 @@ def test_each_bad_request_is_answered_with_its_acme_error_and_changes_nothing(
         ),
         ("not a JWS", b'{"protected": 1}', "application/jose+json", 400, "malformed"),
         (
-            "wildcard",
-            raw.jws(new_order, {"identifiers": [{"type": "dns", "value": "*.example.internal"}]}),
+            "wildcard of one label",  # RFC 6125 6.4.3: two labels after "*." at least
+            raw.jws(new_order, {"identifiers": [{"type": "dns", "value": "*.internal"}]}),
             "application/jose+json",
             400,
             "rejectedIdentifier",
@@ -855,7 +855,8 @@ def test_each_bad_request_is_answered_with_its_acme_error_and_changes_nothing(
 def test_a_name_outside_allowed_names_is_a_rejected_identifier(api: Api) -> None:
     r = api.post("/api/v1/issuers", api.admin_key, json={"id": ISSUER})
     assert r.status_code == 201, r.text
-    app, settings = _acme_app(api, 80, allowed_names=("*.example.internal", "localhost"))
+    names = ("*.example.internal", "localhost", "app.example.com")
+    app, settings = _acme_app(api, 80, allowed_names=names)
     with serving(app) as base:
         raw = Raw(Acme(api, base, Http01Server(), settings))
         try:
@@ -868,6 +869,19 @@ def test_a_name_outside_allowed_names_is_a_rejected_identifier(api: Api) -> None
             # One label or more below the pattern, and the exact name, are allowed.
             assert raw.new_order(["a.b.example.internal", "localhost"]).status_code == 201
             assert raw.new_order(["example.internal"]).status_code == 400
+            # A wildcard is allowed when each name it stands for is: by a "*." pattern at or
+            # above its base, never by a plain name (app.example.com is one host).
+            for allowed in ("*.example.internal", "*.a.example.internal"):
+                assert raw.new_order([allowed]).status_code == 201, allowed
+            before = api.counts()
+            for refused_name in ("*.app.example.com", "*.other.internal", "*.example.com"):
+                refused = raw.new_order([refused_name])
+                detail = _assert_acme_problem(refused, 400, "rejectedIdentifier")["detail"]
+                assert detail == (
+                    f"{refused_name}: not among the names this server issues for "
+                    "(acme.allowed-names)"
+                )
+            assert _business(api.counts()) == _business(before)
         finally:
             raw.acme.http01.close()
 

@@ -383,3 +383,15 @@ def test_0028_adds_the_eab_keys_to_a_postgresql_store_and_takes_them_back(
         assert "eab_key_id" in {c["name"] for c in inspect(engine).get_columns("acme_accounts")}
     finally:
         engine.dispose()
+
+
+def test_0029_adds_the_wildcard_authorizations_to_a_postgresql_store_and_takes_them_back(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    from tests.unit.store.test_acme_migration import check_0029
+
+    engine = db.create_store_engine(postgres_cluster.url(postgres_cluster.create_database()))
+    try:
+        check_0029(engine)
+    finally:
+        engine.dispose()

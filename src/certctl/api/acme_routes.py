@@ -283,12 +283,15 @@ def _challenge_json(request: Request, challenge: ChallengeView) -> dict[str, Any
 
 def _authz_json(request: Request, authz: AuthorizationView) -> dict[str, Any]:
     status = "invalid" if authz.status == "expired" else authz.status
-    return {
+    data: dict[str, Any] = {
         "identifier": {"type": "dns", "value": authz.identifier},
         "status": status,
         "expires": _time(authz.expires),
         "challenges": [_challenge_json(request, c) for c in authz.challenges],
     }
+    if authz.wildcard:
+        data["wildcard"] = True  # RFC 8555 7.1.4: the identifier is the wildcard's base
+    return data
 
 
 # --- handlers -----------------------------------------------------------------------------

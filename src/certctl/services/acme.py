@@ -576,10 +576,11 @@ class AuthorizationView:
 
     id: str
     order_id: str
-    identifier: str
+    identifier: str  # of a wildcard, its base name (RFC 8555 7.1.4)
     status: str
     expires: datetime
     challenges: tuple[ChallengeView, ...]
+    wildcard: bool = False
 
 
 @dataclass(frozen=True)
@@ -599,6 +600,13 @@ class OrderView:
 def _allowed(name: str, patterns: tuple[str, ...]) -> bool:
     if not patterns:
         return True
+    if name.startswith("*."):
+        # A wildcard stands for every name one label below its base: it is allowed when each
+        # of them is, i.e. by a "*." pattern at or above its base ("*.example.com" allows
+        # "*.example.com" and "*.a.example.com"). A plain pattern names one host: neither
+        # "example.com" nor "www.example.com" allows "*.example.com".
+        base = name[2:]
+        return any(p.startswith("*.") and (base == p[2:] or base.endswith(p[1:])) for p in patterns)
     for pattern in patterns:
         if pattern.startswith("*."):
             if name.endswith(pattern[1:]):  # one label or more below it
@@ -623,19 +631,14 @@ def _checked_identifiers(payload: dict[str, Any], settings: AcmeSettings) -> lis
             raise AcmeError('identifiers: each is {"type": "dns", "value": NAME}')
         if kind == "ip":
             raise AcmeError(
-                f"{value[:60]}: IP identifiers are not issued here (http-01 on a name only)",
+                f"{value[:60]}: IP identifiers are not issued here (DNS names only)",
                 "rejectedIdentifier",
             )
         if kind != "dns":
             raise AcmeError(f"identifier type {kind[:20]!r} not supported", "unsupportedIdentifier")
-        if value.startswith("*"):
-            raise AcmeError(
-                f"{value[:60]}: wildcards need dns-01, which certctl does not offer "
-                "(http-01 cannot prove a wildcard)",
-                "rejectedIdentifier",
-            )
         try:
-            name = validate_dns_name(value, allow_wildcard=False)
+            # "*." and a name of two labels or more (RFC 6125 6.4.3): proved by dns-01 alone.
+            name = validate_dns_name(value, allow_wildcard=True)
         except InvalidRequest as exc:
             raise AcmeError(exc.detail, "rejectedIdentifier") from None
         if name != value:
@@ -664,9 +667,11 @@ def new_order(
 ) -> OrderView:
     """Make an order, with one pending authorization (http-01 and dns-01 challenges) per name.
 
+    A wildcard ``*.NAME`` gets an authorization of NAME marked wildcard, with dns-01 alone.
+
     Raises:
-        AcmeError: malformed (no identifiers, notBefore/notAfter), rejectedIdentifier (a
-            wildcard, an IP, a name outside acme.allowed-names), unsupportedIdentifier.
+        AcmeError: malformed (no identifiers, notBefore/notAfter), rejectedIdentifier (an IP,
+            a name outside acme.allowed-names), unsupportedIdentifier.
     """
     unknown = set(payload) - {"identifiers", "notBefore", "notAfter"}
     if unknown:
@@ -709,16 +714,20 @@ def new_order(
         session.add(order)
         session.flush()  # the order before its authorizations (PostgreSQL checks the FK)
         for name in names:
+            # RFC 8555 7.1.4: a wildcard's authorization names its base and says wildcard;
+            # only dns-01 proves it (control of the zone, not of one host in it).
+            wildcard = name.startswith("*.")
             authz = AcmeAuthorization(
                 id=new_id(),
                 order_id=order.id,
-                identifier=name,
+                identifier=name[2:] if wildcard else name,
                 status="pending",
                 expires=now + PENDING_AUTHZ_LIFETIME,
+                wildcard=wildcard,
             )
             session.add(authz)
             session.flush()
-            for kind in CHALLENGE_TYPES:
+            for kind in ("dns-01",) if wildcard else CHALLENGE_TYPES:
                 # A token of its own each: one challenge's token tells nothing of another's.
                 session.add(
                     AcmeChallenge(
@@ -848,6 +857,7 @@ def authorization_view(
         status=status,
         expires=authz.expires,
         challenges=tuple(_challenge_view(c, status) for c in challenges),
+        wildcard=authz.wildcard,
     )
 
 
@@ -932,6 +942,9 @@ def start_challenge(
         )
         if authz is None or authz.status != "pending" or tried:
             return challenge_view(services, account, challenge_id)[0], None
+        if authz.wildcard and view.type != "dns-01":
+            # None is made (new_order); one in the store anyway does not prove a wildcard.
+            return view, None
         started = session.execute(
             update(AcmeChallenge)
             .where(AcmeChallenge.id == challenge_id, AcmeChallenge.status == "pending")
@@ -1026,7 +1039,7 @@ def record_validation(
             at=now,
             actor=account_actor(account_id),
             action="acme.challenge.validate",
-            target=f"{challenge.id} {authz.identifier}",
+            target=f"{challenge.id} {'*.' if authz.wildcard else ''}{authz.identifier}",
             outcome="failure" if error else "success",
             source=source,
             detail=str(error.get("detail", ""))[:400] if error else "",
@@ -1105,6 +1118,17 @@ def _check_not_an_account_key(services: Services, csr: x509.CertificateSigningRe
         )
 
 
+def _proved_names(services: Services, order_id: str) -> set[str]:
+    """The names the valid authorizations of ``order_id`` prove (``*.NAME`` for a wildcard's)."""
+    with services.sessions() as session:
+        rows = session.execute(
+            select(AcmeAuthorization.identifier, AcmeAuthorization.wildcard).where(
+                AcmeAuthorization.order_id == order_id, AcmeAuthorization.status == "valid"
+            )
+        ).all()
+    return {f"*.{name}" if wildcard else name for name, wildcard in rows}
+
+
 def finalize_order(
     services: Services,
     settings: AcmeSettings,
@@ -1148,6 +1172,15 @@ def finalize_order(
         raise AcmeError("csr: not a DER certificate signing request", "badCSR") from None
     names = _csr_names(csr)
     wanted = set(view.identifiers)
+    unproved = wanted - _proved_names(services, order_id)
+    if unproved:
+        # The order is ready only once each authorization is valid; said again here, by name,
+        # so that a wildcard SAN is issued only on its own (dns-01) wildcard authorization.
+        raise AcmeError(
+            f"{', '.join(sorted(unproved))[:200]}: no valid authorization of this order",
+            "unauthorized",
+            403,
+        )
     if names != wanted:
         extra, missing = sorted(names - wanted), sorted(wanted - names)
         said = [f"names {', '.join(extra)[:200]} not in the order"] if extra else []
@@ -1235,20 +1268,21 @@ def _holds_authorizations(services: Services, account: AcmeAccount, cert: x509.C
     if not names or len(san) != len(names):
         return False  # a name no authorization can cover (an IP, an e-mail ...)
     now = services.clock()
+    bases = sorted({name.removeprefix("*.") for name in names})
     with services.sessions() as session:
-        held = set(
-            session.scalars(
-                select(AcmeAuthorization.identifier)
-                .join(AcmeOrder, AcmeOrder.id == AcmeAuthorization.order_id)
-                .where(
-                    AcmeOrder.account_id == account.id,
-                    AcmeAuthorization.status == "valid",
-                    AcmeAuthorization.expires > now,
-                    AcmeAuthorization.identifier.in_(sorted(names)),
-                )
+        rows = session.execute(
+            select(AcmeAuthorization.identifier, AcmeAuthorization.wildcard)
+            .join(AcmeOrder, AcmeOrder.id == AcmeAuthorization.order_id)
+            .where(
+                AcmeOrder.account_id == account.id,
+                AcmeAuthorization.status == "valid",
+                AcmeAuthorization.expires > now,
+                AcmeAuthorization.identifier.in_(bases),
             )
-        )
-    return held == names
+        ).all()
+    # A wildcard SAN is covered by a wildcard authorization only, as at finalize.
+    held = {f"*.{name}" if wildcard else name for name, wildcard in rows}
+    return names <= held
 
 
 def revoke(

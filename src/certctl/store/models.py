@@ -344,10 +344,13 @@ class AcmeAuthorization(Base):
     identifier: Mapped[str] = mapped_column(String(253))  # a DNS name, lower-case A-labels
     status: Mapped[str] = mapped_column(String(16))  # pending | valid | invalid
     expires: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Of the order's "*.<identifier>" (migration 0029): dns-01 only, and the one authorization
+    # that lets a certificate carry that wildcard.
+    wildcard: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class AcmeChallenge(Base):
-    """An http-01 challenge of an authorization."""
+    """An http-01 or dns-01 challenge of an authorization."""
 
     __tablename__ = "acme_challenges"
 

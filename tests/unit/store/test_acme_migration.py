@@ -1,10 +1,11 @@
-"""Migration 0027 adds the ACME tables and takes them back (SQLite; PostgreSQL in faults)."""
+"""Migrations 0027-0029 add the ACME tables and columns and take them back (SQLite;
+PostgreSQL in faults)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import Engine, create_engine, inspect, text
 
 from certctl.store import db
 from tests.unit.store.test_migration_head import downgrade_store
@@ -47,5 +48,62 @@ def test_0028_adds_the_eab_keys_and_takes_them_back(tmp_path: Path) -> None:
         assert ACME_TABLES <= set(inspect(engine).get_table_names())
         db.migrate(engine)
         assert "acme_eab_keys" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+def _columns(engine: Engine, table: str) -> set[str]:
+    return {c["name"] for c in inspect(engine).get_columns(table)}
+
+
+def check_0029(engine: Engine) -> None:
+    """0029 on ``engine`` (at head): wildcard added false, taken back with wildcard orders."""
+    db.migrate(engine)
+    assert "wildcard" in _columns(engine, "acme_authorizations")
+    downgrade_store(engine, "0028")
+    assert "wildcard" not in _columns(engine, "acme_authorizations")
+    now = "2026-01-01 00:00:00"
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO acme_accounts (id, thumbprint, jwk, status, contact, created_at)"
+                " VALUES ('a', 't', '{}', 'valid', '[]', :now)"
+            ),
+            {"now": now},
+        )
+        for order in ("plain", "wild"):
+            connection.execute(
+                text(
+                    "INSERT INTO acme_orders (id, account_id, status, identifiers, expires,"
+                    " created_at) VALUES (:id, 'a', 'pending', '[]', :now, :now)"
+                ),
+                {"id": order, "now": now},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO acme_authorizations (id, order_id, identifier, status, expires)"
+                    " VALUES (:id, :id, 'example.internal', 'pending', :now)"
+                ),
+                {"id": order, "now": now},
+            )
+    db.migrate(engine)  # rows made before it are of plain names: false
+    with engine.begin() as connection:
+        rows = connection.execute(text("SELECT id, wildcard FROM acme_authorizations"))
+        assert sorted((i, bool(w)) for i, w in rows) == [("plain", False), ("wild", False)]
+        connection.execute(text("UPDATE acme_authorizations SET wildcard = true WHERE id = 'wild'"))
+    downgrade_store(engine, "0028")
+    # An order of a wildcard would read as one of its base name: it goes, the other stays.
+    with engine.connect() as connection:
+        assert [r[0] for r in connection.execute(text("SELECT id FROM acme_orders"))] == ["plain"]
+        authzs = connection.execute(text("SELECT id FROM acme_authorizations"))
+        assert [r[0] for r in authzs] == ["plain"]
+    db.migrate(engine)
+    assert "wildcard" in _columns(engine, "acme_authorizations")
+
+
+def test_0029_adds_the_wildcard_authorizations_and_takes_them_back(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    try:
+        check_0029(engine)
     finally:
         engine.dispose()
