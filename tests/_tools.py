@@ -50,6 +50,7 @@ INSTALL = {
     "cfssl": "apt-get install -y golang-cfssl",
     "cfssljson": "apt-get install -y golang-cfssl",
     "lego": "apt-get install -y lego",
+    "named": "apt-get install -y bind9",
     "certbot": "uv sync --group dev",
     "setpriv": "apt-get install -y util-linux",
 }

@@ -31,8 +31,11 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests._bind9 import TSIG_ALGORITHM, TSIG_NAME, running_bind9
 from tests._tools import free_port, ok, require, run
 from tests.e2e.conftest import StartServer
+from tests.e2e.test_acme_lego import ISSUER as LEGO_ISSUER
+from tests.e2e.test_acme_lego import acme_server
 
 pytestmark = pytest.mark.e2e
 
@@ -271,3 +274,46 @@ def test_certbot_registers_with_an_eab_key_when_the_server_requires_one(
     (event,) = events["items"]
     assert event["actor"] == f"acme:{key['account_id']}"
     assert event["detail"].endswith(f"bound by EAB key {data['id']} of {key['actor_id']}")
+
+
+def test_certbot_dns_rfc2136_gets_a_wildcard_certificate_by_dns01(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # certbot's RFC 2136 plugin (certbot-dns-rfc2136) sets the TXT records in BIND 9 with
+    # the TSIG key; certctl reads them there (acme.dns-resolvers). As root: no port to bind.
+    require("certbot")
+    zone = "test.example"
+    with running_bind9(tmp_path / "named", zone) as bind9:
+        acme = {
+            "enabled": True,
+            "issuer": LEGO_ISSUER,
+            "allowed-names": [f"*.{zone}"],
+            "dns-resolvers": [bind9.address],
+        }
+        server, root = acme_server(start_server, tmp_path, acme)
+        credentials = tmp_path / "rfc2136.ini"
+        credentials.write_text(
+            f"dns_rfc2136_server = 127.0.0.1\n"
+            f"dns_rfc2136_port = {bind9.port}\n"
+            f"dns_rfc2136_name = {TSIG_NAME}\n"
+            f"dns_rfc2136_secret = {bind9.tsig_secret}\n"
+            f"dns_rfc2136_algorithm = {TSIG_ALGORITHM.upper()}\n"
+        )
+        credentials.chmod(0o600)  # certbot warns about a credentials file others can read
+        state = tmp_path / "certbot"
+        dirs = [f"--{kind}-dir={state / kind}" for kind in ("config", "work", "logs")]
+        env = {**os.environ, "REQUESTS_CA_BUNDLE": str(server.ca)}
+        certbot = (
+            "certbot", "certonly", "--non-interactive", "--agree-tos",
+            "--email", "ops@example.internal", "--server", f"{server.url}/acme/directory",
+            "--authenticator", "dns-rfc2136", "--dns-rfc2136-credentials", credentials,
+            "--dns-rfc2136-propagation-seconds", "1",
+        )  # fmt: skip
+        ok(run(*certbot, *dirs, "-d", f"*.{zone}", env=env, timeout=120))
+        live = state / "config" / "live" / zone
+        ok(run("openssl", "verify", "-CAfile", root, live / "cert.pem"))
+        sans = _cert(live / "cert.pem").extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        )
+        assert sans.value.get_values_for_type(x509.DNSName) == [f"*.{zone}"]
+        assert bind9.txt(f"_acme-challenge.{zone}") == []  # certbot's cleanup

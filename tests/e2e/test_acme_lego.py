@@ -20,12 +20,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certctl.pki import format_serial
+from tests._bind9 import TSIG_ALGORITHM, TSIG_NAME, running_bind9
 from tests._tools import failed, free_port, ok, run
 from tests.e2e.conftest import CertctlServer, StartServer
 
 pytestmark = pytest.mark.e2e
 
 ISSUER = "acme-ca"
+ZONE = "test.example"
 
 
 def _lego_run(
@@ -51,6 +53,22 @@ def _lego_run(
     )  # fmt: skip
 
 
+def acme_server(
+    start_server: StartServer, tmp_path: Path, acme: dict[str, object]
+) -> tuple[CertctlServer, Path]:
+    """A server with issuer ISSUER made, restarted with ``acme``; and the issuer's root file."""
+    first = start_server()
+    with first.client(first.admin_key) as api:
+        r = api.post("/api/v1/issuers", json={"id": ISSUER, "common_name": "ACME CA"})
+        assert r.status_code == 201, r.text
+    first.stop()
+    server = start_server(data_dir=first.data_dir, config={"acme": acme})
+    root = tmp_path / "acme-ca.pem"
+    with server.client(server.admin_key) as api:
+        root.write_text(api.get(f"/api/v1/issuers/{ISSUER}/ca.pem").text)
+    return server, root
+
+
 def _lego(
     server: CertctlServer, home: Path, port: int, *command: str, key_type: str = "ec256"
 ) -> str:
@@ -60,20 +78,10 @@ def _lego(
 def test_lego_runs_renews_and_revokes_against_certctl(
     start_server: StartServer, tmp_path: Path
 ) -> None:
-    first = start_server()
-    with first.client(first.admin_key) as api:
-        r = api.post("/api/v1/issuers", json={"id": ISSUER, "common_name": "ACME CA"})
-        assert r.status_code == 201, r.text
-    first.stop()
     http01 = free_port()
-    server = start_server(
-        data_dir=first.data_dir,
-        config={"acme": {"enabled": True, "issuer": ISSUER, "http-01-port": http01}},
-    )
+    acme = {"enabled": True, "issuer": ISSUER, "http-01-port": http01}
+    server, root = acme_server(start_server, tmp_path, acme)
     home = tmp_path / "lego"
-    root = tmp_path / "acme-ca.pem"
-    with server.client(server.admin_key) as api:
-        root.write_text(api.get(f"/api/v1/issuers/{ISSUER}/ca.pem").text)
 
     _lego(server, home, http01, "run")
     crt = home / "certificates" / "localhost.crt"
@@ -165,3 +173,47 @@ def test_lego_binds_its_account_with_an_eab_key_the_cli_minted(
     gone = failed(run("certctl", "acme", "eab", "revoke", "nosuchkey", env=cli_env))
     assert gone.stderr.startswith("certctl: error: ")
     assert len(gone.stderr.strip().splitlines()) == 1
+
+
+def test_lego_gets_a_wildcard_certificate_by_dns01_through_rfc2136_updates(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # docs/acme.md's dns-01 set-up: BIND 9 serves the zone and takes lego's TSIG-signed
+    # updates (RFC 2136), certctl resolves _acme-challenge there (acme.dns-resolvers).
+    with running_bind9(tmp_path / "named", ZONE) as bind9:
+        acme = {
+            "enabled": True,
+            "issuer": ISSUER,
+            "allowed-names": [f"*.{ZONE}", ZONE],
+            "dns-resolvers": [bind9.address],
+        }
+        server, root = acme_server(start_server, tmp_path, acme)
+        home = tmp_path / "lego"
+        env = {
+            **os.environ,
+            "LEGO_CA_CERTIFICATES": str(server.ca),
+            "RFC2136_NAMESERVER": bind9.address,
+            "RFC2136_TSIG_KEY": TSIG_NAME,
+            "RFC2136_TSIG_ALGORITHM": f"{TSIG_ALGORITHM}.",
+            "RFC2136_TSIG_SECRET": bind9.tsig_secret,
+            "RFC2136_POLLING_INTERVAL": "1",
+            "RFC2136_PROPAGATION_TIMEOUT": "30",
+            "RFC2136_SEQUENCE_INTERVAL": "1",  # between the two names: 60 s by default
+        }
+        # --dns.resolvers: where lego finds the zone (its SOA) to update; --dns.disable-cp: no
+        # wait for the zone's NS (ns.test.example, port 53) to show the record: it is named.
+        lego = (
+            "lego",
+            "--path", home, "--server", f"{server.url}/acme/directory", "--accept-tos",
+            "--email", "ops@example.internal",
+            "--domains", f"*.{ZONE}", "--domains", ZONE,
+            "--dns", "rfc2136", "--dns.resolvers", bind9.address, "--dns.disable-cp",
+        )  # fmt: skip
+        ok(run(*lego, "run", env=env, timeout=120))
+        crt = home / "certificates" / f"_.{ZONE}.crt"
+        ok(run("openssl", "verify", "-CAfile", root, crt))
+        leaf = x509.load_pem_x509_certificate(crt.read_bytes())
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert sorted(sans.get_values_for_type(x509.DNSName)) == [f"*.{ZONE}", ZONE]
+        # lego removed its records once done.
+        assert bind9.txt(f"_acme-challenge.{ZONE}") == []
