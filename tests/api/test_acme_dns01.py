@@ -7,12 +7,14 @@ them there (``acme.dns-resolvers``). Both stores, as every API test.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from acme import challenges, client, crypto_util, messages
@@ -77,22 +79,30 @@ def bind9(tmp_path: Path) -> Iterator[Bind9]:
         yield server
 
 
-def _dns01_app(api: Api, resolvers: tuple[tuple[str, int], ...], **settings: object) -> Dns01:
-    r = api.post("/api/v1/issuers", api.admin_key, json={"id": ISSUER, "common_name": "ACME CA"})
-    assert r.status_code == 201, r.text
+@contextlib.contextmanager
+def dns01_on(
+    api: Api, resolver_port: int, bind9: Bind9 | None = None, **settings: Any
+) -> Iterator[Dns01]:
+    """The app with ACME on, resolving at 127.0.0.1:``resolver_port``; issuer ISSUER made
+    unless ``settings`` names another."""
+    if "issuer_id" not in settings:
+        body = {"id": ISSUER, "common_name": "ACME CA"}
+        r = api.post("/api/v1/issuers", api.admin_key, json=body)
+        assert r.status_code == 201, r.text
+    resolvers = (("127.0.0.1", resolver_port),)
     app, acme_settings = _acme_app(api, 80, dns_resolvers=resolvers, **settings)
-    return app, acme_settings  # type: ignore[no-any-return]
+    http01 = Http01Server()
+    try:
+        with serving(app) as base:
+            yield Dns01(api, base, http01, acme_settings, bind9=bind9)
+    finally:
+        http01.close()
 
 
 @pytest.fixture
 def acme_dns(api: Api, bind9: Bind9) -> Iterator[Dns01]:
-    app, settings = _dns01_app(api, (("127.0.0.1", bind9.port),))
-    http01 = Http01Server()
-    try:
-        with serving(app) as base:
-            yield Dns01(api, base, http01, settings, bind9=bind9)
-    finally:
-        http01.close()
+    with dns01_on(api, bind9.port, bind9) as acme_dns:
+        yield acme_dns
 
 
 def test_dns01_gets_a_certificate_from_the_txt_record_in_the_zone(
@@ -190,11 +200,8 @@ def test_a_resolver_that_never_answers_is_a_dns_problem_within_seconds(api: Api)
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.1", 0))
     port = silent.getsockname()[1]
-    app, settings = _dns01_app(api, (("127.0.0.1", port),))
-    http01 = Http01Server()
     try:
-        with serving(app) as base:
-            acme_dns = Dns01(api, base, http01, settings)
+        with dns01_on(api, port) as acme_dns:
             acme_client = acme_dns.client()
             acme_dns.register(acme_client)
             order, _ = acme_dns.order(acme_client, [NAME])
@@ -203,7 +210,6 @@ def test_a_resolver_that_never_answers_is_a_dns_problem_within_seconds(api: Api)
             acme_client.answer_challenge(body, response)
             authz = _poll_authz(acme_client, order.authorizations[0])
     finally:
-        http01.close()
         silent.close()
     error = acme_dns.dns_challenge(authz).error
     assert error.typ == ERR + "dns"
@@ -271,28 +277,20 @@ def test_a_wildcard_and_its_base_name_get_one_certificate_by_dns01(
 
 def test_a_wildcard_outside_allowed_names_is_a_rejected_identifier(api: Api, bind9: Bind9) -> None:
     # app.test.example names one host: it allows no wildcard below it.
-    app, settings = _dns01_app(
-        api, (("127.0.0.1", bind9.port),), allowed_names=(NAME, f"*.api.{ZONE}")
-    )
-    http01 = Http01Server()
-    try:
-        with serving(app) as base:
-            acme_dns = Dns01(api, base, http01, settings, bind9=bind9)
-            acme_client = acme_dns.client()
-            acme_dns.register(acme_client)
-            before = api.counts()
-            with pytest.raises(messages.Error) as info:
-                acme_client.new_order(_csr([f"*.{NAME}"]))
-            assert info.value.typ == ERR + "rejectedIdentifier"
-            assert info.value.detail == (
-                f"*.{NAME}: not among the names this server issues for (acme.allowed-names)"
-            )
-            assert _business(api.counts()) == _business(before)
-            # "*.api.test.example" allows that wildcard itself.
-            order = acme_client.new_order(_csr([f"*.api.{ZONE}"]))
-            assert [a.body.wildcard for a in order.authorizations] == [True]
-    finally:
-        http01.close()
+    with dns01_on(api, bind9.port, bind9, allowed_names=(NAME, f"*.api.{ZONE}")) as acme_dns:
+        acme_client = acme_dns.client()
+        acme_dns.register(acme_client)
+        before = api.counts()
+        with pytest.raises(messages.Error) as info:
+            acme_client.new_order(_csr([f"*.{NAME}"]))
+        assert info.value.typ == ERR + "rejectedIdentifier"
+        assert info.value.detail == (
+            f"*.{NAME}: not among the names this server issues for (acme.allowed-names)"
+        )
+        assert _business(api.counts()) == _business(before)
+        # "*.api.test.example" allows that wildcard itself.
+        order = acme_client.new_order(_csr([f"*.api.{ZONE}"]))
+        assert [a.body.wildcard for a in order.authorizations] == [True]
 
 
 def test_http01_proves_no_wildcard(acme_dns: Dns01) -> None:
@@ -363,26 +361,20 @@ def test_a_wildcard_covering_certctls_own_name_under_its_internal_ca_is_refused(
     # the CA certctl's clients trust would let its holder pose as certctl.test.example.
     from certctl.pki import SubjectAltNames
 
-    app, settings = _acme_app(
-        api, 80, issuer_id="default", dns_resolvers=(("127.0.0.1", bind9.port),)
-    )
     saved = api.services.server_names
     api.services.server_names = SubjectAltNames(dns=(f"certctl.{ZONE}",))
-    http01 = Http01Server()
     try:
-        with serving(app) as base:
-            acme_dns = Dns01(api, base, http01, settings, bind9=bind9)
+        with dns01_on(api, bind9.port, bind9, issuer_id="default") as acme_dns:
             acme_client = acme_dns.client()
             acme_dns.register(acme_client)
             order, _ = acme_dns.order(acme_client, [WILDCARD])
             acme_dns.answer_dns(acme_client, order)
-            valid = _poll_authz(acme_client, order.authorizations[0]).body.status
-            assert valid == messages.STATUS_VALID
+            polled = _poll_authz(acme_client, order.authorizations[0]).body
+            assert polled.status == messages.STATUS_VALID, polled.challenges
             with pytest.raises(messages.Error) as info:
                 acme_client.finalize_order(order, _deadline())
     finally:
         api.services.server_names = saved
-        http01.close()
     assert info.value.typ == ERR + "rejectedIdentifier"
     assert "certctl's own server name" in info.value.detail
     assert f"certctl.{ZONE}" in info.value.detail
