@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import secrets
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -112,6 +113,24 @@ ns IN A 127.0.0.1
 """
 
 
+def _answers(port: int, zone: str) -> bool:
+    """Whether named answers the zone's SOA over UDP and TCP on ``port`` (1 s each at most)."""
+    import dns.exception
+    import dns.message
+    import dns.query
+
+    query = dns.message.make_query(f"{zone}.", "SOA")
+    try:
+        # Not listening yet: refused at once over TCP, where a UDP query waits its timeout.
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return all(
+            bool(send(query, "127.0.0.1", port=port, timeout=1).answer)
+            for send in (dns.query.udp, dns.query.tcp)
+        )
+    except (dns.exception.DNSException, OSError):
+        return False
+
+
 @contextlib.contextmanager
 def running_bind9(directory: Path, zone: str = "test.example") -> Iterator[Bind9]:
     """named serving ``zone`` from ``directory`` until the block ends (stopped by its PID)."""
@@ -121,8 +140,8 @@ def running_bind9(directory: Path, zone: str = "test.example") -> Iterator[Bind9
     (directory / f"{zone}.zone").write_text(_zone(zone))
     conf = directory / "named.conf"
     last = ""
-    # The port is free when probed; another process may take it before named binds it: a
-    # start that fails so is tried again on another port.
+    # The port is free when probed; another process may take it (its TCP or its UDP side)
+    # before named binds it: a start that fails so is tried again on another port.
     for _attempt in range(3):
         port = free_port()
         conf.write_text(_config(directory, port, zone, secret))
@@ -135,11 +154,14 @@ def running_bind9(directory: Path, zone: str = "test.example") -> Iterator[Bind9
         server = Bind9(port, zone, secret, directory)
         deadline = time.monotonic() + START_TIMEOUT_S
         try:
-            while proc.poll() is None and time.monotonic() < deadline:
-                if "running" in log.read_text():
-                    break
-                time.sleep(0.05)
-            if proc.poll() is None and "running" in log.read_text():
+            # Ready when it answers: its log says "running as: named …" before it loaded the
+            # zone or bound a socket, and an address in use makes it exit after that.
+            ready = False
+            while proc.poll() is None and time.monotonic() < deadline and not ready:
+                ready = _answers(port, zone)
+                if not ready:
+                    time.sleep(0.05)
+            if ready:
                 try:
                     yield server
                 finally:
