@@ -195,6 +195,23 @@ def test_no_txt_record_is_unauthorized_naming_the_name_looked_up(acme_dns: Dns01
     assert error.detail.startswith(f"no TXT record at _acme-challenge.{NAME} (")
 
 
+def test_a_name_the_resolver_refuses_is_a_dns_problem_naming_the_rcode(acme_dns: Dns01) -> None:
+    # The test's named serves test.example only, without recursion: it refuses other names.
+    outside = "app.other.example"
+    acme_client = acme_dns.client()
+    acme_dns.register(acme_client)
+    order, _ = acme_dns.order(acme_client, [outside])
+    body = acme_dns.dns_challenge(order.authorizations[0])
+    response, _ = body.response_and_validation(acme_client.net.key)
+    acme_client.answer_challenge(body, response)
+    error = acme_dns.dns_challenge(_poll_authz(acme_client, order.authorizations[0])).error
+    assert acme_dns.bind9 is not None
+    assert (error.typ, error.detail) == (
+        ERR + "dns",
+        f"TXT _acme-challenge.{outside}: {acme_dns.bind9.address} gave no answer (REFUSED)",
+    )
+
+
 def test_a_resolver_that_never_answers_is_a_dns_problem_within_seconds(api: Api) -> None:
     # A UDP socket that reads nothing: the lookup gives up after its timeout (5 s in all).
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
