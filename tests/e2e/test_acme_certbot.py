@@ -264,7 +264,7 @@ def test_certbot_registers_with_an_eab_key_when_the_server_requires_one(
     env = _operator_env(server.url, server.ca, server.admin_key)
     minted = ok(run("certctl", "acme", "eab", "create", "--name", "certbot", env=env))
     data = json.loads(minted.stdout)
-    flags = f"--eab-kid {data['id']} --eab-hmac-key {data['hmac_key']}"
+    flags = f"--eab-kid {data['id']} --eab-hmac-key={data['hmac_key']}"
     assert flags in minted.stderr  # the line certctl prints for certbot, used as printed
     ok(_as_nobody(f"{register} {flags}", home))
     with server.client(server.admin_key) as client:

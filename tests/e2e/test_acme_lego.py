@@ -142,8 +142,9 @@ def test_lego_binds_its_account_with_an_eab_key_the_cli_minted(
     minted = ok(run("certctl", "acme", "eab", "create", "--name", "lego", env=cli_env))
     data = json.loads(minted.stdout)
     kid, hmac_key = data["id"], data["hmac_key"]
-    assert f"--eab-kid {kid} --eab-hmac-key {hmac_key}" in minted.stderr
-    eab = ("--eab", "--kid", kid, "--hmac", hmac_key)
+    assert f"--eab-kid {kid} --eab-hmac-key={hmac_key}" in minted.stderr
+    assert f"--eab --kid {kid} --hmac={hmac_key}" in minted.stderr
+    eab = ("--eab", "--kid", kid, f"--hmac={hmac_key}")
     home = tmp_path / "lego"
     ok(_lego_run(server, home, http01, "run", eab=eab))
     root = tmp_path / "acme-ca.pem"

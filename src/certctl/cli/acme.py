@@ -105,9 +105,11 @@ def eab_create(
         raise unexpected_response(_PATH, "no hmac_key")
     print_answer(data)
     kid, key = shlex.quote(str(data.get("id"))), shlex.quote(data["hmac_key"])
+    # KEY=VALUE: a base64url key starts with "-" one time in 64, and certbot's argparse
+    # then took it for an option ("expected one argument").
     typer.echo(
-        f"certbot: --eab-kid {kid} --eab-hmac-key {key}\n"
-        f"lego: --eab --kid {kid} --hmac {key}\n"
+        f"certbot: --eab-kid {kid} --eab-hmac-key={key}\n"
+        f"lego: --eab --kid {kid} --hmac={key}\n"
         "(the HMAC key is not shown again; it binds one ACME account)",
         err=True,
     )
