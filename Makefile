@@ -41,6 +41,7 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO=sudo; \
 	  else echo "error: need root or sudo to apt-get install $(SYSTEM_PACKAGES)" >&2; exit 1; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	  ($$SUDO systemctl disable --now named 2>/dev/null || true); \
 	fi
 
 # The server in the foreground: HTTPS on 127.0.0.1:8443, data in ./certctl-data (SQLite).
