@@ -15,6 +15,8 @@ from acme import messages
 from sqlalchemy import select
 
 from certctl.api.app import create_app
+from certctl.errors import AcmeError
+from certctl.services import acme
 from certctl.services.context import Services
 from certctl.store.db import create_store_engine, session_factory
 from certctl.store.models import AcmeAuthorization, AcmeOrder
@@ -232,3 +234,23 @@ def test_another_replica_refuses_the_account_at_its_next_request(acme_on: Acme) 
             assert info.value.typ == ERR + "unauthorized", info.value
     finally:
         engine.dispose()
+
+
+def test_a_new_order_in_flight_when_the_account_is_deactivated_is_refused(
+    acme_on: Acme,
+) -> None:
+    # The request passed find_account (the account read valid) before the operator's
+    # deactivation committed: new-order must not leave the cut-off account a pending order.
+    acme_client = acme_on.client()
+    account_id = _account_id(acme_on.register(acme_client))
+    services = acme_on.api.services
+    account = acme.find_account(services, account_id)
+    r = acme_on.api.post(f"{PATH}/{account_id}/deactivate", acme_on.api.admin_key)
+    assert r.status_code == 200, r.text
+    before = acme_on.api.counts()
+    payload = {"identifiers": [{"type": "dns", "value": NAME}]}
+    with pytest.raises(AcmeError) as info:
+        acme.new_order(services, acme_on.settings, account, payload, "127.0.0.1")
+    assert (info.value.acme_type, info.value.status) == ("unauthorized", 401), info.value
+    assert acme_on.api.counts() == before
+    assert _statuses(acme_on, account_id) == ([], [])

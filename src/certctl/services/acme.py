@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from certctl.errors import AcmeError, Conflict, InvalidRequest, NotFound, PermissionDenied
 from certctl.pki.dns_names import validate_dns_name
 from certctl.pki.jose import JwsPublicKey, jwk_of, load_jwk, thumbprint
-from certctl.services.acme_accounts import cut_off
+from certctl.services.acme_accounts import cut_off, hold_valid
 from certctl.services.acme_eab import bind, checked_binding
 from certctl.services.audit import record
 from certctl.services.certificates import revoke_certificate
@@ -694,6 +694,8 @@ def new_order(
         created_at=now,
     )
     with services.sessions.begin() as session:
+        if not hold_valid(session, account.id):  # deactivated since this request read it
+            raise AcmeError(f"account {account.id} is deactivated", "unauthorized", 401)
         pending = session.scalar(
             select(func.count(AcmeAuthorization.id))
             .join(AcmeOrder, AcmeOrder.id == AcmeAuthorization.order_id)

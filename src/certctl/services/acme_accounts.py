@@ -32,6 +32,7 @@ __all__ = [
     "cut_off",
     "deactivate_account",
     "get_account",
+    "hold_valid",
     "list_accounts",
 ]
 
@@ -175,6 +176,26 @@ def cut_off(session: Session, account: AcmeAccount, now: datetime) -> str:
         f"{authzs.rowcount} pending authorization(s) deactivated, "  # type: ignore[attr-defined]
         f"{cancelled.rowcount} order(s) invalid"  # type: ignore[attr-defined]
     )
+
+
+def hold_valid(session: Session, account_id: str) -> bool:
+    """Whether ``account_id`` is still valid, its row held so until ``session`` commits.
+
+    A request read its account valid (``acme.find_account``) outside its write transaction:
+    a deactivation committed in between would be missed, and the cut-off account left with
+    an order made after it. A conditional UPDATE, first in the transaction, closes that on
+    both stores: PostgreSQL waits for a deactivation holding the row and sees its outcome
+    (READ COMMITTED re-reads the row), and the deactivation waits for this one in turn;
+    SQLite takes its write lock here, before anything is read (a SELECT would read outside
+    the transaction pysqlite opens at the first write).
+    """
+    held = session.execute(
+        update(AcmeAccount)
+        .where(AcmeAccount.id == account_id, AcmeAccount.status == "valid")
+        .values(status="valid")
+        .execution_options(synchronize_session=False)
+    )
+    return bool(held.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def deactivate_account(
