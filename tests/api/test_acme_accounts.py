@@ -6,6 +6,7 @@ what the operator's deactivation does is checked by that client's next request.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from certctl.errors import AcmeError
 from certctl.services import acme
 from certctl.services.context import Services
 from certctl.store.db import create_store_engine, session_factory
-from certctl.store.models import AcmeAuthorization, AcmeOrder
+from certctl.store.models import AcmeAuthorization, AcmeChallenge, AcmeOrder
 from tests.api.conftest import assert_problem
 from tests.api.test_acme import ERR, ISSUER, NAME, Acme, serving
 from tests.api.test_acme import acme_on as acme_on  # the fixture, shared
@@ -234,6 +235,60 @@ def test_another_replica_refuses_the_account_at_its_next_request(acme_on: Acme) 
             assert info.value.typ == ERR + "unauthorized", info.value
     finally:
         engine.dispose()
+
+
+def _answer_slowly(acme_on: Acme, acme_client: Any, order: messages.OrderResource) -> str:
+    """Answer the order's challenge with an http-01 fetch taking 2 s; returns its token."""
+    body = order.authorizations[0].body.challenges[0]
+    response, validation = body.response_and_validation(acme_client.net.key)
+    token = str(body.chall.encode("token"))
+    acme_on.http01.answers[token] = b"SLOW " + validation.encode()
+    acme_client.answer_challenge(body, response)
+    return token
+
+
+def _validated(acme_on: Acme, token: str) -> str | None:
+    """The challenge's status once its validation has finished (read from the store)."""
+    deadline = time.monotonic() + 30
+    while True:
+        with acme_on.api.services.sessions() as session:
+            status = session.scalar(
+                select(AcmeChallenge.status).where(AcmeChallenge.token == token)
+            )
+        if status != "processing":
+            return status
+        assert time.monotonic() < deadline, "validation never finished"
+        time.sleep(0.2)
+
+
+def test_a_validation_finishing_after_the_deactivation_leaves_its_authorization_deactivated(
+    acme_on: Acme,
+) -> None:
+    # The http-01 fetch is under way when the operator cuts the account off: its success,
+    # recorded afterwards, must not turn the cancelled authorization valid again.
+    acme_client = acme_on.client()
+    account_id = _account_id(acme_on.register(acme_client))
+    order, _ = acme_on.order(acme_client, [NAME])
+    token = _answer_slowly(acme_on, acme_client, order)
+    r = acme_on.api.post(f"{PATH}/{account_id}/deactivate", acme_on.api.admin_key)
+    assert r.status_code == 200, r.text
+    assert _validated(acme_on, token) == "valid"  # the fetch itself succeeded, and says so
+    assert _statuses(acme_on, account_id) == (["invalid"], ["deactivated"])
+
+
+def test_an_authorization_its_holder_deactivated_mid_validation_stays_deactivated(
+    acme_on: Acme,
+) -> None:
+    acme_client = acme_on.client()
+    account_id = _account_id(acme_on.register(acme_client))
+    order, _ = acme_on.order(acme_client, [NAME])
+    token = _answer_slowly(acme_on, acme_client, order)
+    gone = acme_client.deactivate_authorization(order.authorizations[0])
+    assert gone.body.status == messages.STATUS_DEACTIVATED
+    assert _validated(acme_on, token) == "valid"
+    authz, _ = acme_client.poll(order.authorizations[0])
+    assert authz.body.status == messages.STATUS_DEACTIVATED
+    assert _statuses(acme_on, account_id) == (["invalid"], ["deactivated"])
 
 
 def test_a_new_order_in_flight_when_the_account_is_deactivated_is_refused(

@@ -1019,7 +1019,11 @@ def record_validation(
         challenge.error = error
         if error is None:
             challenge.validated_at = now
-        if authz.status == "pending":  # another challenge of it may have settled it first
+        # Only a pending authorization changes: another challenge of it may have settled it
+        # first, and one deactivated while its challenge was processing (by its holder, RFC
+        # 8555 7.5.2, or with its account) stays so: deactivation is final, and a late success
+        # must not hand a cut-off account, or a client that gave it up, a valid one.
+        if authz.status == "pending":
             authz.status = "invalid" if error else "valid"
             if error is None:
                 authz.expires = order.expires
