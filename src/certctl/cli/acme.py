@@ -234,6 +234,14 @@ def accounts_deactivate(
     """
     if reason is not None and not revoke_certificates:
         raise typer.BadParameter("given only with --revoke-certificates", param_hint="--reason")
+    if reason is not None:
+        from certctl.cli._common import option_value
+        from certctl.pki.revocation_reasons import check_reason
+
+        # The server's rule, before anything is sent: a usage error (exit 2), not its 400,
+        # as certs revoke has it.
+        with option_value("--reason"):
+            check_reason(reason)
     body = {"revoke_certificates": True, "reason": reason} if revoke_certificates else None
     path = f"{_ACCOUNTS}/{path_segment(account_id)}/deactivate"
     data = send_request("POST", path, body)

@@ -813,6 +813,20 @@ CASES = [
         2,
         "an empty revocation reason: give one of unspecified, keyCompromise",
     ),
+    # --- acme accounts deactivate: the reason checked before anything is sent (certs revoke)
+    _c(
+        "acme-accounts-deactivate-unknown-reason",
+        "acme accounts deactivate 18ee7ed394a0b8132d35d24d --revoke-certificates --reason stolen",
+        2,
+        "Invalid value for --reason: stolen: unknown revocation reason",
+    ),
+    _c(
+        "acme-accounts-deactivate-ca-reason",
+        "acme accounts deactivate 18ee7ed394a0b8132d35d24d --revoke-certificates "
+        "--reason cACompromise",
+        2,
+        "a certificate's compromised key is keyCompromise",
+    ),
     _c(
         "crl-next-update-90X",
         "crl create --ca ca --out new.crl --next-update 90X",
