@@ -6,6 +6,7 @@ what the operator's deactivation does is checked by that client's next request.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,10 @@ from sqlalchemy import select
 from certctl.api.app import create_app
 from certctl.errors import AcmeError
 from certctl.services import acme
+from certctl.services.acme_accounts import cut_off
 from certctl.services.context import Services
-from certctl.store.db import create_store_engine, session_factory
-from certctl.store.models import AcmeAuthorization, AcmeChallenge, AcmeOrder
+from certctl.store.db import create_store_engine, lock_for_write, session_factory
+from certctl.store.models import AcmeAccount, AcmeAuthorization, AcmeChallenge, AcmeOrder
 from tests.api.conftest import assert_problem
 from tests.api.test_acme import ERR, ISSUER, NAME, Acme, serving
 from tests.api.test_acme import acme_on as acme_on  # the fixture, shared
@@ -308,4 +310,39 @@ def test_a_new_order_in_flight_when_the_account_is_deactivated_is_refused(
         acme.new_order(services, acme_on.settings, account, payload, "127.0.0.1")
     assert (info.value.acme_type, info.value.status) == ("unauthorized", 401), info.value
     assert acme_on.api.counts() == before
+    assert _statuses(acme_on, account_id) == ([], [])
+
+
+def test_a_new_order_waiting_on_a_deactivation_under_way_is_refused_once_it_commits(
+    acme_on: Acme,
+) -> None:
+    # The operator's deactivation holds the account (PostgreSQL: its row; SQLite: the write
+    # lock) when the new-order's transaction starts: the order waits, then sees the outcome.
+    acme_client = acme_on.client()
+    account_id = _account_id(acme_on.register(acme_client))
+    services = acme_on.api.services
+    account = acme.find_account(services, account_id)
+    payload = {"identifiers": [{"type": "dns", "value": NAME}]}
+    outcome: list[object] = []
+
+    def order() -> None:
+        try:
+            outcome.append(acme.new_order(services, acme_on.settings, account, payload, "x"))
+        except AcmeError as exc:
+            outcome.append(exc)
+
+    with services.sessions.begin() as session:
+        lock_for_write(session, 0)  # SQLite: the write lock, as the API's writer holds it
+        row = session.get(AcmeAccount, account_id, with_for_update=True)
+        assert row is not None
+        waiting = threading.Thread(target=order)
+        waiting.start()
+        time.sleep(1)
+        assert waiting.is_alive()  # waiting for the deactivation
+        assert not outcome
+        cut_off(session, row, services.clock())
+    waiting.join(30)
+    (refused,) = outcome
+    assert isinstance(refused, AcmeError), refused
+    assert refused.acme_type == "unauthorized", refused
     assert _statuses(acme_on, account_id) == ([], [])
