@@ -346,3 +346,29 @@ def test_a_new_order_waiting_on_a_deactivation_under_way_is_refused_once_it_comm
     assert isinstance(refused, AcmeError), refused
     assert refused.acme_type == "unauthorized", refused
     assert _statuses(acme_on, account_id) == ([], [])
+
+
+def test_a_later_key_compromise_gives_the_accounts_revoked_certificates_that_reason(
+    acme_on: Acme, tmp_path: Path
+) -> None:
+    # Deactivated with its certificates revoked as cessationOfOperation, then the operator
+    # learns their keys leaked: asked again with keyCompromise, the reason becomes that one,
+    # as POST /api/v1/certificates/{id}/revoke would make it (README: revoking certificates).
+    api = acme_on.api
+    acme_client = acme_on.client()
+    account_id = _account_id(acme_on.register(acme_client))
+    _, leaf = acme_on.issue(acme_client, [NAME])
+    url = f"{PATH}/{account_id}/deactivate"
+    ceased = {"revoke_certificates": True, "reason": "cessationOfOperation"}
+    first = api.post(url, api.admin_key, json=ceased)
+    (cert_id,) = first.json()["revoked_certificates"]
+    body = {"revoke_certificates": True, "reason": "keyCompromise"}
+    r = api.post(url, api.admin_key, json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["revoked_certificates"] == [cert_id]
+    shown = api.get(f"/api/v1/certificates/{cert_id}", api.admin_key).json()
+    assert (shown["status"], shown["revocation_reason"]) == ("revoked", "keyCompromise")
+    assert api.openssl_crl_serials(ISSUER, tmp_path) == {leaf.serial_number}
+    # Asked a third time: nothing left to change.
+    again = api.post(url, api.admin_key, json=body)
+    assert again.json()["revoked_certificates"] == []

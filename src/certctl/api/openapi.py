@@ -214,7 +214,8 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
             "revoked_certificates": {
                 "type": "array",
                 "items": _STR,
-                "description": "ids of the certificates this call revoked",
+                "description": "ids of the certificates this call revoked (with keyCompromise, "
+                "also those revoked before whose reason it made keyCompromise)",
             },
         }
     ),

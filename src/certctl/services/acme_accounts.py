@@ -250,15 +250,25 @@ def _revoke_certificates(
 ) -> list[str]:
     """Revoke the unrevoked certificates of ``account_id``'s orders.
 
+    With ``keyCompromise``, those revoked for another reason too: their reason becomes it.
+
     Returns:
         Their ids, and those keyCompromise revoked with them (the same key's others).
     """
+    to_revoke = CertificateRecord.status != "revoked"
+    if reason == "keyCompromise":
+        # As the certificate route: one revoked before for another reason gets keyCompromise
+        # (and the rest of its key is revoked), or the CRL kept saying its key was never
+        # compromised when the operator, learning it was, asked again.
+        to_revoke = to_revoke | CertificateRecord.revocation_reason.is_distinct_from(
+            "keyCompromise"
+        )
     with services.sessions() as session:
         ids = list(
             session.scalars(
                 select(CertificateRecord.id)
                 .join(AcmeOrder, AcmeOrder.certificate_id == CertificateRecord.id)
-                .where(AcmeOrder.account_id == account_id, CertificateRecord.status != "revoked")
+                .where(AcmeOrder.account_id == account_id, to_revoke)
                 .order_by(CertificateRecord.id)
             )
         )
