@@ -110,6 +110,7 @@ def test_every_reason_option_names_its_default_and_ends_its_sentence() -> None:
         "certctl certs revoke --reason",
         "certctl issuers revoke --reason",
         "certctl crl create --reason",
+        "certctl acme accounts deactivate --reason",
     }, reasons
     for option, text in reasons.items():
         assert "(default: unspecified" in text, option
