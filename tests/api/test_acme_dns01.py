@@ -81,15 +81,16 @@ def bind9(tmp_path: Path) -> Iterator[Bind9]:
 
 @contextlib.contextmanager
 def dns01_on(
-    api: Api, resolver_port: int, bind9: Bind9 | None = None, **settings: Any
+    api: Api, resolver_port: int | tuple[int, ...], bind9: Bind9 | None = None, **settings: Any
 ) -> Iterator[Dns01]:
-    """The app with ACME on, resolving at 127.0.0.1:``resolver_port``; issuer ISSUER made
-    unless ``settings`` names another."""
+    """The app with ACME on, resolving at 127.0.0.1:``resolver_port`` (each port in turn);
+    issuer ISSUER made unless ``settings`` names another."""
     if "issuer_id" not in settings:
         body = {"id": ISSUER, "common_name": "ACME CA"}
         r = api.post("/api/v1/issuers", api.admin_key, json=body)
         assert r.status_code == 201, r.text
-    resolvers = (("127.0.0.1", resolver_port),)
+    ports = resolver_port if isinstance(resolver_port, tuple) else (resolver_port,)
+    resolvers = tuple(("127.0.0.1", port) for port in ports)
     app, acme_settings = _acme_app(api, 80, dns_resolvers=resolvers, **settings)
     http01 = Http01Server()
     try:
@@ -233,6 +234,25 @@ def test_a_resolver_that_never_answers_is_a_dns_problem_within_seconds(api: Api)
     assert error.detail == (
         f"TXT _acme-challenge.{NAME}: no answer from 127.0.0.1:{port} within 5 s"
     )
+
+
+def test_a_resolver_that_never_answers_leaves_time_to_ask_the_next(api: Api, bind9: Bind9) -> None:
+    # acme.dns-resolvers tried in turn: the first one silent (down, or dropping queries)
+    # costs its share of the 5 s, not all of it, and the second one's record proves the name.
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        ports = (silent.getsockname()[1], bind9.port)
+        with dns01_on(api, ports, bind9) as acme_dns:
+            acme_client = acme_dns.client()
+            acme_dns.register(acme_client)
+            order, _ = acme_dns.order(acme_client, [NAME])
+            acme_dns.answer_dns(acme_client, order)
+            authz = _poll_authz(acme_client, order.authorizations[0])
+    finally:
+        silent.close()
+    dns = acme_dns.dns_challenge(authz)
+    assert (authz.body.status, dns.error) == (messages.STATUS_VALID, None)
 
 
 # --- wildcards ------------------------------------------------------------------------------

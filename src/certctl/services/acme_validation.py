@@ -150,7 +150,8 @@ async def lookup_dns01(
 
     ``resolvers``: (address, port) of the DNS servers to ask, in turn; empty: the system's
     (/etc/resolv.conf). No cache: a client that sets its record after a failed try is seen at
-    once. At most ``DNS_TIMEOUT_S`` in all. CNAMEs are followed as the resolver follows them.
+    once. At most ``DNS_TIMEOUT_S`` in all, each server its share. CNAMEs are followed as the
+    resolver follows them.
 
     Returns:
         The ACME problem to record: ``dns`` (no answer in time, SERVFAIL, a refusal, no
@@ -182,7 +183,9 @@ async def lookup_dns01(
             resolver = dns.asyncresolver.Resolver()
         resolver.cache = None
         resolver.lifetime = DNS_TIMEOUT_S
-        resolver.timeout = DNS_TIMEOUT_S
+        # Each server gets its share of the lifetime: with the whole of it, one that never
+        # answers (down, or dropping the query) used it all and the next was never asked.
+        resolver.timeout = DNS_TIMEOUT_S / max(1, len(resolver.nameservers))
         answer = await resolver.resolve(query, "TXT", search=False)
     except dns.resolver.NXDOMAIN:
         return _problem("unauthorized", f"no TXT record at {query} ({where}: no such name)")
