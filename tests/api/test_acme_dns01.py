@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import secrets
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -253,6 +255,59 @@ def test_a_resolver_that_never_answers_leaves_time_to_ask_the_next(api: Api, bin
         silent.close()
     dns = acme_dns.dns_challenge(authz)
     assert (authz.body.status, dns.error) == (messages.STATUS_VALID, None)
+
+
+@contextlib.contextmanager
+def held_resolver(bind9: Bind9) -> Iterator[tuple[int, threading.Event, threading.Event]]:
+    """A UDP port that passes one query on to ``bind9`` once ``release`` is set: the lookup
+    of a validation held under way. Yields the port, ``asked`` (the query came) and
+    ``release``."""
+    front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    front.bind(("127.0.0.1", 0))
+    asked, release = threading.Event(), threading.Event()
+
+    def forward() -> None:
+        query, client_address = front.recvfrom(4096)
+        asked.set()
+        if not release.wait(4):  # within the lookup's 5 s
+            return
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as back:
+            back.settimeout(2)
+            back.sendto(query, ("127.0.0.1", bind9.port))
+            front.sendto(back.recv(4096), client_address)
+
+    thread = threading.Thread(target=forward, daemon=True)
+    thread.start()
+    try:
+        yield front.getsockname()[1], asked, release
+    finally:
+        release.set()
+        thread.join(5)
+        front.close()
+
+
+def test_an_authorization_deactivated_during_its_validation_stays_deactivated(
+    api: Api, bind9: Bind9
+) -> None:
+    # RFC 8555 7.5.2: deactivated is final. The right record found after it changes neither
+    # the authorization nor its order (invalid since the deactivation) back.
+    with held_resolver(bind9) as (port, asked, release), dns01_on(api, port, bind9) as acme_dns:
+        acme_client = acme_dns.client()
+        acme_dns.register(acme_client)
+        order, _ = acme_dns.order(acme_client, [NAME])
+        acme_dns.answer_dns(acme_client, order)
+        assert asked.wait(5)
+        gone = acme_client.deactivate_authorization(order.authorizations[0])
+        assert gone.body.status == messages.STATUS_DEACTIVATED
+        release.set()
+        dns = acme_dns.dns_challenge(order.authorizations[0])
+        deadline = time.monotonic() + 10
+        while acme_client._post_as_get(dns.uri).json()["status"] == "processing":
+            assert time.monotonic() < deadline, "the validation never finished"
+            time.sleep(0.1)
+        polled, _ = acme_client.poll(order.authorizations[0])
+        assert polled.body.status == messages.STATUS_DEACTIVATED
+        assert acme_client._post_as_get(order.uri).json()["status"] == "invalid"
 
 
 # --- wildcards ------------------------------------------------------------------------------
