@@ -82,7 +82,13 @@ class Bind9:
         ]
 
 
-def _config(directory: Path, port: int, zone: str, secret: str) -> str:
+def _config(directory: Path, port: int, zone: str, secret: str, acme_only: bool) -> str:
+    # acme_only: docs/acme.md's update-policy, the key limited to _acme-challenge.ZONE TXT.
+    policy = (
+        f"update-policy {{ grant {TSIG_NAME} name _acme-challenge.{zone}. TXT; }};"
+        if acme_only
+        else f'allow-update {{ key "{TSIG_NAME}"; }};'
+    )
     return f"""
 key "{TSIG_NAME}" {{ algorithm {TSIG_ALGORITHM}; secret "{secret}"; }};
 controls {{ }};
@@ -100,7 +106,7 @@ options {{
 zone "{zone}" {{
     type primary;
     file "{directory}/{zone}.zone";
-    allow-update {{ key "{TSIG_NAME}"; }};
+    {policy}
 }};
 """
 
@@ -132,8 +138,14 @@ def _answers(port: int, zone: str) -> bool:
 
 
 @contextlib.contextmanager
-def running_bind9(directory: Path, zone: str = "test.example") -> Iterator[Bind9]:
-    """named serving ``zone`` from ``directory`` until the block ends (stopped by its PID)."""
+def running_bind9(
+    directory: Path, zone: str = "test.example", *, acme_only: bool = False
+) -> Iterator[Bind9]:
+    """named serving ``zone`` from ``directory`` until the block ends (stopped by its PID).
+
+    ``acme_only``: the TSIG key may change the TXT records of ``_acme-challenge.ZONE`` alone
+    (docs/acme.md's ``update-policy``), not any record of the zone.
+    """
     named = require("named")
     directory.mkdir(parents=True, exist_ok=True)
     secret = base64.b64encode(secrets.token_bytes(32)).decode()
@@ -144,7 +156,7 @@ def running_bind9(directory: Path, zone: str = "test.example") -> Iterator[Bind9
     # before named binds it: a start that fails so is tried again on another port.
     for _attempt in range(3):
         port = free_port()
-        conf.write_text(_config(directory, port, zone, secret))
+        conf.write_text(_config(directory, port, zone, secret, acme_only))
         log = directory / "named.log"
         with log.open("w") as out:
             # -g: in the foreground, logging to stderr; -c: this config, nothing of /etc.

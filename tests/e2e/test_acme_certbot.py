@@ -283,7 +283,7 @@ def test_certbot_dns_rfc2136_gets_a_wildcard_certificate_by_dns01(
     # the TSIG key; certctl reads them there (acme.dns-resolvers). As root: no port to bind.
     require("certbot")
     zone = "test.example"
-    with running_bind9(tmp_path / "named", zone) as bind9:
+    with running_bind9(tmp_path / "named", zone, acme_only=True) as bind9:
         acme = {
             "enabled": True,
             "issuer": LEGO_ISSUER,

@@ -181,7 +181,7 @@ def test_lego_gets_a_wildcard_certificate_by_dns01_through_rfc2136_updates(
 ) -> None:
     # docs/acme.md's dns-01 set-up: BIND 9 serves the zone and takes lego's TSIG-signed
     # updates (RFC 2136), certctl resolves _acme-challenge there (acme.dns-resolvers).
-    with running_bind9(tmp_path / "named", ZONE) as bind9:
+    with running_bind9(tmp_path / "named", ZONE, acme_only=True) as bind9:
         acme = {
             "enabled": True,
             "issuer": ISSUER,
@@ -218,3 +218,6 @@ def test_lego_gets_a_wildcard_certificate_by_dns01_through_rfc2136_updates(
         assert sorted(sans.get_values_for_type(x509.DNSName)) == [f"*.{ZONE}", ZONE]
         # lego removed its records once done.
         assert bind9.txt(f"_acme-challenge.{ZONE}") == []
+        # The key of docs/acme.md's update-policy changes nothing else in the zone.
+        with pytest.raises(AssertionError, match="REFUSED"):
+            bind9.set_txt(f"www.{ZONE}", "not the key's to set")
