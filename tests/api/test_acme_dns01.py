@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import josepy as jose
 import pytest
 from acme import challenges, client, crypto_util, messages
 from cryptography import x509
@@ -308,6 +309,45 @@ def test_an_authorization_deactivated_during_its_validation_stays_deactivated(
         polled, _ = acme_client.poll(order.authorizations[0])
         assert polled.body.status == messages.STATUS_DEACTIVATED
         assert acme_client._post_as_get(order.uri).json()["status"] == "invalid"
+
+
+def test_of_both_challenges_answered_at_once_one_is_tried(acme_dns: Dns01) -> None:
+    # Two clients of one account key answer http-01 and dns-01 of one authorization at the
+    # same instant: one is validated (its authorization settled by it), the other stays
+    # pending. Either may win; the record is right and port 80 of the name serves nothing.
+    key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+    first, second = acme_dns.client(key), acme_dns.client(key)
+    second.net.account = acme_dns.register(first)  # the one account, its kid
+    order, _ = acme_dns.order(first, [NAME])
+    (authz,) = order.authorizations
+    assert acme_dns.bind9 is not None
+    dns = acme_dns.dns_challenge(authz)
+    acme_dns.bind9.set_txt(f"_acme-challenge.{NAME}", dns.response_and_validation(first.net.key)[1])
+    http = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01))
+    barrier = threading.Barrier(2)
+    statuses: list[Any] = []
+
+    def answer(acme_client: client.ClientV2, body: messages.ChallengeBody) -> None:
+        response = body.response(acme_client.net.key)
+        barrier.wait()
+        statuses.append(acme_client.answer_challenge(body, response).body.status)
+
+    threads = [
+        threading.Thread(target=answer, args=(first, dns)),
+        threading.Thread(target=answer, args=(second, http)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(s.name for s in statuses) == ["pending", "processing"], statuses
+    polled = _poll_authz(first, authz)
+    tried = {c.chall.typ: c.status for c in polled.body.challenges}
+    assert sorted(s.name for s in tried.values()) == sorted(["pending", polled.body.status.name])
+    assert polled.body.status in (messages.STATUS_VALID, messages.STATUS_INVALID)
+    assert (tried["dns-01"] == messages.STATUS_VALID) == (
+        polled.body.status == messages.STATUS_VALID
+    )
 
 
 # --- wildcards ------------------------------------------------------------------------------

@@ -929,20 +929,28 @@ def start_challenge(
     if view.status != "pending":
         return view, None
     with services.sessions.begin() as session:
-        # The authorization locked (PostgreSQL): of two challenges of it answered at once
-        # (http-01 and dns-01), one is validated; the other stays pending, answered as it is.
-        # One failed try makes the authorization invalid (RFC 8555 7.1.6), one more try
-        # after it would let a client guess on.
-        authz = session.get(
-            AcmeAuthorization, view.authorization_id, with_for_update=True, populate_existing=True
+        # The authorization locked before anything is read: of two challenges of it answered
+        # at once (http-01 and dns-01), one is validated; the other stays pending, answered
+        # as it is. One failed try makes the authorization invalid (RFC 8555 7.1.6), one more
+        # try after it would let a client guess on. An UPDATE, not SELECT … FOR UPDATE: it
+        # locks the row on PostgreSQL and the database on SQLite, which has no FOR UPDATE
+        # (with it both challenges were started there).
+        locked = session.execute(
+            update(AcmeAuthorization)
+            .where(
+                AcmeAuthorization.id == view.authorization_id,
+                AcmeAuthorization.status == "pending",
+            )
+            .values(status="pending")
         )
+        authz = session.get(AcmeAuthorization, view.authorization_id, populate_existing=True)
         tried = session.scalar(
             select(func.count(AcmeChallenge.id)).where(
                 AcmeChallenge.authorization_id == view.authorization_id,
                 AcmeChallenge.status != "pending",
             )
         )
-        if authz is None or authz.status != "pending" or tried:
+        if locked.rowcount != 1 or authz is None or tried:  # type: ignore[attr-defined]
             return challenge_view(services, account, challenge_id)[0], None
         if authz.wildcard and view.type != "dns-01":
             # None is made (new_order); one in the store anyway does not prove a wildcard.
