@@ -350,6 +350,45 @@ def test_of_both_challenges_answered_at_once_one_is_tried(acme_dns: Dns01) -> No
     )
 
 
+def test_a_deactivation_committed_as_a_validation_is_recorded_is_kept(acme_dns: Dns01) -> None:
+    # Another worker or replica deactivates the authorization just as this one records its
+    # dns-01 lookup found the record: the deactivation stands (RFC 8555 7.5.2), on SQLite
+    # too, where nothing but a write locks what the recording read.
+    from sqlalchemy import text, update
+
+    from certctl.services import acme
+
+    acme_client = acme_dns.client()
+    acme_dns.register(acme_client)
+    order, _ = acme_dns.order(acme_client, [NAME])
+    (authz,) = order.authorizations
+    authz_id, order_id = authz.uri.rsplit("/", 1)[1], order.uri.rsplit("/", 1)[1]
+    challenge_id = acme_dns.dns_challenge(authz).uri.rsplit("/", 1)[1]
+    services = acme_dns.api.services
+    with services.sessions.begin() as session:  # its lookup under way
+        session.execute(
+            update(AcmeChallenge)
+            .where(AcmeChallenge.id == challenge_id)
+            .values(status="processing", validated_at=services.clock())
+        )
+
+    def deactivate(connection: Any) -> None:
+        connection.execute(
+            text("UPDATE acme_authorizations SET status = 'deactivated' WHERE id = :id"),
+            {"id": authz_id},
+        )
+        connection.execute(
+            text("UPDATE acme_orders SET status = 'invalid' WHERE id = :id"), {"id": order_id}
+        )
+
+    writes = ("UPDATE acme_authorizations", "UPDATE acme_challenges", "UPDATE acme_orders")
+    with acme_dns.api.concurrent_write(writes, deactivate) as fired:
+        acme.record_validation(services, challenge_id, None, "127.0.0.1")
+    assert fired
+    assert acme_client.poll(authz)[0].body.status == messages.STATUS_DEACTIVATED
+    assert acme_client._post_as_get(order.uri).json()["status"] == "invalid"
+
+
 # --- wildcards ------------------------------------------------------------------------------
 
 WILDCARD = f"*.{ZONE}"

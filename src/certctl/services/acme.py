@@ -1016,9 +1016,18 @@ def record_validation(
     """
     now = services.clock()
     with services.sessions.begin() as session:
-        challenge = session.get(AcmeChallenge, challenge_id, with_for_update=True)
-        if challenge is None or challenge.status != "processing":
+        # A write first, then the reads: on SQLite, which has no FOR UPDATE, only a write
+        # locks (the database); a deactivation committed between the reads and the writes
+        # was overwritten, the authorization valid again and its order ready.
+        claimed = session.execute(
+            update(AcmeChallenge)
+            .where(AcmeChallenge.id == challenge_id, AcmeChallenge.status == "processing")
+            .values(status="processing")
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]  # recorded, or none
             return
+        challenge = session.get(AcmeChallenge, challenge_id, populate_existing=True)
+        assert challenge is not None
         authz = session.get(AcmeAuthorization, challenge.authorization_id, with_for_update=True)
         assert authz is not None  # the foreign key
         order = session.get(AcmeOrder, authz.order_id, with_for_update=True)
