@@ -86,6 +86,13 @@ def check_0029(engine: Engine) -> None:
                 ),
                 {"id": order, "now": now},
             )
+            connection.execute(
+                text(
+                    "INSERT INTO acme_challenges (id, authorization_id, type, token, status)"
+                    " VALUES (:id, :id, 'dns-01', :id, 'pending')"
+                ),
+                {"id": order},
+            )
     db.migrate(engine)  # rows made before it are of plain names: false
     with engine.begin() as connection:
         rows = connection.execute(text("SELECT id, wildcard FROM acme_authorizations"))
@@ -97,6 +104,9 @@ def check_0029(engine: Engine) -> None:
         assert [r[0] for r in connection.execute(text("SELECT id FROM acme_orders"))] == ["plain"]
         authzs = connection.execute(text("SELECT id FROM acme_authorizations"))
         assert [r[0] for r in authzs] == ["plain"]
+        # Its challenges too (SQLite applies no ON DELETE CASCADE here).
+        challenges = connection.execute(text("SELECT id FROM acme_challenges"))
+        assert [r[0] for r in challenges] == ["plain"]
     db.migrate(engine)
     assert "wildcard" in _columns(engine, "acme_authorizations")
 
