@@ -61,6 +61,12 @@ class Bind9:
         change.replace(f"{name}.", 60, "TXT", *(f'"{v}"' for v in values))  # type: ignore[attr-defined]
         self._update(change)
 
+    def set_cname(self, name: str, target: str) -> None:
+        """Make ``name`` a CNAME to ``target`` (both fully qualified, no final dot)."""
+        change = self._new_update()
+        change.replace(f"{name}.", 60, "CNAME", f"{target}.")  # type: ignore[attr-defined]
+        self._update(change)
+
     def delete(self, name: str) -> None:
         change = self._new_update()
         change.delete(f"{name}.")  # type: ignore[attr-defined]

@@ -199,6 +199,27 @@ def test_no_txt_record_is_unauthorized_naming_the_name_looked_up(acme_dns: Dns01
     assert error.detail.startswith(f"no TXT record at _acme-challenge.{NAME} (")
 
 
+def test_a_cname_the_resolver_does_not_follow_is_named_in_the_problem(acme_dns: Dns01) -> None:
+    # _acme-challenge delegated by a CNAME to a zone kept for ACME (acme-dns): the test's
+    # named, authoritative for test.example alone, answers the CNAME and no TXT record.
+    target = "app.acme-dns.other.example"
+    assert acme_dns.bind9 is not None
+    acme_dns.bind9.set_cname(f"_acme-challenge.{NAME}", target)
+    acme_client = acme_dns.client()
+    acme_dns.register(acme_client)
+    order, _ = acme_dns.order(acme_client, [NAME])
+    body = acme_dns.dns_challenge(order.authorizations[0])
+    response, _ = body.response_and_validation(acme_client.net.key)
+    acme_client.answer_challenge(body, response)
+    error = acme_dns.dns_challenge(_poll_authz(acme_client, order.authorizations[0])).error
+    assert (error.typ, error.detail) == (
+        ERR + "unauthorized",
+        f"no TXT record at _acme-challenge.{NAME} ({acme_dns.bind9.address}: a CNAME to "
+        f"{target}, no TXT record there; a server that does not recurse follows no CNAME out "
+        "of its own zones)",
+    )
+
+
 def test_a_name_the_resolver_refuses_is_a_dns_problem_naming_the_rcode(acme_dns: Dns01) -> None:
     # The test's named serves test.example only, without recursion: it refuses other names.
     outside = "app.other.example"

@@ -189,7 +189,16 @@ async def lookup_dns01(
         answer = await resolver.resolve(query, "TXT", search=False)
     except dns.resolver.NXDOMAIN:
         return _problem("unauthorized", f"no TXT record at {query} ({where}: no such name)")
-    except dns.resolver.NoAnswer:
+    except dns.resolver.NoAnswer as exc:
+        target = _cname_target(exc, query)
+        if target:
+            # Often a CNAME to a zone kept for ACME (acme-dns): a server authoritative for the
+            # name's zone alone answers the CNAME and stops, which looked like no record.
+            return _problem(
+                "unauthorized",
+                f"no TXT record at {query} ({where}: a CNAME to {target}, no TXT record there; "
+                "a server that does not recurse follows no CNAME out of its own zones)",
+            )
         return _problem("unauthorized", f"no TXT record at {query} ({where}: the name has none)")
     except dns.resolver.LifetimeTimeout:
         return _problem("dns", f"TXT {query}: no answer from {where} within {DNS_TIMEOUT_S:.0f} s")
@@ -221,6 +230,18 @@ async def lookup_dns01(
         f"TXT {query} holds {len(values)} record{'s' if len(values) != 1 else ''} ({found}), "
         f"not {expected!r} (base64url of SHA-256 of the key authorization)",
     )
+
+
+def _cname_target(exc: Any, query: str) -> str:
+    """The name the CNAMEs of ``query`` in a NoAnswer's response lead to; "" when none."""
+    import dns.exception
+
+    try:
+        chain = exc.response().resolve_chaining()
+    except dns.exception.DNSException:  # a chain too long or broken: no one target to name
+        return ""
+    target = str(chain.canonical_name).rstrip(".")
+    return target[:253] if target.lower() != query.lower() else ""
 
 
 def _no_servers(exc: Exception) -> str:
