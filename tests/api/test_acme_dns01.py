@@ -467,6 +467,22 @@ def test_a_wildcard_and_its_base_name_get_one_certificate_by_dns01(
     assert leaf.serial_number in acme_dns.api.openssl_crl_serials(ISSUER, tmp_path)
 
 
+def test_a_wildcard_authorization_deactivated_is_audited_as_the_wildcard(acme_dns: Dns01) -> None:
+    acme_client = acme_dns.client()
+    regr = acme_dns.register(acme_client)
+    order, _ = acme_dns.order(acme_client, [WILDCARD, ZONE])
+    for authz in order.authorizations:
+        acme_client.deactivate_authorization(authz)
+    account = f"acme:{regr.uri.rsplit('/', 1)[1]}"
+    targets = [
+        e["target"].split()[1]
+        for e in acme_dns.api.audit()
+        if (e["actor"], e["action"]) == (account, "acme.authorization.deactivate")
+    ]
+    # Which of the two authorizations of test.example went: the wildcard's says so.
+    assert sorted(targets) == [WILDCARD, ZONE]
+
+
 def test_a_wildcard_outside_allowed_names_is_a_rejected_identifier(api: Api, bind9: Bind9) -> None:
     # app.test.example names one host: it allows no wildcard below it.
     with dns01_on(api, bind9.port, bind9, allowed_names=(NAME, f"*.api.{ZONE}")) as acme_dns:

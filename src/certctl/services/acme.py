@@ -890,7 +890,7 @@ def deactivate_authorization(
             at=now,
             actor=account_actor(account.id),
             action="acme.authorization.deactivate",
-            target=f"{authz.id} {authz.identifier}",
+            target=f"{authz.id} {'*.' if authz.wildcard else ''}{authz.identifier}",
             source=source,
         )
     return authorization_view(services, account, authz_id)
