@@ -418,7 +418,7 @@ def dns_resolver(value: str) -> tuple[str, int]:
         host, sep, rest = value[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
             raise ValueError(rule)
-        port = rest[1:] or "53"
+        port = rest[1:] if rest else "53"  # "[::1]:" names no port, as "192.0.2.1:" does not
     elif value.count(":") == 1:
         host, _, port = value.partition(":")
     try:

@@ -60,6 +60,9 @@ def test_allowed_names_load_lower_case(tmp_path: Path) -> None:
         ({"dns-resolvers": ["192.0.2.1:0"]}, "{file}: acme.dns-resolvers: 192.0.2.1:0: expected"),
         ({"dns-resolvers": ["192.0.2.1:65536"]}, "{file}: acme.dns-resolvers: 192.0.2.1:6"),
         ({"dns-resolvers": ["[2001:db8::1"]}, "{file}: acme.dns-resolvers: [2001:db8::1: exp"),
+        # A colon with no port after it, as 192.0.2.1: is, not port 53 taken for granted.
+        ({"dns-resolvers": ["[2001:db8::1]:"]}, "{file}: acme.dns-resolvers: [2001:db8::1]:: "),
+        ({"dns-resolvers": ["192.0.2.1:"]}, "{file}: acme.dns-resolvers: 192.0.2.1:: expected"),
         ({"dns-resolvers": "192.0.2.1"}, "{file}: acme.dns-resolvers: "),
         ({"http-01-port": 70000}, "{file}: acme.http-01-port: "),
         ({"validity": "90X"}, "{file}: acme.validity: 90X: unknown"),
