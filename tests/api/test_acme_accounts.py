@@ -313,6 +313,51 @@ def test_a_new_order_in_flight_when_the_account_is_deactivated_is_refused(
     assert _statuses(acme_on, account_id) == ([], [])
 
 
+@pytest.mark.parametrize("change", ["contact", "key"])
+def test_an_account_change_racing_the_operators_deactivation_is_refused(
+    acme_on: Acme, change: str
+) -> None:
+    # The deactivation commits after the change read the account valid, before its first
+    # write: on SQLite (which ignores SELECT … FOR UPDATE) the contact or the new key was
+    # written onto the cut-off account, and the change answered as done.
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from sqlalchemy import Connection, text
+
+    acme_client = acme_on.client()
+    account_id = _account_id(acme_on.register(acme_client))
+    services = acme_on.api.services
+    account = acme.find_account(services, account_id)
+
+    def deactivate(connection: Connection) -> None:
+        connection.execute(
+            text("UPDATE acme_accounts SET status = 'deactivated' WHERE id = :id"),
+            {"id": account_id},
+        )
+
+    def apply() -> None:
+        if change == "contact":
+            payload = {"contact": ["mailto:late@example.internal"]}
+            acme.update_account(services, account, payload, "127.0.0.1")
+        else:
+            new_key = ec.generate_private_key(ec.SECP256R1()).public_key()
+            acme.change_key(services, account, new_key, "127.0.0.1")
+
+    writes = ("UPDATE acme_accounts", "INSERT INTO audit_events")
+    with acme_on.api.concurrent_write(writes, deactivate) as fired:
+        with pytest.raises(AcmeError) as info:
+            apply()
+    assert fired
+    assert (info.value.acme_type, info.value.status) == ("unauthorized", 401), info.value
+    with services.sessions() as session:
+        row = session.get(AcmeAccount, account_id)
+        assert row is not None
+        assert (row.status, row.contact, row.thumbprint) == (
+            "deactivated",
+            account.contact,
+            account.thumbprint,
+        )
+
+
 def test_a_new_order_waiting_on_a_deactivation_under_way_is_refused_once_it_commits(
     acme_on: Acme,
 ) -> None:

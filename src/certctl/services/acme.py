@@ -498,9 +498,12 @@ def update_account(
         return account
     now = services.clock()
     with services.sessions.begin() as session:
-        row = session.get(AcmeAccount, account.id, with_for_update=True)
-        if row is None or row.status != "valid":
+        # A write first (hold_valid), not SELECT … FOR UPDATE, which SQLite ignores: an
+        # operator's deactivation committed after this request read the account was missed.
+        if not hold_valid(session, account.id):
             raise AcmeError(f"account {account.id} is deactivated", "unauthorized", 401)
+        row = session.get(AcmeAccount, account.id, populate_existing=True)
+        assert row is not None  # held above
         if contact is not None:
             row.contact = contact
         cancelled = "" if status is None else cut_off(session, row, now)
@@ -527,12 +530,16 @@ def change_key(
     print_ = thumbprint(new_key)
     now = services.clock()
     with services.sessions.begin() as session:
+        # The account held first (a write: SQLite ignores FOR UPDATE): a deactivation
+        # committed after this request read the account was missed, and the cut-off account
+        # took the new key.
+        if not hold_valid(session, account.id):
+            raise AcmeError(f"account {account.id} is deactivated", "unauthorized", 401)
         holder = session.scalar(select(AcmeAccount.id).where(AcmeAccount.thumbprint == print_))
         if holder is not None:
             raise AcmeError(f"the new key is account {holder}'s already", "conflict", 409)
-        row = session.get(AcmeAccount, account.id, with_for_update=True)
-        if row is None or row.status != "valid":
-            raise AcmeError(f"account {account.id} is deactivated", "unauthorized", 401)
+        row = session.get(AcmeAccount, account.id, populate_existing=True)
+        assert row is not None  # held above
         old = row.thumbprint
         row.thumbprint = print_
         row.jwk = jwk_of(new_key)
