@@ -14,6 +14,7 @@ from typing import Any
 import josepy as jose
 import pytest
 from acme import messages
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
 from certctl.api.app import create_app
@@ -356,6 +357,55 @@ def test_an_account_change_racing_the_operators_deactivation_is_refused(
             account.contact,
             account.thumbprint,
         )
+
+
+@pytest.mark.parametrize(
+    ("meanwhile", "says"), [("invalid", "is invalid now"), ("valid", "was finalized already")]
+)
+def test_a_finalize_whose_order_changed_meanwhile_says_what_became_of_it(
+    acme_on: Acme, meanwhile: str, says: str
+) -> None:
+    # Cancelled by a deactivation (or finalized by another request) after this finalize read
+    # it ready: "was finalized already" was said of a cancelled order too.
+    from cryptography import x509
+    from sqlalchemy import Connection, text
+
+    acme_client = acme_on.client()
+    account_id = _account_id(acme_on.register(acme_client))
+    order, csr_pem = acme_on.order(acme_client, [NAME])
+    acme_on.answer(acme_client, order)
+    deadline = time.monotonic() + 30
+    while acme_client._post_as_get(order.uri).json()["status"] != "ready":
+        assert time.monotonic() < deadline, "the order never became ready"
+        time.sleep(0.1)
+    services = acme_on.api.services
+    account = acme.find_account(services, account_id)
+    order_id = order.uri.rsplit("/", 1)[1]
+    der = x509.load_pem_x509_csr(csr_pem).public_bytes(serialization.Encoding.DER)
+
+    def change(connection: Connection) -> None:
+        connection.execute(
+            text("UPDATE acme_orders SET status = :status WHERE id = :id"),
+            {"status": meanwhile, "id": order_id},
+        )
+
+    before = acme_on.api.counts()
+    with acme_on.api.concurrent_write(("INSERT INTO",), change) as fired:
+        with pytest.raises(AcmeError) as info:
+            acme.finalize_order(
+                services,
+                acme_on.settings,
+                account,
+                order_id,
+                {"csr": jose.b64encode(der).decode()},
+                "127.0.0.1",
+            )
+    assert fired
+    assert (info.value.acme_type, info.value.detail) == (
+        "orderNotReady",
+        f"order {order_id} {says}",
+    )
+    assert acme_on.api.counts()["certificates"] == before["certificates"]
 
 
 def test_a_new_order_waiting_on_a_deactivation_under_way_is_refused_once_it_commits(

@@ -1243,8 +1243,11 @@ def finalize_order(
             .values(status="valid", certificate_id=pending.record.id)
         )
         if done.rowcount != 1:
-            # Finalized by a concurrent request: this transaction (its certificate) rolls back.
-            raise AcmeError(f"order {order_id} was finalized already", "orderNotReady", 403)
+            # Finalized by a concurrent request, or cancelled meanwhile (the account or an
+            # authorization deactivated): this transaction (its certificate) rolls back.
+            now_status = connection.scalar(select(AcmeOrder.status).where(AcmeOrder.id == order_id))
+            happened = "was finalized already" if now_status == "valid" else "is invalid now"
+            raise AcmeError(f"order {order_id} {happened}", "orderNotReady", 403)
     result = pending.finish()
     for warning in result.warnings:
         if "clipped" in warning and services.logged.first(("acme-clipped", settings.issuer_id)):
