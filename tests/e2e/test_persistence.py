@@ -182,6 +182,38 @@ def test_a_stop_does_not_wait_for_ever_for_a_request_held_open(
             held.recv(1)  # closed by the server (no answer due to a request never completed)
 
 
+def test_a_stop_does_not_wait_for_idle_kept_alive_tls_clients(start_server: StartServer) -> None:
+    # A client idle between requests on a kept-alive TLS connection (Prometheus between
+    # scrapes, a pooled client) never answers the server's close_notify: each stop waited
+    # for it the whole TLS shutdown timeout (http.handshake-timeout, 10 s), then exited.
+    import socket
+    import ssl
+    import time
+
+    server = start_server()
+    held = []
+    for _ in range(2):
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        conn = server.ssl_context().wrap_socket(raw, server_hostname="localhost")
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200 "), "no answer to /healthz"
+        held.append(conn)  # kept open, and not read from again until the server is gone
+    try:
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.exit_code = server.proc.wait(timeout=30)
+        took = time.monotonic() - started
+        assert server.exit_code == 0
+        assert took < 5, f"the stop took {took:.1f} s with two idle clients"
+        assert "Traceback" not in server.logs()[1]
+        for conn in held:  # closed by the server: its close_notify (or the drop) is there
+            with contextlib.suppress(OSError, ssl.SSLError):
+                assert conn.recv(1) == b""
+    finally:
+        for conn in held:
+            conn.close()
+
+
 def test_one_stop_signal_stops_the_main_and_the_metrics_listener_at_once(
     start_server: StartServer,
 ) -> None:

@@ -44,6 +44,10 @@ from typing import Any
 
 __all__ = ["CoalescedWrites", "http_protocol", "plain_http_answer"]
 
+# At a stop, how long an idle TLS connection's client has to answer certctl's close_notify
+# before the connection is dropped (see CertctlProtocol.shutdown).
+_CLOSE_NOTIFY_WAIT_S = 0.5
+
 _TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
     b"%scontent-type: application/problem+json\r\n"
@@ -175,6 +179,7 @@ def http_protocol(
         _send_deadline: asyncio.TimerHandle | None = None
         _running: Any = None  # the request whose application task was started last
         _unknown_coding = False  # Transfer-Encoding named a coding besides chunked (501)
+        _lost = False  # connection_lost was called
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -313,6 +318,22 @@ def http_protocol(
                 self._send_deadline = None
             super().resume_writing()
 
+        def shutdown(self) -> None:
+            # The server is stopping: uvicorn closes an idle kept-alive connection here. Over
+            # TLS that close sends close_notify and then waits for the client's, up to the
+            # TLS shutdown timeout (http.handshake-timeout, 10 s): a client idle between
+            # requests (Prometheus between scrapes, a CLI's pooled connection) never sends
+            # it, and each stop waited those 10 s. The close_notify is sent; the client's is
+            # not needed (RFC 8446 6.1), so after a moment for a client that reads, drop it.
+            idle = self.cycle is None or self.cycle.response_complete
+            super().shutdown()
+            if idle and self.transport.get_extra_info("ssl_object") is not None:
+                self.loop.call_later(_CLOSE_NOTIFY_WAIT_S, self._abort_if_open)
+
+        def _abort_if_open(self) -> None:
+            if not self._lost:
+                self.transport.abort()
+
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
             self._running = cycle
             super()._start_asgi_task(cycle, app)
@@ -331,6 +352,7 @@ def http_protocol(
                 if timer is not None:
                     timer.cancel()
             self._body_deadline = self._send_deadline = None
+            self._lost = True
             super().connection_lost(exc)
 
         def _drop(self) -> None:
