@@ -75,6 +75,17 @@ class Dns01(Acme):
         for body, response in answers:
             acme_client.answer_challenge(body, response)
 
+    def tried_without_record(self, name: str) -> messages.AuthorizationResource:
+        """A new account orders ``name`` and answers its dns-01 with no record set; the
+        authorization once validation is over."""
+        acme_client = self.client()
+        self.register(acme_client)
+        order, _ = self.order(acme_client, [name])
+        body = self.dns_challenge(order.authorizations[0])
+        response, _ = body.response_and_validation(acme_client.net.key)
+        acme_client.answer_challenge(body, response)
+        return _poll_authz(acme_client, order.authorizations[0])
+
 
 @pytest.fixture
 def bind9(tmp_path: Path) -> Iterator[Bind9]:
@@ -184,13 +195,7 @@ def test_a_txt_value_that_is_no_digest_is_counted_not_quoted(acme_dns: Dns01) ->
 
 
 def test_no_txt_record_is_unauthorized_naming_the_name_looked_up(acme_dns: Dns01) -> None:
-    acme_client = acme_dns.client()
-    acme_dns.register(acme_client)
-    order, _ = acme_dns.order(acme_client, [NAME])
-    body = acme_dns.dns_challenge(order.authorizations[0])
-    response, _ = body.response_and_validation(acme_client.net.key)
-    acme_client.answer_challenge(body, response)  # no record set
-    authz = _poll_authz(acme_client, order.authorizations[0])
+    authz = acme_dns.tried_without_record(NAME)
     assert authz.body.status == messages.STATUS_INVALID
     error = acme_dns.dns_challenge(authz).error
     assert error.typ == ERR + "unauthorized"
@@ -205,13 +210,7 @@ def test_a_cname_the_resolver_does_not_follow_is_named_in_the_problem(acme_dns: 
     target = "app.acme-dns.other.example"
     assert acme_dns.bind9 is not None
     acme_dns.bind9.set_cname(f"_acme-challenge.{NAME}", target)
-    acme_client = acme_dns.client()
-    acme_dns.register(acme_client)
-    order, _ = acme_dns.order(acme_client, [NAME])
-    body = acme_dns.dns_challenge(order.authorizations[0])
-    response, _ = body.response_and_validation(acme_client.net.key)
-    acme_client.answer_challenge(body, response)
-    error = acme_dns.dns_challenge(_poll_authz(acme_client, order.authorizations[0])).error
+    error = acme_dns.dns_challenge(acme_dns.tried_without_record(NAME)).error
     assert (error.typ, error.detail) == (
         ERR + "unauthorized",
         f"no TXT record at _acme-challenge.{NAME} ({acme_dns.bind9.address}: a CNAME to "
@@ -223,13 +222,7 @@ def test_a_cname_the_resolver_does_not_follow_is_named_in_the_problem(acme_dns: 
 def test_a_name_the_resolver_refuses_is_a_dns_problem_naming_the_rcode(acme_dns: Dns01) -> None:
     # The test's named serves test.example only, without recursion: it refuses other names.
     outside = "app.other.example"
-    acme_client = acme_dns.client()
-    acme_dns.register(acme_client)
-    order, _ = acme_dns.order(acme_client, [outside])
-    body = acme_dns.dns_challenge(order.authorizations[0])
-    response, _ = body.response_and_validation(acme_client.net.key)
-    acme_client.answer_challenge(body, response)
-    error = acme_dns.dns_challenge(_poll_authz(acme_client, order.authorizations[0])).error
+    error = acme_dns.dns_challenge(acme_dns.tried_without_record(outside)).error
     assert acme_dns.bind9 is not None
     assert (error.typ, error.detail) == (
         ERR + "dns",
@@ -244,13 +237,7 @@ def test_a_resolver_that_never_answers_is_a_dns_problem_within_seconds(api: Api)
     port = silent.getsockname()[1]
     try:
         with dns01_on(api, port) as acme_dns:
-            acme_client = acme_dns.client()
-            acme_dns.register(acme_client)
-            order, _ = acme_dns.order(acme_client, [NAME])
-            body = acme_dns.dns_challenge(order.authorizations[0])
-            response, _ = body.response_and_validation(acme_client.net.key)
-            acme_client.answer_challenge(body, response)
-            authz = _poll_authz(acme_client, order.authorizations[0])
+            authz = acme_dns.tried_without_record(NAME)
     finally:
         silent.close()
     error = acme_dns.dns_challenge(authz).error
