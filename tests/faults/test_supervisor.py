@@ -2,7 +2,7 @@
 
 The workers stop (gracefully: SIGTERM from the kernel) within seconds, the port is free, and
 a new ``certctl serve`` on the same data directory and port starts and still has every
-certificate issued before the kill.
+certificate issued before the kill, and removes the killed parent's metrics directory.
 """
 
 from __future__ import annotations
@@ -22,6 +22,15 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def _metrics_dir(pid: int) -> Path:
+    """The multi-process metrics directory whose lock ``pid`` holds open."""
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = Path(os.readlink(fd))
+        if target.name == ".in-use" and target.parent.name.startswith("certctl-metrics-"):
+            return target.parent
+    raise AssertionError(f"{pid} holds no metrics directory open")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -37,6 +46,7 @@ def test_workers_stop_when_the_parent_is_killed(fault_server: FaultServer) -> No
     fault_server.start()
     workers = _children(fault_server.pid)
     assert len(workers) == 2
+    metrics = _metrics_dir(fault_server.pid)
     with fault_server.client() as client:
         before = issue(client, "before.kill.example.com")
         assert before.status_code == 201, before.text
@@ -50,7 +60,9 @@ def test_workers_stop_when_the_parent_is_killed(fault_server: FaultServer) -> No
         for pid in workers:  # only the test's own server's workers, by PID
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+    assert metrics.is_dir()  # the killed parent could not remove it
     fault_server.start()  # the same port: free again
+    assert not metrics.exists()
     with fault_server.client() as client:
         got = client.get(f"/api/v1/certificates/{before.json()['id']}")
         assert got.status_code == 200, got.text

@@ -6,7 +6,8 @@ so the kernel spreads connections over the workers. Worker 0 also runs what must
 the managed-services scheduler, the self-signed certificate renewal and the CA Secret
 publisher; the other workers pick renewed certificate files up by polling them
 (``tls.reload-interval``). Counters are summed across workers by prometheus_client's
-multi-process mode (files in a temporary directory that ``certctl serve`` removes at exit).
+multi-process mode (files in a temporary directory that ``certctl serve`` removes at exit;
+one left by a parent that was killed is removed by the next multi-worker start).
 
 Per worker, not shared: the auth-failure throttle (``auth.failure-limit`` applies to each
 worker, so an address may fail up to ``workers`` times the limit) and the metrics snapshot of
@@ -23,20 +24,29 @@ not waited for), and the parent exits 0.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
+import shutil
 import signal
 import socket
+import stat
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 from certctl.server.config import ServerConfig, split_host_port
 
-__all__ = ["Supervisor", "bind_listeners", "prepare_multiprocess_metrics"]
+__all__ = [
+    "Supervisor",
+    "bind_listeners",
+    "prepare_multiprocess_metrics",
+    "remove_abandoned_metrics_dirs",
+]
 
 log = logging.getLogger("certctl.server")
 _ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -46,13 +56,59 @@ MAX_FAST_FAILURES = 5
 RESTART_PAUSE_S = 0.5
 
 
+_METRICS_PREFIX = "certctl-metrics-"
+# Held (flock) by the parent and, through fork, its workers while the directory is in use.
+_METRICS_LOCK = ".in-use"
+_held_locks: list[int] = []
+
+
 def prepare_multiprocess_metrics() -> str:
-    """Point prometheus_client at a fresh directory; must run before it is imported."""
+    """Point prometheus_client at a fresh directory; must run before it is imported.
+
+    The directory is removed at exit; a parent killed with SIGKILL cannot, so the directories
+    that such parents left are removed here first. "Left" is told by a lock, not by a PID:
+    the kernel drops the lock when the last process holding it dies, and it means the same
+    across PID namespaces sharing one /tmp (containers), where a PID may be another's.
+    """
     if "prometheus_client" in sys.modules:
         raise RuntimeError("prometheus_client was imported before the multi-process setup")
-    directory = tempfile.mkdtemp(prefix="certctl-metrics-")
+    remove_abandoned_metrics_dirs(Path(tempfile.gettempdir()))
+    directory = tempfile.mkdtemp(prefix=_METRICS_PREFIX)
+    lock = os.open(
+        os.path.join(directory, _METRICS_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+    )
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    _held_locks.append(lock)  # open for the life of the process (and its forked workers)
     os.environ[_ENV] = directory
     return directory
+
+
+def remove_abandoned_metrics_dirs(parent: Path) -> int:
+    """Remove this user's ``certctl-metrics-*`` directories whose lock nobody holds.
+
+    Returns:
+        How many were removed. One without the lock file (made by an older certctl, which
+        may still run) is left alone.
+    """
+    removed = 0
+    for entry in parent.glob(f"{_METRICS_PREFIX}*"):
+        try:
+            info = entry.lstat()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+                continue
+            lock = os.open(entry / _METRICS_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone meanwhile, or no lock file: not ours to judge
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # held: a running server's
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+        finally:
+            os.close(lock)
+    return removed
 
 
 def bind_listeners(config: ServerConfig, count: int) -> list[dict[str, list[socket.socket]]]:
