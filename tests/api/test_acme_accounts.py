@@ -184,6 +184,7 @@ def test_deactivation_revokes_the_accounts_certificates_when_asked(
         ({"reason": "keyCompromise"}, "only with revoke_certificates"),
         ({"revoke_certificates": True, "reason": "stolen"}, "stolen"),
         ({"revoke_certificates": "maybe"}, "revoke_certificates"),
+        ({"revoke_certificates": "true"}, "revoke_certificates"),  # not converted
     ):
         problem = assert_problem(api.post(url, api.admin_key, json=body), 400)
         assert words in problem["detail"], (body, problem)

@@ -489,6 +489,37 @@ CASES = [
         "path_length",
         {"json": {"id": "x", "path_length": -1}},
     ),
+    # A number or boolean as a string (or a boolean for a number) is refused, not converted:
+    # pydantic's lax mode took "1" and true for path_length 1, "true" for true.
+    Case(
+        "issuer-path-length-string",
+        "POST",
+        "/api/v1/issuers",
+        400,
+        "path_length",
+        {"json": {"id": "x", "path_length": "1"}},
+    ),
+    Case(
+        "issuer-path-length-boolean",
+        "POST",
+        "/api/v1/issuers",
+        400,
+        "path_length",
+        {"json": {"id": "x", "path_length": True}},
+    ),
+    Case(
+        "import-skip-existing-string",
+        "POST",
+        "/api/v1/certificates/import",
+        400,
+        "skip_existing",
+        lambda api: {
+            "json": {
+                "certificate_pem": api.issue(common_name="imported.example.com")["certificate_pem"],
+                "skip_existing": "true",
+            }
+        },
+    ),
     Case("unknown-issuer-crl", "GET", "/api/v1/issuers/nope/crl", 404, "nope"),
     Case("unknown-issuer-ca", "GET", "/api/v1/issuers/nope/ca.pem", 404, "nope"),
     # --- routing ---------------------------------------------------------------------------

@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    WithJsonSchema,
+)
 from pydantic.config import JsonDict
 
 from certctl.auth.permissions import PERMISSIONS
@@ -40,6 +48,10 @@ __all__ = [
 
 
 class _Body(BaseModel):
+    # Booleans and numbers are Strict* field by field: pydantic's lax mode took "true", "yes"
+    # and 1 for true and "3" or true for a number, which openapi.json does not allow (and a
+    # client sending "false" as a string is better told than guessed). Not strict=True for
+    # the model: that would refuse the JSON strings of datetime fields (expires_at).
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
@@ -123,7 +135,7 @@ class AcmeAccountDeactivate(_Body):
     """``POST /api/v1/acme/accounts/{id}/deactivate`` (the body may be left out)."""
 
     # Its certificates too, each as POST /api/v1/certificates/{id}/revoke would.
-    revoke_certificates: bool = False
+    revoke_certificates: StrictBool = False
     reason: str | None = Field(
         default=None,
         json_schema_extra={
@@ -145,7 +157,7 @@ class IssuerCreate(_Body):
     # Unset: 5Y for a root; for an intermediate, 5Y or what its parent has left if less.
     validity: str | None = Field(default=None, json_schema_extra=_DURATION)
     parent: str | None = None
-    path_length: int | None = Field(default=None, ge=0, le=10)
+    path_length: StrictInt | None = Field(default=None, ge=0, le=10)
     certificate_pem: str | None = Field(default=None, max_length=200_000)
     private_key_pem: str | None = Field(default=None, max_length=100_000)
 
@@ -160,7 +172,7 @@ class CertificateImport(_Body):
         description="one or more PEM certificates (a bundle), each signed by an issuer "
         "certctl holds; no key",
     )
-    skip_existing: bool = Field(
+    skip_existing: StrictBool = Field(
         default=False,
         description="pass over the certificates recorded already (same CA, same serial) and "
         "repeats of one earlier in the bundle, listed under skipped, instead of refusing the "
