@@ -791,8 +791,8 @@ def test_each_bad_request_is_answered_with_its_acme_error_and_changes_nothing(
             "rejectedIdentifier",
         ),
         (
-            "ip",
-            raw.jws(new_order, {"identifiers": [{"type": "ip", "value": "127.0.0.1"}]}),
+            "ip not as RFC 8738 writes it",
+            raw.jws(new_order, {"identifiers": [{"type": "ip", "value": "127.000.0.1"}]}),
             "application/jose+json",
             400,
             "rejectedIdentifier",

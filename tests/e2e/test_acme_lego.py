@@ -82,7 +82,8 @@ def test_lego_runs_renews_and_revokes_against_certctl(
     acme = {"enabled": True, "issuer": ISSUER, "http-01-port": http01}
     server, root = acme_server(start_server, tmp_path, acme)
     # No acme.allowed-names: the start says which names that leaves, wildcards among them.
-    said = f"names: any DNS name or wildcard its challenge proves, http-01 on port {http01}, "
+    said = "names: any DNS name, wildcard or IP address its challenge proves, "
+    said += f"http-01 on port {http01}, "
     assert said + "dns-01 through the system resolver" in "".join(server.logs())
     home = tmp_path / "lego"
 

@@ -395,3 +395,15 @@ def test_0029_adds_the_wildcard_authorizations_to_a_postgresql_store_and_takes_t
         check_0029(engine)
     finally:
         engine.dispose()
+
+
+def test_0030_adds_the_identifier_type_to_a_postgresql_store_and_takes_the_ip_orders_back(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    from tests.unit.store.test_acme_migration import check_0030
+
+    engine = db.create_store_engine(postgres_cluster.url(postgres_cluster.create_database()))
+    try:
+        check_0030(engine)
+    finally:
+        engine.dispose()

@@ -256,7 +256,10 @@ def _order_json(request: Request, order: OrderView) -> dict[str, Any]:
     data: dict[str, Any] = {
         "status": order.status,
         "expires": _time(order.expires),
-        "identifiers": [{"type": "dns", "value": name} for name in order.identifiers],
+        "identifiers": [
+            {"type": "ip" if name in order.ip_identifiers else "dns", "value": name}
+            for name in order.identifiers
+        ],
         "authorizations": [_url(request, f"authz/{a}") for a in order.authorizations],
         "finalize": _url(request, f"order/{order.id}/finalize"),
     }
@@ -284,7 +287,7 @@ def _challenge_json(request: Request, challenge: ChallengeView) -> dict[str, Any
 def _authz_json(request: Request, authz: AuthorizationView) -> dict[str, Any]:
     status = "invalid" if authz.status == "expired" else authz.status
     data: dict[str, Any] = {
-        "identifier": {"type": "dns", "value": authz.identifier},
+        "identifier": {"type": authz.identifier_type, "value": authz.identifier},
         "status": status,
         "expires": _time(authz.expires),
         "challenges": [_challenge_json(request, c) for c in authz.challenges],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ipaddress
 import os
@@ -377,11 +378,30 @@ class AcmeConfig(_Section):
     def _patterns(cls, value: list[str]) -> list[str]:
         # Refused at load, not found to match nothing at the first order: a pattern is a DNS
         # name, or "*." and one (any name below it, one label or more). Kept lower-case
-        # A-labels, as orders' names are compared.
+        # A-labels, as orders' names are compared. An IP address or a network (CIDR) allows
+        # IP identifiers (RFC 8738) in it, kept in Python's canonical spelling.
         from certctl.pki.dns_names import validate_dns_name
 
         checked = []
         for pattern in value:
+            if "/" in pattern or ":" in pattern:
+                try:
+                    network = ipaddress.ip_network(pattern, strict=True)
+                except ValueError as exc:
+                    raise ValueError(
+                        f"{pattern[:60]}: expected an IP address, or a network (CIDR) with no "
+                        f"host bits set ({exc})"
+                    ) from None
+                single = network.prefixlen == network.max_prefixlen
+                checked.append(str(network.network_address) if single else str(network))
+                continue
+            with contextlib.suppress(ValueError):
+                checked.append(str(ipaddress.ip_address(pattern)))
+                continue
+            if re.fullmatch(r"[0-9.]+", pattern):
+                raise ValueError(
+                    f"{pattern[:60]}: not an IPv4 address (dotted decimal, no leading zeros)"
+                )
             wildcard = pattern.startswith("*.")
             try:
                 name = validate_dns_name(pattern[2:] if wildcard else pattern, allow_wildcard=False)

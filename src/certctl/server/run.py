@@ -283,7 +283,9 @@ def acme_settings(config: ServerConfig, services: Services) -> AcmeSettings | No
         dns_resolvers=config.acme.resolvers,
     )
     check_issuer(services, settings)
-    names = ", ".join(settings.allowed_names) or "any DNS name or wildcard its challenge proves"
+    names = ", ".join(settings.allowed_names) or (
+        "any DNS name, wildcard or IP address its challenge proves"
+    )
     log.info(
         "ACME endpoint on at /acme/directory: issuer %s, validity %s, names: %s, "
         "http-01 on port %d, dns-01 through %s",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import ipaddress
 import logging
 import re
 import secrets
@@ -81,6 +82,8 @@ ACME_PROFILE = "server"
 # The challenges an authorization of a name offers, in the order listed: http-01 first, as
 # before dns-01 was offered (clients that take the first one they support are unchanged).
 CHALLENGE_TYPES = ("http-01", "dns-01")
+# An IP address has no DNS zone to prove it by: http-01 only (RFC 8738 7; no tls-alpn-01 here).
+IP_CHALLENGE_TYPES = ("http-01",)
 NONCE_LIFETIME = timedelta(hours=1)
 ORDER_LIFETIME = timedelta(days=7)
 PENDING_AUTHZ_LIFETIME = timedelta(days=1)
@@ -588,6 +591,7 @@ class AuthorizationView:
     expires: datetime
     challenges: tuple[ChallengeView, ...]
     wildcard: bool = False
+    identifier_type: str = "dns"  # or "ip" (RFC 8738)
 
 
 @dataclass(frozen=True)
@@ -602,11 +606,26 @@ class OrderView:
     authorizations: tuple[str, ...]
     certificate_id: str | None
     error: dict[str, Any] | None
+    # Those of ``identifiers`` that are IP addresses (RFC 8738); the others are DNS names.
+    ip_identifiers: frozenset[str] = frozenset()
 
 
-def _allowed(name: str, patterns: tuple[str, ...]) -> bool:
+def _allowed(name: str, patterns: tuple[str, ...], ip: bool = False) -> bool:
     if not patterns:
         return True
+    if ip:
+        # Only an address or network pattern allows an IP identifier, and only an IP one: a
+        # name pattern never matches an address, nor an address pattern a name.
+        address = ipaddress.ip_address(name)
+        for pattern in patterns:
+            if "/" in pattern or ":" in pattern or pattern[:1].isdigit():
+                try:
+                    network = ipaddress.ip_network(pattern)
+                except ValueError:
+                    continue  # a DNS name that starts with a digit
+                if address.version == network.version and address in network:
+                    return True
+        return False
     if name.startswith("*."):
         # A wildcard stands for every name one label below its base: it is allowed when each
         # of them is, i.e. by a "*." pattern at or above its base ("*.example.com" allows
@@ -623,26 +642,83 @@ def _allowed(name: str, patterns: tuple[str, ...]) -> bool:
     return False
 
 
-def _checked_identifiers(payload: dict[str, Any], settings: AcmeSettings) -> list[str]:
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _checked_ip(value: str) -> str:
+    """``value`` when it is an IP address as RFC 8738 3 writes one, else the refusal."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise AcmeError(
+            f"{value[:60]}: not an IP address as RFC 8738 writes one (IPv4 dotted decimal "
+            "without leading zeros, IPv6 as RFC 5952: lower-case, zeros compressed)",
+            "rejectedIdentifier",
+        ) from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        raise AcmeError(
+            f"{value[:60]}: an IPv6 scope (%zone) is no part of an address", "rejectedIdentifier"
+        )
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        raise AcmeError(
+            f"{value[:60]}: an IPv4-mapped address; give the IPv4 address ({address.ipv4_mapped})",
+            "rejectedIdentifier",
+        )
+    if address.is_unspecified or address.is_multicast:
+        raise AcmeError(
+            f"{value[:60]}: not the address of one host (unspecified or multicast)",
+            "rejectedIdentifier",
+        )
+    if str(address) != value:
+        # RFC 8738 3 and RFC 8555 7.1.4: the value as a client would find it in the
+        # certificate, one spelling per address (as DNS names are given lower-case).
+        raise AcmeError(
+            f"{value[:60]}: give IP addresses in their canonical text form ({address})",
+            "rejectedIdentifier",
+        )
+    return value
+
+
+def _checked_identifiers(payload: dict[str, Any], settings: AcmeSettings) -> list[tuple[str, str]]:
     identifiers = payload.get("identifiers")
     if not isinstance(identifiers, list) or not identifiers:
         raise AcmeError("identifiers: expected a non-empty list")
     if len(identifiers) > MAX_NAMES_PER_TYPE:
         raise AcmeError(f"identifiers: {len(identifiers)}; at most {MAX_NAMES_PER_TYPE}")
-    names: list[str] = []
+    names: list[tuple[str, str]] = []
+    shape = 'identifiers: each is {"type": "dns", "value": NAME} or {"type": "ip", "value": IP}'
     for item in identifiers:
         if not isinstance(item, dict) or set(item) != {"type", "value"}:
-            raise AcmeError('identifiers: each is {"type": "dns", "value": NAME}')
+            raise AcmeError(shape)
         kind, value = item["type"], item["value"]
         if not isinstance(kind, str) or not isinstance(value, str):
-            raise AcmeError('identifiers: each is {"type": "dns", "value": NAME}')
+            raise AcmeError(shape)
         if kind == "ip":
-            raise AcmeError(
-                f"{value[:60]}: IP identifiers are not issued here (DNS names only)",
-                "rejectedIdentifier",
-            )
+            address = _checked_ip(value)
+            if not _allowed(address, settings.allowed_names, ip=True):
+                raise AcmeError(
+                    f"{address}: not among the addresses this server issues for "
+                    "(acme.allowed-names: add the address or a network holding it)",
+                    "rejectedIdentifier",
+                )
+            if ("ip", address) not in names:
+                names.append(("ip", address))
+            continue
         if kind != "dns":
             raise AcmeError(f"identifier type {kind[:20]!r} not supported", "unsupportedIdentifier")
+        if _is_ip(value):
+            value = value[:60]
+            raise AcmeError(
+                f'{value}: an IP address; order it as {{"type": "ip", "value": "{value}"}} '
+                "(RFC 8738: a client that sends addresses as DNS names, as lego 4.9 does, "
+                "cannot order them)",
+                "rejectedIdentifier",
+            )
         try:
             # "*." and a name of two labels or more (RFC 6125 6.4.3): proved by dns-01 alone.
             name = validate_dns_name(value, allow_wildcard=True)
@@ -660,8 +736,8 @@ def _checked_identifiers(payload: dict[str, Any], settings: AcmeSettings) -> lis
                 f"{name}: not among the names this server issues for (acme.allowed-names)",
                 "rejectedIdentifier",
             )
-        if name not in names:
-            names.append(name)
+        if ("dns", name) not in names:
+            names.append(("dns", name))
     return names
 
 
@@ -674,11 +750,13 @@ def new_order(
 ) -> OrderView:
     """Make an order, with one pending authorization (http-01 and dns-01 challenges) per name.
 
-    A wildcard ``*.NAME`` gets an authorization of NAME marked wildcard, with dns-01 alone.
+    A wildcard ``*.NAME`` gets an authorization of NAME marked wildcard, with dns-01 alone; an
+    IP address (RFC 8738) one with http-01 alone.
 
     Raises:
-        AcmeError: malformed (no identifiers, notBefore/notAfter), rejectedIdentifier (an IP,
-            a name outside acme.allowed-names), unsupportedIdentifier.
+        AcmeError: malformed (no identifiers, notBefore/notAfter), rejectedIdentifier (a name
+            or address outside acme.allowed-names, an address not in canonical form),
+            unsupportedIdentifier.
     """
     unknown = set(payload) - {"identifiers", "notBefore", "notAfter"}
     if unknown:
@@ -694,7 +772,7 @@ def new_order(
         id=new_id(),
         account_id=account.id,
         status="pending",
-        identifiers=[{"type": "dns", "value": n} for n in names],
+        identifiers=[{"type": kind, "value": n} for kind, n in names],
         expires=now + ORDER_LIFETIME,
         certificate_id=None,
         error=None,
@@ -722,7 +800,7 @@ def new_order(
             )
         session.add(order)
         session.flush()  # the order before its authorizations (PostgreSQL checks the FK)
-        for name in names:
+        for identifier_type, name in names:
             # RFC 8555 7.1.4: a wildcard's authorization names its base and says wildcard;
             # only dns-01 proves it (control of the zone, not of one host in it).
             wildcard = name.startswith("*.")
@@ -730,13 +808,15 @@ def new_order(
                 id=new_id(),
                 order_id=order.id,
                 identifier=name[2:] if wildcard else name,
+                identifier_type=identifier_type,
                 status="pending",
                 expires=now + PENDING_AUTHZ_LIFETIME,
                 wildcard=wildcard,
             )
             session.add(authz)
             session.flush()
-            for kind in ("dns-01",) if wildcard else CHALLENGE_TYPES:
+            kinds = ("dns-01",) if wildcard else CHALLENGE_TYPES
+            for kind in IP_CHALLENGE_TYPES if identifier_type == "ip" else kinds:
                 # A token of its own each: one challenge's token tells nothing of another's.
                 session.add(
                     AcmeChallenge(
@@ -756,7 +836,7 @@ def new_order(
             action="acme.order.create",
             target=order.id,
             source=source,
-            detail=", ".join(names)[:400],
+            detail=", ".join(name for _, name in names)[:400],
         )
     return order_view(services, account, order.id)
 
@@ -809,6 +889,7 @@ def order_view(services: Services, account: AcmeAccount, order_id: str) -> Order
         authorizations=tuple(a.id for a in authzs),
         certificate_id=order.certificate_id,
         error=order.error,
+        ip_identifiers=frozenset(i["value"] for i in order.identifiers if i["type"] == "ip"),
     )
 
 
@@ -867,6 +948,7 @@ def authorization_view(
         expires=authz.expires,
         challenges=tuple(_challenge_view(c, status) for c in challenges),
         wildcard=authz.wildcard,
+        identifier_type=authz.identifier_type,
     )
 
 
@@ -962,6 +1044,8 @@ def start_challenge(
         if authz.wildcard and view.type != "dns-01":
             # None is made (new_order); one in the store anyway does not prove a wildcard.
             return view, None
+        if authz.identifier_type == "ip" and view.type not in IP_CHALLENGE_TYPES:
+            return view, None  # none is made: an address has no zone (RFC 8738 7)
         started = session.execute(
             update(AcmeChallenge)
             .where(AcmeChallenge.id == challenge_id, AcmeChallenge.status == "pending")
@@ -1079,8 +1163,13 @@ def record_validation(
 # --- finalize, download, revoke -----------------------------------------------------------
 
 
-def _csr_names(csr: x509.CertificateSigningRequest) -> set[str]:
+def _csr_names(csr: x509.CertificateSigningRequest) -> tuple[set[str], set[str]]:
+    """The CSR's DNS names (SAN and CN) and IP addresses (SAN, and a CN that is one), apart.
+
+    Kept apart so that a DNS SAN spelling an address never stands for an IP identifier.
+    """
     names: set[str] = set()
+    ips: set[str] = set()
     try:
         ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
@@ -1091,10 +1180,18 @@ def _csr_names(csr: x509.CertificateSigningRequest) -> set[str]:
         san = ext.value
     if san is not None:
         for general in san:
+            if isinstance(general, x509.IPAddress):
+                if not isinstance(general.value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+                    raise AcmeError(
+                        f"CSR names the network {general.value}; an order holds addresses",
+                        "badCSR",
+                    )
+                ips.add(str(general.value))
+                continue
             if not isinstance(general, x509.DNSName):
                 raise AcmeError(
                     f"CSR names {type(general).__name__} {str(general.value)[:60]}; an order "
-                    "holds DNS names only",
+                    "holds DNS names and IP addresses only",
                     "badCSR",
                 )
             names.add(general.value.lower())
@@ -1102,21 +1199,30 @@ def _csr_names(csr: x509.CertificateSigningRequest) -> set[str]:
         if attr.oid != x509.NameOID.COMMON_NAME:
             continue
         value = attr.value if isinstance(attr.value, str) else attr.value.decode(errors="replace")
-        names.add(value.lower())
-    return names
+        # lego puts its first identifier in the CN, an address too: it stands for that
+        # address (and is left out of the certificate: _proved_subject).
+        if _is_ip(value):
+            ips.add(str(ipaddress.ip_address(value)))
+        else:
+            names.add(value.lower())
+    return names, ips
 
 
 def _proved_subject(csr: x509.CertificateSigningRequest) -> x509.Name:
     """The CSR's CN alone (lower-case: the order's name it matched), or an empty subject.
 
     http-01 proves DNS names and nothing of O, OU, C …, which relying parties may authorize
-    on: those are not copied from the CSR, as Let's Encrypt copies none.
+    on: those are not copied from the CSR, as Let's Encrypt copies none. A CN that is an IP
+    address is left out too, as Let's Encrypt does (the address is in the SAN, where RFC
+    6125 and browsers look).
     """
     for attr in csr.subject:
         if attr.oid == x509.NameOID.COMMON_NAME:
             value = attr.value
             if not isinstance(value, str):
                 value = value.decode(errors="replace")
+            if _is_ip(value):
+                return x509.Name([])
             return x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, value.lower())])
     return x509.Name([])
 
@@ -1170,7 +1276,8 @@ def finalize_order(
     """Issue the order's certificate from the CSR (RFC 8555 7.4), synchronously.
 
     The CSR's names (its SAN DNS names and its CN, which may be left out) must be the
-    order's, no more and no fewer. Issuance is the API's CSR path (signature, key policy,
+    order's DNS names, and its SAN IP addresses the order's IP addresses (RFC 8738), no more
+    and no fewer. Issuance is the API's CSR path (signature, key policy,
     certctl's own names), by the account as ``acme:<id>`` holding ``cert.issue``.
 
     Raises:
@@ -1187,7 +1294,11 @@ def finalize_order(
         )
     if set(payload) != {"csr"}:
         raise AcmeError('finalize takes {"csr": base64url DER}')
-    refused = [n for n in view.identifiers if not _allowed(n, settings.allowed_names)]
+    refused = [
+        n
+        for n in view.identifiers
+        if not _allowed(n, settings.allowed_names, ip=n in view.ip_identifiers)
+    ]
     if refused:
         # acme.allowed-names narrowed since the order was made: it holds at issuance too.
         raise AcmeError(
@@ -1200,9 +1311,9 @@ def finalize_order(
         csr = x509.load_der_x509_csr(der)
     except ValueError:
         raise AcmeError("csr: not a DER certificate signing request", "badCSR") from None
-    names = _csr_names(csr)
-    wanted = set(view.identifiers)
-    unproved = wanted - _proved_names(services, order_id)
+    names, ips = _csr_names(csr)
+    wanted = set(view.identifiers) - view.ip_identifiers
+    unproved = set(view.identifiers) - _proved_names(services, order_id)
     if unproved:
         # The order is ready only once each authorization is valid; said again here, by name,
         # so that a wildcard SAN is issued only on its own (dns-01) wildcard authorization.
@@ -1211,8 +1322,9 @@ def finalize_order(
             "unauthorized",
             403,
         )
-    if names != wanted:
-        extra, missing = sorted(names - wanted), sorted(wanted - names)
+    if names != wanted or ips != view.ip_identifiers:
+        extra = sorted(names - wanted) + sorted(ips - view.ip_identifiers)
+        missing = sorted(wanted - names) + sorted(view.ip_identifiers - ips)
         said = [f"names {', '.join(extra)[:200]} not in the order"] if extra else []
         said += [f"leaves out {', '.join(missing)[:200]}"] if missing else []
         raise AcmeError(f"the CSR {' and '.join(said)}", "badCSR")
@@ -1298,13 +1410,18 @@ def _holds_authorizations(services: Services, account: AcmeAccount, cert: x509.C
     except (x509.ExtensionNotFound, ValueError):
         return False
     names = {name.lower() for name in san.get_values_for_type(x509.DNSName)}
-    if not names or len(san) != len(names):
-        return False  # a name no authorization can cover (an IP, an e-mail ...)
+    ips = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    if not names | ips or len(san) != len(names) + len(ips):
+        return False  # a name no authorization can cover (an e-mail, a network ...)
     now = services.clock()
-    bases = sorted({name.removeprefix("*.") for name in names})
+    bases = sorted({name.removeprefix("*.") for name in names} | ips)
     with services.sessions() as session:
         rows = session.execute(
-            select(AcmeAuthorization.identifier, AcmeAuthorization.wildcard)
+            select(
+                AcmeAuthorization.identifier,
+                AcmeAuthorization.wildcard,
+                AcmeAuthorization.identifier_type,
+            )
             .join(AcmeOrder, AcmeOrder.id == AcmeAuthorization.order_id)
             .where(
                 AcmeOrder.account_id == account.id,
@@ -1314,8 +1431,9 @@ def _holds_authorizations(services: Services, account: AcmeAccount, cert: x509.C
             )
         ).all()
     # A wildcard SAN is covered by a wildcard authorization only, as at finalize.
-    held = {f"*.{name}" if wildcard else name for name, wildcard in rows}
-    return names <= held
+    held = {f"*.{name}" if wildcard else name for name, wildcard, kind in rows if kind == "dns"}
+    held_ips = {name for name, _, kind in rows if kind == "ip"}
+    return names <= held and ips <= held_ips
 
 
 def revoke(

@@ -48,6 +48,9 @@ async def fetch_http01(
 ) -> dict[str, Any] | None:
     """GET ``http://name:port/.well-known/acme-challenge/<token>``; None when it answers right.
 
+    ``name`` may be an IP address (RFC 8738 7): the URL names it (an IPv6 one in brackets),
+    and so does the Host header.
+
     At most ``TIMEOUT_S`` in all, ``MAX_BODY`` bytes read and ``MAX_REDIRECTS`` redirects
     followed. A redirect may go to http or https (whose certificate is not checked: the
     token is what proves control, as Let's Encrypt does), on port 80, 443 or ``port`` only:
@@ -64,7 +67,8 @@ async def fetch_http01(
     import httpx
 
     port_part = "" if port == 80 else f":{port}"
-    first = httpx.URL(f"http://{name}{port_part}/.well-known/acme-challenge/{token}")
+    host = f"[{name}]" if ":" in name else name  # no DNS name holds a colon: IPv6
+    first = httpx.URL(f"http://{host}{port_part}/.well-known/acme-challenge/{token}")
     url = first
     body = b""
     try:

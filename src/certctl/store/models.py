@@ -341,7 +341,10 @@ class AcmeAuthorization(Base):
     order_id: Mapped[str] = mapped_column(
         ForeignKey("acme_orders.id", ondelete="CASCADE"), index=True
     )
-    identifier: Mapped[str] = mapped_column(String(253))  # a DNS name, lower-case A-labels
+    # a DNS name, lower-case A-labels; or an IP address in RFC 8738's text form
+    identifier: Mapped[str] = mapped_column(String(253))
+    # "dns" or "ip" (migration 0030): which of the two ``identifier`` is.
+    identifier_type: Mapped[str] = mapped_column(String(8), default="dns")
     status: Mapped[str] = mapped_column(String(16))  # pending | valid | invalid
     expires: Mapped[datetime] = mapped_column(UTCDateTime)
     # Of the order's "*.<identifier>" (migration 0029): dns-01 only, and the one authorization

@@ -49,12 +49,30 @@ def test_allowed_names_load_lower_case(tmp_path: Path) -> None:
     assert load_config(file, {}).acme.allowed_names == ["web.example.internal", "*.a.b"]
 
 
+def test_allowed_names_take_addresses_and_networks_in_canonical_form(tmp_path: Path) -> None:
+    file = tmp_path / "certctl.yaml"
+    patterns = ["10.0.0.0/8", "FD00::/8", "192.0.2.7", "2001:DB8::0001", "198.51.100.9/32"]
+    file.write_text(yaml.safe_dump({"acme": {"allowed-names": [*patterns, "1.example.internal"]}}))
+    assert load_config(file, {}).acme.allowed_names == [
+        "10.0.0.0/8",
+        "fd00::/8",
+        "192.0.2.7",
+        "2001:db8::1",
+        "198.51.100.9",
+        "1.example.internal",
+    ]
+
+
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
         ({"allowed-names": ["a.*.example"]}, "{file}: acme.allowed-names: a.*.example: invalid"),
         ({"allowed-names": ["*.*.example"]}, "{file}: acme.allowed-names: *.example: wildcards"),
         ({"allowed-names": ["bad_name.example"]}, "{file}: acme.allowed-names: bad_name"),
+        # An address pattern: a network with no host bits set, no leading zeros.
+        ({"allowed-names": ["10.0.0.1/8"]}, "{file}: acme.allowed-names: 10.0.0.1/8: expected"),
+        ({"allowed-names": ["fd00::/129"]}, "{file}: acme.allowed-names: fd00::/129: expected"),
+        ({"allowed-names": ["010.0.0.1"]}, "{file}: acme.allowed-names: 010.0.0.1: not an IPv4"),
         ({"http-01-port": 0}, "{file}: acme.http-01-port: "),
         ({"dns-resolvers": ["dns.example"]}, "{file}: acme.dns-resolvers: dns.example: expected"),
         ({"dns-resolvers": ["192.0.2.1:0"]}, "{file}: acme.dns-resolvers: 192.0.2.1:0: expected"),

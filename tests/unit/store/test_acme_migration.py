@@ -1,4 +1,4 @@
-"""Migrations 0027-0029 add the ACME tables and columns and take them back (SQLite;
+"""Migrations 0027-0030 add the ACME tables and columns and take them back (SQLite;
 PostgreSQL in faults)."""
 
 from __future__ import annotations
@@ -115,5 +115,69 @@ def test_0029_adds_the_wildcard_authorizations_and_takes_them_back(tmp_path: Pat
     engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
     try:
         check_0029(engine)
+    finally:
+        engine.dispose()
+
+
+def check_0030(engine: Engine) -> None:
+    """0030 on ``engine`` (at head): identifier_type added "dns", taken back with IP orders."""
+    db.migrate(engine)
+    assert "identifier_type" in _columns(engine, "acme_authorizations")
+    downgrade_store(engine, "0029")
+    assert "identifier_type" not in _columns(engine, "acme_authorizations")
+    now = "2026-01-01 00:00:00"
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO acme_accounts (id, thumbprint, jwk, status, contact, created_at)"
+                " VALUES ('a', 't', '{}', 'valid', '[]', :now)"
+            ),
+            {"now": now},
+        )
+        for order, value in (("name", "app.example.internal"), ("ip", "10.0.0.5")):
+            connection.execute(
+                text(
+                    "INSERT INTO acme_orders (id, account_id, status, identifiers, expires,"
+                    " created_at) VALUES (:id, 'a', 'pending', '[]', :now, :now)"
+                ),
+                {"id": order, "now": now},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO acme_authorizations (id, order_id, identifier, status, expires)"
+                    " VALUES (:id, :id, :value, 'pending', :now)"
+                ),
+                {"id": order, "value": value, "now": now},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO acme_challenges (id, authorization_id, type, token, status)"
+                    " VALUES (:id, :id, 'http-01', :id, 'pending')"
+                ),
+                {"id": order},
+            )
+    db.migrate(engine)  # rows made before it are of DNS names
+    with engine.begin() as connection:
+        rows = connection.execute(text("SELECT id, identifier_type FROM acme_authorizations"))
+        assert sorted(rows) == [("ip", "dns"), ("name", "dns")]
+        connection.execute(
+            text("UPDATE acme_authorizations SET identifier_type = 'ip' WHERE id = 'ip'")
+        )
+    downgrade_store(engine, "0029")
+    # An order of an address would read as one of a DNS name: it goes, the other stays.
+    with engine.connect() as connection:
+        assert [r[0] for r in connection.execute(text("SELECT id FROM acme_orders"))] == ["name"]
+        authzs = connection.execute(text("SELECT id FROM acme_authorizations"))
+        assert [r[0] for r in authzs] == ["name"]
+        challenges = connection.execute(text("SELECT id FROM acme_challenges"))
+        assert [r[0] for r in challenges] == ["name"]
+    db.migrate(engine)
+    assert "identifier_type" in _columns(engine, "acme_authorizations")
+
+
+def test_0030_adds_the_identifier_type_and_takes_the_ip_orders_back(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    try:
+        check_0030(engine)
     finally:
         engine.dispose()
