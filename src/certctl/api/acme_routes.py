@@ -45,7 +45,7 @@ from certctl.pki.jose import (
     thumbprint,
     verify_jws,
 )
-from certctl.services import acme
+from certctl.services import acme, acme_renewal_info
 from certctl.services.acme import AcmeSettings, AuthorizationView, ChallengeView, OrderView
 from certctl.services.acme_validation import fetch_http01, lookup_dns01
 from certctl.store.models import AcmeAccount
@@ -308,6 +308,7 @@ async def directory(request: Request) -> Response:
             "newOrder": _url(request, "new-order"),
             "revokeCert": _url(request, "revoke-cert"),
             "keyChange": _url(request, "key-change"),
+            "renewalInfo": _url(request, "renewal-info"),
             "meta": {"externalAccountRequired": _settings(request).external_account_required},
         }
     )
@@ -493,6 +494,16 @@ async def revoke_cert(request: Request) -> Response:
     return Response(status_code=200)
 
 
+async def renewal_info(request: Request) -> Response:
+    """RFC 9773 4: the suggested renewal window of a certificate, to anyone (a plain GET)."""
+    window = await anyio.to_thread.run_sync(
+        acme_renewal_info.renewal_window, services_of(request), request.path_params["cert_id"]
+    )
+    response = _json({"suggestedWindow": {"start": _time(window.start), "end": _time(window.end)}})
+    response.headers["Retry-After"] = str(int(acme_renewal_info.RETRY_AFTER.total_seconds()))
+    return response
+
+
 async def key_change(request: Request) -> Response:
     """RFC 8555 7.3.5: the outer JWS by the old key (kid), the inner by the new one (jwk)."""
     signed = await _signed(request)
@@ -659,6 +670,7 @@ _TABLE: tuple[tuple[str, str, Callable[[Request], Awaitable[Response]]], ...] = 
     ("POST", "/cert/{id}", certificate),
     ("POST", "/revoke-cert", revoke_cert),
     ("POST", "/key-change", key_change),
+    ("GET", "/renewal-info/{cert_id}", renewal_info),
 )
 
 

@@ -1,0 +1,197 @@
+"""ACME Renewal Information (RFC 9773): the directory's ``renewalInfo``, the suggested window
+of a certificate (live, revoked by the operator, under a revoked issuer), and bad certIDs;
+on both stores, with certbot's ``acme`` library as the client.
+
+certIDs are made here from the certificate (its AKI keyIdentifier and serial), independently
+of certctl's parsing; the client library's own ``renewal_time`` reads the same answers.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import requests
+from cryptography import x509
+
+from tests.api.test_acme import (
+    ISSUER,
+    NAME,
+    Acme,
+    Http01Server,
+    _acme_app,
+    _assert_acme_problem,
+    serving,
+)
+from tests.api.test_acme import acme_on as acme_on  # the fixture, shared
+
+SIX_HOURS = "21600"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def cert_id(cert: x509.Certificate) -> str:
+    """RFC 9773 4.1: base64url(AKI keyIdentifier) "." base64url(DER INTEGER value of serial)."""
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier is not None
+    serial = cert.serial_number
+    serial_der = serial.to_bytes(serial.bit_length() // 8 + 1, "big")  # room for the sign bit
+    return f"{_b64(aki.key_identifier)}.{_b64(serial_der)}"
+
+
+def _window(acme_on: Acme, certid: str) -> tuple[datetime, datetime, requests.Response]:
+    r = requests.get(f"{acme_on.base}/acme/renewal-info/{certid}", timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["retry-after"] == SIX_HOURS
+    body = r.json()
+    assert set(body) == {"suggestedWindow"}, body
+    window = body["suggestedWindow"]
+    assert set(window) == {"start", "end"}, window
+    start = datetime.strptime(window["start"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    end = datetime.strptime(window["end"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert start < end, window
+    return start, end, r
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_the_directory_names_renewal_info(acme_on: Acme) -> None:
+    doc = requests.get(acme_on.directory_url, timeout=10).json()
+    assert doc["renewalInfo"] == f"{acme_on.base}/acme/renewal-info"
+    acme_client = acme_on.client()
+    assert acme_client.directory["renewalInfo"] == doc["renewalInfo"]
+
+
+def test_a_live_certificate_is_due_in_the_last_third_then_at_once_once_revoked(
+    acme_on: Acme,
+) -> None:
+    api = acme_on.api
+    acme_client = acme_on.client()
+    acme_on.register(acme_client)
+    _, leaf = acme_on.issue(acme_client, [NAME])
+    certid = cert_id(leaf)
+    start, end, r = _window(acme_on, certid)
+    # Anonymous (no JWS), with the nonce and index link every ACME answer carries.
+    assert r.headers["replay-nonce"]
+    assert 'rel="index"' in r.headers["link"]
+    not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+    lifetime = not_after - not_before
+    # acme.validity (90 days), and the 5 minutes notBefore is set back by.
+    assert lifetime == timedelta(days=90, minutes=5)
+    # From two thirds of the lifetime (day 60) to three quarters (day 67.5): inside validity.
+    assert abs(start - (not_before + lifetime * 2 / 3)) < timedelta(seconds=1)
+    assert abs(end - (not_before + lifetime * 3 / 4)) < timedelta(seconds=1)
+    assert not_before < start < end < not_after
+    # certbot's acme library picks a time in it: not due now.
+    due, retry_after = acme_client.renewal_time(_pem(leaf))
+    assert due is not None
+    assert start <= due <= end
+    assert due > datetime.now(UTC)
+    assert retry_after > datetime.now() + timedelta(hours=5)
+
+    # The operator revokes it through certctl's API: the window is over, renew now.
+    listed = api.get("/api/v1/certificates", api.admin_key, params={"issuer": ISSUER}).json()
+    (row,) = listed["items"]
+    r = api.post(
+        f"/api/v1/certificates/{row['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"}
+    )
+    assert r.status_code == 200, r.text
+    start, end, _ = _window(acme_on, certid)
+    now = api.clock.now
+    assert end < now
+    assert start < end
+    assert now - end >= timedelta(hours=12)  # past on a client's clock running behind too
+    due, _ = acme_client.renewal_time(_pem(leaf))
+    assert due is not None
+    assert due < datetime.now(UTC)
+
+
+def test_a_certificate_under_a_revoked_issuer_is_due_at_once(api: Any) -> None:
+    for body in (
+        {"id": "acme-root", "common_name": "ACME Root"},
+        {"id": ISSUER, "common_name": "ACME Sub", "parent": "acme-root"},
+    ):
+        r = api.post("/api/v1/issuers", api.admin_key, json=body)
+        assert r.status_code == 201, r.text
+    http01 = Http01Server()
+    try:
+        app, settings = _acme_app(api, http01.port)
+        with serving(app) as base:
+            acme_on = Acme(api, base, http01, settings)
+            acme_client = acme_on.client()
+            acme_on.register(acme_client)
+            _, leaf = acme_on.issue(acme_client, [NAME])
+            start, end, _ = _window(acme_on, cert_id(leaf))
+            assert start > api.clock.now
+            r = api.post(
+                f"/api/v1/issuers/{ISSUER}/revoke",
+                api.admin_key,
+                json={"reason": "cessationOfOperation"},
+            )
+            assert r.status_code == 200, r.text
+            start, end, _ = _window(acme_on, cert_id(leaf))
+            assert start < end < api.clock.now
+            # The leaf itself is not revoked: its issuer is.
+            params = {"issuer": ISSUER}
+            listed = api.get("/api/v1/certificates", api.admin_key, params=params).json()
+            assert [c["revocation_reason"] for c in listed["items"]] == [None]
+    finally:
+        http01.close()
+
+
+def test_a_malformed_or_unknown_cert_id_is_an_acme_problem(acme_on: Acme) -> None:
+    api = acme_on.api
+    acme_client = acme_on.client()
+    acme_on.register(acme_client)
+    _, leaf = acme_on.issue(acme_client, [NAME])
+    key_id, serial = cert_id(leaf).split(".")
+    long_serial = _b64(bytes([1]) * 22)  # longer than any serial (20 octets, RFC 5280)
+    long_key_id = _b64(bytes([7]) * 65)
+    no_issuer = _b64(bytes([1]) * 20)
+    before = api.counts()
+    malformed = [
+        "nodot",
+        f"{key_id}.{serial}.x",  # three parts
+        f".{serial}",  # an empty part
+        f"{key_id}.",
+        f"{key_id}=.{serial}",  # padding
+        f"{key_id}.{serial}=",
+        f"{key_id}.AH8",  # 0x00 0x7f: 127, but not in DER's shortest form (0x7f)
+        f"{key_id}.AAE",  # 0x00 0x01: likewise
+        f"{key_id}.+w",  # not base64url
+        f"{key_id}._w",  # 0xff: -1, not positive
+        f"{key_id}.AA",  # 0x00: zero
+        f"{key_id}.{long_serial}",
+        f"{long_key_id}.{serial}",
+        f"{key_id}.AR",  # 0x01 with unused bits set: an alias of "AQ"
+    ]
+    for bad in malformed:
+        r = requests.get(f"{acme_on.base}/acme/renewal-info/{bad}", timeout=10)
+        body = _assert_acme_problem(r, 400, "malformed")
+        assert body["detail"].startswith("certID"), body
+    # Well formed, of no certificate here: serial 1, or a key no issuer holds.
+    for bad in (f"{key_id}.AQ", f"{no_issuer}.{serial}"):
+        r = requests.get(f"{acme_on.base}/acme/renewal-info/{bad}", timeout=10)
+        body = _assert_acme_problem(r, 404, "malformed")
+        assert "no certificate issued here through ACME" in body["detail"]
+    # A certificate of the same issuer issued through the API, not ACME: not answered.
+    issued = api.issue(issuer=ISSUER, common_name=NAME)
+    api_leaf = x509.load_pem_x509_certificate(issued["certificate_pem"].encode())
+    r = requests.get(f"{acme_on.base}/acme/renewal-info/{cert_id(api_leaf)}", timeout=10)
+    _assert_acme_problem(r, 404, "malformed")
+    # No certID at all: the router's 404.
+    r = requests.get(f"{acme_on.base}/acme/renewal-info", timeout=10)
+    _assert_acme_problem(r, 404, "malformed")
+    after = api.counts()
+    assert after["certificates"] == before["certificates"] + 1  # the API's, only
+    assert {k: v for k, v in after.items() if k not in ("certificates", "audit_events")} == {
+        k: v for k, v in before.items() if k not in ("certificates", "audit_events")
+    }
