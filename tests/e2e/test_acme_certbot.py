@@ -14,6 +14,7 @@ both once revoked, with the reasons given.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pwd
@@ -23,6 +24,7 @@ import sys
 import sysconfig
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -317,3 +319,93 @@ def test_certbot_dns_rfc2136_gets_a_wildcard_certificate_by_dns01(
         )
         assert sans.value.get_values_for_type(x509.DNSName) == [f"*.{zone}"]
         assert bind9.txt(f"_acme-challenge.{zone}") == []  # certbot's cleanup
+
+
+def test_certbot_renew_renews_a_revoked_certificate_at_once_by_ari_and_leaves_a_live_one(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # Two lineages of one name: "live" and "revoked". The operator revokes the second's
+    # certificate through certctl's API; one plain `certbot renew` (no --force-renewal) then
+    # asks renewalInfo for each (certbot 4.1+: RFC 9773) and renews the revoked one only.
+    # certbot's other reasons to renew are out of the way: both are minutes old (its default
+    # is two thirds of 90 days), and certctl's certificates name no OCSP responder (certbot's
+    # OCSP check finds none to ask).
+    require("certbot")
+    http01 = free_port()
+    acme = {"enabled": True, "issuer": LEGO_ISSUER, "http-01-port": http01}
+    server, _ = acme_server(start_server, tmp_path, acme)
+    state = tmp_path / "certbot"
+    dirs = [f"--{kind}-dir={state / kind}" for kind in ("config", "work", "logs")]
+    env = {**os.environ, "REQUESTS_CA_BUNDLE": str(server.ca)}
+    directory = f"{server.url}/acme/directory"
+    for lineage in ("live", "revoked"):
+        certbot = (
+            "certbot", "certonly", "--standalone", "--non-interactive", "--agree-tos",
+            "--email", "ops@example.internal", "--server", directory,
+            "--http-01-address", "127.0.0.1", "--http-01-port", str(http01),
+            "--cert-name", lineage, "-d", NAME,
+        )  # fmt: skip
+        ok(run(*certbot, *dirs, env=env, timeout=120))
+    archive = state / "config" / "archive"
+    live, revoked = _cert(archive / "live" / "cert1.pem"), _cert(archive / "revoked" / "cert1.pem")
+    for leaf in (live, revoked):
+        with pytest.raises(x509.ExtensionNotFound):
+            leaf.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+    with server.client(server.admin_key) as client:
+        listed = client.get("/api/v1/certificates", params={"issuer": LEGO_ISSUER}).json()
+        by_serial = {int(item["serial"], 16): item for item in listed["items"]}
+        row = by_serial[revoked.serial_number]
+        r = client.post(
+            f"/api/v1/certificates/{row['id']}/revoke", json={"reason": "keyCompromise"}
+        )
+        assert r.status_code == 200, r.text
+
+    log = state / "logs" / "letsencrypt.log"
+    log.unlink()  # certonly's lines: the renew's alone are read below
+    renew = ("certbot", "renew", "--no-random-sleep-on-renew", "--non-interactive")
+    done = ok(run(*renew, *dirs, env=env, timeout=180))
+    said = done.stdout + done.stderr
+    assert "Certificate not yet due for renewal" in said, said
+    assert "live/fullchain.pem expires on" in said.split("not due for renewal yet:")[1], said
+    assert "live/revoked/fullchain.pem (success)" in said, said
+    # The revoked lineage has a second certificate, the live one none.
+    assert sorted(p.name for p in (archive / "revoked").glob("cert*.pem")) == [
+        "cert1.pem",
+        "cert2.pem",
+    ]
+    assert sorted(p.name for p in (archive / "live").glob("cert*.pem")) == ["cert1.pem"]
+    renewed = _cert(archive / "revoked" / "cert2.pem")
+    assert renewed.serial_number not in (live.serial_number, revoked.serial_number)
+    # certbot asked renewalInfo for both, by their certIDs, and was answered (200).
+    text = log.read_text()
+    renewal_info = f"{server.url}/acme/renewal-info/"
+    asked = re.findall(rf"Sending GET request to {re.escape(renewal_info)}(\S+)\.\n", text)
+    assert sorted(asked) == sorted([_cert_id(live), _cert_id(revoked)]), text
+    assert text.count('"suggestedWindow"') == 2, text
+    assert "An error occurred requesting ACME Renewal Information" not in text
+    assert text.count("Certificate is due for renewal, auto-renewing...") == 1, text
+    # It keeps certctl's Retry-After (6 hours) as the time to ask again.
+    conf = (state / "config" / "renewal" / "live.conf").read_text()
+    found = re.search(r"^\[acme_renewal_info\]\nari_retry_after = (\S+)$", conf, re.M)
+    assert found, conf
+    wait = datetime.fromisoformat(found.group(1)) - datetime.now()  # certbot's: naive, local
+    assert timedelta(hours=5, minutes=50) < wait <= timedelta(hours=6), conf
+    with server.client(server.admin_key) as client:
+        listed = client.get("/api/v1/certificates", params={"issuer": LEGO_ISSUER}).json()
+    states = {int(item["serial"], 16): item["status"] for item in listed["items"]}
+    assert states == {
+        live.serial_number: "active",
+        revoked.serial_number: "revoked",
+        renewed.serial_number: "active",
+    }
+
+
+def _cert_id(cert: x509.Certificate) -> str:
+    """RFC 9773 4.1's certID: base64url(AKI keyIdentifier) "." base64url(serial's DER value)."""
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier is not None
+    serial = cert.serial_number.to_bytes(cert.serial_number.bit_length() // 8 + 1, "big")
+    return ".".join(
+        base64.urlsafe_b64encode(part).rstrip(b"=").decode()
+        for part in (aki.key_identifier, serial)
+    )
