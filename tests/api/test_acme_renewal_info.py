@@ -1,6 +1,6 @@
 """ACME Renewal Information (RFC 9773): the directory's ``renewalInfo``, the suggested window
-of a certificate (live, revoked by the operator, under a revoked issuer), and bad certIDs;
-on both stores, with certbot's ``acme`` library as the client.
+of a certificate (live, revoked by the operator, under a revoked issuer), bad certIDs, and
+new-order's ``replaces``; on both stores, with certbot's ``acme`` library as the client.
 
 certIDs are made here from the certificate (its AKI keyIdentifier and serial), independently
 of certctl's parsing; the client library's own ``renewal_time`` reads the same answers.
@@ -13,13 +13,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
+from acme import client
 from cryptography import x509
+from sqlalchemy import select
 
+from certctl.store.models import AcmeOrder
 from tests.api.test_acme import (
     ISSUER,
     NAME,
     Acme,
     Http01Server,
+    Raw,
     _acme_app,
     _assert_acme_problem,
     serving,
@@ -61,6 +65,20 @@ def _pem(cert: x509.Certificate) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _order_replacing(
+    acme_on: Acme, acme_client: client.ClientV2, names: list[str], replaces: Any
+) -> requests.Response:
+    """new-order with ``replaces`` (the client library has no such message), by the account
+    of ``acme_client``: signed with its key, under its kid."""
+    raw = Raw(acme_on, key=acme_client.net.key)
+    raw.kid = acme_client.net.account.uri
+    payload = {"identifiers": [{"type": "dns", "value": n} for n in names], "replaces": replaces}
+    response: requests.Response = raw.post(
+        "new-order", raw.jws(f"{acme_on.base}/acme/new-order", payload)
+    )
+    return response
 
 
 def test_the_directory_names_renewal_info(acme_on: Acme) -> None:
@@ -195,3 +213,85 @@ def test_a_malformed_or_unknown_cert_id_is_an_acme_problem(acme_on: Acme) -> Non
     assert {k: v for k, v in after.items() if k not in ("certificates", "audit_events")} == {
         k: v for k, v in before.items() if k not in ("certificates", "audit_events")
     }
+
+
+def test_replaces_is_the_accounts_own_certificate_and_replaced_once(acme_on: Acme) -> None:
+    api = acme_on.api
+    owner = acme_on.client()
+    acme_on.register(owner)
+    _, leaf = acme_on.issue(owner, [NAME])
+    certid = cert_id(leaf)
+    stranger = acme_on.client()
+    acme_on.register(stranger)
+    before = api.counts()["acme_orders"]
+
+    # Another account's certificate: refused, nothing made.
+    r = _order_replacing(acme_on, stranger, [NAME], certid)
+    body = _assert_acme_problem(r, 403, "unauthorized")
+    assert "not ordered by this account" in body["detail"]
+    # No name in common, a certID that is not one, one of no certificate: refused.
+    for names, replaces, status in (
+        (["app.example.internal"], certid, 400),
+        ([NAME], "not-a-cert-id", 400),
+        ([NAME], 42, 400),
+        ([NAME], f"{_b64(bytes([1]) * 20)}.AQ", 404),
+    ):
+        r = _order_replacing(acme_on, owner, names, replaces)
+        _assert_acme_problem(r, status, "malformed")
+    assert api.counts()["acme_orders"] == before
+
+    # Its own: the order is made and records the certificate it replaces.
+    first = _order_replacing(acme_on, owner, [NAME], certid)
+    assert first.status_code == 201, first.text
+    order_id = first.headers["location"].rsplit("/", 1)[1]
+    listed = api.get("/api/v1/certificates", api.admin_key, params={"issuer": ISSUER}).json()
+    (row,) = listed["items"]
+    with api.services.sessions() as session:
+        assert (
+            session.scalar(select(AcmeOrder.replaces).where(AcmeOrder.id == order_id))
+            == (row["id"])
+        )
+    # A second order replacing it while the first stands: alreadyReplaced, 409.
+    r = _order_replacing(acme_on, owner, [NAME], certid)
+    body = _assert_acme_problem(r, 409, "alreadyReplaced")
+    assert order_id in body["detail"]
+    assert api.counts()["acme_orders"] == before + 1
+    # The first one given up (its authorization deactivated: the order is invalid): the
+    # certificate may be replaced again.
+    authz_url = first.json()["authorizations"][0]
+    authz = owner._authzr_from_response(owner._post_as_get(authz_url), uri=authz_url)
+    owner.deactivate_authorization(authz)
+    again = _order_replacing(acme_on, owner, [NAME], certid)
+    assert again.status_code == 201, again.text
+    assert _order_replacing(acme_on, owner, [NAME], certid).status_code == 409
+    # An order that expired unfinished no longer replaces it either.
+    api.clock.advance(days=8)
+    third = _order_replacing(acme_on, owner, [NAME], certid)
+    assert third.status_code == 201, third.text
+
+
+def test_concurrent_orders_replacing_one_certificate_make_one(acme_on: Acme) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from certctl.errors import AcmeError
+    from certctl.services import acme as acme_service
+
+    api = acme_on.api
+    acme_client = acme_on.client()
+    regr = acme_on.register(acme_client)
+    _, leaf = acme_on.issue(acme_client, [NAME])
+    account = acme_service.find_account(api.services, regr.uri.rsplit("/", 1)[1])
+    payload = {"identifiers": [{"type": "dns", "value": NAME}], "replaces": cert_id(leaf)}
+    before = api.counts()["acme_orders"]
+
+    def order() -> str:
+        try:
+            acme_service.new_order(api.services, acme_on.settings, account, payload, "127.0.0.1")
+        except AcmeError as exc:
+            return exc.acme_type
+        return "made"
+
+    with ThreadPoolExecutor(4) as pool:
+        results = sorted(pool.map(lambda _: order(), range(4)))
+    assert results == ["alreadyReplaced"] * 3 + ["made"]
+    assert api.counts()["acme_orders"] == before + 1

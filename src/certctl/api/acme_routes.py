@@ -79,6 +79,7 @@ _JOSE = "application/jose+json"
 # RFC 9457 3.1.3: one title per type (RFC 8555 6.7's descriptions, shortened).
 _TITLES = {
     "accountDoesNotExist": "Account does not exist",
+    "alreadyReplaced": "Certificate already replaced",
     "alreadyRevoked": "Certificate already revoked",
     "badCSR": "Bad CSR",
     "badNonce": "Bad nonce",

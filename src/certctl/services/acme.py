@@ -30,6 +30,7 @@ from certctl.pki.dns_names import validate_dns_name
 from certctl.pki.jose import JwsPublicKey, jwk_of, load_jwk, thumbprint
 from certctl.services.acme_accounts import cut_off, hold_valid
 from certctl.services.acme_eab import bind, checked_binding
+from certctl.services.acme_renewal_info import check_not_replaced, replaced_certificate
 from certctl.services.audit import record
 from certctl.services.certificates import revoke_certificate
 from certctl.services.context import Principal, Services
@@ -756,9 +757,10 @@ def new_order(
     Raises:
         AcmeError: malformed (no identifiers, notBefore/notAfter), rejectedIdentifier (a name
             or address outside acme.allowed-names, an address not in canonical form),
-            unsupportedIdentifier.
+            unsupportedIdentifier; for ``replaces`` (RFC 9773 5) unauthorized (another
+            account's certificate) and alreadyReplaced.
     """
-    unknown = set(payload) - {"identifiers", "notBefore", "notAfter"}
+    unknown = set(payload) - {"identifiers", "notBefore", "notAfter", "replaces"}
     if unknown:
         raise AcmeError(f"unknown member(s) {', '.join(sorted(unknown))[:80]} in the order")
     if "notBefore" in payload or "notAfter" in payload:
@@ -767,6 +769,9 @@ def new_order(
             f"issuance for acme.validity ({settings.validity.days} days)"
         )
     names = _checked_identifiers(payload, settings)
+    replaced = None
+    if "replaces" in payload:  # RFC 9773 5: the certificate this order renews
+        replaced = replaced_certificate(services, account.id, payload["replaces"], names)
     now = services.clock()
     order = AcmeOrder(
         id=new_id(),
@@ -777,10 +782,13 @@ def new_order(
         certificate_id=None,
         error=None,
         created_at=now,
+        replaces=replaced.id if replaced is not None else None,
     )
     with services.sessions.begin() as session:
         if not hold_valid(session, account.id):  # deactivated since this request read it
             raise AcmeError(f"account {account.id} is deactivated", "unauthorized", 401)
+        if replaced is not None:
+            check_not_replaced(session, replaced, now)
         pending = session.scalar(
             select(func.count(AcmeAuthorization.id))
             .join(AcmeOrder, AcmeOrder.id == AcmeAuthorization.order_id)

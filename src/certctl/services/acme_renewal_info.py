@@ -1,9 +1,11 @@
-"""ACME Renewal Information (RFC 9773, "ARI"): when a client should renew.
+"""ACME Renewal Information (RFC 9773, "ARI"): when a client should renew, and ``replaces``.
 
 ``GET <renewalInfo>/<certID>`` answers a window in which to renew a certificate issued through
 ACME: the last third of its lifetime while it stands, a window already over once it (or its
 issuer, or one above it) is revoked, so that ARI-aware clients (certbot 4.1 and later) renew at
-their next run rather than at two thirds of the lifetime.
+their next run rather than at two thirds of the lifetime. ``replaces`` in new-order (RFC 9773
+5) names the certificate an order renews: the same account's, and renewed by one order at a
+time (``alreadyReplaced``).
 
 The certID (RFC 9773 4.1) is base64url(the AuthorityKeyIdentifier's keyIdentifier) "."
 base64url(the DER of the serial's INTEGER value, without tag and length), unpadded.
@@ -18,19 +20,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from sqlalchemy import exists, select
+from sqlalchemy import and_, exists, or_, select
+from sqlalchemy.orm import Session
 
 from certctl.errors import AcmeError
 from certctl.pki import format_serial
 from certctl.services.context import Services
 from certctl.services.revocation import issuer_revocations
-from certctl.store.models import AcmeOrder, CertificateRecord, Issuer
+from certctl.store.models import AcmeAuthorization, AcmeOrder, CertificateRecord, Issuer
 
 __all__ = [
     "RETRY_AFTER",
     "RenewalWindow",
+    "check_not_replaced",
     "parse_cert_id",
     "renewal_window",
+    "replaced_certificate",
 ]
 
 # How long a client waits before asking again (Retry-After, RFC 9773 4.3): Let's Encrypt's
@@ -175,3 +180,70 @@ def renewal_window(services: Services, cert_id: str) -> RenewalWindow:
     start = row.not_before + lifetime * WINDOW_START
     end = row.not_before + lifetime * WINDOW_END
     return RenewalWindow(start.replace(microsecond=0), end.replace(microsecond=0), False)
+
+
+def replaced_certificate(
+    services: Services, account_id: str, value: object, names: list[str]
+) -> CertificateRecord:
+    """The certificate a new order of ``names`` by ``account_id`` replaces (RFC 9773 5).
+
+    Raises:
+        AcmeError: malformed (not a certID, no name in common), 404 malformed (no such ACME
+            certificate), unauthorized (403: another account's).
+    """
+    if not isinstance(value, str):
+        raise AcmeError("replaces: expected a certID string (RFC 9773 4.1)")
+    row = _acme_certificate(services, value)
+    with services.sessions() as session:
+        owners = set(
+            session.scalars(select(AcmeOrder.account_id).where(AcmeOrder.certificate_id == row.id))
+        )
+    if account_id not in owners:
+        raise AcmeError(
+            f"replaces: certificate {row.serial} was not ordered by this account",
+            "unauthorized",
+            403,
+        )
+    cert = x509.load_pem_x509_certificate(row.certificate_pem.encode())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        held = {str(name).lower() for name in san.get_values_for_type(x509.DNSName)}
+    except x509.ExtensionNotFound:
+        held = set()
+    if not held & set(names):
+        raise AcmeError(f"replaces: certificate {row.serial} has no name in common with this order")
+    return row
+
+
+def check_not_replaced(session: Session, row: CertificateRecord, now: datetime) -> None:
+    """Refuse a second order replacing ``row`` while one that is not invalid does (RFC 9773 5).
+
+    Called in new-order's transaction, after its account row is held (``hold_valid``): two
+    orders of one account replacing the same certificate at once are taken one after the
+    other, and the second sees the first (only its ordering account may replace it).
+
+    Raises:
+        AcmeError: alreadyReplaced (409).
+    """
+    # Not invalid: valid, or ready and unexpired, or pending, unexpired and with no pending
+    # authorization past its time (what order_view shows as invalid).
+    expired_authz = exists().where(
+        AcmeAuthorization.order_id == AcmeOrder.id,
+        AcmeAuthorization.status == "pending",
+        AcmeAuthorization.expires <= now,
+    )
+    standing = or_(
+        AcmeOrder.status == "valid",
+        and_(AcmeOrder.status == "ready", AcmeOrder.expires > now),
+        and_(AcmeOrder.status == "pending", AcmeOrder.expires > now, ~expired_authz),
+    )
+    other = session.scalar(
+        select(AcmeOrder.id).where(AcmeOrder.replaces == row.id, standing).limit(1)
+    )
+    if other is not None:
+        raise AcmeError(
+            f"replaces: certificate {row.serial} is replaced by order {other} already; "
+            "finish that order, or order again without replaces",
+            "alreadyReplaced",
+            409,
+        )

@@ -330,6 +330,10 @@ class AcmeOrder(Base):
     certificate_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The certificate (its id) this order renews, from new-order's ``replaces`` (RFC 9773 5,
+    # migration 0031): one order at a time may replace a certificate. No foreign key, as
+    # certificate_id.
+    replaces: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
 
 
 class AcmeAuthorization(Base):

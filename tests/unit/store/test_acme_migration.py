@@ -1,4 +1,4 @@
-"""Migrations 0027-0030 add the ACME tables and columns and take them back (SQLite;
+"""Migrations 0027-0031 add the ACME tables and columns and take them back (SQLite;
 PostgreSQL in faults)."""
 
 from __future__ import annotations
@@ -179,5 +179,59 @@ def test_0030_adds_the_identifier_type_and_takes_the_ip_orders_back(tmp_path: Pa
     engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
     try:
         check_0030(engine)
+    finally:
+        engine.dispose()
+
+
+def check_0031(engine: Engine) -> None:
+    """0031 on ``engine`` (at head): acme_orders.replaces added null, indexed; taken back with
+    the orders kept.
+
+    Down to 0030 (the revision 0031 follows) and up again.
+    """
+    db.migrate(engine)
+    assert "replaces" in _columns(engine, "acme_orders")
+    indexes = {i["name"]: i["column_names"] for i in inspect(engine).get_indexes("acme_orders")}
+    assert indexes["ix_acme_orders_replaces"] == ["replaces"]
+    downgrade_store(engine, "0030")
+    assert "replaces" not in _columns(engine, "acme_orders")
+    now = "2026-01-01 00:00:00"
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO acme_accounts (id, thumbprint, jwk, status, contact, created_at)"
+                " VALUES ('a', 't', '{}', 'valid', '[]', :now)"
+            ),
+            {"now": now},
+        )
+        for order in ("old", "renewal"):
+            connection.execute(
+                text(
+                    "INSERT INTO acme_orders (id, account_id, status, identifiers, expires,"
+                    " created_at) VALUES (:id, 'a', 'pending', '[]', :now, :now)"
+                ),
+                {"id": order, "now": now},
+            )
+    db.migrate(engine)  # orders made before it replaced nothing: null
+    with engine.begin() as connection:
+        rows = connection.execute(text("SELECT id, replaces FROM acme_orders ORDER BY id"))
+        assert [tuple(r) for r in rows] == [("old", None), ("renewal", None)]
+        connection.execute(text("UPDATE acme_orders SET replaces = 'c1' WHERE id = 'renewal'"))
+    downgrade_store(engine, "0030")
+    # The orders stay; only which certificate one renewed is forgotten.
+    with engine.connect() as connection:
+        ids = [r[0] for r in connection.execute(text("SELECT id FROM acme_orders ORDER BY id"))]
+        assert ids == ["old", "renewal"]
+    assert "ix_acme_orders_replaces" not in {
+        i["name"] for i in inspect(engine).get_indexes("acme_orders")
+    }
+    db.migrate(engine)
+    assert "replaces" in _columns(engine, "acme_orders")
+
+
+def test_0031_adds_the_replaced_certificate_of_an_order_and_takes_it_back(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    try:
+        check_0031(engine)
     finally:
         engine.dispose()
