@@ -132,6 +132,32 @@ def test_a_live_certificate_is_due_in_the_last_third_then_at_once_once_revoked(
     assert due < datetime.now(UTC)
 
 
+def test_the_certificates_of_an_account_deactivated_with_them_revoked_are_due_at_once(
+    acme_on: Acme,
+) -> None:
+    # The operator cuts off a leaked account and revokes what it got: every certificate of
+    # its orders is due now, another account's stays in its window.
+    api = acme_on.api
+    leaked, other = acme_on.client(), acme_on.client()
+    regr = acme_on.register(leaked)
+    acme_on.register(other)
+    leaves = [acme_on.issue(leaked, [NAME])[1] for _ in range(2)]
+    _, kept = acme_on.issue(other, [NAME])
+    account_id = regr.uri.rsplit("/", 1)[1]
+    r = api.post(
+        f"/api/v1/acme/accounts/{account_id}/deactivate",
+        api.admin_key,
+        json={"revoke_certificates": True, "reason": "keyCompromise"},
+    )
+    assert r.status_code == 200, r.text
+    assert len(r.json()["revoked_certificates"]) == 2, r.text
+    for leaf in leaves:
+        start, end, _ = _window(acme_on, cert_id(leaf))
+        assert start < end < api.clock.now
+    start, _, _ = _window(acme_on, cert_id(kept))
+    assert start > api.clock.now
+
+
 def test_a_certificate_under_a_revoked_issuer_is_due_at_once(api: Any) -> None:
     for body in (
         {"id": "acme-root", "common_name": "ACME Root"},
