@@ -277,6 +277,11 @@ def test_replaces_is_the_accounts_own_certificate_and_replaced_once(acme_on: Acm
             session.scalar(select(AcmeOrder.replaces).where(AcmeOrder.id == order_id))
             == (row["id"])
         )
+    # The audit log says which certificate the order renews.
+    (event,) = [
+        e for e in api.audit() if e["action"] == "acme.order.create" and e["target"] == order_id
+    ]
+    assert event["detail"] == f"{NAME} replacing {row['id']}"
     # A second order replacing it while the first stands: alreadyReplaced, 409.
     r = _order_replacing(acme_on, owner, [NAME], certid)
     body = _assert_acme_problem(r, 409, "alreadyReplaced")

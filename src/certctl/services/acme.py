@@ -844,7 +844,9 @@ def new_order(
             action="acme.order.create",
             target=order.id,
             source=source,
-            detail=", ".join(name for _, name in names)[:400],
+            detail=", ".join(name for _, name in names)[:400]
+            if replaced is None
+            else f"{', '.join(name for _, name in names)[:350]} replacing {replaced.id}",
         )
     return order_view(services, account, order.id)
 
