@@ -278,3 +278,27 @@ def test_an_address_dropped_from_allowed_names_is_refused_at_finalize(api: Api) 
             assert api.counts()["certificates"] == before
     finally:
         http01.close()
+
+
+def test_an_order_of_an_address_may_replace_the_certificate_of_that_address(
+    acme_on: Acme,
+) -> None:
+    # RFC 9773 5 with RFC 8738: the certificate of 127.0.0.1 alone shares its address with
+    # the order, as a name's shares its name.
+    from tests.api.test_acme_renewal_info import cert_id
+
+    acme_client = acme_on.client()
+    acme_on.register(acme_client)
+    order, _ = _ip_order(acme_on, acme_client, [], [IP])
+    _ready(acme_on, acme_client, order)
+    done = acme_client.poll_and_finalize(order, datetime.now() + timedelta(seconds=30))
+    leaf = x509.load_pem_x509_certificates(done.fullchain_pem.encode())[0]
+    raw = Raw(acme_on, key=acme_client.net.key)
+    raw.kid = acme_client.net.account.uri
+    payload = {"identifiers": [{"type": "ip", "value": IP}], "replaces": cert_id(leaf)}
+    r = raw.post("new-order", raw.jws(f"{acme_on.base}/acme/new-order", payload))
+    assert r.status_code == 201, r.text
+    # Another address shares nothing with it.
+    payload["identifiers"] = [{"type": "ip", "value": "127.0.0.2"}]
+    r = raw.post("new-order", raw.jws(f"{acme_on.base}/acme/new-order", payload))
+    assert "no name in common" in _assert_acme_problem(r, 400, "malformed")["detail"]

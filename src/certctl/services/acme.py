@@ -771,7 +771,9 @@ def new_order(
     names = _checked_identifiers(payload, settings)
     replaced = None
     if "replaces" in payload:  # RFC 9773 5: the certificate this order renews
-        replaced = replaced_certificate(services, account.id, payload["replaces"], names)
+        replaced = replaced_certificate(
+            services, account.id, payload["replaces"], [name for _, name in names]
+        )
     now = services.clock()
     order = AcmeOrder(
         id=new_id(),

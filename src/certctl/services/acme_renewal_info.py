@@ -187,6 +187,8 @@ def replaced_certificate(
 ) -> CertificateRecord:
     """The certificate a new order of ``names`` by ``account_id`` replaces (RFC 9773 5).
 
+    ``names``: the order's identifiers' values, DNS names and IP addresses (RFC 8738).
+
     Raises:
         AcmeError: malformed (not a certID, no name in common), 404 malformed (no such ACME
             certificate), unauthorized (403: another account's).
@@ -208,6 +210,7 @@ def replaced_certificate(
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         held = {str(name).lower() for name in san.get_values_for_type(x509.DNSName)}
+        held |= {str(address) for address in san.get_values_for_type(x509.IPAddress)}
     except x509.ExtensionNotFound:
         held = set()
     if not held & set(names):
