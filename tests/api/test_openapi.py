@@ -38,6 +38,8 @@ DESIGN_ROUTES = {
     ("GET", "/api/v1/issuers/{id}/ca.pem"): PUBLIC,
     ("GET", "/api/v1/issuers/{id}/ca.der"): PUBLIC,
     ("GET", "/api/v1/issuers/{id}/crl"): PUBLIC,
+    ("POST", "/api/v1/issuers/{id}/ocsp"): PUBLIC,
+    ("GET", "/api/v1/issuers/{id}/ocsp/{request}"): PUBLIC,
     ("GET", "/api/v1/certificates"): "cert.read",
     ("POST", "/api/v1/certificates"): "cert.issue",
     ("POST", "/api/v1/certificates/import"): "cert.issue",
@@ -454,3 +456,16 @@ def test_service_names_are_documented_as_the_server_takes_them(api: Api) -> None
         # Python's re lets $ match before a final newline; ECMA 262 (JSON Schema's) does not.
         if value != "a\n":
             assert _allows(schema, value) == (value in taken), value
+
+
+def test_the_ocsp_routes_are_documented_with_their_media_types(api: Api) -> None:
+    """The POST body and both answers are DER (application/ocsp-request, -response)."""
+    paths = api.get("/api/v1/openapi.json").json()["paths"]
+    post = paths["/api/v1/issuers/{id}/ocsp"]["post"]
+    assert list(post["requestBody"]["content"]) == ["application/ocsp-request"]
+    assert list(post["responses"]["200"]["content"]) == ["application/ocsp-response"]
+    assert "413" in post["responses"]
+    assert "security" not in post
+    get = paths["/api/v1/issuers/{id}/ocsp/{request}"]["get"]
+    assert [p["name"] for p in get["parameters"]] == ["id", "request"]
+    assert list(get["responses"]["200"]["content"]) == ["application/ocsp-response"]

@@ -72,6 +72,8 @@ EXPECTED: dict[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/api/v1/issuers/{id}/ca.pem"): (PUBLIC, None),
     ("GET", "/api/v1/issuers/{id}/ca.der"): (PUBLIC, None),
     ("GET", "/api/v1/issuers/{id}/crl"): (PUBLIC, None),
+    ("POST", "/api/v1/issuers/{id}/ocsp"): (PUBLIC, None),
+    ("GET", "/api/v1/issuers/{id}/ocsp/{request}"): (PUBLIC, None),
     ("GET", "/api/v1/certificates"): ("cert.read", None),
     ("POST", "/api/v1/certificates"): ("cert.issue", {"common_name": "m.example.com"}),
     # A certificate certctl issued is recorded already: an allowed caller gets 409.
@@ -231,6 +233,7 @@ def _concrete(path: str, ids: dict[str, str]) -> str:
     path = path.replace("{id}", ids.get(resource, "missing"))
     path = path.replace("{name}", SERVICE).replace("{fingerprint}", ids["fingerprint"])
     path = path.replace("{output}", "certs-public")
+    path = path.replace("{request}", "MAA%3D")  # base64 of an empty SEQUENCE
     assert not re.search(r"{\w+}", path), path
     return path
 
@@ -260,6 +263,12 @@ def test_every_route_has_an_expectation() -> None:
 
 
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# POSTs that change nothing, hence audit nothing: an OCSP request (RFC 6960 A.1) is POSTed.
+_READ_ONLY_POSTS = frozenset({"/api/v1/issuers/{id}/ocsp"})
+
+
+def _mutates(route: Any) -> bool:
+    return route.method in _MUTATING and route.path not in _READ_ONLY_POSTS
 
 
 def _audit_rows(world: World) -> int:
@@ -285,7 +294,7 @@ _ALSO_SUCCEEDS_AS = {"issuer.create": {"issuer.import"}, "service.edit": {"servi
 def test_each_mutating_route_names_its_audit_action() -> None:
     # A 403 is recorded under it (an auditor's ?action=issuer.create finds the refusals with
     # the successes); test_route_authorization checks it is what the successes record.
-    unnamed = [f"{r.method} {r.path}" for r in ROUTES if r.method in _MUTATING and not r.action]
+    unnamed = [f"{r.method} {r.path}" for r in ROUTES if _mutates(r) and not r.action]
     assert not unnamed, f"mutating routes without an audit action: {unnamed}"
 
 
@@ -320,14 +329,14 @@ def test_route_authorization(route: Any, world: World) -> None:
         if body is not None:
             kwargs["json"] = body
         # Only an allowed caller can change anything (DESIGN §4: each change is audited).
-        audits = route.method in _MUTATING and want is None
+        audits = _mutates(route) and want is None
         audited = _audit_rows(world) if audits else 0
-        newest = _newest_audit(world)[0] if route.method in _MUTATING else 0
+        newest = _newest_audit(world)[0] if _mutates(route) else 0
         r = world.app.client.request(route.method, path, **kwargs)
         label = f"{caller.name}: {route.method} {path} → {r.status_code}"
         if audits and r.status_code < 300 and _audit_rows(world) <= audited:
             problems.append(f"{label}: a mutation without an audit row")
-        if route.method in _MUTATING and (r.status_code < 300 or r.status_code == 403):
+        if _mutates(route) and (r.status_code < 300 or r.status_code == 403):
             # One ?action= finds a route's successes and its refusals alike.
             row_id, action, outcome = _newest_audit(world)
             named = {route.action, *_ALSO_SUCCEEDS_AS.get(route.action, ())}

@@ -67,6 +67,17 @@ class ApiRoute:
     # successes. Where the body decides (an import, a service's creation), the one its
     # permission is named after: a refused call's body is not read.
     action: str = ""
+    # The path parameter (the last) that takes the rest of the path, '/' included: the OCSP
+    # GET form's base64 request (RFC 6960 A.1). Starlette's {name:path}; OpenAPI's {name}.
+    rest_of_path: str = ""
+
+    @property
+    def starlette_path(self) -> str:
+        """``path`` as Starlette's router matches it."""
+        if not self.rest_of_path:
+            return self.path
+        name = self.rest_of_path
+        return self.path.replace(f"{{{name}}}", f"{{{name}:path}}")
 
 
 # Starlette's JSONResponse calls json.dumps with non-default options, which builds a new

@@ -451,7 +451,7 @@ def create_app(
         kubernetes_authenticator,
     )
     routes = [
-        Route(r.path, route_endpoint(r, auth), methods=[r.method])
+        Route(r.starlette_path, route_endpoint(r, auth), methods=[r.method])
         for r in ROUTES
         if only_paths is None or r.path in only_paths
     ]
@@ -480,6 +480,7 @@ def create_app(
     app.state.database_probe = DatabaseProbe(services.engine)
     app.state.ca_reads = anyio.CapacityLimiter(CA_READ_THREADS)
     app.state.crl_reads = anyio.CapacityLimiter(CA_READ_THREADS)
+    app.state.ocsp_reads = anyio.CapacityLimiter(CA_READ_THREADS)
     app.state.writes = write_limiter()
     app.state.lists = list_limiter()
     app.state.keygens = anyio.CapacityLimiter(KEYGEN_THREADS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import TYPE_CHECKING
 
 import anyio
@@ -22,7 +24,7 @@ from certctl.api._common import read_body as _body
 from certctl.api._common import services_of as _services
 from certctl.errors import InvalidRequest
 from certctl.pki import parse_duration
-from certctl.services import crls, issuer_revocation, issuers, revocation
+from certctl.services import crls, issuer_revocation, issuers, ocsp, revocation
 from certctl.services.context import (
     IssuerCertificates,
     IssuerRevocation,
@@ -251,6 +253,60 @@ async def issuer_crl(request: Request, principal: Principal | None) -> Response:
     return _revalidated(request, served.der, "application/pkix-crl", max_age, served.der_etag)
 
 
+async def issuer_ocsp_post(request: Request, principal: Principal | None) -> Response:
+    _ocsp_enabled(request)  # off: a 404 before the body is read
+    der: bytes | None = b""
+    parts = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > ocsp.MAX_REQUEST_BYTES:
+            # malformedRequest without reading the rest: the connection is closed after
+            # (the body is still pending, see app.AccessLogAndLimits).
+            der = None
+            break
+        parts.append(chunk)
+    if der is not None:
+        der = b"".join(parts)
+    return await _ocsp_response(request, der)
+
+
+async def issuer_ocsp_get(request: Request, principal: Principal | None) -> Response:
+    _ocsp_enabled(request)
+    # RFC 6960 A.1: the URL-encoded base64 of the DER request, taken whole (it may hold
+    # '/'); the path arrives percent-decoded. An unencoded '+' stays a '+' in a path.
+    encoded: str = request.path_params["request"]
+    der: bytes | None = None
+    if len(encoded) <= ocsp.MAX_REQUEST_BYTES * 4 // 3 + 4:
+        try:
+            der = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):  # ValueError: not ASCII
+            der = b""  # not base64: malformedRequest
+    return await _ocsp_response(request, der)
+
+
+def _ocsp_enabled(request: Request) -> None:
+    if _services(request).ocsp_validity is None:
+        # As an unknown route: nothing is served under it.
+        raise _not_found("OCSP responder of issuer", request.path_params["id"])
+
+
+async def _ocsp_response(request: Request, der: bytes | None) -> Response:
+    services, issuer_id = _services(request), request.path_params["id"]
+    # A store read and maybe a signature (an RSA-4096 CA: ~10 ms): off the event loop, in a
+    # few threads of its own, as the CRL route's, for anyone may ask.
+    answered = await anyio.to_thread.run_sync(
+        lambda: ocsp.answer(services, issuer_id, der), limiter=request.app.state.ocsp_reads
+    )
+    # no-cache: a proxy or CDN in front may keep a response but asks again before reusing
+    # it, so a revocation shows at once through it too; certctl reuses its own signatures.
+    return Response(
+        answered.der,
+        media_type="application/ocsp-response",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
 ISSUER_ROUTES: tuple[ApiRoute, ...] = (
     ApiRoute("GET", "/api/v1/issuers", "issuer.read", list_issuers, "List issuers"),
     ApiRoute(
@@ -285,5 +341,20 @@ ISSUER_ROUTES: tuple[ApiRoute, ...] = (
     ),
     ApiRoute(
         "GET", "/api/v1/issuers/{id}/crl", PUBLIC, issuer_crl, "Issuer CRL (DER; ?format=pem)"
+    ),
+    ApiRoute(
+        "POST",
+        "/api/v1/issuers/{id}/ocsp",
+        PUBLIC,
+        issuer_ocsp_post,
+        "Issuer OCSP responder (RFC 6960; body application/ocsp-request; ocsp.enabled)",
+    ),
+    ApiRoute(
+        "GET",
+        "/api/v1/issuers/{id}/ocsp/{request}",
+        PUBLIC,
+        issuer_ocsp_get,
+        "Issuer OCSP responder, GET form (RFC 6960 A.1: URL-encoded base64 request)",
+        rest_of_path="request",  # base64 holds '/'
     ),
 )

@@ -323,6 +323,17 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
 _JSON = "application/json"
 _PEM = "application/x-pem-file"
 _TEXT = "text/plain"
+_OCSP_RESPONSE = "application/ocsp-response"
+_BINARY = {"type": "string", "format": "binary"}
+# Bodies that are no JSON: (method, path) -> the requestBody.
+_RAW_BODIES: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/api/v1/issuers/{id}/ocsp"): {
+        "required": True,
+        "description": "a DER OCSPRequest for one certificate, at most 8 KiB (longer: "
+        "malformedRequest)",
+        "content": {"application/ocsp-request": {"schema": _BINARY}},
+    }
+}
 
 
 def _json(schema: str) -> dict[str, Any]:
@@ -367,6 +378,8 @@ _SUCCESS: dict[tuple[str, str], dict[str, Any]] = {
         "application/pkix-crl": {"schema": {"type": "string", "format": "binary"}},
         _PEM: {"schema": _STR},
     },
+    ("POST", "/api/v1/issuers/{id}/ocsp"): {_OCSP_RESPONSE: {"schema": _BINARY}},
+    ("GET", "/api/v1/issuers/{id}/ocsp/{request}"): {_OCSP_RESPONSE: {"schema": _BINARY}},
     ("GET", "/api/v1/certificates"): _json("CertificateList"),
     ("POST", "/api/v1/certificates"): _json("IssuedCertificate"),
     ("POST", "/api/v1/certificates/import"): _json("ImportedCertificates"),
@@ -620,6 +633,8 @@ def _problems(route: ApiRoute) -> list[str]:
         codes.append("409")
     if route.body is not None:
         codes += ["413", "415"]
+    elif (route.method, route.path) in _RAW_BODIES:
+        codes.append("413")  # over the server's body limit (1 MiB)
     if route.path not in _NO_STORAGE:
         codes.append("503")  # storage full, read-only or unreachable; /readyz not ready
     return codes
@@ -685,6 +700,8 @@ def build_openapi(routes: Sequence[ApiRoute]) -> dict[str, Any]:
                 "required": name not in _OPTIONAL_BODIES,
                 "content": {_JSON: {"schema": _ref(name)}},
             }
+        if key in _RAW_BODIES:
+            op["requestBody"] = _RAW_BODIES[key]
         paths.setdefault(route.path, {})[route.method.lower()] = op
     return {
         "openapi": "3.1.0",

@@ -41,6 +41,7 @@ __all__ = [
     "HTTP_REQUESTS",
     "ISSUANCE",
     "ISSUANCE_DURATION",
+    "OCSP_RESPONSES",
     "REGISTRY",
     "RENEWALS",
     "REVOCATIONS",
@@ -79,6 +80,12 @@ ISSUANCE_DURATION = Histogram(
     registry=REGISTRY,
 )
 REVOCATIONS = Counter("certctl_revocations", "Certificates revoked", ["issuer"], registry=REGISTRY)
+OCSP_RESPONSES = Counter(
+    "certctl_ocsp_responses",
+    "OCSP responses, by what they said: good, revoked, unknown, malformed, unauthorized",
+    ["status"],
+    registry=REGISTRY,
+)
 RENEWALS = Counter("certctl_renewals", "Certificate renewals", ["result"], registry=REGISTRY)
 HTTP_REQUESTS = Counter(
     "certctl_http_requests", "HTTP requests", ["method", "route", "status"], registry=REGISTRY

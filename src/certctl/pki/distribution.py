@@ -16,7 +16,7 @@ from urllib.parse import quote, urlsplit
 
 from certctl.errors import InvalidRequest
 
-__all__ = ["ca_issuers_url_for", "check_certificate_url", "crl_url_for"]
+__all__ = ["ca_issuers_url_for", "check_certificate_url", "crl_url_for", "ocsp_url_for"]
 
 _SCHEMES = ("http", "https")
 # A character outside RFC 3986's unreserved and reserved sets, or a '%' not starting %XX.
@@ -112,3 +112,12 @@ def ca_issuers_url_for(base: str, issuer_id: str) -> str:
     DER certificate (or a certs-only CMS), and Windows' and Java's fetchers read nothing else.
     """
     return f"{base}/api/v1/issuers/{quote(issuer_id, safe='')}/ca.der"
+
+
+def ocsp_url_for(base: str, issuer_id: str) -> str:
+    """The URL of ``POST /api/v1/issuers/{issuer_id}/ocsp`` under ``base`` (checked).
+
+    An AIA id-ad-ocsp URI (RFC 5280 4.2.2.1): clients POST a request there, or GET it with the
+    base64 request appended as a last path segment (RFC 6960 A.1).
+    """
+    return f"{base}/api/v1/issuers/{quote(issuer_id, safe='')}/ocsp"

@@ -37,6 +37,7 @@ __all__ = [
     "SigningTemplate",
     "encode_extension",
     "key_identifier",
+    "public_key_bits",
     "spki_of",
     "subject_key_identifier",
 ]
@@ -134,10 +135,19 @@ def key_identifier(spki_der: bytes) -> bytes:
     RFC 5280 4.2.1.2 method 1: SHA-1 of the subjectPublicKey BIT STRING, less its
     unused-bits octet.
     """
+    return hashlib.sha1(public_key_bits(spki_der)).digest()
+
+
+def public_key_bits(spki_der: bytes) -> bytes:
+    """The subjectPublicKey BIT STRING's contents, less its unused-bits octet.
+
+    What a key identifier (RFC 5280 4.2.1.2) and an OCSP issuerKeyHash (RFC 6960 4.1.1)
+    hash: the key alone, without its algorithm identifier.
+    """
     _, start, _ = _read(spki_der, 0)
     _, _, algorithm_end = _read(spki_der, start)
     _, key_start, key_end = _read(spki_der, algorithm_end)
-    return hashlib.sha1(spki_der[key_start + 1 : key_end]).digest()
+    return spki_der[key_start + 1 : key_end]
 
 
 class SigningTemplate:

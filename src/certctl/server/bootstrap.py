@@ -453,6 +453,7 @@ def _prepare_store(config: ServerConfig, engine: Engine) -> Bootstrapped:
         KeyWrapper(kek),
         public_url=config.public_url,
         server_names=own_server_names(config),
+        ocsp_validity=parse_duration(config.ocsp.validity) if config.ocsp.enabled else None,
     )
     if default is not None:
         check_kek(services, default, data_dir)

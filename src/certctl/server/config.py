@@ -7,6 +7,7 @@ import copy
 import ipaddress
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -450,6 +451,28 @@ def dns_resolver(value: str) -> tuple[str, int]:
     return str(address), int(port)
 
 
+# ocsp.validity's bounds: under 5 minutes a response expires before a client that cached it
+# (nginx's ssl_ocsp_cache, a stapling server) asks again; past 7 days a revocation stays
+# unseen by such a client for as long (RFC 5019 / CA/B Forum BR 4.9.10 allow at most 10 days).
+_OCSP_VALIDITY_MIN = timedelta(minutes=5)
+_OCSP_VALIDITY_MAX = timedelta(days=7)
+
+
+class OcspConfig(_Section):
+    """``ocsp.*``: the opt-in OCSP responder (RFC 6960, RFC 5019 profile) of every issuer."""
+
+    enabled: StrictBool = False  # strict: see MetricsConfig.secure
+    validity: str = "1h"
+
+    @field_validator("validity")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        _checked_duration(value)
+        if not _OCSP_VALIDITY_MIN <= parse_duration(value) <= _OCSP_VALIDITY_MAX:
+            raise ValueError(f"{value}: expected a duration from 5m to 7D")
+        return value
+
+
 class NotificationsConfig(_Section):
     """``notifications.*`` keys."""
 
@@ -483,6 +506,7 @@ class ServerConfig(_Section):
     notifications: NotificationsConfig = Field(default_factory=lambda: NotificationsConfig())
     services: ServicesConfig = Field(default_factory=ServicesConfig)
     acme: AcmeConfig = Field(default_factory=AcmeConfig)
+    ocsp: OcspConfig = Field(default_factory=OcspConfig)
     # The URL clients reach this server at; leaves issued through the API then carry a
     # cRLDistributionPoints URI <public-url>/api/v1/issuers/<id>/crl and an
     # authorityInfoAccess caIssuers URI <public-url>/api/v1/issuers/<id>/ca.der.
@@ -642,11 +666,15 @@ _ENV_KEYS = {
     "CERTCTL_ACME_VALIDITY": ("acme", "validity"),
     "CERTCTL_ACME_HTTP_01_PORT": ("acme", "http-01-port"),
     "CERTCTL_ACME_EXTERNAL_ACCOUNT_REQUIRED": ("acme", "external-account-required"),
+    "CERTCTL_OCSP_ENABLED": ("ocsp", "enabled"),
+    "CERTCTL_OCSP_VALIDITY": ("ocsp", "validity"),
 }
 
 
 # Variables of switches (StrictBool keys).
-_SWITCH_ENV = frozenset({"CERTCTL_ACME_ENABLED", "CERTCTL_ACME_EXTERNAL_ACCOUNT_REQUIRED"})
+_SWITCH_ENV = frozenset(
+    {"CERTCTL_ACME_ENABLED", "CERTCTL_ACME_EXTERNAL_ACCOUNT_REQUIRED", "CERTCTL_OCSP_ENABLED"}
+)
 
 
 def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any, file: Path | None) -> None:

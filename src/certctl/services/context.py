@@ -7,9 +7,10 @@ import functools
 import hashlib
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
 from cryptography import x509
@@ -23,10 +24,12 @@ from certctl.store.groupcommit import GroupCommit
 from certctl.store.keywrap import KeyWrapper
 
 __all__ = [
+    "OCSP_CACHE_SIZE",
     "IssuerCertificates",
     "IssuerRevocation",
     "LoggedOnce",
     "Principal",
+    "ResponseCache",
     "Services",
     "SignedCrl",
     "connected",
@@ -187,6 +190,42 @@ class LoggedOnce:
 _log = logging.getLogger("certctl.services")
 
 
+# Signed OCSP responses a process keeps (see ResponseCache): one per certificate asked about
+# recently, ~0.5-1 KB each, so at most ~10 MB whatever a flood of distinct serials asks.
+OCSP_CACHE_SIZE = 10_000
+
+
+class ResponseCache:
+    """A bounded map (least recently used dropped first) of signed responses and their time.
+
+    Thread-safe: the OCSP route's worker threads share one per process.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: OrderedDict[Hashable, tuple[bytes, datetime]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> tuple[bytes, datetime] | None:
+        """The response stored under ``key`` and when it was signed; None if none is."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: Hashable, response: bytes, signed_at: datetime) -> None:
+        """Store ``response`` under ``key``, dropping the least recently used past the size."""
+        with self._lock:
+            self._items[key] = (response, signed_at)
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 @dataclass
 class Services:
     """Store handles shared by the use cases; issuer keys are loaded once and cached."""
@@ -202,6 +241,9 @@ class Services:
     # against the internal CA's root: a server certificate for one of them under that root
     # is issued to a caller holding every permission only (``issuance``). None: no check.
     server_names: SubjectAltNames | None = None
+    # ``ocsp.validity`` when ``ocsp.enabled``: the OCSP routes answer, and leaves issued
+    # with ``public_url`` name them in their authorityInfoAccess. None: OCSP is off (404).
+    ocsp_validity: timedelta | None = None
     # tls.mode custom: the served tls.crt (leaf first, then the chain it sends, then the CAs
     # above them that certctl's issuers hold), whose names ``server_names`` then are, set at
     # each (re)load. A server certificate for one of them under the root that certificate
@@ -242,6 +284,8 @@ class Services:
     _crl_signers: dict[str, threading.Lock] = field(default_factory=dict)
     # The warnings and errors said once in this process (see LoggedOnce).
     logged: LoggedOnce = field(default_factory=LoggedOnce)
+    # The OCSP responses signed here, reused while fresh (see ``services.ocsp``).
+    ocsp_responses: ResponseCache = field(default_factory=lambda: ResponseCache(OCSP_CACHE_SIZE))
     commits: GroupCommit = field(init=False)
 
     def __post_init__(self) -> None:
@@ -277,6 +321,17 @@ class Services:
         from certctl.pki.distribution import ca_issuers_url_for
 
         return (ca_issuers_url_for(self.public_url, issuer_id),)
+
+    def ocsp_urls(self, issuer_id: str) -> tuple[str, ...]:
+        """Where clients ask ``issuer_id``'s OCSP responder, for its leaves' AIA id-ad-ocsp.
+
+        Empty without ``public_url`` or with OCSP off: certificates then name none.
+        """
+        if self.public_url is None or self.ocsp_validity is None:
+            return ()
+        from certctl.pki.distribution import ocsp_url_for
+
+        return (ocsp_url_for(self.public_url, issuer_id),)
 
     def cached_issuer(self, issuer_id: str) -> CertificateAuthority | None:
         """The loaded CA for ``issuer_id`` if already cached."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from certctl.errors import InvalidRequest
 from certctl.server.config import ServerConfig, load_config
@@ -1006,6 +1006,7 @@ _SWITCHES = {
     ),
     "acme.enabled": "acme:\n  enabled: {}\n",
     "acme.external-account-required": "acme:\n  external-account-required: {}\n",
+    "ocsp.enabled": "ocsp:\n  enabled: {}\n",
 }
 
 
@@ -1076,3 +1077,20 @@ def test_an_encrypted_tls_key_in_the_cert_dir_is_refused_with_what_serve_can_rea
     )
     assert "--password-file" not in result.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_ocsp_validity_is_a_duration_from_5m_to_7d(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ocsp.validity: under 5 minutes or over 7 days is refused, naming the bounds."""
+    assert ServerConfig.model_validate({"ocsp": {"validity": "5m"}}).ocsp.validity == "5m"
+    assert ServerConfig.model_validate({"ocsp": {"validity": "7D"}}).ocsp.validity == "7D"
+    for bad in ("4m", "8D", "1x"):
+        with pytest.raises(ValidationError, match=r"ocsp\.validity"):
+            ServerConfig.model_validate({"ocsp": {"validity": bad}})
+    monkeypatch.setenv("CERTCTL_OCSP_ENABLED", "true")
+    monkeypatch.setenv("CERTCTL_OCSP_VALIDITY", "10m")
+    config = load_config(None, {})
+    assert config.ocsp.enabled is True
+    assert config.ocsp.validity == "10m"
+    monkeypatch.setenv("CERTCTL_OCSP_ENABLED", "yes")
+    with pytest.raises(InvalidRequest, match="CERTCTL_OCSP_ENABLED=yes"):
+        load_config(None, {})

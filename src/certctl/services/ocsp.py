@@ -1,0 +1,137 @@
+"""OCSP: each issuer's responder (RFC 6960, RFC 5019 profile), answers reused while fresh."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography.x509 import ocsp
+from sqlalchemy import bindparam, select
+
+from certctl.errors import NotFound
+from certctl.metrics.registry import OCSP_RESPONSES
+from certctl.pki import format_serial
+from certctl.pki.ocsp import OcspQuestion, is_asked_of, read_request, refusal, sign_response
+from certctl.services.context import Services
+from certctl.services.issuance import CERTIFICATES
+from certctl.services.issuers import ISSUERS, load_issuer
+from certctl.services.revocation import REASONS
+
+__all__ = ["MAX_REQUEST_BYTES", "OcspAnswer", "answer"]
+
+# An OCSPRequest for one certificate is ~80 bytes, ~1-2 KB signed with a certificate or two
+# (RFC 6960 4.1.2, which certctl ignores). Anything longer is refused as malformedRequest
+# unread: the route is public, and certctl answers one certificate per request anyway.
+MAX_REQUEST_BYTES = 8 * 1024
+
+# Built once: an unsuccessful response is its status alone, unsigned.
+_MALFORMED = refusal(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+_UNAUTHORIZED = refusal(ocsp.OCSPResponseStatus.UNAUTHORIZED)
+
+
+@dataclass(frozen=True)
+class OcspAnswer:
+    """An OCSPResponse (DER) and what it says, as the metric counts it."""
+
+    der: bytes
+    status: str  # good | revoked | unknown | malformed | unauthorized
+
+
+def answer(services: Services, issuer_id: str, request_der: bytes | None) -> OcspAnswer:
+    """The OCSP response of issuer ``issuer_id`` to ``request_der`` (None: one too long).
+
+    Unsuccessful (an OCSP status, still an HTTP 200) for what is no request certctl can
+    answer (``malformedRequest``: see ``pki.ocsp.read_request``) and for a question about
+    another issuer's certificates, or when this issuer's certificate has expired
+    (``unauthorized``, RFC 5019 2.2.3: this responder cannot answer it). Otherwise the
+    certificate's status as the store shows it now: ``revoked`` (when and why, as its CRL
+    lists it), ``good`` for a certificate of this issuer not revoked, ``unknown`` for a
+    serial the issuer never issued (as certctl stores it).
+
+    A signed response is reused for the same question and the same status for half of
+    ``ocsp.validity``: a nonce is ignored (RFC 5019 4), so a flood of requests costs a
+    store read each, not a signature by the CA's key each. The certificate's row is read
+    on every request, its status part of what is reused: a revocation shows at once.
+
+    Raises:
+        NotFound: OCSP is off (``ocsp.enabled``), or no issuer ``issuer_id``.
+    """
+    validity = services.ocsp_validity
+    if validity is None:
+        raise NotFound("no OCSP responder: ocsp.enabled is false")
+    ca = load_issuer(services, issuer_id)  # NotFound for an unknown id, as the CRL route
+    question = read_request(request_der) if request_der is not None else None
+    if question is None:
+        return _counted(OcspAnswer(_MALFORMED, "malformed"))
+    now = services.clock()
+    if not is_asked_of(ca.certificate, question) or ca.certificate.not_valid_after_utc <= now:
+        return _counted(OcspAnswer(_UNAUTHORIZED, "unauthorized"))
+    known, revoked_at, reason = _status(services, issuer_id, question)
+    status = "unknown" if not known else "revoked" if revoked_at is not None else "good"
+    key: Hashable = (
+        issuer_id,
+        ca.certificate.serial_number,  # a renewed CA (another certificate) signs anew
+        question.algorithm.name,  # hash objects are not hashable: the CertID by its parts
+        question.issuer_name_hash,
+        question.issuer_key_hash,
+        question.serial_number,
+        status,
+        revoked_at,
+        reason,
+        validity,
+    )
+    cached = services.ocsp_responses.get(key)
+    if cached is not None:
+        der, signed_at = cached
+        # RFC 5019 6: fresh responses are reused; from half its validity on, a client
+        # caching it (until nextUpdate) would keep it too long past the next one.
+        if signed_at <= now < signed_at + validity / 2:
+            return _counted(OcspAnswer(der, status))
+    der = sign_response(
+        ca,
+        question,
+        now=now,
+        validity=validity,
+        revoked_at=revoked_at,
+        reason=REASONS.get(reason or "unspecified"),
+        known=known,
+    )
+    services.ocsp_responses.put(key, der, now)
+    return _counted(OcspAnswer(der, status))
+
+
+def _counted(result: OcspAnswer) -> OcspAnswer:
+    OCSP_RESPONSES.labels(result.status).inc()
+    return result
+
+
+def _status(
+    services: Services, issuer_id: str, question: OcspQuestion
+) -> tuple[bool, datetime | None, str | None]:
+    """(issued by this issuer, revoked when, why) of the serial asked about, as stored now.
+
+    A leaf's row by the (issuer, serial) unique index; only for a serial no leaf has, the
+    intermediates this issuer signed (few rows), a revoked one first: the same CA imported
+    under two ids is revoked once either is.
+    """
+    parameters = {"issuer_id": issuer_id, "serial": format_serial(question.serial_number)}
+    with services.engine.connect() as connection:
+        row = connection.execute(_LEAF, parameters).first()
+        if row is None:
+            row = connection.execute(_INTERMEDIATE, parameters).first()
+    if row is None:
+        return False, None, None
+    return True, row[0], row[1] if row[0] is not None else None
+
+
+_LEAF = select(CERTIFICATES.c.revoked_at, CERTIFICATES.c.revocation_reason).where(
+    CERTIFICATES.c.issuer_id == bindparam("issuer_id"),
+    CERTIFICATES.c.serial == bindparam("serial"),
+)
+_INTERMEDIATE = (
+    select(ISSUERS.c.revoked_at, ISSUERS.c.revocation_reason)
+    .where(ISSUERS.c.parent_id == bindparam("issuer_id"), ISSUERS.c.serial == bindparam("serial"))
+    .order_by(ISSUERS.c.revoked_at.is_(None), ISSUERS.c.revoked_at)
+    .limit(1)
+)

@@ -1,0 +1,328 @@
+"""/api/v1/issuers/{id}/ocsp (POST) and /ocsp/{base64 request} (GET): the OCSP responder."""
+
+from __future__ import annotations
+
+import base64
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp
+from prometheus_client.parser import text_string_to_metric_families
+
+from certctl.pki import KeyType, common_name_dn, create_root_ca, generate_private_key
+from tests._tools import ok, run
+from tests.api.conftest import Api, assert_problem
+
+OCSP = "/api/v1/issuers/default/ocsp"
+MEDIA = {"Content-Type": "application/ocsp-request"}
+
+
+@pytest.fixture
+def on(api: Api) -> Api:
+    """The app with ``ocsp.enabled`` (validity 1h), as bootstrap sets it from the config."""
+    api.services.ocsp_validity = timedelta(hours=1)
+    return api
+
+
+def _ca(api: Api, issuer: str = "default") -> x509.Certificate:
+    return x509.load_pem_x509_certificate(api.get(f"/api/v1/issuers/{issuer}/ca.pem").content)
+
+
+def _leaf(api: Api, **body: object) -> tuple[str, x509.Certificate]:
+    issued = api.issue(**body)
+    return issued["id"], x509.load_pem_x509_certificate(issued["certificate_pem"].encode())
+
+
+def _request(
+    cert: x509.Certificate, issuer: x509.Certificate, algorithm: hashes.HashAlgorithm | None = None
+) -> bytes:
+    builder = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, algorithm or hashes.SHA1())
+    return builder.build().public_bytes(Encoding.DER)
+
+
+def _post(api: Api, der: bytes, issuer: str = "default") -> ocsp.OCSPResponse:
+    r = api.post(f"/api/v1/issuers/{issuer}/ocsp", content=der, headers=MEDIA)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/ocsp-response"
+    assert r.headers["cache-control"] == "no-cache"
+    return ocsp.load_der_ocsp_response(r.content)
+
+
+def _verified(response: ocsp.OCSPResponse, ca: x509.Certificate) -> ocsp.OCSPResponse:
+    """``response``, its signature checked against the CA's key and its responder by key."""
+    assert response.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
+    ca.public_key().verify(  # type: ignore[call-arg]
+        response.signature,
+        response.tbs_response_bytes,
+        *(
+            ()
+            if response.signature_hash_algorithm is None
+            else _ec_or_rsa(ca, response.signature_hash_algorithm)
+        ),
+    )
+    assert (
+        response.responder_key_hash
+        == x509.SubjectKeyIdentifier.from_public_key(ca.public_key()).digest
+    )
+    assert response.responder_name is None
+    assert response.certificates == []
+    return response
+
+
+def _ec_or_rsa(ca: x509.Certificate, algorithm: hashes.HashAlgorithm) -> tuple[object, ...]:
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    key = ca.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return (ec.ECDSA(algorithm),)
+    assert isinstance(key, rsa.RSAPublicKey)
+    return (padding.PKCS1v15(), algorithm)
+
+
+def test_off_by_default_the_routes_are_404(api: Api) -> None:
+    _, leaf = _leaf(api)
+    der = _request(leaf, _ca(api))
+    assert_problem(api.post(OCSP, content=der, headers=MEDIA), 404)
+    assert_problem(api.get(f"{OCSP}/{quote(base64.b64encode(der).decode(), safe='')}"), 404)
+
+
+def test_good_then_revoked_at_once_then_unknown(on: Api) -> None:
+    ca = _ca(on)
+    cert_id, leaf = _leaf(on)
+    now = on.clock()
+    good = _verified(_post(on, _request(leaf, ca)), ca)
+    assert good.certificate_status is ocsp.OCSPCertStatus.GOOD
+    assert good.serial_number == leaf.serial_number
+    assert good.this_update_utc == now.replace(microsecond=0)
+    assert good.next_update_utc == now.replace(microsecond=0) + timedelta(hours=1)
+    assert good.hash_algorithm.name == "sha1"
+    # The reused response is the same bytes (no nonce: RFC 5019), until a revocation.
+    assert _post(on, _request(leaf, ca)).tbs_response_bytes == good.tbs_response_bytes
+    r = on.post(
+        f"/api/v1/certificates/{cert_id}/revoke", on.admin_key, json={"reason": "keyCompromise"}
+    )
+    assert r.status_code == 200, r.text
+    revoked = _verified(_post(on, _request(leaf, ca)), ca)
+    assert revoked.certificate_status is ocsp.OCSPCertStatus.REVOKED
+    assert revoked.revocation_reason is x509.ReasonFlags.key_compromise
+    assert revoked.revocation_time_utc is not None
+    # A serial this issuer never issued (a certificate of the same CA name and key made
+    # elsewhere): unknown, still signed.
+    unknown_req = (
+        ocsp.OCSPRequestBuilder()
+        .add_certificate_by_hash(
+            good.issuer_name_hash, good.issuer_key_hash, x509.random_serial_number(), hashes.SHA1()
+        )
+        .build()
+        .public_bytes(Encoding.DER)
+    )
+    unknown = _verified(_post(on, unknown_req), ca)
+    assert unknown.certificate_status is ocsp.OCSPCertStatus.UNKNOWN
+
+
+def test_unspecified_revocation_carries_no_reason_as_the_crl(on: Api) -> None:
+    ca = _ca(on)
+    cert_id, leaf = _leaf(on)
+    r = on.post(f"/api/v1/certificates/{cert_id}/revoke", on.admin_key)
+    assert r.status_code == 200, r.text
+    revoked = _verified(_post(on, _request(leaf, ca)), ca)
+    assert revoked.certificate_status is ocsp.OCSPCertStatus.REVOKED
+    assert revoked.revocation_reason is None
+
+
+def test_sha256_cert_ids_are_answered_in_kind(on: Api) -> None:
+    ca = _ca(on)
+    _, leaf = _leaf(on)
+    response = _verified(_post(on, _request(leaf, ca, hashes.SHA256())), ca)
+    assert response.certificate_status is ocsp.OCSPCertStatus.GOOD
+    assert response.hash_algorithm.name == "sha256"
+    assert response.issuer_key_hash == _request_hashes(leaf, ca, hashes.SHA256())[1]
+
+
+def _request_hashes(
+    leaf: x509.Certificate, ca: x509.Certificate, algorithm: hashes.HashAlgorithm
+) -> tuple[bytes, bytes]:
+    request = ocsp.load_der_ocsp_request(_request(leaf, ca, algorithm))
+    return request.issuer_name_hash, request.issuer_key_hash
+
+
+def test_a_response_is_reused_for_half_its_validity_then_signed_anew(on: Api) -> None:
+    ca = _ca(on)
+    _, leaf = _leaf(on)
+    first = _post(on, _request(leaf, ca))
+    on.clock.advance(minutes=29)
+    assert _post(on, _request(leaf, ca)).this_update_utc == first.this_update_utc
+    on.clock.advance(minutes=1, seconds=1)
+    later = _post(on, _request(leaf, ca))
+    assert later.this_update_utc > first.this_update_utc
+    assert later.next_update_utc == later.this_update_utc + timedelta(hours=1)
+
+
+def test_the_get_form_takes_url_encoded_base64_holding_slashes(on: Api) -> None:
+    ca = _ca(on)
+    # Serials until one whose request's base64 holds a '/' (and so a path with more segments).
+    for _ in range(64):
+        _, leaf = _leaf(on)
+        encoded = base64.b64encode(_request(leaf, ca)).decode()
+        if "/" in encoded:
+            break
+    else:
+        pytest.fail("no request with a '/' in its base64 among 64")
+    for path in (quote(encoded, safe=""), encoded):  # encoded as RFC 6960 A.1 says, or not
+        r = on.get(f"{OCSP}/{path}")
+        assert r.status_code == 200, r.text
+        response = _verified(ocsp.load_der_ocsp_response(r.content), ca)
+        assert response.serial_number == leaf.serial_number
+        assert response.certificate_status is ocsp.OCSPCertStatus.GOOD
+
+
+def _status(r_content: bytes) -> ocsp.OCSPResponseStatus:
+    return ocsp.load_der_ocsp_response(r_content).response_status
+
+
+def test_bad_requests_get_ocsp_errors_never_a_500(on: Api, tmp_path: Path) -> None:
+    ca = _ca(on)
+    _, leaf = _leaf(on)
+    other_pem = on.issue(common_name="b.example.com")["certificate_pem"]
+    before = on.counts()
+    malformed = ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    for body in (b"", b"garbage", b"\x30\x03\x02\x01\x01", b"\x30" * 5000):
+        r = on.post(OCSP, content=body, headers=MEDIA)
+        assert r.status_code == 200, r.text
+        assert _status(r.content) is malformed
+    # Two certificates in one request (openssl makes it; cryptography reads one only):
+    # malformedRequest, as documented.
+    ca_pem, a_pem, b_pem = tmp_path / "ca.pem", tmp_path / "a.pem", tmp_path / "b.pem"
+    ca_pem.write_bytes(ca.public_bytes(Encoding.PEM))
+    a_pem.write_bytes(leaf.public_bytes(Encoding.PEM))
+    b_pem.write_text(other_pem)
+    ok(run("openssl", "ocsp", "-issuer", ca_pem, "-cert", a_pem, "-cert", b_pem, "-no_nonce",
+           "-reqout", tmp_path / "two.der"))  # fmt: skip
+    shown = ok(run("openssl", "ocsp", "-reqin", tmp_path / "two.der", "-req_text"))
+    assert shown.stdout.count("Serial Number:") == 2
+    r = on.post(OCSP, content=(tmp_path / "two.der").read_bytes(), headers=MEDIA)
+    assert _status(r.content) is malformed
+    # Over the 8 KiB an OCSP request needs at most: malformedRequest, unread.
+    big = on.post(OCSP, content=_request(leaf, ca) + b"\x00" * 9000, headers=MEDIA)
+    assert _status(big.content) is malformed
+    # Over the server's 1 MiB body limit: the 413 problem of every route.
+    assert_problem(on.post(OCSP, content=b"\x00" * (1024 * 1024 + 1), headers=MEDIA), 413)
+    # Bad base64 in the GET form, and base64 of garbage.
+    for path in (
+        "not%20base64!",
+        "%FF%FE",
+        quote(base64.b64encode(b"junk").decode(), safe=""),
+        "A" * 12000,  # over 8 KiB decoded (a longer request line is a 431)
+    ):
+        r = on.get(f"{OCSP}/{path}")
+        assert r.status_code == 200, (path[:20], r.text)
+        assert _status(r.content) is malformed
+    # Another issuer's certificate asked of this one: unauthorized (both hashes compared).
+    other_key = generate_private_key(KeyType.EC_P256)
+    other_ca = create_root_ca(
+        other_key, common_name_dn("Other CA"), validity=timedelta(days=365), now=on.clock()
+    ).certificate
+    other_leaf = x509.CertificateBuilder(
+        issuer_name=other_ca.subject,
+        subject_name=leaf.subject,
+        public_key=leaf.public_key(),
+        serial_number=leaf.serial_number,
+        not_valid_before=leaf.not_valid_before_utc,
+        not_valid_after=leaf.not_valid_after_utc,
+    ).sign(other_key, hashes.SHA256())
+    r = on.post(OCSP, content=_request(other_leaf, other_ca), headers=MEDIA)
+    assert _status(r.content) is ocsp.OCSPResponseStatus.UNAUTHORIZED
+    # This CA's name with another key (a CA impersonating it): unauthorized too.
+    same_name = ocsp.load_der_ocsp_request(_request(leaf, ca))
+    wrong_key = ocsp.load_der_ocsp_request(_request(other_leaf, other_ca))
+    mixed = (
+        ocsp.OCSPRequestBuilder()
+        .add_certificate_by_hash(
+            same_name.issuer_name_hash, wrong_key.issuer_key_hash, leaf.serial_number, hashes.SHA1()
+        )
+        .build()
+        .public_bytes(Encoding.DER)
+    )
+    r = on.post(OCSP, content=mixed, headers=MEDIA)
+    assert _status(r.content) is ocsp.OCSPResponseStatus.UNAUTHORIZED
+    # An unknown issuer id: 404, as its CRL.
+    assert_problem(
+        on.post("/api/v1/issuers/nope/ocsp", content=_request(leaf, ca), headers=MEDIA), 404
+    )
+    assert_problem(on.get("/api/v1/issuers/nope/ocsp/AAAA"), 404)
+    assert on.counts() == before  # nothing written
+
+
+def test_intermediates_and_their_revocation_are_answered_by_the_parent(on: Api) -> None:
+    r = on.post(
+        "/api/v1/issuers",
+        on.admin_key,
+        json={"id": "sub", "common_name": "Sub CA", "parent": "default"},
+    )
+    assert r.status_code == 201, r.text
+    root, sub = _ca(on), _ca(on, "sub")
+    assert _verified(_post(on, _request(sub, root)), root).certificate_status is (
+        ocsp.OCSPCertStatus.GOOD
+    )
+    r = on.post("/api/v1/issuers/sub/revoke", on.admin_key, json={"reason": "cACompromise"})
+    assert r.status_code == 200, r.text
+    revoked = _verified(_post(on, _request(sub, root)), root)
+    assert revoked.certificate_status is ocsp.OCSPCertStatus.REVOKED
+    assert revoked.revocation_reason is x509.ReasonFlags.ca_compromise
+
+
+def test_an_intermediate_answers_for_its_own_leaves(on: Api) -> None:
+    r = on.post(
+        "/api/v1/issuers",
+        on.admin_key,
+        json={"id": "leafy", "common_name": "Leafy CA", "parent": "default"},
+    )
+    assert r.status_code == 201, r.text
+    sub = _ca(on, "leafy")
+    _, leaf = _leaf(on, issuer="leafy")
+    good = _verified(_post(on, _request(leaf, sub), "leafy"), sub)
+    assert good.certificate_status is ocsp.OCSPCertStatus.GOOD
+    # Asked of the root instead: not its certificate to answer for.
+    r = on.post(OCSP, content=_request(leaf, sub), headers=MEDIA)
+    assert _status(r.content) is ocsp.OCSPResponseStatus.UNAUTHORIZED
+
+
+def test_responses_are_counted_by_status(on: Api) -> None:
+    def counts() -> dict[str, float]:
+        r = on.get("/api/v1/metrics/prometheus", on.admin_key)
+        families = {f.name: f for f in text_string_to_metric_families(r.text)}
+        family = families.get("certctl_ocsp_responses")
+        if family is None:
+            return {}
+        return {s.labels["status"]: s.value for s in family.samples if s.name.endswith("_total")}
+
+    ca = _ca(on)
+    _, leaf = _leaf(on)
+    before = counts()
+    _post(on, _request(leaf, ca))
+    on.post(OCSP, content=b"junk", headers=MEDIA)
+    after = counts()
+    assert after["good"] - before.get("good", 0) == 1
+    assert after["malformed"] - before.get("malformed", 0) == 1
+
+
+def test_openssl_checks_a_response_of_the_api(on: Api, tmp_path: Path) -> None:
+    """openssl ocsp reads and verifies what the route answered (its own request, no nonce)."""
+    ca_pem, leaf_pem = tmp_path / "ca.pem", tmp_path / "leaf.pem"
+    ca_pem.write_bytes(on.get("/api/v1/issuers/default/ca.pem").content)
+    issued = on.issue()
+    leaf_pem.write_text(issued["certificate_pem"])
+    ok(run("openssl", "ocsp", "-issuer", ca_pem, "-cert", leaf_pem, "-no_nonce",
+           "-reqout", tmp_path / "req.der"))  # fmt: skip
+    r = on.post(OCSP, content=(tmp_path / "req.der").read_bytes(), headers=MEDIA)
+    (tmp_path / "resp.der").write_bytes(r.content)
+    # openssl judges thisUpdate by the real clock: the test's frozen one is within minutes.
+    shown = ok(run("openssl", "ocsp", "-issuer", ca_pem, "-cert", leaf_pem, "-CAfile", ca_pem,
+                   "-respin", tmp_path / "resp.der", "-no_nonce"))  # fmt: skip
+    assert "Response verify OK" in shown.stdout + shown.stderr
+    assert f"{leaf_pem}: good" in shown.stdout
