@@ -2490,7 +2490,8 @@ def _ca_issuers(pem: str) -> list[str] | None:
     except x509.ExtensionNotFound:
         return None
     assert not ext.critical
-    # No OCSP: certctl runs no responder, and a URI nobody answers makes clients wait.
+    # No OCSP with ocsp.enabled off (these tests' default): a URI nobody answers makes
+    # clients wait (tests/api/test_ocsp.py has it on).
     assert {d.access_method for d in ext.value} == {AuthorityInformationAccessOID.CA_ISSUERS}
     return [str(d.access_location.value) for d in ext.value]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
@@ -12,11 +13,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
+from cryptography.x509.oid import AuthorityInformationAccessOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from certctl.pki import KeyType, common_name_dn, create_root_ca, generate_private_key
+from tests._stores import PostgresCluster
 from tests._tools import ok, run
-from tests.api.conftest import Api, assert_problem
+from tests.api.conftest import BACKENDS, Api, assert_problem, running_app
 
 OCSP = "/api/v1/issuers/default/ocsp"
 MEDIA = {"Content-Type": "application/ocsp-request"}
@@ -326,3 +329,70 @@ def test_openssl_checks_a_response_of_the_api(on: Api, tmp_path: Path) -> None:
                    "-respin", tmp_path / "resp.der", "-no_nonce"))  # fmt: skip
     assert "Response verify OK" in shown.stdout + shown.stderr
     assert f"{leaf_pem}: good" in shown.stdout
+
+
+PUBLIC_URL = "http://pki.example.internal"
+
+
+@pytest.fixture(params=BACKENDS)
+def aia_api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+    """Bootstrapped from a config with ``ocsp.enabled`` and ``public-url``."""
+    url = None
+    if request.param == "postgresql":
+        cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+        url = cluster.url(cluster.create_database())
+    with running_app(
+        request.param, tmp_path / "data", url, public_url=PUBLIC_URL, ocsp={"enabled": True}
+    ) as app:
+        yield app
+
+
+def _access(pem: str) -> list[tuple[str, str]]:
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    ext = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+    assert not ext.critical
+    names = {
+        AuthorityInformationAccessOID.OCSP: "OCSP",
+        AuthorityInformationAccessOID.CA_ISSUERS: "caIssuers",
+    }
+    return [(names[d.access_method], str(d.access_location.value)) for d in ext.value]
+
+
+def test_with_public_url_leaves_and_intermediates_name_the_responder(aia_api: Api) -> None:
+    api = aia_api
+    assert api.services.ocsp_validity == timedelta(hours=1)
+    r = api.post(
+        "/api/v1/issuers",
+        api.admin_key,
+        json={"id": "mid", "common_name": "Mid", "parent": "default"},
+    )
+    assert r.status_code == 201, r.text
+    mid = r.json()["certificate_pem"]
+    # An intermediate names its parent's responder, which answers for it.
+    assert _access(mid) == [
+        ("OCSP", f"{PUBLIC_URL}/api/v1/issuers/default/ocsp"),
+        ("caIssuers", f"{PUBLIC_URL}/api/v1/issuers/default/ca.der"),
+    ]
+    for issuer in ("default", "mid"):
+        keygen = api.issue(issuer=issuer)
+        renewed = api.post(f"/api/v1/certificates/{keygen['id']}/renew", api.admin_key, json={})
+        assert renewed.status_code == 201, renewed.text
+        for pem in (keygen["certificate_pem"], renewed.json()["certificate_pem"]):
+            access = _access(pem)
+            assert access == [
+                ("OCSP", f"{PUBLIC_URL}/api/v1/issuers/{issuer}/ocsp"),
+                ("caIssuers", f"{PUBLIC_URL}/api/v1/issuers/{issuer}/ca.der"),
+            ]
+            # The URI's path is the route that answers for the certificate.
+            leaf = x509.load_pem_x509_certificate(pem.encode())
+            path = access[0][1].removeprefix(PUBLIC_URL)
+            der = _request(leaf, _ca(api, issuer))
+            r = api.post(path, content=der, headers=MEDIA)
+            response = _verified(ocsp.load_der_ocsp_response(r.content), _ca(api, issuer))
+            assert response.certificate_status is ocsp.OCSPCertStatus.GOOD
+
+
+def test_ocsp_without_public_url_adds_no_extension(on: Api) -> None:
+    cert = x509.load_pem_x509_certificate(on.issue()["certificate_pem"].encode())
+    with pytest.raises(x509.ExtensionNotFound):
+        cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess)

@@ -148,6 +148,7 @@ def sign_csr(
     max_names: int | None = None,
     crl_urls: Sequence[str] = (),
     ca_issuers_urls: Sequence[str] = (),
+    ocsp_urls: Sequence[str] = (),
     subject: x509.Name | None = None,
 ) -> IssuedCertificate:
     """Issue a certificate for a verified CSR; only its subject and SANs carry over.
@@ -158,8 +159,8 @@ def sign_csr(
     verified it; a second ECDSA verification costs ~0.1 ms per issuance). ``public_key`` is
     the CSR's key when the caller has it already (``load_csr_with_key``). ``max_names``
     caps the SANs of each type (DNS, IP, email, URI) the CSR may ask for. ``crl_urls``,
-    ``ca_issuers_urls``: see ``CertificateAuthority.issue``. ``subject`` replaces the CSR's
-    (ACME keeps only what the account proved).
+    ``ca_issuers_urls``, ``ocsp_urls``: see ``CertificateAuthority.issue``. ``subject``
+    replaces the CSR's (ACME keeps only what the account proved).
 
     Raises:
         BadSignature: the CSR's signature does not verify.
@@ -192,6 +193,7 @@ def sign_csr(
         sans=sans,
         crl_urls=crl_urls,
         ca_issuers_urls=ca_issuers_urls,
+        ocsp_urls=ocsp_urls,
         name_hint=_CSR_HINT,
     )
     notes = []

@@ -119,7 +119,7 @@ class CertificateAuthority:
     ] = field(init=False, repr=False, compare=False, default_factory=dict)
     # (kind, URLs) -> their cRLDistributionPoints ("crl") or authorityInfoAccess ("aia")
     # extension, encoded once (a server has one set per issuer).
-    _encoded_url_extensions: dict[tuple[str, tuple[str, ...]], Extension] = field(
+    _encoded_url_extensions: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Extension] = field(
         init=False, repr=False, compare=False, default_factory=dict
     )
 
@@ -220,6 +220,7 @@ class CertificateAuthority:
         sans: SubjectAltNames | None = None,
         crl_urls: Sequence[str] = (),
         ca_issuers_urls: Sequence[str] = (),
+        ocsp_urls: Sequence[str] = (),
         name_hint: NameHint | None = GENERIC_HINT,
     ) -> IssuedCertificate:
         """Sign a certificate for ``public_key``; the profile decides every extension.
@@ -240,6 +241,9 @@ class CertificateAuthority:
                 ``crl_urls``: a non-critical authorityInfoAccess extension with one caIssuers
                 access description per URL, after the cRLDistributionPoints. None: no
                 extension.
+            ocsp_urls: where clients ask this issuer's OCSP responder, checked as
+                ``crl_urls``: one id-ad-ocsp access description each in the same
+                authorityInfoAccess, before the caIssuers ones (as public CAs order them).
             name_hint: how to add the common name to the SANs, for the warning given when
                 a server certificate's host-name CN is among none of them. None: the names
                 were not chosen in this call (a renewal repeats its predecessor's and takes
@@ -334,8 +338,10 @@ class CertificateAuthority:
                 extensions.append(encode_extension(sans.to_extension(), critical=not subject))
             if crl_urls:
                 extensions.append(self._url_extension("crl", tuple(crl_urls)))
-            if ca_issuers_urls:
-                extensions.append(self._url_extension("aia", tuple(ca_issuers_urls)))
+            if ca_issuers_urls or ocsp_urls:
+                extensions.append(
+                    self._url_extension("aia", tuple(ca_issuers_urls), tuple(ocsp_urls))
+                )
             certificate = template.sign(
                 subject_der=subject.public_bytes(),
                 spki_der=spki,
@@ -353,9 +359,9 @@ class CertificateAuthority:
             builder = builder.add_extension(sans.to_extension(), critical=not subject)
         if crl_urls:
             builder = builder.add_extension(_distribution_points(crl_urls), critical=False)
-        if ca_issuers_urls:
+        if ca_issuers_urls or ocsp_urls:
             builder = builder.add_extension(
-                _authority_information_access(ca_issuers_urls), critical=False
+                _authority_information_access(ca_issuers_urls, ocsp_urls), critical=False
             )
         certificate = builder.sign(self.private_key, self.signature_hash)
         return IssuedCertificate(certificate, tuple(warnings), sans, subject)
@@ -406,13 +412,18 @@ class CertificateAuthority:
         encoded = self._encoded_extensions[profile, rsa_key] = (head, tuple(tail))
         return encoded
 
-    def _url_extension(self, kind: Literal["crl", "aia"], urls: tuple[str, ...]) -> Extension:
-        cached = self._encoded_url_extensions.get((kind, urls))
+    def _url_extension(
+        self, kind: Literal["crl", "aia"], urls: tuple[str, ...], ocsp: tuple[str, ...] = ()
+    ) -> Extension:
+        # Keyed by every URL it holds: a changed public-url or ocsp.enabled gets its own.
+        cached = self._encoded_url_extensions.get((kind, urls, ocsp))
         if cached is None:
             value = (
-                _distribution_points(urls) if kind == "crl" else _authority_information_access(urls)
+                _distribution_points(urls)
+                if kind == "crl"
+                else _authority_information_access(urls, ocsp)
             )
-            cached = self._encoded_url_extensions[kind, urls] = encode_extension(
+            cached = self._encoded_url_extensions[kind, urls, ocsp] = encode_extension(
                 value, critical=False
             )
         return cached
@@ -429,15 +440,25 @@ def _distribution_points(urls: Sequence[str]) -> x509.CRLDistributionPoints:
     return x509.CRLDistributionPoints([x509.DistributionPoint(names, None, None, None)])
 
 
-def _authority_information_access(urls: Sequence[str]) -> x509.AuthorityInformationAccess:
-    # RFC 5280 4.2.2.1: caIssuers only; certctl runs no OCSP responder, and an id-ad-ocsp
-    # URI nobody answers makes clients that try it wait, then soft-fail.
+def _authority_information_access(
+    urls: Sequence[str], ocsp_urls: Sequence[str] = ()
+) -> x509.AuthorityInformationAccess:
+    # RFC 5280 4.2.2.1: id-ad-ocsp only with ocsp.enabled (a URI nobody answers makes clients
+    # that try it wait, then soft-fail), first, then caIssuers, as public CAs order them.
     return x509.AuthorityInformationAccess(
         [
-            x509.AccessDescription(
-                AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(url)
-            )
-            for url in urls
+            *(
+                x509.AccessDescription(
+                    AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(url)
+                )
+                for url in ocsp_urls
+            ),
+            *(
+                x509.AccessDescription(
+                    AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(url)
+                )
+                for url in urls
+            ),
         ]
     )
 

@@ -686,6 +686,7 @@ def renew_certificate(
             sans=sans,
             crl_urls=services.crl_urls(old.issuer_id),
             ca_issuers_urls=services.ca_issuers_urls(old.issuer_id),
+            ocsp_urls=services.ocsp_urls(old.issuer_id),
             # The names are the predecessor's, and a renewal takes none: the warnings about
             # them were given at issuance, with advice this call cannot follow.
             name_hint=None,

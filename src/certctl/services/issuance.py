@@ -253,6 +253,7 @@ def prepare_from_csr(
             max_names=MAX_NAMES_PER_TYPE,
             crl_urls=services.crl_urls(issuer_id),
             ca_issuers_urls=services.ca_issuers_urls(issuer_id),
+            ocsp_urls=services.ocsp_urls(issuer_id),
             subject=subject,
         )
     except (InvalidRequest, Conflict):
@@ -465,6 +466,7 @@ def prepare_with_key(
             sans=sans,
             crl_urls=services.crl_urls(issuer_id),
             ca_issuers_urls=services.ca_issuers_urls(issuer_id),
+            ocsp_urls=services.ocsp_urls(issuer_id),
             name_hint=_API_HINT,
         )
     except (InvalidRequest, Conflict):

@@ -212,6 +212,7 @@ def create_issuer(
             now=now,
             crl_urls=services.crl_urls(parent),
             ca_issuers_urls=services.ca_issuers_urls(parent),
+            ocsp_urls=services.ocsp_urls(parent),
         )
         ca = CertificateAuthority(
             issued.certificate, key, (parent_ca.certificate, *parent_ca.chain)
