@@ -462,7 +462,10 @@ def test_the_ocsp_routes_are_documented_with_their_media_types(api: Api) -> None
     """The POST body and both answers are DER (application/ocsp-request, -response)."""
     paths = api.get("/api/v1/openapi.json").json()["paths"]
     post = paths["/api/v1/issuers/{id}/ocsp"]["post"]
-    assert list(post["requestBody"]["content"]) == ["application/ocsp-request"]
+    assert list(post["requestBody"]["content"]) == [
+        "application/ocsp-request",
+        "application/octet-stream",
+    ]
     assert list(post["responses"]["200"]["content"]) == ["application/ocsp-response"]
     assert "413" in post["responses"]
     assert "security" not in post

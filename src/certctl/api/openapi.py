@@ -331,7 +331,11 @@ _RAW_BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "required": True,
         "description": "a DER OCSPRequest for one certificate, at most 8 KiB (longer: "
         "malformedRequest)",
-        "content": {"application/ocsp-request": {"schema": _BINARY}},
+        # The Content-Type is not checked (clients differ): any binary body is read as DER.
+        "content": {
+            "application/ocsp-request": {"schema": _BINARY},
+            "application/octet-stream": {"schema": _BINARY},
+        },
     }
 }
 
