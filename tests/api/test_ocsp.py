@@ -396,3 +396,46 @@ def test_ocsp_without_public_url_adds_no_extension(on: Api) -> None:
     cert = x509.load_pem_x509_certificate(on.issue()["certificate_pem"].encode())
     with pytest.raises(x509.ExtensionNotFound):
         cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+
+
+@pytest.mark.parametrize("key_type", ["rsa-2048", "ec-p384", "ed25519"])
+def test_issuers_of_every_key_type_sign_responses_openssl_verifies(
+    on: Api, tmp_path: Path, key_type: str
+) -> None:
+    issuer = f"ocsp-{key_type}"
+    r = on.post(
+        "/api/v1/issuers",
+        on.admin_key,
+        json={"id": issuer, "common_name": f"OCSP {key_type}", "key_type": key_type},
+    )
+    assert r.status_code == 201, r.text
+    ca_pem, leaf_pem = tmp_path / "ca.pem", tmp_path / "leaf.pem"
+    ca_pem.write_bytes(on.get(f"/api/v1/issuers/{issuer}/ca.pem").content)
+    leaf_pem.write_text(on.issue(issuer=issuer)["certificate_pem"])
+    ok(run("openssl", "ocsp", "-issuer", ca_pem, "-cert", leaf_pem, "-no_nonce",
+           "-reqout", tmp_path / "req.der"))  # fmt: skip
+    r = on.post(
+        f"/api/v1/issuers/{issuer}/ocsp",
+        content=(tmp_path / "req.der").read_bytes(),
+        headers=MEDIA,
+    )
+    (tmp_path / "resp.der").write_bytes(r.content)
+    shown = ok(run("openssl", "ocsp", "-issuer", ca_pem, "-cert", leaf_pem, "-CAfile", ca_pem,
+                   "-respin", tmp_path / "resp.der", "-no_nonce"))  # fmt: skip
+    assert "Response verify OK" in shown.stdout + shown.stderr
+    assert f"{leaf_pem}: good" in shown.stdout
+
+
+def test_the_response_cache_is_bounded(on: Api) -> None:
+    """One signed response per certificate asked about, the least recently asked dropped."""
+    from certctl.services.context import ResponseCache
+
+    on.services.ocsp_responses = ResponseCache(2)
+    ca = _ca(on)
+    leaves = [_leaf(on)[1] for _ in range(3)]
+    firsts = [_post(on, _request(leaf, ca)) for leaf in leaves]
+    assert len(on.services.ocsp_responses) == 2
+    on.clock.advance(seconds=1)
+    # The first was dropped: signed anew (a later thisUpdate); the last is reused.
+    assert _post(on, _request(leaves[0], ca)).this_update_utc > firsts[0].this_update_utc
+    assert _post(on, _request(leaves[2], ca)).this_update_utc == firsts[2].this_update_utc
