@@ -176,7 +176,9 @@ def check_0030(engine: Engine) -> None:
 
 
 def test_0030_adds_the_identifier_type_and_takes_the_ip_orders_back(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    # Opened as certctl opens it: foreign keys on, so ON DELETE CASCADE applies (a table
+    # rebuilt to drop a column took every challenge with it).
+    engine = db.create_store_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
     try:
         check_0030(engine)
     finally:
