@@ -136,6 +136,35 @@ def test_an_ip_order_is_refused_dns01_and_a_csr_naming_the_address_as_cn_gets_no
     assert list(san) == [x509.IPAddress(LOOPBACK)]
 
 
+def test_an_address_only_in_the_csrs_cn_is_a_bad_csr(acme_on: Acme) -> None:
+    # The CN is left out of the certificate (an address is no name): an address named there
+    # alone would be in no field of it, the order valid all the same.
+    acme_client = acme_on.client()
+    acme_on.register(acme_client)
+    order, _ = _ip_order(acme_on, acme_client, [NAME], [IP])
+    _ready(acme_on, acme_client, order)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, IP)])
+    san = x509.SubjectAlternativeName([x509.DNSName(NAME)])
+    deadline = datetime.now() + timedelta(seconds=5)
+    for extensions in ([san], []):
+        builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
+        for extension in extensions:
+            builder = builder.add_extension(extension, critical=False)
+        csr = builder.sign(key, hashes.SHA256())
+        before = acme_on.api.counts()
+        wrong = order.update(csr_pem=csr.public_bytes(serialization.Encoding.PEM))
+        with pytest.raises(messages.Error) as info:
+            acme_client.finalize_order(wrong, deadline)
+        assert info.value.typ == ERR + "badCSR"
+        assert info.value.detail == (
+            f"the CSR names {IP} as its CN alone; an address is issued as an IP SAN: add it "
+            "to the subjectAltName"
+        ), info.value.detail
+        assert _business(acme_on.api.counts()) == _business(before)
+    assert acme_client.poll_and_finalize(order, datetime.now() + timedelta(seconds=30))
+
+
 def test_a_csr_with_an_extra_or_a_missing_ip_san_is_a_bad_csr(acme_on: Acme) -> None:
     acme_client = acme_on.client()
     acme_on.register(acme_client)

@@ -1176,9 +1176,12 @@ def record_validation(
 
 
 def _csr_names(csr: x509.CertificateSigningRequest) -> tuple[set[str], set[str]]:
-    """The CSR's DNS names (SAN and CN) and IP addresses (SAN, and a CN that is one), apart.
+    """The CSR's DNS names (SAN and CN) and IP addresses (SAN), apart.
 
     Kept apart so that a DNS SAN spelling an address never stands for an IP identifier.
+
+    Raises:
+        AcmeError: badCSR, a SAN of another type, or an address as the CN but not a SAN.
     """
     names: set[str] = set()
     ips: set[str] = set()
@@ -1212,9 +1215,15 @@ def _csr_names(csr: x509.CertificateSigningRequest) -> tuple[set[str], set[str]]
             continue
         value = attr.value if isinstance(attr.value, str) else attr.value.decode(errors="replace")
         # lego puts its first identifier in the CN, an address too: it stands for that
-        # address (and is left out of the certificate: _proved_subject).
+        # address, named in the SAN as well, for the CN is left out of the certificate
+        # (_proved_subject): an address in the CN alone would be in no field of it.
         if _is_ip(value):
-            ips.add(str(ipaddress.ip_address(value)))
+            if str(ipaddress.ip_address(value)) not in ips:  # ips: the SAN's, so far
+                raise AcmeError(
+                    f"the CSR names {value[:60]} as its CN alone; an address is issued as an "
+                    "IP SAN: add it to the subjectAltName",
+                    "badCSR",
+                )
         else:
             names.add(value.lower())
     return names, ips
