@@ -227,11 +227,12 @@ def test_an_address_in_a_dns_identifier_is_refused_saying_to_order_it_as_ip(
     raw = Raw(acme_on)
     raw.register()
     before = acme_on.api.counts()
-    for value in ("10.0.0.1", "::1"):
+    # The identifier to send instead is given as it would be taken: canonical (RFC 8738 3).
+    for value, canonical in (("10.0.0.1", "10.0.0.1"), ("::1", "::1"), ("FD00:0::5", "fd00::5")):
         refused = _raw_order(raw, [{"type": "dns", "value": value}])
         detail = _assert_acme_problem(refused, 400, "rejectedIdentifier")["detail"]
         assert detail.startswith(
-            f'{value}: an IP address; order it as {{"type": "ip", "value": "{value}"}}'
+            f'{value}: an IP address; order it as {{"type": "ip", "value": "{canonical}"}}'
         ), detail
     assert _business(acme_on.api.counts()) == _business(before)
 

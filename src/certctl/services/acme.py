@@ -713,11 +713,12 @@ def _checked_identifiers(payload: dict[str, Any], settings: AcmeSettings) -> lis
         if kind != "dns":
             raise AcmeError(f"identifier type {kind[:20]!r} not supported", "unsupportedIdentifier")
         if _is_ip(value):
-            value = value[:60]
+            # What to send instead, canonical (RFC 8738 3): the spelling sent may be refused.
+            canonical = str(ipaddress.ip_address(value))[:60]
             raise AcmeError(
-                f'{value}: an IP address; order it as {{"type": "ip", "value": "{value}"}} '
-                "(RFC 8738: a client that sends addresses as DNS names, as lego 4.9 does, "
-                "cannot order them)",
+                f"{value[:60]}: an IP address; order it as "
+                f'{{"type": "ip", "value": "{canonical}"}} (RFC 8738: a client that sends '
+                "addresses as DNS names, as lego 4.9 does, cannot order them)",
                 "rejectedIdentifier",
             )
         try:
