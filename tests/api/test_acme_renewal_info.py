@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
-from acme import client
+from acme import client, messages
 from cryptography import x509
 from sqlalchemy import select
 
@@ -299,6 +299,39 @@ def test_replaces_is_the_accounts_own_certificate_and_replaced_once(acme_on: Acm
     api.clock.advance(days=8)
     third = _order_replacing(acme_on, owner, [NAME], certid)
     assert third.status_code == 201, third.text
+
+
+def test_an_order_that_replaces_a_certificate_says_which_from_new_order_to_valid(
+    acme_on: Acme,
+) -> None:
+    # RFC 9773 5: a server accepting replaces MUST reflect it in the new-order response and in
+    # every later fetch of the order; an order without one has no such member.
+    owner = acme_on.client()
+    acme_on.register(owner)
+    done, leaf = acme_on.issue(owner, [NAME])
+    assert "replaces" not in owner._post_as_get(done.uri).json()
+    certid = cert_id(leaf)
+    made = _order_replacing(acme_on, owner, [NAME], certid)
+    assert made.status_code == 201, made.text
+    assert made.json()["replaces"] == certid
+    order_url = made.headers["location"]
+    assert owner._post_as_get(order_url).json()["replaces"] == certid
+    # Proved and finalized by certbot's library: the valid order still names it.
+    _, csr = acme_on.order(owner, [NAME])
+    authzs = [
+        owner._authzr_from_response(owner._post_as_get(url), uri=url)
+        for url in made.json()["authorizations"]
+    ]
+    order = messages.OrderResource(
+        body=messages.Order.from_json(made.json()),
+        uri=order_url,
+        authorizations=authzs,
+        csr_pem=csr,
+    )
+    acme_on.answer(owner, order)
+    owner.poll_and_finalize(order, datetime.now() + timedelta(seconds=30))
+    body = owner._post_as_get(order_url).json()
+    assert (body["status"], body["replaces"]) == ("valid", certid)
 
 
 def test_concurrent_orders_replacing_one_certificate_make_one(acme_on: Acme) -> None:

@@ -268,6 +268,8 @@ def _order_json(request: Request, order: OrderView) -> dict[str, Any]:
         data["certificate"] = _url(request, f"cert/{order.certificate_id}")
     if order.error is not None:
         data["error"] = order.error
+    if order.replaces is not None:
+        data["replaces"] = order.replaces  # RFC 9773 5: reflected, as the client gave it
     return data
 
 

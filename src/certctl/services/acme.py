@@ -30,7 +30,11 @@ from certctl.pki.dns_names import validate_dns_name
 from certctl.pki.jose import JwsPublicKey, jwk_of, load_jwk, thumbprint
 from certctl.services.acme_accounts import cut_off, hold_valid
 from certctl.services.acme_eab import bind, checked_binding
-from certctl.services.acme_renewal_info import check_not_replaced, replaced_certificate
+from certctl.services.acme_renewal_info import (
+    cert_id_of,
+    check_not_replaced,
+    replaced_certificate,
+)
 from certctl.services.audit import record
 from certctl.services.certificates import revoke_certificate
 from certctl.services.context import Principal, Services
@@ -609,6 +613,9 @@ class OrderView:
     error: dict[str, Any] | None
     # Those of ``identifiers`` that are IP addresses (RFC 8738); the others are DNS names.
     ip_identifiers: frozenset[str] = frozenset()
+    # The certID (RFC 9773 4.1) of the certificate the order replaces: reflected in every
+    # view of the order, as RFC 9773 5 requires of a server that took ``replaces``.
+    replaces: str | None = None
 
 
 def _allowed(name: str, patterns: tuple[str, ...], ip: bool = False) -> bool:
@@ -893,6 +900,15 @@ def order_view(services: Services, account: AcmeAccount, order_id: str) -> Order
                 .order_by(AcmeAuthorization.id)
             )
         )
+        replaced_pem = (
+            session.scalar(
+                select(CertificateRecord.certificate_pem).where(
+                    CertificateRecord.id == order.replaces
+                )
+            )
+            if order.replaces is not None
+            else None
+        )
     return OrderView(
         id=order.id,
         account_id=order.account_id,
@@ -903,6 +919,7 @@ def order_view(services: Services, account: AcmeAccount, order_id: str) -> Order
         certificate_id=order.certificate_id,
         error=order.error,
         ip_identifiers=frozenset(i["value"] for i in order.identifiers if i["type"] == "ip"),
+        replaces=cert_id_of(replaced_pem) if replaced_pem is not None else None,
     )
 
 

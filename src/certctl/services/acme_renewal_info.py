@@ -32,6 +32,7 @@ from certctl.store.models import AcmeAuthorization, AcmeOrder, CertificateRecord
 __all__ = [
     "RETRY_AFTER",
     "RenewalWindow",
+    "cert_id_of",
     "check_not_replaced",
     "parse_cert_id",
     "renewal_window",
@@ -106,6 +107,23 @@ def parse_cert_id(cert_id: str) -> tuple[bytes, int]:
     if serial.to_bytes((serial.bit_length() + 8) // 8, "big", signed=True) != serial_der:
         raise AcmeError("certID: the serial is not in its DER form (no extra leading zero)")
     return key_id, serial
+
+
+@functools.lru_cache(maxsize=256)
+def cert_id_of(certificate_pem: str) -> str:
+    """The certID (RFC 9773 4.1) of a certificate certctl issued: how a client names it.
+
+    What an order's ``replaces`` gave, since :func:`parse_cert_id` takes only this one
+    spelling; cached by PEM, as an order is fetched at every poll.
+    """
+    cert = x509.load_pem_x509_certificate(certificate_pem.encode())
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    serial = cert.serial_number
+    serial_der = serial.to_bytes(serial.bit_length() // 8 + 1, "big")  # room for a sign bit
+    return ".".join(
+        base64.urlsafe_b64encode(part).rstrip(b"=").decode()
+        for part in (aki.key_identifier or b"", serial_der)
+    )
 
 
 @functools.lru_cache(maxsize=256)
