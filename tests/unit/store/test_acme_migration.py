@@ -221,11 +221,31 @@ def check_0031(engine: Engine) -> None:
         rows = connection.execute(text("SELECT id, replaces FROM acme_orders ORDER BY id"))
         assert [tuple(r) for r in rows] == [("old", None), ("renewal", None)]
         connection.execute(text("UPDATE acme_orders SET replaces = 'c1' WHERE id = 'renewal'"))
+        # The renewal's authorization and challenge: rows of tables that cascade from orders.
+        connection.execute(
+            text(
+                "INSERT INTO acme_authorizations (id, order_id, identifier, identifier_type,"
+                " status, expires, wildcard) VALUES ('z', 'renewal', 'app.example.internal',"
+                " 'dns', 'pending', :now, false)"
+            ),
+            {"now": now},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO acme_challenges (id, authorization_id, type, token, status)"
+                " VALUES ('c', 'z', 'http-01', 'tok', 'pending')"
+            )
+        )
     downgrade_store(engine, "0030")
-    # The orders stay; only which certificate one renewed is forgotten.
+    # The orders, their authorizations and challenges stay; only which certificate one
+    # renewed is forgotten.
     with engine.connect() as connection:
         ids = [r[0] for r in connection.execute(text("SELECT id FROM acme_orders ORDER BY id"))]
         assert ids == ["old", "renewal"]
+        authz = connection.execute(text("SELECT id, order_id FROM acme_authorizations"))
+        assert [tuple(r) for r in authz] == [("z", "renewal")]
+        challenges = connection.execute(text("SELECT id FROM acme_challenges")).scalars()
+        assert list(challenges) == ["c"]
     assert "ix_acme_orders_replaces" not in {
         i["name"] for i in inspect(engine).get_indexes("acme_orders")
     }
@@ -234,7 +254,9 @@ def check_0031(engine: Engine) -> None:
 
 
 def test_0031_adds_the_replaced_certificate_of_an_order_and_takes_it_back(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    # certctl's own engine: foreign keys on, as a store is run (a recreated acme_orders
+    # would cascade its drop to the authorizations).
+    engine = db.create_store_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
     try:
         check_0031(engine)
     finally:

@@ -11,6 +11,8 @@ Revises: 0030
 
 from __future__ import annotations
 
+import sqlite3
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -29,5 +31,12 @@ def downgrade() -> None:
     # Nothing else reads it: the orders stay, forgetting which certificate they renewed (a
     # later order may then replace that certificate again, as before ARI).
     op.drop_index("ix_acme_orders_replaces", table_name="acme_orders")
-    with op.batch_alter_table("acme_orders") as batch:
-        batch.drop_column("replaces")
+    if op.get_bind().dialect.name == "sqlite" and sqlite3.sqlite_version_info < (3, 35):
+        # No DROP COLUMN before SQLite 3.35: the table is copied, and the authorizations
+        # are lost to the drop of the old one (ON DELETE CASCADE) when foreign keys are on.
+        with op.batch_alter_table("acme_orders") as batch:
+            batch.drop_column("replaces")
+    else:
+        # In place: a batch copy of acme_orders drops the old table, whose implicit DELETE
+        # cascades to every authorization and challenge on SQLite with foreign keys on.
+        op.drop_column("acme_orders", "replaces")
