@@ -334,6 +334,31 @@ def test_an_order_that_replaces_a_certificate_says_which_from_new_order_to_valid
     assert (body["status"], body["replaces"]) == ("valid", certid)
 
 
+def test_a_revoked_or_expired_certificate_may_be_replaced(acme_on: Acme) -> None:
+    # What ARI's revoked window asks for: the renewal of a revoked certificate names it; and
+    # a client that ran late replaces one already expired, whose window is over.
+    api = acme_on.api
+    owner = acme_on.client()
+    acme_on.register(owner)
+    _, revoked = acme_on.issue(owner, [NAME])
+    _, lapsed = acme_on.issue(owner, [NAME])
+    listed = api.get("/api/v1/certificates", api.admin_key, params={"issuer": ISSUER}).json()
+    (row,) = [c for c in listed["items"] if int(c["serial"], 16) == revoked.serial_number]
+    r = api.post(
+        f"/api/v1/certificates/{row['id']}/revoke", api.admin_key, json={"reason": "superseded"}
+    )
+    assert r.status_code == 200, r.text
+    made = _order_replacing(acme_on, owner, [NAME], cert_id(revoked))
+    assert made.status_code == 201, made.text
+    assert made.json()["replaces"] == cert_id(revoked)
+    api.clock.advance(days=91)
+    start, end, _ = _window(acme_on, cert_id(lapsed))
+    assert start < end < lapsed.not_valid_after_utc < api.clock.now
+    made = _order_replacing(acme_on, owner, [NAME], cert_id(lapsed))
+    assert made.status_code == 201, made.text
+    assert made.json()["replaces"] == cert_id(lapsed)
+
+
 def test_concurrent_orders_replacing_one_certificate_make_one(acme_on: Acme) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
