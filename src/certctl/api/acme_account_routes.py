@@ -77,7 +77,7 @@ async def get_account(request: Request, principal: Principal | None) -> Response
 
 async def deactivate_account(request: Request, principal: Principal | None) -> Response:
     body = await optional_body(request, schemas.AcmeAccountDeactivate)
-    account, revoked = await in_write_thread(
+    account, revoked, not_revoked = await in_write_thread(
         request,
         functools.partial(
             acme_accounts.deactivate_account,
@@ -88,7 +88,13 @@ async def deactivate_account(request: Request, principal: Principal | None) -> R
         _caller(principal),
         request.path_params["id"],
     )
-    return _json({**account_json(account), "revoked_certificates": revoked})
+    return _json(
+        {
+            **account_json(account),
+            "revoked_certificates": revoked,
+            "not_revoked": [{"id": n.id, "detail": n.detail} for n in not_revoked],
+        }
+    )
 
 
 ACME_ACCOUNT_ROUTES: tuple[ApiRoute, ...] = (

@@ -217,6 +217,13 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
                 "description": "ids of the certificates this call revoked (with keyCompromise, "
                 "also those revoked before whose reason it made keyCompromise)",
             },
+            "not_revoked": {
+                "type": "array",
+                "items": _object({"id": _STR, "detail": _STR}),
+                "description": "the account's certificates this call was asked to revoke and "
+                "did not, with the refusal (a keyCompromise whose key has more certificates "
+                "than one revocation takes); the account is deactivated all the same",
+            },
         }
     ),
     "AcmeEabKeyCreated": _object(

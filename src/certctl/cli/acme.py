@@ -230,7 +230,9 @@ def accounts_deactivate(
     Its next request is refused (unauthorized), its pending orders are cancelled, and its key
     makes no new account. Certificates it got stay valid unless --revoke-certificates is
     given. An account deactivated already is shown as it is (with --revoke-certificates,
-    what of its certificates is still valid is revoked).
+    what of its certificates is still valid is revoked). A certificate the server would not
+    revoke (keyCompromise of a key with more certificates than one revocation takes) is named
+    on stderr, and the exit status is 1: the account is deactivated all the same.
     """
     if reason is not None and not revoke_certificates:
         raise typer.BadParameter("given only with --revoke-certificates", param_hint="--reason")
@@ -248,7 +250,20 @@ def accounts_deactivate(
     print_answer(data)
     revoked = data.get("revoked_certificates") if isinstance(data, dict) else None
     count = len(revoked) if isinstance(revoked, list) else 0
+    refused = data.get("not_revoked") if isinstance(data, dict) else None
+    refused = [r for r in refused if isinstance(r, dict)] if isinstance(refused, list) else []
     also = f"; {count} certificate(s) revoked" if revoke_certificates else ""
+    if refused:
+        also += f", {len(refused)} not"
     typer.echo(
         f"ACME account {account_id} is deactivated: its next request is refused{also}", err=True
     )
+    if refused:
+        # A certificate left valid (a leaked key's, with keyCompromise) must not pass as done
+        # in a script: each said on a line of its own, and exit 1 (the deactivation stands).
+        for item in refused:
+            typer.echo(
+                f"certctl: error: certificate {item.get('id')} not revoked: {item.get('detail')}",
+                err=True,
+            )
+        raise typer.Exit(1)

@@ -29,6 +29,7 @@ from certctl.store.models import AcmeAccount, AcmeAuthorization, AcmeOrder, Cert
 __all__ = [
     "ACCOUNT_STATUSES",
     "AccountSummary",
+    "NotRevoked",
     "cut_off",
     "deactivate_account",
     "get_account",
@@ -51,6 +52,14 @@ class AccountSummary:
     eab_key_id: str | None  # the External Account Binding key that bound it
     orders: int
     certificates: int  # its orders that were finalized (a certificate issued)
+
+
+@dataclass(frozen=True)
+class NotRevoked:
+    """A certificate of the account a deactivation was asked to revoke and did not, and why."""
+
+    id: str
+    detail: str  # the refusal's, e.g. its key has more certificates than one revocation takes
 
 
 def _summaries(session: Session, where: Any, limit: int | None = None) -> list[AccountSummary]:
@@ -205,7 +214,7 @@ def deactivate_account(
     *,
     revoke_certificates: bool = False,
     reason: str | None = None,
-) -> tuple[AccountSummary, list[str]]:
+) -> tuple[AccountSummary, list[str], list[NotRevoked]]:
     """Deactivate the account ``account_id`` for good (RFC 8555 7.3.6), audited.
 
     An account deactivated already (by its holder, the operator, or its EAB key's revocation)
@@ -217,7 +226,8 @@ def deactivate_account(
     the account is deactivated: were the store to fail midway, asking again revokes the rest.
 
     Returns:
-        The account, and the ids of the certificates revoked now.
+        The account, the ids of the certificates revoked now, and those it was asked to
+        revoke and did not, with why (the deactivation stays done).
 
     Raises:
         InvalidRequest: a ``reason`` without ``revoke_certificates``, or an unknown one
@@ -238,22 +248,26 @@ def deactivate_account(
         else:
             detail = f"already {row.status}"
         record_call(session, caller, now, "acme.account.deactivate", account_id, detail)
-    revoked = (
-        _revoke_certificates(services, caller, account_id, reason) if revoke_certificates else []
+    revoked, not_revoked = (
+        _revoke_certificates(services, caller, account_id, reason)
+        if revoke_certificates
+        else ([], [])
     )
     # The answer shows what cert.revoke acted on: no cert.read needed to see it.
-    return _summary(services, account_id), revoked
+    return _summary(services, account_id), revoked, not_revoked
 
 
 def _revoke_certificates(
     services: Services, caller: Principal, account_id: str, reason: str
-) -> list[str]:
+) -> tuple[list[str], list[NotRevoked]]:
     """Revoke the unrevoked certificates of ``account_id``'s orders.
 
     With ``keyCompromise``, those revoked for another reason too: their reason becomes it.
 
     Returns:
-        Their ids, and those keyCompromise revoked with them (the same key's others).
+        Their ids, and those keyCompromise revoked with them (the same key's others); and
+        those refused, with the refusal's detail (a keyCompromise whose key has more
+        certificates than one revocation takes), unless another caller revoked them meanwhile.
     """
     to_revoke = CertificateRecord.status != "revoked"
     if reason == "keyCompromise":
@@ -273,12 +287,27 @@ def _revoke_certificates(
             )
         )
     revoked: list[str] = []
+    not_revoked: list[NotRevoked] = []
     for cert_id in ids:
         if cert_id in revoked:
             continue  # revoked with an earlier one of the same key (keyCompromise)
         try:
             done = revoke_certificate(services, caller, cert_id, reason)
-        except Conflict:
-            continue  # revoked meanwhile, by another caller
+        except Conflict as exc:
+            # Quiet only when another caller did what was asked meanwhile: a Conflict is also
+            # a keyCompromise refused whole (too many certificates of its key), and skipping
+            # that left a certificate of a leaked key valid with nothing said.
+            if not _revoked_as_asked(services, cert_id, reason):
+                not_revoked.append(NotRevoked(cert_id, exc.detail))
+            continue
         revoked += [done.certificate.id, *done.also_revoked]
-    return revoked
+    return revoked, not_revoked
+
+
+def _revoked_as_asked(services: Services, cert_id: str, reason: str) -> bool:
+    """Whether ``cert_id`` is revoked now as a revocation for ``reason`` would leave it."""
+    with services.sessions() as session:
+        row = session.get(CertificateRecord, cert_id)
+        if row is None or row.status != "revoked":
+            return False
+        return reason != "keyCompromise" or row.revocation_reason == "keyCompromise"

@@ -439,6 +439,39 @@ def test_revoking_a_whole_key_sends_only_its_id(listener: Listener) -> None:
     assert "s" * 43 not in "".join(s.path for s in listener.seen)
 
 
+def test_a_deactivation_that_left_certificates_unrevoked_names_them_and_exits_1(
+    listener: Listener,
+) -> None:
+    # The server's answer when a keyCompromise was refused for one certificate (its key has
+    # more certificates than one revocation takes): the account is deactivated, and a script
+    # must not take the certificates as revoked.
+    account = "0123456789abcdef01234567"
+    path = f"/api/v1/acme/accounts/{account}/deactivate"
+    detail = "certificate c1: more than 10000 certificates certify its key: nothing was revoked"
+    answer = {
+        "id": account,
+        "status": "deactivated",
+        "revoked_certificates": ["c2"],
+        "not_revoked": [{"id": "c1", "detail": detail}],
+    }
+    listener.answers[path] = Answer(body=json.dumps(answer).encode())
+    argv = ["acme", "accounts", "deactivate", account, "--revoke-certificates"]
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": KEY}
+    proc = certctl(*argv, "--reason", "keyCompromise", env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout) == answer
+    assert proc.stderr.splitlines() == [
+        f"ACME account {account} is deactivated: its next request is refused; "
+        "1 certificate(s) revoked, 1 not",
+        f"certctl: error: certificate c1 not revoked: {detail}",
+    ]
+    # All revoked: exit 0, as before.
+    listener.answers[path] = Answer(body=json.dumps({**answer, "not_revoked": []}).encode())
+    proc = certctl(*argv, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.endswith("; 1 certificate(s) revoked\n"), proc.stderr
+
+
 def test_401_without_a_key_says_which_variable(listener: Listener) -> None:
     listener.answers["/api/v1/services"] = Answer(
         401, "application/problem+json", b'{"detail": "missing bearer token"}'
