@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -575,3 +575,73 @@ def test_a_bundle_under_the_body_limit_is_imported_and_one_over_it_is_413(
     detail = assert_problem(api.post(IMPORT, api.admin_key, json=body), 413)["detail"]
     assert detail == f"request body over {MAX_BODY_BYTES} bytes"
     assert api.counts() == before
+
+
+def test_the_self_signed_modes_server_certificate_is_refused(api: Api, tmp_path: Path) -> None:
+    """tls.crt as certctl serve issues it (the internal CA, no row in the certificates table).
+
+    Recorded, any cert.revoke holder could put it on the default CA's CRL: every client of
+    certctl checking that CRL would refuse certctl itself.
+    """
+    from certctl.server.tls import ensure_self_signed
+    from certctl.services.issuers import load_issuer_state
+
+    ca, _ = load_issuer_state(api.services, "default")
+    now = api.clock()
+    assert ensure_self_signed(
+        tmp_path, ca, extra_sans=[], validity=timedelta(days=30),
+        rotate_before=timedelta(days=1), now=now,
+    )  # fmt: skip
+    before = api.counts()
+    r = api.post(
+        IMPORT, api.admin_key, json={"certificate_pem": (tmp_path / "tls.crt").read_text()}
+    )
+    detail = assert_problem(r, 409)["detail"]
+    assert detail.startswith("certificate 1 (CN=certctl-server, serial "), detail
+    assert "certctl's own server certificate (for certctl-server, localhost" in detail
+    assert api.counts() == before
+    # A leaf of the internal CA for other names, issued outside the table, is still recorded.
+    key = generate_private_key(KeyType.parse("ec-p256"))
+    leaf = ca.issue(
+        key.public_key(), common_name_dn("web.example.com"), profile=get_profile("server"),
+        validity=timedelta(days=30), now=now,
+    )  # fmt: skip
+    pem = certs_to_pem([leaf.certificate]).decode()
+    assert api.post(IMPORT, api.admin_key, json={"certificate_pem": pem}).status_code == 201
+
+
+def test_the_served_certificate_of_tls_mode_custom_is_refused_under_its_root(
+    api: Api, old_pki: tuple[OpensslCa, OpensslCa], tmp_path: Path
+) -> None:
+    """tls.crt issued by a CA certctl holds now (imported, so its CRL is certctl's).
+
+    Recorded, any cert.revoke holder could put it on that CRL and cut off certctl's clients
+    that check it. A leaf for other names, and the same names under another root, are fine.
+    """
+    from certctl.server.tls import ServerTLS, serve_names_of
+
+    root, inter = old_pki
+    _import_ca(api, "old-root", root)
+    _import_ca(api, "old-inter", inter)
+    api.services.server_names = None  # as bootstrap leaves it in tls.mode custom
+    served = inter.leaf("certctl.corp.example")
+    served_dir = tmp_path / "served"
+    served_dir.mkdir()
+    (served_dir / "tls.crt").write_bytes(served.read_bytes())  # the leaf alone
+    (served_dir / "tls.key").write_bytes(served.with_suffix(".key").read_bytes())
+    # Real time: openssl's notBefore is now, past the frozen api.clock at times.
+    now = datetime.now(UTC)
+    assert ServerTLS(served_dir, on_serve=serve_names_of(api.services)).load(now)
+    other = inter.leaf("www.corp.example")
+    (tmp_path / "else").mkdir()
+    elsewhere = OpensslCa(tmp_path / "else", "else", "/CN=Elsewhere")
+    _import_ca(api, "elsewhere", elsewhere)
+    same_name_elsewhere = elsewhere.leaf("certctl.corp.example")
+    before = api.counts()
+    detail = assert_problem(_import(api, other, served), 409)["detail"]
+    assert detail.startswith("certificate 2 (CN=certctl.corp.example, serial "), detail
+    assert "certctl's own server certificate (for certctl.corp.example," in detail
+    assert detail.endswith("nothing imported")
+    assert api.counts() == before
+    r = _import(api, other, same_name_elsewhere)
+    assert r.status_code == 201, r.text

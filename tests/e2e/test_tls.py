@@ -292,3 +292,34 @@ def test_an_api_route_on_the_metrics_listener_says_where_the_api_is(
         main_404 = http.get("/api/v1/no-such-route")
     assert main_404.status_code == 404
     assert main_404.json()["detail"] == "Not Found"
+
+
+def test_the_servers_own_certificate_cannot_be_imported_and_so_revoked(
+    start_server: StartServer,
+) -> None:
+    # tls.crt (issued by the internal CA at start, kept out of the certificates table) was
+    # recorded by `certs import` like any leaf of a held issuer: then any cert.revoke holder
+    # could put it on the default CA's CRL, and every client checking that CRL stopped
+    # trusting certctl itself.
+    server = start_server()
+    tls_crt = server.data_dir / "tls" / "tls.crt"
+    refused = server.cli("certs", "import", tls_crt)
+    assert refused.returncode == 1, refused.stdout
+    assert refused.stdout == ""
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith("certctl: error: HTTP 409: certificate 1 (CN=certctl-server, serial ")
+    assert "certctl's own server certificate" in line
+    with server.client(server.admin_key) as api:
+        r = api.post("/api/v1/certificates/import", json={"certificate_pem": tls_crt.read_text()})
+        assert r.status_code == 409, r.text
+        assert "certctl's own server certificate" in r.json()["detail"]
+        listed = api.get("/api/v1/certificates", params={"issuer": "default"}).json()
+        assert listed["items"] == []
+        crl = api.get("/api/v1/issuers/default/crl")
+    crl_file = server.data_dir / "default.crl"
+    crl_file.write_bytes(crl.content)
+    # Clients checking the CRL still trust the server.
+    checked = s_client(
+        server.port, "-CAfile", server.ca, "-crl_check", "-CRL", crl_file, "-CRLform", "DER"
+    )
+    assert verify_code(checked) == 0, checked.stdout

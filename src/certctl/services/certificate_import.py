@@ -23,7 +23,7 @@ from certctl.pki.crl import is_crl_serial
 from certctl.pki.issue import IssuedCertificate
 from certctl.services.audit import event_values
 from certctl.services.context import Principal, Services
-from certctl.services.issuance import AUDIT_EVENTS, new_rows
+from certctl.services.issuance import AUDIT_EVENTS, certctl_names_trusted, new_rows
 from certctl.services.issuers import check_not_managed, signer_preference
 from certctl.services.revocation import parsed_ca
 from certctl.store.groupcommit import Insert, write_rows
@@ -166,8 +166,8 @@ def import_certificates(
         InvalidRequest: not PEM certificates, a CA certificate, one no held issuer signed,
             the same certificate twice (unless ``skip_existing``), two certificates with one
             serial of one issuer.
-        Conflict: a serial already recorded for that issuer (unless ``skip_existing``), or
-            a managed service's CA.
+        Conflict: a serial already recorded for that issuer (unless ``skip_existing``), a
+            managed service's CA, or certctl's own server certificate.
     """
     caller.require("cert.issue")
     certs = _certificates(pem)
@@ -196,6 +196,7 @@ def import_certificates(
     # (issuer, serial) under every held id of the signing CA: the same CA imported twice
     # (two ids, one key) has a certificate recorded under either, issued by certctl too.
     recorded_as: dict[tuple[str, str], int] = {}
+    paths: dict[int, tuple[x509.Certificate, ...]] = {}  # the signer's path, by number
     for number, cert in enumerate(certs, 1):
         label = _label(number, cert)
         try:
@@ -237,6 +238,7 @@ def import_certificates(
             found.append((issuer_id, cert))
             continue
         seen[issuer_id, serial] = number
+        paths[number] = best[2]
         for signer, _, _ in signers:
             recorded_as.setdefault((signer, serial), number)
         found.append((issuer_id, cert))
@@ -248,6 +250,20 @@ def import_certificates(
             f"{_label(number, certs[number - 1])}: issuer {first.issuer_id}'s serial "
             f"{first.serial} is already recorded as certificate {first.id}; nothing imported"
         )
+    for number, path in paths.items():
+        if number in taken:
+            continue  # recorded already (an administrator had certctl issue it): no news
+        cert = certs[number - 1]
+        if own := certctl_names_trusted(services, cert, path):
+            # certctl's tls.crt (issued at start by the internal CA, of this replica or
+            # another, kept out of the certificates table) or its like: recorded, any
+            # cert.revoke holder could put it on the CRL, and every client checking that
+            # CRL would stop trusting certctl itself.
+            raise Conflict(
+                f"{_label(number, cert)}: certctl's own server certificate (for "
+                f"{', '.join(own)}, under the CA its clients trust); recorded, it could be "
+                "revoked and cut off the clients that check the CRL; nothing imported"
+            )
     # Where each certificate of the bundle is held: recorded before, or by this import.
     held_as: dict[int, tuple[str, str, str]] = {
         number: (row.id, row.issuer_id, row.serial) for number, row in taken.items()

@@ -56,6 +56,7 @@ __all__ = [
     "IssuedRecord",
     "PendingIssue",
     "ca_chain_pem",
+    "certctl_names_trusted",
     "check_server_names",
     "issue_from_csr",
     "issue_with_key",
@@ -363,8 +364,44 @@ def _chains_to_root(served: Sequence[x509.Certificate], ca: CertificateAuthority
     certificate with the root's subject and key counts as the root (a re-issued or
     cross-signed copy).
     """
-    root = ca.root
-    candidates = [*served[1:], ca.certificate, *ca.chain]
+    return _reaches(served, ca.root, [ca.certificate, *ca.chain])
+
+
+def certctl_names_trusted(
+    services: Services, cert: x509.Certificate, path: Sequence[x509.Certificate]
+) -> list[str]:
+    """The names of certctl's own server ``cert`` carries, under the root its clients trust.
+
+    ``path``: the CA that signed ``cert``, then the chain above it (its root last). Such a
+    certificate is one certctl serves (its self-signed mode's tls.crt, of any replica and
+    any renewal) or one only a caller holding every permission is issued
+    (``check_server_names``): the CA trusted for certctl signed it for certctl's names.
+    Empty: no check (``Services.server_names`` unset), or none of the names, or another root.
+    """
+    own = services.server_names
+    if own is None or not path:
+        return []
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    taken = _own_names_covered(own, SubjectAltNames.from_extension(ext.value))
+    if not taken:
+        return []
+    served = services.server_chain
+    if served is not None:
+        return taken if _reaches(served, path[-1], list(path)) else []
+    internal = load_issuer_certificates(services, DEFAULT_ISSUER)
+    root = internal.chain[-1] if internal.chain else internal.certificate
+    trusted = path[-1].subject == root.subject and path[-1].public_key() == root.public_key()
+    return taken if trusted else []
+
+
+def _reaches(
+    served: Sequence[x509.Certificate], root: x509.Certificate, path: list[x509.Certificate]
+) -> bool:
+    """Whether ``served[0]`` chains up to ``root`` through ``served`` and ``path``."""
+    candidates = [*served[1:], *path]
     current = served[0]
     for _ in range(len(candidates) + 1):  # each step goes up one CA; no loop is longer
         if current.subject == root.subject and current.public_key() == root.public_key():
