@@ -85,6 +85,7 @@ def test_an_account_is_listed_then_deactivated_by_the_operator_and_refused_next(
         "eab_key_id": None,
         "orders": 2,
         "certificates": 1,
+        "deactivated_at": None,
     }
     assert api.get(f"{PATH}/{account_id}", api.admin_key).json() == item
 
@@ -98,9 +99,11 @@ def test_an_account_is_listed_then_deactivated_by_the_operator_and_refused_next(
 
     r = api.post(f"{PATH}/{account_id}/deactivate", api.admin_key)
     assert r.status_code == 200, r.text
+    deactivated_at = api.clock().isoformat()
     assert r.json() == {
         **item,
         "status": "deactivated",
+        "deactivated_at": deactivated_at,
         "revoked_certificates": [],
         "not_revoked": [],
     }
@@ -119,7 +122,8 @@ def test_an_account_is_listed_then_deactivated_by_the_operator_and_refused_next(
         acme_on.register(acme_on.client(acme_client.net.key))
     assert info.value.typ == ERR + "unauthorized", info.value
 
-    # Final: asked again, the same answer, audited as such.
+    # Final: asked again (later), the same answer, its time kept, audited as such.
+    api.clock.advance(minutes=5)
     again = api.post(f"{PATH}/{account_id}/deactivate", api.admin_key)
     assert again.status_code == 200, again.text
     assert again.json() == r.json()
@@ -221,6 +225,7 @@ def test_the_holders_own_deactivation_cancels_its_pending_orders_too(acme_on: Ac
     assert _statuses(acme_on, account_id) == (["invalid"], ["deactivated"])
     shown = acme_on.api.get(f"{PATH}/{account_id}", acme_on.api.admin_key).json()
     assert (shown["status"], shown["orders"], shown["certificates"]) == ("deactivated", 1, 0)
+    assert shown["deactivated_at"] == acme_on.api.clock().isoformat()
 
 
 def test_another_replica_refuses_the_account_at_its_next_request(acme_on: Acme) -> None:

@@ -279,7 +279,10 @@ def test_revoking_a_key_deactivates_the_account_it_bound(required: Acme) -> None
     assert r.json()["account_id"] == account_id
     assert "hmac_key" not in r.json()
     account = api.get(f"/api/v1/acme/accounts/{account_id}", api.admin_key).json()
-    assert account["status"] == "deactivated"
+    assert (account["status"], account["deactivated_at"]) == (
+        "deactivated",
+        api.clock().isoformat(),
+    )
     events = [(e["action"], e["target"], e["actor"], e["detail"]) for e in api.audit()]
     assert ("acme.eab.revoke", minted["id"], "admin", "") in events
     assert (

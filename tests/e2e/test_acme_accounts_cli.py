@@ -86,9 +86,11 @@ def test_an_operator_lists_and_deactivates_an_account_with_the_cli(
     table = ok(_certctl(server, "acme", "accounts", "list", "-o", "table")).stdout
     header, *rows = table.splitlines()
     assert header.split() == [
-        "ID", "STATUS", "CONTACT", "EAB", "KEY", "ORDERS", "CERTIFICATES", "CREATED"
+        "ID", "STATUS", "CONTACT", "EAB", "KEY", "ORDERS", "CERTIFICATES", "CREATED",
+        "DEACTIVATED",
     ]  # fmt: skip
     assert rows[1].split()[:3] == [cut_id, "valid", "mailto:ops@example.internal"]
+    assert rows[1].split()[-1] == "-"  # valid: not deactivated
     paged = ok(_certctl(server, "acme", "accounts", "list", "--limit", "1", "-o", "table"))
     assert f"acme accounts list --limit 1 -o table --cursor {kept_id}" in paged.stdout
     shown = json.loads(ok(_certctl(server, "acme", "accounts", "get", cut_id)).stdout)
@@ -107,6 +109,14 @@ def test_an_operator_lists_and_deactivates_an_account_with_the_cli(
         ok(_certctl(server, "acme", "accounts", "list", "--status", "deactivated")).stdout
     )
     assert [a["id"] for a in off["items"]] == [cut_id]
+    when = json.loads(done.stdout)["deactivated_at"]
+    assert shown["deactivated_at"] is None
+    assert when is not None
+    off_table = ok(
+        _certctl(server, "acme", "accounts", "list", "--status", "deactivated", "-o", "table")
+    ).stdout.splitlines()
+    # The time as the CREATED column shows it: 2026-12-06 01:45 UTC.
+    assert off_table[1].split()[-3:] == [when[:10], when[11:16], "UTC"], off_table
 
     # Bad input: one line, exit 2 for usage, 1 for what the server refused.
     usage = _certctl(server, "acme", "accounts", "list", "--status", "deactivatd")

@@ -419,3 +419,15 @@ def test_0031_adds_the_replaced_certificate_of_an_order_to_a_postgresql_store_an
         check_0031(engine)
     finally:
         engine.dispose()
+
+
+def test_0032_adds_the_accounts_deactivation_time_to_a_postgresql_store_and_takes_it_back(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    from tests.unit.store.test_acme_migration import check_0032
+
+    engine = db.create_store_engine(postgres_cluster.url(postgres_cluster.create_database()))
+    try:
+        check_0032(engine)
+    finally:
+        engine.dispose()

@@ -41,6 +41,9 @@ def account_json(account: AccountSummary) -> dict[str, Any]:
         "eab_key_id": account.eab_key_id,
         "orders": account.orders,
         "certificates": account.certificates,
+        "deactivated_at": (
+            account.deactivated_at.isoformat() if account.deactivated_at is not None else None
+        ),
     }
 
 

@@ -149,6 +149,11 @@ _ACME_ACCOUNT_FIELDS: dict[str, Any] = {
         "minimum": 0,
         "description": "orders finalized (a certificate issued)",
     },
+    "deactivated_at": {
+        **_TIME_OR_NULL,
+        "description": "when it was deactivated; null while valid, and for one deactivated "
+        "before certctl recorded the time whose audit event is gone (unknown)",
+    },
 }
 
 

@@ -155,7 +155,16 @@ def _account_columns() -> list[Column]:
         Column("ORDERS", field_cell("orders")),
         Column("CERTIFICATES", field_cell("certificates")),
         Column("CREATED", lambda item, _now: timestamp(item.get("created_at"))),
+        Column("DEACTIVATED", _deactivated_cell),
     ]
+
+
+def _deactivated_cell(item: dict[str, Any], _now: datetime) -> str:
+    # Deactivated with no time: before certctl recorded it, its audit event gone (0032).
+    from certctl.cli._listing import timestamp
+
+    unknown = "unknown" if item.get("status") == "deactivated" else "-"
+    return timestamp(item.get("deactivated_at"), none=unknown)
 
 
 @accounts_app.command("list")
@@ -168,8 +177,8 @@ def accounts_list(
     """List ACME accounts, newest first (one page).
 
     On a terminal a table: id, status, contact, the EAB key that bound it, its orders and the
-    certificates they got, when it was made; its last line, when there are more, is the
-    command for the next page.
+    certificates they got, when it was made and when it was deactivated; its last line, when
+    there are more, is the command for the next page.
     """
     from certctl.cli._listing import next_page, no_empty_filter
     from certctl.spelling import did_you_mean

@@ -52,6 +52,9 @@ class AccountSummary:
     eab_key_id: str | None  # the External Account Binding key that bound it
     orders: int
     certificates: int  # its orders that were finalized (a certificate issued)
+    # When it was deactivated; None while valid, or deactivated before certctl recorded it
+    # with its audit event gone (migration 0032).
+    deactivated_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ def _summaries(session: Session, where: Any, limit: int | None = None) -> list[A
             AcmeAccount.eab_key_id,
             func.count(AcmeOrder.id),
             func.count(AcmeOrder.certificate_id),
+            AcmeAccount.deactivated_at,
         )
         .outerjoin(AcmeOrder, AcmeOrder.account_id == AcmeAccount.id)
         .where(where)
@@ -93,6 +97,7 @@ def _summaries(session: Session, where: Any, limit: int | None = None) -> list[A
             eab_key_id=row[5],
             orders=int(row[6]),
             certificates=int(row[7]),
+            deactivated_at=row[8],
         )
         for row in session.execute(query)
     ]
@@ -160,6 +165,7 @@ def cut_off(session: Session, account: AcmeAccount, now: datetime) -> str:
         What was cancelled, for the audit event's detail.
     """
     account.status = "deactivated"
+    account.deactivated_at = now
     orders = select(AcmeOrder.id).where(AcmeOrder.account_id == account.id).scalar_subquery()
     authzs = session.execute(
         update(AcmeAuthorization)

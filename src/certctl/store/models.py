@@ -312,6 +312,11 @@ class AcmeAccount(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # The External Account Binding key that bound it (None: made without one).
     eab_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True, default=None)
+    # When it was deactivated (None while valid; migration 0032 took it from the audit log
+    # for those deactivated before, None where that event is gone).
+    deactivated_at: Mapped[datetime | None] = mapped_column(
+        UTCDateTime, nullable=True, default=None
+    )
 
 
 class AcmeOrder(Base):

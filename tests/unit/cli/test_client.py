@@ -472,6 +472,37 @@ def test_a_deactivation_that_left_certificates_unrevoked_names_them_and_exits_1(
     assert proc.stderr.endswith("; 1 certificate(s) revoked\n"), proc.stderr
 
 
+def test_an_account_deactivated_at_an_unknown_time_says_so_in_the_table(
+    listener: Listener,
+) -> None:
+    # Deactivated before certctl recorded the time, its audit event gone (migration 0032).
+    item = {
+        "id": "0123456789abcdef01234567",
+        "status": "deactivated",
+        "contact": [],
+        "created_at": "2026-01-02T03:04:05+00:00",
+        "thumbprint": "t",
+        "eab_key_id": None,
+        "orders": 0,
+        "certificates": 0,
+        "deactivated_at": None,
+    }
+    valid = {**item, "id": "0123456789abcdef01234568", "status": "valid"}
+    recorded = {**item, "id": "0123456789abcdef01234569"}
+    recorded["deactivated_at"] = "2026-02-03T04:05:06+00:00"
+    body = {"items": [recorded, valid, item], "next_cursor": None}
+    listener.answers["/api/v1/acme/accounts"] = Answer(body=json.dumps(body).encode())
+    env = {"CERTCTL_URL": listener.url, "CERTCTL_API_KEY": KEY, "COLUMNS": "200"}
+    proc = certctl("acme", "accounts", "list", "-o", "table", env=env)
+    assert proc.returncode == 0, proc.stderr
+    _header, *rows = proc.stdout.splitlines()
+    assert [row.split()[-3:] for row in rows] == [
+        ["2026-02-03", "04:05", "UTC"],
+        ["03:04", "UTC", "-"],
+        ["03:04", "UTC", "unknown"],
+    ]
+
+
 def test_401_without_a_key_says_which_variable(listener: Listener) -> None:
     listener.answers["/api/v1/services"] = Answer(
         401, "application/problem+json", b'{"detail": "missing bearer token"}'

@@ -1,14 +1,18 @@
-"""Migrations 0027-0031 add the ACME tables and columns and take them back (SQLite;
+"""Migrations 0027-0032 add the ACME tables and columns and take them back (SQLite;
 PostgreSQL in faults)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, inspect, text
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, inspect, select, text
+from sqlalchemy.orm import Session
 
 from certctl.store import db
-from tests.unit.store.test_migration_head import downgrade_store
+from certctl.store.models import AcmeAccount
+from tests.unit.store.test_migration_head import _config, downgrade_store
 
 ACME_TABLES = {
     "acme_accounts",
@@ -259,5 +263,68 @@ def test_0031_adds_the_replaced_certificate_of_an_order_and_takes_it_back(tmp_pa
     engine = db.create_store_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
     try:
         check_0031(engine)
+    finally:
+        engine.dispose()
+
+
+def _before(revision: str) -> str:
+    """The revision ``revision`` follows, as its script says (merges may rechain it)."""
+    down = ScriptDirectory.from_config(_config()).get_revision(revision).down_revision
+    assert isinstance(down, str)
+    return down
+
+
+def check_0032(engine: Engine) -> None:
+    """0032 on ``engine`` (at head): deactivated_at added, taken from the audit log."""
+    db.migrate(engine)
+    assert "deactivated_at" in _columns(engine, "acme_accounts")
+    downgrade_store(engine, _before("0032"))
+    assert "deactivated_at" not in _columns(engine, "acme_accounts")
+    with engine.begin() as connection:
+        for account, status in (("on", "valid"), ("off", "deactivated"), ("lost", "deactivated")):
+            connection.execute(
+                text(
+                    "INSERT INTO acme_accounts (id, thumbprint, jwk, status, contact, created_at)"
+                    " VALUES (:id, :id, '{}', :status, '[]', '2026-01-01 00:00:00')"
+                ),
+                {"id": account, "status": status},
+            )
+        # (at, target, outcome, detail): the one that deactivated "off" is the 10:00 one; a
+        # refused call before and the "already" of an operator asking again after are not.
+        for at, target, outcome, detail in (
+            ("2026-02-01 09:00:00", "off", "denied", "missing permission cert.revoke"),
+            ("2026-02-01 10:00:00", "off", "success", "0 pending authorization(s) deactivated"),
+            ("2026-02-02 08:00:00", "off", "success", "already deactivated"),
+            ("2026-02-01 07:00:00", "on", "success", "already valid, oddly"),
+            ("2026-02-01 07:00:00", "off-by-one", "success", ""),
+        ):
+            connection.execute(
+                text(
+                    "INSERT INTO audit_events (at, actor, action, target, outcome, source, detail)"
+                    " VALUES (:at, 'admin', 'acme.account.deactivate', :target, :outcome, '',"
+                    " :detail)"
+                ),
+                {"at": at, "target": target, "outcome": outcome, "detail": detail},
+            )
+    db.migrate(engine)
+    with Session(engine) as session:
+        found = dict(session.execute(select(AcmeAccount.id, AcmeAccount.deactivated_at)).all())
+    # A valid account has none; one whose event is gone stays unknown (NULL).
+    assert found == {"on": None, "off": datetime(2026, 2, 1, 10, tzinfo=UTC), "lost": None}
+    downgrade_store(engine, _before("0032"))
+    assert "deactivated_at" not in _columns(engine, "acme_accounts")
+    with engine.connect() as connection:
+        ids = connection.execute(text("SELECT id FROM acme_accounts ORDER BY id"))
+        assert [r[0] for r in ids] == ["lost", "off", "on"]
+    db.migrate(engine)
+    assert "deactivated_at" in _columns(engine, "acme_accounts")
+
+
+def test_0032_adds_the_accounts_deactivation_time_and_takes_it_back(tmp_path: Path) -> None:
+    # Opened as certctl opens it: foreign keys on (a rebuilt acme_accounts could not be
+    # dropped under the orders that reference it).
+    engine = db.create_store_engine(f"sqlite:///{tmp_path / 'certctl.db'}")
+    try:
+        check_0032(engine)
     finally:
         engine.dispose()
