@@ -286,7 +286,9 @@ def test_a_validation_finishing_after_the_deactivation_leaves_its_authorization_
     token = _answer_slowly(acme_on, acme_client, order)
     r = acme_on.api.post(f"{PATH}/{account_id}/deactivate", acme_on.api.admin_key)
     assert r.status_code == 200, r.text
-    assert _validated(acme_on, token) == "valid"  # the fetch itself succeeded, and says so
+    # The fetch succeeded, too late to count: the challenge is not shown valid under a
+    # deactivated authorization (RFC 8555 7.1.6 has no such pair).
+    assert _validated(acme_on, token) == "invalid"
     assert _statuses(acme_on, account_id) == (["invalid"], ["deactivated"])
 
 
@@ -299,9 +301,17 @@ def test_an_authorization_its_holder_deactivated_mid_validation_stays_deactivate
     token = _answer_slowly(acme_on, acme_client, order)
     gone = acme_client.deactivate_authorization(order.authorizations[0])
     assert gone.body.status == messages.STATUS_DEACTIVATED
-    assert _validated(acme_on, token) == "valid"
+    assert _validated(acme_on, token) == "invalid"
     authz, _ = acme_client.poll(order.authorizations[0])
     assert authz.body.status == messages.STATUS_DEACTIVATED
+    # As the client reads it: invalid, saying why, where it read valid.
+    (challenge,) = [c for c in authz.body.challenges if c.chall.encode("token") == token]
+    assert challenge.status == messages.STATUS_INVALID
+    assert challenge.error.typ == ERR + "unauthorized"
+    assert challenge.error.detail == (
+        f"authorization {authz.uri.rsplit('/', 1)[1]} was deactivated before this validation "
+        "finished: its success does not count"
+    )
     assert _statuses(acme_on, account_id) == (["invalid"], ["deactivated"])
 
 

@@ -1153,6 +1153,16 @@ def record_validation(
         assert authz is not None  # the foreign key
         order = session.get(AcmeOrder, authz.order_id, with_for_update=True)
         assert order is not None
+        if error is None and authz.status == "deactivated":
+            # Deactivated while this challenge was processing (by its holder, RFC 8555 7.5.2,
+            # or with its account): its success counts for nothing, and a valid challenge of
+            # a deactivated authorization (one 7.1.6 never makes) told the client otherwise.
+            error = {
+                "type": "urn:ietf:params:acme:error:unauthorized",
+                "detail": f"authorization {authz.id} was deactivated before this validation "
+                "finished: its success does not count",
+                "status": 403,
+            }
         challenge.status = "invalid" if error else "valid"
         challenge.error = error
         if error is None:
