@@ -10,9 +10,7 @@ revision did not, and every later start failed on "duplicate column name: renewe
 
 from __future__ import annotations
 
-import logging
 import re
-import secrets
 import signal
 import sqlite3
 import subprocess
@@ -27,7 +25,7 @@ import psycopg
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import inspect, text
+from sqlalchemy import text
 
 from certctl.errors import CertctlError
 from certctl.store import db
@@ -431,48 +429,5 @@ def test_0032_adds_the_accounts_deactivation_time_to_a_postgresql_store_and_take
     engine = db.create_store_engine(postgres_cluster.url(postgres_cluster.create_database()))
     try:
         check_0032(engine)
-    finally:
-        engine.dispose()
-
-
-def test_0033_indexes_the_audit_target_filter_of_a_postgresql_store_and_takes_it_back(
-    postgres_cluster: PostgresCluster,
-) -> None:
-    from tests.unit.store.test_audit_target_migration import check_0033
-
-    engine = db.create_store_engine(postgres_cluster.url(postgres_cluster.create_database()))
-    try:
-        check_0033(engine)
-    finally:
-        engine.dispose()
-
-
-def test_0033_without_the_right_to_add_pg_trgm_leaves_the_index_out_and_saying_so(
-    postgres_cluster: PostgresCluster, caplog: pytest.LogCaptureFixture
-) -> None:
-    # A role that may create tables in the schema but not extensions in the database (no
-    # CREATE on it: not its owner): the upgrade failed whole there, and certctl started no
-    # more. It goes through without the index, said in a warning; the filter reads the table.
-    from tests.unit.store.test_audit_target_migration import _fill, _targets
-
-    name = postgres_cluster.create_database()
-    role = f"no_ext_{secrets.token_hex(4)}"
-    admin = f"postgresql://postgres@127.0.0.1:{postgres_cluster.port}/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN")
-        conn.execute(f'GRANT CONNECT ON DATABASE "{name}" TO {role}')
-        conn.execute(f"GRANT CREATE, USAGE ON SCHEMA public TO {role}")
-    url = postgres_cluster.url(name).replace("postgres@", f"{role}@", 1)
-    engine = db.create_store_engine(url)
-    try:
-        with caplog.at_level(logging.WARNING, logger="certctl.store"):
-            db.migrate(engine)
-        assert db._stored_revisions(engine) == [db._head_revision()]
-        (warning,) = [r.getMessage() for r in caplog.records if "target filter" in r.getMessage()]
-        assert "no index for the audit log's target filter (permission denied" in warning
-        indexes = {i["name"] for i in inspect(engine).get_indexes("audit_events")}
-        assert "ix_audit_events_target_trgm" not in indexes
-        _fill(engine, 100)
-        assert _targets(engine, "rare-target 0a1b") == ["Rare-Target 0A1B serial 77"]
     finally:
         engine.dispose()

@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    ColumnElement,
-    Engine,
-    Integer,
-    Text,
-    column,
-    func,
-    literal,
-    literal_column,
-    select,
-    table,
-    text,
-)
+from sqlalchemy import BigInteger, ColumnElement, Text, func, literal, literal_column, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -209,36 +195,6 @@ class AuditFilter:
     until: datetime | None = None
 
 
-# SQLite's trigram index of the targets (migration 0033): an FTS5 table over audit_events.
-_TARGET_FTS = table("audit_events_target_fts", column("rowid", Integer), column("target", Text))
-_HAS_TARGET_FTS: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()  # found
-
-
-def _target_indexed(session: Session, target: str) -> bool:
-    """Whether SQLite's trigram index of the targets can find ``target``'s events.
-
-    Not where it cannot answer: PostgreSQL (its GIN index serves the LIKE itself), a store
-    without the table (SQLite built without FTS5: 0033 left it out), fewer than 3 characters
-    (no trigram), a non-ASCII one (FTS5 folds case otherwise than unicode_lower), or a "%" or
-    "_" (FTS5 uses its index only for a LIKE without ESCAPE).
-    """
-    engine = session.get_bind()
-    if not isinstance(engine, Engine) or engine.dialect.name != "sqlite":
-        return False
-    if len(target) < 3 or not target.isascii() or "%" in target or "_" in target:
-        return False
-    if engine not in _HAS_TARGET_FTS:
-        # Remembered once found only: a store read before its upgrade has it after.
-        found = session.execute(
-            text("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name"),
-            {"name": _TARGET_FTS.name},
-        ).first()
-        if found is None:
-            return False
-        _HAS_TARGET_FTS[engine] = True
-    return True
-
-
 def list_audit(
     session: Session, *, limit: int, after: int | None, where: AuditFilter | None = None
 ) -> list[AuditEvent]:
@@ -272,20 +228,6 @@ def list_audit(
             query = query.where(
                 lower(AuditEvent.target).like(contains_pattern(target.lower()), escape="\\")
             )
-            if _target_indexed(session, target):
-                # Read through SQLite's trigram index (migration 0033), newest first as the
-                # listing is (its rowid is the event's id) and stopping at the page's end: a
-                # rare target's page read every event, newest first, to the last. Its LIKE
-                # folds case too: a superset, the one above decides.
-                fts = _TARGET_FTS.c
-                query = (
-                    query.join(_TARGET_FTS, fts.rowid == AuditEvent.id)
-                    .where(fts.target.like(f"%{target}%"))
-                    .order_by(None)
-                    .order_by(fts.rowid.desc())
-                )
-                if after is not None:
-                    query = query.where(fts.rowid < literal(after, BigInteger))
         if where.since is not None:
             query = query.where(AuditEvent.at >= where.since)
         if where.until is not None:
