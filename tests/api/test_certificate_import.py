@@ -20,6 +20,7 @@ from sqlalchemy import Connection, insert, update
 from certctl.pki import (
     CertificateAuthority,
     KeyType,
+    SubjectAltNames,
     certs_to_pem,
     common_name_dn,
     create_root_ca,
@@ -70,14 +71,22 @@ class OpensslCa:
             )
         )  # fmt: skip
 
-    def leaf(self, cn: str, eku: str = "serverAuth", serial: int | None = None) -> Path:
+    def leaf(
+        self,
+        cn: str,
+        eku: str = "serverAuth",
+        serial: int | None = None,
+        also: tuple[str, ...] = (),
+    ) -> Path:
+        """A leaf for ``cn`` (its CN and first DNS SAN) and the DNS names ``also``."""
         key, csr, crt = (self.folder / f"{cn}.{s}" for s in ("key", "csr", "crt"))
         openssl_req(key, csr, f"/CN={cn}")
+        sans = ",".join(f"DNS:{name}" for name in (cn, *also))
         self.sign(
             csr,
             crt,
             f"basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-            f"extendedKeyUsage={eku}\nsubjectAltName=DNS:{cn}\n"
+            f"extendedKeyUsage={eku}\nsubjectAltName={sans}\n"
             "authorityKeyIdentifier=keyid\n",
             serial=serial,
         )
@@ -608,6 +617,26 @@ def test_the_self_signed_modes_server_certificate_is_refused(api: Api, tmp_path:
     )  # fmt: skip
     pem = certs_to_pem([leaf.certificate]).decode()
     assert api.post(IMPORT, api.admin_key, json={"certificate_pem": pem}).status_code == 201
+    # One that names localhost too is another server's (a developer's), not certctl's: it was
+    # refused as certctl's own, and a bundle holding it imported nothing.
+    shared = ca.issue(
+        key.public_key(), common_name_dn("dev.example.com"), profile=get_profile("server"),
+        validity=timedelta(days=30), now=now,
+        sans=SubjectAltNames.parse(dns=["dev.example.com", "localhost"], ip=["127.0.0.1"]),
+    )  # fmt: skip
+    pem = certs_to_pem([shared.certificate]).decode()
+    r = api.post(IMPORT, api.admin_key, json={"certificate_pem": pem})
+    assert r.status_code == 201, r.text
+    # Another replica's tls.crt (its own host name and listen address in it) stays refused.
+    replica = tmp_path / "replica"
+    assert ensure_self_signed(
+        replica, ca, extra_sans=["certctl-1.certctl.internal", "10.0.0.6"],
+        validity=timedelta(days=30), rotate_before=timedelta(days=1), now=now,
+    )  # fmt: skip
+    before = api.counts()
+    r = api.post(IMPORT, api.admin_key, json={"certificate_pem": (replica / "tls.crt").read_text()})
+    assert "certctl's own server certificate" in assert_problem(r, 409)["detail"]
+    assert api.counts() == before
 
 
 def test_the_served_certificate_of_tls_mode_custom_is_refused_under_its_root(
@@ -645,3 +674,12 @@ def test_the_served_certificate_of_tls_mode_custom_is_refused_under_its_root(
     assert api.counts() == before
     r = _import(api, other, same_name_elsewhere)
     assert r.status_code == 201, r.text
+    # A certificate that names certctl's host among others (a shared host's), or a wildcard
+    # over it (a load balancer's), is not the one certctl serves: revoked, no client of
+    # certctl notices. They were refused as certctl's own, a migration's bundle with them
+    # imported nothing.
+    shared = inter.leaf("vault.corp.example", also=("certctl.corp.example",))
+    wildcard = inter.leaf("*.corp.example")
+    r = _import(api, shared, wildcard)
+    assert r.status_code == 201, r.text
+    assert len(r.json()["items"]) == 2

@@ -51,7 +51,7 @@ from certctl.pki import (
 )
 from certctl.server.config import ServerConfig, split_host_port
 from certctl.server.tls_listener import HandshakeAlerts
-from certctl.services.issuance import served_chain
+from certctl.services.issuance import SERVER_CN, served_chain
 from certctl.store.db import PoolTimeout, storage_error
 
 if TYPE_CHECKING:
@@ -74,7 +74,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("certctl.tls")
-SERVER_CN = "certctl-server"
 # Mozilla "intermediate": forward-secret AEAD suites only for TLS 1.2 (1.3 suites are fixed).
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 

@@ -52,6 +52,7 @@ __all__ = [
     "AUDIT_EVENTS",
     "CERTIFICATES",
     "MAX_NAMES_PER_TYPE",
+    "SERVER_CN",
     "IssueResult",
     "IssuedRecord",
     "PendingIssue",
@@ -300,6 +301,9 @@ def _leaf_profile(name: str) -> Any:
 
 
 _EVERY_PERMISSION = frozenset(PERMISSIONS)
+# The CN and first DNS name of the self-signed mode's server certificate (server.tls), of
+# every replica: here so that the import's check tells a replica's tls.crt by it.
+SERVER_CN = "certctl-server"
 
 
 def _own_names_covered(own: SubjectAltNames, sans: SubjectAltNames) -> list[str]:
@@ -385,8 +389,9 @@ def certctl_names_trusted(
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
-    taken = _own_names_covered(own, SubjectAltNames.from_extension(ext.value))
-    if not taken:
+    sans = SubjectAltNames.from_extension(ext.value)
+    taken = _own_names_covered(own, sans)
+    if not taken or not _names_only_certctl(own, sans):
         return []
     served = services.server_chain
     if served is not None:
@@ -395,6 +400,26 @@ def certctl_names_trusted(
     root = internal.chain[-1] if internal.chain else internal.certificate
     trusted = path[-1].subject == root.subject and path[-1].public_key() == root.public_key()
     return taken if trusted else []
+
+
+def _names_only_certctl(own: SubjectAltNames, sans: SubjectAltNames) -> bool:
+    """Whether ``sans`` are those of a server certificate certctl serves, not another's.
+
+    certctl's own names only (tls.mode custom takes its names from the served certificate):
+    one naming another host too (a shared host's, a wildcard over certctl's: a load
+    balancer's) is not certctl's, and revoked it cuts no client of certctl off. A self-signed
+    tls.crt names each replica's own host name and listen address too, which this replica
+    does not know: that one is told by ``SERVER_CN``, the name every replica's carries.
+    """
+    if SERVER_CN in own.dns and SERVER_CN in sans.dns:
+        return True
+    mine = {name.lower() for name in own.dns}
+    return (
+        all(name.lower() in mine for name in sans.dns)
+        and set(sans.ip) <= set(own.ip)
+        and set(sans.email) <= set(own.email)
+        and set(sans.uri) <= set(own.uri)
+    )
 
 
 def _reaches(
