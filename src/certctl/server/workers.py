@@ -74,10 +74,12 @@ def prepare_multiprocess_metrics() -> str:
         raise RuntimeError("prometheus_client was imported before the multi-process setup")
     remove_abandoned_metrics_dirs(Path(tempfile.gettempdir()))
     directory = tempfile.mkdtemp(prefix=_METRICS_PREFIX)
-    lock = os.open(
-        os.path.join(directory, _METRICS_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-    )
+    # Locked under another name, then renamed (the lock stays with the file): created as
+    # .in-use and locked after, another start cleaning up in between found it free and
+    # removed this server's directory, whose metrics then failed to write.
+    lock, staging = tempfile.mkstemp(prefix=".locking-", dir=directory)
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.rename(staging, os.path.join(directory, _METRICS_LOCK))
     _held_locks.append(lock)  # open for the life of the process (and its forked workers)
     os.environ[_ENV] = directory
     return directory

@@ -71,3 +71,49 @@ def test_directories_it_cannot_judge_are_left_alone(tmp_path: Path) -> None:
         assert (tmp_path / name).exists(), name
     assert (tmp_path / "certctl-metrics-file").is_file()
     assert (other / ".in-use").exists()
+
+
+# A start whose cleanup (another multi-worker start's) runs between two of its own steps:
+# each fcntl.flock of the start is preceded by that cleanup, as a scheduler may interleave.
+_RACED_START = """
+import fcntl, os, sys, tempfile
+from pathlib import Path
+
+from certctl.server import workers
+
+flock = fcntl.flock
+cleaning = False
+
+
+def raced(fd, operation):
+    global cleaning
+    if not cleaning:  # the cleanup's own flocks are not raced
+        cleaning = True
+        workers.remove_abandoned_metrics_dirs(Path(tempfile.gettempdir()))
+        cleaning = False
+    return flock(fd, operation)
+
+
+fcntl.flock = raced
+directory = workers.prepare_multiprocess_metrics()
+fcntl.flock = flock
+print(directory, os.path.isdir(directory), os.path.exists(os.path.join(directory, ".in-use")))
+"""
+
+
+def test_a_start_keeps_its_directory_when_another_cleans_up_meanwhile(tmp_path: Path) -> None:
+    # The lock file was created, then locked: another start's cleanup in between found it
+    # free and removed the new server's directory, whose workers then failed on it.
+    done = subprocess.run(
+        [sys.executable, "-c", _RACED_START],
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    directory, is_dir, locked = done.stdout.split()
+    assert Path(directory).parent == tmp_path
+    assert (is_dir, locked) == ("True", "True"), done.stdout
+    # The process is gone now, its lock with it: the next start removes the directory.
+    assert remove_abandoned_metrics_dirs(tmp_path) == 1
