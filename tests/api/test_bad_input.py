@@ -424,6 +424,23 @@ CASES = [
         "expires_at",
         {"json": {"actor_id": "admin", "expires_at": "tomorrow"}},
     ),
+    # A number is no date-time: lax mode took it as seconds since 1970.
+    Case(
+        "apikey-expiry-number",
+        "POST",
+        "/api/v1/auth/apikeys",
+        400,
+        "expires_at: Input should be a string",
+        {"json": {"actor_id": "admin", "expires_at": 1893456000}},
+    ),
+    Case(
+        "eab-expiry-number",
+        "POST",
+        "/api/v1/acme/eab-keys",
+        400,
+        "expires_at: Input should be a string",
+        {"json": {"name": "ci", "expires_at": 1893456000.5}},
+    ),
     Case(
         "apikey-expiry-past-datetime-max",  # its UTC is after 9999-12-31: a 500 before
         "POST",

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -15,6 +16,7 @@ from pydantic import (
     WithJsonSchema,
 )
 from pydantic.config import JsonDict
+from pydantic_core import PydanticCustomError
 
 from certctl.auth.permissions import PERMISSIONS
 from certctl.pki import display_dn_text
@@ -45,6 +47,18 @@ __all__ = [
     "eab_key_json",
     "issuer_json",
 ]
+
+
+def _json_string(value: object) -> object:
+    # A date-time is a JSON string (openapi.json: format date-time): lax mode took a number
+    # as seconds since 1970 (1893456000 for 2030-01-01), which no client means by an expiry.
+    if isinstance(value, datetime | str) or value is None:
+        return value
+    raise PydanticCustomError("string_type", "Input should be a string (an RFC 3339 date-time)")
+
+
+# A body's date-time, as its JSON string only (not strict: strict refuses strings too).
+_JsonDateTime = Annotated[datetime, BeforeValidator(_json_string)]
 
 
 class _Body(BaseModel):
@@ -121,14 +135,14 @@ class ApiKeyCreate(_Body):
 
     actor_id: str = Field(min_length=1, max_length=64)
     name: str = Field(default="", max_length=200)
-    expires_at: datetime | None = None
+    expires_at: _JsonDateTime | None = None
 
 
 class AcmeEabCreate(_Body):
     """``POST /api/v1/acme/eab-keys``."""
 
     name: str = Field(min_length=1, max_length=200)
-    expires_at: datetime | None = None
+    expires_at: _JsonDateTime | None = None
 
 
 class AcmeAccountDeactivate(_Body):
