@@ -683,3 +683,40 @@ def test_the_served_certificate_of_tls_mode_custom_is_refused_under_its_root(
     r = _import(api, shared, wildcard)
     assert r.status_code == 201, r.text
     assert len(r.json()["items"]) == 2
+
+
+def test_a_served_certificate_with_no_subject_alt_names_is_refused_by_its_cn(
+    api: Api, old_pki: tuple[OpensslCa, OpensslCa], tmp_path: Path
+) -> None:
+    """tls.mode custom with a legacy tls.crt, its host name in its CN only.
+
+    certctl guards that CN as its name (serve_names_of), but the import looked at SANs only:
+    the served certificate was recorded, and a revocation could cut off certctl's clients.
+    """
+    from certctl.server.tls import ServerTLS, serve_names_of
+
+    root, inter = old_pki
+    _import_ca(api, "old-root", root)
+    _import_ca(api, "old-inter", inter)
+    api.services.server_names = None  # as bootstrap leaves it in tls.mode custom
+    served_dir = tmp_path / "served"
+    served_dir.mkdir()
+    key, csr, crt = (served_dir / name for name in ("tls.key", "tls.csr", "tls.crt"))
+    openssl_req(key, csr, "/CN=legacy.corp.example")
+    inter.sign(
+        csr,
+        crt,
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\nauthorityKeyIdentifier=keyid\n",
+    )
+    assert ServerTLS(served_dir, on_serve=serve_names_of(api.services)).load(datetime.now(UTC))
+    before = api.counts()
+    detail = assert_problem(_import(api, crt), 409)["detail"]
+    assert "certctl's own server certificate (for legacy.corp.example," in detail, detail
+    assert api.counts() == before
+    # Another CN-only leaf of that CA is not certctl's.
+    other_csr, other = tmp_path / "other.csr", tmp_path / "other.crt"
+    openssl_req(tmp_path / "other.key", other_csr, "/CN=old.corp.example")
+    inter.sign(other_csr, other, "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    r = _import(api, other)
+    assert r.status_code == 201, r.text

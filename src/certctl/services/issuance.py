@@ -387,9 +387,12 @@ def certctl_names_trusted(
         return []
     try:
         ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        sans = SubjectAltNames.from_extension(ext.value)
     except x509.ExtensionNotFound:
-        return []
-    sans = SubjectAltNames.from_extension(ext.value)
+        # Its CN then, as tls.mode custom reads a served tls.crt without SANs (serve_names_of)
+        # and as clients falling back to the CN match it: that served certificate was recorded.
+        cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        sans = SubjectAltNames(dns=(str(cns[0].value),) if cns else ())
     taken = _own_names_covered(own, sans)
     if not taken or not _names_only_certctl(own, sans):
         return []
