@@ -261,6 +261,31 @@ def test_bad_requests_get_ocsp_errors_never_a_500(on: Api, tmp_path: Path) -> No
     assert on.counts() == before  # nothing written
 
 
+def test_a_negative_serial_is_malformed_request_not_a_500(on: Api) -> None:
+    """A CertID's serial is a DER INTEGER anyone may send negative: no response can echo it."""
+    ca = _ca(on)
+    _, leaf = _leaf(on)
+    asked = ocsp.load_der_ocsp_request(_request(leaf, ca))
+    der = (
+        ocsp.OCSPRequestBuilder()
+        .add_certificate_by_hash(asked.issuer_name_hash, asked.issuer_key_hash, 0x55, hashes.SHA1())
+        .build()
+        .public_bytes(Encoding.DER)
+    )
+    assert der.count(b"\x02\x01\x55") == 1  # the serial's INTEGER, one octet
+    before = on.counts()
+    for negative in (b"\x02\x01\xff", b"\x02\x01\x80"):  # -1, -128
+        body = der.replace(b"\x02\x01\x55", negative)
+        assert ocsp.load_der_ocsp_request(body).serial_number < 0
+        r = on.post(OCSP, content=body, headers=MEDIA)
+        assert r.status_code == 200, r.text
+        assert _status(r.content) is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+        r = on.get(f"{OCSP}/{quote(base64.b64encode(body).decode(), safe='')}")
+        assert r.status_code == 200, r.text
+        assert _status(r.content) is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    assert on.counts() == before
+
+
 def test_intermediates_and_their_revocation_are_answered_by_the_parent(on: Api) -> None:
     r = on.post(
         "/api/v1/issuers",

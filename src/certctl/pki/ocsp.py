@@ -37,13 +37,16 @@ def read_request(der: bytes) -> OcspQuestion | None:
     """The question of a DER OCSPRequest; None when it is none certctl can answer.
 
     None for what is no OCSPRequest, one asking about more than one certificate (cryptography
-    refuses those; RFC 5019 2.1.1 lets a responder answer only one) or one whose CertID hash
-    algorithm is unknown: all ``malformedRequest``. Extensions (a nonce) and a signature are
-    ignored: RFC 5019 responses carry no nonce, so that they may be reused (see
-    ``services.ocsp``).
+    refuses those; RFC 5019 2.1.1 lets a responder answer only one), one whose CertID hash
+    algorithm is unknown or one whose serial is negative (no certificate's, RFC 5280 4.1.2.2,
+    and no response can echo it: cryptography refuses to sign it): all ``malformedRequest``.
+    Extensions (a nonce) and a signature are ignored: RFC 5019 responses carry no nonce, so
+    that they may be reused (see ``services.ocsp``).
     """
     try:
         request = ocsp.load_der_ocsp_request(der)
+        if request.serial_number < 0:
+            return None
         return OcspQuestion(
             request.serial_number,
             request.hash_algorithm,
