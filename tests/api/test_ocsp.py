@@ -464,3 +464,40 @@ def test_the_response_cache_is_bounded(on: Api) -> None:
     # The first was dropped: signed anew (a later thisUpdate); the last is reused.
     assert _post(on, _request(leaves[0], ca)).this_update_utc > firsts[0].this_update_utc
     assert _post(on, _request(leaves[2], ca)).this_update_utc == firsts[2].this_update_utc
+
+
+def test_made_up_serials_cost_a_bounded_number_of_signatures(on: Api) -> None:
+    """Each unknown serial is a CertID to sign for: a flood of them gets tryLater, unsigned."""
+    from certctl.services.context import OCSP_UNKNOWN_SIGNATURES_PER_S as BUDGET
+
+    ca = _ca(on)
+    _, leaf = _leaf(on)
+    asked = ocsp.load_der_ocsp_request(_request(leaf, ca))
+
+    def made_up() -> ocsp.OCSPResponse:
+        der = (
+            ocsp.OCSPRequestBuilder()
+            .add_certificate_by_hash(
+                asked.issuer_name_hash,
+                asked.issuer_key_hash,
+                x509.random_serial_number(),
+                hashes.SHA1(),
+            )
+            .build()
+            .public_bytes(Encoding.DER)
+        )
+        r = on.post(OCSP, content=der, headers=MEDIA)
+        assert r.status_code == 200, r.text
+        return ocsp.load_der_ocsp_response(r.content)
+
+    # One second's budget of signatures, at one instant (the test's clock stands still).
+    for _ in range(BUDGET):
+        assert _verified(made_up(), ca).certificate_status is ocsp.OCSPCertStatus.UNKNOWN
+    flooded = made_up()
+    assert flooded.response_status is ocsp.OCSPResponseStatus.TRY_LATER
+    # A certificate certctl issued is answered (signed) all the same.
+    good = _verified(_post(on, _request(leaf, ca)), ca)
+    assert good.certificate_status is ocsp.OCSPCertStatus.GOOD
+    # A second later, a second's worth again.
+    on.clock.advance(seconds=1)
+    assert _verified(made_up(), ca).certificate_status is ocsp.OCSPCertStatus.UNKNOWN

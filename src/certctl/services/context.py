@@ -25,6 +25,7 @@ from certctl.store.keywrap import KeyWrapper
 
 __all__ = [
     "OCSP_CACHE_SIZE",
+    "OCSP_UNKNOWN_SIGNATURES_PER_S",
     "IssuerCertificates",
     "IssuerRevocation",
     "LoggedOnce",
@@ -32,6 +33,7 @@ __all__ = [
     "ResponseCache",
     "Services",
     "SignedCrl",
+    "SigningBudget",
     "connected",
     "strong_etag",
     "utcnow",
@@ -193,6 +195,9 @@ _log = logging.getLogger("certctl.services")
 # Signed OCSP responses a process keeps (see ResponseCache): one per certificate asked about
 # recently, ~0.5-1 KB each, so at most ~10 MB whatever a flood of distinct serials asks.
 OCSP_CACHE_SIZE = 10_000
+# Fresh OCSP ``unknown`` answers a process signs per second at most (see ``services.ocsp``):
+# a serial the store lacks is one anyone can make up, each a CertID of its own to sign for.
+OCSP_UNKNOWN_SIGNATURES_PER_S = 20
 
 
 class ResponseCache:
@@ -224,6 +229,32 @@ class ResponseCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class SigningBudget:
+    """At most ``rate`` signatures a second, in bursts of up to ``rate`` (a token bucket).
+
+    Thread-safe: the OCSP route's worker threads share one per process. Judged by the
+    services clock; one stepped back refills nothing.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self._rate = rate
+        self._tokens = float(rate)
+        self._at: datetime | None = None
+        self._lock = threading.Lock()
+
+    def take(self, now: datetime) -> bool:
+        """Whether one more signature fits at ``now`` (then counted against the budget)."""
+        with self._lock:
+            if self._at is not None:
+                elapsed = max(0.0, (now - self._at).total_seconds())
+                self._tokens = min(float(self._rate), self._tokens + elapsed * self._rate)
+            self._at = now if self._at is None else max(self._at, now)
+            if self._tokens < 1:
+                return False
+            self._tokens -= 1
+            return True
 
 
 @dataclass
@@ -286,6 +317,10 @@ class Services:
     logged: LoggedOnce = field(default_factory=LoggedOnce)
     # The OCSP responses signed here, reused while fresh (see ``services.ocsp``).
     ocsp_responses: ResponseCache = field(default_factory=lambda: ResponseCache(OCSP_CACHE_SIZE))
+    # The fresh OCSP ``unknown`` answers signed here (see ``services.ocsp``).
+    ocsp_unknown_signatures: SigningBudget = field(
+        default_factory=lambda: SigningBudget(OCSP_UNKNOWN_SIGNATURES_PER_S)
+    )
     commits: GroupCommit = field(init=False)
 
     def __post_init__(self) -> None:

@@ -28,6 +28,7 @@ MAX_REQUEST_BYTES = 8 * 1024
 # Built once: an unsuccessful response is its status alone, unsigned.
 _MALFORMED = refusal(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
 _UNAUTHORIZED = refusal(ocsp.OCSPResponseStatus.UNAUTHORIZED)
+_TRY_LATER = refusal(ocsp.OCSPResponseStatus.TRY_LATER)
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class OcspAnswer:
     """An OCSPResponse (DER) and what it says, as the metric counts it."""
 
     der: bytes
-    status: str  # good | revoked | unknown | malformed | unauthorized
+    status: str  # good | revoked | unknown | malformed | unauthorized | trylater
 
 
 def answer(services: Services, issuer_id: str, request_der: bytes | None) -> OcspAnswer:
@@ -53,6 +54,13 @@ def answer(services: Services, issuer_id: str, request_der: bytes | None) -> Ocs
     ``ocsp.validity``: a nonce is ignored (RFC 5019 4), so a flood of requests costs a
     store read each, not a signature by the CA's key each. The certificate's row is read
     on every request, its status part of what is reused: a revocation shows at once.
+
+    Not so for ``unknown``: every made-up serial is another CertID, which the response
+    names, so a flood of them (the route is public) made every request a signature by the
+    CA's key (an RSA-4096 one: ~3 ms of CPU each), and pushed the reused answers out of
+    the cache. A process signs at most OCSP_UNKNOWN_SIGNATURES_PER_S of them a second;
+    past that, ``tryLater`` (unsigned, RFC 6960 4.2.1) until the budget refills: a client
+    asking about a serial certctl never issued learns nothing from either.
 
     Raises:
         NotFound: OCSP is off (``ocsp.enabled``), or no issuer ``issuer_id``.
@@ -88,6 +96,8 @@ def answer(services: Services, issuer_id: str, request_der: bytes | None) -> Ocs
         # caching it (until nextUpdate) would keep it too long past the next one.
         if signed_at <= now < signed_at + validity / 2:
             return _counted(OcspAnswer(der, status))
+    if not known and not services.ocsp_unknown_signatures.take(now):
+        return _counted(OcspAnswer(_TRY_LATER, "trylater"))
     der = sign_response(
         ca,
         question,
