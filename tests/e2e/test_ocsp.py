@@ -4,12 +4,14 @@ The README's openssl command against the responder a leaf's AIA names (``good``,
 ``revoked`` with its reason right after the API revokes it, ``unknown`` for a serial the
 issuer never issued), the GET form through curl, and nginx verifying client certificates with
 ``ssl_ocsp on`` through a plain-HTTP proxy location of its own: a revocation refuses the very
-next request, without an nginx reload.
+next request, without an nginx reload; and nginx stapling certctl's answer about a server
+certificate the default (root) issuer signed, fetched through that proxy location.
 """
 
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -206,3 +208,83 @@ def test_the_readme_shows_the_commands_and_directives_these_tests_run() -> None:
     ):
         assert directive in section, directive
         assert directive.split(" http")[0] in NGINX_SERVERS, directive
+    for directive in ("ssl_stapling on;", "ssl_stapling_verify on;", "ssl_stapling_responder"):
+        assert directive in section, directive
+        assert directive in NGINX_STAPLING, directive
+
+
+# nginx stapling certctl's answer about its own server certificate: fetched through the same
+# kind of plain-HTTP proxy location, verified against the issuer (ssl_stapling_verify).
+NGINX_STAPLING = """\
+    server {{
+        listen 127.0.0.1:{proxy_port};
+        location /api/v1/issuers/ {{
+            proxy_pass https://127.0.0.1:{certctl_port};
+            proxy_ssl_trusted_certificate {certctl_ca};
+            proxy_ssl_verify on;
+            proxy_ssl_name localhost;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_stapling on;
+        ssl_stapling_verify on;
+        ssl_trusted_certificate {certctl_ca};
+        ssl_stapling_responder http://127.0.0.1:{proxy_port}/api/v1/issuers/default/ocsp;
+        location / {{ return 200 "stapled\\n"; }}
+    }}
+"""
+
+
+def _stapled(port: int, trust: Path) -> str:
+    """What ``openssl s_client -status`` says of the OCSP response nginx stapled."""
+    result = run(
+        "openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost",
+        "-status", "-CAfile", trust, "-verify_return_error",
+        input="", timeout=20,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_nginx_staples_certctls_answer_for_its_server_certificate(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    server = start_server(config={"ocsp": {"enabled": True}})
+    web = _write(tmp_path / "web", _post(server, "/api/v1/certificates", {
+        "common_name": "localhost", "dns_names": ["localhost"], "ip_addresses": ["127.0.0.1"],
+    }))  # fmt: skip
+    # The leaf alone, as certctl hands it out: its issuer is a root, which no chain carries.
+    assert (web / "tls.crt").read_text().count("BEGIN CERTIFICATE") == 1
+    nginx_dir = tmp_path / "nginx"
+    nginx_dir.mkdir()
+    proxy, tls = loopback_listener(), loopback_listener()
+    proxy_port, port = port_of(proxy), port_of(tls)
+    inside = NGINX_STAPLING.format(
+        proxy_port=proxy_port, certctl_port=server.port, certctl_ca=server.ca, port=port,
+        cert=web / "tls.crt", key=web / "tls.key",
+    )  # fmt: skip
+    conf = nginx_dir / "nginx.conf"
+    conf.write_text(nginx_conf(nginx_dir, inside))
+    proc = start_nginx(conf, nginx_dir, [proxy, tls])
+    try:
+        wait_serving(proc, nginx_dir, proxy_port)
+        wait_serving(proc, nginx_dir, port)
+        # nginx fetches the response at the first handshake and staples it from the next.
+        deadline = time.monotonic() + 20
+        shown = _stapled(port, server.ca)
+        while "OCSP Response Status: successful" not in shown and time.monotonic() < deadline:
+            time.sleep(0.2)
+            shown = _stapled(port, server.ca)
+        assert "OCSP Response Status: successful" in shown, (nginx_dir / "error.log").read_text()
+        assert "Cert Status: good" in shown
+        assert "Responder Id:" in shown
+    finally:
+        stop(proc)
+    log = (nginx_dir / "error.log").read_text()
+    assert "OCSP_basic_verify() failed" not in log, log[-2000:]
+    # Asked through the proxy location, in the GET form.
+    access = (nginx_dir / "access.log").read_text()
+    assert "GET /api/v1/issuers/default/ocsp/" in access, access

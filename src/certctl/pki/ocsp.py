@@ -88,9 +88,13 @@ def sign_response(
 
     ``good`` unless ``revoked_at`` (``revoked``, with ``reason`` unless None or unspecified,
     as the CRL says it) or not ``known`` (``unknown``). No delegated responder: the CA's own
-    key signs and the responderID is its key hash (RFC 6960 4.2.2.3), which every client
-    accepts without a certificate in the response. thisUpdate ``now``, nextUpdate
-    ``now + validity`` clipped to the CA's notAfter. The CertID echoes the request's.
+    key signs and the responderID is its key hash (RFC 6960 4.2.2.3). The CA's certificate
+    rides along in ``certs`` (as ``openssl ocsp``'s responder and EJBCA send the signer's):
+    OpenSSL finds the signer only there or among the certificates the caller passes, and
+    nginx stapling passes the chain it serves, which stops below a root; a leaf issued by a
+    root (the default issuer's) was never stapled ("signer certificate not found").
+    thisUpdate ``now``, nextUpdate ``now + validity`` clipped to the CA's notAfter. The
+    CertID echoes the request's.
     """
     now = now.replace(microsecond=0)  # GeneralizedTime without fractions (RFC 5280 4.1.2.5.2)
     next_update = min(now + validity, ca.certificate.not_valid_after_utc)
@@ -113,6 +117,7 @@ def sign_response(
         reason if revoked and reason is not x509.ReasonFlags.unspecified else None,
     )
     builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, ca.certificate)
+    builder = builder.certificates([ca.certificate])
     return builder.sign(ca.private_key, ca.signature_hash).public_bytes(Encoding.DER)
 
 
