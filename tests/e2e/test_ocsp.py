@@ -194,6 +194,54 @@ def test_nginx_ssl_ocsp_refuses_a_client_at_the_request_after_its_revocation(
     assert access.count("GET /api/v1/issuers/ocsp-clients/ocsp/") == 4, access
 
 
+def test_nginx_ssl_ocsp_leaf_with_an_intermediate_client_ca_and_a_fixed_responder(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """``ssl_ocsp on`` asks the fixed responder about the intermediate too: refused (README)."""
+    server = start_server(config={"ocsp": {"enabled": True}})
+    _post(server, "/api/v1/issuers", {
+        "id": "ocsp-clients", "common_name": "OCSP Clients CA", "parent": "default",
+    })  # fmt: skip
+    web = _write(tmp_path / "web", _post(server, "/api/v1/certificates", {
+        "common_name": "localhost", "dns_names": ["localhost"], "ip_addresses": ["127.0.0.1"],
+    }))  # fmt: skip
+    client = _write(tmp_path / "ci-runner", _post(server, "/api/v1/certificates", {
+        "issuer": "ocsp-clients", "common_name": "ci-runner", "profile": "client",
+    }))  # fmt: skip
+    nginx_dir = tmp_path / "nginx"
+    nginx_dir.mkdir()
+    client_ca = nginx_dir / "ocsp-clients-ca.pem"  # the intermediate and the root above it
+    with server.client() as anonymous:
+        r = anonymous.get("/api/v1/issuers/ocsp-clients/ca.pem", params={"chain": "true"})
+        client_ca.write_text(r.text)
+    assert client_ca.read_text().count("BEGIN CERTIFICATE") == 2
+    proxy, on, leaf = loopback_listener(), loopback_listener(), loopback_listener()
+    proxy_port, on_port, leaf_port = port_of(proxy), port_of(on), port_of(leaf)
+    servers = NGINX_SERVERS.format(
+        proxy_port=proxy_port, certctl_port=server.port, certctl_ca=server.ca, port=on_port,
+        cert=web / "tls.crt", key=web / "tls.key", client_ca=client_ca,
+    )  # fmt: skip
+    # The same TLS server once more, on another port, checking the client's certificate only.
+    tls_server = "    server {" + servers.split("    server {")[2]
+    servers += tls_server.replace(str(on_port), str(leaf_port)).replace(
+        "ssl_ocsp on;", "ssl_ocsp leaf;"
+    )
+    conf = nginx_dir / "nginx.conf"
+    conf.write_text(nginx_conf(nginx_dir, servers))
+    proc = start_nginx(conf, nginx_dir, [proxy, on, leaf])
+    try:
+        for port in (proxy_port, on_port, leaf_port):
+            wait_serving(proc, nginx_dir, port)
+        assert _get(leaf_port, server.ca, client) == "hello CN=ci-runner\nHTTP 200"
+        refused = _get(on_port, server.ca, client)
+        assert refused.endswith("HTTP 400"), refused
+    finally:
+        stop(proc)
+    log = (nginx_dir / "error.log").read_text()
+    # The intermediate's own certificate, asked of its own responder: only its parent answers.
+    assert "OCSP response not successful (6: unauthorized)" in log, log[-2000:]
+
+
 def test_the_readme_shows_the_commands_and_directives_these_tests_run() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split("\n## OCSP\n", 1)[1].split("\n## ", 1)[0]
@@ -205,9 +253,11 @@ def test_the_readme_shows_the_commands_and_directives_these_tests_run() -> None:
         "ssl_verify_client on;",
         "ssl_ocsp on;",
         "ssl_ocsp_responder http://127.0.0.1:8080/api/v1/issuers/api-clients/ocsp;",
+        "ssl_ocsp leaf;",
     ):
         assert directive in section, directive
-        assert directive.split(" http")[0] in NGINX_SERVERS, directive
+        if directive != "ssl_ocsp leaf;":  # the test above writes it in place of "on"
+            assert directive.split(" http")[0] in NGINX_SERVERS, directive
     for directive in ("ssl_stapling on;", "ssl_stapling_verify on;", "ssl_stapling_responder"):
         assert directive in section, directive
         assert directive in NGINX_STAPLING, directive
