@@ -305,6 +305,27 @@ def test_intermediates_and_their_revocation_are_answered_by_the_parent(on: Api) 
     assert revoked.revocation_reason is x509.ReasonFlags.ca_compromise
 
 
+def test_an_intermediate_imported_twice_is_revoked_as_its_parents_crl_lists_it(on: Api) -> None:
+    """Revoked under both ids: the first date, keyCompromise from either (as the CRL says)."""
+    from tests.api.test_issuers import _imported_twice
+
+    sub, root = _imported_twice(on), _ca(on)
+    first = on.post("/api/v1/issuers/sub/revoke", on.admin_key, json={"reason": "superseded"})
+    assert first.status_code == 200, first.text
+    on.clock.advance(minutes=5)
+    r = on.post("/api/v1/issuers/sub-copy/revoke", on.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    crl = x509.load_der_x509_crl(on.get("/api/v1/issuers/default/crl").content)
+    entry = crl.get_revoked_certificate_by_serial_number(sub.serial_number)
+    assert entry is not None
+    listed = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    assert listed is x509.ReasonFlags.key_compromise
+    answer = _verified(_post(on, _request(sub, root)), root)
+    assert answer.certificate_status is ocsp.OCSPCertStatus.REVOKED
+    assert answer.revocation_time_utc == entry.revocation_date_utc
+    assert answer.revocation_reason is listed
+
+
 def test_an_intermediate_answers_for_its_own_leaves(on: Api) -> None:
     r = on.post(
         "/api/v1/issuers",

@@ -16,7 +16,7 @@ from certctl.pki.ocsp import OcspQuestion, is_asked_of, read_request, refusal, s
 from certctl.services.context import Services
 from certctl.services.issuance import CERTIFICATES
 from certctl.services.issuers import ISSUERS, load_issuer
-from certctl.services.revocation import REASONS
+from certctl.services.revocation import COMPROMISE, REASONS
 
 __all__ = ["MAX_REQUEST_BYTES", "OcspAnswer", "answer"]
 
@@ -122,17 +122,27 @@ def _status(
     """(issued by this issuer, revoked when, why) of the serial asked about, as stored now.
 
     A leaf's row by the (issuer, serial) unique index; only for a serial no leaf has, the
-    intermediates this issuer signed (few rows), a revoked one first: the same CA imported
-    under two ids is revoked once either is.
+    intermediates this issuer signed (few rows). The same CA imported under two ids is
+    revoked once either is, as the issuer's CRL lists it (``crls``): the first revocation's
+    date, and a compromise as its reason once either id was revoked for one (the same
+    certificate, so the same key). The first revocation's reason alone said ``superseded``
+    where the CRL said ``keyCompromise``.
     """
     parameters = {"issuer_id": issuer_id, "serial": format_serial(question.serial_number)}
     with services.engine.connect() as connection:
         row = connection.execute(_LEAF, parameters).first()
-        if row is None:
-            row = connection.execute(_INTERMEDIATE, parameters).first()
-    if row is None:
+        if row is not None:
+            return True, row[0], row[1] if row[0] is not None else None
+        rows = connection.execute(_INTERMEDIATE, parameters).all()
+    if not rows:
         return False, None, None
-    return True, row[0], row[1] if row[0] is not None else None
+    revoked = [(at, reason) for at, reason in rows if at is not None]
+    if not revoked:
+        return True, None, None
+    revoked_at, reason = revoked[0]
+    if reason not in COMPROMISE:
+        reason = next((r for _, r in revoked[1:] if r in COMPROMISE), reason)
+    return True, revoked_at, reason
 
 
 _LEAF = select(CERTIFICATES.c.revoked_at, CERTIFICATES.c.revocation_reason).where(
@@ -142,6 +152,5 @@ _LEAF = select(CERTIFICATES.c.revoked_at, CERTIFICATES.c.revocation_reason).wher
 _INTERMEDIATE = (
     select(ISSUERS.c.revoked_at, ISSUERS.c.revocation_reason)
     .where(ISSUERS.c.parent_id == bindparam("issuer_id"), ISSUERS.c.serial == bindparam("serial"))
-    .order_by(ISSUERS.c.revoked_at.is_(None), ISSUERS.c.revoked_at)
-    .limit(1)
+    .order_by(ISSUERS.c.revoked_at.is_(None), ISSUERS.c.revoked_at, ISSUERS.c.id)
 )
