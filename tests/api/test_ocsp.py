@@ -326,6 +326,44 @@ def test_an_intermediate_imported_twice_is_revoked_as_its_parents_crl_lists_it(o
     assert answer.revocation_reason is listed
 
 
+def test_an_intermediate_imported_under_its_parent_is_answered_by_the_parent(on: Api) -> None:
+    """An import stores no parent (nor did releases before migration 0010): good, not unknown."""
+    from certctl.pki import PROFILES, key_to_pem
+    from certctl.services import issuers
+
+    root = _ca(on)
+    key = generate_private_key(KeyType.EC_P256)
+    sub = (
+        issuers.load_issuer(on.services, "default")
+        .issue(
+            key.public_key(),
+            common_name_dn("Imported Sub CA"),
+            profile=PROFILES["intermediate"],
+            validity=timedelta(days=30),
+            now=on.clock(),
+        )
+        .certificate
+    )
+    r = on.post(
+        "/api/v1/issuers",
+        on.admin_key,
+        json={
+            "id": "imported-sub",
+            "certificate_pem": (
+                sub.public_bytes(Encoding.PEM) + root.public_bytes(Encoding.PEM)
+            ).decode(),
+            "private_key_pem": key_to_pem(key).decode(),
+        },
+    )
+    assert r.status_code == 201, r.text
+    good = _verified(_post(on, _request(sub, root)), root)
+    assert good.certificate_status is ocsp.OCSPCertStatus.GOOD
+    r = on.post("/api/v1/issuers/imported-sub/revoke", on.admin_key, json={"reason": "superseded"})
+    assert r.status_code == 200, r.text
+    revoked = _verified(_post(on, _request(sub, root)), root)
+    assert revoked.certificate_status is ocsp.OCSPCertStatus.REVOKED
+
+
 def test_an_intermediate_answers_for_its_own_leaves(on: Api) -> None:
     r = on.post(
         "/api/v1/issuers",

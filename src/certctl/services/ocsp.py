@@ -6,8 +6,10 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import datetime
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.x509 import ocsp
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, case, or_, select
 
 from certctl.errors import NotFound
 from certctl.metrics.registry import OCSP_RESPONSES
@@ -75,7 +77,7 @@ def answer(services: Services, issuer_id: str, request_der: bytes | None) -> Ocs
     now = services.clock()
     if not is_asked_of(ca.certificate, question) or ca.certificate.not_valid_after_utc <= now:
         return _counted(OcspAnswer(_UNAUTHORIZED, "unauthorized"))
-    known, revoked_at, reason = _status(services, issuer_id, question)
+    known, revoked_at, reason = _status(services, issuer_id, ca.certificate, question)
     status = "unknown" if not known else "revoked" if revoked_at is not None else "good"
     key: Hashable = (
         issuer_id,
@@ -117,12 +119,15 @@ def _counted(result: OcspAnswer) -> OcspAnswer:
 
 
 def _status(
-    services: Services, issuer_id: str, question: OcspQuestion
+    services: Services, issuer_id: str, issuer: x509.Certificate, question: OcspQuestion
 ) -> tuple[bool, datetime | None, str | None]:
     """(issued by this issuer, revoked when, why) of the serial asked about, as stored now.
 
     A leaf's row by the (issuer, serial) unique index; only for a serial no leaf has, the
-    intermediates this issuer signed (few rows). The same CA imported under two ids is
+    intermediates this issuer signed (few rows): those naming it as their parent, and those
+    naming none (an import, or one made before migration 0010, until it is revoked) that
+    ``issuer`` signed, which were ``unknown`` (refused by nginx's ``ssl_ocsp on``, checking
+    the whole chain) though certctl holds them. The same CA imported under two ids is
     revoked once either is, as the issuer's CRL lists it (``crls``): the first revocation's
     date, and a compromise as its reason once either id was revoked for one (the same
     certificate, so the same key). The first revocation's reason alone said ``superseded``
@@ -133,7 +138,11 @@ def _status(
         row = connection.execute(_LEAF, parameters).first()
         if row is not None:
             return True, row[0], row[1] if row[0] is not None else None
-        rows = connection.execute(_INTERMEDIATE, parameters).all()
+        rows = [
+            (revoked_at, reason)
+            for revoked_at, reason, parent_id, pem in connection.execute(_INTERMEDIATE, parameters)
+            if parent_id is not None or _signed_by(pem, issuer)
+        ]
     if not rows:
         return False, None, None
     revoked = [(at, reason) for at, reason in rows if at is not None]
@@ -149,8 +158,30 @@ _LEAF = select(CERTIFICATES.c.revoked_at, CERTIFICATES.c.revocation_reason).wher
     CERTIFICATES.c.issuer_id == bindparam("issuer_id"),
     CERTIFICATES.c.serial == bindparam("serial"),
 )
+
+
+def _signed_by(pem: str, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer`` signed the stored certificate ``pem`` (one read: it has the serial)."""
+    try:
+        certificate = x509.load_pem_x509_certificate(pem.encode())
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False  # another CA's (or unreadable: its routes say so)
+    return certificate != issuer  # a root signs itself: it is on no CRL, nor answered for
+
+
+# PEMs are read for a parentless row with the serial asked about only: a made-up serial
+# matches none, so a flood of them reads no certificate.
 _INTERMEDIATE = (
-    select(ISSUERS.c.revoked_at, ISSUERS.c.revocation_reason)
-    .where(ISSUERS.c.parent_id == bindparam("issuer_id"), ISSUERS.c.serial == bindparam("serial"))
+    select(
+        ISSUERS.c.revoked_at,
+        ISSUERS.c.revocation_reason,
+        ISSUERS.c.parent_id,
+        case((ISSUERS.c.parent_id.is_(None), ISSUERS.c.certificate_pem), else_=None),
+    )
+    .where(
+        or_(ISSUERS.c.parent_id == bindparam("issuer_id"), ISSUERS.c.parent_id.is_(None)),
+        ISSUERS.c.serial == bindparam("serial"),
+    )
     .order_by(ISSUERS.c.revoked_at.is_(None), ISSUERS.c.revoked_at, ISSUERS.c.id)
 )
