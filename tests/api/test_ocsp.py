@@ -139,13 +139,16 @@ def test_unspecified_revocation_carries_no_reason_as_the_crl(on: Api) -> None:
     assert revoked.revocation_reason is None
 
 
-def test_sha256_cert_ids_are_answered_in_kind(on: Api) -> None:
+@pytest.mark.parametrize(
+    "algorithm", [hashes.SHA224(), hashes.SHA256(), hashes.SHA384(), hashes.SHA512()]
+)
+def test_sha2_cert_ids_are_answered_in_kind(on: Api, algorithm: hashes.HashAlgorithm) -> None:
     ca = _ca(on)
     _, leaf = _leaf(on)
-    response = _verified(_post(on, _request(leaf, ca, hashes.SHA256())), ca)
+    response = _verified(_post(on, _request(leaf, ca, algorithm)), ca)
     assert response.certificate_status is ocsp.OCSPCertStatus.GOOD
-    assert response.hash_algorithm.name == "sha256"
-    assert response.issuer_key_hash == _request_hashes(leaf, ca, hashes.SHA256())[1]
+    assert response.hash_algorithm.name == algorithm.name
+    assert response.issuer_key_hash == _request_hashes(leaf, ca, algorithm)[1]
 
 
 def _request_hashes(
