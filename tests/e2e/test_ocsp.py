@@ -242,6 +242,57 @@ def test_nginx_ssl_ocsp_leaf_with_an_intermediate_client_ca_and_a_fixed_responde
     assert "OCSP response not successful (6: unauthorized)" in log, log[-2000:]
 
 
+def test_nginx_ssl_ocsp_on_without_a_fixed_responder_follows_each_certificates_aia(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """public-url at nginx's plain-HTTP location: the leaf asked of its intermediate, that of
+    the root; revoking the intermediate refuses its clients at the next request."""
+    proxy, tls = loopback_listener(), loopback_listener()
+    proxy_port, port = port_of(proxy), port_of(tls)
+    server = start_server(config={
+        "ocsp": {"enabled": True}, "public-url": f"http://127.0.0.1:{proxy_port}",
+    })  # fmt: skip
+    _post(server, "/api/v1/issuers", {
+        "id": "ocsp-clients", "common_name": "OCSP Clients CA", "parent": "default",
+    })  # fmt: skip
+    web = _write(tmp_path / "web", _post(server, "/api/v1/certificates", {
+        "common_name": "localhost", "dns_names": ["localhost"], "ip_addresses": ["127.0.0.1"],
+    }))  # fmt: skip
+    client = _write(tmp_path / "ci-runner", _post(server, "/api/v1/certificates", {
+        "issuer": "ocsp-clients", "common_name": "ci-runner", "profile": "client",
+    }))  # fmt: skip
+    nginx_dir = tmp_path / "nginx"
+    nginx_dir.mkdir()
+    client_ca = nginx_dir / "ocsp-clients-ca.pem"
+    with server.client() as anonymous:
+        r = anonymous.get("/api/v1/issuers/ocsp-clients/ca.pem", params={"chain": "true"})
+        client_ca.write_text(r.text)
+    servers = NGINX_SERVERS.format(
+        proxy_port=proxy_port, certctl_port=server.port, certctl_ca=server.ca, port=port,
+        cert=web / "tls.crt", key=web / "tls.key", client_ca=client_ca,
+    )  # fmt: skip
+    fixed = [line for line in servers.splitlines() if "ssl_ocsp_responder" in line]
+    assert len(fixed) == 1
+    servers = servers.replace(fixed[0] + "\n", "")
+    conf = nginx_dir / "nginx.conf"
+    conf.write_text(nginx_conf(nginx_dir, servers))
+    proc = start_nginx(conf, nginx_dir, [proxy, tls])
+    try:
+        wait_serving(proc, nginx_dir, proxy_port)
+        wait_serving(proc, nginx_dir, port)
+        assert _get(port, server.ca, client) == "hello CN=ci-runner\nHTTP 200"
+        _post(server, "/api/v1/issuers/ocsp-clients/revoke", {"reason": "cACompromise"})
+        refused = _get(port, server.ca, client)
+        assert refused.endswith("HTTP 400"), refused
+    finally:
+        stop(proc)
+    log = (nginx_dir / "error.log").read_text()
+    assert "client SSL certificate verify error: certificate revoked" in log, log[-2000:]
+    access = (nginx_dir / "access.log").read_text()
+    assert "GET /api/v1/issuers/ocsp-clients/ocsp/" in access, access
+    assert "GET /api/v1/issuers/default/ocsp/" in access, access
+
+
 def test_the_readme_shows_the_commands_and_directives_these_tests_run() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split("\n## OCSP\n", 1)[1].split("\n## ", 1)[0]
