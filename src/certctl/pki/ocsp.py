@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
-from certctl.pki.issue import CertificateAuthority
+from certctl.pki.issue import BACKDATE, CertificateAuthority
 from certctl.pki.template import public_key_bits, spki_of
 
 __all__ = [
@@ -93,11 +93,14 @@ def sign_response(
     OpenSSL finds the signer only there or among the certificates the caller passes, and
     nginx stapling passes the chain it serves, which stops below a root; a leaf issued by a
     root (the default issuer's) was never stapled ("signer certificate not found").
-    thisUpdate ``now``, nextUpdate ``now + validity`` clipped to the CA's notAfter. The
-    CertID echoes the request's.
+    thisUpdate ``BACKDATE`` before ``now`` (as certificates and CRLs are: OpenSSL and nginx
+    refuse a thisUpdate ahead of their clock, and a client or a replica a minute off is
+    common), but not before a revocation it reports; nextUpdate ``now + validity`` clipped
+    to the CA's notAfter. The CertID echoes the request's.
     """
     now = now.replace(microsecond=0)  # GeneralizedTime without fractions (RFC 5280 4.1.2.5.2)
     next_update = min(now + validity, ca.certificate.not_valid_after_utc)
+    this_update = now - BACKDATE
     if not known:
         status = ocsp.OCSPCertStatus.UNKNOWN
     elif revoked_at is not None:
@@ -105,13 +108,16 @@ def sign_response(
     else:
         status = ocsp.OCSPCertStatus.GOOD
     revoked = status is ocsp.OCSPCertStatus.REVOKED
+    if revoked and revoked_at is not None:
+        # "Revoked at T" in a response that says it was true at thisUpdate < T reads wrong.
+        this_update = max(this_update, revoked_at.replace(microsecond=0))
     builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
         question.issuer_name_hash,
         question.issuer_key_hash,
         question.serial_number,
         question.algorithm,
         status,
-        now,
+        this_update,
         next_update,
         revoked_at.replace(microsecond=0) if revoked_at is not None and revoked else None,
         reason if revoked and reason is not x509.ReasonFlags.unspecified else None,
