@@ -9,6 +9,7 @@ of certctl's parsing; the client library's own ``renewal_time`` reads the same a
 from __future__ import annotations
 
 import base64
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -384,3 +385,209 @@ def test_concurrent_orders_replacing_one_certificate_make_one(acme_on: Acme) -> 
         results = sorted(pool.map(lambda _: order(), range(4)))
     assert results == ["alreadyReplaced"] * 3 + ["made"]
     assert api.counts()["acme_orders"] == before + 1
+
+
+# --- a finalized order with replaces renews the certificate it names ----------------------
+
+
+def _new_key_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _replace(
+    acme_on: Acme, owner: client.ClientV2, leaf: x509.Certificate, key_pem: bytes | None = None
+) -> x509.Certificate:
+    """Order ``leaf``'s renewal with ``replaces``, prove it and finalize it with certbot's
+    library; a CSR of a new key unless ``key_pem`` (the old one, say) is given."""
+    from acme import crypto_util
+
+    made = _order_replacing(acme_on, owner, [NAME], cert_id(leaf))
+    assert made.status_code == 201, made.text
+    csr = crypto_util.make_csr(key_pem or _new_key_pem(), [NAME])
+    authzs = [
+        owner._authzr_from_response(owner._post_as_get(url), uri=url)
+        for url in made.json()["authorizations"]
+    ]
+    order = messages.OrderResource(
+        body=messages.Order.from_json(made.json()),
+        uri=made.headers["location"],
+        authorizations=authzs,
+        csr_pem=csr,
+    )
+    acme_on.answer(owner, order)
+    done = owner.poll_and_finalize(order, datetime.now() + timedelta(seconds=30))
+    return x509.load_pem_x509_certificates(done.fullchain_pem.encode())[0]
+
+
+def _row(acme_on: Acme, cert: x509.Certificate) -> dict[str, Any]:
+    api = acme_on.api
+    listed = api.get("/api/v1/certificates", api.admin_key, params={"issuer": ISSUER}).json()
+    (found,) = [c for c in listed["items"] if int(c["serial"], 16) == cert.serial_number]
+    r = api.get(f"/api/v1/certificates/{found['id']}", api.admin_key)
+    assert r.status_code == 200, r.text
+    row: dict[str, Any] = r.json()
+    return row
+
+
+def _gauges(acme_on: Acme) -> dict[str, float]:
+    from certctl.server.periodic import refresh_metrics
+
+    api = acme_on.api
+    refresh_metrics(api.services)
+    scraped = api.get("/api/v1/metrics/prometheus", api.admin_key).text
+    found = re.findall(
+        rf'^certctl_certificates{{issuer="{ISSUER}",status="(\w+)"}} (\S+)$', scraped, re.M
+    )
+    return {status: float(value) for status, value in found}
+
+
+def test_a_finalized_order_replacing_a_certificate_renews_it(acme_on: Acme) -> None:
+    api = acme_on.api
+    owner = acme_on.client()
+    acme_on.register(owner)
+    _, plain = acme_on.issue(owner, [NAME])
+    _, old = acme_on.issue(owner, [NAME])
+    # An order without replaces renews nothing, as before: neither end is linked.
+    plain_row = _row(acme_on, plain)
+    assert (plain_row["renewed_by"], plain_row["renewed_from"]) == (None, None)
+    assert _row(acme_on, old)["renewed_from"] is None
+    api.clock.advance(days=61)  # 29 days left of 90: both expiring
+    assert _row(acme_on, old)["status"] == "expiring"
+    expiring = api.get(
+        "/api/v1/certificates", api.admin_key, params={"issuer": ISSUER, "status": "expiring"}
+    ).json()
+    assert len(expiring["items"]) == 2
+    assert _gauges(acme_on) == {"active": 0.0, "expiring": 2.0, "expired": 0.0, "revoked": 0.0}
+
+    new = _replace(acme_on, owner, old)
+    old_row, new_row = _row(acme_on, old), _row(acme_on, new)
+    # The renewal is recorded both ways: the replaced certificate is active to its end.
+    assert old_row["renewed_by"] == new_row["id"]
+    assert new_row["renewed_from"] == old_row["id"]
+    assert new_row["renewed_by"] is None
+    assert old_row["status"] == "active"
+    expiring = api.get(
+        "/api/v1/certificates", api.admin_key, params={"issuer": ISSUER, "status": "expiring"}
+    ).json()
+    assert [c["id"] for c in expiring["items"]] == [_row(acme_on, plain)["id"]]
+    soon = api.get(
+        "/api/v1/certificates",
+        api.admin_key,
+        params={"issuer": ISSUER, "expiring_within": "30d"},
+    )
+    assert soon.status_code == 200, soon.text
+    assert old_row["id"] not in [c["id"] for c in soon.json()["items"]]
+    assert _gauges(acme_on) == {"active": 2.0, "expiring": 1.0, "expired": 0.0, "revoked": 0.0}
+    # The audit log says which certificate the issuance renewed, as for the renew route.
+    (event,) = [
+        e
+        for e in api.audit()
+        if e["action"] == "certificate.issue" and e["target"].startswith(new_row["id"])
+    ]
+    assert event["target"].endswith(f" renewing {old_row['id']}")
+    # The plain one is still linked to nothing.
+    assert _row(acme_on, plain)["renewed_by"] is None
+
+
+def test_a_revoked_or_expired_certificate_replaced_is_renewed_and_stays_as_it_was(
+    acme_on: Acme,
+) -> None:
+    # Linked for the lineage only: the revoked one stays revoked (with its reason), the
+    # expired one expired.
+    api = acme_on.api
+    owner = acme_on.client()
+    acme_on.register(owner)
+    _, revoked = acme_on.issue(owner, [NAME])
+    _, lapsed = acme_on.issue(owner, [NAME])
+    r = api.post(
+        f"/api/v1/certificates/{_row(acme_on, revoked)['id']}/revoke",
+        api.admin_key,
+        json={"reason": "superseded"},
+    )
+    assert r.status_code == 200, r.text
+    renewal = _replace(acme_on, owner, revoked)
+    row = _row(acme_on, revoked)
+    assert (row["status"], row["revocation_reason"]) == ("revoked", "superseded")
+    assert row["renewed_by"] == _row(acme_on, renewal)["id"]
+    assert _row(acme_on, renewal)["renewed_from"] == row["id"]
+    api.clock.advance(days=91)
+    later = _replace(acme_on, owner, lapsed)
+    row = _row(acme_on, lapsed)
+    assert (row["status"], row["renewed_by"]) == ("expired", _row(acme_on, later)["id"])
+    assert _row(acme_on, later)["renewed_from"] == row["id"]
+
+
+def test_a_certificate_renewed_already_is_renewed_by_the_latest(acme_on: Acme) -> None:
+    # Renewed through the API first, then replaced through ACME: the latest renewal is its
+    # renewed_by (as a second renewal through the API, and migration 0007's trigger, do);
+    # the first one still names it as renewed_from.
+    api = acme_on.api
+    owner = acme_on.client()
+    acme_on.register(owner)
+    _, old = acme_on.issue(owner, [NAME])
+    old_id = _row(acme_on, old)["id"]
+    r = api.post(f"/api/v1/certificates/{old_id}/renew", api.admin_key, json={})
+    assert r.status_code in (200, 201), r.text
+    first = r.json()["id"]
+    assert api.get(f"/api/v1/certificates/{old_id}", api.admin_key).json()["renewed_by"] == first
+    new = _replace(acme_on, owner, old)
+    new_id = _row(acme_on, new)["id"]
+    assert api.get(f"/api/v1/certificates/{old_id}", api.admin_key).json()["renewed_by"] == new_id
+    assert api.get(f"/api/v1/certificates/{first}", api.admin_key).json()["renewed_from"] == old_id
+    assert _row(acme_on, new)["renewed_from"] == old_id
+
+
+def test_a_key_compromise_takes_the_replacement_only_if_it_kept_the_key(acme_on: Acme) -> None:
+    # A replacement with a key of its own (what certbot does) certifies another key: a
+    # keyCompromise revocation of either leaves the other standing. One that kept the key
+    # is revoked with it, as a renewal through the API that kept a CSR's key is.
+    api = acme_on.api
+    owner = acme_on.client()
+    acme_on.register(owner)
+
+    def revoke(cert: x509.Certificate) -> list[str]:
+        r = api.post(
+            f"/api/v1/certificates/{_row(acme_on, cert)['id']}/revoke",
+            api.admin_key,
+            json={"reason": "keyCompromise"},
+        )
+        assert r.status_code == 200, r.text
+        also: list[str] = r.json()["also_revoked"]
+        return also
+
+    # The old key compromised: its replacement (a new key) stays active.
+    _, old = acme_on.issue(owner, [NAME])
+    new = _replace(acme_on, owner, old)
+    assert revoke(old) == []
+    assert _row(acme_on, new)["status"] == "active"
+    assert _row(acme_on, new)["renewed_from"] == _row(acme_on, old)["id"]
+
+    # The replacement's key compromised: the old one, live, is no longer renewed (due again).
+    _, old = acme_on.issue(owner, [NAME])
+    new = _replace(acme_on, owner, old)
+    assert _row(acme_on, old)["renewed_by"] == _row(acme_on, new)["id"]
+    assert revoke(new) == []
+    row = _row(acme_on, old)
+    assert (row["status"], row["renewed_by"]) == ("active", None)
+    api.clock.advance(days=61)
+    assert _row(acme_on, old)["status"] == "expiring"
+    api.clock.advance(days=-61)
+
+    # The key kept: one key, both revoked.
+    key_pem = _new_key_pem()
+    from acme import crypto_util
+
+    order = owner.new_order(crypto_util.make_csr(key_pem, [NAME]))
+    acme_on.answer(owner, order)
+    done = owner.poll_and_finalize(order, datetime.now() + timedelta(seconds=30))
+    old = x509.load_pem_x509_certificates(done.fullchain_pem.encode())[0]
+    new = _replace(acme_on, owner, old, key_pem)
+    assert revoke(new) == [_row(acme_on, old)["id"]]
+    assert _row(acme_on, old)["status"] == "revoked"

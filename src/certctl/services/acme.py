@@ -36,7 +36,7 @@ from certctl.services.acme_renewal_info import (
     replaced_certificate,
 )
 from certctl.services.audit import record
-from certctl.services.certificates import revoke_certificate
+from certctl.services.certificates import record_renewal, revoke_certificate
 from certctl.services.context import Principal, Services
 from certctl.services.issuance import MAX_NAMES_PER_TYPE, new_id, prepare_from_csr
 from certctl.services.issuers import check_not_managed, load_issuer, load_issuer_certificates
@@ -1327,7 +1327,9 @@ def finalize_order(
     The CSR's names (its SAN DNS names and its CN, which may be left out) must be the
     order's DNS names, and its SAN IP addresses the order's IP addresses (RFC 8738), no more
     and no fewer. Issuance is the API's CSR path (signature, key policy,
-    certctl's own names), by the account as ``acme:<id>`` holding ``cert.issue``.
+    certctl's own names), by the account as ``acme:<id>`` holding ``cert.issue``. An order
+    replacing a certificate (``replaces``) renews it: the new certificate's ``renewed_from``
+    names it, and the replaced one's ``renewed_by`` the new one (the latest renewal wins).
 
     Raises:
         AcmeError: orderNotReady, badCSR, 404 malformed for another account's order.
@@ -1380,6 +1382,8 @@ def finalize_order(
     _check_not_an_account_key(services, csr)
     pem = csr.public_bytes(serialization.Encoding.PEM).decode()
     principal = _principal(account.id, source, "cert.issue")
+    with services.sessions() as session:  # set at new-order, never changed
+        replaces = session.scalar(select(AcmeOrder.replaces).where(AcmeOrder.id == order_id))
     try:
         pending = prepare_from_csr(
             services,
@@ -1389,6 +1393,7 @@ def finalize_order(
             profile=ACME_PROFILE,
             validity=settings.validity,
             subject=_proved_subject(csr),
+            renewed_from=replaces,
         )
     except PermissionDenied as exc:  # certctl's own server names under its CA
         raise AcmeError(exc.detail, "rejectedIdentifier", 403) from None
@@ -1397,6 +1402,11 @@ def finalize_order(
     except Conflict as exc:  # the issuer expired or was revoked: nothing the client can fix
         raise AcmeError(exc.detail, "serverInternal", 500) from None
     with services.engine.begin() as connection:
+        if replaces is not None:
+            # RFC 9773: the certificate this one renews is renewed, as by the renew route
+            # (no longer expiring), in this transaction. Revoked or expired meanwhile, it is
+            # linked all the same: ARI asks for exactly that renewal. Nothing is revoked.
+            record_renewal(connection, replaces, pending.record.id, revoked_too=True)
         write_rows(connection, pending.rows)
         done = connection.execute(
             update(AcmeOrder)

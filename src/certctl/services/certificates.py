@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy import (
     Connection,
     Integer,
@@ -85,6 +86,7 @@ __all__ = [
     "get_certificate",
     "issued_client_certificate",
     "list_certificates",
+    "record_renewal",
     "renew_certificate",
     "revoke_certificate",
 ]
@@ -391,7 +393,8 @@ def _revoke_key(
     connection = session.connection()
     done: set[str] = set()
     changed: dict[str, str | None] = {}  # id → reason before (None: it was not revoked)
-    while fresh := [i for i in (row.id, *_same_key(connection, row)) if i not in done]:
+    keys: dict[str, bool] = {}  # the chain's certificates compared with row's key so far
+    while fresh := [i for i in (row.id, *_same_key(connection, row, keys)) if i not in done]:
         done.update(fresh)
         # Their issuers' rows before theirs (the CRL counts the trigger bumps), in one order:
         # see store.db.REVOCATION_LOCK. One issuer in practice (a renewal keeps its issuer);
@@ -401,11 +404,24 @@ def _revoke_key(
     if row.wrapped_key is None:
         # Every certificate of the key is revoked now, and a renewed_by only ever names a
         # successor of the same key: none of them is renewed by a live certificate any more.
+        sibling = CERTIFICATES.alias("sibling")
+        latest = (  # correlated with the row being updated
+            select(func.max(sibling.c.id))
+            .where(sibling.c.renewed_from == CERTIFICATES.c.id, sibling.c.status != "revoked")
+            .scalar_subquery()
+        )
         for ids in _chunks(sorted(done)):
             connection.execute(
                 update(CERTIFICATES)
                 .where(CERTIFICATES.c.id.in_(ids), CERTIFICATES.c.renewed_by.is_not(None))
                 .values(renewed_by=None)
+            )
+            # Renewed by one of them with a key of its own (an ACME order replacing it,
+            # RFC 9773, with a new key): its latest live successor, else due again.
+            connection.execute(
+                update(CERTIFICATES)
+                .where(CERTIFICATES.c.renewed_by.in_(ids), CERTIFICATES.c.status != "revoked")
+                .values(renewed_by=latest)
             )
     elif changed.get(row.id, "") is None:
         # A key of its own: its renewals have other keys and stay valid; its predecessors
@@ -573,13 +589,16 @@ def _key_family() -> Select[Any]:
 _KEY_FAMILY = _key_family()
 
 
-def _same_key(connection: Connection, row: CertificateRecord) -> list[str]:
+def _same_key(
+    connection: Connection, row: CertificateRecord, keys: dict[str, bool] | None = None
+) -> list[str]:
     """The other certificates certctl issued for ``row``'s key, oldest first.
 
     A certificate whose key certctl made has a key of its own (a renewal makes a new one).
     One issued from a CSR shares its key with the renewals that kept it: up the chain while
     each link was CSR-issued, then down through every renewal that kept the key. A CSR
     submitted again outside a renewal is not followed (certctl does not index keys).
+    ``keys`` remembers, across calls for one ``row``, which of the chain hold its key.
 
     Raises:
         Conflict: the key has more than ``_MAX_SAME_KEY`` certificates; the caller's
@@ -595,7 +614,37 @@ def _same_key(connection: Connection, row: CertificateRecord) -> list[str]:
             f"(renewals that kept it), and a keyCompromise revocation takes at most "
             f"{_MAX_SAME_KEY}: nothing was revoked"
         )
-    return others
+    return _holding_key(connection, row, others, {} if keys is None else keys)
+
+
+def _holding_key(
+    connection: Connection, row: CertificateRecord, ids: list[str], keys: dict[str, bool]
+) -> list[str]:
+    """Those of ``ids`` that certify ``row``'s public key (``keys``: those compared already).
+
+    A renewal through the API keeps a CSR's key, but an ACME order replacing a certificate
+    (RFC 9773 ``replaces``) renews it from a CSR of the client's choosing, usually with a new
+    key (certbot makes one at each renewal): the chain alone would revoke, with a compromised
+    key, the very certificate issued to replace it.
+    """
+    unread = [i for i in ids if i not in keys]
+    if unread:
+        key = _public_key_der(row.certificate_pem)
+        for chunk in _chunks(unread):
+            for cert_id, pem in connection.execute(
+                select(CERTIFICATES.c.id, CERTIFICATES.c.certificate_pem).where(
+                    CERTIFICATES.c.id.in_(chunk)
+                )
+            ):
+                keys[cert_id] = _public_key_der(pem) == key
+    return [i for i in ids if keys.get(i, False)]
+
+
+def _public_key_der(certificate_pem: str) -> bytes:
+    public_key = x509.load_pem_x509_certificate(certificate_pem.encode()).public_key()
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 _MAX_CHAIN = 64  # renewals followed up a chain; a longer one stops there (and a cycle too)
@@ -707,12 +756,7 @@ def renew_certificate(
         # from another request since the read above must not get a successor. This UPDATE
         # also locks the row (PostgreSQL) or the database (SQLite) until the commit,
         # so a revocation arriving now waits and follows the renewal.
-        unrevoked = connection.execute(
-            update(CERTIFICATES)
-            .where(CERTIFICATES.c.id == cert_id, CERTIFICATES.c.status != "revoked")
-            .values(renewed_by=record.id)  # renewed: no longer counted as expiring
-        )
-        if unrevoked.rowcount != 1:
+        if not record_renewal(connection, cert_id, record.id):
             RENEWALS.labels("error").inc()
             raise Conflict(f"certificate {cert_id} is revoked and cannot be renewed")
         write_rows(connection, rows)
@@ -725,6 +769,27 @@ def renew_certificate(
         key_pem.decode() if key_pem else None,
         issued.warnings,
     )
+
+
+def record_renewal(
+    connection: Connection, renewed: str, successor: str, *, revoked_too: bool = False
+) -> bool:
+    """Record ``successor`` as the latest renewal of ``renewed`` (its ``renewed_by``).
+
+    Called in the transaction that writes the successor's row (``renewed_from`` =
+    ``renewed``), before that row: the UPDATE locks the renewed row (PostgreSQL) or the
+    database (SQLite) until the commit, so a revocation arriving meanwhile waits and follows
+    the renewal. Renewed, a certificate is no longer counted or listed as expiring. The
+    latest successor wins, as migration 0007's trigger records any inserted one.
+
+    ``revoked_too``: a revoked ``renewed`` is linked as well (an ACME order may replace a
+    revoked certificate, RFC 9773); otherwise it is left alone and False returned, as for
+    a certificate that does not exist.
+    """
+    query = update(CERTIFICATES).where(CERTIFICATES.c.id == renewed)
+    if not revoked_too:
+        query = query.where(CERTIFICATES.c.status != "revoked")
+    return connection.execute(query.values(renewed_by=successor)).rowcount == 1
 
 
 def _serial_forms(q: str) -> list[str]:

@@ -233,8 +233,14 @@ def prepare_from_csr(
     profile: str,
     validity: timedelta,
     subject: x509.Name | None = None,
+    renewed_from: str | None = None,
 ) -> PendingIssue:
-    """``issue_from_csr`` up to (not including) the database write; ``subject``: see sign_csr."""
+    """``issue_from_csr`` up to (not including) the database write; ``subject``: see sign_csr.
+
+    ``renewed_from``: the certificate this one renews (an ACME order's ``replaces``); the
+    caller records it on that one too, in the transaction writing ``rows``
+    (``certificates.record_renewal``).
+    """
     caller.require("cert.issue")
     started = time.perf_counter()
     prof = _leaf_profile(profile)
@@ -262,7 +268,9 @@ def prepare_from_csr(
         _issuance_counter(issuer_id, "error").inc()
         raise
     check_server_names(services, caller, ca, prof, issued)  # the CSR's key is the caller's
-    record, rows = new_rows(services, caller, issuer_id, issued, prof.name, None)
+    record, rows = new_rows(
+        services, caller, issuer_id, issued, prof.name, None, renewed_from=renewed_from
+    )
     return PendingIssue(
         record, rows, issuer_id, ca_chain_pem(ca), None, tuple(issued.warnings), started
     )
