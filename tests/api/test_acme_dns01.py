@@ -397,6 +397,38 @@ def test_a_deactivation_committed_as_a_validation_is_recorded_is_kept(acme_dns: 
     assert acme_client._post_as_get(order.uri).json()["status"] == "invalid"
 
 
+def test_a_validation_that_finishes_after_its_authorization_expired_does_not_make_it_valid(
+    acme_dns: Dns01,
+) -> None:
+    # The lookup found the record, but the authorization's day ran out meanwhile: it stays
+    # final (RFC 8555 7.1.6), not valid with a fresh expiry taken from its order.
+    from sqlalchemy import update
+
+    from certctl.services import acme
+
+    acme_client = acme_dns.client()
+    acme_dns.register(acme_client)
+    order, _ = acme_dns.order(acme_client, [NAME])
+    (authz,) = order.authorizations
+    challenge_id = acme_dns.dns_challenge(authz).uri.rsplit("/", 1)[1]
+    services = acme_dns.api.services
+    with services.sessions.begin() as session:  # its lookup under way
+        session.execute(
+            update(AcmeChallenge)
+            .where(AcmeChallenge.id == challenge_id)
+            .values(status="processing", validated_at=services.clock())
+        )
+    acme_dns.api.clock.advance(days=1, seconds=1)
+    acme.record_validation(services, challenge_id, None, "127.0.0.1")
+    body = acme_client._post_as_get(authz.uri).json()
+    assert body["status"] == "invalid", body
+    (challenge,) = [c for c in body["challenges"] if c["url"].endswith(challenge_id)]
+    assert challenge["status"] == "invalid"
+    assert challenge["error"]["type"] == "urn:ietf:params:acme:error:unauthorized"
+    assert "expired before this validation finished" in challenge["error"]["detail"]
+    assert acme_client._post_as_get(order.uri).json()["status"] == "invalid"
+
+
 # --- wildcards ------------------------------------------------------------------------------
 
 WILDCARD = f"*.{ZONE}"

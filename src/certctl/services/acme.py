@@ -1163,6 +1163,16 @@ def record_validation(
                 "finished: its success does not count",
                 "status": 403,
             }
+        elif error is None and authz.status == "pending" and authz.expires <= now:
+            # Its day ran out while the fetch or lookup was under way: an expired
+            # authorization is final (RFC 8555 7.1.6), not made valid, with a fresh expiry,
+            # by a proof that came too late.
+            error = {
+                "type": "urn:ietf:params:acme:error:unauthorized",
+                "detail": f"authorization {authz.id} expired before this validation finished: "
+                "order the name again",
+                "status": 403,
+            }
         challenge.status = "invalid" if error else "valid"
         challenge.error = error
         if error is None:
