@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["is_loopback"]
+__all__ = ["is_ip", "is_loopback"]
 
 
 def is_loopback(host: str) -> bool:
@@ -19,3 +19,14 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_ip(value: str) -> bool:
+    """True for an IPv4 or IPv6 address as ``ipaddress`` reads one (no brackets, no port)."""
+    import ipaddress  # here, as above
+
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True

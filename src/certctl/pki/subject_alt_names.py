@@ -190,6 +190,20 @@ class SubjectAltNames:
         )
 
     @classmethod
+    def served_by(cls, cert: x509.Certificate) -> SubjectAltNames:
+        """The names a TLS client matches ``cert`` against: its SANs, else its CN as a name.
+
+        As tls.mode custom reads a served tls.crt without SANs, and as clients that fall back
+        to the CN match it.
+        """
+        try:
+            ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        except x509.ExtensionNotFound:
+            cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+            return cls(dns=(str(cns[0].value),) if cns else ())
+        return cls.from_extension(ext.value)
+
+    @classmethod
     def validated(cls, names: Iterable[x509.GeneralName]) -> SubjectAltNames:
         """Validate and normalise the names of a parsed extension, as ``parse`` does.
 

@@ -24,7 +24,7 @@ from pydantic import (
 
 from certctl import schema_errors
 from certctl.errors import InvalidRequest
-from certctl.hosts import is_loopback
+from certctl.hosts import is_ip, is_loopback
 from certctl.pki import DNPattern, SubjectAltNames, parse_duration
 
 __all__ = ["BadSetting", "ServerConfig", "load_config"]
@@ -60,14 +60,6 @@ _MAX_WORKERS = 64
 _WORKERS_RULE = f"expected a whole number of server processes from {_MIN_WORKERS} to {_MAX_WORKERS}"
 
 
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
-
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -100,7 +92,7 @@ class TLSConfig(_Section):
     def _names(cls, value: list[str]) -> list[str]:
         # As tls.server_sans reads them (not imported: it loads prometheus_client, which
         # must come after the multi-process set-up of workers > 1).
-        ips = [item for item in value if _is_ip(item)]
+        ips = [item for item in value if is_ip(item)]
         try:
             SubjectAltNames.parse(dns=[item for item in value if item not in ips], ip=ips)
         except InvalidRequest as exc:

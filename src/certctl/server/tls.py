@@ -175,12 +175,7 @@ def serve_names_of(services: Services) -> Callable[[tuple[x509.Certificate, ...]
 
     def served(certs: tuple[x509.Certificate, ...]) -> None:
         leaf = certs[0]
-        try:
-            ext = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-            names = SubjectAltNames.from_extension(ext.value)
-        except x509.ExtensionNotFound:
-            cns = leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-            names = SubjectAltNames(dns=(str(cns[0].value),) if cns else ())
+        names = SubjectAltNames.served_by(leaf)
         try:
             chain = served_chain(services, certs)
         except (DBAPIError, PoolTimeout) as exc:

@@ -26,6 +26,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from certctl.errors import AcmeError, Conflict, InvalidRequest, NotFound, PermissionDenied
+from certctl.hosts import is_ip
 from certctl.pki.dns_names import validate_dns_name
 from certctl.pki.jose import JwsPublicKey, jwk_of, load_jwk, thumbprint
 from certctl.services.acme_accounts import cut_off, hold_valid
@@ -650,14 +651,6 @@ def _allowed(name: str, patterns: tuple[str, ...], ip: bool = False) -> bool:
     return False
 
 
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
-
-
 def _checked_ip(value: str) -> str:
     """``value`` when it is an IP address as RFC 8738 3 writes one, else the refusal."""
     try:
@@ -719,7 +712,7 @@ def _checked_identifiers(payload: dict[str, Any], settings: AcmeSettings) -> lis
             continue
         if kind != "dns":
             raise AcmeError(f"identifier type {kind[:20]!r} not supported", "unsupportedIdentifier")
-        if _is_ip(value):
+        if is_ip(value):
             # What to send instead, canonical (RFC 8738 3): the spelling sent may be refused.
             canonical = str(ipaddress.ip_address(value))[:60]
             raise AcmeError(
@@ -1255,7 +1248,7 @@ def _csr_names(csr: x509.CertificateSigningRequest) -> tuple[set[str], set[str]]
         # lego puts its first identifier in the CN, an address too: it stands for that
         # address, named in the SAN as well, for the CN is left out of the certificate
         # (_proved_subject): an address in the CN alone would be in no field of it.
-        if _is_ip(value):
+        if is_ip(value):
             if str(ipaddress.ip_address(value)) not in ips:  # ips: the SAN's, so far
                 raise AcmeError(
                     f"the CSR names {value[:60]} as its CN alone; an address is issued as an "
@@ -1280,7 +1273,7 @@ def _proved_subject(csr: x509.CertificateSigningRequest) -> x509.Name:
             value = attr.value
             if not isinstance(value, str):
                 value = value.decode(errors="replace")
-            if _is_ip(value):
+            if is_ip(value):
                 return x509.Name([])
             return x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, value.lower())])
     return x509.Name([])

@@ -393,14 +393,9 @@ def certctl_names_trusted(
     own = services.server_names
     if own is None or not path:
         return []
-    try:
-        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        sans = SubjectAltNames.from_extension(ext.value)
-    except x509.ExtensionNotFound:
-        # Its CN then, as tls.mode custom reads a served tls.crt without SANs (serve_names_of)
-        # and as clients falling back to the CN match it: that served certificate was recorded.
-        cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        sans = SubjectAltNames(dns=(str(cns[0].value),) if cns else ())
+    # Its CN without SANs, as tls.mode custom reads a served tls.crt (serve_names_of): that
+    # served certificate was recorded when only SANs were compared.
+    sans = SubjectAltNames.served_by(cert)
     taken = _own_names_covered(own, sans)
     if not taken or not _names_only_certctl(own, sans):
         return []
