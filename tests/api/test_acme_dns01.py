@@ -358,27 +358,37 @@ def test_of_both_challenges_answered_at_once_one_is_tried(acme_dns: Dns01) -> No
     )
 
 
-def test_a_deactivation_committed_as_a_validation_is_recorded_is_kept(acme_dns: Dns01) -> None:
-    # Another worker or replica deactivates the authorization just as this one records its
-    # dns-01 lookup found the record: the deactivation stands (RFC 8555 7.5.2), on SQLite
-    # too, where nothing but a write locks what the recording read.
-    from sqlalchemy import text, update
-
-    from certctl.services import acme
+def _lookup_under_way(acme_dns: Dns01) -> tuple[Any, Any, Any, str]:
+    """A new account's order of NAME whose dns-01 lookup is under way (challenge processing):
+    (client, order, authorization, challenge id), for recording its result by hand."""
+    from sqlalchemy import update
 
     acme_client = acme_dns.client()
     acme_dns.register(acme_client)
     order, _ = acme_dns.order(acme_client, [NAME])
     (authz,) = order.authorizations
-    authz_id, order_id = authz.uri.rsplit("/", 1)[1], order.uri.rsplit("/", 1)[1]
     challenge_id = acme_dns.dns_challenge(authz).uri.rsplit("/", 1)[1]
     services = acme_dns.api.services
-    with services.sessions.begin() as session:  # its lookup under way
+    with services.sessions.begin() as session:
         session.execute(
             update(AcmeChallenge)
             .where(AcmeChallenge.id == challenge_id)
             .values(status="processing", validated_at=services.clock())
         )
+    return acme_client, order, authz, challenge_id
+
+
+def test_a_deactivation_committed_as_a_validation_is_recorded_is_kept(acme_dns: Dns01) -> None:
+    # Another worker or replica deactivates the authorization just as this one records its
+    # dns-01 lookup found the record: the deactivation stands (RFC 8555 7.5.2), on SQLite
+    # too, where nothing but a write locks what the recording read.
+    from sqlalchemy import text
+
+    from certctl.services import acme
+
+    acme_client, order, authz, challenge_id = _lookup_under_way(acme_dns)
+    authz_id, order_id = authz.uri.rsplit("/", 1)[1], order.uri.rsplit("/", 1)[1]
+    services = acme_dns.api.services
 
     def deactivate(connection: Any) -> None:
         connection.execute(
@@ -402,22 +412,10 @@ def test_a_validation_that_finishes_after_its_authorization_expired_does_not_mak
 ) -> None:
     # The lookup found the record, but the authorization's day ran out meanwhile: it stays
     # final (RFC 8555 7.1.6), not valid with a fresh expiry taken from its order.
-    from sqlalchemy import update
-
     from certctl.services import acme
 
-    acme_client = acme_dns.client()
-    acme_dns.register(acme_client)
-    order, _ = acme_dns.order(acme_client, [NAME])
-    (authz,) = order.authorizations
-    challenge_id = acme_dns.dns_challenge(authz).uri.rsplit("/", 1)[1]
+    acme_client, order, authz, challenge_id = _lookup_under_way(acme_dns)
     services = acme_dns.api.services
-    with services.sessions.begin() as session:  # its lookup under way
-        session.execute(
-            update(AcmeChallenge)
-            .where(AcmeChallenge.id == challenge_id)
-            .values(status="processing", validated_at=services.clock())
-        )
     acme_dns.api.clock.advance(days=1, seconds=1)
     acme.record_validation(services, challenge_id, None, "127.0.0.1")
     body = acme_client._post_as_get(authz.uri).json()
