@@ -97,9 +97,9 @@ def test_openssl_ocsp_sees_good_revoked_and_unknown(
     assert shown.stdout == "Responder Error: malformedrequest (1)\n", shown
 
 
-# A plain-HTTP location proxying certctl's OCSP route (nginx's OCSP client speaks plain HTTP
-# only), and the TLS server checking its clients with ssl_ocsp through it.
-NGINX_SERVERS = """\
+# nginx's OCSP client speaks plain HTTP only: a plain-HTTP location proxying certctl's
+# OCSP routes (the "plain-HTTP proxy" docs/configuration.md public-url recommends).
+NGINX_PROXY = """\
     server {{
         listen 127.0.0.1:{proxy_port};
         location /api/v1/issuers/ {{
@@ -109,6 +109,14 @@ NGINX_SERVERS = """\
             proxy_ssl_name localhost;
         }}
     }}
+"""
+
+
+# A plain-HTTP location proxying certctl's OCSP route (nginx's OCSP client speaks plain HTTP
+# only), and the TLS server checking its clients with ssl_ocsp through it.
+NGINX_SERVERS = (
+    NGINX_PROXY
+    + """\
     server {{
         listen 127.0.0.1:{port} ssl;
         ssl_certificate {cert};
@@ -120,6 +128,7 @@ NGINX_SERVERS = """\
         location / {{ return 200 "hello $ssl_client_s_dn\\n"; }}
     }}
 """
+)
 
 
 def _get(port: int, trust: Path, client: Path) -> str:
@@ -316,16 +325,9 @@ def test_the_readme_shows_the_commands_and_directives_these_tests_run() -> None:
 
 # nginx stapling certctl's answer about its own server certificate: fetched through the same
 # kind of plain-HTTP proxy location, verified against the issuer (ssl_stapling_verify).
-NGINX_STAPLING = """\
-    server {{
-        listen 127.0.0.1:{proxy_port};
-        location /api/v1/issuers/ {{
-            proxy_pass https://127.0.0.1:{certctl_port};
-            proxy_ssl_trusted_certificate {certctl_ca};
-            proxy_ssl_verify on;
-            proxy_ssl_name localhost;
-        }}
-    }}
+NGINX_STAPLING = (
+    NGINX_PROXY
+    + """\
     server {{
         listen 127.0.0.1:{port} ssl;
         ssl_certificate {cert};
@@ -337,6 +339,7 @@ NGINX_STAPLING = """\
         location / {{ return 200 "stapled\\n"; }}
     }}
 """
+)
 
 
 def _stapled(port: int, trust: Path) -> str:
