@@ -591,3 +591,95 @@ def test_a_key_compromise_takes_the_replacement_only_if_it_kept_the_key(acme_on:
     new = _replace(acme_on, owner, old, key_pem)
     assert revoke(new) == [_row(acme_on, old)["id"]]
     assert _row(acme_on, old)["status"] == "revoked"
+
+
+def _key_compromise(acme_on: Acme, cert_id: str) -> list[str]:
+    api = acme_on.api
+    r = api.post(
+        f"/api/v1/certificates/{cert_id}/revoke", api.admin_key, json={"reason": "keyCompromise"}
+    )
+    assert r.status_code == 200, r.text
+    return sorted(r.json()["also_revoked"])
+
+
+def _acme_issued(acme_on: Acme, owner: client.ClientV2, key_pem: bytes) -> x509.Certificate:
+    from acme import crypto_util
+
+    order = owner.new_order(crypto_util.make_csr(key_pem, [NAME]))
+    acme_on.answer(owner, order)
+    done = owner.poll_and_finalize(order, datetime.now() + timedelta(seconds=30))
+    return x509.load_pem_x509_certificates(done.fullchain_pem.encode())[0]
+
+
+def test_a_key_compromise_in_a_chain_mixing_kept_and_new_keys_takes_the_key_only(
+    acme_on: Acme,
+) -> None:
+    # A -ACME, key kept-> B -ACME, new key-> C -renew route (the CSR's key)-> D: A and B
+    # certify one key, C and D another. A keyCompromise of each takes its key's pair only;
+    # B, live, renewed by C and D revoked, is due again: none of its renewals is live.
+    api = acme_on.api
+    owner = acme_on.client()
+    acme_on.register(owner)
+
+    def chain() -> list[str]:
+        key_pem = _new_key_pem()
+        a = _acme_issued(acme_on, owner, key_pem)
+        b = _replace(acme_on, owner, a, key_pem)
+        c = _replace(acme_on, owner, b)
+        ids = [_row(acme_on, cert)["id"] for cert in (a, b, c)]
+        r = api.post(f"/api/v1/certificates/{ids[2]}/renew", api.admin_key, json={})
+        assert r.status_code in (200, 201), r.text
+        return [*ids, r.json()["id"]]
+
+    def view(cert_id: str) -> tuple[str, str | None]:
+        row = api.get(f"/api/v1/certificates/{cert_id}", api.admin_key).json()
+        return row["status"], row["renewed_by"]
+
+    for revoked in range(4):
+        a, b, c, d = ids = chain()
+        assert [view(i)[1] for i in ids] == [b, c, d, None]
+        pair = [a, b] if revoked < 2 else [c, d]
+        assert _key_compromise(acme_on, ids[revoked]) == [i for i in pair if i != ids[revoked]]
+        if revoked < 2:
+            # C carries their names on: their renewed_by names it, as any other reason
+            # (revoking A, then B) leaves it.
+            assert [view(i) for i in ids] == [
+                ("revoked", c),
+                ("revoked", c),
+                ("active", d),
+                ("active", None),
+            ]
+        else:
+            assert [view(i) for i in ids] == [
+                ("active", b),
+                ("active", None),
+                ("revoked", None),
+                ("revoked", None),
+            ]
+            api.clock.advance(days=61)
+            assert view(b)[0] == "expiring"
+            api.clock.advance(days=-61)
+
+
+def test_a_key_compromise_of_a_replacement_hands_its_predecessor_on_as_any_reason_does(
+    acme_on: Acme,
+) -> None:
+    # A -> B -> C, each ACME with a key of its own. B revoked, C still carries A's names on:
+    # A's renewed_by is C whatever the reason (keyCompromise takes B alone, its key's only
+    # certificate), and A does not count as expiring.
+    api = acme_on.api
+    owner = acme_on.client()
+    acme_on.register(owner)
+    for reason in ("superseded", "keyCompromise"):
+        _, a = acme_on.issue(owner, [NAME])
+        b = _replace(acme_on, owner, a)
+        c = _replace(acme_on, owner, b)
+        b_id, c_id = (_row(acme_on, cert)["id"] for cert in (b, c))
+        r = api.post(f"/api/v1/certificates/{b_id}/revoke", api.admin_key, json={"reason": reason})
+        assert r.status_code == 200, r.text
+        assert r.json()["also_revoked"] == []
+        assert _row(acme_on, a)["renewed_by"] == c_id, reason
+        assert _row(acme_on, b)["renewed_by"] == c_id, reason
+        api.clock.advance(days=61)
+        assert _row(acme_on, a)["status"] == "active", reason
+        api.clock.advance(days=-61)

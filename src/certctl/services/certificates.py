@@ -402,27 +402,27 @@ def _revoke_key(
         lock_issuer_rows(connection, _issuers_of(connection, fresh))
         changed.update(_revoke_all(connection, fresh, now))
     if row.wrapped_key is None:
-        # Every certificate of the key is revoked now, and a renewed_by only ever names a
-        # successor of the same key: none of them is renewed by a live certificate any more.
+        # Every certificate of the key is revoked now. Those they stood for as renewed_by
+        # (theirs among them) fall back as _hand_over does, for all of them in a few
+        # statements: to their own latest live successor, else to the live one that
+        # renewed the revoked one in turn (an ACME order replacing it with a new key,
+        # RFC 9773, carries the names on), else need renewing again.
         sibling = CERTIFICATES.alias("sibling")
         latest = (  # correlated with the row being updated
             select(func.max(sibling.c.id))
             .where(sibling.c.renewed_from == CERTIFICATES.c.id, sibling.c.status != "revoked")
             .scalar_subquery()
         )
-        for ids in _chunks(sorted(done)):
-            connection.execute(
-                update(CERTIFICATES)
-                .where(CERTIFICATES.c.id.in_(ids), CERTIFICATES.c.renewed_by.is_not(None))
-                .values(renewed_by=None)
-            )
-            # Renewed by one of them with a key of its own (an ACME order replacing it,
-            # RFC 9773, with a new key): its latest live successor, else due again.
-            connection.execute(
-                update(CERTIFICATES)
-                .where(CERTIFICATES.c.renewed_by.in_(ids), CERTIFICATES.c.status != "revoked")
-                .values(renewed_by=latest)
-            )
+        by_successor: dict[str | None, list[str]] = {}
+        for cert_id, successor in _carried_on(connection, done).items():
+            by_successor.setdefault(successor, []).append(cert_id)
+        for successor, revoked_ids in by_successor.items():
+            for ids in _chunks(sorted(revoked_ids)):
+                connection.execute(
+                    update(CERTIFICATES)
+                    .where(CERTIFICATES.c.renewed_by.in_(ids))
+                    .values(renewed_by=func.coalesce(latest, successor))
+                )
     elif changed.get(row.id, "") is None:
         # A key of its own: its renewals have other keys and stay valid; its predecessors
         # fall back to them as for any other reason.
@@ -452,6 +452,41 @@ def _revoke_key(
     )
     revoked = sum(1 for before in changed.values() if before is None)
     return sorted(i for i in changed if i != row.id), revoked
+
+
+def _carried_on(connection: Connection, done: set[str]) -> dict[str, str | None]:
+    """For each of ``done`` (revoked together), the live certificate renewing it, if any.
+
+    Its renewed_by, followed through those of ``done`` (same-key renewals revoked with
+    it) to the first one outside them, which is live or names none: a revocation hands
+    renewed_by over to a live successor (_hand_over) or clears it.
+    """
+    renewed_by: dict[str, str | None] = {}
+    for chunk in _chunks(sorted(done)):
+        for cert_id, successor in connection.execute(
+            select(CERTIFICATES.c.id, CERTIFICATES.c.renewed_by).where(CERTIFICATES.c.id.in_(chunk))
+        ):
+            renewed_by[cert_id] = successor
+    carried: dict[str, str | None] = {}
+    for cert_id in done:  # each link resolved once: a chain of 10 000 stays linear
+        path: dict[str, None] = {}  # ordered, and a set: a store edited into a cycle
+        successor = cert_id
+        while successor in done and successor not in carried and successor not in path:
+            path[successor] = None
+            successor = renewed_by.get(successor)
+        end = carried.get(successor) if successor in done else successor
+        carried.update(dict.fromkeys(path, end))
+    outside = sorted({s for s in carried.values() if s is not None})
+    live: set[str] = set()
+    for chunk in _chunks(outside):
+        live.update(
+            connection.execute(
+                select(CERTIFICATES.c.id).where(
+                    CERTIFICATES.c.id.in_(chunk), CERTIFICATES.c.status != "revoked"
+                )
+            ).scalars()
+        )
+    return {i: s if s in live else None for i, s in carried.items()}
 
 
 def _issuers_of(connection: Connection, ids: list[str]) -> set[str]:
