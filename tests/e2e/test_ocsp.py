@@ -203,11 +203,10 @@ def test_nginx_ssl_ocsp_refuses_a_client_at_the_request_after_its_revocation(
     assert access.count("GET /api/v1/issuers/ocsp-clients/ocsp/") == 4, access
 
 
-def test_nginx_ssl_ocsp_leaf_with_an_intermediate_client_ca_and_a_fixed_responder(
-    start_server: StartServer, tmp_path: Path
-) -> None:
-    """``ssl_ocsp on`` asks the fixed responder about the intermediate too: refused (README)."""
-    server = start_server(config={"ocsp": {"enabled": True}})
+def _intermediate_client_ca(server: CertctlServer, tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """An intermediate ``ocsp-clients`` under ``default``, a web server certificate and a
+    client certificate of it: (web dir, client dir, nginx dir, the intermediate and the root
+    above it as nginx's client CA file)."""
     _post(server, "/api/v1/issuers", {
         "id": "ocsp-clients", "common_name": "OCSP Clients CA", "parent": "default",
     })  # fmt: skip
@@ -219,10 +218,19 @@ def test_nginx_ssl_ocsp_leaf_with_an_intermediate_client_ca_and_a_fixed_responde
     }))  # fmt: skip
     nginx_dir = tmp_path / "nginx"
     nginx_dir.mkdir()
-    client_ca = nginx_dir / "ocsp-clients-ca.pem"  # the intermediate and the root above it
+    client_ca = nginx_dir / "ocsp-clients-ca.pem"
     with server.client() as anonymous:
         r = anonymous.get("/api/v1/issuers/ocsp-clients/ca.pem", params={"chain": "true"})
         client_ca.write_text(r.text)
+    return web, client, nginx_dir, client_ca
+
+
+def test_nginx_ssl_ocsp_leaf_with_an_intermediate_client_ca_and_a_fixed_responder(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    """``ssl_ocsp on`` asks the fixed responder about the intermediate too: refused (README)."""
+    server = start_server(config={"ocsp": {"enabled": True}})
+    web, client, nginx_dir, client_ca = _intermediate_client_ca(server, tmp_path)
     assert client_ca.read_text().count("BEGIN CERTIFICATE") == 2
     proxy, on, leaf = loopback_listener(), loopback_listener(), loopback_listener()
     proxy_port, on_port, leaf_port = port_of(proxy), port_of(on), port_of(leaf)
@@ -261,21 +269,7 @@ def test_nginx_ssl_ocsp_on_without_a_fixed_responder_follows_each_certificates_a
     server = start_server(config={
         "ocsp": {"enabled": True}, "public-url": f"http://127.0.0.1:{proxy_port}",
     })  # fmt: skip
-    _post(server, "/api/v1/issuers", {
-        "id": "ocsp-clients", "common_name": "OCSP Clients CA", "parent": "default",
-    })  # fmt: skip
-    web = _write(tmp_path / "web", _post(server, "/api/v1/certificates", {
-        "common_name": "localhost", "dns_names": ["localhost"], "ip_addresses": ["127.0.0.1"],
-    }))  # fmt: skip
-    client = _write(tmp_path / "ci-runner", _post(server, "/api/v1/certificates", {
-        "issuer": "ocsp-clients", "common_name": "ci-runner", "profile": "client",
-    }))  # fmt: skip
-    nginx_dir = tmp_path / "nginx"
-    nginx_dir.mkdir()
-    client_ca = nginx_dir / "ocsp-clients-ca.pem"
-    with server.client() as anonymous:
-        r = anonymous.get("/api/v1/issuers/ocsp-clients/ca.pem", params={"chain": "true"})
-        client_ca.write_text(r.text)
+    web, client, nginx_dir, client_ca = _intermediate_client_ca(server, tmp_path)
     servers = NGINX_SERVERS.format(
         proxy_port=proxy_port, certctl_port=server.port, certctl_ca=server.ca, port=port,
         cert=web / "tls.crt", key=web / "tls.key", client_ca=client_ca,
