@@ -1560,6 +1560,9 @@ def test_a_client_ca_on_a_curve_cryptography_lacks_is_registered_with_a_warning_
     verified = ok(run("openssl", "verify", "-CAfile", base / "ca.crt", "-purpose", "sslclient",
                       base / "alice.crt"))  # fmt: skip
     assert verified.stdout.strip().endswith(": OK")  # what nginx will do with her
+    # openssl signed her at the real clock's second: the frozen one, set when the test began,
+    # may be a second behind on a slow machine (then she read "not valid before").
+    env.at(datetime.now(UTC) + timedelta(seconds=1))
 
     env.put(service_doc("web", client_auth=True))
     url = "/api/v1/services/web/clients"
