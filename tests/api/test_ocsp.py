@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,8 +16,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
 
 from certctl.pki import KeyType, common_name_dn, create_root_ca, generate_private_key
+from certctl.store.models import Issuer
 from tests._stores import PostgresCluster
 from tests._tools import ok, run
 from tests.api.conftest import BACKENDS, Api, assert_problem, running_app
@@ -291,6 +294,48 @@ def test_a_negative_serial_is_malformed_request_not_a_500(on: Api) -> None:
         assert r.status_code == 200, r.text
         assert _status(r.content) is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
     assert on.counts() == before
+
+
+def test_an_issuer_whose_stored_certificate_cannot_be_used_answers_internal_error(
+    on: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its certificate swapped in the store for another CA's: it signs nothing (as every
+    route of it says, once in the log), and an OCSP client gets an OCSP response saying
+    so, internalError, where it got the JSON 409 of the other routes, which no OCSP client
+    reads. The problem is the store's: counted, never a signature by a mismatched key."""
+    r = on.post("/api/v1/issuers", on.admin_key, json={"id": "other", "common_name": "Other"})
+    assert r.status_code == 201, r.text
+    ca = _ca(on)
+    _, leaf = _leaf(on)
+    question = _request(leaf, ca)
+    assert _verified(_post(on, question), ca).certificate_status is ocsp.OCSPCertStatus.GOOD
+    with on.services.engine.begin() as connection:
+        connection.execute(
+            update(Issuer).where(Issuer.id == "default").values(certificate_pem=_pem(on, "other"))
+        )
+    on.services.forget_issuer("default")
+    before, said_before = on.counts(), _internal_errors(on)
+    caplog.set_level("ERROR", logger="certctl.services")
+    encoded = quote(base64.b64encode(question).decode(), safe="")
+    for r in (on.post(OCSP, content=question, headers=MEDIA), on.get(f"{OCSP}/{encoded}")):
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/ocsp-response"
+        assert _status(r.content) is ocsp.OCSPResponseStatus.INTERNAL_ERROR
+    assert on.counts() == before
+    errors = [rec.getMessage() for rec in caplog.records if rec.levelname == "ERROR"]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("issuer default: its key does not match its certificate")
+    assert _internal_errors(on) == said_before + 2  # the process's counter: a difference
+
+
+def _internal_errors(api: Api) -> float:
+    text = api.get("/api/v1/metrics/prometheus", api.admin_key).text
+    found = re.search(r'^certctl_ocsp_responses_total{status="internalerror"} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def _pem(api: Api, issuer: str) -> str:
+    return api.get(f"/api/v1/issuers/{issuer}/ca.pem").text
 
 
 def test_intermediates_and_their_revocation_are_answered_by_the_parent(on: Api) -> None:

@@ -82,7 +82,8 @@ ISSUANCE_DURATION = Histogram(
 REVOCATIONS = Counter("certctl_revocations", "Certificates revoked", ["issuer"], registry=REGISTRY)
 OCSP_RESPONSES = Counter(
     "certctl_ocsp_responses",
-    "OCSP responses, by what they said: good, revoked, unknown, malformed, unauthorized",
+    "OCSP responses, by what they said: good, revoked, unknown, malformed, unauthorized, "
+    "trylater, internalerror",
     ["status"],
     registry=REGISTRY,
 )

@@ -11,7 +11,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509 import ocsp
 from sqlalchemy import bindparam, case, or_, select
 
-from certctl.errors import NotFound
+from certctl.errors import Conflict, NotFound
 from certctl.metrics.registry import OCSP_RESPONSES
 from certctl.pki import format_serial
 from certctl.pki.ocsp import OcspQuestion, is_asked_of, read_request, refusal, sign_response
@@ -31,6 +31,7 @@ MAX_REQUEST_BYTES = 8 * 1024
 _MALFORMED = refusal(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
 _UNAUTHORIZED = refusal(ocsp.OCSPResponseStatus.UNAUTHORIZED)
 _TRY_LATER = refusal(ocsp.OCSPResponseStatus.TRY_LATER)
+_INTERNAL_ERROR = refusal(ocsp.OCSPResponseStatus.INTERNAL_ERROR)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,13 @@ def answer(services: Services, issuer_id: str, request_der: bytes | None) -> Ocs
     validity = services.ocsp_validity
     if validity is None:
         raise NotFound("no OCSP responder: ocsp.enabled is false")
-    ca = load_issuer(services, issuer_id)  # NotFound for an unknown id, as the CRL route
+    try:
+        ca = load_issuer(services, issuer_id)  # NotFound for an unknown id, as the CRL route
+    except Conflict:
+        # Its stored certificate or chain unreadable, or not its key's (logged once, by
+        # name, by the load): the issuer signs nothing. An OCSP client reads a response,
+        # not the JSON problem the other routes answer: RFC 6960's internalError, unsigned.
+        return _counted(OcspAnswer(_INTERNAL_ERROR, "internalerror"))
     question = read_request(request_der) if request_der is not None else None
     if question is None:
         return _counted(OcspAnswer(_MALFORMED, "malformed"))
