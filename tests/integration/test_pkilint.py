@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
-from tests._tools import ok, openssl_req, require, run
+from tests._pkilint import lint_each
+from tests._tools import EC_P256, ok, openssl_req, require, run
 from tests.integration.conftest import KEY_TYPES, LEAF_PROFILES, Pki, certctl_ok
 
 pytestmark = pytest.mark.integration
@@ -292,3 +293,131 @@ def test_a_subject_email_address_is_also_an_rfc822_san(pki: Pki, tmp_path: Path)
     code, out, _ = lint_cli({"raw": raw}, "ERROR")["raw"]
     found = [d["code"] for r in json.loads(out)["results"] for d in r["finding_descriptions"]]
     assert "pkix.subject_email_address_not_in_san" in found
+
+
+# --- issuer -> subject pairs: lint_pkix_signer_signee_cert_chain ---------------------------
+# It checks what ties a certificate to its issuer (RFC 5280 4.1.2.4, 4.2.1.1, 6.1.3): the
+# subject's issuer DN binary-equal to the issuer's subject DN (NOTICE: name chaining also
+# allows comparison rules), its AKI keyIdentifier equal to the issuer's SKI (ERROR), the
+# signature verifying with the issuer's key (ERROR), certificatePolicies in chain.
+
+CHAIN_LINTER = "lint_pkix_signer_signee_cert_chain"
+
+
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_every_issuer_subject_pair_of_the_cli_passes_the_chain_linter(
+    pki: Pki, tmp_path: Path, key_type: str
+) -> None:
+    # ca create (a root, and an intermediate under it), cert issue under each, csr sign.
+    chain = pki.chain(key_type)
+    root, inter = chain.root / "ca.crt", chain.inter / "ca.crt"
+    under_root = pki.issue(
+        chain.root, f"root-leaf-{key_type}", key_type=key_type, dns=["root-leaf-1.example.com"]
+    )
+    key, csr = tmp_path / "req.key", tmp_path / "req.csr"
+    openssl_req(key, csr, "/CN=signed-1.example.com")
+    certctl_ok("csr", "sign", "--ca", chain.inter, "--csr", csr, "--out", tmp_path / "signed")
+    pairs = {
+        "root->root": [root, root],  # self-signed: its own issuer
+        "root->intermediate": [root, inter],
+        "root->leaf": [root, first_certificate(under_root / "tls.crt", tmp_path / "r.pem")],
+        "intermediate->csr": [
+            inter,
+            first_certificate(tmp_path / "signed" / "tls.crt", tmp_path / "csr.pem"),
+        ],
+        **{
+            f"intermediate->{profile}": [
+                inter,
+                first_certificate(chain.leaf(profile), tmp_path / f"{profile}.pem"),
+            ]
+            for profile in LEAF_PROFILES
+        },
+    }
+    assert lint_each(CHAIN_LINTER, pairs) == {pair: [] for pair in pairs}
+
+
+def test_the_chain_linter_reports_a_wrong_issuer(
+    pki: Pki, impostor_root: Path, tmp_path: Path
+) -> None:
+    # Negative twins: a leaf paired with its issuer's issuer (another name, another key),
+    # and the intermediate with a root of the same name but another key.
+    chain = pki.chain("ec-p256")
+    leaf = first_certificate(chain.leaf("server"), tmp_path / "leaf.pem")
+    pairs = {
+        "right": [chain.inter / "ca.crt", leaf],
+        "root->leaf": [chain.root / "ca.crt", leaf],
+        "impostor->intermediate": [impostor_root / "ca.crt", chain.inter / "ca.crt"],
+    }
+    wrong_key = [
+        ("ERROR", "pkix.issuer_and_subject_key_identifier_not_equal"),
+        ("ERROR", "pkix.signature_verification_failed"),
+    ]
+    assert lint_each(CHAIN_LINTER, pairs) == {
+        "right": [],
+        "root->leaf": [*wrong_key, ("NOTICE", "pkix.issuer_and_subject_dn_not_binary_equal")],
+        "impostor->intermediate": wrong_key,
+    }
+
+
+def test_a_ca_made_by_openssl_passes_the_chain_linter_with_what_certctl_signs(
+    tmp_path: Path,
+) -> None:
+    # A CA certctl did not make: a T61String and a multi-valued RDN in its name (openssl's
+    # string_mask default), a 10-octet SKI of its own (no hash of its key). certctl's leaf
+    # must carry that name's bytes as its issuer and that SKI as its AKI.
+    from cryptography.hazmat.primitives import serialization
+
+    ca_dir = tmp_path / "ca"
+    ca_dir.mkdir()
+    config = tmp_path / "ca.cnf"
+    config.write_text(
+        "[req]\ndistinguished_name = dn\nstring_mask = default\n[dn]\n[ca]\n"
+        "basicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n"
+        "subjectKeyIdentifier = 0102030405060708090a\n"
+    )
+    ok(
+        run(
+            "openssl", "req", "-x509", *EC_P256, "-nodes", "-keyout", ca_dir / "ca.key",
+            "-out", ca_dir / "ca.crt", "-subj", "/C=DE/O=Beispiel GmbH+OU=Ops/CN=Prüf CA",
+            "-multivalue-rdn", "-days", "30", "-config", config, "-extensions", "ca",
+        )
+    )  # fmt: skip
+    ca = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
+    assert b"\x14" + bytes([len("Prüf CA".encode())]) in ca.subject.public_bytes()  # T61String
+    issued = tmp_path / "issued"
+    certctl_ok(
+        "cert", "issue", "--ca", ca_dir, "--out", issued, "--cn", "t61-1.example.com",
+        "--dns", "t61-1.example.com", "--validity", "7D",
+    )  # fmt: skip
+    leaf_path = first_certificate(issued / "tls.crt", tmp_path / "leaf.pem")
+    leaf = x509.load_pem_x509_certificate(leaf_path.read_bytes())
+    assert leaf.issuer.public_bytes() == ca.subject.public_bytes()
+    aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier == bytes.fromhex("0102030405060708090a")
+    # Negative twin: the same leaf with the AKI most signers would compute (SHA-1 of the
+    # CA's key, RFC 5280 4.2.1.2 method 1) instead of copying the CA's SKI.
+    key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), None)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(leaf.subject)
+        .issuer_name(leaf.issuer)
+        .public_key(leaf.public_key())
+        .serial_number(leaf.serial_number)
+        .not_valid_before(leaf.not_valid_before_utc)
+        .not_valid_after(leaf.not_valid_after_utc)
+    )
+    for ext in leaf.extensions:
+        if isinstance(ext.value, x509.AuthorityKeyIdentifier):
+            ext = x509.Extension(
+                ext.oid,
+                ext.critical,
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.public_key()),  # type: ignore[arg-type]
+            )
+        builder = builder.add_extension(ext.value, ext.critical)
+    hashed = tmp_path / "hashed-aki.pem"
+    hashed.write_bytes(builder.sign(key, hashes.SHA256()).public_bytes(Encoding.PEM))  # type: ignore[arg-type]
+    pairs = {"certctl": [ca_dir / "ca.crt", leaf_path], "hashed": [ca_dir / "ca.crt", hashed]}
+    assert lint_each(CHAIN_LINTER, pairs) == {
+        "certctl": [],
+        "hashed": [("ERROR", "pkix.issuer_and_subject_key_identifier_not_equal")],
+    }
