@@ -27,6 +27,7 @@ from certctl.pki.ocsp import read_request, sign_response
 from certctl.services import issuers
 from certctl.services.context import OCSP_UNKNOWN_SIGNATURES_PER_S
 from tests._pkilint import lint_each
+from tests._tools import ok, run
 from tests.api.conftest import Api
 
 MEDIA = {"Content-Type": "application/ocsp-request"}
@@ -178,3 +179,40 @@ def test_lint_ocsp_response_reports_what_it_checks_on_certctls_bytes(
         "backwards": [("ERROR", "pkix.ocsp_negative_validity_period")],
         "with-body": [("ERROR", "pkix.ocsp_error_response_has_response_body")],
     }
+
+
+def test_a_revocation_stamped_by_a_replica_ahead_gets_an_answer_valid_forward(
+    on: Api, tmp_path: Path
+) -> None:
+    # Another replica, its clock 2 hours ahead of this one's (more than ocsp.validity),
+    # revoked the certificate. thisUpdate is never before the revocation it reports, so it
+    # is that replica's time; nextUpdate was this replica's time + validity, an hour
+    # before thisUpdate: pkix.ocsp_negative_validity_period (RFC 6960 4.2.2.1), and a client
+    # on the revoking replica's time refused it as expired, where it now reads "revoked".
+    issued = on.issue(common_name="skew.ocsp.example.com")
+    leaf = x509.load_pem_x509_certificate(issued["certificate_pem"].encode())
+    revoked_at = on.clock()  # the test's clock starts at the real time openssl judges by
+    _revoke(on, f"/api/v1/certificates/{issued['id']}/revoke", "keyCompromise")
+    on.clock.advance(hours=-2)  # this replica, 2 hours behind
+    ca = _ca(on, "default")
+    der = _ask(on, "default", _request(leaf, ca))
+    response = ocsp.load_der_ocsp_response(der)
+    assert response.certificate_status is ocsp.OCSPCertStatus.REVOKED
+    assert response.revocation_time_utc == revoked_at
+    assert response.this_update_utc == revoked_at
+    assert response.next_update_utc == revoked_at + timedelta(hours=1)
+    (tmp_path / "resp.der").write_bytes(der)
+    assert lint_each(LINTER, {"skewed": [tmp_path / "resp.der"]}) == {"skewed": []}
+    ca_pem, leaf_pem = tmp_path / "ca.pem", tmp_path / "leaf.pem"
+    ca_pem.write_bytes(ca.public_bytes(Encoding.PEM))
+    leaf_pem.write_bytes(leaf.public_bytes(Encoding.PEM))
+    shown = ok(
+        run(
+            "openssl", "ocsp", "-issuer", ca_pem, "-cert", leaf_pem, "-CAfile", ca_pem,
+            "-respin", tmp_path / "resp.der", "-no_nonce",
+        )
+    )  # fmt: skip
+    assert "Response verify OK" in shown.stdout + shown.stderr
+    assert f"{leaf_pem}: revoked" in shown.stdout
+    assert "Reason: keyCompromise" in shown.stdout
+    assert "Status times invalid" not in shown.stdout + shown.stderr

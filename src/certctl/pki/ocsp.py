@@ -95,11 +95,11 @@ def sign_response(
     root (the default issuer's) was never stapled ("signer certificate not found").
     thisUpdate ``BACKDATE`` before ``now`` (as certificates and CRLs are: OpenSSL and nginx
     refuse a thisUpdate ahead of their clock, and a client or a replica a minute off is
-    common), but not before a revocation it reports; nextUpdate ``now + validity`` clipped
-    to the CA's notAfter. The CertID echoes the request's.
+    common), but not before a revocation it reports; nextUpdate ``validity`` after ``now``
+    (after thisUpdate when that revocation's time is later than ``now``) clipped to the CA's
+    notAfter. The CertID echoes the request's.
     """
     now = now.replace(microsecond=0)  # GeneralizedTime without fractions (RFC 5280 4.1.2.5.2)
-    next_update = min(now + validity, ca.certificate.not_valid_after_utc)
     this_update = now - BACKDATE
     if not known:
         status = ocsp.OCSPCertStatus.UNKNOWN
@@ -111,6 +111,11 @@ def sign_response(
     if revoked and revoked_at is not None:
         # "Revoked at T" in a response that says it was true at thisUpdate < T reads wrong.
         this_update = max(this_update, revoked_at.replace(microsecond=0))
+    # From thisUpdate when a revocation stamped by a replica whose clock runs ahead pushed it
+    # past now: now + validity was before it once the skew passed validity (RFC 6960
+    # 4.2.2.1; OpenSSL: "nextupdate before thisupdate") and expired for a client on the
+    # revoking replica's time. A revocation is final: a longer-lived answer hides nothing.
+    next_update = min(max(now, this_update) + validity, ca.certificate.not_valid_after_utc)
     builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
         question.issuer_name_hash,
         question.issuer_key_hash,
