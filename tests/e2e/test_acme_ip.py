@@ -2,11 +2,12 @@
 lego 4.9 is told why it cannot.
 
 Real clients, as root (their state under tmp_path; the http-01 port is a free high one):
-certbot ``--ip-address`` (127.0.0.1 alone, with a DNS name in the same certificate, and
-::1). Each certificate is checked with openssl (it verifies under the ACME issuer, ``openssl
-x509 -text`` shows the iPAddress SAN) and with cryptography (the SANs exactly, no IP in the
-CN). lego 4.9.1 ``--domains 127.0.0.1`` (and ``::1``) sends the address as a DNS name, which
-is refused saying so.
+certbot ``--ip-address`` (127.0.0.1 alone, as the page's commands run verbatim but for the
+address, URL and port; with a DNS name in the same certificate; and ::1). Each certificate is
+checked with openssl (it verifies under the ACME issuer, ``openssl x509 -text`` shows the
+iPAddress SAN) and with cryptography (the SANs exactly, no IP in the CN). lego 4.9.1
+``--domains 127.0.0.1`` (and ``::1``) sends the address as a DNS name, which is refused saying
+so.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,6 +51,32 @@ def _checked(cert: Path, root: Path, dns: list[str], ips: list[str]) -> x509.Cer
     return leaf
 
 
+DOC_URL = "https://127.0.0.1:8443"
+DOC_ADDRESS = "10.0.0.5"
+
+
+def _ip_section_console() -> tuple[list[str], str]:
+    """The commands (``$ `` lines, continued by ``\\``) of the "IP addresses" section's console
+    block, and what it shows they print."""
+    text = PAGE.read_text()
+    section = text[text.index("\n## IP addresses\n") :]
+    section = section[: section.index("\n## ", 1)]
+    blocks = re.findall(r"```console\n(.*?)```", section, re.S)
+    assert len(blocks) == 1, blocks
+    commands: list[str] = []
+    shown: list[str] = []
+    continued = False
+    for line in blocks[0].splitlines():
+        if continued:
+            commands[-1] += "\n" + line
+        elif line.startswith("$ "):
+            commands.append(line[2:])
+        else:
+            shown.append(line + "\n")
+        continued = line.endswith("\\")
+    return commands, "".join(shown)
+
+
 def _certbot(
     server: CertctlServer, state: Path, port: int, *names: str, listen: str = "127.0.0.1"
 ) -> str:
@@ -78,13 +107,27 @@ def test_certbot_gets_ip_address_certificates_and_lego_4_9_is_told_why_not(
     acme = {"enabled": True, "issuer": ISSUER, "http-01-port": port, "allowed-names": ALLOWED}
     server, root = acme_server(start_server, tmp_path, acme)
     page = " ".join(PAGE.read_text().split())
-    # docs/acme.md's "IP addresses" section: certbot's command, lego's refusal.
-    assert "--http-01-port 8080 --cert-name ip --ip-address 10.0.0.5" in page
+    # docs/acme.md's "IP addresses" section: lego's refusal, quoted.
     quoted = 'rejectedIdentifier :: 10.0.0.5: an IP address; order it as {"type": "ip", "value":'
     assert quoted in page
 
-    certbot = tmp_path / "certbot"
-    _certbot(server, certbot, port, "--cert-name", "ip", "--ip-address", "127.0.0.1")
+    # Its certbot commands, verbatim but for the address, URL and port, in the directory of
+    # the page's certbot walk-through (certctl-ca.crt there); openssl shows what it says.
+    commands, shown = _ip_section_console()
+    user = tmp_path / "user"
+    user.mkdir()
+    shutil.copy(server.ca, user / "certctl-ca.crt")
+    substitutions = ((DOC_URL, server.url), ("8080", str(port)), (DOC_ADDRESS, "127.0.0.1"))
+    for written, _ in substitutions:
+        assert written in "\n".join(commands), written
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for command in commands:
+        for written, here in substitutions:
+            command = command.replace(written, here)
+        said = ok(run("bash", "-euo", "pipefail", "-c", command, cwd=user, env=env, timeout=120))
+    # The last command, openssl, prints exactly what the page shows.
+    assert said.stdout == shown.replace(DOC_ADDRESS, "127.0.0.1"), said.stdout
+    certbot = user / "certbot"
     _checked(certbot / "config" / "live" / "ip" / "cert.pem", root, [], ["127.0.0.1"])
     # A DNS name and an address in one certificate: one authorization each, both http-01.
     _certbot(server, certbot, port, "--cert-name", "both", "-d", "localhost",
