@@ -32,6 +32,15 @@ def test_head_revision_matches_alembic() -> None:
     assert heads == [db._head_revision()]
 
 
+def test_the_readmes_upgrading_section_names_the_newest_migration() -> None:
+    # What an upgrade's log line says it applied, the README says it adds: its list stopped
+    # at 0026 while the ACME migrations went on to 0032.
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme[readme.index("### Upgrading") :]
+    section = section[: section.index("\n### ")]
+    assert db._head_revision() in section
+
+
 def _at_head(engine: Engine) -> bool:
     return db._stored_revisions(engine) == [db._head_revision()]
 
