@@ -606,6 +606,15 @@ def test_made_up_serials_cost_a_bounded_number_of_signatures(on: Api) -> None:
         assert _verified(made_up(), ca).certificate_status is ocsp.OCSPCertStatus.UNKNOWN
     flooded = made_up()
     assert flooded.response_status is ocsp.OCSPResponseStatus.TRY_LATER
+    # Counted as the README's metrics table says, and named in the family's HELP, which
+    # listed every status but this one.
+    r = on.get("/api/v1/metrics/prometheus", on.admin_key)
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    family = families["certctl_ocsp_responses"]
+    statuses = {s.labels["status"] for s in family.samples if s.name.endswith("_total")}
+    assert "trylater" in statuses
+    for status in statuses:
+        assert status in family.documentation, family.documentation
     # A certificate certctl issued is answered (signed) all the same.
     good = _verified(_post(on, _request(leaf, ca)), ca)
     assert good.certificate_status is ocsp.OCSPCertStatus.GOOD
