@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -718,3 +719,31 @@ def test_a_refusal_on_a_path_a_latin1_database_cannot_store_is_audited_escaped(
             ("missing", "DELETE /api/v1/auth/actors/\\u65e5\\u672c"),
         ]
         assert refusals[0]["detail"] == "missing permission auth.actor.delete"
+
+
+def _readme_actions() -> set[str]:
+    """The actions the README's event table names: ``role.create``/``.edit`` is role.create
+    and role.edit (a leading dot replaces the last part of the name before it)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (cell,) = [line for line in readme.splitlines() if line.startswith("| `action` |")]
+    named: set[str] = set()
+    base = ""
+    for token in re.findall(r"`([a-z.-]+)`", cell.split("|")[2]):
+        if token.startswith("."):
+            named.add(base + token)
+        elif "." in token:
+            named.add(token)
+            base = token.rsplit(".", 1)[0]
+    return named
+
+
+def test_the_readme_names_every_action_the_audit_log_records() -> None:
+    # `--action` filters on exact names: the README's table listed none of the ACME server's.
+    src = Path(__file__).resolve().parents[2] / "src" / "certctl"
+    recorded = {
+        action
+        for path in src.rglob("*.py")
+        for action in re.findall(r'action="([a-z][a-z-]*(?:\.[a-z-]+)+)"', path.read_text())
+    }
+    assert "acme.order.create" in recorded, recorded  # the search finds what it should
+    assert sorted(recorded - _readme_actions()) == []
