@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests._bind9 import TSIG_ALGORITHM, TSIG_NAME, running_bind9
 from tests._tools import free_port, ok, require, run
 from tests.e2e.conftest import StartServer
+from tests.e2e.test_acme_ip import console_block
 from tests.e2e.test_acme_lego import ISSUER as LEGO_ISSUER
 from tests.e2e.test_acme_lego import acme_server
 
@@ -409,3 +410,52 @@ def _cert_id(cert: x509.Certificate) -> str:
         base64.urlsafe_b64encode(part).rstrip(b"=").decode()
         for part in (aki.key_identifier, serial)
     )
+
+
+def test_certbot_starts_over_with_a_new_account_as_the_page_says_after_a_deactivation(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # "Operating the ACME server": the operator deactivates the account (its key leaked) and
+    # revokes its certificate; certbot, which keeps that account, then orders the lineage
+    # again by the page's commands (only the ports differ) under a new account, which its
+    # renewal file names from then on.
+    require("certbot")
+    http01 = free_port()
+    acme = {"enabled": True, "issuer": LEGO_ISSUER, "http-01-port": http01}
+    server, _ = acme_server(start_server, tmp_path, acme)
+    home = tmp_path / "user"
+    (home / "certbot").mkdir(parents=True)
+    (home / "certctl-ca.crt").write_bytes(server.ca.read_bytes())
+    commands, shown = console_block(
+        "## Operating the ACME server", after="The holder of an account an operator deactivated"
+    )
+    assert shown == "", shown
+    host_port = server.url.removeprefix("https://")
+    script = "\n".join(commands).replace("127.0.0.1:8443", host_port)
+    assert script.count(host_port) == 2, script  # the account's directory and --server
+    script = script.replace(f"--http-01-port {DEFAULT_HTTP_01_PORT}", f"--http-01-port {http01}")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # The first certificate: the same certonly, before any of this (no account to delete).
+    first, order = script.split("\n", 1)
+    assert first.startswith("rm -r "), first
+    ok(run("bash", "-euo", "pipefail", "-c", order, cwd=home, env=env, timeout=120))
+    renewal = home / "certbot" / "config" / "renewal" / f"{NAME}.conf"
+    old_account = re.findall(r"^account = (\S+)$", renewal.read_text(), re.M)
+    with server.client(server.admin_key) as client:
+        [row] = client.get("/api/v1/certificates", params={"issuer": LEGO_ISSUER}).json()["items"]
+    account_id = row["created_by"].removeprefix("acme:")
+    ok(server.cli("acme", "accounts", "deactivate", account_id, "--revoke-certificates",
+                  "--reason", "keyCompromise"))  # fmt: skip
+
+    ok(run("bash", "-euo", "pipefail", "-c", script, cwd=home, env=env, timeout=120))
+    live = _cert(home / "certbot" / "config" / "live" / NAME / "cert.pem")
+    assert live.serial_number != int(row["serial"], 16)
+    new_account = re.findall(r"^account = (\S+)$", renewal.read_text(), re.M)
+    assert new_account != old_account, renewal.read_text()
+    with server.client(server.admin_key) as client:
+        accounts = client.get("/api/v1/acme/accounts").json()["items"]
+        listed = client.get("/api/v1/certificates", params={"issuer": LEGO_ISSUER}).json()
+    assert sorted(a["status"] for a in accounts) == ["deactivated", "valid"], accounts
+    [valid] = [a for a in accounts if a["status"] == "valid"]
+    states = {int(i["serial"], 16): (i["status"], i["created_by"]) for i in listed["items"]}
+    assert states[live.serial_number] == ("active", f"acme:{valid['id']}"), states

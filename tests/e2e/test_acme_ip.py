@@ -55,12 +55,13 @@ DOC_URL = "https://127.0.0.1:8443"
 DOC_ADDRESS = "10.0.0.5"
 
 
-def _ip_section_console() -> tuple[list[str], str]:
-    """The commands (``$ `` lines, continued by ``\\``) of the "IP addresses" section's console
-    block, and what it shows they print."""
+def console_block(heading: str, after: str = "") -> tuple[list[str], str]:
+    """The commands (``$ `` lines, continued by ``\\``) of the one console block of the page's
+    section ``heading`` (past the text ``after`` in it), and what it shows they print."""
     text = PAGE.read_text()
-    section = text[text.index("\n## IP addresses\n") :]
+    section = text[text.index(f"\n{heading}\n") :]
     section = section[: section.index("\n## ", 1)]
+    section = section[section.index(after) :]
     blocks = re.findall(r"```console\n(.*?)```", section, re.S)
     assert len(blocks) == 1, blocks
     commands: list[str] = []
@@ -113,7 +114,7 @@ def test_certbot_gets_ip_address_certificates_and_lego_4_9_is_told_why_not(
 
     # Its certbot commands, verbatim but for the address, URL and port, in the directory of
     # the page's certbot walk-through (certctl-ca.crt there); openssl shows what it says.
-    commands, shown = _ip_section_console()
+    commands, shown = console_block("## IP addresses")
     user = tmp_path / "user"
     user.mkdir()
     shutil.copy(server.ca, user / "certctl-ca.crt")
