@@ -229,6 +229,51 @@ def test_readme_email_and_uri_certificates_work_verbatim(
     assert ids[1] in [c["id"] for c in json.loads(found.stdout)["items"]]
 
 
+def test_readme_audit_log_commands_work_verbatim(
+    default_server: CertctlServer, tmp_path: Path
+) -> None:
+    """ "The audit log": the auditor's key and reads, then the role with lookups, as pasted with
+    `.venv/bin` on the PATH, on the shared server (the actor and role renamed: unique there)."""
+    text = README.read_text()
+    section = text[text.index("### The audit log") :]
+    blocks = re.findall(r"```sh\n(.*?)```", section[: section.index("\n### ")], re.S)
+    assert len(blocks) == 2, blocks
+    script = re.sub(r"(?<![-\w])auditor(?![-\w.])", "readme-auditor", "\n".join(blocks))
+    script = script.replace("r-audit-lookup", "r-readme-audit-lookup")
+    assert script.count("readme-auditor") == 2, script  # the actor, and its key's owner
+    # Something of actor ci's to find (the shared server may hold none yet): a refusal, which
+    # is recorded under the caller.
+    with default_server.client(default_server.admin_key) as api:
+        r = api.post("/api/v1/auth/actors", json={"id": "ci", "name": "CI", "roles": []})
+        assert r.status_code in (201, 409), r.text
+        r = api.post("/api/v1/auth/apikeys", json={"actor_id": "ci", "name": "readme-audit"})
+        assert r.status_code == 201, r.text
+    with default_server.client(r.json()["key_value"]) as ci:
+        refused = ci.post("/api/v1/certificates", json={"common_name": "ci.example.internal"})
+        assert refused.status_code == 403, refused.text
+    env = _client_env(default_server)
+    result = ok(run("bash", "-euo", "pipefail", "-c", script, cwd=tmp_path, env=env))
+    key = tmp_path / "auditor.key"
+    assert (key.stat().st_mode & 0o777) == 0o600
+    # What the commands print, JSON after JSON: the actor, its key (its file named), the page
+    # `certctl audit list` prints (JSON when piped), curl's page as JSON lines, the role.
+    decoder, printed, rest = json.JSONDecoder(), [], result.stdout.lstrip()
+    while rest:
+        value, end = decoder.raw_decode(rest)
+        printed.append(value)
+        rest = rest[end:].lstrip()
+    actor, minted, page, *lines, role = printed
+    assert (actor["id"], minted["key_value_file"]) == ("readme-auditor", "auditor.key")
+    assert page["items"], page
+    assert {event["actor"] for event in page["items"]} == {"ci"}, page
+    # curl asked for 500 a page, certctl for its default 50: the same events, newest first.
+    shown = [event["id"] for event in page["items"]]
+    assert [event["id"] for event in lines][: len(shown)] == shown
+    assert role["permissions"] == [
+        "audit.read", "auth.actor.read", "auth.apikey.read", "auth.role.read",
+    ]  # fmt: skip
+
+
 TOUR = "## Five-minute tour"
 
 
