@@ -305,7 +305,8 @@ def test_readme_five_minute_tour_works_verbatim(tmp_path: Path) -> None:
 def test_what_the_readme_writes_into_the_repository_is_ignored_by_git() -> None:
     # The README's commands run in the repository directory: before, the tour's CA keys,
     # the backups and kek-backup/kek showed up as untracked files, one `git add -A` from a
-    # commit.
+    # commit; and so did the audit log's key, certbot's keys (docs/acme.md) and cfssl's
+    # (docs/migrating-from-cfssl.md), whose pages run there too.
     written = [
         "certctl-data/kek", "web-1/tls.key", "apikey-v1.json", "prometheus.key",
         "ca/ca.key", "ops-ca/ca.key", "node-1/tls.key", "prom-client/tls.key",
@@ -315,6 +316,19 @@ def test_what_the_readme_writes_into_the_repository_is_ignored_by_git() -> None:
         # the PostgreSQL backup
         "web-2/tls.key", "ops-chain.pem", "ops-ca.crl", "prometheus-v2.key",
         "es-http.zip", "pw", "ca-pw", "app/tls.p12", "certctl.dump",
+        # the audit log's key, the e-mail/URI, mTLS, managed-service and custom-certificate
+        # examples
+        "auditor.key", "alice/tls.key", "api/tls.key", "ci-runner/tls.key",
+        "quickstart-public/ca.crt", "quickstart-trust/ca.crt", "quickstart-ca.crt",
+        "web-ca/ca.key",
+        # docs/acme.md (certbot's and lego's keys, the TSIG secret) and
+        # docs/migrating-from-cfssl.md (cfssl's keys, the imported CAs, the CA key's password)
+        "acme-ca.pem", "certctl-ca.crt", "certctl.yaml", "acme.crl", "rfc2136.ini",
+        "certbot/config/live/localhost/privkey.pem", "lego/certificates/localhost.key",
+        "root-csr.json", "intermediate-csr.json", "config.json", "old-web.json", "app-csr.json",
+        "root-key.pem", "intermediate-key.enc.pem", "old-web.csr", "issuing-ca.crl",
+        "example-issuing.crl.pem", "root-ca/ca.key", "issuing-ca/ca.key",
+        "issuing-ca-enc/ca.key", "web/tls.key", "ca-pw.txt",
     ]  # fmt: skip
     checked = run(
         "git", "-C", ROOT, "check-ignore", "--no-index", "--verbose", "--non-matching", *written
