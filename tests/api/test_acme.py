@@ -1051,6 +1051,36 @@ def test_a_challenge_response_with_extra_fields_starts_the_validation(acme_on: A
     assert done["status"] == "valid", done
 
 
+def test_a_validation_under_way_says_when_to_poll_again(acme_on: Acme) -> None:
+    """Retry-After: 1 on the challenge and its authorization while the fetch runs (RFC 8555
+    7.5.1), where there was none and lego waited its default 5 s before each first poll;
+    none once the authorization is valid (nothing more to wait for)."""
+    raw = Raw(acme_on)
+    raw.register()
+    order = raw.new_order([NAME]).json()
+    authz_url = order["authorizations"][0]
+    authz_path = authz_url.split("/acme/", 1)[1]
+    challenge = raw.post(authz_path, raw.jws(authz_url, None)).json()["challenges"][0]
+    assert "retry-after" not in raw.post(authz_path, raw.jws(authz_url, None)).headers  # pending
+    thumb = jose.b64encode(raw.key.public_key().thumbprint()).decode()
+    # A fetch answered after 2 s: still under way while the client polls.
+    acme_on.http01.answers[challenge["token"]] = b"SLOW " + f"{challenge['token']}.{thumb}".encode()
+    url = challenge["url"]
+    answered = raw.post(url.split("/acme/", 1)[1], raw.jws(url, {}))
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["status"] == "processing"
+    assert answered.headers["retry-after"] == "1"
+    polled = raw.post(authz_path, raw.jws(authz_url, None))
+    assert polled.json()["status"] == "pending"
+    assert polled.headers["retry-after"] == "1"
+    deadline = time.monotonic() + 30
+    while (done := raw.post(authz_path, raw.jws(authz_url, None))).json()["status"] == "pending":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert done.json()["status"] == "valid", done.text
+    assert "retry-after" not in done.headers
+
+
 def test_concurrent_new_accounts_of_one_key_make_one_account(acme_on: Acme) -> None:
     # Two issuers of one cert-manager sharing an account key secret, a client retrying a
     # request that timed out: the same key registers twice at once.
