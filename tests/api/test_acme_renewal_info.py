@@ -267,6 +267,16 @@ def test_replaces_is_the_accounts_own_certificate_and_replaced_once(acme_on: Acm
         _assert_acme_problem(r, status, "malformed")
     assert api.counts()["acme_orders"] == before
 
+    # "replaces": null is no replaces (a client serializing an unset field): an order
+    # replacing nothing, as one without the field.
+    plain = _order_replacing(acme_on, owner, [NAME], None)
+    assert plain.status_code == 201, plain.text
+    assert "replaces" not in plain.json()
+    plain_id = plain.headers["location"].rsplit("/", 1)[1]
+    with api.services.sessions() as session:
+        assert session.scalar(select(AcmeOrder.replaces).where(AcmeOrder.id == plain_id)) is None
+    before += 1
+
     # Its own: the order is made and records the certificate it replaces.
     first = _order_replacing(acme_on, owner, [NAME], certid)
     assert first.status_code == 201, first.text
@@ -436,6 +446,13 @@ def _row(acme_on: Acme, cert: x509.Certificate) -> dict[str, Any]:
     return row
 
 
+def _renewals(acme_on: Acme) -> float:
+    api = acme_on.api
+    scraped = api.get("/api/v1/metrics/prometheus", api.admin_key).text
+    found = re.search(r'^certctl_renewals_total{result="success"} (\S+)$', scraped, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def _gauges(acme_on: Acme) -> dict[str, float]:
     from certctl.server.periodic import refresh_metrics
 
@@ -466,7 +483,10 @@ def test_a_finalized_order_replacing_a_certificate_renews_it(acme_on: Acme) -> N
     assert len(expiring["items"]) == 2
     assert _gauges(acme_on) == {"active": 0.0, "expiring": 2.0, "expired": 0.0, "revoked": 0.0}
 
+    renewed_before = _renewals(acme_on)
     new = _replace(acme_on, owner, old)
+    # Counted as a renewal, as the renew route's (the process's counter: a difference).
+    assert _renewals(acme_on) == renewed_before + 1
     old_row, new_row = _row(acme_on, old), _row(acme_on, new)
     # The renewal is recorded both ways: the replaced certificate is active to its end.
     assert old_row["renewed_by"] == new_row["id"]

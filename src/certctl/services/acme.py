@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 
 from certctl.errors import AcmeError, Conflict, InvalidRequest, NotFound, PermissionDenied
 from certctl.hosts import is_ip
+from certctl.metrics.registry import RENEWALS
 from certctl.pki.dns_names import validate_dns_name
 from certctl.pki.jose import JwsPublicKey, jwk_of, load_jwk, thumbprint
 from certctl.services.acme_accounts import cut_off, hold_valid
@@ -771,7 +772,9 @@ def new_order(
         )
     names = _checked_identifiers(payload, settings)
     replaced = None
-    if "replaces" in payload:  # RFC 9773 5: the certificate this order renews
+    # RFC 9773 5: the certificate this order renews. A null is no replaces, as a client
+    # serializing an unset optional field sends it (RFC 9773 defines a string or nothing).
+    if payload.get("replaces") is not None:
         replaced = replaced_certificate(
             services, account.id, payload["replaces"], [name for _, name in names]
         )
@@ -1423,6 +1426,8 @@ def finalize_order(
             happened = "was finalized already" if now_status == "valid" else "is invalid now"
             raise AcmeError(f"order {order_id} {happened}", "orderNotReady", 403)
     result = pending.finish()
+    if replaces is not None:
+        RENEWALS.labels("success").inc()  # a renewal, as the renew route's is counted
     for warning in result.warnings:
         if "clipped" in warning and services.logged.first(("acme-clipped", settings.issuer_id)):
             log.warning("acme.validity: %s (said once)", warning)
