@@ -21,6 +21,7 @@ import string
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -1013,11 +1014,17 @@ def test_no_more_than_eight_validations_run_at_once(acme_on: Acme) -> None:
     acme_client = acme_on.client()
     acme_on.register(acme_client)
     orders = [acme_on.order(acme_client, [NAME])[0] for _ in range(VALIDATION_LIMIT + 3)]
-    for order in orders:
+
+    def answer(order: messages.OrderResource) -> None:
         body = order.authorizations[0].body.challenges[0]
         response, validation = body.response_and_validation(acme_client.net.key)
         acme_on.http01.answers[body.chall.encode("token")] = b"SLOW " + validation.encode()
         acme_client.answer_challenge(body, response)
+
+    # At once, as many clients would: each answer waits up to ANSWER_WAIT_S for its fetch,
+    # so one after another they would never have eight fetches under way together.
+    with ThreadPoolExecutor(len(orders)) as pool:
+        list(pool.map(answer, orders))
     for order in orders:  # the last ones waited for a slot, and then passed
         authz = _poll_authz(acme_client, order.authorizations[0])
         assert authz.body.status == messages.STATUS_VALID
@@ -1049,6 +1056,36 @@ def test_a_challenge_response_with_extra_fields_starts_the_validation(acme_on: A
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert done["status"] == "valid", done
+
+
+def test_a_quick_validation_is_answered_with_its_outcome(acme_on: Acme) -> None:
+    """The challenge's answer waits (up to ANSWER_WAIT_S) for the fetch it started: done in
+    milliseconds here, the answer says valid, and so does the client's first poll, where
+    it said processing and certbot's first poll found the authorization pending (then
+    slept a second); a fetch that fails is answered invalid, with its error."""
+    from certctl.api.acme_routes import ANSWER_WAIT_S
+
+    raw = Raw(acme_on)
+    raw.register()
+    thumb = jose.b64encode(raw.key.public_key().thumbprint()).decode()
+    for served, outcome in ((True, "valid"), (False, "invalid")):
+        order = raw.new_order([NAME]).json()
+        authz_url = order["authorizations"][0]
+        authz_path = authz_url.split("/acme/", 1)[1]
+        challenge = raw.post(authz_path, raw.jws(authz_url, None)).json()["challenges"][0]
+        if served:
+            acme_on.http01.answers[challenge["token"]] = f"{challenge['token']}.{thumb}".encode()
+        url = challenge["url"]
+        started = time.monotonic()
+        answered = raw.post(url.split("/acme/", 1)[1], raw.jws(url, {}))
+        assert time.monotonic() - started < ANSWER_WAIT_S + 2
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["status"] == outcome, answered.text
+        assert "retry-after" not in answered.headers
+        if not served:
+            assert answered.json()["error"]["type"].endswith(":incorrectResponse")  # a 404
+        polled = raw.post(authz_path, raw.jws(authz_url, None)).json()
+        assert polled["status"] == outcome, polled
 
 
 def test_a_validation_under_way_says_when_to_poll_again(acme_on: Acme) -> None:
@@ -1139,7 +1176,8 @@ def test_an_order_made_on_one_replica_is_validated_and_finalized_on_another(api:
             challenge = authz["challenges"][0]
             thumb = jose.b64encode(raw.key.public_key().thumbprint()).decode()
             http01.answers[challenge["token"]] = f"{challenge['token']}.{thumb}".encode()
-            assert send(base_two, challenge["url"], {}).json()["status"] == "processing"
+            # Answered once the fetch is done (it takes milliseconds here): valid already.
+            assert send(base_two, challenge["url"], {}).json()["status"] in ("processing", "valid")
             deadline = time.monotonic() + 30
             while (order := send(base_one, order_url, None).json())["status"] == "pending":
                 assert time.monotonic() < deadline, "never validated"

@@ -348,7 +348,12 @@ def test_of_both_challenges_answered_at_once_one_is_tried(acme_dns: Dns01) -> No
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert sorted(s.name for s in statuses) == ["pending", "processing"], statuses
+    # The one tried is answered once tried, when that is quick (as here): its outcome.
+    names = [s.name for s in statuses]
+    assert len(names) == 2, statuses
+    assert names.count("pending") == 1, statuses
+    names.remove("pending")
+    assert names[0] in ("processing", "valid", "invalid"), statuses
     polled = _poll_authz(first, authz)
     tried = {c.chall.typ: c.status for c in polled.body.challenges}
     assert sorted(s.name for s in tried.values()) == sorted(["pending", polled.body.status.name])
