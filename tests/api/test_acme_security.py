@@ -337,7 +337,9 @@ def test_http01_does_not_inflate_a_compressed_answer(api: Api) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
     thread.start()
     app, settings = _acme_app(api, server.server_address[1])
     http01 = Http01Server()  # unused: the bomb server holds the http-01 port
