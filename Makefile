@@ -62,14 +62,14 @@ lint: $(VENV)/.synced
 # loopback ports (e2e, services, kube) share both cores (pytest-xdist); the rest load servers
 # or time them (soak, crash, faults, benchmark) and run alone, one at a time. Both halves
 # always run; the target fails if either did.
-# tests/reliability stays serial: its secret-hygiene scan reads a ledger the other tests of
-# the directory fill in the same process (xdist_group cannot keep them together: pytest 9
-# ignores the node-id suffix pytest-xdist 3.8 groups by).
+# tests/reliability runs whole in one worker (tests/conftest.py's scheduler): its
+# secret-hygiene scan reads a ledger the other tests of the directory fill in that process.
 # The files of soak and faults named here time nothing and load nothing: in-process replicas
-# (test_takeover) and PostgreSQL start/KEK-rotation refusals.
+# (test_takeover) and PostgreSQL start/KEK-rotation refusals; tests/bench runs the
+# benchmarks' --quick mode, which asserts no speed.
 PARALLEL_TESTS := tests/unit tests/api tests/integration tests/helm tests/e2e tests/services \
-	tests/kube tests/soak/test_takeover.py tests/faults/test_pg_start.py \
-	tests/faults/test_pg_kek_rotation.py
+	tests/kube tests/reliability tests/bench tests/soak/test_takeover.py \
+	tests/faults/test_pg_start.py tests/faults/test_pg_kek_rotation.py
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 # Three workers on two cores: the parallel tests wait on the servers and programs they start,
 # and two workers kept 1.4 of the 2 cores busy (260-281 s); three keep 1.7 busy (219 s).
