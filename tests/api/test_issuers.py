@@ -2065,6 +2065,10 @@ def test_an_intermediate_whose_stored_pem_is_unreadable_answers_409_naming_it(
     for _ in range(2):
         for path in ("crl", "crl?format=pem", "ca.pem", "ca.pem?chain=true", "ca.der"):
             assert assert_problem(api.get(f"{ISSUERS}/broken/{path}"), 409)["detail"] == detail
+    # As the API's document says (it listed the 409 for the CRL only).
+    spec = api.get("/api/v1/openapi.json").json()
+    for path in ("crl", "ca.pem", "ca.der"):
+        assert "409" in spec["paths"][f"{ISSUERS}/{{id}}/{path}"]["get"]["responses"], path
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert errors == [
         f"issuer broken: its stored {what} cannot be read (cut short or written over in the "

@@ -634,8 +634,16 @@ _OPTIONAL_BODIES = frozenset(
 # Routes that never touch the database, hence never answer 503.
 _NO_STORAGE = frozenset({"/healthz", "/api/v1/openapi.json"})
 _MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# Reads that answer 409 too: an issuer that cannot sign a CRL (expired, or no cRLSign).
-_CONFLICTING_READS = frozenset({("GET", "/api/v1/issuers/{id}/crl")})
+# Reads that answer 409 too: an issuer that cannot sign a CRL (expired, or no cRLSign), and
+# one whose stored certificate or chain cannot be read (changed in the database outside
+# certctl), for its CRL and its certificate routes alike.
+_CONFLICTING_READS = frozenset(
+    {
+        ("GET", "/api/v1/issuers/{id}/crl"),
+        ("GET", "/api/v1/issuers/{id}/ca.pem"),
+        ("GET", "/api/v1/issuers/{id}/ca.der"),
+    }
+)
 
 
 def _problems(route: ApiRoute) -> list[str]:
