@@ -20,6 +20,16 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+# Tests that take a minute or so on a busy machine, started first: handed out in collection
+# order they came near the end, and two cores waited on one of them for the run to finish.
+_LONG_FIRST = ("tests/bench/", "tests/e2e/test_schemathesis.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move the _LONG_FIRST tests to the front; the rest keep their order (a stable sort)."""
+    items.sort(key=lambda item: not item.nodeid.startswith(_LONG_FIRST))
+
+
 # Test directories whose tests must run in one process, one after another: the reliability
 # tests fill a ledger of every secret they used, which tests/reliability/test_secret_hygiene.py
 # (ordered last) then looks for in their logs and databases.
