@@ -5,6 +5,7 @@
     CertctlError          500  exit 1
     ├── InvalidRequest    400  bad CSR, SAN, duration; profile rule broken
     │   ├── WeakKey             key type or size below policy
+    │   ├── BlockedKey          key of a certificate or issuer revoked for a compromise
     │   ├── BadSignature        CSR or certificate signature does not verify
     │   ├── WrongPassword       a key or PKCS#12 file does not open with the password given
     │   └── PasswordRequired    a key or PKCS#12 file is encrypted and no password was given
@@ -33,6 +34,7 @@ from typing import Self
 __all__ = [
     "AcmeError",
     "BadSignature",
+    "BlockedKey",
     "CertctlError",
     "Conflict",
     "InvalidRequest",
@@ -87,6 +89,14 @@ class InvalidRequest(CertctlError):
 
 class WeakKey(InvalidRequest):
     """A key's algorithm or size is below policy (RSA < 2048, DSA, unknown curve)."""
+
+
+class BlockedKey(InvalidRequest):
+    """A key certctl certifies no more: a certificate or issuer of it was revoked for a compromise.
+
+    Apart from ``WeakKey``: the ACME server answers it ``badPublicKey`` (RFC 8555 6.7), as
+    Let's Encrypt's Boulder answers a key in its blockedKeys table, not ``badCSR``.
+    """
 
 
 class BadSignature(InvalidRequest):

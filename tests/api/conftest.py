@@ -44,6 +44,7 @@ from certctl.store.models import (
     Actor,
     ApiKey,
     AuditEvent,
+    BlockedKey,
     CertificateRecord,
     Issuer,
     ManagedService,
@@ -82,6 +83,7 @@ TABLES = {
     "acme_challenges": AcmeChallenge,
     "acme_nonces": AcmeNonce,
     "acme_eab_keys": AcmeEabKey,  # migration 0028
+    "blocked_keys": BlockedKey,  # migration 0033: a refused issuance adds no row either
 }
 PROBLEM_TYPE = "application/problem+json"
 

@@ -431,3 +431,15 @@ def test_0032_adds_the_accounts_deactivation_time_to_a_postgresql_store_and_take
         check_0032(engine)
     finally:
         engine.dispose()
+
+
+def test_0033_adds_the_blocked_keys_to_a_postgresql_store_and_takes_them_back(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    from tests.unit.store.test_blocked_keys_migration import check_0033
+
+    engine = db.create_store_engine(postgres_cluster.url(postgres_cluster.create_database()))
+    try:
+        check_0033(engine)
+    finally:
+        engine.dispose()

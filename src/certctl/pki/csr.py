@@ -150,6 +150,7 @@ def sign_csr(
     ca_issuers_urls: Sequence[str] = (),
     ocsp_urls: Sequence[str] = (),
     subject: x509.Name | None = None,
+    spki_der: bytes | None = None,
 ) -> IssuedCertificate:
     """Issue a certificate for a verified CSR; only its subject and SANs carry over.
 
@@ -160,7 +161,8 @@ def sign_csr(
     the CSR's key when the caller has it already (``load_csr_with_key``). ``max_names``
     caps the SANs of each type (DNS, IP, email, URI) the CSR may ask for. ``crl_urls``,
     ``ca_issuers_urls``, ``ocsp_urls``: see ``CertificateAuthority.issue``. ``subject``
-    replaces the CSR's (ACME keeps only what the account proved).
+    replaces the CSR's (ACME keeps only what the account proved). ``spki_der``: that key's
+    SubjectPublicKeyInfo DER, if the caller has it (see ``CertificateAuthority.issue``).
 
     Raises:
         BadSignature: the CSR's signature does not verify.
@@ -195,6 +197,7 @@ def sign_csr(
         ca_issuers_urls=ca_issuers_urls,
         ocsp_urls=ocsp_urls,
         name_hint=_CSR_HINT,
+        spki_der=spki_der,
     )
     notes = []
     if ignored:

@@ -222,6 +222,7 @@ class CertificateAuthority:
         ca_issuers_urls: Sequence[str] = (),
         ocsp_urls: Sequence[str] = (),
         name_hint: NameHint | None = GENERIC_HINT,
+        spki_der: bytes | None = None,
     ) -> IssuedCertificate:
         """Sign a certificate for ``public_key``; the profile decides every extension.
 
@@ -250,6 +251,8 @@ class CertificateAuthority:
                 none), so neither that warning nor the one about a server certificate
                 naming no host is given: they were when the names were chosen, and their
                 advice cannot be followed here.
+            spki_der: ``public_key``'s SubjectPublicKeyInfo DER, when the caller has it (the
+                blocked-key check hashed it): encoding it again costs ~4 µs an issuance.
 
         Raises:
             WeakKey: the key is below policy.
@@ -330,7 +333,7 @@ class CertificateAuthority:
                 )
         template = self._template
         if template is not None:
-            spki = spki_of(public_key)
+            spki = spki_of(public_key) if spki_der is None else spki_der
             head, tail = self._profile_extensions(profile, isinstance(public_key, rsa.RSAPublicKey))
             extensions = [*head, subject_key_identifier(spki), *tail]
             if sans:

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
-from certctl.errors import Conflict, InvalidRequest, NotFound
+from certctl.errors import BlockedKey, Conflict, InvalidRequest, NotFound
 from certctl.metrics.registry import ISSUANCE, ISSUANCE_DURATION, RENEWALS, REVOCATIONS
 from certctl.pki import (
     KeyType,
@@ -43,7 +43,9 @@ from certctl.pki import (
 from certctl.pki.dn_display import stored_dn_search
 from certctl.pki.issue import BACKDATE
 from certctl.pki.subject_alt_names import SAN_KINDS, san_search_forms
+from certctl.pki.template import spki_of
 from certctl.services.audit import event_values, record
+from certctl.services.blocked_keys import block_key, check_key_unblocked
 from certctl.services.certificate_cache import certificate_cache
 from certctl.services.certificate_import import IMPORTED_PROFILE
 from certctl.services.context import IssuerRevocation, Principal, Services, connected
@@ -428,6 +430,22 @@ def _revoke_key(
         # fall back to them as for any other reason.
         _hand_over(connection, row)
 
+    try:
+        key_der = _public_key_der(row.certificate_pem)
+    except ValueError:
+        key_der = None  # a PEM edited in the database: no key to block (its CRL lists it)
+    if key_der is not None:
+        # In this transaction: the key is refused from the commit on, whatever certifies
+        # it next (a CSR of it, another certificate's renewal, an ACME order).
+        block_key(
+            connection,
+            key_der,
+            at=now,
+            reason="keyCompromise",
+            actor=caller.actor_id,
+            certificate_id=row.id,
+        )
+
     def detail(cert_id: str) -> str:
         said = "" if cert_id == row.id else f"same key as {row.id}"
         before = changed[cert_id]
@@ -754,12 +772,24 @@ def renew_certificate(
         ISSUANCE.labels(old.issuer_id, "error").inc()  # refused by the issuer, as prepare_*
         raise
     key_pem: bytes | None = None
+    spki: bytes | None = None  # the kept key's, once checked
     if old.wrapped_key is not None:
         key = generate_private_key(KeyType(key_type_of(old_cert.public_key())))
         public_key = key.public_key()
         key_pem = key_to_pem(key)
     else:
         public_key = old_cert.public_key()  # type: ignore[assignment]
+        try:
+            # The requester's key again: refused once blocked (revoked for keyCompromise
+            # with another certificate of it). 409, as the revoked certificate's own renewal:
+            # the request is right, the stored key's state refuses it.
+            spki = spki_of(public_key)
+            check_key_unblocked(services, spki)
+        except BlockedKey as exc:
+            RENEWALS.labels("error").inc()
+            ISSUANCE.labels(old.issuer_id, "error").inc()
+            detail = f"certificate {cert_id} cannot be renewed with its key: {exc.detail}"
+            raise Conflict(detail) from None
     try:
         issued = ca.issue(
             public_key,
@@ -774,6 +804,7 @@ def renew_certificate(
             # The names are the predecessor's, and a renewal takes none: the warnings about
             # them were given at issuance, with advice this call cannot follow.
             name_hint=None,
+            spki_der=spki,
         )
     except InvalidRequest:
         RENEWALS.labels("error").inc()

@@ -31,7 +31,9 @@ from certctl.pki import (
 )
 from certctl.pki.issue import IssuedCertificate, NameHint
 from certctl.pki.profiles import Profile
+from certctl.pki.template import spki_of
 from certctl.services.audit import event_values
+from certctl.services.blocked_keys import check_key_unblocked
 from certctl.services.context import Principal, Services
 from certctl.services.issuers import (
     DEFAULT_ISSUER,
@@ -250,6 +252,8 @@ def prepare_from_csr(
         check_unexpired(ca, issuer_id, now)
         check_unrevoked(revoked, issuer_id)
         csr, public_key = load_csr_with_key(csr_pem.encode())  # verifies the signature
+        spki = spki_of(public_key)
+        check_key_unblocked(services, spki)  # BlockedKey: a 400
         issued = sign_csr(
             ca,
             csr,
@@ -263,6 +267,7 @@ def prepare_from_csr(
             ca_issuers_urls=services.ca_issuers_urls(issuer_id),
             ocsp_urls=services.ocsp_urls(issuer_id),
             subject=subject,
+            spki_der=spki,  # encoded once, for the check and the certificate
         )
     except (InvalidRequest, Conflict):
         _issuance_counter(issuer_id, "error").inc()

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from certctl.errors import Conflict, NotFound
 from certctl.metrics.registry import REVOCATIONS
 from certctl.services.audit import record
+from certctl.services.blocked_keys import block_key
 from certctl.services.context import Principal, Services
 from certctl.services.issuers import ISSUERS, MANAGED_ISSUER_PREFIX, stored_certificates
 from certctl.services.revocation import (
@@ -108,6 +109,17 @@ def revoke_issuer(
                 before = _upgrade_to_key_compromise(session, issuer_id, reason)
         # A compromise is stored as its reason now (else a 409 above).
         revoked_twins = _revoke_twins(session, twins, reason, now)
+        if reason in COMPROMISE:
+            # Its key certifies nothing more: no leaf from a CSR of it (blocked_keys), in
+            # this transaction. The twins hold the same key: one row.
+            block_key(
+                session.connection(),
+                spki(cert),
+                at=now,
+                reason=reason,
+                actor=caller.actor_id,
+                issuer_id=issuer_id,
+            )
         detail = reason
         if before is not None:  # worded as for a certificate's (_revoke_key)
             detail = f"{reason} (reason was {before}, revocation date kept)"

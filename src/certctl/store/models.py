@@ -32,6 +32,7 @@ __all__ = [
     "ApiKey",
     "AuditEvent",
     "Base",
+    "BlockedKey",
     "CertificateRecord",
     "Issuer",
     "IssuerCrl",
@@ -411,3 +412,25 @@ class AcmeEabKey(Base):
     )
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class BlockedKey(Base):
+    """A public key certctl certifies no more (migration 0033), as Let's Encrypt's blockedKeys.
+
+    Added by every revocation that says the key is compromised, in its transaction: a
+    certificate's keyCompromise, an issuer's keyCompromise or cACompromise. Revoking the
+    certificates of a key leaves the key itself free to be certified again (a CSR of it
+    submitted anew, a renewal of another certificate of it); this row refuses that.
+    """
+
+    __tablename__ = "blocked_keys"
+
+    # SHA-256 of the SubjectPublicKeyInfo DER, in hex: what
+    # ``openssl pkey -pubin -outform DER | sha256sum`` prints, for an operator's query.
+    key_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    blocked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(String(40))
+    # What was revoked: one of the two (the first revocation of the key; later ones add none).
+    certificate_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    issuer_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    blocked_by: Mapped[str] = mapped_column(Text)  # the revoking actor, as audit_events.actor
