@@ -25,7 +25,14 @@ from cryptography.hazmat.primitives import serialization
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from certctl.errors import AcmeError, Conflict, InvalidRequest, NotFound, PermissionDenied
+from certctl.errors import (
+    AcmeError,
+    BlockedKey,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+)
 from certctl.hosts import is_ip
 from certctl.metrics.registry import RENEWALS
 from certctl.pki.dns_names import validate_dns_name
@@ -1338,7 +1345,8 @@ def finalize_order(
     names it, and the replaced one's ``renewed_by`` the new one (the latest renewal wins).
 
     Raises:
-        AcmeError: orderNotReady, badCSR, 404 malformed for another account's order.
+        AcmeError: orderNotReady, badCSR, badPublicKey (a key revoked for keyCompromise), 404
+            malformed for another account's order.
     """
     from certctl.pki.jose import b64url_decode
 
@@ -1403,6 +1411,10 @@ def finalize_order(
         )
     except PermissionDenied as exc:  # certctl's own server names under its CA
         raise AcmeError(exc.detail, "rejectedIdentifier", 403) from None
+    except BlockedKey as exc:
+        # RFC 8555 6.7's badPublicKey, as Boulder answers a key of its blockedKeys; the
+        # order stays ready, as for a bad CSR: finalize again with a CSR of a new key.
+        raise AcmeError(exc.detail, "badPublicKey") from None
     except InvalidRequest as exc:  # the signature, a weak key, a name the profile refuses
         raise AcmeError(exc.detail, "badCSR") from None
     except Conflict as exc:  # the issuer expired or was revoked: nothing the client can fix
