@@ -85,3 +85,25 @@ def test_a_key_revoked_for_another_reason_is_certified_again(acme_on: Acme) -> N
     _issue_and_revoke(acme_on, acme_client, key, 4)  # superseded
     done = _finalize(acme_client, _ready_order(acme_on, acme_client), key)
     assert done.body.status == messages.STATUS_VALID
+
+
+def test_an_operators_deactivation_revoking_for_key_compromise_blocks_the_keys(
+    acme_on: Acme,
+) -> None:
+    api = acme_on.api
+    holder = acme_on.client()
+    regr = acme_on.register(holder)
+    key = ec.generate_private_key(ec.SECP256R1())
+    _finalize(holder, _ready_order(acme_on, holder), key)
+    url = f"/api/v1/acme/accounts/{regr.uri.rsplit('/', 1)[1]}/deactivate"
+    body = {"revoke_certificates": True, "reason": "keyCompromise"}
+    r = api.post(url, api.admin_key, json=body)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["revoked_certificates"]) == 1
+    other = acme_on.client()
+    acme_on.register(other)
+    order = _ready_order(acme_on, other)
+    with pytest.raises(messages.Error) as info:
+        _finalize(other, order, key)
+    assert info.value.typ == ERR + "badPublicKey"
+    assert other._post_as_get(order.uri).json()["status"] == "ready"
