@@ -108,6 +108,7 @@ def test_custom_role_crud(api: Api) -> None:
         "name": "Deployer",
         "permissions": ["cert.issue", "cert.read"],
         "builtin": False,
+        "constraints": None,
     }
     assert api.get(f"{ROLES}/deployer", api.admin_key).json() == created.json()
     assert "deployer" in {r["id"] for r in api.get(ROLES, api.admin_key).json()["items"]}

@@ -443,3 +443,15 @@ def test_0033_adds_the_blocked_keys_to_a_postgresql_store_and_takes_them_back(
         check_0033(engine)
     finally:
         engine.dispose()
+
+
+def test_0034_adds_the_role_constraints_to_a_postgresql_store_and_takes_them_back(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    from tests.unit.store.test_role_constraints_migration import check_0034
+
+    engine = db.create_store_engine(postgres_cluster.url(postgres_cluster.create_database()))
+    try:
+        check_0034(engine)
+    finally:
+        engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -102,6 +103,7 @@ def _role_json(role: Role) -> dict[str, Any]:
         "name": role.name,
         "permissions": role.permissions,
         "builtin": role.builtin,
+        "constraints": role.constraints,
     }
 
 
@@ -121,22 +123,34 @@ async def get_role(request: Request, principal: Principal | None) -> Response:
 async def create_role(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.RoleCreate)
     services, caller = _services(request), _caller(principal)
+    constraints = body.constraints.stored() if body.constraints is not None else None
     role = await in_write_thread(
-        request, roles.create_role, services, caller, body.id, body.name, body.permissions
+        request,
+        roles.create_role,
+        services,
+        caller,
+        body.id,
+        body.name,
+        body.permissions,
+        constraints,
     )
     return _created(_role_json(role), "/api/v1/auth/roles", role.id)
 
 
 async def update_role(request: Request, principal: Principal | None) -> Response:
     body = await _body(request, schemas.RoleUpdate)
+    constraints = body.constraints.stored() if body.constraints is not None else None
     role = await in_write_thread(
         request,
-        roles.update_role,
+        functools.partial(
+            roles.update_role, set_constraints="constraints" in body.model_fields_set
+        ),
         _services(request),
         _caller(principal),
         request.path_params["id"],
         body.name,
         body.permissions,
+        constraints,
     )
     return _json(_role_json(role))
 

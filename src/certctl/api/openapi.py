@@ -170,7 +170,24 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
     ),
     "PermissionList": _object({"items": _STRS, "next_cursor": {"type": "null"}}),
     "Role": _object(
-        {"id": _STR, "name": _STR, "permissions": _STRS, "builtin": {"type": "boolean"}}
+        {
+            "id": _STR,
+            "name": _STR,
+            "permissions": _STRS,
+            "builtin": {"type": "boolean"},
+            # What the role's cert.issue may issue; null: unrestricted (on an axis or whole).
+            "constraints": {
+                "oneOf": [
+                    {"type": "null"},
+                    _object(
+                        {
+                            "issuers": {"type": ["array", "null"], "items": _STR},
+                            "names": {"type": ["array", "null"], "items": _STR},
+                        }
+                    ),
+                ]
+            },
+        }
     ),
     "RoleList": _page("Role"),
     "Actor": _object({"id": _STR, "name": _STR, "roles": _STRS, "created_at": _TIME}),

@@ -39,6 +39,7 @@ __all__ = [
     "CertificateRevoke",
     "IssuerCreate",
     "IssuerRevoke",
+    "RoleConstraints",
     "RoleCreate",
     "RoleUpdate",
     "apikey_json",
@@ -100,19 +101,42 @@ _Id = Annotated[
 _DURATION: JsonDict = {"pattern": DURATION_PATTERN, "examples": ["90D", "8760h", "1Y6M"]}
 
 
+class RoleConstraints(_Body):
+    """What a role's ``cert.issue`` may issue; an axis left out or null: no limit on it."""
+
+    issuers: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        default=None,
+        max_length=100,
+        description="issuer ids the role issues from (not empty)",
+    )
+    names: list[Annotated[str, Field(max_length=260)]] | None = Field(
+        default=None,
+        max_length=100,
+        description="name patterns every DNS/IP SAN and a name-like CN must match (not "
+        "empty): app.example.internal, *.apps.example.internal (any name below, wildcards "
+        "too), an IP address or a network (10.0.0.0/8, fd00::/8)",
+    )
+
+    def stored(self) -> dict[str, list[str] | None]:
+        """The constraints as ``services.roles`` takes them."""
+        return {"issuers": self.issuers, "names": self.names}
+
+
 class RoleCreate(_Body):
     """``POST /api/v1/auth/roles``."""
 
     id: _Id
     name: str = Field(default="", max_length=200)
     permissions: list[_Permission] = Field(default_factory=list, max_length=100)
+    constraints: RoleConstraints | None = None
 
 
 class RoleUpdate(_Body):
-    """``PUT /api/v1/auth/roles/{id}``."""
+    """``PUT /api/v1/auth/roles/{id}``; ``constraints`` left out: kept, null: taken away."""
 
     name: str | None = Field(default=None, max_length=200)
     permissions: list[_Permission] | None = Field(default=None, max_length=100)
+    constraints: RoleConstraints | None = None
 
 
 class ActorCreate(_Body):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import ipaddress
 import os
@@ -373,35 +372,9 @@ class AcmeConfig(_Section):
         # name, or "*." and one (any name below it, one label or more). Kept lower-case
         # A-labels, as orders' names are compared. An IP address or a network (CIDR) allows
         # IP identifiers (RFC 8738) in it, kept in Python's canonical spelling.
-        from certctl.pki.dns_names import validate_dns_name
+        from certctl.pki.name_patterns import checked_pattern
 
-        checked = []
-        for pattern in value:
-            if "/" in pattern or ":" in pattern:
-                try:
-                    network = ipaddress.ip_network(pattern, strict=True)
-                except ValueError as exc:
-                    raise ValueError(
-                        f"{pattern[:60]}: expected an IP address, or a network (CIDR) with no "
-                        f"host bits set ({exc})"
-                    ) from None
-                single = network.prefixlen == network.max_prefixlen
-                checked.append(str(network.network_address) if single else str(network))
-                continue
-            with contextlib.suppress(ValueError):
-                checked.append(str(ipaddress.ip_address(pattern)))
-                continue
-            if re.fullmatch(r"[0-9.]+", pattern):
-                raise ValueError(
-                    f"{pattern[:60]}: not an IPv4 address (dotted decimal, no leading zeros)"
-                )
-            wildcard = pattern.startswith("*.")
-            try:
-                name = validate_dns_name(pattern[2:] if wildcard else pattern, allow_wildcard=False)
-            except InvalidRequest as exc:
-                raise ValueError(exc.detail) from None
-            checked.append(f"*.{name}" if wildcard else name)
-        return checked
+        return [checked_pattern(pattern) for pattern in value]
 
     @field_validator("dns_resolvers")
     @classmethod

@@ -37,6 +37,7 @@ from certctl.hosts import is_ip
 from certctl.metrics.registry import RENEWALS
 from certctl.pki.dns_names import validate_dns_name
 from certctl.pki.jose import JwsPublicKey, jwk_of, load_jwk, thumbprint
+from certctl.pki.name_patterns import name_allowed
 from certctl.services.acme_accounts import cut_off, hold_valid
 from certctl.services.acme_eab import bind, checked_binding
 from certctl.services.acme_renewal_info import (
@@ -627,38 +628,6 @@ class OrderView:
     replaces: str | None = None
 
 
-def _allowed(name: str, patterns: tuple[str, ...], ip: bool = False) -> bool:
-    if not patterns:
-        return True
-    if ip:
-        # Only an address or network pattern allows an IP identifier, and only an IP one: a
-        # name pattern never matches an address, nor an address pattern a name.
-        address = ipaddress.ip_address(name)
-        for pattern in patterns:
-            if "/" in pattern or ":" in pattern or pattern[:1].isdigit():
-                try:
-                    network = ipaddress.ip_network(pattern)
-                except ValueError:
-                    continue  # a DNS name that starts with a digit
-                if address.version == network.version and address in network:
-                    return True
-        return False
-    if name.startswith("*."):
-        # A wildcard stands for every name one label below its base: it is allowed when each
-        # of them is, i.e. by a "*." pattern at or above its base ("*.example.com" allows
-        # "*.example.com" and "*.a.example.com"). A plain pattern names one host: neither
-        # "example.com" nor "www.example.com" allows "*.example.com".
-        base = name[2:]
-        return any(p.startswith("*.") and (base == p[2:] or base.endswith(p[1:])) for p in patterns)
-    for pattern in patterns:
-        if pattern.startswith("*."):
-            if name.endswith(pattern[1:]):  # one label or more below it
-                return True
-        elif name == pattern:
-            return True
-    return False
-
-
 def _checked_ip(value: str) -> str:
     """``value`` when it is an IP address as RFC 8738 3 writes one, else the refusal."""
     try:
@@ -709,7 +678,7 @@ def _checked_identifiers(payload: dict[str, Any], settings: AcmeSettings) -> lis
             raise AcmeError(shape)
         if kind == "ip":
             address = _checked_ip(value)
-            if not _allowed(address, settings.allowed_names, ip=True):
+            if not name_allowed(address, settings.allowed_names, ip=True):
                 raise AcmeError(
                     f"{address}: not among the addresses this server issues for "
                     "(acme.allowed-names: add the address or a network holding it)",
@@ -741,7 +710,7 @@ def _checked_identifiers(payload: dict[str, Any], settings: AcmeSettings) -> lis
                 f" ({name})",
                 "rejectedIdentifier",
             )
-        if not _allowed(name, settings.allowed_names):
+        if not name_allowed(name, settings.allowed_names):
             raise AcmeError(
                 f"{name}: not among the names this server issues for (acme.allowed-names)",
                 "rejectedIdentifier",
@@ -1362,7 +1331,7 @@ def finalize_order(
     refused = [
         n
         for n in view.identifiers
-        if not _allowed(n, settings.allowed_names, ip=n in view.ip_identifiers)
+        if not name_allowed(n, settings.allowed_names, ip=n in view.ip_identifiers)
     ]
     if refused:
         # acme.allowed-names narrowed since the order was made: it holds at issuance too.

@@ -5,7 +5,8 @@ from __future__ import annotations
 from sqlalchemy import Connection, bindparam, select
 
 from certctl.auth.permissions import BUILTIN_ROLES, PERMISSIONS
-from certctl.errors import Conflict
+from certctl.errors import Conflict, InvalidRequest
+from certctl.pki.name_patterns import checked_pattern
 from certctl.services.access_rules import (
     ACTOR_READ,
     check_id,
@@ -21,6 +22,9 @@ from certctl.store.db import AUTH_LOCK, lock_for_write
 from certctl.store.models import Actor, Role
 
 __all__ = [
+    "CONSTRAINT_AXES",
+    "check_constraints",
+    "constrained",
     "create_role",
     "delete_role",
     "ensure_builtin_roles",
@@ -39,6 +43,50 @@ def _check_permissions(permissions: list[str]) -> list[str]:
         # The refusal says the names: the closest to a typo, else all of them (23, one line).
         raise unknown_names("permission", unknown, sorted(PERMISSIONS))
     return sorted(set(permissions))
+
+
+# What a role's constraints may limit (its cert.issue): the issuers and the names.
+CONSTRAINT_AXES = ("issuers", "names")
+
+
+def check_constraints(
+    constraints: dict[str, list[str] | None] | None,
+) -> dict[str, list[str] | None] | None:
+    """``constraints`` as stored: each axis sorted and canonical, None when nothing is limited.
+
+    Raises:
+        InvalidRequest: an unknown key, an empty list (it would allow nothing: leave the axis
+            out, or take ``cert.issue`` from the role), a bad issuer id or name pattern.
+    """
+    if constraints is None:
+        return None
+    unknown = sorted(set(constraints) - set(CONSTRAINT_AXES))
+    if unknown:
+        raise InvalidRequest(
+            f"constraints: unknown key(s) {', '.join(unknown)}; known: issuers, names"
+        )
+    issuers, names = constraints.get("issuers"), constraints.get("names")
+    for axis, values in (("issuers", issuers), ("names", names)):
+        if values is not None and not values:
+            raise InvalidRequest(
+                f"constraints.{axis}: an empty list allows nothing; leave it out (or null) "
+                "for no limit"
+            )
+    if issuers is None and names is None:
+        return None
+    checked_names = None
+    if names is not None:
+        checked_names = []
+        for pattern in names:
+            try:
+                checked_names.append(checked_pattern(pattern))
+            except ValueError as exc:
+                raise InvalidRequest(f"constraints.names: {exc}") from None
+        checked_names = sorted(set(checked_names))
+    checked_issuers = None
+    if issuers is not None:
+        checked_issuers = sorted({check_id(i, "issuer") for i in issuers})
+    return {"issuers": checked_issuers, "names": checked_names}
 
 
 def ensure_builtin_roles(services: Services) -> None:
@@ -165,24 +213,48 @@ def _held(role: Role | None) -> frozenset[str] | None:
 
 
 def create_role(
-    services: Services, caller: Principal, role_id: str, name: str, permissions: list[str]
+    services: Services,
+    caller: Principal,
+    role_id: str,
+    name: str,
+    permissions: list[str],
+    constraints: dict[str, list[str] | None] | None = None,
 ) -> Role:
     """Create a custom role holding only permissions the caller holds."""
     caller.require("auth.role.create")
     check_id(role_id, "role")
     check_name(name)
     perms = _check_permissions(permissions)
+    limits = check_constraints(constraints)
     no_escalation(caller, set(perms), "create this role")
     now = services.clock()
     with services.sessions.begin() as session:
         if session.get(Role, role_id) is not None:
             raise Conflict(f"role {role_id} already exists")
         role = Role(
-            id=role_id, name=name or role_id, permissions=perms, builtin=False, created_at=now
+            id=role_id,
+            name=name or role_id,
+            permissions=perms,
+            builtin=False,
+            created_at=now,
+            constraints=limits,
         )
         session.add(role)
-        record_call(session, caller, now, "role.create", role_id, granted("permissions", perms))
+        detail = granted("permissions", perms)
+        if limits is not None:
+            detail += f"; {constrained(limits)}"
+        record_call(session, caller, now, "role.create", role_id, detail)
     return role
+
+
+def constrained(limits: dict[str, list[str] | None] | None) -> str:
+    """Audit detail of a role's constraints."""
+    if limits is None:
+        return "constraints: none"
+    shown = [
+        f"{axis} {', '.join(values)}" for axis in CONSTRAINT_AXES if (values := limits.get(axis))
+    ]
+    return f"constraints: {'; '.join(shown)}"
 
 
 def update_role(
@@ -191,10 +263,18 @@ def update_role(
     role_id: str,
     name: str | None,
     permissions: list[str] | None,
+    constraints: dict[str, list[str] | None] | None = None,
+    *,
+    set_constraints: bool = False,
 ) -> Role:
-    """Change a custom role; built-in roles are immutable."""
+    """Change a custom role; built-in roles are immutable.
+
+    ``set_constraints``: replace the role's constraints with ``constraints`` (None: take them
+    away); otherwise they stay as they are.
+    """
     caller.require("auth.role.edit")
     check_name(name)
+    limits = check_constraints(constraints) if set_constraints else None
     now = services.clock()
     with services.sessions.begin() as session:
         # delete_role takes this lock too: a role deleted by another worker or replica
@@ -220,6 +300,9 @@ def update_role(
             no_escalation(caller, set(perms), "edit this role")
             role.permissions = perms
             changes.append(granted("permissions", perms))
+        if set_constraints:
+            role.constraints = limits
+            changes.append(constrained(limits))
         if name is not None:
             role.name = name
             changes.append("renamed")

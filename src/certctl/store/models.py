@@ -178,6 +178,9 @@ class Role(Base):
     permissions: Mapped[list[str]] = mapped_column(JSON)
     builtin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # What its cert.issue may issue (0034): {"issuers": [ids] | None, "names": [patterns] |
+    # None}, None on an axis or as a whole: unrestricted.
+    constraints: Mapped[dict[str, list[str] | None] | None] = mapped_column(JSON, nullable=True)
 
 
 class Actor(Base):
