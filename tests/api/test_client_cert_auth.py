@@ -802,3 +802,18 @@ def test_an_imported_client_certificate_keeps_its_mapped_roles_and_is_revocable(
     r = api.post(f"/api/v1/certificates/{cert_id}/revoke", api.admin_key, json={})
     assert r.status_code == 200, r.text
     assert assert_problem(mtls.whoami(), 401)["detail"] == "client certificate revoked"
+
+
+def test_a_mapped_roles_constraints_limit_what_the_certificate_issues(mtls: Mtls) -> None:
+    # The roles a mapping gives are roles as an API key's are: their constraints hold.
+    api = mtls.api
+    mine = _client_cert(api, "team-a-ci")
+    mtls.present(mine["certificate_pem"], "default")
+    body = {"permissions": ["cert.issue"], "constraints": {"names": ["*.team-a.example.internal"]}}
+    r = api.request("PUT", "/api/v1/auth/roles/r-mtls", api.admin_key, json=body)
+    assert r.status_code == 200, r.text
+    issue = {"common_name": "web.team-a.example.internal"}
+    assert mtls.client.post("/api/v1/certificates", json=issue).status_code == 201
+    r = mtls.client.post("/api/v1/certificates", json={"common_name": "db.example.com"})
+    detail = assert_problem(r, 403)["detail"]
+    assert detail.startswith("db.example.com: not allowed by the constraints of role(s) r-mtls")

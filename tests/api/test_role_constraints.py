@@ -79,3 +79,146 @@ def test_builtin_roles_take_no_constraints(api: Api) -> None:
     r = api.request("PUT", f"{ROLES}/r-operator", api.admin_key, json={"constraints": TEAM_A})
     assert "built in" in assert_problem(r, 409)["detail"]
     assert api.get(f"{ROLES}/r-operator", api.admin_key).json()["constraints"] is None
+
+
+CERTS = "/api/v1/certificates"
+
+
+def _csr(cn: str, dns: list[str], ip: list[str] = ()) -> str:  # type: ignore[assignment]
+    from cryptography.hazmat.primitives import serialization
+
+    from certctl.pki import KeyType, SubjectAltNames, common_name_dn, create_csr
+    from certctl.pki import generate_private_key as new_key
+
+    csr = create_csr(new_key(KeyType.EC_P256), common_name_dn(cn), SubjectAltNames.parse(dns, ip))
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _team_a(api: Api, constraints: dict[str, Any] | None = None) -> str:
+    """An actor holding role team-a (cert.issue and cert.read, limited): its key."""
+    r = api.post(
+        ROLES,
+        api.admin_key,
+        json={
+            "id": "team-a",
+            "permissions": ["cert.issue", "cert.read"],
+            "constraints": constraints or TEAM_A,
+        },
+    )
+    assert r.status_code == 201, r.text
+    return api.actor_key("ci-a", ["team-a"])
+
+
+def _refused(api: Api, key: str, body: dict[str, Any], fragment: str, path: str = CERTS) -> None:
+    before = api.counts()
+    detail = assert_problem(api.post(path, key, json=body), 403)["detail"]
+    assert detail.startswith(fragment), detail
+    assert "role(s) team-a" in detail
+    api.assert_only_denials_audited(before, 1)
+    assert api.audit()[0]["action"] == "certificate.issue"
+
+
+def test_a_constrained_role_issues_its_names_from_its_issuers_only(api: Api) -> None:
+    assert api.post("/api/v1/issuers", api.admin_key, json={"id": "other-ca"}).status_code == 201
+    key = _team_a(api)
+    # Allowed: names below the pattern (a wildcard too), an address in the network, a CN
+    # that is no name; a CSR's names as a key made here.
+    api.issue(key, common_name="web.team-a.example.internal", ip_addresses=["10.1.2.3"])
+    api.issue(key, common_name="Team A web", dns_names=["*.web.team-a.example.internal"])
+    csr = _csr("api.team-a.example.internal", ["api.team-a.example.internal"], ["10.1.0.9"])
+    assert api.post(CERTS, key, json={"issuer": "default", "csr": csr}).status_code == 201
+    # Refused: the first name or issuer no role allows, with the roles considered.
+    _refused(
+        api,
+        key,
+        {"common_name": "db.team-b.example.internal"},
+        "db.team-b.example.internal: not allowed",
+    )
+    body = {
+        "common_name": "web.team-a.example.internal",
+        "dns_names": ["x.team-a.example.internal", "team-a.example.internal"],
+    }
+    _refused(api, key, body, "team-a.example.internal: not allowed")
+    _refused(
+        api,
+        key,
+        {"common_name": "a.team-a.example.internal", "ip_addresses": ["10.2.0.1"]},
+        "10.2.0.1: not allowed",
+    )
+    _refused(
+        api,
+        key,
+        {"issuer": "other-ca", "common_name": "a.team-a.example.internal"},
+        "issuer other-ca: not allowed",
+    )
+    _refused(
+        api,
+        key,
+        {"common_name": "a.team-a.example.internal", "uris": ["spiffe://team-a/x"]},
+        "spiffe://team-a/x (an e-mail or URI SAN",
+    )
+    csr = _csr("ok.team-a.example.internal", ["ok.team-a.example.internal", "evil.example.com"])
+    _refused(api, key, {"issuer": "default", "csr": csr}, "evil.example.com: not allowed")
+    # Renewing: its own certificates, not another team's.
+    mine = api.issue(key, common_name="r.team-a.example.internal")
+    r = api.post(f"{CERTS}/{mine['id']}/renew", key, json={})
+    assert r.status_code == 201, r.text
+    theirs = api.issue(common_name="db.team-b.example.internal")
+    _refused(
+        api, key, {}, "db.team-b.example.internal: not allowed", f"{CERTS}/{theirs['id']}/renew"
+    )
+
+
+def test_one_role_must_allow_the_whole_request_and_an_unconstrained_one_allows_all(
+    api: Api,
+) -> None:
+    key = _team_a(api, {"names": ["*.team-a.example.internal"]})
+    api.create_role("team-b", ["cert.issue"])
+    r = api.request(
+        "PUT",
+        f"{ROLES}/team-b",
+        api.admin_key,
+        json={"constraints": {"names": ["*.team-b.example.internal"]}},
+    )
+    assert r.status_code == 200, r.text
+    r = api.request(
+        "PATCH", "/api/v1/auth/actors/ci-a", api.admin_key, json={"roles": ["team-a", "team-b"]}
+    )
+    assert r.status_code == 200, r.text
+    api.issue(key, common_name="x.team-b.example.internal")
+    api.issue(key, common_name="x.team-a.example.internal")
+    body = {
+        "common_name": "x.team-a.example.internal",
+        "dns_names": ["x.team-a.example.internal", "x.team-b.example.internal"],
+    }
+    detail = assert_problem(api.post(CERTS, key, json=body), 403)["detail"]
+    assert detail.startswith(
+        "x.team-b.example.internal: not allowed by the constraints of role(s) team-a, team-b"
+    )
+    # A role holding cert.issue unconstrained: nothing is checked (r-operator).
+    r = api.request(
+        "PATCH", "/api/v1/auth/actors/ci-a", api.admin_key, json={"roles": ["team-a", "r-operator"]}
+    )
+    assert r.status_code == 200, r.text
+    api.issue(key, **body)
+
+
+def test_a_role_edit_applies_to_the_very_next_request(api: Api) -> None:
+    key = _team_a(api)
+    api.issue(key, common_name="w.team-a.example.internal")  # remembered now
+    api.issue(key, common_name="w.team-a.example.internal")
+    r = api.request(
+        "PUT",
+        f"{ROLES}/team-a",
+        api.admin_key,
+        json={"constraints": {"names": ["*.team-c.example.internal"]}},
+    )
+    assert r.status_code == 200, r.text
+    detail = assert_problem(
+        api.post(CERTS, key, json={"common_name": "w.team-a.example.internal"}), 403
+    )["detail"]
+    assert detail.startswith("w.team-a.example.internal: not allowed")
+    api.issue(key, common_name="w.team-c.example.internal")
+    r = api.request("PUT", f"{ROLES}/team-a", api.admin_key, json={"constraints": None})
+    assert r.status_code == 200, r.text
+    api.issue(key, common_name="w.team-a.example.internal")

@@ -30,8 +30,8 @@ from certctl.errors import TooManyRequests, Unauthenticated
 from certctl.metrics.registry import AUTH_FAILURES
 from certctl.pki import DNPattern
 from certctl.services import audit, certificates, key_authentication, revocation
-from certctl.services.context import Principal, Services, utcnow
-from certctl.services.roles import permissions_of, roles_and_missing
+from certctl.services.context import IssueLimit, Principal, Services, utcnow
+from certctl.services.roles import permissions_of, role_grants
 from certctl.store.db import PoolTimeout, storage_error
 
 if TYPE_CHECKING:
@@ -263,7 +263,7 @@ def audit_failure(services: Services, row: tuple[datetime, str, str, str, str, s
 
 def _client_cert_answer(
     services: Services, tls: dict[str, Any], roles: tuple[str, ...]
-) -> tuple[frozenset[str] | tuple[str, str], tuple[str, ...]]:
+) -> tuple[frozenset[str] | tuple[str, str], tuple[str, ...], tuple[IssueLimit, ...] | None]:
     """What the verified client certificate may do: at most its mapped ``roles``' permissions.
 
     Returns (reason, message) when it may not authenticate at all; with either, those of
@@ -292,9 +292,10 @@ def _client_cert_answer(
 
 def _client_cert_answer_on(
     services: Services, connection: Connection, tls: dict[str, Any], roles: tuple[str, ...]
-) -> tuple[frozenset[str] | tuple[str, str], tuple[str, ...]]:
-    permissions, missing = roles_and_missing(connection, list(roles))
-    return _client_cert_permissions(services, connection, tls, permissions), missing
+) -> tuple[frozenset[str] | tuple[str, str], tuple[str, ...], tuple[IssueLimit, ...] | None]:
+    # The mapped roles' constraints on cert.issue hold for the certificate as for a key.
+    permissions, limits, missing = role_grants(connection, list(roles))
+    return _client_cert_permissions(services, connection, tls, permissions), missing, limits
 
 
 def _client_cert_permissions(
@@ -353,11 +354,17 @@ def _client_cert_from_store(
     services = auth.services
     # Before what it vouches for is read.
     version = key_authentication.credential_generation(services)
-    answer, missing = _client_cert_answer(services, tls, roles)
+    answer, missing, limits = _client_cert_answer(services, tls, roles)
     principal = None
     if not isinstance(answer, tuple):
         principal = Principal(
-            f"cert:{subject}", roles, answer, "client_certificate", source, missing
+            f"cert:{subject}",
+            roles,
+            answer,
+            "client_certificate",
+            source,
+            missing,
+            issue_limits=limits,
         )
     entry = _CachedCertificate(version or 0, roles, answer, principal)
     if version is not None:

@@ -57,6 +57,7 @@ from certctl.services.issuance import (
     check_server_names,
     new_rows,
 )
+from certctl.services.issue_constraints import check_certificate
 from certctl.services.issuers import (
     ISSUERS,
     check_not_managed,
@@ -752,8 +753,13 @@ def renew_certificate(
             "is not renewed here: issue its successor with POST /api/v1/certificates "
             "(its CSR, or a key made here), then revoke it if it is to go"
         )
-    ca, revoked = load_issuer_state(services, check_not_managed(old.issuer_id))
     old_cert = x509.load_pem_x509_certificate(old.certificate_pem.encode())
+    if caller.issue_limits is not None:
+        # A role's constraints hold for a renewal as for an issuance: the successor has the
+        # same issuer and names, which the renewer's roles may not allow (a team renewing
+        # another team's certificate).
+        check_certificate(caller, old.issuer_id, old_cert)
+    ca, revoked = load_issuer_state(services, check_not_managed(old.issuer_id))
     # notBefore is backdated by BACKDATE at issuance: leave it out, or each renewal would
     # lengthen the lifetime by another BACKDATE.
     lifetime = validity or (old.not_after - old.not_before - BACKDATE)

@@ -26,6 +26,7 @@ from certctl.store.keywrap import KeyWrapper
 __all__ = [
     "OCSP_CACHE_SIZE",
     "OCSP_UNKNOWN_SIGNATURES_PER_S",
+    "IssueLimit",
     "IssuerCertificates",
     "IssuerRevocation",
     "LoggedOnce",
@@ -46,6 +47,18 @@ def utcnow() -> datetime:
 
 
 @dataclass(frozen=True)
+class IssueLimit:
+    """What one of a caller's roles holding ``cert.issue`` lets it issue (its constraints).
+
+    None on an axis: any issuer, any name.
+    """
+
+    role: str
+    issuers: frozenset[str] | None
+    names: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
 class Principal:
     """An authenticated caller."""
 
@@ -60,6 +73,10 @@ class Principal:
     # Which credential of the actor authenticated (``apikey <key id>``), for the audit log: an
     # actor holds several keys, and after a leak the question is what one key did.
     credential: str = ""
+    # The constraints of its roles holding cert.issue, one per role, when each has some
+    # (``services.issue_constraints``); None when one holds it unconstrained (or none holds
+    # it): then nothing is checked, and an administrator's issuance costs nothing more.
+    issue_limits: tuple[IssueLimit, ...] | None = None
 
     def require(self, permission: str) -> None:
         """Raise PermissionDenied unless the caller holds ``permission``."""

@@ -35,6 +35,7 @@ from certctl.pki.template import spki_of
 from certctl.services.audit import event_values
 from certctl.services.blocked_keys import check_key_unblocked
 from certctl.services.context import Principal, Services
+from certctl.services.issue_constraints import check_certificate, check_issue, issued_names
 from certctl.services.issuers import (
     DEFAULT_ISSUER,
     check_not_managed,
@@ -244,6 +245,8 @@ def prepare_from_csr(
     (``certificates.record_renewal``).
     """
     caller.require("cert.issue")
+    if caller.issue_limits is not None:  # a role's constraints: the issuer first
+        check_issue(caller, issuer_id)
     started = time.perf_counter()
     prof = _leaf_profile(profile)
     ca, revoked = load_issuer_state(services, check_not_managed(issuer_id))
@@ -272,6 +275,7 @@ def prepare_from_csr(
     except (InvalidRequest, Conflict):
         _issuance_counter(issuer_id, "error").inc()
         raise
+    check_certificate(caller, issuer_id, issued.certificate)  # the names the CSR gave
     check_server_names(services, caller, ca, prof, issued)  # the CSR's key is the caller's
     record, rows = new_rows(
         services, caller, issuer_id, issued, prof.name, None, renewed_from=renewed_from
@@ -524,6 +528,10 @@ def prepare_with_key(
     kt = KeyType.parse(key_type)
     sans = SubjectAltNames.parse(dns=dns_names, ip=ip_addresses, email=email_addresses, uri=uris)
     subject = common_name_dn(common_name) if common_name else x509.Name([])
+    if caller.issue_limits is not None:
+        # A role's constraints, before a key is made: the request's issuer and names are
+        # what the certificate will hold.
+        check_issue(caller, issuer_id, issued_names(subject, sans), (*sans.email, *sans.uri))
     ca, revoked = load_issuer_state(services, check_not_managed(issuer_id))
     now = services.clock()
     try:

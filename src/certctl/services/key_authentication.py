@@ -21,7 +21,7 @@ from certctl.services.credential_counter import (
     SQLiteCounter,
     wal_index,
 )
-from certctl.services.roles import role_union
+from certctl.services.roles import role_grants
 from certctl.store.db import storage_error
 from certctl.store.models import Actor, ApiKey
 
@@ -170,7 +170,7 @@ def api_key_from_store(services: Services, presented: str, source: str) -> Princ
                 held,
             )
         actor_id, roles = row.id, tuple(row.roles)
-        permissions = role_union(connection, list(roles)) if roles else frozenset()
+        permissions, limits, _ = role_grants(connection, list(roles))
         last_used = row.last_used_at
         if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
             try:
@@ -187,7 +187,13 @@ def api_key_from_store(services: Services, presented: str, source: str) -> Princ
                 connection.rollback()
                 log.warning("API key %s: last_used_at not saved: %s", key_id, fault.detail)
     principal = Principal(
-        actor_id, roles, permissions, "api_key", source, credential=f"apikey {key_id}"
+        actor_id,
+        roles,
+        permissions,
+        "api_key",
+        source,
+        credential=f"apikey {key_id}",
+        issue_limits=limits,
     )
     if cache is not None and version is not None and last_used is not None:
         cache.put(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from sqlalchemy import Connection, bindparam, select
 
 from certctl.auth.permissions import BUILTIN_ROLES, PERMISSIONS
@@ -17,7 +19,7 @@ from certctl.services.access_rules import (
     unknown_names,
 )
 from certctl.services.audit import record_call
-from certctl.services.context import Principal, Services
+from certctl.services.context import IssueLimit, Principal, Services
 from certctl.store.db import AUTH_LOCK, lock_for_write
 from certctl.store.models import Actor, Role
 
@@ -28,11 +30,13 @@ __all__ = [
     "create_role",
     "delete_role",
     "ensure_builtin_roles",
+    "grants_of",
+    "issue_limits",
     "permissions_of",
+    "role_grants",
     "role_ids",
     "role_permissions",
     "role_union",
-    "roles_and_missing",
     "update_role",
 ]
 
@@ -45,6 +49,7 @@ def _check_permissions(permissions: list[str]) -> list[str]:
     return sorted(set(permissions))
 
 
+ISSUE = "cert.issue"  # the permission a role's constraints limit
 # What a role's constraints may limit (its cert.issue): the issuers and the names.
 CONSTRAINT_AXES = ("issuers", "names")
 
@@ -131,25 +136,63 @@ _ROLES = Role.__table__.c
 _PERMISSIONS_OF = select(_ROLES.permissions).where(
     _ROLES.id.in_(bindparam("role_ids", expanding=True))
 )
-_ROLES_AND_PERMISSIONS = select(_ROLES.id, _ROLES.permissions).where(
+_GRANTS = select(_ROLES.id, _ROLES.permissions, _ROLES.constraints).where(
     _ROLES.id.in_(bindparam("role_ids", expanding=True))
 )
 
 
-def roles_and_missing(
-    connection: Connection, role_ids: list[str]
-) -> tuple[frozenset[str], tuple[str, ...]]:
-    """The union of the roles' permissions, and the names of ``role_ids`` that are no role.
+def issue_limits(
+    rows: Iterable[tuple[str, list[str], dict[str, list[str] | None] | None]],
+) -> tuple[IssueLimit, ...] | None:
+    """The constraints on cert.issue of roles ``(id, permissions, constraints)``.
 
+    None (nothing to check) when one of them holds cert.issue unconstrained, or none holds
+    it: the caller's roles holding it decide, and an unconstrained one allows everything.
+    """
+    limits = []
+    for role_id, permissions, constraints in rows:
+        if ISSUE not in permissions:
+            continue
+        if not constraints:
+            return None
+        issuers, names = constraints.get("issuers"), constraints.get("names")
+        limits.append(
+            IssueLimit(
+                role_id,
+                None if issuers is None else frozenset(issuers),
+                None if names is None else tuple(names),
+            )
+        )
+    return tuple(sorted(limits, key=lambda limit: limit.role)) or None
+
+
+def role_grants(
+    connection: Connection, role_ids: list[str]
+) -> tuple[frozenset[str], tuple[IssueLimit, ...] | None, tuple[str, ...]]:
+    """What the roles grant: permissions, cert.issue's limits, and the ids that are no role.
+
+    The limits as ``issue_limits`` says; the ids: those of ``role_ids`` no role has.
     A client certificate mapping may name a role that does not exist (yet, or a typo): its
     403s name it (``Principal.missing_roles``). One read, as ``permissions_of``.
     """
     if not role_ids:
-        return frozenset(), ()
-    rows = connection.execute(_ROLES_AND_PERMISSIONS, {"role_ids": list(role_ids)}).all()
-    found = {role_id for role_id, _ in rows}
+        return frozenset(), None, ()
+    rows = connection.execute(_GRANTS, {"role_ids": list(role_ids)}).all()
+    found = {row[0] for row in rows}
     missing = tuple(sorted(set(role_ids) - found))
-    return frozenset(p for _, permissions in rows for p in permissions), missing
+    permissions = frozenset(p for row in rows for p in row[1])
+    return permissions, issue_limits(rows) if ISSUE in permissions else None, missing
+
+
+def grants_of(
+    services: Services, role_ids: list[str]
+) -> tuple[frozenset[str], tuple[IssueLimit, ...] | None]:
+    """``role_grants``' permissions and limits, read on a pooled connection of its own."""
+    if not role_ids:
+        return frozenset(), None
+    with services.engine.connect() as connection:
+        permissions, limits, _ = role_grants(connection, role_ids)
+    return permissions, limits
 
 
 def role_ids(services: Services) -> list[str]:

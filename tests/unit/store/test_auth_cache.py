@@ -212,7 +212,7 @@ def test_the_counter_is_read_again_only_after_a_commit(
     assert authenticate_api_key(a, key, "").actor_id == "quiet"
     assert len(reads) == (1 if sqlite else 6)
     # Through the engine's pool: only the key and its roles, once, after the change.
-    assert [s.split()[1] for s in statements] == ["api_keys.secret_sha256,", "roles.permissions"]
+    assert [s.split()[1] for s in statements] == ["api_keys.secret_sha256,", "roles.id,"]
 
 
 def test_two_reads_of_a_due_key_write_last_used_at_once(
@@ -273,7 +273,7 @@ def test_postgresql_a_lost_counter_connection_reads_the_store_then_reconnects(
         event.listen(a.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
         for _ in range(2):
             assert authenticate_api_key(a, key, "").actor_id == "admin"
-        read = ["api_keys.secret_sha256,", "roles.permissions"]
+        read = ["api_keys.secret_sha256,", "roles.id,"]
         assert [s.split()[1] for s in statements] == read * 2  # the key and its roles
         warned = [r.getMessage() for r in caplog.records if "credential generation" in r.message]
         assert len(warned) == 1, warned
