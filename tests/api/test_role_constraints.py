@@ -222,3 +222,101 @@ def test_a_role_edit_applies_to_the_very_next_request(api: Api) -> None:
     r = api.request("PUT", f"{ROLES}/team-a", api.admin_key, json={"constraints": None})
     assert r.status_code == 200, r.text
     api.issue(key, common_name="w.team-a.example.internal")
+
+
+def test_a_constrained_caller_grants_no_more_than_it_may_issue(api: Api) -> None:
+    # DESIGN §4's no-escalation rule, for constraints: team A's administrator (its own
+    # cert.issue limited) makes roles, actors and keys within its own limits only.
+    limited = {"issuers": ["default"], "names": ["*.team-a.example.internal", "10.1.0.0/16"]}
+    perms = ["cert.issue", "auth.role.create", "auth.role.edit", "auth.role.read"]
+    perms += ["auth.actor.create", "auth.actor.edit", "auth.role.assign", "auth.apikey.create"]
+    r = api.post(
+        ROLES, api.admin_key, json={"id": "a-admin", "permissions": perms, "constraints": limited}
+    )
+    assert r.status_code == 201, r.text
+    key = api.actor_key("alice", ["a-admin"])
+    api.create_role("wide", ["cert.issue"])  # unconstrained, made by the administrator
+    api.create_actor("carol", ["wide"])
+    before = api.counts()
+    refusals = [
+        ({"id": "x", "permissions": ["cert.issue"]}, "any issuer and name (no constraints)"),
+        (
+            {
+                "id": "x",
+                "permissions": ["cert.issue"],
+                "constraints": {"names": ["*.team-a.example.internal"]},
+            },
+            "any issuer",
+        ),
+        (
+            {"id": "x", "permissions": ["cert.issue"], "constraints": {"issuers": ["default"]}},
+            "any name",
+        ),
+        (
+            {
+                "id": "x",
+                "permissions": ["cert.issue"],
+                "constraints": {
+                    "issuers": ["default", "other"],
+                    "names": ["a.team-a.example.internal"],
+                },
+            },
+            "issuer other",
+        ),
+        (
+            {
+                "id": "x",
+                "permissions": ["cert.issue"],
+                "constraints": {"issuers": ["default"], "names": ["*.example.internal"]},
+            },
+            "*.example.internal",
+        ),
+        (
+            {
+                "id": "x",
+                "permissions": ["cert.issue"],
+                "constraints": {"issuers": ["default"], "names": ["10.0.0.0/8"]},
+            },
+            "10.0.0.0/8",
+        ),
+    ]
+    for body, outside in refusals:
+        detail = assert_problem(api.post(ROLES, key, json=body), 403)["detail"]
+        assert detail == (
+            f"cannot create this role: its cert.issue would allow {outside}, outside the "
+            "constraints of your role(s) a-admin (one of them must hold every issuer and name)"
+        )
+    # Editing the unconstrained role (even to constrain it), taking a role's constraints
+    # away, assigning it, minting a key for its holder: refused.
+    r = api.request("PUT", f"{ROLES}/wide", key, json={"constraints": limited})
+    assert "any issuer and name" in assert_problem(r, 403)["detail"]
+    r = api.post("/api/v1/auth/actors", key, json={"id": "bob", "roles": ["wide"]})
+    assert "cannot assign these roles" in assert_problem(r, 403)["detail"]
+    r = api.post("/api/v1/auth/apikeys", key, json={"actor_id": "carol"})
+    assert "cannot mint a key for actor carol" in assert_problem(r, 403)["detail"]
+    api.assert_only_denials_audited(before, 9)
+    # Within its limits: a narrower role, assigned, keyed; edited within, not beyond.
+    narrow = {
+        "issuers": ["default"],
+        "names": ["*.ci.team-a.example.internal", "10.1.2.0/24", "a.team-a.example.internal"],
+    }
+    r = api.post(
+        ROLES, key, json={"id": "a-ci", "permissions": ["cert.issue"], "constraints": narrow}
+    )
+    assert r.status_code == 201, r.text
+    r = api.post("/api/v1/auth/actors", key, json={"id": "ci", "roles": ["a-ci"]})
+    assert r.status_code == 201, r.text
+    r = api.post("/api/v1/auth/apikeys", key, json={"actor_id": "ci"})
+    assert r.status_code == 201, r.text
+    r = api.request("PUT", f"{ROLES}/a-ci", key, json={"constraints": None})
+    assert "any issuer and name" in assert_problem(r, 403)["detail"]
+    r = api.request(
+        "PUT",
+        f"{ROLES}/a-ci",
+        key,
+        json={"constraints": {**narrow, "names": ["*.team-a.example.internal"]}},
+    )
+    assert r.status_code == 200, r.text
+    # A role without cert.issue is no matter of constraints.
+    r = api.post(ROLES, key, json={"id": "reader", "permissions": ["auth.role.read"]})
+    assert r.status_code == 201, r.text

@@ -18,7 +18,8 @@ from certctl.services.access_rules import (
 )
 from certctl.services.audit import record_call
 from certctl.services.context import Principal, Services
-from certctl.services.roles import permissions_of, role_permissions
+from certctl.services.issue_constraints import no_issue_escalation
+from certctl.services.roles import ISSUE, grants_of, permissions_of, role_permissions
 from certctl.store.db import AUTH_LOCK, lock_for_write
 from certctl.store.models import Actor, ApiKey
 
@@ -67,6 +68,7 @@ def create_actor(
         lock_for_write(session, AUTH_LOCK)
         if roles:
             no_escalation(caller, role_permissions(services, caller, roles), "assign these roles")
+            _no_issue_escalation(services, caller, roles, "assign these roles")
         if session.get(Actor, actor_id) is not None:
             raise Conflict(f"actor {actor_id} already exists")
         actor = Actor(id=actor_id, name=name or actor_id, roles=roles, created_at=now)
@@ -112,6 +114,7 @@ def update_actor(
             # The roles the caller names: built-in (public) or custom ones it may read or
             # holds all of (role_permissions), so the missing permissions may be named.
             no_escalation(caller, new_perms, "change this actor's roles")
+            _no_issue_escalation(services, caller, roles, "change this actor's roles")
             if "r-admin" in actor.roles and "r-admin" not in roles:
                 _check_admin_remains(session, actor_id)
             actor.roles = roles
@@ -121,6 +124,16 @@ def update_actor(
             changes.append("renamed")
         record_call(session, caller, now, "actor.edit", actor_id, "; ".join(changes))
     return actor
+
+
+def _no_issue_escalation(
+    services: Services, caller: Principal, roles: list[str], what: str
+) -> None:
+    """``no_issue_escalation`` for ``roles``: what they let their holder issue together."""
+    if caller.issue_limits is None:
+        return  # nothing the caller's cert.issue does not allow (or it has none: no_escalation)
+    permissions, limits = grants_of(services, roles)
+    no_issue_escalation(caller, limits, ISSUE in permissions, what)
 
 
 def delete_actor(services: Services, caller: Principal, actor_id: str) -> None:

@@ -14,7 +14,8 @@ from certctl.errors import Conflict, InvalidRequest, NotFound
 from certctl.services.access_rules import ACTOR_NAMED_BY, ACTOR_READ, check_name, may_act_on
 from certctl.services.audit import record, record_call
 from certctl.services.context import Principal, Services
-from certctl.services.roles import permissions_of
+from certctl.services.issue_constraints import no_issue_escalation
+from certctl.services.roles import ISSUE, grants_of, permissions_of
 from certctl.store.db import AUTH_LOCK, lock_for_write
 from certctl.store.models import Actor, ApiKey
 
@@ -73,6 +74,12 @@ def mint_api_key(
                 shown_by=ACTOR_READ,
                 named_by=ACTOR_NAMED_BY,
             )
+            if caller.issue_limits is not None and actor is not None:
+                # A key issues what its actor's roles allow: no more than the caller's.
+                permissions, limits = grants_of(services, actor.roles)
+                no_issue_escalation(
+                    caller, limits, ISSUE in permissions, f"mint a key for actor {actor_id}"
+                )
             if name and name != _UNNAMED_KEY:
                 _name_taken(session, caller, actor_id, name, now)
         row = ApiKey(

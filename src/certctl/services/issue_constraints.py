@@ -17,10 +17,10 @@ from cryptography.x509.oid import NameOID
 from certctl.errors import InvalidRequest, PermissionDenied
 from certctl.pki import SubjectAltNames
 from certctl.pki.dns_names import validate_dns_name
-from certctl.pki.name_patterns import name_allowed
+from certctl.pki.name_patterns import name_allowed, pattern_within
 from certctl.services.context import IssueLimit, Principal
 
-__all__ = ["check_certificate", "check_issue", "issued_names"]
+__all__ = ["check_certificate", "check_issue", "issued_names", "no_issue_escalation"]
 
 
 def issued_names(subject: x509.Name, sans: SubjectAltNames) -> list[tuple[str, bool]]:
@@ -103,3 +103,58 @@ def _refuse(what: str, limits: Sequence[IssueLimit]) -> NoReturn:
         f"{what}: not allowed by the constraints of role(s) {roles} (those of your roles "
         "holding cert.issue; one of them must allow the issuer and every name)"
     )
+
+
+def no_issue_escalation(
+    caller: Principal, limits: Sequence[IssueLimit] | None, issues: bool, what: str
+) -> None:
+    """Refuse to ``what`` when it would let someone issue more than the caller may (DESIGN §4).
+
+    ``limits``: the cert.issue limits of the role(s) concerned (``roles.issue_limits``), None
+    when ``issues`` and unconstrained. A caller whose own cert.issue is constrained may grant
+    it only within one of its roles: each issuer among that role's, each pattern inside one
+    of its patterns (``pattern_within``); never unconstrained.
+
+    Raises:
+        PermissionDenied: naming the first issuer or pattern outside.
+    """
+    own = caller.issue_limits
+    if own is None or not issues:
+        return
+    for target in (None,) if limits is None else limits:
+        outside = _outside(target, own)
+        if outside is not None:
+            roles = ", ".join(limit.role for limit in own)
+            raise PermissionDenied(
+                f"cannot {what}: its cert.issue would allow {outside}, outside the constraints "
+                f"of your role(s) {roles} (one of them must hold every issuer and name)"
+            )
+
+
+def _outside(target: IssueLimit | None, own: Sequence[IssueLimit]) -> str | None:
+    """What of ``target`` (None: unconstrained) no single role of ``own`` allows; None: all."""
+    first = None
+    for mine in own:
+        missing = _missing(target, mine)
+        if missing is None:
+            return None
+        first = first or missing
+    return first
+
+
+def _missing(target: IssueLimit | None, mine: IssueLimit) -> str | None:
+    if target is None:
+        return "any issuer and name (no constraints)"
+    if mine.issuers is not None:
+        if target.issuers is None:
+            return "any issuer"
+        for issuer in sorted(target.issuers):
+            if issuer not in mine.issuers:
+                return f"issuer {issuer}"
+    if mine.names is not None:
+        if target.names is None:
+            return "any name"
+        for pattern in target.names:
+            if not any(pattern_within(pattern, allowed) for allowed in mine.names):
+                return pattern
+    return None

@@ -20,11 +20,13 @@ from certctl.services.access_rules import (
 )
 from certctl.services.audit import record_call
 from certctl.services.context import IssueLimit, Principal, Services
+from certctl.services.issue_constraints import no_issue_escalation
 from certctl.store.db import AUTH_LOCK, lock_for_write
 from certctl.store.models import Actor, Role
 
 __all__ = [
     "CONSTRAINT_AXES",
+    "ISSUE",
     "check_constraints",
     "constrained",
     "create_role",
@@ -270,6 +272,9 @@ def create_role(
     perms = _check_permissions(permissions)
     limits = check_constraints(constraints)
     no_escalation(caller, set(perms), "create this role")
+    no_issue_escalation(
+        caller, issue_limits([(role_id, perms, limits)]), ISSUE in perms, "create this role"
+    )
     now = services.clock()
     with services.sessions.begin() as session:
         if session.get(Role, role_id) is not None:
@@ -337,6 +342,10 @@ def update_role(
             named_by=(_ROLE_READ,),
         )
         assert role is not None  # may_act_on refused a missing one
+        # As for its permissions: a role whose cert.issue allows more than the caller's is
+        # not the caller's to edit, and the edit must leave it within the caller's.
+        held = [(role_id, role.permissions, role.constraints)]
+        no_issue_escalation(caller, issue_limits(held), ISSUE in role.permissions, "edit this role")
         changes = []
         if permissions is not None:
             perms = _check_permissions(permissions)
@@ -346,6 +355,10 @@ def update_role(
         if set_constraints:
             role.constraints = limits
             changes.append(constrained(limits))
+        after = [(role_id, role.permissions, role.constraints)]
+        no_issue_escalation(
+            caller, issue_limits(after), ISSUE in role.permissions, "edit this role"
+        )
         if name is not None:
             role.name = name
             changes.append("renamed")
