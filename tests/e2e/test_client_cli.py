@@ -1366,8 +1366,8 @@ def test_apikeys_roles_actors_and_services_tables(
     roles = _rows(
         ok(_certctl(default_server, "auth", "roles", "list", "-o", "table", **env)).stdout
     )
-    assert roles[0] == ["ID", "NAME", "BUILT IN", "PERMISSIONS"]
-    assert ["r-auditor", "Auditor", "yes", "audit.read"] in roles
+    assert roles[0] == ["ID", "NAME", "BUILT IN", "PERMISSIONS", "CONSTRAINTS"]
+    assert ["r-auditor", "Auditor", "yes", "audit.read", "-"] in roles
     # The catalogue `auth roles create -p` takes names from, as a table and as the API's JSON.
     api_json = _api_json(default_server, "/api/v1/auth/permissions")
     catalogue = json.loads(api_json)["items"]
@@ -1899,3 +1899,59 @@ def test_certs_import_of_a_bundle_over_the_body_limit_says_to_split_it(
     assert "split them and run certctl certs import once per part" in line, line
     assert "Traceback" not in refused.stderr
     assert _api_json(default_server, "/api/v1/certificates", q="big.example.internal") == before
+
+
+def test_a_role_limited_with_the_cli_issues_its_names_only(default_server: CertctlServer) -> None:
+    # `--allow-issuer`/`--allow-name`: a Vault PKI role's allowed_domains, shown by list
+    # and get; update replaces the axis given and keeps the other.
+    env = _admin_env(default_server)
+    create = ["auth", "roles", "create", "r-cli-team-a", "-p", "cert.issue,cert.read"]
+    create += ["--allow-issuer", "default", "--allow-name", "*.team-a.example.internal"]
+    created = json.loads(ok(_certctl(default_server, *create, **env)).stdout)
+    assert created["constraints"] == {
+        "issuers": ["default"],
+        "names": ["*.team-a.example.internal"],
+    }
+    table = ["auth", "roles", "list", "-o", "table"]
+    [row] = [
+        r
+        for r in _rows(ok(_certctl(default_server, *table, **env)).stdout)
+        if r[0] == "r-cli-team-a"
+    ]
+    assert row[4] == "issuers default; names *.team-a.example.internal"
+    update = [
+        "auth",
+        "roles",
+        "update",
+        "r-cli-team-a",
+        "--allow-name",
+        "*.team-a.example.internal,10.1.0.0/16",
+    ]
+    updated = json.loads(ok(_certctl(default_server, *update, **env)).stdout)
+    assert updated["constraints"] == {
+        "issuers": ["default"],
+        "names": ["*.team-a.example.internal", "10.1.0.0/16"],
+    }
+    got = json.loads(
+        ok(_certctl(default_server, "auth", "roles", "get", "r-cli-team-a", **env)).stdout
+    )
+    assert got == updated
+    ok(
+        _certctl(
+            default_server, "auth", "actors", "create", "cli-team-a", "-r", "r-cli-team-a", **env
+        )
+    )
+    minted = json.loads(
+        ok(_certctl(default_server, "auth", "apikeys", "create", "cli-team-a", **env)).stdout
+    )
+    team = env | {"CERTCTL_API_KEY": minted["key_value"]}
+    issue = ["certs", "issue", "--cn", "db.team-b.example.internal"]
+    refused = _certctl(default_server, *issue, **team)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == (
+        "certctl: error: HTTP 403: db.team-b.example.internal: not allowed by the constraints "
+        "of role(s) r-cli-team-a (those of your roles holding cert.issue; one of them must "
+        "allow the issuer and every name)\n"
+    )
+    cleared = ["auth", "roles", "update", "r-cli-team-a", "--no-constraints"]
+    assert json.loads(ok(_certctl(default_server, *cleared, **env)).stdout)["constraints"] is None

@@ -74,7 +74,8 @@ def _no_blank(
     ``--dns`` takes a list: sent whole, the server refused it naming the very permissions given.
     """
     if values and any(not v.strip() for v in values):
-        hint = f" (--no-{param.name}s removes them all)" if ctx.info_name == "update" else ""
+        emptied = ctx.info_name == "update" and param.name in ("permission", "role")
+        hint = f" (--no-{param.name}s removes them all)" if emptied else ""
         raise typer.BadParameter(f"must not be empty{hint}")
     from certctl.cli._common import split_commas
 
@@ -181,11 +182,45 @@ def permissions(output: str | None = OUTPUT_OPTION) -> None:
 # --- roles -------------------------------------------------------------------------------
 
 
+def _constraints_cell(item: dict[str, Any], _now: datetime) -> str:
+    """A role's constraints as a cell: ``issuers a, b; names *.x.example``, - for none."""
+    from certctl.cli._api import cell_text
+
+    constraints = item.get("constraints")
+    if not isinstance(constraints, dict):
+        return cell_text(constraints)
+    shown = [
+        f"{axis} {cell_text(constraints.get(axis))}"
+        for axis in ("issuers", "names")
+        if constraints.get(axis) is not None
+    ]
+    return "; ".join(shown) or "-"
+
+
+_ALLOW_ISSUER_HELP = (
+    "Issuer the role's cert.issue may issue from (repeatable, or a comma-separated list); "
+    "without it: any issuer."
+)
+_ALLOW_NAME_HELP = (
+    "Name the role's cert.issue may issue for: app.example.internal, *.apps.example.internal "
+    "(any name below, wildcards too), an IP address or a network such as 10.0.0.0/8 "
+    "(repeatable, or a comma-separated list); without it: any name."
+)
+
+
+def _constraints(issuers: list[str] | None, names: list[str] | None) -> dict[str, Any] | None:
+    """The request's ``constraints`` from --allow-issuer/--allow-name; None when neither."""
+    if not issuers and not names:
+        return None
+    return {"issuers": issuers or None, "names": names or None}
+
+
 @roles_app.command("list")
 def roles_list(output: str | None = OUTPUT_OPTION) -> None:
     """List roles.
 
-    On a terminal a table: id, name, built in or not, permissions.
+    On a terminal a table: id, name, built in or not, permissions, constraints (the issuers
+    and names the role's cert.issue may issue; - for any).
     """
     path = "/api/v1/auth/roles"
     columns = [
@@ -193,6 +228,7 @@ def roles_list(output: str | None = OUTPUT_OPTION) -> None:
         Column("NAME", field_cell("name"), label=True),
         Column("BUILT IN", field_cell("builtin")),
         Column("PERMISSIONS", field_cell("permissions")),
+        Column("CONSTRAINTS", _constraints_cell),
     ]
     print_list(send_request("GET", path), output, path=path, columns=columns, empty="no roles")
 
@@ -220,14 +256,24 @@ def roles_create(
         "list; 'certctl auth permissions' lists them).",
     ),
     name: str = typer.Option("", "--name", help="Display name."),
+    allow_issuer: list[str] = typer.Option(
+        [], "--allow-issuer", metavar="ID", callback=_no_blank, help=_ALLOW_ISSUER_HELP
+    ),
+    allow_name: list[str] = typer.Option(
+        [], "--allow-name", metavar="PATTERN", callback=_no_blank, help=_ALLOW_NAME_HELP
+    ),
 ) -> None:
-    """Create a custom role."""
+    """Create a custom role.
+
+    --allow-issuer and --allow-name limit what its cert.issue issues (a Vault PKI role's
+    allowed_domains): one of a caller's roles must allow the issuer and every name.
+    """
     _known_permissions(permission)
-    print_answer(
-        send_request(
-            "POST", "/api/v1/auth/roles", {"id": role_id, "name": name, "permissions": permission}
-        )
-    )
+    body: dict[str, Any] = {"id": role_id, "name": name, "permissions": permission}
+    constraints = _constraints(allow_issuer, allow_name)
+    if constraints is not None:
+        body["constraints"] = constraints
+    print_answer(send_request("POST", "/api/v1/auth/roles", body))
 
 
 @roles_app.command("update")
@@ -246,11 +292,53 @@ def roles_update(
         False, "--no-permissions", help="Remove every permission (the role grants nothing)."
     ),
     name: str = typer.Option(None, "--name", help="New display name."),
+    allow_issuer: list[str] = typer.Option(
+        None,
+        "--allow-issuer",
+        metavar="ID",
+        callback=_no_blank,
+        help=f"{_ALLOW_ISSUER_HELP} Replaces the role's issuers; its names stay.",
+    ),
+    allow_name: list[str] = typer.Option(
+        None,
+        "--allow-name",
+        metavar="PATTERN",
+        callback=_no_blank,
+        help=f"{_ALLOW_NAME_HELP} Replaces the role's names; its issuers stay.",
+    ),
+    no_constraints: bool = typer.Option(
+        False,
+        "--no-constraints",
+        help="Remove the role's constraints (its cert.issue issues any name from any issuer).",
+    ),
 ) -> None:
-    """Change a custom role's name or permissions."""
+    """Change a custom role's name, permissions or constraints."""
     _known_permissions(permission)
-    body = _update_body("permission", permission, no_permissions, name)
-    print_answer(send_request("PUT", f"/api/v1/auth/roles/{path_segment(role_id)}", body))
+    path = f"/api/v1/auth/roles/{path_segment(role_id)}"
+    limited = bool(allow_issuer or allow_name)
+    if limited and no_constraints:
+        raise typer.BadParameter("--allow-issuer/--allow-name and --no-constraints contradict")
+    if limited or no_constraints:
+        body = (
+            _update_body("permission", permission, no_permissions, name)
+            if permission or no_permissions or name is not None
+            else {}
+        )
+        if no_constraints:
+            body["constraints"] = None
+        else:
+            # The axis not given stays as it is: read it, or --allow-name alone would lift
+            # the role's issuer limit.
+            current = send_request("GET", path)
+            held = current.get("constraints") if isinstance(current, dict) else None
+            held = held if isinstance(held, dict) else {}
+            body["constraints"] = {
+                "issuers": allow_issuer or held.get("issuers"),
+                "names": allow_name or held.get("names"),
+            }
+    else:
+        body = _update_body("permission", permission, no_permissions, name)
+    print_answer(send_request("PUT", path, body))
 
 
 @roles_app.command("delete")
