@@ -817,3 +817,37 @@ def test_a_mapped_roles_constraints_limit_what_the_certificate_issues(mtls: Mtls
     r = mtls.client.post("/api/v1/certificates", json={"common_name": "db.example.com"})
     detail = assert_problem(r, 403)["detail"]
     assert detail.startswith("db.example.com: not allowed by the constraints of role(s) r-mtls")
+
+
+def test_a_client_certificate_issues_no_more_than_the_constrained_actor_that_had_it_issued(
+    mtls: Mtls,
+) -> None:
+    # As its permissions are capped by its requester's: team A's key had a certificate
+    # issued for a name of its own that a mapping gives unconstrained cert.issue; it issues
+    # team A's names only, where it issued any.
+    api = mtls.api
+    body = {
+        "id": "team-a",
+        "permissions": ["cert.issue", "cert.read"],
+        "constraints": {"names": ["*.team-a.example.internal"]},
+    }
+    assert api.post("/api/v1/auth/roles", api.admin_key, json=body).status_code == 201
+    team_key = api.actor_key("ci-a", ["team-a"])
+    mine = _client_cert(api, "ci.team-a.example.internal", key=team_key)
+    r = api.request(
+        "PUT",
+        "/api/v1/auth/roles/r-mtls",
+        api.admin_key,
+        json={"permissions": ["cert.issue", "cert.read"]},
+    )
+    assert r.status_code == 200, r.text
+    mtls.present(mine["certificate_pem"], "default")
+    assert mtls.permissions() == ["cert.issue", "cert.read"]
+    issue = {"common_name": "web.team-a.example.internal"}
+    assert mtls.client.post("/api/v1/certificates", json=issue).status_code == 201
+    r = mtls.client.post("/api/v1/certificates", json={"common_name": "db.example.com"})
+    assert assert_problem(r, 403)["detail"] == (
+        "db.example.com: not allowed by the constraints of role(s) team-a (the roles of the "
+        "actor that had your client certificate issued, which cap it; one of them must allow "
+        "the issuer and every name)"
+    )

@@ -31,7 +31,7 @@ from certctl.metrics.registry import AUTH_FAILURES
 from certctl.pki import DNPattern
 from certctl.services import audit, certificates, key_authentication, revocation
 from certctl.services.context import IssueLimit, Principal, Services, utcnow
-from certctl.services.roles import permissions_of, role_grants
+from certctl.services.roles import role_grants
 from certctl.store.db import PoolTimeout, storage_error
 
 if TYPE_CHECKING:
@@ -261,9 +261,14 @@ def audit_failure(services: Services, row: tuple[datetime, str, str, str, str, s
         )
 
 
+# A client certificate's limits on cert.issue: its mapped roles' (``Principal.issue_limits``),
+# and those of the actors that had it issued (``Principal.issue_caps``).
+_Limits = tuple[tuple[IssueLimit, ...] | None, tuple[tuple[IssueLimit, ...], ...]]
+
+
 def _client_cert_answer(
     services: Services, tls: dict[str, Any], roles: tuple[str, ...]
-) -> tuple[frozenset[str] | tuple[str, str], tuple[str, ...], tuple[IssueLimit, ...] | None]:
+) -> tuple[frozenset[str] | tuple[str, str], tuple[str, ...], _Limits]:
     """What the verified client certificate may do: at most its mapped ``roles``' permissions.
 
     Returns (reason, message) when it may not authenticate at all; with either, those of
@@ -292,15 +297,26 @@ def _client_cert_answer(
 
 def _client_cert_answer_on(
     services: Services, connection: Connection, tls: dict[str, Any], roles: tuple[str, ...]
-) -> tuple[frozenset[str] | tuple[str, str], tuple[str, ...], tuple[IssueLimit, ...] | None]:
+) -> tuple[frozenset[str] | tuple[str, str], tuple[str, ...], _Limits]:
     # The mapped roles' constraints on cert.issue hold for the certificate as for a key.
     permissions, limits, missing = role_grants(connection, list(roles))
-    return _client_cert_permissions(services, connection, tls, permissions), missing, limits
+    caps: list[tuple[IssueLimit, ...]] = []
+    answer = _client_cert_permissions(services, connection, tls, permissions, caps)
+    if caps and limits is None:
+        # Unconstrained by its mapping, capped by its requester: () (nothing of its own to
+        # check), where None would check nothing at all.
+        return answer, missing, ((), tuple(caps))
+    return answer, missing, (limits, tuple(caps))
 
 
 def _client_cert_permissions(
-    services: Services, connection: Connection, tls: dict[str, Any], permissions: frozenset[str]
+    services: Services,
+    connection: Connection,
+    tls: dict[str, Any],
+    permissions: frozenset[str],
+    caps: list[tuple[IssueLimit, ...]],
 ) -> frozenset[str] | tuple[str, str]:
+    """The permissions, or the refusal; ``caps`` gets the requesters' limits on cert.issue."""
     cas, der = tls.get("certctl.client_cert_cas"), tls.get("certctl.client_cert_der")
     if isinstance(cas, tuple) and cas:
         try:
@@ -325,9 +341,12 @@ def _client_cert_permissions(
     if stored.revoked:
         return "revoked", "client certificate revoked"
     for creator in stored.creator_roles:
-        permissions &= (
-            permissions_of(services, list(creator), connection) if creator else frozenset()
-        )
+        held, limits, _ = role_grants(connection, list(creator or ()))
+        permissions &= held
+        if limits is not None:
+            # A constrained requester's certificate issues no more than it: an actor limited
+            # to *.team-a had a certificate issued that a mapping gives r-operator.
+            caps.append(limits)
     return permissions
 
 
@@ -354,7 +373,7 @@ def _client_cert_from_store(
     services = auth.services
     # Before what it vouches for is read.
     version = key_authentication.credential_generation(services)
-    answer, missing, limits = _client_cert_answer(services, tls, roles)
+    answer, missing, (limits, caps) = _client_cert_answer(services, tls, roles)
     principal = None
     if not isinstance(answer, tuple):
         principal = Principal(
@@ -365,6 +384,7 @@ def _client_cert_from_store(
             source,
             missing,
             issue_limits=limits,
+            issue_caps=caps,
         )
     entry = _CachedCertificate(version or 0, roles, answer, principal)
     if version is not None:

@@ -75,8 +75,14 @@ class Principal:
     credential: str = ""
     # The constraints of its roles holding cert.issue, one per role, when each has some
     # (``services.issue_constraints``); None when one holds it unconstrained (or none holds
-    # it): then nothing is checked, and an administrator's issuance costs nothing more.
+    # it): then nothing is checked, and an administrator's issuance costs nothing more; ()
+    # when its roles are unconstrained but ``issue_caps`` limit it.
     issue_limits: tuple[IssueLimit, ...] | None = None
+    # More sets of limits, each of which must allow the request too: a client certificate
+    # certctl issued is capped by the roles of the actor that had it issued (as its
+    # permissions are). Set only beside ``issue_limits``, () when only they limit it: None
+    # there means no check at all.
+    issue_caps: tuple[tuple[IssueLimit, ...], ...] = ()
 
     def require(self, permission: str) -> None:
         """Raise PermissionDenied unless the caller holds ``permission``."""

@@ -65,18 +65,38 @@ def check_issue(
     limits = caller.issue_limits
     if limits is None:
         return
-    candidates: Sequence[IssueLimit] = limits
-    candidates = [c for c in candidates if c.issuers is None or issuer_id in c.issuers]
+    if limits:  # () when only caps limit the caller
+        _check_limits(limits, issuer_id, names, others, _YOURS)
+    for cap in caller.issue_caps:
+        _check_limits(cap, issuer_id, names, others, _REQUESTERS)
+
+
+_YOURS = "those of your roles holding cert.issue; one of them must allow the issuer and every name"
+_REQUESTERS = (
+    "the roles of the actor that had your client certificate issued, which cap it; one of "
+    "them must allow the issuer and every name"
+)
+
+
+def _check_limits(
+    limits: Sequence[IssueLimit],
+    issuer_id: str,
+    names: Sequence[tuple[str, bool]],
+    others: Sequence[str],
+    whose: str,
+) -> None:
+    candidates = [c for c in limits if c.issuers is None or issuer_id in c.issuers]
     if not candidates:
-        _refuse(f"issuer {issuer_id}", limits)
+        _refuse(f"issuer {issuer_id}", limits, whose)
     for name, ip in names:
         candidates = [c for c in candidates if c.names is None or name_allowed(name, c.names, ip)]
         if not candidates:
-            _refuse(name, limits)
+            _refuse(name, limits, whose)
     for other in others:
         candidates = [c for c in candidates if c.names is None]
         if not candidates:
-            _refuse(f"{other} (an e-mail or URI SAN; a role limited to names allows none)", limits)
+            what = f"{other} (an e-mail or URI SAN; a role limited to names allows none)"
+            _refuse(what, limits, whose)
 
 
 def check_certificate(caller: Principal, issuer_id: str, certificate: x509.Certificate) -> None:
@@ -97,12 +117,9 @@ def check_certificate(caller: Principal, issuer_id: str, certificate: x509.Certi
     )
 
 
-def _refuse(what: str, limits: Sequence[IssueLimit]) -> NoReturn:
+def _refuse(what: str, limits: Sequence[IssueLimit], whose: str) -> NoReturn:
     roles = ", ".join(limit.role for limit in limits)
-    raise PermissionDenied(
-        f"{what}: not allowed by the constraints of role(s) {roles} (those of your roles "
-        "holding cert.issue; one of them must allow the issuer and every name)"
-    )
+    raise PermissionDenied(f"{what}: not allowed by the constraints of role(s) {roles} ({whose})")
 
 
 def no_issue_escalation(
@@ -118,17 +135,21 @@ def no_issue_escalation(
     Raises:
         PermissionDenied: naming the first issuer or pattern outside.
     """
-    own = caller.issue_limits
-    if own is None or not issues:
+    if caller.issue_limits is None or not issues:
         return
-    for target in (None,) if limits is None else limits:
-        outside = _outside(target, own)
-        if outside is not None:
-            roles = ", ".join(limit.role for limit in own)
-            raise PermissionDenied(
-                f"cannot {what}: its cert.issue would allow {outside}, outside the constraints "
-                f"of your role(s) {roles} (one of them must hold every issuer and name)"
-            )
+    for own in (caller.issue_limits, *caller.issue_caps):
+        if not own:
+            continue  # its own roles unconstrained (only caps limit it)
+        for target in (None,) if limits is None else limits:
+            outside = _outside(target, own)
+            if outside is not None:
+                roles = ", ".join(limit.role for limit in own)
+                whose = "your role(s)" if own is caller.issue_limits else "role(s)"
+                raise PermissionDenied(
+                    f"cannot {what}: its cert.issue would allow {outside}, outside the "
+                    f"constraints of {whose} {roles} (one of them must hold every issuer "
+                    "and name)"
+                )
 
 
 def _outside(target: IssueLimit | None, own: Sequence[IssueLimit]) -> str | None:
