@@ -801,7 +801,8 @@ def test_client_certificate_from_the_environment(start_server: StartServer, tmp_
     [
         (
             "auth roles update r-admin",
-            "nothing to change: give --permission, --no-permissions or --name",
+            "nothing to change: give --permission, --no-permissions, --name, --allow-issuer, "
+            "--allow-name or --no-constraints",
         ),
         (
             "auth actors update admin",

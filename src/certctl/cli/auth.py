@@ -336,6 +336,11 @@ def roles_update(
                 "issuers": allow_issuer or held.get("issuers"),
                 "names": allow_name or held.get("names"),
             }
+    elif not (permission or no_permissions or name is not None):
+        raise typer.BadParameter(
+            "nothing to change: give --permission, --no-permissions, --name, --allow-issuer, "
+            "--allow-name or --no-constraints"
+        )
     else:
         body = _update_body("permission", permission, no_permissions, name)
     print_answer(send_request("PUT", path, body))
