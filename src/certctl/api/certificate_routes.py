@@ -25,6 +25,7 @@ from certctl.api._common import services_of as _services
 from certctl.errors import InvalidRequest
 from certctl.pki import parse_duration
 from certctl.services import certificate_import, certificates, issuance, issuers
+from certctl.services.blocked_keys import blocked_keys_current, refresh_blocked_keys
 from certctl.services.context import IssuerRevocation, Principal
 from certctl.services.revocation import issuer_revocations
 
@@ -75,6 +76,10 @@ async def issue_certificate(request: Request, principal: Principal | None) -> Re
             raise InvalidRequest(
                 f"{', '.join(ignored)}: not used with csr (the CSR carries the names and the key)"
             )
+        if not blocked_keys_current(services):
+            # Read again after a change of them (or of any credential): in a thread, so that
+            # the issuance below, on the event loop, answers from memory.
+            await anyio.to_thread.run_sync(refresh_blocked_keys, services)
         pending = issuance.prepare_from_csr(
             services,
             caller,

@@ -25,7 +25,14 @@ from certctl.store.models import BlockedKey as BlockedKeyRow
 if TYPE_CHECKING:
     from certctl.services.context import Services
 
-__all__ = ["BLOCKED_KEYS", "block_key", "check_key_unblocked", "key_sha256"]
+__all__ = [
+    "BLOCKED_KEYS",
+    "block_key",
+    "blocked_keys_current",
+    "check_key_unblocked",
+    "key_sha256",
+    "refresh_blocked_keys",
+]
 
 BLOCKED_KEYS: Table = BlockedKeyRow.__table__  # type: ignore[assignment]
 
@@ -98,6 +105,36 @@ def check_key_unblocked(services: Services, spki_der: bytes) -> None:
             issuer or that a certificate of it was revoked), nothing secret.
     """
     digest = key_sha256(spki_der)
+    generation, known = _refreshed(services)
+    if generation is not None and known is not None and known.keys is not None:
+        if digest not in known.keys:
+            return
+    with services.sessions() as session:
+        row = session.get(BlockedKeyRow, digest)
+        if row is None:
+            return
+        raise BlockedKey(_refusal(row))
+
+
+def blocked_keys_current(services: Services) -> bool:
+    """Whether ``check_key_unblocked`` would answer from memory, reading no store.
+
+    The API's CSR issuance runs on the event loop: when this is False (the credential
+    counter moved: a role, a key, a revocation), it reads them first in a thread
+    (``refresh_blocked_keys``), so the loop never waits on the store for them.
+    """
+    generation = credential_generation(services)
+    known = _KNOWN.get(services.engine)
+    return generation is None or (known is not None and known.generation == generation)
+
+
+def refresh_blocked_keys(services: Services) -> None:
+    """Read the blocked keys into this process's memory if the credential counter moved."""
+    _refreshed(services)
+
+
+def _refreshed(services: Services) -> tuple[int | None, _Known | None]:
+    """(the credential generation now, the blocked keys as read at it, read again if stale)."""
     engine = services.engine
     generation = credential_generation(services)  # before the read it vouches for
     known = _KNOWN.get(engine)
@@ -107,14 +144,7 @@ def check_key_unblocked(services: Services, spki_der: bytes) -> None:
         else:
             known = _Known(generation, _read_all(services))
         _KNOWN[engine] = known
-    if generation is not None and known is not None and known.keys is not None:
-        if digest not in known.keys:
-            return
-    with services.sessions() as session:
-        row = session.get(BlockedKeyRow, digest)
-        if row is None:
-            return
-        raise BlockedKey(_refusal(row))
+    return generation, known
 
 
 def _read_all(services: Services) -> frozenset[str] | None:
