@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -320,3 +322,29 @@ def test_a_constrained_caller_grants_no_more_than_it_may_issue(api: Api) -> None
     # A role without cert.issue is no matter of constraints.
     r = api.post(ROLES, key, json={"id": "reader", "permissions": ["auth.role.read"]})
     assert r.status_code == 201, r.text
+
+
+def test_a_cn_spelled_as_a_host_name_is_checked_though_no_valid_dns_name(
+    api: Api, tmp_path: Path
+) -> None:
+    # Such a CN gets no DNS SAN, and OpenSSL (curl, X509_check_host) then matches the CN as
+    # the host name: left unchecked, it was team B's host in a certificate team A issued.
+    key = _team_a(api)
+    for cn in ["svc_x.team-b.example.internal", "w*.team-b.example.internal", "010.0.0.1"]:
+        _refused(api, key, {"issuer": "default", "csr": _csr(cn, [])}, f"{cn.lower()}: not allowed")
+        _refused(api, key, {"common_name": cn, "dns_names": []}, f"{cn}: not allowed")
+    # Below the team's own pattern it is the team's: issued, and matched as that host.
+    cn = "svc_x.team-a.example.internal"
+    r = api.post(CERTS, key, json={"issuer": "default", "csr": _csr(cn, [])})
+    assert r.status_code == 201, r.text
+    pem = tmp_path / "svc.pem"
+    pem.write_text(r.json()["certificate_pem"])
+    checked = subprocess.run(
+        ["openssl", "x509", "-in", str(pem), "-noout", "-checkhost", cn],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "does match certificate" in checked.stdout, checked.stdout
+    # A CN no client connects to ("Team A web", "team-a:ci") is still no name.
+    api.issue(key, common_name="team-a:ci", dns_names=["ci.team-a.example.internal"])

@@ -8,6 +8,7 @@ issuer and every name in it (Vault PKI roles, step-ca's x509 policy).
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -22,12 +23,15 @@ from certctl.services.context import IssueLimit, Principal
 
 __all__ = ["check_certificate", "check_issue", "issued_names", "no_issue_escalation"]
 
+# A CN a client could be asked to connect to: host-name characters (and a wildcard's "*").
+_HOST_LIKE = re.compile(r"[A-Za-z0-9._*-]+")
+
 
 def issued_names(subject: x509.Name, sans: SubjectAltNames) -> list[tuple[str, bool]]:
     """The names a certificate asserts, ``(name, is_ip)``.
 
-    A CN that is a DNS name or an IP address, then the DNS and IP SANs (the e-mail and URI
-    SANs: see :func:`check_issue`).
+    A CN that is a DNS name or an IP address, or is spelled with host-name characters only,
+    then the DNS and IP SANs (the e-mail and URI SANs: see :func:`check_issue`).
     """
     names: list[tuple[str, bool]] = []
     for attribute in subject.get_attributes_for_oid(NameOID.COMMON_NAME):
@@ -40,7 +44,14 @@ def issued_names(subject: x509.Name, sans: SubjectAltNames) -> list[tuple[str, b
         try:
             names.append((validate_dns_name(value), False))
         except InvalidRequest:
-            pass  # "Payments team": no name a TLS client checks, limited by nothing here
+            host = value.strip()
+            if _HOST_LIKE.fullmatch(host):
+                # No valid DNS name ("svc_x.team-b.example", "w*.team-b.example",
+                # "010.0.0.1"), yet OpenSSL and curl match a CN as a host name when the
+                # certificate has no DNS SAN (which such a CN gets none of): checked as it
+                # is spelled, so only a pattern above it allows it.
+                names.append((host.lower().rstrip("."), False))
+            # else "Payments team": no name a TLS client checks, limited by nothing here
     names += [(name, False) for name in sans.dns]
     names += [(str(address), True) for address in sans.ip]
     return names
