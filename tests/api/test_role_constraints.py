@@ -348,3 +348,23 @@ def test_a_cn_spelled_as_a_host_name_is_checked_though_no_valid_dns_name(
     assert "does match certificate" in checked.stdout, checked.stdout
     # A CN no client connects to ("Team A web", "team-a:ci") is still no name.
     api.issue(key, common_name="team-a:ci", dns_names=["ci.team-a.example.internal"])
+
+
+def test_a_constrained_caller_mints_no_acme_eab_key(api: Api) -> None:
+    # An ACME account orders under acme.allowed-names: an EAB key minted by team A would
+    # bind an account issuing team B's names.
+    key = _team_a(api)
+    before = api.counts()
+    r = api.post("/api/v1/acme/eab-keys", key, json={"name": "ci"})
+    detail = assert_problem(r, 403)["detail"]
+    assert detail.startswith("cannot mint an EAB key: an ACME account's orders are limited by")
+    assert "role(s) team-a constrain your cert.issue" in detail
+    api.assert_only_denials_audited(before, 1)
+    assert api.audit()[0]["action"] == "acme.eab.create"
+    assert api.get("/api/v1/acme/eab-keys", api.admin_key).json()["items"] == []
+    # Unconstrained cert.issue (r-operator beside team-a): minted, as before.
+    r = api.request(
+        "PATCH", "/api/v1/auth/actors/ci-a", api.admin_key, json={"roles": ["team-a", "r-operator"]}
+    )
+    assert r.status_code == 200, r.text
+    assert api.post("/api/v1/acme/eab-keys", key, json={"name": "ci"}).status_code == 201

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from certctl.errors import AcmeError, InvalidRequest, NotFound
+from certctl.errors import AcmeError, InvalidRequest, NotFound, PermissionDenied
 from certctl.pki.jose import b64url_decode, b64url_encode, load_jwk, thumbprint
 from certctl.services.access_rules import check_name
 from certctl.services.acme_accounts import cut_off
@@ -65,6 +65,16 @@ def mint_eab_key(
 ) -> MintedEab:
     """Mint an EAB key for ``caller`` (who the account it binds will answer to)."""
     caller.require("cert.issue")
+    if caller.issue_limits is not None:
+        # The account a key binds orders under acme.allowed-names, not the minter's roles:
+        # a key limited to team A's names would mint its way out of them.
+        roles = ", ".join(sorted({limit.role for limit in caller.issue_limits}))
+        whose = f"role(s) {roles}" if roles else "the actor that had your certificate issued"
+        raise PermissionDenied(
+            "cannot mint an EAB key: an ACME account's orders are limited by "
+            f"acme.allowed-names, not by roles' constraints, and {whose} constrain your "
+            "cert.issue; a caller whose cert.issue is not constrained mints it"
+        )
     now = services.clock()
     if expires_at is not None and expires_at <= now:
         raise InvalidRequest("expires_at must be in the future")
