@@ -234,3 +234,48 @@ def test_a_blocked_key_is_found_by_the_hash_openssl_prints(api: Api, tmp_path: P
     digest = ok(run("openssl", "dgst", "-sha256", "-r", der)).stdout.split()[0]
     (row,) = _blocked(api).values()
     assert row.key_sha256 == digest == _key_sha256(key)
+
+
+def test_an_imported_certificate_of_a_key_cryptography_cannot_read_is_revoked_all_the_same(
+    api: Api, tmp_path: Path
+) -> None:
+    """An SM2 key (imported, signed by an openssl CA): nothing to block, no 500 either.
+
+    cryptography raises UnsupportedAlgorithm for its curve, where the revocation read the key
+    to block it; certctl certifies no such key anyway (a CSR of it is refused).
+    """
+    ca_key, ca_crt = tmp_path / "ca.key", tmp_path / "ca.crt"
+    ok(
+        run(
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", ca_key, "-out", ca_crt, "-subj", "/CN=Old SM2 CA", "-days", "30",
+            "-addext", "basicConstraints=critical,CA:true",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        )
+    )  # fmt: skip
+    sm2_key, sm2_pub, sm2_crt = tmp_path / "sm2.key", tmp_path / "sm2.pub", tmp_path / "sm2.crt"
+    ok(run("openssl", "genpkey", "-algorithm", "SM2", "-out", sm2_key))
+    ok(run("openssl", "pkey", "-in", sm2_key, "-pubout", "-out", sm2_pub))
+    ok(
+        run(
+            "openssl", "x509", "-new", "-force_pubkey", sm2_pub, "-subj", "/CN=sm2.example.com",
+            "-CA", ca_crt, "-CAkey", ca_key, "-days", "10", "-out", sm2_crt,
+        )
+    )  # fmt: skip
+    r = api.post(
+        ISSUERS,
+        api.admin_key,
+        json={
+            "id": "old-sm2",
+            "certificate_pem": ca_crt.read_text(),
+            "private_key_pem": ca_key.read_text(),
+        },
+    )
+    assert r.status_code == 201, r.text
+    r = api.post(f"{CERTS}/import", api.admin_key, json={"certificate_pem": sm2_crt.read_text()})
+    assert r.status_code == 201, r.text
+    (item,) = r.json()["items"]
+    r = api.post(f"{CERTS}/{item['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["revocation_reason"]) == ("revoked", "keyCompromise")
+    assert _blocked(api) == {}

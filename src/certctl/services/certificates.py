@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, cast
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import (
     Connection,
@@ -433,8 +434,11 @@ def _revoke_key(
 
     try:
         key_der = _public_key_der(row.certificate_pem)
-    except ValueError:
-        key_der = None  # a PEM edited in the database: no key to block (its CRL lists it)
+    except (ValueError, UnsupportedAlgorithm):
+        # A PEM edited in the database, or an imported certificate of a key cryptography
+        # does not read (an SM2 curve): no key to block, and none certctl could certify
+        # (load_csr_with_key refuses such a CSR). Revoked all the same: its CRL lists it.
+        key_der = None
     if key_der is not None:
         # In this transaction: the key is refused from the commit on, whatever certifies
         # it next (a CSR of it, another certificate's renewal, an ACME order).
