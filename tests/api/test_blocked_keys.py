@@ -216,7 +216,12 @@ def test_a_key_blocked_by_another_replica_is_refused_here_at_once(api: Api) -> N
                 blocked_by="operator",
             )
         )
-    assert BLOCKED in assert_problem(_issue_csr(api, leaked), 400)["detail"]
+    # Worded as what it is: no certificate of it was revoked here.
+    detail = assert_problem(_issue_csr(api, leaked), 400)["detail"]
+    assert detail == (
+        f"{BLOCKED}: an operator blocked it for keyCompromise on "
+        f"{api.clock():%Y-%m-%dT%H:%M:%SZ}; generate a new key"
+    )
 
 
 def test_a_blocked_key_is_found_by_the_hash_openssl_prints(api: Api, tmp_path: Path) -> None:

@@ -159,6 +159,11 @@ def _refusal(row: BlockedKeyRow) -> str:
     when = row.blocked_at.strftime("%Y-%m-%dT%H:%M:%SZ")
     if row.issuer_id is not None:
         what = f"issuer {row.issuer_id}, which holds this key, was revoked for {row.reason}"
-    else:
+    elif row.certificate_id is not None:
         what = f"a certificate of this key was revoked for {row.reason}"
+    else:
+        # A row no revocation wrote (those name what they revoked): an operator's, for a key
+        # leaked elsewhere. Saying a certificate of it was revoked sent its holder looking
+        # for one that does not exist.
+        what = f"an operator blocked it for {row.reason}"
     return f"the public key is blocked: {what} on {when}; generate a new key"
