@@ -284,3 +284,42 @@ def test_an_imported_certificate_of_a_key_cryptography_cannot_read_is_revoked_al
     assert r.status_code == 200, r.text
     assert (r.json()["status"], r.json()["revocation_reason"]) == ("revoked", "keyCompromise")
     assert _blocked(api) == {}
+
+
+def test_a_blocked_key_is_refused_in_either_ec_point_form(api: Api, tmp_path: Path) -> None:
+    """The hash is of the key re-encoded, not of the CSR's bytes: a compressed point matches.
+
+    openssl writes a CSR's EC point compressed for a key converted with -conv_form; the
+    certificate certctl signs carries it uncompressed, as does the blocked row's hash.
+    """
+    plain, compressed = tmp_path / "plain.key", tmp_path / "compressed.key"
+    ok(run("openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", plain))
+    ok(run("openssl", "ec", "-in", plain, "-conv_form", "compressed", "-out", compressed))
+    csrs = {}
+    for form, key in (("plain", plain), ("compressed", compressed)):
+        out = tmp_path / f"{form}.csr"
+        ok(
+            run(
+                "openssl", "req", "-new", "-key", key, "-subj", "/CN=point.example.com",
+                "-addext", "subjectAltName=DNS:point.example.com", "-out", out,
+            )
+        )  # fmt: skip
+        csrs[form] = out.read_text()
+    # The SubjectPublicKeyInfo each CSR carries, as openssl wrote it: a point of 65 bytes
+    # (91 in all) against one of 33 (59).
+    for form, size in (("plain", 91), ("compressed", 59)):
+        ok(run("openssl", "req", "-in", tmp_path / f"{form}.csr", "-pubkey", "-noout", "-out",
+               tmp_path / f"{form}.pub"))  # fmt: skip
+        ok(run("openssl", "asn1parse", "-in", tmp_path / f"{form}.pub", "-out",
+               tmp_path / f"{form}.der", "-noout"))  # fmt: skip
+        assert len((tmp_path / f"{form}.der").read_bytes()) == size, form
+
+    first = api.post(CERTS, api.admin_key, json={"csr": csrs["compressed"]})
+    assert first.status_code == 201, first.text
+    r = api.post(
+        f"{CERTS}/{first.json()['id']}/revoke", api.admin_key, json={"reason": "keyCompromise"}
+    )
+    assert r.status_code == 200, r.text
+    for form in ("plain", "compressed"):
+        refused = api.post(CERTS, api.admin_key, json={"csr": csrs[form]})
+        assert BLOCKED in assert_problem(refused, 400)["detail"], form
