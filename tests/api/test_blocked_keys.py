@@ -184,6 +184,17 @@ def test_an_issuer_revoked_for_a_compromise_blocks_its_key(api: Api) -> None:
         detail = assert_problem(_issue_csr(api, keys[issuer_id], "block-root"), 400)["detail"]
         assert detail.startswith(f"{BLOCKED}: issuer {issuer_id}, which holds this key, was ")
     assert _issue_csr(api, keys["inter-other"], "block-root").status_code == 201
+    # Its reason later becomes keyCompromise (its revocation date kept): blocked from then on.
+    api.clock.advance(minutes=5)
+    r = api.post(f"{ISSUERS}/inter-other/revoke", api.admin_key, json={"reason": "keyCompromise"})
+    assert r.status_code == 200, r.text
+    row = _blocked(api)[_key_sha256(keys["inter-other"])]
+    assert (row.issuer_id, row.reason, row.blocked_at) == (
+        "inter-other",
+        "keyCompromise",
+        api.clock(),
+    )
+    assert_problem(_issue_csr(api, keys["inter-other"], "block-root"), 400)
 
 
 def test_a_key_blocked_by_another_replica_is_refused_here_at_once(api: Api) -> None:
