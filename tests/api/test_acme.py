@@ -330,7 +330,7 @@ def test_an_account_holding_valid_authorizations_for_every_name_revokes(
     order, _ = acme_on.order(other, [NAME])
     acme_on.answer(other, order)
     assert _poll_authz(other, order.authorizations[0]).body.status == messages.STATUS_VALID
-    other.revoke(leaf, 1)
+    other.revoke(leaf, 5)  # cessationOfOperation: keyCompromise takes the key (blocked keys)
     assert leaf.serial_number in acme_on.api.openssl_crl_serials(ISSUER, tmp_path)
 
 

@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from certctl.pki import format_serial
 from tests.api.test_acme import ERR, NAME, Acme, _business, _poll_authz
 from tests.api.test_acme import acme_on as acme_on  # the fixture, shared
 
@@ -107,3 +108,39 @@ def test_an_operators_deactivation_revoking_for_key_compromise_blocks_the_keys(
         _finalize(other, order, key)
     assert info.value.typ == ERR + "badPublicKey"
     assert other._post_as_get(order.uri).json()["status"] == "ready"
+
+
+def test_key_compromise_takes_the_key_not_authorizations_for_the_names(acme_on: Acme) -> None:
+    """An account holding authorizations for a certificate's names alone (RFC 8555 7.6: a new
+    holder of the domain) may revoke it, but not for keyCompromise: that would block the key
+    of another subscriber, whose other certificates of it are then refused (badPublicKey, a
+    409 at renewal). badRevocationReason, as Let's Encrypt answers, and nothing changes; the
+    ordering account, and a request signed by the key, still may.
+    """
+    owner = acme_on.client()
+    acme_on.register(owner)
+    key = ec.generate_private_key(ec.SECP256R1())
+    done = _finalize(owner, _ready_order(acme_on, owner), key)
+    leaf = x509.load_pem_x509_certificates(done.fullchain_pem.encode())[0]
+    newcomer = acme_on.client()
+    acme_on.register(newcomer)
+    _ready_order(acme_on, newcomer)  # its authorization for the name is valid now
+    before = acme_on.api.counts()
+    with pytest.raises(messages.Error) as info:
+        newcomer.revoke(leaf, 1)
+    assert info.value.typ == ERR + "badRevocationReason"
+    assert "sign the request with the certificate's key" in info.value.detail
+    assert _business(acme_on.api.counts()) == _business(before)
+    # The owner's other order still takes the key; the newcomer revokes for another reason.
+    assert _finalize(owner, _ready_order(acme_on, owner), key).body.status == messages.STATUS_VALID
+    newcomer.revoke(leaf, 5)  # cessationOfOperation
+    api = acme_on.api
+    listed = api.get("/api/v1/certificates", api.admin_key, params={"status": "revoked"}).json()
+    assert [(c["serial"], c["revocation_reason"]) for c in listed["items"]] == [
+        (format_serial(leaf.serial_number), "cessationOfOperation")
+    ]
+    # The ordering account may say its key was compromised: blocked from then on.
+    owner.revoke(leaf, 1)
+    with pytest.raises(messages.Error) as info:
+        _finalize(owner, _ready_order(acme_on, owner), key)
+    assert info.value.typ == ERR + "badPublicKey"

@@ -485,7 +485,7 @@ def test_a_wildcard_and_its_base_name_get_one_certificate_by_dns01(
     acme_dns.answer_dns(other, again)
     for authz in again.authorizations:
         assert _poll_authz(other, authz).body.status == messages.STATUS_VALID
-    other.revoke(leaf, 1)
+    other.revoke(leaf, 5)  # cessationOfOperation: keyCompromise takes the key (blocked keys)
     assert leaf.serial_number in acme_dns.api.openssl_crl_serials(ISSUER, tmp_path)
 
 

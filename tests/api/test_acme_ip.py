@@ -108,7 +108,7 @@ def test_an_ip_address_is_proved_by_http01_alone_and_issued_as_an_ip_san(
     acme_on.register(other)
     again, _ = _ip_order(acme_on, other, [NAME], [IP])
     _ready(acme_on, other, again)
-    other.revoke(leaf, 1)
+    other.revoke(leaf, 5)  # cessationOfOperation: keyCompromise takes the key (blocked keys)
     assert leaf.serial_number in api.openssl_crl_serials(ISSUER, tmp_path)
 
 

@@ -1495,11 +1495,13 @@ def revoke(
 
     For a certificate issued through ACME only: allowed to the account whose order holds it
     or one holding valid authorizations for all of its names (``account``), or to a request
-    signed by the certificate's own key (``key``, a jwk request).
+    signed by the certificate's own key (``key``, a jwk request). keyCompromise, which blocks
+    the key, not to an account holding authorizations only.
 
     Raises:
-        AcmeError: malformed (the body, a certificate certctl did not issue), badRevocationReason,
-            unauthorized (another account's, another key), alreadyRevoked.
+        AcmeError: malformed (the body, a certificate certctl did not issue), badRevocationReason
+            (keyCompromise from authorizations alone too), unauthorized (another account's,
+            another key), alreadyRevoked.
     """
     from certctl.pki import format_serial
     from certctl.pki.jose import b64url_decode
@@ -1554,6 +1556,17 @@ def revoke(
                 ),
                 "unauthorized",
                 403,
+            )
+        if account.id not in orders and _REASONS[reason_code] == "keyCompromise":
+            # Authorizations prove the names, not the key: keyCompromise blocks the key for
+            # every certificate of it, whatever their names (blocked_keys), so a new holder of
+            # the names (a domain sold, a shared host) would refuse the key's holder its other
+            # certificates. As Let's Encrypt, keyCompromise takes the key's own signature.
+            raise AcmeError(
+                "reason 1 (keyCompromise): this account holds authorizations for the "
+                "certificate's names, not its key; sign the request with the certificate's "
+                "key (a jwk request), or give another reason",
+                "badRevocationReason",
             )
         actor = account.id
     else:
