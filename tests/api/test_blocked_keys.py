@@ -8,14 +8,17 @@ for keyCompromise or cACompromise; another reason blocks nothing. ACME: test_acm
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
 
+from certctl.cli.main import run as run_cli
 from certctl.pki import (
     CertificateAuthority,
     KeyType,
@@ -236,7 +239,7 @@ def test_a_key_blocked_by_another_replica_is_refused_here_at_once(api: Api) -> N
 
 
 def test_a_blocked_key_is_found_by_the_hash_openssl_prints(api: Api, tmp_path: Path) -> None:
-    """The row's id is what docs/acme.md tells an operator to compute with openssl."""
+    """The row's id is what the README tells an operator to compute with openssl."""
     key = generate_private_key(KeyType.EC_P384)
     cert_id = _issue_csr(api, key).json()["id"]
     r = api.post(f"{CERTS}/{cert_id}/revoke", api.admin_key, json={"reason": "keyCompromise"})
@@ -297,7 +300,9 @@ def test_an_imported_certificate_of_a_key_cryptography_cannot_read_is_revoked_al
     assert _blocked(api) == {}
 
 
-def test_a_blocked_key_is_refused_in_either_ec_point_form(api: Api, tmp_path: Path) -> None:
+def test_a_blocked_key_is_refused_in_either_ec_point_form(
+    api: Api, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The hash is of the key re-encoded, not of the CSR's bytes: a compressed point matches.
 
     openssl writes a CSR's EC point compressed for a key converted with -conv_form; the
@@ -334,3 +339,14 @@ def test_a_blocked_key_is_refused_in_either_ec_point_form(api: Api, tmp_path: Pa
     for form in ("plain", "compressed"):
         refused = api.post(CERTS, api.admin_key, json={"csr": csrs[form]})
         assert BLOCKED in assert_problem(refused, 400)["detail"], form
+
+    # The row's id, as the README tells an operator to find it: certctl inspect's public
+    # SHA-256 of either CSR. openssl's pipeline keeps the point compressed, so its hash of
+    # that CSR is another one, which a row added by hand would never match.
+    (row,) = _blocked(api).values()
+    for form in ("plain", "compressed"):
+        assert run_cli(["inspect", "--json", str(tmp_path / f"{form}.csr")]) == 0
+        (shown,) = json.loads(capsys.readouterr().out)
+        assert shown["public_key_fingerprint_sha256"].replace(":", "").lower() == row.key_sha256
+    digest = ok(run("openssl", "dgst", "-sha256", "-r", tmp_path / "compressed.der")).stdout
+    assert digest.split()[0] != row.key_sha256
