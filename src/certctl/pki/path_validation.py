@@ -164,11 +164,7 @@ def _check_name_constraints(chain: Sequence[x509.Certificate]) -> None:
         for depth, cert in enumerate(chain[:index]):
             if depth and cert.issuer == cert.subject:
                 continue
-            try:
-                ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-                sans = SubjectAltNames.from_extension(ext.value)
-            except x509.ExtensionNotFound:
-                sans = SubjectAltNames()
+            sans = SubjectAltNames.of(cert)
             try:
                 check_name_constraints(
                     constraints,

@@ -190,6 +190,15 @@ class SubjectAltNames:
         )
 
     @classmethod
+    def of(cls, cert: x509.Certificate) -> SubjectAltNames:
+        """The names of ``cert``'s SubjectAlternativeName extension; none without one."""
+        try:
+            ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        except x509.ExtensionNotFound:
+            return cls()
+        return cls.from_extension(ext.value)
+
+    @classmethod
     def served_by(cls, cert: x509.Certificate) -> SubjectAltNames:
         """The names a TLS client matches ``cert`` against: its SANs, else its CN as a name.
 

@@ -128,11 +128,7 @@ def new_rows(
     certificate = issued.certificate
     sans = issued.sans
     if sans is None:
-        try:
-            ext = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-            sans = SubjectAltNames.from_extension(ext.value)
-        except x509.ExtensionNotFound:
-            sans = SubjectAltNames()
+        sans = SubjectAltNames.of(certificate)
     subject = certificate.subject if issued.subject is None else issued.subject
     cns = subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     cert_id = new_id()

@@ -118,11 +118,7 @@ def check_certificate(caller: Principal, issuer_id: str, certificate: x509.Certi
     """
     if caller.issue_limits is None:
         return
-    try:
-        ext = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        sans = SubjectAltNames.from_extension(ext.value)
-    except x509.ExtensionNotFound:
-        sans = SubjectAltNames()
+    sans = SubjectAltNames.of(certificate)
     check_issue(
         caller, issuer_id, issued_names(certificate.subject, sans), (*sans.email, *sans.uri)
     )
