@@ -1484,8 +1484,8 @@ def test_list_on_a_terminal_is_a_table_by_default(default_server: CertctlServer)
     assert proc.stderr.read() == b""
     proc.stderr.close()
     text = re.sub(r"\x1b\[[0-9;]*m", "", output.decode().replace("\r\n", "\n"))
-    assert _rows(text)[0] == ["ID", "NAME", "BUILT IN", "PERMISSIONS"], text
-    assert ["r-metrics-read", "Metrics reader", "yes", "metrics.read"] in _rows(text)
+    assert _rows(text)[0] == ["ID", "NAME", "BUILT IN", "PERMISSIONS", "CONSTRAINTS"], text
+    assert ["r-metrics-read", "Metrics reader", "yes", "metrics.read", "-"] in _rows(text)
     assert "{" not in text
 
 
