@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -196,6 +197,16 @@ def _crash_run(server: FaultServer, seed: int) -> dict[str, Any]:
     }
 
 
+# A client connecting as the server is killed: CPython 3.11's SSLSocket, made on a socket
+# whose peer is already gone, raises in its "connected" check and leaves itself to the
+# garbage collector unclosed (python/cpython#113280), a ResourceWarning about the load
+# generator, not the server (failed the PostgreSQL run once in CI).
+_CPYTHON_113280 = pytest.mark.filterwarnings(
+    r"ignore:Exception ignored in. <ssl\.SSLSocket:pytest.PytestUnraisableExceptionWarning"
+)
+
+
+@_CPYTHON_113280
 def test_sigkill_under_load_sqlite(fault_server: FaultServer) -> None:
     figures = _crash_run(fault_server, seed=5)
     db = fault_server.data_dir / "certctl.db"
@@ -217,6 +228,7 @@ def test_sigkill_under_load_sqlite(fault_server: FaultServer) -> None:
     print(f"crash consistency (SQLite): {figures}")
 
 
+@_CPYTHON_113280
 def test_sigkill_under_load_postgresql(
     fault_server: FaultServer, postgres_cluster: PostgresCluster
 ) -> None:
