@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, Engine, Table, insert, select
 
 from certctl.errors import BlockedKey
-from certctl.services.key_authentication import credential_generation
+from certctl.services.key_authentication import (
+    credential_generation,
+    credential_generation_seen,
+)
 from certctl.store.models import BlockedKey as BlockedKeyRow
 
 if TYPE_CHECKING:
@@ -123,7 +126,10 @@ def blocked_keys_current(services: Services) -> bool:
     counter moved: a role, a key, a revocation), it reads them first in a thread
     (``refresh_blocked_keys``), so the loop never waits on the store for them.
     """
-    generation = credential_generation(services)
+    # The generation the request's authentication read just now, not another read of it (a
+    # database read each on PostgreSQL): check_key_unblocked reads it anyway, and reads the
+    # keys itself in the rare case the counter moved in between.
+    generation = credential_generation_seen(services)
     known = _KNOWN.get(services.engine)
     return generation is None or (known is not None and known.generation == generation)
 

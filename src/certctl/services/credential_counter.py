@@ -288,6 +288,14 @@ class Generation:
             self._seen = (header, generation)
         return generation
 
+    def last_version(self) -> int | None:
+        """The version ``version()`` or ``read()`` handed out last, reading nothing.
+
+        None before the first read; else what a request that just authenticated saw.
+        """
+        with self._lock:
+            return None if self._last_raw < 0 else self._last_raw + self._offset
+
     def read(self) -> int | None:
         """The counter read now (never the WAL-index shortcut), as a version."""
         raw = self._counter.read(self._sql)

@@ -32,6 +32,7 @@ __all__ = [
     "authenticate_api_key",
     "cached_api_key",
     "credential_generation",
+    "credential_generation_seen",
     "generation_counter",
 ]
 
@@ -226,6 +227,16 @@ def credential_generation(services: Services) -> int | None:
     return cache.version() if cache is not None else None
 
 
+def credential_generation_seen(services: Services) -> int | None:
+    """The credential generation this process read last, reading nothing.
+
+    Every authentication reads it (``credential_generation``), a database read each time on
+    PostgreSQL. None when it was never read or cannot be.
+    """
+    cache = _key_cache(services.engine)
+    return cache.last_version() if cache is not None else None
+
+
 # --- the API-key cache -------------------------------------------------------------------
 
 
@@ -294,6 +305,10 @@ class _KeyCache:
     def version(self) -> int | None:
         """The credential generation, or None when it cannot be read (no caching then)."""
         return self._generation.version()
+
+    def last_version(self) -> int | None:
+        """The credential generation read last, reading nothing."""
+        return self._generation.last_version()
 
     def authenticate(self, presented: str, source: str, timestamp: float) -> Principal | None:
         """The principal of a presented key cached at the current generation, else None.
